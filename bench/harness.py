@@ -1,0 +1,756 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: luaproxy vs nginx in front of one origin.
+
+Run it through bench/run.sh, which sets the environment below and the limits.
+
+Environment (all optional):
+  LUAPROXY        luaproxy binary            (default build/luaproxy)
+  ORIGIN          lp_origin binary           (default build/tests/origin/lp_origin)
+  NGINX           nginx binary               (default /usr/sbin/nginx)
+  WRK             wrk binary                 (default /usr/bin/wrk)
+  ROUNDS          measured rounds            (default 3; QUICK=1: 1)
+  DURATION        seconds per measured run   (default 5; QUICK=1: 2)
+  WARMUP          seconds of the discarded warm-up run per proxy (default 2; QUICK=1: 1)
+  QUICK=1         smoke run: 1 round of 2 s
+  PROXIES         which proxies to run       (default "luaproxy nginx")
+  ONLY            regex: run only scenarios whose name matches
+  IDLE_CONNS      idle keep-alive connections for the memory test (default 10000; 0 skips)
+  CPU_PROXY       CPU the proxies are pinned to        (default 0)
+  CPU_LOAD        CPU wrk and the origin are pinned to (default 1)
+  RESULTS         JSON output                (default bench/results/latest.json)
+  KEEP=1          keep the temp dir (generated configs, proxy logs) after the run
+  STANDIN_ORIGIN=1  development only: use an nginx serving fixed files as the origin
+  LP_BENCH_PIDFILE  the PIDs still running are listed here (run.sh kills them on EXIT)
+  LP_BENCH_TMP      parent of the temp dir (run.sh removes it after a clean run)
+
+Exit status: 0 when everything started and served; 1 when a process failed to
+start, died, or answered a sanity request wrongly. Never because of the figures.
+"""
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import http.client
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(BENCH_DIR)
+sys.path.insert(0, BENCH_DIR)
+
+import scenarios as scenario_defs  # noqa: E402
+import idle_conns  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROXY_NAMES = ("luaproxy", "nginx")
+
+
+class StartError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------
+def _abspath(p):
+    return p if os.path.isabs(p) else os.path.join(REPO_DIR, p)
+
+
+def settings():
+    quick = os.environ.get("QUICK", "") not in ("", "0")
+    s = {
+        "quick": quick,
+        "luaproxy": _abspath(os.environ.get("LUAPROXY", "build/luaproxy")),
+        "origin": _abspath(os.environ.get("ORIGIN", "build/tests/origin/lp_origin")),
+        "nginx": os.environ.get("NGINX", "/usr/sbin/nginx"),
+        "wrk": os.environ.get("WRK", "/usr/bin/wrk"),
+        "rounds": int(os.environ.get("ROUNDS", "1" if quick else "3")),
+        "duration": float(os.environ.get("DURATION", "2" if quick else "5").rstrip("s")),
+        "warmup": float(os.environ.get("WARMUP", "1" if quick else "2").rstrip("s")),
+        "proxies": [p for p in os.environ.get("PROXIES", "luaproxy nginx").split() if p],
+        "only": os.environ.get("ONLY", ""),
+        "idle_conns": int(os.environ.get("IDLE_CONNS", "10000")),
+        "cpu_proxy": os.environ.get("CPU_PROXY", "0"),
+        "cpu_load": os.environ.get("CPU_LOAD", "1"),
+        "results": _abspath(os.environ.get("RESULTS", "bench/results/latest.json")),
+        "standin_origin": os.environ.get("STANDIN_ORIGIN", "") not in ("", "0"),
+        "pidfile": os.environ.get("LP_BENCH_PIDFILE", ""),
+    }
+    for p in s["proxies"]:
+        if p not in PROXY_NAMES:
+            raise StartError("PROXIES: unknown proxy %r (known: %s)" % (p, " ".join(PROXY_NAMES)))
+    s["pin"] = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    return s
+
+
+# ---------------------------------------------------------------------------
+# processes: every one is recorded and stopped by PID
+# ---------------------------------------------------------------------------
+class Procs:
+    def __init__(self, pidfile):
+        self.pidfile = pidfile
+        self.items = []  # (name, Popen, [extra pids])
+
+    def _sync(self):
+        """The pidfile lists exactly the PIDs still to be stopped, so run.sh's
+        fallback never signals a PID that has already been reaped and reused."""
+        if self.pidfile:
+            with open(self.pidfile, "w") as f:
+                for _, p, extra in self.items:
+                    f.write("".join("%d\n" % x for x in [p.pid] + extra))
+
+    def start(self, name, argv, logdir, cpu=None, pin=True):
+        if cpu is not None and pin:
+            argv = ["taskset", "-c", str(cpu)] + argv
+        out = open(os.path.join(logdir, name + ".out"), "wb")
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        out.close()
+        self.items.append([name, p, []])
+        self._sync()
+        return p
+
+    def run(self, argv, timeout):
+        """Run a short-lived command (wrk) to completion; recorded while it runs.
+        Returns (returncode, stdout, stderr)."""
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+        self.items.append(["cmd", p, []])
+        self._sync()
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            err += "\n(killed after %gs)" % timeout
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            self.items = [i for i in self.items if i[1] is not p]
+            self._sync()
+        return p.returncode, out, err
+
+    def add_pid(self, proc, pid):
+        """Record a PID that belongs to proc (an nginx worker)."""
+        for item in self.items:
+            if item[1] is proc:
+                item[2].append(pid)
+        self._sync()
+
+    def stop(self, proc, grace=5.0):
+        for item in list(self.items):
+            if item[1] is proc:
+                _stop_one(item[1], item[2], grace)
+                self.items.remove(item)
+        self._sync()
+
+    def stop_all(self):
+        for item in reversed(self.items):
+            _stop_one(item[1], item[2], 5.0)
+        self.items = []
+        self._sync()
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of someone else still answers kill(0); check its state
+    st = _read("/proc/%d/stat" % pid)
+    return bool(st) and st.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _stop_one(popen, extra, grace):
+    if popen.poll() is None:
+        try:
+            popen.send_signal(signal.SIGTERM)
+            popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    for pid in extra:
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ---------------------------------------------------------------------------
+# /proc readings
+# ---------------------------------------------------------------------------
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_seconds(pid):
+    """utime + stime of the whole process (all threads), in seconds."""
+    st = _read("/proc/%d/stat" % pid)
+    if not st:
+        raise StartError("process %d is gone" % pid)
+    fields = st.rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime is field 14, stime field 15
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid):
+    m = re.search(r"^VmRSS:\s+(\d+)\s+kB", _read("/proc/%d/status" % pid), re.M)
+    if not m:
+        raise StartError("process %d is gone" % pid)
+    return int(m.group(1))
+
+
+def children(pid):
+    kids = set()
+    for task in os.listdir("/proc/%d/task" % pid) if os.path.isdir("/proc/%d/task" % pid) else []:
+        kids.update(int(x) for x in _read("/proc/%d/task/%s/children" % (pid, task)).split())
+    return sorted(kids)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def render(template, **values):
+    def sub(m):
+        key = m.group(1)
+        if key not in values:
+            raise StartError("template: unknown placeholder {{%s}}" % key)
+        return str(values[key])
+    return re.sub(r"\{\{(\w+)\}\}", sub, template)
+
+
+def tail(path, n=15):
+    lines = _read(path).splitlines()
+    return "\n".join("    | " + l for l in lines[-n:])
+
+
+def wait_port(port, proc, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def http_get(port, path, timeout=10.0):
+    """(status, body length) of one GET, or raises OSError/HTTPException."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, len(r.read())
+    finally:
+        c.close()
+
+
+def expected_body(path):
+    m = re.search(r"[?&](?:size|bytes)=(\d+)", path)
+    return int(m.group(1)) if m else None
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# origin and proxies
+# ---------------------------------------------------------------------------
+STANDIN_ORIGIN_CONF = """\
+{{user}}
+worker_processes 1;
+pid {{dir}}/nginx.pid;
+error_log {{dir}}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path {{dir}}/tmp/client_body;
+  proxy_temp_path {{dir}}/tmp/proxy;
+  fastcgi_temp_path {{dir}}/tmp/fastcgi;
+  uwsgi_temp_path {{dir}}/tmp/uwsgi;
+  scgi_temp_path {{dir}}/tmp/scgi;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:{{port}};
+    root {{dir}}/www;
+    default_type application/octet-stream;
+    location = / { return 200 "hello"; }
+    location /fixed { try_files /f_$arg_size =404; }
+    location /large { try_files /f_$arg_bytes =404; }
+  }
+}
+"""
+
+
+def start_origin(s, procs, workdir):
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="origin-", dir=workdir)
+    if s["standin_origin"]:
+        os.makedirs(os.path.join(d, "www"))
+        for n in (5, 16384, 1048576):
+            with open(os.path.join(d, "www", "f_%d" % n), "wb") as f:
+                f.write(b"x" * n)
+        conf = os.path.join(d, "nginx.conf")
+        _write_nginx_conf(conf, STANDIN_ORIGIN_CONF, d, port, 0)
+        p = procs.start("origin", [s["nginx"], "-p", d, "-e", d + "/error.log", "-c", conf,
+                                   "-g", "daemon off;"], d, s["cpu_load"], s["pin"])
+        if not wait_port(port, p):
+            raise StartError("stand-in origin (nginx) did not start:\n" + tail(d + "/origin.out"))
+        _nginx_worker(procs, p, d)
+        return port, p
+    if not os.access(s["origin"], os.X_OK):
+        raise StartError("ORIGIN %s is not an executable (build it, or set ORIGIN=...)" % s["origin"])
+    p = procs.start("origin", [s["origin"], "-p", str(port)], d, s["cpu_load"], s["pin"])
+    deadline = time.monotonic() + 10
+    outp = os.path.join(d, "origin.out")
+    while time.monotonic() < deadline:
+        if re.search(r"^ready %d\b" % port, _read(outp), re.M):
+            return port, p
+        if p.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise StartError("origin did not print 'ready %d' within 10 s:\n%s" % (port, tail(outp)))
+
+
+def _write_nginx_conf(path, template, d, port, origin_port):
+    for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(d, "tmp", t), exist_ok=True)
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if nofile == resource.RLIM_INFINITY:
+        nofile = 65536
+    text = render(template, port=port, origin_port=origin_port, dir=d,
+                  user="user root;" if os.geteuid() == 0 else "", nofile=nofile)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _nginx_worker(procs, master, d, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = [k for k in children(master.pid)
+                if "worker process" in _read("/proc/%d/cmdline" % k)]
+        if kids:
+            for k in kids:
+                procs.add_pid(master, k)
+            if len(kids) == 1:
+                return kids[0]
+            raise StartError("nginx has %d workers, expected 1" % len(kids))
+        if master.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise StartError("nginx worker did not appear:\n" + tail(os.path.join(d, "error.log")))
+
+
+class Proxy:
+    """One running proxy under test: the process we measure is `pid`."""
+
+    def __init__(self, name, port, popen, pid, d):
+        self.name, self.port, self.popen, self.pid, self.dir = name, port, popen, pid, d
+        self.failed = None  # reason, once it died or answered wrongly
+
+    def alive(self):
+        return self.popen.poll() is None and _pid_alive(self.pid)
+
+
+def start_proxy(s, procs, workdir, name, template, origin_port):
+    port = free_port()
+    d = tempfile.mkdtemp(prefix=name + "-", dir=workdir)
+    if name == "luaproxy":
+        if not os.access(s["luaproxy"], os.X_OK):
+            raise StartError("LUAPROXY %s is not an executable (build it, or set LUAPROXY=...)"
+                             % s["luaproxy"])
+        conf = os.path.join(d, "luaproxy.lua")
+        with open(conf, "w") as f:
+            f.write(render(template, port=port, origin_port=origin_port, dir=d, user="",
+                           nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        p = procs.start(name, [s["luaproxy"], "-c", conf, "-w", "1"], d, s["cpu_proxy"], s["pin"])
+        if not wait_port(port, p):
+            raise StartError("luaproxy did not listen on %d:\n%s" % (port, tail(d + "/luaproxy.out")))
+        return Proxy(name, port, p, p.pid, d)
+    conf = os.path.join(d, "nginx.conf")
+    _write_nginx_conf(conf, template, d, port, origin_port)
+    p = procs.start(name, [s["nginx"], "-p", d, "-e", d + "/error.log", "-c", conf,
+                           "-g", "daemon off;"], d, s["cpu_proxy"], s["pin"])
+    if not wait_port(port, p):
+        raise StartError("nginx did not listen on %d:\n%s\n%s"
+                         % (port, tail(d + "/nginx.out"), tail(d + "/error.log")))
+    worker = _nginx_worker(procs, p, d)
+    return Proxy(name, port, p, worker, d)
+
+
+def proxy_log_tail(px):
+    parts = [tail(os.path.join(px.dir, px.name + ".out"))]
+    if px.name == "nginx":
+        parts.append(tail(os.path.join(px.dir, "error.log")))
+    return "\n".join(x for x in parts if x)
+
+
+def sanity(px, path):
+    """One GET through the proxy; sets px.failed and returns False when wrong."""
+    want = expected_body(path)
+    try:
+        status, n = http_get(px.port, path)
+    except (OSError, http.client.HTTPException) as e:
+        px.failed = "GET %s failed: %s" % (path, e)
+        return False
+    if status != 200 or (want is not None and n != want):
+        px.failed = "GET %s -> status %d, %d body bytes (want 200, %s)" % (
+            path, status, n, want if want is not None else "any")
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# one wrk run
+# ---------------------------------------------------------------------------
+def run_wrk(s, procs, px, sc, seconds):
+    url = "http://127.0.0.1:%d%s" % (px.port, sc["path"])
+    argv = [s["wrk"], "-t1", "-c%d" % sc["connections"], "-d%gs" % seconds,
+            "--timeout", "10s", "-s", os.path.join(BENCH_DIR, "wrk_report.lua"), url]
+    if s["pin"]:
+        argv = ["taskset", "-c", s["cpu_load"]] + argv
+    cpu0 = cpu_seconds(px.pid)
+    t0 = time.monotonic()
+    rc, out, err = procs.run(argv, timeout=seconds + 60)
+    wall = time.monotonic() - t0
+    cpu1 = cpu_seconds(px.pid)
+    m = re.search(r"^WRKJSON (\{.*\})$", out, re.M)
+    if rc != 0 or not m:
+        raise StartError("wrk failed (rc %d):\n%s%s" % (rc, out, err))
+    w = json.loads(m.group(1))
+    cpu = cpu1 - cpu0
+    reqs = w["requests"]
+    mib = w["bytes"] / 1048576.0
+    errors = sum(v for k, v in w.items() if k.startswith("err_"))
+    return {
+        "requests": reqs,
+        "seconds": w["duration_us"] / 1e6,
+        "rps": reqs / (w["duration_us"] / 1e6) if w["duration_us"] else 0.0,
+        "cpu_s": round(cpu, 4),
+        "cpu_util_pct": 100.0 * cpu / wall if wall else None,
+        "cpu_us_per_req": 1e6 * cpu / reqs if reqs else None,
+        "cpu_ms_per_mib": 1e3 * cpu / mib if mib else None,
+        "mib": mib,
+        "p50_ms": w["lat_p50_us"] / 1000.0,
+        "p90_ms": w["lat_p90_us"] / 1000.0,
+        "p99_ms": w["lat_p99_us"] / 1000.0,
+        "max_ms": w["lat_max_us"] / 1000.0,
+        "rss_kib": rss_kib(px.pid),
+        "errors": errors,
+        "wrk": w,
+    }
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+# (key, label, format, better) -- better: "lower" or "higher"
+ROWS = [
+    ("rps", "req/s", "%.0f", "higher"),
+    ("cpu_us_per_req", "CPU us/req", "%.2f", "lower"),
+    ("cpu_ms_per_mib", "CPU ms/MiB", "%.3f", "lower"),
+    ("cpu_util_pct", "CPU util %", "%.0f", "-"),
+    ("p50_ms", "p50 ms", "%.3f", "lower"),
+    ("p99_ms", "p99 ms", "%.3f", "lower"),
+    ("rss_kib", "RSS KiB", "%.0f", "lower"),
+    ("errors", "wrk errors", "%.0f", "lower"),
+]
+
+
+def summarize(result, proxies):
+    med = {}
+    for p in proxies:
+        runs = result["runs"].get(p, [])
+        med[p] = {k: median([r.get(k) for r in runs]) for k, _, _, _ in ROWS} if runs else None
+    result["median"] = med
+    if med.get("luaproxy") and med.get("nginx"):
+        result["ratio_luaproxy_over_nginx"] = {
+            k: ratio(med["luaproxy"][k], med["nginx"][k]) for k, _, _, _ in ROWS
+            if k != "errors"}
+
+
+def fmt(f, v):
+    return "-" if v is None else f % v
+
+
+def print_table(sc, result, proxies, s):
+    log()
+    log("== %s: GET %s, %d connections, median of %d x %gs ==" % (
+        sc["name"], sc["path"], sc["connections"], s["rounds"], s["duration"]))
+    if sc.get("note"):
+        log("   " + sc["note"])
+    for p in proxies:
+        if result.get("failed", {}).get(p):
+            log("   %s FAILED: %s" % (p, result["failed"][p]))
+    hdr = "  %-12s" % "" + "".join("%14s" % p for p in proxies)
+    both = "ratio_luaproxy_over_nginx" in result
+    if both:
+        hdr += "%12s   %s" % ("lp/nginx", "better")
+    log(hdr)
+    for key, label, f, better in ROWS:
+        if key == "cpu_ms_per_mib" and not sc.get("per_mib"):
+            continue
+        line = "  %-12s" % label
+        for p in proxies:
+            m = result["median"].get(p)
+            line += "%14s" % fmt(f, m[key] if m else None)
+        if both and key != "errors":
+            line += "%12s   %s" % (fmt("%.2f", result["ratio_luaproxy_over_nginx"].get(key)),
+                                   better if better != "-" else "")
+        log(line)
+
+
+def print_summary(results):
+    rows = [r for r in results if "ratio_luaproxy_over_nginx" in r]
+    if not rows:
+        return
+    log()
+    log("== summary: luaproxy / nginx (medians; req/s higher is better, the rest lower) ==")
+    keys = [("rps", "req/s"), ("cpu_us_per_req", "CPU/req"), ("p50_ms", "p50"),
+            ("p99_ms", "p99"), ("rss_kib", "RSS")]
+    log("  %-20s" % "scenario" + "".join("%10s" % l for _, l in keys))
+    for r in rows:
+        log("  %-20s" % r["name"] + "".join(
+            "%10s" % fmt("%.2f", r["ratio_luaproxy_over_nginx"].get(k)) for k, _ in keys))
+
+
+# ---------------------------------------------------------------------------
+# idle keep-alive connections
+# ---------------------------------------------------------------------------
+def idle_test(s, procs, workdir, origin_port):
+    spec = scenario_defs.IDLE
+    n = s["idle_conns"]
+    out = {"connections": n, "path": spec["path"]}
+    log()
+    log("== idle keep-alive connections: %d, one GET %s each, then silent ==" % (n, spec["path"]))
+    for name in s["proxies"]:
+        px = start_proxy(s, procs, workdir, name, spec[name], origin_port)
+        try:
+            if not sanity(px, spec["path"]):
+                raise StartError("%s: %s" % (name, px.failed))
+            # warm up: one-time allocations (VM, pools) are not per-connection cost
+            run_wrk(s, procs, px, {"path": spec["path"], "connections": 8}, 1)
+            time.sleep(0.5)
+            before = rss_kib(px.pid)
+            t0 = time.monotonic()
+            socks, failures = idle_conns.open_idle(px.port, n, spec["path"])
+            opened = time.monotonic() - t0
+            time.sleep(1.0)
+            still = idle_conns.count_open(socks)
+            after = rss_kib(px.pid)
+            idle_conns.close_all(socks)
+            time.sleep(1.0)
+            closed = rss_kib(px.pid) if px.alive() else None
+            per = (after - before) / still if still else None
+            out[name] = {"rss_before_kib": before, "rss_after_kib": after,
+                         "rss_after_close_kib": closed, "opened": len(socks),
+                         "failed": failures, "still_open": still,
+                         "open_seconds": round(opened, 2), "kib_per_conn": per}
+            log("  %-9s opened %d (failed %d) in %.1fs, %d still open: RSS %d -> %d KiB, "
+                "%s KiB/conn; after close %s KiB"
+                % (name, len(socks), failures, opened, still, before, after,
+                   fmt("%.2f", per), fmt("%d", closed)))
+            if not px.alive():
+                raise StartError("%s died during the idle test:\n%s" % (name, proxy_log_tail(px)))
+        finally:
+            procs.stop(px.popen)
+    if out.get("luaproxy") and out.get("nginx"):
+        out["ratio_luaproxy_over_nginx"] = ratio(out["luaproxy"]["kib_per_conn"],
+                                                 out["nginx"]["kib_per_conn"])
+        log("  KiB per idle connection, luaproxy/nginx: %s"
+            % fmt("%.2f", out["ratio_luaproxy_over_nginx"]))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+def versions(s):
+    v = {}
+    try:
+        v["nginx"] = subprocess.run([s["nginx"], "-v"], capture_output=True, text=True,
+                                    timeout=5).stderr.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        v["wrk"] = subprocess.run([s["wrk"], "-v"], capture_output=True, text=True,
+                                  timeout=5).stdout.splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        pass
+    try:
+        v["git"] = subprocess.run(["git", "-C", REPO_DIR, "rev-parse", "--short", "HEAD"],
+                                  capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return v
+
+
+def _die_with_parent():
+    """If run.sh is killed outright (SIGKILL, no trap), stop too, cleaning up."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def main():
+    _die_with_parent()
+    s = settings()
+    procs = Procs(s["pidfile"])
+    workdir = tempfile.mkdtemp(prefix="lp-bench-", dir=os.environ.get("LP_BENCH_TMP") or None)
+    doc = {"meta": {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "cpus": os.cpu_count(), "pinned": s["pin"],
+                    "cpu_proxy": s["cpu_proxy"], "cpu_load": s["cpu_load"],
+                    "rounds": s["rounds"], "duration_s": s["duration"],
+                    "warmup_s": s["warmup"], "quick": s["quick"],
+                    "luaproxy": s["luaproxy"],
+                    "origin": "standin-nginx" if s["standin_origin"] else s["origin"],
+                    "versions": versions(s)},
+           "scenarios": [], "idle": None}
+    status = 0
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt()
+    signal.signal(signal.SIGTERM, on_signal)
+
+    try:
+        if not s["pin"]:
+            log("note: not pinning to CPUs (taskset missing or fewer than 2 CPUs)")
+        for tool in (s["wrk"],) + ((s["nginx"],) if "nginx" in s["proxies"] or s["standin_origin"] else ()):
+            if not os.access(tool, os.X_OK):
+                raise StartError("%s is not an executable" % tool)
+        origin_port, origin = start_origin(s, procs, workdir)
+        log("origin on 127.0.0.1:%d%s; proxies on CPU %s, wrk+origin on CPU %s; "
+            "%d round(s) x %gs, warm-up %gs" % (
+                origin_port, " (stand-in nginx)" if s["standin_origin"] else "",
+                s["cpu_proxy"], s["cpu_load"], s["rounds"], s["duration"], s["warmup"]))
+        chosen = [sc for sc in scenario_defs.SCENARIOS
+                  if not s["only"] or re.search(s["only"], sc["name"])]
+        running = {}   # (proxy name, template) -> Proxy
+        for sc in chosen:
+            # a new pair of templates gets a fresh pair of processes
+            for p in s["proxies"]:
+                key = (p, sc[p])
+                if key not in running:
+                    for k in [k for k in running if k[0] == p]:
+                        procs.stop(running.pop(k).popen)
+                    running[key] = start_proxy(s, procs, workdir, p, sc[p], origin_port)
+            pxs = [running[(p, sc[p])] for p in s["proxies"]]
+            result = {"name": sc["name"], "path": sc["path"], "connections": sc["connections"],
+                      "runs": {p: [] for p in s["proxies"]}, "failed": {}}
+            for px in pxs:
+                if px.failed is None and not px.alive():
+                    px.failed = "process exited"
+                if px.failed is None:
+                    sanity(px, sc["path"])
+            def measure(px, seconds):
+                """One wrk run; a proxy that dies is marked failed, the others go on."""
+                if px.failed is not None:
+                    return None
+                if not px.alive():
+                    px.failed = "process exited"
+                    return None
+                try:
+                    r = run_wrk(s, procs, px, sc, seconds)
+                except StartError as e:
+                    if px.alive():
+                        raise          # wrk itself failed: a harness problem
+                    px.failed = "process exited during a run (%s)" % e
+                    return None
+                if not px.alive():
+                    px.failed = "process exited during a run"
+                    return None
+                return r
+            for px in pxs:             # warm-up, discarded
+                measure(px, s["warmup"])
+            for rnd in range(s["rounds"]):
+                for px in pxs:         # A B A B ...
+                    r = measure(px, s["duration"])
+                    if r is not None:
+                        r["round"] = rnd
+                        result["runs"][px.name].append(r)
+            for px in pxs:
+                if px.failed is not None:
+                    result["failed"][px.name] = px.failed
+                    log("!! %s in %s: %s" % (px.name, sc["name"], px.failed))
+                    if not getattr(px, "reported", False):
+                        px.reported = True
+                        log(proxy_log_tail(px))
+                    status = 1
+            summarize(result, s["proxies"])
+            doc["scenarios"].append(result)
+            print_table(sc, result, s["proxies"], s)
+        for px in running.values():
+            procs.stop(px.popen)
+        running = {}
+        print_summary(doc["scenarios"])
+        if s["idle_conns"] > 0:
+            doc["idle"] = idle_test(s, procs, workdir, origin_port)
+    except StartError as e:
+        log("\nERROR: %s" % e)
+        status = 1
+    except KeyboardInterrupt:
+        log("\ninterrupted")
+        status = 130
+    finally:
+        procs.stop_all()
+        doc["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        doc["meta"]["exit_status"] = status
+        os.makedirs(os.path.dirname(s["results"]), exist_ok=True)
+        with open(s["results"], "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+        log("\nresults: %s" % os.path.relpath(s["results"], os.getcwd()))
+        if status == 0 and not os.environ.get("KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log("logs and configs kept in %s" % workdir)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
