@@ -1,0 +1,137 @@
+#include <stdlib.h>
+#include <assert.h>
+#include "buf.h"
+
+void lp_bufpool_init(lp_bufpool_t *p, size_t max_free)
+{
+    memset(p, 0, sizeof(*p));
+    p->max_free = max_free;
+}
+
+void lp_bufpool_destroy(lp_bufpool_t *p)
+{
+    while (p->free) {
+        lp_buf_t *b = p->free;
+        p->free = b->next;
+        free(b);
+    }
+    p->nfree = 0;
+}
+
+lp_buf_t *lp_buf_get(lp_bufpool_t *p, size_t size)
+{
+    lp_buf_t *b;
+    if (size <= LP_BUF_SIZE && p->free) {
+        b = p->free;
+        p->free = b->next;
+        p->nfree--;
+    } else {
+        size_t cap = size <= LP_BUF_SIZE ? LP_BUF_SIZE : size;
+        b = malloc(sizeof(*b) + cap);
+        if (!b)
+            return NULL;
+        b->cap = (uint32_t)cap;
+    }
+    b->pool = b->cap == LP_BUF_SIZE ? p : NULL;
+    b->next = NULL;
+    b->refs = 1;
+    p->outstanding++;
+    return b;
+}
+
+void lp_buf_unref(lp_buf_t *b)
+{
+    assert(b->refs > 0);
+    if (--b->refs)
+        return;
+    lp_bufpool_t *p = b->pool;
+    if (!p) {
+        free(b);
+        return;
+    }
+    p->outstanding--;
+    if (p->nfree >= p->max_free) {
+        free(b);
+        return;
+    }
+    b->next = p->free;
+    p->free = b;
+    p->nfree++;
+}
+
+lp_wbatch_t *lp_wbatch_get(lp_wbpool_t *p)
+{
+    lp_wbatch_t *wb = p->free;
+    if (wb) {
+        p->free = wb->next_free;
+        p->nfree--;
+    } else {
+        wb = malloc(sizeof(*wb));
+        if (!wb)
+            return NULL;
+    }
+    wb->next_free = NULL;
+    wb->cb = NULL;
+    wb->owner = NULL;
+    wb->bytes = 0;
+    wb->n = 0;
+    wb->scratch_used = 0;
+    return wb;
+}
+
+void lp_wbatch_release(lp_wbatch_t *wb)
+{
+    for (unsigned i = 0; i < wb->n; i++)
+        if (wb->pins[i])
+            lp_buf_unref(wb->pins[i]);
+    wb->n = 0;
+    wb->bytes = 0;
+    wb->scratch_used = 0;
+}
+
+void lp_wbatch_put(lp_wbpool_t *p, lp_wbatch_t *wb)
+{
+    lp_wbatch_release(wb);
+    if (p->nfree >= 64) {
+        free(wb);
+        return;
+    }
+    wb->next_free = p->free;
+    p->free = wb;
+    p->nfree++;
+}
+
+void lp_wbpool_destroy(lp_wbpool_t *p)
+{
+    while (p->free) {
+        lp_wbatch_t *wb = p->free;
+        p->free = wb->next_free;
+        free(wb);
+    }
+    p->nfree = 0;
+}
+
+void lp_wbatch_add(lp_wbatch_t *wb, const char *base, size_t len, lp_buf_t *pin)
+{
+    assert(wb->n < LP_WBATCH_MAX);
+    wb->bufs[wb->n] = uv_buf_init((char *)base, (unsigned)len);
+    wb->pins[wb->n] = pin ? lp_buf_ref(pin) : NULL;
+    wb->n++;
+    wb->bytes += len;
+}
+
+void lp_wbatch_add_copy(lp_wbatch_t *wb, const char *base, size_t len)
+{
+    assert(wb->scratch_used + len <= LP_WBATCH_SCRATCH);
+    char *dst = wb->scratch + wb->scratch_used;
+    memcpy(dst, base, len);
+    wb->scratch_used += (unsigned)len;
+    /* Adjacent scratch appends merge into one iovec. */
+    if (wb->n && !wb->pins[wb->n - 1] &&
+        wb->bufs[wb->n - 1].base + wb->bufs[wb->n - 1].len == dst) {
+        wb->bufs[wb->n - 1].len += len;
+        wb->bytes += len;
+        return;
+    }
+    lp_wbatch_add(wb, dst, len, NULL);
+}

@@ -1,0 +1,84 @@
+/* Reference-counted I/O blocks from a per-worker free list, and write batches that
+ * gather iovecs over them for one uv_write.
+ *
+ * Ownership: a block is owned by whoever holds a reference. A read fills a fresh
+ * block; body bytes forwarded without copying take an extra reference that the
+ * write batch drops in its write callback. Idle connections hold no block. */
+#ifndef LP_BUF_H
+#define LP_BUF_H
+
+#include <uv.h>
+#include "common.h"
+
+#define LP_BUF_SIZE (64 * 1024)
+
+typedef struct lp_bufpool_s lp_bufpool_t;
+
+typedef struct lp_buf_s {
+    struct lp_buf_s *next; /* free-list link while pooled */
+    lp_bufpool_t *pool;    /* NULL for an oversized block that is freed, not pooled */
+    uint32_t refs;
+    uint32_t cap;
+    char data[];
+} lp_buf_t;
+
+struct lp_bufpool_s {
+    lp_buf_t *free;
+    size_t nfree;
+    size_t max_free;    /* blocks kept beyond this go back to malloc */
+    size_t outstanding; /* blocks handed out and not yet returned (metrics, leak checks) */
+};
+
+void lp_bufpool_init(lp_bufpool_t *p, size_t max_free);
+void lp_bufpool_destroy(lp_bufpool_t *p);
+/* A block of LP_BUF_SIZE bytes with one reference, or of `size` bytes when larger. */
+lp_buf_t *lp_buf_get(lp_bufpool_t *p, size_t size);
+static inline lp_buf_t *lp_buf_ref(lp_buf_t *b)
+{
+    b->refs++;
+    return b;
+}
+void lp_buf_unref(lp_buf_t *b);
+
+/* A write batch: up to LP_WBATCH_MAX iovecs, each optionally pinning a block, plus a
+ * small scratch area for framing bytes (chunk sizes) that must outlive the call. */
+#define LP_WBATCH_MAX     64
+#define LP_WBATCH_SCRATCH 1024
+
+typedef struct lp_wbatch_s lp_wbatch_t;
+typedef void (*lp_wbatch_cb)(lp_wbatch_t *wb, int status);
+
+struct lp_wbatch_s {
+    uv_write_t req; /* req.data is free for the owner */
+    lp_wbatch_t *next_free;
+    lp_wbatch_cb cb;
+    void *owner;
+    size_t bytes;
+    unsigned n;
+    unsigned scratch_used;
+    uv_buf_t bufs[LP_WBATCH_MAX];
+    lp_buf_t *pins[LP_WBATCH_MAX];
+    char scratch[LP_WBATCH_SCRATCH];
+};
+
+typedef struct {
+    lp_wbatch_t *free;
+    size_t nfree;
+} lp_wbpool_t;
+
+lp_wbatch_t *lp_wbatch_get(lp_wbpool_t *p);
+void lp_wbatch_put(lp_wbpool_t *p, lp_wbatch_t *wb);
+void lp_wbpool_destroy(lp_wbpool_t *p);
+/* Room left for k more iovecs and `scratch` scratch bytes. */
+static inline int lp_wbatch_room(const lp_wbatch_t *wb, unsigned k, unsigned scratch)
+{
+    return wb->n + k <= LP_WBATCH_MAX && wb->scratch_used + scratch <= LP_WBATCH_SCRATCH;
+}
+/* Appends bytes; pin (may be NULL) gets an extra reference that the batch releases. */
+void lp_wbatch_add(lp_wbatch_t *wb, const char *base, size_t len, lp_buf_t *pin);
+/* Copies len (<= free scratch) bytes into the scratch area and appends them. */
+void lp_wbatch_add_copy(lp_wbatch_t *wb, const char *base, size_t len);
+/* Drops every pin and resets the batch for reuse. */
+void lp_wbatch_release(lp_wbatch_t *wb);
+
+#endif

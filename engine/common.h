@@ -1,0 +1,84 @@
+/* Types and conventions shared by every engine module. */
+#ifndef LP_COMMON_H
+#define LP_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Every fallible engine call returns 0 or a negative LP_E* code. */
+#define LP_ERRNO_MAP(XX)                                                                           \
+    XX(NOMEM, -1, "out of memory")                                                                 \
+    XX(INVAL, -2, "invalid argument")                                                              \
+    XX(CONFIG, -3, "configuration error")                                                          \
+    XX(IO, -4, "I/O error")                                                                        \
+    XX(PROTO, -5, "protocol error")                                                                \
+    XX(LIMIT, -6, "limit exceeded")
+
+enum {
+#define LP_E_DEF(name, code, msg) LP_E##name = code,
+    LP_ERRNO_MAP(LP_E_DEF)
+#undef LP_E_DEF
+};
+
+const char *lp_strerror(int code);
+
+/* Results of a request-processing step (the nginx handler convention). */
+typedef enum {
+    LP_OK = 0,        /* done with this step, continue */
+    LP_ERROR = -1,    /* failed; the caller answers or closes */
+    LP_AGAIN = -2,    /* parked; the step is re-entered when an event completes */
+    LP_DONE = -3,     /* the request was answered here; skip the remaining steps */
+    LP_DECLINED = -4, /* not mine; continue with the next handler */
+} lp_rc_t;
+
+/* A byte range. Never assumed NUL-terminated. */
+typedef struct {
+    const char *base;
+    size_t len;
+} lp_str_t;
+
+#define LP_STR(lit)                       ((lp_str_t){(lit), sizeof(lit) - 1})
+#define LP_ARRAY_LEN(a)                   (sizeof(a) / sizeof((a)[0]))
+#define LP_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
+#define LP_UNUSED(x)                      ((void)(x))
+
+/* ASCII case-insensitive equality of s with the literal-like (p, n). */
+int lp_str_ieq(lp_str_t s, const char *p, size_t n);
+#define LP_STR_IEQ(s, lit) lp_str_ieq((s), (lit), sizeof(lit) - 1)
+
+/* Doubly linked intrusive list (a zeroed head is not valid: call lp_list_init). */
+typedef struct lp_list_s {
+    struct lp_list_s *prev, *next;
+} lp_list_t;
+
+static inline void lp_list_init(lp_list_t *h)
+{
+    h->prev = h->next = h;
+}
+static inline int lp_list_empty(const lp_list_t *h)
+{
+    return h->next == h;
+}
+static inline void lp_list_insert_tail(lp_list_t *h, lp_list_t *n)
+{
+    n->prev = h->prev;
+    n->next = h;
+    h->prev->next = n;
+    h->prev = n;
+}
+static inline void lp_list_insert_head(lp_list_t *h, lp_list_t *n)
+{
+    n->next = h->next;
+    n->prev = h;
+    h->next->prev = n;
+    h->next = n;
+}
+static inline void lp_list_remove(lp_list_t *n)
+{
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->prev = n->next = n;
+}
+
+#endif

@@ -1,0 +1,700 @@
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <uv.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include "common.h"
+#include "config.h"
+
+/* Validation context. Every check writes "file: key.path: problem" into err. */
+typedef struct {
+    lua_State *L;
+    const char *file;
+    char *err;
+    size_t errlen;
+} vctx_t;
+
+static int fail(vctx_t *v, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(vctx_t *v, const char *path, const char *fmt, ...)
+{
+    int n = snprintf(v->err, v->errlen, "%s: %s: ", v->file, path);
+    if (n < 0 || (size_t)n >= v->errlen)
+        return LP_ECONFIG;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(v->err + n, v->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+    return LP_ECONFIG;
+}
+
+static void join(char *out, size_t outlen, const char *path, const char *key)
+{
+    if (!path || !*path)
+        snprintf(out, outlen, "%s", key);
+    else
+        snprintf(out, outlen, "%s.%s", path, key);
+}
+
+static void join_index(char *out, size_t outlen, const char *path, size_t i)
+{
+    snprintf(out, outlen, "%s[%zu]", path, i);
+}
+
+/* Every key of the table at the top of the stack must be a string in `allowed`. */
+static int check_keys(vctx_t *v, const char *path, const char *const *allowed)
+{
+    lua_State *L = v->L;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            return fail(v, path && *path ? path : "(top)", "unexpected non-string key");
+        }
+        const char *k = lua_tostring(L, -1);
+        int ok = 0;
+        for (const char *const *a = allowed; *a; a++)
+            if (strcmp(*a, k) == 0)
+                ok = 1;
+        if (!ok) {
+            char p[512];
+            join(p, sizeof(p), path, k);
+            lua_pop(L, 1);
+            return fail(v, p, "unknown key");
+        }
+    }
+    return 0;
+}
+
+/* The value of key `k` of the table at the top of the stack is pushed; returns its type. */
+static int field(vctx_t *v, const char *k)
+{
+    lua_getfield(v->L, -1, k);
+    return lua_type(v->L, -1);
+}
+
+static const char *type_name(vctx_t *v)
+{
+    return lua_typename(v->L, lua_type(v->L, -1));
+}
+
+static int opt_number(vctx_t *v, const char *path, const char *k, double min, double max,
+                      double def, double *out)
+{
+    char p[512];
+    join(p, sizeof(p), path, k);
+    int t = field(v, k);
+    if (t == LUA_TNIL) {
+        *out = def;
+    } else if (t != LUA_TNUMBER) {
+        int rc = fail(v, p, "expected a number, got %s", type_name(v));
+        lua_pop(v->L, 1);
+        return rc;
+    } else {
+        double d = lua_tonumber(v->L, -1);
+        if (!(d >= min && d <= max)) {
+            lua_pop(v->L, 1);
+            return fail(v, p, "must be between %g and %g", min, max);
+        }
+        *out = d;
+    }
+    lua_pop(v->L, 1);
+    return 0;
+}
+
+static int opt_integer(vctx_t *v, const char *path, const char *k, double min, double max,
+                       double def, uint64_t *out)
+{
+    double d;
+    int rc = opt_number(v, path, k, min, max, def, &d);
+    if (rc)
+        return rc;
+    if (d != floor(d)) {
+        char p[512];
+        join(p, sizeof(p), path, k);
+        return fail(v, p, "must be a whole number");
+    }
+    *out = (uint64_t)d;
+    return 0;
+}
+
+static int opt_seconds_ms(vctx_t *v, const char *path, const char *k, double def, uint64_t *out)
+{
+    double d;
+    int rc = opt_number(v, path, k, 0.001, 86400.0 * 365, def, &d);
+    if (!rc)
+        *out = (uint64_t)(d * 1000.0 + 0.5);
+    return rc;
+}
+
+static int opt_bool(vctx_t *v, const char *path, const char *k, int def, int *out)
+{
+    int t = field(v, k);
+    if (t == LUA_TNIL) {
+        *out = def;
+    } else if (t != LUA_TBOOLEAN) {
+        char p[512];
+        join(p, sizeof(p), path, k);
+        int rc = fail(v, p, "expected a boolean, got %s", type_name(v));
+        lua_pop(v->L, 1);
+        return rc;
+    } else {
+        *out = lua_toboolean(v->L, -1);
+    }
+    lua_pop(v->L, 1);
+    return 0;
+}
+
+/* Copies an optional string (NULL when absent). */
+static int opt_string(vctx_t *v, const char *path, const char *k, char **out)
+{
+    int t = field(v, k);
+    *out = NULL;
+    if (t != LUA_TNIL) {
+        if (t != LUA_TSTRING) {
+            char p[512];
+            join(p, sizeof(p), path, k);
+            int rc = fail(v, p, "expected a string, got %s", type_name(v));
+            lua_pop(v->L, 1);
+            return rc;
+        }
+        *out = strdup(lua_tostring(v->L, -1));
+    }
+    lua_pop(v->L, 1);
+    return 0;
+}
+
+/* The table at key k is pushed (or nothing, returning 1, when absent). */
+static int opt_table(vctx_t *v, const char *path, const char *k, int *present)
+{
+    int t = field(v, k);
+    *present = 0;
+    if (t == LUA_TNIL) {
+        lua_pop(v->L, 1);
+        return 0;
+    }
+    if (t != LUA_TTABLE) {
+        char p[512];
+        join(p, sizeof(p), path, k);
+        int rc = fail(v, p, "expected a table, got %s", type_name(v));
+        lua_pop(v->L, 1);
+        return rc;
+    }
+    *present = 1;
+    return 0;
+}
+
+/* A table used as a list: its length, after checking there is nothing but 1..n in it. */
+static int list_len(vctx_t *v, const char *path, size_t *n)
+{
+    size_t len = lua_objlen(v->L, -1), count = 0;
+    lua_pushnil(v->L);
+    while (lua_next(v->L, -2)) {
+        lua_pop(v->L, 1);
+        count++;
+        if (lua_type(v->L, -1) != LUA_TNUMBER) {
+            lua_pop(v->L, 1);
+            return fail(v, path, "expected a list, found key \"%s\"",
+                        lua_type(v->L, -1) == LUA_TSTRING ? lua_tostring(v->L, -1) : "?");
+        }
+    }
+    if (count != len)
+        return fail(v, path, "expected a list without holes");
+    *n = len;
+    return 0;
+}
+
+int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen)
+{
+    char host[256];
+    const char *colon, *port_s;
+    memset(out, 0, sizeof(*out));
+    if (text[0] == '[') {
+        const char *end = strchr(text, ']');
+        if (!end || end[1] != ':') {
+            snprintf(err, errlen, "\"%s\" is not [ipv6]:port", text);
+            return LP_EINVAL;
+        }
+        if ((size_t)(end - text - 1) >= sizeof(host))
+            goto toolong;
+        memcpy(host, text + 1, (size_t)(end - text - 1));
+        host[end - text - 1] = 0;
+        port_s = end + 2;
+    } else {
+        colon = strrchr(text, ':');
+        if (!colon) {
+            snprintf(err, errlen, "\"%s\" has no :port", text);
+            return LP_EINVAL;
+        }
+        if ((size_t)(colon - text) >= sizeof(host))
+            goto toolong;
+        memcpy(host, text, (size_t)(colon - text));
+        host[colon - text] = 0;
+        port_s = colon + 1;
+    }
+    char *endp;
+    errno = 0;
+    long port = strtol(port_s, &endp, 10);
+    if (!*port_s || *endp || errno || port < 0 || port > 65535) {
+        snprintf(err, errlen, "\"%s\" has an invalid port", text);
+        return LP_EINVAL;
+    }
+    if (!host[0] || strcmp(host, "*") == 0)
+        strcpy(host, "0.0.0.0");
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG;
+    char pbuf[8];
+    snprintf(pbuf, sizeof(pbuf), "%ld", port);
+    int rc = getaddrinfo(host, pbuf, &hints, &res);
+    if (rc == EAI_ADDRFAMILY || rc == EAI_NONAME) {
+        hints.ai_flags = AI_NUMERICSERV;
+        rc = getaddrinfo(host, pbuf, &hints, &res);
+    }
+    if (rc || !res) {
+        snprintf(err, errlen, "cannot resolve \"%s\": %s", host, gai_strerror(rc));
+        return LP_EINVAL;
+    }
+    memcpy(&out->addr, res->ai_addr, res->ai_addrlen);
+    out->addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    out->text = strdup(text);
+    return out->text ? 0 : LP_ENOMEM;
+toolong:
+    snprintf(err, errlen, "\"%s\": host too long", text);
+    return LP_EINVAL;
+}
+
+static int parse_address_value(vctx_t *v, const char *path, lp_addr_t *out)
+{
+    if (lua_type(v->L, -1) != LUA_TSTRING)
+        return fail(v, path, "expected an address string \"host:port\", got %s", type_name(v));
+    char msg[300];
+    if (lp_addr_parse(lua_tostring(v->L, -1), out, msg, sizeof(msg)))
+        return fail(v, path, "%s", msg);
+    return 0;
+}
+
+static int load_listen(vctx_t *v, lp_config_t *c)
+{
+    static const char *const keys[] = {"address", "backlog", NULL};
+    int present, rc;
+    if ((rc = opt_table(v, "", "listen", &present)))
+        return rc;
+    if (!present)
+        return fail(v, "listen", "at least one listener is required");
+    size_t n;
+    if ((rc = list_len(v, "listen", &n)))
+        goto out;
+    if (n == 0) {
+        rc = fail(v, "listen", "at least one listener is required");
+        goto out;
+    }
+    c->listen = calloc(n, sizeof(*c->listen));
+    c->nlisten = n;
+    for (size_t i = 0; i < n && !rc; i++) {
+        char p[512], pa[512];
+        join_index(p, sizeof(p), "listen", i + 1);
+        lua_rawgeti(v->L, -1, (int)i + 1);
+        if (lua_type(v->L, -1) != LUA_TTABLE) {
+            rc = fail(v, p, "expected a table { address = \"host:port\" }, got %s", type_name(v));
+        } else if (!(rc = check_keys(v, p, keys))) {
+            join(pa, sizeof(pa), p, "address");
+            field(v, "address");
+            if (lua_isnil(v->L, -1))
+                rc = fail(v, pa, "required");
+            else
+                rc = parse_address_value(v, pa, &c->listen[i].addr);
+            lua_pop(v->L, 1);
+            uint64_t backlog = 511;
+            if (!rc)
+                rc = opt_integer(v, p, "backlog", 1, 65535, 511, &backlog);
+            c->listen[i].backlog = (int)backlog;
+        }
+        lua_pop(v->L, 1);
+    }
+out:
+    lua_pop(v->L, 1);
+    return rc;
+}
+
+static int load_target(vctx_t *v, const char *p, lp_target_conf_t *t)
+{
+    static const char *const keys[] = {"address", "weight", NULL};
+    int rc;
+    t->weight = 1;
+    if (lua_type(v->L, -1) == LUA_TSTRING)
+        return parse_address_value(v, p, &t->addr);
+    if (lua_type(v->L, -1) != LUA_TTABLE)
+        return fail(v, p, "expected \"host:port\" or { address =, weight = }, got %s",
+                    type_name(v));
+    if ((rc = check_keys(v, p, keys)))
+        return rc;
+    char pa[512];
+    join(pa, sizeof(pa), p, "address");
+    field(v, "address");
+    if (lua_isnil(v->L, -1))
+        rc = fail(v, pa, "required");
+    else
+        rc = parse_address_value(v, pa, &t->addr);
+    lua_pop(v->L, 1);
+    uint64_t w = 1;
+    if (!rc)
+        rc = opt_integer(v, p, "weight", 1, 10000, 1, &w);
+    t->weight = (unsigned)w;
+    return rc;
+}
+
+static int load_upstreams(vctx_t *v, lp_config_t *c)
+{
+    static const char *const keys[] = {
+        "targets", "balance", "keepalive", "keepalive_timeout", "keepalive_requests", NULL};
+    int present, rc = 0;
+    if ((rc = opt_table(v, "", "upstreams", &present)))
+        return rc;
+    if (!present)
+        return 0;
+    size_t n = 0;
+    lua_pushnil(v->L);
+    while (lua_next(v->L, -2)) {
+        lua_pop(v->L, 1);
+        if (lua_type(v->L, -1) != LUA_TSTRING) {
+            lua_pop(v->L, 2);
+            return fail(v, "upstreams", "upstream names must be strings");
+        }
+        n++;
+    }
+    c->upstreams = calloc(n ? n : 1, sizeof(*c->upstreams));
+    lua_pushnil(v->L);
+    while (!rc && lua_next(v->L, -2)) {
+        const char *name = lua_tostring(v->L, -2);
+        lp_upstream_conf_t *u = &c->upstreams[c->nupstreams++];
+        u->name = strdup(name);
+        char p[512], pt[512];
+        join(p, sizeof(p), "upstreams", name);
+        if (lua_type(v->L, -1) != LUA_TTABLE) {
+            rc = fail(v, p, "expected a table, got %s", type_name(v));
+            lua_pop(v->L, 1);
+            break;
+        }
+        if ((rc = check_keys(v, p, keys))) {
+            lua_pop(v->L, 1);
+            break;
+        }
+        join(pt, sizeof(pt), p, "targets");
+        int tpresent;
+        if (!(rc = opt_table(v, p, "targets", &tpresent)) && tpresent) {
+            size_t nt;
+            if (!(rc = list_len(v, pt, &nt))) {
+                if (nt == 0)
+                    rc = fail(v, pt, "at least one target is required");
+                u->targets = calloc(nt ? nt : 1, sizeof(*u->targets));
+                for (size_t i = 0; i < nt && !rc; i++) {
+                    char pi[512];
+                    join_index(pi, sizeof(pi), pt, i + 1);
+                    lua_rawgeti(v->L, -1, (int)i + 1);
+                    rc = load_target(v, pi, &u->targets[i]);
+                    u->ntargets++;
+                    lua_pop(v->L, 1);
+                }
+            }
+            lua_pop(v->L, 1);
+        } else if (!rc) {
+            rc = fail(v, pt, "required");
+        }
+        char *balance = NULL;
+        if (!rc)
+            rc = opt_string(v, p, "balance", &balance);
+        if (!rc && balance && strcmp(balance, "round_robin") != 0) {
+            char pb[512];
+            join(pb, sizeof(pb), p, "balance");
+            rc = fail(v, pb, "unknown policy \"%s\" (supported: round_robin)", balance);
+        }
+        free(balance);
+        u->balance = LP_BALANCE_ROUND_ROBIN;
+        uint64_t ka = 32, kr = 1000;
+        if (!rc)
+            rc = opt_integer(v, p, "keepalive", 0, 100000, 32, &ka);
+        if (!rc)
+            rc = opt_seconds_ms(v, p, "keepalive_timeout", 60, &u->keepalive_timeout);
+        if (!rc)
+            rc = opt_integer(v, p, "keepalive_requests", 1, 1e9, 1000, &kr);
+        u->keepalive = (unsigned)ka;
+        u->keepalive_requests = (unsigned)kr;
+        lua_pop(v->L, 1);
+    }
+    if (rc)
+        lua_pop(v->L, 1); /* the key lua_next left */
+    lua_pop(v->L, 1);
+    return rc;
+}
+
+static int find_upstream(const lp_config_t *c, const char *name, size_t *idx)
+{
+    for (size_t i = 0; i < c->nupstreams; i++)
+        if (strcmp(c->upstreams[i].name, name) == 0) {
+            *idx = i;
+            return 0;
+        }
+    return -1;
+}
+
+static int valid_host_pattern(const char *h)
+{
+    if (!*h)
+        return 0;
+    if (h[0] == '*') {
+        if (h[1] != '.' || !h[2])
+            return 0;
+        h += 2;
+    }
+    for (; *h; h++)
+        if (!(isalnum((unsigned char)*h) || *h == '-' || *h == '.' || *h == '_'))
+            return 0;
+    return 1;
+}
+
+static int load_routes(vctx_t *v, lp_config_t *c)
+{
+    static const char *const keys[] = {"match", "upstream", "strip_prefix", NULL};
+    static const char *const match_keys[] = {"host", "prefix", NULL};
+    int present, rc;
+    if ((rc = opt_table(v, "", "routes", &present)))
+        return rc;
+    if (!present)
+        return fail(v, "routes", "at least one route is required");
+    size_t n;
+    if ((rc = list_len(v, "routes", &n)))
+        goto out;
+    c->routes = calloc(n ? n : 1, sizeof(*c->routes));
+    for (size_t i = 0; i < n && !rc; i++) {
+        lp_route_conf_t *r = &c->routes[c->nroutes++];
+        char p[512], pm[512], pu[512];
+        join_index(p, sizeof(p), "routes", i + 1);
+        lua_rawgeti(v->L, -1, (int)i + 1);
+        if (lua_type(v->L, -1) != LUA_TTABLE) {
+            rc = fail(v, p, "expected a table, got %s", type_name(v));
+            lua_pop(v->L, 1);
+            break;
+        }
+        if ((rc = check_keys(v, p, keys))) {
+            lua_pop(v->L, 1);
+            break;
+        }
+        join(pm, sizeof(pm), p, "match");
+        int mpresent;
+        if (!(rc = opt_table(v, p, "match", &mpresent)) && mpresent) {
+            if (!(rc = check_keys(v, pm, match_keys)))
+                rc = opt_string(v, pm, "host", &r->host);
+            if (!rc && r->host && !valid_host_pattern(r->host)) {
+                char ph[512];
+                join(ph, sizeof(ph), pm, "host");
+                rc = fail(v, ph, "\"%s\" is not a host name or *.suffix wildcard", r->host);
+            }
+            if (!rc)
+                rc = opt_string(v, pm, "prefix", &r->prefix);
+            if (!rc && r->prefix && r->prefix[0] != '/') {
+                char pp[512];
+                join(pp, sizeof(pp), pm, "prefix");
+                rc = fail(v, pp, "must start with \"/\"");
+            }
+            lua_pop(v->L, 1);
+        }
+        if (!r->prefix)
+            r->prefix = strdup("/");
+        r->prefix_len = strlen(r->prefix);
+        if (r->host)
+            for (char *h = r->host; *h; h++)
+                *h = (char)tolower((unsigned char)*h);
+        char *up = NULL;
+        join(pu, sizeof(pu), p, "upstream");
+        if (!rc && !(rc = opt_string(v, p, "upstream", &up))) {
+            if (!up)
+                rc = fail(v, pu, "required");
+            else if (find_upstream(c, up, &r->upstream))
+                rc = fail(v, pu, "no upstream named \"%s\"", up);
+        }
+        free(up);
+        if (!rc)
+            rc = opt_bool(v, p, "strip_prefix", 0, &r->strip_prefix);
+        lua_pop(v->L, 1);
+    }
+out:
+    lua_pop(v->L, 1);
+    return rc;
+}
+
+static int load_timeouts(vctx_t *v, lp_config_t *c)
+{
+    static const char *const keys[] = {"connect",     "read",      "send",  "client_header",
+                                       "client_body", "keepalive", "drain", NULL};
+    lp_timeouts_t *t = &c->timeouts;
+    int present, rc;
+    if ((rc = opt_table(v, "", "timeouts", &present)))
+        return rc;
+    if (!present) {
+        lua_newtable(v->L);
+    }
+    if (!(rc = check_keys(v, "timeouts", keys)) &&
+        !(rc = opt_seconds_ms(v, "timeouts", "connect", 5, &t->connect)) &&
+        !(rc = opt_seconds_ms(v, "timeouts", "read", 60, &t->read)) &&
+        !(rc = opt_seconds_ms(v, "timeouts", "send", 60, &t->send)) &&
+        !(rc = opt_seconds_ms(v, "timeouts", "client_header", 10, &t->client_header)) &&
+        !(rc = opt_seconds_ms(v, "timeouts", "client_body", 60, &t->client_body)) &&
+        !(rc = opt_seconds_ms(v, "timeouts", "keepalive", 75, &t->keepalive)))
+        rc = opt_seconds_ms(v, "timeouts", "drain", 30, &t->drain);
+    lua_pop(v->L, 1);
+    return rc;
+}
+
+static int load_limits(vctx_t *v, lp_config_t *c)
+{
+    static const char *const keys[] = {"max_header_size", "max_uri_size", "max_body_size",
+                                       "max_headers", NULL};
+    lp_limits_t *l = &c->limits;
+    int present, rc;
+    uint64_t hs = 0, us = 0, nh = 0;
+    if ((rc = opt_table(v, "", "limits", &present)))
+        return rc;
+    if (!present)
+        lua_newtable(v->L);
+    if (!(rc = check_keys(v, "limits", keys)) &&
+        !(rc = opt_integer(v, "limits", "max_header_size", 256, 1 << 20, 16384, &hs)) &&
+        !(rc = opt_integer(v, "limits", "max_uri_size", 16, 1 << 20, 8192, &us)) &&
+        !(rc = opt_integer(v, "limits", "max_body_size", 0, 9.0e15, 1048576, &l->max_body_size)))
+        rc = opt_integer(v, "limits", "max_headers", 1, 10000, 100, &nh);
+    l->max_header_size = hs;
+    l->max_uri_size = us;
+    l->max_headers = (unsigned)nh;
+    lua_pop(v->L, 1);
+    return rc;
+}
+
+static int load_log(vctx_t *v, lp_config_t *c)
+{
+    static const char *const keys[] = {"access", "format", "level", NULL};
+    int present, rc;
+    if ((rc = opt_table(v, "", "log", &present)))
+        return rc;
+    if (!present)
+        lua_newtable(v->L);
+    if ((rc = check_keys(v, "log", keys)))
+        goto out;
+    int t = field(v, "access");
+    if (t == LUA_TNIL) {
+        c->access_log = strdup("-");
+    } else if (t == LUA_TBOOLEAN && !lua_toboolean(v->L, -1)) {
+        c->access_log = NULL;
+    } else if (t == LUA_TSTRING && lua_objlen(v->L, -1) > 0) {
+        c->access_log = strdup(lua_tostring(v->L, -1));
+    } else {
+        rc = fail(v, "log.access", "expected a path, \"-\" (stdout) or false");
+    }
+    lua_pop(v->L, 1);
+    if (!rc)
+        rc = opt_string(v, "log", "format", &c->access_format);
+    if (!rc && !c->access_format)
+        c->access_format = strdup(LP_ACCESS_FORMAT_DEFAULT);
+    char *level = NULL;
+    if (!rc)
+        rc = opt_string(v, "log", "level", &level);
+    c->log_level = LP_LOG_INFO;
+    if (!rc && level && lp_log_level_parse(level, &c->log_level))
+        rc = fail(v, "log.level", "unknown level \"%s\" (error, warn, notice, info, debug)", level);
+    free(level);
+out:
+    lua_pop(v->L, 1);
+    return rc;
+}
+
+static int load_top(vctx_t *v, lp_config_t *c)
+{
+    static const char *const keys[] = {"workers",  "listen", "upstreams", "routes",
+                                       "timeouts", "limits", "log",       NULL};
+    int rc;
+    uint64_t workers = 0;
+    if ((rc = check_keys(v, "", keys)))
+        return rc;
+    if ((rc = opt_integer(v, "", "workers", 1, 256, 0, &workers)))
+        return rc;
+    c->workers = (unsigned)workers;
+    if (!c->workers) {
+        unsigned cpus = uv_available_parallelism();
+        c->workers = cpus ? cpus : 1;
+    }
+    if ((rc = load_listen(v, c)) || (rc = load_upstreams(v, c)) || (rc = load_routes(v, c)) ||
+        (rc = load_timeouts(v, c)) || (rc = load_limits(v, c)) || (rc = load_log(v, c)))
+        return rc;
+    return 0;
+}
+
+int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return LP_ENOMEM;
+    }
+    luaL_openlibs(L);
+    if (luaL_loadfile(L, path) || lua_pcall(L, 0, 1, 0)) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        lua_close(L);
+        return LP_ECONFIG;
+    }
+    vctx_t v = {L, path, err, errlen};
+    int rc;
+    lp_config_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        lua_close(L);
+        return LP_ENOMEM;
+    }
+    c->path = strdup(path);
+    if (lua_type(L, -1) != LUA_TTABLE)
+        rc = fail(&v, "(top)", "the file must return a table, got %s", type_name(&v));
+    else
+        rc = load_top(&v, c);
+    lua_close(L);
+    if (rc) {
+        lp_config_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+void lp_config_free(lp_config_t *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->nlisten; i++)
+        free(c->listen[i].addr.text);
+    free(c->listen);
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        lp_upstream_conf_t *u = &c->upstreams[i];
+        for (size_t j = 0; j < u->ntargets; j++)
+            free(u->targets[j].addr.text);
+        free(u->targets);
+        free(u->name);
+    }
+    free(c->upstreams);
+    for (size_t i = 0; i < c->nroutes; i++) {
+        free(c->routes[i].host);
+        free(c->routes[i].prefix);
+    }
+    free(c->routes);
+    free(c->access_log);
+    free(c->access_format);
+    free(c->path);
+    free(c);
+}

@@ -1,0 +1,85 @@
+/* The configuration: a Lua file returning a table, converted into these C structs and
+ * validated. A config is immutable once loaded and shared read-only by all workers. */
+#ifndef LP_CONFIG_H
+#define LP_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include "log.h"
+
+typedef struct {
+    char *text; /* as written, "host:port" (owned) */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+} lp_addr_t;
+
+typedef struct {
+    lp_addr_t addr;
+    unsigned weight;
+} lp_target_conf_t;
+
+typedef enum { LP_BALANCE_ROUND_ROBIN } lp_balance_t;
+
+typedef struct {
+    char *name;                /* owned */
+    lp_target_conf_t *targets; /* owned array */
+    size_t ntargets;
+    lp_balance_t balance;
+    unsigned keepalive;          /* idle pooled connections kept per target per worker */
+    uint64_t keepalive_timeout;  /* ms an idle pooled connection is kept */
+    unsigned keepalive_requests; /* requests per upstream connection before it is closed */
+} lp_upstream_conf_t;
+
+typedef struct {
+    char *host;   /* owned; NULL matches any host; "*.example.com" is a suffix wildcard */
+    char *prefix; /* owned; "/" when unset */
+    size_t prefix_len;
+    int strip_prefix;
+    size_t upstream; /* index into upstreams */
+} lp_route_conf_t;
+
+typedef struct {
+    lp_addr_t addr;
+    int backlog;
+} lp_listen_conf_t;
+
+typedef struct {
+    uint64_t connect, read, send, client_header, client_body, keepalive, drain; /* ms */
+} lp_timeouts_t;
+
+typedef struct {
+    size_t max_header_size; /* whole header section, request line excluded */
+    size_t max_uri_size;
+    uint64_t max_body_size; /* 0: unlimited */
+    unsigned max_headers;
+} lp_limits_t;
+
+typedef struct {
+    char *path; /* the config file (owned) */
+    unsigned workers;
+    lp_listen_conf_t *listen;
+    size_t nlisten;
+    lp_upstream_conf_t *upstreams;
+    size_t nupstreams;
+    lp_route_conf_t *routes;
+    size_t nroutes;
+    lp_timeouts_t timeouts;
+    lp_limits_t limits;
+    char *access_log;    /* owned; NULL: off; "-": stdout */
+    char *access_format; /* owned; the access log template */
+    lp_log_level_t log_level;
+} lp_config_t;
+
+#define LP_ACCESS_FORMAT_DEFAULT                                                                   \
+    "$remote_addr - [$time_iso8601] \"$request\" $status $body_bytes_sent \"$http_referer\" "      \
+    "\"$http_user_agent\" upstream=$upstream_addr rt=$request_time urt=$upstream_response_time"
+
+/* Loads and validates `path`. On failure returns LP_ECONFIG with `err` set to
+ * "path: key.path: problem" (or Lua's own "path:line: message" for syntax errors). */
+int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen);
+void lp_config_free(lp_config_t *c);
+/* "host:port", "[v6]:port" or ":port" into a socket address (resolving names). */
+int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,881 @@
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <arpa/inet.h>
+#include "accesslog.h"
+#include "conn.h"
+#include "log.h"
+#include "upstream.h"
+
+/* What the connection timer is timing. */
+enum { TM_NONE, TM_IDLE, TM_HEAD, TM_BODY, TM_SEND, TM_LINGER };
+
+#define LINGER_MS 2000
+
+static void conn_process(lp_conn_t *c);
+static void conn_update_reading(lp_conn_t *c);
+static void req_finish(lp_req_t *req);
+
+static const lp_timeouts_t *T(lp_conn_t *c)
+{
+    return &c->w->config->timeouts;
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void conn_timer(lp_conn_t *c, int mode, uint64_t ms)
+{
+    c->tmode = (uint8_t)mode;
+    if (mode == TM_NONE)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* ---- requests ---- */
+
+static lp_req_t *req_new(lp_conn_t *c)
+{
+    lp_worker_t *w = c->w;
+    const lp_limits_t *lim = &w->config->limits;
+    lp_req_t *req = w->free_reqs;
+    if (req) {
+        w->free_reqs = req->next_free;
+        w->nfree_reqs--;
+    } else {
+        req = calloc(1, sizeof(*req));
+        if (!req)
+            return NULL;
+    }
+    if (req->cap_headers < lim->max_headers) {
+        free(req->headers);
+        free(req->resp_headers);
+        req->headers = calloc(lim->max_headers, sizeof(lp_header_t));
+        req->resp_headers = calloc(lim->max_headers, sizeof(lp_header_t));
+        req->cap_headers = req->headers && req->resp_headers ? lim->max_headers : 0;
+        if (!req->cap_headers) {
+            free(req->headers);
+            free(req->resp_headers);
+            free(req);
+            return NULL;
+        }
+    }
+    size_t need = lim->max_uri_size + lim->max_header_size + 1024;
+    req->arena = lp_buf_get(&w->bufs, need);
+    if (!req->arena) {
+        free(req->headers);
+        free(req->resp_headers);
+        free(req);
+        return NULL;
+    }
+    req->conn = c;
+    req->next_free = NULL;
+    lp_h1_init(&req->h1, HTTP_REQUEST, req, NULL);
+    req->h1.max_header_size = lim->max_header_size;
+    req->h1.max_uri_size = lim->max_uri_size;
+    lp_h1_set_storage(&req->h1, req->arena->data, req->arena->cap, req->headers, lim->max_headers);
+    req->resp_arena = NULL;
+    req->state = LP_RS_HEAD;
+    req->flags = 0;
+    req->method = 0;
+    req->minor = 1;
+    req->status = 0;
+    req->route = NULL;
+    req->upstream = NULL;
+    req->target = -1;
+    req->peer = NULL;
+    req->body_in = req->resp_body_out = 0;
+    req->t_start = uv_hrtime();
+    req->t_upstream = req->t_upstream_head = 0;
+    req->tries = 0;
+    req->tried[0] = 0;
+    return req;
+}
+
+static void req_free(lp_req_t *req)
+{
+    lp_worker_t *w = req->conn->w;
+    if (req->peer) {
+        lp_peer_abort(req->peer);
+        req->peer = NULL;
+    }
+    if (req->arena)
+        lp_buf_unref(req->arena);
+    if (req->resp_arena)
+        lp_buf_unref(req->resp_arena);
+    req->arena = req->resp_arena = NULL;
+    req->conn->req = NULL;
+    req->conn = NULL;
+    if (w->nfree_reqs >= 256 || req->cap_headers < w->config->limits.max_headers) {
+        free(req->headers);
+        free(req->resp_headers);
+        free(req);
+        return;
+    }
+    req->next_free = w->free_reqs;
+    w->free_reqs = req;
+    w->nfree_reqs++;
+}
+
+static void on_req_body(lp_h1_t *h, const char *at, size_t len);
+
+/* ---- closing ---- */
+
+static void on_handle_close(uv_handle_t *h)
+{
+    lp_conn_t *c = h->data;
+    if (--c->handles)
+        return;
+    lp_list_remove(&c->link);
+    c->w->nconns--;
+    free(c);
+}
+
+void lp_conn_close(lp_conn_t *c)
+{
+    if (c->flags & LP_CF_CLOSING)
+        return;
+    c->flags |= LP_CF_CLOSING;
+    if (c->req) {
+        if (c->req->status == 0 && c->req->state != LP_RS_HEAD)
+            c->req->status = 499; /* closed before the response: nginx's convention */
+        if (c->req->state != LP_RS_HEAD || c->req->status)
+            lp_accesslog_write(c->w->access, c->req);
+        req_free(c->req);
+    }
+    if (c->rbuf) {
+        lp_buf_unref(c->rbuf);
+        c->rbuf = NULL;
+    }
+    if (c->outb) {
+        lp_wbatch_put(&c->w->wbatches, c->outb);
+        c->outb = NULL;
+    }
+    uv_close((uv_handle_t *)&c->tcp, on_handle_close);
+    uv_close((uv_handle_t *)&c->timer, on_handle_close);
+}
+
+static void on_linger_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    lp_conn_t *c = s->data;
+    if (nread < 0)
+        lp_conn_close(c);
+}
+
+static void on_linger_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    /* Input after the answer is discarded: a small static sink is enough. */
+    static _Thread_local char sink[4096];
+    *buf = uv_buf_init(sink, sizeof(sink));
+}
+
+static void on_shutdown(uv_shutdown_t *sr, int status)
+{
+    lp_conn_t *c = sr->data;
+    free(sr);
+    if (c->flags & LP_CF_CLOSING)
+        return;
+    if (status < 0 || (c->flags & LP_CF_EOF)) {
+        lp_conn_close(c);
+        return;
+    }
+    /* Lingering close: the client may still be sending (a body we refused); closing with
+     * unread input would reset the connection and could destroy our answer in flight. */
+    c->flags |= LP_CF_LINGER;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_linger_alloc, on_linger_read))
+        lp_conn_close(c);
+    conn_timer(c, TM_LINGER, LINGER_MS);
+}
+
+/* Close once everything queued is written: shut down our side, then linger. */
+static void conn_close_after_write(lp_conn_t *c)
+{
+    c->flags |= LP_CF_CLOSE_AFTER;
+    lp_conn_flush(c);
+    if (c->out_pending || (c->flags & (LP_CF_CLOSING | LP_CF_LINGER)))
+        return;
+    if (c->req && c->req->peer) {
+        lp_peer_abort(c->req->peer);
+        c->req->peer = NULL;
+    }
+    if (c->flags & LP_CF_READING) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->flags &= ~LP_CF_READING;
+    }
+    uv_shutdown_t *sr = malloc(sizeof(*sr));
+    if (!sr || uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown)) {
+        free(sr);
+        lp_conn_close(c);
+        return;
+    }
+    sr->data = c;
+    c->flags |= LP_CF_LINGER;
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    lp_conn_t *c = t->data;
+    switch (c->tmode) {
+    case TM_HEAD:
+    case TM_BODY:
+        if (c->req && !(c->req->flags & LP_RF_RESP_STARTED)) {
+            lp_log_info("%s: client timed out sending the request %s", c->client_ip,
+                        c->tmode == TM_HEAD ? "head" : "body");
+            lp_conn_upstream_failed(c->req, 408, "client timeout");
+            return;
+        }
+        lp_conn_close(c);
+        return;
+    case TM_SEND:
+        lp_log_info("%s: client timed out reading the response", c->client_ip);
+        lp_conn_close(c);
+        return;
+    default:
+        lp_conn_close(c);
+    }
+}
+
+/* ---- writing to the client ---- */
+
+static void on_write(uv_write_t *wr, int status)
+{
+    lp_wbatch_t *wb = LP_CONTAINER_OF(wr, lp_wbatch_t, req);
+    lp_conn_t *c = wb->owner;
+    c->out_pending -= wb->bytes;
+    lp_wbatch_put(&c->w->wbatches, wb);
+    if (c->flags & LP_CF_CLOSING)
+        return;
+    if (status < 0) {
+        lp_log_debug("%s: write failed: %s", c->client_ip, uv_strerror(status));
+        lp_conn_close(c);
+        return;
+    }
+    if (c->tmode == TM_SEND) {
+        if (c->out_pending)
+            conn_timer(c, TM_SEND, T(c)->send);
+        else
+            conn_timer(c, TM_NONE, 0);
+    }
+    if (c->out_pending <= LP_LOW_WATERMARK) {
+        lp_req_t *req = c->req;
+        if (c->flags & LP_CF_TUNNEL) {
+            if (req && req->peer)
+                lp_peer_resume(req->peer);
+        } else if (req && req->peer && !(req->flags & LP_RF_RESP_DONE)) {
+            lp_peer_resume(req->peer);
+        }
+    }
+    if (!c->out_pending && (c->flags & LP_CF_CLOSE_AFTER))
+        conn_close_after_write(c);
+}
+
+void lp_conn_flush(lp_conn_t *c)
+{
+    lp_wbatch_t *wb = c->outb;
+    if (!wb || !wb->n || (c->flags & LP_CF_CLOSING))
+        return;
+    c->outb = NULL;
+    wb->owner = c;
+    c->out_pending += wb->bytes;
+    int rc = uv_write(&wb->req, (uv_stream_t *)&c->tcp, wb->bufs, wb->n, on_write);
+    if (rc) {
+        c->out_pending -= wb->bytes;
+        lp_wbatch_put(&c->w->wbatches, wb);
+        lp_conn_close(c);
+        return;
+    }
+    if (c->out_pending > LP_HIGH_WATERMARK && c->tmode != TM_SEND)
+        conn_timer(c, TM_SEND, T(c)->send);
+}
+
+/* The batch to append to, with room for k iovecs and `scratch` framing bytes. */
+static lp_wbatch_t *conn_outb(lp_conn_t *c, unsigned k, unsigned scratch)
+{
+    if (c->outb && !lp_wbatch_room(c->outb, k, scratch))
+        lp_conn_flush(c);
+    if (!c->outb)
+        c->outb = lp_wbatch_get(&c->w->wbatches);
+    return c->outb;
+}
+
+/* A locally generated answer. The connection stays open only when keep is set and
+ * nothing of the request is left unread. */
+static void conn_respond_local(lp_req_t *req, int status, int keep)
+{
+    lp_conn_t *c = req->conn;
+    char head[512];
+    if (req->state != LP_RS_DONE || (req->flags & LP_RF_UPGRADE_REQ))
+        keep = 0;
+    if (c->w->stopping || (req->h1.flags & LP_H1F_CONN_CLOSE))
+        keep = 0;
+    size_t n = lp_h1_simple_response(head, sizeof(head), status, !keep,
+                                     (req->flags & LP_RF_HEAD) != 0, NULL);
+    lp_wbatch_t *wb = conn_outb(c, 1, (unsigned)n);
+    if (!wb) {
+        lp_conn_close(c);
+        return;
+    }
+    lp_wbatch_add_copy(wb, head, n);
+    req->status = status;
+    req->flags |= LP_RF_RESP_STARTED | LP_RF_RESP_DONE | LP_RF_LOCAL;
+    if (!keep)
+        req->flags |= LP_RF_RESP_CLOSE;
+    req_finish(req);
+}
+
+void lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
+{
+    lp_conn_t *c = req->conn;
+    if (req->peer) {
+        lp_peer_abort(req->peer);
+        req->peer = NULL;
+    }
+    if (req->flags & LP_RF_RESP_STARTED) {
+        /* Mid-response: closing is the only way to show the client the truncation. */
+        lp_log_warn("%s: %s %.*s: %s after the response started; closing", c->client_ip,
+                    llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base, why);
+        req->flags |= LP_RF_RESP_CLOSE;
+        lp_conn_close(c);
+        return;
+    }
+    conn_respond_local(req, status, 0);
+}
+
+/* ---- the request path ---- */
+
+static int host_matches(const lp_route_conf_t *r, lp_str_t host)
+{
+    if (!r->host)
+        return 1;
+    /* Drop the port; compare case-insensitively. */
+    size_t n = host.len;
+    if (n && host.base[0] == '[') {
+        const char *e = memchr(host.base, ']', n);
+        n = e ? (size_t)(e - host.base) + 1 : n;
+    } else {
+        const char *colon = memchr(host.base, ':', n);
+        if (colon)
+            n = (size_t)(colon - host.base);
+    }
+    while (n && host.base[n - 1] == '.')
+        n--;
+    const char *pat = r->host;
+    size_t plen = strlen(pat);
+    if (pat[0] == '*') {
+        /* "*.example.com" matches any name ending in ".example.com". */
+        size_t slen = plen - 1;
+        if (n <= slen)
+            return 0;
+        return lp_str_ieq((lp_str_t){host.base + n - slen, slen}, pat + 1, slen);
+    }
+    return lp_str_ieq((lp_str_t){host.base, n}, pat, plen);
+}
+
+static const lp_route_conf_t *route_find(const lp_config_t *cfg, lp_h1_t *h)
+{
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const lp_route_conf_t *r = &cfg->routes[i];
+        if (h->path.len < r->prefix_len || memcmp(h->path.base, r->prefix, r->prefix_len) != 0)
+            continue;
+        if (!host_matches(r, h->host.base ? h->host : (lp_str_t){"", 0}))
+            continue;
+        return r;
+    }
+    return NULL;
+}
+
+static void conn_on_head(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    lp_h1_t *h = &req->h1;
+    const lp_config_t *cfg = c->w->config;
+    req->method = lp_h1_method(h);
+    req->minor = (uint8_t)lp_h1_minor(h);
+    if (req->method == HTTP_HEAD)
+        req->flags |= LP_RF_HEAD;
+    if (h->flags & LP_H1F_UPGRADE)
+        req->flags |= LP_RF_UPGRADE_REQ;
+    conn_timer(c, TM_NONE, 0);
+    if (cfg->limits.max_body_size && (h->flags & LP_H1F_LENGTH) &&
+        h->content_length > cfg->limits.max_body_size) {
+        conn_respond_local(req, 413, 0);
+        return;
+    }
+    req->route = route_find(cfg, h);
+    if (!req->route) {
+        if (!(h->flags & (LP_H1F_LENGTH | LP_H1F_CHUNKED)) || h->content_length == 0)
+            req->state = LP_RS_DONE; /* nothing left to read: keep-alive stays possible */
+        /* A body may still follow: the helper closes then. */
+        conn_respond_local(req, 404, 1);
+        return;
+    }
+    req->upstream = &c->w->upstreams[req->route->upstream];
+    req->flags |= LP_RF_WAIT_UPSTREAM;
+    req->state = LP_RS_BODY;
+    lp_upstream_start(req);
+}
+
+void lp_conn_upstream_ready(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    req->flags &= ~LP_RF_WAIT_UPSTREAM;
+    if ((req->h1.flags & LP_H1F_EXPECT_100) && !(req->flags & LP_RF_SENT_100) &&
+        req->state == LP_RS_BODY && req->body_in == 0 &&
+        ((req->h1.flags & LP_H1F_CHUNKED) || req->h1.content_length > 0)) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        lp_wbatch_t *wb = conn_outb(c, 1, 0);
+        if (wb) {
+            lp_wbatch_add(wb, cont, sizeof(cont) - 1, NULL);
+            req->flags |= LP_RF_SENT_100;
+            lp_conn_flush(c);
+        }
+    }
+    conn_process(c);
+}
+
+void lp_conn_resume_body(lp_req_t *req)
+{
+    if (!(req->flags & LP_RF_READ_PAUSED))
+        return;
+    req->flags &= ~LP_RF_READ_PAUSED;
+    conn_process(req->conn);
+}
+
+static void on_req_body(lp_h1_t *h, const char *at, size_t len)
+{
+    lp_req_t *req = h->ud;
+    lp_conn_t *c = req->conn;
+    uint64_t max = c->w->config->limits.max_body_size;
+    req->body_in += len;
+    if (max && req->body_in > max) {
+        /* Chunked bodies learn their size as they go: stop forwarding past the limit. */
+        llhttp_set_error_reason(&h->parser, "request body too large");
+        h->err_status = 413;
+        return;
+    }
+    if (req->peer)
+        lp_peer_body(req->peer, at, len, c->rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
+}
+
+/* One step of request parsing. Returns 0 to go on, -1 to stop the loop. */
+static int conn_parse(lp_conn_t *c, lp_req_t *req)
+{
+    size_t used = 0;
+    lp_h1_event_t ev = lp_h1_execute(&req->h1, c->rbuf->data + c->rpos, c->rlen - c->rpos, &used);
+    c->rpos += (uint32_t)used;
+    if (req->h1.err_status == 413 && ev != LP_H1_ERROR)
+        ev = LP_H1_ERROR;
+    if (req->peer)
+        lp_peer_flush(req->peer);
+    switch (ev) {
+    case LP_H1_NEED_MORE:
+        if (req->state == LP_RS_BODY)
+            conn_timer(c, TM_BODY, T(c)->client_body);
+        return 0;
+    case LP_H1_HEAD:
+        lp_h1_resume(&req->h1);
+        conn_on_head(req);
+        return 0;
+    case LP_H1_DONE:
+    case LP_H1_UPGRADE:
+        if (ev == LP_H1_DONE)
+            lp_h1_resume(&req->h1);
+        req->state = LP_RS_DONE;
+        req->flags |= LP_RF_BODY_DONE;
+        if (c->tmode == TM_BODY)
+            conn_timer(c, TM_NONE, 0);
+        if (req->peer) {
+            lp_peer_body_end(req->peer, (req->h1.flags & LP_H1F_CHUNKED) != 0);
+            lp_peer_flush(req->peer);
+        }
+        if (req->flags & LP_RF_RESP_DONE)
+            req_finish(req);
+        return 0;
+    case LP_H1_ERROR:
+    default:
+        lp_log_info("%s: bad request: %d %s", c->client_ip, req->h1.err_status,
+                    req->h1.err_reason ? req->h1.err_reason : "");
+        lp_conn_upstream_failed(req, req->h1.err_status ? req->h1.err_status : 400, "bad request");
+        return -1;
+    }
+}
+
+static void conn_process_once(lp_conn_t *c)
+{
+    for (;;) {
+        if (c->flags & (LP_CF_CLOSING | LP_CF_CLOSE_AFTER | LP_CF_LINGER | LP_CF_TUNNEL))
+            return;
+        lp_req_t *req = c->req;
+        int have = c->rbuf && c->rpos < c->rlen;
+        if (!req) {
+            if (!have)
+                return;
+            if (c->w->stopping) {
+                lp_conn_close(c);
+                return;
+            }
+            req = c->req = req_new(c);
+            if (!req) {
+                lp_conn_close(c);
+                return;
+            }
+            req->h1.on_body = on_req_body;
+            conn_timer(c, TM_HEAD, T(c)->client_header);
+        }
+        if (req->state == LP_RS_DONE || (req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED)))
+            return;
+        if (!have)
+            return;
+        if (conn_parse(c, req))
+            return;
+        /* The request may be finished and recycled by now: look again. */
+        req = c->req;
+        if (req && req->peer && req->peer->out_pending > LP_HIGH_WATERMARK &&
+            req->state == LP_RS_BODY) {
+            req->flags |= LP_RF_READ_PAUSED;
+            if (c->tmode == TM_BODY)
+                conn_timer(c, TM_NONE, 0);
+        }
+    }
+}
+
+/* Parses what can be parsed now. Re-entrant calls (an upstream that is ready at once,
+ * a request finished inside the loop) only ask the running loop for another pass. */
+static void conn_process(lp_conn_t *c)
+{
+    if (c->flags & LP_CF_BUSY) {
+        c->flags |= LP_CF_AGAIN;
+        return;
+    }
+    c->flags |= LP_CF_BUSY;
+    do {
+        c->flags &= ~LP_CF_AGAIN;
+        conn_process_once(c);
+    } while ((c->flags & LP_CF_AGAIN) && !(c->flags & LP_CF_CLOSING));
+    c->flags &= ~LP_CF_BUSY;
+    conn_update_reading(c);
+}
+
+/* ---- reading from the client ---- */
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    lp_conn_t *c = h->data;
+    if (c->rbuf && (c->rbuf->refs > 1 || c->rpos < c->rlen)) {
+        /* Still pinned by writes of its bytes, or holding unparsed input: a fresh block. */
+        if (c->rpos < c->rlen) {
+            *buf = uv_buf_init(NULL, 0);
+            return;
+        }
+        lp_buf_unref(c->rbuf);
+        c->rbuf = NULL;
+    }
+    if (!c->rbuf)
+        c->rbuf = lp_buf_get(&c->w->bufs, LP_BUF_SIZE);
+    if (!c->rbuf) {
+        *buf = uv_buf_init(NULL, 0);
+        return;
+    }
+    c->rpos = c->rlen = 0;
+    *buf = uv_buf_init(c->rbuf->data, c->rbuf->cap);
+}
+
+static void conn_release_rbuf(lp_conn_t *c)
+{
+    if (c->rbuf && c->rpos >= c->rlen) {
+        lp_buf_unref(c->rbuf);
+        c->rbuf = NULL;
+        c->rpos = c->rlen = 0;
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    lp_conn_t *c = s->data;
+    if (nread > 0) {
+        c->rlen += (uint32_t)nread;
+        if (c->flags & LP_CF_TUNNEL) {
+            if (c->req && c->req->peer) {
+                lp_peer_tunnel_data(c->req->peer, c->rbuf->data + c->rpos, c->rlen - c->rpos,
+                                    c->rbuf);
+                c->rpos = c->rlen;
+            }
+        } else {
+            conn_process(c);
+        }
+        if (!(c->flags & LP_CF_CLOSING))
+            conn_release_rbuf(c);
+        return;
+    }
+    if (nread == 0)
+        return;
+    if (nread == UV_ENOBUFS) {
+        conn_update_reading(c);
+        return;
+    }
+    /* EOF or error. */
+    c->flags |= LP_CF_EOF;
+    if (nread != UV_EOF)
+        lp_log_debug("%s: read error: %s", c->client_ip, uv_strerror((int)nread));
+    if ((c->flags & LP_CF_TUNNEL) && c->req && c->req->peer) {
+        lp_peer_tunnel_eof(c->req->peer);
+        return;
+    }
+    /* Idle, a partial head, or a request in progress: nothing more can be answered. */
+    lp_conn_close(c);
+}
+
+static void conn_update_reading(lp_conn_t *c)
+{
+    if (c->flags & (LP_CF_CLOSING | LP_CF_LINGER))
+        return;
+    lp_req_t *req = c->req;
+    int want;
+    if (c->flags & LP_CF_TUNNEL)
+        want = !(req && req->peer && req->peer->out_pending > LP_HIGH_WATERMARK);
+    else if (c->flags & LP_CF_CLOSE_AFTER)
+        want = 0;
+    else if (!req)
+        want = 1;
+    else
+        want =
+            req->state != LP_RS_DONE && !(req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED));
+    if (c->rbuf && c->rpos < c->rlen)
+        want = 0; /* unparsed input first */
+    if (want && !(c->flags & LP_CF_READING)) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->flags |= LP_CF_READING;
+    } else if (!want && (c->flags & LP_CF_READING)) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->flags &= ~LP_CF_READING;
+    }
+}
+
+/* ---- the response ---- */
+
+static void head_str(lp_wbuf_t *w, lp_str_t s)
+{
+    lp_wbuf_str(w, s.base, s.len);
+}
+
+int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
+{
+    lp_conn_t *c = req->conn;
+    int status = lp_h1_status(rh);
+    int upgrade = (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
+    int no_body = (req->flags & LP_RF_HEAD) || status == 204 || status == 304 || upgrade;
+    int close = (req->h1.flags & LP_H1F_CONN_CLOSE) || c->w->stopping;
+    req->status = status;
+    req->t_upstream_head = uv_hrtime();
+    if (!no_body && !(rh->flags & (LP_H1F_LENGTH | LP_H1F_CHUNKED))) {
+        /* Length unknown: HTTP/1.1 clients get chunks, HTTP/1.0 clients a close. */
+        if (req->minor >= 1)
+            req->flags |= LP_RF_RESP_CHUNKED;
+        else
+            close = 1;
+    } else if (!no_body && (rh->flags & LP_H1F_CHUNKED)) {
+        if (req->minor >= 1)
+            req->flags |= LP_RF_RESP_CHUNKED;
+        else
+            close = 1;
+    }
+    if (req->flags & LP_RF_UPGRADE_REQ && !upgrade)
+        close = 1; /* the client may already be sending the other protocol */
+    if (close)
+        req->flags |= LP_RF_RESP_CLOSE;
+
+    lp_buf_t *hb = lp_buf_get(&c->w->bufs, LP_BUF_SIZE);
+    if (!hb)
+        return -1;
+    lp_wbuf_t w = {hb->data, hb->data + hb->cap, 0};
+    lp_wbuf_cstr(&w, "HTTP/1.1 ");
+    lp_wbuf_u64(&w, (uint64_t)status);
+    lp_wbuf_cstr(&w, " ");
+    if (rh->reason.len)
+        head_str(&w, rh->reason);
+    else
+        lp_wbuf_cstr(&w, lp_h1_status_text(status));
+    lp_wbuf_cstr(&w, "\r\n");
+    for (unsigned i = 0; i < rh->nheaders; i++) {
+        const lp_header_t *hd = &rh->headers[i];
+        if (lp_h1_is_hop_by_hop(rh, hd->name)) {
+            /* Content-Length stays when it frames what we send. */
+            if (!(LP_STR_IEQ(hd->name, "content-length") && !(req->flags & LP_RF_RESP_CHUNKED) &&
+                  !(rh->flags & LP_H1F_CHUNKED)))
+                continue;
+        }
+        lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
+    }
+    if (upgrade) {
+        const lp_header_t *u = lp_h1_find(rh, "upgrade", 7);
+        lp_wbuf_cstr(&w, "Connection: upgrade\r\n");
+        if (u)
+            lp_wbuf_header(&w, "Upgrade", 7, u->value.base, u->value.len);
+    } else if (req->flags & LP_RF_RESP_CHUNKED) {
+        lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
+    }
+    if (!upgrade) {
+        if (close)
+            lp_wbuf_cstr(&w, "Connection: close\r\n");
+        else if (req->minor == 0)
+            lp_wbuf_cstr(&w, "Connection: keep-alive\r\n");
+    }
+    lp_wbuf_cstr(&w, "\r\n");
+    if (w.overflow) {
+        lp_buf_unref(hb);
+        return -1;
+    }
+    lp_wbatch_t *wb = conn_outb(c, 1, 0);
+    if (!wb) {
+        lp_buf_unref(hb);
+        return -1;
+    }
+    lp_wbatch_add(wb, hb->data, (size_t)(w.p - hb->data), hb);
+    lp_buf_unref(hb); /* the batch holds it now */
+    req->flags |= LP_RF_RESP_STARTED;
+    return 0;
+}
+
+void lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
+{
+    lp_conn_t *c = req->conn;
+    if (!len || (c->flags & LP_CF_CLOSING))
+        return;
+    req->resp_body_out += len;
+    if (req->flags & LP_RF_RESP_CHUNKED) {
+        char size[24];
+        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        lp_wbatch_t *wb = conn_outb(c, 3, (unsigned)n + 2);
+        if (!wb)
+            return;
+        lp_wbatch_add_copy(wb, size, (size_t)n);
+        lp_wbatch_add(wb, at, len, pin);
+        lp_wbatch_add(wb, "\r\n", 2, NULL);
+    } else {
+        lp_wbatch_t *wb = conn_outb(c, 1, 0);
+        if (wb)
+            lp_wbatch_add(wb, at, len, pin);
+    }
+}
+
+void lp_conn_response_done(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    if (req->flags & LP_RF_RESP_CHUNKED) {
+        lp_wbatch_t *wb = conn_outb(c, 1, 0);
+        if (wb)
+            lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
+    }
+    req->flags |= LP_RF_RESP_DONE;
+    lp_conn_flush(c);
+    if (req->state != LP_RS_DONE) {
+        /* The upstream answered before the request body ended (an early 413, say):
+         * the rest of the body is unread, so the connection cannot be reused. */
+        req->flags |= LP_RF_RESP_CLOSE;
+    }
+    req_finish(req);
+}
+
+static void req_finish(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    lp_worker_t *w = c->w;
+    int keep = !(req->flags & LP_RF_RESP_CLOSE) && req->state == LP_RS_DONE && !w->stopping;
+    w->requests++;
+    c->nrequests++;
+    lp_accesslog_write(w->access, req);
+    req_free(req);
+    if (!keep) {
+        conn_close_after_write(c);
+        return;
+    }
+    lp_conn_flush(c);
+    conn_timer(c, TM_IDLE, T(c)->keepalive);
+    conn_process(c);
+}
+
+/* ---- tunnel ---- */
+
+void lp_conn_tunnel_start(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    c->flags |= LP_CF_TUNNEL;
+    conn_timer(c, TM_NONE, 0);
+    /* Bytes the client sent after its request belong to the new protocol. */
+    if (c->rbuf && c->rpos < c->rlen && req->peer) {
+        lp_peer_tunnel_data(req->peer, c->rbuf->data + c->rpos, c->rlen - c->rpos, c->rbuf);
+        c->rpos = c->rlen;
+    }
+    conn_update_reading(c);
+}
+
+void lp_conn_tunnel_data(lp_conn_t *c, const char *at, size_t len, lp_buf_t *pin)
+{
+    lp_wbatch_t *wb = conn_outb(c, 1, 0);
+    if (wb)
+        lp_wbatch_add(wb, at, len, pin);
+    lp_conn_flush(c);
+}
+
+void lp_conn_tunnel_resume(lp_conn_t *c)
+{
+    conn_update_reading(c);
+}
+
+void lp_conn_tunnel_end(lp_conn_t *c)
+{
+    conn_close_after_write(c);
+}
+
+/* ---- accept ---- */
+
+void lp_conn_on_connection(uv_stream_t *server, int status)
+{
+    lp_listener_t *l = server->data;
+    lp_worker_t *w = l->w;
+    if (status < 0) {
+        lp_log_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    lp_conn_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    c->w = w;
+    uv_tcp_init(&w->loop, &c->tcp);
+    c->tcp.data = c;
+    c->handles = 1;
+    lp_list_insert_tail(&w->conns, &c->link);
+    w->nconns++;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
+        uv_close((uv_handle_t *)&c->tcp, on_handle_close);
+        return;
+    }
+    uv_timer_init(&w->loop, &c->timer);
+    c->timer.data = c;
+    c->handles = 2;
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)&ss, c->client_ip, sizeof(c->client_ip));
+        else if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_ip, sizeof(c->client_ip));
+    }
+    if (w->stopping) {
+        lp_conn_close(c);
+        return;
+    }
+    conn_timer(c, TM_IDLE, T(c)->client_header);
+    conn_update_reading(c);
+}
+
+void lp_conn_drain(lp_conn_t *c)
+{
+    if (c->flags & LP_CF_CLOSING)
+        return;
+    if (!c->req && !c->out_pending && !(c->flags & LP_CF_LINGER))
+        lp_conn_close(c);
+    /* Busy connections finish their request; req_finish sees w->stopping and closes. */
+}

@@ -1,0 +1,587 @@
+#include <stdio.h>
+#include "http1.h"
+
+#define H1(p) ((lp_h1_t *)(p)->data)
+
+static int set_error(lp_h1_t *h, int status, const char *reason)
+{
+    if (!h->err_status) {
+        h->err_status = status;
+        h->err_reason = reason;
+    }
+    return HPE_USER;
+}
+
+static int is_tchar(unsigned char c)
+{
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return 1;
+    return c && memchr(extra, c, sizeof(extra) - 1) != NULL;
+}
+
+int lp_h1_tchar_token(lp_str_t s)
+{
+    if (!s.len)
+        return 0;
+    for (size_t i = 0; i < s.len; i++)
+        if (!is_tchar((unsigned char)s.base[i]))
+            return 0;
+    return 1;
+}
+
+static int append(lp_h1_t *h, const char *at, size_t len)
+{
+    if (h->arena_len + len > h->arena_cap)
+        return -1;
+    memcpy(h->arena + h->arena_len, at, len);
+    h->arena_len += len;
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    lp_h1_t *h = H1(p);
+    h->arena_len = 0;
+    h->nheaders = 0;
+    h->header_bytes = 0;
+    h->url = h->path = h->authority = h->reason = h->host = (lp_str_t){NULL, 0};
+    h->flags &= LP_H1F_HEAD_REQ; /* set by the owner before parsing a response */
+    h->content_length = 0;
+    h->nconn_tokens = 0;
+    h->in_value = 0;
+    h->host_count = h->te_count = h->cl_count = 0;
+    h->body_started = 0;
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    lp_h1_t *h = H1(p);
+    if (!h->url.base)
+        h->url.base = h->arena + h->arena_len;
+    if (h->url.len + len > h->max_uri_size)
+        return set_error(h, 414, "request target too long");
+    if (append(h, at, len))
+        return set_error(h, 414, "request target too long");
+    h->url.len += len;
+    return 0;
+}
+
+static int on_status(llhttp_t *p, const char *at, size_t len)
+{
+    lp_h1_t *h = H1(p);
+    if (!h->reason.base)
+        h->reason.base = h->arena + h->arena_len;
+    if (h->reason.len + len > 512 || append(h, at, len))
+        return set_error(h, 502, "status line too long");
+    h->reason.len += len;
+    return 0;
+}
+
+static int header_space(lp_h1_t *h, size_t len)
+{
+    h->header_bytes += len;
+    if (h->header_bytes > h->max_header_size)
+        return set_error(h, 431, "header section too large");
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    lp_h1_t *h = H1(p);
+    if (h->in_value || h->nheaders == 0 || h->headers[h->nheaders - 1].value.base) {
+        /* A new field begins. */
+        if (h->nheaders >= h->max_headers)
+            return set_error(h, 431, "too many header fields");
+        lp_header_t *hd = &h->headers[h->nheaders++];
+        hd->name = (lp_str_t){h->arena + h->arena_len, 0};
+        hd->value = (lp_str_t){NULL, 0};
+        h->in_value = 0;
+    }
+    for (size_t i = 0; i < len; i++)
+        if (!is_tchar((unsigned char)at[i]))
+            return set_error(h, 400, "invalid character in header name");
+    if (header_space(h, len) || append(h, at, len))
+        return set_error(h, 431, "header section too large");
+    h->headers[h->nheaders - 1].name.len += len;
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    lp_h1_t *h = H1(p);
+    if (!h->nheaders || !h->headers[h->nheaders - 1].name.len)
+        return set_error(h, 400, "empty header name");
+    h->headers[h->nheaders - 1].value = (lp_str_t){h->arena + h->arena_len, 0};
+    h->in_value = 1;
+    h->value_started = 0;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    lp_h1_t *h = H1(p);
+    /* llhttp accepts obs-fold (a line starting with SP/HTAB continues the value): the
+     * continuation span begins right after a line break. RFC 9112 5.2 lets a server reject
+     * it; a proxy must, since peers disagree on its meaning. */
+    char before = at > h->chunk_base ? at[-1] : h->last_byte;
+    if (before == '\n' || before == '\r')
+        return set_error(h, 400, "obsolete line folding");
+    if (header_space(h, len) || append(h, at, len))
+        return set_error(h, 431, "header section too large");
+    h->headers[h->nheaders - 1].value.len += len;
+    h->value_started = 1;
+    return 0;
+}
+
+static void add_conn_tokens(lp_h1_t *h, lp_str_t v)
+{
+    size_t i = 0;
+    while (i < v.len) {
+        while (i < v.len && (v.base[i] == ' ' || v.base[i] == '\t' || v.base[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < v.len && v.base[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && (v.base[end - 1] == ' ' || v.base[end - 1] == '\t'))
+            end--;
+        if (end > start && h->nconn_tokens < LP_H1_MAX_CONN_TOKENS)
+            h->conn_tokens[h->nconn_tokens++] = (lp_str_t){v.base + start, end - start};
+    }
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    lp_h1_t *h = H1(p);
+    lp_header_t *hd = &h->headers[h->nheaders - 1];
+    while (hd->value.len &&
+           (hd->value.base[hd->value.len - 1] == ' ' || hd->value.base[hd->value.len - 1] == '\t'))
+        hd->value.len--;
+    h->in_value = 1;
+    lp_str_t n = hd->name;
+    if (LP_STR_IEQ(n, "host")) {
+        h->host_count++;
+        h->host = hd->value;
+    } else if (LP_STR_IEQ(n, "transfer-encoding")) {
+        h->te_count++;
+        if (!LP_STR_IEQ(hd->value, "chunked"))
+            return set_error(h, p->type == HTTP_REQUEST ? 400 : 502,
+                             "transfer coding other than chunked");
+    } else if (LP_STR_IEQ(n, "content-length")) {
+        h->cl_count++;
+    } else if (LP_STR_IEQ(n, "connection")) {
+        add_conn_tokens(h, hd->value);
+    }
+    return 0;
+}
+
+static int valid_host(lp_str_t v)
+{
+    size_t i = 0;
+    if (v.len && v.base[0] == '[') {
+        while (i < v.len && v.base[i] != ']') {
+            char c = v.base[i];
+            if (!(is_tchar((unsigned char)c) || c == ':' || c == '[') || c == '|' || c == '`')
+                return 0;
+            i++;
+        }
+        if (i == v.len)
+            return 0;
+        i++;
+    } else {
+        static const char ok[] = "-._~!$&'()*+,;=%";
+        while (i < v.len && v.base[i] != ':') {
+            unsigned char c = (unsigned char)v.base[i];
+            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  memchr(ok, c, sizeof(ok) - 1)))
+                return 0;
+            i++;
+        }
+    }
+    if (i < v.len) {
+        if (v.base[i] != ':')
+            return 0;
+        for (i++; i < v.len; i++)
+            if (v.base[i] < '0' || v.base[i] > '9')
+                return 0;
+    }
+    return 1;
+}
+
+/* Splits an absolute-form target "http://authority/path?q" (RFC 9112 3.2.2). */
+static int split_absolute(lp_h1_t *h)
+{
+    lp_str_t u = h->url;
+    size_t skip;
+    if (u.len >= 7 && lp_str_ieq((lp_str_t){u.base, 7}, "http://", 7))
+        skip = 7;
+    else if (u.len >= 8 && lp_str_ieq((lp_str_t){u.base, 8}, "https://", 8))
+        skip = 8;
+    else
+        return -1;
+    size_t i = skip;
+    while (i < u.len && u.base[i] != '/' && u.base[i] != '?')
+        i++;
+    h->authority = (lp_str_t){u.base + skip, i - skip};
+    if (!h->authority.len || memchr(h->authority.base, '@', h->authority.len))
+        return -1;
+    if (i == u.len) {
+        h->path = LP_STR("/");
+    } else if (u.base[i] == '?') {
+        /* "/" + "?query": rebuilt in the arena so the path stays one slice. */
+        const char *start = h->arena + h->arena_len;
+        if (append(h, "/", 1) || append(h, u.base + i, u.len - i))
+            return -1;
+        h->path = (lp_str_t){start, u.len - i + 1};
+    } else {
+        h->path = (lp_str_t){u.base + i, u.len - i};
+    }
+    h->flags |= LP_H1F_ABSOLUTE;
+    return 0;
+}
+
+static int request_head_checks(lp_h1_t *h, llhttp_t *p)
+{
+    if (p->http_major != 1 || p->http_minor > 1)
+        return set_error(h, 505, "unsupported HTTP version");
+    if (p->method == HTTP_CONNECT)
+        return set_error(h, 405, "CONNECT is not supported");
+    if (!h->url.len)
+        return set_error(h, 400, "empty request target");
+    if (h->url.base[0] == '/') {
+        h->path = h->url;
+    } else if (h->url.len == 1 && h->url.base[0] == '*') {
+        if (p->method != HTTP_OPTIONS)
+            return set_error(h, 400, "asterisk-form is only for OPTIONS");
+        h->path = h->url;
+    } else if (split_absolute(h)) {
+        return set_error(h, 400, "invalid request target");
+    }
+    if (h->host_count > 1)
+        return set_error(h, 400, "several Host header fields");
+    if (h->host_count == 0 && p->http_minor == 1 && !(h->flags & LP_H1F_ABSOLUTE))
+        return set_error(h, 400, "HTTP/1.1 request without Host");
+    if (h->host_count && !valid_host(h->host))
+        return set_error(h, 400, "invalid Host");
+    if (h->flags & LP_H1F_ABSOLUTE) {
+        if (!valid_host(h->authority))
+            return set_error(h, 400, "invalid authority in request target");
+        h->host = h->authority; /* RFC 9112 3.2.2: the target's authority wins over Host */
+    }
+    if (h->te_count && p->http_minor == 0)
+        return set_error(h, 400, "Transfer-Encoding in an HTTP/1.0 request");
+    const lp_header_t *e = lp_h1_find(h, "expect", 6);
+    if (e && p->http_minor == 1) {
+        if (!LP_STR_IEQ(e->value, "100-continue"))
+            return set_error(h, 417, "unsupported expectation");
+        h->flags |= LP_H1F_EXPECT_100;
+    }
+    if (p->upgrade && p->method != HTTP_CONNECT)
+        h->flags |= LP_H1F_UPGRADE;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    lp_h1_t *h = H1(p);
+    if (h->te_count > 1)
+        return set_error(h, p->type == HTTP_REQUEST ? 400 : 502, "several Transfer-Encoding");
+    if (h->te_count && h->cl_count)
+        return set_error(h, p->type == HTTP_REQUEST ? 400 : 502,
+                         "both Content-Length and Transfer-Encoding");
+    if (p->flags & F_CHUNKED)
+        h->flags |= LP_H1F_CHUNKED;
+    if (p->flags & F_CONTENT_LENGTH) {
+        h->flags |= LP_H1F_LENGTH;
+        h->content_length = p->content_length;
+    }
+    for (unsigned i = 0; i < h->nconn_tokens; i++) {
+        if (LP_STR_IEQ(h->conn_tokens[i], "close"))
+            h->flags |= LP_H1F_CONN_CLOSE;
+        else if (LP_STR_IEQ(h->conn_tokens[i], "keep-alive"))
+            h->flags |= LP_H1F_KEEPALIVE_10;
+    }
+    if (p->http_major == 1 && p->http_minor == 0 && !(h->flags & LP_H1F_KEEPALIVE_10))
+        h->flags |= LP_H1F_CONN_CLOSE;
+    if (p->type == HTTP_REQUEST) {
+        if (request_head_checks(h, p))
+            return HPE_USER;
+    } else {
+        int st = p->status_code;
+        if (st < 100 || st > 999)
+            return set_error(h, 502, "invalid status code");
+        if (p->http_major != 1)
+            return set_error(h, 502, "invalid upstream HTTP version");
+        if (st == 101 && p->upgrade) {
+            h->flags |= LP_H1F_UPGRADE;
+        } else if (st < 200) {
+            /* Interim responses (100, 103) are consumed here, never relayed. */
+            p->flags |= F_SKIPBODY;
+            return 0;
+        }
+        if ((h->flags & LP_H1F_HEAD_REQ) || st == 204 || st == 304) {
+            p->flags |= F_SKIPBODY;
+        } else if (llhttp_message_needs_eof(p)) {
+            h->flags |= LP_H1F_EOF_BODY;
+        }
+    }
+    return HPE_PAUSED;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    lp_h1_t *h = H1(p);
+    h->body_started = 1;
+    if (h->on_body)
+        h->on_body(h, at, len);
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    lp_h1_t *h = H1(p);
+    if (p->type == HTTP_RESPONSE && p->status_code < 200 && p->status_code != 101)
+        return 0; /* an interim response: keep parsing for the final one */
+    if (p->upgrade)
+        return 0; /* llhttp stops with HPE_PAUSED_UPGRADE */
+    LP_UNUSED(h);
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void lp_h1_init(lp_h1_t *h, llhttp_type_t type, void *ud, lp_h1_body_cb on_body_cb)
+{
+    memset(h, 0, sizeof(*h));
+    llhttp_init(&h->parser, type, &settings);
+    h->parser.data = h;
+    h->ud = ud;
+    h->on_body = on_body_cb;
+    h->max_header_size = 16384;
+    h->max_uri_size = 8192;
+}
+
+void lp_h1_set_storage(lp_h1_t *h, char *arena, size_t cap, lp_header_t *headers,
+                       unsigned max_headers)
+{
+    h->arena = arena;
+    h->arena_cap = cap;
+    h->arena_len = 0;
+    h->headers = headers;
+    h->max_headers = max_headers;
+    h->nheaders = 0;
+}
+
+lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *consumed)
+{
+    h->chunk_base = data;
+    llhttp_errno_t e = llhttp_execute(&h->parser, data, len);
+    size_t used = len;
+    lp_h1_event_t ev;
+    switch (e) {
+    case HPE_OK:
+        ev = LP_H1_NEED_MORE;
+        break;
+    case HPE_PAUSED:
+        used = (size_t)(llhttp_get_error_pos(&h->parser) - data);
+        /* Paused at the end of the head, or at the end of the message. */
+        ev = strcmp(llhttp_get_error_reason(&h->parser), "Paused by on_headers_complete") == 0
+                 ? LP_H1_HEAD
+                 : LP_H1_DONE;
+        break;
+    case HPE_PAUSED_UPGRADE:
+        used = (size_t)(llhttp_get_error_pos(&h->parser) - data);
+        ev = LP_H1_UPGRADE;
+        break;
+    default:
+        used = 0;
+        if (!h->err_status) {
+            h->err_status = h->parser.type == HTTP_REQUEST ? 400 : 502;
+            h->err_reason = llhttp_get_error_reason(&h->parser);
+        }
+        ev = LP_H1_ERROR;
+        break;
+    }
+    if (used)
+        h->last_byte = data[used - 1];
+    *consumed = used;
+    return ev;
+}
+
+void lp_h1_resume(lp_h1_t *h)
+{
+    llhttp_resume(&h->parser);
+}
+
+lp_h1_event_t lp_h1_finish(lp_h1_t *h)
+{
+    llhttp_errno_t e = llhttp_finish(&h->parser);
+    if (e == HPE_OK || e == HPE_PAUSED)
+        return LP_H1_DONE;
+    if (!h->err_status) {
+        h->err_status = 502;
+        h->err_reason = "connection closed before the message was complete";
+    }
+    return LP_H1_ERROR;
+}
+
+const lp_header_t *lp_h1_find(const lp_h1_t *h, const char *name, size_t len)
+{
+    for (unsigned i = 0; i < h->nheaders; i++)
+        if (lp_str_ieq(h->headers[i].name, name, len))
+            return &h->headers[i];
+    return NULL;
+}
+
+int lp_h1_is_hop_by_hop(const lp_h1_t *h, lp_str_t n)
+{
+    static const lp_str_t hop[] = {
+        LP_STR("connection"), LP_STR("keep-alive"),     LP_STR("proxy-connection"),
+        LP_STR("te"),         LP_STR("trailer"),        LP_STR("transfer-encoding"),
+        LP_STR("upgrade"),    LP_STR("content-length"),
+    };
+    for (size_t i = 0; i < LP_ARRAY_LEN(hop); i++)
+        if (lp_str_ieq(n, hop[i].base, hop[i].len))
+            return 1;
+    for (unsigned i = 0; i < h->nconn_tokens; i++)
+        if (lp_str_ieq(n, h->conn_tokens[i].base, h->conn_tokens[i].len))
+            return 1;
+    return 0;
+}
+
+uint8_t lp_h1_method(const lp_h1_t *h)
+{
+    return h->parser.method;
+}
+
+int lp_h1_status(const lp_h1_t *h)
+{
+    return h->parser.status_code;
+}
+
+int lp_h1_minor(const lp_h1_t *h)
+{
+    return h->parser.http_minor;
+}
+
+const char *lp_h1_status_text(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    }
+    return "Unknown";
+}
+
+void lp_wbuf_str(lp_wbuf_t *w, const char *s, size_t n)
+{
+    if (w->overflow || (size_t)(w->end - w->p) < n) {
+        w->overflow = 1;
+        return;
+    }
+    memcpy(w->p, s, n);
+    w->p += n;
+}
+
+void lp_wbuf_cstr(lp_wbuf_t *w, const char *s)
+{
+    lp_wbuf_str(w, s, strlen(s));
+}
+
+void lp_wbuf_u64(lp_wbuf_t *w, uint64_t v)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
+    lp_wbuf_str(w, tmp, (size_t)n);
+}
+
+void lp_wbuf_header(lp_wbuf_t *w, const char *name, size_t nlen, const char *val, size_t vlen)
+{
+    lp_wbuf_str(w, name, nlen);
+    lp_wbuf_str(w, ": ", 2);
+    lp_wbuf_str(w, val, vlen);
+    lp_wbuf_str(w, "\r\n", 2);
+}
+
+size_t lp_h1_simple_response(char *out, size_t cap, int status, int close, int head_only,
+                             const char *extra_headers)
+{
+    const char *text = lp_h1_status_text(status);
+    int has_body = status >= 200 && status != 204 && status != 304;
+    char body[128];
+    int blen = snprintf(body, sizeof(body), "%d %s\n", status, text);
+    lp_wbuf_t w = {out, out + cap, 0};
+    lp_wbuf_cstr(&w, "HTTP/1.1 ");
+    lp_wbuf_u64(&w, (uint64_t)status);
+    lp_wbuf_cstr(&w, " ");
+    lp_wbuf_cstr(&w, text);
+    lp_wbuf_cstr(&w, "\r\nServer: luaproxy\r\n");
+    if (has_body) {
+        lp_wbuf_cstr(&w, "Content-Type: text/plain\r\nContent-Length: ");
+        lp_wbuf_u64(&w, (uint64_t)blen);
+        lp_wbuf_cstr(&w, "\r\n");
+    }
+    if (close)
+        lp_wbuf_cstr(&w, "Connection: close\r\n");
+    if (extra_headers)
+        lp_wbuf_cstr(&w, extra_headers);
+    lp_wbuf_cstr(&w, "\r\n");
+    if (has_body && !head_only)
+        lp_wbuf_str(&w, body, (size_t)blen);
+    return w.overflow ? 0 : (size_t)(w.p - out);
+}

@@ -1,0 +1,113 @@
+/* HTTP/1.x message parsing (llhttp glue with the checks llhttp leaves to us) and
+ * head serialization. Pure logic: no I/O, so unit tests and the fuzzer drive it directly.
+ *
+ * Header bytes are copied into an arena owned by the caller as they arrive: llhttp hands
+ * out spans that may be split across reads and live only during the callback. */
+#ifndef LP_HTTP1_H
+#define LP_HTTP1_H
+
+#include <llhttp.h>
+#include "common.h"
+
+typedef struct {
+    lp_str_t name, value;
+} lp_header_t;
+
+typedef enum {
+    LP_H1_NEED_MORE, /* all input consumed, message not finished */
+    LP_H1_HEAD,      /* the head is complete and validated; parsing paused */
+    LP_H1_DONE,      /* the message is complete; parsing paused */
+    LP_H1_UPGRADE,   /* complete, and what follows is another protocol */
+    LP_H1_ERROR,     /* invalid: err_status says what to answer */
+} lp_h1_event_t;
+
+/* Message flags (LP_H1F_*), set once the head is complete. */
+#define LP_H1F_CHUNKED      0x0001 /* Transfer-Encoding: chunked */
+#define LP_H1F_LENGTH       0x0002 /* Content-Length given */
+#define LP_H1F_CONN_CLOSE   0x0004 /* Connection: close (or 1.0 without keep-alive) */
+#define LP_H1F_KEEPALIVE_10 0x0008 /* HTTP/1.0 with Connection: keep-alive */
+#define LP_H1F_EXPECT_100   0x0010 /* Expect: 100-continue */
+#define LP_H1F_UPGRADE      0x0020 /* Connection: upgrade and an Upgrade header */
+#define LP_H1F_ABSOLUTE     0x0040 /* request target was absolute-form */
+#define LP_H1F_HEAD_REQ     0x0080 /* response parser: the request was HEAD (no body) */
+#define LP_H1F_EOF_BODY     0x0100 /* response body runs to connection close */
+
+#define LP_H1_MAX_CONN_TOKENS 16
+
+typedef struct lp_h1_s lp_h1_t;
+typedef void (*lp_h1_body_cb)(lp_h1_t *h, const char *at, size_t len);
+
+struct lp_h1_s {
+    llhttp_t parser; /* parser.data is this struct */
+    void *ud;        /* the owner (connection) */
+    lp_h1_body_cb on_body;
+
+    /* Limits, from the config. */
+    size_t max_header_size, max_uri_size;
+    unsigned max_headers;
+
+    /* Storage for the current message head (caller-owned arena and header array). */
+    char *arena;
+    size_t arena_len, arena_cap;
+    lp_header_t *headers;
+    unsigned nheaders;
+    size_t header_bytes;
+
+    /* The parsed head. */
+    lp_str_t url, path, authority, reason;
+    lp_str_t host; /* Host (or the absolute-form authority); base NULL when absent */
+    unsigned flags;
+    uint64_t content_length;
+    lp_str_t conn_tokens[LP_H1_MAX_CONN_TOKENS];
+    unsigned nconn_tokens;
+
+    /* Parser state of our own checks. */
+    int in_value;
+    int value_started;
+    char last_byte; /* last byte of the previous execute() input */
+    const char *chunk_base;
+    int host_count, te_count, cl_count;
+    int body_started;
+
+    /* Error reporting. */
+    int err_status;
+    const char *err_reason;
+};
+
+/* type is HTTP_REQUEST or HTTP_RESPONSE. */
+void lp_h1_init(lp_h1_t *h, llhttp_type_t type, void *ud, lp_h1_body_cb on_body);
+/* Storage for the next message head; nothing points into the previous one afterwards. */
+void lp_h1_set_storage(lp_h1_t *h, char *arena, size_t cap, lp_header_t *headers,
+                       unsigned max_headers);
+/* Feeds bytes. *consumed says how many were used; on HEAD/DONE the rest is kept by the
+ * caller and fed again after lp_h1_resume(). */
+lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *consumed);
+void lp_h1_resume(lp_h1_t *h);
+/* Tells the parser a connection ended: for bodies that run to EOF. */
+lp_h1_event_t lp_h1_finish(lp_h1_t *h);
+
+/* Predicates (0/1). */
+int lp_h1_is_hop_by_hop(const lp_h1_t *h, lp_str_t name);
+int lp_h1_tchar_token(lp_str_t s);
+const lp_header_t *lp_h1_find(const lp_h1_t *h, const char *name, size_t len);
+uint8_t lp_h1_method(const lp_h1_t *h);
+int lp_h1_status(const lp_h1_t *h);
+int lp_h1_minor(const lp_h1_t *h);
+const char *lp_h1_status_text(int status);
+
+/* Head serialization into a caller buffer. They return bytes written, or 0 when it did
+ * not fit. */
+typedef struct {
+    char *p, *end;
+    int overflow;
+} lp_wbuf_t;
+void lp_wbuf_str(lp_wbuf_t *w, const char *s, size_t n);
+void lp_wbuf_cstr(lp_wbuf_t *w, const char *s);
+void lp_wbuf_u64(lp_wbuf_t *w, uint64_t v);
+void lp_wbuf_header(lp_wbuf_t *w, const char *name, size_t nlen, const char *val, size_t vlen);
+
+/* A complete locally generated response (error pages and the like). */
+size_t lp_h1_simple_response(char *out, size_t cap, int status, int close, int head_only,
+                             const char *extra_headers);
+
+#endif

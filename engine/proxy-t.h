@@ -1,0 +1,172 @@
+/* The types of one worker's proxying state: worker, downstream connection, request,
+ * upstream connection. Types only (HAProxy's -t.h convention), so every module can
+ * include them without an include cycle. Everything here belongs to one worker thread. */
+#ifndef LP_PROXY_T_H
+#define LP_PROXY_T_H
+
+#include <uv.h>
+#include "balancer.h"
+#include "buf.h"
+#include "common.h"
+#include "config.h"
+#include "http1.h"
+
+typedef struct lp_worker_s lp_worker_t;
+typedef struct lp_conn_s lp_conn_t;
+typedef struct lp_req_s lp_req_t;
+typedef struct lp_peer_s lp_peer_t;
+typedef struct lp_accesslog_s lp_accesslog_t;
+
+/* Backpressure: stop reading the sending side when the receiving side has this many
+ * bytes queued, resume below the low mark. */
+#define LP_HIGH_WATERMARK (256 * 1024)
+#define LP_LOW_WATERMARK  (64 * 1024)
+
+/* One upstream target as seen by one worker: its idle connection pool. */
+typedef struct {
+    const lp_target_conf_t *conf;
+    lp_list_t idle; /* lp_peer_t.link, most recently used first */
+    unsigned nidle;
+    unsigned active;
+} lp_target_rt_t;
+
+typedef struct {
+    const lp_upstream_conf_t *conf;
+    lp_target_rt_t *targets; /* owned array, conf->ntargets */
+    lp_rr_t rr;
+} lp_upstream_rt_t;
+
+typedef struct {
+    uv_tcp_t tcp;
+    lp_worker_t *w;
+    int closed;
+} lp_listener_t;
+
+struct lp_worker_s {
+    int id;
+    uv_thread_t thread;
+    uv_loop_t loop;
+    uv_async_t wakeup; /* main thread → worker: stop */
+    uv_timer_t drain_timer;
+    uv_prepare_t flush; /* before-sleep hook: access log flush */
+    const lp_config_t *config;
+    lp_listener_t *listeners;    /* owned, config->nlisten */
+    lp_upstream_rt_t *upstreams; /* owned, config->nupstreams */
+    lp_list_t conns;             /* every downstream connection (lp_conn_t.link) */
+    lp_list_t peers;             /* every upstream connection, pooled or busy (lp_peer_t.all) */
+    size_t nconns;
+    lp_bufpool_t bufs;
+    lp_wbpool_t wbatches;
+    lp_accesslog_t *access;  /* owned */
+    int stopping;            /* graceful shutdown in progress */
+    uint64_t drain_deadline; /* uv_now() after which busy connections are cut */
+    uint64_t requests;       /* served, for the status line */
+    lp_req_t *free_reqs;     /* recycled request objects */
+    size_t nfree_reqs;
+};
+
+/* Request flags (LP_RF_*). */
+#define LP_RF_BODY_DONE     0x0001 /* the request message was read completely */
+#define LP_RF_WAIT_UPSTREAM 0x0002 /* head parsed; waiting for an upstream connection */
+#define LP_RF_READ_PAUSED   0x0004 /* request body reading paused by backpressure */
+#define LP_RF_RESP_STARTED  0x0008 /* response head queued to the client */
+#define LP_RF_RESP_DONE     0x0010 /* response fully queued to the client */
+#define LP_RF_RESP_CHUNKED  0x0020 /* we chunk-encode the response body to the client */
+#define LP_RF_RESP_CLOSE    0x0040 /* the client connection closes after this response */
+#define LP_RF_UPGRADE_REQ   0x0080 /* the client asked for a protocol upgrade */
+#define LP_RF_SENT_100      0x0100 /* 100 Continue sent */
+#define LP_RF_HEAD          0x0200 /* HEAD request */
+#define LP_RF_LOCAL         0x0400 /* answered locally (no upstream) */
+
+typedef enum {
+    LP_RS_HEAD, /* reading the request head */
+    LP_RS_BODY, /* streaming the request body */
+    LP_RS_DONE, /* request read completely */
+} lp_req_state_t;
+
+struct lp_req_s {
+    lp_conn_t *conn;
+    lp_req_t *next_free;
+    lp_h1_t h1;           /* request parser; head stored in `arena` */
+    lp_buf_t *arena;      /* request head bytes (owned reference) */
+    lp_header_t *headers; /* owned, capacity max_headers */
+    unsigned cap_headers;
+    lp_buf_t *resp_arena;      /* response head bytes (owned reference, NULL before) */
+    lp_header_t *resp_headers; /* owned, capacity max_headers */
+    lp_req_state_t state;
+    unsigned flags;
+    uint8_t method;
+    uint8_t minor; /* client HTTP/1.x minor version */
+    int status;    /* sent to the client */
+    const lp_route_conf_t *route;
+    lp_upstream_rt_t *upstream;
+    int target; /* index in upstream->targets, -1 before */
+    lp_peer_t *peer;
+    uint64_t body_in;                              /* request body bytes read */
+    uint64_t resp_body_out;                        /* response body bytes queued to the client */
+    uint64_t t_start, t_upstream, t_upstream_head; /* uv_hrtime() ns */
+    int tries;
+    uint64_t tried[1]; /* targets tried (bitmap) */
+};
+
+/* Connection flags (LP_CF_*). */
+#define LP_CF_READING     0x01 /* uv_read_start is active */
+#define LP_CF_CLOSING     0x02 /* uv_close called */
+#define LP_CF_CLOSE_AFTER 0x04 /* close once the queued writes complete */
+#define LP_CF_TUNNEL      0x08 /* upgraded: raw relay with req->peer */
+#define LP_CF_EOF         0x10 /* the client closed its side */
+#define LP_CF_LINGER      0x20 /* write side shut; discarding input before closing */
+#define LP_CF_BUSY        0x40 /* conn_process is on the stack */
+#define LP_CF_AGAIN       0x80 /* conn_process was asked for another pass meanwhile */
+
+struct lp_conn_s {
+    uv_tcp_t tcp; /* tcp.data = this */
+    uv_timer_t timer;
+    lp_worker_t *w;
+    lp_list_t link;
+    lp_buf_t *rbuf; /* current read block (owned reference), or NULL */
+    uint32_t rpos, rlen;
+    lp_req_t *req;
+    lp_wbatch_t *outb;  /* batch being filled for the client */
+    size_t out_pending; /* bytes handed to uv_write, not yet completed */
+    unsigned flags;
+    int handles;   /* open libuv handles; freed when it drops to 0 */
+    uint8_t tmode; /* what the timer is timing (conn.c's TM_*) */
+    uint32_t nrequests;
+    char client_ip[46];
+};
+
+/* Upstream connection flags (LP_PF_*). */
+#define LP_PF_CONNECTED  0x01
+#define LP_PF_REUSED     0x02 /* taken from the pool for this request */
+#define LP_PF_READING    0x04
+#define LP_PF_CLOSING    0x08
+#define LP_PF_RESP_BYTES 0x10 /* some response byte arrived for the current request */
+#define LP_PF_PAUSED     0x20 /* reading paused by client backpressure */
+#define LP_PF_KEEPALIVE  0x40 /* reusable after the current response */
+#define LP_PF_REQ_SENT   0x80 /* the whole request was written */
+#define LP_PF_TUNNEL     0x100
+
+struct lp_peer_s {
+    uv_tcp_t tcp; /* tcp.data = this */
+    uv_connect_t connect_req;
+    uv_timer_t timer;
+    lp_worker_t *w;
+    lp_upstream_rt_t *upstream;
+    lp_target_rt_t *target;
+    lp_list_t link; /* in target->idle while pooled */
+    lp_list_t all;  /* in worker->peers */
+    lp_h1_t h1;     /* response parser */
+    lp_buf_t *rbuf; /* owned reference */
+    uint32_t rpos, rlen;
+    lp_req_t *req; /* the request being served, NULL while pooled */
+    lp_wbatch_t *outb;
+    size_t out_pending;
+    unsigned flags;
+    int handles;
+    uint8_t tmode; /* what the timer is timing (upstream.c's PT_*) */
+    uint32_t nrequests;
+    uint64_t body_out; /* request body bytes queued to this peer */
+};
+
+#endif

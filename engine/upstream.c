@@ -1,0 +1,732 @@
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "conn.h"
+#include "log.h"
+#include "upstream.h"
+
+/* What the upstream connection timer is timing. */
+enum { PT_NONE, PT_CONNECT, PT_SEND, PT_READ, PT_IDLE };
+
+static void peer_close(lp_peer_t *p);
+static void peer_start_request(lp_peer_t *p, lp_req_t *req);
+static void peer_update_reading(lp_peer_t *p);
+static void on_resp_body(lp_h1_t *h, const char *at, size_t len);
+static void peer_connect(lp_peer_t *p, lp_req_t *req);
+
+static const lp_timeouts_t *T(lp_peer_t *p)
+{
+    return &p->w->config->timeouts;
+}
+
+static void on_peer_timer(uv_timer_t *t);
+
+static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
+{
+    p->tmode = (uint8_t)mode;
+    if (mode == PT_NONE)
+        uv_timer_stop(&p->timer);
+    else
+        uv_timer_start(&p->timer, on_peer_timer, ms, 0);
+}
+
+int lp_upstream_rt_init(lp_worker_t *w)
+{
+    const lp_config_t *cfg = w->config;
+    w->upstreams = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*w->upstreams));
+    if (!w->upstreams)
+        return LP_ENOMEM;
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        lp_upstream_rt_t *u = &w->upstreams[i];
+        const lp_upstream_conf_t *uc = &cfg->upstreams[i];
+        u->conf = uc;
+        u->targets = calloc(uc->ntargets, sizeof(*u->targets));
+        unsigned *weights = calloc(uc->ntargets, sizeof(unsigned));
+        if (!u->targets || !weights) {
+            free(weights);
+            return LP_ENOMEM;
+        }
+        for (size_t j = 0; j < uc->ntargets; j++) {
+            u->targets[j].conf = &uc->targets[j];
+            lp_list_init(&u->targets[j].idle);
+            weights[j] = uc->targets[j].weight;
+        }
+        int rc = lp_rr_init(&u->rr, weights, uc->ntargets);
+        free(weights);
+        if (rc)
+            return LP_ENOMEM;
+    }
+    return 0;
+}
+
+void lp_upstream_rt_destroy(lp_worker_t *w)
+{
+    if (!w->upstreams)
+        return;
+    for (size_t i = 0; i < w->config->nupstreams; i++) {
+        free(w->upstreams[i].targets);
+        lp_rr_destroy(&w->upstreams[i].rr);
+    }
+    free(w->upstreams);
+    w->upstreams = NULL;
+}
+
+/* ---- lifetime ---- */
+
+static void on_peer_handle_close(uv_handle_t *h)
+{
+    lp_peer_t *p = h->data;
+    if (--p->handles)
+        return;
+    lp_list_remove(&p->all);
+    free(p);
+}
+
+static void peer_close(lp_peer_t *p)
+{
+    if (p->flags & LP_PF_CLOSING)
+        return;
+    p->flags |= LP_PF_CLOSING;
+    if (!lp_list_empty(&p->link)) {
+        lp_list_remove(&p->link);
+        p->target->nidle--;
+    }
+    if (p->req) {
+        p->req->peer = NULL;
+        p->req = NULL;
+        p->target->active--;
+    }
+    if (p->rbuf) {
+        lp_buf_unref(p->rbuf);
+        p->rbuf = NULL;
+    }
+    if (p->outb) {
+        lp_wbatch_put(&p->w->wbatches, p->outb);
+        p->outb = NULL;
+    }
+    uv_close((uv_handle_t *)&p->tcp, on_peer_handle_close);
+    uv_close((uv_handle_t *)&p->timer, on_peer_handle_close);
+}
+
+void lp_peer_abort(lp_peer_t *p)
+{
+    peer_close(p);
+}
+
+static lp_peer_t *peer_new(lp_worker_t *w, lp_upstream_rt_t *u, lp_target_rt_t *t)
+{
+    lp_peer_t *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->w = w;
+    p->upstream = u;
+    p->target = t;
+    lp_list_init(&p->link);
+    lp_list_insert_tail(&w->peers, &p->all);
+    uv_tcp_init(&w->loop, &p->tcp);
+    uv_timer_init(&w->loop, &p->timer);
+    p->tcp.data = p;
+    p->timer.data = p;
+    p->handles = 2;
+    return p;
+}
+
+/* Returns a connection to its target's pool, or closes it. */
+static void peer_release(lp_peer_t *p)
+{
+    lp_target_rt_t *t = p->target;
+    const lp_upstream_conf_t *uc = p->upstream->conf;
+    if (p->req) {
+        p->req->peer = NULL;
+        p->req = NULL;
+        t->active--;
+    }
+    int reusable = (p->flags & LP_PF_KEEPALIVE) && !(p->flags & LP_PF_CLOSING) &&
+                   (!p->rbuf || p->rpos >= p->rlen) && !p->out_pending &&
+                   t->nidle < uc->keepalive && p->nrequests < uc->keepalive_requests &&
+                   !p->w->stopping;
+    if (!reusable) {
+        peer_close(p);
+        return;
+    }
+    if (p->rbuf) {
+        lp_buf_unref(p->rbuf);
+        p->rbuf = NULL;
+        p->rpos = p->rlen = 0;
+    }
+    p->flags &= ~(LP_PF_REUSED | LP_PF_RESP_BYTES | LP_PF_PAUSED | LP_PF_REQ_SENT);
+    p->body_out = 0;
+    lp_list_insert_head(&t->idle, &p->link);
+    t->nidle++;
+    peer_timer(p, PT_IDLE, uc->keepalive_timeout);
+    /* Keep reading while pooled: a close by the upstream takes it out of the pool. */
+    peer_update_reading(p);
+}
+
+/* ---- failure handling ---- */
+
+/* The connection failed before or during the response. A reused connection that the
+ * upstream had closed is retried once on a fresh connection when nothing of the
+ * request body was sent yet; otherwise the client gets `status`. */
+static void peer_fail(lp_peer_t *p, int status, const char *why)
+{
+    lp_req_t *req = p->req;
+    if (!req) {
+        peer_close(p);
+        return;
+    }
+    int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) && p->body_out == 0 &&
+                !(req->flags & LP_RF_RESP_STARTED);
+    const char *addr = p->target->conf->addr.text;
+    lp_target_rt_t *t = p->target;
+    peer_close(p);
+    if (retry) {
+        lp_log_debug("upstream %s: pooled connection failed (%s); retrying on a new one", addr,
+                     why);
+        lp_peer_t *np = peer_new(req->conn->w, req->upstream, t);
+        if (np) {
+            peer_connect(np, req);
+            return;
+        }
+    }
+    lp_log_warn("upstream %s: %s (%s %.*s)", addr, why, llhttp_method_name(req->method),
+                (int)req->h1.path.len, req->h1.path.base);
+    lp_conn_upstream_failed(req, status, why);
+}
+
+static void on_peer_timer(uv_timer_t *tm)
+{
+    lp_peer_t *p = tm->data;
+    switch (p->tmode) {
+    case PT_CONNECT:
+        peer_fail(p, 504, "connect timed out");
+        return;
+    case PT_SEND:
+        peer_fail(p, 504, "send timed out");
+        return;
+    case PT_READ:
+        peer_fail(p, 504, "read timed out");
+        return;
+    default:
+        peer_close(p); /* idle in the pool too long */
+    }
+}
+
+/* ---- writing ---- */
+
+static void on_peer_write(uv_write_t *wr, int status)
+{
+    lp_wbatch_t *wb = LP_CONTAINER_OF(wr, lp_wbatch_t, req);
+    lp_peer_t *p = wb->owner;
+    p->out_pending -= wb->bytes;
+    lp_wbatch_put(&p->w->wbatches, wb);
+    if (p->flags & LP_PF_CLOSING)
+        return;
+    if (status < 0) {
+        peer_fail(p, 502, uv_strerror(status));
+        return;
+    }
+    if (p->tmode == PT_SEND) {
+        if (p->out_pending)
+            peer_timer(p, PT_SEND, T(p)->send);
+        else if (p->flags & LP_PF_REQ_SENT)
+            peer_timer(p, PT_READ, T(p)->read);
+        else
+            peer_timer(p, PT_NONE, 0);
+    }
+    if (p->out_pending <= LP_LOW_WATERMARK && p->req) {
+        if (p->flags & LP_PF_TUNNEL)
+            lp_conn_tunnel_resume(p->req->conn);
+        else
+            lp_conn_resume_body(p->req);
+    }
+}
+
+void lp_peer_flush(lp_peer_t *p)
+{
+    lp_wbatch_t *wb = p->outb;
+    if (!wb || !wb->n || !(p->flags & LP_PF_CONNECTED) || (p->flags & LP_PF_CLOSING))
+        return;
+    p->outb = NULL;
+    wb->owner = p;
+    p->out_pending += wb->bytes;
+    int rc = uv_write(&wb->req, (uv_stream_t *)&p->tcp, wb->bufs, wb->n, on_peer_write);
+    if (rc) {
+        p->out_pending -= wb->bytes;
+        lp_wbatch_put(&p->w->wbatches, wb);
+        peer_fail(p, 502, uv_strerror(rc));
+        return;
+    }
+    if (p->tmode != PT_SEND && !(p->flags & LP_PF_TUNNEL) && p->out_pending)
+        peer_timer(p, PT_SEND, T(p)->send);
+}
+
+static lp_wbatch_t *peer_outb(lp_peer_t *p, unsigned k, unsigned scratch)
+{
+    if (p->outb && !lp_wbatch_room(p->outb, k, scratch))
+        lp_peer_flush(p);
+    if (!p->outb)
+        p->outb = lp_wbatch_get(&p->w->wbatches);
+    return p->outb;
+}
+
+void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int chunked)
+{
+    if (!len || (p->flags & LP_PF_CLOSING))
+        return;
+    p->body_out += len;
+    if (chunked) {
+        /* Re-chunked: extensions and odd framing never reach the upstream. */
+        char size[24];
+        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        lp_wbatch_t *wb = peer_outb(p, 3, (unsigned)n);
+        if (!wb)
+            return;
+        lp_wbatch_add_copy(wb, size, (size_t)n);
+        lp_wbatch_add(wb, at, len, pin);
+        lp_wbatch_add(wb, "\r\n", 2, NULL);
+    } else {
+        lp_wbatch_t *wb = peer_outb(p, 1, 0);
+        if (wb)
+            lp_wbatch_add(wb, at, len, pin);
+    }
+}
+
+void lp_peer_body_end(lp_peer_t *p, int chunked)
+{
+    if (p->flags & LP_PF_CLOSING)
+        return;
+    if (chunked) {
+        lp_wbatch_t *wb = peer_outb(p, 1, 0);
+        if (wb)
+            lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
+    }
+    p->flags |= LP_PF_REQ_SENT;
+    if (p->tmode != PT_SEND)
+        peer_timer(p, PT_READ, T(p)->read);
+}
+
+/* ---- the request head ---- */
+
+static int is_replaced(lp_str_t n)
+{
+    return LP_STR_IEQ(n, "x-forwarded-for") || LP_STR_IEQ(n, "x-forwarded-proto") ||
+           LP_STR_IEQ(n, "x-forwarded-host") || LP_STR_IEQ(n, "expect") || LP_STR_IEQ(n, "host");
+}
+
+static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
+{
+    lp_h1_t *h = &req->h1;
+    lp_wbuf_t w = {out, out + cap, 0};
+    const lp_route_conf_t *r = req->route;
+    const char *method = llhttp_method_name(req->method);
+    lp_wbuf_cstr(&w, method);
+    lp_wbuf_str(&w, " ", 1);
+    lp_str_t path = h->path;
+    if (r->strip_prefix && r->prefix_len > 1) {
+        lp_str_t rest = {path.base + r->prefix_len, path.len - r->prefix_len};
+        if (!rest.len || rest.base[0] != '/')
+            lp_wbuf_str(&w, "/", 1);
+        lp_wbuf_str(&w, rest.base, rest.len);
+    } else {
+        lp_wbuf_str(&w, path.base, path.len);
+    }
+    lp_wbuf_cstr(&w, " HTTP/1.1\r\nHost: ");
+    if (h->host.base)
+        lp_wbuf_str(&w, h->host.base, h->host.len);
+    else
+        lp_wbuf_cstr(&w, req->peer->target->conf->addr.text);
+    lp_wbuf_str(&w, "\r\n", 2);
+    int xff = 0;
+    for (unsigned i = 0; i < h->nheaders; i++) {
+        const lp_header_t *hd = &h->headers[i];
+        if (LP_STR_IEQ(hd->name, "x-forwarded-for")) {
+            /* Every X-Forwarded-For joined into one, then the client appended. */
+            lp_wbuf_cstr(&w, xff ? ", " : "X-Forwarded-For: ");
+            lp_wbuf_str(&w, hd->value.base, hd->value.len);
+            xff = 1;
+        }
+    }
+    lp_wbuf_cstr(&w, xff ? ", " : "X-Forwarded-For: ");
+    lp_wbuf_cstr(&w, req->conn->client_ip);
+    lp_wbuf_cstr(&w, "\r\nX-Forwarded-Proto: http\r\n");
+    if (h->host.base)
+        lp_wbuf_header(&w, "X-Forwarded-Host", 16, h->host.base, h->host.len);
+    for (unsigned i = 0; i < h->nheaders; i++) {
+        const lp_header_t *hd = &h->headers[i];
+        if (lp_h1_is_hop_by_hop(h, hd->name) || is_replaced(hd->name))
+            continue;
+        lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
+    }
+    if (h->flags & LP_H1F_CHUNKED) {
+        lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
+    } else if (h->flags & LP_H1F_LENGTH) {
+        lp_wbuf_cstr(&w, "Content-Length: ");
+        lp_wbuf_u64(&w, h->content_length);
+        lp_wbuf_str(&w, "\r\n", 2);
+    }
+    if (req->flags & LP_RF_UPGRADE_REQ) {
+        const lp_header_t *u = lp_h1_find(h, "upgrade", 7);
+        lp_wbuf_cstr(&w, "Connection: upgrade\r\n");
+        if (u)
+            lp_wbuf_header(&w, "Upgrade", 7, u->value.base, u->value.len);
+    }
+    lp_wbuf_str(&w, "\r\n", 2);
+    return w.overflow ? 0 : (size_t)(w.p - out);
+}
+
+/* ---- starting a request ---- */
+
+static void peer_start_request(lp_peer_t *p, lp_req_t *req)
+{
+    lp_worker_t *w = p->w;
+    p->req = req;
+    req->peer = p;
+    p->target->active++;
+    p->nrequests++;
+    p->body_out = 0;
+    p->flags &= ~(LP_PF_RESP_BYTES | LP_PF_REQ_SENT | LP_PF_KEEPALIVE | LP_PF_PAUSED);
+    if (!req->resp_arena) {
+        req->resp_arena = lp_buf_get(&w->bufs, LP_BUF_SIZE);
+        if (!req->resp_arena) {
+            peer_fail(p, 502, "out of memory");
+            return;
+        }
+    }
+    lp_h1_init(&p->h1, HTTP_RESPONSE, p, on_resp_body);
+    p->h1.max_header_size = w->config->limits.max_header_size;
+    if (p->h1.max_header_size > LP_BUF_SIZE - 1024)
+        p->h1.max_header_size = LP_BUF_SIZE - 1024;
+    lp_h1_set_storage(&p->h1, req->resp_arena->data, req->resp_arena->cap, req->resp_headers,
+                      req->cap_headers);
+    if (req->flags & LP_RF_HEAD)
+        p->h1.flags |= LP_H1F_HEAD_REQ;
+
+    lp_buf_t *hb = lp_buf_get(&w->bufs, req->arena->cap + 2048);
+    size_t n = hb ? build_request_head(req, hb->data, hb->cap) : 0;
+    lp_wbatch_t *wb = n ? peer_outb(p, 1, 0) : NULL;
+    if (!wb) {
+        if (hb)
+            lp_buf_unref(hb);
+        peer_fail(p, 502, "cannot build the request head");
+        return;
+    }
+    lp_wbatch_add(wb, hb->data, n, hb);
+    lp_buf_unref(hb);
+    peer_timer(p, PT_NONE, 0);
+    if (req->state == LP_RS_DONE)
+        lp_peer_body_end(p, (req->h1.flags & LP_H1F_CHUNKED) != 0);
+    peer_update_reading(p);
+    lp_conn_upstream_ready(req);
+    if (req->peer == p)
+        lp_peer_flush(p);
+}
+
+static void on_connect(uv_connect_t *cr, int status)
+{
+    lp_peer_t *p = cr->data;
+    if (p->flags & LP_PF_CLOSING)
+        return;
+    if (status < 0) {
+        char why[128];
+        snprintf(why, sizeof(why), "connect failed: %s", uv_strerror(status));
+        /* Not a stale pooled connection: no retry, the target is down. */
+        p->flags &= ~LP_PF_REUSED;
+        peer_fail(p, 502, why);
+        return;
+    }
+    p->flags |= LP_PF_CONNECTED;
+    uv_tcp_nodelay(&p->tcp, 1);
+    lp_req_t *req = p->req;
+    p->req = NULL;
+    p->target->active--;
+    if (!req)
+        return;
+    req->peer = NULL;
+    peer_start_request(p, req);
+}
+
+static void peer_connect(lp_peer_t *p, lp_req_t *req)
+{
+    /* Bound to the request while connecting so that either side can abort the other. */
+    p->req = req;
+    req->peer = p;
+    p->target->active++;
+    p->connect_req.data = p;
+    const lp_target_conf_t *tc = p->target->conf;
+    int rc = uv_tcp_connect(&p->connect_req, &p->tcp, (const struct sockaddr *)&tc->addr.addr,
+                            on_connect);
+    if (rc) {
+        char why[128];
+        snprintf(why, sizeof(why), "connect failed: %s", uv_strerror(rc));
+        peer_fail(p, 502, why);
+        return;
+    }
+    peer_timer(p, PT_CONNECT, T(p)->connect);
+}
+
+void lp_upstream_start(lp_req_t *req)
+{
+    lp_upstream_rt_t *u = req->upstream;
+    int idx = lp_rr_select(&u->rr, NULL);
+    if (idx < 0) {
+        lp_conn_upstream_failed(req, 502, "no upstream target");
+        return;
+    }
+    req->target = idx;
+    req->tries++;
+    req->t_upstream = uv_hrtime();
+    lp_target_rt_t *t = &u->targets[idx];
+    lp_worker_t *w = req->conn->w;
+    if (!lp_list_empty(&t->idle)) {
+        lp_peer_t *p = LP_CONTAINER_OF(t->idle.next, lp_peer_t, link);
+        lp_list_remove(&p->link);
+        t->nidle--;
+        p->flags |= LP_PF_REUSED;
+        peer_start_request(p, req);
+        return;
+    }
+    lp_peer_t *p = peer_new(w, u, t);
+    if (!p) {
+        lp_conn_upstream_failed(req, 502, "out of memory");
+        return;
+    }
+    peer_connect(p, req);
+}
+
+/* ---- reading the response ---- */
+
+static void on_resp_body(lp_h1_t *h, const char *at, size_t len)
+{
+    lp_peer_t *p = h->ud;
+    if (p->req)
+        lp_conn_response_body(p->req, at, len, p->rbuf);
+}
+
+static void peer_response_done(lp_peer_t *p)
+{
+    lp_req_t *req = p->req;
+    if (llhttp_should_keep_alive(&p->h1.parser) && (p->flags & LP_PF_REQ_SENT))
+        p->flags |= LP_PF_KEEPALIVE;
+    lp_conn_t *c = req->conn;
+    peer_timer(p, PT_NONE, 0);
+    /* Detach first: finishing the request must not abort this connection. */
+    p->req = NULL;
+    req->peer = NULL;
+    p->target->active--;
+    lp_conn_response_done(req);
+    LP_UNUSED(c);
+    peer_release(p);
+}
+
+static void peer_parse(lp_peer_t *p)
+{
+    while (p->req && p->rbuf && p->rpos < p->rlen && !(p->flags & (LP_PF_CLOSING | LP_PF_PAUSED))) {
+        lp_req_t *req = p->req;
+        size_t used = 0;
+        lp_h1_event_t ev = lp_h1_execute(&p->h1, p->rbuf->data + p->rpos, p->rlen - p->rpos, &used);
+        p->rpos += (uint32_t)used;
+        switch (ev) {
+        case LP_H1_NEED_MORE:
+            break;
+        case LP_H1_HEAD:
+            lp_h1_resume(&p->h1);
+            if (lp_conn_response_head(req, &p->h1)) {
+                peer_fail(p, 502, "response head too large");
+                return;
+            }
+            break;
+        case LP_H1_DONE:
+            lp_h1_resume(&p->h1);
+            peer_response_done(p);
+            return;
+        case LP_H1_UPGRADE:
+            p->flags |= LP_PF_TUNNEL;
+            peer_timer(p, PT_NONE, 0);
+            lp_conn_tunnel_start(req);
+            if (p->rpos < p->rlen && p->req) {
+                lp_conn_tunnel_data(req->conn, p->rbuf->data + p->rpos, p->rlen - p->rpos, p->rbuf);
+                p->rpos = p->rlen;
+            }
+            return;
+        case LP_H1_ERROR:
+        default: {
+            char why[160];
+            snprintf(why, sizeof(why), "invalid response: %s",
+                     p->h1.err_reason ? p->h1.err_reason : "parse error");
+            p->flags &= ~LP_PF_REUSED; /* the upstream answered: never retry */
+            peer_fail(p, 502, why);
+            return;
+        }
+        }
+        if (p->req &&
+            p->req->conn->out_pending + (p->req->conn->outb ? p->req->conn->outb->bytes : 0) >
+                LP_HIGH_WATERMARK) {
+            lp_conn_flush(p->req->conn);
+            p->flags |= LP_PF_PAUSED;
+        }
+    }
+}
+
+static void on_peer_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    lp_peer_t *p = h->data;
+    if (p->rbuf && (p->rbuf->refs > 1 || p->rpos < p->rlen)) {
+        if (p->rpos < p->rlen) {
+            *buf = uv_buf_init(NULL, 0);
+            return;
+        }
+        lp_buf_unref(p->rbuf);
+        p->rbuf = NULL;
+    }
+    if (!p->rbuf)
+        p->rbuf = lp_buf_get(&p->w->bufs, LP_BUF_SIZE);
+    if (!p->rbuf) {
+        *buf = uv_buf_init(NULL, 0);
+        return;
+    }
+    p->rpos = p->rlen = 0;
+    *buf = uv_buf_init(p->rbuf->data, p->rbuf->cap);
+}
+
+static void peer_eof(lp_peer_t *p, int err)
+{
+    lp_req_t *req = p->req;
+    if (!req) {
+        peer_close(p); /* closed while pooled */
+        return;
+    }
+    if (p->flags & LP_PF_TUNNEL) {
+        lp_conn_t *c = req->conn;
+        peer_close(p);
+        lp_conn_tunnel_end(c);
+        return;
+    }
+    if (!err && (p->flags & LP_PF_RESP_BYTES) && (p->h1.flags & LP_H1F_EOF_BODY) &&
+        (req->flags & LP_RF_RESP_STARTED)) {
+        if (lp_h1_finish(&p->h1) == LP_H1_DONE) {
+            p->flags &= ~LP_PF_KEEPALIVE;
+            lp_peer_t *keep = p;
+            peer_timer(p, PT_NONE, 0);
+            p->req = NULL;
+            req->peer = NULL;
+            p->target->active--;
+            lp_conn_response_done(req);
+            peer_close(keep);
+            return;
+        }
+    }
+    if (p->flags & LP_PF_RESP_BYTES)
+        p->flags &= ~LP_PF_REUSED;
+    peer_fail(p, 502,
+              (req->flags & LP_RF_RESP_STARTED) ? "upstream closed mid-response"
+              : err                             ? uv_strerror(err)
+                                                : "upstream closed the connection");
+}
+
+static void on_peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    lp_peer_t *p = s->data;
+    if (nread > 0) {
+        p->rlen += (uint32_t)nread;
+        if (!p->req) {
+            /* Bytes from an idle pooled connection: it is out of sync; drop it. */
+            peer_close(p);
+            return;
+        }
+        p->flags |= LP_PF_RESP_BYTES;
+        if (p->flags & LP_PF_TUNNEL) {
+            lp_conn_tunnel_data(p->req->conn, p->rbuf->data + p->rpos, p->rlen - p->rpos, p->rbuf);
+            p->rpos = p->rlen;
+            if (p->req && p->req->conn->out_pending > LP_HIGH_WATERMARK)
+                p->flags |= LP_PF_PAUSED;
+            peer_update_reading(p);
+            return;
+        }
+        if (p->tmode == PT_READ)
+            peer_timer(p, PT_READ, T(p)->read);
+        lp_conn_t *c = p->req->conn;
+        peer_parse(p);
+        if (!(c->flags & LP_CF_CLOSING))
+            lp_conn_flush(c);
+        if (!(p->flags & LP_PF_CLOSING))
+            peer_update_reading(p);
+        return;
+    }
+    if (nread == 0)
+        return;
+    if (nread == UV_ENOBUFS) {
+        peer_update_reading(p);
+        return;
+    }
+    peer_eof(p, nread == UV_EOF ? 0 : (int)nread);
+}
+
+static void peer_update_reading(lp_peer_t *p)
+{
+    if (p->flags & LP_PF_CLOSING)
+        return;
+    int want = (p->flags & LP_PF_CONNECTED) && !(p->flags & LP_PF_PAUSED) &&
+               !(p->rbuf && p->rpos < p->rlen);
+    if (want && !(p->flags & LP_PF_READING)) {
+        if (uv_read_start((uv_stream_t *)&p->tcp, on_peer_alloc, on_peer_read) == 0)
+            p->flags |= LP_PF_READING;
+    } else if (!want && (p->flags & LP_PF_READING)) {
+        uv_read_stop((uv_stream_t *)&p->tcp);
+        p->flags &= ~LP_PF_READING;
+    }
+}
+
+void lp_peer_resume(lp_peer_t *p)
+{
+    if (!(p->flags & LP_PF_PAUSED) || (p->flags & LP_PF_CLOSING))
+        return;
+    p->flags &= ~LP_PF_PAUSED;
+    if (p->flags & LP_PF_TUNNEL) {
+        peer_update_reading(p);
+        return;
+    }
+    lp_conn_t *c = p->req ? p->req->conn : NULL;
+    peer_parse(p); /* input left over from before the pause */
+    if (c && !(c->flags & LP_CF_CLOSING))
+        lp_conn_flush(c);
+    if (!(p->flags & LP_PF_CLOSING))
+        peer_update_reading(p);
+}
+
+/* ---- tunnel ---- */
+
+void lp_peer_tunnel_data(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin)
+{
+    lp_wbatch_t *wb = peer_outb(p, 1, 0);
+    if (wb)
+        lp_wbatch_add(wb, at, len, pin);
+    lp_peer_flush(p);
+}
+
+void lp_peer_tunnel_start(lp_peer_t *p)
+{
+    peer_update_reading(p);
+}
+
+void lp_peer_tunnel_eof(lp_peer_t *p)
+{
+    /* The client is done: half-close towards the upstream is not worth the state;
+     * finish both sides once the queued bytes are out. */
+    lp_conn_t *c = p->req ? p->req->conn : NULL;
+    peer_close(p);
+    if (c)
+        lp_conn_tunnel_end(c);
+}
+
+void lp_upstream_close_idle(lp_worker_t *w)
+{
+    for (size_t i = 0; w->upstreams && i < w->config->nupstreams; i++) {
+        lp_upstream_rt_t *u = &w->upstreams[i];
+        for (size_t j = 0; j < u->conf->ntargets; j++) {
+            lp_target_rt_t *t = &u->targets[j];
+            while (!lp_list_empty(&t->idle))
+                peer_close(LP_CONTAINER_OF(t->idle.next, lp_peer_t, link));
+        }
+    }
+}

@@ -1,0 +1,29 @@
+/* Upstream connections: pools per target, connect, write requests, parse responses. */
+#ifndef LP_UPSTREAM_H
+#define LP_UPSTREAM_H
+
+#include "proxy-t.h"
+
+int lp_upstream_rt_init(lp_worker_t *w);
+void lp_upstream_rt_destroy(lp_worker_t *w);
+
+/* Picks a target and an idle or new connection for req, then writes the head.
+ * lp_conn_upstream_ready() or lp_conn_upstream_failed() follows, maybe synchronously. */
+void lp_upstream_start(lp_req_t *req);
+/* Request body bytes (raw or re-chunked), and the end of the body. */
+void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int chunked);
+void lp_peer_body_end(lp_peer_t *p, int chunked);
+void lp_peer_flush(lp_peer_t *p);
+/* The client drained: resume reading the response. */
+void lp_peer_resume(lp_peer_t *p);
+/* The request is gone (client closed or error): close this connection. */
+void lp_peer_abort(lp_peer_t *p);
+/* Tunnel: raw bytes from the client, and start relaying upstream bytes. */
+void lp_peer_tunnel_data(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin);
+void lp_peer_tunnel_start(lp_peer_t *p);
+/* The client ended the tunnel. */
+void lp_peer_tunnel_eof(lp_peer_t *p);
+/* Shutdown: close pooled connections. */
+void lp_upstream_close_idle(lp_worker_t *w);
+
+#endif
