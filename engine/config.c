@@ -422,9 +422,9 @@ static int load_upstreams(vctx_t *v, lp_config_t *c)
         }
         free(balance);
         u->balance = LP_BALANCE_ROUND_ROBIN;
-        uint64_t ka = 32, kr = 1000;
+        uint64_t ka = 128, kr = 1000;
         if (!rc)
-            rc = opt_integer(v, p, "keepalive", 0, 100000, 32, &ka);
+            rc = opt_integer(v, p, "keepalive", 0, 100000, 128, &ka);
         if (!rc)
             rc = opt_seconds_ms(v, p, "keepalive_timeout", 60, &u->keepalive_timeout);
         if (!rc)

@@ -462,7 +462,9 @@ static void on_req_body(lp_h1_t *h, const char *at, size_t len)
 static int conn_parse(lp_conn_t *c, lp_req_t *req)
 {
     size_t used = 0;
-    lp_h1_event_t ev = lp_h1_execute(&req->h1, c->rbuf->data + c->rpos, c->rlen - c->rpos, &used);
+    lp_h1_event_t ev =
+        c->rbuf ? lp_h1_execute(&req->h1, c->rbuf->data + c->rpos, c->rlen - c->rpos, &used)
+                : lp_h1_execute(&req->h1, "", 0, &used);
     c->rpos += (uint32_t)used;
     if (req->h1.err_status == 413 && ev != LP_H1_ERROR)
         ev = LP_H1_ERROR;
@@ -525,7 +527,9 @@ static void conn_process_once(lp_conn_t *c)
         }
         if (req->state == LP_RS_DONE || (req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED)))
             return;
-        if (!have)
+        /* After the head, the parser has to run once more even without input: a message
+         * without a body completes only then. */
+        if (!have && !req->h1.after_head)
             return;
         if (conn_parse(c, req))
             return;
@@ -559,26 +563,32 @@ static void conn_process(lp_conn_t *c)
 
 /* ---- reading from the client ---- */
 
+/* Reads append to the current block while it has room, so the client stays readable
+ * while a request is served (no epoll churn, and pipelined requests wait in place). */
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     lp_conn_t *c = h->data;
-    if (c->rbuf && (c->rbuf->refs > 1 || c->rpos < c->rlen)) {
-        /* Still pinned by writes of its bytes, or holding unparsed input: a fresh block. */
-        if (c->rpos < c->rlen) {
+    lp_buf_t *b = c->rbuf;
+    if (b) {
+        if (c->rpos >= c->rlen && b->refs == 1) {
+            c->rpos = c->rlen = 0; /* all parsed, nothing pinned: start over */
+        } else if (b->cap - c->rlen < 4096 && c->rpos >= c->rlen) {
+            lp_buf_unref(b); /* pinned by writes and nearly full: take a fresh one */
+            c->rbuf = b = NULL;
+        } else if (b->cap == c->rlen) {
+            *buf = uv_buf_init(NULL, 0); /* full of unparsed input: UV_ENOBUFS pauses reading */
+            return;
+        }
+    }
+    if (!b) {
+        b = c->rbuf = lp_buf_get(&c->w->bufs, LP_BUF_SIZE);
+        if (!b) {
             *buf = uv_buf_init(NULL, 0);
             return;
         }
-        lp_buf_unref(c->rbuf);
-        c->rbuf = NULL;
+        c->rpos = c->rlen = 0;
     }
-    if (!c->rbuf)
-        c->rbuf = lp_buf_get(&c->w->bufs, LP_BUF_SIZE);
-    if (!c->rbuf) {
-        *buf = uv_buf_init(NULL, 0);
-        return;
-    }
-    c->rpos = c->rlen = 0;
-    *buf = uv_buf_init(c->rbuf->data, c->rbuf->cap);
+    *buf = uv_buf_init(b->data + c->rlen, b->cap - c->rlen);
 }
 
 static void conn_release_rbuf(lp_conn_t *c)
@@ -622,7 +632,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         lp_peer_tunnel_eof(c->req->peer);
         return;
     }
-    /* Idle, a partial head, or a request in progress: nothing more can be answered. */
+    if (c->req && c->req->state == LP_RS_DONE && nread == UV_EOF) {
+        /* A half-close after a complete request: the answer still goes out. */
+        conn_update_reading(c);
+        return;
+    }
+    /* Idle, a partial head, or a body cut short: nothing more can be answered. */
     lp_conn_close(c);
 }
 
@@ -632,17 +647,13 @@ static void conn_update_reading(lp_conn_t *c)
         return;
     lp_req_t *req = c->req;
     int want;
-    if (c->flags & LP_CF_TUNNEL)
-        want = !(req && req->peer && req->peer->out_pending > LP_HIGH_WATERMARK);
-    else if (c->flags & LP_CF_CLOSE_AFTER)
+    if (c->flags & (LP_CF_EOF | LP_CF_CLOSE_AFTER))
         want = 0;
-    else if (!req)
-        want = 1;
+    else if (c->flags & LP_CF_TUNNEL)
+        want = !(req && req->peer && req->peer->out_pending > LP_HIGH_WATERMARK);
     else
-        want =
-            req->state != LP_RS_DONE && !(req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED));
-    if (c->rbuf && c->rpos < c->rlen)
-        want = 0; /* unparsed input first */
+        want = !(req && (req->flags & LP_RF_READ_PAUSED)) &&
+               !(c->rbuf && c->rlen == c->rbuf->cap && c->rpos < c->rlen);
     if (want && !(c->flags & LP_CF_READING)) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
             c->flags |= LP_CF_READING;
@@ -781,7 +792,8 @@ static void req_finish(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     lp_worker_t *w = c->w;
-    int keep = !(req->flags & LP_RF_RESP_CLOSE) && req->state == LP_RS_DONE && !w->stopping;
+    int keep = !(req->flags & LP_RF_RESP_CLOSE) && req->state == LP_RS_DONE && !w->stopping &&
+               !((c->flags & LP_CF_EOF) && !(c->rbuf && c->rpos < c->rlen));
     w->requests++;
     c->nrequests++;
     lp_accesslog_write(w->access, req);

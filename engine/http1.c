@@ -388,6 +388,7 @@ void lp_h1_set_storage(lp_h1_t *h, char *arena, size_t cap, lp_header_t *headers
 lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *consumed)
 {
     h->chunk_base = data;
+    h->after_head = 0;
     llhttp_errno_t e = llhttp_execute(&h->parser, data, len);
     size_t used = len;
     lp_h1_event_t ev;
@@ -401,6 +402,7 @@ lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *co
         ev = strcmp(llhttp_get_error_reason(&h->parser), "Paused by on_headers_complete") == 0
                  ? LP_H1_HEAD
                  : LP_H1_DONE;
+        h->after_head = ev == LP_H1_HEAD;
         break;
     case HPE_PAUSED_UPGRADE:
         used = (size_t)(llhttp_get_error_pos(&h->parser) - data);

@@ -68,6 +68,7 @@ struct lp_h1_s {
     const char *chunk_base;
     int host_count, te_count, cl_count;
     int body_started;
+    int after_head; /* paused after the head: execute again, even with no input */
 
     /* Error reporting. */
     int err_status;
