@@ -376,7 +376,10 @@ static const lp_route_conf_t *route_find(const lp_config_t *cfg, lp_h1_t *h)
 {
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const lp_route_conf_t *r = &cfg->routes[i];
-        if (h->path.len < r->prefix_len || memcmp(h->path.base, r->prefix, r->prefix_len) != 0)
+        int asterisk = h->path.len == 1 && h->path.base[0] == '*'; /* OPTIONS * */
+        if (asterisk ? r->prefix_len != 1
+                     : (h->path.len < r->prefix_len ||
+                        memcmp(h->path.base, r->prefix, r->prefix_len) != 0))
             continue;
         if (!host_matches(r, h->host.base ? h->host : (lp_str_t){"", 0}))
             continue;

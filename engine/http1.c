@@ -55,11 +55,23 @@ static int on_message_begin(llhttp_t *p)
     return 0;
 }
 
+/* The byte k positions before `at` (1: the one just before), across execute() calls. */
+static char byte_before(const lp_h1_t *h, const char *at, size_t k)
+{
+    if ((size_t)(at - h->chunk_base) >= k)
+        return at[-(ptrdiff_t)k];
+    return k - (size_t)(at - h->chunk_base) == 1 ? h->last_byte : h->last_byte2;
+}
+
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     lp_h1_t *h = H1(p);
-    if (!h->url.base)
+    if (!h->url.base) {
+        /* llhttp skips any run of spaces before the target; RFC 9112 3 allows exactly one. */
+        if (byte_before(h, at, 2) == ' ')
+            return set_error(h, 400, "malformed request line");
         h->url.base = h->arena + h->arena_len;
+    }
     if (h->url.len + len > h->max_uri_size)
         return set_error(h, 414, "request target too long");
     if (append(h, at, len))
@@ -125,7 +137,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     /* llhttp accepts obs-fold (a line starting with SP/HTAB continues the value): the
      * continuation span begins right after a line break. RFC 9112 5.2 lets a server reject
      * it; a proxy must, since peers disagree on its meaning. */
-    char before = at > h->chunk_base ? at[-1] : h->last_byte;
+    char before = byte_before(h, at, 1);
     if (before == '\n' || before == '\r')
         return set_error(h, 400, "obsolete line folding");
     if (header_space(h, len) || append(h, at, len))
@@ -417,8 +429,13 @@ lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *co
         ev = LP_H1_ERROR;
         break;
     }
-    if (used)
+    if (used >= 2) {
+        h->last_byte2 = data[used - 2];
         h->last_byte = data[used - 1];
+    } else if (used == 1) {
+        h->last_byte2 = h->last_byte;
+        h->last_byte = data[0];
+    }
     *consumed = used;
     return ev;
 }

@@ -64,7 +64,7 @@ struct lp_h1_s {
     /* Parser state of our own checks. */
     int in_value;
     int value_started;
-    char last_byte; /* last byte of the previous execute() input */
+    char last_byte, last_byte2; /* the last two bytes of earlier execute() input */
     const char *chunk_base;
     int host_count, te_count, cl_count;
     int body_started;

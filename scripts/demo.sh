@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs the demo: three demo origins and luaproxy on scripts/demo.lua, until Ctrl-C.
+set -euo pipefail
+BUILD=${1:-$(dirname "$0")/../build}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ORIGIN="$BUILD/tests/origin/lp_origin"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+for spec in 9001:web 9002:api-1 9003:api-2; do
+    "$ORIGIN" -p "${spec%%:*}" -i "${spec#*:}" >/dev/null &
+    PIDS+=($!)
+done
+"$BUILD/luaproxy" -c "$HERE/demo.lua" &
+PIDS+=($!)
+
+for _ in $(seq 50); do
+    curl -s -o /dev/null http://127.0.0.1:8080/ && break
+    sleep 0.1
+done
+cat <<'TXT'
+
+luaproxy demo is running on http://127.0.0.1:8080 (Ctrl-C stops it). Try:
+
+  curl -i http://127.0.0.1:8080/                       # the web service
+  curl -i http://127.0.0.1:8080/api/fixed?size=3       # the API, prefix stripped
+  for i in 1 2 3; do curl -s -D- -o /dev/null http://127.0.0.1:8080/api/ | grep X-Origin-Id; done
+  curl -s -d 'hello proxy' http://127.0.0.1:8080/echo  # request bodies stream through
+  curl -s http://127.0.0.1:8080/headers                # what the origin received (X-Forwarded-*)
+
+TXT
+wait "${PIDS[-1]}"
