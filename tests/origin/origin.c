@@ -1645,6 +1645,8 @@ static void on_connection(uv_stream_t *server, int status)
 
 static void on_signal(uv_signal_t *s, int signum)
 {
+    /* One line, so that a test that sees its origin vanish can tell who stopped it. */
+    fprintf(stderr, "lp_origin: signal %d, exiting\n", signum);
     uv_close((uv_handle_t *)&g_listener, NULL);
     uv_close((uv_handle_t *)&g_sigterm, NULL);
     uv_close((uv_handle_t *)&g_sigint, NULL);
@@ -1670,9 +1672,12 @@ int main(int argc, char **argv)
         case 'a':
             addr = optarg;
             break;
-        case 'p':
-            port = atoi(optarg);
+        case 'p': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            port = *optarg && !*end && v >= 0 && v <= 65535 ? (int)v : -1;
             break;
+        }
         case 'i':
             id = optarg;
             break;
