@@ -1,0 +1,418 @@
+-- Plugin config schemas: validation with defaults, and a check of the schemas themselves.
+--
+-- A schema is data: `{ fields = { name = <field>, ... }, custom = fn? }`, a field is
+-- `{ type = ..., required =, default =, one_of =, min =, max =, pattern =, description =,
+-- elements = <field> (array), keys = <field>, values = <field> (map), fields = {...} (record),
+-- custom = fn (extension: `fn(value) -> true | nil, "problem"`) }`.
+--
+-- This runs when a config is loaded, never per request, so it favours clear messages over
+-- speed. Errors read `<path>.<key>: <problem>`, the caller passing the prefix, e.g.
+-- `plugins[2](headers).request.set.X-Env: expected a string, got number`.
+local type, pairs, ipairs, next, tostring = type, pairs, ipairs, next, tostring
+local floor, huge = math.floor, math.huge
+local concat, sort = table.concat, table.sort
+local find, format = string.find, string.format
+
+local M = {}
+
+M.types = {
+  string = true, number = true, integer = true, boolean = true, array = true, map = true,
+  record = true, ["function"] = true, any = true,
+}
+
+-- Options a field may carry, and for which types they mean something.
+local FIELD_OPTIONS = {
+  type = true, required = true, default = true, one_of = true, min = true, max = true,
+  pattern = true, description = true, elements = true, keys = true, values = true,
+  fields = true, custom = true,
+}
+
+-- Deep copy of plain data (defaults, `any` values). Functions and other values are shared;
+-- `seen` keeps cycles and shared subtables shaped as in the source.
+local function deep_copy(v, seen)
+  if type(v) ~= "table" then return v end
+  seen = seen or {}
+  if seen[v] then return seen[v] end
+  local out = {}
+  seen[v] = out
+  for k, x in pairs(v) do
+    out[deep_copy(k, seen)] = deep_copy(x, seen)
+  end
+  return setmetatable(out, getmetatable(v))
+end
+M.deep_copy = deep_copy
+
+local function join(path, key)
+  if path == nil or path == "" then return tostring(key) end
+  return path .. "." .. tostring(key)
+end
+
+local function describe(v)
+  if type(v) == "string" then return format("%q", v) end
+  return tostring(v)
+end
+
+local function an(t)
+  return (t == "integer" or t == "array" or t == "any") and "an " .. t or "a " .. t
+end
+
+-- A Lua table counts as an array when its keys are exactly 1..n (the empty table is both an
+-- empty array and an empty map).
+local function is_array(t)
+  local n = #t
+  local count = 0
+  for k in pairs(t) do
+    if type(k) ~= "number" or k < 1 or k > n or floor(k) ~= k then return false end
+    count = count + 1
+  end
+  return count == n
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  sort(keys, function(a, b)
+    local ta, tb = type(a), type(b)
+    if ta ~= tb then return ta < tb end
+    if ta == "string" or ta == "number" then return a < b end
+    return tostring(a) < tostring(b)
+  end)
+  return keys
+end
+
+local validate_value
+
+-- Validates a record's keys against `fields`; returns a new table with defaults filled in.
+local function validate_record(fields, value, path)
+  local out = {}
+  for _, k in ipairs(sorted_keys(value)) do
+    if type(k) ~= "string" or fields[k] == nil then
+      return nil, join(path, k) .. ": unknown field"
+    end
+  end
+  for _, name in ipairs(sorted_keys(fields)) do
+    local field = fields[name]
+    local v, err = validate_value(field, value[name], join(path, name))
+    if err then return nil, err end
+    out[name] = v
+  end
+  return out
+end
+
+local function check_bounds(field, value, n, what, path)
+  if field.min and n < field.min then
+    return nil, format("%s: %s %s is below the minimum %s", path, what, tostring(n),
+      tostring(field.min))
+  end
+  if field.max and n > field.max then
+    return nil, format("%s: %s %s is above the maximum %s", path, what, tostring(n),
+      tostring(field.max))
+  end
+  return true
+end
+
+-- Returns the validated value (a fresh table for table types), or nil, "path: problem".
+-- A nil value takes a deep copy of the default, which is itself validated, so a record
+-- default of `{}` comes back with its own fields' defaults filled in.
+function validate_value(field, value, path)
+  if value == nil then
+    if field.default == nil then
+      if field.required then return nil, path .. ": required field missing" end
+      return nil
+    end
+    value = deep_copy(field.default)
+  end
+
+  local ft, vt = field.type, type(value)
+  local out = value
+  if ft == "any" then
+    out = deep_copy(value)
+  elseif ft == "integer" then
+    if vt ~= "number" then
+      return nil, format("%s: expected an integer, got %s", path, vt)
+    end
+    if value ~= value or value == huge or value == -huge or floor(value) ~= value then
+      return nil, format("%s: expected an integer, got %s", path, tostring(value))
+    end
+  elseif ft == "number" then
+    if vt ~= "number" then
+      return nil, format("%s: expected a number, got %s", path, vt)
+    end
+    if value ~= value then return nil, path .. ": expected a number, got nan" end
+  elseif ft == "array" then
+    if vt ~= "table" then return nil, format("%s: expected an array, got %s", path, vt) end
+    if not is_array(value) then
+      return nil, path .. ": expected an array (keys 1..n), got a table with other keys"
+    end
+    out = {}
+    local el = field.elements
+    for i = 1, #value do
+      local v, err
+      if el then
+        v, err = validate_value(el, value[i], path .. "[" .. i .. "]")
+        if err then return nil, err end
+        if v == nil then return nil, path .. "[" .. i .. "]: required field missing" end
+      else
+        v = deep_copy(value[i])
+      end
+      out[i] = v
+    end
+  elseif ft == "map" then
+    if vt ~= "table" then return nil, format("%s: expected a map, got %s", path, vt) end
+    out = {}
+    local kf, vf = field.keys, field.values
+    for _, k in ipairs(sorted_keys(value)) do
+      local kpath = join(path, k)
+      local nk, err = k, nil
+      if kf then
+        nk, err = validate_value(kf, k, kpath)
+      elseif type(k) ~= "string" then
+        err = format("%s: expected a string key, got %s", kpath, type(k))
+      end
+      if err then return nil, err end
+      local nv = value[k]
+      if vf then
+        nv, err = validate_value(vf, nv, kpath)
+        if err then return nil, err end
+      else
+        nv = deep_copy(nv)
+      end
+      out[nk] = nv
+    end
+  elseif ft == "record" then
+    if vt ~= "table" then return nil, format("%s: expected a record, got %s", path, vt) end
+    local err
+    out, err = validate_record(field.fields or {}, value, path)
+    if err then return nil, err end
+  else -- string, boolean, function
+    if vt ~= ft then
+      return nil, format("%s: expected %s, got %s", path, an(ft), vt)
+    end
+  end
+
+  if field.one_of then
+    local found = false
+    for _, allowed in ipairs(field.one_of) do
+      if allowed == value then found = true break end
+    end
+    if not found then
+      local list = {}
+      for i, allowed in ipairs(field.one_of) do list[i] = describe(allowed) end
+      return nil, format("%s: expected one of %s, got %s", path, concat(list, ", "),
+        describe(value))
+    end
+  end
+
+  if field.min or field.max then
+    local ok, err = true, nil
+    if ft == "number" or ft == "integer" then
+      ok, err = check_bounds(field, value, value, "value", path)
+    elseif ft == "string" then
+      ok, err = check_bounds(field, value, #value, "length", path)
+    elseif ft == "array" then
+      ok, err = check_bounds(field, value, #value, "length", path)
+    end
+    if not ok then return nil, err end
+  end
+
+  if field.pattern and ft == "string" and not find(value, field.pattern) then
+    return nil, format("%s: %s does not match the pattern %s", path, describe(value),
+      describe(field.pattern))
+  end
+
+  if field.custom then
+    local ok, err = field.custom(out)
+    if not ok then return nil, path .. ": " .. tostring(err or "invalid value") end
+  end
+  return out
+end
+
+-- Validates `conf` (nil counts as `{}`) against `schema`. Returns a new table with the
+-- defaults filled in (deep copies: no two configs share a table), or nil, "path.key: problem".
+function M.validate(schema, conf, path)
+  if conf == nil then conf = {} end
+  if type(conf) ~= "table" then
+    return nil, format("%s: expected a record, got %s", path or "conf", type(conf))
+  end
+  local out, err = validate_record(schema.fields or {}, conf, path)
+  if err then return nil, err end
+  if schema.custom then
+    local ok, cerr = schema.custom(out)
+    if not ok then
+      return nil, (path and path ~= "" and path .. ": " or "") .. tostring(cerr or "invalid")
+    end
+  end
+  return out
+end
+
+-- Validates one entry of a `plugins` list: the plugin's own fields plus `name` and
+-- `fail_open` (boolean, default false), which every entry accepts. The returned conf keeps
+-- both, so the runtime finds `conf.fail_open` next to the plugin's settings.
+function M.validate_entry(plugin, entry, path)
+  if entry == nil then entry = {} end
+  if type(entry) ~= "table" then
+    return nil, format("%s: expected a record, got %s", path or "plugin", type(entry))
+  end
+  local name, fail_open = entry.name, entry.fail_open
+  if name ~= nil and name ~= plugin.name then
+    return nil, format("%s: name %s does not match the plugin %s", join(path, "name"),
+      describe(name), describe(plugin.name))
+  end
+  if fail_open ~= nil and type(fail_open) ~= "boolean" then
+    return nil, format("%s: expected a boolean, got %s", join(path, "fail_open"),
+      type(fail_open))
+  end
+  local rest = entry
+  if name ~= nil or fail_open ~= nil then
+    rest = {}
+    for k, v in pairs(entry) do
+      if k ~= "name" and k ~= "fail_open" then rest[k] = v end
+    end
+  end
+  local conf, err = M.validate(plugin.schema or { fields = {} }, rest, path)
+  if not conf then return nil, err end
+  conf.name = plugin.name
+  conf.fail_open = fail_open == true
+  return conf
+end
+
+local check_field
+
+local function check_fields(fields, path, warnings)
+  if type(fields) ~= "table" then
+    return nil, path .. ": fields must be a table of name = field"
+  end
+  for _, name in ipairs(sorted_keys(fields)) do
+    if type(name) ~= "string" then
+      return nil, join(path, tostring(name)) .. ": field names must be strings"
+    end
+    local ok, err = check_field(fields[name], join(path, name), warnings, true)
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+function check_field(field, path, warnings, named)
+  if type(field) ~= "table" then return nil, path .. ": a field must be a table" end
+  for k in pairs(field) do
+    if not FIELD_OPTIONS[k] then
+      return nil, format("%s: unknown field option %s", path, describe(k))
+    end
+  end
+  local ft = field.type
+  if ft == nil then return nil, path .. ": field has no type" end
+  if not M.types[ft] then return nil, format("%s: unknown type %s", path, describe(ft)) end
+  if named and field.description == nil then
+    warnings[#warnings + 1] = path .. ": field has no description"
+  end
+  if field.description ~= nil and type(field.description) ~= "string" then
+    return nil, path .. ": description must be a string"
+  end
+  if field.required ~= nil and type(field.required) ~= "boolean" then
+    return nil, path .. ": required must be a boolean"
+  end
+  for _, opt in ipairs({ "min", "max" }) do
+    if field[opt] ~= nil then
+      if type(field[opt]) ~= "number" then return nil, path .. ": " .. opt .. " must be a number" end
+      if ft ~= "number" and ft ~= "integer" and ft ~= "string" and ft ~= "array" then
+        return nil, format("%s: %s does not apply to type %s", path, opt, ft)
+      end
+    end
+  end
+  if field.min and field.max and field.min > field.max then
+    return nil, path .. ": min is above max"
+  end
+  if field.pattern ~= nil then
+    if ft ~= "string" then return nil, path .. ": pattern applies to strings only" end
+    if type(field.pattern) ~= "string" then return nil, path .. ": pattern must be a string" end
+    local ok, err = pcall(find, "", field.pattern)
+    if not ok then return nil, path .. ": bad pattern: " .. tostring(err) end
+  end
+  if field.one_of ~= nil then
+    if type(field.one_of) ~= "table" or #field.one_of == 0 or not is_array(field.one_of) then
+      return nil, path .. ": one_of must be a non-empty list"
+    end
+  end
+  if field.custom ~= nil and type(field.custom) ~= "function" then
+    return nil, path .. ": custom must be a function"
+  end
+  if field.elements ~= nil then
+    if ft ~= "array" then return nil, path .. ": elements applies to arrays only" end
+    local ok, err = check_field(field.elements, path .. "[]", warnings, false)
+    if not ok then return nil, err end
+  end
+  for _, opt in ipairs({ "keys", "values" }) do
+    if field[opt] ~= nil then
+      if ft ~= "map" then return nil, path .. ": " .. opt .. " applies to maps only" end
+      local ok, err = check_field(field[opt], path .. "." .. opt, warnings, false)
+      if not ok then return nil, err end
+    end
+  end
+  if field.keys ~= nil and field.keys.type ~= "string" and field.keys.type ~= "number"
+     and field.keys.type ~= "integer" and field.keys.type ~= "any" then
+    return nil, path .. ": map keys must be strings or numbers"
+  end
+  if field.fields ~= nil then
+    if ft ~= "record" then return nil, path .. ": fields applies to records only" end
+    local ok, err = check_fields(field.fields, path, warnings)
+    if not ok then return nil, err end
+  end
+  if field.default ~= nil then
+    local _, err = validate_value(field, field.default, path .. "(default)")
+    if err then return nil, "bad default: " .. err end
+  end
+  return true
+end
+
+-- Checks a plugin's schema itself. Returns true, warnings (a list, possibly empty: fields
+-- without a description) or nil, "path: problem".
+function M.check_schema(schema, path)
+  path = path or "schema"
+  if type(schema) ~= "table" then return nil, path .. ": a schema must be a table" end
+  for k in pairs(schema) do
+    if k ~= "fields" and k ~= "custom" and k ~= "description" then
+      return nil, format("%s: unknown schema key %s", path, describe(k))
+    end
+  end
+  if schema.custom ~= nil and type(schema.custom) ~= "function" then
+    return nil, path .. ": custom must be a function"
+  end
+  local warnings = {}
+  local ok, err = check_fields(schema.fields or {}, path, warnings)
+  if not ok then return nil, err end
+  for _, reserved in ipairs({ "name", "fail_open" }) do
+    if (schema.fields or {})[reserved] then
+      return nil, join(path, reserved) .. ": reserved for every plugin entry"
+    end
+  end
+  return true, warnings
+end
+
+-- Checks a whole plugin module: name, priority, schema, phase functions, compile.
+local PLUGIN_KEYS = {
+  name = "string", priority = "number", schema = "table", version = "string",
+  init_worker = "function", request = "function", upstream = "function",
+  response = "function", response_body = "function", log = "function",
+  compile = "function",
+}
+
+function M.check_plugin(plugin, path)
+  path = path or "plugin"
+  if type(plugin) ~= "table" then return nil, path .. ": a plugin module must return a table" end
+  if type(plugin.name) ~= "string" or plugin.name == "" then
+    return nil, path .. ": plugin has no name"
+  end
+  if type(plugin.priority) ~= "number" then
+    return nil, path .. "(" .. plugin.name .. "): priority must be a number"
+  end
+  for k, v in pairs(plugin) do
+    local want = PLUGIN_KEYS[k]
+    if want and type(v) ~= want then
+      return nil, format("%s(%s).%s: expected %s, got %s", path, plugin.name, tostring(k),
+        an(want), type(v))
+    end
+  end
+  return M.check_schema(plugin.schema or { fields = {} }, path .. "(" .. plugin.name .. ").schema")
+end
+
+return M
