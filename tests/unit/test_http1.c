@@ -1,0 +1,1027 @@
+/* Unit tests for engine/http1.c: the llhttp glue and the checks llhttp leaves to us. */
+#include <stdlib.h>
+#include "lp_test.h"
+#include "http1.h"
+
+/* A parser with caller-owned storage, the way conn.c and upstream.c drive it. */
+#define T_MAX_HEADERS 64
+
+typedef struct {
+    lp_h1_t h;
+    char arena[65536];
+    lp_header_t headers[T_MAX_HEADERS];
+    char body[65536];
+    size_t body_len;
+    int heads;           /* LP_H1_HEAD events seen */
+    unsigned head_flags; /* h.flags at the last LP_H1_HEAD */
+    int head_status;     /* response status at the last LP_H1_HEAD */
+} h1t_t;
+
+static void t_on_body(lp_h1_t *h, const char *at, size_t len)
+{
+    h1t_t *t = h->ud;
+    if (t->body_len + len <= sizeof(t->body)) {
+        memcpy(t->body + t->body_len, at, len);
+        t->body_len += len;
+    }
+}
+
+static h1t_t *t_new(llhttp_type_t type)
+{
+    h1t_t *t = calloc(1, sizeof(*t));
+    lp_h1_init(&t->h, type, t, t_on_body);
+    lp_h1_set_storage(&t->h, t->arena, sizeof(t->arena), t->headers, T_MAX_HEADERS);
+    return t;
+}
+
+/* Ready for the next message on the same connection. */
+static void t_next(h1t_t *t)
+{
+    lp_h1_resume(&t->h);
+    lp_h1_set_storage(&t->h, t->arena, sizeof(t->arena), t->headers, T_MAX_HEADERS);
+    t->body_len = 0;
+    t->heads = 0;
+}
+
+/* Feeds one read's worth of bytes the way the engine does: on HEAD, resume and execute
+ * again with what is left (even nothing). Returns on NEED_MORE, DONE, UPGRADE or ERROR;
+ * *used is how much of `data` was consumed. The bytes are copied into a heap block of
+ * exactly `len` bytes, so a parser that looks outside its input trips ASan. */
+static lp_h1_event_t t_feed(h1t_t *t, const char *data, size_t len, size_t *used)
+{
+    char *copy = malloc(len ? len : 1);
+    memcpy(copy, data, len);
+    size_t pos = 0;
+    lp_h1_event_t ev = LP_H1_ERROR;
+    for (int guard = 0; guard < 8; guard++) {
+        size_t n = 0;
+        ev = lp_h1_execute(&t->h, copy + pos, len - pos, &n);
+        pos += n;
+        if (ev != LP_H1_HEAD)
+            break;
+        t->heads++;
+        t->head_flags = t->h.flags;
+        t->head_status = lp_h1_status(&t->h);
+        lp_h1_resume(&t->h);
+    }
+    free(copy);
+    if (used)
+        *used = pos;
+    return ev;
+}
+
+/* Feeds `data` in pieces of `step` bytes (0: all at once) until something other than
+ * NEED_MORE happens; *used is the total consumed. */
+static lp_h1_event_t t_feed_steps(h1t_t *t, const char *data, size_t len, size_t step, size_t *used)
+{
+    size_t pos = 0;
+    lp_h1_event_t ev = LP_H1_NEED_MORE;
+    if (!step)
+        step = len ? len : 1;
+    while (pos < len) {
+        size_t n = len - pos < step ? len - pos : step, u = 0;
+        ev = t_feed(t, data + pos, n, &u);
+        pos += u;
+        if (ev != LP_H1_NEED_MORE)
+            break;
+        if (u != n) {
+            ev = LP_H1_ERROR; /* NEED_MORE must consume everything */
+            break;
+        }
+    }
+    if (used)
+        *used = pos;
+    return ev;
+}
+
+static lp_h1_event_t t_feed_str(h1t_t *t, const char *s, size_t *used)
+{
+    return t_feed_steps(t, s, strlen(s), 0, used);
+}
+
+static const char *header(const h1t_t *t, const char *name)
+{
+    static char out[1024];
+    const lp_header_t *hd = lp_h1_find(&t->h, name, strlen(name));
+    if (!hd)
+        return NULL;
+    snprintf(out, sizeof(out), "%.*s", (int)hd->value.len, hd->value.base);
+    return out;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Requests: the happy path */
+
+static void test_simple_get(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    const char *req = "GET /index.html?x=1 HTTP/1.1\r\n"
+                      "Host: example.com:8080\r\n"
+                      "User-Agent:   curl/8.0  \r\n"
+                      "Accept:\t*/*\t\r\n"
+                      "X-Inner:  a  b \r\n"
+                      "\r\n";
+    size_t used = 0;
+    CHECK_EQ_INT(t_feed_str(t, req, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, strlen(req));
+    CHECK_EQ_INT(t->heads, 1);
+    CHECK_EQ_INT(lp_h1_method(&t->h), HTTP_GET);
+    CHECK_EQ_INT(lp_h1_minor(&t->h), 1);
+    CHECK_SLICE(t->h.url, "/index.html?x=1");
+    CHECK_SLICE(t->h.path, "/index.html?x=1");
+    CHECK_SLICE(t->h.host, "example.com:8080");
+    REQUIRE_EQ_INT(t->h.nheaders, 4);
+    CHECK_SLICE(t->h.headers[0].name, "Host");
+    CHECK_SLICE(t->h.headers[0].value, "example.com:8080");
+    CHECK_SLICE(t->h.headers[1].name, "User-Agent");
+    CHECK_SLICE(t->h.headers[1].value, "curl/8.0");
+    CHECK_SLICE(t->h.headers[2].name, "Accept");
+    CHECK_SLICE(t->h.headers[2].value, "*/*");
+    CHECK_SLICE(t->h.headers[3].value, "a  b"); /* inner whitespace is kept */
+    CHECK_STR(header(t, "user-agent"), "curl/8.0");
+    CHECK(lp_h1_find(&t->h, "x-missing", 9) == NULL);
+    CHECK_EQ_INT(t->h.flags & (LP_H1F_CHUNKED | LP_H1F_LENGTH | LP_H1F_CONN_CLOSE), 0);
+    CHECK_EQ_INT(t->body_len, 0);
+    CHECK_EQ_INT(t->h.err_status, 0);
+    free(t);
+}
+
+/* ENGINE BUG (http1.c on_header_value): an empty field value ("X-Empty:" or "X-Empty: ")
+ * is valid (RFC 9110 5.5: field-value = *field-content) but is rejected with 400
+ * "obsolete line folding". llhttp reports the empty value as a zero-length span placed
+ * after the line's CRLF, so the obs-fold check sees '\n' before it. */
+static void test_empty_header_value(void)
+{
+    static const char *const reqs[] = {
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nB: c\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Empty: \r\nB: c\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\n\r\n",
+    };
+    for (size_t i = 0; i < LP_ARRAY_LEN(reqs); i++) {
+        h1t_t *t = t_new(HTTP_REQUEST);
+        size_t used = 0;
+        if (!CHECK_EQ_INT(t_feed_str(t, reqs[i], &used), LP_H1_DONE))
+            fprintf(stderr, "  request %zu: err %d %s\n", i, t->h.err_status,
+                    t->h.err_reason ? t->h.err_reason : "");
+        const lp_header_t *hd = lp_h1_find(&t->h, "x-empty", 7);
+        if (CHECK(hd != NULL))
+            CHECK_EQ_INT(hd->value.len, 0);
+        free(t);
+    }
+}
+
+static void test_head_then_done(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    const char *req = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    size_t used = 0;
+    CHECK_EQ_INT(lp_h1_execute(&t->h, req, strlen(req), &used), LP_H1_HEAD);
+    CHECK_EQ_INT(used, strlen(req));
+    CHECK_EQ_INT(t->h.after_head, 1);
+    CHECK_SLICE(t->h.path, "/");
+    /* Without a resume, the parser stays paused. */
+    lp_h1_resume(&t->h);
+    /* A bodiless message completes only on the next execute, with no input at all. */
+    CHECK_EQ_INT(lp_h1_execute(&t->h, "", 0, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, 0);
+    CHECK_EQ_INT(t->h.after_head, 0);
+    free(t);
+}
+
+static void test_head_then_body_in_same_read(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    const char *req = "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+    size_t used = 0, hlen = strlen(req) - 5;
+    CHECK_EQ_INT(lp_h1_execute(&t->h, req, strlen(req), &used), LP_H1_HEAD);
+    CHECK_EQ_INT(used, hlen);
+    CHECK(t->h.flags & LP_H1F_LENGTH);
+    CHECK_EQ_INT(t->h.content_length, 5);
+    CHECK_EQ_INT(t->body_len, 0);
+    lp_h1_resume(&t->h);
+    size_t used2 = 0;
+    CHECK_EQ_INT(lp_h1_execute(&t->h, req + used, strlen(req) - used, &used2), LP_H1_DONE);
+    CHECK_EQ_INT(used2, 5);
+    CHECK_EQ_INT(t->body_len, 5);
+    CHECK(memcmp(t->body, "hello", 5) == 0);
+    free(t);
+}
+
+/* printf's %.*s wants a valid pointer even for zero bytes. */
+#define SL(s) (int)(s).len, (s).base ? (s).base : ""
+
+/* What a parse produced, flattened for comparison across different feeds. How much was
+ * consumed is left out for errors: the failing read reports 0, earlier reads their all. */
+static void summarize(const h1t_t *t, lp_h1_event_t ev, size_t used, char *out, size_t cap)
+{
+    int n = snprintf(out, cap,
+                     "ev=%d used=%zu m=%d url=%.*s path=%.*s host=%.*s f=%x cl=%llu err=%d "
+                     "body=%.*s|",
+                     (int)ev, ev == LP_H1_ERROR ? 0 : used, lp_h1_method(&t->h), SL(t->h.url),
+                     SL(t->h.path), SL(t->h.host), t->head_flags,
+                     (unsigned long long)t->h.content_length, t->h.err_status, (int)t->body_len,
+                     t->body);
+    for (unsigned i = 0; i < t->h.nheaders && n > 0 && (size_t)n < cap; i++)
+        n += snprintf(out + n, cap - (size_t)n, "%.*s=%.*s;", SL(t->h.headers[i].name),
+                      SL(t->h.headers[i].value));
+}
+
+/* Parses `msg` whole, one byte at a time, and in two pieces at every split point: every
+ * way must give the same result. */
+static void check_split_invariance(llhttp_type_t type, const char *msg)
+{
+    size_t len = strlen(msg), used = 0;
+    char want[4096], got[4096];
+    h1t_t *t = t_new(type);
+    lp_h1_event_t ev = t_feed_steps(t, msg, len, 0, &used);
+    summarize(t, ev, used, want, sizeof(want));
+    free(t);
+
+    t = t_new(type);
+    ev = t_feed_steps(t, msg, len, 1, &used);
+    summarize(t, ev, used, got, sizeof(got));
+    if (!CHECK_STR(got, want))
+        fprintf(stderr, "  (one byte at a time)\n");
+    free(t);
+
+    for (size_t split = 1; split < len; split++) {
+        t = t_new(type);
+        size_t u1 = 0, u2 = 0;
+        ev = t_feed(t, msg, split, &u1);
+        if (ev == LP_H1_NEED_MORE)
+            ev = t_feed(t, msg + split, len - split, &u2);
+        summarize(t, ev, u1 + u2, got, sizeof(got));
+        free(t);
+        if (!CHECK_STR(got, want)) {
+            fprintf(stderr, "  (split at %zu)\n", split);
+            return;
+        }
+    }
+}
+
+static void test_split_every_byte(void)
+{
+    check_split_invariance(HTTP_REQUEST, "GET /a/b?c=d HTTP/1.1\r\n"
+                                         "Host: example.com\r\n"
+                                         "X-Long-Header-Name: some value with spaces  \r\n"
+                                         "Connection: keep-alive, X-Hop\r\n"
+                                         "X-Hop: 1\r\n"
+                                         "\r\n");
+    check_split_invariance(HTTP_REQUEST, "POST /p HTTP/1.1\r\n"
+                                         "Host: h\r\n"
+                                         "Transfer-Encoding: chunked\r\n"
+                                         "\r\n"
+                                         "5\r\nhello\r\n"
+                                         "a;ext=1\r\n0123456789\r\n"
+                                         "0\r\n"
+                                         "Trailer-X: y\r\n"
+                                         "\r\n");
+    check_split_invariance(HTTP_REQUEST, "PUT /q HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n"
+                                         "hello world");
+    check_split_invariance(HTTP_REQUEST, "GET http://example.com?q HTTP/1.1\r\n"
+                                         "Host: example.com\r\n\r\n");
+    check_split_invariance(HTTP_RESPONSE, "HTTP/1.1 200 OK\r\n"
+                                          "Content-Type: text/plain\r\n"
+                                          "Content-Length: 3\r\n"
+                                          "\r\n"
+                                          "abc");
+    /* A rejection must not depend on where reads split either (the request-line and
+     * obs-fold checks look at bytes before the current span). */
+    check_split_invariance(HTTP_REQUEST, "GET  / HTTP/1.1\r\nHost: a\r\n\r\n");
+    check_split_invariance(HTTP_REQUEST, "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n");
+}
+
+static void test_pipelined(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    const char *a = "GET /a HTTP/1.1\r\nHost: one\r\n\r\n";
+    const char *b = "POST /b HTTP/1.1\r\nHost: two\r\nContent-Length: 3\r\n\r\nxyz";
+    const char *c = "GET /c HTTP/1.1\r\nHost: three\r\nConnection: close\r\n\r\n";
+    char all[512];
+    snprintf(all, sizeof(all), "%s%s%s", a, b, c);
+    size_t len = strlen(all), pos = 0, used = 0;
+
+    CHECK_EQ_INT(t_feed(t, all, len, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, strlen(a));
+    CHECK_SLICE(t->h.path, "/a");
+    CHECK_SLICE(t->h.host, "one");
+    pos += used;
+
+    t_next(t);
+    CHECK_EQ_INT(t_feed(t, all + pos, len - pos, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, strlen(b));
+    CHECK_EQ_INT(lp_h1_method(&t->h), HTTP_POST);
+    CHECK_SLICE(t->h.path, "/b");
+    CHECK_SLICE(t->h.host, "two");
+    CHECK_EQ_INT(t->h.nheaders, 2);
+    CHECK_EQ_INT(t->body_len, 3);
+    CHECK(memcmp(t->body, "xyz", 3) == 0);
+    pos += used;
+
+    t_next(t);
+    CHECK_EQ_INT(t_feed(t, all + pos, len - pos, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, strlen(c));
+    CHECK_SLICE(t->h.path, "/c");
+    CHECK_SLICE(t->h.host, "three");
+    CHECK(t->h.flags & LP_H1F_CONN_CLOSE);
+    CHECK(!lp_h1_find(&t->h, "content-length", 14)); /* nothing left from message b */
+    CHECK_EQ_INT(t->body_len, 0);
+    free(t);
+}
+
+static void test_chunked_body(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    const char *req = "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "4\r\nWiki\r\n"
+                      "5;name=val\r\npedia\r\n"
+                      "E\r\n in\r\n\r\nchunks.\r\n"
+                      "0\r\n\r\n";
+    size_t used = 0;
+    CHECK_EQ_INT(t_feed_str(t, req, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, strlen(req));
+    CHECK(t->head_flags & LP_H1F_CHUNKED);
+    CHECK(!(t->head_flags & LP_H1F_LENGTH));
+    CHECK_EQ_INT(t->body_len, 23);
+    CHECK(memcmp(t->body, "Wikipedia in\r\n\r\nchunks.", 23) == 0);
+    free(t);
+}
+
+static void test_content_length_body(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    const char *req = "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789"
+                      "GET / HTTP/1.1\r\n";
+    size_t used = 0;
+    CHECK_EQ_INT(t_feed_str(t, req, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, strlen(req) - strlen("GET / HTTP/1.1\r\n"));
+    CHECK(t->head_flags & LP_H1F_LENGTH);
+    CHECK_EQ_INT(t->h.content_length, 10);
+    CHECK_EQ_INT(t->body_len, 10);
+    CHECK(memcmp(t->body, "0123456789", 10) == 0);
+
+    /* A body arriving in several reads. */
+    h1t_t *t2 = t_new(HTTP_REQUEST);
+    CHECK_EQ_INT(t_feed_steps(t2, req, strlen(req) - 16, 7, &used), LP_H1_DONE);
+    CHECK_EQ_INT(t2->body_len, 10);
+    CHECK(memcmp(t2->body, "0123456789", 10) == 0);
+    free(t2);
+    free(t);
+}
+
+static void test_http10(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    size_t used;
+    /* 1.0 needs no Host and closes by default. */
+    CHECK_EQ_INT(t_feed_str(t, "GET / HTTP/1.0\r\n\r\n", &used), LP_H1_DONE);
+    CHECK(t->h.flags & LP_H1F_CONN_CLOSE);
+    CHECK(t->h.host.base == NULL);
+    free(t);
+
+    t = t_new(HTTP_REQUEST);
+    CHECK_EQ_INT(t_feed_str(t, "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", &used),
+                 LP_H1_DONE);
+    CHECK(t->h.flags & LP_H1F_KEEPALIVE_10);
+    CHECK(!(t->h.flags & LP_H1F_CONN_CLOSE));
+    free(t);
+}
+
+static void test_expect_100(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    size_t used;
+    CHECK_EQ_INT(t_feed_str(t,
+                            "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n"
+                            "Content-Length: 1\r\n\r\nx",
+                            &used),
+                 LP_H1_DONE);
+    CHECK(t->head_flags & LP_H1F_EXPECT_100);
+    free(t);
+}
+
+static void test_absolute_form(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    size_t used;
+    CHECK_EQ_INT(
+        t_feed_str(t, "GET http://example.com/p?q HTTP/1.1\r\nHost: other.org\r\n\r\n", &used),
+        LP_H1_DONE);
+    CHECK_EQ_INT(t->h.err_status, 0);
+    CHECK(t->h.flags & LP_H1F_ABSOLUTE);
+    CHECK_SLICE(t->h.url, "http://example.com/p?q");
+    CHECK_SLICE(t->h.authority, "example.com");
+    CHECK_SLICE(t->h.host, "example.com"); /* the target's authority wins over Host */
+    CHECK_SLICE(t->h.path, "/p?q");
+    free(t);
+
+    t = t_new(HTTP_REQUEST);
+    CHECK_EQ_INT(
+        t_feed_str(t, "GET http://example.com?q HTTP/1.1\r\nHost: example.com\r\n\r\n", &used),
+        LP_H1_DONE);
+    CHECK(t->h.flags & LP_H1F_ABSOLUTE);
+    CHECK_SLICE(t->h.host, "example.com");
+    CHECK_SLICE(t->h.path, "/?q");
+    free(t);
+
+    /* No path at all, and no Host header (absolute-form supplies the authority). */
+    t = t_new(HTTP_REQUEST);
+    CHECK_EQ_INT(t_feed_str(t, "GET HTTP://Example.com:81 HTTP/1.1\r\n\r\n", &used), LP_H1_DONE);
+    CHECK(t->h.flags & LP_H1F_ABSOLUTE);
+    CHECK_SLICE(t->h.host, "Example.com:81");
+    CHECK_SLICE(t->h.path, "/");
+    free(t);
+
+    /* Origin-form is not absolute. */
+    t = t_new(HTTP_REQUEST);
+    CHECK_EQ_INT(t_feed_str(t, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n", &used), LP_H1_DONE);
+    CHECK(!(t->h.flags & LP_H1F_ABSOLUTE));
+    free(t);
+}
+
+static void test_asterisk_form(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    size_t used;
+    CHECK_EQ_INT(t_feed_str(t, "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", &used), LP_H1_DONE);
+    CHECK_SLICE(t->h.path, "*");
+    free(t);
+}
+
+static void test_connection_tokens_hop_by_hop(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    size_t used;
+    CHECK_EQ_INT(t_feed_str(t,
+                            "GET / HTTP/1.1\r\nHost: a\r\n"
+                            "Connection: keep-alive, X-Secret ,\tX-Other\r\n"
+                            "X-Secret: 1\r\nX-Other: 2\r\nX-Kept: 3\r\n\r\n",
+                            &used),
+                 LP_H1_DONE);
+    CHECK(lp_h1_is_hop_by_hop(&t->h, LP_STR("X-Secret")));
+    CHECK(lp_h1_is_hop_by_hop(&t->h, LP_STR("x-secret")));
+    CHECK(lp_h1_is_hop_by_hop(&t->h, LP_STR("X-OTHER")));
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("X-Kept")));
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("Content-Type")));
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("X-Secre")));
+    /* The fixed hop-by-hop set. */
+    CHECK(lp_h1_is_hop_by_hop(&t->h, LP_STR("Connection")));
+    CHECK(lp_h1_is_hop_by_hop(&t->h, LP_STR("Keep-Alive")));
+    CHECK(lp_h1_is_hop_by_hop(&t->h, LP_STR("Transfer-Encoding")));
+    CHECK(lp_h1_is_hop_by_hop(&t->h, LP_STR("TE")));
+    CHECK(lp_h1_is_hop_by_hop(&t->h, LP_STR("Upgrade")));
+    CHECK(lp_h1_is_hop_by_hop(&t->h, LP_STR("Proxy-Connection")));
+    CHECK_EQ_INT(t->h.nconn_tokens, 3);
+    free(t);
+}
+
+static void test_upgrade_request(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    const char *req = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                      "Upgrade: websocket\r\n\r\n";
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s\x81\x05hello", req);
+    size_t used;
+    CHECK_EQ_INT(t_feed(t, buf, strlen(buf), &used), LP_H1_UPGRADE);
+    CHECK_EQ_INT(used, strlen(req)); /* the frame bytes are left to the tunnel */
+    CHECK(t->head_flags & LP_H1F_UPGRADE);
+    free(t);
+}
+
+static void test_tchar_token(void)
+{
+    CHECK(lp_h1_tchar_token(LP_STR("X-Foo_Bar.1~")));
+    CHECK(!lp_h1_tchar_token(LP_STR("")));
+    CHECK(!lp_h1_tchar_token(LP_STR("a b")));
+    CHECK(!lp_h1_tchar_token(LP_STR("a:b")));
+    CHECK(!lp_h1_tchar_token(((lp_str_t){"a\0b", 3})));
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Requests: rejections */
+
+typedef struct {
+    const char *name;
+    const char *msg;
+    int status;
+} reject_t;
+
+/* Feeds `msg` whole and one byte at a time: both must end in LP_H1_ERROR with `status`. */
+static void check_reject(h1t_t *(*make)(void), const reject_t *r)
+{
+    size_t len = strlen(r->msg);
+    for (int pass = 0; pass < 2; pass++) {
+        h1t_t *t = make();
+        size_t used = 0;
+        lp_h1_event_t ev = t_feed_steps(t, r->msg, len, pass ? 1 : 0, &used);
+        if (!CHECK_EQ_INT(ev, LP_H1_ERROR) || !CHECK_EQ_INT(t->h.err_status, r->status))
+            fprintf(stderr, "  (%s, %s) err_reason=%s\n", r->name, pass ? "byte-wise" : "whole",
+                    t->h.err_reason ? t->h.err_reason : "(none)");
+        free(t);
+    }
+}
+
+static h1t_t *make_request(void)
+{
+    return t_new(HTTP_REQUEST);
+}
+
+static void test_reject_vectors(void)
+{
+    static const reject_t v[] = {
+        {"obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", 400},
+        {"obs-fold tab", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\tc\r\n\r\n", 400},
+        {"space in name", "GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n", 400},
+        {"space before colon", "GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n", 400},
+        {"empty name", "GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n", 400},
+        {"bare LF header", "GET / HTTP/1.1\r\nHost: a\nX-A: b\r\n\r\n", 400},
+        {"CR in value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n", 400},
+        {"CL and TE",
+         "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "0\r\n\r\n",
+         400},
+        {"TE and CL",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+         "0\r\n\r\n",
+         400},
+        {"duplicate CL same",
+         "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400},
+        {"duplicate CL differing",
+         "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy", 400},
+        {"CL +1", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\nx", 400},
+        {"CL 1,1", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1,1\r\n\r\nx", 400},
+        {"CL -1", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400},
+        {"CL hex", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x1\r\n\r\nx", 400},
+        {"CL overflow",
+         "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400},
+        {"TE gzip, chunked",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400},
+        {"TE chunked, gzip",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400},
+        {"TE xchunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", 400},
+        {"TE identity", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", 400},
+        {"two TE",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+         "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+         400},
+        {"TE in 1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+        {"bad chunk size",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n", 400},
+        {"chunk size overflow",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "fffffffffffffffffff\r\n",
+         400},
+        {"chunk missing CRLF",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n", 400},
+        {"no Host", "GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n", 400},
+        {"two Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+        {"two Host same", "GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 400},
+        {"Host with space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400},
+        {"Host with slash", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400},
+        {"Host with at", "GET / HTTP/1.1\r\nHost: user@a\r\n\r\n", 400},
+        {"Host bad port", "GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n", 400},
+        {"Host unclosed v6", "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400},
+        {"double space before target", "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+        {"tab in request line", "GET\t/ HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+        {"lowercase method", "get / HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+        {"HTTP/2.0", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505},
+        {"CONNECT", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405},
+        {"Expect other", "POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n", 417},
+        {"SOH in value",
+         "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x01"
+         "c\r\n\r\n",
+         400},
+        {"DEL in value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x7f\r\n\r\n", 400},
+        {"control in name",
+         "GET / HTTP/1.1\r\nHost: a\r\nX\x01"
+         "A: b\r\n\r\n",
+         400},
+        {"asterisk with GET", "GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+        {"relative target", "GET foo HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+        {"absolute with userinfo", "GET http://u@example.com/ HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+        {"absolute other scheme", "GET ftp://example.com/ HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+        {"absolute empty authority", "GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+    };
+    for (size_t i = 0; i < LP_ARRAY_LEN(v); i++)
+        check_reject(make_request, &v[i]);
+}
+
+/* ENGINE BUG (http1.c): llhttp 8 accepts a bare LF ending the request line or the header
+ * section, and any run of spaces after the target; the glue rejects a bare LF only inside
+ * the header lines and extra spaces only before the target. A proxy must not accept
+ * framing its upstream may read differently (RFC 9112 2.2, 3), so all three should be
+ * 400 like their neighbours in test_reject_vectors. */
+static void test_reject_vectors_engine_bugs(void)
+{
+    static const reject_t v[] = {
+        {"bare LF request line", "GET / HTTP/1.1\nHost: a\r\n\r\n", 400},
+        {"bare LF end", "GET / HTTP/1.1\r\nHost: a\r\n\n", 400},
+        {"double space after target", "GET /  HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+    };
+    for (size_t i = 0; i < LP_ARRAY_LEN(v); i++)
+        check_reject(make_request, &v[i]);
+}
+
+/* A NUL byte cannot sit in a C string literal test vector: fed with an explicit length. */
+static void test_reject_nul_in_value(void)
+{
+    static const char req[] = "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\0c\r\n\r\n";
+    h1t_t *t = t_new(HTTP_REQUEST);
+    size_t used;
+    CHECK_EQ_INT(t_feed_steps(t, req, sizeof(req) - 1, 0, &used), LP_H1_ERROR);
+    CHECK_EQ_INT(t->h.err_status, 400);
+    free(t);
+
+    static const char req2[] = "GET /\0 HTTP/1.1\r\nHost: a\r\n\r\n";
+    t = t_new(HTTP_REQUEST);
+    CHECK_EQ_INT(t_feed_steps(t, req2, sizeof(req2) - 1, 1, &used), LP_H1_ERROR);
+    CHECK_EQ_INT(t->h.err_status, 400);
+    free(t);
+}
+
+static h1t_t *make_small_limits(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    t->h.max_uri_size = 32;
+    t->h.max_header_size = 256;
+    lp_h1_set_storage(&t->h, t->arena, sizeof(t->arena), t->headers, 4);
+    return t;
+}
+
+static void test_reject_limits(void)
+{
+    char uri[256], big[512], many[512];
+    char path[64];
+    memset(path, 'a', 33);
+    path[33] = 0;
+    snprintf(uri, sizeof(uri), "GET /%s HTTP/1.1\r\nHost: a\r\n\r\n", path);
+    char val[300];
+    memset(val, 'v', 290);
+    val[290] = 0;
+    snprintf(big, sizeof(big), "GET / HTTP/1.1\r\nHost: a\r\nX-Big: %s\r\n\r\n", val);
+    snprintf(many, sizeof(many),
+             "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n");
+    const reject_t v[] = {
+        {"uri too long", uri, 414},
+        {"header section too large", big, 431},
+        {"too many headers", many, 431},
+    };
+    for (size_t i = 0; i < LP_ARRAY_LEN(v); i++)
+        check_reject(make_small_limits, &v[i]);
+
+    /* Just under every limit passes: 32-byte target, 4 headers. */
+    h1t_t *t = make_small_limits();
+    size_t used;
+    path[31] = 0;
+    snprintf(uri, sizeof(uri), "GET /%s HTTP/1.1\r\nHost: a\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", path);
+    CHECK_EQ_INT(t_feed_str(t, uri, &used), LP_H1_DONE);
+    CHECK_EQ_INT(t->h.url.len, 32);
+    CHECK_EQ_INT(t->h.nheaders, 4);
+    free(t);
+
+    /* Many small header lines add up to the section limit too. */
+    t = make_small_limits();
+    t->h.max_headers = 64;
+    lp_h1_set_storage(&t->h, t->arena, sizeof(t->arena), t->headers, 64);
+    char req[2048];
+    int n = snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: a\r\n");
+    for (int i = 0; i < 40; i++)
+        n += snprintf(req + n, sizeof(req) - (size_t)n, "X-%02d: 0123456789\r\n", i);
+    snprintf(req + n, sizeof(req) - (size_t)n, "\r\n");
+    CHECK_EQ_INT(t_feed_str(t, req, &used), LP_H1_ERROR);
+    CHECK_EQ_INT(t->h.err_status, 431);
+    free(t);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Responses */
+
+static void test_response_content_length(void)
+{
+    h1t_t *t = t_new(HTTP_RESPONSE);
+    const char *r = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: x\r\n\r\nhello";
+    size_t used;
+    CHECK_EQ_INT(t_feed_str(t, r, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, strlen(r));
+    CHECK_EQ_INT(t->heads, 1);
+    CHECK_EQ_INT(lp_h1_status(&t->h), 200);
+    CHECK_SLICE(t->h.reason, "OK");
+    CHECK(t->head_flags & LP_H1F_LENGTH);
+    CHECK(!(t->head_flags & LP_H1F_EOF_BODY));
+    CHECK_EQ_INT(t->body_len, 5);
+    CHECK(memcmp(t->body, "hello", 5) == 0);
+    CHECK_STR(header(t, "server"), "x");
+    free(t);
+}
+
+static void test_response_chunked(void)
+{
+    h1t_t *t = t_new(HTTP_RESPONSE);
+    const char *r = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    size_t used;
+    CHECK_EQ_INT(t_feed_steps(t, r, strlen(r), 3, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, strlen(r));
+    CHECK(t->head_flags & LP_H1F_CHUNKED);
+    CHECK_EQ_INT(t->body_len, 5);
+    CHECK(memcmp(t->body, "abcde", 5) == 0);
+    free(t);
+}
+
+static void test_response_close_delimited(void)
+{
+    h1t_t *t = t_new(HTTP_RESPONSE);
+    const char *r = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nsome bytes";
+    size_t used;
+    CHECK_EQ_INT(t_feed_str(t, r, &used), LP_H1_NEED_MORE);
+    CHECK_EQ_INT(used, strlen(r));
+    CHECK(t->head_flags & LP_H1F_EOF_BODY);
+    CHECK_EQ_INT(t_feed_str(t, " and more", &used), LP_H1_NEED_MORE);
+    CHECK_EQ_INT(lp_h1_finish(&t->h), LP_H1_DONE);
+    CHECK_EQ_INT(t->body_len, 19);
+    CHECK(memcmp(t->body, "some bytes and more", 19) == 0);
+    free(t);
+
+    /* A Content-Length body cut short by EOF is an error. */
+    t = t_new(HTTP_RESPONSE);
+    CHECK_EQ_INT(t_feed_str(t, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", &used),
+                 LP_H1_NEED_MORE);
+    CHECK_EQ_INT(lp_h1_finish(&t->h), LP_H1_ERROR);
+    CHECK_EQ_INT(t->h.err_status, 502);
+    free(t);
+}
+
+static void test_response_no_body_statuses(void)
+{
+    static const char *const heads[] = {
+        "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+        "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+    };
+    for (size_t i = 0; i < LP_ARRAY_LEN(heads); i++) {
+        h1t_t *t = t_new(HTTP_RESPONSE);
+        char buf[256];
+        /* What follows is the next response, not a body. */
+        snprintf(buf, sizeof(buf), "%sHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", heads[i]);
+        size_t used;
+        CHECK_EQ_INT(t_feed(t, buf, strlen(buf), &used), LP_H1_DONE);
+        CHECK_EQ_INT(used, strlen(heads[i]));
+        CHECK_EQ_INT(t->body_len, 0);
+        CHECK(!(t->head_flags & LP_H1F_EOF_BODY));
+        t_next(t);
+        CHECK_EQ_INT(t_feed(t, buf + used, strlen(buf) - used, &used), LP_H1_DONE);
+        CHECK_EQ_INT(lp_h1_status(&t->h), 200);
+        free(t);
+    }
+}
+
+/* The parser contract for a bodiless response whose head ends the read: HEAD consumes
+ * everything, and DONE comes only from one more execute with no input. (A caller that
+ * loops only while unread bytes remain never sees DONE: see upstream.c peer_parse.) */
+static void test_response_bodiless_needs_empty_execute(void)
+{
+    static const char *const rs[] = {
+        "HTTP/1.1 204 No Content\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+    };
+    for (size_t i = 0; i < LP_ARRAY_LEN(rs); i++) {
+        h1t_t *t = t_new(HTTP_RESPONSE);
+        size_t used = 0, len = strlen(rs[i]);
+        CHECK_EQ_INT(lp_h1_execute(&t->h, rs[i], len, &used), LP_H1_HEAD);
+        CHECK_EQ_INT(used, len);
+        CHECK_EQ_INT(t->h.after_head, 1);
+        lp_h1_resume(&t->h);
+        CHECK_EQ_INT(lp_h1_execute(&t->h, "", 0, &used), LP_H1_DONE);
+        CHECK_EQ_INT(used, 0);
+        free(t);
+    }
+}
+
+static void test_response_to_head(void)
+{
+    h1t_t *t = t_new(HTTP_RESPONSE);
+    t->h.flags |= LP_H1F_HEAD_REQ;
+    const char *r = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
+    size_t used;
+    CHECK_EQ_INT(t_feed_str(t, r, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, strlen(r));
+    CHECK_EQ_INT(t->body_len, 0);
+    CHECK(t->h.flags & LP_H1F_HEAD_REQ);
+    free(t);
+
+    /* Without a length either: still no body, no read-to-EOF. */
+    t = t_new(HTTP_RESPONSE);
+    t->h.flags |= LP_H1F_HEAD_REQ;
+    CHECK_EQ_INT(t_feed_str(t, "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n", &used),
+                 LP_H1_DONE);
+    CHECK(!(t->head_flags & LP_H1F_EOF_BODY));
+    free(t);
+}
+
+static void test_response_100_continue(void)
+{
+    h1t_t *t = t_new(HTTP_RESPONSE);
+    const char *r = "HTTP/1.1 100 Continue\r\n\r\n"
+                    "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+                    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    size_t used;
+    CHECK_EQ_INT(t_feed_str(t, r, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, strlen(r));
+    CHECK_EQ_INT(t->heads, 1); /* only the final response is reported */
+    CHECK_EQ_INT(t->head_status, 200);
+    CHECK_EQ_INT(lp_h1_status(&t->h), 200);
+    CHECK_EQ_INT(t->h.nheaders, 1);
+    CHECK(!lp_h1_find(&t->h, "link", 4));
+    CHECK_EQ_INT(t->body_len, 2);
+    free(t);
+
+    /* The same, split byte by byte. */
+    t = t_new(HTTP_RESPONSE);
+    CHECK_EQ_INT(t_feed_steps(t, r, strlen(r), 1, &used), LP_H1_DONE);
+    CHECK_EQ_INT(t->heads, 1);
+    CHECK_EQ_INT(lp_h1_status(&t->h), 200);
+    free(t);
+}
+
+static void test_response_101_upgrade(void)
+{
+    h1t_t *t = t_new(HTTP_RESPONSE);
+    const char *head = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                       "Upgrade: websocket\r\n\r\n";
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s\x81\x02hi", head);
+    size_t used;
+    CHECK_EQ_INT(t_feed(t, buf, strlen(buf), &used), LP_H1_UPGRADE);
+    CHECK_EQ_INT(used, strlen(head));
+    CHECK_EQ_INT(lp_h1_status(&t->h), 101);
+    CHECK(t->h.flags & LP_H1F_UPGRADE);
+    CHECK_EQ_INT(t->body_len, 0);
+    free(t);
+}
+
+static h1t_t *make_response(void)
+{
+    return t_new(HTTP_RESPONSE);
+}
+
+static void test_response_rejects(void)
+{
+    static const reject_t v[] = {
+        {"status not a number", "HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n", 502},
+        {"not HTTP", "XTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 502},
+        {"status too short", "HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n", 502},
+        {"HTTP/2", "HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", 502},
+        {"CL and TE",
+         "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+         502},
+        {"differing CL", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+         502},
+        {"TE gzip", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc", 502},
+        {"bad chunk", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n", 502},
+        {"obs-fold", "HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 0\r\n\r\n", 400},
+    };
+    /* obs-fold in a response is rejected, but http1.c's header checks set 400/431 whatever
+     * the direction (upstream.c answers 502 regardless), so only the event is asserted. */
+    for (size_t i = 0; i + 1 < LP_ARRAY_LEN(v); i++)
+        check_reject(make_response, &v[i]);
+    h1t_t *t = t_new(HTTP_RESPONSE);
+    size_t used;
+    CHECK_EQ_INT(t_feed_str(t, v[LP_ARRAY_LEN(v) - 1].msg, &used), LP_H1_ERROR);
+    free(t);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Serialization */
+
+static void test_simple_response(void)
+{
+    char out[1024];
+    size_t n = lp_h1_simple_response(out, sizeof(out), 404, 1, 0, "X-Extra: 1\r\n");
+    REQUIRE(n > 0);
+    CHECK(memcmp(out, "HTTP/1.1 404 Not Found\r\n", 24) == 0);
+
+    /* Parse it back: it must be a valid response whose length matches its body. */
+    h1t_t *t = t_new(HTTP_RESPONSE);
+    size_t used;
+    CHECK_EQ_INT(t_feed(t, out, n, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, n);
+    CHECK_EQ_INT(lp_h1_status(&t->h), 404);
+    CHECK(t->head_flags & LP_H1F_LENGTH);
+    CHECK_EQ_INT(t->h.content_length, t->body_len);
+    CHECK(t->body_len > 0);
+    CHECK(t->h.flags & LP_H1F_CONN_CLOSE);
+    CHECK_STR(header(t, "connection"), "close");
+    CHECK_STR(header(t, "x-extra"), "1");
+    CHECK(memmem(t->body, t->body_len, "404", 3) != NULL);
+    free(t);
+
+    /* Keep-alive: no Connection header at all. */
+    n = lp_h1_simple_response(out, sizeof(out), 502, 0, 0, NULL);
+    REQUIRE(n > 0);
+    t = t_new(HTTP_RESPONSE);
+    CHECK_EQ_INT(t_feed(t, out, n, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, n);
+    CHECK_EQ_INT(lp_h1_status(&t->h), 502);
+    CHECK(!lp_h1_find(&t->h, "connection", 10));
+    CHECK_EQ_INT(t->h.content_length, t->body_len);
+    free(t);
+
+    /* HEAD: the same head (Content-Length of the body that would be sent), no body. */
+    char full[1024];
+    size_t nfull = lp_h1_simple_response(full, sizeof(full), 400, 1, 0, NULL);
+    n = lp_h1_simple_response(out, sizeof(out), 400, 1, 1, NULL);
+    REQUIRE(n > 0 && nfull > n);
+    CHECK(memcmp(out, full, n) == 0);
+    CHECK(memcmp(out + n - 4, "\r\n\r\n", 4) == 0);
+    t = t_new(HTTP_RESPONSE);
+    t->h.flags |= LP_H1F_HEAD_REQ;
+    CHECK_EQ_INT(t_feed(t, out, n, &used), LP_H1_DONE);
+    CHECK_EQ_INT(used, n);
+    CHECK_EQ_INT(t->h.content_length, nfull - n);
+    free(t);
+
+    /* 204 and 304 carry neither body nor Content-Length. */
+    static const int nobody[] = {204, 304};
+    for (size_t i = 0; i < LP_ARRAY_LEN(nobody); i++) {
+        n = lp_h1_simple_response(out, sizeof(out), nobody[i], 0, 0, NULL);
+        REQUIRE(n > 0);
+        CHECK(memcmp(out + n - 4, "\r\n\r\n", 4) == 0);
+        t = t_new(HTTP_RESPONSE);
+        CHECK_EQ_INT(t_feed(t, out, n, &used), LP_H1_DONE);
+        CHECK_EQ_INT(used, n);
+        CHECK_EQ_INT(lp_h1_status(&t->h), nobody[i]);
+        CHECK(!lp_h1_find(&t->h, "content-length", 14));
+        free(t);
+    }
+
+    /* Too small a buffer: 0, not a truncated response. */
+    CHECK_EQ_INT(lp_h1_simple_response(out, 20, 404, 1, 0, NULL), 0);
+    CHECK_EQ_INT(lp_h1_simple_response(out, nfull - 1, 400, 1, 0, NULL), 0);
+    CHECK_EQ_INT(lp_h1_simple_response(out, nfull, 400, 1, 0, NULL), nfull);
+}
+
+static void test_wbuf(void)
+{
+    char out[16];
+    lp_wbuf_t w = {out, out + sizeof(out), 0};
+    lp_wbuf_header(&w, "A", 1, "b", 1);
+    lp_wbuf_u64(&w, 18446744073709551615ull);
+    CHECK_EQ_INT(w.overflow, 1); /* 6 + 20 bytes do not fit in 16 */
+    CHECK_EQ_INT(w.p - out, 6);
+    CHECK(memcmp(out, "A: b\r\n", 6) == 0);
+
+    lp_wbuf_t w2 = {out, out + sizeof(out), 0};
+    lp_wbuf_u64(&w2, 0);
+    lp_wbuf_cstr(&w2, "|");
+    lp_wbuf_u64(&w2, 1234567890);
+    CHECK_EQ_INT(w2.overflow, 0);
+    CHECK_EQ_INT(w2.p - out, 12);
+    CHECK(memcmp(out, "0|1234567890", 12) == 0);
+}
+
+static void test_status_text(void)
+{
+    CHECK_STR(lp_h1_status_text(200), "OK");
+    CHECK_STR(lp_h1_status_text(404), "Not Found");
+    CHECK_STR(lp_h1_status_text(431), "Request Header Fields Too Large");
+    CHECK_STR(lp_h1_status_text(505), "HTTP Version Not Supported");
+    CHECK_STR(lp_h1_status_text(799), "Unknown");
+}
+
+static const lp_test_case_t tests[] = {
+    LP_TEST_ENTRY(test_simple_get),
+    LP_TEST_ENTRY(test_empty_header_value),
+    LP_TEST_ENTRY(test_head_then_done),
+    LP_TEST_ENTRY(test_head_then_body_in_same_read),
+    LP_TEST_ENTRY(test_split_every_byte),
+    LP_TEST_ENTRY(test_pipelined),
+    LP_TEST_ENTRY(test_chunked_body),
+    LP_TEST_ENTRY(test_content_length_body),
+    LP_TEST_ENTRY(test_http10),
+    LP_TEST_ENTRY(test_expect_100),
+    LP_TEST_ENTRY(test_absolute_form),
+    LP_TEST_ENTRY(test_asterisk_form),
+    LP_TEST_ENTRY(test_connection_tokens_hop_by_hop),
+    LP_TEST_ENTRY(test_upgrade_request),
+    LP_TEST_ENTRY(test_tchar_token),
+    LP_TEST_ENTRY(test_reject_vectors),
+    LP_TEST_ENTRY(test_reject_vectors_engine_bugs),
+    LP_TEST_ENTRY(test_reject_nul_in_value),
+    LP_TEST_ENTRY(test_reject_limits),
+    LP_TEST_ENTRY(test_response_content_length),
+    LP_TEST_ENTRY(test_response_chunked),
+    LP_TEST_ENTRY(test_response_close_delimited),
+    LP_TEST_ENTRY(test_response_no_body_statuses),
+    LP_TEST_ENTRY(test_response_bodiless_needs_empty_execute),
+    LP_TEST_ENTRY(test_response_to_head),
+    LP_TEST_ENTRY(test_response_100_continue),
+    LP_TEST_ENTRY(test_response_101_upgrade),
+    LP_TEST_ENTRY(test_response_rejects),
+    LP_TEST_ENTRY(test_simple_response),
+    LP_TEST_ENTRY(test_wbuf),
+    LP_TEST_ENTRY(test_status_text),
+};
+
+LP_TEST_MAIN(tests)
