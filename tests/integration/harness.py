@@ -1,0 +1,1122 @@
+"""Black-box integration test harness for luaproxy.
+
+Everything runs on 127.0.0.1.  Every process a test starts is registered here and
+stopped by PID (SIGTERM, then SIGKILL after a timeout), from the test's cleanups and
+again at interpreter exit; children also get PR_SET_PDEATHSIG so a killed test run
+does not leave them behind.  Every network wait has a timeout, scaled by
+TIMEOUT_FACTOR when the binaries are sanitizer builds.
+
+Binaries: $LUAPROXY and $LP_ORIGIN (set by ctest), else build-it/ or build/ under the
+repository root.
+"""
+
+import atexit
+import ctypes
+import errno
+import json
+import os
+import random
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+# --------------------------------------------------------------------------- binaries
+
+def _find_binary(env_name, rel_paths):
+    path = os.environ.get(env_name)
+    if path:
+        return path
+    for build in ("build-it", "build", "build-asan"):
+        for rel in rel_paths:
+            cand = os.path.join(REPO, build, rel)
+            if os.access(cand, os.X_OK):
+                return cand
+    return None
+
+
+LUAPROXY = _find_binary("LUAPROXY", ["luaproxy"])
+LP_ORIGIN = _find_binary("LP_ORIGIN", ["tests/origin/lp_origin", "lp_origin"])
+
+
+def _is_sanitized(path):
+    if not path or not os.path.exists(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return b"__asan_init" in data or b"AddressSanitizer" in data
+    except OSError:
+        return False
+
+
+SANITIZED = _is_sanitized(LUAPROXY)
+TIMEOUT_FACTOR = float(os.environ.get("LP_IT_TIMEOUT_FACTOR", "4" if SANITIZED else "1"))
+
+
+def T(seconds):
+    """A network/process timeout, scaled for slow (sanitizer) builds."""
+    return seconds * TIMEOUT_FACTOR
+
+
+def require_proxy(testcase_cls=None):
+    if not LUAPROXY or not os.access(LUAPROXY, os.X_OK):
+        raise unittest.SkipTest("luaproxy binary not found (set LUAPROXY)")
+
+
+def require_origin():
+    if not LP_ORIGIN or not os.access(LP_ORIGIN, os.X_OK):
+        raise unittest.SkipTest("lp_origin binary not found (set LP_ORIGIN)")
+
+
+# --------------------------------------------------------------------------- processes
+
+_LIVE = {}  # pid -> Popen
+_LIVE_LOCK = threading.Lock()
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover
+    _libc = None
+
+
+def _preexec():
+    # Die with the test process (PR_SET_PDEATHSIG = 1).
+    if _libc is not None:
+        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(argv, stdout_path, stderr_path, env=None):
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    out = open(stdout_path, "wb")
+    err = open(stderr_path, "wb")
+    try:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                             env=full_env, preexec_fn=_preexec, close_fds=True)
+    finally:
+        out.close()
+        err.close()
+    with _LIVE_LOCK:
+        _LIVE[p.pid] = p
+    return p
+
+
+def stop_process(p, sig=signal.SIGTERM, timeout=None):
+    """Stop p by PID: sig, wait up to timeout, then SIGKILL.  Returns the exit code."""
+    if timeout is None:
+        timeout = T(10)
+    if p.poll() is None:
+        try:
+            os.kill(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(T(10))
+    with _LIVE_LOCK:
+        _LIVE.pop(p.pid, None)
+    return p.returncode
+
+
+@atexit.register
+def _kill_leftovers():
+    with _LIVE_LOCK:
+        procs = list(_LIVE.values())
+    for p in procs:
+        try:
+            stop_process(p, timeout=5)
+        except Exception:
+            pass
+
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
+
+
+def sanitizer_errors(text):
+    if os.environ.get("LP_IT_IGNORE_LEAKS"):
+        markers = SANITIZER_MARKERS[:2]
+    else:
+        markers = SANITIZER_MARKERS
+    return [m for m in markers if m in text]
+
+
+def free_port():
+    """A port that was free a moment ago (bind 0, read it, release)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for(pred, timeout, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def port_accepts(port, timeout=0.5):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except OSError:
+        return False
+    s.close()
+    return True
+
+
+def connect_refused(port, timeout=1.0):
+    """True if a connection attempt to port is refused (nothing listening)."""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    s.close()
+    return False
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % pid)
+
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+# --------------------------------------------------------------------------- Lua config
+
+class LuaRaw(str):
+    """A literal Lua expression inserted as-is by to_lua()."""
+
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LUA_KEYWORDS = {"and", "break", "do", "else", "elseif", "end", "false", "for", "function",
+                 "goto", "if", "in", "local", "nil", "not", "or", "repeat", "return", "then",
+                 "true", "until", "while"}
+
+
+def _lua_str(s):
+    out = ['"']
+    for ch in s.encode("utf-8"):
+        c = chr(ch)
+        if c == '"':
+            out.append('\\"')
+        elif c == "\\":
+            out.append("\\\\")
+        elif 32 <= ch < 127:
+            out.append(c)
+        else:
+            out.append("\\%03d" % ch)
+    out.append('"')
+    return "".join(out)
+
+
+def to_lua(v, indent=0):
+    pad = "  " * (indent + 1)
+    end = "  " * indent
+    if isinstance(v, LuaRaw):
+        return str(v)
+    if v is None:
+        return "nil"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return _lua_str(v)
+    if isinstance(v, (list, tuple)):
+        if not v:
+            return "{}"
+        return "{\n" + "".join(pad + to_lua(x, indent + 1) + ",\n" for x in v) + end + "}"
+    if isinstance(v, dict):
+        if not v:
+            return "{}"
+        parts = []
+        for k, x in v.items():
+            if isinstance(k, str) and _IDENT.match(k) and k not in _LUA_KEYWORDS:
+                key = k
+            else:
+                key = "[" + to_lua(k) + "]"
+            parts.append(pad + key + " = " + to_lua(x, indent + 1) + ",\n")
+        return "{\n" + "".join(parts) + end + "}"
+    raise TypeError("cannot convert %r to Lua" % (v,))
+
+
+def config_text(cfg):
+    return "-- generated by tests/integration/harness.py\nreturn " + to_lua(cfg) + "\n"
+
+
+def make_config(port, upstreams, routes, workers=1, timeouts=None, limits=None,
+                access_log=None, level="info", **extra):
+    cfg = {
+        "workers": workers,
+        "listen": [{"address": "127.0.0.1:%d" % port}],
+        "upstreams": upstreams,
+        "routes": routes,
+    }
+    if timeouts:
+        cfg["timeouts"] = timeouts
+    if limits:
+        cfg["limits"] = limits
+    log = {"level": level}
+    if access_log is not None:
+        log["access"] = access_log
+    cfg["log"] = log
+    cfg.update(extra)
+    return cfg
+
+
+def upstream(*targets, **kw):
+    u = {"targets": [t if isinstance(t, (str, dict)) else "127.0.0.1:%d" % t for t in targets]}
+    u.update(kw)
+    return u
+
+
+# --------------------------------------------------------------------------- processes under test
+
+class Workdir:
+    _base = None
+
+    @classmethod
+    def new(cls, prefix):
+        if cls._base is None:
+            cls._base = tempfile.mkdtemp(prefix="lp-it-")
+            if not os.environ.get("LP_IT_KEEP"):
+                import shutil
+                atexit.register(shutil.rmtree, cls._base, True)
+        return tempfile.mkdtemp(prefix=prefix + "-", dir=cls._base)
+
+
+class Origin:
+    """An lp_origin process: `lp_origin -p PORT -i ID`, ready when it prints `ready PORT`."""
+
+    def __init__(self, ident="o1", port=0):
+        require_origin()
+        self.ident = ident
+        self.want_port = port
+        self.port = None
+        self.proc = None
+        self.dir = Workdir.new("origin-" + ident)
+
+    def start(self):
+        out = os.path.join(self.dir, "stdout")
+        err = os.path.join(self.dir, "stderr")
+        self.proc = spawn([LP_ORIGIN, "-p", str(self.want_port), "-i", self.ident], out, err)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError("lp_origin exited with %s: %s" % (self.proc.returncode,
+                                                                      self.stderr()))
+            with open(out, "rb") as f:
+                m = re.search(rb"ready (\d+)", f.read())
+            return int(m.group(1)) if m else None
+
+        self.port = wait_for(ready, T(10), what="lp_origin ready")
+        self.want_port = self.port
+        return self
+
+    def stderr(self):
+        try:
+            with open(os.path.join(self.dir, "stderr"), "r", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc is not None:
+            rc = stop_process(self.proc, sig)
+            self.proc = None
+            return rc
+        return None
+
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+
+class Proxy:
+    """A luaproxy process serving a generated config."""
+
+    def __init__(self, cfg, args=(), env=None, name="proxy"):
+        require_proxy()
+        self.cfg = cfg
+        self.args = list(args)
+        self.env = env
+        self.dir = Workdir.new(name)
+        self.config_path = os.path.join(self.dir, "proxy.lua")
+        self.stdout_path = os.path.join(self.dir, "stdout")
+        self.stderr_path = os.path.join(self.dir, "stderr")
+        self.proc = None
+        addr = cfg["listen"][0]["address"]
+        self.port = int(addr.rsplit(":", 1)[1])
+        self.returncode = None
+
+    @classmethod
+    def build(cls, upstreams, routes, name="proxy", args=(), env=None, **kw):
+        port = free_port()
+        d = Workdir.new(name + "-log")
+        kw.setdefault("access_log", os.path.join(d, "access.log"))
+        cfg = make_config(port, upstreams, routes, **kw)
+        return cls(cfg, args=args, env=env, name=name)
+
+    @property
+    def access_log_path(self):
+        log = self.cfg.get("log") or {}
+        a = log.get("access")
+        return a if isinstance(a, str) and a != "-" else None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def write_config(self):
+        with open(self.config_path, "w") as f:
+            f.write(config_text(self.cfg))
+        # The same config as JSON beside it, for tools that do not read Lua (a stand-in
+        # proxy used to check the tests themselves).
+        try:
+            with open(os.path.join(self.dir, "proxy.json"), "w") as f:
+                json.dump(self.cfg, f)
+        except (TypeError, ValueError):
+            pass
+
+    def start(self, wait=True):
+        self.write_config()
+        env = {}
+        if SANITIZED:
+            env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":abort_on_error=0"
+        if self.env:
+            env.update(self.env)
+        self.proc = spawn([LUAPROXY, "-c", self.config_path] + self.args,
+                          self.stdout_path, self.stderr_path, env=env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self):
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError("luaproxy exited with %s during start-up:\n%s" %
+                                     (self.proc.returncode, self.stderr()[-4000:]))
+            return port_accepts(self.port, 0.5)
+
+        wait_for(ready, T(10), interval=0.05, what="luaproxy listening on %d" % self.port)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "r", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stdout(self):
+        try:
+            with open(self.stdout_path, "r", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def wait_exit(self, timeout):
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        with _LIVE_LOCK:
+            _LIVE.pop(self.proc.pid, None)
+        return self.returncode
+
+    def stop(self, timeout=None):
+        """SIGTERM (then SIGKILL) and check stderr for sanitizer reports."""
+        if self.proc is not None:
+            self.returncode = stop_process(self.proc, timeout=timeout or T(40))
+        self.check_sanitizers()
+        return self.returncode
+
+    def check_sanitizers(self):
+        errs = sanitizer_errors(self.stderr())
+        if errs:
+            raise AssertionError("luaproxy stderr has sanitizer reports (%s):\n%s" %
+                                 (", ".join(errs), self.stderr()[-8000:]))
+
+    def access_lines(self):
+        p = self.access_log_path
+        if not p or not os.path.exists(p):
+            return []
+        with open(p, "r", errors="replace") as f:
+            return [l for l in f.read().split("\n") if l.strip()]
+
+
+# --------------------------------------------------------------------------- HTTP client
+
+class Response:
+    def __init__(self):
+        self.version = None
+        self.status = None
+        self.reason = None
+        self.headers = []          # [(name, value)] as received
+        self.body = b""
+        self.body_len = 0
+        self.framing = None        # "length" | "chunked" | "close" | "none"
+        self.complete = False      # framing says the body ended where it should
+        self.trailers = []
+        self.interim = []          # 1xx responses seen before this one (status, headers)
+        self.raw_head = b""
+
+    def header(self, name, default=None):
+        n = name.lower()
+        for k, v in self.headers:
+            if k.lower() == n:
+                return v
+        return default
+
+    def header_all(self, name):
+        n = name.lower()
+        return [v for k, v in self.headers if k.lower() == n]
+
+    def has_header(self, name):
+        return self.header(name) is not None
+
+    def tokens(self, name):
+        """Comma-separated tokens of every `name` field, lower-cased."""
+        out = []
+        for v in self.header_all(name):
+            out += [t.strip().lower() for t in v.split(",") if t.strip()]
+        return out
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def __repr__(self):
+        return "<Response %s %s %r framing=%s len=%d>" % (self.version, self.status, self.headers,
+                                                          self.framing, self.body_len)
+
+
+class PeerClosed(Exception):
+    pass
+
+
+class Client:
+    """One raw TCP client connection with a receive buffer.  All reads time out."""
+
+    def __init__(self, port, timeout=None, host="127.0.0.1", rcvbuf=None):
+        self.timeout = timeout if timeout is not None else T(10)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect((host, port))
+        self.buf = bytearray()
+        self.eof = False
+        self.reset = False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def abort(self):
+        """Close with RST."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        except OSError:
+            pass
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("latin-1")
+        self.sock.sendall(data)
+
+    def send_split(self, data, pieces, pause=0.0):
+        """Send data in `pieces` random-sized writes (with TCP_NODELAY)."""
+        if isinstance(data, str):
+            data = data.encode("latin-1")
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cuts = sorted(random.sample(range(1, len(data)), min(pieces - 1, len(data) - 1))) \
+            if len(data) > 1 and pieces > 1 else []
+        prev = 0
+        for c in cuts + [len(data)]:
+            self.sock.sendall(data[prev:c])
+            prev = c
+            if pause:
+                time.sleep(pause)
+
+    def shutdown_write(self):
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _fill(self, timeout=None):
+        """Read more bytes into buf.  False at EOF/reset.  Raises socket.timeout."""
+        if self.eof:
+            return False
+        self.sock.settimeout(timeout if timeout is not None else self.timeout)
+        try:
+            data = self.sock.recv(1 << 18)
+        except (ConnectionResetError, BrokenPipeError):
+            self.eof = True
+            self.reset = True
+            return False
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def read_until(self, delim, limit=1 << 20):
+        while True:
+            i = self.buf.find(delim)
+            if i >= 0:
+                out = bytes(self.buf[:i + len(delim)])
+                del self.buf[:i + len(delim)]
+                return out
+            if len(self.buf) > limit:
+                raise AssertionError("no %r within %d bytes" % (delim, limit))
+            if not self._fill():
+                raise PeerClosed("peer closed before %r; have %r" % (delim, bytes(self.buf[:200])))
+
+    def read_exact(self, n, sink=None):
+        """Read n bytes.  With sink, feed them to sink(bytes) instead of returning them."""
+        out = bytearray() if sink is None else None
+        while n > 0:
+            if not self.buf and not self._fill():
+                raise PeerClosed("peer closed with %d bytes outstanding" % n)
+            take = min(n, len(self.buf))
+            piece = bytes(self.buf[:take])
+            del self.buf[:take]
+            if sink is None:
+                out += piece
+            else:
+                sink(piece)
+            n -= take
+        return bytes(out) if sink is None else None
+
+    def read_to_eof(self, sink=None, limit=None):
+        out = bytearray()
+        total = 0
+        while True:
+            if self.buf:
+                piece = bytes(self.buf)
+                self.buf.clear()
+                total += len(piece)
+                if sink:
+                    sink(piece)
+                else:
+                    out += piece
+                if limit and total > limit:
+                    raise AssertionError("more than %d bytes before EOF" % limit)
+            if not self._fill():
+                break
+        return bytes(out)
+
+    def read_head(self):
+        raw = self.read_until(b"\r\n\r\n", limit=1 << 20)
+        lines = raw[:-4].split(b"\r\n")
+        m = re.match(rb"^(HTTP/\d\.\d) (\d{3})(?: (.*))?$", lines[0])
+        if not m:
+            raise AssertionError("bad status line %r" % lines[0])
+        headers = []
+        for l in lines[1:]:
+            if b":" not in l:
+                raise AssertionError("bad header line %r in %r" % (l, raw))
+            k, v = l.split(b":", 1)
+            headers.append((k.decode("latin-1"), v.strip(b" \t").decode("latin-1")))
+        return m.group(1).decode(), int(m.group(2)), (m.group(3) or b"").decode("latin-1"), \
+            headers, raw
+
+    def read_response(self, method="GET", sink=None, keep_interim=True, stop_at_interim=False):
+        """Read one final response (1xx other than 101 are collected in .interim).
+
+        A truncated body does not raise: .complete is False and the bytes received are kept.
+        """
+        r = Response()
+        while True:
+            try:
+                r.version, r.status, r.reason, r.headers, r.raw_head = self.read_head()
+            except PeerClosed:
+                if r.interim:
+                    raise
+                raise
+            if 100 <= r.status < 200 and r.status != 101:
+                r.interim.append((r.status, r.headers))
+                if stop_at_interim:
+                    return r
+                continue
+            break
+        te = [t for t in r.tokens("transfer-encoding")]
+        cl = r.header_all("content-length")
+        got = [0]
+        body = bytearray()
+
+        def collect(piece):
+            got[0] += len(piece)
+            if sink:
+                sink(piece)
+            else:
+                body.extend(piece)
+
+        if method == "HEAD" or r.status in (204, 304) or r.status == 101 or \
+                (method == "CONNECT" and 200 <= r.status < 300):
+            r.framing = "none"
+            r.complete = True
+        elif te:
+            r.framing = "chunked" if te[-1] == "chunked" else "close"
+            if r.framing == "chunked":
+                r.complete = self._read_chunked(collect, r)
+            else:
+                self.read_to_eof(sink=collect)
+                r.complete = not self.reset
+        elif cl:
+            r.framing = "length"
+            n = int(cl[0])
+            try:
+                self.read_exact(n, sink=collect)
+                r.complete = True
+            except PeerClosed:
+                # keep whatever arrived
+                if self.buf:
+                    collect(bytes(self.buf))
+                    self.buf.clear()
+                r.complete = False
+        else:
+            r.framing = "close"
+            self.read_to_eof(sink=collect)
+            r.complete = not self.reset
+        r.body = bytes(body)
+        r.body_len = got[0]
+        return r
+
+    def _read_chunked(self, collect, r):
+        try:
+            while True:
+                line = self.read_until(b"\r\n", limit=1 << 16)
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    while True:
+                        t = self.read_until(b"\r\n", limit=1 << 16)
+                        if t == b"\r\n":
+                            return True
+                        k, _, v = t[:-2].partition(b":")
+                        r.trailers.append((k.decode("latin-1"), v.strip().decode("latin-1")))
+                self.read_exact(size, sink=collect)
+                if self.read_exact(2) != b"\r\n":
+                    raise AssertionError("chunk data not followed by CRLF")
+        except PeerClosed:
+            if self.buf:
+                self.buf.clear()
+            return False
+
+    def request(self, method="GET", path="/", headers=None, body=None, version="HTTP/1.1",
+                host="a.test", sink=None):
+        self.send(build_request(method, path, headers, body, version, host))
+        return self.read_response(method, sink=sink)
+
+    def wait_closed(self, timeout=None):
+        """Wait for EOF/RST.  Returns (closed, extra_bytes_received)."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        extra = bytearray(self.buf)
+        self.buf.clear()
+        while not self.eof:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False, bytes(extra)
+            try:
+                if not self._fill(timeout=left):
+                    break
+            except socket.timeout:
+                return False, bytes(extra)
+            extra += self.buf
+            self.buf.clear()
+        return True, bytes(extra)
+
+    def is_open(self, wait=0.3):
+        """True if no EOF/RST (and no data) arrives within `wait` seconds."""
+        if self.eof:
+            return False
+        try:
+            r, _, _ = select.select([self.sock], [], [], wait)
+        except (OSError, ValueError):
+            return False
+        if not r:
+            return True
+        try:
+            data = self.sock.recv(1 << 16, socket.MSG_PEEK)
+        except OSError:
+            return False
+        return bool(data)
+
+
+def build_request(method="GET", path="/", headers=None, body=None, version="HTTP/1.1",
+                  host="a.test"):
+    """Serialise a request.  headers: list of (name, value) or dict.  host=None: no Host
+    header; a Host in headers overrides.  A body gets a Content-Length unless headers
+    already has Content-Length or Transfer-Encoding."""
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    headers = list(headers or [])
+    names = {k.lower() for k, _ in headers}
+    lines = ["%s %s %s" % (method, path, version)]
+    if host is not None and "host" not in names:
+        lines.append("Host: %s" % host)
+    for k, v in headers:
+        lines.append("%s: %s" % (k, v))
+    if isinstance(body, str):
+        body = body.encode("latin-1")
+    if body is not None and "content-length" not in names and "transfer-encoding" not in names:
+        lines.append("Content-Length: %d" % len(body))
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + (body or b"")
+
+
+def chunked(body, sizes=None, ext=False, trailers=None):
+    """Encode body with chunked framing; sizes is a list of chunk sizes (cycled)."""
+    out = bytearray()
+    sizes = sizes or [len(body) or 1]
+    i = 0
+    k = 0
+    while i < len(body):
+        n = min(sizes[k % len(sizes)], len(body) - i)
+        k += 1
+        out += b"%x" % n
+        if ext:
+            out += b";name=val"
+        out += b"\r\n" + body[i:i + n] + b"\r\n"
+        i += n
+    out += b"0\r\n"
+    for name, val in (trailers or []):
+        out += ("%s: %s\r\n" % (name, val)).encode()
+    out += b"\r\n"
+    return bytes(out)
+
+
+def get(port, path="/", host="a.test", headers=None, method="GET", body=None,
+        version="HTTP/1.1", timeout=None, sink=None):
+    """One request on a fresh connection."""
+    with Client(port, timeout=timeout) as c:
+        return c.request(method, path, headers, body, version, host, sink=sink)
+
+
+def raw_exchange(port, data, timeout=None):
+    """Send raw bytes on a fresh connection; return (Response or None, closed_after, client)."""
+    c = Client(port, timeout=timeout)
+    try:
+        c.send(data)
+        try:
+            r = c.read_response()
+        except PeerClosed:
+            return None, True, c
+        closed, _ = c.wait_closed(T(5))
+        return r, closed, c
+    finally:
+        c.close()
+
+
+# The payload of lp_origin's /large: byte i is 'a' + i % 26.
+_PATTERN = bytes((ord("a") + i % 26) for i in range(26 * 40000 + 26))
+
+
+class PatternChecker:
+    """Streaming verifier for /large bodies."""
+
+    def __init__(self):
+        self.offset = 0
+        self.bad_at = None
+
+    def __call__(self, piece):
+        pos = 0
+        while pos < len(piece):
+            n = min(len(piece) - pos, 26 * 40000)
+            start = self.offset % 26
+            if self.bad_at is None and piece[pos:pos + n] != _PATTERN[start:start + n]:
+                seg = piece[pos:pos + n]
+                for j in range(n):
+                    if seg[j] != _PATTERN[start + j]:
+                        self.bad_at = self.offset + j
+                        break
+            pos += n
+            self.offset += n
+
+
+def large_body(n):
+    out = bytearray()
+    while len(out) < n:
+        out += _PATTERN[:min(len(_PATTERN) - 26, n - len(out))]
+    return bytes(out[:n])
+
+
+# --------------------------------------------------------------------------- a scriptable origin
+
+class RawRequest:
+    def __init__(self, conn_no, index, head, method, target, version, headers, body):
+        self.conn_no = conn_no
+        self.index = index          # requests served on this connection before, 0-based
+        self.head = head
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.body = body
+
+    def header(self, name, default=None):
+        n = name.lower()
+        for k, v in self.headers:
+            if k.lower() == n:
+                return v
+        return default
+
+
+def simple_response(status=200, body=b"ok", headers=None, reason="OK"):
+    lines = ["HTTP/1.1 %d %s" % (status, reason)]
+    for k, v in (headers or []):
+        lines.append("%s: %s" % (k, v))
+    if not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in (headers or [])):
+        lines.append("Content-Length: %d" % len(body))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class RawOrigin:
+    """A threaded HTTP/1.1 origin in Python, for tests that need exact control of the
+    upstream's bytes or exact knowledge of what reached it.
+
+    handler(req: RawRequest) returns bytes to send, or a tuple (bytes, "close") to close
+    after sending, or None to close without answering.  Everything received is kept in
+    .received (all connections, concatenated per connection in .conn_data)."""
+
+    def __init__(self, handler=None):
+        self.handler = handler or (lambda req: simple_response(
+            200, b"raw-origin", [("X-Conn-No", str(req.conn_no)),
+                                 ("X-Conn-Index", str(req.index))]))
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(128)
+        self.port = self.lsock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.conn_data = []
+        self.requests = []
+        self.connections = 0
+        self.socks = []
+        self.stopped = False
+        self.threads = []
+        t = threading.Thread(target=self._accept_loop, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    @property
+    def received(self):
+        with self.lock:
+            return b"".join(bytes(d) for d in self.conn_data)
+
+    def _accept_loop(self):
+        self.lsock.settimeout(0.2)
+        while not self.stopped:
+            try:
+                s, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+                no = self.connections
+                data = bytearray()
+                self.conn_data.append(data)
+                self.socks.append(s)
+            t = threading.Thread(target=self._serve, args=(s, no, data), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _serve(self, s, no, data):
+        s.settimeout(T(30))
+        buf = bytearray()
+        index = 0
+
+        def fill():
+            try:
+                d = s.recv(65536)
+            except OSError:
+                return False
+            if not d:
+                return False
+            with self.lock:
+                data.extend(d)
+            buf.extend(d)
+            return True
+
+        try:
+            while not self.stopped:
+                while b"\r\n\r\n" not in buf:
+                    if not fill():
+                        return
+                i = buf.find(b"\r\n\r\n")
+                head = bytes(buf[:i + 4])
+                del buf[:i + 4]
+                lines = head[:-4].split(b"\r\n")
+                try:
+                    method, target, version = lines[0].decode("latin-1").split(" ", 2)
+                except ValueError:
+                    return
+                headers = []
+                for l in lines[1:]:
+                    k, _, v = l.decode("latin-1").partition(":")
+                    headers.append((k, v.strip()))
+                req = RawRequest(no, index, head, method, target, version, headers, b"")
+                te = (req.header("transfer-encoding") or "").lower()
+                body = bytearray()
+                if "chunked" in te:
+                    while True:
+                        while b"\r\n" not in buf:
+                            if not fill():
+                                return
+                        j = buf.find(b"\r\n")
+                        size = int(bytes(buf[:j]).split(b";")[0], 16)
+                        del buf[:j + 2]
+                        if size == 0:
+                            while True:
+                                while b"\r\n" not in buf:
+                                    if not fill():
+                                        return
+                                j = buf.find(b"\r\n")
+                                line = bytes(buf[:j])
+                                del buf[:j + 2]
+                                if not line:
+                                    break
+                            break
+                        while len(buf) < size + 2:
+                            if not fill():
+                                return
+                        body += buf[:size]
+                        del buf[:size + 2]
+                elif req.header("content-length"):
+                    n = int(req.header("content-length"))
+                    while len(buf) < n:
+                        if not fill():
+                            return
+                    body += buf[:n]
+                    del buf[:n]
+                req.body = bytes(body)
+                with self.lock:
+                    self.requests.append(req)
+                index += 1
+                out = self.handler(req)
+                if out is None:
+                    return
+                close = False
+                if isinstance(out, tuple):
+                    out, close = out[0], out[1] == "close"
+                if out:
+                    s.sendall(out)
+                if close:
+                    return
+        except (OSError, ValueError):
+            return
+        finally:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def stop(self):
+        self.stopped = True
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self.lock:
+            socks = list(self.socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+        for t in self.threads:
+            t.join(T(5))
+
+
+# --------------------------------------------------------------------------- test base
+
+class ProxyTestCase(unittest.TestCase):
+    """Base: subclasses build origins and a proxy in setUpClass via start_origin() and
+    start_proxy(); everything is stopped by class cleanups even when set-up fails."""
+
+    proxy = None
+
+    @classmethod
+    def start_origin(cls, ident="o1", port=0):
+        o = Origin(ident, port)
+        cls.addClassCleanup(o.stop)
+        return o.start()
+
+    @classmethod
+    def start_raw_origin(cls, handler=None):
+        o = RawOrigin(handler)
+        cls.addClassCleanup(o.stop)
+        return o
+
+    @classmethod
+    def start_proxy(cls, upstreams, routes, **kw):
+        p = Proxy.build(upstreams, routes, name=cls.__name__, **kw)
+        cls.addClassCleanup(p.stop)
+        return p.start()
+
+    def assertAlive(self, proxy=None):
+        proxy = proxy or self.proxy
+        self.assertTrue(proxy.alive(), "proxy died:\n" + proxy.stderr()[-4000:])
+
+    def assertClosed(self, client, timeout=None, msg=None):
+        closed, extra = client.wait_closed(timeout if timeout is not None else T(5))
+        self.assertTrue(closed, msg or "connection not closed by the proxy")
+        return extra
+
+
+def main():
+    unittest.main(verbosity=2)

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Access log: one line per request with method, path, status, bytes and upstream;
+`access = "-"` writes to stdout, `access = false` disables it."""
+
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+
+
+class AccessLogTest(H.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.a = cls.start_origin("a")
+        cls.dead = "127.0.0.1:%d" % H.free_port()
+        cls.proxy = cls.start_proxy(
+            {"app": H.upstream(cls.a.address()), "gone": H.upstream(cls.dead)},
+            [{"match": {"host": "gone.test", "prefix": "/"}, "upstream": "gone"},
+             {"match": {"host": "a.test", "prefix": "/"}, "upstream": "app"}],
+            workers=1)
+
+    def wait_line(self, needle, timeout=None):
+        """The access-log line containing needle (polls: the log may be buffered)."""
+        def find():
+            hits = [l for l in self.proxy.access_lines() if needle in l]
+            return hits
+        hits = H.wait_for(find, timeout or H.T(10), what="access log line with %r" % needle)
+        self.assertEqual(len(hits), 1, "more than one line for one request: %r" % hits)
+        return hits[0]
+
+    def assertBytes(self, line, n, slack=4096):
+        nums = [int(x) for x in re.findall(r"(?<![\w.:])\d+(?![\w.:])", line)]
+        self.assertTrue(any(n <= x <= n + slack for x in nums),
+                        "no byte count ~%d in %r" % (n, line))
+
+    def test_get_line(self):
+        tag = "get%d" % time.monotonic_ns()
+        r = H.get(self.proxy.port, "/fixed?size=12345&tag=" + tag)
+        self.assertEqual(r.status, 200)
+        line = self.wait_line(tag)
+        self.assertIn("GET", line)
+        self.assertIn("/fixed", line)
+        self.assertRegex(line, r"(?<!\d)200(?!\d)")
+        self.assertBytes(line, 12345)
+        self.assertTrue("app" in line or self.a.address() in line,
+                        "upstream missing from %r" % line)
+
+    def test_post_line(self):
+        tag = "post%d" % time.monotonic_ns()
+        r = H.get(self.proxy.port, "/echo?tag=" + tag, method="POST", body=b"z" * 7777)
+        self.assertEqual(r.status, 200)
+        line = self.wait_line(tag)
+        self.assertIn("POST", line)
+        self.assertIn("/echo", line)
+        self.assertRegex(line, r"(?<!\d)200(?!\d)")
+        self.assertBytes(line, 7777)
+
+    def test_no_route_line(self):
+        tag = "nr%d" % time.monotonic_ns()
+        r = H.get(self.proxy.port, "/missing/" + tag, host="nomatch.test")
+        self.assertEqual(r.status, 404)
+        line = self.wait_line(tag)
+        self.assertRegex(line, r"(?<!\d)404(?!\d)")
+
+    def test_upstream_error_line(self):
+        tag = "dead%d" % time.monotonic_ns()
+        r = H.get(self.proxy.port, "/x/" + tag, host="gone.test")
+        self.assertEqual(r.status, 502)
+        line = self.wait_line(tag)
+        self.assertRegex(line, r"(?<!\d)502(?!\d)")
+        self.assertTrue("gone" in line or self.dead in line, "upstream missing from %r" % line)
+
+    def test_one_line_per_request(self):
+        tag = "many%d" % time.monotonic_ns()
+        with H.Client(self.proxy.port) as c:
+            for i in range(10):
+                self.assertEqual(c.request("GET", "/headers?%s=%d" % (tag, i)).status, 200)
+        pipelined = b"".join(H.build_request("GET", "/headers?%s=p%d" % (tag, i))
+                             for i in range(5))
+        with H.Client(self.proxy.port) as c:
+            c.send(pipelined)
+            for i in range(5):
+                self.assertEqual(c.read_response().status, 200)
+        H.wait_for(lambda: len([l for l in self.proxy.access_lines() if tag in l]) >= 15,
+                   H.T(10), what="15 access log lines")
+        time.sleep(0.3)
+        lines = [l for l in self.proxy.access_lines() if tag in l]
+        self.assertEqual(len(lines), 15, lines)
+
+    def test_zz_alive(self):
+        self.assertAlive()
+
+
+class AccessLogDestinationsTest(H.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.a = cls.start_origin("a")
+
+    def proxy_with(self, access):
+        p = H.Proxy.build({"app": H.upstream(self.a.address())},
+                          [{"match": {"prefix": "/"}, "upstream": "app"}],
+                          name="alog", workers=1, access_log=access)
+        self.addCleanup(p.stop)
+        return p.start()
+
+    def test_stdout(self):
+        p = self.proxy_with("-")
+        tag = "stdout%d" % time.monotonic_ns()
+        self.assertEqual(H.get(p.port, "/headers?" + tag).status, 200)
+        H.wait_for(lambda: tag in p.stdout(), H.T(10), what="access line on stdout")
+
+    def test_disabled(self):
+        p = self.proxy_with(False)
+        tag = "off%d" % time.monotonic_ns()
+        self.assertEqual(H.get(p.port, "/headers?" + tag).status, 200)
+        time.sleep(0.5)
+        p.stop()
+        self.assertNotIn(tag, p.stdout())
+
+
+if __name__ == "__main__":
+    H.main()
