@@ -1,0 +1,701 @@
+-- proxy.test: a request double for testing plugins under busted, without a proxy.
+--
+--   local T = require "proxy.test"          -- before requiring the plugin under test
+--   local res = T.run(require "headers", { request = { set = { ["X-Env"] = "prod" } } },
+--                     { uri = "/a?x=1", headers = { Host = "example.com" } })
+--   assert.equal("prod", res.request_headers["X-Env"])
+--
+-- The double implements every request-handle method of docs/lua-api.md with the engine's
+-- semantics and the same phase checks (luaproxy.phases). Phase functions run inside
+-- coroutines like in the engine: req:respond() yields a marker and the phase is never
+-- resumed, proxy.sleep() yields and is resumed at once with the fake clock advanced.
+-- See docs/testing-plugins.md.
+local phases = require "luaproxy.phases"
+local schema = require "luaproxy.schema"
+
+local check = phases.check
+local type, tostring, tonumber, pairs, ipairs, select = type, tostring, tonumber, pairs, ipairs, select
+local setmetatable, error = setmetatable, error
+local find, sub, lower, gsub, char, format = string.find, string.sub, string.lower, string.gsub,
+  string.char, string.format
+local concat, sort = table.concat, table.sort
+local co_create, co_resume, co_yield, co_status, co_running = coroutine.create,
+  coroutine.resume, coroutine.yield, coroutine.status, coroutine.running
+
+local T = {}
+
+-- Markers a phase coroutine yields to the runner.
+local RESPONDED = setmetatable({}, { __tostring = function() return "proxy.test: responded" end })
+local SLEEP = setmetatable({}, { __tostring = function() return "proxy.test: sleep" end })
+
+-- The coroutine the double is running a phase in (nil outside T.call / T.run).
+local running
+
+------------------------------------------------------------------------------------------
+-- The fake `proxy` module
+------------------------------------------------------------------------------------------
+local START = 1700000000.0
+local clock = START
+
+-- Log lines recorded by proxy.log.*: { level =, message =, plugin = }.
+T.logs = {}
+local log_tag -- the plugin whose phase is running, for log lines
+
+local fake = { json = require "cjson", config = {}, log = {} }
+for _, level in ipairs({ "err", "warn", "notice", "info", "debug" }) do
+  fake.log[level] = function(...)
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    T.logs[#T.logs + 1] = { level = level, message = concat(parts, " "), plugin = log_tag }
+  end
+end
+function fake.now() return clock end
+function fake.worker_id() return 1 end
+function fake.sleep(seconds)
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("proxy.sleep(): seconds must be a number >= 0", 2)
+  end
+  clock = clock + seconds
+  -- Yield like the engine does, so a sleep where the engine cannot yield (inside a C call
+  -- such as a table.sort comparator or a gsub callback) fails in the specs too.
+  if running and co_running() == running then co_yield(SLEEP) end
+end
+
+T.proxy = fake
+-- The engine's module wins when present (specs run inside the proxy).
+if not package.loaded.proxy then
+  package.loaded.proxy = fake
+  rawset(_G, "proxy", fake)
+end
+
+-- The fake clock: proxy.now() returns it; proxy.sleep() and T.advance() move it.
+function T.now() return clock end
+function T.advance(seconds) clock = clock + seconds end
+
+-- Clears the recorded log lines and puts the clock back to its start.
+function T.reset()
+  T.logs = {}
+  clock = START
+end
+
+-- Log lines at `level` (all levels when nil), as strings.
+function T.log_lines(level)
+  local out = {}
+  for _, l in ipairs(T.logs) do
+    if level == nil or l.level == level then out[#out + 1] = l.message end
+  end
+  return out
+end
+
+------------------------------------------------------------------------------------------
+-- Helpers
+------------------------------------------------------------------------------------------
+local function argerror(method, what, got)
+  return format("req:%s(): %s, got %s", method, what, got)
+end
+
+local function check_name(method, name)
+  if type(name) ~= "string" or name == "" or not find(name, "^[%w!#$%%&'*+%-.^_`|~]+$") then
+    error(argerror(method, "header name must be a non-empty token",
+      type(name) == "string" and format("%q", name) or type(name)), 3)
+  end
+end
+
+local function check_value(method, v)
+  local tv = type(v)
+  if tv == "number" then return tostring(v) end
+  if tv ~= "string" then
+    error(argerror(method, "header value must be a string, a number or a list of them", tv), 4)
+  end
+  if find(v, "[\r\n%z]") then
+    error(format("req:%s(): header value contains CR, LF or NUL", method), 4)
+  end
+  return v
+end
+
+-- Header lists are arrays of { name, lower-case name, value } in arrival order.
+local function h_find(list, lname)
+  for i = 1, #list do
+    if list[i][2] == lname then return list[i][3] end
+  end
+  return nil
+end
+
+local function h_remove(list, lname)
+  local j = 0
+  for i = 1, #list do
+    local h = list[i]
+    list[i] = nil
+    if h[2] ~= lname then j = j + 1; list[j] = h end
+  end
+end
+
+local function h_add(list, method, name, value)
+  if type(value) == "table" then
+    for i = 1, #value do list[#list + 1] = { name, lower(name), check_value(method, value[i]) } end
+  else
+    list[#list + 1] = { name, lower(name), check_value(method, value) }
+  end
+end
+
+-- A table lower-case name -> value (a list when repeated) whose lookups ignore case.
+local ci_mt = { __index = function(t, k)
+  if type(k) == "string" then return rawget(t, lower(k)) end
+end }
+
+local function h_table(list)
+  local out = setmetatable({}, ci_mt)
+  for i = 1, #list do
+    local h = list[i]
+    local old = rawget(out, h[2])
+    if old == nil then
+      out[h[2]] = h[3]
+    elseif type(old) == "table" then
+      old[#old + 1] = h[3]
+    else
+      out[h[2]] = { old, h[3] }
+    end
+  end
+  return out
+end
+
+local function h_from_spec(spec, method)
+  local list = {}
+  if spec == nil then return list end
+  local names = {}
+  for name in pairs(spec) do names[#names + 1] = name end
+  sort(names, function(a, b) return tostring(a) < tostring(b) end)
+  for _, name in ipairs(names) do
+    check_name(method, name)
+    h_add(list, method, name, spec[name])
+  end
+  return list
+end
+
+local function unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
+end
+
+-- Calls fn(name, value) for each query argument of `query` (without the "?").
+local function each_arg(query, fn)
+  if query == nil or query == "" then return end
+  for pair in string.gmatch(query, "[^&]+") do
+    local eq = find(pair, "=", 1, true)
+    local name, value
+    if eq then
+      name, value = sub(pair, 1, eq - 1), sub(pair, eq + 1)
+    else
+      name, value = pair, ""
+    end
+    if fn(unescape(name), unescape(value)) then return end
+  end
+end
+
+local function check_status(method, status)
+  if type(status) ~= "number" or status % 1 ~= 0 or status < 100 or status > 599 then
+    error(argerror(method, "status must be an integer 100..599", tostring(status)), 3)
+  end
+end
+
+------------------------------------------------------------------------------------------
+-- The request handle
+------------------------------------------------------------------------------------------
+local Req = {}
+Req.__index = Req
+
+local function split_uri(uri)
+  local q = find(uri, "?", 1, true)
+  if q then return sub(uri, 1, q - 1), sub(uri, q + 1) end
+  return uri, nil
+end
+
+-- Builds a request double. `spec` (all optional):
+--   method = "GET", uri = "/", headers = { Name = "v" or { "v1", "v2" } },
+--   client_ip = "127.0.0.1", body = "", scheme = "http", http_version = 1.1,
+--   upstreams = { "app", ... } (names req:set_upstream accepts; any name when absent),
+--   upstream = "app" (the upstream the config's route chose), ctx = {}, phase = "request".
+function T.request(spec)
+  spec = spec or {}
+  local uri = spec.uri or "/"
+  if type(uri) ~= "string" or sub(uri, 1, 1) ~= "/" then
+    error("proxy.test.request(): uri must start with /", 2)
+  end
+  local path, query = split_uri(uri)
+  local known
+  if spec.upstreams then
+    known = {}
+    for _, name in ipairs(spec.upstreams) do known[name] = true end
+  end
+  local req = setmetatable({
+    ctx = spec.ctx or {},
+    _phase = spec.phase or "request",
+    _method = spec.method or "GET",
+    _path = path,
+    _query = query,
+    _headers = h_from_spec(spec.headers, "request"),
+    _client_ip = spec.client_ip or "127.0.0.1",
+    _body = spec.body or "",
+    _scheme = spec.scheme or "http",
+    _http_version = spec.http_version or 1.1,
+    _known = known,
+    _upstream = spec.upstream,
+    _target = nil,
+    _status = nil,
+    _resp_headers = {},
+    _resp_body = nil,
+    _responded = false,
+    _upstream_addr = nil,
+  }, Req)
+  if spec.upstream and known and not known[spec.upstream] then
+    error("proxy.test.request(): upstream " .. spec.upstream .. " is not in upstreams", 2)
+  end
+  return req
+end
+
+-- Test side: moves the double to phase `p` (one of luaproxy.phases.order).
+function Req:set_phase(p)
+  for _, name in ipairs(phases.order) do
+    if name == p then self._phase = p; return self end
+  end
+  error("req:set_phase(): unknown phase " .. tostring(p), 2)
+end
+
+function Req:phase() check("phase", self._phase); return self._phase end
+function Req:method() check("method", self._phase); return self._method end
+function Req:path() check("path", self._phase); return self._path end
+
+function Req:uri()
+  check("uri", self._phase)
+  if self._query then return self._path .. "?" .. self._query end
+  return self._path
+end
+
+function Req:query(name)
+  check("query", self._phase)
+  if type(name) ~= "string" then error(argerror("query", "name must be a string", type(name)), 2) end
+  local found
+  each_arg(self._query, function(n, v)
+    if n == name then found = v; return true end
+  end)
+  return found
+end
+
+function Req:args()
+  check("args", self._phase)
+  local out = {}
+  each_arg(self._query, function(n, v)
+    local old = out[n]
+    if old == nil then
+      out[n] = v
+    elseif type(old) == "table" then
+      old[#old + 1] = v
+    else
+      out[n] = { old, v }
+    end
+  end)
+  return out
+end
+
+function Req:header(name)
+  check("header", self._phase)
+  if type(name) ~= "string" then error(argerror("header", "name must be a string", type(name)), 2) end
+  return h_find(self._headers, lower(name))
+end
+
+function Req:headers()
+  check("headers", self._phase)
+  return h_table(self._headers)
+end
+
+function Req:host()
+  check("host", self._phase)
+  local h = h_find(self._headers, "host")
+  if h == nil or h == "" then return "" end
+  h = lower(h)
+  if sub(h, 1, 1) == "[" then
+    local close = find(h, "]", 1, true)
+    return close and sub(h, 1, close) or h
+  end
+  return (gsub(h, ":%d*$", ""))
+end
+
+function Req:scheme() check("scheme", self._phase); return self._scheme end
+function Req:client_ip() check("client_ip", self._phase); return self._client_ip end
+function Req:http_version() check("http_version", self._phase); return self._http_version end
+function Req:upstream_name() check("upstream_name", self._phase); return self._upstream end
+
+local VARS = {
+  client_ip = function(r) return r._client_ip end,
+  host = function(r) return Req.host(r) end,
+  method = function(r) return r._method end,
+  path = function(r) return r._path end,
+  uri = function(r) return Req.uri(r) end,
+  scheme = function(r) return r._scheme end,
+  request_id = function(r) return r.ctx.request_id end,
+  upstream = function(r) return r._upstream end,
+  status = function(r) return r._status end,
+}
+
+function Req:var(name)
+  check("var", self._phase)
+  local f = VARS[name]
+  if f == nil then return nil end
+  return f(self)
+end
+
+function Req:set_header(name, value)
+  check("set_header", self._phase)
+  check_name("set_header", name)
+  local lname = lower(name)
+  h_remove(self._headers, lname)
+  if value ~= nil then h_add(self._headers, "set_header", name, value) end
+end
+
+function Req:add_header(name, value)
+  check("add_header", self._phase)
+  check_name("add_header", name)
+  if value == nil then error(argerror("add_header", "value must not be nil", "nil"), 2) end
+  h_add(self._headers, "add_header", name, value)
+end
+
+function Req:clear_header(name)
+  check("clear_header", self._phase)
+  check_name("clear_header", name)
+  h_remove(self._headers, lower(name))
+end
+
+-- A new path keeps the current query unless it brings its own ("/p?" clears it).
+function Req:set_path(uri)
+  check("set_path", self._phase)
+  if type(uri) ~= "string" or sub(uri, 1, 1) ~= "/" then
+    error(argerror("set_path", "path must be a string starting with /",
+      type(uri) == "string" and format("%q", uri) or type(uri)), 2)
+  end
+  if find(uri, "[%s%z]") then
+    error("req:set_path(): path contains whitespace or NUL", 2)
+  end
+  local path, query = split_uri(uri)
+  self._path = path
+  if query ~= nil then self._query = query ~= "" and query or nil end
+end
+
+function Req:set_upstream(name)
+  check("set_upstream", self._phase)
+  if type(name) ~= "string" then
+    error(argerror("set_upstream", "name must be a string", type(name)), 2)
+  end
+  if self._known and not self._known[name] then
+    error("req:set_upstream(): unknown upstream " .. name, 2)
+  end
+  self._upstream = name
+  self._target = nil
+end
+
+function Req:set_target(host, port)
+  check("set_target", self._phase)
+  if type(host) ~= "string" or host == "" then
+    error(argerror("set_target", "host must be a non-empty string", type(host)), 2)
+  end
+  if type(port) ~= "number" or port % 1 ~= 0 or port < 1 or port > 65535 then
+    error(argerror("set_target", "port must be an integer 1..65535", tostring(port)), 2)
+  end
+  self._target = host .. ":" .. port
+end
+
+function Req:body(max_bytes)
+  check("body", self._phase)
+  if type(max_bytes) ~= "number" or max_bytes < 0 then
+    error(argerror("body", "max_bytes must be a number >= 0", tostring(max_bytes)), 2)
+  end
+  if #self._body > max_bytes then return nil, "too large" end
+  return self._body
+end
+
+-- Ends the running phase like the engine: yield a marker the runner never resumes.
+local function finish(req, method)
+  if running == nil or co_running() ~= running then
+    error("req:" .. method .. "() ends the phase: run the phase with proxy.test's T.run, "
+      .. "T.call or T.phase, not as a plain function call", 3)
+  end
+  req._responded = true
+  co_yield(RESPONDED)
+end
+
+local function set_local(req, method, status, body, headers)
+  req._status = status
+  req._resp_body = body ~= nil and tostring(body) or ""
+  req._resp_headers = h_from_spec(headers, method)
+  req._upstream_addr = nil
+end
+
+function Req:respond(status, body, headers)
+  check("respond", self._phase)
+  check_status("respond", status)
+  if body ~= nil and type(body) ~= "string" and type(body) ~= "number" then
+    error(argerror("respond", "body must be a string or nil", type(body)), 2)
+  end
+  if headers ~= nil and type(headers) ~= "table" then
+    error(argerror("respond", "headers must be a table or nil", type(headers)), 2)
+  end
+  set_local(self, "respond", status, body, headers)
+  finish(self, "respond")
+end
+
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+function Req:redirect(url, status)
+  check("redirect", self._phase)
+  if type(url) ~= "string" or url == "" then
+    error(argerror("redirect", "url must be a non-empty string", type(url)), 2)
+  end
+  status = status or 302
+  if not REDIRECT[status] then
+    error(argerror("redirect", "status must be 301, 302, 303, 307 or 308", tostring(status)), 2)
+  end
+  set_local(self, "redirect", status, nil, { Location = url })
+  finish(self, "redirect")
+end
+
+function Req:status() check("status", self._phase); return self._status end
+
+function Req:set_status(code)
+  check("set_status", self._phase)
+  check_status("set_status", code)
+  self._status = code
+end
+
+function Req:resp_header(name)
+  check("resp_header", self._phase)
+  if type(name) ~= "string" then
+    error(argerror("resp_header", "name must be a string", type(name)), 2)
+  end
+  return h_find(self._resp_headers, lower(name))
+end
+
+function Req:resp_headers()
+  check("resp_headers", self._phase)
+  return h_table(self._resp_headers)
+end
+
+function Req:set_resp_header(name, value)
+  check("set_resp_header", self._phase)
+  check_name("set_resp_header", name)
+  h_remove(self._resp_headers, lower(name))
+  if value ~= nil then h_add(self._resp_headers, "set_resp_header", name, value) end
+end
+
+function Req:add_resp_header(name, value)
+  check("add_resp_header", self._phase)
+  check_name("add_resp_header", name)
+  if value == nil then error(argerror("add_resp_header", "value must not be nil", "nil"), 2) end
+  h_add(self._resp_headers, "add_resp_header", name, value)
+end
+
+function Req:clear_resp_header(name)
+  check("clear_resp_header", self._phase)
+  check_name("clear_resp_header", name)
+  h_remove(self._resp_headers, lower(name))
+end
+
+function Req:upstream_addr() check("upstream_addr", self._phase); return self._upstream_addr end
+
+T.Req = Req
+
+------------------------------------------------------------------------------------------
+-- Simulated upstream answer
+------------------------------------------------------------------------------------------
+
+-- Gives `req` the upstream's answer and moves it to the response phase. `spec`:
+--   status = 200, headers = { Name = "v" or list }, body = "" (string or list of chunks),
+--   addr = "127.0.0.1:9000" (req:upstream_addr(); the target when one was set).
+function T.response(req, spec)
+  spec = spec or {}
+  local status = spec.status or 200
+  check_status("response", status)
+  req._status = status
+  req._resp_headers = h_from_spec(spec.headers, "response")
+  local body = spec.body or ""
+  if type(body) == "table" then body = concat(body) end
+  req._resp_body = body
+  req._resp_chunks = type(spec.body) == "table" and spec.body or nil
+  req._upstream_addr = spec.addr or req._target or "127.0.0.1:9000"
+  req._phase = "response"
+  return req
+end
+
+------------------------------------------------------------------------------------------
+-- Running phases
+------------------------------------------------------------------------------------------
+
+-- Runs fn(...) in a coroutine like the engine runs a phase. Returns true when the function
+-- answered locally (req:respond / req:redirect), else false and its first return value.
+-- Errors propagate unchanged.
+function T.call(fn, ...)
+  local co = co_create(fn)
+  local prev = running
+  running = co
+  local ok, ret = co_resume(co, ...)
+  while true do
+    if not ok then
+      running = prev
+      error(ret, 0)
+    end
+    if co_status(co) == "dead" then
+      running = prev
+      return false, ret
+    end
+    if ret == RESPONDED then
+      running = prev
+      return true
+    end
+    -- Any other yield (proxy.sleep, a library's own I/O wait) resumes at once.
+    ok, ret = co_resume(co)
+  end
+end
+
+-- Validated (and compiled, when the plugin has compile()) conf for `plugin`: what the
+-- runtime hands its phase functions. Raises with the schema error.
+function T.conf(plugin, overrides, path)
+  path = path or "plugins[1](" .. tostring(plugin.name) .. ")"
+  local ok, err = schema.check_plugin(plugin)
+  if not ok then error(err, 2) end
+  local conf
+  conf, err = schema.validate(plugin.schema or { fields = {} }, overrides, path)
+  if not conf then error(err, 2) end
+  if plugin.compile then
+    local compiled, cerr = plugin.compile(conf)
+    if compiled == nil then error(path .. ": " .. tostring(cerr), 2) end
+    conf = compiled
+  end
+  return conf
+end
+
+-- Runs one phase function of `plugin` on `req` after moving it to `phase`.
+-- response_body takes (chunk, eof) after conf. Returns like T.call.
+function T.phase(plugin, phase, req, conf, chunk, eof)
+  local fn = plugin[phase]
+  if fn == nil then error("plugin " .. tostring(plugin.name) .. " has no " .. phase .. " phase", 2) end
+  local prev_tag = log_tag
+  log_tag = plugin.name
+  if phase == "init_worker" then
+    local r1, r2 = T.call(fn, conf)
+    log_tag = prev_tag
+    return r1, r2
+  end
+  req:set_phase(phase)
+  local r1, r2
+  if phase == "response_body" then
+    r1, r2 = T.call(fn, req, chunk, eof, conf)
+  else
+    r1, r2 = T.call(fn, req, conf)
+  end
+  log_tag = prev_tag
+  return r1, r2
+end
+
+local function is_req(x) return getmetatable(x) == Req end
+
+-- Splits a body string into chunks of `size` bytes (one chunk when size is nil).
+local function chunks_of(body, size)
+  if size == nil or #body <= size then return { body } end
+  local out = {}
+  for i = 1, #body, size do out[#out + 1] = sub(body, i, i + size - 1) end
+  return out
+end
+
+-- Runs a chain of plugins through a whole request like the engine:
+--   entries = { { plugin, conf_overrides }, ... } (run by priority, higher first)
+--   req_spec: a T.request spec or a request built by T.request
+--   resp_spec: a T.response spec, plus chunk_size = N to split a string body
+-- Returns { status, headers, body, upstream, target, path, uri, request_headers,
+--           responded, ctx, req, logs }.
+function T.run_chain(entries, req_spec, resp_spec)
+  local list = {}
+  for i, e in ipairs(entries) do
+    local plugin = e[1] or e.plugin
+    list[i] = { plugin = plugin, conf = T.conf(plugin, e[2] or e.conf,
+      "plugins[" .. i .. "](" .. tostring(plugin.name) .. ")"), order = i }
+  end
+  sort(list, function(a, b)
+    if a.plugin.priority ~= b.plugin.priority then return a.plugin.priority > b.plugin.priority end
+    return a.order < b.order
+  end)
+
+  local first_log = #T.logs + 1
+  for _, e in ipairs(list) do
+    if e.plugin.init_worker then T.phase(e.plugin, "init_worker", nil, e.conf) end
+  end
+
+  local req = is_req(req_spec) and req_spec or T.request(req_spec)
+  resp_spec = resp_spec or {}
+
+  local responded = false
+  for _, phase in ipairs({ "request", "upstream" }) do
+    req:set_phase(phase)
+    for _, e in ipairs(list) do
+      if e.plugin[phase] and T.phase(e.plugin, phase, req, e.conf) then
+        responded = true
+        break
+      end
+    end
+    if responded then break end
+  end
+
+  local request_headers = h_table(req._headers)
+  local chunks
+  if responded then
+    req._phase = "response"
+    chunks = { req._resp_body }
+  else
+    T.response(req, resp_spec)
+    chunks = req._resp_chunks or chunks_of(req._resp_body, resp_spec.chunk_size)
+  end
+
+  for _, e in ipairs(list) do
+    if e.plugin.response then T.phase(e.plugin, "response", req, e.conf) end
+  end
+
+  local filters = {}
+  for _, e in ipairs(list) do
+    if e.plugin.response_body then filters[#filters + 1] = e end
+  end
+  local out = {}
+  for i = 1, #chunks do
+    local chunk, eof = chunks[i], i == #chunks
+    for _, e in ipairs(filters) do
+      local _, ret = T.phase(e.plugin, "response_body", req, e.conf, chunk, eof)
+      if ret ~= nil then chunk = tostring(ret) end
+    end
+    out[#out + 1] = chunk
+  end
+
+  for _, e in ipairs(list) do
+    if e.plugin.log then T.phase(e.plugin, "log", req, e.conf) end
+  end
+
+  local logs = {}
+  for i = first_log, #T.logs do logs[#logs + 1] = T.logs[i] end
+  return {
+    status = req._status,
+    headers = h_table(req._resp_headers),
+    body = concat(out),
+    upstream = req._upstream,
+    target = req._target,
+    path = req._path,
+    uri = req._query and req._path .. "?" .. req._query or req._path,
+    request_headers = request_headers,
+    responded = responded,
+    ctx = req.ctx,
+    req = req,
+    logs = logs,
+  }
+end
+
+-- Runs one plugin through a whole request; see T.run_chain.
+function T.run(plugin, conf_overrides, req_spec, resp_spec)
+  return T.run_chain({ { plugin, conf_overrides } }, req_spec, resp_spec)
+end
+
+return T
