@@ -33,6 +33,7 @@ lp_buf_t *lp_buf_get(lp_bufpool_t *p, size_t size)
         b->cap = (uint32_t)cap;
     }
     b->pool = b->cap == LP_BUF_SIZE ? p : NULL;
+    b->owner = p;
     b->next = NULL;
     b->refs = 1;
     p->outstanding++;
@@ -46,6 +47,8 @@ void lp_buf_unref(lp_buf_t *b)
         return;
     lp_bufpool_t *p = b->pool;
     if (!p) {
+        if (b->owner)
+            b->owner->outstanding--;
         free(b);
         return;
     }

@@ -17,6 +17,7 @@ typedef struct lp_bufpool_s lp_bufpool_t;
 typedef struct lp_buf_s {
     struct lp_buf_s *next; /* free-list link while pooled */
     lp_bufpool_t *pool;    /* NULL for an oversized block that is freed, not pooled */
+    lp_bufpool_t *owner;   /* the pool that counts it in `outstanding` */
     uint32_t refs;
     uint32_t cap;
     char data[];

@@ -138,7 +138,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
      * continuation span begins right after a line break. RFC 9112 5.2 lets a server reject
      * it; a proxy must, since peers disagree on its meaning. */
     char before = byte_before(h, at, 1);
-    if (before == '\n' || before == '\r')
+    if (len && (before == '\n' || before == '\r'))
         return set_error(h, 400, "obsolete line folding");
     if (header_space(h, len) || append(h, at, len))
         return set_error(h, 431, "header section too large");
@@ -397,8 +397,36 @@ void lp_h1_set_storage(lp_h1_t *h, char *arena, size_t cap, lp_header_t *headers
     h->nheaders = 0;
 }
 
+/* llhttp accepts a bare LF as a line end and runs of spaces in the request line; peers
+ * that disagree on those are how requests get smuggled, so the head bytes are checked
+ * here: every LF must follow a CR, and a request line has exactly two spaces. */
+static int scan_head(lp_h1_t *h, const char *data, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char c = data[i];
+        if (c == '\n') {
+            char prev = i ? data[i - 1] : h->last_byte;
+            if (prev != '\r')
+                return set_error(h, h->parser.type == HTTP_REQUEST ? 400 : 502,
+                                 "bare LF in the message head");
+            if (h->scan_state == 1) {
+                if (h->parser.type == HTTP_REQUEST && h->rl_spaces != 2)
+                    return set_error(h, 400, "malformed request line");
+                h->scan_state = 2;
+            }
+        } else if (h->scan_state == 0 && c != '\r') {
+            h->scan_state = 1; /* empty lines before the request line are allowed */
+            h->rl_spaces = 0;
+        }
+        if (h->scan_state == 1 && (c == ' ' || c == '\t'))
+            h->rl_spaces += c == ' ' ? 1 : 100;
+    }
+    return 0;
+}
+
 lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *consumed)
 {
+    int in_head = h->scan_state < 3;
     h->chunk_base = data;
     h->after_head = 0;
     llhttp_errno_t e = llhttp_execute(&h->parser, data, len);
@@ -429,6 +457,14 @@ lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *co
         ev = LP_H1_ERROR;
         break;
     }
+    if (in_head && ev != LP_H1_ERROR && scan_head(h, data, used)) {
+        ev = LP_H1_ERROR;
+        used = 0;
+    }
+    if (ev == LP_H1_HEAD)
+        h->scan_state = 3; /* the body is not scanned */
+    else if (ev == LP_H1_DONE)
+        h->scan_state = 0; /* a next message on this parser starts with its head */
     if (used >= 2) {
         h->last_byte2 = data[used - 2];
         h->last_byte = data[used - 1];
