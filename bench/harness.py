@@ -615,6 +615,12 @@ def versions(s):
     except (OSError, subprocess.TimeoutExpired):
         pass
     try:
+        if "luaproxy" in s["proxies"]:
+            v["luaproxy"] = subprocess.run([s["luaproxy"], "-v"], capture_output=True, text=True,
+                                           timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
         v["wrk"] = subprocess.run([s["wrk"], "-v"], capture_output=True, text=True,
                                   timeout=5).stdout.splitlines()[0]
     except (OSError, subprocess.TimeoutExpired, IndexError):
