@@ -1,0 +1,192 @@
+-- headers: sets, adds and removes request headers (request phase) and response headers
+-- (response phase). Values may carry variables ($host, ${request_id}, ...) that are parsed
+-- once, at config load, into templates. Docs: docs/plugins/headers.md.
+local find, sub = string.find, string.sub
+local concat, sort = table.concat, table.sort
+local type, pairs, ipairs = type, pairs, ipairs
+
+local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
+
+local function no_crlf(v)
+  if find(v, "[\r\n%z]") then return nil, "header values must not contain CR, LF or NUL" end
+  return true
+end
+
+local function string_or_list(v)
+  if type(v) == "string" then return no_crlf(v) end
+  if type(v) ~= "table" or #v == 0 then return nil, "expected a string or a non-empty list of strings" end
+  local n = 0
+  for _ in pairs(v) do n = n + 1 end
+  if n ~= #v then return nil, "expected a string or a non-empty list of strings" end
+  for i = 1, #v do
+    if type(v[i]) ~= "string" then return nil, "expected a string or a non-empty list of strings" end
+    local ok, err = no_crlf(v[i])
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+local function part(which)
+  local name = { type = "string", pattern = TOKEN }
+  return {
+    type = "record", default = {},
+    description = "changes to the " .. which .. " headers",
+    fields = {
+      set = {
+        type = "map", default = {}, keys = name,
+        values = { type = "string", custom = no_crlf },
+        description = "name = value: replaces every " .. which .. " header of that name",
+      },
+      add = {
+        type = "map", default = {}, keys = name,
+        values = { type = "any", custom = string_or_list },
+        description = "name = value or { values }: adds header lines, keeping existing ones",
+      },
+      remove = {
+        type = "array", default = {}, elements = name,
+        description = "names of " .. which .. " headers to remove",
+      },
+    },
+  }
+end
+
+local P = {
+  name = "headers",
+  priority = 800,
+  schema = {
+    fields = {
+      request = part("request"),
+      response = part("response"),
+    },
+  },
+}
+
+-- Variables a value may use; status only in the response part.
+local VARS = {
+  client_ip = true, request_id = true, host = true, upstream = true, method = true,
+  path = true, uri = true, scheme = true, status = true,
+}
+
+-- Parses "text $var ${var} $$" into a plain string (no variables) or a template: an array
+-- of odd length, literals at odd indexes and variable names at even ones. Unknown
+-- variables stay as written.
+local function compile_template(s, response)
+  local parts, lit = {}, {}
+  local i, n = 1, #s
+  while i <= n do
+    local d = find(s, "$", i, true)
+    if not d then lit[#lit + 1] = sub(s, i); break end
+    lit[#lit + 1] = sub(s, i, d - 1)
+    local c = sub(s, d + 1, d + 1)
+    if c == "$" then
+      lit[#lit + 1] = "$"
+      i = d + 2
+    else
+      local name, stop
+      if c == "{" then
+        local close = find(s, "}", d + 2, true)
+        if close then name, stop = sub(s, d + 2, close - 1), close end
+      else
+        local a, b = find(s, "^[%a_][%w_]*", d + 1)
+        if a then name, stop = sub(s, a, b), b end
+      end
+      if name and VARS[name] then
+        if name == "status" and not response then
+          return nil, "$status is only known in the response part"
+        end
+        parts[#parts + 1] = concat(lit)
+        parts[#parts + 1] = name
+        lit = {}
+        i = stop + 1
+      else
+        lit[#lit + 1] = "$"
+        i = d + 1
+      end
+    end
+  end
+  local tail = concat(lit)
+  if #parts == 0 then return tail end
+  parts[#parts + 1] = tail
+  return parts
+end
+P.compile_template = compile_template
+
+-- Scratch buffer for rendering; phases of one worker never interleave inside render().
+local buf = {}
+
+local function render(tpl, req)
+  if type(tpl) == "string" then return tpl end
+  local n = #tpl
+  buf[1] = tpl[1]
+  for i = 2, n, 2 do
+    buf[i] = req:var(tpl[i]) or ""
+    buf[i + 1] = tpl[i + 1]
+  end
+  return concat(buf, "", 1, n)
+end
+P.render = render
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  sort(keys)
+  return keys
+end
+
+-- One part becomes flat arrays, in a fixed order (names sorted), walked with numeric loops.
+local function compile_part(p, which)
+  local c = { remove = {}, set_names = {}, set_values = {}, add_names = {}, add_values = {} }
+  for i, name in ipairs(p.remove) do c.remove[i] = name end
+  for _, name in ipairs(sorted_keys(p.set)) do
+    local tpl, err = compile_template(p.set[name], which == "response")
+    if not tpl then return nil, which .. ".set." .. name .. ": " .. err end
+    c.set_names[#c.set_names + 1] = name
+    c.set_values[#c.set_values + 1] = tpl
+  end
+  for _, name in ipairs(sorted_keys(p.add)) do
+    local v = p.add[name]
+    if type(v) == "string" then v = { v } end
+    for _, one in ipairs(v) do
+      local tpl, err = compile_template(one, which == "response")
+      if not tpl then return nil, which .. ".add." .. name .. ": " .. err end
+      c.add_names[#c.add_names + 1] = name
+      c.add_values[#c.add_values + 1] = tpl
+    end
+  end
+  c.empty = #c.remove + #c.set_names + #c.add_names == 0
+  return c
+end
+
+function P.compile(conf)
+  local request, err = compile_part(conf.request, "request")
+  if not request then return nil, err end
+  local response
+  response, err = compile_part(conf.response, "response")
+  if not response then return nil, err end
+  return { request = request, response = response }
+end
+
+-- Order inside a part: remove, then set, then add.
+function P.request(req, conf)
+  local c = conf.request
+  if c.empty then return end
+  local list = c.remove
+  for i = 1, #list do req:clear_header(list[i]) end
+  local names, values = c.set_names, c.set_values
+  for i = 1, #names do req:set_header(names[i], render(values[i], req)) end
+  names, values = c.add_names, c.add_values
+  for i = 1, #names do req:add_header(names[i], render(values[i], req)) end
+end
+
+function P.response(req, conf)
+  local c = conf.response
+  if c.empty then return end
+  local list = c.remove
+  for i = 1, #list do req:clear_resp_header(list[i]) end
+  local names, values = c.set_names, c.set_values
+  for i = 1, #names do req:set_resp_header(names[i], render(values[i], req)) end
+  names, values = c.add_names, c.add_values
+  for i = 1, #names do req:add_resp_header(names[i], render(values[i], req)) end
+end
+
+return P
