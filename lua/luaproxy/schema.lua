@@ -11,7 +11,7 @@
 local type, pairs, ipairs, next, tostring = type, pairs, ipairs, next, tostring
 local floor, huge = math.floor, math.huge
 local concat, sort = table.concat, table.sort
-local find, format = string.find, string.format
+local find, format, sub = string.find, string.format, string.sub
 
 local M = {}
 
@@ -78,6 +78,56 @@ local function sorted_keys(t)
     return tostring(a) < tostring(b)
   end)
   return keys
+end
+
+-- Checks the syntax of a Lua pattern without running it: find("", p) alone misses errors
+-- past the first mismatch (an unclosed capture after a literal). For `custom =` in schemas
+-- whose strings are patterns. Returns true or nil, "problem".
+function M.check_lua_pattern(p)
+  if type(p) ~= "string" then return nil, "a pattern must be a string" end
+  local i, n, depth = 1, #p, 0
+  if sub(p, 1, 1) == "^" then i = 2 end
+  while i <= n do
+    local c = sub(p, i, i)
+    if c == "%" then
+      local x = sub(p, i + 1, i + 1)
+      if x == "" then return nil, "bad Lua pattern: ends with %" end
+      if x == "b" then
+        if i + 3 > n then return nil, "bad Lua pattern: %b needs two characters" end
+        i = i + 4
+      elseif x == "f" then
+        if sub(p, i + 2, i + 2) ~= "[" then return nil, "bad Lua pattern: missing [ after %f" end
+        i = i + 2
+      else
+        i = i + 2
+      end
+    elseif c == "[" then
+      local j = i + 1
+      if sub(p, j, j) == "^" then j = j + 1 end
+      if sub(p, j, j) == "]" then j = j + 1 end
+      while true do
+        local d = sub(p, j, j)
+        if d == "" then return nil, "bad Lua pattern: missing ]" end
+        if d == "]" then break end
+        j = j + (d == "%" and 2 or 1)
+      end
+      i = j + 1
+    elseif c == "(" then
+      depth = depth + 1
+      if depth > 32 then return nil, "bad Lua pattern: too many captures" end
+      i = i + 1
+    elseif c == ")" then
+      depth = depth - 1
+      if depth < 0 then return nil, "bad Lua pattern: ) without (" end
+      i = i + 1
+    else
+      i = i + 1
+    end
+  end
+  if depth ~= 0 then return nil, "bad Lua pattern: unfinished capture" end
+  local ok, err = pcall(find, "", p)
+  if not ok then return nil, "bad Lua pattern: " .. tostring(err) end
+  return true
 end
 
 local validate_value
@@ -325,8 +375,8 @@ function check_field(field, path, warnings, named)
   if field.pattern ~= nil then
     if ft ~= "string" then return nil, path .. ": pattern applies to strings only" end
     if type(field.pattern) ~= "string" then return nil, path .. ": pattern must be a string" end
-    local ok, err = pcall(find, "", field.pattern)
-    if not ok then return nil, path .. ": bad pattern: " .. tostring(err) end
+    local ok, err = M.check_lua_pattern(field.pattern)
+    if not ok then return nil, path .. ": " .. err end
   end
   if field.one_of ~= nil then
     if type(field.one_of) ~= "table" or #field.one_of == 0 or not is_array(field.one_of) then

@@ -249,7 +249,7 @@ describe("luaproxy.schema", function()
       local _, err = schema.check_schema({ fields = { a = { type = "boolean", min = 1 } } })
       assert.equal("schema.a: min does not apply to type boolean", err)
       _, err = schema.check_schema({ fields = { a = { type = "string", pattern = "[a" } } })
-      assert.matches("schema.a: bad pattern", err, 1, true)
+      assert.equal("schema.a: bad Lua pattern: missing ]", err)
       _, err = schema.check_schema({ fields = { a = { type = "string", elements = { type = "string" } } } })
       assert.equal("schema.a: elements applies to arrays only", err)
       _, err = schema.check_schema({ fields = { fail_open = { type = "boolean" } } })
@@ -266,5 +266,21 @@ describe("luaproxy.schema", function()
       _, err = schema.check_plugin({ name = "x", priority = 1, request = true })
       assert.equal("plugin(x).request: expected a function, got boolean", err)
     end)
+  end)
+end)
+
+describe("luaproxy.schema.check_lua_pattern", function()
+  local check = require("luaproxy.schema").check_lua_pattern
+  it("accepts good patterns", function()
+    for _, p in ipairs({ "^/a/(%d+)$", "[%]]", "[]x]", "[^]]", "%b()", "%f[%w]%w+", "()", "a%%" }) do
+      assert.is_true(check(p), p)
+    end
+  end)
+  it("rejects bad ones, even past the first mismatch", function()
+    for _, p in ipairs({ "^/(%d+", "a)", "[a", "%", "%b(", "%fx", "^/x[%" }) do
+      local ok, err = check(p)
+      assert.is_nil(ok, p)
+      assert.matches("^bad Lua pattern", err)
+    end
   end)
 end)
