@@ -1,0 +1,246 @@
+-- router: picks the upstream (and rewrites the path) from an ordered list of rules matching
+-- host, path, prefix, Lua pattern, methods, headers and query arguments. The first rule
+-- that matches wins. Docs: docs/plugins/router.md.
+local find, sub, lower, upper, byte = string.find, string.sub, string.lower, string.upper,
+  string.byte
+local concat, sort = table.concat, table.sort
+local type, pairs, ipairs = type, pairs, ipairs
+
+local valid_pattern = require("luaproxy.schema").check_lua_pattern
+
+local function valid_host(h)
+  if find(h, "*", 1, true) and (sub(h, 1, 2) ~= "*." or find(h, "*", 2, true)) then
+    return nil, "a wildcard host must look like *.example.com"
+  end
+  return true
+end
+
+local rule_fields = {
+  host = {
+    type = "string", pattern = "^[%w%.%-%*:%[%]]+$", custom = valid_host,
+    description = "Host to match, without port: exact (case-insensitive) or *.example.com "
+      .. "(any subdomain, not example.com itself). Default: any host",
+  },
+  path = { type = "string", pattern = "^/", description = "exact path to match. Default: any" },
+  prefix = { type = "string", pattern = "^/", description = "path prefix to match. Default: any" },
+  pattern = {
+    type = "string", custom = valid_pattern,
+    description = "Lua pattern the path must match (anchor it with ^ and $); its captures "
+      .. "feed rewrite. Default: any",
+  },
+  methods = {
+    type = "array", elements = { type = "string", pattern = "^%a+$" },
+    description = "methods to match (case-insensitive). Default: any",
+  },
+  headers = {
+    type = "map", keys = { type = "string", pattern = "^[%w!#$%%&'*+%-.^_`|~]+$" },
+    values = { type = "string" },
+    description = "request headers that must have exactly these values. Default: none",
+  },
+  query = {
+    type = "map", values = { type = "string" },
+    description = "query arguments that must have exactly these (decoded) values. Default: none",
+  },
+  upstream = { type = "string", description = "upstream to send the request to. Default: unchanged" },
+  rewrite = {
+    type = "string",
+    description = "new path (with ?query to replace the query); with a pattern, %1..%9 are its "
+      .. "captures, %0 the whole match and %% a percent sign. Default: unchanged",
+  },
+  strip_prefix = {
+    type = "boolean", default = false,
+    description = "remove the matched prefix from the path sent upstream (needs prefix)",
+  },
+}
+
+local function check_rule(r)
+  if r.strip_prefix and not r.prefix then return nil, "strip_prefix needs a prefix" end
+  if r.strip_prefix and r.rewrite then return nil, "use either rewrite or strip_prefix" end
+  if r.rewrite and not r.pattern and sub(r.rewrite, 1, 1) ~= "/" then
+    return nil, "rewrite must start with /"
+  end
+  return true
+end
+
+local P = {
+  name = "router",
+  priority = 2000,
+  schema = {
+    fields = {
+      rules = {
+        type = "array", default = {},
+        elements = { type = "record", fields = rule_fields, custom = check_rule },
+        description = "rules tried in order; the first match routes the request",
+      },
+      default_upstream = {
+        type = "string",
+        description = "upstream for requests no rule matches. Default: none (the config's "
+          .. "route stays in charge)",
+      },
+    },
+  },
+}
+
+-- Rewrite templates: a plain string, or an odd-length array with literals at odd indexes
+-- and capture numbers (0..9) at even ones.
+local function compile_rewrite(s)
+  local parts, lit = {}, {}
+  local i, n = 1, #s
+  while i <= n do
+    local p = find(s, "%", i, true)
+    if not p then lit[#lit + 1] = sub(s, i); break end
+    lit[#lit + 1] = sub(s, i, p - 1)
+    local c = byte(s, p + 1)
+    if c and c >= 48 and c <= 57 then
+      parts[#parts + 1] = concat(lit)
+      parts[#parts + 1] = c - 48
+      lit = {}
+    elseif c == 37 then
+      lit[#lit + 1] = "%"
+    else
+      return nil, "rewrite: % must be followed by a digit or %"
+    end
+    i = p + 2
+  end
+  local tail = concat(lit)
+  if #parts == 0 then return tail end
+  parts[#parts + 1] = tail
+  return parts
+end
+
+local function sorted_pairs_arrays(map, lower_keys)
+  local names, values = {}, {}
+  for k in pairs(map) do names[#names + 1] = k end
+  sort(names)
+  for i, k in ipairs(names) do
+    values[i] = map[k]
+    if lower_keys then names[i] = lower(k) end
+  end
+  return names, values
+end
+
+function P.compile(conf)
+  local rules = {}
+  local need_host, need_method = false, false
+  for i, r in ipairs(conf.rules) do
+    local c = { upstream = r.upstream, strip = r.strip_prefix, path = r.path,
+                prefix = r.prefix, prefix_len = r.prefix and #r.prefix, pattern = r.pattern }
+    if r.host then
+      need_host = true
+      local h = lower(r.host)
+      if sub(h, 1, 2) == "*." then
+        c.host_suffix, c.host_suffix_len = sub(h, 2), #h - 1
+      else
+        c.host = h
+      end
+    end
+    if r.methods and #r.methods > 0 then
+      need_method = true
+      c.methods = {}
+      for _, m in ipairs(r.methods) do c.methods[upper(m)] = true end
+    end
+    if r.headers and next(r.headers) then
+      c.hnames, c.hvalues = sorted_pairs_arrays(r.headers, true)
+    end
+    if r.query and next(r.query) then
+      c.qnames, c.qvalues = sorted_pairs_arrays(r.query, false)
+    end
+    if r.rewrite then
+      if r.pattern then
+        local tpl, err = compile_rewrite(r.rewrite)
+        if not tpl then return nil, "rules[" .. i .. "]." .. err end
+        c.rewrite = tpl
+      else
+        c.rewrite = r.rewrite
+      end
+    end
+    rules[i] = c
+  end
+  return { rules = rules, need_host = need_host, need_method = need_method,
+           default_upstream = conf.default_upstream }
+end
+
+-- Everything but the pattern; cheapest checks first.
+local function match(r, req, host, method, path)
+  local m = r.methods
+  if m and not m[method] then return false end
+  if r.host then
+    if host ~= r.host then return false end
+  elseif r.host_suffix then
+    local n, sn = #host, r.host_suffix_len
+    if n <= sn or sub(host, n - sn + 1) ~= r.host_suffix then return false end
+  end
+  if r.path and path ~= r.path then return false end
+  local pl = r.prefix_len
+  if pl and (#path < pl or sub(path, 1, pl) ~= r.prefix) then return false end
+  local names = r.hnames
+  if names then
+    local values = r.hvalues
+    for i = 1, #names do
+      if req:header(names[i]) ~= values[i] then return false end
+    end
+  end
+  names = r.qnames
+  if names then
+    local values = r.qvalues
+    for i = 1, #names do
+      if req:query(names[i]) ~= values[i] then return false end
+    end
+  end
+  return true
+end
+
+-- Scratch space for captures and the rewritten path (one request at a time per worker).
+local caps, buf = {}, {}
+
+local function render(tpl, path, s, e)
+  local n = #tpl
+  buf[1] = tpl[1]
+  for i = 2, n, 2 do
+    local k = tpl[i]
+    buf[i] = (k == 0 and sub(path, s, e)) or caps[k] or ""
+    buf[i + 1] = tpl[i + 1]
+  end
+  return concat(buf, "", 1, n)
+end
+
+function P.request(req, conf)
+  local path = req:path()
+  local host = conf.need_host and req:host() or ""
+  local method = conf.need_method and req:method() or ""
+  local rules = conf.rules
+  for i = 1, #rules do
+    local r = rules[i]
+    if match(r, req, host, method, path) then
+      local s, e, c1, c2, c3, c4, c5, c6, c7, c8, c9
+      local pattern = r.pattern
+      if pattern then
+        s, e, c1, c2, c3, c4, c5, c6, c7, c8, c9 = find(path, pattern)
+      end
+      if s or not pattern then
+        req.ctx.route_rule = i
+        if r.upstream then req:set_upstream(r.upstream) end
+        local rw = r.rewrite
+        if rw then
+          if type(rw) == "table" then
+            -- Like gsub: with no captures in the pattern, %1 is the whole match.
+            if c1 == nil then c1 = sub(path, s, e) end
+            caps[1], caps[2], caps[3], caps[4], caps[5], caps[6], caps[7], caps[8], caps[9] =
+              c1, c2, c3, c4, c5, c6, c7, c8, c9
+            rw = render(rw, path, s, e)
+            if byte(rw, 1) ~= 47 then rw = "/" .. rw end
+          end
+          req:set_path(rw)
+        elseif r.strip then
+          local rest = sub(path, r.prefix_len + 1)
+          if byte(rest, 1) ~= 47 then rest = "/" .. rest end
+          req:set_path(rest)
+        end
+        return
+      end
+    end
+  end
+  if conf.default_upstream then req:set_upstream(conf.default_upstream) end
+end
+
+return P

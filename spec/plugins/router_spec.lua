@@ -1,0 +1,137 @@
+local T = require "proxy.test"
+local router = require "router"
+
+local UPSTREAMS = { "app", "api", "static", "admin", "fallback", "v2" }
+
+local function route(conf, spec)
+  spec.upstreams = UPSTREAMS
+  spec.upstream = spec.upstream or "app"
+  return T.run(router, conf, spec)
+end
+
+describe("router plugin", function()
+  it("routes by prefix and strips it", function()
+    local conf = { rules = { { prefix = "/api/", upstream = "api", strip_prefix = true } } }
+    local res = route(conf, { uri = "/api/fixed?size=3" })
+    assert.equal("api", res.upstream)
+    assert.equal("/fixed?size=3", res.uri)
+    assert.equal(1, res.ctx.route_rule)
+    res = route({ rules = { { prefix = "/api", upstream = "api", strip_prefix = true } } },
+      { uri = "/api" })
+    assert.equal("/", res.path)
+  end)
+
+  it("leaves unmatched requests alone", function()
+    local res = route({ rules = { { prefix = "/api/", upstream = "api" } } }, { uri = "/web" })
+    assert.equal("app", res.upstream)
+    assert.equal("/web", res.path)
+    assert.is_nil(res.ctx.route_rule)
+  end)
+
+  it("sends unmatched requests to default_upstream when set", function()
+    local res = route({ rules = { { prefix = "/api/", upstream = "api" } },
+                        default_upstream = "fallback" }, { uri = "/web" })
+    assert.equal("fallback", res.upstream)
+  end)
+
+  it("takes the first matching rule", function()
+    local conf = { rules = {
+      { prefix = "/a/", upstream = "api" },
+      { prefix = "/a/b", upstream = "static" },
+      { prefix = "/", upstream = "fallback" },
+    } }
+    assert.equal("api", route(conf, { uri = "/a/b" }).upstream)
+    local res = route(conf, { uri = "/x" })
+    assert.equal("fallback", res.upstream)
+    assert.equal(3, res.ctx.route_rule)
+  end)
+
+  it("matches exact paths", function()
+    local conf = { rules = { { path = "/health", upstream = "admin" } } }
+    assert.equal("admin", route(conf, { uri = "/health?full=1" }).upstream)
+    assert.equal("app", route(conf, { uri = "/health/x" }).upstream)
+  end)
+
+  it("matches hosts exactly or by wildcard, without port and case", function()
+    local conf = { rules = {
+      { host = "API.example.com", upstream = "api" },
+      { host = "*.example.com", upstream = "static" },
+    } }
+    assert.equal("api", route(conf, { headers = { Host = "api.Example.com:8080" } }).upstream)
+    assert.equal("static", route(conf, { headers = { Host = "cdn.example.com" } }).upstream)
+    assert.equal("static", route(conf, { headers = { Host = "a.b.example.com" } }).upstream)
+    assert.equal("app", route(conf, { headers = { Host = "example.com" } }).upstream)
+    assert.equal("app", route(conf, { headers = { Host = "badexample.com" } }).upstream)
+    assert.equal("app", route(conf, {}).upstream)
+  end)
+
+  it("matches methods, headers and query arguments", function()
+    local conf = { rules = {
+      { methods = { "post", "PUT" }, prefix = "/w", upstream = "api" },
+      { headers = { ["X-Canary"] = "1", Accept = "text/html" }, upstream = "v2" },
+      { query = { beta = "yes please" }, upstream = "static" },
+    } }
+    assert.equal("api", route(conf, { method = "POST", uri = "/w" }).upstream)
+    assert.equal("api", route(conf, { method = "PUT", uri = "/w" }).upstream)
+    assert.equal("app", route(conf, { method = "GET", uri = "/w" }).upstream)
+    assert.equal("v2", route(conf, { headers = { ["x-canary"] = "1", accept = "text/html" } }).upstream)
+    assert.equal("app", route(conf, { headers = { ["x-canary"] = "1" } }).upstream)
+    assert.equal("static", route(conf, { uri = "/?beta=yes%20please" }).upstream)
+    assert.equal("app", route(conf, { uri = "/?beta=no" }).upstream)
+  end)
+
+  it("matches Lua patterns and rewrites with captures", function()
+    local conf = { rules = {
+      { pattern = "^/users/(%d+)/posts/(%d+)$", rewrite = "/v2/posts/%2?user=%1", upstream = "v2" },
+      { pattern = "^/old(/.*)$", rewrite = "%1" },
+      { pattern = "^/whole/%a+$", rewrite = "/w%0" },
+      { pattern = "^/nocap/%a+", rewrite = "/n%1/100%%" },
+    } }
+    local res = route(conf, { uri = "/users/42/posts/7?x=1" })
+    assert.equal("v2", res.upstream)
+    assert.equal("/v2/posts/7?user=42", res.uri)
+    res = route(conf, { uri = "/old/a/b?q=1" })
+    assert.equal("/a/b?q=1", res.uri)
+    assert.equal("app", res.upstream)
+    assert.equal(2, res.ctx.route_rule)
+    assert.equal("/w/whole/abc", route(conf, { uri = "/whole/abc" }).path)
+    assert.equal("/n/nocap/abc/100%", route(conf, { uri = "/nocap/abc" }).path)
+    assert.equal("/users/x/posts/7", route(conf, { uri = "/users/x/posts/7" }).path)
+  end)
+
+  it("rewrites to a fixed path without a pattern", function()
+    local res = route({ rules = { { prefix = "/legacy", rewrite = "/new%20path" } } },
+      { uri = "/legacy/x?k=v" })
+    assert.equal("/new%20path?k=v", res.uri)
+  end)
+
+  it("requires every condition of a rule", function()
+    local conf = { rules = { { host = "a.com", prefix = "/x", methods = { "GET" }, upstream = "api" } } }
+    assert.equal("api", route(conf, { uri = "/x/1", headers = { Host = "a.com" } }).upstream)
+    assert.equal("app", route(conf, { uri = "/y", headers = { Host = "a.com" } }).upstream)
+    assert.equal("app", route(conf, { uri = "/x", headers = { Host = "b.com" } }).upstream)
+    assert.equal("app", route(conf, { method = "POST", uri = "/x", headers = { Host = "a.com" } }).upstream)
+  end)
+
+  it("raises when a rule names an unknown upstream (the engine fails the request)", function()
+    assert.error_matches(function()
+      route({ rules = { { prefix = "/", upstream = "nope" } } }, {})
+    end, "unknown upstream nope", 1, true)
+  end)
+
+  it("rejects bad rules at load", function()
+    local function bad(rules, msg)
+      assert.error_matches(function() T.run(router, { rules = rules }) end, msg, 1, true)
+    end
+    bad({ { prefix = "api" } }, 'plugins[1](router).rules[1].prefix: "api" does not match the pattern "^/"')
+    bad({ { pattern = "^/(%d+" } }, "plugins[1](router).rules[1].pattern: bad Lua pattern")
+    bad({ { host = "a.*.com" } }, "plugins[1](router).rules[1].host: a wildcard host must look like *.example.com")
+    bad({ { strip_prefix = true } }, "plugins[1](router).rules[1]: strip_prefix needs a prefix")
+    bad({ { prefix = "/a", strip_prefix = true, rewrite = "/b" } },
+      "plugins[1](router).rules[1]: use either rewrite or strip_prefix")
+    bad({ { rewrite = "b" } }, "plugins[1](router).rules[1]: rewrite must start with /")
+    bad({ { pattern = "^/(.*)", rewrite = "/%x" } },
+      "plugins[1](router): rules[1].rewrite: % must be followed by a digit or %")
+    bad({ { prefix = "/", upstrem = "x" } }, "plugins[1](router).rules[1].upstrem: unknown field")
+  end)
+end)
