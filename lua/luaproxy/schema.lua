@@ -82,10 +82,10 @@ end
 
 -- Checks the syntax of a Lua pattern without running it: find("", p) alone misses errors
 -- past the first mismatch (an unclosed capture after a literal). For `custom =` in schemas
--- whose strings are patterns. Returns true or nil, "problem".
+-- whose strings are patterns. Returns true and the number of captures, or nil, "problem".
 function M.check_lua_pattern(p)
   if type(p) ~= "string" then return nil, "a pattern must be a string" end
-  local i, n, depth = 1, #p, 0
+  local i, n, depth, count = 1, #p, 0, 0
   if sub(p, 1, 1) == "^" then i = 2 end
   while i <= n do
     local c = sub(p, i, i)
@@ -114,7 +114,8 @@ function M.check_lua_pattern(p)
       i = j + 1
     elseif c == "(" then
       depth = depth + 1
-      if depth > 32 then return nil, "bad Lua pattern: too many captures" end
+      count = count + 1
+      if count > 32 then return nil, "bad Lua pattern: too many captures" end
       i = i + 1
     elseif c == ")" then
       depth = depth - 1
@@ -127,7 +128,7 @@ function M.check_lua_pattern(p)
   if depth ~= 0 then return nil, "bad Lua pattern: unfinished capture" end
   local ok, err = pcall(find, "", p)
   if not ok then return nil, "bad Lua pattern: " .. tostring(err) end
-  return true
+  return true, count
 end
 
 local validate_value

@@ -284,3 +284,12 @@ describe("luaproxy.schema.check_lua_pattern", function()
     end
   end)
 end)
+
+describe("check_lua_pattern capture count", function()
+  it("counts captures outside sets and escapes", function()
+    local check = require("luaproxy.schema").check_lua_pattern
+    assert.same({ true, 0 }, { check("^/a%(b[(]") })
+    assert.same({ true, 3 }, { check("^/(a)(b(c))") })
+    assert.same({ true, 1 }, { check("()") })
+  end)
+end)
