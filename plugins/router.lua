@@ -6,7 +6,8 @@ local find, sub, lower, upper, byte = string.find, string.sub, string.lower, str
 local concat, sort = table.concat, table.sort
 local type, pairs, ipairs = type, pairs, ipairs
 
-local valid_pattern = require("luaproxy.schema").check_lua_pattern
+local check_lua_pattern = require("luaproxy.schema").check_lua_pattern
+local valid_pattern = check_lua_pattern
 
 local function valid_host(h)
   if find(h, "*", 1, true) and (sub(h, 1, 2) ~= "*." or find(h, "*", 2, true)) then
@@ -119,6 +120,22 @@ local function sorted_pairs_arrays(map, lower_keys)
   return names, values
 end
 
+-- Rejects %N references to captures the pattern does not have (%1 is the whole match when
+-- it has none, like gsub).
+local function check_captures(tpl, pattern)
+  if type(tpl) ~= "table" then return true end
+  local _, count = check_lua_pattern(pattern)
+  local max = count == 0 and 1 or count
+  for i = 2, #tpl, 2 do
+    local k = tpl[i]
+    if type(k) == "number" and k > max then
+      return nil, "%" .. k .. " refers to a capture the pattern does not have (" .. count
+        .. (count == 1 and " capture)" or " captures)")
+    end
+  end
+  return true
+end
+
 function P.compile(conf)
   local rules = {}
   local need_host, need_method = false, false
@@ -148,6 +165,10 @@ function P.compile(conf)
     if r.rewrite then
       if r.pattern then
         local tpl, err = compile_rewrite(r.rewrite)
+        if tpl then
+          local ok, cerr = check_captures(tpl, r.pattern)
+          if not ok then tpl, err = nil, "rewrite: " .. cerr end
+        end
         if not tpl then return nil, "rules[" .. i .. "]." .. err end
         c.rewrite = tpl
       else

@@ -132,6 +132,10 @@ describe("router plugin", function()
     bad({ { rewrite = "b" } }, "plugins[1](router).rules[1]: rewrite must start with /")
     bad({ { pattern = "^/(.*)", rewrite = "/%x" } },
       "plugins[1](router): rules[1].rewrite: % must be followed by a digit or %")
+    bad({ { pattern = "^/(a)(b)", rewrite = "/%3" } },
+      "plugins[1](router): rules[1].rewrite: %3 refers to a capture the pattern does not have (2 captures)")
+    bad({ { pattern = "^/ab", rewrite = "/%2" } },
+      "plugins[1](router): rules[1].rewrite: %2 refers to a capture the pattern does not have (0 captures)")
     bad({ { prefix = "/", upstrem = "x" } }, "plugins[1](router).rules[1].upstrem: unknown field")
   end)
 end)
