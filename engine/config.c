@@ -13,6 +13,7 @@
 #include <lualib.h>
 #include "common.h"
 #include "config.h"
+#include "lua_vm.h"
 
 /* Validation context. Every check writes "file: key.path: problem" into err. */
 typedef struct {
@@ -466,7 +467,8 @@ static int valid_host_pattern(const char *h)
 
 static int load_routes(vctx_t *v, lp_config_t *c)
 {
-    static const char *const keys[] = {"match", "upstream", "strip_prefix", NULL};
+    static const char *const keys[] = {"match",   "upstream", "strip_prefix",
+                                       "plugins", "handler",  NULL};
     static const char *const match_keys[] = {"host", "prefix", NULL};
     int present, rc;
     if ((rc = opt_table(v, "", "routes", &present)))
@@ -518,10 +520,31 @@ static int load_routes(vctx_t *v, lp_config_t *c)
                 *h = (char)tolower((unsigned char)*h);
         char *up = NULL;
         join(pu, sizeof(pu), p, "upstream");
+        int lua_route = 0;
+        if (!rc) {
+            int tp = field(v, "plugins"), th;
+            lua_pop(v->L, 1);
+            th = field(v, "handler");
+            lua_pop(v->L, 1);
+            if (tp != LUA_TNIL && tp != LUA_TTABLE) {
+                char pp[512];
+                join(pp, sizeof(pp), p, "plugins");
+                rc = fail(v, pp, "expected a list of plugin entries");
+            }
+            if (th != LUA_TNIL && th != LUA_TFUNCTION && th != LUA_TSTRING) {
+                char ph[512];
+                join(ph, sizeof(ph), p, "handler");
+                rc = fail(v, ph, "expected a function or a script module name");
+            }
+            lua_route = tp != LUA_TNIL || th != LUA_TNIL;
+            if (lua_route)
+                c->has_lua = 1;
+        }
         if (!rc && !(rc = opt_string(v, p, "upstream", &up))) {
-            if (!up)
-                rc = fail(v, pu, "required");
-            else if (find_upstream(c, up, &r->upstream))
+            r->has_upstream = up != NULL;
+            if (!up && !lua_route)
+                rc = fail(v, pu, "required (or a handler or plugins that choose one)");
+            else if (up && find_upstream(c, up, &r->upstream))
                 rc = fail(v, pu, "no upstream named \"%s\"", up);
         }
         free(up);
@@ -617,10 +640,37 @@ out:
     return rc;
 }
 
+static int load_lua(vctx_t *v, lp_config_t *c)
+{
+    static const char *const keys[] = {"phase_timeout", "plugin_paths", NULL};
+    int present, rc = 0;
+    int tp = field(v, "plugins");
+    if (tp != LUA_TNIL && tp != LUA_TTABLE)
+        rc = fail(v, "plugins", "expected a list of plugin entries");
+    if (tp == LUA_TTABLE && lua_objlen(v->L, -1) > 0)
+        c->has_lua = 1;
+    lua_pop(v->L, 1);
+    if (rc || (rc = opt_table(v, "", "lua", &present)))
+        return rc;
+    if (!present)
+        lua_newtable(v->L);
+    double t = 1;
+    if (!(rc = check_keys(v, "lua", keys)) &&
+        !(rc = opt_number(v, "lua", "phase_timeout", 0, 3600, 1, &t))) {
+        int pp = field(v, "plugin_paths");
+        if (pp != LUA_TNIL && pp != LUA_TTABLE)
+            rc = fail(v, "lua.plugin_paths", "expected a list of directories");
+        lua_pop(v->L, 1);
+    }
+    c->lua_phase_timeout = (uint64_t)(t * 1000.0 + 0.5);
+    lua_pop(v->L, 1);
+    return rc;
+}
+
 static int load_top(vctx_t *v, lp_config_t *c)
 {
-    static const char *const keys[] = {"workers",  "listen", "upstreams", "routes",
-                                       "timeouts", "limits", "log",       NULL};
+    static const char *const keys[] = {"workers", "listen", "upstreams", "routes", "timeouts",
+                                       "limits",  "log",    "plugins",   "lua",    NULL};
     int rc;
     uint64_t workers = 0;
     if ((rc = check_keys(v, "", keys)))
@@ -633,7 +683,8 @@ static int load_top(vctx_t *v, lp_config_t *c)
         c->workers = cpus ? cpus : 1;
     }
     if ((rc = load_listen(v, c)) || (rc = load_upstreams(v, c)) || (rc = load_routes(v, c)) ||
-        (rc = load_timeouts(v, c)) || (rc = load_limits(v, c)) || (rc = load_log(v, c)))
+        (rc = load_timeouts(v, c)) || (rc = load_limits(v, c)) || (rc = load_log(v, c)) ||
+        (rc = load_lua(v, c)))
         return rc;
     return 0;
 }
@@ -647,6 +698,7 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         return LP_ENOMEM;
     }
     luaL_openlibs(L);
+    lp_lua_set_paths(L, path);
     if (luaL_loadfile(L, path) || lua_pcall(L, 0, 1, 0)) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         lua_close(L);
@@ -664,6 +716,9 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         rc = fail(&v, "(top)", "the file must return a table, got %s", type_name(&v));
     else
         rc = load_top(&v, c);
+    /* Plugins and handlers are checked by the Lua runtime itself, as the workers load them. */
+    if (!rc && c->has_lua)
+        rc = lp_lua_check_config(L, path, err, errlen);
     lua_close(L);
     if (rc) {
         lp_config_free(c);

@@ -32,8 +32,9 @@ typedef struct {
 } lp_upstream_conf_t;
 
 typedef struct {
-    char *host;   /* owned; NULL matches any host; "*.example.com" is a suffix wildcard */
-    char *prefix; /* owned; "/" when unset */
+    int has_upstream; /* 0: a handler or plugin must choose (routes[i].upstream absent) */
+    char *host;       /* owned; NULL matches any host; "*.example.com" is a suffix wildcard */
+    char *prefix;     /* owned; "/" when unset */
     size_t prefix_len;
     int strip_prefix;
     size_t upstream; /* index into upstreams */
@@ -69,6 +70,8 @@ typedef struct {
     char *access_log;    /* owned; NULL: off; "-": stdout */
     char *access_format; /* owned; the access log template */
     lp_log_level_t log_level;
+    int has_lua;                /* plugins or route handlers: workers start a Lua VM */
+    uint64_t lua_phase_timeout; /* ms of wall clock a Lua phase may run without yielding */
 } lp_config_t;
 
 #define LP_ACCESS_FORMAT_DEFAULT                                                                   \

@@ -5,6 +5,7 @@
 #include "accesslog.h"
 #include "conn.h"
 #include "log.h"
+#include "lua_vm.h"
 #include "upstream.h"
 
 /* What the connection timer is timing. */
@@ -89,12 +90,23 @@ static lp_req_t *req_new(lp_conn_t *c)
     req->t_upstream = req->t_upstream_head = 0;
     req->tries = 0;
     req->tried[0] = 0;
+    req->lua = NULL;
+    req->route_index = -1;
+    req->resp_nheaders = 0;
+    req->resp_arena_used = 0;
+    req->resp_status = 0;
+    req->local_body = NULL;
+    req->local_body_len = 0;
     return req;
 }
 
 static void req_free(lp_req_t *req)
 {
     lp_worker_t *w = req->conn->w;
+    lp_lua_release(req);
+    free(req->local_body);
+    req->local_body = NULL;
+    req->local_body_len = 0;
     if (req->peer) {
         lp_peer_abort(req->peer);
         req->peer = NULL;
@@ -388,6 +400,39 @@ static const lp_route_conf_t *route_find(const lp_config_t *cfg, lp_h1_t *h)
     return NULL;
 }
 
+static int body_known_empty(const lp_req_t *req)
+{
+    return !(req->h1.flags & (LP_H1F_LENGTH | LP_H1F_CHUNKED)) ||
+           ((req->h1.flags & LP_H1F_LENGTH) && req->h1.content_length == 0);
+}
+
+static void conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc);
+
+/* Routing is decided (by the config's route or by Lua): connect upstream. */
+static void conn_start_upstream(lp_req_t *req)
+{
+    if (!req->upstream) {
+        if (body_known_empty(req))
+            req->state = LP_RS_DONE; /* nothing left to read: keep-alive stays possible */
+        if (req->route)
+            lp_log_warn("%s: route %d chose no upstream (a handler or plugin must)",
+                        req->conn->client_ip, req->route_index + 1);
+        conn_respond_local(req, req->route ? 502 : 404, 1);
+        return;
+    }
+    req->flags |= LP_RF_WAIT_UPSTREAM;
+    req->state = LP_RS_BODY;
+    lp_upstream_start(req);
+}
+
+/* Runs a Lua phase if the request's chain has one; LP_AGAIN means it was parked. */
+static lp_rc_t conn_run_phase(lp_req_t *req, int phase)
+{
+    if (!lp_lua_wants(req->conn->w, req->route_index, phase))
+        return LP_DECLINED;
+    return lp_lua_phase(req, phase);
+}
+
 static void conn_on_head(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
@@ -406,17 +451,15 @@ static void conn_on_head(lp_req_t *req)
         return;
     }
     req->route = route_find(cfg, h);
-    if (!req->route) {
-        if (!(h->flags & (LP_H1F_LENGTH | LP_H1F_CHUNKED)) || h->content_length == 0)
-            req->state = LP_RS_DONE; /* nothing left to read: keep-alive stays possible */
-        /* A body may still follow: the helper closes then. */
-        conn_respond_local(req, 404, 1);
-        return;
-    }
-    req->upstream = &c->w->upstreams[req->route->upstream];
+    req->route_index = req->route ? (int)(req->route - cfg->routes) : -1;
+    if (req->route && req->route->has_upstream)
+        req->upstream = &c->w->upstreams[req->route->upstream];
+    /* Parsing stays parked while Lua decides. */
     req->flags |= LP_RF_WAIT_UPSTREAM;
-    req->state = LP_RS_BODY;
-    lp_upstream_start(req);
+    lp_rc_t rc = conn_run_phase(req, LP_PHASE_REQUEST);
+    if (rc == LP_AGAIN)
+        return;
+    conn_after_lua(req, LP_PHASE_REQUEST, rc == LP_DECLINED ? LP_OK : rc);
 }
 
 void lp_conn_upstream_ready(lp_req_t *req)
@@ -673,22 +716,22 @@ static void head_str(lp_wbuf_t *w, lp_str_t s)
     lp_wbuf_str(w, s.base, s.len);
 }
 
-int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
+/* Serializes the response head as it stands in req (status, resp_headers) and decides the
+ * framing towards the client. rh is the upstream's parsed head, NULL for a local answer. */
+static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
 {
     lp_conn_t *c = req->conn;
-    int status = lp_h1_status(rh);
-    int upgrade = (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
+    int status = req->resp_status;
+    int upgrade = rh && (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
     int no_body = (req->flags & LP_RF_HEAD) || status == 204 || status == 304 || upgrade;
     int close = (req->h1.flags & LP_H1F_CONN_CLOSE) || c->w->stopping;
+    int filtered = lp_lua_wants(c->w, req->route_index, LP_PHASE_BODY);
+    int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED) : 1;
+    uint64_t length = rh ? rh->content_length : req->local_body_len;
     req->status = status;
-    req->t_upstream_head = uv_hrtime();
-    if (!no_body && !(rh->flags & (LP_H1F_LENGTH | LP_H1F_CHUNKED))) {
-        /* Length unknown: HTTP/1.1 clients get chunks, HTTP/1.0 clients a close. */
-        if (req->minor >= 1)
-            req->flags |= LP_RF_RESP_CHUNKED;
-        else
-            close = 1;
-    } else if (!no_body && (rh->flags & LP_H1F_CHUNKED)) {
+    if (!no_body && (!has_length || filtered)) {
+        /* Length unknown (or changed by a body filter): chunks for HTTP/1.1 clients, a close
+         * for HTTP/1.0 ones. */
         if (req->minor >= 1)
             req->flags |= LP_RF_RESP_CHUNKED;
         else
@@ -706,19 +749,15 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
     lp_wbuf_cstr(&w, "HTTP/1.1 ");
     lp_wbuf_u64(&w, (uint64_t)status);
     lp_wbuf_cstr(&w, " ");
-    if (rh->reason.len)
+    if (rh && rh->reason.len && status == lp_h1_status(rh))
         head_str(&w, rh->reason);
     else
         lp_wbuf_cstr(&w, lp_h1_status_text(status));
     lp_wbuf_cstr(&w, "\r\n");
-    for (unsigned i = 0; i < rh->nheaders; i++) {
-        const lp_header_t *hd = &rh->headers[i];
-        if (lp_h1_is_hop_by_hop(rh, hd->name)) {
-            /* Content-Length stays when it frames what we send. */
-            if (!(LP_STR_IEQ(hd->name, "content-length") && !(req->flags & LP_RF_RESP_CHUNKED) &&
-                  !(rh->flags & LP_H1F_CHUNKED)))
-                continue;
-        }
+    if (!rh)
+        lp_wbuf_cstr(&w, "Server: luaproxy\r\n");
+    for (unsigned i = 0; i < req->resp_nheaders; i++) {
+        const lp_header_t *hd = &req->resp_headers[i];
         lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
     }
     if (upgrade) {
@@ -728,6 +767,11 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
             lp_wbuf_header(&w, "Upgrade", 7, u->value.base, u->value.len);
     } else if (req->flags & LP_RF_RESP_CHUNKED) {
         lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
+    } else if (has_length && status != 204 &&
+               (status != 304 || (rh && (rh->flags & LP_H1F_LENGTH)))) {
+        lp_wbuf_cstr(&w, "Content-Length: ");
+        lp_wbuf_u64(&w, length);
+        lp_wbuf_cstr(&w, "\r\n");
     }
     if (!upgrade) {
         if (close)
@@ -751,7 +795,28 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
     return 0;
 }
 
-void lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
+int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
+{
+    /* The head as the client will see it: end-to-end fields only (the framing fields are
+     * regenerated), in the request's response list, where Lua may change it. */
+    unsigned k = 0;
+    for (unsigned i = 0; i < rh->nheaders; i++)
+        if (!lp_h1_is_hop_by_hop(rh, rh->headers[i].name))
+            rh->headers[k++] = rh->headers[i];
+    req->resp_nheaders = k;
+    req->resp_arena_used = rh->arena_len;
+    req->resp_status = lp_h1_status(rh);
+    req->t_upstream_head = uv_hrtime();
+    lp_rc_t rc = conn_run_phase(req, LP_PHASE_RESPONSE);
+    if (rc == LP_AGAIN)
+        return LP_AGAIN;
+    if (rc == LP_ERROR)
+        return 500;
+    return conn_send_head(req, rh) ? 502 : 0;
+}
+
+/* Body bytes for the client, after the body filter if there is one. */
+static void conn_write_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
     lp_conn_t *c = req->conn;
     if (!len || (c->flags & LP_CF_CLOSING))
@@ -773,9 +838,43 @@ void lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *
     }
 }
 
+/* Runs the response_body filters; their output is copied into a block of its own. */
+static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof)
+{
+    lp_str_t out;
+    if (lp_lua_body_filter(req, at, len, eof, &out) != LP_OK)
+        return -1;
+    if (!out.len)
+        return 0;
+    lp_buf_t *b = lp_buf_get(&req->conn->w->bufs, out.len);
+    if (!b)
+        return -1;
+    memcpy(b->data, out.base, out.len);
+    conn_write_body(req, b->data, out.len, b);
+    lp_buf_unref(b);
+    return 0;
+}
+
+void lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
+{
+    if (req->lua && lp_lua_wants(req->conn->w, req->route_index, LP_PHASE_BODY)) {
+        if (len && conn_filter_body(req, at, len, 0)) {
+            lp_log_warn("%s: response_body filter failed; closing", req->conn->client_ip);
+            lp_conn_close(req->conn);
+        }
+        return;
+    }
+    conn_write_body(req, at, len, pin);
+}
+
 void lp_conn_response_done(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
+    if (req->lua && lp_lua_wants(c->w, req->route_index, LP_PHASE_BODY) &&
+        !(req->flags & LP_RF_HEAD) && conn_filter_body(req, "", 0, 1)) {
+        lp_conn_close(c);
+        return;
+    }
     if (req->flags & LP_RF_RESP_CHUNKED) {
         lp_wbatch_t *wb = conn_outb(c, 1, 0);
         if (wb)
@@ -791,10 +890,119 @@ void lp_conn_response_done(lp_req_t *req)
     req_finish(req);
 }
 
+/* A req:respond() answer: the response phase may still change it, then it is sent. */
+static void conn_respond_lua(lp_req_t *req)
+{
+    if (body_known_empty(req))
+        req->state = LP_RS_DONE;
+    req->flags &= ~LP_RF_WAIT_UPSTREAM;
+    lp_rc_t rc = conn_run_phase(req, LP_PHASE_RESPONSE);
+    if (rc == LP_AGAIN)
+        return;
+    conn_after_lua(req, LP_PHASE_RESPONSE, rc == LP_DECLINED ? LP_OK : rc);
+}
+
+static void conn_send_local(lp_req_t *req)
+{
+    if (conn_send_head(req, NULL)) {
+        lp_conn_close(req->conn);
+        return;
+    }
+    if (!(req->flags & LP_RF_HEAD) && req->local_body_len) {
+        lp_buf_t *b = lp_buf_get(&req->conn->w->bufs, req->local_body_len);
+        if (!b) {
+            lp_conn_close(req->conn);
+            return;
+        }
+        memcpy(b->data, req->local_body, req->local_body_len);
+        if (lp_lua_wants(req->conn->w, req->route_index, LP_PHASE_BODY) && req->lua) {
+            if (conn_filter_body(req, b->data, req->local_body_len, 0)) {
+                lp_buf_unref(b);
+                lp_conn_close(req->conn);
+                return;
+            }
+        } else {
+            conn_write_body(req, b->data, req->local_body_len, b);
+        }
+        lp_buf_unref(b);
+    }
+    if (!(req->state == LP_RS_DONE))
+        req->flags |= LP_RF_RESP_CLOSE;
+    lp_conn_response_done(req);
+}
+
+/* Where the request goes after a Lua phase ended with rc. */
+static void conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
+{
+    if (rc == LP_ERROR) {
+        if (phase == LP_PHASE_LOG) {
+            req_finish(req);
+            return;
+        }
+        if (req->flags & LP_RF_RESP_STARTED) {
+            lp_conn_close(req->conn);
+            return;
+        }
+        if (body_known_empty(req))
+            req->state = LP_RS_DONE;
+        lp_conn_upstream_failed(req, 500, "a Lua phase failed");
+        return;
+    }
+    if (rc == LP_DONE) {
+        conn_respond_lua(req);
+        return;
+    }
+    switch (phase) {
+    case LP_PHASE_REQUEST:
+        rc = conn_run_phase(req, LP_PHASE_UPSTREAM);
+        if (rc == LP_AGAIN)
+            return;
+        if (rc != LP_DECLINED && rc != LP_OK) {
+            conn_after_lua(req, LP_PHASE_UPSTREAM, rc);
+            return;
+        }
+        conn_start_upstream(req);
+        return;
+    case LP_PHASE_UPSTREAM:
+        conn_start_upstream(req);
+        return;
+    case LP_PHASE_RESPONSE:
+        if (req->flags & LP_RF_LOCAL) {
+            conn_send_local(req);
+        } else if (req->peer) {
+            if (conn_send_head(req, &req->peer->h1)) {
+                lp_conn_upstream_failed(req, 502, "response head too large");
+                return;
+            }
+            lp_peer_continue(req->peer);
+        }
+        return;
+    case LP_PHASE_LOG:
+        req_finish(req);
+        return;
+    }
+}
+
+void lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc)
+{
+    conn_after_lua(req, phase, rc);
+    if (req->conn && (phase == LP_PHASE_REQUEST || phase == LP_PHASE_UPSTREAM))
+        conn_update_reading(req->conn);
+}
+
 static void req_finish(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     lp_worker_t *w = c->w;
+    if (req->lua && !(req->flags & LP_RF_LOG_DONE)) {
+        req->flags |= LP_RF_LOG_DONE;
+        lp_rc_t rc = conn_run_phase(req, LP_PHASE_LOG);
+        if (rc == LP_AGAIN) {
+            /* The log phase waits (I/O, sleep): the connection's next request waits too. */
+            lp_conn_flush(c);
+            return;
+        }
+    }
     int keep = !(req->flags & LP_RF_RESP_CLOSE) && req->state == LP_RS_DONE && !w->stopping &&
                !((c->flags & LP_CF_EOF) && !(c->rbuf && c->rpos < c->rlen));
     w->requests++;

@@ -25,4 +25,7 @@ void lp_conn_tunnel_resume(lp_conn_t *c);
 /* The upstream side of the tunnel ended: close once everything is written. */
 void lp_conn_tunnel_end(lp_conn_t *c);
 
+/* A suspended Lua phase of req finished with rc (lua_vm.c calls this). */
+void lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc);
+
 #endif

@@ -9,6 +9,7 @@
 #include "accesslog.h"
 #include "config.h"
 #include "log.h"
+#include "lua_vm.h"
 #include "worker.h"
 
 static void usage(FILE *out)
@@ -94,6 +95,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     lp_worker_t *ws = NULL;
+    if (cfg->has_lua && cfg->lua_phase_timeout)
+        lp_lua_watchdog_start();
     if (lp_workers_start(cfg, cfg->workers, &ws, err, sizeof(err))) {
         lp_log_error("%s", err);
         if (ws)
@@ -113,6 +116,7 @@ int main(int argc, char **argv)
     lp_log_notice("signal %d: draining (up to %.1f s)", stop_signal,
                   (double)cfg->timeouts.drain / 1000.0);
     lp_workers_stop(ws, cfg->workers);
+    lp_lua_watchdog_stop();
     uv_close((uv_handle_t *)&sigterm, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
     uv_run(loop, UV_RUN_DEFAULT);

@@ -57,11 +57,14 @@ struct lp_worker_s {
     size_t nconns;
     lp_bufpool_t bufs;
     lp_wbpool_t wbatches;
-    lp_accesslog_t *access;  /* owned */
-    int stopping;            /* graceful shutdown in progress */
-    uint64_t drain_deadline; /* uv_now() after which busy connections are cut */
-    uint64_t requests;       /* served, for the status line */
-    lp_req_t *free_reqs;     /* recycled request objects */
+    lp_accesslog_t *access;         /* owned */
+    int stopping;                   /* graceful shutdown in progress */
+    uint64_t drain_deadline;        /* uv_now() after which busy connections are cut */
+    uint64_t requests;              /* served, for the status line */
+    struct lp_lua_s *lua;           /* this worker's VM (owned), NULL when the config has no Lua */
+    struct lp_dyn_upstream_s **dyn; /* req:set_target() upstreams (owned), ndyn of them */
+    size_t ndyn;
+    lp_req_t *free_reqs; /* recycled request objects */
     size_t nfree_reqs;
 };
 
@@ -77,6 +80,9 @@ struct lp_worker_s {
 #define LP_RF_SENT_100      0x0100 /* 100 Continue sent */
 #define LP_RF_HEAD          0x0200 /* HEAD request */
 #define LP_RF_LOCAL         0x0400 /* answered locally (no upstream) */
+#define LP_RF_PATH_SET      0x0800 /* Lua replaced the path: no strip_prefix */
+#define LP_RF_LUA_WAIT      0x1000 /* a Lua phase is suspended */
+#define LP_RF_LOG_DONE      0x2000 /* the log phase ran */
 
 typedef enum {
     LP_RS_HEAD, /* reading the request head */
@@ -107,6 +113,14 @@ struct lp_req_s {
     uint64_t t_start, t_upstream, t_upstream_head; /* uv_hrtime() ns */
     int tries;
     uint64_t tried[1]; /* targets tried (bitmap) */
+    /* Lua. */
+    struct lp_lua_task_s *lua; /* the request's coroutine, NULL when no Lua ran */
+    int route_index;           /* config route (0-based), -1 when none matched */
+    unsigned resp_nheaders;    /* the response head as it will be sent (upstream or local) */
+    size_t resp_arena_used;
+    int resp_status;
+    char *local_body; /* owned: the body of a req:respond() answer */
+    size_t local_body_len;
 };
 
 /* Connection flags (LP_CF_*). */
@@ -146,6 +160,7 @@ struct lp_conn_s {
 #define LP_PF_KEEPALIVE  0x40 /* reusable after the current response */
 #define LP_PF_REQ_SENT   0x80 /* the whole request was written */
 #define LP_PF_TUNNEL     0x100
+#define LP_PF_LUA        0x200 /* the response phase is suspended: hold the body */
 
 struct lp_peer_s {
     uv_tcp_t tcp; /* tcp.data = this */

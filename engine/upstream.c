@@ -59,8 +59,64 @@ int lp_upstream_rt_init(lp_worker_t *w)
     return 0;
 }
 
+/* A set_target() destination: config and runtime state in one allocation. */
+typedef struct lp_dyn_upstream_s {
+    lp_upstream_conf_t conf;
+    lp_target_conf_t tconf;
+    lp_upstream_rt_t rt;
+    lp_target_rt_t trt;
+    char name[80];
+} lp_dyn_upstream_t;
+
+#define LP_MAX_DYN_UPSTREAMS 1024
+
+lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa, const char *text)
+{
+    for (size_t i = 0; i < w->ndyn; i++)
+        if (strcmp(w->dyn[i]->name, text) == 0)
+            return &w->dyn[i]->rt;
+    if (w->ndyn >= LP_MAX_DYN_UPSTREAMS)
+        return NULL;
+    if (!w->dyn && !(w->dyn = calloc(LP_MAX_DYN_UPSTREAMS, sizeof(*w->dyn))))
+        return NULL;
+    lp_dyn_upstream_t *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    snprintf(d->name, sizeof(d->name), "%s", text);
+    d->tconf.addr.text = d->name;
+    memcpy(&d->tconf.addr.addr, sa,
+           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    d->tconf.addr.addrlen =
+        sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    d->tconf.weight = 1;
+    d->conf.name = d->name;
+    d->conf.targets = &d->tconf;
+    d->conf.ntargets = 1;
+    d->conf.keepalive = 128;
+    d->conf.keepalive_timeout = 60000;
+    d->conf.keepalive_requests = 1000;
+    d->trt.conf = &d->tconf;
+    lp_list_init(&d->trt.idle);
+    d->rt.conf = &d->conf;
+    d->rt.targets = &d->trt;
+    unsigned one = 1;
+    if (lp_rr_init(&d->rt.rr, &one, 1)) {
+        free(d);
+        return NULL;
+    }
+    w->dyn[w->ndyn++] = d;
+    return &d->rt;
+}
+
 void lp_upstream_rt_destroy(lp_worker_t *w)
 {
+    for (size_t i = 0; i < w->ndyn; i++) {
+        lp_rr_destroy(&w->dyn[i]->rt.rr);
+        free(w->dyn[i]);
+    }
+    free(w->dyn);
+    w->dyn = NULL;
+    w->ndyn = 0;
     if (!w->upstreams)
         return;
     for (size_t i = 0; i < w->config->nupstreams; i++) {
@@ -323,7 +379,8 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
     lp_wbuf_cstr(&w, method);
     lp_wbuf_str(&w, " ", 1);
     lp_str_t path = h->path;
-    if (r->strip_prefix && r->prefix_len > 1) {
+    if (r && r->strip_prefix && r->prefix_len > 1 && !(req->flags & LP_RF_PATH_SET) &&
+        path.len >= r->prefix_len) {
         lp_str_t rest = {path.base + r->prefix_len, path.len - r->prefix_len};
         if (!rest.len || rest.base[0] != '/')
             lp_wbuf_str(&w, "/", 1);
@@ -521,18 +578,31 @@ static void peer_response_done(lp_peer_t *p)
 
 static void peer_parse(lp_peer_t *p)
 {
-    while (p->req && p->rbuf && p->rpos < p->rlen && !(p->flags & (LP_PF_CLOSING | LP_PF_PAUSED))) {
+    /* After the head the parser runs once more even without input: a response without a
+     * body (204, 304, HEAD, Content-Length: 0) completes only then. */
+    while (p->req && ((p->rbuf && p->rpos < p->rlen) || p->h1.after_head) &&
+           !(p->flags & (LP_PF_CLOSING | LP_PF_PAUSED | LP_PF_LUA))) {
         lp_req_t *req = p->req;
         size_t used = 0;
-        lp_h1_event_t ev = lp_h1_execute(&p->h1, p->rbuf->data + p->rpos, p->rlen - p->rpos, &used);
+        lp_h1_event_t ev =
+            p->rbuf ? lp_h1_execute(&p->h1, p->rbuf->data + p->rpos, p->rlen - p->rpos, &used)
+                    : lp_h1_execute(&p->h1, "", 0, &used);
         p->rpos += (uint32_t)used;
         switch (ev) {
         case LP_H1_NEED_MORE:
             break;
         case LP_H1_HEAD:
             lp_h1_resume(&p->h1);
-            if (lp_conn_response_head(req, &p->h1)) {
-                peer_fail(p, 502, "response head too large");
+            int hr = lp_conn_response_head(req, &p->h1);
+            if (hr == LP_AGAIN) {
+                /* The response phase waits: so does the body. */
+                p->flags |= LP_PF_LUA;
+                peer_update_reading(p);
+                return;
+            }
+            if (hr) {
+                p->flags &= ~LP_PF_REUSED;
+                peer_fail(p, hr, hr == 500 ? "response phase failed" : "response head too large");
                 return;
             }
             break;
@@ -666,7 +736,7 @@ static void peer_update_reading(lp_peer_t *p)
 {
     if (p->flags & LP_PF_CLOSING)
         return;
-    int want = (p->flags & LP_PF_CONNECTED) && !(p->flags & LP_PF_PAUSED) &&
+    int want = (p->flags & LP_PF_CONNECTED) && !(p->flags & (LP_PF_PAUSED | LP_PF_LUA)) &&
                !(p->rbuf && p->rpos < p->rlen);
     if (want && !(p->flags & LP_PF_READING)) {
         if (uv_read_start((uv_stream_t *)&p->tcp, on_peer_alloc, on_peer_read) == 0)
@@ -688,6 +758,17 @@ void lp_peer_resume(lp_peer_t *p)
     }
     lp_conn_t *c = p->req ? p->req->conn : NULL;
     peer_parse(p); /* input left over from before the pause */
+    if (c && !(c->flags & LP_CF_CLOSING))
+        lp_conn_flush(c);
+    if (!(p->flags & LP_PF_CLOSING))
+        peer_update_reading(p);
+}
+
+void lp_peer_continue(lp_peer_t *p)
+{
+    p->flags &= ~LP_PF_LUA;
+    lp_conn_t *c = p->req ? p->req->conn : NULL;
+    peer_parse(p);
     if (c && !(c->flags & LP_CF_CLOSING))
         lp_conn_flush(c);
     if (!(p->flags & LP_PF_CLOSING))
@@ -719,14 +800,19 @@ void lp_peer_tunnel_eof(lp_peer_t *p)
         lp_conn_tunnel_end(c);
 }
 
+static void close_idle_of(lp_upstream_rt_t *u)
+{
+    for (size_t j = 0; j < u->conf->ntargets; j++) {
+        lp_target_rt_t *t = &u->targets[j];
+        while (!lp_list_empty(&t->idle))
+            peer_close(LP_CONTAINER_OF(t->idle.next, lp_peer_t, link));
+    }
+}
+
 void lp_upstream_close_idle(lp_worker_t *w)
 {
-    for (size_t i = 0; w->upstreams && i < w->config->nupstreams; i++) {
-        lp_upstream_rt_t *u = &w->upstreams[i];
-        for (size_t j = 0; j < u->conf->ntargets; j++) {
-            lp_target_rt_t *t = &u->targets[j];
-            while (!lp_list_empty(&t->idle))
-                peer_close(LP_CONTAINER_OF(t->idle.next, lp_peer_t, link));
-        }
-    }
+    for (size_t i = 0; i < w->ndyn; i++)
+        close_idle_of(&w->dyn[i]->rt);
+    for (size_t i = 0; w->upstreams && i < w->config->nupstreams; i++)
+        close_idle_of(&w->upstreams[i]);
 }

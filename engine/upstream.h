@@ -14,6 +14,8 @@ void lp_upstream_start(lp_req_t *req);
 void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int chunked);
 void lp_peer_body_end(lp_peer_t *p, int chunked);
 void lp_peer_flush(lp_peer_t *p);
+/* The response phase finished: go on with the body. */
+void lp_peer_continue(lp_peer_t *p);
 /* The client drained: resume reading the response. */
 void lp_peer_resume(lp_peer_t *p);
 /* The request is gone (client closed or error): close this connection. */
@@ -23,6 +25,9 @@ void lp_peer_tunnel_data(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin
 void lp_peer_tunnel_start(lp_peer_t *p);
 /* The client ended the tunnel. */
 void lp_peer_tunnel_eof(lp_peer_t *p);
+/* A one-target upstream for req:set_target(), kept per worker so its connections pool.
+ * NULL when the table is full. */
+lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa, const char *text);
 /* Shutdown: close pooled connections. */
 void lp_upstream_close_idle(lp_worker_t *w);
 

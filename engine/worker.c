@@ -6,6 +6,7 @@
 #include "accesslog.h"
 #include "conn.h"
 #include "log.h"
+#include "lua_vm.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -109,8 +110,10 @@ static void worker_main(void *arg)
     lp_log_set_thread_id(w->id);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     lp_accesslog_flush(w->access);
+    lp_lua_close(w);
     /* Everything is closed: let the close callbacks run, then free. */
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    lp_lua_destroy(w);
     lp_upstream_rt_destroy(w);
     while (w->free_reqs) {
         lp_req_t *r = w->free_reqs;
@@ -150,6 +153,8 @@ static int worker_init(lp_worker_t *w, int id, const lp_config_t *config, char *
         snprintf(err, errlen, "out of memory");
         return rc;
     }
+    if ((rc = lp_lua_open(w, err, errlen)))
+        return rc;
     w->listeners = calloc(config->nlisten, sizeof(*w->listeners));
     if (!w->listeners)
         return LP_ENOMEM;

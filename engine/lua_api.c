@@ -1,0 +1,355 @@
+/* The functions Lua calls through the FFI (declared in lua/luaproxy/ffi.lua, which a unit
+ * test checks against lua_api.h). Plain C: they never see a lua_State and never raise;
+ * they return codes and the Lua wrappers turn those into values or errors. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include "conn.h"
+#include "log.h"
+#include "lua_api.h"
+#include "lua_vm.h"
+#include "upstream.h"
+
+void lp__lua_mark_responded(void);
+int lp__lua_worker_id(void);
+
+static lp_worker_t *req_worker(lp_req_t *r)
+{
+    return r->conn ? r->conn->w : NULL;
+}
+
+static void set_out(lp_str_t *out, const char *p, size_t n)
+{
+    out->base = p;
+    out->len = n;
+}
+
+int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
+{
+    lp_req_t *r = rp;
+    const lp_h1_t *h = &r->h1;
+    switch (what) {
+    case LP_FFI_METHOD: {
+        const char *m = llhttp_method_name(r->method);
+        set_out(out, m, strlen(m));
+        return 0;
+    }
+    case LP_FFI_PATH: {
+        const char *q = memchr(h->path.base, '?', h->path.len);
+        set_out(out, h->path.base, q ? (size_t)(q - h->path.base) : h->path.len);
+        return 0;
+    }
+    case LP_FFI_URI:
+        set_out(out, h->path.base, h->path.len);
+        return 0;
+    case LP_FFI_QUERY: {
+        const char *q = memchr(h->path.base, '?', h->path.len);
+        if (!q)
+            return -1;
+        set_out(out, q + 1, h->path.len - (size_t)(q + 1 - h->path.base));
+        return 0;
+    }
+    case LP_FFI_HOST: {
+        size_t n = h->host.len;
+        if (!h->host.base) {
+            set_out(out, "", 0);
+            return 0;
+        }
+        if (n && h->host.base[0] == '[') {
+            const char *e = memchr(h->host.base, ']', n);
+            n = e ? (size_t)(e - h->host.base) + 1 : n;
+        } else {
+            const char *colon = memchr(h->host.base, ':', n);
+            if (colon)
+                n = (size_t)(colon - h->host.base);
+        }
+        set_out(out, h->host.base, n);
+        return 0;
+    }
+    case LP_FFI_SCHEME:
+        set_out(out, "http", 4);
+        return 0;
+    case LP_FFI_CLIENT_IP:
+        if (!r->conn)
+            return -1;
+        set_out(out, r->conn->client_ip, strlen(r->conn->client_ip));
+        return 0;
+    case LP_FFI_UPSTREAM_NAME:
+        if (!r->upstream)
+            return -1;
+        set_out(out, r->upstream->conf->name, strlen(r->upstream->conf->name));
+        return 0;
+    case LP_FFI_UPSTREAM_ADDR:
+        if (!r->upstream || r->target < 0)
+            return -1;
+        {
+            const char *a = r->upstream->targets[r->target].conf->addr.text;
+            set_out(out, a, strlen(a));
+        }
+        return 0;
+    case LP_FFI_VERSION:
+        set_out(out, r->minor ? "1.1" : "1.0", 3);
+        return 0;
+    }
+    return -1;
+}
+
+/* The header list a call works on: the request's, or the response's (upstream or local). */
+typedef struct {
+    lp_header_t *v;
+    unsigned *n;
+    unsigned cap;
+    lp_buf_t *arena;
+    size_t *used;
+} hlist_t;
+
+static int hlist(lp_req_t *r, int resp, hlist_t *l)
+{
+    if (!resp) {
+        l->v = r->h1.headers;
+        l->n = &r->h1.nheaders;
+        l->cap = r->cap_headers;
+        l->arena = r->arena;
+        l->used = &r->h1.arena_len;
+        return 0;
+    }
+    if (!r->resp_arena) {
+        lp_worker_t *w = req_worker(r);
+        if (!w || !(r->resp_arena = lp_buf_get(&w->bufs, LP_BUF_SIZE)))
+            return -1;
+        r->resp_nheaders = 0;
+        r->resp_arena_used = 0;
+    }
+    l->v = r->resp_headers;
+    l->n = &r->resp_nheaders;
+    l->cap = r->cap_headers;
+    l->arena = r->resp_arena;
+    l->used = &r->resp_arena_used;
+    return 0;
+}
+
+int lp_ffi_header_get(void *rp, int resp, const char *name, size_t nlen, int nth, lp_str_t *out)
+{
+    lp_req_t *r = rp;
+    hlist_t l;
+    if (resp && !r->resp_arena)
+        return 0;
+    if (hlist(r, resp, &l))
+        return 0;
+    int seen = 0;
+    for (unsigned i = 0; i < *l.n; i++) {
+        if (lp_str_ieq(l.v[i].name, name, nlen) && seen++ == nth) {
+            *out = l.v[i].value;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int lp_ffi_header_count(void *rp, int resp)
+{
+    lp_req_t *r = rp;
+    if (resp)
+        return r->resp_arena ? (int)r->resp_nheaders : 0;
+    return (int)r->h1.nheaders;
+}
+
+int lp_ffi_header_at(void *rp, int resp, int i, lp_str_t *name, lp_str_t *value)
+{
+    lp_req_t *r = rp;
+    hlist_t l;
+    if ((resp && !r->resp_arena) || hlist(r, resp, &l) || i < 0 || (unsigned)i >= *l.n)
+        return -1;
+    *name = l.v[i].name;
+    *value = l.v[i].value;
+    return 0;
+}
+
+static int valid_value(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+static int is_framing(const char *name, size_t n)
+{
+    lp_str_t s = {name, n};
+    return LP_STR_IEQ(s, "content-length") || LP_STR_IEQ(s, "transfer-encoding");
+}
+
+/* Copies bytes into the list's arena; NULL when it is full. */
+static const char *arena_copy(hlist_t *l, const char *p, size_t n)
+{
+    if (*l->used + n > l->arena->cap)
+        return NULL;
+    char *dst = l->arena->data + *l->used;
+    memcpy(dst, p, n);
+    *l->used += n;
+    return dst;
+}
+
+int lp_ffi_header_set(void *rp, int resp, int mode, const char *name, size_t nlen,
+                      const char *value, size_t vlen)
+{
+    lp_req_t *r = rp;
+    hlist_t l;
+    if (!lp_h1_tchar_token((lp_str_t){name, nlen}))
+        return LP_FFI_EINVAL;
+    if (mode != LP_FFI_HCLEAR && !valid_value(value, vlen))
+        return LP_FFI_EINVAL;
+    if (is_framing(name, nlen))
+        return LP_FFI_EFRAMING; /* the engine owns message framing */
+    if (hlist(r, resp, &l))
+        return LP_FFI_ENOSPACE;
+    if (mode == LP_FFI_HSET || mode == LP_FFI_HCLEAR) {
+        unsigned k = 0;
+        for (unsigned i = 0; i < *l.n; i++)
+            if (!lp_str_ieq(l.v[i].name, name, nlen))
+                l.v[k++] = l.v[i];
+        *l.n = k;
+    }
+    int is_host = !resp && lp_str_ieq((lp_str_t){name, nlen}, "host", 4);
+    if (mode == LP_FFI_HCLEAR) {
+        if (is_host)
+            r->h1.host = (lp_str_t){NULL, 0};
+        return 0;
+    }
+    if (*l.n >= l.cap)
+        return LP_FFI_ENOSPACE;
+    const char *n = arena_copy(&l, name, nlen);
+    const char *v = n ? arena_copy(&l, value, vlen) : NULL;
+    if (!v)
+        return LP_FFI_ENOSPACE;
+    l.v[*l.n].name = (lp_str_t){n, nlen};
+    l.v[*l.n].value = (lp_str_t){v, vlen};
+    (*l.n)++;
+    if (is_host)
+        r->h1.host = (lp_str_t){v, vlen};
+    return 0;
+}
+
+int lp_ffi_set_path(void *rp, const char *p, size_t n)
+{
+    lp_req_t *r = rp;
+    if (!n || p[0] != '/')
+        return LP_FFI_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c <= 0x20 || c == 0x7f)
+            return LP_FFI_EINVAL; /* no spaces or controls in a request target */
+    }
+    hlist_t l;
+    hlist(r, 0, &l);
+    const char *s = arena_copy(&l, p, n);
+    if (!s)
+        return LP_FFI_ENOSPACE;
+    r->h1.path = (lp_str_t){s, n};
+    r->flags |= LP_RF_PATH_SET;
+    return 0;
+}
+
+int lp_ffi_set_upstream(void *rp, const char *name, size_t n)
+{
+    lp_req_t *r = rp;
+    lp_worker_t *w = req_worker(r);
+    if (!w)
+        return LP_FFI_EINVAL;
+    for (size_t i = 0; i < w->config->nupstreams; i++) {
+        const char *un = w->config->upstreams[i].name;
+        if (strlen(un) == n && memcmp(un, name, n) == 0) {
+            r->upstream = &w->upstreams[i];
+            return 0;
+        }
+    }
+    return LP_FFI_EINVAL;
+}
+
+int lp_ffi_set_target(void *rp, const char *host, size_t n, int port)
+{
+    lp_req_t *r = rp;
+    lp_worker_t *w = req_worker(r);
+    char ip[64], text[80];
+    if (!w || n == 0 || n >= sizeof(ip) || port <= 0 || port > 65535)
+        return LP_FFI_EINVAL;
+    memcpy(ip, host, n);
+    ip[n] = 0;
+    struct sockaddr_storage ss;
+    if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&ss) &&
+        uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&ss))
+        return LP_FFI_EINVAL; /* an IP address: names would need DNS (not yet) */
+    snprintf(text, sizeof(text), strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+    lp_upstream_rt_t *u = lp_upstream_dynamic(w, (struct sockaddr *)&ss, text);
+    if (!u)
+        return LP_FFI_ENOSPACE;
+    r->upstream = u;
+    return 0;
+}
+
+int lp_ffi_status(void *rp)
+{
+    return ((lp_req_t *)rp)->resp_status;
+}
+
+int lp_ffi_set_status(void *rp, int status)
+{
+    if (status < 100 || status > 999)
+        return LP_FFI_EINVAL;
+    ((lp_req_t *)rp)->resp_status = status;
+    return 0;
+}
+
+int lp_ffi_respond_begin(void *rp)
+{
+    lp_req_t *r = rp;
+    hlist_t l;
+    if (hlist(r, 1, &l))
+        return LP_FFI_ENOSPACE;
+    r->resp_nheaders = 0;
+    r->resp_arena_used = 0;
+    return 0;
+}
+
+int lp_ffi_respond(void *rp, int status, const char *body, size_t len)
+{
+    lp_req_t *r = rp;
+    if (status < 200 || status > 999)
+        return LP_FFI_EINVAL;
+    free(r->local_body);
+    r->local_body = NULL;
+    r->local_body_len = 0;
+    if (len) {
+        r->local_body = malloc(len);
+        if (!r->local_body)
+            return LP_FFI_ENOSPACE;
+        memcpy(r->local_body, body, len);
+        r->local_body_len = len;
+    }
+    r->resp_status = status;
+    r->flags |= LP_RF_LOCAL;
+    lp__lua_mark_responded();
+    return 0;
+}
+
+void lp_ffi_log(int level, const char *msg, size_t len)
+{
+    if (level < LP_LOG_ERROR || level > LP_LOG_DEBUG)
+        level = LP_LOG_INFO;
+    if ((lp_log_level_t)level <= lp_log_level)
+        lp_log((lp_log_level_t)level, "lua: %.*s", (int)(len > 4000 ? 4000 : len), msg);
+}
+
+double lp_ffi_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int lp_ffi_worker_id(void)
+{
+    return lp__lua_worker_id();
+}

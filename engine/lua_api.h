@@ -1,0 +1,47 @@
+/* Every function Lua reaches through the FFI. lua/luaproxy/ffi.lua declares the same
+ * prototypes (a unit test compares the two). */
+#ifndef LP_LUA_API_H
+#define LP_LUA_API_H
+
+#include <stddef.h>
+#include "common.h"
+
+/* lp_ffi_req_get: what */
+enum {
+    LP_FFI_METHOD = 1,
+    LP_FFI_PATH,
+    LP_FFI_URI,
+    LP_FFI_QUERY,
+    LP_FFI_HOST,
+    LP_FFI_SCHEME,
+    LP_FFI_CLIENT_IP,
+    LP_FFI_UPSTREAM_NAME,
+    LP_FFI_UPSTREAM_ADDR,
+    LP_FFI_VERSION,
+};
+
+/* lp_ffi_header_set: mode */
+enum { LP_FFI_HSET = 0, LP_FFI_HADD = 1, LP_FFI_HCLEAR = 2 };
+
+/* Return codes (0 is success). */
+enum { LP_FFI_EINVAL = -1, LP_FFI_ENOSPACE = -2, LP_FFI_EFRAMING = -3 };
+
+int lp_ffi_req_get(void *r, int what, lp_str_t *out);
+int lp_ffi_header_get(void *r, int resp, const char *name, size_t nlen, int nth, lp_str_t *out);
+int lp_ffi_header_count(void *r, int resp);
+int lp_ffi_header_at(void *r, int resp, int i, lp_str_t *name, lp_str_t *value);
+int lp_ffi_header_set(void *r, int resp, int mode, const char *name, size_t nlen, const char *value,
+                      size_t vlen);
+int lp_ffi_set_path(void *r, const char *p, size_t n);
+int lp_ffi_set_upstream(void *r, const char *name, size_t n);
+int lp_ffi_set_target(void *r, const char *host, size_t n, int port);
+int lp_ffi_status(void *r);
+int lp_ffi_set_status(void *r, int status);
+int lp_ffi_respond_begin(void *r);
+int lp_ffi_respond(void *r, int status, const char *body, size_t len);
+int lp_ffi_sleep(double seconds);
+void lp_ffi_log(int level, const char *msg, size_t len);
+double lp_ffi_now(void);
+int lp_ffi_worker_id(void);
+
+#endif

@@ -1,0 +1,218 @@
+-- The Lua side of one VM: loads the plugins a config names, builds the per-route chains,
+-- and runs a phase for a request. The engine calls `run` inside the request's coroutine.
+--
+-- Loaded twice per config: once in the main thread to validate (`luaproxy -t`, start-up),
+-- and once in each worker's own VM to serve.
+local schema = require "luaproxy.schema"
+
+local type, pairs, ipairs, tostring, xpcall = type, pairs, ipairs, tostring, xpcall
+local format, concat, sort = string.format, table.concat, table.sort
+local traceback = debug.traceback
+
+local M = {}
+
+-- Phase numbers shared with the engine (engine/lua_vm.h LP_PHASE_*).
+M.PHASES = { "request", "upstream", "response", "response_body", "log" }
+local PHASE_ID = {}
+for i, p in ipairs(M.PHASES) do PHASE_ID[p] = i end
+M.PHASE_ID = PHASE_ID
+
+-- Result codes of `run` (engine/lua_vm.h LP_LUA_*).
+local OK, FAILED = 0, 2
+
+local plugin_cache = {}
+
+local function find_plugin(name, plugin_path)
+  if plugin_cache[name] then return plugin_cache[name] end
+  if type(name) ~= "string" or not name:match("^[%w_%-%.]+$") then
+    return nil, "invalid plugin name " .. format("%q", tostring(name))
+  end
+  local file = package.searchpath(name, plugin_path)
+  if not file then
+    return nil, format("plugin %q not found in %s", name, plugin_path)
+  end
+  local chunk, err = loadfile(file)
+  if not chunk then return nil, err end
+  local ok, plugin = xpcall(chunk, traceback, name)
+  if not ok then return nil, plugin end
+  plugin_cache[name] = plugin
+  return plugin, nil, file
+end
+
+-- User code runs interpreted so that a runaway loop can be stopped: LuaJIT does not check
+-- hooks inside compiled traces (see engine/lua_vm.c, the watchdog). The engine's own Lua
+-- stays compiled.
+local function protect(fn, jit_off)
+  if jit_off and jit and type(fn) == "function" then jit.off(fn, true) end
+  return fn
+end
+
+local function make_instance(plugin, conf, where)
+  local inst = { name = plugin.name, priority = plugin.priority, conf = conf,
+                 fail_open = conf and conf.fail_open or false, where = where }
+  for _, p in ipairs(M.PHASES) do inst[p] = plugin[p] end
+  inst.init_worker = plugin.init_worker
+  return inst
+end
+
+-- Validates one `plugins` list; returns a list of instances or nil, "path: problem".
+local function load_list(list, path, opts)
+  if list == nil then return {} end
+  if type(list) ~= "table" then return nil, path .. ": expected a list of plugin entries" end
+  local out = {}
+  for i, entry in ipairs(list) do
+    local p = format("%s[%d]", path, i)
+    if type(entry) ~= "table" then return nil, p .. ": expected { name = ..., ... }" end
+    if type(entry.name) ~= "string" then return nil, p .. ".name: required (a plugin name)" end
+    local plugin, err = find_plugin(entry.name, opts.plugin_path)
+    if not plugin then return nil, p .. ": " .. err end
+    local ok, cerr = schema.check_plugin(plugin, p)
+    if not ok then return nil, cerr end
+    local ep = format("%s(%s)", p, entry.name)
+    local conf, verr = schema.validate_entry(plugin, entry, ep)
+    if not conf then return nil, verr end
+    if plugin.compile then
+      local cok, compiled = xpcall(plugin.compile, traceback, conf)
+      if not cok then return nil, ep .. ": " .. tostring(compiled) end
+      if compiled == nil then return nil, ep .. ": compile returned nothing" end
+      conf = compiled
+      if conf.fail_open == nil then conf.fail_open = entry.fail_open == true end
+    end
+    for _, ph in ipairs(M.PHASES) do protect(plugin[ph], opts.jit_off) end
+    out[#out + 1] = make_instance(plugin, conf, ep)
+  end
+  if #out ~= (function() local n = 0 for _ in pairs(list) do n = n + 1 end return n end)() then
+    return nil, path .. ": expected a list without holes"
+  end
+  return out
+end
+
+local function load_handler(h, path, opts)
+  if type(h) == "string" then
+    local file = package.searchpath(h, opts.script_path)
+    if not file then return nil, format("%s: script %q not found in %s", path, h, opts.script_path) end
+    local chunk, err = loadfile(file)
+    if not chunk then return nil, path .. ": " .. err end
+    local ok, mod = xpcall(chunk, traceback, h)
+    if not ok then return nil, path .. ": " .. tostring(mod) end
+    if type(mod) == "table" then mod = mod.handler or mod.request end
+    h = mod
+  end
+  if type(h) ~= "function" then
+    return nil, path .. ": expected a function or a script module name"
+  end
+  protect(h, opts.jit_off)
+  return { name = "handler", priority = -math.huge, where = path, fail_open = false,
+           request = function(req) return h(req) end }
+end
+
+-- Orders a chain by priority, higher first; equal priorities keep their order (global
+-- plugins before route plugins, the handler last).
+local function by_phase(instances)
+  for i, inst in ipairs(instances) do inst.seq = i end
+  sort(instances, function(a, b)
+    if a.priority ~= b.priority then return a.priority > b.priority end
+    return a.seq < b.seq
+  end)
+  local chain, any = {}, false
+  for id, p in ipairs(M.PHASES) do
+    local list = {}
+    for _, inst in ipairs(instances) do
+      if inst[p] then list[#list + 1] = inst end
+    end
+    if #list > 0 then
+      chain[id] = list
+      any = true
+    end
+  end
+  chain.any = any
+  chain.has_body_filter = chain[PHASE_ID.response_body] ~= nil
+  return chain
+end
+
+-- Loads every plugin the config names. `opts`: plugin_path, script_path, jit_off.
+-- Returns a state { routes = { [i] = chain }, fallback = chain, init = {instances} }.
+function M.load(cfg, opts)
+  local global, err = load_list(cfg.plugins, "plugins", opts)
+  if not global then return nil, err end
+  local state = { routes = {}, init = {} }
+  local seen = {}
+  local function note_init(list)
+    for _, inst in ipairs(list) do
+      if inst.init_worker and not seen[inst] then
+        seen[inst] = true
+        state.init[#state.init + 1] = inst
+      end
+    end
+  end
+  note_init(global)
+  for i, route in ipairs(cfg.routes or {}) do
+    local path = format("routes[%d]", i)
+    local own, lerr = load_list(route.plugins, path .. ".plugins", opts)
+    if not own then return nil, lerr end
+    note_init(own)
+    local all = {}
+    for _, inst in ipairs(global) do all[#all + 1] = inst end
+    for _, inst in ipairs(own) do all[#all + 1] = inst end
+    if route.handler ~= nil then
+      local h, herr = load_handler(route.handler, path .. ".handler", opts)
+      if not h then return nil, herr end
+      all[#all + 1] = h
+    end
+    state.routes[i] = by_phase(all)
+  end
+  -- Requests that match no route still meet the global plugins (a router plugin may
+  -- route them).
+  local all = {}
+  for _, inst in ipairs(global) do all[#all + 1] = inst end
+  state.fallback = by_phase(all)
+  return state
+end
+
+-- Calls every init_worker; returns true or nil, "plugin: error".
+function M.init_worker(state)
+  for _, inst in ipairs(state.init) do
+    local ok, err = xpcall(inst.init_worker, traceback, inst.conf)
+    if not ok then return nil, format("%s: init_worker failed: %s", inst.where, tostring(err)) end
+  end
+  return true
+end
+
+local log_failure -- set by the engine binding: log_failure(inst, phase, err)
+function M.set_failure_logger(fn) log_failure = fn end
+
+-- Runs phase `id` of the request handle `h` (inside its coroutine). Returns OK, or FAILED
+-- when a plugin raised and is not fail_open. req:respond() yields and never returns here.
+function M.run(h, id)
+  local list = h._chain[id]
+  if not list then return OK end
+  h._phase = M.PHASES[id]
+  for i = 1, #list do
+    local inst = list[i]
+    local ok, err = xpcall(inst[M.PHASES[id]], traceback, h, inst.conf)
+    if not ok then
+      if log_failure then log_failure(inst, M.PHASES[id], err, h) end
+      if not inst.fail_open then return FAILED end
+    end
+  end
+  return OK
+end
+
+-- The response_body filter chain: every filter sees the previous one's output.
+function M.body(h, chunk, eof)
+  local list = h._chain[PHASE_ID.response_body]
+  h._phase = "response_body"
+  for i = 1, #list do
+    local inst = list[i]
+    local ok, out = xpcall(inst.response_body, traceback, h, chunk, eof, inst.conf)
+    if not ok then
+      if log_failure then log_failure(inst, "response_body", out, h) end
+      if not inst.fail_open then return nil end
+    elseif out ~= nil then
+      chunk = tostring(out)
+    end
+  end
+  return chunk or ""
+end
+
+return M
