@@ -63,6 +63,11 @@ void lp_lua_set_paths(lua_State *L, const char *config_path)
     lua_pushstring(L, buf);
     lua_setfield(L, -2, "path");
     lua_pop(L, 1);
+    /* `proxy` is a global in configs, scripts and plugins. */
+    if (luaL_dostring(L, "proxy = require 'proxy'")) {
+        lp_log_error("lua: cannot load the proxy module: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
 }
 
 /* The plugin and script search paths given to runtime.load. */
@@ -75,7 +80,7 @@ static void push_load_opts(lua_State *L, const char *config_path, int jit_off)
     /* Directories from the config's lua.plugin_paths come first. */
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    lua_getfield(L, -3, "lua");
+    lua_getfield(L, -2, "lua"); /* the config table, pushed just before */
     if (lua_istable(L, -1)) {
         lua_getfield(L, -1, "plugin_paths");
         if (lua_istable(L, -1)) {

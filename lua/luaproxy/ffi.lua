@@ -1,0 +1,33 @@
+-- The engine functions Lua calls (engine/lua_api.h; tests/unit/test_lua_api.c checks that
+-- the two agree). Loaded once per VM.
+local ffi = require "ffi"
+
+ffi.cdef [[
+typedef struct { const char *base; size_t len; } lp_str_t;
+int lp_ffi_req_get(void *r, int what, lp_str_t *out);
+int lp_ffi_header_get(void *r, int resp, const char *name, size_t nlen, int nth, lp_str_t *out);
+int lp_ffi_header_count(void *r, int resp);
+int lp_ffi_header_at(void *r, int resp, int i, lp_str_t *name, lp_str_t *value);
+int lp_ffi_header_set(void *r, int resp, int mode, const char *name, size_t nlen, const char *value, size_t vlen);
+int lp_ffi_set_path(void *r, const char *p, size_t n);
+int lp_ffi_set_upstream(void *r, const char *name, size_t n);
+int lp_ffi_set_target(void *r, const char *host, size_t n, int port);
+int lp_ffi_status(void *r);
+int lp_ffi_set_status(void *r, int status);
+int lp_ffi_respond_begin(void *r);
+int lp_ffi_respond(void *r, int status, const char *body, size_t len);
+int lp_ffi_sleep(double seconds);
+void lp_ffi_log(int level, const char *msg, size_t len);
+double lp_ffi_now(void);
+int lp_ffi_worker_id(void);
+]]
+
+return {
+  -- lp_ffi_req_get
+  METHOD = 1, PATH = 2, URI = 3, QUERY = 4, HOST = 5, SCHEME = 6, CLIENT_IP = 7,
+  UPSTREAM_NAME = 8, UPSTREAM_ADDR = 9, VERSION = 10,
+  -- lp_ffi_header_set modes
+  HSET = 0, HADD = 1, HCLEAR = 2,
+  -- return codes
+  EINVAL = -1, ENOSPACE = -2, EFRAMING = -3,
+}

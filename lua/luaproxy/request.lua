@@ -1,0 +1,312 @@
+-- The request handle the engine gives plugins and handlers (docs/lua-api.md). Methods are
+-- thin wrappers over the engine's FFI functions (engine/lua_api.c); nothing is copied
+-- until asked for, and no table is built per call except by headers()/args().
+local ffi = require "ffi"
+local K = require "luaproxy.ffi"
+local phases = require "luaproxy.phases"
+local runtime = require "luaproxy.runtime"
+
+local C = ffi.C
+local ffi_string = ffi.string
+local type, tostring, tonumber, error, pairs, ipairs = type, tostring, tonumber, error, pairs, ipairs
+local setmetatable, yield = setmetatable, coroutine.yield
+local lower, format, gsub, char = string.lower, string.format, string.gsub, string.char
+
+-- Scratch out-parameters, one set per VM (a worker runs one Lua call at a time).
+local s1 = ffi.new("lp_str_t[1]")
+local s2 = ffi.new("lp_str_t[1]")
+
+local allowed = phases.methods
+local M = {}
+local methods = {}
+local mt = { __index = methods }
+
+local function check(h, name)
+  if not allowed[name][h._phase] then phases.check(name, h._phase) end
+end
+
+local function get(h, what)
+  if C.lp_ffi_req_get(h._r, what, s1) ~= 0 then return nil end
+  return ffi_string(s1[0].base, s1[0].len)
+end
+
+local ERRORS = {
+  [K.EINVAL] = "invalid name or value",
+  [K.ENOSPACE] = "no room left for more headers",
+  [K.EFRAMING] = "Content-Length and Transfer-Encoding belong to the engine",
+}
+
+local function header_value(v, what)
+  local t = type(v)
+  if t == "string" then return v end
+  if t == "number" then return tostring(v) end
+  error(format("%s: expected a string value, got %s", what, t), 3)
+end
+
+local function set_header(h, resp, mode, name, value, what)
+  if type(name) ~= "string" then error(what .. ": expected a header name", 3) end
+  local rc
+  if mode == K.HCLEAR then
+    rc = C.lp_ffi_header_set(h._r, resp, mode, name, #name, nil, 0)
+  elseif type(value) == "table" then
+    -- A list of values: every one is added (after clearing, for set).
+    if mode == K.HSET then C.lp_ffi_header_set(h._r, resp, K.HCLEAR, name, #name, nil, 0) end
+    for _, v in ipairs(value) do
+      v = header_value(v, what)
+      rc = C.lp_ffi_header_set(h._r, resp, K.HADD, name, #name, v, #v)
+      if rc ~= 0 then break end
+    end
+    rc = rc or 0
+  else
+    value = header_value(value, what)
+    rc = C.lp_ffi_header_set(h._r, resp, mode, name, #name, value, #value)
+  end
+  if rc ~= 0 then error(format("%s(%q): %s", what, name, ERRORS[rc] or "failed"), 3) end
+end
+
+local function get_header(h, resp, name)
+  if type(name) ~= "string" then error("expected a header name", 3) end
+  if C.lp_ffi_header_get(h._r, resp, name, #name, 0, s1) ~= 1 then return nil end
+  return ffi_string(s1[0].base, s1[0].len)
+end
+
+local function all_headers(h, resp)
+  local out = {}
+  local n = C.lp_ffi_header_count(h._r, resp)
+  for i = 0, n - 1 do
+    if C.lp_ffi_header_at(h._r, resp, i, s1, s2) == 0 then
+      local name = lower(ffi_string(s1[0].base, s1[0].len))
+      local value = ffi_string(s2[0].base, s2[0].len)
+      local prev = out[name]
+      if prev == nil then
+        out[name] = value
+      elseif type(prev) == "table" then
+        prev[#prev + 1] = value
+      else
+        out[name] = { prev, value }
+      end
+    end
+  end
+  return out
+end
+
+local function unescape(s)
+  s = gsub(s, "+", " ")
+  return (gsub(s, "%%(%x%x)", function(x) return char(tonumber(x, 16)) end))
+end
+
+local function parse_args(q)
+  local out = {}
+  if not q then return out end
+  for pair in q:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=(.*)$")
+    if not k then k, v = pair, "" end
+    k, v = unescape(k), unescape(v)
+    local prev = out[k]
+    if prev == nil then
+      out[k] = v
+    elseif type(prev) == "table" then
+      prev[#prev + 1] = v
+    else
+      out[k] = { prev, v }
+    end
+  end
+  return out
+end
+
+-- ---- the request ----
+
+function methods.method(h) check(h, "method") return get(h, K.METHOD) end
+function methods.path(h) check(h, "path") return get(h, K.PATH) end
+function methods.uri(h) check(h, "uri") return get(h, K.URI) end
+function methods.host(h) check(h, "host") return lower(get(h, K.HOST) or "") end
+function methods.scheme(h) check(h, "scheme") return get(h, K.SCHEME) end
+function methods.client_ip(h) check(h, "client_ip") return get(h, K.CLIENT_IP) end
+function methods.http_version(h) check(h, "http_version") return tonumber(get(h, K.VERSION)) end
+function methods.phase(h) return h._phase end
+function methods.upstream_name(h) check(h, "upstream_name") return get(h, K.UPSTREAM_NAME) end
+
+function methods.args(h)
+  check(h, "args")
+  return parse_args(get(h, K.QUERY))
+end
+
+function methods.query(h, name)
+  check(h, "query")
+  if type(name) ~= "string" then error("req:query(): expected an argument name", 2) end
+  local v = parse_args(get(h, K.QUERY))[name]
+  if type(v) == "table" then return v[1] end
+  return v
+end
+
+function methods.header(h, name) check(h, "header") return get_header(h, 0, name) end
+function methods.headers(h) check(h, "headers") return all_headers(h, 0) end
+
+function methods.set_header(h, name, value)
+  check(h, "set_header")
+  if value == nil then return set_header(h, 0, K.HCLEAR, name, nil, "req:set_header") end
+  set_header(h, 0, K.HSET, name, value, "req:set_header")
+end
+
+function methods.add_header(h, name, value)
+  check(h, "add_header")
+  set_header(h, 0, K.HADD, name, value, "req:add_header")
+end
+
+function methods.clear_header(h, name)
+  check(h, "clear_header")
+  set_header(h, 0, K.HCLEAR, name, nil, "req:clear_header")
+end
+
+function methods.set_path(h, uri)
+  check(h, "set_path")
+  if type(uri) ~= "string" then error("req:set_path(): expected a string", 2) end
+  local rc = C.lp_ffi_set_path(h._r, uri, #uri)
+  if rc ~= 0 then
+    error(format("req:set_path(%q): %s", uri,
+      rc == K.EINVAL and "must start with / and hold no spaces or controls" or ERRORS[rc]), 2)
+  end
+end
+
+function methods.set_upstream(h, name)
+  check(h, "set_upstream")
+  if type(name) ~= "string" or C.lp_ffi_set_upstream(h._r, name, #name) ~= 0 then
+    error(format("req:set_upstream(): no upstream named %q", tostring(name)), 2)
+  end
+end
+
+function methods.set_target(h, host, port)
+  check(h, "set_target")
+  port = tonumber(port)
+  if type(host) ~= "string" or not port or C.lp_ffi_set_target(h._r, host, #host, port) ~= 0 then
+    error(format("req:set_target(%s, %s): expected an IP address and a port",
+      tostring(host), tostring(port)), 2)
+  end
+end
+
+function methods.body(h, max_bytes)
+  check(h, "body")
+  return nil, "req:body() is not implemented yet"
+end
+
+-- ---- local answers ----
+
+function methods.respond(h, status, body, headers)
+  check(h, "respond")
+  status = tonumber(status)
+  if not status or status < 200 or status > 999 or status % 1 ~= 0 then
+    error("req:respond(): expected a status from 200 to 999", 2)
+  end
+  if body ~= nil and type(body) ~= "string" then body = tostring(body) end
+  if headers ~= nil and type(headers) ~= "table" then
+    error("req:respond(): headers must be a table of name = value", 2)
+  end
+  C.lp_ffi_respond_begin(h._r)
+  if headers then
+    for name, value in pairs(headers) do
+      set_header(h, 1, K.HADD, name, value, "req:respond")
+    end
+  end
+  body = body or ""
+  if C.lp_ffi_respond(h._r, status, body, #body) ~= 0 then
+    error("req:respond(): cannot store the answer", 2)
+  end
+  -- The engine never resumes this: the handler ends here.
+  yield()
+end
+
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+function methods.redirect(h, url, status)
+  check(h, "redirect")
+  status = status or 302
+  if not REDIRECT[status] then error("req:redirect(): status must be 301, 302, 303, 307 or 308", 2) end
+  if type(url) ~= "string" or url == "" then error("req:redirect(): expected a URL", 2) end
+  return methods.respond(h, status, "", { Location = url })
+end
+
+-- ---- the response ----
+
+function methods.status(h) check(h, "status") return C.lp_ffi_status(h._r) end
+
+function methods.set_status(h, code)
+  check(h, "set_status")
+  code = tonumber(code)
+  if not code or C.lp_ffi_set_status(h._r, code) ~= 0 then
+    error("req:set_status(): expected a status from 100 to 999", 2)
+  end
+end
+
+function methods.resp_header(h, name) check(h, "resp_header") return get_header(h, 1, name) end
+function methods.resp_headers(h) check(h, "resp_headers") return all_headers(h, 1) end
+
+function methods.set_resp_header(h, name, value)
+  check(h, "set_resp_header")
+  if value == nil then return set_header(h, 1, K.HCLEAR, name, nil, "req:set_resp_header") end
+  set_header(h, 1, K.HSET, name, value, "req:set_resp_header")
+end
+
+function methods.add_resp_header(h, name, value)
+  check(h, "add_resp_header")
+  set_header(h, 1, K.HADD, name, value, "req:add_resp_header")
+end
+
+function methods.clear_resp_header(h, name)
+  check(h, "clear_resp_header")
+  set_header(h, 1, K.HCLEAR, name, nil, "req:clear_resp_header")
+end
+
+function methods.upstream_addr(h) check(h, "upstream_addr") return get(h, K.UPSTREAM_ADDR) end
+
+-- ---- variables ----
+
+local VARS = {
+  client_ip = function(h) return get(h, K.CLIENT_IP) end,
+  host = function(h) return lower(get(h, K.HOST) or "") end,
+  method = function(h) return get(h, K.METHOD) end,
+  path = function(h) return get(h, K.PATH) end,
+  uri = function(h) return get(h, K.URI) end,
+  scheme = function(h) return get(h, K.SCHEME) end,
+  request_id = function(h) return h.ctx.request_id end,
+  upstream = function(h) return get(h, K.UPSTREAM_NAME) end,
+  status = function(h)
+    local s = C.lp_ffi_status(h._r)
+    if s > 0 then return tostring(s) end
+  end,
+}
+
+function methods.var(h, name)
+  check(h, "var")
+  local f = VARS[name]
+  if f then return f(h) end
+  return nil
+end
+
+-- ---- the engine's entry points ----
+
+local function log_failure(inst, phase, err, h)
+  local msg = format("plugin %s (%s): %s phase failed%s: %s", inst.name, inst.where, phase,
+    inst.fail_open and " (fail_open: request goes on)" or "", tostring(err))
+  C.lp_ffi_log(0, msg, #msg)
+end
+
+-- Called once per worker VM: returns the handle constructor, the phase runner and the
+-- body filter runner for the engine to keep.
+function M.bind(state, cfg)
+  runtime.set_failure_logger(log_failure)
+  local proxy = require "proxy"
+  proxy.config = cfg
+  local routes, fallback = state.routes, state.fallback
+  local function new(r, route_no)
+    return setmetatable({
+      _r = r,
+      _chain = route_no > 0 and routes[route_no] or fallback,
+      _phase = "request",
+      ctx = {},
+    }, mt)
+  end
+  return new, runtime.run, runtime.body
+end
+
+M.methods = methods
+return M
