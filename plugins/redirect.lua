@@ -148,6 +148,7 @@ function P.compile(conf)
     end
     if not to then return nil, "rules[" .. i .. "].to: " .. err end
     local c = { path = r.path, prefix = r.prefix, prefix_len = r.prefix and #r.prefix,
+                prefix_pat = r.prefix and "^" .. (r.prefix:gsub("%W", "%%%0")),
                 pattern = r.pattern, to = to, status = r.status, keep_query = r.keep_query }
     if r.host then
       need_host = true
@@ -202,11 +203,11 @@ function P.request(req, conf)
       ok = host == r.host
     elseif r.host_suffix then
       local n, sn = #host, r.host_suffix_len
-      ok = n > sn and sub(host, n - sn + 1) == r.host_suffix
+      ok = n > sn and find(host, r.host_suffix, n - sn + 1, true) ~= nil
     end
     if ok and r.path then ok = path == r.path end
-    local pl = r.prefix_len
-    if ok and pl then ok = #path >= pl and sub(path, 1, pl) == r.prefix end
+    local pp = r.prefix_pat
+    if ok and pp then ok = find(path, pp) ~= nil end
     local s, e, c1, c2, c3, c4, c5, c6, c7, c8, c9
     if ok and r.pattern then
       s, e, c1, c2, c3, c4, c5, c6, c7, c8, c9 = find(path, r.pattern)

@@ -3,9 +3,9 @@
 -- response. Docs: docs/plugins/request_id.md.
 local bit = require "bit"
 
-local band, bor, bxor, lshift, rshift, rol, tobit, tohex =
-  bit.band, bit.bor, bit.bxor, bit.lshift, bit.rshift, bit.rol, bit.tobit, bit.tohex
-local find, byte = string.find, string.byte
+local band, bor, bxor, lshift, rshift, rol, tobit =
+  bit.band, bit.bor, bit.bxor, bit.lshift, bit.rshift, bit.rol, bit.tobit
+local find, byte, format = string.find, string.byte, string.format
 
 local P = {
   name = "request_id",
@@ -76,16 +76,19 @@ for _ = 1, 8 do next32() end
 -- For specs: the generator state, to check the algorithm against reference values.
 P._prng = { next32 = next32, set = function(a, b, c, d) s0, s1, s2, s3 = a, b, c, d end, seed = seed }
 
+-- string.format compiles in LuaJIT traces (bit.tohex does not: 4x slower here). Every
+-- argument is a 16-bit half-word, so %x never sees a negative number.
 local function uuid4()
   local a, b, c, d = next32(), next32(), next32(), next32()
-  return tohex(a, 8) .. "-" .. tohex(rshift(b, 16), 4) .. "-"
-    .. tohex(bor(band(b, 0x0fff), 0x4000), 4) .. "-"
-    .. tohex(bor(band(rshift(c, 16), 0x3fff), 0x8000), 4) .. "-"
-    .. tohex(c, 4) .. tohex(d, 8)
+  return format("%04x%04x-%04x-%04x-%04x-%04x%04x%04x",
+    rshift(a, 16), band(a, 0xffff), rshift(b, 16), bor(band(b, 0x0fff), 0x4000),
+    bor(band(rshift(c, 16), 0x3fff), 0x8000), band(c, 0xffff), rshift(d, 16), band(d, 0xffff))
 end
 
 local function hex()
-  return tohex(next32(), 8) .. tohex(next32(), 8) .. tohex(next32(), 8) .. tohex(next32(), 8)
+  local a, b, c, d = next32(), next32(), next32(), next32()
+  return format("%04x%04x%04x%04x%04x%04x%04x%04x", rshift(a, 16), band(a, 0xffff),
+    rshift(b, 16), band(b, 0xffff), rshift(c, 16), band(c, 0xffff), rshift(d, 16), band(d, 0xffff))
 end
 
 P.uuid4, P.hex = uuid4, hex

@@ -141,7 +141,8 @@ function P.compile(conf)
   local need_host, need_method = false, false
   for i, r in ipairs(conf.rules) do
     local c = { upstream = r.upstream, strip = r.strip_prefix, path = r.path,
-                prefix = r.prefix, prefix_len = r.prefix and #r.prefix, pattern = r.pattern }
+                prefix = r.prefix, prefix_len = r.prefix and #r.prefix,
+                prefix_pat = r.prefix and "^" .. (r.prefix:gsub("%W", "%%%0")), pattern = r.pattern }
     if r.host then
       need_host = true
       local h = lower(r.host)
@@ -189,11 +190,12 @@ local function match(r, req, host, method, path)
     if host ~= r.host then return false end
   elseif r.host_suffix then
     local n, sn = #host, r.host_suffix_len
-    if n <= sn or sub(host, n - sn + 1) ~= r.host_suffix then return false end
+    if n <= sn or not find(host, r.host_suffix, n - sn + 1, true) then return false end
   end
   if r.path and path ~= r.path then return false end
-  local pl = r.prefix_len
-  if pl and (#path < pl or sub(path, 1, pl) ~= r.prefix) then return false end
+  -- An anchored plain pattern: stops at the first differing byte, builds no substring.
+  local pp = r.prefix_pat
+  if pp and not find(path, pp) then return false end
   local names = r.hnames
   if names then
     local values = r.hvalues

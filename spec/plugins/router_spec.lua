@@ -46,6 +46,15 @@ describe("router plugin", function()
     assert.equal(3, res.ctx.route_rule)
   end)
 
+  it("compares prefixes byte for byte, special characters included", function()
+    local conf = { rules = { { prefix = "/a.b+(c)%/", upstream = "api", strip_prefix = true } } }
+    local res = route(conf, { uri = "/a.b+(c)%/x" })
+    assert.equal("api", res.upstream)
+    assert.equal("/x", res.path)
+    assert.equal("app", route(conf, { uri = "/aXb+(c)%/x" }).upstream)
+    assert.equal("app", route(conf, { uri = "/a.b" }).upstream)
+  end)
+
   it("matches exact paths", function()
     local conf = { rules = { { path = "/health", upstream = "admin" } } }
     assert.equal("admin", route(conf, { uri = "/health?full=1" }).upstream)
