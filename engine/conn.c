@@ -737,8 +737,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
         else
             close = 1;
     }
-    if (req->flags & LP_RF_UPGRADE_REQ && !upgrade)
-        close = 1; /* the client may already be sending the other protocol */
+    /* A refused upgrade leaves an HTTP/1.1 connection (RFC 9110 7.8): keep-alive holds. */
     if (close)
         req->flags |= LP_RF_RESP_CLOSE;
 
@@ -761,10 +760,9 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
         lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
     }
     if (upgrade) {
-        const lp_header_t *u = lp_h1_find(rh, "upgrade", 7);
         lp_wbuf_cstr(&w, "Connection: upgrade\r\n");
-        if (u)
-            lp_wbuf_header(&w, "Upgrade", 7, u->value.base, u->value.len);
+        if (req->resp_upgrade.base)
+            lp_wbuf_header(&w, "Upgrade", 7, req->resp_upgrade.base, req->resp_upgrade.len);
     } else if (req->flags & LP_RF_RESP_CHUNKED) {
         lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
     } else if (has_length && status != 204 &&
@@ -799,6 +797,8 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
 {
     /* The head as the client will see it: end-to-end fields only (the framing fields are
      * regenerated), in the request's response list, where Lua may change it. */
+    const lp_header_t *up = lp_h1_find(rh, "upgrade", 7);
+    req->resp_upgrade = up ? up->value : (lp_str_t){NULL, 0};
     unsigned k = 0;
     for (unsigned i = 0; i < rh->nheaders; i++)
         if (!lp_h1_is_hop_by_hop(rh, rh->headers[i].name))

@@ -119,7 +119,8 @@ struct lp_req_s {
     unsigned resp_nheaders;    /* the response head as it will be sent (upstream or local) */
     size_t resp_arena_used;
     int resp_status;
-    char *local_body; /* owned: the body of a req:respond() answer */
+    lp_str_t resp_upgrade; /* the upstream's Upgrade value on a 101 */
+    char *local_body;      /* owned: the body of a req:respond() answer */
     size_t local_body_len;
 };
 

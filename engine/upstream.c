@@ -233,9 +233,27 @@ static void peer_fail(lp_peer_t *p, int status, const char *why)
     }
     int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) && p->body_out == 0 &&
                 !(req->flags & LP_RF_RESP_STARTED);
+    int connect_failed = !(p->flags & LP_PF_CONNECTED);
     const char *addr = p->target->conf->addr.text;
     lp_target_rt_t *t = p->target;
     peer_close(p);
+    lp_upstream_rt_t *u = req->upstream;
+    if (connect_failed && !(req->flags & LP_RF_RESP_STARTED) && u->conf->ntargets <= 64) {
+        /* Nothing reached this target: another one may take the request (nginx's
+         * proxy_next_upstream error). Each target is tried once. */
+        int next = lp_rr_select(&u->rr, req->tried);
+        if (next >= 0) {
+            lp_log_warn("upstream %s: %s; trying %s", addr, why, u->targets[next].conf->addr.text);
+            req->target = next;
+            req->tried[0] |= 1ull << next;
+            req->tries++;
+            lp_peer_t *np = peer_new(req->conn->w, u, &u->targets[next]);
+            if (np) {
+                peer_connect(np, req);
+                return;
+            }
+        }
+    }
     if (retry) {
         lp_log_debug("upstream %s: pooled connection failed (%s); retrying on a new one", addr,
                      why);
@@ -532,6 +550,8 @@ void lp_upstream_start(lp_req_t *req)
     }
     req->target = idx;
     req->tries++;
+    if (idx < 64)
+        req->tried[0] |= 1ull << idx;
     req->t_upstream = uv_hrtime();
     lp_target_rt_t *t = &u->targets[idx];
     lp_worker_t *w = req->conn->w;
