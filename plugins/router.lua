@@ -227,6 +227,16 @@ local function render(tpl, path, s, e)
   return concat(buf, "", 1, n)
 end
 
+-- req:set_path() replaces the whole target: carry the request's query over unless the new
+-- path brings its own.
+local function with_query(req, p)
+  if find(p, "?", 1, true) then return p end
+  local uri = req:uri()
+  local q = find(uri, "?", 1, true)
+  if q then return p .. sub(uri, q) end
+  return p
+end
+
 function P.request(req, conf)
   local path = req:path()
   local host = conf.need_host and req:host() or ""
@@ -253,11 +263,11 @@ function P.request(req, conf)
             rw = render(rw, path, s, e)
             if byte(rw, 1) ~= 47 then rw = "/" .. rw end
           end
-          req:set_path(rw)
+          req:set_path(with_query(req, rw))
         elseif r.strip then
           local rest = sub(path, r.prefix_len + 1)
           if byte(rest, 1) ~= 47 then rest = "/" .. rest end
-          req:set_path(rest)
+          req:set_path(with_query(req, rest))
         end
         return
       end

@@ -193,9 +193,10 @@ local function each_arg(query, fn)
   end
 end
 
-local function check_status(method, status)
-  if type(status) ~= "number" or status % 1 ~= 0 or status < 100 or status > 599 then
-    error(argerror(method, "status must be an integer 100..599", tostring(status)), 3)
+-- Like the engine: a local answer is 200..999, a changed status 100..999.
+local function check_status(method, status, low)
+  if type(status) ~= "number" or status % 1 ~= 0 or status < (low or 100) or status > 999 then
+    error(argerror(method, "status must be an integer " .. (low or 100) .. "..999", tostring(status)), 3)
   end
 end
 
@@ -335,7 +336,7 @@ local VARS = {
   scheme = function(r) return r._scheme end,
   request_id = function(r) return r.ctx.request_id end,
   upstream = function(r) return r._upstream end,
-  status = function(r) return r._status end,
+  status = function(r) return r._status and tostring(r._status) end, -- a string, like every variable
 }
 
 function Req:var(name)
@@ -366,19 +367,18 @@ function Req:clear_header(name)
   h_remove(self._headers, lower(name))
 end
 
--- A new path keeps the current query unless it brings its own ("/p?" clears it).
+-- Replaces the whole request target, like the engine: "/p" sends no query, "/p?x=1" sends
+-- that one. To keep the query, append it (see req:uri()).
 function Req:set_path(uri)
   check("set_path", self._phase)
   if type(uri) ~= "string" or sub(uri, 1, 1) ~= "/" then
     error(argerror("set_path", "path must be a string starting with /",
       type(uri) == "string" and format("%q", uri) or type(uri)), 2)
   end
-  if find(uri, "[%s%z]") then
-    error("req:set_path(): path contains whitespace or NUL", 2)
+  if find(uri, "[%z\1-\32\127]") then
+    error(format("req:set_path(%q): must start with / and hold no spaces or controls", uri), 2)
   end
-  local path, query = split_uri(uri)
-  self._path = path
-  if query ~= nil then self._query = query ~= "" and query or nil end
+  self._path, self._query = split_uri(uri)
 end
 
 function Req:set_upstream(name)
@@ -387,21 +387,30 @@ function Req:set_upstream(name)
     error(argerror("set_upstream", "name must be a string", type(name)), 2)
   end
   if self._known and not self._known[name] then
-    error("req:set_upstream(): unknown upstream " .. name, 2)
+    error(format("req:set_upstream(): no upstream named %q", name), 2)
   end
   self._upstream = name
   self._target = nil
 end
 
+-- An IP address (names would need DNS, which the engine does not do here), like the engine.
+local function is_ip(host)
+  local a, b, c, d = string.match(host, "^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if a then
+    return tonumber(a) < 256 and tonumber(b) < 256 and tonumber(c) < 256 and tonumber(d) < 256
+  end
+  return find(host, ":", 1, true) ~= nil and find(host, "^[%x:%.]+$") ~= nil
+end
+
 function Req:set_target(host, port)
   check("set_target", self._phase)
-  if type(host) ~= "string" or host == "" then
-    error(argerror("set_target", "host must be a non-empty string", type(host)), 2)
+  port = tonumber(port)
+  if type(host) ~= "string" or not is_ip(host) or not port or port % 1 ~= 0 or port < 1
+     or port > 65535 then
+    error(format("req:set_target(%s, %s): expected an IP address and a port", tostring(host),
+      tostring(port)), 2)
   end
-  if type(port) ~= "number" or port % 1 ~= 0 or port < 1 or port > 65535 then
-    error(argerror("set_target", "port must be an integer 1..65535", tostring(port)), 2)
-  end
-  self._target = host .. ":" .. port
+  self._target = (find(host, ":", 1, true) and "[" .. host .. "]" or host) .. ":" .. port
 end
 
 function Req:body(max_bytes)
@@ -432,10 +441,7 @@ end
 
 function Req:respond(status, body, headers)
   check("respond", self._phase)
-  check_status("respond", status)
-  if body ~= nil and type(body) ~= "string" and type(body) ~= "number" then
-    error(argerror("respond", "body must be a string or nil", type(body)), 2)
-  end
+  check_status("respond", status, 200)
   if headers ~= nil and type(headers) ~= "table" then
     error(argerror("respond", "headers must be a table or nil", type(headers)), 2)
   end

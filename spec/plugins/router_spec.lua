@@ -125,7 +125,7 @@ describe("router plugin", function()
   it("raises when a rule names an unknown upstream (the engine fails the request)", function()
     assert.error_matches(function()
       route({ rules = { { prefix = "/", upstream = "nope" } } }, {})
-    end, "unknown upstream nope", 1, true)
+    end, 'no upstream named "nope"', 1, true)
   end)
 
   it("rejects bad rules at load", function()

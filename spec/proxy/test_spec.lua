@@ -84,6 +84,8 @@ describe("proxy.test", function()
       assert.equal("rid", req:var("request_id"))
       assert.equal("app", req:var("upstream"))
       assert.is_nil(req:var("status"))
+      T.response(req, { status = 204 })
+      assert.equal("204", req:var("status"))
       assert.is_nil(req:var("nope"))
     end)
 
@@ -115,27 +117,35 @@ describe("proxy.test", function()
       assert.has_error(function() req:add_header("X", nil) end)
     end)
 
-    it("rewrites the path, keeping the query unless a new one is given", function()
-      req:set_path("/new")
-      assert.equal("/new", req:path())
-      assert.equal("/new?x=1&y=a%20b&x=2&flag&p=a+b", req:uri())
+    it("replaces the whole target with set_path, like the engine", function()
       req:set_path("/other?z=9")
+      assert.equal("/other", req:path())
       assert.equal("/other?z=9", req:uri())
       assert.equal("9", req:query("z"))
       assert.is_nil(req:query("x"))
+      req:set_path("/new")
+      assert.equal("/new", req:uri())
+      assert.is_nil(req:query("z"))
       req:set_path("/bare?")
-      assert.equal("/bare", req:uri())
+      assert.equal("/bare?", req:uri())
       assert.has_error(function() req:set_path("nope") end)
       assert.has_error(function() req:set_path("/a b") end)
+      assert.has_error(function() req:set_path("/a\tb") end)
     end)
 
     it("chooses upstreams and targets", function()
       req:set_upstream("v2")
       assert.equal("v2", req:upstream_name())
-      assert.error_matches(function() req:set_upstream("nope") end, "unknown upstream nope")
+      assert.error_matches(function() req:set_upstream("nope") end,
+        'req:set_upstream(): no upstream named "nope"', 1, true)
       req:set_target("10.1.1.1", 8080)
       assert.equal("10.1.1.1:8080", req._target)
-      assert.has_error(function() req:set_target("h", 0) end)
+      req:set_target("::1", 81)
+      assert.equal("[::1]:81", req._target)
+      assert.has_error(function() req:set_target("10.1.1.1", 0) end)
+      assert.error_matches(function() req:set_target("example.com", 80) end,
+        "req:set_target(example.com, 80): expected an IP address and a port", 1, true)
+      assert.has_error(function() req:set_target("300.1.1.1", 80) end)
       -- without an upstreams list every name is accepted
       local any = T.request()
       any:set_upstream("whatever")
@@ -160,7 +170,7 @@ describe("proxy.test", function()
       local args = {
         query = { "x" }, header = { "x" }, var = { "host" }, set_header = { "x", "1" },
         add_header = { "x", "1" }, clear_header = { "x" }, set_path = { "/" },
-        set_upstream = { "app" }, set_target = { "h", 1 }, body = { 10 },
+        set_upstream = { "app" }, set_target = { "10.0.0.1", 1 }, body = { 10 },
         set_status = { 200 }, resp_header = { "x" }, set_resp_header = { "x", "1" },
         add_resp_header = { "x", "1" }, clear_resp_header = { "x" },
       }
@@ -185,7 +195,7 @@ describe("proxy.test", function()
       T.response(req, { status = 502, headers = { ["X-Up"] = "1" }, body = "up" })
       assert.equal("response", req:phase())
       assert.equal(502, req:status())
-      assert.equal(502, req:var("status"))
+      assert.equal("502", req:var("status"))
       assert.equal("1", req:resp_header("x-up"))
       assert.equal("127.0.0.1:9000", req:upstream_addr())
       req:set_status(503)
@@ -197,6 +207,8 @@ describe("proxy.test", function()
       assert.is_nil(req:resp_header("Set-Cookie"))
       assert.equal(503, req:status())
       assert.has_error(function() req:set_status(99) end)
+      req:set_status(999)
+      assert.has_error(function() req:set_status(1000) end)
     end)
 
     it("refuses respond() outside a phase runner", function()
@@ -205,6 +217,11 @@ describe("proxy.test", function()
   end)
 
   describe("T.call", function()
+    it("accepts local answers from 200 to 999, like the engine", function()
+      assert.has_error(function() T.call(function() T.request():respond(101) end) end)
+      assert.is_true(T.call(function() T.request():respond(999) end))
+    end)
+
     it("ends the function at respond(), like the engine", function()
       local req = T.request()
       local after = false
