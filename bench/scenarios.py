@@ -29,7 +29,7 @@ LUAPROXY_PLAIN = """\
 return {
   workers = 1,
   listen = { { address = "127.0.0.1:{{port}}" } },
-  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 64 } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
   routes = { { match = { prefix = "/" }, upstream = "app" } },
   log = { access = false },
 }
@@ -37,6 +37,8 @@ return {
 
 # --- nginx: the peer, same shape: 1 worker, upstream keep-alive, access log off
 # proxy_buffering is left on (nginx's default), as are nginx's other defaults.
+# Both keep up to 512 idle upstream connections, so that upstream keep-alive holds at
+# 256 client connections too (with 64, both proxies reconnect for most requests).
 NGINX_PLAIN = """\
 {{user}}
 worker_processes 1;
@@ -53,7 +55,7 @@ http {
   scgi_temp_path        {{dir}}/tmp/scgi;
   upstream o {
     server 127.0.0.1:{{origin_port}};
-    keepalive 64;
+    keepalive 512;
   }
   server {
     listen 127.0.0.1:{{port}};

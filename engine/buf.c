@@ -138,3 +138,27 @@ void lp_wbatch_add_copy(lp_wbatch_t *wb, const char *base, size_t len)
     }
     lp_wbatch_add(wb, dst, len, NULL);
 }
+
+unsigned lp_wbatch_try_write(lp_wbatch_t *wb, uv_stream_t *s)
+{
+    /* A write that completes at once skips libuv's write queue, whose drain re-arms the
+     * descriptor in epoll on every request. */
+    int n = uv_try_write(s, wb->bufs, wb->n);
+    if (n == UV_EAGAIN || n == UV_ENOSYS)
+        return 0;
+    if (n < 0)
+        return LP_WBATCH_FAILED;
+    size_t done = (size_t)n;
+    if (done == wb->bytes)
+        return LP_WBATCH_DONE;
+    /* Partly written: skip what went out; the pins stay until the batch is released. */
+    unsigned i = 0;
+    while (done >= wb->bufs[i].len) {
+        done -= wb->bufs[i].len;
+        i++;
+    }
+    wb->bufs[i].base += done;
+    wb->bufs[i].len -= done;
+    wb->bytes -= (size_t)n;
+    return i;
+}

@@ -24,13 +24,22 @@ static const lp_timeouts_t *T(lp_conn_t *c)
 
 static void on_timer(uv_timer_t *t);
 
+/* Timers are lazy: changing or cancelling one only records the deadline; the libuv timer
+ * is re-armed only when the new deadline is earlier than the armed one, and a firing
+ * checks the recorded deadline. Most requests then touch libuv's timer heap not at all. */
 static void conn_timer(lp_conn_t *c, int mode, uint64_t ms)
 {
     c->tmode = (uint8_t)mode;
-    if (mode == TM_NONE)
-        uv_timer_stop(&c->timer);
-    else
+    if (mode == TM_NONE) {
+        c->deadline = 0;
+        return;
+    }
+    uint64_t d = uv_now(c->timer.loop) + ms;
+    c->deadline = d;
+    if (!uv_is_active((uv_handle_t *)&c->timer) || d < c->armed) {
+        c->armed = d;
         uv_timer_start(&c->timer, on_timer, ms, 0);
+    }
 }
 
 /* ---- requests ---- */
@@ -228,6 +237,15 @@ static void conn_close_after_write(lp_conn_t *c)
 static void on_timer(uv_timer_t *t)
 {
     lp_conn_t *c = t->data;
+    if (!c->deadline || c->tmode == TM_NONE)
+        return;
+    uint64_t now = uv_now(t->loop);
+    if (now < c->deadline) {
+        c->armed = c->deadline;
+        uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
+        return;
+    }
+    c->deadline = 0;
     switch (c->tmode) {
     case TM_HEAD:
     case TM_BODY:
@@ -289,8 +307,18 @@ void lp_conn_flush(lp_conn_t *c)
         return;
     c->outb = NULL;
     wb->owner = c;
+    unsigned first = 0;
+    if (!c->out_pending) {
+        first = lp_wbatch_try_write(wb, (uv_stream_t *)&c->tcp);
+        if (first == LP_WBATCH_DONE || first == LP_WBATCH_FAILED) {
+            lp_wbatch_put(&c->w->wbatches, wb);
+            if (first == LP_WBATCH_FAILED)
+                lp_conn_close(c);
+            return;
+        }
+    }
     c->out_pending += wb->bytes;
-    int rc = uv_write(&wb->req, (uv_stream_t *)&c->tcp, wb->bufs, wb->n, on_write);
+    int rc = uv_write(&wb->req, (uv_stream_t *)&c->tcp, wb->bufs + first, wb->n - first, on_write);
     if (rc) {
         c->out_pending -= wb->bytes;
         lp_wbatch_put(&c->w->wbatches, wb);
@@ -824,11 +852,13 @@ static void conn_write_body(lp_req_t *req, const char *at, size_t len, lp_buf_t 
     req->resp_body_out += len;
     if (req->flags & LP_RF_RESP_CHUNKED) {
         char size[24];
-        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        size_t n = lp_u64_to_str(len, 16, size);
+        size[n++] = '\r';
+        size[n++] = '\n';
         lp_wbatch_t *wb = conn_outb(c, 3, (unsigned)n + 2);
         if (!wb)
             return;
-        lp_wbatch_add_copy(wb, size, (size_t)n);
+        lp_wbatch_add_copy(wb, size, n);
         lp_wbatch_add(wb, at, len, pin);
         lp_wbatch_add(wb, "\r\n", 2, NULL);
     } else {

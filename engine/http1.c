@@ -601,8 +601,21 @@ void lp_wbuf_cstr(lp_wbuf_t *w, const char *s)
 void lp_wbuf_u64(lp_wbuf_t *w, uint64_t v)
 {
     char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
-    lp_wbuf_str(w, tmp, (size_t)n);
+    lp_wbuf_str(w, tmp, lp_u64_to_str(v, 10, tmp));
+}
+
+size_t lp_u64_to_str(uint64_t v, unsigned base, char *out)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        unsigned d = (unsigned)(v % base);
+        tmp[n++] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
+        v /= base;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
 }
 
 void lp_wbuf_header(lp_wbuf_t *w, const char *name, size_t nlen, const char *val, size_t vlen)

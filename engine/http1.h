@@ -107,6 +107,8 @@ typedef struct {
 void lp_wbuf_str(lp_wbuf_t *w, const char *s, size_t n);
 void lp_wbuf_cstr(lp_wbuf_t *w, const char *s);
 void lp_wbuf_u64(lp_wbuf_t *w, uint64_t v);
+/* v in base 10 or 16 (lower case) into out (24 bytes); returns the length. */
+size_t lp_u64_to_str(uint64_t v, unsigned base, char *out);
 void lp_wbuf_header(lp_wbuf_t *w, const char *name, size_t nlen, const char *val, size_t vlen);
 
 /* A complete locally generated response (error pages and the like). */

@@ -145,8 +145,9 @@ struct lp_conn_s {
     lp_wbatch_t *outb;  /* batch being filled for the client */
     size_t out_pending; /* bytes handed to uv_write, not yet completed */
     unsigned flags;
-    int handles;   /* open libuv handles; freed when it drops to 0 */
-    uint8_t tmode; /* what the timer is timing (conn.c's TM_*) */
+    int handles;              /* open libuv handles; freed when it drops to 0 */
+    uint8_t tmode;            /* what the timer is timing (conn.c's TM_*) */
+    uint64_t deadline, armed; /* lazy timer: when tmode expires, when the uv timer fires */
     uint32_t nrequests;
     char client_ip[46];
 };
@@ -180,7 +181,8 @@ struct lp_peer_s {
     size_t out_pending;
     unsigned flags;
     int handles;
-    uint8_t tmode; /* what the timer is timing (upstream.c's PT_*) */
+    uint8_t tmode;            /* what the timer is timing (upstream.c's PT_*) */
+    uint64_t deadline, armed; /* lazy timer (see conn.c) */
     uint32_t nrequests;
     uint64_t body_out; /* request body bytes queued to this peer */
 };

@@ -21,13 +21,20 @@ static const lp_timeouts_t *T(lp_peer_t *p)
 
 static void on_peer_timer(uv_timer_t *t);
 
+/* Lazy timers, as for client connections (conn.c, conn_timer). */
 static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
 {
     p->tmode = (uint8_t)mode;
-    if (mode == PT_NONE)
-        uv_timer_stop(&p->timer);
-    else
+    if (mode == PT_NONE) {
+        p->deadline = 0;
+        return;
+    }
+    uint64_t d = uv_now(p->timer.loop) + ms;
+    p->deadline = d;
+    if (!uv_is_active((uv_handle_t *)&p->timer) || d < p->armed) {
+        p->armed = d;
         uv_timer_start(&p->timer, on_peer_timer, ms, 0);
+    }
 }
 
 int lp_upstream_rt_init(lp_worker_t *w)
@@ -271,6 +278,15 @@ static void peer_fail(lp_peer_t *p, int status, const char *why)
 static void on_peer_timer(uv_timer_t *tm)
 {
     lp_peer_t *p = tm->data;
+    if (!p->deadline || p->tmode == PT_NONE)
+        return;
+    uint64_t now = uv_now(tm->loop);
+    if (now < p->deadline) {
+        p->armed = p->deadline;
+        uv_timer_start(&p->timer, on_peer_timer, p->deadline - now, 0);
+        return;
+    }
+    p->deadline = 0;
     switch (p->tmode) {
     case PT_CONNECT:
         peer_fail(p, 504, "connect timed out");
@@ -323,8 +339,19 @@ void lp_peer_flush(lp_peer_t *p)
         return;
     p->outb = NULL;
     wb->owner = p;
+    unsigned first = 0;
+    if (!p->out_pending) {
+        first = lp_wbatch_try_write(wb, (uv_stream_t *)&p->tcp);
+        if (first == LP_WBATCH_DONE || first == LP_WBATCH_FAILED) {
+            lp_wbatch_put(&p->w->wbatches, wb);
+            if (first == LP_WBATCH_FAILED)
+                peer_fail(p, 502, "write failed");
+            return;
+        }
+    }
     p->out_pending += wb->bytes;
-    int rc = uv_write(&wb->req, (uv_stream_t *)&p->tcp, wb->bufs, wb->n, on_peer_write);
+    int rc =
+        uv_write(&wb->req, (uv_stream_t *)&p->tcp, wb->bufs + first, wb->n - first, on_peer_write);
     if (rc) {
         p->out_pending -= wb->bytes;
         lp_wbatch_put(&p->w->wbatches, wb);
@@ -352,11 +379,13 @@ void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int c
     if (chunked) {
         /* Re-chunked: extensions and odd framing never reach the upstream. */
         char size[24];
-        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        size_t n = lp_u64_to_str(len, 16, size);
+        size[n++] = '\r';
+        size[n++] = '\n';
         lp_wbatch_t *wb = peer_outb(p, 3, (unsigned)n);
         if (!wb)
             return;
-        lp_wbatch_add_copy(wb, size, (size_t)n);
+        lp_wbatch_add_copy(wb, size, n);
         lp_wbatch_add(wb, at, len, pin);
         lp_wbatch_add(wb, "\r\n", 2, NULL);
     } else {

@@ -72,18 +72,20 @@ local function load_list(list, path, opts)
     local conf, verr = schema.validate_entry(plugin, entry, ep)
     if not conf then return nil, verr end
     if plugin.compile then
-      local cok, compiled = xpcall(plugin.compile, traceback, conf)
+      local cok, compiled, cerr2 = xpcall(plugin.compile, traceback, conf)
       if not cok then return nil, ep .. ": " .. tostring(compiled) end
-      if compiled == nil then return nil, ep .. ": compile returned nothing" end
+      if compiled == nil then
+        return nil, ep .. ": " .. tostring(cerr2 or "compile returned nothing")
+      end
       conf = compiled
       if conf.fail_open == nil then conf.fail_open = entry.fail_open == true end
     end
     for _, ph in ipairs(M.PHASES) do protect(plugin[ph], opts.jit_off) end
     out[#out + 1] = make_instance(plugin, conf, ep)
   end
-  if #out ~= (function() local n = 0 for _ in pairs(list) do n = n + 1 end return n end)() then
-    return nil, path .. ": expected a list without holes"
-  end
+  local count = 0
+  for _ in pairs(list) do count = count + 1 end
+  if count ~= #out then return nil, path .. ": expected a list without holes" end
   return out
 end
 
