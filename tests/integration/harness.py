@@ -198,6 +198,20 @@ def connect_refused(port, timeout=1.0):
     return False
 
 
+def listening_count(port):
+    """How many TCP sockets listen on port (from /proc/net/tcp)."""
+    n = 0
+    try:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if parts[3] == "0A" and int(parts[1].split(":")[1], 16) == port:
+                    n += 1
+    except OSError:
+        pass
+    return n
+
+
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -538,7 +552,16 @@ class Client:
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(self.timeout)
-        self.sock.connect((host, port))
+        try:
+            self.sock.connect((host, port))
+        except ConnectionRefusedError:
+            self.sock.close()
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "connection to port %d refused "
+                                         "(listening sockets on it: %d)" %
+                                         (port, listening_count(port)))
+        except OSError:
+            self.sock.close()
+            raise
         self.buf = bytearray()
         self.eof = False
         self.reset = False
