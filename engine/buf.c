@@ -8,31 +8,41 @@ void lp_bufpool_init(lp_bufpool_t *p, size_t max_free)
     p->max_free = max_free;
 }
 
-void lp_bufpool_destroy(lp_bufpool_t *p)
+static void free_list(lp_buf_t **head)
 {
-    while (p->free) {
-        lp_buf_t *b = p->free;
-        p->free = b->next;
+    while (*head) {
+        lp_buf_t *b = *head;
+        *head = b->next;
         free(b);
     }
-    p->nfree = 0;
+}
+
+void lp_bufpool_destroy(lp_bufpool_t *p)
+{
+    free_list(&p->free);
+    free_list(&p->free_small);
+    p->nfree = p->nfree_small = 0;
 }
 
 lp_buf_t *lp_buf_get(lp_bufpool_t *p, size_t size)
 {
     lp_buf_t *b;
-    if (size <= LP_BUF_SIZE && p->free) {
+    if (size <= LP_BUF_SMALL && p->free_small) {
+        b = p->free_small;
+        p->free_small = b->next;
+        p->nfree_small--;
+    } else if (size > LP_BUF_SMALL && size <= LP_BUF_SIZE && p->free) {
         b = p->free;
         p->free = b->next;
         p->nfree--;
     } else {
-        size_t cap = size <= LP_BUF_SIZE ? LP_BUF_SIZE : size;
+        size_t cap = size <= LP_BUF_SMALL ? LP_BUF_SMALL : size <= LP_BUF_SIZE ? LP_BUF_SIZE : size;
         b = malloc(sizeof(*b) + cap);
         if (!b)
             return NULL;
         b->cap = (uint32_t)cap;
     }
-    b->pool = b->cap == LP_BUF_SIZE ? p : NULL;
+    b->pool = b->cap == LP_BUF_SIZE || b->cap == LP_BUF_SMALL ? p : NULL;
     b->owner = p;
     b->next = NULL;
     b->refs = 1;
@@ -53,6 +63,17 @@ void lp_buf_unref(lp_buf_t *b)
         return;
     }
     p->outstanding--;
+    if (b->cap == LP_BUF_SMALL) {
+        /* Small blocks are cheap to keep: four times as many. */
+        if (p->nfree_small >= p->max_free * 4) {
+            free(b);
+            return;
+        }
+        b->next = p->free_small;
+        p->free_small = b;
+        p->nfree_small++;
+        return;
+    }
     if (p->nfree >= p->max_free) {
         free(b);
         return;

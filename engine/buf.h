@@ -10,7 +10,8 @@
 #include <uv.h>
 #include "common.h"
 
-#define LP_BUF_SIZE (64 * 1024)
+#define LP_BUF_SIZE  (64 * 1024) /* reads: large, for throughput */
+#define LP_BUF_SMALL 4096        /* message heads and arenas: most fit */
 
 typedef struct lp_bufpool_s lp_bufpool_t;
 
@@ -24,15 +25,18 @@ typedef struct lp_buf_s {
 } lp_buf_t;
 
 struct lp_bufpool_s {
-    lp_buf_t *free;
+    lp_buf_t *free; /* LP_BUF_SIZE blocks */
     size_t nfree;
+    lp_buf_t *free_small; /* LP_BUF_SMALL blocks */
+    size_t nfree_small;
     size_t max_free;    /* blocks kept beyond this go back to malloc */
     size_t outstanding; /* blocks handed out and not yet returned (metrics, leak checks) */
 };
 
 void lp_bufpool_init(lp_bufpool_t *p, size_t max_free);
 void lp_bufpool_destroy(lp_bufpool_t *p);
-/* A block of LP_BUF_SIZE bytes with one reference, or of `size` bytes when larger. */
+/* A block of at least `size` bytes with one reference: LP_BUF_SMALL or LP_BUF_SIZE from
+ * the free lists, or exactly `size` from malloc when larger. */
 lp_buf_t *lp_buf_get(lp_bufpool_t *p, size_t size);
 static inline lp_buf_t *lp_buf_ref(lp_buf_t *b)
 {

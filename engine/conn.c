@@ -16,6 +16,7 @@ enum { TM_NONE, TM_IDLE, TM_HEAD, TM_BODY, TM_SEND, TM_LINGER };
 static void conn_process(lp_conn_t *c);
 static void conn_update_reading(lp_conn_t *c);
 static void req_finish(lp_req_t *req);
+static int req_grow(lp_h1_t *h, size_t need);
 
 static const lp_timeouts_t *T(lp_conn_t *c)
 {
@@ -70,8 +71,7 @@ static lp_req_t *req_new(lp_conn_t *c)
             return NULL;
         }
     }
-    size_t need = lim->max_uri_size + lim->max_header_size + 1024;
-    req->arena = lp_buf_get(&w->bufs, need);
+    req->arena = lp_buf_get(&w->bufs, LP_BUF_SMALL); /* grows with the head (req_grow) */
     if (!req->arena) {
         free(req->headers);
         free(req->resp_headers);
@@ -84,6 +84,7 @@ static lp_req_t *req_new(lp_conn_t *c)
     req->h1.max_header_size = lim->max_header_size;
     req->h1.max_uri_size = lim->max_uri_size;
     lp_h1_set_storage(&req->h1, req->arena->data, req->arena->cap, req->headers, lim->max_headers);
+    req->h1.grow = req_grow;
     req->resp_arena = NULL;
     req->state = LP_RS_HEAD;
     req->flags = 0;
@@ -107,6 +108,48 @@ static lp_req_t *req_new(lp_conn_t *c)
     req->local_body = NULL;
     req->local_body_len = 0;
     return req;
+}
+
+int lp_req_grow(lp_req_t *req, int resp, size_t need)
+{
+    lp_worker_t *w = req->conn->w;
+    const lp_limits_t *lim = &w->config->limits;
+    lp_buf_t *old = resp ? req->resp_arena : req->arena;
+    /* Bounded by the head limits, with room for what Lua adds. */
+    size_t max = 2 * (lim->max_uri_size + lim->max_header_size) + LP_BUF_SIZE;
+    size_t cap = old->cap;
+    while (cap < need)
+        cap *= 4;
+    if (need > max)
+        return -1;
+    lp_buf_t *nb = lp_buf_get(&w->bufs, cap);
+    if (!nb)
+        return -1;
+    if (!resp) {
+        lp_h1_rebase(&req->h1, nb->data, nb->cap);
+        req->arena = nb;
+    } else {
+        lp_h1_t *ph = req->peer && req->peer->h1.arena == old->data ? &req->peer->h1 : NULL;
+        size_t used = req->resp_arena_used;
+        if (ph && ph->arena_len > used)
+            used = ph->arena_len;
+        memcpy(nb->data, old->data, used);
+        if (ph)
+            lp_h1_rebase(ph, nb->data, nb->cap);
+        for (unsigned i = 0; i < req->resp_nheaders; i++) {
+            lp_str_rebase(&req->resp_headers[i].name, old->data, used, nb->data);
+            lp_str_rebase(&req->resp_headers[i].value, old->data, used, nb->data);
+        }
+        lp_str_rebase(&req->resp_upgrade, old->data, used, nb->data);
+        req->resp_arena = nb;
+    }
+    lp_buf_unref(old);
+    return 0;
+}
+
+static int req_grow(lp_h1_t *h, size_t need)
+{
+    return lp_req_grow(h->ud, 0, need);
 }
 
 static void req_free(lp_req_t *req)
@@ -769,46 +812,50 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     if (close)
         req->flags |= LP_RF_RESP_CLOSE;
 
-    lp_buf_t *hb = lp_buf_get(&c->w->bufs, LP_BUF_SIZE);
-    if (!hb)
-        return -1;
-    lp_wbuf_t w = {hb->data, hb->data + hb->cap, 0};
-    lp_wbuf_cstr(&w, "HTTP/1.1 ");
-    lp_wbuf_u64(&w, (uint64_t)status);
-    lp_wbuf_cstr(&w, " ");
-    if (rh && rh->reason.len && status == lp_h1_status(rh))
-        head_str(&w, rh->reason);
-    else
-        lp_wbuf_cstr(&w, lp_h1_status_text(status));
-    lp_wbuf_cstr(&w, "\r\n");
-    if (!rh)
-        lp_wbuf_cstr(&w, "Server: luaproxy\r\n");
-    for (unsigned i = 0; i < req->resp_nheaders; i++) {
-        const lp_header_t *hd = &req->resp_headers[i];
-        lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
-    }
-    if (upgrade) {
-        lp_wbuf_cstr(&w, "Connection: upgrade\r\n");
-        if (req->resp_upgrade.base)
-            lp_wbuf_header(&w, "Upgrade", 7, req->resp_upgrade.base, req->resp_upgrade.len);
-    } else if (req->flags & LP_RF_RESP_CHUNKED) {
-        lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
-    } else if (has_length && status != 204 &&
-               (status != 304 || (rh && (rh->flags & LP_H1F_LENGTH)))) {
-        lp_wbuf_cstr(&w, "Content-Length: ");
-        lp_wbuf_u64(&w, length);
+    /* Most heads fit a small block; a larger one is taken only when needed. */
+    lp_buf_t *hb = NULL;
+    lp_wbuf_t w;
+    for (size_t cap = LP_BUF_SMALL;; cap *= 16) {
+        if (hb)
+            lp_buf_unref(hb);
+        if (cap > 16 * LP_BUF_SIZE || !(hb = lp_buf_get(&c->w->bufs, cap)))
+            return -1;
+        w = (lp_wbuf_t){hb->data, hb->data + hb->cap, 0};
+        lp_wbuf_cstr(&w, "HTTP/1.1 ");
+        lp_wbuf_u64(&w, (uint64_t)status);
+        lp_wbuf_cstr(&w, " ");
+        if (rh && rh->reason.len && status == lp_h1_status(rh))
+            head_str(&w, rh->reason);
+        else
+            lp_wbuf_cstr(&w, lp_h1_status_text(status));
         lp_wbuf_cstr(&w, "\r\n");
-    }
-    if (!upgrade) {
-        if (close)
-            lp_wbuf_cstr(&w, "Connection: close\r\n");
-        else if (req->minor == 0)
-            lp_wbuf_cstr(&w, "Connection: keep-alive\r\n");
-    }
-    lp_wbuf_cstr(&w, "\r\n");
-    if (w.overflow) {
-        lp_buf_unref(hb);
-        return -1;
+        if (!rh)
+            lp_wbuf_cstr(&w, "Server: luaproxy\r\n");
+        for (unsigned i = 0; i < req->resp_nheaders; i++) {
+            const lp_header_t *hd = &req->resp_headers[i];
+            lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
+        }
+        if (upgrade) {
+            lp_wbuf_cstr(&w, "Connection: upgrade\r\n");
+            if (req->resp_upgrade.base)
+                lp_wbuf_header(&w, "Upgrade", 7, req->resp_upgrade.base, req->resp_upgrade.len);
+        } else if (req->flags & LP_RF_RESP_CHUNKED) {
+            lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
+        } else if (has_length && status != 204 &&
+                   (status != 304 || (rh && (rh->flags & LP_H1F_LENGTH)))) {
+            lp_wbuf_cstr(&w, "Content-Length: ");
+            lp_wbuf_u64(&w, length);
+            lp_wbuf_cstr(&w, "\r\n");
+        }
+        if (!upgrade) {
+            if (close)
+                lp_wbuf_cstr(&w, "Connection: close\r\n");
+            else if (req->minor == 0)
+                lp_wbuf_cstr(&w, "Connection: keep-alive\r\n");
+        }
+        lp_wbuf_cstr(&w, "\r\n");
+        if (!w.overflow)
+            break;
     }
     lp_wbatch_t *wb = conn_outb(c, 1, 0);
     if (!wb) {

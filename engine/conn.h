@@ -25,6 +25,9 @@ void lp_conn_tunnel_resume(lp_conn_t *c);
 /* The upstream side of the tunnel ended: close once everything is written. */
 void lp_conn_tunnel_end(lp_conn_t *c);
 
+/* Moves the request's (resp 0) or response's (resp 1) head into a larger arena holding at
+ * least `need` bytes, fixing every slice. 0, or -1 past the head limits. */
+int lp_req_grow(lp_req_t *req, int resp, size_t need);
 /* A suspended Lua phase of req finished with rc (lua_vm.c calls this). */
 void lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc);
 

@@ -32,7 +32,8 @@ int lp_h1_tchar_token(lp_str_t s)
 
 static int append(lp_h1_t *h, const char *at, size_t len)
 {
-    if (h->arena_len + len > h->arena_cap)
+    if (h->arena_len + len > h->arena_cap &&
+        (!h->grow || h->grow(h, h->arena_len + len) || h->arena_len + len > h->arena_cap))
         return -1;
     memcpy(h->arena + h->arena_len, at, len);
     h->arena_len += len;
@@ -243,10 +244,10 @@ static int split_absolute(lp_h1_t *h)
         h->path = LP_STR("/");
     } else if (u.base[i] == '?') {
         /* "/" + "?query": rebuilt in the arena so the path stays one slice. */
-        const char *start = h->arena + h->arena_len;
-        if (append(h, "/", 1) || append(h, u.base + i, u.len - i))
-            return -1;
-        h->path = (lp_str_t){start, u.len - i + 1};
+        size_t start = h->arena_len, off = i;
+        if (append(h, "/", 1) || append(h, h->url.base + off, h->url.len - off))
+            return -1; /* (the arena may have moved: offsets, not pointers) */
+        h->path = (lp_str_t){h->arena + start, h->url.len - off + 1};
     } else {
         h->path = (lp_str_t){u.base + i, u.len - i};
     }
@@ -474,6 +475,32 @@ lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *co
     }
     *consumed = used;
     return ev;
+}
+
+void lp_str_rebase(lp_str_t *s, const char *from, size_t len, const char *to)
+{
+    if (s->base && s->base >= from && s->base <= from + len)
+        s->base = to + (s->base - from);
+}
+
+void lp_h1_rebase(lp_h1_t *h, char *arena, size_t cap)
+{
+    const char *old = h->arena;
+    size_t len = h->arena_len;
+    memcpy(arena, old, len);
+    lp_str_rebase(&h->url, old, len, arena);
+    lp_str_rebase(&h->path, old, len, arena);
+    lp_str_rebase(&h->authority, old, len, arena);
+    lp_str_rebase(&h->reason, old, len, arena);
+    lp_str_rebase(&h->host, old, len, arena);
+    for (unsigned i = 0; i < h->nconn_tokens; i++)
+        lp_str_rebase(&h->conn_tokens[i], old, len, arena);
+    for (unsigned i = 0; i < h->nheaders; i++) {
+        lp_str_rebase(&h->headers[i].name, old, len, arena);
+        lp_str_rebase(&h->headers[i].value, old, len, arena);
+    }
+    h->arena = arena;
+    h->arena_cap = cap;
 }
 
 void lp_h1_resume(lp_h1_t *h)

@@ -36,11 +36,15 @@ typedef enum {
 
 typedef struct lp_h1_s lp_h1_t;
 typedef void (*lp_h1_body_cb)(lp_h1_t *h, const char *at, size_t len);
+/* Called when the arena is full: the owner provides a larger one (lp_h1_rebase) or
+ * returns -1. */
+typedef int (*lp_h1_grow_cb)(lp_h1_t *h, size_t need);
 
 struct lp_h1_s {
     llhttp_t parser; /* parser.data is this struct */
     void *ud;        /* the owner (connection) */
     lp_h1_body_cb on_body;
+    lp_h1_grow_cb grow; /* NULL: the arena cannot grow */
 
     /* Limits, from the config. */
     size_t max_header_size, max_uri_size;
@@ -82,6 +86,11 @@ void lp_h1_init(lp_h1_t *h, llhttp_type_t type, void *ud, lp_h1_body_cb on_body)
 /* Storage for the next message head; nothing points into the previous one afterwards. */
 void lp_h1_set_storage(lp_h1_t *h, char *arena, size_t cap, lp_header_t *headers,
                        unsigned max_headers);
+/* Moves the head into a new arena (at least arena_len bytes; copied here) and points every
+ * slice there. */
+void lp_h1_rebase(lp_h1_t *h, char *arena, size_t cap);
+/* Points s into `to` if it pointed into [from, from + len]. */
+void lp_str_rebase(lp_str_t *s, const char *from, size_t len, const char *to);
 /* Feeds bytes. *consumed says how many were used; on HEAD/DONE the rest is kept by the
  * caller and fed again after lp_h1_resume(). */
 lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *consumed);

@@ -115,7 +115,7 @@ static int hlist(lp_req_t *r, int resp, hlist_t *l)
     }
     if (!r->resp_arena) {
         lp_worker_t *w = req_worker(r);
-        if (!w || !(r->resp_arena = lp_buf_get(&w->bufs, LP_BUF_SIZE)))
+        if (!w || !(r->resp_arena = lp_buf_get(&w->bufs, LP_BUF_SMALL)))
             return -1;
         r->resp_nheaders = 0;
         r->resp_arena_used = 0;
@@ -181,11 +181,14 @@ static int is_framing(const char *name, size_t n)
     return LP_STR_IEQ(s, "content-length") || LP_STR_IEQ(s, "transfer-encoding");
 }
 
-/* Copies bytes into the list's arena; NULL when it is full. */
-static const char *arena_copy(hlist_t *l, const char *p, size_t n)
+/* Copies bytes into the list's arena (growing it); NULL past the limits. */
+static const char *arena_copy(lp_req_t *r, int resp, hlist_t *l, const char *p, size_t n)
 {
-    if (*l->used + n > l->arena->cap)
-        return NULL;
+    if (*l->used + n > l->arena->cap) {
+        if (!r->conn || lp_req_grow(r, resp, *l->used + n))
+            return NULL;
+        hlist(r, resp, l);
+    }
     char *dst = l->arena->data + *l->used;
     memcpy(dst, p, n);
     *l->used += n;
@@ -220,10 +223,14 @@ int lp_ffi_header_set(void *rp, int resp, int mode, const char *name, size_t nle
     }
     if (*l.n >= l.cap)
         return LP_FFI_ENOSPACE;
-    const char *n = arena_copy(&l, name, nlen);
-    const char *v = n ? arena_copy(&l, value, vlen) : NULL;
+    const char *n = arena_copy(r, resp, &l, name, nlen);
+    if (!n)
+        return LP_FFI_ENOSPACE;
+    size_t noff = (size_t)(n - l.arena->data);
+    const char *v = arena_copy(r, resp, &l, value, vlen);
     if (!v)
         return LP_FFI_ENOSPACE;
+    n = l.arena->data + noff; /* the name moved if the value made the arena grow */
     l.v[*l.n].name = (lp_str_t){n, nlen};
     l.v[*l.n].value = (lp_str_t){v, vlen};
     (*l.n)++;
@@ -244,7 +251,7 @@ int lp_ffi_set_path(void *rp, const char *p, size_t n)
     }
     hlist_t l;
     hlist(r, 0, &l);
-    const char *s = arena_copy(&l, p, n);
+    const char *s = arena_copy(r, 0, &l, p, n);
     if (!s)
         return LP_FFI_ENOSPACE;
     r->h1.path = (lp_str_t){s, n};

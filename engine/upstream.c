@@ -13,6 +13,7 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req);
 static void peer_update_reading(lp_peer_t *p);
 static void on_resp_body(lp_h1_t *h, const char *at, size_t len);
 static void peer_connect(lp_peer_t *p, lp_req_t *req);
+static int peer_grow(lp_h1_t *h, size_t need);
 
 static const lp_timeouts_t *T(lp_peer_t *p)
 {
@@ -491,7 +492,7 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
     p->body_out = 0;
     p->flags &= ~(LP_PF_RESP_BYTES | LP_PF_REQ_SENT | LP_PF_KEEPALIVE | LP_PF_PAUSED);
     if (!req->resp_arena) {
-        req->resp_arena = lp_buf_get(&w->bufs, LP_BUF_SIZE);
+        req->resp_arena = lp_buf_get(&w->bufs, LP_BUF_SMALL); /* grows: peer_grow */
         if (!req->resp_arena) {
             peer_fail(p, 502, "out of memory");
             return;
@@ -505,9 +506,17 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
                       req->cap_headers);
     if (req->flags & LP_RF_HEAD)
         p->h1.flags |= LP_H1F_HEAD_REQ;
+    p->h1.grow = peer_grow;
 
-    lp_buf_t *hb = lp_buf_get(&w->bufs, req->arena->cap + 2048);
-    size_t n = hb ? build_request_head(req, hb->data, hb->cap) : 0;
+    lp_buf_t *hb = NULL;
+    size_t n = 0;
+    for (size_t cap = LP_BUF_SMALL; !n && cap <= 16 * LP_BUF_SIZE; cap *= 16) {
+        if (hb)
+            lp_buf_unref(hb);
+        if (!(hb = lp_buf_get(&w->bufs, cap)))
+            break;
+        n = build_request_head(req, hb->data, hb->cap);
+    }
     lp_wbatch_t *wb = n ? peer_outb(p, 1, 0) : NULL;
     if (!wb) {
         if (hb)
@@ -601,6 +610,12 @@ void lp_upstream_start(lp_req_t *req)
 }
 
 /* ---- reading the response ---- */
+
+static int peer_grow(lp_h1_t *h, size_t need)
+{
+    lp_peer_t *p = h->ud;
+    return p->req ? lp_req_grow(p->req, 1, need) : -1;
+}
 
 static void on_resp_body(lp_h1_t *h, const char *at, size_t len)
 {
