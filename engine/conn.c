@@ -107,6 +107,8 @@ static lp_req_t *req_new(lp_conn_t *c)
     req->resp_status = 0;
     req->local_body = NULL;
     req->local_body_len = 0;
+    req->body_buf = NULL;
+    req->body_len = 0;
     return req;
 }
 
@@ -156,6 +158,10 @@ static void req_free(lp_req_t *req)
 {
     lp_worker_t *w = req->conn->w;
     lp_lua_release(req);
+    if (req->body_buf)
+        lp_buf_unref(req->body_buf);
+    req->body_buf = NULL;
+    req->body_len = 0;
     free(req->local_body);
     req->local_body = NULL;
     req->local_body_len = 0;
@@ -559,6 +565,76 @@ void lp_conn_resume_body(lp_req_t *req)
     conn_process(req->conn);
 }
 
+/* req:body(): the request body is gathered (before any upstream) until it is complete or
+ * passes the caller's limit; the Lua phase waiting for it resumes then. What was gathered
+ * goes upstream first (lp_conn_take_body), the rest streams as usual. */
+static void conn_buffer_body(lp_req_t *req, const char *at, size_t len)
+{
+    lp_buf_t *b = req->body_buf;
+    size_t used = req->body_len;
+    if (!b || used + len > b->cap) {
+        size_t cap = b ? b->cap : LP_BUF_SMALL;
+        while (cap < used + len)
+            cap *= 2;
+        lp_buf_t *nb = lp_buf_get(&req->conn->w->bufs, cap);
+        if (!nb) {
+            req->flags &= ~LP_RF_BODY_BUFFERING;
+            req->flags |= LP_RF_BODY_TOOBIG;
+            lp_lua_wake(req);
+            return;
+        }
+        if (b) {
+            memcpy(nb->data, b->data, used);
+            lp_buf_unref(b);
+        }
+        req->body_buf = b = nb;
+    }
+    memcpy(b->data + used, at, len);
+    req->body_len = used + len;
+    if (req->body_len > req->body_max) {
+        /* Over the caller's limit: stop here (parsing waits for the upstream) and say so. */
+        req->flags &= ~LP_RF_BODY_BUFFERING;
+        req->flags |= LP_RF_BODY_TOOBIG;
+        lp_lua_wake(req);
+    }
+}
+
+int lp_conn_read_body(lp_req_t *req, uint64_t max)
+{
+    if (req->state == LP_RS_DONE || body_known_empty(req))
+        return LP_OK;
+    if (req->flags & LP_RF_BODY_TOOBIG)
+        return LP_ERROR;
+    if ((req->h1.flags & LP_H1F_LENGTH) && req->h1.content_length > max)
+        return LP_ERROR;
+    req->body_max = max;
+    req->flags |= LP_RF_BODY_BUFFERING;
+    if (req->state == LP_RS_HEAD)
+        req->state = LP_RS_BODY;
+    if ((req->h1.flags & LP_H1F_EXPECT_100) && !(req->flags & LP_RF_SENT_100)) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        lp_wbatch_t *wb = conn_outb(req->conn, 1, 0);
+        if (wb) {
+            lp_wbatch_add(wb, cont, sizeof(cont) - 1, NULL);
+            req->flags |= LP_RF_SENT_100;
+            lp_conn_flush(req->conn);
+        }
+    }
+    return LP_AGAIN; /* lp_conn_kick() once Lua has yielded: parsing goes on then */
+}
+
+void lp_conn_kick(lp_conn_t *c)
+{
+    if (!(c->flags & LP_CF_CLOSING))
+        conn_process(c);
+}
+
+void lp_conn_take_body(lp_req_t *req, lp_buf_t **buf, size_t *len)
+{
+    *buf = req->body_buf;
+    *len = req->body_len;
+}
+
 static void on_req_body(lp_h1_t *h, const char *at, size_t len)
 {
     lp_req_t *req = h->ud;
@@ -573,6 +649,8 @@ static void on_req_body(lp_h1_t *h, const char *at, size_t len)
     }
     if (req->peer)
         lp_peer_body(req->peer, at, len, c->rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
+    else if (req->flags & LP_RF_BODY_BUFFERING)
+        conn_buffer_body(req, at, len);
 }
 
 /* One step of request parsing. Returns 0 to go on, -1 to stop the loop. */
@@ -608,6 +686,11 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
             lp_peer_body_end(req->peer, (req->h1.flags & LP_H1F_CHUNKED) != 0);
             lp_peer_flush(req->peer);
         }
+        if (req->flags & LP_RF_BODY_BUFFERING) {
+            req->flags &= ~LP_RF_BODY_BUFFERING;
+            lp_lua_wake(req);
+            return 0;
+        }
         if (req->flags & LP_RF_RESP_DONE)
             req_finish(req);
         return 0;
@@ -642,7 +725,8 @@ static void conn_process_once(lp_conn_t *c)
             req->h1.on_body = on_req_body;
             conn_timer(c, TM_HEAD, T(c)->client_header);
         }
-        if (req->state == LP_RS_DONE || (req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED)))
+        if (req->state == LP_RS_DONE || ((req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED)) &&
+                                         !(req->flags & LP_RF_BODY_BUFFERING)))
             return;
         /* After the head, the parser has to run once more even without input: a message
          * without a body completes only then. */

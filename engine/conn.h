@@ -28,6 +28,13 @@ void lp_conn_tunnel_end(lp_conn_t *c);
 /* Moves the request's (resp 0) or response's (resp 1) head into a larger arena holding at
  * least `need` bytes, fixing every slice. 0, or -1 past the head limits. */
 int lp_req_grow(lp_req_t *req, int resp, size_t need);
+/* req:body(max): LP_OK when the body is complete (or empty), LP_AGAIN while it is being
+ * gathered (lp_lua_wake follows), LP_ERROR when it is larger than max. */
+int lp_conn_read_body(lp_req_t *req, uint64_t max);
+/* Parses what is pending (after a Lua phase yielded waiting for the body). */
+void lp_conn_kick(lp_conn_t *c);
+/* The body gathered for req:body() (NULL when none). */
+void lp_conn_take_body(lp_req_t *req, lp_buf_t **buf, size_t *len);
 /* A suspended Lua phase of req finished with rc (lua_vm.c calls this). */
 void lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc);
 

@@ -464,7 +464,13 @@ static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
     if (rc == LUA_YIELD) {
         if (t->wait == LP_LW_RESPONDED)
             return LP_DONE;
-        if (t->wait == LP_LW_SLEEP || t->wait == LP_LW_BODY)
+        if (t->wait == LP_LW_BODY && t->req && t->req->conn) {
+            /* Lua has yielded: the body can be read now (this may resume it at once). */
+            t->req->flags |= LP_RF_LUA_WAIT;
+            lp_conn_kick(t->req->conn);
+            return LP_AGAIN; /* (perhaps already resumed and finished by now) */
+        }
+        if (t->wait == LP_LW_SLEEP)
             return LP_AGAIN;
         lp_log_error("lua: a phase yielded outside the proxy API (coroutine.yield from a "
                      "handler?); failing the request");
@@ -577,6 +583,39 @@ int lp_ffi_sleep(double seconds)
     t->wait = LP_LW_SLEEP;
     uv_timer_start(&t->timer, on_sleep_done, (uint64_t)(seconds * 1000.0 + 0.5), 0);
     return 0;
+}
+
+void lp_lua_wake(lp_req_t *req)
+{
+    lp_lua_task_t *t = req->lua;
+    if (!t || t->wait != LP_LW_BODY)
+        return;
+    t->wait = LP_LW_NONE;
+    lp_rc_t rc = task_resume(t, 0);
+    if (rc == LP_AGAIN)
+        return;
+    req->flags &= ~LP_RF_LUA_WAIT;
+    lp_conn_lua_resumed(req, t->phase, rc);
+}
+
+int lp_ffi_body_read(void *rp, double max, lp_str_t *out)
+{
+    lp_req_t *req = rp;
+    lp_lua_t *vm = current_vm;
+    if (!req->conn)
+        return LP_FFI_EINVAL;
+    uint64_t limit = max < 0 ? 0 : (uint64_t)max;
+    int rc = lp_conn_read_body(req, limit);
+    if (rc == LP_OK) {
+        out->base = req->body_buf ? req->body_buf->data : "";
+        out->len = req->body_len;
+        return 0;
+    }
+    if (rc == LP_ERROR)
+        return LP_FFI_ENOSPACE;
+    if (vm && vm->running)
+        vm->running->wait = LP_LW_BODY;
+    return 1;
 }
 
 /* req:respond(): the answer is recorded; Lua yields next and is never resumed. */

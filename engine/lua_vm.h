@@ -49,6 +49,8 @@ int lp_lua_wants(lp_worker_t *w, int route, int phase);
 lp_rc_t lp_lua_phase(lp_req_t *req, int phase);
 /* The response_body filter: *out is the chunk to send (valid until the next Lua call). */
 lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, lp_str_t *out);
+/* What req:body() waited for happened: resume the phase. */
+void lp_lua_wake(lp_req_t *req);
 /* The request is gone: drop its coroutine and handle. */
 void lp_lua_release(lp_req_t *req);
 

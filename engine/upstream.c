@@ -527,6 +527,11 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
     lp_wbatch_add(wb, hb->data, n, hb);
     lp_buf_unref(hb);
     peer_timer(p, PT_NONE, 0);
+    lp_buf_t *gathered;
+    size_t glen;
+    lp_conn_take_body(req, &gathered, &glen);
+    if (gathered && glen)
+        lp_peer_body(p, gathered->data, glen, gathered, (req->h1.flags & LP_H1F_CHUNKED) != 0);
     if (req->state == LP_RS_DONE)
         lp_peer_body_end(p, (req->h1.flags & LP_H1F_CHUNKED) != 0);
     peer_update_reading(p);

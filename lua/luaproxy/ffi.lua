@@ -17,6 +17,7 @@ int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);
 int lp_ffi_respond(void *r, int status, const char *body, size_t len);
 int lp_ffi_sleep(double seconds);
+int lp_ffi_body_read(void *r, double max, lp_str_t *out);
 void lp_ffi_log(int level, const char *msg, size_t len);
 double lp_ffi_now(void);
 int lp_ffi_worker_id(void);

@@ -184,9 +184,18 @@ function methods.set_target(h, host, port)
   end
 end
 
+-- The whole request body (gathered before it goes upstream, which still gets all of it).
 function methods.body(h, max_bytes)
   check(h, "body")
-  return nil, "req:body() is not implemented yet"
+  max_bytes = tonumber(max_bytes)
+  if not max_bytes or max_bytes < 0 then error("req:body(): expected a maximum size in bytes", 2) end
+  local rc = C.lp_ffi_body_read(h._r, max_bytes, s1)
+  if rc == 1 then
+    yield() -- the engine resumes once the body is complete or too large
+    rc = C.lp_ffi_body_read(h._r, max_bytes, s1)
+  end
+  if rc == 0 then return ffi_string(s1[0].base, s1[0].len) end
+  return nil, "too large"
 end
 
 -- ---- local answers ----
