@@ -87,6 +87,89 @@ for _conns in (50, 256):
             "per_mib": _per_mib,
         })
 
+# --- Lua: request_id + headers (one request, one response header) + router --------
+# luaproxy runs its bundled plugins; nginx (libnginx-mod-http-lua, the OpenResty-style
+# anchor) does the same work in access_by_lua_block / header_filter_by_lua_block.
+LUAPROXY_LUA = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  plugins = {
+    { name = "request_id" },
+    { name = "router", rules = { { prefix = "/", upstream = "app" } } },
+    { name = "headers", request = { set = { ["X-Env"] = "prod" } },
+                        response = { set = { ["X-Served-By"] = "luaproxy" } } },
+  },
+  routes = { { match = { prefix = "/" } } },
+  log = { access = false },
+}
+"""
+
+NGINX_LUA = """\
+{{user}}
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+worker_processes 1;
+worker_rlimit_nofile {{nofile}};
+pid {{dir}}/nginx.pid;
+error_log {{dir}}/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path {{dir}}/tmp/client_body;
+  proxy_temp_path       {{dir}}/tmp/proxy;
+  fastcgi_temp_path     {{dir}}/tmp/fastcgi;
+  uwsgi_temp_path       {{dir}}/tmp/uwsgi;
+  scgi_temp_path        {{dir}}/tmp/scgi;
+  lua_package_path "/nonexistent/?.lua;;";
+  init_worker_by_lua_block { math.randomseed(ngx.worker.pid() * ngx.now()) }
+  upstream app {
+    server 127.0.0.1:{{origin_port}};
+    keepalive 512;
+  }
+  server {
+    listen 127.0.0.1:{{port}};
+    location / {
+      set $up "";
+      access_by_lua_block {
+        -- request_id: keep a valid incoming id or make a UUID v4
+        local rid = ngx.var.http_x_request_id
+        if not rid or #rid > 200 or rid:find("[^%w%-_.:]") then
+          local r = math.random
+          rid = string.format("%08x-%04x-4%03x-%04x-%04x%08x", r(0, 0xffffffff), r(0, 0xffff),
+            r(0, 0xfff), 0x8000 + r(0, 0x3fff), r(0, 0xffff), r(0, 0xffffffff))
+          ngx.req.set_header("X-Request-Id", rid)
+        end
+        ngx.ctx.rid = rid
+        -- router: first matching prefix rule picks the upstream
+        local uri = ngx.var.uri
+        if uri:sub(1, 1) == "/" then ngx.var.up = "app" end
+        -- headers: one request header
+        ngx.req.set_header("X-Env", "prod")
+      }
+      header_filter_by_lua_block {
+        ngx.header["X-Served-By"] = "nginx"
+        ngx.header["X-Request-Id"] = ngx.ctx.rid
+      }
+      proxy_pass http://$up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+"""
+
+for _conns in (50, 256):
+    SCENARIOS.append({
+        "name": "lua-5B-c%d" % _conns,
+        "path": "/",
+        "connections": _conns,
+        "luaproxy": LUAPROXY_LUA,
+        "nginx": NGINX_LUA,
+        "per_mib": False,
+    })
+
 # The idle keep-alive memory test uses these templates (fresh processes).
 IDLE = {
     "connections": 10000,

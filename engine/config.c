@@ -536,7 +536,8 @@ static int load_routes(vctx_t *v, lp_config_t *c)
                 join(ph, sizeof(ph), p, "handler");
                 rc = fail(v, ph, "expected a function or a script module name");
             }
-            lua_route = tp != LUA_TNIL || th != LUA_TNIL;
+            /* With plugins (here or global) or a handler, Lua may choose the upstream. */
+            lua_route = tp != LUA_TNIL || th != LUA_TNIL || c->global_plugins;
             if (lua_route)
                 c->has_lua = 1;
         }
@@ -640,17 +641,23 @@ out:
     return rc;
 }
 
-static int load_lua(vctx_t *v, lp_config_t *c)
+static int load_global_plugins(vctx_t *v, lp_config_t *c)
 {
-    static const char *const keys[] = {"phase_timeout", "plugin_paths", NULL};
-    int present, rc = 0;
+    int rc = 0;
     int tp = field(v, "plugins");
     if (tp != LUA_TNIL && tp != LUA_TTABLE)
         rc = fail(v, "plugins", "expected a list of plugin entries");
     if (tp == LUA_TTABLE && lua_objlen(v->L, -1) > 0)
-        c->has_lua = 1;
+        c->has_lua = c->global_plugins = 1;
     lua_pop(v->L, 1);
-    if (rc || (rc = opt_table(v, "", "lua", &present)))
+    return rc;
+}
+
+static int load_lua(vctx_t *v, lp_config_t *c)
+{
+    static const char *const keys[] = {"phase_timeout", "plugin_paths", NULL};
+    int present, rc = 0;
+    if ((rc = opt_table(v, "", "lua", &present)))
         return rc;
     if (!present)
         lua_newtable(v->L);
@@ -682,9 +689,9 @@ static int load_top(vctx_t *v, lp_config_t *c)
         unsigned cpus = uv_available_parallelism();
         c->workers = cpus ? cpus : 1;
     }
-    if ((rc = load_listen(v, c)) || (rc = load_upstreams(v, c)) || (rc = load_routes(v, c)) ||
-        (rc = load_timeouts(v, c)) || (rc = load_limits(v, c)) || (rc = load_log(v, c)) ||
-        (rc = load_lua(v, c)))
+    if ((rc = load_global_plugins(v, c)) || (rc = load_listen(v, c)) ||
+        (rc = load_upstreams(v, c)) || (rc = load_routes(v, c)) || (rc = load_timeouts(v, c)) ||
+        (rc = load_limits(v, c)) || (rc = load_log(v, c)) || (rc = load_lua(v, c)))
         return rc;
     return 0;
 }

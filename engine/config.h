@@ -71,6 +71,7 @@ typedef struct {
     char *access_format; /* owned; the access log template */
     lp_log_level_t log_level;
     int has_lua;                /* plugins or route handlers: workers start a Lua VM */
+    int global_plugins;         /* top-level plugins: every route may be routed by Lua */
     uint64_t lua_phase_timeout; /* ms of wall clock a Lua phase may run without yielding */
 } lp_config_t;
 

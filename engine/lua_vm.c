@@ -114,6 +114,9 @@ static void push_load_opts(lua_State *L, const char *config_path, int jit_off)
     lua_setfield(L, -2, "script_path");
     lua_pushboolean(L, jit_off);
     lua_setfield(L, -2, "jit_off");
+    snprintf(buf, sizeof(buf), "%s/plugins/", root);
+    lua_pushstring(L, buf);
+    lua_setfield(L, -2, "bundled_dir");
 }
 
 /* runtime.load(cfg, opts) with the config table at `cfg_idx`; leaves the state (or nothing)

@@ -20,10 +20,10 @@ M.PHASE_ID = PHASE_ID
 -- Result codes of `run` (engine/lua_vm.h LP_LUA_*).
 local OK, FAILED = 0, 2
 
-local plugin_cache = {}
+local plugin_cache, plugin_files = {}, {}
 
 local function find_plugin(name, plugin_path)
-  if plugin_cache[name] then return plugin_cache[name] end
+  if plugin_cache[name] then return plugin_cache[name], nil, plugin_files[name] end
   if type(name) ~= "string" or not name:match("^[%w_%-%.]+$") then
     return nil, "invalid plugin name " .. format("%q", tostring(name))
   end
@@ -36,6 +36,7 @@ local function find_plugin(name, plugin_path)
   local ok, plugin = xpcall(chunk, traceback, name)
   if not ok then return nil, plugin end
   plugin_cache[name] = plugin
+  plugin_files[name] = file
   return plugin, nil, file
 end
 
@@ -64,7 +65,7 @@ local function load_list(list, path, opts)
     local p = format("%s[%d]", path, i)
     if type(entry) ~= "table" then return nil, p .. ": expected { name = ..., ... }" end
     if type(entry.name) ~= "string" then return nil, p .. ".name: required (a plugin name)" end
-    local plugin, err = find_plugin(entry.name, opts.plugin_path)
+    local plugin, err, file = find_plugin(entry.name, opts.plugin_path)
     if not plugin then return nil, p .. ": " .. err end
     local ok, cerr = schema.check_plugin(plugin, p)
     if not ok then return nil, cerr end
@@ -80,7 +81,9 @@ local function load_list(list, path, opts)
       conf = compiled
       if conf.fail_open == nil then conf.fail_open = entry.fail_open == true end
     end
-    for _, ph in ipairs(M.PHASES) do protect(plugin[ph], opts.jit_off) end
+    -- The bundled plugins are the engine's own code: they stay compiled.
+    local bundled = opts.bundled_dir and file and file:sub(1, #opts.bundled_dir) == opts.bundled_dir
+    for _, ph in ipairs(M.PHASES) do protect(plugin[ph], opts.jit_off and not bundled) end
     out[#out + 1] = make_instance(plugin, conf, ep)
   end
   local count = 0
@@ -183,21 +186,33 @@ end
 local log_failure -- set by the engine binding: log_failure(inst, phase, err)
 function M.set_failure_logger(fn) log_failure = fn end
 
+-- Runs list[i..] of a phase; h._k says which plugin is running, for the error path.
+local function run_from(h, list, phase, i)
+  for k = i, #list do
+    h._k = k
+    local inst = list[k]
+    inst[phase](h, inst.conf)
+  end
+end
+
 -- Runs phase `id` of the request handle `h` (inside its coroutine). Returns OK, or FAILED
 -- when a plugin raised and is not fail_open. req:respond() yields and never returns here.
+-- One protected call covers the whole chain; after a fail_open failure the chain goes on
+-- from the next plugin.
 function M.run(h, id)
   local list = h._chain[id]
   if not list then return OK end
-  h._phase = M.PHASES[id]
-  for i = 1, #list do
-    local inst = list[i]
-    local ok, err = xpcall(inst[M.PHASES[id]], traceback, h, inst.conf)
-    if not ok then
-      if log_failure then log_failure(inst, M.PHASES[id], err, h) end
-      if not inst.fail_open then return FAILED end
-    end
+  local phase = M.PHASES[id]
+  h._phase = phase
+  local i = 1
+  while true do
+    local ok, err = xpcall(run_from, traceback, h, list, phase, i)
+    if ok then return OK end
+    local inst = list[h._k]
+    if log_failure then log_failure(inst, phase, err, h) end
+    if not inst.fail_open then return FAILED end
+    i = h._k + 1
   end
-  return OK
 end
 
 -- The response_body filter chain: every filter sees the previous one's output.
