@@ -1133,7 +1133,11 @@ class ProxyTestCase(unittest.TestCase):
 
     def assertAlive(self, proxy=None):
         proxy = proxy or self.proxy
-        self.assertTrue(proxy.alive(), "proxy died:\n" + proxy.stderr()[-4000:])
+        if not proxy.alive():
+            rc = proxy.proc.poll() if proxy.proc is not None else None
+            how = ("killed by signal %d" % -rc) if rc is not None and rc < 0 else \
+                "exit code %s" % rc
+            self.fail("proxy died (%s):\n%s" % (how, proxy.stderr()[-6000:]))
 
     def assertClosed(self, client, timeout=None, msg=None):
         closed, extra = client.wait_closed(timeout if timeout is not None else T(5))

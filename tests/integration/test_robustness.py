@@ -89,7 +89,7 @@ class RobustnessTest(H.ProxyTestCase):
         self.assertEqual(r.body, b"hello")
 
     def test_garbage_requests(self):
-        n_conns = 2400
+        n_conns = 4800
         n_threads = 12
         problems = []
         hung = []
@@ -144,6 +144,7 @@ class RobustnessTest(H.ProxyTestCase):
             t.start()
         for t in ts:
             t.join(H.T(300))
+        sys.stderr.write("\n  garbage connections by kind: %r\n" % counts)
         self.assertAlive()
         self.assertEqual(problems[:5], [], "%d problems" % len(problems))
         self.assertEqual(hung[:5], [], "%d connections not closed after client EOF" % len(hung))
