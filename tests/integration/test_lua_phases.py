@@ -160,6 +160,8 @@ class LuaPhasesTest(L.LuaTestCase):
                   plugins=[{"name": "bodyfilter", "mode": "hold"}]),
             route("/upper-local", plugins=[{"name": "bodyfilter", "mode": "upper"}],
                   handler=R('''function(req) return req:respond(200, "quiet words") end''')),
+            route("/initw/", upstream="one", strip_prefix=True,
+                  plugins=[{"name": "initw", "value": "cache-ready"}]),
             route("/vars", handler=VARS_HANDLER),
             route("/body/", upstream="one", strip_prefix=True, handler=R('''function(req)
                     local body, err = req:body(100)
@@ -290,6 +292,33 @@ class LuaPhasesTest(L.LuaTestCase):
         self.assertEqual(r.status, 200)
         self.assertLess(fast, 0.6, "a request waited for another one's proxy.sleep")
         self.assertEqual(done["r"].status, 200)
+
+    def test_pipelined_requests_with_sleeping_phases_answered_in_order(self):
+        paths = ["/sleep-request/headers?n=1", "/headers?n=2", "/sleep-response/headers?n=3",
+                 "/sleep-upstream/headers?n=4", "/headers?n=5"]
+        with H.Client(self.proxy.port, timeout=H.T(20)) as c:
+            c.send(b"".join(H.build_request("GET", p) for p in paths))
+            for p in paths:
+                r = c.read_response()
+                self.assertEqual(r.status, 200)
+                self.assertTrue(r.json()["url"].endswith(p.split("?")[1]), (p, r.json()))
+
+    def test_client_gone_while_phase_sleeps(self):
+        for path in ("/sleep-request/", "/sleep-upstream/", "/sleep-response/"):
+            with self.subTest(path=path):
+                c = H.Client(self.proxy.port)
+                c.send(H.build_request("GET", path))
+                time.sleep(0.05)
+                c.abort()
+        time.sleep(0.5)  # the sleeps end with nobody to answer
+        self.assertWorks()
+        r = self.get("/sleep-request/")
+        self.assertEqual(r.status, 200)
+
+    def test_init_worker_ran_before_traffic(self):
+        r = self.get("/initw/headers")
+        self.assertEqual(L.hvalues(L.origin_headers(r), "X-Init-Worker"),
+                         ["cache-ready@1 runs=1"])
 
     # ------------------------------------------------------------------ errors
 
@@ -687,6 +716,9 @@ class LuaBodyFilterErrorTest(L.LuaTestCase):
         LuaPhasesTest.check_failure_logged(self, phase, before)
 
     def assertWorks(self, c=None):
+        time.sleep(0.2)
+        self.assertTrue(self.proxy.alive(), "proxy died (exit status %s):\n%s" % (
+            self.proxy.proc.poll(), self.proxy.stderr()[-1500:]))
         LuaPhasesTest.assertWorks(self, c)
 
     def test_error_in_response_body_filter(self):
