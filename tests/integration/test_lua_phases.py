@@ -10,6 +10,7 @@ handler modules in tests/integration/lua/scripts (copied next to the config)."""
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -160,6 +161,10 @@ class LuaPhasesTest(L.LuaTestCase):
                   plugins=[{"name": "bodyfilter", "mode": "hold"}]),
             route("/upper-local", plugins=[{"name": "bodyfilter", "mode": "upper"}],
                   handler=R('''function(req) return req:respond(200, "quiet words") end''')),
+            route("/spin-upstream/", upstream="one", strip_prefix=True,
+                  plugins=[{"name": "spin", "phase": "upstream"}]),
+            route("/spin-response/", upstream="one", strip_prefix=True,
+                  plugins=[{"name": "spin", "phase": "response"}]),
             route("/initw/", upstream="one", strip_prefix=True,
                   plugins=[{"name": "initw", "value": "cache-ready"}]),
             route("/vars", handler=VARS_HANDLER),
@@ -406,6 +411,15 @@ class LuaPhasesTest(L.LuaTestCase):
         self.assertWorks()
         for _ in range(3):
             self.assertWorks()
+
+    def test_runaway_loop_in_plugin_phases(self):
+        for phase in ("upstream", "response"):
+            with self.subTest(phase=phase):
+                t0 = time.monotonic()
+                r = H.get(self.proxy.port, "/spin-%s/" % phase, timeout=H.T(15))
+                self.assertEqual(r.status, 500)
+                self.assertLess(time.monotonic() - t0, H.T(5))
+                self.assertWorks()
 
     def test_runaway_loop_does_not_stall_other_connections_for_long(self):
         import threading
@@ -748,6 +762,38 @@ class LuaBodyFilterErrorTest(L.LuaTestCase):
             if r is not None and r.status == 200:
                 self.assertFalse(r.complete, "body filter error went unnoticed: %r" % r)
         self.assertWorks()
+
+
+class LuaRunawayHelperTest(L.LuaTestCase):
+    """A runaway loop in a helper function a plugin's phase calls (not in the phase
+    function itself) is stopped by lua.phase_timeout too. Own proxy: when the watchdog
+    misses it, the only worker spins for good (the proxy is then SIGKILLed)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.one = cls.start_origin("one")
+        routes = [
+            route("/spin-helper/", upstream="one", strip_prefix=True,
+                  plugins=[{"name": "spin", "phase": "request", "helper": True}]),
+            route("/", upstream="one"),
+        ]
+        cls.proxy = cls.start_lua_proxy({"one": H.upstream(cls.one.address())}, routes,
+                                        workers=1, phase_timeout=0.5,
+                                        timeouts={"drain": 1})
+        proc = cls.proxy.proc
+        cls.addClassCleanup(lambda: H.stop_process(proc, sig=signal.SIGKILL))
+
+    def test_helper_loop_is_stopped(self):
+        t0 = time.monotonic()
+        try:
+            r = self.get("/spin-helper/", timeout=H.T(6))
+        except socket.timeout:
+            self.fail("a runaway loop in a helper function was not stopped by "
+                      "lua.phase_timeout = 0.5 within %.0fs: the worker hangs" % H.T(6))
+        self.assertEqual(r.status, 500)
+        self.assertLess(time.monotonic() - t0, H.T(5))
+        r = self.get("/", timeout=H.T(5))
+        self.assertEqual((r.status, r.body), (200, b"hello"))
 
 
 class LuaPhaseTimeoutOffTest(L.LuaTestCase):
