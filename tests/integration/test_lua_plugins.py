@@ -574,6 +574,9 @@ class ABTest(PluginTestCase):
             route("/h/", upstream="a", strip_prefix=True, plugins=[ab(sticky="header", arms=[
                 {"name": "a", "upstream": "a", "weight": 1},
                 {"name": "b", "upstream": "b", "weight": 2}])]),
+            route("/ip/", upstream="a", strip_prefix=True, plugins=[ab(sticky="ip", arms=[
+                {"name": "a", "upstream": "a", "weight": 1},
+                {"name": "b", "upstream": "b", "weight": 1}])]),
             route("/z/", upstream="a", strip_prefix=True, plugins=[ab(cookie="exp1", arms=[
                 {"name": "a", "upstream": "a", "weight": 1},
                 {"name": "b", "upstream": "b", "weight": 0}])]),
@@ -662,6 +665,13 @@ class ABTest(PluginTestCase):
                 r = self.get("/h/", headers={"X-User-Id": user})
                 self.assertEqual(self.arm(r), want, user)
                 self.assertIsNone(self.cookie_of(r))
+
+    def test_ip_hash_stickiness(self):
+        want = "a" if fnv1a("127.0.0.1") % 2 < 1 else "b"
+        for _ in range(10):
+            r = self.get("/ip/")
+            self.assertEqual(self.arm(r), want)
+            self.assertIsNone(self.cookie_of(r))
 
     def test_header_missing_is_drawn(self):
         seen = set()
