@@ -674,10 +674,32 @@ static int load_lua(vctx_t *v, lp_config_t *c)
     return rc;
 }
 
+static int load_admin(vctx_t *v, lp_config_t *c)
+{
+    static const char *const keys[] = {"address", NULL};
+    int present, rc;
+    if ((rc = opt_string(v, "", "pid_file", &c->pid_file)) ||
+        (rc = opt_bool(v, "", "watch", 0, &c->watch)) || (rc = opt_table(v, "", "admin", &present)))
+        return rc;
+    if (!present)
+        return 0;
+    if (!(rc = check_keys(v, "admin", keys))) {
+        field(v, "address");
+        if (lua_isnil(v->L, -1))
+            rc = fail(v, "admin.address", "required (e.g. \"127.0.0.1:9901\")");
+        else
+            rc = parse_address_value(v, "admin.address", &c->admin);
+        lua_pop(v->L, 1);
+    }
+    lua_pop(v->L, 1);
+    return rc;
+}
+
 static int load_top(vctx_t *v, lp_config_t *c)
 {
-    static const char *const keys[] = {"workers", "listen", "upstreams", "routes", "timeouts",
-                                       "limits",  "log",    "plugins",   "lua",    NULL};
+    static const char *const keys[] = {"workers",  "listen", "upstreams", "routes", "timeouts",
+                                       "limits",   "log",    "plugins",   "lua",    "admin",
+                                       "pid_file", "watch",  NULL};
     int rc;
     uint64_t workers = 0;
     if ((rc = check_keys(v, "", keys)))
@@ -691,7 +713,8 @@ static int load_top(vctx_t *v, lp_config_t *c)
     }
     if ((rc = load_global_plugins(v, c)) || (rc = load_listen(v, c)) ||
         (rc = load_upstreams(v, c)) || (rc = load_routes(v, c)) || (rc = load_timeouts(v, c)) ||
-        (rc = load_limits(v, c)) || (rc = load_log(v, c)) || (rc = load_lua(v, c)))
+        (rc = load_limits(v, c)) || (rc = load_log(v, c)) || (rc = load_lua(v, c)) ||
+        (rc = load_admin(v, c)))
         return rc;
     return 0;
 }
@@ -757,6 +780,8 @@ void lp_config_free(lp_config_t *c)
     free(c->routes);
     free(c->access_log);
     free(c->access_format);
+    free(c->admin.text);
+    free(c->pid_file);
     free(c->path);
     free(c);
 }

@@ -7,6 +7,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "upstream.h"
+#include "worker.h"
 
 /* What the connection timer is timing. */
 enum { TM_NONE, TM_IDLE, TM_HEAD, TM_BODY, TM_SEND, TM_LINGER };
@@ -79,6 +80,8 @@ static lp_req_t *req_new(lp_conn_t *c)
         return NULL;
     }
     req->conn = c;
+    req->g = w->cur;
+    req->g->refs++;
     req->next_free = NULL;
     lp_h1_init(&req->h1, HTTP_REQUEST, req, NULL);
     req->h1.max_header_size = lim->max_header_size;
@@ -176,6 +179,8 @@ static void req_free(lp_req_t *req)
     req->arena = req->resp_arena = NULL;
     req->conn->req = NULL;
     req->conn = NULL;
+    lp_wgen_release(w, req->g);
+    req->g = NULL;
     if (w->nfree_reqs >= 256 || req->cap_headers < w->config->limits.max_headers) {
         free(req->headers);
         free(req->resp_headers);
@@ -187,7 +192,7 @@ static void req_free(lp_req_t *req)
     w->nfree_reqs++;
 }
 
-static void on_req_body(lp_h1_t *h, const char *at, size_t len);
+static int on_req_body(lp_h1_t *h, const char *at, size_t len);
 
 /* ---- closing ---- */
 
@@ -197,7 +202,7 @@ static void on_handle_close(uv_handle_t *h)
     if (--c->handles)
         return;
     lp_list_remove(&c->link);
-    c->w->nconns--;
+    __atomic_sub_fetch(&c->w->nconns, 1, __ATOMIC_RELAXED);
     free(c);
 }
 
@@ -498,14 +503,15 @@ static void conn_start_upstream(lp_req_t *req)
         return;
     }
     req->flags |= LP_RF_WAIT_UPSTREAM;
-    req->state = LP_RS_BODY;
+    if (req->state != LP_RS_DONE) /* req:body() may have read it all already */
+        req->state = LP_RS_BODY;
     lp_upstream_start(req);
 }
 
 /* Runs a Lua phase if the request's chain has one; LP_AGAIN means it was parked. */
 static lp_rc_t conn_run_phase(lp_req_t *req, int phase)
 {
-    if (!lp_lua_wants(req->conn->w, req->route_index, phase))
+    if (!lp_lua_wants(req->g->lua, req->route_index, phase))
         return LP_DECLINED;
     return lp_lua_phase(req, phase);
 }
@@ -514,7 +520,7 @@ static void conn_on_head(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     lp_h1_t *h = &req->h1;
-    const lp_config_t *cfg = c->w->config;
+    const lp_config_t *cfg = req->g->config;
     req->method = lp_h1_method(h);
     req->minor = (uint8_t)lp_h1_minor(h);
     if (req->method == HTTP_HEAD)
@@ -530,7 +536,7 @@ static void conn_on_head(lp_req_t *req)
     req->route = route_find(cfg, h);
     req->route_index = req->route ? (int)(req->route - cfg->routes) : -1;
     if (req->route && req->route->has_upstream)
-        req->upstream = &c->w->upstreams[req->route->upstream];
+        req->upstream = &req->g->upstreams[req->route->upstream];
     /* Parsing stays parked while Lua decides. */
     req->flags |= LP_RF_WAIT_UPSTREAM;
     lp_rc_t rc = conn_run_phase(req, LP_PHASE_REQUEST);
@@ -635,22 +641,23 @@ void lp_conn_take_body(lp_req_t *req, lp_buf_t **buf, size_t *len)
     *len = req->body_len;
 }
 
-static void on_req_body(lp_h1_t *h, const char *at, size_t len)
+static int on_req_body(lp_h1_t *h, const char *at, size_t len)
 {
     lp_req_t *req = h->ud;
     lp_conn_t *c = req->conn;
-    uint64_t max = c->w->config->limits.max_body_size;
+    uint64_t max = req->g->config->limits.max_body_size;
     req->body_in += len;
     if (max && req->body_in > max) {
         /* Chunked bodies learn their size as they go: stop forwarding past the limit. */
         llhttp_set_error_reason(&h->parser, "request body too large");
         h->err_status = 413;
-        return;
+        return 0;
     }
     if (req->peer)
         lp_peer_body(req->peer, at, len, c->rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
     else if (req->flags & LP_RF_BODY_BUFFERING)
         conn_buffer_body(req, at, len);
+    return 0;
 }
 
 /* One step of request parsing. Returns 0 to go on, -1 to stop the loop. */
@@ -880,7 +887,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     int upgrade = rh && (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
     int no_body = (req->flags & LP_RF_HEAD) || status == 204 || status == 304 || upgrade;
     int close = (req->h1.flags & LP_H1F_CONN_CLOSE) || c->w->stopping;
-    int filtered = lp_lua_wants(c->w, req->route_index, LP_PHASE_BODY);
+    int filtered = lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY);
     int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED) : 1;
     uint64_t length = rh ? rh->content_length : req->local_body_len;
     req->status = status;
@@ -1016,22 +1023,22 @@ static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof)
     return 0;
 }
 
-void lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
+int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
-    if (req->lua && lp_lua_wants(req->conn->w, req->route_index, LP_PHASE_BODY)) {
-        if (len && conn_filter_body(req, at, len, 0)) {
-            lp_log_warn("%s: response_body filter failed; closing", req->conn->client_ip);
-            lp_conn_close(req->conn);
-        }
-        return;
+    if (req->lua && lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
+        /* A failed filter stops the upstream parser: the caller closes both sides. */
+        if (len && conn_filter_body(req, at, len, 0))
+            return -1;
+        return 0;
     }
     conn_write_body(req, at, len, pin);
+    return 0;
 }
 
 void lp_conn_response_done(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    if (req->lua && lp_lua_wants(c->w, req->route_index, LP_PHASE_BODY) &&
+    if (req->lua && lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) &&
         !(req->flags & LP_RF_HEAD) && conn_filter_body(req, "", 0, 1)) {
         lp_conn_close(c);
         return;
@@ -1076,7 +1083,7 @@ static void conn_send_local(lp_req_t *req)
             return;
         }
         memcpy(b->data, req->local_body, req->local_body_len);
-        if (lp_lua_wants(req->conn->w, req->route_index, LP_PHASE_BODY) && req->lua) {
+        if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) && req->lua) {
             if (conn_filter_body(req, b->data, req->local_body_len, 0)) {
                 lp_buf_unref(b);
                 lp_conn_close(req->conn);
@@ -1106,7 +1113,12 @@ static void conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
         }
         if (body_known_empty(req))
             req->state = LP_RS_DONE;
-        lp_conn_upstream_failed(req, 500, "a Lua phase failed");
+        if (req->peer) {
+            lp_peer_abort(req->peer);
+            req->peer = NULL;
+        }
+        /* The connection stays open when nothing of the request is left unread. */
+        conn_respond_local(req, 500, 1);
         return;
     }
     if (rc == LP_DONE) {
@@ -1166,7 +1178,7 @@ static void req_finish(lp_req_t *req)
     }
     int keep = !(req->flags & LP_RF_RESP_CLOSE) && req->state == LP_RS_DONE && !w->stopping &&
                !((c->flags & LP_CF_EOF) && !(c->rbuf && c->rpos < c->rlen));
-    w->requests++;
+    __atomic_add_fetch(&w->requests, 1, __ATOMIC_RELAXED);
     c->nrequests++;
     lp_accesslog_write(w->access, req);
     req_free(req);
@@ -1230,7 +1242,7 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     c->tcp.data = c;
     c->handles = 1;
     lp_list_insert_tail(&w->conns, &c->link);
-    w->nconns++;
+    __atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
     if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
         uv_close((uv_handle_t *)&c->tcp, on_handle_close);
         return;

@@ -14,7 +14,8 @@ void lp_conn_drain(lp_conn_t *c);
 void lp_conn_upstream_ready(lp_req_t *req);
 void lp_conn_upstream_failed(lp_req_t *req, int status, const char *why);
 int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh);
-void lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin);
+/* Response body bytes for the client; -1 when a body filter failed (close both sides). */
+int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin);
 void lp_conn_response_done(lp_req_t *req);
 void lp_conn_flush(lp_conn_t *c);
 void lp_conn_resume_body(lp_req_t *req); /* upstream drained below the low watermark */

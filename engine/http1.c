@@ -347,8 +347,13 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     lp_h1_t *h = H1(p);
     h->body_started = 1;
-    if (h->on_body)
-        h->on_body(h, at, len);
+    if (h->on_body && h->on_body(h, at, len)) {
+        if (!h->err_status) {
+            h->err_status = h->parser.type == HTTP_REQUEST ? 400 : 502;
+            h->err_reason = "body handler failed";
+        }
+        return HPE_USER;
+    }
     return 0;
 }
 

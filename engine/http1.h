@@ -35,7 +35,8 @@ typedef enum {
 #define LP_H1_MAX_CONN_TOKENS 16
 
 typedef struct lp_h1_s lp_h1_t;
-typedef void (*lp_h1_body_cb)(lp_h1_t *h, const char *at, size_t len);
+/* Body bytes; a non-zero return stops the parser with an error. */
+typedef int (*lp_h1_body_cb)(lp_h1_t *h, const char *at, size_t len);
 /* Called when the arena is full: the owner provides a larger one (lp_h1_rebase) or
  * returns -1. */
 typedef int (*lp_h1_grow_cb)(lp_h1_t *h, size_t need);

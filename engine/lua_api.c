@@ -265,10 +265,11 @@ int lp_ffi_set_upstream(void *rp, const char *name, size_t n)
     lp_worker_t *w = req_worker(r);
     if (!w)
         return LP_FFI_EINVAL;
-    for (size_t i = 0; i < w->config->nupstreams; i++) {
-        const char *un = w->config->upstreams[i].name;
+    const lp_config_t *cfg = r->g->config;
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const char *un = cfg->upstreams[i].name;
         if (strlen(un) == n && memcmp(un, name, n) == 0) {
-            r->upstream = &w->upstreams[i];
+            r->upstream = &r->g->upstreams[i];
             return 0;
         }
     }

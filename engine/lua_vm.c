@@ -18,6 +18,7 @@ struct lp_lua_s {
     lp_lua_task_t *free_tasks;
     lp_lua_task_t *all_tasks; /* every task ever made, for shutdown (linked by next_all) */
     lp_lua_task_t *running;   /* the task being resumed */
+    int closing_timers;       /* retiring: task timers not closed yet */
     uint64_t timeout_ns;      /* lua.phase_timeout */
     /* Shared with the watchdog thread: the wall-clock deadline of the Lua code running now
      * (0: none). Written by this worker, read by the watchdog (atomics). */
@@ -229,6 +230,8 @@ void lp_lua_watchdog_stop(void)
 
 static void wd_register(lp_lua_t *vm, int on)
 {
+    if (on)
+        lp_lua_watchdog_start();
     pthread_mutex_lock(&wd_lock);
     if (on && wd_n < (int)LP_ARRAY_LEN(wd_vms)) {
         wd_vms[wd_n++] = vm;
@@ -262,9 +265,9 @@ static int route_phases(lua_State *L, int state_idx, const char *field, int key)
     return (int)mask;
 }
 
-int lp_lua_open(lp_worker_t *w, char *err, size_t errlen)
+int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_lua_t **out, char *err, size_t errlen)
 {
-    const lp_config_t *cfg = w->config;
+    *out = NULL;
     if (!cfg->has_lua)
         return 0;
     lp_lua_t *vm = calloc(1, sizeof(*vm));
@@ -280,8 +283,20 @@ int lp_lua_open(lp_worker_t *w, char *err, size_t errlen)
     luaL_openlibs(L);
     lp_lua_set_paths(L, cfg->path);
     current_vm = vm; /* the FFI functions used while loading find the VM */
-    w->lua = vm;
-    if (luaL_loadfile(L, cfg->path) || lua_pcall(L, 0, 1, 0)) {
+    if (luaL_loadfile(L, cfg->path)) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    if (vm->timeout_ns) {
+        /* Handlers written in the config run interpreted: see runtime.lua, interpret(). */
+        lua_getglobal(L, "jit");
+        lua_getfield(L, -1, "off");
+        lua_pushvalue(L, -3);
+        lua_pushboolean(L, 1);
+        lua_call(L, 2, 0);
+        lua_pop(L, 1);
+    }
+    if (lua_pcall(L, 0, 1, 0)) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         goto fail;
     }
@@ -330,52 +345,53 @@ int lp_lua_open(lp_worker_t *w, char *err, size_t errlen)
     if (vm->timeout_ns)
         wd_register(vm, 1);
     current_vm = NULL;
+    *out = vm;
     return 0;
 fail:
     current_vm = NULL;
     lua_close(L);
     free(vm->route_phases);
     free(vm);
-    w->lua = NULL;
     return LP_ECONFIG;
+}
+
+static void vm_free(lp_lua_t *vm)
+{
+    lua_close(vm->L);
+    free(vm->route_phases);
+    free(vm);
 }
 
 static void on_task_timer_close(uv_handle_t *h)
 {
-    free(h->data);
+    lp_lua_task_t *t = h->data;
+    lp_lua_t *vm = t->vm;
+    free(t);
+    if (--vm->closing_timers == 0)
+        vm_free(vm);
 }
 
-void lp_lua_close(lp_worker_t *w)
+void lp_lua_retire(lp_lua_t *vm)
 {
-    lp_lua_t *vm = w->lua;
     if (!vm)
         return;
     wd_register(vm, 0);
-    /* Task timers are handles of the worker's loop: close them first. */
+    /* Task timers are handles of the worker's loop: the VM goes once they are closed. */
     lp_lua_task_t *t = vm->all_tasks;
+    vm->all_tasks = NULL;
     while (t) {
         lp_lua_task_t *next = t->next_all;
         t->timer.data = t;
+        vm->closing_timers++;
         uv_close((uv_handle_t *)&t->timer, on_task_timer_close);
         t = next;
     }
-    vm->all_tasks = NULL;
+    if (!vm->closing_timers)
+        vm_free(vm);
 }
 
-void lp_lua_destroy(lp_worker_t *w)
+int lp_lua_wants(lp_lua_t *vm, int route, int phase)
 {
-    lp_lua_t *vm = w->lua;
-    if (!vm)
-        return;
-    lua_close(vm->L);
-    free(vm->route_phases);
-    free(vm);
-    w->lua = NULL;
-}
-
-int lp_lua_wants(lp_worker_t *w, int route, int phase)
-{
-    lp_lua_t *vm = w->lua;
     if (!vm)
         return 0;
     return (vm->route_phases[route + 1] & LP_PHASE_BIT(phase)) != 0;
@@ -465,8 +481,12 @@ static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
         return result == 0 ? LP_OK : LP_ERROR;
     }
     if (rc == LUA_YIELD) {
-        if (t->wait == LP_LW_RESPONDED)
+        if (t->wait == LP_LW_RESPONDED) {
+            /* Never resumed: later phases run on a fresh coroutine. */
+            task_drop_coroutine(t);
+            t->wait = LP_LW_NONE;
             return LP_DONE;
+        }
         if (t->wait == LP_LW_BODY && t->req && t->req->conn) {
             /* Lua has yielded: the body can be read now (this may resume it at once). */
             t->req->flags |= LP_RF_LUA_WAIT;
@@ -490,7 +510,7 @@ static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
 
 lp_rc_t lp_lua_phase(lp_req_t *req, int phase)
 {
-    lp_lua_t *vm = req->conn ? req->conn->w->lua : NULL;
+    lp_lua_t *vm = req->g ? req->g->lua : NULL;
     if (!vm)
         return LP_OK;
     lp_lua_task_t *t = req->lua;

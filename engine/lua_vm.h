@@ -38,12 +38,15 @@ void lp_lua_set_paths(lua_State *L, const char *config_path);
 int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t errlen);
 
 /* Worker VM. */
-int lp_lua_open(lp_worker_t *w, char *err, size_t errlen);
-/* Closes the task timers (before the loop's last run), then frees the VM. */
-void lp_lua_close(lp_worker_t *w);
-void lp_lua_destroy(lp_worker_t *w);
+/* Builds worker w's VM for cfg (*out NULL when the config has no Lua): loads the runtime,
+ * the plugins and handlers, and runs init_worker. May run on the main thread: the VM is
+ * handed to the worker afterwards. */
+int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, struct lp_lua_s **out, char *err,
+                size_t errlen);
+/* Frees a VM no request uses any more (its task timers close first). Worker thread. */
+void lp_lua_retire(struct lp_lua_s *vm);
 /* Whether the request's chain (route index, or -1 for no route) has Lua for `phase`. */
-int lp_lua_wants(lp_worker_t *w, int route, int phase);
+int lp_lua_wants(struct lp_lua_s *vm, int route, int phase);
 /* Runs a phase. LP_OK: continue; LP_AGAIN: suspended, lp_conn_lua_resumed() follows;
  * LP_DONE: req:respond() answered; LP_ERROR: a plugin failed (the request gets 500). */
 lp_rc_t lp_lua_phase(lp_req_t *req, int phase);

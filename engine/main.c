@@ -4,35 +4,63 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 #include "accesslog.h"
 #include "config.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "server.h"
 #include "worker.h"
 
 static void usage(FILE *out)
 {
     fprintf(out, "usage: luaproxy -c FILE [-w N]     serve with the config FILE\n"
                  "       luaproxy -t -c FILE          check FILE and exit\n"
+                 "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
                  "       luaproxy -v                  print the version\n"
                  "       luaproxy -h                  this help\n"
                  "options:\n"
                  "  -c FILE  configuration (a Lua file returning a table)\n"
                  "  -t       validate the configuration and exit (0: valid)\n"
-                 "  -w N     worker threads (overrides the config's workers)\n");
+                 "  -w N     worker threads (overrides the config's workers)\n"
+                 "  -s SIG   send to the running instance: reload (through the admin API\n"
+                 "           when configured, else SIGHUP to the pid in pid_file), stop\n");
 }
 
-static uv_signal_t sigterm, sigint;
+static uv_signal_t sigterm, sigint, sighup;
 static int stop_signal;
+static lp_server_t server;
 
 static void on_signal(uv_signal_t *s, int signum)
 {
+    if (signum == SIGHUP) {
+        char err[1024];
+        lp_server_reload(&server, err, sizeof(err));
+        return;
+    }
     stop_signal = signum;
     uv_signal_stop(&sigterm);
     uv_signal_stop(&sigint);
+    uv_signal_stop(&sighup);
     uv_stop(s->loop);
+}
+
+int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
+{
+    uint64_t t0 = uv_hrtime();
+    int rc = lp_workers_reload(s->workers, s->nworkers, s->config_path, err, errlen);
+    if (rc) {
+        lp_log_error("reload failed, generation %llu keeps serving: %s",
+                     (unsigned long long)lp_gen_current->id, err);
+        return rc;
+    }
+    lp_log_level = lp_gen_current->config->log_level;
+    lp_admin_update(s);
+    lp_log_notice("reload: generation %llu live in %.1f ms", (unsigned long long)lp_gen_current->id,
+                  (double)(uv_hrtime() - t0) / 1e6);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -40,13 +68,17 @@ int main(int argc, char **argv)
     const char *path = NULL;
     int test_only = 0, opt;
     long workers = 0;
-    while ((opt = getopt(argc, argv, "c:tw:vh")) != -1) {
+    const char *signal_name = NULL;
+    while ((opt = getopt(argc, argv, "c:tw:s:vh")) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;
             break;
         case 't':
             test_only = 1;
+            break;
+        case 's':
+            signal_name = optarg;
             break;
         case 'w': {
             char *end;
@@ -84,44 +116,59 @@ int main(int argc, char **argv)
         lp_config_free(cfg);
         return 1;
     }
+    if (signal_name) {
+        int rc = lp_admin_signal(cfg, signal_name);
+        lp_config_free(cfg);
+        return rc;
+    }
     if (test_only) {
         printf("%s: configuration ok\n", path);
         lp_config_free(cfg);
         return 0;
     }
-    if (workers)
-        cfg->workers = (unsigned)workers;
     lp_log_level = cfg->log_level;
+    lp_config_free(cfg);
     signal(SIGPIPE, SIG_IGN);
 
-    lp_worker_t *ws = NULL;
-    if (cfg->has_lua && cfg->lua_phase_timeout)
-        lp_lua_watchdog_start();
-    if (lp_workers_start(cfg, cfg->workers, &ws, err, sizeof(err))) {
+    char abspath[4096];
+    server.config_path = realpath(path, abspath) ? abspath : path;
+    server.loop = uv_default_loop();
+    server.started_at = (double)time(NULL);
+    if (lp_workers_start(server.config_path, (unsigned)workers, &server.workers, &cfg, err,
+                         sizeof(err))) {
         lp_log_error("%s", err);
-        if (ws)
-            lp_workers_stop(ws, cfg->workers);
-        lp_config_free(cfg);
         return 1;
     }
+    server.nworkers = cfg->workers && !workers ? cfg->workers : (unsigned)workers;
     for (size_t i = 0; i < cfg->nlisten; i++)
-        lp_log_notice("listening on %s (%u workers)", cfg->listen[i].addr.text, cfg->workers);
+        lp_log_notice("listening on %s (%u workers)", cfg->listen[i].addr.text, server.nworkers);
+    if (lp_admin_update(&server)) {
+        lp_workers_stop(server.workers, server.nworkers);
+        lp_lua_watchdog_stop();
+        return 1;
+    }
+    lp_pidfile_write(cfg);
 
-    uv_loop_t *loop = uv_default_loop();
-    uv_signal_init(loop, &sigterm);
-    uv_signal_init(loop, &sigint);
+    uv_signal_init(server.loop, &sigterm);
+    uv_signal_init(server.loop, &sigint);
+    uv_signal_init(server.loop, &sighup);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_signal_start(&sigint, on_signal, SIGINT);
-    uv_run(loop, UV_RUN_DEFAULT);
+    uv_signal_start(&sighup, on_signal, SIGHUP);
+    lp_watch_start(&server);
+    uv_run(server.loop, UV_RUN_DEFAULT);
     lp_log_notice("signal %d: draining (up to %.1f s)", stop_signal,
-                  (double)cfg->timeouts.drain / 1000.0);
-    lp_workers_stop(ws, cfg->workers);
+                  (double)lp_gen_current->config->timeouts.drain / 1000.0);
+    lp_watch_stop(&server);
+    lp_admin_stop(&server);
+    lp_pidfile_remove(lp_gen_current->config);
+    lp_workers_stop(server.workers, server.nworkers);
     lp_lua_watchdog_stop();
     uv_close((uv_handle_t *)&sigterm, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
-    uv_run(loop, UV_RUN_DEFAULT);
-    uv_loop_close(loop);
+    uv_close((uv_handle_t *)&sighup, NULL);
+    uv_run(server.loop, UV_RUN_DEFAULT);
+    uv_loop_close(server.loop);
     lp_log_notice("stopped");
-    lp_config_free(cfg);
     return 0;
 }

@@ -22,12 +22,21 @@ typedef struct lp_accesslog_s lp_accesslog_t;
 #define LP_HIGH_WATERMARK (256 * 1024)
 #define LP_LOW_WATERMARK  (64 * 1024)
 
-/* One upstream target as seen by one worker: its idle connection pool. */
-typedef struct {
-    const lp_target_conf_t *conf;
+/* A worker's connection pool to one address. It outlives config generations, so a reload
+ * keeps the connections of targets that did not change. */
+typedef struct lp_pool_s {
+    lp_addr_t addr; /* own copy (text owned) */
     lp_list_t idle; /* lp_peer_t.link, most recently used first */
     unsigned nidle;
     unsigned active;
+    uint64_t gen;           /* the newest generation that uses it */
+    struct lp_pool_s *next; /* the worker's list */
+} lp_pool_t;
+
+/* One upstream target in one generation: its weight (conf) and its pool. */
+typedef struct {
+    const lp_target_conf_t *conf;
+    lp_pool_t *pool;
 } lp_target_rt_t;
 
 typedef struct {
@@ -36,32 +45,61 @@ typedef struct {
     lp_rr_t rr;
 } lp_upstream_rt_t;
 
-typedef struct {
+typedef struct lp_listener_s {
     uv_tcp_t tcp;
     lp_worker_t *w;
-    int closed;
+    char *addr;  /* owned: the listen address as configured, to match across reloads */
+    int closing; /* uv_close called; freed in its close callback */
+    struct lp_listener_s *next;
 } lp_listener_t;
+
+/* A config generation as the main thread knows it. Shared by the workers: `refs` (atomic)
+ * counts the workers still using it; the last one frees the config. */
+typedef struct lp_gen_s {
+    uint64_t id;
+    lp_config_t *config; /* owned */
+    int refs;
+    double loaded_at; /* seconds since the epoch */
+} lp_gen_t;
+
+/* One worker's side of a generation: its Lua VM and balancer state. Each request holds a
+ * reference (req->g), the worker one more while the generation is current; the last
+ * release frees it (and closes its VM). Worker-local. */
+typedef struct lp_wgen_s {
+    uint64_t id;
+    lp_gen_t *gen;
+    const lp_config_t *config;
+    struct lp_lua_s *lua;        /* owned, NULL without Lua */
+    lp_upstream_rt_t *upstreams; /* owned, config->nupstreams */
+    unsigned refs;
+} lp_wgen_t;
 
 struct lp_worker_s {
     int id;
     uv_thread_t thread;
     uv_loop_t loop;
-    uv_async_t wakeup; /* main thread → worker: stop */
+    uv_async_t wakeup; /* main thread → worker: stop, or switch generation */
     uv_timer_t drain_timer;
-    uv_prepare_t flush; /* before-sleep hook: access log flush */
-    const lp_config_t *config;
-    lp_listener_t *listeners;    /* owned, config->nlisten */
-    lp_upstream_rt_t *upstreams; /* owned, config->nupstreams */
-    lp_list_t conns;             /* every downstream connection (lp_conn_t.link) */
-    lp_list_t peers;             /* every upstream connection, pooled or busy (lp_peer_t.all) */
+    uv_prepare_t flush;        /* before-sleep hook: access log flush */
+    lp_wgen_t *cur;            /* the generation new requests use */
+    const lp_config_t *config; /* cur->config: connection-level settings */
+    lp_listener_t *listeners;  /* owned list */
+    lp_pool_t *pools;          /* owned list: upstream connection pools by address */
+    /* Mailbox from the main thread (guarded by `mbox_lock`): a generation to switch to. */
+    uv_mutex_t mbox_lock;
+    struct lp_switch_s *mbox;
+    int stop_requested;
+    uv_sem_t mbox_done;
+    int started;     /* the thread runs (main thread only) */
+    lp_list_t conns; /* every downstream connection (lp_conn_t.link) */
+    lp_list_t peers; /* every upstream connection, pooled or busy (lp_peer_t.all) */
     size_t nconns;
     lp_bufpool_t bufs;
     lp_wbpool_t wbatches;
     lp_accesslog_t *access;         /* owned */
     int stopping;                   /* graceful shutdown in progress */
     uint64_t drain_deadline;        /* uv_now() after which busy connections are cut */
-    uint64_t requests;              /* served, for the status line */
-    struct lp_lua_s *lua;           /* this worker's VM (owned), NULL when the config has no Lua */
+    uint64_t requests;              /* served (read by the admin API: relaxed atomics) */
     struct lp_dyn_upstream_s **dyn; /* req:set_target() upstreams (owned), ndyn of them */
     size_t ndyn;
     lp_req_t *free_reqs; /* recycled request objects */
@@ -94,6 +132,7 @@ typedef enum {
 
 struct lp_req_s {
     lp_conn_t *conn;
+    lp_wgen_t *g; /* the generation serving it (a reference) */
     lp_req_t *next_free;
     lp_h1_t h1;           /* request parser; head stored in `arena` */
     lp_buf_t *arena;      /* request head bytes (owned reference) */
@@ -174,9 +213,9 @@ struct lp_peer_s {
     uv_connect_t connect_req;
     uv_timer_t timer;
     lp_worker_t *w;
-    lp_upstream_rt_t *upstream;
-    lp_target_rt_t *target;
-    lp_list_t link; /* in target->idle while pooled */
+    lp_upstream_rt_t *upstream; /* while serving a request (NULL while pooled) */
+    lp_pool_t *pool;
+    lp_list_t link; /* in pool->idle while pooled */
     lp_list_t all;  /* in worker->peers */
     lp_h1_t h1;     /* response parser */
     lp_buf_t *rbuf; /* owned reference */

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include "conn.h"
 #include "log.h"
+#include "lua_vm.h"
 #include "upstream.h"
 
 /* What the upstream connection timer is timing. */
@@ -11,7 +12,7 @@ enum { PT_NONE, PT_CONNECT, PT_SEND, PT_READ, PT_IDLE };
 static void peer_close(lp_peer_t *p);
 static void peer_start_request(lp_peer_t *p, lp_req_t *req);
 static void peer_update_reading(lp_peer_t *p);
-static void on_resp_body(lp_h1_t *h, const char *at, size_t len);
+static int on_resp_body(lp_h1_t *h, const char *at, size_t len);
 static void peer_connect(lp_peer_t *p, lp_req_t *req);
 static int peer_grow(lp_h1_t *h, size_t need);
 
@@ -38,36 +39,74 @@ static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
     }
 }
 
-int lp_upstream_rt_init(lp_worker_t *w)
+/* The worker's pool for an address, made on first use. */
+static lp_pool_t *pool_get(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen)
 {
-    const lp_config_t *cfg = w->config;
-    w->upstreams = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*w->upstreams));
-    if (!w->upstreams)
-        return LP_ENOMEM;
+    lp_pool_t *p;
+    for (p = w->pools; p; p = p->next)
+        if (p->addr.addrlen == addr->addrlen && strcmp(p->addr.text, addr->text) == 0 &&
+            memcmp(&p->addr.addr, &addr->addr, addr->addrlen) == 0)
+            break;
+    if (!p) {
+        p = calloc(1, sizeof(*p));
+        if (!p)
+            return NULL;
+        p->addr = *addr;
+        p->addr.text = strdup(addr->text);
+        if (!p->addr.text) {
+            free(p);
+            return NULL;
+        }
+        lp_list_init(&p->idle);
+        p->next = w->pools;
+        w->pools = p;
+    }
+    if (gen > p->gen)
+        p->gen = gen;
+    return p;
+}
+
+lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg, uint64_t gen)
+{
+    lp_upstream_rt_t *ups = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*ups));
+    if (!ups)
+        return NULL;
     for (size_t i = 0; i < cfg->nupstreams; i++) {
-        lp_upstream_rt_t *u = &w->upstreams[i];
+        lp_upstream_rt_t *u = &ups[i];
         const lp_upstream_conf_t *uc = &cfg->upstreams[i];
         u->conf = uc;
         u->targets = calloc(uc->ntargets, sizeof(*u->targets));
         unsigned *weights = calloc(uc->ntargets, sizeof(unsigned));
-        if (!u->targets || !weights) {
-            free(weights);
-            return LP_ENOMEM;
-        }
-        for (size_t j = 0; j < uc->ntargets; j++) {
+        int rc = !u->targets || !weights;
+        for (size_t j = 0; !rc && j < uc->ntargets; j++) {
             u->targets[j].conf = &uc->targets[j];
-            lp_list_init(&u->targets[j].idle);
+            u->targets[j].pool = pool_get(w, &uc->targets[j].addr, gen);
+            rc = !u->targets[j].pool;
             weights[j] = uc->targets[j].weight;
         }
-        int rc = lp_rr_init(&u->rr, weights, uc->ntargets);
+        if (!rc)
+            rc = lp_rr_init(&u->rr, weights, uc->ntargets);
         free(weights);
-        if (rc)
-            return LP_ENOMEM;
+        if (rc) {
+            lp_upstream_rt_free(ups, i + 1);
+            return NULL;
+        }
     }
-    return 0;
+    return ups;
 }
 
-/* A set_target() destination: config and runtime state in one allocation. */
+void lp_upstream_rt_free(lp_upstream_rt_t *ups, size_t n)
+{
+    if (!ups)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(ups[i].targets);
+        lp_rr_destroy(&ups[i].rr);
+    }
+    free(ups);
+}
+
+/* A set_target() destination: a one-target upstream kept per worker (not per generation). */
 typedef struct lp_dyn_upstream_s {
     lp_upstream_conf_t conf;
     lp_target_conf_t tconf;
@@ -104,11 +143,11 @@ lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa,
     d->conf.keepalive_timeout = 60000;
     d->conf.keepalive_requests = 1000;
     d->trt.conf = &d->tconf;
-    lp_list_init(&d->trt.idle);
+    d->trt.pool = pool_get(w, &d->tconf.addr, UINT64_MAX);
     d->rt.conf = &d->conf;
     d->rt.targets = &d->trt;
     unsigned one = 1;
-    if (lp_rr_init(&d->rt.rr, &one, 1)) {
+    if (!d->trt.pool || lp_rr_init(&d->rt.rr, &one, 1)) {
         free(d);
         return NULL;
     }
@@ -116,7 +155,7 @@ lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa,
     return &d->rt;
 }
 
-void lp_upstream_rt_destroy(lp_worker_t *w)
+void lp_upstream_destroy_all(lp_worker_t *w)
 {
     for (size_t i = 0; i < w->ndyn; i++) {
         lp_rr_destroy(&w->dyn[i]->rt.rr);
@@ -125,14 +164,12 @@ void lp_upstream_rt_destroy(lp_worker_t *w)
     free(w->dyn);
     w->dyn = NULL;
     w->ndyn = 0;
-    if (!w->upstreams)
-        return;
-    for (size_t i = 0; i < w->config->nupstreams; i++) {
-        free(w->upstreams[i].targets);
-        lp_rr_destroy(&w->upstreams[i].rr);
+    while (w->pools) {
+        lp_pool_t *p = w->pools;
+        w->pools = p->next;
+        free(p->addr.text);
+        free(p);
     }
-    free(w->upstreams);
-    w->upstreams = NULL;
 }
 
 /* ---- lifetime ---- */
@@ -153,12 +190,12 @@ static void peer_close(lp_peer_t *p)
     p->flags |= LP_PF_CLOSING;
     if (!lp_list_empty(&p->link)) {
         lp_list_remove(&p->link);
-        p->target->nidle--;
+        p->pool->nidle--;
     }
     if (p->req) {
         p->req->peer = NULL;
         p->req = NULL;
-        p->target->active--;
+        p->pool->active--;
     }
     if (p->rbuf) {
         lp_buf_unref(p->rbuf);
@@ -177,14 +214,14 @@ void lp_peer_abort(lp_peer_t *p)
     peer_close(p);
 }
 
-static lp_peer_t *peer_new(lp_worker_t *w, lp_upstream_rt_t *u, lp_target_rt_t *t)
+static lp_peer_t *peer_new(lp_worker_t *w, lp_upstream_rt_t *u, lp_pool_t *t)
 {
     lp_peer_t *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
     p->w = w;
     p->upstream = u;
-    p->target = t;
+    p->pool = t;
     lp_list_init(&p->link);
     lp_list_insert_tail(&w->peers, &p->all);
     uv_tcp_init(&w->loop, &p->tcp);
@@ -198,7 +235,7 @@ static lp_peer_t *peer_new(lp_worker_t *w, lp_upstream_rt_t *u, lp_target_rt_t *
 /* Returns a connection to its target's pool, or closes it. */
 static void peer_release(lp_peer_t *p)
 {
-    lp_target_rt_t *t = p->target;
+    lp_pool_t *t = p->pool;
     const lp_upstream_conf_t *uc = p->upstream->conf;
     if (p->req) {
         p->req->peer = NULL;
@@ -220,6 +257,7 @@ static void peer_release(lp_peer_t *p)
     }
     p->flags &= ~(LP_PF_REUSED | LP_PF_RESP_BYTES | LP_PF_PAUSED | LP_PF_REQ_SENT);
     p->body_out = 0;
+    p->upstream = NULL; /* a pool outlives generations: it keeps no generation's state */
     lp_list_insert_head(&t->idle, &p->link);
     t->nidle++;
     peer_timer(p, PT_IDLE, uc->keepalive_timeout);
@@ -242,8 +280,8 @@ static void peer_fail(lp_peer_t *p, int status, const char *why)
     int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) && p->body_out == 0 &&
                 !(req->flags & LP_RF_RESP_STARTED);
     int connect_failed = !(p->flags & LP_PF_CONNECTED);
-    const char *addr = p->target->conf->addr.text;
-    lp_target_rt_t *t = p->target;
+    const char *addr = p->pool->addr.text;
+    lp_pool_t *t = p->pool;
     peer_close(p);
     lp_upstream_rt_t *u = req->upstream;
     if (connect_failed && !(req->flags & LP_RF_RESP_STARTED) && u->conf->ntargets <= 64) {
@@ -255,7 +293,7 @@ static void peer_fail(lp_peer_t *p, int status, const char *why)
             req->target = next;
             req->tried[0] |= 1ull << next;
             req->tries++;
-            lp_peer_t *np = peer_new(req->conn->w, u, &u->targets[next]);
+            lp_peer_t *np = peer_new(req->conn->w, u, u->targets[next].pool);
             if (np) {
                 peer_connect(np, req);
                 return;
@@ -440,7 +478,7 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
     if (h->host.base)
         lp_wbuf_str(&w, h->host.base, h->host.len);
     else
-        lp_wbuf_cstr(&w, req->peer->target->conf->addr.text);
+        lp_wbuf_cstr(&w, req->peer->pool->addr.text);
     lp_wbuf_str(&w, "\r\n", 2);
     int xff = 0;
     for (unsigned i = 0; i < h->nheaders; i++) {
@@ -487,7 +525,7 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
     lp_worker_t *w = p->w;
     p->req = req;
     req->peer = p;
-    p->target->active++;
+    p->pool->active++;
     p->nrequests++;
     p->body_out = 0;
     p->flags &= ~(LP_PF_RESP_BYTES | LP_PF_REQ_SENT | LP_PF_KEEPALIVE | LP_PF_PAUSED);
@@ -499,7 +537,7 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
         }
     }
     lp_h1_init(&p->h1, HTTP_RESPONSE, p, on_resp_body);
-    p->h1.max_header_size = w->config->limits.max_header_size;
+    p->h1.max_header_size = req->g->config->limits.max_header_size;
     if (p->h1.max_header_size > LP_BUF_SIZE - 1024)
         p->h1.max_header_size = LP_BUF_SIZE - 1024;
     lp_h1_set_storage(&p->h1, req->resp_arena->data, req->resp_arena->cap, req->resp_headers,
@@ -557,7 +595,7 @@ static void on_connect(uv_connect_t *cr, int status)
     uv_tcp_nodelay(&p->tcp, 1);
     lp_req_t *req = p->req;
     p->req = NULL;
-    p->target->active--;
+    p->pool->active--;
     if (!req)
         return;
     req->peer = NULL;
@@ -569,10 +607,9 @@ static void peer_connect(lp_peer_t *p, lp_req_t *req)
     /* Bound to the request while connecting so that either side can abort the other. */
     p->req = req;
     req->peer = p;
-    p->target->active++;
+    p->pool->active++;
     p->connect_req.data = p;
-    const lp_target_conf_t *tc = p->target->conf;
-    int rc = uv_tcp_connect(&p->connect_req, &p->tcp, (const struct sockaddr *)&tc->addr.addr,
+    int rc = uv_tcp_connect(&p->connect_req, &p->tcp, (const struct sockaddr *)&p->pool->addr.addr,
                             on_connect);
     if (rc) {
         char why[128];
@@ -596,13 +633,14 @@ void lp_upstream_start(lp_req_t *req)
     if (idx < 64)
         req->tried[0] |= 1ull << idx;
     req->t_upstream = uv_hrtime();
-    lp_target_rt_t *t = &u->targets[idx];
+    lp_pool_t *t = u->targets[idx].pool;
     lp_worker_t *w = req->conn->w;
     if (!lp_list_empty(&t->idle)) {
         lp_peer_t *p = LP_CONTAINER_OF(t->idle.next, lp_peer_t, link);
         lp_list_remove(&p->link);
         t->nidle--;
         p->flags |= LP_PF_REUSED;
+        p->upstream = u;
         peer_start_request(p, req);
         return;
     }
@@ -622,11 +660,10 @@ static int peer_grow(lp_h1_t *h, size_t need)
     return p->req ? lp_req_grow(p->req, 1, need) : -1;
 }
 
-static void on_resp_body(lp_h1_t *h, const char *at, size_t len)
+static int on_resp_body(lp_h1_t *h, const char *at, size_t len)
 {
     lp_peer_t *p = h->ud;
-    if (p->req)
-        lp_conn_response_body(p->req, at, len, p->rbuf);
+    return p->req ? lp_conn_response_body(p->req, at, len, p->rbuf) : 0;
 }
 
 static void peer_response_done(lp_peer_t *p)
@@ -639,7 +676,7 @@ static void peer_response_done(lp_peer_t *p)
     /* Detach first: finishing the request must not abort this connection. */
     p->req = NULL;
     req->peer = NULL;
-    p->target->active--;
+    p->pool->active--;
     lp_conn_response_done(req);
     LP_UNUSED(c);
     peer_release(p);
@@ -667,6 +704,10 @@ static void peer_parse(lp_peer_t *p)
                 /* The response phase waits: so does the body. */
                 p->flags |= LP_PF_LUA;
                 peer_update_reading(p);
+                return;
+            }
+            if (hr == 500) {
+                lp_conn_lua_resumed(req, LP_PHASE_RESPONSE, LP_ERROR); /* closes p */
                 return;
             }
             if (hr) {
@@ -749,7 +790,7 @@ static void peer_eof(lp_peer_t *p, int err)
             peer_timer(p, PT_NONE, 0);
             p->req = NULL;
             req->peer = NULL;
-            p->target->active--;
+            p->pool->active--;
             lp_conn_response_done(req);
             peer_close(keep);
             return;
@@ -869,19 +910,16 @@ void lp_peer_tunnel_eof(lp_peer_t *p)
         lp_conn_tunnel_end(c);
 }
 
-static void close_idle_of(lp_upstream_rt_t *u)
+static void close_idle_of(lp_pool_t *t)
 {
-    for (size_t j = 0; j < u->conf->ntargets; j++) {
-        lp_target_rt_t *t = &u->targets[j];
-        while (!lp_list_empty(&t->idle))
-            peer_close(LP_CONTAINER_OF(t->idle.next, lp_peer_t, link));
-    }
+    while (!lp_list_empty(&t->idle))
+        peer_close(LP_CONTAINER_OF(t->idle.next, lp_peer_t, link));
 }
 
-void lp_upstream_close_idle(lp_worker_t *w)
+void lp_upstream_close_idle(lp_worker_t *w, uint64_t older_than)
 {
-    for (size_t i = 0; i < w->ndyn; i++)
-        close_idle_of(&w->dyn[i]->rt);
-    for (size_t i = 0; w->upstreams && i < w->config->nupstreams; i++)
-        close_idle_of(&w->upstreams[i]);
+    /* older_than 0: every pool (shutdown); else pools no generation since uses. */
+    for (lp_pool_t *t = w->pools; t; t = t->next)
+        if (!older_than || t->gen < older_than)
+            close_idle_of(t);
 }

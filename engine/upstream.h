@@ -4,8 +4,11 @@
 
 #include "proxy-t.h"
 
-int lp_upstream_rt_init(lp_worker_t *w);
-void lp_upstream_rt_destroy(lp_worker_t *w);
+/* One generation's upstreams (balancer state; pools are the worker's, shared). */
+lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg, uint64_t gen);
+void lp_upstream_rt_free(lp_upstream_rt_t *ups, size_t n);
+/* At worker exit: the pools and set_target() upstreams. */
+void lp_upstream_destroy_all(lp_worker_t *w);
 
 /* Picks a target and an idle or new connection for req, then writes the head.
  * lp_conn_upstream_ready() or lp_conn_upstream_failed() follows, maybe synchronously. */
@@ -28,7 +31,8 @@ void lp_peer_tunnel_eof(lp_peer_t *p);
 /* A one-target upstream for req:set_target(), kept per worker so its connections pool.
  * NULL when the table is full. */
 lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa, const char *text);
-/* Shutdown: close pooled connections. */
-void lp_upstream_close_idle(lp_worker_t *w);
+/* Closes idle pooled connections: all (older_than 0), or those of pools that no
+ * generation from older_than on uses (after a reload). */
+void lp_upstream_close_idle(lp_worker_t *w, uint64_t older_than);
 
 #endif

@@ -1,6 +1,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
 #include "accesslog.h"
@@ -10,50 +11,190 @@
 #include "upstream.h"
 #include "worker.h"
 
-int lp_listener_open(uv_loop_t *loop, uv_tcp_t *tcp, const lp_listen_conf_t *lc, char *err,
-                     size_t errlen)
+/* A generation handed from the main thread to one worker (through its mailbox). */
+typedef struct lp_switch_s {
+    lp_gen_t *gen;
+    struct lp_lua_s *vm; /* this worker's VM for it (handed over), NULL without Lua */
+    int *fds;            /* per listen entry: a new bound socket, or -1 to keep the old */
+    int ok;
+    char err[256];
+} lp_switch_t;
+
+/* The generation the main thread last installed (main thread only). */
+lp_gen_t *lp_gen_current;
+
+/* ---- listening sockets ---- */
+
+int lp_listen_socket(const lp_listen_conf_t *lc, char *err, size_t errlen)
 {
-    /* libuv (1.44) has no SO_REUSEPORT flag: make the socket ourselves and hand it over. */
+    /* libuv (1.44) has no SO_REUSEPORT flag: make the socket ourselves and hand it over.
+     * Every worker binds its own socket to the port; the kernel spreads the accepts. */
     int fd = socket(lc->addr.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, errlen, "listen %s: socket: %s", lc->addr.text, strerror(errno));
-        return LP_EIO;
+        return -1;
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    if (bind(fd, (const struct sockaddr *)&lc->addr.addr, lc->addr.addrlen) < 0) {
-        snprintf(err, errlen, "listen %s: bind: %s", lc->addr.text, strerror(errno));
+    if (bind(fd, (const struct sockaddr *)&lc->addr.addr, lc->addr.addrlen) < 0 ||
+        listen(fd, lc->backlog) < 0) {
+        snprintf(err, errlen, "listen %s: %s", lc->addr.text, strerror(errno));
         close(fd);
-        return LP_EIO;
+        return -1;
     }
-    uv_tcp_init(loop, tcp);
-    int rc = uv_tcp_open(tcp, fd);
+    return fd;
+}
+
+static void on_listener_close(uv_handle_t *h)
+{
+    lp_listener_t *l = h->data;
+    free(l->addr);
+    free(l);
+}
+
+static int listener_start(lp_worker_t *w, const lp_listen_conf_t *lc, int fd)
+{
+    lp_listener_t *l = calloc(1, sizeof(*l));
+    if (!l || !(l->addr = strdup(lc->addr.text))) {
+        free(l);
+        close(fd);
+        return LP_ENOMEM;
+    }
+    l->w = w;
+    uv_tcp_init(&w->loop, &l->tcp);
+    l->tcp.data = l;
+    int rc = uv_tcp_open(&l->tcp, fd);
     if (!rc)
-        rc = uv_listen((uv_stream_t *)tcp, lc->backlog, lp_conn_on_connection);
+        rc = uv_listen((uv_stream_t *)&l->tcp, lc->backlog, lp_conn_on_connection);
     if (rc) {
-        snprintf(err, errlen, "listen %s: %s", lc->addr.text, uv_strerror(rc));
+        lp_log_error("listen %s: %s", lc->addr.text, uv_strerror(rc));
+        l->closing = 1;
+        uv_close((uv_handle_t *)&l->tcp, on_listener_close);
         return LP_EIO;
     }
+    l->next = w->listeners;
+    w->listeners = l;
     return 0;
+}
+
+static void listener_close(lp_worker_t *w, lp_listener_t *l)
+{
+    lp_listener_t **pp = &w->listeners;
+    while (*pp && *pp != l)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = l->next;
+    l->closing = 1;
+    uv_close((uv_handle_t *)&l->tcp, on_listener_close);
 }
 
 static void close_listeners(lp_worker_t *w)
 {
-    for (size_t i = 0; i < w->config->nlisten; i++) {
-        lp_listener_t *l = &w->listeners[i];
-        if (!l->closed && l->tcp.loop) {
-            l->closed = 1;
-            uv_close((uv_handle_t *)&l->tcp, NULL);
+    while (w->listeners)
+        listener_close(w, w->listeners);
+}
+
+/* ---- generations ---- */
+
+void lp_wgen_release(lp_worker_t *w, lp_wgen_t *g)
+{
+    if (--g->refs)
+        return;
+    LP_UNUSED(w);
+    lp_lua_retire(g->lua);
+    lp_upstream_rt_free(g->upstreams, g->config->nupstreams);
+    lp_gen_t *gen = g->gen;
+    if (__atomic_sub_fetch(&gen->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        lp_config_free(gen->config);
+        free(gen);
+    }
+    free(g);
+}
+
+static int access_log_changed(const lp_config_t *a, const lp_config_t *b)
+{
+    if (!a)
+        return 1;
+    if (!a->access_log != !b->access_log)
+        return 1;
+    if (a->access_log && strcmp(a->access_log, b->access_log))
+        return 1;
+    return strcmp(a->access_format, b->access_format) != 0;
+}
+
+/* Switches this worker to sw->gen. Runs on the worker's thread (or before it starts). */
+static void apply_switch(lp_worker_t *w, lp_switch_t *sw)
+{
+    const lp_config_t *cfg = sw->gen->config;
+    lp_wgen_t *g = calloc(1, sizeof(*g));
+    lp_upstream_rt_t *ups = g ? lp_upstream_rt_new(w, cfg, sw->gen->id) : NULL;
+    lp_accesslog_t *log = NULL;
+    int log_changed = access_log_changed(w->config, cfg);
+    if (ups && log_changed && cfg->access_log) {
+        log = lp_accesslog_open(cfg->access_log, cfg->access_format, sw->err, sizeof(sw->err));
+        if (!log) {
+            lp_upstream_rt_free(ups, cfg->nupstreams);
+            ups = NULL;
         }
     }
+    if (!ups) {
+        if (!sw->err[0])
+            snprintf(sw->err, sizeof(sw->err), "worker %d: out of memory", w->id);
+        free(g);
+        for (size_t i = 0; sw->fds && i < cfg->nlisten; i++)
+            if (sw->fds[i] >= 0)
+                close(sw->fds[i]);
+        lp_lua_retire(sw->vm);
+        sw->ok = 0;
+        return;
+    }
+    /* Listeners: unchanged addresses keep their sockets; new ones start; removed ones close
+     * (their connections finish on their own). */
+    for (size_t i = 0; i < cfg->nlisten; i++) {
+        if (sw->fds[i] >= 0) {
+            listener_start(w, &cfg->listen[i], sw->fds[i]);
+            sw->fds[i] = -1;
+        }
+    }
+    lp_listener_t *l = w->listeners;
+    while (l) {
+        lp_listener_t *next = l->next;
+        int wanted = 0;
+        for (size_t i = 0; i < cfg->nlisten; i++)
+            if (strcmp(cfg->listen[i].addr.text, l->addr) == 0)
+                wanted = 1;
+        if (!wanted)
+            listener_close(w, l);
+        l = next;
+    }
+    if (log_changed) {
+        lp_accesslog_close(w->access);
+        w->access = log;
+    }
+    g->id = sw->gen->id;
+    g->gen = sw->gen;
+    g->config = cfg;
+    g->lua = sw->vm;
+    g->upstreams = ups;
+    g->refs = 1;
+    lp_wgen_t *old = w->cur;
+    w->cur = g;
+    w->config = cfg;
+    if (old)
+        lp_wgen_release(w, old);
+    /* Idle connections to targets the new generation no longer names close now. */
+    lp_upstream_close_idle(w, g->id);
+    sw->ok = 1;
 }
+
+/* ---- stopping ---- */
 
 static void maybe_finish(lp_worker_t *w)
 {
     if (!w->stopping)
         return;
-    lp_upstream_close_idle(w);
+    lp_upstream_close_idle(w, 0);
     if (lp_list_empty(&w->conns)) {
         uv_timer_stop(&w->drain_timer);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -90,7 +231,16 @@ static void on_drain_check(uv_timer_t *t)
 static void on_wakeup(uv_async_t *a)
 {
     lp_worker_t *w = a->data;
-    if (w->stopping)
+    uv_mutex_lock(&w->mbox_lock);
+    lp_switch_t *sw = w->mbox;
+    w->mbox = NULL;
+    int stop = w->stop_requested;
+    uv_mutex_unlock(&w->mbox_lock);
+    if (sw) {
+        apply_switch(w, sw);
+        uv_sem_post(&w->mbox_done);
+    }
+    if (!stop || w->stopping)
         return;
     w->stopping = 1;
     close_listeners(w);
@@ -110,11 +260,14 @@ static void worker_main(void *arg)
     lp_log_set_thread_id(w->id);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     lp_accesslog_flush(w->access);
-    lp_lua_close(w);
-    /* Everything is closed: let the close callbacks run, then free. */
+    /* Everything is closed: the last generation goes, then the close callbacks run. */
+    if (w->cur) {
+        lp_wgen_t *g = w->cur;
+        w->cur = NULL;
+        lp_wgen_release(w, g);
+    }
     uv_run(&w->loop, UV_RUN_DEFAULT);
-    lp_lua_destroy(w);
-    lp_upstream_rt_destroy(w);
+    lp_upstream_destroy_all(w);
     while (w->free_reqs) {
         lp_req_t *r = w->free_reqs;
         w->free_reqs = r->next_free;
@@ -129,10 +282,9 @@ static void worker_main(void *arg)
         lp_log_warn("loop close: %s", uv_strerror(rc));
 }
 
-static int worker_init(lp_worker_t *w, int id, const lp_config_t *config, char *err, size_t errlen)
+static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
 {
     w->id = id;
-    w->config = config;
     lp_list_init(&w->conns);
     lp_list_init(&w->peers);
     lp_bufpool_init(&w->bufs, 256);
@@ -149,64 +301,205 @@ static int worker_init(lp_worker_t *w, int id, const lp_config_t *config, char *
     w->flush.data = w;
     uv_prepare_start(&w->flush, on_flush);
     uv_unref((uv_handle_t *)&w->flush);
-    if ((rc = lp_upstream_rt_init(w))) {
-        snprintf(err, errlen, "out of memory");
-        return rc;
-    }
-    if ((rc = lp_lua_open(w, err, errlen)))
-        return rc;
-    w->listeners = calloc(config->nlisten, sizeof(*w->listeners));
-    if (!w->listeners)
-        return LP_ENOMEM;
-    for (size_t i = 0; i < config->nlisten; i++) {
-        w->listeners[i].w = w;
-        if ((rc =
-                 lp_listener_open(&w->loop, &w->listeners[i].tcp, &config->listen[i], err, errlen)))
-            return rc;
-        w->listeners[i].tcp.data = &w->listeners[i];
-    }
+    uv_mutex_init(&w->mbox_lock);
+    uv_sem_init(&w->mbox_done, 0);
     return 0;
 }
 
-int lp_workers_start(const lp_config_t *config, unsigned n, lp_worker_t **out, char *err,
-                     size_t errlen)
+/* ---- building a generation (main thread) ---- */
+
+static uint64_t next_gen_id = 1;
+
+/* Builds everything a generation needs that can fail: the config, every worker's VM and
+ * sockets for new listen addresses. On failure nothing is left behind. */
+static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, const char *path,
+                          lp_switch_t *sw, char *err, size_t errlen)
 {
-    lp_worker_t *ws = calloc(n, sizeof(*ws));
-    if (!ws)
+    lp_config_t *cfg;
+    int rc = lp_config_load(path, &cfg, err, errlen);
+    if (rc)
+        return rc;
+    char ferr[512];
+    if (lp_accesslog_check_format(cfg->access_format, ferr, sizeof(ferr))) {
+        snprintf(err, errlen, "%s: %s", path, ferr);
+        lp_config_free(cfg);
+        return LP_ECONFIG;
+    }
+    if (cfg->access_log && (!old || access_log_changed(old, cfg))) {
+        /* A log that cannot be opened fails the build, not a worker's switch. */
+        lp_accesslog_t *probe =
+            lp_accesslog_open(cfg->access_log, cfg->access_format, ferr, sizeof(ferr));
+        if (!probe) {
+            snprintf(err, errlen, "%s: %s", path, ferr);
+            lp_config_free(cfg);
+            return LP_ECONFIG;
+        }
+        lp_accesslog_close(probe);
+    }
+    if (old && cfg->workers != old->workers && cfg->workers != n)
+        lp_log_warn("reload: workers = %u ignored: a reload keeps %u workers", cfg->workers, n);
+    lp_gen_t *gen = calloc(1, sizeof(*gen));
+    if (!gen) {
+        lp_config_free(cfg);
         return LP_ENOMEM;
-    for (unsigned i = 0; i < n; i++) {
-        int rc = worker_init(&ws[i], (int)i + 1, config, err, errlen);
-        if (!rc) {
-            ws[i].access =
-                lp_accesslog_open(config->access_log, config->access_format, err, errlen);
-            if (config->access_log && !ws[i].access)
+    }
+    gen->config = cfg;
+    gen->refs = (int)n;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gen->loaded_at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    unsigned built = 0;
+    for (; built < n; built++) {
+        lp_switch_t *s = &sw[built];
+        memset(s, 0, sizeof(*s));
+        s->gen = gen;
+        s->fds = malloc((cfg->nlisten ? cfg->nlisten : 1) * sizeof(int));
+        if (!s->fds) {
+            rc = LP_ENOMEM;
+            break;
+        }
+        for (size_t i = 0; i < cfg->nlisten; i++)
+            s->fds[i] = -1;
+        for (size_t i = 0; i < cfg->nlisten && !rc; i++) {
+            int kept = 0;
+            for (size_t j = 0; old && j < old->nlisten; j++)
+                if (strcmp(old->listen[j].addr.text, cfg->listen[i].addr.text) == 0)
+                    kept = 1;
+            if (!kept && (s->fds[i] = lp_listen_socket(&cfg->listen[i], err, errlen)) < 0)
                 rc = LP_EIO;
         }
+        if (!rc)
+            rc = lp_lua_open(&ws[built], cfg, &s->vm, err, errlen);
         if (rc) {
-            /* Nothing started yet: undo what was opened (the process exits anyway). */
-            *out = NULL;
-            return rc;
+            built++;
+            break;
         }
     }
+    if (rc) {
+        for (unsigned i = 0; i < built; i++) {
+            for (size_t j = 0; sw[i].fds && j < cfg->nlisten; j++)
+                if (sw[i].fds[j] >= 0)
+                    close(sw[i].fds[j]);
+            free(sw[i].fds);
+            lp_lua_retire(sw[i].vm);
+        }
+        lp_config_free(cfg);
+        free(gen);
+        return rc;
+    }
+    gen->id = next_gen_id++;
+    return 0;
+}
+
+int lp_workers_start(const char *path, unsigned nworkers, lp_worker_t **out, lp_config_t **first,
+                     char *err, size_t errlen)
+{
+    *out = NULL;
+    lp_config_t *probe;
+    int rc = lp_config_load(path, &probe, err, errlen);
+    if (rc)
+        return rc;
+    unsigned n = nworkers ? nworkers : probe->workers;
+    lp_config_free(probe);
+    lp_worker_t *ws = calloc(n, sizeof(*ws));
+    lp_switch_t *sw = calloc(n, sizeof(*sw));
+    if (!ws || !sw) {
+        free(ws);
+        free(sw);
+        return LP_ENOMEM;
+    }
+    for (unsigned i = 0; i < n && !rc; i++)
+        rc = worker_init(&ws[i], (int)i + 1, err, errlen);
+    if (!rc)
+        rc = build_switches(ws, n, NULL, path, sw, err, errlen);
+    if (rc) {
+        free(sw);
+        /* The loops hold nothing that needs closing yet beyond their own handles. */
+        *out = NULL;
+        return rc;
+    }
+    /* The threads do not run yet: the first generation is installed from here. */
+    for (unsigned i = 0; i < n; i++) {
+        apply_switch(&ws[i], &sw[i]);
+        free(sw[i].fds);
+        if (!sw[i].ok) {
+            snprintf(err, errlen, "%s", sw[i].err);
+            free(sw);
+            return LP_EIO;
+        }
+    }
+    *first = sw[0].gen->config;
+    lp_gen_current = sw[0].gen;
+    free(sw);
     for (unsigned i = 0; i < n; i++) {
         if (uv_thread_create(&ws[i].thread, worker_main, &ws[i])) {
             snprintf(err, errlen, "cannot start worker thread %u", i + 1);
-            *out = ws;
             return LP_EIO;
         }
+        ws[i].started = 1;
     }
     *out = ws;
     return 0;
 }
 
+int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, size_t errlen)
+{
+    lp_switch_t *sw = calloc(n, sizeof(*sw));
+    if (!sw)
+        return LP_ENOMEM;
+    const lp_config_t *old = lp_gen_current ? lp_gen_current->config : NULL;
+    int rc = build_switches(ws, n, old, path, sw, err, errlen);
+    if (rc) {
+        free(sw);
+        return rc;
+    }
+    /* Everything is built: from here the switch happens on every worker. */
+    lp_gen_t *gen = sw[0].gen;
+    for (unsigned i = 0; i < n; i++) {
+        uv_mutex_lock(&ws[i].mbox_lock);
+        ws[i].mbox = &sw[i];
+        uv_mutex_unlock(&ws[i].mbox_lock);
+        uv_async_send(&ws[i].wakeup);
+    }
+    int failed = 0;
+    for (unsigned i = 0; i < n; i++) {
+        uv_sem_wait(&ws[i].mbox_done);
+        if (!sw[i].ok) {
+            failed = 1;
+            snprintf(err, errlen, "%s", sw[i].err);
+        }
+        free(sw[i].fds);
+    }
+    free(sw);
+    if (failed)
+        return LP_EIO; /* some workers switched: they serve the new generation */
+    lp_gen_current = gen;
+    return 0;
+}
+
 void lp_workers_stop(lp_worker_t *ws, unsigned n)
 {
-    for (unsigned i = 0; i < n; i++)
-        uv_async_send(&ws[i].wakeup);
     for (unsigned i = 0; i < n; i++) {
-        uv_thread_join(&ws[i].thread);
+        uv_mutex_lock(&ws[i].mbox_lock);
+        ws[i].stop_requested = 1;
+        uv_mutex_unlock(&ws[i].mbox_lock);
+        uv_async_send(&ws[i].wakeup);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        if (ws[i].started)
+            uv_thread_join(&ws[i].thread);
         lp_accesslog_close(ws[i].access);
-        free(ws[i].listeners);
+        uv_mutex_destroy(&ws[i].mbox_lock);
+        uv_sem_destroy(&ws[i].mbox_done);
     }
     free(ws);
+}
+
+void lp_workers_stats(const lp_worker_t *ws, unsigned n, uint64_t *conns, uint64_t *requests)
+{
+    *conns = *requests = 0;
+    for (unsigned i = 0; i < n; i++) {
+        *conns += __atomic_load_n(&ws[i].nconns, __ATOMIC_RELAXED);
+        *requests += __atomic_load_n(&ws[i].requests, __ATOMIC_RELAXED);
+    }
 }

@@ -1,17 +1,29 @@
-/* Worker threads: each owns a loop, its listeners (SO_REUSEPORT), connections and pools. */
+/* Worker threads: each owns a loop, its listeners (SO_REUSEPORT), connections, pools and
+ * its side of every live config generation. The main thread builds generations (config,
+ * every worker's Lua VM, sockets for new listen addresses) and hands them over. */
 #ifndef LP_WORKER_H
 #define LP_WORKER_H
 
 #include "proxy-t.h"
 
-/* Starts n workers on config; blocks until each is listening or failed. */
-int lp_workers_start(const lp_config_t *config, unsigned n, lp_worker_t **out, char *err,
-                     size_t errlen);
+/* The generation the main thread last installed (main thread only). */
+extern lp_gen_t *lp_gen_current;
+
+/* Loads `path` and starts `nworkers` workers (0: the config's count) on it. *first is the
+ * first generation's config (owned by the generation). */
+int lp_workers_start(const char *path, unsigned nworkers, lp_worker_t **out, lp_config_t **first,
+                     char *err, size_t errlen);
+/* Builds a new generation from `path` and switches every worker to it; requests in flight
+ * finish on theirs. On error nothing changed and err says why. Main thread. */
+int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, size_t errlen);
 /* Asks every worker to drain and stop, and joins them. */
 void lp_workers_stop(lp_worker_t *workers, unsigned n);
+/* Open client connections and requests served, summed over workers (relaxed reads). */
+void lp_workers_stats(const lp_worker_t *ws, unsigned n, uint64_t *conns, uint64_t *requests);
 
-/* Opens a listening socket with SO_REUSEPORT (so every worker binds the same port). */
-int lp_listener_open(uv_loop_t *loop, uv_tcp_t *tcp, const lp_listen_conf_t *lc, char *err,
-                     size_t errlen);
+/* A listening socket bound with SO_REUSEPORT; -1 with err set. */
+int lp_listen_socket(const lp_listen_conf_t *lc, char *err, size_t errlen);
+/* Drops a reference to a worker generation (requests and the worker hold them). */
+void lp_wgen_release(lp_worker_t *w, lp_wgen_t *g);
 
 #endif

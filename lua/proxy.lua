@@ -9,6 +9,8 @@ local yield = coroutine.yield
 
 local proxy = { json = require "cjson", log = {}, version = "0.1.0" }
 
+local runtime -- loaded on first use: it is not needed to load this module
+
 local LEVELS = { err = 0, warn = 1, notice = 2, info = 3, debug = 4 }
 for name, level in pairs(LEVELS) do
   proxy.log[name] = function(...)
@@ -16,6 +18,9 @@ for name, level in pairs(LEVELS) do
     local parts = {}
     for i = 1, n do parts[i] = tostring((select(i, ...))) end
     local msg = concat(parts, " ")
+    runtime = runtime or require "luaproxy.runtime"
+    local inst = runtime.current
+    if inst then msg = "[" .. inst.name .. "] " .. msg end
     C.lp_ffi_log(level, msg, #msg)
   end
 end

@@ -114,10 +114,9 @@ function P.request(req, conf)
     id = req:header(conf.header)
     if id ~= nil and not valid(id) then id = nil end
   end
-  if id == nil then
-    id = conf.gen()
-    req:set_header(conf.header, id)
-  end
+  if id == nil then id = conf.gen() end
+  -- Set even when kept: with several incoming ids the upstream sees exactly this one.
+  req:set_header(conf.header, id)
   req.ctx.request_id = id
 end
 

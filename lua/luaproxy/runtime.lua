@@ -22,7 +22,20 @@ local OK, FAILED = 0, 2
 
 local plugin_cache, plugin_files = {}, {}
 
-local function find_plugin(name, plugin_path)
+-- User code runs interpreted so that a runaway loop can be stopped: LuaJIT does not check
+-- hooks inside compiled traces (see engine/lua_vm.c, the watchdog). jit.off on a file's
+-- main chunk covers every function the file defines. The bundled plugins are the
+-- engine's own code and stay compiled.
+local function interpret(chunk, opts, file)
+  if not (opts.jit_off and jit) then return end
+  if opts.bundled_dir and file and file:sub(1, #opts.bundled_dir) == opts.bundled_dir then
+    return
+  end
+  jit.off(chunk, true)
+end
+
+local function find_plugin(name, opts)
+  local plugin_path = opts.plugin_path
   if plugin_cache[name] then return plugin_cache[name], nil, plugin_files[name] end
   if type(name) ~= "string" or not name:match("^[%w_%-%.]+$") then
     return nil, "invalid plugin name " .. format("%q", tostring(name))
@@ -33,6 +46,7 @@ local function find_plugin(name, plugin_path)
   end
   local chunk, err = loadfile(file)
   if not chunk then return nil, err end
+  interpret(chunk, opts, file)
   local ok, plugin = xpcall(chunk, traceback, name)
   if not ok then return nil, plugin end
   plugin_cache[name] = plugin
@@ -40,9 +54,9 @@ local function find_plugin(name, plugin_path)
   return plugin, nil, file
 end
 
--- User code runs interpreted so that a runaway loop can be stopped: LuaJIT does not check
--- hooks inside compiled traces (see engine/lua_vm.c, the watchdog). The engine's own Lua
--- stays compiled.
+-- Functions given directly (route handlers written in the config) run interpreted too
+-- (the config file's chunk is already, see engine/lua_vm.c); this covers functions made
+-- elsewhere.
 local function protect(fn, jit_off)
   if jit_off and jit and type(fn) == "function" then jit.off(fn, true) end
   return fn
@@ -65,7 +79,7 @@ local function load_list(list, path, opts)
     local p = format("%s[%d]", path, i)
     if type(entry) ~= "table" then return nil, p .. ": expected { name = ..., ... }" end
     if type(entry.name) ~= "string" then return nil, p .. ".name: required (a plugin name)" end
-    local plugin, err, file = find_plugin(entry.name, opts.plugin_path)
+    local plugin, err, file = find_plugin(entry.name, opts)
     if not plugin then return nil, p .. ": " .. err end
     local ok, cerr = schema.check_plugin(plugin, p)
     if not ok then return nil, cerr end
@@ -81,9 +95,6 @@ local function load_list(list, path, opts)
       conf = compiled
       if conf.fail_open == nil then conf.fail_open = entry.fail_open == true end
     end
-    -- The bundled plugins are the engine's own code: they stay compiled.
-    local bundled = opts.bundled_dir and file and file:sub(1, #opts.bundled_dir) == opts.bundled_dir
-    for _, ph in ipairs(M.PHASES) do protect(plugin[ph], opts.jit_off and not bundled) end
     out[#out + 1] = make_instance(plugin, conf, ep)
   end
   local count = 0
@@ -98,6 +109,7 @@ local function load_handler(h, path, opts)
     if not file then return nil, format("%s: script %q not found in %s", path, h, opts.script_path) end
     local chunk, err = loadfile(file)
     if not chunk then return nil, path .. ": " .. err end
+    interpret(chunk, opts, file)
     local ok, mod = xpcall(chunk, traceback, h)
     if not ok then return nil, path .. ": " .. tostring(mod) end
     if type(mod) == "table" then mod = mod.handler or mod.request end
@@ -191,8 +203,10 @@ local function run_from(h, list, phase, i)
   for k = i, #list do
     h._k = k
     local inst = list[k]
+    M.current = inst -- proxy.log tags lines with it
     inst[phase](h, inst.conf)
   end
+  M.current = nil
 end
 
 -- Runs phase `id` of the request handle `h` (inside its coroutine). Returns OK, or FAILED
@@ -208,6 +222,7 @@ function M.run(h, id)
   while true do
     local ok, err = xpcall(run_from, traceback, h, list, phase, i)
     if ok then return OK end
+    M.current = nil
     local inst = list[h._k]
     if log_failure then log_failure(inst, phase, err, h) end
     if not inst.fail_open then return FAILED end
@@ -221,7 +236,9 @@ function M.body(h, chunk, eof)
   h._phase = "response_body"
   for i = 1, #list do
     local inst = list[i]
+    M.current = inst
     local ok, out = xpcall(inst.response_body, traceback, h, chunk, eof, inst.conf)
+    M.current = nil
     if not ok then
       if log_failure then log_failure(inst, "response_body", out, h) end
       if not inst.fail_open then return nil end

@@ -10,7 +10,7 @@
 
 static uint64_t body_bytes;
 
-static void on_body(lp_h1_t *h, const char *at, size_t len)
+static int on_body(lp_h1_t *h, const char *at, size_t len)
 {
     /* Touch every byte so ASan sees any read outside the input. */
     volatile char sink = 0;
@@ -19,6 +19,7 @@ static void on_body(lp_h1_t *h, const char *at, size_t len)
     (void)sink;
     (void)h;
     body_bytes += len;
+    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -17,13 +17,14 @@ typedef struct {
     int head_status;     /* response status at the last LP_H1_HEAD */
 } h1t_t;
 
-static void t_on_body(lp_h1_t *h, const char *at, size_t len)
+static int t_on_body(lp_h1_t *h, const char *at, size_t len)
 {
     h1t_t *t = h->ud;
     if (t->body_len + len <= sizeof(t->body)) {
         memcpy(t->body + t->body_len, at, len);
         t->body_len += len;
     }
+    return 0;
 }
 
 static h1t_t *t_new(llhttp_type_t type)

@@ -1,0 +1,41 @@
+/* The running instance as the main thread sees it: workers, the config path, and the
+ * pieces around them that live on the main loop (admin API, file watch, pid file). */
+#ifndef LP_SERVER_H
+#define LP_SERVER_H
+
+#include <uv.h>
+#include "config.h"
+#include "proxy-t.h"
+
+typedef struct lp_admin_s lp_admin_t;
+typedef struct lp_watch_s lp_watch_t;
+
+typedef struct {
+    const char *config_path; /* absolute */
+    lp_worker_t *workers;
+    unsigned nworkers;
+    double started_at; /* seconds since the epoch */
+    uv_loop_t *loop;   /* the main loop */
+    lp_admin_t *admin; /* owned, NULL when off */
+    lp_watch_t *watch; /* owned, NULL when off */
+    int watch_forced;  /* --watch */
+    uint64_t reloads, reloads_failed;
+} lp_server_t;
+
+/* Builds and installs a new generation (SIGHUP, POST /reload, the file watch). 0, or an
+ * error in err while the current generation keeps serving. */
+int lp_server_reload(lp_server_t *s, char *err, size_t errlen);
+
+/* Admin API (admin.c): starts, moves or stops it to match the current config. */
+int lp_admin_update(lp_server_t *s);
+void lp_admin_stop(lp_server_t *s);
+/* `luaproxy -s NAME`: asks the running instance (admin API, else pid file). Exit code. */
+int lp_admin_signal(const lp_config_t *cfg, const char *name);
+void lp_pidfile_write(const lp_config_t *cfg);
+void lp_pidfile_remove(const lp_config_t *cfg);
+
+/* File watch (watch.c): reloads when the config, a plugin or a script changes. */
+void lp_watch_start(lp_server_t *s);
+void lp_watch_stop(lp_server_t *s);
+
+#endif

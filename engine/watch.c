@@ -1,0 +1,111 @@
+/* --watch: reload when the config file, a plugin or a script changes. Directories are
+ * watched (editors replace files rather than write them in place), events for Lua files
+ * are debounced, and the set of directories follows the current config. */
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include "log.h"
+#include "server.h"
+#include "worker.h"
+
+#define WATCH_MAX_DIRS    16
+#define WATCH_DEBOUNCE_MS 200
+
+struct lp_watch_s {
+    lp_server_t *server;
+    uv_fs_event_t ev[WATCH_MAX_DIRS];
+    int nev;
+    uv_timer_t debounce;
+    int closing;
+};
+
+static int is_lua(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    return n > 4 && strcmp(name + n - 4, ".lua") == 0;
+}
+
+static void on_debounce(uv_timer_t *t)
+{
+    lp_watch_t *w = t->data;
+    char err[1024];
+    lp_log_notice("watch: a file changed, reloading");
+    lp_server_reload(w->server, err, sizeof(err));
+}
+
+static void on_fs_event(uv_fs_event_t *h, const char *name, int events, int status)
+{
+    lp_watch_t *w = h->data;
+    if (status < 0 || !is_lua(name))
+        return;
+    uv_timer_start(&w->debounce, on_debounce, WATCH_DEBOUNCE_MS, 0);
+}
+
+static void add_dir(lp_watch_t *w, const char *dir)
+{
+    struct stat st;
+    if (w->nev >= WATCH_MAX_DIRS || stat(dir, &st) || !S_ISDIR(st.st_mode))
+        return;
+    for (int i = 0; i < w->nev; i++) {
+        char path[4096];
+        size_t len = sizeof(path);
+        if (uv_fs_event_getpath(&w->ev[i], path, &len) == 0 && strcmp(path, dir) == 0)
+            return;
+    }
+    uv_fs_event_t *e = &w->ev[w->nev];
+    uv_fs_event_init(w->server->loop, e);
+    e->data = w;
+    if (uv_fs_event_start(e, on_fs_event, dir, 0)) {
+        uv_close((uv_handle_t *)e, NULL);
+        return;
+    }
+    w->nev++;
+}
+
+void lp_watch_start(lp_server_t *s)
+{
+    const lp_config_t *cfg = lp_gen_current->config;
+    if (s->watch || (!cfg->watch && !s->watch_forced))
+        return;
+    lp_watch_t *w = calloc(1, sizeof(*w));
+    if (!w)
+        return;
+    w->server = s;
+    uv_timer_init(s->loop, &w->debounce);
+    w->debounce.data = w;
+    char tmp[4096], dir[4096], sub[4200];
+    snprintf(tmp, sizeof(tmp), "%s", s->config_path);
+    snprintf(dir, sizeof(dir), "%s", dirname(tmp));
+    add_dir(w, dir);
+    snprintf(sub, sizeof(sub), "%s/plugins", dir);
+    add_dir(w, sub);
+    snprintf(sub, sizeof(sub), "%s/lib", dir);
+    add_dir(w, sub);
+    const char *home = getenv("LUAPROXY_HOME");
+    const char *root = home && *home ? home : LP_SOURCE_DIR;
+    snprintf(sub, sizeof(sub), "%s/plugins", root);
+    add_dir(w, sub);
+    snprintf(sub, sizeof(sub), "%s/scripts", root);
+    add_dir(w, sub);
+    s->watch = w;
+    lp_log_notice("watch: reloading on changes to Lua files in %d directories", w->nev);
+}
+
+static void on_watch_closed(uv_handle_t *h)
+{
+    lp_watch_t *w = h->data;
+    free(w);
+}
+
+void lp_watch_stop(lp_server_t *s)
+{
+    lp_watch_t *w = s->watch;
+    if (!w)
+        return;
+    s->watch = NULL;
+    for (int i = 0; i < w->nev; i++)
+        uv_close((uv_handle_t *)&w->ev[i], NULL);
+    /* The timer closes last: its callback frees the watch after the events' closes. */
+    uv_close((uv_handle_t *)&w->debounce, on_watch_closed);
+}
