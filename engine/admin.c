@@ -203,29 +203,39 @@ static void handle_reload(admin_conn_t *c)
     respond(c, 200, body);
 }
 
-/* The loaded config as JSON, secrets redacted (lua/luaproxy/admin.lua). */
-static void handle_config(admin_conn_t *c)
+void lp_admin_snapshot(lp_server_t *s)
 {
+    /* The config as JSON, secrets redacted (lua/luaproxy/admin.lua), taken right after a
+     * generation went live: GET /config shows what serves, not what the file says now. */
     lua_State *L = luaL_newstate();
-    if (!L) {
-        respond_error(c, 500, "out of memory");
+    if (!L)
         return;
-    }
     luaL_openlibs(L);
-    lp_lua_set_paths(L, c->admin->server->config_path);
+    lp_lua_set_paths(L, s->config_path);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "luaproxy.admin");
     int rc = lua_pcall(L, 1, 1, 0);
     if (!rc) {
         lua_getfield(L, -1, "config_json");
-        lua_pushstring(L, c->admin->server->config_path);
+        lua_pushstring(L, s->config_path);
         rc = lua_pcall(L, 1, 1, 0);
     }
-    if (rc || !lua_isstring(L, -1))
-        respond_error(c, 500, rc ? lua_tostring(L, -1) : "cannot encode the config");
-    else
-        respond(c, 200, lua_tostring(L, -1));
+    if (!rc && lua_isstring(L, -1)) {
+        free(s->config_json);
+        s->config_json = strdup(lua_tostring(L, -1));
+    } else {
+        lp_log_warn("admin: cannot encode the config: %s", lua_tostring(L, -1));
+    }
     lua_close(L);
+}
+
+static void handle_config(admin_conn_t *c)
+{
+    const char *json = c->admin->server->config_json;
+    if (json)
+        respond(c, 200, json);
+    else
+        respond_error(c, 500, "the config could not be encoded as JSON");
 }
 
 static void dispatch(admin_conn_t *c)

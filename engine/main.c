@@ -1,5 +1,6 @@
 /* luaproxy: command line, start-up and signals. The main thread owns no connection; it
  * waits for signals and stops the workers. */
+#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,7 @@ static void usage(FILE *out)
                  "  -c FILE  configuration (a Lua file returning a table)\n"
                  "  -t       validate the configuration and exit (0: valid)\n"
                  "  -w N     worker threads (overrides the config's workers)\n"
+                 "  --watch  reload when the config, a plugin or a script changes\n"
                  "  -s SIG   send to the running instance: reload (through the admin API\n"
                  "           when configured, else SIGHUP to the pid in pid_file), stop\n");
 }
@@ -52,12 +54,15 @@ int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
     uint64_t t0 = uv_hrtime();
     int rc = lp_workers_reload(s->workers, s->nworkers, s->config_path, err, errlen);
     if (rc) {
+        s->reloads_failed++;
         lp_log_error("reload failed, generation %llu keeps serving: %s",
                      (unsigned long long)lp_gen_current->id, err);
         return rc;
     }
+    s->reloads++;
     lp_log_level = lp_gen_current->config->log_level;
     lp_admin_update(s);
+    lp_admin_snapshot(s);
     lp_log_notice("reload: generation %llu live in %.1f ms", (unsigned long long)lp_gen_current->id,
                   (double)(uv_hrtime() - t0) / 1e6);
     return 0;
@@ -69,8 +74,16 @@ int main(int argc, char **argv)
     int test_only = 0, opt;
     long workers = 0;
     const char *signal_name = NULL;
-    while ((opt = getopt(argc, argv, "c:tw:s:vh")) != -1) {
+    static const struct option longopts[] = {{"watch", no_argument, NULL, 'W'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {"version", no_argument, NULL, 'v'},
+                                             {NULL, 0, NULL, 0}};
+    int watch = 0;
+    while ((opt = getopt_long(argc, argv, "c:tw:s:vh", longopts, NULL)) != -1) {
         switch (opt) {
+        case 'W':
+            watch = 1;
+            break;
         case 'c':
             path = optarg;
             break;
@@ -133,6 +146,7 @@ int main(int argc, char **argv)
     char abspath[4096];
     server.config_path = realpath(path, abspath) ? abspath : path;
     server.loop = uv_default_loop();
+    server.watch_forced = watch;
     server.started_at = (double)time(NULL);
     if (lp_workers_start(server.config_path, (unsigned)workers, &server.workers, &cfg, err,
                          sizeof(err))) {
@@ -142,6 +156,7 @@ int main(int argc, char **argv)
     server.nworkers = cfg->workers && !workers ? cfg->workers : (unsigned)workers;
     for (size_t i = 0; i < cfg->nlisten; i++)
         lp_log_notice("listening on %s (%u workers)", cfg->listen[i].addr.text, server.nworkers);
+    lp_admin_snapshot(&server);
     if (lp_admin_update(&server)) {
         lp_workers_stop(server.workers, server.nworkers);
         lp_lua_watchdog_stop();
@@ -169,6 +184,7 @@ int main(int argc, char **argv)
     uv_close((uv_handle_t *)&sighup, NULL);
     uv_run(server.loop, UV_RUN_DEFAULT);
     uv_loop_close(server.loop);
+    free(server.config_json);
     lp_log_notice("stopped");
     return 0;
 }

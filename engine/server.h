@@ -20,6 +20,7 @@ typedef struct {
     lp_watch_t *watch; /* owned, NULL when off */
     int watch_forced;  /* --watch */
     uint64_t reloads, reloads_failed;
+    char *config_json; /* owned: the live config for GET /config */
 } lp_server_t;
 
 /* Builds and installs a new generation (SIGHUP, POST /reload, the file watch). 0, or an
@@ -29,6 +30,8 @@ int lp_server_reload(lp_server_t *s, char *err, size_t errlen);
 /* Admin API (admin.c): starts, moves or stops it to match the current config. */
 int lp_admin_update(lp_server_t *s);
 void lp_admin_stop(lp_server_t *s);
+/* Records the live config for GET /config (after start and every reload). */
+void lp_admin_snapshot(lp_server_t *s);
 /* `luaproxy -s NAME`: asks the running instance (admin API, else pid file). Exit code. */
 int lp_admin_signal(const lp_config_t *cfg, const char *name);
 void lp_pidfile_write(const lp_config_t *cfg);
