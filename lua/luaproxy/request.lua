@@ -7,7 +7,8 @@ local phases = require "luaproxy.phases"
 local runtime = require "luaproxy.runtime"
 
 local C = ffi.C
-local ffi_string = ffi.string
+local ffi_string, ffi_cast = ffi.string, ffi.cast
+local void_ptr = ffi.typeof("void *")
 local type, tostring, tonumber, error, pairs, ipairs = type, tostring, tonumber, error, pairs, ipairs
 local setmetatable, yield = setmetatable, coroutine.yield
 local lower, format, gsub, char = string.lower, string.format, string.gsub, string.char
@@ -308,7 +309,8 @@ function M.bind(state, cfg)
   local routes, fallback = state.routes, state.fallback
   local function new(r, route_no)
     return setmetatable({
-      _r = r,
+      -- A cdata pointer: FFI calls that take a lightuserdata are not compiled (NYI).
+      _r = ffi_cast(void_ptr, r),
       _chain = route_no > 0 and routes[route_no] or fallback,
       _phase = "request",
       ctx = {},
