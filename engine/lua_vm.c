@@ -19,6 +19,7 @@ struct lp_lua_s {
     lp_lua_task_t *all_tasks; /* every task ever made, for shutdown (linked by next_all) */
     lp_lua_task_t *running;   /* the task being resumed */
     int closing_timers;       /* retiring: task timers not closed yet */
+    char *last_error;         /* owned: the last error that escaped a task */
     uint64_t timeout_ns;      /* lua.phase_timeout */
     /* Shared with the watchdog thread: the wall-clock deadline of the Lua code running now
      * (0: none). Written by this worker, read by the watchdog (atomics). */
@@ -265,6 +266,50 @@ static int route_phases(lua_State *L, int state_idx, const char *field, int key)
     return (int)mask;
 }
 
+static lp_rc_t task_resume(lp_lua_task_t *t, int nargs);
+
+/* init_worker runs before the worker's loop takes over (on the main thread when a
+ * generation is built), in a coroutine of its own: a proxy.sleep there is served by a
+ * private loop, so init_worker may yield like every phase. */
+static int run_init_worker(lp_lua_t *vm, int state_idx, char *err, size_t errlen)
+{
+    lua_State *L = vm->L;
+    uv_loop_t loop;
+    if (uv_loop_init(&loop)) {
+        snprintf(err, errlen, "init_worker: no loop");
+        return -1;
+    }
+    lp_lua_task_t t;
+    memset(&t, 0, sizeof(t));
+    t.vm = vm;
+    t.handle_ref = LUA_NOREF;
+    t.co = lua_newthread(L);
+    t.co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    uv_timer_init(&loop, &t.timer);
+    t.timer.data = &t;
+    lua_getglobal(t.co, "require");
+    lua_pushliteral(t.co, "luaproxy.runtime");
+    lua_call(t.co, 1, 1);
+    lua_getfield(t.co, -1, "init_worker_task");
+    lua_remove(t.co, -2);
+    lua_pushvalue(L, state_idx);
+    lua_xmove(L, t.co, 1);
+    free(vm->last_error);
+    vm->last_error = NULL;
+    t.last_rc = task_resume(&t, 1);
+    while (t.wait == LP_LW_SLEEP)
+        uv_run(&loop, UV_RUN_ONCE); /* on_sleep_done resumes it and records last_rc */
+    int rc = t.last_rc == LP_OK ? 0 : -1;
+    if (rc)
+        snprintf(err, errlen, "%s", vm->last_error ? vm->last_error : "init_worker failed");
+    if (t.co_ref != LUA_NOREF)
+        luaL_unref(L, LUA_REGISTRYINDEX, t.co_ref);
+    uv_close((uv_handle_t *)&t.timer, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return rc;
+}
+
 int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_lua_t **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -330,14 +375,10 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_lua_t **out, char *er
     vm->ref_new = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1); /* the request module */
 
-    /* init_worker, in order. It runs before the loop does, so it may not yield yet. */
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "luaproxy.runtime");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "init_worker");
-    lua_pushvalue(L, state_idx);
-    if (lua_pcall(L, 1, 2, 0) || lua_isnil(L, -2)) {
-        snprintf(err, errlen, "%s: %s", cfg->path, lua_tostring(L, -1));
+    if (run_init_worker(vm, state_idx, err, errlen)) {
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", err);
+        snprintf(err, errlen, "%s: %s", cfg->path, msg);
         goto fail;
     }
     lua_settop(L, 0);
@@ -349,6 +390,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_lua_t **out, char *er
     return 0;
 fail:
     current_vm = NULL;
+    free(vm->last_error);
     lua_close(L);
     free(vm->route_phases);
     free(vm);
@@ -357,6 +399,7 @@ fail:
 
 static void vm_free(lp_lua_t *vm)
 {
+    free(vm->last_error);
     lua_close(vm->L);
     free(vm->route_phases);
     free(vm);
@@ -502,7 +545,11 @@ static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
     }
     /* Errors escape runtime.run's xpcall only from the engine's own Lua (or a timeout hook
      * outside plugin code). */
-    lp_log_error("lua: %s", lua_tostring(t->co, -1));
+    const char *msg = lua_tostring(t->co, -1);
+    if (t->req)
+        lp_log_error("lua: %s", msg ? msg : "error");
+    free(vm->last_error);
+    vm->last_error = strdup(msg ? msg : "error");
     task_drop_coroutine(t);
     t->wait = LP_LW_NONE;
     return LP_ERROR;
@@ -587,7 +634,7 @@ static void on_sleep_done(uv_timer_t *timer)
         return;
     t->wait = LP_LW_NONE;
     lp_req_t *req = t->req;
-    lp_rc_t rc = task_resume(t, 0);
+    lp_rc_t rc = t->last_rc = task_resume(t, 0);
     if (rc == LP_AGAIN || !req)
         return;
     req->flags &= ~LP_RF_LUA_WAIT;

@@ -26,6 +26,7 @@ typedef struct lp_lua_task_s {
     uv_timer_t timer; /* proxy.sleep */
     int wait;
     int phase;
+    lp_rc_t last_rc; /* the outcome of the last resume from a timer */
     struct lp_lua_task_s *next_free;
     struct lp_lua_task_s *next_all;
 } lp_lua_task_t;

@@ -195,6 +195,13 @@ function M.init_worker(state)
   return true
 end
 
+-- The engine runs this in a coroutine (it may proxy.sleep); an error fails the load.
+function M.init_worker_task(state)
+  local ok, err = M.init_worker(state)
+  if not ok then error(err, 0) end
+  return 0
+end
+
 local log_failure -- set by the engine binding: log_failure(inst, phase, err)
 function M.set_failure_logger(fn) log_failure = fn end
 
