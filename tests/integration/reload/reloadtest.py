@@ -93,9 +93,13 @@ class ReloadTestCase(H.ProxyTestCase):
 
     def admin(self, method="GET", path="/status", proxy=None, port=None, body=None):
         proxy = proxy or self.proxy
-        with H.Client(port or proxy.admin_port, timeout=H.T(30)) as c:
-            r = c.request(method, path, body=body, host="admin")
-        return r
+        try:
+            with H.Client(port or proxy.admin_port, timeout=H.T(30)) as c:
+                return c.request(method, path, body=body, host="admin")
+        except (OSError, H.PeerClosed):
+            time.sleep(0.2)
+            self.assertAlive(proxy)  # a dead proxy explains itself better
+            raise
 
     def admin_json(self, method="GET", path="/status", status=200, proxy=None, port=None):
         r = self.admin(method, path, proxy=proxy, port=port)
@@ -121,7 +125,12 @@ class ReloadTestCase(H.ProxyTestCase):
 
     def get(self, path="/", proxy=None, port=None, **kw):
         proxy = proxy or self.proxy
-        return H.get(port or proxy.port, path, **kw)
+        try:
+            return H.get(port or proxy.port, path, **kw)
+        except (OSError, H.PeerClosed):
+            time.sleep(0.2)
+            self.assertAlive(proxy)
+            raise
 
     def version(self, path="/h", proxy=None, port=None):
         r = self.get(path, proxy=proxy, port=port)
@@ -218,9 +227,10 @@ class Load:
 
     def summary(self):
         with self.lock:
-            return "%d requests, %d ok, %d failed, %d keep-alive closes, versions %s; first " \
-                "failures: %s" % (self.total, self.ok, self.total - self.ok, self.closes,
-                                  self.seen_versions, self.failures[:10])
+            return "%d requests, %d ok, %d failed, %d keep-alive closes, %d handler versions " \
+                "seen; first failures: %s" % (self.total, self.ok, self.total - self.ok,
+                                              self.closes, len(self.seen_versions),
+                                              self.failures[:10])
 
     def _run(self, idx):
         rnd = random.Random(idx * 7919 + 1)
