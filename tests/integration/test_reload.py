@@ -539,5 +539,39 @@ class UpstreamPoolTest(RT.ReloadTestCase):
         self.assertEqual((r.status, r.header("X-Origin-Id")), (200, "b"))
 
 
+class RunawayInitWorkerTest(RT.ReloadTestCase):
+    """A reload whose init_worker never yields is stopped by lua.phase_timeout like any
+    Lua phase: the reload is refused (500) and the proxy stays in control."""
+
+    SPIN = ("local P = { name = \"spinit\", priority = 5, schema = { fields = {} } }\n"
+            "function P.init_worker(conf) while true do end end\n"
+            "return P\n")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.a = cls.start_origin("a")
+        cls.proxy = cls.start_reload_proxy({"a": H.upstream(cls.a.address())}, routes_v("v1"),
+                                           files={"plugins/spinit.lua": cls.SPIN},
+                                           lua={"phase_timeout": 1})
+
+    def tearDown(self):
+        if self.proxy.alive():
+            try:
+                H.get(self.proxy.admin_port, "/status", timeout=2)
+            except (OSError, H.PeerClosed):
+                self.proxy.proc.kill()  # hung main loop: SIGTERM would not be seen
+
+    def test_runaway_init_worker_refused(self):
+        self.rewrite(plugins=[{"name": "spinit"}])
+        try:
+            with H.Client(self.proxy.admin_port, timeout=H.T(6)) as c:
+                r = c.request("POST", "/reload", host="admin")
+        except OSError as e:
+            self.fail("POST /reload did not answer within %.0f s (phase_timeout 1 s): %r"
+                      % (H.T(6), e))
+        self.assertEqual(r.status, 500, r.body)
+        self.assertEqual(self.version(), "v1")
+
+
 if __name__ == "__main__":
     H.main()
