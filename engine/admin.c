@@ -116,6 +116,7 @@ static void respond(admin_conn_t *c, int status, const char *json)
 {
     if (c->answered)
         return;
+    int head = lp_h1_method(&c->h1) == HTTP_HEAD;
     c->answered = 1;
     uv_read_stop((uv_stream_t *)&c->tcp);
     size_t jlen = strlen(json);
@@ -130,8 +131,9 @@ static void respond(admin_conn_t *c, int status, const char *json)
     int n = snprintf(data, jlen + 256,
                      "HTTP/1.1 %d %s\r\nServer: luaproxy\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     status, lp_h1_status_text(status), jlen + 1, json);
-    data[n++] = '\n';
+                     status, lp_h1_status_text(status), jlen + 1, head ? "" : json);
+    if (!head)
+        data[n++] = '\n';
     w->data = data;
     uv_buf_t buf = uv_buf_init(data, (unsigned)n);
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_written)) {

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include "accesslog.h"
 #include "conn.h"
+#include "lazytimer.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "upstream.h"
@@ -26,22 +27,13 @@ static const lp_timeouts_t *T(lp_conn_t *c)
 
 static void on_timer(uv_timer_t *t);
 
-/* Timers are lazy: changing or cancelling one only records the deadline; the libuv timer
- * is re-armed only when the new deadline is earlier than the armed one, and a firing
- * checks the recorded deadline. Most requests then touch libuv's timer heap not at all. */
 static void conn_timer(lp_conn_t *c, int mode, uint64_t ms)
 {
     c->tmode = (uint8_t)mode;
-    if (mode == TM_NONE) {
-        c->deadline = 0;
-        return;
-    }
-    uint64_t d = uv_now(c->timer.loop) + ms;
-    c->deadline = d;
-    if (!uv_is_active((uv_handle_t *)&c->timer) || d < c->armed) {
-        c->armed = d;
-        uv_timer_start(&c->timer, on_timer, ms, 0);
-    }
+    if (mode == TM_NONE)
+        lp_lazy_cancel(&c->lazy);
+    else
+        lp_lazy_set(&c->timer, &c->lazy, ms, on_timer);
 }
 
 /* ---- requests ---- */
@@ -291,15 +283,8 @@ static void conn_close_after_write(lp_conn_t *c)
 static void on_timer(uv_timer_t *t)
 {
     lp_conn_t *c = t->data;
-    if (!c->deadline || c->tmode == TM_NONE)
+    if (c->tmode == TM_NONE || !lp_lazy_due(t, &c->lazy, on_timer))
         return;
-    uint64_t now = uv_now(t->loop);
-    if (now < c->deadline) {
-        c->armed = c->deadline;
-        uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
-        return;
-    }
-    c->deadline = 0;
     switch (c->tmode) {
     case TM_HEAD:
     case TM_BODY:

@@ -375,6 +375,9 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_lua_t **out, char *er
     vm->ref_new = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1); /* the request module */
 
+    /* The watchdog covers init_worker too (a runaway loop there must not hang a reload). */
+    if (vm->timeout_ns)
+        wd_register(vm, 1);
     if (run_init_worker(vm, state_idx, err, errlen)) {
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", err);
@@ -382,14 +385,12 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_lua_t **out, char *er
         goto fail;
     }
     lua_settop(L, 0);
-    /* Keep the state and config alive through the handles' upvalues; nothing else here. */
-    if (vm->timeout_ns)
-        wd_register(vm, 1);
     current_vm = NULL;
     *out = vm;
     return 0;
 fail:
     current_vm = NULL;
+    wd_register(vm, 0);
     free(vm->last_error);
     lua_close(L);
     free(vm->route_phases);

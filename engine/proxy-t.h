@@ -10,6 +10,7 @@
 #include "common.h"
 #include "config.h"
 #include "http1.h"
+#include "lazytimer.h"
 
 typedef struct lp_worker_s lp_worker_t;
 typedef struct lp_conn_s lp_conn_t;
@@ -189,9 +190,9 @@ struct lp_conn_s {
     lp_wbatch_t *outb;  /* batch being filled for the client */
     size_t out_pending; /* bytes handed to uv_write, not yet completed */
     unsigned flags;
-    int handles;              /* open libuv handles; freed when it drops to 0 */
-    uint8_t tmode;            /* what the timer is timing (conn.c's TM_*) */
-    uint64_t deadline, armed; /* lazy timer: when tmode expires, when the uv timer fires */
+    int handles;    /* open libuv handles; freed when it drops to 0 */
+    uint8_t tmode;  /* what the timer is timing (conn.c's TM_*) */
+    lp_lazy_t lazy; /* the timer's deadline (lazytimer.h) */
     uint32_t nrequests;
     char client_ip[46];
 };
@@ -225,8 +226,8 @@ struct lp_peer_s {
     size_t out_pending;
     unsigned flags;
     int handles;
-    uint8_t tmode;            /* what the timer is timing (upstream.c's PT_*) */
-    uint64_t deadline, armed; /* lazy timer (see conn.c) */
+    uint8_t tmode;  /* what the timer is timing (upstream.c's PT_*) */
+    lp_lazy_t lazy; /* the timer's deadline (lazytimer.h) */
     uint32_t nrequests;
     uint64_t body_out; /* request body bytes queued to this peer */
 };

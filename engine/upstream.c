@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "conn.h"
+#include "lazytimer.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "upstream.h"
@@ -23,20 +24,13 @@ static const lp_timeouts_t *T(lp_peer_t *p)
 
 static void on_peer_timer(uv_timer_t *t);
 
-/* Lazy timers, as for client connections (conn.c, conn_timer). */
 static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
 {
     p->tmode = (uint8_t)mode;
-    if (mode == PT_NONE) {
-        p->deadline = 0;
-        return;
-    }
-    uint64_t d = uv_now(p->timer.loop) + ms;
-    p->deadline = d;
-    if (!uv_is_active((uv_handle_t *)&p->timer) || d < p->armed) {
-        p->armed = d;
-        uv_timer_start(&p->timer, on_peer_timer, ms, 0);
-    }
+    if (mode == PT_NONE)
+        lp_lazy_cancel(&p->lazy);
+    else
+        lp_lazy_set(&p->timer, &p->lazy, ms, on_peer_timer);
 }
 
 /* The worker's pool for an address, made on first use. */
@@ -317,15 +311,8 @@ static void peer_fail(lp_peer_t *p, int status, const char *why)
 static void on_peer_timer(uv_timer_t *tm)
 {
     lp_peer_t *p = tm->data;
-    if (!p->deadline || p->tmode == PT_NONE)
+    if (p->tmode == PT_NONE || !lp_lazy_due(tm, &p->lazy, on_peer_timer))
         return;
-    uint64_t now = uv_now(tm->loop);
-    if (now < p->deadline) {
-        p->armed = p->deadline;
-        uv_timer_start(&p->timer, on_peer_timer, p->deadline - now, 0);
-        return;
-    }
-    p->deadline = 0;
     switch (p->tmode) {
     case PT_CONNECT:
         peer_fail(p, 504, "connect timed out");
@@ -671,15 +658,14 @@ static void peer_response_done(lp_peer_t *p)
     lp_req_t *req = p->req;
     if (llhttp_should_keep_alive(&p->h1.parser) && (p->flags & LP_PF_REQ_SENT))
         p->flags |= LP_PF_KEEPALIVE;
-    lp_conn_t *c = req->conn;
     peer_timer(p, PT_NONE, 0);
-    /* Detach first: finishing the request must not abort this connection. */
+    /* Detach and pool first: finishing the request must not abort this connection, and
+     * may drop the last reference to the generation whose upstream settings it uses. */
     p->req = NULL;
     req->peer = NULL;
     p->pool->active--;
-    lp_conn_response_done(req);
-    LP_UNUSED(c);
     peer_release(p);
+    lp_conn_response_done(req);
 }
 
 static void peer_parse(lp_peer_t *p)
