@@ -13,6 +13,7 @@
 #include <lualib.h>
 #include "common.h"
 #include "config.h"
+#include "balancer.h"
 #include "lua_vm.h"
 
 /* Validation context. Every check writes "file: key.path: problem" into err. */
@@ -356,10 +357,40 @@ static int load_target(vctx_t *v, const char *p, lp_target_conf_t *t)
     return rc;
 }
 
+static int parse_hash_on(vctx_t *v, const char *path, const char *s, lp_upstream_conf_t *u)
+{
+    static const struct {
+        const char *prefix;
+        lp_hash_on_t on;
+        int named;
+    } kinds[] = {{"ip", LP_HASH_IP, 0},
+                 {"path", LP_HASH_PATH, 0},
+                 {"header:", LP_HASH_HEADER, 1},
+                 {"cookie:", LP_HASH_COOKIE, 1},
+                 {"query:", LP_HASH_QUERY, 1}};
+    u->hash_on = LP_HASH_IP;
+    if (!s)
+        return 0;
+    for (size_t i = 0; i < LP_ARRAY_LEN(kinds); i++) {
+        size_t n = strlen(kinds[i].prefix);
+        if (kinds[i].named ? strncmp(s, kinds[i].prefix, n) == 0 && s[n]
+                           : strcmp(s, kinds[i].prefix) == 0) {
+            u->hash_on = kinds[i].on;
+            if (kinds[i].named)
+                u->hash_name = strdup(s + n);
+            return 0;
+        }
+    }
+    char ph[512];
+    join(ph, sizeof(ph), path, "hash_on");
+    return fail(v, ph, "\"%s\": expected ip, path, header:NAME, cookie:NAME or query:NAME", s);
+}
+
 static int load_upstreams(vctx_t *v, lp_config_t *c)
 {
-    static const char *const keys[] = {
-        "targets", "balance", "keepalive", "keepalive_timeout", "keepalive_requests", NULL};
+    static const char *const keys[] = {"targets",   "balance",           "hash_on",
+                                       "keepalive", "keepalive_timeout", "keepalive_requests",
+                                       NULL};
     int present, rc = 0;
     if ((rc = opt_table(v, "", "upstreams", &present)))
         return rc;
@@ -413,16 +444,22 @@ static int load_upstreams(vctx_t *v, lp_config_t *c)
         } else if (!rc) {
             rc = fail(v, pt, "required");
         }
-        char *balance = NULL;
         if (!rc)
-            rc = opt_string(v, p, "balance", &balance);
-        if (!rc && balance && strcmp(balance, "round_robin") != 0) {
+            rc = opt_string(v, p, "balance", &u->balance);
+        if (!rc && !u->balance)
+            u->balance = strdup("round_robin");
+        if (!rc && !lp_balancer_find(u->balance)) {
             char pb[512];
             join(pb, sizeof(pb), p, "balance");
-            rc = fail(v, pb, "unknown policy \"%s\" (supported: round_robin)", balance);
+            rc = fail(v, pb, "unknown policy \"%s\" (round_robin, least_conn, p2c, hash)",
+                      u->balance);
         }
-        free(balance);
-        u->balance = LP_BALANCE_ROUND_ROBIN;
+        char *hash_on = NULL;
+        if (!rc)
+            rc = opt_string(v, p, "hash_on", &hash_on);
+        if (!rc)
+            rc = parse_hash_on(v, p, hash_on, u);
+        free(hash_on);
         uint64_t ka = 128, kr = 1000;
         if (!rc)
             rc = opt_integer(v, p, "keepalive", 0, 100000, 128, &ka);
@@ -771,6 +808,8 @@ void lp_config_free(lp_config_t *c)
             free(u->targets[j].addr.text);
         free(u->targets);
         free(u->name);
+        free(u->balance);
+        free(u->hash_name);
     }
     free(c->upstreams);
     for (size_t i = 0; i < c->nroutes; i++) {

@@ -19,13 +19,22 @@ typedef struct {
     unsigned weight;
 } lp_target_conf_t;
 
-typedef enum { LP_BALANCE_ROUND_ROBIN } lp_balance_t;
+/* hash_on: where the hash policy takes its key. */
+typedef enum {
+    LP_HASH_IP,
+    LP_HASH_HEADER,
+    LP_HASH_COOKIE,
+    LP_HASH_PATH,
+    LP_HASH_QUERY,
+} lp_hash_on_t;
 
 typedef struct {
     char *name;                /* owned */
     lp_target_conf_t *targets; /* owned array */
     size_t ntargets;
-    lp_balance_t balance;
+    char *balance; /* owned: a policy name lp_balancer_find() knows */
+    lp_hash_on_t hash_on;
+    char *hash_name;             /* owned: the header, cookie or query argument for hash_on */
     unsigned keepalive;          /* idle pooled connections kept per target per worker */
     uint64_t keepalive_timeout;  /* ms an idle pooled connection is kept */
     unsigned keepalive_requests; /* requests per upstream connection before it is closed */

@@ -94,7 +94,9 @@ static lp_req_t *req_new(lp_conn_t *c)
     req->t_start = uv_hrtime();
     req->t_upstream = req->t_upstream_head = 0;
     req->tries = 0;
-    req->tried[0] = 0;
+    memset(req->tried, 0, sizeof(req->tried));
+    req->try_open = 0;
+    req->hash_key = (lp_str_t){NULL, 0};
     req->lua = NULL;
     req->route_index = -1;
     req->resp_nheaders = 0;
@@ -152,6 +154,7 @@ static int req_grow(lp_h1_t *h, size_t need)
 static void req_free(lp_req_t *req)
 {
     lp_worker_t *w = req->conn->w;
+    lp_upstream_try_end(req, 0); /* a try cut short by the client, or a tunnel */
     lp_lua_release(req);
     if (req->body_buf)
         lp_buf_unref(req->body_buf);

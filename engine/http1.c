@@ -669,6 +669,28 @@ const char *lp_h1_status_text(int status)
     return "Unknown";
 }
 
+lp_str_t lp_kv_find(lp_str_t s, char sep, const char *name, size_t nlen)
+{
+    size_t i = 0;
+    while (i < s.len) {
+        while (i < s.len && (s.base[i] == ' ' || s.base[i] == '\t'))
+            i++;
+        size_t start = i;
+        while (i < s.len && s.base[i] != sep)
+            i++;
+        const char *eq = memchr(s.base + start, '=', i - start);
+        if (eq && (size_t)(eq - (s.base + start)) == nlen &&
+            memcmp(s.base + start, name, nlen) == 0) {
+            size_t vstart = (size_t)(eq + 1 - s.base), vend = i;
+            while (vend > vstart && (s.base[vend - 1] == ' ' || s.base[vend - 1] == '\t'))
+                vend--;
+            return (lp_str_t){s.base + vstart, vend - vstart};
+        }
+        i++;
+    }
+    return (lp_str_t){NULL, 0};
+}
+
 void lp_wbuf_str(lp_wbuf_t *w, const char *s, size_t n)
 {
     if (w->overflow || (size_t)(w->end - w->p) < n) {

@@ -108,6 +108,10 @@ int lp_h1_status(const lp_h1_t *h);
 int lp_h1_minor(const lp_h1_t *h);
 const char *lp_h1_status_text(int status);
 
+/* The value of `name` in "a=1; b=2" (sep ';', cookies) or "a=1&b=2" (sep '&', queries),
+ * raw (not decoded); base NULL when absent. */
+lp_str_t lp_kv_find(lp_str_t s, char sep, const char *name, size_t nlen);
+
 /* Head serialization into a caller buffer. They return bytes written, or 0 when it did
  * not fit. */
 typedef struct {

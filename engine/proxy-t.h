@@ -43,8 +43,12 @@ typedef struct {
 typedef struct {
     const lp_upstream_conf_t *conf;
     lp_target_rt_t *targets; /* owned array, conf->ntargets */
-    lp_rr_t rr;
+    lp_bal_target_t *bt;     /* owned: the balancer's view (weights, active requests) */
+    lp_balancer_t bal;
 } lp_upstream_rt_t;
+
+/* Retries skip tried targets in upstreams of up to this many targets. */
+#define LP_MAX_TRIED 256
 
 typedef struct lp_listener_s {
     uv_tcp_t tcp;
@@ -154,7 +158,10 @@ struct lp_req_s {
     uint64_t resp_body_out;                        /* response body bytes queued to the client */
     uint64_t t_start, t_upstream, t_upstream_head; /* uv_hrtime() ns */
     int tries;
-    uint64_t tried[1]; /* targets tried (bitmap) */
+    int try_open;   /* a try counts as active in the balancer */
+    uint64_t t_try; /* when the current try started (ns) */
+    uint64_t tried[LP_BALANCER_TRIED_WORDS(LP_MAX_TRIED)]; /* targets tried (bitmap) */
+    lp_str_t hash_key; /* set from Lua for the hash policy (base NULL: none) */
     /* Lua. */
     struct lp_lua_task_s *lua; /* the request's coroutine, NULL when no Lua ran */
     int route_index;           /* config route (0-based), -1 when none matched */

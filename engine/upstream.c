@@ -15,6 +15,7 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req);
 static void peer_update_reading(lp_peer_t *p);
 static int on_resp_body(lp_h1_t *h, const char *at, size_t len);
 static void peer_connect(lp_peer_t *p, lp_req_t *req);
+static int pick_target(lp_req_t *req);
 static int peer_grow(lp_h1_t *h, size_t need);
 
 static const lp_timeouts_t *T(lp_peer_t *p)
@@ -70,17 +71,20 @@ lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg, uin
         const lp_upstream_conf_t *uc = &cfg->upstreams[i];
         u->conf = uc;
         u->targets = calloc(uc->ntargets, sizeof(*u->targets));
-        unsigned *weights = calloc(uc->ntargets, sizeof(unsigned));
-        int rc = !u->targets || !weights;
+        u->bt = calloc(uc->ntargets, sizeof(*u->bt));
+        int rc = !u->targets || !u->bt;
         for (size_t j = 0; !rc && j < uc->ntargets; j++) {
             u->targets[j].conf = &uc->targets[j];
             u->targets[j].pool = pool_get(w, &uc->targets[j].addr, gen);
             rc = !u->targets[j].pool;
-            weights[j] = uc->targets[j].weight;
+            u->bt[j].weight = uc->targets[j].weight;
+            u->bt[j].id = uc->targets[j].addr.text;
+            u->bt[j].available = 1;
         }
+        /* Each worker seeds differently: random tie-breaks must not line up. */
         if (!rc)
-            rc = lp_rr_init(&u->rr, weights, uc->ntargets);
-        free(weights);
+            rc = lp_balancer_init(&u->bal, lp_balancer_find(uc->balance), u->bt, uc->ntargets,
+                                  uv_hrtime() ^ ((uint64_t)w->id << 32) ^ (uint64_t)i);
         if (rc) {
             lp_upstream_rt_free(ups, i + 1);
             return NULL;
@@ -94,8 +98,10 @@ void lp_upstream_rt_free(lp_upstream_rt_t *ups, size_t n)
     if (!ups)
         return;
     for (size_t i = 0; i < n; i++) {
+        if (ups[i].bal.ops)
+            lp_balancer_destroy(&ups[i].bal);
         free(ups[i].targets);
-        lp_rr_destroy(&ups[i].rr);
+        free(ups[i].bt);
     }
     free(ups);
 }
@@ -106,6 +112,7 @@ typedef struct lp_dyn_upstream_s {
     lp_target_conf_t tconf;
     lp_upstream_rt_t rt;
     lp_target_rt_t trt;
+    lp_bal_target_t bt;
     char name[80];
 } lp_dyn_upstream_t;
 
@@ -140,8 +147,11 @@ lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa,
     d->trt.pool = pool_get(w, &d->tconf.addr, UINT64_MAX);
     d->rt.conf = &d->conf;
     d->rt.targets = &d->trt;
-    unsigned one = 1;
-    if (!d->trt.pool || lp_rr_init(&d->rt.rr, &one, 1)) {
+    d->rt.bt = &d->bt;
+    d->bt.weight = 1;
+    d->bt.id = d->name;
+    d->bt.available = 1;
+    if (!d->trt.pool || lp_balancer_init(&d->rt.bal, &lp_balancer_round_robin, &d->bt, 1, 1)) {
         free(d);
         return NULL;
     }
@@ -152,7 +162,7 @@ lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa,
 void lp_upstream_destroy_all(lp_worker_t *w)
 {
     for (size_t i = 0; i < w->ndyn; i++) {
-        lp_rr_destroy(&w->dyn[i]->rt.rr);
+        lp_balancer_destroy(&w->dyn[i]->rt.bal);
         free(w->dyn[i]);
     }
     free(w->dyn);
@@ -278,15 +288,13 @@ static void peer_fail(lp_peer_t *p, int status, const char *why)
     lp_pool_t *t = p->pool;
     peer_close(p);
     lp_upstream_rt_t *u = req->upstream;
-    if (connect_failed && !(req->flags & LP_RF_RESP_STARTED) && u->conf->ntargets <= 64) {
+    lp_upstream_try_end(req, 1);
+    if (connect_failed && !(req->flags & LP_RF_RESP_STARTED) && u->conf->ntargets <= LP_MAX_TRIED) {
         /* Nothing reached this target: another one may take the request (nginx's
          * proxy_next_upstream error). Each target is tried once. */
-        int next = lp_rr_select(&u->rr, req->tried);
+        int next = pick_target(req);
         if (next >= 0) {
             lp_log_warn("upstream %s: %s; trying %s", addr, why, u->targets[next].conf->addr.text);
-            req->target = next;
-            req->tried[0] |= 1ull << next;
-            req->tries++;
             lp_peer_t *np = peer_new(req->conn->w, u, u->targets[next].pool);
             if (np) {
                 peer_connect(np, req);
@@ -607,18 +615,87 @@ static void peer_connect(lp_peer_t *p, lp_req_t *req)
     peer_timer(p, PT_CONNECT, T(p)->connect);
 }
 
+/* The hash policy's key: set from Lua, or what the upstream's hash_on names. */
+static lp_str_t hash_key(lp_req_t *req)
+{
+    const lp_upstream_conf_t *uc = req->upstream->conf;
+    lp_h1_t *h = &req->h1;
+    if (req->hash_key.base)
+        return req->hash_key;
+    size_t n = uc->hash_name ? strlen(uc->hash_name) : 0;
+    switch (uc->hash_on) {
+    case LP_HASH_IP:
+        return (lp_str_t){req->conn->client_ip, strlen(req->conn->client_ip)};
+    case LP_HASH_PATH: {
+        const char *q = memchr(h->path.base, '?', h->path.len);
+        return (lp_str_t){h->path.base, q ? (size_t)(q - h->path.base) : h->path.len};
+    }
+    case LP_HASH_HEADER: {
+        const lp_header_t *hd = lp_h1_find(h, uc->hash_name, n);
+        return hd ? hd->value : (lp_str_t){NULL, 0};
+    }
+    case LP_HASH_COOKIE:
+        for (unsigned i = 0; i < h->nheaders; i++) {
+            if (!LP_STR_IEQ(h->headers[i].name, "cookie"))
+                continue;
+            lp_str_t v = lp_kv_find(h->headers[i].value, ';', uc->hash_name, n);
+            if (v.base)
+                return v;
+        }
+        return (lp_str_t){NULL, 0};
+    case LP_HASH_QUERY: {
+        const char *q = memchr(h->path.base, '?', h->path.len);
+        if (!q)
+            return (lp_str_t){NULL, 0};
+        lp_str_t qs = {q + 1, h->path.len - (size_t)(q + 1 - h->path.base)};
+        return lp_kv_find(qs, '&', uc->hash_name, n);
+    }
+    }
+    return (lp_str_t){NULL, 0};
+}
+
+/* Picks an untried target; counts it active until lp_upstream_try_end. -1: none left. */
+static int pick_target(lp_req_t *req)
+{
+    lp_upstream_rt_t *u = req->upstream;
+    lp_str_t key = u->conf->hash_name || u->conf->hash_on != LP_HASH_IP || req->hash_key.base
+                       ? hash_key(req)
+                       : (lp_str_t){req->conn->client_ip, strlen(req->conn->client_ip)};
+    uint64_t now = uv_hrtime();
+    int idx = lp_balancer_select(&u->bal, key.base, key.len,
+                                 u->conf->ntargets <= LP_MAX_TRIED ? req->tried : NULL, now);
+    if (idx < 0)
+        return -1;
+    if ((size_t)idx < LP_MAX_TRIED)
+        lp_balancer_mark_tried(req->tried, (size_t)idx);
+    u->bt[idx].active++;
+    req->target = idx;
+    req->tries++;
+    req->try_open = 1;
+    req->t_try = now;
+    return idx;
+}
+
+void lp_upstream_try_end(lp_req_t *req, int failed)
+{
+    if (!req->try_open || !req->upstream || req->target < 0)
+        return;
+    lp_upstream_rt_t *u = req->upstream;
+    req->try_open = 0;
+    u->bt[req->target].active--;
+    uint64_t now = uv_hrtime();
+    uint64_t until = !failed && req->t_upstream_head > req->t_try ? req->t_upstream_head : now;
+    lp_balancer_report(&u->bal, req->target, until - req->t_try, failed, now);
+}
+
 void lp_upstream_start(lp_req_t *req)
 {
     lp_upstream_rt_t *u = req->upstream;
-    int idx = lp_rr_select(&u->rr, NULL);
+    int idx = pick_target(req);
     if (idx < 0) {
         lp_conn_upstream_failed(req, 502, "no upstream target");
         return;
     }
-    req->target = idx;
-    req->tries++;
-    if (idx < 64)
-        req->tried[0] |= 1ull << idx;
     req->t_upstream = uv_hrtime();
     lp_pool_t *t = u->targets[idx].pool;
     lp_worker_t *w = req->conn->w;
@@ -665,6 +742,7 @@ static void peer_response_done(lp_peer_t *p)
     req->peer = NULL;
     p->pool->active--;
     peer_release(p);
+    lp_upstream_try_end(req, 0);
     lp_conn_response_done(req);
 }
 

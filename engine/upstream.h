@@ -13,6 +13,8 @@ void lp_upstream_destroy_all(lp_worker_t *w);
 /* Picks a target and an idle or new connection for req, then writes the head.
  * lp_conn_upstream_ready() or lp_conn_upstream_failed() follows, maybe synchronously. */
 void lp_upstream_start(lp_req_t *req);
+/* The current try of req ended (the balancer learns its outcome and latency). */
+void lp_upstream_try_end(lp_req_t *req, int failed);
 /* Request body bytes (raw or re-chunked), and the end of the body. */
 void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int chunked);
 void lp_peer_body_end(lp_peer_t *p, int chunked);

@@ -96,7 +96,7 @@ static void test_full_config(void)
     CHECK_EQ_INT(u->targets[0].weight, 1);
     CHECK_STR(u->targets[1].addr.text, "127.0.0.1:9002");
     CHECK_EQ_INT(u->targets[1].weight, 3);
-    CHECK_EQ_INT(u->balance, LP_BALANCE_ROUND_ROBIN);
+    CHECK_STR(u->balance, "round_robin");
     CHECK_EQ_INT(u->keepalive, 16);
     CHECK_EQ_INT(u->keepalive_timeout, 2500);
     CHECK_EQ_INT(u->keepalive_requests, 50);
