@@ -46,6 +46,25 @@ int lp_listen_socket(const lp_listen_conf_t *lc, char *err, size_t errlen)
     return fd;
 }
 
+int lp_listen_probe(const lp_listen_conf_t *lc, char *err, size_t errlen)
+{
+    /* SO_REUSEPORT would let a second instance (same user) bind a port another one serves
+     * and silently split its traffic: a plain bind first proves the port is free. */
+    int fd = socket(lc->addr.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    int rc = bind(fd, (const struct sockaddr *)&lc->addr.addr, lc->addr.addrlen);
+    int e = errno;
+    close(fd);
+    if (rc < 0) {
+        snprintf(err, errlen, "listen %s: %s", lc->addr.text, strerror(e));
+        return -1;
+    }
+    return 0;
+}
+
 static void on_listener_close(uv_handle_t *h)
 {
     lp_listener_t *l = h->data;
@@ -365,7 +384,9 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, c
             for (size_t j = 0; old && j < old->nlisten; j++)
                 if (strcmp(old->listen[j].addr.text, cfg->listen[i].addr.text) == 0)
                     kept = 1;
-            if (!kept && (s->fds[i] = lp_listen_socket(&cfg->listen[i], err, errlen)) < 0)
+            if (!kept && built == 0 && lp_listen_probe(&cfg->listen[i], err, errlen))
+                rc = LP_EIO;
+            else if (!kept && (s->fds[i] = lp_listen_socket(&cfg->listen[i], err, errlen)) < 0)
                 rc = LP_EIO;
         }
         if (!rc)

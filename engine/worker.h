@@ -21,6 +21,8 @@ void lp_workers_stop(lp_worker_t *workers, unsigned n);
 /* Open client connections and requests served, summed over workers (relaxed reads). */
 void lp_workers_stats(const lp_worker_t *ws, unsigned n, uint64_t *conns, uint64_t *requests);
 
+/* 0 when nothing listens on the address yet (a bind without SO_REUSEPORT succeeds). */
+int lp_listen_probe(const lp_listen_conf_t *lc, char *err, size_t errlen);
 /* A listening socket bound with SO_REUSEPORT; -1 with err set. */
 int lp_listen_socket(const lp_listen_conf_t *lc, char *err, size_t errlen);
 /* Drops a reference to a worker generation (requests and the worker hold them). */
