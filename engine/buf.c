@@ -165,10 +165,8 @@ unsigned lp_wbatch_try_write(lp_wbatch_t *wb, uv_stream_t *s)
     /* A write that completes at once skips libuv's write queue, whose drain re-arms the
      * descriptor in epoll on every request. */
     int n = uv_try_write(s, wb->bufs, wb->n);
-    if (n == UV_EAGAIN || n == UV_ENOSYS)
-        return 0;
     if (n < 0)
-        return LP_WBATCH_FAILED;
+        return 0; /* EAGAIN, or an error that uv_write reports through its callback */
     size_t done = (size_t)n;
     if (done == wb->bytes)
         return LP_WBATCH_DONE;

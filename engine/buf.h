@@ -83,11 +83,11 @@ static inline int lp_wbatch_room(const lp_wbatch_t *wb, unsigned k, unsigned scr
 void lp_wbatch_add(lp_wbatch_t *wb, const char *base, size_t len, lp_buf_t *pin);
 /* Copies len (<= free scratch) bytes into the scratch area and appends them. */
 void lp_wbatch_add_copy(lp_wbatch_t *wb, const char *base, size_t len);
-/* Tries to write the whole batch now. Returns LP_WBATCH_DONE (all written: release it),
- * LP_WBATCH_FAILED, or the index of the first iovec left to write with uv_write (the
- * batch's bytes then count only what is left). */
-#define LP_WBATCH_DONE   0xffffu
-#define LP_WBATCH_FAILED 0xfffeu
+/* Tries to write the whole batch now. Returns LP_WBATCH_DONE (all written: release it) or
+ * the index of the first iovec left to write with uv_write (the batch's bytes then count
+ * only what is left). Errors are left to uv_write, whose callback reports them: a flush
+ * never closes a connection under its caller's feet. */
+#define LP_WBATCH_DONE 0xffffu
 unsigned lp_wbatch_try_write(lp_wbatch_t *wb, uv_stream_t *s);
 /* Drops every pin and resets the batch for reuse. */
 void lp_wbatch_release(lp_wbatch_t *wb);

@@ -11,7 +11,7 @@
 #include "worker.h"
 
 /* What the connection timer is timing. */
-enum { TM_NONE, TM_IDLE, TM_HEAD, TM_BODY, TM_SEND, TM_LINGER };
+enum { TM_NONE, TM_IDLE, TM_HEAD, TM_BODY, TM_SEND, TM_LINGER, TM_BROKEN };
 
 #define LINGER_MS 2000
 
@@ -29,6 +29,8 @@ static void on_timer(uv_timer_t *t);
 
 static void conn_timer(lp_conn_t *c, int mode, uint64_t ms)
 {
+    if ((c->flags & LP_CF_BROKEN) && mode != TM_BROKEN)
+        return; /* the close scheduled for a failed write comes first */
     c->tmode = (uint8_t)mode;
     if (mode == TM_NONE)
         lp_lazy_cancel(&c->lazy);
@@ -345,26 +347,26 @@ static void on_write(uv_write_t *wr, int status)
 void lp_conn_flush(lp_conn_t *c)
 {
     lp_wbatch_t *wb = c->outb;
-    if (!wb || !wb->n || (c->flags & LP_CF_CLOSING))
+    if (!wb || !wb->n || (c->flags & (LP_CF_CLOSING | LP_CF_BROKEN)))
         return;
     c->outb = NULL;
     wb->owner = c;
     unsigned first = 0;
     if (!c->out_pending) {
         first = lp_wbatch_try_write(wb, (uv_stream_t *)&c->tcp);
-        if (first == LP_WBATCH_DONE || first == LP_WBATCH_FAILED) {
+        if (first == LP_WBATCH_DONE) {
             lp_wbatch_put(&c->w->wbatches, wb);
-            if (first == LP_WBATCH_FAILED)
-                lp_conn_close(c);
             return;
         }
     }
     c->out_pending += wb->bytes;
     int rc = uv_write(&wb->req, (uv_stream_t *)&c->tcp, wb->bufs + first, wb->n - first, on_write);
     if (rc) {
+        /* Closed on the next loop turn: callers of a flush still hold the request. */
         c->out_pending -= wb->bytes;
         lp_wbatch_put(&c->w->wbatches, wb);
-        lp_conn_close(c);
+        c->flags |= LP_CF_BROKEN;
+        conn_timer(c, TM_BROKEN, 0);
         return;
     }
     if (c->out_pending > LP_HIGH_WATERMARK && c->tmode != TM_SEND)

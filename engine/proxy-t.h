@@ -177,14 +177,15 @@ struct lp_req_s {
 };
 
 /* Connection flags (LP_CF_*). */
-#define LP_CF_READING     0x01 /* uv_read_start is active */
-#define LP_CF_CLOSING     0x02 /* uv_close called */
-#define LP_CF_CLOSE_AFTER 0x04 /* close once the queued writes complete */
-#define LP_CF_TUNNEL      0x08 /* upgraded: raw relay with req->peer */
-#define LP_CF_EOF         0x10 /* the client closed its side */
-#define LP_CF_LINGER      0x20 /* write side shut; discarding input before closing */
-#define LP_CF_BUSY        0x40 /* conn_process is on the stack */
-#define LP_CF_AGAIN       0x80 /* conn_process was asked for another pass meanwhile */
+#define LP_CF_READING     0x01  /* uv_read_start is active */
+#define LP_CF_CLOSING     0x02  /* uv_close called */
+#define LP_CF_CLOSE_AFTER 0x04  /* close once the queued writes complete */
+#define LP_CF_TUNNEL      0x08  /* upgraded: raw relay with req->peer */
+#define LP_CF_EOF         0x10  /* the client closed its side */
+#define LP_CF_LINGER      0x20  /* write side shut; discarding input before closing */
+#define LP_CF_BUSY        0x40  /* conn_process is on the stack */
+#define LP_CF_AGAIN       0x80  /* conn_process was asked for another pass meanwhile */
+#define LP_CF_BROKEN      0x100 /* a write failed: closing on the next loop turn */
 
 struct lp_conn_s {
     uv_tcp_t tcp; /* tcp.data = this */

@@ -8,7 +8,7 @@
 #include "upstream.h"
 
 /* What the upstream connection timer is timing. */
-enum { PT_NONE, PT_CONNECT, PT_SEND, PT_READ, PT_IDLE };
+enum { PT_NONE, PT_CONNECT, PT_SEND, PT_READ, PT_IDLE, PT_BROKEN };
 
 static void peer_close(lp_peer_t *p);
 static void peer_start_request(lp_peer_t *p, lp_req_t *req);
@@ -27,6 +27,8 @@ static void on_peer_timer(uv_timer_t *t);
 
 static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
 {
+    if (p->tmode == PT_BROKEN && mode != PT_BROKEN)
+        return; /* the failure scheduled for a failed write comes first */
     p->tmode = (uint8_t)mode;
     if (mode == PT_NONE)
         lp_lazy_cancel(&p->lazy);
@@ -331,6 +333,9 @@ static void on_peer_timer(uv_timer_t *tm)
     case PT_READ:
         peer_fail(p, 504, "read timed out");
         return;
+    case PT_BROKEN:
+        peer_fail(p, 502, "write failed");
+        return;
     default:
         peer_close(p); /* idle in the pool too long */
     }
@@ -369,17 +374,16 @@ static void on_peer_write(uv_write_t *wr, int status)
 void lp_peer_flush(lp_peer_t *p)
 {
     lp_wbatch_t *wb = p->outb;
-    if (!wb || !wb->n || !(p->flags & LP_PF_CONNECTED) || (p->flags & LP_PF_CLOSING))
+    if (!wb || !wb->n || !(p->flags & LP_PF_CONNECTED) || (p->flags & LP_PF_CLOSING) ||
+        p->tmode == PT_BROKEN)
         return;
     p->outb = NULL;
     wb->owner = p;
     unsigned first = 0;
     if (!p->out_pending) {
         first = lp_wbatch_try_write(wb, (uv_stream_t *)&p->tcp);
-        if (first == LP_WBATCH_DONE || first == LP_WBATCH_FAILED) {
+        if (first == LP_WBATCH_DONE) {
             lp_wbatch_put(&p->w->wbatches, wb);
-            if (first == LP_WBATCH_FAILED)
-                peer_fail(p, 502, "write failed");
             return;
         }
     }
@@ -387,9 +391,10 @@ void lp_peer_flush(lp_peer_t *p)
     int rc =
         uv_write(&wb->req, (uv_stream_t *)&p->tcp, wb->bufs + first, wb->n - first, on_peer_write);
     if (rc) {
+        /* Failed on the next loop turn: callers of a flush still hold the request. */
         p->out_pending -= wb->bytes;
         lp_wbatch_put(&p->w->wbatches, wb);
-        peer_fail(p, 502, uv_strerror(rc));
+        peer_timer(p, PT_BROKEN, 0);
         return;
     }
     if (p->tmode != PT_SEND && !(p->flags & LP_PF_TUNNEL) && p->out_pending)
