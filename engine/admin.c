@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include "health.h"
 #include "http1.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -33,6 +34,7 @@ typedef struct {
     char arena[ADMIN_MAX_REQUEST];
     lp_header_t headers[64];
     int answered;
+    size_t body_off, body_len; /* the request body, in `in` (small bodies only) */
 } admin_conn_t;
 
 typedef struct {
@@ -63,6 +65,8 @@ static void sb_put(sbuf_t *b, const char *s, size_t n)
     b->len += n;
     b->p[b->len] = 0;
 }
+
+#define sb_lit(b, lit) sb_put((b), (lit), sizeof(lit) - 1)
 
 static void sb_printf(sbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void sb_printf(sbuf_t *b, const char *fmt, ...)
@@ -146,9 +150,9 @@ static void respond(admin_conn_t *c, int status, const char *json)
 static void respond_error(admin_conn_t *c, int status, const char *msg)
 {
     sbuf_t b = {0};
-    sb_put(&b, "{\"ok\":false,\"error\":", 20);
+    sb_lit(&b, "{\"ok\":false,\"error\":");
     sb_json_string(&b, msg);
-    sb_put(&b, "}", 1);
+    sb_lit(&b, "}");
     respond(c, status, b.p ? b.p : "{}");
     free(b.p);
 }
@@ -179,7 +183,7 @@ static void handle_status(admin_conn_t *c)
               (unsigned long long)conns, (unsigned long long)reqs, (unsigned long long)s->reloads,
               (unsigned long long)s->reloads_failed);
     sb_json_string(&b, s->config_path);
-    sb_put(&b, "}", 1);
+    sb_lit(&b, "}");
     respond(c, 200, b.p ? b.p : "{}");
     free(b.p);
 }
@@ -194,7 +198,7 @@ static void handle_reload(admin_conn_t *c)
         sb_printf(&b, "{\"ok\":false,\"generation\":%llu,\"error\":",
                   (unsigned long long)lp_gen_current->id);
         sb_json_string(&b, err);
-        sb_put(&b, "}", 1);
+        sb_lit(&b, "}");
         respond(c, 500, b.p ? b.p : "{}");
         free(b.p);
         return;
@@ -240,13 +244,137 @@ static void handle_config(admin_conn_t *c)
         respond_error(c, 500, "the config could not be encoded as JSON");
 }
 
+static void handle_upstreams(admin_conn_t *c)
+{
+    const lp_config_t *cfg = lp_gen_current->config;
+    uint64_t now = lp_health_now();
+    sbuf_t b = {0};
+    sb_lit(&b, "{\"ok\":true,\"upstreams\":[");
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const lp_upstream_conf_t *u = &cfg->upstreams[i];
+        sb_printf(&b, "%s{\"name\":", i ? "," : "");
+        sb_json_string(&b, u->name);
+        sb_printf(&b, ",\"balance\":\"%s\",\"active_checks\":%s,\"targets\":[", u->balance,
+                  u->health.active ? "true" : "false");
+        for (size_t j = 0; j < u->ntargets; j++) {
+            lp_health_t *h = lp_health_get(u->targets[j].addr.text);
+            if (!h)
+                continue;
+            sb_printf(&b, "%s{\"address\":", j ? "," : "");
+            sb_json_string(&b, h->addr);
+            sb_printf(&b,
+                      ",\"weight\":%u,\"state\":\"%s\",\"consecutive_failures\":%u,"
+                      "\"failures\":%llu,\"successes\":%llu,\"ejections\":%u}",
+                      u->targets[j].weight, lp_health_state(h, now),
+                      __atomic_load_n(&h->consecutive_failures, __ATOMIC_RELAXED),
+                      (unsigned long long)__atomic_load_n(&h->failures, __ATOMIC_RELAXED),
+                      (unsigned long long)__atomic_load_n(&h->successes, __ATOMIC_RELAXED),
+                      __atomic_load_n(&h->ejections, __ATOMIC_RELAXED));
+        }
+        sb_lit(&b, "]}");
+    }
+    sb_lit(&b, "]}");
+    respond(c, 200, b.p ? b.p : "{}");
+    free(b.p);
+}
+
+/* POST /upstreams/NAME/targets/ADDR with "drain", "disable" or "enable" in the body (JSON
+ * {"state": ...}) or as ?state=. */
+static void handle_target_state(admin_conn_t *c, lp_str_t rest, lp_str_t query)
+{
+    const lp_config_t *cfg = c->admin->server ? lp_gen_current->config : NULL;
+    const char *slash = memchr(rest.base, '/', rest.len);
+    if (!slash) {
+        respond_error(c, 404, "use POST /upstreams/NAME/targets/ADDRESS");
+        return;
+    }
+    lp_str_t name = {rest.base, (size_t)(slash - rest.base)};
+    lp_str_t tail = {slash + 1, rest.len - name.len - 1};
+    if (tail.len <= 8 || memcmp(tail.base, "targets/", 8) != 0) {
+        respond_error(c, 404, "use POST /upstreams/NAME/targets/ADDRESS");
+        return;
+    }
+    lp_str_t addr = {tail.base + 8, tail.len - 8};
+    const lp_upstream_conf_t *u = NULL;
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        if (strlen(cfg->upstreams[i].name) == name.len &&
+            memcmp(cfg->upstreams[i].name, name.base, name.len) == 0)
+            u = &cfg->upstreams[i];
+    const lp_target_conf_t *t = NULL;
+    for (size_t j = 0; u && j < u->ntargets; j++)
+        if (strlen(u->targets[j].addr.text) == addr.len &&
+            memcmp(u->targets[j].addr.text, addr.base, addr.len) == 0)
+            t = &u->targets[j];
+    if (!t) {
+        respond_error(c, 404, u ? "no such target in that upstream" : "no such upstream");
+        return;
+    }
+    char want[32] = "";
+    lp_str_t q = lp_kv_find(query, '&', "state", 5);
+    if (q.base && q.len < sizeof(want)) {
+        memcpy(want, q.base, q.len);
+        want[q.len] = 0;
+    } else if (c->body_len) {
+        c->in[c->body_off + c->body_len < sizeof(c->in) ? c->body_off + c->body_len
+                                                        : sizeof(c->in) - 1] = 0;
+        const char *body = c->in + c->body_off;
+        snprintf(want, sizeof(want), "%s",
+                 strstr(body, "disable")  ? "disable"
+                 : strstr(body, "drain")  ? "drain"
+                 : strstr(body, "enable") ? "enable"
+                                          : "");
+    }
+    int state = strcmp(want, "drain") == 0     ? LP_TARGET_DRAINED
+                : strcmp(want, "disable") == 0 ? LP_TARGET_DISABLED
+                : strcmp(want, "enable") == 0  ? LP_TARGET_ENABLED
+                                               : -1;
+    if (state < 0) {
+        respond_error(c, 400, "say drain, disable or enable (body {\"state\": ...} or ?state=)");
+        return;
+    }
+    lp_health_t *h = lp_health_get(t->addr.text);
+    if (!h) {
+        respond_error(c, 500, "out of memory");
+        return;
+    }
+    __atomic_store_n(&h->admin_state, state, __ATOMIC_RELAXED);
+    if (state == LP_TARGET_ENABLED) {
+        /* Re-enabling also forgives a passive ejection. */
+        __atomic_store_n(&h->ejected_until, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&h->consecutive_failures, 0, __ATOMIC_RELAXED);
+    }
+    lp_log_notice("admin: upstream %s target %s: %s", u->name, h->addr, want);
+    sbuf_t b = {0};
+    sb_lit(&b, "{\"ok\":true,\"address\":");
+    sb_json_string(&b, h->addr);
+    sb_printf(&b, ",\"state\":\"%s\"}", lp_health_state(h, lp_health_now()));
+    respond(c, 200, b.p ? b.p : "{}");
+    free(b.p);
+}
+
 static void dispatch(admin_conn_t *c)
 {
-    lp_str_t path = c->h1.path;
+    lp_str_t path = c->h1.path, query = {"", 0};
     const char *q = memchr(path.base, '?', path.len);
-    if (q)
+    if (q) {
+        query = (lp_str_t){q + 1, path.len - (size_t)(q + 1 - path.base)};
         path.len = (size_t)(q - path.base);
+    }
     uint8_t m = lp_h1_method(&c->h1);
+    if (path.len > 11 && memcmp(path.base, "/upstreams/", 11) == 0) {
+        if (m != HTTP_POST)
+            respond_error(c, 405, "use POST /upstreams/NAME/targets/ADDRESS");
+        else
+            handle_target_state(c, (lp_str_t){path.base + 11, path.len - 11}, query);
+        return;
+    }
+    if (LP_STR_IEQ(path, "/upstreams")) {
+        if (m != HTTP_GET && m != HTTP_HEAD)
+            respond_error(c, 405, "use GET /upstreams");
+        else
+            handle_upstreams(c);
+        return;
+    }
     if (LP_STR_IEQ(path, "/status")) {
         if (m != HTTP_GET && m != HTTP_HEAD)
             respond_error(c, 405, "use GET /status");
@@ -263,7 +391,9 @@ static void dispatch(admin_conn_t *c)
         else
             handle_config(c);
     } else {
-        respond_error(c, 404, "no such endpoint (GET /status, POST /reload, GET /config)");
+        respond_error(c, 404,
+                      "no such endpoint (GET /status, POST /reload, GET /config, "
+                      "GET /upstreams, POST /upstreams/NAME/targets/ADDRESS)");
     }
 }
 
@@ -310,6 +440,16 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         respond_error(c, 413, "request too large");
 }
 
+static int on_admin_body(lp_h1_t *h, const char *at, size_t len)
+{
+    admin_conn_t *c = h->ud;
+    if (!c->body_len)
+        c->body_off = (size_t)(at - c->in);
+    if ((size_t)(at - c->in) == c->body_off + c->body_len)
+        c->body_len += len; /* contiguous in `in`: keep it (chunked bodies keep the first) */
+    return 0;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     lp_admin_t *a = server->data;
@@ -325,7 +465,7 @@ static void on_connection(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)&c->tcp, on_conn_close);
         return;
     }
-    lp_h1_init(&c->h1, HTTP_REQUEST, c, NULL);
+    lp_h1_init(&c->h1, HTTP_REQUEST, c, on_admin_body);
     c->h1.max_header_size = sizeof(c->arena) / 2;
     c->h1.max_uri_size = 2048;
     lp_h1_set_storage(&c->h1, c->arena, sizeof(c->arena), c->headers, 64);

@@ -357,6 +357,107 @@ static int load_target(vctx_t *v, const char *p, lp_target_conf_t *t)
     return rc;
 }
 
+/* A list of statuses into a set; absent: `def_lo..def_hi` (0, 0: empty). */
+static int opt_statuses(vctx_t *v, const char *path, const char *k, int def_lo, int def_hi,
+                        lp_status_set_t *out)
+{
+    char p[512];
+    join(p, sizeof(p), path, k);
+    memset(out, 0, sizeof(*out));
+    int t = field(v, k), rc = 0;
+    if (t == LUA_TNIL) {
+        for (int s = def_lo; def_lo && s <= def_hi; s++)
+            out->bits[(s - 100) / 64] |= 1ull << ((s - 100) % 64);
+    } else if (t != LUA_TTABLE) {
+        rc = fail(v, p, "expected a list of statuses");
+    } else {
+        size_t n;
+        if (!(rc = list_len(v, p, &n))) {
+            for (size_t i = 1; i <= n && !rc; i++) {
+                lua_rawgeti(v->L, -1, (int)i);
+                double d = lua_tonumber(v->L, -1);
+                if (lua_type(v->L, -1) != LUA_TNUMBER || d < 100 || d > 599 || d != floor(d))
+                    rc = fail(v, p, "statuses are whole numbers from 100 to 599");
+                else
+                    out->bits[((int)d - 100) / 64] |= 1ull << (((int)d - 100) % 64);
+                lua_pop(v->L, 1);
+            }
+        }
+    }
+    lua_pop(v->L, 1);
+    return rc;
+}
+
+static int load_health(vctx_t *v, const char *upath, lp_health_conf_t *hc)
+{
+    static const char *const keys[] = {"active", "passive", NULL};
+    static const char *const akeys[] = {"type",    "path",      "interval", "timeout",
+                                        "healthy", "unhealthy", "statuses", NULL};
+    static const char *const pkeys[] = {"failures", "statuses", "ejection", NULL};
+    char p[512], pa[512], pp[512];
+    int present, rc;
+    join(p, sizeof(p), upath, "health");
+    join(pa, sizeof(pa), p, "active");
+    join(pp, sizeof(pp), p, "passive");
+    if ((rc = opt_table(v, upath, "health", &present)))
+        return rc;
+    if (!present)
+        lua_newtable(v->L);
+    if ((rc = check_keys(v, p, keys)))
+        goto out;
+    /* Active checks: off unless configured. */
+    int apresent;
+    if ((rc = opt_table(v, p, "active", &apresent)))
+        goto out;
+    if (!apresent)
+        lua_newtable(v->L);
+    hc->active = apresent;
+    char *type = NULL;
+    uint64_t healthy = 2, unhealthy = 2;
+    if (!(rc = check_keys(v, pa, akeys)) && !(rc = opt_string(v, pa, "type", &type)) &&
+        !(rc = opt_string(v, pa, "path", &hc->path)) &&
+        !(rc = opt_seconds_ms(v, pa, "interval", 5, &hc->interval)) &&
+        !(rc = opt_seconds_ms(v, pa, "timeout", 1, &hc->timeout)) &&
+        !(rc = opt_integer(v, pa, "healthy", 1, 100, 2, &healthy)) &&
+        !(rc = opt_integer(v, pa, "unhealthy", 1, 100, 2, &unhealthy)))
+        rc = opt_statuses(v, pa, "statuses", 200, 399, &hc->active_statuses);
+    hc->healthy = (unsigned)healthy;
+    hc->unhealthy = (unsigned)unhealthy;
+    hc->active_http = !type || strcmp(type, "http") == 0;
+    if (!rc && type && strcmp(type, "http") && strcmp(type, "tcp")) {
+        char pt[600];
+        join(pt, sizeof(pt), pa, "type");
+        rc = fail(v, pt, "\"%s\": expected http or tcp", type);
+    }
+    free(type);
+    if (!rc && !hc->path)
+        hc->path = strdup("/");
+    if (!rc && hc->path[0] != '/') {
+        char pt[600];
+        join(pt, sizeof(pt), pa, "path");
+        rc = fail(v, pt, "must start with \"/\"");
+    }
+    lua_pop(v->L, 1);
+    if (rc)
+        goto out;
+    /* Passive checks: on by default (5 consecutive connection failures or timeouts). */
+    int ppresent;
+    if ((rc = opt_table(v, p, "passive", &ppresent)))
+        goto out;
+    if (!ppresent)
+        lua_newtable(v->L);
+    uint64_t failures = 5;
+    if (!(rc = check_keys(v, pp, pkeys)) &&
+        !(rc = opt_integer(v, pp, "failures", 0, 1000, 5, &failures)) &&
+        !(rc = opt_seconds_ms(v, pp, "ejection", 10, &hc->ejection)))
+        rc = opt_statuses(v, pp, "statuses", 0, 0, &hc->passive_statuses);
+    hc->passive_failures = (unsigned)failures;
+    lua_pop(v->L, 1);
+out:
+    lua_pop(v->L, 1);
+    return rc;
+}
+
 static int parse_hash_on(vctx_t *v, const char *path, const char *s, lp_upstream_conf_t *u)
 {
     static const struct {
@@ -388,9 +489,9 @@ static int parse_hash_on(vctx_t *v, const char *path, const char *s, lp_upstream
 
 static int load_upstreams(vctx_t *v, lp_config_t *c)
 {
-    static const char *const keys[] = {"targets",   "balance",           "hash_on",
-                                       "keepalive", "keepalive_timeout", "keepalive_requests",
-                                       NULL};
+    static const char *const keys[] = {
+        "targets", "balance", "hash_on", "keepalive", "keepalive_timeout", "keepalive_requests",
+        "health",  NULL};
     int present, rc = 0;
     if ((rc = opt_table(v, "", "upstreams", &present)))
         return rc;
@@ -460,6 +561,8 @@ static int load_upstreams(vctx_t *v, lp_config_t *c)
         if (!rc)
             rc = parse_hash_on(v, p, hash_on, u);
         free(hash_on);
+        if (!rc)
+            rc = load_health(v, p, &u->health);
         uint64_t ka = 128, kr = 1000;
         if (!rc)
             rc = opt_integer(v, p, "keepalive", 0, 100000, 128, &ka);
@@ -810,6 +913,7 @@ void lp_config_free(lp_config_t *c)
         free(u->name);
         free(u->balance);
         free(u->hash_name);
+        free(u->health.path);
     }
     free(c->upstreams);
     for (size_t i = 0; i < c->nroutes; i++) {

@@ -28,13 +28,39 @@ typedef enum {
     LP_HASH_QUERY,
 } lp_hash_on_t;
 
+/* Statuses as a bitmap over 100..599. */
+typedef struct {
+    uint64_t bits[8];
+} lp_status_set_t;
+
+static inline int lp_status_in(const lp_status_set_t *s, int status)
+{
+    if (status < 100 || status > 599)
+        return 0;
+    unsigned i = (unsigned)(status - 100);
+    return (int)((s->bits[i / 64] >> (i % 64)) & 1);
+}
+
+typedef struct {
+    int active;                  /* active checks on */
+    int active_http;             /* 1: GET path and check the status; 0: a TCP connect */
+    char *path;                  /* owned */
+    uint64_t interval, timeout;  /* ms */
+    unsigned healthy, unhealthy; /* consecutive results that flip the state */
+    lp_status_set_t active_statuses;
+    unsigned passive_failures; /* consecutive failures that eject; 0: passive off */
+    uint64_t ejection;         /* ms, doubled on every repeat up to 32x */
+    lp_status_set_t passive_statuses;
+} lp_health_conf_t;
+
 typedef struct {
     char *name;                /* owned */
     lp_target_conf_t *targets; /* owned array */
     size_t ntargets;
     char *balance; /* owned: a policy name lp_balancer_find() knows */
     lp_hash_on_t hash_on;
-    char *hash_name;             /* owned: the header, cookie or query argument for hash_on */
+    char *hash_name; /* owned: the header, cookie or query argument for hash_on */
+    lp_health_conf_t health;
     unsigned keepalive;          /* idle pooled connections kept per target per worker */
     uint64_t keepalive_timeout;  /* ms an idle pooled connection is kept */
     unsigned keepalive_requests; /* requests per upstream connection before it is closed */

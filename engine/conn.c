@@ -98,6 +98,7 @@ static lp_req_t *req_new(lp_conn_t *c)
     req->tries = 0;
     memset(req->tried, 0, sizeof(req->tried));
     req->try_open = 0;
+    req->no_healthy = 0;
     req->hash_key = (lp_str_t){NULL, 0};
     req->lua = NULL;
     req->route_index = -1;

@@ -63,6 +63,7 @@ int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
     lp_log_level = lp_gen_current->config->log_level;
     lp_admin_update(s);
     lp_admin_snapshot(s);
+    lp_health_checks_update(s);
     lp_log_notice("reload: generation %llu live in %.1f ms", (unsigned long long)lp_gen_current->id,
                   (double)(uv_hrtime() - t0) / 1e6);
     return 0;
@@ -163,6 +164,7 @@ int main(int argc, char **argv)
         return 1;
     }
     lp_pidfile_write(cfg);
+    lp_health_checks_update(&server);
 
     uv_signal_init(server.loop, &sigterm);
     uv_signal_init(server.loop, &sigint);
@@ -175,6 +177,7 @@ int main(int argc, char **argv)
     lp_log_notice("signal %d: draining (up to %.1f s)", stop_signal,
                   (double)lp_gen_current->config->timeouts.drain / 1000.0);
     lp_watch_stop(&server);
+    lp_health_checks_stop(&server);
     lp_admin_stop(&server);
     lp_pidfile_remove(lp_gen_current->config);
     lp_workers_stop(server.workers, server.nworkers);

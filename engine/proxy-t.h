@@ -38,6 +38,7 @@ typedef struct lp_pool_s {
 typedef struct {
     const lp_target_conf_t *conf;
     lp_pool_t *pool;
+    struct lp_health_s *health; /* shared by all workers (health.h) */
 } lp_target_rt_t;
 
 typedef struct {
@@ -159,6 +160,7 @@ struct lp_req_s {
     uint64_t t_start, t_upstream, t_upstream_head; /* uv_hrtime() ns */
     int tries;
     int try_open;   /* a try counts as active in the balancer */
+    int no_healthy; /* the last pick found every target unavailable */
     uint64_t t_try; /* when the current try started (ns) */
     uint64_t tried[LP_BALANCER_TRIED_WORDS(LP_MAX_TRIED)]; /* targets tried (bitmap) */
     lp_str_t hash_key; /* set from Lua for the hash policy (base NULL: none) */

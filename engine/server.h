@@ -37,6 +37,10 @@ int lp_admin_signal(const lp_config_t *cfg, const char *name);
 void lp_pidfile_write(const lp_config_t *cfg);
 void lp_pidfile_remove(const lp_config_t *cfg);
 
+/* Active health checks (health_check.c): probes for the current generation. */
+void lp_health_checks_update(lp_server_t *s);
+void lp_health_checks_stop(lp_server_t *s);
+
 /* File watch (watch.c): reloads when the config, a plugin or a script changes. */
 void lp_watch_start(lp_server_t *s);
 void lp_watch_stop(lp_server_t *s);

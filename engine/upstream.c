@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "conn.h"
+#include "health.h"
 #include "lazytimer.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -78,7 +79,8 @@ lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg, uin
         for (size_t j = 0; !rc && j < uc->ntargets; j++) {
             u->targets[j].conf = &uc->targets[j];
             u->targets[j].pool = pool_get(w, &uc->targets[j].addr, gen);
-            rc = !u->targets[j].pool;
+            u->targets[j].health = lp_health_get(uc->targets[j].addr.text);
+            rc = !u->targets[j].pool || !u->targets[j].health;
             u->bt[j].weight = uc->targets[j].weight;
             u->bt[j].id = uc->targets[j].addr.text;
             u->bt[j].available = 1;
@@ -147,13 +149,15 @@ lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa,
     d->conf.keepalive_requests = 1000;
     d->trt.conf = &d->tconf;
     d->trt.pool = pool_get(w, &d->tconf.addr, UINT64_MAX);
+    d->trt.health = lp_health_get(d->name);
     d->rt.conf = &d->conf;
     d->rt.targets = &d->trt;
     d->rt.bt = &d->bt;
     d->bt.weight = 1;
     d->bt.id = d->name;
     d->bt.available = 1;
-    if (!d->trt.pool || lp_balancer_init(&d->rt.bal, &lp_balancer_round_robin, &d->bt, 1, 1)) {
+    if (!d->trt.pool || !d->trt.health ||
+        lp_balancer_init(&d->rt.bal, &lp_balancer_round_robin, &d->bt, 1, 1)) {
         free(d);
         return NULL;
     }
@@ -667,6 +671,17 @@ static int pick_target(lp_req_t *req)
                        ? hash_key(req)
                        : (lp_str_t){req->conn->client_ip, strlen(req->conn->client_ip)};
     uint64_t now = uv_hrtime();
+    /* Health is shared by the workers: read it as the pick needs it. */
+    uint64_t now_ms = lp_health_now();
+    int any = 0;
+    for (size_t i = 0; i < u->conf->ntargets; i++) {
+        u->bt[i].available = lp_health_available(u->targets[i].health, now_ms);
+        any |= u->bt[i].available;
+    }
+    if (!any) {
+        req->no_healthy = 1;
+        return -1;
+    }
     int idx = lp_balancer_select(&u->bal, key.base, key.len,
                                  u->conf->ntargets <= LP_MAX_TRIED ? req->tried : NULL, now);
     if (idx < 0)
@@ -691,6 +706,9 @@ void lp_upstream_try_end(lp_req_t *req, int failed)
     uint64_t now = uv_hrtime();
     uint64_t until = !failed && req->t_upstream_head > req->t_try ? req->t_upstream_head : now;
     lp_balancer_report(&u->bal, req->target, until - req->t_try, failed, now);
+    if (!failed && req->status && lp_status_in(&u->conf->health.passive_statuses, req->status))
+        failed = 1; /* a status the passive check counts as a failure */
+    lp_health_report(u->targets[req->target].health, &u->conf->health, failed, lp_health_now());
 }
 
 void lp_upstream_start(lp_req_t *req)
@@ -698,7 +716,9 @@ void lp_upstream_start(lp_req_t *req)
     lp_upstream_rt_t *u = req->upstream;
     int idx = pick_target(req);
     if (idx < 0) {
-        lp_conn_upstream_failed(req, 502, "no upstream target");
+        /* Every target down, ejected or drained: answer at once, do not queue. */
+        lp_log_warn("upstream %s: no healthy target", u->conf->name);
+        lp_conn_upstream_failed(req, req->no_healthy ? 503 : 502, "no upstream target");
         return;
     }
     req->t_upstream = uv_hrtime();
