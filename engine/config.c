@@ -490,8 +490,8 @@ static int parse_hash_on(vctx_t *v, const char *path, const char *s, lp_upstream
 static int load_upstreams(vctx_t *v, lp_config_t *c)
 {
     static const char *const keys[] = {
-        "targets", "balance", "hash_on", "keepalive", "keepalive_timeout", "keepalive_requests",
-        "health",  NULL};
+        "targets", "balance", "hash_on",  "keepalive",    "keepalive_timeout", "keepalive_requests",
+        "health",  "retries", "retry_on", "retry_budget", "max_connections",   NULL};
     int present, rc = 0;
     if ((rc = opt_table(v, "", "upstreams", &present)))
         return rc;
@@ -563,6 +563,17 @@ static int load_upstreams(vctx_t *v, lp_config_t *c)
         free(hash_on);
         if (!rc)
             rc = load_health(v, p, &u->health);
+        uint64_t retries = 2, maxc = 0;
+        if (!rc)
+            rc = opt_integer(v, p, "retries", 0, 100, 2, &retries);
+        if (!rc)
+            rc = opt_statuses(v, p, "retry_on", 0, 0, &u->retry_on);
+        if (!rc)
+            rc = opt_number(v, p, "retry_budget", 0, 10, 0.2, &u->retry_budget);
+        if (!rc)
+            rc = opt_integer(v, p, "max_connections", 0, 1e9, 0, &maxc);
+        u->retries = (unsigned)retries;
+        u->max_connections = (unsigned)maxc;
         uint64_t ka = 128, kr = 1000;
         if (!rc)
             rc = opt_integer(v, p, "keepalive", 0, 100000, 128, &ka);

@@ -61,6 +61,10 @@ typedef struct {
     lp_hash_on_t hash_on;
     char *hash_name; /* owned: the header, cookie or query argument for hash_on */
     lp_health_conf_t health;
+    unsigned retries;            /* further tries after the first */
+    lp_status_set_t retry_on;    /* statuses that retry an idempotent, bodiless request */
+    double retry_budget;         /* retries at most this share of recent requests (+3) */
+    unsigned max_connections;    /* per worker: requests in flight beyond it get 503; 0: off */
     unsigned keepalive;          /* idle pooled connections kept per target per worker */
     uint64_t keepalive_timeout;  /* ms an idle pooled connection is kept */
     unsigned keepalive_requests; /* requests per upstream connection before it is closed */

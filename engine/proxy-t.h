@@ -46,6 +46,9 @@ typedef struct {
     lp_target_rt_t *targets; /* owned array, conf->ntargets */
     lp_bal_target_t *bt;     /* owned: the balancer's view (weights, active requests) */
     lp_balancer_t bal;
+    unsigned in_flight;    /* tries in progress (max_connections) */
+    uint64_t budget_start; /* retry budget window (ms) */
+    unsigned budget_requests, budget_retries;
 } lp_upstream_rt_t;
 
 /* Retries skip tried targets in upstreams of up to this many targets. */

@@ -280,6 +280,50 @@ static void peer_release(lp_peer_t *p)
 /* The connection failed before or during the response. A reused connection that the
  * upstream had closed is retried once on a fresh connection when nothing of the
  * request body was sent yet; otherwise the client gets `status`. */
+/* The request can be sent again: an idempotent method whose body (none) is not consumed. */
+static int replayable(const lp_req_t *req)
+{
+    switch (req->method) {
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_OPTIONS:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+    case HTTP_TRACE:
+        break;
+    default:
+        return 0;
+    }
+    return req->body_in == 0 && req->state == LP_RS_DONE;
+}
+
+/* `retries` further tries, within the retry budget: retries may be at most retry_budget of
+ * the requests of the last 10 s (plus 3), so that retries cannot multiply an outage. */
+static int may_retry(lp_req_t *req)
+{
+    lp_upstream_rt_t *u = req->upstream;
+    const lp_upstream_conf_t *uc = u->conf;
+    if ((unsigned)req->tries > uc->retries || uc->ntargets > LP_MAX_TRIED)
+        return 0;
+    if ((double)u->budget_retries >= 3.0 + uc->retry_budget * (double)u->budget_requests) {
+        lp_log_warn("upstream %s: retry budget spent (%u retries for %u requests)", uc->name,
+                    u->budget_retries, u->budget_requests);
+        return 0;
+    }
+    u->budget_retries++;
+    return 1;
+}
+
+static void budget_count_request(lp_upstream_rt_t *u)
+{
+    uint64_t now = lp_health_now();
+    if (now - u->budget_start > 10000) {
+        u->budget_start = now;
+        u->budget_requests = u->budget_retries = 0;
+    }
+    u->budget_requests++;
+}
+
 static void peer_fail(lp_peer_t *p, int status, const char *why)
 {
     lp_req_t *req = p->req;
@@ -289,15 +333,18 @@ static void peer_fail(lp_peer_t *p, int status, const char *why)
     }
     int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) && p->body_out == 0 &&
                 !(req->flags & LP_RF_RESP_STARTED);
-    int connect_failed = !(p->flags & LP_PF_CONNECTED);
+    /* Another target may take the request when nothing reached this one (connect failed or
+     * timed out), or when it reset before any response byte and the request can be sent
+     * again (idempotent, no body). */
+    int elsewhere =
+        !(req->flags & LP_RF_RESP_STARTED) && !retry &&
+        (!(p->flags & LP_PF_CONNECTED) || (!(p->flags & LP_PF_RESP_BYTES) && replayable(req)));
     const char *addr = p->pool->addr.text;
     lp_pool_t *t = p->pool;
     peer_close(p);
     lp_upstream_rt_t *u = req->upstream;
     lp_upstream_try_end(req, 1);
-    if (connect_failed && !(req->flags & LP_RF_RESP_STARTED) && u->conf->ntargets <= LP_MAX_TRIED) {
-        /* Nothing reached this target: another one may take the request (nginx's
-         * proxy_next_upstream error). Each target is tried once. */
+    if (elsewhere && may_retry(req)) {
         int next = pick_target(req);
         if (next >= 0) {
             lp_log_warn("upstream %s: %s; trying %s", addr, why, u->targets[next].conf->addr.text);
@@ -689,6 +736,7 @@ static int pick_target(lp_req_t *req)
     if ((size_t)idx < LP_MAX_TRIED)
         lp_balancer_mark_tried(req->tried, (size_t)idx);
     u->bt[idx].active++;
+    u->in_flight++;
     req->target = idx;
     req->tries++;
     req->try_open = 1;
@@ -703,6 +751,7 @@ void lp_upstream_try_end(lp_req_t *req, int failed)
     lp_upstream_rt_t *u = req->upstream;
     req->try_open = 0;
     u->bt[req->target].active--;
+    u->in_flight--;
     uint64_t now = uv_hrtime();
     uint64_t until = !failed && req->t_upstream_head > req->t_try ? req->t_upstream_head : now;
     lp_balancer_report(&u->bal, req->target, until - req->t_try, failed, now);
@@ -714,6 +763,14 @@ void lp_upstream_try_end(lp_req_t *req, int failed)
 void lp_upstream_start(lp_req_t *req)
 {
     lp_upstream_rt_t *u = req->upstream;
+    if (u->conf->max_connections && u->in_flight >= u->conf->max_connections) {
+        /* Circuit breaking: beyond the limit, fail fast instead of piling up. */
+        lp_log_warn("upstream %s: %u requests in flight (max_connections): 503", u->conf->name,
+                    u->in_flight);
+        lp_conn_upstream_failed(req, 503, "max_connections");
+        return;
+    }
+    budget_count_request(u);
     int idx = pick_target(req);
     if (idx < 0) {
         /* Every target down, ejected or drained: answer at once, do not queue. */
@@ -771,6 +828,40 @@ static void peer_response_done(lp_peer_t *p)
     lp_conn_response_done(req);
 }
 
+/* retry_on: a status the upstream lists sends an idempotent, bodiless request to another
+ * target before anything reaches the client. Returns 1 when it did (p is closed). */
+static int retry_on_status(lp_peer_t *p)
+{
+    lp_req_t *req = p->req;
+    lp_upstream_rt_t *u = req->upstream;
+    int status = lp_h1_status(&p->h1);
+    if (!lp_status_in(&u->conf->retry_on, status) || !replayable(req) ||
+        (req->flags & LP_RF_RESP_STARTED))
+        return 0;
+    if (!may_retry(req))
+        return 0;
+    req->status = status; /* counted by passive checks when they name it */
+    const char *addr = p->pool->addr.text;
+    p->flags &= ~LP_PF_REUSED;
+    peer_close(p); /* its body is unread: the connection cannot be reused */
+    lp_upstream_try_end(req, 1);
+    req->status = 0;
+    int next = pick_target(req);
+    if (next < 0) {
+        lp_conn_upstream_failed(req, status, "no other target to retry");
+        return 1;
+    }
+    lp_log_info("upstream %s: status %d, retrying on %s", addr, status,
+                u->targets[next].conf->addr.text);
+    lp_peer_t *np = peer_new(req->conn->w, u, u->targets[next].pool);
+    if (!np) {
+        lp_conn_upstream_failed(req, 502, "out of memory");
+        return 1;
+    }
+    peer_connect(np, req);
+    return 1;
+}
+
 static void peer_parse(lp_peer_t *p)
 {
     /* After the head the parser runs once more even without input: a response without a
@@ -788,6 +879,8 @@ static void peer_parse(lp_peer_t *p)
             break;
         case LP_H1_HEAD:
             lp_h1_resume(&p->h1);
+            if (retry_on_status(p))
+                return;
             int hr = lp_conn_response_head(req, &p->h1);
             if (hr == LP_AGAIN) {
                 /* The response phase waits: so does the body. */
