@@ -1077,11 +1077,6 @@ void lp_peer_tunnel_data(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin
     lp_peer_flush(p);
 }
 
-void lp_peer_tunnel_start(lp_peer_t *p)
-{
-    peer_update_reading(p);
-}
-
 void lp_peer_tunnel_eof(lp_peer_t *p)
 {
     /* The client is done: half-close towards the upstream is not worth the state;

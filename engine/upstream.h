@@ -25,9 +25,8 @@ void lp_peer_continue(lp_peer_t *p);
 void lp_peer_resume(lp_peer_t *p);
 /* The request is gone (client closed or error): close this connection. */
 void lp_peer_abort(lp_peer_t *p);
-/* Tunnel: raw bytes from the client, and start relaying upstream bytes. */
+/* Tunnel: raw bytes from the client. */
 void lp_peer_tunnel_data(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin);
-void lp_peer_tunnel_start(lp_peer_t *p);
 /* The client ended the tunnel. */
 void lp_peer_tunnel_eof(lp_peer_t *p);
 /* A one-target upstream for req:set_target(), kept per worker so its connections pool.
