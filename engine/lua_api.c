@@ -297,6 +297,18 @@ int lp_ffi_set_target(void *rp, const char *host, size_t n, int port)
     return 0;
 }
 
+int lp_ffi_set_hash_key(void *rp, const char *key, size_t n)
+{
+    lp_req_t *r = rp;
+    hlist_t l;
+    hlist(r, 0, &l);
+    const char *s = arena_copy(r, 0, &l, key, n);
+    if (!s)
+        return LP_FFI_ENOSPACE;
+    r->hash_key = (lp_str_t){s, n};
+    return 0;
+}
+
 int lp_ffi_status(void *rp)
 {
     return ((lp_req_t *)rp)->resp_status;

@@ -12,6 +12,7 @@ int lp_ffi_header_set(void *r, int resp, int mode, const char *name, size_t nlen
 int lp_ffi_set_path(void *r, const char *p, size_t n);
 int lp_ffi_set_upstream(void *r, const char *name, size_t n);
 int lp_ffi_set_target(void *r, const char *host, size_t n, int port);
+int lp_ffi_set_hash_key(void *r, const char *key, size_t n);
 int lp_ffi_status(void *r);
 int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);

@@ -186,6 +186,15 @@ function methods.set_target(h, host, port)
 end
 
 -- The whole request body (gathered before it goes upstream, which still gets all of it).
+-- The key the `hash` balancing policy uses for this request (instead of its hash_on).
+function methods.set_hash_key(h, key)
+  check(h, "set_hash_key")
+  if type(key) ~= "string" then error("req:set_hash_key(): expected a string", 2) end
+  if C.lp_ffi_set_hash_key(h._r, key, #key) ~= 0 then
+    error("req:set_hash_key(): no room left", 2)
+  end
+end
+
 function methods.body(h, max_bytes)
   check(h, "body")
   max_bytes = tonumber(max_bytes)

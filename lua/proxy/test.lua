@@ -413,6 +413,13 @@ function Req:set_target(host, port)
   self._target = (find(host, ":", 1, true) and "[" .. host .. "]" or host) .. ":" .. port
 end
 
+-- The engine's hash policy would use this key; the double records it.
+function Req:set_hash_key(key)
+  check("set_hash_key", self._phase)
+  if type(key) ~= "string" then error("req:set_hash_key(): expected a string", 2) end
+  self._hash_key = key
+end
+
 function Req:body(max_bytes)
   check("body", self._phase)
   if type(max_bytes) ~= "number" or max_bytes < 0 then

@@ -172,7 +172,7 @@ describe("proxy.test", function()
         add_header = { "x", "1" }, clear_header = { "x" }, set_path = { "/" },
         set_upstream = { "app" }, set_target = { "10.0.0.1", 1 }, body = { 10 },
         set_status = { 200 }, resp_header = { "x" }, set_resp_header = { "x", "1" },
-        add_resp_header = { "x", "1" }, clear_resp_header = { "x" },
+        add_resp_header = { "x", "1" }, clear_resp_header = { "x" }, set_hash_key = { "k" },
       }
       for name, allowed in pairs(phases.methods) do
         assert.is_function(req[name], name)
