@@ -881,7 +881,7 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
     luaL_openlibs(L);
     lp_lua_set_paths(L, path);
     if (luaL_loadfile(L, path) || lua_pcall(L, 0, 1, 0)) {
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        lp_lua_error_message(lua_tostring(L, -1), path, err, errlen);
         lua_close(L);
         return LP_ECONFIG;
     }

@@ -36,6 +36,25 @@ int lp__lua_worker_id(void)
     return current_vm ? current_vm->w->id : 0;
 }
 
+/* Lua shortens long file names in messages to "...tail" (LUA_IDSIZE): put the whole path
+ * back so an error always names the file. */
+void lp_lua_error_message(const char *msg, const char *path, char *out, size_t outlen)
+{
+    if (!msg)
+        msg = "(no message)";
+    size_t plen = path ? strlen(path) : 0;
+    if (plen && strncmp(msg, "...", 3) == 0) {
+        const char *tail = msg + 3;
+        const char *colon = strchr(tail, ':');
+        size_t tlen = colon ? (size_t)(colon - tail) : 0;
+        if (tlen && tlen <= plen && strncmp(path + plen - tlen, tail, tlen) == 0) {
+            snprintf(out, outlen, "%s%s", path, colon);
+            return;
+        }
+    }
+    snprintf(out, outlen, "%s", msg);
+}
+
 /* ---- paths ---- */
 
 static const char *engine_root(void)
@@ -329,7 +348,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_lua_t **out, char *er
     lp_lua_set_paths(L, cfg->path);
     current_vm = vm; /* the FFI functions used while loading find the VM */
     if (luaL_loadfile(L, cfg->path)) {
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
         goto fail;
     }
     if (vm->timeout_ns) {
@@ -342,7 +361,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_lua_t **out, char *er
         lua_pop(L, 1);
     }
     if (lua_pcall(L, 0, 1, 0)) {
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
         goto fail;
     }
     int cfg_idx = lua_gettop(L);

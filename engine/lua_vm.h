@@ -31,6 +31,8 @@ typedef struct lp_lua_task_s {
     struct lp_lua_task_s *next_all;
 } lp_lua_task_t;
 
+/* msg with a "...tail:" file name that Lua shortened restored to `path`. */
+void lp_lua_error_message(const char *msg, const char *path, char *out, size_t outlen);
 /* Adds to package.path the engine's Lua directories and the config's own; used by the
  * config loader and the workers alike. */
 void lp_lua_set_paths(lua_State *L, const char *config_path);

@@ -34,6 +34,16 @@ local function interpret(chunk, opts, file)
   jit.off(chunk, true)
 end
 
+-- Lua shortens long file names in messages to "...tail": put the whole path back.
+local function fullname(err, file)
+  err = tostring(err)
+  if file and err:sub(1, 3) == "..." then
+    local tail = err:match("^%.%.%.([^:]*):")
+    if tail and file:sub(-#tail) == tail then return file .. err:sub(4 + #tail) end
+  end
+  return err
+end
+
 local function find_plugin(name, opts)
   local plugin_path = opts.plugin_path
   if plugin_cache[name] then return plugin_cache[name], nil, plugin_files[name] end
@@ -45,10 +55,10 @@ local function find_plugin(name, opts)
     return nil, format("plugin %q not found in %s", name, plugin_path)
   end
   local chunk, err = loadfile(file)
-  if not chunk then return nil, err end
+  if not chunk then return nil, fullname(err, file) end
   interpret(chunk, opts, file)
   local ok, plugin = xpcall(chunk, traceback, name)
-  if not ok then return nil, plugin end
+  if not ok then return nil, fullname(plugin, file) end
   plugin_cache[name] = plugin
   plugin_files[name] = file
   return plugin, nil, file
@@ -108,10 +118,10 @@ local function load_handler(h, path, opts)
     local file = package.searchpath(h, opts.script_path)
     if not file then return nil, format("%s: script %q not found in %s", path, h, opts.script_path) end
     local chunk, err = loadfile(file)
-    if not chunk then return nil, path .. ": " .. err end
+    if not chunk then return nil, path .. ": " .. fullname(err, file) end
     interpret(chunk, opts, file)
     local ok, mod = xpcall(chunk, traceback, h)
-    if not ok then return nil, path .. ": " .. tostring(mod) end
+    if not ok then return nil, path .. ": " .. fullname(mod, file) end
     if type(mod) == "table" then mod = mod.handler or mod.request end
     h = mod
   end
