@@ -170,6 +170,47 @@ for _conns in (50, 256):
         "per_mib": False,
     })
 
+# --- balancing policies: one upstream of three targets, nginx round robin as the peer --
+# The harness starts one origin, listening on 127.0.0.1 only. Three distinct target
+# addresses reach it: 127.0.0.1 and two spellings of the IPv4-mapped IPv6 address of
+# 127.0.0.1 (the proxies connect with AF_INET6 sockets; the kernel delivers the connection
+# to the IPv4 listener). luaproxy keys balancing and health by the address text, so these
+# are three targets with their own pools, balancer slots and health; nginx gets the same
+# three servers. hash uses hash_on = "ip": every wrk connection comes from 127.0.0.1, so
+# one target takes every request; the figure is the cost of hashing the key and the
+# Maglev lookup, not of the spread.
+POLICY_TARGETS = ('"127.0.0.1:{{origin_port}}", "[::ffff:127.0.0.1]:{{origin_port}}", '
+                  '"[::ffff:7f00:1]:{{origin_port}}"')
+
+LUAPROXY_POLICY = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { %s }, balance = "%s", keepalive = 512 } },
+  routes = { { match = { prefix = "/" }, upstream = "app" } },
+  log = { access = false },
+}
+"""
+
+NGINX_POLICY_RR = NGINX_PLAIN.replace(
+    "    server 127.0.0.1:{{origin_port}};\n",
+    "    server 127.0.0.1:{{origin_port}};\n"
+    "    server [::ffff:127.0.0.1]:{{origin_port}};\n"
+    "    server [::ffff:7f00:1]:{{origin_port}};\n")
+assert NGINX_POLICY_RR != NGINX_PLAIN
+
+for _policy in ("round_robin", "least_conn", "p2c", "hash"):
+    SCENARIOS.append({
+        "name": "policy-%s-c50" % _policy,
+        "path": "/",
+        "connections": 50,
+        "luaproxy": LUAPROXY_POLICY % (POLICY_TARGETS, _policy),
+        "nginx": NGINX_POLICY_RR,
+        "per_mib": False,
+        "note": "3 targets (one origin, three addresses); luaproxy balance = %s, nginx round "
+                "robin" % _policy,
+    })
+
 # The idle keep-alive memory test uses these templates (fresh processes).
 IDLE = {
     "connections": 10000,
