@@ -341,6 +341,7 @@ static void handle_target_state(admin_conn_t *c, lp_str_t rest, lp_str_t query)
     if (state == LP_TARGET_ENABLED) {
         /* Re-enabling also forgives a passive ejection. */
         __atomic_store_n(&h->ejected_until, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&h->ejections, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&h->consecutive_failures, 0, __ATOMIC_RELAXED);
     }
     lp_log_notice("admin: upstream %s target %s: %s", u->name, h->addr, want);

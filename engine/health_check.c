@@ -189,6 +189,15 @@ static void probes_stop(void)
     checker.gen = NULL;
 }
 
+static int actively_checked(const lp_config_t *cfg, const char *addr)
+{
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        for (size_t j = 0; cfg->upstreams[i].health.active && j < cfg->upstreams[i].ntargets; j++)
+            if (strcmp(cfg->upstreams[i].targets[j].addr.text, addr) == 0)
+                return 1;
+    return 0;
+}
+
 void lp_health_checks_update(lp_server_t *s)
 {
     probes_stop();
@@ -199,10 +208,10 @@ void lp_health_checks_update(lp_server_t *s)
         const lp_upstream_conf_t *uc = &cfg->upstreams[i];
         if (!uc->health.active) {
             /* No checks any more: a verdict of an earlier generation's checks must not
-             * keep a target down for good. */
+             * keep a target down for good (unless another upstream still checks it). */
             for (size_t j = 0; j < uc->ntargets; j++) {
                 lp_health_t *h = lp_health_get(uc->targets[j].addr.text);
-                if (h) {
+                if (h && !actively_checked(cfg, uc->targets[j].addr.text)) {
                     __atomic_store_n(&h->down, 0, __ATOMIC_RELAXED);
                     h->check_ok = h->check_fail = 0;
                 }

@@ -49,6 +49,7 @@ typedef struct {
     unsigned in_flight;    /* tries in progress (max_connections) */
     uint64_t budget_start; /* retry budget window (ms) */
     unsigned budget_requests, budget_retries;
+    uint64_t last_warned; /* ms: rate limit of the "no available target" warning */
 } lp_upstream_rt_t;
 
 /* Retries skip tried targets in upstreams of up to this many targets. */

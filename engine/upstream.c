@@ -774,7 +774,12 @@ void lp_upstream_start(lp_req_t *req)
     int idx = pick_target(req);
     if (idx < 0) {
         /* Every target down, ejected or drained: answer at once, do not queue. */
-        lp_log_warn("upstream %s: no healthy target", u->conf->name);
+        uint64_t now = lp_health_now();
+        if (req->no_healthy && now - u->last_warned >= 1000) {
+            u->last_warned = now; /* once a second per worker, not per request */
+            lp_log_warn("upstream %s: no available target (down, ejected or drained)",
+                        u->conf->name);
+        }
         lp_conn_upstream_failed(req, req->no_healthy ? 503 : 502, "no upstream target");
         return;
     }
