@@ -464,7 +464,7 @@ class NoTargetTest(HealthCase):
         self.assertTrue(self.log_lines("timed out"), self.proxy.stderr()[-2000:])
         for _ in range(5):
             self.check_503("hole.test")
-        self.assertTrue(self.log_lines("no healthy target"))
+        self.assertTrue(self.log_lines("no available target"))
 
     def test_all_disabled_or_drained_is_503_at_once(self):
         A, B = self.a.address(), self.b.address()
