@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs the demo: three demo origins and luaproxy on scripts/demo.lua, until Ctrl-C.
+# Runs the demo: three demo origins and luaproxy on scripts/demo.lua (or the example config
+# given as the second argument), until Ctrl-C.
 set -euo pipefail
 BUILD=${1:-$(dirname "$0")/../build}
 HERE=$(cd "$(dirname "$0")" && pwd)
+CONFIG=${2:-$HERE/demo.lua}
 ORIGIN="$BUILD/tests/origin/lp_origin"
 PIDS=()
 cleanup() {
@@ -15,7 +17,7 @@ for spec in 9001:web 9002:api-1 9003:api-2; do
     "$ORIGIN" -p "${spec%%:*}" -i "${spec#*:}" >/dev/null &
     PIDS+=($!)
 done
-"$BUILD/luaproxy" -c "$HERE/demo.lua" &
+"$BUILD/luaproxy" -c "$CONFIG" &
 PIDS+=($!)
 
 for _ in $(seq 50); do
