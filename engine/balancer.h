@@ -115,25 +115,4 @@ static inline int lp__balancer_eligible(const lp_balancer_t *b, const uint64_t *
     return b->targets[i].available && !lp_balancer_tried(tried, i);
 }
 
-/* ---- Legacy: smooth weighted round robin used by engine/upstream.c until it moves to
- * lp_balancer_t (then lp_balancer_round_robin replaces it and this goes away). ---- */
-
-typedef struct {
-    unsigned weight;
-    int64_t current; /* smooth weighted round robin state */
-} lp_rr_peer_t;
-
-typedef struct {
-    lp_rr_peer_t *peers; /* owned */
-    size_t n;
-    int64_t total;
-} lp_rr_t;
-
-int lp_rr_init(lp_rr_t *rr, const unsigned *weights, size_t n);
-void lp_rr_destroy(lp_rr_t *rr);
-/* Smooth weighted round robin (each target gets weight/total of picks, interleaved).
- * `tried` is a bitmap of targets to skip (NULL: none), for retries. Returns the index,
- * or -1 when every target was tried. */
-int lp_rr_select(lp_rr_t *rr, const uint64_t *tried);
-
 #endif
