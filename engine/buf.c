@@ -181,3 +181,23 @@ unsigned lp_wbatch_try_write(lp_wbatch_t *wb, uv_stream_t *s)
     wb->bytes -= (size_t)n;
     return i;
 }
+
+int lp_wbatch_send(lp_wbatch_t *wb, uv_stream_t *s, lp_wbpool_t *pool, size_t *pending,
+                   uv_write_cb cb)
+{
+    unsigned first = 0;
+    if (!*pending) {
+        first = lp_wbatch_try_write(wb, s);
+        if (first == LP_WBATCH_DONE) {
+            lp_wbatch_put(pool, wb);
+            return 0;
+        }
+    }
+    *pending += wb->bytes;
+    int rc = uv_write(&wb->req, s, wb->bufs + first, wb->n - first, cb);
+    if (rc) {
+        *pending -= wb->bytes;
+        lp_wbatch_put(pool, wb);
+    }
+    return rc;
+}

@@ -89,6 +89,11 @@ void lp_wbatch_add_copy(lp_wbatch_t *wb, const char *base, size_t len);
  * never closes a connection under its caller's feet. */
 #define LP_WBATCH_DONE 0xffffu
 unsigned lp_wbatch_try_write(lp_wbatch_t *wb, uv_stream_t *s);
+/* Sends wb on s: written at once when nothing is queued (*pending is 0), else queued with
+ * uv_write (cb releases it; *pending counts its bytes until then). A non-zero libuv error
+ * means nothing was queued and the batch is already released. */
+int lp_wbatch_send(lp_wbatch_t *wb, uv_stream_t *s, lp_wbpool_t *pool, size_t *pending,
+                   uv_write_cb cb);
 /* Drops every pin and resets the batch for reuse. */
 void lp_wbatch_release(lp_wbatch_t *wb);
 

@@ -352,20 +352,8 @@ void lp_conn_flush(lp_conn_t *c)
         return;
     c->outb = NULL;
     wb->owner = c;
-    unsigned first = 0;
-    if (!c->out_pending) {
-        first = lp_wbatch_try_write(wb, (uv_stream_t *)&c->tcp);
-        if (first == LP_WBATCH_DONE) {
-            lp_wbatch_put(&c->w->wbatches, wb);
-            return;
-        }
-    }
-    c->out_pending += wb->bytes;
-    int rc = uv_write(&wb->req, (uv_stream_t *)&c->tcp, wb->bufs + first, wb->n - first, on_write);
-    if (rc) {
+    if (lp_wbatch_send(wb, (uv_stream_t *)&c->tcp, &c->w->wbatches, &c->out_pending, on_write)) {
         /* Closed on the next loop turn: callers of a flush still hold the request. */
-        c->out_pending -= wb->bytes;
-        lp_wbatch_put(&c->w->wbatches, wb);
         c->flags |= LP_CF_BROKEN;
         conn_timer(c, TM_BROKEN, 0);
         return;

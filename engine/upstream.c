@@ -430,21 +430,9 @@ void lp_peer_flush(lp_peer_t *p)
         return;
     p->outb = NULL;
     wb->owner = p;
-    unsigned first = 0;
-    if (!p->out_pending) {
-        first = lp_wbatch_try_write(wb, (uv_stream_t *)&p->tcp);
-        if (first == LP_WBATCH_DONE) {
-            lp_wbatch_put(&p->w->wbatches, wb);
-            return;
-        }
-    }
-    p->out_pending += wb->bytes;
-    int rc =
-        uv_write(&wb->req, (uv_stream_t *)&p->tcp, wb->bufs + first, wb->n - first, on_peer_write);
-    if (rc) {
+    if (lp_wbatch_send(wb, (uv_stream_t *)&p->tcp, &p->w->wbatches, &p->out_pending,
+                       on_peer_write)) {
         /* Failed on the next loop turn: callers of a flush still hold the request. */
-        p->out_pending -= wb->bytes;
-        lp_wbatch_put(&p->w->wbatches, wb);
         peer_timer(p, PT_BROKEN, 0);
         return;
     }
