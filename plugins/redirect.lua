@@ -121,21 +121,7 @@ local function compile_to(s, captures)
 end
 P.compile_to = compile_to
 
--- Rejects %N references to captures the pattern does not have (%1 is the whole match when
--- it has none, like gsub).
-local function check_captures(tpl, pattern)
-  if type(tpl) ~= "table" then return true end
-  local _, count = check_lua_pattern(pattern)
-  local max = count == 0 and 1 or count
-  for i = 2, #tpl, 2 do
-    local k = tpl[i]
-    if type(k) == "number" and k > max then
-      return nil, "%" .. k .. " refers to a capture the pattern does not have (" .. count
-        .. (count == 1 and " capture)" or " captures)")
-    end
-  end
-  return true
-end
+local check_captures = require("luaproxy.schema").check_captures
 
 function P.compile(conf)
   local rules = {}

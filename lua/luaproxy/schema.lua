@@ -131,6 +131,23 @@ function M.check_lua_pattern(p)
   return true, count
 end
 
+-- Rejects %N references, in a template compiled to { literal, N, literal, ... }, to captures
+-- the pattern does not have (%1 is the whole match when it has none, like gsub). Shared by
+-- the router's rewrite and the redirect plugin's `to`.
+function M.check_captures(tpl, pattern)
+  if type(tpl) ~= "table" then return true end
+  local _, count = M.check_lua_pattern(pattern)
+  local max = count == 0 and 1 or count
+  for i = 2, #tpl, 2 do
+    local k = tpl[i]
+    if type(k) == "number" and k > max then
+      return nil, "%" .. k .. " refers to a capture the pattern does not have (" .. count
+        .. (count == 1 and " capture)" or " captures)")
+    end
+  end
+  return true
+end
+
 local validate_value
 
 -- Validates a record's keys against `fields`; returns a new table with defaults filled in.
