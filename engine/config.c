@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/tls1.h>
 #include <uv.h>
 #include <lua.h>
 #include <lauxlib.h>
@@ -15,6 +16,7 @@
 #include "config.h"
 #include "balancer.h"
 #include "lua_vm.h"
+#include "tls.h"
 
 /* Validation context. Every check writes "file: key.path: problem" into err. */
 typedef struct {
@@ -287,9 +289,246 @@ static int parse_address_value(vctx_t *v, const char *path, lp_addr_t *out)
     return 0;
 }
 
+/* ---- TLS ---- */
+
+/* A file named in the config: relative paths are relative to the config file. */
+static int opt_path(vctx_t *v, const char *path, const char *k, char **out)
+{
+    int rc = opt_string(v, path, k, out);
+    if (rc || !*out || (*out)[0] == '/')
+        return rc;
+    const char *slash = strrchr(v->file, '/');
+    if (!slash)
+        return 0;
+    size_t dlen = (size_t)(slash - v->file), n = dlen + 1 + strlen(*out) + 1;
+    char *full = malloc(n);
+    if (!full)
+        return fail(v, path, "out of memory");
+    snprintf(full, n, "%.*s/%s", (int)dlen, v->file, *out);
+    free(*out);
+    *out = full;
+    return 0;
+}
+
+static int opt_tls_version(vctx_t *v, const char *path, const char *k, int *out)
+{
+    char *s = NULL, p[512];
+    int rc = opt_string(v, path, k, &s);
+    *out = TLS1_2_VERSION;
+    if (!rc && s) {
+        if (strcmp(s, "TLSv1.3") == 0)
+            *out = TLS1_3_VERSION;
+        else if (strcmp(s, "TLSv1.2") != 0) {
+            join(p, sizeof(p), path, k);
+            rc = fail(v, p, "\"%s\": expected \"TLSv1.2\" or \"TLSv1.3\"", s);
+        }
+    }
+    free(s);
+    return rc;
+}
+
+static int required_path(vctx_t *v, const char *path, const char *k, char **out)
+{
+    int rc = opt_path(v, path, k, out);
+    if (!rc && !*out) {
+        char p[512];
+        join(p, sizeof(p), path, k);
+        return fail(v, p, "required");
+    }
+    return rc;
+}
+
+/* A certificate entry at the top of the stack: { cert =, key =, names = {...} }. */
+static int load_tls_cert(vctx_t *v, const char *p, lp_tls_cert_conf_t *cc)
+{
+    static const char *const keys[] = {"cert", "key", "names", NULL};
+    int rc, present;
+    if (lua_type(v->L, -1) != LUA_TTABLE)
+        return fail(v, p, "expected a table { cert =, key = }, got %s", type_name(v));
+    if ((rc = check_keys(v, p, keys)) || (rc = required_path(v, p, "cert", &cc->cert)) ||
+        (rc = required_path(v, p, "key", &cc->key)))
+        return rc;
+    char pn[512];
+    join(pn, sizeof(pn), p, "names");
+    if ((rc = opt_table(v, p, "names", &present)) || !present)
+        return rc;
+    size_t n;
+    if (!(rc = list_len(v, pn, &n)) && !(cc->names = calloc(n ? n : 1, sizeof(char *))))
+        rc = fail(v, pn, "out of memory");
+    for (size_t i = 0; !rc && i < n; i++) {
+        lua_rawgeti(v->L, -1, (int)i + 1);
+        if (lua_type(v->L, -1) != LUA_TSTRING || !lua_objlen(v->L, -1)) {
+            char pi[512];
+            join_index(pi, sizeof(pi), pn, i + 1);
+            rc = fail(v, pi, "expected a host name");
+        } else if ((cc->names[i] = strdup(lua_tostring(v->L, -1)))) {
+            cc->nnames++;
+        }
+        lua_pop(v->L, 1);
+    }
+    lua_pop(v->L, 1);
+    return rc;
+}
+
+/* listen[i].tls, the table at the top of the stack. */
+static int load_tls_server(vctx_t *v, const char *p, lp_listen_conf_t *lc)
+{
+    static const char *const keys[] = {"cert",
+                                       "key",
+                                       "certificates",
+                                       "client_ca",
+                                       "verify_client",
+                                       "ciphers",
+                                       "ciphersuites",
+                                       "min_version",
+                                       "session_tickets",
+                                       "session_cache",
+                                       "session_timeout",
+                                       "handshake_timeout",
+                                       NULL};
+    lp_tls_server_conf_t tc = {0};
+    int rc, present;
+    char pc[512];
+    if (lua_type(v->L, -1) != LUA_TTABLE)
+        return fail(v, p, "expected a table { cert =, key = }, got %s", type_name(v));
+    if ((rc = check_keys(v, p, keys)))
+        return rc;
+    join(pc, sizeof(pc), p, "certificates");
+    if ((rc = opt_table(v, p, "certificates", &present)))
+        return rc;
+    size_t n = 0;
+    if (present) {
+        if (!(rc = list_len(v, pc, &n)) && n == 0)
+            rc = fail(v, pc, "at least one certificate is required");
+        if (!rc && !(tc.certs = calloc(n, sizeof(*tc.certs))))
+            rc = fail(v, pc, "out of memory");
+        for (size_t i = 0; !rc && i < n; i++) {
+            char pi[512];
+            join_index(pi, sizeof(pi), pc, i + 1);
+            lua_rawgeti(v->L, -1, (int)i + 1);
+            tc.ncerts++;
+            rc = load_tls_cert(v, pi, &tc.certs[i]);
+            lua_pop(v->L, 1);
+        }
+        lua_pop(v->L, 1);
+    }
+    char *cert = NULL, *key = NULL;
+    if (!rc)
+        rc = opt_path(v, p, "cert", &cert);
+    if (!rc)
+        rc = opt_path(v, p, "key", &key);
+    if (!rc && (cert || key)) {
+        /* The single-certificate form goes first: it is the default. */
+        lp_tls_cert_conf_t *a = realloc(tc.certs, (tc.ncerts + 1) * sizeof(*a));
+        if (!a || !cert || !key) {
+            rc = fail(v, p, a ? "cert and key go together" : "out of memory");
+            if (a)
+                tc.certs = a;
+        } else {
+            tc.certs = a;
+            memmove(a + 1, a, tc.ncerts * sizeof(*a));
+            memset(a, 0, sizeof(*a));
+            a[0].cert = cert;
+            a[0].key = key;
+            cert = key = NULL;
+            tc.ncerts++;
+        }
+    }
+    free(cert);
+    free(key);
+    if (!rc && tc.ncerts == 0)
+        rc = fail(v, p, "a certificate is required (cert and key, or certificates)");
+    char *verify = NULL;
+    if (!rc)
+        rc = opt_path(v, p, "client_ca", &tc.client_ca);
+    if (!rc)
+        rc = opt_string(v, p, "verify_client", &verify);
+    if (!rc) {
+        char pv[512];
+        join(pv, sizeof(pv), p, "verify_client");
+        if (!verify || strcmp(verify, "required") == 0)
+            tc.verify_client = tc.client_ca ? LP_TLS_VERIFY_REQUIRED : LP_TLS_VERIFY_OFF;
+        else if (strcmp(verify, "optional") == 0)
+            tc.verify_client = LP_TLS_VERIFY_OPTIONAL;
+        else
+            rc = fail(v, pv, "\"%s\": expected \"required\" or \"optional\"", verify);
+        if (!rc && verify && !tc.client_ca)
+            rc = fail(v, pv, "needs client_ca");
+    }
+    free(verify);
+    uint64_t cache = 20480, timeout_ms = 0;
+    if (!rc)
+        rc = opt_string(v, p, "ciphers", &tc.ciphers);
+    if (!rc)
+        rc = opt_string(v, p, "ciphersuites", &tc.ciphersuites);
+    if (!rc)
+        rc = opt_tls_version(v, p, "min_version", &tc.min_version);
+    if (!rc)
+        rc = opt_bool(v, p, "session_tickets", 1, &tc.session_tickets);
+    if (!rc)
+        rc = opt_integer(v, p, "session_cache", 0, 1e7, 20480, &cache);
+    if (!rc)
+        rc = opt_seconds_ms(v, p, "session_timeout", 3600, &timeout_ms);
+    if (!rc)
+        rc = opt_seconds_ms(v, p, "handshake_timeout", 10, &tc.handshake_timeout);
+    tc.session_cache = (unsigned)cache;
+    tc.session_timeout_s = timeout_ms / 1000 ? timeout_ms / 1000 : 1;
+    if (!rc) {
+        char msg[512];
+        lc->tls = lp_tls_server_new(&tc, msg, sizeof(msg));
+        if (!lc->tls)
+            rc = fail(v, p, "%s", msg);
+    }
+    lp_tls_server_conf_free(&tc);
+    return rc;
+}
+
+/* upstreams.NAME.tls: true, or a table; the value is at the top of the stack. */
+static int load_tls_client(vctx_t *v, const char *p, lp_upstream_conf_t *u)
+{
+    static const char *const keys[] = {"verify", "ca",      "sni",         "cert",
+                                       "key",    "ciphers", "min_version", NULL};
+    lp_tls_client_conf_t tc = {0};
+    int rc = 0;
+    tc.verify = 1;
+    tc.min_version = TLS1_2_VERSION;
+    if (lua_type(v->L, -1) == LUA_TBOOLEAN) {
+        if (!lua_toboolean(v->L, -1))
+            return 0;
+    } else if (lua_type(v->L, -1) != LUA_TTABLE) {
+        return fail(v, p, "expected true or a table { verify =, ca =, sni = }, got %s",
+                    type_name(v));
+    } else if (!(rc = check_keys(v, p, keys))) {
+        if (!rc)
+            rc = opt_bool(v, p, "verify", 1, &tc.verify);
+        if (!rc)
+            rc = opt_path(v, p, "ca", &tc.ca);
+        if (!rc)
+            rc = opt_string(v, p, "sni", &tc.sni);
+        if (!rc)
+            rc = opt_path(v, p, "cert", &tc.cert);
+        if (!rc)
+            rc = opt_path(v, p, "key", &tc.key);
+        if (!rc)
+            rc = opt_string(v, p, "ciphers", &tc.ciphers);
+        if (!rc)
+            rc = opt_tls_version(v, p, "min_version", &tc.min_version);
+        if (!rc && !tc.cert != !tc.key)
+            rc = fail(v, p, "cert and key go together");
+    }
+    if (!rc) {
+        char msg[512];
+        u->tls = lp_tls_client_new(&tc, msg, sizeof(msg));
+        if (!u->tls)
+            rc = fail(v, p, "%s", msg);
+    }
+    lp_tls_client_conf_free(&tc);
+    return rc;
+}
+
 static int load_listen(vctx_t *v, lp_config_t *c)
 {
-    static const char *const keys[] = {"address", "backlog", NULL};
+    static const char *const keys[] = {"address", "backlog", "tls", NULL};
     int present, rc;
     if ((rc = opt_table(v, "", "listen", &present)))
         return rc;
@@ -322,6 +561,14 @@ static int load_listen(vctx_t *v, lp_config_t *c)
             if (!rc)
                 rc = opt_integer(v, p, "backlog", 1, 65535, 511, &backlog);
             c->listen[i].backlog = (int)backlog;
+            if (!rc) {
+                if (field(v, "tls") != LUA_TNIL) {
+                    char ptls[512];
+                    join(ptls, sizeof(ptls), p, "tls");
+                    rc = load_tls_server(v, ptls, &c->listen[i]);
+                }
+                lua_pop(v->L, 1);
+            }
         }
         lua_pop(v->L, 1);
     }
@@ -491,7 +738,8 @@ static int load_upstreams(vctx_t *v, lp_config_t *c)
 {
     static const char *const keys[] = {
         "targets", "balance", "hash_on",  "keepalive",    "keepalive_timeout", "keepalive_requests",
-        "health",  "retries", "retry_on", "retry_budget", "max_connections",   NULL};
+        "health",  "retries", "retry_on", "retry_budget", "max_connections",   "tls",
+        NULL};
     int present, rc = 0;
     if ((rc = opt_table(v, "", "upstreams", &present)))
         return rc;
@@ -583,6 +831,14 @@ static int load_upstreams(vctx_t *v, lp_config_t *c)
             rc = opt_integer(v, p, "keepalive_requests", 1, 1e9, 1000, &kr);
         u->keepalive = (unsigned)ka;
         u->keepalive_requests = (unsigned)kr;
+        if (!rc) {
+            if (field(v, "tls") != LUA_TNIL) {
+                char ptls[512];
+                join(ptls, sizeof(ptls), p, "tls");
+                rc = load_tls_client(v, ptls, u);
+            }
+            lua_pop(v->L, 1);
+        }
         lua_pop(v->L, 1);
     }
     if (rc)
@@ -913,8 +1169,10 @@ void lp_config_free(lp_config_t *c)
 {
     if (!c)
         return;
-    for (size_t i = 0; i < c->nlisten; i++)
+    for (size_t i = 0; i < c->nlisten; i++) {
         free(c->listen[i].addr.text);
+        lp_tls_server_unref(c->listen[i].tls);
+    }
     free(c->listen);
     for (size_t i = 0; i < c->nupstreams; i++) {
         lp_upstream_conf_t *u = &c->upstreams[i];
@@ -925,6 +1183,7 @@ void lp_config_free(lp_config_t *c)
         free(u->balance);
         free(u->hash_name);
         free(u->health.path);
+        lp_tls_client_unref(u->tls);
     }
     free(c->upstreams);
     for (size_t i = 0; i < c->nroutes; i++) {

@@ -68,6 +68,7 @@ typedef struct {
     unsigned keepalive;          /* idle pooled connections kept per target per worker */
     uint64_t keepalive_timeout;  /* ms an idle pooled connection is kept */
     unsigned keepalive_requests; /* requests per upstream connection before it is closed */
+    struct lp_tls_client_s *tls; /* owned reference (tls.h); NULL: plain HTTP to targets */
 } lp_upstream_conf_t;
 
 typedef struct {
@@ -79,9 +80,13 @@ typedef struct {
     size_t upstream; /* index into upstreams */
 } lp_route_conf_t;
 
+struct lp_tls_server_s;
+struct lp_tls_client_s;
+
 typedef struct {
     lp_addr_t addr;
     int backlog;
+    struct lp_tls_server_s *tls; /* owned reference (tls.h); NULL: plain HTTP */
 } lp_listen_conf_t;
 
 typedef struct {

@@ -7,16 +7,19 @@
 #include "lazytimer.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "tls.h"
 #include "upstream.h"
 #include "worker.h"
 
 /* What the connection timer is timing. */
-enum { TM_NONE, TM_IDLE, TM_HEAD, TM_BODY, TM_SEND, TM_LINGER, TM_BROKEN };
+enum { TM_NONE, TM_IDLE, TM_HEAD, TM_BODY, TM_SEND, TM_LINGER, TM_BROKEN, TM_HANDSHAKE };
 
 #define LINGER_MS 2000
 
 static void conn_process(lp_conn_t *c);
 static void conn_update_reading(lp_conn_t *c);
+static void conn_on_eof(lp_conn_t *c, ssize_t why);
+static int conn_tls_fill(lp_conn_t *c);
 static void req_finish(lp_req_t *req);
 static int req_grow(lp_h1_t *h, size_t need);
 
@@ -224,6 +227,8 @@ void lp_conn_close(lp_conn_t *c)
         lp_wbatch_put(&c->w->wbatches, c->outb);
         c->outb = NULL;
     }
+    lp_tls_free(c->tls);
+    c->tls = NULL;
     uv_close((uv_handle_t *)&c->tcp, on_handle_close);
     uv_close((uv_handle_t *)&c->timer, on_handle_close);
 }
@@ -268,6 +273,14 @@ static void conn_close_after_write(lp_conn_t *c)
     lp_conn_flush(c);
     if (c->out_pending || (c->flags & (LP_CF_CLOSING | LP_CF_LINGER)))
         return;
+    if (c->tls && !(c->flags & LP_CF_TLS_BYE)) {
+        /* Tell a TLS client the end is deliberate, then shut down once it is written. */
+        c->flags |= LP_CF_TLS_BYE;
+        lp_tls_close_notify(c->tls);
+        lp_conn_flush(c);
+        if (c->out_pending || (c->flags & (LP_CF_CLOSING | LP_CF_BROKEN)))
+            return;
+    }
     if (c->req && c->req->peer) {
         lp_peer_abort(c->req->peer);
         c->req->peer = NULL;
@@ -304,6 +317,10 @@ static void on_timer(uv_timer_t *t)
         return;
     case TM_SEND:
         lp_log_info("%s: client timed out reading the response", c->client_ip);
+        lp_conn_close(c);
+        return;
+    case TM_HANDSHAKE:
+        lp_log_info("%s: TLS handshake timed out", c->client_ip);
         lp_conn_close(c);
         return;
     default:
@@ -345,19 +362,44 @@ static void on_write(uv_write_t *wr, int status)
         conn_close_after_write(c);
 }
 
-void lp_conn_flush(lp_conn_t *c)
+/* Hands one batch of wire bytes to libuv. -1 when the connection broke. */
+static int conn_send(lp_conn_t *c, lp_wbatch_t *wb)
 {
-    lp_wbatch_t *wb = c->outb;
-    if (!wb || !wb->n || (c->flags & (LP_CF_CLOSING | LP_CF_BROKEN)))
-        return;
-    c->outb = NULL;
     wb->owner = c;
     if (lp_wbatch_send(wb, (uv_stream_t *)&c->tcp, &c->w->wbatches, &c->out_pending, on_write)) {
         /* Closed on the next loop turn: callers of a flush still hold the request. */
         c->flags |= LP_CF_BROKEN;
         conn_timer(c, TM_BROKEN, 0);
-        return;
+        return -1;
     }
+    return 0;
+}
+
+void lp_conn_flush(lp_conn_t *c)
+{
+    lp_wbatch_t *wb = c->outb;
+    if (c->flags & (LP_CF_CLOSING | LP_CF_BROKEN))
+        return;
+    if (wb && wb->n) {
+        c->outb = NULL;
+        if (c->tls) {
+            /* TLS copies the bytes into records: the plain batch is done with. */
+            int rc = lp_tls_write(c->tls, wb);
+            lp_wbatch_put(&c->w->wbatches, wb);
+            if (rc) {
+                lp_log_debug("%s: TLS write failed: %s", c->client_ip, lp_tls_error(c->tls));
+                c->flags |= LP_CF_BROKEN;
+                conn_timer(c, TM_BROKEN, 0);
+                return;
+            }
+        } else if (conn_send(c, wb)) {
+            return;
+        }
+    }
+    /* TLS output: records, and handshake messages, alerts and tickets. */
+    while (c->tls && (wb = lp_tls_out(c->tls, &c->w->wbatches)))
+        if (conn_send(c, wb))
+            return;
     if (c->out_pending > LP_HIGH_WATERMARK && c->tmode != TM_SEND)
         conn_timer(c, TM_SEND, T(c)->send);
 }
@@ -695,7 +737,9 @@ static void conn_process_once(lp_conn_t *c)
         if (c->flags & (LP_CF_CLOSING | LP_CF_CLOSE_AFTER | LP_CF_LINGER | LP_CF_TUNNEL))
             return;
         lp_req_t *req = c->req;
-        int have = c->rbuf && c->rpos < c->rlen;
+        int have = (c->rbuf && c->rpos < c->rlen) || conn_tls_fill(c);
+        if (c->flags & LP_CF_CLOSING)
+            return;
         if (!req) {
             if (!have)
                 return;
@@ -750,11 +794,11 @@ static void conn_process(lp_conn_t *c)
 
 /* ---- reading from the client ---- */
 
-/* Reads append to the current block while it has room, so the client stays readable
+/* Room in the read block for more input (len 0 when it is full of unparsed input).
+ * Reads append to the current block while it has room, so the client stays readable
  * while a request is served (no epoll churn, and pipelined requests wait in place). */
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+static uv_buf_t conn_rbuf_space(lp_conn_t *c)
 {
-    lp_conn_t *c = h->data;
     lp_buf_t *b = c->rbuf;
     if (b) {
         if (c->rpos >= c->rlen && b->refs == 1) {
@@ -763,19 +807,22 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
             lp_buf_unref(b); /* pinned by writes and nearly full: take a fresh one */
             c->rbuf = b = NULL;
         } else if (b->cap == c->rlen) {
-            *buf = uv_buf_init(NULL, 0); /* full of unparsed input: UV_ENOBUFS pauses reading */
-            return;
+            return uv_buf_init(NULL, 0); /* full of unparsed input: UV_ENOBUFS pauses reading */
         }
     }
     if (!b) {
         b = c->rbuf = lp_buf_get(&c->w->bufs, LP_BUF_SIZE);
-        if (!b) {
-            *buf = uv_buf_init(NULL, 0);
-            return;
-        }
+        if (!b)
+            return uv_buf_init(NULL, 0);
         c->rpos = c->rlen = 0;
     }
-    *buf = uv_buf_init(b->data + c->rlen, b->cap - c->rlen);
+    return uv_buf_init(b->data + c->rlen, b->cap - c->rlen);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    lp_conn_t *c = h->data;
+    *buf = c->tls ? lp_tls_in_space(c->tls) : conn_rbuf_space(c);
 }
 
 static void conn_release_rbuf(lp_conn_t *c)
@@ -787,10 +834,132 @@ static void conn_release_rbuf(lp_conn_t *c)
     }
 }
 
+/* TLS: decrypts buffered input into the read block. 1 when there is new plaintext. */
+static int conn_tls_fill(lp_conn_t *c)
+{
+    if (!c->tls || !lp_tls_established(c->tls) || (c->flags & LP_CF_TLS_END))
+        return 0;
+    uv_buf_t room = conn_rbuf_space(c);
+    if (!room.len)
+        return 0;
+    long n = lp_tls_read(c->tls, room.base, room.len);
+    if (n > 0) {
+        c->rlen += (uint32_t)n;
+        return 1;
+    }
+    conn_release_rbuf(c);
+    if (n == 0)
+        return 0;
+    c->flags |= LP_CF_TLS_END;
+    if (n == LP_TLS_ERROR)
+        lp_log_info("%s: TLS error: %s", c->client_ip, lp_tls_error(c->tls));
+    conn_on_eof(c, n == LP_TLS_EOF ? UV_EOF : UV_EPROTO);
+    return 0;
+}
+
+/* Tunnel over TLS: decrypted bytes go to the upstream while it keeps up. */
+static void conn_tunnel_pump(lp_conn_t *c)
+{
+    while (!(c->flags & LP_CF_CLOSING) && c->req && c->req->peer &&
+           c->req->peer->out_pending <= LP_HIGH_WATERMARK) {
+        if (!(c->rbuf && c->rpos < c->rlen) && !conn_tls_fill(c))
+            break;
+        if (!c->req || !c->req->peer)
+            break;
+        lp_peer_tunnel_data(c->req->peer, c->rbuf->data + c->rpos, c->rlen - c->rpos, c->rbuf);
+        c->rpos = c->rlen;
+    }
+    lp_conn_flush(c);
+}
+
+/* A plain-HTTP request on a TLS port: answered in plain text, as nginx does, and closed. */
+static void conn_plain_on_tls(lp_conn_t *c)
+{
+    static const char body[] = "400 Bad Request: this port speaks HTTPS; the request was plain "
+                               "HTTP.\n";
+    char head[256];
+    lp_log_info("%s: plain HTTP request on a TLS port: 400, closing", c->client_ip);
+    lp_tls_free(c->tls);
+    c->tls = NULL;
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                     sizeof(body) - 1);
+    lp_wbatch_t *wb = conn_outb(c, 2, (unsigned)n);
+    if (!wb) {
+        lp_conn_close(c);
+        return;
+    }
+    lp_wbatch_add_copy(wb, head, (size_t)n);
+    lp_wbatch_add(wb, body, sizeof(body) - 1, NULL);
+    conn_close_after_write(c);
+}
+
+/* Ciphertext arrived: handshake, then the same path as plain input. */
+static void conn_tls_input(lp_conn_t *c, size_t n)
+{
+    lp_tls_in_commit(c->tls, n);
+    if (!lp_tls_established(c->tls)) {
+        if (lp_tls_first_byte(c->tls) != 0x16) { /* not a TLS handshake record */
+            conn_plain_on_tls(c);
+            return;
+        }
+        int rc = lp_tls_handshake(c->tls);
+        lp_conn_flush(c);
+        if (rc == LP_ERROR) {
+            lp_log_info("%s: TLS handshake failed: %s", c->client_ip, lp_tls_error(c->tls));
+            conn_close_after_write(c);
+            return;
+        }
+        if (rc == LP_AGAIN || (c->flags & (LP_CF_CLOSING | LP_CF_BROKEN)))
+            return;
+        conn_timer(c, TM_IDLE, T(c)->client_header);
+    }
+    if (c->flags & LP_CF_TUNNEL)
+        conn_tunnel_pump(c);
+    else
+        conn_process(c);
+    if (!(c->flags & LP_CF_CLOSING)) {
+        lp_conn_flush(c); /* what reading produced: tickets, key updates, alerts */
+        conn_release_rbuf(c);
+        if (c->tls)
+            lp_tls_in_trim(c->tls);
+    }
+}
+
+/* The client's input ended (why: UV_EOF or an error). */
+static void conn_on_eof(lp_conn_t *c, ssize_t why)
+{
+    c->flags |= LP_CF_EOF;
+    if (why != UV_EOF)
+        lp_log_debug("%s: read error: %s", c->client_ip, uv_strerror((int)why));
+    if ((c->flags & LP_CF_TUNNEL) && c->req && c->req->peer) {
+        lp_peer_tunnel_eof(c->req->peer);
+        return;
+    }
+    if (c->req && c->req->state == LP_RS_DONE && why == UV_EOF) {
+        /* A half-close after a complete request: the answer still goes out. */
+        conn_update_reading(c);
+        return;
+    }
+    /* Idle, a partial head, or a body cut short: nothing more can be answered. */
+    lp_conn_close(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     lp_conn_t *c = s->data;
+    if (nread > 0 && c->tls) {
+        conn_tls_input(c, (size_t)nread);
+        return;
+    }
     if (nread > 0) {
+        if (c->rlen == 0 && c->nrequests == 0 && !c->req && c->rbuf->data[0] == 0x16) {
+            /* A TLS ClientHello: no HTTP answer would make sense to that client. */
+            lp_log_info("%s: TLS handshake on a plain HTTP port: closing", c->client_ip);
+            lp_conn_close(c);
+            return;
+        }
         c->rlen += (uint32_t)nread;
         if (c->flags & LP_CF_TUNNEL) {
             if (c->req && c->req->peer) {
@@ -811,21 +980,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_update_reading(c);
         return;
     }
-    /* EOF or error. */
-    c->flags |= LP_CF_EOF;
-    if (nread != UV_EOF)
-        lp_log_debug("%s: read error: %s", c->client_ip, uv_strerror((int)nread));
-    if ((c->flags & LP_CF_TUNNEL) && c->req && c->req->peer) {
-        lp_peer_tunnel_eof(c->req->peer);
-        return;
+    if (c->tls && nread == UV_EOF && lp_tls_established(c->tls) && !(c->flags & LP_CF_TLS_END)) {
+        /* Decrypt what is still buffered first: it ends with the close_notify, if any. */
+        lp_tls_in_eof(c->tls);
+        if (c->flags & LP_CF_TUNNEL)
+            conn_tunnel_pump(c);
+        else
+            conn_process(c);
+        if (c->flags & (LP_CF_CLOSING | LP_CF_EOF))
+            return;
     }
-    if (c->req && c->req->state == LP_RS_DONE && nread == UV_EOF) {
-        /* A half-close after a complete request: the answer still goes out. */
-        conn_update_reading(c);
-        return;
-    }
-    /* Idle, a partial head, or a body cut short: nothing more can be answered. */
-    lp_conn_close(c);
+    conn_on_eof(c, nread);
 }
 
 static void conn_update_reading(lp_conn_t *c)
@@ -841,6 +1006,8 @@ static void conn_update_reading(lp_conn_t *c)
     else
         want = !(req && (req->flags & LP_RF_READ_PAUSED)) &&
                !(c->rbuf && c->rlen == c->rbuf->cap && c->rpos < c->rlen);
+    if (want && c->tls && lp_tls_in_full(c->tls))
+        want = 0;
     if (want && !(c->flags & LP_CF_READING)) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
             c->flags |= LP_CF_READING;
@@ -1182,6 +1349,8 @@ void lp_conn_tunnel_start(lp_req_t *req)
         lp_peer_tunnel_data(req->peer, c->rbuf->data + c->rpos, c->rlen - c->rpos, c->rbuf);
         c->rpos = c->rlen;
     }
+    if (c->tls)
+        conn_tunnel_pump(c);
     conn_update_reading(c);
 }
 
@@ -1195,6 +1364,8 @@ void lp_conn_tunnel_data(lp_conn_t *c, const char *at, size_t len, lp_buf_t *pin
 
 void lp_conn_tunnel_resume(lp_conn_t *c)
 {
+    if (c->tls)
+        conn_tunnel_pump(c);
     conn_update_reading(c);
 }
 
@@ -1242,7 +1413,17 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
         lp_conn_close(c);
         return;
     }
-    conn_timer(c, TM_IDLE, T(c)->client_header);
+    if (l->tls) {
+        c->tls = lp_tls_accept(l->tls, &w->bufs);
+        if (!c->tls) {
+            lp_log_warn("%s: cannot start TLS (out of memory)", c->client_ip);
+            lp_conn_close(c);
+            return;
+        }
+        conn_timer(c, TM_HANDSHAKE, lp_tls_server_handshake_timeout(l->tls));
+    } else {
+        conn_timer(c, TM_IDLE, T(c)->client_header);
+    }
     conn_update_reading(c);
 }
 

@@ -67,7 +67,10 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
         return 0;
     }
     case LP_FFI_SCHEME:
-        set_out(out, "http", 4);
+        if (r->conn && r->conn->tls)
+            set_out(out, "https", 5);
+        else
+            set_out(out, "http", 4);
         return 0;
     case LP_FFI_CLIENT_IP:
         if (!r->conn)

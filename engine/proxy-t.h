@@ -58,8 +58,9 @@ typedef struct {
 typedef struct lp_listener_s {
     uv_tcp_t tcp;
     lp_worker_t *w;
-    char *addr;  /* owned: the listen address as configured, to match across reloads */
-    int closing; /* uv_close called; freed in its close callback */
+    char *addr; /* owned: the listen address as configured, to match across reloads */
+    struct lp_tls_server_s *tls; /* the current config's (borrowed); NULL: plain HTTP */
+    int closing;                 /* uv_close called; freed in its close callback */
     struct lp_listener_s *next;
 } lp_listener_t;
 
@@ -192,11 +193,14 @@ struct lp_req_s {
 #define LP_CF_BUSY        0x40  /* conn_process is on the stack */
 #define LP_CF_AGAIN       0x80  /* conn_process was asked for another pass meanwhile */
 #define LP_CF_BROKEN      0x100 /* a write failed: closing on the next loop turn */
+#define LP_CF_TLS_BYE     0x200 /* TLS close_notify queued */
+#define LP_CF_TLS_END     0x400 /* TLS input ended (close_notify, EOF or error) */
 
 struct lp_conn_s {
     uv_tcp_t tcp; /* tcp.data = this */
     uv_timer_t timer;
     lp_worker_t *w;
+    struct lp_tls_s *tls; /* owned: the TLS session on a TLS listener, else NULL */
     lp_list_t link;
     lp_buf_t *rbuf; /* current read block (owned reference), or NULL */
     uint32_t rpos, rlen;

@@ -531,7 +531,8 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
     }
     lp_wbuf_cstr(&w, xff ? ", " : "X-Forwarded-For: ");
     lp_wbuf_cstr(&w, req->conn->client_ip);
-    lp_wbuf_cstr(&w, "\r\nX-Forwarded-Proto: http\r\n");
+    lp_wbuf_cstr(&w, req->conn->tls ? "\r\nX-Forwarded-Proto: https\r\n"
+                                    : "\r\nX-Forwarded-Proto: http\r\n");
     if (h->host.base)
         lp_wbuf_header(&w, "X-Forwarded-Host", 16, h->host.base, h->host.len);
     for (unsigned i = 0; i < h->nheaders; i++) {

@@ -81,6 +81,7 @@ static int listener_start(lp_worker_t *w, const lp_listen_conf_t *lc, int fd)
         return LP_ENOMEM;
     }
     l->w = w;
+    l->tls = lc->tls;
     uv_tcp_init(&w->loop, &l->tcp);
     l->tcp.data = l;
     int rc = uv_tcp_open(&l->tcp, fd);
@@ -181,8 +182,10 @@ static void apply_switch(lp_worker_t *w, lp_switch_t *sw)
         lp_listener_t *next = l->next;
         int wanted = 0;
         for (size_t i = 0; i < cfg->nlisten; i++)
-            if (strcmp(cfg->listen[i].addr.text, l->addr) == 0)
+            if (strcmp(cfg->listen[i].addr.text, l->addr) == 0) {
                 wanted = 1;
+                l->tls = cfg->listen[i].tls; /* new certificates for new connections */
+            }
         if (!wanted)
             listener_close(w, l);
         l = next;
