@@ -27,6 +27,12 @@ typedef struct lp_accesslog_s lp_accesslog_t;
  * keeps the connections of targets that did not change. */
 typedef struct lp_pool_s {
     lp_addr_t addr; /* own copy (text owned) */
+    /* TLS to this address: the newest generation's client context (a reference), the SNI
+     * name (owned; also checked against the certificate), and the last session to resume
+     * (an SSL_SESSION, worker-local like the pool). NULL tls: plain HTTP. */
+    struct lp_tls_client_s *tls;
+    char *sni;
+    void *session;
     lp_list_t idle; /* lp_peer_t.link, most recently used first */
     unsigned nidle;
     unsigned active;
@@ -226,10 +232,12 @@ struct lp_conn_s {
 #define LP_PF_REQ_SENT   0x80 /* the whole request was written */
 #define LP_PF_TUNNEL     0x100
 #define LP_PF_LUA        0x200 /* the response phase is suspended: hold the body */
+#define LP_PF_HANDSHAKE  0x400 /* TCP connected, TLS handshake in progress */
 
 struct lp_peer_s {
     uv_tcp_t tcp; /* tcp.data = this */
     uv_connect_t connect_req;
+    struct lp_tls_s *tls; /* owned: TLS session to the upstream, NULL for plain HTTP */
     uv_timer_t timer;
     lp_worker_t *w;
     lp_upstream_rt_t *upstream; /* while serving a request (NULL while pooled) */

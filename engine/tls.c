@@ -128,6 +128,7 @@ struct lp_tls_client_s {
     int refs; /* atomic */
     SSL_CTX *ctx;
     char *sni;
+    char *key; /* the settings as a string: pools keep apart what was set up differently */
     int verify;
 };
 
@@ -565,9 +566,17 @@ lp_tls_client_t *lp_tls_client_new(const lp_tls_client_conf_t *conf, char *err, 
     }
     c->refs = 1;
     c->verify = conf->verify;
+    size_t klen = 64;
+    const char *parts[] = {conf->ca, conf->sni, conf->cert, conf->key, conf->ciphers};
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        klen += parts[i] ? strlen(parts[i]) : 0;
+    if ((c->key = malloc(klen)))
+        snprintf(c->key, klen, "%d|%d|%s|%s|%s|%s|%s", conf->verify, conf->min_version,
+                 conf->ca ? conf->ca : "", conf->sni ? conf->sni : "", conf->cert ? conf->cert : "",
+                 conf->key ? conf->key : "", conf->ciphers ? conf->ciphers : "");
     ERR_clear_error();
     SSL_CTX *ctx = c->ctx = SSL_CTX_new(TLS_client_method());
-    if (!ctx || (conf->sni && !(c->sni = strdup(conf->sni)))) {
+    if (!ctx || !c->key || (conf->sni && !(c->sni = strdup(conf->sni)))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -626,12 +635,18 @@ void lp_tls_client_unref(lp_tls_client_t *c)
         return;
     SSL_CTX_free(c->ctx);
     free(c->sni);
+    free(c->key);
     free(c);
 }
 
 const char *lp_tls_client_sni(const lp_tls_client_t *c)
 {
     return c->sni;
+}
+
+const char *lp_tls_client_key(const lp_tls_client_t *c)
+{
+    return c->key;
 }
 
 /* ---- our BIO: ciphertext straight from and to pooled blocks ---- */
@@ -803,6 +818,13 @@ void lp_tls_free(lp_tls_t *t)
     if (!t)
         return;
     SSL_set_ex_data(t->ssl, ex_index, NULL);
+    if (t->established && !t->err[0]) {
+        /* A session freed without a shutdown cannot be resumed: mark it done quietly (the
+         * close_notify, when due, was sent by lp_tls_close_notify). */
+        SSL_set_quiet_shutdown(t->ssl, 1);
+        SSL_shutdown(t->ssl);
+    }
+    ERR_clear_error();
     SSL_free(t->ssl); /* frees the BIO */
     if (t->in)
         lp_buf_unref(t->in);
@@ -814,6 +836,11 @@ void lp_tls_free(lp_tls_t *t)
     lp_tls_server_unref(t->srv);
     lp_tls_client_unref(t->cli);
     free(t);
+}
+
+void lp_tls_session_free(void *session)
+{
+    SSL_SESSION_free(session);
 }
 
 uv_buf_t lp_tls_in_space(lp_tls_t *t)

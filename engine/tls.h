@@ -67,6 +67,8 @@ void lp_tls_client_unref(lp_tls_client_t *c);
 lp_tls_client_t *lp_tls_client_ref(lp_tls_client_t *c);
 /* The name sent as SNI and checked against the certificate (NULL: use the target host). */
 const char *lp_tls_client_sni(const lp_tls_client_t *c);
+/* The settings as one string: equal keys make interchangeable connections. */
+const char *lp_tls_client_key(const lp_tls_client_t *c);
 
 /* Process-wide set-up (the BIO method, the ticket key ring), done once by the first
  * context built; 0 or -1. */
@@ -80,6 +82,8 @@ lp_tls_t *lp_tls_accept(lp_tls_server_t *srv, lp_bufpool_t *pool);
 lp_tls_t *lp_tls_connect(lp_tls_client_t *cli, const char *host, void **session,
                          lp_bufpool_t *pool);
 void lp_tls_free(lp_tls_t *t);
+/* Frees a session stored by lp_tls_connect (NULL is fine). */
+void lp_tls_session_free(void *session);
 
 /* Ciphertext in: space to read into (len 0 when the input buffer is full), then commit. */
 uv_buf_t lp_tls_in_space(lp_tls_t *t);

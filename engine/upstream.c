@@ -6,6 +6,7 @@
 #include "lazytimer.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "tls.h"
 #include "upstream.h"
 
 /* What the upstream connection timer is timing. */
@@ -14,6 +15,7 @@ enum { PT_NONE, PT_CONNECT, PT_SEND, PT_READ, PT_IDLE, PT_BROKEN };
 static void peer_close(lp_peer_t *p);
 static void peer_start_request(lp_peer_t *p, lp_req_t *req);
 static void peer_update_reading(lp_peer_t *p);
+static void peer_process_pending(lp_peer_t *p);
 static int on_resp_body(lp_h1_t *h, const char *at, size_t len);
 static void peer_connect(lp_peer_t *p, lp_req_t *req);
 static int pick_target(lp_req_t *req);
@@ -37,30 +39,62 @@ static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
         lp_lazy_set(&p->timer, &p->lazy, ms, on_peer_timer);
 }
 
-/* The worker's pool for an address, made on first use. */
-static lp_pool_t *pool_get(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen)
+/* The name a TLS connection to addr sends as SNI and verifies: the configured one, else
+ * the host part of "host:port" / "[v6]:port". */
+static char *tls_name(const lp_addr_t *addr, lp_tls_client_t *tls)
+{
+    if (!tls)
+        return NULL;
+    if (lp_tls_client_sni(tls))
+        return strdup(lp_tls_client_sni(tls));
+    const char *t = addr->text, *end;
+    if (t[0] == '[' && (end = strchr(t, ']')))
+        return strndup(t + 1, (size_t)(end - t - 1));
+    end = strrchr(t, ':');
+    return strndup(t, end ? (size_t)(end - t) : strlen(t));
+}
+
+/* The worker's pool for an address (and TLS name), made on first use. */
+static lp_pool_t *pool_get(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
+                           lp_tls_client_t *tls)
 {
     lp_pool_t *p;
+    char *sni = tls_name(addr, tls);
+    if (tls && !sni)
+        return NULL;
     for (p = w->pools; p; p = p->next)
         if (p->addr.addrlen == addr->addrlen && strcmp(p->addr.text, addr->text) == 0 &&
-            memcmp(&p->addr.addr, &addr->addr, addr->addrlen) == 0)
+            memcmp(&p->addr.addr, &addr->addr, addr->addrlen) == 0 && !p->tls == !tls &&
+            (!tls || strcmp(lp_tls_client_key(p->tls), lp_tls_client_key(tls)) == 0))
             break;
     if (!p) {
         p = calloc(1, sizeof(*p));
-        if (!p)
+        if (!p) {
+            free(sni);
             return NULL;
+        }
         p->addr = *addr;
         p->addr.text = strdup(addr->text);
         if (!p->addr.text) {
+            free(sni);
             free(p);
             return NULL;
         }
+        p->sni = sni;
+        sni = NULL;
         lp_list_init(&p->idle);
         p->next = w->pools;
         w->pools = p;
     }
-    if (gen > p->gen)
+    free(sni);
+    if (gen > p->gen) {
         p->gen = gen;
+        /* New connections use the newest context; pooled ones keep the one they made. */
+        if (tls && p->tls != tls) {
+            lp_tls_client_unref(p->tls);
+            p->tls = lp_tls_client_ref(tls);
+        }
+    }
     return p;
 }
 
@@ -78,7 +112,7 @@ lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg, uin
         int rc = !u->targets || !u->bt;
         for (size_t j = 0; !rc && j < uc->ntargets; j++) {
             u->targets[j].conf = &uc->targets[j];
-            u->targets[j].pool = pool_get(w, &uc->targets[j].addr, gen);
+            u->targets[j].pool = pool_get(w, &uc->targets[j].addr, gen, uc->tls);
             u->targets[j].health = lp_health_get(uc->targets[j].addr.text);
             rc = !u->targets[j].pool || !u->targets[j].health;
             u->bt[j].weight = uc->targets[j].weight;
@@ -148,7 +182,7 @@ lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa,
     d->conf.keepalive_timeout = 60000;
     d->conf.keepalive_requests = 1000;
     d->trt.conf = &d->tconf;
-    d->trt.pool = pool_get(w, &d->tconf.addr, UINT64_MAX);
+    d->trt.pool = pool_get(w, &d->tconf.addr, UINT64_MAX, NULL);
     d->trt.health = lp_health_get(d->name);
     d->rt.conf = &d->conf;
     d->rt.targets = &d->trt;
@@ -178,6 +212,9 @@ void lp_upstream_destroy_all(lp_worker_t *w)
         lp_pool_t *p = w->pools;
         w->pools = p->next;
         free(p->addr.text);
+        free(p->sni);
+        lp_tls_client_unref(p->tls);
+        lp_tls_session_free(p->session);
         free(p);
     }
 }
@@ -215,6 +252,8 @@ static void peer_close(lp_peer_t *p)
         lp_wbatch_put(&p->w->wbatches, p->outb);
         p->outb = NULL;
     }
+    lp_tls_free(p->tls);
+    p->tls = NULL;
     uv_close((uv_handle_t *)&p->tcp, on_peer_handle_close);
     uv_close((uv_handle_t *)&p->timer, on_peer_handle_close);
 }
@@ -376,7 +415,8 @@ static void on_peer_timer(uv_timer_t *tm)
         return;
     switch (p->tmode) {
     case PT_CONNECT:
-        peer_fail(p, 504, "connect timed out");
+        peer_fail(p, 504,
+                  (p->flags & LP_PF_HANDSHAKE) ? "TLS handshake timed out" : "connect timed out");
         return;
     case PT_SEND:
         peer_fail(p, 504, "send timed out");
@@ -422,6 +462,29 @@ static void on_peer_write(uv_write_t *wr, int status)
     }
 }
 
+/* Hands one batch of wire bytes to libuv. -1 when the connection broke. */
+static int peer_send(lp_peer_t *p, lp_wbatch_t *wb)
+{
+    wb->owner = p;
+    if (lp_wbatch_send(wb, (uv_stream_t *)&p->tcp, &p->w->wbatches, &p->out_pending,
+                       on_peer_write)) {
+        /* Failed on the next loop turn: callers of a flush still hold the request. */
+        peer_timer(p, PT_BROKEN, 0);
+        return -1;
+    }
+    return 0;
+}
+
+/* TLS output (records, handshake messages, alerts). -1 when the connection broke. */
+static int peer_tls_send(lp_peer_t *p)
+{
+    lp_wbatch_t *wb;
+    while (p->tls && (wb = lp_tls_out(p->tls, &p->w->wbatches)))
+        if (peer_send(p, wb))
+            return -1;
+    return 0;
+}
+
 void lp_peer_flush(lp_peer_t *p)
 {
     lp_wbatch_t *wb = p->outb;
@@ -429,11 +492,16 @@ void lp_peer_flush(lp_peer_t *p)
         p->tmode == PT_BROKEN)
         return;
     p->outb = NULL;
-    wb->owner = p;
-    if (lp_wbatch_send(wb, (uv_stream_t *)&p->tcp, &p->w->wbatches, &p->out_pending,
-                       on_peer_write)) {
-        /* Failed on the next loop turn: callers of a flush still hold the request. */
-        peer_timer(p, PT_BROKEN, 0);
+    if (p->tls) {
+        int rc = lp_tls_write(p->tls, wb);
+        lp_wbatch_put(&p->w->wbatches, wb);
+        if (rc) {
+            peer_timer(p, PT_BROKEN, 0);
+            return;
+        }
+        if (peer_tls_send(p))
+            return;
+    } else if (peer_send(p, wb)) {
         return;
     }
     if (p->tmode != PT_SEND && !(p->flags & LP_PF_TUNNEL) && p->out_pending)
@@ -618,6 +686,20 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
         lp_peer_flush(p);
 }
 
+/* Connected (and TLS established): the request bound while connecting goes out. */
+static void peer_connected(lp_peer_t *p)
+{
+    p->flags |= LP_PF_CONNECTED;
+    p->flags &= ~LP_PF_HANDSHAKE;
+    lp_req_t *req = p->req;
+    p->req = NULL;
+    p->pool->active--;
+    if (!req)
+        return;
+    req->peer = NULL;
+    peer_start_request(p, req);
+}
+
 static void on_connect(uv_connect_t *cr, int status)
 {
     lp_peer_t *p = cr->data;
@@ -631,15 +713,26 @@ static void on_connect(uv_connect_t *cr, int status)
         peer_fail(p, 502, why);
         return;
     }
-    p->flags |= LP_PF_CONNECTED;
     uv_tcp_nodelay(&p->tcp, 1);
-    lp_req_t *req = p->req;
-    p->req = NULL;
-    p->pool->active--;
-    if (!req)
+    if (p->pool->tls) {
+        /* The connect timer keeps running through the handshake. */
+        p->tls = lp_tls_connect(p->pool->tls, p->pool->sni, &p->pool->session, &p->w->bufs);
+        if (!p->tls) {
+            peer_fail(p, 502, "cannot start TLS");
+            return;
+        }
+        p->flags |= LP_PF_HANDSHAKE;
+        if (lp_tls_handshake(p->tls) == LP_ERROR) {
+            char why[200];
+            snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->tls));
+            peer_fail(p, 502, why);
+            return;
+        }
+        if (!peer_tls_send(p))
+            peer_update_reading(p);
         return;
-    req->peer = NULL;
-    peer_start_request(p, req);
+    }
+    peer_connected(p);
 }
 
 static void peer_connect(lp_peer_t *p, lp_req_t *req)
@@ -924,25 +1017,28 @@ static void peer_parse(lp_peer_t *p)
     }
 }
 
-static void on_peer_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+/* Room for more response input: a fresh block once the last one is consumed (len 0 while
+ * unparsed input is left). */
+static uv_buf_t peer_rbuf_space(lp_peer_t *p)
 {
-    lp_peer_t *p = h->data;
     if (p->rbuf && (p->rbuf->refs > 1 || p->rpos < p->rlen)) {
-        if (p->rpos < p->rlen) {
-            *buf = uv_buf_init(NULL, 0);
-            return;
-        }
+        if (p->rpos < p->rlen)
+            return uv_buf_init(NULL, 0);
         lp_buf_unref(p->rbuf);
         p->rbuf = NULL;
     }
     if (!p->rbuf)
         p->rbuf = lp_buf_get(&p->w->bufs, LP_BUF_SIZE);
-    if (!p->rbuf) {
-        *buf = uv_buf_init(NULL, 0);
-        return;
-    }
+    if (!p->rbuf)
+        return uv_buf_init(NULL, 0);
     p->rpos = p->rlen = 0;
-    *buf = uv_buf_init(p->rbuf->data, p->rbuf->cap);
+    return uv_buf_init(p->rbuf->data, p->rbuf->cap);
+}
+
+static void on_peer_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    lp_peer_t *p = h->data;
+    *buf = p->tls ? lp_tls_in_space(p->tls) : peer_rbuf_space(p);
 }
 
 static void peer_eof(lp_peer_t *p, int err)
@@ -980,33 +1076,95 @@ static void peer_eof(lp_peer_t *p, int err)
                                                 : "upstream closed the connection");
 }
 
+/* New response bytes sit in rbuf (plain, or decrypted): parse them or relay them. */
+static void peer_input(lp_peer_t *p)
+{
+    if (!p->req) {
+        /* Bytes from an idle pooled connection: it is out of sync; drop it. */
+        peer_close(p);
+        return;
+    }
+    p->flags |= LP_PF_RESP_BYTES;
+    if (p->flags & LP_PF_TUNNEL) {
+        lp_conn_tunnel_data(p->req->conn, p->rbuf->data + p->rpos, p->rlen - p->rpos, p->rbuf);
+        p->rpos = p->rlen;
+        if (p->req && p->req->conn->out_pending > LP_HIGH_WATERMARK)
+            p->flags |= LP_PF_PAUSED;
+        peer_update_reading(p);
+        return;
+    }
+    if (p->tmode == PT_READ)
+        peer_timer(p, PT_READ, T(p)->read);
+    lp_conn_t *c = p->req->conn;
+    peer_parse(p);
+    if (!(c->flags & LP_CF_CLOSING))
+        lp_conn_flush(c);
+    if (!(p->flags & LP_PF_CLOSING))
+        peer_update_reading(p);
+}
+
+/* TLS: decrypts and processes buffered input until none is left or processing pauses. */
+static void peer_tls_pump(lp_peer_t *p)
+{
+    while (p->tls && !(p->flags & (LP_PF_CLOSING | LP_PF_PAUSED | LP_PF_LUA)) &&
+           !(p->rbuf && p->rpos < p->rlen)) {
+        uv_buf_t room = peer_rbuf_space(p);
+        if (!room.len)
+            break;
+        long n = lp_tls_read(p->tls, room.base, room.len);
+        if (n == 0) {
+            /* Nothing for the application (a session ticket, say): hold no block. */
+            lp_buf_unref(p->rbuf);
+            p->rbuf = NULL;
+            p->rpos = p->rlen = 0;
+            break;
+        }
+        if (n < 0) {
+            if (n == LP_TLS_ERROR)
+                lp_log_info("upstream %s: TLS error: %s", p->pool->addr.text, lp_tls_error(p->tls));
+            peer_eof(p, n == LP_TLS_EOF ? 0 : UV_EPROTO);
+            return;
+        }
+        p->rlen += (uint32_t)n;
+        peer_input(p);
+    }
+    if (p->tls && !(p->flags & LP_PF_CLOSING) && !peer_tls_send(p))
+        lp_tls_in_trim(p->tls);
+}
+
+/* Ciphertext arrived: the handshake, then decrypted input. */
+static void peer_tls_input(lp_peer_t *p, size_t n)
+{
+    lp_tls_in_commit(p->tls, n);
+    if (p->flags & LP_PF_HANDSHAKE) {
+        int rc = lp_tls_handshake(p->tls);
+        if (peer_tls_send(p))
+            return;
+        if (rc == LP_AGAIN)
+            return;
+        if (rc == LP_ERROR) {
+            char why[200];
+            snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->tls));
+            peer_fail(p, 502, why);
+            return;
+        }
+        peer_connected(p);
+        if (p->flags & LP_PF_CLOSING)
+            return;
+    }
+    peer_tls_pump(p);
+}
+
 static void on_peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     lp_peer_t *p = s->data;
+    if (nread > 0 && p->tls) {
+        peer_tls_input(p, (size_t)nread);
+        return;
+    }
     if (nread > 0) {
         p->rlen += (uint32_t)nread;
-        if (!p->req) {
-            /* Bytes from an idle pooled connection: it is out of sync; drop it. */
-            peer_close(p);
-            return;
-        }
-        p->flags |= LP_PF_RESP_BYTES;
-        if (p->flags & LP_PF_TUNNEL) {
-            lp_conn_tunnel_data(p->req->conn, p->rbuf->data + p->rpos, p->rlen - p->rpos, p->rbuf);
-            p->rpos = p->rlen;
-            if (p->req && p->req->conn->out_pending > LP_HIGH_WATERMARK)
-                p->flags |= LP_PF_PAUSED;
-            peer_update_reading(p);
-            return;
-        }
-        if (p->tmode == PT_READ)
-            peer_timer(p, PT_READ, T(p)->read);
-        lp_conn_t *c = p->req->conn;
-        peer_parse(p);
-        if (!(c->flags & LP_CF_CLOSING))
-            lp_conn_flush(c);
-        if (!(p->flags & LP_PF_CLOSING))
-            peer_update_reading(p);
+        peer_input(p);
         return;
     }
     if (nread == 0)
@@ -1015,6 +1173,13 @@ static void on_peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         peer_update_reading(p);
         return;
     }
+    if (p->tls && nread == UV_EOF && !(p->flags & LP_PF_HANDSHAKE)) {
+        /* What is still buffered comes first; it may end in a close_notify. */
+        lp_tls_in_eof(p->tls);
+        peer_tls_pump(p);
+        if ((p->flags & LP_PF_CLOSING) || !p->tls)
+            return;
+    }
     peer_eof(p, nread == UV_EOF ? 0 : (int)nread);
 }
 
@@ -1022,8 +1187,9 @@ static void peer_update_reading(lp_peer_t *p)
 {
     if (p->flags & LP_PF_CLOSING)
         return;
-    int want = (p->flags & LP_PF_CONNECTED) && !(p->flags & (LP_PF_PAUSED | LP_PF_LUA)) &&
-               !(p->rbuf && p->rpos < p->rlen);
+    int want = (p->flags & (LP_PF_CONNECTED | LP_PF_HANDSHAKE)) &&
+               !(p->flags & (LP_PF_PAUSED | LP_PF_LUA)) && !(p->rbuf && p->rpos < p->rlen) &&
+               !(p->tls && lp_tls_in_full(p->tls));
     if (want && !(p->flags & LP_PF_READING)) {
         if (uv_read_start((uv_stream_t *)&p->tcp, on_peer_alloc, on_peer_read) == 0)
             p->flags |= LP_PF_READING;
@@ -1039,13 +1205,22 @@ void lp_peer_resume(lp_peer_t *p)
         return;
     p->flags &= ~LP_PF_PAUSED;
     if (p->flags & LP_PF_TUNNEL) {
-        peer_update_reading(p);
+        peer_tls_pump(p);
+        if (!(p->flags & LP_PF_CLOSING))
+            peer_update_reading(p);
         return;
     }
+    peer_process_pending(p);
+}
+
+/* Input held back by a pause or a suspended response phase. */
+static void peer_process_pending(lp_peer_t *p)
+{
     lp_conn_t *c = p->req ? p->req->conn : NULL;
-    peer_parse(p); /* input left over from before the pause */
+    peer_parse(p);
     if (c && !(c->flags & LP_CF_CLOSING))
         lp_conn_flush(c);
+    peer_tls_pump(p); /* and what TLS still holds */
     if (!(p->flags & LP_PF_CLOSING))
         peer_update_reading(p);
 }
@@ -1053,12 +1228,7 @@ void lp_peer_resume(lp_peer_t *p)
 void lp_peer_continue(lp_peer_t *p)
 {
     p->flags &= ~LP_PF_LUA;
-    lp_conn_t *c = p->req ? p->req->conn : NULL;
-    peer_parse(p);
-    if (c && !(c->flags & LP_CF_CLOSING))
-        lp_conn_flush(c);
-    if (!(p->flags & LP_PF_CLOSING))
-        peer_update_reading(p);
+    peer_process_pending(p);
 }
 
 /* ---- tunnel ---- */
