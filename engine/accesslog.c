@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "accesslog.h"
+#include "tls.h"
 
 typedef enum {
     V_LITERAL,
@@ -21,6 +22,12 @@ typedef enum {
     V_REQUEST_TIME,
     V_UPSTREAM_RESPONSE_TIME,
     V_HOST,
+    V_SCHEME,
+    V_SSL_PROTOCOL,
+    V_SSL_CIPHER,
+    V_SSL_SERVER_NAME,
+    V_SSL_SESSION_REUSED,
+    V_SSL_CLIENT_S_DN,
     V_HTTP_HEADER, /* $http_<name> */
 } var_t;
 
@@ -47,6 +54,12 @@ static const struct {
     {"request_time", V_REQUEST_TIME},
     {"upstream_response_time", V_UPSTREAM_RESPONSE_TIME},
     {"host", V_HOST},
+    {"scheme", V_SCHEME},
+    {"ssl_protocol", V_SSL_PROTOCOL},
+    {"ssl_cipher", V_SSL_CIPHER},
+    {"ssl_server_name", V_SSL_SERVER_NAME},
+    {"ssl_session_reused", V_SSL_SESSION_REUSED},
+    {"ssl_client_s_dn", V_SSL_CLIENT_S_DN},
 };
 
 struct lp_accesslog_s {
@@ -254,6 +267,37 @@ static void refresh_time(lp_accesslog_t *log)
     strftime(log->local, sizeof(log->local), "%d/%b/%Y:%H:%M:%S +0000", &tm);
 }
 
+/* The $ssl_* variables, "-" on a plain connection (nginx logs an empty string there). */
+static void put_tls(lp_accesslog_t *log, const lp_req_t *req, int var)
+{
+    lp_tls_info_t info;
+    char subject[512];
+    const char *v = NULL;
+    if (req->conn->tls) {
+        lp_tls_get_info(req->conn->tls, &info);
+        switch (var) {
+        case V_SSL_PROTOCOL:
+            v = info.protocol;
+            break;
+        case V_SSL_CIPHER:
+            v = info.cipher;
+            break;
+        case V_SSL_SERVER_NAME:
+            v = info.sni;
+            break;
+        case V_SSL_SESSION_REUSED:
+            v = info.resumed ? "r" : ".";
+            break;
+        default:
+            v = lp_tls_client_subject(req->conn->tls, subject, sizeof(subject)) ? subject : NULL;
+        }
+    }
+    if (v)
+        put_escaped(log, v, strlen(v));
+    else
+        put(log, "-", 1);
+}
+
 void lp_accesslog_write(lp_accesslog_t *log, const lp_req_t *req)
 {
     if (!log)
@@ -317,6 +361,16 @@ void lp_accesslog_write(lp_accesslog_t *log, const lp_req_t *req)
             break;
         case V_HOST:
             put_escaped(log, h->host.base, h->host.len);
+            break;
+        case V_SCHEME:
+            put(log, req->conn->tls ? "https" : "http", req->conn->tls ? 5 : 4);
+            break;
+        case V_SSL_PROTOCOL:
+        case V_SSL_CIPHER:
+        case V_SSL_SERVER_NAME:
+        case V_SSL_SESSION_REUSED:
+        case V_SSL_CLIENT_S_DN:
+            put_tls(log, req, op->var);
             break;
         case V_HTTP_HEADER: {
             const lp_header_t *hd = lp_h1_find(h, op->text, op->len);

@@ -8,6 +8,7 @@
 #include "log.h"
 #include "lua_api.h"
 #include "lua_vm.h"
+#include "tls.h"
 #include "upstream.h"
 
 void lp__lua_mark_responded(void);
@@ -309,6 +310,53 @@ int lp_ffi_set_hash_key(void *rp, const char *key, size_t n)
     if (!s)
         return LP_FFI_ENOSPACE;
     r->hash_key = (lp_str_t){s, n};
+    return 0;
+}
+
+int lp_ffi_tls_get(void *rp, int what, lp_str_t *out)
+{
+    lp_req_t *r = rp;
+    if (!r->conn || !r->conn->tls)
+        return -1;
+    /* The subject is formatted on demand; Lua copies it at once (one call at a time). */
+    static _Thread_local char subject[512];
+    lp_tls_info_t info;
+    lp_tls_get_info(r->conn->tls, &info);
+    const char *v = NULL;
+    size_t n = 0;
+    switch (what) {
+    case LP_FFI_TLS_PROTOCOL:
+        v = info.protocol;
+        break;
+    case LP_FFI_TLS_CIPHER:
+        v = info.cipher;
+        break;
+    case LP_FFI_TLS_SNI:
+        v = info.sni;
+        break;
+    case LP_FFI_TLS_ALPN:
+        if (!info.alpn)
+            return -1;
+        set_out(out, info.alpn, info.alpn_len);
+        return 0;
+    case LP_FFI_TLS_RESUMED:
+        v = info.resumed ? "1" : "0";
+        break;
+    case LP_FFI_TLS_CLIENT_VERIFIED:
+        v = info.client_verified ? "1" : "0";
+        break;
+    case LP_FFI_TLS_CLIENT_SUBJECT:
+        n = lp_tls_client_subject(r->conn->tls, subject, sizeof(subject));
+        if (!n)
+            return -1;
+        set_out(out, subject, n);
+        return 0;
+    default:
+        return -1;
+    }
+    if (!v)
+        return -1;
+    set_out(out, v, strlen(v));
     return 0;
 }
 

@@ -20,6 +20,17 @@ enum {
     LP_FFI_VERSION,
 };
 
+/* lp_ffi_tls_get: what */
+enum {
+    LP_FFI_TLS_PROTOCOL = 1,
+    LP_FFI_TLS_CIPHER,
+    LP_FFI_TLS_SNI,
+    LP_FFI_TLS_ALPN,
+    LP_FFI_TLS_RESUMED,         /* "1" or "0" */
+    LP_FFI_TLS_CLIENT_VERIFIED, /* "1" or "0" */
+    LP_FFI_TLS_CLIENT_SUBJECT,  /* RFC 2253, only when verified */
+};
+
 /* lp_ffi_header_set: mode */
 enum { LP_FFI_HSET = 0, LP_FFI_HADD = 1, LP_FFI_HCLEAR = 2 };
 
@@ -36,6 +47,8 @@ int lp_ffi_set_path(void *r, const char *p, size_t n);
 int lp_ffi_set_upstream(void *r, const char *name, size_t n);
 int lp_ffi_set_target(void *r, const char *host, size_t n, int port);
 int lp_ffi_set_hash_key(void *r, const char *key, size_t n);
+/* -1 when the client connection is not TLS or the fact is not known. */
+int lp_ffi_tls_get(void *r, int what, lp_str_t *out);
 int lp_ffi_status(void *r);
 int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);

@@ -57,6 +57,22 @@ local P = {
     fields = {
       request = part("request"),
       response = part("response"),
+      hsts = {
+        type = "record",
+        description = "send Strict-Transport-Security on responses to https requests "
+          .. "(never over plain http, RFC 6797 7.2)",
+        fields = {
+          max_age = {
+            type = "integer", default = 31536000, min = 0,
+            description = "seconds browsers keep to https (0 tells them to forget)",
+          },
+          include_subdomains = { type = "boolean", default = false,
+            description = "cover every subdomain too" },
+          preload = { type = "boolean", default = false,
+            description = "ask to be in browsers' preload lists (needs include_subdomains "
+              .. "and a max_age of at least a year)" },
+        },
+      },
     },
   },
 }
@@ -163,7 +179,17 @@ function P.compile(conf)
   local response
   response, err = compile_part(conf.response, "response")
   if not response then return nil, err end
-  return { request = request, response = response }
+  local hsts
+  if conf.hsts then
+    local h = conf.hsts
+    if h.preload and not (h.include_subdomains and h.max_age >= 31536000) then
+      return nil, "hsts.preload needs include_subdomains and a max_age of at least 31536000"
+    end
+    hsts = "max-age=" .. h.max_age .. (h.include_subdomains and "; includeSubDomains" or "")
+      .. (h.preload and "; preload" or "")
+    response.empty = false
+  end
+  return { request = request, response = response, hsts = hsts }
 end
 
 -- Order inside a part: remove, then set, then add.
@@ -181,6 +207,9 @@ end
 function P.response(req, conf)
   local c = conf.response
   if c.empty then return end
+  if conf.hsts and req:scheme() == "https" then
+    req:set_resp_header("Strict-Transport-Security", conf.hsts)
+  end
   local list = c.remove
   for i = 1, #list do req:clear_resp_header(list[i]) end
   local names, values = c.set_names, c.set_values

@@ -13,6 +13,7 @@ int lp_ffi_set_path(void *r, const char *p, size_t n);
 int lp_ffi_set_upstream(void *r, const char *name, size_t n);
 int lp_ffi_set_target(void *r, const char *host, size_t n, int port);
 int lp_ffi_set_hash_key(void *r, const char *key, size_t n);
+int lp_ffi_tls_get(void *r, int what, lp_str_t *out);
 int lp_ffi_status(void *r);
 int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);
@@ -28,6 +29,9 @@ return {
   -- lp_ffi_req_get
   METHOD = 1, PATH = 2, URI = 3, QUERY = 4, HOST = 5, SCHEME = 6, CLIENT_IP = 7,
   UPSTREAM_NAME = 8, UPSTREAM_ADDR = 9, VERSION = 10,
+  -- lp_ffi_tls_get
+  TLS_PROTOCOL = 1, TLS_CIPHER = 2, TLS_SNI = 3, TLS_ALPN = 4, TLS_RESUMED = 5,
+  TLS_CLIENT_VERIFIED = 6, TLS_CLIENT_SUBJECT = 7,
   -- lp_ffi_header_set modes
   HSET = 0, HADD = 1, HCLEAR = 2,
   -- return codes

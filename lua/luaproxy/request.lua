@@ -125,6 +125,28 @@ function methods.scheme(h) check(h, "scheme") return get(h, K.SCHEME) end
 function methods.client_ip(h) check(h, "client_ip") return get(h, K.CLIENT_IP) end
 function methods.http_version(h) check(h, "http_version") return tonumber(get(h, K.VERSION)) end
 function methods.phase(h) return h._phase end
+
+local function tls_get(h, what)
+  if C.lp_ffi_tls_get(h._r, what, s1) ~= 0 then return nil end
+  return ffi_string(s1[0].base, s1[0].len)
+end
+
+-- The client connection's TLS facts, or nil on plain HTTP.
+function methods.tls(h)
+  check(h, "tls")
+  local protocol = tls_get(h, K.TLS_PROTOCOL)
+  if not protocol then return nil end
+  local verified = tls_get(h, K.TLS_CLIENT_VERIFIED) == "1"
+  return {
+    protocol = protocol,
+    cipher = tls_get(h, K.TLS_CIPHER),
+    sni = tls_get(h, K.TLS_SNI),
+    alpn = tls_get(h, K.TLS_ALPN),
+    resumed = tls_get(h, K.TLS_RESUMED) == "1",
+    client_verified = verified,
+    client_subject = verified and tls_get(h, K.TLS_CLIENT_SUBJECT) or nil,
+  }
+end
 function methods.upstream_name(h) check(h, "upstream_name") return get(h, K.UPSTREAM_NAME) end
 
 function methods.args(h)

@@ -215,6 +215,8 @@ end
 -- Builds a request double. `spec` (all optional):
 --   method = "GET", uri = "/", headers = { Name = "v" or { "v1", "v2" } },
 --   client_ip = "127.0.0.1", body = "", scheme = "http", http_version = 1.1,
+--   tls = { protocol = "TLSv1.3", sni = "example.com", ... } (what req:tls() returns; it also
+--   makes scheme "https" unless given),
 --   upstreams = { "app", ... } (names req:set_upstream accepts; any name when absent),
 --   upstream = "app" (the upstream the config's route chose), ctx = {}, phase = "request".
 function T.request(spec)
@@ -238,7 +240,8 @@ function T.request(spec)
     _headers = h_from_spec(spec.headers, "request"),
     _client_ip = spec.client_ip or "127.0.0.1",
     _body = spec.body or "",
-    _scheme = spec.scheme or "http",
+    _scheme = spec.scheme or (spec.tls and "https" or "http"),
+    _tls = spec.tls,
     _http_version = spec.http_version or 1.1,
     _known = known,
     _upstream = spec.upstream,
@@ -324,6 +327,13 @@ end
 
 function Req:scheme() check("scheme", self._phase); return self._scheme end
 function Req:client_ip() check("client_ip", self._phase); return self._client_ip end
+function Req:tls()
+  check("tls", self._phase)
+  if not self._tls then return nil end
+  local t = {}
+  for k, v in pairs(self._tls) do t[k] = v end
+  return t
+end
 function Req:http_version() check("http_version", self._phase); return self._http_version end
 function Req:upstream_name() check("upstream_name", self._phase); return self._upstream end
 

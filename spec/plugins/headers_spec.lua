@@ -103,4 +103,33 @@ describe("headers plugin", function()
       T.run(headers, { requests = {} })
     end, "plugins[1](headers).requests: unknown field", 1, true)
   end)
+
+  describe("hsts", function()
+    it("sends Strict-Transport-Security on https responses only", function()
+      local conf = { hsts = { max_age = 63072000, include_subdomains = true } }
+      local res = T.run(headers, conf, { tls = { protocol = "TLSv1.3" } }, { status = 200 })
+      assert.equal("max-age=63072000; includeSubDomains",
+        res.headers["strict-transport-security"])
+      res = T.run(headers, conf, {}, { status = 200 })
+      assert.is_nil(res.headers["strict-transport-security"])
+    end)
+
+    it("defaults to a year, and the response part can still remove it", function()
+      local res = T.run(headers, { hsts = {} }, { scheme = "https" }, { status = 200 })
+      assert.equal("max-age=31536000", res.headers["strict-transport-security"])
+      res = T.run(headers, { hsts = {}, response = { remove = { "Strict-Transport-Security" } } },
+        { scheme = "https" }, { status = 200 })
+      assert.is_nil(res.headers["strict-transport-security"])
+    end)
+
+    it("refuses preload without includeSubDomains and a year", function()
+      local ok, err = pcall(T.run, headers, { hsts = { preload = true } }, { scheme = "https" })
+      assert.is_false(ok)
+      assert.matches("preload needs include_subdomains", tostring(err))
+      local res = T.run(headers, { hsts = { preload = true, include_subdomains = true } },
+        { scheme = "https" }, { status = 200 })
+      assert.equal("max-age=31536000; includeSubDomains; preload",
+        res.headers["strict-transport-security"])
+    end)
+  end)
 end)
