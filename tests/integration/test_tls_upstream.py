@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""TLS to upstreams (docs/tls.md): a Python HTTPS origin with certificates made here by the
+openssl CLI. A valid certificate is verified (CA file, SNI name, IP address); an expired
+one, a wrong host name and an unknown CA give 502 with a log line naming the reason;
+verify = false accepts them; connections are pooled (one TLS connection serves many
+requests) and a new connection resumes the TLS session. Also, through a TLS listener:
+req:tls() in a Lua handler, X-Forwarded-Proto, the hsts option of the headers plugin and
+the $ssl_* access-log variables."""
+
+import http.server
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, timeout=H.T(60),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def make_certs(d):
+    """A CA; server certs signed by it (valid, expired, self-signed); a client CA cert."""
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "30", "-subj", "/CN=Test CA", cwd=d)
+    with open(os.path.join(d, "ext"), "w") as f:
+        f.write("subjectAltName=DNS:origin.test,IP:127.0.0.1\n")
+
+    def signed(name, days):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key", "-out",
+                name + ".csr", "-subj", "/CN=origin.test", cwd=d)
+        openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", name + ".pem", "-days", str(days), "-extfile", "ext",
+                cwd=d)
+
+    signed("good", 30)
+    signed("expired", 0)  # notAfter = now: expired a second later
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "self.key", "-out",
+            "self.pem", "-days", "30", "-subj", "/CN=origin.test", "-addext",
+            "subjectAltName=DNS:origin.test,IP:127.0.0.1", cwd=d)
+    # The proxy's own listener certificate.
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", "front.key", "-out", "front.pem", "-days", "30", "-subj",
+            "/CN=front.test", "-addext", "subjectAltName=DNS:front.test", cwd=d)
+
+
+class TLSOrigin:
+    """An HTTP/1.1 keep-alive origin over TLS. Each answer names the origin, the SNI it
+    saw, the TCP connection (client port) and whether the TLS session was resumed."""
+
+    def __init__(self, ident, cert, key):
+        origin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                body = json.dumps({
+                    "origin": ident,
+                    "sni": getattr(self.connection, "lp_sni", None),
+                    "port": self.client_address[1],
+                    "resumed": self.connection.session_reused,
+                    "proto": self.headers.get("X-Forwarded-Proto"),
+                    "path": self.path,
+                }).encode()
+                with origin.lock:
+                    origin.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+
+        def on_sni(sslobj, name, _ctx):
+            sslobj.lp_sni = name  # read back through the connection in do_GET
+
+        ctx.sni_callback = on_sni
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class UpstreamTLSTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = H.Workdir.new("tls-upstream")
+        make_certs(cls.dir)
+        p = lambda n: os.path.join(cls.dir, n)  # noqa: E731
+        cls.good = TLSOrigin("good", p("good.pem"), p("good.key"))
+        cls.expired = TLSOrigin("expired", p("expired.pem"), p("expired.key"))
+        cls.selfsigned = TLSOrigin("self", p("self.pem"), p("self.key"))
+        time.sleep(1.1)  # the expired certificate's notAfter is now in the past
+
+        def ups(origin, tls, **kw):
+            return H.upstream("127.0.0.1:%d" % origin.port, tls=tls, **kw)
+
+        ca = p("ca.pem")
+        upstreams = {
+            "byname": ups(cls.good, {"ca": ca, "sni": "origin.test"}),
+            "byip": ups(cls.good, {"ca": ca}),
+            "pooled": ups(cls.good, {"ca": ca, "sni": "origin.test"}, keepalive=16),
+            "fresh": ups(cls.good, {"ca": ca, "sni": "origin.test"}, keepalive=0),
+            "expired": ups(cls.expired, {"ca": ca, "sni": "origin.test"}),
+            "wronghost": ups(cls.good, {"ca": ca, "sni": "other.test"}),
+            "unknownca": ups(cls.selfsigned, {"ca": ca, "sni": "origin.test"}),
+            "systemstore": ups(cls.good, True),
+            "noverify": ups(cls.selfsigned, {"verify": False, "sni": "origin.test"}),
+        }
+        routes = [{"match": {"prefix": "/%s/" % n}, "upstream": n, "strip_prefix": True}
+                  for n in upstreams]
+        routes.append({"match": {"prefix": "/tls"}, "handler": H.LuaRaw(
+            'function(req) local t = req:tls() '
+            'req:respond(200, require("cjson").encode(t or { none = true }), '
+            '{ ["Content-Type"] = "application/json" }) end')})
+        routes.append({"match": {"prefix": "/hsts"}, "upstream": "byname",
+                       "plugins": [{"name": "headers", "hsts": {"max_age": 600}}]})
+        cls.proxy = H.Proxy.build(upstreams, routes, name="tls-upstream")
+        cls.proxy.cfg["log"]["format"] = \
+            "$scheme $ssl_protocol $ssl_server_name $ssl_session_reused $status"
+        front_port = H.free_port()
+        cls.front_port = front_port
+        cls.proxy.cfg["listen"].append({"address": "127.0.0.1:%d" % front_port,
+                                        "tls": {"cert": p("front.pem"), "key": p("front.key")}})
+        cls.proxy.start()
+        H.wait_for(lambda: H.port_accepts(front_port, 0.5), H.T(10), what="TLS listener")
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.proxy.stop()
+        finally:
+            for o in (cls.good, cls.expired, cls.selfsigned):
+                o.stop()
+
+    def get(self, path, port=None):
+        with H.Client(port or self.proxy.port, timeout=H.T(20)) as c:
+            return c.request("GET", path, host="app.test")
+
+    def log_has(self, text):
+        return text in self.proxy.stderr()
+
+    # ---- verification ----
+
+    def test_valid_certificate_by_name_and_by_ip(self):
+        r = self.get("/byname/x")
+        self.assertEqual(r.status, 200, r.body)
+        j = r.json()
+        self.assertEqual(j["origin"], "good")
+        self.assertEqual(j["sni"], "origin.test")
+        self.assertEqual(j["path"], "/x")
+        r = self.get("/byip/")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertIsNone(r.json()["sni"], "no SNI is sent for an IP address (RFC 6066)")
+
+    def test_expired_certificate_is_502_and_logged(self):
+        r = self.get("/expired/")
+        self.assertEqual(r.status, 502)
+        H.wait_for(lambda: self.log_has("certificate has expired"), H.T(5),
+                   what="log line about the expired certificate")
+
+    def test_wrong_host_is_502_and_logged(self):
+        r = self.get("/wronghost/")
+        self.assertEqual(r.status, 502)
+        H.wait_for(lambda: self.log_has("hostname mismatch"), H.T(5),
+                   what="log line about the host name")
+
+    def test_unknown_ca_and_system_store_refuse(self):
+        self.assertEqual(self.get("/unknownca/").status, 502)
+        # Our test CA is not in the system store.
+        self.assertEqual(self.get("/systemstore/").status, 502)
+        H.wait_for(lambda: self.log_has("certificate verify failed"), H.T(5),
+                   what="verify failure log line")
+
+    def test_verify_false_accepts_any_certificate(self):
+        r = self.get("/noverify/")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["origin"], "self")
+
+    # ---- pooling and resumption ----
+
+    def test_keepalive_reuses_one_tls_connection(self):
+        ports = set()
+        with H.Client(self.proxy.port, timeout=H.T(20)) as c:
+            for i in range(20):
+                r = c.request("GET", "/pooled/n%d" % i, host="app.test")
+                self.assertEqual(r.status, 200, r.body)
+                ports.add(r.json()["port"])
+        self.assertEqual(len(ports), 1, "sequential requests share one pooled TLS connection")
+
+    def test_new_connections_resume_the_session(self):
+        results = []
+        for i in range(4):
+            r = self.get("/fresh/r%d" % i)
+            self.assertEqual(r.status, 200, r.body)
+            results.append(r.json())
+        self.assertEqual(len({j["port"] for j in results}), 4, "keepalive = 0: new connections")
+        self.assertTrue(any(j["resumed"] for j in results[1:]),
+                        "a later connection resumes the TLS session: %r" % results)
+
+    def test_parallel_load_over_upstream_tls(self):
+        errors = []
+
+        def worker(k):
+            try:
+                with H.Client(self.proxy.port, timeout=H.T(20)) as c:
+                    for i in range(50):
+                        r = c.request("GET", "/pooled/w%d-%d" % (k, i), host="app.test")
+                        if r.status != 200 or r.json()["path"] != "/w%d-%d" % (k, i):
+                            errors.append((k, i, r.status))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append((k, repr(e)))
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(60))
+        self.assertEqual(errors, [])
+
+    # ---- through the TLS listener ----
+
+    def tls_get(self, path, sni="front.test"):
+        ctx = ssl.create_default_context(cafile=os.path.join(self.dir, "front.pem"))
+        ctx.set_alpn_protocols(["http/1.1"])
+        with socket.create_connection(("127.0.0.1", self.front_port), timeout=H.T(10)) as s:
+            with ctx.wrap_socket(s, server_hostname=sni) as t:
+                t.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" %
+                           (path, sni)).encode())
+                data = b""
+                while True:
+                    chunk = t.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for l in lines[1:]:
+            n, _, v = l.partition(":")
+            headers[n.strip().lower()] = v.strip()
+        return int(lines[0].split()[1]), headers, body
+
+    def test_req_tls_in_lua(self):
+        status, _, body = self.tls_get("/tls")
+        self.assertEqual(status, 200, body)
+        t = json.loads(body)
+        self.assertEqual(t["protocol"], "TLSv1.3")
+        self.assertEqual(t["sni"], "front.test")
+        self.assertEqual(t["alpn"], "http/1.1")
+        self.assertIn("cipher", t)
+        self.assertFalse(t["client_verified"])
+        # Plain HTTP: nil.
+        r = self.get("/tls")
+        self.assertEqual(r.json(), {"none": True})
+
+    def test_forwarded_proto_and_hsts_over_tls(self):
+        status, headers, body = self.tls_get("/byname/p")
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)["proto"], "https")
+        status, headers, body = self.tls_get("/hsts")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers.get("strict-transport-security"), "max-age=600")
+        r = self.get("/hsts")
+        self.assertEqual(r.status, 200)
+        self.assertFalse(r.has_header("Strict-Transport-Security"), "never over plain HTTP")
+
+    def test_access_log_tls_variables(self):
+        self.tls_get("/byname/log")
+        self.get("/byname/log")
+
+        def lines():
+            return [l for l in self.proxy.access_lines() if l.endswith(" 200")]
+
+        H.wait_for(lambda: any(l.startswith("https TLSv1.3 front.test ") for l in lines()) and
+                   any(l.startswith("http - - - ") for l in lines()), H.T(5),
+                   what="access log lines with $scheme and $ssl_*: %r" % lines())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
