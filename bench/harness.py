@@ -33,6 +33,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -264,9 +265,15 @@ def wait_port(port, proc, timeout=10.0):
     return False
 
 
-def http_get(port, path, timeout=10.0):
+def http_get(port, path, timeout=10.0, scheme="http"):
     """(status, body length) of one GET, or raises OSError/HTTPException."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    if scheme == "https":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        c = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=ctx)
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         c.request("GET", path)
         r = c.getresponse()
@@ -354,14 +361,24 @@ def start_origin(s, procs, workdir):
     raise StartError("origin did not print 'ready %d' within 10 s:\n%s" % (port, tail(outp)))
 
 
-def _write_nginx_conf(path, template, d, port, origin_port):
+def make_tls_cert(workdir):
+    """One RSA-2048 certificate both proxies serve (bench TLS scenarios)."""
+    cert, key = os.path.join(workdir, "bench.pem"), os.path.join(workdir, "bench.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "2", "-subj", "/CN=bench.test"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    return cert, key
+
+
+def _write_nginx_conf(path, template, d, port, origin_port, s):
     for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(d, "tmp", t), exist_ok=True)
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if nofile == resource.RLIM_INFINITY:
         nofile = 65536
     text = render(template, port=port, origin_port=origin_port, dir=d,
-                  user="user root;" if os.geteuid() == 0 else "", nofile=nofile)
+                  user="user root;" if os.geteuid() == 0 else "", nofile=nofile,
+                  cert=s["tls_cert"], key=s["tls_key"])
     with open(path, "w") as f:
         f.write(text)
 
@@ -404,13 +421,14 @@ def start_proxy(s, procs, workdir, name, template, origin_port):
         conf = os.path.join(d, "luaproxy.lua")
         with open(conf, "w") as f:
             f.write(render(template, port=port, origin_port=origin_port, dir=d, user="",
-                           nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+                           nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+                           cert=s["tls_cert"], key=s["tls_key"]))
         p = procs.start(name, [s["luaproxy"], "-c", conf, "-w", "1"], d, s["cpu_proxy"], s["pin"])
         if not wait_port(port, p):
             raise StartError("luaproxy did not listen on %d:\n%s" % (port, tail(d + "/luaproxy.out")))
         return Proxy(name, port, p, p.pid, d)
     conf = os.path.join(d, "nginx.conf")
-    _write_nginx_conf(conf, template, d, port, origin_port)
+    _write_nginx_conf(conf, template, d, port, origin_port, s)
     p = procs.start(name, [s["nginx"], "-p", d, "-e", d + "/error.log", "-c", conf,
                            "-g", "daemon off;"], d, s["cpu_proxy"], s["pin"])
     if not wait_port(port, p):
@@ -427,11 +445,11 @@ def proxy_log_tail(px):
     return "\n".join(x for x in parts if x)
 
 
-def sanity(px, path):
+def sanity(px, path, scheme="http"):
     """One GET through the proxy; sets px.failed and returns False when wrong."""
     want = expected_body(path)
     try:
-        status, n = http_get(px.port, path)
+        status, n = http_get(px.port, path, scheme=scheme)
     except (OSError, http.client.HTTPException) as e:
         px.failed = "GET %s failed: %s" % (path, e)
         return False
@@ -446,9 +464,16 @@ def sanity(px, path):
 # one wrk run
 # ---------------------------------------------------------------------------
 def run_wrk(s, procs, px, sc, seconds):
-    url = "http://127.0.0.1:%d%s" % (px.port, sc["path"])
-    argv = [s["wrk"], "-t1", "-c%d" % sc["connections"], "-d%gs" % seconds,
-            "--timeout", "10s", "-s", os.path.join(BENCH_DIR, "wrk_report.lua"), url]
+    url = "%s://127.0.0.1:%d%s" % (sc.get("scheme", "http"), px.port, sc["path"])
+    if sc.get("client") == "tls_resume":
+        argv = [sys.executable, os.path.join(BENCH_DIR, "tls_resume.py"), url, str(seconds),
+                str(sc["connections"])]
+    else:
+        argv = [s["wrk"], "-t1", "-c%d" % sc["connections"], "-d%gs" % seconds,
+                "--timeout", "10s", "-s", os.path.join(BENCH_DIR, "wrk_report.lua")]
+        for h in sc.get("headers", ()):
+            argv += ["-H", h]
+        argv.append(url)
     if s["pin"]:
         argv = ["taskset", "-c", s["cpu_load"]] + argv
     cpu0 = cpu_seconds(px.pid)
@@ -671,6 +696,7 @@ def main():
             if not os.access(tool, os.X_OK):
                 raise StartError("%s is not an executable" % tool)
         origin_port, origin = start_origin(s, procs, workdir)
+        s["tls_cert"], s["tls_key"] = make_tls_cert(workdir)
         log("origin on 127.0.0.1:%d%s; proxies on CPU %s, wrk+origin on CPU %s; "
             "%d round(s) x %gs, warm-up %gs" % (
                 origin_port, " (stand-in nginx)" if s["standin_origin"] else "",
@@ -693,7 +719,7 @@ def main():
                 if px.failed is None and not px.alive():
                     px.failed = "process exited"
                 if px.failed is None:
-                    sanity(px, sc["path"])
+                    sanity(px, sc["path"], sc.get("scheme", "http"))
             def measure(px, seconds):
                 """One wrk run; a proxy that dies is marked failed, the others go on."""
                 if px.failed is not None:

@@ -211,6 +211,81 @@ for _policy in ("round_robin", "least_conn", "p2c", "hash"):
                 "robin" % _policy,
     })
 
+# --- TLS termination: the same RSA-2048 certificate (made by the harness), TLS 1.2/1.3 with
+# the same ciphers (Mozilla intermediate for 1.2; OpenSSL's 1.3 suites on both), 1 worker
+# each. "keep-alive" reuses connections (the cost of the records); "full handshake" sends
+# Connection: close with resumption off on both sides (tickets and caches), so every
+# request pays a full handshake; "resumed" uses bench/tls_resume.py, which resumes every
+# connection from the session of the one before (with tickets, the default on both).
+TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+               "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+               "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+               "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305")
+
+LUAPROXY_TLS = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}",
+               tls = { cert = "{{cert}}", key = "{{key}}"%s } } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = { { match = { prefix = "/" }, upstream = "app" } },
+  log = { access = false },
+}
+"""
+
+NGINX_TLS = NGINX_PLAIN.replace(
+    "    listen 127.0.0.1:{{port}};\n",
+    "    listen 127.0.0.1:{{port}} ssl;\n"
+    "    ssl_certificate {{cert}};\n"
+    "    ssl_certificate_key {{key}};\n"
+    "    ssl_protocols TLSv1.2 TLSv1.3;\n"
+    "    ssl_ciphers " + TLS_CIPHERS + ";\n"
+    "    ssl_prefer_server_ciphers off;\n"
+    "%s")
+assert NGINX_TLS != NGINX_PLAIN
+NGINX_TLS_RESUME = NGINX_TLS % ("    ssl_session_cache shared:SSL:10m;\n"
+                                "    ssl_session_tickets on;\n")
+NGINX_TLS_FULL = NGINX_TLS % ("    ssl_session_cache off;\n"
+                              "    ssl_session_tickets off;\n")
+LUAPROXY_TLS_RESUME = LUAPROXY_TLS % ""
+LUAPROXY_TLS_FULL = LUAPROXY_TLS % ", session_tickets = false, session_cache = 0"
+
+for _label, _path, _per_mib in (BODIES[0], BODIES[2]):
+    SCENARIOS.append({
+        "name": "tls-keepalive-%s-c50" % _label,
+        "path": _path,
+        "connections": 50,
+        "scheme": "https",
+        "luaproxy": LUAPROXY_TLS_RESUME,
+        "nginx": NGINX_TLS_RESUME,
+        "per_mib": _per_mib,
+        "note": "TLS keep-alive: CPU per request includes the records (compare plain-%s-c50)"
+                % _label,
+    })
+SCENARIOS.append({
+    "name": "tls-handshake-full-c50",
+    "path": "/",
+    "connections": 50,
+    "scheme": "https",
+    "headers": ["Connection: close"],
+    "luaproxy": LUAPROXY_TLS_FULL,
+    "nginx": NGINX_TLS_FULL,
+    "per_mib": False,
+    "note": "a new connection and a full TLS handshake per request (resumption off on both)",
+})
+SCENARIOS.append({
+    "name": "tls-handshake-resumed-c8",
+    "path": "/",
+    "connections": 8,
+    "scheme": "https",
+    "client": "tls_resume",
+    "luaproxy": LUAPROXY_TLS_RESUME,
+    "nginx": NGINX_TLS_RESUME,
+    "per_mib": False,
+    "note": "a new connection per request, resuming the previous session "
+            "(bench/tls_resume.py; see resumed_share in the JSON)",
+})
+
 # The idle keep-alive memory test uses these templates (fresh processes).
 IDLE = {
     "connections": 10000,

@@ -2,6 +2,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include "accesslog.h"
 #include "conn.h"
 #include "lazytimer.h"
@@ -737,7 +739,10 @@ static void conn_process_once(lp_conn_t *c)
         if (c->flags & (LP_CF_CLOSING | LP_CF_CLOSE_AFTER | LP_CF_LINGER | LP_CF_TUNNEL))
             return;
         lp_req_t *req = c->req;
-        int have = (c->rbuf && c->rpos < c->rlen) || conn_tls_fill(c);
+        /* TLS: a parser paused after the head runs once more before anything is decrypted,
+         * or a close_notify right behind a bodiless request would end it before it is done. */
+        int have =
+            (c->rbuf && c->rpos < c->rlen) || (!(req && req->h1.after_head) && conn_tls_fill(c));
         if (c->flags & LP_CF_CLOSING)
             return;
         if (!req) {
@@ -895,6 +900,17 @@ static void conn_plain_on_tls(lp_conn_t *c)
     conn_close_after_write(c);
 }
 
+/* When a handshake ends with the client's flight (a TLS 1.2 resumption), we have nothing
+ * to send that would carry its ACK: the client's request, held back by Nagle until that
+ * ACK, would wait for our delayed ACK (40 ms). Acknowledge at once instead. */
+static void conn_quickack(lp_conn_t *c)
+{
+    uv_os_fd_t fd;
+    int one = 1;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+}
+
 /* Ciphertext arrived: handshake, then the same path as plain input. */
 static void conn_tls_input(lp_conn_t *c, size_t n)
 {
@@ -913,6 +929,7 @@ static void conn_tls_input(lp_conn_t *c, size_t n)
         }
         if (rc == LP_AGAIN || (c->flags & (LP_CF_CLOSING | LP_CF_BROKEN)))
             return;
+        conn_quickack(c);
         conn_timer(c, TM_IDLE, T(c)->client_header);
     }
     if (c->flags & LP_CF_TUNNEL)
