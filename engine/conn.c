@@ -739,14 +739,12 @@ static void conn_process_once(lp_conn_t *c)
         if (c->flags & (LP_CF_CLOSING | LP_CF_CLOSE_AFTER | LP_CF_LINGER | LP_CF_TUNNEL))
             return;
         lp_req_t *req = c->req;
-        /* TLS: a parser paused after the head runs once more before anything is decrypted,
-         * or a close_notify right behind a bodiless request would end it before it is done. */
-        int have =
-            (c->rbuf && c->rpos < c->rlen) || (!(req && req->h1.after_head) && conn_tls_fill(c));
-        if (c->flags & LP_CF_CLOSING)
-            return;
+        int have = c->rbuf && c->rpos < c->rlen;
         if (!req) {
-            if (!have)
+            /* TLS decrypts only when the parser wants input: a failed SSL_read costs. */
+            if (!have && !(have = conn_tls_fill(c)))
+                return;
+            if (c->flags & LP_CF_CLOSING)
                 return;
             if (c->w->stopping) {
                 lp_conn_close(c);
@@ -764,8 +762,9 @@ static void conn_process_once(lp_conn_t *c)
                                          !(req->flags & LP_RF_BODY_BUFFERING)))
             return;
         /* After the head, the parser has to run once more even without input: a message
-         * without a body completes only then. */
-        if (!have && !req->h1.after_head)
+         * without a body completes only then (and before anything more is decrypted, or a
+         * close_notify right behind a bodiless request would end it before it is done). */
+        if (!have && !req->h1.after_head && (!conn_tls_fill(c) || (c->flags & LP_CF_CLOSING)))
             return;
         if (conn_parse(c, req))
             return;
