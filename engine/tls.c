@@ -918,6 +918,9 @@ int lp_tls_established(const lp_tls_t *t)
 
 long lp_tls_read(lp_tls_t *t, char *out, size_t cap)
 {
+    /* Nothing new to decrypt: skip the SSL_read that would only say so. */
+    if (!t->eof && !(t->in && t->ipos < t->ilen) && !SSL_has_pending(t->ssl))
+        return 0;
     int n = SSL_read(t->ssl, out, cap > INT_MAX ? INT_MAX : (int)cap);
     if (n > 0)
         return n;
@@ -999,8 +1002,10 @@ lp_wbatch_t *lp_tls_out(lp_tls_t *t, lp_wbpool_t *pool)
         lp_wbatch_add(wb, t->full[i].b->data + t->full[i].off, t->full[i].len, t->full[i].b);
         lp_buf_unref(t->full[i].b);
     }
-    memmove(t->full, t->full + i, (t->nfull - i) * sizeof(*t->full));
-    t->nfull -= i;
+    if (i) { /* t->full is NULL until a block was sealed: no arithmetic on it before */
+        memmove(t->full, t->full + i, (t->nfull - i) * sizeof(*t->full));
+        t->nfull -= i;
+    }
     if (!t->nfull && partial && lp_wbatch_room(wb, 1, 0)) {
         lp_wbatch_add(wb, t->out->data + t->ostart, t->olen - t->ostart, t->out);
         t->ostart = t->olen;
