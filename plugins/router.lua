@@ -22,6 +22,11 @@ local rule_fields = {
     description = "Host to match, without port: exact (case-insensitive) or *.example.com "
       .. "(any subdomain, not example.com itself). Default: any host",
   },
+  sni = {
+    type = "string", pattern = "^[%w%.%-%*]+$", custom = valid_host,
+    description = "TLS server name (SNI) to match: exact (case-insensitive) or *.example.com; "
+      .. "plain-HTTP requests and TLS clients that sent no SNI never match. Default: any",
+  },
   path = { type = "string", pattern = "^/", description = "exact path to match. Default: any" },
   prefix = { type = "string", pattern = "^/", description = "path prefix to match. Default: any" },
   pattern = {
@@ -138,6 +143,14 @@ function P.compile(conf)
         c.host = h
       end
     end
+    if r.sni then
+      local h = lower(r.sni)
+      if sub(h, 1, 2) == "*." then
+        c.sni_suffix, c.sni_suffix_len = sub(h, 2), #h - 1
+      else
+        c.sni = h
+      end
+    end
     if r.methods and #r.methods > 0 then
       need_method = true
       c.methods = {}
@@ -177,6 +190,16 @@ local function match(r, req, host, method, path)
   elseif r.host_suffix then
     local n, sn = #host, r.host_suffix_len
     if n <= sn or not find(host, r.host_suffix, n - sn + 1, true) then return false end
+  end
+  if r.sni or r.sni_suffix then
+    local sni = req:var("ssl_server_name")
+    if not sni then return false end
+    if r.sni then
+      if sni ~= r.sni then return false end
+    else
+      local n, sn = #sni, r.sni_suffix_len
+      if n <= sn or not find(sni, r.sni_suffix, n - sn + 1, true) then return false end
+    end
   end
   if r.path and path ~= r.path then return false end
   -- An anchored plain pattern: stops at the first differing byte, builds no substring.

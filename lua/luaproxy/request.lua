@@ -314,6 +314,12 @@ local VARS = {
     local s = C.lp_ffi_status(h._r)
     if s > 0 then return tostring(s) end
   end,
+  ssl_protocol = function(h) return tls_get(h, K.TLS_PROTOCOL) end,
+  ssl_cipher = function(h) return tls_get(h, K.TLS_CIPHER) end,
+  ssl_server_name = function(h)
+    local n = tls_get(h, K.TLS_SNI)
+    return n and lower(n)
+  end,
 }
 
 function methods.var(h, name)

@@ -347,6 +347,9 @@ local VARS = {
   request_id = function(r) return r.ctx.request_id end,
   upstream = function(r) return r._upstream end,
   status = function(r) return r._status and tostring(r._status) end, -- a string, like every variable
+  ssl_protocol = function(r) return r._tls and r._tls.protocol end,
+  ssl_cipher = function(r) return r._tls and r._tls.cipher end,
+  ssl_server_name = function(r) return r._tls and r._tls.sni and lower(r._tls.sni) end,
 }
 
 function Req:var(name)

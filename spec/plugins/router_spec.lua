@@ -147,4 +147,21 @@ describe("router plugin", function()
       "plugins[1](router): rules[1].rewrite: %2 refers to a capture the pattern does not have (0 captures)")
     bad({ { prefix = "/", upstrem = "x" } }, "plugins[1](router).rules[1].upstrem: unknown field")
   end)
+
+  it("matches the TLS server name (sni), exact and wildcard, never on plain HTTP", function()
+    local conf = { rules = {
+      { sni = "Admin.Example.com", upstream = "admin" },
+      { sni = "*.apps.example.com", upstream = "apps" },
+      { prefix = "/", upstream = "web" },
+    } }
+    local function route(spec)
+      spec.upstreams = { "admin", "apps", "web" }
+      return T.run(router, conf, spec).upstream
+    end
+    assert.equal("admin", route({ tls = { protocol = "TLSv1.3", sni = "admin.example.com" } }))
+    assert.equal("apps", route({ tls = { protocol = "TLSv1.3", sni = "x.apps.example.com" } }))
+    assert.equal("web", route({ tls = { protocol = "TLSv1.3", sni = "apps.example.com" } }))
+    assert.equal("web", route({ tls = { protocol = "TLSv1.3" } }))
+    assert.equal("web", route({ headers = { Host = "admin.example.com" } }))
+  end)
 end)
