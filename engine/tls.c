@@ -196,6 +196,18 @@ static void ctx_error(char *err, size_t errlen, const char *what, const char *fi
         snprintf(err, errlen, "%s: %s", what, reason[0] ? reason : "failed");
 }
 
+/* A key that fails to load: a mismatch with the certificate says so, naming both files. */
+static void key_error(char *err, size_t errlen, const char *key, const char *cert)
+{
+    unsigned long e = ERR_peek_last_error();
+    if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
+        ERR_clear_error();
+        snprintf(err, errlen, "key \"%s\" does not match certificate \"%s\"", key, cert);
+        return;
+    }
+    ctx_error(err, errlen, "cannot load key", key);
+}
+
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned inlen, void *arg)
 {
@@ -464,7 +476,7 @@ lp_tls_server_t *lp_tls_server_new(const lp_tls_server_conf_t *conf, char *err, 
             goto fail;
         }
         if (SSL_CTX_use_PrivateKey_file(ctx, cc->key, SSL_FILETYPE_PEM) != 1) {
-            ctx_error(err, errlen, "cannot load key", cc->key);
+            key_error(err, errlen, cc->key, cc->cert);
             goto fail;
         }
         if (SSL_CTX_check_private_key(ctx) != 1) {
@@ -611,7 +623,7 @@ lp_tls_client_t *lp_tls_client_new(const lp_tls_client_conf_t *conf, char *err, 
             goto fail;
         }
         if (SSL_CTX_use_PrivateKey_file(ctx, conf->key, SSL_FILETYPE_PEM) != 1) {
-            ctx_error(err, errlen, "cannot load key", conf->key);
+            key_error(err, errlen, conf->key, conf->cert);
             goto fail;
         }
         if (SSL_CTX_check_private_key(ctx) != 1) {
