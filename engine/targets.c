@@ -326,6 +326,12 @@ int lp_targets_attach(lp_upstream_rt_t *u, lp_worker_t *w, uint64_t gen)
     for (size_t i = 0; i < u->ntargets; i++)
         if (!(u->targets[i]->pool = lp__upstream_pool(w, &u->targets[i]->addr, gen)))
             return LP_ENOMEM;
+    int names = 0;
+    for (size_t i = 0; i < u->conf->ntargets; i++)
+        names |= u->conf->targets[i].host != NULL;
+    /* Timers only where needed: DNS names, or a pending queue. */
+    if (!names && !(u->conf->max_connections && u->conf->max_pending))
+        return 0;
     lp_upstream_aux_t *a = calloc(1, sizeof(*a));
     if (!a)
         return LP_ENOMEM;
@@ -338,13 +344,8 @@ int lp_targets_attach(lp_upstream_rt_t *u, lp_worker_t *w, uint64_t gen)
     uv_unref((uv_handle_t *)&a->dns_timer);
     uv_unref((uv_handle_t *)&a->queue_timer);
     u->aux = a;
-    int names = 0;
-    for (size_t i = 0; i < u->conf->ntargets; i++) {
-        if (u->conf->targets[i].host) {
-            names = 1;
-            a->failed |= u->conf->targets[i].nresolved == 0;
-        }
-    }
+    for (size_t i = 0; i < u->conf->ntargets; i++)
+        a->failed |= u->conf->targets[i].host && u->conf->targets[i].nresolved == 0;
     if (names)
         dns_next_round(a);
     return 0;

@@ -26,7 +26,7 @@ typedef struct lp_upstream_aux_s {
  * balancer. Any thread: touches no loop and no pool (see lp_targets_attach). 0 or LP_E*. */
 int lp_targets_init(lp_upstream_rt_t *u, const lp_upstream_conf_t *uc, uint64_t seed);
 /* On the worker's thread, before the generation serves: pools for every target, and the
- * timers (DNS re-resolution when a target is a name). */
+ * timers when a target is a DNS name (re-resolution) or requests may wait (max_pending). */
 int lp_targets_attach(lp_upstream_rt_t *u, lp_worker_t *w, uint64_t gen);
 /* Drops the set and the balancer (tries in flight keep their targets until they end). */
 void lp_targets_free(lp_upstream_rt_t *u);
