@@ -81,6 +81,7 @@ static void test_init_add_remove_weight(void)
         CHECK_STR(u.bt[i].id, u.targets[i]->addr.text);
         CHECK_EQ_INT(u.bt[i].weight, u.targets[i]->weight);
     }
+    free(a.text); /* the set keeps its own copy */
     CHECK(u.bal.targets == u.bt);
     CHECK_EQ_INT(u.bal.n, 3);
     /* Smooth round robin honours the new weights 5/1/3 over a cycle. */
@@ -158,6 +159,7 @@ static void test_hash_remap_share(void)
         differ += strcmp(u.targets[pick(&u, key)]->addr.text, before[i]) != 0;
     }
     CHECK_EQ_INT(differ, 0);
+    free(a.text);
     lp_targets_free(&u);
     conf_free(&c);
 }
