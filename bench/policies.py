@@ -11,7 +11,9 @@ measured right next to round_robin, the order of the two alternating between rou
 result is the median of those ratios per policy, with their spread: pairing cancels the
 slow drift of a shared machine, which comparing two medians taken minutes apart does not.
 A second round_robin instance measured the same way ("round_robin-2") shows how far from
-1.00 the ratio of two identical proxies lands: the noise floor.
+1.00 the ratio of two identical proxies lands: the noise floor. The proxy's CPU time per
+request is paired the same way: on a shared machine it moves less than req/s, which
+also follows how much CPU the neighbours leave.
 
 Same knobs as bench/run.sh where they apply: LUAPROXY, ORIGIN, ROUNDS, DURATION, WARMUP,
 CPU_PROXY, CPU_LOAD, CONNECTIONS. Every process is stopped by PID on exit. Prints ratios
@@ -55,24 +57,33 @@ def main():
         for px in pxs.values():
             B.run_wrk(s, procs, px, sc, s["warmup"])
         ratios = {p: [] for p in POLICIES}
+        cpu = {p: [] for p in POLICIES}  # round_robin CPU us/req over the policy's
+        rr_us = []
         for rnd in range(s["rounds"]):
             for p in POLICIES:
                 order = ["round_robin", p] if rnd % 2 == 0 else [p, "round_robin"]
-                rps = {}
+                rps, us = {}, {}
                 for name in order:
                     r = B.run_wrk(s, procs, pxs[name], sc, s["duration"])
                     if r["errors"]:
                         raise B.StartError("%s: %d wrk errors" % (name, r["errors"]))
-                    rps[name] = r["rps"]
+                    rps[name], us[name] = r["rps"], r["cpu_us_per_req"]
                 ratios[p].append(rps[p] / rps["round_robin"])
+                cpu[p].append(us["round_robin"] / us[p])
+                rr_us.append(us["round_robin"])
             B.log("round %d: %s" % (rnd + 1, "  ".join(
-                "%s %.3f" % (p, ratios[p][-1]) for p in POLICIES)))
+                "%s %.3f/%.3f" % (p, ratios[p][-1], cpu[p][-1]) for p in POLICIES)))
         B.log()
-        B.log("%-14s %8s %8s %8s   (policy req/s / round_robin req/s, same round)" %
-              ("policy", "median", "min", "max"))
+        B.log("%-14s %8s %8s %8s   %8s %8s %8s" % ("", "req/s", "", "", "CPU", "", ""))
+        B.log("%-14s %8s %8s %8s   %8s %8s %8s" % ("policy", "median", "min", "max",
+                                                   "median", "min", "max"))
         for p in POLICIES:
-            xs = ratios[p]
-            B.log("%-14s %8.3f %8.3f %8.3f" % (p, B.median(xs), min(xs), max(xs)))
+            xs, cs = ratios[p], cpu[p]
+            B.log("%-14s %8.3f %8.3f %8.3f   %8.3f %8.3f %8.3f" % (
+                p, B.median(xs), min(xs), max(xs), B.median(cs), min(cs), max(cs)))
+        B.log("req/s: policy / round_robin; CPU: round_robin CPU us per request / the "
+              "policy's (both: above 1.00 is cheaper than round_robin); round_robin itself: "
+              "median %.1f CPU us per request" % B.median(rr_us))
         return 0
     except B.StartError as e:
         B.log("\nERROR: %s" % e)
