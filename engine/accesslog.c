@@ -345,8 +345,7 @@ void lp_accesslog_write(lp_accesslog_t *log, const lp_req_t *req)
             break;
         case V_UPSTREAM_ADDR:
             if (req->upstream && req->target >= 0)
-                put_escaped(log, req->upstream->targets[req->target].conf->addr.text,
-                            strlen(req->upstream->targets[req->target].conf->addr.text));
+                put_escaped(log, req->target_addr, strlen(req->target_addr));
             else
                 put(log, "-", 1);
             break;

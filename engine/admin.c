@@ -256,20 +256,31 @@ static void handle_upstreams(admin_conn_t *c)
         sb_json_string(&b, u->name);
         sb_printf(&b, ",\"balance\":\"%s\",\"active_checks\":%s,\"targets\":[", u->balance,
                   u->health.active ? "true" : "false");
+        int first = 1;
         for (size_t j = 0; j < u->ntargets; j++) {
-            lp_health_t *h = lp_health_get(u->targets[j].addr.text);
-            if (!h)
-                continue;
-            sb_printf(&b, "%s{\"address\":", j ? "," : "");
-            sb_json_string(&b, h->addr);
-            sb_printf(&b,
-                      ",\"weight\":%u,\"state\":\"%s\",\"consecutive_failures\":%u,"
-                      "\"failures\":%llu,\"successes\":%llu,\"ejections\":%u}",
-                      u->targets[j].weight, lp_health_state(h, now),
-                      __atomic_load_n(&h->consecutive_failures, __ATOMIC_RELAXED),
-                      (unsigned long long)__atomic_load_n(&h->failures, __ATOMIC_RELAXED),
-                      (unsigned long long)__atomic_load_n(&h->successes, __ATOMIC_RELAXED),
-                      __atomic_load_n(&h->ejections, __ATOMIC_RELAXED));
+            /* A DNS target lists the addresses its name had when the config was loaded. */
+            size_t na;
+            const lp_addr_t *addrs = lp_target_addrs(&u->targets[j], &na);
+            for (size_t k = 0; k < na; k++) {
+                lp_health_t *h = lp_health_get(addrs[k].text);
+                if (!h)
+                    continue;
+                sb_printf(&b, "%s{\"address\":", first ? "" : ",");
+                first = 0;
+                sb_json_string(&b, h->addr);
+                if (u->targets[j].host) {
+                    sb_lit(&b, ",\"name\":");
+                    sb_json_string(&b, u->targets[j].addr.text);
+                }
+                sb_printf(&b,
+                          ",\"weight\":%u,\"state\":\"%s\",\"consecutive_failures\":%u,"
+                          "\"failures\":%llu,\"successes\":%llu,\"ejections\":%u}",
+                          u->targets[j].weight, lp_health_state(h, now),
+                          __atomic_load_n(&h->consecutive_failures, __ATOMIC_RELAXED),
+                          (unsigned long long)__atomic_load_n(&h->failures, __ATOMIC_RELAXED),
+                          (unsigned long long)__atomic_load_n(&h->successes, __ATOMIC_RELAXED),
+                          __atomic_load_n(&h->ejections, __ATOMIC_RELAXED));
+            }
         }
         sb_lit(&b, "]}");
     }
@@ -300,11 +311,15 @@ static void handle_target_state(admin_conn_t *c, lp_str_t rest, lp_str_t query)
         if (strlen(cfg->upstreams[i].name) == name.len &&
             memcmp(cfg->upstreams[i].name, name.base, name.len) == 0)
             u = &cfg->upstreams[i];
-    const lp_target_conf_t *t = NULL;
-    for (size_t j = 0; u && j < u->ntargets; j++)
-        if (strlen(u->targets[j].addr.text) == addr.len &&
-            memcmp(u->targets[j].addr.text, addr.base, addr.len) == 0)
-            t = &u->targets[j];
+    const lp_addr_t *t = NULL;
+    for (size_t j = 0; u && j < u->ntargets; j++) {
+        size_t na;
+        const lp_addr_t *addrs = lp_target_addrs(&u->targets[j], &na);
+        for (size_t k = 0; k < na; k++)
+            if (strlen(addrs[k].text) == addr.len &&
+                memcmp(addrs[k].text, addr.base, addr.len) == 0)
+                t = &addrs[k];
+    }
     if (!t) {
         respond_error(c, 404, u ? "no such target in that upstream" : "no such upstream");
         return;
@@ -332,7 +347,7 @@ static void handle_target_state(admin_conn_t *c, lp_str_t rest, lp_str_t query)
         respond_error(c, 400, "say drain, disable or enable (body {\"state\": ...} or ?state=)");
         return;
     }
-    lp_health_t *h = lp_health_get(t->addr.text);
+    lp_health_t *h = lp_health_get(t->text);
     if (!h) {
         respond_error(c, 500, "out of memory");
         return;

@@ -217,41 +217,92 @@ static int list_len(vctx_t *v, const char *path, size_t *n)
     return 0;
 }
 
-int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen)
+int lp_addr_split(const char *text, char *host, size_t hostlen, int *port, char *err, size_t errlen)
 {
-    char host[256];
     const char *colon, *port_s;
-    memset(out, 0, sizeof(*out));
+    size_t n;
     if (text[0] == '[') {
         const char *end = strchr(text, ']');
         if (!end || end[1] != ':') {
             snprintf(err, errlen, "\"%s\" is not [ipv6]:port", text);
             return LP_EINVAL;
         }
-        if ((size_t)(end - text - 1) >= sizeof(host))
-            goto toolong;
-        memcpy(host, text + 1, (size_t)(end - text - 1));
-        host[end - text - 1] = 0;
-        port_s = end + 2;
+        n = (size_t)(end - text - 1);
+        colon = end + 1;
+        text++;
     } else {
         colon = strrchr(text, ':');
         if (!colon) {
             snprintf(err, errlen, "\"%s\" has no :port", text);
             return LP_EINVAL;
         }
-        if ((size_t)(colon - text) >= sizeof(host))
-            goto toolong;
-        memcpy(host, text, (size_t)(colon - text));
-        host[colon - text] = 0;
-        port_s = colon + 1;
+        n = (size_t)(colon - text);
     }
+    if (n >= hostlen) {
+        snprintf(err, errlen, "\"%s\": host too long", text);
+        return LP_EINVAL;
+    }
+    memcpy(host, text, n);
+    host[n] = 0;
+    port_s = colon + 1;
     char *endp;
     errno = 0;
-    long port = strtol(port_s, &endp, 10);
-    if (!*port_s || *endp || errno || port < 0 || port > 65535) {
+    long pn = strtol(port_s, &endp, 10);
+    if (!*port_s || *endp || errno || pn < 0 || pn > 65535) {
         snprintf(err, errlen, "\"%s\" has an invalid port", text);
         return LP_EINVAL;
     }
+    *port = (int)pn;
+    return 0;
+}
+
+int lp_addr_is_ip(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+size_t lp_addr_from_ai(const struct addrinfo *ai, int port, lp_addr_t *out, size_t max)
+{
+    size_t n = 0;
+    for (; ai && n < max; ai = ai->ai_next) {
+        if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+            ai->ai_addrlen > sizeof(out->addr))
+            continue;
+        char ip[INET6_ADDRSTRLEN], text[INET6_ADDRSTRLEN + 10];
+        const void *a = ai->ai_family == AF_INET
+                            ? (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr
+                            : (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
+        if (!inet_ntop(ai->ai_family, a, ip, sizeof(ip)))
+            continue;
+        snprintf(text, sizeof(text), ai->ai_family == AF_INET ? "%s:%d" : "[%s]:%d", ip, port);
+        int dup = 0;
+        for (size_t i = 0; i < n && !dup; i++)
+            dup = strcmp(out[i].text, text) == 0;
+        if (dup)
+            continue;
+        memset(&out[n], 0, sizeof(out[n]));
+        memcpy(&out[n].addr, ai->ai_addr, ai->ai_addrlen);
+        out[n].addrlen = ai->ai_addrlen;
+        if (ai->ai_family == AF_INET)
+            ((struct sockaddr_in *)&out[n].addr)->sin_port = htons((uint16_t)port);
+        else
+            ((struct sockaddr_in6 *)&out[n].addr)->sin6_port = htons((uint16_t)port);
+        if (!(out[n].text = strdup(text)))
+            break;
+        n++;
+    }
+    return n;
+}
+
+int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen)
+{
+    char host[256];
+    int port;
+    memset(out, 0, sizeof(*out));
+    int rc = lp_addr_split(text, host, sizeof(host), &port, err, errlen);
+    if (rc)
+        return rc;
     if (!host[0] || strcmp(host, "*") == 0)
         strcpy(host, "0.0.0.0");
     struct addrinfo hints = {0}, *res = NULL;
@@ -259,8 +310,8 @@ int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG;
     char pbuf[8];
-    snprintf(pbuf, sizeof(pbuf), "%ld", port);
-    int rc = getaddrinfo(host, pbuf, &hints, &res);
+    snprintf(pbuf, sizeof(pbuf), "%d", port);
+    rc = getaddrinfo(host, pbuf, &hints, &res);
     if (rc == EAI_ADDRFAMILY || rc == EAI_NONAME) {
         hints.ai_flags = AI_NUMERICSERV;
         rc = getaddrinfo(host, pbuf, &hints, &res);
@@ -274,9 +325,6 @@ int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen)
     freeaddrinfo(res);
     out->text = strdup(text);
     return out->text ? 0 : LP_ENOMEM;
-toolong:
-    snprintf(err, errlen, "\"%s\": host too long", text);
-    return LP_EINVAL;
 }
 
 static int parse_address_value(vctx_t *v, const char *path, lp_addr_t *out)
@@ -577,13 +625,44 @@ out:
     return rc;
 }
 
+/* A target's address: an IP address as is; a name becomes a DNS target, resolved now (the
+ * config is loaded off the workers' loops) and again every dns_ttl by each worker. A name
+ * that does not resolve is not an error: it has no address until it does. */
+static int parse_target_address(vctx_t *v, const char *path, lp_target_conf_t *t)
+{
+    if (lua_type(v->L, -1) != LUA_TSTRING)
+        return fail(v, path, "expected an address string \"host:port\", got %s", type_name(v));
+    const char *text = lua_tostring(v->L, -1);
+    char host[256], msg[300];
+    if (lp_addr_split(text, host, sizeof(host), &t->port, msg, sizeof(msg)))
+        return fail(v, path, "%s", msg);
+    if (!host[0] || lp_addr_is_ip(host))
+        return parse_address_value(v, path, &t->addr);
+    if (!(t->addr.text = strdup(text)) || !(t->host = strdup(host)) ||
+        !(t->resolved = calloc(LP_DNS_MAX_ADDRS, sizeof(*t->resolved))))
+        return fail(v, path, "out of memory");
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc || !res) {
+        lp_log_warn("%s: %s: cannot resolve \"%s\" (%s): no address until it does", v->file, path,
+                    host, gai_strerror(rc));
+        return 0;
+    }
+    t->nresolved = lp_addr_from_ai(res, t->port, t->resolved, LP_DNS_MAX_ADDRS);
+    freeaddrinfo(res);
+    return 0;
+}
+
 static int load_target(vctx_t *v, const char *p, lp_target_conf_t *t)
 {
     static const char *const keys[] = {"address", "weight", NULL};
     int rc;
     t->weight = 1;
     if (lua_type(v->L, -1) == LUA_TSTRING)
-        return parse_address_value(v, p, &t->addr);
+        return parse_target_address(v, p, t);
     if (lua_type(v->L, -1) != LUA_TTABLE)
         return fail(v, p, "expected \"host:port\" or { address =, weight = }, got %s",
                     type_name(v));
@@ -595,7 +674,7 @@ static int load_target(vctx_t *v, const char *p, lp_target_conf_t *t)
     if (lua_isnil(v->L, -1))
         rc = fail(v, pa, "required");
     else
-        rc = parse_address_value(v, pa, &t->addr);
+        rc = parse_target_address(v, pa, t);
     lua_pop(v->L, 1);
     uint64_t w = 1;
     if (!rc)
@@ -736,10 +815,23 @@ static int parse_hash_on(vctx_t *v, const char *path, const char *s, lp_upstream
 
 static int load_upstreams(vctx_t *v, lp_config_t *c)
 {
-    static const char *const keys[] = {
-        "targets", "balance", "hash_on",  "keepalive",    "keepalive_timeout", "keepalive_requests",
-        "health",  "retries", "retry_on", "retry_budget", "max_connections",   "tls",
-        NULL};
+    static const char *const keys[] = {"targets",
+                                       "balance",
+                                       "hash_on",
+                                       "keepalive",
+                                       "keepalive_timeout",
+                                       "keepalive_requests",
+                                       "health",
+                                       "retries",
+                                       "retry_on",
+                                       "retry_budget",
+                                       "max_connections",
+                                       "max_pending",
+                                       "pending_timeout",
+                                       "total_timeout",
+                                       "dns_ttl",
+                                       "tls",
+                                       NULL};
     int present, rc = 0;
     if ((rc = opt_table(v, "", "upstreams", &present)))
         return rc;
@@ -820,8 +912,25 @@ static int load_upstreams(vctx_t *v, lp_config_t *c)
             rc = opt_number(v, p, "retry_budget", 0, 10, 0.2, &u->retry_budget);
         if (!rc)
             rc = opt_integer(v, p, "max_connections", 0, 1e9, 0, &maxc);
+        uint64_t maxp = 0;
+        if (!rc)
+            rc = opt_integer(v, p, "max_pending", 0, 1e9, 0, &maxp);
+        if (!rc)
+            rc = opt_seconds_ms(v, p, "pending_timeout", 5, &u->pending_timeout);
+        double total = 0;
+        if (!rc)
+            rc = opt_number(v, p, "total_timeout", 0, 86400.0 * 365, 0, &total);
+        u->total_timeout = (uint64_t)(total * 1000.0 + 0.5);
+        if (!rc)
+            rc = opt_seconds_ms(v, p, "dns_ttl", 30, &u->dns_ttl);
+        if (!rc && u->dns_ttl < 100) {
+            char pd[512];
+            join(pd, sizeof(pd), p, "dns_ttl");
+            rc = fail(v, pd, "at least 0.1 seconds");
+        }
         u->retries = (unsigned)retries;
         u->max_connections = (unsigned)maxc;
+        u->max_pending = (unsigned)maxp;
         uint64_t ka = 128, kr = 1000;
         if (!rc)
             rc = opt_integer(v, p, "keepalive", 0, 100000, 128, &ka);
@@ -1176,8 +1285,14 @@ void lp_config_free(lp_config_t *c)
     free(c->listen);
     for (size_t i = 0; i < c->nupstreams; i++) {
         lp_upstream_conf_t *u = &c->upstreams[i];
-        for (size_t j = 0; j < u->ntargets; j++)
-            free(u->targets[j].addr.text);
+        for (size_t j = 0; j < u->ntargets; j++) {
+            lp_target_conf_t *t = &u->targets[j];
+            free(t->addr.text);
+            free(t->host);
+            for (size_t k = 0; k < t->nresolved; k++)
+                free(t->resolved[k].text);
+            free(t->resolved);
+        }
         free(u->targets);
         free(u->name);
         free(u->balance);

@@ -15,9 +15,21 @@ typedef struct {
 } lp_addr_t;
 
 typedef struct {
-    lp_addr_t addr;
+    lp_addr_t addr; /* an IP target's address; for a DNS name, text is "name:port" as
+                       written and addrlen is 0 */
     unsigned weight;
+    char *host;          /* owned: the DNS name, NULL for an IP address */
+    int port;            /* a DNS name's port */
+    lp_addr_t *resolved; /* owned: a DNS name's addresses when the config was loaded */
+    size_t nresolved;
 } lp_target_conf_t;
+
+/* The addresses a config target stands for: its own, or those its name resolved to. */
+static inline const lp_addr_t *lp_target_addrs(const lp_target_conf_t *t, size_t *n)
+{
+    *n = t->host ? t->nresolved : 1;
+    return t->host ? t->resolved : &t->addr;
+}
 
 /* hash_on: where the hash policy takes its key. */
 typedef enum {
@@ -64,7 +76,11 @@ typedef struct {
     unsigned retries;            /* further tries after the first */
     lp_status_set_t retry_on;    /* statuses that retry an idempotent, bodiless request */
     double retry_budget;         /* retries at most this share of recent requests (+3) */
-    unsigned max_connections;    /* per worker: requests in flight beyond it get 503; 0: off */
+    unsigned max_connections;    /* per worker: requests in flight beyond it wait or get 503 */
+    unsigned max_pending;        /* per worker: requests that may wait for max_connections */
+    uint64_t pending_timeout;    /* ms a request may wait for max_connections (then 503) */
+    uint64_t total_timeout;      /* ms from the first try to the response head (504); 0: off */
+    uint64_t dns_ttl;            /* ms between resolutions of DNS targets */
     unsigned keepalive;          /* idle pooled connections kept per target per worker */
     uint64_t keepalive_timeout;  /* ms an idle pooled connection is kept */
     unsigned keepalive_requests; /* requests per upstream connection before it is closed */
@@ -132,5 +148,16 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
 void lp_config_free(lp_config_t *c);
 /* "host:port", "[v6]:port" or ":port" into a socket address (resolving names). */
 int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen);
+/* Splits "host:port", "[v6]:port" or ":port" (host "" then). */
+int lp_addr_split(const char *text, char *host, size_t hostlen, int *port, char *err,
+                  size_t errlen);
+/* Whether host is an IPv4 or IPv6 address literal (no DNS needed). */
+int lp_addr_is_ip(const char *host);
+struct addrinfo;
+/* The distinct addresses of a getaddrinfo answer, at most max, each with port and an owned
+ * text "ip:port" / "[ip6]:port". Returns how many were filled (0 when out of memory). */
+size_t lp_addr_from_ai(const struct addrinfo *ai, int port, lp_addr_t *out, size_t max);
+/* Most addresses a DNS target contributes. */
+#define LP_DNS_MAX_ADDRS 64
 
 #endif

@@ -191,10 +191,15 @@ static void probes_stop(void)
 
 static int actively_checked(const lp_config_t *cfg, const char *addr)
 {
-    for (size_t i = 0; i < cfg->nupstreams; i++)
-        for (size_t j = 0; cfg->upstreams[i].health.active && j < cfg->upstreams[i].ntargets; j++)
-            if (strcmp(cfg->upstreams[i].targets[j].addr.text, addr) == 0)
-                return 1;
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        for (size_t j = 0; cfg->upstreams[i].health.active && j < cfg->upstreams[i].ntargets; j++) {
+            size_t na;
+            const lp_addr_t *a = lp_target_addrs(&cfg->upstreams[i].targets[j], &na);
+            for (size_t k = 0; k < na; k++)
+                if (strcmp(a[k].text, addr) == 0)
+                    return 1;
+        }
+    }
     return 0;
 }
 
@@ -210,34 +215,44 @@ void lp_health_checks_update(lp_server_t *s)
             /* No checks any more: a verdict of an earlier generation's checks must not
              * keep a target down for good (unless another upstream still checks it). */
             for (size_t j = 0; j < uc->ntargets; j++) {
-                lp_health_t *h = lp_health_get(uc->targets[j].addr.text);
-                if (h && !actively_checked(cfg, uc->targets[j].addr.text)) {
-                    __atomic_store_n(&h->down, 0, __ATOMIC_RELAXED);
-                    h->check_ok = h->check_fail = 0;
+                size_t na;
+                const lp_addr_t *a = lp_target_addrs(&uc->targets[j], &na);
+                for (size_t k = 0; k < na; k++) {
+                    lp_health_t *h = lp_health_get(a[k].text);
+                    if (h && !actively_checked(cfg, a[k].text)) {
+                        __atomic_store_n(&h->down, 0, __ATOMIC_RELAXED);
+                        h->check_ok = h->check_fail = 0;
+                    }
                 }
             }
             continue;
         }
         for (size_t j = 0; j < uc->ntargets; j++) {
-            lp_probe_t *p = calloc(1, sizeof(*p));
-            if (!p)
-                continue;
-            p->h = lp_health_get(uc->targets[j].addr.text);
-            p->hc = &uc->health;
-            p->addr = uc->targets[j].addr;
-            snprintf(p->req, sizeof(p->req),
-                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: luaproxy-health/%s\r\n"
-                     "Connection: close\r\n\r\n",
-                     uc->health.path, uc->targets[j].addr.text, LP_VERSION);
-            uv_timer_init(s->loop, &p->timer);
-            uv_timer_init(s->loop, &p->timeout);
-            p->timer.data = p->timeout.data = p;
-            p->handles = 2;
-            /* The first probe soon, spread over the interval. */
-            uv_timer_start(&p->timer, on_probe_timer, jitter(uc->health.interval) % 1000 + 1, 0);
-            p->next = checker.probes;
-            checker.probes = p;
-            any = 1;
+            /* A DNS target: its addresses as resolved when the config was loaded. */
+            size_t na;
+            const lp_addr_t *a = lp_target_addrs(&uc->targets[j], &na);
+            for (size_t k = 0; k < na; k++) {
+                lp_probe_t *p = calloc(1, sizeof(*p));
+                if (!p)
+                    continue;
+                p->h = lp_health_get(a[k].text);
+                p->hc = &uc->health;
+                p->addr = a[k];
+                snprintf(p->req, sizeof(p->req),
+                         "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: luaproxy-health/%s\r\n"
+                         "Connection: close\r\n\r\n",
+                         uc->health.path, uc->targets[j].addr.text, LP_VERSION);
+                uv_timer_init(s->loop, &p->timer);
+                uv_timer_init(s->loop, &p->timeout);
+                p->timer.data = p->timeout.data = p;
+                p->handles = 2;
+                /* The first probe soon, spread over the interval. */
+                uv_timer_start(&p->timer, on_probe_timer, jitter(uc->health.interval) % 1000 + 1,
+                               0);
+                p->next = checker.probes;
+                checker.probes = p;
+                any = 1;
+            }
         }
     }
     if (any) {

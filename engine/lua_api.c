@@ -7,7 +7,9 @@
 #include "conn.h"
 #include "log.h"
 #include "lua_api.h"
+#include "health.h"
 #include "lua_vm.h"
+#include "targets.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -86,10 +88,7 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
     case LP_FFI_UPSTREAM_ADDR:
         if (!r->upstream || r->target < 0)
             return -1;
-        {
-            const char *a = r->upstream->targets[r->target].conf->addr.text;
-            set_out(out, a, strlen(a));
-        }
+        set_out(out, r->target_addr, strlen(r->target_addr));
         return 0;
     case LP_FFI_VERSION:
         set_out(out, r->minor ? "1.1" : "1.0", 3);
@@ -292,12 +291,13 @@ int lp_ffi_set_target(void *rp, const char *host, size_t n, int port)
     struct sockaddr_storage ss;
     if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&ss) &&
         uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&ss))
-        return LP_FFI_EINVAL; /* an IP address: names would need DNS (not yet) */
+        return LP_FFI_EINVAL; /* an IP address: a name would block on DNS */
     snprintf(text, sizeof(text), strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
     lp_upstream_rt_t *u = lp_upstream_dynamic(w, (struct sockaddr *)&ss, text);
     if (!u)
         return LP_FFI_ENOSPACE;
     r->upstream = u;
+    r->tried_up = NULL; /* Lua's explicit choice is tried even if an earlier try went there */
     return 0;
 }
 
@@ -423,4 +423,81 @@ double lp_ffi_now(void)
 int lp_ffi_worker_id(void)
 {
     return lp__lua_worker_id();
+}
+
+int lp_ffi_last_failure(void *rp, lp_str_t *addr, int *status)
+{
+    lp_req_t *r = rp;
+    /* tries is reset per request by the engine: fail_kind of an earlier request on a
+     * recycled object never shows. */
+    if (!r->tries || r->fail_kind == LP_FAIL_NONE)
+        return 0;
+    set_out(addr, r->target_addr, strlen(r->target_addr));
+    *status = r->fail_status;
+    return r->fail_kind;
+}
+
+int lp_ffi_upstream_find(const char *name, size_t n)
+{
+    size_t nups;
+    lp_upstream_rt_t *ups = lp__lua_upstreams(&nups);
+    if (!ups)
+        return LP_FFI_EPHASE;
+    for (size_t i = 0; i < nups; i++)
+        if (strlen(ups[i].conf->name) == n && memcmp(ups[i].conf->name, name, n) == 0)
+            return (int)i;
+    return LP_FFI_EINVAL;
+}
+
+static lp_upstream_rt_t *ffi_upstream(int i)
+{
+    size_t nups;
+    lp_upstream_rt_t *ups = lp__lua_upstreams(&nups);
+    return ups && i >= 0 && (size_t)i < nups ? &ups[i] : NULL;
+}
+
+int lp_ffi_upstream_target(int ui, int op, const char *addr, size_t n, int weight)
+{
+    lp_upstream_rt_t *u = ffi_upstream(ui);
+    char text[300], host[256], err[300];
+    int port;
+    if (!u)
+        return LP_FFI_EPHASE;
+    if (n == 0 || n >= sizeof(text) || weight < 1 || weight > 10000)
+        return LP_FFI_EINVAL;
+    memcpy(text, addr, n);
+    text[n] = 0;
+    if (op != LP_FFI_TADD) {
+        int rc = op == LP_FFI_TREMOVE ? lp_targets_remove(u, text)
+                                      : lp_targets_set_weight(u, text, (unsigned)weight);
+        return rc == LP_EINVAL ? LP_FFI_ENOTFOUND : rc ? LP_FFI_ENOSPACE : 0;
+    }
+    /* Addresses only: resolving a name here would block the worker's loop. */
+    lp_addr_t a = {.text = text};
+    if (lp_addr_split(text, host, sizeof(host), &port, err, sizeof(err)) || port == 0 ||
+        !lp_addr_is_ip(host))
+        return LP_FFI_EINVAL;
+    if (strchr(host, ':')) {
+        if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)&a.addr))
+            return LP_FFI_EINVAL;
+        a.addrlen = sizeof(struct sockaddr_in6);
+    } else {
+        if (uv_ip4_addr(host, port, (struct sockaddr_in *)&a.addr))
+            return LP_FFI_EINVAL;
+        a.addrlen = sizeof(struct sockaddr_in);
+    }
+    int rc = lp_targets_add(u, &a, (unsigned)weight, -1);
+    return rc < 0 ? LP_FFI_ENOSPACE : rc;
+}
+
+int lp_ffi_upstream_target_at(int ui, int i, lp_str_t *addr, lp_str_t *state)
+{
+    lp_upstream_rt_t *u = ffi_upstream(ui);
+    if (!u || i < 0 || (size_t)i >= u->ntargets)
+        return -1;
+    lp_target_rt_t *t = u->targets[i];
+    const char *st = lp_health_state(t->health, lp_health_now());
+    set_out(addr, t->addr.text, strlen(t->addr.text));
+    set_out(state, st, strlen(st));
+    return (int)t->weight;
 }

@@ -34,8 +34,17 @@ enum {
 /* lp_ffi_header_set: mode */
 enum { LP_FFI_HSET = 0, LP_FFI_HADD = 1, LP_FFI_HCLEAR = 2 };
 
+/* lp_ffi_upstream_target: op */
+enum { LP_FFI_TADD = 0, LP_FFI_TREMOVE = 1, LP_FFI_TWEIGHT = 2 };
+
 /* Return codes (0 is success). */
-enum { LP_FFI_EINVAL = -1, LP_FFI_ENOSPACE = -2, LP_FFI_EFRAMING = -3 };
+enum {
+    LP_FFI_EINVAL = -1,
+    LP_FFI_ENOSPACE = -2,
+    LP_FFI_EFRAMING = -3,
+    LP_FFI_EPHASE = -4,    /* not while Lua of a worker runs (a phase or init_worker) */
+    LP_FFI_ENOTFOUND = -5, /* no such target */
+};
 
 int lp_ffi_req_get(void *r, int what, lp_str_t *out);
 int lp_ffi_header_get(void *r, int resp, const char *name, size_t nlen, int nth, lp_str_t *out);
@@ -60,5 +69,18 @@ int lp_ffi_body_read(void *r, double max, lp_str_t *out);
 void lp_ffi_log(int level, const char *msg, size_t len);
 double lp_ffi_now(void);
 int lp_ffi_worker_id(void);
+/* req:last_failure(): why the request's last try failed (lp_fail_kind_t; 0: no failed try),
+ * with its target's address and, for LP_FAIL_STATUS, the upstream's status. */
+int lp_ffi_last_failure(void *r, lp_str_t *addr, int *status);
+/* proxy.upstream(name): the upstream's index in the running generation, LP_FFI_EINVAL when
+ * there is none of that name, LP_FFI_EPHASE outside a worker's Lua. */
+int lp_ffi_upstream_find(const char *name, size_t n);
+/* Adds ("ip:port", weight), removes or reweights a target of upstream `ups` in this worker:
+ * 0, 1 (add: it was there; its weight is set), LP_FFI_EINVAL (not an "ip:port" or a weight
+ * outside 1-10000), LP_FFI_ENOTFOUND, LP_FFI_ENOSPACE, LP_FFI_EPHASE. */
+int lp_ffi_upstream_target(int ups, int op, const char *addr, size_t n, int weight);
+/* The i-th target of upstream `ups`: its weight, with its address and health state; -1 past
+ * the end. */
+int lp_ffi_upstream_target_at(int ups, int i, lp_str_t *addr, lp_str_t *state);
 
 #endif

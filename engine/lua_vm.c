@@ -25,6 +25,8 @@ struct lp_lua_s {
      * (0: none). Written by this worker, read by the watchdog (atomics). */
     uint64_t deadline_ns;
     int registered;
+    lp_upstream_rt_t *ups; /* the generation's upstreams in this worker (not owned), nups */
+    size_t nups;
 };
 
 /* The VM of the worker running on this thread (FFI functions find it here). */
@@ -34,6 +36,12 @@ int lp__lua_worker_id(void);
 int lp__lua_worker_id(void)
 {
     return current_vm ? current_vm->w->id : 0;
+}
+
+lp_upstream_rt_t *lp__lua_upstreams(size_t *n)
+{
+    *n = current_vm ? current_vm->nups : 0;
+    return current_vm ? current_vm->ups : NULL;
 }
 
 /* Lua shortens long file names in messages to "...tail" (LUA_IDSIZE): put the whole path
@@ -329,7 +337,8 @@ static int run_init_worker(lp_lua_t *vm, int state_idx, char *err, size_t errlen
     return rc;
 }
 
-int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_lua_t **out, char *err, size_t errlen)
+int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, lp_lua_t **out,
+                char *err, size_t errlen)
 {
     *out = NULL;
     if (!cfg->has_lua)
@@ -338,6 +347,8 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_lua_t **out, char *er
     if (!vm)
         return LP_ENOMEM;
     vm->w = w;
+    vm->ups = ups;
+    vm->nups = cfg->nupstreams;
     vm->timeout_ns = cfg->lua_phase_timeout * 1000000ull;
     lua_State *L = vm->L = luaL_newstate();
     if (!L) {

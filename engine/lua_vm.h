@@ -42,10 +42,14 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
 
 /* Worker VM. */
 /* Builds worker w's VM for cfg (*out NULL when the config has no Lua): loads the runtime,
- * the plugins and handlers, and runs init_worker. May run on the main thread: the VM is
+ * the plugins and handlers, and runs init_worker (which may change `ups`, the generation's
+ * upstreams in w). May run on the main thread: the VM is
  * handed to the worker afterwards. */
-int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, struct lp_lua_s **out, char *err,
-                size_t errlen);
+int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups,
+                struct lp_lua_s **out, char *err, size_t errlen);
+/* The upstreams of the generation whose Lua runs now on this thread (proxy.upstream()), or
+ * NULL outside Lua. */
+lp_upstream_rt_t *lp__lua_upstreams(size_t *n);
 /* Frees a VM no request uses any more (its task timers close first). Worker thread. */
 void lp_lua_retire(struct lp_lua_s *vm);
 /* Whether the request's chain (route index, or -1 for no route) has Lua for `phase`. */

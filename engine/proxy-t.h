@@ -40,23 +40,51 @@ typedef struct lp_pool_s {
     struct lp_pool_s *next; /* the worker's list */
 } lp_pool_t;
 
-/* One upstream target in one generation: its weight (conf) and its pool. */
-typedef struct {
-    const lp_target_conf_t *conf;
-    lp_pool_t *pool;
+/* One target of an upstream in one worker's generation. The set holds one reference and
+ * every try in flight another, so a target removed (from Lua, or by a DNS answer) while a
+ * try to it runs stays valid until that try ends. Worker-local. */
+typedef struct lp_target_rt_s {
+    lp_addr_t addr;  /* own copy (text owned): "ip:port", the pool and health key */
+    unsigned weight; /* 1-10000 */
+    int idx;         /* position in the set and in the balancer's array; -1 once removed */
+    unsigned refs;   /* the set's + tries in flight; freed at 0 */
+    uint32_t serial; /* unique in its upstream: retries recognise tried targets by it */
+    int origin;      /* the config target (a DNS name) it was resolved from; -1: none */
+    lp_pool_t *pool; /* the worker's connections (NULL until the generation is attached) */
     struct lp_health_s *health; /* shared by all workers (health.h) */
 } lp_target_rt_t;
 
-typedef struct {
+typedef struct lp_upstream_rt_s {
     const lp_upstream_conf_t *conf;
-    lp_target_rt_t *targets; /* owned array, conf->ntargets */
-    lp_bal_target_t *bt;     /* owned: the balancer's view (weights, active requests) */
+    lp_worker_t *w;           /* set when attached to the worker's loop (apply_switch) */
+    uint64_t gen;             /* the generation's id (pools keep the newest that uses them) */
+    lp_target_rt_t **targets; /* owned array of ntargets (capacity cap) */
+    size_t ntargets, cap;
+    lp_bal_target_t *bt; /* owned: the balancer's view, in the same order (capacity cap) */
     lp_balancer_t bal;
+    uint32_t version;      /* bumped by every change of the set or of a weight */
+    uint32_t next_serial;  /* lp_target_rt_t.serial */
     unsigned in_flight;    /* tries in progress (max_connections) */
     uint64_t budget_start; /* retry budget window (ms) */
     unsigned budget_requests, budget_retries;
     uint64_t last_warned; /* ms: rate limit of the "no available target" warning */
+    lp_list_t pending;    /* requests waiting for a slot (lp_req_t.qlink), FIFO */
+    unsigned npending;
+    struct lp_upstream_aux_s *aux; /* owned: timers and DNS queries (targets.c, upstream.c) */
 } lp_upstream_rt_t;
+
+/* Why the last try of a request failed (req:last_failure()). */
+typedef enum {
+    LP_FAIL_NONE = 0,
+    LP_FAIL_CONNECT,  /* the connect failed (refused, unreachable) */
+    LP_FAIL_TIMEOUT,  /* connect, send or read timed out */
+    LP_FAIL_RESET,    /* closed, reset or a failed write before the response */
+    LP_FAIL_STATUS,   /* a retry_on status */
+    LP_FAIL_PROTOCOL, /* an invalid response, or an internal error (never retried) */
+} lp_fail_kind_t;
+
+/* Retries remember this many tried targets across changes of the set. */
+#define LP_TRIED_SERIALS 16
 
 /* Retries skip tried targets in upstreams of up to this many targets. */
 #define LP_MAX_TRIED 256
@@ -164,7 +192,9 @@ struct lp_req_s {
     int status;    /* sent to the client */
     const lp_route_conf_t *route;
     lp_upstream_rt_t *upstream;
-    int target; /* index in upstream->targets, -1 before */
+    int target;           /* -1 before the first pick; then the picked target's index */
+    lp_target_rt_t *tgt;  /* the current try's target: a reference while try_open */
+    char target_addr[64]; /* the last picked target's address (log, req:last_failure()) */
     lp_peer_t *peer;
     uint64_t body_in;                              /* request body bytes read */
     uint64_t resp_body_out;                        /* response body bytes queued to the client */
@@ -174,7 +204,17 @@ struct lp_req_s {
     int no_healthy; /* the last pick found every target unavailable */
     uint64_t t_try; /* when the current try started (ns) */
     uint64_t tried[LP_BALANCER_TRIED_WORDS(LP_MAX_TRIED)]; /* targets tried (bitmap) */
-    lp_str_t hash_key; /* set from Lua for the hash policy (base NULL: none) */
+    lp_upstream_rt_t *tried_up;                            /* the upstream `tried` refers to */
+    uint32_t tried_version;                                /* ... and the version of its set */
+    uint32_t tried_serial[LP_TRIED_SERIALS]; /* the tried targets, across set changes */
+    unsigned ntried;
+    uint64_t deadline;  /* uv_now() ms by which the response head must come (0: none) */
+    lp_list_t qlink;    /* in upstream->pending while waiting for a slot */
+    uint64_t queued_at; /* uv_now() ms when it started waiting */
+    int queued;         /* in upstream->pending */
+    uint8_t fail_kind;  /* lp_fail_kind_t of the last failed try (target_addr's) */
+    int fail_status;    /* its upstream status (LP_FAIL_STATUS) */
+    lp_str_t hash_key;  /* set from Lua for the hash policy (base NULL: none) */
     /* Lua. */
     struct lp_lua_task_s *lua; /* the request's coroutine, NULL when no Lua ran */
     int route_index;           /* config route (0-based), -1 when none matched */

@@ -6,6 +6,7 @@
 #include "lazytimer.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "targets.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -18,7 +19,6 @@ static void peer_update_reading(lp_peer_t *p);
 static void peer_process_pending(lp_peer_t *p);
 static int on_resp_body(lp_h1_t *h, const char *at, size_t len);
 static void peer_connect(lp_peer_t *p, lp_req_t *req);
-static int pick_target(lp_req_t *req);
 static int peer_grow(lp_h1_t *h, size_t need);
 
 static const lp_timeouts_t *T(lp_peer_t *p)
@@ -33,10 +33,18 @@ static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
     if (p->tmode == PT_BROKEN && mode != PT_BROKEN)
         return; /* the failure scheduled for a failed write comes first */
     p->tmode = (uint8_t)mode;
-    if (mode == PT_NONE)
+    if (mode == PT_NONE) {
         lp_lazy_cancel(&p->lazy);
-    else
-        lp_lazy_set(&p->timer, &p->lazy, ms, on_peer_timer);
+        return;
+    }
+    if (mode != PT_IDLE && mode != PT_BROKEN && p->req && p->req->deadline) {
+        /* total_timeout: no per-try timer runs past the request's deadline. */
+        uint64_t now = uv_now(&p->w->loop);
+        uint64_t left = p->req->deadline > now ? p->req->deadline - now : 0;
+        if (left < ms)
+            ms = left;
+    }
+    lp_lazy_set(&p->timer, &p->lazy, ms, on_peer_timer);
 }
 
 /* The name a TLS connection to addr sends as SNI and verifies: the configured one, else
@@ -54,9 +62,9 @@ static char *tls_name(const lp_addr_t *addr, lp_tls_client_t *tls)
     return strndup(t, end ? (size_t)(end - t) : strlen(t));
 }
 
-/* The worker's pool for an address (and TLS name), made on first use. */
-static lp_pool_t *pool_get(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
-                           lp_tls_client_t *tls)
+/* The worker's pool for an address and TLS settings, made on first use. */
+lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
+                             lp_tls_client_t *tls)
 {
     lp_pool_t *p;
     char *sni = tls_name(addr, tls);
@@ -98,32 +106,15 @@ static lp_pool_t *pool_get(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
     return p;
 }
 
-lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg, uint64_t gen)
+lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg)
 {
     lp_upstream_rt_t *ups = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*ups));
     if (!ups)
         return NULL;
     for (size_t i = 0; i < cfg->nupstreams; i++) {
-        lp_upstream_rt_t *u = &ups[i];
-        const lp_upstream_conf_t *uc = &cfg->upstreams[i];
-        u->conf = uc;
-        u->targets = calloc(uc->ntargets, sizeof(*u->targets));
-        u->bt = calloc(uc->ntargets, sizeof(*u->bt));
-        int rc = !u->targets || !u->bt;
-        for (size_t j = 0; !rc && j < uc->ntargets; j++) {
-            u->targets[j].conf = &uc->targets[j];
-            u->targets[j].pool = pool_get(w, &uc->targets[j].addr, gen, uc->tls);
-            u->targets[j].health = lp_health_get(uc->targets[j].addr.text);
-            rc = !u->targets[j].pool || !u->targets[j].health;
-            u->bt[j].weight = uc->targets[j].weight;
-            u->bt[j].id = uc->targets[j].addr.text;
-            u->bt[j].available = 1;
-        }
         /* Each worker seeds differently: random tie-breaks must not line up. */
-        if (!rc)
-            rc = lp_balancer_init(&u->bal, lp_balancer_find(uc->balance), u->bt, uc->ntargets,
-                                  uv_hrtime() ^ ((uint64_t)w->id << 32) ^ (uint64_t)i);
-        if (rc) {
+        if (lp_targets_init(&ups[i], &cfg->upstreams[i],
+                            uv_hrtime() ^ ((uint64_t)w->id << 32) ^ (uint64_t)i)) {
             lp_upstream_rt_free(ups, i + 1);
             return NULL;
         }
@@ -131,16 +122,20 @@ lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg, uin
     return ups;
 }
 
+int lp_upstream_rt_attach(lp_worker_t *w, lp_upstream_rt_t *ups, size_t n, uint64_t gen)
+{
+    for (size_t i = 0; i < n; i++)
+        if (lp_targets_attach(&ups[i], w, gen))
+            return LP_ENOMEM;
+    return 0;
+}
+
 void lp_upstream_rt_free(lp_upstream_rt_t *ups, size_t n)
 {
     if (!ups)
         return;
-    for (size_t i = 0; i < n; i++) {
-        if (ups[i].bal.ops)
-            lp_balancer_destroy(&ups[i].bal);
-        free(ups[i].targets);
-        free(ups[i].bt);
-    }
+    for (size_t i = 0; i < n; i++)
+        lp_targets_free(&ups[i]);
     free(ups);
 }
 
@@ -149,8 +144,6 @@ typedef struct lp_dyn_upstream_s {
     lp_upstream_conf_t conf;
     lp_target_conf_t tconf;
     lp_upstream_rt_t rt;
-    lp_target_rt_t trt;
-    lp_bal_target_t bt;
     char name[80];
 } lp_dyn_upstream_t;
 
@@ -178,20 +171,13 @@ lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa,
     d->conf.name = d->name;
     d->conf.targets = &d->tconf;
     d->conf.ntargets = 1;
+    d->conf.balance = (char *)"round_robin";
     d->conf.keepalive = 128;
     d->conf.keepalive_timeout = 60000;
     d->conf.keepalive_requests = 1000;
-    d->trt.conf = &d->tconf;
-    d->trt.pool = pool_get(w, &d->tconf.addr, UINT64_MAX, NULL);
-    d->trt.health = lp_health_get(d->name);
-    d->rt.conf = &d->conf;
-    d->rt.targets = &d->trt;
-    d->rt.bt = &d->bt;
-    d->bt.weight = 1;
-    d->bt.id = d->name;
-    d->bt.available = 1;
-    if (!d->trt.pool || !d->trt.health ||
-        lp_balancer_init(&d->rt.bal, &lp_balancer_round_robin, &d->bt, 1, 1)) {
+    d->conf.dns_ttl = 30000;
+    if (lp_targets_init(&d->rt, &d->conf, 1) || lp_targets_attach(&d->rt, w, UINT64_MAX)) {
+        lp_targets_free(&d->rt);
         free(d);
         return NULL;
     }
@@ -202,7 +188,7 @@ lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa,
 void lp_upstream_destroy_all(lp_worker_t *w)
 {
     for (size_t i = 0; i < w->ndyn; i++) {
-        lp_balancer_destroy(&w->dyn[i]->rt.bal);
+        lp_targets_free(&w->dyn[i]->rt);
         free(w->dyn[i]);
     }
     free(w->dyn);
@@ -336,13 +322,20 @@ static int replayable(const lp_req_t *req)
     return req->body_in == 0 && req->state == LP_RS_DONE;
 }
 
-/* `retries` further tries, within the retry budget: retries may be at most retry_budget of
- * the requests of the last 10 s (plus 3), so that retries cannot multiply an outage. */
+/* Whether the request's total_timeout has run out. */
+static int deadline_passed(const lp_req_t *req)
+{
+    return req->deadline && uv_now(&req->conn->w->loop) >= req->deadline;
+}
+
+/* `retries` further tries, within the retry budget (retries may be at most retry_budget of
+ * the requests of the last 10 s, plus 3, so that retries cannot multiply an outage) and
+ * before total_timeout. */
 static int may_retry(lp_req_t *req)
 {
     lp_upstream_rt_t *u = req->upstream;
     const lp_upstream_conf_t *uc = u->conf;
-    if ((unsigned)req->tries > uc->retries || uc->ntargets > LP_MAX_TRIED)
+    if ((unsigned)req->tries > uc->retries || u->ntargets > LP_MAX_TRIED || deadline_passed(req))
         return 0;
     if ((double)u->budget_retries >= 3.0 + uc->retry_budget * (double)u->budget_requests) {
         lp_log_warn("upstream %s: retry budget spent (%u retries for %u requests)", uc->name,
@@ -363,7 +356,38 @@ static void budget_count_request(lp_upstream_rt_t *u)
     u->budget_requests++;
 }
 
-static void peer_fail(lp_peer_t *p, int status, const char *why)
+/* What the client gets when the last failed try is not retried. */
+static int failure_status(const lp_req_t *req)
+{
+    switch (req->fail_kind) {
+    case LP_FAIL_TIMEOUT:
+        return 504;
+    case LP_FAIL_STATUS:
+        return req->fail_status;
+    default:
+        return 502;
+    }
+}
+
+static void upstream_try(lp_req_t *req);
+
+/* The one retry path (nginx's upstream_next), after may_retry() agreed and the failed try
+ * ended (req->fail_kind says why): the Lua upstream phase runs again, seeing the failure
+ * through req:last_failure() (it may change the upstream, pick a target or answer), then
+ * the next try goes to a target not tried yet. */
+static void upstream_next(lp_req_t *req)
+{
+    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_UPSTREAM)) {
+        lp_rc_t rc = lp_lua_phase(req, LP_PHASE_UPSTREAM);
+        /* Parked (LP_AGAIN): the engine resumes it; then, like now, lp_upstream_start(). */
+        if (rc != LP_AGAIN)
+            lp_conn_lua_resumed(req, LP_PHASE_UPSTREAM, rc == LP_DECLINED ? LP_OK : rc);
+        return;
+    }
+    upstream_try(req);
+}
+
+static void peer_fail(lp_peer_t *p, int kind, int status, const char *why)
 {
     lp_req_t *req = p->req;
     if (!req) {
@@ -371,30 +395,18 @@ static void peer_fail(lp_peer_t *p, int status, const char *why)
         return;
     }
     int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) && p->body_out == 0 &&
-                !(req->flags & LP_RF_RESP_STARTED);
+                !(req->flags & LP_RF_RESP_STARTED) && !deadline_passed(req);
     /* Another target may take the request when nothing reached this one (connect failed or
      * timed out), or when it reset before any response byte and the request can be sent
      * again (idempotent, no body). */
     int elsewhere =
         !(req->flags & LP_RF_RESP_STARTED) && !retry &&
         (!(p->flags & LP_PF_CONNECTED) || (!(p->flags & LP_PF_RESP_BYTES) && replayable(req)));
-    const char *addr = p->pool->addr.text;
+    const char *addr = p->pool->addr.text; /* pools live as long as the worker */
     lp_pool_t *t = p->pool;
     peer_close(p);
-    lp_upstream_rt_t *u = req->upstream;
-    lp_upstream_try_end(req, 1);
-    if (elsewhere && may_retry(req)) {
-        int next = pick_target(req);
-        if (next >= 0) {
-            lp_log_warn("upstream %s: %s; trying %s", addr, why, u->targets[next].conf->addr.text);
-            lp_peer_t *np = peer_new(req->conn->w, u, u->targets[next].pool);
-            if (np) {
-                peer_connect(np, req);
-                return;
-            }
-        }
-    }
     if (retry) {
+        /* A pooled connection the target had closed: the same try goes on, on a fresh one. */
         lp_log_debug("upstream %s: pooled connection failed (%s); retrying on a new one", addr,
                      why);
         lp_peer_t *np = peer_new(req->conn->w, req->upstream, t);
@@ -402,6 +414,14 @@ static void peer_fail(lp_peer_t *p, int status, const char *why)
             peer_connect(np, req);
             return;
         }
+    }
+    lp_upstream_try_end(req, 1);
+    req->fail_kind = (uint8_t)kind;
+    req->fail_status = 0;
+    if (elsewhere && may_retry(req)) {
+        lp_log_warn("upstream %s: %s; retrying (try %d)", addr, why, req->tries + 1);
+        upstream_next(req);
+        return;
     }
     lp_log_warn("upstream %s: %s (%s %.*s)", addr, why, llhttp_method_name(req->method),
                 (int)req->h1.path.len, req->h1.path.base);
@@ -413,19 +433,24 @@ static void on_peer_timer(uv_timer_t *tm)
     lp_peer_t *p = tm->data;
     if (p->tmode == PT_NONE || !lp_lazy_due(tm, &p->lazy, on_peer_timer))
         return;
+    if (p->tmode != PT_IDLE && p->tmode != PT_BROKEN && p->req && deadline_passed(p->req)) {
+        p->flags &= ~LP_PF_REUSED;
+        peer_fail(p, LP_FAIL_TIMEOUT, 504, "total_timeout reached"); /* no retry after it */
+        return;
+    }
     switch (p->tmode) {
     case PT_CONNECT:
-        peer_fail(p, 504,
+        peer_fail(p, LP_FAIL_TIMEOUT, 504,
                   (p->flags & LP_PF_HANDSHAKE) ? "TLS handshake timed out" : "connect timed out");
         return;
     case PT_SEND:
-        peer_fail(p, 504, "send timed out");
+        peer_fail(p, LP_FAIL_TIMEOUT, 504, "send timed out");
         return;
     case PT_READ:
-        peer_fail(p, 504, "read timed out");
+        peer_fail(p, LP_FAIL_TIMEOUT, 504, "read timed out");
         return;
     case PT_BROKEN:
-        peer_fail(p, 502, "write failed");
+        peer_fail(p, LP_FAIL_RESET, 502, "write failed");
         return;
     default:
         peer_close(p); /* idle in the pool too long */
@@ -443,7 +468,7 @@ static void on_peer_write(uv_write_t *wr, int status)
     if (p->flags & LP_PF_CLOSING)
         return;
     if (status < 0) {
-        peer_fail(p, 502, uv_strerror(status));
+        peer_fail(p, LP_FAIL_RESET, 502, uv_strerror(status));
         return;
     }
     if (p->tmode == PT_SEND) {
@@ -640,7 +665,7 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
     if (!req->resp_arena) {
         req->resp_arena = lp_buf_get(&w->bufs, LP_BUF_SMALL); /* grows: peer_grow */
         if (!req->resp_arena) {
-            peer_fail(p, 502, "out of memory");
+            peer_fail(p, LP_FAIL_PROTOCOL, 502, "out of memory");
             return;
         }
     }
@@ -667,7 +692,7 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
     if (!wb) {
         if (hb)
             lp_buf_unref(hb);
-        peer_fail(p, 502, "cannot build the request head");
+        peer_fail(p, LP_FAIL_PROTOCOL, 502, "cannot build the request head");
         return;
     }
     lp_wbatch_add(wb, hb->data, n, hb);
@@ -710,7 +735,7 @@ static void on_connect(uv_connect_t *cr, int status)
         snprintf(why, sizeof(why), "connect failed: %s", uv_strerror(status));
         /* Not a stale pooled connection: no retry, the target is down. */
         p->flags &= ~LP_PF_REUSED;
-        peer_fail(p, 502, why);
+        peer_fail(p, LP_FAIL_CONNECT, 502, why);
         return;
     }
     uv_tcp_nodelay(&p->tcp, 1);
@@ -718,14 +743,14 @@ static void on_connect(uv_connect_t *cr, int status)
         /* The connect timer keeps running through the handshake. */
         p->tls = lp_tls_connect(p->pool->tls, p->pool->sni, &p->pool->session, &p->w->bufs);
         if (!p->tls) {
-            peer_fail(p, 502, "cannot start TLS");
+            peer_fail(p, LP_FAIL_CONNECT, 502, "cannot start TLS");
             return;
         }
         p->flags |= LP_PF_HANDSHAKE;
         if (lp_tls_handshake(p->tls) == LP_ERROR) {
             char why[200];
             snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->tls));
-            peer_fail(p, 502, why);
+            peer_fail(p, LP_FAIL_CONNECT, 502, why);
             return;
         }
         if (!peer_tls_send(p))
@@ -747,7 +772,7 @@ static void peer_connect(lp_peer_t *p, lp_req_t *req)
     if (rc) {
         char why[128];
         snprintf(why, sizeof(why), "connect failed: %s", uv_strerror(rc));
-        peer_fail(p, 502, why);
+        peer_fail(p, LP_FAIL_CONNECT, 502, why);
         return;
     }
     peer_timer(p, PT_CONNECT, T(p)->connect);
@@ -792,6 +817,23 @@ static lp_str_t hash_key(lp_req_t *req)
     return (lp_str_t){NULL, 0};
 }
 
+/* The tried bitmap follows the set: rebuilt from the tried targets' serials when the set
+ * changed since the last pick (from Lua, or a DNS answer), reset for another upstream. */
+static void tried_sync(lp_req_t *req, lp_upstream_rt_t *u)
+{
+    if (req->tried_up == u && req->tried_version == u->version)
+        return;
+    memset(req->tried, 0, sizeof(req->tried));
+    if (req->tried_up != u)
+        req->ntried = 0;
+    for (unsigned k = 0; k < req->ntried; k++)
+        for (size_t i = 0; i < u->ntargets && i < LP_MAX_TRIED; i++)
+            if (u->targets[i]->serial == req->tried_serial[k])
+                lp_balancer_mark_tried(req->tried, i);
+    req->tried_up = u;
+    req->tried_version = u->version;
+}
+
 /* Picks an untried target; counts it active until lp_upstream_try_end. -1: none left. */
 static int pick_target(lp_req_t *req)
 {
@@ -803,71 +845,150 @@ static int pick_target(lp_req_t *req)
     /* Health is shared by the workers: read it as the pick needs it. */
     uint64_t now_ms = lp_health_now();
     int any = 0;
-    for (size_t i = 0; i < u->conf->ntargets; i++) {
-        u->bt[i].available = lp_health_available(u->targets[i].health, now_ms);
+    for (size_t i = 0; i < u->ntargets; i++) {
+        u->bt[i].available = lp_health_available(u->targets[i]->health, now_ms);
         any |= u->bt[i].available;
     }
     if (!any) {
         req->no_healthy = 1;
         return -1;
     }
+    tried_sync(req, u);
     int idx = lp_balancer_select(&u->bal, key.base, key.len,
-                                 u->conf->ntargets <= LP_MAX_TRIED ? req->tried : NULL, now);
+                                 u->ntargets <= LP_MAX_TRIED ? req->tried : NULL, now);
     if (idx < 0)
         return -1;
+    lp_target_rt_t *t = u->targets[idx];
     if ((size_t)idx < LP_MAX_TRIED)
         lp_balancer_mark_tried(req->tried, (size_t)idx);
+    if (req->ntried < LP_TRIED_SERIALS)
+        req->tried_serial[req->ntried++] = t->serial;
     u->bt[idx].active++;
     u->in_flight++;
+    lp_target_ref(t);
+    req->tgt = t;
     req->target = idx;
+    size_t n = strlen(t->addr.text);
+    if (n >= sizeof(req->target_addr))
+        n = sizeof(req->target_addr) - 1;
+    memcpy(req->target_addr, t->addr.text, n);
+    req->target_addr[n] = 0;
     req->tries++;
     req->try_open = 1;
     req->t_try = now;
     return idx;
 }
 
-void lp_upstream_try_end(lp_req_t *req, int failed)
+/* ---- waiting for a connection slot (max_connections, max_pending) ---- */
+
+static void queue_remove(lp_req_t *req)
 {
-    if (!req->try_open || !req->upstream || req->target < 0)
-        return;
-    lp_upstream_rt_t *u = req->upstream;
-    req->try_open = 0;
-    u->bt[req->target].active--;
-    u->in_flight--;
-    uint64_t now = uv_hrtime();
-    uint64_t until = !failed && req->t_upstream_head > req->t_try ? req->t_upstream_head : now;
-    lp_balancer_report(&u->bal, req->target, until - req->t_try, failed, now);
-    if (!failed && req->status && lp_status_in(&u->conf->health.passive_statuses, req->status))
-        failed = 1; /* a status the passive check counts as a failure */
-    lp_health_report(u->targets[req->target].health, &u->conf->health, failed, lp_health_now());
+    lp_list_remove(&req->qlink);
+    req->queued = 0;
+    req->upstream->npending--;
 }
 
-void lp_upstream_start(lp_req_t *req)
+static void on_queue_timer(uv_timer_t *tm);
+
+/* Arms the queue's timer for its head's deadline (0: now). */
+static void queue_arm(lp_upstream_rt_t *u, uint64_t ms)
+{
+    if (u->aux)
+        uv_timer_start(&u->aux->queue_timer, on_queue_timer, ms, 0);
+}
+
+static uint64_t queue_deadline(const lp_req_t *req)
+{
+    uint64_t d = req->queued_at + req->upstream->conf->pending_timeout;
+    return req->deadline && req->deadline < d ? req->deadline : d;
+}
+
+/* A slot freed, or the head's wait ran out: requests leave the queue in order. */
+static void on_queue_timer(uv_timer_t *tm)
+{
+    lp_upstream_aux_t *a = tm->data;
+    lp_upstream_rt_t *u;
+    /* A request that ends here may free the generation (and u): look again each time. */
+    while ((u = a->u) && !lp_list_empty(&u->pending)) {
+        lp_req_t *req = LP_CONTAINER_OF(u->pending.next, lp_req_t, qlink);
+        uint64_t now = uv_now(tm->loop);
+        if (u->in_flight < u->conf->max_connections) {
+            queue_remove(req);
+            upstream_try(req);
+            continue;
+        }
+        uint64_t d = queue_deadline(req);
+        if (now < d) {
+            queue_arm(u, d - now);
+            return;
+        }
+        queue_remove(req);
+        if (deadline_passed(req)) {
+            req->fail_kind = LP_FAIL_TIMEOUT;
+            lp_conn_upstream_failed(req, 504, "total_timeout reached while waiting");
+            continue;
+        }
+        lp_log_warn("upstream %s: a request waited %llu ms for one of max_connections (%u): 503",
+                    u->conf->name, (unsigned long long)(now - req->queued_at),
+                    u->conf->max_connections);
+        lp_conn_upstream_failed(req, 503, "pending_timeout");
+    }
+}
+
+void lp_upstream_try_end(lp_req_t *req, int failed)
+{
+    if (req->queued)
+        queue_remove(req); /* the request is gone while waiting for a slot */
+    if (!req->try_open || !req->upstream || !req->tgt)
+        return;
+    lp_upstream_rt_t *u = req->upstream;
+    lp_target_rt_t *t = req->tgt;
+    req->try_open = 0;
+    req->tgt = NULL;
+    u->in_flight--;
+    if (u->npending && u->in_flight < u->conf->max_connections)
+        queue_arm(u, 0); /* the next loop turn: not inside the caller's callback */
+    uint64_t now = uv_hrtime();
+    uint64_t until = !failed && req->t_upstream_head > req->t_try ? req->t_upstream_head : now;
+    if (t->idx >= 0) {
+        /* Still in the set (a target removed meanwhile has left the balancer). */
+        u->bt[t->idx].active--;
+        lp_balancer_report(&u->bal, t->idx, until - req->t_try, failed, now);
+    }
+    if (!failed && req->status && lp_status_in(&u->conf->health.passive_statuses, req->status))
+        failed = 1; /* a status the passive check counts as a failure */
+    lp_health_report(t->health, &u->conf->health, failed, lp_health_now());
+    lp_target_unref(t);
+}
+
+/* One try: a target, then an idle pooled connection to it or a new one. */
+static void upstream_try(lp_req_t *req)
 {
     lp_upstream_rt_t *u = req->upstream;
-    if (u->conf->max_connections && u->in_flight >= u->conf->max_connections) {
-        /* Circuit breaking: beyond the limit, fail fast instead of piling up. */
-        lp_log_warn("upstream %s: %u requests in flight (max_connections): 503", u->conf->name,
-                    u->in_flight);
-        lp_conn_upstream_failed(req, 503, "max_connections");
+    if (deadline_passed(req)) {
+        req->fail_kind = LP_FAIL_TIMEOUT;
+        lp_conn_upstream_failed(req, 504, "total_timeout reached");
         return;
     }
-    budget_count_request(u);
     int idx = pick_target(req);
     if (idx < 0) {
-        /* Every target down, ejected or drained: answer at once, do not queue. */
         uint64_t now = lp_health_now();
         if (req->no_healthy && now - u->last_warned >= 1000) {
             u->last_warned = now; /* once a second per worker, not per request */
             lp_log_warn("upstream %s: no available target (down, ejected or drained)",
                         u->conf->name);
         }
-        lp_conn_upstream_failed(req, req->no_healthy ? 503 : 502, "no upstream target");
+        /* A retry that finds no other target answers what the last try failed with; a
+         * first try with every target unavailable 503 at once, without waiting. */
+        if (req->fail_kind)
+            lp_conn_upstream_failed(req, failure_status(req), "no other target to retry");
+        else
+            lp_conn_upstream_failed(req, req->no_healthy ? 503 : 502, "no upstream target");
         return;
     }
-    req->t_upstream = uv_hrtime();
-    lp_pool_t *t = u->targets[idx].pool;
-    lp_worker_t *w = req->conn->w;
+    if (req->tries == 1)
+        req->t_upstream = uv_hrtime();
+    lp_pool_t *t = u->targets[idx]->pool;
     if (!lp_list_empty(&t->idle)) {
         lp_peer_t *p = LP_CONTAINER_OF(t->idle.next, lp_peer_t, link);
         lp_list_remove(&p->link);
@@ -877,12 +998,52 @@ void lp_upstream_start(lp_req_t *req)
         peer_start_request(p, req);
         return;
     }
-    lp_peer_t *p = peer_new(w, u, t);
+    lp_peer_t *p = peer_new(req->conn->w, u, t);
     if (!p) {
         lp_conn_upstream_failed(req, 502, "out of memory");
         return;
     }
     peer_connect(p, req);
+}
+
+void lp_upstream_start(lp_req_t *req)
+{
+    lp_upstream_rt_t *u = req->upstream;
+    if (req->tries) {
+        upstream_try(req); /* a retry, after the upstream phase ran again */
+        return;
+    }
+    /* The request's first try: per-request state (conn.c resets tries and tried). */
+    req->tried_up = NULL;
+    req->ntried = 0;
+    req->fail_kind = LP_FAIL_NONE;
+    req->fail_status = 0;
+    req->tgt = NULL;
+    req->queued = 0;
+    uint64_t now = uv_now(&req->conn->w->loop);
+    req->deadline = u->conf->total_timeout ? now + u->conf->total_timeout : 0;
+    budget_count_request(u);
+    if (u->conf->max_connections && u->in_flight + u->npending >= u->conf->max_connections) {
+        /* Circuit breaking: wait in a bounded queue for a slot, beyond it fail fast. */
+        if (u->npending >= u->conf->max_pending || !u->aux) {
+            uint64_t ms = lp_health_now();
+            if (ms - u->last_warned >= 1000) {
+                u->last_warned = ms;
+                lp_log_warn("upstream %s: %u requests in flight (max_connections) and %u waiting "
+                            "(max_pending): 503",
+                            u->conf->name, u->in_flight, u->npending);
+            }
+            lp_conn_upstream_failed(req, 503, "max_connections");
+            return;
+        }
+        req->queued = 1;
+        req->queued_at = now;
+        lp_list_insert_tail(&u->pending, &req->qlink);
+        if (u->npending++ == 0)
+            queue_arm(u, queue_deadline(req) - now);
+        return;
+    }
+    upstream_try(req);
 }
 
 /* ---- reading the response ---- */
@@ -933,19 +1094,10 @@ static int retry_on_status(lp_peer_t *p)
     peer_close(p); /* its body is unread: the connection cannot be reused */
     lp_upstream_try_end(req, 1);
     req->status = 0;
-    int next = pick_target(req);
-    if (next < 0) {
-        lp_conn_upstream_failed(req, status, "no other target to retry");
-        return 1;
-    }
-    lp_log_info("upstream %s: status %d, retrying on %s", addr, status,
-                u->targets[next].conf->addr.text);
-    lp_peer_t *np = peer_new(req->conn->w, u, u->targets[next].pool);
-    if (!np) {
-        lp_conn_upstream_failed(req, 502, "out of memory");
-        return 1;
-    }
-    peer_connect(np, req);
+    req->fail_kind = LP_FAIL_STATUS;
+    req->fail_status = status;
+    lp_log_info("upstream %s: status %d, retrying (try %d)", addr, status, req->tries + 1);
+    upstream_next(req);
     return 1;
 }
 
@@ -968,6 +1120,7 @@ static void peer_parse(lp_peer_t *p)
             lp_h1_resume(&p->h1);
             if (retry_on_status(p))
                 return;
+            req->deadline = 0; /* total_timeout ends with the response head */
             int hr = lp_conn_response_head(req, &p->h1);
             if (hr == LP_AGAIN) {
                 /* The response phase waits: so does the body. */
@@ -981,7 +1134,8 @@ static void peer_parse(lp_peer_t *p)
             }
             if (hr) {
                 p->flags &= ~LP_PF_REUSED;
-                peer_fail(p, hr, hr == 500 ? "response phase failed" : "response head too large");
+                peer_fail(p, LP_FAIL_PROTOCOL, hr,
+                          hr == 500 ? "response phase failed" : "response head too large");
                 return;
             }
             break;
@@ -1004,7 +1158,7 @@ static void peer_parse(lp_peer_t *p)
             snprintf(why, sizeof(why), "invalid response: %s",
                      p->h1.err_reason ? p->h1.err_reason : "parse error");
             p->flags &= ~LP_PF_REUSED; /* the upstream answered: never retry */
-            peer_fail(p, 502, why);
+            peer_fail(p, LP_FAIL_PROTOCOL, 502, why);
             return;
         }
         }
@@ -1070,7 +1224,7 @@ static void peer_eof(lp_peer_t *p, int err)
     }
     if (p->flags & LP_PF_RESP_BYTES)
         p->flags &= ~LP_PF_REUSED;
-    peer_fail(p, 502,
+    peer_fail(p, LP_FAIL_RESET, 502,
               (req->flags & LP_RF_RESP_STARTED) ? "upstream closed mid-response"
               : err                             ? uv_strerror(err)
                                                 : "upstream closed the connection");
@@ -1145,7 +1299,7 @@ static void peer_tls_input(lp_peer_t *p, size_t n)
         if (rc == LP_ERROR) {
             char why[200];
             snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->tls));
-            peer_fail(p, 502, why);
+            peer_fail(p, LP_FAIL_CONNECT, 502, why);
             return;
         }
         peer_connected(p);

@@ -4,9 +4,17 @@
 
 #include "proxy-t.h"
 
-/* One generation's upstreams (balancer state; pools are the worker's, shared). */
-lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg, uint64_t gen);
+/* One generation's upstreams in worker w (targets and balancer state; pools are the
+ * worker's, shared by generations). Made on any thread (the main thread builds it before
+ * the generation's init_worker runs, which may change it), then attached on the worker's
+ * thread before it serves: pools and timers. */
+lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg);
+int lp_upstream_rt_attach(lp_worker_t *w, lp_upstream_rt_t *ups, size_t n, uint64_t gen);
 void lp_upstream_rt_free(lp_upstream_rt_t *ups, size_t n);
+/* The worker's connection pool to addr, made on first use; gen: the newest generation that
+ * uses it. Worker thread. */
+lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
+                             struct lp_tls_client_s *tls);
 /* At worker exit: the pools and set_target() upstreams. */
 void lp_upstream_destroy_all(lp_worker_t *w);
 

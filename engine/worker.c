@@ -14,8 +14,9 @@
 /* A generation handed from the main thread to one worker (through its mailbox). */
 typedef struct lp_switch_s {
     lp_gen_t *gen;
-    struct lp_lua_s *vm; /* this worker's VM for it (handed over), NULL without Lua */
-    int *fds;            /* per listen entry: a new bound socket, or -1 to keep the old */
+    struct lp_lua_s *vm;         /* this worker's VM for it (handed over), NULL without Lua */
+    lp_upstream_rt_t *upstreams; /* this worker's upstreams for it (handed over) */
+    int *fds;                    /* per listen entry: a new bound socket, or -1 to keep the old */
     int ok;
     char err[256];
 } lp_switch_t;
@@ -148,7 +149,12 @@ static void apply_switch(lp_worker_t *w, lp_switch_t *sw)
 {
     const lp_config_t *cfg = sw->gen->config;
     lp_wgen_t *g = calloc(1, sizeof(*g));
-    lp_upstream_rt_t *ups = g ? lp_upstream_rt_new(w, cfg, sw->gen->id) : NULL;
+    lp_upstream_rt_t *ups = sw->upstreams;
+    sw->upstreams = NULL;
+    if (!g || lp_upstream_rt_attach(w, ups, cfg->nupstreams, sw->gen->id)) {
+        lp_upstream_rt_free(ups, cfg->nupstreams);
+        ups = NULL;
+    }
     lp_accesslog_t *log = NULL;
     int log_changed = access_log_changed(w->config, cfg);
     if (ups && log_changed && cfg->access_log) {
@@ -392,8 +398,11 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, c
             else if (!kept && (s->fds[i] = lp_listen_socket(&cfg->listen[i], err, errlen)) < 0)
                 rc = LP_EIO;
         }
+        /* Made here so that init_worker may change the targets (proxy.upstream()). */
+        if (!rc && !(s->upstreams = lp_upstream_rt_new(&ws[built], cfg)))
+            rc = LP_ENOMEM;
         if (!rc)
-            rc = lp_lua_open(&ws[built], cfg, &s->vm, err, errlen);
+            rc = lp_lua_open(&ws[built], cfg, s->upstreams, &s->vm, err, errlen);
         if (rc) {
             built++;
             break;
@@ -406,6 +415,7 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, c
                     close(sw[i].fds[j]);
             free(sw[i].fds);
             lp_lua_retire(sw[i].vm);
+            lp_upstream_rt_free(sw[i].upstreams, cfg->nupstreams);
         }
         lp_config_free(cfg);
         free(gen);

@@ -5,6 +5,7 @@ local ffi = require "ffi"
 local K = require "luaproxy.ffi"
 local C = ffi.C
 local select, tostring, concat = select, tostring, table.concat
+local type, tonumber, error, setmetatable, format = type, tonumber, error, setmetatable, string.format
 local yield = coroutine.yield
 
 local proxy = { json = require "cjson", log = {}, version = "0.1.0" }
@@ -34,6 +35,73 @@ function proxy.sleep(seconds)
     error("proxy.sleep: only inside a request phase", 2)
   end
   yield()
+end
+
+-- ---- upstream targets (per worker; a reload starts again from the config) ----
+
+local Upstream = {}
+Upstream.__index = Upstream
+local str_out = ffi.new("lp_str_t[2]")
+
+local function target_args(self, what, addr, weight)
+  if type(addr) ~= "string" then
+    error(format("%s(): expected an address \"ip:port\", got %s", what, type(addr)), 3)
+  end
+  weight = weight == nil and 1 or tonumber(weight)
+  if not weight or weight < 1 or weight > 10000 or weight % 1 ~= 0 then
+    error(what .. "(): the weight must be a whole number from 1 to 10000", 3)
+  end
+  return addr, weight
+end
+
+local function target_op(self, what, op, addr, weight)
+  local rc = C.lp_ffi_upstream_target(self._i, op, addr, #addr, weight)
+  if rc >= 0 then return true end
+  if rc == K.EPHASE then
+    error(what .. "(): only in init_worker and request phases", 3)
+  end
+  if rc == K.ENOTFOUND then return nil, "no target " .. addr .. " in upstream " .. self.name end
+  if rc == K.EINVAL then return nil, "expected an IP address and port, got " .. addr end
+  return nil, "out of memory"
+end
+
+-- Adds a target (or sets the weight of the one at that address): true, or nil and a message.
+function Upstream:add_target(addr, weight)
+  addr, weight = target_args(self, "add_target", addr, weight)
+  return target_op(self, "add_target", K.TADD, addr, weight)
+end
+
+function Upstream:remove_target(addr)
+  addr = target_args(self, "remove_target", addr, 1)
+  return target_op(self, "remove_target", K.TREMOVE, addr, 1)
+end
+
+function Upstream:set_weight(addr, weight)
+  if weight == nil then error("set_weight(): expected a weight", 2) end
+  addr, weight = target_args(self, "set_weight", addr, weight)
+  return target_op(self, "set_weight", K.TWEIGHT, addr, weight)
+end
+
+-- The targets as this worker sees them now: { { address =, weight =, state = }, ... }.
+function Upstream:targets()
+  local out = {}
+  local i = 0
+  while true do
+    local w = C.lp_ffi_upstream_target_at(self._i, i, str_out, str_out + 1)
+    if w < 0 then return out end
+    i = i + 1
+    out[i] = { address = ffi.string(str_out[0].base, str_out[0].len), weight = w,
+               state = ffi.string(str_out[1].base, str_out[1].len) }
+  end
+end
+
+-- The upstream `name` of the running generation, in this worker.
+function proxy.upstream(name)
+  if type(name) ~= "string" then error("proxy.upstream(): expected an upstream name", 2) end
+  local i = C.lp_ffi_upstream_find(name, #name)
+  if i == K.EPHASE then error("proxy.upstream(): only in init_worker and request phases", 2) end
+  if i < 0 then error(format("proxy.upstream(): no upstream named %q", name), 2) end
+  return setmetatable({ name = name, _i = i }, Upstream)
 end
 
 function proxy.now() return C.lp_ffi_now() end

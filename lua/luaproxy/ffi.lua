@@ -23,6 +23,10 @@ int lp_ffi_body_read(void *r, double max, lp_str_t *out);
 void lp_ffi_log(int level, const char *msg, size_t len);
 double lp_ffi_now(void);
 int lp_ffi_worker_id(void);
+int lp_ffi_last_failure(void *r, lp_str_t *addr, int *status);
+int lp_ffi_upstream_find(const char *name, size_t n);
+int lp_ffi_upstream_target(int ups, int op, const char *addr, size_t n, int weight);
+int lp_ffi_upstream_target_at(int ups, int i, lp_str_t *addr, lp_str_t *state);
 ]]
 
 return {
@@ -34,6 +38,10 @@ return {
   TLS_CLIENT_VERIFIED = 6, TLS_CLIENT_SUBJECT = 7,
   -- lp_ffi_header_set modes
   HSET = 0, HADD = 1, HCLEAR = 2,
+  -- lp_ffi_upstream_target ops
+  TADD = 0, TREMOVE = 1, TWEIGHT = 2,
   -- return codes
-  EINVAL = -1, ENOSPACE = -2, EFRAMING = -3,
+  EINVAL = -1, ENOSPACE = -2, EFRAMING = -3, EPHASE = -4, ENOTFOUND = -5,
+  -- req:last_failure() kinds (engine/proxy-t.h lp_fail_kind_t)
+  FAILURES = { "connect", "timeout", "reset", "status", "protocol" },
 }

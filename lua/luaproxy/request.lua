@@ -207,7 +207,6 @@ function methods.set_target(h, host, port)
   end
 end
 
--- The whole request body (gathered before it goes upstream, which still gets all of it).
 -- The key the `hash` balancing policy uses for this request (instead of its hash_on).
 function methods.set_hash_key(h, key)
   check(h, "set_hash_key")
@@ -217,6 +216,19 @@ function methods.set_hash_key(h, key)
   end
 end
 
+-- Why the last try failed, before the upstream phase runs again for a retry: kind
+-- ("connect", "timeout", "reset", "status" or "protocol"), the upstream's status (for
+-- "status", else nil) and the target's address; nil on the first try.
+local status_out = ffi.new("int[1]")
+function methods.last_failure(h)
+  check(h, "last_failure")
+  local kind = C.lp_ffi_last_failure(h._r, s1, status_out)
+  if kind == 0 then return nil end
+  local status = status_out[0]
+  return K.FAILURES[kind] or "error", status > 0 and status or nil, ffi_string(s1[0].base, s1[0].len)
+end
+
+-- The whole request body (gathered before it goes upstream, which still gets all of it).
 function methods.body(h, max_bytes)
   check(h, "body")
   max_bytes = tonumber(max_bytes)

@@ -62,6 +62,86 @@ function fake.sleep(seconds)
   if running and co_running() == running then co_yield(SLEEP) end
 end
 
+-- proxy.upstream(name): the targets a spec gave with T.upstream_targets(), changed in
+-- place like one worker's set in the engine.
+T.upstreams = {}
+
+function T.upstream_targets(name, targets)
+  local list = {}
+  for i, t in ipairs(targets) do
+    if type(t) == "string" then t = { address = t } end
+    list[i] = { address = t.address, weight = t.weight or 1, state = t.state or "up" }
+  end
+  T.upstreams[name] = list
+  return list
+end
+
+local Upstream = {}
+Upstream.__index = Upstream
+
+local function find_target(self, addr)
+  for i, t in ipairs(T.upstreams[self.name]) do
+    if t.address == addr then return i, t end
+  end
+end
+
+local function check_target_args(what, addr, weight)
+  if type(addr) ~= "string" then
+    error(format("%s(): expected an address \"ip:port\", got %s", what, type(addr)), 3)
+  end
+  if weight ~= nil and (type(weight) ~= "number" or weight < 1 or weight > 10000
+                        or weight % 1 ~= 0) then
+    error(what .. "(): the weight must be a whole number from 1 to 10000", 3)
+  end
+end
+
+function Upstream:add_target(addr, weight)
+  check_target_args("add_target", addr, weight)
+  local host, port = addr:match("^%[?([%x:%.]+)%]?:(%d+)$")
+  if not host or tonumber(port) < 1 or tonumber(port) > 65535 then
+    return nil, "expected an IP address and port, got " .. addr
+  end
+  local _, t = find_target(self, addr)
+  if t then
+    t.weight = weight or 1
+  else
+    local list = T.upstreams[self.name]
+    list[#list + 1] = { address = addr, weight = weight or 1, state = "up" }
+  end
+  return true
+end
+
+function Upstream:remove_target(addr)
+  check_target_args("remove_target", addr)
+  local i = find_target(self, addr)
+  if not i then return nil, "no target " .. addr .. " in upstream " .. self.name end
+  table.remove(T.upstreams[self.name], i)
+  return true
+end
+
+function Upstream:set_weight(addr, weight)
+  if weight == nil then error("set_weight(): expected a weight", 2) end
+  check_target_args("set_weight", addr, weight)
+  local _, t = find_target(self, addr)
+  if not t then return nil, "no target " .. addr .. " in upstream " .. self.name end
+  t.weight = weight
+  return true
+end
+
+function Upstream:targets()
+  local out = {}
+  for i, t in ipairs(T.upstreams[self.name]) do
+    out[i] = { address = t.address, weight = t.weight, state = t.state }
+  end
+  return out
+end
+
+function fake.upstream(name)
+  if type(name) ~= "string" then error("proxy.upstream(): expected an upstream name", 2) end
+  if not T.upstreams[name] then error(format("proxy.upstream(): no upstream named %q", name), 2) end
+  return setmetatable({ name = name }, Upstream)
+end
+
 T.proxy = fake
 -- The engine's module wins when present (specs run inside the proxy).
 if not package.loaded.proxy then
@@ -218,7 +298,9 @@ end
 --   tls = { protocol = "TLSv1.3", sni = "example.com", ... } (what req:tls() returns; it also
 --   makes scheme "https" unless given),
 --   upstreams = { "app", ... } (names req:set_upstream accepts; any name when absent),
---   upstream = "app" (the upstream the config's route chose), ctx = {}, phase = "request".
+--   upstream = "app" (the upstream the config's route chose), ctx = {}, phase = "request",
+--   last_failure = { "connect", nil, "127.0.0.1:9001" } (what req:last_failure() returns in
+--   the upstream phase: the retry being simulated; absent: a first try).
 function T.request(spec)
   spec = spec or {}
   local uri = spec.uri or "/"
@@ -251,6 +333,7 @@ function T.request(spec)
     _resp_body = nil,
     _responded = false,
     _upstream_addr = nil,
+    _last_failure = spec.last_failure,
   }, Req)
   if spec.upstream and known and not known[spec.upstream] then
     error("proxy.test.request(): upstream " .. spec.upstream .. " is not in upstreams", 2)
@@ -431,6 +514,14 @@ function Req:set_hash_key(key)
   check("set_hash_key", self._phase)
   if type(key) ~= "string" then error("req:set_hash_key(): expected a string", 2) end
   self._hash_key = key
+end
+
+-- Why the previous try failed (kind, status, address), nil on the first try.
+function Req:last_failure()
+  check("last_failure", self._phase)
+  local f = self._last_failure
+  if not f then return nil end
+  return f[1], f[2], f[3]
 end
 
 function Req:body(max_bytes)

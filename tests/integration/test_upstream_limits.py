@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Upstream limits and DNS targets (README, docs/health.md, docs/balancing.md):
+total_timeout across all tries (504, no retry after it), max_pending (requests wait in a
+FIFO for max_connections, 503 at once beyond the queue, 503 after pending_timeout), and
+targets given as host names (`localhost` resolves to 127.0.0.1 here; a name that does
+not resolve is logged and leaves the others serving; answers are applied again every
+dns_ttl).
+
+lp_origins answer /delay?ms=N after N ms. One worker: max_connections and the queue are
+per worker. Time bounds are generous upper limits, never exact durations."""
+
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reload"))
+import reloadtest as RT  # noqa: E402
+from reloadtest import H  # noqa: E402
+
+# /remove?addr= takes a target out of this worker's set; /targets lists it.
+TARGETS = r'''
+local P = { name = "targets", priority = 200,
+            schema = { fields = { upstream = { type = "string" } } } }
+function P.request(req, conf)
+  local u = proxy.upstream(conf.upstream)
+  if req:path() == "/targets" then return req:respond(200, proxy.json.encode(u:targets())) end
+  if req:path() == "/remove" then
+    local ok, err = u:remove_target(req:query("addr"))
+    return req:respond(ok and 200 or 404, err or "ok")
+  end
+end
+return P
+'''
+
+
+def route(host, upstream, **kw):
+    r = {"match": {"host": host, "prefix": "/"}, "upstream": upstream}
+    r.update(kw)
+    return r
+
+
+class Timed:
+    """A request in a thread: .status, .elapsed (seconds), .origin."""
+
+    def __init__(self, port, host, path):
+        self.status = self.elapsed = self.origin = self.error = None
+        self.t = threading.Thread(target=self._run, args=(port, host, path), daemon=True)
+        self.t.start()
+
+    def _run(self, port, host, path):
+        t0 = time.monotonic()
+        try:
+            r = H.get(port, path, host=host, timeout=H.T(20))
+            self.status, self.origin, self.body = r.status, r.header("X-Origin-Id"), r.body
+        except Exception as e:  # noqa: BLE001
+            self.error = repr(e)
+        self.elapsed = time.monotonic() - t0
+
+    def join(self):
+        self.t.join(H.T(30))
+        if self.t.is_alive():
+            raise AssertionError("request did not finish")
+        return self
+
+
+class UpstreamLimitsTest(RT.ReloadTestCase):
+    @classmethod
+    def setUpClass(cls):
+        H.require_proxy()
+        H.require_origin()
+        cls.a = cls.start_origin("a")
+        cls.b = cls.start_origin("b")
+        a, b = cls.a.address(), cls.b.address()
+        # total_timeout against per-try read timeouts of 0.4 s (a proxy of its own).
+        cls.tproxy = cls.start_reload_proxy(
+            {"total": H.upstream(a, b, total_timeout=0.6, retries=5),
+             "total1": H.upstream(a, total_timeout=0.3)},
+            [route("total.test", "total"), route("total1.test", "total1")],
+            workers=1, timeouts={"read": 0.4}, name="total")
+        cls.ups = {
+            "queue": H.upstream(a, max_connections=1, max_pending=2, pending_timeout=5),
+            "qtime": H.upstream(b, max_connections=1, max_pending=5, pending_timeout=0.3),
+            "dns": H.upstream("localhost:%d" % cls.a.port, dns_ttl=0.2),
+            "mixed": H.upstream("no-such-host.invalid:%d" % cls.b.port, b, dns_ttl=0.2),
+        }
+        cls.routes = [
+            route("queue.test", "queue"), route("qtime.test", "qtime"),
+            route("dns.test", "dns", plugins=[{"name": "targets", "upstream": "dns"}]),
+            route("mixed.test", "mixed"),
+        ]
+        cls.proxy = cls.start_reload_proxy(cls.ups, cls.routes, workers=1,
+                                           files={"plugins/targets.lua": TARGETS})
+
+    # ---- total_timeout ----
+
+    def test_total_timeout_ends_the_retries(self):
+        # The first try times out after read = 0.4 s and the GET is retried on the other
+        # target, whose try total_timeout = 0.6 s cuts short: 504, and no third try.
+        t = Timed(self.tproxy.port, "total.test", "/delay?ms=3000").join()
+        self.assertEqual(t.status, 504, t.error)
+        self.assertGreater(t.elapsed, 0.55)
+        self.assertLess(t.elapsed, 0.78)
+        self.assertTrue(self.log_lines("total_timeout reached", proxy=self.tproxy),
+                        self.tproxy.stderr()[-2000:])
+        self.assertEqual(len(self.log_lines("retrying (try 2)", proxy=self.tproxy)), 1)
+        self.assertFalse(self.log_lines("retrying (try 3)", proxy=self.tproxy))
+
+    def test_total_timeout_under_one_slow_try(self):
+        # Shorter than the per-try read timeout: 504 at 0.3 s; a fast answer is untouched.
+        t = Timed(self.tproxy.port, "total1.test", "/delay?ms=2000").join()
+        self.assertEqual(t.status, 504, t.error)
+        self.assertLess(t.elapsed, 0.39)
+        t = Timed(self.tproxy.port, "total1.test", "/delay?ms=50").join()
+        self.assertEqual(t.status, 200, t.error)
+
+    # ---- max_connections, max_pending ----
+
+    def test_requests_wait_for_a_slot_in_order(self):
+        first = Timed(self.proxy.port, "queue.test", "/delay?ms=600")
+        time.sleep(0.15)
+        waiting = []
+        for _ in range(2):
+            waiting.append(Timed(self.proxy.port, "queue.test", "/delay?ms=10"))
+            time.sleep(0.05)
+        time.sleep(0.1)
+        # One in flight, two waiting: the fourth is refused at once.
+        over = Timed(self.proxy.port, "queue.test", "/fixed?size=10").join()
+        self.assertEqual(over.status, 503, over.error)
+        self.assertLess(over.elapsed, 0.3)
+        self.assertIn(b"503", over.body)
+        self.assertEqual(first.join().status, 200)
+        for w in waiting:
+            self.assertEqual(w.join().status, 200, w.error)
+            self.assertGreater(w.elapsed, 0.3)  # they waited for the first to finish
+        self.assertLess(waiting[0].elapsed, waiting[1].elapsed + 0.05)
+        self.assertTrue(self.log_lines("(max_pending): 503"))
+        # The queue is empty again: a request goes through at once.
+        self.assertEqual(Timed(self.proxy.port, "queue.test", "/fixed?size=10").join().status,
+                         200)
+
+    def test_pending_timeout(self):
+        first = Timed(self.proxy.port, "qtime.test", "/delay?ms=1500")
+        time.sleep(0.15)
+        t = Timed(self.proxy.port, "qtime.test", "/fixed?size=10").join()
+        self.assertEqual(t.status, 503, t.error)
+        self.assertGreater(t.elapsed, 0.25)
+        self.assertLess(t.elapsed, 1.2)
+        self.assertEqual(first.join().status, 200)
+        self.assertTrue(self.log_lines("waited"), self.proxy.stderr()[-2000:])
+
+    def test_a_client_that_leaves_the_queue_frees_its_place(self):
+        first = Timed(self.proxy.port, "queue.test", "/delay?ms=500")
+        time.sleep(0.1)
+        c = H.Client(self.proxy.port, timeout=H.T(10))
+        c.send("GET /fixed?size=10 HTTP/1.1\r\nHost: queue.test\r\n\r\n")
+        time.sleep(0.1)
+        c.abort()
+        time.sleep(0.1)
+        w = [Timed(self.proxy.port, "queue.test", "/fixed?size=10") for _ in range(2)]
+        self.assertEqual(first.join().status, 200)
+        self.assertEqual([x.join().status for x in w], [200, 200])
+        self.assertAlive()
+
+    # ---- DNS targets ----
+
+    def test_localhost_resolves_and_serves(self):
+        r = H.get(self.proxy.port, "/fixed?size=10", host="dns.test")
+        self.assertEqual((r.status, r.header("X-Origin-Id")), (200, "a"))
+        ups = {u["name"]: u for u in self.admin_json("GET", "/upstreams")["upstreams"]}
+        t = ups["dns"]["targets"]
+        self.assertEqual(t, [dict(t[0], address=self.a.address(),
+                                  name="localhost:%d" % self.a.port)])
+        r = H.get(self.proxy.port, "/targets", host="dns.test")
+        self.assertEqual([x["address"] for x in json.loads(r.body)], [self.a.address()])
+
+    def test_the_answer_is_applied_again_every_ttl(self):
+        # Removed from Lua, the address comes back with the next resolution (dns_ttl 0.2 s).
+        r = H.get(self.proxy.port, "/remove?addr=" + self.a.address(), host="dns.test")
+        self.assertEqual(r.status, 200, r.body)
+
+        def back():
+            r = H.get(self.proxy.port, "/targets", host="dns.test")
+            return [x["address"] for x in json.loads(r.body)] == [self.a.address()]
+        H.wait_for(back, H.T(5), what="localhost re-resolved")
+        self.assertTrue(self.log_lines("localhost:%d resolves to 1 address: %s" %
+                                       (self.a.port, self.a.address())))
+        r = H.get(self.proxy.port, "/fixed?size=10", host="dns.test")
+        self.assertEqual(r.status, 200)
+
+    def test_a_name_that_does_not_resolve(self):
+        for _ in range(4):
+            r = H.get(self.proxy.port, "/fixed?size=10", host="mixed.test")
+            self.assertEqual((r.status, r.header("X-Origin-Id")), (200, "b"))
+        # Logged at load, then at each failed re-resolution (sooner than 5 s when empty).
+        H.wait_for(lambda: len(self.log_lines("no-such-host.invalid")) >= 2, H.T(10),
+                   what="failed resolutions logged")
+        self.assertTrue(self.log_lines("cannot resolve"))
+        rc, out, err = self.cli("-t")
+        self.assertEqual(rc, 0, out + err)  # not a config error
+
+
+if __name__ == "__main__":
+    H.main()
