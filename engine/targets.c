@@ -39,6 +39,15 @@ static int rebuild(lp_upstream_rt_t *u)
     return lp_balancer_update(&u->bal);
 }
 
+/* A target's pool; a TLS one resolved from a name sends and verifies that name. */
+static lp_pool_t *target_pool(lp_upstream_rt_t *u, const lp_target_rt_t *t)
+{
+    const char *name = t->origin >= 0 && (size_t)t->origin < u->conf->ntargets
+                           ? u->conf->targets[t->origin].host
+                           : NULL;
+    return lp__upstream_pool(u->w, &t->addr, u->gen, u->conf->tls, name);
+}
+
 static lp_target_rt_t *target_new(lp_upstream_rt_t *u, const lp_addr_t *addr, unsigned weight,
                                   int origin)
 {
@@ -59,7 +68,7 @@ static lp_target_rt_t *target_new(lp_upstream_rt_t *u, const lp_addr_t *addr, un
     t->serial = ++u->next_serial;
     t->origin = origin;
     if (u->w)
-        t->pool = lp__upstream_pool(u->w, &t->addr, u->gen, u->conf->tls);
+        t->pool = target_pool(u, t);
     if (u->w && !t->pool) {
         lp_target_unref(t);
         return NULL;
@@ -324,7 +333,7 @@ int lp_targets_attach(lp_upstream_rt_t *u, lp_worker_t *w, uint64_t gen)
     u->w = w;
     u->gen = gen;
     for (size_t i = 0; i < u->ntargets; i++)
-        if (!(u->targets[i]->pool = lp__upstream_pool(w, &u->targets[i]->addr, gen, u->conf->tls)))
+        if (!(u->targets[i]->pool = target_pool(u, u->targets[i])))
             return LP_ENOMEM;
     int names = 0;
     for (size_t i = 0; i < u->conf->ntargets; i++)

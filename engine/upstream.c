@@ -47,14 +47,16 @@ static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
     lp_lazy_set(&p->timer, &p->lazy, ms, on_peer_timer);
 }
 
-/* The name a TLS connection to addr sends as SNI and verifies: the configured one, else
- * the host part of "host:port" / "[v6]:port". */
-static char *tls_name(const lp_addr_t *addr, lp_tls_client_t *tls)
+/* The name a TLS connection to addr sends as SNI and verifies: the configured one, the
+ * DNS name the address came from, else the host part of "host:port" / "[v6]:port". */
+static char *tls_name(const lp_addr_t *addr, lp_tls_client_t *tls, const char *name)
 {
     if (!tls)
         return NULL;
     if (lp_tls_client_sni(tls))
         return strdup(lp_tls_client_sni(tls));
+    if (name)
+        return strdup(name);
     const char *t = addr->text, *end;
     if (t[0] == '[' && (end = strchr(t, ']')))
         return strndup(t + 1, (size_t)(end - t - 1));
@@ -64,16 +66,17 @@ static char *tls_name(const lp_addr_t *addr, lp_tls_client_t *tls)
 
 /* The worker's pool for an address and TLS settings, made on first use. */
 lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
-                             lp_tls_client_t *tls)
+                             lp_tls_client_t *tls, const char *name)
 {
     lp_pool_t *p;
-    char *sni = tls_name(addr, tls);
+    char *sni = tls_name(addr, tls, name);
     if (tls && !sni)
         return NULL;
     for (p = w->pools; p; p = p->next)
         if (p->addr.addrlen == addr->addrlen && strcmp(p->addr.text, addr->text) == 0 &&
             memcmp(&p->addr.addr, &addr->addr, addr->addrlen) == 0 && !p->tls == !tls &&
-            (!tls || strcmp(lp_tls_client_key(p->tls), lp_tls_client_key(tls)) == 0))
+            (!tls || (strcmp(lp_tls_client_key(p->tls), lp_tls_client_key(tls)) == 0 &&
+                      strcmp(p->sni, sni) == 0)))
             break;
     if (!p) {
         p = calloc(1, sizeof(*p));

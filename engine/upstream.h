@@ -12,9 +12,10 @@ lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg);
 int lp_upstream_rt_attach(lp_worker_t *w, lp_upstream_rt_t *ups, size_t n, uint64_t gen);
 void lp_upstream_rt_free(lp_upstream_rt_t *ups, size_t n);
 /* The worker's connection pool to addr, made on first use; gen: the newest generation that
- * uses it. Worker thread. */
+ * uses it. With TLS, `name` (NULL: addr's host) is sent as SNI and verified, unless the
+ * upstream's tls.sni overrides it. Worker thread. */
 lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
-                             struct lp_tls_client_s *tls);
+                             struct lp_tls_client_s *tls, const char *name);
 /* At worker exit: the pools and set_target() upstreams. */
 void lp_upstream_destroy_all(lp_worker_t *w);
 

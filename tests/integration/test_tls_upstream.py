@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """TLS to upstreams (docs/tls.md): a Python HTTPS origin with certificates made here by the
-openssl CLI. A valid certificate is verified (CA file, SNI name, IP address); an expired
+openssl CLI. A valid certificate is verified (CA file, SNI name, IP address, the name of a DNS target); an expired
 one, a wrong host name and an unknown CA give 502 with a log line naming the reason;
 verify = false accepts them; connections are pooled (one TLS connection serves many
 requests) and a new connection resumes the TLS session. Also, through a TLS listener:
@@ -32,7 +32,7 @@ def make_certs(d):
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
             "ca.pem", "-days", "30", "-subj", "/CN=Test CA", cwd=d)
     with open(os.path.join(d, "ext"), "w") as f:
-        f.write("subjectAltName=DNS:origin.test,IP:127.0.0.1\n")
+        f.write("subjectAltName=DNS:origin.test,DNS:localhost,IP:127.0.0.1\n")
 
     def signed(name, days):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key", "-out",
@@ -121,6 +121,7 @@ class UpstreamTLSTest(unittest.TestCase):
         upstreams = {
             "byname": ups(cls.good, {"ca": ca, "sni": "origin.test"}),
             "byip": ups(cls.good, {"ca": ca}),
+            "bydns": H.upstream("localhost:%d" % cls.good.port, tls={"ca": ca}),
             "pooled": ups(cls.good, {"ca": ca, "sni": "origin.test"}, keepalive=16),
             "fresh": ups(cls.good, {"ca": ca, "sni": "origin.test"}, keepalive=0),
             "expired": ups(cls.expired, {"ca": ca, "sni": "origin.test"}),
@@ -174,6 +175,13 @@ class UpstreamTLSTest(unittest.TestCase):
         r = self.get("/byip/")
         self.assertEqual(r.status, 200, r.body)
         self.assertIsNone(r.json()["sni"], "no SNI is sent for an IP address (RFC 6066)")
+
+    def test_dns_target_sends_and_verifies_its_name(self):
+        # A DNS target connects to the addresses the name resolves to, but TLS speaks to
+        # the name: SNI "localhost", checked against the certificate's DNS:localhost.
+        r = self.get("/bydns/d")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["sni"], "localhost")
 
     def test_expired_certificate_is_502_and_logged(self):
         r = self.get("/expired/")
