@@ -656,13 +656,39 @@ static int parse_target_address(vctx_t *v, const char *path, lp_target_conf_t *t
     return 0;
 }
 
+/* "http://host[:port]" and "https://host[:port]" (a trailing "/" allowed): the scheme's
+ * default port, and https marks the target for TLS. Other strings are left as they are. */
+static int parse_target_url(vctx_t *v, const char *path, lp_target_conf_t *t)
+{
+    const char *text = lua_tostring(v->L, -1);
+    int https = strncmp(text, "https://", 8) == 0;
+    if (!https && strncmp(text, "http://", 7) != 0)
+        return parse_target_address(v, path, t);
+    const char *host = text + (https ? 8 : 7);
+    size_t n = strlen(host);
+    if (n && host[n - 1] == '/')
+        n--;
+    if (!n || memchr(host, '/', n) || memchr(host, '@', n) || n > 300)
+        return fail(v, path, "\"%s\": expected scheme://host[:port] without a path", text);
+    const char *bracket = memchr(host, ']', n);
+    const char *colon = bracket ? (bracket + 1 < host + n && bracket[1] == ':' ? bracket + 1 : NULL)
+                                : memchr(host, ':', n);
+    char norm[320];
+    snprintf(norm, sizeof(norm), "%.*s%s", (int)n, host, colon ? "" : https ? ":443" : ":80");
+    lua_pushstring(v->L, norm);
+    int rc = parse_target_address(v, path, t);
+    lua_pop(v->L, 1);
+    t->https = https;
+    return rc;
+}
+
 static int load_target(vctx_t *v, const char *p, lp_target_conf_t *t)
 {
     static const char *const keys[] = {"address", "weight", NULL};
     int rc;
     t->weight = 1;
     if (lua_type(v->L, -1) == LUA_TSTRING)
-        return parse_target_address(v, p, t);
+        return parse_target_url(v, p, t);
     if (lua_type(v->L, -1) != LUA_TTABLE)
         return fail(v, p, "expected \"host:port\" or { address =, weight = }, got %s",
                     type_name(v));
@@ -673,8 +699,10 @@ static int load_target(vctx_t *v, const char *p, lp_target_conf_t *t)
     field(v, "address");
     if (lua_isnil(v->L, -1))
         rc = fail(v, pa, "required");
+    else if (lua_type(v->L, -1) != LUA_TSTRING)
+        rc = parse_target_address(v, pa, t); /* the type error */
     else
-        rc = parse_target_address(v, pa, t);
+        rc = parse_target_url(v, pa, t);
     lua_pop(v->L, 1);
     uint64_t w = 1;
     if (!rc)
@@ -941,12 +969,22 @@ static int load_upstreams(vctx_t *v, lp_config_t *c)
         u->keepalive = (unsigned)ka;
         u->keepalive_requests = (unsigned)kr;
         if (!rc) {
-            if (field(v, "tls") != LUA_TNIL) {
-                char ptls[512];
-                join(ptls, sizeof(ptls), p, "tls");
+            char ptls[512];
+            join(ptls, sizeof(ptls), p, "tls");
+            if (field(v, "tls") != LUA_TNIL)
                 rc = load_tls_client(v, ptls, u);
-            }
             lua_pop(v->L, 1);
+            size_t https = 0;
+            for (size_t i = 0; i < u->ntargets; i++)
+                https += (size_t)u->targets[i].https;
+            if (!rc && https && https != u->ntargets)
+                rc = fail(v, pt, "https:// and plain targets cannot share an upstream");
+            /* https:// targets: TLS with the defaults (the system CA store) unless tls set. */
+            if (!rc && https && !u->tls) {
+                lua_pushboolean(v->L, 1);
+                rc = load_tls_client(v, ptls, u);
+                lua_pop(v->L, 1);
+            }
         }
         lua_pop(v->L, 1);
     }

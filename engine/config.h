@@ -22,6 +22,7 @@ typedef struct {
     int port;            /* a DNS name's port */
     lp_addr_t *resolved; /* owned: a DNS name's addresses when the config was loaded */
     size_t nresolved;
+    int https; /* written as https://host[:port] */
 } lp_target_conf_t;
 
 /* The addresses a config target stands for: its own, or those its name resolved to. */

@@ -122,6 +122,8 @@ class UpstreamTLSTest(unittest.TestCase):
             "byname": ups(cls.good, {"ca": ca, "sni": "origin.test"}),
             "byip": ups(cls.good, {"ca": ca}),
             "bydns": H.upstream("localhost:%d" % cls.good.port, tls={"ca": ca}),
+            "byurl": H.upstream("https://localhost:%d/" % cls.good.port, tls={"ca": ca}),
+            "urlsystem": H.upstream("https://127.0.0.1:%d" % cls.good.port),
             "pooled": ups(cls.good, {"ca": ca, "sni": "origin.test"}, keepalive=16),
             "fresh": ups(cls.good, {"ca": ca, "sni": "origin.test"}, keepalive=0),
             "expired": ups(cls.expired, {"ca": ca, "sni": "origin.test"}),
@@ -182,6 +184,26 @@ class UpstreamTLSTest(unittest.TestCase):
         r = self.get("/bydns/d")
         self.assertEqual(r.status, 200, r.body)
         self.assertEqual(r.json()["sni"], "localhost")
+
+    def test_https_target_urls(self):
+        # https:// turns TLS on; tls = { ca = } still configures it.
+        r = self.get("/byurl/u")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["sni"], "localhost")
+        # Without a tls table: the system CA store, which does not know our CA.
+        self.assertEqual(self.get("/urlsystem/").status, 502)
+
+    def test_mixed_https_and_plain_targets_is_a_config_error(self):
+        cfg = H.make_config(H.free_port(), {"m": H.upstream("https://127.0.0.1:1", "127.0.0.1:2")},
+                            [{"match": {"prefix": "/"}, "upstream": "m"}])
+        path = os.path.join(self.dir, "mixed.lua")
+        with open(path, "w") as f:
+            f.write(H.config_text(cfg))
+        p = subprocess.run([H.LUAPROXY, "-t", "-c", path], capture_output=True, text=True,
+                           timeout=H.T(30))
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("upstreams.m.targets: https:// and plain targets cannot share an upstream",
+                      p.stdout + p.stderr)
 
     def test_expired_certificate_is_502_and_logged(self):
         r = self.get("/expired/")
