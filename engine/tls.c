@@ -196,16 +196,27 @@ static void ctx_error(char *err, size_t errlen, const char *what, const char *fi
         snprintf(err, errlen, "%s: %s", what, reason[0] ? reason : "failed");
 }
 
-/* A key that fails to load: a mismatch with the certificate says so, naming both files. */
-static void key_error(char *err, size_t errlen, const char *key, const char *cert)
+/* A certificate chain and its key into ctx (beside one of another key type, if any). A key
+ * that does not match is reported naming both files, whether OpenSSL notices it as the key
+ * loads (same type) or only in the check. */
+static int load_cert_key(SSL_CTX *ctx, const char *cert, const char *key, char *err, size_t errlen)
 {
-    unsigned long e = ERR_peek_last_error();
-    if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
-        ERR_clear_error();
-        snprintf(err, errlen, "key \"%s\" does not match certificate \"%s\"", key, cert);
-        return;
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        ctx_error(err, errlen, "cannot load certificate", cert);
+        return -1;
     }
-    ctx_error(err, errlen, "cannot load key", key);
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        unsigned long e = ERR_peek_last_error();
+        if (ERR_GET_LIB(e) != ERR_LIB_X509 || ERR_GET_REASON(e) != X509_R_KEY_VALUES_MISMATCH) {
+            ctx_error(err, errlen, "cannot load key", key);
+            return -1;
+        }
+    } else if (SSL_CTX_check_private_key(ctx) == 1) {
+        return 0;
+    }
+    ERR_clear_error();
+    snprintf(err, errlen, "key \"%s\" does not match certificate \"%s\"", key, cert);
+    return -1;
 }
 
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
@@ -471,20 +482,8 @@ lp_tls_server_t *lp_tls_server_new(const lp_tls_server_conf_t *conf, char *err, 
                 goto fail;
         }
         SSL_CTX *ctx = s->ctxs[g];
-        if (SSL_CTX_use_certificate_chain_file(ctx, cc->cert) != 1) {
-            ctx_error(err, errlen, "cannot load certificate", cc->cert);
+        if (load_cert_key(ctx, cc->cert, cc->key, err, errlen))
             goto fail;
-        }
-        if (SSL_CTX_use_PrivateKey_file(ctx, cc->key, SSL_FILETYPE_PEM) != 1) {
-            key_error(err, errlen, cc->key, cc->cert);
-            goto fail;
-        }
-        if (SSL_CTX_check_private_key(ctx) != 1) {
-            ERR_clear_error();
-            snprintf(err, errlen, "key \"%s\" does not match certificate \"%s\"", cc->key,
-                     cc->cert);
-            goto fail;
-        }
         for (size_t j = 0; j < nnames[i]; j++)
             if (add_name(s, names[i][j], ctx)) {
                 snprintf(err, errlen, "out of memory");
@@ -617,22 +616,8 @@ lp_tls_client_t *lp_tls_client_new(const lp_tls_client_conf_t *conf, char *err, 
             goto fail;
         }
     }
-    if (conf->cert) {
-        if (SSL_CTX_use_certificate_chain_file(ctx, conf->cert) != 1) {
-            ctx_error(err, errlen, "cannot load certificate", conf->cert);
-            goto fail;
-        }
-        if (SSL_CTX_use_PrivateKey_file(ctx, conf->key, SSL_FILETYPE_PEM) != 1) {
-            key_error(err, errlen, conf->key, conf->cert);
-            goto fail;
-        }
-        if (SSL_CTX_check_private_key(ctx) != 1) {
-            ERR_clear_error();
-            snprintf(err, errlen, "key \"%s\" does not match certificate \"%s\"", conf->key,
-                     conf->cert);
-            goto fail;
-        }
-    }
+    if (conf->cert && load_cert_key(ctx, conf->cert, conf->key, err, errlen))
+        goto fail;
     return c;
 fail:
     lp_tls_client_unref(c);

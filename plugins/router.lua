@@ -127,6 +127,21 @@ end
 
 local check_captures = require("luaproxy.schema").check_captures
 
+-- A host or SNI pattern: the exact lower-case name, or (for *.example.com) the suffix
+-- ".example.com" and its length.
+local function compile_name(pattern)
+  local h = lower(pattern)
+  if sub(h, 1, 2) == "*." then return nil, sub(h, 2), #h - 1 end
+  return h
+end
+
+-- name (lower case) against a compiled pattern.
+local function name_matches(name, exact, suffix, suffix_len)
+  if exact then return name == exact end
+  local n = #name
+  return n > suffix_len and find(name, suffix, n - suffix_len + 1, true) ~= nil
+end
+
 function P.compile(conf)
   local rules = {}
   local need_host, need_method = false, false
@@ -136,21 +151,9 @@ function P.compile(conf)
                 prefix_pat = r.prefix and "^" .. (r.prefix:gsub("%W", "%%%0")), pattern = r.pattern }
     if r.host then
       need_host = true
-      local h = lower(r.host)
-      if sub(h, 1, 2) == "*." then
-        c.host_suffix, c.host_suffix_len = sub(h, 2), #h - 1
-      else
-        c.host = h
-      end
+      c.host, c.host_suffix, c.host_suffix_len = compile_name(r.host)
     end
-    if r.sni then
-      local h = lower(r.sni)
-      if sub(h, 1, 2) == "*." then
-        c.sni_suffix, c.sni_suffix_len = sub(h, 2), #h - 1
-      else
-        c.sni = h
-      end
-    end
+    if r.sni then c.sni, c.sni_suffix, c.sni_suffix_len = compile_name(r.sni) end
     if r.methods and #r.methods > 0 then
       need_method = true
       c.methods = {}
@@ -185,20 +188,14 @@ end
 local function match(r, req, host, method, path)
   local m = r.methods
   if m and not m[method] then return false end
-  if r.host then
-    if host ~= r.host then return false end
-  elseif r.host_suffix then
-    local n, sn = #host, r.host_suffix_len
-    if n <= sn or not find(host, r.host_suffix, n - sn + 1, true) then return false end
+  if (r.host or r.host_suffix)
+      and not name_matches(host, r.host, r.host_suffix, r.host_suffix_len) then
+    return false
   end
   if r.sni or r.sni_suffix then
     local sni = req:var("ssl_server_name")
-    if not sni then return false end
-    if r.sni then
-      if sni ~= r.sni then return false end
-    else
-      local n, sn = #sni, r.sni_suffix_len
-      if n <= sn or not find(sni, r.sni_suffix, n - sn + 1, true) then return false end
+    if not sni or not name_matches(sni, r.sni, r.sni_suffix, r.sni_suffix_len) then
+      return false
     end
   end
   if r.path and path ~= r.path then return false end
