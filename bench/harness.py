@@ -378,7 +378,7 @@ def _write_nginx_conf(path, template, d, port, origin_port, s):
         nofile = 65536
     text = render(template, port=port, origin_port=origin_port, dir=d,
                   user="user root;" if os.geteuid() == 0 else "", nofile=nofile,
-                  cert=s["tls_cert"], key=s["tls_key"])
+                  cert=s.get("tls_cert", ""), key=s.get("tls_key", ""))
     with open(path, "w") as f:
         f.write(text)
 
@@ -422,7 +422,7 @@ def start_proxy(s, procs, workdir, name, template, origin_port):
         with open(conf, "w") as f:
             f.write(render(template, port=port, origin_port=origin_port, dir=d, user="",
                            nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
-                           cert=s["tls_cert"], key=s["tls_key"]))
+                           cert=s.get("tls_cert", ""), key=s.get("tls_key", "")))
         p = procs.start(name, [s["luaproxy"], "-c", conf, "-w", "1"], d, s["cpu_proxy"], s["pin"])
         if not wait_port(port, p):
             raise StartError("luaproxy did not listen on %d:\n%s" % (port, tail(d + "/luaproxy.out")))
