@@ -231,6 +231,10 @@ void lp_conn_close(lp_conn_t *c)
     }
     lp_tls_free(c->tls);
     c->tls = NULL;
+    if (!lp_list_empty(&c->hs_link)) {
+        lp_list_remove(&c->hs_link);
+        lp_list_init(&c->hs_link);
+    }
     uv_close((uv_handle_t *)&c->tcp, on_handle_close);
     uv_close((uv_handle_t *)&c->timer, on_handle_close);
 }
@@ -910,16 +914,65 @@ static void conn_quickack(lp_conn_t *c)
         (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 }
 
+/* Handshake time one loop turn may spend before further handshakes wait for the next
+ * turn: a full RSA-2048 handshake costs about 1 ms, so a burst of 50 new connections would
+ * otherwise hold back every established connection's request for 50 ms (nginx gets the
+ * same effect by accepting one connection per turn). */
+#define HS_BUDGET_NS 1000000
+
+static void conn_tls_step(lp_conn_t *c);
+
+static void on_hs_idle(uv_idle_t *h)
+{
+    lp_worker_t *w = h->data;
+    w->hs_turn_ns = 0;
+    while (!lp_list_empty(&w->hs_deferred) && w->hs_turn_ns < HS_BUDGET_NS) {
+        lp_conn_t *c = LP_CONTAINER_OF(w->hs_deferred.next, lp_conn_t, hs_link);
+        lp_list_remove(&c->hs_link);
+        lp_list_init(&c->hs_link);
+        conn_tls_step(c);
+    }
+    if (lp_list_empty(&w->hs_deferred))
+        uv_idle_stop(h);
+}
+
+/* Whether this handshake step waits for a later turn (queued, oldest first). Only the
+ * first step, the ClientHello (a signature, the expensive part), ever waits: a handshake
+ * under way finishes at once, and so does the request that follows it. */
+static int conn_hs_defer(lp_conn_t *c)
+{
+    lp_worker_t *w = c->w;
+    if (!lp_list_empty(&c->hs_link))
+        return 1; /* already waiting: more of its bytes arrived */
+    if (c->flags & LP_CF_TLS_HELLO)
+        return 0;
+    if (lp_list_empty(&w->hs_deferred) && w->hs_turn_ns < HS_BUDGET_NS)
+        return 0;
+    lp_list_insert_tail(&w->hs_deferred, &c->hs_link);
+    uv_idle_start(&w->hs_idle, on_hs_idle);
+    return 1;
+}
+
 /* Ciphertext arrived: handshake, then the same path as plain input. */
 static void conn_tls_input(lp_conn_t *c, size_t n)
 {
     lp_tls_in_commit(c->tls, n);
+    if (!lp_tls_established(c->tls) && lp_tls_first_byte(c->tls) == 0x16 && conn_hs_defer(c))
+        return;
+    conn_tls_step(c);
+}
+
+static void conn_tls_step(lp_conn_t *c)
+{
     if (!lp_tls_established(c->tls)) {
         if (lp_tls_first_byte(c->tls) != 0x16) { /* not a TLS handshake record */
             conn_plain_on_tls(c);
             return;
         }
+        uint64_t t0 = uv_hrtime();
         int rc = lp_tls_handshake(c->tls);
+        c->w->hs_turn_ns += uv_hrtime() - t0;
+        c->flags |= LP_CF_TLS_HELLO;
         lp_conn_flush(c);
         if (rc == LP_ERROR) {
             lp_log_info("%s: TLS handshake failed: %s", c->client_ip, lp_tls_error(c->tls));
@@ -1404,6 +1457,7 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     if (!c)
         return;
     c->w = w;
+    lp_list_init(&c->hs_link);
     uv_tcp_init(&w->loop, &c->tcp);
     c->tcp.data = c;
     c->handles = 1;

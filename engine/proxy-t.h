@@ -147,7 +147,12 @@ struct lp_worker_s {
     uint64_t requests;              /* served (read by the admin API: relaxed atomics) */
     struct lp_dyn_upstream_s **dyn; /* req:set_target() upstreams (owned), ndyn of them */
     size_t ndyn;
-    lp_req_t *free_reqs; /* recycled request objects */
+    /* TLS handshakes waiting for a later loop turn (conn.c), so that a burst of new
+     * connections does not hold back requests on established ones. */
+    lp_list_t hs_deferred; /* lp_conn_t.hs_link, oldest first */
+    uv_idle_t hs_idle;     /* runs them while any wait */
+    uint64_t hs_turn_ns;   /* handshake time spent in this loop turn */
+    lp_req_t *free_reqs;   /* recycled request objects */
     size_t nfree_reqs;
 };
 
@@ -241,6 +246,7 @@ struct lp_req_s {
 #define LP_CF_BROKEN      0x100 /* a write failed: closing on the next loop turn */
 #define LP_CF_TLS_BYE     0x200 /* TLS close_notify queued */
 #define LP_CF_TLS_END     0x400 /* TLS input ended (close_notify, EOF or error) */
+#define LP_CF_TLS_HELLO   0x800 /* the TLS handshake has begun (its ClientHello is answered) */
 
 struct lp_conn_s {
     uv_tcp_t tcp; /* tcp.data = this */
@@ -248,7 +254,8 @@ struct lp_conn_s {
     lp_worker_t *w;
     struct lp_tls_s *tls; /* owned: the TLS session on a TLS listener, else NULL */
     lp_list_t link;
-    lp_buf_t *rbuf; /* current read block (owned reference), or NULL */
+    lp_list_t hs_link; /* in w->hs_deferred while its handshake waits (else self-linked) */
+    lp_buf_t *rbuf;    /* current read block (owned reference), or NULL */
     uint32_t rpos, rlen;
     lp_req_t *req;
     lp_wbatch_t *outb;  /* batch being filled for the client */

@@ -228,6 +228,7 @@ static void maybe_finish(lp_worker_t *w)
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->flush, NULL);
+        uv_close((uv_handle_t *)&w->hs_idle, NULL);
     }
 }
 
@@ -280,6 +281,7 @@ static void on_flush(uv_prepare_t *p)
 {
     lp_worker_t *w = p->data;
     lp_accesslog_flush(w->access);
+    w->hs_turn_ns = 0; /* a new turn of I/O callbacks follows */
 }
 
 static void worker_main(void *arg)
@@ -329,6 +331,9 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     w->flush.data = w;
     uv_prepare_start(&w->flush, on_flush);
     uv_unref((uv_handle_t *)&w->flush);
+    uv_idle_init(&w->loop, &w->hs_idle);
+    w->hs_idle.data = w;
+    lp_list_init(&w->hs_deferred);
     uv_mutex_init(&w->mbox_lock);
     uv_sem_init(&w->mbox_done, 0);
     return 0;
