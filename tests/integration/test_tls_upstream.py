@@ -317,6 +317,29 @@ class UpstreamTLSTest(unittest.TestCase):
         self.assertEqual(r.status, 200)
         self.assertFalse(r.has_header("Strict-Transport-Security"), "never over plain HTTP")
 
+    def test_handshake_burst_all_complete(self):
+        # 64 handshakes at once: beyond the per-turn handshake budget they wait for later
+        # loop turns, in order; every one completes and is answered.
+        results = []
+        lock = threading.Lock()
+
+        def one(i):
+            try:
+                status, _, body = self.tls_get("/byname/burst%d" % i)
+                ok = status == 200 and json.loads(body)["path"] == "/burst%d" % i
+            except Exception as e:  # noqa: BLE001 - counted below
+                ok = repr(e)
+            with lock:
+                results.append(ok)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(60))
+        self.assertEqual(len(results), 64)
+        self.assertEqual([r for r in results if r is not True], [])
+
     def test_access_log_tls_variables(self):
         self.tls_get("/byname/log")
         self.get("/byname/log")
