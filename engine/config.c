@@ -24,6 +24,7 @@ typedef struct {
     const char *file;
     char *err;
     size_t errlen;
+    lp_config_t *c; /* the config being built */
 } vctx_t;
 
 static int fail(vctx_t *v, const char *path, const char *fmt, ...)
@@ -339,22 +340,31 @@ static int parse_address_value(vctx_t *v, const char *path, lp_addr_t *out)
 
 /* ---- TLS ---- */
 
-/* A file named in the config: relative paths are relative to the config file. */
+/* A file named in the config: relative paths are relative to the config file. Each one is
+ * listed in c->files, which --watch follows. */
 static int opt_path(vctx_t *v, const char *path, const char *k, char **out)
 {
     int rc = opt_string(v, path, k, out);
-    if (rc || !*out || (*out)[0] == '/')
+    if (rc || !*out)
         return rc;
     const char *slash = strrchr(v->file, '/');
-    if (!slash)
-        return 0;
-    size_t dlen = (size_t)(slash - v->file), n = dlen + 1 + strlen(*out) + 1;
-    char *full = malloc(n);
-    if (!full)
+    if ((*out)[0] != '/' && slash) {
+        size_t dlen = (size_t)(slash - v->file), n = dlen + 1 + strlen(*out) + 1;
+        char *full = malloc(n);
+        if (!full)
+            return fail(v, path, "out of memory");
+        snprintf(full, n, "%.*s/%s", (int)dlen, v->file, *out);
+        free(*out);
+        *out = full;
+    }
+    char **a = realloc(v->c->files, (v->c->nfiles + 1) * sizeof(char *));
+    if (!a || !(a[v->c->nfiles] = strdup(*out))) {
+        if (a)
+            v->c->files = a;
         return fail(v, path, "out of memory");
-    snprintf(full, n, "%.*s/%s", (int)dlen, v->file, *out);
-    free(*out);
-    *out = full;
+    }
+    v->c->files = a;
+    v->c->nfiles++;
     return 0;
 }
 
@@ -1288,13 +1298,13 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         lua_close(L);
         return LP_ECONFIG;
     }
-    vctx_t v = {L, path, err, errlen};
     int rc;
     lp_config_t *c = calloc(1, sizeof(*c));
     if (!c) {
         lua_close(L);
         return LP_ENOMEM;
     }
+    vctx_t v = {L, path, err, errlen, c};
     c->path = strdup(path);
     if (lua_type(L, -1) != LUA_TTABLE)
         rc = fail(&v, "(top)", "the file must return a table, got %s", type_name(&v));
@@ -1348,6 +1358,9 @@ void lp_config_free(lp_config_t *c)
     free(c->access_format);
     free(c->admin.text);
     free(c->pid_file);
+    for (size_t i = 0; i < c->nfiles; i++)
+        free(c->files[i]);
+    free(c->files);
     free(c->path);
     free(c);
 }

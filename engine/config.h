@@ -131,9 +131,11 @@ typedef struct {
     char *access_log;    /* owned; NULL: off; "-": stdout */
     char *access_format; /* owned; the access log template */
     lp_log_level_t log_level;
-    lp_addr_t admin;            /* admin API address; admin.text NULL when off */
-    char *pid_file;             /* owned, NULL when none */
-    int watch;                  /* reload when the config, a plugin or a script changes */
+    lp_addr_t admin; /* admin API address; admin.text NULL when off */
+    char *pid_file;  /* owned, NULL when none */
+    int watch;       /* reload when the config, a plugin or a script changes */
+    char **files;    /* owned: certificate, key and CA files it names (--watch) */
+    size_t nfiles;
     int has_lua;                /* plugins or route handlers: workers start a Lua VM */
     int global_plugins;         /* top-level plugins: every route may be routed by Lua */
     uint64_t lua_phase_timeout; /* ms of wall clock a Lua phase may run without yielding */

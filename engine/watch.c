@@ -1,6 +1,7 @@
-/* --watch: reload when the config file, a plugin or a script changes. Directories are
- * watched (editors replace files rather than write them in place), events for Lua files
- * are debounced, and the set of directories follows the current config. */
+/* --watch: reload when the config file, a plugin, a script, or a certificate, key or CA
+ * file the config names changes. Directories are watched (editors replace files rather
+ * than write them in place, and certbot swaps symlinks), events are debounced, and the set
+ * is taken from the config the proxy started with. */
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,20 +11,28 @@
 #include "worker.h"
 
 #define WATCH_MAX_DIRS    16
+#define WATCH_MAX_FILES   32
 #define WATCH_DEBOUNCE_MS 200
 
 struct lp_watch_s {
     lp_server_t *server;
     uv_fs_event_t ev[WATCH_MAX_DIRS];
     int nev;
+    char *files[WATCH_MAX_FILES]; /* owned: base names of the TLS files */
+    int nfiles;
     uv_timer_t debounce;
     int closing;
 };
 
-static int is_lua(const char *name)
+static int is_watched(const lp_watch_t *w, const char *name)
 {
     size_t n = name ? strlen(name) : 0;
-    return n > 4 && strcmp(name + n - 4, ".lua") == 0;
+    if (n > 4 && strcmp(name + n - 4, ".lua") == 0)
+        return 1;
+    for (int i = 0; name && i < w->nfiles; i++)
+        if (strcmp(w->files[i], name) == 0)
+            return 1;
+    return 0;
 }
 
 static void on_debounce(uv_timer_t *t)
@@ -37,7 +46,7 @@ static void on_debounce(uv_timer_t *t)
 static void on_fs_event(uv_fs_event_t *h, const char *name, int events, int status)
 {
     lp_watch_t *w = h->data;
-    if (status < 0 || !is_lua(name))
+    if (status < 0 || !is_watched(w, name))
         return;
     uv_timer_start(&w->debounce, on_debounce, WATCH_DEBOUNCE_MS, 0);
 }
@@ -88,13 +97,24 @@ void lp_watch_start(lp_server_t *s)
     add_dir(w, sub);
     snprintf(sub, sizeof(sub), "%s/scripts", root);
     add_dir(w, sub);
+    for (size_t i = 0; i < cfg->nfiles && w->nfiles < WATCH_MAX_FILES; i++) {
+        snprintf(tmp, sizeof(tmp), "%s", cfg->files[i]);
+        snprintf(dir, sizeof(dir), "%s", dirname(tmp));
+        add_dir(w, dir);
+        snprintf(tmp, sizeof(tmp), "%s", cfg->files[i]);
+        if ((w->files[w->nfiles] = strdup(basename(tmp))))
+            w->nfiles++;
+    }
     s->watch = w;
-    lp_log_notice("watch: reloading on changes to Lua files in %d directories", w->nev);
+    lp_log_notice("watch: reloading on changes to Lua files%s in %d directories",
+                  w->nfiles ? " and the TLS files" : "", w->nev);
 }
 
 static void on_watch_closed(uv_handle_t *h)
 {
     lp_watch_t *w = h->data;
+    for (int i = 0; i < w->nfiles; i++)
+        free(w->files[i]);
     free(w);
 }
 

@@ -353,5 +353,52 @@ class UpstreamTLSTest(unittest.TestCase):
                    what="access log lines with $scheme and $ssl_*: %r" % lines())
 
 
+class WatchCertTest(unittest.TestCase):
+    """--watch (watch = true) reloads when a certificate file the config names changes."""
+
+    def test_replaced_certificate_is_served_after_the_watch_reload(self):
+        d = H.Workdir.new("tls-watch")
+        for name in ("one", "two"):
+            openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key",
+                    "-out", name + ".pem", "-days", "3", "-subj", "/CN=" + name, cwd=d)
+        certs = os.path.join(d, "certs")
+        os.mkdir(certs)
+        for ext in ("pem", "key"):
+            with open(os.path.join(d, "one." + ext), "rb") as src, \
+                    open(os.path.join(certs, "site." + ext), "wb") as dst:
+                dst.write(src.read())
+        port = H.free_port()
+        cfg = H.make_config(port, {}, [{"match": {"prefix": "/"}, "handler": H.LuaRaw(
+            'function(req) req:respond(200, "ok") end')}], watch=True)
+        cfg["listen"][0]["tls"] = {"cert": os.path.join(certs, "site.pem"),
+                                   "key": os.path.join(certs, "site.key")}
+        proxy = H.Proxy(cfg, name="tls-watch")
+        proxy.start()
+        try:
+            def served():
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                with socket.create_connection(("127.0.0.1", port), timeout=H.T(5)) as s:
+                    with ctx.wrap_socket(s) as t:
+                        return t.getpeercert(binary_form=True)
+
+            def der(name):
+                with open(os.path.join(d, name + ".pem")) as f:
+                    return ssl.PEM_cert_to_DER_cert(f.read())
+
+            self.assertEqual(served(), der("one"))
+            # As a renewal tool does: new files beside, then renamed over the old ones.
+            for ext in ("key", "pem"):
+                tmp = os.path.join(certs, "site.%s.new" % ext)
+                with open(os.path.join(d, "two." + ext), "rb") as src, open(tmp, "wb") as dst:
+                    dst.write(src.read())
+                os.rename(tmp, os.path.join(certs, "site." + ext))
+            H.wait_for(lambda: served() == der("two"), H.T(10),
+                       what="the new certificate after the watch reload")
+        finally:
+            proxy.stop()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
