@@ -340,6 +340,8 @@ static int parse_address_value(vctx_t *v, const char *path, lp_addr_t *out)
 
 /* ---- TLS ---- */
 
+static int file_path(vctx_t *v, const char *path, char **out);
+
 /* A file named in the config: relative paths are relative to the config file. Each one is
  * listed in c->files, which --watch follows. */
 static int opt_path(vctx_t *v, const char *path, const char *k, char **out)
@@ -347,6 +349,12 @@ static int opt_path(vctx_t *v, const char *path, const char *k, char **out)
     int rc = opt_string(v, path, k, out);
     if (rc || !*out)
         return rc;
+    return file_path(v, path, out);
+}
+
+/* *out (owned) made relative to the config file's directory, and listed in c->files. */
+static int file_path(vctx_t *v, const char *path, char **out)
+{
     const char *slash = strrchr(v->file, '/');
     if ((*out)[0] != '/' && slash) {
         size_t dlen = (size_t)(slash - v->file), n = dlen + 1 + strlen(*out) + 1;
@@ -366,6 +374,33 @@ static int opt_path(vctx_t *v, const char *path, const char *k, char **out)
     v->c->files = a;
     v->c->nfiles++;
     return 0;
+}
+
+/* An optional list of file names (each as opt_path). */
+static int opt_path_list(vctx_t *v, const char *path, const char *k, char ***out, size_t *n)
+{
+    char pl[512];
+    int rc, present;
+    join(pl, sizeof(pl), path, k);
+    if ((rc = opt_table(v, path, k, &present)) || !present)
+        return rc;
+    size_t len;
+    if (!(rc = list_len(v, pl, &len)) && !(*out = calloc(len ? len : 1, sizeof(char *))))
+        rc = fail(v, pl, "out of memory");
+    for (size_t i = 0; !rc && i < len; i++) {
+        char pi[512];
+        join_index(pi, sizeof(pi), pl, i + 1);
+        lua_rawgeti(v->L, -1, (int)i + 1);
+        if (lua_type(v->L, -1) != LUA_TSTRING)
+            rc = fail(v, pi, "expected a file name, got %s", type_name(v));
+        else if (!((*out)[i] = strdup(lua_tostring(v->L, -1))))
+            rc = fail(v, pi, "out of memory");
+        else if (++*n)
+            rc = file_path(v, pi, &(*out)[i]);
+        lua_pop(v->L, 1);
+    }
+    lua_pop(v->L, 1);
+    return rc;
 }
 
 static int opt_tls_version(vctx_t *v, const char *path, const char *k, int *out)
@@ -443,6 +478,7 @@ static int load_tls_server(vctx_t *v, const char *p, lp_listen_conf_t *lc)
                                        "session_cache",
                                        "session_timeout",
                                        "handshake_timeout",
+                                       "session_ticket_keys",
                                        NULL};
     lp_tls_server_conf_t tc = {0};
     int rc, present;
@@ -529,6 +565,9 @@ static int load_tls_server(vctx_t *v, const char *p, lp_listen_conf_t *lc)
         rc = opt_seconds_ms(v, p, "session_timeout", 3600, &timeout_ms);
     if (!rc)
         rc = opt_seconds_ms(v, p, "handshake_timeout", 10, &tc.handshake_timeout);
+    if (!rc)
+        rc =
+            opt_path_list(v, p, "session_ticket_keys", &tc.ticket_key_files, &tc.nticket_key_files);
     tc.session_cache = (unsigned)cache;
     tc.session_timeout_s = timeout_ms / 1000 ? timeout_ms / 1000 : 1;
     if (!rc) {

@@ -1,4 +1,5 @@
 #include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,52 +67,6 @@ static int ticket_rotate(void)
     return 0;
 }
 
-static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
-                     EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
-{
-    ticket_key_t k;
-    int rc = 1, found = 0;
-    uv_mutex_lock(&ticket_ring.lock);
-    if (enc) {
-        if (!ticket_ring.n || now_s() - ticket_ring.keys[0].created >= TICKET_ROTATE_S)
-            ticket_rotate();
-        found = ticket_ring.n > 0;
-        if (found)
-            k = ticket_ring.keys[0];
-    } else {
-        for (int i = 0; i < ticket_ring.n && !found; i++)
-            if (memcmp(name, ticket_ring.keys[i].name, 16) == 0) {
-                k = ticket_ring.keys[i];
-                found = 1;
-                /* 2: accept and issue a fresh ticket. Always: a ticket used once is not
-                 * offered again (RFC 8446 C.4), and the ticket written right after the
-                 * client's Finished acknowledges it, so a client's request is not held
-                 * by Nagle for our delayed ACK (40 ms per resumed connection). */
-                rc = 2;
-            }
-    }
-    uv_mutex_unlock(&ticket_ring.lock);
-    if (!found)
-        return enc ? -1 : 0; /* 0: unknown key, fall back to a full handshake */
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, k.hmac, sizeof(k.hmac)),
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
-        OSSL_PARAM_construct_end(),
-    };
-    if (enc) {
-        memcpy(name, k.name, 16);
-        if (RAND_bytes(iv, 16) != 1 ||
-            EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1)
-            return -1;
-    } else if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1) {
-        return -1;
-    }
-    if (EVP_MAC_CTX_set_params(hctx, params) != 1)
-        return -1;
-    (void)ssl;
-    return rc;
-}
-
 /* ---- contexts ---- */
 
 typedef struct {
@@ -126,6 +81,8 @@ struct lp_tls_server_s {
     sni_entry_t *names;
     size_t nnames;
     uint64_t handshake_timeout;
+    ticket_key_t *ticket_keys; /* owned: from session_ticket_keys files; [0] encrypts */
+    size_t nticket_keys;
 };
 
 struct lp_tls_client_s {
@@ -158,6 +115,66 @@ struct lp_tls_s {
     int closed; /* close_notify queued */
     char err[160];
 };
+
+/* The key for a new ticket (enc) or the one named by a ticket, from the listener's own
+ * keys when it has key files, else from the process-wide ring. 0 when none. */
+static int ticket_key(SSL *ssl, const unsigned char name[16], int enc, ticket_key_t *k)
+{
+    const lp_tls_t *t = SSL_get_ex_data(ssl, ex_index);
+    const lp_tls_server_t *srv = t ? t->srv : NULL;
+    if (srv && srv->nticket_keys) {
+        for (size_t i = 0; i < srv->nticket_keys; i++)
+            if (enc || memcmp(name, srv->ticket_keys[i].name, 16) == 0) {
+                *k = srv->ticket_keys[i];
+                return 1;
+            }
+        return 0;
+    }
+    int found = 0;
+    uv_mutex_lock(&ticket_ring.lock);
+    if (enc) {
+        if (!ticket_ring.n || now_s() - ticket_ring.keys[0].created >= TICKET_ROTATE_S)
+            ticket_rotate();
+        if ((found = ticket_ring.n > 0))
+            *k = ticket_ring.keys[0];
+    } else {
+        for (int i = 0; i < ticket_ring.n && !found; i++)
+            if (memcmp(name, ticket_ring.keys[i].name, 16) == 0) {
+                *k = ticket_ring.keys[i];
+                found = 1;
+            }
+    }
+    uv_mutex_unlock(&ticket_ring.lock);
+    return found;
+}
+
+static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
+                     EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
+{
+    ticket_key_t k;
+    if (!ticket_key(ssl, name, enc, &k))
+        return enc ? -1 : 0; /* 0: unknown key, fall back to a full handshake */
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, k.hmac, sizeof(k.hmac)),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (enc) {
+        memcpy(name, k.name, 16);
+        if (RAND_bytes(iv, 16) != 1 ||
+            EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1)
+            return -1;
+    } else if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1) {
+        return -1;
+    }
+    if (EVP_MAC_CTX_set_params(hctx, params) != 1)
+        return -1;
+    /* 2 on decryption: accept and issue a fresh ticket. Always: a ticket used once is not
+     * offered again (RFC 8446 C.4), and the ticket written right after the client's
+     * Finished acknowledges it, so a client's request is not held by Nagle for our
+     * delayed ACK (40 ms per resumed connection). */
+    return enc ? 1 : 2;
+}
 
 static void set_error(lp_tls_t *t, const char *fallback)
 {
@@ -422,6 +439,35 @@ static void free_names(char **names, size_t n)
     free(names);
 }
 
+/* Session-ticket keys shared with other instances (or nginx): 80-byte files holding a
+ * 16-byte name, a 32-byte HMAC-SHA256 key and a 32-byte AES-256 key, nginx's layout. */
+static int load_ticket_keys(lp_tls_server_t *s, char **files, size_t n, char *err, size_t errlen)
+{
+    if (!(s->ticket_keys = calloc(n, sizeof(*s->ticket_keys)))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char buf[81];
+        FILE *f = fopen(files[i], "rb");
+        size_t got = f ? fread(buf, 1, sizeof(buf), f) : 0;
+        if (f)
+            fclose(f);
+        if (got != 80) {
+            snprintf(err, errlen, "session ticket key \"%s\": %s", files[i],
+                     f ? "must be exactly 80 bytes (openssl rand 80 > file)" : strerror(errno));
+            OPENSSL_cleanse(buf, sizeof(buf));
+            return -1;
+        }
+        ticket_key_t *k = &s->ticket_keys[s->nticket_keys++];
+        memcpy(k->name, buf, 16);
+        memcpy(k->hmac, buf + 16, 32);
+        memcpy(k->aes, buf + 48, 32);
+        OPENSSL_cleanse(buf, sizeof(buf));
+    }
+    return 0;
+}
+
 lp_tls_server_t *lp_tls_server_new(const lp_tls_server_conf_t *conf, char *err, size_t errlen)
 {
     if (lp_tls_global_init()) {
@@ -441,6 +487,9 @@ lp_tls_server_t *lp_tls_server_new(const lp_tls_server_conf_t *conf, char *err, 
     }
     s->refs = 1;
     s->handshake_timeout = conf->handshake_timeout;
+    if (conf->nticket_key_files &&
+        load_ticket_keys(s, conf->ticket_key_files, conf->nticket_key_files, err, errlen))
+        goto fail;
     ERR_clear_error();
     for (size_t i = 0; i < nc; i++) {
         const lp_tls_cert_conf_t *cc = &conf->certs[i];
@@ -525,6 +574,9 @@ void lp_tls_server_unref(lp_tls_server_t *s)
     for (size_t i = 0; i < s->nnames; i++)
         free(s->names[i].name);
     free(s->names);
+    if (s->ticket_keys)
+        OPENSSL_cleanse(s->ticket_keys, s->nticket_keys * sizeof(*s->ticket_keys));
+    free(s->ticket_keys);
     free(s);
 }
 
@@ -544,6 +596,7 @@ void lp_tls_server_conf_free(lp_tls_server_conf_t *c)
     free(c->client_ca);
     free(c->ciphers);
     free(c->ciphersuites);
+    free_names(c->ticket_key_files, c->nticket_key_files);
     memset(c, 0, sizeof(*c));
 }
 

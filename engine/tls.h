@@ -40,6 +40,8 @@ typedef struct {
     unsigned session_cache; /* sessions kept per listener; 0: no server-side cache */
     uint64_t session_timeout_s;
     uint64_t handshake_timeout; /* ms */
+    char **ticket_key_files;    /* owned: 80-byte key files (nginx's format); [0] encrypts */
+    size_t nticket_key_files;   /* 0: the process-wide rotating ring */
 } lp_tls_server_conf_t;
 
 typedef struct {

@@ -400,5 +400,56 @@ class WatchCertTest(unittest.TestCase):
             proxy.stop()
 
 
+class TicketKeyFileTest(unittest.TestCase):
+    """session_ticket_keys: instances sharing a key file resume each other's tickets."""
+
+    def test_ticket_from_one_instance_resumes_on_another(self):
+        d = H.Workdir.new("tls-tickets")
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "c.key", "-out",
+                "c.pem", "-days", "3", "-subj", "/CN=t", cwd=d)
+        openssl("rand", "-out", "shared.key", "80", cwd=d)
+        openssl("rand", "-out", "short.key", "48", cwd=d)
+
+        def proxy(keys, name):
+            port = H.free_port()
+            cfg = H.make_config(port, {}, [{"match": {"prefix": "/"}, "handler": H.LuaRaw(
+                'function(req) req:respond(200, "ok") end')}])
+            tls = {"cert": os.path.join(d, "c.pem"), "key": os.path.join(d, "c.key")}
+            if keys:
+                tls["session_ticket_keys"] = [os.path.join(d, k) for k in keys]
+            cfg["listen"][0]["tls"] = tls
+            return H.Proxy(cfg, name=name)
+
+        def s_client(port, *args):
+            p = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port] +
+                                 list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+            time.sleep(0.5)  # TLS 1.3 tickets arrive after the handshake
+            out, _ = p.communicate("", timeout=H.T(20))
+            return out
+
+        a, b, c = proxy(["shared.key"], "tk-a"), proxy(["shared.key"], "tk-b"), proxy([], "tk-c")
+        for px in (a, b, c):
+            px.start()
+        try:
+            sess = os.path.join(d, "sess.pem")
+            self.assertIn("New,", s_client(a.port, "-sess_out", sess))
+            self.assertIn("Reused,", s_client(b.port, "-sess_in", sess),
+                          "the same key file: the other instance resumes the ticket")
+            self.assertIn("New,", s_client(c.port, "-sess_in", sess),
+                          "its own key ring: a full handshake")
+        finally:
+            for px in (a, b, c):
+                px.stop()
+        # A key file of the wrong size is a config error naming it.
+        bad = proxy(["short.key"], "tk-bad")
+        bad.write_config()
+        p = subprocess.run([H.LUAPROXY, "-t", "-c", bad.config_path], capture_output=True,
+                           text=True, timeout=H.T(30))
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("listen[1].tls: session ticket key", p.stdout + p.stderr)
+        self.assertIn("short.key", p.stdout + p.stderr)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
