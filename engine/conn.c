@@ -422,7 +422,7 @@ static lp_wbatch_t *conn_outb(lp_conn_t *c, unsigned k, unsigned scratch)
 
 /* A locally generated answer. The connection stays open only when keep is set and
  * nothing of the request is left unread. */
-static void conn_respond_local(lp_req_t *req, int status, int keep)
+static void conn_respond_local(lp_req_t *req, int status, int keep, const char *detail)
 {
     lp_conn_t *c = req->conn;
     char head[512];
@@ -431,7 +431,7 @@ static void conn_respond_local(lp_req_t *req, int status, int keep)
     if (c->w->stopping || (req->h1.flags & LP_H1F_CONN_CLOSE))
         keep = 0;
     size_t n = lp_h1_simple_response(head, sizeof(head), status, !keep,
-                                     (req->flags & LP_RF_HEAD) != 0, NULL);
+                                     (req->flags & LP_RF_HEAD) != 0, NULL, detail);
     lp_wbatch_t *wb = conn_outb(c, 1, (unsigned)n);
     if (!wb) {
         lp_conn_close(c);
@@ -460,7 +460,9 @@ void lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
         lp_conn_close(c);
         return;
     }
-    conn_respond_local(req, status, 0);
+    /* A 503 says why (no target, queue full): the client may wait and retry. Other
+     * reasons (connect errors, certificate checks) stay in the error log. */
+    conn_respond_local(req, status, 0, status == 503 ? why : NULL);
 }
 
 /* ---- the request path ---- */
@@ -526,7 +528,7 @@ static void conn_start_upstream(lp_req_t *req)
         if (req->route)
             lp_log_warn("%s: route %d chose no upstream (a handler or plugin must)",
                         req->conn->client_ip, req->route_index + 1);
-        conn_respond_local(req, req->route ? 502 : 404, 1);
+        conn_respond_local(req, req->route ? 502 : 404, 1, NULL);
         return;
     }
     req->flags |= LP_RF_WAIT_UPSTREAM;
@@ -557,7 +559,7 @@ static void conn_on_head(lp_req_t *req)
     conn_timer(c, TM_NONE, 0);
     if (cfg->limits.max_body_size && (h->flags & LP_H1F_LENGTH) &&
         h->content_length > cfg->limits.max_body_size) {
-        conn_respond_local(req, 413, 0);
+        conn_respond_local(req, 413, 0, NULL);
         return;
     }
     req->route = route_find(cfg, h);
@@ -1333,7 +1335,7 @@ static void conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
             req->peer = NULL;
         }
         /* The connection stays open when nothing of the request is left unread. */
-        conn_respond_local(req, 500, 1);
+        conn_respond_local(req, 500, 1, NULL);
         return;
     }
     if (rc == LP_DONE) {

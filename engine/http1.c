@@ -735,12 +735,15 @@ void lp_wbuf_header(lp_wbuf_t *w, const char *name, size_t nlen, const char *val
 }
 
 size_t lp_h1_simple_response(char *out, size_t cap, int status, int close, int head_only,
-                             const char *extra_headers)
+                             const char *extra_headers, const char *detail)
 {
     const char *text = lp_h1_status_text(status);
     int has_body = status >= 200 && status != 204 && status != 304;
-    char body[128];
-    int blen = snprintf(body, sizeof(body), "%d %s\n", status, text);
+    char body[256];
+    int blen = detail ? snprintf(body, sizeof(body), "%d %s: %s\n", status, text, detail)
+                      : snprintf(body, sizeof(body), "%d %s\n", status, text);
+    if (blen < 0 || (size_t)blen >= sizeof(body))
+        blen = snprintf(body, sizeof(body), "%d %s\n", status, text);
     lp_wbuf_t w = {out, out + cap, 0};
     lp_wbuf_cstr(&w, "HTTP/1.1 ");
     lp_wbuf_u64(&w, (uint64_t)status);

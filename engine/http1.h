@@ -127,6 +127,6 @@ void lp_wbuf_header(lp_wbuf_t *w, const char *name, size_t nlen, const char *val
 
 /* A complete locally generated response (error pages and the like). */
 size_t lp_h1_simple_response(char *out, size_t cap, int status, int close, int head_only,
-                             const char *extra_headers);
+                             const char *extra_headers, const char *detail);
 
 #endif

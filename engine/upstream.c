@@ -934,7 +934,8 @@ static void on_queue_timer(uv_timer_t *tm)
         lp_log_warn("upstream %s: a request waited %llu ms for one of max_connections (%u): 503",
                     u->conf->name, (unsigned long long)(now - req->queued_at),
                     u->conf->max_connections);
-        lp_conn_upstream_failed(req, 503, "pending_timeout");
+        lp_conn_upstream_failed(req, 503,
+                                "no connection to the upstream freed up in time (pending_timeout)");
     }
 }
 
@@ -986,7 +987,8 @@ static void upstream_try(lp_req_t *req)
         if (req->fail_kind)
             lp_conn_upstream_failed(req, failure_status(req), "no other target to retry");
         else
-            lp_conn_upstream_failed(req, req->no_healthy ? 503 : 502, "no upstream target");
+            lp_conn_upstream_failed(req, req->no_healthy ? 503 : 502,
+                                    "no available target (down, ejected or drained)");
         return;
     }
     if (req->tries == 1)
@@ -1036,7 +1038,8 @@ void lp_upstream_start(lp_req_t *req)
                             "(max_pending): 503",
                             u->conf->name, u->in_flight, u->npending);
             }
-            lp_conn_upstream_failed(req, 503, "max_connections");
+            lp_conn_upstream_failed(req, 503,
+                                    "too many requests for the upstream (max_connections)");
             return;
         }
         req->queued = 1;

@@ -454,7 +454,8 @@ class NoTargetTest(HealthCase):
         took = time.monotonic() - t0
         self.assertEqual(r.status, 503, r)
         self.assertTrue(r.complete, r)
-        self.assertEqual(r.body, b"503 Service Unavailable\n")
+        self.assertEqual(r.body,
+                         b"503 Service Unavailable: no available target (down, ejected or drained)\n")
         # Well before any upstream timeout (20 s, 30 s) could have run out.
         self.assertLess(took, H.T(1.0), "503 after %.2f s" % took)
 

@@ -129,7 +129,9 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
         over = Timed(self.proxy.port, "queue.test", "/fixed?size=10").join()
         self.assertEqual(over.status, 503, over.error)
         self.assertLess(over.elapsed, 0.3)
-        self.assertIn(b"503", over.body)
+        self.assertEqual(over.body,
+                         b"503 Service Unavailable: too many requests for the upstream "
+                         b"(max_connections)\n")
         self.assertEqual(first.join().status, 200)
         for w in waiting:
             self.assertEqual(w.join().status, 200, w.error)
@@ -145,6 +147,7 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
         time.sleep(0.15)
         t = Timed(self.proxy.port, "qtime.test", "/fixed?size=10").join()
         self.assertEqual(t.status, 503, t.error)
+        self.assertIn(b"(pending_timeout)", t.body)
         self.assertGreater(t.elapsed, 0.25)
         self.assertLess(t.elapsed, 1.2)
         self.assertEqual(first.join().status, 200)

@@ -899,7 +899,7 @@ static void test_response_rejects(void)
 static void test_simple_response(void)
 {
     char out[1024];
-    size_t n = lp_h1_simple_response(out, sizeof(out), 404, 1, 0, "X-Extra: 1\r\n");
+    size_t n = lp_h1_simple_response(out, sizeof(out), 404, 1, 0, "X-Extra: 1\r\n", NULL);
     REQUIRE(n > 0);
     CHECK(memcmp(out, "HTTP/1.1 404 Not Found\r\n", 24) == 0);
 
@@ -919,7 +919,7 @@ static void test_simple_response(void)
     free(t);
 
     /* Keep-alive: no Connection header at all. */
-    n = lp_h1_simple_response(out, sizeof(out), 502, 0, 0, NULL);
+    n = lp_h1_simple_response(out, sizeof(out), 502, 0, 0, NULL, NULL);
     REQUIRE(n > 0);
     t = t_new(HTTP_RESPONSE);
     CHECK_EQ_INT(t_feed(t, out, n, &used), LP_H1_DONE);
@@ -929,10 +929,20 @@ static void test_simple_response(void)
     CHECK_EQ_INT(t->h.content_length, t->body_len);
     free(t);
 
+    /* A detail goes into the body, which the Content-Length still counts. */
+    n = lp_h1_simple_response(out, sizeof(out), 503, 0, 0, NULL, "no available target");
+    REQUIRE(n > 0);
+    t = t_new(HTTP_RESPONSE);
+    CHECK_EQ_INT(t_feed(t, out, n, &used), LP_H1_DONE);
+    CHECK_EQ_INT(t->h.content_length, t->body_len);
+    CHECK(t->body_len == strlen("503 Service Unavailable: no available target\n") &&
+          memcmp(t->body, "503 Service Unavailable: no available target\n", t->body_len) == 0);
+    free(t);
+
     /* HEAD: the same head (Content-Length of the body that would be sent), no body. */
     char full[1024];
-    size_t nfull = lp_h1_simple_response(full, sizeof(full), 400, 1, 0, NULL);
-    n = lp_h1_simple_response(out, sizeof(out), 400, 1, 1, NULL);
+    size_t nfull = lp_h1_simple_response(full, sizeof(full), 400, 1, 0, NULL, NULL);
+    n = lp_h1_simple_response(out, sizeof(out), 400, 1, 1, NULL, NULL);
     REQUIRE(n > 0 && nfull > n);
     CHECK(memcmp(out, full, n) == 0);
     CHECK(memcmp(out + n - 4, "\r\n\r\n", 4) == 0);
@@ -946,7 +956,7 @@ static void test_simple_response(void)
     /* 204 and 304 carry neither body nor Content-Length. */
     static const int nobody[] = {204, 304};
     for (size_t i = 0; i < LP_ARRAY_LEN(nobody); i++) {
-        n = lp_h1_simple_response(out, sizeof(out), nobody[i], 0, 0, NULL);
+        n = lp_h1_simple_response(out, sizeof(out), nobody[i], 0, 0, NULL, NULL);
         REQUIRE(n > 0);
         CHECK(memcmp(out + n - 4, "\r\n\r\n", 4) == 0);
         t = t_new(HTTP_RESPONSE);
@@ -958,9 +968,9 @@ static void test_simple_response(void)
     }
 
     /* Too small a buffer: 0, not a truncated response. */
-    CHECK_EQ_INT(lp_h1_simple_response(out, 20, 404, 1, 0, NULL), 0);
-    CHECK_EQ_INT(lp_h1_simple_response(out, nfull - 1, 400, 1, 0, NULL), 0);
-    CHECK_EQ_INT(lp_h1_simple_response(out, nfull, 400, 1, 0, NULL), nfull);
+    CHECK_EQ_INT(lp_h1_simple_response(out, 20, 404, 1, 0, NULL, NULL), 0);
+    CHECK_EQ_INT(lp_h1_simple_response(out, nfull - 1, 400, 1, 0, NULL, NULL), 0);
+    CHECK_EQ_INT(lp_h1_simple_response(out, nfull, 400, 1, 0, NULL, NULL), nfull);
 }
 
 static void test_wbuf(void)
