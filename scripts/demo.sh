@@ -13,6 +13,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# Configs that name the demo certificate get a self-signed one, made once (git ignores it).
+if grep -q 'certs/demo.pem' "$CONFIG" && [ ! -f "$HERE/certs/demo.pem" ]; then
+    mkdir -p "$HERE/certs"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,DNS:api.localhost,IP:127.0.0.1" \
+        -keyout "$HERE/certs/demo.key" -out "$HERE/certs/demo.pem" 2>/dev/null
+fi
+
 for spec in 9001:web 9002:api-1 9003:api-2; do
     "$ORIGIN" -p "${spec%%:*}" -i "${spec#*:}" >/dev/null &
     PIDS+=($!)

@@ -4,8 +4,12 @@ demo-like origins (web, api-1, api-2) on free ports: each example is copied with
 ports rewritten (9001-9003 for the origins, 8080 for the proxy) and served; `luaproxy -t`
 accepts the originals as shipped."""
 
+import json
 import os
 import re
+import socket
+import ssl
+import subprocess
 import sys
 import time
 
@@ -272,6 +276,72 @@ class RoutingScriptExample(ExampleTestCase):
     def test_web_for_the_rest(self):
         r = self.get("/", headers={"X-Backend": "api2"})
         self.assertEqual((r.body, self.origin(r)), (b"hello", "web"))
+
+
+class HttpsExample(ExampleTestCase):
+    """scripts/https.lua, with a certificate made here the way scripts/demo.sh makes it."""
+    EXAMPLE = "https"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.web = cls.start_origin("web")
+        cls.api1 = cls.start_origin("api-1")
+        cls.api2 = cls.start_origin("api-2")
+        ports = {9001: cls.web.port, 9002: cls.api1.port, 9003: cls.api2.port}
+        p = ExampleProxy(cls.EXAMPLE, ports, H.free_port())
+        cls.tls_port = H.free_port()
+        p.text = p.text.replace("127.0.0.1:8443", "127.0.0.1:%d" % cls.tls_port)
+        os.mkdir(os.path.join(p.dir, "certs"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost,DNS:api.localhost,IP:127.0.0.1",
+                        "-keyout", "certs/demo.key", "-out", "certs/demo.pem"], cwd=p.dir,
+                       check=True, capture_output=True, timeout=H.T(60))
+        cls.addClassCleanup(p.stop)
+        cls.proxy = p.start()
+        H.wait_for(lambda: H.port_accepts(cls.tls_port, 0.5), H.T(10), what="TLS listener")
+
+    def tls_get(self, path, sni):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["http/1.1"])
+        with socket.create_connection(("127.0.0.1", self.tls_port), timeout=H.T(10)) as s:
+            with ctx.wrap_socket(s, server_hostname=sni) as t:
+                t.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" %
+                           (path, sni)).encode())
+                data = b""
+                while True:
+                    chunk = t.recv(65536)
+                    if not chunk:
+                        return data.decode("latin-1")
+                    data += chunk
+
+    def test_plain_http_redirects_to_https(self):
+        r = self.get("/x?y=1")
+        self.assertEqual(r.status, 301)
+        self.assertRegex(r.header("Location"), r"^https://[^/]+:8443/x\?y=1$")
+
+    def test_web_over_tls_with_hsts(self):
+        resp = self.tls_get("/", "localhost")
+        self.assertTrue(resp.startswith("HTTP/1.1 200"), resp)
+        self.assertIn("X-Origin-Id: web", resp)
+        self.assertIn("Strict-Transport-Security: max-age=300", resp)
+
+    def test_api_by_sni(self):
+        seen = set()
+        for _ in range(4):
+            resp = self.tls_get("/", "api.localhost")
+            self.assertTrue(resp.startswith("HTTP/1.1 200"), resp)
+            seen.add(re.search(r"X-Origin-Id: (\S+)", resp).group(1))
+        self.assertEqual(seen, {"api-1", "api-2"})
+
+    def test_tls_facts(self):
+        resp = self.tls_get("/tls", "api.localhost")
+        body = json.loads(resp.split("\r\n\r\n", 1)[1])
+        self.assertEqual((body["protocol"], body["sni"], body["alpn"]),
+                         ("TLSv1.3", "api.localhost", "http/1.1"))
+        self.assertEqual(self.get("/tls").json(), {"plain_http": True})
 
 
 if __name__ == "__main__":
