@@ -974,7 +974,8 @@ static void conn_tls_step(lp_conn_t *c)
         uint64_t t0 = uv_hrtime();
         int rc = lp_tls_handshake(c->tls);
         c->w->hs_turn_ns += uv_hrtime() - t0;
-        c->flags |= LP_CF_TLS_HELLO;
+        if (lp_tls_started(c->tls)) /* not before the whole ClientHello was there */
+            c->flags |= LP_CF_TLS_HELLO;
         lp_conn_flush(c);
         if (rc == LP_ERROR) {
             lp_log_info("%s: TLS handshake failed: %s", c->client_ip, lp_tls_error(c->tls));

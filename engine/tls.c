@@ -966,6 +966,11 @@ int lp_tls_established(const lp_tls_t *t)
     return t->established;
 }
 
+int lp_tls_started(const lp_tls_t *t)
+{
+    return t->established || SSL_get_state(t->ssl) != TLS_ST_BEFORE;
+}
+
 long lp_tls_read(lp_tls_t *t, char *out, size_t cap)
 {
     /* Nothing new to decrypt: skip the SSL_read that would only say so. */

@@ -101,6 +101,8 @@ int lp_tls_first_byte(const lp_tls_t *t);
 /* LP_OK when established, LP_AGAIN while in progress, LP_ERROR (see lp_tls_error). */
 int lp_tls_handshake(lp_tls_t *t);
 int lp_tls_established(const lp_tls_t *t);
+/* The peer's first handshake message was processed (a ClientHello answered, say). */
+int lp_tls_started(const lp_tls_t *t);
 
 /* Decrypts into out: bytes (> 0), 0 when more ciphertext is needed, LP_TLS_EOF at the
  * peer's close_notify or the socket's EOF, LP_TLS_ERROR on a protocol error. */
