@@ -20,8 +20,8 @@ typedef struct lp_accesslog_s lp_accesslog_t;
 
 /* Backpressure: stop reading the sending side when the receiving side has this many
  * bytes queued, resume below the low mark. */
-#define LP_HIGH_WATERMARK (256 * 1024)
-#define LP_LOW_WATERMARK  (64 * 1024)
+#define LP_HIGH_WATERMARK (128 * 1024)
+#define LP_LOW_WATERMARK  (32 * 1024)
 
 /* A worker's connection pool to one address. It outlives config generations, so a reload
  * keeps the connections of targets that did not change. */
