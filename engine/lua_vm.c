@@ -599,7 +599,9 @@ lp_rc_t lp_lua_phase(lp_req_t *req, int phase)
         t->req = req;
         /* The handle: request.new(cdata pointer, route number). */
         lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->ref_new);
-        lua_pushlightuserdata(vm->L, req);
+        /* A number, not a lightuserdata: ffi.cast of a lightuserdata is not compiled
+         * (NYI), of a number it is. x86-64 and arm64 addresses fit in a double. */
+        lua_pushnumber(vm->L, (lua_Number)(uintptr_t)req);
         lua_pushinteger(vm->L, req->route_index + 1);
         current_vm = vm;
         if (lua_pcall(vm->L, 2, 1, 0)) {
