@@ -25,9 +25,11 @@
 
 /* ---- the session-ticket key ring ----
  * Shared by every worker and every generation, so a ticket issued before a reload, or by
- * another worker, still resumes. The newest key encrypts; older ones only decrypt, and a
- * ticket under an older key is renewed. Guarded by `lock`: taken once per full handshake
- * and per resumption attempt, never while holding another lock. */
+ * another worker, still resumes. The newest key encrypts; older ones only decrypt (every
+ * resumption is given a fresh ticket anyway). Listeners with session_ticket_keys files use
+ * those instead. Guarded by `lock`: taken once per ticket issued or checked, never while
+ * holding another lock. bio_method and ex_index below are written once (uv_once) before
+ * any connection exists. */
 #define TICKET_KEYS     3
 #define TICKET_ROTATE_S 3600
 
