@@ -270,30 +270,22 @@ static void refresh_time(lp_accesslog_t *log)
 /* The $ssl_* variables, "-" on a plain connection (nginx logs an empty string there). */
 static void put_tls(lp_accesslog_t *log, const lp_req_t *req, int var)
 {
-    lp_tls_info_t info;
+    static const int facts[] = {
+        [V_SSL_PROTOCOL] = LP_TLS_F_PROTOCOL,
+        [V_SSL_CIPHER] = LP_TLS_F_CIPHER,
+        [V_SSL_SERVER_NAME] = LP_TLS_F_SNI,
+        [V_SSL_SESSION_REUSED] = LP_TLS_F_RESUMED,
+        [V_SSL_CLIENT_S_DN] = LP_TLS_F_CLIENT_SUBJECT,
+    };
     char subject[512];
-    const char *v = NULL;
-    if (req->conn->tls) {
-        lp_tls_get_info(req->conn->tls, &info);
-        switch (var) {
-        case V_SSL_PROTOCOL:
-            v = info.protocol;
-            break;
-        case V_SSL_CIPHER:
-            v = info.cipher;
-            break;
-        case V_SSL_SERVER_NAME:
-            v = info.sni;
-            break;
-        case V_SSL_SESSION_REUSED:
-            v = info.resumed ? "r" : ".";
-            break;
-        default:
-            v = lp_tls_client_subject(req->conn->tls, subject, sizeof(subject)) ? subject : NULL;
-        }
-    }
+    size_t n = 0;
+    const char *v = req->conn->tls
+                        ? lp_tls_fact(req->conn->tls, facts[var], subject, sizeof(subject), &n)
+                        : NULL;
+    if (v && var == V_SSL_SESSION_REUSED)
+        v = v[0] == '1' ? "r" : ".", n = 1; /* nginx's spelling */
     if (v)
-        put_escaped(log, v, strlen(v));
+        put_escaped(log, v, n);
     else
         put(log, "-", 1);
 }

@@ -313,50 +313,23 @@ int lp_ffi_set_hash_key(void *rp, const char *key, size_t n)
     return 0;
 }
 
+/* The FFI numbering is tls.h's. */
+_Static_assert((int)LP_FFI_TLS_PROTOCOL == (int)LP_TLS_F_PROTOCOL &&
+                   (int)LP_FFI_TLS_CLIENT_SUBJECT == (int)LP_TLS_F_CLIENT_SUBJECT,
+               "lp_ffi_tls_get passes `what` to lp_tls_fact");
+
 int lp_ffi_tls_get(void *rp, int what, lp_str_t *out)
 {
     lp_req_t *r = rp;
-    if (!r->conn || !r->conn->tls)
+    if (!r->conn || !r->conn->tls || what < LP_TLS_F_PROTOCOL || what > LP_TLS_F_CLIENT_SUBJECT)
         return -1;
     /* The subject is formatted on demand; Lua copies it at once (one call at a time). */
     static _Thread_local char subject[512];
-    lp_tls_info_t info;
-    lp_tls_get_info(r->conn->tls, &info);
-    const char *v = NULL;
-    size_t n = 0;
-    switch (what) {
-    case LP_FFI_TLS_PROTOCOL:
-        v = info.protocol;
-        break;
-    case LP_FFI_TLS_CIPHER:
-        v = info.cipher;
-        break;
-    case LP_FFI_TLS_SNI:
-        v = info.sni;
-        break;
-    case LP_FFI_TLS_ALPN:
-        if (!info.alpn)
-            return -1;
-        set_out(out, info.alpn, info.alpn_len);
-        return 0;
-    case LP_FFI_TLS_RESUMED:
-        v = info.resumed ? "1" : "0";
-        break;
-    case LP_FFI_TLS_CLIENT_VERIFIED:
-        v = info.client_verified ? "1" : "0";
-        break;
-    case LP_FFI_TLS_CLIENT_SUBJECT:
-        n = lp_tls_client_subject(r->conn->tls, subject, sizeof(subject));
-        if (!n)
-            return -1;
-        set_out(out, subject, n);
-        return 0;
-    default:
-        return -1;
-    }
+    size_t n;
+    const char *v = lp_tls_fact(r->conn->tls, what, subject, sizeof(subject), &n);
     if (!v)
         return -1;
-    set_out(out, v, strlen(v));
+    set_out(out, v, n);
     return 0;
 }
 

@@ -20,7 +20,7 @@ enum {
     LP_FFI_VERSION,
 };
 
-/* lp_ffi_tls_get: what */
+/* lp_ffi_tls_get: what (the numbers of tls.h's LP_TLS_F_*, which lua_api.c checks) */
 enum {
     LP_FFI_TLS_PROTOCOL = 1,
     LP_FFI_TLS_CIPHER,

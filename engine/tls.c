@@ -1078,25 +1078,13 @@ const char *lp_tls_error(const lp_tls_t *t)
     return t->err[0] ? t->err : "unknown error";
 }
 
-void lp_tls_get_info(const lp_tls_t *t, lp_tls_info_t *out)
+static int client_verified(const lp_tls_t *t)
 {
-    memset(out, 0, sizeof(*out));
-    if (!t->established)
-        return;
-    out->protocol = SSL_get_version(t->ssl);
-    out->cipher = SSL_get_cipher_name(t->ssl);
-    out->sni = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
-    const unsigned char *alpn = NULL;
-    unsigned alen = 0;
-    SSL_get0_alpn_selected(t->ssl, &alpn, &alen);
-    out->alpn = (const char *)alpn;
-    out->alpn_len = alen;
-    out->resumed = SSL_session_reused(t->ssl);
-    X509 *peer = SSL_get0_peer_certificate(t->ssl);
-    out->client_verified = peer && SSL_get_verify_result(t->ssl) == X509_V_OK;
+    return SSL_get0_peer_certificate(t->ssl) && SSL_get_verify_result(t->ssl) == X509_V_OK;
 }
 
-size_t lp_tls_client_subject(const lp_tls_t *t, char *buf, size_t n)
+/* The verified client certificate's subject, RFC 2253 ("CN=alice,O=Example"), into buf. */
+static size_t client_subject(const lp_tls_t *t, char *buf, size_t n)
 {
     X509 *peer = SSL_get0_peer_certificate(t->ssl);
     if (!n || !peer || SSL_get_verify_result(t->ssl) != X509_V_OK)
@@ -1111,4 +1099,40 @@ size_t lp_tls_client_subject(const lp_tls_t *t, char *buf, size_t n)
         return 0;
     buf[len] = 0;
     return (size_t)len;
+}
+
+const char *lp_tls_fact(const lp_tls_t *t, int what, char *buf, size_t n, size_t *len)
+{
+    const char *v = NULL;
+    *len = 0;
+    if (!t->established)
+        return NULL;
+    switch (what) {
+    case LP_TLS_F_PROTOCOL:
+        v = SSL_get_version(t->ssl);
+        break;
+    case LP_TLS_F_CIPHER:
+        v = SSL_get_cipher_name(t->ssl);
+        break;
+    case LP_TLS_F_SNI:
+        v = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+        break;
+    case LP_TLS_F_ALPN: {
+        const unsigned char *alpn = NULL;
+        unsigned alen = 0;
+        SSL_get0_alpn_selected(t->ssl, &alpn, &alen);
+        *len = alen;
+        return alen ? (const char *)alpn : NULL; /* not NUL-terminated */
+    }
+    case LP_TLS_F_RESUMED:
+        v = SSL_session_reused(t->ssl) ? "1" : "0";
+        break;
+    case LP_TLS_F_CLIENT_VERIFIED:
+        v = client_verified(t) ? "1" : "0";
+        break;
+    case LP_TLS_F_CLIENT_SUBJECT:
+        return (*len = client_subject(t, buf, n)) ? buf : NULL;
+    }
+    *len = v ? strlen(v) : 0;
+    return v;
 }

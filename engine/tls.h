@@ -120,18 +120,18 @@ lp_wbatch_t *lp_tls_out(lp_tls_t *t, lp_wbpool_t *pool);
 /* Why the last call failed (OpenSSL's reason, or ours). */
 const char *lp_tls_error(const lp_tls_t *t);
 
-/* Facts for Lua and logs (NULL when not known). */
-typedef struct {
-    const char *protocol; /* "TLSv1.3" */
-    const char *cipher;
-    const char *sni;
-    const char *alpn; /* not NUL-terminated: alpn_len bytes */
-    unsigned alpn_len;
-    int resumed;
-    int client_verified; /* a client certificate was presented and verified */
-} lp_tls_info_t;
-void lp_tls_get_info(const lp_tls_t *t, lp_tls_info_t *out);
-/* The verified client certificate's subject, RFC 2253 ("CN=alice,O=Example"), into buf. */
-size_t lp_tls_client_subject(const lp_tls_t *t, char *buf, size_t n);
+/* One fact about an established session, for Lua and the access log: a string of *len
+ * bytes (not always NUL-terminated: ALPN), or NULL when unknown or not established. buf
+ * (n bytes) holds the ones formatted here (the client subject). */
+enum {
+    LP_TLS_F_PROTOCOL = 1,    /* "TLSv1.3" */
+    LP_TLS_F_CIPHER,          /* "TLS_AES_256_GCM_SHA384" */
+    LP_TLS_F_SNI,             /* the server name the client asked for */
+    LP_TLS_F_ALPN,            /* "http/1.1" */
+    LP_TLS_F_RESUMED,         /* "1" or "0" */
+    LP_TLS_F_CLIENT_VERIFIED, /* "1" or "0": a client certificate, verified */
+    LP_TLS_F_CLIENT_SUBJECT,  /* RFC 2253 ("CN=alice,O=Example"), only when verified */
+};
+const char *lp_tls_fact(const lp_tls_t *t, int what, char *buf, size_t n, size_t *len);
 
 #endif
