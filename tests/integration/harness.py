@@ -20,6 +20,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -852,6 +853,35 @@ def chunked(body, sizes=None, ext=False, trailers=None):
         out += ("%s: %s\r\n" % (name, val)).encode()
     out += b"\r\n"
     return bytes(out)
+
+
+def tls_get(port, path, sni, cafile=None):
+    """One GET over TLS (ALPN http/1.1, Connection: close, Host = sni); the certificate is
+    verified against cafile when given. Returns (status, {lower-case name: value}, body)."""
+    if cafile:
+        ctx = ssl.create_default_context(cafile=cafile)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=T(10)) as s:
+        with ctx.wrap_socket(s, server_hostname=sni) as t:
+            t.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" %
+                       (path, sni)).encode())
+            while True:
+                chunk = t.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {}
+    for l in lines[1:]:
+        n, _, v = l.partition(":")
+        fields[n.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), fields, body
 
 
 def get(port, path="/", host="a.test", headers=None, method="GET", body=None,

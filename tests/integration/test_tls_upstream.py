@@ -273,25 +273,7 @@ class UpstreamTLSTest(unittest.TestCase):
     # ---- through the TLS listener ----
 
     def tls_get(self, path, sni="front.test"):
-        ctx = ssl.create_default_context(cafile=os.path.join(self.dir, "front.pem"))
-        ctx.set_alpn_protocols(["http/1.1"])
-        with socket.create_connection(("127.0.0.1", self.front_port), timeout=H.T(10)) as s:
-            with ctx.wrap_socket(s, server_hostname=sni) as t:
-                t.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" %
-                           (path, sni)).encode())
-                data = b""
-                while True:
-                    chunk = t.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for l in lines[1:]:
-            n, _, v = l.partition(":")
-            headers[n.strip().lower()] = v.strip()
-        return int(lines[0].split()[1]), headers, body
+        return H.tls_get(self.front_port, path, sni, cafile=os.path.join(self.dir, "front.pem"))
 
     def test_req_tls_in_lua(self):
         status, _, body = self.tls_get("/tls")
