@@ -6,7 +6,6 @@ accepts the originals as shipped."""
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
