@@ -376,8 +376,10 @@ static int file_path(vctx_t *v, const char *path, char **out)
     return 0;
 }
 
-/* An optional list of file names (each as opt_path). */
-static int opt_path_list(vctx_t *v, const char *path, const char *k, char ***out, size_t *n)
+/* An optional list of non-empty strings (`what` names one in errors); with is_path each is
+ * a file name, resolved as opt_path does. */
+static int opt_string_list(vctx_t *v, const char *path, const char *k, const char *what,
+                           int is_path, char ***out, size_t *n)
 {
     char pl[512];
     int rc, present;
@@ -392,10 +394,12 @@ static int opt_path_list(vctx_t *v, const char *path, const char *k, char ***out
         join_index(pi, sizeof(pi), pl, i + 1);
         lua_rawgeti(v->L, -1, (int)i + 1);
         if (lua_type(v->L, -1) != LUA_TSTRING)
-            rc = fail(v, pi, "expected a file name, got %s", type_name(v));
+            rc = fail(v, pi, "expected a %s, got %s", what, type_name(v));
+        else if (!lua_objlen(v->L, -1))
+            rc = fail(v, pi, "expected a %s", what);
         else if (!((*out)[i] = strdup(lua_tostring(v->L, -1))))
             rc = fail(v, pi, "out of memory");
-        else if (++*n)
+        else if (++*n && is_path)
             rc = file_path(v, pi, &(*out)[i]);
         lua_pop(v->L, 1);
     }
@@ -435,32 +439,13 @@ static int required_path(vctx_t *v, const char *path, const char *k, char **out)
 static int load_tls_cert(vctx_t *v, const char *p, lp_tls_cert_conf_t *cc)
 {
     static const char *const keys[] = {"cert", "key", "names", NULL};
-    int rc, present;
+    int rc;
     if (lua_type(v->L, -1) != LUA_TTABLE)
         return fail(v, p, "expected a table { cert =, key = }, got %s", type_name(v));
     if ((rc = check_keys(v, p, keys)) || (rc = required_path(v, p, "cert", &cc->cert)) ||
         (rc = required_path(v, p, "key", &cc->key)))
         return rc;
-    char pn[512];
-    join(pn, sizeof(pn), p, "names");
-    if ((rc = opt_table(v, p, "names", &present)) || !present)
-        return rc;
-    size_t n;
-    if (!(rc = list_len(v, pn, &n)) && !(cc->names = calloc(n ? n : 1, sizeof(char *))))
-        rc = fail(v, pn, "out of memory");
-    for (size_t i = 0; !rc && i < n; i++) {
-        lua_rawgeti(v->L, -1, (int)i + 1);
-        if (lua_type(v->L, -1) != LUA_TSTRING || !lua_objlen(v->L, -1)) {
-            char pi[512];
-            join_index(pi, sizeof(pi), pn, i + 1);
-            rc = fail(v, pi, "expected a host name");
-        } else if ((cc->names[i] = strdup(lua_tostring(v->L, -1)))) {
-            cc->nnames++;
-        }
-        lua_pop(v->L, 1);
-    }
-    lua_pop(v->L, 1);
-    return rc;
+    return opt_string_list(v, p, "names", "host name", 0, &cc->names, &cc->nnames);
 }
 
 /* listen[i].tls, the table at the top of the stack. */
@@ -566,8 +551,8 @@ static int load_tls_server(vctx_t *v, const char *p, lp_listen_conf_t *lc)
     if (!rc)
         rc = opt_seconds_ms(v, p, "handshake_timeout", 10, &tc.handshake_timeout);
     if (!rc)
-        rc =
-            opt_path_list(v, p, "session_ticket_keys", &tc.ticket_key_files, &tc.nticket_key_files);
+        rc = opt_string_list(v, p, "session_ticket_keys", "file name", 1, &tc.ticket_key_files,
+                             &tc.nticket_key_files);
     tc.session_cache = (unsigned)cache;
     tc.session_timeout_s = timeout_ms / 1000 ? timeout_ms / 1000 : 1;
     if (!rc) {
