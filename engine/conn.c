@@ -946,7 +946,7 @@ static int conn_hs_defer(lp_conn_t *c)
     lp_worker_t *w = c->w;
     if (!lp_list_empty(&c->hs_link))
         return 1; /* already waiting: more of its bytes arrived */
-    if (c->flags & LP_CF_TLS_HELLO)
+    if (lp_tls_started(c->tls))
         return 0;
     if (lp_list_empty(&w->hs_deferred) && w->hs_turn_ns < HS_BUDGET_NS)
         return 0;
@@ -974,8 +974,6 @@ static void conn_tls_step(lp_conn_t *c)
         uint64_t t0 = uv_hrtime();
         int rc = lp_tls_handshake(c->tls);
         c->w->hs_turn_ns += uv_hrtime() - t0;
-        if (lp_tls_started(c->tls)) /* not before the whole ClientHello was there */
-            c->flags |= LP_CF_TLS_HELLO;
         lp_conn_flush(c);
         if (rc == LP_ERROR) {
             lp_log_info("%s: TLS handshake failed: %s", c->client_ip, lp_tls_error(c->tls));

@@ -246,7 +246,6 @@ struct lp_req_s {
 #define LP_CF_BROKEN      0x100 /* a write failed: closing on the next loop turn */
 #define LP_CF_TLS_BYE     0x200 /* TLS close_notify queued */
 #define LP_CF_TLS_END     0x400 /* TLS input ended (close_notify, EOF or error) */
-#define LP_CF_TLS_HELLO   0x800 /* the TLS handshake has begun (its ClientHello is answered) */
 
 struct lp_conn_s {
     uv_tcp_t tcp; /* tcp.data = this */
