@@ -1,9 +1,11 @@
 -- headers: sets, adds and removes request headers (request phase) and response headers
 -- (response phase). Values may carry variables ($host, ${request_id}, ...) that are parsed
 -- once, at config load, into templates. Docs: docs/plugins/headers.md.
-local find, sub = string.find, string.sub
-local concat, sort = table.concat, table.sort
+local find = string.find
+local sort = table.sort
 local type, pairs, ipairs = type, pairs, ipairs
+
+local text = require "luaproxy.text"
 
 local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
 
@@ -83,63 +85,20 @@ local VARS = {
   path = true, uri = true, scheme = true, status = true,
 }
 
--- Parses "text $var ${var} $$" into a plain string (no variables) or a template: an array
--- of odd length, literals at odd indexes and variable names at even ones. Unknown
--- variables stay as written.
+-- Compiles a value (luaproxy.text): "text $var ${var} $$" into a plain string or a template.
+-- Unknown variables stay as written.
 local function compile_template(s, response)
-  local parts, lit = {}, {}
-  local i, n = 1, #s
-  while i <= n do
-    local d = find(s, "$", i, true)
-    if not d then lit[#lit + 1] = sub(s, i); break end
-    lit[#lit + 1] = sub(s, i, d - 1)
-    local c = sub(s, d + 1, d + 1)
-    if c == "$" then
-      lit[#lit + 1] = "$"
-      i = d + 2
-    else
-      local name, stop
-      if c == "{" then
-        local close = find(s, "}", d + 2, true)
-        if close then name, stop = sub(s, d + 2, close - 1), close end
-      else
-        local a, b = find(s, "^[%a_][%w_]*", d + 1)
-        if a then name, stop = sub(s, a, b), b end
-      end
-      if name and VARS[name] then
-        if name == "status" and not response then
-          return nil, "$status is only known in the response part"
-        end
-        parts[#parts + 1] = concat(lit)
-        parts[#parts + 1] = name
-        lit = {}
-        i = stop + 1
-      else
-        lit[#lit + 1] = "$"
-        i = d + 1
-      end
+  local tpl = text.compile(s, VARS, false)
+  if not response and type(tpl) == "table" then
+    for i = 2, #tpl, 2 do
+      if tpl[i] == "status" then return nil, "$status is only known in the response part" end
     end
   end
-  local tail = concat(lit)
-  if #parts == 0 then return tail end
-  parts[#parts + 1] = tail
-  return parts
+  return tpl
 end
 P.compile_template = compile_template
 
--- Scratch buffer for rendering; phases of one worker never interleave inside render().
-local buf = {}
-
-local function render(tpl, req)
-  if type(tpl) == "string" then return tpl end
-  local n = #tpl
-  buf[1] = tpl[1]
-  for i = 2, n, 2 do
-    buf[i] = req:var(tpl[i]) or ""
-    buf[i + 1] = tpl[i + 1]
-  end
-  return concat(buf, "", 1, n)
-end
+local render = text.render -- (tpl, req): headers templates have no captures
 P.render = render
 
 local function sorted_keys(t)

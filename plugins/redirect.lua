@@ -1,18 +1,14 @@
 -- redirect: answers matching requests with a redirect built from a template, and can send
 -- every plain-http request to https. Docs: docs/plugins/redirect.md.
-local find, sub, lower, byte = string.find, string.sub, string.lower, string.byte
-local concat = table.concat
+local find, sub = string.find, string.sub
 local type, ipairs = type, ipairs
 
 local check_lua_pattern = require("luaproxy.schema").check_lua_pattern
 local valid_pattern = check_lua_pattern
 
-local function valid_host(h)
-  if find(h, "*", 1, true) and (sub(h, 1, 2) ~= "*." or find(h, "*", 2, true)) then
-    return nil, "a wildcard host must look like *.example.com"
-  end
-  return true
-end
+local text = require "luaproxy.text"
+local valid_host, compile_name, name_matches = text.valid_host, text.compile_name,
+  text.name_matches
 
 local P = {
   name = "redirect",
@@ -67,57 +63,10 @@ local VARS = {
   path = true, uri = true, scheme = true,
 }
 
--- Parses `to` into a plain string or an odd-length array: literals at odd indexes; at even
--- ones a variable name (string) or a capture number (0..9, only when the rule has a
--- pattern). Unknown variables stay as written.
+-- Parses `to` (luaproxy.text): variables, and capture numbers %0..%9 only when the rule has
+-- a pattern. Unknown variables stay as written.
 local function compile_to(s, captures)
-  local parts, lit = {}, {}
-  local i, n = 1, #s
-  local special = captures and "[%$%%]" or "%$"
-  while i <= n do
-    local d = find(s, special, i)
-    if not d then lit[#lit + 1] = sub(s, i); break end
-    lit[#lit + 1] = sub(s, i, d - 1)
-    local c = sub(s, d + 1, d + 1)
-    if byte(s, d) == 37 then -- %
-      local k = byte(c)
-      if k and k >= 48 and k <= 57 then
-        parts[#parts + 1] = concat(lit)
-        parts[#parts + 1] = k - 48
-        lit = {}
-      elseif c == "%" then
-        lit[#lit + 1] = "%"
-      else
-        return nil, "% must be followed by a digit or % (write %% for a percent sign)"
-      end
-      i = d + 2
-    elseif c == "$" then
-      lit[#lit + 1] = "$"
-      i = d + 2
-    else
-      local name, stop
-      if c == "{" then
-        local close = find(s, "}", d + 2, true)
-        if close then name, stop = sub(s, d + 2, close - 1), close end
-      else
-        local a, b = find(s, "^[%a_][%w_]*", d + 1)
-        if a then name, stop = sub(s, a, b), b end
-      end
-      if name and VARS[name] then
-        parts[#parts + 1] = concat(lit)
-        parts[#parts + 1] = name
-        lit = {}
-        i = stop + 1
-      else
-        lit[#lit + 1] = "$"
-        i = d + 1
-      end
-    end
-  end
-  local tail = concat(lit)
-  if #parts == 0 then return tail end
-  parts[#parts + 1] = tail
-  return parts
+  return text.compile(s, VARS, captures)
 end
 P.compile_to = compile_to
 
@@ -138,37 +87,15 @@ function P.compile(conf)
                 pattern = r.pattern, to = to, status = r.status, keep_query = r.keep_query }
     if r.host then
       need_host = true
-      local h = lower(r.host)
-      if sub(h, 1, 2) == "*." then
-        c.host_suffix, c.host_suffix_len = sub(h, 2), #h - 1
-      else
-        c.host = h
-      end
+      c.host, c.host_suffix, c.host_suffix_len = compile_name(r.host)
     end
     rules[i] = c
   end
   return { https = conf.https, rules = rules, need_host = need_host }
 end
 
--- Scratch space (one request at a time per worker).
-local caps, buf = {}, {}
-
-local function render(tpl, req, path, s, e)
-  local n = #tpl
-  buf[1] = tpl[1]
-  for i = 2, n, 2 do
-    local k = tpl[i]
-    local v
-    if type(k) == "number" then
-      v = (k == 0 and sub(path, s, e)) or caps[k]
-    else
-      v = req:var(k)
-    end
-    buf[i] = v or ""
-    buf[i + 1] = tpl[i + 1]
-  end
-  return concat(buf, "", 1, n)
-end
+-- Captures of the matching rule (one request at a time per worker).
+local caps = {}
 
 function P.request(req, conf)
   if conf.https and req:scheme() == "http" then
@@ -185,11 +112,8 @@ function P.request(req, conf)
   for i = 1, #rules do
     local r = rules[i]
     local ok = true
-    if r.host then
-      ok = host == r.host
-    elseif r.host_suffix then
-      local n, sn = #host, r.host_suffix_len
-      ok = n > sn and find(host, r.host_suffix, n - sn + 1, true) ~= nil
+    if r.host or r.host_suffix then
+      ok = name_matches(host, r.host, r.host_suffix, r.host_suffix_len)
     end
     if ok and r.path then ok = path == r.path end
     local pp = r.prefix_pat
@@ -205,7 +129,7 @@ function P.request(req, conf)
         if c1 == nil and s then c1 = sub(path, s, e) end
         caps[1], caps[2], caps[3], caps[4], caps[5], caps[6], caps[7], caps[8], caps[9] =
           c1, c2, c3, c4, c5, c6, c7, c8, c9
-        url = render(url, req, path, s, e)
+        url = text.render(url, req, caps, path, s, e)
       end
       if r.keep_query and not find(url, "?", 1, true) then
         local uri = req:uri()

@@ -9,12 +9,9 @@ local type, pairs, ipairs = type, pairs, ipairs
 local check_lua_pattern = require("luaproxy.schema").check_lua_pattern
 local valid_pattern = check_lua_pattern
 
-local function valid_host(h)
-  if find(h, "*", 1, true) and (sub(h, 1, 2) ~= "*." or find(h, "*", 2, true)) then
-    return nil, "a wildcard host must look like *.example.com"
-  end
-  return true
-end
+local text = require "luaproxy.text"
+local valid_host, compile_name, name_matches = text.valid_host, text.compile_name,
+  text.name_matches
 
 local rule_fields = {
   host = {
@@ -127,20 +124,6 @@ end
 
 local check_captures = require("luaproxy.schema").check_captures
 
--- A host or SNI pattern: the exact lower-case name, or (for *.example.com) the suffix
--- ".example.com" and its length.
-local function compile_name(pattern)
-  local h = lower(pattern)
-  if sub(h, 1, 2) == "*." then return nil, sub(h, 2), #h - 1 end
-  return h
-end
-
--- name (lower case) against a compiled pattern.
-local function name_matches(name, exact, suffix, suffix_len)
-  if exact then return name == exact end
-  local n = #name
-  return n > suffix_len and find(name, suffix, n - suffix_len + 1, true) ~= nil
-end
 
 function P.compile(conf)
   local rules = {}
