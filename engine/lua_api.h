@@ -68,6 +68,8 @@ int lp_ffi_sleep(double seconds);
 int lp_ffi_body_read(void *r, double max, lp_str_t *out);
 void lp_ffi_log(int level, const char *msg, size_t len);
 double lp_ffi_now(void);
+double lp_ffi_monotonic(void);
+double lp_ffi_start_time(void *r);
 int lp_ffi_worker_id(void);
 /* req:last_failure(): why the request's last try failed (lp_fail_kind_t; 0: no failed try),
  * with its target's address and, for LP_FAIL_STATUS, the upstream's status. */

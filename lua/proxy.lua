@@ -108,6 +108,7 @@ function proxy.upstream(name)
 end
 
 function proxy.now() return C.lp_ffi_now() end
+function proxy.monotonic() return C.lp_ffi_monotonic() end
 function proxy.worker_id() return C.lp_ffi_worker_id() end
 
 proxy._K = K

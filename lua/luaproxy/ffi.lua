@@ -22,6 +22,8 @@ int lp_ffi_sleep(double seconds);
 int lp_ffi_body_read(void *r, double max, lp_str_t *out);
 void lp_ffi_log(int level, const char *msg, size_t len);
 double lp_ffi_now(void);
+double lp_ffi_monotonic(void);
+double lp_ffi_start_time(void *r);
 int lp_ffi_worker_id(void);
 int lp_ffi_last_failure(void *r, lp_str_t *addr, int *status);
 int lp_ffi_upstream_find(const char *name, size_t n);

@@ -126,6 +126,8 @@ function methods.scheme(h) check(h, "scheme") return get(h, K.SCHEME) end
 function methods.client_ip(h) check(h, "client_ip") return get(h, K.CLIENT_IP) end
 function methods.http_version(h) check(h, "http_version") return tonumber(get(h, K.VERSION)) end
 function methods.phase(h) check(h, "phase") return h._phase end
+-- When the request's first byte arrived, in proxy.now()'s seconds.
+function methods.start_time(h) check(h, "start_time") return C.lp_ffi_start_time(h._r) end
 
 local function tls_get(h, what)
   if C.lp_ffi_tls_get(h._r, what, s1) ~= 0 then return nil end

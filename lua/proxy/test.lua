@@ -51,6 +51,8 @@ for _, level in ipairs({ "err", "warn", "notice", "info", "debug" }) do
   end
 end
 function fake.now() return clock end
+-- The fake clock moves both; only differences of monotonic() mean anything.
+function fake.monotonic() return clock - START + 1000 end
 function fake.worker_id() return 1 end
 local in_filter = false -- a response_body filter runs (call_filter)
 function fake.sleep(seconds)
@@ -320,6 +322,7 @@ function T.request(spec)
   local req = setmetatable({
     ctx = spec.ctx or {},
     _phase = spec.phase or "request",
+    _start_time = spec.start_time or clock,
     _method = spec.method or "GET",
     _path = path,
     _query = query,
@@ -355,6 +358,7 @@ function Req:set_phase(p)
 end
 
 function Req:phase() check("phase", self._phase); return self._phase end
+function Req:start_time() check("start_time", self._phase); return self._start_time end
 function Req:method() check("method", self._phase); return self._method end
 function Req:path() check("path", self._phase); return self._path end
 
