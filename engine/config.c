@@ -1171,11 +1171,11 @@ static int load_timeouts(vctx_t *v, lp_config_t *c)
 
 static int load_limits(vctx_t *v, lp_config_t *c)
 {
-    static const char *const keys[] = {"max_header_size", "max_uri_size", "max_body_size",
-                                       "max_headers", NULL};
+    static const char *const keys[] = {"max_header_size", "max_uri_size",    "max_body_size",
+                                       "max_headers",     "max_connections", NULL};
     lp_limits_t *l = &c->limits;
     int present, rc;
-    uint64_t hs = 0, us = 0, nh = 0;
+    uint64_t hs = 0, us = 0, nh = 0, mc = 0;
     if ((rc = opt_table(v, "", "limits", &present)))
         return rc;
     if (!present)
@@ -1183,8 +1183,10 @@ static int load_limits(vctx_t *v, lp_config_t *c)
     if (!(rc = check_keys(v, "limits", keys)) &&
         !(rc = opt_integer(v, "limits", "max_header_size", 256, 1 << 20, 16384, &hs)) &&
         !(rc = opt_integer(v, "limits", "max_uri_size", 16, 1 << 20, 8192, &us)) &&
-        !(rc = opt_integer(v, "limits", "max_body_size", 0, 9.0e15, 1048576, &l->max_body_size)))
-        rc = opt_integer(v, "limits", "max_headers", 1, 10000, 100, &nh);
+        !(rc = opt_integer(v, "limits", "max_body_size", 0, 9.0e15, 1048576, &l->max_body_size)) &&
+        !(rc = opt_integer(v, "limits", "max_headers", 1, 10000, 100, &nh)))
+        rc = opt_integer(v, "limits", "max_connections", 0, 1 << 24, 10000, &mc);
+    l->max_connections = (unsigned)mc;
     l->max_header_size = hs;
     l->max_uri_size = us;
     l->max_headers = (unsigned)nh;

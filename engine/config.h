@@ -115,6 +115,7 @@ typedef struct {
     size_t max_uri_size;
     uint64_t max_body_size; /* 0: unlimited */
     unsigned max_headers;
+    unsigned max_connections; /* client connections per worker (0: unlimited) */
 } lp_limits_t;
 
 typedef struct {

@@ -1358,12 +1358,43 @@ void lp_conn_tunnel_end(lp_conn_t *c)
 
 /* ---- accept ---- */
 
+static void on_refused_close(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Over limits.max_connections: the connection is taken off the backlog and closed at once
+ * (nginx's worker_connections; a client connection holds memory and file descriptors that
+ * a peer must not be able to multiply without bound). */
+static void conn_refuse(uv_stream_t *server, lp_worker_t *w)
+{
+    static _Thread_local uint64_t last_warned;
+    uint64_t now = uv_now(&w->loop);
+    if (!last_warned || now - last_warned >= 1000) {
+        last_warned = now;
+        lp_log_warn("limits.max_connections (%u) reached in this worker: closing new connections",
+                    w->config->limits.max_connections);
+    }
+    uv_tcp_t *t = malloc(sizeof(*t));
+    if (!t || uv_tcp_init(&w->loop, t)) {
+        free(t);
+        return;
+    }
+    (void)uv_accept(server, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, on_refused_close);
+}
+
 void lp_conn_on_connection(uv_stream_t *server, int status)
 {
     lp_listener_t *l = server->data;
     lp_worker_t *w = l->w;
     if (status < 0) {
         lp_log_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    unsigned max = w->config->limits.max_connections;
+    if (max && __atomic_load_n(&w->nconns, __ATOMIC_RELAXED) >= max) {
+        conn_refuse(server, w);
         return;
     }
     lp_conn_t *c = calloc(1, sizeof(*c));

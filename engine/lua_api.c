@@ -272,6 +272,7 @@ int lp_ffi_set_upstream(void *rp, const char *name, size_t n)
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const char *un = cfg->upstreams[i].name;
         if (strlen(un) == n && memcmp(un, name, n) == 0) {
+            lp_upstream_dyn_release(r);
             r->upstream = &r->g->upstreams[i];
             return 0;
         }
@@ -293,10 +294,8 @@ int lp_ffi_set_target(void *rp, const char *host, size_t n, int port)
         uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&ss))
         return LP_FFI_EINVAL; /* an IP address: a name would block on DNS */
     snprintf(text, sizeof(text), strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
-    lp_upstream_rt_t *u = lp_upstream_dynamic(w, (struct sockaddr *)&ss, text);
-    if (!u)
+    if (lp_upstream_set_dynamic(r, (struct sockaddr *)&ss, text))
         return LP_FFI_ENOSPACE;
-    r->upstream = u;
     r->tried_up = NULL; /* Lua's explicit choice is tried even if an earlier try went there */
     return 0;
 }

@@ -199,13 +199,14 @@ struct lp_req_s {
     lp_req_state_t state;
     unsigned flags;
     uint8_t method;
-    uint8_t minor; /* client HTTP/1.x minor version */
-    int status;    /* sent to the client */
-    const lp_route_conf_t *route;
-    lp_upstream_rt_t *upstream;
-    int target;           /* -1 before the first pick; then the picked target's index */
-    lp_target_rt_t *tgt;  /* the current try's target: a reference while try_open */
-    char target_addr[64]; /* the last picked target's address (log, req:last_failure()) */
+    uint8_t minor;                 /* client HTTP/1.x minor version */
+    int status;                    /* sent to the client */
+    const lp_route_conf_t *route;  /* borrowed from the generation's config */
+    lp_upstream_rt_t *upstream;    /* borrowed: the generation's, or the set_target() one */
+    struct lp_dyn_upstream_s *dyn; /* reference: the set_target() upstream, NULL: none */
+    int target;                    /* -1 before the first pick; then the picked target's index */
+    lp_target_rt_t *tgt;           /* the current try's target: a reference while try_open */
+    char target_addr[64];          /* the last picked target's address (log, req:last_failure()) */
     lp_peer_t *peer;
     uint64_t body_in;                              /* request body bytes read */
     uint64_t resp_body_out;                        /* response body bytes queued to the client */

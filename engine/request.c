@@ -66,6 +66,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->status = 0;
     req->route = NULL;
     req->upstream = NULL;
+    req->dyn = NULL;
     req->target = -1;
     req->peer = NULL;
     req->body_in = req->resp_body_out = 0;
@@ -133,7 +134,8 @@ void lp_req_end(lp_req_t *req)
         return;
     req->flags |= LP_RF_ENDED;
     lp_upstream_try_end(req, 0); /* a try cut short by the client, or a tunnel */
-    lp_lua_release(req);         /* invalidates the Lua handle */
+    lp_upstream_dyn_release(req);
+    lp_lua_release(req); /* invalidates the Lua handle */
     if (req->body_buf)
         lp_buf_unref(req->body_buf);
     req->body_buf = NULL;

@@ -143,23 +143,62 @@ void lp_upstream_rt_free(lp_upstream_rt_t *ups, size_t n)
     free(ups);
 }
 
-/* A set_target() destination: a one-target upstream kept per worker (not per generation). */
+/* A set_target() destination: a one-target upstream kept per worker (not per generation),
+ * so that its connections pool. Requests that chose it hold a reference (req->dyn); when
+ * the table is full, the least recently used entry that no request holds makes room. */
 typedef struct lp_dyn_upstream_s {
     lp_upstream_conf_t conf;
     lp_target_conf_t tconf;
     lp_upstream_rt_t rt;
     char name[80];
+    unsigned refs;      /* requests that chose it */
+    uint64_t last_used; /* uv_now() ms of the last set_target() to it */
 } lp_dyn_upstream_t;
 
 #define LP_MAX_DYN_UPSTREAMS 1024
 
-lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa, const char *text)
+static void dyn_free(lp_dyn_upstream_t *d)
+{
+    lp_targets_free(&d->rt);
+    free(d);
+}
+
+/* The slot of the least recently used entry nobody holds, freed; -1 when all are held. */
+static int dyn_evict(lp_worker_t *w)
+{
+    int best = -1;
+    for (size_t i = 0; i < w->ndyn; i++) {
+        lp_dyn_upstream_t *d = w->dyn[i];
+        if (d->refs || d->rt.in_flight || d->rt.npending)
+            continue;
+        if (best < 0 || d->last_used < w->dyn[best]->last_used)
+            best = (int)i;
+    }
+    if (best >= 0) {
+        dyn_free(w->dyn[best]);
+        w->dyn[best] = w->dyn[--w->ndyn];
+    }
+    return best;
+}
+
+void lp_upstream_dyn_release(lp_req_t *req)
+{
+    if (req->dyn) {
+        req->dyn->refs--;
+        req->dyn = NULL;
+    }
+}
+
+static lp_dyn_upstream_t *dyn_find(lp_worker_t *w, const struct sockaddr *sa, const char *text)
 {
     for (size_t i = 0; i < w->ndyn; i++)
         if (strcmp(w->dyn[i]->name, text) == 0)
-            return &w->dyn[i]->rt;
-    if (w->ndyn >= LP_MAX_DYN_UPSTREAMS)
+            return w->dyn[i];
+    if (w->ndyn >= LP_MAX_DYN_UPSTREAMS && dyn_evict(w) < 0) {
+        lp_log_warn("req:set_target(): %d destinations in use at once in this worker: refused",
+                    LP_MAX_DYN_UPSTREAMS);
         return NULL;
+    }
     if (!w->dyn && !(w->dyn = calloc(LP_MAX_DYN_UPSTREAMS, sizeof(*w->dyn))))
         return NULL;
     lp_dyn_upstream_t *d = calloc(1, sizeof(*d));
@@ -181,20 +220,30 @@ lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa,
     d->conf.keepalive_requests = 1000;
     d->conf.dns_ttl = 30000;
     if (lp_targets_init(&d->rt, &d->conf, 1) || lp_targets_attach(&d->rt, w, UINT64_MAX)) {
-        lp_targets_free(&d->rt);
-        free(d);
+        dyn_free(d);
         return NULL;
     }
     w->dyn[w->ndyn++] = d;
-    return &d->rt;
+    return d;
+}
+
+int lp_upstream_set_dynamic(lp_req_t *req, const struct sockaddr *sa, const char *text)
+{
+    lp_dyn_upstream_t *d = dyn_find(req->w, sa, text);
+    if (!d)
+        return LP_ELIMIT;
+    d->refs++;
+    d->last_used = uv_now(&req->w->loop);
+    lp_upstream_dyn_release(req);
+    req->dyn = d;
+    req->upstream = &d->rt;
+    return 0;
 }
 
 void lp_upstream_destroy_all(lp_worker_t *w)
 {
-    for (size_t i = 0; i < w->ndyn; i++) {
-        lp_targets_free(&w->dyn[i]->rt);
-        free(w->dyn[i]);
-    }
+    for (size_t i = 0; i < w->ndyn; i++)
+        dyn_free(w->dyn[i]);
     free(w->dyn);
     w->dyn = NULL;
     w->ndyn = 0;

@@ -39,9 +39,12 @@ void lp_peer_abort(lp_peer_t *p);
 void lp_peer_tunnel_data(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin);
 /* The client ended the tunnel. */
 void lp_peer_tunnel_eof(lp_peer_t *p);
-/* A one-target upstream for req:set_target(), kept per worker so its connections pool.
- * NULL when the table is full. */
-lp_upstream_rt_t *lp_upstream_dynamic(lp_worker_t *w, const struct sockaddr *sa, const char *text);
+/* req:set_target(): req goes to a one-target upstream for `text` ("ip:port"), kept per
+ * worker so its connections pool; req holds a reference until it ends. LP_ELIMIT when the
+ * table is full of destinations in use. */
+int lp_upstream_set_dynamic(lp_req_t *req, const struct sockaddr *sa, const char *text);
+/* Drops req's reference to its set_target() upstream (lp_req_end). */
+void lp_upstream_dyn_release(lp_req_t *req);
 /* Closes idle pooled connections: all (older_than 0), or those of pools that no
  * generation from older_than on uses (after a reload). */
 void lp_upstream_close_idle(lp_worker_t *w, uint64_t older_than);
