@@ -279,8 +279,8 @@ static void put_tls(lp_accesslog_t *log, const lp_req_t *req, int var)
     };
     char subject[512];
     size_t n = 0;
-    const char *v = req->conn->tls
-                        ? lp_tls_fact(req->conn->tls, facts[var], subject, sizeof(subject), &n)
+    const char *v = req->conn->ep.tls
+                        ? lp_tls_fact(req->conn->ep.tls, facts[var], subject, sizeof(subject), &n)
                         : NULL;
     if (v && var == V_SSL_SESSION_REUSED)
         v = v[0] == '1' ? "r" : ".", n = 1; /* nginx's spelling */
@@ -354,7 +354,7 @@ void lp_accesslog_write(lp_accesslog_t *log, const lp_req_t *req)
             put_escaped(log, h->host.base, h->host.len);
             break;
         case V_SCHEME:
-            put(log, req->conn->tls ? "https" : "http", req->conn->tls ? 5 : 4);
+            put(log, req->conn->ep.tls ? "https" : "http", req->conn->ep.tls ? 5 : 4);
             break;
         case V_SSL_PROTOCOL:
         case V_SSL_CIPHER:

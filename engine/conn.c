@@ -10,13 +10,23 @@
 #include "log.h"
 #include "lua_api.h"
 #include "lua_vm.h"
+#include "relay.h"
 #include "request.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
 
-/* What the connection timer is timing. */
-enum { TM_NONE, TM_IDLE, TM_HEAD, TM_BODY, TM_SEND, TM_LINGER, TM_BROKEN, TM_HANDSHAKE };
+/* What the connection timer is timing (after the endpoint's own modes). */
+enum {
+    TM_NONE = LP_EP_TM_NONE,
+    TM_BROKEN = LP_EP_TM_BROKEN,
+    TM_IDLE = LP_EP_TM_OWNER,
+    TM_HEAD,
+    TM_BODY,
+    TM_SEND,
+    TM_LINGER,
+    TM_HANDSHAKE
+};
 
 #define LINGER_MS 2000
 
@@ -28,69 +38,52 @@ static int req_finish(lp_req_t *req);
 
 static const lp_timeouts_t *T(lp_conn_t *c)
 {
-    return &c->w->config->timeouts;
+    return &c->ep.w->config->timeouts;
 }
-
-static void on_timer(uv_timer_t *t);
 
 static void conn_timer(lp_conn_t *c, int mode, uint64_t ms)
 {
-    if ((c->flags & LP_CF_BROKEN) && mode != TM_BROKEN)
-        return; /* the close scheduled for a failed write comes first */
-    c->tmode = (uint8_t)mode;
-    if (mode == TM_NONE)
-        lp_lazy_cancel(&c->lazy);
-    else
-        lp_lazy_set(&c->timer, &c->lazy, ms, on_timer);
+    lp_ep_timer(&c->ep, mode, ms);
+}
+
+static lp_conn_t *conn_of(lp_endpoint_t *ep)
+{
+    return LP_CONTAINER_OF(ep, lp_conn_t, ep);
 }
 
 static int on_req_body(lp_h1_t *h, const char *at, size_t len);
 
 /* ---- closing ---- */
 
-static void on_handle_close(uv_handle_t *h)
+static void conn_on_closed(lp_endpoint_t *ep)
 {
-    lp_conn_t *c = h->data;
-    if (--c->handles)
-        return;
+    lp_conn_t *c = conn_of(ep);
     lp_list_remove(&c->link);
-    __atomic_sub_fetch(&c->w->nconns, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&c->ep.w->nconns, 1, __ATOMIC_RELAXED);
     free(c);
 }
 
 void lp_conn_close(lp_conn_t *c)
 {
-    if (c->flags & LP_CF_CLOSING)
+    if (c->ep.flags & LP_EPF_CLOSING)
         return;
-    c->flags |= LP_CF_CLOSING;
     if (c->req) {
         if (c->req->status == 0 && c->req->state != LP_RS_HEAD)
             c->req->status = 499; /* closed before the response: nginx's convention */
         if (c->req->state != LP_RS_HEAD || c->req->status)
-            lp_accesslog_write(c->w->access, c->req);
+            lp_accesslog_write(c->ep.w->access, c->req);
         lp_req_end(c->req);
     }
-    if (c->rbuf) {
-        lp_buf_unref(c->rbuf);
-        c->rbuf = NULL;
-    }
-    if (c->outb) {
-        lp_wbatch_put(&c->w->wbatches, c->outb);
-        c->outb = NULL;
-    }
-    lp_tls_free(c->tls);
-    c->tls = NULL;
     if (!lp_list_empty(&c->hs_link)) {
         lp_list_remove(&c->hs_link);
         lp_list_init(&c->hs_link);
     }
-    uv_close((uv_handle_t *)&c->tcp, on_handle_close);
-    uv_close((uv_handle_t *)&c->timer, on_handle_close);
+    lp_ep_close(&c->ep);
 }
 
 static void on_linger_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
-    lp_conn_t *c = s->data;
+    lp_conn_t *c = conn_of(s->data);
     if (nread < 0)
         lp_conn_close(c);
 }
@@ -106,7 +99,7 @@ static void on_shutdown(uv_shutdown_t *sr, int status)
 {
     lp_conn_t *c = sr->data;
     free(sr);
-    if (c->flags & LP_CF_CLOSING)
+    if (c->ep.flags & LP_EPF_CLOSING)
         return;
     if (status < 0 || (c->flags & LP_CF_EOF)) {
         lp_conn_close(c);
@@ -115,8 +108,8 @@ static void on_shutdown(uv_shutdown_t *sr, int status)
     /* Lingering close: the client may still be sending (a body we refused); closing with
      * unread input would reset the connection and could destroy our answer in flight. */
     c->flags |= LP_CF_LINGER;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_linger_alloc, on_linger_read))
+    lp_ep_reading(&c->ep, 0);
+    if (uv_read_start((uv_stream_t *)&c->ep.tcp, on_linger_alloc, on_linger_read))
         lp_conn_close(c);
     conn_timer(c, TM_LINGER, LINGER_MS);
 }
@@ -126,26 +119,23 @@ static void conn_close_after_write(lp_conn_t *c)
 {
     c->flags |= LP_CF_CLOSE_AFTER;
     lp_conn_flush(c);
-    if (c->out_pending || (c->flags & (LP_CF_CLOSING | LP_CF_LINGER)))
+    if (c->ep.out_pending || (c->ep.flags & LP_EPF_CLOSING) || (c->flags & LP_CF_LINGER))
         return;
-    if (c->tls && !(c->flags & LP_CF_TLS_BYE)) {
+    if (c->ep.tls && !(c->flags & LP_CF_TLS_BYE)) {
         /* Tell a TLS client the end is deliberate, then shut down once it is written. */
         c->flags |= LP_CF_TLS_BYE;
-        lp_tls_close_notify(c->tls);
+        lp_tls_close_notify(c->ep.tls);
         lp_conn_flush(c);
-        if (c->out_pending || (c->flags & (LP_CF_CLOSING | LP_CF_BROKEN)))
+        if (c->ep.out_pending || (c->ep.flags & (LP_EPF_CLOSING | LP_EPF_BROKEN)))
             return;
     }
     if (c->req && c->req->peer) {
         lp_peer_abort(c->req->peer);
         c->req->peer = NULL;
     }
-    if (c->flags & LP_CF_READING) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->flags &= ~LP_CF_READING;
-    }
+    lp_ep_reading(&c->ep, 0);
     uv_shutdown_t *sr = malloc(sizeof(*sr));
-    if (!sr || uv_shutdown(sr, (uv_stream_t *)&c->tcp, on_shutdown)) {
+    if (!sr || uv_shutdown(sr, (uv_stream_t *)&c->ep.tcp, on_shutdown)) {
         free(sr);
         lp_conn_close(c);
         return;
@@ -154,17 +144,15 @@ static void conn_close_after_write(lp_conn_t *c)
     c->flags |= LP_CF_LINGER;
 }
 
-static void on_timer(uv_timer_t *t)
+static void conn_on_timeout(lp_endpoint_t *ep, int mode)
 {
-    lp_conn_t *c = t->data;
-    if (c->tmode == TM_NONE || !lp_lazy_due(t, &c->lazy, on_timer))
-        return;
-    switch (c->tmode) {
+    lp_conn_t *c = conn_of(ep);
+    switch (mode) {
     case TM_HEAD:
     case TM_BODY:
         if (c->req && !(c->req->flags & LP_RF_RESP_STARTED)) {
             lp_log_info("%s: client timed out sending the request %s", c->client_ip,
-                        c->tmode == TM_HEAD ? "head" : "body");
+                        mode == TM_HEAD ? "head" : "body");
             (void)lp_conn_upstream_failed(c->req, 408, "client timeout");
             return;
         }
@@ -178,95 +166,53 @@ static void on_timer(uv_timer_t *t)
         lp_log_info("%s: TLS handshake timed out", c->client_ip);
         lp_conn_close(c);
         return;
-    default:
+    case TM_BROKEN:
+        lp_log_debug("%s: write failed%s%s", c->client_ip, c->ep.tls ? ": " : "",
+                     c->ep.tls ? lp_tls_error(c->ep.tls) : "");
         lp_conn_close(c);
+        return;
+    default:
+        lp_conn_close(c); /* idle, or lingering, too long */
     }
 }
 
 /* ---- writing to the client ---- */
 
-static void on_write(uv_write_t *wr, int status)
+static void conn_on_written(lp_endpoint_t *ep, int status)
 {
-    lp_wbatch_t *wb = LP_CONTAINER_OF(wr, lp_wbatch_t, req);
-    lp_conn_t *c = wb->owner;
-    c->out_pending -= wb->bytes;
-    lp_wbatch_put(&c->w->wbatches, wb);
-    if (c->flags & LP_CF_CLOSING)
-        return;
+    lp_conn_t *c = conn_of(ep);
     if (status < 0) {
         lp_log_debug("%s: write failed: %s", c->client_ip, uv_strerror(status));
         lp_conn_close(c);
         return;
     }
-    if (c->tmode == TM_SEND) {
-        if (c->out_pending)
+    if (c->ep.tmode == TM_SEND) {
+        if (c->ep.out_pending)
             conn_timer(c, TM_SEND, T(c)->send);
         else
             conn_timer(c, TM_NONE, 0);
     }
-    if (c->out_pending <= LP_LOW_WATERMARK) {
+    if (lp_relay_drained(&c->ep)) {
         lp_req_t *req = c->req;
-        if (c->flags & LP_CF_TUNNEL) {
-            if (req && req->peer)
-                lp_peer_resume(req->peer);
-        } else if (req && req->peer && !(req->flags & LP_RF_RESP_DONE)) {
+        if (req && req->peer && ((c->flags & LP_CF_TUNNEL) || !(req->flags & LP_RF_RESP_DONE)))
             lp_peer_resume(req->peer);
-        }
     }
-    if (!c->out_pending && (c->flags & LP_CF_CLOSE_AFTER))
+    if (!c->ep.out_pending && (c->flags & LP_CF_CLOSE_AFTER))
         conn_close_after_write(c);
-}
-
-/* Hands one batch of wire bytes to libuv. -1 when the connection broke. */
-static int conn_send(lp_conn_t *c, lp_wbatch_t *wb)
-{
-    wb->owner = c;
-    if (lp_wbatch_send(wb, (uv_stream_t *)&c->tcp, &c->w->wbatches, &c->out_pending, on_write)) {
-        /* Closed on the next loop turn: callers of a flush still hold the request. */
-        c->flags |= LP_CF_BROKEN;
-        conn_timer(c, TM_BROKEN, 0);
-        return -1;
-    }
-    return 0;
 }
 
 void lp_conn_flush(lp_conn_t *c)
 {
-    lp_wbatch_t *wb = c->outb;
-    if (c->flags & (LP_CF_CLOSING | LP_CF_BROKEN))
+    if (lp_ep_flush(&c->ep))
         return;
-    if (wb && wb->n) {
-        c->outb = NULL;
-        if (c->tls) {
-            /* TLS copies the bytes into records: the plain batch is done with. */
-            int rc = lp_tls_write(c->tls, wb);
-            lp_wbatch_put(&c->w->wbatches, wb);
-            if (rc) {
-                lp_log_debug("%s: TLS write failed: %s", c->client_ip, lp_tls_error(c->tls));
-                c->flags |= LP_CF_BROKEN;
-                conn_timer(c, TM_BROKEN, 0);
-                return;
-            }
-        } else if (conn_send(c, wb)) {
-            return;
-        }
-    }
-    /* TLS output: records, and handshake messages, alerts and tickets. */
-    while (c->tls && (wb = lp_tls_out(c->tls, &c->w->wbatches)))
-        if (conn_send(c, wb))
-            return;
-    if (c->out_pending > LP_HIGH_WATERMARK && c->tmode != TM_SEND)
+    if (c->ep.out_pending > LP_HIGH_WATERMARK && c->ep.tmode != TM_SEND)
         conn_timer(c, TM_SEND, T(c)->send);
 }
 
 /* The batch to append to, with room for k iovecs and `scratch` framing bytes. */
 static lp_wbatch_t *conn_outb(lp_conn_t *c, unsigned k, unsigned scratch)
 {
-    if (c->outb && !lp_wbatch_room(c->outb, k, scratch))
-        lp_conn_flush(c);
-    if (!c->outb)
-        c->outb = lp_wbatch_get(&c->w->wbatches);
-    return c->outb;
+    return lp_ep_outb(&c->ep, k, scratch);
 }
 
 static int conn_respond_lua(lp_req_t *req);
@@ -543,7 +489,7 @@ int lp_conn_read_body(lp_req_t *req, uint64_t max)
 
 void lp_conn_kick(lp_conn_t *c)
 {
-    if (!(c->flags & LP_CF_CLOSING))
+    if (!(c->ep.flags & LP_EPF_CLOSING))
         conn_process(c);
 }
 
@@ -566,7 +512,7 @@ static int on_req_body(lp_h1_t *h, const char *at, size_t len)
         return 0;
     }
     if (req->peer)
-        lp_peer_body(req->peer, at, len, c->rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
+        lp_peer_body(req->peer, at, len, c->ep.rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
     else if (req->flags & LP_RF_BODY_BUFFERING)
         return conn_buffer_body(req, at, len);
     return 0;
@@ -585,10 +531,10 @@ static void conn_wake_body(lp_req_t *req)
 static int conn_parse(lp_conn_t *c, lp_req_t *req)
 {
     size_t used = 0;
-    lp_h1_event_t ev =
-        c->rbuf ? lp_h1_execute(&req->h1, c->rbuf->data + c->rpos, c->rlen - c->rpos, &used)
-                : lp_h1_execute(&req->h1, "", 0, &used);
-    c->rpos += (uint32_t)used;
+    lp_h1_event_t ev = c->ep.rbuf ? lp_h1_execute(&req->h1, c->ep.rbuf->data + c->ep.rpos,
+                                                  c->ep.rlen - c->ep.rpos, &used)
+                                  : lp_h1_execute(&req->h1, "", 0, &used);
+    c->ep.rpos += (uint32_t)used;
     if (req->h1.err_status == 413 && ev != LP_H1_ERROR)
         ev = LP_H1_ERROR;
     if (req->peer)
@@ -613,7 +559,7 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
             lp_h1_resume(&req->h1);
         req->state = LP_RS_DONE;
         req->flags |= LP_RF_BODY_DONE;
-        if (c->tmode == TM_BODY)
+        if (c->ep.tmode == TM_BODY)
             conn_timer(c, TM_NONE, 0);
         if (req->peer) {
             lp_peer_body_end(req->peer, (req->h1.flags & LP_H1F_CHUNKED) != 0);
@@ -638,21 +584,22 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
 static void conn_process_once(lp_conn_t *c)
 {
     for (;;) {
-        if (c->flags & (LP_CF_CLOSING | LP_CF_CLOSE_AFTER | LP_CF_LINGER | LP_CF_TUNNEL))
+        if ((c->ep.flags & LP_EPF_CLOSING) ||
+            (c->flags & (LP_CF_CLOSE_AFTER | LP_CF_LINGER | LP_CF_TUNNEL)))
             return;
         lp_req_t *req = c->req;
-        int have = c->rbuf && c->rpos < c->rlen;
+        int have = c->ep.rbuf && c->ep.rpos < c->ep.rlen;
         if (!req) {
             /* TLS decrypts only when the parser wants input: a failed SSL_read costs. */
             if (!have && !(have = conn_tls_fill(c)))
                 return;
-            if (c->flags & LP_CF_CLOSING)
+            if (c->ep.flags & LP_EPF_CLOSING)
                 return;
-            if (c->w->stopping) {
+            if (c->ep.w->stopping) {
                 lp_conn_close(c);
                 return;
             }
-            req = c->req = lp_req_new(c->w, c);
+            req = c->req = lp_req_new(c->ep.w, c);
             if (!req) {
                 lp_conn_close(c);
                 return;
@@ -666,7 +613,7 @@ static void conn_process_once(lp_conn_t *c)
         /* After the head, the parser has to run once more even without input: a message
          * without a body completes only then (and before anything more is decrypted, or a
          * close_notify right behind a bodiless request would end it before it is done). */
-        if (!have && !req->h1.after_head && (!conn_tls_fill(c) || (c->flags & LP_CF_CLOSING)))
+        if (!have && !req->h1.after_head && (!conn_tls_fill(c) || (c->ep.flags & LP_EPF_CLOSING)))
             return;
         lp_req_hold(req);
         int stop = conn_parse(c, req);
@@ -675,10 +622,10 @@ static void conn_process_once(lp_conn_t *c)
             return;
         /* The request may have ended by now: look again. */
         req = c->req;
-        if (req && req->peer && req->peer->out_pending > LP_HIGH_WATERMARK &&
+        if (req && req->peer && req->peer->ep.out_pending > LP_HIGH_WATERMARK &&
             req->state == LP_RS_BODY) {
             req->flags |= LP_RF_READ_PAUSED;
-            if (c->tmode == TM_BODY)
+            if (c->ep.tmode == TM_BODY)
                 conn_timer(c, TM_NONE, 0);
         }
     }
@@ -696,87 +643,43 @@ static void conn_process(lp_conn_t *c)
     do {
         c->flags &= ~LP_CF_AGAIN;
         conn_process_once(c);
-    } while ((c->flags & LP_CF_AGAIN) && !(c->flags & LP_CF_CLOSING));
+    } while ((c->flags & LP_CF_AGAIN) && !(c->ep.flags & LP_EPF_CLOSING));
     c->flags &= ~LP_CF_BUSY;
     conn_update_reading(c);
 }
 
 /* ---- reading from the client ---- */
 
-/* Room in the read block for more input (len 0 when it is full of unparsed input).
- * Reads append to the current block while it has room, so the client stays readable
- * while a request is served (no epoll churn, and pipelined requests wait in place). */
-static uv_buf_t conn_rbuf_space(lp_conn_t *c)
-{
-    lp_buf_t *b = c->rbuf;
-    if (b) {
-        if (c->rpos >= c->rlen && b->refs == 1) {
-            c->rpos = c->rlen = 0; /* all parsed, nothing pinned: start over */
-        } else if (b->cap - c->rlen < 4096 && c->rpos >= c->rlen) {
-            lp_buf_unref(b); /* pinned by writes and nearly full: take a fresh one */
-            c->rbuf = b = NULL;
-        } else if (b->cap == c->rlen) {
-            return uv_buf_init(NULL, 0); /* full of unparsed input: UV_ENOBUFS pauses reading */
-        }
-    }
-    if (!b) {
-        b = c->rbuf = lp_buf_get(&c->w->bufs, LP_BUF_SIZE);
-        if (!b)
-            return uv_buf_init(NULL, 0);
-        c->rpos = c->rlen = 0;
-    }
-    return uv_buf_init(b->data + c->rlen, (unsigned)(b->cap - c->rlen)); /* a read block: 64 KiB */
-}
-
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
-{
-    lp_conn_t *c = h->data;
-    *buf = c->tls ? lp_tls_in_space(c->tls) : conn_rbuf_space(c);
-}
-
-static void conn_release_rbuf(lp_conn_t *c)
-{
-    if (c->rbuf && c->rpos >= c->rlen) {
-        lp_buf_unref(c->rbuf);
-        c->rbuf = NULL;
-        c->rpos = c->rlen = 0;
-    }
-}
-
 /* TLS: decrypts buffered input into the read block. 1 when there is new plaintext. */
 static int conn_tls_fill(lp_conn_t *c)
 {
-    if (!c->tls || !lp_tls_established(c->tls) || (c->flags & LP_CF_TLS_END))
-        return 0;
-    uv_buf_t room = conn_rbuf_space(c);
-    if (!room.len)
-        return 0;
-    long n = lp_tls_read(c->tls, room.base, room.len);
-    if (n > 0) {
-        c->rlen += (uint32_t)n;
-        return 1;
-    }
-    conn_release_rbuf(c);
-    if (n == 0)
-        return 0;
-    c->flags |= LP_CF_TLS_END;
-    if (n == LP_TLS_ERROR)
-        lp_log_info("%s: TLS error: %s", c->client_ip, lp_tls_error(c->tls));
-    conn_on_eof(c, n == LP_TLS_EOF ? UV_EOF : UV_EPROTO);
+    int err;
+    int rc = lp_ep_tls_fill(&c->ep, &err);
+    if (rc >= 0)
+        return rc;
+    if (err)
+        lp_log_info("%s: TLS error: %s", c->client_ip, lp_tls_error(c->ep.tls));
+    conn_on_eof(c, err ? err : UV_EOF);
     return 0;
 }
 
-/* Tunnel over TLS: decrypted bytes go to the upstream while it keeps up. */
+/* The upstream side of the tunnel, when there is one. */
+static lp_endpoint_t *conn_tunnel_peer(lp_conn_t *c)
+{
+    return c->req && c->req->peer ? &c->req->peer->ep : NULL;
+}
+
+/* Tunnel: what the client sent goes to the upstream while it keeps up (over TLS,
+ * decrypting as it goes). */
 static void conn_tunnel_pump(lp_conn_t *c)
 {
-    while (!(c->flags & LP_CF_CLOSING) && c->req && c->req->peer &&
-           c->req->peer->out_pending <= LP_HIGH_WATERMARK) {
-        if (!(c->rbuf && c->rpos < c->rlen) && !conn_tls_fill(c))
+    lp_endpoint_t *up;
+    while (!(c->ep.flags & LP_EPF_CLOSING) && (up = conn_tunnel_peer(c)) && !lp_relay_full(up)) {
+        if (!(c->ep.rbuf && c->ep.rpos < c->ep.rlen) && !conn_tls_fill(c))
             break;
-        if (!c->req || !c->req->peer)
+        if (!(up = conn_tunnel_peer(c)))
             break;
-        lp_peer_tunnel_data(c->req->peer, c->rbuf->data + c->rpos, c->rlen - c->rpos, c->rbuf);
-        c->rpos = c->rlen;
+        lp_relay_move(&c->ep, up);
     }
     lp_conn_flush(c);
 }
@@ -788,8 +691,8 @@ static void conn_plain_on_tls(lp_conn_t *c)
                                "HTTP.\n";
     char head[256];
     lp_log_info("%s: plain HTTP request on a TLS port: 400, closing", c->client_ip);
-    lp_tls_free(c->tls);
-    c->tls = NULL;
+    lp_tls_free(c->ep.tls);
+    c->ep.tls = NULL;
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
@@ -811,7 +714,7 @@ static void conn_quickack(lp_conn_t *c)
 {
     uv_os_fd_t fd;
     int one = 1;
-    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+    if (uv_fileno((uv_handle_t *)&c->ep.tcp, &fd) == 0)
         (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 }
 
@@ -842,10 +745,10 @@ static void on_hs_idle(uv_idle_t *h)
  * under way finishes at once, and so does the request that follows it. */
 static int conn_hs_defer(lp_conn_t *c)
 {
-    lp_worker_t *w = c->w;
+    lp_worker_t *w = c->ep.w;
     if (!lp_list_empty(&c->hs_link))
         return 1; /* already waiting: more of its bytes arrived */
-    if (lp_tls_started(c->tls))
+    if (lp_tls_started(c->ep.tls))
         return 0;
     if (lp_list_empty(&w->hs_deferred) && w->hs_turn_ns < HS_BUDGET_NS)
         return 0;
@@ -854,32 +757,32 @@ static int conn_hs_defer(lp_conn_t *c)
     return 1;
 }
 
-/* Ciphertext arrived: handshake, then the same path as plain input. */
-static void conn_tls_input(lp_conn_t *c, size_t n)
+/* Ciphertext arrived (the endpoint gave it to the session): handshake, then the same path
+ * as plain input. */
+static void conn_tls_input(lp_conn_t *c)
 {
-    lp_tls_in_commit(c->tls, n);
-    if (!lp_tls_established(c->tls) && lp_tls_first_byte(c->tls) == 0x16 && conn_hs_defer(c))
+    if (!lp_tls_established(c->ep.tls) && lp_tls_first_byte(c->ep.tls) == 0x16 && conn_hs_defer(c))
         return;
     conn_tls_step(c);
 }
 
 static void conn_tls_step(lp_conn_t *c)
 {
-    if (!lp_tls_established(c->tls)) {
-        if (lp_tls_first_byte(c->tls) != 0x16) { /* not a TLS handshake record */
+    if (!lp_tls_established(c->ep.tls)) {
+        if (lp_tls_first_byte(c->ep.tls) != 0x16) { /* not a TLS handshake record */
             conn_plain_on_tls(c);
             return;
         }
         uint64_t t0 = uv_hrtime();
-        int rc = lp_tls_handshake(c->tls);
-        c->w->hs_turn_ns += uv_hrtime() - t0;
+        int rc = lp_tls_handshake(c->ep.tls);
+        c->ep.w->hs_turn_ns += uv_hrtime() - t0;
         lp_conn_flush(c);
         if (rc == LP_ERROR) {
-            lp_log_info("%s: TLS handshake failed: %s", c->client_ip, lp_tls_error(c->tls));
+            lp_log_info("%s: TLS handshake failed: %s", c->client_ip, lp_tls_error(c->ep.tls));
             conn_close_after_write(c);
             return;
         }
-        if (rc == LP_AGAIN || (c->flags & (LP_CF_CLOSING | LP_CF_BROKEN)))
+        if (rc == LP_AGAIN || (c->ep.flags & (LP_EPF_CLOSING | LP_EPF_BROKEN)))
             return;
         conn_quickack(c);
         conn_timer(c, TM_IDLE, T(c)->client_header);
@@ -888,11 +791,11 @@ static void conn_tls_step(lp_conn_t *c)
         conn_tunnel_pump(c);
     else
         conn_process(c);
-    if (!(c->flags & LP_CF_CLOSING)) {
+    if (!(c->ep.flags & LP_EPF_CLOSING)) {
         lp_conn_flush(c); /* what reading produced: tickets, key updates, alerts */
-        conn_release_rbuf(c);
-        if (c->tls)
-            lp_tls_in_trim(c->tls);
+        lp_ep_release_rbuf(&c->ep);
+        if (c->ep.tls)
+            lp_tls_in_trim(c->ep.tls);
     }
 }
 
@@ -915,48 +818,42 @@ static void conn_on_eof(lp_conn_t *c, ssize_t why)
     lp_conn_close(c);
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void conn_on_input(lp_endpoint_t *ep, ssize_t nread)
 {
-    lp_conn_t *c = s->data;
-    if (nread > 0 && c->tls) {
-        conn_tls_input(c, (size_t)nread);
+    lp_conn_t *c = conn_of(ep);
+    if (nread > 0 && c->ep.tls) {
+        conn_tls_input(c);
         return;
     }
     if (nread > 0) {
-        if (c->rlen == 0 && c->nrequests == 0 && !c->req && c->rbuf->data[0] == 0x16) {
+        if (c->ep.rlen == (uint32_t)nread && c->nrequests == 0 && !c->req &&
+            c->ep.rbuf->data[0] == 0x16) {
             /* A TLS ClientHello: no HTTP answer would make sense to that client. */
             lp_log_info("%s: TLS handshake on a plain HTTP port: closing", c->client_ip);
             lp_conn_close(c);
             return;
         }
-        c->rlen += (uint32_t)nread;
         if (c->flags & LP_CF_TUNNEL) {
-            if (c->req && c->req->peer) {
-                lp_peer_tunnel_data(c->req->peer, c->rbuf->data + c->rpos, c->rlen - c->rpos,
-                                    c->rbuf);
-                c->rpos = c->rlen;
-            }
+            lp_endpoint_t *up = conn_tunnel_peer(c);
+            if (up)
+                lp_relay_move(&c->ep, up);
+            conn_update_reading(c);
         } else {
             conn_process(c);
         }
-        if (!(c->flags & LP_CF_CLOSING))
-            conn_release_rbuf(c);
+        if (!(c->ep.flags & LP_EPF_CLOSING))
+            lp_ep_release_rbuf(&c->ep);
         return;
     }
-    if (nread == 0)
-        return;
-    if (nread == UV_ENOBUFS) {
-        conn_update_reading(c);
-        return;
-    }
-    if (c->tls && nread == UV_EOF && lp_tls_established(c->tls) && !(c->flags & LP_CF_TLS_END)) {
+    if (c->ep.tls && nread == UV_EOF && lp_tls_established(c->ep.tls) &&
+        !(c->ep.flags & LP_EPF_TLS_END)) {
         /* Decrypt what is still buffered first: it ends with the close_notify, if any. */
-        lp_tls_in_eof(c->tls);
+        lp_tls_in_eof(c->ep.tls);
         if (c->flags & LP_CF_TUNNEL)
             conn_tunnel_pump(c);
         else
             conn_process(c);
-        if (c->flags & (LP_CF_CLOSING | LP_CF_EOF))
+        if ((c->ep.flags & LP_EPF_CLOSING) || (c->flags & LP_CF_EOF))
             return;
     }
     conn_on_eof(c, nread);
@@ -964,26 +861,18 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void conn_update_reading(lp_conn_t *c)
 {
-    if (c->flags & (LP_CF_CLOSING | LP_CF_LINGER))
+    if ((c->ep.flags & LP_EPF_CLOSING) || (c->flags & LP_CF_LINGER))
         return;
     lp_req_t *req = c->req;
     int want;
     if (c->flags & (LP_CF_EOF | LP_CF_CLOSE_AFTER))
         want = 0;
     else if (c->flags & LP_CF_TUNNEL)
-        want = !(req && req->peer && req->peer->out_pending > LP_HIGH_WATERMARK);
+        want = !(req && req->peer && lp_relay_full(&req->peer->ep));
     else
         want = !(req && (req->flags & LP_RF_READ_PAUSED)) &&
-               !(c->rbuf && c->rlen == c->rbuf->cap && c->rpos < c->rlen);
-    if (want && c->tls && lp_tls_in_full(c->tls))
-        want = 0;
-    if (want && !(c->flags & LP_CF_READING)) {
-        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
-            c->flags |= LP_CF_READING;
-    } else if (!want && (c->flags & LP_CF_READING)) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->flags &= ~LP_CF_READING;
-    }
+               !(c->ep.rbuf && c->ep.rlen == c->ep.rbuf->cap && c->ep.rpos < c->ep.rlen);
+    lp_ep_reading(&c->ep, want);
 }
 
 /* ---- the response ---- */
@@ -1002,7 +891,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     int upgrade = rh && (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
     int no_body = (req->flags & LP_RF_HEAD) || status == 204 || status == 304 || upgrade;
     int close =
-        (req->h1.flags & LP_H1F_CONN_CLOSE) || c->w->stopping || (req->flags & LP_RF_RESP_CLOSE);
+        (req->h1.flags & LP_H1F_CONN_CLOSE) || c->ep.w->stopping || (req->flags & LP_RF_RESP_CLOSE);
     int filtered = lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY);
     int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED) : 1;
     if (filtered && !upgrade && status != 204 && status != 304)
@@ -1030,7 +919,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     for (size_t cap = LP_BUF_SMALL;; cap *= 16) {
         if (hb)
             lp_buf_unref(hb);
-        if (cap > 16 * LP_BUF_SIZE || !(hb = lp_buf_get(&c->w->bufs, cap)))
+        if (cap > 16 * LP_BUF_SIZE || !(hb = lp_buf_get(&c->ep.w->bufs, cap)))
             return -1;
         w = (lp_wbuf_t){hb->data, hb->data + hb->cap, 0};
         lp_wbuf_cstr(&w, "HTTP/1.1 ");
@@ -1112,7 +1001,7 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
 static void conn_write_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
     lp_conn_t *c = req->conn;
-    if (!len || (c->flags & LP_CF_CLOSING))
+    if (!len || (c->ep.flags & LP_EPF_CLOSING))
         return;
     req->resp_body_out += len;
     if (req->flags & LP_RF_RESP_CHUNKED) {
@@ -1141,7 +1030,7 @@ static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof)
         return -1;
     if (!out.len)
         return 0;
-    lp_buf_t *b = lp_buf_get(&req->conn->w->bufs, out.len);
+    lp_buf_t *b = lp_buf_get(&req->w->bufs, out.len);
     if (!b)
         return -1;
     memcpy(b->data, out.base, out.len);
@@ -1293,7 +1182,7 @@ int lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc)
 static int req_finish(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    lp_worker_t *w = c->w;
+    lp_worker_t *w = c->ep.w;
     if ((req->flags & (LP_RF_LOG_DONE | LP_RF_PARSED)) == LP_RF_PARSED) {
         req->flags |= LP_RF_LOG_DONE;
         lp_rc_t rc = conn_run_phase(req, LP_PHASE_LOG);
@@ -1304,7 +1193,7 @@ static int req_finish(lp_req_t *req)
         }
     }
     int keep = !(req->flags & LP_RF_RESP_CLOSE) && req->state == LP_RS_DONE && !w->stopping &&
-               !((c->flags & LP_CF_EOF) && !(c->rbuf && c->rpos < c->rlen));
+               !((c->flags & LP_CF_EOF) && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen));
     __atomic_add_fetch(&w->requests, 1, __ATOMIC_RELAXED);
     c->nrequests++;
     lp_accesslog_write(w->access, req);
@@ -1327,26 +1216,22 @@ void lp_conn_tunnel_start(lp_req_t *req)
     c->flags |= LP_CF_TUNNEL;
     conn_timer(c, TM_NONE, 0);
     /* Bytes the client sent after its request belong to the new protocol. */
-    if (c->rbuf && c->rpos < c->rlen && req->peer) {
-        lp_peer_tunnel_data(req->peer, c->rbuf->data + c->rpos, c->rlen - c->rpos, c->rbuf);
-        c->rpos = c->rlen;
-    }
-    if (c->tls)
+    if (c->ep.rbuf && c->ep.rpos < c->ep.rlen && req->peer)
+        lp_relay_move(&c->ep, &req->peer->ep);
+    if (c->ep.tls)
         conn_tunnel_pump(c);
     conn_update_reading(c);
 }
 
-void lp_conn_tunnel_data(lp_conn_t *c, const char *at, size_t len, lp_buf_t *pin)
+void lp_conn_tunnel_from(lp_conn_t *c, lp_endpoint_t *from)
 {
-    lp_wbatch_t *wb = conn_outb(c, 1, 0);
-    if (wb)
-        lp_wbatch_add(wb, at, len, pin);
-    lp_conn_flush(c);
+    lp_relay_move(from, &c->ep);
+    lp_conn_flush(c); /* a client that stops reading meets the send timeout */
 }
 
 void lp_conn_tunnel_resume(lp_conn_t *c)
 {
-    if (c->tls)
+    if (c->ep.tls)
         conn_tunnel_pump(c);
     conn_update_reading(c);
 }
@@ -1357,6 +1242,13 @@ void lp_conn_tunnel_end(lp_conn_t *c)
 }
 
 /* ---- accept ---- */
+
+static const lp_endpoint_ops_t conn_ops = {
+    .input = conn_on_input,
+    .written = conn_on_written,
+    .timeout = conn_on_timeout,
+    .closed = conn_on_closed,
+};
 
 static void on_refused_close(uv_handle_t *h)
 {
@@ -1400,24 +1292,19 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     lp_conn_t *c = calloc(1, sizeof(*c));
     if (!c)
         return;
-    c->w = w;
+    lp_ep_init(&c->ep, w, &conn_ops);
     lp_list_init(&c->hs_link);
-    uv_tcp_init(&w->loop, &c->tcp);
-    c->tcp.data = c;
-    c->handles = 1;
     lp_list_insert_tail(&w->conns, &c->link);
     __atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
-    if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
-        uv_close((uv_handle_t *)&c->tcp, on_handle_close);
+    if (uv_accept(server, (uv_stream_t *)&c->ep.tcp)) {
+        lp_ep_close(&c->ep);
         return;
     }
-    uv_timer_init(&w->loop, &c->timer);
-    c->timer.data = c;
-    c->handles = 2;
-    uv_tcp_nodelay(&c->tcp, 1);
+    c->ep.flags |= LP_EPF_WRITABLE;
+    uv_tcp_nodelay(&c->ep.tcp, 1);
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    if (uv_tcp_getpeername(&c->ep.tcp, (struct sockaddr *)&ss, &len) == 0) {
         if (ss.ss_family == AF_INET)
             uv_ip4_name((struct sockaddr_in *)&ss, c->client_ip, sizeof(c->client_ip));
         else if (ss.ss_family == AF_INET6)
@@ -1428,8 +1315,8 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
         return;
     }
     if (l->tls) {
-        c->tls = lp_tls_accept(l->tls, &w->bufs);
-        if (!c->tls) {
+        c->ep.tls = lp_tls_accept(l->tls, &w->bufs);
+        if (!c->ep.tls) {
             lp_log_warn("%s: cannot start TLS (out of memory)", c->client_ip);
             lp_conn_close(c);
             return;
@@ -1443,9 +1330,9 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
 
 void lp_conn_drain(lp_conn_t *c)
 {
-    if (c->flags & LP_CF_CLOSING)
+    if (c->ep.flags & LP_EPF_CLOSING)
         return;
-    if (!c->req && !c->out_pending && !(c->flags & LP_CF_LINGER))
+    if (!c->req && !c->ep.out_pending && !(c->flags & LP_CF_LINGER))
         lp_conn_close(c);
     /* Busy connections finish their request; req_finish sees w->stopping and closes. */
 }

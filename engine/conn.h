@@ -26,7 +26,8 @@ void lp_conn_flush(lp_conn_t *c);
 void lp_conn_resume_body(lp_req_t *req); /* upstream drained below the low watermark */
 /* Tunnel (after 101): raw bytes from the upstream to the client. */
 void lp_conn_tunnel_start(lp_req_t *req);
-void lp_conn_tunnel_data(lp_conn_t *c, const char *at, size_t len, lp_buf_t *pin);
+/* What `from` (the upstream) read goes to the client as it is. */
+void lp_conn_tunnel_from(lp_conn_t *c, lp_endpoint_t *from);
 void lp_conn_tunnel_resume(lp_conn_t *c);
 /* The upstream side of the tunnel ended: close once everything is written. */
 void lp_conn_tunnel_end(lp_conn_t *c);

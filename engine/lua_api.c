@@ -18,7 +18,7 @@ int lp__lua_worker_id(void);
 
 static lp_worker_t *req_worker(lp_req_t *r)
 {
-    return r->conn ? r->conn->w : NULL;
+    return r->conn ? r->w : NULL;
 }
 
 static void set_out(lp_str_t *out, const char *p, size_t n)
@@ -70,7 +70,7 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
         return 0;
     }
     case LP_FFI_SCHEME:
-        if (r->conn && r->conn->tls)
+        if (r->conn && r->conn->ep.tls)
             set_out(out, "https", 5);
         else
             set_out(out, "http", 4);
@@ -320,12 +320,12 @@ _Static_assert((int)LP_FFI_TLS_PROTOCOL == (int)LP_TLS_F_PROTOCOL &&
 int lp_ffi_tls_get(void *rp, int what, lp_str_t *out)
 {
     lp_req_t *r = rp;
-    if (!r->conn || !r->conn->tls || what < LP_TLS_F_PROTOCOL || what > LP_TLS_F_CLIENT_SUBJECT)
+    if (!r->conn || !r->conn->ep.tls || what < LP_TLS_F_PROTOCOL || what > LP_TLS_F_CLIENT_SUBJECT)
         return -1;
     /* The subject is formatted on demand; Lua copies it at once (one call at a time). */
     static _Thread_local char subject[512];
     size_t n;
-    const char *v = lp_tls_fact(r->conn->tls, what, subject, sizeof(subject), &n);
+    const char *v = lp_tls_fact(r->conn->ep.tls, what, subject, sizeof(subject), &n);
     if (!v)
         return -1;
     set_out(out, v, n);

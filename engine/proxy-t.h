@@ -10,6 +10,7 @@
 #include "common.h"
 #include "config.h"
 #include "http1.h"
+#include "endpoint.h"
 #include "lazytimer.h"
 
 typedef struct lp_worker_s lp_worker_t;
@@ -241,44 +242,29 @@ struct lp_req_s {
     size_t local_body_len;
 };
 
-/* Connection flags (LP_CF_*). */
-#define LP_CF_READING     0x01  /* uv_read_start is active */
-#define LP_CF_CLOSING     0x02  /* uv_close called */
+/* Connection flags (LP_CF_*); the socket's own are the endpoint's (LP_EPF_*). */
 #define LP_CF_CLOSE_AFTER 0x04  /* close once the queued writes complete */
 #define LP_CF_TUNNEL      0x08  /* upgraded: raw relay with req->peer */
 #define LP_CF_EOF         0x10  /* the client closed its side */
 #define LP_CF_LINGER      0x20  /* write side shut; discarding input before closing */
 #define LP_CF_BUSY        0x40  /* conn_process is on the stack */
 #define LP_CF_AGAIN       0x80  /* conn_process was asked for another pass meanwhile */
-#define LP_CF_BROKEN      0x100 /* a write failed: closing on the next loop turn */
 #define LP_CF_TLS_BYE     0x200 /* TLS close_notify queued */
-#define LP_CF_TLS_END     0x400 /* TLS input ended (close_notify, EOF or error) */
 
+/* A downstream (client) connection: HTTP/1.1 over an endpoint, one request at a time. */
 struct lp_conn_s {
-    uv_tcp_t tcp; /* tcp.data = this */
-    uv_timer_t timer;
-    lp_worker_t *w;
-    struct lp_tls_s *tls; /* owned: the TLS session on a TLS listener, else NULL */
-    lp_list_t link;
+    lp_endpoint_t ep;  /* the socket (endpoint.h); freed with it (ops->closed) */
+    lp_list_t link;    /* in w->conns */
     lp_list_t hs_link; /* in w->hs_deferred while its handshake waits (else self-linked) */
-    lp_buf_t *rbuf;    /* current read block (owned reference), or NULL */
-    uint32_t rpos, rlen;
-    lp_req_t *req;
-    lp_wbatch_t *outb;  /* batch being filled for the client */
-    size_t out_pending; /* bytes handed to uv_write, not yet completed */
-    unsigned flags;
-    int handles;    /* open libuv handles; freed when it drops to 0 */
-    uint8_t tmode;  /* what the timer is timing (conn.c's TM_*) */
-    lp_lazy_t lazy; /* the timer's deadline (lazytimer.h) */
+    lp_req_t *req;     /* reference: the request being read or served (request.h) */
+    unsigned flags;    /* LP_CF_* */
     uint32_t nrequests;
     char client_ip[46];
 };
 
-/* Upstream connection flags (LP_PF_*). */
+/* Upstream connection flags (LP_PF_*); the socket's own are the endpoint's (LP_EPF_*). */
 #define LP_PF_CONNECTED  0x01
 #define LP_PF_REUSED     0x02 /* taken from the pool for this request */
-#define LP_PF_READING    0x04
-#define LP_PF_CLOSING    0x08
 #define LP_PF_RESP_BYTES 0x10 /* some response byte arrived for the current request */
 #define LP_PF_PAUSED     0x20 /* reading paused by client backpressure */
 #define LP_PF_KEEPALIVE  0x40 /* reusable after the current response */
@@ -287,26 +273,18 @@ struct lp_conn_s {
 #define LP_PF_LUA        0x200 /* the response phase is suspended: hold the body */
 #define LP_PF_HANDSHAKE  0x400 /* TCP connected, TLS handshake in progress */
 
+/* An upstream connection: HTTP/1.1 to one target over an endpoint, pooled between
+ * requests. */
 struct lp_peer_s {
-    uv_tcp_t tcp; /* tcp.data = this */
-    uv_connect_t connect_req;
-    struct lp_tls_s *tls; /* owned: TLS session to the upstream, NULL for plain HTTP */
-    uv_timer_t timer;
-    lp_worker_t *w;
-    lp_upstream_rt_t *upstream; /* while serving a request (NULL while pooled) */
-    lp_pool_t *pool;
-    lp_list_t link; /* in pool->idle while pooled */
-    lp_list_t all;  /* in worker->peers */
-    lp_h1_t h1;     /* response parser */
-    lp_buf_t *rbuf; /* owned reference */
-    uint32_t rpos, rlen;
-    lp_req_t *req; /* the request being served, NULL while pooled */
-    lp_wbatch_t *outb;
-    size_t out_pending;
-    unsigned flags;
-    int handles;
-    uint8_t tmode;  /* what the timer is timing (upstream.c's PT_*) */
-    lp_lazy_t lazy; /* the timer's deadline (lazytimer.h) */
+    lp_endpoint_t ep;           /* the socket (endpoint.h); freed with it (ops->closed) */
+    uv_connect_t connect_req;   /* connect_req.data = this */
+    lp_upstream_rt_t *upstream; /* borrowed while serving a request (NULL while pooled) */
+    lp_pool_t *pool;            /* borrowed: the worker's pool for its address */
+    lp_list_t link;             /* in pool->idle while pooled */
+    lp_list_t all;              /* in worker->peers */
+    lp_h1_t h1;                 /* response parser (its head goes to req->resp_arena) */
+    lp_req_t *req;              /* borrowed: the request being served, NULL while pooled */
+    unsigned flags;             /* LP_PF_* */
     uint32_t nrequests;
     uint64_t body_out; /* request body bytes queued to this peer */
 };

@@ -6,13 +6,21 @@
 #include "lazytimer.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "relay.h"
 #include "request.h"
 #include "targets.h"
 #include "tls.h"
 #include "upstream.h"
 
-/* What the upstream connection timer is timing. */
-enum { PT_NONE, PT_CONNECT, PT_SEND, PT_READ, PT_IDLE, PT_BROKEN };
+/* What the upstream connection timer is timing (after the endpoint's own modes). */
+enum {
+    PT_NONE = LP_EP_TM_NONE,
+    PT_BROKEN = LP_EP_TM_BROKEN,
+    PT_CONNECT = LP_EP_TM_OWNER,
+    PT_SEND,
+    PT_READ,
+    PT_IDLE
+};
 
 static void peer_close(lp_peer_t *p);
 static int peer_start_request(lp_peer_t *p, lp_req_t *req);
@@ -24,28 +32,24 @@ static int peer_grow(lp_h1_t *h, size_t need);
 
 static const lp_timeouts_t *T(lp_peer_t *p)
 {
-    return &p->w->config->timeouts;
+    return &p->ep.w->config->timeouts;
 }
 
-static void on_peer_timer(uv_timer_t *t);
+static lp_peer_t *peer_of(lp_endpoint_t *ep)
+{
+    return LP_CONTAINER_OF(ep, lp_peer_t, ep);
+}
 
 static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
 {
-    if (p->tmode == PT_BROKEN && mode != PT_BROKEN)
-        return; /* the failure scheduled for a failed write comes first */
-    p->tmode = (uint8_t)mode;
-    if (mode == PT_NONE) {
-        lp_lazy_cancel(&p->lazy);
-        return;
-    }
-    if (mode != PT_IDLE && mode != PT_BROKEN && p->req && p->req->deadline) {
+    if (mode != PT_NONE && mode != PT_IDLE && mode != PT_BROKEN && p->req && p->req->deadline) {
         /* total_timeout: no per-try timer runs past the request's deadline. */
-        uint64_t now = uv_now(&p->w->loop);
+        uint64_t now = uv_now(&p->ep.w->loop);
         uint64_t left = p->req->deadline > now ? p->req->deadline - now : 0;
         if (left < ms)
             ms = left;
     }
-    lp_lazy_set(&p->timer, &p->lazy, ms, on_peer_timer);
+    lp_ep_timer(&p->ep, mode, ms);
 }
 
 /* The name a TLS connection to addr sends as SNI and verifies: the configured one, the
@@ -260,20 +264,17 @@ void lp_upstream_destroy_all(lp_worker_t *w)
 
 /* ---- lifetime ---- */
 
-static void on_peer_handle_close(uv_handle_t *h)
+static void peer_on_closed(lp_endpoint_t *ep)
 {
-    lp_peer_t *p = h->data;
-    if (--p->handles)
-        return;
+    lp_peer_t *p = peer_of(ep);
     lp_list_remove(&p->all);
     free(p);
 }
 
 static void peer_close(lp_peer_t *p)
 {
-    if (p->flags & LP_PF_CLOSING)
+    if (p->ep.flags & LP_EPF_CLOSING)
         return;
-    p->flags |= LP_PF_CLOSING;
     if (!lp_list_empty(&p->link)) {
         lp_list_remove(&p->link);
         p->pool->nidle--;
@@ -283,18 +284,7 @@ static void peer_close(lp_peer_t *p)
         p->req = NULL;
         p->pool->active--;
     }
-    if (p->rbuf) {
-        lp_buf_unref(p->rbuf);
-        p->rbuf = NULL;
-    }
-    if (p->outb) {
-        lp_wbatch_put(&p->w->wbatches, p->outb);
-        p->outb = NULL;
-    }
-    lp_tls_free(p->tls);
-    p->tls = NULL;
-    uv_close((uv_handle_t *)&p->tcp, on_peer_handle_close);
-    uv_close((uv_handle_t *)&p->timer, on_peer_handle_close);
+    lp_ep_close(&p->ep);
 }
 
 void lp_peer_abort(lp_peer_t *p)
@@ -302,21 +292,18 @@ void lp_peer_abort(lp_peer_t *p)
     peer_close(p);
 }
 
+static const lp_endpoint_ops_t peer_ops;
+
 static lp_peer_t *peer_new(lp_worker_t *w, lp_upstream_rt_t *u, lp_pool_t *t)
 {
     lp_peer_t *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
-    p->w = w;
+    lp_ep_init(&p->ep, w, &peer_ops);
     p->upstream = u;
     p->pool = t;
     lp_list_init(&p->link);
     lp_list_insert_tail(&w->peers, &p->all);
-    uv_tcp_init(&w->loop, &p->tcp);
-    uv_timer_init(&w->loop, &p->timer);
-    p->tcp.data = p;
-    p->timer.data = p;
-    p->handles = 2;
     return p;
 }
 
@@ -330,18 +317,18 @@ static void peer_release(lp_peer_t *p)
         p->req = NULL;
         t->active--;
     }
-    int reusable = (p->flags & LP_PF_KEEPALIVE) && !(p->flags & LP_PF_CLOSING) &&
-                   (!p->rbuf || p->rpos >= p->rlen) && !p->out_pending &&
+    int reusable = (p->flags & LP_PF_KEEPALIVE) && !(p->ep.flags & LP_EPF_CLOSING) &&
+                   (!p->ep.rbuf || p->ep.rpos >= p->ep.rlen) && !p->ep.out_pending &&
                    t->nidle < uc->keepalive && p->nrequests < uc->keepalive_requests &&
-                   !p->w->stopping;
+                   !p->ep.w->stopping;
     if (!reusable) {
         peer_close(p);
         return;
     }
-    if (p->rbuf) {
-        lp_buf_unref(p->rbuf);
-        p->rbuf = NULL;
-        p->rpos = p->rlen = 0;
+    if (p->ep.rbuf) {
+        lp_buf_unref(p->ep.rbuf);
+        p->ep.rbuf = NULL;
+        p->ep.rpos = p->ep.rlen = 0;
     }
     p->flags &= ~(LP_PF_REUSED | LP_PF_RESP_BYTES | LP_PF_PAUSED | LP_PF_REQ_SENT);
     p->body_out = 0;
@@ -480,17 +467,15 @@ static int peer_fail(lp_peer_t *p, int kind, int status, const char *why)
     return lp_conn_upstream_failed(req, status, why);
 }
 
-static void on_peer_timer(uv_timer_t *tm)
+static void peer_on_timeout(lp_endpoint_t *ep, int mode)
 {
-    lp_peer_t *p = tm->data;
-    if (p->tmode == PT_NONE || !lp_lazy_due(tm, &p->lazy, on_peer_timer))
-        return;
-    if (p->tmode != PT_IDLE && p->tmode != PT_BROKEN && p->req && deadline_passed(p->req)) {
+    lp_peer_t *p = peer_of(ep);
+    if (mode != PT_IDLE && mode != PT_BROKEN && p->req && deadline_passed(p->req)) {
         p->flags &= ~LP_PF_REUSED;
         peer_fail(p, LP_FAIL_TIMEOUT, 504, "total_timeout reached"); /* no retry after it */
         return;
     }
-    switch (p->tmode) {
+    switch (mode) {
     case PT_CONNECT:
         peer_fail(p, LP_FAIL_TIMEOUT, 504,
                   (p->flags & LP_PF_HANDSHAKE) ? "TLS handshake timed out" : "connect timed out");
@@ -511,27 +496,22 @@ static void on_peer_timer(uv_timer_t *tm)
 
 /* ---- writing ---- */
 
-static void on_peer_write(uv_write_t *wr, int status)
+static void peer_on_written(lp_endpoint_t *ep, int status)
 {
-    lp_wbatch_t *wb = LP_CONTAINER_OF(wr, lp_wbatch_t, req);
-    lp_peer_t *p = wb->owner;
-    p->out_pending -= wb->bytes;
-    lp_wbatch_put(&p->w->wbatches, wb);
-    if (p->flags & LP_PF_CLOSING)
-        return;
+    lp_peer_t *p = peer_of(ep);
     if (status < 0) {
         peer_fail(p, LP_FAIL_RESET, 502, uv_strerror(status));
         return;
     }
-    if (p->tmode == PT_SEND) {
-        if (p->out_pending)
+    if (p->ep.tmode == PT_SEND) {
+        if (p->ep.out_pending)
             peer_timer(p, PT_SEND, T(p)->send);
         else if (p->flags & LP_PF_REQ_SENT)
             peer_timer(p, PT_READ, T(p)->read);
         else
             peer_timer(p, PT_NONE, 0);
     }
-    if (p->out_pending <= LP_LOW_WATERMARK && p->req) {
+    if (lp_relay_drained(&p->ep) && p->req) {
         if (p->flags & LP_PF_TUNNEL)
             lp_conn_tunnel_resume(p->req->conn);
         else
@@ -539,64 +519,29 @@ static void on_peer_write(uv_write_t *wr, int status)
     }
 }
 
-/* Hands one batch of wire bytes to libuv. -1 when the connection broke. */
-static int peer_send(lp_peer_t *p, lp_wbatch_t *wb)
-{
-    wb->owner = p;
-    if (lp_wbatch_send(wb, (uv_stream_t *)&p->tcp, &p->w->wbatches, &p->out_pending,
-                       on_peer_write)) {
-        /* Failed on the next loop turn: callers of a flush still hold the request. */
-        peer_timer(p, PT_BROKEN, 0);
-        return -1;
-    }
-    return 0;
-}
-
-/* TLS output (records, handshake messages, alerts). -1 when the connection broke. */
+/* TLS output (handshake messages, alerts, tickets). -1 when the connection broke. */
 static int peer_tls_send(lp_peer_t *p)
 {
-    lp_wbatch_t *wb;
-    while (p->tls && (wb = lp_tls_out(p->tls, &p->w->wbatches)))
-        if (peer_send(p, wb))
-            return -1;
-    return 0;
+    return lp_ep_flush_tls(&p->ep);
 }
 
 void lp_peer_flush(lp_peer_t *p)
 {
-    lp_wbatch_t *wb = p->outb;
-    if (!wb || !wb->n || !(p->flags & LP_PF_CONNECTED) || (p->flags & LP_PF_CLOSING) ||
-        p->tmode == PT_BROKEN)
+    /* Before the connection (and its TLS handshake) is up, the request waits in outb. */
+    if (lp_ep_flush(&p->ep))
         return;
-    p->outb = NULL;
-    if (p->tls) {
-        int rc = lp_tls_write(p->tls, wb);
-        lp_wbatch_put(&p->w->wbatches, wb);
-        if (rc) {
-            peer_timer(p, PT_BROKEN, 0);
-            return;
-        }
-        if (peer_tls_send(p))
-            return;
-    } else if (peer_send(p, wb)) {
-        return;
-    }
-    if (p->tmode != PT_SEND && !(p->flags & LP_PF_TUNNEL) && p->out_pending)
+    if (p->ep.tmode != PT_SEND && !(p->flags & LP_PF_TUNNEL) && p->ep.out_pending)
         peer_timer(p, PT_SEND, T(p)->send);
 }
 
 static lp_wbatch_t *peer_outb(lp_peer_t *p, unsigned k, unsigned scratch)
 {
-    if (p->outb && !lp_wbatch_room(p->outb, k, scratch))
-        lp_peer_flush(p);
-    if (!p->outb)
-        p->outb = lp_wbatch_get(&p->w->wbatches);
-    return p->outb;
+    return lp_ep_outb(&p->ep, k, scratch);
 }
 
 void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int chunked)
 {
-    if (!len || (p->flags & LP_PF_CLOSING))
+    if (!len || (p->ep.flags & LP_EPF_CLOSING))
         return;
     p->body_out += len;
     if (chunked) {
@@ -620,7 +565,7 @@ void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int c
 
 void lp_peer_body_end(lp_peer_t *p, int chunked)
 {
-    if (p->flags & LP_PF_CLOSING)
+    if (p->ep.flags & LP_EPF_CLOSING)
         return;
     if (chunked) {
         lp_wbatch_t *wb = peer_outb(p, 1, 0);
@@ -628,7 +573,7 @@ void lp_peer_body_end(lp_peer_t *p, int chunked)
             lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
     }
     p->flags |= LP_PF_REQ_SENT;
-    if (p->tmode != PT_SEND)
+    if (p->ep.tmode != PT_SEND)
         peer_timer(p, PT_READ, T(p)->read);
 }
 
@@ -676,8 +621,8 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
     }
     lp_wbuf_cstr(&w, xff ? ", " : "X-Forwarded-For: ");
     lp_wbuf_cstr(&w, req->conn->client_ip);
-    lp_wbuf_cstr(&w, req->conn->tls ? "\r\nX-Forwarded-Proto: https\r\n"
-                                    : "\r\nX-Forwarded-Proto: http\r\n");
+    lp_wbuf_cstr(&w, req->conn->ep.tls ? "\r\nX-Forwarded-Proto: https\r\n"
+                                       : "\r\nX-Forwarded-Proto: http\r\n");
     if (h->host.base)
         lp_wbuf_header(&w, "X-Forwarded-Host", 16, h->host.base, h->host.len);
     for (unsigned i = 0; i < h->nheaders; i++) {
@@ -709,7 +654,7 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
  * LP_GONE when the request ended. */
 static int peer_start_request(lp_peer_t *p, lp_req_t *req)
 {
-    lp_worker_t *w = p->w;
+    lp_worker_t *w = p->ep.w;
     p->req = req;
     req->peer = p;
     p->pool->active++;
@@ -769,6 +714,7 @@ static int peer_start_request(lp_peer_t *p, lp_req_t *req)
 static void peer_connected(lp_peer_t *p)
 {
     p->flags |= LP_PF_CONNECTED;
+    p->ep.flags |= LP_EPF_WRITABLE;
     p->flags &= ~LP_PF_HANDSHAKE;
     lp_req_t *req = p->req;
     p->req = NULL;
@@ -782,7 +728,7 @@ static void peer_connected(lp_peer_t *p)
 static void on_connect(uv_connect_t *cr, int status)
 {
     lp_peer_t *p = cr->data;
-    if (p->flags & LP_PF_CLOSING)
+    if (p->ep.flags & LP_EPF_CLOSING)
         return;
     if (status < 0) {
         char why[128];
@@ -792,18 +738,18 @@ static void on_connect(uv_connect_t *cr, int status)
         peer_fail(p, LP_FAIL_CONNECT, 502, why);
         return;
     }
-    uv_tcp_nodelay(&p->tcp, 1);
+    uv_tcp_nodelay(&p->ep.tcp, 1);
     if (p->pool->tls) {
         /* The connect timer keeps running through the handshake. */
-        p->tls = lp_tls_connect(p->pool->tls, p->pool->sni, &p->pool->session, &p->w->bufs);
-        if (!p->tls) {
+        p->ep.tls = lp_tls_connect(p->pool->tls, p->pool->sni, &p->pool->session, &p->ep.w->bufs);
+        if (!p->ep.tls) {
             peer_fail(p, LP_FAIL_CONNECT, 502, "cannot start TLS");
             return;
         }
         p->flags |= LP_PF_HANDSHAKE;
-        if (lp_tls_handshake(p->tls) == LP_ERROR) {
+        if (lp_tls_handshake(p->ep.tls) == LP_ERROR) {
             char why[200];
-            snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->tls));
+            snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->ep.tls));
             peer_fail(p, LP_FAIL_CONNECT, 502, why);
             return;
         }
@@ -822,8 +768,8 @@ static int peer_connect(lp_peer_t *p, lp_req_t *req)
     req->peer = p;
     p->pool->active++;
     p->connect_req.data = p;
-    int rc = uv_tcp_connect(&p->connect_req, &p->tcp, (const struct sockaddr *)&p->pool->addr.addr,
-                            on_connect);
+    int rc = uv_tcp_connect(&p->connect_req, &p->ep.tcp,
+                            (const struct sockaddr *)&p->pool->addr.addr, on_connect);
     if (rc) {
         char why[128];
         snprintf(why, sizeof(why), "connect failed: %s", uv_strerror(rc));
@@ -1107,7 +1053,7 @@ static int peer_grow(lp_h1_t *h, size_t need)
 static int on_resp_body(lp_h1_t *h, const char *at, size_t len)
 {
     lp_peer_t *p = h->ud;
-    return p->req ? lp_conn_response_body(p->req, at, len, p->rbuf) : 0;
+    return p->req ? lp_conn_response_body(p->req, at, len, p->ep.rbuf) : 0;
 }
 
 static void peer_response_done(lp_peer_t *p)
@@ -1155,14 +1101,14 @@ static void peer_parse(lp_peer_t *p)
 {
     /* After the head the parser runs once more even without input: a response without a
      * body (204, 304, HEAD, Content-Length: 0) completes only then. */
-    while (p->req && ((p->rbuf && p->rpos < p->rlen) || p->h1.after_head) &&
-           !(p->flags & (LP_PF_CLOSING | LP_PF_PAUSED | LP_PF_LUA))) {
+    while (p->req && ((p->ep.rbuf && p->ep.rpos < p->ep.rlen) || p->h1.after_head) &&
+           !(p->ep.flags & LP_EPF_CLOSING) && !(p->flags & (LP_PF_PAUSED | LP_PF_LUA))) {
         lp_req_t *req = p->req;
         size_t used = 0;
-        lp_h1_event_t ev =
-            p->rbuf ? lp_h1_execute(&p->h1, p->rbuf->data + p->rpos, p->rlen - p->rpos, &used)
-                    : lp_h1_execute(&p->h1, "", 0, &used);
-        p->rpos += (uint32_t)used;
+        lp_h1_event_t ev = p->ep.rbuf ? lp_h1_execute(&p->h1, p->ep.rbuf->data + p->ep.rpos,
+                                                      p->ep.rlen - p->ep.rpos, &used)
+                                      : lp_h1_execute(&p->h1, "", 0, &used);
+        p->ep.rpos += (uint32_t)used;
         switch (ev) {
         case LP_H1_NEED_MORE:
             break;
@@ -1199,10 +1145,8 @@ static void peer_parse(lp_peer_t *p)
             p->flags |= LP_PF_TUNNEL;
             peer_timer(p, PT_NONE, 0);
             lp_conn_tunnel_start(req);
-            if (p->rpos < p->rlen && p->req) {
-                lp_conn_tunnel_data(req->conn, p->rbuf->data + p->rpos, p->rlen - p->rpos, p->rbuf);
-                p->rpos = p->rlen;
-            }
+            if (p->ep.rpos < p->ep.rlen && p->req)
+                lp_conn_tunnel_from(req->conn, &p->ep);
             return;
         case LP_H1_ERROR:
         default: {
@@ -1214,37 +1158,11 @@ static void peer_parse(lp_peer_t *p)
             return;
         }
         }
-        if (p->req &&
-            p->req->conn->out_pending + (p->req->conn->outb ? p->req->conn->outb->bytes : 0) >
-                LP_HIGH_WATERMARK) {
+        if (p->req && lp_relay_full(&p->req->conn->ep)) {
             lp_conn_flush(p->req->conn);
             p->flags |= LP_PF_PAUSED;
         }
     }
-}
-
-/* Room for more response input: a fresh block once the last one is consumed (len 0 while
- * unparsed input is left). */
-static uv_buf_t peer_rbuf_space(lp_peer_t *p)
-{
-    if (p->rbuf && (p->rbuf->refs > 1 || p->rpos < p->rlen)) {
-        if (p->rpos < p->rlen)
-            return uv_buf_init(NULL, 0);
-        lp_buf_unref(p->rbuf);
-        p->rbuf = NULL;
-    }
-    if (!p->rbuf)
-        p->rbuf = lp_buf_get(&p->w->bufs, LP_BUF_SIZE);
-    if (!p->rbuf)
-        return uv_buf_init(NULL, 0);
-    p->rpos = p->rlen = 0;
-    return uv_buf_init(p->rbuf->data, (unsigned)p->rbuf->cap); /* a read block: 64 KiB */
-}
-
-static void on_peer_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
-{
-    lp_peer_t *p = h->data;
-    *buf = p->tls ? lp_tls_in_space(p->tls) : peer_rbuf_space(p);
 }
 
 static void peer_eof(lp_peer_t *p, int err)
@@ -1292,98 +1210,82 @@ static void peer_input(lp_peer_t *p)
     }
     p->flags |= LP_PF_RESP_BYTES;
     if (p->flags & LP_PF_TUNNEL) {
-        lp_conn_tunnel_data(p->req->conn, p->rbuf->data + p->rpos, p->rlen - p->rpos, p->rbuf);
-        p->rpos = p->rlen;
-        if (p->req && p->req->conn->out_pending > LP_HIGH_WATERMARK)
+        lp_conn_tunnel_from(p->req->conn, &p->ep);
+        if (p->req && lp_relay_full(&p->req->conn->ep))
             p->flags |= LP_PF_PAUSED;
         peer_update_reading(p);
         return;
     }
-    if (p->tmode == PT_READ)
+    if (p->ep.tmode == PT_READ)
         peer_timer(p, PT_READ, T(p)->read);
     lp_conn_t *c = p->req->conn;
     peer_parse(p);
-    if (!(c->flags & LP_CF_CLOSING))
+    if (!(c->ep.flags & LP_EPF_CLOSING))
         lp_conn_flush(c);
-    if (!(p->flags & LP_PF_CLOSING))
+    if (!(p->ep.flags & LP_EPF_CLOSING))
         peer_update_reading(p);
 }
 
 /* TLS: decrypts and processes buffered input until none is left or processing pauses. */
 static void peer_tls_pump(lp_peer_t *p)
 {
-    while (p->tls && !(p->flags & (LP_PF_CLOSING | LP_PF_PAUSED | LP_PF_LUA)) &&
-           !(p->rbuf && p->rpos < p->rlen)) {
-        uv_buf_t room = peer_rbuf_space(p);
-        if (!room.len)
+    while (p->ep.tls && !(p->ep.flags & LP_EPF_CLOSING) &&
+           !(p->flags & (LP_PF_PAUSED | LP_PF_LUA)) && !(p->ep.rbuf && p->ep.rpos < p->ep.rlen)) {
+        int err;
+        int rc = lp_ep_tls_fill(&p->ep, &err);
+        if (rc == 0)
             break;
-        long n = lp_tls_read(p->tls, room.base, room.len);
-        if (n == 0) {
-            /* Nothing for the application (a session ticket, say): hold no block. */
-            lp_buf_unref(p->rbuf);
-            p->rbuf = NULL;
-            p->rpos = p->rlen = 0;
-            break;
-        }
-        if (n < 0) {
-            if (n == LP_TLS_ERROR)
-                lp_log_info("upstream %s: TLS error: %s", p->pool->addr.text, lp_tls_error(p->tls));
-            peer_eof(p, n == LP_TLS_EOF ? 0 : UV_EPROTO);
+        if (rc < 0) {
+            if (err)
+                lp_log_info("upstream %s: TLS error: %s", p->pool->addr.text,
+                            lp_tls_error(p->ep.tls));
+            peer_eof(p, err);
             return;
         }
-        p->rlen += (uint32_t)n;
         peer_input(p);
     }
-    if (p->tls && !(p->flags & LP_PF_CLOSING) && !peer_tls_send(p))
-        lp_tls_in_trim(p->tls);
+    if (p->ep.tls && !(p->ep.flags & LP_EPF_CLOSING) && !peer_tls_send(p))
+        lp_tls_in_trim(p->ep.tls);
 }
 
-/* Ciphertext arrived: the handshake, then decrypted input. */
-static void peer_tls_input(lp_peer_t *p, size_t n)
+/* Ciphertext arrived (the endpoint gave it to the session): the handshake, then
+ * decrypted input. */
+static void peer_tls_input(lp_peer_t *p)
 {
-    lp_tls_in_commit(p->tls, n);
     if (p->flags & LP_PF_HANDSHAKE) {
-        int rc = lp_tls_handshake(p->tls);
+        int rc = lp_tls_handshake(p->ep.tls);
         if (peer_tls_send(p))
             return;
         if (rc == LP_AGAIN)
             return;
         if (rc == LP_ERROR) {
             char why[200];
-            snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->tls));
+            snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->ep.tls));
             peer_fail(p, LP_FAIL_CONNECT, 502, why);
             return;
         }
         peer_connected(p);
-        if (p->flags & LP_PF_CLOSING)
+        if (p->ep.flags & LP_EPF_CLOSING)
             return;
     }
     peer_tls_pump(p);
 }
 
-static void on_peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void peer_on_input(lp_endpoint_t *ep, ssize_t nread)
 {
-    lp_peer_t *p = s->data;
-    if (nread > 0 && p->tls) {
-        peer_tls_input(p, (size_t)nread);
-        return;
-    }
+    lp_peer_t *p = peer_of(ep);
     if (nread > 0) {
-        p->rlen += (uint32_t)nread;
-        peer_input(p);
+        if (p->ep.tls)
+            peer_tls_input(p);
+        else
+            peer_input(p);
         return;
     }
-    if (nread == 0)
-        return;
-    if (nread == UV_ENOBUFS) {
-        peer_update_reading(p);
-        return;
-    }
-    if (p->tls && nread == UV_EOF && !(p->flags & LP_PF_HANDSHAKE)) {
+    if (p->ep.tls && nread == UV_EOF && !(p->flags & LP_PF_HANDSHAKE)) {
         /* What is still buffered comes first; it may end in a close_notify. */
-        lp_tls_in_eof(p->tls);
+        lp_tls_in_eof(p->ep.tls);
         peer_tls_pump(p);
-        if ((p->flags & LP_PF_CLOSING) || !p->tls)
+        if ((p->ep.flags & LP_EPF_CLOSING) || !p->ep.tls)
             return;
     }
     peer_eof(p, nread == UV_EOF ? 0 : (int)nread);
@@ -1391,28 +1293,26 @@ static void on_peer_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void peer_update_reading(lp_peer_t *p)
 {
-    if (p->flags & LP_PF_CLOSING)
-        return;
     int want = (p->flags & (LP_PF_CONNECTED | LP_PF_HANDSHAKE)) &&
-               !(p->flags & (LP_PF_PAUSED | LP_PF_LUA)) && !(p->rbuf && p->rpos < p->rlen) &&
-               !(p->tls && lp_tls_in_full(p->tls));
-    if (want && !(p->flags & LP_PF_READING)) {
-        if (uv_read_start((uv_stream_t *)&p->tcp, on_peer_alloc, on_peer_read) == 0)
-            p->flags |= LP_PF_READING;
-    } else if (!want && (p->flags & LP_PF_READING)) {
-        uv_read_stop((uv_stream_t *)&p->tcp);
-        p->flags &= ~LP_PF_READING;
-    }
+               !(p->flags & (LP_PF_PAUSED | LP_PF_LUA)) && !(p->ep.rbuf && p->ep.rpos < p->ep.rlen);
+    lp_ep_reading(&p->ep, want);
 }
+
+static const lp_endpoint_ops_t peer_ops = {
+    .input = peer_on_input,
+    .written = peer_on_written,
+    .timeout = peer_on_timeout,
+    .closed = peer_on_closed,
+};
 
 void lp_peer_resume(lp_peer_t *p)
 {
-    if (!(p->flags & LP_PF_PAUSED) || (p->flags & LP_PF_CLOSING))
+    if (!(p->flags & LP_PF_PAUSED) || (p->ep.flags & LP_EPF_CLOSING))
         return;
     p->flags &= ~LP_PF_PAUSED;
     if (p->flags & LP_PF_TUNNEL) {
         peer_tls_pump(p);
-        if (!(p->flags & LP_PF_CLOSING))
+        if (!(p->ep.flags & LP_EPF_CLOSING))
             peer_update_reading(p);
         return;
     }
@@ -1424,10 +1324,10 @@ static void peer_process_pending(lp_peer_t *p)
 {
     lp_conn_t *c = p->req ? p->req->conn : NULL;
     peer_parse(p);
-    if (c && !(c->flags & LP_CF_CLOSING))
+    if (c && !(c->ep.flags & LP_EPF_CLOSING))
         lp_conn_flush(c);
     peer_tls_pump(p); /* and what TLS still holds */
-    if (!(p->flags & LP_PF_CLOSING))
+    if (!(p->ep.flags & LP_EPF_CLOSING))
         peer_update_reading(p);
 }
 
@@ -1439,12 +1339,9 @@ void lp_peer_continue(lp_peer_t *p)
 
 /* ---- tunnel ---- */
 
-void lp_peer_tunnel_data(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin)
+void lp_peer_tunnel_from(lp_peer_t *p, lp_endpoint_t *from)
 {
-    lp_wbatch_t *wb = peer_outb(p, 1, 0);
-    if (wb)
-        lp_wbatch_add(wb, at, len, pin);
-    lp_peer_flush(p);
+    lp_relay_move(from, &p->ep);
 }
 
 void lp_peer_tunnel_eof(lp_peer_t *p)

@@ -1,0 +1,232 @@
+#include "endpoint.h"
+#include "tls.h"
+#include "worker.h"
+
+static void on_ep_timer(uv_timer_t *t);
+
+static void on_ep_handle_close(uv_handle_t *h)
+{
+    lp_endpoint_t *ep = h->data;
+    if (--ep->handles == 0)
+        ep->ops->closed(ep);
+}
+
+void lp_ep_init(lp_endpoint_t *ep, lp_worker_t *w, const lp_endpoint_ops_t *ops)
+{
+    ep->w = w;
+    ep->ops = ops;
+    uv_tcp_init(&w->loop, &ep->tcp);
+    uv_timer_init(&w->loop, &ep->timer);
+    ep->tcp.data = ep;
+    ep->timer.data = ep;
+    ep->handles = 2;
+}
+
+void lp_ep_close(lp_endpoint_t *ep)
+{
+    if (ep->flags & LP_EPF_CLOSING)
+        return;
+    ep->flags |= LP_EPF_CLOSING;
+    ep->flags &= ~LP_EPF_READING;
+    if (ep->rbuf) {
+        lp_buf_unref(ep->rbuf);
+        ep->rbuf = NULL;
+    }
+    if (ep->outb) {
+        lp_wbatch_put(&ep->w->wbatches, ep->outb);
+        ep->outb = NULL;
+    }
+    lp_tls_free(ep->tls);
+    ep->tls = NULL;
+    uv_close((uv_handle_t *)&ep->tcp, on_ep_handle_close);
+    uv_close((uv_handle_t *)&ep->timer, on_ep_handle_close);
+}
+
+void lp_ep_timer(lp_endpoint_t *ep, int mode, uint64_t ms)
+{
+    if ((ep->flags & LP_EPF_BROKEN) && mode != LP_EP_TM_BROKEN)
+        return; /* the failure scheduled for a failed write comes first */
+    ep->tmode = (uint8_t)mode;
+    if (mode == LP_EP_TM_NONE)
+        lp_lazy_cancel(&ep->lazy);
+    else
+        lp_lazy_set(&ep->timer, &ep->lazy, ms, on_ep_timer);
+}
+
+static void on_ep_timer(uv_timer_t *t)
+{
+    lp_endpoint_t *ep = t->data;
+    if (ep->tmode == LP_EP_TM_NONE || (ep->flags & LP_EPF_CLOSING) ||
+        !lp_lazy_due(t, &ep->lazy, on_ep_timer))
+        return;
+    ep->ops->timeout(ep, ep->tmode);
+}
+
+/* ---- writing ---- */
+
+static void on_ep_write(uv_write_t *wr, int status)
+{
+    lp_wbatch_t *wb = LP_CONTAINER_OF(wr, lp_wbatch_t, req);
+    lp_endpoint_t *ep = wb->owner;
+    ep->out_pending -= wb->bytes;
+    lp_wbatch_put(&ep->w->wbatches, wb);
+    if (!(ep->flags & LP_EPF_CLOSING))
+        ep->ops->written(ep, status);
+}
+
+/* The socket broke under a write: the owner hears of it on the next loop turn, when no
+ * caller of a flush still holds what the failure would end. */
+static int ep_broken(lp_endpoint_t *ep)
+{
+    ep->flags |= LP_EPF_BROKEN;
+    lp_ep_timer(ep, LP_EP_TM_BROKEN, 0);
+    return -1;
+}
+
+/* Hands one batch of wire bytes to libuv. -1 when the socket broke. */
+static int ep_send(lp_endpoint_t *ep, lp_wbatch_t *wb)
+{
+    wb->owner = ep;
+    if (lp_wbatch_send(wb, (uv_stream_t *)&ep->tcp, &ep->w->wbatches, &ep->out_pending,
+                       on_ep_write))
+        return ep_broken(ep);
+    return 0;
+}
+
+int lp_ep_flush_tls(lp_endpoint_t *ep)
+{
+    lp_wbatch_t *wb;
+    if (ep->flags & (LP_EPF_CLOSING | LP_EPF_BROKEN))
+        return 0;
+    while (ep->tls && (wb = lp_tls_out(ep->tls, &ep->w->wbatches)))
+        if (ep_send(ep, wb))
+            return -1;
+    return 0;
+}
+
+int lp_ep_flush(lp_endpoint_t *ep)
+{
+    if (ep->flags & (LP_EPF_CLOSING | LP_EPF_BROKEN) || !(ep->flags & LP_EPF_WRITABLE))
+        return 0;
+    lp_wbatch_t *wb = ep->outb;
+    if (wb && wb->n) {
+        ep->outb = NULL;
+        if (ep->tls) {
+            /* TLS copies the bytes into records: the plain batch is done with. */
+            int rc = lp_tls_write(ep->tls, wb);
+            lp_wbatch_put(&ep->w->wbatches, wb);
+            if (rc)
+                return ep_broken(ep);
+        } else if (ep_send(ep, wb)) {
+            return -1;
+        }
+    }
+    /* TLS output: records, and handshake messages, alerts and tickets. */
+    return lp_ep_flush_tls(ep);
+}
+
+lp_wbatch_t *lp_ep_outb(lp_endpoint_t *ep, unsigned k, unsigned scratch)
+{
+    if (ep->outb && !lp_wbatch_room(ep->outb, k, scratch)) {
+        if (!(ep->flags & LP_EPF_WRITABLE))
+            return NULL; /* nothing can go out before the connect completes */
+        lp_ep_flush(ep);
+    }
+    if (!ep->outb)
+        ep->outb = lp_wbatch_get(&ep->w->wbatches);
+    return ep->outb;
+}
+
+/* ---- reading ---- */
+
+uv_buf_t lp_ep_read_space(lp_endpoint_t *ep)
+{
+    lp_buf_t *b = ep->rbuf;
+    if (b) {
+        if (ep->rpos >= ep->rlen && b->refs == 1) {
+            ep->rpos = ep->rlen = 0; /* all used, nothing pinned: start over */
+        } else if (b->cap - ep->rlen < 4096 && ep->rpos >= ep->rlen) {
+            lp_buf_unref(b); /* pinned by writes and nearly full: take a fresh one */
+            ep->rbuf = b = NULL;
+        } else if (b->cap == ep->rlen) {
+            return uv_buf_init(NULL, 0); /* full of unparsed input: UV_ENOBUFS pauses */
+        }
+    }
+    if (!b) {
+        b = ep->rbuf = lp_buf_get(&ep->w->bufs, LP_BUF_SIZE);
+        if (!b)
+            return uv_buf_init(NULL, 0);
+        ep->rpos = ep->rlen = 0;
+    }
+    return uv_buf_init(b->data + ep->rlen, (unsigned)(b->cap - ep->rlen)); /* 64 KiB */
+}
+
+void lp_ep_release_rbuf(lp_endpoint_t *ep)
+{
+    if (ep->rbuf && ep->rpos >= ep->rlen) {
+        lp_buf_unref(ep->rbuf);
+        ep->rbuf = NULL;
+        ep->rpos = ep->rlen = 0;
+    }
+}
+
+int lp_ep_tls_fill(lp_endpoint_t *ep, int *err)
+{
+    *err = 0;
+    if (!ep->tls || !lp_tls_established(ep->tls) || (ep->flags & LP_EPF_TLS_END))
+        return 0;
+    uv_buf_t room = lp_ep_read_space(ep);
+    if (!room.len)
+        return 0;
+    long n = lp_tls_read(ep->tls, room.base, room.len);
+    if (n > 0) {
+        ep->rlen += (uint32_t)n;
+        return 1;
+    }
+    lp_ep_release_rbuf(ep); /* nothing for the application (a ticket, say): hold no block */
+    if (n == 0)
+        return 0;
+    ep->flags |= LP_EPF_TLS_END;
+    *err = n == LP_TLS_EOF ? 0 : UV_EPROTO;
+    return -1;
+}
+
+static void on_ep_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    lp_endpoint_t *ep = h->data;
+    *buf = ep->tls ? lp_tls_in_space(ep->tls) : lp_ep_read_space(ep);
+}
+
+static void on_ep_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    lp_endpoint_t *ep = s->data;
+    if (nread == 0)
+        return;
+    if (nread == UV_ENOBUFS) {
+        /* No room: the owner starts reading again once it used what is there. */
+        lp_ep_reading(ep, 0);
+        return;
+    }
+    if (nread > 0) {
+        if (ep->tls)
+            lp_tls_in_commit(ep->tls, (size_t)nread);
+        else
+            ep->rlen += (uint32_t)nread;
+    }
+    ep->ops->input(ep, nread);
+}
+
+void lp_ep_reading(lp_endpoint_t *ep, int want)
+{
+    if (ep->flags & LP_EPF_CLOSING)
+        return;
+    if (want && ep->tls && lp_tls_in_full(ep->tls))
+        want = 0;
+    if (want && !(ep->flags & LP_EPF_READING)) {
+        if (uv_read_start((uv_stream_t *)&ep->tcp, on_ep_alloc, on_ep_read) == 0)
+            ep->flags |= LP_EPF_READING;
+    } else if (!want && (ep->flags & LP_EPF_READING)) {
+        uv_read_stop((uv_stream_t *)&ep->tcp);
+        ep->flags &= ~LP_EPF_READING;
+    }
+}

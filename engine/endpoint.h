@@ -1,0 +1,93 @@
+/* One socket of the engine, on either side: the TCP handle and its timer, the read block,
+ * the write batch being filled and the bytes in flight, TLS, and closing. The downstream
+ * connection (conn.c) and the upstream connection (upstream.c) embed one and plug in
+ * through an ops table, as libuv's handles and h2o's sockets do.
+ *
+ * Lifetime: lp_ep_close() closes both libuv handles; the owner's memory may go only in
+ * ops->closed, which runs once both close callbacks have. Until then every pointer to the
+ * endpoint stays valid, and LP_EPF_CLOSING says it is going. Worker thread only. */
+#ifndef LP_ENDPOINT_H
+#define LP_ENDPOINT_H
+
+#include <uv.h>
+#include "buf.h"
+#include "lazytimer.h"
+
+struct lp_worker_s;
+struct lp_tls_s;
+
+/* Endpoint flags (LP_EPF_*). */
+#define LP_EPF_READING  0x01 /* uv_read_start is active */
+#define LP_EPF_CLOSING  0x02 /* lp_ep_close ran: ops->closed follows */
+#define LP_EPF_BROKEN   0x04 /* a write failed: ops->timeout(LP_EP_TM_BROKEN) on the next turn */
+#define LP_EPF_WRITABLE 0x08 /* connected: output goes out (before, it waits in outb) */
+#define LP_EPF_TLS_END  0x10 /* TLS input ended (close_notify, EOF or error) */
+
+/* Timer modes: the owner numbers its own from LP_EP_TM_OWNER on. */
+enum { LP_EP_TM_NONE = 0, LP_EP_TM_BROKEN = 1, LP_EP_TM_OWNER = 2 };
+
+typedef struct lp_endpoint_s lp_endpoint_t;
+
+typedef struct {
+    /* nread > 0: new input, plaintext appended to rbuf or (TLS) ciphertext handed to the
+     * session; nread < 0: the input ended (UV_EOF) or failed. */
+    void (*input)(lp_endpoint_t *ep, ssize_t nread);
+    /* A queued write completed (status < 0: it failed). Not called once closing. */
+    void (*written)(lp_endpoint_t *ep, int status);
+    /* The timer armed with lp_ep_timer() ran out (not called once closing). */
+    void (*timeout)(lp_endpoint_t *ep, int mode);
+    /* Both handles are closed: the owner frees itself. */
+    void (*closed)(lp_endpoint_t *ep);
+} lp_endpoint_ops_t;
+
+struct lp_endpoint_s {
+    uv_tcp_t tcp;                 /* tcp.data = this endpoint */
+    uv_timer_t timer;             /* timer.data = this endpoint */
+    struct lp_worker_s *w;        /* borrowed: the worker whose loop it is on */
+    const lp_endpoint_ops_t *ops; /* borrowed: static in the owner's file */
+    struct lp_tls_s *tls;         /* owned: the TLS session, NULL for plain TCP */
+    lp_buf_t *rbuf;               /* owned reference: the read block, NULL when idle */
+    uint32_t rpos, rlen;          /* rbuf: parsed up to rpos, filled up to rlen */
+    lp_wbatch_t *outb;            /* owned: the batch being filled, NULL when none */
+    size_t out_pending;           /* bytes handed to uv_write, not yet completed */
+    unsigned flags;               /* LP_EPF_* */
+    int handles;                  /* open libuv handles: ops->closed when it drops to 0 */
+    uint8_t tmode;                /* what the timer times: LP_EP_TM_* or the owner's */
+    lp_lazy_t lazy;               /* the timer's deadline (lazytimer.h) */
+};
+
+/* Opens the handles on w's loop (the TCP handle is ready for uv_accept or a connect). */
+void lp_ep_init(lp_endpoint_t *ep, struct lp_worker_s *w, const lp_endpoint_ops_t *ops);
+/* Releases buffers and TLS and closes both handles; ops->closed follows. Idempotent. */
+void lp_ep_close(lp_endpoint_t *ep);
+/* Times `mode` for ms (LP_EP_TM_NONE cancels). A pending LP_EP_TM_BROKEN is kept. */
+void lp_ep_timer(lp_endpoint_t *ep, int mode, uint64_t ms);
+/* The batch to append to, with room for k iovecs and `scratch` framing bytes (a full one
+ * is flushed first). NULL when out of memory. */
+lp_wbatch_t *lp_ep_outb(lp_endpoint_t *ep, unsigned k, unsigned scratch);
+/* Hands what is batched (encrypted first with TLS) and TLS's own output to the socket.
+ * -1 when the socket broke (LP_EPF_BROKEN: the owner hears of it through ops->timeout
+ * on the next loop turn, never under its caller); 0 otherwise, also when not writable. */
+int lp_ep_flush(lp_endpoint_t *ep);
+/* Only what TLS itself has to send (handshake messages, alerts, tickets): also before the
+ * endpoint is writable, during a handshake. -1 when the socket broke. */
+int lp_ep_flush_tls(lp_endpoint_t *ep);
+/* Bytes queued towards the peer: in flight and batched. */
+static inline size_t lp_ep_queued(const lp_endpoint_t *ep)
+{
+    return ep->out_pending + (ep->outb ? ep->outb->bytes : 0);
+}
+/* Room in the read block for more input: reads append to the current block while it has
+ * room (so a side stays readable while its bytes are used, and pipelined input waits in
+ * place); len 0 when it is full of unparsed input or out of memory. */
+uv_buf_t lp_ep_read_space(lp_endpoint_t *ep);
+/* Drops the read block when everything in it was used. */
+void lp_ep_release_rbuf(lp_endpoint_t *ep);
+/* TLS: decrypts buffered ciphertext into the read block. 1 when there is new plaintext,
+ * 0 when none (yet), -1 when the TLS input ended (LP_EPF_TLS_END; *err says how: 0 for a
+ * close_notify or EOF, else UV_EPROTO). */
+int lp_ep_tls_fill(lp_endpoint_t *ep, int *err);
+/* Starts or stops reading. */
+void lp_ep_reading(lp_endpoint_t *ep, int want);
+
+#endif
