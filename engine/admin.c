@@ -538,6 +538,17 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
                 respond_error(c, 413, "request body too large");
                 return;
             }
+            if (r->h1.flags & LP_H1F_EXPECT_100) {
+                /* curl asks before bodies over 1 KiB. 25 bytes on a connection that has sent
+                 * nothing yet: written whole, or (EAGAIN) the client sends after its wait. */
+                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
+                int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+                if (n > 0 && (size_t)n < b.len) {
+                    conn_close(c); /* half an interim answer cannot be completed */
+                    return;
+                }
+            }
             lp_h1_resume(&r->h1);
             continue; /* read the (small) body too, then answer */
         }

@@ -31,7 +31,7 @@ typedef struct lp_probe_s {
     char *tls_name;             /* owned: the name TLS sends and verifies (NULL: plain) */
     void *session;              /* owned: the TLS session to resume (lp_tls_session_free) */
     lp_addr_t addr;
-    char req[512];
+    char *req; /* owned: the request head an http probe sends */
     size_t reqlen;
     /* The probe in flight. */
     lp_tls_t *tls;      /* owned */
@@ -73,6 +73,7 @@ static void probe_free(lp_probe_t *p)
 {
     lp_tls_session_free(p->session);
     free(p->tls_name);
+    free(p->req);
     free(p);
 }
 
@@ -456,17 +457,22 @@ void lp_health_checks_update(lp_server_t *s)
                 p->hc = &uc->health;
                 p->addr = a[k];
                 p->tls_ctx = uc->tls;
-                /* The name the proxy path sends and verifies for this address. */
-                if (uc->tls &&
-                    !(p->tls_name = lp_tls_peer_name(uc->tls, a[k].text, uc->targets[j].host))) {
-                    free(p);
-                    continue;
-                }
-                int n = snprintf(p->req, sizeof(p->req),
+                int n = asprintf(&p->req,
                                  "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: luaproxy-health/%s"
                                  "\r\nConnection: close\r\n\r\n",
                                  uc->health.path, uc->targets[j].addr.text, LP_VERSION);
-                p->reqlen = n > 0 && (size_t)n < sizeof(p->req) ? (size_t)n : 0;
+                if (n < 0) {
+                    p->req = NULL;
+                    probe_free(p);
+                    continue;
+                }
+                p->reqlen = (size_t)n;
+                /* The name the proxy path sends and verifies for this address. */
+                if (uc->tls &&
+                    !(p->tls_name = lp_tls_peer_name(uc->tls, a[k].text, uc->targets[j].host))) {
+                    probe_free(p);
+                    continue;
+                }
                 uv_timer_init(s->loop, &p->timer);
                 uv_timer_init(s->loop, &p->timeout);
                 p->timer.data = p->timeout.data = p;

@@ -287,6 +287,19 @@ class AdminJSONTest(RT.ReloadTestCase):
         j = self.post_state(body, headers=[("Transfer-Encoding", "chunked")])
         self.assertEqual(j["state"], "drained")
 
+    def test_expect_100_continue(self):
+        body = b'{"state": "drain"}'
+        with H.Client(self.proxy.admin_port, timeout=H.T(10)) as c:
+            c.send(H.build_request("POST", "/upstreams/a/targets/%s" % self.target, host="admin",
+                                   headers=[("Expect", "100-continue"),
+                                            ("Content-Length", str(len(body)))]))
+            r = c.read_response(stop_at_interim=True)
+            self.assertEqual(r.status, 100)
+            c.send(body)
+            r = c.read_response("POST")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["state"], "drained")
+
     def test_malformed_json_is_400(self):
         for body in ('{"state": "drain', '{"state": drain}', 'drain', '{"state":"drain"} x',
                      '\xff\xfe'):
