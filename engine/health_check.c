@@ -18,7 +18,8 @@
 #include "tls.h"
 #include "worker.h"
 
-#define PROBE_MAX_HEADERS 128
+/* Response header fields a probe accepts: one small block of them. */
+#define PROBE_MAX_HEADERS (LP_BUF_SMALL / sizeof(lp_header_t))
 
 typedef struct lp_probe_s {
     uv_timer_t timer;   /* next probe */
@@ -35,7 +36,8 @@ typedef struct lp_probe_s {
     size_t reqlen;
     /* The probe in flight. */
     lp_tls_t *tls;      /* owned */
-    lp_buf_t *head;     /* owned: the parser's header array and arena */
+    lp_buf_t *arena;    /* owned: the parser's arena (small, grows: probe_grow) */
+    lp_buf_t *fields;   /* owned: the parser's header array */
     lp_h1_t h1;         /* the response parser */
     size_t out_pending; /* bytes queued with uv_write */
     int in_flight;      /* a probe runs: its first verdict ends it */
@@ -97,9 +99,13 @@ static int probe_end(lp_probe_t *p)
     uv_timer_stop(&p->timeout);
     lp_tls_free(p->tls);
     p->tls = NULL;
-    if (p->head) {
-        lp_buf_unref(p->head);
-        p->head = NULL;
+    if (p->arena) {
+        lp_buf_unref(p->arena);
+        p->arena = NULL;
+    }
+    if (p->fields) {
+        lp_buf_unref(p->fields);
+        p->fields = NULL;
     }
     if (p->tcp_open) {
         p->tcp_open = 0;
@@ -232,6 +238,21 @@ static int probe_body(lp_h1_t *h, const char *at, size_t len)
     return 0; /* interim responses only: the probe ends at the final head */
 }
 
+/* A head beyond the small arena: one large block (max_header_size is capped below it). */
+static int probe_grow(lp_h1_t *h, size_t need)
+{
+    lp_probe_t *p = h->ud;
+    if (need > LP_BUF_SIZE || p->arena->cap >= LP_BUF_SIZE)
+        return -1;
+    lp_buf_t *nb = lp_buf_get(&checker.bufs, LP_BUF_SIZE);
+    if (!nb)
+        return -1;
+    lp_h1_rebase(h, nb->data, nb->cap);
+    lp_buf_unref(p->arena);
+    p->arena = nb;
+    return 0;
+}
+
 /* Decrypts and parses what TLS holds. */
 static void probe_tls_pump(lp_probe_t *p)
 {
@@ -320,22 +341,24 @@ static void on_probe_connect(uv_connect_t *c, int status)
         probe_done(p, 1, "");
         return;
     }
-    /* The response parser, with the proxy path's limits. */
+    /* The response parser, with the proxy path's limits (as upstream.c sets them). */
     const lp_limits_t *lim = &checker.gen->config->limits;
-    unsigned nh = lim->max_headers && lim->max_headers < PROBE_MAX_HEADERS ? lim->max_headers
-                                                                           : PROBE_MAX_HEADERS;
-    p->head = lp_buf_get(&checker.bufs, LP_BUF_SIZE);
-    if (!p->head) {
+    unsigned nh = lim->max_headers && lim->max_headers < PROBE_MAX_HEADERS
+                      ? lim->max_headers
+                      : (unsigned)PROBE_MAX_HEADERS;
+    p->arena = lp_buf_get(&checker.bufs, LP_BUF_SMALL);
+    p->fields = lp_buf_get(&checker.bufs, LP_BUF_SMALL);
+    if (!p->arena || !p->fields) {
         probe_done(p, 0, "out of memory");
         return;
     }
-    size_t hbytes = nh * sizeof(lp_header_t);
     lp_h1_init(&p->h1, HTTP_RESPONSE, p, probe_body);
     p->h1.max_header_size = lim->max_header_size;
-    if (p->h1.max_header_size > p->head->cap - hbytes - 1024)
-        p->h1.max_header_size = p->head->cap - hbytes - 1024;
-    lp_h1_set_storage(&p->h1, p->head->data + hbytes, p->head->cap - hbytes,
-                      (lp_header_t *)(void *)p->head->data, nh);
+    if (p->h1.max_header_size > LP_BUF_SIZE - 1024)
+        p->h1.max_header_size = LP_BUF_SIZE - 1024;
+    p->h1.grow = probe_grow;
+    lp_h1_set_storage(&p->h1, p->arena->data, p->arena->cap, (lp_header_t *)(void *)p->fields->data,
+                      nh);
     if (uv_read_start((uv_stream_t *)&p->tcp, on_probe_alloc, on_probe_read)) {
         probe_done(p, 0, "cannot read");
         return;

@@ -108,6 +108,8 @@ UNAVAILABLE_IN_PIECES = ["HTTP/1.1 5", "03 Service Unavailable\r\nContent-Length
                          "\r\n"]
 EARLY_HINTS_THEN_OK = ["HTTP/1.1 10", "3 Early Hints\r\nLink: </s.css>\r\n", "\r\nHTTP/1.1 2",
                        "00 OK\r\nContent-Length: 2\r\n\r\nok"]
+BIG_HEAD = ["HTTP/1.1 200 OK\r\nX-Big: " + "x" * 3000, "x" * 3000 + "\r\n",
+            "X-More: " + "y" * 5000 + "\r\n", "Content-Length: 0\r\n\r\n"]
 BAD_HEAD = ["HTTP/1.1 200 OK\r\n", "Content-Length: 2\r\nno colon here\r\n\r\nok"]
 
 
@@ -127,6 +129,7 @@ class HealthTLSTest(TH.HealthCase):
             "plain": PieceOrigin(OK_IN_PIECES),
             "hints": PieceOrigin(EARLY_HINTS_THEN_OK),
             "badhead": PieceOrigin(BAD_HEAD),
+            "bighead": PieceOrigin(BIG_HEAD, p("good.pem"), p("good.key")),
         }
         for o in cls.origins.values():
             cls.addClassCleanup(o.close)
@@ -143,6 +146,7 @@ class HealthTLSTest(TH.HealthCase):
             "plain": H.upstream(o["plain"].address(), health=active),
             "hints": H.upstream(o["hints"].address(), health=active),
             "badhead": H.upstream(o["badhead"].address(), health=active),
+            "bighead": H.upstream(o["bighead"].address(), tls=tls_ca, health=active),
         }
         routes = [TH.host_route(n + ".test", n) for n in ups]
         cls.proxy = cls.start_reload_proxy(ups, routes)
@@ -199,6 +203,10 @@ class HealthTLSTest(TH.HealthCase):
 
     def test_interim_response_is_skipped(self):
         self.assertStaysUp("hints")
+
+    def test_large_head_in_pieces(self):
+        # 11 KiB of header fields, in pieces over TLS: more than a small arena holds.
+        self.assertStaysUp("bighead")
 
     def test_invalid_head_is_a_failed_probe(self):
         addr = self.origins["badhead"].address()
