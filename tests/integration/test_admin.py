@@ -25,14 +25,21 @@ def routes_v(version, catch_all=True):
     return rs
 
 
-class AdminTest(RT.ReloadTestCase):
+class AdminCase(RT.ReloadTestCase):
+    @classmethod
+    def start_reload_proxy(cls, *a, **kw):
+        # The admin listener opens just after the proxy's own: wait for it too.
+        p = super().start_reload_proxy(*a, **kw)
+        H.wait_for(lambda: H.port_accepts(p.admin_port), H.T(10), what="the admin API")
+        return p
+
+
+class AdminTest(AdminCase):
     @classmethod
     def setUpClass(cls):
         cls.a = cls.start_origin("a")
         cls.proxy = cls.start_reload_proxy({"a": H.upstream(cls.a.address())}, routes_v("v1"),
                                            workers=2)
-        # The admin listener opens just after the proxy's own.
-        H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
 
     def test_status_fields_and_types(self):
         j = self.status()
@@ -193,7 +200,7 @@ class AdminTest(RT.ReloadTestCase):
         self.assertIsNone(r.header("X-Version"))
 
 
-class AdminNoCatchAllTest(RT.ReloadTestCase):
+class AdminNoCatchAllTest(AdminCase):
     @classmethod
     def setUpClass(cls):
         cls.a = cls.start_origin("a")
@@ -210,7 +217,7 @@ class AdminNoCatchAllTest(RT.ReloadTestCase):
         self.assertEqual(self.status()["generation"], gen_before)
 
 
-class AdminAddressReloadTest(RT.ReloadTestCase):
+class AdminAddressReloadTest(AdminCase):
     """The admin address follows the config: moved by a reload, the old port stops and the
     new one answers; removed, the API goes (SIGHUP still reloads)."""
 
@@ -242,7 +249,7 @@ class AdminAddressReloadTest(RT.ReloadTestCase):
         self.assertIs(self.status()["ok"], True)
 
 
-class AdminJSONTest(RT.ReloadTestCase):
+class AdminJSONTest(AdminCase):
     """Request bodies are parsed as JSON (a real decoder, not a substring search) and every
     answer is encoded by one (issue #10, defect 7)."""
 
@@ -251,7 +258,6 @@ class AdminJSONTest(RT.ReloadTestCase):
         cls.a = cls.start_origin("a")
         cls.target = cls.a.address()
         cls.proxy = cls.start_reload_proxy({"a": H.upstream(cls.target)}, routes_v("v1"))
-        H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
 
     def post_state(self, body=None, query="", status=200, headers=None):
         path = "/upstreams/a/targets/%s%s" % (self.target, query)
@@ -338,7 +344,7 @@ class AdminJSONTest(RT.ReloadTestCase):
         self.assertIs(j["upstreams"][0]["active_checks"], False)
 
 
-class AdminLimitsTest(RT.ReloadTestCase):
+class AdminLimitsTest(AdminCase):
     """Bounded admin connections (issue #10, defect 5): an idle or slow request is cut after
     ADMIN_TIMEOUT, no more than ADMIN_MAX_CONNS connections at once, and request heads and
     bodies have a size limit."""
@@ -350,7 +356,6 @@ class AdminLimitsTest(RT.ReloadTestCase):
     def setUpClass(cls):
         cls.a = cls.start_origin("a")
         cls.proxy = cls.start_reload_proxy({"a": H.upstream(cls.a.address())}, routes_v("v1"))
-        H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
 
     def raw(self, data, timeout=None):
         c = H.Client(self.proxy.admin_port, timeout=timeout or H.T(10))
