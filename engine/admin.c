@@ -647,7 +647,9 @@ int lp_admin_update(lp_server_t *s)
     a->tcp.data = a;
     int rc = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&want->addr, 0);
     if (!rc)
-        rc = uv_listen((uv_stream_t *)&a->tcp, 64, on_connection);
+        /* Room beyond the cap: connections over it are accepted and told (503), in order,
+         * rather than dropped by a full accept queue and retried a second later. */
+        rc = uv_listen((uv_stream_t *)&a->tcp, 2 * ADMIN_MAX_CONNS, on_connection);
     if (rc) {
         lp_log_error("admin API on %s: %s", want->text, uv_strerror(rc));
         uv_close((uv_handle_t *)&a->tcp, on_admin_close);
