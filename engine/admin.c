@@ -62,7 +62,7 @@ typedef struct {
     char *out;         /* owned: the answer being written */
     int handles;       /* open handles (tcp, timer): the struct is freed at 0 */
     int answered;      /* an answer is queued: nothing more is parsed */
-    int closing;
+    int closing;       /* conn_close() ran: the handles are closing */
 } admin_conn_t;
 
 static char discard[4096]; /* lingering reads land here (main thread only) */
