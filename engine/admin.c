@@ -1,5 +1,11 @@
 /* The admin API: a small HTTP/1.1 server on the main loop (never on a public listener).
- * One request per connection; JSON answers. Also `luaproxy -s` and the pid file. */
+ * One request per connection; JSON in and out through jansson (never by hand). Also
+ * `luaproxy -s` and the pid file.
+ *
+ * Bounds (a local client must not be able to wear the main loop down): at most
+ * ADMIN_MAX_CONNS connections (more get 503 at once), ADMIN_TIMEOUT for the whole request to
+ * arrive (408) and again for the answer to leave, request heads of ADMIN_MAX_HEAD (431;
+ * 414 for the target) and bodies of ADMIN_MAX_BODY (413). */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -8,6 +14,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
+#include <jansson.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include "health.h"
@@ -17,145 +24,213 @@
 #include "server.h"
 #include "worker.h"
 
-#define ADMIN_MAX_REQUEST 16384
+#define ADMIN_MAX_HEAD  8192  /* header section; the request line has ADMIN_MAX_URI */
+#define ADMIN_MAX_URI   2048  /* request target */
+#define ADMIN_MAX_BODY  8192  /* request body (JSON) */
+#define ADMIN_MAX_CONNS 64    /* connections at once, lingering ones included */
+#define ADMIN_TIMEOUT   10000 /* ms for the request to arrive, then for the answer to leave */
+#define ADMIN_LINGER    2000  /* ms to drain what the client still sends after the answer */
 
 struct lp_admin_s {
     uv_tcp_t tcp;
     lp_server_t *server;
-    char *addr; /* owned: the address it listens on */
+    char *addr;             /* owned: the address it listens on */
+    unsigned refs;          /* the listener and every connection: freed at 0 */
+    unsigned nconns;        /* connections counted against ADMIN_MAX_CONNS */
+    uint64_t refused;       /* connections refused by the cap since the last log line */
+    uint64_t refuse_log_at; /* uv_now() of that line */
 };
+
+/* What a connection reads into; not allocated for connections refused by the cap. */
+typedef struct {
+    lp_h1_t h1;
+    char in[4096]; /* one read; the parser copies what it keeps */
+    char arena[ADMIN_MAX_HEAD + ADMIN_MAX_URI];
+    lp_header_t headers[64];
+    char body[ADMIN_MAX_BODY];
+    size_t body_len;
+    int body_too_large; /* the body callback refused more bytes */
+} admin_req_t;
 
 typedef struct {
     uv_tcp_t tcp;
-    lp_admin_t *admin;
-    lp_h1_t h1;
-    char in[ADMIN_MAX_REQUEST];
-    size_t inlen;
-    char arena[ADMIN_MAX_REQUEST];
-    lp_header_t headers[64];
-    int answered;
-    size_t body_off, body_len; /* the request body, in `in` (small bodies only) */
+    uv_timer_t timer; /* ADMIN_TIMEOUT, then ADMIN_LINGER */
+    uv_write_t wreq;
+    uv_shutdown_t sreq;
+    lp_admin_t *admin; /* reference */
+    admin_req_t *r;    /* owned; NULL for a refused connection */
+    char *out;         /* owned: the answer being written */
+    int handles;       /* open handles (tcp, timer): the struct is freed at 0 */
+    int answered;      /* an answer is queued: nothing more is parsed */
+    int closing;       /* conn_close() ran: the handles are closing */
 } admin_conn_t;
 
-typedef struct {
-    uv_write_t req;
-    char *data; /* owned */
-} admin_write_t;
+static char discard[4096]; /* lingering reads land here (main thread only) */
+
+static void admin_unref(lp_admin_t *a)
+{
+    if (--a->refs)
+        return;
+    free(a->addr);
+    free(a);
+}
 
 /* ---- JSON ---- */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-} sbuf_t;
-
-static void sb_put(sbuf_t *b, const char *s, size_t n)
+/* A JSON string of s. jansson takes UTF-8 only: bytes that are not (a path or a Lua error
+ * can hold anything) become '?' rather than losing the message. */
+static json_t *jstr(const char *s)
 {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 1024;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np)
-            return;
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
+    json_t *j = json_string(s ? s : "");
+    if (j || !s)
+        return j;
+    char *copy = strdup(s);
+    if (!copy)
+        return NULL;
+    for (char *p = copy; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            *p = '?';
+    j = json_string(copy);
+    free(copy);
+    return j;
 }
 
-#define sb_lit(b, lit) sb_put((b), (lit), sizeof(lit) - 1)
-
-static void sb_printf(sbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf_t *b, const char *fmt, ...)
+static json_t *jint(uint64_t v)
 {
-    char tmp[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        sb_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+    return json_integer((json_int_t)v);
 }
 
-static void sb_json_string(sbuf_t *b, const char *s)
+/* ---- connections ---- */
+
+static void on_conn_handle_close(uv_handle_t *h)
 {
-    sb_put(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            sb_put(b, e, 2);
-        } else if (c < 0x20) {
-            char e[8];
-            snprintf(e, sizeof(e), "\\u%04x", c);
-            sb_put(b, e, 6);
-        } else {
-            sb_put(b, (const char *)&c, 1);
-        }
-    }
-    sb_put(b, "\"", 1);
+    admin_conn_t *c = h->data;
+    if (--c->handles)
+        return;
+    if (c->r)
+        c->admin->nconns--;
+    admin_unref(c->admin);
+    free(c->r);
+    free(c->out);
+    free(c);
 }
 
-/* ---- answers ---- */
-
-static void on_conn_close(uv_handle_t *h)
+static void conn_close(admin_conn_t *c)
 {
-    free(h->data);
+    if (c->closing)
+        return;
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_close);
+    uv_close((uv_handle_t *)&c->timer, on_conn_handle_close);
+}
+
+static void on_conn_timer(uv_timer_t *t);
+
+static void conn_timer(admin_conn_t *c, uint64_t ms)
+{
+    /* A reload runs synchronously on this loop: the cached time may be old. */
+    uv_update_time(c->tcp.loop);
+    uv_timer_start(&c->timer, on_conn_timer, ms, 0);
+}
+
+static void on_discard_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    *buf = uv_buf_init(discard, sizeof(discard));
+}
+
+static void on_linger_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    if (nread < 0)
+        conn_close(st->data);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    admin_conn_t *c = req->data;
+    if (status < 0 && !c->closing)
+        conn_close(c);
 }
 
 static void on_written(uv_write_t *wr, int status)
 {
-    admin_write_t *w = (admin_write_t *)wr;
-    admin_conn_t *c = wr->handle->data;
-    free(w->data);
-    free(w);
-    LP_UNUSED(status);
-    uv_close((uv_handle_t *)&c->tcp, on_conn_close);
-}
-
-static void respond(admin_conn_t *c, int status, const char *json)
-{
-    if (c->answered)
+    admin_conn_t *c = wr->data;
+    free(c->out);
+    c->out = NULL;
+    if (c->closing)
         return;
-    int head = lp_h1_method(&c->h1) == HTTP_HEAD;
-    c->answered = 1;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    size_t jlen = strlen(json);
-    admin_write_t *w = malloc(sizeof(*w));
-    char *data = malloc(jlen + 256);
-    if (!w || !data) {
-        free(w);
-        free(data);
-        uv_close((uv_handle_t *)&c->tcp, on_conn_close);
+    if (status < 0) {
+        conn_close(c);
         return;
     }
-    int n = snprintf(data, jlen + 256,
+    /* Lingering close: the client sees the answer and an EOF, not a reset over bytes it
+     * is still sending (a body we refused, a pipelined request). */
+    c->sreq.data = c;
+    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) ||
+        uv_read_start((uv_stream_t *)&c->tcp, on_discard_alloc, on_linger_read)) {
+        conn_close(c);
+        return;
+    }
+    conn_timer(c, ADMIN_LINGER);
+}
+
+static void respond_text(admin_conn_t *c, int status, const char *json)
+{
+    if (c->answered || c->closing)
+        return;
+    int head = c->r && lp_h1_method(&c->r->h1) == HTTP_HEAD;
+    c->answered = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    size_t jlen = strlen(json), cap = jlen + 256;
+    c->out = malloc(cap);
+    if (!c->out) {
+        conn_close(c);
+        return;
+    }
+    int n = snprintf(c->out, cap,
                      "HTTP/1.1 %d %s\r\nServer: luaproxy\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
                      status, lp_h1_status_text(status), jlen + 1, head ? "" : json);
     if (!head)
-        data[n++] = '\n';
-    w->data = data;
-    uv_buf_t buf = uv_buf_init(data, (unsigned)n);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_written)) {
-        free(data);
-        free(w);
-        uv_close((uv_handle_t *)&c->tcp, on_conn_close);
+        c->out[n++] = '\n';
+    uv_buf_t buf = uv_buf_init(c->out, (unsigned)n);
+    c->wreq.data = c;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &buf, 1, on_written)) {
+        conn_close(c);
+        return;
     }
+    conn_timer(c, ADMIN_TIMEOUT);
+}
+
+/* Answers with the encoding of j (a reference taken over: NULL means it could not be
+ * built, which answers 500). */
+static void respond(admin_conn_t *c, int status, json_t *j)
+{
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
+    json_decref(j);
+    if (!text) {
+        lp_log_error("admin: cannot encode an answer as JSON (out of memory?)");
+        respond_text(c, 500, "{\"ok\":false,\"error\":\"the answer could not be encoded\"}");
+        return;
+    }
+    respond_text(c, status, text);
+    free(text);
 }
 
 static void respond_error(admin_conn_t *c, int status, const char *msg)
 {
-    sbuf_t b = {0};
-    sb_lit(&b, "{\"ok\":false,\"error\":");
-    sb_json_string(&b, msg);
-    sb_lit(&b, "}");
-    respond(c, status, b.p ? b.p : "{}");
-    free(b.p);
+    respond(c, status, json_pack("{s:b,s:o}", "ok", 0, "error", jstr(msg)));
 }
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    admin_conn_t *c = t->data;
+    if (c->answered)
+        conn_close(c); /* the answer did not leave in time, or the linger is over */
+    else
+        respond_error(c, 408, "the request did not arrive in time");
+}
+
+/* ---- endpoints ---- */
 
 static void iso_time(double t, char *out, size_t n)
 {
@@ -173,19 +248,15 @@ static void handle_status(admin_conn_t *c)
     char loaded[32], started[32];
     iso_time(lp_gen_current->loaded_at, loaded, sizeof(loaded));
     iso_time(s->started_at, started, sizeof(started));
-    sbuf_t b = {0};
-    sb_printf(&b,
-              "{\"ok\":true,\"version\":\"%s\",\"pid\":%d,\"started_at\":\"%s\",\"uptime\":%.0f,"
-              "\"generation\":%llu,\"loaded_at\":\"%s\",\"workers\":%u,\"connections\":%llu,"
-              "\"requests\":%llu,\"reloads\":%llu,\"reloads_failed\":%llu,\"config\":",
-              LP_VERSION, (int)getpid(), started, (double)time(NULL) - s->started_at,
-              (unsigned long long)lp_gen_current->id, loaded, s->nworkers,
-              (unsigned long long)conns, (unsigned long long)reqs, (unsigned long long)s->reloads,
-              (unsigned long long)s->reloads_failed);
-    sb_json_string(&b, s->config_path);
-    sb_lit(&b, "}");
-    respond(c, 200, b.p ? b.p : "{}");
-    free(b.p);
+    double uptime = (double)time(NULL) - s->started_at;
+    respond(c, 200,
+            json_pack("{s:b,s:s,s:i,s:s,s:I,s:o,s:s,s:i,s:o,s:o,s:o,s:o,s:o}", "ok", 1, "version",
+                      LP_VERSION, "pid", (int)getpid(), "started_at", started, "uptime",
+                      (json_int_t)(uptime > 0 ? uptime + 0.5 : 0), "generation",
+                      jint(lp_gen_current->id), "loaded_at", loaded, "workers", (int)s->nworkers,
+                      "connections", jint(conns), "requests", jint(reqs), "reloads",
+                      jint(s->reloads), "reloads_failed", jint(s->reloads_failed), "config",
+                      jstr(s->config_path)));
 }
 
 static void handle_reload(admin_conn_t *c)
@@ -194,25 +265,23 @@ static void handle_reload(admin_conn_t *c)
     char err[1024];
     uint64_t t0 = uv_hrtime();
     if (lp_server_reload(s, err, sizeof(err))) {
-        sbuf_t b = {0};
-        sb_printf(&b, "{\"ok\":false,\"generation\":%llu,\"error\":",
-                  (unsigned long long)lp_gen_current->id);
-        sb_json_string(&b, err);
-        sb_lit(&b, "}");
-        respond(c, 500, b.p ? b.p : "{}");
-        free(b.p);
+        respond(c, 500,
+                json_pack("{s:b,s:o,s:o}", "ok", 0, "generation", jint(lp_gen_current->id), "error",
+                          jstr(err)));
         return;
     }
-    char body[160];
-    snprintf(body, sizeof(body), "{\"ok\":true,\"generation\":%llu,\"took_ms\":%.3f}",
-             (unsigned long long)lp_gen_current->id, (double)(uv_hrtime() - t0) / 1e6);
-    respond(c, 200, body);
+    /* Milliseconds to the microsecond: 5.312, not 5.3119999999999994. */
+    double ms = (double)((uv_hrtime() - t0) / 1000) / 1000.0;
+    respond(
+        c, 200,
+        json_pack("{s:b,s:o,s:f}", "ok", 1, "generation", jint(lp_gen_current->id), "took_ms", ms));
 }
 
 void lp_admin_snapshot(lp_server_t *s)
 {
-    /* The config as JSON, secrets redacted (lua/luaproxy/admin.lua), taken right after a
-     * generation went live: GET /config shows what serves, not what the file says now. */
+    /* The config as JSON, secrets redacted (lua/luaproxy/admin.lua, lua-cjson), taken right
+     * after a generation went live: GET /config shows what serves, not what the file says
+     * now. Its own short-lived state: loading the config runs the user's code. */
     lua_State *L = luaL_newstate();
     if (!L)
         return;
@@ -239,61 +308,94 @@ static void handle_config(admin_conn_t *c)
 {
     const char *json = c->admin->server->config_json;
     if (json)
-        respond(c, 200, json);
+        respond_text(c, 200, json); /* already encoded, by lua-cjson */
     else
         respond_error(c, 500, "the config could not be encoded as JSON");
+}
+
+static json_t *target_json(const lp_upstream_conf_t *u, size_t j, lp_health_t *h, uint64_t now)
+{
+    json_t *t = json_pack(
+        "{s:o,s:i,s:s,s:I,s:o,s:o,s:I}", "address", jstr(h->addr), "weight",
+        (int)u->targets[j].weight, "state", lp_health_state(h, now), "consecutive_failures",
+        (json_int_t)__atomic_load_n(&h->consecutive_failures, __ATOMIC_RELAXED), "failures",
+        jint(__atomic_load_n(&h->failures, __ATOMIC_RELAXED)), "successes",
+        jint(__atomic_load_n(&h->successes, __ATOMIC_RELAXED)), "ejections",
+        (json_int_t)__atomic_load_n(&h->ejections, __ATOMIC_RELAXED));
+    if (t && u->targets[j].host)
+        json_object_set_new(t, "name", jstr(u->targets[j].addr.text));
+    return t;
 }
 
 static void handle_upstreams(admin_conn_t *c)
 {
     const lp_config_t *cfg = lp_gen_current->config;
     uint64_t now = lp_health_now();
-    sbuf_t b = {0};
-    sb_lit(&b, "{\"ok\":true,\"upstreams\":[");
-    for (size_t i = 0; i < cfg->nupstreams; i++) {
+    json_t *list = json_array();
+    for (size_t i = 0; list && i < cfg->nupstreams; i++) {
         const lp_upstream_conf_t *u = &cfg->upstreams[i];
-        sb_printf(&b, "%s{\"name\":", i ? "," : "");
-        sb_json_string(&b, u->name);
-        sb_printf(&b, ",\"balance\":\"%s\",\"active_checks\":%s,\"targets\":[", u->balance,
-                  u->health.active ? "true" : "false");
-        int first = 1;
-        for (size_t j = 0; j < u->ntargets; j++) {
+        json_t *targets = json_array();
+        for (size_t j = 0; targets && j < u->ntargets; j++) {
             /* A DNS target lists the addresses its name had when the config was loaded. */
             size_t na;
             const lp_addr_t *addrs = lp_target_addrs(&u->targets[j], &na);
             for (size_t k = 0; k < na; k++) {
                 lp_health_t *h = lp_health_get(addrs[k].text);
-                if (!h)
-                    continue;
-                sb_printf(&b, "%s{\"address\":", first ? "" : ",");
-                first = 0;
-                sb_json_string(&b, h->addr);
-                if (u->targets[j].host) {
-                    sb_lit(&b, ",\"name\":");
-                    sb_json_string(&b, u->targets[j].addr.text);
+                if (h && json_array_append_new(targets, target_json(u, j, h, now))) {
+                    json_decref(targets);
+                    targets = NULL;
+                    break;
                 }
-                sb_printf(&b,
-                          ",\"weight\":%u,\"state\":\"%s\",\"consecutive_failures\":%u,"
-                          "\"failures\":%llu,\"successes\":%llu,\"ejections\":%u}",
-                          u->targets[j].weight, lp_health_state(h, now),
-                          __atomic_load_n(&h->consecutive_failures, __ATOMIC_RELAXED),
-                          (unsigned long long)__atomic_load_n(&h->failures, __ATOMIC_RELAXED),
-                          (unsigned long long)__atomic_load_n(&h->successes, __ATOMIC_RELAXED),
-                          __atomic_load_n(&h->ejections, __ATOMIC_RELAXED));
             }
         }
-        sb_lit(&b, "]}");
+        if (json_array_append_new(list, json_pack("{s:o,s:s,s:b,s:o}", "name", jstr(u->name),
+                                                  "balance", u->balance, "active_checks",
+                                                  u->health.active, "targets", targets))) {
+            json_decref(list);
+            list = NULL;
+        }
     }
-    sb_lit(&b, "]}");
-    respond(c, 200, b.p ? b.p : "{}");
-    free(b.p);
+    respond(c, 200, json_pack("{s:b,s:o}", "ok", 1, "upstreams", list));
 }
 
-/* POST /upstreams/NAME/targets/ADDR with "drain", "disable" or "enable" in the body (JSON
- * {"state": ...}) or as ?state=. */
+/* The state asked for: ?state= in the query, else {"state": ...} in a JSON body. 0 with
+ * want set, or -1 after answering 400. */
+static int wanted_state(admin_conn_t *c, lp_str_t query, char *want, size_t n)
+{
+    lp_str_t q = lp_kv_find(query, '&', "state", 5);
+    if (q.base) {
+        snprintf(want, n, "%.*s", (int)q.len, q.base);
+        return 0;
+    }
+    want[0] = 0;
+    if (!c->r->body_len)
+        return 0;
+    json_error_t jerr;
+    json_t *j =
+        json_loadb(c->r->body, c->r->body_len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+    if (!j) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "the body is not valid JSON: %s (at byte %d)", jerr.text,
+                 jerr.position);
+        respond_error(c, 400, msg);
+        return -1;
+    }
+    json_t *st = json_is_object(j) ? json_object_get(j, "state") : NULL;
+    if (!json_is_string(st)) {
+        json_decref(j);
+        respond_error(c, 400, "the body must be a JSON object with a string \"state\"");
+        return -1;
+    }
+    snprintf(want, n, "%s", json_string_value(st));
+    json_decref(j);
+    return 0;
+}
+
+/* POST /upstreams/NAME/targets/ADDR with "drain", "disable" or "enable" as ?state= or in a
+ * JSON body {"state": ...}. */
 static void handle_target_state(admin_conn_t *c, lp_str_t rest, lp_str_t query)
 {
-    const lp_config_t *cfg = c->admin->server ? lp_gen_current->config : NULL;
+    const lp_config_t *cfg = lp_gen_current->config;
     const char *slash = memchr(rest.base, '/', rest.len);
     if (!slash) {
         respond_error(c, 404, "use POST /upstreams/NAME/targets/ADDRESS");
@@ -324,21 +426,9 @@ static void handle_target_state(admin_conn_t *c, lp_str_t rest, lp_str_t query)
         respond_error(c, 404, u ? "no such target in that upstream" : "no such upstream");
         return;
     }
-    char want[32] = "";
-    lp_str_t q = lp_kv_find(query, '&', "state", 5);
-    if (q.base && q.len < sizeof(want)) {
-        memcpy(want, q.base, q.len);
-        want[q.len] = 0;
-    } else if (c->body_len) {
-        c->in[c->body_off + c->body_len < sizeof(c->in) ? c->body_off + c->body_len
-                                                        : sizeof(c->in) - 1] = 0;
-        const char *body = c->in + c->body_off;
-        snprintf(want, sizeof(want), "%s",
-                 strstr(body, "disable")  ? "disable"
-                 : strstr(body, "drain")  ? "drain"
-                 : strstr(body, "enable") ? "enable"
-                                          : "");
-    }
+    char want[32];
+    if (wanted_state(c, query, want, sizeof(want)))
+        return;
     int state = strcmp(want, "drain") == 0     ? LP_TARGET_DRAINED
                 : strcmp(want, "disable") == 0 ? LP_TARGET_DISABLED
                 : strcmp(want, "enable") == 0  ? LP_TARGET_ENABLED
@@ -360,39 +450,33 @@ static void handle_target_state(admin_conn_t *c, lp_str_t rest, lp_str_t query)
         __atomic_store_n(&h->consecutive_failures, 0, __ATOMIC_RELAXED);
     }
     lp_log_notice("admin: upstream %s target %s: %s", u->name, h->addr, want);
-    sbuf_t b = {0};
-    sb_lit(&b, "{\"ok\":true,\"address\":");
-    sb_json_string(&b, h->addr);
-    sb_printf(&b, ",\"state\":\"%s\"}", lp_health_state(h, lp_health_now()));
-    respond(c, 200, b.p ? b.p : "{}");
-    free(b.p);
+    respond(c, 200,
+            json_pack("{s:b,s:o,s:s}", "ok", 1, "address", jstr(h->addr), "state",
+                      lp_health_state(h, lp_health_now())));
 }
 
 static void dispatch(admin_conn_t *c)
 {
-    lp_str_t path = c->h1.path, query = {"", 0};
+    lp_str_t path = c->r->h1.path, query = {"", 0};
     const char *q = memchr(path.base, '?', path.len);
     if (q) {
         query = (lp_str_t){q + 1, path.len - (size_t)(q + 1 - path.base)};
         path.len = (size_t)(q - path.base);
     }
-    uint8_t m = lp_h1_method(&c->h1);
+    uint8_t m = lp_h1_method(&c->r->h1);
+    int get = m == HTTP_GET || m == HTTP_HEAD;
     if (path.len > 11 && memcmp(path.base, "/upstreams/", 11) == 0) {
         if (m != HTTP_POST)
             respond_error(c, 405, "use POST /upstreams/NAME/targets/ADDRESS");
         else
             handle_target_state(c, (lp_str_t){path.base + 11, path.len - 11}, query);
-        return;
-    }
-    if (LP_STR_IEQ(path, "/upstreams")) {
-        if (m != HTTP_GET && m != HTTP_HEAD)
+    } else if (LP_STR_IEQ(path, "/upstreams")) {
+        if (!get)
             respond_error(c, 405, "use GET /upstreams");
         else
             handle_upstreams(c);
-        return;
-    }
-    if (LP_STR_IEQ(path, "/status")) {
-        if (m != HTTP_GET && m != HTTP_HEAD)
+    } else if (LP_STR_IEQ(path, "/status")) {
+        if (!get)
             respond_error(c, 405, "use GET /status");
         else
             handle_status(c);
@@ -402,7 +486,7 @@ static void dispatch(admin_conn_t *c)
         else
             handle_reload(c);
     } else if (LP_STR_IEQ(path, "/config")) {
-        if (m != HTTP_GET && m != HTTP_HEAD)
+        if (!get)
             respond_error(c, 405, "use GET /config");
         else
             handle_config(c);
@@ -413,57 +497,72 @@ static void dispatch(admin_conn_t *c)
     }
 }
 
-/* ---- connections ---- */
+/* ---- reading a request ---- */
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     admin_conn_t *c = h->data;
-    *buf = uv_buf_init(c->in + c->inlen, (unsigned)(sizeof(c->in) - c->inlen));
+    *buf = uv_buf_init(c->r->in, sizeof(c->r->in));
+}
+
+static int on_admin_body(lp_h1_t *h, const char *at, size_t len)
+{
+    admin_req_t *r = h->ud;
+    if (len > sizeof(r->body) - r->body_len) {
+        r->body_too_large = 1;
+        return -1;
+    }
+    memcpy(r->body + r->body_len, at, len);
+    r->body_len += len;
+    return 0;
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     admin_conn_t *c = st->data;
-    if (nread < 0 || (nread == 0 && c->inlen == sizeof(c->in))) {
-        if (!c->answered) {
-            c->answered = 1;
-            uv_close((uv_handle_t *)&c->tcp, on_conn_close);
-        }
+    if (nread < 0) {
+        conn_close(c); /* gone before a complete request: nobody to answer */
         return;
     }
-    if (c->answered || nread == 0)
+    if (c->answered)
         return;
-    size_t start = c->inlen, used = 0;
-    c->inlen += (size_t)nread;
-    for (;;) {
-        lp_h1_event_t ev = lp_h1_execute(&c->h1, c->in + start, c->inlen - start, &used);
-        start += used;
+    admin_req_t *r = c->r;
+    const char *p = r->in;
+    size_t left = (size_t)nread, used = 0;
+    while (!c->answered) {
+        lp_h1_event_t ev = lp_h1_execute(&r->h1, p, left, &used);
+        p += used;
+        left -= used;
         if (ev == LP_H1_HEAD) {
-            lp_h1_resume(&c->h1);
+            if ((r->h1.flags & LP_H1F_LENGTH) && r->h1.content_length > sizeof(r->body)) {
+                respond_error(c, 413, "request body too large");
+                return;
+            }
+            if (r->h1.flags & LP_H1F_EXPECT_100) {
+                /* curl asks before bodies over 1 KiB. 25 bytes on a connection that has sent
+                 * nothing yet: written whole, or (EAGAIN) the client sends after its wait. */
+                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
+                int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+                if (n > 0 && (size_t)n < b.len) {
+                    conn_close(c); /* half an interim answer cannot be completed */
+                    return;
+                }
+            }
+            lp_h1_resume(&r->h1);
             continue; /* read the (small) body too, then answer */
         }
         if (ev == LP_H1_DONE || ev == LP_H1_UPGRADE) {
             dispatch(c);
-            return;
+        } else if (ev == LP_H1_ERROR) {
+            if (r->body_too_large)
+                respond_error(c, 413, "request body too large");
+            else
+                respond_error(c, r->h1.err_status ? r->h1.err_status : 400,
+                              r->h1.err_reason ? r->h1.err_reason : "bad request");
         }
-        if (ev == LP_H1_ERROR) {
-            respond_error(c, c->h1.err_status ? c->h1.err_status : 400, "bad request");
-            return;
-        }
-        break;
+        break; /* LP_H1_NEED_MORE: everything was consumed (heads are copied) */
     }
-    if (c->inlen == sizeof(c->in))
-        respond_error(c, 413, "request too large");
-}
-
-static int on_admin_body(lp_h1_t *h, const char *at, size_t len)
-{
-    admin_conn_t *c = h->ud;
-    if (!c->body_len)
-        c->body_off = (size_t)(at - c->in);
-    if ((size_t)(at - c->in) == c->body_off + c->body_len)
-        c->body_len += len; /* contiguous in `in`: keep it (chunked bodies keep the first) */
-    return 0;
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -475,24 +574,49 @@ static void on_connection(uv_stream_t *server, int status)
     if (!c)
         return;
     c->admin = a;
+    a->refs++;
     uv_tcp_init(server->loop, &c->tcp);
-    c->tcp.data = c;
+    uv_timer_init(server->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->handles = 2;
     if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
-        uv_close((uv_handle_t *)&c->tcp, on_conn_close);
+        conn_close(c);
         return;
     }
-    lp_h1_init(&c->h1, HTTP_REQUEST, c, on_admin_body);
-    c->h1.max_header_size = sizeof(c->arena) / 2;
-    c->h1.max_uri_size = 2048;
-    lp_h1_set_storage(&c->h1, c->arena, sizeof(c->arena), c->headers, 64);
-    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (a->nconns >= ADMIN_MAX_CONNS) {
+        /* Accepted only to be told: a connection left in the backlog would wait in
+         * silence. Logged at most once a second. */
+        a->refused++;
+        uint64_t now = uv_now(server->loop);
+        if (!a->refuse_log_at || now - a->refuse_log_at >= 1000) {
+            lp_log_warn("admin API: too many connections (%d open): refused %llu with 503",
+                        ADMIN_MAX_CONNS, (unsigned long long)a->refused);
+            a->refused = 0;
+            a->refuse_log_at = now;
+        }
+        respond_error(c, 503, "too many admin connections; try again later");
+        return;
+    }
+    admin_req_t *r = calloc(1, sizeof(*r));
+    if (!r) {
+        conn_close(c);
+        return;
+    }
+    c->r = r;
+    a->nconns++;
+    lp_h1_init(&r->h1, HTTP_REQUEST, r, on_admin_body);
+    r->h1.max_header_size = ADMIN_MAX_HEAD;
+    r->h1.max_uri_size = ADMIN_MAX_URI;
+    lp_h1_set_storage(&r->h1, r->arena, sizeof(r->arena), r->headers,
+                      sizeof(r->headers) / sizeof(r->headers[0]));
+    conn_timer(c, ADMIN_TIMEOUT);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read))
+        conn_close(c);
 }
 
 static void on_admin_close(uv_handle_t *h)
 {
-    lp_admin_t *a = h->data;
-    free(a->addr);
-    free(a);
+    admin_unref(h->data);
 }
 
 void lp_admin_stop(lp_server_t *s)
@@ -518,11 +642,14 @@ int lp_admin_update(lp_server_t *s)
         return -1;
     }
     a->server = s;
+    a->refs = 1; /* the listener */
     uv_tcp_init(s->loop, &a->tcp);
     a->tcp.data = a;
     int rc = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&want->addr, 0);
     if (!rc)
-        rc = uv_listen((uv_stream_t *)&a->tcp, 64, on_connection);
+        /* Room beyond the cap: connections over it are accepted and told (503), in order,
+         * rather than dropped by a full accept queue and retried a second later. */
+        rc = uv_listen((uv_stream_t *)&a->tcp, 2 * ADMIN_MAX_CONNS, on_connection);
     if (rc) {
         lp_log_error("admin API on %s: %s", want->text, uv_strerror(rc));
         uv_close((uv_handle_t *)&a->tcp, on_admin_close);

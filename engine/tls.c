@@ -705,6 +705,19 @@ const char *lp_tls_client_key(const lp_tls_client_t *c)
     return c->key;
 }
 
+char *lp_tls_peer_name(const lp_tls_client_t *c, const char *addr, const char *dns_name)
+{
+    if (c->sni)
+        return strdup(c->sni);
+    if (dns_name)
+        return strdup(dns_name);
+    const char *end;
+    if (addr[0] == '[' && (end = strchr(addr, ']')))
+        return strndup(addr + 1, (size_t)(end - addr - 1));
+    end = strrchr(addr, ':');
+    return strndup(addr, end ? (size_t)(end - addr) : strlen(addr));
+}
+
 /* ---- our BIO: ciphertext straight from and to pooled blocks ---- */
 
 static int bio_read(BIO *b, char *out, int len)

@@ -29,7 +29,8 @@ local function clean(v, seen)
   end
   if is_list and n == #v then
     for i = 1, n do out[i] = clean(v[i], seen) end
-    if n == 0 then return cjson.empty_array end
+    -- Debian's lua-cjson (2.1.0) has no empty_array: an empty table stays, as {}.
+    if n == 0 then return cjson.empty_array or out end
   else
     for k, x in pairs(v) do
       out[tostring(k)] = is_secret(k) and "<redacted>" or clean(x, seen)

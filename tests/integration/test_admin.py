@@ -3,6 +3,7 @@
 for unknown paths (404) and wrong methods (405), secrets redacted, one request per
 connection, never reachable on a public listener, and its address following reloads."""
 
+import json
 import os
 import re
 import sys
@@ -24,7 +25,16 @@ def routes_v(version, catch_all=True):
     return rs
 
 
-class AdminTest(RT.ReloadTestCase):
+class AdminCase(RT.ReloadTestCase):
+    @classmethod
+    def start_reload_proxy(cls, *a, **kw):
+        # The admin listener opens just after the proxy's own: wait for it too.
+        p = super().start_reload_proxy(*a, **kw)
+        H.wait_for(lambda: H.port_accepts(p.admin_port), H.T(10), what="the admin API")
+        return p
+
+
+class AdminTest(AdminCase):
     @classmethod
     def setUpClass(cls):
         cls.a = cls.start_origin("a")
@@ -190,7 +200,7 @@ class AdminTest(RT.ReloadTestCase):
         self.assertIsNone(r.header("X-Version"))
 
 
-class AdminNoCatchAllTest(RT.ReloadTestCase):
+class AdminNoCatchAllTest(AdminCase):
     @classmethod
     def setUpClass(cls):
         cls.a = cls.start_origin("a")
@@ -207,7 +217,7 @@ class AdminNoCatchAllTest(RT.ReloadTestCase):
         self.assertEqual(self.status()["generation"], gen_before)
 
 
-class AdminAddressReloadTest(RT.ReloadTestCase):
+class AdminAddressReloadTest(AdminCase):
     """The admin address follows the config: moved by a reload, the old port stops and the
     new one answers; removed, the API goes (SIGHUP still reloads)."""
 
@@ -236,6 +246,188 @@ class AdminAddressReloadTest(RT.ReloadTestCase):
         import signal
         self.proxy.signal(signal.SIGHUP)
         H.wait_for(lambda: H.port_accepts(new), H.T(5), what="admin API back")
+        self.assertIs(self.status()["ok"], True)
+
+
+class AdminJSONTest(AdminCase):
+    """Request bodies are parsed as JSON (a real decoder, not a substring search) and every
+    answer is encoded by one (issue #10, defect 7)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.a = cls.start_origin("a")
+        cls.target = cls.a.address()
+        cls.proxy = cls.start_reload_proxy({"a": H.upstream(cls.target)}, routes_v("v1"))
+
+    def post_state(self, body=None, query="", status=200, headers=None):
+        path = "/upstreams/a/targets/%s%s" % (self.target, query)
+        with H.Client(self.proxy.admin_port, timeout=H.T(30)) as c:
+            r = c.request("POST", path, headers, body, host="admin")
+        self.assertEqual(r.status, status, r.body)
+        self.assertEqual(r.header("Content-Type"), "application/json", r)
+        j = r.json()
+        self.assertIs(j["ok"], status == 200, j)
+        return j
+
+    def tearDown(self):
+        self.post_state(query="?state=enable")
+
+    def test_other_members_do_not_change_the_state(self):
+        self.post_state(query="?state=drain")
+        j = self.post_state('{"state":"enable","note":"do not disable"}')
+        self.assertEqual(j["state"], "up")
+        j = self.post_state('{"note":"enable it later","state":"drain"}')
+        self.assertEqual(j["state"], "drained")
+
+    def test_escapes_are_decoded(self):
+        j = self.post_state('{"state":"dis\\u0061ble"}')
+        self.assertEqual(j["state"], "disabled")
+        self.assertEqual(j["address"], self.target)
+
+    def test_query_parameter_still_works(self):
+        self.assertEqual(self.post_state(query="?state=drain")["state"], "drained")
+        self.assertEqual(self.post_state(query="?x=1&state=disable")["state"], "disabled")
+
+    def test_chunked_body(self):
+        body = H.chunked(b'{"state": "drain"}', sizes=[3, 5, 1])
+        j = self.post_state(body, headers=[("Transfer-Encoding", "chunked")])
+        self.assertEqual(j["state"], "drained")
+
+    def test_expect_100_continue(self):
+        body = b'{"state": "drain"}'
+        with H.Client(self.proxy.admin_port, timeout=H.T(10)) as c:
+            c.send(H.build_request("POST", "/upstreams/a/targets/%s" % self.target, host="admin",
+                                   headers=[("Expect", "100-continue"),
+                                            ("Content-Length", str(len(body)))]))
+            r = c.read_response(stop_at_interim=True)
+            self.assertEqual(r.status, 100)
+            c.send(body)
+            r = c.read_response("POST")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["state"], "drained")
+
+    def test_malformed_json_is_400(self):
+        for body in ('{"state": "drain', '{"state": drain}', 'drain', '{"state":"drain"} x',
+                     '\xff\xfe'):
+            with self.subTest(body=body):
+                j = self.post_state(body, status=400)
+                self.assertIn("JSON", j["error"])
+        self.assertEqual(self.target_state(), "up")
+
+    def test_wrong_shapes_are_400(self):
+        for body in ('["drain"]', '{"state": 1}', '{"state": null}', '{"state": "nope"}',
+                     '{"State": "drain"}', '"drain"', '{}'):
+            with self.subTest(body=body):
+                self.post_state(body, status=400)
+        self.assertEqual(self.target_state(), "up")
+
+    def target_state(self):
+        j = self.admin_json("GET", "/upstreams")
+        return j["upstreams"][0]["targets"][0]["state"]
+
+    def test_answers_are_json_with_escapes(self):
+        # A refused reload's error holds quotes, backslashes and a newline.
+        good = H.config_text(self.proxy.cfg)
+        self.write_raw('error("a \\"quoted\\" \\\\ back\\nslash\\1")\n')
+        try:
+            r = self.admin("POST", "/reload")
+        finally:
+            self.write_raw(good)
+        self.assertEqual(r.status, 500, r.body)
+        j = json.loads(r.body)
+        self.assertIn('a "quoted" \\ back\nslash\x01', j["error"])
+        self.assertIs(j["ok"], False)
+        self.assertIsInstance(j["generation"], int)
+        j = self.admin_json("GET", "/upstreams")
+        self.assertEqual(j["upstreams"][0]["targets"][0]["address"], self.target)
+        self.assertIsInstance(j["upstreams"][0]["targets"][0]["weight"], int)
+        self.assertIs(j["upstreams"][0]["active_checks"], False)
+
+
+class AdminLimitsTest(AdminCase):
+    """Bounded admin connections (issue #10, defect 5): an idle or slow request is cut after
+    ADMIN_TIMEOUT, no more than ADMIN_MAX_CONNS connections at once, and request heads and
+    bodies have a size limit."""
+
+    TIMEOUT = 10
+    MAX_CONNS = 64
+
+    @classmethod
+    def setUpClass(cls):
+        cls.a = cls.start_origin("a")
+        cls.proxy = cls.start_reload_proxy({"a": H.upstream(cls.a.address())}, routes_v("v1"))
+
+    def raw(self, data, timeout=None):
+        c = H.Client(self.proxy.admin_port, timeout=timeout or H.T(10))
+        self.addCleanup(c.close)
+        c.send(data)
+        return c
+
+    def test_idle_and_slow_connections_are_closed(self):
+        idle = H.Client(self.proxy.admin_port, timeout=H.T(30))
+        self.addCleanup(idle.close)
+        slow = self.raw(b"GET /status HTTP/1.1\r\nHost: ad", timeout=H.T(30))
+        body = self.raw(b"POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 10\r\n\r\n12",
+                        timeout=H.T(30))
+        t0 = time.monotonic()
+        r = slow.read_response()
+        self.assertEqual(r.status, 408, r.body)
+        self.assertIs(r.json()["ok"], False)
+        self.assertEqual(body.read_response().status, 408)
+        closed, _ = idle.wait_closed(H.T(30))
+        self.assertTrue(closed, "an idle admin connection stays open")
+        took = time.monotonic() - t0
+        self.assertGreater(took, self.TIMEOUT - 1)
+        self.assertLess(took, H.T(self.TIMEOUT + 5))
+        self.assertIs(self.status()["ok"], True)
+
+    def test_connection_cap(self):
+        conns = []
+        try:
+            for _ in range(self.MAX_CONNS):
+                conns.append(H.Client(self.proxy.admin_port, timeout=H.T(10)))
+            # Every one of them is accepted (and counted) before the next is tried.
+            conns[-1].send(b"GET /status HTTP/1.1\r\n")
+            time.sleep(0.3)
+            over = H.Client(self.proxy.admin_port, timeout=H.T(10))
+            self.addCleanup(over.close)
+            over.send(H.build_request("GET", "/status", host="admin"))
+            r = over.read_response()
+            self.assertEqual(r.status, 503, r.body)
+            self.assertIn("too many", r.json()["error"])
+            closed, _ = over.wait_closed(H.T(5))
+            self.assertTrue(closed)
+        finally:
+            for c in conns:
+                c.close()
+        H.wait_for(lambda: self.admin("GET", "/status").status == 200, H.T(10),
+                   what="the admin API serves again")
+        H.wait_for(lambda: self.log_lines("admin API: too many connections"), H.T(5),
+                   what="a log line about the cap")
+
+    def test_large_head_is_431_and_long_target_414(self):
+        c = self.raw(H.build_request("GET", "/status", host="admin",
+                                     headers=[("X-Big", "x" * 9000)]))
+        r = c.read_response()
+        self.assertEqual(r.status, 431, r.body)
+        self.assertIs(r.json()["ok"], False)
+        c = self.raw(H.build_request("GET", "/status?" + "q" * 4000, host="admin"))
+        r = c.read_response()
+        self.assertEqual(r.status, 414, r.body)
+        self.assertIs(r.json()["ok"], False)
+
+    def test_large_body_is_413(self):
+        # Announced: answered before the body is sent.
+        c = self.raw(b"POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 100000\r\n\r\n")
+        r = c.read_response()
+        self.assertEqual(r.status, 413, r.body)
+        self.assertIs(r.json()["ok"], False)
+        # Chunked: cut when it passes the limit.
+        c = self.raw(b"POST /reload HTTP/1.1\r\nHost: admin\r\nTransfer-Encoding: chunked\r\n"
+                     b"\r\n" + b"1000\r\n" + b"x" * 4096 + b"\r\n" + b"1000\r\n" +
+                     b"x" * 4096 + b"\r\n" + b"1000\r\n" + b"x" * 4096 + b"\r\n")
+        r = c.read_response()
+        self.assertEqual(r.status, 413, r.body)
         self.assertIs(self.status()["ok"], True)
 
 
