@@ -73,8 +73,8 @@ const char *lp_tls_client_sni(const lp_tls_client_t *c);
 const char *lp_tls_client_key(const lp_tls_client_t *c);
 /* The name a connection to addr ("host:port", "[v6]:port") sends as SNI and verifies:
  * the configured sni, else the DNS name the address was resolved from (NULL when none),
- * else the address's host. Owned by the caller (free); NULL when out of memory.
- * (upstream.c's tls_name() is the same rule: one of the two should go.) */
+ * else the address's host. Owned by the caller (free); NULL when out of memory. Upstream
+ * pools and active health checks both use it. */
 char *lp_tls_peer_name(const lp_tls_client_t *c, const char *addr, const char *dns_name);
 
 /* Process-wide set-up (the BIO method, the ticket key ring), done once by the first

@@ -52,29 +52,12 @@ static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
     lp_ep_timer(&p->ep, mode, ms);
 }
 
-/* The name a TLS connection to addr sends as SNI and verifies: the configured one, the
- * DNS name the address came from, else the host part of "host:port" / "[v6]:port". */
-static char *tls_name(const lp_addr_t *addr, lp_tls_client_t *tls, const char *name)
-{
-    if (!tls)
-        return NULL;
-    if (lp_tls_client_sni(tls))
-        return strdup(lp_tls_client_sni(tls));
-    if (name)
-        return strdup(name);
-    const char *t = addr->text, *end;
-    if (t[0] == '[' && (end = strchr(t, ']')))
-        return strndup(t + 1, (size_t)(end - t - 1));
-    end = strrchr(t, ':');
-    return strndup(t, end ? (size_t)(end - t) : strlen(t));
-}
-
 /* The worker's pool for an address and TLS settings, made on first use. */
 lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
                              lp_tls_client_t *tls, const char *name)
 {
     lp_pool_t *p;
-    char *sni = tls_name(addr, tls, name);
+    char *sni = tls ? lp_tls_peer_name(tls, addr->text, name) : NULL;
     if (tls && !sni)
         return NULL;
     for (p = w->pools; p; p = p->next)
