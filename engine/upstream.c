@@ -11,6 +11,7 @@
 #include "targets.h"
 #include "tls.h"
 #include "upstream.h"
+#include "upstream_try.h"
 
 /* What the upstream connection timer is timing (after the endpoint's own modes). */
 enum {
@@ -52,51 +53,6 @@ static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
     lp_ep_timer(&p->ep, mode, ms);
 }
 
-/* The worker's pool for an address and TLS settings, made on first use. */
-lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
-                             lp_tls_client_t *tls, const char *name)
-{
-    lp_pool_t *p;
-    char *sni = tls ? lp_tls_peer_name(tls, addr->text, name) : NULL;
-    if (tls && !sni)
-        return NULL;
-    for (p = w->pools; p; p = p->next)
-        if (p->addr.addrlen == addr->addrlen && strcmp(p->addr.text, addr->text) == 0 &&
-            memcmp(&p->addr.addr, &addr->addr, addr->addrlen) == 0 && !p->tls == !tls &&
-            (!tls || (strcmp(lp_tls_client_key(p->tls), lp_tls_client_key(tls)) == 0 &&
-                      strcmp(p->sni, sni) == 0)))
-            break;
-    if (!p) {
-        p = calloc(1, sizeof(*p));
-        if (!p) {
-            free(sni);
-            return NULL;
-        }
-        p->addr = *addr;
-        p->addr.text = strdup(addr->text);
-        if (!p->addr.text) {
-            free(sni);
-            free(p);
-            return NULL;
-        }
-        p->sni = sni;
-        sni = NULL;
-        lp_list_init(&p->idle);
-        p->next = w->pools;
-        w->pools = p;
-    }
-    free(sni);
-    if (gen > p->gen) {
-        p->gen = gen;
-        /* New connections use the newest context; pooled ones keep the one they made. */
-        if (tls && p->tls != tls) {
-            lp_tls_client_unref(p->tls);
-            p->tls = lp_tls_client_ref(tls);
-        }
-    }
-    return p;
-}
-
 lp_upstream_rt_t *lp_upstream_rt_new(lp_worker_t *w, const lp_config_t *cfg)
 {
     lp_upstream_rt_t *ups = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*ups));
@@ -128,121 +84,6 @@ void lp_upstream_rt_free(lp_upstream_rt_t *ups, size_t n)
     for (size_t i = 0; i < n; i++)
         lp_targets_free(&ups[i]);
     free(ups);
-}
-
-/* A set_target() destination: a one-target upstream kept per worker (not per generation),
- * so that its connections pool. Requests that chose it hold a reference (req->dyn); when
- * the table is full, the least recently used entry that no request holds makes room. */
-typedef struct lp_dyn_upstream_s {
-    lp_upstream_conf_t conf;
-    lp_target_conf_t tconf;
-    lp_upstream_rt_t rt;
-    char name[80];
-    unsigned refs;      /* requests that chose it */
-    uint64_t last_used; /* uv_now() ms of the last set_target() to it */
-} lp_dyn_upstream_t;
-
-#define LP_MAX_DYN_UPSTREAMS 1024
-
-static void dyn_free(lp_dyn_upstream_t *d)
-{
-    lp_targets_free(&d->rt);
-    free(d);
-}
-
-/* The slot of the least recently used entry nobody holds, freed; -1 when all are held. */
-static int dyn_evict(lp_worker_t *w)
-{
-    int best = -1;
-    for (size_t i = 0; i < w->ndyn; i++) {
-        lp_dyn_upstream_t *d = w->dyn[i];
-        if (d->refs || d->rt.in_flight || d->rt.npending)
-            continue;
-        if (best < 0 || d->last_used < w->dyn[best]->last_used)
-            best = (int)i;
-    }
-    if (best >= 0) {
-        dyn_free(w->dyn[best]);
-        w->dyn[best] = w->dyn[--w->ndyn];
-    }
-    return best;
-}
-
-void lp_upstream_dyn_release(lp_req_t *req)
-{
-    if (req->dyn) {
-        req->dyn->refs--;
-        req->dyn = NULL;
-    }
-}
-
-static lp_dyn_upstream_t *dyn_find(lp_worker_t *w, const struct sockaddr *sa, const char *text)
-{
-    for (size_t i = 0; i < w->ndyn; i++)
-        if (strcmp(w->dyn[i]->name, text) == 0)
-            return w->dyn[i];
-    if (w->ndyn >= LP_MAX_DYN_UPSTREAMS && dyn_evict(w) < 0) {
-        lp_log_warn("req:set_target(): %d destinations in use at once in this worker: refused",
-                    LP_MAX_DYN_UPSTREAMS);
-        return NULL;
-    }
-    if (!w->dyn && !(w->dyn = calloc(LP_MAX_DYN_UPSTREAMS, sizeof(*w->dyn))))
-        return NULL;
-    lp_dyn_upstream_t *d = calloc(1, sizeof(*d));
-    if (!d)
-        return NULL;
-    snprintf(d->name, sizeof(d->name), "%s", text);
-    d->tconf.addr.text = d->name;
-    memcpy(&d->tconf.addr.addr, sa,
-           sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
-    d->tconf.addr.addrlen =
-        sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    d->tconf.weight = 1;
-    d->conf.name = d->name;
-    d->conf.targets = &d->tconf;
-    d->conf.ntargets = 1;
-    d->conf.balance = (char *)"round_robin";
-    d->conf.keepalive = 128;
-    d->conf.keepalive_timeout = 60000;
-    d->conf.keepalive_requests = 1000;
-    d->conf.dns_ttl = 30000;
-    if (lp_targets_init(&d->rt, &d->conf, 1) || lp_targets_attach(&d->rt, w, UINT64_MAX)) {
-        dyn_free(d);
-        return NULL;
-    }
-    w->dyn[w->ndyn++] = d;
-    return d;
-}
-
-int lp_upstream_set_dynamic(lp_req_t *req, const struct sockaddr *sa, const char *text)
-{
-    lp_dyn_upstream_t *d = dyn_find(req->w, sa, text);
-    if (!d)
-        return LP_ELIMIT;
-    d->refs++;
-    d->last_used = uv_now(&req->w->loop);
-    lp_upstream_dyn_release(req);
-    req->dyn = d;
-    req->upstream = &d->rt;
-    return 0;
-}
-
-void lp_upstream_destroy_all(lp_worker_t *w)
-{
-    for (size_t i = 0; i < w->ndyn; i++)
-        dyn_free(w->dyn[i]);
-    free(w->dyn);
-    w->dyn = NULL;
-    w->ndyn = 0;
-    while (w->pools) {
-        lp_pool_t *p = w->pools;
-        w->pools = p->next;
-        free(p->addr.text);
-        free(p->sni);
-        lp_tls_client_unref(p->tls);
-        lp_tls_session_free(p->session);
-        free(p);
-    }
 }
 
 /* ---- lifetime ---- */
@@ -325,91 +166,6 @@ static void peer_release(lp_peer_t *p)
 
 /* ---- failure handling ---- */
 
-/* The connection failed before or during the response. A reused connection that the
- * upstream had closed is retried once on a fresh connection when nothing of the
- * request body was sent yet; otherwise the client gets `status`. */
-/* The request can be sent again: an idempotent method whose body (none) is not consumed. */
-static int replayable(const lp_req_t *req)
-{
-    switch (req->method) {
-    case HTTP_GET:
-    case HTTP_HEAD:
-    case HTTP_OPTIONS:
-    case HTTP_PUT:
-    case HTTP_DELETE:
-    case HTTP_TRACE:
-        break;
-    default:
-        return 0;
-    }
-    return req->body_in == 0 && req->state == LP_RS_DONE;
-}
-
-/* Whether the request's total_timeout has run out. */
-static int deadline_passed(const lp_req_t *req)
-{
-    return req->deadline && uv_now(&req->w->loop) >= req->deadline;
-}
-
-/* `retries` further tries, within the retry budget (retries may be at most retry_budget of
- * the requests of the last 10 s, plus 3, so that retries cannot multiply an outage) and
- * before total_timeout. */
-static int may_retry(lp_req_t *req)
-{
-    lp_upstream_rt_t *u = req->upstream;
-    const lp_upstream_conf_t *uc = u->conf;
-    if ((unsigned)req->tries > uc->retries || u->ntargets > LP_MAX_TRIED || deadline_passed(req))
-        return 0;
-    if ((double)u->budget_retries >= 3.0 + uc->retry_budget * (double)u->budget_requests) {
-        lp_log_warn("upstream %s: retry budget spent (%u retries for %u requests)", uc->name,
-                    u->budget_retries, u->budget_requests);
-        return 0;
-    }
-    u->budget_retries++;
-    return 1;
-}
-
-static void budget_count_request(lp_upstream_rt_t *u)
-{
-    uint64_t now = lp_health_now();
-    if (now - u->budget_start > 10000) {
-        u->budget_start = now;
-        u->budget_requests = u->budget_retries = 0;
-    }
-    u->budget_requests++;
-}
-
-/* What the client gets when the last failed try is not retried. */
-static int failure_status(const lp_req_t *req)
-{
-    switch (req->fail_kind) {
-    case LP_FAIL_TIMEOUT:
-        return 504;
-    case LP_FAIL_STATUS:
-        return req->fail_status;
-    default:
-        return 502;
-    }
-}
-
-static int upstream_try(lp_req_t *req);
-
-/* The one retry path (nginx's upstream_next), after may_retry() agreed and the failed try
- * ended (req->fail_kind says why): the Lua upstream phase runs again, seeing the failure
- * through req:last_failure() (it may change the upstream, pick a target or answer), then
- * the next try goes to a target not tried yet. */
-static int upstream_next(lp_req_t *req)
-{
-    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_UPSTREAM)) {
-        lp_rc_t rc = lp_lua_phase(req, LP_PHASE_UPSTREAM);
-        /* Parked (LP_AGAIN): the engine resumes it; then, like now, lp_upstream_start(). */
-        if (rc == LP_AGAIN)
-            return LP_OK;
-        return lp_conn_lua_resumed(req, LP_PHASE_UPSTREAM, rc == LP_DECLINED ? LP_OK : rc);
-    }
-    return upstream_try(req);
-}
-
 /* The connection failed: the try moves to a fresh connection, another target, or the
  * client gets `status`. p is closed. LP_GONE when the request ended. */
 static int peer_fail(lp_peer_t *p, int kind, int status, const char *why)
@@ -420,13 +176,13 @@ static int peer_fail(lp_peer_t *p, int kind, int status, const char *why)
         return LP_OK;
     }
     int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) && p->body_out == 0 &&
-                !(req->flags & LP_RF_RESP_STARTED) && !deadline_passed(req);
+                !(req->flags & LP_RF_RESP_STARTED) && !lp__try_deadline_passed(req);
     /* Another target may take the request when nothing reached this one (connect failed or
      * timed out), or when it reset before any response byte and the request can be sent
      * again (idempotent, no body). */
-    int elsewhere =
-        !(req->flags & LP_RF_RESP_STARTED) && !retry &&
-        (!(p->flags & LP_PF_CONNECTED) || (!(p->flags & LP_PF_RESP_BYTES) && replayable(req)));
+    int elsewhere = !(req->flags & LP_RF_RESP_STARTED) && !retry &&
+                    (!(p->flags & LP_PF_CONNECTED) ||
+                     (!(p->flags & LP_PF_RESP_BYTES) && lp__try_replayable(req)));
     const char *addr = p->pool->addr.text; /* pools live as long as the worker */
     lp_pool_t *t = p->pool;
     peer_close(p);
@@ -441,9 +197,9 @@ static int peer_fail(lp_peer_t *p, int kind, int status, const char *why)
     lp_upstream_try_end(req, 1);
     req->fail_kind = (uint8_t)kind;
     req->fail_status = 0;
-    if (elsewhere && may_retry(req)) {
+    if (elsewhere && lp__try_may_retry(req)) {
         lp_log_warn("upstream %s: %s; retrying (try %d)", addr, why, req->tries + 1);
-        return upstream_next(req);
+        return lp__try_next(req);
     }
     lp_log_warn("upstream %s: %s (%s %.*s)", addr, why, llhttp_method_name(req->method),
                 (int)req->h1.path.len, req->h1.path.base);
@@ -453,7 +209,7 @@ static int peer_fail(lp_peer_t *p, int kind, int status, const char *why)
 static void peer_on_timeout(lp_endpoint_t *ep, int mode)
 {
     lp_peer_t *p = peer_of(ep);
-    if (mode != PT_IDLE && mode != PT_BROKEN && p->req && deadline_passed(p->req)) {
+    if (mode != PT_IDLE && mode != PT_BROKEN && p->req && lp__try_deadline_passed(p->req)) {
         p->flags &= ~LP_PF_REUSED;
         peer_fail(p, LP_FAIL_TIMEOUT, 504, "total_timeout reached"); /* no retry after it */
         return;
@@ -762,268 +518,21 @@ static int peer_connect(lp_peer_t *p, lp_req_t *req)
     return LP_OK;
 }
 
-/* The hash policy's key: set from Lua, or what the upstream's hash_on names. */
-static lp_str_t hash_key(lp_req_t *req)
+int lp__peer_start(lp_peer_t *p, lp_req_t *req)
 {
-    const lp_upstream_conf_t *uc = req->upstream->conf;
-    lp_h1_t *h = &req->h1;
-    if (req->hash_key.base)
-        return req->hash_key;
-    size_t n = uc->hash_name ? strlen(uc->hash_name) : 0;
-    switch (uc->hash_on) {
-    case LP_HASH_IP:
-        return (lp_str_t){req->conn->client_ip, strlen(req->conn->client_ip)};
-    case LP_HASH_PATH: {
-        const char *q = memchr(h->path.base, '?', h->path.len);
-        return (lp_str_t){h->path.base, q ? (size_t)(q - h->path.base) : h->path.len};
-    }
-    case LP_HASH_HEADER: {
-        const lp_header_t *hd = lp_h1_find(h, uc->hash_name, n);
-        return hd ? hd->value : (lp_str_t){NULL, 0};
-    }
-    case LP_HASH_COOKIE:
-        for (unsigned i = 0; i < h->nheaders; i++) {
-            if (!LP_STR_IEQ(h->headers[i].name, "cookie"))
-                continue;
-            lp_str_t v = lp_kv_find(h->headers[i].value, ';', uc->hash_name, n);
-            if (v.base)
-                return v;
-        }
-        return (lp_str_t){NULL, 0};
-    case LP_HASH_QUERY: {
-        const char *q = memchr(h->path.base, '?', h->path.len);
-        if (!q)
-            return (lp_str_t){NULL, 0};
-        lp_str_t qs = {q + 1, h->path.len - (size_t)(q + 1 - h->path.base)};
-        return lp_kv_find(qs, '&', uc->hash_name, n);
-    }
-    }
-    return (lp_str_t){NULL, 0};
+    p->upstream = req->upstream;
+    return peer_start_request(p, req);
 }
 
-/* The tried bitmap follows the set: rebuilt from the tried targets' serials when the set
- * changed since the last pick (from Lua, or a DNS answer), reset for another upstream. */
-static void tried_sync(lp_req_t *req, lp_upstream_rt_t *u)
+int lp__peer_open(lp_req_t *req, lp_pool_t *t)
 {
-    if (req->tried_up == u && req->tried_version == u->version)
-        return;
-    memset(req->tried, 0, sizeof(req->tried));
-    if (req->tried_up != u)
-        req->ntried = 0;
-    for (unsigned k = 0; k < req->ntried; k++)
-        for (size_t i = 0; i < u->ntargets && i < LP_MAX_TRIED; i++)
-            if (u->targets[i]->serial == req->tried_serial[k])
-                lp_balancer_mark_tried(req->tried, i);
-    req->tried_up = u;
-    req->tried_version = u->version;
-}
-
-/* Picks an untried target; counts it active until lp_upstream_try_end. -1: none left. */
-static int pick_target(lp_req_t *req)
-{
-    lp_upstream_rt_t *u = req->upstream;
-    lp_str_t key = u->conf->hash_name || u->conf->hash_on != LP_HASH_IP || req->hash_key.base
-                       ? hash_key(req)
-                       : (lp_str_t){req->conn->client_ip, strlen(req->conn->client_ip)};
-    uint64_t now = uv_hrtime();
-    /* Health is shared by the workers: read it as the pick needs it. */
-    uint64_t now_ms = lp_health_now();
-    int any = 0;
-    for (size_t i = 0; i < u->ntargets; i++) {
-        u->bt[i].available = lp_health_available(u->targets[i]->health, now_ms);
-        any |= u->bt[i].available;
-    }
-    if (!any) {
-        req->no_healthy = 1;
-        return -1;
-    }
-    tried_sync(req, u);
-    int idx = lp_balancer_select(&u->bal, key.base, key.len,
-                                 u->ntargets <= LP_MAX_TRIED ? req->tried : NULL, now);
-    if (idx < 0)
-        return -1;
-    lp_target_rt_t *t = u->targets[idx];
-    if ((size_t)idx < LP_MAX_TRIED)
-        lp_balancer_mark_tried(req->tried, (size_t)idx);
-    if (req->ntried < LP_TRIED_SERIALS)
-        req->tried_serial[req->ntried++] = t->serial;
-    u->bt[idx].active++;
-    u->in_flight++;
-    lp_target_ref(t);
-    req->tgt = t;
-    req->target = idx;
-    size_t n = strlen(t->addr.text);
-    if (n >= sizeof(req->target_addr))
-        n = sizeof(req->target_addr) - 1;
-    memcpy(req->target_addr, t->addr.text, n);
-    req->target_addr[n] = 0;
-    req->tries++;
-    req->try_open = 1;
-    req->t_try = now;
-    return idx;
-}
-
-/* ---- waiting for a connection slot (max_connections, max_pending) ---- */
-
-static void queue_remove(lp_req_t *req)
-{
-    lp_list_remove(&req->qlink);
-    req->queued = 0;
-    req->upstream->npending--;
-}
-
-static void on_queue_timer(uv_timer_t *tm);
-
-/* Arms the queue's timer for its head's deadline (0: now). */
-static void queue_arm(lp_upstream_rt_t *u, uint64_t ms)
-{
-    if (u->aux)
-        uv_timer_start(&u->aux->queue_timer, on_queue_timer, ms, 0);
-}
-
-static uint64_t queue_deadline(const lp_req_t *req)
-{
-    uint64_t d = req->queued_at + req->upstream->conf->pending_timeout;
-    return req->deadline && req->deadline < d ? req->deadline : d;
-}
-
-/* A slot freed, or the head's wait ran out: requests leave the queue in order. */
-static void on_queue_timer(uv_timer_t *tm)
-{
-    lp_upstream_aux_t *a = tm->data;
-    lp_upstream_rt_t *u;
-    /* A request that ends here may free the generation (and u): look again each time. */
-    while ((u = a->u) && !lp_list_empty(&u->pending)) {
-        lp_req_t *req = LP_CONTAINER_OF(u->pending.next, lp_req_t, qlink);
-        uint64_t now = uv_now(tm->loop);
-        if (u->in_flight < u->conf->max_connections) {
-            queue_remove(req);
-            upstream_try(req);
-            continue;
-        }
-        uint64_t d = queue_deadline(req);
-        if (now < d) {
-            queue_arm(u, d - now);
-            return;
-        }
-        queue_remove(req);
-        if (deadline_passed(req)) {
-            req->fail_kind = LP_FAIL_TIMEOUT;
-            lp_conn_upstream_failed(req, 504, "total_timeout reached while waiting");
-            continue;
-        }
-        lp_log_warn("upstream %s: a request waited %llu ms for one of max_connections (%u): 503",
-                    u->conf->name, (unsigned long long)(now - req->queued_at),
-                    u->conf->max_connections);
-        lp_conn_upstream_failed(req, 503,
-                                "no connection to the upstream freed up in time (pending_timeout)");
-    }
-}
-
-void lp_upstream_try_end(lp_req_t *req, int failed)
-{
-    if (req->queued)
-        queue_remove(req); /* the request is gone while waiting for a slot */
-    if (!req->try_open || !req->upstream || !req->tgt)
-        return;
-    lp_upstream_rt_t *u = req->upstream;
-    lp_target_rt_t *t = req->tgt;
-    req->try_open = 0;
-    req->tgt = NULL;
-    u->in_flight--;
-    if (u->npending && u->in_flight < u->conf->max_connections)
-        queue_arm(u, 0); /* the next loop turn: not inside the caller's callback */
-    uint64_t now = uv_hrtime();
-    uint64_t until = !failed && req->t_upstream_head > req->t_try ? req->t_upstream_head : now;
-    if (t->idx >= 0) {
-        /* Still in the set (a target removed meanwhile has left the balancer). */
-        u->bt[t->idx].active--;
-        lp_balancer_report(&u->bal, t->idx, until - req->t_try, failed, now);
-    }
-    if (!failed && req->status && lp_status_in(&u->conf->health.passive_statuses, req->status))
-        failed = 1; /* a status the passive check counts as a failure */
-    lp_health_report(t->health, &u->conf->health, failed, lp_health_now());
-    lp_target_unref(t);
-}
-
-/* One try: a target, then an idle pooled connection to it or a new one. */
-/* LP_GONE when the request ended. */
-static int upstream_try(lp_req_t *req)
-{
-    lp_upstream_rt_t *u = req->upstream;
-    if (deadline_passed(req)) {
-        req->fail_kind = LP_FAIL_TIMEOUT;
-        return lp_conn_upstream_failed(req, 504, "total_timeout reached");
-    }
-    int idx = pick_target(req);
-    if (idx < 0) {
-        uint64_t now = lp_health_now();
-        if (req->no_healthy && now - u->last_warned >= 1000) {
-            u->last_warned = now; /* once a second per worker, not per request */
-            lp_log_warn("upstream %s: no available target (down, ejected or drained)",
-                        u->conf->name);
-        }
-        /* A retry that finds no other target answers what the last try failed with; a
-         * first try with every target unavailable 503 at once, without waiting. */
-        if (req->fail_kind)
-            return lp_conn_upstream_failed(req, failure_status(req), "no other target to retry");
-        return lp_conn_upstream_failed(req, req->no_healthy ? 503 : 502,
-                                       "no available target (down, ejected or drained)");
-    }
-    if (req->tries == 1)
-        req->t_upstream = uv_hrtime();
-    lp_pool_t *t = u->targets[idx]->pool;
-    if (!lp_list_empty(&t->idle)) {
-        lp_peer_t *p = LP_CONTAINER_OF(t->idle.next, lp_peer_t, link);
-        lp_list_remove(&p->link);
-        t->nidle--;
-        p->flags |= LP_PF_REUSED;
-        p->upstream = u;
-        return peer_start_request(p, req);
-    }
-    lp_peer_t *p = peer_new(req->w, u, t);
+    lp_peer_t *p = peer_new(req->w, req->upstream, t);
     if (!p)
         return lp_conn_upstream_failed(req, 502, "out of memory");
     return peer_connect(p, req);
 }
 
-int lp_upstream_start(lp_req_t *req)
-{
-    lp_upstream_rt_t *u = req->upstream;
-    if (req->tries)
-        return upstream_try(req); /* a retry, after the upstream phase ran again */
-    /* The request's first try: per-request state (conn.c resets tries and tried). */
-    req->tried_up = NULL;
-    req->ntried = 0;
-    req->fail_kind = LP_FAIL_NONE;
-    req->fail_status = 0;
-    req->tgt = NULL;
-    req->queued = 0;
-    uint64_t now = uv_now(&req->w->loop);
-    req->deadline = u->conf->total_timeout ? now + u->conf->total_timeout : 0;
-    budget_count_request(u);
-    if (u->conf->max_connections && u->in_flight + u->npending >= u->conf->max_connections) {
-        /* Circuit breaking: wait in a bounded queue for a slot, beyond it fail fast. */
-        if (u->npending >= u->conf->max_pending || !u->aux) {
-            uint64_t ms = lp_health_now();
-            if (ms - u->last_warned >= 1000) {
-                u->last_warned = ms;
-                lp_log_warn("upstream %s: %u requests in flight (max_connections) and %u waiting "
-                            "(max_pending): 503",
-                            u->conf->name, u->in_flight, u->npending);
-            }
-            return lp_conn_upstream_failed(req, 503,
-                                           "too many requests for the upstream (max_connections)");
-        }
-        req->queued = 1;
-        req->queued_at = now;
-        lp_list_insert_tail(&u->pending, &req->qlink);
-        if (u->npending++ == 0)
-            queue_arm(u, queue_deadline(req) - now);
-        return LP_OK;
-    }
-    return upstream_try(req);
-}
+/* ---- waiting for a connection slot (max_connections, max_pending) ---- */
 
 /* ---- reading the response ---- */
 
@@ -1062,10 +571,10 @@ static int retry_on_status(lp_peer_t *p)
     lp_req_t *req = p->req;
     lp_upstream_rt_t *u = req->upstream;
     int status = lp_h1_status(&p->h1);
-    if (!lp_status_in(&u->conf->retry_on, status) || !replayable(req) ||
+    if (!lp_status_in(&u->conf->retry_on, status) || !lp__try_replayable(req) ||
         (req->flags & LP_RF_RESP_STARTED))
         return 0;
-    if (!may_retry(req))
+    if (!lp__try_may_retry(req))
         return 0;
     req->status = status; /* counted by passive checks when they name it */
     const char *addr = p->pool->addr.text;
@@ -1076,7 +585,7 @@ static int retry_on_status(lp_peer_t *p)
     req->fail_kind = LP_FAIL_STATUS;
     req->fail_status = status;
     lp_log_info("upstream %s: status %d, retrying (try %d)", addr, status, req->tries + 1);
-    upstream_next(req);
+    lp__try_next(req);
     return 1;
 }
 
@@ -1335,18 +844,4 @@ void lp_peer_tunnel_eof(lp_peer_t *p)
     peer_close(p);
     if (c)
         lp_conn_tunnel_end(c);
-}
-
-static void close_idle_of(lp_pool_t *t)
-{
-    while (!lp_list_empty(&t->idle))
-        peer_close(LP_CONTAINER_OF(t->idle.next, lp_peer_t, link));
-}
-
-void lp_upstream_close_idle(lp_worker_t *w, uint64_t older_than)
-{
-    /* older_than 0: every pool (shutdown); else pools no generation since uses. */
-    for (lp_pool_t *t = w->pools; t; t = t->next)
-        if (!older_than || t->gen < older_than)
-            close_idle_of(t);
 }
