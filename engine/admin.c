@@ -22,7 +22,8 @@
 struct lp_admin_s {
     uv_tcp_t tcp;
     lp_server_t *server;
-    char *addr; /* owned: the address it listens on */
+    char *addr;     /* owned: the address it listens on, as configured */
+    char bound[64]; /* the same with port 0 resolved */
 };
 
 typedef struct {
@@ -183,6 +184,14 @@ static void handle_status(admin_conn_t *c)
               (unsigned long long)conns, (unsigned long long)reqs, (unsigned long long)s->reloads,
               (unsigned long long)s->reloads_failed);
     sb_json_string(&b, s->config_path);
+    sb_lit(&b, ",\"listen\":[");
+    for (size_t i = 0; i < lp_gen_current->config->nlisten; i++) {
+        if (i)
+            sb_lit(&b, ",");
+        sb_json_string(&b, lp_gen_current->bound[i].text);
+    }
+    sb_lit(&b, "],\"admin\":");
+    sb_json_string(&b, c->admin->bound);
     sb_lit(&b, "}");
     respond(c, 200, b.p ? b.p : "{}");
     free(b.p);
@@ -506,7 +515,8 @@ void lp_admin_stop(lp_server_t *s)
 int lp_admin_update(lp_server_t *s)
 {
     const lp_addr_t *want = &lp_gen_current->config->admin;
-    if (s->admin && want->text && strcmp(s->admin->addr, want->text) == 0)
+    if (s->admin && want->text &&
+        (strcmp(s->admin->addr, want->text) == 0 || strcmp(s->admin->bound, want->text) == 0))
         return 0;
     if (!want->text) {
         lp_admin_stop(s);
@@ -528,9 +538,15 @@ int lp_admin_update(lp_server_t *s)
         uv_close((uv_handle_t *)&a->tcp, on_admin_close);
         return -1; /* at start-up: fatal; after a reload the old listener stays */
     }
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    if (uv_tcp_getsockname(&a->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+        lp_sockaddr_text(&ss, a->bound, sizeof(a->bound));
+    else
+        snprintf(a->bound, sizeof(a->bound), "%s", want->text);
     lp_admin_stop(s);
     s->admin = a;
-    lp_log_notice("admin API on http://%s", want->text);
+    lp_log_notice("admin API on http://%s", a->bound);
     return 0;
 }
 

@@ -31,21 +31,30 @@ static void usage(FILE *out)
                  "           when configured, else SIGHUP to the pid in pid_file), stop\n");
 }
 
-static uv_signal_t sigterm, sigint, sighup;
+static uv_signal_t sigterm, sigint, sighup, sigusr1;
 static int stop_signal;
 static lp_server_t server;
 
 static void on_signal(uv_signal_t *s, int signum)
 {
+    char err[1024];
     if (signum == SIGHUP) {
-        char err[1024];
         lp_server_reload(&server, err, sizeof(err));
+        return;
+    }
+    if (signum == SIGUSR1) {
+        /* nginx's convention: logrotate moved the files away, open them again. */
+        if (lp_workers_reopen_logs(server.workers, server.nworkers, err, sizeof(err)))
+            lp_log_error("reopening the logs failed, the old files stay open: %s", err);
+        else
+            lp_log_notice("signal %d: logs reopened", signum);
         return;
     }
     stop_signal = signum;
     uv_signal_stop(&sigterm);
     uv_signal_stop(&sigint);
     uv_signal_stop(&sighup);
+    uv_signal_stop(&sigusr1);
     uv_stop(s->loop);
 }
 
@@ -60,7 +69,7 @@ int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
         return rc;
     }
     s->reloads++;
-    lp_log_level = lp_gen_current->config->log_level;
+    atomic_store_explicit(&lp_log_level, lp_gen_current->config->log_level, memory_order_relaxed);
     lp_admin_update(s);
     lp_admin_snapshot(s);
     lp_health_checks_update(s);
@@ -140,7 +149,7 @@ int main(int argc, char **argv)
         lp_config_free(cfg);
         return 0;
     }
-    lp_log_level = cfg->log_level;
+    atomic_store_explicit(&lp_log_level, cfg->log_level, memory_order_relaxed);
     lp_config_free(cfg);
     signal(SIGPIPE, SIG_IGN);
 
@@ -155,8 +164,6 @@ int main(int argc, char **argv)
         return 1;
     }
     server.nworkers = cfg->workers && !workers ? cfg->workers : (unsigned)workers;
-    for (size_t i = 0; i < cfg->nlisten; i++)
-        lp_log_notice("listening on %s (%u workers)", cfg->listen[i].addr.text, server.nworkers);
     lp_admin_snapshot(&server);
     if (lp_admin_update(&server)) {
         lp_workers_stop(server.workers, server.nworkers);
@@ -169,9 +176,11 @@ int main(int argc, char **argv)
     uv_signal_init(server.loop, &sigterm);
     uv_signal_init(server.loop, &sigint);
     uv_signal_init(server.loop, &sighup);
+    uv_signal_init(server.loop, &sigusr1);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_signal_start(&sigint, on_signal, SIGINT);
     uv_signal_start(&sighup, on_signal, SIGHUP);
+    uv_signal_start(&sigusr1, on_signal, SIGUSR1);
     lp_watch_start(&server);
     uv_run(server.loop, UV_RUN_DEFAULT);
     lp_log_notice("signal %d: draining (up to %.1f s)", stop_signal,
@@ -185,6 +194,7 @@ int main(int argc, char **argv)
     uv_close((uv_handle_t *)&sigterm, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
     uv_close((uv_handle_t *)&sighup, NULL);
+    uv_close((uv_handle_t *)&sigusr1, NULL);
     uv_run(server.loop, UV_RUN_DEFAULT);
     uv_loop_close(server.loop);
     free(server.config_json);

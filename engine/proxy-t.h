@@ -92,17 +92,28 @@ typedef enum {
 typedef struct lp_listener_s {
     uv_tcp_t tcp;
     lp_worker_t *w;
-    char *addr; /* owned: the listen address as configured, to match across reloads */
+    uint64_t id;                 /* the listen slot (lp_bound_t.id) it serves */
     struct lp_tls_server_s *tls; /* the current config's (borrowed); NULL: plain HTTP */
     int closing;                 /* uv_close called; freed in its close callback */
+    int pending;                 /* prepared for a generation not committed yet: no accept */
+    int deferred;                /* a connection arrived while pending: accept it at commit */
     struct lp_listener_s *next;
 } lp_listener_t;
 
-/* A config generation as the main thread knows it. Shared by the workers: `refs` (atomic)
- * counts the workers still using it; the last one frees the config. */
+/* One listen entry of a generation as bound: the address with port 0 resolved, and the
+ * slot id that workers match their listeners by. A reload that keeps the entry keeps the
+ * id, the sockets and so the port. */
+typedef struct lp_bound_s {
+    uint64_t id;
+    char text[64]; /* "127.0.0.1:43121", "[::1]:8080" */
+} lp_bound_t;
+
+/* A config generation as the main thread knows it. Once committed, the workers share it:
+ * `refs` (atomic) counts the workers still using it; the last one frees it. */
 typedef struct lp_gen_s {
     uint64_t id;
     lp_config_t *config; /* owned */
+    lp_bound_t *bound;   /* owned: one per config->listen entry */
     int refs;
     double loaded_at; /* seconds since the epoch */
 } lp_gen_t;
@@ -130,7 +141,8 @@ struct lp_worker_s {
     const lp_config_t *config; /* cur->config: connection-level settings */
     lp_listener_t *listeners;  /* owned list */
     lp_pool_t *pools;          /* owned list: upstream connection pools by address */
-    /* Mailbox from the main thread (guarded by `mbox_lock`): a generation to switch to. */
+    /* Mailbox from the main thread (guarded by `mbox_lock`): a step of a generation switch
+     * (prepare, commit, abort) or an access log to reopen; answered on `mbox_done`. */
     uv_mutex_t mbox_lock;
     struct lp_switch_s *mbox;
     int stop_requested;
