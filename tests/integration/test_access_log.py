@@ -15,7 +15,7 @@ class AccessLogTest(H.ProxyTestCase):
     @classmethod
     def setUpClass(cls):
         cls.a = cls.start_origin("a")
-        cls.dead = "127.0.0.1:%d" % H.free_port()
+        cls.dead = "127.0.0.1:%d" % H.dead_port()
         cls.proxy = cls.start_proxy(
             {"app": H.upstream(cls.a.address()), "gone": H.upstream(cls.dead)},
             [{"match": {"host": "gone.test", "prefix": "/"}, "upstream": "gone"},

@@ -40,6 +40,8 @@ class TriggerTest(RT.ReloadTestCase):
         cls.a = cls.start_origin("a")
         cls.ups = {"a": H.upstream(cls.a.address())}
         cls.proxy = cls.start_reload_proxy(cls.ups, routes_v("v1"), workers=2)
+        # `luaproxy -s` finds the admin API by the config's address: name the bound ports.
+        cls.proxy.pin_ports()
         cls.n = 1
 
     def next_version(self, proxy=None):
@@ -175,7 +177,7 @@ class NoWayToReachTest(RT.ReloadTestCase):
         d = H.Workdir.new("noway")
         path = os.path.join(d, "c.lua")
         with open(path, "w") as f:
-            f.write(H.config_text(H.make_config(H.free_port(), {"a": H.upstream(1)},
+            f.write(H.config_text(H.make_config(0, {"a": H.upstream(1)},
                                                 [RT.route("/", upstream="a")])))
 
         p = subprocess.run([H.LUAPROXY, "-s", "reload", "-c", path], capture_output=True,
@@ -186,10 +188,10 @@ class NoWayToReachTest(RT.ReloadTestCase):
     def test_cli_admin_not_running(self):
         d = H.Workdir.new("noadmin")
         path = os.path.join(d, "c.lua")
-        port = H.free_port()
+        port = H.dead_port()
         with open(path, "w") as f:
             f.write(H.config_text(H.make_config(
-                H.free_port(), {"a": H.upstream(1)}, [RT.route("/", upstream="a")],
+                0, {"a": H.upstream(1)}, [RT.route("/", upstream="a")],
                 admin={"address": "127.0.0.1:%d" % port})))
 
         p = subprocess.run([H.LUAPROXY, "-s", "reload", "-c", path], capture_output=True,
@@ -441,15 +443,17 @@ class ListenerTest(RT.ReloadTestCase):
                                            routes_v("v1"), workers=2)
         cls.main = dict(cls.proxy.cfg["listen"][0])
 
-    def set_listen(self, *ports, version="v1"):
-        self.rewrite(listen=[self.main] + [{"address": "127.0.0.1:%d" % p} for p in ports],
+    def set_listen(self, extra=False, version="v1"):
+        """The main listener, plus one more on port 0 if `extra`; returns the ports bound."""
+        self.rewrite(listen=[self.main] + ([{"address": "127.0.0.1:0"}] if extra else []),
                      routes=routes_v(version))
         self.reload()
+        ports = [int(a.rsplit(":", 1)[1]) for a in self.status()["listen"]]
+        self.assertEqual(ports[0], self.proxy.port)
+        return ports[1] if extra else None
 
     def test_add_then_remove(self):
-        extra = H.free_port()
-        self.assertTrue(H.connect_refused(extra))
-        self.set_listen(extra, version="v2")
+        extra = self.set_listen(extra=True, version="v2")
         # accepting as soon as the reload answered, on every worker
         self.assertEqual(self.version(port=extra), "v2")
         self.assertEqual(H.listening_count(extra), 2)
@@ -462,8 +466,7 @@ class ListenerTest(RT.ReloadTestCase):
         self.assertEqual(H.listening_count(self.proxy.port), 2)
 
     def test_removed_listener_finishes_in_flight(self):
-        extra = H.free_port()
-        self.set_listen(extra)
+        extra = self.set_listen(extra=True)
         c = H.Client(extra, timeout=H.T(10))
         self.addCleanup(c.close)
         r = c.request("GET", "/")  # keep-alive connection on the extra listener
