@@ -116,8 +116,7 @@ class AccessLogDestinationsTest(H.ProxyTestCase):
         p = self.proxy_with(False)
         tag = "off%d" % time.monotonic_ns()
         self.assertEqual(H.get(p.port, "/headers?" + tag).status, 200)
-        time.sleep(0.5)
-        p.stop()
+        p.stop()  # a graceful stop writes whatever the proxy would have logged
         self.assertNotIn(tag, p.stdout())
 
 
