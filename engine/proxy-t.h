@@ -113,7 +113,7 @@ typedef struct lp_bound_s {
 typedef struct lp_gen_s {
     uint64_t id;
     lp_config_t *config; /* owned */
-    lp_bound_t *bound;   /* owned: one per config->listen entry */
+    lp_bound_t *bound;   /* one per config->listen entry, in the same allocation */
     int refs;
     double loaded_at; /* seconds since the epoch */
 } lp_gen_t;

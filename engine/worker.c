@@ -169,8 +169,7 @@ static void close_listeners(lp_worker_t *w)
 static void gen_free(lp_gen_t *gen)
 {
     lp_config_free(gen->config);
-    free(gen->bound);
-    free(gen);
+    free(gen); /* and gen->bound, in the same block */
 }
 
 void lp_wgen_release(lp_worker_t *w, lp_wgen_t *g)
@@ -500,9 +499,12 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, cons
     }
     if (old && cfg->workers != old->config->workers && cfg->workers != n)
         lp_log_warn("reload: workers = %u ignored: a reload keeps %u workers", cfg->workers, n);
-    lp_gen_t *gen = calloc(1, sizeof(*gen));
+    /* One block: whoever drops the last reference frees it with free() (health_check.c). */
+    lp_gen_t *gen = calloc(1, sizeof(*gen) + cfg->nlisten * sizeof(lp_bound_t));
     char *taken = calloc(old ? old->config->nlisten + 1 : 1, 1);
-    if (!gen || !taken || !(gen->bound = calloc(cfg->nlisten + 1, sizeof(*gen->bound)))) {
+    if (gen)
+        gen->bound = (lp_bound_t *)(gen + 1);
+    if (!gen || !taken) {
         free(gen);
         free(taken);
         lp_config_free(cfg);

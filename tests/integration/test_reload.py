@@ -548,6 +548,55 @@ class AllOrNothingTest(RT.ReloadTestCase):
         self.assertEqual(self.status()["generation"], gen + 1)
 
 
+# =============================================================================== shutdown
+
+class ShutdownAfterReloadTest(RT.ReloadTestCase):
+    """SIGTERM or SIGINT after a reload, whatever asked for it (SIGHUP, POST /reload, the
+    file watch), under --watch: the proxy drains and exits 0 with `stopped` (issue #11: it
+    aborted in uv__finish_close, the watch freed while its handles were still closing)."""
+
+    def run_case(self, trigger, sig):
+        a = self.start_origin("a")
+        p = self.start_reload_proxy({"a": H.upstream(a.address())}, routes_v("v1"),
+                                    args=("--watch",), name="stop-%s-%d" % (trigger, sig))
+        p.wait_log("watch: reloading on changes")
+        self.assertEqual(self.version(proxy=p), "v1")
+        self.rewrite(p, routes=routes_v("v2"))  # the watch sees this write
+        if trigger == "sighup":
+            p.signal(signal.SIGHUP)
+        elif trigger == "post":
+            self.reload(proxy=p)
+        p.wait_log("reload: generation 2 live in")
+        self.assertEqual(self.version(proxy=p), "v2")
+        # The watch reloads for the write too (after its 200 ms debounce): wait for that, so
+        # that the stop comes after every reload, as in the issue.
+        p.wait_log("live in", count=1 if trigger == "watch" else 2)
+        p.signal(sig)
+        rc = p.wait_exit(H.T(20))
+        err = p.stderr()
+        self.assertEqual(rc, 0, err[-3000:])
+        self.assertIn("main: stopped", err)
+        p.check_sanitizers()
+
+    def test_sighup_then_sigterm(self):
+        self.run_case("sighup", signal.SIGTERM)
+
+    def test_post_reload_then_sigterm(self):
+        self.run_case("post", signal.SIGTERM)
+
+    def test_watch_then_sigterm(self):
+        self.run_case("watch", signal.SIGTERM)
+
+    def test_sighup_then_sigint(self):
+        self.run_case("sighup", signal.SIGINT)
+
+    def test_post_reload_then_sigint(self):
+        self.run_case("post", signal.SIGINT)
+
+    def test_watch_then_sigint(self):
+        self.run_case("watch", signal.SIGINT)
+
+
 # =============================================================================== upstreams
 
 class UpstreamPoolTest(RT.ReloadTestCase):
