@@ -218,6 +218,15 @@ static void handle_reload(admin_conn_t *c)
     respond(c, 200, body);
 }
 
+/* POST /stop: a graceful stop, as SIGTERM (for `luaproxy -s stop` without a pid file). The
+ * answer is queued first; the main loop finishes it while the workers drain. */
+static void handle_stop(admin_conn_t *c)
+{
+    lp_log_notice("admin: stop requested");
+    respond(c, 200, "{\"ok\":true,\"stopping\":true}");
+    lp_server_stop(c->admin->server, "POST /stop");
+}
+
 void lp_admin_snapshot(lp_server_t *s)
 {
     /* The config as JSON, secrets redacted (lua/luaproxy/admin.lua), taken right after a
@@ -410,6 +419,11 @@ static void dispatch(admin_conn_t *c)
             respond_error(c, 405, "use POST /reload");
         else
             handle_reload(c);
+    } else if (LP_STR_IEQ(path, "/stop")) {
+        if (m != HTTP_POST)
+            respond_error(c, 405, "use POST /stop");
+        else
+            handle_stop(c);
     } else if (LP_STR_IEQ(path, "/config")) {
         if (m != HTTP_GET && m != HTTP_HEAD)
             respond_error(c, 405, "use GET /config");
@@ -417,7 +431,7 @@ static void dispatch(admin_conn_t *c)
             handle_config(c);
     } else {
         respond_error(c, 404,
-                      "no such endpoint (GET /status, POST /reload, GET /config, "
+                      "no such endpoint (GET /status, POST /reload, POST /stop, GET /config, "
                       "GET /upstreams, POST /upstreams/NAME/targets/ADDRESS)");
     }
 }
@@ -574,6 +588,13 @@ static int admin_request(const lp_addr_t *addr, const char *req, char *out, size
     return (int)len;
 }
 
+static int addr_port(const lp_addr_t *a)
+{
+    if (a->addr.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&a->addr)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)&a->addr)->sin_port);
+}
+
 static long read_pid(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -593,11 +614,15 @@ int lp_admin_signal(const lp_config_t *cfg, const char *name)
         fprintf(stderr, "luaproxy: -s takes reload or stop\n");
         return 2;
     }
-    if (reload && cfg->admin.text) {
+    /* Port 0 is chosen when the instance starts: the config cannot say where it is. */
+    int admin_known = cfg->admin.text && addr_port(&cfg->admin) != 0;
+    if (admin_known) {
         char resp[8192];
         int n = admin_request(&cfg->admin,
-                              "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n"
-                              "Connection: close\r\n\r\n",
+                              reload ? "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: "
+                                       "0\r\nConnection: close\r\n\r\n"
+                                     : "POST /stop HTTP/1.1\r\nHost: admin\r\nContent-Length: "
+                                       "0\r\nConnection: close\r\n\r\n",
                               resp, sizeof(resp));
         if (n <= 0) {
             fprintf(stderr, "luaproxy: cannot reach the admin API on %s: %s\n", cfg->admin.text,
@@ -609,8 +634,15 @@ int lp_admin_signal(const lp_config_t *cfg, const char *name)
         return strncmp(resp, "HTTP/1.1 200", 12) == 0 ? 0 : 1;
     }
     if (!cfg->pid_file) {
-        fprintf(stderr, "luaproxy: the config has neither admin.address nor pid_file: no way to "
-                        "find the running instance\n");
+        if (cfg->admin.text)
+            fprintf(stderr,
+                    "luaproxy: admin.address %s has port 0 (chosen at start-up) and the "
+                    "config has no pid_file: no way to find the running instance; give "
+                    "admin.address a port or set pid_file\n",
+                    cfg->admin.text);
+        else
+            fprintf(stderr, "luaproxy: the config has neither admin.address nor pid_file: no "
+                            "way to find the running instance\n");
         return 1;
     }
     long pid = read_pid(cfg->pid_file);

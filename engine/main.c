@@ -32,8 +32,20 @@ static void usage(FILE *out)
 }
 
 static uv_signal_t sigterm, sigint, sighup, sigusr1;
-static int stop_signal;
+static const char *stop_reason; /* what asked for the stop, for the log */
 static lp_server_t server;
+
+void lp_server_stop(lp_server_t *s, const char *why)
+{
+    if (stop_reason)
+        return;
+    stop_reason = why;
+    uv_signal_stop(&sigterm);
+    uv_signal_stop(&sigint);
+    uv_signal_stop(&sighup);
+    uv_signal_stop(&sigusr1);
+    uv_stop(s->loop); /* main() drains and stops once this loop turn is over */
+}
 
 static void on_signal(uv_signal_t *s, int signum)
 {
@@ -50,12 +62,8 @@ static void on_signal(uv_signal_t *s, int signum)
             lp_log_notice("signal %d: logs reopened", signum);
         return;
     }
-    stop_signal = signum;
-    uv_signal_stop(&sigterm);
-    uv_signal_stop(&sigint);
-    uv_signal_stop(&sighup);
-    uv_signal_stop(&sigusr1);
-    uv_stop(s->loop);
+    lp_server_stop(&server, signum == SIGINT ? "signal 2" : "signal 15");
+    LP_UNUSED(s);
 }
 
 int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
@@ -183,7 +191,7 @@ int main(int argc, char **argv)
     uv_signal_start(&sigusr1, on_signal, SIGUSR1);
     lp_watch_start(&server);
     uv_run(server.loop, UV_RUN_DEFAULT);
-    lp_log_notice("signal %d: draining (up to %.1f s)", stop_signal,
+    lp_log_notice("%s: draining (up to %.1f s)", stop_reason ? stop_reason : "stop",
                   (double)lp_gen_current->config->timeouts.drain / 1000.0);
     lp_watch_stop(&server);
     lp_health_checks_stop(&server);

@@ -172,6 +172,44 @@ class PidFileTest(RT.ReloadTestCase):
         self.assertIn("no running instance", err)
 
 
+class StopThroughAdminTest(RT.ReloadTestCase):
+    """`luaproxy -s stop` with admin.address and no pid_file stops through the admin API
+    (POST /stop, a graceful stop as SIGTERM); with the admin on port 0 and no pid_file, it
+    says exactly what is missing."""
+
+    def proxy(self, name):
+        a = self.start_origin("a")
+        return self.start_reload_proxy({"a": H.upstream(a.address())}, routes_v("v1"),
+                                       pid_file=False, name=name)
+
+    def test_cli_stop_through_admin_api(self):
+        p = self.proxy("StopAdmin")
+        p.pin_ports()  # the CLI finds the admin API by the config's address
+        rc, out, err = self.cli("-s", "stop", proxy=p)
+        self.assertEqual(rc, 0, (out, err))
+        self.assertEqual(json.loads(out), {"ok": True, "stopping": True})
+        self.assertEqual(p.wait_exit(H.T(20)), 0, p.stderr()[-2000:])
+        log = p.stderr()
+        self.assertIn("POST /stop: draining", log)
+        self.assertIn("main: stopped", log)
+        p.check_sanitizers()
+
+    def test_get_stop_is_405(self):
+        p = self.proxy("StopGet")
+        j = self.admin_json("GET", "/stop", 405, proxy=p)
+        self.assertIs(j["ok"], False)
+        self.assertAlive(p)
+
+    def test_cli_stop_admin_on_port_0_without_pid_file(self):
+        p = self.proxy("StopPort0")
+        for verb in ("stop", "reload"):
+            rc, out, err = self.cli("-s", verb, proxy=p)
+            self.assertEqual(rc, 1, (out, err))
+            self.assertIn("admin.address 127.0.0.1:0 has port 0", err)
+            self.assertIn("pid_file", err)
+        self.assertAlive(p)
+
+
 class NoWayToReachTest(RT.ReloadTestCase):
     def test_cli_without_admin_or_pid_file(self):
         d = H.Workdir.new("noway")
