@@ -1,6 +1,8 @@
 /* The types of one worker's proxying state: worker, downstream connection, request,
  * upstream connection. Types only (HAProxy's -t.h convention), so every module can
- * include them without an include cycle. Everything here belongs to one worker thread. */
+ * include them without an include cycle. Everything here belongs to one worker thread, except
+ * lp_gen_t (built by the main thread, then shared read-only by the workers, reference-counted
+ * with atomics) and the worker's mailbox fields (guarded by mbox_lock). */
 #ifndef LP_PROXY_T_H
 #define LP_PROXY_T_H
 
@@ -56,7 +58,7 @@ typedef struct lp_target_rt_s {
 
 typedef struct lp_upstream_rt_s {
     const lp_upstream_conf_t *conf;
-    lp_worker_t *w;           /* set when attached to the worker's loop (apply_switch) */
+    lp_worker_t *w;           /* set when attached to the worker's loop (prepare_switch) */
     uint64_t gen;             /* the generation's id (pools keep the newest that uses them) */
     lp_target_rt_t **targets; /* owned array of ntargets (capacity cap) */
     size_t ntargets, cap;
