@@ -20,6 +20,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: luaproxy -c FILE [-w N]     serve with the config FILE\n"
                  "       luaproxy -t -c FILE          check FILE and exit\n"
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
+                 "       luaproxy -s stop -c FILE     stop it gracefully\n"
                  "       luaproxy -v                  print the version\n"
                  "       luaproxy -h                  this help\n"
                  "options:\n"
@@ -27,8 +28,10 @@ static void usage(FILE *out)
                  "  -t       validate the configuration and exit (0: valid)\n"
                  "  -w N     worker threads (overrides the config's workers)\n"
                  "  --watch  reload when the config, a plugin or a script changes\n"
-                 "  -s SIG   send to the running instance: reload (through the admin API\n"
-                 "           when configured, else SIGHUP to the pid in pid_file), stop\n");
+                 "  -s SIG   send to the running instance: reload or stop (through the admin\n"
+                 "           API when configured, else SIGHUP or SIGTERM to the pid in\n"
+                 "           pid_file)\n"
+                 "signals: TERM/INT drain and stop, HUP reloads, USR1 reopens the access log\n");
 }
 
 static uv_signal_t sigterm, sigint, sighup, sigusr1;
