@@ -533,6 +533,16 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, cons
         }
     }
     free(taken);
+    /* The descriptors each worker keeps (its access log) first: the VMs need some only for
+     * a moment. */
+    for (unsigned k = 0; k < n && !rc && cfg->access_log; k++) {
+        ferr[0] = 0;
+        if (!(sw[k].access =
+                  lp_accesslog_open(cfg->access_log, cfg->access_format, ferr, sizeof(ferr)))) {
+            snprintf(err, errlen, "%s: %s", path, ferr[0] ? ferr : "access log: out of memory");
+            rc = LP_ECONFIG;
+        }
+    }
     for (unsigned k = 0; k < n && !rc; k++) {
         lp_switch_t *s = &sw[k];
         if (!(s->wgen = calloc(1, sizeof(*s->wgen))))
@@ -540,12 +550,6 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, cons
         /* Made here so that init_worker may change the targets (proxy.upstream()). */
         if (!rc && !(s->upstreams = lp_upstream_rt_new(&ws[k], cfg)))
             rc = LP_ENOMEM;
-        if (!rc && cfg->access_log &&
-            !(s->access =
-                  lp_accesslog_open(cfg->access_log, cfg->access_format, ferr, sizeof(ferr)))) {
-            snprintf(err, errlen, "%s: %s", path, ferr[0] ? ferr : "access log: out of memory");
-            rc = LP_ECONFIG;
-        }
         if (!rc)
             rc = lp_lua_open(&ws[k], cfg, s->upstreams, &s->vm, err, errlen);
     }

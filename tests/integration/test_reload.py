@@ -539,17 +539,23 @@ class AllOrNothingTest(RT.ReloadTestCase):
     def setUpClass(cls):
         cls.a = cls.start_origin("a")
         cls.proxy = cls.start_reload_proxy({"a": H.upstream(cls.a.address())}, routes_v("v1"),
-                                           workers=2)
+                                           workers=3)
 
-    def versions(self, n=24):
+    def versions(self, n=36):
         """Versions answered on n fresh connections (the kernel spreads them over workers)."""
         return {self.version() for _ in range(n)}
 
-    def one_spare_fd(self, pid):
-        """An RLIMIT_NOFILE that leaves exactly one descriptor number free."""
-        used = {int(fd) for fd in os.listdir("/proc/%d/fd" % pid)}
-        free = [n for n in range(max(used) + 3) if n not in used]
-        return free[1]  # only free[0] is below it
+    def two_spare_fds(self, pid):
+        """An RLIMIT_NOFILE that leaves exactly two descriptor numbers free, once the
+        descriptors are settled (connections the proxy is closing would free more)."""
+        def settled():
+            a = sorted(os.listdir("/proc/%d/fd" % pid))
+            time.sleep(0.1)
+            b = sorted(os.listdir("/proc/%d/fd" % pid))
+            return b if a == b else None
+        used = {int(fd) for fd in H.wait_for(settled, H.T(5), what="settled descriptors")}
+        free = [n for n in range(max(used) + 4) if n not in used]
+        return free[2]  # only free[0] and free[1] are below it
 
     def test_one_worker_failing_leaves_all_on_the_old_generation(self):
         import resource
@@ -557,14 +563,16 @@ class AllOrNothingTest(RT.ReloadTestCase):
         self.assertEqual(self.versions(), {"v1"})
         gen = self.status()["generation"]
         fds0 = H.fd_count(pid)
-        # Every worker opens the access log for itself. With one descriptor to spare, the
-        # first worker's open takes it and the second one's fails (EMFILE).
+        # Every worker has its own descriptor for the access log, opened right after the
+        # config is read (which needs two for a moment). With two descriptors to spare, the
+        # first two workers' opens take them and the third one's fails (EMFILE): the others'
+        # parts are ready when it fails.
         log = dict(self.proxy.cfg["log"], access=os.path.join(self.proxy.dir, "other.log"))
         self.rewrite(routes=routes_v("v2"), log=log)
         failed = self.proxy.log_count("reload failed")
         live = self.proxy.log_count("live in")
         limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (self.one_spare_fd(pid), limits[1]))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (self.two_spare_fds(pid), limits[1]))
         try:
             self.proxy.signal(signal.SIGHUP)
             H.wait_for(lambda: self.proxy.log_count("reload failed") > failed or
@@ -574,7 +582,8 @@ class AllOrNothingTest(RT.ReloadTestCase):
         err = self.proxy.stderr()
         self.assertEqual(self.proxy.log_count("live in"), live,
                          "the reload went through:\n" + err[-3000:])
-        self.assertIn("Too many open files", err.splitlines()[-1])
+        refused = [l for l in err.splitlines() if "reload failed" in l][-1]
+        self.assertIn("access log %s: Too many open files" % log["access"], refused)
         self.assertEqual(self.versions(), {"v1"}, "some worker switched")
         self.assertEqual(self.status()["generation"], gen)
         # (client connections just closed may take a moment to go)
