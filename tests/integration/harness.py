@@ -505,7 +505,9 @@ class Proxy:
                                      (self.proc.returncode, text[-4000:]))
             return None
 
-        ports, admin = wait_for(ready, T(10), interval=0.02, what="luaproxy listening")
+        ports, admin = wait_for(ready, T(10), interval=0.02,
+                                what="luaproxy's `listening on` lines (logged at level notice: "
+                                     "a config with log.level warn or error hides them)")
         self.ports = ports
         self.port = ports[0]
         self.admin_port = admin
