@@ -34,7 +34,8 @@
 struct lp_admin_s {
     uv_tcp_t tcp;
     lp_server_t *server;
-    char *addr;             /* owned: the address it listens on */
+    char *addr;             /* owned: the address it listens on, as configured */
+    char bound[64];         /* the same with port 0 resolved */
     unsigned refs;          /* the listener and every connection: freed at 0 */
     unsigned nconns;        /* connections counted against ADMIN_MAX_CONNS */
     uint64_t refused;       /* connections refused by the cap since the last log line */
@@ -249,14 +250,18 @@ static void handle_status(admin_conn_t *c)
     iso_time(lp_gen_current->loaded_at, loaded, sizeof(loaded));
     iso_time(s->started_at, started, sizeof(started));
     double uptime = (double)time(NULL) - s->started_at;
+    json_t *listen = json_array();
+    for (size_t i = 0; listen && i < lp_gen_current->config->nlisten; i++)
+        json_array_append_new(listen, jstr(lp_gen_current->bound[i].text));
     respond(c, 200,
-            json_pack("{s:b,s:s,s:i,s:s,s:I,s:o,s:s,s:i,s:o,s:o,s:o,s:o,s:o}", "ok", 1, "version",
-                      LP_VERSION, "pid", (int)getpid(), "started_at", started, "uptime",
-                      (json_int_t)(uptime > 0 ? uptime + 0.5 : 0), "generation",
+            json_pack("{s:b,s:s,s:i,s:s,s:I,s:o,s:s,s:i,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "ok", 1,
+                      "version", LP_VERSION, "pid", (int)getpid(), "started_at", started,
+                      "uptime", (json_int_t)(uptime > 0 ? uptime + 0.5 : 0), "generation",
                       jint(lp_gen_current->id), "loaded_at", loaded, "workers", (int)s->nworkers,
                       "connections", jint(conns), "requests", jint(reqs), "reloads",
                       jint(s->reloads), "reloads_failed", jint(s->reloads_failed), "config",
-                      jstr(s->config_path)));
+                      jstr(s->config_path), "listen", listen ? listen : json_array(), "admin",
+                      jstr(c->admin->bound)));
 }
 
 static void handle_reload(admin_conn_t *c)
@@ -275,6 +280,15 @@ static void handle_reload(admin_conn_t *c)
     respond(
         c, 200,
         json_pack("{s:b,s:o,s:f}", "ok", 1, "generation", jint(lp_gen_current->id), "took_ms", ms));
+}
+
+/* POST /stop: a graceful stop, as SIGTERM (for `luaproxy -s stop` without a pid file). The
+ * answer is queued first; the main loop finishes it while the workers drain. */
+static void handle_stop(admin_conn_t *c)
+{
+    lp_log_notice("admin: stop requested");
+    respond(c, 200, json_pack("{s:b,s:b}", "ok", 1, "stopping", 1));
+    lp_server_stop(c->admin->server, "POST /stop");
 }
 
 void lp_admin_snapshot(lp_server_t *s)
@@ -485,6 +499,11 @@ static void dispatch(admin_conn_t *c)
             respond_error(c, 405, "use POST /reload");
         else
             handle_reload(c);
+    } else if (LP_STR_IEQ(path, "/stop")) {
+        if (m != HTTP_POST)
+            respond_error(c, 405, "use POST /stop");
+        else
+            handle_stop(c);
     } else if (LP_STR_IEQ(path, "/config")) {
         if (!get)
             respond_error(c, 405, "use GET /config");
@@ -492,7 +511,7 @@ static void dispatch(admin_conn_t *c)
             handle_config(c);
     } else {
         respond_error(c, 404,
-                      "no such endpoint (GET /status, POST /reload, GET /config, "
+                      "no such endpoint (GET /status, POST /reload, POST /stop, GET /config, "
                       "GET /upstreams, POST /upstreams/NAME/targets/ADDRESS)");
     }
 }
@@ -630,7 +649,8 @@ void lp_admin_stop(lp_server_t *s)
 int lp_admin_update(lp_server_t *s)
 {
     const lp_addr_t *want = &lp_gen_current->config->admin;
-    if (s->admin && want->text && strcmp(s->admin->addr, want->text) == 0)
+    if (s->admin && want->text &&
+        (strcmp(s->admin->addr, want->text) == 0 || strcmp(s->admin->bound, want->text) == 0))
         return 0;
     if (!want->text) {
         lp_admin_stop(s);
@@ -655,9 +675,15 @@ int lp_admin_update(lp_server_t *s)
         uv_close((uv_handle_t *)&a->tcp, on_admin_close);
         return -1; /* at start-up: fatal; after a reload the old listener stays */
     }
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    if (uv_tcp_getsockname(&a->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+        lp_sockaddr_text(&ss, a->bound, sizeof(a->bound));
+    else
+        snprintf(a->bound, sizeof(a->bound), "%s", want->text);
     lp_admin_stop(s);
     s->admin = a;
-    lp_log_notice("admin API on http://%s", want->text);
+    lp_log_notice("admin API on http://%s", a->bound);
     return 0;
 }
 
@@ -685,6 +711,13 @@ static int admin_request(const lp_addr_t *addr, const char *req, char *out, size
     return (int)len;
 }
 
+static int addr_port(const lp_addr_t *a)
+{
+    if (a->addr.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&a->addr)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)&a->addr)->sin_port);
+}
+
 static long read_pid(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -704,11 +737,15 @@ int lp_admin_signal(const lp_config_t *cfg, const char *name)
         fprintf(stderr, "luaproxy: -s takes reload or stop\n");
         return 2;
     }
-    if (reload && cfg->admin.text) {
+    /* Port 0 is chosen when the instance starts: the config cannot say where it is. */
+    int admin_known = cfg->admin.text && addr_port(&cfg->admin) != 0;
+    if (admin_known) {
         char resp[8192];
         int n = admin_request(&cfg->admin,
-                              "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n"
-                              "Connection: close\r\n\r\n",
+                              reload ? "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: "
+                                       "0\r\nConnection: close\r\n\r\n"
+                                     : "POST /stop HTTP/1.1\r\nHost: admin\r\nContent-Length: "
+                                       "0\r\nConnection: close\r\n\r\n",
                               resp, sizeof(resp));
         if (n <= 0) {
             fprintf(stderr, "luaproxy: cannot reach the admin API on %s: %s\n", cfg->admin.text,
@@ -720,8 +757,15 @@ int lp_admin_signal(const lp_config_t *cfg, const char *name)
         return strncmp(resp, "HTTP/1.1 200", 12) == 0 ? 0 : 1;
     }
     if (!cfg->pid_file) {
-        fprintf(stderr, "luaproxy: the config has neither admin.address nor pid_file: no way to "
-                        "find the running instance\n");
+        if (cfg->admin.text)
+            fprintf(stderr,
+                    "luaproxy: admin.address %s has port 0 (chosen at start-up) and the "
+                    "config has no pid_file: no way to find the running instance; give "
+                    "admin.address a port or set pid_file\n",
+                    cfg->admin.text);
+        else
+            fprintf(stderr, "luaproxy: the config has neither admin.address nor pid_file: no "
+                            "way to find the running instance\n");
         return 1;
     }
     long pid = read_pid(cfg->pid_file);

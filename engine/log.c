@@ -5,7 +5,7 @@
 #include <unistd.h>
 #include "log.h"
 
-lp_log_level_t lp_log_level = LP_LOG_INFO;
+_Atomic lp_log_level_t lp_log_level = LP_LOG_INFO;
 static _Thread_local int thread_id = -1;
 static const char *const level_names[] = {"error", "warn", "notice", "info", "debug"};
 

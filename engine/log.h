@@ -2,10 +2,14 @@
 #ifndef LP_LOG_H
 #define LP_LOG_H
 
+#include <stdatomic.h>
+
 typedef enum { LP_LOG_ERROR, LP_LOG_WARN, LP_LOG_NOTICE, LP_LOG_INFO, LP_LOG_DEBUG } lp_log_level_t;
 
-/* Set once by main before workers start; read-only afterwards. */
-extern lp_log_level_t lp_log_level;
+/* The level in force. Written by the main thread (start-up, and every reload applies the new
+ * generation's `log.level`) while workers read it, hence atomic; a plain read of it is an
+ * atomic load. */
+extern _Atomic lp_log_level_t lp_log_level;
 
 /* Worker number shown in log lines; each worker thread sets its own. */
 void lp_log_set_thread_id(int id);
@@ -14,7 +18,7 @@ void lp_log(lp_log_level_t level, const char *fmt, ...) __attribute__((format(pr
 
 #define LP_LOG(level, ...)                                                                         \
     do {                                                                                           \
-        if ((level) <= lp_log_level)                                                               \
+        if ((level) <= atomic_load_explicit(&lp_log_level, memory_order_relaxed))                  \
             lp_log((level), __VA_ARGS__);                                                          \
     } while (0)
 #define lp_log_error(...)  LP_LOG(LP_LOG_ERROR, __VA_ARGS__)

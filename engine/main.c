@@ -20,6 +20,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: luaproxy -c FILE [-w N]     serve with the config FILE\n"
                  "       luaproxy -t -c FILE          check FILE and exit\n"
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
+                 "       luaproxy -s stop -c FILE     stop it gracefully\n"
                  "       luaproxy -v                  print the version\n"
                  "       luaproxy -h                  this help\n"
                  "options:\n"
@@ -27,26 +28,45 @@ static void usage(FILE *out)
                  "  -t       validate the configuration and exit (0: valid)\n"
                  "  -w N     worker threads (overrides the config's workers)\n"
                  "  --watch  reload when the config, a plugin or a script changes\n"
-                 "  -s SIG   send to the running instance: reload (through the admin API\n"
-                 "           when configured, else SIGHUP to the pid in pid_file), stop\n");
+                 "  -s SIG   send to the running instance: reload or stop (through the admin\n"
+                 "           API when configured, else SIGHUP or SIGTERM to the pid in\n"
+                 "           pid_file)\n"
+                 "signals: TERM/INT drain and stop, HUP reloads, USR1 reopens the access log\n");
 }
 
-static uv_signal_t sigterm, sigint, sighup;
-static int stop_signal;
+static uv_signal_t sigterm, sigint, sighup, sigusr1;
+static const char *stop_reason; /* what asked for the stop, for the log */
 static lp_server_t server;
 
-static void on_signal(uv_signal_t *s, int signum)
+void lp_server_stop(lp_server_t *s, const char *why)
 {
-    if (signum == SIGHUP) {
-        char err[1024];
-        lp_server_reload(&server, err, sizeof(err));
+    if (stop_reason)
         return;
-    }
-    stop_signal = signum;
+    stop_reason = why;
     uv_signal_stop(&sigterm);
     uv_signal_stop(&sigint);
     uv_signal_stop(&sighup);
-    uv_stop(s->loop);
+    uv_signal_stop(&sigusr1);
+    uv_stop(s->loop); /* main() drains and stops once this loop turn is over */
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    char err[1024];
+    if (signum == SIGHUP) {
+        lp_server_reload(&server, err, sizeof(err));
+        return;
+    }
+    if (signum == SIGUSR1) {
+        /* nginx's convention: logrotate moved the files away, open them again. */
+        if (lp_workers_reopen_logs(server.workers, server.nworkers, err, sizeof(err)))
+            lp_log_error("reopening the logs failed, the old files stay open: %s", err);
+        else
+            lp_log_notice("signal %d: logs reopened", signum);
+        return;
+    }
+    lp_server_stop(&server, signum == SIGINT ? "signal 2" : "signal 15");
+    LP_UNUSED(s);
 }
 
 int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
@@ -60,7 +80,7 @@ int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
         return rc;
     }
     s->reloads++;
-    lp_log_level = lp_gen_current->config->log_level;
+    atomic_store_explicit(&lp_log_level, lp_gen_current->config->log_level, memory_order_relaxed);
     lp_admin_update(s);
     lp_admin_snapshot(s);
     lp_health_checks_update(s);
@@ -140,7 +160,7 @@ int main(int argc, char **argv)
         lp_config_free(cfg);
         return 0;
     }
-    lp_log_level = cfg->log_level;
+    atomic_store_explicit(&lp_log_level, cfg->log_level, memory_order_relaxed);
     lp_config_free(cfg);
     signal(SIGPIPE, SIG_IGN);
 
@@ -155,8 +175,6 @@ int main(int argc, char **argv)
         return 1;
     }
     server.nworkers = cfg->workers && !workers ? cfg->workers : (unsigned)workers;
-    for (size_t i = 0; i < cfg->nlisten; i++)
-        lp_log_notice("listening on %s (%u workers)", cfg->listen[i].addr.text, server.nworkers);
     lp_admin_snapshot(&server);
     if (lp_admin_update(&server)) {
         lp_workers_stop(server.workers, server.nworkers);
@@ -169,12 +187,14 @@ int main(int argc, char **argv)
     uv_signal_init(server.loop, &sigterm);
     uv_signal_init(server.loop, &sigint);
     uv_signal_init(server.loop, &sighup);
+    uv_signal_init(server.loop, &sigusr1);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_signal_start(&sigint, on_signal, SIGINT);
     uv_signal_start(&sighup, on_signal, SIGHUP);
+    uv_signal_start(&sigusr1, on_signal, SIGUSR1);
     lp_watch_start(&server);
     uv_run(server.loop, UV_RUN_DEFAULT);
-    lp_log_notice("signal %d: draining (up to %.1f s)", stop_signal,
+    lp_log_notice("%s: draining (up to %.1f s)", stop_reason ? stop_reason : "stop",
                   (double)lp_gen_current->config->timeouts.drain / 1000.0);
     lp_watch_stop(&server);
     lp_health_checks_stop(&server);
@@ -185,6 +205,7 @@ int main(int argc, char **argv)
     uv_close((uv_handle_t *)&sigterm, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
     uv_close((uv_handle_t *)&sighup, NULL);
+    uv_close((uv_handle_t *)&sigusr1, NULL);
     uv_run(server.loop, UV_RUN_DEFAULT);
     uv_loop_close(server.loop);
     free(server.config_json);

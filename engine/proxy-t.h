@@ -1,6 +1,8 @@
 /* The types of one worker's proxying state: worker, downstream connection, request,
  * upstream connection. Types only (HAProxy's -t.h convention), so every module can
- * include them without an include cycle. Everything here belongs to one worker thread. */
+ * include them without an include cycle. Everything here belongs to one worker thread, except
+ * lp_gen_t (built by the main thread, then shared read-only by the workers, reference-counted
+ * with atomics) and the worker's mailbox fields (guarded by mbox_lock). */
 #ifndef LP_PROXY_T_H
 #define LP_PROXY_T_H
 
@@ -57,7 +59,7 @@ typedef struct lp_target_rt_s {
 
 typedef struct lp_upstream_rt_s {
     const lp_upstream_conf_t *conf;
-    lp_worker_t *w;           /* set when attached to the worker's loop (apply_switch) */
+    lp_worker_t *w;           /* set when attached to the worker's loop (prepare_switch) */
     uint64_t gen;             /* the generation's id (pools keep the newest that uses them) */
     lp_target_rt_t **targets; /* owned array of ntargets (capacity cap) */
     size_t ntargets, cap;
@@ -93,17 +95,28 @@ typedef enum {
 typedef struct lp_listener_s {
     uv_tcp_t tcp;
     lp_worker_t *w;
-    char *addr; /* owned: the listen address as configured, to match across reloads */
+    uint64_t id;                 /* the listen slot (lp_bound_t.id) it serves */
     struct lp_tls_server_s *tls; /* the current config's (borrowed); NULL: plain HTTP */
     int closing;                 /* uv_close called; freed in its close callback */
+    int pending;                 /* prepared for a generation not committed yet: no accept */
+    int deferred;                /* a connection arrived while pending: accept it at commit */
     struct lp_listener_s *next;
 } lp_listener_t;
 
-/* A config generation as the main thread knows it. Shared by the workers: `refs` (atomic)
- * counts the workers still using it; the last one frees the config. */
+/* One listen entry of a generation as bound: the address with port 0 resolved, and the
+ * slot id that workers match their listeners by. A reload that keeps the entry keeps the
+ * id, the sockets and so the port. */
+typedef struct lp_bound_s {
+    uint64_t id;
+    char text[64]; /* "127.0.0.1:43121", "[::1]:8080" */
+} lp_bound_t;
+
+/* A config generation as the main thread knows it. Once committed, the workers share it:
+ * `refs` (atomic) counts the workers still using it; the last one frees it. */
 typedef struct lp_gen_s {
     uint64_t id;
     lp_config_t *config; /* owned */
+    lp_bound_t *bound;   /* one per config->listen entry, in the same allocation */
     int refs;
     double loaded_at; /* seconds since the epoch */
 } lp_gen_t;
@@ -131,7 +144,8 @@ struct lp_worker_s {
     const lp_config_t *config; /* cur->config: connection-level settings */
     lp_listener_t *listeners;  /* owned list */
     lp_pool_t *pools;          /* owned list: upstream connection pools by address */
-    /* Mailbox from the main thread (guarded by `mbox_lock`): a generation to switch to. */
+    /* Mailbox from the main thread (guarded by `mbox_lock`): a step of a generation switch
+     * (prepare, commit, abort) or an access log to reopen; answered on `mbox_done`. */
     uv_mutex_t mbox_lock;
     struct lp_switch_s *mbox;
     int stop_requested;

@@ -27,6 +27,10 @@ typedef struct {
  * error in err while the current generation keeps serving. */
 int lp_server_reload(lp_server_t *s, char *err, size_t errlen);
 
+/* Asks for a graceful stop (SIGTERM, SIGINT, POST /stop): main() drains and exits 0. `why`
+ * (static) is logged. Main thread. */
+void lp_server_stop(lp_server_t *s, const char *why);
+
 /* Admin API (admin.c): starts, moves or stops it to match the current config. */
 int lp_admin_update(lp_server_t *s);
 void lp_admin_stop(lp_server_t *s);

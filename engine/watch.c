@@ -14,15 +14,30 @@
 #define WATCH_MAX_FILES   32
 #define WATCH_DEBOUNCE_MS 200
 
+/* Owns its handles: the struct is freed when the last of them has finished closing (libuv
+ * finishes closes in an order of its own; a close callback that freed the struct while
+ * another handle in it was still closing was issue #11's abort at shutdown). */
 struct lp_watch_s {
     lp_server_t *server;
     uv_fs_event_t ev[WATCH_MAX_DIRS];
-    int nev;
-    char *files[WATCH_MAX_FILES]; /* owned: base names of the TLS files */
+    unsigned char active[WATCH_MAX_DIRS]; /* ev[i] is started (else closing or closed) */
+    int nev;                              /* slots used, started or not */
+    char *files[WATCH_MAX_FILES];         /* owned: base names of the TLS files */
     int nfiles;
     uv_timer_t debounce;
-    int closing;
+    int closing; /* handles whose close callback has not run yet */
+    int stopped; /* lp_watch_stop ran: the last close callback frees the struct */
 };
+
+static void on_watch_handle_closed(uv_handle_t *h)
+{
+    lp_watch_t *w = h->data;
+    if (--w->closing || !w->stopped)
+        return;
+    for (int i = 0; i < w->nfiles; i++)
+        free(w->files[i]);
+    free(w);
+}
 
 static int is_watched(const lp_watch_t *w, const char *name)
 {
@@ -59,17 +74,20 @@ static void add_dir(lp_watch_t *w, const char *dir)
     for (int i = 0; i < w->nev; i++) {
         char path[4096];
         size_t len = sizeof(path);
-        if (uv_fs_event_getpath(&w->ev[i], path, &len) == 0 && strcmp(path, dir) == 0)
+        if (w->active[i] && uv_fs_event_getpath(&w->ev[i], path, &len) == 0 &&
+            strcmp(path, dir) == 0)
             return;
     }
-    uv_fs_event_t *e = &w->ev[w->nev];
+    /* A slot whose start failed is closing: it is not reused. */
+    uv_fs_event_t *e = &w->ev[w->nev++];
     uv_fs_event_init(w->server->loop, e);
     e->data = w;
     if (uv_fs_event_start(e, on_fs_event, dir, 0)) {
-        uv_close((uv_handle_t *)e, NULL);
+        w->closing++;
+        uv_close((uv_handle_t *)e, on_watch_handle_closed);
         return;
     }
-    w->nev++;
+    w->active[w->nev - 1] = 1;
 }
 
 void lp_watch_start(lp_server_t *s)
@@ -106,16 +124,11 @@ void lp_watch_start(lp_server_t *s)
             w->nfiles++;
     }
     s->watch = w;
+    int ndirs = 0;
+    for (int i = 0; i < w->nev; i++)
+        ndirs += w->active[i];
     lp_log_notice("watch: reloading on changes to Lua files%s in %d directories",
-                  w->nfiles ? " and the TLS files" : "", w->nev);
-}
-
-static void on_watch_closed(uv_handle_t *h)
-{
-    lp_watch_t *w = h->data;
-    for (int i = 0; i < w->nfiles; i++)
-        free(w->files[i]);
-    free(w);
+                  w->nfiles ? " and the TLS files" : "", ndirs);
 }
 
 void lp_watch_stop(lp_server_t *s)
@@ -124,8 +137,14 @@ void lp_watch_stop(lp_server_t *s)
     if (!w)
         return;
     s->watch = NULL;
-    for (int i = 0; i < w->nev; i++)
-        uv_close((uv_handle_t *)&w->ev[i], NULL);
-    /* The timer closes last: its callback frees the watch after the events' closes. */
-    uv_close((uv_handle_t *)&w->debounce, on_watch_closed);
+    w->stopped = 1;
+    for (int i = 0; i < w->nev; i++) {
+        if (!w->active[i])
+            continue;
+        w->active[i] = 0;
+        w->closing++;
+        uv_close((uv_handle_t *)&w->ev[i], on_watch_handle_closed);
+    }
+    w->closing++;
+    uv_close((uv_handle_t *)&w->debounce, on_watch_handle_closed);
 }

@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 #include "accesslog.h"
 #include "conn.h"
 #include "log.h"
@@ -12,12 +13,24 @@
 #include "request.h"
 #include "worker.h"
 
-/* A generation handed from the main thread to one worker (through its mailbox). */
+/* A generation switch, one worker's part. The main thread builds it (build_switches: the
+ * config, this worker's VM, upstream state, access log and sockets), then every worker
+ * prepares it on its own thread (SW_PREPARE: what must touch its loop and may fail), and
+ * only when every worker prepared does any commit (SW_COMMIT, which cannot fail); otherwise
+ * every worker drops its part (SW_ABORT). SW_REOPEN hands over a reopened access log. The
+ * main thread owns the struct; the worker reads and writes it between the mailbox post and
+ * its answer on mbox_done. */
+enum { SW_PREPARE = 1, SW_COMMIT, SW_ABORT, SW_REOPEN };
+
 typedef struct lp_switch_s {
-    lp_gen_t *gen;
-    struct lp_lua_s *vm;         /* this worker's VM for it (handed over), NULL without Lua */
-    lp_upstream_rt_t *upstreams; /* this worker's upstreams for it (handed over) */
-    int *fds;                    /* per listen entry: a new bound socket, or -1 to keep the old */
+    int op;
+    lp_gen_t *gen;               /* reference: the generation (the worker's after commit) */
+    lp_wgen_t *wgen;             /* owned until commit */
+    struct lp_lua_s *vm;         /* owned until commit, NULL without Lua */
+    lp_upstream_rt_t *upstreams; /* owned until commit */
+    lp_accesslog_t *access;      /* owned until commit: opened afresh; NULL when off */
+    int *fds;                    /* owned: per listen entry, a new bound socket or -1 */
+    lp_listener_t *fresh;        /* owned until commit: pending listeners for new entries */
     int ok;
     char err[256];
 } lp_switch_t;
@@ -27,11 +40,12 @@ lp_gen_t *lp_gen_current;
 
 /* ---- listening sockets ---- */
 
-int lp_listen_socket(const lp_listen_conf_t *lc, char *err, size_t errlen)
+int lp_listen_socket(const lp_listen_conf_t *lc, const struct sockaddr *sa, socklen_t salen,
+                     char *err, size_t errlen)
 {
     /* libuv (1.44) has no SO_REUSEPORT flag: make the socket ourselves and hand it over.
      * Every worker binds its own socket to the port; the kernel spreads the accepts. */
-    int fd = socket(lc->addr.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, errlen, "listen %s: socket: %s", lc->addr.text, strerror(errno));
         return -1;
@@ -39,8 +53,7 @@ int lp_listen_socket(const lp_listen_conf_t *lc, char *err, size_t errlen)
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    if (bind(fd, (const struct sockaddr *)&lc->addr.addr, lc->addr.addrlen) < 0 ||
-        listen(fd, lc->backlog) < 0) {
+    if (bind(fd, sa, salen) < 0 || listen(fd, lc->backlog) < 0) {
         snprintf(err, errlen, "listen %s: %s", lc->addr.text, strerror(errno));
         close(fd);
         return -1;
@@ -67,37 +80,72 @@ int lp_listen_probe(const lp_listen_conf_t *lc, char *err, size_t errlen)
     return 0;
 }
 
-static void on_listener_close(uv_handle_t *h)
+static int addr_port(const struct sockaddr_storage *ss)
 {
-    lp_listener_t *l = h->data;
-    free(l->addr);
-    free(l);
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
 }
 
-static int listener_start(lp_worker_t *w, const lp_listen_conf_t *lc, int fd)
+void lp_sockaddr_text(const struct sockaddr_storage *ss, char *out, size_t outlen)
+{
+    char ip[64] = "?";
+    if (ss->ss_family == AF_INET6) {
+        uv_ip6_name((const struct sockaddr_in6 *)ss, ip, sizeof(ip));
+        snprintf(out, outlen, "[%s]:%d", ip, addr_port(ss));
+    } else {
+        uv_ip4_name((const struct sockaddr_in *)ss, ip, sizeof(ip));
+        snprintf(out, outlen, "%s:%d", ip, addr_port(ss));
+    }
+}
+
+static void on_listener_close(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void on_listener_connection(uv_stream_t *server, int status)
+{
+    lp_listener_t *l = server->data;
+    if (l->pending) {
+        /* Not accepting leaves the connection queued: libuv stops watching the socket
+         * until uv_accept, which the commit calls (or the abort closes the socket). */
+        if (status == 0)
+            l->deferred = 1;
+        return;
+    }
+    lp_conn_on_connection(server, status);
+}
+
+/* A listener for a new listen entry, listening but pending (no accept) until the commit.
+ * Takes fd (closed on failure). */
+static lp_listener_t *listener_prepare(lp_worker_t *w, const lp_listen_conf_t *lc, uint64_t id,
+                                       int fd, char *err, size_t errlen)
 {
     lp_listener_t *l = calloc(1, sizeof(*l));
-    if (!l || !(l->addr = strdup(lc->addr.text))) {
-        free(l);
+    if (!l) {
         close(fd);
-        return LP_ENOMEM;
+        snprintf(err, errlen, "worker %d: out of memory", w->id);
+        return NULL;
     }
     l->w = w;
+    l->id = id;
     l->tls = lc->tls;
+    l->pending = 1;
     uv_tcp_init(&w->loop, &l->tcp);
     l->tcp.data = l;
     int rc = uv_tcp_open(&l->tcp, fd);
-    if (!rc)
-        rc = uv_listen((uv_stream_t *)&l->tcp, lc->backlog, lp_conn_on_connection);
+    if (rc)
+        close(fd); /* not the handle's yet */
+    else
+        rc = uv_listen((uv_stream_t *)&l->tcp, lc->backlog, on_listener_connection);
     if (rc) {
-        lp_log_error("listen %s: %s", lc->addr.text, uv_strerror(rc));
+        snprintf(err, errlen, "worker %d: listen %s: %s", w->id, lc->addr.text, uv_strerror(rc));
         l->closing = 1;
         uv_close((uv_handle_t *)&l->tcp, on_listener_close);
-        return LP_EIO;
+        return NULL;
     }
-    l->next = w->listeners;
-    w->listeners = l;
-    return 0;
+    return l;
 }
 
 static void listener_close(lp_worker_t *w, lp_listener_t *l)
@@ -119,6 +167,12 @@ static void close_listeners(lp_worker_t *w)
 
 /* ---- generations ---- */
 
+static void gen_free(lp_gen_t *gen)
+{
+    lp_config_free(gen->config);
+    free(gen); /* and gen->bound, in the same block */
+}
+
 void lp_wgen_release(lp_worker_t *w, lp_wgen_t *g)
 {
     if (--g->refs)
@@ -127,93 +181,125 @@ void lp_wgen_release(lp_worker_t *w, lp_wgen_t *g)
     lp_lua_retire(g->lua);
     lp_upstream_rt_free(g->upstreams, g->config->nupstreams);
     lp_gen_t *gen = g->gen;
-    if (__atomic_sub_fetch(&gen->refs, 1, __ATOMIC_ACQ_REL) == 0) {
-        lp_config_free(gen->config);
-        free(gen);
-    }
+    if (__atomic_sub_fetch(&gen->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        gen_free(gen);
     free(g);
 }
 
-static int access_log_changed(const lp_config_t *a, const lp_config_t *b)
-{
-    if (!a)
-        return 1;
-    if (!a->access_log != !b->access_log)
-        return 1;
-    if (a->access_log && strcmp(a->access_log, b->access_log))
-        return 1;
-    return strcmp(a->access_format, b->access_format) != 0;
-}
-
-/* Switches this worker to sw->gen. Runs on the worker's thread (or before it starts). */
-static void apply_switch(lp_worker_t *w, lp_switch_t *sw)
+/* SW_PREPARE, on the worker's thread: the steps that need its loop and may fail. Nothing
+ * here changes what the worker serves. */
+static void prepare_switch(lp_worker_t *w, lp_switch_t *sw)
 {
     const lp_config_t *cfg = sw->gen->config;
-    lp_wgen_t *g = calloc(1, sizeof(*g));
-    lp_upstream_rt_t *ups = sw->upstreams;
-    sw->upstreams = NULL;
-    if (!g || lp_upstream_rt_attach(w, ups, cfg->nupstreams, sw->gen->id)) {
-        lp_upstream_rt_free(ups, cfg->nupstreams);
-        ups = NULL;
-    }
-    lp_accesslog_t *log = NULL;
-    int log_changed = access_log_changed(w->config, cfg);
-    if (ups && log_changed && cfg->access_log) {
-        log = lp_accesslog_open(cfg->access_log, cfg->access_format, sw->err, sizeof(sw->err));
-        if (!log) {
-            lp_upstream_rt_free(ups, cfg->nupstreams);
-            ups = NULL;
-        }
-    }
-    if (!ups) {
-        if (!sw->err[0])
-            snprintf(sw->err, sizeof(sw->err), "worker %d: out of memory", w->id);
-        free(g);
-        for (size_t i = 0; sw->fds && i < cfg->nlisten; i++)
-            if (sw->fds[i] >= 0)
-                close(sw->fds[i]);
-        lp_lua_retire(sw->vm);
-        sw->ok = 0;
+    sw->ok = 0;
+    if (lp_upstream_rt_attach(w, sw->upstreams, cfg->nupstreams, sw->gen->id)) {
+        snprintf(sw->err, sizeof(sw->err), "worker %d: out of memory", w->id);
         return;
     }
-    /* Listeners: unchanged addresses keep their sockets; new ones start; removed ones close
-     * (their connections finish on their own). */
     for (size_t i = 0; i < cfg->nlisten; i++) {
-        if (sw->fds[i] >= 0) {
-            listener_start(w, &cfg->listen[i], sw->fds[i]);
-            sw->fds[i] = -1;
+        if (sw->fds[i] < 0)
+            continue;
+        int fd = sw->fds[i];
+        sw->fds[i] = -1;
+        lp_listener_t *l = listener_prepare(w, &cfg->listen[i], sw->gen->bound[i].id, fd, sw->err,
+                                            sizeof(sw->err));
+        if (!l)
+            return;
+        l->next = sw->fresh;
+        sw->fresh = l;
+    }
+    sw->ok = 1;
+}
+
+/* SW_ABORT (or a failed build): drops everything the switch holds. On the worker's thread
+ * once prepared (its listeners and timers are handles of that loop). Not the generation. */
+static void abort_switch(lp_switch_t *sw, size_t nupstreams, size_t nlisten)
+{
+    while (sw->fresh) {
+        lp_listener_t *l = sw->fresh;
+        sw->fresh = l->next;
+        l->closing = 1;
+        uv_close((uv_handle_t *)&l->tcp, on_listener_close);
+    }
+    for (size_t i = 0; sw->fds && i < nlisten; i++)
+        if (sw->fds[i] >= 0)
+            close(sw->fds[i]);
+    free(sw->fds);
+    sw->fds = NULL;
+    lp_upstream_rt_free(sw->upstreams, nupstreams);
+    sw->upstreams = NULL;
+    lp_lua_retire(sw->vm);
+    sw->vm = NULL;
+    lp_accesslog_close(sw->access);
+    sw->access = NULL;
+    free(sw->wgen);
+    sw->wgen = NULL;
+}
+
+static int listen_slot_wanted(const lp_gen_t *gen, uint64_t id, size_t *index)
+{
+    for (size_t i = 0; i < gen->config->nlisten; i++)
+        if (gen->bound[i].id == id) {
+            *index = i;
+            return 1;
         }
-    }
-    lp_listener_t *l = w->listeners;
-    while (l) {
-        lp_listener_t *next = l->next;
-        int wanted = 0;
-        for (size_t i = 0; i < cfg->nlisten; i++)
-            if (strcmp(cfg->listen[i].addr.text, l->addr) == 0) {
-                wanted = 1;
-                l->tls = cfg->listen[i].tls; /* new certificates for new connections */
-            }
-        if (!wanted)
-            listener_close(w, l);
-        l = next;
-    }
-    if (log_changed) {
-        lp_accesslog_close(w->access);
-        w->access = log;
-    }
+    return 0;
+}
+
+/* SW_COMMIT, on the worker's thread (or before it starts): makes sw->gen current. Cannot
+ * fail: everything that could was done by the build and the prepare. */
+static void commit_switch(lp_worker_t *w, lp_switch_t *sw)
+{
+    const lp_config_t *cfg = sw->gen->config;
+    lp_wgen_t *g = sw->wgen;
+    sw->wgen = NULL;
     g->id = sw->gen->id;
     g->gen = sw->gen;
     g->config = cfg;
     g->lua = sw->vm;
-    g->upstreams = ups;
+    g->upstreams = sw->upstreams;
     g->refs = 1;
+    sw->vm = NULL;
+    sw->upstreams = NULL;
+    /* Listeners of entries the new config keeps stay (new certificates for new
+     * connections); the others close (their connections finish on their own). */
+    lp_listener_t *l = w->listeners;
+    while (l) {
+        lp_listener_t *next = l->next;
+        size_t i;
+        if (listen_slot_wanted(sw->gen, l->id, &i))
+            l->tls = cfg->listen[i].tls;
+        else
+            listener_close(w, l);
+        l = next;
+    }
+    lp_listener_t *fresh = sw->fresh;
+    sw->fresh = NULL;
+    lp_accesslog_t *old_log = w->access;
+    w->access = sw->access;
+    sw->access = NULL;
+    lp_accesslog_close(old_log);
     lp_wgen_t *old = w->cur;
     w->cur = g;
     w->config = cfg;
     if (old)
         lp_wgen_release(w, old);
+    /* New listeners accept only now, so that their first connection sees this generation. */
+    while (fresh) {
+        l = fresh;
+        fresh = l->next;
+        l->next = w->listeners;
+        w->listeners = l;
+        l->pending = 0;
+        if (l->deferred) {
+            l->deferred = 0;
+            lp_conn_on_connection((uv_stream_t *)&l->tcp, 0);
+        }
+    }
     /* Idle connections to targets the new generation no longer names close now. */
     lp_upstream_close_idle(w, g->id);
+    free(sw->fds);
+    sw->fds = NULL;
     sw->ok = 1;
 }
 
@@ -267,7 +353,24 @@ static void on_wakeup(uv_async_t *a)
     int stop = w->stop_requested;
     uv_mutex_unlock(&w->mbox_lock);
     if (sw) {
-        apply_switch(w, sw);
+        switch (sw->op) {
+        case SW_PREPARE:
+            prepare_switch(w, sw);
+            break;
+        case SW_COMMIT:
+            commit_switch(w, sw);
+            break;
+        case SW_ABORT:
+            abort_switch(sw, sw->gen->config->nupstreams, sw->gen->config->nlisten);
+            break;
+        case SW_REOPEN: {
+            lp_accesslog_t *old = w->access;
+            w->access = sw->access;
+            sw->access = NULL;
+            lp_accesslog_close(old);
+            break;
+        }
+        }
         uv_sem_post(&w->mbox_done);
     }
     if (!stop || w->stopping)
@@ -337,10 +440,46 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
 /* ---- building a generation (main thread) ---- */
 
 static uint64_t next_gen_id = 1;
+static uint64_t next_listen_id = 1;
 
-/* Builds everything a generation needs that can fail: the config, every worker's VM and
- * sockets for new listen addresses. On failure nothing is left behind. */
-static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, const char *path,
+/* The listen entry of `old` that entry `lc` continues (same configured address, or the
+ * address it was bound to: a config may name the port that port 0 resolved to), not
+ * already taken by an earlier entry. -1: a new entry. */
+static long kept_slot(const lp_gen_t *old, const lp_listen_conf_t *lc, const char *taken)
+{
+    for (size_t j = 0; old && j < old->config->nlisten; j++)
+        if (!taken[j] && (strcmp(old->config->listen[j].addr.text, lc->addr.text) == 0 ||
+                          strcmp(old->bound[j].text, lc->addr.text) == 0))
+            return (long)j;
+    return -1;
+}
+
+/* Opens one socket per worker for a new listen entry. Port 0 is resolved once, by the
+ * first socket, and the others bind the port it got. */
+static int bind_slot(lp_switch_t *sw, unsigned n, size_t i, const lp_listen_conf_t *lc,
+                     lp_bound_t *b, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss = lc->addr.addr;
+    socklen_t sslen = lc->addr.addrlen;
+    if (addr_port(&ss) != 0 && lp_listen_probe(lc, err, errlen))
+        return LP_EIO;
+    for (unsigned k = 0; k < n; k++) {
+        if ((sw[k].fds[i] = lp_listen_socket(lc, (struct sockaddr *)&ss, sslen, err, errlen)) < 0)
+            return LP_EIO;
+        if (k == 0 && getsockname(sw[k].fds[i], (struct sockaddr *)&ss, &sslen) < 0) {
+            snprintf(err, errlen, "listen %s: getsockname: %s", lc->addr.text, strerror(errno));
+            return LP_EIO;
+        }
+    }
+    b->id = next_listen_id++;
+    lp_sockaddr_text(&ss, b->text, sizeof(b->text));
+    return 0;
+}
+
+/* Builds everything a generation needs that the main thread can make and that can fail: the
+ * config, and for every worker its VM, upstream state, access log (opened afresh, so a
+ * rotated file is let go) and sockets for new listen entries. On failure nothing is left. */
+static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, const char *path,
                           lp_switch_t *sw, char *err, size_t errlen)
 {
     lp_config_t *cfg;
@@ -353,21 +492,16 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, c
         lp_config_free(cfg);
         return LP_ECONFIG;
     }
-    if (cfg->access_log && (!old || access_log_changed(old, cfg))) {
-        /* A log that cannot be opened fails the build, not a worker's switch. */
-        lp_accesslog_t *probe =
-            lp_accesslog_open(cfg->access_log, cfg->access_format, ferr, sizeof(ferr));
-        if (!probe) {
-            snprintf(err, errlen, "%s: %s", path, ferr);
-            lp_config_free(cfg);
-            return LP_ECONFIG;
-        }
-        lp_accesslog_close(probe);
-    }
-    if (old && cfg->workers != old->workers && cfg->workers != n)
+    if (old && cfg->workers != old->config->workers && cfg->workers != n)
         lp_log_warn("reload: workers = %u ignored: a reload keeps %u workers", cfg->workers, n);
-    lp_gen_t *gen = calloc(1, sizeof(*gen));
-    if (!gen) {
+    /* One block: whoever drops the last reference frees it with free() (health_check.c). */
+    lp_gen_t *gen = calloc(1, sizeof(*gen) + cfg->nlisten * sizeof(lp_bound_t));
+    char *taken = calloc(old ? old->config->nlisten + 1 : 1, 1);
+    if (gen)
+        gen->bound = (lp_bound_t *)(gen + 1);
+    if (!gen || !taken) {
+        free(gen);
+        free(taken);
         lp_config_free(cfg);
         return LP_ENOMEM;
     }
@@ -376,52 +510,113 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, c
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     gen->loaded_at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-    unsigned built = 0;
-    for (; built < n; built++) {
-        lp_switch_t *s = &sw[built];
-        memset(s, 0, sizeof(*s));
-        s->gen = gen;
-        s->fds = malloc((cfg->nlisten ? cfg->nlisten : 1) * sizeof(int));
-        if (!s->fds) {
+    for (unsigned k = 0; k < n; k++) {
+        memset(&sw[k], 0, sizeof(sw[k]));
+        sw[k].gen = gen;
+        if (!(sw[k].fds = malloc((cfg->nlisten + 1) * sizeof(int))))
             rc = LP_ENOMEM;
-            break;
-        }
-        for (size_t i = 0; i < cfg->nlisten; i++)
-            s->fds[i] = -1;
-        for (size_t i = 0; i < cfg->nlisten && !rc; i++) {
-            int kept = 0;
-            for (size_t j = 0; old && j < old->nlisten; j++)
-                if (strcmp(old->listen[j].addr.text, cfg->listen[i].addr.text) == 0)
-                    kept = 1;
-            if (!kept && built == 0 && lp_listen_probe(&cfg->listen[i], err, errlen))
-                rc = LP_EIO;
-            else if (!kept && (s->fds[i] = lp_listen_socket(&cfg->listen[i], err, errlen)) < 0)
-                rc = LP_EIO;
-        }
-        /* Made here so that init_worker may change the targets (proxy.upstream()). */
-        if (!rc && !(s->upstreams = lp_upstream_rt_new(&ws[built], cfg)))
-            rc = LP_ENOMEM;
-        if (!rc)
-            rc = lp_lua_open(&ws[built], cfg, s->upstreams, &s->vm, err, errlen);
-        if (rc) {
-            built++;
-            break;
+        for (size_t i = 0; sw[k].fds && i < cfg->nlisten; i++)
+            sw[k].fds[i] = -1;
+    }
+    for (size_t i = 0; i < cfg->nlisten && !rc; i++) {
+        long j = kept_slot(old, &cfg->listen[i], taken);
+        if (j >= 0) {
+            taken[j] = 1;
+            gen->bound[i] = old->bound[j];
+        } else {
+            rc = bind_slot(sw, n, i, &cfg->listen[i], &gen->bound[i], err, errlen);
         }
     }
-    if (rc) {
-        for (unsigned i = 0; i < built; i++) {
-            for (size_t j = 0; sw[i].fds && j < cfg->nlisten; j++)
-                if (sw[i].fds[j] >= 0)
-                    close(sw[i].fds[j]);
-            free(sw[i].fds);
-            lp_lua_retire(sw[i].vm);
-            lp_upstream_rt_free(sw[i].upstreams, cfg->nupstreams);
+    free(taken);
+    /* The descriptors each worker keeps (its access log) first: the VMs need some only for
+     * a moment. */
+    for (unsigned k = 0; k < n && !rc && cfg->access_log; k++) {
+        ferr[0] = 0;
+        if (!(sw[k].access =
+                  lp_accesslog_open(cfg->access_log, cfg->access_format, ferr, sizeof(ferr)))) {
+            snprintf(err, errlen, "%s: %s", path, ferr[0] ? ferr : "access log: out of memory");
+            rc = LP_ECONFIG;
         }
-        lp_config_free(cfg);
-        free(gen);
+    }
+    for (unsigned k = 0; k < n && !rc; k++) {
+        lp_switch_t *s = &sw[k];
+        if (!(s->wgen = calloc(1, sizeof(*s->wgen))))
+            rc = LP_ENOMEM;
+        /* Made here so that init_worker may change the targets (proxy.upstream()). */
+        if (!rc && !(s->upstreams = lp_upstream_rt_new(&ws[k], cfg)))
+            rc = LP_ENOMEM;
+        if (!rc)
+            rc = lp_lua_open(&ws[k], cfg, s->upstreams, &s->vm, err, errlen);
+    }
+    if (rc) {
+        for (unsigned k = 0; k < n; k++)
+            abort_switch(&sw[k], cfg->nupstreams, cfg->nlisten);
+        gen_free(gen);
         return rc;
     }
     gen->id = next_gen_id++;
+    return 0;
+}
+
+/* Posts one step to every worker and waits for all; 0 when every worker did it. Before the
+ * threads run (start-up), the main thread does the steps itself. */
+static int run_step(lp_worker_t *ws, unsigned n, lp_switch_t *sw, int op, char *err, size_t errlen)
+{
+    for (unsigned i = 0; i < n; i++) {
+        sw[i].op = op;
+        sw[i].ok = 0;
+        sw[i].err[0] = 0;
+        if (!ws[i].started) {
+            if (op == SW_PREPARE)
+                prepare_switch(&ws[i], &sw[i]);
+            else if (op == SW_COMMIT)
+                commit_switch(&ws[i], &sw[i]);
+            else
+                abort_switch(&sw[i], sw[i].gen->config->nupstreams, sw[i].gen->config->nlisten);
+            continue;
+        }
+        uv_mutex_lock(&ws[i].mbox_lock);
+        ws[i].mbox = &sw[i];
+        uv_mutex_unlock(&ws[i].mbox_lock);
+        uv_async_send(&ws[i].wakeup);
+    }
+    for (unsigned i = 0; i < n; i++)
+        if (ws[i].started)
+            uv_sem_wait(&ws[i].mbox_done);
+    int rc = 0;
+    for (unsigned i = 0; i < n && op == SW_PREPARE; i++)
+        if (!sw[i].ok && !rc) {
+            snprintf(err, errlen, "%s", sw[i].err[0] ? sw[i].err : "prepare failed");
+            rc = LP_EIO;
+        }
+    return rc;
+}
+
+/* Prepares sw on every worker, then commits everywhere, or aborts everywhere if any worker
+ * failed: every worker serves the same generation afterwards. */
+static int switch_all(lp_worker_t *ws, unsigned n, lp_switch_t *sw, char *err, size_t errlen)
+{
+    lp_gen_t *gen = sw[0].gen;
+    const lp_gen_t *old = lp_gen_current;
+    if (run_step(ws, n, sw, SW_PREPARE, err, errlen)) {
+        run_step(ws, n, sw, SW_ABORT, err, errlen);
+        gen_free(gen); /* no worker took it */
+        return LP_EIO;
+    }
+    /* New listen entries, found before the commit lets the workers free `old`. */
+    char *fresh = calloc(gen->config->nlisten + 1, 1);
+    for (size_t i = 0; fresh && i < gen->config->nlisten; i++) {
+        fresh[i] = 1;
+        for (size_t j = 0; old && j < old->config->nlisten; j++)
+            if (old->bound[j].id == gen->bound[i].id)
+                fresh[i] = 0;
+    }
+    run_step(ws, n, sw, SW_COMMIT, err, errlen);
+    lp_gen_current = gen;
+    for (size_t i = 0; fresh && i < gen->config->nlisten; i++)
+        if (fresh[i])
+            lp_log_notice("listening on %s (%u workers)", gen->bound[i].text, n);
+    free(fresh);
     return 0;
 }
 
@@ -446,25 +641,13 @@ int lp_workers_start(const char *path, unsigned nworkers, lp_worker_t **out, lp_
         rc = worker_init(&ws[i], (int)i + 1, err, errlen);
     if (!rc)
         rc = build_switches(ws, n, NULL, path, sw, err, errlen);
-    if (rc) {
-        free(sw);
-        /* The loops hold nothing that needs closing yet beyond their own handles. */
-        *out = NULL;
-        return rc;
-    }
     /* The threads do not run yet: the first generation is installed from here. */
-    for (unsigned i = 0; i < n; i++) {
-        apply_switch(&ws[i], &sw[i]);
-        free(sw[i].fds);
-        if (!sw[i].ok) {
-            snprintf(err, errlen, "%s", sw[i].err);
-            free(sw);
-            return LP_EIO;
-        }
-    }
-    *first = sw[0].gen->config;
-    lp_gen_current = sw[0].gen;
+    if (!rc)
+        rc = switch_all(ws, n, sw, err, errlen);
     free(sw);
+    if (rc)
+        return rc; /* the loops hold nothing that needs closing yet beyond their own handles */
+    *first = lp_gen_current->config;
     for (unsigned i = 0; i < n; i++) {
         if (uv_thread_create(&ws[i].thread, worker_main, &ws[i])) {
             snprintf(err, errlen, "cannot start worker thread %u", i + 1);
@@ -481,34 +664,38 @@ int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, 
     lp_switch_t *sw = calloc(n, sizeof(*sw));
     if (!sw)
         return LP_ENOMEM;
-    const lp_config_t *old = lp_gen_current ? lp_gen_current->config : NULL;
-    int rc = build_switches(ws, n, old, path, sw, err, errlen);
-    if (rc) {
-        free(sw);
-        return rc;
-    }
-    /* Everything is built: from here the switch happens on every worker. */
-    lp_gen_t *gen = sw[0].gen;
-    for (unsigned i = 0; i < n; i++) {
+    int rc = build_switches(ws, n, lp_gen_current, path, sw, err, errlen);
+    if (!rc)
+        rc = switch_all(ws, n, sw, err, errlen);
+    free(sw);
+    return rc;
+}
+
+int lp_workers_reopen_logs(lp_worker_t *ws, unsigned n, char *err, size_t errlen)
+{
+    const lp_config_t *cfg = lp_gen_current->config;
+    if (!cfg->access_log)
+        return 0;
+    lp_switch_t *sw = calloc(n, sizeof(*sw));
+    if (!sw)
+        return LP_ENOMEM;
+    int rc = 0;
+    for (unsigned i = 0; i < n && !rc; i++)
+        if (!(sw[i].access = lp_accesslog_open(cfg->access_log, cfg->access_format, err, errlen)))
+            rc = LP_EIO;
+    for (unsigned i = 0; i < n && !rc; i++) {
+        sw[i].op = SW_REOPEN;
         uv_mutex_lock(&ws[i].mbox_lock);
         ws[i].mbox = &sw[i];
         uv_mutex_unlock(&ws[i].mbox_lock);
         uv_async_send(&ws[i].wakeup);
     }
-    int failed = 0;
-    for (unsigned i = 0; i < n; i++) {
+    for (unsigned i = 0; i < n && !rc; i++)
         uv_sem_wait(&ws[i].mbox_done);
-        if (!sw[i].ok) {
-            failed = 1;
-            snprintf(err, errlen, "%s", sw[i].err);
-        }
-        free(sw[i].fds);
-    }
+    for (unsigned i = 0; i < n; i++)
+        lp_accesslog_close(sw[i].access); /* what a worker did not take (on failure) */
     free(sw);
-    if (failed)
-        return LP_EIO; /* some workers switched: they serve the new generation */
-    lp_gen_current = gen;
-    return 0;
+    return rc;
 }
 
 void lp_workers_stop(lp_worker_t *ws, unsigned n)

@@ -1,6 +1,7 @@
 /* Worker threads: each owns a loop, its listeners (SO_REUSEPORT), connections, pools and
  * its side of every live config generation. The main thread builds generations (config,
- * every worker's Lua VM, sockets for new listen addresses) and hands them over. */
+ * every worker's Lua VM, access log, sockets for new listen addresses) and hands them over:
+ * every worker prepares its part, then all commit, or all drop it. */
 #ifndef LP_WORKER_H
 #define LP_WORKER_H
 
@@ -14,8 +15,12 @@ extern lp_gen_t *lp_gen_current;
 int lp_workers_start(const char *path, unsigned nworkers, lp_worker_t **out, lp_config_t **first,
                      char *err, size_t errlen);
 /* Builds a new generation from `path` and switches every worker to it; requests in flight
- * finish on theirs. On error nothing changed and err says why. Main thread. */
+ * finish on theirs. On error nothing changed (every worker keeps the current generation)
+ * and err says why. Main thread. */
 int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, size_t errlen);
+/* Reopens the current generation's access log in every worker (SIGUSR1: logrotate). On
+ * error the workers keep the files they have. Main thread. */
+int lp_workers_reopen_logs(lp_worker_t *ws, unsigned n, char *err, size_t errlen);
 /* Asks every worker to drain and stop, and joins them. */
 void lp_workers_stop(lp_worker_t *workers, unsigned n);
 /* Open client connections and requests served, summed over workers (relaxed reads). */
@@ -23,8 +28,11 @@ void lp_workers_stats(const lp_worker_t *ws, unsigned n, uint64_t *conns, uint64
 
 /* 0 when nothing listens on the address yet (a bind without SO_REUSEPORT succeeds). */
 int lp_listen_probe(const lp_listen_conf_t *lc, char *err, size_t errlen);
-/* A listening socket bound with SO_REUSEPORT; -1 with err set. */
-int lp_listen_socket(const lp_listen_conf_t *lc, char *err, size_t errlen);
+/* A listening socket for lc bound to sa with SO_REUSEPORT; -1 with err set. */
+int lp_listen_socket(const lp_listen_conf_t *lc, const struct sockaddr *sa, socklen_t salen,
+                     char *err, size_t errlen);
+/* "127.0.0.1:8080" or "[::1]:8080". */
+void lp_sockaddr_text(const struct sockaddr_storage *ss, char *out, size_t outlen);
 /* Drops a reference to a worker generation (requests and the worker hold them). */
 void lp_wgen_release(lp_worker_t *w, lp_wgen_t *g);
 

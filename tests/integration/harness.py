@@ -7,7 +7,12 @@ does not leave them behind.  Every network wait has a timeout, scaled by
 TIMEOUT_FACTOR when the binaries are sanitizer builds.
 
 Binaries: $LUAPROXY and $LP_ORIGIN (set by ctest), else build-it/ or build/ under the
-repository root.
+repository root.  A missing binary fails the test run, it never skips.
+
+Ports: nothing here picks a "free" port and hopes.  The proxy listens on port 0 and reports
+what it bound (`listening on 127.0.0.1:PORT`, `admin API on http://127.0.0.1:PORT`), as
+lp_origin does (`ready PORT`), so test files can run in parallel.  An address where nothing
+listens comes from dead_port(): a port bound and held by this process, never listened on.
 """
 
 import atexit
@@ -70,14 +75,28 @@ def T(seconds):
     return seconds * TIMEOUT_FACTOR
 
 
+class MissingDependency(AssertionError):
+    """A binary or tool the tests need is not there: the run fails, it does not skip."""
+
+
 def require_proxy(testcase_cls=None):
     if not LUAPROXY or not os.access(LUAPROXY, os.X_OK):
-        raise unittest.SkipTest("luaproxy binary not found (set LUAPROXY)")
+        raise MissingDependency("luaproxy binary not found (set LUAPROXY): %r" % LUAPROXY)
 
 
 def require_origin():
     if not LP_ORIGIN or not os.access(LP_ORIGIN, os.X_OK):
-        raise unittest.SkipTest("lp_origin binary not found (set LP_ORIGIN)")
+        raise MissingDependency("lp_origin binary not found (set LP_ORIGIN): %r" % LP_ORIGIN)
+
+
+def require_tool(name):
+    """The path of an external program a test needs (curl, openssl...); fails without it."""
+    import shutil
+    path = shutil.which(name)
+    if not path:
+        raise MissingDependency("%s not found in PATH: install it (./dev installs the test "
+                                "dependencies)" % name)
+    return path
 
 
 # --------------------------------------------------------------------------- processes
@@ -158,11 +177,33 @@ def sanitizer_errors(text):
     return [m for m in markers if m in text]
 
 
-def free_port():
-    """A port that was free a moment ago (bind 0, read it, release)."""
+_HELD = []  # sockets kept bound (never listening) for dead_port()
+
+
+def dead_port():
+    """A port on 127.0.0.1 where nothing listens, for as long as this process runs: bound
+    (without SO_REUSEADDR/SO_REUSEPORT, so nobody else can take it) and never listened on,
+    so a connect to it is refused."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
+    _HELD.append(s)
+    return s.getsockname()[1]
+
+
+def reserved_port():
+    """A port for a test that must name it in a config before the proxy binds it (moving
+    the admin API by a reload): left in TIME_WAIT on our side, so the kernel does not hand
+    it out for port 0 for a while, while a server binding with SO_REUSEADDR (libuv does)
+    may take it at once."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
     port = s.getsockname()[1]
+    c = socket.create_connection(("127.0.0.1", port))
+    a, _ = s.accept()
+    a.close()  # the accepted side closes first: the TIME_WAIT is on `port`
+    c.close()
     s.close()
     return port
 
@@ -292,6 +333,7 @@ def config_text(cfg):
 
 def make_config(port, upstreams, routes, workers=1, timeouts=None, limits=None,
                 access_log=None, level="info", **extra):
+    """A config listening on 127.0.0.1:port; port 0 lets the proxy pick (Proxy reads it)."""
     cfg = {
         "workers": workers,
         "listen": [{"address": "127.0.0.1:%d" % port}],
@@ -390,13 +432,19 @@ class Proxy:
         self.stdout_path = os.path.join(self.dir, "stdout")
         self.stderr_path = os.path.join(self.dir, "stderr")
         self.proc = None
-        addr = cfg["listen"][0]["address"]
-        self.port = int(addr.rsplit(":", 1)[1])
         self.returncode = None
+        self._ports_from_config()
+
+    def _ports_from_config(self):
+        """Ports as configured (0 where the proxy picks); wait_ready() puts the bound ones."""
+        self.ports = [int(l["address"].rsplit(":", 1)[1]) for l in self.cfg["listen"]]
+        self.port = self.ports[0]
+        admin = (self.cfg.get("admin") or {}).get("address")
+        self.admin_port = int(admin.rsplit(":", 1)[1]) if admin else None
 
     @classmethod
     def build(cls, upstreams, routes, name="proxy", args=(), env=None, **kw):
-        port = free_port()
+        port = 0
         d = Workdir.new(name + "-log")
         kw.setdefault("access_log", os.path.join(d, "access.log"))
         cfg = make_config(port, upstreams, routes, **kw)
@@ -430,20 +478,71 @@ class Proxy:
             env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":abort_on_error=0"
         if self.env:
             env.update(self.env)
+        self._ports_from_config()
         self.proc = spawn([LUAPROXY, "-c", self.config_path] + self.args,
                           self.stdout_path, self.stderr_path, env=env)
         if wait:
             self.wait_ready()
         return self
 
+    LISTENING = re.compile(r"\] main: listening on (\S+):(\d+) ")
+    ADMIN = re.compile(r"\] main: admin API on http://(\S+):(\d+)")
+
     def wait_ready(self):
+        """Waits for the start-up log lines that give the bound ports (listeners, in config
+        order, then the admin API when configured) and records them."""
+        want_admin = bool((self.cfg.get("admin") or {}).get("address"))
+        n = len(self.cfg["listen"])
+
         def ready():
+            text = self.stderr()
+            ports = [int(m.group(2)) for m in self.LISTENING.finditer(text)]
+            admin = self.ADMIN.search(text)
+            if len(ports) >= n and (admin or not want_admin):
+                return ports[:n], int(admin.group(2)) if admin else None
             if self.proc.poll() is not None:
                 raise AssertionError("luaproxy exited with %s during start-up:\n%s" %
-                                     (self.proc.returncode, self.stderr()[-4000:]))
-            return port_accepts(self.port, 0.5)
+                                     (self.proc.returncode, text[-4000:]))
+            return None
 
-        wait_for(ready, T(10), interval=0.05, what="luaproxy listening on %d" % self.port)
+        ports, admin = wait_for(ready, T(10), interval=0.02,
+                                what="luaproxy's `listening on` lines (logged at level notice: "
+                                     "a config with log.level warn or error hides them)")
+        self.ports = ports
+        self.port = ports[0]
+        self.admin_port = admin
+
+    def bound_config(self):
+        """self.cfg with the bound ports in place of port 0 (to restart on the same ports, or
+        for `luaproxy -s`, which finds the admin API by the config's address)."""
+        import copy
+        cfg = copy.deepcopy(self.cfg)
+        for entry, port in zip(cfg["listen"], self.ports):
+            entry["address"] = "127.0.0.1:%d" % port
+        if self.admin_port:
+            cfg["admin"]["address"] = "127.0.0.1:%d" % self.admin_port
+        return cfg
+
+    def pin_ports(self):
+        """Rewrites self.cfg (and the file) with the bound ports. The running proxy treats a
+        reload naming a bound port as the same listener (nothing is rebound)."""
+        self.cfg = self.bound_config()
+        self.write_config()
+
+    def log_count(self, needle):
+        return self.stderr().count(needle)
+
+    def wait_log(self, needle, count=1, timeout=None):
+        """Waits until `needle` is in the error log `count` times; returns the log."""
+        def seen():
+            text = self.stderr()
+            if text.count(needle) >= count:
+                return text
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError("luaproxy exited (%s) while waiting for %r:\n%s" %
+                                     (self.proc.returncode, needle, text[-4000:]))
+            return None
+        return wait_for(seen, timeout or T(10), interval=0.02, what="%r in the log" % needle)
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

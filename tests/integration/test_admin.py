@@ -228,7 +228,7 @@ class AdminAddressReloadTest(AdminCase):
 
     def test_move_then_remove(self):
         old = self.proxy.admin_port
-        new = H.free_port()
+        new = H.reserved_port()
         self.rewrite(admin={"address": "127.0.0.1:%d" % new}, routes=routes_v("v2"))
         j = self.reload()  # answered on the old port
         self.assertIs(j["ok"], True)

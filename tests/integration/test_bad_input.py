@@ -165,8 +165,13 @@ class BadInputTest(H.ProxyTestCase):
             c.close()
 
     def origin_saw(self, marker):
-        """Give forwarded bytes, if any, a moment to arrive, then look for marker."""
-        time.sleep(0.2)
+        """Whether marker reached the origin. Instead of a sleep, a fence: a good request
+        sent after the exchange ended, awaited at the origin (one worker, which handled
+        the bad request first, so anything it forwarded was written before the fence)."""
+        fence = "fence%d" % time.monotonic_ns()
+        self.assertEqual(H.get(self.proxy.port, "/" + fence).status, 200)
+        H.wait_for(lambda: fence.encode() in self.raw.received, H.T(5),
+                   what="the fence request at the origin")
         return marker.encode() in self.raw.received
 
     def complete_request_with(self, marker):

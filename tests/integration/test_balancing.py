@@ -345,7 +345,7 @@ class BalanceConfigTest(H.ProxyTestCase):
         cls.dir = H.Workdir.new("balance-config")
 
     def check(self, **upstream_keys):
-        cfg = H.make_config(H.free_port(), {"app": H.upstream("127.0.0.1:9", **upstream_keys)},
+        cfg = H.make_config(0, {"app": H.upstream("127.0.0.1:9", **upstream_keys)},
                             [{"match": {"prefix": "/"}, "upstream": "app"}])
         path = os.path.join(self.dir, "%d.lua" % time.monotonic_ns())
         with open(path, "w") as f:

@@ -125,18 +125,18 @@ class ConfigTest(H.ProxyTestCase):
         return path, rc, err
 
     def test_good_config(self):
-        path, rc, err = self.check(base_config(H.free_port(), self.dir))
+        path, rc, err = self.check(base_config(0, self.dir))
         self.assertEqual(rc, 0, err)
 
     def test_minimal_config(self):
-        cfg = {"listen": [{"address": "127.0.0.1:%d" % H.free_port()}],
+        cfg = {"listen": [{"address": "127.0.0.1:%d" % 0}],
                "upstreams": {"u": {"targets": ["127.0.0.1:9"]}},
                "routes": [{"match": {"prefix": "/"}, "upstream": "u"}]}
         path, rc, err = self.check(cfg)
         self.assertEqual(rc, 0, err)
 
     def test_float_timeouts_and_unlimited_body(self):
-        cfg = base_config(H.free_port(), self.dir)
+        cfg = base_config(0, self.dir)
         cfg["timeouts"] = {"connect": 0.25, "read": 1.5, "drain": 0.5}
         cfg["limits"]["max_body_size"] = 0
         path, rc, err = self.check(cfg)
@@ -145,7 +145,7 @@ class ConfigTest(H.ProxyTestCase):
     def test_wildcard_host_and_access_log_variants(self):
         for access in ("-", False):
             with self.subTest(access=access):
-                cfg = base_config(H.free_port(), self.dir)
+                cfg = base_config(0, self.dir)
                 cfg["routes"][0]["match"]["host"] = "*.example.com"
                 cfg["log"]["access"] = access
                 path, rc, err = self.check(cfg)
@@ -159,14 +159,14 @@ class ConfigTest(H.ProxyTestCase):
                 "  routes[#routes + 1] = { match = { prefix = p }, upstream = 'app' }\n"
                 "end\n"
                 "return { workers = 1, listen = { { address = '127.0.0.1:' .. port } },\n"
-                "         upstreams = { app = up }, routes = routes }\n") % H.free_port()
+                "         upstreams = { app = up }, routes = routes }\n") % 0
         path, rc, err = self.check(text)
         self.assertEqual(rc, 0, err)
 
     def test_bad_configs(self):
         for name, path_, value, needles in BAD:
             with self.subTest(name):
-                cfg = setp(copy.deepcopy(base_config(H.free_port(), self.dir)), path_, value)
+                cfg = setp(copy.deepcopy(base_config(0, self.dir)), path_, value)
                 path, rc, err = self.check(cfg)
                 self.assertNotEqual(rc, 0, "accepted: %s" % name)
                 self.assertIn(path, err, "file name missing from: %r" % err)
@@ -203,7 +203,7 @@ class ConfigTest(H.ProxyTestCase):
         self.assertIn("does-not-exist.lua", err)
 
     def test_bad_config_does_not_serve(self):
-        port = H.free_port()
+        port = H.dead_port()
         cfg = base_config(port, self.dir)
         cfg["bogus"] = True
         path = self.write(H.config_text(cfg))
@@ -213,7 +213,7 @@ class ConfigTest(H.ProxyTestCase):
         self.assertFalse(H.port_accepts(port))
 
     def test_check_mode_does_not_serve(self):
-        port = H.free_port()
+        port = H.dead_port()
         path, rc, err = self.check(base_config(port, self.dir))
         self.assertEqual(rc, 0, err)
         self.assertFalse(H.port_accepts(port))
@@ -230,13 +230,16 @@ class ConfigTest(H.ProxyTestCase):
     def test_workers_flag_overrides(self):
         counts = {}
         for w in (1, 4):
-            p = H.Proxy(base_config(H.free_port(), self.dir), args=["-w", str(w)],
+            p = H.Proxy(base_config(0, self.dir), args=["-w", str(w)],
                         name="workers%d" % w)
             self.addCleanup(p.stop)
             p.start()
-            time.sleep(0.3)
-            with open("/proc/%d/status" % p.pid) as f:
-                counts[w] = int([l for l in f if l.startswith("Threads:")][0].split()[1])
+
+            def threads():
+                with open("/proc/%d/status" % p.pid) as f:
+                    return int([l for l in f if l.startswith("Threads:")][0].split()[1])
+            H.wait_for(lambda: threads() >= w + 1, H.T(10), what="%d worker threads" % w)
+            counts[w] = threads()
             p.stop()
         self.assertGreaterEqual(counts[4] - counts[1], 3, counts)
 

@@ -342,7 +342,7 @@ class ChecksTest(HealthCase):
         cls.p500 = Switch("p500", status=500)
         cls.p500o = cls.start_raw_origin(cls.p500)
         cls.d500 = cls.start_raw_origin(Switch("d500", status=500))
-        cls.dead = "127.0.0.1:%d" % H.free_port()
+        cls.dead = "127.0.0.1:%d" % H.dead_port()
         ups = {
             # the Switch answers its health checks 500, ordinary requests 200
             "chk": H.upstream(cls.a.address(), cls.swo.address(),
@@ -669,7 +669,7 @@ class HealthConfigTest(H.ProxyTestCase):
         cls.dir = H.Workdir.new("health-config")
 
     def check(self, health):
-        cfg = H.make_config(H.free_port(), {"app": H.upstream("127.0.0.1:9", health=health)},
+        cfg = H.make_config(0, {"app": H.upstream("127.0.0.1:9", health=health)},
                             [{"match": {"prefix": "/"}, "upstream": "app"}])
         path = os.path.join(self.dir, "%d.lua" % time.monotonic_ns())
         with open(path, "w") as f:

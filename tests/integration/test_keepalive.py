@@ -196,7 +196,7 @@ class IdleTimeoutTest(H.ProxyTestCase):
         cls.a = cls.start_origin("a")
         cls.proxy = cls.start_proxy({"a": H.upstream(cls.a.address())},
                                     [{"match": {"prefix": "/"}, "upstream": "a"}],
-                                    workers=1, timeouts={"keepalive": 1})
+                                    workers=1, timeouts={"keepalive": 1, "client_header": 2})
 
     def test_idle_keepalive_connection_closed(self):
         with H.Client(self.proxy.port) as c:
@@ -207,6 +207,7 @@ class IdleTimeoutTest(H.ProxyTestCase):
             self.assertEqual(extra, b"")
 
     def test_idle_connection_before_first_request_closed(self):
+        # Closed by timeouts.client_header (2 s here, 10 by default).
         with H.Client(self.proxy.port) as c:
             closed, extra = c.wait_closed(H.T(30))
             self.assertTrue(closed, "connection that never sent a byte was never closed")

@@ -115,7 +115,7 @@ class LifetimeTest(L.LuaTestCase):
     @classmethod
     def setUpClass(cls):
         cls.origin = cls.start_origin("o")
-        dead = H.free_port()  # nothing listens there: the retry test's first target
+        dead = H.dead_port()  # nothing listens there: the retry test's first target
         ups = {
             "o": H.upstream(cls.origin.address()),
             # round robin from the dead target: every first try fails to connect

@@ -86,7 +86,7 @@ class LuaApiTest(L.LuaTestCase):
     @classmethod
     def setUpClass(cls):
         cls.origin = cls.start_origin("o")
-        dead = H.free_port()
+        dead = H.dead_port()
         cls.access = os.path.join(H.Workdir.new("access"), "access.log")
         ups = {"o": H.upstream(cls.origin.address()),
                "dead": H.upstream("127.0.0.1:%d" % dead, retries=0)}

@@ -28,7 +28,7 @@ def fnv1a(s):
 class ExampleProxy(H.Proxy):
     """A luaproxy serving a copy of scripts/NAME.lua with the ports rewritten."""
 
-    def __init__(self, name, ports, proxy_port):
+    def __init__(self, name, ports, listeners=1):
         H.require_proxy()
         self.example = name
         self.dir = H.Workdir.new("example-" + name)
@@ -36,16 +36,18 @@ class ExampleProxy(H.Proxy):
         self.stdout_path = os.path.join(self.dir, "stdout")
         self.stderr_path = os.path.join(self.dir, "stderr")
         self.proc = None
-        self.port = proxy_port
         self.returncode = None
         self.args = []
         self.env = None
-        self.cfg = {"log": {"access": "-"}}
+        # The example's listeners move to port 0; wait_ready() reads the bound ports.
+        self.cfg = {"log": {"access": "-"},
+                    "listen": [{"address": "127.0.0.1:0"} for _ in range(listeners)]}
+        self._ports_from_config()
         with open(os.path.join(L.SCRIPTS, name + ".lua")) as f:
             text = f.read()
         for demo, port in ports.items():
             text = text.replace("127.0.0.1:%d" % demo, "127.0.0.1:%d" % port)
-        text = text.replace("127.0.0.1:8080", "127.0.0.1:%d" % proxy_port)
+        text = text.replace("127.0.0.1:8080", "127.0.0.1:0")
         self.text = text
 
     def write_config(self):
@@ -62,7 +64,7 @@ class ExampleTestCase(L.LuaTestCase):
         cls.api1 = cls.start_origin("api-1")
         cls.api2 = cls.start_origin("api-2")
         ports = {9001: cls.web.port, 9002: cls.api1.port, 9003: cls.api2.port}
-        p = ExampleProxy(cls.EXAMPLE, ports, H.free_port())
+        p = ExampleProxy(cls.EXAMPLE, ports)
         for demo in ports:
             assert ":%d" % demo not in p.text, "a demo port was not rewritten"
         cls.addClassCleanup(p.stop)
@@ -285,9 +287,8 @@ class HttpsExample(ExampleTestCase):
         cls.api1 = cls.start_origin("api-1")
         cls.api2 = cls.start_origin("api-2")
         ports = {9001: cls.web.port, 9002: cls.api1.port, 9003: cls.api2.port}
-        p = ExampleProxy(cls.EXAMPLE, ports, H.free_port())
-        cls.tls_port = H.free_port()
-        p.text = p.text.replace("127.0.0.1:8443", "127.0.0.1:%d" % cls.tls_port)
+        p = ExampleProxy(cls.EXAMPLE, ports, listeners=2)
+        p.text = p.text.replace("127.0.0.1:8443", "127.0.0.1:0")
         os.mkdir(os.path.join(p.dir, "certs"))
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                         "-subj", "/CN=localhost", "-addext",
@@ -296,7 +297,7 @@ class HttpsExample(ExampleTestCase):
                        check=True, capture_output=True, timeout=H.T(60))
         cls.addClassCleanup(p.stop)
         cls.proxy = p.start()
-        H.wait_for(lambda: H.port_accepts(cls.tls_port, 0.5), H.T(10), what="TLS listener")
+        cls.tls_port = p.ports[1]
 
     def test_plain_http_redirects_to_https(self):
         r = self.get("/x?y=1")

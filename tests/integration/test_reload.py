@@ -40,6 +40,8 @@ class TriggerTest(RT.ReloadTestCase):
         cls.a = cls.start_origin("a")
         cls.ups = {"a": H.upstream(cls.a.address())}
         cls.proxy = cls.start_reload_proxy(cls.ups, routes_v("v1"), workers=2)
+        # `luaproxy -s` finds the admin API by the config's address: name the bound ports.
+        cls.proxy.pin_ports()
         cls.n = 1
 
     def next_version(self, proxy=None):
@@ -170,12 +172,50 @@ class PidFileTest(RT.ReloadTestCase):
         self.assertIn("no running instance", err)
 
 
+class StopThroughAdminTest(RT.ReloadTestCase):
+    """`luaproxy -s stop` with admin.address and no pid_file stops through the admin API
+    (POST /stop, a graceful stop as SIGTERM); with the admin on port 0 and no pid_file, it
+    says exactly what is missing."""
+
+    def proxy(self, name):
+        a = self.start_origin("a")
+        return self.start_reload_proxy({"a": H.upstream(a.address())}, routes_v("v1"),
+                                       pid_file=False, name=name)
+
+    def test_cli_stop_through_admin_api(self):
+        p = self.proxy("StopAdmin")
+        p.pin_ports()  # the CLI finds the admin API by the config's address
+        rc, out, err = self.cli("-s", "stop", proxy=p)
+        self.assertEqual(rc, 0, (out, err))
+        self.assertEqual(json.loads(out), {"ok": True, "stopping": True})
+        self.assertEqual(p.wait_exit(H.T(20)), 0, p.stderr()[-2000:])
+        log = p.stderr()
+        self.assertIn("POST /stop: draining", log)
+        self.assertIn("main: stopped", log)
+        p.check_sanitizers()
+
+    def test_get_stop_is_405(self):
+        p = self.proxy("StopGet")
+        j = self.admin_json("GET", "/stop", 405, proxy=p)
+        self.assertIs(j["ok"], False)
+        self.assertAlive(p)
+
+    def test_cli_stop_admin_on_port_0_without_pid_file(self):
+        p = self.proxy("StopPort0")
+        for verb in ("stop", "reload"):
+            rc, out, err = self.cli("-s", verb, proxy=p)
+            self.assertEqual(rc, 1, (out, err))
+            self.assertIn("admin.address 127.0.0.1:0 has port 0", err)
+            self.assertIn("pid_file", err)
+        self.assertAlive(p)
+
+
 class NoWayToReachTest(RT.ReloadTestCase):
     def test_cli_without_admin_or_pid_file(self):
         d = H.Workdir.new("noway")
         path = os.path.join(d, "c.lua")
         with open(path, "w") as f:
-            f.write(H.config_text(H.make_config(H.free_port(), {"a": H.upstream(1)},
+            f.write(H.config_text(H.make_config(0, {"a": H.upstream(1)},
                                                 [RT.route("/", upstream="a")])))
 
         p = subprocess.run([H.LUAPROXY, "-s", "reload", "-c", path], capture_output=True,
@@ -186,10 +226,10 @@ class NoWayToReachTest(RT.ReloadTestCase):
     def test_cli_admin_not_running(self):
         d = H.Workdir.new("noadmin")
         path = os.path.join(d, "c.lua")
-        port = H.free_port()
+        port = H.dead_port()
         with open(path, "w") as f:
             f.write(H.config_text(H.make_config(
-                H.free_port(), {"a": H.upstream(1)}, [RT.route("/", upstream="a")],
+                0, {"a": H.upstream(1)}, [RT.route("/", upstream="a")],
                 admin={"address": "127.0.0.1:%d" % port})))
 
         p = subprocess.run([H.LUAPROXY, "-s", "reload", "-c", path], capture_output=True,
@@ -362,7 +402,7 @@ class InFlightTest(RT.ReloadTestCase):
         c = H.Client(self.proxy.port)
         self.addCleanup(c.close)
         c.send(H.build_request("GET", "/sleepy"))
-        time.sleep(0.2)
+        time.sleep(0.2)  # the request begins on the old generation (it sleeps 0.8 s)
         new = self.bump()
         r = c.read_response()
         self.assertEqual((r.status, r.body.decode()), (200, old))
@@ -441,15 +481,17 @@ class ListenerTest(RT.ReloadTestCase):
                                            routes_v("v1"), workers=2)
         cls.main = dict(cls.proxy.cfg["listen"][0])
 
-    def set_listen(self, *ports, version="v1"):
-        self.rewrite(listen=[self.main] + [{"address": "127.0.0.1:%d" % p} for p in ports],
+    def set_listen(self, extra=False, version="v1"):
+        """The main listener, plus one more on port 0 if `extra`; returns the ports bound."""
+        self.rewrite(listen=[self.main] + ([{"address": "127.0.0.1:0"}] if extra else []),
                      routes=routes_v(version))
         self.reload()
+        ports = [int(a.rsplit(":", 1)[1]) for a in self.status()["listen"]]
+        self.assertEqual(ports[0], self.proxy.port)
+        return ports[1] if extra else None
 
     def test_add_then_remove(self):
-        extra = H.free_port()
-        self.assertTrue(H.connect_refused(extra))
-        self.set_listen(extra, version="v2")
+        extra = self.set_listen(extra=True, version="v2")
         # accepting as soon as the reload answered, on every worker
         self.assertEqual(self.version(port=extra), "v2")
         self.assertEqual(H.listening_count(extra), 2)
@@ -462,8 +504,7 @@ class ListenerTest(RT.ReloadTestCase):
         self.assertEqual(H.listening_count(self.proxy.port), 2)
 
     def test_removed_listener_finishes_in_flight(self):
-        extra = H.free_port()
-        self.set_listen(extra)
+        extra = self.set_listen(extra=True)
         c = H.Client(extra, timeout=H.T(10))
         self.addCleanup(c.close)
         r = c.request("GET", "/")  # keep-alive connection on the extra listener
@@ -485,6 +526,122 @@ class ListenerTest(RT.ReloadTestCase):
         self.set_listen(version="v7")
         r = c.request("GET", "/h")
         self.assertEqual((r.status, r.body), (200, b"v7"))
+
+
+# =============================================================================== all or nothing
+
+class AllOrNothingTest(RT.ReloadTestCase):
+    """A reload that one worker cannot take is refused for every worker: all stay on the
+    generation they had (never a mix), the refused generation leaves nothing behind (fds;
+    leaks under ASan), and the next good reload reaches every worker."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.a = cls.start_origin("a")
+        cls.proxy = cls.start_reload_proxy({"a": H.upstream(cls.a.address())}, routes_v("v1"),
+                                           workers=3)
+
+    def versions(self, n=36):
+        """Versions answered on n fresh connections (the kernel spreads them over workers)."""
+        return {self.version() for _ in range(n)}
+
+    def two_spare_fds(self, pid):
+        """An RLIMIT_NOFILE that leaves exactly two descriptor numbers free, once the
+        descriptors are settled (connections the proxy is closing would free more)."""
+        def settled():
+            a = sorted(os.listdir("/proc/%d/fd" % pid))
+            time.sleep(0.1)
+            b = sorted(os.listdir("/proc/%d/fd" % pid))
+            return b if a == b else None
+        used = {int(fd) for fd in H.wait_for(settled, H.T(5), what="settled descriptors")}
+        free = [n for n in range(max(used) + 4) if n not in used]
+        return free[2]  # only free[0] and free[1] are below it
+
+    def test_one_worker_failing_leaves_all_on_the_old_generation(self):
+        import resource
+        pid = self.proxy.pid
+        self.assertEqual(self.versions(), {"v1"})
+        gen = self.status()["generation"]
+        fds0 = H.fd_count(pid)
+        # Every worker has its own descriptor for the access log, opened right after the
+        # config is read (which needs two for a moment). With two descriptors to spare, the
+        # first two workers' opens take them and the third one's fails (EMFILE): the others'
+        # parts are ready when it fails.
+        log = dict(self.proxy.cfg["log"], access=os.path.join(self.proxy.dir, "other.log"))
+        self.rewrite(routes=routes_v("v2"), log=log)
+        failed = self.proxy.log_count("reload failed")
+        live = self.proxy.log_count("live in")
+        limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (self.two_spare_fds(pid), limits[1]))
+        try:
+            self.proxy.signal(signal.SIGHUP)
+            H.wait_for(lambda: self.proxy.log_count("reload failed") > failed or
+                       self.proxy.log_count("live in") > live, H.T(10), what="the reload")
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+        err = self.proxy.stderr()
+        self.assertEqual(self.proxy.log_count("live in"), live,
+                         "the reload went through:\n" + err[-3000:])
+        refused = [l for l in err.splitlines() if "reload failed" in l][-1]
+        self.assertIn("access log %s: Too many open files" % log["access"], refused)
+        self.assertEqual(self.versions(), {"v1"}, "some worker switched")
+        self.assertEqual(self.status()["generation"], gen)
+        # (client connections just closed may take a moment to go)
+        H.wait_for(lambda: H.fd_count(pid) <= fds0, H.T(5),
+                   what="the descriptors back to %d (the refused generation left some)" % fds0)
+        # With descriptors again, the same config goes to every worker.
+        self.reload()
+        self.assertEqual(self.versions(), {"v2"})
+        self.assertEqual(self.status()["generation"], gen + 1)
+
+
+# =============================================================================== shutdown
+
+class ShutdownAfterReloadTest(RT.ReloadTestCase):
+    """SIGTERM or SIGINT after a reload, whatever asked for it (SIGHUP, POST /reload, the
+    file watch), under --watch: the proxy drains and exits 0 with `stopped` (issue #11: it
+    aborted in uv__finish_close, the watch freed while its handles were still closing)."""
+
+    def run_case(self, trigger, sig):
+        a = self.start_origin("a")
+        p = self.start_reload_proxy({"a": H.upstream(a.address())}, routes_v("v1"),
+                                    args=("--watch",), name="stop-%s-%d" % (trigger, sig))
+        p.wait_log("watch: reloading on changes")
+        self.assertEqual(self.version(proxy=p), "v1")
+        self.rewrite(p, routes=routes_v("v2"))  # the watch sees this write
+        if trigger == "sighup":
+            p.signal(signal.SIGHUP)
+        elif trigger == "post":
+            self.reload(proxy=p)
+        p.wait_log("reload: generation 2 live in")
+        self.assertEqual(self.version(proxy=p), "v2")
+        # The watch reloads for the write too (after its 200 ms debounce): wait for that, so
+        # that the stop comes after every reload, as in the issue.
+        p.wait_log("live in", count=1 if trigger == "watch" else 2)
+        p.signal(sig)
+        rc = p.wait_exit(H.T(20))
+        err = p.stderr()
+        self.assertEqual(rc, 0, err[-3000:])
+        self.assertIn("main: stopped", err)
+        p.check_sanitizers()
+
+    def test_sighup_then_sigterm(self):
+        self.run_case("sighup", signal.SIGTERM)
+
+    def test_post_reload_then_sigterm(self):
+        self.run_case("post", signal.SIGTERM)
+
+    def test_watch_then_sigterm(self):
+        self.run_case("watch", signal.SIGTERM)
+
+    def test_sighup_then_sigint(self):
+        self.run_case("sighup", signal.SIGINT)
+
+    def test_post_reload_then_sigint(self):
+        self.run_case("post", signal.SIGINT)
+
+    def test_watch_then_sigint(self):
+        self.run_case("watch", signal.SIGINT)
 
 
 # =============================================================================== upstreams

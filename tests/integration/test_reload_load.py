@@ -34,14 +34,16 @@ class ReloadUnderLoadTest(RT.ReloadTestCase):
         versions = ["v%d" % i for i in range(self.RELOADS + 1)]
         load = RT.Load(self.proxy.port, connections=6, versions=versions).start()
         try:
-            time.sleep(0.3)
+            H.wait_for(lambda: load.total >= 20, H.T(10), what="the load running")
             gen0 = self.status()["generation"]
             for i in range(1, self.RELOADS + 1):
                 self.rewrite(routes=routes_v("v%d" % i))
                 j = self.reload()
                 self.assertEqual(j["generation"], gen0 + i)
                 time.sleep(0.02)
-            time.sleep(0.3)
+            last = "v%d" % self.RELOADS
+            H.wait_for(lambda: load.seen_versions.get(last, 0) >= 20, H.T(10),
+                       what="the load on the last generation")
         finally:
             load.stop()
         self.assertAlive()

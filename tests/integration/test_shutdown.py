@@ -57,9 +57,9 @@ class ShutdownTest(H.ProxyTestCase):
         with H.Client(p.port, timeout=H.T(20)) as c:
             head = H.build_request("POST", "/echo", [("Content-Length", str(len(body)))])
             c.send(head + body[:1000])
-            time.sleep(0.3)
+            time.sleep(0.3)  # the head reaches the proxy, which connects upstream
             p.signal(signal.SIGTERM)
-            time.sleep(0.3)
+            p.wait_log("draining")
             c.send(body[1000:])
             r = c.read_response("POST")
             self.assertEqual(r.status, 200)

@@ -99,8 +99,7 @@ CERTS = None
 
 def setUpModule():
     global CERTS
-    if not OPENSSL:
-        raise unittest.SkipTest("openssl CLI not found")
+    H.require_tool("openssl")
     c = Certs(os.path.join(H.Workdir.new("tls-certs"), "certs"))
     c.issue("default", "default-cert", ["default.test"])
     c.issue("exact", "exact-cert", ["a.test", "b.test"])
@@ -377,12 +376,10 @@ class TLSTest(H.ProxyTestCase):
             {"cert": C.cert("cnonly"), "key": C.key("cnonly")},
         ]
         simple = {"cert": C.cert("exact"), "key": C.key("exact")}
-        ports = {k: H.free_port() for k in ("main", "mtls", "mtlsopt", "v13", "quick", "nores",
-                                            "plain")}
-        cls.ports = ports
+        names = ("main", "mtls", "mtlsopt", "v13", "quick", "nores", "plain")
 
         def tls_listen(name, tls):
-            return {"address": "127.0.0.1:%d" % ports[name], "tls": tls}
+            return {"address": "127.0.0.1:0", "tls": tls}
 
         listen = [
             tls_listen("main", {"certificates": certs}),
@@ -391,13 +388,15 @@ class TLSTest(H.ProxyTestCase):
             tls_listen("v13", dict(simple, min_version="TLSv1.3")),
             tls_listen("quick", dict(simple, handshake_timeout=1)),
             tls_listen("nores", dict(simple, session_tickets=False, session_cache=0)),
-            {"address": "127.0.0.1:%d" % ports["plain"]},
+            {"address": "127.0.0.1:0"},
         ]
         cls.proxy = cls.start_proxy({"a": H.upstream(cls.origin.address())},
                                     [{"match": {"prefix": "/"}, "upstream": "a"}],
                                     workers=2, listen=listen,
                                     limits={"max_body_size": 16 << 20})
-        cls.port = ports["main"]
+        # Listeners in config order, each on the port the proxy picked.
+        cls.ports = dict(zip(names, cls.proxy.ports))
+        cls.port = cls.ports["main"]
 
     def tearDown(self):
         self.assertAlive()
@@ -485,8 +484,7 @@ class TLSTest(H.ProxyTestCase):
         self.assertNotEqual(rc, 0, out)
 
     def test_curl_https(self):
-        if not CURL:
-            self.skipTest("curl not found")
+        self.assertTrue(CURL, "curl not found in PATH (a test dependency: ./dev installs it)")
         for extra in ([], ["--http2"], ["--tlsv1.2", "--tls-max", "1.2"]):
             with self.subTest(extra=extra):
                 p = subprocess.run(
@@ -1052,17 +1050,17 @@ class TLSReloadTest(RT.ReloadTestCase):
     @classmethod
     def setUpClass(cls):
         cls.a = cls.start_origin("a")
-        cls.tls_port = H.free_port()
         files = {}
         for src, dst in (("default", "cur"), ("v2", "new")):
             for ext in (".pem", ".key"):
                 with open(os.path.join(CERTS.dir, src + ext)) as f:
                     files[dst + ext] = f.read()
-        cls.listen = [{"address": "127.0.0.1:%d" % cls.tls_port,
-                       "tls": {"cert": "cur.pem", "key": "cur.key"}}]
+        cls.listen = [{"address": "127.0.0.1:0", "tls": {"cert": "cur.pem", "key": "cur.key"}}]
         cls.proxy = cls.start_reload_proxy({"a": H.upstream(cls.a.address())},
                                            [RT.route("/", upstream="a")], workers=2,
                                            listen=cls.listen, files=files)
+        # Reloads name the bound port: the proxy keeps the listener.
+        cls.tls_port = cls.proxy.port
 
     def tls_listen(self, cert, key):
         return [{"address": "127.0.0.1:%d" % self.tls_port,

@@ -143,12 +143,10 @@ class UpstreamTLSTest(unittest.TestCase):
         cls.proxy = H.Proxy.build(upstreams, routes, name="tls-upstream")
         cls.proxy.cfg["log"]["format"] = \
             "$scheme $ssl_protocol $ssl_server_name $ssl_session_reused $status"
-        front_port = H.free_port()
-        cls.front_port = front_port
-        cls.proxy.cfg["listen"].append({"address": "127.0.0.1:%d" % front_port,
+        cls.proxy.cfg["listen"].append({"address": "127.0.0.1:0",
                                         "tls": {"cert": p("front.pem"), "key": p("front.key")}})
         cls.proxy.start()
-        H.wait_for(lambda: H.port_accepts(front_port, 0.5), H.T(10), what="TLS listener")
+        cls.front_port = cls.proxy.ports[1]
 
     @classmethod
     def tearDownClass(cls):
@@ -194,7 +192,7 @@ class UpstreamTLSTest(unittest.TestCase):
         self.assertEqual(self.get("/urlsystem/").status, 502)
 
     def test_mixed_https_and_plain_targets_is_a_config_error(self):
-        cfg = H.make_config(H.free_port(), {"m": H.upstream("https://127.0.0.1:1", "127.0.0.1:2")},
+        cfg = H.make_config(0, {"m": H.upstream("https://127.0.0.1:1", "127.0.0.1:2")},
                             [{"match": {"prefix": "/"}, "upstream": "m"}])
         path = os.path.join(self.dir, "mixed.lua")
         with open(path, "w") as f:
@@ -349,13 +347,13 @@ class WatchCertTest(unittest.TestCase):
             with open(os.path.join(d, "one." + ext), "rb") as src, \
                     open(os.path.join(certs, "site." + ext), "wb") as dst:
                 dst.write(src.read())
-        port = H.free_port()
-        cfg = H.make_config(port, {}, [{"match": {"prefix": "/"}, "handler": H.LuaRaw(
+        cfg = H.make_config(0, {}, [{"match": {"prefix": "/"}, "handler": H.LuaRaw(
             'function(req) req:respond(200, "ok") end')}], watch=True)
         cfg["listen"][0]["tls"] = {"cert": os.path.join(certs, "site.pem"),
                                    "key": os.path.join(certs, "site.key")}
         proxy = H.Proxy(cfg, name="tls-watch")
         proxy.start()
+        port = proxy.port
         try:
             def served():
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -393,8 +391,7 @@ class TicketKeyFileTest(unittest.TestCase):
         openssl("rand", "-out", "short.key", "48", cwd=d)
 
         def proxy(keys, name):
-            port = H.free_port()
-            cfg = H.make_config(port, {}, [{"match": {"prefix": "/"}, "handler": H.LuaRaw(
+            cfg = H.make_config(0, {}, [{"match": {"prefix": "/"}, "handler": H.LuaRaw(
                 'function(req) req:respond(200, "ok") end')}])
             tls = {"cert": os.path.join(d, "c.pem"), "key": os.path.join(d, "c.key")}
             if keys:

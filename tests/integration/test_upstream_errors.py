@@ -25,7 +25,7 @@ class UpstreamErrorsTest(H.ProxyTestCase):
         cls.a = cls.start_origin("a")
         cls.b = cls.start_origin("b")
         cls.race = cls.start_raw_origin(race_handler)
-        cls.dead_port = H.free_port()
+        cls.dead_port = H.dead_port()
         dead = "127.0.0.1:%d" % cls.dead_port
         ups = {
             "a": H.upstream(cls.a.address()),

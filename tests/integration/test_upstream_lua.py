@@ -78,7 +78,7 @@ class UpstreamLuaTest(RT.ReloadTestCase):
         cls.a = cls.start_origin("a")
         cls.b = cls.start_origin("b")
         cls.c = cls.start_origin("c")
-        cls.dead = H.free_port()
+        cls.dead = H.dead_port()
         cls.dead_addr = "127.0.0.1:%d" % cls.dead
         a, b, c = cls.a.address(), cls.b.address(), cls.c.address()
         cls.ups = {

@@ -1,7 +1,7 @@
 """Shared helpers for the hot reload and admin API tests (tests/integration/test_reload*.py,
 test_admin*.py).
 
-Builds on harness.py: a proxy with the admin API on a free port (and a pid file), the
+Builds on harness.py: a proxy with the admin API on port 0 (and a pid file), the
 fixture plugin directory (tests/integration/reload/plugins) on `lua.plugin_paths`, config
 rewrites, admin requests, `luaproxy -s` runs, a keep-alive load generator that counts every
 failed or truncated request, and a reader for TCP connection states."""
@@ -65,13 +65,11 @@ class ReloadTestCase(H.ProxyTestCase):
         lua = kw.pop("lua", {})
         lua.setdefault("plugin_paths", [FIXTURE_PLUGINS])
         kw["lua"] = lua
-        admin_port = H.free_port() if admin else None
         if admin:
-            kw["admin"] = {"address": "127.0.0.1:%d" % admin_port}
+            kw["admin"] = {"address": "127.0.0.1:0"}
         p = H.Proxy.build(upstreams, routes, name=name or cls.__name__, args=args, **kw)
         if pid_file:
             p.cfg["pid_file"] = os.path.join(p.dir, "luaproxy.pid")
-        p.admin_port = admin_port
         write_files(p.dir, files)
         cls.addClassCleanup(p.stop)
         return p.start(wait=wait)
