@@ -255,8 +255,8 @@ static void handle_status(admin_conn_t *c)
         json_array_append_new(listen, jstr(lp_gen_current->bound[i].text));
     respond(c, 200,
             json_pack("{s:b,s:s,s:i,s:s,s:I,s:o,s:s,s:i,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "ok", 1,
-                      "version", LP_VERSION, "pid", (int)getpid(), "started_at", started,
-                      "uptime", (json_int_t)(uptime > 0 ? uptime + 0.5 : 0), "generation",
+                      "version", LP_VERSION, "pid", (int)getpid(), "started_at", started, "uptime",
+                      (json_int_t)(uptime > 0 ? uptime + 0.5 : 0), "generation",
                       jint(lp_gen_current->id), "loaded_at", loaded, "workers", (int)s->nworkers,
                       "connections", jint(conns), "requests", jint(reqs), "reloads",
                       jint(s->reloads), "reloads_failed", jint(s->reloads_failed), "config",
