@@ -24,6 +24,10 @@ struct lp_lua_s {
     /* Shared with the watchdog thread: the wall-clock deadline of the Lua code running now
      * (0: none). Written by this worker, read by the watchdog (atomics). */
     uint64_t deadline_ns;
+    /* Shared with the watchdog thread, which sets it to 1 when deadline_ns passed; cleared
+     * by this worker when a phase starts and ends. Lua reads it through the FFI (the
+     * runaway guard, lua/luaproxy/guard.lua); nothing else about the VM crosses threads. */
+    int stop;
     int registered;
     lp_upstream_rt_t *ups; /* the generation's upstreams in this worker (not owned), nups */
     size_t nups;
@@ -63,6 +67,45 @@ void lp_lua_error_message(const char *msg, const char *path, char *out, size_t o
     snprintf(out, outlen, "%s", msg);
 }
 
+/* ---- the runaway guard's side in the worker (lua/luaproxy/guard.lua) ---- */
+
+/* The flag Lua reads, per VM; outside a worker's VM (the main thread's config check) one
+ * that is never set. */
+int *lp_ffi_guard_flag(void)
+{
+    static int never_set;
+    return current_vm ? &current_vm->stop : &never_set;
+}
+
+/* The flag was seen set: the timeout in seconds when the running phase's deadline really
+ * passed, else 0 after clearing it (the watchdog set it for a phase that ended since it
+ * looked, and a new one began). */
+double lp_ffi_guard_expired(void)
+{
+    lp_lua_t *vm = current_vm;
+    if (!vm)
+        return 0;
+    uint64_t d = __atomic_load_n(&vm->deadline_ns, __ATOMIC_ACQUIRE);
+    if (d && uv_hrtime() >= d)
+        return (double)vm->timeout_ns / 1e9;
+    __atomic_store_n(&vm->stop, 0, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* Around every run of Lua for a phase: the deadline the watchdog compares with. */
+static void guard_begin(lp_lua_t *vm)
+{
+    __atomic_store_n(&vm->stop, 0, __ATOMIC_RELAXED);
+    if (vm->timeout_ns)
+        __atomic_store_n(&vm->deadline_ns, uv_hrtime() + vm->timeout_ns, __ATOMIC_RELEASE);
+}
+
+static void guard_end(lp_lua_t *vm)
+{
+    __atomic_store_n(&vm->deadline_ns, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&vm->stop, 0, __ATOMIC_RELAXED);
+}
+
 /* ---- paths ---- */
 
 static const char *engine_root(void)
@@ -100,7 +143,7 @@ void lp_lua_set_paths(lua_State *L, const char *config_path)
 }
 
 /* The plugin and script search paths given to runtime.load. */
-static void push_load_opts(lua_State *L, const char *config_path, int jit_off)
+static void push_load_opts(lua_State *L, const char *config_path)
 {
     const char *root = engine_root();
     char dir[4096], buf[16384];
@@ -141,16 +184,11 @@ static void push_load_opts(lua_State *L, const char *config_path, int jit_off)
     snprintf(buf, sizeof(buf), "%s/?.lua;%s/?/init.lua;%s/scripts/?.lua", dir, dir, root);
     lua_pushstring(L, buf);
     lua_setfield(L, -2, "script_path");
-    lua_pushboolean(L, jit_off);
-    lua_setfield(L, -2, "jit_off");
-    snprintf(buf, sizeof(buf), "%s/plugins/", root);
-    lua_pushstring(L, buf);
-    lua_setfield(L, -2, "bundled_dir");
 }
 
 /* runtime.load(cfg, opts) with the config table at `cfg_idx`; leaves the state (or nothing)
  * on the stack. */
-static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, int jit_off, char *err,
+static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, char *err,
                         size_t errlen)
 {
     lua_getglobal(L, "require");
@@ -164,7 +202,7 @@ static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, int 
     lua_getfield(L, -1, "load");
     lua_remove(L, -2);
     lua_pushvalue(L, cfg_idx);
-    push_load_opts(L, config_path, jit_off);
+    push_load_opts(L, config_path);
     if (lua_pcall(L, 2, 2, 0)) {
         snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
         lua_pop(L, 1);
@@ -182,7 +220,7 @@ static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, int 
 int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t errlen)
 {
     int cfg = lua_gettop(L);
-    int rc = runtime_load(L, cfg, config_path, 0, err, errlen);
+    int rc = runtime_load(L, cfg, config_path, err, errlen);
     if (!rc)
         lua_pop(L, 1);
     return rc;
@@ -197,22 +235,6 @@ static lp_lua_t *wd_vms[256];
 static int wd_n, wd_running;
 static pthread_t wd_thread;
 
-static uint64_t now_ns(void)
-{
-    return uv_hrtime();
-}
-
-static void on_timeout_hook(lua_State *L, lua_Debug *ar)
-{
-    LP_UNUSED(ar);
-    lp_lua_t *vm = current_vm;
-    uint64_t d = vm ? __atomic_load_n(&vm->deadline_ns, __ATOMIC_ACQUIRE) : 0;
-    lua_sethook(L, NULL, 0, 0);
-    if (!d || now_ns() < d)
-        return; /* the phase ended (or a new one began) since the watchdog looked */
-    luaL_error(L, "phase timed out (lua.phase_timeout %.3fs)", (double)vm->timeout_ns / 1e9);
-}
-
 static void *watchdog_main(void *arg)
 {
     LP_UNUSED(arg);
@@ -222,13 +244,16 @@ static void *watchdog_main(void *arg)
             pthread_mutex_unlock(&wd_lock);
             return NULL;
         }
-        uint64_t now = now_ns();
+        uint64_t now = uv_hrtime();
         for (int i = 0; i < wd_n; i++) {
             lp_lua_t *vm = wd_vms[i];
             uint64_t d = __atomic_load_n(&vm->deadline_ns, __ATOMIC_ACQUIRE);
-            /* lua_sethook may be called from another thread (Lua manual 3.8). */
+            /* Only a flag: the worker's own Lua reads it at its next check and raises the
+             * error there. The VM itself is never touched from this thread (lua_sethook from
+             * another thread breaks LuaJIT's trace recording, and hooks do not run in
+             * compiled code anyway). */
             if (d && now > d)
-                lua_sethook(vm->L, on_timeout_hook, LUA_MASKCOUNT, 100);
+                __atomic_store_n(&vm->stop, 1, __ATOMIC_RELAXED);
         }
         pthread_mutex_unlock(&wd_lock);
         usleep(10000);
@@ -275,6 +300,45 @@ static void wd_register(lp_lua_t *vm, int on)
 
 /* ---- the VM ---- */
 
+/* Installs the runaway guard in a new worker VM (user modules, plugins, handlers and the
+ * load functions go through its rewrite; the engine's own lua/ is left as it is) and
+ * pushes the config file's main function, loaded through the guard too (its route handlers
+ * are user code). */
+static int guard_install(lua_State *L, const char *path, char *err, size_t errlen)
+{
+    char trusted[4200];
+    snprintf(trusted, sizeof(trusted), "%s/lua/", engine_root());
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.guard");
+    if (lua_pcall(L, 1, 1, 0)) {
+        snprintf(err, errlen, "%s: cannot load the Lua runtime: %s", path, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return LP_ECONFIG;
+    }
+    lua_getfield(L, -1, "install");
+    lua_pushstring(L, trusted);
+    if (lua_pcall(L, 1, 0, 0)) {
+        snprintf(err, errlen, "%s: cannot load the Lua runtime: %s", path, lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return LP_ECONFIG;
+    }
+    lua_getfield(L, -1, "loadfile");
+    lua_remove(L, -2);
+    lua_pushstring(L, path);
+    if (lua_pcall(L, 1, 2, 0)) {
+        lp_lua_error_message(lua_tostring(L, -1), path, err, errlen);
+        lua_pop(L, 1);
+        return LP_ECONFIG;
+    }
+    if (lua_isnil(L, -2)) {
+        lp_lua_error_message(lua_tostring(L, -1), path, err, errlen);
+        lua_pop(L, 2);
+        return LP_ECONFIG;
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
 static int route_phases(lua_State *L, int state_idx, const char *field, int key)
 {
     unsigned mask = 0;
@@ -314,9 +378,17 @@ static int run_init_worker(lp_lua_t *vm, int state_idx, char *err, size_t errlen
     t.co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     uv_timer_init(&loop, &t.timer);
     t.timer.data = &t;
+    /* Protected: an error here refuses the load, it must never panic the process. */
     lua_getglobal(t.co, "require");
     lua_pushliteral(t.co, "luaproxy.runtime");
-    lua_call(t.co, 1, 1);
+    if (lua_pcall(t.co, 1, 1, 0)) {
+        snprintf(err, errlen, "init_worker: %s", lua_tostring(t.co, -1));
+        luaL_unref(L, LUA_REGISTRYINDEX, t.co_ref);
+        uv_close((uv_handle_t *)&t.timer, NULL);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        return -1;
+    }
     lua_getfield(t.co, -1, "init_worker_task");
     lua_remove(t.co, -2);
     lua_pushvalue(L, state_idx);
@@ -358,25 +430,14 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     luaL_openlibs(L);
     lp_lua_set_paths(L, cfg->path);
     current_vm = vm; /* the FFI functions used while loading find the VM */
-    if (luaL_loadfile(L, cfg->path)) {
-        lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
+    if (guard_install(L, cfg->path, err, errlen))
         goto fail;
-    }
-    if (vm->timeout_ns) {
-        /* Handlers written in the config run interpreted: see runtime.lua, interpret(). */
-        lua_getglobal(L, "jit");
-        lua_getfield(L, -1, "off");
-        lua_pushvalue(L, -3);
-        lua_pushboolean(L, 1);
-        lua_call(L, 2, 0);
-        lua_pop(L, 1);
-    }
     if (lua_pcall(L, 0, 1, 0)) {
         lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
         goto fail;
     }
     int cfg_idx = lua_gettop(L);
-    if (runtime_load(L, cfg_idx, cfg->path, vm->timeout_ns > 0, err, errlen))
+    if (runtime_load(L, cfg_idx, cfg->path, err, errlen))
         goto fail;
     int state_idx = lua_gettop(L);
     vm->nroutes = cfg->nroutes;
@@ -543,10 +604,9 @@ static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
     lp_lua_t *vm = t->vm;
     vm->running = t;
     current_vm = vm;
-    if (vm->timeout_ns)
-        __atomic_store_n(&vm->deadline_ns, now_ns() + vm->timeout_ns, __ATOMIC_RELEASE);
+    guard_begin(vm);
     int rc = lua_resume(t->co, nargs);
-    __atomic_store_n(&vm->deadline_ns, 0, __ATOMIC_RELEASE);
+    guard_end(vm);
     vm->running = NULL;
     if (rc == 0) {
         int result = (int)lua_tointeger(t->co, -1);
@@ -639,11 +699,10 @@ lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, l
     lua_pushboolean(co, eof);
     vm->running = t;
     current_vm = vm;
-    if (vm->timeout_ns)
-        __atomic_store_n(&vm->deadline_ns, now_ns() + vm->timeout_ns, __ATOMIC_RELEASE);
+    guard_begin(vm);
     /* A plain call: body filters may not yield (yet); a yield raises inside the call. */
     int rc = lua_pcall(co, 3, 1, 0);
-    __atomic_store_n(&vm->deadline_ns, 0, __ATOMIC_RELEASE);
+    guard_end(vm);
     vm->running = NULL;
     if (rc || !lua_isstring(co, -1)) {
         if (rc)
