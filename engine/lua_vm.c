@@ -114,6 +114,11 @@ static const char *engine_root(void)
     return home && *home ? home : LP_SOURCE_DIR;
 }
 
+const char *lp_lua_engine_root(void)
+{
+    return engine_root();
+}
+
 static void config_dir(const char *config_path, char *out, size_t n)
 {
     char tmp[4096];

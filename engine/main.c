@@ -13,6 +13,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "server.h"
+#include "testcmd.h"
 #include "worker.h"
 
 static void usage(FILE *out)
@@ -20,6 +21,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: luaproxy -c FILE [-w N]     serve with the config FILE\n"
                  "       luaproxy -t -c FILE          check FILE and exit\n"
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
+                 "       luaproxy test [-p DIR] [SPEC...]  run plugin specs (busted, LuaJIT)\n"
                  "       luaproxy -v                  print the version\n"
                  "       luaproxy -h                  this help\n"
                  "options:\n"
@@ -80,6 +82,8 @@ int main(int argc, char **argv)
                                              {"version", no_argument, NULL, 'v'},
                                              {NULL, 0, NULL, 0}};
     int watch = 0;
+    if (argc > 1 && !strcmp(argv[1], "test"))
+        return lp_testcmd_main(argc - 1, argv + 1);
     while ((opt = getopt_long(argc, argv, "c:tw:s:vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'W':
