@@ -37,10 +37,12 @@ lp_buf_t *lp_buf_get(lp_bufpool_t *p, size_t size)
         p->nfree--;
     } else {
         size_t cap = size <= LP_BUF_SMALL ? LP_BUF_SMALL : size <= LP_BUF_SIZE ? LP_BUF_SIZE : size;
+        if (cap > SIZE_MAX - sizeof(*b))
+            return NULL;
         b = malloc(sizeof(*b) + cap);
         if (!b)
             return NULL;
-        b->cap = (uint32_t)cap;
+        b->cap = cap;
     }
     b->pool = b->cap == LP_BUF_SIZE || b->cap == LP_BUF_SMALL ? p : NULL;
     b->owner = p;

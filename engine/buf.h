@@ -20,7 +20,7 @@ typedef struct lp_buf_s {
     lp_bufpool_t *pool;    /* NULL for an oversized block that is freed, not pooled */
     lp_bufpool_t *owner;   /* the pool that counts it in `outstanding` */
     uint32_t refs;
-    uint32_t cap;
+    size_t cap; /* bytes in data */
     char data[];
 } lp_buf_t;
 

@@ -6,14 +6,16 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Every fallible engine call returns 0 or a negative LP_E* code. */
+/* Every fallible engine call returns 0 or a negative LP_E* code. The codes live in their
+ * own range (-101...), apart from lp_rc_t's (0 to -9), so that one can never pass for the
+ * other (libuv keeps its errors apart the same way). */
 #define LP_ERRNO_MAP(XX)                                                                           \
-    XX(NOMEM, -1, "out of memory")                                                                 \
-    XX(INVAL, -2, "invalid argument")                                                              \
-    XX(CONFIG, -3, "configuration error")                                                          \
-    XX(IO, -4, "I/O error")                                                                        \
-    XX(PROTO, -5, "protocol error")                                                                \
-    XX(LIMIT, -6, "limit exceeded")
+    XX(NOMEM, -101, "out of memory")                                                               \
+    XX(INVAL, -102, "invalid argument")                                                            \
+    XX(CONFIG, -103, "configuration error")                                                        \
+    XX(IO, -104, "I/O error")                                                                      \
+    XX(PROTO, -105, "protocol error")                                                              \
+    XX(LIMIT, -106, "limit exceeded")
 
 enum {
 #define LP_E_DEF(name, code, msg) LP_E##name = code,
@@ -30,6 +32,8 @@ typedef enum {
     LP_AGAIN = -2,    /* parked; the step is re-entered when an event completes */
     LP_DONE = -3,     /* the request was answered here; skip the remaining steps */
     LP_DECLINED = -4, /* not mine; continue with the next handler */
+    LP_GONE = -5,     /* the request ended during the call: the caller only lets go of it
+                         (request.h) */
 } lp_rc_t;
 
 /* A byte range. Never assumed NUL-terminated. */

@@ -8,7 +8,9 @@
 #include "conn.h"
 #include "lazytimer.h"
 #include "log.h"
+#include "lua_api.h"
 #include "lua_vm.h"
+#include "request.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -22,8 +24,7 @@ static void conn_process(lp_conn_t *c);
 static void conn_update_reading(lp_conn_t *c);
 static void conn_on_eof(lp_conn_t *c, ssize_t why);
 static int conn_tls_fill(lp_conn_t *c);
-static void req_finish(lp_req_t *req);
-static int req_grow(lp_h1_t *h, size_t need);
+static int req_finish(lp_req_t *req);
 
 static const lp_timeouts_t *T(lp_conn_t *c)
 {
@@ -41,158 +42,6 @@ static void conn_timer(lp_conn_t *c, int mode, uint64_t ms)
         lp_lazy_cancel(&c->lazy);
     else
         lp_lazy_set(&c->timer, &c->lazy, ms, on_timer);
-}
-
-/* ---- requests ---- */
-
-static lp_req_t *req_new(lp_conn_t *c)
-{
-    lp_worker_t *w = c->w;
-    const lp_limits_t *lim = &w->config->limits;
-    lp_req_t *req = w->free_reqs;
-    if (req) {
-        w->free_reqs = req->next_free;
-        w->nfree_reqs--;
-    } else {
-        req = calloc(1, sizeof(*req));
-        if (!req)
-            return NULL;
-    }
-    if (req->cap_headers < lim->max_headers) {
-        free(req->headers);
-        free(req->resp_headers);
-        req->headers = calloc(lim->max_headers, sizeof(lp_header_t));
-        req->resp_headers = calloc(lim->max_headers, sizeof(lp_header_t));
-        req->cap_headers = req->headers && req->resp_headers ? lim->max_headers : 0;
-        if (!req->cap_headers) {
-            free(req->headers);
-            free(req->resp_headers);
-            free(req);
-            return NULL;
-        }
-    }
-    req->arena = lp_buf_get(&w->bufs, LP_BUF_SMALL); /* grows with the head (req_grow) */
-    if (!req->arena) {
-        free(req->headers);
-        free(req->resp_headers);
-        free(req);
-        return NULL;
-    }
-    req->conn = c;
-    req->g = w->cur;
-    req->g->refs++;
-    req->next_free = NULL;
-    lp_h1_init(&req->h1, HTTP_REQUEST, req, NULL);
-    req->h1.max_header_size = lim->max_header_size;
-    req->h1.max_uri_size = lim->max_uri_size;
-    lp_h1_set_storage(&req->h1, req->arena->data, req->arena->cap, req->headers, lim->max_headers);
-    req->h1.grow = req_grow;
-    req->resp_arena = NULL;
-    req->state = LP_RS_HEAD;
-    req->flags = 0;
-    req->method = 0;
-    req->minor = 1;
-    req->status = 0;
-    req->route = NULL;
-    req->upstream = NULL;
-    req->target = -1;
-    req->peer = NULL;
-    req->body_in = req->resp_body_out = 0;
-    req->t_start = uv_hrtime();
-    req->t_upstream = req->t_upstream_head = 0;
-    req->tries = 0;
-    memset(req->tried, 0, sizeof(req->tried));
-    req->try_open = 0;
-    req->no_healthy = 0;
-    req->hash_key = (lp_str_t){NULL, 0};
-    req->lua = NULL;
-    req->route_index = -1;
-    req->resp_nheaders = 0;
-    req->resp_arena_used = 0;
-    req->resp_status = 0;
-    req->local_body = NULL;
-    req->local_body_len = 0;
-    req->body_buf = NULL;
-    req->body_len = 0;
-    return req;
-}
-
-int lp_req_grow(lp_req_t *req, int resp, size_t need)
-{
-    lp_worker_t *w = req->conn->w;
-    const lp_limits_t *lim = &w->config->limits;
-    lp_buf_t *old = resp ? req->resp_arena : req->arena;
-    /* Bounded by the head limits, with room for what Lua adds. */
-    size_t max = 2 * (lim->max_uri_size + lim->max_header_size) + LP_BUF_SIZE;
-    size_t cap = old->cap;
-    while (cap < need)
-        cap *= 4;
-    if (need > max)
-        return -1;
-    lp_buf_t *nb = lp_buf_get(&w->bufs, cap);
-    if (!nb)
-        return -1;
-    if (!resp) {
-        lp_h1_rebase(&req->h1, nb->data, nb->cap);
-        req->arena = nb;
-    } else {
-        lp_h1_t *ph = req->peer && req->peer->h1.arena == old->data ? &req->peer->h1 : NULL;
-        size_t used = req->resp_arena_used;
-        if (ph && ph->arena_len > used)
-            used = ph->arena_len;
-        memcpy(nb->data, old->data, used);
-        if (ph)
-            lp_h1_rebase(ph, nb->data, nb->cap);
-        for (unsigned i = 0; i < req->resp_nheaders; i++) {
-            lp_str_rebase(&req->resp_headers[i].name, old->data, used, nb->data);
-            lp_str_rebase(&req->resp_headers[i].value, old->data, used, nb->data);
-        }
-        lp_str_rebase(&req->resp_upgrade, old->data, used, nb->data);
-        req->resp_arena = nb;
-    }
-    lp_buf_unref(old);
-    return 0;
-}
-
-static int req_grow(lp_h1_t *h, size_t need)
-{
-    return lp_req_grow(h->ud, 0, need);
-}
-
-static void req_free(lp_req_t *req)
-{
-    lp_worker_t *w = req->conn->w;
-    lp_upstream_try_end(req, 0); /* a try cut short by the client, or a tunnel */
-    lp_lua_release(req);
-    if (req->body_buf)
-        lp_buf_unref(req->body_buf);
-    req->body_buf = NULL;
-    req->body_len = 0;
-    free(req->local_body);
-    req->local_body = NULL;
-    req->local_body_len = 0;
-    if (req->peer) {
-        lp_peer_abort(req->peer);
-        req->peer = NULL;
-    }
-    if (req->arena)
-        lp_buf_unref(req->arena);
-    if (req->resp_arena)
-        lp_buf_unref(req->resp_arena);
-    req->arena = req->resp_arena = NULL;
-    req->conn->req = NULL;
-    req->conn = NULL;
-    lp_wgen_release(w, req->g);
-    req->g = NULL;
-    if (w->nfree_reqs >= 256 || req->cap_headers < w->config->limits.max_headers) {
-        free(req->headers);
-        free(req->resp_headers);
-        free(req);
-        return;
-    }
-    req->next_free = w->free_reqs;
-    w->free_reqs = req;
-    w->nfree_reqs++;
 }
 
 static int on_req_body(lp_h1_t *h, const char *at, size_t len);
@@ -219,7 +68,7 @@ void lp_conn_close(lp_conn_t *c)
             c->req->status = 499; /* closed before the response: nginx's convention */
         if (c->req->state != LP_RS_HEAD || c->req->status)
             lp_accesslog_write(c->w->access, c->req);
-        req_free(c->req);
+        lp_req_end(c->req);
     }
     if (c->rbuf) {
         lp_buf_unref(c->rbuf);
@@ -316,7 +165,7 @@ static void on_timer(uv_timer_t *t)
         if (c->req && !(c->req->flags & LP_RF_RESP_STARTED)) {
             lp_log_info("%s: client timed out sending the request %s", c->client_ip,
                         c->tmode == TM_HEAD ? "head" : "body");
-            lp_conn_upstream_failed(c->req, 408, "client timeout");
+            (void)lp_conn_upstream_failed(c->req, 408, "client timeout");
             return;
         }
         lp_conn_close(c);
@@ -420,32 +269,59 @@ static lp_wbatch_t *conn_outb(lp_conn_t *c, unsigned k, unsigned scratch)
     return c->outb;
 }
 
-/* A locally generated answer. The connection stays open only when keep is set and
- * nothing of the request is left unread. */
-static void conn_respond_local(lp_req_t *req, int status, int keep, const char *detail)
+static int conn_respond_lua(lp_req_t *req);
+static int conn_send_local(lp_req_t *req);
+
+/* Makes the proxy's own answer the request's response: the status and a short text body
+ * saying why. It then takes the path of a req:respond() answer. -1 when out of memory. */
+static int conn_set_local(lp_req_t *req, int status, const char *detail)
 {
-    lp_conn_t *c = req->conn;
-    char head[512];
-    if (req->state != LP_RS_DONE || (req->flags & LP_RF_UPGRADE_REQ))
-        keep = 0;
-    if (c->w->stopping || (req->h1.flags & LP_H1F_CONN_CLOSE))
-        keep = 0;
-    size_t n = lp_h1_simple_response(head, sizeof(head), status, !keep,
-                                     (req->flags & LP_RF_HEAD) != 0, NULL, detail);
-    lp_wbatch_t *wb = conn_outb(c, 1, (unsigned)n);
-    if (!wb) {
-        lp_conn_close(c);
-        return;
+    const char *text = lp_h1_status_text(status);
+    char body[256];
+    int blen = detail ? snprintf(body, sizeof(body), "%d %s: %s\n", status, text, detail)
+                      : snprintf(body, sizeof(body), "%d %s\n", status, text);
+    if (blen < 0 || (size_t)blen >= sizeof(body))
+        blen = snprintf(body, sizeof(body), "%d %s\n", status, text);
+    if (lp_ffi_respond_begin(req))
+        return -1;
+    free(req->local_body);
+    req->local_body = NULL;
+    req->local_body_len = 0;
+    if (status >= 200 && status != 204 && status != 304) {
+        if (lp_ffi_header_set(req, 1, LP_FFI_HADD, "Content-Type", 12, "text/plain", 10) ||
+            !(req->local_body = malloc((size_t)blen)))
+            return -1;
+        memcpy(req->local_body, body, (size_t)blen);
+        req->local_body_len = (size_t)blen;
     }
-    lp_wbatch_add_copy(wb, head, n);
-    req->status = status;
-    req->flags |= LP_RF_RESP_STARTED | LP_RF_RESP_DONE | LP_RF_LOCAL;
-    if (!keep)
-        req->flags |= LP_RF_RESP_CLOSE;
-    req_finish(req);
+    req->resp_status = status;
+    req->flags |= LP_RF_LOCAL;
+    return 0;
 }
 
-void lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
+/* The proxy's own answer (404, 413, 502, 503, 504...). It goes through the response and
+ * log phases like any answer, unless the request's head never parsed (there is no
+ * request to show plugins) or a Lua response phase just failed (no second try). The
+ * connection stays open only when keep is set and nothing of the request is left unread.
+ * LP_GONE when the request ended (it has, unless a phase waits). */
+static int conn_respond_local(lp_req_t *req, int status, int keep, const char *detail)
+{
+    lp_conn_t *c = req->conn;
+    if (req->state != LP_RS_DONE || (req->flags & LP_RF_UPGRADE_REQ))
+        keep = 0;
+    if (!keep)
+        req->flags |= LP_RF_RESP_CLOSE;
+    if (conn_set_local(req, status, detail)) {
+        lp_conn_close(c);
+        return LP_GONE;
+    }
+    req->flags &= ~LP_RF_WAIT_UPSTREAM;
+    if (!(req->flags & LP_RF_PARSED) || (req->flags & LP_RF_NO_LUA_RESP))
+        return conn_send_local(req);
+    return conn_respond_lua(req);
+}
+
+int lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
 {
     lp_conn_t *c = req->conn;
     if (req->peer) {
@@ -458,11 +334,11 @@ void lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
                     llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base, why);
         req->flags |= LP_RF_RESP_CLOSE;
         lp_conn_close(c);
-        return;
+        return LP_GONE;
     }
     /* A 503 says why (no target, queue full): the client may wait and retry. Other
      * reasons (connect errors, certificate checks) stay in the error log. */
-    conn_respond_local(req, status, 0, status == 503 ? why : NULL);
+    return conn_respond_local(req, status, 0, status == 503 ? why : NULL);
 }
 
 /* ---- the request path ---- */
@@ -517,10 +393,11 @@ static int body_known_empty(const lp_req_t *req)
            ((req->h1.flags & LP_H1F_LENGTH) && req->h1.content_length == 0);
 }
 
-static void conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc);
+static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc);
 
-/* Routing is decided (by the config's route or by Lua): connect upstream. */
-static void conn_start_upstream(lp_req_t *req)
+/* Routing is decided (by the config's route or by Lua): connect upstream. LP_GONE when
+ * the request ended. */
+static int conn_start_upstream(lp_req_t *req)
 {
     if (!req->upstream) {
         if (body_known_empty(req))
@@ -528,13 +405,12 @@ static void conn_start_upstream(lp_req_t *req)
         if (req->route)
             lp_log_warn("%s: route %d chose no upstream (a handler or plugin must)",
                         req->conn->client_ip, req->route_index + 1);
-        conn_respond_local(req, req->route ? 502 : 404, 1, NULL);
-        return;
+        return conn_respond_local(req, req->route ? 502 : 404, 1, NULL);
     }
     req->flags |= LP_RF_WAIT_UPSTREAM;
     if (req->state != LP_RS_DONE) /* req:body() may have read it all already */
         req->state = LP_RS_BODY;
-    lp_upstream_start(req);
+    return lp_upstream_start(req);
 }
 
 /* Runs a Lua phase if the request's chain has one; LP_AGAIN means it was parked. */
@@ -542,14 +418,19 @@ static lp_rc_t conn_run_phase(lp_req_t *req, int phase)
 {
     if (!lp_lua_wants(req->g->lua, req->route_index, phase))
         return LP_DECLINED;
+    if (phase == LP_PHASE_RESPONSE)
+        req->flags |= LP_RF_NO_LUA_RESP; /* once: an answer replacing this one goes as is */
     return lp_lua_phase(req, phase);
 }
 
-static void conn_on_head(lp_req_t *req)
+/* The request head is parsed: limits, route, then the request phase. LP_GONE when the
+ * request ended. */
+static int conn_on_head(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     lp_h1_t *h = &req->h1;
     const lp_config_t *cfg = req->g->config;
+    req->flags |= LP_RF_PARSED;
     req->method = lp_h1_method(h);
     req->minor = (uint8_t)lp_h1_minor(h);
     if (req->method == HTTP_HEAD)
@@ -558,10 +439,8 @@ static void conn_on_head(lp_req_t *req)
         req->flags |= LP_RF_UPGRADE_REQ;
     conn_timer(c, TM_NONE, 0);
     if (cfg->limits.max_body_size && (h->flags & LP_H1F_LENGTH) &&
-        h->content_length > cfg->limits.max_body_size) {
-        conn_respond_local(req, 413, 0, NULL);
-        return;
-    }
+        h->content_length > cfg->limits.max_body_size)
+        return conn_respond_local(req, 413, 0, NULL);
     req->route = route_find(cfg, h);
     req->route_index = req->route ? (int)(req->route - cfg->routes) : -1;
     if (req->route && req->route->has_upstream)
@@ -570,11 +449,11 @@ static void conn_on_head(lp_req_t *req)
     req->flags |= LP_RF_WAIT_UPSTREAM;
     lp_rc_t rc = conn_run_phase(req, LP_PHASE_REQUEST);
     if (rc == LP_AGAIN)
-        return;
-    conn_after_lua(req, LP_PHASE_REQUEST, rc == LP_DECLINED ? LP_OK : rc);
+        return LP_OK;
+    return conn_after_lua(req, LP_PHASE_REQUEST, rc == LP_DECLINED ? LP_OK : rc);
 }
 
-void lp_conn_upstream_ready(lp_req_t *req)
+int lp_conn_upstream_ready(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     req->flags &= ~LP_RF_WAIT_UPSTREAM;
@@ -589,7 +468,9 @@ void lp_conn_upstream_ready(lp_req_t *req)
             lp_conn_flush(c);
         }
     }
+    lp_req_hold(req);
     conn_process(c);
+    return lp_req_let_go(req);
 }
 
 void lp_conn_resume_body(lp_req_t *req)
@@ -602,21 +483,22 @@ void lp_conn_resume_body(lp_req_t *req)
 
 /* req:body(): the request body is gathered (before any upstream) until it is complete or
  * passes the caller's limit; the Lua phase waiting for it resumes then. What was gathered
- * goes upstream first (lp_conn_take_body), the rest streams as usual. */
-static void conn_buffer_body(lp_req_t *req, const char *at, size_t len)
+ * goes upstream first (lp_conn_take_body), the rest streams as usual. Returns
+ * LP_H1_CB_PAUSE when gathering stops (too large, or out of memory): parsing stops behind
+ * these bytes, which stay for the upstream, and conn_parse wakes the Lua phase. */
+static int conn_buffer_body(lp_req_t *req, const char *at, size_t len)
 {
     lp_buf_t *b = req->body_buf;
     size_t used = req->body_len;
-    if (!b || used + len > b->cap) {
+    if (!b || len > b->cap - used) {
         size_t cap = b ? b->cap : LP_BUF_SMALL;
-        while (cap < used + len)
+        while (cap < used + len && cap <= SIZE_MAX / 2)
             cap *= 2;
-        lp_buf_t *nb = lp_buf_get(&req->conn->w->bufs, cap);
+        lp_buf_t *nb = cap >= used + len ? lp_buf_get(&req->w->bufs, cap) : NULL;
         if (!nb) {
             req->flags &= ~LP_RF_BODY_BUFFERING;
-            req->flags |= LP_RF_BODY_TOOBIG;
-            lp_lua_wake(req);
-            return;
+            req->flags |= LP_RF_BODY_TOOBIG | LP_RF_BODY_WAKE;
+            return LP_H1_CB_PAUSE;
         }
         if (b) {
             memcpy(nb->data, b->data, used);
@@ -629,9 +511,10 @@ static void conn_buffer_body(lp_req_t *req, const char *at, size_t len)
     if (req->body_len > req->body_max) {
         /* Over the caller's limit: stop here (parsing waits for the upstream) and say so. */
         req->flags &= ~LP_RF_BODY_BUFFERING;
-        req->flags |= LP_RF_BODY_TOOBIG;
-        lp_lua_wake(req);
+        req->flags |= LP_RF_BODY_TOOBIG | LP_RF_BODY_WAKE;
+        return LP_H1_CB_PAUSE;
     }
+    return 0;
 }
 
 int lp_conn_read_body(lp_req_t *req, uint64_t max)
@@ -685,11 +568,20 @@ static int on_req_body(lp_h1_t *h, const char *at, size_t len)
     if (req->peer)
         lp_peer_body(req->peer, at, len, c->rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
     else if (req->flags & LP_RF_BODY_BUFFERING)
-        conn_buffer_body(req, at, len);
+        return conn_buffer_body(req, at, len);
     return 0;
 }
 
-/* One step of request parsing. Returns 0 to go on, -1 to stop the loop. */
+/* A req:body() wait is over (the body is complete, or gathering stopped): the Lua phase
+ * goes on, outside the parser's callbacks. */
+static void conn_wake_body(lp_req_t *req)
+{
+    req->flags &= ~(LP_RF_BODY_BUFFERING | LP_RF_BODY_WAKE);
+    lp_lua_wake(req);
+}
+
+/* One step of request parsing; the caller holds req. Returns 0 to go on (the request may
+ * have ended: look at c->req again), -1 to stop the loop. */
 static int conn_parse(lp_conn_t *c, lp_req_t *req)
 {
     size_t used = 0;
@@ -705,6 +597,11 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
     case LP_H1_NEED_MORE:
         if (req->state == LP_RS_BODY)
             conn_timer(c, TM_BODY, T(c)->client_body);
+        return 0;
+    case LP_H1_PAUSED:
+        lp_h1_resume(&req->h1);
+        if (req->flags & LP_RF_BODY_WAKE)
+            conn_wake_body(req);
         return 0;
     case LP_H1_HEAD:
         lp_h1_resume(&req->h1);
@@ -723,8 +620,7 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
             lp_peer_flush(req->peer);
         }
         if (req->flags & LP_RF_BODY_BUFFERING) {
-            req->flags &= ~LP_RF_BODY_BUFFERING;
-            lp_lua_wake(req);
+            conn_wake_body(req);
             return 0;
         }
         if (req->flags & LP_RF_RESP_DONE)
@@ -756,7 +652,7 @@ static void conn_process_once(lp_conn_t *c)
                 lp_conn_close(c);
                 return;
             }
-            req = c->req = req_new(c);
+            req = c->req = lp_req_new(c->w, c);
             if (!req) {
                 lp_conn_close(c);
                 return;
@@ -772,9 +668,12 @@ static void conn_process_once(lp_conn_t *c)
          * close_notify right behind a bodiless request would end it before it is done). */
         if (!have && !req->h1.after_head && (!conn_tls_fill(c) || (c->flags & LP_CF_CLOSING)))
             return;
-        if (conn_parse(c, req))
+        lp_req_hold(req);
+        int stop = conn_parse(c, req);
+        lp_req_drop(req);
+        if (stop)
             return;
-        /* The request may be finished and recycled by now: look again. */
+        /* The request may have ended by now: look again. */
         req = c->req;
         if (req && req->peer && req->peer->out_pending > LP_HIGH_WATERMARK &&
             req->state == LP_RS_BODY) {
@@ -826,7 +725,7 @@ static uv_buf_t conn_rbuf_space(lp_conn_t *c)
             return uv_buf_init(NULL, 0);
         c->rpos = c->rlen = 0;
     }
-    return uv_buf_init(b->data + c->rlen, b->cap - c->rlen);
+    return uv_buf_init(b->data + c->rlen, (unsigned)(b->cap - c->rlen)); /* a read block: 64 KiB */
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -1102,12 +1001,15 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     int status = req->resp_status;
     int upgrade = rh && (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
     int no_body = (req->flags & LP_RF_HEAD) || status == 204 || status == 304 || upgrade;
-    int close = (req->h1.flags & LP_H1F_CONN_CLOSE) || c->w->stopping;
+    int close =
+        (req->h1.flags & LP_H1F_CONN_CLOSE) || c->w->stopping || (req->flags & LP_RF_RESP_CLOSE);
     int filtered = lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY);
     int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED) : 1;
+    if (filtered && !upgrade && status != 204 && status != 304)
+        has_length = 0; /* a body filter may change the length (HEAD: unknown, so none) */
     uint64_t length = rh ? rh->content_length : req->local_body_len;
     req->status = status;
-    if (!no_body && (!has_length || filtered)) {
+    if (!no_body && !has_length) {
         /* Length unknown (or changed by a body filter): chunks for HTTP/1.1 clients, a close
          * for HTTP/1.0 ones. */
         if (req->minor >= 1)
@@ -1119,6 +1021,9 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     if (close)
         req->flags |= LP_RF_RESP_CLOSE;
 
+    int has_date = 0;
+    for (unsigned i = 0; rh && i < req->resp_nheaders && !has_date; i++)
+        has_date = LP_STR_IEQ(req->resp_headers[i].name, "date");
     /* Most heads fit a small block; a larger one is taken only when needed. */
     lp_buf_t *hb = NULL;
     lp_wbuf_t w;
@@ -1138,6 +1043,12 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
         lp_wbuf_cstr(&w, "\r\n");
         if (!rh)
             lp_wbuf_cstr(&w, "Server: luaproxy\r\n");
+        if (!rh || !has_date) {
+            /* RFC 9110 6.6.1: an origin with a clock sends Date; a proxy adds a missing one. */
+            lp_wbuf_cstr(&w, "Date: ");
+            lp_wbuf_cstr(&w, lp_h1_date());
+            lp_wbuf_cstr(&w, "\r\n");
+        }
         for (unsigned i = 0; i < req->resp_nheaders; i++) {
             const lp_header_t *hd = &req->resp_headers[i];
             lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
@@ -1190,8 +1101,8 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
     req->resp_status = lp_h1_status(rh);
     req->t_upstream_head = uv_hrtime();
     lp_rc_t rc = conn_run_phase(req, LP_PHASE_RESPONSE);
-    if (rc == LP_AGAIN)
-        return LP_AGAIN;
+    if (rc == LP_AGAIN || rc == LP_GONE)
+        return rc;
     if (rc == LP_ERROR)
         return 500;
     return conn_send_head(req, rh) ? 502 : 0;
@@ -1241,7 +1152,7 @@ static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof)
 
 int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
-    if (req->lua && lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
+    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
         /* A failed filter stops the upstream parser: the caller closes both sides. */
         if (len && conn_filter_body(req, at, len, 0))
             return -1;
@@ -1251,13 +1162,13 @@ int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *p
     return 0;
 }
 
-void lp_conn_response_done(lp_req_t *req)
+int lp_conn_response_done(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    if (req->lua && lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) &&
-        !(req->flags & LP_RF_HEAD) && conn_filter_body(req, "", 0, 1)) {
+    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) && !(req->flags & LP_RF_HEAD) &&
+        conn_filter_body(req, "", 0, 1)) {
         lp_conn_close(c);
-        return;
+        return LP_GONE;
     }
     if (req->flags & LP_RF_RESP_CHUNKED) {
         lp_wbatch_t *wb = conn_outb(c, 1, 0);
@@ -1271,39 +1182,40 @@ void lp_conn_response_done(lp_req_t *req)
          * the rest of the body is unread, so the connection cannot be reused. */
         req->flags |= LP_RF_RESP_CLOSE;
     }
-    req_finish(req);
+    return req_finish(req);
 }
 
-/* A req:respond() answer: the response phase may still change it, then it is sent. */
-static void conn_respond_lua(lp_req_t *req)
+/* A req:respond() answer, or the proxy's own: the response phase may still change it,
+ * then it is sent. */
+static int conn_respond_lua(lp_req_t *req)
 {
     if (body_known_empty(req))
         req->state = LP_RS_DONE;
     req->flags &= ~LP_RF_WAIT_UPSTREAM;
     lp_rc_t rc = conn_run_phase(req, LP_PHASE_RESPONSE);
     if (rc == LP_AGAIN)
-        return;
-    conn_after_lua(req, LP_PHASE_RESPONSE, rc == LP_DECLINED ? LP_OK : rc);
+        return LP_OK;
+    return conn_after_lua(req, LP_PHASE_RESPONSE, rc == LP_DECLINED ? LP_OK : rc);
 }
 
-static void conn_send_local(lp_req_t *req)
+static int conn_send_local(lp_req_t *req)
 {
     if (conn_send_head(req, NULL)) {
         lp_conn_close(req->conn);
-        return;
+        return LP_GONE;
     }
     if (!(req->flags & LP_RF_HEAD) && req->local_body_len) {
-        lp_buf_t *b = lp_buf_get(&req->conn->w->bufs, req->local_body_len);
+        lp_buf_t *b = lp_buf_get(&req->w->bufs, req->local_body_len);
         if (!b) {
             lp_conn_close(req->conn);
-            return;
+            return LP_GONE;
         }
         memcpy(b->data, req->local_body, req->local_body_len);
-        if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) && req->lua) {
+        if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
             if (conn_filter_body(req, b->data, req->local_body_len, 0)) {
                 lp_buf_unref(b);
                 lp_conn_close(req->conn);
-                return;
+                return LP_GONE;
             }
         } else {
             conn_write_body(req, b->data, req->local_body_len, b);
@@ -1312,20 +1224,21 @@ static void conn_send_local(lp_req_t *req)
     }
     if (!(req->state == LP_RS_DONE))
         req->flags |= LP_RF_RESP_CLOSE;
-    lp_conn_response_done(req);
+    return lp_conn_response_done(req);
 }
 
-/* Where the request goes after a Lua phase ended with rc. */
-static void conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
+/* Where the request goes after a Lua phase ended with rc. LP_GONE when the request
+ * ended. */
+static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
 {
+    if (rc == LP_GONE)
+        return LP_GONE;
     if (rc == LP_ERROR) {
-        if (phase == LP_PHASE_LOG) {
-            req_finish(req);
-            return;
-        }
+        if (phase == LP_PHASE_LOG)
+            return req_finish(req);
         if (req->flags & LP_RF_RESP_STARTED) {
             lp_conn_close(req->conn);
-            return;
+            return LP_GONE;
         }
         if (body_known_empty(req))
             req->state = LP_RS_DONE;
@@ -1334,62 +1247,60 @@ static void conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
             req->peer = NULL;
         }
         /* The connection stays open when nothing of the request is left unread. */
-        conn_respond_local(req, 500, 1, NULL);
-        return;
+        return conn_respond_local(req, 500, 1, NULL);
     }
-    if (rc == LP_DONE) {
-        conn_respond_lua(req);
-        return;
-    }
+    if (rc == LP_DONE)
+        return conn_respond_lua(req);
     switch (phase) {
     case LP_PHASE_REQUEST:
         rc = conn_run_phase(req, LP_PHASE_UPSTREAM);
         if (rc == LP_AGAIN)
-            return;
-        if (rc != LP_DECLINED && rc != LP_OK) {
-            conn_after_lua(req, LP_PHASE_UPSTREAM, rc);
-            return;
-        }
-        conn_start_upstream(req);
-        return;
+            return LP_OK;
+        if (rc != LP_DECLINED && rc != LP_OK)
+            return conn_after_lua(req, LP_PHASE_UPSTREAM, rc);
+        return conn_start_upstream(req);
     case LP_PHASE_UPSTREAM:
-        conn_start_upstream(req);
-        return;
+        return conn_start_upstream(req);
     case LP_PHASE_RESPONSE:
-        if (req->flags & LP_RF_LOCAL) {
-            conn_send_local(req);
-        } else if (req->peer) {
-            if (conn_send_head(req, &req->peer->h1)) {
-                lp_conn_upstream_failed(req, 502, "response head too large");
-                return;
-            }
+        if (req->flags & LP_RF_LOCAL)
+            return conn_send_local(req);
+        if (req->peer) {
+            if (conn_send_head(req, &req->peer->h1))
+                return lp_conn_upstream_failed(req, 502, "response head too large");
+            lp_req_hold(req);
             lp_peer_continue(req->peer);
+            return lp_req_let_go(req);
         }
-        return;
+        return LP_OK;
     case LP_PHASE_LOG:
-        req_finish(req);
-        return;
+        return req_finish(req);
     }
+    return LP_OK;
 }
 
-void lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc)
+int lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc)
 {
-    conn_after_lua(req, phase, rc);
-    if (req->conn && (phase == LP_PHASE_REQUEST || phase == LP_PHASE_UPSTREAM))
-        conn_update_reading(req->conn);
+    lp_req_hold(req);
+    lp_conn_t *c = req->conn;
+    if (conn_after_lua(req, phase, rc) == LP_OK &&
+        (phase == LP_PHASE_REQUEST || phase == LP_PHASE_UPSTREAM))
+        conn_update_reading(c);
+    return lp_req_let_go(req);
 }
 
-static void req_finish(lp_req_t *req)
+/* The response is out (or failed): the log phase, the access log, then the connection's
+ * next request. LP_GONE when the request ended, LP_OK while its log phase waits. */
+static int req_finish(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     lp_worker_t *w = c->w;
-    if (req->lua && !(req->flags & LP_RF_LOG_DONE)) {
+    if ((req->flags & (LP_RF_LOG_DONE | LP_RF_PARSED)) == LP_RF_PARSED) {
         req->flags |= LP_RF_LOG_DONE;
         lp_rc_t rc = conn_run_phase(req, LP_PHASE_LOG);
         if (rc == LP_AGAIN) {
             /* The log phase waits (I/O, sleep): the connection's next request waits too. */
             lp_conn_flush(c);
-            return;
+            return LP_OK;
         }
     }
     int keep = !(req->flags & LP_RF_RESP_CLOSE) && req->state == LP_RS_DONE && !w->stopping &&
@@ -1397,14 +1308,15 @@ static void req_finish(lp_req_t *req)
     __atomic_add_fetch(&w->requests, 1, __ATOMIC_RELAXED);
     c->nrequests++;
     lp_accesslog_write(w->access, req);
-    req_free(req);
+    lp_req_end(req);
     if (!keep) {
         conn_close_after_write(c);
-        return;
+        return LP_GONE;
     }
     lp_conn_flush(c);
     conn_timer(c, TM_IDLE, T(c)->keepalive);
     conn_process(c);
+    return LP_GONE;
 }
 
 /* ---- tunnel ---- */

@@ -1,4 +1,5 @@
 #include <stdio.h>
+#include <time.h>
 #include "http1.h"
 
 #define H1(p) ((lp_h1_t *)(p)->data)
@@ -347,7 +348,12 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     lp_h1_t *h = H1(p);
     h->body_started = 1;
-    if (h->on_body && h->on_body(h, at, len)) {
+    int rc = h->on_body ? h->on_body(h, at, len) : 0;
+    if (rc == LP_H1_CB_PAUSE) {
+        h->body_paused = 1;
+        return HPE_PAUSED;
+    }
+    if (rc) {
         if (!h->err_status) {
             h->err_status = h->parser.type == HTTP_REQUEST ? 400 : 502;
             h->err_reason = "body handler failed";
@@ -444,6 +450,11 @@ lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *co
         break;
     case HPE_PAUSED:
         used = (size_t)(llhttp_get_error_pos(&h->parser) - data);
+        if (h->body_paused) {
+            h->body_paused = 0;
+            ev = LP_H1_PAUSED;
+            break;
+        }
         /* Paused at the end of the head, or at the end of the message. */
         ev = strcmp(llhttp_get_error_reason(&h->parser), "Paused by on_headers_complete") == 0
                  ? LP_H1_HEAD
@@ -732,6 +743,26 @@ void lp_wbuf_header(lp_wbuf_t *w, const char *name, size_t nlen, const char *val
     lp_wbuf_str(w, ": ", 2);
     lp_wbuf_str(w, val, vlen);
     lp_wbuf_str(w, "\r\n", 2);
+}
+
+const char *lp_h1_date(void)
+{
+    static _Thread_local time_t last;
+    static _Thread_local char text[40];
+    time_t now = time(NULL);
+    if (now != last || !text[0]) {
+        /* By hand: strftime's %a and %b follow the locale, HTTP dates do not. */
+        static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+        static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        snprintf(text, sizeof(text), "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday % 7],
+                 tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+                 tm.tm_sec);
+        last = now;
+    }
+    return text;
 }
 
 size_t lp_h1_simple_response(char *out, size_t cap, int status, int close, int head_only,

@@ -19,6 +19,7 @@ typedef enum {
     LP_H1_DONE,      /* the message is complete; parsing paused */
     LP_H1_UPGRADE,   /* complete, and what follows is another protocol */
     LP_H1_ERROR,     /* invalid: err_status says what to answer */
+    LP_H1_PAUSED,    /* the body callback asked to stop (LP_H1_CB_PAUSE) after its span */
 } lp_h1_event_t;
 
 /* Message flags (LP_H1F_*), set once the head is complete. */
@@ -36,6 +37,10 @@ typedef enum {
 
 typedef struct lp_h1_s lp_h1_t;
 /* Body bytes; a non-zero return stops the parser with an error. */
+/* A body callback returns 0 to go on, LP_H1_CB_PAUSE to stop parsing after this span
+ * (lp_h1_execute returns LP_H1_PAUSED; lp_h1_resume before feeding more), anything else
+ * to fail the message. */
+#define LP_H1_CB_PAUSE 2
 typedef int (*lp_h1_body_cb)(lp_h1_t *h, const char *at, size_t len);
 /* Called when the arena is full: the owner provides a larger one (lp_h1_rebase) or
  * returns -1. */
@@ -73,8 +78,9 @@ struct lp_h1_s {
     const char *chunk_base;
     int host_count, te_count, cl_count;
     int body_started;
-    int after_head; /* paused after the head: execute again, even with no input */
-    int scan_state; /* scan_head(): 0 before the start line, 1 in it, 2 in fields, 3 done */
+    int body_paused; /* the body callback asked for LP_H1_PAUSED */
+    int after_head;  /* paused after the head: execute again, even with no input */
+    int scan_state;  /* scan_head(): 0 before the start line, 1 in it, 2 in fields, 3 done */
     int rl_spaces;
 
     /* Error reporting. */
@@ -107,6 +113,9 @@ uint8_t lp_h1_method(const lp_h1_t *h);
 int lp_h1_status(const lp_h1_t *h);
 int lp_h1_minor(const lp_h1_t *h);
 const char *lp_h1_status_text(int status);
+/* The current time as an HTTP date (IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT"),
+ * formatted once a second per thread. */
+const char *lp_h1_date(void);
 
 /* The value of `name` in "a=1; b=2" (sep ';', cookies) or "a=1&b=2" (sep '&', queries),
  * raw (not decoded); base NULL when absent. */

@@ -8,6 +8,7 @@
 #include "log.h"
 #include "lua_api.h"
 #include "lua_vm.h"
+#include "request.h"
 
 struct lp_lua_s {
     lua_State *L;
@@ -563,6 +564,7 @@ static lp_lua_task_t *task_get(lp_lua_t *vm)
     t->next_free = NULL;
     t->wait = LP_LW_NONE;
     t->phase = 0;
+    t->in_filter = 0;
     t->req = NULL;
     return t;
 }
@@ -592,12 +594,31 @@ static void task_put(lp_lua_task_t *t)
     vm->free_tasks = t;
 }
 
+/* The request ended: its handle must not reach it again, whoever kept the handle (an
+ * upvalue, a timer's closure). The handle's phase says so (every method checks it first,
+ * phases.lua) and its pointer is dropped. */
+static void handle_invalidate(lp_lua_task_t *t)
+{
+    lua_State *L = t->vm->L;
+    if (t->handle_ref == LUA_NOREF)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->handle_ref);
+    if (lua_istable(L, -1)) {
+        lua_pushliteral(L, "ended");
+        lua_setfield(L, -2, "_phase");
+        lua_pushnil(L);
+        lua_setfield(L, -2, "_r");
+    }
+    lua_pop(L, 1);
+}
+
 void lp_lua_release(lp_req_t *req)
 {
     lp_lua_task_t *t = req->lua;
     if (!t)
         return;
     req->lua = NULL;
+    handle_invalidate(t);
     if (t->wait != LP_LW_NONE && t->wait != LP_LW_RESPONDED)
         task_drop_coroutine(t); /* abandoned mid-wait */
     task_put(t);
@@ -626,14 +647,8 @@ static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
             t->wait = LP_LW_NONE;
             return LP_DONE;
         }
-        if (t->wait == LP_LW_BODY && t->req && t->req->conn) {
-            /* Lua has yielded: the body can be read now (this may resume it at once). */
-            t->req->flags |= LP_RF_LUA_WAIT;
-            lp_conn_kick(t->req->conn);
-            return LP_AGAIN; /* (perhaps already resumed and finished by now) */
-        }
-        if (t->wait == LP_LW_SLEEP)
-            return LP_AGAIN;
+        if (t->wait == LP_LW_SLEEP || t->wait == LP_LW_BODY)
+            return LP_AGAIN; /* a body wait: the caller lets the connection parse (task_parked) */
         lp_log_error("lua: a phase yielded outside the proxy API (coroutine.yield from a "
                      "handler?); failing the request");
         task_drop_coroutine(t);
@@ -651,16 +666,15 @@ static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
     return LP_ERROR;
 }
 
-lp_rc_t lp_lua_phase(lp_req_t *req, int phase)
+/* The request's task, made on its first Lua phase (whichever phase that is) with its
+ * handle and a coroutine. NULL when out of memory. */
+static lp_lua_task_t *task_for(lp_lua_t *vm, lp_req_t *req)
 {
-    lp_lua_t *vm = req->g ? req->g->lua : NULL;
-    if (!vm)
-        return LP_OK;
     lp_lua_task_t *t = req->lua;
     if (!t) {
-        t = req->lua = task_get(vm);
+        t = task_get(vm);
         if (!t)
-            return LP_ERROR;
+            return NULL;
         t->req = req;
         /* The handle: request.new(cdata pointer, route number). */
         lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->ref_new);
@@ -672,29 +686,54 @@ lp_rc_t lp_lua_phase(lp_req_t *req, int phase)
         if (lua_pcall(vm->L, 2, 1, 0)) {
             lp_log_error("lua: cannot make a request handle: %s", lua_tostring(vm->L, -1));
             lua_pop(vm->L, 1);
-            return LP_ERROR;
+            task_put(t);
+            return NULL;
         }
         t->handle_ref = luaL_ref(vm->L, LUA_REGISTRYINDEX);
+        req->lua = t;
     }
     if (!t->co) {
         t->co = lua_newthread(vm->L);
         t->co_ref = luaL_ref(vm->L, LUA_REGISTRYINDEX);
     }
+    return t;
+}
+
+/* A resume ended with the task parked. A body wait needs the connection to read on: ask
+ * it to parse (conn_process only takes note when it is on the stack already, as when the
+ * request phase runs from the parser). That may end the wait, and the request, at once:
+ * LP_GONE then. */
+static lp_rc_t task_parked(lp_lua_task_t *t, lp_req_t *req)
+{
+    req->flags |= LP_RF_LUA_WAIT;
+    if (t->wait != LP_LW_BODY || !req->conn)
+        return LP_AGAIN;
+    lp_req_hold(req);
+    lp_conn_kick(req->conn);
+    return lp_req_let_go(req) == LP_GONE ? LP_GONE : LP_AGAIN;
+}
+
+lp_rc_t lp_lua_phase(lp_req_t *req, int phase)
+{
+    lp_lua_t *vm = req->g ? req->g->lua : NULL;
+    if (!vm)
+        return LP_OK;
+    lp_lua_task_t *t = task_for(vm, req);
+    if (!t)
+        return LP_ERROR;
     t->phase = phase;
     lua_rawgeti(t->co, LUA_REGISTRYINDEX, vm->ref_run);
     lua_rawgeti(t->co, LUA_REGISTRYINDEX, t->handle_ref);
     lua_pushinteger(t->co, phase);
     lp_rc_t rc = task_resume(t, 2);
-    if (rc == LP_AGAIN)
-        req->flags |= LP_RF_LUA_WAIT;
-    return rc;
+    return rc == LP_AGAIN ? task_parked(t, req) : rc;
 }
 
 lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, lp_str_t *out)
 {
-    lp_lua_task_t *t = req->lua;
-    lp_lua_t *vm = t ? t->vm : NULL;
-    if (!vm || !t->co || lua_status(t->co) != 0)
+    lp_lua_t *vm = req->g ? req->g->lua : NULL;
+    lp_lua_task_t *t = vm ? task_for(vm, req) : NULL;
+    if (!t || lua_status(t->co) != 0)
         return LP_ERROR;
     lua_State *co = t->co;
     lua_settop(co, 0);
@@ -703,10 +742,12 @@ lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, l
     lua_pushlstring(co, at, len);
     lua_pushboolean(co, eof);
     vm->running = t;
+    t->in_filter = 1; /* proxy.sleep refuses: a plain call cannot be resumed later */
     current_vm = vm;
     guard_begin(vm);
     /* A plain call: body filters may not yield (yet); a yield raises inside the call. */
     int rc = lua_pcall(co, 3, 1, 0);
+    t->in_filter = 0;
     guard_end(vm);
     vm->running = NULL;
     if (rc || !lua_isstring(co, -1)) {
@@ -724,18 +765,34 @@ lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, l
 
 /* ---- waiting ---- */
 
+/* A task's wait is over: resume it and carry on with its request. The request is held:
+ * resuming may end it. */
+static void task_continue(lp_lua_task_t *t)
+{
+    lp_req_t *req = t->req;
+    int phase = t->phase;
+    if (!req) {
+        t->last_rc = task_resume(t, 0); /* init_worker (run_init_worker reads last_rc) */
+        return;
+    }
+    lp_req_hold(req);
+    lp_rc_t rc = t->last_rc = task_resume(t, 0);
+    if (rc == LP_AGAIN)
+        rc = task_parked(t, req);
+    if (rc != LP_AGAIN && rc != LP_GONE && !lp_req_ended(req)) {
+        req->flags &= ~LP_RF_LUA_WAIT;
+        (void)lp_conn_lua_resumed(req, phase, rc);
+    }
+    lp_req_drop(req);
+}
+
 static void on_sleep_done(uv_timer_t *timer)
 {
     lp_lua_task_t *t = timer->data;
     if (t->wait != LP_LW_SLEEP)
         return;
     t->wait = LP_LW_NONE;
-    lp_req_t *req = t->req;
-    lp_rc_t rc = t->last_rc = task_resume(t, 0);
-    if (rc == LP_AGAIN || !req)
-        return;
-    req->flags &= ~LP_RF_LUA_WAIT;
-    lp_conn_lua_resumed(req, t->phase, rc);
+    task_continue(t);
 }
 
 /* proxy.sleep: called from Lua right before it yields. */
@@ -745,8 +802,10 @@ int lp_ffi_sleep(double seconds)
     lp_lua_task_t *t = vm ? vm->running : NULL;
     if (!t || !t->co)
         return -1;
-    if (seconds < 0)
-        seconds = 0;
+    if (t->in_filter)
+        return -2;
+    if (!(seconds >= 0 && seconds < 1e9))
+        return -1;
     t->wait = LP_LW_SLEEP;
     uv_timer_start(&t->timer, on_sleep_done, (uint64_t)(seconds * 1000.0 + 0.5), 0);
     return 0;
@@ -758,20 +817,16 @@ void lp_lua_wake(lp_req_t *req)
     if (!t || t->wait != LP_LW_BODY)
         return;
     t->wait = LP_LW_NONE;
-    lp_rc_t rc = task_resume(t, 0);
-    if (rc == LP_AGAIN)
-        return;
-    req->flags &= ~LP_RF_LUA_WAIT;
-    lp_conn_lua_resumed(req, t->phase, rc);
+    task_continue(t);
 }
 
 int lp_ffi_body_read(void *rp, double max, lp_str_t *out)
 {
     lp_req_t *req = rp;
     lp_lua_t *vm = current_vm;
-    if (!req->conn)
+    if (!req->conn || !(max >= 0 && max <= 9007199254740992.0)) /* NaN and inf too */
         return LP_FFI_EINVAL;
-    uint64_t limit = max < 0 ? 0 : (uint64_t)max;
+    uint64_t limit = (uint64_t)max;
     int rc = lp_conn_read_body(req, limit);
     if (rc == LP_OK) {
         out->base = req->body_buf ? req->body_buf->data : "";

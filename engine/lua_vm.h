@@ -24,9 +24,10 @@ typedef struct lp_lua_task_s {
     lp_req_t *req;
     lp_lua_t *vm;
     uv_timer_t timer; /* proxy.sleep */
-    int wait;
-    int phase;
-    lp_rc_t last_rc; /* the outcome of the last resume from a timer */
+    int wait;         /* LP_LW_*: what the suspended coroutine waits for */
+    int phase;        /* the phase running or suspended (LP_PHASE_*) */
+    int in_filter;    /* a response_body filter runs: it may not yield */
+    lp_rc_t last_rc;  /* the outcome of the last resume from a timer */
     struct lp_lua_task_s *next_free;
     struct lp_lua_task_s *next_all;
 } lp_lua_task_t;

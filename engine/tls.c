@@ -913,7 +913,7 @@ uv_buf_t lp_tls_in_space(lp_tls_t *t)
         t->ilen -= t->ipos;
         t->ipos = 0;
     }
-    return uv_buf_init(t->in->data + t->ilen, t->in->cap - t->ilen);
+    return uv_buf_init(t->in->data + t->ilen, (unsigned)(t->in->cap - t->ilen));
 }
 
 void lp_tls_in_commit(lp_tls_t *t, size_t n)

@@ -6,6 +6,7 @@
 #include "lazytimer.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "request.h"
 #include "targets.h"
 #include "tls.h"
 #include "upstream.h"
@@ -14,11 +15,11 @@
 enum { PT_NONE, PT_CONNECT, PT_SEND, PT_READ, PT_IDLE, PT_BROKEN };
 
 static void peer_close(lp_peer_t *p);
-static void peer_start_request(lp_peer_t *p, lp_req_t *req);
+static int peer_start_request(lp_peer_t *p, lp_req_t *req);
 static void peer_update_reading(lp_peer_t *p);
 static void peer_process_pending(lp_peer_t *p);
 static int on_resp_body(lp_h1_t *h, const char *at, size_t len);
-static void peer_connect(lp_peer_t *p, lp_req_t *req);
+static int peer_connect(lp_peer_t *p, lp_req_t *req);
 static int peer_grow(lp_h1_t *h, size_t need);
 
 static const lp_timeouts_t *T(lp_peer_t *p)
@@ -328,7 +329,7 @@ static int replayable(const lp_req_t *req)
 /* Whether the request's total_timeout has run out. */
 static int deadline_passed(const lp_req_t *req)
 {
-    return req->deadline && uv_now(&req->conn->w->loop) >= req->deadline;
+    return req->deadline && uv_now(&req->w->loop) >= req->deadline;
 }
 
 /* `retries` further tries, within the retry budget (retries may be at most retry_budget of
@@ -372,30 +373,32 @@ static int failure_status(const lp_req_t *req)
     }
 }
 
-static void upstream_try(lp_req_t *req);
+static int upstream_try(lp_req_t *req);
 
 /* The one retry path (nginx's upstream_next), after may_retry() agreed and the failed try
  * ended (req->fail_kind says why): the Lua upstream phase runs again, seeing the failure
  * through req:last_failure() (it may change the upstream, pick a target or answer), then
  * the next try goes to a target not tried yet. */
-static void upstream_next(lp_req_t *req)
+static int upstream_next(lp_req_t *req)
 {
     if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_UPSTREAM)) {
         lp_rc_t rc = lp_lua_phase(req, LP_PHASE_UPSTREAM);
         /* Parked (LP_AGAIN): the engine resumes it; then, like now, lp_upstream_start(). */
-        if (rc != LP_AGAIN)
-            lp_conn_lua_resumed(req, LP_PHASE_UPSTREAM, rc == LP_DECLINED ? LP_OK : rc);
-        return;
+        if (rc == LP_AGAIN)
+            return LP_OK;
+        return lp_conn_lua_resumed(req, LP_PHASE_UPSTREAM, rc == LP_DECLINED ? LP_OK : rc);
     }
-    upstream_try(req);
+    return upstream_try(req);
 }
 
-static void peer_fail(lp_peer_t *p, int kind, int status, const char *why)
+/* The connection failed: the try moves to a fresh connection, another target, or the
+ * client gets `status`. p is closed. LP_GONE when the request ended. */
+static int peer_fail(lp_peer_t *p, int kind, int status, const char *why)
 {
     lp_req_t *req = p->req;
     if (!req) {
         peer_close(p);
-        return;
+        return LP_OK;
     }
     int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) && p->body_out == 0 &&
                 !(req->flags & LP_RF_RESP_STARTED) && !deadline_passed(req);
@@ -412,23 +415,20 @@ static void peer_fail(lp_peer_t *p, int kind, int status, const char *why)
         /* A pooled connection the target had closed: the same try goes on, on a fresh one. */
         lp_log_debug("upstream %s: pooled connection failed (%s); retrying on a new one", addr,
                      why);
-        lp_peer_t *np = peer_new(req->conn->w, req->upstream, t);
-        if (np) {
-            peer_connect(np, req);
-            return;
-        }
+        lp_peer_t *np = peer_new(req->w, req->upstream, t);
+        if (np)
+            return peer_connect(np, req);
     }
     lp_upstream_try_end(req, 1);
     req->fail_kind = (uint8_t)kind;
     req->fail_status = 0;
     if (elsewhere && may_retry(req)) {
         lp_log_warn("upstream %s: %s; retrying (try %d)", addr, why, req->tries + 1);
-        upstream_next(req);
-        return;
+        return upstream_next(req);
     }
     lp_log_warn("upstream %s: %s (%s %.*s)", addr, why, llhttp_method_name(req->method),
                 (int)req->h1.path.len, req->h1.path.base);
-    lp_conn_upstream_failed(req, status, why);
+    return lp_conn_upstream_failed(req, status, why);
 }
 
 static void on_peer_timer(uv_timer_t *tm)
@@ -656,7 +656,9 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
 
 /* ---- starting a request ---- */
 
-static void peer_start_request(lp_peer_t *p, lp_req_t *req)
+/* Binds req to the connected p and writes its head and what there is of its body.
+ * LP_GONE when the request ended. */
+static int peer_start_request(lp_peer_t *p, lp_req_t *req)
 {
     lp_worker_t *w = p->w;
     p->req = req;
@@ -667,10 +669,8 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
     p->flags &= ~(LP_PF_RESP_BYTES | LP_PF_REQ_SENT | LP_PF_KEEPALIVE | LP_PF_PAUSED);
     if (!req->resp_arena) {
         req->resp_arena = lp_buf_get(&w->bufs, LP_BUF_SMALL); /* grows: peer_grow */
-        if (!req->resp_arena) {
-            peer_fail(p, LP_FAIL_PROTOCOL, 502, "out of memory");
-            return;
-        }
+        if (!req->resp_arena)
+            return peer_fail(p, LP_FAIL_PROTOCOL, 502, "out of memory");
     }
     lp_h1_init(&p->h1, HTTP_RESPONSE, p, on_resp_body);
     p->h1.max_header_size = req->g->config->limits.max_header_size;
@@ -695,8 +695,7 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
     if (!wb) {
         if (hb)
             lp_buf_unref(hb);
-        peer_fail(p, LP_FAIL_PROTOCOL, 502, "cannot build the request head");
-        return;
+        return peer_fail(p, LP_FAIL_PROTOCOL, 502, "cannot build the request head");
     }
     lp_wbatch_add(wb, hb->data, n, hb);
     lp_buf_unref(hb);
@@ -709,9 +708,12 @@ static void peer_start_request(lp_peer_t *p, lp_req_t *req)
     if (req->state == LP_RS_DONE)
         lp_peer_body_end(p, (req->h1.flags & LP_H1F_CHUNKED) != 0);
     peer_update_reading(p);
-    lp_conn_upstream_ready(req);
+    /* The client side may finish the request right here (a bad body, say). */
+    if (lp_conn_upstream_ready(req) == LP_GONE)
+        return LP_GONE;
     if (req->peer == p)
         lp_peer_flush(p);
+    return LP_OK;
 }
 
 /* Connected (and TLS established): the request bound while connecting goes out. */
@@ -725,7 +727,7 @@ static void peer_connected(lp_peer_t *p)
     if (!req)
         return;
     req->peer = NULL;
-    peer_start_request(p, req);
+    (void)peer_start_request(p, req);
 }
 
 static void on_connect(uv_connect_t *cr, int status)
@@ -763,7 +765,8 @@ static void on_connect(uv_connect_t *cr, int status)
     peer_connected(p);
 }
 
-static void peer_connect(lp_peer_t *p, lp_req_t *req)
+/* Connects p for req. LP_GONE when the request ended (the connect failed at once). */
+static int peer_connect(lp_peer_t *p, lp_req_t *req)
 {
     /* Bound to the request while connecting so that either side can abort the other. */
     p->req = req;
@@ -775,10 +778,10 @@ static void peer_connect(lp_peer_t *p, lp_req_t *req)
     if (rc) {
         char why[128];
         snprintf(why, sizeof(why), "connect failed: %s", uv_strerror(rc));
-        peer_fail(p, LP_FAIL_CONNECT, 502, why);
-        return;
+        return peer_fail(p, LP_FAIL_CONNECT, 502, why);
     }
     peer_timer(p, PT_CONNECT, T(p)->connect);
+    return LP_OK;
 }
 
 /* The hash policy's key: set from Lua, or what the upstream's hash_on names. */
@@ -966,13 +969,13 @@ void lp_upstream_try_end(lp_req_t *req, int failed)
 }
 
 /* One try: a target, then an idle pooled connection to it or a new one. */
-static void upstream_try(lp_req_t *req)
+/* LP_GONE when the request ended. */
+static int upstream_try(lp_req_t *req)
 {
     lp_upstream_rt_t *u = req->upstream;
     if (deadline_passed(req)) {
         req->fail_kind = LP_FAIL_TIMEOUT;
-        lp_conn_upstream_failed(req, 504, "total_timeout reached");
-        return;
+        return lp_conn_upstream_failed(req, 504, "total_timeout reached");
     }
     int idx = pick_target(req);
     if (idx < 0) {
@@ -985,11 +988,9 @@ static void upstream_try(lp_req_t *req)
         /* A retry that finds no other target answers what the last try failed with; a
          * first try with every target unavailable 503 at once, without waiting. */
         if (req->fail_kind)
-            lp_conn_upstream_failed(req, failure_status(req), "no other target to retry");
-        else
-            lp_conn_upstream_failed(req, req->no_healthy ? 503 : 502,
-                                    "no available target (down, ejected or drained)");
-        return;
+            return lp_conn_upstream_failed(req, failure_status(req), "no other target to retry");
+        return lp_conn_upstream_failed(req, req->no_healthy ? 503 : 502,
+                                       "no available target (down, ejected or drained)");
     }
     if (req->tries == 1)
         req->t_upstream = uv_hrtime();
@@ -1000,24 +1001,19 @@ static void upstream_try(lp_req_t *req)
         t->nidle--;
         p->flags |= LP_PF_REUSED;
         p->upstream = u;
-        peer_start_request(p, req);
-        return;
+        return peer_start_request(p, req);
     }
-    lp_peer_t *p = peer_new(req->conn->w, u, t);
-    if (!p) {
-        lp_conn_upstream_failed(req, 502, "out of memory");
-        return;
-    }
-    peer_connect(p, req);
+    lp_peer_t *p = peer_new(req->w, u, t);
+    if (!p)
+        return lp_conn_upstream_failed(req, 502, "out of memory");
+    return peer_connect(p, req);
 }
 
-void lp_upstream_start(lp_req_t *req)
+int lp_upstream_start(lp_req_t *req)
 {
     lp_upstream_rt_t *u = req->upstream;
-    if (req->tries) {
-        upstream_try(req); /* a retry, after the upstream phase ran again */
-        return;
-    }
+    if (req->tries)
+        return upstream_try(req); /* a retry, after the upstream phase ran again */
     /* The request's first try: per-request state (conn.c resets tries and tried). */
     req->tried_up = NULL;
     req->ntried = 0;
@@ -1025,7 +1021,7 @@ void lp_upstream_start(lp_req_t *req)
     req->fail_status = 0;
     req->tgt = NULL;
     req->queued = 0;
-    uint64_t now = uv_now(&req->conn->w->loop);
+    uint64_t now = uv_now(&req->w->loop);
     req->deadline = u->conf->total_timeout ? now + u->conf->total_timeout : 0;
     budget_count_request(u);
     if (u->conf->max_connections && u->in_flight + u->npending >= u->conf->max_connections) {
@@ -1038,18 +1034,17 @@ void lp_upstream_start(lp_req_t *req)
                             "(max_pending): 503",
                             u->conf->name, u->in_flight, u->npending);
             }
-            lp_conn_upstream_failed(req, 503,
-                                    "too many requests for the upstream (max_connections)");
-            return;
+            return lp_conn_upstream_failed(req, 503,
+                                           "too many requests for the upstream (max_connections)");
         }
         req->queued = 1;
         req->queued_at = now;
         lp_list_insert_tail(&u->pending, &req->qlink);
         if (u->npending++ == 0)
             queue_arm(u, queue_deadline(req) - now);
-        return;
+        return LP_OK;
     }
-    upstream_try(req);
+    return upstream_try(req);
 }
 
 /* ---- reading the response ---- */
@@ -1128,6 +1123,8 @@ static void peer_parse(lp_peer_t *p)
                 return;
             req->deadline = 0; /* total_timeout ends with the response head */
             int hr = lp_conn_response_head(req, &p->h1);
+            if (hr == LP_GONE)
+                return;
             if (hr == LP_AGAIN) {
                 /* The response phase waits: so does the body. */
                 p->flags |= LP_PF_LUA;
@@ -1192,7 +1189,7 @@ static uv_buf_t peer_rbuf_space(lp_peer_t *p)
     if (!p->rbuf)
         return uv_buf_init(NULL, 0);
     p->rpos = p->rlen = 0;
-    return uv_buf_init(p->rbuf->data, p->rbuf->cap);
+    return uv_buf_init(p->rbuf->data, (unsigned)p->rbuf->cap); /* a read block: 64 KiB */
 }
 
 static void on_peer_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)

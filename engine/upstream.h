@@ -20,8 +20,9 @@ lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen
 void lp_upstream_destroy_all(lp_worker_t *w);
 
 /* Picks a target and an idle or new connection for req, then writes the head.
- * lp_conn_upstream_ready() or lp_conn_upstream_failed() follows, maybe synchronously. */
-void lp_upstream_start(lp_req_t *req);
+ * lp_conn_upstream_ready() or lp_conn_upstream_failed() follows, maybe synchronously:
+ * LP_GONE when the request ended in the call. */
+int lp_upstream_start(lp_req_t *req);
 /* The current try of req ended (the balancer learns its outcome and latency). */
 void lp_upstream_try_end(lp_req_t *req, int failed);
 /* Request body bytes (raw or re-chunked), and the end of the body. */

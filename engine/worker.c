@@ -9,6 +9,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "upstream.h"
+#include "request.h"
 #include "worker.h"
 
 /* A generation handed from the main thread to one worker (through its mailbox). */
@@ -298,13 +299,7 @@ static void worker_main(void *arg)
     }
     uv_run(&w->loop, UV_RUN_DEFAULT);
     lp_upstream_destroy_all(w);
-    while (w->free_reqs) {
-        lp_req_t *r = w->free_reqs;
-        w->free_reqs = r->next_free;
-        free(r->headers);
-        free(r->resp_headers);
-        free(r);
-    }
+    lp_req_free_all(w);
     lp_bufpool_destroy(&w->bufs);
     lp_wbpool_destroy(&w->wbatches);
     int rc = uv_loop_close(&w->loop);

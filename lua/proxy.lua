@@ -3,6 +3,7 @@
 -- replaces it under busted).
 local ffi = require "ffi"
 local K = require "luaproxy.ffi"
+local phases = require "luaproxy.phases"
 local C = ffi.C
 local select, tostring, concat = select, tostring, table.concat
 local type, tonumber, error, setmetatable, format = type, tonumber, error, setmetatable, string.format
@@ -30,10 +31,12 @@ proxy.log.error = proxy.log.err
 -- Yields the current phase for `seconds`; the engine resumes it from its loop.
 function proxy.sleep(seconds)
   seconds = tonumber(seconds)
-  if not seconds or seconds < 0 then error("proxy.sleep: expected a number of seconds >= 0", 2) end
-  if C.lp_ffi_sleep(seconds) ~= 0 then
-    error("proxy.sleep: only inside a request phase", 2)
+  if not seconds or not (seconds >= 0 and seconds < 1e9) then
+    phases.raise("proxy.sleep: expected a number of seconds from 0 to 1e9", 2)
   end
+  local rc = C.lp_ffi_sleep(seconds)
+  if rc == -2 then phases.raise(phases.NO_YIELD, 2) end
+  if rc ~= 0 then phases.raise("proxy.sleep: only inside a request phase", 2) end
   yield()
 end
 
@@ -45,11 +48,11 @@ local str_out = ffi.new("lp_str_t[2]")
 
 local function target_args(self, what, addr, weight)
   if type(addr) ~= "string" then
-    error(format("%s(): expected an address \"ip:port\", got %s", what, type(addr)), 3)
+    phases.raise(format("%s(): expected an address \"ip:port\", got %s", what, type(addr)), 3)
   end
   weight = weight == nil and 1 or tonumber(weight)
   if not weight or weight < 1 or weight > 10000 or weight % 1 ~= 0 then
-    error(what .. "(): the weight must be a whole number from 1 to 10000", 3)
+    phases.raise(what .. "(): the weight must be a whole number from 1 to 10000", 3)
   end
   return addr, weight
 end
@@ -58,7 +61,7 @@ local function target_op(self, what, op, addr, weight)
   local rc = C.lp_ffi_upstream_target(self._i, op, addr, #addr, weight)
   if rc >= 0 then return true end
   if rc == K.EPHASE then
-    error(what .. "(): only in init_worker and request phases", 3)
+    phases.raise(what .. "(): only in init_worker and request phases", 3)
   end
   if rc == K.ENOTFOUND then return nil, "no target " .. addr .. " in upstream " .. self.name end
   if rc == K.EINVAL then return nil, "expected an IP address and port, got " .. addr end
@@ -77,7 +80,7 @@ function Upstream:remove_target(addr)
 end
 
 function Upstream:set_weight(addr, weight)
-  if weight == nil then error("set_weight(): expected a weight", 2) end
+  if weight == nil then phases.raise("set_weight(): expected a weight", 2) end
   addr, weight = target_args(self, "set_weight", addr, weight)
   return target_op(self, "set_weight", K.TWEIGHT, addr, weight)
 end
@@ -97,10 +100,10 @@ end
 
 -- The upstream `name` of the running generation, in this worker.
 function proxy.upstream(name)
-  if type(name) ~= "string" then error("proxy.upstream(): expected an upstream name", 2) end
+  if type(name) ~= "string" then phases.raise("proxy.upstream(): expected an upstream name", 2) end
   local i = C.lp_ffi_upstream_find(name, #name)
-  if i == K.EPHASE then error("proxy.upstream(): only in init_worker and request phases", 2) end
-  if i < 0 then error(format("proxy.upstream(): no upstream named %q", name), 2) end
+  if i == K.EPHASE then phases.raise("proxy.upstream(): only in init_worker and request phases", 2) end
+  if i < 0 then phases.raise(format("proxy.upstream(): no upstream named %q", name), 2) end
   return setmetatable({ name = name, _i = i }, Upstream)
 end
 

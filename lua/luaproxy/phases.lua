@@ -32,18 +32,76 @@ M.methods = {
   upstream_addr = { response = true, response_body = true, log = true },
 }
 
+-- The variables req:var() knows (docs/lua-api.md); each gives one value: a string, or nil
+-- when not known (yet).
+M.vars = { "client_ip", "host", "method", "path", "uri", "scheme", "request_id", "upstream",
+  "status", "ssl_protocol", "ssl_cipher", "ssl_server_name" }
+
+-- The phase of a handle whose request has ended: every later call raises M.ENDED.
+M.ENDED_PHASE = "ended"
+M.ENDED = "request handle used after the request ended (a handle is valid only during its "
+  .. "own request: keep what you need from it, not the handle)"
+
+-- What a response_body filter that tries to wait (proxy.sleep, a yield) gets.
+M.NO_YIELD = "response_body filters may not yield (proxy.sleep or other waits): wait in the "
+  .. "response phase instead"
+
+-- Frames of the API's own Lua (skipped when naming the caller) and of the code that runs
+-- phase functions (reaching one means the user's frame is gone).
+local function api_frame(source)
+  return source:find("luaproxy/request.lua", 1, true) or source:find("luaproxy/phases.lua", 1, true)
+    or source:find("lua/proxy.lua", 1, true) or source:find("proxy/test.lua", 1, true)
+end
+local function runner_frame(source)
+  return source:sub(1, 14) == "=runtime.chain" or source:find("luaproxy/runtime.lua", 1, true)
+end
+
+-- The phase function running now, when the test double says (raise); the engine's runtime
+-- is asked otherwise.
+M.current_fn = nil
+
+-- error(msg, level) for API misuse that always names the user's file and line: the first
+-- frame from `level` up that is not the API's own. A plugin that ends with
+-- `return req:respond(...)` makes a tail call: its frame is gone, and what calls it is the
+-- runtime. The message then names the phase function that made the call, where it is
+-- defined.
+function M.raise(msg, level)
+  level = (level or 1) + 1
+  while true do
+    local info = debug.getinfo(level, "S")
+    if not info or runner_frame(info.source) then break end
+    if info.what ~= "C" and not api_frame(info.source) then error(msg, level) end
+    level = level + 1
+  end
+  local fn = M.current_fn
+  if not fn then
+    local rt = package.loaded["luaproxy.runtime"]
+    local inst = rt and rt.current
+    fn = inst and rt.current_phase and inst[rt.current_phase]
+  end
+  local fi = type(fn) == "function" and debug.getinfo(fn, "S")
+  if fi and fi.what ~= "C" then
+    local src = fi.source:sub(1, 1) == "@" and fi.source:sub(2) or fi.short_src
+    error(string.format("%s:%d: %s (in a tail call, `return req:...()`, from the function "
+      .. "defined here)", src, fi.linedefined, msg), 0)
+  end
+  error(msg, 0)
+end
+local raise = M.raise
+
 -- Raises the error a plugin author sees when calling `name` in the wrong phase.
 function M.check(name, phase)
+  if phase == M.ENDED_PHASE then raise(M.ENDED, 3) end
   local allowed = M.methods[name]
   if not allowed then
-    error("req:" .. name .. "() does not exist", 3)
+    raise("req:" .. name .. "() does not exist", 3)
   end
   if not allowed[phase] then
     local list = {}
     for _, p in ipairs(M.order) do
       if allowed[p] then list[#list + 1] = p end
     end
-    error(string.format("req:%s() cannot be called in the %s phase (allowed: %s)",
+    raise(string.format("req:%s() cannot be called in the %s phase (allowed: %s)",
       name, tostring(phase), table.concat(list, ", ")), 3)
   end
 end

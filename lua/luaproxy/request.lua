@@ -18,6 +18,7 @@ local s1 = ffi.new("lp_str_t[1]")
 local s2 = ffi.new("lp_str_t[1]")
 
 local allowed = phases.methods
+local raise = phases.raise
 local M = {}
 local methods = {}
 local mt = { __index = methods }
@@ -41,11 +42,11 @@ local function header_value(v, what)
   local t = type(v)
   if t == "string" then return v end
   if t == "number" then return tostring(v) end
-  error(format("%s: expected a string value, got %s", what, t), 3)
+  raise(format("%s: expected a string value, got %s", what, t), 3)
 end
 
 local function set_header(h, resp, mode, name, value, what)
-  if type(name) ~= "string" then error(what .. ": expected a header name", 3) end
+  if type(name) ~= "string" then raise(what .. ": expected a header name", 3) end
   local rc
   if mode == K.HCLEAR then
     rc = C.lp_ffi_header_set(h._r, resp, mode, name, #name, nil, 0)
@@ -62,11 +63,11 @@ local function set_header(h, resp, mode, name, value, what)
     value = header_value(value, what)
     rc = C.lp_ffi_header_set(h._r, resp, mode, name, #name, value, #value)
   end
-  if rc ~= 0 then error(format("%s(%q): %s", what, name, ERRORS[rc] or "failed"), 3) end
+  if rc ~= 0 then raise(format("%s(%q): %s", what, name, ERRORS[rc] or "failed"), 3) end
 end
 
 local function get_header(h, resp, name)
-  if type(name) ~= "string" then error("expected a header name", 3) end
+  if type(name) ~= "string" then raise("expected a header name", 3) end
   if C.lp_ffi_header_get(h._r, resp, name, #name, 0, s1) ~= 1 then return nil end
   return ffi_string(s1[0].base, s1[0].len)
 end
@@ -124,7 +125,7 @@ function methods.host(h) check(h, "host") return lower(get(h, K.HOST) or "") end
 function methods.scheme(h) check(h, "scheme") return get(h, K.SCHEME) end
 function methods.client_ip(h) check(h, "client_ip") return get(h, K.CLIENT_IP) end
 function methods.http_version(h) check(h, "http_version") return tonumber(get(h, K.VERSION)) end
-function methods.phase(h) return h._phase end
+function methods.phase(h) check(h, "phase") return h._phase end
 
 local function tls_get(h, what)
   if C.lp_ffi_tls_get(h._r, what, s1) ~= 0 then return nil end
@@ -156,7 +157,7 @@ end
 
 function methods.query(h, name)
   check(h, "query")
-  if type(name) ~= "string" then error("req:query(): expected an argument name", 2) end
+  if type(name) ~= "string" then raise("req:query(): expected an argument name", 2) end
   local v = parse_args(get(h, K.QUERY))[name]
   if type(v) == "table" then return v[1] end
   return v
@@ -183,10 +184,10 @@ end
 
 function methods.set_path(h, uri)
   check(h, "set_path")
-  if type(uri) ~= "string" then error("req:set_path(): expected a string", 2) end
+  if type(uri) ~= "string" then raise("req:set_path(): expected a string", 2) end
   local rc = C.lp_ffi_set_path(h._r, uri, #uri)
   if rc ~= 0 then
-    error(format("req:set_path(%q): %s", uri,
+    raise(format("req:set_path(%q): %s", uri,
       rc == K.EINVAL and "must start with / and hold no spaces or controls" or ERRORS[rc]), 2)
   end
 end
@@ -194,7 +195,7 @@ end
 function methods.set_upstream(h, name)
   check(h, "set_upstream")
   if type(name) ~= "string" or C.lp_ffi_set_upstream(h._r, name, #name) ~= 0 then
-    error(format("req:set_upstream(): no upstream named %q", tostring(name)), 2)
+    raise(format("req:set_upstream(): no upstream named %q", tostring(name)), 2)
   end
 end
 
@@ -202,7 +203,7 @@ function methods.set_target(h, host, port)
   check(h, "set_target")
   port = tonumber(port)
   if type(host) ~= "string" or not port or C.lp_ffi_set_target(h._r, host, #host, port) ~= 0 then
-    error(format("req:set_target(%s, %s): expected an IP address and a port",
+    raise(format("req:set_target(%s, %s): expected an IP address and a port",
       tostring(host), tostring(port)), 2)
   end
 end
@@ -210,9 +211,9 @@ end
 -- The key the `hash` balancing policy uses for this request (instead of its hash_on).
 function methods.set_hash_key(h, key)
   check(h, "set_hash_key")
-  if type(key) ~= "string" then error("req:set_hash_key(): expected a string", 2) end
+  if type(key) ~= "string" then raise("req:set_hash_key(): expected a string", 2) end
   if C.lp_ffi_set_hash_key(h._r, key, #key) ~= 0 then
-    error("req:set_hash_key(): no room left", 2)
+    raise("req:set_hash_key(): no room left", 2)
   end
 end
 
@@ -232,7 +233,9 @@ end
 function methods.body(h, max_bytes)
   check(h, "body")
   max_bytes = tonumber(max_bytes)
-  if not max_bytes or max_bytes < 0 then error("req:body(): expected a maximum size in bytes", 2) end
+  if not max_bytes or not (max_bytes >= 0 and max_bytes <= 2 ^ 53) then
+    raise("req:body(): expected a maximum size in bytes (0 to 2^53)", 2)
+  end
   local rc = C.lp_ffi_body_read(h._r, max_bytes, s1)
   if rc == 1 then
     yield() -- the engine resumes once the body is complete or too large
@@ -248,11 +251,11 @@ function methods.respond(h, status, body, headers)
   check(h, "respond")
   status = tonumber(status)
   if not status or status < 200 or status > 999 or status % 1 ~= 0 then
-    error("req:respond(): expected a status from 200 to 999", 2)
+    raise("req:respond(): expected a status from 200 to 999", 2)
   end
   if body ~= nil and type(body) ~= "string" then body = tostring(body) end
   if headers ~= nil and type(headers) ~= "table" then
-    error("req:respond(): headers must be a table of name = value", 2)
+    raise("req:respond(): headers must be a table of name = value", 2)
   end
   C.lp_ffi_respond_begin(h._r)
   if headers then
@@ -262,7 +265,7 @@ function methods.respond(h, status, body, headers)
   end
   body = body or ""
   if C.lp_ffi_respond(h._r, status, body, #body) ~= 0 then
-    error("req:respond(): cannot store the answer", 2)
+    raise("req:respond(): cannot store the answer", 2)
   end
   -- The engine never resumes this: the handler ends here.
   yield()
@@ -273,8 +276,8 @@ local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308]
 function methods.redirect(h, url, status)
   check(h, "redirect")
   status = status or 302
-  if not REDIRECT[status] then error("req:redirect(): status must be 301, 302, 303, 307 or 308", 2) end
-  if type(url) ~= "string" or url == "" then error("req:redirect(): expected a URL", 2) end
+  if not REDIRECT[status] then raise("req:redirect(): status must be 301, 302, 303, 307 or 308", 2) end
+  if type(url) ~= "string" or url == "" then raise("req:redirect(): expected a URL", 2) end
   return methods.respond(h, status, "", { Location = url })
 end
 
@@ -286,7 +289,7 @@ function methods.set_status(h, code)
   check(h, "set_status")
   code = tonumber(code)
   if not code or C.lp_ffi_set_status(h._r, code) ~= 0 then
-    error("req:set_status(): expected a status from 100 to 999", 2)
+    raise("req:set_status(): expected a status from 100 to 999", 2)
   end
 end
 
@@ -337,7 +340,8 @@ local VARS = {
 function methods.var(h, name)
   check(h, "var")
   local f = VARS[name]
-  if f then return f(h) end
+  -- Exactly one value (nil when unset), as documented: tostring(req:var(x)) must work.
+  if f then return (f(h)) end
   return nil
 end
 

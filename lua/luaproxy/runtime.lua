@@ -5,6 +5,7 @@
 -- and once in each worker's own VM to serve.
 local schema = require "luaproxy.schema"
 local guard = require "luaproxy.guard"
+local phases = require "luaproxy.phases"
 
 local type, pairs, ipairs, tostring, xpcall = type, pairs, ipairs, tostring, xpcall
 local format, concat, sort = string.format, table.concat, table.sort
@@ -253,6 +254,7 @@ function M.run(h, id)
   if not list then return OK end
   local phase = M.PHASES[id]
   h._phase = phase
+  M.current_phase = phase -- phases.raise names the running plugin's function by it
   local ok, err = xpcall(list.run, traceback, h, list, phase)
   if ok then return OK end
   return recover(h, list, phase, err)
@@ -262,11 +264,15 @@ end
 function M.body(h, chunk, eof)
   local list = h._chain[PHASE_ID.response_body]
   h._phase = "response_body"
+  M.current_phase = "response_body"
   for i = 1, #list do
     local inst = list[i]
     M.current = inst
     local ok, out = xpcall(inst.response_body, traceback, h, chunk, eof, inst.conf)
     M.current = nil
+    if not ok and tostring(out):find("attempt to yield across", 1, true) then
+      out = phases.NO_YIELD .. "\n" .. tostring(out)
+    end
     if not ok then
       if log_failure then log_failure(inst, "response_body", out, h) end
       if not inst.fail_open then return nil end

@@ -52,10 +52,13 @@ for _, level in ipairs({ "err", "warn", "notice", "info", "debug" }) do
 end
 function fake.now() return clock end
 function fake.worker_id() return 1 end
+local in_filter = false -- a response_body filter runs (call_filter)
 function fake.sleep(seconds)
-  if type(seconds) ~= "number" or seconds < 0 then
-    error("proxy.sleep(): seconds must be a number >= 0", 2)
+  seconds = tonumber(seconds)
+  if not seconds or not (seconds >= 0 and seconds < 1e9) then
+    phases.raise("proxy.sleep: expected a number of seconds from 0 to 1e9", 2)
   end
+  if in_filter then phases.raise(phases.NO_YIELD, 2) end
   clock = clock + seconds
   -- Yield like the engine does, so a sleep where the engine cannot yield (inside a C call
   -- such as a table.sort comparator or a gsub callback) fails in the specs too.
@@ -87,11 +90,11 @@ end
 
 local function check_target_args(what, addr, weight)
   if type(addr) ~= "string" then
-    error(format("%s(): expected an address \"ip:port\", got %s", what, type(addr)), 3)
+    phases.raise(format("%s(): expected an address \"ip:port\", got %s", what, type(addr)), 3)
   end
   if weight ~= nil and (type(weight) ~= "number" or weight < 1 or weight > 10000
                         or weight % 1 ~= 0) then
-    error(what .. "(): the weight must be a whole number from 1 to 10000", 3)
+    phases.raise(what .. "(): the weight must be a whole number from 1 to 10000", 3)
   end
 end
 
@@ -120,7 +123,7 @@ function Upstream:remove_target(addr)
 end
 
 function Upstream:set_weight(addr, weight)
-  if weight == nil then error("set_weight(): expected a weight", 2) end
+  if weight == nil then phases.raise("set_weight(): expected a weight", 2) end
   check_target_args("set_weight", addr, weight)
   local _, t = find_target(self, addr)
   if not t then return nil, "no target " .. addr .. " in upstream " .. self.name end
@@ -137,8 +140,8 @@ function Upstream:targets()
 end
 
 function fake.upstream(name)
-  if type(name) ~= "string" then error("proxy.upstream(): expected an upstream name", 2) end
-  if not T.upstreams[name] then error(format("proxy.upstream(): no upstream named %q", name), 2) end
+  if type(name) ~= "string" then phases.raise("proxy.upstream(): expected an upstream name", 2) end
+  if not T.upstreams[name] then phases.raise(format("proxy.upstream(): no upstream named %q", name), 2) end
   return setmetatable({ name = name }, Upstream)
 end
 
@@ -155,6 +158,7 @@ function T.advance(seconds) clock = clock + seconds end
 
 -- Clears the recorded log lines and puts the clock back to its start.
 function T.reset()
+  phases.current_fn = nil
   T.logs = {}
   clock = START
 end
@@ -177,7 +181,7 @@ end
 
 local function check_name(method, name)
   if type(name) ~= "string" or name == "" or not find(name, "^[%w!#$%%&'*+%-.^_`|~]+$") then
-    error(argerror(method, "header name must be a non-empty token",
+    phases.raise(argerror(method, "header name must be a non-empty token",
       type(name) == "string" and format("%q", name) or type(name)), 3)
   end
 end
@@ -186,10 +190,10 @@ local function check_value(method, v)
   local tv = type(v)
   if tv == "number" then return tostring(v) end
   if tv ~= "string" then
-    error(argerror(method, "header value must be a string, a number or a list of them", tv), 4)
+    phases.raise(argerror(method, "header value must be a string, a number or a list of them", tv), 4)
   end
   if find(v, "[\r\n%z]") then
-    error(format("req:%s(): header value contains CR, LF or NUL", method), 4)
+    phases.raise(format("req:%s(): header value contains CR, LF or NUL", method), 4)
   end
   return v
 end
@@ -276,7 +280,7 @@ end
 -- Like the engine: a local answer is 200..999, a changed status 100..999.
 local function check_status(method, status, low)
   if type(status) ~= "number" or status % 1 ~= 0 or status < (low or 100) or status > 999 then
-    error(argerror(method, "status must be an integer " .. (low or 100) .. "..999", tostring(status)), 3)
+    phases.raise(argerror(method, "status must be an integer " .. (low or 100) .. "..999", tostring(status)), 3)
   end
 end
 
@@ -305,7 +309,7 @@ function T.request(spec)
   spec = spec or {}
   local uri = spec.uri or "/"
   if type(uri) ~= "string" or sub(uri, 1, 1) ~= "/" then
-    error("proxy.test.request(): uri must start with /", 2)
+    phases.raise("proxy.test.request(): uri must start with /", 2)
   end
   local path, query = split_uri(uri)
   local known
@@ -336,17 +340,18 @@ function T.request(spec)
     _last_failure = spec.last_failure,
   }, Req)
   if spec.upstream and known and not known[spec.upstream] then
-    error("proxy.test.request(): upstream " .. spec.upstream .. " is not in upstreams", 2)
+    phases.raise("proxy.test.request(): upstream " .. spec.upstream .. " is not in upstreams", 2)
   end
   return req
 end
 
 -- Test side: moves the double to phase `p` (one of luaproxy.phases.order).
 function Req:set_phase(p)
+  if self._phase == phases.ENDED_PHASE then phases.raise(phases.ENDED, 2) end
   for _, name in ipairs(phases.order) do
     if name == p then self._phase = p; return self end
   end
-  error("req:set_phase(): unknown phase " .. tostring(p), 2)
+  phases.raise("req:set_phase(): unknown phase " .. tostring(p), 2)
 end
 
 function Req:phase() check("phase", self._phase); return self._phase end
@@ -361,7 +366,7 @@ end
 
 function Req:query(name)
   check("query", self._phase)
-  if type(name) ~= "string" then error(argerror("query", "name must be a string", type(name)), 2) end
+  if type(name) ~= "string" then phases.raise(argerror("query", "name must be a string", type(name)), 2) end
   local found
   each_arg(self._query, function(n, v)
     if n == name then found = v; return true end
@@ -387,7 +392,7 @@ end
 
 function Req:header(name)
   check("header", self._phase)
-  if type(name) ~= "string" then error(argerror("header", "name must be a string", type(name)), 2) end
+  if type(name) ~= "string" then phases.raise(argerror("header", "name must be a string", type(name)), 2) end
   return h_find(self._headers, lower(name))
 end
 
@@ -439,7 +444,7 @@ function Req:var(name)
   check("var", self._phase)
   local f = VARS[name]
   if f == nil then return nil end
-  return f(self)
+  return (f(self)) -- exactly one value, like the engine
 end
 
 function Req:set_header(name, value)
@@ -453,7 +458,7 @@ end
 function Req:add_header(name, value)
   check("add_header", self._phase)
   check_name("add_header", name)
-  if value == nil then error(argerror("add_header", "value must not be nil", "nil"), 2) end
+  if value == nil then phases.raise(argerror("add_header", "value must not be nil", "nil"), 2) end
   h_add(self._headers, "add_header", name, value)
 end
 
@@ -468,11 +473,11 @@ end
 function Req:set_path(uri)
   check("set_path", self._phase)
   if type(uri) ~= "string" or sub(uri, 1, 1) ~= "/" then
-    error(argerror("set_path", "path must be a string starting with /",
+    phases.raise(argerror("set_path", "path must be a string starting with /",
       type(uri) == "string" and format("%q", uri) or type(uri)), 2)
   end
   if find(uri, "[%z\1-\32\127]") then
-    error(format("req:set_path(%q): must start with / and hold no spaces or controls", uri), 2)
+    phases.raise(format("req:set_path(%q): must start with / and hold no spaces or controls", uri), 2)
   end
   self._path, self._query = split_uri(uri)
 end
@@ -480,10 +485,10 @@ end
 function Req:set_upstream(name)
   check("set_upstream", self._phase)
   if type(name) ~= "string" then
-    error(argerror("set_upstream", "name must be a string", type(name)), 2)
+    phases.raise(argerror("set_upstream", "name must be a string", type(name)), 2)
   end
   if self._known and not self._known[name] then
-    error(format("req:set_upstream(): no upstream named %q", name), 2)
+    phases.raise(format("req:set_upstream(): no upstream named %q", name), 2)
   end
   self._upstream = name
   self._target = nil
@@ -503,7 +508,7 @@ function Req:set_target(host, port)
   port = tonumber(port)
   if type(host) ~= "string" or not is_ip(host) or not port or port % 1 ~= 0 or port < 1
      or port > 65535 then
-    error(format("req:set_target(%s, %s): expected an IP address and a port", tostring(host),
+    phases.raise(format("req:set_target(%s, %s): expected an IP address and a port", tostring(host),
       tostring(port)), 2)
   end
   self._target = (find(host, ":", 1, true) and "[" .. host .. "]" or host) .. ":" .. port
@@ -512,7 +517,7 @@ end
 -- The engine's hash policy would use this key; the double records it.
 function Req:set_hash_key(key)
   check("set_hash_key", self._phase)
-  if type(key) ~= "string" then error("req:set_hash_key(): expected a string", 2) end
+  if type(key) ~= "string" then phases.raise("req:set_hash_key(): expected a string", 2) end
   self._hash_key = key
 end
 
@@ -526,8 +531,9 @@ end
 
 function Req:body(max_bytes)
   check("body", self._phase)
-  if type(max_bytes) ~= "number" or max_bytes < 0 then
-    error(argerror("body", "max_bytes must be a number >= 0", tostring(max_bytes)), 2)
+  max_bytes = tonumber(max_bytes)
+  if not max_bytes or not (max_bytes >= 0 and max_bytes <= 2 ^ 53) then
+    phases.raise("req:body(): expected a maximum size in bytes (0 to 2^53)", 2)
   end
   if #self._body > max_bytes then return nil, "too large" end
   return self._body
@@ -536,7 +542,7 @@ end
 -- Ends the running phase like the engine: yield a marker the runner never resumes.
 local function finish(req, method)
   if running == nil or co_running() ~= running then
-    error("req:" .. method .. "() ends the phase: run the phase with proxy.test's T.run, "
+    phases.raise("req:" .. method .. "() ends the phase: run the phase with proxy.test's T.run, "
       .. "T.call or T.phase, not as a plain function call", 3)
   end
   req._responded = true
@@ -554,7 +560,7 @@ function Req:respond(status, body, headers)
   check("respond", self._phase)
   check_status("respond", status, 200)
   if headers ~= nil and type(headers) ~= "table" then
-    error(argerror("respond", "headers must be a table or nil", type(headers)), 2)
+    phases.raise(argerror("respond", "headers must be a table or nil", type(headers)), 2)
   end
   set_local(self, "respond", status, body, headers)
   finish(self, "respond")
@@ -565,11 +571,11 @@ local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308]
 function Req:redirect(url, status)
   check("redirect", self._phase)
   if type(url) ~= "string" or url == "" then
-    error(argerror("redirect", "url must be a non-empty string", type(url)), 2)
+    phases.raise(argerror("redirect", "url must be a non-empty string", type(url)), 2)
   end
   status = status or 302
   if not REDIRECT[status] then
-    error(argerror("redirect", "status must be 301, 302, 303, 307 or 308", tostring(status)), 2)
+    phases.raise(argerror("redirect", "status must be 301, 302, 303, 307 or 308", tostring(status)), 2)
   end
   set_local(self, "redirect", status, nil, { Location = url })
   finish(self, "redirect")
@@ -586,7 +592,7 @@ end
 function Req:resp_header(name)
   check("resp_header", self._phase)
   if type(name) ~= "string" then
-    error(argerror("resp_header", "name must be a string", type(name)), 2)
+    phases.raise(argerror("resp_header", "name must be a string", type(name)), 2)
   end
   return h_find(self._resp_headers, lower(name))
 end
@@ -606,7 +612,7 @@ end
 function Req:add_resp_header(name, value)
   check("add_resp_header", self._phase)
   check_name("add_resp_header", name)
-  if value == nil then error(argerror("add_resp_header", "value must not be nil", "nil"), 2) end
+  if value == nil then phases.raise(argerror("add_resp_header", "value must not be nil", "nil"), 2) end
   h_add(self._resp_headers, "add_resp_header", name, value)
 end
 
@@ -672,18 +678,39 @@ function T.call(fn, ...)
   end
 end
 
+-- Runs a response_body filter as the engine does: a plain call, so that a filter that
+-- waits (proxy.sleep, any yield) fails the same way it fails in the proxy.
+local function call_filter(fn, ...)
+  local co = co_create(fn)
+  local prev = running
+  running = co
+  in_filter = true
+  local ok, ret = co_resume(co, ...)
+  in_filter = false
+  running = prev
+  if not ok then error(ret, 0) end
+  if co_status(co) ~= "dead" then error(phases.NO_YIELD, 0) end
+  return false, ret
+end
+
+-- Ends `req` as the engine ends a request: its handle raises on every later call.
+function T.finish(req)
+  req._phase = phases.ENDED_PHASE
+  return req
+end
+
 -- Validated (and compiled, when the plugin has compile()) conf for `plugin`: what the
 -- runtime hands its phase functions. Raises with the schema error.
 function T.conf(plugin, overrides, path)
   path = path or "plugins[1](" .. tostring(plugin.name) .. ")"
   local ok, err = schema.check_plugin(plugin)
-  if not ok then error(err, 2) end
+  if not ok then phases.raise(err, 2) end
   local conf
   conf, err = schema.validate(plugin.schema or { fields = {} }, overrides, path)
-  if not conf then error(err, 2) end
+  if not conf then phases.raise(err, 2) end
   if plugin.compile then
     local compiled, cerr = plugin.compile(conf)
-    if compiled == nil then error(path .. ": " .. tostring(cerr), 2) end
+    if compiled == nil then phases.raise(path .. ": " .. tostring(cerr), 2) end
     conf = compiled
   end
   return conf
@@ -693,7 +720,7 @@ end
 -- response_body takes (chunk, eof) after conf. Returns like T.call.
 function T.phase(plugin, phase, req, conf, chunk, eof)
   local fn = plugin[phase]
-  if fn == nil then error("plugin " .. tostring(plugin.name) .. " has no " .. phase .. " phase", 2) end
+  if fn == nil then phases.raise("plugin " .. tostring(plugin.name) .. " has no " .. phase .. " phase", 2) end
   local prev_tag = log_tag
   log_tag = plugin.name
   if phase == "init_worker" then
@@ -703,12 +730,14 @@ function T.phase(plugin, phase, req, conf, chunk, eof)
   end
   req:set_phase(phase)
   local r1, r2
+  phases.current_fn = fn -- API errors from a tail call name it (phases.raise)
   if phase == "response_body" then
-    r1, r2 = T.call(fn, req, chunk, eof, conf)
+    r1, r2 = call_filter(fn, req, chunk, eof, conf)
   else
     r1, r2 = T.call(fn, req, conf)
   end
   log_tag = prev_tag
+  phases.current_fn = nil
   return r1, r2
 end
 
@@ -794,6 +823,7 @@ function T.run_chain(entries, req_spec, resp_spec)
 
   local logs = {}
   for i = first_log, #T.logs do logs[#logs + 1] = T.logs[i] end
+  T.finish(req) -- like the engine: a handle kept past its request raises
   return {
     status = req._status,
     headers = h_table(req._resp_headers),

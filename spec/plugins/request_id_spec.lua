@@ -10,7 +10,7 @@ describe("request_id plugin", function()
     assert.matches(UUID, id)
     assert.equal(id, res.request_headers["X-Request-Id"])
     assert.equal(id, res.headers["X-Request-Id"])
-    assert.equal(id, res.req:var("request_id"))
+    assert.equal(id, res.ctx.request_id)
   end)
 
   it("draws different ids", function()

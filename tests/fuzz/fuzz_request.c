@@ -72,6 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 lp_h1_resume(&h);
                 lp_h1_set_storage(&h, arena, sizeof(arena), headers, 64);
                 break;
+            case LP_H1_PAUSED: /* only a body callback asks for it; there is none here */
+                abort();
             case LP_H1_UPGRADE:
             case LP_H1_ERROR:
                 if (ev == LP_H1_ERROR && (h.err_status < 400 || h.err_status > 505))
