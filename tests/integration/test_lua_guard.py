@@ -121,23 +121,35 @@ class GuardTest(L.LuaTestCase):
 
 class InitWorkerStartTest(L.LuaTestCase):
     """init_worker runs protected: an error or a runaway loop there refuses the start with
-    the plugin's file:line and exit status 1; the process never aborts."""
+    the plugin's file:line and exit status 1; the process never aborts. Loading is guarded
+    too: a loop in a plugin's main chunk, in its compile() or in a module it requires at
+    load refuses the start (and `luaproxy -t`) instead of hanging the main thread."""
 
-    def start_failing(self, body):
+    def start_failing(self, body, plugin=None):
+        """Start-up (and `luaproxy -t`, except for init_worker, which -t does not run yet:
+        issue 11, item 12) exits 1; returns their error output."""
         one = self.start_origin("one")
-        plugin = ("local P = { name = \"badinit\", priority = 5, schema = { fields = {} } }\n"
-                  "function P.init_worker(conf)\n" + body + "\nend\nreturn P\n")
+        in_init_worker = plugin is None
+        plugin = plugin or ("local P = { name = \"badinit\", priority = 5, "
+                            "schema = { fields = {} } }\n"
+                            "function P.init_worker(conf)\n" + body + "\nend\nreturn P\n")
         p = H.Proxy.build({"one": H.upstream(one.address())}, [route("/", upstream="one")],
                           name="badinit", workers=1,
                           plugins=[{"name": "badinit"}],
                           lua={"phase_timeout": 0.5, "plugin_paths": ["myplugins"]})
-        L.copy_files(p.dir, {"myplugins/badinit.lua": plugin})
+        L.copy_files(p.dir, {"myplugins/badinit.lua": plugin, "loadspin.lua": LOADSPIN})
         self.addCleanup(p.stop)
+        p.write_config()
+        rc, out, err, _ = L.check_config(p.config_path)
+        if in_init_worker:
+            err = ""
+        else:
+            self.assertEqual(rc, 1, out + err)
         p.start(wait=False)
         rc = p.wait_exit(H.T(10))
         self.assertIsNotNone(rc, "luaproxy did not exit:\n" + p.stderr()[-3000:])
         self.assertEqual(rc, 1, p.stderr()[-3000:])
-        return p.stderr()
+        return err + p.stderr()
 
     def test_error_in_init_worker(self):
         err = self.start_failing("  local t = nil\n  return t.x")
@@ -147,6 +159,28 @@ class InitWorkerStartTest(L.LuaTestCase):
     def test_runaway_init_worker(self):
         err = self.start_failing("  while true do end")
         self.assertRegex(err, r"badinit\.lua:3: phase timed out")
+
+    def test_runaway_plugin_main_chunk(self):
+        err = self.start_failing(None, plugin=(
+            "local n = 0\nwhile true do n = n + 1 end\n"
+            "return { name = \"badinit\", priority = 5, schema = { fields = {} } }\n"))
+        self.assertRegex(err, r"badinit\.lua:2: phase timed out")
+
+    def test_runaway_compile(self):
+        err = self.start_failing(None, plugin=(
+            "local P = { name = \"badinit\", priority = 5, schema = { fields = {} } }\n"
+            "function P.compile(conf)\n  repeat until false\nend\nreturn P\n"))
+        self.assertRegex(err, r"badinit\.lua:3: phase timed out")
+
+    def test_runaway_module_required_at_load(self):
+        err = self.start_failing(None, plugin=(
+            "local lib = require \"loadspin\"\n"
+            "return { name = \"badinit\", priority = 5, schema = { fields = {} } }\n"))
+        self.assertRegex(err, r"loadspin\.lua:2: phase timed out")
+
+
+# A module whose main chunk never ends (beside the config, on package.path).
+LOADSPIN = "local t = {}\nfor i = 1, math.huge do t[i % 10] = i end\nreturn t\n"
 
 
 if __name__ == "__main__":
