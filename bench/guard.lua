@@ -1,7 +1,8 @@
 -- What the runaway guard's checks cost (lua/luaproxy/guard.lua): each workload is loaded
 -- twice, as it is and through the guard's rewrite, and timed compiled (best of ROUNDS).
--- Run from the repository root:  luajit bench/guard.lua
--- Prints the time of each and the ratio guarded / plain. Not a test: nothing is asserted.
+-- Run from the repository root:  luajit bench/guard.lua   (JIT=off: interpreted, as code
+-- whose traces abort runs). Prints the time of each and the ratio guarded / plain. Not a
+-- test: nothing is asserted.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 local guard = require "luaproxy.guard"
 
@@ -82,6 +83,7 @@ end
 -- workload (the check's own side traces included) would colour the next one's figures.
 local which, variant = tonumber(arg[1]), arg[2]
 if which then
+  if os.getenv("JIT") == "off" then jit.off() end
   local name, src, n = workloads[which][1], workloads[which][2], workloads[which][3]
   local fn
   if variant == "guarded" then

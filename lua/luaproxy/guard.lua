@@ -2,25 +2,28 @@
 -- yielding, inside JIT-compiled code too, without touching the VM from another thread.
 --
 -- How: every user file is rewritten when it is loaded (`M.rewrite`, source to source): a
--- call `__lp_chk()` goes at the start of every loop body (`while ... do`, `for ... do`,
--- `repeat`), at the start of every function body, and before every `goto` (a goto loop
--- has a backward goto). `__lp_chk` is the check below, an upvalue of the file's main
--- function. Nothing is added on a new line, so errors name the same file:line.
+-- check goes at the start of every loop body (`while ... do`, `for ... do`, `repeat`), at
+-- the start of every function body, and before every `goto` (a goto loop has a backward
+-- goto). Nothing is added on a new line, so errors name the same file:line. The check is
+--   __lp_n = __lp_n - 1; if __lp_n <= 0 then __lp_n = __lp_chk() end;
+-- a countdown in an upvalue of the file, and once per BUDGET checks a call of `check`
+-- below, which reads a per-VM flag (`lp_lua_guard_t.stop`, engine/lua_vm.c) that the
+-- watchdog thread sets when the running Lua's deadline passed.
 --
--- The check counts down a per-VM budget in FFI memory and, once per BUDGET checks, reads a
--- per-VM flag (`lp_lua_t.stop`, engine/lua_vm.c) that the watchdog thread sets when a
--- phase's deadline passed. A compiled loop then costs a subtract, a store and a compare per
--- iteration. The flag itself cannot be read on every check: LuaJIT ignores `volatile` on
--- FFI loads and hoists a load of unchanged memory out of a compiled loop, so a plain flag
--- read would be done once, before the loop, and never again. The store to the budget is
--- what keeps the countdown in the loop; the flag read runs in a side trace, once per
--- BUDGET iterations, where it is not hoisted.
+-- Why this shape (bench/guard.lua measures it):
+-- - The flag cannot be read on every check: LuaJIT ignores `volatile` on FFI loads and
+--   hoists a load of memory the trace does not write out of a compiled loop, so the flag
+--   would be read once, before the loop, and never again. The countdown's store keeps
+--   the check in the loop; the flag is read on the side exit taken every BUDGET
+--   iterations, in a side trace, where nothing hoists it.
+-- - The countdown is a plain upvalue, not FFI memory, and is inline, not a call: code
+--   that stays interpreted (a trace that aborts) pays a few bytecodes per check; an FFI
+--   access costs a metamethod call in the interpreter (5-20x slower loops, measured).
 --
 -- What it does not cover: a single call into C that runs long (string.rep of gigabytes, a
 -- pattern that backtracks over a long subject, a blocking library call); precompiled
--- bytecode (loaded as is); code that catches the error with pcall and goes on looping
--- without any check of its own (impossible: the loop has one, and the flag stays set until
--- the phase ends, so the next check raises again).
+-- bytecode (loaded as is). A pcall in user code cannot swallow the error for good: the
+-- flag stays set until the phase ends, so the next check outside the pcall raises again.
 local ffi = require "ffi"
 
 local byte, find, sub, format = string.byte, string.find, string.sub, string.format
@@ -42,8 +45,12 @@ local raw_load, raw_loadstring = load, loadstring
 -- The rewrite
 ---------------------------------------------------------------------------------------
 
-local CHECK = " " .. M.NAME .. "();"
-local PREFIX = "return function(" .. M.NAME .. ") return function(...) "
+-- The check as inserted (see the top of the file).
+local COUNT = "__lp_n"
+local CHECK_CODE = COUNT .. " = " .. COUNT .. " - 1; if " .. COUNT .. " <= 0 then " .. COUNT
+  .. " = " .. M.NAME .. "() end;"
+local CHECK = " " .. CHECK_CODE
+local PREFIX = "return function(" .. M.NAME .. ") local " .. COUNT .. " = 0 return function(...) "
 local SUFFIX = "\nend end"
 
 -- Skips a long bracket `[=*[ ... ]=*]` starting at i (which holds `[`); returns the
@@ -78,8 +85,8 @@ local function goto_statement(src, i)
   return name ~= nil and not KEYWORDS[name]
 end
 
--- Returns the source with the checks inserted (without the wrapper that binds the check:
--- see M.wrap), and the number of checks; or nil, "problem" when the source does not lex
+-- Returns the source with the checks inserted (without the wrapper that binds `__lp_chk`
+-- and `__lp_n`: see M.wrap), and the number of checks; or nil, "problem" when the source does not lex
 -- (the caller then loads the original to get Lua's own message).
 function M.rewrite(src)
   local out, n, last = {}, 0, 1
@@ -167,7 +174,7 @@ function M.rewrite(src)
         if top == 0 then return nil, "unbalanced '" .. word .. "'" end
         stack[top] = nil; top = top - 1
       elseif word == "goto" and goto_statement(src, e + 1) then
-        insert_at(i, M.NAME .. "(); ")
+        insert_at(i, CHECK_CODE .. " ")
       end
       i = e + 1
     else -- an operator
@@ -186,7 +193,8 @@ function M.rewrite(src)
 end
 
 -- The rewritten source as a chunk that returns a function taking the check and returning
--- the file's main function (so the check is an upvalue, whatever the chunk's environment).
+-- the file's main function (so the check and the countdown are upvalues, whatever the
+-- chunk's environment).
 -- Line 1 keeps its place: a shebang line is replaced, a byte-order mark dropped.
 function M.wrap(src)
   if sub(src, 1, 3) == "\239\187\191" then src = sub(src, 4) end
@@ -217,21 +225,14 @@ else
   M.test_expired = function() return 1 end
   expired = function() return M.test_expired() end
 end
-local budget = ffi.new("int32_t[1]", M.BUDGET)
-
-local function slow()
-  budget[0] = M.BUDGET
+-- Called by the inserted code when its file's countdown ran out: raises when the flag is
+-- set (and the engine confirms), else returns the next countdown.
+local function check()
   if flag[0] ~= 0 then
     local t = expired() -- 0: set for a phase that ended since (the engine cleared it)
-    if t > 0 then error(format("phase timed out (lua.phase_timeout %.3fs)", t), 3) end
+    if t > 0 then error(format("phase timed out (lua.phase_timeout %.3fs)", t), 2) end
   end
-end
-
--- The check the rewrite inserts: keep it this small, it is inlined into every trace.
-local function check()
-  local b = budget[0] - 1
-  budget[0] = b
-  if b <= 0 then slow() end
+  return M.BUDGET
 end
 M.check = check
 

@@ -6,19 +6,23 @@ local ffi = require "ffi"
 
 local NAME = guard.NAME
 
+local CHECK = "__lp_n = __lp_n - 1; if __lp_n <= 0 then __lp_n = " .. NAME .. "() end;"
+
 local function checks(src)
   local out = assert(guard.rewrite(src))
   local _, n = out:gsub(NAME .. "%(%)", "")
   return n, out
 end
 
--- Loads src through the guard with a check that raises after `limit` calls ("stopped"),
--- and returns the function and a counter reader.
+-- Loads src through the guard with a check that raises after `limit` checks ("stopped"),
+-- and returns the function and a counter reader. (It returns a countdown of 1: called at
+-- every check.)
 local function counted(src, limit, name)
   local calls = 0
   local function chk()
     calls = calls + 1
     if calls >= limit then error("stopped", 2) end
+    return 1
   end
   local fn = assert(guard.load(src, name or "=counted", nil, nil, chk))
   return fn, function() return calls end
@@ -37,9 +41,9 @@ describe("luaproxy.guard", function()
       assert.equal(1, (checks("for k, v in pairs(t) do y() end")))
       assert.equal(1, (checks("repeat y() until x")))
       local _, out = checks("while x do y() end")
-      assert.equal("while x do " .. NAME .. "(); y() end", out)
+      assert.equal("while x do " .. CHECK .. " y() end", out)
       _, out = checks("repeat y() until x")
-      assert.equal("repeat " .. NAME .. "(); y() until x", out)
+      assert.equal("repeat " .. CHECK .. " y() until x", out)
     end)
 
     it("puts one at the start of every function body, named, local, anonymous or method", function()
@@ -47,14 +51,14 @@ describe("luaproxy.guard", function()
       assert.equal(1, (checks("local function f(...) return ... end")))
       assert.equal(1, (checks("local f = function() end")))
       local _, out = checks("f(function(a) (g or h)(a) end)")
-      -- the `;` keeps a following `(` from calling the check's result
-      assert.equal("f(function(a) " .. NAME .. "(); (g or h)(a) end)", out)
+      -- user code after it starts a statement of its own, `(` included
+      assert.equal("f(function(a) " .. CHECK .. " (g or h)(a) end)", out)
     end)
 
     it("puts one before every goto, and none at labels", function()
       local n, out = checks("::top:: x = x + 1 if x < 10 then goto top end")
       assert.equal(1, n)
-      assert.equal("::top:: x = x + 1 if x < 10 then " .. NAME .. "(); goto top end", out)
+      assert.equal("::top:: x = x + 1 if x < 10 then " .. CHECK .. " goto top end", out)
       assert.equal(1, (checks("goto --[[ a comment ]] done ::done::")))
     end)
 
@@ -69,8 +73,8 @@ describe("luaproxy.guard", function()
     it("tells a loop's do from a do inside its header", function()
       local n, out = checks("while f(function() do end end) do y() end")
       assert.equal(2, n) -- the function's entry and the loop's body, not the inner do
-      assert.equal("while f(function() " .. NAME .. "(); do end end) do " .. NAME
-                   .. "(); y() end", out)
+      assert.equal("while f(function() " .. CHECK .. " do end end) do " .. CHECK
+                   .. " y() end", out)
       assert.equal(3, (checks("for i = 1, 2 do for j = 1, 2 do while k do end end end")))
     end)
 
