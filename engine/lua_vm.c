@@ -265,9 +265,14 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
     /* Plugins' main chunks and compile() run here: a loop there must not hang the main
      * thread (start-up, reload, -t). The guard lives in the VM's memory, as long as the
      * flag pointer the guard module keeps; the watchdog sees it only during the check. */
-    lp_lua_guard_t *g = lua_newuserdata(L, sizeof(*g));
-    memset(g, 0, sizeof(*g));
-    lua_setfield(L, LUA_REGISTRYINDEX, "luaproxy.check_guard");
+    lua_getfield(L, LUA_REGISTRYINDEX, "luaproxy.check_guard");
+    lp_lua_guard_t *g = lua_touserdata(L, -1); /* a second check in this VM: the same one */
+    lua_pop(L, 1);
+    if (!g) {
+        g = lua_newuserdata(L, sizeof(*g));
+        memset(g, 0, sizeof(*g));
+        lua_setfield(L, LUA_REGISTRYINDEX, "luaproxy.check_guard");
+    }
     g->timeout_ns = config_timeout_ns(L, cfg);
     lp_lua_guard_t *was = current_check;
     current_check = g;
