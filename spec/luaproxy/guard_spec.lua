@@ -130,6 +130,9 @@ while do"]],
       ["tail recursion"] = "local function f(n) return f(n + 1) end return f(1)",
       ["mutual recursion"] = "local g local function f(n) return g(n) end function g(n) return f(n + 1) end return f(1)",
       ["deep recursion"] = "local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end return fib(60)",
+      -- no call in sight: the recursion goes through a metamethod (why every function
+      -- body gets a check, calls or not)
+      ["recursion through a metamethod"] = "local mt = {} mt.__add = function(a, n) if n < 1 then return 0 end return (a + (n - 1)) + (a + (n - 2)) end return setmetatable({}, mt) + 60",
       ["loop in a nested closure"] = "local t = { run = function(self) while self do end end } t:run()",
       ["loop in a string.gsub callback"] = "string.gsub(string.rep('x', 100), '.', function() while true do end end)",
       ["loop in a table.sort comparator"] = "local t = {3, 1, 2} table.sort(t, function(a, b) while true do end end)",
