@@ -84,5 +84,10 @@ int lp_ffi_upstream_target(int ups, int op, const char *addr, size_t n, int weig
 /* The i-th target of upstream `ups`: its weight, with its address and health state; -1 past
  * the end. */
 int lp_ffi_upstream_target_at(int ups, int i, lp_str_t *addr, lp_str_t *state);
+/* The runaway guard (lua/luaproxy/guard.lua, engine/lua_vm.c): the flag the watchdog sets
+ * for this thread's VM; and, once Lua saw it set, the timeout in seconds when the running
+ * phase really passed its deadline, else 0 (the flag is then cleared). */
+int *lp_ffi_guard_flag(void);
+double lp_ffi_guard_expired(void);
 
 #endif

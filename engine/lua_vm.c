@@ -10,6 +10,18 @@
 #include "lua_vm.h"
 #include "request.h"
 
+/* A deadline the watchdog thread watches, and the flag it sets when the deadline passed:
+ * one per worker VM, and one per config check (lp_lua_check_config) while plugin code runs
+ * there. deadline_ns and stop are shared with the watchdog (atomics); the rest is the
+ * owner's. Lua reads `stop` through the FFI (the runaway guard, lua/luaproxy/guard.lua):
+ * nothing else about a VM crosses threads. */
+typedef struct lp_lua_guard_s {
+    uint64_t timeout_ns;  /* lua.phase_timeout (0: none) */
+    uint64_t deadline_ns; /* wall clock (uv_hrtime) the Lua running now must end by; 0: none */
+    int stop;             /* set by the watchdog past the deadline; cleared by the owner */
+    int registered;       /* in the watchdog's list (under wd_lock) */
+} lp_lua_guard_t;
+
 struct lp_lua_s {
     lua_State *L;
     lp_worker_t *w;
@@ -21,17 +33,15 @@ struct lp_lua_s {
     lp_lua_task_t *running;   /* the task being resumed */
     int closing_timers;       /* retiring: task timers not closed yet */
     char *last_error;         /* owned: the last error that escaped a task */
-    uint64_t timeout_ns;      /* lua.phase_timeout */
-    /* Shared with the watchdog thread: the wall-clock deadline of the Lua code running now
-     * (0: none). Written by this worker, read by the watchdog (atomics). */
-    uint64_t deadline_ns;
-    int registered;
-    lp_upstream_rt_t *ups; /* the generation's upstreams in this worker (not owned), nups */
+    lp_lua_guard_t guard;     /* phases, init_worker and loading: lua.phase_timeout each */
+    lp_upstream_rt_t *ups;    /* the generation's upstreams in this worker (not owned), nups */
     size_t nups;
 };
 
 /* The VM of the worker running on this thread (FFI functions find it here). */
 static _Thread_local lp_lua_t *current_vm;
+/* The guard of a config check running on this thread (current_vm is NULL then). */
+static _Thread_local lp_lua_guard_t *current_check;
 
 int lp__lua_worker_id(void);
 int lp__lua_worker_id(void)
@@ -64,12 +74,64 @@ void lp_lua_error_message(const char *msg, const char *path, char *out, size_t o
     snprintf(out, outlen, "%s", msg);
 }
 
+/* ---- the runaway guard's side in the worker (lua/luaproxy/guard.lua) ---- */
+
+static lp_lua_guard_t *current_guard(void)
+{
+    return current_vm ? &current_vm->guard : current_check;
+}
+
+/* The flag Lua reads (once, when the guard module loads in a VM): the VM's own; one that
+ * is never set in a VM that is neither a worker's nor a config check's. Valid as long as
+ * the VM: a worker VM's guard is part of it, a check's lives in its VM's memory. */
+int *lp_ffi_guard_flag(void)
+{
+    static int never_set;
+    lp_lua_guard_t *g = current_guard();
+    return g ? &g->stop : &never_set;
+}
+
+/* The flag was seen set: the timeout in seconds when the running Lua's deadline really
+ * passed, else 0 after clearing it (the watchdog set it for a phase that ended since it
+ * looked, and a new one began). */
+double lp_ffi_guard_expired(void)
+{
+    lp_lua_guard_t *g = current_guard();
+    if (!g)
+        return 0;
+    uint64_t d = __atomic_load_n(&g->deadline_ns, __ATOMIC_ACQUIRE);
+    if (d && uv_hrtime() >= d)
+        return (double)g->timeout_ns / 1e9;
+    __atomic_store_n(&g->stop, 0, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* Around every run of Lua for a phase (and loading): the deadline the watchdog compares
+ * with. */
+static void guard_begin(lp_lua_guard_t *g)
+{
+    __atomic_store_n(&g->stop, 0, __ATOMIC_RELAXED);
+    if (g->timeout_ns)
+        __atomic_store_n(&g->deadline_ns, uv_hrtime() + g->timeout_ns, __ATOMIC_RELEASE);
+}
+
+static void guard_end(lp_lua_guard_t *g)
+{
+    __atomic_store_n(&g->deadline_ns, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&g->stop, 0, __ATOMIC_RELAXED);
+}
+
 /* ---- paths ---- */
 
 static const char *engine_root(void)
 {
     const char *home = getenv("LUAPROXY_HOME");
     return home && *home ? home : LP_SOURCE_DIR;
+}
+
+const char *lp_lua_engine_root(void)
+{
+    return engine_root();
 }
 
 static void config_dir(const char *config_path, char *out, size_t n)
@@ -101,7 +163,7 @@ void lp_lua_set_paths(lua_State *L, const char *config_path)
 }
 
 /* The plugin and script search paths given to runtime.load. */
-static void push_load_opts(lua_State *L, const char *config_path, int jit_off)
+static void push_load_opts(lua_State *L, const char *config_path)
 {
     const char *root = engine_root();
     char dir[4096], buf[16384];
@@ -142,16 +204,11 @@ static void push_load_opts(lua_State *L, const char *config_path, int jit_off)
     snprintf(buf, sizeof(buf), "%s/?.lua;%s/?/init.lua;%s/scripts/?.lua", dir, dir, root);
     lua_pushstring(L, buf);
     lua_setfield(L, -2, "script_path");
-    lua_pushboolean(L, jit_off);
-    lua_setfield(L, -2, "jit_off");
-    snprintf(buf, sizeof(buf), "%s/plugins/", root);
-    lua_pushstring(L, buf);
-    lua_setfield(L, -2, "bundled_dir");
 }
 
 /* runtime.load(cfg, opts) with the config table at `cfg_idx`; leaves the state (or nothing)
  * on the stack. */
-static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, int jit_off, char *err,
+static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, char *err,
                         size_t errlen)
 {
     lua_getglobal(L, "require");
@@ -165,7 +222,7 @@ static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, int 
     lua_getfield(L, -1, "load");
     lua_remove(L, -2);
     lua_pushvalue(L, cfg_idx);
-    push_load_opts(L, config_path, jit_off);
+    push_load_opts(L, config_path);
     if (lua_pcall(L, 2, 2, 0)) {
         snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
         lua_pop(L, 1);
@@ -180,10 +237,56 @@ static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, int 
     return 0;
 }
 
+static void wd_register(lp_lua_guard_t *g, int on);
+static int guard_setup(lua_State *L, const char *path, char *err, size_t errlen);
+
+/* lua.phase_timeout of the (validated) config table at idx, in ns; default 1 s. */
+static uint64_t config_timeout_ns(lua_State *L, int idx)
+{
+    double t = 1;
+    lua_getfield(L, idx, "lua");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "phase_timeout");
+        if (lua_isnumber(L, -1))
+            t = lua_tonumber(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return t > 0 ? (uint64_t)(t * 1e9) : 0;
+}
+
 int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t errlen)
 {
     int cfg = lua_gettop(L);
-    int rc = runtime_load(L, cfg, config_path, 0, err, errlen);
+    if (!lua_istable(L, cfg)) {
+        snprintf(err, errlen, "%s: the file must return a table", config_path);
+        return LP_ECONFIG;
+    }
+    /* Plugins' main chunks and compile() run here: a loop there must not hang the main
+     * thread (start-up, reload, -t). The guard lives in the VM's memory, as long as the
+     * flag pointer the guard module keeps; the watchdog sees it only during the check. */
+    lua_getfield(L, LUA_REGISTRYINDEX, "luaproxy.check_guard");
+    lp_lua_guard_t *g = lua_touserdata(L, -1); /* a second check in this VM: the same one */
+    lua_pop(L, 1);
+    if (!g) {
+        g = lua_newuserdata(L, sizeof(*g));
+        memset(g, 0, sizeof(*g));
+        lua_setfield(L, LUA_REGISTRYINDEX, "luaproxy.check_guard");
+    }
+    g->timeout_ns = config_timeout_ns(L, cfg);
+    lp_lua_guard_t *was = current_check;
+    current_check = g;
+    int rc = guard_setup(L, config_path, err, errlen);
+    if (rc) {
+        current_check = was;
+        return rc;
+    }
+    wd_register(g, 1);
+    guard_begin(g);
+    rc = runtime_load(L, cfg, config_path, err, errlen);
+    guard_end(g);
+    wd_register(g, 0);
+    current_check = was;
     if (!rc)
         lua_pop(L, 1);
     return rc;
@@ -191,28 +294,12 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
 
 /* ---- the watchdog ---- */
 
-/* Shared state: the registered VMs. Guarded by `wd_lock`; each VM's deadline is read with
- * atomics without the lock. */
+/* Shared state: the registered guards. Guarded by `wd_lock`; each guard's deadline is read
+ * with atomics without the lock. */
 static pthread_mutex_t wd_lock = PTHREAD_MUTEX_INITIALIZER;
-static lp_lua_t *wd_vms[256];
+static lp_lua_guard_t *wd_vms[256];
 static int wd_n, wd_running;
 static pthread_t wd_thread;
-
-static uint64_t now_ns(void)
-{
-    return uv_hrtime();
-}
-
-static void on_timeout_hook(lua_State *L, lua_Debug *ar)
-{
-    LP_UNUSED(ar);
-    lp_lua_t *vm = current_vm;
-    uint64_t d = vm ? __atomic_load_n(&vm->deadline_ns, __ATOMIC_ACQUIRE) : 0;
-    lua_sethook(L, NULL, 0, 0);
-    if (!d || now_ns() < d)
-        return; /* the phase ended (or a new one began) since the watchdog looked */
-    luaL_error(L, "phase timed out (lua.phase_timeout %.3fs)", (double)vm->timeout_ns / 1e9);
-}
 
 static void *watchdog_main(void *arg)
 {
@@ -223,13 +310,16 @@ static void *watchdog_main(void *arg)
             pthread_mutex_unlock(&wd_lock);
             return NULL;
         }
-        uint64_t now = now_ns();
+        uint64_t now = uv_hrtime();
         for (int i = 0; i < wd_n; i++) {
-            lp_lua_t *vm = wd_vms[i];
-            uint64_t d = __atomic_load_n(&vm->deadline_ns, __ATOMIC_ACQUIRE);
-            /* lua_sethook may be called from another thread (Lua manual 3.8). */
+            lp_lua_guard_t *g = wd_vms[i];
+            uint64_t d = __atomic_load_n(&g->deadline_ns, __ATOMIC_ACQUIRE);
+            /* Only a flag: the worker's own Lua reads it at its next check and raises the
+             * error there. The VM itself is never touched from this thread (lua_sethook from
+             * another thread breaks LuaJIT's trace recording, and hooks do not run in
+             * compiled code anyway). */
             if (d && now > d)
-                lua_sethook(vm->L, on_timeout_hook, LUA_MASKCOUNT, 100);
+                __atomic_store_n(&g->stop, 1, __ATOMIC_RELAXED);
         }
         pthread_mutex_unlock(&wd_lock);
         usleep(10000);
@@ -257,24 +347,73 @@ void lp_lua_watchdog_stop(void)
         pthread_join(wd_thread, NULL);
 }
 
-static void wd_register(lp_lua_t *vm, int on)
+static void wd_register(lp_lua_guard_t *g, int on)
 {
+    if (on && (g->registered || !g->timeout_ns))
+        return;
     if (on)
         lp_lua_watchdog_start();
     pthread_mutex_lock(&wd_lock);
     if (on && wd_n < (int)LP_ARRAY_LEN(wd_vms)) {
-        wd_vms[wd_n++] = vm;
-        vm->registered = 1;
-    } else if (!on && vm->registered) {
+        wd_vms[wd_n++] = g;
+        g->registered = 1;
+    } else if (on) {
+        lp_log_warn("lua: more than %d Lua VMs at once: this one runs without lua.phase_timeout",
+                    (int)LP_ARRAY_LEN(wd_vms));
+    } else if (g->registered) {
         for (int i = 0; i < wd_n; i++)
-            if (wd_vms[i] == vm)
-                wd_vms[i] = wd_vms[--wd_n];
-        vm->registered = 0;
+            if (wd_vms[i] == g)
+                wd_vms[i--] = wd_vms[--wd_n];
+        g->registered = 0;
     }
     pthread_mutex_unlock(&wd_lock);
 }
 
 /* ---- the VM ---- */
+
+/* Installs the runaway guard in a VM (a worker's, or a config check's): modules `require`d
+ * from package.path, and the load functions, go through its rewrite; the engine's own lua/
+ * is left as it is. Run with the VM's guard current (current_vm or current_check): the
+ * guard module takes its flag pointer from it once. */
+static int guard_setup(lua_State *L, const char *path, char *err, size_t errlen)
+{
+    char trusted[4200];
+    snprintf(trusted, sizeof(trusted), "%s/lua/", engine_root());
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.guard");
+    if (lua_pcall(L, 1, 1, 0)) {
+        snprintf(err, errlen, "%s: cannot load the Lua runtime: %s", path, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return LP_ECONFIG;
+    }
+    lua_getfield(L, -1, "install");
+    lua_pushstring(L, trusted);
+    int rc = lua_pcall(L, 1, 0, 0);
+    if (rc)
+        snprintf(err, errlen, "%s: cannot load the Lua runtime: %s", path, lua_tostring(L, -1));
+    lua_pop(L, rc ? 2 : 1);
+    return rc ? LP_ECONFIG : 0;
+}
+
+/* Pushes the config file's main function, loaded through the guard (its route handlers are
+ * user code). */
+static int guard_loadfile(lua_State *L, const char *path, char *err, size_t errlen)
+{
+    lua_getglobal(L, "loadfile"); /* the guard's, after guard_setup */
+    lua_pushstring(L, path);
+    if (lua_pcall(L, 1, 2, 0)) {
+        lp_lua_error_message(lua_tostring(L, -1), path, err, errlen);
+        lua_pop(L, 1);
+        return LP_ECONFIG;
+    }
+    if (lua_isnil(L, -2)) {
+        lp_lua_error_message(lua_tostring(L, -1), path, err, errlen);
+        lua_pop(L, 2);
+        return LP_ECONFIG;
+    }
+    lua_pop(L, 1);
+    return 0;
+}
 
 static int route_phases(lua_State *L, int state_idx, const char *field, int key)
 {
@@ -315,9 +454,17 @@ static int run_init_worker(lp_lua_t *vm, int state_idx, char *err, size_t errlen
     t.co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     uv_timer_init(&loop, &t.timer);
     t.timer.data = &t;
+    /* Protected: an error here refuses the load, it must never panic the process. */
     lua_getglobal(t.co, "require");
     lua_pushliteral(t.co, "luaproxy.runtime");
-    lua_call(t.co, 1, 1);
+    if (lua_pcall(t.co, 1, 1, 0)) {
+        snprintf(err, errlen, "init_worker: %s", lua_tostring(t.co, -1));
+        luaL_unref(L, LUA_REGISTRYINDEX, t.co_ref);
+        uv_close((uv_handle_t *)&t.timer, NULL);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        return -1;
+    }
     lua_getfield(t.co, -1, "init_worker_task");
     lua_remove(t.co, -2);
     lua_pushvalue(L, state_idx);
@@ -350,7 +497,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     vm->w = w;
     vm->ups = ups;
     vm->nups = cfg->nupstreams;
-    vm->timeout_ns = cfg->lua_phase_timeout * 1000000ull;
+    vm->guard.timeout_ns = cfg->lua_phase_timeout * 1000000ull;
     lua_State *L = vm->L = luaL_newstate();
     if (!L) {
         free(vm);
@@ -359,25 +506,27 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     luaL_openlibs(L);
     lp_lua_set_paths(L, cfg->path);
     current_vm = vm; /* the FFI functions used while loading find the VM */
-    if (luaL_loadfile(L, cfg->path)) {
-        lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
+    if (guard_setup(L, cfg->path, err, errlen) || guard_loadfile(L, cfg->path, err, errlen))
         goto fail;
-    }
-    if (vm->timeout_ns) {
-        /* Handlers written in the config run interpreted: see runtime.lua, interpret(). */
-        lua_getglobal(L, "jit");
-        lua_getfield(L, -1, "off");
-        lua_pushvalue(L, -3);
-        lua_pushboolean(L, 1);
-        lua_call(L, 2, 0);
-        lua_pop(L, 1);
-    }
+    /* The watchdog covers loading (the config's and the plugins' main chunks, compile()) and
+     * init_worker: a runaway loop there must not hang a start or a reload. */
+    wd_register(&vm->guard, 1);
+    guard_begin(&vm->guard);
     if (lua_pcall(L, 0, 1, 0)) {
+        guard_end(&vm->guard);
         lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
         goto fail;
     }
     int cfg_idx = lua_gettop(L);
-    if (runtime_load(L, cfg_idx, cfg->path, vm->timeout_ns > 0, err, errlen))
+    if (!lua_istable(L, cfg_idx)) {
+        /* It was one when the main thread read it: the file changed since. */
+        guard_end(&vm->guard);
+        snprintf(err, errlen, "%s: the file must return a table", cfg->path);
+        goto fail;
+    }
+    int lrc = runtime_load(L, cfg_idx, cfg->path, err, errlen);
+    guard_end(&vm->guard);
+    if (lrc)
         goto fail;
     int state_idx = lua_gettop(L);
     vm->nroutes = cfg->nroutes;
@@ -406,9 +555,6 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     vm->ref_new = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1); /* the request module */
 
-    /* The watchdog covers init_worker too (a runaway loop there must not hang a reload). */
-    if (vm->timeout_ns)
-        wd_register(vm, 1);
     if (run_init_worker(vm, state_idx, err, errlen)) {
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", err);
@@ -421,7 +567,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     return 0;
 fail:
     current_vm = NULL;
-    wd_register(vm, 0);
+    wd_register(&vm->guard, 0);
     free(vm->last_error);
     lua_close(L);
     free(vm->route_phases);
@@ -450,7 +596,7 @@ void lp_lua_retire(lp_lua_t *vm)
 {
     if (!vm)
         return;
-    wd_register(vm, 0);
+    wd_register(&vm->guard, 0);
     /* Task timers are handles of the worker's loop: the VM goes once they are closed. */
     lp_lua_task_t *t = vm->all_tasks;
     vm->all_tasks = NULL;
@@ -564,10 +710,9 @@ static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
     lp_lua_t *vm = t->vm;
     vm->running = t;
     current_vm = vm;
-    if (vm->timeout_ns)
-        __atomic_store_n(&vm->deadline_ns, now_ns() + vm->timeout_ns, __ATOMIC_RELEASE);
+    guard_begin(&vm->guard);
     int rc = lua_resume(t->co, nargs);
-    __atomic_store_n(&vm->deadline_ns, 0, __ATOMIC_RELEASE);
+    guard_end(&vm->guard);
     vm->running = NULL;
     if (rc == 0) {
         int result = (int)lua_tointeger(t->co, -1);
@@ -679,12 +824,11 @@ lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, l
     vm->running = t;
     t->in_filter = 1; /* proxy.sleep refuses: a plain call cannot be resumed later */
     current_vm = vm;
-    if (vm->timeout_ns)
-        __atomic_store_n(&vm->deadline_ns, now_ns() + vm->timeout_ns, __ATOMIC_RELEASE);
+    guard_begin(&vm->guard);
     /* A plain call: body filters may not yield (yet); a yield raises inside the call. */
     int rc = lua_pcall(co, 3, 1, 0);
     t->in_filter = 0;
-    __atomic_store_n(&vm->deadline_ns, 0, __ATOMIC_RELEASE);
+    guard_end(&vm->guard);
     vm->running = NULL;
     if (rc || !lua_isstring(co, -1)) {
         if (rc)

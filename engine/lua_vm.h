@@ -32,6 +32,9 @@ typedef struct lp_lua_task_s {
     struct lp_lua_task_s *next_all;
 } lp_lua_task_t;
 
+/* The directory holding the engine's lua/ and plugins/: LUAPROXY_HOME, else the source
+ * tree the binary was built from. */
+const char *lp_lua_engine_root(void);
 /* msg with a "...tail:" file name that Lua shortened restored to `path`. */
 void lp_lua_error_message(const char *msg, const char *path, char *out, size_t outlen);
 /* Adds to package.path the engine's Lua directories and the config's own; used by the

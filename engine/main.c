@@ -13,6 +13,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "server.h"
+#include "testcmd.h"
 #include "worker.h"
 
 static void usage(FILE *out)
@@ -21,6 +22,7 @@ static void usage(FILE *out)
                  "       luaproxy -t -c FILE          check FILE and exit\n"
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
                  "       luaproxy -s stop -c FILE     stop it gracefully\n"
+                 "       luaproxy test [-p DIR] [SPEC...]  run plugin specs (busted, LuaJIT)\n"
                  "       luaproxy -v                  print the version\n"
                  "       luaproxy -h                  this help\n"
                  "options:\n"
@@ -100,6 +102,8 @@ int main(int argc, char **argv)
                                              {"version", no_argument, NULL, 'v'},
                                              {NULL, 0, NULL, 0}};
     int watch = 0;
+    if (argc > 1 && !strcmp(argv[1], "test"))
+        return lp_testcmd_main(argc - 1, argv + 1);
     while ((opt = getopt_long(argc, argv, "c:tw:s:vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'W':

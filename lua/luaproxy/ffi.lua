@@ -29,6 +29,8 @@ int lp_ffi_last_failure(void *r, lp_str_t *addr, int *status);
 int lp_ffi_upstream_find(const char *name, size_t n);
 int lp_ffi_upstream_target(int ups, int op, const char *addr, size_t n, int weight);
 int lp_ffi_upstream_target_at(int ups, int i, lp_str_t *addr, lp_str_t *state);
+int *lp_ffi_guard_flag(void);
+double lp_ffi_guard_expired(void);
 ]]
 
 return {

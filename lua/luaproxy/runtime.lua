@@ -4,6 +4,7 @@
 -- Loaded twice per config: once in the main thread to validate (`luaproxy -t`, start-up),
 -- and once in each worker's own VM to serve.
 local schema = require "luaproxy.schema"
+local guard = require "luaproxy.guard"
 local phases = require "luaproxy.phases"
 
 local type, pairs, ipairs, tostring, xpcall = type, pairs, ipairs, tostring, xpcall
@@ -23,17 +24,12 @@ local OK, FAILED = 0, 2
 
 local plugin_cache, plugin_files = {}, {}
 
--- User code runs interpreted so that a runaway loop can be stopped: LuaJIT does not check
--- hooks inside compiled traces (see engine/lua_vm.c, the watchdog). jit.off on a file's
--- main chunk covers every function the file defines. The bundled plugins are the
--- engine's own code and stay compiled.
-local function interpret(chunk, opts, file)
-  if not (opts.jit_off and jit) then return end
-  if opts.bundled_dir and file and file:sub(1, #opts.bundled_dir) == opts.bundled_dir then
-    return
-  end
-  jit.off(chunk, true)
-end
+-- Plugins and handler modules, bundled or not, load through the runaway guard's rewrite
+-- (luaproxy.guard): they stay JIT-compiled and a loop in them still stops at
+-- lua.phase_timeout. The bundled plugins get it too: it costs a few instructions per call
+-- and per loop iteration, and a plugin bug on an unusual request should not hang a worker
+-- any more than a user's.
+local loadfile = guard.loadfile
 
 -- Lua shortens long file names in messages to "...tail": put the whole path back.
 local function fullname(err, file)
@@ -57,20 +53,11 @@ local function find_plugin(name, opts)
   end
   local chunk, err = loadfile(file)
   if not chunk then return nil, fullname(err, file) end
-  interpret(chunk, opts, file)
   local ok, plugin = xpcall(chunk, traceback, name)
   if not ok then return nil, fullname(plugin, file) end
   plugin_cache[name] = plugin
   plugin_files[name] = file
   return plugin, nil, file
-end
-
--- Functions given directly (route handlers written in the config) run interpreted too
--- (the config file's chunk is already, see engine/lua_vm.c); this covers functions made
--- elsewhere.
-local function protect(fn, jit_off)
-  if jit_off and jit and type(fn) == "function" then jit.off(fn, true) end
-  return fn
 end
 
 local function make_instance(plugin, conf, where)
@@ -120,7 +107,6 @@ local function load_handler(h, path, opts)
     if not file then return nil, format("%s: script %q not found in %s", path, h, opts.script_path) end
     local chunk, err = loadfile(file)
     if not chunk then return nil, path .. ": " .. fullname(err, file) end
-    interpret(chunk, opts, file)
     local ok, mod = xpcall(chunk, traceback, h)
     if not ok then return nil, path .. ": " .. fullname(mod, file) end
     if type(mod) == "table" then mod = mod.handler or mod.request end
@@ -129,7 +115,6 @@ local function load_handler(h, path, opts)
   if type(h) ~= "function" then
     return nil, path .. ": expected a function or a script module name"
   end
-  protect(h, opts.jit_off)
   return { name = "handler", priority = -math.huge, where = path, fail_open = false,
            request = function(req) return h(req) end }
 end
@@ -148,7 +133,7 @@ local function straight_runner(n)
       .. "inst[phase](h, inst.conf)\n", k, k)
   end
   src[#src + 1] = "  M.current = nil\nend\n"
-  f = assert(loadstring(concat(src), "=runtime.chain" .. n))(M)
+  f = assert(guard.raw.loadstring(concat(src), "=runtime.chain" .. n))(M)
   straight[n] = f
   return f
 end
@@ -178,7 +163,7 @@ local function by_phase(instances)
   return chain
 end
 
--- Loads every plugin the config names. `opts`: plugin_path, script_path, jit_off.
+-- Loads every plugin the config names. `opts`: plugin_path, script_path.
 -- Returns a state { routes = { [i] = chain }, fallback = chain, init = {instances} }.
 function M.load(cfg, opts)
   local global, err = load_list(cfg.plugins, "plugins", opts)

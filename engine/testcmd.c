@@ -1,0 +1,130 @@
+/* `luaproxy test [-p DIR]... [busted options] [SPEC...]`: busted, run by LuaJIT, with a
+ * module path that finds the engine's Lua (proxy.test, luaproxy.*), the bundled plugins,
+ * the user's plugins (DIR, ./plugins, .) and anything LUA_PATH already had.
+ *
+ * Plain `busted` runs under the `lua` interpreter (Lua 5.x, not LuaJIT: no FFI) and knows
+ * none of these directories; `busted --lua=luajit` re-runs itself through the shell with
+ * its arguments unquoted, so a path given with `--lpath` is cut at its `;`. Hence LuaJIT
+ * is started here on busted's own script, the path goes through LUA_PATH, and
+ * `--ignore-lua` keeps a `.busted` file's `lua` setting from switching interpreters. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "lua_vm.h"
+#include "testcmd.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: luaproxy test [-p DIR]... [busted options] [SPEC...]\n"
+            "runs busted specs (default: ./spec) under LuaJIT, with proxy.test, the engine's\n"
+            "Lua modules and the bundled plugins on the module path, and the plugins in\n"
+            "  -p DIR, --plugins DIR   a plugin directory (repeatable; searched first)\n"
+            "  ./plugins and .         always\n"
+            "environment: BUSTED (busted's script), LUAJIT (the interpreter), LUA_PATH (kept)\n");
+}
+
+/* The first executable `name` on PATH (or `name` itself when it has a slash). */
+static int find_program(const char *name, char *out, size_t n)
+{
+    if (strchr(name, '/')) {
+        snprintf(out, n, "%s", name);
+        return access(out, X_OK) == 0 ? 0 : -1;
+    }
+    const char *path = getenv("PATH");
+    if (!path || !*path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    while (*path) {
+        const char *colon = strchr(path, ':');
+        size_t len = colon ? (size_t)(colon - path) : strlen(path);
+        snprintf(out, n, "%.*s/%s", (int)len, len ? path : ".", name);
+        if (access(out, X_OK) == 0)
+            return 0;
+        path += len + (colon ? 1 : 0);
+    }
+    return -1;
+}
+
+static int add_dir(char *buf, size_t n, size_t *used, const char *dir)
+{
+    int w = snprintf(buf + *used, n - *used, "%s/?.lua;%s/?/init.lua;", dir, dir);
+    if (w < 0 || (size_t)w >= n - *used)
+        return -1;
+    *used += (size_t)w;
+    return 0;
+}
+
+int lp_testcmd_main(int argc, char **argv)
+{
+    char lua_path[16384];
+    size_t used = 0;
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *dir = NULL;
+        if ((!strcmp(argv[i], "-p") || !strcmp(argv[i], "--plugins")) && i + 1 < argc)
+            dir = argv[++i];
+        else if (!strncmp(argv[i], "--plugins=", 10))
+            dir = argv[i] + 10;
+        else if (!strcmp(argv[i], "-p") || !strcmp(argv[i], "--plugins")) {
+            usage(stderr);
+            return 2;
+        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else
+            break; /* the rest is busted's */
+        if (add_dir(lua_path, sizeof(lua_path), &used, dir))
+            goto too_long;
+    }
+    const char *root = lp_lua_engine_root();
+    char dir[4200];
+    const char *dirs[] = {"./plugins", ".", NULL};
+    for (int k = 0; dirs[k]; k++)
+        if (add_dir(lua_path, sizeof(lua_path), &used, dirs[k]))
+            goto too_long;
+    snprintf(dir, sizeof(dir), "%s/lua", root);
+    if (add_dir(lua_path, sizeof(lua_path), &used, dir))
+        goto too_long;
+    snprintf(dir, sizeof(dir), "%s/plugins", root);
+    if (add_dir(lua_path, sizeof(lua_path), &used, dir))
+        goto too_long;
+    /* What LUA_PATH had, or ";" for LuaJIT's default path (";;" in LUA_PATH). */
+    const char *old = getenv("LUA_PATH");
+    int w = snprintf(lua_path + used, sizeof(lua_path) - used, "%s", old && *old ? old : ";");
+    if (w < 0 || (size_t)w >= sizeof(lua_path) - used)
+        goto too_long;
+    setenv("LUA_PATH", lua_path, 1);
+
+    const char *busted = getenv("BUSTED");
+    const char *luajit = getenv("LUAJIT");
+    char busted_path[4096], luajit_path[4096];
+    if (find_program(busted && *busted ? busted : "busted", busted_path, sizeof(busted_path))) {
+        fprintf(stderr, "luaproxy test: busted not found%s%s (Debian: apt install lua-busted)\n",
+                busted && *busted ? ": " : " on PATH", busted && *busted ? busted : "");
+        return 127;
+    }
+    if (find_program(luajit && *luajit ? luajit : "luajit", luajit_path, sizeof(luajit_path))) {
+        fprintf(stderr, "luaproxy test: luajit not found%s%s (Debian: apt install luajit)\n",
+                luajit && *luajit ? ": " : " on PATH", luajit && *luajit ? luajit : "");
+        return 127;
+    }
+    /* luajit BUSTED --ignore-lua [busted options and specs] */
+    char **args = calloc((size_t)(argc - i) + 4, sizeof(*args));
+    if (!args)
+        return 1;
+    int n = 0;
+    args[n++] = luajit_path;
+    args[n++] = busted_path;
+    args[n++] = "--ignore-lua";
+    for (; i < argc; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+    execv(luajit_path, args);
+    perror("luaproxy test: cannot run luajit");
+    free(args);
+    return 127;
+too_long:
+    fprintf(stderr, "luaproxy test: plugin directories too long\n");
+    return 2;
+}
