@@ -196,11 +196,11 @@ typedef struct {
 } bad_t;
 
 static const bad_t bad_configs[] = {
-    {"unknown top key", MINIMAL("  foo = 1,\n"), {"foo: unknown key"}},
+    {"unknown top key", MINIMAL("  foo = 1,\n"), {"foo: unknown field"}},
     {"listen missing",
      "return { upstreams = { app = { targets = { '127.0.0.1:1' } } },\n"
      "  routes = { { upstream = 'app' } } }\n",
-     {"listen", "at least one listener"}},
+     {"listen", "required"}},
     {"listen empty",
      "return { listen = {}, upstreams = { app = { targets = { '127.0.0.1:1' } } },\n"
      "  routes = { { upstream = 'app' } } }\n",
@@ -224,18 +224,18 @@ static const bad_t bad_configs[] = {
      "return { listen = { { address = ':80', port = 1 } },\n"
      "  upstreams = { app = { targets = { '127.0.0.1:1' } } },\n"
      "  routes = { { upstream = 'app' } } }\n",
-     {"listen[1].port: unknown key"}},
+     {"listen[1].port: unknown field"}},
     {"target weight not a number",
      "return { listen = { { address = ':8080' } },\n"
      "  upstreams = { app = { targets = { '127.0.0.1:1', { address = '127.0.0.1:2',\n"
      "    weight = 'heavy' } } } },\n"
      "  routes = { { upstream = 'app' } } }\n",
-     {"upstreams.app.targets[2].weight", "expected a number", "string"}},
+     {"upstreams.app.targets[2].weight", "expected an integer", "string"}},
     {"target weight zero",
      "return { listen = { { address = ':8080' } },\n"
      "  upstreams = { app = { targets = { { address = '127.0.0.1:2', weight = 0 } } } },\n"
      "  routes = { { upstream = 'app' } } }\n",
-     {"upstreams.app.targets[1].weight", "between"}},
+     {"upstreams.app.targets[1].weight", "below the minimum 1"}},
     {"targets missing",
      "return { listen = { { address = ':8080' } },\n"
      "  upstreams = { app = { keepalive = 1 } },\n"
@@ -283,19 +283,21 @@ static const bad_t bad_configs[] = {
      {"routes[1].strip_prefix", "boolean"}},
     {"timeouts.read negative",
      MINIMAL("  timeouts = { read = -1 },\n"),
-     {"timeouts.read", "between"}},
+     {"timeouts.read", "below the minimum"}},
     {"timeouts.connect zero", MINIMAL("  timeouts = { connect = 0 },\n"), {"timeouts.connect"}},
     {"timeouts unknown key",
      MINIMAL("  timeouts = { reed = 1 },\n"),
-     {"timeouts.reed: unknown key"}},
-    {"timeouts not a table", MINIMAL("  timeouts = 5,\n"), {"timeouts", "expected a table"}},
+     {"timeouts.reed: unknown field"}},
+    {"timeouts not a table",
+     MINIMAL("  timeouts = 5,\n"),
+     {"timeouts", "expected a record", "number"}},
     {"limits fractional",
      MINIMAL("  limits = { max_headers = 1.5 },\n"),
-     {"limits.max_headers", "whole number"}},
+     {"limits.max_headers", "expected an integer", "1.5"}},
     {"limits too small",
      MINIMAL("  limits = { max_header_size = 10 },\n"),
      {"limits.max_header_size"}},
-    {"workers zero", MINIMAL("  workers = 0,\n"), {"workers", "between"}},
+    {"workers zero", MINIMAL("  workers = 0,\n"), {"workers", "below the minimum 1"}},
     {"log.level unknown", MINIMAL("  log = { level = 'loud' },\n"), {"log.level", "loud"}},
     {"log.access true", MINIMAL("  log = { access = true },\n"), {"log.access"}},
     {"log.access empty", MINIMAL("  log = { access = '' },\n"), {"log.access"}},
