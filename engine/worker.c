@@ -343,15 +343,14 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
 
 static uint64_t next_gen_id = 1;
 
-/* Builds everything a generation needs that can fail: the config, every worker's VM and
- * sockets for new listen addresses. On failure nothing is left behind. */
-static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, const char *path,
+/* Builds everything a generation needs that can fail from the loaded config `cfg` (owned
+ * from here: by the generation, or freed on failure): every worker's VM and sockets for new
+ * listen addresses. On failure nothing is left behind. */
+static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, lp_config_t *cfg,
                           lp_switch_t *sw, char *err, size_t errlen)
 {
-    lp_config_t *cfg;
-    int rc = lp_config_load(path, &cfg, err, errlen);
-    if (rc)
-        return rc;
+    const char *path = cfg->path;
+    int rc = 0;
     char ferr[512];
     if (lp_accesslog_check_format(cfg->access_format, ferr, sizeof(ferr))) {
         snprintf(err, errlen, "%s: %s", path, ferr);
@@ -430,27 +429,44 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, c
     return 0;
 }
 
-int lp_workers_start(const char *path, unsigned nworkers, lp_worker_t **out, lp_config_t **first,
-                     char *err, size_t errlen)
+int lp_workers_check(const lp_config_t *cfg, char *err, size_t errlen)
+{
+    /* A worker that never runs: init_worker runs on a private loop (lua_vm.c) and the
+     * upstreams are never attached to this one. */
+    lp_worker_t w;
+    memset(&w, 0, sizeof(w));
+    w.id = 1;
+    lp_upstream_rt_t *ups = lp_upstream_rt_new(&w, cfg);
+    if (!ups)
+        return LP_ENOMEM;
+    struct lp_lua_s *vm = NULL;
+    int rc = lp_lua_open(&w, cfg, ups, &vm, err, errlen);
+    lp_lua_retire(vm);
+    lp_lua_watchdog_stop();
+    lp_upstream_rt_free(ups, cfg->nupstreams);
+    return rc;
+}
+
+int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, char *err,
+                     size_t errlen)
 {
     *out = NULL;
-    lp_config_t *probe;
-    int rc = lp_config_load(path, &probe, err, errlen);
-    if (rc)
-        return rc;
-    unsigned n = nworkers ? nworkers : probe->workers;
-    lp_config_free(probe);
+    int rc = 0;
+    unsigned n = nworkers ? nworkers : cfg->workers;
     lp_worker_t *ws = calloc(n, sizeof(*ws));
     lp_switch_t *sw = calloc(n, sizeof(*sw));
     if (!ws || !sw) {
         free(ws);
         free(sw);
+        lp_config_free(cfg);
         return LP_ENOMEM;
     }
     for (unsigned i = 0; i < n && !rc; i++)
         rc = worker_init(&ws[i], (int)i + 1, err, errlen);
     if (!rc)
-        rc = build_switches(ws, n, NULL, path, sw, err, errlen);
+        rc = build_switches(ws, n, NULL, cfg, sw, err, errlen);
+    else
+        lp_config_free(cfg);
     if (rc) {
         free(sw);
         /* The loops hold nothing that needs closing yet beyond their own handles. */
@@ -467,7 +483,6 @@ int lp_workers_start(const char *path, unsigned nworkers, lp_worker_t **out, lp_
             return LP_EIO;
         }
     }
-    *first = sw[0].gen->config;
     lp_gen_current = sw[0].gen;
     free(sw);
     for (unsigned i = 0; i < n; i++) {
@@ -483,11 +498,17 @@ int lp_workers_start(const char *path, unsigned nworkers, lp_worker_t **out, lp_
 
 int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, size_t errlen)
 {
+    lp_config_t *cfg;
+    int rc = lp_config_load(path, &cfg, err, errlen);
+    if (rc)
+        return rc;
     lp_switch_t *sw = calloc(n, sizeof(*sw));
-    if (!sw)
+    if (!sw) {
+        lp_config_free(cfg);
         return LP_ENOMEM;
+    }
     const lp_config_t *old = lp_gen_current ? lp_gen_current->config : NULL;
-    int rc = build_switches(ws, n, old, path, sw, err, errlen);
+    rc = build_switches(ws, n, old, cfg, sw, err, errlen);
     if (rc) {
         free(sw);
         return rc;
