@@ -220,6 +220,7 @@ local upstream = {
   fields = {
     targets = {
       type = "array", required = true, elements = target, custom = check_targets,
+      doc_inline = true,
       description = 'list of `"host:port"` or `{ address =, weight = }` (weight 1–10000, '
         .. "default 1); a host name is a DNS target: every address it resolves to is a target "
         .. "(resolved when the config loads, then every `dns_ttl` without blocking; a name that "
