@@ -759,6 +759,38 @@ static int call_lua(lua_State *L, const char *file, const char *module, const ch
     return 0;
 }
 
+/* The validated table at the top of the stack, encoded for the workers' VMs: they use this
+ * evaluation rather than their own. What cannot move (a userdata in an upvalue...) leaves
+ * c->lua_config NULL, and each VM evaluates the file itself as before. */
+static int encode_for_workers(lua_State *L, lp_config_t *c)
+{
+    int top = lua_gettop(L), rc = 0;
+    const char *why = "no luaproxy.transfer";
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.transfer");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "encode");
+        lua_pushvalue(L, top);
+        if (lua_pcall(L, 1, 2, 0) == 0 && lua_type(L, -2) == LUA_TSTRING) {
+            size_t n;
+            const char *s = lua_tolstring(L, -2, &n);
+            if ((c->lua_config = malloc(n ? n : 1))) {
+                memcpy(c->lua_config, s, n);
+                c->lua_config_len = n;
+            } else {
+                rc = LP_ENOMEM;
+            }
+            why = NULL;
+        } else {
+            why = lua_tostring(L, -1);
+        }
+    }
+    if (why)
+        lp_log_notice("%s: each worker evaluates the file again: %s", c->path, why);
+    lua_settop(L, top);
+    return rc;
+}
+
 int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -769,7 +801,10 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
     }
     luaL_openlibs(L);
     lp_lua_set_paths(L, path);
-    /* Step 1: the one evaluation of the file, and its validation. */
+    /* Step 1: the one evaluation of the file, and its validation. The transfer module notes
+     * the globals there were before, to move the ones the file defines. */
+    if (luaL_dostring(L, "require('luaproxy.transfer').snapshot()"))
+        lua_pop(L, 1);
     if (luaL_loadfile(L, path) || lua_pcall(L, 0, 1, 0)) {
         lp_lua_error_message(lua_tostring(L, -1), path, err, errlen);
         lua_close(L);
@@ -788,6 +823,8 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         rc = read_config(&r);
     if (!rc && c->has_lua)
         rc = lp_lua_check_config(L, path, err, errlen);
+    if (!rc && c->has_lua)
+        rc = encode_for_workers(L, c);
     /* GET /config's body, while the plugins' schemas are at hand. */
     char jerr[256];
     if (!rc && call_lua(L, path, "luaproxy.admin", "config_json", 1, raw, jerr, sizeof(jerr)))
@@ -854,6 +891,7 @@ void lp_config_free(lp_config_t *c)
         free(c->files[i]);
     free(c->files);
     free(c->json);
+    free(c->lua_config);
     free(c->path);
     free(c);
 }

@@ -141,6 +141,9 @@ typedef struct {
     int global_plugins;         /* top-level plugins: every route may be routed by Lua */
     uint64_t lua_phase_timeout; /* ms of wall clock a Lua phase may run without yielding */
     char *json;                 /* owned: GET /config's body (secrets redacted); NULL: none */
+    char *lua_config;           /* owned: the validated table for the workers' VMs, encoded by
+                                   lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
+    size_t lua_config_len;
 } lp_config_t;
 
 #define LP_ACCESS_FORMAT_DEFAULT                                                                   \

@@ -337,6 +337,44 @@ static int run_init_worker(lp_lua_t *vm, int state_idx, char *err, size_t errlen
     return rc;
 }
 
+/* Pushes the config table: the config VM's evaluation, validated (config.c,
+ * lua/luaproxy/transfer.lua), or when that could not move, the file evaluated here. With
+ * jit_off, functions written in the config run interpreted: see runtime.lua, interpret(). */
+static int push_config(lua_State *L, const lp_config_t *cfg, int jit_off, char *err, size_t errlen)
+{
+    if (cfg->lua_config) {
+        lua_getglobal(L, "require");
+        lua_pushliteral(L, "luaproxy.transfer");
+        if (lua_pcall(L, 1, 1, 0) == 0) {
+            lua_getfield(L, -1, "decode");
+            lua_remove(L, -2);
+            lua_pushlstring(L, cfg->lua_config, cfg->lua_config_len);
+            lua_pushboolean(L, jit_off);
+            if (lua_pcall(L, 2, 1, 0) == 0)
+                return 0;
+        }
+        snprintf(err, errlen, "%s: %s", cfg->path, lua_tostring(L, -1));
+        return LP_ECONFIG;
+    }
+    if (luaL_loadfile(L, cfg->path)) {
+        lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
+        return LP_ECONFIG;
+    }
+    if (jit_off) {
+        lua_getglobal(L, "jit");
+        lua_getfield(L, -1, "off");
+        lua_pushvalue(L, -3);
+        lua_pushboolean(L, 1);
+        lua_call(L, 2, 0);
+        lua_pop(L, 1);
+    }
+    if (lua_pcall(L, 0, 1, 0)) {
+        lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
+        return LP_ECONFIG;
+    }
+    return 0;
+}
+
 int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, lp_lua_t **out,
                 char *err, size_t errlen)
 {
@@ -358,23 +396,8 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     luaL_openlibs(L);
     lp_lua_set_paths(L, cfg->path);
     current_vm = vm; /* the FFI functions used while loading find the VM */
-    if (luaL_loadfile(L, cfg->path)) {
-        lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
+    if (push_config(L, cfg, vm->timeout_ns > 0, err, errlen))
         goto fail;
-    }
-    if (vm->timeout_ns) {
-        /* Handlers written in the config run interpreted: see runtime.lua, interpret(). */
-        lua_getglobal(L, "jit");
-        lua_getfield(L, -1, "off");
-        lua_pushvalue(L, -3);
-        lua_pushboolean(L, 1);
-        lua_call(L, 2, 0);
-        lua_pop(L, 1);
-    }
-    if (lua_pcall(L, 0, 1, 0)) {
-        lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
-        goto fail;
-    }
     int cfg_idx = lua_gettop(L);
     if (runtime_load(L, cfg_idx, cfg->path, vm->timeout_ns > 0, err, errlen))
         goto fail;

@@ -4,6 +4,7 @@ with `FILE: key.path: problem` on stderr; a bad config never serves; CLI flags."
 
 import copy
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -239,6 +240,69 @@ class ConfigTest(H.ProxyTestCase):
                 counts[w] = int([l for l in f if l.startswith("Threads:")][0].split()[1])
             p.stop()
         self.assertGreaterEqual(counts[4] - counts[1], 3, counts)
+
+
+# Every evaluation of this config appends a line to COUNT; its handler answers with a value
+# that differs between two evaluations (a fresh table's address, the CPU clock), through a
+# global function the file defines and an upvalue.
+ONCE_CONFIG = """
+local f = assert(io.open(%(count)r, "a"))
+f:write("evaluated;")
+f:close()
+local stamp = tostring({}):match("0x%%x+") .. "/" .. tostring(os.clock())
+local hits = 0
+function config_stamp() hits = hits + 1; return stamp end
+return {
+  workers = 2,
+  listen = { { address = "127.0.0.1:%(port)d" } },
+  upstreams = { one = { targets = { "127.0.0.1:1" } } },
+  routes = { { handler = function(req) return req:respond(200, config_stamp()) end } },
+  admin = { address = "127.0.0.1:%(admin)d" },
+  log = { access = false },
+}
+"""
+
+
+class ConfigEvaluatedOnceTest(H.ProxyTestCase):
+    """One evaluation of the config file per start and per reload, used by the engine and
+    by every worker's Lua VM alike (the workers do not evaluate it again)."""
+
+    def test_one_evaluation_per_start_and_reload(self):
+        d = H.Workdir.new("config-once")
+        count = os.path.join(d, "count")
+        port, admin = H.free_port(), H.free_port()
+        text = ONCE_CONFIG % {"count": count, "port": port, "admin": admin}
+        p = H.Proxy(base_config(port, d), name="config-once")
+        self.addCleanup(p.stop)
+
+        def write():
+            with open(p.config_path, "w") as f:
+                f.write(text)
+        p.write_config = write
+
+        def evaluations():
+            with open(count) as f:
+                return f.read().count("evaluated;")
+
+        p.start()
+        self.assertEqual(evaluations(), 1, p.stderr())
+        # Both workers answer with the one evaluation's value (new connections spread over
+        # the workers by SO_REUSEPORT).
+        stamps = {H.get(port, "/", headers={"Connection": "close"}).body for _ in range(24)}
+        self.assertEqual(len(stamps), 1, stamps)
+        self.assertTrue(H.get(port, "/").body.startswith(b"0x"))
+        p.signal(signal.SIGHUP)
+        H.wait_for(lambda: "reload: generation 2 live" in p.stderr(), H.T(10),
+                   what="the reload")
+        self.assertEqual(evaluations(), 2, p.stderr())
+        stamps2 = {H.get(port, "/", headers={"Connection": "close"}).body for _ in range(24)}
+        self.assertEqual(len(stamps2), 1, stamps2)
+        self.assertNotEqual(stamps, stamps2)
+        # -t evaluates it once too.
+        r = subprocess.run([H.LUAPROXY, "-t", "-c", p.config_path], capture_output=True,
+                           stdin=subprocess.DEVNULL, timeout=H.T(20))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(evaluations(), 3)
 
 
 if __name__ == "__main__":
