@@ -431,6 +431,17 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_config_t *old, l
 
 int lp_workers_check(const lp_config_t *cfg, char *err, size_t errlen)
 {
+    /* The access log opens (a start fails when it cannot). */
+    if (cfg->access_log) {
+        char ferr[512];
+        lp_accesslog_t *probe =
+            lp_accesslog_open(cfg->access_log, cfg->access_format, ferr, sizeof(ferr));
+        if (!probe) {
+            snprintf(err, errlen, "%s: %s", cfg->path, ferr);
+            return LP_ECONFIG;
+        }
+        lp_accesslog_close(probe);
+    }
     /* A worker that never runs: init_worker runs on a private loop (lua_vm.c) and the
      * upstreams are never attached to this one. */
     lp_worker_t w;

@@ -219,6 +219,14 @@ class ConfigTest(H.ProxyTestCase):
         self.assertEqual(rc, 0, err)
         self.assertFalse(H.port_accepts(port))
 
+    def test_check_opens_the_access_log(self):
+        # -t does what a start does: a log that cannot be opened fails it.
+        cfg = base_config(H.free_port(), self.dir)
+        cfg["log"]["access"] = os.path.join(self.dir, "no-such-dir", "access.log")
+        path, rc, err = self.check(cfg)
+        self.assertNotEqual(rc, 0)
+        self.assertIn("no-such-dir", err)
+
     def test_help(self):
         rc, out, err = self.run_proxy(["-h"])
         self.assertEqual(rc, 0)
