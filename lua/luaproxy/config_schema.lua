@@ -292,7 +292,7 @@ local route = {
   type = "record",
   fields = {
     match = {
-      type = "record", default = {},
+      type = "record", default = {}, description = "what the route matches",
       fields = {
         host = { type = "string", custom = host_pattern, doc_default = "any",
                  description = "exact host (case-insensitive, port ignored) or `*.example.com` "
@@ -345,7 +345,7 @@ local S = {
     routes = { type = "array", required = true, elements = route,
                description = "routes, first match wins" },
     timeouts = {
-      type = "record", default = {},
+      type = "record", default = {}, description = "timeouts, in seconds",
       fields = {
         connect = seconds(5, "seconds to connect to an upstream (→ 504)"),
         read = seconds(60, "seconds between two reads from an upstream (→ 504 before the "
@@ -358,7 +358,7 @@ local S = {
       },
     },
     limits = {
-      type = "record", default = {},
+      type = "record", default = {}, description = "request size limits",
       fields = {
         max_header_size = { type = "integer", default = 16384, min = 256, max = 1048576,
                             description = "bytes of request header fields (→ 431)" },
@@ -372,7 +372,7 @@ local S = {
       },
     },
     log = {
-      type = "record", default = {},
+      type = "record", default = {}, description = "the access log and the error log",
       fields = {
         access = {
           type = "any", default = "-", doc_default = '`"-"` (stdout)',
@@ -395,7 +395,7 @@ local S = {
         .. "run for every request (also those no route matched)",
     },
     lua = {
-      type = "record", default = {},
+      type = "record", default = {}, description = "the Lua runtime",
       fields = {
         phase_timeout = {
           type = "duration", default = 1, min = 0, max = 3600,
@@ -410,7 +410,7 @@ local S = {
       },
     },
     admin = {
-      type = "record", doc_default = "off",
+      type = "record", doc_default = "off", description = "the admin API",
       fields = {
         address = { type = "address", required = true, doc_default = "off",
                     description = "admin API address (`GET /status`, `POST /reload`, "
