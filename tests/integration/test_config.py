@@ -313,5 +313,28 @@ class ConfigEvaluatedOnceTest(H.ProxyTestCase):
         self.assertEqual(evaluations(), 3)
 
 
+    def test_a_config_that_cannot_move_is_evaluated_by_each_worker(self):
+        # A handler holding a userdata (a file) cannot move to the workers' VMs: they
+        # evaluate the file themselves, as before, and it still serves.
+        d = H.Workdir.new("config-nomove")
+        port = H.free_port()
+        text = ("local err = io.stderr\n"
+                "return { workers = 2, listen = { { address = '127.0.0.1:%d' } },\n"
+                "  routes = { { handler = function(req)\n"
+                "    return req:respond(200, io.type(err)) end } },\n"
+                "  log = { access = false } }\n" % port)
+        p = H.Proxy(base_config(port, d), name="config-nomove")
+        self.addCleanup(p.stop)
+
+        def write():
+            with open(p.config_path, "w") as f:
+                f.write(text)
+        p.write_config = write
+        p.start()
+        self.assertIn("each worker evaluates the file again", p.stderr())
+        self.assertIn("a userdata cannot move", p.stderr())
+        self.assertEqual(H.get(port, "/").body, b"file")
+
+
 if __name__ == "__main__":
     H.main()
