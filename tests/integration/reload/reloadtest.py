@@ -74,7 +74,12 @@ class ReloadTestCase(H.ProxyTestCase):
         p.admin_port = admin_port
         write_files(p.dir, files)
         cls.addClassCleanup(p.stop)
-        return p.start(wait=wait)
+        p.start(wait=wait)
+        if wait and admin:
+            # The admin API listens a moment after the workers do.
+            H.wait_for(lambda: H.port_accepts(admin_port, 0.5), H.T(10), interval=0.02,
+                       what="the admin API listening on %d" % admin_port)
+        return p
 
     # ---- config ----
 
