@@ -180,6 +180,7 @@ local target = {
 local health = {
   type = "record", default = {},
   description = "health checks",
+  doc_order = { "active", "passive" },
   fields = {
     active = {
       type = "record", doc_inline = true, doc_default = "off",
@@ -217,6 +218,9 @@ local health = {
 
 local upstream = {
   type = "record",
+  doc_order = { "targets", "dns_ttl", "balance", "hash_on", "health", "retries", "retry_on",
+                "retry_budget", "max_connections", "max_pending", "pending_timeout",
+                "total_timeout", "keepalive", "keepalive_timeout", "keepalive_requests", "tls" },
   fields = {
     targets = {
       type = "array", required = true, elements = target, custom = check_targets,
@@ -290,9 +294,11 @@ local plugin_entry = {
 
 local route = {
   type = "record",
+  doc_order = { "match", "upstream", "strip_prefix", "plugins", "handler" },
   fields = {
     match = {
       type = "record", default = {}, description = "what the route matches",
+      doc_order = { "host", "prefix" },
       fields = {
         host = { type = "string", custom = host_pattern, doc_default = "any",
                  description = "exact host (case-insensitive, port ignored) or `*.example.com` "
@@ -324,6 +330,8 @@ local route = {
 
 local S = {
   description = "a luaproxy config file",
+  doc_order = { "workers", "listen", "upstreams", "routes", "timeouts", "limits", "log",
+                "plugins", "lua", "admin", "pid_file", "watch" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
                 description = "worker threads, each with its own loop and listening socket "
@@ -332,6 +340,7 @@ local S = {
       type = "array", required = true, custom = non_empty("listener"),
       elements = {
         type = "record",
+        doc_order = { "address", "backlog", "tls" },
         fields = {
           address = { type = "address", required = true, description = "address to listen on" },
           backlog = { type = "integer", default = 511, min = 1, max = 65535,
@@ -346,6 +355,8 @@ local S = {
                description = "routes, first match wins" },
     timeouts = {
       type = "record", default = {}, description = "timeouts, in seconds",
+      doc_order = { "connect", "read", "send", "client_header", "client_body", "keepalive",
+                    "drain" },
       fields = {
         connect = seconds(5, "seconds to connect to an upstream (→ 504)"),
         read = seconds(60, "seconds between two reads from an upstream (→ 504 before the "
@@ -359,6 +370,7 @@ local S = {
     },
     limits = {
       type = "record", default = {}, description = "request size limits",
+      doc_order = { "max_header_size", "max_uri_size", "max_body_size", "max_headers" },
       fields = {
         max_header_size = { type = "integer", default = 16384, min = 256, max = 1048576,
                             description = "bytes of request header fields (→ 431)" },
@@ -373,6 +385,7 @@ local S = {
     },
     log = {
       type = "record", default = {}, description = "the access log and the error log",
+      doc_order = { "access", "format", "level" },
       fields = {
         access = {
           type = "any", default = "-", doc_default = '`"-"` (stdout)',

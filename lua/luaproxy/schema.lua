@@ -5,8 +5,8 @@
 -- elements = <field> (array), keys = <field>, values = <field> (map), fields = {...} (record),
 -- custom = fn (extension: `fn(value, ctx) -> true | nil, "problem" [, "sub.key"]`),
 -- coerce = fn (`fn(value) -> value'`, before the checks: e.g. a string into a record),
--- secret = true (never shown: GET /config redacts it), doc_default =, doc_inline = (for the
--- README's key table, see schema_doc.lua) }`.
+-- secret = true (never shown: GET /config redacts it), doc_default =, doc_inline =,
+-- doc_order = { names } (for the README's key table, see schema_doc.lua) }`.
 --
 -- Types beyond Lua's: `integer`; `duration` (seconds, a finite number >= 0 unless min says
 -- otherwise); `address` ("host:port", "[v6]:port" or ":port", checked without DNS);
@@ -34,7 +34,7 @@ local FIELD_OPTIONS = {
   type = true, required = true, default = true, one_of = true, min = true, max = true,
   pattern = true, description = true, elements = true, keys = true, values = true,
   fields = true, custom = true, coerce = true, secret = true, doc_default = true,
-  doc_inline = true,
+  doc_inline = true, doc_order = true,
 }
 
 -- Deep copy of plain data (defaults, `any` values). Functions and other values are shared;
@@ -470,6 +470,9 @@ function check_field(field, path, warnings, named)
   if field.doc_default ~= nil and type(field.doc_default) ~= "string" then
     return nil, path .. ": doc_default must be a string"
   end
+  if field.doc_order ~= nil and type(field.doc_order) ~= "table" then
+    return nil, path .. ": doc_order must be a list of field names"
+  end
   if field.elements ~= nil then
     if ft ~= "array" then return nil, path .. ": elements applies to arrays only" end
     local ok, err = check_field(field.elements, path .. "[]", warnings, false)
@@ -504,7 +507,7 @@ function M.check_schema(schema, path)
   path = path or "schema"
   if type(schema) ~= "table" then return nil, path .. ": a schema must be a table" end
   for k in pairs(schema) do
-    if k ~= "fields" and k ~= "custom" and k ~= "description" then
+    if k ~= "fields" and k ~= "custom" and k ~= "description" and k ~= "doc_order" then
       return nil, format("%s: unknown schema key %s", path, describe(k))
     end
   end

@@ -6,7 +6,8 @@
 --
 -- In FILE the table sits between the lines BEGIN and END below. Rows follow the schema:
 -- `a.b` for a record's field, `a[i].b` inside a list of records, `a.NAME.b` inside a map of
--- records; a field with `doc_inline = true` (or without fields of its own) is one row. The
+-- records, in a record's `doc_order` and then alphabetically; a field with
+-- `doc_inline = true` (or without fields of its own) is one row. The
 -- default column is `doc_default` when given, else "required", the default, or "none".
 local dir = (arg and arg[0] or ""):match("^(.*)/luaproxy/[^/]*$")
 if dir then package.path = dir .. "/?.lua;" .. package.path end
@@ -31,27 +32,38 @@ local function default_text(f)
   return tostring(d)
 end
 
-local function sorted(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  sort(keys)
+-- The names in `order` first, as listed, then the others alphabetically.
+local function ordered(t, order)
+  local keys, seen = {}, {}
+  for _, k in ipairs(order or {}) do
+    if t[k] ~= nil then
+      keys[#keys + 1] = k
+      seen[k] = true
+    end
+  end
+  local rest = {}
+  for k in pairs(t) do
+    if not seen[k] then rest[#rest + 1] = k end
+  end
+  sort(rest)
+  for _, k in ipairs(rest) do keys[#keys + 1] = k end
   return keys
 end
 
-local function rows(fields, prefix, out)
-  for _, name in ipairs(sorted(fields)) do
+local function rows(fields, prefix, out, order)
+  for _, name in ipairs(ordered(fields, order)) do
     local f = fields[name]
     local path = prefix .. name
-    local inner, sep = nil, nil
+    local inner, sep, rec = nil, nil, nil
     if f.type == "record" then
-      inner, sep = f.fields, "."
+      inner, sep, rec = f.fields, ".", f
     elseif f.type == "array" and f.elements and f.elements.type == "record" then
-      inner, sep = f.elements.fields, "[i]."
+      inner, sep, rec = f.elements.fields, "[i].", f.elements
     elseif f.type == "map" and f.values and f.values.type == "record" then
-      inner, sep = f.values.fields, ".NAME."
+      inner, sep, rec = f.values.fields, ".NAME.", f.values
     end
     if inner and next(inner) and not f.doc_inline then
-      rows(inner, path .. sep, out)
+      rows(inner, path .. sep, out, rec.doc_order)
     else
       local desc = (f.description or ""):gsub("|", "\\|"):gsub("\n", " ")
       out[#out + 1] = format("| `%s` | %s | %s |", path, default_text(f), desc)
@@ -62,7 +74,7 @@ end
 
 function M.table()
   local out = { "| key | default | meaning |", "|---|---|---|" }
-  rows(config_schema.schema.fields, "", out)
+  rows(config_schema.schema.fields, "", out, config_schema.schema.doc_order)
   return concat(out, "\n") .. "\n"
 end
 
