@@ -393,33 +393,13 @@ static void read_listen(rctx_t *r)
     lua_pop(L, 1);
 }
 
-/* A target, the table at the top of the stack. http://host[:port] and https://host[:port]
- * (a trailing "/" allowed) become host:port with the scheme's port by default, and https
- * marks the target for TLS. The address is resolved in step 3. */
+/* A target, the table at the top of the stack: "host:port" (http:// and https:// URLs were
+ * turned into that by the schema). The address is resolved in step 3. */
 static void read_target(rctx_t *r, lp_target_conf_t *t)
 {
-    lua_State *L = r->L;
-    t->weight = get_uint(L, "weight");
-    lua_getfield(L, -1, "address");
-    const char *text = lua_tostring(L, -1);
-    int https = strncmp(text, "https://", 8) == 0;
-    if (https || strncmp(text, "http://", 7) == 0) {
-        const char *host = text + (https ? 8 : 7);
-        size_t n = strlen(host);
-        if (n && host[n - 1] == '/')
-            n--;
-        const char *bracket = memchr(host, ']', n);
-        const char *colon = bracket
-                                ? (bracket + 1 < host + n && bracket[1] == ':' ? bracket + 1 : NULL)
-                                : memchr(host, ':', n);
-        char norm[320];
-        snprintf(norm, sizeof(norm), "%.*s%s", (int)n, host, colon ? "" : https ? ":443" : ":80");
-        t->addr.text = dup_str(r, norm);
-    } else {
-        t->addr.text = dup_str(r, text);
-    }
-    t->https = https;
-    lua_pop(L, 1);
+    t->weight = get_uint(r->L, "weight");
+    t->addr.text = get_str(r, "address");
+    t->https = get_bool(r->L, "https");
 }
 
 static void read_health(rctx_t *r, lp_health_conf_t *hc)

@@ -49,25 +49,37 @@ local function host_pattern(h)
   return true
 end
 
--- A target's address: "host:port", or http://host[:port] and https://host[:port] (a
--- trailing "/" allowed; the scheme's port by default; https means TLS).
-local function target_address(s)
-  local scheme, rest = s:match("^(https?)://(.*)$")
-  if not scheme then return schema.check_address(s) end
+-- A target: "host:port", or http://host[:port] and https://host[:port] (a trailing "/"
+-- allowed), which become host:port with the scheme's port by default, https marking the
+-- target for TLS. A URL that is not of that form stays as written for the check to report.
+local function url_target(v)
+  if type(v) == "string" then v = { address = v } end
+  if type(v) ~= "table" or type(v.address) ~= "string" then return v end
+  local scheme, rest = v.address:match("^(https?)://(.*)$")
+  if not scheme then return v end
   rest = rest:gsub("/$", "")
-  if rest == "" or rest:find("[/@]") or #rest > 300 then
-    return nil, format("%q: expected scheme://host[:port] without a path", s)
-  end
-  return true
+  if rest == "" or rest:find("[/@]") or #rest > 300 then return v end
+  local has_port
+  if rest:sub(1, 1) == "[" then has_port = rest:find("]:", 1, true) else has_port = rest:find(":", 1, true) end
+  local out = {}
+  for k, x in pairs(v) do out[k] = x end
+  out.address = has_port and rest or rest .. (scheme == "https" and ":443" or ":80")
+  out.https = scheme == "https"
+  return out
 end
 
-local function https_target(t) return t.address:find("^https://") ~= nil end
+local function target_address(s)
+  if s:find("^https?://") then
+    return nil, format("%q: expected scheme://host[:port] without a path", s)
+  end
+  return schema.check_address(s)
+end
 
 local function check_targets(list)
   if #list == 0 then return nil, "at least one target is required" end
   local https = 0
   for _, t in ipairs(list) do
-    if https_target(t) then https = https + 1 end
+    if t.https then https = https + 1 end
   end
   if https > 0 and https ~= #list then
     return nil, "https:// and plain targets cannot share an upstream"
@@ -166,14 +178,13 @@ local tls_client = {
 
 local target = {
   type = "record",
-  coerce = function(v)
-    if type(v) == "string" then return { address = v } end
-    return v
-  end,
+  coerce = url_target,
   fields = {
     address = { type = "string", required = true, custom = target_address,
                 description = "host:port, http://host[:port] or https://host[:port]" },
     weight = { type = "integer", default = 1, min = 1, max = 10000, description = "weight" },
+    https = { type = "boolean", default = false,
+              description = "TLS to this target (what an https:// address sets)" },
   },
 }
 

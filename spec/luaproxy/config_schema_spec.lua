@@ -32,7 +32,7 @@ describe("luaproxy.config_schema", function()
     assert.equal(16384, c.limits.max_header_size)
     assert.equal("-", c.log.access)
     assert.equal("round_robin", c.upstreams.app.balance)
-    assert.same({ address = "127.0.0.1:9001", weight = 1 }, c.upstreams.app.targets[1])
+    assert.same({ address = "127.0.0.1:9001", weight = 1, https = false }, c.upstreams.app.targets[1])
     assert.equal(5, c.upstreams.app.health.passive.failures)
     assert.is_nil(c.upstreams.app.health.active)
     assert.equal("/", c.routes[1].match.prefix)
@@ -63,6 +63,18 @@ describe("luaproxy.config_schema", function()
       assert.equal(case[2], err)
     end
     assert.equal("(top): the file must return a table, got number", select(2, config.check(5)))
+  end)
+
+  it("turns http:// and https:// targets into host:port", function()
+    local c = assert(config.check(base({ upstreams = { app = { targets = {
+      "https://a.example", { address = "https://[::1]:8443/", weight = 2 } } } } })))
+    assert.same({ address = "a.example:443", weight = 1, https = true }, c.upstreams.app.targets[1])
+    assert.same({ address = "[::1]:8443", weight = 2, https = true }, c.upstreams.app.targets[2])
+    c = assert(config.check(base({ upstreams = { app = { targets = { "http://b" } } } })))
+    assert.same({ address = "b:80", weight = 1, https = false }, c.upstreams.app.targets[1])
+    local _, err = config.check(base({ upstreams = { app = { targets = { "https://a/x" } } } }))
+    assert.equal('upstreams.app.targets[1].address: "https://a/x": expected scheme://host[:port] '
+      .. "without a path", err)
   end)
 
   it("accepts tls = true on an upstream and false as off", function()
