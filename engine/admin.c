@@ -293,29 +293,12 @@ static void handle_stop(admin_conn_t *c)
 
 void lp_admin_snapshot(lp_server_t *s)
 {
-    /* The config as JSON, secrets redacted (lua/luaproxy/admin.lua, lua-cjson), taken right
-     * after a generation went live: GET /config shows what serves, not what the file says
-     * now. Its own short-lived state: loading the config runs the user's code. */
-    lua_State *L = luaL_newstate();
-    if (!L)
-        return;
-    luaL_openlibs(L);
-    lp_lua_set_paths(L, s->config_path);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "luaproxy.admin");
-    int rc = lua_pcall(L, 1, 1, 0);
-    if (!rc) {
-        lua_getfield(L, -1, "config_json");
-        lua_pushstring(L, s->config_path);
-        rc = lua_pcall(L, 1, 1, 0);
-    }
-    if (!rc && lua_isstring(L, -1)) {
-        free(s->config_json);
-        s->config_json = strdup(lua_tostring(L, -1));
-    } else {
-        lp_log_warn("admin: cannot encode the config: %s", lua_tostring(L, -1));
-    }
-    lua_close(L);
+    /* The config as JSON, secrets redacted (lua/luaproxy/admin.lua), made when the config
+     * loaded and taken right after its generation went live: GET /config shows what
+     * serves, not what the file says now. */
+    const char *json = lp_gen_current ? lp_gen_current->config->json : NULL;
+    free(s->config_json);
+    s->config_json = json ? strdup(json) : NULL;
 }
 
 static void handle_config(admin_conn_t *c)

@@ -1,5 +1,6 @@
-/* The configuration: a Lua file returning a table, converted into these C structs and
- * validated. A config is immutable once loaded and shared read-only by all workers. */
+/* The configuration: a Lua file returning a table, validated against
+ * lua/luaproxy/config_schema.lua and read into these C structs (config.c). A config is
+ * immutable once loaded and shared read-only by all workers. */
 #ifndef LP_CONFIG_H
 #define LP_CONFIG_H
 
@@ -140,14 +141,19 @@ typedef struct {
     int has_lua;                /* plugins or route handlers: workers start a Lua VM */
     int global_plugins;         /* top-level plugins: every route may be routed by Lua */
     uint64_t lua_phase_timeout; /* ms of wall clock a Lua phase may run without yielding */
+    char *json;                 /* owned: GET /config's body (secrets redacted); NULL: none */
+    char *lua_config;           /* owned: the validated table for the workers' VMs, encoded by
+                                   lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
+    size_t lua_config_len;
 } lp_config_t;
 
 #define LP_ACCESS_FORMAT_DEFAULT                                                                   \
     "$remote_addr - [$time_iso8601] \"$request\" $status $body_bytes_sent \"$http_referer\" "      \
     "\"$http_user_agent\" upstream=$upstream_addr rt=$request_time urt=$upstream_response_time"
 
-/* Loads and validates `path`. On failure returns LP_ECONFIG with `err` set to
- * "path: key.path: problem" (or Lua's own "path:line: message" for syntax errors). */
+/* Loads `path`: evaluates it once, validates it (plugins and handlers included), reads it,
+ * then resolves its addresses and builds its TLS contexts. On failure returns LP_ECONFIG
+ * with `err` set to "path: key.path: problem" (or Lua's own "path:line: message"). */
 int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen);
 void lp_config_free(lp_config_t *c);
 /* "host:port", "[v6]:port" or ":port" into a socket address (resolving names). */

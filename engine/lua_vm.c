@@ -255,6 +255,21 @@ static uint64_t config_timeout_ns(lua_State *L, int idx)
     return t > 0 ? (uint64_t)(t * 1e9) : 0;
 }
 
+/* The guard of a main-thread config VM (loading, -t): it lives in the VM's memory, as long
+ * as the flag pointer the guard module keeps; the watchdog sees it only while in use. */
+static lp_lua_guard_t *check_guard(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, "luaproxy.check_guard");
+    lp_lua_guard_t *g = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (!g) {
+        g = lua_newuserdata(L, sizeof(*g));
+        memset(g, 0, sizeof(*g));
+        lua_setfield(L, LUA_REGISTRYINDEX, "luaproxy.check_guard");
+    }
+    return g;
+}
+
 int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t errlen)
 {
     int cfg = lua_gettop(L);
@@ -265,14 +280,7 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
     /* Plugins' main chunks and compile() run here: a loop there must not hang the main
      * thread (start-up, reload, -t). The guard lives in the VM's memory, as long as the
      * flag pointer the guard module keeps; the watchdog sees it only during the check. */
-    lua_getfield(L, LUA_REGISTRYINDEX, "luaproxy.check_guard");
-    lp_lua_guard_t *g = lua_touserdata(L, -1); /* a second check in this VM: the same one */
-    lua_pop(L, 1);
-    if (!g) {
-        g = lua_newuserdata(L, sizeof(*g));
-        memset(g, 0, sizeof(*g));
-        lua_setfield(L, LUA_REGISTRYINDEX, "luaproxy.check_guard");
-    }
+    lp_lua_guard_t *g = check_guard(L);
     g->timeout_ns = config_timeout_ns(L, cfg);
     lp_lua_guard_t *was = current_check;
     current_check = g;
@@ -485,6 +493,61 @@ static int run_init_worker(lp_lua_t *vm, int state_idx, char *err, size_t errlen
     return rc;
 }
 
+/* Pushes the config table: the config VM's evaluation, validated (config.c,
+ * lua/luaproxy/transfer.lua), or when that could not move, the file evaluated here through
+ * the guard. Functions written in the config were rewritten by the guard where the config
+ * VM evaluated it; their check goes by name (luaproxy.guard.check) and so becomes this
+ * VM's. Runs under the caller's guard_begin. */
+static int push_config(lua_State *L, const lp_config_t *cfg, char *err, size_t errlen)
+{
+    if (cfg->lua_config) {
+        lua_getglobal(L, "require");
+        lua_pushliteral(L, "luaproxy.transfer");
+        if (lua_pcall(L, 1, 1, 0) == 0) {
+            lua_getfield(L, -1, "decode");
+            lua_remove(L, -2);
+            lua_pushlstring(L, cfg->lua_config, cfg->lua_config_len);
+            if (lua_pcall(L, 1, 1, 0) == 0)
+                return 0;
+        }
+        snprintf(err, errlen, "%s: %s", cfg->path, lua_tostring(L, -1));
+        return LP_ECONFIG;
+    }
+    if (guard_loadfile(L, cfg->path, err, errlen))
+        return LP_ECONFIG;
+    if (lua_pcall(L, 0, 1, 0)) {
+        lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
+        return LP_ECONFIG;
+    }
+    return 0;
+}
+
+int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
+{
+    /* The one evaluation of the file (config.c): user code, so through the guard, stopped
+     * after lua.phase_timeout's default (the file has not said its own yet). */
+    lp_lua_guard_t *g = check_guard(L);
+    g->timeout_ns = 1000000000ull;
+    lp_lua_guard_t *was = current_check;
+    current_check = g;
+    int rc = guard_setup(L, path, err, errlen);
+    if (!rc)
+        rc = guard_loadfile(L, path, err, errlen);
+    if (!rc) {
+        wd_register(g, 1);
+        guard_begin(g);
+        if (lua_pcall(L, 0, 1, 0)) {
+            lp_lua_error_message(lua_tostring(L, -1), path, err, errlen);
+            lua_pop(L, 1);
+            rc = LP_ECONFIG;
+        }
+        guard_end(g);
+        wd_register(g, 0);
+    }
+    current_check = was;
+    return rc;
+}
+
 int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, lp_lua_t **out,
                 char *err, size_t errlen)
 {
@@ -506,15 +569,14 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     luaL_openlibs(L);
     lp_lua_set_paths(L, cfg->path);
     current_vm = vm; /* the FFI functions used while loading find the VM */
-    if (guard_setup(L, cfg->path, err, errlen) || guard_loadfile(L, cfg->path, err, errlen))
+    if (guard_setup(L, cfg->path, err, errlen))
         goto fail;
     /* The watchdog covers loading (the config's and the plugins' main chunks, compile()) and
      * init_worker: a runaway loop there must not hang a start or a reload. */
     wd_register(&vm->guard, 1);
     guard_begin(&vm->guard);
-    if (lua_pcall(L, 0, 1, 0)) {
+    if (push_config(L, cfg, err, errlen)) {
         guard_end(&vm->guard);
-        lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
         goto fail;
     }
     int cfg_idx = lua_gettop(L);

@@ -43,6 +43,9 @@ void lp_lua_set_paths(lua_State *L, const char *config_path);
 /* Validates the plugins and handlers of the config table at the top of L's stack (the
  * main thread's check, also for `luaproxy -t`). */
 int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t errlen);
+/* Evaluates the config file in L (the config VM, main thread) through the runaway guard,
+ * so that its functions are guarded wherever they run; pushes what it returned. */
+int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen);
 
 /* Worker VM. */
 /* Builds worker w's VM for cfg (*out NULL when the config has no Lua): loads the runtime,

@@ -142,9 +142,12 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    char err[1024];
+    /* The one load of this start: what -t checks is what serves. A server names its file by
+     * its real path (reloads, GET /config); -t and -s as the user wrote it. */
+    char err[1024], abspath[4096];
+    const char *config_path = realpath(path, abspath) ? abspath : path;
     lp_config_t *cfg;
-    if (lp_config_load(path, &cfg, err, sizeof(err))) {
+    if (lp_config_load(test_only || signal_name ? path : config_path, &cfg, err, sizeof(err))) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
@@ -160,21 +163,23 @@ int main(int argc, char **argv)
         return rc;
     }
     if (test_only) {
-        printf("%s: configuration ok\n", path);
+        /* As a start would: plugins and handlers in a worker VM, init_worker run. */
+        int rc = lp_workers_check(cfg, err, sizeof(err));
+        if (rc)
+            fprintf(stderr, "%s\n", err);
+        else
+            printf("%s: configuration ok\n", path);
         lp_config_free(cfg);
-        return 0;
+        return rc ? 1 : 0;
     }
     atomic_store_explicit(&lp_log_level, cfg->log_level, memory_order_relaxed);
-    lp_config_free(cfg);
     signal(SIGPIPE, SIG_IGN);
 
-    char abspath[4096];
-    server.config_path = realpath(path, abspath) ? abspath : path;
+    server.config_path = config_path;
     server.loop = uv_default_loop();
     server.watch_forced = watch;
     server.started_at = (double)time(NULL);
-    if (lp_workers_start(server.config_path, (unsigned)workers, &server.workers, &cfg, err,
-                         sizeof(err))) {
+    if (lp_workers_start(cfg, (unsigned)workers, &server.workers, err, sizeof(err))) {
         lp_log_error("%s", err);
         return 1;
     }

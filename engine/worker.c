@@ -476,16 +476,15 @@ static int bind_slot(lp_switch_t *sw, unsigned n, size_t i, const lp_listen_conf
     return 0;
 }
 
-/* Builds everything a generation needs that the main thread can make and that can fail: the
- * config, and for every worker its VM, upstream state, access log (opened afresh, so a
+/* Builds everything a generation needs that the main thread can make and that can fail from
+ * the loaded config `cfg` (owned from here: by the generation, or freed on failure): for
+ * every worker its VM, upstream state, access log (opened afresh, so a
  * rotated file is let go) and sockets for new listen entries. On failure nothing is left. */
-static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, const char *path,
+static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, lp_config_t *cfg,
                           lp_switch_t *sw, char *err, size_t errlen)
 {
-    lp_config_t *cfg;
-    int rc = lp_config_load(path, &cfg, err, errlen);
-    if (rc)
-        return rc;
+    const char *path = cfg->path;
+    int rc = 0;
     char ferr[512];
     if (lp_accesslog_check_format(cfg->access_format, ferr, sizeof(ferr))) {
         snprintf(err, errlen, "%s: %s", path, ferr);
@@ -620,34 +619,61 @@ static int switch_all(lp_worker_t *ws, unsigned n, lp_switch_t *sw, char *err, s
     return 0;
 }
 
-int lp_workers_start(const char *path, unsigned nworkers, lp_worker_t **out, lp_config_t **first,
-                     char *err, size_t errlen)
+int lp_workers_check(const lp_config_t *cfg, char *err, size_t errlen)
+{
+    /* The access log opens (a start fails when it cannot). */
+    if (cfg->access_log) {
+        char ferr[512];
+        lp_accesslog_t *probe =
+            lp_accesslog_open(cfg->access_log, cfg->access_format, ferr, sizeof(ferr));
+        if (!probe) {
+            snprintf(err, errlen, "%s: %s", cfg->path, ferr);
+            return LP_ECONFIG;
+        }
+        lp_accesslog_close(probe);
+    }
+    /* A worker that never runs: init_worker runs on a private loop (lua_vm.c) and the
+     * upstreams are never attached to this one. */
+    lp_worker_t w;
+    memset(&w, 0, sizeof(w));
+    w.id = 1;
+    lp_upstream_rt_t *ups = lp_upstream_rt_new(&w, cfg);
+    if (!ups)
+        return LP_ENOMEM;
+    struct lp_lua_s *vm = NULL;
+    int rc = lp_lua_open(&w, cfg, ups, &vm, err, errlen);
+    lp_lua_retire(vm);
+    lp_lua_watchdog_stop();
+    lp_upstream_rt_free(ups, cfg->nupstreams);
+    return rc;
+}
+
+int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, char *err,
+                     size_t errlen)
 {
     *out = NULL;
-    lp_config_t *probe;
-    int rc = lp_config_load(path, &probe, err, errlen);
-    if (rc)
-        return rc;
-    unsigned n = nworkers ? nworkers : probe->workers;
-    lp_config_free(probe);
+    int rc = 0;
+    unsigned n = nworkers ? nworkers : cfg->workers;
     lp_worker_t *ws = calloc(n, sizeof(*ws));
     lp_switch_t *sw = calloc(n, sizeof(*sw));
     if (!ws || !sw) {
         free(ws);
         free(sw);
+        lp_config_free(cfg);
         return LP_ENOMEM;
     }
     for (unsigned i = 0; i < n && !rc; i++)
         rc = worker_init(&ws[i], (int)i + 1, err, errlen);
     if (!rc)
-        rc = build_switches(ws, n, NULL, path, sw, err, errlen);
+        rc = build_switches(ws, n, NULL, cfg, sw, err, errlen);
+    else
+        lp_config_free(cfg);
     /* The threads do not run yet: the first generation is installed from here. */
     if (!rc)
         rc = switch_all(ws, n, sw, err, errlen);
     free(sw);
     if (rc)
         return rc; /* the loops hold nothing that needs closing yet beyond their own handles */
-    *first = lp_gen_current->config;
     for (unsigned i = 0; i < n; i++) {
         if (uv_thread_create(&ws[i].thread, worker_main, &ws[i])) {
             snprintf(err, errlen, "cannot start worker thread %u", i + 1);
@@ -661,10 +687,16 @@ int lp_workers_start(const char *path, unsigned nworkers, lp_worker_t **out, lp_
 
 int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, size_t errlen)
 {
+    lp_config_t *cfg;
+    int rc = lp_config_load(path, &cfg, err, errlen);
+    if (rc)
+        return rc;
     lp_switch_t *sw = calloc(n, sizeof(*sw));
-    if (!sw)
+    if (!sw) {
+        lp_config_free(cfg);
         return LP_ENOMEM;
-    int rc = build_switches(ws, n, lp_gen_current, path, sw, err, errlen);
+    }
+    rc = build_switches(ws, n, lp_gen_current, cfg, sw, err, errlen);
     if (!rc)
         rc = switch_all(ws, n, sw, err, errlen);
     free(sw);

@@ -10,13 +10,17 @@
 /* The generation the main thread last installed (main thread only). */
 extern lp_gen_t *lp_gen_current;
 
-/* Loads `path` and starts `nworkers` workers (0: the config's count) on it. *first is the
- * first generation's config (owned by the generation). */
-int lp_workers_start(const char *path, unsigned nworkers, lp_worker_t **out, lp_config_t **first,
-                     char *err, size_t errlen);
-/* Builds a new generation from `path` and switches every worker to it; requests in flight
- * finish on theirs. On error nothing changed (every worker keeps the current generation)
- * and err says why. Main thread. */
+/* Starts `nworkers` workers (0: the config's count) on the loaded config `cfg`, which the
+ * first generation owns from here (freed on failure). */
+int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, char *err,
+                     size_t errlen);
+/* What a start would do with `cfg` short of serving (`luaproxy -t`): a throwaway worker VM
+ * with the plugins and handlers loaded and init_worker run. 0 or LP_ECONFIG with err. */
+int lp_workers_check(const lp_config_t *cfg, char *err, size_t errlen);
+/* Loads `path` (once), builds a new generation from it and switches every worker to it
+ * (prepare everywhere, then commit everywhere); requests in flight finish on theirs. On
+ * error nothing changed (every worker keeps the current generation) and err says why.
+ * Main thread. */
 int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, size_t errlen);
 /* Reopens the current generation's access log in every worker (SIGUSR1: logrotate). On
  * error the workers keep the files they have. Main thread. */

@@ -34,7 +34,7 @@ local P = {
           fields = {
             name = { type = "string", required = true, pattern = "^[%w_%-%.]+$",
                      description = "arm name (letters, digits, _ - .), in ctx.ab_arm and the cookie" },
-            upstream = { type = "string", required = true, description = "upstream for this arm" },
+            upstream = { type = "upstream", required = true, description = "upstream for this arm" },
             weight = { type = "integer", default = 1, min = 0, max = 1000000,
                        description = "share of the traffic; 0 takes no new users" },
           },

@@ -36,12 +36,12 @@ local function part(which)
     fields = {
       set = {
         type = "map", default = {}, keys = name,
-        values = { type = "string", custom = no_crlf },
+        values = { type = "string", custom = no_crlf, secret = which == "request" },
         description = "name = value: replaces every " .. which .. " header of that name",
       },
       add = {
         type = "map", default = {}, keys = name,
-        values = { type = "any", custom = string_or_list },
+        values = { type = "any", custom = string_or_list, secret = which == "request" },
         description = "name = value or { values }: adds header lines, keeping existing ones",
       },
       remove = {

@@ -37,14 +37,16 @@ local rule_fields = {
   },
   headers = {
     type = "map", keys = { type = "string", pattern = "^[%w!#$%%&'*+%-.^_`|~]+$" },
-    values = { type = "string" },
-    description = "request headers that must have exactly these values. Default: none",
+    values = { type = "string", secret = true },
+    description = "request headers that must have exactly these values (secret: GET /config "
+      .. "hides them). Default: none",
   },
   query = {
-    type = "map", values = { type = "string" },
-    description = "query arguments that must have exactly these (decoded) values. Default: none",
+    type = "map", values = { type = "string", secret = true },
+    description = "query arguments that must have exactly these (decoded) values (secret: "
+      .. "GET /config hides them). Default: none",
   },
-  upstream = { type = "string", description = "upstream to send the request to. Default: unchanged" },
+  upstream = { type = "upstream", description = "upstream to send the request to. Default: unchanged" },
   rewrite = {
     type = "string",
     description = "new path (with ?query to replace the query); with a pattern, %1..%9 are its "
@@ -76,7 +78,7 @@ local P = {
         description = "rules tried in order; the first match routes the request",
       },
       default_upstream = {
-        type = "string",
+        type = "upstream",
         description = "upstream for requests no rule matches. Default: none (the config's "
           .. "route stays in charge)",
       },

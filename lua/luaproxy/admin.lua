@@ -1,52 +1,79 @@
--- Helpers for the admin API (engine/admin.c), run in a short-lived state of their own.
+-- Helpers for the admin API (engine/admin.c): GET /config's JSON, made once per loaded
+-- config in the config VM (engine/config.c), where the plugins' schemas are loaded.
 local cjson = require "cjson"
+local config_schema = require "luaproxy.config_schema"
+
+local type, pairs, tostring = type, pairs, tostring
+local find, lower = string.find, string.lower
 
 local M = {}
 
--- Keys whose values never leave the process.
-local SECRET = { "secret", "password", "passwd", "token", "credential", "private", "key$", "auth" }
+local REDACTED = "<redacted>"
+
+-- Key names whose values never leave the process, whatever the schema says.
+local SECRET = { "password", "passwd", "secret", "token", "key", "credential", "private", "auth" }
 
 local function is_secret(k)
   if type(k) ~= "string" then return false end
-  k = k:lower()
-  for _, pat in ipairs(SECRET) do
-    if k:find(pat) then return true end
+  k = lower(k)
+  for i = 1, #SECRET do
+    if find(k, SECRET[i], 1, true) then return true end
   end
   return false
 end
+M.is_secret = is_secret
 
-local function clean(v, seen)
+-- The schema field describing key k of a value described by `field` (nil: unknown).
+local function child(field, k)
+  if not field then return nil end
+  local t = field.type
+  if t == "record" then return field.fields and field.fields[k] end
+  if t == "array" then return field.elements end
+  if t == "map" then return field.values end
+  return nil
+end
+
+-- A plugin entry is described by its plugin's schema (loaded by the runtime by now).
+local function entry_field(entry)
+  local rt = package.loaded["luaproxy.runtime"]
+  local plugin = rt and type(entry.name) == "string" and rt.plugin(entry.name)
+  if not plugin then return nil end
+  return { type = "record", fields = (plugin.schema or {}).fields or {} }
+end
+
+local function clean(v, field, seen)
+  if field and field.secret then return REDACTED end
   local t = type(v)
   if t == "function" then return "<function>" end
   if t == "userdata" or t == "thread" or t == "cdata" then return "<" .. t .. ">" end
   if t ~= "table" then return v end
   if seen[v] then return "<cycle>" end
   seen[v] = true
+  if field == config_schema.PLUGIN_ENTRY then field = entry_field(v) end
   local out, n, is_list = {}, 0, true
   for k in pairs(v) do
     n = n + 1
     if type(k) ~= "number" then is_list = false end
   end
   if is_list and n == #v then
-    for i = 1, n do out[i] = clean(v[i], seen) end
+    for i = 1, n do out[i] = clean(v[i], child(field, i), seen) end
     -- Debian's lua-cjson (2.1.0) has no empty_array: an empty table stays, as {}.
-    if n == 0 then return cjson.empty_array or out end
+    if n == 0 then out = cjson.empty_array or out end
   else
     for k, x in pairs(v) do
-      out[tostring(k)] = is_secret(k) and "<redacted>" or clean(x, seen)
+      out[tostring(k)] = is_secret(k) and REDACTED or clean(x, child(field, k), seen)
     end
   end
   seen[v] = nil
   return out
 end
 
--- The config file's table as JSON, functions named and secrets redacted.
-function M.config_json(path)
-  local chunk = assert(loadfile(path))
-  local cfg = chunk()
+-- The config table as JSON: functions named; secrets (fields marked `secret = true` in the
+-- config's or a plugin's schema, and keys named like one) redacted.
+function M.config_json(path, cfg)
   cjson.encode_sparse_array(true)
-  return cjson.encode({ ok = true, path = path, config = clean(cfg, {}) })
+  local top = { type = "record", fields = config_schema.schema.fields }
+  return cjson.encode({ ok = true, path = path, config = clean(cfg, top, {}) })
 end
 
-M.is_secret = is_secret
 return M

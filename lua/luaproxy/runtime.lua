@@ -1,8 +1,8 @@
 -- The Lua side of one VM: loads the plugins a config names, builds the per-route chains,
 -- and runs a phase for a request. The engine calls `run` inside the request's coroutine.
 --
--- Loaded twice per config: once in the main thread to validate (`luaproxy -t`, start-up),
--- and once in each worker's own VM to serve.
+-- Loaded once in the main thread's config VM to validate (engine/config.c, also for
+-- `luaproxy -t`), and once in each worker's own VM to serve.
 local schema = require "luaproxy.schema"
 local guard = require "luaproxy.guard"
 local phases = require "luaproxy.phases"
@@ -69,7 +69,7 @@ local function make_instance(plugin, conf, where)
 end
 
 -- Validates one `plugins` list; returns a list of instances or nil, "path: problem".
-local function load_list(list, path, opts)
+local function load_list(list, path, opts, ctx)
   if list == nil then return {} end
   if type(list) ~= "table" then return nil, path .. ": expected a list of plugin entries" end
   local out = {}
@@ -82,7 +82,7 @@ local function load_list(list, path, opts)
     local ok, cerr = schema.check_plugin(plugin, p)
     if not ok then return nil, cerr end
     local ep = format("%s(%s)", p, entry.name)
-    local conf, verr = schema.validate_entry(plugin, entry, ep)
+    local conf, verr = schema.validate_entry(plugin, entry, ep, ctx)
     if not conf then return nil, verr end
     if plugin.compile then
       local cok, compiled, cerr2 = xpcall(plugin.compile, traceback, conf)
@@ -165,8 +165,10 @@ end
 
 -- Loads every plugin the config names. `opts`: plugin_path, script_path.
 -- Returns a state { routes = { [i] = chain }, fallback = chain, init = {instances} }.
+-- Plugin fields of type upstream must name one of cfg.upstreams.
 function M.load(cfg, opts)
-  local global, err = load_list(cfg.plugins, "plugins", opts)
+  local ctx = require("luaproxy.config_schema").context(cfg)
+  local global, err = load_list(cfg.plugins, "plugins", opts, ctx)
   if not global then return nil, err end
   local state = { routes = {}, init = {} }
   local seen = {}
@@ -181,7 +183,7 @@ function M.load(cfg, opts)
   note_init(global)
   for i, route in ipairs(cfg.routes or {}) do
     local path = format("routes[%d]", i)
-    local own, lerr = load_list(route.plugins, path .. ".plugins", opts)
+    local own, lerr = load_list(route.plugins, path .. ".plugins", opts, ctx)
     if not own then return nil, lerr end
     note_init(own)
     local all = {}
@@ -201,6 +203,9 @@ function M.load(cfg, opts)
   state.fallback = by_phase(all)
   return state
 end
+
+-- The plugin module loaded under `name` (nil before runtime.load found it).
+function M.plugin(name) return plugin_cache[name] end
 
 -- Calls every init_worker; returns true or nil, "plugin: error".
 function M.init_worker(state)

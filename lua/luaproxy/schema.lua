@@ -3,12 +3,20 @@
 -- A schema is data: `{ fields = { name = <field>, ... }, custom = fn? }`, a field is
 -- `{ type = ..., required =, default =, one_of =, min =, max =, pattern =, description =,
 -- elements = <field> (array), keys = <field>, values = <field> (map), fields = {...} (record),
--- custom = fn (extension: `fn(value) -> true | nil, "problem"`) }`.
+-- custom = fn (extension: `fn(value, ctx) -> true | nil, "problem" [, "sub.key"]`),
+-- coerce = fn (`fn(value) -> value'`, before the checks: e.g. a string into a record),
+-- secret = true (never shown: GET /config redacts it), doc_default =, doc_inline =,
+-- doc_order = { names } (for the README's key table, see schema_doc.lua) }`.
+--
+-- Types beyond Lua's: `integer`; `duration` (seconds, a finite number >= 0 unless min says
+-- otherwise); `address` ("host:port", "[v6]:port" or ":port", checked without DNS);
+-- `upstream` (a string naming an upstream of the config: checked when the validation
+-- context `ctx` carries `upstreams`, a set of names, as it does when a config loads).
 --
 -- This runs when a config is loaded, never per request, so it favours clear messages over
 -- speed. Errors read `<path>.<key>: <problem>`, the caller passing the prefix, e.g.
 -- `plugins[2](headers).request.set.X-Env: expected a string, got number`.
-local type, pairs, ipairs, next, tostring = type, pairs, ipairs, next, tostring
+local type, pairs, ipairs, next, tostring, tonumber = type, pairs, ipairs, next, tostring, tonumber
 local floor, huge = math.floor, math.huge
 local concat, sort = table.concat, table.sort
 local find, format, sub = string.find, string.format, string.sub
@@ -17,14 +25,16 @@ local M = {}
 
 M.types = {
   string = true, number = true, integer = true, boolean = true, array = true, map = true,
-  record = true, ["function"] = true, any = true,
+  record = true, ["function"] = true, any = true, duration = true, address = true,
+  upstream = true,
 }
 
 -- Options a field may carry, and for which types they mean something.
 local FIELD_OPTIONS = {
   type = true, required = true, default = true, one_of = true, min = true, max = true,
   pattern = true, description = true, elements = true, keys = true, values = true,
-  fields = true, custom = true,
+  fields = true, custom = true, coerce = true, secret = true, doc_default = true,
+  doc_inline = true, doc_order = true,
 }
 
 -- Deep copy of plain data (defaults, `any` values). Functions and other values are shared;
@@ -148,10 +158,29 @@ function M.check_captures(tpl, pattern)
   return true
 end
 
+-- "host:port", "[v6]:port" or ":port" (engine/config.c lp_addr_split reads it the same
+-- way). Returns true or nil, "problem".
+function M.check_address(s)
+  if type(s) ~= "string" then return nil, "expected an address string \"host:port\"" end
+  local host, port
+  if sub(s, 1, 1) == "[" then
+    host, port = s:match("^%[([^%]]*)%]:(.*)$")
+    if not host then return nil, format("%q is not [ipv6]:port", s) end
+  else
+    host, port = s:match("^(.*):(.*)$")
+    if not host then return nil, format("%q has no :port", s) end
+  end
+  if #host > 255 then return nil, format("%q: host too long", s) end
+  if not port:match("^%d+$") or tonumber(port) > 65535 then
+    return nil, format("%q has an invalid port", s)
+  end
+  return true
+end
+
 local validate_value
 
 -- Validates a record's keys against `fields`; returns a new table with defaults filled in.
-local function validate_record(fields, value, path)
+local function validate_record(fields, value, path, ctx)
   local out = {}
   for _, k in ipairs(sorted_keys(value)) do
     if type(k) ~= "string" or fields[k] == nil then
@@ -160,7 +189,7 @@ local function validate_record(fields, value, path)
   end
   for _, name in ipairs(sorted_keys(fields)) do
     local field = fields[name]
-    local v, err = validate_value(field, value[name], join(path, name))
+    local v, err = validate_value(field, value[name], join(path, name), ctx)
     if err then return nil, err end
     out[name] = v
   end
@@ -182,7 +211,8 @@ end
 -- Returns the validated value (a fresh table for table types), or nil, "path: problem".
 -- A nil value takes a deep copy of the default, which is itself validated, so a record
 -- default of `{}` comes back with its own fields' defaults filled in.
-function validate_value(field, value, path)
+function validate_value(field, value, path, ctx)
+  if field.coerce and value ~= nil then value = field.coerce(value) end
   if value == nil then
     if field.default == nil then
       if field.required then return nil, path .. ": required field missing" end
@@ -202,11 +232,31 @@ function validate_value(field, value, path)
     if value ~= value or value == huge or value == -huge or floor(value) ~= value then
       return nil, format("%s: expected an integer, got %s", path, tostring(value))
     end
-  elseif ft == "number" then
+  elseif ft == "number" or ft == "duration" then
     if vt ~= "number" then
-      return nil, format("%s: expected a number, got %s", path, vt)
+      return nil, format("%s: expected a number%s, got %s", path,
+        ft == "duration" and " of seconds" or "", vt)
     end
     if value ~= value then return nil, path .. ": expected a number, got nan" end
+    if ft == "duration" then
+      if value == huge or value == -huge then
+        return nil, path .. ": expected a finite number of seconds"
+      end
+      if not field.min and value < 0 then
+        return nil, format("%s: value %s is below the minimum 0", path, tostring(value))
+      end
+    end
+  elseif ft == "address" or ft == "upstream" then
+    if vt ~= "string" then
+      return nil, format("%s: expected %s, got %s", path,
+        ft == "address" and 'an address string "host:port"' or "an upstream name", vt)
+    end
+    if ft == "address" then
+      local ok, err = M.check_address(value)
+      if not ok then return nil, path .. ": " .. err end
+    elseif ctx and ctx.upstreams and not ctx.upstreams[value] then
+      return nil, format("%s: no upstream named %s", path, describe(value))
+    end
   elseif ft == "array" then
     if vt ~= "table" then return nil, format("%s: expected an array, got %s", path, vt) end
     if not is_array(value) then
@@ -217,7 +267,7 @@ function validate_value(field, value, path)
     for i = 1, #value do
       local v, err
       if el then
-        v, err = validate_value(el, value[i], path .. "[" .. i .. "]")
+        v, err = validate_value(el, value[i], path .. "[" .. i .. "]", ctx)
         if err then return nil, err end
         if v == nil then return nil, path .. "[" .. i .. "]: required field missing" end
       else
@@ -233,14 +283,14 @@ function validate_value(field, value, path)
       local kpath = join(path, k)
       local nk, err = k, nil
       if kf then
-        nk, err = validate_value(kf, k, kpath)
+        nk, err = validate_value(kf, k, kpath, ctx)
       elseif type(k) ~= "string" then
         err = format("%s: expected a string key, got %s", kpath, type(k))
       end
       if err then return nil, err end
       local nv = value[k]
       if vf then
-        nv, err = validate_value(vf, nv, kpath)
+        nv, err = validate_value(vf, nv, kpath, ctx)
         if err then return nil, err end
       else
         nv = deep_copy(nv)
@@ -250,7 +300,7 @@ function validate_value(field, value, path)
   elseif ft == "record" then
     if vt ~= "table" then return nil, format("%s: expected a record, got %s", path, vt) end
     local err
-    out, err = validate_record(field.fields or {}, value, path)
+    out, err = validate_record(field.fields or {}, value, path, ctx)
     if err then return nil, err end
   else -- string, boolean, function
     if vt ~= ft then
@@ -273,7 +323,7 @@ function validate_value(field, value, path)
 
   if field.min or field.max then
     local ok, err = true, nil
-    if ft == "number" or ft == "integer" then
+    if ft == "number" or ft == "integer" or ft == "duration" then
       ok, err = check_bounds(field, value, value, "value", path)
     elseif ft == "string" then
       ok, err = check_bounds(field, value, #value, "length", path)
@@ -289,25 +339,30 @@ function validate_value(field, value, path)
   end
 
   if field.custom then
-    local ok, err = field.custom(out)
-    if not ok then return nil, path .. ": " .. tostring(err or "invalid value") end
+    local ok, err, key = field.custom(out, ctx)
+    if not ok then
+      return nil, (key and join(path, key) or path) .. ": " .. tostring(err or "invalid value")
+    end
   end
   return out
 end
 
 -- Validates `conf` (nil counts as `{}`) against `schema`. Returns a new table with the
 -- defaults filled in (deep copies: no two configs share a table), or nil, "path.key: problem".
-function M.validate(schema, conf, path)
+-- `ctx` (optional) is handed to custom checks; ctx.upstreams (a set of names) checks
+-- fields of type upstream.
+function M.validate(schema, conf, path, ctx)
   if conf == nil then conf = {} end
   if type(conf) ~= "table" then
     return nil, format("%s: expected a record, got %s", path or "conf", type(conf))
   end
-  local out, err = validate_record(schema.fields or {}, conf, path)
+  local out, err = validate_record(schema.fields or {}, conf, path, ctx)
   if err then return nil, err end
   if schema.custom then
-    local ok, cerr = schema.custom(out)
+    local ok, cerr, key = schema.custom(out, ctx)
     if not ok then
-      return nil, (path and path ~= "" and path .. ": " or "") .. tostring(cerr or "invalid")
+      local where = key and join(path, key) or path
+      return nil, (where and where ~= "" and where .. ": " or "") .. tostring(cerr or "invalid")
     end
   end
   return out
@@ -316,7 +371,7 @@ end
 -- Validates one entry of a `plugins` list: the plugin's own fields plus `name` and
 -- `fail_open` (boolean, default false), which every entry accepts. The returned conf keeps
 -- both, so the runtime finds `conf.fail_open` next to the plugin's settings.
-function M.validate_entry(plugin, entry, path)
+function M.validate_entry(plugin, entry, path, ctx)
   if entry == nil then entry = {} end
   if type(entry) ~= "table" then
     return nil, format("%s: expected a record, got %s", path or "plugin", type(entry))
@@ -337,7 +392,7 @@ function M.validate_entry(plugin, entry, path)
       if k ~= "name" and k ~= "fail_open" then rest[k] = v end
     end
   end
-  local conf, err = M.validate(plugin.schema or { fields = {} }, rest, path)
+  local conf, err = M.validate(plugin.schema or { fields = {} }, rest, path, ctx)
   if not conf then return nil, err end
   conf.name = plugin.name
   conf.fail_open = fail_open == true
@@ -382,7 +437,8 @@ function check_field(field, path, warnings, named)
   for _, opt in ipairs({ "min", "max" }) do
     if field[opt] ~= nil then
       if type(field[opt]) ~= "number" then return nil, path .. ": " .. opt .. " must be a number" end
-      if ft ~= "number" and ft ~= "integer" and ft ~= "string" and ft ~= "array" then
+      if ft ~= "number" and ft ~= "integer" and ft ~= "duration" and ft ~= "string"
+         and ft ~= "array" then
         return nil, format("%s: %s does not apply to type %s", path, opt, ft)
       end
     end
@@ -401,8 +457,21 @@ function check_field(field, path, warnings, named)
       return nil, path .. ": one_of must be a non-empty list"
     end
   end
-  if field.custom ~= nil and type(field.custom) ~= "function" then
-    return nil, path .. ": custom must be a function"
+  for _, opt in ipairs({ "custom", "coerce" }) do
+    if field[opt] ~= nil and type(field[opt]) ~= "function" then
+      return nil, path .. ": " .. opt .. " must be a function"
+    end
+  end
+  for _, opt in ipairs({ "secret", "doc_inline" }) do
+    if field[opt] ~= nil and type(field[opt]) ~= "boolean" then
+      return nil, path .. ": " .. opt .. " must be a boolean"
+    end
+  end
+  if field.doc_default ~= nil and type(field.doc_default) ~= "string" then
+    return nil, path .. ": doc_default must be a string"
+  end
+  if field.doc_order ~= nil and type(field.doc_order) ~= "table" then
+    return nil, path .. ": doc_order must be a list of field names"
   end
   if field.elements ~= nil then
     if ft ~= "array" then return nil, path .. ": elements applies to arrays only" end
@@ -438,7 +507,7 @@ function M.check_schema(schema, path)
   path = path or "schema"
   if type(schema) ~= "table" then return nil, path .. ": a schema must be a table" end
   for k in pairs(schema) do
-    if k ~= "fields" and k ~= "custom" and k ~= "description" then
+    if k ~= "fields" and k ~= "custom" and k ~= "description" and k ~= "doc_order" then
       return nil, format("%s: unknown schema key %s", path, describe(k))
     end
   end

@@ -293,3 +293,73 @@ describe("check_lua_pattern capture count", function()
     assert.same({ true, 1 }, { check("()") })
   end)
 end)
+
+describe("luaproxy.schema config types and options", function()
+  local s = {
+    fields = {
+      wait = { type = "duration", default = 1.5, description = "d" },
+      short = { type = "duration", min = 0.1, max = 10, description = "d" },
+      at = { type = "address", description = "d" },
+      to = { type = "upstream", description = "d" },
+      pair = {
+        type = "record", description = "d",
+        coerce = function(v) if type(v) == "string" then return { a = v } end return v end,
+        fields = { a = { type = "string", description = "d" }, b = { type = "string", description = "d" } },
+        custom = function(p, ctx)
+          if p.b and not p.a then return nil, "needs a", "b" end
+          if ctx and ctx.forbid == p.a then return nil, "forbidden" end
+          return true
+        end,
+      },
+      pw = { type = "string", secret = true, description = "d" },
+    },
+  }
+
+  it("checks durations", function()
+    assert.same({ wait = 1.5 }, assert(schema.validate(s, {})))
+    local _, err = schema.validate(s, { wait = -1 })
+    assert.equal("wait: value -1 is below the minimum 0", err)
+    _, err = schema.validate(s, { wait = math.huge })
+    assert.equal("wait: expected a finite number of seconds", err)
+    _, err = schema.validate(s, { short = 0.05 })
+    assert.equal("short: value 0.05 is below the minimum 0.1", err)
+    _, err = schema.validate(s, { wait = "5s" })
+    assert.equal("wait: expected a number of seconds, got string", err)
+  end)
+
+  it("checks addresses without DNS", function()
+    for _, a in ipairs({ "127.0.0.1:80", "[::1]:8080", ":80", "name.example:443" }) do
+      assert.is_truthy(schema.validate(s, { at = a }), a)
+    end
+    for a, want in pairs({ nohost = "has no :port", ["h:99999"] = "invalid port",
+                           ["h:"] = "invalid port", ["[::1]80"] = "is not [ipv6]:port" }) do
+      local _, err = schema.validate(s, { at = a })
+      assert.matches(want, err, 1, true)
+      assert.matches("^at: ", err)
+    end
+  end)
+
+  it("checks upstream names when the context has them", function()
+    assert.is_truthy(schema.validate(s, { to = "anything" }))
+    local ctx = { upstreams = { app = true } }
+    assert.is_truthy(schema.validate(s, { to = "app" }, nil, ctx))
+    local _, err = schema.validate(s, { to = "ap" }, "p", ctx)
+    assert.equal('p.to: no upstream named "ap"', err)
+  end)
+
+  it("coerces before checking, and custom checks may name a key below", function()
+    assert.same({ a = "x" }, assert(schema.validate(s, { pair = "x" })).pair)
+    local _, err = schema.validate(s, { pair = { b = "y" } })
+    assert.equal("pair.b: needs a", err)
+    _, err = schema.validate(s, { pair = "z" }, nil, { forbid = "z" })
+    assert.equal("pair: forbidden", err)
+  end)
+
+  it("checks the new options in schemas", function()
+    assert.is_true((schema.check_schema(s)))
+    local _, err = schema.check_schema({ fields = { x = { type = "string", secret = "yes" } } })
+    assert.equal("schema.x: secret must be a boolean", err)
+    _, err = schema.check_schema({ fields = { x = { type = "string", coerce = 1 } } })
+    assert.equal("schema.x: coerce must be a function", err)
+  end)
+end)

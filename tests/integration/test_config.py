@@ -4,6 +4,7 @@ with `FILE: key.path: problem` on stderr; a bad config never serves; CLI flags."
 
 import copy
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -218,6 +219,14 @@ class ConfigTest(H.ProxyTestCase):
         self.assertEqual(rc, 0, err)
         self.assertFalse(H.port_accepts(port))
 
+    def test_check_opens_the_access_log(self):
+        # -t does what a start does: a log that cannot be opened fails it.
+        cfg = base_config(H.dead_port(), self.dir)
+        cfg["log"]["access"] = os.path.join(self.dir, "no-such-dir", "access.log")
+        path, rc, err = self.check(cfg)
+        self.assertNotEqual(rc, 0)
+        self.assertIn("no-such-dir", err)
+
     def test_help(self):
         rc, out, err = self.run_proxy(["-h"])
         self.assertEqual(rc, 0)
@@ -242,6 +251,91 @@ class ConfigTest(H.ProxyTestCase):
             counts[w] = threads()
             p.stop()
         self.assertGreaterEqual(counts[4] - counts[1], 3, counts)
+
+
+# Every evaluation of this config appends a line to COUNT; its handler answers with a value
+# that differs between two evaluations (a fresh table's address, the CPU clock), through a
+# global function the file defines and an upvalue.
+ONCE_CONFIG = """
+local f = assert(io.open(%(count)r, "a"))
+f:write("evaluated;")
+f:close()
+local stamp = tostring({}):match("0x%%x+") .. "/" .. tostring(os.clock())
+local hits = 0
+function config_stamp() hits = hits + 1; return stamp end
+return {
+  workers = 2,
+  listen = { { address = "127.0.0.1:%(port)d" } },
+  upstreams = { one = { targets = { "127.0.0.1:1" } } },
+  routes = { { handler = function(req) return req:respond(200, config_stamp()) end } },
+  admin = { address = "127.0.0.1:%(admin)d" },
+  log = { access = false },
+}
+"""
+
+
+class ConfigEvaluatedOnceTest(H.ProxyTestCase):
+    """One evaluation of the config file per start and per reload, used by the engine and
+    by every worker's Lua VM alike (the workers do not evaluate it again)."""
+
+    def test_one_evaluation_per_start_and_reload(self):
+        d = H.Workdir.new("config-once")
+        count = os.path.join(d, "count")
+        text = ONCE_CONFIG % {"count": count, "port": 0, "admin": 0}
+        p = H.Proxy(base_config(0, d), name="config-once")
+        self.addCleanup(p.stop)
+
+        def write():
+            with open(p.config_path, "w") as f:
+                f.write(text)
+        p.write_config = write
+
+        def evaluations():
+            with open(count) as f:
+                return f.read().count("evaluated;")
+
+        p.start()
+        port = p.port
+        self.assertEqual(evaluations(), 1, p.stderr())
+        # Both workers answer with the one evaluation's value (new connections spread over
+        # the workers by SO_REUSEPORT).
+        stamps = {H.get(port, "/", headers={"Connection": "close"}).body for _ in range(24)}
+        self.assertEqual(len(stamps), 1, stamps)
+        self.assertTrue(H.get(port, "/").body.startswith(b"0x"))
+        p.signal(signal.SIGHUP)
+        H.wait_for(lambda: "reload: generation 2 live" in p.stderr(), H.T(10),
+                   what="the reload")
+        self.assertEqual(evaluations(), 2, p.stderr())
+        stamps2 = {H.get(port, "/", headers={"Connection": "close"}).body for _ in range(24)}
+        self.assertEqual(len(stamps2), 1, stamps2)
+        self.assertNotEqual(stamps, stamps2)
+        # -t evaluates it once too.
+        r = subprocess.run([H.LUAPROXY, "-t", "-c", p.config_path], capture_output=True,
+                           stdin=subprocess.DEVNULL, timeout=H.T(20))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(evaluations(), 3)
+
+
+    def test_a_config_that_cannot_move_is_evaluated_by_each_worker(self):
+        # A handler holding a userdata (a file) cannot move to the workers' VMs: they
+        # evaluate the file themselves, as before, and it still serves.
+        d = H.Workdir.new("config-nomove")
+        text = ("local err = io.stderr\n"
+                "return { workers = 2, listen = { { address = '127.0.0.1:0' } },\n"
+                "  routes = { { handler = function(req)\n"
+                "    return req:respond(200, io.type(err)) end } },\n"
+                "  log = { access = false } }\n")
+        p = H.Proxy(base_config(0, d), name="config-nomove")
+        self.addCleanup(p.stop)
+
+        def write():
+            with open(p.config_path, "w") as f:
+                f.write(text)
+        p.write_config = write
+        p.start()
+        self.assertIn("each worker evaluates the file again", p.stderr())
+        self.assertIn("a userdata cannot move", p.stderr())
+        self.assertEqual(H.get(p.port, "/").body, b"file")
 
 
 if __name__ == "__main__":

@@ -967,6 +967,34 @@ class LuaConfigCheckTest(L.LuaTestCase):
         self.assertNotEqual(rc, 0)
         self.assertIn("oops.lua:3", err)
 
+    def test_plugin_config_naming_a_missing_upstream(self):
+        # Fields of type upstream in plugin schemas are checked against the config's.
+        self.assertRejected(self.cfg(plugins=[{"name": "router", "rules": [
+            {"prefix": "/a", "upstream": "one"}, {"prefix": "/b", "upstream": "nope"}]}]),
+            'plugins[1](router).rules[2].upstream: no upstream named "nope"')
+        self.assertRejected(self.cfg(plugins=[{"name": "router", "default_upstream": "gone"}]),
+                            'plugins[1](router).default_upstream: no upstream named "gone"')
+        self.assertRejected(self.cfg(routes=[route("/", plugins=[{"name": "ab", "arms": [
+            {"name": "a", "upstream": "one"}, {"name": "b", "upstream": "ghost"}]}])]),
+            'routes[1].plugins[1](ab).arms[2].upstream: no upstream named "ghost"')
+        rc, out, err, path = self.check(self.cfg(plugins=[{"name": "router", "rules": [
+            {"prefix": "/a", "upstream": "one"}]}]))
+        self.assertEqual(rc, 0, err)
+
+    def test_init_worker_that_fails_is_refused(self):
+        # -t loads the config as a start does: init_worker runs in a throwaway VM.
+        plugin = ("return { name = 'initfail', priority = 1,\n"
+                  "  init_worker = function(conf) error('boom-init') end,\n"
+                  "  request = function(req, conf) end }\n")
+        err = self.assertRejected(self.cfg(plugins=[{"name": "initfail"}]), "initfail",
+                                  "init_worker failed", "boom-init",
+                                  files={"plugins/initfail.lua": plugin})
+        self.assertNotIn("configuration ok", err)
+        ok = plugin.replace("error('boom-init')", "proxy.log.info('init ok')")
+        rc, out, err, path = self.check(self.cfg(plugins=[{"name": "initfail"}]),
+                                        files={"plugins/initfail.lua": ok})
+        self.assertEqual(rc, 0, err)
+
     def test_bad_config_does_not_serve(self):
         port = H.dead_port()
         cfg = H.make_config(port, {"one": H.upstream("127.0.0.1:1")},

@@ -318,7 +318,7 @@ class BrokenConfigTest(RT.ReloadTestCase):
                      'routes[1].upstream: no upstream named "nope"')
 
     def test_unknown_top_level_key(self):
-        self.refused(self.cfg_with(colour="red"), "colour: unknown key")
+        self.refused(self.cfg_with(colour="red"), "colour: unknown field")
 
     def test_handler_module_syntax_error(self):
         self.refused(self.cfg_with(routes=[RT.route("/h", handler="badmod")]),

@@ -189,6 +189,83 @@ static void test_access_log_off(void)
     lp_config_free(c);
 }
 
+static void test_health_and_upstream_defaults(void)
+{
+    char path[64], err[512];
+    lp_config_t *c = NULL;
+    int rc = load_text(
+        "return { listen = { { address = ':8080' } },\n"
+        "  upstreams = { app = { targets = { 'http://127.0.0.1', 'http://127.0.0.1:81/' },\n"
+        "    balance = 'hash', hash_on = 'cookie:sid', retry_on = { 502, 503 },\n"
+        "    health = { active = { type = 'tcp' }, passive = { failures = 0 } } } },\n"
+        "  routes = { { upstream = 'app' } } }\n",
+        &c, path, err, sizeof(err));
+    if (!CHECK_EQ_INT(rc, 0))
+        fprintf(stderr, "  %s\n", err);
+    REQUIRE(c != NULL);
+    const lp_upstream_conf_t *u = &c->upstreams[0];
+    CHECK_STR(u->targets[0].addr.text, "127.0.0.1:80");
+    CHECK_STR(u->targets[1].addr.text, "127.0.0.1:81");
+    CHECK_EQ_INT(u->targets[0].https, 0);
+    CHECK_STR(u->balance, "hash");
+    CHECK_EQ_INT(u->hash_on, LP_HASH_COOKIE);
+    CHECK_STR(u->hash_name, "sid");
+    CHECK(lp_status_in(&u->retry_on, 502) && lp_status_in(&u->retry_on, 503));
+    CHECK(!lp_status_in(&u->retry_on, 504));
+    CHECK_EQ_INT(u->health.active, 1);
+    CHECK_EQ_INT(u->health.active_http, 0);
+    CHECK_STR(u->health.path, "/");
+    CHECK_EQ_INT(u->health.interval, 5000);
+    CHECK(lp_status_in(&u->health.active_statuses, 200));
+    CHECK(lp_status_in(&u->health.active_statuses, 399));
+    CHECK(!lp_status_in(&u->health.active_statuses, 400));
+    CHECK_EQ_INT(u->health.passive_failures, 0);
+    CHECK_EQ_INT(u->health.ejection, 10000);
+    CHECK_EQ_INT(u->retries, 2);
+    CHECK_EQ_INT(u->dns_ttl, 30000);
+    CHECK_EQ_INT(u->pending_timeout, 5000);
+    CHECK(u->tls == NULL);
+    lp_config_free(c);
+}
+
+/* The JSON for GET /config and, with Lua, the table the workers' VMs decode come from the
+ * one evaluation. */
+static void test_json_and_lua_config(void)
+{
+    char path[64], err[512];
+    lp_config_t *c = NULL;
+    int rc = load_text(MINIMAL("  admin = { address = '127.0.0.1:9901' },\n"
+                               "  pid_file = '/tmp/x.pid',\n"),
+                       &c, path, err, sizeof(err));
+    if (!CHECK_EQ_INT(rc, 0))
+        fprintf(stderr, "  %s\n", err);
+    REQUIRE(c != NULL);
+    REQUIRE(c->json != NULL);
+    CHECK_CONTAINS(c->json, "\"admin\":{\"address\":\"127.0.0.1:9901\"}");
+    CHECK(c->lua_config == NULL); /* no Lua: no VM to feed */
+    CHECK_STR(c->admin.text, "127.0.0.1:9901");
+    lp_config_free(c);
+
+    rc = load_text("local secret_word = 'hunter2'\n"
+                   "return { listen = { { address = ':8080' } },\n"
+                   "  routes = { { handler = function(req) return secret_word end,\n"
+                   "               password = 'x' } } }\n",
+                   &c, path, err, sizeof(err));
+    CHECK_EQ_INT(rc, LP_ECONFIG); /* routes[1].password: unknown field */
+    CHECK_CONTAINS(err, "routes[1].password: unknown field");
+    rc = load_text("local secret_word = 'hunter2'\n"
+                   "return { listen = { { address = ':8080' } },\n"
+                   "  routes = { { handler = function(req) return secret_word end } } }\n",
+                   &c, path, err, sizeof(err));
+    if (!CHECK_EQ_INT(rc, 0))
+        fprintf(stderr, "  %s\n", err);
+    REQUIRE(c != NULL);
+    CHECK(c->has_lua);
+    CHECK(c->lua_config != NULL && c->lua_config_len > 0);
+    CHECK_CONTAINS(c->json, "\"handler\":\"<function>\"");
+    lp_config_free(c);
+}
+
 typedef struct {
     const char *name;
     const char *text;
@@ -196,11 +273,11 @@ typedef struct {
 } bad_t;
 
 static const bad_t bad_configs[] = {
-    {"unknown top key", MINIMAL("  foo = 1,\n"), {"foo: unknown key"}},
+    {"unknown top key", MINIMAL("  foo = 1,\n"), {"foo: unknown field"}},
     {"listen missing",
      "return { upstreams = { app = { targets = { '127.0.0.1:1' } } },\n"
      "  routes = { { upstream = 'app' } } }\n",
-     {"listen", "at least one listener"}},
+     {"listen", "required"}},
     {"listen empty",
      "return { listen = {}, upstreams = { app = { targets = { '127.0.0.1:1' } } },\n"
      "  routes = { { upstream = 'app' } } }\n",
@@ -224,18 +301,18 @@ static const bad_t bad_configs[] = {
      "return { listen = { { address = ':80', port = 1 } },\n"
      "  upstreams = { app = { targets = { '127.0.0.1:1' } } },\n"
      "  routes = { { upstream = 'app' } } }\n",
-     {"listen[1].port: unknown key"}},
+     {"listen[1].port: unknown field"}},
     {"target weight not a number",
      "return { listen = { { address = ':8080' } },\n"
      "  upstreams = { app = { targets = { '127.0.0.1:1', { address = '127.0.0.1:2',\n"
      "    weight = 'heavy' } } } },\n"
      "  routes = { { upstream = 'app' } } }\n",
-     {"upstreams.app.targets[2].weight", "expected a number", "string"}},
+     {"upstreams.app.targets[2].weight", "expected an integer", "string"}},
     {"target weight zero",
      "return { listen = { { address = ':8080' } },\n"
      "  upstreams = { app = { targets = { { address = '127.0.0.1:2', weight = 0 } } } },\n"
      "  routes = { { upstream = 'app' } } }\n",
-     {"upstreams.app.targets[1].weight", "between"}},
+     {"upstreams.app.targets[1].weight", "below the minimum 1"}},
     {"targets missing",
      "return { listen = { { address = ':8080' } },\n"
      "  upstreams = { app = { keepalive = 1 } },\n"
@@ -283,19 +360,21 @@ static const bad_t bad_configs[] = {
      {"routes[1].strip_prefix", "boolean"}},
     {"timeouts.read negative",
      MINIMAL("  timeouts = { read = -1 },\n"),
-     {"timeouts.read", "between"}},
+     {"timeouts.read", "below the minimum"}},
     {"timeouts.connect zero", MINIMAL("  timeouts = { connect = 0 },\n"), {"timeouts.connect"}},
     {"timeouts unknown key",
      MINIMAL("  timeouts = { reed = 1 },\n"),
-     {"timeouts.reed: unknown key"}},
-    {"timeouts not a table", MINIMAL("  timeouts = 5,\n"), {"timeouts", "expected a table"}},
+     {"timeouts.reed: unknown field"}},
+    {"timeouts not a table",
+     MINIMAL("  timeouts = 5,\n"),
+     {"timeouts", "expected a record", "number"}},
     {"limits fractional",
      MINIMAL("  limits = { max_headers = 1.5 },\n"),
-     {"limits.max_headers", "whole number"}},
+     {"limits.max_headers", "expected an integer", "1.5"}},
     {"limits too small",
      MINIMAL("  limits = { max_header_size = 10 },\n"),
      {"limits.max_header_size"}},
-    {"workers zero", MINIMAL("  workers = 0,\n"), {"workers", "between"}},
+    {"workers zero", MINIMAL("  workers = 0,\n"), {"workers", "below the minimum 1"}},
     {"log.level unknown", MINIMAL("  log = { level = 'loud' },\n"), {"log.level", "loud"}},
     {"log.access true", MINIMAL("  log = { access = true },\n"), {"log.access"}},
     {"log.access empty", MINIMAL("  log = { access = '' },\n"), {"log.access"}},
@@ -436,10 +515,16 @@ static void test_addr_parse(void)
 }
 
 static const lp_test_case_t tests[] = {
-    LP_TEST_ENTRY(test_full_config),        LP_TEST_ENTRY(test_defaults),
-    LP_TEST_ENTRY(test_access_log_off),     LP_TEST_ENTRY(test_errors),
-    LP_TEST_ENTRY(test_syntax_error),       LP_TEST_ENTRY(test_missing_file),
-    LP_TEST_ENTRY(test_small_error_buffer), LP_TEST_ENTRY(test_addr_parse),
+    LP_TEST_ENTRY(test_full_config),
+    LP_TEST_ENTRY(test_defaults),
+    LP_TEST_ENTRY(test_access_log_off),
+    LP_TEST_ENTRY(test_errors),
+    LP_TEST_ENTRY(test_health_and_upstream_defaults),
+    LP_TEST_ENTRY(test_json_and_lua_config),
+    LP_TEST_ENTRY(test_syntax_error),
+    LP_TEST_ENTRY(test_missing_file),
+    LP_TEST_ENTRY(test_small_error_buffer),
+    LP_TEST_ENTRY(test_addr_parse),
 };
 
 LP_TEST_MAIN(tests)

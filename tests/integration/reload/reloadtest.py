@@ -72,7 +72,8 @@ class ReloadTestCase(H.ProxyTestCase):
             p.cfg["pid_file"] = os.path.join(p.dir, "luaproxy.pid")
         write_files(p.dir, files)
         cls.addClassCleanup(p.stop)
-        return p.start(wait=wait)
+        p.start(wait=wait)
+        return p
 
     # ---- config ----
 

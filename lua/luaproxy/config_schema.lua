@@ -1,0 +1,496 @@
+-- The schema of a whole config file (`.schema`), checked by luaproxy.schema like a plugin's (the
+-- engine reads the validated table, defaults filled in: engine/config.c). The README's
+-- table of keys is generated from it (lua/luaproxy/schema_doc.lua; a test compares them).
+--
+-- Durations are seconds (the engine keeps milliseconds). Addresses are checked for syntax
+-- here; names are resolved and TLS contexts built after validation, in one later step.
+local schema = require "luaproxy.schema"
+
+local type, ipairs, pairs, format = type, ipairs, pairs, string.format
+
+local YEAR = 86400 * 365
+
+local function seconds(default, desc, min)
+  return { type = "duration", default = default, min = min or 0.001, max = YEAR,
+           description = desc }
+end
+
+local function non_empty(what)
+  return function(list)
+    if #list == 0 then return nil, "at least one " .. what .. " is required" end
+    return true
+  end
+end
+
+local function absolute(p)
+  if p:sub(1, 1) ~= "/" then return nil, 'must start with "/"' end
+  return true
+end
+
+local STATUS = { type = "integer", min = 100, max = 599 }
+
+local function statuses(desc, doc_default, default)
+  return { type = "array", elements = STATUS, description = desc, doc_default = doc_default,
+           default = default }
+end
+
+local OK_STATUSES = {}
+for s = 200, 399 do OK_STATUSES[#OK_STATUSES + 1] = s end
+
+-- Host names in routes: exact or "*.suffix".
+local function host_pattern(h)
+  local rest = h
+  if h:sub(1, 1) == "*" then
+    if h:sub(2, 2) ~= "." or #h < 3 then rest = "" else rest = h:sub(3) end
+  end
+  if rest == "" or rest:find("[^%w%-%._]") then
+    return nil, format("%q is not a host name or *.suffix wildcard", h)
+  end
+  return true
+end
+
+-- A target: "host:port", or http://host[:port] and https://host[:port] (a trailing "/"
+-- allowed), which become host:port with the scheme's port by default, https marking the
+-- target for TLS. A URL that is not of that form stays as written for the check to report.
+local function url_target(v)
+  if type(v) == "string" then v = { address = v } end
+  if type(v) ~= "table" or type(v.address) ~= "string" then return v end
+  local scheme, rest = v.address:match("^(https?)://(.*)$")
+  if not scheme then return v end
+  rest = rest:gsub("/$", "")
+  if rest == "" or rest:find("[/@]") or #rest > 300 then return v end
+  local has_port
+  if rest:sub(1, 1) == "[" then has_port = rest:find("]:", 1, true) else has_port = rest:find(":", 1, true) end
+  local out = {}
+  for k, x in pairs(v) do out[k] = x end
+  out.address = has_port and rest or rest .. (scheme == "https" and ":443" or ":80")
+  out.https = scheme == "https"
+  return out
+end
+
+local function target_address(s)
+  if s:find("^https?://") then
+    return nil, format("%q: expected scheme://host[:port] without a path", s)
+  end
+  return schema.check_address(s)
+end
+
+local function check_targets(list)
+  if #list == 0 then return nil, "at least one target is required" end
+  local https = 0
+  for _, t in ipairs(list) do
+    if t.https then https = https + 1 end
+  end
+  if https > 0 and https ~= #list then
+    return nil, "https:// and plain targets cannot share an upstream"
+  end
+  return true
+end
+
+local HASH_ON = { ip = true, path = true }
+local function check_hash_on(s)
+  if HASH_ON[s] then return true end
+  local kind, name = s:match("^(%a+):(.+)$")
+  if kind == "header" or kind == "cookie" or kind == "query" then return true end
+  return nil, format("%q: expected ip, path, header:NAME, cookie:NAME or query:NAME", s)
+end
+
+local TLS_VERSION = { type = "string", default = "TLSv1.2", one_of = { "TLSv1.2", "TLSv1.3" },
+                      description = "lowest TLS version accepted" }
+
+local function file(desc, extra)
+  local f = { type = "string", min = 1, description = desc .. " (relative to the config file)" }
+  for k, v in pairs(extra or {}) do f[k] = v end
+  return f
+end
+
+local cert_fields = {
+  cert = file("certificate chain file (PEM)", { required = true }),
+  key = file("private key file (PEM)", { required = true, secret = true }),
+  names = { type = "array", elements = { type = "string", min = 1 },
+            description = "host names it serves (default: the certificate's own names)" },
+}
+
+local tls_server = {
+  type = "record", doc_inline = true, doc_default = "off",
+  description = "`{ cert =, key = }` or `{ certificates = { ... } }` and options (mTLS, "
+    .. "versions, ciphers, sessions): HTTPS on this listener; see `docs/tls.md`",
+  fields = {
+    cert = file("certificate chain of the default certificate"),
+    key = file("its private key", { secret = true }),
+    certificates = {
+      type = "array", custom = non_empty("certificate"),
+      elements = { type = "record", fields = cert_fields },
+      description = "more certificates, chosen by SNI",
+    },
+    client_ca = file("CA file client certificates are verified against (mTLS)"),
+    verify_client = { type = "string", one_of = { "required", "optional" },
+                      description = "client certificates: required (default with client_ca) "
+                        .. "or optional" },
+    ciphers = { type = "string", description = "TLS 1.2 cipher list (default: Mozilla intermediate)" },
+    ciphersuites = { type = "string", description = "TLS 1.3 cipher suites" },
+    min_version = TLS_VERSION,
+    session_tickets = { type = "boolean", default = true, description = "session tickets" },
+    session_cache = { type = "integer", default = 20480, min = 0, max = 1e7,
+                      description = "sessions kept per listener (0: no server-side cache)" },
+    session_timeout = seconds(3600, "session lifetime"),
+    handshake_timeout = seconds(10, "seconds a TLS handshake may take"),
+    session_ticket_keys = {
+      type = "array", elements = file("ticket key file (80 bytes)", { secret = true }),
+      description = "ticket key files, the first encrypts (default: a rotating ring)",
+    },
+  },
+  custom = function(t)
+    if not t.cert ~= not t.key then return nil, "cert and key go together" end
+    if not t.cert and not t.certificates then
+      return nil, "a certificate is required (cert and key, or certificates)"
+    end
+    if t.verify_client and not t.client_ca then return nil, "needs client_ca", "verify_client" end
+    return true
+  end,
+}
+
+local tls_client = {
+  type = "record", doc_inline = true, doc_default = "off",
+  description = "`true` (verify against the system CA store) or `{ ca =, sni =, verify =, "
+    .. "cert =, key = }`: TLS to the targets (also turned on by `https://host[:port]` "
+    .. "targets); see `docs/tls.md`",
+  coerce = function(v)
+    if v == true then return {} end
+    if v == false then return nil end
+    return v
+  end,
+  fields = {
+    verify = { type = "boolean", default = true,
+               description = "verify the server's certificate and name" },
+    ca = file("CA file (default: the system store)"),
+    sni = { type = "string", description = "server name sent and verified (default: the target's host)" },
+    cert = file("client certificate"),
+    key = file("client private key", { secret = true }),
+    ciphers = { type = "string", description = "cipher list" },
+    min_version = TLS_VERSION,
+  },
+  custom = function(t)
+    if not t.cert ~= not t.key then return nil, "cert and key go together" end
+    return true
+  end,
+}
+
+local target = {
+  type = "record",
+  coerce = url_target,
+  fields = {
+    address = { type = "string", required = true, custom = target_address,
+                description = "host:port, http://host[:port] or https://host[:port]" },
+    weight = { type = "integer", default = 1, min = 1, max = 10000, description = "weight" },
+    https = { type = "boolean", default = false,
+              description = "TLS to this target (what an https:// address sets)" },
+  },
+}
+
+local health = {
+  type = "record", default = {},
+  description = "health checks",
+  doc_order = { "active", "passive" },
+  fields = {
+    active = {
+      type = "record", doc_inline = true, doc_default = "off",
+      description = '`{ type = "http"|"tcp", path = "/", interval = 5, timeout = 1, healthy = 2, '
+        .. "unhealthy = 2, statuses = 200–399 }`: probes from the main thread, jittered; state "
+        .. "shared by all workers",
+      fields = {
+        type = { type = "string", default = "http", one_of = { "http", "tcp" },
+                 description = "http: GET path and check the status; tcp: a connect" },
+        path = { type = "string", default = "/", custom = absolute, description = "path probed" },
+        interval = seconds(5, "seconds between probes"),
+        timeout = seconds(1, "seconds a probe may take"),
+        healthy = { type = "integer", default = 2, min = 1, max = 100,
+                    description = "consecutive passes that bring a target back" },
+        unhealthy = { type = "integer", default = 2, min = 1, max = 100,
+                      description = "consecutive failures that take it out" },
+        statuses = statuses("statuses that pass", "200–399", OK_STATUSES),
+      },
+    },
+    passive = {
+      type = "record", default = {}, doc_inline = true, doc_default = "on",
+      description = "`{ failures = 5, ejection = 10, statuses = {} }`: that many consecutive "
+        .. "failures (connect errors, resets, timeouts, and the listed statuses) eject a target "
+        .. "for `ejection` seconds, doubling on repeats (up to 32x); a success or a passing "
+        .. "active check brings it back",
+      fields = {
+        failures = { type = "integer", default = 5, min = 0, max = 1000,
+                     description = "consecutive failures that eject (0: passive checks off)" },
+        ejection = seconds(10, "seconds a target stays ejected"),
+        statuses = statuses("statuses that count as failures"),
+      },
+    },
+  },
+}
+
+local upstream = {
+  type = "record",
+  doc_order = { "targets", "dns_ttl", "balance", "hash_on", "health", "retries", "retry_on",
+                "retry_budget", "max_connections", "max_pending", "pending_timeout",
+                "total_timeout", "keepalive", "keepalive_timeout", "keepalive_requests", "tls" },
+  fields = {
+    targets = {
+      type = "array", required = true, elements = target, custom = check_targets,
+      doc_inline = true,
+      description = 'list of `"host:port"` or `{ address =, weight = }` (weight 1–10000, '
+        .. "default 1); a host name is a DNS target: every address it resolves to is a target "
+        .. "(resolved when the config loads, then every `dns_ttl` without blocking; a name that "
+        .. "does not resolve is logged, not an error)",
+    },
+    dns_ttl = seconds(30, "seconds between re-resolutions of DNS targets (each worker; a "
+      .. "failed one keeps the last answer; a name with no address is asked again after at "
+      .. "most 5 s)", 0.1),
+    balance = {
+      type = "string", default = "round_robin",
+      one_of = { "round_robin", "least_conn", "p2c", "hash" },
+      description = "`round_robin` (smooth weighted), `least_conn` (fewest active requests per "
+        .. "weight), `p2c` (two random choices on peak-EWMA latency), `hash` (weighted Maglev "
+        .. "consistent hashing); see `docs/balancing.md`",
+    },
+    hash_on = {
+      type = "string", default = "ip", custom = check_hash_on,
+      description = "the key of `hash`: `ip`, `path`, `header:NAME`, `cookie:NAME`, "
+        .. "`query:NAME` (no key: a weighted random pick)",
+    },
+    health = health,
+    retries = {
+      type = "integer", default = 2, min = 0, max = 100,
+      description = "further tries on another target after a failed connect, or a reset "
+        .. "before any response byte / a `retry_on` status for idempotent requests without a "
+        .. "body; the Lua `upstream` phase runs again before each",
+    },
+    retry_on = statuses("statuses (e.g. `{ 502, 503, 504 }`) that retry such a request "
+      .. "elsewhere", "`{}`"),
+    retry_budget = { type = "number", default = 0.2, min = 0, max = 10,
+                     description = "retries per worker stay under 3 + this share of the last "
+                       .. "10 s of requests" },
+    max_connections = {
+      type = "integer", default = 0, min = 0, max = 1e9, doc_default = "0 (off)",
+      description = "per worker: tries in flight to the upstream; beyond it requests wait in "
+        .. "the pending queue, or get 503 at once when it is full (circuit breaking)",
+    },
+    max_pending = {
+      type = "integer", default = 0, min = 0, max = 1e9,
+      description = "per worker: requests that may wait (first in, first out) for one of "
+        .. "`max_connections`; 0: none wait",
+    },
+    pending_timeout = seconds(5, "seconds a request may wait in that queue before it gets 503"),
+    total_timeout = {
+      type = "duration", default = 0, min = 0, max = YEAR, doc_default = "0 (off)",
+      description = "seconds from the first try to the response head across all tries "
+        .. "(retries and queueing included): beyond it 504 and no further retry; the per-try "
+        .. "limits are `timeouts.connect/send/read`",
+    },
+    keepalive = { type = "integer", default = 128, min = 0, max = 100000,
+                  description = "idle connections kept per target per worker" },
+    keepalive_timeout = seconds(60, "seconds an idle upstream connection is kept"),
+    keepalive_requests = { type = "integer", default = 1000, min = 1, max = 1e9,
+                           description = "requests per upstream connection before it is closed" },
+    tls = tls_client,
+  },
+}
+
+local plugin_entry = {
+  type = "any",
+  custom = function(e)
+    if type(e) ~= "table" then return nil, "expected { name = ..., ... }" end
+    if type(e.name) ~= "string" then return nil, "required (a plugin name)", "name" end
+    return true
+  end,
+}
+
+local route = {
+  type = "record",
+  doc_order = { "match", "upstream", "strip_prefix", "plugins", "handler" },
+  fields = {
+    match = {
+      type = "record", default = {}, description = "what the route matches",
+      doc_order = { "host", "prefix" },
+      fields = {
+        host = { type = "string", custom = host_pattern, doc_default = "any",
+                 description = "exact host (case-insensitive, port ignored) or `*.example.com` "
+                   .. "(any subdomain)" },
+        prefix = { type = "string", default = "/", custom = absolute,
+                   description = "path prefix (raw byte prefix of the request target)" },
+      },
+    },
+    upstream = { type = "upstream", doc_default = "required",
+                 description = "upstream name (optional when a handler or plugins choose one)" },
+    strip_prefix = { type = "boolean", default = false,
+                     description = "remove the prefix before forwarding (`/api/x` → `/x`)" },
+    plugins = {
+      type = "array", elements = plugin_entry, doc_default = "none",
+      description = "plugin entries for this route, run after/among the global ones by priority",
+    },
+    handler = {
+      type = "any", doc_default = "none",
+      custom = function(h)
+        if type(h) == "function" or type(h) == "string" then return true end
+        return nil, "expected a function or a script module name"
+      end,
+      description = "`function(req) ... end`, or the name of a module (next to the config or in "
+        .. "`scripts/`) returning one; runs after the request phase of the plugins and may "
+        .. "choose the upstream, rewrite, or answer",
+    },
+  },
+}
+
+local S = {
+  description = "a luaproxy config file",
+  doc_order = { "workers", "listen", "upstreams", "routes", "timeouts", "limits", "log",
+                "plugins", "lua", "admin", "pid_file", "watch" },
+  fields = {
+    workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
+                description = "worker threads, each with its own loop and listening socket "
+                  .. "(`SO_REUSEPORT`)" },
+    listen = {
+      type = "array", required = true, custom = non_empty("listener"),
+      elements = {
+        type = "record",
+        doc_order = { "address", "backlog", "tls" },
+        fields = {
+          address = { type = "address", required = true, description = "address to listen on" },
+          backlog = { type = "integer", default = 511, min = 1, max = 65535,
+                      description = "listen backlog" },
+          tls = tls_server,
+        },
+      },
+      description = "listeners",
+    },
+    upstreams = { type = "map", default = {}, values = upstream, description = "upstreams by name" },
+    routes = { type = "array", required = true, elements = route,
+               description = "routes, first match wins" },
+    timeouts = {
+      type = "record", default = {}, description = "timeouts, in seconds",
+      doc_order = { "connect", "read", "send", "client_header", "client_body", "keepalive",
+                    "drain" },
+      fields = {
+        connect = seconds(5, "seconds to connect to an upstream (→ 504)"),
+        read = seconds(60, "seconds between two reads from an upstream (→ 504 before the "
+          .. "response, else the client connection is closed)"),
+        send = seconds(60, "seconds a write to a client or upstream may stall"),
+        client_header = seconds(10, "seconds to receive a whole request head (→ 408)"),
+        client_body = seconds(60, "seconds between two reads of a request body (→ 408)"),
+        keepalive = seconds(75, "seconds an idle client connection is kept"),
+        drain = seconds(30, "seconds shutdown waits for requests in flight"),
+      },
+    },
+    limits = {
+      type = "record", default = {}, description = "request size and connection limits",
+      doc_order = { "max_header_size", "max_uri_size", "max_body_size", "max_headers",
+                    "max_connections" },
+      fields = {
+        max_header_size = { type = "integer", default = 16384, min = 256, max = 1048576,
+                            description = "bytes of request header fields (→ 431)" },
+        max_uri_size = { type = "integer", default = 8192, min = 16, max = 1048576,
+                         description = "bytes of request target (→ 414)" },
+        max_body_size = { type = "integer", default = 1048576, min = 0, max = 9e15,
+                          description = "bytes of request body, 0 = unlimited (→ 413, also "
+                            .. "mid-stream for chunked bodies)" },
+        max_headers = { type = "integer", default = 100, min = 1, max = 10000,
+                        description = "number of request header fields (→ 431)" },
+        max_connections = {
+          type = "integer", default = 10000, min = 0, max = 16777216,
+          description = "client connections per worker (nginx's `worker_connections`); beyond "
+            .. "it new connections are closed at once and a warning is logged (once a "
+            .. "second); 0: no limit",
+        },
+      },
+    },
+    log = {
+      type = "record", default = {}, description = "the access log and the error log",
+      doc_order = { "access", "format", "level" },
+      fields = {
+        access = {
+          type = "any", default = "-", doc_default = '`"-"` (stdout)',
+          custom = function(v)
+            if v == false or (type(v) == "string" and v ~= "") then return true end
+            return nil, 'expected a path, "-" (stdout) or false'
+          end,
+          description = 'access log path, `"-"`, or `false`',
+        },
+        format = { type = "string", doc_default = "see below", description = "access log template" },
+        level = { type = "string", default = "info",
+                  one_of = { "error", "warn", "notice", "info", "debug" },
+                  description = "error log level: error, warn, notice, info, debug (the error "
+                    .. "log goes to stderr)" },
+      },
+    },
+    plugins = {
+      type = "array", elements = plugin_entry, doc_default = "none",
+      description = 'global plugin entries `{ name = "...", <its config>, fail_open = false }`, '
+        .. "run for every request (also those no route matched)",
+    },
+    lua = {
+      type = "record", default = {}, description = "the Lua runtime",
+      fields = {
+        phase_timeout = {
+          type = "duration", default = 1, min = 0, max = 3600,
+          description = "seconds of wall clock a Lua phase (or `init_worker`) may run without "
+            .. "yielding before the request fails with 500 (0: no limit); user code stays "
+            .. "JIT-compiled (docs/lua-api.md, \"Errors and limits\")",
+        },
+        plugin_paths = {
+          type = "array", elements = { type = "string", min = 1 }, doc_default = "none",
+          description = "extra plugin directories (relative to the config file), searched "
+            .. "before `plugins/` next to the config and the bundled `plugins/`",
+        },
+      },
+    },
+    admin = {
+      type = "record", doc_default = "off", description = "the admin API",
+      fields = {
+        address = { type = "address", required = true, doc_default = "off",
+                    description = "admin API address, never a public listener (`GET /status`, "
+                      .. "`POST /reload`, `POST /stop`, `GET /config`, `GET /upstreams`, "
+                      .. "`POST /upstreams/NAME/targets/ADDRESS`; see `docs/admin-api.md`); port "
+                      .. "0 takes a free port, logged at start" },
+      },
+    },
+    pid_file = { type = "string", doc_default = "none",
+                 description = "file the pid is written to (used by `luaproxy -s` when there "
+                   .. "is no admin API)" },
+    watch = {
+      type = "boolean", default = false,
+      description = "reload when a `.lua` file changes next to the config (and in its "
+        .. "`plugins/`, `lib/`) or in the bundled `plugins/` and `scripts/`, or a certificate, "
+        .. "key or CA file the config names",
+    },
+  },
+}
+
+-- Checks across keys, after the fields: every route has an upstream or something in Lua
+-- that may choose one.
+S.custom = function(c)
+  local global = c.plugins and #c.plugins > 0
+  for i, r in ipairs(c.routes) do
+    if r.upstream == nil and r.handler == nil and not global
+       and not (r.plugins and #r.plugins > 0) then
+      return nil, "required (or a handler or plugins that choose one)",
+        format("routes[%d].upstream", i)
+    end
+  end
+  return true
+end
+
+local M = { schema = S }
+
+-- GET /config finds plugin entries by this field (lua/luaproxy/admin.lua).
+M.PLUGIN_ENTRY = plugin_entry
+
+-- The validation context of a config table: the upstream names it defines, so fields of
+-- type upstream (here and in plugin schemas) are checked.
+-- Upstreams that are not a table leave names unchecked: that error is reported instead.
+function M.context(raw)
+  local ups = type(raw) == "table" and raw.upstreams
+  if ups ~= nil and type(ups) ~= "table" then return {} end
+  local names = {}
+  for k in pairs(ups or {}) do names[k] = true end
+  return { upstreams = names }
+end
+
+return M
