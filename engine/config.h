@@ -122,11 +122,11 @@ typedef struct {
 typedef struct {
     char *path; /* the config file (owned) */
     unsigned workers;
-    lp_listen_conf_t *listen;
+    lp_listen_conf_t *listen; /* owned array of nlisten */
     size_t nlisten;
-    lp_upstream_conf_t *upstreams;
+    lp_upstream_conf_t *upstreams; /* owned array of nupstreams */
     size_t nupstreams;
-    lp_route_conf_t *routes;
+    lp_route_conf_t *routes; /* owned array of nroutes */
     size_t nroutes;
     lp_timeouts_t timeouts;
     lp_limits_t limits;

@@ -33,10 +33,10 @@ typedef struct lp_pool_s {
     /* TLS to this address: the newest generation's client context (a reference), the SNI
      * name (owned; also checked against the certificate), and the last session to resume
      * (an SSL_SESSION, worker-local like the pool). NULL tls: plain HTTP. */
-    struct lp_tls_client_s *tls;
-    char *sni;
-    void *session;
-    lp_list_t idle; /* lp_peer_t.link, most recently used first */
+    struct lp_tls_client_s *tls; /* reference (see above) */
+    char *sni;                   /* owned */
+    void *session;               /* owned: SSL_SESSION reference, NULL: none yet */
+    lp_list_t idle;              /* lp_peer_t.link, most recently used first */
     unsigned nidle;
     unsigned active;
     uint64_t gen;           /* the newest generation that uses it */
@@ -58,9 +58,9 @@ typedef struct lp_target_rt_s {
 } lp_target_rt_t;
 
 typedef struct lp_upstream_rt_s {
-    const lp_upstream_conf_t *conf;
-    lp_worker_t *w;           /* set when attached to the worker's loop (prepare_switch) */
-    uint64_t gen;             /* the generation's id (pools keep the newest that uses them) */
+    const lp_upstream_conf_t *conf; /* borrowed from the generation's config */
+    lp_worker_t *w; /* borrowed; set when attached to the worker's loop (prepare_switch) */
+    uint64_t gen;   /* the generation's id (pools keep the newest that uses them) */
     lp_target_rt_t **targets; /* owned array of ntargets (capacity cap) */
     size_t ntargets, cap;
     lp_bal_target_t *bt; /* owned: the balancer's view, in the same order (capacity cap) */
@@ -93,14 +93,14 @@ typedef enum {
 #define LP_MAX_TRIED 256
 
 typedef struct lp_listener_s {
-    uv_tcp_t tcp;
-    lp_worker_t *w;
+    uv_tcp_t tcp;                /* tcp.data = this */
+    lp_worker_t *w;              /* borrowed: its worker */
     uint64_t id;                 /* the listen slot (lp_bound_t.id) it serves */
     struct lp_tls_server_s *tls; /* the current config's (borrowed); NULL: plain HTTP */
     int closing;                 /* uv_close called; freed in its close callback */
     int pending;                 /* prepared for a generation not committed yet: no accept */
     int deferred;                /* a connection arrived while pending: accept it at commit */
-    struct lp_listener_s *next;
+    struct lp_listener_s *next;  /* the worker's list (owned by the worker) */
 } lp_listener_t;
 
 /* One listen entry of a generation as bound: the address with port 0 resolved, and the
@@ -126,8 +126,8 @@ typedef struct lp_gen_s {
  * release frees it (and closes its VM). Worker-local. */
 typedef struct lp_wgen_s {
     uint64_t id;
-    lp_gen_t *gen;
-    const lp_config_t *config;
+    lp_gen_t *gen;               /* reference (lp_gen_t.refs) */
+    const lp_config_t *config;   /* borrowed: gen->config */
     struct lp_lua_s *lua;        /* owned, NULL without Lua */
     lp_upstream_rt_t *upstreams; /* owned, config->nupstreams */
     unsigned refs;
@@ -147,7 +147,7 @@ struct lp_worker_s {
     /* Mailbox from the main thread (guarded by `mbox_lock`): a step of a generation switch
      * (prepare, commit, abort) or an access log to reopen; answered on `mbox_done`. */
     uv_mutex_t mbox_lock;
-    struct lp_switch_s *mbox;
+    struct lp_switch_s *mbox; /* borrowed from the main thread until mbox_done is posted */
     int stop_requested;
     uv_sem_t mbox_done;
     int started;     /* the thread runs (main thread only) */
@@ -220,19 +220,19 @@ struct lp_req_s {
     lp_upstream_rt_t *upstream;    /* borrowed: the generation's, or the set_target() one */
     struct lp_dyn_upstream_s *dyn; /* reference: the set_target() upstream, NULL: none */
     int target;                    /* -1 before the first pick; then the picked target's index */
-    lp_target_rt_t *tgt;           /* the current try's target: a reference while try_open */
+    lp_target_rt_t *tgt;           /* reference while try_open: the current try's target */
     char target_addr[64];          /* the last picked target's address (log, req:last_failure()) */
-    lp_peer_t *peer;
-    uint64_t body_in;                              /* request body bytes read */
-    uint64_t resp_body_out;                        /* response body bytes queued to the client */
+    lp_peer_t *peer;        /* borrowed: the upstream connection of the current try, NULL: none */
+    uint64_t body_in;       /* request body bytes read */
+    uint64_t resp_body_out; /* response body bytes queued to the client */
     uint64_t t_start, t_upstream, t_upstream_head; /* uv_hrtime() ns */
     int tries;
     int try_open;   /* a try counts as active in the balancer */
     int no_healthy; /* the last pick found every target unavailable */
     uint64_t t_try; /* when the current try started (ns) */
     uint64_t tried[LP_BALANCER_TRIED_WORDS(LP_MAX_TRIED)]; /* targets tried (bitmap) */
-    lp_upstream_rt_t *tried_up;                            /* the upstream `tried` refers to */
-    uint32_t tried_version;                                /* ... and the version of its set */
+    lp_upstream_rt_t *tried_up; /* compared only, never followed: the upstream `tried` is of */
+    uint32_t tried_version;     /* ... and the version of its set */
     uint32_t tried_serial[LP_TRIED_SERIALS]; /* the tried targets, across set changes */
     unsigned ntried;
     uint64_t deadline;  /* uv_now() ms by which the response head must come (0: none) */
@@ -243,7 +243,7 @@ struct lp_req_s {
     int fail_status;    /* its upstream status (LP_FAIL_STATUS) */
     lp_str_t hash_key;  /* set from Lua for the hash policy (base NULL: none) */
     /* Lua. */
-    struct lp_lua_task_s *lua; /* the request's coroutine, NULL when no Lua ran */
+    struct lp_lua_task_s *lua; /* owned (recycled by the VM): its Lua task, NULL: none yet */
     int route_index;           /* config route (0-based), -1 when none matched */
     unsigned resp_nheaders;    /* the response head as it will be sent (upstream or local) */
     size_t resp_arena_used;
