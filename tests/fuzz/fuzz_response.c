@@ -10,6 +10,9 @@
  * per response, same ending. Within a run:
  *   - a head is never an interim response (1xx other than an upgrade's 101) and its status
  *     is 100..999; body bytes arrive only after a head;
+ *   - a response completes only after its head was reported: upstream.c relays the head
+ *     when it gets LP_H1_HEAD, so a DONE without one ends the request with nothing sent
+ *     (tests/fuzz/corpus_response/regress_101_without_upgrade does that today);
  *   - a response with Content-Length that completes carries exactly that many body bytes;
  *     a response to HEAD, a 204 and a 304 carry none; a close-delimited body completes only
  *     at lp_h1_finish;
@@ -24,8 +27,10 @@
 #include <string.h>
 #include "http1.h"
 
-#define OPT_FINISH     0x01 /* the upstream closes after the input: lp_h1_finish */
-#define OPT_PAUSE      0x02 /* the body callback asks for LP_H1_PAUSED now and then */
+#define OPT_FINISH 0x01 /* the upstream closes after the input: lp_h1_finish */
+#define OPT_PAUSE                                                                                  \
+    0x02                    /* the body callback asks for LP_H1_PAUSED now and then (conn.c's      \
+                             * req:body() does; upstream.c does not, yet) */
 #define OPT_GROW       0x04 /* the head arena starts at 64 bytes and grows */
 #define OPT_HEAD_SHIFT 3    /* bits 3..7: which of the first five requests were HEAD */
 
