@@ -27,10 +27,10 @@
 #include <string.h>
 #include "http1.h"
 
-#define OPT_FINISH 0x01 /* the upstream closes after the input: lp_h1_finish */
-#define OPT_PAUSE                                                                                  \
-    0x02                    /* the body callback asks for LP_H1_PAUSED now and then (conn.c's      \
-                             * req:body() does; upstream.c does not, yet) */
+/* Option bits. OPT_PAUSE: the body callback asks for LP_H1_PAUSED now and then, as
+ * conn.c's req:body() gathering does (upstream.c does not, yet). */
+#define OPT_FINISH     0x01 /* the upstream closes after the input: lp_h1_finish */
+#define OPT_PAUSE      0x02 /* the body callback pauses now and then */
 #define OPT_GROW       0x04 /* the head arena starts at 64 bytes and grows */
 #define OPT_HEAD_SHIFT 3    /* bits 3..7: which of the first five requests were HEAD */
 
