@@ -328,7 +328,10 @@ static int on_headers_complete(llhttp_t *p)
             return set_error(h, 502, "invalid status code");
         if (p->http_major != 1)
             return set_error(h, 502, "invalid upstream HTTP version");
-        if (st == 101 && p->upgrade) {
+        if (st == 101 && !p->upgrade) {
+            /* llhttp ends HTTP at any 101, so it cannot be skipped as an interim response. */
+            return set_error(h, 502, "101 without Connection: upgrade");
+        } else if (st == 101) {
             h->flags |= LP_H1F_UPGRADE;
         } else if (st < 200) {
             /* Interim responses (100, 103) are consumed here, never relayed. */

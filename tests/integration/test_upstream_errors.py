@@ -19,12 +19,20 @@ def race_handler(req):
     return None
 
 
+def bad101_handler(req):
+    # A 101 whose Connection does not say upgrade: HTTP ends there for llhttp, so the proxy
+    # must refuse it rather than wait for a final response that never comes.
+    return (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upprade\r\n"
+            b"Upgrade: websocket\r\n\r\n\x81\x05hello", "close")
+
+
 class UpstreamErrorsTest(H.ProxyTestCase):
     @classmethod
     def setUpClass(cls):
         cls.a = cls.start_origin("a")
         cls.b = cls.start_origin("b")
         cls.race = cls.start_raw_origin(race_handler)
+        cls.bad101 = cls.start_raw_origin(bad101_handler)
         cls.dead_port = H.dead_port()
         dead = "127.0.0.1:%d" % cls.dead_port
         ups = {
@@ -33,9 +41,10 @@ class UpstreamErrorsTest(H.ProxyTestCase):
             "dead": H.upstream(dead),
             "mixed": H.upstream(dead, cls.a.address()),
             "race": H.upstream(cls.race.address()),
+            "bad101": H.upstream(cls.bad101.address()),
         }
         routes = [{"match": {"host": h + ".test", "prefix": "/"}, "upstream": h}
-                  for h in ("a", "b", "dead", "mixed", "race")]
+                  for h in ("a", "b", "dead", "mixed", "race", "bad101")]
         cls.proxy = cls.start_proxy(ups, routes, workers=1,
                                     timeouts={"connect": 2, "read": 1})
 
@@ -77,6 +86,10 @@ class UpstreamErrorsTest(H.ProxyTestCase):
             self.assertLess(r.body_len, 200000)
             closed, _ = c.wait_closed(H.T(10))
             self.assertTrue(closed)
+
+    def test_101_without_connection_upgrade_is_502(self):
+        r = self.get("/", host="bad101.test")
+        self.assertEqual(r.status, 502)
 
     def test_malformed_responses_are_502_and_not_reused(self):
         for path in ("/bad/cl-te", "/bad/dup-cl", "/bad/status-line", "/bad/chunk-size"):
