@@ -87,6 +87,18 @@ for _conns in (50, 256):
             "per_mib": _per_mib,
         })
 
+# A new client connection per request: the cost of accept, connection set-up and teardown.
+SCENARIOS.append({
+    "name": "plain-close-5B-c50",
+    "path": "/",
+    "connections": 50,
+    "headers": ["Connection: close"],
+    "luaproxy": LUAPROXY_PLAIN,
+    "nginx": NGINX_PLAIN,
+    "per_mib": False,
+    "note": "Connection: close: a new client connection per request",
+})
+
 # --- Lua: request_id + headers (one request, one response header) + router --------
 # luaproxy runs its bundled plugins; nginx (libnginx-mod-http-lua, the OpenResty-style
 # anchor) does the same work in access_by_lua_block / header_filter_by_lua_block.

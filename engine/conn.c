@@ -68,9 +68,10 @@ void lp_conn_close(lp_conn_t *c)
     if (c->ep.flags & LP_EPF_CLOSING)
         return;
     if (c->req) {
-        if (c->req->status == 0 && c->req->state != LP_RS_HEAD)
+        int parsed = (c->req->flags & LP_RF_PARSED) != 0;
+        if (c->req->status == 0 && parsed)
             c->req->status = 499; /* closed before the response: nginx's convention */
-        if (c->req->state != LP_RS_HEAD || c->req->status)
+        if (parsed || c->req->status)
             lp_accesslog_write(c->ep.w->access, c->req);
         lp_req_end(c->req);
     }
@@ -132,6 +133,10 @@ static void conn_close_after_write(lp_conn_t *c)
     if (c->req && c->req->peer) {
         lp_peer_abort(c->req->peer);
         c->req->peer = NULL;
+    }
+    if ((c->flags & LP_CF_CLEAN_END) && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen)) {
+        lp_conn_close(c); /* everything is written: the kernel sends it, then FIN */
+        return;
     }
     lp_ep_reading(&c->ep, 0);
     uv_shutdown_t *sr = malloc(sizeof(*sr));
@@ -228,7 +233,7 @@ static int conn_set_local(lp_req_t *req, int status, const char *detail)
                       : snprintf(body, sizeof(body), "%d %s\n", status, text);
     if (blen < 0 || (size_t)blen >= sizeof(body))
         blen = snprintf(body, sizeof(body), "%d %s\n", status, text);
-    if (lp_ffi_respond_begin(req))
+    if (lp__resp_begin(req))
         return -1;
     free(req->local_body);
     req->local_body = NULL;
@@ -430,8 +435,9 @@ void lp_conn_resume_body(lp_req_t *req)
 /* req:body(): the request body is gathered (before any upstream) until it is complete or
  * passes the caller's limit; the Lua phase waiting for it resumes then. What was gathered
  * goes upstream first (lp_conn_take_body), the rest streams as usual. Returns
- * LP_H1_CB_PAUSE when gathering stops (too large, or out of memory): parsing stops behind
- * these bytes, which stay for the upstream, and conn_parse wakes the Lua phase. */
+ * LP_H1_CB_PAUSE when gathering stops at the caller's limit (the span is kept whole:
+ * parsing stops behind it and what follows stays for the upstream) and conn_parse wakes
+ * the Lua phase; -1 when out of memory (the request fails with 500). */
 static int conn_buffer_body(lp_req_t *req, const char *at, size_t len)
 {
     lp_buf_t *b = req->body_buf;
@@ -442,9 +448,10 @@ static int conn_buffer_body(lp_req_t *req, const char *at, size_t len)
             cap *= 2;
         lp_buf_t *nb = cap >= used + len ? lp_buf_get(&req->w->bufs, cap) : NULL;
         if (!nb) {
-            req->flags &= ~LP_RF_BODY_BUFFERING;
-            req->flags |= LP_RF_BODY_TOOBIG | LP_RF_BODY_WAKE;
-            return LP_H1_CB_PAUSE;
+            /* The span cannot be kept (it counts as parsed): the request fails whole. */
+            req->h1.err_status = 500;
+            req->h1.err_reason = "out of memory gathering the body";
+            return -1;
         }
         if (b) {
             memcpy(nb->data, b->data, used);
@@ -558,7 +565,6 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
         if (ev == LP_H1_DONE)
             lp_h1_resume(&req->h1);
         req->state = LP_RS_DONE;
-        req->flags |= LP_RF_BODY_DONE;
         if (c->ep.tmode == TM_BODY)
             conn_timer(c, TM_NONE, 0);
         if (req->peer) {
@@ -1196,6 +1202,10 @@ static int req_finish(lp_req_t *req)
                !((c->flags & LP_CF_EOF) && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen));
     __atomic_add_fetch(&w->requests, 1, __ATOMIC_RELAXED);
     c->nrequests++;
+    /* Read whole, and nothing behind it: once the answer is out, nothing from this client
+     * can be lost to a reset, so no lingering close (nginx's heuristic too). */
+    if (!keep && req->state == LP_RS_DONE && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen))
+        c->flags |= LP_CF_CLEAN_END;
     lp_accesslog_write(w->access, req);
     lp_req_end(req);
     if (!keep) {

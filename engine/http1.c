@@ -454,7 +454,10 @@ lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *co
     case HPE_PAUSED:
         used = (size_t)(llhttp_get_error_pos(&h->parser) - data);
         if (h->body_paused) {
+            /* The message may complete without more input (the pause came on its last
+             * span): the caller runs the parser again even with none. */
             h->body_paused = 0;
+            h->after_head = 1;
             ev = LP_H1_PAUSED;
             break;
         }

@@ -79,7 +79,7 @@ struct lp_h1_s {
     int host_count, te_count, cl_count;
     int body_started;
     int body_paused; /* the body callback asked for LP_H1_PAUSED */
-    int after_head;  /* paused after the head: execute again, even with no input */
+    int after_head;  /* paused after the head or a body span: execute again, even with no input */
     int scan_state;  /* scan_head(): 0 before the start line, 1 in it, 2 in fields, 3 done */
     int rl_spaces;
 

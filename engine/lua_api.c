@@ -347,7 +347,13 @@ int lp_ffi_set_status(void *rp, int status)
 
 int lp_ffi_respond_begin(void *rp)
 {
-    lp_req_t *r = rp;
+    if (!lp__lua_runs(rp))
+        return LP_FFI_EOTHER;
+    return lp__resp_begin(rp);
+}
+
+int lp__resp_begin(lp_req_t *r)
+{
     hlist_t l;
     if (hlist(r, 1, &l))
         return LP_FFI_ENOSPACE;
@@ -359,6 +365,8 @@ int lp_ffi_respond_begin(void *rp)
 int lp_ffi_respond(void *rp, int status, const char *body, size_t len)
 {
     lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
     if (status < 200 || status > 999)
         return LP_FFI_EINVAL;
     free(r->local_body);

@@ -39,11 +39,13 @@ enum { LP_FFI_TADD = 0, LP_FFI_TREMOVE = 1, LP_FFI_TWEIGHT = 2 };
 
 /* Return codes (0 is success). */
 enum {
-    LP_FFI_EINVAL = -1,
-    LP_FFI_ENOSPACE = -2,
-    LP_FFI_EFRAMING = -3,
-    LP_FFI_EPHASE = -4,    /* not while Lua of a worker runs (a phase or init_worker) */
-    LP_FFI_ENOTFOUND = -5, /* no such target */
+    /* A range of their own (-201...), apart from lp_rc_t and LP_E* (common.h). */
+    LP_FFI_EINVAL = -201,
+    LP_FFI_ENOSPACE = -202,
+    LP_FFI_EFRAMING = -203,
+    LP_FFI_EPHASE = -204,    /* not while Lua of a worker runs (a phase or init_worker) */
+    LP_FFI_ENOTFOUND = -205, /* no such target */
+    LP_FFI_EOTHER = -206,    /* the handle is not the running phase's request */
 };
 
 int lp_ffi_req_get(void *r, int what, lp_str_t *out);
@@ -61,6 +63,8 @@ int lp_ffi_tls_get(void *r, int what, lp_str_t *out);
 int lp_ffi_status(void *r);
 int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);
+/* Empties the response head list for a new answer (C callers: no phase check). */
+int lp__resp_begin(struct lp_req_s *r);
 int lp_ffi_respond(void *r, int status, const char *body, size_t len);
 int lp_ffi_sleep(double seconds);
 /* req:body(): 0 with the body in *out, 1 when the caller must yield and call again,

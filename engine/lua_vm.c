@@ -658,6 +658,8 @@ void lp_lua_retire(lp_lua_t *vm)
 {
     if (!vm)
         return;
+    if (current_vm == vm)
+        current_vm = NULL;
     wd_register(&vm->guard, 0);
     /* Task timers are handles of the worker's loop: the VM goes once they are closed. */
     lp_lua_task_t *t = vm->all_tasks;
@@ -812,6 +814,7 @@ static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
  * handle and a coroutine. NULL when out of memory. */
 static lp_lua_task_t *task_for(lp_lua_t *vm, lp_req_t *req)
 {
+    current_vm = vm; /* task_get may run a __gc that asks the FFI for its VM */
     lp_lua_task_t *t = req->lua;
     if (!t) {
         t = task_get(vm);
@@ -863,6 +866,18 @@ lp_rc_t lp_lua_phase(lp_req_t *req, int phase)
     lp_lua_task_t *t = task_for(vm, req);
     if (!t)
         return LP_ERROR;
+    if (t->wait != LP_LW_NONE) {
+        /* The request moved on without the phase that waits (a local answer, a client that
+         * failed its body, an upstream that timed out): that phase is abandoned, never
+         * resumed as if it were this one. */
+        uv_timer_stop(&t->timer);
+        task_drop_coroutine(t);
+        t->wait = LP_LW_NONE;
+        req->flags &= ~(LP_RF_LUA_WAIT | LP_RF_BODY_BUFFERING);
+        t = task_for(vm, req);
+        if (!t)
+            return LP_ERROR;
+    }
     t->phase = phase;
     lua_rawgeti(t->co, LUA_REGISTRYINDEX, vm->ref_run);
     lua_rawgeti(t->co, LUA_REGISTRYINDEX, t->handle_ref);
@@ -966,6 +981,8 @@ int lp_ffi_body_read(void *rp, double max, lp_str_t *out)
 {
     lp_req_t *req = rp;
     lp_lua_t *vm = current_vm;
+    if (!lp__lua_runs(req))
+        return LP_FFI_EOTHER;
     if (!req->conn || !(max >= 0 && max <= 9007199254740992.0)) /* NaN and inf too */
         return LP_FFI_EINVAL;
     uint64_t limit = (uint64_t)max;
@@ -980,6 +997,14 @@ int lp_ffi_body_read(void *rp, double max, lp_str_t *out)
     if (vm && vm->running)
         vm->running->wait = LP_LW_BODY;
     return 1;
+}
+
+/* Whether the Lua running now is a phase of req: a handle kept from another request must
+ * not park or answer the caller's phase in its own request's name. */
+int lp__lua_runs(const lp_req_t *req)
+{
+    lp_lua_t *vm = current_vm;
+    return vm && vm->running && vm->running->req == req;
 }
 
 /* req:respond(): the answer is recorded; Lua yields next and is never resumed. */

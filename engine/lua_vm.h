@@ -68,6 +68,8 @@ lp_rc_t lp_lua_phase(lp_req_t *req, int phase);
 lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, lp_str_t *out);
 /* What req:body() waited for happened: resume the phase. */
 void lp_lua_wake(lp_req_t *req);
+/* Whether the Lua running now is a phase of req (not another request's). */
+int lp__lua_runs(const lp_req_t *req);
 /* The request is gone: drop its coroutine and handle. */
 void lp_lua_release(lp_req_t *req);
 

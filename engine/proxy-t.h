@@ -172,7 +172,6 @@ struct lp_worker_s {
 };
 
 /* Request flags (LP_RF_*). */
-#define LP_RF_BODY_DONE      0x0001  /* the request message was read completely */
 #define LP_RF_WAIT_UPSTREAM  0x0002  /* head parsed; waiting for an upstream connection */
 #define LP_RF_READ_PAUSED    0x0004  /* request body reading paused by backpressure */
 #define LP_RF_RESP_STARTED   0x0008  /* response head queued to the client */
@@ -264,6 +263,7 @@ struct lp_req_s {
 #define LP_CF_BUSY        0x40  /* conn_process is on the stack */
 #define LP_CF_AGAIN       0x80  /* conn_process was asked for another pass meanwhile */
 #define LP_CF_TLS_BYE     0x200 /* TLS close_notify queued */
+#define LP_CF_CLEAN_END   0x400 /* closing after a request read whole: no lingering close */
 
 /* A downstream (client) connection: HTTP/1.1 over an endpoint, one request at a time. */
 struct lp_conn_s {

@@ -86,6 +86,17 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->local_body_len = 0;
     req->body_buf = NULL;
     req->body_len = 0;
+    req->body_max = 0;
+    /* The try state upstream_try.c starts from (lp_upstream_start resets it again). */
+    req->resp_upgrade = (lp_str_t){NULL, 0};
+    req->deadline = 0;
+    req->fail_kind = LP_FAIL_NONE;
+    req->fail_status = 0;
+    req->queued = 0;
+    req->tgt = NULL;
+    req->tried_up = NULL;
+    req->ntried = 0;
+    req->target_addr[0] = 0;
     return req;
 }
 

@@ -111,8 +111,8 @@ int lp_tls_started(const lp_tls_t *t);
 
 /* Decrypts into out: bytes (> 0), 0 when more ciphertext is needed, LP_TLS_EOF at the
  * peer's close_notify or the socket's EOF, LP_TLS_ERROR on a protocol error. */
-#define LP_TLS_EOF   (-1)
-#define LP_TLS_ERROR (-2)
+#define LP_TLS_EOF   (-301) /* a range of its own: never an lp_rc_t */
+#define LP_TLS_ERROR (-302)
 long lp_tls_read(lp_tls_t *t, char *out, size_t cap);
 
 /* Encrypts every byte of the batch (the caller then releases it). 0 or LP_ERROR. */

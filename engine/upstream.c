@@ -624,8 +624,7 @@ static void peer_parse(lp_peer_t *p)
             }
             if (hr) {
                 p->flags &= ~LP_PF_REUSED;
-                peer_fail(p, LP_FAIL_PROTOCOL, hr,
-                          hr == 500 ? "response phase failed" : "response head too large");
+                peer_fail(p, LP_FAIL_PROTOCOL, hr, "response head too large");
                 return;
             }
             break;
@@ -679,6 +678,7 @@ static void peer_eof(lp_peer_t *p, int err)
             p->req = NULL;
             req->peer = NULL;
             p->pool->active--;
+            lp_upstream_try_end(req, 0); /* before the log phase, which may wait */
             lp_conn_response_done(req);
             peer_close(keep);
             return;
@@ -830,11 +830,6 @@ void lp_peer_continue(lp_peer_t *p)
 }
 
 /* ---- tunnel ---- */
-
-void lp_peer_tunnel_from(lp_peer_t *p, lp_endpoint_t *from)
-{
-    lp_relay_move(from, &p->ep);
-}
 
 void lp_peer_tunnel_eof(lp_peer_t *p)
 {

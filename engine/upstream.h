@@ -35,8 +35,6 @@ void lp_peer_continue(lp_peer_t *p);
 void lp_peer_resume(lp_peer_t *p);
 /* The request is gone (client closed or error): close this connection. */
 void lp_peer_abort(lp_peer_t *p);
-/* Tunnel: what `from` (the client) read goes to the upstream as it is. */
-void lp_peer_tunnel_from(lp_peer_t *p, lp_endpoint_t *from);
 /* The client ended the tunnel. */
 void lp_peer_tunnel_eof(lp_peer_t *p);
 /* req:set_target(): req goes to a one-target upstream for `text` ("ip:port"), kept per

@@ -91,6 +91,8 @@ int lp__try_next(lp_req_t *req)
         /* Parked (LP_AGAIN): the engine resumes it; then, like now, lp_upstream_start(). */
         if (rc == LP_AGAIN)
             return LP_OK;
+        if (rc == LP_GONE)
+            return rc;
         return lp_conn_lua_resumed(req, LP_PHASE_UPSTREAM, rc == LP_DECLINED ? LP_OK : rc);
     }
     return upstream_try(req);

@@ -45,7 +45,8 @@ return {
   -- lp_ffi_upstream_target ops
   TADD = 0, TREMOVE = 1, TWEIGHT = 2,
   -- return codes
-  EINVAL = -1, ENOSPACE = -2, EFRAMING = -3, EPHASE = -4, ENOTFOUND = -5,
+  EINVAL = -201, ENOSPACE = -202, EFRAMING = -203, EPHASE = -204, ENOTFOUND = -205,
+  EOTHER = -206,
   -- req:last_failure() kinds (engine/proxy-t.h lp_fail_kind_t)
   FAILURES = { "connect", "timeout", "reset", "status", "protocol" },
 }

@@ -239,6 +239,9 @@ function methods.body(h, max_bytes)
     raise("req:body(): expected a maximum size in bytes (0 to 2^53)", 2)
   end
   local rc = C.lp_ffi_body_read(h._r, max_bytes, s1)
+  if rc == K.EOTHER then
+    raise("req:body(): this handle belongs to another request than the running phase's", 2)
+  end
   if rc == 1 then
     yield() -- the engine resumes once the body is complete or too large
     rc = C.lp_ffi_body_read(h._r, max_bytes, s1)
@@ -259,7 +262,9 @@ function methods.respond(h, status, body, headers)
   if headers ~= nil and type(headers) ~= "table" then
     raise("req:respond(): headers must be a table of name = value", 2)
   end
-  C.lp_ffi_respond_begin(h._r)
+  if C.lp_ffi_respond_begin(h._r) == K.EOTHER then
+    raise("req:respond(): this handle belongs to another request than the running phase's", 2)
+  end
   if headers then
     for name, value in pairs(headers) do
       set_header(h, 1, K.HADD, name, value, "req:respond")

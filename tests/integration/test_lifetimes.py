@@ -93,6 +93,28 @@ return { name = "gather", priority = 10, schema = { fields = {} },
     if not body and req:query("answer") then return req:respond(413, "too large for me") end
   end }
 ''',
+    # Waits for the body in the request phase, then notes whether it ever went on; the log
+    # phase says it ran as the log phase.
+    "plugins/bodywait.lua": r'''
+return { name = "bodywait", priority = 10, schema = { fields = {} },
+  request = function(req)
+    local body = req:body(1000000)
+    proxy.log.warn("BODYWAIT resumed in phase " .. req:phase() .. " with " .. tostring(body and #body))
+  end,
+  log = function(req)
+    proxy.log.warn("BODYWAIT log phase ran as " .. req:phase() .. " status " .. tostring(req:status()))
+  end }
+''',
+    # Uses the handle kept from request A inside request B's phase.
+    "plugins/crosser.lua": r'''
+local saved
+return { name = "crosser", priority = 10, schema = { fields = {} },
+  request = function(req)
+    if req:header("x-first") then saved = req; return end
+    local ok, err = pcall(saved.respond, saved, 200, "from B")
+    return req:respond(200, ok and "CROSSED" or tostring(err))
+  end }
+''',
     "plugins/huge_body.lua": r'''
 return { name = "huge_body", priority = 10, schema = { fields = {} },
   request = function(req)
@@ -134,6 +156,8 @@ class LifetimeTest(L.LuaTestCase):
             route("/sleepy-body", plugins=["sleepy_body"]),
             route("/gather", plugins=["gather"]),
             route("/huge", plugins=["huge_body"]),
+            route("/bodywait", plugins=["bodywait"]),
+            route("/cross", plugins=["crosser"]),
         ]
         cls.proxy = cls.start_lua_proxy(ups, routes, files=PLUGINS, workers=1,
                                         timeouts={"connect": 2})
@@ -272,6 +296,48 @@ class LifetimeTest(L.LuaTestCase):
                 self.assertEqual(r.status, 413)
                 self.assertEqual(r.body, b"too large for me")
         self.assertTrue(self.proxy.alive())
+
+    def test_a_phase_parked_on_the_body_is_abandoned_not_resumed(self):
+        # The client fails its chunked body while the request phase waits for it: the 400
+        # goes out, and the log phase runs as the log phase, never resuming the request
+        # phase's coroutine in its place.
+        with H.Client(self.proxy.port) as c:
+            c.send(b"POST /bodywait/echo HTTP/1.1\r\nHost: a.test\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+            r = c.read_response()
+            self.assertEqual(r.status, 400)
+        self.wait_log("BODYWAIT log phase ran as log status 400")
+        self.assertNotIn("BODYWAIT resumed", self.proxy.stderr())
+
+    def test_body_limit_hit_by_the_last_span(self):
+        # The span that passes req:body()'s limit is the body's last: the message completes
+        # without more input and goes upstream whole.
+        with H.Client(self.proxy.port) as c:
+            c.send(b"POST /gather/echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 150\r\n\r\n"
+                   + b"a" * 60)
+            time.sleep(0.1)  # the second part arrives in a read of its own
+            c.send(b"b" * 90)
+            r = c.read_response()
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.body, b"a" * 60 + b"b" * 90)
+
+    def test_handle_of_another_request_cannot_answer_for_it(self):
+        # A keeps its handle and waits on a slow upstream; B's phase tries to answer through
+        # it: B gets the error, A gets its upstream's answer.
+        import threading
+        out = {}
+
+        def first():
+            out["a"] = self.get("/cross/delay?ms=600", headers={"X-First": "1"})
+        t = threading.Thread(target=first)
+        t.start()
+        time.sleep(0.2)
+        r = self.get("/cross/x")
+        t.join(H.T(10))
+        self.assertEqual(r.status, 200)
+        self.assertIn(b"belongs to another request", r.body)
+        self.assertEqual(out["a"].status, 200)
+        self.assertNotIn(b"from B", out["a"].body)
 
     def test_body_limit_must_be_finite(self):
         r = self.get("/huge")
