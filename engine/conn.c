@@ -6,7 +6,6 @@
 #include <netinet/tcp.h>
 #include "accesslog.h"
 #include "conn.h"
-#include "lazytimer.h"
 #include "log.h"
 #include "lua_api.h"
 #include "lua_vm.h"

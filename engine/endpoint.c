@@ -1,14 +1,133 @@
+#include <stdlib.h>
 #include "endpoint.h"
+#include "log.h"
 #include "tls.h"
 #include "worker.h"
 
-static void on_ep_timer(uv_timer_t *t);
+/* ---- deadlines ---- */
+
+static lp_ep_timers_t *timers_of(lp_endpoint_t *ep)
+{
+    return &ep->w->ep_timers;
+}
+
+static void heap_set(lp_ep_timers_t *t, uint32_t i, lp_endpoint_t *ep)
+{
+    t->heap[i] = ep;
+    ep->hidx = i + 1;
+}
+
+static void heap_up(lp_ep_timers_t *t, uint32_t i)
+{
+    lp_endpoint_t *ep = t->heap[i];
+    while (i > 0) {
+        uint32_t parent = (i - 1) / 2;
+        if (t->heap[parent]->key <= ep->key)
+            break;
+        heap_set(t, i, t->heap[parent]);
+        i = parent;
+    }
+    heap_set(t, i, ep);
+}
+
+static void heap_down(lp_ep_timers_t *t, uint32_t i)
+{
+    lp_endpoint_t *ep = t->heap[i];
+    for (;;) {
+        uint32_t c = 2 * i + 1;
+        if (c >= t->n)
+            break;
+        if (c + 1 < t->n && t->heap[c + 1]->key < t->heap[c]->key)
+            c++;
+        if (ep->key <= t->heap[c]->key)
+            break;
+        heap_set(t, i, t->heap[c]);
+        i = c;
+    }
+    heap_set(t, i, ep);
+}
+
+static void heap_remove(lp_ep_timers_t *t, lp_endpoint_t *ep)
+{
+    uint32_t i = ep->hidx - 1;
+    ep->hidx = 0;
+    lp_endpoint_t *last = t->heap[--t->n];
+    if (i == t->n)
+        return;
+    heap_set(t, i, last);
+    heap_down(t, i);
+    heap_up(t, last->hidx - 1);
+}
+
+static int heap_push(lp_ep_timers_t *t, lp_endpoint_t *ep)
+{
+    if (t->n == t->cap) {
+        uint32_t cap = t->cap ? t->cap * 2 : 64;
+        lp_endpoint_t **h = realloc(t->heap, cap * sizeof(*h));
+        if (!h)
+            return LP_ENOMEM;
+        t->heap = h;
+        t->cap = cap;
+    }
+    heap_set(t, t->n++, ep);
+    heap_up(t, t->n - 1);
+    return 0;
+}
+
+static void on_ep_timers(uv_timer_t *h);
+
+/* Sets the libuv timer for the earliest entry, when that is earlier than it is set for. */
+static void timers_arm(lp_ep_timers_t *t, uint64_t now)
+{
+    if (!t->n)
+        return;
+    uint64_t k = t->heap[0]->key;
+    if (t->armed && t->armed <= k)
+        return;
+    t->armed = k;
+    uv_timer_start(&t->timer, on_ep_timers, k > now ? k - now : 0, 0);
+}
+
+static void on_ep_timers(uv_timer_t *h)
+{
+    lp_ep_timers_t *t = h->data;
+    uint64_t now = uv_now(h->loop);
+    t->armed = 0;
+    while (t->n && t->heap[0]->key <= now) {
+        lp_endpoint_t *ep = t->heap[0];
+        if (ep->deadline > now) {
+            ep->key = ep->deadline; /* it moved later since: wait for it */
+            heap_down(t, 0);
+            continue;
+        }
+        heap_remove(t, ep);
+        if (!ep->deadline || (ep->flags & LP_EPF_CLOSING))
+            continue; /* cancelled */
+        ep->deadline = 0;
+        ep->ops->timeout(ep, ep->tmode); /* may close it, or set other deadlines */
+    }
+    timers_arm(t, uv_now(h->loop));
+}
+
+void lp_ep_timers_init(lp_ep_timers_t *t, uv_loop_t *loop)
+{
+    memset(t, 0, sizeof(*t));
+    uv_timer_init(loop, &t->timer);
+    t->timer.data = t;
+}
+
+void lp_ep_timers_close(lp_ep_timers_t *t)
+{
+    uv_close((uv_handle_t *)&t->timer, NULL);
+    free(t->heap);
+    t->heap = NULL;
+    t->n = t->cap = 0;
+}
 
 static void on_ep_handle_close(uv_handle_t *h)
 {
     lp_endpoint_t *ep = h->data;
-    if (--ep->handles == 0)
-        ep->ops->closed(ep);
+    ep->ops->closed(ep);
 }
 
 void lp_ep_init(lp_endpoint_t *ep, lp_worker_t *w, const lp_endpoint_ops_t *ops)
@@ -16,10 +135,7 @@ void lp_ep_init(lp_endpoint_t *ep, lp_worker_t *w, const lp_endpoint_ops_t *ops)
     ep->w = w;
     ep->ops = ops;
     uv_tcp_init(&w->loop, &ep->tcp);
-    uv_timer_init(&w->loop, &ep->timer);
     ep->tcp.data = ep;
-    ep->timer.data = ep;
-    ep->handles = 2;
 }
 
 void lp_ep_close(lp_endpoint_t *ep)
@@ -38,28 +154,41 @@ void lp_ep_close(lp_endpoint_t *ep)
     }
     lp_tls_free(ep->tls);
     ep->tls = NULL;
+    ep->deadline = 0;
+    if (ep->hidx)
+        heap_remove(timers_of(ep), ep);
     uv_close((uv_handle_t *)&ep->tcp, on_ep_handle_close);
-    uv_close((uv_handle_t *)&ep->timer, on_ep_handle_close);
 }
 
 void lp_ep_timer(lp_endpoint_t *ep, int mode, uint64_t ms)
 {
     if ((ep->flags & LP_EPF_BROKEN) && mode != LP_EP_TM_BROKEN)
         return; /* the failure scheduled for a failed write comes first */
-    ep->tmode = (uint8_t)mode;
-    if (mode == LP_EP_TM_NONE)
-        lp_lazy_cancel(&ep->lazy);
-    else
-        lp_lazy_set(&ep->timer, &ep->lazy, ms, on_ep_timer);
-}
-
-static void on_ep_timer(uv_timer_t *t)
-{
-    lp_endpoint_t *ep = t->data;
-    if (ep->tmode == LP_EP_TM_NONE || (ep->flags & LP_EPF_CLOSING) ||
-        !lp_lazy_due(t, &ep->lazy, on_ep_timer))
+    if (ep->flags & LP_EPF_CLOSING)
         return;
-    ep->ops->timeout(ep, ep->tmode);
+    ep->tmode = (uint8_t)mode;
+    if (mode == LP_EP_TM_NONE) {
+        ep->deadline = 0; /* the heap entry goes when it comes up */
+        return;
+    }
+    lp_ep_timers_t *t = timers_of(ep);
+    uint64_t now = uv_now(&ep->w->loop);
+    ep->deadline = now + ms;
+    if (ep->hidx) {
+        if (ep->deadline < ep->key) {
+            ep->key = ep->deadline;
+            heap_up(t, ep->hidx - 1);
+        }
+    } else {
+        ep->key = ep->deadline;
+        if (heap_push(t, ep)) {
+            /* Not closed here, under its caller: it goes when its peer does. */
+            lp_log_error("out of memory for a connection timer: it will not time out");
+            ep->deadline = 0;
+            return;
+        }
+    }
+    timers_arm(t, now);
 }
 
 /* ---- writing ---- */

@@ -3,15 +3,14 @@
  * connection (conn.c) and the upstream connection (upstream.c) embed one and plug in
  * through an ops table, as libuv's handles and h2o's sockets do.
  *
- * Lifetime: lp_ep_close() closes both libuv handles; the owner's memory may go only in
- * ops->closed, which runs once both close callbacks have. Until then every pointer to the
+ * Lifetime: lp_ep_close() closes the libuv handle; the owner's memory may go only in
+ * ops->closed, which runs from its close callback. Until then every pointer to the
  * endpoint stays valid, and LP_EPF_CLOSING says it is going. Worker thread only. */
 #ifndef LP_ENDPOINT_H
 #define LP_ENDPOINT_H
 
 #include <uv.h>
 #include "buf.h"
-#include "lazytimer.h"
 
 struct lp_worker_s;
 struct lp_tls_s;
@@ -28,6 +27,22 @@ enum { LP_EP_TM_NONE = 0, LP_EP_TM_BROKEN = 1, LP_EP_TM_OWNER = 2 };
 
 typedef struct lp_endpoint_s lp_endpoint_t;
 
+/* A worker's endpoint deadlines: one libuv timer for all of them, over a binary min-heap of
+ * endpoints. An endpoint embeds no timer handle of its own (152 bytes, and a second close
+ * per connection); a deadline that moves later (a keep-alive timer reset by each request)
+ * does not touch the heap: the entry is checked when it comes up. Worker thread only. */
+typedef struct {
+    uv_timer_t timer;     /* timer.data = this; fires at heap[0]'s key */
+    lp_endpoint_t **heap; /* owned array of n (capacity cap) */
+    uint32_t n, cap;
+    uint64_t armed; /* uv_now() ms the timer is set for; 0: not set */
+} lp_ep_timers_t;
+
+void lp_ep_timers_init(lp_ep_timers_t *t, uv_loop_t *loop);
+/* At worker exit, once no endpoint is left: closes the timer (the struct must live until
+ * its close callback, i.e. until the loop ran) and frees the heap. */
+void lp_ep_timers_close(lp_ep_timers_t *t);
+
 typedef struct {
     /* nread > 0: new input, plaintext appended to rbuf or (TLS) ciphertext handed to the
      * session; nread < 0: the input ended (UV_EOF) or failed. */
@@ -36,13 +51,12 @@ typedef struct {
     void (*written)(lp_endpoint_t *ep, int status);
     /* The timer armed with lp_ep_timer() ran out (not called once closing). */
     void (*timeout)(lp_endpoint_t *ep, int mode);
-    /* Both handles are closed: the owner frees itself. */
+    /* The handle is closed: the owner frees itself. */
     void (*closed)(lp_endpoint_t *ep);
 } lp_endpoint_ops_t;
 
 struct lp_endpoint_s {
     uv_tcp_t tcp;                 /* tcp.data = this endpoint */
-    uv_timer_t timer;             /* timer.data = this endpoint */
     struct lp_worker_s *w;        /* borrowed: the worker whose loop it is on */
     const lp_endpoint_ops_t *ops; /* borrowed: static in the owner's file */
     struct lp_tls_s *tls;         /* owned: the TLS session, NULL for plain TCP */
@@ -51,14 +65,16 @@ struct lp_endpoint_s {
     lp_wbatch_t *outb;            /* owned: the batch being filled, NULL when none */
     size_t out_pending;           /* bytes handed to uv_write, not yet completed */
     unsigned flags;               /* LP_EPF_* */
-    int handles;                  /* open libuv handles: ops->closed when it drops to 0 */
     uint8_t tmode;                /* what the timer times: LP_EP_TM_* or the owner's */
-    lp_lazy_t lazy;               /* the timer's deadline (lazytimer.h) */
+    uint32_t hidx;                /* its position in the worker's heap + 1; 0: not in it */
+    uint64_t deadline;            /* uv_now() ms when ops->timeout is due; 0: none */
+    uint64_t key;                 /* its heap entry's time (<= deadline when set) */
 };
 
-/* Opens the handles on w's loop (the TCP handle is ready for uv_accept or a connect). */
+/* Opens the TCP handle on w's loop (ready for uv_accept or a connect). */
 void lp_ep_init(lp_endpoint_t *ep, struct lp_worker_s *w, const lp_endpoint_ops_t *ops);
-/* Releases buffers and TLS and closes both handles; ops->closed follows. Idempotent. */
+/* Releases buffers, TLS and its deadline, and closes the handle; ops->closed follows.
+ * Idempotent. */
 void lp_ep_close(lp_endpoint_t *ep);
 /* Times `mode` for ms (LP_EP_TM_NONE cancels). A pending LP_EP_TM_BROKEN is kept. */
 void lp_ep_timer(lp_endpoint_t *ep, int mode, uint64_t ms);

@@ -13,7 +13,6 @@
 #include "config.h"
 #include "http1.h"
 #include "endpoint.h"
-#include "lazytimer.h"
 
 typedef struct lp_worker_s lp_worker_t;
 typedef struct lp_conn_s lp_conn_t;
@@ -139,6 +138,7 @@ struct lp_worker_s {
     uv_loop_t loop;
     uv_async_t wakeup; /* main thread → worker: stop, or switch generation */
     uv_timer_t drain_timer;
+    lp_ep_timers_t ep_timers;  /* every endpoint's deadline (endpoint.h) */
     uv_prepare_t flush;        /* before-sleep hook: access log flush */
     lp_wgen_t *cur;            /* the generation new requests use */
     const lp_config_t *config; /* cur->config: connection-level settings */

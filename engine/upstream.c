@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include "conn.h"
 #include "health.h"
-#include "lazytimer.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "relay.h"

@@ -316,6 +316,7 @@ static void maybe_finish(lp_worker_t *w)
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->flush, NULL);
         uv_close((uv_handle_t *)&w->hs_idle, NULL);
+        lp_ep_timers_close(&w->ep_timers); /* no client left; idle upstreams closed above */
     }
 }
 
@@ -425,6 +426,7 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
+    lp_ep_timers_init(&w->ep_timers, &w->loop);
     uv_prepare_init(&w->loop, &w->flush);
     w->flush.data = w;
     uv_prepare_start(&w->flush, on_flush);
