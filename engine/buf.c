@@ -17,6 +17,28 @@ static void free_list(lp_buf_t **head)
     }
 }
 
+static size_t trim_list(lp_buf_t **head, size_t *n, size_t drop)
+{
+    size_t bytes = 0;
+    for (; drop && *head; drop--) {
+        lp_buf_t *b = *head;
+        *head = b->next;
+        (*n)--;
+        bytes += sizeof(*b) + b->cap;
+        free(b);
+    }
+    return bytes;
+}
+
+size_t lp_bufpool_trim(lp_bufpool_t *p)
+{
+    size_t bytes = trim_list(&p->free, &p->nfree, p->low) +
+                   trim_list(&p->free_small, &p->nfree_small, p->low_small);
+    p->low = p->nfree;
+    p->low_small = p->nfree_small;
+    return bytes;
+}
+
 void lp_bufpool_destroy(lp_bufpool_t *p)
 {
     free_list(&p->free);
@@ -30,11 +52,13 @@ lp_buf_t *lp_buf_get(lp_bufpool_t *p, size_t size)
     if (size <= LP_BUF_SMALL && p->free_small) {
         b = p->free_small;
         p->free_small = b->next;
-        p->nfree_small--;
+        if (--p->nfree_small < p->low_small)
+            p->low_small = p->nfree_small;
     } else if (size > LP_BUF_SMALL && size <= LP_BUF_SIZE && p->free) {
         b = p->free;
         p->free = b->next;
-        p->nfree--;
+        if (--p->nfree < p->low)
+            p->low = p->nfree;
     } else {
         size_t cap = size <= LP_BUF_SMALL ? LP_BUF_SMALL : size <= LP_BUF_SIZE ? LP_BUF_SIZE : size;
         if (cap > SIZE_MAX - sizeof(*b))
@@ -90,7 +114,8 @@ lp_wbatch_t *lp_wbatch_get(lp_wbpool_t *p)
     lp_wbatch_t *wb = p->free;
     if (wb) {
         p->free = wb->next_free;
-        p->nfree--;
+        if (--p->nfree < p->low)
+            p->low = p->nfree;
     } else {
         wb = malloc(sizeof(*wb));
         if (!wb)
@@ -125,6 +150,20 @@ void lp_wbatch_put(lp_wbpool_t *p, lp_wbatch_t *wb)
     wb->next_free = p->free;
     p->free = wb;
     p->nfree++;
+}
+
+size_t lp_wbpool_trim(lp_wbpool_t *p)
+{
+    size_t bytes = 0;
+    for (size_t drop = p->low; drop && p->free; drop--) {
+        lp_wbatch_t *wb = p->free;
+        p->free = wb->next_free;
+        p->nfree--;
+        bytes += sizeof(*wb);
+        free(wb);
+    }
+    p->low = p->nfree;
+    return bytes;
 }
 
 void lp_wbpool_destroy(lp_wbpool_t *p)

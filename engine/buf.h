@@ -29,12 +29,16 @@ struct lp_bufpool_s {
     size_t nfree;
     lp_buf_t *free_small; /* LP_BUF_SMALL blocks */
     size_t nfree_small;
-    size_t max_free;    /* blocks kept beyond this go back to malloc */
-    size_t outstanding; /* blocks handed out and not yet returned (metrics, leak checks) */
+    size_t max_free;       /* blocks kept beyond this go back to malloc */
+    size_t outstanding;    /* blocks handed out and not yet returned (metrics, leak checks) */
+    size_t low, low_small; /* the fewest free since the last trim: that many went unused */
 };
 
 void lp_bufpool_init(lp_bufpool_t *p, size_t max_free);
 void lp_bufpool_destroy(lp_bufpool_t *p);
+/* Frees the free blocks that went unused since the last trim (what a peak left behind);
+ * returns the bytes freed. */
+size_t lp_bufpool_trim(lp_bufpool_t *p);
 /* A block of at least `size` bytes with one reference: LP_BUF_SMALL or LP_BUF_SIZE from
  * the free lists, or exactly `size` from malloc when larger. */
 lp_buf_t *lp_buf_get(lp_bufpool_t *p, size_t size);
@@ -69,11 +73,14 @@ struct lp_wbatch_s {
 typedef struct {
     lp_wbatch_t *free;
     size_t nfree;
+    size_t low; /* the fewest free since the last trim */
 } lp_wbpool_t;
 
 lp_wbatch_t *lp_wbatch_get(lp_wbpool_t *p);
 void lp_wbatch_put(lp_wbpool_t *p, lp_wbatch_t *wb);
 void lp_wbpool_destroy(lp_wbpool_t *p);
+/* As lp_bufpool_trim, for write batches; returns the bytes freed. */
+size_t lp_wbpool_trim(lp_wbpool_t *p);
 /* Room left for k more iovecs and `scratch` scratch bytes. */
 static inline int lp_wbatch_room(const lp_wbatch_t *wb, unsigned k, unsigned scratch)
 {

@@ -167,8 +167,10 @@ struct lp_worker_s {
     lp_list_t hs_deferred; /* lp_conn_t.hs_link, oldest first */
     uv_idle_t hs_idle;     /* runs them while any wait */
     uint64_t hs_turn_ns;   /* handshake time spent in this loop turn */
-    lp_req_t *free_reqs;   /* recycled request objects */
+    lp_req_t *free_reqs;   /* owned list: recycled request objects */
     size_t nfree_reqs;
+    size_t nfree_reqs_low; /* the fewest free since the last trim (request.c) */
+    uv_timer_t house;      /* once a second: gives back what a peak left unused */
 };
 
 /* Request flags (LP_RF_*). */

@@ -25,7 +25,8 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     lp_req_t *req = w->free_reqs;
     if (req) {
         w->free_reqs = req->next_free;
-        w->nfree_reqs--;
+        if (--w->nfree_reqs < w->nfree_reqs_low)
+            w->nfree_reqs_low = w->nfree_reqs;
     } else {
         req = calloc(1, sizeof(*req));
         if (!req)
@@ -190,6 +191,20 @@ int lp_req_drop(lp_req_t *req)
     w->free_reqs = req;
     w->nfree_reqs++;
     return 1;
+}
+
+size_t lp_req_trim(lp_worker_t *w)
+{
+    size_t bytes = 0;
+    for (size_t drop = w->nfree_reqs_low; drop && w->free_reqs; drop--) {
+        lp_req_t *r = w->free_reqs;
+        w->free_reqs = r->next_free;
+        w->nfree_reqs--;
+        bytes += sizeof(*r) + 2 * r->cap_headers * sizeof(lp_header_t);
+        req_destroy(r);
+    }
+    w->nfree_reqs_low = w->nfree_reqs;
+    return bytes;
 }
 
 void lp_req_free_all(lp_worker_t *w)

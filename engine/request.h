@@ -46,6 +46,9 @@ void lp_req_end(lp_req_t *req);
  * least `need` bytes, fixing every slice. 0, or -1 past the head limits. */
 int lp_req_grow(lp_req_t *req, int resp, size_t need);
 
+/* Frees the recycled requests that went unused since the last trim (what a peak left
+ * behind); returns the bytes freed. */
+size_t lp_req_trim(lp_worker_t *w);
 /* At worker exit: frees the recycled requests. */
 void lp_req_free_all(lp_worker_t *w);
 

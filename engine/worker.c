@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -317,7 +318,19 @@ static void maybe_finish(lp_worker_t *w)
         uv_close((uv_handle_t *)&w->flush, NULL);
         uv_close((uv_handle_t *)&w->hs_idle, NULL);
         lp_ep_timers_close(&w->ep_timers); /* no client left; idle upstreams closed above */
+        uv_close((uv_handle_t *)&w->house, NULL);
     }
+}
+
+/* Once a second: what a peak left in the free lists and went unused for a whole second
+ * goes back to malloc, and malloc gives it back to the system. Idle memory then returns to
+ * its level after a burst (the idle connections of a peak cost only their struct). */
+static void on_house(uv_timer_t *t)
+{
+    lp_worker_t *w = t->data;
+    size_t freed = lp_req_trim(w) + lp_bufpool_trim(&w->bufs) + lp_wbpool_trim(&w->wbatches);
+    if (freed >= 256 * 1024)
+        malloc_trim(0);
 }
 
 static void on_drain_check(uv_timer_t *t)
@@ -427,6 +440,10 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
     lp_ep_timers_init(&w->ep_timers, &w->loop);
+    uv_timer_init(&w->loop, &w->house);
+    w->house.data = w;
+    uv_timer_start(&w->house, on_house, 1000, 1000);
+    uv_unref((uv_handle_t *)&w->house);
     uv_prepare_init(&w->loop, &w->flush);
     w->flush.data = w;
     uv_prepare_start(&w->flush, on_flush);
