@@ -128,7 +128,7 @@ static void test_full_config(void)
     CHECK_EQ_INT(c->limits.max_headers, 50);
 
     CHECK_STR(c->access_log, "/var/log/lp/access.log");
-    CHECK_STR(c->access_format, "$status $uri");
+    CHECK_STR(c->access_format.text, "$status $uri");
     CHECK_EQ_INT(c->log_level, LP_LOG_DEBUG);
     lp_config_free(c);
 }
@@ -165,7 +165,7 @@ static void test_defaults(void)
     CHECK_EQ_INT(c->upstreams[0].targets[0].weight, 1);
 
     CHECK_STR(c->access_log, "-");
-    CHECK_STR(c->access_format, LP_ACCESS_FORMAT_DEFAULT);
+    CHECK_STR(c->access_format.text, LP_ACCESS_FORMAT_DEFAULT);
     CHECK_EQ_INT(c->log_level, LP_LOG_INFO);
     lp_config_free(c);
 }
@@ -179,7 +179,7 @@ static void test_access_log_off(void)
         fprintf(stderr, "  %s\n", err);
     REQUIRE(c != NULL);
     CHECK(c->access_log == NULL);
-    CHECK_STR(c->access_format, LP_ACCESS_FORMAT_DEFAULT);
+    CHECK_STR(c->access_format.text, LP_ACCESS_FORMAT_DEFAULT);
     lp_config_free(c);
 
     rc = load_text(MINIMAL("  log = { access = '-' },\n"), &c, path, err, sizeof(err));
