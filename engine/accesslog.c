@@ -568,7 +568,9 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
         one(v, log->local, strlen(log->local));
         break;
     case V_REQUEST: {
-        if (!h->url.len)
+        /* A head refused before it parsed has no method (req->method is 0, llhttp's
+         * DELETE) and maybe no version: no request line to show. */
+        if (!h->url.len || !(req->flags & LP_RF_PARSED))
             break;
         const char *m = llhttp_method_name(req->method);
         one(v, m, strlen(m));
@@ -578,6 +580,8 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
         break;
     }
     case V_METHOD: {
+        if (!(req->flags & LP_RF_PARSED))
+            break;
         const char *m = llhttp_method_name(req->method);
         one(v, m, strlen(m));
         break;

@@ -198,6 +198,7 @@ static void fake_init(fake_t *f, const char *url, size_t ulen, const char *const
     f->req.conn = &f->conn;
     snprintf(f->conn.client_ip, sizeof(f->conn.client_ip), "10.0.0.7");
     f->req.method = HTTP_GET;
+    f->req.flags = LP_RF_PARSED;
     f->req.minor = 1;
     f->req.status = 200;
     f->req.resp_body_out = 1234;
@@ -340,6 +341,33 @@ static void test_json_line(void)
     free(out);
 }
 
+/* A head refused before it parsed: no method (req->method 0 would read DELETE), no
+ * request line; what was read of the target still shows in $uri. */
+static void test_unparsed_head(void)
+{
+    fake_t f;
+    fake_init(&f, LIT("/bad\x01"), NULL, 0);
+    f.req.flags = 0;
+    f.req.method = 0;
+    f.req.status = 400;
+    f.req.upstream = NULL;
+    lp_log_field_t m[] = {{"m", "$request_method"}, {"r", "$request"}, {"s", "$status"},
+                          {"u", "$uri"}};
+    lp_log_format_t jf = {.json = m, .njson = LP_ARRAY_LEN(m)};
+    lp_log_format_t tf = text_format("$request_method \"$request\" $status $uri");
+    tlog_t t;
+    REQUIRE(tlog_open(&t, &jf) == 0);
+    lp_accesslog_write(t.log, &f.req);
+    char *out = tlog_read(&t, NULL);
+    CHECK_STR(out, "{\"m\":null,\"r\":null,\"s\":400,\"u\":\"/bad\\u0001\"}\n");
+    free(out);
+    REQUIRE(tlog_open(&t, &tf) == 0);
+    lp_accesslog_write(t.log, &f.req);
+    out = tlog_read(&t, NULL);
+    CHECK_STR(out, "- \"-\" 400 /bad\\x01\n");
+    free(out);
+}
+
 static void test_json_times_are_numbers(void)
 {
     fake_t f;
@@ -434,6 +462,7 @@ static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_text_escape),
     LP_TEST_ENTRY(test_text_line),
     LP_TEST_ENTRY(test_json_line),
+    LP_TEST_ENTRY(test_unparsed_head),
     LP_TEST_ENTRY(test_json_times_are_numbers),
     LP_TEST_ENTRY(test_long_lines),
 };
