@@ -152,15 +152,11 @@ static size_t utf8_len(const unsigned char *s, size_t n)
     return len;
 }
 
-/* 0: the byte is written as it is; otherwise the character after the backslash ('u' for
- * \u00XX). */
-static const char json_esc[128] = {
-    ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't',
-    [0x00] = 'u', [0x01] = 'u', [0x02] = 'u', [0x03] = 'u', [0x04] = 'u', [0x05] = 'u',
-    [0x06] = 'u', [0x07] = 'u', [0x0b] = 'u', [0x0e] = 'u', [0x0f] = 'u', [0x10] = 'u',
-    [0x11] = 'u', [0x12] = 'u', [0x13] = 'u', [0x14] = 'u', [0x15] = 'u', [0x16] = 'u',
-    [0x17] = 'u', [0x18] = 'u', [0x19] = 'u', [0x1a] = 'u', [0x1b] = 'u', [0x1c] = 'u',
-    [0x1d] = 'u', [0x1e] = 'u', [0x1f] = 'u', ['"'] = '"', ['\\'] = '\\', [0x7f] = 'u',
+/* RFC 8259's two-character escapes (the character after the backslash); the other bytes
+ * below 0x20, and 0x7f, are written \u00xx. */
+static const char json_short[128] = {
+    ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n',  ['\r'] = 'r',
+    ['\t'] = 't', ['"'] = '"',  ['\\'] = '\\',
 };
 
 size_t lp__accesslog_json_escape(char *out, const char *s, size_t n)
@@ -169,7 +165,7 @@ size_t lp__accesslog_json_escape(char *out, const char *s, size_t n)
     char *o = out;
     while (p < end) {
         unsigned char c = *p;
-        if (c < 0x80 && !json_esc[c]) {
+        if (c >= 0x20 && c < 0x7f && !json_short[c]) {
             *o++ = (char)c;
             p++;
             continue;
@@ -186,8 +182,8 @@ size_t lp__accesslog_json_escape(char *out, const char *s, size_t n)
         /* A byte that is not (part of) a well-formed character is written as the code
          * point of the same number, so the line stays valid JSON and shows the byte. */
         *o++ = '\\';
-        if (c < 0x80 && json_esc[c] != 'u') {
-            *o++ = json_esc[c];
+        if (c < 0x80 && json_short[c]) {
+            *o++ = json_short[c];
         } else {
             memcpy(o, "u00", 3);
             o += 3;
@@ -539,9 +535,8 @@ static void tls_value(val_t *v, const lp_req_t *req, var_t var, char *scratch)
         [V_SSL_CLIENT_S_DN] = LP_TLS_F_CLIENT_SUBJECT,
     };
     size_t n = 0;
-    const char *s = req->conn->ep.tls
-                        ? lp_tls_fact(req->conn->ep.tls, facts[var], scratch, SCRATCH, &n)
-                        : NULL;
+    const char *s =
+        req->conn->ep.tls ? lp_tls_fact(req->conn->ep.tls, facts[var], scratch, SCRATCH, &n) : NULL;
     if (s && var == V_SSL_SESSION_REUSED)
         s = s[0] == '1' ? "r" : ".", n = 1; /* nginx's spelling */
     if (s)

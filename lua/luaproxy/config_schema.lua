@@ -445,6 +445,12 @@ local S = {
           end,
           custom = function(v)
             if next(v) == nil then return nil, "expected at least one member" end
+            for k, t in pairs(v) do
+              -- The engine reads C strings: a NUL would cut the name or the template short.
+              if k:find("\0", 1, true) or t:find("\0", 1, true) then
+                return nil, "a NUL byte cannot be logged from the config", k
+              end
+            end
             return true
           end,
           description = "access log as one JSON object per line instead of `format`: "

@@ -62,6 +62,7 @@ describe("luaproxy.config_schema", function()
       { { log = { json = { status = 200 } } }, "log.json.status: expected a string, got number" },
       { { log = { json = { [""] = "$status" } } }, "log.json.: length 0 is below the minimum 1" },
       { { log = { json = "$status" } }, "log.json: expected a map, got string" },
+      { { log = { json = { s = "a\0b" } } }, "log.json.s: a NUL byte cannot be logged from the config" },
     }
     for _, case in ipairs(cases) do
       local ok, err = config.check(base(case[1]))

@@ -142,13 +142,13 @@ static void test_json_escape_utf8(void)
               "\xf0\x90\x80\x80 \xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf");
     /* Every byte that is not part of a well-formed character becomes \u00xx of itself. */
     CHECK_STR(JSON_ESC("\xff"), "\\u00ff");
-    CHECK_STR(JSON_ESC("\x80"), "\\u0080");              /* a lone continuation byte */
-    CHECK_STR(JSON_ESC("\xc0\xaf"), "\\u00c0\\u00af");   /* overlong '/' */
-    CHECK_STR(JSON_ESC("\xc1\xbf"), "\\u00c1\\u00bf");   /* overlong */
-    CHECK_STR(JSON_ESC("\xe0\x80\xaf"), "\\u00e0\\u0080\\u00af");       /* overlong */
+    CHECK_STR(JSON_ESC("\x80"), "\\u0080");                       /* a lone continuation byte */
+    CHECK_STR(JSON_ESC("\xc0\xaf"), "\\u00c0\\u00af");            /* overlong '/' */
+    CHECK_STR(JSON_ESC("\xc1\xbf"), "\\u00c1\\u00bf");            /* overlong */
+    CHECK_STR(JSON_ESC("\xe0\x80\xaf"), "\\u00e0\\u0080\\u00af"); /* overlong */
     CHECK_STR(JSON_ESC("\xf0\x80\x80\xaf"), "\\u00f0\\u0080\\u0080\\u00af"); /* overlong */
-    CHECK_STR(JSON_ESC("\xed\xa0\x80"), "\\u00ed\\u00a0\\u0080");       /* U+D800 */
-    CHECK_STR(JSON_ESC("\xed\xbf\xbf"), "\\u00ed\\u00bf\\u00bf");       /* U+DFFF */
+    CHECK_STR(JSON_ESC("\xed\xa0\x80"), "\\u00ed\\u00a0\\u0080");            /* U+D800 */
+    CHECK_STR(JSON_ESC("\xed\xbf\xbf"), "\\u00ed\\u00bf\\u00bf");            /* U+DFFF */
     CHECK_STR(JSON_ESC("\xf4\x90\x80\x80"), "\\u00f4\\u0090\\u0080\\u0080"); /* > U+10FFFF */
     CHECK_STR(JSON_ESC("\xf5\x80\x80\x80"), "\\u00f5\\u0080\\u0080\\u0080");
     /* Cut short: at the end of the value, or by an ASCII byte. */
@@ -273,8 +273,10 @@ static char *tlog_read(tlog_t *t, size_t *len)
 
 static void test_text_line(void)
 {
-    static const char *const hdrs[] = {"User-Agent", "\x09" "a\"b\\c\n\xc3\xa9!", "X-Empty",
-                                       "\x00"};
+    static const char *const hdrs[] = {"User-Agent",
+                                       "\x09"
+                                       "a\"b\\c\n\xc3\xa9!",
+                                       "X-Empty", "\x00"};
     fake_t f;
     fake_init(&f, LIT("/p\"q?x=\x01"), hdrs, 2);
     lp_log_format_t fmt = text_format("$remote_addr \"$request\" $status $body_bytes_sent "
@@ -294,8 +296,11 @@ static void test_text_line(void)
 static void test_json_line(void)
 {
     static const char *const hdrs[] = {
-        "User-Agent", "\x0d" "a\"b\\c\x00\x1b\n\xff\xc3\xa9\t/", /* NUL, ESC, bad byte */
-        "X-Empty",    "\x00",
+        "User-Agent",
+        "\x0d"
+        "a\"b\\c\x00\x1b\n\xff\xc3\xa9\t/", /* NUL, ESC, bad byte */
+        "X-Empty",
+        "\x00",
     };
     fake_t f;
     fake_init(&f, LIT("/p\"\\\xc0?x=\x7f"), hdrs, 2);
@@ -351,8 +356,8 @@ static void test_unparsed_head(void)
     f.req.method = 0;
     f.req.status = 400;
     f.req.upstream = NULL;
-    lp_log_field_t m[] = {{"m", "$request_method"}, {"r", "$request"}, {"s", "$status"},
-                          {"u", "$uri"}};
+    lp_log_field_t m[] = {
+        {"m", "$request_method"}, {"r", "$request"}, {"s", "$status"}, {"u", "$uri"}};
     lp_log_format_t jf = {.json = m, .njson = LP_ARRAY_LEN(m)};
     lp_log_format_t tf = text_format("$request_method \"$request\" $status $uri");
     tlog_t t;
@@ -375,9 +380,8 @@ static void test_json_times_are_numbers(void)
     f.req.t_start -= 1500000000ull; /* 1.5 s ago */
     f.req.t_upstream = f.req.t_start + 250000000ull;
     f.req.t_upstream_head = f.req.t_upstream + 1;
-    lp_log_field_t m[] = {{"rt", "$request_time"},
-                          {"t", "$time_iso8601"},
-                          {"urt", "$upstream_response_time"}};
+    lp_log_field_t m[] = {
+        {"rt", "$request_time"}, {"t", "$time_iso8601"}, {"urt", "$upstream_response_time"}};
     lp_log_format_t fmt = {.json = m, .njson = LP_ARRAY_LEN(m)};
     tlog_t t;
     REQUIRE(tlog_open(&t, &fmt) == 0);
@@ -440,7 +444,8 @@ static void test_long_lines(void)
             break;
         }
         int status = 0;
-        if (sscanf(p, "{\"s\":%d,\"ua\":", &status) != 1 || status != (lines < 100 ? 200 + lines : 300))
+        if (sscanf(p, "{\"s\":%d,\"ua\":", &status) != 1 ||
+            status != (lines < 100 ? 200 + lines : 300))
             bad++;
         if ((size_t)(nl - p) == strlen("{\"s\":200,\"ua\":\"\"}") + 6 * big)
             big_lines++;
