@@ -104,19 +104,38 @@ struct lp_accesslog_s {
 static const char hex_upper[] = "0123456789ABCDEF";
 static const char hex_lower[] = "0123456789abcdef";
 
+/* 1 for the bytes both escapers copy as they are: printable ASCII but '"' and '\\'. */
+static const unsigned char plain[256] = {
+    [0x20 ... 0x21] = 1,
+    [0x23 ... 0x5b] = 1,
+    [0x5d ... 0x7e] = 1,
+};
+
+/* The length of the run of plain bytes at the start of s[0..n). */
+static size_t plain_run(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n && plain[s[i]])
+        i++;
+    return i;
+}
+
 size_t lp__accesslog_text_escape(char *out, const char *s, size_t n)
 {
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
     char *o = out;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == '"' || c == '\\' || c >= 0x7f) {
-            *o++ = '\\';
-            *o++ = 'x';
-            *o++ = hex_upper[c >> 4];
-            *o++ = hex_upper[c & 15];
-        } else {
-            *o++ = (char)c;
-        }
+    while (p < end) {
+        size_t run = plain_run(p, (size_t)(end - p));
+        memcpy(o, p, run);
+        o += run;
+        p += run;
+        if (p == end)
+            break;
+        unsigned char c = *p++;
+        *o++ = '\\';
+        *o++ = 'x';
+        *o++ = hex_upper[c >> 4];
+        *o++ = hex_upper[c & 15];
     }
     return (size_t)(o - out);
 }
@@ -164,12 +183,13 @@ size_t lp__accesslog_json_escape(char *out, const char *s, size_t n)
     const unsigned char *p = (const unsigned char *)s, *end = p + n;
     char *o = out;
     while (p < end) {
+        size_t run = plain_run(p, (size_t)(end - p));
+        memcpy(o, p, run);
+        o += run;
+        p += run;
+        if (p == end)
+            break;
         unsigned char c = *p;
-        if (c >= 0x20 && c < 0x7f && !json_short[c]) {
-            *o++ = (char)c;
-            p++;
-            continue;
-        }
         if (c >= 0x80) {
             size_t ulen = utf8_len(p, (size_t)(end - p));
             if (ulen) {
@@ -511,17 +531,21 @@ static void one(val_t *v, const char *s, size_t n)
     v->p[v->n++] = (lp_str_t){s, n};
 }
 
+/* Seconds to the millisecond ("1.005"): a JSON number as it is. */
 static void secs(val_t *v, char *scratch, uint64_t ns)
 {
-    int n = snprintf(scratch, SCRATCH, "%llu.%03llu", (unsigned long long)(ns / 1000000000ull),
-                     (unsigned long long)(ns / 1000000ull % 1000ull));
-    one(v, scratch, (size_t)n);
+    size_t n = lp_u64_to_str(ns / 1000000000ull, 10, scratch);
+    unsigned ms = (unsigned)(ns / 1000000ull % 1000ull);
+    scratch[n++] = '.';
+    scratch[n++] = (char)('0' + ms / 100);
+    scratch[n++] = (char)('0' + ms / 10 % 10);
+    scratch[n++] = (char)('0' + ms % 10);
+    one(v, scratch, n);
 }
 
 static void u64(val_t *v, char *scratch, uint64_t x)
 {
-    int n = snprintf(scratch, SCRATCH, "%llu", (unsigned long long)x);
-    one(v, scratch, (size_t)n);
+    one(v, scratch, lp_u64_to_str(x, 10, scratch));
 }
 
 /* The $ssl_* variables: absent on a plain connection (nginx logs an empty string there). */
