@@ -7,6 +7,7 @@ code point of the same number (docs/access-log.md)."""
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -218,6 +219,49 @@ class AccessLogJsonDefaultTest(H.ProxyTestCase):
         self.assertIsNone(o["referer"])
         self.assertIsInstance(o["body_bytes_sent"], int)
         self.assertIsInstance(o["request_time"], (int, float))
+
+
+class AccessLogJsonReloadTest(H.ProxyTestCase):
+    """A reload switches between text and JSON lines: the log is reopened with the new
+    generation's template."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.a = cls.start_origin("a")
+        cls.proxy = cls.start_proxy({"app": H.upstream(cls.a.address())},
+                                    [{"match": {"prefix": "/"}, "upstream": "app"}], workers=2)
+
+    def reload(self):
+        n = self.proxy.log_count("live in")
+        self.proxy.write_config()
+        self.proxy.signal(signal.SIGHUP)
+        self.proxy.wait_log("live in", count=n + 1)
+
+    def lines(self, tag, n):
+        return H.wait_for(lambda: (lambda l: l if len(l) >= n else None)(
+            [l for l in self.proxy.access_lines() if tag in l]), H.T(10),
+            what="%d lines with %s" % (n, tag))
+
+    def test_text_to_json_and_back(self):
+        tag = "sw%d" % time.monotonic_ns()
+        for i in range(4):
+            self.assertEqual(H.get(self.proxy.port, "/headers?%s=text%d" % (tag, i)).status, 200)
+        self.lines(tag + "=text", 4)
+        self.proxy.cfg["log"]["json"] = {"status": "$status", "request": "$request"}
+        self.reload()
+        for i in range(4):
+            self.assertEqual(H.get(self.proxy.port, "/headers?%s=json%d" % (tag, i)).status, 200)
+        for l in self.lines(tag + "=json", 4):
+            o = json.loads(l)
+            self.assertEqual(o["status"], 200)
+            self.assertEqual(set(o), {"status", "request"})
+        for l in self.lines(tag + "=text", 4):
+            self.assertFalse(l.startswith("{"), l)
+        del self.proxy.cfg["log"]["json"]
+        self.reload()
+        self.assertEqual(H.get(self.proxy.port, "/headers?%s=again" % tag).status, 200)
+        self.assertFalse(self.lines(tag + "=again", 1)[0].startswith("{"))
+        self.assertAlive()
 
 
 class AccessLogJsonConfigTest(H.ProxyTestCase):
