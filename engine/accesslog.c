@@ -42,7 +42,7 @@ typedef enum {
 typedef enum {
     M_TEXT,      /* text line: "-" when absent or empty; other bytes as text_escape() says */
     M_JSON,      /* a JSON member's whole value: a number, a string, or null when absent */
-    M_JSON_PART, /* inside a JSON string (a template with more than one variable): escaped,
+    M_JSON_PART, /* inside a JSON string (any template but exactly one variable): escaped,
                     nothing when absent (as nginx's escape=json) */
 } emit_t;
 
