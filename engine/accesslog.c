@@ -6,7 +6,14 @@
 #include <time.h>
 #include <unistd.h>
 #include "accesslog.h"
+#include "log.h"
 #include "tls.h"
+
+/* The buffer a worker starts with (and shrinks back to after a longer line), and the
+ * longest line it grows for: a longer one is dropped with a warning rather than cut, which
+ * would break a JSON line. Lines are bounded by the request limits anyway. */
+#define LP_ACCESSLOG_BUF      (64 * 1024)
+#define LP_ACCESSLOG_LINE_MAX (16 * 1024 * 1024)
 
 typedef enum {
     V_LITERAL,
@@ -31,9 +38,19 @@ typedef enum {
     V_HTTP_HEADER, /* $http_<name> */
 } var_t;
 
+/* How a variable's value is written (op_t.mode). */
+typedef enum {
+    M_TEXT,      /* text line: "-" when absent or empty; other bytes as text_escape() says */
+    M_JSON,      /* a JSON member's whole value: a number, a string, or null when absent */
+    M_JSON_PART, /* inside a JSON string (any template but exactly one variable): escaped,
+                    nothing when absent (as nginx's escape=json) */
+} emit_t;
+
 typedef struct {
     var_t var;
-    char *text; /* literal text, or the header name for V_HTTP_HEADER (owned) */
+    emit_t mode;
+    char *text; /* literal bytes as written (JSON already escaped), or the header name for
+                   V_HTTP_HEADER (owned) */
     size_t len;
 } op_t;
 
@@ -62,95 +79,331 @@ static const struct {
     {"ssl_client_s_dn", V_SSL_CLIENT_S_DN},
 };
 
+/* Variables whose value is a JSON number when a member's value is just that variable. */
+static int is_number(var_t v)
+{
+    return v == V_STATUS || v == V_BODY_BYTES_SENT || v == V_REQUEST_TIME ||
+           v == V_UPSTREAM_RESPONSE_TIME;
+}
+
 struct lp_accesslog_s {
     int fd;
     int owns_fd;
     op_t *ops; /* owned */
     size_t nops;
-    char *buf; /* owned: lines waiting for the before-sleep flush */
+    /* Owned: whole lines waiting for the before-sleep flush, and the line being written.
+     * Only whole lines are written, so workers appending to one file never mix lines. */
+    char *buf;
     size_t len, cap;
     time_t cached_sec;
     char iso[32], local[32];
 };
 
-static void free_ops(op_t *ops, size_t n)
+/* ---------------------------------------------------------------------------- escaping */
+
+static const char hex_upper[] = "0123456789ABCDEF";
+static const char hex_lower[] = "0123456789abcdef";
+
+/* 1 for the bytes both escapers copy as they are: printable ASCII but '"' and '\\'. */
+static const unsigned char plain[256] = {
+    [0x20 ... 0x21] = 1,
+    [0x23 ... 0x5b] = 1,
+    [0x5d ... 0x7e] = 1,
+};
+
+/* The length of the run of plain bytes at the start of s[0..n). */
+static size_t plain_run(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n && plain[s[i]])
+        i++;
+    return i;
+}
+
+size_t lp__accesslog_text_escape(char *out, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    char *o = out;
+    while (p < end) {
+        size_t run = plain_run(p, (size_t)(end - p));
+        memcpy(o, p, run);
+        o += run;
+        p += run;
+        if (p == end)
+            break;
+        unsigned char c = *p++;
+        *o++ = '\\';
+        *o++ = 'x';
+        *o++ = hex_upper[c >> 4];
+        *o++ = hex_upper[c & 15];
+    }
+    return (size_t)(o - out);
+}
+
+/* The length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF), or 0 when s[0] does not start one. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0], lo = 0x80, hi = 0xbf;
+    size_t len;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0)
+            lo = 0xa0; /* overlong below */
+        else if (c == 0xed)
+            hi = 0x9f; /* U+D800-U+DFFF above */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0)
+            lo = 0x90; /* overlong below */
+        else if (c == 0xf4)
+            hi = 0x8f; /* beyond U+10FFFF above */
+    } else {
+        return 0; /* ASCII, a continuation byte, C0, C1 or F5-FF */
+    }
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    return len;
+}
+
+/* RFC 8259's two-character escapes (the character after the backslash); the other bytes
+ * below 0x20, and 0x7f, are written \u00xx. */
+static const char json_short[128] = {
+    ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n',  ['\r'] = 'r',
+    ['\t'] = 't', ['"'] = '"',  ['\\'] = '\\',
+};
+
+size_t lp__accesslog_json_escape(char *out, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    char *o = out;
+    while (p < end) {
+        size_t run = plain_run(p, (size_t)(end - p));
+        memcpy(o, p, run);
+        o += run;
+        p += run;
+        if (p == end)
+            break;
+        unsigned char c = *p;
+        if (c >= 0x80) {
+            size_t ulen = utf8_len(p, (size_t)(end - p));
+            if (ulen) {
+                memcpy(o, p, ulen);
+                o += ulen;
+                p += ulen;
+                continue;
+            }
+        }
+        /* A byte that is not (part of) a well-formed character is written as the code
+         * point of the same number, so the line stays valid JSON and shows the byte. */
+        *o++ = '\\';
+        if (c < 0x80 && json_short[c]) {
+            *o++ = json_short[c];
+        } else {
+            memcpy(o, "u00", 3);
+            o += 3;
+            *o++ = hex_lower[c >> 4];
+            *o++ = hex_lower[c & 15];
+        }
+        p++;
+    }
+    return (size_t)(o - out);
+}
+
+/* ---------------------------------------------------------------------------- templates */
+
+typedef struct {
+    op_t *ops; /* owned */
+    size_t n, cap;
+} prog_t;
+
+static void prog_free(op_t *ops, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         free(ops[i].text);
     free(ops);
 }
 
-static int compile(const char *f, op_t **out, size_t *nout, char *err, size_t errlen)
+static op_t *prog_add(prog_t *p)
 {
-    size_t cap = 16, n = 0;
-    op_t *ops = calloc(cap, sizeof(*ops));
-    if (!ops)
-        return -1;
-    const char *p = f;
-    while (*p) {
-        if (n + 1 >= cap) {
-            op_t *grown = realloc(ops, cap * 2 * sizeof(*ops));
-            if (!grown) {
-                free_ops(ops, n);
-                return -1;
-            }
-            ops = grown;
-            cap *= 2;
-        }
-        op_t *op = &ops[n];
-        memset(op, 0, sizeof(*op));
-        if (*p == '$') {
-            const char *s = ++p;
-            while (isalnum((unsigned char)*p) || *p == '_')
-                p++;
-            size_t len = (size_t)(p - s);
-            int found = 0;
-            if (len > 5 && strncmp(s, "http_", 5) == 0) {
-                op->var = V_HTTP_HEADER;
-                op->len = len - 5;
-                op->text = strndup(s + 5, op->len);
-                for (size_t i = 0; i < op->len; i++)
-                    if (op->text[i] == '_')
-                        op->text[i] = '-';
-                found = 1;
-            }
-            for (size_t i = 0; !found && i < LP_ARRAY_LEN(vars); i++) {
-                if (strlen(vars[i].name) == len && strncmp(vars[i].name, s, len) == 0) {
-                    op->var = vars[i].var;
-                    found = 1;
-                }
-            }
-            if (!found) {
-                snprintf(err, errlen, "log.format: unknown variable $%.*s", (int)len, s);
-                free_ops(ops, n);
-                return -1;
-            }
-        } else {
-            const char *s = p;
-            while (*p && *p != '$')
-                p++;
-            op->var = V_LITERAL;
-            op->len = (size_t)(p - s);
-            op->text = strndup(s, op->len);
-        }
-        n++;
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 16;
+        op_t *grown = realloc(p->ops, cap * sizeof(*grown));
+        if (!grown)
+            return NULL;
+        p->ops = grown;
+        p->cap = cap;
     }
-    *out = ops;
-    *nout = n;
+    op_t *op = &p->ops[p->n++];
+    memset(op, 0, sizeof(*op));
+    return op;
+}
+
+/* Literal bytes, escaped for a JSON string when `json`; joined to a literal before them. */
+static int prog_literal(prog_t *p, const char *s, size_t n, int json)
+{
+    if (!n)
+        return 0;
+    char *tmp = NULL;
+    if (json) {
+        if (!(tmp = malloc(n * 6)))
+            return LP_ENOMEM;
+        n = lp__accesslog_json_escape(tmp, s, n);
+        s = tmp;
+    }
+    op_t *last = p->n ? &p->ops[p->n - 1] : NULL;
+    int rc = 0;
+    if (last && last->var == V_LITERAL) {
+        char *t = realloc(last->text, last->len + n);
+        if (t) {
+            memcpy(t + last->len, s, n);
+            last->text = t;
+            last->len += n;
+        } else {
+            rc = LP_ENOMEM;
+        }
+    } else {
+        op_t *op = prog_add(p);
+        if (op && (op->text = malloc(n))) {
+            memcpy(op->text, s, n);
+            op->len = n;
+        } else {
+            if (op)
+                p->n--;
+            rc = LP_ENOMEM;
+        }
+    }
+    free(tmp);
+    return rc;
+}
+
+/* The variable whose name starts at *pp (after the '$'); *pp moves past the name. */
+static int parse_var(const char **pp, op_t *op, const char *where, char *err, size_t errlen)
+{
+    const char *s = *pp, *p = s;
+    while (isalnum((unsigned char)*p) || *p == '_')
+        p++;
+    *pp = p;
+    size_t len = (size_t)(p - s);
+    if (len > 5 && strncmp(s, "http_", 5) == 0) {
+        op->var = V_HTTP_HEADER;
+        op->len = len - 5;
+        if (!(op->text = strndup(s + 5, op->len)))
+            return LP_ENOMEM;
+        for (size_t i = 0; i < op->len; i++)
+            if (op->text[i] == '_')
+                op->text[i] = '-';
+        return 0;
+    }
+    for (size_t i = 0; i < LP_ARRAY_LEN(vars); i++) {
+        if (strlen(vars[i].name) == len && strncmp(vars[i].name, s, len) == 0) {
+            op->var = vars[i].var;
+            return 0;
+        }
+    }
+    snprintf(err, errlen, "%s: unknown variable $%.*s", where, (int)len, s);
+    return LP_ECONFIG;
+}
+
+/* Template `t` into ops: variables written in `mode`, literals escaped when `json`. */
+static int prog_template(prog_t *p, const char *t, emit_t mode, int json, const char *where,
+                         char *err, size_t errlen)
+{
+    while (*t) {
+        int rc;
+        if (*t == '$') {
+            t++;
+            op_t *op = prog_add(p);
+            if (!op)
+                return LP_ENOMEM;
+            op->mode = mode;
+            rc = parse_var(&t, op, where, err, errlen);
+        } else {
+            const char *s = t;
+            while (*t && *t != '$')
+                t++;
+            rc = prog_literal(p, s, (size_t)(t - s), json);
+        }
+        if (rc)
+            return rc;
+    }
     return 0;
 }
 
-int lp_accesslog_check_format(const char *format, char *err, size_t errlen)
+/* One member: `"name":` then a number, a string or null when the value is one variable,
+ * otherwise a string of the template's text with the variables' values in it. */
+static int prog_member(prog_t *p, const lp_log_field_t *m, int first, char *err, size_t errlen)
+{
+    char where[128];
+    snprintf(where, sizeof(where), "log.json.%s", m->name);
+    int rc = prog_literal(p, first ? "{\"" : ",\"", 2, 0);
+    if (!rc)
+        rc = prog_literal(p, m->name, strlen(m->name), 1);
+    if (!rc)
+        rc = prog_literal(p, "\":", 2, 0);
+    const char *v = m->value, *end = v;
+    if (!rc && v[0] == '$') {
+        end++;
+        while (isalnum((unsigned char)*end) || *end == '_')
+            end++;
+    }
+    if (rc)
+        return rc;
+    if (end > v && !*end)
+        return prog_template(p, v, M_JSON, 1, where, err, errlen);
+    rc = prog_literal(p, "\"", 1, 0);
+    if (!rc)
+        rc = prog_template(p, v, M_JSON_PART, 1, where, err, errlen);
+    if (!rc)
+        rc = prog_literal(p, "\"", 1, 0);
+    return rc;
+}
+
+static int compile(const lp_log_format_t *f, op_t **out, size_t *nout, char *err, size_t errlen)
+{
+    prog_t p = {0};
+    int rc = 0;
+    if (f->json) {
+        for (size_t i = 0; i < f->njson && !rc; i++)
+            rc = prog_member(&p, &f->json[i], i == 0, err, errlen);
+        if (!rc)
+            rc = prog_literal(&p, f->njson ? "}" : "{}", f->njson ? 1 : 2, 0);
+    } else {
+        rc = prog_template(&p, f->text ? f->text : "", M_TEXT, 0, "log.format", err, errlen);
+    }
+    if (!rc)
+        rc = prog_literal(&p, "\n", 1, 0);
+    if (rc) {
+        if (rc == LP_ENOMEM)
+            snprintf(err, errlen, "access log: out of memory");
+        prog_free(p.ops, p.n);
+        return rc;
+    }
+    *out = p.ops;
+    *nout = p.n;
+    return 0;
+}
+
+int lp_accesslog_check_format(const lp_log_format_t *format, char *err, size_t errlen)
 {
     op_t *ops;
     size_t n;
-    if (compile(format, &ops, &n, err, errlen))
-        return LP_ECONFIG;
-    free_ops(ops, n);
+    int rc = compile(format, &ops, &n, err, errlen);
+    if (rc)
+        return rc;
+    prog_free(ops, n);
     return 0;
 }
 
-lp_accesslog_t *lp_accesslog_open(const char *path, const char *format, char *err, size_t errlen)
+/* ---------------------------------------------------------------------------- the file */
+
+lp_accesslog_t *lp_accesslog_open(const char *path, const lp_log_format_t *format, char *err,
+                                  size_t errlen)
 {
     if (!path)
         return NULL;
@@ -167,13 +420,13 @@ lp_accesslog_t *lp_accesslog_open(const char *path, const char *format, char *er
         log->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
         if (log->fd < 0) {
             snprintf(err, errlen, "access log %s: %s", path, strerror(errno));
-            free_ops(log->ops, log->nops);
+            prog_free(log->ops, log->nops);
             free(log);
             return NULL;
         }
         log->owns_fd = 1;
     }
-    log->cap = 64 * 1024;
+    log->cap = LP_ACCESSLOG_BUF;
     log->buf = malloc(log->cap);
     if (!log->buf) {
         lp_accesslog_close(log);
@@ -189,71 +442,68 @@ void lp_accesslog_close(lp_accesslog_t *log)
     lp_accesslog_flush(log);
     if (log->owns_fd)
         close(log->fd);
-    free_ops(log->ops, log->nops);
+    prog_free(log->ops, log->nops);
     free(log->buf);
     free(log);
 }
 
-void lp_accesslog_flush(lp_accesslog_t *log)
+/* Writes the first n buffered bytes (whole lines) and keeps the rest. */
+static void write_out(lp_accesslog_t *log, size_t n)
 {
-    if (!log || !log->len)
-        return;
     size_t off = 0;
-    while (off < log->len) {
-        ssize_t w = write(log->fd, log->buf + off, log->len - off);
+    while (off < n) {
+        ssize_t w = write(log->fd, log->buf + off, n - off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
             break; /* a log that cannot be written must not stop the proxy */
         off += (size_t)w;
     }
-    log->len = 0;
+    memmove(log->buf, log->buf + n, log->len - n);
+    log->len -= n;
 }
 
-static void put(lp_accesslog_t *log, const char *s, size_t n)
+void lp_accesslog_flush(lp_accesslog_t *log)
 {
-    if (log->len + n > log->cap) {
-        lp_accesslog_flush(log);
-        if (n > log->cap)
-            n = log->cap;
-    }
-    memcpy(log->buf + log->len, s, n);
-    log->len += n;
-}
-
-/* Bytes that could forge log lines (control characters, quotes) are escaped. */
-static void put_escaped(lp_accesslog_t *log, const char *s, size_t n)
-{
-    if (!s || !n) {
-        put(log, "-", 1);
+    if (!log || !log->len)
         return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == '"' || c == '\\' || c >= 0x7f) {
-            char esc[5];
-            snprintf(esc, sizeof(esc), "\\x%02X", c);
-            put(log, esc, 4);
-        } else {
-            put(log, (const char *)&c, 1);
+    write_out(log, log->len);
+    if (log->cap > LP_ACCESSLOG_BUF) {
+        char *smaller = realloc(log->buf, LP_ACCESSLOG_BUF);
+        if (smaller) {
+            log->buf = smaller;
+            log->cap = LP_ACCESSLOG_BUF;
         }
     }
 }
 
-static void put_u64(lp_accesslog_t *log, uint64_t v)
+/* Room for n more bytes of the line that starts at *line: writes the whole lines before
+ * it, then grows the buffer. -1 when the line would pass LP_ACCESSLOG_LINE_MAX or memory
+ * ran out. */
+static int reserve(lp_accesslog_t *log, size_t *line, size_t n)
 {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
-    put(log, tmp, (size_t)n);
+    if (log->len + n <= log->cap)
+        return 0;
+    if (*line) {
+        write_out(log, *line);
+        *line = 0;
+        if (log->len + n <= log->cap)
+            return 0;
+    }
+    if (log->len + n > LP_ACCESSLOG_LINE_MAX)
+        return -1;
+    size_t cap = log->cap * 2;
+    while (cap < log->len + n)
+        cap *= 2;
+    char *grown = realloc(log->buf, cap);
+    if (!grown)
+        return -1;
+    log->buf = grown;
+    log->cap = cap;
+    return 0;
 }
 
-static void put_secs(lp_accesslog_t *log, uint64_t ns)
-{
-    char tmp[32];
-    int n = snprintf(tmp, sizeof(tmp), "%llu.%03llu", (unsigned long long)(ns / 1000000000ull),
-                     (unsigned long long)(ns / 1000000ull % 1000ull));
-    put(log, tmp, (size_t)n);
-}
+/* ---------------------------------------------------------------------------- one line */
 
 static void refresh_time(lp_accesslog_t *log)
 {
@@ -267,8 +517,39 @@ static void refresh_time(lp_accesslog_t *log)
     strftime(log->local, sizeof(log->local), "%d/%b/%Y:%H:%M:%S +0000", &tm);
 }
 
-/* The $ssl_* variables, "-" on a plain connection (nginx logs an empty string there). */
-static void put_tls(lp_accesslog_t *log, const lp_req_t *req, int var)
+/* A variable's value, in up to four pieces ($request); n 0 when absent. */
+typedef struct {
+    lp_str_t p[4];
+    unsigned n;
+} val_t;
+
+/* Room for value(): numbers and the longest TLS fact (a certificate subject). */
+#define SCRATCH 512
+
+static void one(val_t *v, const char *s, size_t n)
+{
+    v->p[v->n++] = (lp_str_t){s, n};
+}
+
+/* Seconds to the millisecond ("1.005"): a JSON number as it is. */
+static void secs(val_t *v, char *scratch, uint64_t ns)
+{
+    size_t n = lp_u64_to_str(ns / 1000000000ull, 10, scratch);
+    unsigned ms = (unsigned)(ns / 1000000ull % 1000ull);
+    scratch[n++] = '.';
+    scratch[n++] = (char)('0' + ms / 100);
+    scratch[n++] = (char)('0' + ms / 10 % 10);
+    scratch[n++] = (char)('0' + ms % 10);
+    one(v, scratch, n);
+}
+
+static void u64(val_t *v, char *scratch, uint64_t x)
+{
+    one(v, scratch, lp_u64_to_str(x, 10, scratch));
+}
+
+/* The $ssl_* variables: absent on a plain connection (nginx logs an empty string there). */
+static void tls_value(val_t *v, const lp_req_t *req, var_t var, char *scratch)
 {
     static const int facts[] = {
         [V_SSL_PROTOCOL] = LP_TLS_F_PROTOCOL,
@@ -277,98 +558,149 @@ static void put_tls(lp_accesslog_t *log, const lp_req_t *req, int var)
         [V_SSL_SESSION_REUSED] = LP_TLS_F_RESUMED,
         [V_SSL_CLIENT_S_DN] = LP_TLS_F_CLIENT_SUBJECT,
     };
-    char subject[512];
     size_t n = 0;
-    const char *v = req->conn->ep.tls
-                        ? lp_tls_fact(req->conn->ep.tls, facts[var], subject, sizeof(subject), &n)
-                        : NULL;
-    if (v && var == V_SSL_SESSION_REUSED)
-        v = v[0] == '1' ? "r" : ".", n = 1; /* nginx's spelling */
-    if (v)
-        put_escaped(log, v, n);
-    else
-        put(log, "-", 1);
+    const char *s =
+        req->conn->ep.tls ? lp_tls_fact(req->conn->ep.tls, facts[var], scratch, SCRATCH, &n) : NULL;
+    if (s && var == V_SSL_SESSION_REUSED)
+        s = s[0] == '1' ? "r" : ".", n = 1; /* nginx's spelling */
+    if (s)
+        one(v, s, n);
+}
+
+static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint64_t now,
+                  char *scratch, val_t *v)
+{
+    const lp_h1_t *h = &req->h1;
+    v->n = 0;
+    switch (op->var) {
+    case V_LITERAL:
+        break;
+    case V_REMOTE_ADDR:
+        one(v, req->conn->client_ip, strlen(req->conn->client_ip));
+        break;
+    case V_TIME_ISO8601:
+        refresh_time(log);
+        one(v, log->iso, strlen(log->iso));
+        break;
+    case V_TIME_LOCAL:
+        refresh_time(log);
+        one(v, log->local, strlen(log->local));
+        break;
+    case V_REQUEST: {
+        /* A head refused before it parsed has no method (req->method is 0, llhttp's
+         * DELETE) and maybe no version: no request line to show. */
+        if (!h->url.len || !(req->flags & LP_RF_PARSED))
+            break;
+        const char *m = llhttp_method_name(req->method);
+        one(v, m, strlen(m));
+        one(v, " ", 1);
+        one(v, h->url.base, h->url.len);
+        one(v, req->minor ? " HTTP/1.1" : " HTTP/1.0", 9);
+        break;
+    }
+    case V_METHOD: {
+        if (!(req->flags & LP_RF_PARSED))
+            break;
+        const char *m = llhttp_method_name(req->method);
+        one(v, m, strlen(m));
+        break;
+    }
+    case V_URI:
+        if (h->path.base)
+            one(v, h->path.base, h->path.len);
+        break;
+    case V_STATUS:
+        u64(v, scratch, (uint64_t)req->status);
+        break;
+    case V_BODY_BYTES_SENT:
+        u64(v, scratch, req->resp_body_out);
+        break;
+    case V_UPSTREAM_ADDR:
+        if (req->upstream && req->target >= 0)
+            one(v, req->target_addr, strlen(req->target_addr));
+        break;
+    case V_REQUEST_TIME:
+        secs(v, scratch, now - req->t_start);
+        break;
+    case V_UPSTREAM_RESPONSE_TIME:
+        if (req->t_upstream && req->t_upstream_head)
+            secs(v, scratch, now - req->t_upstream);
+        break;
+    case V_HOST:
+        if (h->host.base)
+            one(v, h->host.base, h->host.len);
+        break;
+    case V_SCHEME:
+        if (req->conn->ep.tls)
+            one(v, "https", 5);
+        else
+            one(v, "http", 4);
+        break;
+    case V_SSL_PROTOCOL:
+    case V_SSL_CIPHER:
+    case V_SSL_SERVER_NAME:
+    case V_SSL_SESSION_REUSED:
+    case V_SSL_CLIENT_S_DN:
+        tls_value(v, req, op->var, scratch);
+        break;
+    case V_HTTP_HEADER: {
+        const lp_header_t *hd = lp_h1_find(h, op->text, op->len);
+        if (hd)
+            one(v, hd->value.base ? hd->value.base : "", hd->value.len);
+        break;
+    }
+    }
 }
 
 void lp_accesslog_write(lp_accesslog_t *log, const lp_req_t *req)
 {
     if (!log)
         return;
-    const lp_h1_t *h = &req->h1;
     uint64_t now = uv_hrtime();
+    size_t line = log->len;
+    char scratch[SCRATCH];
     for (size_t i = 0; i < log->nops; i++) {
         const op_t *op = &log->ops[i];
-        switch (op->var) {
-        case V_LITERAL:
-            put(log, op->text, op->len);
-            break;
-        case V_REMOTE_ADDR:
-            put(log, req->conn->client_ip, strlen(req->conn->client_ip));
-            break;
-        case V_TIME_ISO8601:
-            refresh_time(log);
-            put(log, log->iso, strlen(log->iso));
-            break;
-        case V_TIME_LOCAL:
-            refresh_time(log);
-            put(log, log->local, strlen(log->local));
-            break;
-        case V_REQUEST:
-            if (!h->url.len) {
-                put(log, "-", 1);
-                break;
-            }
-            put(log, llhttp_method_name(req->method), strlen(llhttp_method_name(req->method)));
-            put(log, " ", 1);
-            put_escaped(log, h->url.base, h->url.len);
-            put(log, req->minor ? " HTTP/1.1" : " HTTP/1.0", 9);
-            break;
-        case V_METHOD:
-            put(log, llhttp_method_name(req->method), strlen(llhttp_method_name(req->method)));
-            break;
-        case V_URI:
-            put_escaped(log, h->path.base, h->path.len);
-            break;
-        case V_STATUS:
-            put_u64(log, (uint64_t)req->status);
-            break;
-        case V_BODY_BYTES_SENT:
-            put_u64(log, req->resp_body_out);
-            break;
-        case V_UPSTREAM_ADDR:
-            if (req->upstream && req->target >= 0)
-                put_escaped(log, req->target_addr, strlen(req->target_addr));
-            else
-                put(log, "-", 1);
-            break;
-        case V_REQUEST_TIME:
-            put_secs(log, now - req->t_start);
-            break;
-        case V_UPSTREAM_RESPONSE_TIME:
-            if (req->t_upstream && req->t_upstream_head)
-                put_secs(log, now - req->t_upstream);
-            else
-                put(log, "-", 1);
-            break;
-        case V_HOST:
-            put_escaped(log, h->host.base, h->host.len);
-            break;
-        case V_SCHEME:
-            put(log, req->conn->ep.tls ? "https" : "http", req->conn->ep.tls ? 5 : 4);
-            break;
-        case V_SSL_PROTOCOL:
-        case V_SSL_CIPHER:
-        case V_SSL_SERVER_NAME:
-        case V_SSL_SESSION_REUSED:
-        case V_SSL_CLIENT_S_DN:
-            put_tls(log, req, op->var);
-            break;
-        case V_HTTP_HEADER: {
-            const lp_header_t *hd = lp_h1_find(h, op->text, op->len);
-            put_escaped(log, hd ? hd->value.base : NULL, hd ? hd->value.len : 0);
-            break;
+        if (op->var == V_LITERAL) {
+            if (reserve(log, &line, op->len))
+                goto drop;
+            memcpy(log->buf + log->len, op->text, op->len);
+            log->len += op->len;
+            continue;
         }
+        val_t v;
+        value(log, req, op, now, scratch, &v);
+        size_t total = 0;
+        for (unsigned k = 0; k < v.n; k++)
+            total += v.p[k].len;
+        /* Room for the worst case: every byte escaped, plus quotes or "null". */
+        if (reserve(log, &line, total * (op->mode == M_TEXT ? 4 : 6) + 4))
+            goto drop;
+        char *o = log->buf + log->len;
+        if (op->mode == M_TEXT) {
+            if (!total)
+                *o++ = '-';
+            for (unsigned k = 0; k < v.n; k++)
+                o += lp__accesslog_text_escape(o, v.p[k].base, v.p[k].len);
+        } else if (op->mode == M_JSON && !v.n) {
+            memcpy(o, "null", 4);
+            o += 4;
+        } else if (op->mode == M_JSON && is_number(op->var)) {
+            memcpy(o, v.p[0].base, v.p[0].len); /* digits from u64() or secs() */
+            o += v.p[0].len;
+        } else {
+            if (op->mode == M_JSON)
+                *o++ = '"';
+            for (unsigned k = 0; k < v.n; k++)
+                o += lp__accesslog_json_escape(o, v.p[k].base, v.p[k].len);
+            if (op->mode == M_JSON)
+                *o++ = '"';
         }
+        log->len = (size_t)(o - log->buf);
     }
-    put(log, "\n", 1);
+    return;
+drop:
+    log->len = line;
+    lp_log_warn("access log: a line longer than %d MiB was dropped",
+                LP_ACCESSLOG_LINE_MAX / (1024 * 1024));
 }

@@ -572,6 +572,41 @@ static int read_routes(rctx_t *r)
     return rc;
 }
 
+static int field_cmp(const void *a, const void *b)
+{
+    return strcmp(((const lp_log_field_t *)a)->name, ((const lp_log_field_t *)b)->name);
+}
+
+/* log.json (a map of member names to templates, validated) into members sorted by name:
+ * a Lua table has no order of its own, and a fixed one keeps lines comparable. */
+static void read_log_json(rctx_t *r, lp_log_format_t *f)
+{
+    lua_State *L = r->L;
+    if (!push_table(L, "json"))
+        return;
+    size_t n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        n++;
+    }
+    if (!(f->json = calloc(n ? n : 1, sizeof(*f->json)))) {
+        r->oom = 1;
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lp_log_field_t *m = &f->json[f->njson++];
+        m->name = dup_str(r, lua_tostring(L, -2));
+        m->value = dup_str(r, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (!r->oom)
+        qsort(f->json, f->njson, sizeof(*f->json), field_cmp);
+}
+
 static void read_log(rctx_t *r)
 {
     lua_State *L = r->L;
@@ -580,8 +615,9 @@ static void read_log(rctx_t *r)
     lua_getfield(L, -1, "access");
     c->access_log = lua_type(L, -1) == LUA_TSTRING ? dup_str(r, lua_tostring(L, -1)) : NULL;
     lua_pop(L, 1);
-    if (!(c->access_format = get_str(r, "format")))
-        c->access_format = dup_str(r, LP_ACCESS_FORMAT_DEFAULT);
+    if (!(c->access_format.text = get_str(r, "format")))
+        c->access_format.text = dup_str(r, LP_ACCESS_FORMAT_DEFAULT);
+    read_log_json(r, &c->access_format);
     char *level = get_str(r, "level");
     c->log_level = LP_LOG_INFO;
     if (level)
@@ -864,7 +900,12 @@ void lp_config_free(lp_config_t *c)
     }
     free(c->routes);
     free(c->access_log);
-    free(c->access_format);
+    free(c->access_format.text);
+    for (size_t i = 0; i < c->access_format.njson; i++) {
+        free(c->access_format.json[i].name);
+        free(c->access_format.json[i].value);
+    }
+    free(c->access_format.json);
     free(c->admin.text);
     free(c->pid_file);
     for (size_t i = 0; i < c->nfiles; i++)

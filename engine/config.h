@@ -119,6 +119,19 @@ typedef struct {
     unsigned max_connections; /* client connections per worker (0: unlimited) */
 } lp_limits_t;
 
+/* One member of a JSON access log line: its name and the template of its value. */
+typedef struct {
+    char *name;  /* owned */
+    char *value; /* owned: a template of the access log variables */
+} lp_log_field_t;
+
+/* What an access log line looks like: the text template, or one JSON object per line. */
+typedef struct {
+    char *text;           /* owned: log.format (LP_ACCESS_FORMAT_DEFAULT when not set) */
+    lp_log_field_t *json; /* owned array of njson, in member order (by name); NULL: text */
+    size_t njson;
+} lp_log_format_t;
+
 typedef struct {
     char *path; /* the config file (owned) */
     unsigned workers;
@@ -130,8 +143,8 @@ typedef struct {
     size_t nroutes;
     lp_timeouts_t timeouts;
     lp_limits_t limits;
-    char *access_log;    /* owned; NULL: off; "-": stdout */
-    char *access_format; /* owned; the access log template */
+    char *access_log;              /* owned; NULL: off; "-": stdout */
+    lp_log_format_t access_format; /* log.format or log.json */
     lp_log_level_t log_level;
     lp_addr_t admin; /* admin API address; admin.text NULL when off */
     char *pid_file;  /* owned, NULL when none */

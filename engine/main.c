@@ -152,7 +152,7 @@ int main(int argc, char **argv)
         return 1;
     }
     char ferr[512];
-    if (lp_accesslog_check_format(cfg->access_format, ferr, sizeof(ferr))) {
+    if (lp_accesslog_check_format(&cfg->access_format, ferr, sizeof(ferr))) {
         fprintf(stderr, "%s: %s\n", path, ferr);
         lp_config_free(cfg);
         return 1;

@@ -505,7 +505,7 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, lp_c
     const char *path = cfg->path;
     int rc = 0;
     char ferr[512];
-    if (lp_accesslog_check_format(cfg->access_format, ferr, sizeof(ferr))) {
+    if (lp_accesslog_check_format(&cfg->access_format, ferr, sizeof(ferr))) {
         snprintf(err, errlen, "%s: %s", path, ferr);
         lp_config_free(cfg);
         return LP_ECONFIG;
@@ -551,7 +551,7 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, lp_c
     for (unsigned k = 0; k < n && !rc && cfg->access_log; k++) {
         ferr[0] = 0;
         if (!(sw[k].access =
-                  lp_accesslog_open(cfg->access_log, cfg->access_format, ferr, sizeof(ferr)))) {
+                  lp_accesslog_open(cfg->access_log, &cfg->access_format, ferr, sizeof(ferr)))) {
             snprintf(err, errlen, "%s: %s", path, ferr[0] ? ferr : "access log: out of memory");
             rc = LP_ECONFIG;
         }
@@ -644,7 +644,7 @@ int lp_workers_check(const lp_config_t *cfg, char *err, size_t errlen)
     if (cfg->access_log) {
         char ferr[512];
         lp_accesslog_t *probe =
-            lp_accesslog_open(cfg->access_log, cfg->access_format, ferr, sizeof(ferr));
+            lp_accesslog_open(cfg->access_log, &cfg->access_format, ferr, sizeof(ferr));
         if (!probe) {
             snprintf(err, errlen, "%s: %s", cfg->path, ferr);
             return LP_ECONFIG;
@@ -732,7 +732,7 @@ int lp_workers_reopen_logs(lp_worker_t *ws, unsigned n, char *err, size_t errlen
         return LP_ENOMEM;
     int rc = 0;
     for (unsigned i = 0; i < n && !rc; i++)
-        if (!(sw[i].access = lp_accesslog_open(cfg->access_log, cfg->access_format, err, errlen)))
+        if (!(sw[i].access = lp_accesslog_open(cfg->access_log, &cfg->access_format, err, errlen)))
             rc = LP_EIO;
     for (unsigned i = 0; i < n && !rc; i++) {
         sw[i].op = SW_REOPEN;

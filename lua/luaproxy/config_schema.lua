@@ -29,6 +29,20 @@ end
 
 local STATUS = { type = "integer", min = 100, max = 599 }
 
+-- `log.json = true`: the default text format's variables, and a few more, as members.
+local JSON_LOG_DEFAULT = {
+  time = "$time_iso8601", remote_addr = "$remote_addr", request = "$request",
+  method = "$request_method", uri = "$uri", host = "$host", scheme = "$scheme",
+  status = "$status", body_bytes_sent = "$body_bytes_sent", referer = "$http_referer",
+  user_agent = "$http_user_agent", upstream_addr = "$upstream_addr",
+  request_time = "$request_time", upstream_response_time = "$upstream_response_time",
+}
+local function json_log_default()
+  local t = {}
+  for k, v in pairs(JSON_LOG_DEFAULT) do t[k] = v end
+  return t
+end
+
 local function statuses(desc, doc_default, default)
   return { type = "array", elements = STATUS, description = desc, doc_default = doc_default,
            default = default }
@@ -403,7 +417,13 @@ local S = {
     },
     log = {
       type = "record", default = {}, description = "the access log and the error log",
-      doc_order = { "access", "format", "level" },
+      doc_order = { "access", "format", "json", "level" },
+      custom = function(v)
+        if v.format ~= nil and v.json ~= nil then
+          return nil, "set format (text lines) or json (JSON lines), not both", "json"
+        end
+        return true
+      end,
       fields = {
         access = {
           type = "any", default = "-", doc_default = '`"-"` (stdout)',
@@ -413,7 +433,31 @@ local S = {
           end,
           description = 'access log path, `"-"`, or `false`',
         },
-        format = { type = "string", doc_default = "see below", description = "access log template" },
+        format = { type = "string", doc_default = "see below",
+                   description = "access log template (text lines; see docs/access-log.md)" },
+        json = {
+          type = "map", keys = { type = "string", min = 1 }, values = { type = "string" },
+          doc_default = "off",
+          coerce = function(v)
+            if v == true then return json_log_default() end
+            if v == false then return nil end
+            return v
+          end,
+          custom = function(v)
+            if next(v) == nil then return nil, "expected at least one member" end
+            for k, t in pairs(v) do
+              -- The engine reads C strings: a NUL would cut the name or the template short.
+              if k:find("\0", 1, true) or t:find("\0", 1, true) then
+                return nil, "a NUL byte cannot be logged from the config", k
+              end
+            end
+            return true
+          end,
+          description = "access log as one JSON object per line instead of `format`: "
+            .. '`{ member = "template", ... }` (members in name order; a value that is one '
+            .. "variable is a number, a string or null, any other template a string), or "
+            .. "`true` for the default members; see docs/access-log.md",
+        },
         level = { type = "string", default = "info",
                   one_of = { "error", "warn", "notice", "info", "debug" },
                   description = "error log level: error, warn, notice, info, debug (the error "

@@ -56,6 +56,13 @@ describe("luaproxy.config_schema", function()
       { { listen = { { address = ":1", tls = { cert = "c", key = "k", verify_client = "optional" } } } },
         "listen[1].tls.verify_client: needs client_ca" },
       { { upstreams = 5 }, "upstreams: expected a map, got number" },
+      { { log = { format = "$status", json = true } },
+        "log.json: set format (text lines) or json (JSON lines), not both" },
+      { { log = { json = {} } }, "log.json: expected at least one member" },
+      { { log = { json = { status = 200 } } }, "log.json.status: expected a string, got number" },
+      { { log = { json = { [""] = "$status" } } }, "log.json.: length 0 is below the minimum 1" },
+      { { log = { json = "$status" } }, "log.json: expected a map, got string" },
+      { { log = { json = { s = "a\0b" } } }, "log.json.s: a NUL byte cannot be logged from the config" },
     }
     for _, case in ipairs(cases) do
       local ok, err = config.check(base(case[1]))
@@ -63,6 +70,19 @@ describe("luaproxy.config_schema", function()
       assert.equal(case[2], err)
     end
     assert.equal("(top): the file must return a table, got number", select(2, config.check(5)))
+  end)
+
+  it("takes log.json as a map of templates, true for the default members, false for off", function()
+    local c = assert(config.check(base({ log = { json = { s = "$status", ua = "$http_user_agent" } } })))
+    assert.same({ s = "$status", ua = "$http_user_agent" }, c.log.json)
+    assert.is_nil(c.log.format)
+    c = assert(config.check(base({ log = { json = true } })))
+    assert.equal("$status", c.log.json.status)
+    assert.equal("$time_iso8601", c.log.json.time)
+    assert.equal("$http_user_agent", c.log.json.user_agent)
+    c = assert(config.check(base({ log = { json = false, format = "$status" } })))
+    assert.is_nil(c.log.json)
+    assert.equal("$status", c.log.format)
   end)
 
   it("turns http:// and https:// targets into host:port", function()

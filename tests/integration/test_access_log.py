@@ -92,6 +92,27 @@ class AccessLogTest(H.ProxyTestCase):
         lines = [l for l in self.proxy.access_lines() if tag in l]
         self.assertEqual(len(lines), 15, lines)
 
+    def test_text_escaping(self):
+        """Text lines escape what could forge or garble a line (control bytes, quotes,
+        backslashes, bytes 0x7f and above) as \\xXX, as nginx does."""
+        tag = "esc%d" % time.monotonic_ns()
+        r, _, _ = H.raw_exchange(self.proxy.port, (
+            b"GET /" + tag.encode() + b"/q\"u\\o\xc3\xa9\xff HTTP/1.1\r\nHost: a.test\r\n"
+            b"User-Agent: ua \"x\" \t\\ \xfe\r\nConnection: close\r\n\r\n"))
+        self.assertIsNotNone(r)
+        line = self.wait_line(tag)
+        self.assertIn('"GET /%s/q\\x22u\\x5Co\\xC3\\xA9\\xFF HTTP/1.1"' % tag, line)
+        self.assertIn('"ua \\x22x\\x22 \\x09\\x5C \\xFE"', line)
+
+    def test_refused_head_has_no_request_line(self):
+        tag = "refused%d" % time.monotonic_ns()
+        r, _, _ = H.raw_exchange(self.proxy.port, (
+            b"GET /" + tag.encode() + b"\x01 HTTP/1.1\r\nHost: a.test\r\n\r\n"))
+        self.assertEqual(r.status, 400)
+        H.wait_for(lambda: [l for l in self.proxy.access_lines() if '"-" 400 ' in l],
+                   H.T(10), what="a 400 line without a request line")
+        self.assertFalse([l for l in self.proxy.access_lines() if "DELETE" in l])
+
     def test_zz_alive(self):
         self.assertAlive()
 

@@ -6,6 +6,7 @@
 #include "lp_test.h"
 #include "common.h"
 #include "config.h"
+#include "accesslog.h"
 
 /* A config file in /tmp holding `text`; the path is written into `path` (>= 32 bytes). */
 static int write_temp(char *path, const char *text)
@@ -128,7 +129,7 @@ static void test_full_config(void)
     CHECK_EQ_INT(c->limits.max_headers, 50);
 
     CHECK_STR(c->access_log, "/var/log/lp/access.log");
-    CHECK_STR(c->access_format, "$status $uri");
+    CHECK_STR(c->access_format.text, "$status $uri");
     CHECK_EQ_INT(c->log_level, LP_LOG_DEBUG);
     lp_config_free(c);
 }
@@ -165,7 +166,7 @@ static void test_defaults(void)
     CHECK_EQ_INT(c->upstreams[0].targets[0].weight, 1);
 
     CHECK_STR(c->access_log, "-");
-    CHECK_STR(c->access_format, LP_ACCESS_FORMAT_DEFAULT);
+    CHECK_STR(c->access_format.text, LP_ACCESS_FORMAT_DEFAULT);
     CHECK_EQ_INT(c->log_level, LP_LOG_INFO);
     lp_config_free(c);
 }
@@ -179,13 +180,49 @@ static void test_access_log_off(void)
         fprintf(stderr, "  %s\n", err);
     REQUIRE(c != NULL);
     CHECK(c->access_log == NULL);
-    CHECK_STR(c->access_format, LP_ACCESS_FORMAT_DEFAULT);
+    CHECK_STR(c->access_format.text, LP_ACCESS_FORMAT_DEFAULT);
     lp_config_free(c);
 
     rc = load_text(MINIMAL("  log = { access = '-' },\n"), &c, path, err, sizeof(err));
     CHECK_EQ_INT(rc, 0);
     REQUIRE(c != NULL);
     CHECK_STR(c->access_log, "-");
+    lp_config_free(c);
+}
+
+/* log.json: members sorted by name (a Lua table has no order); true: the default set. */
+static void test_access_log_json(void)
+{
+    char path[64], err[512];
+    lp_config_t *c = NULL;
+    int rc = load_text(MINIMAL("  log = { json = { zeta = '$status', a = 'x $uri', "
+                               "['m\\\"q'] = '$http_user_agent' } },\n"),
+                       &c, path, err, sizeof(err));
+    if (!CHECK_EQ_INT(rc, 0))
+        fprintf(stderr, "  %s\n", err);
+    REQUIRE(c != NULL);
+    REQUIRE_EQ_INT(c->access_format.njson, 3);
+    CHECK_STR(c->access_format.json[0].name, "a");
+    CHECK_STR(c->access_format.json[0].value, "x $uri");
+    CHECK_STR(c->access_format.json[1].name, "m\"q");
+    CHECK_STR(c->access_format.json[1].value, "$http_user_agent");
+    CHECK_STR(c->access_format.json[2].name, "zeta");
+    CHECK_STR(c->access_format.json[2].value, "$status");
+    lp_config_free(c);
+
+    rc = load_text(MINIMAL("  log = { json = true },\n"), &c, path, err, sizeof(err));
+    CHECK_EQ_INT(rc, 0);
+    REQUIRE(c != NULL);
+    CHECK_EQ_INT(c->access_format.njson, 14);
+    for (size_t i = 1; i < c->access_format.njson; i++)
+        CHECK(strcmp(c->access_format.json[i - 1].name, c->access_format.json[i].name) < 0);
+    CHECK(lp_accesslog_check_format(&c->access_format, err, sizeof(err)) == 0);
+    lp_config_free(c);
+
+    rc = load_text(MINIMAL("  log = { json = false },\n"), &c, path, err, sizeof(err));
+    CHECK_EQ_INT(rc, 0);
+    REQUIRE(c != NULL);
+    CHECK(c->access_format.json == NULL);
     lp_config_free(c);
 }
 
@@ -518,6 +555,7 @@ static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_full_config),
     LP_TEST_ENTRY(test_defaults),
     LP_TEST_ENTRY(test_access_log_off),
+    LP_TEST_ENTRY(test_access_log_json),
     LP_TEST_ENTRY(test_errors),
     LP_TEST_ENTRY(test_health_and_upstream_defaults),
     LP_TEST_ENTRY(test_json_and_lua_config),
