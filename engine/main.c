@@ -27,7 +27,7 @@ static void usage(FILE *out)
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
                  "       luaproxy -s stop -c FILE     stop it gracefully\n"
                  "       luaproxy test [-p DIR] [SPEC...]  run plugin specs (busted, LuaJIT)\n"
-                 "       luaproxy -v                  print the version\n"
+                 "       luaproxy -v                  print the version and the runtime directory\n"
                  "       luaproxy -h                  this help\n"
                  "options:\n"
                  "  -c FILE  configuration (a Lua file returning a table)\n"
