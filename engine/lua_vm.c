@@ -2,6 +2,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include "conn.h"
@@ -123,15 +125,65 @@ static void guard_end(lp_lua_guard_t *g)
 
 /* ---- paths ---- */
 
-static const char *engine_root(void)
+#ifndef LP_DATADIR_REL
+#define LP_DATADIR_REL "../share/luaproxy"
+#endif
+
+static char root_dir[4096];
+static const char *root_origin = "the source tree";
+static pthread_once_t root_once = PTHREAD_ONCE_INIT;
+
+/* A runtime directory is one that holds lua/luaproxy/runtime.lua. */
+static int is_root(const char *dir)
+{
+    char probe[4200];
+    snprintf(probe, sizeof(probe), "%s/lua/luaproxy/runtime.lua", dir);
+    return access(probe, R_OK) == 0;
+}
+
+/* Decided once per process: LUAPROXY_HOME when set; else the installed layout next to the
+ * binary (PREFIX/bin/luaproxy -> PREFIX/share/luaproxy, the executable's real path, so a
+ * symlink to it works too); else the source tree a build-tree binary was built from. */
+static void root_init(void)
 {
     const char *home = getenv("LUAPROXY_HOME");
-    return home && *home ? home : LP_SOURCE_DIR;
+    if (home && *home) {
+        snprintf(root_dir, sizeof(root_dir), "%s", home);
+        root_origin = "LUAPROXY_HOME";
+        return;
+    }
+    char exe[4096], cand[4200], real[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        if (LP_DATADIR_REL[0] == '/')
+            snprintf(cand, sizeof(cand), "%s", LP_DATADIR_REL);
+        else
+            snprintf(cand, sizeof(cand), "%s/%s", dirname(exe), LP_DATADIR_REL);
+        if (is_root(cand) && realpath(cand, real)) {
+            snprintf(root_dir, sizeof(root_dir), "%s", real);
+            root_origin = "the install prefix";
+            return;
+        }
+    }
+    snprintf(root_dir, sizeof(root_dir), "%s", LP_SOURCE_DIR);
+}
+
+static const char *engine_root(void)
+{
+    pthread_once(&root_once, root_init);
+    return root_dir;
 }
 
 const char *lp_lua_engine_root(void)
 {
     return engine_root();
+}
+
+const char *lp_lua_engine_root_origin(void)
+{
+    pthread_once(&root_once, root_init);
+    return root_origin;
 }
 
 static void config_dir(const char *config_path, char *out, size_t n)

@@ -32,9 +32,13 @@ typedef struct lp_lua_task_s {
     struct lp_lua_task_s *next_all;
 } lp_lua_task_t;
 
-/* The directory holding the engine's lua/ and plugins/: LUAPROXY_HOME, else the source
- * tree the binary was built from. */
+/* The directory holding the engine's lua/, plugins/ and scripts/: LUAPROXY_HOME, else
+ * PREFIX/share/luaproxy when the binary runs from PREFIX/bin (installed), else the source
+ * tree the binary was built from. Decided once per process. */
 const char *lp_lua_engine_root(void);
+/* Where that came from, for `luaproxy -v`: "LUAPROXY_HOME", "the install prefix" or "the
+ * source tree". */
+const char *lp_lua_engine_root_origin(void);
 /* msg with a "...tail:" file name that Lua shortened restored to `path`. */
 void lp_lua_error_message(const char *msg, const char *path, char *out, size_t outlen);
 /* Adds to package.path the engine's Lua directories and the config's own; used by the

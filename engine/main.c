@@ -1,10 +1,14 @@
 /* luaproxy: command line, start-up and signals. The main thread owns no connection; it
  * waits for signals and stops the workers. */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -23,7 +27,7 @@ static void usage(FILE *out)
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
                  "       luaproxy -s stop -c FILE     stop it gracefully\n"
                  "       luaproxy test [-p DIR] [SPEC...]  run plugin specs (busted, LuaJIT)\n"
-                 "       luaproxy -v                  print the version\n"
+                 "       luaproxy -v                  print the version and the runtime directory\n"
                  "       luaproxy -h                  this help\n"
                  "options:\n"
                  "  -c FILE  configuration (a Lua file returning a table)\n"
@@ -34,6 +38,29 @@ static void usage(FILE *out)
                  "           API when configured, else SIGHUP or SIGTERM to the pid in\n"
                  "           pid_file)\n"
                  "signals: TERM/INT drain and stop, HUP reloads, USR1 reopens the access log\n");
+}
+
+/* systemd's readiness protocol (Type=notify), without libsystemd: one datagram to the
+ * socket named by NOTIFY_SOCKET ("@name" is an abstract socket). Nothing when unset. */
+static void notify_systemd(const char *msg)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || !*path)
+        return;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = strlen(path);
+    if ((path[0] != '/' && path[0] != '@') || len >= sizeof(sa.sun_path))
+        return;
+    memcpy(sa.sun_path, path, len);
+    if (path[0] == '@')
+        sa.sun_path[0] = 0;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    socklen_t salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, salen) < 0)
+        lp_log_warn("systemd notify (%s): %s", path, strerror(errno));
+    close(fd);
 }
 
 static uv_signal_t sigterm, sigint, sighup, sigusr1;
@@ -49,6 +76,7 @@ void lp_server_stop(lp_server_t *s, const char *why)
     uv_signal_stop(&sigint);
     uv_signal_stop(&sighup);
     uv_signal_stop(&sigusr1);
+    notify_systemd("STOPPING=1");
     uv_stop(s->loop); /* main() drains and stops once this loop turn is over */
 }
 
@@ -74,7 +102,11 @@ static void on_signal(uv_signal_t *s, int signum)
 int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
 {
     uint64_t t0 = uv_hrtime();
+    /* systemd shows the unit "reloading" until READY=1 comes back, success or not. */
+    notify_systemd("RELOADING=1");
     int rc = lp_workers_reload(s->workers, s->nworkers, s->config_path, err, errlen);
+    notify_systemd(rc ? "READY=1\nSTATUS=the last reload failed, see the log"
+                      : "READY=1\nSTATUS=serving");
     if (rc) {
         s->reloads_failed++;
         lp_log_error("reload failed, generation %llu keeps serving: %s",
@@ -128,7 +160,8 @@ int main(int argc, char **argv)
             break;
         }
         case 'v':
-            printf("luaproxy %s\n", LP_VERSION);
+            printf("luaproxy %s\nruntime: %s (%s)\n", LP_VERSION, lp_lua_engine_root(),
+                   lp_lua_engine_root_origin());
             return 0;
         case 'h':
             usage(stdout);
@@ -202,6 +235,7 @@ int main(int argc, char **argv)
     uv_signal_start(&sighup, on_signal, SIGHUP);
     uv_signal_start(&sigusr1, on_signal, SIGUSR1);
     lp_watch_start(&server);
+    notify_systemd("READY=1\nSTATUS=serving");
     uv_run(server.loop, UV_RUN_DEFAULT);
     lp_log_notice("%s: draining (up to %.1f s)", stop_reason ? stop_reason : "stop",
                   (double)lp_gen_current->config->timeouts.drain / 1000.0);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include "log.h"
+#include "lua_vm.h"
 #include "server.h"
 #include "worker.h"
 
@@ -109,8 +110,7 @@ void lp_watch_start(lp_server_t *s)
     add_dir(w, sub);
     snprintf(sub, sizeof(sub), "%s/lib", dir);
     add_dir(w, sub);
-    const char *home = getenv("LUAPROXY_HOME");
-    const char *root = home && *home ? home : LP_SOURCE_DIR;
+    const char *root = lp_lua_engine_root();
     snprintf(sub, sizeof(sub), "%s/plugins", root);
     add_dir(w, sub);
     snprintf(sub, sizeof(sub), "%s/scripts", root);
