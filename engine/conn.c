@@ -1009,22 +1009,7 @@ static void conn_write_body(lp_req_t *req, const char *at, size_t len, lp_buf_t 
     if (!len || (c->ep.flags & LP_EPF_CLOSING))
         return;
     req->resp_body_out += len;
-    if (req->flags & LP_RF_RESP_CHUNKED) {
-        char size[24];
-        size_t n = lp_u64_to_str(len, 16, size);
-        size[n++] = '\r';
-        size[n++] = '\n';
-        lp_wbatch_t *wb = conn_outb(c, 3, (unsigned)n + 2);
-        if (!wb)
-            return;
-        lp_wbatch_add_copy(wb, size, n);
-        lp_wbatch_add(wb, at, len, pin);
-        lp_wbatch_add(wb, "\r\n", 2, NULL);
-    } else {
-        lp_wbatch_t *wb = conn_outb(c, 1, 0);
-        if (wb)
-            lp_wbatch_add(wb, at, len, pin);
-    }
+    lp_relay_body(&c->ep, at, len, pin, (req->flags & LP_RF_RESP_CHUNKED) != 0);
 }
 
 /* Runs the response_body filters; their output is copied into a block of its own. */

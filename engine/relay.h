@@ -19,6 +19,10 @@ static inline int lp_relay_drained(const lp_endpoint_t *to)
     return to->out_pending <= LP_LOW_WATERMARK;
 }
 
+/* A body span for `to`, as it is (the block pinned, not copied), or as one chunk of
+ * chunked framing. */
+void lp_relay_body(lp_endpoint_t *to, const char *at, size_t len, lp_buf_t *pin, int chunked);
+
 /* Tunnel: what `from` read and nobody used goes to `to` as it is (the read block pinned,
  * not copied), and out. */
 void lp_relay_move(lp_endpoint_t *from, lp_endpoint_t *to);

@@ -282,23 +282,8 @@ void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int c
     if (!len || (p->ep.flags & LP_EPF_CLOSING))
         return;
     p->body_out += len;
-    if (chunked) {
-        /* Re-chunked: extensions and odd framing never reach the upstream. */
-        char size[24];
-        size_t n = lp_u64_to_str(len, 16, size);
-        size[n++] = '\r';
-        size[n++] = '\n';
-        lp_wbatch_t *wb = peer_outb(p, 3, (unsigned)n);
-        if (!wb)
-            return;
-        lp_wbatch_add_copy(wb, size, n);
-        lp_wbatch_add(wb, at, len, pin);
-        lp_wbatch_add(wb, "\r\n", 2, NULL);
-    } else {
-        lp_wbatch_t *wb = peer_outb(p, 1, 0);
-        if (wb)
-            lp_wbatch_add(wb, at, len, pin);
-    }
+    /* Re-chunked: extensions and odd framing never reach the upstream. */
+    lp_relay_body(&p->ep, at, len, pin, chunked);
 }
 
 void lp_peer_body_end(lp_peer_t *p, int chunked)

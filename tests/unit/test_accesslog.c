@@ -273,10 +273,8 @@ static char *tlog_read(tlog_t *t, size_t *len)
 
 static void test_text_line(void)
 {
-    static const char *const hdrs[] = {"User-Agent",
-                                       "\x09"
-                                       "a\"b\\c\n\xc3\xa9!",
-                                       "X-Empty", "\x00"};
+    /* A length byte (octal: a hex escape would swallow the letter after it), then the value. */
+    static const char *const hdrs[] = {"User-Agent", "\011a\"b\\c\n\xc3\xa9!", "X-Empty", "\x00"};
     fake_t f;
     fake_init(&f, LIT("/p\"q?x=\x01"), hdrs, 2);
     lp_log_format_t fmt = text_format("$remote_addr \"$request\" $status $body_bytes_sent "
@@ -297,8 +295,7 @@ static void test_json_line(void)
 {
     static const char *const hdrs[] = {
         "User-Agent",
-        "\x0d"
-        "a\"b\\c\x00\x1b\n\xff\xc3\xa9\t/", /* NUL, ESC, bad byte */
+        "\015a\"b\\c\x00\x1b\n\xff\xc3\xa9\t/", /* length, then NUL, ESC, bad byte */
         "X-Empty",
         "\x00",
     };
