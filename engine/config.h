@@ -91,10 +91,10 @@ typedef struct {
 
 /* error_pages: a page in place of the proxy's own answer of one status (errpage.h). */
 typedef struct {
-    int status;         /* the status it replaces (400..599) */
-    int send_status;    /* the status sent (`status =`; the same by default) */
-    int builtin;        /* the built-in answer (`false`: a route turning a global page off) */
-    int has_vars;       /* the body has a "$": ${status}, ${reason}, ${detail} rendered per answer */
+    int status;      /* the status it replaces (400..599) */
+    int send_status; /* the status sent (`status =`; the same by default) */
+    int builtin;     /* the built-in answer (`false`: a route turning a global page off) */
+    int has_vars;    /* the body has a "$": ${status}, ${reason}, ${detail} rendered per answer */
     char *content_type; /* owned; NULL when builtin */
     char *body;         /* owned: the file's bytes or `body`; NULL when empty */
     size_t body_len;
@@ -113,7 +113,7 @@ typedef struct {
     char *prefix;     /* owned; "/" when unset */
     size_t prefix_len;
     int strip_prefix;
-    size_t upstream; /* index into upstreams */
+    size_t upstream;              /* index into upstreams */
     lp_error_pages_t error_pages; /* over the config's, status by status */
 } lp_route_conf_t;
 

@@ -14,8 +14,7 @@ static const lp_error_page_t *pages_find(const lp_error_pages_t *e, int status)
     return NULL;
 }
 
-const lp_error_page_t *lp_errpage_find(const lp_config_t *c, const lp_route_conf_t *r,
-                                       int status)
+const lp_error_page_t *lp_errpage_find(const lp_config_t *c, const lp_route_conf_t *r, int status)
 {
     const lp_error_page_t *p = r ? pages_find(&r->error_pages, status) : NULL;
     if (!p)

@@ -25,8 +25,7 @@ int lp_errpage_answer(const lp_config_t *c, const lp_route_conf_t *r, int status
 /* The page for an answer of `status` to a request of route r (NULL: none matched): the
  * route's when it has one for the status, else the config's. NULL when neither has one or
  * the one found is the built-in answer. */
-const lp_error_page_t *lp_errpage_find(const lp_config_t *c, const lp_route_conf_t *r,
-                                       int status);
+const lp_error_page_t *lp_errpage_find(const lp_config_t *c, const lp_route_conf_t *r, int status);
 
 /* p's body for an answer of `status` (the status the page replaces) with `detail` (NULL:
  * none) into *body, malloc'd, *len bytes, owned by the caller (NULL when empty). 0, or
