@@ -530,7 +530,7 @@ local S = {
       type = "boolean", default = false,
       description = "reload when a `.lua` file changes next to the config (and in its "
         .. "`plugins/`, `lib/`) or in the bundled `plugins/` and `scripts/`, or a certificate, "
-        .. "key or CA file the config names",
+        .. "key, CA or error page file the config names",
     },
   },
 }
