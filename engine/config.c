@@ -7,12 +7,15 @@
  *   3. resolve addresses (DNS) and build the TLS contexts, which is I/O, not parsing. */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/stat.h>
 #include <openssl/tls1.h>
 #include <uv.h>
 #include <lua.h>
@@ -369,6 +372,98 @@ static void read_tls_client(rctx_t *r, lp_tls_client_conf_t *tc)
     tc->min_version = get_tls_version(r);
 }
 
+/* A page file into p->body, whole: read once here, served from memory. */
+static int read_page_file(rctx_t *r, const char *path, const char *file, lp_error_page_t *p)
+{
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail(r, path, "cannot read \"%s\": %s", file, strerror(errno));
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode))
+        rc = fail(r, path, "\"%s\" is not a regular file", file);
+    else if (st.st_size > LP_ERROR_PAGE_MAX)
+        rc = fail(r, path, "\"%s\" is %lld bytes, above the limit of %d", file,
+                  (long long)st.st_size, LP_ERROR_PAGE_MAX);
+    else if (st.st_size && !(p->body = malloc((size_t)st.st_size)))
+        r->oom = 1;
+    size_t n = 0;
+    while (!rc && p->body && n < (size_t)st.st_size) {
+        ssize_t k = read(fd, p->body + n, (size_t)st.st_size - n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            rc = fail(r, path, "cannot read \"%s\": %s", file, k ? strerror(errno) : "truncated");
+            break;
+        }
+        n += (size_t)k;
+    }
+    p->body_len = n;
+    close(fd);
+    return rc;
+}
+
+/* Field "error_pages" of the table at the top of the stack (keys were checked: statuses
+ * 400..599). `at` is its key path for errors ("routes[2].error_pages"). */
+static int read_error_pages(rctx_t *r, const char *at, lp_error_pages_t *out)
+{
+    lua_State *L = r->L;
+    if (!push_table(L, "error_pages"))
+        return 0;
+    size_t n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        n++;
+    }
+    if (n && !(out->pages = calloc(n, sizeof(*out->pages))))
+        r->oom = 1;
+    int rc = 0;
+    lua_pushnil(L);
+    while (out->pages && !rc && lua_next(L, -2)) {
+        lp_error_page_t *p = &out->pages[out->npages++];
+        p->status = (int)lua_tointeger(L, -2);
+        p->send_status = get_uint(L, "status");
+        if (!p->send_status)
+            p->send_status = p->status;
+        p->builtin = get_bool(L, "builtin");
+        if (!p->builtin) {
+            p->content_type = get_str(r, "content_type");
+            char *file = get_path(r, "file");
+            if (file) {
+                char kp[512];
+                snprintf(kp, sizeof(kp), "%s.%d.file", at, p->status);
+                rc = read_page_file(r, kp, file, p);
+                free(file);
+            } else {
+                lua_getfield(L, -1, "body");
+                size_t len;
+                const char *b = lua_tolstring(L, -1, &len);
+                if (b && len && (p->body = malloc(len))) {
+                    memcpy(p->body, b, len);
+                    p->body_len = len;
+                } else if (b && len) {
+                    r->oom = 1;
+                }
+                lua_pop(L, 1);
+            }
+            p->has_vars = p->body && memchr(p->body, '$', p->body_len) != NULL;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, rc ? 2 : 1); /* after an error the key is still there */
+    return rc;
+}
+
+static void free_error_pages(lp_error_pages_t *e)
+{
+    for (size_t i = 0; i < e->npages; i++) {
+        free(e->pages[i].content_type);
+        free(e->pages[i].body);
+    }
+    free(e->pages);
+}
+
 static void read_listen(rctx_t *r)
 {
     lua_State *L = r->L;
@@ -566,6 +661,11 @@ static int read_routes(rctx_t *r)
             rc = fail(r, p, "no upstream named \"%s\"", up);
         }
         free(up);
+        if (!rc) {
+            char p[64];
+            snprintf(p, sizeof(p), "routes[%zu].error_pages", i + 1);
+            rc = read_error_pages(r, p, &rt->error_pages);
+        }
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -643,6 +743,8 @@ static int read_config(rctx_t *r)
     read_listen(r);
     read_upstreams(r);
     int rc = read_routes(r);
+    if (!rc)
+        rc = read_error_pages(r, "error_pages", &c->error_pages);
     push_table(L, "timeouts");
     lp_timeouts_t *t = &c->timeouts;
     t->connect = get_ms(L, "connect");
@@ -897,8 +999,10 @@ void lp_config_free(lp_config_t *c)
     for (size_t i = 0; i < c->nroutes; i++) {
         free(c->routes[i].host);
         free(c->routes[i].prefix);
+        free_error_pages(&c->routes[i].error_pages);
     }
     free(c->routes);
+    free_error_pages(&c->error_pages);
     free(c->access_log);
     free(c->access_format.text);
     for (size_t i = 0; i < c->access_format.njson; i++) {

@@ -89,13 +89,32 @@ typedef struct {
     struct lp_tls_client_s *tls; /* owned reference (tls.h); NULL: plain HTTP to targets */
 } lp_upstream_conf_t;
 
+/* error_pages: a page in place of the proxy's own answer of one status (errpage.h). */
+typedef struct {
+    int status;      /* the status it replaces (400..599) */
+    int send_status; /* the status sent (`status =`; the same by default) */
+    int builtin;     /* the built-in answer (`false`: a route turning a global page off) */
+    int has_vars;    /* the body has a "$": ${status}, ${reason}, ${detail} rendered per answer */
+    char *content_type; /* owned; NULL when builtin */
+    char *body;         /* owned: the file's bytes or `body`; NULL when empty */
+    size_t body_len;
+} lp_error_page_t;
+
+#define LP_ERROR_PAGE_MAX (1024 * 1024) /* bytes of one page */
+
+typedef struct {
+    lp_error_page_t *pages; /* owned array of npages, a status at most once */
+    size_t npages;
+} lp_error_pages_t;
+
 typedef struct {
     int has_upstream; /* 0: a handler or plugin must choose (routes[i].upstream absent) */
     char *host;       /* owned; NULL matches any host; "*.example.com" is a suffix wildcard */
     char *prefix;     /* owned; "/" when unset */
     size_t prefix_len;
     int strip_prefix;
-    size_t upstream; /* index into upstreams */
+    size_t upstream;              /* index into upstreams */
+    lp_error_pages_t error_pages; /* over the config's, status by status */
 } lp_route_conf_t;
 
 struct lp_tls_server_s;
@@ -141,6 +160,7 @@ typedef struct {
     size_t nupstreams;
     lp_route_conf_t *routes; /* owned array of nroutes */
     size_t nroutes;
+    lp_error_pages_t error_pages; /* the proxy's own answers replaced, by status */
     lp_timeouts_t timeouts;
     lp_limits_t limits;
     char *access_log;              /* owned; NULL: off; "-": stdout */
@@ -149,7 +169,7 @@ typedef struct {
     lp_addr_t admin; /* admin API address; admin.text NULL when off */
     char *pid_file;  /* owned, NULL when none */
     int watch;       /* reload when the config, a plugin or a script changes */
-    char **files;    /* owned: certificate, key and CA files it names (--watch) */
+    char **files;    /* owned: certificate, key, CA and error page files it names (--watch) */
     size_t nfiles;
     int has_lua;                /* plugins or route handlers: workers start a Lua VM */
     int global_plugins;         /* top-level plugins: every route may be routed by Lua */

@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include "accesslog.h"
 #include "conn.h"
+#include "errpage.h"
 #include "log.h"
 #include "lua_api.h"
 #include "lua_vm.h"
@@ -222,29 +223,26 @@ static lp_wbatch_t *conn_outb(lp_conn_t *c, unsigned k, unsigned scratch)
 static int conn_respond_lua(lp_req_t *req);
 static int conn_send_local(lp_req_t *req);
 
-/* Makes the proxy's own answer the request's response: the status and a short text body
- * saying why. It then takes the path of a req:respond() answer. -1 when out of memory. */
+/* Makes the proxy's own answer the request's response: the config's error page for the
+ * status (the route's, else the global one), or a short text saying why (errpage.h). It
+ * then takes the path of a req:respond() answer. -1 when out of memory. */
 static int conn_set_local(lp_req_t *req, int status, const char *detail)
 {
-    const char *text = lp_h1_status_text(status);
-    char body[256];
-    int blen = detail ? snprintf(body, sizeof(body), "%d %s: %s\n", status, text, detail)
-                      : snprintf(body, sizeof(body), "%d %s\n", status, text);
-    if (blen < 0 || (size_t)blen >= sizeof(body))
-        blen = snprintf(body, sizeof(body), "%d %s\n", status, text);
-    if (lp__resp_begin(req))
+    lp_error_answer_t a;
+    if (lp_errpage_answer(req->g->config, req->route, status, detail, &a))
         return -1;
     free(req->local_body);
     req->local_body = NULL;
     req->local_body_len = 0;
-    if (status >= 200 && status != 204 && status != 304) {
-        if (lp_ffi_header_set(req, 1, LP_FFI_HADD, "Content-Type", 12, "text/plain", 10) ||
-            !(req->local_body = malloc((size_t)blen)))
-            return -1;
-        memcpy(req->local_body, body, (size_t)blen);
-        req->local_body_len = (size_t)blen;
+    if (lp__resp_begin(req) ||
+        (a.content_type && lp_ffi_header_set(req, 1, LP_FFI_HADD, "Content-Type", 12,
+                                             a.content_type, strlen(a.content_type)))) {
+        free(a.body);
+        return -1;
     }
-    req->resp_status = status;
+    req->local_body = a.body; /* NULL when the status has no body (204, 304) */
+    req->local_body_len = a.len;
+    req->resp_status = a.status;
     req->flags |= LP_RF_LOCAL;
     return 0;
 }

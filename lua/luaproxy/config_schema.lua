@@ -308,6 +308,71 @@ local upstream = {
   },
 }
 
+-- error_pages: the proxy's own answers (404, 502, 503...) replaced per status by a page,
+-- read when the config loads (engine/config.c reads files and keeps them; docs/error-pages.md).
+local PAGE_MAX = 1048576
+
+local PAGE_TYPES = {
+  html = "text/html; charset=utf-8", htm = "text/html; charset=utf-8",
+  json = "application/json", txt = "text/plain; charset=utf-8", xml = "application/xml",
+}
+
+-- `false` is the built-in answer (a route turning a global page off); a content type not
+-- given follows the file's extension (text/html when unknown) or is text/plain for a body.
+local function page_coerce(v)
+  if v == false then return { builtin = true } end
+  if type(v) ~= "table" or v.content_type ~= nil then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = x end
+  if type(v.file) == "string" then
+    local ext = v.file:match("%.(%w+)$")
+    out.content_type = PAGE_TYPES[ext and ext:lower()] or PAGE_TYPES.html
+  elseif type(v.body) == "string" then
+    out.content_type = PAGE_TYPES.txt
+  end
+  return out
+end
+
+local function page_check(p)
+  local n = (p.file and 1 or 0) + (p.body and 1 or 0) + (p.builtin and 1 or 0)
+  if n == 0 then return nil, "expected file, body, or false (the built-in answer)" end
+  if n > 1 then return nil, "file, body and builtin are exclusive" end
+  return true
+end
+
+local function status_key(k)
+  if type(k) == "string" and k:match("^%d%d%d$") then return tonumber(k) end
+  return k
+end
+
+local function check_status_key(k)
+  if type(k) == "number" and k >= 400 and k <= 599 and k % 1 == 0 then return true end
+  return nil, "expected an error status 400–599 as the key (`[502] = { ... }`), got "
+    .. (type(k) == "string" and format("%q", k) or tostring(k))
+end
+
+local function error_pages(desc)
+  return {
+    type = "map", doc_inline = true, doc_default = "none", description = desc,
+    keys = { type = "any", coerce = status_key, custom = check_status_key },
+    values = {
+      type = "record", coerce = page_coerce, custom = page_check,
+      fields = {
+        file = file("the page, read when the config loads (at most 1 MiB)"),
+        body = { type = "string", max = PAGE_MAX, description = "the page itself" },
+        content_type = {
+          type = "string", min = 1, pattern = "^[^%c]+$",
+          description = "Content-Type (default: by the file's extension, text/html when "
+            .. "unknown; text/plain for a body)",
+        },
+        status = { type = "integer", min = 200, max = 599,
+                   description = "the status sent instead (nginx's `error_page 404 =200`)" },
+        builtin = { type = "boolean", description = "the built-in answer (what `false` means)" },
+      },
+    },
+  }
+end
+
 local plugin_entry = {
   type = "any",
   custom = function(e)
@@ -319,7 +384,7 @@ local plugin_entry = {
 
 local route = {
   type = "record",
-  doc_order = { "match", "upstream", "strip_prefix", "plugins", "handler" },
+  doc_order = { "match", "upstream", "strip_prefix", "plugins", "handler", "error_pages" },
   fields = {
     match = {
       type = "record", default = {}, description = "what the route matches",
@@ -350,13 +415,15 @@ local route = {
         .. "`scripts/`) returning one; runs after the request phase of the plugins and may "
         .. "choose the upstream, rewrite, or answer",
     },
+    error_pages = error_pages("as the top-level `error_pages`, for the requests of this route: "
+      .. "a status given here wins over the global page (`[404] = false`: the built-in answer)"),
   },
 }
 
 local S = {
   description = "a luaproxy config file",
-  doc_order = { "workers", "listen", "upstreams", "routes", "timeouts", "limits", "log",
-                "plugins", "lua", "admin", "pid_file", "watch" },
+  doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
+                "log", "plugins", "lua", "admin", "pid_file", "watch" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
                 description = "worker threads, each with its own loop and listening socket "
@@ -378,6 +445,11 @@ local S = {
     upstreams = { type = "map", default = {}, values = upstream, description = "upstreams by name" },
     routes = { type = "array", required = true, elements = route,
                description = "routes, first match wins" },
+    error_pages = error_pages(
+      "`{ [502] = { file = \"50x.html\" }, [503] = { body = \"busy: ${detail}\", status = 503 } }`: "
+      .. "pages in place of the proxy's own answers (404, 408, 413, 431, 500, 502, 503, 504...) "
+      .. "by status; a file is read when the config loads (relative to it, at most 1 MiB); "
+      .. "`${status}`, `${reason}` and `${detail}` are replaced; see `docs/error-pages.md`"),
     timeouts = {
       type = "record", default = {}, description = "timeouts, in seconds",
       doc_order = { "connect", "read", "send", "client_header", "client_body", "keepalive",
@@ -502,7 +574,7 @@ local S = {
       type = "boolean", default = false,
       description = "reload when a `.lua` file changes next to the config (and in its "
         .. "`plugins/`, `lib/`) or in the bundled `plugins/` and `scripts/`, or a certificate, "
-        .. "key or CA file the config names",
+        .. "key, CA or error page file the config names",
     },
   },
 }

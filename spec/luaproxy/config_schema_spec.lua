@@ -97,6 +97,40 @@ describe("luaproxy.config_schema", function()
       .. "without a path", err)
   end)
 
+  it("checks error_pages: status keys, one of file/body/false, content types by extension", function()
+    local c = assert(config.check(base({
+      error_pages = { [502] = { file = "p/50x.HTML" }, ["503"] = { body = "b", status = 200 },
+                      [504] = { file = "x.json" }, [500] = { file = "x.page" } },
+      routes = { { upstream = "app", error_pages = { [404] = false } } },
+    })))
+    assert.same({ file = "p/50x.HTML", content_type = "text/html; charset=utf-8" },
+      c.error_pages[502])
+    assert.same({ body = "b", status = 200, content_type = "text/plain; charset=utf-8" },
+      c.error_pages[503])
+    assert.equal("application/json", c.error_pages[504].content_type)
+    assert.equal("text/html; charset=utf-8", c.error_pages[500].content_type)
+    assert.same({ builtin = true }, c.routes[1].error_pages[404])
+    local cases = {
+      { { error_pages = { nope = { body = "x" } } },
+        'error_pages.nope: expected an error status 400–599 as the key (`[502] = { ... }`), got "nope"' },
+      { { error_pages = { [399] = { body = "x" } } },
+        "error_pages.399: expected an error status 400–599 as the key (`[502] = { ... }`), got 399" },
+      { { error_pages = { [502] = {} } },
+        "error_pages.502: expected file, body, or false (the built-in answer)" },
+      { { error_pages = { [502] = { body = "x", file = "y" } } },
+        "error_pages.502: file, body and builtin are exclusive" },
+      { { error_pages = { [502] = { body = "x", status = 600 } } },
+        "error_pages.502.status: value 600 is above the maximum 599" },
+      { { routes = { { upstream = "app", error_pages = { [502] = true } } } },
+        "routes[1].error_pages.502: expected a record, got boolean" },
+    }
+    for _, case in ipairs(cases) do
+      local ok, err = config.check(base(case[1]))
+      assert.is_nil(ok)
+      assert.equal(case[2], err)
+    end
+  end)
+
   it("accepts tls = true on an upstream and false as off", function()
     local c = assert(config.check(base({ upstreams = { app = { targets = { "a:1" }, tls = true } } })))
     assert.same({ verify = true, min_version = "TLSv1.2" }, c.upstreams.app.tls)
