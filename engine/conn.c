@@ -12,6 +12,7 @@
 #include "lua_vm.h"
 #include "relay.h"
 #include "request.h"
+#include "route.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -35,6 +36,7 @@ static void conn_update_reading(lp_conn_t *c);
 static void conn_on_eof(lp_conn_t *c, ssize_t why);
 static int conn_tls_fill(lp_conn_t *c);
 static int req_finish(lp_req_t *req);
+static void conn_count(lp_req_t *req);
 
 static const lp_timeouts_t *T(lp_conn_t *c)
 {
@@ -291,50 +293,6 @@ int lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
 
 /* ---- the request path ---- */
 
-static int host_matches(const lp_route_conf_t *r, lp_str_t host)
-{
-    if (!r->host)
-        return 1;
-    /* Drop the port; compare case-insensitively. */
-    size_t n = host.len;
-    if (n && host.base[0] == '[') {
-        const char *e = memchr(host.base, ']', n);
-        n = e ? (size_t)(e - host.base) + 1 : n;
-    } else {
-        const char *colon = memchr(host.base, ':', n);
-        if (colon)
-            n = (size_t)(colon - host.base);
-    }
-    while (n && host.base[n - 1] == '.')
-        n--;
-    const char *pat = r->host;
-    size_t plen = strlen(pat);
-    if (pat[0] == '*') {
-        /* "*.example.com" matches any name ending in ".example.com". */
-        size_t slen = plen - 1;
-        if (n <= slen)
-            return 0;
-        return lp_str_ieq((lp_str_t){host.base + n - slen, slen}, pat + 1, slen);
-    }
-    return lp_str_ieq((lp_str_t){host.base, n}, pat, plen);
-}
-
-static const lp_route_conf_t *route_find(const lp_config_t *cfg, lp_h1_t *h)
-{
-    for (size_t i = 0; i < cfg->nroutes; i++) {
-        const lp_route_conf_t *r = &cfg->routes[i];
-        int asterisk = h->path.len == 1 && h->path.base[0] == '*'; /* OPTIONS * */
-        if (asterisk ? r->prefix_len != 1
-                     : (h->path.len < r->prefix_len ||
-                        memcmp(h->path.base, r->prefix, r->prefix_len) != 0))
-            continue;
-        if (!host_matches(r, h->host.base ? h->host : (lp_str_t){"", 0}))
-            continue;
-        return r;
-    }
-    return NULL;
-}
-
 static int body_known_empty(const lp_req_t *req)
 {
     return !(req->h1.flags & (LP_H1F_LENGTH | LP_H1F_CHUNKED)) ||
@@ -389,7 +347,7 @@ static int conn_on_head(lp_req_t *req)
     if (cfg->limits.max_body_size && (h->flags & LP_H1F_LENGTH) &&
         h->content_length > cfg->limits.max_body_size)
         return conn_respond_local(req, 413, 0, NULL);
-    req->route = route_find(cfg, h);
+    req->route = lp_route_find(cfg, h);
     req->route_index = req->route ? (int)(req->route - cfg->routes) : -1;
     if (req->route && req->route->has_upstream)
         req->upstream = &req->g->upstreams[req->route->upstream];
@@ -1053,6 +1011,9 @@ int lp_conn_response_done(lp_req_t *req)
             lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
     }
     req->flags |= LP_RF_RESP_DONE;
+    /* Counted before the last bytes go: a client that reads them and asks /status at once
+     * sees its request (the counter is read on another thread). */
+    conn_count(req);
     lp_conn_flush(c);
     if (req->state != LP_RS_DONE) {
         /* The upstream answered before the request body ended (an early 413, say):
@@ -1165,6 +1126,15 @@ int lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc)
     return lp_req_let_go(req);
 }
 
+/* Counts the request as served, once (GET /status's `requests`). */
+static void conn_count(lp_req_t *req)
+{
+    if (req->flags & LP_RF_COUNTED)
+        return;
+    req->flags |= LP_RF_COUNTED;
+    __atomic_add_fetch(&req->w->requests, 1, __ATOMIC_RELAXED);
+}
+
 /* The response is out (or failed): the log phase, the access log, then the connection's
  * next request. LP_GONE when the request ended, LP_OK while its log phase waits. */
 static int req_finish(lp_req_t *req)
@@ -1182,7 +1152,7 @@ static int req_finish(lp_req_t *req)
     }
     int keep = !(req->flags & LP_RF_RESP_CLOSE) && req->state == LP_RS_DONE && !w->stopping &&
                !((c->flags & LP_CF_EOF) && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen));
-    __atomic_add_fetch(&w->requests, 1, __ATOMIC_RELAXED);
+    conn_count(req);
     c->nrequests++;
     /* Read whole, and nothing behind it: once the answer is out, nothing from this client
      * can be lost to a reset, so no lingering close (nginx's heuristic too). */

@@ -347,8 +347,21 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
     guard_end(g);
     wd_register(g, 0);
     current_check = was;
-    if (!rc)
-        lua_pop(L, 1);
+    if (!rc) {
+        /* Schema warnings (fields without a description): said once, here, where the
+         * config is checked, not again by every worker's VM. */
+        lua_getfield(L, -1, "warnings");
+        for (int i = 1; lua_istable(L, -1); i++) {
+            lua_rawgeti(L, -1, i);
+            if (!lua_isstring(L, -1)) {
+                lua_pop(L, 1);
+                break;
+            }
+            lp_log_warn("%s: %s", config_path, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
     return rc;
 }
 

@@ -174,24 +174,25 @@ struct lp_worker_s {
 };
 
 /* Request flags (LP_RF_*). */
-#define LP_RF_WAIT_UPSTREAM  0x0002  /* head parsed; waiting for an upstream connection */
-#define LP_RF_READ_PAUSED    0x0004  /* request body reading paused by backpressure */
-#define LP_RF_RESP_STARTED   0x0008  /* response head queued to the client */
-#define LP_RF_RESP_DONE      0x0010  /* response fully queued to the client */
-#define LP_RF_RESP_CHUNKED   0x0020  /* we chunk-encode the response body to the client */
-#define LP_RF_RESP_CLOSE     0x0040  /* the client connection closes after this response */
-#define LP_RF_UPGRADE_REQ    0x0080  /* the client asked for a protocol upgrade */
-#define LP_RF_SENT_100       0x0100  /* 100 Continue sent */
-#define LP_RF_HEAD           0x0200  /* HEAD request */
-#define LP_RF_LOCAL          0x0400  /* answered locally (no upstream) */
-#define LP_RF_PATH_SET       0x0800  /* Lua replaced the path: no strip_prefix */
-#define LP_RF_LUA_WAIT       0x1000  /* a Lua phase is suspended */
-#define LP_RF_LOG_DONE       0x2000  /* the log phase ran */
-#define LP_RF_BODY_BUFFERING 0x4000  /* req:body() is gathering the body */
-#define LP_RF_BODY_TOOBIG    0x8000  /* ... and it was larger than asked */
-#define LP_RF_ENDED          0x10000 /* lp_req_end ran: holders must let go (request.h) */
-#define LP_RF_BODY_WAKE      0x20000 /* gathering stopped: wake the Lua phase after parsing */
-#define LP_RF_PARSED         0x40000 /* the head parsed and checked: Lua may see the request */
+#define LP_RF_WAIT_UPSTREAM  0x0002   /* head parsed; waiting for an upstream connection */
+#define LP_RF_READ_PAUSED    0x0004   /* request body reading paused by backpressure */
+#define LP_RF_RESP_STARTED   0x0008   /* response head queued to the client */
+#define LP_RF_RESP_DONE      0x0010   /* response fully queued to the client */
+#define LP_RF_RESP_CHUNKED   0x0020   /* we chunk-encode the response body to the client */
+#define LP_RF_RESP_CLOSE     0x0040   /* the client connection closes after this response */
+#define LP_RF_UPGRADE_REQ    0x0080   /* the client asked for a protocol upgrade */
+#define LP_RF_SENT_100       0x0100   /* 100 Continue sent */
+#define LP_RF_HEAD           0x0200   /* HEAD request */
+#define LP_RF_LOCAL          0x0400   /* answered locally (no upstream) */
+#define LP_RF_PATH_SET       0x0800   /* Lua replaced the path: no strip_prefix */
+#define LP_RF_LUA_WAIT       0x1000   /* a Lua phase is suspended */
+#define LP_RF_LOG_DONE       0x2000   /* the log phase ran */
+#define LP_RF_BODY_BUFFERING 0x4000   /* req:body() is gathering the body */
+#define LP_RF_BODY_TOOBIG    0x8000   /* ... and it was larger than asked */
+#define LP_RF_ENDED          0x10000  /* lp_req_end ran: holders must let go (request.h) */
+#define LP_RF_BODY_WAKE      0x20000  /* gathering stopped: wake the Lua phase after parsing */
+#define LP_RF_PARSED         0x40000  /* the head parsed and checked: Lua may see the request */
+#define LP_RF_COUNTED        0x100000 /* counted in w->requests */
 #define LP_RF_NO_LUA_RESP    0x80000 /* the response phase ran: an answer replacing it goes as is */
 
 typedef enum {

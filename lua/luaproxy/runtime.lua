@@ -81,6 +81,14 @@ local function load_list(list, path, opts, ctx)
     if not plugin then return nil, p .. ": " .. err end
     local ok, cerr = schema.check_plugin(plugin, p)
     if not ok then return nil, cerr end
+    -- Fields without a description: the engine logs these once, when the config loads.
+    for _, w in ipairs(type(cerr) == "table" and cerr or {}) do
+      local key = plugin.name .. "\0" .. (w:match("%.schema(.*)$") or w) -- once per plugin
+      if not ctx.warned[key] then
+        ctx.warned[key] = true
+        ctx.warnings[#ctx.warnings + 1] = w
+      end
+    end
     local ep = format("%s(%s)", p, entry.name)
     local conf, verr = schema.validate_entry(plugin, entry, ep, ctx)
     if not conf then return nil, verr end
@@ -168,9 +176,10 @@ end
 -- Plugin fields of type upstream must name one of cfg.upstreams.
 function M.load(cfg, opts)
   local ctx = require("luaproxy.config_schema").context(cfg)
+  ctx.warnings, ctx.warned = {}, {}
   local global, err = load_list(cfg.plugins, "plugins", opts, ctx)
   if not global then return nil, err end
-  local state = { routes = {}, init = {} }
+  local state = { routes = {}, init = {}, warnings = ctx.warnings }
   local seen = {}
   local function note_init(list)
     for _, inst in ipairs(list) do

@@ -55,6 +55,10 @@ function P.log(req)
 end
 return P
 ''',
+    "plugins/nodesc.lua": r'''
+return { name = "nodesc", priority = 1, schema = { fields = {
+  limit = { type = "number", default = 1 } } } }
+''',
     "plugins/clocks.lua": r'''
 local P = { name = "clocks", priority = 50, schema = { fields = {} } }
 function P.request(req)
@@ -97,6 +101,8 @@ class LuaApiTest(L.LuaTestCase):
             route("/marked-error", ["marker", "tailcall"]),
             route("/marked", ["marker"]),
             route("/clocks", ["clocks"]),
+            route("/nodesc1", ["nodesc"]),
+            route("/nodesc2", ["nodesc"]),
         ]
         cls.proxy = cls.start_lua_proxy(
             ups, routes, files=PLUGINS, workers=1,
@@ -154,6 +160,14 @@ class LuaApiTest(L.LuaTestCase):
         r = self.get("/marked/fixed?size=3")
         self.assertEqual(r.status, 200)
         self.assertEqual(len(r.header_all("Date")), 1)
+
+    def test_schema_warnings_are_logged_once(self):
+        # A plugin field without a description: one warning when the config loads (not one
+        # per route or per worker VM).
+        log = self.proxy.stderr()
+        hits = [l for l in log.splitlines() if "field has no description" in l]
+        self.assertEqual(len(hits), 1, hits)
+        self.assertIn("schema.limit", hits[0])
 
     def test_clocks(self):
         r = self.get("/clocks")
