@@ -388,7 +388,7 @@ class AdminLimitsTest(AdminCase):
                 conns.append(H.Client(self.proxy.admin_port, timeout=H.T(10)))
             # Every one of them is accepted (and counted) before the next is tried.
             conns[-1].send(b"GET /status HTTP/1.1\r\n")
-            time.sleep(0.3)
+            time.sleep(H.T(1.0))  # the main loop accepts them (slower under sanitizers)
             over = H.Client(self.proxy.admin_port, timeout=H.T(10))
             self.addCleanup(over.close)
             over.send(H.build_request("GET", "/status", host="admin"))
