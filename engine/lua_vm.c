@@ -201,8 +201,9 @@ void lp_lua_set_paths(lua_State *L, const char *config_path)
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "path");
     snprintf(buf, sizeof(buf),
-             "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;%s/?/init.lua;%s/scripts/?.lua;%s", root,
-             root, dir, dir, root, lua_tostring(L, -1));
+             "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;%s/?/init.lua;%s/plugins/?.lua;"
+             "%s/plugins/?/init.lua;%s/scripts/?.lua;%s/plugins/?.lua;%s/plugins/?/init.lua;%s",
+             root, root, dir, dir, dir, dir, root, root, root, lua_tostring(L, -1));
     lua_pop(L, 1);
     lua_pushstring(L, buf);
     lua_setfield(L, -2, "path");

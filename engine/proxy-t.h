@@ -280,15 +280,16 @@ struct lp_conn_s {
 };
 
 /* Upstream connection flags (LP_PF_*); the socket's own are the endpoint's (LP_EPF_*). */
-#define LP_PF_CONNECTED  0x01
-#define LP_PF_REUSED     0x02 /* taken from the pool for this request */
-#define LP_PF_RESP_BYTES 0x10 /* some response byte arrived for the current request */
-#define LP_PF_PAUSED     0x20 /* reading paused by client backpressure */
-#define LP_PF_KEEPALIVE  0x40 /* reusable after the current response */
-#define LP_PF_REQ_SENT   0x80 /* the whole request was written */
-#define LP_PF_TUNNEL     0x100
-#define LP_PF_LUA        0x200 /* the response phase is suspended: hold the body */
-#define LP_PF_HANDSHAKE  0x400 /* TCP connected, TLS handshake in progress */
+#define LP_PF_CONNECTED     0x01
+#define LP_PF_REUSED        0x02 /* taken from the pool for this request */
+#define LP_PF_RESP_BYTES    0x10 /* some response byte arrived for the current request */
+#define LP_PF_PAUSED        0x20 /* reading paused by client backpressure */
+#define LP_PF_KEEPALIVE     0x40 /* reusable after the current response */
+#define LP_PF_REQ_SENT      0x80 /* the whole request was written */
+#define LP_PF_TUNNEL        0x100
+#define LP_PF_LUA           0x200 /* the response phase is suspended: hold the body */
+#define LP_PF_HANDSHAKE     0x400 /* TCP connected, TLS handshake in progress */
+#define LP_PF_FILTER_FAILED 0x800 /* a response_body filter failed on its body (not its fault) */
 
 /* An upstream connection: HTTP/1.1 to one target over an endpoint, pooled between
  * requests. */

@@ -529,7 +529,10 @@ static int peer_grow(lp_h1_t *h, size_t need)
 static int on_resp_body(lp_h1_t *h, const char *at, size_t len)
 {
     lp_peer_t *p = h->ud;
-    return p->req ? lp_conn_response_body(p->req, at, len, p->ep.rbuf) : 0;
+    if (!p->req || !lp_conn_response_body(p->req, at, len, p->ep.rbuf))
+        return 0;
+    p->flags |= LP_PF_FILTER_FAILED; /* the proxy's Lua failed, not the upstream */
+    return -1;
 }
 
 static void peer_response_done(lp_peer_t *p)
@@ -625,6 +628,15 @@ static void peer_parse(lp_peer_t *p)
             return;
         case LP_H1_ERROR:
         default: {
+            if (p->flags & LP_PF_FILTER_FAILED) {
+                /* A response_body filter failed: the upstream did nothing wrong, so neither
+                 * its health nor the balancer hears of a failure. The client's answer is
+                 * cut (closed): the head may already be on its way. */
+                lp_upstream_try_end(req, 0);
+                peer_close(p); /* its body is unread: the connection cannot be reused */
+                (void)lp_conn_upstream_failed(req, 500, "response_body filter failed");
+                return;
+            }
             char why[160];
             snprintf(why, sizeof(why), "invalid response: %s",
                      p->h1.err_reason ? p->h1.err_reason : "parse error");

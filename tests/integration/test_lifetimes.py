@@ -115,6 +115,19 @@ return { name = "crosser", priority = 10, schema = { fields = {} },
     return req:respond(200, ok and "CROSSED" or tostring(err))
   end }
 ''',
+    "plugins/badfilter.lua": r'''
+return { name = "badfilter", priority = 10, schema = { fields = {} },
+  response_body = function(req, chunk, eof) error("bad filter") end }
+''',
+    # A plugin in a folder of its own, with a helper beside it (docs/plugins.md).
+    "plugins/multi/init.lua": r'''
+local helper = require "multi.helper"
+return { name = "multi", priority = 10, schema = { fields = {} },
+  response = function(req) req:set_resp_header("X-Multi", helper.word()) end }
+''',
+    "plugins/multi/helper.lua": r'''
+return { word = function() return "from-the-helper" end }
+''',
     "plugins/huge_body.lua": r'''
 return { name = "huge_body", priority = 10, schema = { fields = {} },
   request = function(req)
@@ -157,6 +170,8 @@ class LifetimeTest(L.LuaTestCase):
             route("/gather", plugins=["gather"]),
             route("/huge", plugins=["huge_body"]),
             route("/bodywait", plugins=["bodywait"]),
+            route("/badfilter", plugins=["badfilter"]),
+            route("/multi", plugins=["multi"]),
             route("/cross", plugins=["crosser"]),
         ]
         cls.proxy = cls.start_lua_proxy(ups, routes, files=PLUGINS, workers=1,
@@ -338,6 +353,25 @@ class LifetimeTest(L.LuaTestCase):
         self.assertIn(b"belongs to another request", r.body)
         self.assertEqual(out["a"].status, 200)
         self.assertNotIn(b"from B", out["a"].body)
+
+    def test_a_failing_body_filter_does_not_eject_the_upstream(self):
+        # The proxy's own Lua failed, not the upstream: ten failures in a row (passive
+        # ejection takes five) leave the upstream serving other routes.
+        for _ in range(10):
+            with H.Client(self.proxy.port) as c:
+                c.send(H.build_request("GET", "/badfilter/fixed?size=10"))
+                closed, got = c.wait_closed()
+                self.assertTrue(closed)
+        self.assertEqual(self.get("/alone/response/").status, 200)
+        log = self.proxy.stderr()
+        self.assertIn("response_body filter failed", log)
+        self.assertNotIn("body handler failed", log)
+        self.assertNotIn("ejected", log)
+
+    def test_plugin_folder_requires_its_helper(self):
+        r = self.get("/multi/")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.header("X-Multi"), "from-the-helper")
 
     def test_body_limit_must_be_finite(self):
         r = self.get("/huge")
