@@ -838,13 +838,9 @@ static void conn_update_reading(lp_conn_t *c)
 
 /* ---- the response ---- */
 
-static void head_str(lp_wbuf_t *w, lp_str_t s)
-{
-    lp_wbuf_str(w, s.base, s.len);
-}
-
-/* Serializes the response head as it stands in req (status, resp_headers) and decides the
- * framing towards the client. rh is the upstream's parsed head, NULL for a local answer. */
+/* Decides the framing of the response towards the client and queues its head as it stands
+ * in req (status, resp_headers; written by http1.c). rh is the upstream's parsed head, NULL for a
+ * local answer. */
 static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
 {
     lp_conn_t *c = req->conn;
@@ -871,66 +867,39 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     if (close)
         req->flags |= LP_RF_RESP_CLOSE;
 
-    int has_date = 0;
-    for (unsigned i = 0; rh && i < req->resp_nheaders && !has_date; i++)
-        has_date = LP_STR_IEQ(req->resp_headers[i].name, "date");
+    lp_h1_resp_head_t head = {
+        .status = status,
+        .reason =
+            rh && rh->reason.len && status == lp_h1_status(rh) ? rh->reason : (lp_str_t){NULL, 0},
+        .headers = req->resp_headers,
+        .nheaders = req->resp_nheaders,
+        .local = rh == NULL,
+        .upgrade = upgrade,
+        .upgrade_proto = req->resp_upgrade,
+        .chunked = (req->flags & LP_RF_RESP_CHUNKED) != 0,
+        /* 304: the length only when the upstream said it (it describes another response). */
+        .has_length =
+            has_length && status != 204 && (status != 304 || (rh && (rh->flags & LP_H1F_LENGTH))),
+        .length = length,
+        .close = close,
+        .http10 = req->minor == 0,
+    };
     /* Most heads fit a small block; a larger one is taken only when needed. */
     lp_buf_t *hb = NULL;
-    lp_wbuf_t w;
-    for (size_t cap = LP_BUF_SMALL;; cap *= 16) {
+    size_t n = 0;
+    for (size_t cap = LP_BUF_SMALL; !n; cap *= 16) {
         if (hb)
             lp_buf_unref(hb);
         if (cap > 16 * LP_BUF_SIZE || !(hb = lp_buf_get(&c->ep.w->bufs, cap)))
             return -1;
-        w = (lp_wbuf_t){hb->data, hb->data + hb->cap, 0};
-        lp_wbuf_cstr(&w, "HTTP/1.1 ");
-        lp_wbuf_u64(&w, (uint64_t)status);
-        lp_wbuf_cstr(&w, " ");
-        if (rh && rh->reason.len && status == lp_h1_status(rh))
-            head_str(&w, rh->reason);
-        else
-            lp_wbuf_cstr(&w, lp_h1_status_text(status));
-        lp_wbuf_cstr(&w, "\r\n");
-        if (!rh)
-            lp_wbuf_cstr(&w, "Server: luaproxy\r\n");
-        if (!rh || !has_date) {
-            /* RFC 9110 6.6.1: an origin with a clock sends Date; a proxy adds a missing one. */
-            lp_wbuf_cstr(&w, "Date: ");
-            lp_wbuf_cstr(&w, lp_h1_date());
-            lp_wbuf_cstr(&w, "\r\n");
-        }
-        for (unsigned i = 0; i < req->resp_nheaders; i++) {
-            const lp_header_t *hd = &req->resp_headers[i];
-            lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
-        }
-        if (upgrade) {
-            lp_wbuf_cstr(&w, "Connection: upgrade\r\n");
-            if (req->resp_upgrade.base)
-                lp_wbuf_header(&w, "Upgrade", 7, req->resp_upgrade.base, req->resp_upgrade.len);
-        } else if (req->flags & LP_RF_RESP_CHUNKED) {
-            lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
-        } else if (has_length && status != 204 &&
-                   (status != 304 || (rh && (rh->flags & LP_H1F_LENGTH)))) {
-            lp_wbuf_cstr(&w, "Content-Length: ");
-            lp_wbuf_u64(&w, length);
-            lp_wbuf_cstr(&w, "\r\n");
-        }
-        if (!upgrade) {
-            if (close)
-                lp_wbuf_cstr(&w, "Connection: close\r\n");
-            else if (req->minor == 0)
-                lp_wbuf_cstr(&w, "Connection: keep-alive\r\n");
-        }
-        lp_wbuf_cstr(&w, "\r\n");
-        if (!w.overflow)
-            break;
+        n = lp_h1_response_head(hb->data, hb->cap, &head);
     }
     lp_wbatch_t *wb = conn_outb(c, 1, 0);
     if (!wb) {
         lp_buf_unref(hb);
         return -1;
     }
-    lp_wbatch_add(wb, hb->data, (size_t)(w.p - hb->data), hb);
+    lp_wbatch_add(wb, hb->data, n, hb);
     lp_buf_unref(hb); /* the batch holds it now */
     req->flags |= LP_RF_RESP_STARTED;
     return 0;

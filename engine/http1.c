@@ -771,33 +771,48 @@ const char *lp_h1_date(void)
     return text;
 }
 
-size_t lp_h1_simple_response(char *out, size_t cap, int status, int close, int head_only,
-                             const char *extra_headers, const char *detail)
+size_t lp_h1_response_head(char *out, size_t cap, const lp_h1_resp_head_t *h)
 {
-    const char *text = lp_h1_status_text(status);
-    int has_body = status >= 200 && status != 204 && status != 304;
-    char body[256];
-    int blen = detail ? snprintf(body, sizeof(body), "%d %s: %s\n", status, text, detail)
-                      : snprintf(body, sizeof(body), "%d %s\n", status, text);
-    if (blen < 0 || (size_t)blen >= sizeof(body))
-        blen = snprintf(body, sizeof(body), "%d %s\n", status, text);
+    int has_date = 0;
+    for (unsigned i = 0; !h->local && i < h->nheaders && !has_date; i++)
+        has_date = LP_STR_IEQ(h->headers[i].name, "date");
     lp_wbuf_t w = {out, out + cap, 0};
     lp_wbuf_cstr(&w, "HTTP/1.1 ");
-    lp_wbuf_u64(&w, (uint64_t)status);
+    lp_wbuf_u64(&w, (uint64_t)h->status);
     lp_wbuf_cstr(&w, " ");
-    lp_wbuf_cstr(&w, text);
-    lp_wbuf_cstr(&w, "\r\nServer: luaproxy\r\n");
-    if (has_body) {
-        lp_wbuf_cstr(&w, "Content-Type: text/plain\r\nContent-Length: ");
-        lp_wbuf_u64(&w, (uint64_t)blen);
+    if (h->reason.base)
+        lp_wbuf_str(&w, h->reason.base, h->reason.len);
+    else
+        lp_wbuf_cstr(&w, lp_h1_status_text(h->status));
+    lp_wbuf_cstr(&w, "\r\n");
+    if (h->local)
+        lp_wbuf_cstr(&w, "Server: luaproxy\r\n");
+    if (!has_date) {
+        lp_wbuf_cstr(&w, "Date: ");
+        lp_wbuf_cstr(&w, lp_h1_date());
         lp_wbuf_cstr(&w, "\r\n");
     }
-    if (close)
-        lp_wbuf_cstr(&w, "Connection: close\r\n");
-    if (extra_headers)
-        lp_wbuf_cstr(&w, extra_headers);
+    for (unsigned i = 0; i < h->nheaders; i++) {
+        const lp_header_t *hd = &h->headers[i];
+        lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
+    }
+    if (h->upgrade) {
+        lp_wbuf_cstr(&w, "Connection: upgrade\r\n");
+        if (h->upgrade_proto.base)
+            lp_wbuf_header(&w, "Upgrade", 7, h->upgrade_proto.base, h->upgrade_proto.len);
+    } else if (h->chunked) {
+        lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
+    } else if (h->has_length) {
+        lp_wbuf_cstr(&w, "Content-Length: ");
+        lp_wbuf_u64(&w, h->length);
+        lp_wbuf_cstr(&w, "\r\n");
+    }
+    if (!h->upgrade) {
+        if (h->close)
+            lp_wbuf_cstr(&w, "Connection: close\r\n");
+        else if (h->http10)
+            lp_wbuf_cstr(&w, "Connection: keep-alive\r\n");
+    }
     lp_wbuf_cstr(&w, "\r\n");
-    if (has_body && !head_only)
-        lp_wbuf_str(&w, body, (size_t)blen);
     return w.overflow ? 0 : (size_t)(w.p - out);
 }

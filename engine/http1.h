@@ -113,6 +113,28 @@ uint8_t lp_h1_method(const lp_h1_t *h);
 int lp_h1_status(const lp_h1_t *h);
 int lp_h1_minor(const lp_h1_t *h);
 const char *lp_h1_status_text(int status);
+/* A response head as the client will get it: the decisions are the caller's (conn.c), the
+ * bytes are written here. */
+typedef struct {
+    int status;
+    lp_str_t reason;            /* base NULL: the standard text for the status */
+    const lp_header_t *headers; /* borrowed: end-to-end fields, in order */
+    unsigned nheaders;
+    int local;              /* the proxy's own answer: Server, and always Date */
+    int upgrade;            /* a 101 switching: Connection: upgrade + Upgrade */
+    lp_str_t upgrade_proto; /* the Upgrade value (base NULL: none) */
+    int chunked;            /* Transfer-Encoding: chunked */
+    int has_length;         /* Content-Length: length (when not chunked) */
+    uint64_t length;
+    int close;  /* Connection: close */
+    int http10; /* an HTTP/1.0 client kept alive: Connection: keep-alive */
+} lp_h1_resp_head_t;
+
+/* Writes the head into out; the bytes used, or 0 when cap is too small. A Date field is
+ * added when the headers have none (RFC 9110 6.6.1: an origin with a clock sends Date; a
+ * proxy adds a missing one). */
+size_t lp_h1_response_head(char *out, size_t cap, const lp_h1_resp_head_t *h);
+
 /* The current time as an HTTP date (IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT"),
  * formatted once a second per thread. */
 const char *lp_h1_date(void);
@@ -133,9 +155,5 @@ void lp_wbuf_u64(lp_wbuf_t *w, uint64_t v);
 /* v in base 10 or 16 (lower case) into out (24 bytes); returns the length. */
 size_t lp_u64_to_str(uint64_t v, unsigned base, char *out);
 void lp_wbuf_header(lp_wbuf_t *w, const char *name, size_t nlen, const char *val, size_t vlen);
-
-/* A complete locally generated response (error pages and the like). */
-size_t lp_h1_simple_response(char *out, size_t cap, int status, int close, int head_only,
-                             const char *extra_headers, const char *detail);
 
 #endif

@@ -22,7 +22,7 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: luaproxy -c FILE [-w N]     serve with the config FILE\n"
+    fprintf(out, "usage: luaproxy -c FILE [-w N] [--watch]  serve with the config FILE\n"
                  "       luaproxy -t -c FILE          check FILE and exit\n"
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
                  "       luaproxy -s stop -c FILE     stop it gracefully\n"

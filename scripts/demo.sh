@@ -26,12 +26,30 @@ for spec in 9001:web 9002:api-1 9003:api-2; do
     PIDS+=($!)
 done
 "$BUILD/luaproxy" -c "$CONFIG" &
-PIDS+=($!)
+PROXY=$!
+PIDS+=("$PROXY")
 
+up=0
 for _ in $(seq 50); do
-    curl -s -o /dev/null http://127.0.0.1:8080/ && break
+    if ! kill -0 "$PROXY" 2>/dev/null; then
+        echo "luaproxy did not start (its error is above)" >&2
+        exit 1
+    fi
+    curl -s -o /dev/null http://127.0.0.1:8080/ && { up=1; break; }
     sleep 0.1
 done
+if [ "$up" != 1 ]; then
+    echo "luaproxy does not answer on http://127.0.0.1:8080 (its log is above)" >&2
+    exit 1
+fi
+if [ "$CONFIG" != "$HERE/demo.lua" ]; then
+    echo
+    echo "luaproxy is running $CONFIG on http://127.0.0.1:8080 (Ctrl-C stops it)."
+    echo "The comments at the top of that file say what to try."
+    echo
+    wait "$PROXY"
+    exit
+fi
 cat <<'TXT'
 
 luaproxy demo is running on http://127.0.0.1:8080 (Ctrl-C stops it). Try:
