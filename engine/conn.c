@@ -216,12 +216,6 @@ void lp_conn_flush(lp_conn_t *c)
         conn_timer(c, TM_SEND, T(c)->send);
 }
 
-/* The batch to append to, with room for k iovecs and `scratch` framing bytes. */
-static lp_wbatch_t *conn_outb(lp_conn_t *c, unsigned k, unsigned scratch)
-{
-    return lp_ep_outb(&c->ep, k, scratch);
-}
-
 static int conn_respond_lua(lp_req_t *req);
 static int conn_send_local(lp_req_t *req);
 
@@ -367,7 +361,7 @@ int lp_conn_upstream_ready(lp_req_t *req)
         req->state == LP_RS_BODY && req->body_in == 0 &&
         ((req->h1.flags & LP_H1F_CHUNKED) || req->h1.content_length > 0)) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        lp_wbatch_t *wb = conn_outb(c, 1, 0);
+        lp_wbatch_t *wb = lp_ep_outb(&c->ep, 1, 0);
         if (wb) {
             lp_wbatch_add(wb, cont, sizeof(cont) - 1, NULL);
             req->flags |= LP_RF_SENT_100;
@@ -439,7 +433,7 @@ int lp_conn_read_body(lp_req_t *req, uint64_t max)
         req->state = LP_RS_BODY;
     if ((req->h1.flags & LP_H1F_EXPECT_100) && !(req->flags & LP_RF_SENT_100)) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        lp_wbatch_t *wb = conn_outb(req->conn, 1, 0);
+        lp_wbatch_t *wb = lp_ep_outb(&req->conn->ep, 1, 0);
         if (wb) {
             lp_wbatch_add(wb, cont, sizeof(cont) - 1, NULL);
             req->flags |= LP_RF_SENT_100;
@@ -583,8 +577,7 @@ static void conn_process_once(lp_conn_t *c)
             return;
         /* The request may have ended by now: look again. */
         req = c->req;
-        if (req && req->peer && req->peer->ep.out_pending > LP_HIGH_WATERMARK &&
-            req->state == LP_RS_BODY) {
+        if (req && req->peer && lp_relay_full(&req->peer->ep) && req->state == LP_RS_BODY) {
             req->flags |= LP_RF_READ_PAUSED;
             if (c->ep.tmode == TM_BODY)
                 conn_timer(c, TM_NONE, 0);
@@ -658,7 +651,7 @@ static void conn_plain_on_tls(lp_conn_t *c)
                      "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n",
                      sizeof(body) - 1);
-    lp_wbatch_t *wb = conn_outb(c, 2, (unsigned)n);
+    lp_wbatch_t *wb = lp_ep_outb(&c->ep, 2, (unsigned)n);
     if (!wb) {
         lp_conn_close(c);
         return;
@@ -894,7 +887,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
             return -1;
         n = lp_h1_response_head(hb->data, hb->cap, &head);
     }
-    lp_wbatch_t *wb = conn_outb(c, 1, 0);
+    lp_wbatch_t *wb = lp_ep_outb(&c->ep, 1, 0);
     if (!wb) {
         lp_buf_unref(hb);
         return -1;
@@ -975,7 +968,7 @@ int lp_conn_response_done(lp_req_t *req)
         return LP_GONE;
     }
     if (req->flags & LP_RF_RESP_CHUNKED) {
-        lp_wbatch_t *wb = conn_outb(c, 1, 0);
+        lp_wbatch_t *wb = lp_ep_outb(&c->ep, 1, 0);
         if (wb)
             lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
     }

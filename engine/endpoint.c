@@ -118,6 +118,12 @@ void lp_ep_timers_init(lp_ep_timers_t *t, uv_loop_t *loop)
 
 void lp_ep_timers_close(lp_ep_timers_t *t)
 {
+    /* Normally empty by now; an endpoint still in it must not reach the freed array. */
+    for (uint32_t i = 0; i < t->n; i++) {
+        t->heap[i]->hidx = 0;
+        t->heap[i]->deadline = 0;
+    }
+    t->closed = 1;
     uv_close((uv_handle_t *)&t->timer, NULL);
     free(t->heap);
     t->heap = NULL;
@@ -172,6 +178,8 @@ void lp_ep_timer(lp_endpoint_t *ep, int mode, uint64_t ms)
         return;
     }
     lp_ep_timers_t *t = timers_of(ep);
+    if (t->closed)
+        return; /* the worker is past its last endpoint's end */
     uint64_t now = uv_now(&ep->w->loop);
     ep->deadline = now + ms;
     if (ep->hidx) {

@@ -36,6 +36,7 @@ typedef struct {
     lp_endpoint_t **heap; /* owned array of n (capacity cap) */
     uint32_t n, cap;
     uint64_t armed; /* uv_now() ms the timer is set for; 0: not set */
+    int closed;     /* lp_ep_timers_close ran: deadlines are no longer kept */
 } lp_ep_timers_t;
 
 void lp_ep_timers_init(lp_ep_timers_t *t, uv_loop_t *loop);

@@ -257,12 +257,6 @@ static void peer_on_written(lp_endpoint_t *ep, int status)
     }
 }
 
-/* TLS output (handshake messages, alerts, tickets). -1 when the connection broke. */
-static int peer_tls_send(lp_peer_t *p)
-{
-    return lp_ep_flush_tls(&p->ep);
-}
-
 void lp_peer_flush(lp_peer_t *p)
 {
     /* Before the connection (and its TLS handshake) is up, the request waits in outb. */
@@ -270,11 +264,6 @@ void lp_peer_flush(lp_peer_t *p)
         return;
     if (p->ep.tmode != PT_SEND && !(p->flags & LP_PF_TUNNEL) && p->ep.out_pending)
         peer_timer(p, PT_SEND, T(p)->send);
-}
-
-static lp_wbatch_t *peer_outb(lp_peer_t *p, unsigned k, unsigned scratch)
-{
-    return lp_ep_outb(&p->ep, k, scratch);
 }
 
 void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int chunked)
@@ -291,7 +280,7 @@ void lp_peer_body_end(lp_peer_t *p, int chunked)
     if (p->ep.flags & LP_EPF_CLOSING)
         return;
     if (chunked) {
-        lp_wbatch_t *wb = peer_outb(p, 1, 0);
+        lp_wbatch_t *wb = lp_ep_outb(&p->ep, 1, 0);
         if (wb)
             lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
     }
@@ -408,7 +397,7 @@ static int peer_start_request(lp_peer_t *p, lp_req_t *req)
             break;
         n = build_request_head(req, hb->data, hb->cap);
     }
-    lp_wbatch_t *wb = n ? peer_outb(p, 1, 0) : NULL;
+    lp_wbatch_t *wb = n ? lp_ep_outb(&p->ep, 1, 0) : NULL;
     if (!wb) {
         if (hb)
             lp_buf_unref(hb);
@@ -476,7 +465,7 @@ static void on_connect(uv_connect_t *cr, int status)
             peer_fail(p, LP_FAIL_CONNECT, 502, why);
             return;
         }
-        if (!peer_tls_send(p))
+        if (!lp_ep_flush_tls(&p->ep))
             peer_update_reading(p);
         return;
     }
@@ -732,7 +721,7 @@ static void peer_tls_pump(lp_peer_t *p)
         }
         peer_input(p);
     }
-    if (p->ep.tls && !(p->ep.flags & LP_EPF_CLOSING) && !peer_tls_send(p))
+    if (p->ep.tls && !(p->ep.flags & LP_EPF_CLOSING) && !lp_ep_flush_tls(&p->ep))
         lp_tls_in_trim(p->ep.tls);
 }
 
@@ -742,7 +731,7 @@ static void peer_tls_input(lp_peer_t *p)
 {
     if (p->flags & LP_PF_HANDSHAKE) {
         int rc = lp_tls_handshake(p->ep.tls);
-        if (peer_tls_send(p))
+        if (lp_ep_flush_tls(&p->ep))
             return;
         if (rc == LP_AGAIN)
             return;

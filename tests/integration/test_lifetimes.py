@@ -110,7 +110,7 @@ return { name = "bodywait", priority = 10, schema = { fields = {} },
 local saved
 return { name = "crosser", priority = 10, schema = { fields = {} },
   request = function(req)
-    if req:header("x-first") then saved = req; return end
+    if req:header("x-first") then saved = req; proxy.log.warn("CROSSER saved A"); return end
     local ok, err = pcall(saved.respond, saved, 200, "from B")
     return req:respond(200, ok and "CROSSED" or tostring(err))
   end }
@@ -343,10 +343,10 @@ class LifetimeTest(L.LuaTestCase):
         out = {}
 
         def first():
-            out["a"] = self.get("/cross/delay?ms=600", headers={"X-First": "1"})
+            out["a"] = self.get("/cross/delay?ms=1500", headers={"X-First": "1"})
         t = threading.Thread(target=first)
         t.start()
-        time.sleep(0.2)
+        self.wait_log("CROSSER saved A")  # A is parked on its upstream, its handle kept
         r = self.get("/cross/x")
         t.join(H.T(10))
         self.assertEqual(r.status, 200)
