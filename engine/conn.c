@@ -1116,9 +1116,12 @@ static int req_finish(lp_req_t *req)
                !((c->flags & LP_CF_EOF) && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen));
     conn_count(req);
     c->nrequests++;
-    /* Read whole, and nothing behind it: once the answer is out, nothing from this client
-     * can be lost to a reset, so no lingering close (nginx's heuristic too). */
-    if (!keep && req->state == LP_RS_DONE && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen))
+    /* The client asked to close (so it sends nothing more: RFC 9112 9.6) or already did,
+     * and its request was read whole with nothing behind it: once the answer is out, no
+     * unread input can turn the close into a reset, so no lingering close. A close the
+     * proxy decides (an error, a shutdown) still lingers: the client may be sending. */
+    if (!keep && req->state == LP_RS_DONE && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen) &&
+        ((req->h1.flags & LP_H1F_CONN_CLOSE) || (c->flags & LP_CF_EOF)))
         c->flags |= LP_CF_CLEAN_END;
     lp_accesslog_write(w->access, req);
     lp_req_end(req);

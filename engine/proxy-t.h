@@ -266,7 +266,7 @@ struct lp_req_s {
 #define LP_CF_BUSY        0x40  /* conn_process is on the stack */
 #define LP_CF_AGAIN       0x80  /* conn_process was asked for another pass meanwhile */
 #define LP_CF_TLS_BYE     0x200 /* TLS close_notify queued */
-#define LP_CF_CLEAN_END   0x400 /* closing after a request read whole: no lingering close */
+#define LP_CF_CLEAN_END   0x400 /* the client asked to close and sent nothing more: no lingering */
 
 /* A downstream (client) connection: HTTP/1.1 over an endpoint, one request at a time. */
 struct lp_conn_s {
