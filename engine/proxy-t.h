@@ -132,6 +132,20 @@ typedef struct lp_wgen_s {
     unsigned refs;
 } lp_wgen_t;
 
+/* A worker's Lua scheduling (engine/lua_task.c): tasks woken and ready to resume, and
+ * the background tasks (timers, spawned threads) of all its VMs, with their bounds.
+ * Worker-local. */
+typedef struct lp_lua_sched_s {
+    lp_list_t ready;     /* lp_lua_task_t.ready_link: woken, resumed in order by `idle` */
+    lp_list_t slot_wait; /* lp_lua_task_t.ready_link: due timers waiting for a running slot */
+    uv_idle_t idle;      /* active while a task is ready (keeps the loop from sleeping) */
+    lp_list_t bg;        /* lp_lua_task_t.link: every started background task */
+    unsigned pending;    /* timers waiting for their time or a slot (lua.max_timers) */
+    unsigned running;    /* background tasks running (lua.max_running_timers) */
+    uint64_t refused;    /* timers and spawns refused by those bounds (GET /status) */
+    int on;              /* lp_lua_sched_init ran and lp_lua_sched_close did not */
+} lp_lua_sched_t;
+
 struct lp_worker_s {
     int id;
     uv_thread_t thread;
@@ -171,6 +185,7 @@ struct lp_worker_s {
     size_t nfree_reqs;
     size_t nfree_reqs_low; /* the fewest free since the last trim (request.c) */
     uv_timer_t house;      /* once a second: gives back what a peak left unused */
+    lp_lua_sched_t lua;    /* Lua tasks ready to resume, background tasks */
 };
 
 /* Request flags (LP_RF_*). */
