@@ -117,5 +117,8 @@ proxy.timer = tasks.timer
 proxy.spawn = tasks.spawn
 proxy.exiting = tasks.exiting
 
+-- ---- cosockets (lua/luaproxy/tcp.lua) ----
+proxy.tcp = require("luaproxy.tcp").tcp
+
 proxy._K = K
 return proxy
