@@ -610,7 +610,8 @@ static int sock_park(lp_cosock_t *s)
         s->op = OP_NONE;
         if (s->conn)
             lp_ep_timer(&s->conn->ep, LP_EP_TM_NONE, 0);
-        return sock_err(s, "cannot wait here (a response_body filter may not yield)");
+        sock_err(s, "cannot wait here (a response_body filter may not yield)");
+        return LP_FFI_EPHASE; /* Lua raises: API misuse, not a network condition */
     }
     s->parked = 1;
     return COSOCK_PARKED;
