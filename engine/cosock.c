@@ -893,7 +893,7 @@ int lp_ffi_tcp_receive(void *sp, int mode, double size, const char *pat, size_t 
         s->op = OP_NONE;
         return sock_err(s, "closed");
     }
-    const char *p = c->in + c->in_pos;
+    const char *p = c->in ? c->in + c->in_pos : "";
     size_t avail = c->in_len - c->in_pos;
     size_t n = size > 0 ? (size_t)size : 0;
     size_t take = 0, len = 0;
