@@ -9,6 +9,7 @@ the log phase."""
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,8 @@ class LineServer:
     """A line protocol server on 127.0.0.1, port 0 (TLS when given a context). Commands:
     ECHO text -> text\\r\\n; CONN -> the connection's number; LEN n -> n bytes "x";
     HANG -> nothing, ever; HALF text -> text without its newline, then close;
-    BYE -> bye\\n, then close."""
+    BYE -> bye\\n, then close; SINK n -> reads n bytes, then sunk\\n; RST -> closes with
+    a reset."""
 
     def __init__(self, tls=None):
         self.tls = tls
@@ -95,6 +97,19 @@ class LineServer:
                 elif cmd == b"BYE":
                     s.sendall(b"bye\n")
                     break
+                elif cmd == b"SINK":
+                    n = int(arg)
+                    while n > 0:
+                        chunk = f.read1(min(n, 65536))
+                        if not chunk:
+                            break
+                        n -= len(chunk)
+                    s.sendall(b"sunk\n")
+                elif cmd == b"RST":
+                    # close with a reset: later sends of the client fail
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                 struct.pack("ii", 1, 0))
+                    break
         except (OSError, ValueError, ssl.SSLError):
             pass
         finally:
@@ -104,6 +119,15 @@ class LineServer:
                 s.close()
             except OSError:
                 pass
+
+    def close_all(self):
+        """Closes every connection the server holds (pooled ones on the proxy's side)."""
+        with self.lock:
+            for s in list(self.open):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def open_count(self):
         with self.lock:
@@ -280,6 +304,75 @@ function H.other_task(req, conf)
   while not res do proxy.sleep(0.01) end
   assert(s:send("ECHO mine\n"))
   return req:respond(200, res .. "|" .. assert(s:receive()))
+end
+
+function H.big(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  local n = 3 * 1024 * 1024
+  assert(s:send("SINK " .. n .. "\n"))
+  assert(s:send(string.rep("y", n))) -- past the send high-water mark: it waits
+  local sunk = assert(s:receive())
+  assert(s:send("LEN " .. n .. "\n"))
+  local got = assert(s:receive(n))
+  assert(s:send("LEN 100000\n"))
+  assert(s:send("BYE\n"))
+  local all = assert(s:receive("*a"))
+  return req:respond(200, sunk .. "|" .. #got .. "|" .. #all)
+end
+
+function H.reset(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  assert(s:send("RST\n"))
+  local data, err = s:receive()
+  local errs = { tostring(data), tostring(err) }
+  -- a send to the reset peer, on a second connection told to reset
+  local s2 = proxy.tcp()
+  assert(s2:connect("127.0.0.1", conf.port))
+  assert(s2:send("RST\n"))
+  proxy.sleep(0.1)
+  local ok, serr
+  for _ = 1, 50 do
+    ok, serr = s2:send(string.rep("z", 65536))
+    if not ok then break end
+    proxy.sleep(0.01)
+  end
+  errs[#errs + 1] = tostring(ok)
+  errs[#errs + 1] = tostring(serr)
+  return req:respond(200, table.concat(errs, "|"))
+end
+
+function H.hang(req, conf)
+  local s = proxy.tcp()
+  s:settimeout(20000)
+  assert(s:connect("127.0.0.1", conf.port))
+  assert(s:send("HANG\n"))
+  s:receive() -- the client goes away meanwhile
+  return req:respond(200, "unreachable")
+end
+
+function H.drop(req, conf)
+  -- a socket Lua no longer references is collected, and its connection closed
+  do
+    local s = proxy.tcp()
+    assert(s:connect("127.0.0.1", conf.port))
+    assert(s:send("ECHO x\n"))
+    assert(s:receive())
+  end
+  collectgarbage()
+  collectgarbage()
+  return req:respond(200, "dropped")
+end
+
+function H.spawned(req, conf)
+  local res
+  assert(proxy.spawn(function()
+    local line, s = line_cmd(conf.port, "ECHO from-thread")
+    res = line or ("error: " .. tostring(s))
+  end))
+  while not res do proxy.sleep(0.01) end
+  return req:respond(200, res)
 end
 
 function H.tls(req, conf)
@@ -485,6 +578,49 @@ class LuaTcpTest(RT.ReloadTestCase):
         self.body("/t/logphase")
         H.wait_for(lambda: self.body("/t/results") == "init|from-timer|from-log", H.T(5),
                    what="results: " + self.body("/t/results"))
+
+    def test_large_transfers(self):
+        n = 3 * 1024 * 1024
+        self.assertEqual(self.body("/t/big"), "sunk|%d|%d" % (n, 100000 + 4))
+
+    def test_reset_peer(self):
+        data, err, ok, serr = self.body("/t/reset").split("|")
+        self.assertEqual(data, "nil")
+        self.assertIn(err, ("closed", "connection reset by peer"))
+        self.assertEqual(ok, "nil")
+        self.assertIn(serr, ("broken pipe", "connection reset by peer"))
+
+    def test_abandoned_request_closes_its_socket(self):
+        base = self.srv.open_count()
+        c = H.Client(self.proxy.port)
+        c.send(H.build_request("GET", "/t/hang", headers={"Host": "a.test"}))
+        H.wait_for(lambda: self.srv.open_count() > base, H.T(5), what="the plugin to connect")
+        c.abort()
+        H.wait_for(lambda: self.srv.open_count() <= base, H.T(5),
+                   what="the abandoned request's socket to close")
+        self.assertEqual(self.body("/t/name"), "via-name")
+
+    def test_collected_socket_is_closed(self):
+        base = self.srv.open_count()
+        self.assertEqual(self.body("/t/drop"), "dropped")
+        H.wait_for(lambda: self.srv.open_count() <= base, H.T(5),
+                   what="the collected socket's connection to close")
+
+    def test_pooled_connection_closed_by_peer(self):
+        self.body("/t/keepalive")
+        first = self.body("/t/keepalive").split("|")
+        self.assertGreater(int(first[1]), 0)
+        self.srv.close_all()
+        # the idle pooled connection notices at once (no CLOSE_WAIT left behind) ...
+        H.wait_for(lambda: not [st for lp, rp, st in RT.tcp_states(self.srv.port)
+                                if rp == self.srv.port and st == "08"], H.T(5),
+                   what="the pooled connection to be closed after its peer closed")
+        # ... and the next request connects afresh
+        again = self.body("/t/keepalive").split("|")
+        self.assertEqual(again[1], "0")
+
+    def test_spawned_thread(self):
+        self.assertEqual(self.body("/t/spawned"), "from-thread")
 
     def test_zz_no_sanitizer_errors(self):
         self.assertAlive()
