@@ -424,6 +424,28 @@ function H.timer(req, conf)
   return req:respond(200, "started")
 end
 
+local every_result = "not run"
+function H.every(req, conf)
+  every_result = "pending"
+  local runs, first = 0, nil
+  local h
+  h = proxy.timer.every(0.01, function()
+    runs = runs + 1
+    if runs == 1 then
+      first = proxy.tcp()
+      local ok, err = first:connect("127.0.0.1", conf.port)
+      if not ok then every_result = "connect: " .. err end
+    elseif runs == 2 then
+      -- the first run returned: its socket was closed with it
+      local ok, err = first:send("ECHO x\n")
+      every_result = tostring(ok) .. "|" .. tostring(err)
+      h:cancel()
+    end
+  end)
+  while every_result == "pending" do proxy.sleep(0.01) end
+  return req:respond(200, every_result)
+end
+
 function H.results(req, conf)
   return req:respond(200, init_result .. "|" .. timer_result .. "|" .. log_result)
 end
@@ -618,6 +640,9 @@ class LuaTcpTest(RT.ReloadTestCase):
         # ... and the next request connects afresh
         again = self.body("/t/keepalive").split("|")
         self.assertEqual(again[1], "0")
+
+    def test_every_timer_run_closes_its_sockets(self):
+        self.assertEqual(self.body("/t/every"), "nil|closed")
 
     def test_spawned_thread(self):
         self.assertEqual(self.body("/t/spawned"), "from-thread")
