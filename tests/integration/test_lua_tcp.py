@@ -321,6 +321,14 @@ function H.big(req, conf)
   return req:respond(200, sunk .. "|" .. #got .. "|" .. #all)
 end
 
+function H.longline(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  assert(s:send("LEN " .. (17 * 1024 * 1024) .. "\n"))
+  local data, err, partial = s:receive()
+  return req:respond(200, tostring(data) .. "|" .. tostring(err) .. "|" .. tostring(#partial >= 16 * 1024 * 1024))
+end
+
 function H.reset(req, conf)
   local s = proxy.tcp()
   assert(s:connect("127.0.0.1", conf.port))
@@ -604,6 +612,9 @@ class LuaTcpTest(RT.ReloadTestCase):
     def test_large_transfers(self):
         n = 3 * 1024 * 1024
         self.assertEqual(self.body("/t/big"), "sunk|%d|%d" % (n, 100000 + 4))
+
+    def test_line_length_is_bounded(self):
+        self.assertEqual(self.body("/t/longline"), "nil|line too long|true")
 
     def test_reset_peer(self):
         data, err, ok, serr = self.body("/t/reset").split("|")
