@@ -210,6 +210,14 @@ struct lp_worker_s {
 #define LP_RF_COUNTED        0x100000 /* counted in w->requests */
 #define LP_RF_NO_LUA_RESP    0x80000 /* the response phase ran: an answer replacing it goes as is */
 
+/* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
+enum {
+    LP_FC_NONE,
+    LP_FC_UPSTREAM, /* the upstream's next bytes (its read is paused meanwhile) */
+    LP_FC_EOF,      /* the end of the response (the filters' last call) */
+    LP_FC_LOCAL,    /* the end of a local answer's body */
+};
+
 typedef enum {
     LP_RS_HEAD, /* reading the request head */
     LP_RS_BODY, /* streaming the request body */
@@ -269,7 +277,8 @@ struct lp_req_s {
     lp_buf_t *body_buf;    /* owned: the body gathered by req:body() */
     size_t body_len;
     uint64_t body_max;
-    char *local_body; /* owned: the body of a req:respond() answer */
+    uint8_t filter_cont; /* LP_FC_*: what a waiting response_body filter holds up */
+    char *local_body;    /* owned: the body of a req:respond() answer */
     size_t local_body_len;
 };
 

@@ -54,13 +54,11 @@ function fake.now() return clock end
 -- The fake clock moves both; only differences of monotonic() mean anything.
 function fake.monotonic() return clock - START + 1000 end
 function fake.worker_id() return 1 end
-local in_filter = false -- a response_body filter runs (call_filter)
 function fake.sleep(seconds)
   seconds = tonumber(seconds)
   if not seconds or not (seconds >= 0 and seconds < 1e9) then
     phases.raise("proxy.sleep: expected a number of seconds from 0 to 1e9", 2)
   end
-  if in_filter then phases.raise(phases.NO_YIELD, 2) end
   clock = clock + seconds
   -- Yield like the engine does, so a sleep where the engine cannot yield (inside a C call
   -- such as a table.sort comparator or a gsub callback) fails in the specs too.
@@ -807,19 +805,10 @@ function T.call(fn, ...)
   end
 end
 
--- Runs a response_body filter as the engine does: a plain call, so that a filter that
--- waits (proxy.sleep, any yield) fails the same way it fails in the proxy.
+-- Runs a response_body filter as the engine does: in the request's coroutine, so it may
+-- wait (proxy.sleep, a client call) like any phase; it returns the chunk to send.
 local function call_filter(fn, ...)
-  local co = co_create(fn)
-  local prev = running
-  running = co
-  in_filter = true
-  local ok, ret = co_resume(co, ...)
-  in_filter = false
-  running = prev
-  if not ok then error(ret, 0) end
-  if co_status(co) ~= "dead" then error(phases.NO_YIELD, 0) end
-  return false, ret
+  return T.call(fn, ...)
 end
 
 -- Ends `req` as the engine ends a request: its handle raises on every later call.
