@@ -90,8 +90,8 @@ static void task_wake(lp_lua_task_t *t, int wake)
     lp_worker_t *io = t->vm->io;
     t->serial++;
     t->wake = wake;
-    if (!io)
-        return; /* not attached: lp_lua_attach starts it */
+    if (!io || !io->lua.on)
+        return; /* not attached (lp_lua_attach starts it), or the worker is gone */
     if (!lp_list_empty(&t->ready_link))
         lp_list_remove(&t->ready_link);
     lp_list_insert_tail(&io->lua.ready, &t->ready_link);
