@@ -317,7 +317,7 @@ static void maybe_finish(lp_worker_t *w)
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->flush, NULL);
         uv_close((uv_handle_t *)&w->hs_idle, NULL);
-        lp_ep_timers_close(&w->ep_timers); /* no client left; idle upstreams closed above */
+        lp_ep_timers_close(&w->ep_env.timers); /* no client left; idle upstreams closed above */
         uv_close((uv_handle_t *)&w->house, NULL);
     }
 }
@@ -439,7 +439,7 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
-    lp_ep_timers_init(&w->ep_timers, &w->loop);
+    lp_ep_env_init(&w->ep_env, &w->loop, &w->bufs, &w->wbatches);
     uv_timer_init(&w->loop, &w->house);
     w->house.data = w;
     uv_timer_start(&w->house, on_house, 1000, 1000);
