@@ -505,6 +505,12 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, lp_c
     const char *path = cfg->path;
     int rc = 0;
     char ferr[512];
+    if (!cfg->materialised) {
+        /* Addresses and TLS contexts are built before, off the loops (config.h). */
+        snprintf(err, errlen, "%s: the config was not materialised (internal error)", path);
+        lp_config_free(cfg);
+        return LP_EINVAL;
+    }
     if (lp_accesslog_check_format(&cfg->access_format, ferr, sizeof(ferr))) {
         snprintf(err, errlen, "%s: %s", path, ferr);
         lp_config_free(cfg);
@@ -704,12 +710,9 @@ int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, cha
     return 0;
 }
 
-int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, size_t errlen)
+int lp_workers_reload(lp_worker_t *ws, unsigned n, lp_config_t *cfg, char *err, size_t errlen)
 {
-    lp_config_t *cfg;
-    int rc = lp_config_load(path, &cfg, err, errlen);
-    if (rc)
-        return rc;
+    int rc = 0;
     lp_switch_t *sw = calloc(n, sizeof(*sw));
     if (!sw) {
         lp_config_free(cfg);
