@@ -45,9 +45,9 @@ typedef struct {
 } lp_probe_conn_t;
 
 struct lp_probe_s {
-    uv_timer_t timer;    /* next probe; the probe is freed in its close callback */
-    lp_probe_conn_t *pc; /* borrowed (it frees itself): the probe in flight, NULL: none */
-    lp_health_t *h;
+    uv_timer_t timer;           /* next probe; the probe is freed in its close callback */
+    lp_probe_conn_t *pc;        /* borrowed (it frees itself): the probe in flight, NULL: none */
+    lp_health_t *h;             /* borrowed: the process-wide registry's (health.h) */
     const lp_health_conf_t *hc; /* in the generation that made the probe (kept alive below) */
     lp_tls_client_t *tls_ctx;   /* borrowed from that generation's upstream; NULL: plain */
     char *tls_name;             /* owned: the name TLS sends and verifies (NULL: plain) */
@@ -55,12 +55,12 @@ struct lp_probe_s {
     lp_addr_t addr;             /* borrowed text: the generation's */
     char *req;                  /* owned: the request head an http probe sends */
     size_t reqlen;
-    int stopping; /* dropped by a reload or the stop: no verdict, no next probe */
-    struct lp_probe_s *next;
+    int stopping;            /* dropped by a reload or the stop: no verdict, no next probe */
+    struct lp_probe_s *next; /* the checker's list (checker.probes owns them) */
 };
 
 struct lp_checker_s {
-    lp_probe_t *probes;
+    lp_probe_t *probes;   /* owned list: the current generation's */
     lp_gen_t *gen;        /* the generation whose config the probes read: holds a reference */
     lp_ep_env_t env;      /* the probes' endpoints: the main loop, a deadline heap, the pools */
     lp_bufpool_t bufs;    /* read and TLS blocks, parser arenas (main thread only) */
@@ -209,8 +209,8 @@ static void pc_parse(lp_probe_conn_t *pc)
             snprintf(why, sizeof(why), "invalid response: %s",
                      pc->h1.err_reason ? pc->h1.err_reason : "parse error");
             pc_done(pc, 0, why);
-        } else if (ev == LP_H1_NEED_MORE) {
-            break;
+        } else {
+            break; /* NEED_MORE (all used); PAUSED never comes: probe_body takes all */
         }
     }
     if (pc->probe)
