@@ -103,7 +103,10 @@ static void on_signal(uv_signal_t *s, int signum)
  * Three steps: load (parse and validate: the config VM, main loop), materialise (DNS and
  * TLS contexts: lp_config_materialise on libuv's threadpool, so a slow resolver or CA file
  * holds neither the admin API nor the health checks, and never a worker), then build the
- * generation and switch every worker to it (main loop, worker.c). One at a time. */
+ * generation and switch every worker to it (main loop, worker.c). One at a time.
+ * `reload` is the main thread's, except cfg, rc, err and materialise_ns, which the
+ * threadpool thread writes between uv_queue_work and on_materialised (libuv orders both
+ * sides of that hand-over; the main thread does not touch them meanwhile). */
 
 typedef struct reload_waiter_s {
     lp_reload_cb cb;
@@ -234,6 +237,13 @@ static void reload_nop(void *data, int rc, const char *err, uint64_t generation)
 
 void lp_server_reload(lp_server_t *s, lp_reload_cb cb, void *data)
 {
+    if (stop_reason) {
+        /* An admin connection still open while the process drains: no generation to
+         * name (the workers may be gone with theirs). */
+        if (cb)
+            cb(data, LP_EIO, "the server is stopping", 0);
+        return;
+    }
     reload_waiter_t *w = calloc(1, sizeof(*w));
     if (!w) {
         lp_log_error("reload: out of memory");
