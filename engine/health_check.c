@@ -305,8 +305,10 @@ static void pc_on_written(lp_endpoint_t *ep, int status)
 static void pc_on_timeout(lp_endpoint_t *ep, int mode)
 {
     lp_probe_conn_t *pc = pc_of(ep);
-    if (mode == LP_EP_TM_BROKEN)
-        pc_done(pc, 0, "cannot send the request");
+    if (mode == LP_EP_TM_BROKEN && pc->handshaking)
+        pc_tls_failed(pc, "the connection broke");
+    else if (mode == LP_EP_TM_BROKEN)
+        pc_done(pc, 0, "the connection broke sending the request");
     else
         pc_done(pc, 0, pc->handshaking ? "timed out in the TLS handshake" : "timed out");
 }
