@@ -41,7 +41,7 @@ static void conn_count(lp_req_t *req);
 
 static const lp_timeouts_t *T(lp_conn_t *c)
 {
-    return &c->ep.w->config->timeouts;
+    return &lp_ep_worker(&c->ep)->config->timeouts;
 }
 
 static void conn_timer(lp_conn_t *c, int mode, uint64_t ms)
@@ -62,7 +62,7 @@ static void conn_on_closed(lp_endpoint_t *ep)
 {
     lp_conn_t *c = conn_of(ep);
     lp_list_remove(&c->link);
-    __atomic_sub_fetch(&c->ep.w->nconns, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&lp_ep_worker(&c->ep)->nconns, 1, __ATOMIC_RELAXED);
     free(c);
 }
 
@@ -75,7 +75,7 @@ void lp_conn_close(lp_conn_t *c)
         if (c->req->status == 0 && parsed)
             c->req->status = 499; /* closed before the response: nginx's convention */
         if (parsed || c->req->status)
-            lp_accesslog_write(c->ep.w->access, c->req);
+            lp_accesslog_write(lp_ep_worker(&c->ep)->access, c->req);
         lp_req_end(c->req);
     }
     if (!lp_list_empty(&c->hs_link)) {
@@ -551,11 +551,11 @@ static void conn_process_once(lp_conn_t *c)
                 return;
             if (c->ep.flags & LP_EPF_CLOSING)
                 return;
-            if (c->ep.w->stopping) {
+            if (lp_ep_worker(&c->ep)->stopping) {
                 lp_conn_close(c);
                 return;
             }
-            req = c->req = lp_req_new(c->ep.w, c);
+            req = c->req = lp_req_new(lp_ep_worker(&c->ep), c);
             if (!req) {
                 lp_conn_close(c);
                 return;
@@ -700,7 +700,7 @@ static void on_hs_idle(uv_idle_t *h)
  * under way finishes at once, and so does the request that follows it. */
 static int conn_hs_defer(lp_conn_t *c)
 {
-    lp_worker_t *w = c->ep.w;
+    lp_worker_t *w = lp_ep_worker(&c->ep);
     if (!lp_list_empty(&c->hs_link))
         return 1; /* already waiting: more of its bytes arrived */
     if (lp_tls_started(c->ep.tls))
@@ -730,7 +730,7 @@ static void conn_tls_step(lp_conn_t *c)
         }
         uint64_t t0 = uv_hrtime();
         int rc = lp_tls_handshake(c->ep.tls);
-        c->ep.w->hs_turn_ns += uv_hrtime() - t0;
+        lp_ep_worker(&c->ep)->hs_turn_ns += uv_hrtime() - t0;
         lp_conn_flush(c);
         if (rc == LP_ERROR) {
             lp_log_info("%s: TLS handshake failed: %s", c->client_ip, lp_tls_error(c->ep.tls));
@@ -841,8 +841,8 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     int status = req->resp_status;
     int upgrade = rh && (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
     int no_body = (req->flags & LP_RF_HEAD) || status == 204 || status == 304 || upgrade;
-    int close =
-        (req->h1.flags & LP_H1F_CONN_CLOSE) || c->ep.w->stopping || (req->flags & LP_RF_RESP_CLOSE);
+    int close = (req->h1.flags & LP_H1F_CONN_CLOSE) || lp_ep_worker(&c->ep)->stopping ||
+                (req->flags & LP_RF_RESP_CLOSE);
     int filtered = lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY);
     int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED) : 1;
     if (filtered && !upgrade && status != 204 && status != 304)
@@ -884,7 +884,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     for (size_t cap = LP_BUF_SMALL; !n; cap *= 16) {
         if (hb)
             lp_buf_unref(hb);
-        if (cap > 16 * LP_BUF_SIZE || !(hb = lp_buf_get(&c->ep.w->bufs, cap)))
+        if (cap > 16 * LP_BUF_SIZE || !(hb = lp_buf_get(c->ep.env->bufs, cap)))
             return -1;
         n = lp_h1_response_head(hb->data, hb->cap, &head);
     }
@@ -1163,7 +1163,7 @@ static void conn_count(lp_req_t *req)
 static int req_finish(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    lp_worker_t *w = c->ep.w;
+    lp_worker_t *w = lp_ep_worker(&c->ep);
     if ((req->flags & (LP_RF_LOG_DONE | LP_RF_PARSED)) == LP_RF_PARSED) {
         req->flags |= LP_RF_LOG_DONE;
         lp_rc_t rc = conn_run_phase(req, LP_PHASE_LOG);
@@ -1280,7 +1280,7 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     lp_conn_t *c = calloc(1, sizeof(*c));
     if (!c)
         return;
-    lp_ep_init(&c->ep, w, &conn_ops);
+    lp_ep_init(&c->ep, &w->ep_env, &conn_ops);
     lp_list_init(&c->hs_link);
     lp_list_insert_tail(&w->conns, &c->link);
     __atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);

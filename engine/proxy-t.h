@@ -152,7 +152,7 @@ struct lp_worker_s {
     uv_loop_t loop;
     uv_async_t wakeup; /* main thread → worker: stop, or switch generation */
     uv_timer_t drain_timer;
-    lp_ep_timers_t ep_timers;  /* every endpoint's deadline (endpoint.h) */
+    lp_ep_env_t ep_env;        /* its endpoints' loop, deadlines and pools (endpoint.h) */
     uv_prepare_t flush;        /* before-sleep hook: access log flush */
     lp_wgen_t *cur;            /* the generation new requests use */
     const lp_config_t *config; /* cur->config: connection-level settings */
@@ -187,6 +187,13 @@ struct lp_worker_s {
     uv_timer_t house;      /* once a second: gives back what a peak left unused */
     lp_lua_sched_t lua;    /* Lua tasks ready to resume, background tasks */
 };
+
+/* The worker of a worker's endpoint (a client or upstream connection): its env is the
+ * worker's. Never for another endpoint (a health probe's). */
+static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
+{
+    return LP_CONTAINER_OF(ep->env, lp_worker_t, ep_env);
+}
 
 /* Request flags (LP_RF_*). */
 #define LP_RF_WAIT_UPSTREAM  0x0002   /* head parsed; waiting for an upstream connection */
