@@ -855,7 +855,7 @@ int lp__lua_run_init(lp_lua_t *vm, int state_idx, char *err, size_t errlen)
     lp_list_init(&io->conns);
     lp_list_init(&io->peers);
     lp_bufpool_init(&io->bufs, 16);
-    lp_ep_timers_init(&io->ep_timers, &io->loop);
+    lp_ep_env_init(&io->ep_env, &io->loop, &io->bufs, &io->wbatches);
     lp_lua_sched_init(io);
     vm->io = io;
     lp_lua_task_t t;
@@ -900,7 +900,7 @@ int lp__lua_run_init(lp_lua_t *vm, int state_idx, char *err, size_t errlen)
     if (t.timer_on)
         uv_close((uv_handle_t *)&t.timer, NULL);
     lp_lua_sched_close(io);
-    lp_ep_timers_close(&io->ep_timers);
+    lp_ep_timers_close(&io->ep_env.timers);
     uv_run(&io->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&io->loop))
         lp_log_warn("init_worker: a handle was left open on its loop");
