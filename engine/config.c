@@ -1,10 +1,14 @@
-/* The config: engine/config.h. Loading is three steps, each in its own part below:
+/* The config: engine/config.h. Three steps, each in its own part below:
  *   1. evaluate the file once, in a Lua state of its own (the config VM), and validate the
  *      table against lua/luaproxy/config_schema.lua (lua/luaproxy/config.lua), plugins and
  *      handlers included (lua/luaproxy/runtime.lua, as the workers will load them);
  *   2. read the validated table, defaults filled in, into the C structs (no checks left
  *      but out of memory: every type and range was checked in step 1);
- *   3. resolve addresses (DNS) and build the TLS contexts, which is I/O, not parsing. */
+ *   3. materialise it (lp_config_materialise): resolve addresses (DNS) and build the TLS
+ *      contexts (certificates, keys, CA files). That is I/O, not parsing, and may block
+ *      (a slow resolver, a file on a slow disk), so it is a call of its own that touches
+ *      nothing but the config: a reload runs it on libuv's threadpool (main.c), never on a
+ *      loop that serves. Steps 1 and 2 are lp_config_load. */
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -141,17 +145,24 @@ int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen)
 
 /* ---- step 2: reading the validated table ---- */
 
-/* The reader's state. The TLS settings wait here for step 3. */
+/* The TLS settings as read in step 2, waiting for step 3 (lp_config_t.todo). */
+struct lp_config_todo_s {
+    lp_tls_server_conf_t *server_tls; /* owned, per listen entry; ncerts 0: plain HTTP */
+    lp_tls_client_conf_t *client_tls; /* owned, per upstream */
+    unsigned char *client_tls_on;     /* owned, per upstream: whether it speaks TLS */
+};
+
+/* The reader's state (steps 2 and 3). */
 typedef struct {
-    lua_State *L;
+    lua_State *L; /* NULL in step 3 */
     const char *file;
     char *err;
     size_t errlen;
     lp_config_t *c;                   /* the config being built */
     int oom;                          /* a copy failed: the load fails */
-    lp_tls_server_conf_t *server_tls; /* owned, per listen entry; ncerts 0: plain HTTP */
-    lp_tls_client_conf_t *client_tls; /* owned, per upstream */
-    unsigned char *client_tls_on;     /* owned, per upstream: whether it speaks TLS */
+    lp_tls_server_conf_t *server_tls; /* borrowed: c->todo's */
+    lp_tls_client_conf_t *client_tls; /* borrowed: c->todo's */
+    unsigned char *client_tls_on;     /* borrowed: c->todo's */
 } rctx_t;
 
 static int fail(rctx_t *r, const char *path, const char *fmt, ...)
@@ -471,7 +482,7 @@ static void read_listen(rctx_t *r)
     push_table(L, "listen");
     size_t n = lua_objlen(L, -1);
     c->listen = calloc(n ? n : 1, sizeof(*c->listen));
-    r->server_tls = calloc(n ? n : 1, sizeof(*r->server_tls));
+    r->server_tls = r->c->todo->server_tls = calloc(n ? n : 1, sizeof(*r->server_tls));
     if (!c->listen || !r->server_tls)
         r->oom = 1;
     for (size_t i = 0; !r->oom && i < n; i++) {
@@ -600,8 +611,8 @@ static void read_upstreams(rctx_t *r)
         n++;
     }
     c->upstreams = calloc(n ? n : 1, sizeof(*c->upstreams));
-    r->client_tls = calloc(n ? n : 1, sizeof(*r->client_tls));
-    r->client_tls_on = calloc(n ? n : 1, 1);
+    r->client_tls = r->c->todo->client_tls = calloc(n ? n : 1, sizeof(*r->client_tls));
+    r->client_tls_on = r->c->todo->client_tls_on = calloc(n ? n : 1, 1);
     if (!c->upstreams || !r->client_tls || !r->client_tls_on) {
         r->oom = 1;
         lua_pop(L, 1);
@@ -822,6 +833,23 @@ static int resolve_target(rctx_t *r, const char *path, lp_target_conf_t *t)
     return 0;
 }
 
+/* The TLS settings step 3 no longer needs (or never ran for). */
+static void todo_free(lp_config_t *c)
+{
+    struct lp_config_todo_s *t = c->todo;
+    if (!t)
+        return;
+    for (size_t i = 0; t->server_tls && i < c->nlisten; i++)
+        lp_tls_server_conf_free(&t->server_tls[i]);
+    for (size_t i = 0; t->client_tls && i < c->nupstreams; i++)
+        lp_tls_client_conf_free(&t->client_tls[i]);
+    free(t->server_tls);
+    free(t->client_tls);
+    free(t->client_tls_on);
+    free(t);
+    c->todo = NULL;
+}
+
 static int resolve(rctx_t *r)
 {
     lp_config_t *c = r->c;
@@ -932,13 +960,17 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
     }
     int raw = lua_gettop(L);
     lp_config_t *c = calloc(1, sizeof(*c));
+    if (c && !(c->todo = calloc(1, sizeof(*c->todo)))) {
+        free(c);
+        c = NULL;
+    }
     rctx_t r = {L, path, err, errlen, c, 0, NULL, NULL, NULL};
     int rc = c ? 0 : LP_ENOMEM;
     if (!rc)
         rc = call_lua(L, path, "luaproxy.config", "check", 0, raw, err, errlen);
     if (!rc && !(c->path = strdup(path)))
         rc = LP_ENOMEM;
-    /* Step 2, then the plugins and handlers as the workers will load them, then step 3. */
+    /* Step 2, then the plugins and handlers as the workers will load them. */
     if (!rc)
         rc = read_config(&r);
     if (!rc && c->has_lua)
@@ -951,16 +983,7 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         lp_log_warn("admin: cannot encode the config: %s", jerr);
     else if (!rc && !(c->json = strdup(lua_tostring(L, -1))))
         rc = LP_ENOMEM;
-    if (!rc)
-        rc = resolve(&r);
     lua_close(L);
-    for (size_t i = 0; r.server_tls && i < c->nlisten; i++)
-        lp_tls_server_conf_free(&r.server_tls[i]);
-    for (size_t i = 0; r.client_tls && i < c->nupstreams; i++)
-        lp_tls_client_conf_free(&r.client_tls[i]);
-    free(r.server_tls);
-    free(r.client_tls);
-    free(r.client_tls_on);
     if (rc) {
         if (rc == LP_ENOMEM)
             snprintf(err, errlen, "%s: out of memory", path);
@@ -971,10 +994,30 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
     return 0;
 }
 
+int lp_config_materialise(lp_config_t *c, char *err, size_t errlen)
+{
+    if (!c->todo)
+        return 0; /* done already */
+    rctx_t r = {NULL,
+                c->path,
+                err,
+                errlen,
+                c,
+                0,
+                c->todo->server_tls,
+                c->todo->client_tls,
+                c->todo->client_tls_on};
+    int rc = resolve(&r);
+    todo_free(c);
+    c->materialised = rc == 0;
+    return rc;
+}
+
 void lp_config_free(lp_config_t *c)
 {
     if (!c)
         return;
+    todo_free(c);
     for (size_t i = 0; i < c->nlisten; i++) {
         free(c->listen[i].addr.text);
         lp_tls_server_unref(c->listen[i].tls);

@@ -36,11 +36,12 @@ static void conn_update_reading(lp_conn_t *c);
 static void conn_on_eof(lp_conn_t *c, ssize_t why);
 static int conn_tls_fill(lp_conn_t *c);
 static int req_finish(lp_req_t *req);
+static int conn_local_done(lp_req_t *req);
 static void conn_count(lp_req_t *req);
 
 static const lp_timeouts_t *T(lp_conn_t *c)
 {
-    return &c->ep.w->config->timeouts;
+    return &lp_ep_worker(&c->ep)->config->timeouts;
 }
 
 static void conn_timer(lp_conn_t *c, int mode, uint64_t ms)
@@ -61,7 +62,7 @@ static void conn_on_closed(lp_endpoint_t *ep)
 {
     lp_conn_t *c = conn_of(ep);
     lp_list_remove(&c->link);
-    __atomic_sub_fetch(&c->ep.w->nconns, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&lp_ep_worker(&c->ep)->nconns, 1, __ATOMIC_RELAXED);
     free(c);
 }
 
@@ -74,7 +75,7 @@ void lp_conn_close(lp_conn_t *c)
         if (c->req->status == 0 && parsed)
             c->req->status = 499; /* closed before the response: nginx's convention */
         if (parsed || c->req->status)
-            lp_accesslog_write(c->ep.w->access, c->req);
+            lp_accesslog_write(lp_ep_worker(&c->ep)->access, c->req);
         lp_req_end(c->req);
     }
     if (!lp_list_empty(&c->hs_link)) {
@@ -550,11 +551,11 @@ static void conn_process_once(lp_conn_t *c)
                 return;
             if (c->ep.flags & LP_EPF_CLOSING)
                 return;
-            if (c->ep.w->stopping) {
+            if (lp_ep_worker(&c->ep)->stopping) {
                 lp_conn_close(c);
                 return;
             }
-            req = c->req = lp_req_new(c->ep.w, c);
+            req = c->req = lp_req_new(lp_ep_worker(&c->ep), c);
             if (!req) {
                 lp_conn_close(c);
                 return;
@@ -699,7 +700,7 @@ static void on_hs_idle(uv_idle_t *h)
  * under way finishes at once, and so does the request that follows it. */
 static int conn_hs_defer(lp_conn_t *c)
 {
-    lp_worker_t *w = c->ep.w;
+    lp_worker_t *w = lp_ep_worker(&c->ep);
     if (!lp_list_empty(&c->hs_link))
         return 1; /* already waiting: more of its bytes arrived */
     if (lp_tls_started(c->ep.tls))
@@ -729,7 +730,7 @@ static void conn_tls_step(lp_conn_t *c)
         }
         uint64_t t0 = uv_hrtime();
         int rc = lp_tls_handshake(c->ep.tls);
-        c->ep.w->hs_turn_ns += uv_hrtime() - t0;
+        lp_ep_worker(&c->ep)->hs_turn_ns += uv_hrtime() - t0;
         lp_conn_flush(c);
         if (rc == LP_ERROR) {
             lp_log_info("%s: TLS handshake failed: %s", c->client_ip, lp_tls_error(c->ep.tls));
@@ -840,8 +841,8 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     int status = req->resp_status;
     int upgrade = rh && (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
     int no_body = (req->flags & LP_RF_HEAD) || status == 204 || status == 304 || upgrade;
-    int close =
-        (req->h1.flags & LP_H1F_CONN_CLOSE) || c->ep.w->stopping || (req->flags & LP_RF_RESP_CLOSE);
+    int close = (req->h1.flags & LP_H1F_CONN_CLOSE) || lp_ep_worker(&c->ep)->stopping ||
+                (req->flags & LP_RF_RESP_CLOSE);
     int filtered = lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY);
     int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED) : 1;
     if (filtered && !upgrade && status != 204 && status != 304)
@@ -883,7 +884,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     for (size_t cap = LP_BUF_SMALL; !n; cap *= 16) {
         if (hb)
             lp_buf_unref(hb);
-        if (cap > 16 * LP_BUF_SIZE || !(hb = lp_buf_get(&c->ep.w->bufs, cap)))
+        if (cap > 16 * LP_BUF_SIZE || !(hb = lp_buf_get(c->ep.env->bufs, cap)))
             return -1;
         n = lp_h1_response_head(hb->data, hb->cap, &head);
     }
@@ -930,43 +931,51 @@ static void conn_write_body(lp_req_t *req, const char *at, size_t len, lp_buf_t 
     lp_relay_body(&c->ep, at, len, pin, (req->flags & LP_RF_RESP_CHUNKED) != 0);
 }
 
-/* Runs the response_body filters; their output is copied into a block of its own. */
-static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof)
+/* A filter's output, copied into a block of its own, for the client. */
+static int conn_filter_out(lp_req_t *req, lp_str_t out)
 {
-    lp_str_t out;
-    if (lp_lua_body_filter(req, at, len, eof, &out) != LP_OK)
-        return -1;
     if (!out.len)
-        return 0;
+        return LP_OK;
     lp_buf_t *b = lp_buf_get(&req->w->bufs, out.len);
     if (!b)
-        return -1;
+        return LP_ERROR;
     memcpy(b->data, out.base, out.len);
     conn_write_body(req, b->data, out.len, b);
     lp_buf_unref(b);
-    return 0;
+    return LP_OK;
+}
+
+/* Runs the response_body filters on a chunk. LP_OK (the output is queued), LP_AGAIN (a
+ * filter waits: its output and then `cont` follow from lp_conn_lua_resumed), LP_ERROR. */
+static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof, uint8_t cont)
+{
+    lp_str_t out;
+    lp_rc_t rc = lp_lua_body_filter(req, at, len, eof, &out);
+    if (rc == LP_AGAIN) {
+        req->filter_cont = cont;
+        return LP_AGAIN;
+    }
+    if (rc != LP_OK)
+        return LP_ERROR;
+    return conn_filter_out(req, out);
 }
 
 int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
     if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
+        if (!len)
+            return LP_OK;
         /* A failed filter stops the upstream parser: the caller closes both sides. */
-        if (len && conn_filter_body(req, at, len, 0))
-            return -1;
-        return 0;
+        return conn_filter_body(req, at, len, 0, LP_FC_UPSTREAM);
     }
     conn_write_body(req, at, len, pin);
-    return 0;
+    return LP_OK;
 }
 
-int lp_conn_response_done(lp_req_t *req)
+/* The body is out (after the filters' last call): the chunked end, then the log phase. */
+static int conn_response_end(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) && !(req->flags & LP_RF_HEAD) &&
-        conn_filter_body(req, "", 0, 1)) {
-        lp_conn_close(c);
-        return LP_GONE;
-    }
     if (req->flags & LP_RF_RESP_CHUNKED) {
         lp_wbatch_t *wb = lp_ep_outb(&c->ep, 1, 0);
         if (wb)
@@ -983,6 +992,20 @@ int lp_conn_response_done(lp_req_t *req)
         req->flags |= LP_RF_RESP_CLOSE;
     }
     return req_finish(req);
+}
+
+int lp_conn_response_done(lp_req_t *req)
+{
+    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) && !(req->flags & LP_RF_HEAD)) {
+        int rc = conn_filter_body(req, "", 0, 1, LP_FC_EOF);
+        if (rc == LP_AGAIN)
+            return LP_OK;
+        if (rc != LP_OK) {
+            lp_conn_close(req->conn);
+            return LP_GONE;
+        }
+    }
+    return conn_response_end(req);
 }
 
 /* A req:respond() answer, or the proxy's own: the response phase may still change it,
@@ -1011,20 +1034,56 @@ static int conn_send_local(lp_req_t *req)
             return LP_GONE;
         }
         memcpy(b->data, req->local_body, req->local_body_len);
-        if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
-            if (conn_filter_body(req, b->data, req->local_body_len, 0)) {
-                lp_buf_unref(b);
-                lp_conn_close(req->conn);
-                return LP_GONE;
-            }
-        } else {
+        int rc = LP_OK;
+        if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
+            rc = conn_filter_body(req, b->data, req->local_body_len, 0, LP_FC_LOCAL);
+        else
             conn_write_body(req, b->data, req->local_body_len, b);
-        }
         lp_buf_unref(b);
+        if (rc == LP_AGAIN)
+            return LP_OK;
+        if (rc != LP_OK) {
+            lp_conn_close(req->conn);
+            return LP_GONE;
+        }
     }
+    return conn_local_done(req);
+}
+
+/* A local answer's body is out: the rest of the request is unread when it was not read. */
+static int conn_local_done(lp_req_t *req)
+{
     if (!(req->state == LP_RS_DONE))
         req->flags |= LP_RF_RESP_CLOSE;
     return lp_conn_response_done(req);
+}
+
+/* A response_body filter that waited ended: its output goes out, then what it held up
+ * (the upstream's next bytes, the end of the response, a local answer's end). */
+static int conn_filter_resumed(lp_req_t *req)
+{
+    uint8_t cont = req->filter_cont;
+    req->filter_cont = LP_FC_NONE;
+    lp_str_t out;
+    if (lp_lua_body_output(req, &out) != LP_OK || conn_filter_out(req, out) != LP_OK) {
+        lp_conn_close(req->conn);
+        return LP_GONE;
+    }
+    switch (cont) {
+    case LP_FC_UPSTREAM:
+        if (req->peer) {
+            lp_req_hold(req);
+            lp_conn_flush(req->conn);
+            lp_peer_continue(req->peer);
+            return lp_req_let_go(req);
+        }
+        return LP_OK;
+    case LP_FC_EOF:
+        return conn_response_end(req);
+    case LP_FC_LOCAL:
+        return conn_local_done(req);
+    }
+    return LP_OK;
 }
 
 /* Where the request goes after a Lua phase ended with rc. LP_GONE when the request
@@ -1072,6 +1131,8 @@ static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
             return lp_req_let_go(req);
         }
         return LP_OK;
+    case LP_PHASE_BODY:
+        return conn_filter_resumed(req);
     case LP_PHASE_LOG:
         return req_finish(req);
     }
@@ -1102,7 +1163,7 @@ static void conn_count(lp_req_t *req)
 static int req_finish(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    lp_worker_t *w = c->ep.w;
+    lp_worker_t *w = lp_ep_worker(&c->ep);
     if ((req->flags & (LP_RF_LOG_DONE | LP_RF_PARSED)) == LP_RF_PARSED) {
         req->flags |= LP_RF_LOG_DONE;
         lp_rc_t rc = conn_run_phase(req, LP_PHASE_LOG);
@@ -1219,7 +1280,7 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     lp_conn_t *c = calloc(1, sizeof(*c));
     if (!c)
         return;
-    lp_ep_init(&c->ep, w, &conn_ops);
+    lp_ep_init(&c->ep, &w->ep_env, &conn_ops);
     lp_list_init(&c->hs_link);
     lp_list_insert_tail(&w->conns, &c->link);
     __atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);

@@ -152,7 +152,7 @@ struct lp_worker_s {
     uv_loop_t loop;
     uv_async_t wakeup; /* main thread → worker: stop, or switch generation */
     uv_timer_t drain_timer;
-    lp_ep_timers_t ep_timers;  /* every endpoint's deadline (endpoint.h) */
+    lp_ep_env_t ep_env;        /* its endpoints' loop, deadlines and pools (endpoint.h) */
     uv_prepare_t flush;        /* before-sleep hook: access log flush */
     lp_wgen_t *cur;            /* the generation new requests use */
     const lp_config_t *config; /* cur->config: connection-level settings */
@@ -189,6 +189,13 @@ struct lp_worker_s {
     struct lp_cosock_pools_s *cosock; /* owned: proxy.tcp keep-alive pools (cosock.c) */
 };
 
+/* The worker of a worker's endpoint (a client or upstream connection): its env is the
+ * worker's. Never for another endpoint (a health probe's). */
+static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
+{
+    return LP_CONTAINER_OF(ep->env, lp_worker_t, ep_env);
+}
+
 /* Request flags (LP_RF_*). */
 #define LP_RF_WAIT_UPSTREAM  0x0002   /* head parsed; waiting for an upstream connection */
 #define LP_RF_READ_PAUSED    0x0004   /* request body reading paused by backpressure */
@@ -210,6 +217,14 @@ struct lp_worker_s {
 #define LP_RF_PARSED         0x40000  /* the head parsed and checked: Lua may see the request */
 #define LP_RF_COUNTED        0x100000 /* counted in w->requests */
 #define LP_RF_NO_LUA_RESP    0x80000 /* the response phase ran: an answer replacing it goes as is */
+
+/* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
+enum {
+    LP_FC_NONE,
+    LP_FC_UPSTREAM, /* the upstream's next bytes (its read is paused meanwhile) */
+    LP_FC_EOF,      /* the end of the response (the filters' last call) */
+    LP_FC_LOCAL,    /* the end of a local answer's body */
+};
 
 typedef enum {
     LP_RS_HEAD, /* reading the request head */
@@ -270,7 +285,8 @@ struct lp_req_s {
     lp_buf_t *body_buf;    /* owned: the body gathered by req:body() */
     size_t body_len;
     uint64_t body_max;
-    char *local_body; /* owned: the body of a req:respond() answer */
+    uint8_t filter_cont; /* LP_FC_*: what a waiting response_body filter holds up */
+    char *local_body;    /* owned: the body of a req:respond() answer */
     size_t local_body_len;
 };
 

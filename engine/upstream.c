@@ -32,7 +32,7 @@ static int peer_grow(lp_h1_t *h, size_t need);
 
 static const lp_timeouts_t *T(lp_peer_t *p)
 {
-    return &p->ep.w->config->timeouts;
+    return &lp_ep_worker(&p->ep)->config->timeouts;
 }
 
 static lp_peer_t *peer_of(lp_endpoint_t *ep)
@@ -44,7 +44,7 @@ static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
 {
     if (mode != PT_NONE && mode != PT_IDLE && mode != PT_BROKEN && p->req && p->req->deadline) {
         /* total_timeout: no per-try timer runs past the request's deadline. */
-        uint64_t now = uv_now(&p->ep.w->loop);
+        uint64_t now = uv_now(p->ep.env->loop);
         uint64_t left = p->req->deadline > now ? p->req->deadline - now : 0;
         if (left < ms)
             ms = left;
@@ -122,7 +122,7 @@ static lp_peer_t *peer_new(lp_worker_t *w, lp_upstream_rt_t *u, lp_pool_t *t)
     lp_peer_t *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
-    lp_ep_init(&p->ep, w, &peer_ops);
+    lp_ep_init(&p->ep, &w->ep_env, &peer_ops);
     p->upstream = u;
     p->pool = t;
     lp_list_init(&p->link);
@@ -143,7 +143,7 @@ static void peer_release(lp_peer_t *p)
     int reusable = (p->flags & LP_PF_KEEPALIVE) && !(p->ep.flags & LP_EPF_CLOSING) &&
                    (!p->ep.rbuf || p->ep.rpos >= p->ep.rlen) && !p->ep.out_pending &&
                    t->nidle < uc->keepalive && p->nrequests < uc->keepalive_requests &&
-                   !p->ep.w->stopping;
+                   !lp_ep_worker(&p->ep)->stopping;
     if (!reusable) {
         peer_close(p);
         return;
@@ -366,7 +366,7 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
  * LP_GONE when the request ended. */
 static int peer_start_request(lp_peer_t *p, lp_req_t *req)
 {
-    lp_worker_t *w = p->ep.w;
+    lp_worker_t *w = lp_ep_worker(&p->ep);
     p->req = req;
     req->peer = p;
     p->pool->active++;
@@ -453,19 +453,19 @@ static void on_connect(uv_connect_t *cr, int status)
     uv_tcp_nodelay(&p->ep.tcp, 1);
     if (p->pool->tls) {
         /* The connect timer keeps running through the handshake. */
-        p->ep.tls = lp_tls_connect(p->pool->tls, p->pool->sni, &p->pool->session, &p->ep.w->bufs);
-        if (!p->ep.tls) {
+        int rc = lp_ep_tls_connect(&p->ep, p->pool->tls, p->pool->sni, &p->pool->session);
+        if (rc == LP_ENOMEM) {
             peer_fail(p, LP_FAIL_CONNECT, 502, "cannot start TLS");
             return;
         }
         p->flags |= LP_PF_HANDSHAKE;
-        if (lp_tls_handshake(p->ep.tls) == LP_ERROR) {
+        if (rc == LP_ERROR) {
             char why[200];
             snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->ep.tls));
             peer_fail(p, LP_FAIL_CONNECT, 502, why);
             return;
         }
-        if (!lp_ep_flush_tls(&p->ep))
+        if (!(p->ep.flags & LP_EPF_BROKEN))
             peer_update_reading(p);
         return;
     }
@@ -518,8 +518,15 @@ static int peer_grow(lp_h1_t *h, size_t need)
 static int on_resp_body(lp_h1_t *h, const char *at, size_t len)
 {
     lp_peer_t *p = h->ud;
-    if (!p->req || !lp_conn_response_body(p->req, at, len, p->ep.rbuf))
+    int rc = p->req ? lp_conn_response_body(p->req, at, len, p->ep.rbuf) : LP_OK;
+    if (rc == LP_OK)
         return 0;
+    if (rc == LP_AGAIN) {
+        /* A response_body filter waits: no more of the body until it is done
+         * (lp_peer_continue), and no reading meanwhile (backpressure, not buffering). */
+        p->flags |= LP_PF_LUA;
+        return LP_H1_CB_PAUSE;
+    }
     p->flags |= LP_PF_FILTER_FAILED; /* the proxy's Lua failed, not the upstream */
     return -1;
 }
@@ -607,6 +614,12 @@ static void peer_parse(lp_peer_t *p)
         case LP_H1_DONE:
             lp_h1_resume(&p->h1);
             peer_response_done(p);
+            return;
+        case LP_H1_PAUSED:
+            /* A body filter waits (on_resp_body set LP_PF_LUA). */
+            lp_h1_resume(&p->h1);
+            if (!(p->ep.flags & LP_EPF_CLOSING))
+                peer_update_reading(p);
             return;
         case LP_H1_UPGRADE:
             p->flags |= LP_PF_TUNNEL;
@@ -730,9 +743,7 @@ static void peer_tls_pump(lp_peer_t *p)
 static void peer_tls_input(lp_peer_t *p)
 {
     if (p->flags & LP_PF_HANDSHAKE) {
-        int rc = lp_tls_handshake(p->ep.tls);
-        if (lp_ep_flush_tls(&p->ep))
-            return;
+        int rc = lp_ep_tls_handshake(&p->ep);
         if (rc == LP_AGAIN)
             return;
         if (rc == LP_ERROR) {

@@ -325,7 +325,7 @@ static void maybe_finish(lp_worker_t *w)
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->flush, NULL);
         uv_close((uv_handle_t *)&w->hs_idle, NULL);
-        lp_ep_timers_close(&w->ep_timers); /* no client left; idle upstreams closed above */
+        lp_ep_timers_close(&w->ep_env.timers); /* no client left; idle upstreams closed above */
         uv_close((uv_handle_t *)&w->house, NULL);
     }
 }
@@ -450,7 +450,7 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
-    lp_ep_timers_init(&w->ep_timers, &w->loop);
+    lp_ep_env_init(&w->ep_env, &w->loop, &w->bufs, &w->wbatches);
     uv_timer_init(&w->loop, &w->house);
     w->house.data = w;
     uv_timer_start(&w->house, on_house, 1000, 1000);
@@ -517,6 +517,12 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, lp_c
     const char *path = cfg->path;
     int rc = 0;
     char ferr[512];
+    if (!cfg->materialised) {
+        /* Addresses and TLS contexts are built before, off the loops (config.h). */
+        snprintf(err, errlen, "%s: the config was not materialised (internal error)", path);
+        lp_config_free(cfg);
+        return LP_EINVAL;
+    }
     if (lp_accesslog_check_format(&cfg->access_format, ferr, sizeof(ferr))) {
         snprintf(err, errlen, "%s: %s", path, ferr);
         lp_config_free(cfg);
@@ -716,12 +722,9 @@ int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, cha
     return 0;
 }
 
-int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, size_t errlen)
+int lp_workers_reload(lp_worker_t *ws, unsigned n, lp_config_t *cfg, char *err, size_t errlen)
 {
-    lp_config_t *cfg;
-    int rc = lp_config_load(path, &cfg, err, errlen);
-    if (rc)
-        return rc;
+    int rc = 0;
     lp_switch_t *sw = calloc(n, sizeof(*sw));
     if (!sw) {
         lp_config_free(cfg);

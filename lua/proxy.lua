@@ -35,7 +35,6 @@ function proxy.sleep(seconds)
     phases.raise("proxy.sleep: expected a number of seconds from 0 to 1e9", 2)
   end
   local rc = C.lp_ffi_sleep(seconds)
-  if rc == -2 then phases.raise(phases.NO_YIELD, 2) end
   if rc ~= 0 then phases.raise("proxy.sleep: only inside a phase, a timer or init_worker", 2) end
   yield()
 end

@@ -33,9 +33,10 @@ end
 
 local function raise(msg) phases.raise(msg, 3) end
 
--- An error code: EPHASE (the task cannot wait here: a response_body filter) is misuse.
+-- An error code: EPHASE (no task to suspend here) is misuse.
+local NO_WAIT = "proxy.tcp: cannot wait here (no request, timer or thread to suspend)"
 local function failed(s, rc)
-  if rc == EPHASE then phases.raise(phases.NO_YIELD, 3) end
+  if rc == EPHASE then phases.raise(NO_WAIT, 3) end
   return nil, err_of(s)
 end
 
@@ -195,7 +196,7 @@ local function receive(s, mode, size, pat, incl)
     rc = C.lp_ffi_tcp_receive(s, mode, size, pat, plen, incl, str_out)
   end
   local data = ffi_string(str_out[0].base, str_out[0].len)
-  if rc == EPHASE then phases.raise(phases.NO_YIELD, 3) end
+  if rc == EPHASE then phases.raise(NO_WAIT, 3) end
   if rc < 0 then return nil, err_of(s), data end
   return data, nil, nil, rc == MORE
 end
