@@ -64,14 +64,16 @@ struct cosock_conn_s {
     char *in;             /* owned: received plaintext not yet taken by Lua */
     size_t in_pos, in_len, in_cap;
     unsigned reused; /* times taken from the pool */
-    char why[200];   /* why the handshake failed */
+    char why[200];   /* why the handshake (or TLS input) failed */
 };
 
 struct lp_cosock_s {
-    lp_lua_owned_t owned;               /* in its task's list: the task's end closes the socket */
-    lp_lua_task_t *task;                /* borrowed: the task it belongs to; NULL once that ended */
-    cosock_conn_t *conn;                /* owned (freed by its close callback): NULL when none */
-    lp_worker_t *io;                    /* borrowed: the context (loop, pools) it was made in */
+    lp_lua_owned_t owned; /* in its task's list: the task's end closes the socket */
+    lp_lua_task_t *task;  /* borrowed: the task it belongs to; NULL once that ended */
+    cosock_conn_t *conn;  /* owned (freed by its close callback): NULL when none */
+    /* borrowed: the context (loop, pools) it was made in; used only while `task` is set
+     * (init_worker's private context is gone once that task ended) */
+    lp_worker_t *io;
     lp_lua_waiter_t waiter;             /* meaningful while parked */
     int parked;                         /* Lua yielded for `op`: the connection wakes it */
     int op;                             /* OP_*: the call in progress, repeated after each wake */
@@ -1000,15 +1002,20 @@ int lp_ffi_tcp_receive(void *sp, int mode, double size, const char *pat, size_t 
             conn_update_reading(c);
         return rc;
     }
-    if (c->in_err || c->timed_out) {
+    /* A failed write ends the wait too: its deadline replaced the read timer's. */
+    int broken = c->out_err || (c->ep.flags & LP_EPF_BROKEN);
+    if (c->in_err || c->timed_out || broken) {
         /* What came is the partial result. A timeout keeps the connection (a later
          * receive may still succeed); an end of input closes it. */
         out->base = p;
         out->len = avail;
         c->in_pos += avail;
-        if (c->in_err) {
-            sock_err(s, c->in_err == 1 || c->in_err == UV_EOF || !c->why[0] ? uv_msg(c->in_err)
-                                                                            : c->why);
+        if (c->in_err || broken) {
+            if (!c->in_err)
+                sock_err(s, uv_msg(c->out_err ? c->out_err : UV_EPIPE));
+            else
+                sock_err(s, c->in_err == 1 || c->in_err == UV_EOF || !c->why[0] ? uv_msg(c->in_err)
+                                                                                : c->why);
             s->op = OP_NONE;
             sock_drop_conn(s);
         } else {
