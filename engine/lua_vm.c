@@ -239,6 +239,8 @@ static void push_load_opts(lua_State *L, const char *config_path)
     snprintf(buf, sizeof(buf), "%s/?.lua;%s/?/init.lua;%s/scripts/?.lua", dir, dir, root);
     lua_pushstring(L, buf);
     lua_setfield(L, -2, "script_path");
+    lua_pushstring(L, dir); /* relative file names in the lua section (proxy.tcp's CA) */
+    lua_setfield(L, -2, "config_dir");
 }
 
 /* runtime.load(cfg, opts) with the config table at `cfg_idx`; leaves the state (or nothing)

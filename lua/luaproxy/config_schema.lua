@@ -562,8 +562,9 @@ local S = {
         },
         ssl_trusted_certificate = {
           type = "string", min = 1, doc_default = "the system store",
-          description = "CA file (PEM) that `proxy.tcp()` sockets verify servers against when "
-            .. "`sslhandshake` is asked to verify (docs/lua-api.md)",
+          description = "CA file (PEM, relative to the config file) that `proxy.tcp()` "
+            .. "sockets verify servers against when `sslhandshake` is asked to verify "
+            .. "(docs/lua-api.md)",
         },
         plugin_paths = {
           type = "array", elements = { type = "string", min = 1 }, doc_default = "none",

@@ -175,7 +175,9 @@ end
 -- Returns a state { routes = { [i] = chain }, fallback = chain, init = {instances} }.
 -- Plugin fields of type upstream must name one of cfg.upstreams.
 function M.load(cfg, opts)
-  M.lua_conf = type(cfg.lua) == "table" and cfg.lua or {} -- proxy.tcp: ssl_trusted_certificate
+  -- proxy.tcp: lua.ssl_trusted_certificate, relative to the config file's directory
+  M.lua_conf = type(cfg.lua) == "table" and cfg.lua or {}
+  M.config_dir = opts and opts.config_dir
   local ctx = require("luaproxy.config_schema").context(cfg)
   ctx.warnings, ctx.warned = {}, {}
   local global, err = load_list(cfg.plugins, "plugins", opts, ctx)

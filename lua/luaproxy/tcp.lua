@@ -51,7 +51,10 @@ end
 local function trusted_ca()
   local rt = package.loaded["luaproxy.runtime"]
   local conf = rt and rt.lua_conf
-  return conf and conf.ssl_trusted_certificate or nil
+  local ca = conf and conf.ssl_trusted_certificate
+  if type(ca) ~= "string" then return nil end
+  if ca:sub(1, 1) ~= "/" and rt.config_dir then ca = rt.config_dir .. "/" .. ca end
+  return ca
 end
 
 function M.tcp()

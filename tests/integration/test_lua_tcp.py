@@ -535,6 +535,8 @@ class LuaTcpTest(RT.ReloadTestCase):
         make_certs(cls.tmp)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(os.path.join(cls.tmp, "srv.pem"), os.path.join(cls.tmp, "srv.key"))
+        with open(os.path.join(cls.tmp, "ca.pem")) as f:
+            ca_pem = f.read()
         cls.srv = LineServer()
         cls.addClassCleanup(cls.srv.stop)
         cls.tls_srv = LineServer(tls=ctx)
@@ -548,8 +550,8 @@ class LuaTcpTest(RT.ReloadTestCase):
             cls.addClassCleanup(sock.close)
         cls.proxy = cls.start_reload_proxy(
             ups, [RT.route("/t/", upstream="o", plugins=[conf])],
-            files={"plugins/tcp.lua": PLUGIN}, workers=1,
-            lua={"ssl_trusted_certificate": os.path.join(cls.tmp, "ca.pem")})
+            files={"plugins/tcp.lua": PLUGIN, "ca.pem": ca_pem}, workers=1,
+            lua={"ssl_trusted_certificate": "ca.pem"})  # relative to the config file
 
     def body(self, path):
         r = self.get(path)
