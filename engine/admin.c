@@ -23,6 +23,7 @@
 #include "lua_vm.h"
 #include "server.h"
 #include "worker.h"
+#include "shdict.h"
 
 #define ADMIN_MAX_HEAD  8192  /* header section; the request line has ADMIN_MAX_URI */
 #define ADMIN_MAX_URI   2048  /* request target */
@@ -241,6 +242,21 @@ static void iso_time(double t, char *out, size_t n)
     strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* "shared": each dict of the current config: its capacity, bytes used, keys, evictions. */
+static json_t *shared_status(const lp_config_t *cfg)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; o && i < cfg->nshdicts; i++) {
+        lp_shdict_stats_t st;
+        lp_shdict_stats(cfg->shdicts[i], &st);
+        json_object_set_new(o, lp_shdict_name(cfg->shdicts[i]),
+                            json_pack("{s:o,s:o,s:o,s:o}", "capacity", jint(st.capacity), "used",
+                                      jint(st.used), "entries", jint(st.entries), "evictions",
+                                      jint(st.evictions)));
+    }
+    return o ? o : json_object();
+}
+
 static void handle_status(admin_conn_t *c)
 {
     lp_server_t *s = c->admin->server;
@@ -253,7 +269,7 @@ static void handle_status(admin_conn_t *c)
     json_t *listen = json_array();
     for (size_t i = 0; listen && i < lp_gen_current->config->nlisten; i++)
         json_array_append_new(listen, jstr(lp_gen_current->bound[i].text));
-    respond(c, 200,
+    json_t *st =
             json_pack("{s:b,s:s,s:i,s:s,s:I,s:o,s:s,s:i,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "ok", 1,
                       "version", LP_VERSION, "pid", (int)getpid(), "started_at", started, "uptime",
                       (json_int_t)(uptime > 0 ? uptime + 0.5 : 0), "generation",
@@ -261,7 +277,10 @@ static void handle_status(admin_conn_t *c)
                       "connections", jint(conns), "requests", jint(reqs), "reloads",
                       jint(s->reloads), "reloads_failed", jint(s->reloads_failed), "config",
                       jstr(s->config_path), "listen", listen ? listen : json_array(), "admin",
-                      jstr(c->admin->bound)));
+                      jstr(c->admin->bound));
+    if (st)
+        json_object_set_new(st, "shared", shared_status(lp_gen_current->config));
+    respond(c, 200, st);
 }
 
 static void handle_reload(admin_conn_t *c)

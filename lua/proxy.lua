@@ -111,5 +111,8 @@ function proxy.now() return C.lp_ffi_now() end
 function proxy.monotonic() return C.lp_ffi_monotonic() end
 function proxy.worker_id() return C.lp_ffi_worker_id() end
 
+-- proxy.shared.NAME: the config's shared dicts (lua/luaproxy/shared.lua).
+proxy.shared = require("luaproxy.shared").dicts
+
 proxy._K = K
 return proxy
