@@ -1,5 +1,5 @@
 /* The FFI side of proxy.shared (lua/luaproxy/shared.lua): thin calls into shdict.c. */
-#include "proxy-t.h" /* lua_api.h names struct lp_req_s */
+struct lp_req_s; /* named by lua_api.h; this file needs nothing else of the engine */
 #include "lua_api.h"
 #include "shdict.h"
 
