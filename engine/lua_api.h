@@ -100,8 +100,10 @@ double lp_ffi_guard_expired(void);
  * LP_SHDICT_E* codes. Values come out in this thread's scratch buffer. */
 void *lp_ffi_shdict_find(const char *name, size_t n);
 int lp_ffi_shdict_get(void *d, const char *k, size_t klen, int stale, lp_shdict_val_t *out);
-int lp_ffi_shdict_store(void *d, int op, const char *k, size_t klen, lp_shdict_val_t *v, double exptime);
-int lp_ffi_shdict_incr(void *d, const char *k, size_t klen, double step, int has_init, double init, double init_ttl, lp_shdict_val_t *out);
+int lp_ffi_shdict_store(void *d, int op, const char *k, size_t klen, lp_shdict_val_t *v,
+                        double exptime);
+int lp_ffi_shdict_incr(void *d, const char *k, size_t klen, double step, int has_init, double init,
+                       double init_ttl, lp_shdict_val_t *out);
 int lp_ffi_shdict_ttl(void *d, const char *k, size_t klen, lp_shdict_val_t *out);
 int lp_ffi_shdict_expire(void *d, const char *k, size_t klen, double exptime);
 void lp_ffi_shdict_flush_all(void *d);

@@ -17,11 +17,16 @@ struct sd_item_s {
     char data[];
 };
 
+/* A place in a stripe's LRU list: the first member of a node, or the stripe's sentinel. */
+typedef struct sd_link_s {
+    struct sd_link_s *prev, *next; /* borrowed: neighbours */
+} sd_link_t;
+
 /* One key. The key's bytes, then a string value's, follow the struct. */
 struct sd_node_s {
-    sd_node_t *hnext;        /* borrowed: next in the hash bucket (the stripe owns nodes) */
-    sd_node_t *prev, *next;  /* borrowed: LRU neighbours (the stripe's sentinel at the ends) */
-    sd_item_t *head, *tail;  /* owned: a list value's items */
+    sd_link_t link;         /* first: a link is its node (the sentinel aside) */
+    sd_node_t *hnext;       /* borrowed: next in the hash bucket (the stripe owns nodes) */
+    sd_item_t *head, *tail; /* owned: a list value's items */
     uint64_t hash;
     double expires; /* clock time it expires at; 0: never */
     double num;     /* TNUM / TBOOL value */
@@ -42,10 +47,10 @@ typedef struct {
     pthread_mutex_t lock;
     sd_node_t **buckets; /* owned: nbuckets chains (a power of two) */
     size_t nbuckets;
-    size_t n;       /* keys (expired ones not yet freed included) */
-    sd_node_t lru;  /* sentinel: lru.next is the most recently used, lru.prev the least */
-    size_t used;    /* sum of the nodes' charges */
-    size_t budget;  /* the dict's capacity / nstripes (stripe 0 takes the remainder) */
+    size_t n;      /* keys (expired ones not yet freed included) */
+    sd_link_t lru; /* sentinel: lru.next is the most recently used, lru.prev the least */
+    size_t used;   /* sum of the nodes' charges */
+    size_t budget; /* the dict's capacity / nstripes (stripe 0 takes the remainder) */
     uint64_t evictions;
 } __attribute__((aligned(64))) sd_stripe_t;
 
@@ -60,13 +65,13 @@ typedef struct {
  * 512 KiB) have one stripe, hence an exact LRU; the stripe count is fixed when the dict is
  * made (a resize keeps it), up to SD_MAX_STRIPES. Measured in tests/unit/bench_shdict.c. */
 #define SD_MAX_STRIPES 16
-#define SD_STRIPE_MIN (256 * 1024)
+#define SD_STRIPE_MIN  (256 * 1024)
 
 struct lp_shdict_s {
     char *name; /* owned */
     size_t capacity;
-    unsigned nstripes; /* a power of two */
-    sd_stripe_t *stripes; /* owned */
+    unsigned nstripes;     /* a power of two */
+    sd_stripe_t *stripes;  /* owned */
     int refs;              /* registry references (under reg_lock) */
     lp_shdict_t *reg_next; /* borrowed: next in the registry */
 };
@@ -147,23 +152,28 @@ static sd_node_t *find(sd_stripe_t *s, uint64_t h, const char *k, size_t klen)
     return NULL;
 }
 
+static sd_node_t *node_of(sd_link_t *l)
+{
+    return (sd_node_t *)(void *)l;
+}
+
 static void lru_unlink(sd_node_t *nd)
 {
-    nd->prev->next = nd->next;
-    nd->next->prev = nd->prev;
+    nd->link.prev->next = nd->link.next;
+    nd->link.next->prev = nd->link.prev;
 }
 
 static void lru_push(sd_stripe_t *s, sd_node_t *nd)
 {
-    nd->next = s->lru.next;
-    nd->prev = &s->lru;
-    s->lru.next->prev = nd;
-    s->lru.next = nd;
+    nd->link.next = s->lru.next;
+    nd->link.prev = &s->lru;
+    s->lru.next->prev = &nd->link;
+    s->lru.next = &nd->link;
 }
 
 static void touch(sd_stripe_t *s, sd_node_t *nd)
 {
-    if (s->lru.next != nd) {
+    if (s->lru.next != &nd->link) {
         lru_unlink(nd);
         lru_push(s, nd);
     }
@@ -240,9 +250,9 @@ static int make_room(sd_stripe_t *s, size_t need, int safe, double *now, int *fo
     if (need > s->budget)
         return LP_SHDICT_ENOMEM;
     while (s->used + need > s->budget) {
-        sd_node_t *victim = s->lru.prev;
-        if (victim == &s->lru)
+        if (s->lru.prev == &s->lru)
             return LP_SHDICT_ENOMEM;
+        sd_node_t *victim = node_of(s->lru.prev);
         if (!expired(victim, now)) {
             if (safe)
                 return LP_SHDICT_ENOMEM;
@@ -328,8 +338,8 @@ void lp_shdict_free(lp_shdict_t *d)
         return;
     for (unsigned i = 0; i < d->nstripes; i++) {
         sd_stripe_t *s = &d->stripes[i];
-        while (s->lru.next != &s->lru && s->lru.next)
-            drop(s, s->lru.next);
+        while (s->lru.next && s->lru.next != &s->lru)
+            drop(s, node_of(s->lru.next));
         free(s->buckets);
         pthread_mutex_destroy(&s->lock);
     }
@@ -485,8 +495,7 @@ int lp_shdict_get(lp_shdict_t *d, const char *k, size_t klen, int stale, lp_shdi
 }
 
 /* Stores nd in place of old (NULL: none), making room first. On failure old stays. */
-static int put(sd_stripe_t *s, sd_node_t *old, sd_node_t *nd, int safe, double *now,
-               int *forcible)
+static int put(sd_stripe_t *s, sd_node_t *old, sd_node_t *nd, int safe, double *now, int *forcible)
 {
     if (old)
         detach(s, old);
@@ -639,8 +648,8 @@ void lp_shdict_flush_all(lp_shdict_t *d)
     for (unsigned i = 0; i < d->nstripes; i++) {
         sd_stripe_t *s = &d->stripes[i];
         pthread_mutex_lock(&s->lock);
-        for (sd_node_t *nd = s->lru.next; nd != &s->lru; nd = nd->next)
-            nd->expires = DBL_MIN;
+        for (sd_link_t *l = s->lru.next; l != &s->lru; l = l->next)
+            node_of(l)->expires = DBL_MIN;
         pthread_mutex_unlock(&s->lock);
     }
 }
@@ -652,14 +661,14 @@ int lp_shdict_flush_expired(lp_shdict_t *d, int max)
     for (unsigned i = 0; i < d->nstripes && (max <= 0 || n < max); i++) {
         sd_stripe_t *s = &d->stripes[i];
         pthread_mutex_lock(&s->lock);
-        sd_node_t *nd = s->lru.prev;
-        while (nd != &s->lru && (max <= 0 || n < max)) {
-            sd_node_t *prev = nd->prev;
-            if (expired(nd, &now)) {
-                drop(s, nd);
+        sd_link_t *l = s->lru.prev;
+        while (l != &s->lru && (max <= 0 || n < max)) {
+            sd_link_t *prev = l->prev;
+            if (expired(node_of(l), &now)) {
+                drop(s, node_of(l));
                 n++;
             }
-            nd = prev;
+            l = prev;
         }
         pthread_mutex_unlock(&s->lock);
     }
@@ -683,8 +692,9 @@ int lp_shdict_keys(lp_shdict_t *d, int max, void **out)
     for (unsigned i = 0; i < d->nstripes && !rc && (max <= 0 || count < (size_t)max); i++) {
         sd_stripe_t *s = &d->stripes[i];
         pthread_mutex_lock(&s->lock);
-        for (sd_node_t *nd = s->lru.next; nd != &s->lru && (max <= 0 || count < (size_t)max);
-             nd = nd->next) {
+        for (sd_link_t *l = s->lru.next; l != &s->lru && (max <= 0 || count < (size_t)max);
+             l = l->next) {
+            sd_node_t *nd = node_of(l);
             if (expired(nd, &now))
                 continue;
             size_t need = tlen + sizeof(uint32_t) + nd->klen;

@@ -15,10 +15,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LP_SHDICT_ENTRY_OVERHEAD 96 /* bytes charged per key, besides key and value */
-#define LP_SHDICT_ITEM_OVERHEAD 48  /* bytes charged per list item, besides its string */
-#define LP_SHDICT_MIN_SIZE 8192     /* smallest capacity a config may declare */
-#define LP_SHDICT_KEY_MAX 65535     /* longest key, in bytes (as OpenResty) */
+#define LP_SHDICT_ENTRY_OVERHEAD 96    /* bytes charged per key, besides key and value */
+#define LP_SHDICT_ITEM_OVERHEAD  48    /* bytes charged per list item, besides its string */
+#define LP_SHDICT_MIN_SIZE       8192  /* smallest capacity a config may declare */
+#define LP_SHDICT_KEY_MAX        65535 /* longest key, in bytes (as OpenResty) */
 
 /* Value types (OpenResty's numbering, so flags and types read the same). */
 enum {

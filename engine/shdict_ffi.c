@@ -21,8 +21,8 @@ int lp_ffi_shdict_store(void *d, int op, const char *k, size_t klen, lp_shdict_v
     return lp_shdict_store(d, op, k, klen, v, exptime);
 }
 
-int lp_ffi_shdict_incr(void *d, const char *k, size_t klen, double step, int has_init,
-                       double init, double init_ttl, lp_shdict_val_t *out)
+int lp_ffi_shdict_incr(void *d, const char *k, size_t klen, double step, int has_init, double init,
+                       double init_ttl, lp_shdict_val_t *out)
 {
     return lp_shdict_incr(d, k, klen, step, has_init, init, init_ttl, out);
 }

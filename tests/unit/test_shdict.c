@@ -52,9 +52,8 @@ static void get_set_types_and_flags(void)
     v.flags = 7;
     CHECK_EQ_INT(lp_shdict_store(d, LP_SHDICT_SET, K("s"), &v, 0), 0);
     CHECK_EQ_INT(set(d, LP_SHDICT_SET, "n", vnum(3.5), 0), 0);
-    CHECK_EQ_INT(set(d, LP_SHDICT_SET, "b", (lp_shdict_val_t){.type = LP_SHDICT_TBOOL, .num = 1},
-                     0),
-                 0);
+    CHECK_EQ_INT(
+        set(d, LP_SHDICT_SET, "b", (lp_shdict_val_t){.type = LP_SHDICT_TBOOL, .num = 1}, 0), 0);
     lp_shdict_val_t out;
     CHECK_EQ_INT(lp_shdict_get(d, K("s"), 0, &out), 0);
     CHECK_EQ_INT(out.type, LP_SHDICT_TSTR);
