@@ -182,6 +182,62 @@ for _conns in (50, 256):
         "per_mib": False,
     })
 
+# --- shared dict: one incr per request (issue #12's "a shared-dict incr per request") ------
+# luaproxy: proxy.shared.hits:incr in a route handler (the request phase); nginx + lua:
+# ngx.shared.hits:incr in access_by_lua_block. "/" then proxies to the origin (5 B); "/local"
+# answers "ok" from Lua (no upstream), so the dict and the Lua call weigh more in the figure.
+# Both dicts are 10m; one key (1 worker each: no lock contention, see tests/unit/bench_shdict.c
+# for that).
+LUAPROXY_SHDICT = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  shared = { hits = "10m" },
+  routes = {
+    { match = { prefix = "/local" }, handler = function(req)
+        proxy.shared.hits:incr("hits", 1, 0)
+        return req:respond(200, "ok")
+      end },
+    { match = { prefix = "/" }, upstream = "app", handler = function(req)
+        proxy.shared.hits:incr("hits", 1, 0)
+      end },
+  },
+  log = { access = false },
+}
+"""
+
+NGINX_SHDICT = NGINX_PLAIN.replace(
+    "worker_processes 1;\n",
+    "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n"
+    "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n"
+    "worker_processes 1;\n").replace(
+    "  access_log off;\n",
+    "  access_log off;\n"
+    "  lua_shared_dict hits 10m;\n").replace(
+    "    location / {\n",
+    "    location /local {\n"
+    "      content_by_lua_block {\n"
+    "        ngx.shared.hits:incr(\"hits\", 1, 0)\n"
+    "        ngx.print(\"ok\")\n"
+    "      }\n"
+    "    }\n"
+    "    location / {\n"
+    "      access_by_lua_block { ngx.shared.hits:incr(\"hits\", 1, 0) }\n")
+assert NGINX_SHDICT.count("ngx.shared") == 2
+
+for _name, _path in (("shdict-incr-5B-c50", "/"), ("shdict-incr-local-c50", "/local")):
+    SCENARIOS.append({
+        "name": _name,
+        "path": _path,
+        "connections": 50,
+        "luaproxy": LUAPROXY_SHDICT,
+        "nginx": NGINX_SHDICT,
+        "per_mib": False,
+        "note": "one shared-dict incr per request (proxy.shared vs ngx.shared)%s"
+                % (", answered from Lua" if _path == "/local" else ", then proxied"),
+    })
+
 # --- balancing policies: one upstream of three targets, nginx round robin as the peer --
 # The harness starts one origin, listening on 127.0.0.1 only. Three distinct target
 # addresses reach it: 127.0.0.1 and two spellings of the IPv4-mapped IPv6 address of
