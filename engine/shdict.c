@@ -134,9 +134,17 @@ void lp_shdict_set_clock(double (*now)(void))
 }
 
 /* Values read out of a dict land here: copied under the lock, read by the caller after. One
- * per thread, grown on demand, never shrunk (it is as large as the largest value read). */
+ * per thread (owned by it), grown on demand, never shrunk (it is as large as the largest
+ * value read); a thread-specific key frees it when the thread ends. */
 static _Thread_local char *scratch;
 static _Thread_local size_t scratch_cap;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_key_make(void)
+{
+    pthread_key_create(&scratch_key, free);
+}
 
 static char *scratch_reserve(size_t n)
 {
@@ -148,6 +156,8 @@ static char *scratch_reserve(size_t n)
     char *p = realloc(scratch, cap);
     if (!p)
         return NULL;
+    pthread_once(&scratch_once, scratch_key_make);
+    pthread_setspecific(scratch_key, p);
     scratch = p;
     scratch_cap = cap;
     return p;
