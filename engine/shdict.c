@@ -39,8 +39,11 @@ struct sd_node_s {
     char data[];
 };
 
-_Static_assert(sizeof(sd_node_t) <= LP_SHDICT_ENTRY_OVERHEAD, "entry overhead too small");
-_Static_assert(sizeof(sd_item_t) <= LP_SHDICT_ITEM_OVERHEAD, "item overhead too small");
+/* A node, two bucket pointers (a stripe has fewer than 2n + 16 buckets for n keys) and
+ * malloc's header; an item and the header. */
+_Static_assert(sizeof(sd_node_t) + 2 * sizeof(void *) + 8 <= LP_SHDICT_ENTRY_OVERHEAD,
+               "entry overhead too small");
+_Static_assert(sizeof(sd_item_t) + 8 <= LP_SHDICT_ITEM_OVERHEAD, "item overhead too small");
 
 /* A stripe's lock: test-and-test-and-set with a bounded spin, then sched_yield. Taking it is
  * one atomic exchange and releasing it a plain store: half the atomic operations of a

@@ -6,16 +6,20 @@
  * Accounting: every entry is charged LP_SHDICT_ENTRY_OVERHEAD + key bytes + string bytes
  * (numbers and booleans: no value bytes), every list item LP_SHDICT_ITEM_OVERHEAD + its
  * string bytes, against the declared capacity: the sum of charges never passes it. The
- * overheads are at least what the C structs take (malloc's own rounding is not counted).
+ * overheads cover what the store really takes per entry: its struct (88 bytes on 64-bit),
+ * its share of the hash index (at most two bucket pointers per key beyond the first 16 of
+ * each stripe, a fixed cost like the stripes themselves) and malloc's chunk
+ * header (8); for an item, its struct (32) and the header. malloc's rounding of a block to
+ * 16 bytes is not counted. shdict.c checks the structs against these at compile time.
  *
- * Locking: see lp_shdict_s in shdict.c (lock striping by key hash). */
+ * Locking: see struct lp_shdict_s in shdict.c (lock striping by key hash). */
 #ifndef LP_SHDICT_H
 #define LP_SHDICT_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define LP_SHDICT_ENTRY_OVERHEAD 96    /* bytes charged per key, besides key and value */
+#define LP_SHDICT_ENTRY_OVERHEAD 112   /* bytes charged per key, besides key and value */
 #define LP_SHDICT_ITEM_OVERHEAD  48    /* bytes charged per list item, besides its string */
 #define LP_SHDICT_MIN_SIZE       8192  /* smallest capacity a config may declare */
 #define LP_SHDICT_KEY_MAX        65535 /* longest key, in bytes (as OpenResty) */

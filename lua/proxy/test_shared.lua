@@ -1,13 +1,13 @@
 -- The `proxy.test` double's shared dicts: a pure-Lua store with the engine's semantics
 -- (engine/shdict.c, lua/luaproxy/shared.lua): the same methods, arguments, results and
--- byte accounting (96 bytes per key besides key and string value, 48 per list item besides
+-- byte accounting (112 bytes per key besides key and string value, 48 per list item besides
 -- its string), an exact LRU, TTLs on the double's fake clock. One difference: the engine
 -- splits a dict of 512 KiB or more into stripes, each with its own LRU, so which entry a
 -- large full dict evicts may differ; a spec that tests eviction should use a small dict.
 local type, tostring, tonumber, error, setmetatable, pairs = type, tostring, tonumber, error,
   setmetatable, pairs
 
-local ENTRY_OVERHEAD, ITEM_OVERHEAD = 96, 48
+local ENTRY_OVERHEAD, ITEM_OVERHEAD = 112, 48
 local MIN_SIZE = 8192
 
 local M = {}

@@ -3,7 +3,7 @@
 -- the byte accounting of engine/shdict.h. `make(name, capacity)` returns an empty dict;
 -- `advance(seconds)` moves the clock its TTLs read; busted's `it` and `assert` are passed in.
 return function(it, assert, make, advance)
-  local ENTRY, ITEM = 96, 48
+  local ENTRY, ITEM = 112, 48
 
   it("gets and sets strings, numbers and booleans, with flags", function()
     local d = make("a", 65536)

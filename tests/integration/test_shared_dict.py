@@ -137,11 +137,11 @@ class SharedDictTest(RT.ReloadTestCase):
         st = self.dict_status("counters")
         self.assertEqual(st["capacity"], 1048576)
         self.assertEqual(st["entries"], 2)
-        self.assertEqual(st["used"], 2 * 96 + len("total") + len("hits"))
+        self.assertEqual(st["used"], 2 * 112 + len("total") + len("hits"))
 
     def test_2_lru_eviction_and_forcible_seen_from_lua(self):
         before = self.dict_status("small")["evictions"]
-        # 16k holds 16384 // (96 + 3 + 1000) = 14 entries of 1000 bytes with a 3-byte key.
+        # 16k holds 16384 // (112 + 3 + 1000) = 14 entries of 1000 bytes with a 3-byte key.
         j = self.json_get("/fill?n=30&size=1000&prefix=e")
         self.assertEqual(j["capacity"], 16384)
         self.assertEqual(j["first_forcible"], 15)
@@ -151,7 +151,7 @@ class SharedDictTest(RT.ReloadTestCase):
         st = self.dict_status("small")
         self.assertEqual(st["entries"], 14)
         self.assertLessEqual(st["used"], 16384)
-        self.assertEqual(st["used"], 14 * (96 + 3 + 1000))
+        self.assertEqual(st["used"], 14 * (112 + 3 + 1000))
         self.assertGreaterEqual(st["evictions"] - before, 16)
 
     def test_3_ttl_expiry(self):
@@ -183,7 +183,7 @@ class SharedDictTest(RT.ReloadTestCase):
         st = self.status()["shared"]
         self.assertEqual(sorted(st), ["counters", "fresh", "small"])
         self.assertEqual(st["small"]["capacity"], 8192)
-        self.assertEqual(st["small"]["entries"], 8192 // (96 + 3 + 1000))
+        self.assertEqual(st["small"]["entries"], 8192 // (112 + 3 + 1000))
         self.assertLessEqual(st["small"]["used"], 8192)
         for i in range(1, 15):
             want = ("v" * 1000) if i > 14 - 7 else None
