@@ -430,6 +430,16 @@ local function size_coerce(v)
   return v
 end
 
+local function size_check(v)
+  if type(v) ~= "number" or v % 1 ~= 0 then
+    return nil, format('expected a size (bytes, or "64k", "10m", "1g"), got %s',
+                       type(v) == "string" and format("%q", v) or type(v))
+  end
+  if v < 8192 then return nil, format("%d bytes is below the minimum of 8k", v) end
+  if v > 1099511627776 then return nil, "more than 1 TiB" end
+  return true
+end
+
 local S = {
   description = "a luaproxy config file",
   doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
@@ -574,7 +584,7 @@ local S = {
         .. 'is bytes or "64k", "10m", "1g" (at least 8k); a reload keeps the content of a '
         .. "dict it keeps (a resized one keeps what fits); see docs/lua-api.md",
       keys = { type = "string", pattern = "^[%a_][%w_]*$" },
-      values = { type = "integer", coerce = size_coerce, min = 8192, max = 1099511627776 },
+      values = { type = "any", coerce = size_coerce, custom = size_check },
     },
     admin = {
       type = "record", doc_default = "off", description = "the admin API",
