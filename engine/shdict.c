@@ -112,8 +112,8 @@ typedef struct {
 #define SD_STRIPE_MIN  (256 * 1024)
 
 struct lp_shdict_s {
-    char *name; /* owned */
-    size_t capacity;
+    char *name;            /* owned */
+    size_t capacity;       /* atomic: a resize (main thread) writes it while workers read it */
     unsigned nstripes;     /* a power of two */
     sd_stripe_t *stripes;  /* owned */
     int refs;              /* registry references (under reg_lock) */
@@ -421,7 +421,7 @@ const char *lp_shdict_name(const lp_shdict_t *d)
 
 void lp_shdict_resize(lp_shdict_t *d, size_t capacity)
 {
-    d->capacity = capacity;
+    __atomic_store_n(&d->capacity, capacity, __ATOMIC_RELAXED);
     double now = 0;
     for (unsigned i = 0; i < d->nstripes; i++) {
         sd_stripe_t *s = &d->stripes[i];
@@ -437,7 +437,7 @@ void lp_shdict_resize(lp_shdict_t *d, size_t capacity)
 void lp_shdict_stats(lp_shdict_t *d, lp_shdict_stats_t *out)
 {
     memset(out, 0, sizeof(*out));
-    out->capacity = d->capacity;
+    out->capacity = lp_shdict_capacity(d);
     for (unsigned i = 0; i < d->nstripes; i++) {
         sd_stripe_t *s = &d->stripes[i];
         lock(&s->lock);
@@ -450,7 +450,7 @@ void lp_shdict_stats(lp_shdict_t *d, lp_shdict_stats_t *out)
 
 size_t lp_shdict_capacity(lp_shdict_t *d)
 {
-    return d->capacity;
+    return __atomic_load_n(&d->capacity, __ATOMIC_RELAXED);
 }
 
 size_t lp_shdict_free_space(lp_shdict_t *d)
