@@ -647,6 +647,7 @@ static int switch_all(lp_worker_t *ws, unsigned n, lp_switch_t *sw, char *err, s
     }
     run_step(ws, n, sw, SW_COMMIT, err, errlen);
     lp_gen_current = gen;
+    lp_config_apply_shared(gen->config); /* resized dicts take their new size (cannot fail) */
     for (size_t i = 0; fresh && i < gen->config->nlisten; i++)
         if (fresh[i])
             lp_log_notice("listening on %s (%u workers)", gen->bound[i].text, n);

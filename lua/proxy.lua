@@ -116,5 +116,8 @@ proxy.timer = tasks.timer
 proxy.spawn = tasks.spawn
 proxy.exiting = tasks.exiting
 
+-- proxy.shared.NAME: the config's shared dicts (lua/luaproxy/shared.lua).
+proxy.shared = require("luaproxy.shared").dicts
+
 proxy._K = K
 return proxy

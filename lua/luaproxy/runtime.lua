@@ -175,6 +175,7 @@ end
 -- Returns a state { routes = { [i] = chain }, fallback = chain, init = {instances} }.
 -- Plugin fields of type upstream must name one of cfg.upstreams.
 function M.load(cfg, opts)
+  require("luaproxy.shared").declare(cfg.shared) -- proxy.shared.NAME: these names only
   local ctx = require("luaproxy.config_schema").context(cfg)
   ctx.warnings, ctx.warned = {}, {}
   local global, err = load_list(cfg.plugins, "plugins", opts, ctx)

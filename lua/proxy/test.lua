@@ -963,4 +963,16 @@ function T.run(plugin, conf_overrides, req_spec, resp_spec)
   return T.run_chain({ { plugin, conf_overrides } }, req_spec, resp_spec)
 end
 
+-- proxy.shared: dicts a spec declares with T.shared_dicts{ name = "1m" } (sizes as the
+-- config's `shared`), with the engine's semantics on the fake clock (proxy/test_shared.lua).
+-- T.reset() empties them; T.shared_dicts() declares anew (undeclared names are nil).
+local shared_reg = require("proxy.test_shared").registry(function() return clock end)
+fake.shared = shared_reg.dicts
+function T.shared_dicts(sizes) shared_reg.declare(sizes) end
+local reset_without_dicts = T.reset
+function T.reset()
+  reset_without_dicts()
+  shared_reg.reset()
+end
+
 return T
