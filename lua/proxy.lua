@@ -111,5 +111,8 @@ function proxy.now() return C.lp_ffi_now() end
 function proxy.monotonic() return C.lp_ffi_monotonic() end
 function proxy.worker_id() return C.lp_ffi_worker_id() end
 
+-- PCRE2 regular expressions (luaproxy/re.lua; docs/lua-api.md).
+proxy.re = require "luaproxy.re"
+
 proxy._K = K
 return proxy
