@@ -80,14 +80,19 @@ local M = {}
 -- The library: the engine's executable links it (ffi.C finds its symbols); elsewhere
 -- (busted, a plain luajit) it is loaded by name. nil when PCRE2 cannot be found: every call
 -- then returns nil, "PCRE2 is not available: ...", it never raises.
+-- M.library says which: "ffi.C", or the name loaded.
 local P, lib_err
 do
   if pcall(function() return ffi.C.pcre2_compile_8 end) then
     P = ffi.C
+    M.library = "ffi.C"
   else
     for _, name in ipairs({ "pcre2-8", "libpcre2-8.so.0" }) do
       local ok, l = pcall(ffi.load, name)
-      if ok then P = l break end
+      if ok then
+        P, M.library = l, name
+        break
+      end
       lib_err = l
     end
   end
