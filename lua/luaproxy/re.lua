@@ -25,8 +25,8 @@
 local ffi = require "ffi"
 local guard = require "luaproxy.guard"
 
-local type, tostring, tonumber, error, pcall, ipairs = type, tostring, tonumber, error, pcall,
-  ipairs
+local type, tostring, tonumber, error, pcall, ipairs, setmetatable = type, tostring, tonumber,
+  error, pcall, ipairs, setmetatable
 local sub, byte, find, format = string.sub, string.byte, string.find, string.format
 local concat = table.concat
 local bor, band = require("bit").bor, require("bit").band
@@ -127,9 +127,17 @@ end
 
 -- The match context: the match limit and a JIT stack (PCRE2's default, 32 KiB on the
 -- machine stack, is too small for some legitimate patterns; grown on demand up to 1 MiB).
-local mctx
+-- The engine sets proxy.config before init_worker and the first request, after the
+-- plugins' module-level code ran: a context made before it is provisional, replaced once
+-- the config is there.
+local mctx, provisional
+local stacks = setmetatable({}, { __mode = "k" }) -- match context -> its JIT stack
 local function match_context()
   if mctx then return mctx end
+  local proxy = package.loaded.proxy
+  local final = type(proxy) == "table" and type(proxy.config) == "table"
+    and type(proxy.config.lua) == "table"
+  if not final and provisional then return provisional end
   local c = P.pcre2_match_context_create_8(nil)
   if c == nil then return nil end
   c = ffi_gc(c, P.pcre2_match_context_free_8)
@@ -139,10 +147,10 @@ local function match_context()
     if stack ~= nil then
       stack = ffi_gc(stack, P.pcre2_jit_stack_free_8)
       P.pcre2_jit_stack_assign_8(c, nil, stack)
-      M._jit_stack = stack -- the context borrows it: keep it alive as long as the module
+      stacks[c] = stack -- the context borrows the stack: it lives as long as the context
     end
   end
-  mctx = c
+  if final then mctx = c else provisional = c end
   return c
 end
 
@@ -302,7 +310,7 @@ end
 function M._reset()
   by_opts, ring, n, hand = {}, {}, 0, 1
   stats.compiles, stats.evictions = 0, 0
-  mctx = nil
+  mctx, provisional = nil, nil
 end
 
 ---------------------------------------------------------------------------------------
