@@ -265,6 +265,14 @@ end
 
 -- The compiled pattern for (regex, options) from the cache, compiling it on a miss.
 -- Returns it or nil, err (the runtime message, naming the pattern).
+-- The subject: a string, or a number as its text; anything else raises (level as get's).
+local function subject_of(subject, level)
+  local t = type(subject)
+  if t == "string" then return subject end
+  if t == "number" then return tostring(subject) end
+  error(format("bad argument #1 (subject): expected a string, got %s", t), level or 3)
+end
+
 -- Wrong argument types raise (programmer errors), at the caller of the API function
 -- (`level` 3, or 4 through substitute).
 local function get(regex, options, level)
@@ -375,7 +383,7 @@ end
 -- match(subject, regex, options?, ctx?, res_table?): the captures table, or nil (no match),
 -- or nil, err. ctx.pos (1-based) is where to start; it is set after the match.
 function M.match(subject, regex, options, ctx, res)
-  subject = tostring(subject)
+  subject = subject_of(subject)
   local e, err = get(regex, options)
   if not e then return nil, err end
   local start = start_of(subject, ctx)
@@ -391,7 +399,7 @@ end
 -- find(subject, regex, options?, ctx?, nth?): from, to (1-based, inclusive) of the match, or
 -- of capture group nth; nil (no match, or the group did not take part); nil, nil, err.
 function M.find(subject, regex, options, ctx, nth)
-  subject = tostring(subject)
+  subject = subject_of(subject)
   local e, err = get(regex, options)
   if not e then return nil, nil, err end
   local start = start_of(subject, ctx)
@@ -431,7 +439,7 @@ local GUARD_EVERY = 64
 -- Empty matches advance as in Perl: after an empty match at p, the next one must be
 -- non-empty at p or start after it.
 function M.gmatch(subject, regex, options)
-  subject = tostring(subject)
+  subject = subject_of(subject)
   local e, err = get(regex, options)
   if not e then return nil, err end
   local pos, len, after_empty, done = 0, #subject, false, false
@@ -554,7 +562,7 @@ local function render(tpl, e, subject, rc, buf, nb)
 end
 
 local function substitute(global, subject, regex, replace, options)
-  subject = tostring(subject)
+  subject = subject_of(subject, 4)
   local e, err = get(regex, options, 4)
   if not e then return nil, nil, err end
   local tpl, fn
@@ -565,7 +573,7 @@ local function substitute(global, subject, regex, replace, options)
     tpl, err = template(tostring(replace), e)
     if not tpl then return nil, nil, err end
   else
-    error(format("bad argument #3 (replace): expected a string or a function, got %s", rt), 4)
+    error(format("bad argument #3 (replace): expected a string or a function, got %s", rt), 3)
   end
   local len = #subject
   local buf, nb = {}, 0
@@ -589,7 +597,7 @@ local function substitute(global, subject, regex, replace, options)
         local r = fn(captures(e, subject, rc)) -- may use this pattern again: s, t are read
         local ty = type(r)
         if ty ~= "string" and ty ~= "number" then
-          error(format("replace function returned %s: expected a string", ty), 4)
+          error(format("replace function returned %s: expected a string", ty), 3)
         end
         nb = nb + 1
         buf[nb] = r

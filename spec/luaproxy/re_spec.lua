@@ -61,6 +61,10 @@ describe("proxy.re", function()
     end)
 
     it("raises for arguments of the wrong type (programmer errors)", function()
+      assert.error_matches(function() re.match(nil, "a") end, "bad argument #1 (subject)", 1, true)
+      assert.error_matches(function() re.gsub({}, "a", "b") end, "bad argument #1 (subject)", 1,
+        true)
+      assert.equal("12", re.match(12, [[\d+]])[0]) -- a number is matched as its text
       assert.error_matches(function() re.match("a", nil) end, "bad argument #2 (regex)", 1, true)
       assert.error_matches(function() re.match("a", "a", 1) end, "bad argument (options)", 1, true)
       assert.error_matches(function() re.match("a", "a", nil, { pos = 0 }) end, "bad ctx.pos", 1,
