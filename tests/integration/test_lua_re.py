@@ -59,10 +59,12 @@ RE_HANDLER = R(r'''function(req)
   return req:respond(200, table.concat(out, "\n"))
 end''')
 
-# A pattern that backtracks exponentially: the match limit ends it with nil, err.
+# A pattern that backtracks exponentially: the match limit ends it with nil, err. ?n=16
+# takes about 2^16 steps: within PCRE2's default limit, over the 1000 the config sets.
 EVIL_HANDLER = R(r'''function(req)
   local t0 = proxy.monotonic()
-  local m, err = proxy.re.match(string.rep("a", 64) .. "b", "^(a+)+$")
+  local n = tonumber(req:query("n")) or 64
+  local m, err = proxy.re.match(string.rep("a", n) .. "b", "^(a+)+$")
   return req:respond(200, tostring(m) .. "|" .. tostring(err) .. "|"
     .. string.format("%.3f", proxy.monotonic() - t0))
 end''')
@@ -86,7 +88,7 @@ class LuaReTest(RT.ReloadTestCase):
                      plugins=[{"name": "router", "rules": RULES}]),
         ]
         cls.proxy = cls.start_reload_proxy(cls.ups, cls.routes, workers=2,
-                                           lua={"regex_match_limit": 1000000})
+                                           lua={"regex_match_limit": 1000})
 
     def origin(self, r):
         return r.header("X-Origin-Id")
@@ -136,6 +138,14 @@ class LuaReTest(RT.ReloadTestCase):
         self.assertLess(time.monotonic() - t0, H.T(5))
         # the worker goes on serving
         self.assertEqual(self.get("/re?s=x1").status, 200)
+
+    def test_match_limit_from_the_config(self):
+        # lua.regex_match_limit = 1000 reaches every worker's proxy.re (PCRE2's default,
+        # 10,000,000, lets this one end with no match); 2 workers, so ask a few times
+        for _ in range(4):
+            r = self.get("/evil?n=16")
+            self.assertEqual(r.body.decode().split("|")[:2],
+                             ["nil", "pcre2_match: match limit exceeded"])
 
     def test_invalid_regex_refused_by_check_and_reload(self):
         key = "routes[1].plugins[1](router).rules[2].path_regex"
