@@ -23,7 +23,6 @@
 -- Compiled code and match data are freed by ffi.gc when nothing holds them any more, so an
 -- entry evicted from the cache stays valid for a gmatch iterator that still uses it.
 local ffi = require "ffi"
-local guard = require "luaproxy.guard"
 
 local type, tostring, tonumber, error, pcall, ipairs, setmetatable = type, tostring, tonumber,
   error, pcall, ipairs, setmetatable
@@ -432,7 +431,16 @@ end
 
 -- The runaway guard between matches: a gsub over a long subject runs many matches, each
 -- bounded by the match limit; lua.phase_timeout stops the loop (guard.check raises).
+-- Found in package.loaded, never required from here: the guard module takes its VM's flag
+-- pointer when it is first loaded, which the engine does itself once the VM's guard is
+-- set up (lua_vm.c guard_setup), after this module was loaded with `proxy`. Where no
+-- guard is loaded (a plain luajit) there is nothing to check.
 local GUARD_EVERY = 64
+local loaded = package.loaded
+local function guard_check()
+  local g = loaded["luaproxy.guard"]
+  if g then g.check() end
+end
 
 -- gmatch(subject, regex, options?): an iterator returning each match's captures table,
 -- then nil; nil, err from the iterator on a runtime error. Or nil, err (bad pattern).
@@ -581,7 +589,10 @@ local function substitute(global, subject, regex, replace, options)
   local budget = GUARD_EVERY
   while true do
     budget = budget - 1
-    if budget <= 0 then budget = GUARD_EVERY; guard.check() end
+    if budget <= 0 then
+      budget = GUARD_EVERY
+      guard_check()
+    end
     local rc, merr = exec(e, subject, pos, after_empty and bor(NOTEMPTY_ATSTART, ANCHORED) or 0)
     if not rc then return nil, nil, merr end
     if rc < 0 then
