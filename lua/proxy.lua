@@ -111,8 +111,20 @@ function proxy.now() return C.lp_ffi_now() end
 function proxy.monotonic() return C.lp_ffi_monotonic() end
 function proxy.worker_id() return C.lp_ffi_worker_id() end
 
--- PCRE2 regular expressions (luaproxy/re.lua; docs/lua-api.md).
-proxy.re = require "luaproxy.re"
+-- Fields loaded on first use, then plain fields: a VM that never uses them pays nothing at
+-- start (loading luaproxy/re.lua, its cdefs and PCRE2's symbols, takes about 2 ms).
+local LAZY = {
+  re = "luaproxy.re", -- PCRE2 regular expressions (docs/lua-api.md)
+}
+setmetatable(proxy, {
+  __index = function(t, k)
+    local mod = LAZY[k]
+    if mod == nil then return nil end
+    local v = require(mod)
+    rawset(t, k, v)
+    return v
+  end,
+})
 
 proxy._K = K
 return proxy

@@ -17,6 +17,13 @@ describe("proxy.re", function()
   it("is the same module in the engine's proxy and the proxy.test double", function()
     assert.equal(re, T.proxy.re)
     assert.equal(re, require("proxy").re)
+    -- the engine's proxy module (loaded here as a file: busted has the double as "proxy")
+    -- loads it on first use
+    local engine_proxy = dofile("lua/proxy.lua")
+    assert.is_nil(rawget(engine_proxy, "re"))
+    assert.equal(re, engine_proxy.re)
+    assert.equal(re, rawget(engine_proxy, "re"))
+    assert.is_nil(engine_proxy.no_such_field)
   end)
 
   it("uses the PCRE2 JIT when the library has one", function()
