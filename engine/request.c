@@ -85,6 +85,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->resp_status = 0;
     req->local_body = NULL;
     req->local_body_len = 0;
+    req->filter_cont = LP_FC_NONE;
     req->body_buf = NULL;
     req->body_len = 0;
     req->body_max = 0;
