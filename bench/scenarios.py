@@ -364,6 +364,57 @@ SCENARIOS.append({
             "(bench/tls_resume.py; see resumed_share in the JSON)",
 })
 
+# --- a regex per request: proxy.re.match against string.find (luaproxy), and ngx.re.match
+# against string.find (nginx + lua), on the request path. The regex's cost per request is
+# the CPU/req of re-* minus that of find-* (same proxy, same run).
+LUAPROXY_MATCH = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = { { match = { prefix = "/" }, upstream = "app",
+    handler = function(req)
+      MATCH_LUAPROXY
+    end } },
+  log = { access = false },
+}
+"""
+
+NGINX_MATCH = NGINX_LUA.split("    location / {")[0] + """\
+    location / {
+      access_by_lua_block {
+        MATCH_NGINX
+      }
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+"""
+
+MATCHES = {
+    "re": ('local m = proxy.re.match(req:path(), [[^/(?<seg>[a-z0-9_-]*)]], "jo") '
+           'if not m then return req:respond(500, "no match") end',
+           'local m = ngx.re.match(ngx.var.uri, [[^/(?<seg>[a-z0-9_-]*)]], "jo") '
+           'if not m then return ngx.exit(500) end'),
+    "find": ('if not string.find(req:path(), "^/([a-z0-9_-]*)") then '
+             'return req:respond(500, "no match") end',
+             'if not string.find(ngx.var.uri, "^/([a-z0-9_-]*)") then return ngx.exit(500) end'),
+}
+for _kind, (_lp, _ngx) in MATCHES.items():
+    SCENARIOS.append({
+        "name": "%s-5B-c50" % _kind,
+        "path": "/",
+        "connections": 50,
+        "luaproxy": LUAPROXY_MATCH.replace("MATCH_LUAPROXY", _lp),
+        "nginx": NGINX_MATCH.replace("MATCH_NGINX", _ngx),
+        "per_mib": False,
+        "note": "one %s on the path per request, in a route handler / access_by_lua_block"
+                % ("regex match (proxy.re.match / ngx.re.match, named capture)"
+                   if _kind == "re" else "string.find with a capture"),
+    })
+
 # The idle keep-alive memory test uses these templates (fresh processes).
 IDLE = {
     "connections": 10000,

@@ -580,6 +580,17 @@ local S = {
           description = "timers and `proxy.spawn` threads running at once per worker; a due "
             .. "timer over the bound waits for a slot, a spawn over it is refused",
         },
+        regex_cache_max = {
+          type = "integer", default = 1024, min = 0, max = 1000000,
+          description = "compiled `proxy.re` patterns kept per worker (least recently used "
+            .. "evicted first; 0: compile on every call)",
+        },
+        regex_match_limit = {
+          type = "integer", default = 10000000, min = 1000, max = 4294967295,
+          description = "PCRE2 match limit of one `proxy.re` call: a pattern that backtracks "
+            .. "more returns `nil, \"pcre2_match: match limit exceeded\"` (about 15 ms with "
+            .. "the JIT at the default; `lua.phase_timeout` cannot stop a call inside C)",
+        },
         plugin_paths = {
           type = "array", elements = { type = "string", min = 1 }, doc_default = "none",
           description = "extra plugin directories (relative to the config file), searched "

@@ -145,6 +145,9 @@ function fake.upstream(name)
   return setmetatable({ name = name }, Upstream)
 end
 
+-- proxy.re is the engine's own module (PCRE2 through the FFI, loaded by name here).
+fake.re = require "luaproxy.re"
+
 T.proxy = fake
 -- The engine's module wins when present (specs run inside the proxy).
 if not package.loaded.proxy then
