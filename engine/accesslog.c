@@ -610,14 +610,14 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
             one(v, h->path.base, h->path.len);
         break;
     case V_STATUS:
-        u64(v, scratch, (uint64_t)req->status);
+        u64(v, scratch, (uint64_t)req->resp.sent_status);
         break;
     case V_BODY_BYTES_SENT:
-        u64(v, scratch, req->resp_body_out);
+        u64(v, scratch, req->resp.body_out);
         break;
     case V_UPSTREAM_ADDR:
-        if (req->upstream && req->target >= 0)
-            one(v, req->target_addr, strlen(req->target_addr));
+        if (req->upstream && req->try.target >= 0)
+            one(v, req->try.target_addr, strlen(req->try.target_addr));
         break;
     case V_REQUEST_TIME:
         secs(v, scratch, now - req->t_start);

@@ -71,9 +71,9 @@ void lp_conn_close(lp_conn_t *c)
         return;
     if (c->req) {
         int parsed = (c->req->flags & LP_RF_PARSED) != 0;
-        if (c->req->status == 0 && parsed)
-            c->req->status = 499; /* closed before the response: nginx's convention */
-        if (parsed || c->req->status)
+        if (c->req->resp.sent_status == 0 && parsed)
+            c->req->resp.sent_status = 499; /* closed before the response: nginx's convention */
+        if (parsed || c->req->resp.sent_status)
             lp_accesslog_write(c->ep.w->access, c->req);
         lp_req_end(c->req);
     }
@@ -132,9 +132,9 @@ static void conn_close_after_write(lp_conn_t *c)
         if (c->ep.out_pending || (c->ep.flags & (LP_EPF_CLOSING | LP_EPF_BROKEN)))
             return;
     }
-    if (c->req && c->req->peer) {
-        lp_peer_abort(c->req->peer);
-        c->req->peer = NULL;
+    if (c->req && c->req->try.peer) {
+        lp_peer_abort(c->req->try.peer);
+        c->req->try.peer = NULL;
     }
     if ((c->flags & LP_CF_CLEAN_END) && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen)) {
         lp_conn_close(c); /* everything is written: the kernel sends it, then FIN */
@@ -201,8 +201,8 @@ static void conn_on_written(lp_endpoint_t *ep, int status)
     }
     if (lp_relay_drained(&c->ep)) {
         lp_req_t *req = c->req;
-        if (req && req->peer && ((c->flags & LP_CF_TUNNEL) || !(req->flags & LP_RF_RESP_DONE)))
-            lp_peer_resume(req->peer);
+        if (req && req->try.peer && ((c->flags & LP_CF_TUNNEL) || !(req->flags & LP_RF_RESP_DONE)))
+            lp_peer_resume(req->try.peer);
     }
     if (!c->ep.out_pending && (c->flags & LP_CF_CLOSE_AFTER))
         conn_close_after_write(c);
@@ -227,18 +227,18 @@ static int conn_set_local(lp_req_t *req, int status, const char *detail)
     lp_error_answer_t a;
     if (lp_errpage_answer(req->g->config, req->route, status, detail, &a))
         return -1;
-    free(req->local_body);
-    req->local_body = NULL;
-    req->local_body_len = 0;
+    free(req->resp.local_body);
+    req->resp.local_body = NULL;
+    req->resp.local_body_len = 0;
     if (lp__resp_begin(req) ||
         (a.content_type && lp_ffi_header_set(req, 1, LP_FFI_HADD, "Content-Type", 12,
                                              a.content_type, strlen(a.content_type)))) {
         free(a.body);
         return -1;
     }
-    req->local_body = a.body; /* NULL when the status has no body (204, 304) */
-    req->local_body_len = a.len;
-    req->resp_status = a.status;
+    req->resp.local_body = a.body; /* NULL when the status has no body (204, 304) */
+    req->resp.local_body_len = a.len;
+    req->resp.status = a.status;
     req->flags |= LP_RF_LOCAL;
     return 0;
 }
@@ -268,9 +268,9 @@ static int conn_respond_local(lp_req_t *req, int status, int keep, const char *d
 int lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
 {
     lp_conn_t *c = req->conn;
-    if (req->peer) {
-        lp_peer_abort(req->peer);
-        req->peer = NULL;
+    if (req->try.peer) {
+        lp_peer_abort(req->try.peer);
+        req->try.peer = NULL;
     }
     if (req->flags & LP_RF_RESP_STARTED) {
         /* Mid-response: closing is the only way to show the client the truncation. */
@@ -467,8 +467,8 @@ static int on_req_body(lp_h1_t *h, const char *at, size_t len)
         h->err_status = 413;
         return 0;
     }
-    if (req->peer)
-        lp_peer_body(req->peer, at, len, c->ep.rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
+    if (req->try.peer)
+        lp_peer_body(req->try.peer, at, len, c->ep.rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
     else if (req->flags & LP_RF_BODY_BUFFERING)
         return conn_buffer_body(req, at, len);
     return 0;
@@ -493,8 +493,8 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
     c->ep.rpos += (uint32_t)used;
     if (req->h1.err_status == 413 && ev != LP_H1_ERROR)
         ev = LP_H1_ERROR;
-    if (req->peer)
-        lp_peer_flush(req->peer);
+    if (req->try.peer)
+        lp_peer_flush(req->try.peer);
     switch (ev) {
     case LP_H1_NEED_MORE:
         if (req->state == LP_RS_BODY)
@@ -516,9 +516,9 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
         req->state = LP_RS_DONE;
         if (c->ep.tmode == TM_BODY)
             conn_timer(c, TM_NONE, 0);
-        if (req->peer) {
-            lp_peer_body_end(req->peer, (req->h1.flags & LP_H1F_CHUNKED) != 0);
-            lp_peer_flush(req->peer);
+        if (req->try.peer) {
+            lp_peer_body_end(req->try.peer, (req->h1.flags & LP_H1F_CHUNKED) != 0);
+            lp_peer_flush(req->try.peer);
         }
         if (req->flags & LP_RF_BODY_BUFFERING) {
             conn_wake_body(req);
@@ -577,7 +577,7 @@ static void conn_process_once(lp_conn_t *c)
             return;
         /* The request may have ended by now: look again. */
         req = c->req;
-        if (req && req->peer && lp_relay_full(&req->peer->ep) && req->state == LP_RS_BODY) {
+        if (req && req->try.peer && lp_relay_full(&req->try.peer->ep) && req->state == LP_RS_BODY) {
             req->flags |= LP_RF_READ_PAUSED;
             if (c->ep.tmode == TM_BODY)
                 conn_timer(c, TM_NONE, 0);
@@ -620,7 +620,7 @@ static int conn_tls_fill(lp_conn_t *c)
 /* The upstream side of the tunnel, when there is one. */
 static lp_endpoint_t *conn_tunnel_peer(lp_conn_t *c)
 {
-    return c->req && c->req->peer ? &c->req->peer->ep : NULL;
+    return c->req && c->req->try.peer ? &c->req->try.peer->ep : NULL;
 }
 
 /* Tunnel: what the client sent goes to the upstream while it keeps up (over TLS,
@@ -759,8 +759,8 @@ static void conn_on_eof(lp_conn_t *c, ssize_t why)
     c->flags |= LP_CF_EOF;
     if (why != UV_EOF)
         lp_log_debug("%s: read error: %s", c->client_ip, uv_strerror((int)why));
-    if ((c->flags & LP_CF_TUNNEL) && c->req && c->req->peer) {
-        lp_peer_tunnel_eof(c->req->peer);
+    if ((c->flags & LP_CF_TUNNEL) && c->req && c->req->try.peer) {
+        lp_peer_tunnel_eof(c->req->try.peer);
         return;
     }
     if (c->req && c->req->state == LP_RS_DONE && why == UV_EOF) {
@@ -822,7 +822,7 @@ static void conn_update_reading(lp_conn_t *c)
     if (c->flags & (LP_CF_EOF | LP_CF_CLOSE_AFTER))
         want = 0;
     else if (c->flags & LP_CF_TUNNEL)
-        want = !(req && req->peer && lp_relay_full(&req->peer->ep));
+        want = !(req && req->try.peer && lp_relay_full(&req->try.peer->ep));
     else
         want = !(req && (req->flags & LP_RF_READ_PAUSED)) &&
                !(c->ep.rbuf && c->ep.rlen == c->ep.rbuf->cap && c->ep.rpos < c->ep.rlen);
@@ -832,12 +832,12 @@ static void conn_update_reading(lp_conn_t *c)
 /* ---- the response ---- */
 
 /* Decides the framing of the response towards the client and queues its head as it stands
- * in req (status, resp_headers; written by http1.c). rh is the upstream's parsed head, NULL for a
+ * in req->resp (status, headers; written by http1.c). rh is the upstream's parsed head, NULL for a
  * local answer. */
 static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
 {
     lp_conn_t *c = req->conn;
-    int status = req->resp_status;
+    int status = req->resp.status;
     int upgrade = rh && (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
     int no_body = (req->flags & LP_RF_HEAD) || status == 204 || status == 304 || upgrade;
     int close =
@@ -846,8 +846,8 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED) : 1;
     if (filtered && !upgrade && status != 204 && status != 304)
         has_length = 0; /* a body filter may change the length (HEAD: unknown, so none) */
-    uint64_t length = rh ? rh->content_length : req->local_body_len;
-    req->status = status;
+    uint64_t length = rh ? rh->content_length : req->resp.local_body_len;
+    req->resp.sent_status = status;
     if (!no_body && !has_length) {
         /* Length unknown (or changed by a body filter): chunks for HTTP/1.1 clients, a close
          * for HTTP/1.0 ones. */
@@ -864,11 +864,11 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
         .status = status,
         .reason =
             rh && rh->reason.len && status == lp_h1_status(rh) ? rh->reason : (lp_str_t){NULL, 0},
-        .headers = req->resp_headers,
-        .nheaders = req->resp_nheaders,
+        .headers = req->resp.headers,
+        .nheaders = req->resp.nheaders,
         .local = rh == NULL,
         .upgrade = upgrade,
-        .upgrade_proto = req->resp_upgrade,
+        .upgrade_proto = req->resp.upgrade,
         .chunked = (req->flags & LP_RF_RESP_CHUNKED) != 0,
         /* 304: the length only when the upstream said it (it describes another response). */
         .has_length =
@@ -903,14 +903,14 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
     /* The head as the client will see it: end-to-end fields only (the framing fields are
      * regenerated), in the request's response list, where Lua may change it. */
     const lp_header_t *up = lp_h1_find(rh, "upgrade", 7);
-    req->resp_upgrade = up ? up->value : (lp_str_t){NULL, 0};
+    req->resp.upgrade = up ? up->value : (lp_str_t){NULL, 0};
     unsigned k = 0;
     for (unsigned i = 0; i < rh->nheaders; i++)
         if (!lp_h1_is_hop_by_hop(rh, rh->headers[i].name))
             rh->headers[k++] = rh->headers[i];
-    req->resp_nheaders = k;
-    req->resp_arena_used = rh->arena_len;
-    req->resp_status = lp_h1_status(rh);
+    req->resp.nheaders = k;
+    req->resp.arena_used = rh->arena_len;
+    req->resp.status = lp_h1_status(rh);
     req->t_upstream_head = uv_hrtime();
     lp_rc_t rc = conn_run_phase(req, LP_PHASE_RESPONSE);
     if (rc == LP_AGAIN || rc == LP_GONE)
@@ -926,7 +926,7 @@ static void conn_write_body(lp_req_t *req, const char *at, size_t len, lp_buf_t 
     lp_conn_t *c = req->conn;
     if (!len || (c->ep.flags & LP_EPF_CLOSING))
         return;
-    req->resp_body_out += len;
+    req->resp.body_out += len;
     lp_relay_body(&c->ep, at, len, pin, (req->flags & LP_RF_RESP_CHUNKED) != 0);
 }
 
@@ -1004,21 +1004,21 @@ static int conn_send_local(lp_req_t *req)
         lp_conn_close(req->conn);
         return LP_GONE;
     }
-    if (!(req->flags & LP_RF_HEAD) && req->local_body_len) {
-        lp_buf_t *b = lp_buf_get(&req->w->bufs, req->local_body_len);
+    if (!(req->flags & LP_RF_HEAD) && req->resp.local_body_len) {
+        lp_buf_t *b = lp_buf_get(&req->w->bufs, req->resp.local_body_len);
         if (!b) {
             lp_conn_close(req->conn);
             return LP_GONE;
         }
-        memcpy(b->data, req->local_body, req->local_body_len);
+        memcpy(b->data, req->resp.local_body, req->resp.local_body_len);
         if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
-            if (conn_filter_body(req, b->data, req->local_body_len, 0)) {
+            if (conn_filter_body(req, b->data, req->resp.local_body_len, 0)) {
                 lp_buf_unref(b);
                 lp_conn_close(req->conn);
                 return LP_GONE;
             }
         } else {
-            conn_write_body(req, b->data, req->local_body_len, b);
+            conn_write_body(req, b->data, req->resp.local_body_len, b);
         }
         lp_buf_unref(b);
     }
@@ -1042,9 +1042,9 @@ static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
         }
         if (body_known_empty(req))
             req->state = LP_RS_DONE;
-        if (req->peer) {
-            lp_peer_abort(req->peer);
-            req->peer = NULL;
+        if (req->try.peer) {
+            lp_peer_abort(req->try.peer);
+            req->try.peer = NULL;
         }
         /* The connection stays open when nothing of the request is left unread. */
         return conn_respond_local(req, 500, 1, NULL);
@@ -1064,11 +1064,11 @@ static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
     case LP_PHASE_RESPONSE:
         if (req->flags & LP_RF_LOCAL)
             return conn_send_local(req);
-        if (req->peer) {
-            if (conn_send_head(req, &req->peer->h1))
+        if (req->try.peer) {
+            if (conn_send_head(req, &req->try.peer->h1))
                 return lp_conn_upstream_failed(req, 502, "response head too large");
             lp_req_hold(req);
-            lp_peer_continue(req->peer);
+            lp_peer_continue(req->try.peer);
             return lp_req_let_go(req);
         }
         return LP_OK;
@@ -1143,8 +1143,8 @@ void lp_conn_tunnel_start(lp_req_t *req)
     c->flags |= LP_CF_TUNNEL;
     conn_timer(c, TM_NONE, 0);
     /* Bytes the client sent after its request belong to the new protocol. */
-    if (c->ep.rbuf && c->ep.rpos < c->ep.rlen && req->peer)
-        lp_relay_move(&c->ep, &req->peer->ep);
+    if (c->ep.rbuf && c->ep.rpos < c->ep.rlen && req->try.peer)
+        lp_relay_move(&c->ep, &req->try.peer->ep);
     if (c->ep.tls)
         conn_tunnel_pump(c);
     conn_update_reading(c);
