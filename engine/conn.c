@@ -77,11 +77,46 @@ void lp_conn_close(lp_conn_t *c)
             lp_accesslog_write(c->ep.w->access, c->req);
         lp_req_end(c->req);
     }
-    if (!lp_list_empty(&c->hs_link)) {
-        lp_list_remove(&c->hs_link);
-        lp_list_init(&c->hs_link);
+    if (c->flags & LP_CF_HS_WAIT) {
+        c->ep.w->hs_q[c->hs_pos] = NULL; /* on_hs_idle skips the hole */
+        c->flags &= (uint16_t)~LP_CF_HS_WAIT;
     }
     lp_ep_close(&c->ep);
+}
+
+size_t lp_conn_ip_text(const lp_conn_t *c, char out[LP_IP_TEXT])
+{
+    const uint8_t *a = c->client_addr;
+    if (c->client_v6) {
+        if (uv_inet_ntop(AF_INET6, a, out, LP_IP_TEXT))
+            out[0] = 0;
+        return strlen(out);
+    }
+    if (!(a[0] | a[1] | a[2] | a[3])) {
+        out[0] = 0; /* unknown (getpeername failed) */
+        return 0;
+    }
+    /* IPv4 by hand: this runs for most proxied requests (X-Forwarded-For). */
+    char *p = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = '.';
+    }
+    p[-1] = 0;
+    return (size_t)(p - 1 - out);
+}
+
+/* The client's address for a log line (valid until the next call on this thread). */
+static const char *conn_ip(const lp_conn_t *c)
+{
+    static _Thread_local char text[LP_IP_TEXT];
+    lp_conn_ip_text(c, text);
+    return text;
 }
 
 static void on_linger_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -158,7 +193,7 @@ static void conn_on_timeout(lp_endpoint_t *ep, int mode)
     case TM_HEAD:
     case TM_BODY:
         if (c->req && !(c->req->flags & LP_RF_RESP_STARTED)) {
-            lp_log_info("%s: client timed out sending the request %s", c->client_ip,
+            lp_log_info("%s: client timed out sending the request %s", conn_ip(c),
                         mode == TM_HEAD ? "head" : "body");
             (void)lp_conn_upstream_failed(c->req, 408, "client timeout");
             return;
@@ -166,15 +201,15 @@ static void conn_on_timeout(lp_endpoint_t *ep, int mode)
         lp_conn_close(c);
         return;
     case TM_SEND:
-        lp_log_info("%s: client timed out reading the response", c->client_ip);
+        lp_log_info("%s: client timed out reading the response", conn_ip(c));
         lp_conn_close(c);
         return;
     case TM_HANDSHAKE:
-        lp_log_info("%s: TLS handshake timed out", c->client_ip);
+        lp_log_info("%s: TLS handshake timed out", conn_ip(c));
         lp_conn_close(c);
         return;
     case TM_BROKEN:
-        lp_log_debug("%s: write failed%s%s", c->client_ip, c->ep.tls ? ": " : "",
+        lp_log_debug("%s: write failed%s%s", conn_ip(c), c->ep.tls ? ": " : "",
                      c->ep.tls ? lp_tls_error(c->ep.tls) : "");
         lp_conn_close(c);
         return;
@@ -189,7 +224,7 @@ static void conn_on_written(lp_endpoint_t *ep, int status)
 {
     lp_conn_t *c = conn_of(ep);
     if (status < 0) {
-        lp_log_debug("%s: write failed: %s", c->client_ip, uv_strerror(status));
+        lp_log_debug("%s: write failed: %s", conn_ip(c), uv_strerror(status));
         lp_conn_close(c);
         return;
     }
@@ -274,7 +309,7 @@ int lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
     }
     if (req->flags & LP_RF_RESP_STARTED) {
         /* Mid-response: closing is the only way to show the client the truncation. */
-        lp_log_warn("%s: %s %.*s: %s after the response started; closing", c->client_ip,
+        lp_log_warn("%s: %s %.*s: %s after the response started; closing", conn_ip(c),
                     llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base, why);
         req->flags |= LP_RF_RESP_CLOSE;
         lp_conn_close(c);
@@ -304,7 +339,7 @@ static int conn_start_upstream(lp_req_t *req)
             req->state = LP_RS_DONE; /* nothing left to read: keep-alive stays possible */
         if (req->route)
             lp_log_warn("%s: route %d chose no upstream (a handler or plugin must)",
-                        req->conn->client_ip, req->route_index + 1);
+                        lp_req_client_ip(req), req->route_index + 1);
         return conn_respond_local(req, req->route ? 502 : 404, 1, NULL);
     }
     req->flags |= LP_RF_WAIT_UPSTREAM;
@@ -529,7 +564,7 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
         return 0;
     case LP_H1_ERROR:
     default:
-        lp_log_info("%s: bad request: %d %s", c->client_ip, req->h1.err_status,
+        lp_log_info("%s: bad request: %d %s", conn_ip(c), req->h1.err_status,
                     req->h1.err_reason ? req->h1.err_reason : "");
         lp_conn_upstream_failed(req, req->h1.err_status ? req->h1.err_status : 400, "bad request");
         return -1;
@@ -612,7 +647,7 @@ static int conn_tls_fill(lp_conn_t *c)
     if (rc >= 0)
         return rc;
     if (err)
-        lp_log_info("%s: TLS error: %s", c->client_ip, lp_tls_error(c->ep.tls));
+        lp_log_info("%s: TLS error: %s", conn_ip(c), lp_tls_error(c->ep.tls));
     conn_on_eof(c, err ? err : UV_EOF);
     return 0;
 }
@@ -644,7 +679,7 @@ static void conn_plain_on_tls(lp_conn_t *c)
     static const char body[] = "400 Bad Request: this port speaks HTTPS; the request was plain "
                                "HTTP.\n";
     char head[256];
-    lp_log_info("%s: plain HTTP request on a TLS port: 400, closing", c->client_ip);
+    lp_log_info("%s: plain HTTP request on a TLS port: 400, closing", conn_ip(c));
     lp_tls_free(c->ep.tls);
     c->ep.tls = NULL;
     int n = snprintf(head, sizeof(head),
@@ -684,14 +719,49 @@ static void on_hs_idle(uv_idle_t *h)
 {
     lp_worker_t *w = h->data;
     w->hs_turn_ns = 0;
-    while (!lp_list_empty(&w->hs_deferred) && w->hs_turn_ns < HS_BUDGET_NS) {
-        lp_conn_t *c = LP_CONTAINER_OF(w->hs_deferred.next, lp_conn_t, hs_link);
-        lp_list_remove(&c->hs_link);
-        lp_list_init(&c->hs_link);
+    while (w->hs_first < w->hs_n && w->hs_turn_ns < HS_BUDGET_NS) {
+        lp_conn_t *c = w->hs_q[w->hs_first++];
+        if (!c)
+            continue; /* closed while it waited */
+        c->flags &= (uint16_t)~LP_CF_HS_WAIT;
+        c->nrequests = 0; /* hs_pos is done with (its union's other half) */
         conn_tls_step(c);
     }
-    if (lp_list_empty(&w->hs_deferred))
+    if (w->hs_first == w->hs_n) {
+        w->hs_first = w->hs_n = 0;
         uv_idle_stop(h);
+    }
+}
+
+/* Queues c at the end of w->hs_q. The array is reused from its start whenever it empties,
+ * and compacted when its consumed head is the larger part, so a steady flood of
+ * handshakes does not grow it without bound. -1 when out of memory. */
+static int hs_push(lp_worker_t *w, lp_conn_t *c)
+{
+    if (w->hs_n == w->hs_cap && w->hs_first >= w->hs_n / 2 && w->hs_first) {
+        uint32_t k = 0;
+        for (uint32_t i = w->hs_first; i < w->hs_n; i++) {
+            lp_conn_t *q = w->hs_q[i];
+            if (!q)
+                continue;
+            q->hs_pos = k;
+            w->hs_q[k++] = q;
+        }
+        w->hs_first = 0;
+        w->hs_n = k;
+    }
+    if (w->hs_n == w->hs_cap) {
+        uint32_t cap = w->hs_cap ? 2 * w->hs_cap : 64;
+        lp_conn_t **q = realloc(w->hs_q, cap * sizeof(*q));
+        if (!q)
+            return -1;
+        w->hs_q = q;
+        w->hs_cap = cap;
+    }
+    c->hs_pos = w->hs_n;
+    w->hs_q[w->hs_n++] = c;
+    c->flags |= LP_CF_HS_WAIT;
+    return 0;
 }
 
 /* Whether this handshake step waits for a later turn (queued, oldest first). Only the
@@ -700,13 +770,14 @@ static void on_hs_idle(uv_idle_t *h)
 static int conn_hs_defer(lp_conn_t *c)
 {
     lp_worker_t *w = c->ep.w;
-    if (!lp_list_empty(&c->hs_link))
+    if (c->flags & LP_CF_HS_WAIT)
         return 1; /* already waiting: more of its bytes arrived */
     if (lp_tls_started(c->ep.tls))
         return 0;
-    if (lp_list_empty(&w->hs_deferred) && w->hs_turn_ns < HS_BUDGET_NS)
+    if (w->hs_first == w->hs_n && w->hs_turn_ns < HS_BUDGET_NS)
         return 0;
-    lp_list_insert_tail(&w->hs_deferred, &c->hs_link);
+    if (hs_push(w, c))
+        return 0; /* out of memory: handshake now rather than stall it */
     uv_idle_start(&w->hs_idle, on_hs_idle);
     return 1;
 }
@@ -732,7 +803,7 @@ static void conn_tls_step(lp_conn_t *c)
         c->ep.w->hs_turn_ns += uv_hrtime() - t0;
         lp_conn_flush(c);
         if (rc == LP_ERROR) {
-            lp_log_info("%s: TLS handshake failed: %s", c->client_ip, lp_tls_error(c->ep.tls));
+            lp_log_info("%s: TLS handshake failed: %s", conn_ip(c), lp_tls_error(c->ep.tls));
             conn_close_after_write(c);
             return;
         }
@@ -758,7 +829,7 @@ static void conn_on_eof(lp_conn_t *c, ssize_t why)
 {
     c->flags |= LP_CF_EOF;
     if (why != UV_EOF)
-        lp_log_debug("%s: read error: %s", c->client_ip, uv_strerror((int)why));
+        lp_log_debug("%s: read error: %s", conn_ip(c), uv_strerror((int)why));
     if ((c->flags & LP_CF_TUNNEL) && c->req && c->req->try.peer) {
         lp_peer_tunnel_eof(c->req->try.peer);
         return;
@@ -783,7 +854,7 @@ static void conn_on_input(lp_endpoint_t *ep, ssize_t nread)
         if (c->ep.rlen == (uint32_t)nread && c->nrequests == 0 && !c->req &&
             c->ep.rbuf->data[0] == 0x16) {
             /* A TLS ClientHello: no HTTP answer would make sense to that client. */
-            lp_log_info("%s: TLS handshake on a plain HTTP port: closing", c->client_ip);
+            lp_log_info("%s: TLS handshake on a plain HTTP port: closing", conn_ip(c));
             lp_conn_close(c);
             return;
         }
@@ -1220,7 +1291,6 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     if (!c)
         return;
     lp_ep_init(&c->ep, w, &conn_ops);
-    lp_list_init(&c->hs_link);
     lp_list_insert_tail(&w->conns, &c->link);
     __atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
     if (uv_accept(server, (uv_stream_t *)&c->ep.tcp)) {
@@ -1232,10 +1302,12 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     if (uv_tcp_getpeername(&c->ep.tcp, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET)
-            uv_ip4_name((struct sockaddr_in *)&ss, c->client_ip, sizeof(c->client_ip));
-        else if (ss.ss_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_ip, sizeof(c->client_ip));
+        if (ss.ss_family == AF_INET) {
+            memcpy(c->client_addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        } else if (ss.ss_family == AF_INET6) {
+            memcpy(c->client_addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+            c->client_v6 = 1;
+        }
     }
     if (w->stopping) {
         lp_conn_close(c);
@@ -1244,7 +1316,7 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     if (l->tls) {
         c->ep.tls = lp_tls_accept(l->tls, &w->bufs);
         if (!c->ep.tls) {
-            lp_log_warn("%s: cannot start TLS (out of memory)", c->client_ip);
+            lp_log_warn("%s: cannot start TLS (out of memory)", conn_ip(c));
             lp_conn_close(c);
             return;
         }

@@ -78,7 +78,10 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
     case LP_FFI_CLIENT_IP:
         if (!r->conn)
             return -1;
-        set_out(out, r->conn->client_ip, strlen(r->conn->client_ip));
+        {
+            const char *ip = lp_req_client_ip(r);
+            set_out(out, ip, strlen(ip));
+        }
         return 0;
     case LP_FFI_UPSTREAM_NAME:
         if (!r->upstream)

@@ -25,6 +25,9 @@ typedef struct lp_accesslog_s lp_accesslog_t;
 #define LP_HIGH_WATERMARK (128 * 1024)
 #define LP_LOW_WATERMARK  (32 * 1024)
 
+/* Room for an IP address as text (INET6_ADDRSTRLEN), NUL included. */
+#define LP_IP_TEXT 46
+
 /* A worker's connection pool to one address. It outlives config generations, so a reload
  * keeps the connections of targets that did not change. */
 typedef struct lp_pool_s {
@@ -164,10 +167,11 @@ struct lp_worker_s {
     size_t ndyn;
     /* TLS handshakes waiting for a later loop turn (conn.c), so that a burst of new
      * connections does not hold back requests on established ones. */
-    lp_list_t hs_deferred; /* lp_conn_t.hs_link, oldest first */
-    uv_idle_t hs_idle;     /* runs them while any wait */
-    uint64_t hs_turn_ns;   /* handshake time spent in this loop turn */
-    lp_req_t *free_reqs;   /* owned list: recycled request objects */
+    lp_conn_t **hs_q; /* owned array: waiting from hs_first to hs_n (NULL: left) */
+    uint32_t hs_first, hs_n, hs_cap;
+    uv_idle_t hs_idle;   /* runs them while any wait */
+    uint64_t hs_turn_ns; /* handshake time spent in this loop turn */
+    lp_req_t *free_reqs; /* owned list: recycled request objects */
     size_t nfree_reqs;
     size_t nfree_reqs_low; /* the fewest free since the last trim (request.c) */
     uv_timer_t house;      /* once a second: gives back what a peak left unused */
@@ -269,6 +273,8 @@ struct lp_req_s {
     struct lp_dyn_upstream_s *dyn; /* reference: the set_target() upstream, NULL: none */
     lp_str_t hash_key; /* borrowed from `arena` (set from Lua) for the hash policy; NULL: none */
     uint64_t body_in;  /* request body bytes read */
+    char client_ip[LP_IP_TEXT]; /* the client's address as text, formatted on first use
+                                 * (lp_req_client_ip); "": not yet */
     uint64_t t_start, t_upstream, t_upstream_head; /* uv_hrtime() ns */
     lp_try_state_t try;                            /* the upstream side's (see above) */
     lp_resp_t resp;                                /* the response (see above) */
@@ -288,16 +294,26 @@ struct lp_req_s {
 #define LP_CF_AGAIN       0x80  /* conn_process was asked for another pass meanwhile */
 #define LP_CF_TLS_BYE     0x200 /* TLS close_notify queued */
 #define LP_CF_CLEAN_END   0x400 /* the client asked to close and sent nothing more: no lingering */
+#define LP_CF_HS_WAIT     0x800 /* its TLS handshake waits for a later turn (w->hs_q[hs_pos]) */
 
-/* A downstream (client) connection: HTTP/1.1 over an endpoint, one request at a time. */
+/* A downstream (client) connection: HTTP/1.1 over an endpoint, one request at a time.
+ * Idle keep-alive connections are most of a busy proxy's connections, so this stays small
+ * (with the endpoint, under 384 bytes: one malloc size class less than before): the
+ * client's address is kept as bytes and formatted when used (lp_conn_ip_text), and a
+ * waiting handshake is an index into the worker's array, not a list link. */
 struct lp_conn_s {
-    lp_endpoint_t ep;  /* the socket (endpoint.h); freed with it (ops->closed) */
-    lp_list_t link;    /* in w->conns */
-    lp_list_t hs_link; /* in w->hs_deferred while its handshake waits (else self-linked) */
-    lp_req_t *req;     /* reference: the request being read or served (request.h) */
-    unsigned flags;    /* LP_CF_* */
-    uint32_t nrequests;
-    char client_ip[46];
+    lp_endpoint_t ep; /* the socket (endpoint.h); freed with it (ops->closed) */
+    lp_list_t link;   /* in w->conns */
+    lp_req_t *req;    /* reference: the request being read or served (request.h) */
+    union {
+        /* Requests started on it (keepalive_requests). */
+        uint32_t nrequests;
+        /* While LP_CF_HS_WAIT, before any request: its index in w->hs_q. */
+        uint32_t hs_pos;
+    };
+    uint16_t flags;          /* LP_CF_* */
+    uint8_t client_v6;       /* client_addr is IPv6 (16 bytes); else IPv4 (its first 4) */
+    uint8_t client_addr[16]; /* the client's address, network order; all 0: unknown */
 };
 
 /* Upstream connection flags (LP_PF_*); the socket's own are the endpoint's (LP_EPF_*). */

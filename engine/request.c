@@ -1,4 +1,5 @@
 #include <stdlib.h>
+#include "conn.h"
 #include "lua_vm.h"
 #include "request.h"
 #include "upstream.h"
@@ -81,6 +82,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->upstream = NULL;
     req->dyn = NULL;
     req->body_in = 0;
+    req->client_ip[0] = 0;
     req->t_start = uv_hrtime();
     req->t_upstream = req->t_upstream_head = 0;
     req->hash_key = (lp_str_t){NULL, 0};
@@ -92,6 +94,13 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     resp_reset(&req->resp);
     lp_upstream_try_reset(req);
     return req;
+}
+
+const char *lp_req_client_ip(lp_req_t *req)
+{
+    if (!req->client_ip[0] && req->conn)
+        lp_conn_ip_text(req->conn, req->client_ip);
+    return req->client_ip;
 }
 
 int lp_req_grow(lp_req_t *req, int resp, size_t need)

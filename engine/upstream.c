@@ -332,7 +332,7 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
         }
     }
     lp_wbuf_cstr(&w, xff ? ", " : "X-Forwarded-For: ");
-    lp_wbuf_cstr(&w, req->conn->client_ip);
+    lp_wbuf_cstr(&w, lp_req_client_ip(req));
     lp_wbuf_cstr(&w, req->conn->ep.tls ? "\r\nX-Forwarded-Proto: https\r\n"
                                        : "\r\nX-Forwarded-Proto: http\r\n");
     if (h->host.base)

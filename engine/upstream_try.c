@@ -98,6 +98,12 @@ int lp__try_next(lp_req_t *req)
     return upstream_try(req);
 }
 
+static lp_str_t client_ip(lp_req_t *req)
+{
+    const char *ip = lp_req_client_ip(req);
+    return (lp_str_t){ip, strlen(ip)};
+}
+
 /* The hash policy's key: set from Lua, or what the upstream's hash_on names. */
 static lp_str_t hash_key(lp_req_t *req)
 {
@@ -108,7 +114,7 @@ static lp_str_t hash_key(lp_req_t *req)
     size_t n = uc->hash_name ? strlen(uc->hash_name) : 0;
     switch (uc->hash_on) {
     case LP_HASH_IP:
-        return (lp_str_t){req->conn->client_ip, strlen(req->conn->client_ip)};
+        return client_ip(req);
     case LP_HASH_PATH: {
         const char *q = memchr(h->path.base, '?', h->path.len);
         return (lp_str_t){h->path.base, q ? (size_t)(q - h->path.base) : h->path.len};
@@ -160,7 +166,7 @@ static int pick_target(lp_req_t *req)
     lp_upstream_rt_t *u = req->upstream;
     lp_str_t key = u->conf->hash_name || u->conf->hash_on != LP_HASH_IP || req->hash_key.base
                        ? hash_key(req)
-                       : (lp_str_t){req->conn->client_ip, strlen(req->conn->client_ip)};
+                       : client_ip(req);
     uint64_t now = uv_hrtime();
     /* Health is shared by the workers: read it as the pick needs it. */
     uint64_t now_ms = lp_health_now();

@@ -196,7 +196,7 @@ static void fake_init(fake_t *f, const char *url, size_t ulen, const char *const
 {
     memset(f, 0, sizeof(*f));
     f->req.conn = &f->conn;
-    snprintf(f->conn.client_ip, sizeof(f->conn.client_ip), "10.0.0.7");
+    snprintf(f->req.client_ip, sizeof(f->req.client_ip), "10.0.0.7");
     f->req.method = HTTP_GET;
     f->req.flags = LP_RF_PARSED;
     f->req.minor = 1;
