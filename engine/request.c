@@ -121,6 +121,8 @@ int lp_req_grow(lp_req_t *req, int resp, size_t need)
     if (!nb)
         return -1;
     if (!resp) {
+        /* req:set_hash_key() copied its key into this arena too: it moves with the head. */
+        lp_str_rebase(&req->hash_key, old->data, req->h1.arena_len, nb->data);
         lp_h1_rebase(&req->h1, nb->data, nb->cap);
         req->arena = nb;
     } else {
