@@ -253,15 +253,22 @@ static void handle_status(admin_conn_t *c)
     json_t *listen = json_array();
     for (size_t i = 0; listen && i < lp_gen_current->config->nlisten; i++)
         json_array_append_new(listen, jstr(lp_gen_current->bound[i].text));
-    respond(c, 200,
-            json_pack("{s:b,s:s,s:i,s:s,s:I,s:o,s:s,s:i,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "ok", 1,
-                      "version", LP_VERSION, "pid", (int)getpid(), "started_at", started, "uptime",
-                      (json_int_t)(uptime > 0 ? uptime + 0.5 : 0), "generation",
-                      jint(lp_gen_current->id), "loaded_at", loaded, "workers", (int)s->nworkers,
-                      "connections", jint(conns), "requests", jint(reqs), "reloads",
-                      jint(s->reloads), "reloads_failed", jint(s->reloads_failed), "config",
-                      jstr(s->config_path), "listen", listen ? listen : json_array(), "admin",
-                      jstr(c->admin->bound)));
+    uint64_t lua[3];
+    lp_workers_lua_stats(s->workers, s->nworkers, lua);
+    json_t *st =
+        json_pack("{s:b,s:s,s:i,s:s,s:I,s:o,s:s,s:i,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "ok", 1,
+                  "version", LP_VERSION, "pid", (int)getpid(), "started_at", started, "uptime",
+                  (json_int_t)(uptime > 0 ? uptime + 0.5 : 0), "generation",
+                  jint(lp_gen_current->id), "loaded_at", loaded, "workers", (int)s->nworkers,
+                  "connections", jint(conns), "requests", jint(reqs), "reloads", jint(s->reloads),
+                  "reloads_failed", jint(s->reloads_failed), "config", jstr(s->config_path),
+                  "listen", listen ? listen : json_array(), "admin", jstr(c->admin->bound));
+    if (st)
+        json_object_set_new(st, "lua",
+                            json_pack("{s:o,s:o,s:o}", "timers_pending", jint(lua[0]),
+                                      "timers_running", jint(lua[1]), "timers_refused",
+                                      jint(lua[2])));
+    respond(c, 200, st);
 }
 
 static void handle_reload(admin_conn_t *c)

@@ -765,6 +765,8 @@ static int read_config(rctx_t *r)
     read_log(r);
     push_table(L, "lua");
     c->lua_phase_timeout = get_ms(L, "phase_timeout");
+    c->lua_max_timers = get_uint(L, "max_timers");
+    c->lua_max_running_timers = get_uint(L, "max_running_timers");
     lua_pop(L, 1);
     if (push_table(L, "admin")) {
         c->admin.text = get_str(r, "address"); /* resolved in step 3 */

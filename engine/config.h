@@ -171,12 +171,14 @@ typedef struct {
     int watch;       /* reload when the config, a plugin or a script changes */
     char **files;    /* owned: certificate, key, CA and error page files it names (--watch) */
     size_t nfiles;
-    int has_lua;                /* plugins or route handlers: workers start a Lua VM */
-    int global_plugins;         /* top-level plugins: every route may be routed by Lua */
-    uint64_t lua_phase_timeout; /* ms of wall clock a Lua phase may run without yielding */
-    char *json;                 /* owned: GET /config's body (secrets redacted); NULL: none */
-    char *lua_config;           /* owned: the validated table for the workers' VMs, encoded by
-                                   lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
+    int has_lua;                     /* plugins or route handlers: workers start a Lua VM */
+    int global_plugins;              /* top-level plugins: every route may be routed by Lua */
+    uint64_t lua_phase_timeout;      /* ms of wall clock a Lua phase may run without yielding */
+    unsigned lua_max_timers;         /* timers pending per worker */
+    unsigned lua_max_running_timers; /* timers and spawned threads running per worker */
+    char *json;                      /* owned: GET /config's body (secrets redacted); NULL: none */
+    char *lua_config;                /* owned: the validated table for the workers' VMs, encoded by
+                                        lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
     size_t lua_config_len;
 } lp_config_t;
 

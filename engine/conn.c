@@ -36,6 +36,7 @@ static void conn_update_reading(lp_conn_t *c);
 static void conn_on_eof(lp_conn_t *c, ssize_t why);
 static int conn_tls_fill(lp_conn_t *c);
 static int req_finish(lp_req_t *req);
+static int conn_local_done(lp_req_t *req);
 static void conn_count(lp_req_t *req);
 
 static const lp_timeouts_t *T(lp_conn_t *c)
@@ -1001,43 +1002,51 @@ static void conn_write_body(lp_req_t *req, const char *at, size_t len, lp_buf_t 
     lp_relay_body(&c->ep, at, len, pin, (req->flags & LP_RF_RESP_CHUNKED) != 0);
 }
 
-/* Runs the response_body filters; their output is copied into a block of its own. */
-static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof)
+/* A filter's output, copied into a block of its own, for the client. */
+static int conn_filter_out(lp_req_t *req, lp_str_t out)
 {
-    lp_str_t out;
-    if (lp_lua_body_filter(req, at, len, eof, &out) != LP_OK)
-        return -1;
     if (!out.len)
-        return 0;
+        return LP_OK;
     lp_buf_t *b = lp_buf_get(&req->w->bufs, out.len);
     if (!b)
-        return -1;
+        return LP_ERROR;
     memcpy(b->data, out.base, out.len);
     conn_write_body(req, b->data, out.len, b);
     lp_buf_unref(b);
-    return 0;
+    return LP_OK;
+}
+
+/* Runs the response_body filters on a chunk. LP_OK (the output is queued), LP_AGAIN (a
+ * filter waits: its output and then `cont` follow from lp_conn_lua_resumed), LP_ERROR. */
+static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof, uint8_t cont)
+{
+    lp_str_t out;
+    lp_rc_t rc = lp_lua_body_filter(req, at, len, eof, &out);
+    if (rc == LP_AGAIN) {
+        req->filter_cont = cont;
+        return LP_AGAIN;
+    }
+    if (rc != LP_OK)
+        return LP_ERROR;
+    return conn_filter_out(req, out);
 }
 
 int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
     if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
+        if (!len)
+            return LP_OK;
         /* A failed filter stops the upstream parser: the caller closes both sides. */
-        if (len && conn_filter_body(req, at, len, 0))
-            return -1;
-        return 0;
+        return conn_filter_body(req, at, len, 0, LP_FC_UPSTREAM);
     }
     conn_write_body(req, at, len, pin);
-    return 0;
+    return LP_OK;
 }
 
-int lp_conn_response_done(lp_req_t *req)
+/* The body is out (after the filters' last call): the chunked end, then the log phase. */
+static int conn_response_end(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) && !(req->flags & LP_RF_HEAD) &&
-        conn_filter_body(req, "", 0, 1)) {
-        lp_conn_close(c);
-        return LP_GONE;
-    }
     if (req->flags & LP_RF_RESP_CHUNKED) {
         lp_wbatch_t *wb = lp_ep_outb(&c->ep, 1, 0);
         if (wb)
@@ -1054,6 +1063,20 @@ int lp_conn_response_done(lp_req_t *req)
         req->flags |= LP_RF_RESP_CLOSE;
     }
     return req_finish(req);
+}
+
+int lp_conn_response_done(lp_req_t *req)
+{
+    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) && !(req->flags & LP_RF_HEAD)) {
+        int rc = conn_filter_body(req, "", 0, 1, LP_FC_EOF);
+        if (rc == LP_AGAIN)
+            return LP_OK;
+        if (rc != LP_OK) {
+            lp_conn_close(req->conn);
+            return LP_GONE;
+        }
+    }
+    return conn_response_end(req);
 }
 
 /* A req:respond() answer, or the proxy's own: the response phase may still change it,
@@ -1082,20 +1105,56 @@ static int conn_send_local(lp_req_t *req)
             return LP_GONE;
         }
         memcpy(b->data, req->resp.local_body, req->resp.local_body_len);
-        if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
-            if (conn_filter_body(req, b->data, req->resp.local_body_len, 0)) {
-                lp_buf_unref(b);
-                lp_conn_close(req->conn);
-                return LP_GONE;
-            }
-        } else {
+        int rc = LP_OK;
+        if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
+            rc = conn_filter_body(req, b->data, req->resp.local_body_len, 0, LP_FC_LOCAL);
+        else
             conn_write_body(req, b->data, req->resp.local_body_len, b);
-        }
         lp_buf_unref(b);
+        if (rc == LP_AGAIN)
+            return LP_OK;
+        if (rc != LP_OK) {
+            lp_conn_close(req->conn);
+            return LP_GONE;
+        }
     }
+    return conn_local_done(req);
+}
+
+/* A local answer's body is out: the rest of the request is unread when it was not read. */
+static int conn_local_done(lp_req_t *req)
+{
     if (!(req->state == LP_RS_DONE))
         req->flags |= LP_RF_RESP_CLOSE;
     return lp_conn_response_done(req);
+}
+
+/* A response_body filter that waited ended: its output goes out, then what it held up
+ * (the upstream's next bytes, the end of the response, a local answer's end). */
+static int conn_filter_resumed(lp_req_t *req)
+{
+    uint8_t cont = req->filter_cont;
+    req->filter_cont = LP_FC_NONE;
+    lp_str_t out;
+    if (lp_lua_body_output(req, &out) != LP_OK || conn_filter_out(req, out) != LP_OK) {
+        lp_conn_close(req->conn);
+        return LP_GONE;
+    }
+    switch (cont) {
+    case LP_FC_UPSTREAM:
+        if (req->try.peer) {
+            lp_req_hold(req);
+            lp_conn_flush(req->conn);
+            lp_peer_continue(req->try.peer);
+            return lp_req_let_go(req);
+        }
+        return LP_OK;
+    case LP_FC_EOF:
+        return conn_response_end(req);
+    case LP_FC_LOCAL:
+        return conn_local_done(req);
+    }
+    return LP_OK;
 }
 
 /* Where the request goes after a Lua phase ended with rc. LP_GONE when the request
@@ -1143,6 +1202,8 @@ static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
             return lp_req_let_go(req);
         }
         return LP_OK;
+    case LP_PHASE_BODY:
+        return conn_filter_resumed(req);
     case LP_PHASE_LOG:
         return req_finish(req);
     }

@@ -93,5 +93,11 @@ int lp_ffi_upstream_target_at(int ups, int i, lp_str_t *addr, lp_str_t *state);
  * phase really passed its deadline, else 0 (the flag is then cleared). */
 int *lp_ffi_guard_flag(void);
 double lp_ffi_guard_expired(void);
+/* Background tasks (engine/lua_task.c, lua/luaproxy/tasks.lua). */
+int lp_ffi_bg_new(double delay, int timer);
+int lp_ffi_bg_wait(double interval);
+int lp_ffi_bg_cancel(int id);
+int lp_ffi_bg_count(int running);
+int lp_ffi_exiting(void);
 
 #endif

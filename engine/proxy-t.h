@@ -135,6 +135,20 @@ typedef struct lp_wgen_s {
     unsigned refs;
 } lp_wgen_t;
 
+/* A worker's Lua scheduling (engine/lua_task.c): tasks woken and ready to resume, and
+ * the background tasks (timers, spawned threads) of all its VMs, with their bounds.
+ * Worker-local. */
+typedef struct lp_lua_sched_s {
+    lp_list_t ready;     /* lp_lua_task_t.ready_link: woken, resumed in order by `idle` */
+    lp_list_t slot_wait; /* lp_lua_task_t.ready_link: due timers waiting for a running slot */
+    uv_idle_t idle;      /* active while a task is ready (keeps the loop from sleeping) */
+    lp_list_t bg;        /* lp_lua_task_t.link: every started background task */
+    unsigned pending;    /* timers waiting for their time or a slot (lua.max_timers) */
+    unsigned running;    /* background tasks running (lua.max_running_timers) */
+    uint64_t refused;    /* timers and spawns refused by those bounds (GET /status) */
+    int on;              /* lp_lua_sched_init ran and lp_lua_sched_close did not */
+} lp_lua_sched_t;
+
 struct lp_worker_s {
     int id;
     uv_thread_t thread;
@@ -175,6 +189,7 @@ struct lp_worker_s {
     size_t nfree_reqs;
     size_t nfree_reqs_low; /* the fewest free since the last trim (request.c) */
     uv_timer_t house;      /* once a second: gives back what a peak left unused */
+    lp_lua_sched_t lua;    /* Lua tasks ready to resume, background tasks */
 };
 
 /* Request flags (LP_RF_*). */
@@ -198,6 +213,14 @@ struct lp_worker_s {
 #define LP_RF_PARSED         0x40000  /* the head parsed and checked: Lua may see the request */
 #define LP_RF_COUNTED        0x100000 /* counted in w->requests */
 #define LP_RF_NO_LUA_RESP    0x80000 /* the response phase ran: an answer replacing it goes as is */
+
+/* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
+enum {
+    LP_FC_NONE,
+    LP_FC_UPSTREAM, /* the upstream's next bytes (its read is paused meanwhile) */
+    LP_FC_EOF,      /* the end of the response (the filters' last call) */
+    LP_FC_LOCAL,    /* the end of a local answer's body */
+};
 
 typedef enum {
     LP_RS_HEAD, /* reading the request head */
@@ -283,6 +306,7 @@ struct lp_req_s {
     lp_buf_t *body_buf;        /* owned: the body gathered by req:body() */
     size_t body_len;           /* bytes in body_buf */
     uint64_t body_max;         /* req:body()'s limit */
+    uint8_t filter_cont;       /* LP_FC_*: what a waiting response_body filter holds up */
 };
 
 /* Connection flags (LP_CF_*); the socket's own are the endpoint's (LP_EPF_*). */

@@ -19,7 +19,7 @@ static void resp_reset(lp_resp_t *r)
     r->arena = NULL;
     r->nheaders = 0;
     r->arena_used = 0;
-    r->status = 0;
+    r->sent_status = 0;
     r->sent_status = 0;
     r->upgrade = (lp_str_t){NULL, 0};
     r->local_body = NULL;
@@ -88,6 +88,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->hash_key = (lp_str_t){NULL, 0};
     req->lua = NULL;
     req->route_index = -1;
+    req->filter_cont = LP_FC_NONE;
     req->body_buf = NULL;
     req->body_len = 0;
     req->body_max = 0;

@@ -518,8 +518,15 @@ static int peer_grow(lp_h1_t *h, size_t need)
 static int on_resp_body(lp_h1_t *h, const char *at, size_t len)
 {
     lp_peer_t *p = h->ud;
-    if (!p->req || !lp_conn_response_body(p->req, at, len, p->ep.rbuf))
+    int rc = p->req ? lp_conn_response_body(p->req, at, len, p->ep.rbuf) : LP_OK;
+    if (rc == LP_OK)
         return 0;
+    if (rc == LP_AGAIN) {
+        /* A response_body filter waits: no more of the body until it is done
+         * (lp_peer_continue), and no reading meanwhile (backpressure, not buffering). */
+        p->flags |= LP_PF_LUA;
+        return LP_H1_CB_PAUSE;
+    }
     p->flags |= LP_PF_FILTER_FAILED; /* the proxy's Lua failed, not the upstream */
     return -1;
 }
@@ -607,6 +614,12 @@ static void peer_parse(lp_peer_t *p)
         case LP_H1_DONE:
             lp_h1_resume(&p->h1);
             peer_response_done(p);
+            return;
+        case LP_H1_PAUSED:
+            /* A body filter waits (on_resp_body set LP_PF_LUA). */
+            lp_h1_resume(&p->h1);
+            if (!(p->ep.flags & LP_EPF_CLOSING))
+                peer_update_reading(p);
             return;
         case LP_H1_UPGRADE:
             p->flags |= LP_PF_TUNNEL;

@@ -283,8 +283,11 @@ static void commit_switch(lp_worker_t *w, lp_switch_t *sw)
     lp_wgen_t *old = w->cur;
     w->cur = g;
     w->config = cfg;
-    if (old)
+    lp_lua_attach(g->lua, g); /* timers init_worker made start now */
+    if (old) {
+        lp_lua_generation_ended(old->lua); /* its pending timers run, premature */
         lp_wgen_release(w, old);
+    }
     /* New listeners accept only now, so that their first connection sees this generation. */
     while (fresh) {
         l = fresh;
@@ -311,7 +314,10 @@ static void maybe_finish(lp_worker_t *w)
     if (!w->stopping)
         return;
     lp_upstream_close_idle(w, 0);
-    if (lp_list_empty(&w->conns)) {
+    if (uv_now(&w->loop) >= w->drain_deadline)
+        lp_lua_background_stop(w, 1);
+    if (lp_list_empty(&w->conns) && !lp_lua_background(w)) {
+        lp_lua_sched_close(w);
         uv_timer_stop(&w->drain_timer);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
         uv_close((uv_handle_t *)&w->wakeup, NULL);
@@ -331,6 +337,7 @@ static void maybe_finish(lp_worker_t *w)
 static void on_house(uv_timer_t *t)
 {
     lp_worker_t *w = t->data;
+    lp_lua_background_stop(w, 0); /* of old generations, past timeouts.drain */
     size_t freed = lp_req_trim(w) + lp_bufpool_trim(&w->bufs) + lp_wbpool_trim(&w->wbatches);
     if (w->hs_cap > 64 && w->hs_first == w->hs_n) {
         freed += w->hs_cap * sizeof(*w->hs_q); /* a handshake burst's queue, empty again */
@@ -400,6 +407,8 @@ static void on_wakeup(uv_async_t *a)
         return;
     w->stopping = 1;
     close_listeners(w);
+    if (w->cur)
+        lp_lua_generation_ended(w->cur->lua); /* pending timers run, premature */
     w->drain_deadline = uv_now(&w->loop) + w->config->timeouts.drain;
     uv_timer_start(&w->drain_timer, on_drain_check, 0, 50);
 }
@@ -459,6 +468,7 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     uv_unref((uv_handle_t *)&w->flush);
     uv_idle_init(&w->loop, &w->hs_idle);
     w->hs_idle.data = w;
+    lp_lua_sched_init(w);
     uv_mutex_init(&w->mbox_lock);
     uv_sem_init(&w->mbox_done, 0);
     return 0;
@@ -773,6 +783,16 @@ void lp_workers_stop(lp_worker_t *ws, unsigned n)
         uv_sem_destroy(&ws[i].mbox_done);
     }
     free(ws);
+}
+
+void lp_workers_lua_stats(const lp_worker_t *ws, unsigned n, uint64_t out[3])
+{
+    out[0] = out[1] = out[2] = 0;
+    for (unsigned i = 0; i < n; i++) {
+        out[0] += __atomic_load_n(&ws[i].lua.pending, __ATOMIC_RELAXED);
+        out[1] += __atomic_load_n(&ws[i].lua.running, __ATOMIC_RELAXED);
+        out[2] += __atomic_load_n(&ws[i].lua.refused, __ATOMIC_RELAXED);
+    }
 }
 
 void lp_workers_stats(const lp_worker_t *ws, unsigned n, uint64_t *conns, uint64_t *requests)

@@ -29,6 +29,9 @@ int lp_workers_reopen_logs(lp_worker_t *ws, unsigned n, char *err, size_t errlen
 void lp_workers_stop(lp_worker_t *workers, unsigned n);
 /* Open client connections and requests served, summed over workers (relaxed reads). */
 void lp_workers_stats(const lp_worker_t *ws, unsigned n, uint64_t *conns, uint64_t *requests);
+/* Lua timers pending, background tasks running, and timers or spawns refused by the
+ * bounds, summed over workers (relaxed reads). */
+void lp_workers_lua_stats(const lp_worker_t *ws, unsigned n, uint64_t out[3]);
 
 /* 0 when nothing listens on the address yet (a bind without SO_REUSEPORT succeeds). */
 int lp_listen_probe(const lp_listen_conf_t *lc, char *err, size_t errlen);

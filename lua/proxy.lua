@@ -35,8 +35,7 @@ function proxy.sleep(seconds)
     phases.raise("proxy.sleep: expected a number of seconds from 0 to 1e9", 2)
   end
   local rc = C.lp_ffi_sleep(seconds)
-  if rc == -2 then phases.raise(phases.NO_YIELD, 2) end
-  if rc ~= 0 then phases.raise("proxy.sleep: only inside a request phase", 2) end
+  if rc ~= 0 then phases.raise("proxy.sleep: only inside a phase, a timer or init_worker", 2) end
   yield()
 end
 
@@ -110,6 +109,12 @@ end
 function proxy.now() return C.lp_ffi_now() end
 function proxy.monotonic() return C.lp_ffi_monotonic() end
 function proxy.worker_id() return C.lp_ffi_worker_id() end
+
+-- ---- background work (lua/luaproxy/tasks.lua) ----
+local tasks = require "luaproxy.tasks"
+proxy.timer = tasks.timer
+proxy.spawn = tasks.spawn
+proxy.exiting = tasks.exiting
 
 proxy._K = K
 return proxy

@@ -550,6 +550,16 @@ local S = {
             .. "yielding before the request fails with 500 (0: no limit); user code stays "
             .. "JIT-compiled (docs/lua-api.md, \"Errors and limits\")",
         },
+        max_timers = {
+          type = "integer", default = 1024, min = 1, max = 1000000,
+          description = "timers (`proxy.timer.at`/`every`) pending per worker; one more is "
+            .. "refused with an error and counted in `GET /status` (`lua.timers_refused`)",
+        },
+        max_running_timers = {
+          type = "integer", default = 256, min = 1, max = 1000000,
+          description = "timers and `proxy.spawn` threads running at once per worker; a due "
+            .. "timer over the bound waits for a slot, a spawn over it is refused",
+        },
         plugin_paths = {
           type = "array", elements = { type = "string", min = 1 }, doc_default = "none",
           description = "extra plugin directories (relative to the config file), searched "

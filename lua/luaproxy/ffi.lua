@@ -31,6 +31,11 @@ int lp_ffi_upstream_target(int ups, int op, const char *addr, size_t n, int weig
 int lp_ffi_upstream_target_at(int ups, int i, lp_str_t *addr, lp_str_t *state);
 int *lp_ffi_guard_flag(void);
 double lp_ffi_guard_expired(void);
+int lp_ffi_bg_new(double delay, int timer);
+int lp_ffi_bg_wait(double interval);
+int lp_ffi_bg_cancel(int id);
+int lp_ffi_bg_count(int running);
+int lp_ffi_exiting(void);
 ]]
 
 return {
