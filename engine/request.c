@@ -19,7 +19,7 @@ static void resp_reset(lp_resp_t *r)
     r->arena = NULL;
     r->nheaders = 0;
     r->arena_used = 0;
-    r->sent_status = 0;
+    r->status = 0;
     r->sent_status = 0;
     r->upgrade = (lp_str_t){NULL, 0};
     r->local_body = NULL;
