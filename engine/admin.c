@@ -23,6 +23,7 @@
 #include "lua_vm.h"
 #include "server.h"
 #include "worker.h"
+#include "shdict.h"
 
 #define ADMIN_MAX_HEAD  8192  /* header section; the request line has ADMIN_MAX_URI */
 #define ADMIN_MAX_URI   2048  /* request target */
@@ -247,6 +248,21 @@ static void iso_time(double t, char *out, size_t n)
     strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* "shared": each dict of the current config: its capacity, bytes used, keys, evictions. */
+static json_t *shared_status(const lp_config_t *cfg)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; o && i < cfg->nshdicts; i++) {
+        lp_shdict_stats_t st;
+        lp_shdict_stats(cfg->shdicts[i], &st);
+        json_object_set_new(o, lp_shdict_name(cfg->shdicts[i]),
+                            json_pack("{s:o,s:o,s:o,s:o}", "capacity", jint(st.capacity), "used",
+                                      jint(st.used), "entries", jint(st.entries), "evictions",
+                                      jint(st.evictions)));
+    }
+    return o ? o : json_object();
+}
+
 static void handle_status(admin_conn_t *c)
 {
     lp_server_t *s = c->admin->server;
@@ -269,11 +285,13 @@ static void handle_status(admin_conn_t *c)
                   "connections", jint(conns), "requests", jint(reqs), "reloads", jint(s->reloads),
                   "reloads_failed", jint(s->reloads_failed), "config", jstr(s->config_path),
                   "listen", listen ? listen : json_array(), "admin", jstr(c->admin->bound));
-    if (st)
+    if (st) {
         json_object_set_new(st, "lua",
                             json_pack("{s:o,s:o,s:o}", "timers_pending", jint(lua[0]),
                                       "timers_running", jint(lua[1]), "timers_refused",
                                       jint(lua[2])));
+        json_object_set_new(st, "shared", shared_status(lp_gen_current->config));
+    }
     respond(c, 200, st);
 }
 

@@ -29,6 +29,7 @@
 #include "config.h"
 #include "balancer.h"
 #include "lua_vm.h"
+#include "shdict.h"
 #include "tls.h"
 
 /* ---- addresses ---- */
@@ -737,6 +738,66 @@ static void read_log(rctx_t *r)
     lua_pop(L, 1);
 }
 
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* shared = { name = bytes }: a registry reference per dict (made now, empty, when new; an
+ * existing dict keeps its size and content until this config becomes current). */
+static void read_shared(rctx_t *r)
+{
+    lua_State *L = r->L;
+    lp_config_t *c = r->c;
+    if (!push_table(L, "shared"))
+        return;
+    size_t n = 0;
+    for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1))
+        n++;
+    char **names = calloc(n + 1, sizeof(*names));
+    size_t *sizes = calloc(n + 1, sizeof(*sizes));
+    c->shdicts = calloc(n + 1, sizeof(*c->shdicts));
+    c->shdict_sizes = calloc(n + 1, sizeof(*c->shdict_sizes));
+    size_t i = 0;
+    for (lua_pushnil(L); names && lua_next(L, -2); lua_pop(L, 1))
+        if (i < n && (names[i] = dup_str(r, lua_tostring(L, -2))))
+            sizes[i++] = (size_t)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (!names || !sizes || !c->shdicts || !c->shdict_sizes) {
+        r->oom = 1;
+        i = 0;
+    }
+    /* Sorted, so that GET /status lists them in a stable order. */
+    for (size_t j = 0; j < i; j++)
+        for (size_t k = j + 1; k < i; k++)
+            if (name_cmp(&names[k], &names[j]) < 0) {
+                char *t = names[j];
+                names[j] = names[k];
+                names[k] = t;
+                size_t z = sizes[j];
+                sizes[j] = sizes[k];
+                sizes[k] = z;
+            }
+    for (size_t j = 0; j < i; j++) {
+        if (!(c->shdicts[c->nshdicts] = lp_shdict_acquire(names[j], sizes[j]))) {
+            r->oom = 1;
+            break;
+        }
+        c->shdict_sizes[c->nshdicts++] = sizes[j];
+    }
+    for (size_t j = 0; j < i; j++)
+        free(names[j]);
+    free(names);
+    free(sizes);
+}
+
+void lp_config_apply_shared(const lp_config_t *c)
+{
+    for (size_t i = 0; i < c->nshdicts; i++)
+        if (lp_shdict_capacity(c->shdicts[i]) != c->shdict_sizes[i])
+            lp_shdict_resize(c->shdicts[i], c->shdict_sizes[i]);
+}
+
 /* The validated table is at the top of the stack. */
 static int read_config(rctx_t *r)
 {
@@ -785,6 +846,7 @@ static int read_config(rctx_t *r)
     }
     c->pid_file = get_str(r, "pid_file");
     c->watch = get_bool(L, "watch");
+    read_shared(r);
     if (!rc && r->oom)
         rc = fail(r, "(top)", "out of memory");
     return rc;
@@ -1062,6 +1124,10 @@ void lp_config_free(lp_config_t *c)
     free(c->files);
     free(c->json);
     free(c->lua_config);
+    for (size_t i = 0; i < c->nshdicts; i++)
+        lp_shdict_release(c->shdicts[i]);
+    free(c->shdicts);
+    free(c->shdict_sizes);
     free(c->path);
     free(c);
 }

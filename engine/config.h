@@ -184,6 +184,11 @@ typedef struct {
                                       settings); NULL once it ran */
     int materialised;              /* lp_config_materialise succeeded: addresses resolved,
                                       TLS contexts built; only such a config serves */
+    /* shared: the dicts it declares, by name order. A reference each (engine/shdict.h
+     * registry), taken when the config loads; the sizes apply when it becomes current. */
+    struct lp_shdict_s **shdicts; /* owned array of nshdicts references */
+    size_t *shdict_sizes;         /* owned: the declared capacity of each */
+    size_t nshdicts;
 } lp_config_t;
 
 #define LP_ACCESS_FORMAT_DEFAULT                                                                   \
@@ -202,6 +207,8 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
  * never on a loop that serves. Once per config; errors as lp_config_load's. */
 int lp_config_materialise(lp_config_t *c, char *err, size_t errlen);
 void lp_config_free(lp_config_t *c);
+/* Gives every shared dict c declares its declared size (a reload's commit: cannot fail). */
+void lp_config_apply_shared(const lp_config_t *c);
 /* "host:port", "[v6]:port" or ":port" into a socket address (resolving names). */
 int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen);
 /* Splits "host:port", "[v6]:port" or ":port" (host "" then). */

@@ -80,11 +80,12 @@ struct lp_endpoint_s {
     uint32_t rpos, rlen;          /* rbuf: parsed up to rpos, filled up to rlen */
     lp_wbatch_t *outb;            /* owned: the batch being filled, NULL when none */
     size_t out_pending;           /* bytes handed to uv_write, not yet completed */
-    unsigned flags;               /* LP_EPF_* */
-    uint8_t tmode;                /* what the timer times: LP_EP_TM_* or the owner's */
-    uint32_t hidx;                /* its position in the worker's heap + 1; 0: not in it */
-    uint64_t deadline;            /* uv_now() ms when ops->timeout is due; 0: none */
-    uint64_t key;                 /* its heap entry's time (<= deadline when set) */
+    /* Packed (4 + 2 + 1 bytes, no padding): every idle client connection carries one. */
+    uint32_t hidx;     /* its position in the worker's heap + 1; 0: not in it */
+    uint16_t flags;    /* LP_EPF_* */
+    uint8_t tmode;     /* what the timer times: LP_EP_TM_* or the owner's */
+    uint64_t deadline; /* uv_now() ms when ops->timeout is due; 0: none */
+    uint64_t key;      /* its heap entry's time (<= deadline when set) */
 };
 
 /* Opens the TCP handle on env's loop (ready for uv_accept or a connect). */

@@ -175,6 +175,7 @@ end
 -- Returns a state { routes = { [i] = chain }, fallback = chain, init = {instances} }.
 -- Plugin fields of type upstream must name one of cfg.upstreams.
 function M.load(cfg, opts)
+  require("luaproxy.shared").declare(cfg.shared) -- proxy.shared.NAME: these names only
   -- proxy.tcp: lua.ssl_trusted_certificate, relative to the config file's directory
   M.lua_conf = type(cfg.lua) == "table" and cfg.lua or {}
   M.config_dir = opts and opts.config_dir

@@ -145,6 +145,9 @@ function fake.upstream(name)
   return setmetatable({ name = name }, Upstream)
 end
 
+-- proxy.re is the engine's own module (PCRE2 through the FFI, loaded by name here).
+fake.re = require "luaproxy.re"
+
 -- proxy.tcp(): peers a spec scripts with T.tcp_peer (lua/proxy/test_tcp.lua).
 local tcp = require "proxy.test_tcp"
 local tcp_owner -- the request (or init_worker) whose phase runs: it owns the sockets made
@@ -984,6 +987,18 @@ end
 -- Runs one plugin through a whole request; see T.run_chain.
 function T.run(plugin, conf_overrides, req_spec, resp_spec)
   return T.run_chain({ { plugin, conf_overrides } }, req_spec, resp_spec)
+end
+
+-- proxy.shared: dicts a spec declares with T.shared_dicts{ name = "1m" } (sizes as the
+-- config's `shared`), with the engine's semantics on the fake clock (proxy/test_shared.lua).
+-- T.reset() empties them; T.shared_dicts() declares anew (undeclared names are nil).
+local shared_reg = require("proxy.test_shared").registry(function() return clock end)
+fake.shared = shared_reg.dicts
+function T.shared_dicts(sizes) shared_reg.declare(sizes) end
+local reset_without_dicts = T.reset
+function T.reset()
+  reset_without_dicts()
+  shared_reg.reset()
 end
 
 return T
