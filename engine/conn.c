@@ -1230,19 +1230,22 @@ static void conn_count(lp_req_t *req)
 }
 
 /* The response is out (or failed): the log phase, the access log, then the connection's
- * next request. LP_GONE when the request ended, LP_OK while its log phase waits. */
+ * next request. A log phase that waits (I/O, a sleep) goes on detached from the
+ * connection, which moves on at once (lp_req_detach). LP_GONE: the request ended or left
+ * the connection. */
 static int req_finish(lp_req_t *req)
 {
+    if (req->flags & LP_RF_DETACHED) {
+        /* Its detached log phase is over. */
+        lp_req_end(req);
+        return LP_GONE;
+    }
     lp_conn_t *c = req->conn;
     lp_worker_t *w = lp_ep_worker(&c->ep);
+    int log_waits = 0;
     if ((req->flags & (LP_RF_LOG_DONE | LP_RF_PARSED)) == LP_RF_PARSED) {
         req->flags |= LP_RF_LOG_DONE;
-        lp_rc_t rc = conn_run_phase(req, LP_PHASE_LOG);
-        if (rc == LP_AGAIN) {
-            /* The log phase waits (I/O, sleep): the connection's next request waits too. */
-            lp_conn_flush(c);
-            return LP_OK;
-        }
+        log_waits = conn_run_phase(req, LP_PHASE_LOG) == LP_AGAIN;
     }
     int keep = !(req->flags & LP_RF_RESP_CLOSE) && req->state == LP_RS_DONE && !w->stopping &&
                !((c->flags & LP_CF_EOF) && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen));
@@ -1256,7 +1259,10 @@ static int req_finish(lp_req_t *req)
         ((req->h1.flags & LP_H1F_CONN_CLOSE) || (c->flags & LP_CF_EOF)))
         c->flags |= LP_CF_CLEAN_END;
     lp_accesslog_write(w->access, req);
-    lp_req_end(req);
+    if (log_waits)
+        lp_req_detach(req); /* it ends when its log phase does (above) */
+    else
+        lp_req_end(req);
     if (!keep) {
         conn_close_after_write(c);
         return LP_GONE;

@@ -70,13 +70,13 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
         return 0;
     }
     case LP_FFI_SCHEME:
-        if (r->conn && r->conn->ep.tls)
+        if ((r->conn && r->conn->ep.tls) || (r->flags & LP_RF_TLS))
             set_out(out, "https", 5);
         else
             set_out(out, "http", 4);
         return 0;
     case LP_FFI_CLIENT_IP:
-        if (!r->conn)
+        if (!r->conn && !(r->flags & LP_RF_DETACHED))
             return -1;
         {
             const char *ip = lp_req_client_ip(r);

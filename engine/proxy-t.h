@@ -169,6 +169,7 @@ struct lp_worker_s {
     uv_sem_t mbox_done;
     int started;     /* the thread runs (main thread only) */
     lp_list_t conns; /* every downstream connection (lp_conn_t.link) */
+    lp_list_t detached; /* requests whose log phase waits on without a connection (dlink) */
     lp_list_t peers; /* every upstream connection, pooled or busy (lp_peer_t.all) */
     size_t nconns;
     lp_bufpool_t bufs;
@@ -221,6 +222,8 @@ static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
 #define LP_RF_PARSED         0x40000  /* the head parsed and checked: Lua may see the request */
 #define LP_RF_COUNTED        0x100000 /* counted in w->requests */
 #define LP_RF_NO_LUA_RESP    0x80000 /* the response phase ran: an answer replacing it goes as is */
+#define LP_RF_DETACHED       0x200000 /* its log phase waits on without the connection (request.h) */
+#define LP_RF_TLS            0x400000 /* came over TLS (kept for a detached request's scheme) */
 
 /* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
 enum {
@@ -287,10 +290,11 @@ typedef struct lp_resp_s {
  * upstream side's, `resp` the response's, `lua` the VM's. */
 struct lp_req_s {
     lp_worker_t *w;       /* borrowed: the worker that owns it */
-    lp_conn_t *conn;      /* borrowed: the connection carrying it; NULL once ended */
+    lp_conn_t *conn;      /* borrowed: the connection carrying it; NULL once ended or detached */
     unsigned refs;        /* the connection's reference + callers holding it (request.h) */
     lp_wgen_t *g;         /* reference: the generation serving it; NULL once ended */
     lp_req_t *next_free;  /* the worker's free list while recycled */
+    lp_list_t dlink;      /* in w->detached while LP_RF_DETACHED, else self-linked */
     lp_h1_t h1;           /* request parser; head stored in `arena` */
     lp_buf_t *arena;      /* request head bytes (owned reference) */
     lp_header_t *headers; /* owned, capacity max_headers */

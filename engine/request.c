@@ -1,5 +1,6 @@
 #include <stdlib.h>
 #include "conn.h"
+#include "log.h"
 #include "lua_vm.h"
 #include "request.h"
 #include "upstream.h"
@@ -69,6 +70,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->g = w->cur;
     req->g->refs++;
     req->next_free = NULL;
+    lp_list_init(&req->dlink);
     lp_h1_init(&req->h1, HTTP_REQUEST, req, NULL);
     req->h1.max_header_size = lim->max_header_size;
     req->h1.max_uri_size = lim->max_uri_size;
@@ -146,11 +148,35 @@ int lp_req_grow(lp_req_t *req, int resp, size_t need)
     return 0;
 }
 
+void lp_req_detach(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    lp_req_client_ip(req); /* formatted while the connection is there */
+    if (c->ep.tls)
+        req->flags |= LP_RF_TLS;
+    if (c->req == req)
+        c->req = NULL;
+    req->conn = NULL;
+    req->flags |= LP_RF_DETACHED;
+    lp_list_insert_tail(&req->w->detached, &req->dlink);
+}
+
+void lp_req_end_detached(lp_worker_t *w)
+{
+    while (!lp_list_empty(&w->detached)) {
+        lp_req_t *req = LP_CONTAINER_OF(w->detached.next, lp_req_t, dlink);
+        lp_log_warn("a log phase still waiting at the drain deadline is stopped");
+        lp_req_end(req);
+    }
+}
+
 void lp_req_end(lp_req_t *req)
 {
     if (lp_req_ended(req))
         return;
     req->flags |= LP_RF_ENDED;
+    if (req->flags & LP_RF_DETACHED)
+        lp_list_remove(&req->dlink);
     lp_upstream_try_end(req, 0); /* a try cut short by the client, or a tunnel */
     lp_upstream_dyn_release(req);
     lp_lua_release(req); /* invalidates the Lua handle */

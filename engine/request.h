@@ -42,6 +42,15 @@ static inline int lp_req_let_go(lp_req_t *req)
  * the connection's reference. Idempotent. */
 void lp_req_end(lp_req_t *req);
 
+/* Its log phase waits on (I/O, a sleep) while the connection moves on: the request leaves
+ * the connection (conn NULL; what Lua reads of the connection was kept: the client's
+ * address, the scheme; TLS facts are gone) and joins w->detached with the connection's
+ * reference, until lp_req_end when the phase is over, or a stopping worker's drain
+ * deadline. */
+void lp_req_detach(lp_req_t *req);
+/* A stopping worker past its drain deadline: the detached requests end now. */
+void lp_req_end_detached(lp_worker_t *w);
+
 /* The client's address as text ("" when unknown): formatted from the connection's bytes
  * on first use, then kept with the request (log, X-Forwarded-For, hash key, Lua). */
 const char *lp_req_client_ip(lp_req_t *req);

@@ -316,9 +316,11 @@ static void maybe_finish(lp_worker_t *w)
         return;
     lp_upstream_close_idle(w, 0);
     lp_cosock_worker_close(w); /* proxy.tcp's idle connections */
-    if (uv_now(&w->loop) >= w->drain_deadline)
+    if (uv_now(&w->loop) >= w->drain_deadline) {
         lp_lua_background_stop(w, 1);
-    if (lp_list_empty(&w->conns) && !lp_lua_background(w)) {
+        lp_req_end_detached(w);
+    }
+    if (lp_list_empty(&w->conns) && lp_list_empty(&w->detached) && !lp_lua_background(w)) {
         lp_lua_sched_close(w);
         uv_timer_stop(&w->drain_timer);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
@@ -448,6 +450,7 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
 {
     w->id = id;
     lp_list_init(&w->conns);
+    lp_list_init(&w->detached);
     lp_list_init(&w->peers);
     lp_bufpool_init(&w->bufs, 256);
     int rc = uv_loop_init(&w->loop);
