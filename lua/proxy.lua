@@ -117,5 +117,12 @@ proxy.timer = tasks.timer
 proxy.spawn = tasks.spawn
 proxy.exiting = tasks.exiting
 
+-- ---- proxy.http: HTTP/1.1 client over proxy.tcp() (lua/luaproxy/http.lua) ----
+do
+  local http = require "luaproxy.http"
+  proxy.http = { request = http.request, request_stream = http.request_stream,
+                 parse_url = http.parse_url }
+end
+
 proxy._K = K
 return proxy

@@ -36,6 +36,17 @@ int lp_ffi_bg_wait(double interval);
 int lp_ffi_bg_cancel(int id);
 int lp_ffi_bg_count(int running);
 int lp_ffi_exiting(void);
+typedef struct lp_hresp_s lp_hresp_t;
+lp_hresp_t *lp_ffi_hresp_new(void);
+void lp_ffi_hresp_free(lp_hresp_t *r);
+void lp_ffi_hresp_reset(lp_hresp_t *r, int head_req, double max_body);
+int lp_ffi_hresp_feed(lp_hresp_t *r, const char *data, size_t len);
+int lp_ffi_hresp_eof(lp_hresp_t *r);
+int lp_ffi_hresp_status(lp_hresp_t *r);
+int lp_ffi_hresp_header_at(lp_hresp_t *r, int i, lp_str_t *name, lp_str_t *value);
+int lp_ffi_hresp_body(lp_hresp_t *r, lp_str_t *out);
+int lp_ffi_hresp_reusable(lp_hresp_t *r);
+const char *lp_ffi_hresp_error(lp_hresp_t *r);
 ]]
 
 return {
@@ -54,4 +65,6 @@ return {
   EOTHER = -206,
   -- req:last_failure() kinds (engine/proxy-t.h lp_fail_kind_t)
   FAILURES = { "connect", "timeout", "reset", "status", "protocol" },
+  -- lp_ffi_hresp_feed/eof bits
+  HR_HEAD = 1, HR_DONE = 2,
 }
