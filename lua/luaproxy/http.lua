@@ -121,6 +121,7 @@ local function query_string(q)
   end
   return concat(parts, "&")
 end
+M.query_string = query_string
 
 ------------------------------------------------------------------------------------------
 -- The request head

@@ -849,4 +849,15 @@ function T.run(plugin, conf_overrides, req_spec, resp_spec)
   return T.run_chain({ { plugin, conf_overrides } }, req_spec, resp_spec)
 end
 
+-- proxy.http: answers a spec scripts with T.http_mock(url or pattern, answer); the calls
+-- made are in T.http_requests (proxy/test_http.lua). T.reset() forgets both.
+require("proxy.test_http").install(T, fake, fake.sleep)
+do
+  local reset_without_http = T.reset
+  function T.reset()
+    reset_without_http()
+    T.http_reset()
+  end
+end
+
 return T
