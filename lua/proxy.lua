@@ -117,6 +117,9 @@ proxy.timer = tasks.timer
 proxy.spawn = tasks.spawn
 proxy.exiting = tasks.exiting
 
+-- ---- cosockets (lua/luaproxy/tcp.lua) ----
+proxy.tcp = require("luaproxy.tcp").tcp
+
 -- ---- proxy.http: HTTP/1.1 client over proxy.tcp() (lua/luaproxy/http.lua) ----
 do
   local http = require "luaproxy.http"
