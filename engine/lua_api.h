@@ -118,7 +118,7 @@ void lp_ffi_tcp_session_free(void *session);
 /* 0 once queued (or 1: parked while much is queued). */
 int lp_ffi_tcp_send(void *s, const char *data, size_t n);
 /* mode 0: size bytes, 1: a line, 2: all, 3: until pat (size > 0: at most size bytes; 2
- * then says the pattern was not reached yet). *out is valid until the next call; on
+ * then says the pattern was not reached yet), 4: any (what arrived, at most size bytes). *out is valid until the next call; on
  * error it holds the partial data. */
 int lp_ffi_tcp_receive(void *s, int mode, double size, const char *pat, size_t plen, int inclusive,
                        lp_str_t *out);
