@@ -427,6 +427,8 @@ local function request(opts, stream)
   local pool = u.scheme == "https"
     and format("https:%s:%d:%s:%d", u.host, u.port, opts.server_name or u.host, verify and 1 or 0)
     or format("http:%s:%d", u.host, u.port)
+  -- keepalive = false: a connection of its own (a pool name nothing is ever put in)
+  if not idle then pool = pool .. ":once" end
   local st = { ct = ct, wt = wt, rt = rt, idle = idle, pool_size = pool_size or DEFAULT_POOL,
                peer = u.ipv6 and "[" .. u.host .. "]:" .. u.port or u.host .. ":" .. u.port,
                pool_opts = { pool = pool, pool_size = pool_size or DEFAULT_POOL } }
