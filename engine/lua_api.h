@@ -129,8 +129,8 @@ int lp_ffi_tcp_reused(void *s);
 
 /* proxy.http's response parser (engine/lua_http.c, lua/luaproxy/http.lua): http1.c over
  * llhttp as an object Lua feeds with received bytes. feed and eof return the LP_FFI_HR_*
- * bits reached so far, or LP_FFI_EINVAL with the reason in lp_ffi_hresp_error. Slices
- * (headers, body) stay valid until the next feed, eof, reset or free. */
+ * bits reached so far, or LP_FFI_EINVAL with the reason in lp_ffi_hresp_error. What
+ * body and fields return stays valid until the next feed, eof, reset or free. */
 typedef struct lp_hresp_s lp_hresp_t;
 enum {
     LP_FFI_HR_HEAD = 1, /* the final head is parsed (1xx were skipped) */
@@ -144,10 +144,11 @@ int lp_ffi_hresp_feed(lp_hresp_t *r, const char *data, size_t len);
 /* The connection closed: ends a body that runs to close, else fails. */
 int lp_ffi_hresp_eof(lp_hresp_t *r);
 int lp_ffi_hresp_status(lp_hresp_t *r);
-/* The i-th header field (0-based); -1 past the end. */
-int lp_ffi_hresp_header_at(lp_hresp_t *r, int i, lp_str_t *name, lp_str_t *value);
-/* The body bytes received since the last call (they are dropped at the next feed). */
-int lp_ffi_hresp_body(lp_hresp_t *r, lp_str_t *out);
+/* The body bytes received since the last call, *len of them (dropped at the next feed). */
+const char *lp_ffi_hresp_body(lp_hresp_t *r, int *len);
+/* Every header field as "name\0value\0" (names lower-cased), *len bytes in all, valid until
+ * the next call; NULL when out of memory. One call and one Lua string per response. */
+const char *lp_ffi_hresp_fields(lp_hresp_t *r, int *len);
 /* 1 when the connection may carry another request: complete, keep-alive, nothing after. */
 int lp_ffi_hresp_reusable(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);

@@ -28,6 +28,8 @@ struct lp_hresp_s {
     int state;           /* LP_FFI_HR_* bits seen so far */
     int trailing;        /* bytes followed the message: the connection cannot be reused */
     const char *err;     /* static text: why the response was refused */
+    char *packed;        /* owned: lp_ffi_hresp_fields' output */
+    size_t packed_cap;
 };
 
 static int on_body(lp_h1_t *h, const char *at, size_t len)
@@ -95,6 +97,7 @@ void lp_ffi_hresp_free(lp_hresp_t *r)
         return;
     free(r->arena);
     free(r->body);
+    free(r->packed);
     free(r);
 }
 
@@ -194,22 +197,45 @@ int lp_ffi_hresp_status(lp_hresp_t *r)
     return (r->state & LP_FFI_HR_HEAD) ? lp_h1_status(&r->h1) : 0;
 }
 
-int lp_ffi_hresp_header_at(lp_hresp_t *r, int i, lp_str_t *name, lp_str_t *value)
-{
-    if (!(r->state & LP_FFI_HR_HEAD) || i < 0 || (unsigned)i >= r->h1.nheaders)
-        return -1;
-    *name = r->h1.headers[i].name;
-    *value = r->h1.headers[i].value;
-    return 0;
-}
-
-int lp_ffi_hresp_body(lp_hresp_t *r, lp_str_t *out)
+const char *lp_ffi_hresp_body(lp_hresp_t *r, int *len)
 {
     drop_taken(r);
-    out->base = r->body;
-    out->len = r->body_len;
+    /* One read adds at most what one receive gave, and a buffered body is capped by
+     * max_body (below 2 GiB, lua/luaproxy/http.lua): the length fits an int. */
+    *len = (int)r->body_len;
     r->body_taken = r->body_len;
-    return 0;
+    return r->body ? r->body : "";
+}
+
+const char *lp_ffi_hresp_fields(lp_hresp_t *r, int *len)
+{
+    *len = 0;
+    if (!(r->state & LP_FFI_HR_HEAD))
+        return "";
+    size_t need = 0;
+    for (unsigned i = 0; i < r->h1.nheaders; i++)
+        need += r->h1.headers[i].name.len + r->h1.headers[i].value.len + 2;
+    if (need > r->packed_cap) {
+        char *np = realloc(r->packed, need);
+        if (!np)
+            return NULL;
+        r->packed = np;
+        r->packed_cap = need;
+    }
+    char *o = r->packed;
+    for (unsigned i = 0; i < r->h1.nheaders; i++) {
+        const lp_header_t *hd = &r->h1.headers[i];
+        for (size_t k = 0; k < hd->name.len; k++) {
+            char c = hd->name.base[k];
+            *o++ = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        }
+        *o++ = '\0';
+        memcpy(o, hd->value.base, hd->value.len);
+        o += hd->value.len;
+        *o++ = '\0';
+    }
+    *len = (int)need; /* under HRESP_MAX_HEAD */
+    return r->packed ? r->packed : "";
 }
 
 int lp_ffi_hresp_reusable(lp_hresp_t *r)

@@ -56,8 +56,8 @@ void lp_ffi_hresp_reset(lp_hresp_t *r, int head_req, double max_body);
 int lp_ffi_hresp_feed(lp_hresp_t *r, const char *data, size_t len);
 int lp_ffi_hresp_eof(lp_hresp_t *r);
 int lp_ffi_hresp_status(lp_hresp_t *r);
-int lp_ffi_hresp_header_at(lp_hresp_t *r, int i, lp_str_t *name, lp_str_t *value);
-int lp_ffi_hresp_body(lp_hresp_t *r, lp_str_t *out);
+const char *lp_ffi_hresp_body(lp_hresp_t *r, int *len);
+const char *lp_ffi_hresp_fields(lp_hresp_t *r, int *len);
 int lp_ffi_hresp_reusable(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);
 ]]

@@ -35,6 +35,7 @@ local RECV_MAX = 65536
 local DEFAULT_TIMEOUT = 10          -- seconds, each of connect, send and read
 local DEFAULT_IDLE, DEFAULT_POOL = 60, 32
 local DEFAULT_MAX_BODY = 16 * 1024 * 1024 -- a buffered body; streams have no limit
+local MAX_BODY_LIMIT = 2 ^ 31 - 65537      -- the parser hands out lengths as ints
 local USER_AGENT = "luaproxy/0.1.0"
 
 local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true,
@@ -51,7 +52,7 @@ end
 
 -- "http[s]://host[:port][/path][?query][#fragment]" -> { scheme, host, port, path,
 -- authority (the Host value), ipv6 }; or nil, message.
-function M.parse_url(url)
+local function parse_url(url)
   if type(url) ~= "string" then return nil, "url: expected a string" end
   local scheme, rest = match(url, "^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil, "url: expected http:// or https://, got " .. format("%q", url) end
@@ -95,7 +96,25 @@ function M.parse_url(url)
   end
   local hostpart = ipv6 and "[" .. host .. "]" or host
   return { scheme = scheme, host = host, port = port, path = target, ipv6 = ipv6,
-           authority = port == default and hostpart or hostpart .. ":" .. port }
+           authority = port == default and hostpart or hostpart .. ":" .. port,
+           peer = hostpart .. ":" .. port, pool = scheme == "http" and "http:" .. host .. ":" .. port or nil }
+end
+
+-- Parsed URLs, per worker: a plugin calls the same few URLs again and again. Entries are
+-- read-only; the cache is emptied when it grows past URL_CACHE_MAX.
+local URL_CACHE_MAX = 256
+local url_cache, url_cached = {}, 0
+
+function M.parse_url(url)
+  local u = url_cache[url]
+  if u then return u end
+  local err
+  u, err = parse_url(url)
+  if not u then return nil, err end
+  if url_cached >= URL_CACHE_MAX then url_cache, url_cached = {}, 0 end
+  url_cache[url] = u
+  url_cached = url_cached + 1
+  return u
 end
 
 local function escape(s)
@@ -152,10 +171,10 @@ end
 
 -- The head for opts on u (a parsed URL), as a string; or nil, message. `close` says
 -- whether the connection is not to be reused.
-function M.encode_head(method, u, headers, body, close)
+function M.encode_head(method, u, headers, body, close, path)
   local buf = head_buf
   buf:reset()
-  buf:put(method, " ", u.path, " HTTP/1.1\r\n")
+  buf:put(method, " ", path or u.path, " HTTP/1.1\r\n")
   local has_host, has_ua, has_conn = false, false, false
   if headers ~= nil then
     if type(headers) ~= "table" then
@@ -210,14 +229,23 @@ local Headers = {
 }
 M.Headers = Headers
 
-local str2 = ffi.new("lp_str_t[2]")
+local len_out = ffi.new("int[1]")
 
-local function read_headers(p)
+-- The fields as the parser packed them ("name\0value\0...", names lower-cased): one C
+-- call and one string per response; the table is built only when res.headers is read.
+local function packed_fields(p)
+  local base = C.lp_ffi_hresp_fields(p, len_out)
+  if base == nil then return "" end
+  return ffi_string(base, len_out[0])
+end
+
+local function unpack_fields(raw)
   local h = setmetatable({}, Headers)
-  local i = 0
-  while C.lp_ffi_hresp_header_at(p, i, str2, str2 + 1) == 0 do
-    local name = lower(ffi_string(str2[0].base, str2[0].len))
-    local value = ffi_string(str2[1].base, str2[1].len)
+  local pos, n = 1, #raw
+  while pos <= n do
+    local z = find(raw, "\0", pos, true)
+    local z2 = find(raw, "\0", z + 1, true)
+    local name, value = sub(raw, pos, z - 1), sub(raw, z + 1, z2 - 1)
     local old = rawget(h, name)
     if old == nil then
       h[name] = value
@@ -226,7 +254,7 @@ local function read_headers(p)
     else
       h[name] = { old, value }
     end
-    i = i + 1
+    pos = z2 + 1
   end
   return h
 end
@@ -264,10 +292,10 @@ local function parser_error(p)
 end
 
 local function take_body(p)
-  C.lp_ffi_hresp_body(p, str2)
-  local n = tonumber(str2[0].len)
+  local base = C.lp_ffi_hresp_body(p, len_out)
+  local n = len_out[0]
   if n == 0 then return nil end
-  return ffi_string(str2[0].base, n)
+  return ffi_string(base, n)
 end
 
 ------------------------------------------------------------------------------------------
@@ -298,7 +326,14 @@ local function keepalive_of(ka)
 end
 
 local Response = {}
-Response.__index = Response
+Response.__index = function(res, k)
+  if k == "headers" then
+    local h = unpack_fields(rawget(res, "_fields"))
+    res.headers = h
+    return h
+  end
+  return Response[k]
+end
 
 -- The connection goes back to its pool when the response allows it, else closes.
 local function release(st, reusable)
@@ -405,17 +440,18 @@ local function request(opts, stream)
   if not match(method, METHOD_OK) then return nil, "method " .. format("%q", method) .. " is not a token" end
   local u, err = M.parse_url(opts.url)
   if not u then return nil, err end
+  local path = u.path
   if opts.query ~= nil then
     local q = query_string(opts.query)
     if find(q, "[%z\1-\32\127]") then return nil, "query: spaces or control characters" end
-    if q ~= "" then u.path = u.path .. (find(u.path, "?", 1, true) and "&" or "?") .. q end
+    if q ~= "" then path = path .. (find(path, "?", 1, true) and "&" or "?") .. q end
   end
   local body = opts.body
   if body ~= nil and type(body) ~= "string" then
     raise("body: expected a string", 3)
   end
   local idle, pool_size = keepalive_of(opts.keepalive)
-  local head, herr = M.encode_head(method, u, opts.headers, body, idle == nil)
+  local head, herr = M.encode_head(method, u, opts.headers, body, idle == nil, path)
   if not head then return nil, herr end
   if not new_tcp then
     local proxy = require "proxy"
@@ -424,16 +460,15 @@ local function request(opts, stream)
   end
   local ct, wt, rt = timeouts_of(opts.timeout)
   local verify = opts.ssl_verify ~= false
-  local pool = u.scheme == "https"
-    and format("https:%s:%d:%s:%d", u.host, u.port, opts.server_name or u.host, verify and 1 or 0)
-    or format("http:%s:%d", u.host, u.port)
+  local pool = u.pool
+    or format("https:%s:%d:%s:%d", u.host, u.port, opts.server_name or u.host, verify and 1 or 0)
   -- keepalive = false: a connection of its own (a pool name nothing is ever put in)
   if not idle then pool = pool .. ":once" end
   local st = { ct = ct, wt = wt, rt = rt, idle = idle, pool_size = pool_size or DEFAULT_POOL,
-               peer = u.ipv6 and "[" .. u.host .. "]:" .. u.port or u.host .. ":" .. u.port,
+               peer = u.peer,
                pool_opts = { pool = pool, pool_size = pool_size or DEFAULT_POOL } }
-  local max_body = opts.max_body
-  if max_body == nil then max_body = DEFAULT_MAX_BODY end
+  local max_body = tonumber(opts.max_body) or DEFAULT_MAX_BODY
+  if max_body > MAX_BODY_LIMIT or max_body <= 0 then max_body = MAX_BODY_LIMIT end
   if stream then max_body = 0 end
   -- A pooled connection the server closed while it sat idle fails before any response
   -- byte: the request is sent again on another connection, when that is safe.
@@ -456,7 +491,7 @@ local function request(opts, stream)
         return fail(st, perr)
       end
       local p = st.parser
-      local res = setmetatable({ status = C.lp_ffi_hresp_status(p), headers = read_headers(p),
+      local res = setmetatable({ status = C.lp_ffi_hresp_status(p), _fields = packed_fields(p),
                                  _st = st }, Response)
       if band(rc, HR_DONE) ~= 0 then
         res.body = take_body(p) or ""
