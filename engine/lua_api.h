@@ -135,6 +135,8 @@ typedef struct lp_hresp_s lp_hresp_t;
 enum {
     LP_FFI_HR_HEAD = 1, /* the final head is parsed (1xx were skipped) */
     LP_FFI_HR_DONE = 2, /* the message is complete */
+    LP_FFI_HR_WAIT = 4, /* lp_ffi_hresp_recv: the task is parked; yield, then call again */
+    LP_FFI_HR_ESOCK = -1, /* lp_ffi_hresp_recv: the socket failed (lp_ffi_tcp_error says) */
 };
 lp_hresp_t *lp_ffi_hresp_new(void);
 void lp_ffi_hresp_free(lp_hresp_t *r);
@@ -151,6 +153,11 @@ const char *lp_ffi_hresp_body(lp_hresp_t *r, int *len);
 const char *lp_ffi_hresp_fields(lp_hresp_t *r, int *len);
 /* 1 when the connection may carry another request: complete, keep-alive, nothing after. */
 int lp_ffi_hresp_reusable(lp_hresp_t *r);
+/* Receives from a proxy.tcp() socket (up to max bytes) and feeds the parser: feed's
+ * result, LP_FFI_HR_WAIT or LP_FFI_HR_ESOCK; the socket closing is lp_ffi_hresp_eof. */
+int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
+/* 1 once lp_ffi_hresp_recv received any response byte. */
+int lp_ffi_hresp_got(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);
 
 #endif

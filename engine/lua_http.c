@@ -27,6 +27,7 @@ struct lp_hresp_s {
     uint64_t max_body;   /* 0: no limit */
     int state;           /* LP_FFI_HR_* bits seen so far */
     int trailing;        /* bytes followed the message: the connection cannot be reused */
+    int got;             /* a response byte arrived (lp_ffi_hresp_recv) */
     const char *err;     /* static text: why the response was refused */
     char *packed;        /* owned: lp_ffi_hresp_fields' output */
     size_t packed_cap;
@@ -120,6 +121,7 @@ void lp_ffi_hresp_reset(lp_hresp_t *r, int head_req, double max_body)
     r->max_body = max_body > 0 ? (uint64_t)max_body : 0;
     r->state = 0;
     r->trailing = 0;
+    r->got = 0;
     r->err = NULL;
 }
 
@@ -242,6 +244,32 @@ int lp_ffi_hresp_reusable(lp_hresp_t *r)
 {
     return (r->state & LP_FFI_HR_DONE) && !r->trailing && !r->err &&
            !(r->h1.flags & LP_H1F_EOF_BODY) && llhttp_should_keep_alive(&r->h1.parser);
+}
+
+int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max)
+{
+    lp_str_t in;
+    /* Mode 4 of lp_ffi_tcp_receive: what arrived, at most max bytes (engine/cosock.c). The
+     * bytes are parsed where the socket holds them: no Lua string is made for them. */
+    int rc = lp_ffi_tcp_receive(sock, 4, max, NULL, 0, 0, &in);
+    if (rc == 1)
+        return LP_FFI_HR_WAIT;
+    if (in.len) {
+        r->got = 1;
+        int st = lp_ffi_hresp_feed(r, in.base, in.len);
+        if (st < 0)
+            return st;
+    }
+    if (rc >= 0)
+        return r->state;
+    if (strcmp(lp_ffi_tcp_error(sock), "closed") != 0)
+        return LP_FFI_HR_ESOCK; /* the socket's message says why */
+    return lp_ffi_hresp_eof(r);
+}
+
+int lp_ffi_hresp_got(lp_hresp_t *r)
+{
+    return r->got;
 }
 
 const char *lp_ffi_hresp_error(lp_hresp_t *r)

@@ -59,6 +59,8 @@ int lp_ffi_hresp_status(lp_hresp_t *r);
 const char *lp_ffi_hresp_body(lp_hresp_t *r, int *len);
 const char *lp_ffi_hresp_fields(lp_hresp_t *r, int *len);
 int lp_ffi_hresp_reusable(lp_hresp_t *r);
+int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
+int lp_ffi_hresp_got(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);
 ]]
 
@@ -79,5 +81,5 @@ return {
   -- req:last_failure() kinds (engine/proxy-t.h lp_fail_kind_t)
   FAILURES = { "connect", "timeout", "reset", "status", "protocol" },
   -- lp_ffi_hresp_feed/eof bits
-  HR_HEAD = 1, HR_DONE = 2,
+  HR_HEAD = 1, HR_DONE = 2, HR_WAIT = 4, HR_ESOCK = -1,
 }

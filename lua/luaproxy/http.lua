@@ -30,7 +30,8 @@ function M._use_lib(lib) C = lib end
 local new_tcp
 function M._set_tcp(fn) new_tcp = fn end
 
-local HR_HEAD, HR_DONE = K.HR_HEAD, K.HR_DONE
+local HR_HEAD, HR_DONE, HR_WAIT, HR_ESOCK = K.HR_HEAD, K.HR_DONE, K.HR_WAIT, K.HR_ESOCK
+local yield = coroutine.yield
 local RECV_MAX = 65536
 local DEFAULT_TIMEOUT = 10          -- seconds, each of connect, send and read
 local DEFAULT_IDLE, DEFAULT_POOL = 60, 32
@@ -148,6 +149,9 @@ M.query_string = query_string
 
 local head_buf = buffer.new(1024)
 
+-- Header names already checked (a token), with their lower-case form; bounded.
+local token_names, ntoken_names = {}, 0
+
 -- Header fields we write ourselves from the request's framing.
 local OWN = { ["content-length"] = true, ["transfer-encoding"] = true }
 
@@ -181,11 +185,17 @@ function M.encode_head(method, u, headers, body, close, path)
       raise("headers: expected a table of name = value", 4)
     end
     for name, value in pairs(headers) do
-      if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
-        return nil, "header name " .. format("%q", tostring(name))
-          .. " is not a token (refused: header injection)"
+      local lname = token_names[name]
+      if not lname then
+        if type(name) ~= "string" or not match(name, "^[%w!#$%%&'*+.^_`|~-]+$") then
+          return nil, "header name " .. format("%q", tostring(name))
+            .. " is not a token (refused: header injection)"
+        end
+        lname = lower(name)
+        if ntoken_names >= 1024 then token_names, ntoken_names = {}, 0 end
+        token_names[name] = lname
+        ntoken_names = ntoken_names + 1
       end
-      local lname = lower(name)
       if lname == "host" then has_host = true
       elseif lname == "user-agent" then has_ua = true
       elseif lname == "connection" then has_conn = true end
@@ -367,6 +377,27 @@ end
 -- `once`: the state bits, or nil, message, got_bytes.
 local function pump(st, want, once)
   local p, sock = st.parser, st.sock
+  local raw = sock._s
+  if raw then
+    -- A proxy.tcp() socket: the parser reads from it in C (no string per read).
+    while true do
+      local rc = C.lp_ffi_hresp_recv(p, raw, RECV_MAX)
+      if rc == HR_WAIT then
+        yield()
+      elseif rc >= 0 then
+        if once or band(rc, want) ~= 0 then return rc end
+      elseif rc == HR_ESOCK then
+        local err = ffi_string(C.lp_ffi_tcp_error(raw))
+        local got = C.lp_ffi_hresp_got(p) == 1
+        return nil, (err == "timeout" and "timeout reading from " or "error reading from ")
+          .. st.peer .. (err == "timeout" and "" or ": " .. err), got
+      elseif C.lp_ffi_hresp_got(p) == 1 then
+        return nil, parser_error(p), true
+      else
+        return nil, "connection closed by " .. st.peer, false
+      end
+    end
+  end
   while true do
     local data, err, partial = sock:receiveany(RECV_MAX)
     local rc
@@ -390,6 +421,65 @@ local function pump(st, want, once)
     if rc < 0 then return nil, parser_error(p), true end
     if once or band(rc, want) ~= 0 then return rc end
   end
+end
+
+-- The engine's socket: proxy.tcp()'s own C functions (engine/cosock.c), called without
+-- tcp.lua's argument checks (ours are done) and without a string per read (pump). A call
+-- that must wait returns 1: yield, and the engine resumes us to make it again.
+local PARKED = 1
+local Raw = {}
+Raw.__index = Raw
+
+local function raw_tcp()
+  local s = C.lp_ffi_tcp_new()
+  if s == nil then
+    error("proxy.http: only inside a phase, a timer, a spawned thread or init_worker", 4)
+  end
+  return setmetatable({ _s = ffi.gc(s, C.lp_ffi_tcp_free) }, Raw)
+end
+
+local function raw_err(s) return ffi_string(C.lp_ffi_tcp_error(s)) end
+
+function Raw:settimeouts(c, w, r) C.lp_ffi_tcp_timeouts(self._s, c, w, r) end
+
+function Raw:connect(host, port, o)
+  local s, pool = self._s, o.pool
+  local rc = C.lp_ffi_tcp_connect(s, host, #host, port, pool, #pool, o.pool_size)
+  while rc == PARKED do
+    yield()
+    rc = C.lp_ffi_tcp_connect(s, host, #host, port, pool, #pool, o.pool_size)
+  end
+  if rc < 0 then return nil, raw_err(s) end
+  return 1
+end
+
+function Raw:getreusedtimes() return C.lp_ffi_tcp_reused(self._s) end
+
+function Raw:sslhandshake(session, name, verify)
+  -- rare (new connections only): tcp.lua's, with its trusted CA lookup
+  local Sock = require("luaproxy.tcp").Sock
+  return setmetatable({ _s = self._s }, Sock):sslhandshake(session, name, verify)
+end
+
+function Raw:send(data)
+  local s = self._s
+  local rc = C.lp_ffi_tcp_send(s, data, #data)
+  while rc == PARKED do
+    yield()
+    rc = C.lp_ffi_tcp_send(s, data, #data)
+  end
+  if rc < 0 then return nil, raw_err(s) end
+  return #data
+end
+
+function Raw:setkeepalive(ms, size)
+  if C.lp_ffi_tcp_setkeepalive(self._s, ms, size) < 0 then return nil, raw_err(self._s) end
+  return 1
+end
+
+function Raw:close()
+  if C.lp_ffi_tcp_close(self._s) < 0 then return nil, raw_err(self._s) end
+  return 1
 end
 
 -- Connects (or takes a pooled connection) and sends the request: true, or nil, message,
@@ -431,13 +521,30 @@ local function open(st, u, opts, head, body)
 end
 
 local METHOD_OK = "^[%w!#$%%&'*+.^_`|~-]+$"
+local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, DELETE = true,
+  PATCH = true, OPTIONS = true }
+
+-- connect()'s options, kept in the (cached) URL for its plain-http pool
+local function pool_opts_of(u, pool, size)
+  if pool ~= u.pool then return { pool = pool, pool_size = size } end
+  local o = u.pool_opts
+  if not o or o.pool_size ~= size then
+    o = { pool = pool, pool_size = size }
+    u.pool_opts = o
+  end
+  return o
+end
 
 local function request(opts, stream)
   if type(opts) ~= "table" then raise("request: expected a table of options", 3) end
   local method = opts.method or "GET"
-  if type(method) ~= "string" then raise("method: expected a string", 3) end
-  method = upper(method)
-  if not match(method, METHOD_OK) then return nil, "method " .. format("%q", method) .. " is not a token" end
+  if not METHODS[method] then
+    if type(method) ~= "string" then raise("method: expected a string", 3) end
+    method = upper(method)
+    if not match(method, METHOD_OK) then
+      return nil, "method " .. format("%q", method) .. " is not a token"
+    end
+  end
   local u, err = M.parse_url(opts.url)
   if not u then return nil, err end
   local path = u.path
@@ -453,11 +560,7 @@ local function request(opts, stream)
   local idle, pool_size = keepalive_of(opts.keepalive)
   local head, herr = M.encode_head(method, u, opts.headers, body, idle == nil, path)
   if not head then return nil, herr end
-  if not new_tcp then
-    local proxy = require "proxy"
-    if not proxy.tcp then return nil, "proxy.http needs proxy.tcp, which this build lacks" end
-    new_tcp = proxy.tcp
-  end
+  if not new_tcp then new_tcp = raw_tcp end
   local ct, wt, rt = timeouts_of(opts.timeout)
   local verify = opts.ssl_verify ~= false
   local pool = u.pool
@@ -466,7 +569,7 @@ local function request(opts, stream)
   if not idle then pool = pool .. ":once" end
   local st = { ct = ct, wt = wt, rt = rt, idle = idle, pool_size = pool_size or DEFAULT_POOL,
                peer = u.peer,
-               pool_opts = { pool = pool, pool_size = pool_size or DEFAULT_POOL } }
+               pool_opts = pool_opts_of(u, pool, pool_size or DEFAULT_POOL) }
   local max_body = tonumber(opts.max_body) or DEFAULT_MAX_BODY
   if max_body > MAX_BODY_LIMIT or max_body <= 0 then max_body = MAX_BODY_LIMIT end
   if stream then max_body = 0 end
@@ -482,9 +585,9 @@ local function request(opts, stream)
     if not st.parser then return fail(st, "out of memory") end
     st.got = false
     do
-      local rc, perr = pump(st, stream and HR_HEAD or HR_DONE)
+      local rc, perr, got = pump(st, stream and HR_HEAD or HR_DONE)
       if not rc then
-        if reused and not st.got and IDEMPOTENT[method] and attempt < 3 then
+        if reused and not got and IDEMPOTENT[method] and attempt < 3 then
           fail(st, perr)
           goto retry
         end
