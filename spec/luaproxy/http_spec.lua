@@ -272,4 +272,30 @@ describe("proxy.http", function()
       assert.equal(200000, #res:read_body())
     end)
   end)
+
+  describe("over proxy.test's fake proxy.tcp", function()
+    it("talks to a scripted peer: receiveany, keep-alive pool, a second call reusing it", function()
+      local T = require "proxy.test"
+      T.reset()
+      local seen = {}
+      T.tcp_peer("api.test", 80, function(peer)
+        for n = 1, 2 do
+          local line = peer:receive("*l")
+          if not line then return end
+          seen[#seen + 1] = line
+          repeat local h = peer:receive("*l") until h == ""
+          peer:send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n")
+          peer:send("1\r\n" .. n .. "\r\n0\r\n\r\n")
+        end
+      end)
+      http._set_tcp(T.proxy.tcp)
+      local _, bodies = T.call(function()
+        local a = assert(http.request { url = "http://api.test/a" })
+        local b = assert(http.request { url = "http://api.test/b" })
+        return { a.body, b.body }
+      end)
+      assert.same({ "hi1", "hi2" }, bodies)
+      assert.same({ "GET /a HTTP/1.1", "GET /b HTTP/1.1" }, seen)
+    end)
+  end)
 end)
