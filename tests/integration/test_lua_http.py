@@ -3,7 +3,7 @@
 Python HTTP/1.1 origin started here (plain, and TLS with certificates made by the openssl
 CLI): GET and POST with bodies, a chunked response, a large body streamed through
 body_reader, keep-alive reuse (and none when asked), HEAD, TLS with verification on and
-off, a closed port, a read timeout, a name that does not resolve, and header injection
+off, an IPv6 literal, a closed port, a read timeout, a name that does not resolve, and header injection
 refused before anything is sent. Then the bundled example scripts/auth-subrequest.lua end
 to end: allowed, denied, cached verdicts, and the auth service down (503)."""
 
@@ -56,7 +56,7 @@ class Origin:
     /auth       Authorization "Bearer good*" -> 200 X-User: <rest>; else 403. Counted.
     Every request is counted by path."""
 
-    def __init__(self, tls=None):
+    def __init__(self, tls=None, ipv6=False):
         origin = self
         self.lock = threading.Lock()
         self.hits = {}
@@ -144,11 +144,12 @@ class Origin:
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True
             allow_reuse_address = True
+            address_family = socket.AF_INET6 if ipv6 else socket.AF_INET
 
             def handle_error(self, request, client_address):
                 pass  # a client that stops reading (max_body, a test's end) is expected
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = Server(("::1" if ipv6 else "127.0.0.1", 0), Handler)
         if tls:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
@@ -176,7 +177,8 @@ local P = { name = "httpc", priority = 10, schema = { fields = {
   port = { type = "integer", description = "origin" },
   tls_port = { type = "integer", description = "TLS origin, CA-signed" },
   self_port = { type = "integer", description = "TLS origin, self-signed" },
-  dead_port = { type = "integer", description = "nothing listens" } } } }
+  dead_port = { type = "integer", description = "nothing listens" },
+  v6_port = { type = "integer", description = "origin on [::1]" } } } }
 
 local json = proxy.json
 local H = {}
@@ -277,6 +279,13 @@ function H.tls(req, conf)
   return answer(req, out)
 end
 
+function H.ipv6(req, conf)
+  local res, err = proxy.http.request { url = "http://[::1]:" .. conf.v6_port .. "/echo?v=6" }
+  if not res then return req:respond(500, err) end
+  local e = json.decode(res.body)
+  return answer(req, { status = res.status, host = e.headers.host, path = e.path })
+end
+
 function H.errors(req, conf)
   local out = {}
   local t0 = proxy.monotonic()
@@ -322,8 +331,11 @@ class HttpClientTest(RT.ReloadTestCase):
         cls.self_origin = Origin(ctx2)
         cls.addClassCleanup(cls.self_origin.stop)
         cls.dead = H.dead_port()
+        cls.v6_origin = Origin(ipv6=True)
+        cls.addClassCleanup(cls.v6_origin.stop)
         conf = {"name": "httpc", "port": cls.origin.port, "tls_port": cls.tls_origin.port,
-                "self_port": cls.self_origin.port, "dead_port": cls.dead}
+                "self_port": cls.self_origin.port, "dead_port": cls.dead,
+                "v6_port": cls.v6_origin.port}
         cls.proxy = cls.start_reload_proxy(
             {"o": H.upstream(cls.origin.port)},
             [RT.route("/h/", upstream="o", plugins=[conf])],
@@ -393,6 +405,11 @@ class HttpClientTest(RT.ReloadTestCase):
                                                     % self.self_origin.port), j["self_verify"])
         self.assertEqual(j["self_noverify"], "200 GET")
         self.assertTrue(j["wrong_name"].startswith("TLS handshake with"), j["wrong_name"])
+
+    def test_ipv6_literal(self):
+        j = self.json("/h/ipv6")
+        self.assertEqual(j, {"status": 200, "host": "[::1]:%d" % self.v6_origin.port,
+                             "path": "/echo?v=6"})
 
     def test_errors(self):
         before = self.origin.count("/echo")
