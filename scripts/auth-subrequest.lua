@@ -26,27 +26,7 @@ local CACHE_TTL = 30            -- seconds an allowed token is trusted without a
 local DENY_TTL = 5              -- seconds a denied token is refused without asking
 local FAIL_OPEN = false         -- the auth service unreachable: false = 503, true = let in
 
-local function verdict_cache()
-  -- proxy.shared.auth_cache is the dict declared in `shared` below. Without shared dicts
-  -- (an engine older than them) a table per worker stands in: same API subset, no TTL
-  -- sharing between workers.
-  local dicts = proxy.shared
-  local d = dicts and dicts.auth_cache
-  if d then return d end
-  local t, exp = {}, {}
-  return {
-    get = function(_, k)
-      if exp[k] and exp[k] < proxy.now() then t[k], exp[k] = nil, nil end
-      return t[k]
-    end,
-    set = function(_, k, v, ttl)
-      t[k], exp[k] = v, proxy.now() + ttl
-      return true
-    end,
-  }
-end
-
-local cache -- made at the first request of each worker
+local cache -- proxy.shared.auth_cache, looked up at the first request of each worker
 
 local DENIED = "-"              -- cached for a denied token (a user name is never "-")
 
@@ -70,7 +50,7 @@ return {
           return req:respond(401, "credentials required\n",
             { ["WWW-Authenticate"] = 'Bearer realm="example"' })
         end
-        cache = cache or verdict_cache()
+        cache = cache or proxy.shared.auth_cache
         local user = cache:get(token)
         if user == nil then
           local res, err = proxy.http.request {

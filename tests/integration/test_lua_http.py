@@ -444,18 +444,6 @@ class AuthExampleTest(RT.ReloadTestCase):
         cls.config = os.path.join(cls.dir, "auth.lua")
         with open(cls.config, "w") as f:
             f.write(text)
-        check = subprocess.run([H.LUAPROXY, "-t", "-c", cls.config], capture_output=True,
-                               text=True, timeout=H.T(30))
-        cls.fallback = False
-        if check.returncode != 0 and "shared: unknown field" in check.stderr:
-            # An engine without shared dicts (proxy.shared): the example's own fallback
-            # (a table per worker) is what runs. Said aloud, not skipped.
-            sys.stderr.write("NOTE: this engine has no `shared` config key; the example runs "
-                             "with its per-worker fallback cache\n")
-            text = text.replace('shared = { auth_cache = "1m" },', "")
-            with open(cls.config, "w") as f:
-                f.write(text)
-            cls.fallback = True
         p = H.Proxy({"listen": [{"address": "127.0.0.1:0"}]}, name="auth-example")
         p.config_path = cls.config
         p.write_config = lambda: None
@@ -463,11 +451,10 @@ class AuthExampleTest(RT.ReloadTestCase):
         cls.proxy = p.start()
 
     def test_0_shipped_config_checks(self):
-        if not self.fallback:
-            orig = os.path.join(H.REPO, "scripts", "auth-subrequest.lua")
-            r = subprocess.run([H.LUAPROXY, "-t", "-c", orig], capture_output=True, text=True,
-                               timeout=H.T(30))
-            self.assertEqual(r.returncode, 0, r.stderr)
+        orig = os.path.join(H.REPO, "scripts", "auth-subrequest.lua")
+        r = subprocess.run([H.LUAPROXY, "-t", "-c", orig], capture_output=True, text=True,
+                           timeout=H.T(30))
+        self.assertEqual(r.returncode, 0, r.stderr)
 
     def test_1_no_credentials_401_without_asking(self):
         before = self.auth.count("/auth")
@@ -485,18 +472,17 @@ class AuthExampleTest(RT.ReloadTestCase):
         self.assertIn("bob", text)
         self.assertNotIn("bearer goodbob", text)  # Authorization was not passed on
         self.assertEqual(self.auth.count("/auth"), before + 1)
-        # The next ones are answered from the cache: (2 workers: at most one call more
-        # per worker with the fallback; none with the shared dict)
+        # The next ones are answered from the dict, shared by the 2 workers: no call more.
         for _ in range(6):
             self.assertEqual(self.get("/", headers={"Authorization": "Bearer goodbob"}).status, 200)
         calls = self.auth.count("/auth") - before
-        self.assertLessEqual(calls, 2 if self.fallback else 1)
+        self.assertEqual(calls, 1)
 
     def test_3_denied_and_cached(self):
         before = self.auth.count("/auth")
         for _ in range(4):
             self.assertEqual(self.get("/", headers={"Authorization": "Bearer evil"}).status, 403)
-        self.assertLessEqual(self.auth.count("/auth") - before, 2 if self.fallback else 1)
+        self.assertEqual(self.auth.count("/auth") - before, 1)
 
     def test_4_auth_service_down_is_503(self):
         self.auth.stop()
@@ -505,9 +491,8 @@ class AuthExampleTest(RT.ReloadTestCase):
         self.assertIn(b"authorization service unavailable", r.body)
         H.wait_for(lambda: "auth service: " in self.proxy.stderr(), H.T(5),
                    what="the auth failure logged")
-        # A verdict cached before the outage still serves (in every worker: the dict is
-        # shared; the fallback's per-worker cache may not have it).
-        if not self.fallback:
+        # A verdict cached before the outage still serves, in every worker (shared dict).
+        for _ in range(4):
             self.assertEqual(self.get("/", headers={"Authorization": "Bearer goodbob"}).status,
                              200)
         self.assertAlive()
