@@ -422,3 +422,75 @@ IDLE = {
     "luaproxy": LUAPROXY_PLAIN,
     "nginx": NGINX_PLAIN,
 }
+
+# --- an auth HTTP call per request (proxy.http vs ngx.socket.tcp) -----------------------
+# Each request first makes a GET to a local "auth service" (the origin's "/") over a
+# pooled keep-alive connection, checks its status, then goes upstream. luaproxy: a route
+# handler with proxy.http.request (lua/luaproxy/http.lua: the engine's llhttp parser over
+# proxy.tcp). nginx: access_by_lua_block with the minimal HTTP/1.1 GET an OpenResty user
+# writes without lua-resty-http (not in Debian): ngx.socket.tcp, status line and header
+# lines by receive("*l"), the body by Content-Length, setkeepalive.
+LUAPROXY_AUTH = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = { {
+    match = { prefix = "/" }, upstream = "app",
+    handler = function(req)
+      local res, err = proxy.http.request { url = "http://127.0.0.1:{{origin_port}}/",
+        headers = { Authorization = "Bearer bench" }, timeout = 1,
+        keepalive = { idle_timeout = 60, pool_size = 64 } }
+      if not res then return req:respond(503, err) end
+      if res.status ~= 200 then return req:respond(403, "denied") end
+    end,
+  } },
+  log = { access = false },
+}
+"""
+
+NGINX_AUTH = NGINX_PLAIN.replace("worker_processes 1;", """\
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+worker_processes 1;""", 1).replace("""    location / {
+""", """    location / {
+      access_by_lua_block {
+        local sock = ngx.socket.tcp()
+        sock:settimeouts(1000, 1000, 1000)
+        local ok, err = sock:connect("127.0.0.1", {{origin_port}})
+        if not ok then return ngx.exit(503) end
+        ok, err = sock:send("GET / HTTP/1.1\\r\\nHost: 127.0.0.1:{{origin_port}}\\r\\n"
+          .. "Authorization: Bearer bench\\r\\nUser-Agent: nginx-lua\\r\\n\\r\\n")
+        if not ok then return ngx.exit(503) end
+        local line = sock:receive("*l")
+        if not line then return ngx.exit(503) end
+        local status = tonumber(line:sub(10, 12))
+        local len, keep = 0, true
+        while true do
+          local h = sock:receive("*l")
+          if not h then return ngx.exit(503) end
+          if h == "" then break end
+          local name, value = h:match("^([^:]+):%s*(.-)%s*$")
+          if name then
+            name = name:lower()
+            if name == "content-length" then len = tonumber(value)
+            elseif name == "connection" and value:lower() == "close" then keep = false end
+          end
+        end
+        if len > 0 and not sock:receive(len) then return ngx.exit(503) end
+        if keep then sock:setkeepalive(60000, 64) else sock:close() end
+        if status ~= 200 then return ngx.exit(403) end
+      }
+""", 1)
+assert "access_by_lua_block" in NGINX_AUTH and "ngx_http_lua_module" in NGINX_AUTH
+
+SCENARIOS.append({
+    "name": "lua-auth-call-5B-c50",
+    "path": "/",
+    "connections": 50,
+    "luaproxy": LUAPROXY_AUTH,
+    "nginx": NGINX_AUTH,
+    "per_mib": False,
+    "note": "an HTTP GET to a local auth service per request, pooled (proxy.http vs "
+            "ngx.socket.tcp), then upstream",
+})

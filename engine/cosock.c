@@ -928,7 +928,7 @@ int lp_ffi_tcp_send(void *sp, const char *data, size_t n)
 }
 
 /* lp_ffi_tcp_receive: mode */
-enum { RM_BYTES = 0, RM_LINE = 1, RM_ALL = 2, RM_UNTIL = 3 };
+enum { RM_BYTES = 0, RM_LINE = 1, RM_ALL = 2, RM_UNTIL = 3, RM_ANY = 4 };
 
 int lp_ffi_tcp_receive(void *sp, int mode, double size, const char *pat, size_t plen, int inclusive,
                        lp_str_t *out)
@@ -989,6 +989,12 @@ int lp_ffi_tcp_receive(void *sp, int mode, double size, const char *pat, size_t 
         }
         break;
     }
+    case RM_ANY: /* receiveany(max): whatever arrived, at most max bytes (proxy.http) */
+        if (avail) {
+            take = len = n && avail > n ? n : avail;
+            rc = 0;
+        }
+        break;
     default:
         return sock_err(s, "bad receive pattern");
     }

@@ -119,7 +119,7 @@ void lp_ffi_tcp_session_free(void *session);
 /* 0 once queued (or 1: parked while much is queued). */
 int lp_ffi_tcp_send(void *s, const char *data, size_t n);
 /* mode 0: size bytes, 1: a line, 2: all, 3: until pat (size > 0: at most size bytes; 2
- * then says the pattern was not reached yet). *out is valid until the next call; on
+ * then says the pattern was not reached yet), 4: any (what arrived, at most size bytes). *out is valid until the next call; on
  * error it holds the partial data. */
 int lp_ffi_tcp_receive(void *s, int mode, double size, const char *pat, size_t plen, int inclusive,
                        lp_str_t *out);
@@ -147,5 +147,38 @@ int lp_ffi_shdict_pop(void *d, const char *k, size_t klen, int left, lp_shdict_v
 int lp_ffi_shdict_llen(void *d, const char *k, size_t klen);
 double lp_ffi_shdict_capacity(void *d);
 double lp_ffi_shdict_free_space(void *d);
+
+/* proxy.http's response parser (engine/lua_http.c, lua/luaproxy/http.lua): http1.c over
+ * llhttp as an object Lua feeds with received bytes. feed and eof return the LP_FFI_HR_*
+ * bits reached so far, or LP_FFI_EINVAL with the reason in lp_ffi_hresp_error. What
+ * body and fields return stays valid until the next feed, eof, reset or free. */
+typedef struct lp_hresp_s lp_hresp_t;
+enum {
+    LP_FFI_HR_HEAD = 1, /* the final head is parsed (1xx were skipped) */
+    LP_FFI_HR_DONE = 2, /* the message is complete */
+    LP_FFI_HR_WAIT = 4, /* lp_ffi_hresp_recv: the task is parked; yield, then call again */
+    LP_FFI_HR_ESOCK = -1, /* lp_ffi_hresp_recv: the socket failed (lp_ffi_tcp_error says) */
+};
+lp_hresp_t *lp_ffi_hresp_new(void);
+void lp_ffi_hresp_free(lp_hresp_t *r);
+/* For the next exchange: head_req (no body whatever the head says), max_body (0: none). */
+void lp_ffi_hresp_reset(lp_hresp_t *r, int head_req, double max_body);
+int lp_ffi_hresp_feed(lp_hresp_t *r, const char *data, size_t len);
+/* The connection closed: ends a body that runs to close, else fails. */
+int lp_ffi_hresp_eof(lp_hresp_t *r);
+int lp_ffi_hresp_status(lp_hresp_t *r);
+/* The body bytes received since the last call, *len of them (dropped at the next feed). */
+const char *lp_ffi_hresp_body(lp_hresp_t *r, int *len);
+/* Every header field as "name\0value\0" (names lower-cased), *len bytes in all, valid until
+ * the next call; NULL when out of memory. One call and one Lua string per response. */
+const char *lp_ffi_hresp_fields(lp_hresp_t *r, int *len);
+/* 1 when the connection may carry another request: complete, keep-alive, nothing after. */
+int lp_ffi_hresp_reusable(lp_hresp_t *r);
+/* Receives from a proxy.tcp() socket (up to max bytes) and feeds the parser: feed's
+ * result, LP_FFI_HR_WAIT or LP_FFI_HR_ESOCK; the socket closing is lp_ffi_hresp_eof. */
+int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
+/* 1 once lp_ffi_hresp_recv received any response byte. */
+int lp_ffi_hresp_got(lp_hresp_t *r);
+const char *lp_ffi_hresp_error(lp_hresp_t *r);
 
 #endif

@@ -137,5 +137,12 @@ setmetatable(proxy, {
 -- ---- cosockets (lua/luaproxy/tcp.lua) ----
 proxy.tcp = require("luaproxy.tcp").tcp
 
+-- ---- proxy.http: HTTP/1.1 client over proxy.tcp() (lua/luaproxy/http.lua) ----
+do
+  local http = require "luaproxy.http"
+  proxy.http = { request = http.request, request_stream = http.request_stream,
+                 parse_url = http.parse_url }
+end
+
 proxy._K = K
 return proxy

@@ -66,6 +66,19 @@ int lp_ffi_tcp_receive(void *s, int mode, double size, const char *pat, size_t p
 int lp_ffi_tcp_close(void *s);
 int lp_ffi_tcp_setkeepalive(void *s, double idle_ms, int pool_size);
 int lp_ffi_tcp_reused(void *s);
+typedef struct lp_hresp_s lp_hresp_t;
+lp_hresp_t *lp_ffi_hresp_new(void);
+void lp_ffi_hresp_free(lp_hresp_t *r);
+void lp_ffi_hresp_reset(lp_hresp_t *r, int head_req, double max_body);
+int lp_ffi_hresp_feed(lp_hresp_t *r, const char *data, size_t len);
+int lp_ffi_hresp_eof(lp_hresp_t *r);
+int lp_ffi_hresp_status(lp_hresp_t *r);
+const char *lp_ffi_hresp_body(lp_hresp_t *r, int *len);
+const char *lp_ffi_hresp_fields(lp_hresp_t *r, int *len);
+int lp_ffi_hresp_reusable(lp_hresp_t *r);
+int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
+int lp_ffi_hresp_got(lp_hresp_t *r);
+const char *lp_ffi_hresp_error(lp_hresp_t *r);
 ]]
 
 return {
@@ -90,4 +103,6 @@ return {
                 [-307] = "bad argument" },
   -- req:last_failure() kinds (engine/proxy-t.h lp_fail_kind_t)
   FAILURES = { "connect", "timeout", "reset", "status", "protocol" },
+  -- lp_ffi_hresp_feed/eof bits
+  HR_HEAD = 1, HR_DONE = 2, HR_WAIT = 4, HR_ESOCK = -1,
 }

@@ -15,7 +15,7 @@ local yield = coroutine.yield
 local ffi_string, ffi_gc = ffi.string, ffi.gc
 
 local PARKED, MORE, EPHASE = 1, 2, -204
-local RM_BYTES, RM_LINE, RM_ALL, RM_UNTIL = 0, 1, 2, 3
+local RM_BYTES, RM_LINE, RM_ALL, RM_UNTIL, RM_ANY = 0, 1, 2, 3, 4
 
 local M = {}
 
@@ -217,6 +217,16 @@ function Sock:receive(pattern)
   end
   if n == 0 then return "" end
   return receive(s, RM_BYTES, n)
+end
+
+-- receiveany(max): the bytes that arrived (at least one, at most max), as OpenResty's.
+function Sock:receiveany(max)
+  local s = check_self(self, "receiveany")
+  local n = tonumber(max)
+  if not n or n < 1 or n % 1 ~= 0 or n > 2 ^ 40 then
+    raise("sock:receiveany(): expected a size >= 1, got " .. tostring(max))
+  end
+  return receive(s, RM_ANY, n)
 end
 
 -- iterator([size]) -> data | nil, err, partial. With a size, it returns at most size bytes

@@ -1001,4 +1001,15 @@ function T.reset()
   shared_reg.reset()
 end
 
+-- proxy.http: answers a spec scripts with T.http_mock(url or pattern, answer); the calls
+-- made are in T.http_requests (proxy/test_http.lua). T.reset() forgets both.
+require("proxy.test_http").install(T, fake, fake.sleep)
+do
+  local reset_without_http = T.reset
+  function T.reset()
+    reset_without_http()
+    T.http_reset()
+  end
+end
+
 return T

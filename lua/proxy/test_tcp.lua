@@ -322,6 +322,11 @@ local function match(conn, mode, n, pat, incl)
     end
   elseif mode == "all" then
     if conn.peer_closed then return buf, #buf end
+  elseif mode == "any" then
+    if #buf > 0 then
+      local k = #buf < n and #buf or n
+      return sub(buf, 1, k), k
+    end
   else
     local i = find(buf, pat, 1, true)
     if i and (n == 0 or i - 1 <= n) then
@@ -377,6 +382,14 @@ function Sock:receive(pattern)
   end
   if n == 0 then return "" end
   return receive(self, "bytes", n)
+end
+
+function Sock:receiveany(max)
+  local n = tonumber(max)
+  if not n or n < 1 or n % 1 ~= 0 then
+    raise("sock:receiveany(): expected a size >= 1, got " .. tostring(max))
+  end
+  return receive(self, "any", n)
 end
 
 function Sock:receiveuntil(pattern, opts)
