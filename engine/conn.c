@@ -568,6 +568,12 @@ static void conn_process_once(lp_conn_t *c)
         /* After the head, the parser has to run once more even without input: a message
          * without a body completes only then (and before anything more is decrypted, or a
          * close_notify right behind a bodiless request would end it before it is done). */
+        if (!have && !req->h1.after_head && (c->flags & LP_CF_EOF) && !c->ep.tls) {
+            /* Everything the client sent before its FIN is parsed, and the request is not
+             * whole (conn_on_eof left the decision here): it cannot be answered. */
+            lp_conn_close(c);
+            return;
+        }
         if (!have && !req->h1.after_head && (!conn_tls_fill(c) || (c->ep.flags & LP_EPF_CLOSING)))
             return;
         lp_req_hold(req);
@@ -765,6 +771,15 @@ static void conn_on_eof(lp_conn_t *c, ssize_t why)
     }
     if (c->req && c->req->state == LP_RS_DONE && why == UV_EOF) {
         /* A half-close after a complete request: the answer still goes out. */
+        conn_update_reading(c);
+        return;
+    }
+    if (c->req && why == UV_EOF && !c->ep.tls &&
+        (c->req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED))) {
+        /* Parsing waits (for the upstream, or for it to drain), so the end of the request
+         * may still be in the read block, or due from the parser's last pass after a head
+         * without a body: whether the request was whole is known once that input is
+         * parsed (conn_process_once), not now. */
         conn_update_reading(c);
         return;
     }
