@@ -11,6 +11,11 @@
  *     target is a port bound without listening: connecting to it is refused, so retries
  *     and passive health checks run.
  *
+ * Built with FUZZ_CONN_LUA (the fuzz_conn_lua target), the config adds a global plugin
+ * whose every phase does what the request's X-A header says ("request=sleep,log=error"):
+ * sleep (yield), respond, error, read the body; a response_body filter rewrites bodies when
+ * X-A names "filter". The worker then has a VM (made per input, as a generation's is).
+ *
  * Time is virtual: this file defines clock_gettime, so libuv's clock (uv_now, uv_hrtime,
  * every deadline) and lp_health_now see the monotonic clocks only as the script advances
  * them, and a run does not depend on how fast the machine is. Each input starts at the same
@@ -34,11 +39,14 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include "accesslog.h"
 #include "conn.h"
 #include "health.h"
 #include "log.h"
+#include "lua_vm.h"
+#include "server.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -104,6 +112,37 @@ static int listen_on_loopback(int do_listen, struct sockaddr_in *sa)
  * a connection limit with a short queue, a small keep-alive pool) and "solo" (the origin
  * alone, no retry, under /b/ with the prefix stripped); short timeouts and small limits,
  * so that the script reaches them. */
+#ifdef FUZZ_CONN_LUA
+/* The plugin: each phase acts as X-A says for it (`phase=action`, comma-separated). */
+static const char plugin_src[] =
+    "local P = { name = 'fuzz', priority = 1000 }\n"
+    "local function act(req, phase)\n"
+    "  local a = (req:header('x-a') or ''):match(phase .. '=(%a+)')\n"
+    "  if a == 'sleep' then proxy.sleep(0.05)\n"
+    "  elseif a == 'nap' then proxy.sleep(0.001)\n"
+    "  elseif a == 'longsleep' then proxy.sleep(2)\n"
+    "  elseif a == 'respond' then return req:respond(203, 'local answer', { ['x-l'] = '1' })\n"
+    "  elseif a == 'error' then error('fuzz: ' .. phase .. ' fails')\n"
+    "  elseif a == 'body' then local b = req:body(64); req.ctx.len = b and #b or -1\n"
+    "  elseif a == 'target' then req:set_target('127.0.0.1', 1)\n"
+    "  end\n"
+    "end\n"
+    "function P.request(req) act(req, 'request') end\n"
+    "function P.upstream(req) act(req, 'upstream') end\n"
+    "function P.response(req) req:set_resp_header('x-fuzz', tostring(req:status()))\n"
+    "  act(req, 'response') end\n"
+    "function P.response_body(req, chunk, eof)\n"
+    "  if chunk and (req:header('x-a') or ''):find('filter', 1, true) then\n"
+    "    return chunk:upper() .. (eof and '!' or '') end\n"
+    "  return chunk\n"
+    "end\n"
+    "function P.log(req) act(req, 'log') end\n"
+    "return P\n";
+#define PLUGINS_KEY "  plugins = { { name = 'fuzz' } }, lua = { phase_timeout = 0 },\n"
+#else
+#define PLUGINS_KEY ""
+#endif
+
 static void write_config(const char *path)
 {
     FILE *f = fopen(path, "w");
@@ -128,7 +167,7 @@ static void write_config(const char *path)
             "    { match = { prefix = '/b/' }, upstream = 'solo', strip_prefix = true },\n"
             "    { match = { prefix = '/' }, upstream = 'app' },\n"
             "  },\n"
-            "  error_pages = { [502] = { body = 'bad gateway: ${detail}' } },\n"
+            "  error_pages = { [502] = { body = 'bad gateway: ${detail}' } },\n" PLUGINS_KEY
             "  timeouts = { connect = 0.05, read = 0.4, send = 0.4, client_header = 0.2,\n"
             "               client_body = 0.3, keepalive = 1, drain = 1 },\n"
             "  limits = { max_header_size = 512, max_uri_size = 128, max_body_size = 300000,\n"
@@ -137,6 +176,41 @@ static void write_config(const char *path)
             origin_addr, refused_addr, origin_addr);
     fclose(f);
 }
+
+#ifdef FUZZ_CONN_LUA
+/* The whole engine is linked (Lua's FFI calls lua_api.c's functions by name), and with it
+ * the admin API and the file watch, which call these main.c functions: never reached. */
+int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
+{
+    abort();
+}
+
+void lp_server_stop(lp_server_t *s, const char *why)
+{
+    abort();
+}
+
+static char *plugin_path, *plugin_dir; /* owned: removed at exit */
+
+static char *path_copy(const char *p)
+{
+    char *c = strdup(p);
+    if (!c)
+        abort();
+    return c;
+}
+
+static void remove_plugin(void)
+{
+    unlink(plugin_path);
+    char sub[128];
+    snprintf(sub, sizeof(sub), "%s/plugins", plugin_dir);
+    rmdir(sub);
+    rmdir(plugin_dir);
+    free(plugin_path);
+    free(plugin_dir);
+}
+#endif
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -149,12 +223,26 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     refused_fd = listen_on_loopback(0, &sa);
     snprintf(refused_addr, sizeof(refused_addr), "127.0.0.1:%d", ntohs(sa.sin_port));
 
-    char dir[] = "/tmp/fuzz_conn.XXXXXX";
+    static char dir[] = "/tmp/fuzz_conn.XXXXXX";
     if (!mkdtemp(dir)) {
         perror("fuzz_conn: mkdtemp");
         abort();
     }
-    char path[64];
+    char path[96];
+#ifdef FUZZ_CONN_LUA
+    /* plugins/ next to the config: every input's VM loads it from there. */
+    snprintf(path, sizeof(path), "%s/plugins", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof(path), "%s/plugins/fuzz.lua", dir);
+    FILE *pf = fopen(path, "w");
+    if (!pf || fputs(plugin_src, pf) < 0 || fclose(pf)) {
+        perror("fuzz_conn: plugin");
+        abort();
+    }
+    plugin_path = path_copy(path);
+    plugin_dir = path_copy(dir);
+    atexit(remove_plugin);
+#endif
     snprintf(path, sizeof(path), "%s/lp.lua", dir);
     write_config(path);
     char err[512];
@@ -163,7 +251,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         abort();
     }
     unlink(path);
+#ifndef FUZZ_CONN_LUA
     rmdir(dir);
+#endif
     trace = getenv("FUZZ_CONN_TRACE") != NULL;
     lp_log_level = trace ? LP_LOG_DEBUG : LP_LOG_ERROR;
     gen.id = 1;
@@ -209,6 +299,23 @@ static const char *const client_texts[] = {
     "POST /b/y?q=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n",
     "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
     "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+#ifdef FUZZ_CONN_LUA
+    "GET / HTTP/1.1\r\nHost: a\r\nX-A: request=sleep\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nX-A: request=respond\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nX-A: "
+    "request=sleep,upstream=sleep,response=sleep,log=sleep\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: a\r\nX-A: request=body\r\nContent-Length: 10\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nX-A: upstream=respond,filter\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nX-A: request=error\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nX-A: response=error\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nX-A: filter,log=longsleep\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nX-A: request=longsleep\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nX-A: upstream=target\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: a\r\nX-A: request=nap,upstream=nap\r\nTransfer-Encoding: "
+    "chunked\r\n\r\n",
+    "GET /ws HTTP/1.1\r\nHost: a\r\nX-A: response=sleep\r\nConnection: Upgrade\r\nUpgrade: "
+    "websocket\r\n\r\n",
+#endif
 };
 
 static const char *const origin_texts[] = {
@@ -481,7 +588,14 @@ static void world_open(world_t *wd)
 
     lp_wgen_t *g = calloc(1, sizeof(*g));
     lp_upstream_rt_t *ups = lp_upstream_rt_new(w, cfg);
-    if (!g || !ups || lp_upstream_rt_attach(w, ups, cfg->nupstreams, gen.id))
+    if (!g || !ups)
+        abort();
+    char err[512];
+    if (lp_lua_open(w, cfg, ups, &g->lua, err, sizeof(err))) {
+        fprintf(stderr, "fuzz_conn: lua: %s\n", err);
+        abort();
+    }
+    if (lp_upstream_rt_attach(w, ups, cfg->nupstreams, gen.id))
         abort();
     g->id = gen.id;
     g->gen = &gen;

@@ -15,6 +15,9 @@ NACT = 18
 C_GET, C_GET_B_CLOSE, C_POST_CL, C_POST_CHUNKED, C_POST_CHUNKED_HEAD, C_HEAD, C_UPGRADE, \
     C_EXPECT, C_GET10, C_PIPELINE, C_HELLO, C_CHUNK, C_LAST_CHUNK, C_POST_BIG, C_CL_TE, \
     C_OPTIONS = range(16)
+# client_texts of fuzz_conn_lua only (FUZZ_CONN_LUA): X-A says what each phase does
+L_SLEEP, L_RESPOND, L_SLEEP_ALL, L_BODY, L_UP_RESPOND_FILTER, L_REQ_ERROR, L_RESP_ERROR, \
+    L_FILTER_LOG_LONG, L_LONG_SLEEP, L_TARGET, L_NAP_CHUNKED, L_UPGRADE_SLEEP = range(16, 28)
 # origin_texts indexes
 O_200, O_200_CHUNKED, O_200_CHUNKED_HEAD, O_100, O_101, O_204, O_304, O_200_EOF, O_502, \
     O_BAD_CL, O_200_CLOSE, O_CHUNK, O_LAST_CHUNK, O_200_BIG, O_103, O_503 = range(16)
@@ -89,13 +92,46 @@ SEEDS = {
     + a(C_CLOSE, 1) + a(CONNECT) + raw(C_WRITE, 1, b"\x00\x01garbage\r\n\r\n") + run(),
 }
 
+# For fuzz_conn_lua (which reads both directories).
+LUA_SEEDS = {
+    # Every phase sleeps; two requests on one connection.
+    "lua_sleep_all": a(CONNECT) + a(C_TEXT, 0, L_SLEEP_ALL) + run() + a(TIME, 0, T60) + run()
+    + a(TIME, 0, T60) + run() + a(O_READ) + a(O_TEXT, 0, O_200) + run() + a(TIME, 0, T60)
+    + run() + a(C_READ) + a(TIME, 0, T60) + run() + a(C_TEXT, 0, L_SLEEP) + run()
+    + a(TIME, 0, T60) + run() + a(O_READ) + a(O_TEXT, 0, O_200_CHUNKED) + run() + a(C_READ),
+    # The client goes away while the request phase sleeps, and while the log phase does.
+    "lua_abort": a(CONNECT) + a(C_TEXT, 0, L_LONG_SLEEP) + run() + a(C_RESET) + run()
+    + a(TIME, 0, T3100) + run() + a(CONNECT) + a(C_TEXT, 0, L_FILTER_LOG_LONG) + run()
+    + a(O_READ) + a(O_TEXT, 0, O_200) + run() + a(C_READ) + a(C_CLOSE) + run()
+    + a(TIME, 0, T3100) + run(),
+    # Local answers from the request and upstream phases, failures in the request and
+    # response phases, keep-alive across them.
+    "lua_respond": a(CONNECT) + a(C_TEXT, 0, L_RESPOND) + run() + a(C_READ)
+    + a(C_TEXT, 0, L_UP_RESPOND_FILTER) + run() + a(C_READ) + a(C_TEXT, 0, L_REQ_ERROR)
+    + run() + a(C_READ) + a(CONNECT) + a(C_TEXT, 1, L_RESP_ERROR) + run() + a(O_READ)
+    + a(O_TEXT, 0, O_200) + run() + a(C_READ, 1),
+    # req:body() gathering, then a pipelined request; a chunked body after naps.
+    "lua_body": a(CONNECT) + a(C_TEXT, 0, L_BODY) + run() + a(C_TEXT, 0, C_HELLO) + run()
+    + a(C_TEXT, 0, C_HELLO) + a(C_TEXT, 0, C_GET) + run() + a(O_READ) + a(O_TEXT, 0, O_200)
+    + run() + a(O_READ) + a(O_TEXT, 0, O_200) + run() + a(C_READ) + a(C_TEXT, 0, L_NAP_CHUNKED)
+    + a(TIME, 0, T10) + run() + a(C_TEXT, 0, C_CHUNK) + a(C_TEXT, 0, C_LAST_CHUNK)
+    + a(TIME, 0, T10) + run() + a(O_READ) + a(O_TEXT, 0, O_200_CLOSE) + run() + a(C_READ),
+    # set_target to a refused port; an upgrade whose response phase sleeps.
+    "lua_target_upgrade": a(CONNECT) + a(C_TEXT, 0, L_TARGET) + run() + a(TIME, 0, T60) + run()
+    + a(C_READ) + a(CONNECT) + a(C_TEXT, 1, L_UPGRADE_SLEEP) + run() + a(O_READ)
+    + a(O_TEXT, 0, O_101) + run() + raw(C_WRITE, 1, b"early") + a(TIME, 0, T60) + run()
+    + a(O_READ) + raw(O_WRITE, 0, b"late") + run() + a(C_READ, 1),
+}
+
 
 def main():
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus_conn")
-    os.makedirs(out, exist_ok=True)
-    for name, data in SEEDS.items():
-        with open(os.path.join(out, name), "wb") as f:
-            f.write(data)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for sub, seeds in (("corpus_conn", SEEDS), ("corpus_conn_lua", LUA_SEEDS)):
+        out = os.path.join(here, sub)
+        os.makedirs(out, exist_ok=True)
+        for name, data in seeds.items():
+            with open(os.path.join(out, name), "wb") as f:
+                f.write(data)
     return 0
 
 
