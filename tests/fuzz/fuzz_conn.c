@@ -50,10 +50,10 @@
 #include "upstream.h"
 #include "worker.h"
 
-#define MAX_CLIENTS 3 /* one more than limits.max_connections: the refusal runs */
+#define MAX_CLIENTS 4 /* one more than limits.max_connections: the refusal runs */
 #define MAX_ORIGINS 4
 #define MAX_STEPS   400
-#define SMALL_BUF   (16 * 1024) /* socket buffers of the script's sockets: backpressure */
+#define SMALL_BUF   (8 * 1024) /* small socket buffers: backpressure (see shrink_endpoint) */
 
 /* ---- virtual monotonic time ---- */
 
@@ -171,7 +171,7 @@ static void write_config(const char *path)
             "  timeouts = { connect = 0.05, read = 0.4, send = 0.4, client_header = 0.2,\n"
             "               client_body = 0.3, keepalive = 1, drain = 1 },\n"
             "  limits = { max_header_size = 512, max_uri_size = 128, max_body_size = 300000,\n"
-            "             max_headers = 12, max_connections = 2 },\n"
+            "             max_headers = 12, max_connections = 3 },\n"
             "}\n",
             origin_addr, refused_addr, origin_addr);
     fclose(f);
@@ -374,11 +374,33 @@ typedef struct {
     int origin[MAX_ORIGINS];
 } world_t;
 
+/* The script's sockets take a bulk write whole, and read through a small window. */
 static void set_small_buffers(int fd)
 {
+    int small = SMALL_BUF, big = 256 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+}
+
+/* The proxy's sockets get small kernel buffers too (setting them stops the kernel's
+ * autotuning), so that its own write queues, and with them the backpressure paths and the
+ * send timeouts, fill with a few hundred KiB rather than megabytes. */
+static void shrink_endpoint(lp_endpoint_t *ep)
+{
+    uv_os_fd_t fd;
     int small = SMALL_BUF;
+    if ((ep->flags & LP_EPF_CLOSING) || uv_fileno((uv_handle_t *)&ep->tcp, &fd))
+        return;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+}
+
+static void shrink_proxy_sockets(lp_worker_t *w)
+{
+    for (lp_list_t *it = w->conns.next; it != &w->conns; it = it->next)
+        shrink_endpoint(&LP_CONTAINER_OF(it, lp_conn_t, link)->ep);
+    for (lp_list_t *it = w->peers.next; it != &w->peers; it = it->next)
+        shrink_endpoint(&LP_CONTAINER_OF(it, lp_peer_t, all)->ep);
 }
 
 static void fd_close(int *fd, int reset)
@@ -470,8 +492,10 @@ static int *origin_sel(world_t *wd, int sel)
 
 static void run_turns(world_t *wd, int n)
 {
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         uv_run(&wd->w.loop, UV_RUN_NOWAIT);
+        shrink_proxy_sockets(&wd->w);
+    }
 }
 
 static void run_script(world_t *wd, input_t *in)
@@ -635,11 +659,13 @@ static void drain_backlog(int lfd)
 static void world_close(world_t *wd)
 {
     lp_worker_t *w = &wd->w;
-    /* The script's parties leave first, the way they chose to or not: a plain close. */
+    /* The script's parties leave first, with a reset: no socket of theirs stays in
+     * TIME_WAIT (a long run makes hundreds of thousands of connections; the script closes
+     * cleanly when it wants to). */
     for (int i = 0; i < MAX_CLIENTS; i++)
-        fd_close(&wd->client[i], 0);
+        fd_close(&wd->client[i], 1);
     for (int i = 0; i < MAX_ORIGINS; i++)
-        fd_close(&wd->origin[i], 0);
+        fd_close(&wd->origin[i], 1);
     drain_backlog(origin_fd);
     run_turns(wd, 4);
     /* Then what worker.c's shutdown does: the listener closes, connections still open are

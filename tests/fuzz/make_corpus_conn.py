@@ -81,8 +81,14 @@ SEEDS = {
     + a(O_TEXT, 0, O_204) + run() + a(C_TEXT, 0, C_HEAD) + run() + a(O_READ)
     + a(O_TEXT, 0, O_304) + run() + a(C_READ) + a(C_TEXT, 0, C_GET10) + run() + a(O_READ)
     + a(O_TEXT, 0, O_200_EOF) + a(O_CLOSE) + run() + a(C_READ),
+    # Three requests to "app" at once: two connections (its max_connections), one waits in
+    # its queue (max_pending) until a slot frees or pending_timeout passes.
+    "queue": a(CONNECT) + a(CONNECT) + a(CONNECT) + a(C_TEXT, 0, C_GET) + a(C_TEXT, 1, C_GET)
+    + a(C_TEXT, 2, C_GET) + run() + a(O_READ) + a(O_TEXT, 0, O_200) + run() + a(O_READ, 1)
+    + a(C_READ, 0) + a(TIME, 0, T310) + run() + a(C_READ, 1) + a(C_READ, 2) + run()
+    + a(O_READ, 2) + a(O_TEXT, 2, O_200) + run() + a(C_READ, 2),
     # More clients than limits.max_connections; one resets mid-request.
-    "many_clients": a(CONNECT) + a(CONNECT) + a(CONNECT) + run() + a(C_TEXT, 0, C_GET)
+    "many_clients": a(CONNECT) + a(CONNECT) + a(CONNECT) + a(CONNECT) + run() + a(C_TEXT, 0, C_GET)
     + a(C_TEXT, 1, C_POST_CL) + a(C_TEXT, 2, C_GET) + run() + a(O_READ) + a(O_READ, 1)
     + a(C_RESET, 1) + run() + a(O_TEXT, 0, O_200) + a(O_TEXT, 1, O_503) + run() + a(C_READ)
     + a(TIME, 0, T310) + run(),
