@@ -1162,6 +1162,12 @@ void lp_conn_tunnel_start(lp_req_t *req)
         lp_relay_move(&c->ep, &req->peer->ep);
     if (c->ep.tls)
         conn_tunnel_pump(c);
+    if ((c->flags & LP_CF_EOF) && !c->ep.tls && req->peer) {
+        /* The client's FIN came before the switch (with its request): the tunnel ends as
+         * if it had come through it (conn_on_eof), else nothing would ever end it. */
+        lp_peer_tunnel_eof(req->peer);
+        return;
+    }
     conn_update_reading(c);
 }
 

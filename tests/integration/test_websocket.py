@@ -119,6 +119,25 @@ class WebSocketTest(H.ProxyTestCase):
         closed, _ = c.wait_closed(H.T(10))
         self.assertTrue(closed, "tunnel not closed after the WebSocket close handshake")
 
+    def test_half_close_with_the_upgrade_request_ends_the_tunnel(self):
+        # The Upgrade request and the client's FIN together: the 101 still comes, then the
+        # tunnel ends (the origin hears the end as it would inside the tunnel) instead of
+        # staying open for as long as the origin keeps it. Found by tests/fuzz/fuzz_conn.c.
+        for _ in range(3):
+            c = H.Client(self.proxy.port, timeout=H.T(10))
+            self.addCleanup(c.close)
+            key = base64.b64encode(os.urandom(16)).decode()
+            c.send(H.build_request("GET", "/ws", [("Upgrade", "websocket"),
+                                                  ("Connection", "Upgrade"),
+                                                  ("Sec-WebSocket-Key", key),
+                                                  ("Sec-WebSocket-Version", "13")],
+                                   host="a.test"))
+            c.shutdown_write()
+            r = c.read_response()
+            self.assertEqual(r.status, 101, r)
+            closed, _ = c.wait_closed(H.T(5))
+            self.assertTrue(closed, "the tunnel stayed open after the client's FIN")
+
     def test_client_abort_leaves_proxy_healthy(self):
         for _ in range(5):
             c = self.open_ws()
