@@ -26,7 +26,11 @@
  * action the loop runs one non-blocking turn. Teardown closes every socket of the script,
  * closes what the worker still has as its shutdown does, and then requires: the loop ends
  * with no handle left (else abort), every read block came back to the pool, and the loop
- * closes; LeakSanitizer does the rest at the end of the input. */
+ * closes; LeakSanitizer does the rest at the end of the input.
+ *
+ * Seeds: make_corpus_conn.py writes corpus_conn/ and corpus_conn_lua/ (its action and text
+ * numbers follow the tables below). FUZZ_CONN_TRACE=1 shows what a script does:
+ *   FUZZ_CONN_TRACE=1 build-asan/tests/fuzz/fuzz_conn tests/fuzz/corpus_conn/keepalive */
 #include <errno.h>
 #include <signal.h>
 #include <fcntl.h>
@@ -440,10 +444,12 @@ static void trace_bytes(const char *who, const char *p, ssize_t n)
 static void fd_drain(int fd, const char *who)
 {
     static char sink[64 * 1024];
-    ssize_t n;
+    ssize_t n = -1;
     while (fd >= 0 && (n = recv(fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0)
         if (trace)
             trace_bytes(who, sink, n);
+    if (trace && fd >= 0 && n == 0)
+        fprintf(stderr, "%s read: end of input\n", who);
 }
 
 static void client_connect(world_t *wd)

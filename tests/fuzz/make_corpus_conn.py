@@ -75,6 +75,10 @@ SEEDS = {
     "upgrade": a(CONNECT) + a(C_TEXT, 0, C_UPGRADE) + run() + a(O_READ) + a(O_TEXT, 0, O_101)
     + run() + raw(C_WRITE, 0, b"ping") + run() + a(O_READ) + raw(O_WRITE, 0, b"pong") + run()
     + a(C_READ) + a(O_SHUT) + run() + a(C_CLOSE) + run(),
+    # The Upgrade request and the client's FIN together: 101, then both ends closed.
+    "upgrade_half_close": a(CONNECT) + a(C_TEXT, 0, C_UPGRADE) + a(C_SHUT) + run() + a(O_READ)
+    + a(O_TEXT, 0, O_101) + run() + a(O_READ) + a(C_READ) + a(TIME, 0, T1100) + run()
+    + a(O_READ) + a(C_READ),
     # Expect: 100-continue, an interim 103, HEAD, 204 and 304 without bodies, HTTP/1.0.
     "interim": a(CONNECT) + a(C_TEXT, 0, C_EXPECT) + run() + a(O_READ) + a(O_TEXT, 0, O_100)
     + run() + a(C_TEXT, 0, C_HELLO) + run() + a(O_READ) + a(O_TEXT, 0, O_103)
