@@ -662,14 +662,39 @@ static void drain_backlog(int lfd)
         fd_close(&fd, 1);
 }
 
+/* No client connection and no upstream connection serving a request (idle pooled ones
+ * may stay). */
+static int worker_idle(lp_worker_t *w)
+{
+    if (!lp_list_empty(&w->conns))
+        return 0;
+    for (lp_list_t *it = w->peers.next; it != &w->peers; it = it->next)
+        if (LP_CONTAINER_OF(it, lp_peer_t, all)->req)
+            return 0;
+    return 1;
+}
+
 static void world_close(world_t *wd)
 {
     lp_worker_t *w = &wd->w;
     /* The script's parties leave first, with a reset: no socket of theirs stays in
      * TIME_WAIT (a long run makes hundreds of thousands of connections; the script closes
-     * cleanly when it wants to). */
+     * cleanly when it wants to). The clients go first, and the worker must then let go of
+     * everything of theirs by itself, within its timeouts, while the origin stays silent
+     * with its connections open: no client connection, no upstream connection serving a
+     * request may be left (a request or tunnel that nothing would ever end). */
     for (int i = 0; i < MAX_CLIENTS; i++)
         fd_close(&wd->client[i], 1);
+    for (int i = 0; i < 60 && !worker_idle(w); i++) {
+        vt_ns += 1000 * 1000000ull;
+        run_turns(wd, 2);
+    }
+    if (!worker_idle(w)) {
+        fprintf(stderr, "fuzz_conn: 60 s after the clients left, the worker still holds %s\n",
+                lp_list_empty(&w->conns) ? "an upstream connection for a request"
+                                         : "a client connection");
+        abort();
+    }
     for (int i = 0; i < MAX_ORIGINS; i++)
         fd_close(&wd->origin[i], 1);
     drain_backlog(origin_fd);
