@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -686,6 +687,10 @@ static void world_close(world_t *wd)
     for (int i = 0; i < MAX_CLIENTS; i++)
         fd_close(&wd->client[i], 1);
     for (int i = 0; i < 60 && !worker_idle(w); i++) {
+        /* A little real time too: on a loaded machine the kernel may deliver the resets
+         * late, and only a worker that never lets go may fail here. */
+        struct pollfd pfd = {.fd = uv_backend_fd(&w->loop), .events = POLLIN};
+        (void)poll(&pfd, 1, 2);
         vt_ns += 1000 * 1000000ull;
         run_turns(wd, 2);
     }
