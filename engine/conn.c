@@ -836,9 +836,13 @@ static void conn_update_reading(lp_conn_t *c)
     int want;
     if (c->flags & (LP_CF_EOF | LP_CF_CLOSE_AFTER))
         want = 0;
-    else if (c->flags & LP_CF_TUNNEL)
+    else if (c->flags & LP_CF_TUNNEL) {
         want = !(req && req->peer && lp_relay_full(&req->peer->ep));
-    else
+        /* Not reading the client, we would not see it go: the upstream's send timeout
+         * (lp_peer_flush arms it) ends the tunnel if the upstream never reads again. */
+        if (!want)
+            lp_peer_flush(req->peer);
+    } else
         want = !(req && (req->flags & LP_RF_READ_PAUSED)) &&
                !(c->ep.rbuf && c->ep.rlen == c->ep.rbuf->cap && c->ep.rpos < c->ep.rlen);
     lp_ep_reading(&c->ep, want);

@@ -50,7 +50,6 @@
 #include "conn.h"
 #include "health.h"
 #include "log.h"
-#include "relay.h"
 #include "lua_vm.h"
 #include "server.h"
 #include "upstream.h"
@@ -676,28 +675,6 @@ static int worker_idle(lp_worker_t *w)
     return 1;
 }
 
-/* A known defect, not fixed yet (tests/fuzz/crashes/README.md): in a tunnel whose upstream
- * stopped reading, the client side stops reading too (backpressure), so it never sees its
- * client go, and the upstream side has no send timeout in a tunnel: both stay until the
- * origin reads or closes. Tolerated here so that the check keeps finding anything else. */
-static int known_stuck_tunnel(lp_worker_t *w)
-{
-    int full = 0;
-    for (lp_list_t *it = w->peers.next; it != &w->peers; it = it->next) {
-        lp_peer_t *p = LP_CONTAINER_OF(it, lp_peer_t, all);
-        if ((p->flags & LP_PF_TUNNEL) && lp_relay_full(&p->ep))
-            full = 1;
-    }
-    for (lp_list_t *it = w->conns.next; it != &w->conns; it = it->next) {
-        lp_conn_t *c = LP_CONTAINER_OF(it, lp_conn_t, link);
-        if (!(c->flags & LP_CF_TUNNEL) || (c->ep.flags & LP_EPF_READING))
-            return 0;
-    }
-    if (full && getenv("FUZZ_CONN_STRICT")) /* shows the defect (crashes/README.md) */
-        return 0;
-    return full;
-}
-
 static void world_close(world_t *wd)
 {
     lp_worker_t *w = &wd->w;
@@ -717,7 +694,7 @@ static void world_close(world_t *wd)
         vt_ns += 1000 * 1000000ull;
         run_turns(wd, 2);
     }
-    if (!worker_idle(w) && !known_stuck_tunnel(w)) {
+    if (!worker_idle(w)) {
         for (lp_list_t *it = w->conns.next; it != &w->conns; it = it->next) {
             lp_conn_t *c = LP_CONTAINER_OF(it, lp_conn_t, link);
             fprintf(stderr,
