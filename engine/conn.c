@@ -565,15 +565,15 @@ static void conn_process_once(lp_conn_t *c)
         if (req->state == LP_RS_DONE || ((req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED)) &&
                                          !(req->flags & LP_RF_BODY_BUFFERING)))
             return;
-        /* After the head, the parser has to run once more even without input: a message
-         * without a body completes only then (and before anything more is decrypted, or a
-         * close_notify right behind a bodiless request would end it before it is done). */
         if (!have && !req->h1.after_head && (c->flags & LP_CF_EOF) && !c->ep.tls) {
             /* Everything the client sent before its FIN is parsed, and the request is not
              * whole (conn_on_eof left the decision here): it cannot be answered. */
             lp_conn_close(c);
             return;
         }
+        /* After the head, the parser has to run once more even without input: a message
+         * without a body completes only then (and before anything more is decrypted, or a
+         * close_notify right behind a bodiless request would end it before it is done). */
         if (!have && !req->h1.after_head && (!conn_tls_fill(c) || (c->ep.flags & LP_EPF_CLOSING)))
             return;
         lp_req_hold(req);
