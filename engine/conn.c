@@ -601,6 +601,12 @@ static void conn_process_once(lp_conn_t *c)
         if (req->state == LP_RS_DONE || ((req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED)) &&
                                          !(req->flags & LP_RF_BODY_BUFFERING)))
             return;
+        if (!have && !req->h1.after_head && (c->flags & LP_CF_EOF) && !c->ep.tls) {
+            /* Everything the client sent before its FIN is parsed, and the request is not
+             * whole (conn_on_eof left the decision here): it cannot be answered. */
+            lp_conn_close(c);
+            return;
+        }
         /* After the head, the parser has to run once more even without input: a message
          * without a body completes only then (and before anything more is decrypted, or a
          * close_notify right behind a bodiless request would end it before it is done). */
@@ -840,6 +846,15 @@ static void conn_on_eof(lp_conn_t *c, ssize_t why)
         conn_update_reading(c);
         return;
     }
+    if (c->req && why == UV_EOF && !c->ep.tls &&
+        (c->req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED))) {
+        /* Parsing waits (for the upstream, or for it to drain), so the end of the request
+         * may still be in the read block, or due from the parser's last pass after a head
+         * without a body: whether the request was whole is known once that input is
+         * parsed (conn_process_once), not now. */
+        conn_update_reading(c);
+        return;
+    }
     /* Idle, a partial head, or a body cut short: nothing more can be answered. */
     lp_conn_close(c);
 }
@@ -893,9 +908,13 @@ static void conn_update_reading(lp_conn_t *c)
     int want;
     if (c->flags & (LP_CF_EOF | LP_CF_CLOSE_AFTER))
         want = 0;
-    else if (c->flags & LP_CF_TUNNEL)
+    else if (c->flags & LP_CF_TUNNEL) {
         want = !(req && req->try.peer && lp_relay_full(&req->try.peer->ep));
-    else
+        /* Not reading the client, we would not see it go: the upstream's send timeout
+         * (lp_peer_flush arms it) ends the tunnel if the upstream never reads again. */
+        if (!want)
+            lp_peer_flush(req->try.peer);
+    } else
         want = !(req && (req->flags & LP_RF_READ_PAUSED)) &&
                !(c->ep.rbuf && c->ep.rlen == c->ep.rbuf->cap && c->ep.rpos < c->ep.rlen);
     lp_ep_reading(&c->ep, want);
@@ -1285,6 +1304,12 @@ void lp_conn_tunnel_start(lp_req_t *req)
         lp_relay_move(&c->ep, &req->try.peer->ep);
     if (c->ep.tls)
         conn_tunnel_pump(c);
+    if ((c->flags & LP_CF_EOF) && !c->ep.tls && req->try.peer) {
+        /* The client's FIN came before the switch (with its request): the tunnel ends as
+         * if it had come through it (conn_on_eof), else nothing would ever end it. */
+        lp_peer_tunnel_eof(req->try.peer);
+        return;
+    }
     conn_update_reading(c);
 }
 

@@ -244,8 +244,8 @@ static void peer_on_written(lp_endpoint_t *ep, int status)
     if (p->ep.tmode == PT_SEND) {
         if (p->ep.out_pending)
             peer_timer(p, PT_SEND, T(p)->send);
-        else if (p->flags & LP_PF_REQ_SENT)
-            peer_timer(p, PT_READ, T(p)->read);
+        else if ((p->flags & LP_PF_REQ_SENT) && !(p->flags & LP_PF_TUNNEL))
+            peer_timer(p, PT_READ, T(p)->read); /* a tunnel may stay idle */
         else
             peer_timer(p, PT_NONE, 0);
     }
@@ -262,7 +262,10 @@ void lp_peer_flush(lp_peer_t *p)
     /* Before the connection (and its TLS handshake) is up, the request waits in outb. */
     if (lp_ep_flush(&p->ep))
         return;
-    if (p->ep.tmode != PT_SEND && !(p->flags & LP_PF_TUNNEL) && p->ep.out_pending)
+    /* In a tunnel only once the relay is full, as on the client side: the client stops
+     * being read then, and would never be heard of again if the upstream never read. */
+    if (p->ep.tmode != PT_SEND && p->ep.out_pending &&
+        (!(p->flags & LP_PF_TUNNEL) || lp_relay_full(&p->ep)))
         peer_timer(p, PT_SEND, T(p)->send);
 }
 

@@ -186,6 +186,34 @@ class KeepAliveTest(H.ProxyTestCase):
             self.assertTrue(c.is_open(), "client connection closed because the origin closed")
         self.assertEqual(self.closer.connections - before, 3)
 
+    def test_request_then_half_close_is_answered(self):
+        # The request and the client's FIN arrive together, while the proxy is still
+        # connecting to the origin (closer.test: never a pooled connection): the answer
+        # still goes out, then the proxy closes. Found by tests/fuzz/fuzz_conn.c: the FIN
+        # used to end a request whose head was parsed but whose end was not, yet.
+        cases = [
+            H.build_request("GET", "/", host="closer.test"),
+            H.build_request("POST", "/", host="closer.test", body=b"x" * 10),
+            H.build_request("POST", "/", host="closer.test",
+                            headers=[("Transfer-Encoding", "chunked")],
+                            body=H.chunked(b"chunked body", [4])),
+            H.build_request("GET", "/a", host="closer.test") +
+            H.build_request("GET", "/b", host="closer.test"),
+        ]
+        for i, data in enumerate(cases):
+            for _ in range(5):
+                with self.subTest(case=i), self.client() as c:
+                    c.send(data)
+                    c.shutdown_write()
+                    r = c.read_response("POST" if i in (1, 2) else "GET")
+                    self.assertEqual(r.status, 200)
+                    self.assertEqual(r.body, b"closing")
+                    if i == 3:
+                        self.assertEqual(c.read_response().body, b"closing")
+                    closed, extra = c.wait_closed(H.T(5))
+                    self.assertTrue(closed)
+                    self.assertEqual(extra, b"")
+
     def test_zz_alive(self):
         self.assertAlive()
 

@@ -5,9 +5,12 @@ connections form a raw tunnel and frames are echoed both ways (RFC 6455)."""
 import base64
 import hashlib
 import os
+import select
+import socket
 import struct
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
@@ -119,6 +122,25 @@ class WebSocketTest(H.ProxyTestCase):
         closed, _ = c.wait_closed(H.T(10))
         self.assertTrue(closed, "tunnel not closed after the WebSocket close handshake")
 
+    def test_half_close_with_the_upgrade_request_ends_the_tunnel(self):
+        # The Upgrade request and the client's FIN together: the 101 still comes, then the
+        # tunnel ends (the origin hears the end as it would inside the tunnel) instead of
+        # staying open for as long as the origin keeps it. Found by tests/fuzz/fuzz_conn.c.
+        for _ in range(3):
+            c = H.Client(self.proxy.port, timeout=H.T(10))
+            self.addCleanup(c.close)
+            key = base64.b64encode(os.urandom(16)).decode()
+            c.send(H.build_request("GET", "/ws", [("Upgrade", "websocket"),
+                                                  ("Connection", "Upgrade"),
+                                                  ("Sec-WebSocket-Key", key),
+                                                  ("Sec-WebSocket-Version", "13")],
+                                   host="a.test"))
+            c.shutdown_write()
+            r = c.read_response()
+            self.assertEqual(r.status, 101, r)
+            closed, _ = c.wait_closed(H.T(5))
+            self.assertTrue(closed, "the tunnel stayed open after the client's FIN")
+
     def test_client_abort_leaves_proxy_healthy(self):
         for _ in range(5):
             c = self.open_ws()
@@ -178,6 +200,71 @@ class WebSocketTest(H.ProxyTestCase):
     def test_zz_alive(self):
         self.assertAlive()
 
+
+
+class StalledOrigin:
+    """Answers one Upgrade with 101, then never reads again (until stopped)."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(4)
+        self.port = self.lsock.getsockname()[1]
+        self.socks = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            s, _ = self.lsock.accept()
+        except OSError:
+            return
+        self.socks.append(s)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(4096)
+            if not d:
+                return
+            buf += d
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                  b"Upgrade: websocket\r\n\r\n")
+
+    def stop(self):
+        for s in self.socks + [self.lsock]:
+            s.close()
+
+
+class StalledTunnelTest(H.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = StalledOrigin()
+        cls.addClassCleanup(cls.origin.stop)
+        cls.proxy = cls.start_proxy(
+            {"s": H.upstream("127.0.0.1:%d" % cls.origin.port)},
+            [{"match": {"prefix": "/"}, "upstream": "s"}], workers=1, timeouts={"send": 1})
+
+    def test_origin_that_stops_reading_ends_the_tunnel(self):
+        # The client fills the tunnel while the origin reads nothing: the proxy stops
+        # reading the client (backpressure). Then the client goes. The upstream's send
+        # timeout must end the tunnel; before, both connections stayed for as long as the
+        # origin kept its socket. Found by tests/fuzz/fuzz_conn.c's liveness check.
+        c, r, _ = handshake(self.proxy.port)
+        self.addCleanup(c.close)
+        self.assertEqual(r.status, 101, r)
+        c.sock.setblocking(False)
+        chunk = b"x" * 65536
+        sent = 0
+        deadline = time.monotonic() + H.T(10)
+        while sent < (8 << 20) and time.monotonic() < deadline:
+            try:
+                sent += c.sock.send(chunk)
+            except BlockingIOError:
+                if select.select([], [c.sock], [], 0.5)[1] == []:
+                    break  # nothing moves any more: the proxy stopped reading us
+        c.abort()
+        self.proxy.wait_log("send timed out", timeout=H.T(10))
+        self.assertAlive()
 
 if __name__ == "__main__":
     H.main()
