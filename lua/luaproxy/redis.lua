@@ -174,9 +174,21 @@ function M.api(tcp)
     local cmd_bulk = "$" .. #name .. "\r\n" .. name .. "\r\n"
     local lname = lower(name)
     local subscribing = lname == "subscribe" or lname == "psubscribe" or lname == "ssubscribe"
+    local head1, head2 = "*2\r\n" .. cmd_bulk, "*3\r\n" .. cmd_bulk
     return function(self, ...)
-      local req, err = encode(cmd_bulk, select("#", ...), ...)
-      if not req then return nil, err end
+      local n = select("#", ...)
+      local req, err
+      -- One or two string arguments (GET k, SET k v, INCR k...) are most commands: one
+      -- concatenation, no scratch table.
+      local a, b = ...
+      if n == 1 and type(a) == "string" then
+        req = head1 .. "$" .. #a .. "\r\n" .. a .. "\r\n"
+      elseif n == 2 and type(a) == "string" and type(b) == "string" then
+        req = head2 .. "$" .. #a .. "\r\n" .. a .. "\r\n$" .. #b .. "\r\n" .. b .. "\r\n"
+      else
+        req, err = encode(cmd_bulk, n, ...)
+        if not req then return nil, err end
+      end
       local reqs = self._reqs
       if reqs then
         reqs[#reqs + 1] = req
@@ -218,15 +230,17 @@ function M.api(tcp)
     end
   end
 
-  local function new_client()
+  local function new_client(no_default_timeouts)
     local sock, err = tcp()
     if not sock then return nil, err or "proxy.tcp is not available" end
-    sock:settimeouts(DEFAULT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS)
+    if not no_default_timeouts then
+      sock:settimeouts(DEFAULT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, DEFAULT_TIMEOUT_MS)
+    end
     return setmetatable({ _sock = false, _tcp = sock, _reqs = false, _subscribed = false }, mt)
   end
 
   -- OpenResty style: local red = proxy.redis.new(); red:set_timeouts(...); red:connect(...)
-  local api = { null = null, new = new_client }
+  local api = { null = null, new = function() return new_client() end }
 
   function Redis:set_timeout(ms)
     local sock = self._sock or self._tcp
@@ -372,6 +386,9 @@ function M.api(tcp)
   -- proxy.redis.connect{ host, port, password, user, db, timeout, connect_timeout,
   -- send_timeout, read_timeout, pool, pool_size, ssl, ssl_verify, server_name }: a
   -- connected client (AUTH and SELECT done on a fresh connection), or nil, err.
+  local plain_pools = {} -- host -> port -> "host:port" (no string built per connect)
+  local plain_count = 0
+
   function api.connect(o)
     if type(o) ~= "table" then
       error("proxy.redis.connect: expected a table of options", 2)
@@ -384,16 +401,32 @@ function M.api(tcp)
     local db = o.db and tonumber(o.db)
     if o.db and not db then error("proxy.redis.connect: db must be a number", 2) end
     local t = o.timeout or DEFAULT_TIMEOUT_MS
-    local red, err = new_client()
+    local red, err = new_client(true)
     if not red then return nil, err end
-    red:set_timeouts(o.connect_timeout or t, o.send_timeout or t, o.read_timeout or t)
+    red._tcp:settimeouts(o.connect_timeout or t, o.send_timeout or t, o.read_timeout or t)
     -- Connections differ by database and credentials: they get pools of their own.
     local pool = o.pool
     if not pool then
-      pool = host .. ":" .. port
-      if db and db ~= 0 then pool = pool .. ":db" .. db end
-      if o.password then pool = pool .. ":auth" .. fnv((o.user or "") .. "\0" .. o.password) end
-      if o.ssl then pool = pool .. ":tls:" .. tostring(o.server_name or "") end
+      if (not db or db == 0) and not o.password and not o.ssl then
+        local by_port = plain_pools[host]
+        if not by_port then
+          by_port = {}
+          plain_pools[host] = by_port
+        end
+        pool = by_port[port]
+        if not pool then
+          pool = host .. ":" .. port
+          if plain_count < 256 then -- bounded: hosts a plugin computes must not grow it
+            plain_count = plain_count + 1
+            by_port[port] = pool
+          end
+        end
+      else
+        pool = host .. ":" .. port
+        if db and db ~= 0 then pool = pool .. ":db" .. db end
+        if o.password then pool = pool .. ":auth" .. fnv((o.user or "") .. "\0" .. o.password) end
+        if o.ssl then pool = pool .. ":tls:" .. tostring(o.server_name or "") end
+      end
     end
     local ok
     ok, err = red:connect(host, port, { pool = pool, pool_size = o.pool_size, backlog = o.backlog,
