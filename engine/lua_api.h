@@ -99,5 +99,32 @@ int lp_ffi_bg_wait(double interval);
 int lp_ffi_bg_cancel(int id);
 int lp_ffi_bg_count(int running);
 int lp_ffi_exiting(void);
+/* proxy.tcp() (engine/cosock.c, lua/luaproxy/tcp.lua). A socket is a void * that Lua
+ * frees with lp_ffi_tcp_free. Calls that wait return 1 (the task is parked: Lua yields
+ * and makes the same call again once resumed); -1 is an error, whose message
+ * lp_ffi_tcp_error gives. lp_ffi_tcp_new: NULL outside a task (or out of memory). */
+void *lp_ffi_tcp_new(void);
+void lp_ffi_tcp_free(void *s);
+const char *lp_ffi_tcp_error(void *s);
+/* Milliseconds; a negative one is left as it is, 0 is the default (60 s). */
+void lp_ffi_tcp_timeouts(void *s, double connect_ms, double send_ms, double read_ms);
+int lp_ffi_tcp_connect(void *s, const char *host, size_t hlen, int port, const char *pool,
+                       size_t plen, int pool_size);
+int lp_ffi_tcp_sslhandshake(void *s, void *session, const char *name, size_t nlen, int verify,
+                            const char *ca);
+/* The connection's TLS session (a new reference, freed by lp_ffi_tcp_session_free), or NULL. */
+void *lp_ffi_tcp_session(void *s);
+void lp_ffi_tcp_session_free(void *session);
+/* 0 once queued (or 1: parked while much is queued). */
+int lp_ffi_tcp_send(void *s, const char *data, size_t n);
+/* mode 0: size bytes, 1: a line, 2: all, 3: until pat (size > 0: at most size bytes; 2
+ * then says the pattern was not reached yet). *out is valid until the next call; on
+ * error it holds the partial data. */
+int lp_ffi_tcp_receive(void *s, int mode, double size, const char *pat, size_t plen, int inclusive,
+                       lp_str_t *out);
+int lp_ffi_tcp_close(void *s);
+/* idle_ms < 0: the default (60 s), 0: no idle timeout; pool_size <= 0: opts.pool_size or 30. */
+int lp_ffi_tcp_setkeepalive(void *s, double idle_ms, int pool_size);
+int lp_ffi_tcp_reused(void *s);
 
 #endif

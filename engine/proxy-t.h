@@ -186,6 +186,7 @@ struct lp_worker_s {
     size_t nfree_reqs_low; /* the fewest free since the last trim (request.c) */
     uv_timer_t house;      /* once a second: gives back what a peak left unused */
     lp_lua_sched_t lua;    /* Lua tasks ready to resume, background tasks */
+    struct lp_cosock_pools_s *cosock; /* owned: proxy.tcp keep-alive pools (cosock.c) */
 };
 
 /* Request flags (LP_RF_*). */

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include "accesslog.h"
 #include "conn.h"
+#include "cosock.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "upstream.h"
@@ -314,6 +315,7 @@ static void maybe_finish(lp_worker_t *w)
     if (!w->stopping)
         return;
     lp_upstream_close_idle(w, 0);
+    lp_cosock_worker_close(w); /* proxy.tcp's idle connections */
     if (uv_now(&w->loop) >= w->drain_deadline)
         lp_lua_background_stop(w, 1);
     if (lp_list_empty(&w->conns) && !lp_lua_background(w)) {

@@ -117,13 +117,13 @@ proxy.timer = tasks.timer
 proxy.spawn = tasks.spawn
 proxy.exiting = tasks.exiting
 
+-- ---- cosockets (lua/luaproxy/tcp.lua) ----
+proxy.tcp = require("luaproxy.tcp").tcp
+
 -- proxy.redis: a Redis client on proxy.tcp (lua/luaproxy/redis.lua); proxy.null is the
 -- nil-bulk sentinel (cjson.null, like ngx.null).
 proxy.null = proxy.null or proxy.json.null
-proxy.redis = require("luaproxy.redis").api(function()
-  if not proxy.tcp then return nil, "proxy.tcp is not available" end
-  return proxy.tcp()
-end)
+proxy.redis = require("luaproxy.redis").api(proxy.tcp)
 
 proxy._K = K
 return proxy

@@ -560,6 +560,11 @@ local S = {
           description = "timers and `proxy.spawn` threads running at once per worker; a due "
             .. "timer over the bound waits for a slot, a spawn over it is refused",
         },
+        ssl_trusted_certificate = {
+          type = "string", min = 1, doc_default = "the system store",
+          description = "CA file (PEM) that `proxy.tcp()` sockets verify servers against when "
+            .. "`sslhandshake` is asked to verify (docs/lua-api.md)",
+        },
         plugin_paths = {
           type = "array", elements = { type = "string", min = 1 }, doc_default = "none",
           description = "extra plugin directories (relative to the config file), searched "

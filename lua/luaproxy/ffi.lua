@@ -36,6 +36,19 @@ int lp_ffi_bg_wait(double interval);
 int lp_ffi_bg_cancel(int id);
 int lp_ffi_bg_count(int running);
 int lp_ffi_exiting(void);
+void *lp_ffi_tcp_new(void);
+void lp_ffi_tcp_free(void *s);
+const char *lp_ffi_tcp_error(void *s);
+void lp_ffi_tcp_timeouts(void *s, double connect_ms, double send_ms, double read_ms);
+int lp_ffi_tcp_connect(void *s, const char *host, size_t hlen, int port, const char *pool, size_t plen, int pool_size);
+int lp_ffi_tcp_sslhandshake(void *s, void *session, const char *name, size_t nlen, int verify, const char *ca);
+void *lp_ffi_tcp_session(void *s);
+void lp_ffi_tcp_session_free(void *session);
+int lp_ffi_tcp_send(void *s, const char *data, size_t n);
+int lp_ffi_tcp_receive(void *s, int mode, double size, const char *pat, size_t plen, int inclusive, lp_str_t *out);
+int lp_ffi_tcp_close(void *s);
+int lp_ffi_tcp_setkeepalive(void *s, double idle_ms, int pool_size);
+int lp_ffi_tcp_reused(void *s);
 ]]
 
 return {

@@ -175,6 +175,7 @@ end
 -- Returns a state { routes = { [i] = chain }, fallback = chain, init = {instances} }.
 -- Plugin fields of type upstream must name one of cfg.upstreams.
 function M.load(cfg, opts)
+  M.lua_conf = type(cfg.lua) == "table" and cfg.lua or {} -- proxy.tcp: ssl_trusted_certificate
   local ctx = require("luaproxy.config_schema").context(cfg)
   ctx.warnings, ctx.warned = {}, {}
   local global, err = load_list(cfg.plugins, "plugins", opts, ctx)

@@ -1,0 +1,469 @@
+#!/usr/bin/env python3
+"""proxy.tcp() cosockets (docs/lua-api.md, "TCP sockets: proxy.tcp") in the real engine:
+against a line server started here (plain and TLS, certificates made by the openssl CLI),
+a closed port, a name that does not resolve, a peer that never answers (timeouts), a peer
+closing mid-reply, keep-alive reuse through the per-worker pool, sockets a request forgets
+(closed with it: the fd count stays flat), and sockets in a timer, in init_worker and in
+the log phase."""
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reload"))
+import reloadtest as RT  # noqa: E402
+from reloadtest import H  # noqa: E402
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, timeout=H.T(60),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def make_certs(d):
+    """A CA and a server certificate for tcp.test / 127.0.0.1 signed by it."""
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "30", "-subj",
+            "/CN=Test CA", cwd=d)
+    with open(os.path.join(d, "ext"), "w") as f:
+        f.write("subjectAltName=DNS:tcp.test,IP:127.0.0.1\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=tcp.test", cwd=d)
+    openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "srv.pem", "-days", "30", "-extfile", "ext", cwd=d)
+
+
+class LineServer:
+    """A line protocol server on 127.0.0.1, port 0 (TLS when given a context). Commands:
+    ECHO text -> text\\r\\n; CONN -> the connection's number; LEN n -> n bytes "x";
+    HANG -> nothing, ever; HALF text -> text without its newline, then close;
+    BYE -> bye\\n, then close."""
+
+    def __init__(self, tls=None):
+        self.tls = tls
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.conns = 0
+        self.open = set()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns += 1
+                no = self.conns
+                self.open.add(s)
+            threading.Thread(target=self._serve, args=(s, no), daemon=True).start()
+
+    def _serve(self, s, no):
+        try:
+            if self.tls:
+                s.settimeout(H.T(10))
+                s = self.tls.wrap_socket(s, server_side=True)
+                s.settimeout(None)
+            f = s.makefile("rb")
+            while True:
+                line = f.readline()
+                if not line:
+                    break
+                cmd, _, arg = line.rstrip(b"\r\n").partition(b" ")
+                if cmd == b"ECHO":
+                    s.sendall(arg + b"\r\n")
+                elif cmd == b"CONN":
+                    s.sendall(b"%d\n" % no)
+                elif cmd == b"LEN":
+                    s.sendall(b"x" * int(arg))
+                elif cmd == b"HANG":
+                    pass
+                elif cmd == b"HALF":
+                    s.sendall(arg)
+                    break
+                elif cmd == b"BYE":
+                    s.sendall(b"bye\n")
+                    break
+        except (OSError, ValueError, ssl.SSLError):
+            pass
+        finally:
+            with self.lock:
+                self.open.discard(s)
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def open_count(self):
+        with self.lock:
+            return len(self.open)
+
+    def stop(self):
+        self.stopping = True
+        self.sock.close()
+        with self.lock:
+            for s in list(self.open):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+PLUGIN = r'''
+local P = { name = "tcp", priority = 10, schema = { fields = {
+  port = { type = "integer", description = "line server" },
+  tls_port = { type = "integer", description = "TLS line server" },
+  dead_port = { type = "integer", description = "nothing listens" } } } }
+
+local init_result = "not run"
+local timer_result = "not run"
+local log_result = "not run"
+local kept -- a socket kept past its request
+
+function P.init_worker(conf)
+  local s = proxy.tcp()
+  local ok, err = s:connect("127.0.0.1", conf.port)
+  if not ok then init_result = "connect: " .. err return end
+  assert(s:send("ECHO init\n"))
+  local line, rerr = s:receive()
+  init_result = line or ("receive: " .. rerr)
+  -- Not closed: the end of init_worker closes it. A keepalive there is a close.
+end
+
+local function line_cmd(port, cmd, opts)
+  local s = proxy.tcp()
+  s:settimeout(2000)
+  local ok, err = s:connect("127.0.0.1", port, opts)
+  if not ok then return nil, err end
+  local n, serr = s:send(cmd .. "\n")
+  if not n then return nil, serr end
+  return s:receive("*l"), s
+end
+
+local H = {}
+
+function H.echo(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  -- a table of strings and numbers, as OpenResty's send
+  local n = assert(s:send({ "ECHO ", "a", { "b", 1 }, "\n" }))
+  local line = assert(s:receive())
+  assert(s:send("LEN 5\n"))
+  local five = assert(s:receive(5))
+  assert(s:send("BYE\n"))
+  local all = assert(s:receive("*a"))
+  local again, aerr = s:receive()
+  assert(s:close() == nil)
+  return req:respond(200, table.concat({ n, line, five, all, tostring(again), aerr }, "|"))
+end
+
+function H.name(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("localhost", conf.port))
+  assert(s:send("ECHO via-name\n"))
+  return req:respond(200, (assert(s:receive())))
+end
+
+function H.refused(req, conf)
+  local s = proxy.tcp()
+  local ok, err = s:connect("127.0.0.1", conf.dead_port)
+  local sent, serr = s:send("x")
+  return req:respond(200, tostring(ok) .. "|" .. tostring(err) .. "|" .. tostring(sent)
+    .. "|" .. tostring(serr))
+end
+
+function H.nxdomain(req, conf)
+  local s = proxy.tcp()
+  local ok, err = s:connect("nonexistent.invalid", 80)
+  return req:respond(200, tostring(ok) .. "|" .. tostring(err))
+end
+
+function H.connect_timeout(req, conf)
+  local s = proxy.tcp()
+  s:settimeouts(200, 1000, 1000)
+  local t0 = proxy.monotonic()
+  -- TEST-NET-1 (RFC 5737): never answers
+  local ok, err = s:connect("192.0.2.1", 9)
+  return req:respond(200, string.format("%s|%s|%.2f", tostring(ok), tostring(err),
+    proxy.monotonic() - t0))
+end
+
+function H.read_timeout(req, conf)
+  local s = proxy.tcp()
+  s:settimeouts(1000, 1000, 200)
+  assert(s:connect("127.0.0.1", conf.port))
+  assert(s:send("HANG\n"))
+  local t0 = proxy.monotonic()
+  local data, err, partial = s:receive()
+  local dt = proxy.monotonic() - t0
+  -- a read timeout keeps the connection: it still works
+  assert(s:send("ECHO after\n"))
+  local after = s:receive()
+  s:close()
+  return req:respond(200, string.format("%s|%s|%s|%.2f|%s", tostring(data), tostring(err),
+    tostring(partial), dt, tostring(after)))
+end
+
+function H.half(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  assert(s:send("HALF partial-line\n"))
+  local data, err, partial = s:receive()
+  local d2, e2 = s:receive(1)
+  return req:respond(200, table.concat({ tostring(data), tostring(err), tostring(partial),
+    tostring(d2), tostring(e2) }, "|"))
+end
+
+function H.until_(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  assert(s:send("ECHO one--two--three\n"))
+  local it = s:receiveuntil("--")
+  local a = assert(it())
+  local chunks = {}
+  local it2 = s:receiveuntil("--", { inclusive = true })
+  local b = assert(it2())
+  local rest = assert(s:receive())
+  assert(s:send("ECHO abcdefgh--z\n"))
+  local it3 = s:receiveuntil("--")
+  while true do
+    local d, e, p = it3(3)
+    if not d then assert(not e, e) break end
+    chunks[#chunks + 1] = d
+  end
+  local z = assert(s:receive())
+  s:close()
+  return req:respond(200, table.concat({ a, b, rest, table.concat(chunks, ","), z }, "|"))
+end
+
+function H.keepalive(req, conf)
+  local line, s = line_cmd(conf.port, "CONN", { pool = "ka" })
+  assert(line, s)
+  local reused = s:getreusedtimes()
+  assert(s:setkeepalive(10000, 4))
+  local after, aerr = s:send("x")
+  return req:respond(200, line .. "|" .. reused .. "|" .. tostring(after) .. "|" .. aerr)
+end
+
+function H.forget(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  assert(s:send("ECHO hi\n"))
+  assert(s:receive())
+  kept = s -- held by the module: the request's end still closes it
+  return req:respond(200, "ok")
+end
+
+function H.kept(req, conf)
+  if not kept then return req:respond(200, "none") end
+  local ok, err = kept:send("ECHO again\n")
+  return req:respond(200, tostring(ok) .. "|" .. tostring(err))
+end
+
+function H.other_task(req, conf)
+  -- a socket of this request used from a spawned thread: refused, not touched
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  local res
+  proxy.spawn(function() local ok, err = s:send("ECHO x\n") res = tostring(ok) .. "|" .. err end)
+  while not res do proxy.sleep(0.01) end
+  assert(s:send("ECHO mine\n"))
+  return req:respond(200, res .. "|" .. assert(s:receive()))
+end
+
+function H.tls(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.tls_port))
+  local sess, err = s:sslhandshake(nil, "tcp.test", true)
+  if not sess then return req:respond(200, "handshake: " .. tostring(err)) end
+  assert(s:send("ECHO secret\n"))
+  local line = assert(s:receive())
+  assert(s:setkeepalive())
+  -- a second socket takes the pooled TLS connection
+  local s2 = proxy.tcp()
+  assert(s2:connect("127.0.0.1", conf.tls_port))
+  local reused = s2:getreusedtimes()
+  assert(s2:sslhandshake(false, "tcp.test", true))
+  assert(s2:send("ECHO again\n"))
+  local line2 = assert(s2:receive())
+  s2:close()
+  return req:respond(200, table.concat({ line, reused, line2, type(sess) }, "|"))
+end
+
+function H.tls_bad_name(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.tls_port))
+  local ok, err = s:sslhandshake(nil, "wrong.test", true)
+  local s2 = proxy.tcp()
+  assert(s2:connect("127.0.0.1", conf.tls_port))
+  local ok2, err2 = s2:sslhandshake(false, "wrong.test", false) -- not verified: accepted
+  if ok2 then
+    assert(s2:send("ECHO unverified\n"))
+    ok2 = s2:receive()
+  end
+  return req:respond(200, tostring(ok) .. "|" .. tostring(err) .. "|" .. tostring(ok2)
+    .. "|" .. tostring(err2))
+end
+
+function H.misuse(req, conf)
+  local s = proxy.tcp()
+  local ok, err = pcall(s.connect, s, 42, 80)
+  return req:respond(200, tostring(ok) .. "|" .. tostring(err))
+end
+
+function H.timer(req, conf)
+  timer_result = "pending"
+  proxy.timer.at(0, function()
+    local line, s = line_cmd(conf.port, "ECHO from-timer")
+    timer_result = line or ("error: " .. tostring(s))
+  end)
+  return req:respond(200, "started")
+end
+
+function H.results(req, conf)
+  return req:respond(200, init_result .. "|" .. timer_result .. "|" .. log_result)
+end
+
+function H.logphase(req, conf)
+  req._tcp_log = true
+  return req:respond(200, "ok")
+end
+
+function P.request(req, conf)
+  local h = H[req:path():match("^/t/([%w_]+)")]
+  if h then return h(req, conf) end
+end
+
+function P.log(req, conf)
+  if req:path() == "/t/logphase" then
+    local line, s = line_cmd(conf.port, "ECHO from-log")
+    log_result = line or ("error: " .. tostring(s))
+    if s and line then s:setkeepalive() end
+  end
+end
+
+return P
+'''
+
+
+class LuaTcpTest(RT.ReloadTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="lp-tcp-")
+        make_certs(cls.tmp)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(cls.tmp, "srv.pem"), os.path.join(cls.tmp, "srv.key"))
+        cls.srv = LineServer()
+        cls.addClassCleanup(cls.srv.stop)
+        cls.tls_srv = LineServer(tls=ctx)
+        cls.addClassCleanup(cls.tls_srv.stop)
+        cls.origin = cls.start_origin("o")
+        ups = {"o": H.upstream(cls.origin.address())}
+        conf = {"name": "tcp", "port": cls.srv.port, "tls_port": cls.tls_srv.port,
+                "dead_port": H.dead_port()}
+        cls.proxy = cls.start_reload_proxy(
+            ups, [RT.route("/t/", upstream="o", plugins=[conf])],
+            files={"plugins/tcp.lua": PLUGIN}, workers=1,
+            lua={"ssl_trusted_certificate": os.path.join(cls.tmp, "ca.pem")})
+
+    def body(self, path):
+        r = self.get(path)
+        self.assertEqual(r.status, 200, (r.body, self.proxy.stderr()[-3000:]))
+        return r.body.decode()
+
+    def test_echo_send_receive_close(self):
+        self.assertEqual(self.body("/t/echo"), "9|ab1|xxxxx|bye\n|nil|closed")
+
+    def test_name_resolved_off_the_loop(self):
+        self.assertEqual(self.body("/t/name"), "via-name")
+
+    def test_refused(self):
+        self.assertEqual(self.body("/t/refused"), "nil|connection refused|nil|closed")
+
+    def test_dns_failure(self):
+        self.assertEqual(self.body("/t/nxdomain"), "nil|host not found: nonexistent.invalid")
+
+    def test_connect_timeout(self):
+        ok, err, dt = self.body("/t/connect_timeout").split("|")
+        self.assertEqual((ok, err), ("nil", "timeout"))
+        self.assertGreaterEqual(float(dt), 0.15)
+        self.assertLess(float(dt), 1.5)
+
+    def test_read_timeout_keeps_the_connection(self):
+        data, err, partial, dt, after = self.body("/t/read_timeout").split("|")
+        self.assertEqual((data, err, partial), ("nil", "timeout", ""))
+        self.assertGreaterEqual(float(dt), 0.15)
+        self.assertLess(float(dt), 1.5)
+        self.assertEqual(after, "after")
+
+    def test_peer_closing_mid_reply(self):
+        self.assertEqual(self.body("/t/half"), "nil|closed|partial-line|nil|closed")
+
+    def test_receiveuntil(self):
+        self.assertEqual(self.body("/t/until_"), "one|two--|three|abc,def,gh|z")
+
+    def test_keepalive_reuse(self):
+        first = self.body("/t/keepalive").split("|")
+        second = self.body("/t/keepalive").split("|")
+        self.assertEqual(first[2:], ["nil", "closed"])
+        self.assertEqual(first[0], second[0], "the second request reused the connection")
+        self.assertGreater(int(second[1]), 0)
+
+    def test_forgotten_sockets_are_closed(self):
+        pid = self.proxy.pid
+        self.body("/t/forget")
+        base = H.fd_count(pid)
+        for _ in range(60):
+            self.body("/t/forget")
+        H.wait_for(lambda: H.fd_count(pid) <= base + 2, H.T(5),
+                   what="the fd count to come back (%d)" % base)
+        self.assertEqual(self.body("/t/kept"), "nil|closed")
+
+    def test_socket_of_another_task(self):
+        res = self.body("/t/other_task").split("|")
+        self.assertEqual(res[0], "nil")
+        self.assertTrue(res[1].startswith("bad request"), res)
+        self.assertEqual(res[2], "mine")
+
+    def test_tls(self):
+        line, reused, line2, sess = self.body("/t/tls").split("|")
+        self.assertEqual((line, line2), ("secret", "again"))
+        self.assertGreater(int(reused), 0)
+        self.assertIn(sess, ("cdata", "boolean"))
+
+    def test_tls_verify_failure(self):
+        ok, err, ok2, err2 = self.body("/t/tls_bad_name").split("|")
+        self.assertEqual(ok, "nil")
+        self.assertIn("handshake failed", err)
+        self.assertEqual((ok2, err2), ("unverified", "nil"))
+
+    def test_misuse_raises_naming_the_plugin(self):
+        ok, err = self.body("/t/misuse").split("|", 1)
+        self.assertEqual(ok, "false")
+        self.assertIn("expected a host string", err)
+        self.assertIn("tcp.lua:", err)
+
+    def test_timer_init_worker_and_log_phase(self):
+        self.assertEqual(self.body("/t/timer"), "started")
+        self.body("/t/logphase")
+        H.wait_for(lambda: self.body("/t/results") == "init|from-timer|from-log", H.T(5),
+                   what="results: " + self.body("/t/results"))
+
+    def test_zz_no_sanitizer_errors(self):
+        self.assertAlive()
+        self.assertEqual(H.sanitizer_errors(self.proxy.stderr()), [])
+
+
+if __name__ == "__main__":
+    H.main()
