@@ -434,7 +434,7 @@ function M.api(tcp)
     if not ok then
       return nil, format("redis %s:%s: %s", host, port, tostring(err))
     end
-    if red:get_reused_times() == 0 then
+    if (o.password or (db and db ~= 0)) and red:get_reused_times() == 0 then
       if o.password then
         local res
         if o.user then
