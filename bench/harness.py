@@ -392,6 +392,7 @@ def start_services(s, procs, workdir, sc):
     for svc in sc.get("services", ()):
         if svc == "redis" and "redis_port" not in SERVICE_VALUES:
             SERVICE_VALUES["redis_port"] = start_redis(s, procs, workdir)
+            SERVICE_VALUES["redis_value"] = REDIS_VALUE
             log("redis-server on 127.0.0.1:%d" % SERVICE_VALUES["redis_port"])
 
 

@@ -318,6 +318,7 @@ return {
   listen = { { address = "127.0.0.1:{{port}}" } },
   upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
   routes = { { match = { prefix = "/" }, handler = function(req)
+    if req:path() == "/local" then return req:respond(200, "{{redis_value}}") end
     local red, err = proxy.redis.connect { port = {{redis_port}}, timeout = 1000 }
     if not red then return req:respond(502, err) end
     local v
@@ -335,6 +336,7 @@ NGINX_REDIS = NGINX_LUA[:NGINX_LUA.index("  upstream app {")] + """\
     listen 127.0.0.1:{{port}};
     location / {
       content_by_lua_block {
+        if ngx.var.uri == "/local" then return ngx.print("{{redis_value}}") end
         local sock = ngx.socket.tcp()
         sock:settimeouts(1000, 1000, 1000)
         local ok, err = sock:connect("127.0.0.1", {{redis_port}})
@@ -381,4 +383,15 @@ SCENARIOS.append({
     "nginx": NGINX_REDIS,
     "per_mib": False,
     "note": "a Redis GET per request (pooled connection), answered locally with its 64 bytes",
+})
+SCENARIOS.append({
+    "name": "redis-baseline-c50",
+    "path": "/local",
+    "connections": 50,
+    "services": ["redis"],
+    "luaproxy": LUAPROXY_REDIS,
+    "nginx": NGINX_REDIS,
+    "per_mib": False,
+    "note": "the same 64 bytes answered by the same handler without Redis: redis-get minus "
+            "this is the cost of the GET",
 })
