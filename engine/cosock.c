@@ -22,6 +22,7 @@
 #define DEFAULT_TIMEOUT 60000        /* ms, as OpenResty's lua_socket_*_timeout */
 #define DEFAULT_POOL    30           /* as lua_socket_pool_size */
 #define MAX_TLS_CTX     8            /* per worker: (verify, CA) pairs kept */
+#define MAX_LINE        (16u << 20)  /* "*l" and receiveuntil() without a size */
 
 /* Endpoint timer modes. */
 enum { CT_CONNECT = LP_EP_TM_OWNER, CT_SEND, CT_READ, CT_IDLE };
@@ -610,7 +611,8 @@ static int sock_park(lp_cosock_t *s)
         s->op = OP_NONE;
         if (s->conn)
             lp_ep_timer(&s->conn->ep, LP_EP_TM_NONE, 0);
-        return sock_err(s, "cannot wait here (a response_body filter may not yield)");
+        sock_err(s, "cannot wait here (a response_body filter may not yield)");
+        return LP_FFI_EPHASE; /* Lua raises: API misuse, not a network condition */
     }
     s->parked = 1;
     return COSOCK_PARKED;
@@ -892,7 +894,7 @@ int lp_ffi_tcp_receive(void *sp, int mode, double size, const char *pat, size_t 
         s->op = OP_NONE;
         return sock_err(s, "closed");
     }
-    const char *p = c->in + c->in_pos;
+    const char *p = c->in ? c->in + c->in_pos : "";
     size_t avail = c->in_len - c->in_pos;
     size_t n = size > 0 ? (size_t)size : 0;
     size_t take = 0, len = 0;
@@ -964,6 +966,16 @@ int lp_ffi_tcp_receive(void *sp, int mode, double size, const char *pat, size_t 
             sock_err(s, "timeout");
             sock_op_end(s);
         }
+        return -1;
+    }
+    if ((mode == RM_LINE || (mode == RM_UNTIL && !n)) && avail >= MAX_LINE) {
+        /* A peer that never ends its line must not grow the buffer without bound. */
+        out->base = p;
+        out->len = avail;
+        c->in_pos += avail;
+        sock_err(s, mode == RM_LINE ? "line too long" : "pattern not found in 16 MiB");
+        s->op = OP_NONE;
+        sock_drop_conn(s);
         return -1;
     }
     if (s->op == OP_NONE) {

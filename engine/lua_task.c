@@ -514,6 +514,7 @@ int lp_ffi_bg_wait(double interval)
     lp_lua_task_t *t = vm ? vm->running : NULL;
     if (!t || t->kind != LP_LT_BACKGROUND || !(interval >= 0 && interval < 1e9))
         return LP_FFI_EINVAL;
+    task_release_owned(t); /* a run ended: what it opened (sockets) closes, as for a timer */
     if (vm->ended)
         return 1;
     lp_lua_sched_t *s = &vm->io->lua;

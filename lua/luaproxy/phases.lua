@@ -52,7 +52,7 @@ M.NO_YIELD = "response_body filters may not yield (proxy.sleep or other waits): 
 local function api_frame(source)
   return source:find("luaproxy/request.lua", 1, true) or source:find("luaproxy/phases.lua", 1, true)
     or source:find("lua/proxy.lua", 1, true) or source:find("proxy/test.lua", 1, true)
-    or source:find("luaproxy/tcp.lua", 1, true)
+    or source:find("luaproxy/tcp.lua", 1, true) or source:find("proxy/test_tcp.lua", 1, true)
 end
 local function runner_frame(source)
   return source:sub(1, 14) == "=runtime.chain" or source:find("luaproxy/runtime.lua", 1, true)

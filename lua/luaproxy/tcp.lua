@@ -9,18 +9,21 @@ local ffi = require "ffi"
 require "luaproxy.ffi"
 local phases = require "luaproxy.phases"
 local C = ffi.C
-local type, tonumber, tostring, setmetatable, concat = type, tonumber, tostring,
-  setmetatable, table.concat
+local type, tonumber, tostring, setmetatable, getmetatable, concat = type, tonumber,
+  tostring, setmetatable, getmetatable, table.concat
 local yield = coroutine.yield
 local ffi_string, ffi_gc = ffi.string, ffi.gc
 
-local PARKED, MORE = 1, 2
+local PARKED, MORE, EPHASE = 1, 2, -204
 local RM_BYTES, RM_LINE, RM_ALL, RM_UNTIL = 0, 1, 2, 3
 
 local M = {}
 
 local Sock = {}
 Sock.__index = Sock
+-- A TLS session to resume (sslhandshake's first result): a table, so that nothing else
+-- (another cdata) can be passed back as one.
+local Session = { __tostring = function() return "proxy.tcp TLS session" end }
 
 local str_out = ffi.new("lp_str_t[1]")
 
@@ -29,6 +32,12 @@ local function err_of(s)
 end
 
 local function raise(msg) phases.raise(msg, 3) end
+
+-- An error code: EPHASE (the task cannot wait here: a response_body filter) is misuse.
+local function failed(s, rc)
+  if rc == EPHASE then phases.raise(phases.NO_YIELD, 3) end
+  return nil, err_of(s)
+end
 
 local function check_self(self, what)
   if getmetatable(self) ~= Sock then
@@ -105,7 +114,7 @@ function Sock:connect(host, port, opts)
     yield()
     rc = C.lp_ffi_tcp_connect(s, host, #host, p, pool, pool and #pool or 0, pool_size)
   end
-  if rc < 0 then return nil, err_of(s) end
+  if rc < 0 then return failed(s, rc) end
   return 1
 end
 
@@ -116,10 +125,10 @@ function Sock:sslhandshake(reused_session, server_name, ssl_verify)
   end
   local session = nil
   if reused_session ~= nil and reused_session ~= false then
-    if type(reused_session) ~= "cdata" then
+    if getmetatable(reused_session) ~= Session then
       raise("sock:sslhandshake(): reused_session must be a session from an earlier sslhandshake")
     end
-    session = reused_session
+    session = reused_session._p
   end
   local verify = ssl_verify and 1 or 0
   local ca = trusted_ca()
@@ -129,11 +138,11 @@ function Sock:sslhandshake(reused_session, server_name, ssl_verify)
     yield()
     rc = C.lp_ffi_tcp_sslhandshake(s, session, name, nlen, verify, ca)
   end
-  if rc < 0 then return nil, err_of(s) end
+  if rc < 0 then return failed(s, rc) end
   if reused_session == false then return true end
   local sess = C.lp_ffi_tcp_session(s)
   if sess == nil then return true end
-  return ffi_gc(sess, C.lp_ffi_tcp_session_free)
+  return setmetatable({ _p = ffi_gc(sess, C.lp_ffi_tcp_session_free) }, Session)
 end
 
 local function flatten(data, out, n, depth)
@@ -171,7 +180,7 @@ function Sock:send(data)
     yield()
     rc = C.lp_ffi_tcp_send(s, data, #data)
   end
-  if rc < 0 then return nil, err_of(s) end
+  if rc < 0 then return failed(s, rc) end
   return #data
 end
 
@@ -186,6 +195,7 @@ local function receive(s, mode, size, pat, incl)
     rc = C.lp_ffi_tcp_receive(s, mode, size, pat, plen, incl, str_out)
   end
   local data = ffi_string(str_out[0].base, str_out[0].len)
+  if rc == EPHASE then phases.raise(phases.NO_YIELD, 3) end
   if rc < 0 then return nil, err_of(s), data end
   return data, nil, nil, rc == MORE
 end

@@ -147,6 +147,20 @@ function fake.upstream(name)
   return setmetatable({ name = name }, Upstream)
 end
 
+-- proxy.tcp(): peers a spec scripts with T.tcp_peer (lua/proxy/test_tcp.lua).
+local tcp = require "proxy.test_tcp"
+local tcp_owner -- the request (or init_worker) whose phase runs: it owns the sockets made
+local INIT_OWNER = setmetatable({}, { __tostring = function() return "init_worker" end })
+tcp.init({
+  advance = function(seconds) clock = clock + seconds end,
+  now = function() return clock end,
+  in_filter = function() return in_filter end,
+  owner = function() return tcp_owner end,
+  yield = function() if running and co_running() == running then co_yield(SLEEP) end end,
+})
+fake.tcp = tcp.tcp
+T.tcp_peer = tcp.peer
+
 T.proxy = fake
 -- The engine's module wins when present (specs run inside the proxy).
 if not package.loaded.proxy then
@@ -163,6 +177,7 @@ function T.reset()
   phases.current_fn = nil
   T.logs = {}
   clock = START
+  tcp.reset()
 end
 
 -- Log lines at `level` (all levels when nil), as strings.
@@ -700,6 +715,7 @@ end
 -- Ends `req` as the engine ends a request: its handle raises on every later call.
 function T.finish(req)
   req._phase = phases.ENDED_PHASE
+  tcp.finish(req) -- its sockets close
   return req
 end
 
@@ -727,21 +743,29 @@ function T.phase(plugin, phase, req, conf, chunk, eof)
   if fn == nil then phases.raise("plugin " .. tostring(plugin.name) .. " has no " .. phase .. " phase", 2) end
   local prev_tag = log_tag
   log_tag = plugin.name
+  local prev_owner = tcp_owner
   if phase == "init_worker" then
-    local r1, r2 = T.call(fn, conf)
-    log_tag = prev_tag
+    tcp_owner = INIT_OWNER
+    local ok, r1, r2 = pcall(T.call, fn, conf)
+    tcp.finish(INIT_OWNER) -- what init_worker opened closes when it returns
+    tcp_owner, log_tag = prev_owner, prev_tag
+    if not ok then error(r1, 0) end
     return r1, r2
   end
+  tcp_owner = req
   req:set_phase(phase)
   local r1, r2
   phases.current_fn = fn -- API errors from a tail call name it (phases.raise)
+  local ok
   if phase == "response_body" then
-    r1, r2 = call_filter(fn, req, chunk, eof, conf)
+    ok, r1, r2 = pcall(call_filter, fn, req, chunk, eof, conf)
   else
-    r1, r2 = T.call(fn, req, conf)
+    ok, r1, r2 = pcall(T.call, fn, req, conf)
   end
   log_tag = prev_tag
+  tcp_owner = prev_owner
   phases.current_fn = nil
+  if not ok then error(r1, 0) end
   return r1, r2
 end
 

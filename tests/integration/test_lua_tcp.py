@@ -9,6 +9,7 @@ the log phase."""
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,8 @@ class LineServer:
     """A line protocol server on 127.0.0.1, port 0 (TLS when given a context). Commands:
     ECHO text -> text\\r\\n; CONN -> the connection's number; LEN n -> n bytes "x";
     HANG -> nothing, ever; HALF text -> text without its newline, then close;
-    BYE -> bye\\n, then close."""
+    BYE -> bye\\n, then close; SINK n -> reads n bytes, then sunk\\n; RST -> closes with
+    a reset."""
 
     def __init__(self, tls=None):
         self.tls = tls
@@ -95,6 +97,19 @@ class LineServer:
                 elif cmd == b"BYE":
                     s.sendall(b"bye\n")
                     break
+                elif cmd == b"SINK":
+                    n = int(arg)
+                    while n > 0:
+                        chunk = f.read1(min(n, 65536))
+                        if not chunk:
+                            break
+                        n -= len(chunk)
+                    s.sendall(b"sunk\n")
+                elif cmd == b"RST":
+                    # close with a reset: later sends of the client fail
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                 struct.pack("ii", 1, 0))
+                    break
         except (OSError, ValueError, ssl.SSLError):
             pass
         finally:
@@ -104,6 +119,15 @@ class LineServer:
                 s.close()
             except OSError:
                 pass
+
+    def close_all(self):
+        """Closes every connection the server holds (pooled ones on the proxy's side)."""
+        with self.lock:
+            for s in list(self.open):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def open_count(self):
         with self.lock:
@@ -124,7 +148,8 @@ PLUGIN = r'''
 local P = { name = "tcp", priority = 10, schema = { fields = {
   port = { type = "integer", description = "line server" },
   tls_port = { type = "integer", description = "TLS line server" },
-  dead_port = { type = "integer", description = "nothing listens" } } } }
+  dead_port = { type = "integer", description = "nothing listens" },
+  hole_port = { type = "integer", description = "connects never complete" } } } }
 
 local init_result = "not run"
 local timer_result = "not run"
@@ -193,8 +218,7 @@ function H.connect_timeout(req, conf)
   local s = proxy.tcp()
   s:settimeouts(200, 1000, 1000)
   local t0 = proxy.monotonic()
-  -- TEST-NET-1 (RFC 5737): never answers
-  local ok, err = s:connect("192.0.2.1", 9)
+  local ok, err = s:connect("127.0.0.1", conf.hole_port)
   return req:respond(200, string.format("%s|%s|%.2f", tostring(ok), tostring(err),
     proxy.monotonic() - t0))
 end
@@ -282,6 +306,83 @@ function H.other_task(req, conf)
   return req:respond(200, res .. "|" .. assert(s:receive()))
 end
 
+function H.big(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  local n = 3 * 1024 * 1024
+  assert(s:send("SINK " .. n .. "\n"))
+  assert(s:send(string.rep("y", n))) -- past the send high-water mark: it waits
+  local sunk = assert(s:receive())
+  assert(s:send("LEN " .. n .. "\n"))
+  local got = assert(s:receive(n))
+  assert(s:send("LEN 100000\n"))
+  assert(s:send("BYE\n"))
+  local all = assert(s:receive("*a"))
+  return req:respond(200, sunk .. "|" .. #got .. "|" .. #all)
+end
+
+function H.longline(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  assert(s:send("LEN " .. (17 * 1024 * 1024) .. "\n"))
+  local data, err, partial = s:receive()
+  return req:respond(200, tostring(data) .. "|" .. tostring(err) .. "|" .. tostring(#partial >= 16 * 1024 * 1024))
+end
+
+function H.reset(req, conf)
+  local s = proxy.tcp()
+  assert(s:connect("127.0.0.1", conf.port))
+  assert(s:send("RST\n"))
+  local data, err = s:receive()
+  local errs = { tostring(data), tostring(err) }
+  -- a send to the reset peer, on a second connection told to reset
+  local s2 = proxy.tcp()
+  assert(s2:connect("127.0.0.1", conf.port))
+  assert(s2:send("RST\n"))
+  proxy.sleep(0.1)
+  local ok, serr
+  for _ = 1, 50 do
+    ok, serr = s2:send(string.rep("z", 65536))
+    if not ok then break end
+    proxy.sleep(0.01)
+  end
+  errs[#errs + 1] = tostring(ok)
+  errs[#errs + 1] = tostring(serr)
+  return req:respond(200, table.concat(errs, "|"))
+end
+
+function H.hang(req, conf)
+  local s = proxy.tcp()
+  s:settimeout(20000)
+  assert(s:connect("127.0.0.1", conf.port))
+  assert(s:send("HANG\n"))
+  s:receive() -- the client goes away meanwhile
+  return req:respond(200, "unreachable")
+end
+
+function H.drop(req, conf)
+  -- a socket Lua no longer references is collected, and its connection closed
+  do
+    local s = proxy.tcp()
+    assert(s:connect("127.0.0.1", conf.port))
+    assert(s:send("ECHO x\n"))
+    assert(s:receive())
+  end
+  collectgarbage()
+  collectgarbage()
+  return req:respond(200, "dropped")
+end
+
+function H.spawned(req, conf)
+  local res
+  assert(proxy.spawn(function()
+    local line, s = line_cmd(conf.port, "ECHO from-thread")
+    res = line or ("error: " .. tostring(s))
+  end))
+  while not res do proxy.sleep(0.01) end
+  return req:respond(200, res)
+end
+
 function H.tls(req, conf)
   local s = proxy.tcp()
   assert(s:connect("127.0.0.1", conf.tls_port))
@@ -331,6 +432,28 @@ function H.timer(req, conf)
   return req:respond(200, "started")
 end
 
+local every_result = "not run"
+function H.every(req, conf)
+  every_result = "pending"
+  local runs, first = 0, nil
+  local h
+  h = proxy.timer.every(0.01, function()
+    runs = runs + 1
+    if runs == 1 then
+      first = proxy.tcp()
+      local ok, err = first:connect("127.0.0.1", conf.port)
+      if not ok then every_result = "connect: " .. err end
+    elseif runs == 2 then
+      -- the first run returned: its socket was closed with it
+      local ok, err = first:send("ECHO x\n")
+      every_result = tostring(ok) .. "|" .. tostring(err)
+      h:cancel()
+    end
+  end)
+  while every_result == "pending" do proxy.sleep(0.01) end
+  return req:respond(200, every_result)
+end
+
 function H.results(req, conf)
   return req:respond(200, init_result .. "|" .. timer_result .. "|" .. log_result)
 end
@@ -357,6 +480,29 @@ return P
 '''
 
 
+def black_hole():
+    """A listener whose accept queue is full, so that connects to it never complete (the
+    kernel drops their SYNs): for connect timeouts without relying on outside networks."""
+    lsn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsn.bind(("127.0.0.1", 0))
+    lsn.listen(0)
+    held = [lsn]
+
+    def full():
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.settimeout(0.2)
+        try:
+            c.connect(lsn.getsockname())
+        except socket.timeout:
+            c.close()
+            return True
+        held.append(c)
+        return False
+
+    H.wait_for(full, H.T(5), interval=0, what="the black-hole listener to fill")
+    return lsn.getsockname()[1], held
+
+
 class LuaTcpTest(RT.ReloadTestCase):
     @classmethod
     def setUpClass(cls):
@@ -372,6 +518,9 @@ class LuaTcpTest(RT.ReloadTestCase):
         ups = {"o": H.upstream(cls.origin.address())}
         conf = {"name": "tcp", "port": cls.srv.port, "tls_port": cls.tls_srv.port,
                 "dead_port": H.dead_port()}
+        conf["hole_port"], cls.hole = black_hole()
+        for sock in cls.hole:
+            cls.addClassCleanup(sock.close)
         cls.proxy = cls.start_reload_proxy(
             ups, [RT.route("/t/", upstream="o", plugins=[conf])],
             files={"plugins/tcp.lua": PLUGIN}, workers=1,
@@ -440,7 +589,7 @@ class LuaTcpTest(RT.ReloadTestCase):
         line, reused, line2, sess = self.body("/t/tls").split("|")
         self.assertEqual((line, line2), ("secret", "again"))
         self.assertGreater(int(reused), 0)
-        self.assertIn(sess, ("cdata", "boolean"))
+        self.assertIn(sess, ("table", "boolean"))
 
     def test_tls_verify_failure(self):
         ok, err, ok2, err2 = self.body("/t/tls_bad_name").split("|")
@@ -459,6 +608,55 @@ class LuaTcpTest(RT.ReloadTestCase):
         self.body("/t/logphase")
         H.wait_for(lambda: self.body("/t/results") == "init|from-timer|from-log", H.T(5),
                    what="results: " + self.body("/t/results"))
+
+    def test_large_transfers(self):
+        n = 3 * 1024 * 1024
+        self.assertEqual(self.body("/t/big"), "sunk|%d|%d" % (n, 100000 + 4))
+
+    def test_line_length_is_bounded(self):
+        self.assertEqual(self.body("/t/longline"), "nil|line too long|true")
+
+    def test_reset_peer(self):
+        data, err, ok, serr = self.body("/t/reset").split("|")
+        self.assertEqual(data, "nil")
+        self.assertIn(err, ("closed", "connection reset by peer"))
+        self.assertEqual(ok, "nil")
+        self.assertIn(serr, ("broken pipe", "connection reset by peer"))
+
+    def test_abandoned_request_closes_its_socket(self):
+        base = self.srv.open_count()
+        c = H.Client(self.proxy.port)
+        c.send(H.build_request("GET", "/t/hang", headers={"Host": "a.test"}))
+        H.wait_for(lambda: self.srv.open_count() > base, H.T(5), what="the plugin to connect")
+        c.abort()
+        H.wait_for(lambda: self.srv.open_count() <= base, H.T(5),
+                   what="the abandoned request's socket to close")
+        self.assertEqual(self.body("/t/name"), "via-name")
+
+    def test_collected_socket_is_closed(self):
+        base = self.srv.open_count()
+        self.assertEqual(self.body("/t/drop"), "dropped")
+        H.wait_for(lambda: self.srv.open_count() <= base, H.T(5),
+                   what="the collected socket's connection to close")
+
+    def test_pooled_connection_closed_by_peer(self):
+        self.body("/t/keepalive")
+        first = self.body("/t/keepalive").split("|")
+        self.assertGreater(int(first[1]), 0)
+        self.srv.close_all()
+        # the idle pooled connection notices at once (no CLOSE_WAIT left behind) ...
+        H.wait_for(lambda: not [st for lp, rp, st in RT.tcp_states(self.srv.port)
+                                if rp == self.srv.port and st == "08"], H.T(5),
+                   what="the pooled connection to be closed after its peer closed")
+        # ... and the next request connects afresh
+        again = self.body("/t/keepalive").split("|")
+        self.assertEqual(again[1], "0")
+
+    def test_every_timer_run_closes_its_sockets(self):
+        self.assertEqual(self.body("/t/every"), "nil|closed")
+
+    def test_spawned_thread(self):
+        self.assertEqual(self.body("/t/spawned"), "from-thread")
 
     def test_zz_no_sanitizer_errors(self):
         self.assertAlive()
