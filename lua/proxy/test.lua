@@ -873,27 +873,14 @@ function T.run(plugin, conf_overrides, req_spec, resp_spec)
   return T.run_chain({ { plugin, conf_overrides } }, req_spec, resp_spec)
 end
 
-
--- proxy.redis: the real client (luaproxy.redis) over fake sockets that reach fake Redis
--- servers a spec starts with T.redis_server{...} (proxy/test_redis.lua); T.redis holds the
--- scripted replies (status, error, raw, null_array, hang, close). I/O waits yield like
--- proxy.sleep; timeouts move the fake clock. T.reset() forgets the servers and pools.
-local redis_fake = require("proxy.test_redis").registry {
-  now = function() return clock end,
-  advance = function(s) clock = clock + s end,
-  wait = function()
-    if in_filter then phases.raise(phases.NO_YIELD, 4) end
-    if running and co_running() == running then co_yield(SLEEP) end
-  end,
-}
+-- proxy.redis: the real client (luaproxy.redis) over the fake proxy.tcp, talking to fake
+-- Redis servers a spec starts with T.redis_server{...} (proxy/test_redis.lua: T.tcp_peers
+-- with an in-memory store); T.redis holds the scripted replies (status, error, raw,
+-- null_array, hang, close). T.reset() forgets them with the other peers.
+local redis_fake = require("proxy.test_redis").registry { now = function() return clock end }
 fake.null = fake.null or fake.json.null
-fake.redis = require("luaproxy.redis").api(redis_fake.tcp)
+fake.redis = require("luaproxy.redis").api(fake.tcp)
 T.redis_server = redis_fake.server
 T.redis = redis_fake.replies
-local reset_without_redis = T.reset
-function T.reset()
-  reset_without_redis()
-  redis_fake.reset()
-end
 
 return T

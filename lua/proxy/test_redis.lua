@@ -1,12 +1,9 @@
--- proxy.test's fake Redis: in-memory servers a spec starts with T.redis_server{...}, and
--- fake sockets with the cosocket's API (connect, settimeouts, send, receive, close,
--- setkeepalive, getreusedtimes, sslhandshake) that proxy.redis talks to in specs. The
--- bytes really go through RESP both ways: the server parses what the client encoded and
--- encodes its replies, which the client's parser reads, possibly in pieces
--- (srv.chunk_size). See docs/testing-plugins.md.
---
--- Until the cosocket's own double (fake TCP peers) exists, this fake socket only knows
--- Redis servers: connecting anywhere else is "connection refused".
+-- proxy.test's fake Redis: in-memory servers a spec starts with T.redis_server{...}, each a
+-- peer of the fake proxy.tcp (proxy/test_tcp.lua, T.tcp_peer), so proxy.redis runs
+-- unchanged over the double's sockets, with their pools, timeouts and lifetimes. The bytes
+-- really go through RESP both ways: the server parses what the client encoded and encodes
+-- its replies, which the client's parser reads, possibly in pieces (srv.chunk_size). See
+-- docs/testing-plugins.md.
 local cjson = require "cjson"
 local null = cjson.null
 local type, tostring, tonumber, pairs, ipairs, setmetatable, getmetatable =
@@ -447,6 +444,9 @@ end)
 ------------------------------------------------------------------------------------------
 -- Servers and connections
 ------------------------------------------------------------------------------------------
+local tcp = require "proxy.test_tcp"
+local co_yield = coroutine.yield
+
 local Server = {}
 Server.__index = Server
 
@@ -469,19 +469,31 @@ function Server:on(name, fn)
   return self
 end
 
--- An outage: open connections are closed by the server (mid-reply too), new ones refused.
+local serve
+
+-- Listens (again) at host:port through the fake proxy.tcp.
+local function listen(srv)
+  srv.tcp = tcp.peer(srv.host, srv.port, function(peer) return serve(srv, peer) end)
+end
+
+-- An outage: open connections (pooled ones too) are closed by the server, new ones
+-- refused, until srv:start().
 function Server:stop()
   self.down = true
   for c in pairs(self.open) do
-    c.peer_closed = true
-    c.outq = {}
+    c.stopped = true
+    c.peer:close()
     self.open[c] = nil
   end
+  self.tcp = tcp.peer(self.host, self.port, "connection refused")
   return self
 end
 
 function Server:start()
-  self.down = false
+  if self.down then
+    self.down = false
+    listen(self)
+  end
   return self
 end
 
@@ -489,27 +501,24 @@ end
 function Server:flush()
   self.dbs = {}
   self.commands = {}
-  self.requests = {}
   self.queued = {}
   return self
 end
 
--- String values as a plain table key -> value (database `n`, default 0), for asserts.
+-- The live keys of database `n` (default 0): key -> value (hashes, lists and sets as
+-- tables), for asserts.
 function Server:dump(n)
   local out = {}
   for k, e in pairs(self:db(n or 0)) do
-    if not (e.expires and e.expires <= self.now()) then
-      out[k] = e.kind == "string" and e.value or e.value
-    end
+    if not (e.expires and e.expires <= self.now()) then out[k] = e.value end
   end
   return out
 end
 
--- Open (not closed, not pooled-and-dead) connections the server holds.
-function Server:open_count()
-  local n = 0
-  for _ in pairs(self.open) do n = n + 1 end
-  return n
+-- The exact bytes the client sent on connection `i` (default: the latest), from T.tcp_peer.
+function Server:sent(i)
+  local sent = self.tcp and self.tcp.sent or {}
+  return sent[i or #sent]
 end
 
 local function answer(srv, c, args)
@@ -520,10 +529,7 @@ local function answer(srv, c, args)
     return S.error("NOAUTH Authentication required.")
   end
   local h = srv.handlers[name]
-  if h then
-    local v = h(args, srv, c)
-    return v
-  end
+  if h then return h(args, srv, c) end
   local fn = CMD[name]
   if not fn then
     local rest = {}
@@ -536,262 +542,99 @@ local function answer(srv, c, args)
   return fn(srv, c, args)
 end
 
--- Parses one RESP command (an array of bulk strings) at the start of `s`: the list and
--- the bytes used, nil when incomplete, or false when malformed.
-local function parse_command(s)
-  local e = find(s, "\r\n", 1, true)
-  if not e then return nil end
-  if sub(s, 1, 1) ~= "*" then return false end
-  local n = tonumber(sub(s, 2, e - 1))
-  if not n or n < 1 then return false end
-  local pos, args = e + 2, {}
+-- Reads one command (a RESP array of bulk strings, as clients send them): the list; nil
+-- when the client closed; false when the bytes are not such an array.
+local function read_command(peer)
+  local line = peer:receive("*l")
+  if not line then return nil end
+  local n = sub(line, 1, 1) == "*" and tonumber(sub(line, 2))
+  if not n or n < 1 or n % 1 ~= 0 then return false end
+  local args = {}
   for i = 1, n do
-    local e2 = find(s, "\r\n", pos, true)
-    if not e2 then return nil end
-    if sub(s, pos, pos) ~= "$" then return false end
-    local len = tonumber(sub(s, pos + 1, e2 - 1))
-    if not len or len < 0 then return false end
-    if #s < e2 + 1 + len + 2 then return nil end
-    args[i] = sub(s, e2 + 2, e2 + 1 + len)
-    if sub(s, e2 + 2 + len, e2 + 3 + len) ~= "\r\n" then return false end
-    pos = e2 + 4 + len
+    line = peer:receive("*l")
+    if not line then return nil end
+    local len = sub(line, 1, 1) == "$" and tonumber(sub(line, 2))
+    if not len or len < 0 or len % 1 ~= 0 then return false end
+    local data = peer:receive(len + 2)
+    if not data then return nil end
+    if sub(data, -2) ~= "\r\n" then return false end
+    args[i] = sub(data, 1, len)
   end
-  return args, pos - 1
+  return args
 end
 
-local function queue_out(srv, c, bytes)
+-- Sends a reply, in pieces of srv.chunk_size with a pause between them (the plugin's
+-- receive sees them arrive one by one).
+local function send_out(srv, peer, bytes)
   local size = srv.chunk_size
   if not size or size <= 0 or #bytes <= size then
-    c.outq[#c.outq + 1] = bytes
+    peer:send(bytes)
     return
   end
-  for i = 1, #bytes, size do c.outq[#c.outq + 1] = sub(bytes, i, i + size - 1) end
+  for i = 1, #bytes, size do
+    if i > 1 then co_yield() end
+    peer:send(sub(bytes, i, i + size - 1))
+  end
 end
 
--- The server side of a connection gets `data`: whole commands are answered in order.
-local function server_input(srv, c, data)
-  if c.peer_closed or c.hung then return end
-  c.inbuf = c.inbuf .. data
+-- One connection's server side (the T.tcp_peer function): returning closes it.
+serve = function(srv, peer)
+  local c = { db = 0, authed = false, peer = peer }
+  srv.connections = srv.connections + 1
+  srv.open[c] = true
   while true do
-    local args, used = parse_command(c.inbuf)
-    if args == nil then return end
+    local args = read_command(peer)
+    if c.stopped then return end
+    if args == nil then
+      srv.open[c] = nil
+      return
+    end
     if args == false then
       srv.protocol_errors = srv.protocol_errors + 1
-      queue_out(srv, c, "-ERR Protocol error: the fake Redis could not parse the request\r\n")
-      c.peer_closed = true
+      peer:send("-ERR Protocol error: the fake Redis could not parse the request\r\n")
       srv.open[c] = nil
       return
     end
-    srv.requests[#srv.requests + 1] = sub(c.inbuf, 1, used)
-    c.inbuf = sub(c.inbuf, used + 1)
     local v = answer(srv, c, args)
     if v == S.hang then
-      c.hung = true
+      peer:receive("*a") -- no answer, ever: until the client closes
+      srv.open[c] = nil
       return
     elseif v == S.close then
-      c.peer_closed = true
       srv.open[c] = nil
       return
     end
-    queue_out(srv, c, concat(encode(v, {})))
+    send_out(srv, peer, concat(encode(v, {})))
+    if c.stopped then return end
     if (getmetatable(v) == Tag and v.kind == "raw" and v.v[2]) or c.quit then
-      c.peer_closed = true
       srv.open[c] = nil
       return
     end
   end
 end
 
-------------------------------------------------------------------------------------------
--- The fake cosocket
-------------------------------------------------------------------------------------------
-
--- env: now() (seconds), advance(seconds) (a timeout passes on the fake clock), wait()
--- (where the engine would yield for I/O).
+-- env: now() (seconds, the fake clock).
 function R.registry(env)
   local reg = { replies = R.replies }
-  local servers = {} -- "host:port" -> server
-  local pools = {}   -- pool name -> list of { c =, expires = } (oldest first)
 
   -- T.redis_server{ host = "127.0.0.1", port = 6379, password =, user =, databases = 16,
   -- chunk_size = nil }: a fake Redis answering at host:port until T.reset().
   function reg.server(opts)
     opts = opts or {}
-    local key = (opts.host or "127.0.0.1") .. ":" .. (opts.port or 6379)
     local srv = setmetatable({
       host = opts.host or "127.0.0.1", port = opts.port or 6379,
       password = opts.password, user = opts.user, databases = opts.databases or 16,
       chunk_size = opts.chunk_size,
       dbs = {}, handlers = {}, queued = {},
       commands = {},       -- every command received: { "SET", "k", "v" } lists
-      requests = {},       -- the exact bytes of each command received
       connections = 0,     -- connections accepted (a pooled connection reused is not counted)
       protocol_errors = 0, -- requests the server could not parse (a client bug)
       open = {},           -- conn -> true while the server side is open
       down = false,
       now = env.now,
     }, Server)
-    servers[key] = srv
+    listen(srv)
     return srv
-  end
-
-  function reg.reset()
-    servers = {}
-    pools = {}
-  end
-
-  local Sock = {}
-  Sock.__index = Sock
-
-  function reg.tcp()
-    return setmetatable({ _c = false, _ct = 60000, _st = 60000, _rt = 60000 }, Sock)
-  end
-
-  function Sock:settimeout(ms)
-    self._ct, self._st, self._rt = ms, ms, ms
-  end
-
-  function Sock:settimeouts(c, s, r)
-    self._ct, self._st, self._rt = c or self._ct, s or self._st, r or self._rt
-  end
-
-  local function drop(c)
-    c.client_closed = true
-    if c.srv then c.srv.open[c] = nil end
-  end
-
-  function Sock:connect(host, port, opts)
-    if self._c then drop(self._c); self._c = false end
-    if type(host) ~= "string" then error("bad argument #1 to 'connect' (string expected)", 2) end
-    local key = host .. ":" .. tostring(port)
-    local pool = opts and opts.pool or key
-    local list = pools[pool]
-    while list and #list > 0 do
-      local p = remove(list)
-      if (not p.expires or p.expires > env.now()) and not p.c.peer_closed then
-        p.c.reused = p.c.reused + 1
-        self._c = p.c
-        return 1
-      end
-      drop(p.c)
-    end
-    local srv = servers[key]
-    env.wait()
-    if not srv or srv.down then return nil, "connection refused" end
-    if srv.connect_hang then
-      env.advance(self._ct / 1000)
-      return nil, "timeout"
-    end
-    local c = { srv = srv, pool = pool, reused = 0, db = 0, inbuf = "", rbuf = "", outq = {},
-                authed = false }
-    srv.connections = srv.connections + 1
-    srv.open[c] = true
-    self._c = c
-    return 1
-  end
-
-  function Sock:getreusedtimes()
-    if not self._c then return nil, "closed" end
-    return self._c.reused
-  end
-
-  function Sock:sslhandshake()
-    if not self._c then return nil, "closed" end
-    self._c.tls = true
-    return true
-  end
-
-  function Sock:send(data)
-    local c = self._c
-    if not c then return nil, "closed" end
-    if type(data) == "table" then data = concat(data) end
-    if type(data) ~= "string" then data = tostring(data) end
-    server_input(c.srv, c, data)
-    return #data
-  end
-
-  -- Moves the next piece the server sent into the read buffer: true, or nil and why not.
-  local function deliver(self, c)
-    if #c.outq > 0 then
-      env.wait()
-      c.rbuf = c.rbuf .. remove(c.outq, 1)
-      return true
-    end
-    if c.peer_closed then return nil, "closed" end
-    env.advance(self._rt / 1000)
-    return nil, "timeout"
-  end
-
-  local function fail(self, c, err)
-    local partial = c.rbuf
-    c.rbuf = ""
-    if err == "closed" then drop(c); self._c = false end
-    return nil, err, partial
-  end
-
-  function Sock:receive(pat)
-    local c = self._c
-    if not c then return nil, "closed" end
-    pat = pat or "*l"
-    if type(pat) == "number" then
-      while #c.rbuf < pat do
-        local ok, err = deliver(self, c)
-        if not ok then return fail(self, c, err) end
-      end
-      local out = sub(c.rbuf, 1, pat)
-      c.rbuf = sub(c.rbuf, pat + 1)
-      return out
-    elseif pat == "*l" then
-      while true do
-        local e = find(c.rbuf, "\n", 1, true)
-        if e then
-          local line = sub(c.rbuf, 1, e - 1)
-          c.rbuf = sub(c.rbuf, e + 1)
-          return (gsub(line, "\r", ""))
-        end
-        local ok, err = deliver(self, c)
-        if not ok then return fail(self, c, err) end
-      end
-    elseif pat == "*a" then
-      while true do
-        local ok, err = deliver(self, c)
-        if not ok then
-          if err == "closed" then
-            local all = c.rbuf
-            c.rbuf = ""
-            drop(c)
-            self._c = false
-            return all
-          end
-          return fail(self, c, err)
-        end
-      end
-    end
-    error("bad argument #1 to 'receive' (bad pattern argument)", 2)
-  end
-
-  function Sock:close()
-    local c = self._c
-    if not c then return nil, "closed" end
-    drop(c)
-    self._c = false
-    return 1
-  end
-
-  function Sock:setkeepalive(idle_ms, size)
-    local c = self._c
-    if not c then return nil, "closed" end
-    self._c = false
-    if #c.rbuf > 0 or #c.outq > 0 or c.hung then
-      drop(c)
-      return nil, "unread data in buffer"
-    end
-    local list = pools[c.pool]
-    if not list then list = {}; pools[c.pool] = list end
-    size = size or 30
-    while #list >= size do drop(remove(list, 1).c) end
-    list[#list + 1] = { c = c, expires = (idle_ms and idle_ms > 0) and env.now() + idle_ms / 1000 or nil }
-    return 1
   end
 
   return reg

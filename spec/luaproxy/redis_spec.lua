@@ -27,7 +27,7 @@ describe("proxy.redis", function()
       local red = client()
       assert.equal("OK", red:set("k", "v", "EX", 10))
       assert.equal("*5\r\n$3\r\nset\r\n$1\r\nk\r\n$1\r\nv\r\n$2\r\nEX\r\n$2\r\n10\r\n",
-        srv.requests[1])
+        srv:sent(1))
       assert.same({ "set", "k", "v", "EX", "10" }, srv.commands[1])
       assert.equal(0, srv.protocol_errors)
     end)
