@@ -11,8 +11,10 @@
 -- string we return. hiredis would need every received chunk fed (copied) into its own
 -- buffer, then walk malloc'ed redisReply trees through FFI, copy each string again into
 -- Lua and free the tree: more copies and allocations per reply, and a second buffering
--- layer beside the cosocket's. The parser below is a few dozen lines that LuaJIT compiles;
--- a reply's type is one byte. RESP2 only (RESP3 is not needed: we never send HELLO 3).
+-- layer beside the cosocket's. The parser below is a few dozen lines; a reply's type is one
+-- byte. Measured on a fake socket, connect{} + GET + set_keepalive cost about 1.4 us of
+-- Lua per request in LuaJIT's interpreter (0.1 us when compiled), next to tens of us of
+-- socket work (bench/README.md, redis-get). RESP2 only (we never send HELLO 3).
 --
 -- The module is a factory (M.api(tcp)) so the engine binds it to proxy.tcp and the
 -- proxy.test double to its fake sockets; each gets its own client class.

@@ -2,8 +2,9 @@
 """proxy.redis against a real redis-server (Debian's package; ./dev installs it): GET, SET,
 INCR, error replies, a pipeline and EVAL from a plugin, AUTH and SELECT on a fresh
 connection only, keep-alive reuse through the cosocket pool (Redis's own connection count
-stays flat), and a Redis outage in the middle of a load: every request is still answered
-200 by a plugin that handles `nil, err`, and the plugin gets Redis back once it returns.
+stays flat), a stalled Redis (SIGSTOP) answered by the client's timeout, and a Redis
+outage in the middle of a load: every request is still answered 200 by a plugin that
+handles `nil, err`, and the plugin gets Redis back once it returns.
 
 redis-server cannot listen on port 0: it gets a port from harness.reserved_port() (a
 port in TIME_WAIT on our side, which the kernel does not hand out for port 0 meanwhile and
@@ -16,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua"))
 import luatest as L  # noqa: E402
@@ -261,6 +263,24 @@ class LuaRedisTest(L.LuaTestCase):
             if line.startswith("total_connections_received:"):
                 return int(line.split(":")[1])
         raise AssertionError("no total_connections_received in INFO:\n" + info)
+
+    def test_z_timeout_when_redis_stalls(self):
+        """redis-server stopped (SIGSTOP): the kernel still accepts, nothing answers. Each
+        request gets its fallback after the plugin's 500 ms timeout, then Redis again."""
+        self.body("/r/fallback")  # a pooled connection exists
+        os.kill(self.redis.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):  # the pooled connection, then a fresh one (AUTH times out)
+                t0 = time.monotonic()
+                b = self.body("/r/fallback")
+                took = time.monotonic() - t0
+                self.assertRegex(b, r"^fallback: (redis 127\.0\.0\.1:\d+: AUTH failed: )?timeout$")
+                self.assertGreaterEqual(took, 0.45, b)
+                self.assertLess(took, H.T(3), b)
+        finally:
+            os.kill(self.redis.proc.pid, signal.SIGCONT)
+        H.wait_for(lambda: self.body("/r/fallback").startswith("value: "), H.T(5),
+                   what="Redis answering again after SIGCONT")
 
     def test_zz_outage_during_load(self):
         """Runs last (it kills redis-server, then starts it again on the same port)."""
