@@ -339,6 +339,23 @@ describe("proxy.redis", function()
     end)
   end)
 
+  describe("pub/sub", function()
+    it("subscribe, then read_reply for each message; no pooling while subscribed", function()
+      srv:on("SUBSCRIBE", function()
+        return R.raw("*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+          .. "*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+      end)
+      local red = client { port = 6379, read_timeout = 100 }
+      assert.same({ nil, "not subscribed" }, { red:read_reply() })
+      assert.same({ "subscribe", "ch", 1 }, red:subscribe("ch"))
+      assert.same({ "message", "ch", "hi" }, red:read_reply())
+      assert.same({ nil, "subscribed state" }, { red:set_keepalive() })
+      assert.same({ nil, "timeout" }, { red:read_reply() }) -- no message yet: still usable
+      assert.same({ nil, "timeout" }, { red:read_reply() })
+      assert.equal(1, red:close())
+    end)
+  end)
+
   describe("keepalive", function()
     it("reuses a pooled connection without AUTH or SELECT again", function()
       local s = T.redis_server { port = 7001, password = "pw" }
