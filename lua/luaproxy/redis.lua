@@ -34,6 +34,10 @@ local M = {}
 -- a bigger one is read as the bulk then the CRLF, so it is not copied once more.
 local ONE_READ_MAX = 8192
 
+-- Redis's own limit on a bulk string (proto-max-bulk-len's default, 512 MiB): a longer one
+-- is a desynchronised stream, not something to buffer.
+local MAX_BULK = 512 * 1024 * 1024
+
 -- Defaults: every client has timeouts (issue #12: "safe defaults").
 local DEFAULT_TIMEOUT_MS = 1000
 
@@ -110,7 +114,9 @@ local function read_reply(sock)
   local t = byte(line, 1)
   if t == 36 then -- '$' bulk string
     local n = tonumber(sub(line, 2))
-    if not n or n % 1 ~= 0 then return nil, "bad reply from redis: " .. sub(line, 1, 64), true end
+    if not n or n % 1 ~= 0 or n > MAX_BULK then
+      return nil, "bad reply from redis: " .. sub(line, 1, 64), true
+    end
     if n < 0 then return null end
     if n <= ONE_READ_MAX then
       local data, rerr = sock:receive(n + 2)

@@ -172,6 +172,11 @@ describe("proxy.redis", function()
       local res, err = red:get("k")
       assert.is_nil(res)
       assert.equal("bad reply from redis: $x", err)
+      red = client()
+      srv:reply(R.raw("$99999999999\r\n")) -- over Redis's 512 MiB: never buffered
+      res, err = red:get("k")
+      assert.is_nil(res)
+      assert.equal("bad reply from redis: $99999999999", err)
     end)
   end)
 
