@@ -264,14 +264,15 @@ function M.api(tcp)
     return true
   end
 
-  -- connect(host, port, opts) as lua-resty-redis: opts.pool, pool_size, backlog, ssl,
-  -- ssl_verify, server_name. A closed client may connect again (its socket object is kept).
+  -- connect(host, port, opts) as lua-resty-redis: opts.pool, pool_size, ssl, ssl_verify,
+  -- server_name (backlog is accepted and ignored: the cosocket has no connect queue). A
+  -- closed client may connect again (its socket object is kept).
   function Redis:connect(host, port, opts)
     local sock = self._sock or self._tcp
     if not sock then return nil, "not initialized" end
     local copts
     if opts then
-      copts = { pool = opts.pool, pool_size = opts.pool_size, backlog = opts.backlog }
+      copts = { pool = opts.pool, pool_size = opts.pool_size }
     end
     local ok, err = sock:connect(host, port, copts)
     if not ok then return nil, err end
@@ -437,8 +438,8 @@ function M.api(tcp)
       end
     end
     local ok
-    ok, err = red:connect(host, port, { pool = pool, pool_size = o.pool_size, backlog = o.backlog,
-      ssl = o.ssl, ssl_verify = o.ssl_verify, server_name = o.server_name })
+    ok, err = red:connect(host, port, { pool = pool, pool_size = o.pool_size, ssl = o.ssl,
+      ssl_verify = o.ssl_verify, server_name = o.server_name })
     if not ok then
       return nil, format("redis %s:%s: %s", host, port, tostring(err))
     end
