@@ -79,6 +79,27 @@ end
 
 function H.reused(req, red) return red:get_reused_times() end
 
+-- The OpenResty form, with one client object connecting twice (pooled in between).
+function H.openresty(req, red, conf)
+  local r = proxy.redis.new()
+  r:set_timeouts(500, 500, 500)
+  local ok, err = r:connect("127.0.0.1", conf.port, { pool = "openresty-style" })
+  if not ok then return nil, err end
+  if r:get_reused_times() == 0 then
+    local res, aerr = r:auth(conf.password)
+    if not res then return res, aerr end
+  end
+  r:set("or:k", "v1")
+  ok, err = r:set_keepalive(10000, 4)
+  if not ok then return nil, err end
+  ok, err = r:connect("127.0.0.1", conf.port, { pool = "openresty-style" })
+  if not ok then return nil, err end
+  local reused = r:get_reused_times()
+  local v = r:get("or:k")
+  r:set_keepalive(10000, 4)
+  return { reused, v }
+end
+
 function H.error(req, red)
   red:set("e:str", "abc")
   return red:incr("e:str")
@@ -100,7 +121,7 @@ function P.request(req, conf)
   local red, err = client(conf)
   if name == "fallback" then return req:respond(200, h(req, red, err)) end
   if not red then return req:respond(502, "connect: " .. err) end
-  local res, rerr = h(req, red)
+  local res, rerr = h(req, red, conf)
   if res == nil then return req:respond(502, "nil " .. tostring(rerr)) end
   local ok, kerr = red:set_keepalive(10000, 16)
   if not ok then return req:respond(500, "keepalive: " .. tostring(kerr)) end
@@ -234,6 +255,9 @@ class LuaRedisTest(L.LuaTestCase):
         self.assertEqual(self.redis.command("GET", "greeting", db=3), "hello there")
         self.assertIsNone(self.redis.command("GET", "greeting"))
         self.assertEqual(self.redis.command("GET", "n1", db=3), "2")
+
+    def test_openresty_style_new_connect_twice(self):
+        self.assertRegex(self.body("/r/openresty"), r"^\[[1-9]\d*,v1\]$")
 
     def test_error_reply_is_false_and_message(self):
         self.assertEqual(self.body("/r/error"), "false ERR value is not an integer or out of range")
