@@ -86,6 +86,12 @@ struct cosock_pool_s {
     char *key;       /* owned */
     lp_list_t idle;  /* cosock_conn_t.link, most recently used first */
     unsigned n, max; /* idle now, most kept */
+    /* The last TLS session of a connection under this key, which new connections resume:
+     * for one server name and verification setting (a session made without verifying
+     * must not let a verifying handshake skip it). */
+    void *session;      /* owned: SSL_SESSION reference; NULL: none */
+    char *session_name; /* owned */
+    int session_verify; /* the session was verified */
     struct cosock_pool_s *next;
 };
 
@@ -166,13 +172,17 @@ static void conn_close(cosock_conn_t *c)
     lp_ep_close(&c->ep);
 }
 
+static void pool_keep_session(lp_worker_t *w, cosock_conn_t *c);
+
 /* The socket lets go of its connection: closed (the close callback frees it). */
 static void sock_drop_conn(lp_cosock_t *s)
 {
     cosock_conn_t *c = s->conn;
     s->conn = NULL;
-    if (c)
+    if (c) {
+        pool_keep_session(s->io, c);
         conn_close(c);
+    }
 }
 
 /* The connection failed while connecting: the socket keeps the message, the connection
@@ -479,6 +489,39 @@ static cosock_pool_t *pool_find(lp_worker_t *w, const char *key, int create)
     return p;
 }
 
+/* Keeps c's TLS session for the next connection under its key (not while loading: the
+ * private context has no pools; nor while the worker stops: its pools are gone). */
+static void pool_keep_session(lp_worker_t *w, cosock_conn_t *c)
+{
+    if (!c->session || !c->tls_name || c->handshaking || c->hs_failed || lp_lua_loading() ||
+        w->stopping)
+        return;
+    cosock_pool_t *p = pool_find(w, c->key, 1);
+    char *name = p ? strdup(c->tls_name) : NULL;
+    if (!name || !SSL_SESSION_up_ref(c->session)) {
+        free(name);
+        return;
+    }
+    lp_tls_session_free(p->session);
+    free(p->session_name);
+    p->session = c->session;
+    p->session_name = name;
+    p->session_verify = c->tls_verify;
+}
+
+/* A session to resume for a connection under key to (name, verify): a new reference, or
+ * NULL. */
+static void *pool_session(lp_worker_t *w, const char *key, const char *name, int verify)
+{
+    if (lp_lua_loading())
+        return NULL;
+    cosock_pool_t *p = pool_find(w, key, 0);
+    if (!p || !p->session || strcmp(p->session_name, name) || p->session_verify != verify ||
+        !SSL_SESSION_up_ref(p->session))
+        return NULL;
+    return p->session;
+}
+
 static cosock_conn_t *pool_take(lp_worker_t *w, const char *key)
 {
     cosock_pool_t *p = pool_find(w, key, 0);
@@ -520,6 +563,8 @@ void lp_cosock_worker_close(lp_worker_t *w)
         ps->pools = p->next;
         while (!lp_list_empty(&p->idle))
             conn_close(LP_CONTAINER_OF(p->idle.next, cosock_conn_t, link));
+        lp_tls_session_free(p->session);
+        free(p->session_name);
         free(p->key);
         free(p);
     }
@@ -789,7 +834,9 @@ int lp_ffi_tcp_sslhandshake(void *sp, void *session, const char *name, size_t nl
     if (!(c->tls_name = strdup(sni)))
         return sock_err(s, "out of memory");
     if (session && SSL_SESSION_up_ref(session))
-        c->session = session;
+        c->session = session; /* the caller's, from an earlier sslhandshake */
+    else if (!session)
+        c->session = pool_session(s->io, c->key, c->tls_name, c->tls_verify);
     c->ep.tls = lp_tls_connect(cli, c->tls_name, &c->session, &c->ep.w->bufs);
     if (!c->ep.tls)
         return sock_err(s, "cannot start TLS");
@@ -1025,6 +1072,7 @@ int lp_ffi_tcp_setkeepalive(void *sp, double idle_ms, int pool_size)
         return 0;
     }
     s->conn = NULL;
+    pool_keep_session(s->io, c);
     if (pool_put(s->io, c, max, idle)) {
         conn_close(c);
         return sock_err(s, "out of memory");

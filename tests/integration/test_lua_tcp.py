@@ -43,7 +43,7 @@ class LineServer:
     ECHO text -> text\\r\\n; CONN -> the connection's number; LEN n -> n bytes "x";
     HANG -> nothing, ever; HALF text -> text without its newline, then close;
     BYE -> bye\\n, then close; SINK n -> reads n bytes, then sunk\\n; RST -> closes with
-    a reset."""
+    a reset; RESUMED -> 1 when the TLS session was resumed, else 0."""
 
     def __init__(self, tls=None):
         self.tls = tls
@@ -105,6 +105,8 @@ class LineServer:
                             break
                         n -= len(chunk)
                     s.sendall(b"sunk\n")
+                elif cmd == b"RESUMED":
+                    s.sendall(b"%d\n" % int(bool(getattr(s, "session_reused", False))))
                 elif cmd == b"RST":
                     # close with a reset: later sends of the client fail
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
@@ -402,6 +404,19 @@ function H.tls(req, conf)
   return req:respond(200, table.concat({ line, reused, line2, type(sess) }, "|"))
 end
 
+function H.resume(req, conf)
+  local out = {}
+  for i = 1, 2 do
+    local s = proxy.tcp()
+    assert(s:connect("127.0.0.1", conf.tls_port, { pool = "resume" }))
+    assert(s:sslhandshake(false, "tcp.test", true))
+    assert(s:send("RESUMED\n"))
+    out[i] = assert(s:receive())
+    s:close() -- not pooled: the next one is a new connection, which resumes the session
+  end
+  return req:respond(200, table.concat(out, "|"))
+end
+
 function H.tls_bad_name(req, conf)
   local s = proxy.tcp()
   assert(s:connect("127.0.0.1", conf.tls_port))
@@ -590,6 +605,9 @@ class LuaTcpTest(RT.ReloadTestCase):
         self.assertEqual((line, line2), ("secret", "again"))
         self.assertGreater(int(reused), 0)
         self.assertIn(sess, ("table", "boolean"))
+
+    def test_tls_session_resumed_by_a_new_connection(self):
+        self.assertEqual(self.body("/t/resume"), "0|1")
 
     def test_tls_verify_failure(self):
         ok, err, ok2, err2 = self.body("/t/tls_bad_name").split("|")
