@@ -105,10 +105,14 @@ M.encode = function(cmd, ...) -- for specs: the bytes red:<cmd>(...) sends
   return encode("$" .. #cmd .. "\r\n" .. cmd .. "\r\n", select("#", ...), ...)
 end
 
+-- Arrays nested deeper than this are a protocol error (Redis's replies nest a few levels;
+-- unbounded recursion would raise "stack overflow" instead of returning).
+local MAX_DEPTH = 64
+
 -- Reads one reply from `sock`. Returns the value; false and the message for a Redis error
 -- reply; nil, err, true for a network or protocol failure (the third value says the
--- connection is unusable: the caller closes it).
-local function read_reply(sock)
+-- connection is unusable: the caller closes it). `depth`: arrays around this reply.
+local function read_reply(sock, depth)
   local line, err = sock:receive("*l")
   if not line then return nil, err, true end
   local t = byte(line, 1)
@@ -143,9 +147,11 @@ local function read_reply(sock)
     local n = tonumber(sub(line, 2))
     if not n or n % 1 ~= 0 then return nil, "bad reply from redis: " .. sub(line, 1, 64), true end
     if n < 0 then return null end
+    depth = (depth or 0) + 1
+    if depth > MAX_DEPTH then return nil, "bad reply from redis: arrays nested too deep", true end
     local vals = {}
     for i = 1, n do
-      local v, verr, fatal = read_reply(sock)
+      local v, verr, fatal = read_reply(sock, depth)
       if fatal then return nil, verr, true end
       if v == false then v = { false, verr } end -- an error inside an array, as lua-resty-redis
       vals[i] = v
@@ -167,8 +173,8 @@ local function fnv(s)
   return tohex(h)
 end
 
--- Method names that are not Redis commands (instance fields are always present, so a
--- field look-up never reaches the command generator).
+-- The names a command method is made for: a letter, then letters and digits. Instance
+-- fields start with "_" and are always present, so a field look-up never makes a command.
 local function is_command_name(k)
   return type(k) == "string" and find(k, "^%a[%w]*$") ~= nil
 end
