@@ -410,8 +410,8 @@ function M.api(tcp)
     end
     local host = o.host or "127.0.0.1"
     local port = tonumber(o.port or 6379)
-    if type(host) ~= "string" or not port then
-      error("proxy.redis.connect: host must be a string and port a number", 2)
+    if type(host) ~= "string" or not port or port % 1 ~= 0 or port < 1 or port > 65535 then
+      error("proxy.redis.connect: host must be a string and port a number from 1 to 65535", 2)
     end
     local db = o.db and tonumber(o.db)
     if o.db and not db then error("proxy.redis.connect: db must be a number", 2) end

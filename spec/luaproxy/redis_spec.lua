@@ -282,6 +282,10 @@ describe("proxy.redis", function()
     it("raises only for a call that is not a table of options", function()
       assert.error_matches(function() redis.connect("127.0.0.1") end,
         "proxy.redis.connect: expected a table of options", 1, true)
+      assert.error_matches(function() redis.connect { port = 0 } end,
+        "proxy.redis.connect: host must be a string and port a number from 1 to 65535", 1, true)
+      assert.error_matches(function() redis.connect { db = "x" } end,
+        "proxy.redis.connect: db must be a number", 1, true)
     end)
   end)
 
