@@ -352,5 +352,54 @@ class LuaRedisTest(L.LuaTestCase):
         self.assertAlive()
 
 
+class RateLimitExampleTest(L.LuaTestCase):
+    """scripts/redis-rate-limit.lua as shipped, with its ports moved (Redis, the demo
+    origin, the listener): 10 requests per client and window, then 429; fail open without
+    Redis."""
+
+    @classmethod
+    def setUpClass(cls):
+        from test_lua_examples import ExampleProxy
+        cls.redis = Redis()
+        cls.addClassCleanup(cls.redis.stop)
+        cls.redis.start()
+        cls.origin = cls.start_origin("web")
+        p = ExampleProxy("redis-rate-limit", {9001: cls.origin.port})
+        assert "port = 6379" in p.text
+        p.text = p.text.replace("port = 6379", "port = %d" % cls.redis.port)
+        cls.addClassCleanup(p.stop)
+        cls.proxy = p.start()
+
+    def statuses(self, n):
+        out = []
+        for _ in range(n):
+            r = self.get("/")
+            out.append((r.status, r.header("Retry-After")))
+        return out
+
+    def test_limit_then_fail_open(self):
+        for attempt in range(2):  # a second try only when a window boundary fell inside
+            window = int(time.time() // 60)
+            got = self.statuses(12)
+            if int(time.time() // 60) == window:
+                break
+            self.redis.command("FLUSHALL")
+        self.assertEqual([s for s, _ in got], [200] * 10 + [429, 429], got)
+        retry = int(got[10][1])
+        self.assertTrue(1 <= retry <= 60, got[10])
+        self.assertEqual(self.redis.command("GET", "ratelimit:127.0.0.1:%d" % window), "12")
+        ttl = self.redis.command("TTL", "ratelimit:127.0.0.1:%d" % window)
+        self.assertTrue(0 < ttl <= 60, ttl)
+
+        self.redis.kill()
+        self.assertEqual([s for s, _ in self.statuses(5)], [200] * 5)
+        self.wait_log("rate limit off (requests go through): redis 127.0.0.1:%d: "
+                      "connection refused" % self.redis.port)
+        # at most once per 10 s per worker (the example runs one per core)
+        per_worker = [l.split("] ", 1)[1].split(":", 1)[0]
+                      for l in self.log_lines("rate limit off")]
+        self.assertEqual(len(per_worker), len(set(per_worker)), per_worker)
+
+
 if __name__ == "__main__":
     H.main()
