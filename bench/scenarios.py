@@ -182,6 +182,72 @@ for _conns in (50, 256):
         "per_mib": False,
     })
 
+# --- shared dict: one incr per request (issue #12's "a shared-dict incr per request") ------
+# luaproxy: proxy.shared.hits:incr in a route handler (the request phase); nginx + lua:
+# ngx.shared.hits:incr in access_by_lua_block. "/" then proxies to the origin (5 B); "/local"
+# answers "ok" from Lua (no upstream), so the dict and the Lua call weigh more in the figure;
+# "/noop" answers the same without the incr, the baseline that isolates the incr's cost.
+# Both dicts are 10m; one key (1 worker each: no lock contention, see tests/unit/bench_shdict.c
+# for that).
+LUAPROXY_SHDICT = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  shared = { hits = "10m" },
+  routes = {
+    { match = { prefix = "/noop" }, handler = function(req)
+        return req:respond(200, "ok")
+      end },
+    { match = { prefix = "/local" }, handler = function(req)
+        proxy.shared.hits:incr("hits", 1, 0)
+        return req:respond(200, "ok")
+      end },
+    { match = { prefix = "/" }, upstream = "app", handler = function(req)
+        proxy.shared.hits:incr("hits", 1, 0)
+      end },
+  },
+  log = { access = false },
+}
+"""
+
+NGINX_SHDICT = NGINX_PLAIN.replace(
+    "worker_processes 1;\n",
+    "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n"
+    "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n"
+    "worker_processes 1;\n").replace(
+    "  access_log off;\n",
+    "  access_log off;\n"
+    "  lua_shared_dict hits 10m;\n").replace(
+    "    location / {\n",
+    "    location /noop {\n"
+    "      content_by_lua_block { ngx.print(\"ok\") }\n"
+    "    }\n"
+    "    location /local {\n"
+    "      content_by_lua_block {\n"
+    "        ngx.shared.hits:incr(\"hits\", 1, 0)\n"
+    "        ngx.print(\"ok\")\n"
+    "      }\n"
+    "    }\n"
+    "    location / {\n"
+    "      access_by_lua_block { ngx.shared.hits:incr(\"hits\", 1, 0) }\n")
+assert NGINX_SHDICT.count("ngx.shared") == 2
+
+for _name, _path, _note in (
+        ("shdict-incr-5B-c50", "/", "one shared-dict incr per request, then proxied"),
+        ("shdict-incr-local-c50", "/local", "one shared-dict incr per request, answered from Lua"),
+        ("shdict-noop-local-c50", "/noop", "the same answer from Lua without the incr: "
+         "CPU/req of shdict-incr-local minus this one is the incr's own cost")):
+    SCENARIOS.append({
+        "name": _name,
+        "path": _path,
+        "connections": 50,
+        "luaproxy": LUAPROXY_SHDICT,
+        "nginx": NGINX_SHDICT,
+        "per_mib": False,
+        "note": _note + " (proxy.shared vs ngx.shared)",
+    })
+
 # --- balancing policies: one upstream of three targets, nginx round robin as the peer --
 # The harness starts one origin, listening on 127.0.0.1 only. Three distinct target
 # addresses reach it: 127.0.0.1 and two spellings of the IPv4-mapped IPv6 address of
@@ -297,6 +363,57 @@ SCENARIOS.append({
     "note": "a new connection per request, resuming the previous session "
             "(bench/tls_resume.py; see resumed_share in the JSON)",
 })
+
+# --- a regex per request: proxy.re.match against string.find (luaproxy), and ngx.re.match
+# against string.find (nginx + lua), on the request path. The regex's cost per request is
+# the CPU/req of re-* minus that of find-* (same proxy, same run).
+LUAPROXY_MATCH = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = { { match = { prefix = "/" }, upstream = "app",
+    handler = function(req)
+      MATCH_LUAPROXY
+    end } },
+  log = { access = false },
+}
+"""
+
+NGINX_MATCH = NGINX_LUA.split("    location / {")[0] + """\
+    location / {
+      access_by_lua_block {
+        MATCH_NGINX
+      }
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+"""
+
+MATCHES = {
+    "re": ('local m = proxy.re.match(req:path(), [[^/(?<seg>[a-z0-9_-]*)]], "jo") '
+           'if not m then return req:respond(500, "no match") end',
+           'local m = ngx.re.match(ngx.var.uri, [[^/(?<seg>[a-z0-9_-]*)]], "jo") '
+           'if not m then return ngx.exit(500) end'),
+    "find": ('if not string.find(req:path(), "^/([a-z0-9_-]*)") then '
+             'return req:respond(500, "no match") end',
+             'if not string.find(ngx.var.uri, "^/([a-z0-9_-]*)") then return ngx.exit(500) end'),
+}
+for _kind, (_lp, _ngx) in MATCHES.items():
+    SCENARIOS.append({
+        "name": "%s-5B-c50" % _kind,
+        "path": "/",
+        "connections": 50,
+        "luaproxy": LUAPROXY_MATCH.replace("MATCH_LUAPROXY", _lp),
+        "nginx": NGINX_MATCH.replace("MATCH_NGINX", _ngx),
+        "per_mib": False,
+        "note": "one %s on the path per request, in a route handler / access_by_lua_block"
+                % ("regex match (proxy.re.match / ngx.re.match, named capture)"
+                   if _kind == "re" else "string.find with a capture"),
+    })
 
 # The idle keep-alive memory test uses these templates (fresh processes).
 IDLE = {

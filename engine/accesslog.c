@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "accesslog.h"
+#include "conn.h"
 #include "log.h"
 #include "tls.h"
 
@@ -576,7 +577,10 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
     case V_LITERAL:
         break;
     case V_REMOTE_ADDR:
-        one(v, req->conn->client_ip, strlen(req->conn->client_ip));
+        if (req->client_ip[0])
+            one(v, req->client_ip, strlen(req->client_ip));
+        else if (req->conn) /* not formatted yet (the log is const): format it here */
+            one(v, scratch, lp_conn_ip_text(req->conn, scratch));
         break;
     case V_TIME_ISO8601:
         refresh_time(log);
@@ -610,14 +614,14 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
             one(v, h->path.base, h->path.len);
         break;
     case V_STATUS:
-        u64(v, scratch, (uint64_t)req->status);
+        u64(v, scratch, (uint64_t)req->resp.sent_status);
         break;
     case V_BODY_BYTES_SENT:
-        u64(v, scratch, req->resp_body_out);
+        u64(v, scratch, req->resp.body_out);
         break;
     case V_UPSTREAM_ADDR:
-        if (req->upstream && req->target >= 0)
-            one(v, req->target_addr, strlen(req->target_addr));
+        if (req->upstream && req->try.target >= 0)
+            one(v, req->try.target_addr, strlen(req->try.target_addr));
         break;
     case V_REQUEST_TIME:
         secs(v, scratch, now - req->t_start);

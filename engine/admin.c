@@ -23,6 +23,7 @@
 #include "lua_vm.h"
 #include "server.h"
 #include "worker.h"
+#include "shdict.h"
 
 #define ADMIN_MAX_HEAD  8192  /* header section; the request line has ADMIN_MAX_URI */
 #define ADMIN_MAX_URI   2048  /* request target */
@@ -58,12 +59,13 @@ typedef struct {
     uv_timer_t timer; /* ADMIN_TIMEOUT, then ADMIN_LINGER */
     uv_write_t wreq;
     uv_shutdown_t sreq;
-    lp_admin_t *admin; /* reference */
-    admin_req_t *r;    /* owned; NULL for a refused connection */
-    char *out;         /* owned: the answer being written */
-    int handles;       /* open handles (tcp, timer): the struct is freed at 0 */
-    int answered;      /* an answer is queued: nothing more is parsed */
-    int closing;       /* conn_close() ran: the handles are closing */
+    lp_admin_t *admin;  /* reference */
+    admin_req_t *r;     /* owned; NULL for a refused connection */
+    char *out;          /* owned: the answer being written */
+    int handles;        /* open handles (tcp, timer) and a reload's answer due: freed at 0 */
+    uint64_t reload_t0; /* uv_hrtime() when its POST /reload began */
+    int answered;       /* an answer is queued: nothing more is parsed */
+    int closing;        /* conn_close() ran: the handles are closing */
 } admin_conn_t;
 
 static char discard[4096]; /* lingering reads land here (main thread only) */
@@ -103,9 +105,9 @@ static json_t *jint(uint64_t v)
 
 /* ---- connections ---- */
 
-static void on_conn_handle_close(uv_handle_t *h)
+/* Drops one of c->handles; the last frees it. */
+static void conn_release(admin_conn_t *c)
 {
-    admin_conn_t *c = h->data;
     if (--c->handles)
         return;
     if (c->r)
@@ -114,6 +116,11 @@ static void on_conn_handle_close(uv_handle_t *h)
     free(c->r);
     free(c->out);
     free(c);
+}
+
+static void on_conn_handle_close(uv_handle_t *h)
+{
+    conn_release(h->data);
 }
 
 static void conn_close(admin_conn_t *c)
@@ -129,7 +136,7 @@ static void on_conn_timer(uv_timer_t *t);
 
 static void conn_timer(admin_conn_t *c, uint64_t ms)
 {
-    /* A reload runs synchronously on this loop: the cached time may be old. */
+    /* Parts of a reload (load, build) run synchronously on this loop: the time may be old. */
     uv_update_time(c->tcp.loop);
     uv_timer_start(&c->timer, on_conn_timer, ms, 0);
 }
@@ -241,6 +248,21 @@ static void iso_time(double t, char *out, size_t n)
     strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* "shared": each dict of the current config: its capacity, bytes used, keys, evictions. */
+static json_t *shared_status(const lp_config_t *cfg)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; o && i < cfg->nshdicts; i++) {
+        lp_shdict_stats_t st;
+        lp_shdict_stats(cfg->shdicts[i], &st);
+        json_object_set_new(o, lp_shdict_name(cfg->shdicts[i]),
+                            json_pack("{s:o,s:o,s:o,s:o}", "capacity", jint(st.capacity), "used",
+                                      jint(st.used), "entries", jint(st.entries), "evictions",
+                                      jint(st.evictions)));
+    }
+    return o ? o : json_object();
+}
+
 static void handle_status(admin_conn_t *c)
 {
     lp_server_t *s = c->admin->server;
@@ -263,30 +285,40 @@ static void handle_status(admin_conn_t *c)
                   "connections", jint(conns), "requests", jint(reqs), "reloads", jint(s->reloads),
                   "reloads_failed", jint(s->reloads_failed), "config", jstr(s->config_path),
                   "listen", listen ? listen : json_array(), "admin", jstr(c->admin->bound));
-    if (st)
+    if (st) {
         json_object_set_new(st, "lua",
                             json_pack("{s:o,s:o,s:o}", "timers_pending", jint(lua[0]),
                                       "timers_running", jint(lua[1]), "timers_refused",
                                       jint(lua[2])));
+        json_object_set_new(st, "shared", shared_status(lp_gen_current->config));
+    }
     respond(c, 200, st);
 }
 
+static void on_reloaded(void *data, int rc, const char *err, uint64_t generation)
+{
+    admin_conn_t *c = data;
+    if (rc) {
+        respond(c, 500,
+                json_pack("{s:b,s:o,s:o}", "ok", 0, "generation", jint(generation), "error",
+                          jstr(err)));
+    } else {
+        /* Milliseconds to the microsecond: 5.312, not 5.3119999999999994. */
+        double ms = (double)((uv_hrtime() - c->reload_t0) / 1000) / 1000.0;
+        respond(c, 200,
+                json_pack("{s:b,s:o,s:f}", "ok", 1, "generation", jint(generation), "took_ms", ms));
+    }
+    conn_release(c); /* the hold handle_reload took (respond does nothing once closing) */
+}
+
+/* The answer comes when the reload is over: part of it runs on the threadpool while this
+ * loop goes on (main.c). The connection stays allocated until then. */
 static void handle_reload(admin_conn_t *c)
 {
-    lp_server_t *s = c->admin->server;
-    char err[1024];
-    uint64_t t0 = uv_hrtime();
-    if (lp_server_reload(s, err, sizeof(err))) {
-        respond(c, 500,
-                json_pack("{s:b,s:o,s:o}", "ok", 0, "generation", jint(lp_gen_current->id), "error",
-                          jstr(err)));
-        return;
-    }
-    /* Milliseconds to the microsecond: 5.312, not 5.3119999999999994. */
-    double ms = (double)((uv_hrtime() - t0) / 1000) / 1000.0;
-    respond(
-        c, 200,
-        json_pack("{s:b,s:o,s:f}", "ok", 1, "generation", jint(lp_gen_current->id), "took_ms", ms));
+    c->reload_t0 = uv_hrtime();
+    c->handles++;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    lp_server_reload(c->admin->server, on_reloaded, c);
 }
 
 /* POST /stop: a graceful stop, as SIGTERM (for `luaproxy -s stop` without a pid file). The

@@ -1,10 +1,14 @@
-/* The config: engine/config.h. Loading is three steps, each in its own part below:
+/* The config: engine/config.h. Three steps, each in its own part below:
  *   1. evaluate the file once, in a Lua state of its own (the config VM), and validate the
  *      table against lua/luaproxy/config_schema.lua (lua/luaproxy/config.lua), plugins and
  *      handlers included (lua/luaproxy/runtime.lua, as the workers will load them);
  *   2. read the validated table, defaults filled in, into the C structs (no checks left
  *      but out of memory: every type and range was checked in step 1);
- *   3. resolve addresses (DNS) and build the TLS contexts, which is I/O, not parsing. */
+ *   3. materialise it (lp_config_materialise): resolve addresses (DNS) and build the TLS
+ *      contexts (certificates, keys, CA files). That is I/O, not parsing, and may block
+ *      (a slow resolver, a file on a slow disk), so it is a call of its own that touches
+ *      nothing but the config: a reload runs it on libuv's threadpool (main.c), never on a
+ *      loop that serves. Steps 1 and 2 are lp_config_load. */
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +29,7 @@
 #include "config.h"
 #include "balancer.h"
 #include "lua_vm.h"
+#include "shdict.h"
 #include "tls.h"
 
 /* ---- addresses ---- */
@@ -141,17 +146,24 @@ int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen)
 
 /* ---- step 2: reading the validated table ---- */
 
-/* The reader's state. The TLS settings wait here for step 3. */
+/* The TLS settings as read in step 2, waiting for step 3 (lp_config_t.todo). */
+struct lp_config_todo_s {
+    lp_tls_server_conf_t *server_tls; /* owned, per listen entry; ncerts 0: plain HTTP */
+    lp_tls_client_conf_t *client_tls; /* owned, per upstream */
+    unsigned char *client_tls_on;     /* owned, per upstream: whether it speaks TLS */
+};
+
+/* The reader's state (steps 2 and 3). */
 typedef struct {
-    lua_State *L;
+    lua_State *L; /* NULL in step 3 */
     const char *file;
     char *err;
     size_t errlen;
     lp_config_t *c;                   /* the config being built */
     int oom;                          /* a copy failed: the load fails */
-    lp_tls_server_conf_t *server_tls; /* owned, per listen entry; ncerts 0: plain HTTP */
-    lp_tls_client_conf_t *client_tls; /* owned, per upstream */
-    unsigned char *client_tls_on;     /* owned, per upstream: whether it speaks TLS */
+    lp_tls_server_conf_t *server_tls; /* borrowed: c->todo's */
+    lp_tls_client_conf_t *client_tls; /* borrowed: c->todo's */
+    unsigned char *client_tls_on;     /* borrowed: c->todo's */
 } rctx_t;
 
 static int fail(rctx_t *r, const char *path, const char *fmt, ...)
@@ -471,7 +483,7 @@ static void read_listen(rctx_t *r)
     push_table(L, "listen");
     size_t n = lua_objlen(L, -1);
     c->listen = calloc(n ? n : 1, sizeof(*c->listen));
-    r->server_tls = calloc(n ? n : 1, sizeof(*r->server_tls));
+    r->server_tls = r->c->todo->server_tls = calloc(n ? n : 1, sizeof(*r->server_tls));
     if (!c->listen || !r->server_tls)
         r->oom = 1;
     for (size_t i = 0; !r->oom && i < n; i++) {
@@ -600,8 +612,8 @@ static void read_upstreams(rctx_t *r)
         n++;
     }
     c->upstreams = calloc(n ? n : 1, sizeof(*c->upstreams));
-    r->client_tls = calloc(n ? n : 1, sizeof(*r->client_tls));
-    r->client_tls_on = calloc(n ? n : 1, 1);
+    r->client_tls = r->c->todo->client_tls = calloc(n ? n : 1, sizeof(*r->client_tls));
+    r->client_tls_on = r->c->todo->client_tls_on = calloc(n ? n : 1, 1);
     if (!c->upstreams || !r->client_tls || !r->client_tls_on) {
         r->oom = 1;
         lua_pop(L, 1);
@@ -726,6 +738,66 @@ static void read_log(rctx_t *r)
     lua_pop(L, 1);
 }
 
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* shared = { name = bytes }: a registry reference per dict (made now, empty, when new; an
+ * existing dict keeps its size and content until this config becomes current). */
+static void read_shared(rctx_t *r)
+{
+    lua_State *L = r->L;
+    lp_config_t *c = r->c;
+    if (!push_table(L, "shared"))
+        return;
+    size_t n = 0;
+    for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1))
+        n++;
+    char **names = calloc(n + 1, sizeof(*names));
+    size_t *sizes = calloc(n + 1, sizeof(*sizes));
+    c->shdicts = calloc(n + 1, sizeof(*c->shdicts));
+    c->shdict_sizes = calloc(n + 1, sizeof(*c->shdict_sizes));
+    size_t i = 0;
+    for (lua_pushnil(L); names && lua_next(L, -2); lua_pop(L, 1))
+        if (i < n && (names[i] = dup_str(r, lua_tostring(L, -2))))
+            sizes[i++] = (size_t)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (!names || !sizes || !c->shdicts || !c->shdict_sizes) {
+        r->oom = 1;
+        i = 0;
+    }
+    /* Sorted, so that GET /status lists them in a stable order. */
+    for (size_t j = 0; j < i; j++)
+        for (size_t k = j + 1; k < i; k++)
+            if (name_cmp(&names[k], &names[j]) < 0) {
+                char *t = names[j];
+                names[j] = names[k];
+                names[k] = t;
+                size_t z = sizes[j];
+                sizes[j] = sizes[k];
+                sizes[k] = z;
+            }
+    for (size_t j = 0; j < i; j++) {
+        if (!(c->shdicts[c->nshdicts] = lp_shdict_acquire(names[j], sizes[j]))) {
+            r->oom = 1;
+            break;
+        }
+        c->shdict_sizes[c->nshdicts++] = sizes[j];
+    }
+    for (size_t j = 0; j < i; j++)
+        free(names[j]);
+    free(names);
+    free(sizes);
+}
+
+void lp_config_apply_shared(const lp_config_t *c)
+{
+    for (size_t i = 0; i < c->nshdicts; i++)
+        if (lp_shdict_capacity(c->shdicts[i]) != c->shdict_sizes[i])
+            lp_shdict_resize(c->shdicts[i], c->shdict_sizes[i]);
+}
+
 /* The validated table is at the top of the stack. */
 static int read_config(rctx_t *r)
 {
@@ -774,6 +846,7 @@ static int read_config(rctx_t *r)
     }
     c->pid_file = get_str(r, "pid_file");
     c->watch = get_bool(L, "watch");
+    read_shared(r);
     if (!rc && r->oom)
         rc = fail(r, "(top)", "out of memory");
     return rc;
@@ -820,6 +893,23 @@ static int resolve_target(rctx_t *r, const char *path, lp_target_conf_t *t)
     t->nresolved = lp_addr_from_ai(res, t->port, t->resolved, LP_DNS_MAX_ADDRS);
     freeaddrinfo(res);
     return 0;
+}
+
+/* The TLS settings step 3 no longer needs (or never ran for). */
+static void todo_free(lp_config_t *c)
+{
+    struct lp_config_todo_s *t = c->todo;
+    if (!t)
+        return;
+    for (size_t i = 0; t->server_tls && i < c->nlisten; i++)
+        lp_tls_server_conf_free(&t->server_tls[i]);
+    for (size_t i = 0; t->client_tls && i < c->nupstreams; i++)
+        lp_tls_client_conf_free(&t->client_tls[i]);
+    free(t->server_tls);
+    free(t->client_tls);
+    free(t->client_tls_on);
+    free(t);
+    c->todo = NULL;
 }
 
 static int resolve(rctx_t *r)
@@ -932,13 +1022,17 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
     }
     int raw = lua_gettop(L);
     lp_config_t *c = calloc(1, sizeof(*c));
+    if (c && !(c->todo = calloc(1, sizeof(*c->todo)))) {
+        free(c);
+        c = NULL;
+    }
     rctx_t r = {L, path, err, errlen, c, 0, NULL, NULL, NULL};
     int rc = c ? 0 : LP_ENOMEM;
     if (!rc)
         rc = call_lua(L, path, "luaproxy.config", "check", 0, raw, err, errlen);
     if (!rc && !(c->path = strdup(path)))
         rc = LP_ENOMEM;
-    /* Step 2, then the plugins and handlers as the workers will load them, then step 3. */
+    /* Step 2, then the plugins and handlers as the workers will load them. */
     if (!rc)
         rc = read_config(&r);
     if (!rc && c->has_lua)
@@ -951,16 +1045,7 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         lp_log_warn("admin: cannot encode the config: %s", jerr);
     else if (!rc && !(c->json = strdup(lua_tostring(L, -1))))
         rc = LP_ENOMEM;
-    if (!rc)
-        rc = resolve(&r);
     lua_close(L);
-    for (size_t i = 0; r.server_tls && i < c->nlisten; i++)
-        lp_tls_server_conf_free(&r.server_tls[i]);
-    for (size_t i = 0; r.client_tls && i < c->nupstreams; i++)
-        lp_tls_client_conf_free(&r.client_tls[i]);
-    free(r.server_tls);
-    free(r.client_tls);
-    free(r.client_tls_on);
     if (rc) {
         if (rc == LP_ENOMEM)
             snprintf(err, errlen, "%s: out of memory", path);
@@ -971,10 +1056,30 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
     return 0;
 }
 
+int lp_config_materialise(lp_config_t *c, char *err, size_t errlen)
+{
+    if (!c->todo)
+        return 0; /* done already */
+    rctx_t r = {NULL,
+                c->path,
+                err,
+                errlen,
+                c,
+                0,
+                c->todo->server_tls,
+                c->todo->client_tls,
+                c->todo->client_tls_on};
+    int rc = resolve(&r);
+    todo_free(c);
+    c->materialised = rc == 0;
+    return rc;
+}
+
 void lp_config_free(lp_config_t *c)
 {
     if (!c)
         return;
+    todo_free(c);
     for (size_t i = 0; i < c->nlisten; i++) {
         free(c->listen[i].addr.text);
         lp_tls_server_unref(c->listen[i].tls);
@@ -1019,6 +1124,10 @@ void lp_config_free(lp_config_t *c)
     free(c->files);
     free(c->json);
     free(c->lua_config);
+    for (size_t i = 0; i < c->nshdicts; i++)
+        lp_shdict_release(c->shdicts[i]);
+    free(c->shdicts);
+    free(c->shdict_sizes);
     free(c->path);
     free(c);
 }

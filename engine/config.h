@@ -180,17 +180,35 @@ typedef struct {
     char *lua_config;                /* owned: the validated table for the workers' VMs, encoded by
                                         lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
     size_t lua_config_len;
+    struct lp_config_todo_s *todo; /* owned: what lp_config_materialise builds (the TLS
+                                      settings); NULL once it ran */
+    int materialised;              /* lp_config_materialise succeeded: addresses resolved,
+                                      TLS contexts built; only such a config serves */
+    /* shared: the dicts it declares, by name order. A reference each (engine/shdict.h
+     * registry), taken when the config loads; the sizes apply when it becomes current. */
+    struct lp_shdict_s **shdicts; /* owned array of nshdicts references */
+    size_t *shdict_sizes;         /* owned: the declared capacity of each */
+    size_t nshdicts;
 } lp_config_t;
 
 #define LP_ACCESS_FORMAT_DEFAULT                                                                   \
     "$remote_addr - [$time_iso8601] \"$request\" $status $body_bytes_sent \"$http_referer\" "      \
     "\"$http_user_agent\" upstream=$upstream_addr rt=$request_time urt=$upstream_response_time"
 
-/* Loads `path`: evaluates it once, validates it (plugins and handlers included), reads it,
- * then resolves its addresses and builds its TLS contexts. On failure returns LP_ECONFIG
- * with `err` set to "path: key.path: problem" (or Lua's own "path:line: message"). */
+/* Loads `path`: evaluates it once, validates it (plugins and handlers included) and reads
+ * it. Parsing only: no name is resolved and no TLS context built yet (see below). Main
+ * thread (a Lua state of its own). On failure returns LP_ECONFIG with `err` set to
+ * "path: key.path: problem" (or Lua's own "path:line: message"). */
 int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen);
+/* The step after validation: resolves the listen, admin and target addresses (DNS targets
+ * that do not resolve are a warning, not an error) and builds the TLS contexts (listener
+ * certificates and keys, upstream client contexts and their CA files). I/O that may block,
+ * so it touches nothing but c and may run on any thread (libuv's threadpool for a reload),
+ * never on a loop that serves. Once per config; errors as lp_config_load's. */
+int lp_config_materialise(lp_config_t *c, char *err, size_t errlen);
 void lp_config_free(lp_config_t *c);
+/* Gives every shared dict c declares its declared size (a reload's commit: cannot fail). */
+void lp_config_apply_shared(const lp_config_t *c);
 /* "host:port", "[v6]:port" or ":port" into a socket address (resolving names). */
 int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen);
 /* Splits "host:port", "[v6]:port" or ":port" (host "" then). */

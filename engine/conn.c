@@ -36,11 +36,12 @@ static void conn_update_reading(lp_conn_t *c);
 static void conn_on_eof(lp_conn_t *c, ssize_t why);
 static int conn_tls_fill(lp_conn_t *c);
 static int req_finish(lp_req_t *req);
+static int conn_local_done(lp_req_t *req);
 static void conn_count(lp_req_t *req);
 
 static const lp_timeouts_t *T(lp_conn_t *c)
 {
-    return &c->ep.w->config->timeouts;
+    return &lp_ep_worker(&c->ep)->config->timeouts;
 }
 
 static void conn_timer(lp_conn_t *c, int mode, uint64_t ms)
@@ -61,7 +62,7 @@ static void conn_on_closed(lp_endpoint_t *ep)
 {
     lp_conn_t *c = conn_of(ep);
     lp_list_remove(&c->link);
-    __atomic_sub_fetch(&c->ep.w->nconns, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&lp_ep_worker(&c->ep)->nconns, 1, __ATOMIC_RELAXED);
     free(c);
 }
 
@@ -71,17 +72,52 @@ void lp_conn_close(lp_conn_t *c)
         return;
     if (c->req) {
         int parsed = (c->req->flags & LP_RF_PARSED) != 0;
-        if (c->req->status == 0 && parsed)
-            c->req->status = 499; /* closed before the response: nginx's convention */
-        if (parsed || c->req->status)
-            lp_accesslog_write(c->ep.w->access, c->req);
+        if (c->req->resp.sent_status == 0 && parsed)
+            c->req->resp.sent_status = 499; /* closed before the response: nginx's convention */
+        if (parsed || c->req->resp.sent_status)
+            lp_accesslog_write(lp_ep_worker(&c->ep)->access, c->req);
         lp_req_end(c->req);
     }
-    if (!lp_list_empty(&c->hs_link)) {
-        lp_list_remove(&c->hs_link);
-        lp_list_init(&c->hs_link);
+    if (c->flags & LP_CF_HS_WAIT) {
+        lp_ep_worker(&c->ep)->hs_q[c->hs_pos] = NULL; /* on_hs_idle skips the hole */
+        c->flags &= (uint16_t)~LP_CF_HS_WAIT;
     }
     lp_ep_close(&c->ep);
+}
+
+size_t lp_conn_ip_text(const lp_conn_t *c, char out[LP_IP_TEXT])
+{
+    const uint8_t *a = c->client_addr;
+    if (c->client_v6) {
+        if (uv_inet_ntop(AF_INET6, a, out, LP_IP_TEXT))
+            out[0] = 0;
+        return strlen(out);
+    }
+    if (!(a[0] | a[1] | a[2] | a[3])) {
+        out[0] = 0; /* unknown (getpeername failed) */
+        return 0;
+    }
+    /* IPv4 by hand: this runs for most proxied requests (X-Forwarded-For). */
+    char *p = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = '.';
+    }
+    p[-1] = 0;
+    return (size_t)(p - 1 - out);
+}
+
+/* The client's address for a log line (valid until the next call on this thread). */
+static const char *conn_ip(const lp_conn_t *c)
+{
+    static _Thread_local char text[LP_IP_TEXT];
+    lp_conn_ip_text(c, text);
+    return text;
 }
 
 static void on_linger_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -132,9 +168,9 @@ static void conn_close_after_write(lp_conn_t *c)
         if (c->ep.out_pending || (c->ep.flags & (LP_EPF_CLOSING | LP_EPF_BROKEN)))
             return;
     }
-    if (c->req && c->req->peer) {
-        lp_peer_abort(c->req->peer);
-        c->req->peer = NULL;
+    if (c->req && c->req->try.peer) {
+        lp_peer_abort(c->req->try.peer);
+        c->req->try.peer = NULL;
     }
     if ((c->flags & LP_CF_CLEAN_END) && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen)) {
         lp_conn_close(c); /* everything is written: the kernel sends it, then FIN */
@@ -158,7 +194,7 @@ static void conn_on_timeout(lp_endpoint_t *ep, int mode)
     case TM_HEAD:
     case TM_BODY:
         if (c->req && !(c->req->flags & LP_RF_RESP_STARTED)) {
-            lp_log_info("%s: client timed out sending the request %s", c->client_ip,
+            lp_log_info("%s: client timed out sending the request %s", conn_ip(c),
                         mode == TM_HEAD ? "head" : "body");
             (void)lp_conn_upstream_failed(c->req, 408, "client timeout");
             return;
@@ -166,15 +202,15 @@ static void conn_on_timeout(lp_endpoint_t *ep, int mode)
         lp_conn_close(c);
         return;
     case TM_SEND:
-        lp_log_info("%s: client timed out reading the response", c->client_ip);
+        lp_log_info("%s: client timed out reading the response", conn_ip(c));
         lp_conn_close(c);
         return;
     case TM_HANDSHAKE:
-        lp_log_info("%s: TLS handshake timed out", c->client_ip);
+        lp_log_info("%s: TLS handshake timed out", conn_ip(c));
         lp_conn_close(c);
         return;
     case TM_BROKEN:
-        lp_log_debug("%s: write failed%s%s", c->client_ip, c->ep.tls ? ": " : "",
+        lp_log_debug("%s: write failed%s%s", conn_ip(c), c->ep.tls ? ": " : "",
                      c->ep.tls ? lp_tls_error(c->ep.tls) : "");
         lp_conn_close(c);
         return;
@@ -189,7 +225,7 @@ static void conn_on_written(lp_endpoint_t *ep, int status)
 {
     lp_conn_t *c = conn_of(ep);
     if (status < 0) {
-        lp_log_debug("%s: write failed: %s", c->client_ip, uv_strerror(status));
+        lp_log_debug("%s: write failed: %s", conn_ip(c), uv_strerror(status));
         lp_conn_close(c);
         return;
     }
@@ -201,8 +237,8 @@ static void conn_on_written(lp_endpoint_t *ep, int status)
     }
     if (lp_relay_drained(&c->ep)) {
         lp_req_t *req = c->req;
-        if (req && req->peer && ((c->flags & LP_CF_TUNNEL) || !(req->flags & LP_RF_RESP_DONE)))
-            lp_peer_resume(req->peer);
+        if (req && req->try.peer && ((c->flags & LP_CF_TUNNEL) || !(req->flags & LP_RF_RESP_DONE)))
+            lp_peer_resume(req->try.peer);
     }
     if (!c->ep.out_pending && (c->flags & LP_CF_CLOSE_AFTER))
         conn_close_after_write(c);
@@ -227,18 +263,18 @@ static int conn_set_local(lp_req_t *req, int status, const char *detail)
     lp_error_answer_t a;
     if (lp_errpage_answer(req->g->config, req->route, status, detail, &a))
         return -1;
-    free(req->local_body);
-    req->local_body = NULL;
-    req->local_body_len = 0;
+    free(req->resp.local_body);
+    req->resp.local_body = NULL;
+    req->resp.local_body_len = 0;
     if (lp__resp_begin(req) ||
         (a.content_type && lp_ffi_header_set(req, 1, LP_FFI_HADD, "Content-Type", 12,
                                              a.content_type, strlen(a.content_type)))) {
         free(a.body);
         return -1;
     }
-    req->local_body = a.body; /* NULL when the status has no body (204, 304) */
-    req->local_body_len = a.len;
-    req->resp_status = a.status;
+    req->resp.local_body = a.body; /* NULL when the status has no body (204, 304) */
+    req->resp.local_body_len = a.len;
+    req->resp.status = a.status;
     req->flags |= LP_RF_LOCAL;
     return 0;
 }
@@ -268,13 +304,13 @@ static int conn_respond_local(lp_req_t *req, int status, int keep, const char *d
 int lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
 {
     lp_conn_t *c = req->conn;
-    if (req->peer) {
-        lp_peer_abort(req->peer);
-        req->peer = NULL;
+    if (req->try.peer) {
+        lp_peer_abort(req->try.peer);
+        req->try.peer = NULL;
     }
     if (req->flags & LP_RF_RESP_STARTED) {
         /* Mid-response: closing is the only way to show the client the truncation. */
-        lp_log_warn("%s: %s %.*s: %s after the response started; closing", c->client_ip,
+        lp_log_warn("%s: %s %.*s: %s after the response started; closing", conn_ip(c),
                     llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base, why);
         req->flags |= LP_RF_RESP_CLOSE;
         lp_conn_close(c);
@@ -304,7 +340,7 @@ static int conn_start_upstream(lp_req_t *req)
             req->state = LP_RS_DONE; /* nothing left to read: keep-alive stays possible */
         if (req->route)
             lp_log_warn("%s: route %d chose no upstream (a handler or plugin must)",
-                        req->conn->client_ip, req->route_index + 1);
+                        lp_req_client_ip(req), req->route_index + 1);
         return conn_respond_local(req, req->route ? 502 : 404, 1, NULL);
     }
     req->flags |= LP_RF_WAIT_UPSTREAM;
@@ -467,8 +503,8 @@ static int on_req_body(lp_h1_t *h, const char *at, size_t len)
         h->err_status = 413;
         return 0;
     }
-    if (req->peer)
-        lp_peer_body(req->peer, at, len, c->ep.rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
+    if (req->try.peer)
+        lp_peer_body(req->try.peer, at, len, c->ep.rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
     else if (req->flags & LP_RF_BODY_BUFFERING)
         return conn_buffer_body(req, at, len);
     return 0;
@@ -493,8 +529,8 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
     c->ep.rpos += (uint32_t)used;
     if (req->h1.err_status == 413 && ev != LP_H1_ERROR)
         ev = LP_H1_ERROR;
-    if (req->peer)
-        lp_peer_flush(req->peer);
+    if (req->try.peer)
+        lp_peer_flush(req->try.peer);
     switch (ev) {
     case LP_H1_NEED_MORE:
         if (req->state == LP_RS_BODY)
@@ -516,9 +552,9 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
         req->state = LP_RS_DONE;
         if (c->ep.tmode == TM_BODY)
             conn_timer(c, TM_NONE, 0);
-        if (req->peer) {
-            lp_peer_body_end(req->peer, (req->h1.flags & LP_H1F_CHUNKED) != 0);
-            lp_peer_flush(req->peer);
+        if (req->try.peer) {
+            lp_peer_body_end(req->try.peer, (req->h1.flags & LP_H1F_CHUNKED) != 0);
+            lp_peer_flush(req->try.peer);
         }
         if (req->flags & LP_RF_BODY_BUFFERING) {
             conn_wake_body(req);
@@ -529,7 +565,7 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
         return 0;
     case LP_H1_ERROR:
     default:
-        lp_log_info("%s: bad request: %d %s", c->client_ip, req->h1.err_status,
+        lp_log_info("%s: bad request: %d %s", conn_ip(c), req->h1.err_status,
                     req->h1.err_reason ? req->h1.err_reason : "");
         lp_conn_upstream_failed(req, req->h1.err_status ? req->h1.err_status : 400, "bad request");
         return -1;
@@ -550,11 +586,11 @@ static void conn_process_once(lp_conn_t *c)
                 return;
             if (c->ep.flags & LP_EPF_CLOSING)
                 return;
-            if (c->ep.w->stopping) {
+            if (lp_ep_worker(&c->ep)->stopping) {
                 lp_conn_close(c);
                 return;
             }
-            req = c->req = lp_req_new(c->ep.w, c);
+            req = c->req = lp_req_new(lp_ep_worker(&c->ep), c);
             if (!req) {
                 lp_conn_close(c);
                 return;
@@ -577,7 +613,7 @@ static void conn_process_once(lp_conn_t *c)
             return;
         /* The request may have ended by now: look again. */
         req = c->req;
-        if (req && req->peer && lp_relay_full(&req->peer->ep) && req->state == LP_RS_BODY) {
+        if (req && req->try.peer && lp_relay_full(&req->try.peer->ep) && req->state == LP_RS_BODY) {
             req->flags |= LP_RF_READ_PAUSED;
             if (c->ep.tmode == TM_BODY)
                 conn_timer(c, TM_NONE, 0);
@@ -612,7 +648,7 @@ static int conn_tls_fill(lp_conn_t *c)
     if (rc >= 0)
         return rc;
     if (err)
-        lp_log_info("%s: TLS error: %s", c->client_ip, lp_tls_error(c->ep.tls));
+        lp_log_info("%s: TLS error: %s", conn_ip(c), lp_tls_error(c->ep.tls));
     conn_on_eof(c, err ? err : UV_EOF);
     return 0;
 }
@@ -620,7 +656,7 @@ static int conn_tls_fill(lp_conn_t *c)
 /* The upstream side of the tunnel, when there is one. */
 static lp_endpoint_t *conn_tunnel_peer(lp_conn_t *c)
 {
-    return c->req && c->req->peer ? &c->req->peer->ep : NULL;
+    return c->req && c->req->try.peer ? &c->req->try.peer->ep : NULL;
 }
 
 /* Tunnel: what the client sent goes to the upstream while it keeps up (over TLS,
@@ -644,7 +680,7 @@ static void conn_plain_on_tls(lp_conn_t *c)
     static const char body[] = "400 Bad Request: this port speaks HTTPS; the request was plain "
                                "HTTP.\n";
     char head[256];
-    lp_log_info("%s: plain HTTP request on a TLS port: 400, closing", c->client_ip);
+    lp_log_info("%s: plain HTTP request on a TLS port: 400, closing", conn_ip(c));
     lp_tls_free(c->ep.tls);
     c->ep.tls = NULL;
     int n = snprintf(head, sizeof(head),
@@ -684,14 +720,49 @@ static void on_hs_idle(uv_idle_t *h)
 {
     lp_worker_t *w = h->data;
     w->hs_turn_ns = 0;
-    while (!lp_list_empty(&w->hs_deferred) && w->hs_turn_ns < HS_BUDGET_NS) {
-        lp_conn_t *c = LP_CONTAINER_OF(w->hs_deferred.next, lp_conn_t, hs_link);
-        lp_list_remove(&c->hs_link);
-        lp_list_init(&c->hs_link);
+    while (w->hs_first < w->hs_n && w->hs_turn_ns < HS_BUDGET_NS) {
+        lp_conn_t *c = w->hs_q[w->hs_first++];
+        if (!c)
+            continue; /* closed while it waited */
+        c->flags &= (uint16_t)~LP_CF_HS_WAIT;
+        c->nrequests = 0; /* hs_pos is done with (its union's other half) */
         conn_tls_step(c);
     }
-    if (lp_list_empty(&w->hs_deferred))
+    if (w->hs_first == w->hs_n) {
+        w->hs_first = w->hs_n = 0;
         uv_idle_stop(h);
+    }
+}
+
+/* Queues c at the end of w->hs_q. The array is reused from its start whenever it empties,
+ * and compacted when its consumed head is the larger part, so a steady flood of
+ * handshakes does not grow it without bound. -1 when out of memory. */
+static int hs_push(lp_worker_t *w, lp_conn_t *c)
+{
+    if (w->hs_n == w->hs_cap && w->hs_first >= w->hs_n / 2 && w->hs_first) {
+        uint32_t k = 0;
+        for (uint32_t i = w->hs_first; i < w->hs_n; i++) {
+            lp_conn_t *q = w->hs_q[i];
+            if (!q)
+                continue;
+            q->hs_pos = k;
+            w->hs_q[k++] = q;
+        }
+        w->hs_first = 0;
+        w->hs_n = k;
+    }
+    if (w->hs_n == w->hs_cap) {
+        uint32_t cap = w->hs_cap ? 2 * w->hs_cap : 64;
+        lp_conn_t **q = realloc(w->hs_q, cap * sizeof(*q));
+        if (!q)
+            return -1;
+        w->hs_q = q;
+        w->hs_cap = cap;
+    }
+    c->hs_pos = w->hs_n;
+    w->hs_q[w->hs_n++] = c;
+    c->flags |= LP_CF_HS_WAIT;
+    return 0;
 }
 
 /* Whether this handshake step waits for a later turn (queued, oldest first). Only the
@@ -699,14 +770,15 @@ static void on_hs_idle(uv_idle_t *h)
  * under way finishes at once, and so does the request that follows it. */
 static int conn_hs_defer(lp_conn_t *c)
 {
-    lp_worker_t *w = c->ep.w;
-    if (!lp_list_empty(&c->hs_link))
+    lp_worker_t *w = lp_ep_worker(&c->ep);
+    if (c->flags & LP_CF_HS_WAIT)
         return 1; /* already waiting: more of its bytes arrived */
     if (lp_tls_started(c->ep.tls))
         return 0;
-    if (lp_list_empty(&w->hs_deferred) && w->hs_turn_ns < HS_BUDGET_NS)
+    if (w->hs_first == w->hs_n && w->hs_turn_ns < HS_BUDGET_NS)
         return 0;
-    lp_list_insert_tail(&w->hs_deferred, &c->hs_link);
+    if (hs_push(w, c))
+        return 0; /* out of memory: handshake now rather than stall it */
     uv_idle_start(&w->hs_idle, on_hs_idle);
     return 1;
 }
@@ -729,10 +801,10 @@ static void conn_tls_step(lp_conn_t *c)
         }
         uint64_t t0 = uv_hrtime();
         int rc = lp_tls_handshake(c->ep.tls);
-        c->ep.w->hs_turn_ns += uv_hrtime() - t0;
+        lp_ep_worker(&c->ep)->hs_turn_ns += uv_hrtime() - t0;
         lp_conn_flush(c);
         if (rc == LP_ERROR) {
-            lp_log_info("%s: TLS handshake failed: %s", c->client_ip, lp_tls_error(c->ep.tls));
+            lp_log_info("%s: TLS handshake failed: %s", conn_ip(c), lp_tls_error(c->ep.tls));
             conn_close_after_write(c);
             return;
         }
@@ -758,9 +830,9 @@ static void conn_on_eof(lp_conn_t *c, ssize_t why)
 {
     c->flags |= LP_CF_EOF;
     if (why != UV_EOF)
-        lp_log_debug("%s: read error: %s", c->client_ip, uv_strerror((int)why));
-    if ((c->flags & LP_CF_TUNNEL) && c->req && c->req->peer) {
-        lp_peer_tunnel_eof(c->req->peer);
+        lp_log_debug("%s: read error: %s", conn_ip(c), uv_strerror((int)why));
+    if ((c->flags & LP_CF_TUNNEL) && c->req && c->req->try.peer) {
+        lp_peer_tunnel_eof(c->req->try.peer);
         return;
     }
     if (c->req && c->req->state == LP_RS_DONE && why == UV_EOF) {
@@ -783,7 +855,7 @@ static void conn_on_input(lp_endpoint_t *ep, ssize_t nread)
         if (c->ep.rlen == (uint32_t)nread && c->nrequests == 0 && !c->req &&
             c->ep.rbuf->data[0] == 0x16) {
             /* A TLS ClientHello: no HTTP answer would make sense to that client. */
-            lp_log_info("%s: TLS handshake on a plain HTTP port: closing", c->client_ip);
+            lp_log_info("%s: TLS handshake on a plain HTTP port: closing", conn_ip(c));
             lp_conn_close(c);
             return;
         }
@@ -822,7 +894,7 @@ static void conn_update_reading(lp_conn_t *c)
     if (c->flags & (LP_CF_EOF | LP_CF_CLOSE_AFTER))
         want = 0;
     else if (c->flags & LP_CF_TUNNEL)
-        want = !(req && req->peer && lp_relay_full(&req->peer->ep));
+        want = !(req && req->try.peer && lp_relay_full(&req->try.peer->ep));
     else
         want = !(req && (req->flags & LP_RF_READ_PAUSED)) &&
                !(c->ep.rbuf && c->ep.rlen == c->ep.rbuf->cap && c->ep.rpos < c->ep.rlen);
@@ -832,22 +904,22 @@ static void conn_update_reading(lp_conn_t *c)
 /* ---- the response ---- */
 
 /* Decides the framing of the response towards the client and queues its head as it stands
- * in req (status, resp_headers; written by http1.c). rh is the upstream's parsed head, NULL for a
+ * in req->resp (status, headers; written by http1.c). rh is the upstream's parsed head, NULL for a
  * local answer. */
 static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
 {
     lp_conn_t *c = req->conn;
-    int status = req->resp_status;
+    int status = req->resp.status;
     int upgrade = rh && (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
     int no_body = (req->flags & LP_RF_HEAD) || status == 204 || status == 304 || upgrade;
-    int close =
-        (req->h1.flags & LP_H1F_CONN_CLOSE) || c->ep.w->stopping || (req->flags & LP_RF_RESP_CLOSE);
+    int close = (req->h1.flags & LP_H1F_CONN_CLOSE) || lp_ep_worker(&c->ep)->stopping ||
+                (req->flags & LP_RF_RESP_CLOSE);
     int filtered = lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY);
     int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED) : 1;
     if (filtered && !upgrade && status != 204 && status != 304)
         has_length = 0; /* a body filter may change the length (HEAD: unknown, so none) */
-    uint64_t length = rh ? rh->content_length : req->local_body_len;
-    req->status = status;
+    uint64_t length = rh ? rh->content_length : req->resp.local_body_len;
+    req->resp.sent_status = status;
     if (!no_body && !has_length) {
         /* Length unknown (or changed by a body filter): chunks for HTTP/1.1 clients, a close
          * for HTTP/1.0 ones. */
@@ -864,11 +936,11 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
         .status = status,
         .reason =
             rh && rh->reason.len && status == lp_h1_status(rh) ? rh->reason : (lp_str_t){NULL, 0},
-        .headers = req->resp_headers,
-        .nheaders = req->resp_nheaders,
+        .headers = req->resp.headers,
+        .nheaders = req->resp.nheaders,
         .local = rh == NULL,
         .upgrade = upgrade,
-        .upgrade_proto = req->resp_upgrade,
+        .upgrade_proto = req->resp.upgrade,
         .chunked = (req->flags & LP_RF_RESP_CHUNKED) != 0,
         /* 304: the length only when the upstream said it (it describes another response). */
         .has_length =
@@ -883,7 +955,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     for (size_t cap = LP_BUF_SMALL; !n; cap *= 16) {
         if (hb)
             lp_buf_unref(hb);
-        if (cap > 16 * LP_BUF_SIZE || !(hb = lp_buf_get(&c->ep.w->bufs, cap)))
+        if (cap > 16 * LP_BUF_SIZE || !(hb = lp_buf_get(c->ep.env->bufs, cap)))
             return -1;
         n = lp_h1_response_head(hb->data, hb->cap, &head);
     }
@@ -903,14 +975,14 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
     /* The head as the client will see it: end-to-end fields only (the framing fields are
      * regenerated), in the request's response list, where Lua may change it. */
     const lp_header_t *up = lp_h1_find(rh, "upgrade", 7);
-    req->resp_upgrade = up ? up->value : (lp_str_t){NULL, 0};
+    req->resp.upgrade = up ? up->value : (lp_str_t){NULL, 0};
     unsigned k = 0;
     for (unsigned i = 0; i < rh->nheaders; i++)
         if (!lp_h1_is_hop_by_hop(rh, rh->headers[i].name))
             rh->headers[k++] = rh->headers[i];
-    req->resp_nheaders = k;
-    req->resp_arena_used = rh->arena_len;
-    req->resp_status = lp_h1_status(rh);
+    req->resp.nheaders = k;
+    req->resp.arena_used = rh->arena_len;
+    req->resp.status = lp_h1_status(rh);
     req->t_upstream_head = uv_hrtime();
     lp_rc_t rc = conn_run_phase(req, LP_PHASE_RESPONSE);
     if (rc == LP_AGAIN || rc == LP_GONE)
@@ -926,47 +998,55 @@ static void conn_write_body(lp_req_t *req, const char *at, size_t len, lp_buf_t 
     lp_conn_t *c = req->conn;
     if (!len || (c->ep.flags & LP_EPF_CLOSING))
         return;
-    req->resp_body_out += len;
+    req->resp.body_out += len;
     lp_relay_body(&c->ep, at, len, pin, (req->flags & LP_RF_RESP_CHUNKED) != 0);
 }
 
-/* Runs the response_body filters; their output is copied into a block of its own. */
-static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof)
+/* A filter's output, copied into a block of its own, for the client. */
+static int conn_filter_out(lp_req_t *req, lp_str_t out)
 {
-    lp_str_t out;
-    if (lp_lua_body_filter(req, at, len, eof, &out) != LP_OK)
-        return -1;
     if (!out.len)
-        return 0;
+        return LP_OK;
     lp_buf_t *b = lp_buf_get(&req->w->bufs, out.len);
     if (!b)
-        return -1;
+        return LP_ERROR;
     memcpy(b->data, out.base, out.len);
     conn_write_body(req, b->data, out.len, b);
     lp_buf_unref(b);
-    return 0;
+    return LP_OK;
+}
+
+/* Runs the response_body filters on a chunk. LP_OK (the output is queued), LP_AGAIN (a
+ * filter waits: its output and then `cont` follow from lp_conn_lua_resumed), LP_ERROR. */
+static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof, uint8_t cont)
+{
+    lp_str_t out;
+    lp_rc_t rc = lp_lua_body_filter(req, at, len, eof, &out);
+    if (rc == LP_AGAIN) {
+        req->filter_cont = cont;
+        return LP_AGAIN;
+    }
+    if (rc != LP_OK)
+        return LP_ERROR;
+    return conn_filter_out(req, out);
 }
 
 int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
     if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
+        if (!len)
+            return LP_OK;
         /* A failed filter stops the upstream parser: the caller closes both sides. */
-        if (len && conn_filter_body(req, at, len, 0))
-            return -1;
-        return 0;
+        return conn_filter_body(req, at, len, 0, LP_FC_UPSTREAM);
     }
     conn_write_body(req, at, len, pin);
-    return 0;
+    return LP_OK;
 }
 
-int lp_conn_response_done(lp_req_t *req)
+/* The body is out (after the filters' last call): the chunked end, then the log phase. */
+static int conn_response_end(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) && !(req->flags & LP_RF_HEAD) &&
-        conn_filter_body(req, "", 0, 1)) {
-        lp_conn_close(c);
-        return LP_GONE;
-    }
     if (req->flags & LP_RF_RESP_CHUNKED) {
         lp_wbatch_t *wb = lp_ep_outb(&c->ep, 1, 0);
         if (wb)
@@ -983,6 +1063,20 @@ int lp_conn_response_done(lp_req_t *req)
         req->flags |= LP_RF_RESP_CLOSE;
     }
     return req_finish(req);
+}
+
+int lp_conn_response_done(lp_req_t *req)
+{
+    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) && !(req->flags & LP_RF_HEAD)) {
+        int rc = conn_filter_body(req, "", 0, 1, LP_FC_EOF);
+        if (rc == LP_AGAIN)
+            return LP_OK;
+        if (rc != LP_OK) {
+            lp_conn_close(req->conn);
+            return LP_GONE;
+        }
+    }
+    return conn_response_end(req);
 }
 
 /* A req:respond() answer, or the proxy's own: the response phase may still change it,
@@ -1004,27 +1098,63 @@ static int conn_send_local(lp_req_t *req)
         lp_conn_close(req->conn);
         return LP_GONE;
     }
-    if (!(req->flags & LP_RF_HEAD) && req->local_body_len) {
-        lp_buf_t *b = lp_buf_get(&req->w->bufs, req->local_body_len);
+    if (!(req->flags & LP_RF_HEAD) && req->resp.local_body_len) {
+        lp_buf_t *b = lp_buf_get(&req->w->bufs, req->resp.local_body_len);
         if (!b) {
             lp_conn_close(req->conn);
             return LP_GONE;
         }
-        memcpy(b->data, req->local_body, req->local_body_len);
-        if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
-            if (conn_filter_body(req, b->data, req->local_body_len, 0)) {
-                lp_buf_unref(b);
-                lp_conn_close(req->conn);
-                return LP_GONE;
-            }
-        } else {
-            conn_write_body(req, b->data, req->local_body_len, b);
-        }
+        memcpy(b->data, req->resp.local_body, req->resp.local_body_len);
+        int rc = LP_OK;
+        if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
+            rc = conn_filter_body(req, b->data, req->resp.local_body_len, 0, LP_FC_LOCAL);
+        else
+            conn_write_body(req, b->data, req->resp.local_body_len, b);
         lp_buf_unref(b);
+        if (rc == LP_AGAIN)
+            return LP_OK;
+        if (rc != LP_OK) {
+            lp_conn_close(req->conn);
+            return LP_GONE;
+        }
     }
+    return conn_local_done(req);
+}
+
+/* A local answer's body is out: the rest of the request is unread when it was not read. */
+static int conn_local_done(lp_req_t *req)
+{
     if (!(req->state == LP_RS_DONE))
         req->flags |= LP_RF_RESP_CLOSE;
     return lp_conn_response_done(req);
+}
+
+/* A response_body filter that waited ended: its output goes out, then what it held up
+ * (the upstream's next bytes, the end of the response, a local answer's end). */
+static int conn_filter_resumed(lp_req_t *req)
+{
+    uint8_t cont = req->filter_cont;
+    req->filter_cont = LP_FC_NONE;
+    lp_str_t out;
+    if (lp_lua_body_output(req, &out) != LP_OK || conn_filter_out(req, out) != LP_OK) {
+        lp_conn_close(req->conn);
+        return LP_GONE;
+    }
+    switch (cont) {
+    case LP_FC_UPSTREAM:
+        if (req->try.peer) {
+            lp_req_hold(req);
+            lp_conn_flush(req->conn);
+            lp_peer_continue(req->try.peer);
+            return lp_req_let_go(req);
+        }
+        return LP_OK;
+    case LP_FC_EOF:
+        return conn_response_end(req);
+    case LP_FC_LOCAL:
+        return conn_local_done(req);
+    }
+    return LP_OK;
 }
 
 /* Where the request goes after a Lua phase ended with rc. LP_GONE when the request
@@ -1042,9 +1172,9 @@ static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
         }
         if (body_known_empty(req))
             req->state = LP_RS_DONE;
-        if (req->peer) {
-            lp_peer_abort(req->peer);
-            req->peer = NULL;
+        if (req->try.peer) {
+            lp_peer_abort(req->try.peer);
+            req->try.peer = NULL;
         }
         /* The connection stays open when nothing of the request is left unread. */
         return conn_respond_local(req, 500, 1, NULL);
@@ -1064,14 +1194,16 @@ static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
     case LP_PHASE_RESPONSE:
         if (req->flags & LP_RF_LOCAL)
             return conn_send_local(req);
-        if (req->peer) {
-            if (conn_send_head(req, &req->peer->h1))
+        if (req->try.peer) {
+            if (conn_send_head(req, &req->try.peer->h1))
                 return lp_conn_upstream_failed(req, 502, "response head too large");
             lp_req_hold(req);
-            lp_peer_continue(req->peer);
+            lp_peer_continue(req->try.peer);
             return lp_req_let_go(req);
         }
         return LP_OK;
+    case LP_PHASE_BODY:
+        return conn_filter_resumed(req);
     case LP_PHASE_LOG:
         return req_finish(req);
     }
@@ -1102,7 +1234,7 @@ static void conn_count(lp_req_t *req)
 static int req_finish(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    lp_worker_t *w = c->ep.w;
+    lp_worker_t *w = lp_ep_worker(&c->ep);
     if ((req->flags & (LP_RF_LOG_DONE | LP_RF_PARSED)) == LP_RF_PARSED) {
         req->flags |= LP_RF_LOG_DONE;
         lp_rc_t rc = conn_run_phase(req, LP_PHASE_LOG);
@@ -1143,8 +1275,8 @@ void lp_conn_tunnel_start(lp_req_t *req)
     c->flags |= LP_CF_TUNNEL;
     conn_timer(c, TM_NONE, 0);
     /* Bytes the client sent after its request belong to the new protocol. */
-    if (c->ep.rbuf && c->ep.rpos < c->ep.rlen && req->peer)
-        lp_relay_move(&c->ep, &req->peer->ep);
+    if (c->ep.rbuf && c->ep.rpos < c->ep.rlen && req->try.peer)
+        lp_relay_move(&c->ep, &req->try.peer->ep);
     if (c->ep.tls)
         conn_tunnel_pump(c);
     conn_update_reading(c);
@@ -1219,8 +1351,7 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     lp_conn_t *c = calloc(1, sizeof(*c));
     if (!c)
         return;
-    lp_ep_init(&c->ep, w, &conn_ops);
-    lp_list_init(&c->hs_link);
+    lp_ep_init(&c->ep, &w->ep_env, &conn_ops);
     lp_list_insert_tail(&w->conns, &c->link);
     __atomic_add_fetch(&w->nconns, 1, __ATOMIC_RELAXED);
     if (uv_accept(server, (uv_stream_t *)&c->ep.tcp)) {
@@ -1232,10 +1363,12 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     if (uv_tcp_getpeername(&c->ep.tcp, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET)
-            uv_ip4_name((struct sockaddr_in *)&ss, c->client_ip, sizeof(c->client_ip));
-        else if (ss.ss_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_ip, sizeof(c->client_ip));
+        if (ss.ss_family == AF_INET) {
+            memcpy(c->client_addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        } else if (ss.ss_family == AF_INET6) {
+            memcpy(c->client_addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+            c->client_v6 = 1;
+        }
     }
     if (w->stopping) {
         lp_conn_close(c);
@@ -1244,7 +1377,7 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     if (l->tls) {
         c->ep.tls = lp_tls_accept(l->tls, &w->bufs);
         if (!c->ep.tls) {
-            lp_log_warn("%s: cannot start TLS (out of memory)", c->client_ip);
+            lp_log_warn("%s: cannot start TLS (out of memory)", conn_ip(c));
             lp_conn_close(c);
             return;
         }

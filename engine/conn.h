@@ -10,6 +10,8 @@ void lp_conn_on_connection(uv_stream_t *server, int status);
 void lp_conn_close(lp_conn_t *c);
 /* Graceful shutdown: idle connections close now, busy ones after their response. */
 void lp_conn_drain(lp_conn_t *c);
+/* The client's address as text into out ("" when unknown); its length. */
+size_t lp_conn_ip_text(const lp_conn_t *c, char out[LP_IP_TEXT]);
 
 /* Called by the upstream side for the request it serves. Those returning int return
  * LP_GONE when the request ended in the call (request.h): the caller must not use it

@@ -54,7 +54,7 @@ struct cosock_conn_s {
     lp_tls_client_t *cli; /* reference: the TLS context; NULL for plain TCP */
     char *tls_name;       /* owned: the TLS server name (SNI, verified name); NULL: none */
     int tls_verify;       /* the certificate was verified */
-    void *session;        /* owned: SSL_SESSION reference (the slot lp_tls_connect fills) */
+    void *session;        /* owned: SSL_SESSION reference (the slot lp_ep_tls_connect fills) */
     int state;            /* CS_* */
     int handshaking;      /* the TLS handshake is in progress */
     int hs_failed;        /* the TLS handshake failed: why says how */
@@ -64,14 +64,16 @@ struct cosock_conn_s {
     char *in;             /* owned: received plaintext not yet taken by Lua */
     size_t in_pos, in_len, in_cap;
     unsigned reused; /* times taken from the pool */
-    char why[200];   /* why the handshake failed */
+    char why[200];   /* why the handshake (or TLS input) failed */
 };
 
 struct lp_cosock_s {
-    lp_lua_owned_t owned;               /* in its task's list: the task's end closes the socket */
-    lp_lua_task_t *task;                /* borrowed: the task it belongs to; NULL once that ended */
-    cosock_conn_t *conn;                /* owned (freed by its close callback): NULL when none */
-    lp_worker_t *io;                    /* borrowed: the context (loop, pools) it was made in */
+    lp_lua_owned_t owned; /* in its task's list: the task's end closes the socket */
+    lp_lua_task_t *task;  /* borrowed: the task it belongs to; NULL once that ended */
+    cosock_conn_t *conn;  /* owned (freed by its close callback): NULL when none */
+    /* borrowed: the context (loop, pools) it was made in; used only while `task` is set
+     * (init_worker's private context is gone once that task ended) */
+    lp_worker_t *io;
     lp_lua_waiter_t waiter;             /* meaningful while parked */
     int parked;                         /* Lua yielded for `op`: the connection wakes it */
     int op;                             /* OP_*: the call in progress, repeated after each wake */
@@ -261,11 +263,9 @@ static void conn_tls_pump(cosock_conn_t *c)
 
 static void conn_tls_step(cosock_conn_t *c)
 {
-    int rc = lp_tls_handshake(c->ep.tls);
-    if (lp_ep_flush_tls(&c->ep))
-        return; /* the BROKEN timeout reports it */
+    int rc = lp_ep_tls_handshake(&c->ep);
     if (rc == LP_AGAIN)
-        return;
+        return; /* also when the socket broke sending: the BROKEN timeout reports it */
     c->handshaking = 0;
     if (rc == LP_ERROR) {
         c->hs_failed = 1;
@@ -449,7 +449,7 @@ static void conn_resolve(cosock_conn_t *c)
     hints.ai_socktype = SOCK_STREAM;
     d->conn = c;
     c->dns = d;
-    int rc = uv_getaddrinfo(&c->ep.w->loop, &d->req, on_dns, c->host, NULL, &hints);
+    int rc = uv_getaddrinfo(c->ep.env->loop, &d->req, on_dns, c->host, NULL, &hints);
     if (rc) {
         c->dns = NULL;
         free(d);
@@ -656,7 +656,7 @@ static int sock_park(lp_cosock_t *s)
         s->op = OP_NONE;
         if (s->conn)
             lp_ep_timer(&s->conn->ep, LP_EP_TM_NONE, 0);
-        sock_err(s, "cannot wait here (a response_body filter may not yield)");
+        sock_err(s, "cannot wait here");
         return LP_FFI_EPHASE; /* Lua raises: API misuse, not a network condition */
     }
     s->parked = 1;
@@ -739,7 +739,7 @@ int lp_ffi_tcp_connect(void *sp, const char *host, size_t hlen, int port, const 
     lp_list_init(&c->link);
     c->port = port;
     c->state = CS_CONNECTING;
-    lp_ep_init(&c->ep, s->io, &conn_ops);
+    lp_ep_init(&c->ep, &s->io->ep_env, &conn_ops);
     c->sock = s;
     s->conn = c;
     if (!(c->key = strdup(key)) || !(c->host = strndup(host, hlen))) {
@@ -837,13 +837,17 @@ int lp_ffi_tcp_sslhandshake(void *sp, void *session, const char *name, size_t nl
         c->session = session; /* the caller's, from an earlier sslhandshake */
     else if (!session)
         c->session = pool_session(s->io, c->key, c->tls_name, c->tls_verify);
-    c->ep.tls = lp_tls_connect(cli, c->tls_name, &c->session, &c->ep.w->bufs);
-    if (!c->ep.tls)
+    /* The TLS client start and handshake of upstream connections and health probes. */
+    int rc = lp_ep_tls_connect(&c->ep, cli, c->tls_name, &c->session);
+    if (rc == LP_ENOMEM)
         return sock_err(s, "cannot start TLS");
-    c->handshaking = 1;
+    c->handshaking = rc == LP_OK;
+    if (rc != LP_OK) {
+        c->hs_failed = 1;
+        snprintf(c->why, sizeof(c->why), "handshake failed: %s", lp_tls_error(c->ep.tls));
+    }
     s->op = OP_HANDSHAKE;
     lp_ep_timer(&c->ep, CT_CONNECT, s->t_connect);
-    conn_tls_step(c);
     conn_update_reading(c);
     return hs_result(s);
 }
@@ -899,7 +903,7 @@ int lp_ffi_tcp_send(void *sp, const char *data, size_t n)
         return -1;
     }
     if (n) {
-        lp_buf_t *b = lp_buf_get(&c->ep.w->bufs, n);
+        lp_buf_t *b = lp_buf_get(c->ep.env->bufs, n);
         lp_wbatch_t *wb = b ? lp_ep_outb(&c->ep, 1, 0) : NULL;
         if (!wb) {
             if (b)
@@ -998,15 +1002,20 @@ int lp_ffi_tcp_receive(void *sp, int mode, double size, const char *pat, size_t 
             conn_update_reading(c);
         return rc;
     }
-    if (c->in_err || c->timed_out) {
+    /* A failed write ends the wait too: its deadline replaced the read timer's. */
+    int broken = c->out_err || (c->ep.flags & LP_EPF_BROKEN);
+    if (c->in_err || c->timed_out || broken) {
         /* What came is the partial result. A timeout keeps the connection (a later
          * receive may still succeed); an end of input closes it. */
         out->base = p;
         out->len = avail;
         c->in_pos += avail;
-        if (c->in_err) {
-            sock_err(s, c->in_err == 1 || c->in_err == UV_EOF || !c->why[0] ? uv_msg(c->in_err)
-                                                                            : c->why);
+        if (c->in_err || broken) {
+            if (!c->in_err)
+                sock_err(s, uv_msg(c->out_err ? c->out_err : UV_EPIPE));
+            else
+                sock_err(s, c->in_err == 1 || c->in_err == UV_EOF || !c->why[0] ? uv_msg(c->in_err)
+                                                                                : c->why);
             s->op = OP_NONE;
             sock_drop_conn(s);
         } else {

@@ -2,13 +2,12 @@
 #include "endpoint.h"
 #include "log.h"
 #include "tls.h"
-#include "worker.h"
 
 /* ---- deadlines ---- */
 
 static lp_ep_timers_t *timers_of(lp_endpoint_t *ep)
 {
-    return &ep->w->ep_timers;
+    return &ep->env->timers;
 }
 
 static void heap_set(lp_ep_timers_t *t, uint32_t i, lp_endpoint_t *ep)
@@ -130,17 +129,25 @@ void lp_ep_timers_close(lp_ep_timers_t *t)
     t->n = t->cap = 0;
 }
 
+void lp_ep_env_init(lp_ep_env_t *env, uv_loop_t *loop, lp_bufpool_t *bufs, lp_wbpool_t *wbatches)
+{
+    env->loop = loop;
+    env->bufs = bufs;
+    env->wbatches = wbatches;
+    lp_ep_timers_init(&env->timers, loop);
+}
+
 static void on_ep_handle_close(uv_handle_t *h)
 {
     lp_endpoint_t *ep = h->data;
     ep->ops->closed(ep);
 }
 
-void lp_ep_init(lp_endpoint_t *ep, lp_worker_t *w, const lp_endpoint_ops_t *ops)
+void lp_ep_init(lp_endpoint_t *ep, lp_ep_env_t *env, const lp_endpoint_ops_t *ops)
 {
-    ep->w = w;
+    ep->env = env;
     ep->ops = ops;
-    uv_tcp_init(&w->loop, &ep->tcp);
+    uv_tcp_init(env->loop, &ep->tcp);
     ep->tcp.data = ep;
 }
 
@@ -155,7 +162,7 @@ void lp_ep_close(lp_endpoint_t *ep)
         ep->rbuf = NULL;
     }
     if (ep->outb) {
-        lp_wbatch_put(&ep->w->wbatches, ep->outb);
+        lp_wbatch_put(ep->env->wbatches, ep->outb);
         ep->outb = NULL;
     }
     lp_tls_free(ep->tls);
@@ -179,8 +186,8 @@ void lp_ep_timer(lp_endpoint_t *ep, int mode, uint64_t ms)
     }
     lp_ep_timers_t *t = timers_of(ep);
     if (t->closed)
-        return; /* the worker is past its last endpoint's end */
-    uint64_t now = uv_now(&ep->w->loop);
+        return; /* the loop is past its last endpoint's end */
+    uint64_t now = uv_now(ep->env->loop);
     ep->deadline = now + ms;
     if (ep->hidx) {
         if (ep->deadline < ep->key) {
@@ -206,7 +213,7 @@ static void on_ep_write(uv_write_t *wr, int status)
     lp_wbatch_t *wb = LP_CONTAINER_OF(wr, lp_wbatch_t, req);
     lp_endpoint_t *ep = wb->owner;
     ep->out_pending -= wb->bytes;
-    lp_wbatch_put(&ep->w->wbatches, wb);
+    lp_wbatch_put(ep->env->wbatches, wb);
     if (!(ep->flags & LP_EPF_CLOSING))
         ep->ops->written(ep, status);
 }
@@ -224,7 +231,7 @@ static int ep_broken(lp_endpoint_t *ep)
 static int ep_send(lp_endpoint_t *ep, lp_wbatch_t *wb)
 {
     wb->owner = ep;
-    if (lp_wbatch_send(wb, (uv_stream_t *)&ep->tcp, &ep->w->wbatches, &ep->out_pending,
+    if (lp_wbatch_send(wb, (uv_stream_t *)&ep->tcp, ep->env->wbatches, &ep->out_pending,
                        on_ep_write))
         return ep_broken(ep);
     return 0;
@@ -235,7 +242,7 @@ int lp_ep_flush_tls(lp_endpoint_t *ep)
     lp_wbatch_t *wb;
     if (ep->flags & (LP_EPF_CLOSING | LP_EPF_BROKEN))
         return 0;
-    while (ep->tls && (wb = lp_tls_out(ep->tls, &ep->w->wbatches)))
+    while (ep->tls && (wb = lp_tls_out(ep->tls, ep->env->wbatches)))
         if (ep_send(ep, wb))
             return -1;
     return 0;
@@ -251,7 +258,7 @@ int lp_ep_flush(lp_endpoint_t *ep)
         if (ep->tls) {
             /* TLS copies the bytes into records: the plain batch is done with. */
             int rc = lp_tls_write(ep->tls, wb);
-            lp_wbatch_put(&ep->w->wbatches, wb);
+            lp_wbatch_put(ep->env->wbatches, wb);
             if (rc)
                 return ep_broken(ep);
         } else if (ep_send(ep, wb)) {
@@ -270,7 +277,7 @@ lp_wbatch_t *lp_ep_outb(lp_endpoint_t *ep, unsigned k, unsigned scratch)
         lp_ep_flush(ep);
     }
     if (!ep->outb)
-        ep->outb = lp_wbatch_get(&ep->w->wbatches);
+        ep->outb = lp_wbatch_get(ep->env->wbatches);
     return ep->outb;
 }
 
@@ -290,7 +297,7 @@ uv_buf_t lp_ep_read_space(lp_endpoint_t *ep)
         }
     }
     if (!b) {
-        b = ep->rbuf = lp_buf_get(&ep->w->bufs, LP_BUF_SIZE);
+        b = ep->rbuf = lp_buf_get(ep->env->bufs, LP_BUF_SIZE);
         if (!b)
             return uv_buf_init(NULL, 0);
         ep->rpos = ep->rlen = 0;
@@ -366,4 +373,27 @@ void lp_ep_reading(lp_endpoint_t *ep, int want)
         uv_read_stop((uv_stream_t *)&ep->tcp);
         ep->flags &= ~LP_EPF_READING;
     }
+}
+
+/* ---- TLS client ---- */
+
+int lp_ep_tls_connect(lp_endpoint_t *ep, struct lp_tls_client_s *ctx, const char *name,
+                      void **session)
+{
+    ep->tls = lp_tls_connect(ctx, name, session, ep->env->bufs);
+    if (!ep->tls)
+        return LP_ENOMEM;
+    if (lp_tls_handshake(ep->tls) == LP_ERROR)
+        return LP_ERROR;
+    lp_ep_flush_tls(ep); /* a broken socket is reported through ops->timeout */
+    return LP_OK;
+}
+
+int lp_ep_tls_handshake(lp_endpoint_t *ep)
+{
+    int rc = lp_tls_handshake(ep->tls);
+    /* What it answers goes first, an alert on failure too. */
+    if (lp_ep_flush_tls(ep))
+        return LP_AGAIN; /* ops->timeout(LP_EP_TM_BROKEN) ends it */
+    return rc;
 }

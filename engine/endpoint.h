@@ -5,15 +5,19 @@
  *
  * Lifetime: lp_ep_close() closes the libuv handle; the owner's memory may go only in
  * ops->closed, which runs from its close callback. Until then every pointer to the
- * endpoint stays valid, and LP_EPF_CLOSING says it is going. Worker thread only. */
+ * endpoint stays valid, and LP_EPF_CLOSING says it is going.
+ *
+ * An endpoint needs a loop, a deadline heap and pools, not a worker: it takes them from an
+ * lp_ep_env_t. A worker has one for its connections; the main thread has one for the
+ * active health checks' probes (health_check.c). The loop's thread only. */
 #ifndef LP_ENDPOINT_H
 #define LP_ENDPOINT_H
 
 #include <uv.h>
 #include "buf.h"
 
-struct lp_worker_s;
 struct lp_tls_s;
+struct lp_tls_client_s;
 
 /* Endpoint flags (LP_EPF_*). */
 #define LP_EPF_READING  0x01 /* uv_read_start is active */
@@ -27,10 +31,10 @@ enum { LP_EP_TM_NONE = 0, LP_EP_TM_BROKEN = 1, LP_EP_TM_OWNER = 2 };
 
 typedef struct lp_endpoint_s lp_endpoint_t;
 
-/* A worker's endpoint deadlines: one libuv timer for all of them, over a binary min-heap of
+/* A loop's endpoint deadlines: one libuv timer for all of them, over a binary min-heap of
  * endpoints. An endpoint embeds no timer handle of its own (152 bytes, and a second close
  * per connection); a deadline that moves later (a keep-alive timer reset by each request)
- * does not touch the heap: the entry is checked when it comes up. Worker thread only. */
+ * does not touch the heap: the entry is checked when it comes up. The loop's thread only. */
 typedef struct {
     uv_timer_t timer;     /* timer.data = this; fires at heap[0]'s key */
     lp_endpoint_t **heap; /* owned array of n (capacity cap) */
@@ -40,9 +44,20 @@ typedef struct {
 } lp_ep_timers_t;
 
 void lp_ep_timers_init(lp_ep_timers_t *t, uv_loop_t *loop);
-/* At worker exit, once no endpoint is left: closes the timer (the struct must live until
- * its close callback, i.e. until the loop ran) and frees the heap. */
+/* At exit, once no endpoint is left: closes the timer (the struct must live until its
+ * close callback, i.e. until the loop ran) and frees the heap. */
 void lp_ep_timers_close(lp_ep_timers_t *t);
+
+/* What the endpoints of one loop share (see the top). */
+typedef struct lp_ep_env_s {
+    uv_loop_t *loop;       /* borrowed: the loop the endpoints' handles are on */
+    lp_ep_timers_t timers; /* their deadlines */
+    lp_bufpool_t *bufs;    /* borrowed: read blocks and TLS blocks */
+    lp_wbpool_t *wbatches; /* borrowed: write batches */
+} lp_ep_env_t;
+
+/* Sets the environment up on loop over the given pools (which outlive it). */
+void lp_ep_env_init(lp_ep_env_t *env, uv_loop_t *loop, lp_bufpool_t *bufs, lp_wbpool_t *wbatches);
 
 typedef struct {
     /* nread > 0: new input, plaintext appended to rbuf or (TLS) ciphertext handed to the
@@ -58,22 +73,23 @@ typedef struct {
 
 struct lp_endpoint_s {
     uv_tcp_t tcp;                 /* tcp.data = this endpoint */
-    struct lp_worker_s *w;        /* borrowed: the worker whose loop it is on */
+    lp_ep_env_t *env;             /* borrowed: its loop, deadline heap and pools */
     const lp_endpoint_ops_t *ops; /* borrowed: static in the owner's file */
     struct lp_tls_s *tls;         /* owned: the TLS session, NULL for plain TCP */
     lp_buf_t *rbuf;               /* owned reference: the read block, NULL when idle */
     uint32_t rpos, rlen;          /* rbuf: parsed up to rpos, filled up to rlen */
     lp_wbatch_t *outb;            /* owned: the batch being filled, NULL when none */
     size_t out_pending;           /* bytes handed to uv_write, not yet completed */
-    unsigned flags;               /* LP_EPF_* */
-    uint8_t tmode;                /* what the timer times: LP_EP_TM_* or the owner's */
-    uint32_t hidx;                /* its position in the worker's heap + 1; 0: not in it */
-    uint64_t deadline;            /* uv_now() ms when ops->timeout is due; 0: none */
-    uint64_t key;                 /* its heap entry's time (<= deadline when set) */
+    /* Packed (4 + 2 + 1 bytes, no padding): every idle client connection carries one. */
+    uint32_t hidx;     /* its position in the worker's heap + 1; 0: not in it */
+    uint16_t flags;    /* LP_EPF_* */
+    uint8_t tmode;     /* what the timer times: LP_EP_TM_* or the owner's */
+    uint64_t deadline; /* uv_now() ms when ops->timeout is due; 0: none */
+    uint64_t key;      /* its heap entry's time (<= deadline when set) */
 };
 
-/* Opens the TCP handle on w's loop (ready for uv_accept or a connect). */
-void lp_ep_init(lp_endpoint_t *ep, struct lp_worker_s *w, const lp_endpoint_ops_t *ops);
+/* Opens the TCP handle on env's loop (ready for uv_accept or a connect). */
+void lp_ep_init(lp_endpoint_t *ep, lp_ep_env_t *env, const lp_endpoint_ops_t *ops);
 /* Releases buffers, TLS and its deadline, and closes the handle; ops->closed follows.
  * Idempotent. */
 void lp_ep_close(lp_endpoint_t *ep);
@@ -106,5 +122,18 @@ void lp_ep_release_rbuf(lp_endpoint_t *ep);
 int lp_ep_tls_fill(lp_endpoint_t *ep, int *err);
 /* Starts or stops reading. */
 void lp_ep_reading(lp_endpoint_t *ep, int want);
+
+/* TLS client side, as every upstream connection and health probe runs it. On a connected
+ * endpoint: starts the handshake with ctx, sending and verifying `name` (lp_tls_peer_name),
+ * resuming *session and storing the new one there (the slot outlives the endpoint), and
+ * sends the first flight. LP_OK: under way, finish it with lp_ep_tls_handshake as input
+ * comes; LP_ENOMEM: TLS could not start; LP_ERROR: it failed (lp_tls_error(ep->tls)). A
+ * socket that broke sending is LP_OK here: ops->timeout(LP_EP_TM_BROKEN) follows. */
+int lp_ep_tls_connect(lp_endpoint_t *ep, struct lp_tls_client_s *ctx, const char *name,
+                      void **session);
+/* Ciphertext came during the handshake: steps it and sends what it answers. LP_OK once
+ * established, LP_AGAIN while it goes on (or when the socket broke sending: see above),
+ * LP_ERROR when it failed (lp_tls_error(ep->tls)). */
+int lp_ep_tls_handshake(lp_endpoint_t *ep);
 
 #endif

@@ -3,14 +3,19 @@
  * so targets are not probed in lockstep, and flips the shared state after
  * `healthy`/`unhealthy` results in a row. Reloads replace the probes.
  *
- * An http probe speaks to the target the way the proxy path does: through the upstream's
- * TLS client context (tls.c: the same verification, SNI and session resumption) when the
- * upstream has one, and it reads the answer with the engine's response parser (http1.c),
- * so a status line split across reads or records, an interim 1xx, or a malformed head are
- * judged as the proxy would judge them. The probe ends at the response head. */
+ * This file keeps the policy (when to probe, what counts as a pass, the thresholds). The
+ * connection is the proxy path's: an endpoint (endpoint.c: socket, read blocks, write
+ * batches, deadline in a heap, TLS pump), the TLS client start and handshake of every
+ * upstream connection (lp_ep_tls_connect/lp_ep_tls_handshake: the upstream's client
+ * context, so the same verification, SNI and session resumption), and the engine's
+ * response parser (http1.c), so a status line split across reads or records, an interim
+ * 1xx, or a malformed head are judged as the proxy would judge them. The endpoints run on
+ * the main loop with an environment of their own (checker.env), not a worker's: probes are
+ * the main thread's, like the admin API. The probe ends at the response head. */
 #include <stdio.h>
 #include <stdlib.h>
 #include "buf.h"
+#include "endpoint.h"
 #include "health.h"
 #include "http1.h"
 #include "log.h"
@@ -21,46 +26,50 @@
 /* Response header fields a probe accepts: one small block of them. */
 #define PROBE_MAX_HEADERS (LP_BUF_SMALL / sizeof(lp_header_t))
 
-typedef struct lp_probe_s {
-    uv_timer_t timer;   /* next probe */
-    uv_timer_t timeout; /* this probe's deadline */
-    uv_tcp_t tcp;
-    uv_connect_t creq;
-    lp_health_t *h;
+/* What a probe connection's timer times (after the endpoint's own modes). */
+enum { PM_DEADLINE = LP_EP_TM_OWNER };
+
+typedef struct lp_probe_s lp_probe_t;
+
+/* One probe's connection, from its connect to its close callback. Apart from the probe
+ * (the policy, which lives across connections) because an endpoint frees itself only in
+ * its close callback, and a reload may drop the probe before that runs. */
+typedef struct {
+    lp_endpoint_t ep;  /* the socket, in checker.env; freed with it (ops->closed) */
+    uv_connect_t creq; /* creq.data = this */
+    lp_probe_t *probe; /* borrowed: the probe it reports to; NULL once it gave its verdict */
+    lp_buf_t *arena;   /* owned: the parser's arena (small, grows: probe_grow) */
+    lp_buf_t *fields;  /* owned: the parser's header array */
+    lp_h1_t h1;        /* the response parser */
+    int handshaking;   /* TLS handshake not finished */
+} lp_probe_conn_t;
+
+struct lp_probe_s {
+    uv_timer_t timer;           /* next probe; the probe is freed in its close callback */
+    lp_probe_conn_t *pc;        /* borrowed (it frees itself): the probe in flight, NULL: none */
+    lp_health_t *h;             /* borrowed: the process-wide registry's (health.h) */
     const lp_health_conf_t *hc; /* in the generation that made the probe (kept alive below) */
     lp_tls_client_t *tls_ctx;   /* borrowed from that generation's upstream; NULL: plain */
     char *tls_name;             /* owned: the name TLS sends and verifies (NULL: plain) */
     void *session;              /* owned: the TLS session to resume (lp_tls_session_free) */
-    lp_addr_t addr;
-    char *req; /* owned: the request head an http probe sends */
+    lp_addr_t addr;             /* borrowed text: the generation's */
+    char *req;                  /* owned: the request head an http probe sends */
     size_t reqlen;
-    /* The probe in flight. */
-    lp_tls_t *tls;      /* owned */
-    lp_buf_t *arena;    /* owned: the parser's arena (small, grows: probe_grow) */
-    lp_buf_t *fields;   /* owned: the parser's header array */
-    lp_h1_t h1;         /* the response parser */
-    size_t out_pending; /* bytes queued with uv_write */
-    int in_flight;      /* a probe runs: its first verdict ends it */
-    int handshaking;    /* TLS handshake not finished */
-    int tcp_open;       /* tcp initialized, not yet closing */
-    int tcp_closing;    /* uv_close(tcp) called, its callback not yet run */
-    int handles;        /* open handles; freed at 0 once stopping */
-    int stopping;
-    struct lp_probe_s *next;
-} lp_probe_t;
+    int stopping;            /* dropped by a reload or the stop: no verdict, no next probe */
+    struct lp_probe_s *next; /* the checker's list (checker.probes owns them) */
+};
 
 struct lp_checker_s {
-    lp_probe_t *probes;
+    lp_probe_t *probes;   /* owned list: the current generation's */
     lp_gen_t *gen;        /* the generation whose config the probes read: holds a reference */
-    lp_bufpool_t bufs;    /* TLS blocks and parser arenas (main thread only) */
+    lp_ep_env_t env;      /* the probes' endpoints: the main loop, a deadline heap, the pools */
+    lp_bufpool_t bufs;    /* read and TLS blocks, parser arenas (main thread only) */
     lp_wbpool_t wbatches; /* write batches (main thread only) */
-    int pools_ready;
+    int env_ready;        /* env is set up (the first update); its heap closes at the stop */
 };
 
 static struct lp_checker_s checker;
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-/* Plain input: read or decrypted here, then parsed at once (the parser copies the head). */
-static char inbuf[16384];
 
 static uint64_t jitter(uint64_t ms)
 {
@@ -79,39 +88,31 @@ static void probe_free(lp_probe_t *p)
     free(p);
 }
 
-static void on_probe_handle_close(uv_handle_t *hd)
+static void on_probe_timer_close(uv_handle_t *hd)
 {
-    lp_probe_t *p = hd->data;
-    if (hd == (uv_handle_t *)&p->tcp)
-        p->tcp_closing = 0;
-    if (--p->handles == 0 && p->stopping)
-        probe_free(p);
+    probe_free(hd->data);
 }
 
 static void on_probe_timer(uv_timer_t *t);
 
-/* Ends the probe in flight: its connection goes. 0 when none was in flight. */
+/* Ends the probe in flight: its connection closes and reports no more. 0 when none was in
+ * flight. */
 static int probe_end(lp_probe_t *p)
 {
-    if (!p->in_flight)
+    lp_probe_conn_t *pc = p->pc;
+    if (!pc)
         return 0;
-    p->in_flight = 0;
-    uv_timer_stop(&p->timeout);
-    lp_tls_free(p->tls);
-    p->tls = NULL;
-    if (p->arena) {
-        lp_buf_unref(p->arena);
-        p->arena = NULL;
+    p->pc = NULL;
+    pc->probe = NULL;
+    if (pc->arena) {
+        lp_buf_unref(pc->arena);
+        pc->arena = NULL;
     }
-    if (p->fields) {
-        lp_buf_unref(p->fields);
-        p->fields = NULL;
+    if (pc->fields) {
+        lp_buf_unref(pc->fields);
+        pc->fields = NULL;
     }
-    if (p->tcp_open) {
-        p->tcp_open = 0;
-        p->tcp_closing = 1;
-        uv_close((uv_handle_t *)&p->tcp, on_probe_handle_close);
-    }
+    lp_ep_close(&pc->ep); /* its buffers, TLS and deadline go; the memory in ops->closed */
     return 1;
 }
 
@@ -146,263 +147,250 @@ static void probe_done(lp_probe_t *p, int ok, const char *why)
         uv_timer_start(&p->timer, on_probe_timer, jitter(hc->interval), 0);
 }
 
-static void on_probe_timeout(uv_timer_t *t)
+static lp_probe_conn_t *pc_of(lp_endpoint_t *ep)
 {
-    lp_probe_t *p = t->data;
-    probe_done(p, 0, p->handshaking ? "timed out in the TLS handshake" : "timed out");
+    return LP_CONTAINER_OF(ep, lp_probe_conn_t, ep);
 }
 
-/* ---- output ---- */
-
-static void on_probe_write(uv_write_t *wr, int status)
+/* The verdict of pc's probe, when it still has one to give. */
+static void pc_done(lp_probe_conn_t *pc, int ok, const char *why)
 {
-    lp_wbatch_t *wb = LP_CONTAINER_OF(wr, lp_wbatch_t, req);
-    lp_probe_t *p = wb->owner;
-    p->out_pending -= wb->bytes;
-    lp_wbatch_put(&checker.wbatches, wb);
-    if (status < 0)
-        probe_done(p, 0, uv_strerror(status));
+    if (pc->probe)
+        probe_done(pc->probe, ok, why);
 }
 
-/* -1 when the probe ended. */
-static int probe_send(lp_probe_t *p, lp_wbatch_t *wb)
+static void pc_tls_failed(lp_probe_conn_t *pc, const char *reason)
 {
-    wb->owner = p;
-    int rc = lp_wbatch_send(wb, (uv_stream_t *)&p->tcp, &checker.wbatches, &p->out_pending,
-                            on_probe_write);
-    if (rc) {
-        probe_done(p, 0, uv_strerror(rc));
-        return -1;
-    }
-    return 0;
+    char why[200];
+    snprintf(why, sizeof(why), "TLS handshake failed: %s", reason);
+    pc_done(pc, 0, why);
 }
 
-/* TLS output (handshake messages, records). -1 when the probe ended. */
-static int probe_tls_send(lp_probe_t *p)
-{
-    lp_wbatch_t *wb;
-    while (p->tls && (wb = lp_tls_out(p->tls, &checker.wbatches)))
-        if (probe_send(p, wb))
-            return -1;
-    return 0;
-}
+/* ---- the request ---- */
 
-/* The request (once connected, and after the TLS handshake). -1 when the probe ended. */
-static int probe_send_request(lp_probe_t *p)
+/* Once connected (and after the TLS handshake): the request head goes out in a block of
+ * its own, so no write in flight points into the probe (a reload may free it first). */
+static void pc_send_request(lp_probe_conn_t *pc)
 {
-    lp_wbatch_t *wb = lp_wbatch_get(&checker.wbatches);
+    lp_probe_t *p = pc->probe;
+    pc->ep.flags |= LP_EPF_WRITABLE;
+    lp_buf_t *b = lp_buf_get(&checker.bufs, p->reqlen);
+    lp_wbatch_t *wb = b ? lp_ep_outb(&pc->ep, 1, 0) : NULL;
     if (!wb) {
-        probe_done(p, 0, "out of memory");
-        return -1;
+        if (b)
+            lp_buf_unref(b);
+        pc_done(pc, 0, "out of memory");
+        return;
     }
-    lp_wbatch_add(wb, p->req, p->reqlen, NULL); /* p->req outlives the write */
-    if (!p->tls)
-        return probe_send(p, wb);
-    int rc = lp_tls_write(p->tls, wb);
-    lp_wbatch_put(&checker.wbatches, wb);
-    if (rc) {
-        probe_done(p, 0, lp_tls_error(p->tls));
-        return -1;
-    }
-    return probe_tls_send(p);
+    memcpy(b->data, p->req, p->reqlen);
+    lp_wbatch_add(wb, b->data, p->reqlen, b);
+    lp_buf_unref(b);      /* the batch holds it */
+    lp_ep_flush(&pc->ep); /* a failure comes back through pc_on_timeout(LP_EP_TM_BROKEN) */
 }
 
-/* ---- input ---- */
+/* ---- the response ---- */
 
-/* Response bytes (plain): the verdict comes with the head. */
-static void probe_parse(lp_probe_t *p, const char *data, size_t len)
+/* Response bytes in the read block (plain, or decrypted): the verdict comes with the head. */
+static void pc_parse(lp_probe_conn_t *pc)
 {
-    while (p->in_flight) {
+    lp_endpoint_t *ep = &pc->ep;
+    while (pc->probe && ep->rbuf && ep->rpos < ep->rlen) {
         size_t used = 0;
-        lp_h1_event_t ev = lp_h1_execute(&p->h1, data, len, &used);
-        data += used;
-        len -= used;
+        lp_h1_event_t ev =
+            lp_h1_execute(&pc->h1, ep->rbuf->data + ep->rpos, ep->rlen - ep->rpos, &used);
+        ep->rpos += (uint32_t)used;
         if (ev == LP_H1_HEAD || ev == LP_H1_DONE || ev == LP_H1_UPGRADE) {
-            int status = lp_h1_status(&p->h1);
+            int status = lp_h1_status(&pc->h1);
             char why[64];
             snprintf(why, sizeof(why), "status %d", status);
-            probe_done(p, lp_status_in(&p->hc->active_statuses, status), why);
+            pc_done(pc, lp_status_in(&pc->probe->hc->active_statuses, status), why);
         } else if (ev == LP_H1_ERROR) {
             char why[160];
             snprintf(why, sizeof(why), "invalid response: %s",
-                     p->h1.err_reason ? p->h1.err_reason : "parse error");
-            probe_done(p, 0, why);
+                     pc->h1.err_reason ? pc->h1.err_reason : "parse error");
+            pc_done(pc, 0, why);
+        } else {
+            break; /* NEED_MORE (all used); PAUSED never comes: probe_body takes all */
         }
-        if (ev == LP_H1_NEED_MORE || !len)
-            break;
     }
+    if (pc->probe)
+        lp_ep_release_rbuf(ep); /* the parser copied the head: hold no block while waiting */
 }
 
 static int probe_body(lp_h1_t *h, const char *at, size_t len)
 {
+    LP_UNUSED(h);
+    LP_UNUSED(at);
+    LP_UNUSED(len);
     return 0; /* interim responses only: the probe ends at the final head */
 }
 
 /* A head beyond the small arena: one large block (max_header_size is capped below it). */
 static int probe_grow(lp_h1_t *h, size_t need)
 {
-    lp_probe_t *p = h->ud;
-    if (need > LP_BUF_SIZE || p->arena->cap >= LP_BUF_SIZE)
+    lp_probe_conn_t *pc = h->ud;
+    if (need > LP_BUF_SIZE || pc->arena->cap >= LP_BUF_SIZE)
         return -1;
     lp_buf_t *nb = lp_buf_get(&checker.bufs, LP_BUF_SIZE);
     if (!nb)
         return -1;
     lp_h1_rebase(h, nb->data, nb->cap);
-    lp_buf_unref(p->arena);
-    p->arena = nb;
+    lp_buf_unref(pc->arena);
+    pc->arena = nb;
     return 0;
 }
 
-/* Decrypts and parses what TLS holds. */
-static void probe_tls_pump(lp_probe_t *p)
+/* TLS: decrypts what the session holds into the read block and parses it. */
+static void pc_tls_pump(lp_probe_conn_t *pc)
 {
-    while (p->in_flight && p->tls) {
-        long n = lp_tls_read(p->tls, inbuf, sizeof(inbuf));
-        if (n == 0)
+    while (pc->probe) {
+        int err;
+        int rc = lp_ep_tls_fill(&pc->ep, &err);
+        if (rc == 0)
             break;
-        if (n < 0) {
-            char why[200];
-            snprintf(why, sizeof(why), "%s",
-                     n == LP_TLS_EOF ? "closed before the response head" : lp_tls_error(p->tls));
-            probe_done(p, 0, why);
+        if (rc < 0) {
+            pc_done(pc, 0, err ? lp_tls_error(pc->ep.tls) : "closed before the response head");
             return;
         }
-        probe_parse(p, inbuf, (size_t)n);
+        pc_parse(pc);
     }
-    if (p->in_flight && p->tls && !probe_tls_send(p))
-        lp_tls_in_trim(p->tls);
-}
-
-static void probe_tls_input(lp_probe_t *p, size_t n)
-{
-    lp_tls_in_commit(p->tls, n);
-    if (p->handshaking) {
-        int rc = lp_tls_handshake(p->tls);
-        if (probe_tls_send(p) || rc == LP_AGAIN)
-            return;
-        if (rc == LP_ERROR) {
-            char why[200];
-            snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->tls));
-            probe_done(p, 0, why);
-            return;
-        }
-        p->handshaking = 0;
-        if (probe_send_request(p))
-            return;
+    if (pc->probe && !lp_ep_flush_tls(&pc->ep)) {
+        lp_tls_in_trim(pc->ep.tls);
+        lp_ep_reading(&pc->ep, 1); /* again, if a full TLS input block had stopped it */
     }
-    probe_tls_pump(p);
 }
 
-static void on_probe_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf)
+static void pc_on_input(lp_endpoint_t *ep, ssize_t nread)
 {
-    lp_probe_t *p = hd->data;
-    *buf = p->tls ? lp_tls_in_space(p->tls) : uv_buf_init(inbuf, sizeof(inbuf));
-}
-
-static void on_probe_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    lp_probe_t *p = s->data;
-    if (!p->in_flight || nread == 0)
+    lp_probe_conn_t *pc = pc_of(ep);
+    if (!pc->probe)
         return;
     if (nread > 0) {
-        if (p->tls)
-            probe_tls_input(p, (size_t)nread);
-        else
-            probe_parse(p, buf->base, (size_t)nread);
+        if (!ep->tls) {
+            pc_parse(pc);
+            return;
+        }
+        if (pc->handshaking) {
+            int rc = lp_ep_tls_handshake(ep);
+            if (rc == LP_AGAIN)
+                return;
+            if (rc == LP_ERROR) {
+                pc_tls_failed(pc, lp_tls_error(ep->tls));
+                return;
+            }
+            pc->handshaking = 0;
+            pc_send_request(pc);
+        }
+        pc_tls_pump(pc);
         return;
     }
-    if (p->tls && nread == UV_EOF && !p->handshaking) {
+    if (ep->tls && nread == UV_EOF && !pc->handshaking) {
         /* What TLS still holds comes first. */
-        lp_tls_in_eof(p->tls);
-        probe_tls_pump(p);
+        lp_tls_in_eof(ep->tls);
+        pc_tls_pump(pc);
     }
-    if (p->handshaking) {
-        char why[200];
-        snprintf(why, sizeof(why), "TLS handshake failed: %s",
-                 nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
-        probe_done(p, 0, why);
-        return;
-    }
-    probe_done(p, 0, nread == UV_EOF ? "closed before the response head" : uv_strerror((int)nread));
+    if (pc->handshaking)
+        pc_tls_failed(pc, nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
+    else
+        pc_done(pc, 0,
+                nread == UV_EOF ? "closed before the response head" : uv_strerror((int)nread));
 }
+
+static void pc_on_written(lp_endpoint_t *ep, int status)
+{
+    if (status < 0)
+        pc_done(pc_of(ep), 0, uv_strerror(status));
+}
+
+static void pc_on_timeout(lp_endpoint_t *ep, int mode)
+{
+    lp_probe_conn_t *pc = pc_of(ep);
+    if (mode == LP_EP_TM_BROKEN && pc->handshaking)
+        pc_tls_failed(pc, "the connection broke");
+    else if (mode == LP_EP_TM_BROKEN)
+        pc_done(pc, 0, "the connection broke sending the request");
+    else
+        pc_done(pc, 0, pc->handshaking ? "timed out in the TLS handshake" : "timed out");
+}
+
+static void pc_on_closed(lp_endpoint_t *ep)
+{
+    free(pc_of(ep));
+}
+
+static const lp_endpoint_ops_t probe_ops = {
+    .input = pc_on_input,
+    .written = pc_on_written,
+    .timeout = pc_on_timeout,
+    .closed = pc_on_closed,
+};
 
 /* ---- a probe ---- */
 
 static void on_probe_connect(uv_connect_t *c, int status)
 {
-    lp_probe_t *p = c->data;
-    if (!p->in_flight || !p->tcp_open)
-        return; /* timed out meanwhile */
+    lp_probe_conn_t *pc = c->data;
+    if (!pc->probe || (pc->ep.flags & LP_EPF_CLOSING))
+        return; /* timed out or dropped meanwhile */
+    lp_probe_t *p = pc->probe;
     if (status < 0) {
-        probe_done(p, 0, uv_strerror(status));
+        pc_done(pc, 0, uv_strerror(status));
         return;
     }
     if (!p->hc->active_http) {
-        probe_done(p, 1, "");
+        pc_done(pc, 1, "");
         return;
     }
+    uv_tcp_nodelay(&pc->ep.tcp, 1);
     /* The response parser, with the proxy path's limits (as upstream.c sets them). */
     const lp_limits_t *lim = &checker.gen->config->limits;
     unsigned nh = lim->max_headers && lim->max_headers < PROBE_MAX_HEADERS
                       ? lim->max_headers
                       : (unsigned)PROBE_MAX_HEADERS;
-    p->arena = lp_buf_get(&checker.bufs, LP_BUF_SMALL);
-    p->fields = lp_buf_get(&checker.bufs, LP_BUF_SMALL);
-    if (!p->arena || !p->fields) {
-        probe_done(p, 0, "out of memory");
+    pc->arena = lp_buf_get(&checker.bufs, LP_BUF_SMALL);
+    pc->fields = lp_buf_get(&checker.bufs, LP_BUF_SMALL);
+    if (!pc->arena || !pc->fields) {
+        pc_done(pc, 0, "out of memory");
         return;
     }
-    lp_h1_init(&p->h1, HTTP_RESPONSE, p, probe_body);
-    p->h1.max_header_size = lim->max_header_size;
-    if (p->h1.max_header_size > LP_BUF_SIZE - 1024)
-        p->h1.max_header_size = LP_BUF_SIZE - 1024;
-    p->h1.grow = probe_grow;
-    lp_h1_set_storage(&p->h1, p->arena->data, p->arena->cap, (lp_header_t *)(void *)p->fields->data,
-                      nh);
-    if (uv_read_start((uv_stream_t *)&p->tcp, on_probe_alloc, on_probe_read)) {
-        probe_done(p, 0, "cannot read");
-        return;
-    }
+    lp_h1_init(&pc->h1, HTTP_RESPONSE, pc, probe_body);
+    pc->h1.max_header_size = lim->max_header_size;
+    if (pc->h1.max_header_size > LP_BUF_SIZE - 1024)
+        pc->h1.max_header_size = LP_BUF_SIZE - 1024;
+    pc->h1.grow = probe_grow;
+    lp_h1_set_storage(&pc->h1, pc->arena->data, pc->arena->cap,
+                      (lp_header_t *)(void *)pc->fields->data, nh);
+    lp_ep_reading(&pc->ep, 1);
     if (!p->tls_ctx) {
-        probe_send_request(p);
+        pc_send_request(pc);
         return;
     }
     /* The deadline keeps running through the handshake. */
-    p->tls = lp_tls_connect(p->tls_ctx, p->tls_name, &p->session, &checker.bufs);
-    if (!p->tls) {
-        probe_done(p, 0, "cannot start TLS");
-        return;
-    }
-    p->handshaking = 1;
-    if (lp_tls_handshake(p->tls) == LP_ERROR) {
-        char why[200];
-        snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->tls));
-        probe_done(p, 0, why);
-        return;
-    }
-    probe_tls_send(p);
+    pc->handshaking = 1;
+    int rc = lp_ep_tls_connect(&pc->ep, p->tls_ctx, p->tls_name, &p->session);
+    if (rc == LP_ENOMEM)
+        pc_done(pc, 0, "cannot start TLS");
+    else if (rc == LP_ERROR)
+        pc_tls_failed(pc, lp_tls_error(pc->ep.tls));
 }
 
 static void on_probe_timer(uv_timer_t *t)
 {
     lp_probe_t *p = t->data;
-    if (p->stopping || p->in_flight)
+    if (p->stopping || p->pc)
         return;
-    if (p->tcp_closing) {
-        /* The last probe's socket is still closing: try again in a moment. */
-        uv_timer_start(&p->timer, on_probe_timer, 10, 0);
+    lp_probe_conn_t *pc = calloc(1, sizeof(*pc));
+    if (!pc) {
+        uv_timer_start(&p->timer, on_probe_timer, jitter(p->hc->interval), 0);
         return;
     }
-    uv_tcp_init(t->loop, &p->tcp);
-    p->tcp.data = p;
-    p->tcp_open = 1;
-    p->handles++;
-    p->in_flight = 1;
-    p->handshaking = 0;
-    p->creq.data = p;
-    uv_timer_start(&p->timeout, on_probe_timeout, p->hc->timeout, 0);
-    int rc =
-        uv_tcp_connect(&p->creq, &p->tcp, (const struct sockaddr *)&p->addr.addr, on_probe_connect);
+    lp_ep_init(&pc->ep, &checker.env, &probe_ops);
+    pc->probe = p;
+    p->pc = pc;
+    pc->creq.data = pc;
+    lp_ep_timer(&pc->ep, PM_DEADLINE, p->hc->timeout);
+    int rc = uv_tcp_connect(&pc->creq, &pc->ep.tcp, (const struct sockaddr *)&p->addr.addr,
+                            on_probe_connect);
     if (rc)
         probe_done(p, 0, uv_strerror(rc));
 }
@@ -415,8 +403,7 @@ static void probes_stop(void)
         lp_probe_t *next = p->next;
         p->stopping = 1;
         probe_end(p); /* no verdict: a reload is not the target's fault */
-        uv_close((uv_handle_t *)&p->timer, on_probe_handle_close);
-        uv_close((uv_handle_t *)&p->timeout, on_probe_handle_close);
+        uv_close((uv_handle_t *)&p->timer, on_probe_timer_close);
         p = next;
     }
     if (checker.gen && __atomic_sub_fetch(&checker.gen->refs, 1, __ATOMIC_ACQ_REL) == 0) {
@@ -443,9 +430,10 @@ static int actively_checked(const lp_config_t *cfg, const char *addr)
 void lp_health_checks_update(lp_server_t *s)
 {
     probes_stop();
-    if (!checker.pools_ready) {
+    if (!checker.env_ready) {
         lp_bufpool_init(&checker.bufs, 8);
-        checker.pools_ready = 1;
+        lp_ep_env_init(&checker.env, s->loop, &checker.bufs, &checker.wbatches);
+        checker.env_ready = 1;
     }
     lp_gen_t *gen = lp_gen_current;
     const lp_config_t *cfg = gen->config;
@@ -497,9 +485,7 @@ void lp_health_checks_update(lp_server_t *s)
                     continue;
                 }
                 uv_timer_init(s->loop, &p->timer);
-                uv_timer_init(s->loop, &p->timeout);
-                p->timer.data = p->timeout.data = p;
-                p->handles = 2;
+                p->timer.data = p;
                 /* The first probe soon, spread over the interval. */
                 uv_timer_start(&p->timer, on_probe_timer, jitter(uc->health.interval) % 1000 + 1,
                                0);
@@ -520,4 +506,9 @@ void lp_health_checks_stop(lp_server_t *s)
 {
     LP_UNUSED(s);
     probes_stop();
+    if (checker.env_ready) {
+        /* Every probe connection closed above left the heap; the loop's last run closes
+         * the timer and the connections. */
+        lp_ep_timers_close(&checker.env.timers); /* for good: the process is stopping */
+    }
 }

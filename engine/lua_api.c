@@ -78,7 +78,10 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
     case LP_FFI_CLIENT_IP:
         if (!r->conn)
             return -1;
-        set_out(out, r->conn->client_ip, strlen(r->conn->client_ip));
+        {
+            const char *ip = lp_req_client_ip(r);
+            set_out(out, ip, strlen(ip));
+        }
         return 0;
     case LP_FFI_UPSTREAM_NAME:
         if (!r->upstream)
@@ -86,9 +89,9 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
         set_out(out, r->upstream->conf->name, strlen(r->upstream->conf->name));
         return 0;
     case LP_FFI_UPSTREAM_ADDR:
-        if (!r->upstream || r->target < 0)
+        if (!r->upstream || r->try.target < 0)
             return -1;
-        set_out(out, r->target_addr, strlen(r->target_addr));
+        set_out(out, r->try.target_addr, strlen(r->try.target_addr));
         return 0;
     case LP_FFI_VERSION:
         set_out(out, r->minor ? "1.1" : "1.0", 3);
@@ -116,18 +119,18 @@ static int hlist(lp_req_t *r, int resp, hlist_t *l)
         l->used = &r->h1.arena_len;
         return 0;
     }
-    if (!r->resp_arena) {
+    if (!r->resp.arena) {
         lp_worker_t *w = req_worker(r);
-        if (!w || !(r->resp_arena = lp_buf_get(&w->bufs, LP_BUF_SMALL)))
+        if (!w || !(r->resp.arena = lp_buf_get(&w->bufs, LP_BUF_SMALL)))
             return -1;
-        r->resp_nheaders = 0;
-        r->resp_arena_used = 0;
+        r->resp.nheaders = 0;
+        r->resp.arena_used = 0;
     }
-    l->v = r->resp_headers;
-    l->n = &r->resp_nheaders;
+    l->v = r->resp.headers;
+    l->n = &r->resp.nheaders;
     l->cap = r->cap_headers;
-    l->arena = r->resp_arena;
-    l->used = &r->resp_arena_used;
+    l->arena = r->resp.arena;
+    l->used = &r->resp.arena_used;
     return 0;
 }
 
@@ -135,7 +138,7 @@ int lp_ffi_header_get(void *rp, int resp, const char *name, size_t nlen, int nth
 {
     lp_req_t *r = rp;
     hlist_t l;
-    if (resp && !r->resp_arena)
+    if (resp && !r->resp.arena)
         return 0;
     if (hlist(r, resp, &l))
         return 0;
@@ -153,7 +156,7 @@ int lp_ffi_header_count(void *rp, int resp)
 {
     lp_req_t *r = rp;
     if (resp)
-        return r->resp_arena ? (int)r->resp_nheaders : 0;
+        return r->resp.arena ? (int)r->resp.nheaders : 0;
     return (int)r->h1.nheaders;
 }
 
@@ -161,7 +164,7 @@ int lp_ffi_header_at(void *rp, int resp, int i, lp_str_t *name, lp_str_t *value)
 {
     lp_req_t *r = rp;
     hlist_t l;
-    if ((resp && !r->resp_arena) || hlist(r, resp, &l) || i < 0 || (unsigned)i >= *l.n)
+    if ((resp && !r->resp.arena) || hlist(r, resp, &l) || i < 0 || (unsigned)i >= *l.n)
         return -1;
     *name = l.v[i].name;
     *value = l.v[i].value;
@@ -296,7 +299,7 @@ int lp_ffi_set_target(void *rp, const char *host, size_t n, int port)
     snprintf(text, sizeof(text), strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
     if (lp_upstream_set_dynamic(r, (struct sockaddr *)&ss, text))
         return LP_FFI_ENOSPACE;
-    r->tried_up = NULL; /* Lua's explicit choice is tried even if an earlier try went there */
+    r->try.tried_up = NULL; /* Lua's explicit choice is tried even if an earlier try went there */
     return 0;
 }
 
@@ -334,14 +337,14 @@ int lp_ffi_tls_get(void *rp, int what, lp_str_t *out)
 
 int lp_ffi_status(void *rp)
 {
-    return ((lp_req_t *)rp)->resp_status;
+    return ((lp_req_t *)rp)->resp.status;
 }
 
 int lp_ffi_set_status(void *rp, int status)
 {
     if (status < 100 || status > 999)
         return LP_FFI_EINVAL;
-    ((lp_req_t *)rp)->resp_status = status;
+    ((lp_req_t *)rp)->resp.status = status;
     return 0;
 }
 
@@ -357,8 +360,8 @@ int lp__resp_begin(lp_req_t *r)
     hlist_t l;
     if (hlist(r, 1, &l))
         return LP_FFI_ENOSPACE;
-    r->resp_nheaders = 0;
-    r->resp_arena_used = 0;
+    r->resp.nheaders = 0;
+    r->resp.arena_used = 0;
     return 0;
 }
 
@@ -369,17 +372,17 @@ int lp_ffi_respond(void *rp, int status, const char *body, size_t len)
         return LP_FFI_EOTHER;
     if (status < 200 || status > 999)
         return LP_FFI_EINVAL;
-    free(r->local_body);
-    r->local_body = NULL;
-    r->local_body_len = 0;
+    free(r->resp.local_body);
+    r->resp.local_body = NULL;
+    r->resp.local_body_len = 0;
     if (len) {
-        r->local_body = malloc(len);
-        if (!r->local_body)
+        r->resp.local_body = malloc(len);
+        if (!r->resp.local_body)
             return LP_FFI_ENOSPACE;
-        memcpy(r->local_body, body, len);
-        r->local_body_len = len;
+        memcpy(r->resp.local_body, body, len);
+        r->resp.local_body_len = len;
     }
-    r->resp_status = status;
+    r->resp.status = status;
     r->flags |= LP_RF_LOCAL;
     lp__lua_mark_responded();
     return 0;
@@ -428,11 +431,11 @@ int lp_ffi_last_failure(void *rp, lp_str_t *addr, int *status)
     lp_req_t *r = rp;
     /* tries is reset per request by the engine: fail_kind of an earlier request on a
      * recycled object never shows. */
-    if (!r->tries || r->fail_kind == LP_FAIL_NONE)
+    if (!r->try.tries || r->try.fail_kind == LP_FAIL_NONE)
         return 0;
-    set_out(addr, r->target_addr, strlen(r->target_addr));
-    *status = r->fail_status;
-    return r->fail_kind;
+    set_out(addr, r->try.target_addr, strlen(r->try.target_addr));
+    *status = r->try.fail_status;
+    return r->try.fail_kind;
 }
 
 int lp_ffi_upstream_find(const char *name, size_t n)

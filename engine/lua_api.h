@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include "common.h"
+#include "shdict.h"
 
 /* lp_ffi_req_get: what */
 enum {
@@ -126,5 +127,25 @@ int lp_ffi_tcp_close(void *s);
 /* idle_ms < 0: the default (60 s), 0: no idle timeout; pool_size <= 0: opts.pool_size or 30. */
 int lp_ffi_tcp_setkeepalive(void *s, double idle_ms, int pool_size);
 int lp_ffi_tcp_reused(void *s);
+
+/* proxy.shared (engine/shdict.h, lua/luaproxy/shared.lua): the dict named so in the running
+ * worker's generation (NULL: none); then the operations, which return shdict.h's
+ * LP_SHDICT_E* codes. Values come out in this thread's scratch buffer. */
+void *lp_ffi_shdict_find(const char *name, size_t n);
+int lp_ffi_shdict_get(void *d, const char *k, size_t klen, int stale, lp_shdict_val_t *out);
+int lp_ffi_shdict_store(void *d, int op, const char *k, size_t klen, lp_shdict_val_t *v,
+                        double exptime);
+int lp_ffi_shdict_incr(void *d, const char *k, size_t klen, double step, int has_init, double init,
+                       double init_ttl, lp_shdict_val_t *out);
+int lp_ffi_shdict_ttl(void *d, const char *k, size_t klen, lp_shdict_val_t *out);
+int lp_ffi_shdict_expire(void *d, const char *k, size_t klen, double exptime);
+void lp_ffi_shdict_flush_all(void *d);
+int lp_ffi_shdict_flush_expired(void *d, int max);
+int lp_ffi_shdict_keys(void *d, int max, lp_str_t **out);
+int lp_ffi_shdict_push(void *d, const char *k, size_t klen, int left, lp_shdict_val_t *v);
+int lp_ffi_shdict_pop(void *d, const char *k, size_t klen, int left, lp_shdict_val_t *out);
+int lp_ffi_shdict_llen(void *d, const char *k, size_t klen);
+double lp_ffi_shdict_capacity(void *d);
+double lp_ffi_shdict_free_space(void *d);
 
 #endif

@@ -90,8 +90,8 @@ static void task_wake(lp_lua_task_t *t, int wake)
     lp_worker_t *io = t->vm->io;
     t->serial++;
     t->wake = wake;
-    if (!io)
-        return; /* not attached: lp_lua_attach starts it */
+    if (!io || !io->lua.on)
+        return; /* not attached (lp_lua_attach starts it), or the worker is gone */
     if (!lp_list_empty(&t->ready_link))
         lp_list_remove(&t->ready_link);
     lp_list_insert_tail(&io->lua.ready, &t->ready_link);
@@ -143,7 +143,6 @@ static lp_lua_task_t *task_get(lp_lua_t *vm)
     t->wait = LP_LW_NONE;
     t->wake = LP_WAKE_OK;
     t->phase = 0;
-    t->in_filter = 0;
     t->kind = LP_LT_REQUEST;
     t->req = NULL;
     t->bg_id = 0;
@@ -356,32 +355,37 @@ lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, l
 {
     lp_lua_t *vm = req->g ? req->g->lua : NULL;
     lp_lua_task_t *t = vm ? task_for(vm, req) : NULL;
-    if (!t || lua_status(t->co) != 0)
+    if (!t || t->wait != LP_LW_NONE)
         return LP_ERROR;
+    t->phase = LP_PHASE_BODY;
     lua_State *co = t->co;
     lua_settop(co, 0);
     lua_rawgeti(co, LUA_REGISTRYINDEX, vm->ref_body);
     lua_rawgeti(co, LUA_REGISTRYINDEX, t->handle_ref);
     lua_pushlstring(co, at, len);
     lua_pushboolean(co, eof);
-    vm->running = t;
-    t->in_filter = 1; /* proxy.sleep refuses: a plain call cannot be resumed later */
-    lp__lua_set_current(vm);
-    lp__guard_begin(&vm->guard);
-    /* A plain call: body filters may not yield (yet); a yield raises inside the call. */
-    int rc = lua_pcall(co, 3, 1, 0);
-    t->in_filter = 0;
-    lp__guard_end(&vm->guard);
-    vm->running = NULL;
-    if (rc || !lua_isstring(co, -1)) {
-        if (rc)
-            lp_log_error("lua: response_body: %s", lua_tostring(co, -1));
-        lua_settop(co, 0);
+    lp_rc_t rc = task_resume(t, 3);
+    if (rc == LP_AGAIN)
+        return task_parked(t, req); /* lp_conn_lua_resumed(LP_PHASE_BODY) follows */
+    if (rc != LP_OK)
+        return LP_ERROR; /* a failed filter, or req:respond() where it is refused */
+    return lp_lua_body_output(req, out);
+}
+
+lp_rc_t lp_lua_body_output(lp_req_t *req, lp_str_t *out)
+{
+    lp_lua_task_t *t = req->lua;
+    if (!t || t->handle_ref == LUA_NOREF)
         return LP_ERROR;
-    }
-    size_t n;
-    const char *s = lua_tolstring(co, -1, &n);
-    /* The string stays on the coroutine's stack until the next call: valid for the caller. */
+    lua_State *L = t->vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->handle_ref);
+    lua_getfield(L, -1, "_body_out");
+    size_t n = 0;
+    const char *s = lua_tolstring(L, -1, &n);
+    /* The handle keeps the string until the next filter run: valid for the caller. */
+    lua_pop(L, 2);
+    if (!s)
+        return LP_ERROR;
     *out = (lp_str_t){s, n};
     return LP_OK;
 }
@@ -715,8 +719,6 @@ int lp_ffi_sleep(double seconds)
     lp_lua_task_t *t = vm ? vm->running : NULL;
     if (!t || !t->co || !vm->io)
         return -1;
-    if (t->in_filter)
-        return -2;
     if (!(seconds >= 0 && seconds < 1e9))
         return -1;
     task_timer_on(t);
@@ -730,7 +732,7 @@ int lp_lua_park(lp_lua_waiter_t *w)
 {
     lp_lua_t *vm = lp__lua_current();
     lp_lua_task_t *t = vm ? vm->running : NULL;
-    if (!t || !t->co || !vm->io || t->in_filter)
+    if (!t || !t->co || !vm->io)
         return LP_FFI_EPHASE;
     t->wait = LP_LW_IO;
     t->serial++;
@@ -854,7 +856,7 @@ int lp__lua_run_init(lp_lua_t *vm, int state_idx, char *err, size_t errlen)
     lp_list_init(&io->conns);
     lp_list_init(&io->peers);
     lp_bufpool_init(&io->bufs, 16);
-    lp_ep_timers_init(&io->ep_timers, &io->loop);
+    lp_ep_env_init(&io->ep_env, &io->loop, &io->bufs, &io->wbatches);
     lp_lua_sched_init(io);
     vm->io = io;
     lp_lua_task_t t;
@@ -899,7 +901,7 @@ int lp__lua_run_init(lp_lua_t *vm, int state_idx, char *err, size_t errlen)
     if (t.timer_on)
         uv_close((uv_handle_t *)&t.timer, NULL);
     lp_lua_sched_close(io);
-    lp_ep_timers_close(&io->ep_timers);
+    lp_ep_timers_close(&io->ep_env.timers);
     uv_run(&io->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&io->loop))
         lp_log_warn("init_worker: a handle was left open on its loop");

@@ -239,6 +239,8 @@ static void push_load_opts(lua_State *L, const char *config_path)
     snprintf(buf, sizeof(buf), "%s/?.lua;%s/?/init.lua;%s/scripts/?.lua", dir, dir, root);
     lua_pushstring(L, buf);
     lua_setfield(L, -2, "script_path");
+    lua_pushstring(L, dir); /* relative file names in the lua section (proxy.tcp's CA) */
+    lua_setfield(L, -2, "config_dir");
 }
 
 /* runtime.load(cfg, opts) with the config table at `cfg_idx`; leaves the state (or nothing)
@@ -570,6 +572,17 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     current_vm = vm; /* the FFI functions used while loading find the VM */
     if (guard_setup(L, cfg->path, err, errlen))
         goto fail;
+    /* Background tasks (proxy.timer, proxy.spawn) run tasks.run(id, wake); a plugin's main
+     * chunk may already make one. */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.tasks");
+    if (lua_pcall(L, 1, 1, 0)) {
+        snprintf(err, errlen, "%s: %s", cfg->path, lua_tostring(L, -1));
+        goto fail;
+    }
+    lua_getfield(L, -1, "run");
+    vm->ref_bg = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
     /* The watchdog covers loading (the config's and the plugins' main chunks, compile()) and
      * init_worker: a runaway loop there must not hang a start or a reload. */
     wd_register(&vm->guard, 1);
@@ -615,16 +628,6 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     vm->ref_run = luaL_ref(L, LUA_REGISTRYINDEX);
     vm->ref_new = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1); /* the request module */
-    /* Background tasks (proxy.timer, proxy.spawn) run tasks.run(id, wake). */
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "luaproxy.tasks");
-    if (lua_pcall(L, 1, 1, 0)) {
-        snprintf(err, errlen, "%s: %s", cfg->path, lua_tostring(L, -1));
-        goto fail;
-    }
-    lua_getfield(L, -1, "run");
-    vm->ref_bg = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 1);
 
     if (lp__lua_run_init(vm, state_idx, err, errlen)) {
         char msg[1024];

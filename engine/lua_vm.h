@@ -76,8 +76,7 @@ typedef struct {
 } lp_lua_waiter_t;
 
 /* For FFI functions: parks the running task (Lua yields right after the call returns) and
- * fills *w. LP_FFI_EPHASE when the running Lua cannot yield (a response_body filter, a
- * config check, no task). */
+ * fills *w. LP_FFI_EPHASE when no task runs (a config check, a plugin's main chunk). */
 int lp_lua_park(lp_lua_waiter_t *w);
 /* The wait of `w` is over: its task resumes on this loop turn (never under the caller).
  * Ignored when stale. */
@@ -146,8 +145,12 @@ int lp_lua_wants(struct lp_lua_s *vm, int route, int phase);
 /* Runs a phase. LP_OK: continue; LP_AGAIN: suspended, lp_conn_lua_resumed() follows;
  * LP_DONE: req:respond() answered; LP_ERROR: a plugin failed (the request gets 500). */
 lp_rc_t lp_lua_phase(lp_req_t *req, int phase);
-/* The response_body filter: *out is the chunk to send (valid until the next Lua call). */
+/* The response_body filter chain on one chunk. LP_OK: *out is the chunk to send (valid until
+ * the next Lua call); LP_AGAIN: a filter waits, lp_conn_lua_resumed(LP_PHASE_BODY) follows
+ * and lp_lua_body_output then gives the chunk; LP_ERROR: a filter failed; LP_GONE: the
+ * request ended. */
 lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, lp_str_t *out);
+lp_rc_t lp_lua_body_output(lp_req_t *req, lp_str_t *out);
 /* What req:body() waited for happened: resume the phase. */
 void lp_lua_wake(lp_req_t *req);
 /* Whether the Lua running now is a phase of req (not another request's). */

@@ -84,7 +84,7 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     char err[1024];
     if (signum == SIGHUP) {
-        lp_server_reload(&server, err, sizeof(err));
+        lp_server_reload(&server, NULL, NULL);
         return;
     }
     if (signum == SIGUSR1) {
@@ -99,28 +99,170 @@ static void on_signal(uv_signal_t *s, int signum)
     LP_UNUSED(s);
 }
 
-int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
+/* ---- reload ----
+ * Three steps: load (parse and validate: the config VM, main loop), materialise (DNS and
+ * TLS contexts: lp_config_materialise on libuv's threadpool, so a slow resolver or CA file
+ * holds neither the admin API nor the health checks, and never a worker), then build the
+ * generation and switch every worker to it (main loop, worker.c). One at a time.
+ * `reload` is the main thread's, except cfg, rc, err and materialise_ns, which the
+ * threadpool thread writes between uv_queue_work and on_materialised (libuv orders both
+ * sides of that hand-over; the main thread does not touch them meanwhile). */
+
+typedef struct reload_waiter_s {
+    lp_reload_cb cb;
+    void *data; /* the caller's */
+    struct reload_waiter_s *next;
+} reload_waiter_t;
+
+static struct {
+    uv_work_t work;           /* work.data = the server */
+    lp_config_t *cfg;         /* owned while it is materialised */
+    int rc;                   /* the materialise step's result, then the reload's */
+    char err[1024];           /* its message */
+    uint64_t t0;              /* uv_hrtime() at the start */
+    uint64_t materialise_ns;  /* the threadpool step's time */
+    int running;              /* a reload is between load and switch */
+    int again;                /* asked again meanwhile: run once more after it */
+    reload_waiter_t *waiting; /* owned list: who hears the running reload's outcome */
+    reload_waiter_t *next;    /* owned list: who asked meanwhile (the next one's) */
+} reload;
+
+static void reload_begin(lp_server_t *s);
+
+/* Ends the running reload: the server follows the new generation (on success), the
+ * callers hear, and a reload asked meanwhile starts. */
+static void reload_end(lp_server_t *s, int rc)
 {
+    uint64_t gen_id = 0;
+    if (stop_reason) {
+        /* Stopping: the workers are gone, and so may be every generation. */
+        if (!rc)
+            rc = LP_EIO;
+        snprintf(reload.err, sizeof(reload.err), "the server is stopping");
+    } else if (rc) {
+        s->reloads_failed++;
+        gen_id = lp_gen_current->id;
+        lp_log_error("reload failed, generation %llu keeps serving: %s", (unsigned long long)gen_id,
+                     reload.err);
+    } else {
+        s->reloads++;
+        gen_id = lp_gen_current->id;
+        atomic_store_explicit(&lp_log_level, lp_gen_current->config->log_level,
+                              memory_order_relaxed);
+        lp_admin_update(s);
+        lp_admin_snapshot(s);
+        lp_health_checks_update(s);
+        lp_log_notice("reload: generation %llu live in %.1f ms (names and TLS contexts: %.1f ms, "
+                      "off the loops)",
+                      (unsigned long long)gen_id, (double)(uv_hrtime() - reload.t0) / 1e6,
+                      (double)reload.materialise_ns / 1e6);
+    }
+    if (!stop_reason)
+        notify_systemd(rc ? "READY=1\nSTATUS=the last reload failed, see the log"
+                          : "READY=1\nSTATUS=serving");
+    reload_waiter_t *w = reload.waiting;
+    reload.waiting = NULL;
+    reload.running = 0;
+    while (w) {
+        reload_waiter_t *next = w->next;
+        w->cb(w->data, rc, rc ? reload.err : "", gen_id);
+        free(w);
+        w = next;
+    }
+    if (reload.again && !reload.running) {
+        reload.again = 0;
+        reload.waiting = reload.next;
+        reload.next = NULL;
+        reload_begin(s);
+    }
+}
+
+static void on_materialise(uv_work_t *work)
+{
+    /* A threadpool thread: only the config being loaded is touched. */
     uint64_t t0 = uv_hrtime();
+    reload.rc = lp_config_materialise(reload.cfg, reload.err, sizeof(reload.err));
+    reload.materialise_ns = uv_hrtime() - t0;
+    LP_UNUSED(work);
+}
+
+static void on_materialised(uv_work_t *work, int status)
+{
+    lp_server_t *s = work->data;
+    lp_config_t *cfg = reload.cfg;
+    reload.cfg = NULL;
+    int rc = reload.rc;
+    if (status < 0 && !rc) {
+        rc = LP_EIO;
+        snprintf(reload.err, sizeof(reload.err), "%s", uv_strerror(status));
+    }
+    if (rc || stop_reason) {
+        lp_config_free(cfg);
+        reload_end(s, rc);
+        return;
+    }
+    reload_end(s, lp_workers_reload(s->workers, s->nworkers, cfg, reload.err, sizeof(reload.err)));
+}
+
+static void reload_begin(lp_server_t *s)
+{
+    reload.running = 1;
+    reload.t0 = uv_hrtime();
+    reload.materialise_ns = 0;
+    reload.err[0] = 0;
     /* systemd shows the unit "reloading" until READY=1 comes back, success or not. */
     notify_systemd("RELOADING=1");
-    int rc = lp_workers_reload(s->workers, s->nworkers, s->config_path, err, errlen);
-    notify_systemd(rc ? "READY=1\nSTATUS=the last reload failed, see the log"
-                      : "READY=1\nSTATUS=serving");
+    int rc = lp_config_load(s->config_path, &reload.cfg, reload.err, sizeof(reload.err));
     if (rc) {
-        s->reloads_failed++;
-        lp_log_error("reload failed, generation %llu keeps serving: %s",
-                     (unsigned long long)lp_gen_current->id, err);
-        return rc;
+        reload_end(s, rc);
+        return;
     }
-    s->reloads++;
-    atomic_store_explicit(&lp_log_level, lp_gen_current->config->log_level, memory_order_relaxed);
-    lp_admin_update(s);
-    lp_admin_snapshot(s);
-    lp_health_checks_update(s);
-    lp_log_notice("reload: generation %llu live in %.1f ms", (unsigned long long)lp_gen_current->id,
-                  (double)(uv_hrtime() - t0) / 1e6);
-    return 0;
+    reload.work.data = s;
+    rc = uv_queue_work(s->loop, &reload.work, on_materialise, on_materialised);
+    if (rc) {
+        snprintf(reload.err, sizeof(reload.err), "cannot queue the reload: %s", uv_strerror(rc));
+        lp_config_free(reload.cfg);
+        reload.cfg = NULL;
+        reload_end(s, LP_EIO);
+    }
+}
+
+static void reload_nop(void *data, int rc, const char *err, uint64_t generation)
+{
+    LP_UNUSED(data);
+    LP_UNUSED(rc);
+    LP_UNUSED(err);
+    LP_UNUSED(generation);
+}
+
+void lp_server_reload(lp_server_t *s, lp_reload_cb cb, void *data)
+{
+    if (stop_reason) {
+        /* An admin connection still open while the process drains: no generation to
+         * name (the workers may be gone with theirs). */
+        if (cb)
+            cb(data, LP_EIO, "the server is stopping", 0);
+        return;
+    }
+    reload_waiter_t *w = calloc(1, sizeof(*w));
+    if (!w) {
+        lp_log_error("reload: out of memory");
+        if (cb)
+            cb(data, LP_ENOMEM, "out of memory", lp_gen_current->id);
+        return;
+    }
+    w->cb = cb ? cb : reload_nop;
+    w->data = data;
+    if (reload.running) {
+        lp_log_notice("reload: one is running; this one follows it");
+        w->next = reload.next;
+        reload.next = w;
+        reload.again = 1;
+        return;
+    }
+    w->next = reload.waiting;
+    reload.waiting = w;
+    reload_begin(s);
 }
 
 int main(int argc, char **argv)
@@ -182,6 +324,12 @@ int main(int argc, char **argv)
     lp_config_t *cfg;
     if (lp_config_load(test_only || signal_name ? path : config_path, &cfg, err, sizeof(err))) {
         fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    /* Nothing serves yet: the step a reload runs on the threadpool runs here. */
+    if (lp_config_materialise(cfg, err, sizeof(err))) {
+        fprintf(stderr, "%s\n", err);
+        lp_config_free(cfg);
         return 1;
     }
     char ferr[512];

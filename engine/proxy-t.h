@@ -25,6 +25,9 @@ typedef struct lp_accesslog_s lp_accesslog_t;
 #define LP_HIGH_WATERMARK (128 * 1024)
 #define LP_LOW_WATERMARK  (32 * 1024)
 
+/* Room for an IP address as text (INET6_ADDRSTRLEN), NUL included. */
+#define LP_IP_TEXT 46
+
 /* A worker's connection pool to one address. It outlives config generations, so a reload
  * keeps the connections of targets that did not change. */
 typedef struct lp_pool_s {
@@ -70,7 +73,7 @@ typedef struct lp_upstream_rt_s {
     uint64_t budget_start; /* retry budget window (ms) */
     unsigned budget_requests, budget_retries;
     uint64_t last_warned; /* ms: rate limit of the "no available target" warning */
-    lp_list_t pending;    /* requests waiting for a slot (lp_req_t.qlink), FIFO */
+    lp_list_t pending;    /* requests waiting for a slot (lp_req_t.try.qlink), FIFO */
     unsigned npending;
     struct lp_upstream_aux_s *aux; /* owned: timers and DNS queries (targets.c, upstream.c) */
 } lp_upstream_rt_t;
@@ -152,7 +155,7 @@ struct lp_worker_s {
     uv_loop_t loop;
     uv_async_t wakeup; /* main thread → worker: stop, or switch generation */
     uv_timer_t drain_timer;
-    lp_ep_timers_t ep_timers;  /* every endpoint's deadline (endpoint.h) */
+    lp_ep_env_t ep_env;        /* its endpoints' loop, deadlines and pools (endpoint.h) */
     uv_prepare_t flush;        /* before-sleep hook: access log flush */
     lp_wgen_t *cur;            /* the generation new requests use */
     const lp_config_t *config; /* cur->config: connection-level settings */
@@ -178,16 +181,24 @@ struct lp_worker_s {
     size_t ndyn;
     /* TLS handshakes waiting for a later loop turn (conn.c), so that a burst of new
      * connections does not hold back requests on established ones. */
-    lp_list_t hs_deferred; /* lp_conn_t.hs_link, oldest first */
-    uv_idle_t hs_idle;     /* runs them while any wait */
-    uint64_t hs_turn_ns;   /* handshake time spent in this loop turn */
-    lp_req_t *free_reqs;   /* owned list: recycled request objects */
+    lp_conn_t **hs_q; /* owned array: waiting from hs_first to hs_n (NULL: left) */
+    uint32_t hs_first, hs_n, hs_cap;
+    uv_idle_t hs_idle;   /* runs them while any wait */
+    uint64_t hs_turn_ns; /* handshake time spent in this loop turn */
+    lp_req_t *free_reqs; /* owned list: recycled request objects */
     size_t nfree_reqs;
     size_t nfree_reqs_low; /* the fewest free since the last trim (request.c) */
     uv_timer_t house;      /* once a second: gives back what a peak left unused */
     lp_lua_sched_t lua;    /* Lua tasks ready to resume, background tasks */
     struct lp_cosock_pools_s *cosock; /* owned: proxy.tcp keep-alive pools (cosock.c) */
 };
+
+/* The worker of a worker's endpoint (a client or upstream connection): its env is the
+ * worker's. Never for another endpoint (a health probe's). */
+static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
+{
+    return LP_CONTAINER_OF(ep->env, lp_worker_t, ep_env);
+}
 
 /* Request flags (LP_RF_*). */
 #define LP_RF_WAIT_UPSTREAM  0x0002   /* head parsed; waiting for an upstream connection */
@@ -211,12 +222,69 @@ struct lp_worker_s {
 #define LP_RF_COUNTED        0x100000 /* counted in w->requests */
 #define LP_RF_NO_LUA_RESP    0x80000 /* the response phase ran: an answer replacing it goes as is */
 
+/* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
+enum {
+    LP_FC_NONE,
+    LP_FC_UPSTREAM, /* the upstream's next bytes (its read is paused meanwhile) */
+    LP_FC_EOF,      /* the end of the response (the filters' last call) */
+    LP_FC_LOCAL,    /* the end of a local answer's body */
+};
+
 typedef enum {
     LP_RS_HEAD, /* reading the request head */
     LP_RS_BODY, /* streaming the request body */
     LP_RS_DONE, /* request read completely */
 } lp_req_state_t;
 
+/* A request's tries at its upstream: the current try (target, connection, timing), what
+ * the retries remember (tried targets, the last failure) and its place in the upstream's
+ * queue. Owned by the upstream side (upstream_try.c picks, retries and queues; upstream.c
+ * runs each try's HTTP exchange and records its failure); conn.c and Lua only read it, except
+ * that conn.c drops `peer` when it gives up on the exchange. Reset in one place:
+ * lp_upstream_try_reset(). Embedded in lp_req_t. */
+typedef struct lp_try_state_s {
+    lp_peer_t *peer;     /* borrowed: the upstream connection of the current try, NULL: none */
+    lp_target_rt_t *tgt; /* reference while `open`: the current try's target */
+    int target;          /* -1 before the first pick; then the picked target's index */
+    int tries;           /* picks so far (the first try is 1) */
+    uint8_t open;        /* the current try counts as active in the balancer (until try_end) */
+    uint8_t no_healthy;  /* the last pick found every target unavailable: 503, not 502 */
+    uint8_t queued;      /* in upstream->pending (qlink), waiting for a max_connections slot */
+    uint8_t fail_kind;   /* lp_fail_kind_t of the last failed try (target_addr's) */
+    int fail_status;     /* its upstream status (LP_FAIL_STATUS) */
+    uint64_t t_try;      /* uv_hrtime() ns when the current try started (balancer latency) */
+    uint64_t deadline;   /* uv_now() ms by which the response head must come (0: none) */
+    uint64_t queued_at;  /* uv_now() ms when it started waiting in the queue */
+    lp_list_t qlink;     /* in upstream->pending while `queued` */
+    lp_upstream_rt_t *tried_up; /* compared only, never followed: the upstream `tried` is of */
+    uint32_t tried_version;     /* ... and the version of its set */
+    unsigned ntried;            /* entries of tried_serial in use */
+    uint32_t tried_serial[LP_TRIED_SERIALS]; /* the tried targets, across set changes */
+    uint64_t tried[LP_BALANCER_TRIED_WORDS(LP_MAX_TRIED)]; /* targets tried, by index (bitmap) */
+    char target_addr[64]; /* the last picked target's address (log, req:last_failure()) */
+} lp_try_state_t;
+
+/* The response to a request, as it will be sent to the client: the upstream's head (parsed
+ * into `arena` by upstream.c), Lua's changes to it (lua_api.c), or a local answer
+ * (req:respond(), an error page). conn.c sends it. Embedded in lp_req_t; released by
+ * lp_req_end(). */
+typedef struct lp_resp_s {
+    lp_buf_t *arena;       /* owned reference: the response head bytes, NULL before any */
+    lp_header_t *headers;  /* owned, capacity lp_req_t.cap_headers; values point into arena */
+    unsigned nheaders;     /* headers in use */
+    size_t arena_used;     /* arena bytes in use (the upstream head, then what Lua added) */
+    int status;            /* the head's status (upstream, Lua or local); 0: none yet */
+    int sent_status;       /* what the client got (logged; 499: it left first); also holds
+                            * the upstream's status briefly for the passive health check */
+    lp_str_t upgrade;      /* borrowed from arena: the upstream's Upgrade value on a 101 */
+    char *local_body;      /* owned: the body of a local answer (req:respond(), error page) */
+    size_t local_body_len; /* its length */
+    uint64_t body_out;     /* response body bytes queued to the client */
+} lp_resp_t;
+
+/* One request on a client connection, from its head to its log line. Its lifetime is its
+ * own (request.h: a reference count, LP_RF_ENDED); its parts have owners: `try` is the
+ * upstream side's, `resp` the response's, `lua` the VM's. */
 struct lp_req_s {
     lp_worker_t *w;       /* borrowed: the worker that owns it */
     lp_conn_t *conn;      /* borrowed: the connection carrying it; NULL once ended */
@@ -226,73 +294,58 @@ struct lp_req_s {
     lp_h1_t h1;           /* request parser; head stored in `arena` */
     lp_buf_t *arena;      /* request head bytes (owned reference) */
     lp_header_t *headers; /* owned, capacity max_headers */
-    unsigned cap_headers;
-    lp_buf_t *resp_arena;      /* response head bytes (owned reference, NULL before) */
-    lp_header_t *resp_headers; /* owned, capacity max_headers */
+    unsigned cap_headers; /* capacity of headers and resp.headers */
     lp_req_state_t state;
-    unsigned flags;
+    unsigned flags; /* LP_RF_* */
     uint8_t method;
     uint8_t minor;                 /* client HTTP/1.x minor version */
-    int status;                    /* sent to the client */
     const lp_route_conf_t *route;  /* borrowed from the generation's config */
     lp_upstream_rt_t *upstream;    /* borrowed: the generation's, or the set_target() one */
     struct lp_dyn_upstream_s *dyn; /* reference: the set_target() upstream, NULL: none */
-    int target;                    /* -1 before the first pick; then the picked target's index */
-    lp_target_rt_t *tgt;           /* reference while try_open: the current try's target */
-    char target_addr[64];          /* the last picked target's address (log, req:last_failure()) */
-    lp_peer_t *peer;        /* borrowed: the upstream connection of the current try, NULL: none */
-    uint64_t body_in;       /* request body bytes read */
-    uint64_t resp_body_out; /* response body bytes queued to the client */
+    lp_str_t hash_key; /* borrowed from `arena` (set from Lua) for the hash policy; NULL: none */
+    uint64_t body_in;  /* request body bytes read */
+    char client_ip[LP_IP_TEXT]; /* the client's address as text, formatted on first use
+                                 * (lp_req_client_ip); "": not yet */
     uint64_t t_start, t_upstream, t_upstream_head; /* uv_hrtime() ns */
-    int tries;
-    int try_open;   /* a try counts as active in the balancer */
-    int no_healthy; /* the last pick found every target unavailable */
-    uint64_t t_try; /* when the current try started (ns) */
-    uint64_t tried[LP_BALANCER_TRIED_WORDS(LP_MAX_TRIED)]; /* targets tried (bitmap) */
-    lp_upstream_rt_t *tried_up; /* compared only, never followed: the upstream `tried` is of */
-    uint32_t tried_version;     /* ... and the version of its set */
-    uint32_t tried_serial[LP_TRIED_SERIALS]; /* the tried targets, across set changes */
-    unsigned ntried;
-    uint64_t deadline;  /* uv_now() ms by which the response head must come (0: none) */
-    lp_list_t qlink;    /* in upstream->pending while waiting for a slot */
-    uint64_t queued_at; /* uv_now() ms when it started waiting */
-    int queued;         /* in upstream->pending */
-    uint8_t fail_kind;  /* lp_fail_kind_t of the last failed try (target_addr's) */
-    int fail_status;    /* its upstream status (LP_FAIL_STATUS) */
-    lp_str_t hash_key;  /* set from Lua for the hash policy (base NULL: none) */
-    /* Lua. */
+    lp_try_state_t try;                            /* the upstream side's (see above) */
+    lp_resp_t resp;                                /* the response (see above) */
     struct lp_lua_task_s *lua; /* owned (recycled by the VM): its Lua task, NULL: none yet */
     int route_index;           /* config route (0-based), -1 when none matched */
-    unsigned resp_nheaders;    /* the response head as it will be sent (upstream or local) */
-    size_t resp_arena_used;
-    int resp_status;
-    lp_str_t resp_upgrade; /* the upstream's Upgrade value on a 101 */
-    lp_buf_t *body_buf;    /* owned: the body gathered by req:body() */
-    size_t body_len;
-    uint64_t body_max;
-    char *local_body; /* owned: the body of a req:respond() answer */
-    size_t local_body_len;
+    lp_buf_t *body_buf;        /* owned: the body gathered by req:body() */
+    size_t body_len;           /* bytes in body_buf */
+    uint64_t body_max;         /* req:body()'s limit */
+    uint8_t filter_cont;       /* LP_FC_*: what a waiting response_body filter holds up */
 };
 
 /* Connection flags (LP_CF_*); the socket's own are the endpoint's (LP_EPF_*). */
 #define LP_CF_CLOSE_AFTER 0x04  /* close once the queued writes complete */
-#define LP_CF_TUNNEL      0x08  /* upgraded: raw relay with req->peer */
+#define LP_CF_TUNNEL      0x08  /* upgraded: raw relay with req->try.peer */
 #define LP_CF_EOF         0x10  /* the client closed its side */
 #define LP_CF_LINGER      0x20  /* write side shut; discarding input before closing */
 #define LP_CF_BUSY        0x40  /* conn_process is on the stack */
 #define LP_CF_AGAIN       0x80  /* conn_process was asked for another pass meanwhile */
 #define LP_CF_TLS_BYE     0x200 /* TLS close_notify queued */
 #define LP_CF_CLEAN_END   0x400 /* the client asked to close and sent nothing more: no lingering */
+#define LP_CF_HS_WAIT     0x800 /* its TLS handshake waits for a later turn (w->hs_q[hs_pos]) */
 
-/* A downstream (client) connection: HTTP/1.1 over an endpoint, one request at a time. */
+/* A downstream (client) connection: HTTP/1.1 over an endpoint, one request at a time.
+ * Idle keep-alive connections are most of a busy proxy's connections, so this stays small
+ * (with the endpoint, under 384 bytes: one malloc size class less than before): the
+ * client's address is kept as bytes and formatted when used (lp_conn_ip_text), and a
+ * waiting handshake is an index into the worker's array, not a list link. */
 struct lp_conn_s {
-    lp_endpoint_t ep;  /* the socket (endpoint.h); freed with it (ops->closed) */
-    lp_list_t link;    /* in w->conns */
-    lp_list_t hs_link; /* in w->hs_deferred while its handshake waits (else self-linked) */
-    lp_req_t *req;     /* reference: the request being read or served (request.h) */
-    unsigned flags;    /* LP_CF_* */
-    uint32_t nrequests;
-    char client_ip[46];
+    lp_endpoint_t ep; /* the socket (endpoint.h); freed with it (ops->closed) */
+    lp_list_t link;   /* in w->conns */
+    lp_req_t *req;    /* reference: the request being read or served (request.h) */
+    union {
+        /* Requests started on it (keepalive_requests). */
+        uint32_t nrequests;
+        /* While LP_CF_HS_WAIT, before any request: its index in w->hs_q. */
+        uint32_t hs_pos;
+    };
+    uint16_t flags;          /* LP_CF_* */
+    uint8_t client_v6;       /* client_addr is IPv6 (16 bytes); else IPv4 (its first 4) */
+    uint8_t client_addr[16]; /* the client's address, network order; all 0: unknown */
 };
 
 /* Upstream connection flags (LP_PF_*); the socket's own are the endpoint's (LP_EPF_*). */
@@ -316,7 +369,7 @@ struct lp_peer_s {
     lp_pool_t *pool;            /* borrowed: the worker's pool for its address */
     lp_list_t link;             /* in pool->idle while pooled */
     lp_list_t all;              /* in worker->peers */
-    lp_h1_t h1;                 /* response parser (its head goes to req->resp_arena) */
+    lp_h1_t h1;                 /* response parser (its head goes to req->resp.arena) */
     lp_req_t *req;              /* borrowed: the request being served, NULL while pooled */
     unsigned flags;             /* LP_PF_* */
     uint32_t nrequests;

@@ -1,4 +1,5 @@
 #include <stdlib.h>
+#include "conn.h"
 #include "lua_vm.h"
 #include "request.h"
 #include "upstream.h"
@@ -12,10 +13,24 @@ static int req_grow(lp_h1_t *h, size_t need)
     return lp_req_grow(h->ud, 0, need);
 }
 
+/* No response yet. The headers array stays: it is sized with the request's. */
+static void resp_reset(lp_resp_t *r)
+{
+    r->arena = NULL;
+    r->nheaders = 0;
+    r->arena_used = 0;
+    r->status = 0;
+    r->sent_status = 0;
+    r->upgrade = (lp_str_t){NULL, 0};
+    r->local_body = NULL;
+    r->local_body_len = 0;
+    r->body_out = 0;
+}
+
 static void req_destroy(lp_req_t *req)
 {
     free(req->headers);
-    free(req->resp_headers);
+    free(req->resp.headers);
     free(req);
 }
 
@@ -34,10 +49,10 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     }
     if (req->cap_headers < lim->max_headers) {
         free(req->headers);
-        free(req->resp_headers);
+        free(req->resp.headers);
         req->headers = calloc(lim->max_headers, sizeof(lp_header_t));
-        req->resp_headers = calloc(lim->max_headers, sizeof(lp_header_t));
-        req->cap_headers = req->headers && req->resp_headers ? lim->max_headers : 0;
+        req->resp.headers = calloc(lim->max_headers, sizeof(lp_header_t));
+        req->cap_headers = req->headers && req->resp.headers ? lim->max_headers : 0;
         if (!req->cap_headers) {
             req_destroy(req);
             return NULL;
@@ -59,53 +74,41 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->h1.max_uri_size = lim->max_uri_size;
     lp_h1_set_storage(&req->h1, req->arena->data, req->arena->cap, req->headers, lim->max_headers);
     req->h1.grow = req_grow;
-    req->resp_arena = NULL;
     req->state = LP_RS_HEAD;
     req->flags = 0;
     req->method = 0;
     req->minor = 1;
-    req->status = 0;
     req->route = NULL;
     req->upstream = NULL;
     req->dyn = NULL;
-    req->target = -1;
-    req->peer = NULL;
-    req->body_in = req->resp_body_out = 0;
+    req->body_in = 0;
+    req->client_ip[0] = 0;
     req->t_start = uv_hrtime();
     req->t_upstream = req->t_upstream_head = 0;
-    req->tries = 0;
-    memset(req->tried, 0, sizeof(req->tried));
-    req->try_open = 0;
-    req->no_healthy = 0;
     req->hash_key = (lp_str_t){NULL, 0};
     req->lua = NULL;
     req->route_index = -1;
-    req->resp_nheaders = 0;
-    req->resp_arena_used = 0;
-    req->resp_status = 0;
-    req->local_body = NULL;
-    req->local_body_len = 0;
+    req->filter_cont = LP_FC_NONE;
     req->body_buf = NULL;
     req->body_len = 0;
     req->body_max = 0;
-    /* The try state upstream_try.c starts from (lp_upstream_start resets it again). */
-    req->resp_upgrade = (lp_str_t){NULL, 0};
-    req->deadline = 0;
-    req->fail_kind = LP_FAIL_NONE;
-    req->fail_status = 0;
-    req->queued = 0;
-    req->tgt = NULL;
-    req->tried_up = NULL;
-    req->ntried = 0;
-    req->target_addr[0] = 0;
+    resp_reset(&req->resp);
+    lp_upstream_try_reset(req);
     return req;
+}
+
+const char *lp_req_client_ip(lp_req_t *req)
+{
+    if (!req->client_ip[0] && req->conn)
+        lp_conn_ip_text(req->conn, req->client_ip);
+    return req->client_ip;
 }
 
 int lp_req_grow(lp_req_t *req, int resp, size_t need)
 {
     lp_worker_t *w = req->w;
     const lp_limits_t *lim = &w->config->limits;
-    lp_buf_t *old = resp ? req->resp_arena : req->arena;
+    lp_buf_t *old = resp ? req->resp.arena : req->arena;
     if (lp_req_ended(req) || !old)
         return -1;
     /* Bounded by the head limits, with room for what Lua adds. */
@@ -119,22 +122,25 @@ int lp_req_grow(lp_req_t *req, int resp, size_t need)
     if (!nb)
         return -1;
     if (!resp) {
+        /* req:set_hash_key() copied its key into this arena too: it moves with the head. */
+        lp_str_rebase(&req->hash_key, old->data, req->h1.arena_len, nb->data);
         lp_h1_rebase(&req->h1, nb->data, nb->cap);
         req->arena = nb;
     } else {
-        lp_h1_t *ph = req->peer && req->peer->h1.arena == old->data ? &req->peer->h1 : NULL;
-        size_t used = req->resp_arena_used;
+        lp_h1_t *ph =
+            req->try.peer && req->try.peer->h1.arena == old->data ? &req->try.peer->h1 : NULL;
+        size_t used = req->resp.arena_used;
         if (ph && ph->arena_len > used)
             used = ph->arena_len;
         memcpy(nb->data, old->data, used);
         if (ph)
             lp_h1_rebase(ph, nb->data, nb->cap);
-        for (unsigned i = 0; i < req->resp_nheaders; i++) {
-            lp_str_rebase(&req->resp_headers[i].name, old->data, used, nb->data);
-            lp_str_rebase(&req->resp_headers[i].value, old->data, used, nb->data);
+        for (unsigned i = 0; i < req->resp.nheaders; i++) {
+            lp_str_rebase(&req->resp.headers[i].name, old->data, used, nb->data);
+            lp_str_rebase(&req->resp.headers[i].value, old->data, used, nb->data);
         }
-        lp_str_rebase(&req->resp_upgrade, old->data, used, nb->data);
-        req->resp_arena = nb;
+        lp_str_rebase(&req->resp.upgrade, old->data, used, nb->data);
+        req->resp.arena = nb;
     }
     lp_buf_unref(old);
     return 0;
@@ -152,18 +158,18 @@ void lp_req_end(lp_req_t *req)
         lp_buf_unref(req->body_buf);
     req->body_buf = NULL;
     req->body_len = 0;
-    free(req->local_body);
-    req->local_body = NULL;
-    req->local_body_len = 0;
-    if (req->peer) {
-        lp_peer_abort(req->peer);
-        req->peer = NULL;
+    free(req->resp.local_body);
+    req->resp.local_body = NULL;
+    req->resp.local_body_len = 0;
+    if (req->try.peer) {
+        lp_peer_abort(req->try.peer);
+        req->try.peer = NULL;
     }
     if (req->arena)
         lp_buf_unref(req->arena);
-    if (req->resp_arena)
-        lp_buf_unref(req->resp_arena);
-    req->arena = req->resp_arena = NULL;
+    if (req->resp.arena)
+        lp_buf_unref(req->resp.arena);
+    req->arena = req->resp.arena = NULL;
     if (req->conn && req->conn->req == req)
         req->conn->req = NULL;
     req->conn = NULL;

@@ -42,6 +42,10 @@ static inline int lp_req_let_go(lp_req_t *req)
  * the connection's reference. Idempotent. */
 void lp_req_end(lp_req_t *req);
 
+/* The client's address as text ("" when unknown): formatted from the connection's bytes
+ * on first use, then kept with the request (log, X-Forwarded-For, hash key, Lua). */
+const char *lp_req_client_ip(lp_req_t *req);
+
 /* Moves the request's (resp 0) or response's (resp 1) head into a larger arena holding at
  * least `need` bytes, fixing every slice. 0, or -1 past the head limits. */
 int lp_req_grow(lp_req_t *req, int resp, size_t need);

@@ -23,9 +23,16 @@ typedef struct {
     char *config_json; /* owned: the live config for GET /config */
 } lp_server_t;
 
-/* Builds and installs a new generation (SIGHUP, POST /reload, the file watch). 0, or an
- * error in err while the current generation keeps serving. */
-int lp_server_reload(lp_server_t *s, char *err, size_t errlen);
+/* The outcome of a reload: rc 0, or an error with err while the current generation keeps
+ * serving; `generation` is the id of the one serving after it. Called on the main loop. */
+typedef void (*lp_reload_cb)(void *data, int rc, const char *err, uint64_t generation);
+/* Reloads (SIGHUP, POST /reload, the file watch): the config is loaded (parsed and
+ * validated) on the main loop, materialised (DNS, TLS contexts) on libuv's threadpool while
+ * the main loop goes on (admin API, health checks), then the new generation is built and
+ * switched to on the main loop. cb (NULL: none) hears the outcome, maybe before this
+ * returns. A reload asked while one runs runs after it (the file may have changed after the
+ * running one read it); all who asked meanwhile hear that one's outcome. Main thread. */
+void lp_server_reload(lp_server_t *s, lp_reload_cb cb, void *data);
 
 /* Asks for a graceful stop (SIGTERM, SIGINT, POST /stop): main() drains and exits 0. `why`
  * (static) is logged. Main thread. */

@@ -2,10 +2,13 @@
  * resumption), per-upstream client contexts (verification, SNI), and per-connection
  * sessions that encrypt and decrypt through our own BIO over pooled blocks.
  *
- * Threads: contexts (lp_tls_server_t, lp_tls_client_t) are built on the main thread when
- * a config loads and then shared read-only by every worker; their reference counts are
- * atomic. A connection's lp_tls_t belongs to its worker. The session-ticket key ring is
- * the one process-wide mutable state (tls.c, guarded by its mutex). */
+ * Threads: contexts (lp_tls_server_t, lp_tls_client_t) are built when a config is
+ * materialised (lp_config_materialise: the main thread at start-up, a libuv threadpool
+ * thread at a reload; one thread per config, never a serving loop) and then shared
+ * read-only by every worker and the health checker; their reference counts are atomic. A
+ * connection's lp_tls_t belongs to its loop's thread (a worker's, or the main thread's for
+ * health probes). The session-ticket key ring is the one process-wide mutable state
+ * (tls.c, guarded by its mutex); the process-wide set-up runs once (uv_once). */
 #ifndef LP_TLS_H
 #define LP_TLS_H
 

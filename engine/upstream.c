@@ -32,7 +32,7 @@ static int peer_grow(lp_h1_t *h, size_t need);
 
 static const lp_timeouts_t *T(lp_peer_t *p)
 {
-    return &p->ep.w->config->timeouts;
+    return &lp_ep_worker(&p->ep)->config->timeouts;
 }
 
 static lp_peer_t *peer_of(lp_endpoint_t *ep)
@@ -42,10 +42,10 @@ static lp_peer_t *peer_of(lp_endpoint_t *ep)
 
 static void peer_timer(lp_peer_t *p, int mode, uint64_t ms)
 {
-    if (mode != PT_NONE && mode != PT_IDLE && mode != PT_BROKEN && p->req && p->req->deadline) {
+    if (mode != PT_NONE && mode != PT_IDLE && mode != PT_BROKEN && p->req && p->req->try.deadline) {
         /* total_timeout: no per-try timer runs past the request's deadline. */
-        uint64_t now = uv_now(&p->ep.w->loop);
-        uint64_t left = p->req->deadline > now ? p->req->deadline - now : 0;
+        uint64_t now = uv_now(p->ep.env->loop);
+        uint64_t left = p->req->try.deadline > now ? p->req->try.deadline - now : 0;
         if (left < ms)
             ms = left;
     }
@@ -103,7 +103,7 @@ static void peer_close(lp_peer_t *p)
         p->pool->nidle--;
     }
     if (p->req) {
-        p->req->peer = NULL;
+        p->req->try.peer = NULL;
         p->req = NULL;
         p->pool->active--;
     }
@@ -122,7 +122,7 @@ static lp_peer_t *peer_new(lp_worker_t *w, lp_upstream_rt_t *u, lp_pool_t *t)
     lp_peer_t *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
-    lp_ep_init(&p->ep, w, &peer_ops);
+    lp_ep_init(&p->ep, &w->ep_env, &peer_ops);
     p->upstream = u;
     p->pool = t;
     lp_list_init(&p->link);
@@ -136,14 +136,14 @@ static void peer_release(lp_peer_t *p)
     lp_pool_t *t = p->pool;
     const lp_upstream_conf_t *uc = p->upstream->conf;
     if (p->req) {
-        p->req->peer = NULL;
+        p->req->try.peer = NULL;
         p->req = NULL;
         t->active--;
     }
     int reusable = (p->flags & LP_PF_KEEPALIVE) && !(p->ep.flags & LP_EPF_CLOSING) &&
                    (!p->ep.rbuf || p->ep.rpos >= p->ep.rlen) && !p->ep.out_pending &&
                    t->nidle < uc->keepalive && p->nrequests < uc->keepalive_requests &&
-                   !p->ep.w->stopping;
+                   !lp_ep_worker(&p->ep)->stopping;
     if (!reusable) {
         peer_close(p);
         return;
@@ -194,10 +194,10 @@ static int peer_fail(lp_peer_t *p, int kind, int status, const char *why)
             return peer_connect(np, req);
     }
     lp_upstream_try_end(req, 1);
-    req->fail_kind = (uint8_t)kind;
-    req->fail_status = 0;
+    req->try.fail_kind = (uint8_t)kind;
+    req->try.fail_status = 0;
     if (elsewhere && lp__try_may_retry(req)) {
-        lp_log_warn("upstream %s: %s; retrying (try %d)", addr, why, req->tries + 1);
+        lp_log_warn("upstream %s: %s; retrying (try %d)", addr, why, req->try.tries + 1);
         return lp__try_next(req);
     }
     lp_log_warn("upstream %s: %s (%s %.*s)", addr, why, llhttp_method_name(req->method),
@@ -319,7 +319,7 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
     if (h->host.base)
         lp_wbuf_str(&w, h->host.base, h->host.len);
     else
-        lp_wbuf_cstr(&w, req->peer->pool->addr.text);
+        lp_wbuf_cstr(&w, req->try.peer->pool->addr.text);
     lp_wbuf_str(&w, "\r\n", 2);
     int xff = 0;
     for (unsigned i = 0; i < h->nheaders; i++) {
@@ -332,7 +332,7 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
         }
     }
     lp_wbuf_cstr(&w, xff ? ", " : "X-Forwarded-For: ");
-    lp_wbuf_cstr(&w, req->conn->client_ip);
+    lp_wbuf_cstr(&w, lp_req_client_ip(req));
     lp_wbuf_cstr(&w, req->conn->ep.tls ? "\r\nX-Forwarded-Proto: https\r\n"
                                        : "\r\nX-Forwarded-Proto: http\r\n");
     if (h->host.base)
@@ -366,23 +366,23 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
  * LP_GONE when the request ended. */
 static int peer_start_request(lp_peer_t *p, lp_req_t *req)
 {
-    lp_worker_t *w = p->ep.w;
+    lp_worker_t *w = lp_ep_worker(&p->ep);
     p->req = req;
-    req->peer = p;
+    req->try.peer = p;
     p->pool->active++;
     p->nrequests++;
     p->body_out = 0;
     p->flags &= ~(LP_PF_RESP_BYTES | LP_PF_REQ_SENT | LP_PF_KEEPALIVE | LP_PF_PAUSED);
-    if (!req->resp_arena) {
-        req->resp_arena = lp_buf_get(&w->bufs, LP_BUF_SMALL); /* grows: peer_grow */
-        if (!req->resp_arena)
+    if (!req->resp.arena) {
+        req->resp.arena = lp_buf_get(&w->bufs, LP_BUF_SMALL); /* grows: peer_grow */
+        if (!req->resp.arena)
             return peer_fail(p, LP_FAIL_PROTOCOL, 502, "out of memory");
     }
     lp_h1_init(&p->h1, HTTP_RESPONSE, p, on_resp_body);
     p->h1.max_header_size = req->g->config->limits.max_header_size;
     if (p->h1.max_header_size > LP_BUF_SIZE - 1024)
         p->h1.max_header_size = LP_BUF_SIZE - 1024;
-    lp_h1_set_storage(&p->h1, req->resp_arena->data, req->resp_arena->cap, req->resp_headers,
+    lp_h1_set_storage(&p->h1, req->resp.arena->data, req->resp.arena->cap, req->resp.headers,
                       req->cap_headers);
     if (req->flags & LP_RF_HEAD)
         p->h1.flags |= LP_H1F_HEAD_REQ;
@@ -417,7 +417,7 @@ static int peer_start_request(lp_peer_t *p, lp_req_t *req)
     /* The client side may finish the request right here (a bad body, say). */
     if (lp_conn_upstream_ready(req) == LP_GONE)
         return LP_GONE;
-    if (req->peer == p)
+    if (req->try.peer == p)
         lp_peer_flush(p);
     return LP_OK;
 }
@@ -433,7 +433,7 @@ static void peer_connected(lp_peer_t *p)
     p->pool->active--;
     if (!req)
         return;
-    req->peer = NULL;
+    req->try.peer = NULL;
     (void)peer_start_request(p, req);
 }
 
@@ -453,19 +453,19 @@ static void on_connect(uv_connect_t *cr, int status)
     uv_tcp_nodelay(&p->ep.tcp, 1);
     if (p->pool->tls) {
         /* The connect timer keeps running through the handshake. */
-        p->ep.tls = lp_tls_connect(p->pool->tls, p->pool->sni, &p->pool->session, &p->ep.w->bufs);
-        if (!p->ep.tls) {
+        int rc = lp_ep_tls_connect(&p->ep, p->pool->tls, p->pool->sni, &p->pool->session);
+        if (rc == LP_ENOMEM) {
             peer_fail(p, LP_FAIL_CONNECT, 502, "cannot start TLS");
             return;
         }
         p->flags |= LP_PF_HANDSHAKE;
-        if (lp_tls_handshake(p->ep.tls) == LP_ERROR) {
+        if (rc == LP_ERROR) {
             char why[200];
             snprintf(why, sizeof(why), "TLS handshake failed: %s", lp_tls_error(p->ep.tls));
             peer_fail(p, LP_FAIL_CONNECT, 502, why);
             return;
         }
-        if (!lp_ep_flush_tls(&p->ep))
+        if (!(p->ep.flags & LP_EPF_BROKEN))
             peer_update_reading(p);
         return;
     }
@@ -477,7 +477,7 @@ static int peer_connect(lp_peer_t *p, lp_req_t *req)
 {
     /* Bound to the request while connecting so that either side can abort the other. */
     p->req = req;
-    req->peer = p;
+    req->try.peer = p;
     p->pool->active++;
     p->connect_req.data = p;
     int rc = uv_tcp_connect(&p->connect_req, &p->ep.tcp,
@@ -518,8 +518,15 @@ static int peer_grow(lp_h1_t *h, size_t need)
 static int on_resp_body(lp_h1_t *h, const char *at, size_t len)
 {
     lp_peer_t *p = h->ud;
-    if (!p->req || !lp_conn_response_body(p->req, at, len, p->ep.rbuf))
+    int rc = p->req ? lp_conn_response_body(p->req, at, len, p->ep.rbuf) : LP_OK;
+    if (rc == LP_OK)
         return 0;
+    if (rc == LP_AGAIN) {
+        /* A response_body filter waits: no more of the body until it is done
+         * (lp_peer_continue), and no reading meanwhile (backpressure, not buffering). */
+        p->flags |= LP_PF_LUA;
+        return LP_H1_CB_PAUSE;
+    }
     p->flags |= LP_PF_FILTER_FAILED; /* the proxy's Lua failed, not the upstream */
     return -1;
 }
@@ -533,7 +540,7 @@ static void peer_response_done(lp_peer_t *p)
     /* Detach and pool first: finishing the request must not abort this connection, and
      * may drop the last reference to the generation whose upstream settings it uses. */
     p->req = NULL;
-    req->peer = NULL;
+    req->try.peer = NULL;
     p->pool->active--;
     peer_release(p);
     lp_upstream_try_end(req, 0);
@@ -552,15 +559,15 @@ static int retry_on_status(lp_peer_t *p)
         return 0;
     if (!lp__try_may_retry(req))
         return 0;
-    req->status = status; /* counted by passive checks when they name it */
+    req->resp.sent_status = status; /* counted by passive checks when they name it */
     const char *addr = p->pool->addr.text;
     p->flags &= ~LP_PF_REUSED;
     peer_close(p); /* its body is unread: the connection cannot be reused */
     lp_upstream_try_end(req, 1);
-    req->status = 0;
-    req->fail_kind = LP_FAIL_STATUS;
-    req->fail_status = status;
-    lp_log_info("upstream %s: status %d, retrying (try %d)", addr, status, req->tries + 1);
+    req->resp.sent_status = 0;
+    req->try.fail_kind = LP_FAIL_STATUS;
+    req->try.fail_status = status;
+    lp_log_info("upstream %s: status %d, retrying (try %d)", addr, status, req->try.tries + 1);
     lp__try_next(req);
     return 1;
 }
@@ -584,7 +591,7 @@ static void peer_parse(lp_peer_t *p)
             lp_h1_resume(&p->h1);
             if (retry_on_status(p))
                 return;
-            req->deadline = 0; /* total_timeout ends with the response head */
+            req->try.deadline = 0; /* total_timeout ends with the response head */
             int hr = lp_conn_response_head(req, &p->h1);
             if (hr == LP_GONE)
                 return;
@@ -607,6 +614,12 @@ static void peer_parse(lp_peer_t *p)
         case LP_H1_DONE:
             lp_h1_resume(&p->h1);
             peer_response_done(p);
+            return;
+        case LP_H1_PAUSED:
+            /* A body filter waits (on_resp_body set LP_PF_LUA). */
+            lp_h1_resume(&p->h1);
+            if (!(p->ep.flags & LP_EPF_CLOSING))
+                peer_update_reading(p);
             return;
         case LP_H1_UPGRADE:
             p->flags |= LP_PF_TUNNEL;
@@ -661,7 +674,7 @@ static void peer_eof(lp_peer_t *p, int err)
             lp_peer_t *keep = p;
             peer_timer(p, PT_NONE, 0);
             p->req = NULL;
-            req->peer = NULL;
+            req->try.peer = NULL;
             p->pool->active--;
             lp_upstream_try_end(req, 0); /* before the log phase, which may wait */
             lp_conn_response_done(req);
@@ -730,9 +743,7 @@ static void peer_tls_pump(lp_peer_t *p)
 static void peer_tls_input(lp_peer_t *p)
 {
     if (p->flags & LP_PF_HANDSHAKE) {
-        int rc = lp_tls_handshake(p->ep.tls);
-        if (lp_ep_flush_tls(&p->ep))
-            return;
+        int rc = lp_ep_tls_handshake(&p->ep);
         if (rc == LP_AGAIN)
             return;
         if (rc == LP_ERROR) {

@@ -23,6 +23,10 @@ void lp_upstream_destroy_all(lp_worker_t *w);
  * lp_conn_upstream_ready() or lp_conn_upstream_failed() follows, maybe synchronously:
  * LP_GONE when the request ended in the call. */
 int lp_upstream_start(lp_req_t *req);
+/* Resets req->try to "no try yet": a new request, and its first lp_upstream_start(). The
+ * only place the try state is reset; it holds nothing then (no target reference, not
+ * queued, no connection). */
+void lp_upstream_try_reset(lp_req_t *req);
 /* The current try of req ended (the balancer learns its outcome and latency). */
 void lp_upstream_try_end(lp_req_t *req, int failed);
 /* Request body bytes (raw or re-chunked), and the end of the body. */

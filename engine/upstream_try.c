@@ -33,7 +33,7 @@ int lp__try_replayable(const lp_req_t *req)
 /* Whether the request's total_timeout has run out. */
 int lp__try_deadline_passed(const lp_req_t *req)
 {
-    return req->deadline && uv_now(&req->w->loop) >= req->deadline;
+    return req->try.deadline && uv_now(&req->w->loop) >= req->try.deadline;
 }
 
 /* `retries` further tries, within the retry budget (retries may be at most retry_budget of
@@ -43,7 +43,7 @@ int lp__try_may_retry(lp_req_t *req)
 {
     lp_upstream_rt_t *u = req->upstream;
     const lp_upstream_conf_t *uc = u->conf;
-    if ((unsigned)req->tries > uc->retries || u->ntargets > LP_MAX_TRIED ||
+    if ((unsigned)req->try.tries > uc->retries || u->ntargets > LP_MAX_TRIED ||
         lp__try_deadline_passed(req))
         return 0;
     if ((double)u->budget_retries >= 3.0 + uc->retry_budget * (double)u->budget_requests) {
@@ -68,11 +68,11 @@ static void budget_count_request(lp_upstream_rt_t *u)
 /* What the client gets when the last failed try is not retried. */
 static int failure_status(const lp_req_t *req)
 {
-    switch (req->fail_kind) {
+    switch (req->try.fail_kind) {
     case LP_FAIL_TIMEOUT:
         return 504;
     case LP_FAIL_STATUS:
-        return req->fail_status;
+        return req->try.fail_status;
     default:
         return 502;
     }
@@ -81,7 +81,7 @@ static int failure_status(const lp_req_t *req)
 static int upstream_try(lp_req_t *req);
 
 /* The one retry path (nginx's upstream_next), after lp__try_may_retry() agreed and the failed try
- * ended (req->fail_kind says why): the Lua upstream phase runs again, seeing the failure
+ * ended (req->try.fail_kind says why): the Lua upstream phase runs again, seeing the failure
  * through req:last_failure() (it may change the upstream, pick a target or answer), then
  * the next try goes to a target not tried yet. */
 int lp__try_next(lp_req_t *req)
@@ -98,6 +98,12 @@ int lp__try_next(lp_req_t *req)
     return upstream_try(req);
 }
 
+static lp_str_t client_ip(lp_req_t *req)
+{
+    const char *ip = lp_req_client_ip(req);
+    return (lp_str_t){ip, strlen(ip)};
+}
+
 /* The hash policy's key: set from Lua, or what the upstream's hash_on names. */
 static lp_str_t hash_key(lp_req_t *req)
 {
@@ -108,7 +114,7 @@ static lp_str_t hash_key(lp_req_t *req)
     size_t n = uc->hash_name ? strlen(uc->hash_name) : 0;
     switch (uc->hash_on) {
     case LP_HASH_IP:
-        return (lp_str_t){req->conn->client_ip, strlen(req->conn->client_ip)};
+        return client_ip(req);
     case LP_HASH_PATH: {
         const char *q = memchr(h->path.base, '?', h->path.len);
         return (lp_str_t){h->path.base, q ? (size_t)(q - h->path.base) : h->path.len};
@@ -141,17 +147,17 @@ static lp_str_t hash_key(lp_req_t *req)
  * changed since the last pick (from Lua, or a DNS answer), reset for another upstream. */
 static void tried_sync(lp_req_t *req, lp_upstream_rt_t *u)
 {
-    if (req->tried_up == u && req->tried_version == u->version)
+    if (req->try.tried_up == u && req->try.tried_version == u->version)
         return;
-    memset(req->tried, 0, sizeof(req->tried));
-    if (req->tried_up != u)
-        req->ntried = 0;
-    for (unsigned k = 0; k < req->ntried; k++)
+    memset(req->try.tried, 0, sizeof(req->try.tried));
+    if (req->try.tried_up != u)
+        req->try.ntried = 0;
+    for (unsigned k = 0; k < req->try.ntried; k++)
         for (size_t i = 0; i < u->ntargets && i < LP_MAX_TRIED; i++)
-            if (u->targets[i]->serial == req->tried_serial[k])
-                lp_balancer_mark_tried(req->tried, i);
-    req->tried_up = u;
-    req->tried_version = u->version;
+            if (u->targets[i]->serial == req->try.tried_serial[k])
+                lp_balancer_mark_tried(req->try.tried, i);
+    req->try.tried_up = u;
+    req->try.tried_version = u->version;
 }
 
 /* Picks an untried target; counts it active until lp_upstream_try_end. -1: none left. */
@@ -160,7 +166,7 @@ static int pick_target(lp_req_t *req)
     lp_upstream_rt_t *u = req->upstream;
     lp_str_t key = u->conf->hash_name || u->conf->hash_on != LP_HASH_IP || req->hash_key.base
                        ? hash_key(req)
-                       : (lp_str_t){req->conn->client_ip, strlen(req->conn->client_ip)};
+                       : client_ip(req);
     uint64_t now = uv_hrtime();
     /* Health is shared by the workers: read it as the pick needs it. */
     uint64_t now_ms = lp_health_now();
@@ -170,39 +176,39 @@ static int pick_target(lp_req_t *req)
         any |= u->bt[i].available;
     }
     if (!any) {
-        req->no_healthy = 1;
+        req->try.no_healthy = 1;
         return -1;
     }
     tried_sync(req, u);
     int idx = lp_balancer_select(&u->bal, key.base, key.len,
-                                 u->ntargets <= LP_MAX_TRIED ? req->tried : NULL, now);
+                                 u->ntargets <= LP_MAX_TRIED ? req->try.tried : NULL, now);
     if (idx < 0)
         return -1;
     lp_target_rt_t *t = u->targets[idx];
     if ((size_t)idx < LP_MAX_TRIED)
-        lp_balancer_mark_tried(req->tried, (size_t)idx);
-    if (req->ntried < LP_TRIED_SERIALS)
-        req->tried_serial[req->ntried++] = t->serial;
+        lp_balancer_mark_tried(req->try.tried, (size_t)idx);
+    if (req->try.ntried < LP_TRIED_SERIALS)
+        req->try.tried_serial[req->try.ntried++] = t->serial;
     u->bt[idx].active++;
     u->in_flight++;
     lp_target_ref(t);
-    req->tgt = t;
-    req->target = idx;
+    req->try.tgt = t;
+    req->try.target = idx;
     size_t n = strlen(t->addr.text);
-    if (n >= sizeof(req->target_addr))
-        n = sizeof(req->target_addr) - 1;
-    memcpy(req->target_addr, t->addr.text, n);
-    req->target_addr[n] = 0;
-    req->tries++;
-    req->try_open = 1;
-    req->t_try = now;
+    if (n >= sizeof(req->try.target_addr))
+        n = sizeof(req->try.target_addr) - 1;
+    memcpy(req->try.target_addr, t->addr.text, n);
+    req->try.target_addr[n] = 0;
+    req->try.tries++;
+    req->try.open = 1;
+    req->try.t_try = now;
     return idx;
 }
 
 static void queue_remove(lp_req_t *req)
 {
-    lp_list_remove(&req->qlink);
-    req->queued = 0;
+    lp_list_remove(&req->try.qlink);
+    req->try.queued = 0;
     req->upstream->npending--;
 }
 
@@ -217,8 +223,8 @@ static void queue_arm(lp_upstream_rt_t *u, uint64_t ms)
 
 static uint64_t queue_deadline(const lp_req_t *req)
 {
-    uint64_t d = req->queued_at + req->upstream->conf->pending_timeout;
-    return req->deadline && req->deadline < d ? req->deadline : d;
+    uint64_t d = req->try.queued_at + req->upstream->conf->pending_timeout;
+    return req->try.deadline && req->try.deadline < d ? req->try.deadline : d;
 }
 
 /* A slot freed, or the head's wait ran out: requests leave the queue in order. */
@@ -228,7 +234,7 @@ static void on_queue_timer(uv_timer_t *tm)
     lp_upstream_rt_t *u;
     /* A request that ends here may free the generation (and u): look again each time. */
     while ((u = a->u) && !lp_list_empty(&u->pending)) {
-        lp_req_t *req = LP_CONTAINER_OF(u->pending.next, lp_req_t, qlink);
+        lp_req_t *req = LP_CONTAINER_OF(u->pending.next, lp_req_t, try.qlink);
         uint64_t now = uv_now(tm->loop);
         if (u->in_flight < u->conf->max_connections) {
             queue_remove(req);
@@ -242,39 +248,63 @@ static void on_queue_timer(uv_timer_t *tm)
         }
         queue_remove(req);
         if (lp__try_deadline_passed(req)) {
-            req->fail_kind = LP_FAIL_TIMEOUT;
+            req->try.fail_kind = LP_FAIL_TIMEOUT;
             lp_conn_upstream_failed(req, 504, "total_timeout reached while waiting");
             continue;
         }
         lp_log_warn("upstream %s: a request waited %llu ms for one of max_connections (%u): 503",
-                    u->conf->name, (unsigned long long)(now - req->queued_at),
+                    u->conf->name, (unsigned long long)(now - req->try.queued_at),
                     u->conf->max_connections);
         lp_conn_upstream_failed(req, 503,
                                 "no connection to the upstream freed up in time (pending_timeout)");
     }
 }
 
+void lp_upstream_try_reset(lp_req_t *req)
+{
+    lp_try_state_t *t = &req->try;
+    t->peer = NULL;
+    t->tgt = NULL;
+    t->target = -1;
+    t->tries = 0;
+    t->open = 0;
+    t->no_healthy = 0;
+    t->queued = 0;
+    t->fail_kind = LP_FAIL_NONE;
+    t->fail_status = 0;
+    t->t_try = 0;
+    t->deadline = 0;
+    t->queued_at = 0;
+    lp_list_init(&t->qlink);
+    t->tried_up = NULL;
+    t->tried_version = 0;
+    t->ntried = 0;
+    memset(t->tried, 0, sizeof(t->tried));
+    t->target_addr[0] = 0;
+}
+
 void lp_upstream_try_end(lp_req_t *req, int failed)
 {
-    if (req->queued)
+    if (req->try.queued)
         queue_remove(req); /* the request is gone while waiting for a slot */
-    if (!req->try_open || !req->upstream || !req->tgt)
+    if (!req->try.open || !req->upstream || !req->try.tgt)
         return;
     lp_upstream_rt_t *u = req->upstream;
-    lp_target_rt_t *t = req->tgt;
-    req->try_open = 0;
-    req->tgt = NULL;
+    lp_target_rt_t *t = req->try.tgt;
+    req->try.open = 0;
+    req->try.tgt = NULL;
     u->in_flight--;
     if (u->npending && u->in_flight < u->conf->max_connections)
         queue_arm(u, 0); /* the next loop turn: not inside the caller's callback */
     uint64_t now = uv_hrtime();
-    uint64_t until = !failed && req->t_upstream_head > req->t_try ? req->t_upstream_head : now;
+    uint64_t until = !failed && req->t_upstream_head > req->try.t_try ? req->t_upstream_head : now;
     if (t->idx >= 0) {
         /* Still in the set (a target removed meanwhile has left the balancer). */
         u->bt[t->idx].active--;
-        lp_balancer_report(&u->bal, t->idx, until - req->t_try, failed, now);
+        lp_balancer_report(&u->bal, t->idx, until - req->try.t_try, failed, now);
     }
-    if (!failed && req->status && lp_status_in(&u->conf->health.passive_statuses, req->status))
+    if (!failed && req->resp.sent_status &&
+        lp_status_in(&u->conf->health.passive_statuses, req->resp.sent_status))
         failed = 1; /* a status the passive check counts as a failure */
     lp_health_report(t->health, &u->conf->health, failed, lp_health_now());
     lp_target_unref(t);
@@ -286,25 +316,25 @@ static int upstream_try(lp_req_t *req)
 {
     lp_upstream_rt_t *u = req->upstream;
     if (lp__try_deadline_passed(req)) {
-        req->fail_kind = LP_FAIL_TIMEOUT;
+        req->try.fail_kind = LP_FAIL_TIMEOUT;
         return lp_conn_upstream_failed(req, 504, "total_timeout reached");
     }
     int idx = pick_target(req);
     if (idx < 0) {
         uint64_t now = lp_health_now();
-        if (req->no_healthy && now - u->last_warned >= 1000) {
+        if (req->try.no_healthy && now - u->last_warned >= 1000) {
             u->last_warned = now; /* once a second per worker, not per request */
             lp_log_warn("upstream %s: no available target (down, ejected or drained)",
                         u->conf->name);
         }
         /* A retry that finds no other target answers what the last try failed with; a
          * first try with every target unavailable 503 at once, without waiting. */
-        if (req->fail_kind)
+        if (req->try.fail_kind)
             return lp_conn_upstream_failed(req, failure_status(req), "no other target to retry");
-        return lp_conn_upstream_failed(req, req->no_healthy ? 503 : 502,
+        return lp_conn_upstream_failed(req, req->try.no_healthy ? 503 : 502,
                                        "no available target (down, ejected or drained)");
     }
-    if (req->tries == 1)
+    if (req->try.tries == 1)
         req->t_upstream = uv_hrtime();
     lp_pool_t *t = u->targets[idx]->pool;
     lp_peer_t *p = lp__pool_take(t);
@@ -316,17 +346,13 @@ static int upstream_try(lp_req_t *req)
 int lp_upstream_start(lp_req_t *req)
 {
     lp_upstream_rt_t *u = req->upstream;
-    if (req->tries)
+    if (req->try.tries)
         return upstream_try(req); /* a retry, after the upstream phase ran again */
-    /* The request's first try: per-request state (conn.c resets tries and tried). */
-    req->tried_up = NULL;
-    req->ntried = 0;
-    req->fail_kind = LP_FAIL_NONE;
-    req->fail_status = 0;
-    req->tgt = NULL;
-    req->queued = 0;
+    /* The request's first try: nothing from before it counts (Lua may have run the upstream
+     * phase, but no try started). */
+    lp_upstream_try_reset(req);
     uint64_t now = uv_now(&req->w->loop);
-    req->deadline = u->conf->total_timeout ? now + u->conf->total_timeout : 0;
+    req->try.deadline = u->conf->total_timeout ? now + u->conf->total_timeout : 0;
     budget_count_request(u);
     if (u->conf->max_connections && u->in_flight + u->npending >= u->conf->max_connections) {
         /* Circuit breaking: wait in a bounded queue for a slot, beyond it fail fast. */
@@ -341,9 +367,9 @@ int lp_upstream_start(lp_req_t *req)
             return lp_conn_upstream_failed(req, 503,
                                            "too many requests for the upstream (max_connections)");
         }
-        req->queued = 1;
-        req->queued_at = now;
-        lp_list_insert_tail(&u->pending, &req->qlink);
+        req->try.queued = 1;
+        req->try.queued_at = now;
+        lp_list_insert_tail(&u->pending, &req->try.qlink);
         if (u->npending++ == 0)
             queue_arm(u, queue_deadline(req) - now);
         return LP_OK;

@@ -54,9 +54,8 @@ static int is_watched(const lp_watch_t *w, const char *name)
 static void on_debounce(uv_timer_t *t)
 {
     lp_watch_t *w = t->data;
-    char err[1024];
     lp_log_notice("watch: a file changed, reloading");
-    lp_server_reload(w->server, err, sizeof(err));
+    lp_server_reload(w->server, NULL, NULL);
 }
 
 static void on_fs_event(uv_fs_event_t *h, const char *name, int events, int status)

@@ -325,7 +325,10 @@ static void maybe_finish(lp_worker_t *w)
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->flush, NULL);
         uv_close((uv_handle_t *)&w->hs_idle, NULL);
-        lp_ep_timers_close(&w->ep_timers); /* no client left; idle upstreams closed above */
+        free(w->hs_q); /* no connection is left to wait in it */
+        w->hs_q = NULL;
+        w->hs_first = w->hs_n = w->hs_cap = 0;
+        lp_ep_timers_close(&w->ep_env.timers); /* no client left; idle upstreams closed above */
         uv_close((uv_handle_t *)&w->house, NULL);
     }
 }
@@ -338,6 +341,12 @@ static void on_house(uv_timer_t *t)
     lp_worker_t *w = t->data;
     lp_lua_background_stop(w, 0); /* of old generations, past timeouts.drain */
     size_t freed = lp_req_trim(w) + lp_bufpool_trim(&w->bufs) + lp_wbpool_trim(&w->wbatches);
+    if (w->hs_cap > 64 && w->hs_first == w->hs_n) {
+        freed += w->hs_cap * sizeof(*w->hs_q); /* a handshake burst's queue, empty again */
+        free(w->hs_q);
+        w->hs_q = NULL;
+        w->hs_first = w->hs_n = w->hs_cap = 0;
+    }
     if (freed >= 256 * 1024)
         malloc_trim(0);
 }
@@ -450,7 +459,7 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
-    lp_ep_timers_init(&w->ep_timers, &w->loop);
+    lp_ep_env_init(&w->ep_env, &w->loop, &w->bufs, &w->wbatches);
     uv_timer_init(&w->loop, &w->house);
     w->house.data = w;
     uv_timer_start(&w->house, on_house, 1000, 1000);
@@ -461,7 +470,6 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     uv_unref((uv_handle_t *)&w->flush);
     uv_idle_init(&w->loop, &w->hs_idle);
     w->hs_idle.data = w;
-    lp_list_init(&w->hs_deferred);
     lp_lua_sched_init(w);
     uv_mutex_init(&w->mbox_lock);
     uv_sem_init(&w->mbox_done, 0);
@@ -517,6 +525,12 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, lp_c
     const char *path = cfg->path;
     int rc = 0;
     char ferr[512];
+    if (!cfg->materialised) {
+        /* Addresses and TLS contexts are built before, off the loops (config.h). */
+        snprintf(err, errlen, "%s: the config was not materialised (internal error)", path);
+        lp_config_free(cfg);
+        return LP_EINVAL;
+    }
     if (lp_accesslog_check_format(&cfg->access_format, ferr, sizeof(ferr))) {
         snprintf(err, errlen, "%s: %s", path, ferr);
         lp_config_free(cfg);
@@ -643,6 +657,7 @@ static int switch_all(lp_worker_t *ws, unsigned n, lp_switch_t *sw, char *err, s
     }
     run_step(ws, n, sw, SW_COMMIT, err, errlen);
     lp_gen_current = gen;
+    lp_config_apply_shared(gen->config); /* resized dicts take their new size (cannot fail) */
     for (size_t i = 0; fresh && i < gen->config->nlisten; i++)
         if (fresh[i])
             lp_log_notice("listening on %s (%u workers)", gen->bound[i].text, n);
@@ -716,12 +731,9 @@ int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, cha
     return 0;
 }
 
-int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, size_t errlen)
+int lp_workers_reload(lp_worker_t *ws, unsigned n, lp_config_t *cfg, char *err, size_t errlen)
 {
-    lp_config_t *cfg;
-    int rc = lp_config_load(path, &cfg, err, errlen);
-    if (rc)
-        return rc;
+    int rc = 0;
     lp_switch_t *sw = calloc(n, sizeof(*sw));
     if (!sw) {
         lp_config_free(cfg);

@@ -17,11 +17,12 @@ int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, cha
 /* What a start would do with `cfg` short of serving (`luaproxy -t`): a throwaway worker VM
  * with the plugins and handlers loaded and init_worker run. 0 or LP_ECONFIG with err. */
 int lp_workers_check(const lp_config_t *cfg, char *err, size_t errlen);
-/* Loads `path` (once), builds a new generation from it and switches every worker to it
- * (prepare everywhere, then commit everywhere); requests in flight finish on theirs. On
- * error nothing changed (every worker keeps the current generation) and err says why.
- * Main thread. */
-int lp_workers_reload(lp_worker_t *ws, unsigned n, const char *path, char *err, size_t errlen);
+/* Builds a new generation from `cfg` (loaded and materialised: lp_config_materialise; the
+ * generation owns it from here, freed on failure) and switches every worker to it (prepare
+ * everywhere, then commit everywhere); requests in flight finish on theirs. On error
+ * nothing changed (every worker keeps the current generation) and err says why. Main
+ * thread. */
+int lp_workers_reload(lp_worker_t *ws, unsigned n, lp_config_t *cfg, char *err, size_t errlen);
 /* Reopens the current generation's access log in every worker (SIGUSR1: logrotate). On
  * error the workers keep the files they have. Main thread. */
 int lp_workers_reopen_logs(lp_worker_t *ws, unsigned n, char *err, size_t errlen);

@@ -35,7 +35,6 @@ function proxy.sleep(seconds)
     phases.raise("proxy.sleep: expected a number of seconds from 0 to 1e9", 2)
   end
   local rc = C.lp_ffi_sleep(seconds)
-  if rc == -2 then phases.raise(phases.NO_YIELD, 2) end
   if rc ~= 0 then phases.raise("proxy.sleep: only inside a phase, a timer or init_worker", 2) end
   yield()
 end
@@ -116,6 +115,24 @@ local tasks = require "luaproxy.tasks"
 proxy.timer = tasks.timer
 proxy.spawn = tasks.spawn
 proxy.exiting = tasks.exiting
+
+-- proxy.shared.NAME: the config's shared dicts (lua/luaproxy/shared.lua).
+proxy.shared = require("luaproxy.shared").dicts
+
+-- Fields loaded on first use, then plain fields: a VM that never uses them pays nothing at
+-- start (loading luaproxy/re.lua, its cdefs and PCRE2's symbols, takes about 2 ms).
+local LAZY = {
+  re = "luaproxy.re", -- PCRE2 regular expressions (docs/lua-api.md)
+}
+setmetatable(proxy, {
+  __index = function(t, k)
+    local mod = LAZY[k]
+    if mod == nil then return nil end
+    local v = require(mod)
+    rawset(t, k, v)
+    return v
+  end,
+})
 
 -- ---- cosockets (lua/luaproxy/tcp.lua) ----
 proxy.tcp = require("luaproxy.tcp").tcp

@@ -1,6 +1,6 @@
 -- router: picks the upstream (and rewrites the path) from an ordered list of rules matching
--- host, path, prefix, Lua pattern, methods, headers and query arguments. The first rule
--- that matches wins. Docs: docs/plugins/router.md.
+-- host, path, prefix, Lua pattern, PCRE2 regex (proxy.re), methods, headers and query
+-- arguments. The first rule that matches wins. Docs: docs/plugins/router.md.
 local find, sub, lower, upper, byte = string.find, string.sub, string.lower, string.upper,
   string.byte
 local concat, sort = table.concat, table.sort
@@ -8,6 +8,11 @@ local type, pairs, ipairs = type, pairs, ipairs
 
 local check_lua_pattern = require("luaproxy.schema").check_lua_pattern
 local valid_pattern = check_lua_pattern
+
+-- proxy.re (the same module): compiled patterns are cached per worker, so the rules' regexes
+-- are compiled once per generation, at load, and found again by string per request.
+local re = require "luaproxy.re"
+local re_match, re_find = re.match, re.find
 
 local text = require "luaproxy.text"
 local valid_host, compile_name, name_matches = text.valid_host, text.compile_name,
@@ -31,6 +36,12 @@ local rule_fields = {
     description = "Lua pattern the path must match (anchor it with ^ and $); its captures "
       .. "feed rewrite. Default: any",
   },
+  path_regex = {
+    type = "regex",
+    description = "PCRE2 regex the path must match (proxy.re; anchor it with ^ and $, inline "
+      .. "(?i) for case-insensitive); its captures, named ones too, go to req.ctx.route_captures "
+      .. "and feed rewrite as $1, ${name}. Default: any",
+  },
   methods = {
     type = "array", elements = { type = "string", pattern = "^%a+$" },
     description = "methods to match (case-insensitive). Default: any",
@@ -41,6 +52,17 @@ local rule_fields = {
     description = "request headers that must have exactly these values (secret: GET /config "
       .. "hides them). Default: none",
   },
+  header_regex = {
+    type = "map", keys = { type = "string", pattern = "^[%w!#$%%&'*+%-.^_`|~]+$" },
+    values = { type = "regex" },
+    description = "request headers that must be present with a value matching this PCRE2 "
+      .. "regex (unanchored unless it says ^ or $). Default: none",
+  },
+  query_regex = {
+    type = "map", values = { type = "regex" },
+    description = "query arguments that must be present with a (decoded) value matching this "
+      .. "PCRE2 regex. Default: none",
+  },
   query = {
     type = "map", values = { type = "string", secret = true },
     description = "query arguments that must have exactly these (decoded) values (secret: "
@@ -50,7 +72,8 @@ local rule_fields = {
   rewrite = {
     type = "string",
     description = "new path (with ?query to replace the query); with a pattern, %1..%9 are its "
-      .. "captures, %0 the whole match and %% a percent sign. Default: unchanged",
+      .. "captures, %0 the whole match and %% a percent sign; with a path_regex, $0, $1.., "
+      .. "${name} and $$ (proxy.re.sub templates). Default: unchanged",
   },
   strip_prefix = {
     type = "boolean", default = false,
@@ -61,7 +84,8 @@ local rule_fields = {
 local function check_rule(r)
   if r.strip_prefix and not r.prefix then return nil, "strip_prefix needs a prefix" end
   if r.strip_prefix and r.rewrite then return nil, "use either rewrite or strip_prefix" end
-  if r.rewrite and not r.pattern and sub(r.rewrite, 1, 1) ~= "/" then
+  if r.pattern and r.path_regex then return nil, "use either pattern or path_regex" end
+  if r.rewrite and not r.pattern and not r.path_regex and sub(r.rewrite, 1, 1) ~= "/" then
     return nil, "rewrite must start with /"
   end
   return true
@@ -126,6 +150,24 @@ end
 
 local check_captures = require("luaproxy.schema").check_captures
 
+-- A rewrite template for a path_regex ($N, ${N}, ${name}, $$), checked against the regex:
+-- a group it does not have is a config error (proxy.re.sub itself would render "").
+local function compile_regex_rewrite(tpl, regex)
+  local compiled, err = re.compile(regex)
+  if not compiled then return nil, err end
+  local parts
+  parts, err = re.compile_template(tpl, compiled)
+  if not parts then return nil, err end
+  for i = 2, #parts, 2 do
+    local g = parts[i]
+    if type(g) == "number" and g > compiled.ncap then
+      return nil, "$" .. g .. " refers to a group the regex does not have (" .. compiled.ncap
+        .. (compiled.ncap == 1 and " group)" or " groups)")
+    end
+  end
+  return parts
+end
+
 
 function P.compile(conf)
   local rules = {}
@@ -150,8 +192,19 @@ function P.compile(conf)
     if r.query and next(r.query) then
       c.qnames, c.qvalues = sorted_pairs_arrays(r.query, false)
     end
+    if r.header_regex and next(r.header_regex) then
+      c.hrnames, c.hrvalues = sorted_pairs_arrays(r.header_regex, true)
+    end
+    if r.query_regex and next(r.query_regex) then
+      c.qrnames, c.qrvalues = sorted_pairs_arrays(r.query_regex, false)
+    end
+    c.path_regex = r.path_regex
     if r.rewrite then
-      if r.pattern then
+      if r.path_regex then
+        local tpl, err = compile_regex_rewrite(r.rewrite, r.path_regex)
+        if not tpl then return nil, "rules[" .. i .. "].rewrite: " .. err end
+        c.regex_rewrite = tpl
+      elseif r.pattern then
         local tpl, err = compile_rewrite(r.rewrite)
         if tpl then
           local ok, cerr = check_captures(tpl, r.pattern)
@@ -169,7 +222,10 @@ function P.compile(conf)
            default_upstream = conf.default_upstream }
 end
 
--- Everything but the pattern; cheapest checks first.
+-- Scratch space for captures and the rewritten path (one request at a time per worker).
+local caps, buf = {}, {}
+
+-- Everything but the pattern and path_regex; cheapest checks first (regexes last).
 local function match(r, req, host, method, path)
   local m = r.methods
   if m and not m[method] then return false end
@@ -201,11 +257,46 @@ local function match(r, req, host, method, path)
       if req:query(names[i]) ~= values[i] then return false end
     end
   end
+  names = r.hrnames
+  if names then
+    local values = r.hrvalues
+    for i = 1, #names do
+      local v = req:header(names[i])
+      if not v or not re_find(v, values[i]) then return false end
+    end
+  end
+  names = r.qrnames
+  if names then
+    local values = r.qrvalues
+    for i = 1, #names do
+      local v = req:query(names[i])
+      if not v or not re_find(v, values[i]) then return false end
+    end
+  end
   return true
 end
 
--- Scratch space for captures and the rewritten path (one request at a time per worker).
-local caps, buf = {}, {}
+-- A path_regex rewrite from the captures table (false groups render as "").
+local function render_regex(tpl, m)
+  local n = #tpl
+  buf[1] = tpl[1]
+  for i = 2, n, 2 do
+    local g = tpl[i]
+    local v
+    if type(g) == "table" then -- a duplicate name (D): the first group that took part
+      for j = 1, #g do
+        v = m[g[j]]
+        if v then break end
+      end
+    else
+      v = m[g]
+    end
+    buf[i] = v or ""
+    buf[i + 1] = tpl[i + 1]
+  end
+  return concat(buf, "", 1, n)
+end
+
 
 local function render(tpl, path, s, e)
   local n = #tpl
@@ -237,15 +328,23 @@ function P.request(req, conf)
     local r = rules[i]
     if match(r, req, host, method, path) then
       local s, e, c1, c2, c3, c4, c5, c6, c7, c8, c9
-      local pattern = r.pattern
+      local pattern, rx, m = r.pattern, r.path_regex, nil
       if pattern then
         s, e, c1, c2, c3, c4, c5, c6, c7, c8, c9 = find(path, pattern)
+      elseif rx then
+        -- A runtime error (match limit) counts as no match; proxy.re has said why.
+        m = re_match(path, rx)
       end
-      if s or not pattern then
+      if (pattern and s) or (rx and m) or not (pattern or rx) then
         req.ctx.route_rule = i
+        if m then req.ctx.route_captures = m end
         if r.upstream then req:set_upstream(r.upstream) end
         local rw = r.rewrite
-        if rw then
+        if m and r.regex_rewrite then
+          rw = render_regex(r.regex_rewrite, m)
+          if byte(rw, 1) ~= 47 then rw = "/" .. rw end
+          req:set_path(with_query(req, rw))
+        elseif rw then
           if type(rw) == "table" then
             -- Like gsub: with no captures in the pattern, %1 is the whole match.
             if c1 == nil then c1 = sub(path, s, e) end

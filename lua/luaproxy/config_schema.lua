@@ -420,10 +420,30 @@ local route = {
   },
 }
 
+-- shared: dict sizes as bytes or "64k", "10m", "1g" (engine/shdict.h).
+local SIZE_UNITS = { [""] = 1, k = 1024, m = 1048576, g = 1073741824 }
+local function size_coerce(v)
+  if type(v) == "string" then
+    local n, unit = v:match("^(%d+)([kKmMgG]?)$")
+    if n then return tonumber(n) * SIZE_UNITS[unit:lower()] end
+  end
+  return v
+end
+
+local function size_check(v)
+  if type(v) ~= "number" or v % 1 ~= 0 then
+    return nil, format('expected a size (bytes, or "64k", "10m", "1g"), got %s',
+                       type(v) == "string" and format("%q", v) or type(v))
+  end
+  if v < 8192 then return nil, format("%d bytes is below the minimum of 8k", v) end
+  if v > 1099511627776 then return nil, "more than 1 TiB" end
+  return true
+end
+
 local S = {
   description = "a luaproxy config file",
   doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
-                "log", "plugins", "lua", "admin", "pid_file", "watch" },
+                "log", "plugins", "lua", "shared", "admin", "pid_file", "watch" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
                 description = "worker threads, each with its own loop and listening socket "
@@ -560,10 +580,22 @@ local S = {
           description = "timers and `proxy.spawn` threads running at once per worker; a due "
             .. "timer over the bound waits for a slot, a spawn over it is refused",
         },
+        regex_cache_max = {
+          type = "integer", default = 1024, min = 0, max = 1000000,
+          description = "compiled `proxy.re` patterns kept per worker (least recently used "
+            .. "evicted first; 0: compile on every call)",
+        },
+        regex_match_limit = {
+          type = "integer", default = 10000000, min = 1000, max = 4294967295,
+          description = "PCRE2 match limit of one `proxy.re` call: a pattern that backtracks "
+            .. "more returns `nil, \"pcre2_match: match limit exceeded\"` (about 15 ms with "
+            .. "the JIT at the default; `lua.phase_timeout` cannot stop a call inside C)",
+        },
         ssl_trusted_certificate = {
           type = "string", min = 1, doc_default = "the system store",
-          description = "CA file (PEM) that `proxy.tcp()` sockets verify servers against when "
-            .. "`sslhandshake` is asked to verify (docs/lua-api.md)",
+          description = "CA file (PEM, relative to the config file) that `proxy.tcp()` "
+            .. "sockets verify servers against when `sslhandshake` is asked to verify "
+            .. "(docs/lua-api.md)",
         },
         plugin_paths = {
           type = "array", elements = { type = "string", min = 1 }, doc_default = "none",
@@ -571,6 +603,15 @@ local S = {
             .. "before `plugins/` next to the config and the bundled `plugins/`",
         },
       },
+    },
+    shared = {
+      type = "map", default = {}, doc_default = "none",
+      description = '`{ limits = "10m", sessions = "64m" }`: shared dicts by name, '
+        .. "`proxy.shared.NAME` in Lua, one store per name used by every worker; the size "
+        .. 'is bytes or "64k", "10m", "1g" (at least 8k); a reload keeps the content of a '
+        .. "dict it keeps (a resized one keeps what fits); see docs/lua-api.md",
+      keys = { type = "string", pattern = "^[%a_][%w_]*$" },
+      values = { type = "any", coerce = size_coerce, custom = size_check },
     },
     admin = {
       type = "record", doc_default = "off", description = "the admin API",

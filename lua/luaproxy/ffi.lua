@@ -36,6 +36,23 @@ int lp_ffi_bg_wait(double interval);
 int lp_ffi_bg_cancel(int id);
 int lp_ffi_bg_count(int running);
 int lp_ffi_exiting(void);
+typedef struct {
+  const char *str; size_t len; double num; uint32_t flags; int type; int forcible; int stale;
+} lp_shdict_val_t;
+void *lp_ffi_shdict_find(const char *name, size_t n);
+int lp_ffi_shdict_get(void *d, const char *k, size_t klen, int stale, lp_shdict_val_t *out);
+int lp_ffi_shdict_store(void *d, int op, const char *k, size_t klen, lp_shdict_val_t *v, double exptime);
+int lp_ffi_shdict_incr(void *d, const char *k, size_t klen, double step, int has_init, double init, double init_ttl, lp_shdict_val_t *out);
+int lp_ffi_shdict_ttl(void *d, const char *k, size_t klen, lp_shdict_val_t *out);
+int lp_ffi_shdict_expire(void *d, const char *k, size_t klen, double exptime);
+void lp_ffi_shdict_flush_all(void *d);
+int lp_ffi_shdict_flush_expired(void *d, int max);
+int lp_ffi_shdict_keys(void *d, int max, lp_str_t **out);
+int lp_ffi_shdict_push(void *d, const char *k, size_t klen, int left, lp_shdict_val_t *v);
+int lp_ffi_shdict_pop(void *d, const char *k, size_t klen, int left, lp_shdict_val_t *out);
+int lp_ffi_shdict_llen(void *d, const char *k, size_t klen);
+double lp_ffi_shdict_capacity(void *d);
+double lp_ffi_shdict_free_space(void *d);
 void *lp_ffi_tcp_new(void);
 void lp_ffi_tcp_free(void *s);
 const char *lp_ffi_tcp_error(void *s);
@@ -65,6 +82,12 @@ return {
   -- return codes
   EINVAL = -201, ENOSPACE = -202, EFRAMING = -203, EPHASE = -204, ENOTFOUND = -205,
   EOTHER = -206,
+  -- proxy.shared (engine/shdict.h): value types, store ops, return codes
+  SD_TNIL = 0, SD_TBOOL = 1, SD_TNUM = 3, SD_TSTR = 4,
+  SD_SET = 0, SD_ADD = 1, SD_REPLACE = 2, SD_SAFE = 4,
+  SD_ERRORS = { [-301] = "exists", [-302] = "not found", [-303] = "no memory",
+                [-304] = "not a number", [-305] = "value not a list", [-306] = "value is a list",
+                [-307] = "bad argument" },
   -- req:last_failure() kinds (engine/proxy-t.h lp_fail_kind_t)
   FAILURES = { "connect", "timeout", "reset", "status", "protocol" },
 }

@@ -43,10 +43,6 @@ M.ENDED_PHASE = "ended"
 M.ENDED = "request handle used after the request ended (a handle is valid only during its "
   .. "own request: keep what you need from it, not the handle)"
 
--- What a response_body filter that tries to wait (proxy.sleep, a yield) gets.
-M.NO_YIELD = "response_body filters may not yield (proxy.sleep or other waits): wait in the "
-  .. "response phase instead"
-
 -- Frames of the API's own Lua (skipped when naming the caller) and of the code that runs
 -- phase functions (reaching one means the user's frame is gone).
 local function api_frame(source)

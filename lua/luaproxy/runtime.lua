@@ -175,7 +175,10 @@ end
 -- Returns a state { routes = { [i] = chain }, fallback = chain, init = {instances} }.
 -- Plugin fields of type upstream must name one of cfg.upstreams.
 function M.load(cfg, opts)
-  M.lua_conf = type(cfg.lua) == "table" and cfg.lua or {} -- proxy.tcp: ssl_trusted_certificate
+  require("luaproxy.shared").declare(cfg.shared) -- proxy.shared.NAME: these names only
+  -- proxy.tcp: lua.ssl_trusted_certificate, relative to the config file's directory
+  M.lua_conf = type(cfg.lua) == "table" and cfg.lua or {}
+  M.config_dir = opts and opts.config_dir
   local ctx = require("luaproxy.config_schema").context(cfg)
   ctx.warnings, ctx.warned = {}, {}
   local global, err = load_list(cfg.plugins, "plugins", opts, ctx)
@@ -275,27 +278,28 @@ function M.run(h, id)
   return recover(h, list, phase, err)
 end
 
--- The response_body filter chain: every filter sees the previous one's output.
+-- The response_body filter chain: every filter sees the previous one's output. Runs in
+-- the request's coroutine like a phase, so a filter may yield (the engine pauses the
+-- upstream read meanwhile); the output is left in h._body_out for the engine to copy.
 function M.body(h, chunk, eof)
   local list = h._chain[PHASE_ID.response_body]
   h._phase = "response_body"
   M.current_phase = "response_body"
+  h._body_out = nil
   for i = 1, #list do
     local inst = list[i]
     M.current = inst
     local ok, out = xpcall(inst.response_body, traceback, h, chunk, eof, inst.conf)
     M.current = nil
-    if not ok and tostring(out):find("attempt to yield across", 1, true) then
-      out = phases.NO_YIELD .. "\n" .. tostring(out)
-    end
     if not ok then
       if log_failure then log_failure(inst, "response_body", out, h) end
-      if not inst.fail_open then return nil end
+      if not inst.fail_open then return FAILED end
     elseif out ~= nil then
       chunk = tostring(out)
     end
   end
-  return chunk or ""
+  h._body_out = chunk or ""
+  return OK
 end
 
 return M

@@ -11,7 +11,10 @@
 -- Types beyond Lua's: `integer`; `duration` (seconds, a finite number >= 0 unless min says
 -- otherwise); `address` ("host:port", "[v6]:port" or ":port", checked without DNS);
 -- `upstream` (a string naming an upstream of the config: checked when the validation
--- context `ctx` carries `upstreams`, a set of names, as it does when a config loads).
+-- context `ctx` carries `upstreams`, a set of names, as it does when a config loads);
+-- `regex` (a string that must compile as a PCRE2 pattern with the field's `options`, ngx.re
+-- letters: compiled with luaproxy.re at validation, so a bad pattern fails the load with
+-- `<path>: invalid regex: <PCRE2's message> at offset N`).
 --
 -- This runs when a config is loaded, never per request, so it favours clear messages over
 -- speed. Errors read `<path>.<key>: <problem>`, the caller passing the prefix, e.g.
@@ -26,7 +29,7 @@ local M = {}
 M.types = {
   string = true, number = true, integer = true, boolean = true, array = true, map = true,
   record = true, ["function"] = true, any = true, duration = true, address = true,
-  upstream = true,
+  upstream = true, regex = true,
 }
 
 -- Options a field may carry, and for which types they mean something.
@@ -34,7 +37,7 @@ local FIELD_OPTIONS = {
   type = true, required = true, default = true, one_of = true, min = true, max = true,
   pattern = true, description = true, elements = true, keys = true, values = true,
   fields = true, custom = true, coerce = true, secret = true, doc_default = true,
-  doc_inline = true, doc_order = true,
+  doc_inline = true, doc_order = true, options = true,
 }
 
 -- Deep copy of plain data (defaults, `any` values). Functions and other values are shared;
@@ -257,6 +260,10 @@ function validate_value(field, value, path, ctx)
     elseif ctx and ctx.upstreams and not ctx.upstreams[value] then
       return nil, format("%s: no upstream named %s", path, describe(value))
     end
+  elseif ft == "regex" then
+    if vt ~= "string" then return nil, format("%s: expected a regex string, got %s", path, vt) end
+    local ok, err = require("luaproxy.re").compile(value, field.options)
+    if not ok then return nil, format("%s: invalid regex: %s", path, err) end
   elseif ft == "array" then
     if vt ~= "table" then return nil, format("%s: expected an array, got %s", path, vt) end
     if not is_array(value) then
@@ -451,6 +458,12 @@ function check_field(field, path, warnings, named)
     if type(field.pattern) ~= "string" then return nil, path .. ": pattern must be a string" end
     local ok, err = M.check_lua_pattern(field.pattern)
     if not ok then return nil, path .. ": " .. err end
+  end
+  if field.options ~= nil then
+    if ft ~= "regex" then return nil, path .. ": options applies to regexes only" end
+    if type(field.options) ~= "string" or not find(field.options, "^[imsxuUaDJjo]*$") then
+      return nil, path .. ": options must be a string of proxy.re option letters"
+    end
   end
   if field.one_of ~= nil then
     if type(field.one_of) ~= "table" or #field.one_of == 0 or not is_array(field.one_of) then

@@ -5,7 +5,7 @@
 -- lua.max_running_timers); this module keeps what C cannot hold: the function and its
 -- arguments, by task id, until the task starts.
 local ffi = require "ffi"
-require "luaproxy.ffi"
+local K = require "luaproxy.ffi"
 local phases = require "luaproxy.phases"
 local C = ffi.C
 local type, select, tostring, tonumber, xpcall, unpack, setmetatable = type, select,
@@ -13,7 +13,7 @@ local type, select, tostring, tonumber, xpcall, unpack, setmetatable = type, sel
 local traceback, format = debug.traceback, string.format
 local yield = coroutine.yield
 
-local EINVAL, ENOSPACE, EPHASE = -201, -202, -204
+local ENOSPACE, EPHASE = K.ENOSPACE, K.EPHASE
 local WAKE_PREMATURE, WAKE_CANCELLED = 1, 2
 
 local M = {}
@@ -71,7 +71,10 @@ local function start(what, delay, timer, fn, ...)
     return nil, timer == 1 and "too many pending timers (lua.max_timers)"
       or "too many running timers and threads (lua.max_running_timers)"
   end
-  if id == EPHASE then return nil, "process exiting" end
+  if id == EPHASE then
+    if C.lp_ffi_exiting() ~= 0 then return nil, "process exiting" end
+    phases.raise(what .. ": only in a worker (phases, timers, init_worker, plugin loading)", 3)
+  end
   if id < 0 then return nil, "bad delay" end
   local job = { fn = fn, n = select("#", ...), ... }
   jobs[id] = job

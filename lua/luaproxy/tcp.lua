@@ -33,9 +33,10 @@ end
 
 local function raise(msg) phases.raise(msg, 3) end
 
--- An error code: EPHASE (the task cannot wait here: a response_body filter) is misuse.
+-- An error code: EPHASE (no task to suspend here) is misuse.
+local NO_WAIT = "proxy.tcp: cannot wait here (no request, timer or thread to suspend)"
 local function failed(s, rc)
-  if rc == EPHASE then phases.raise(phases.NO_YIELD, 3) end
+  if rc == EPHASE then phases.raise(NO_WAIT, 3) end
   return nil, err_of(s)
 end
 
@@ -50,7 +51,10 @@ end
 local function trusted_ca()
   local rt = package.loaded["luaproxy.runtime"]
   local conf = rt and rt.lua_conf
-  return conf and conf.ssl_trusted_certificate or nil
+  local ca = conf and conf.ssl_trusted_certificate
+  if type(ca) ~= "string" then return nil end
+  if ca:sub(1, 1) ~= "/" and rt.config_dir then ca = rt.config_dir .. "/" .. ca end
+  return ca
 end
 
 function M.tcp()
@@ -195,7 +199,7 @@ local function receive(s, mode, size, pat, incl)
     rc = C.lp_ffi_tcp_receive(s, mode, size, pat, plen, incl, str_out)
   end
   local data = ffi_string(str_out[0].base, str_out[0].len)
-  if rc == EPHASE then phases.raise(phases.NO_YIELD, 3) end
+  if rc == EPHASE then phases.raise(NO_WAIT, 3) end
   if rc < 0 then return nil, err_of(s), data end
   return data, nil, nil, rc == MORE
 end

@@ -15,7 +15,7 @@ local schema = require "luaproxy.schema"
 
 local check = phases.check
 local type, tostring, tonumber, pairs, ipairs, select = type, tostring, tonumber, pairs, ipairs, select
-local setmetatable, error = setmetatable, error
+local setmetatable, error, unpack = setmetatable, error, unpack
 local find, sub, lower, gsub, char, format = string.find, string.sub, string.lower, string.gsub,
   string.char, string.format
 local concat, sort = table.concat, table.sort
@@ -54,13 +54,11 @@ function fake.now() return clock end
 -- The fake clock moves both; only differences of monotonic() mean anything.
 function fake.monotonic() return clock - START + 1000 end
 function fake.worker_id() return 1 end
-local in_filter = false -- a response_body filter runs (call_filter)
 function fake.sleep(seconds)
   seconds = tonumber(seconds)
   if not seconds or not (seconds >= 0 and seconds < 1e9) then
     phases.raise("proxy.sleep: expected a number of seconds from 0 to 1e9", 2)
   end
-  if in_filter then phases.raise(phases.NO_YIELD, 2) end
   clock = clock + seconds
   -- Yield like the engine does, so a sleep where the engine cannot yield (inside a C call
   -- such as a table.sort comparator or a gsub callback) fails in the specs too.
@@ -147,6 +145,9 @@ function fake.upstream(name)
   return setmetatable({ name = name }, Upstream)
 end
 
+-- proxy.re is the engine's own module (PCRE2 through the FFI, loaded by name here).
+fake.re = require "luaproxy.re"
+
 -- proxy.tcp(): peers a spec scripts with T.tcp_peer (lua/proxy/test_tcp.lua).
 local tcp = require "proxy.test_tcp"
 local tcp_owner -- the request (or init_worker) whose phase runs: it owns the sockets made
@@ -154,7 +155,6 @@ local INIT_OWNER = setmetatable({}, { __tostring = function() return "init_worke
 tcp.init({
   advance = function(seconds) clock = clock + seconds end,
   now = function() return clock end,
-  in_filter = function() return in_filter end,
   owner = function() return tcp_owner end,
   yield = function() if running and co_running() == running then co_yield(SLEEP) end end,
 })
@@ -168,15 +168,138 @@ if not package.loaded.proxy then
   rawset(_G, "proxy", fake)
 end
 
+-- ---- timers and spawned threads, on the fake clock ----
+-- Timers run when T.advance() moves the clock past their time, in time order, each in a
+-- coroutine of its own like in the engine (they may sleep). Threads from proxy.spawn run
+-- when the phase that spawned them ends (T.call) or at the next T.advance().
+local timers, spawned, exiting = {}, {}, false
+T.max_timers, T.max_running_timers = 1024, 256
+
+local function run_job(job, premature)
+  local co = co_create(job.fn)
+  local prev = running
+  running = co
+  local ok, err
+  if job.spawn then
+    ok, err = co_resume(co, unpack(job, 1, job.n))
+  else
+    ok, err = co_resume(co, premature, unpack(job, 1, job.n))
+  end
+  while ok and co_status(co) ~= "dead" do ok, err = co_resume(co) end
+  running = prev
+  if not ok then
+    T.logs[#T.logs + 1] = { level = "err", message = (job.spawn and "proxy.spawn thread"
+      or "timer") .. " failed: " .. tostring(err) }
+  end
+end
+
+local Timer = {}
+Timer.__index = Timer
+function Timer:cancel()
+  local job = self.job
+  if job.cancelled or job.done or (job.started and not job.every) then
+    return nil, "not pending"
+  end
+  job.cancelled = true
+  return true
+end
+
+local function add_timer(what, delay, every, fn, ...)
+  delay = tonumber(delay)
+  if not delay or not (delay >= 0 and delay < 1e9) then
+    phases.raise(what .. ": expected a delay in seconds from 0 to 1e9", 3)
+  end
+  if every and delay <= 0 then phases.raise(what .. ": the interval must be > 0", 3) end
+  if type(fn) ~= "function" then phases.raise(what .. ": expected a function", 3) end
+  if exiting then return nil, "process exiting" end
+  local pending = 0
+  for _, j in ipairs(timers) do if not j.cancelled and not j.done then pending = pending + 1 end end
+  if pending >= T.max_timers then return nil, "too many pending timers (lua.max_timers)" end
+  local job = { fn = fn, n = select("#", ...), due = clock + delay, every = every and delay,
+                seq = #timers + 1, ... }
+  timers[#timers + 1] = job
+  return setmetatable({ job = job }, Timer)
+end
+
+fake.timer = {}
+function fake.timer.at(delay, fn, ...) return add_timer("proxy.timer.at", delay, false, fn, ...) end
+function fake.timer.every(interval, fn, ...)
+  return add_timer("proxy.timer.every", interval, true, fn, ...)
+end
+function fake.timer.pending_count()
+  local n = 0
+  for _, j in ipairs(timers) do if not j.cancelled and not j.done then n = n + 1 end end
+  return n
+end
+function fake.timer.running_count() return 0 end
+function fake.spawn(fn, ...)
+  if type(fn) ~= "function" then phases.raise("proxy.spawn: expected a function", 2) end
+  if exiting then return nil, "process exiting" end
+  spawned[#spawned + 1] = { fn = fn, n = select("#", ...), spawn = true, ... }
+  return true
+end
+function fake.exiting() return exiting end
+
+-- Runs the threads proxy.spawn queued (the engine runs them once their spawner yields).
+function T.run_spawned()
+  while #spawned > 0 do
+    local job = table.remove(spawned, 1)
+    run_job(job)
+  end
+end
+
+-- The next timer due at or before `limit`.
+local function next_due(limit)
+  local best
+  for _, j in ipairs(timers) do
+    if not j.cancelled and not j.done and j.due <= limit and
+       (not best or j.due < best.due or (j.due == best.due and j.seq < best.seq)) then
+      best = j
+    end
+  end
+  return best
+end
+
 -- The fake clock: proxy.now() returns it; proxy.sleep() and T.advance() move it.
 function T.now() return clock end
-function T.advance(seconds) clock = clock + seconds end
+function T.advance(seconds)
+  local target = clock + (seconds or 0)
+  T.run_spawned()
+  while true do
+    local job = next_due(target)
+    if not job then break end
+    if job.due > clock then clock = job.due end
+    job.started = true
+    run_job(job, false)
+    if job.every and not job.cancelled then
+      job.due = clock + job.every
+    else
+      job.done = true
+    end
+    T.run_spawned()
+  end
+  if target > clock then clock = target end
+end
 
--- Clears the recorded log lines and puts the clock back to its start.
+-- The generation ends (a reload or a shutdown in the engine): every pending timer runs
+-- once with premature = true, and new ones are refused ("process exiting").
+function T.end_generation()
+  exiting = true
+  T.run_spawned()
+  for _, job in ipairs(timers) do
+    if not job.cancelled and not job.done then
+      job.done = true
+      run_job(job, true)
+    end
+  end
+end
+
+-- Clears the recorded log lines, timers and threads, and puts the clock back to its start.
 function T.reset()
   phases.current_fn = nil
   T.logs = {}
   clock = START
+  timers, spawned, exiting = {}, {}, false
   tcp.reset()
 end
 
@@ -686,10 +809,12 @@ function T.call(fn, ...)
     end
     if co_status(co) == "dead" then
       running = prev
+      T.run_spawned()
       return false, ret
     end
     if ret == RESPONDED then
       running = prev
+      T.run_spawned()
       return true
     end
     -- Any other yield (proxy.sleep, a library's own I/O wait) resumes at once.
@@ -697,19 +822,10 @@ function T.call(fn, ...)
   end
 end
 
--- Runs a response_body filter as the engine does: a plain call, so that a filter that
--- waits (proxy.sleep, any yield) fails the same way it fails in the proxy.
+-- Runs a response_body filter as the engine does: in the request's coroutine, so it may
+-- wait (proxy.sleep, a client call) like any phase; it returns the chunk to send.
 local function call_filter(fn, ...)
-  local co = co_create(fn)
-  local prev = running
-  running = co
-  in_filter = true
-  local ok, ret = co_resume(co, ...)
-  in_filter = false
-  running = prev
-  if not ok then error(ret, 0) end
-  if co_status(co) ~= "dead" then error(phases.NO_YIELD, 0) end
-  return false, ret
+  return T.call(fn, ...)
 end
 
 -- Ends `req` as the engine ends a request: its handle raises on every later call.
@@ -871,6 +987,18 @@ end
 -- Runs one plugin through a whole request; see T.run_chain.
 function T.run(plugin, conf_overrides, req_spec, resp_spec)
   return T.run_chain({ { plugin, conf_overrides } }, req_spec, resp_spec)
+end
+
+-- proxy.shared: dicts a spec declares with T.shared_dicts{ name = "1m" } (sizes as the
+-- config's `shared`), with the engine's semantics on the fake clock (proxy/test_shared.lua).
+-- T.reset() empties them; T.shared_dicts() declares anew (undeclared names are nil).
+local shared_reg = require("proxy.test_shared").registry(function() return clock end)
+fake.shared = shared_reg.dicts
+function T.shared_dicts(sizes) shared_reg.declare(sizes) end
+local reset_without_dicts = T.reset
+function T.reset()
+  reset_without_dicts()
+  shared_reg.reset()
 end
 
 -- proxy.redis: the real client (luaproxy.redis) over the fake proxy.tcp, talking to fake

@@ -20,3 +20,14 @@ package.preload.api_key = function() return assert(loadstring(plugin_code, "=doc
 local chunk = assert(loadstring(spec_code, "=docs/testing-plugins.md"))
 setfenv(chunk, getfenv(1))
 chunk()
+
+-- The shared-dict example: the plugin of docs/lua-api.md under the spec of
+-- docs/testing-plugins.md.
+local limit_code = block("docs/lua-api.md", "-- plugins/per_ip_limit.lua")
+local limit_spec = block("docs/testing-plugins.md", "-- spec/plugins/per_ip_limit_spec.lua")
+package.preload.per_ip_limit = function()
+  return assert(loadstring(limit_code, "=docs/lua-api.md"))()
+end
+local limit_chunk = assert(loadstring(limit_spec, "=docs/testing-plugins.md"))
+setfenv(limit_chunk, getfenv(1))
+limit_chunk()

@@ -164,4 +164,85 @@ describe("router plugin", function()
     assert.equal("web", route({ tls = { protocol = "TLSv1.3" } }))
     assert.equal("web", route({ headers = { Host = "admin.example.com" } }))
   end)
+
+  describe("regexes (proxy.re)", function()
+    it("matches path_regex and gives its captures, named ones too, to req.ctx", function()
+      local conf = { rules = {
+        { path_regex = [[^/users/(?<id>\d+)/orders/(\d+)$]], upstream = "api" },
+      } }
+      local res = route(conf, { uri = "/users/42/orders/7?x=1" })
+      assert.equal("api", res.upstream)
+      assert.equal(1, res.ctx.route_rule)
+      local m = res.ctx.route_captures
+      assert.equal("/users/42/orders/7", m[0])
+      assert.equal("42", m[1])
+      assert.equal("42", m.id)
+      assert.equal("7", m[2])
+      assert.equal("app", route(conf, { uri = "/users/x/orders/7" }).upstream)
+      assert.is_nil(route(conf, { uri = "/users/1/orders/2/more" }).ctx.route_captures)
+    end)
+
+    it("rewrites with $N and ${name} templates, keeping the query", function()
+      local conf = { rules = {
+        { path_regex = [[^/u/(?<user>[^/]+)/(.*)$]], rewrite = "/users/${user}/$2?via=$$x",
+          upstream = "api" },
+        { path_regex = [[^/k/(\w+)(/.*)?$]], rewrite = "/kept$2", upstream = "v2" },
+      } }
+      local res = route(conf, { uri = "/u/ann/a/b?q=1" })
+      assert.equal("/users/ann/a/b?via=$x", res.uri)
+      res = route(conf, { uri = "/k/abc?z=9" })
+      assert.equal("v2", res.upstream)
+      assert.equal("/kept?z=9", res.uri) -- an unmatched group renders empty
+      assert.equal(false, res.ctx.route_captures[2])
+    end)
+
+    it("is case-sensitive unless the regex says (?i)", function()
+      local conf = { rules = { { path_regex = "(?i)^/API/", upstream = "api" },
+                               { path_regex = "^/Web/", upstream = "static" } } }
+      assert.equal("api", route(conf, { uri = "/api/x" }).upstream)
+      assert.equal("static", route(conf, { uri = "/Web/x" }).upstream)
+      assert.equal("app", route(conf, { uri = "/web/x" }).upstream)
+    end)
+
+    it("matches header_regex and query_regex (present and matching)", function()
+      local conf = { rules = {
+        { header_regex = { ["User-Agent"] = [[^curl/\d]] }, upstream = "api" },
+        { query_regex = { v = "^[0-9]+$" }, upstream = "v2" },
+      } }
+      assert.equal("api", route(conf, { headers = { ["user-agent"] = "curl/8.1" } }).upstream)
+      assert.equal("app", route(conf, { headers = { ["user-agent"] = "Mozilla curl/8" } }).upstream)
+      assert.equal("v2", route(conf, { uri = "/?v=12" }).upstream)
+      assert.equal("app", route(conf, { uri = "/?v=1x" }).upstream)
+      assert.equal("app", route(conf, { uri = "/" }).upstream)
+    end)
+
+    it("requires every condition, regexes checked with the others", function()
+      local conf = { rules = { { methods = { "GET" }, path_regex = "^/a",
+                                 header_regex = { ["X-T"] = "yes" }, upstream = "api" } } }
+      assert.equal("api", route(conf, { uri = "/ab", headers = { ["X-T"] = "oh yes" } }).upstream)
+      assert.equal("app", route(conf, { uri = "/ab", method = "POST",
+                                        headers = { ["X-T"] = "yes" } }).upstream)
+      assert.equal("app", route(conf, { uri = "/ab" }).upstream)
+    end)
+
+    it("refuses bad regexes and rewrites at load, naming the key", function()
+      local function bad(rules, msg)
+        assert.error_matches(function() T.run(router, { rules = rules }) end, msg, 1, true)
+      end
+      bad({ { prefix = "/" }, { path_regex = "^/(x" } },
+        "plugins[1](router).rules[2].path_regex: invalid regex: missing closing parenthesis at offset 4")
+      bad({ { header_regex = { ["X-A"] = "a[" } } },
+        "plugins[1](router).rules[1].header_regex.X-A: invalid regex: missing terminating ] for character class at offset 2")
+      bad({ { query_regex = { q = "*" } } },
+        "plugins[1](router).rules[1].query_regex.q: invalid regex: quantifier does not follow a repeatable item at offset 0")
+      bad({ { path_regex = "^/", pattern = "^/" } },
+        "plugins[1](router).rules[1]: use either pattern or path_regex")
+      bad({ { path_regex = "^/(a)", rewrite = "/$2" } },
+        "plugins[1](router): rules[1].rewrite: $2 refers to a group the regex does not have (1 group)")
+      bad({ { path_regex = "^/(a)", rewrite = "/${nope}" } },
+        'plugins[1](router): rules[1].rewrite: bad template "/${nope}": the regex has no group named "nope"')
+      bad({ { path_regex = "^/(a)", rewrite = "/$x" } },
+        "plugins[1](router): rules[1].rewrite: bad template")
+    end)
+  end)
 end)

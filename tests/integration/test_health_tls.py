@@ -9,7 +9,10 @@ engine's response parser.
   with verify = false the same target is up;
 - the status is read right when the answer comes in pieces (TLS records or TCP segments a
   few milliseconds apart), after an interim 103, and a target answering 503 in pieces goes
-  down; a response head the proxy would refuse is a failed probe.
+  down; a response head the proxy would refuse is a failed probe;
+- a target that takes the request and never answers, one that accepts the connection and
+  never speaks TLS, and one that closes before the head are failed probes, each with its
+  reason (the probe's deadline runs in the main loop's endpoint heap).
 
 The origins are small Python servers that write their answer piece by piece."""
 
@@ -33,8 +36,11 @@ class PieceOrigin:
     `pieces`, each written on its own (its own TLS record) `gap` seconds apart, then closes.
     Records the User-Agent and the SNI of every request."""
 
-    def __init__(self, pieces, cert=None, key=None, gap=0.03):
+    def __init__(self, pieces, cert=None, key=None, gap=0.03, hold=False):
+        """hold: after the request head, answer nothing and keep the connection open until
+        close()."""
         self.pieces = [p.encode() if isinstance(p, str) else p for p in pieces]
+        self.hold = hold
         self.gap = gap
         self.ctx = None
         self.lock = threading.Lock()
@@ -82,6 +88,8 @@ class PieceOrigin:
             if b"user-agent: luaproxy-health/" in buf.lower():
                 with self.lock:
                     self.probes += 1
+            if self.hold:
+                self._stop.wait()
             for piece in self.pieces:
                 conn.sendall(piece)
                 time.sleep(self.gap)
@@ -130,11 +138,17 @@ class HealthTLSTest(TH.HealthCase):
             "hints": PieceOrigin(EARLY_HINTS_THEN_OK),
             "badhead": PieceOrigin(BAD_HEAD),
             "bighead": PieceOrigin(BIG_HEAD, p("good.pem"), p("good.key")),
+            "silent": PieceOrigin([], hold=True),
+            "silenttls": PieceOrigin([], p("good.pem"), p("good.key"), hold=True),
+            # Plain TCP where TLS is expected: it reads the ClientHello and never answers.
+            "nohandshake": PieceOrigin([]),
+            "closes": PieceOrigin([]),
         }
         for o in cls.origins.values():
             cls.addClassCleanup(o.close)
         o = cls.origins
         active = {"active": TH.fast_active(timeout=2)}
+        quick = {"active": TH.fast_active(timeout=0.3)}
         tls_ca = {"ca": ca, "sni": "origin.test"}
         ups = {
             "good": H.upstream(o["good"].address(), tls=tls_ca, health=active),
@@ -147,6 +161,10 @@ class HealthTLSTest(TH.HealthCase):
             "hints": H.upstream(o["hints"].address(), health=active),
             "badhead": H.upstream(o["badhead"].address(), health=active),
             "bighead": H.upstream(o["bighead"].address(), tls=tls_ca, health=active),
+            "silent": H.upstream(o["silent"].address(), health=quick),
+            "silenttls": H.upstream(o["silenttls"].address(), tls=tls_ca, health=quick),
+            "nohandshake": H.upstream(o["nohandshake"].address(), tls=tls_ca, health=quick),
+            "closes": H.upstream(o["closes"].address(), health=active),
         }
         routes = [TH.host_route(n + ".test", n) for n in ups]
         cls.proxy = cls.start_reload_proxy(ups, routes)
@@ -213,6 +231,30 @@ class HealthTLSTest(TH.HealthCase):
         self.wait_state("badhead", addr, "down")
         self.assertTrue(self.log_lines("upstream %s: unhealthy (active check: invalid response"
                                        % addr), self.proxy.stderr()[-2000:])
+
+    def assertDownFor(self, name, reason):
+        addr = self.origins[name].address()
+        self.wait_state(name, addr, "down")
+        line = "upstream %s: unhealthy (active check: %s)" % (addr, reason)
+        H.wait_for(lambda: self.log_lines(line), H.T(5),
+                   what="%r in the log:\n%s" % (line, self.proxy.stderr()[-2000:]))
+
+    def test_no_answer_times_out(self):
+        # The request arrives (counted), the answer never does: the probe's deadline.
+        self.wait_probes("silent", 2)
+        self.assertDownFor("silent", "timed out")
+
+    def test_no_answer_over_tls_times_out(self):
+        self.wait_probes("silenttls", 2)
+        self.assertDownFor("silenttls", "timed out")
+
+    def test_no_handshake_times_out_in_the_handshake(self):
+        self.assertDownFor("nohandshake", "timed out in the TLS handshake")
+        self.assertEqual(self.origins["nohandshake"].count(), 0)
+
+    def test_closed_before_the_head(self):
+        self.wait_probes("closes", 2)
+        self.assertDownFor("closes", "closed before the response head")
 
 
 if __name__ == "__main__":

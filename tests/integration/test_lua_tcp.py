@@ -3,8 +3,8 @@
 against a line server started here (plain and TLS, certificates made by the openssl CLI),
 a closed port, a name that does not resolve, a peer that never answers (timeouts), a peer
 closing mid-reply, keep-alive reuse through the per-worker pool, sockets a request forgets
-(closed with it: the fd count stays flat), and sockets in a timer, in init_worker and in
-the log phase."""
+(closed with it: the fd count stays flat), and sockets in a timer, an every-timer, a
+spawned thread, init_worker, a response_body filter and the log phase."""
 
 import os
 import socket
@@ -483,6 +483,16 @@ function P.request(req, conf)
   if h then return h(req, conf) end
 end
 
+-- A response_body filter may wait too: the first chunk becomes a line from the server.
+function P.response_body(req, chunk, eof, conf)
+  if req:path() ~= "/t/filter" then return chunk end
+  if req.ctx.filtered or chunk == "" then return "" end
+  req.ctx.filtered = true
+  local line, s = line_cmd(conf.port, "ECHO filtered")
+  if s and line then s:setkeepalive() end
+  return line or ("error: " .. tostring(s))
+end
+
 function P.log(req, conf)
   if req:path() == "/t/logphase" then
     local line, s = line_cmd(conf.port, "ECHO from-log")
@@ -525,6 +535,8 @@ class LuaTcpTest(RT.ReloadTestCase):
         make_certs(cls.tmp)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(os.path.join(cls.tmp, "srv.pem"), os.path.join(cls.tmp, "srv.key"))
+        with open(os.path.join(cls.tmp, "ca.pem")) as f:
+            ca_pem = f.read()
         cls.srv = LineServer()
         cls.addClassCleanup(cls.srv.stop)
         cls.tls_srv = LineServer(tls=ctx)
@@ -538,8 +550,8 @@ class LuaTcpTest(RT.ReloadTestCase):
             cls.addClassCleanup(sock.close)
         cls.proxy = cls.start_reload_proxy(
             ups, [RT.route("/t/", upstream="o", plugins=[conf])],
-            files={"plugins/tcp.lua": PLUGIN}, workers=1,
-            lua={"ssl_trusted_certificate": os.path.join(cls.tmp, "ca.pem")})
+            files={"plugins/tcp.lua": PLUGIN, "ca.pem": ca_pem}, workers=1,
+            lua={"ssl_trusted_certificate": "ca.pem"})  # relative to the config file
 
     def body(self, path):
         r = self.get(path)
@@ -672,6 +684,10 @@ class LuaTcpTest(RT.ReloadTestCase):
 
     def test_every_timer_run_closes_its_sockets(self):
         self.assertEqual(self.body("/t/every"), "nil|closed")
+
+    def test_response_body_filter(self):
+        # the origin's answer (whatever its status) is rewritten by the filter
+        self.assertEqual(self.get("/t/filter").body, b"filtered")
 
     def test_spawned_thread(self):
         self.assertEqual(self.body("/t/spawned"), "from-thread")

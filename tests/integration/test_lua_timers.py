@@ -61,7 +61,10 @@ function handlers.cancel(req)
   local ok, err = h:cancel()
   local again_ok, again_err = h:cancel()
   local e = assert(proxy.timer.every(0.02, function() hits = hits + 100 end))
-  proxy.sleep(0.07)
+  for _ = 1, 200 do -- until it ran at least once (a loaded machine may delay it)
+    proxy.sleep(0.01)
+    if hits >= 100 then break end
+  end
   assert(e:cancel())
   local after = hits
   proxy.sleep(0.1)

@@ -919,6 +919,63 @@ class TLSTest(H.ProxyTestCase):
         self.assertEqual(failures, [])
         self.assertEqual(ok[0], threads * per)
 
+    def test_handshake_burst_with_clients_leaving(self):
+        """Many ClientHellos at once: past 1 ms of handshakes in a loop turn the rest wait for
+        the next turn (conn.c, hs_q). Clients that leave while theirs waits leave a hole in
+        the queue, which must be skipped; everyone else is served."""
+        n, leave = 48, set(range(0, 48, 3))
+        conns = []
+        for i in range(n):
+            inc, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = client_ctx(maxv=ssl.TLSVersion.TLSv1_2).wrap_bio(inc, outb,
+                                                                 server_hostname="a.test")
+            with self.assertRaises(ssl.SSLWantReadError):
+                obj.do_handshake()
+            sock = socket.create_connection(("127.0.0.1", self.ports["nores"]),
+                                            timeout=H.T(20))
+            conns.append((sock, obj, inc, outb, outb.read()))
+        for i, (sock, _, _, _, hello) in enumerate(conns):
+            sock.sendall(hello)
+            if i in leave:
+                sock.close()  # its handshake may be waiting for a later turn
+        for i, (sock, obj, inc, outb, _) in enumerate(conns):
+            if i in leave:
+                continue
+            self.addCleanup(sock.close)
+            deadline = time.monotonic() + H.T(20)
+            while True:
+                try:
+                    obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    pass
+                sock.sendall(outb.read())
+                d = sock.recv(65536)
+                self.assertTrue(d, "connection %d closed during its handshake" % i)
+                inc.write(d)
+                self.assertLess(time.monotonic(), deadline, "handshake %d hung" % i)
+            obj.write(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            sock.sendall(outb.read())
+            got = b""
+            while True:
+                d = sock.recv(65536)
+                if not d:
+                    break
+                inc.write(d)
+                try:
+                    while True:
+                        piece = obj.read(65536)
+                        if not piece:
+                            break
+                        got += piece
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    pass
+                if got.endswith(b"hello"):
+                    break
+            self.assertTrue(got.startswith(b"HTTP/1.1 200") and got.endswith(b"hello"),
+                            "connection %d: %r" % (i, got[:200]))
+        self.assertTrue(self.proxy.alive())
+
     def test_load_new_connections(self):
         threads, per = 4, 40
         failures = []

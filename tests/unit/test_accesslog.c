@@ -196,15 +196,15 @@ static void fake_init(fake_t *f, const char *url, size_t ulen, const char *const
 {
     memset(f, 0, sizeof(*f));
     f->req.conn = &f->conn;
-    snprintf(f->conn.client_ip, sizeof(f->conn.client_ip), "10.0.0.7");
+    snprintf(f->req.client_ip, sizeof(f->req.client_ip), "10.0.0.7");
     f->req.method = HTTP_GET;
     f->req.flags = LP_RF_PARSED;
     f->req.minor = 1;
-    f->req.status = 200;
-    f->req.resp_body_out = 1234;
+    f->req.resp.sent_status = 200;
+    f->req.resp.body_out = 1234;
     f->req.upstream = &fake_upstream;
-    f->req.target = 0;
-    snprintf(f->req.target_addr, sizeof(f->req.target_addr), "127.0.0.1:8080");
+    f->req.try.target = 0;
+    snprintf(f->req.try.target_addr, sizeof(f->req.try.target_addr), "127.0.0.1:8080");
     f->req.t_start = uv_hrtime();
     str_set(&f->req.h1.url, url, ulen);
     size_t plen = 0;
@@ -321,9 +321,9 @@ static void test_json_line(void)
     tlog_t t;
     REQUIRE(tlog_open(&t, &fmt) == 0);
     lp_accesslog_write(t.log, &f.req);
-    f.req.status = 502;
+    f.req.resp.sent_status = 502;
     f.req.upstream = NULL;
-    f.req.resp_body_out = 0;
+    f.req.resp.body_out = 0;
     lp_accesslog_write(t.log, &f.req);
     char *out = tlog_read(&t, NULL);
     REQUIRE(out != NULL);
@@ -351,7 +351,7 @@ static void test_unparsed_head(void)
     fake_init(&f, LIT("/bad\x01"), NULL, 0);
     f.req.flags = 0;
     f.req.method = 0;
-    f.req.status = 400;
+    f.req.resp.sent_status = 400;
     f.req.upstream = NULL;
     lp_log_field_t m[] = {
         {"m", "$request_method"}, {"r", "$request"}, {"s", "$status"}, {"u", "$uri"}};
@@ -413,7 +413,7 @@ static void test_long_lines(void)
     fake_init(&f, LIT("/"), NULL, 0);
     f.req.h1.headers = &h;
     for (int i = 0; i < 100; i++) { /* fills the buffer mid-line many times */
-        f.req.status = 200 + i;
+        f.req.resp.sent_status = 200 + i;
         f.req.h1.nheaders = i % 10 == 5;
         lp_accesslog_write(t.log, &f.req);
     }
@@ -424,10 +424,10 @@ static void test_long_lines(void)
     memset(ua, '\x01', 3 * 1024 * 1024);
     h.value = (lp_str_t){ua, 3 * 1024 * 1024};
     f.req.h1.nheaders = 1;
-    f.req.status = 999;
+    f.req.resp.sent_status = 999;
     lp_accesslog_write(t.log, &f.req);
     f.req.h1.nheaders = 0;
-    f.req.status = 300;
+    f.req.resp.sent_status = 300;
     lp_accesslog_write(t.log, &f.req);
     size_t len = 0;
     char *out = tlog_read(&t, &len);

@@ -30,6 +30,13 @@ static int load_text(const char *text, lp_config_t **cfg, char *path, char *err,
     }
     err[0] = 0;
     int rc = lp_config_load(path, cfg, err, errlen);
+    if (!rc) {
+        rc = lp_config_materialise(*cfg, err, errlen);
+        if (rc) {
+            lp_config_free(*cfg);
+            *cfg = NULL;
+        }
+    }
     unlink(path);
     return rc;
 }

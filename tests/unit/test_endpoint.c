@@ -68,18 +68,21 @@ static void on_closed(lp_endpoint_t *ep)
 static const lp_endpoint_ops_t ops = {on_input, on_written, on_timeout, on_closed};
 
 typedef struct {
-    lp_worker_t w;
-    side_t a, b; /* a connected TCP pair */
+    uv_loop_t loop;
+    lp_bufpool_t bufs;
+    lp_wbpool_t wbatches;
+    lp_ep_env_t env; /* what endpoints use: no worker */
+    side_t a, b;     /* a connected TCP pair */
 } rig_t;
 
-/* A worker with only what endpoints use: its loop, pools and deadline heap. */
+/* A loop with only what endpoints use: pools and a deadline heap. */
 static int rig_open(rig_t *r)
 {
     memset(r, 0, sizeof(*r));
-    if (uv_loop_init(&r->w.loop))
+    if (uv_loop_init(&r->loop))
         return -1;
-    lp_bufpool_init(&r->w.bufs, 16);
-    lp_ep_timers_init(&r->w.ep_timers, &r->w.loop);
+    lp_bufpool_init(&r->bufs, 16);
+    lp_ep_env_init(&r->env, &r->loop, &r->bufs, &r->wbatches);
     int ls = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof(sa);
@@ -98,7 +101,7 @@ static int rig_open(rig_t *r)
     side_t *sides[2] = {&r->a, &r->b};
     int fds[2] = {c, s};
     for (int i = 0; i < 2; i++) {
-        lp_ep_init(&sides[i]->ep, &r->w, &ops);
+        lp_ep_init(&sides[i]->ep, &r->env, &ops);
         if (uv_tcp_open(&sides[i]->ep.tcp, fds[i]))
             return -1;
         sides[i]->ep.flags |= LP_EPF_WRITABLE;
@@ -112,20 +115,20 @@ static void rig_close(rig_t *r)
 {
     lp_ep_close(&r->a.ep);
     lp_ep_close(&r->b.ep);
-    lp_ep_timers_close(&r->w.ep_timers);
-    uv_run(&r->w.loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&r->w.loop), 0);
-    lp_wbpool_destroy(&r->w.wbatches);
-    CHECK_EQ_INT(r->w.bufs.outstanding, 0); /* every block came back */
-    lp_bufpool_destroy(&r->w.bufs);
+    lp_ep_timers_close(&r->env.timers);
+    uv_run(&r->loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&r->loop), 0);
+    lp_wbpool_destroy(&r->wbatches);
+    CHECK_EQ_INT(r->bufs.outstanding, 0); /* every block came back */
+    lp_bufpool_destroy(&r->bufs);
 }
 
 /* Runs the loop until cond holds or 2 s pass. */
 #define RUN_UNTIL(r, cond)                                                                         \
     do {                                                                                           \
-        uint64_t until_ = uv_now(&(r)->w.loop) + 2000;                                             \
-        while (!(cond) && uv_now(&(r)->w.loop) < until_)                                           \
-            uv_run(&(r)->w.loop, UV_RUN_ONCE);                                                     \
+        uint64_t until_ = uv_now(&(r)->loop) + 2000;                                               \
+        while (!(cond) && uv_now(&(r)->loop) < until_)                                             \
+            uv_run(&(r)->loop, UV_RUN_ONCE);                                                       \
     } while (0)
 
 /* n bytes counting 0, 1, 2... (mod 256) from *next, pinned in fresh blocks. */
@@ -133,7 +136,7 @@ static void send_counting(lp_endpoint_t *ep, size_t n, unsigned char *next)
 {
     while (n) {
         size_t k = n < 3000 ? n : 3000;
-        lp_buf_t *b = lp_buf_get(&ep->w->bufs, k);
+        lp_buf_t *b = lp_buf_get(ep->env->bufs, k);
         for (size_t i = 0; i < k; i++)
             b->data[i] = (char)(*next)++;
         lp_wbatch_t *wb = lp_ep_outb(ep, 1, 0);
@@ -185,7 +188,7 @@ static void test_deadlines(void)
 {
     rig_t r;
     REQUIRE(rig_open(&r) == 0);
-    uint64_t t0 = uv_now(&r.w.loop);
+    uint64_t t0 = uv_now(&r.loop);
     lp_ep_timer(&r.a.ep, LP_EP_TM_OWNER, 30);
     lp_ep_timer(&r.a.ep, LP_EP_TM_OWNER + 1, 120); /* moved later: not the first one */
     lp_ep_timer(&r.b.ep, LP_EP_TM_OWNER, 20);
@@ -193,7 +196,7 @@ static void test_deadlines(void)
     RUN_UNTIL(&r, r.a.timeouts);
     CHECK_EQ_INT(r.a.timeouts, 1);
     CHECK_EQ_INT(r.a.last_mode, LP_EP_TM_OWNER + 1);
-    CHECK(uv_now(&r.w.loop) - t0 >= 110);
+    CHECK(uv_now(&r.loop) - t0 >= 110);
     CHECK_EQ_INT(r.b.timeouts, 0);
     /* Earlier than the entry: the heap moves it up. */
     lp_ep_timer(&r.b.ep, LP_EP_TM_OWNER, 200);
@@ -204,7 +207,7 @@ static void test_deadlines(void)
     /* A deadline of a closed endpoint never fires. */
     lp_ep_timer(&r.a.ep, LP_EP_TM_OWNER, 5);
     lp_ep_close(&r.a.ep);
-    CHECK_EQ_INT(r.w.ep_timers.n, 0);
+    CHECK_EQ_INT(r.env.timers.n, 0);
     uv_sleep(20);
     RUN_UNTIL(&r, r.a.closed);
     CHECK_EQ_INT(r.a.timeouts, 1);
@@ -239,7 +242,7 @@ static void test_many_deadlines(void)
     fired_count = 0;
     fired_last = 0;
     for (int i = 0; i < N; i++) {
-        lp_ep_init(&eps[i], &r.w, &order_ops);
+        lp_ep_init(&eps[i], &r.env, &order_ops);
         /* The mode carries the delay, so the callback can check the order. */
         int ms = (i * 37) % 97 + LP_EP_TM_OWNER;
         lp_ep_timer(&eps[i], ms, (uint64_t)ms);
@@ -247,7 +250,7 @@ static void test_many_deadlines(void)
     RUN_UNTIL(&r, fired_count == N);
     CHECK_EQ_INT(fired_count, N);
     CHECK(fired_order_ok);
-    CHECK_EQ_INT(r.w.ep_timers.n, 0);
+    CHECK_EQ_INT(r.env.timers.n, 0);
     for (int i = 0; i < N; i++)
         lp_ep_close(&eps[i]);
     rig_close(&r);
@@ -267,8 +270,8 @@ static void test_relay_move(void)
     unsigned char next = 0;
     send_counting(&r.a.ep, 200000, &next);
     for (int i = 0; i < 400 && r2.b.got < 200000; i++) {
-        uv_run(&r.w.loop, UV_RUN_NOWAIT);
-        uv_run(&r2.w.loop, UV_RUN_NOWAIT);
+        uv_run(&r.loop, UV_RUN_NOWAIT);
+        uv_run(&r2.loop, UV_RUN_NOWAIT);
         uv_sleep(1);
     }
     CHECK_EQ_INT(r2.b.got, 200000);
