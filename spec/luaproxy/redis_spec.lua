@@ -459,14 +459,23 @@ describe("proxy.redis", function()
       assert.equal(2, srv.connections)
     end)
 
-    it("I/O yields like the engine: not allowed in a response_body filter", function()
+    it("works in every phase that may wait, response_body filters included", function()
       local F = { name = "f", priority = 1 }
-      function F.response_body(req, chunk)
-        proxy.redis.connect { port = 6379 }
-        return chunk
+      function F.response_body(req, chunk, eof)
+        local red = assert(proxy.redis.connect { port = 6379 })
+        local n = assert(red:incr("chunks"))
+        red:set_keepalive()
+        return chunk .. "[" .. n .. "]"
       end
-      assert.error_matches(function() T.run(F, {}, {}) end, "response_body filters may not yield",
-        1, true)
+      function F.log(req)
+        local red = assert(proxy.redis.connect { port = 6379 })
+        assert(red:set("logged", req:path()))
+        red:set_keepalive()
+      end
+      local res = T.run(F, {}, { uri = "/x" }, { body = { "a", "b" } })
+      assert.equal("a[1]b[2]", res.body)
+      assert.same({ chunks = "2", logged = "/x" }, srv:dump())
+      assert.equal(1, srv.connections)
     end)
   end)
 end)
