@@ -239,6 +239,8 @@ def free_port():
 
 
 def render(template, **values):
+    values = dict(SERVICE_VALUES, **values)
+
     def sub(m):
         key = m.group(1)
         if key not in values:
@@ -359,6 +361,39 @@ def start_origin(s, procs, workdir):
             break
         time.sleep(0.05)
     raise StartError("origin did not print 'ready %d' within 10 s:\n%s" % (port, tail(outp)))
+
+
+# Template values of the services some scenarios need ("services": ["redis"]), started on
+# first need on CPU_LOAD like the origin: {{redis_port}}.
+SERVICE_VALUES = {}
+REDIS_VALUE = "x" * 64  # what GET bench:key returns (the redis-* scenarios' body)
+
+
+def start_redis(s, procs, workdir):
+    """redis-server (no persistence) with bench:key set; returns its port."""
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise StartError("redis-server not found (./dev installs it)")
+    port = free_port()
+    d = tempfile.mkdtemp(prefix="redis-", dir=workdir)
+    p = procs.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", d], d, s["cpu_load"], s["pin"])
+    if not wait_port(port, p):
+        raise StartError("redis-server did not listen on %d:\n%s" % (port, tail(d + "/redis.out")))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.sendall(b"*3\r\n$3\r\nSET\r\n$9\r\nbench:key\r\n$%d\r\n%s\r\n"
+                  % (len(REDIS_VALUE), REDIS_VALUE.encode()))
+        if c.recv(16) != b"+OK\r\n":
+            raise StartError("redis-server did not take SET bench:key")
+    return port
+
+
+def start_services(s, procs, workdir, sc):
+    for svc in sc.get("services", ()):
+        if svc == "redis" and "redis_port" not in SERVICE_VALUES:
+            SERVICE_VALUES["redis_port"] = start_redis(s, procs, workdir)
+            SERVICE_VALUES["redis_value"] = REDIS_VALUE
+            log("redis-server on 127.0.0.1:%d" % SERVICE_VALUES["redis_port"])
 
 
 def make_tls_cert(workdir):
@@ -712,6 +747,7 @@ def main():
                   if not s["only"] or re.search(s["only"], sc["name"])]
         running = {}   # (proxy name, template) -> Proxy
         for sc in chosen:
+            start_services(s, procs, workdir, sc)
             # a new pair of templates gets a fresh pair of processes
             for p in s["proxies"]:
                 key = (p, sc[p])

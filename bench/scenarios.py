@@ -494,3 +494,93 @@ SCENARIOS.append({
     "note": "an HTTP GET to a local auth service per request, pooled (proxy.http vs "
             "ngx.socket.tcp), then upstream",
 })
+
+# --- Redis: one GET per request over a pooled connection, answered locally ---------------
+# "services": ["redis"] makes the harness start redis-server (CPU_LOAD, no persistence)
+# with bench:key = 64 bytes. luaproxy: proxy.redis.connect + get + set_keepalive in a route
+# handler. nginx (no lua-resty-redis in Debian): the same steps written the way
+# lua-resty-redis does them on ngx.socket.tcp (the request built as a table of pieces and
+# sent as one, the bulk read as receive(len) then receive(2), keep-alive after).
+LUAPROXY_REDIS = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = { { match = { prefix = "/" }, handler = function(req)
+    if req:path() == "/local" then return req:respond(200, "{{redis_value}}") end
+    local red, err = proxy.redis.connect { port = {{redis_port}}, timeout = 1000 }
+    if not red then return req:respond(502, err) end
+    local v
+    v, err = red:get("bench:key")
+    if not v then return req:respond(502, tostring(err)) end
+    red:set_keepalive(60000, 512)
+    return req:respond(200, v)
+  end } },
+  log = { access = false },
+}
+"""
+
+NGINX_REDIS = NGINX_LUA[:NGINX_LUA.index("  upstream app {")] + """\
+  server {
+    listen 127.0.0.1:{{port}};
+    location / {
+      content_by_lua_block {
+        if ngx.var.uri == "/local" then return ngx.print("{{redis_value}}") end
+        local sock = ngx.socket.tcp()
+        sock:settimeouts(1000, 1000, 1000)
+        local ok, err = sock:connect("127.0.0.1", {{redis_port}})
+        if not ok then ngx.status = 502 return ngx.print(err) end
+        local args = { "get", "bench:key" }
+        local req = { "*", #args, "\\r\\n" }
+        for i = 1, #args do
+          local a = args[i]
+          req[#req + 1] = "$"
+          req[#req + 1] = #a
+          req[#req + 1] = "\\r\\n"
+          req[#req + 1] = a
+          req[#req + 1] = "\\r\\n"
+        end
+        ok, err = sock:send(req)
+        if not ok then ngx.status = 502 return ngx.print(err) end
+        local line
+        line, err = sock:receive()
+        if not line then ngx.status = 502 return ngx.print(err) end
+        local size = tonumber(string.sub(line, 2))
+        if string.byte(line) ~= 36 or not size or size < 0 then
+          ngx.status = 502 return ngx.print("bad reply")
+        end
+        local data
+        data, err = sock:receive(size)
+        if not data then ngx.status = 502 return ngx.print(err) end
+        local crlf
+        crlf, err = sock:receive(2)
+        if not crlf then ngx.status = 502 return ngx.print(err) end
+        sock:setkeepalive(60000, 512)
+        ngx.print(data)
+      }
+    }
+  }
+}
+"""
+
+SCENARIOS.append({
+    "name": "redis-get-c50",
+    "path": "/redis",
+    "connections": 50,
+    "services": ["redis"],
+    "luaproxy": LUAPROXY_REDIS,
+    "nginx": NGINX_REDIS,
+    "per_mib": False,
+    "note": "a Redis GET per request (pooled connection), answered locally with its 64 bytes",
+})
+SCENARIOS.append({
+    "name": "redis-baseline-c50",
+    "path": "/local",
+    "connections": 50,
+    "services": ["redis"],
+    "luaproxy": LUAPROXY_REDIS,
+    "nginx": NGINX_REDIS,
+    "per_mib": False,
+    "note": "the same 64 bytes answered by the same handler without Redis: redis-get minus "
+            "this is the cost of the GET",
+})

@@ -144,5 +144,10 @@ do
                  parse_url = http.parse_url }
 end
 
+-- proxy.redis: a Redis client on proxy.tcp (lua/luaproxy/redis.lua); proxy.null is the
+-- nil-bulk sentinel (cjson.null, like ngx.null).
+proxy.null = proxy.null or proxy.json.null
+proxy.redis = require("luaproxy.redis").api(proxy.tcp)
+
 proxy._K = K
 return proxy

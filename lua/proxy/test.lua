@@ -1012,4 +1012,14 @@ do
   end
 end
 
+-- proxy.redis: the real client (luaproxy.redis) over the fake proxy.tcp, talking to fake
+-- Redis servers a spec starts with T.redis_server{...} (proxy/test_redis.lua: T.tcp_peers
+-- with an in-memory store); T.redis holds the scripted replies (status, error, raw,
+-- null_array, hang, close). T.reset() forgets them with the other peers.
+local redis_fake = require("proxy.test_redis").registry { now = function() return clock end }
+fake.null = fake.null or fake.json.null
+fake.redis = require("luaproxy.redis").api(fake.tcp)
+T.redis_server = redis_fake.server
+T.redis = redis_fake.replies
+
 return T

@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua
 import luatest as L  # noqa: E402
 from luatest import H  # noqa: E402
 
-EXAMPLES = ["path-routing", "canary", "tester-routing", "maintenance", "routing-script"]
+EXAMPLES = ["path-routing", "canary", "tester-routing", "maintenance", "routing-script",
+            "redis-rate-limit"]  # redis-rate-limit runs in test_lua_redis.py
 
 
 def fnv1a(s):
