@@ -560,8 +560,9 @@ static void tls_value(val_t *v, const lp_req_t *req, var_t var, char *scratch)
         [V_SSL_CLIENT_S_DN] = LP_TLS_F_CLIENT_SUBJECT,
     };
     size_t n = 0;
-    const char *s =
-        req->conn->ep.tls ? lp_tls_fact(req->conn->ep.tls, facts[var], scratch, SCRATCH, &n) : NULL;
+    const char *s = req->conn && req->conn->ep.tls
+                        ? lp_tls_fact(req->conn->ep.tls, facts[var], scratch, SCRATCH, &n)
+                        : NULL;
     if (s && var == V_SSL_SESSION_REUSED)
         s = s[0] == '1' ? "r" : ".", n = 1; /* nginx's spelling */
     if (s)
@@ -635,7 +636,7 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
             one(v, h->host.base, h->host.len);
         break;
     case V_SCHEME:
-        if (req->conn->ep.tls)
+        if ((req->conn && req->conn->ep.tls) || (req->flags & LP_RF_TLS))
             one(v, "https", 5);
         else
             one(v, "http", 4);

@@ -838,6 +838,7 @@ static int read_config(rctx_t *r)
     push_table(L, "lua");
     c->lua_phase_timeout = get_ms(L, "phase_timeout");
     c->lua_max_timers = get_uint(L, "max_timers");
+    c->lua_init_timeout = get_ms(L, "init_timeout");
     c->lua_max_running_timers = get_uint(L, "max_running_timers");
     lua_pop(L, 1);
     if (push_table(L, "admin")) {

@@ -175,6 +175,7 @@ typedef struct {
     int global_plugins;              /* top-level plugins: every route may be routed by Lua */
     uint64_t lua_phase_timeout;      /* ms of wall clock a Lua phase may run without yielding */
     unsigned lua_max_timers;         /* timers pending per worker */
+    uint64_t lua_init_timeout;       /* ms init_worker may wait in all */
     unsigned lua_max_running_timers; /* timers and spawned threads running per worker */
     char *json;                      /* owned: GET /config's body (secrets redacted); NULL: none */
     char *lua_config;                /* owned: the validated table for the workers' VMs, encoded by

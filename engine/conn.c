@@ -1035,6 +1035,22 @@ static int conn_filter_out(lp_req_t *req, lp_str_t out)
     return LP_OK;
 }
 
+/* A response_body filter failed once the head was queued: what is queued still goes out
+ * (the client sees the status), then the connection closes, cutting the body. */
+static int conn_filter_failed(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    lp_log_warn("%s: %s %.*s: response_body filter failed after the response started; closing",
+                conn_ip(c), llhttp_method_name(req->method), (int)req->h1.path.len,
+                req->h1.path.base);
+    req->flags |= LP_RF_RESP_CLOSE;
+    conn_count(req);
+    lp_accesslog_write(lp_ep_worker(&c->ep)->access, req);
+    lp_req_end(req); /* and its upstream connection, if any */
+    conn_close_after_write(c);
+    return LP_GONE;
+}
+
 /* Runs the response_body filters on a chunk. LP_OK (the output is queued), LP_AGAIN (a
  * filter waits: its output and then `cont` follow from lp_conn_lua_resumed), LP_ERROR. */
 static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof, uint8_t cont)
@@ -1090,10 +1106,8 @@ int lp_conn_response_done(lp_req_t *req)
         int rc = conn_filter_body(req, "", 0, 1, LP_FC_EOF);
         if (rc == LP_AGAIN)
             return LP_OK;
-        if (rc != LP_OK) {
-            lp_conn_close(req->conn);
-            return LP_GONE;
-        }
+        if (rc != LP_OK)
+            return conn_filter_failed(req);
     }
     return conn_response_end(req);
 }
@@ -1132,10 +1146,8 @@ static int conn_send_local(lp_req_t *req)
         lp_buf_unref(b);
         if (rc == LP_AGAIN)
             return LP_OK;
-        if (rc != LP_OK) {
-            lp_conn_close(req->conn);
-            return LP_GONE;
-        }
+        if (rc != LP_OK)
+            return conn_filter_failed(req);
     }
     return conn_local_done(req);
 }
@@ -1155,10 +1167,8 @@ static int conn_filter_resumed(lp_req_t *req)
     uint8_t cont = req->filter_cont;
     req->filter_cont = LP_FC_NONE;
     lp_str_t out;
-    if (lp_lua_body_output(req, &out) != LP_OK || conn_filter_out(req, out) != LP_OK) {
-        lp_conn_close(req->conn);
-        return LP_GONE;
-    }
+    if (lp_lua_body_output(req, &out) != LP_OK || conn_filter_out(req, out) != LP_OK)
+        return conn_filter_failed(req);
     switch (cont) {
     case LP_FC_UPSTREAM:
         if (req->try.peer) {
@@ -1185,6 +1195,8 @@ static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
     if (rc == LP_ERROR) {
         if (phase == LP_PHASE_LOG)
             return req_finish(req);
+        if (phase == LP_PHASE_BODY)
+            return conn_filter_failed(req);
         if (req->flags & LP_RF_RESP_STARTED) {
             lp_conn_close(req->conn);
             return LP_GONE;

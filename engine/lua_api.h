@@ -119,8 +119,8 @@ void lp_ffi_tcp_session_free(void *session);
 /* 0 once queued (or 1: parked while much is queued). */
 int lp_ffi_tcp_send(void *s, const char *data, size_t n);
 /* mode 0: size bytes, 1: a line, 2: all, 3: until pat (size > 0: at most size bytes; 2
- * then says the pattern was not reached yet), 4: any (what arrived, at most size bytes). *out is valid until the next call; on
- * error it holds the partial data. */
+ * then says the pattern was not reached yet), 4: any (what arrived, at most size bytes). *out is
+ * valid until the next call; on error it holds the partial data. */
 int lp_ffi_tcp_receive(void *s, int mode, double size, const char *pat, size_t plen, int inclusive,
                        lp_str_t *out);
 int lp_ffi_tcp_close(void *s);
@@ -154,9 +154,9 @@ double lp_ffi_shdict_free_space(void *d);
  * body and fields return stays valid until the next feed, eof, reset or free. */
 typedef struct lp_hresp_s lp_hresp_t;
 enum {
-    LP_FFI_HR_HEAD = 1, /* the final head is parsed (1xx were skipped) */
-    LP_FFI_HR_DONE = 2, /* the message is complete */
-    LP_FFI_HR_WAIT = 4, /* lp_ffi_hresp_recv: the task is parked; yield, then call again */
+    LP_FFI_HR_HEAD = 1,   /* the final head is parsed (1xx were skipped) */
+    LP_FFI_HR_DONE = 2,   /* the message is complete */
+    LP_FFI_HR_WAIT = 4,   /* lp_ffi_hresp_recv: the task is parked; yield, then call again */
     LP_FFI_HR_ESOCK = -1, /* lp_ffi_hresp_recv: the socket failed (lp_ffi_tcp_error says) */
 };
 lp_hresp_t *lp_ffi_hresp_new(void);

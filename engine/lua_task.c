@@ -648,6 +648,11 @@ void lp_lua_generation_ended(lp_lua_t *vm)
     }
 }
 
+int lp_lua_ended_before(const lp_lua_t *vm, uint64_t when)
+{
+    return vm && vm->ended && vm->ended_at <= when;
+}
+
 void lp_lua_background_stop(lp_worker_t *w, int all)
 {
     lp_lua_sched_t *s = &w->lua;
@@ -843,6 +848,11 @@ void lp__lua_mark_responded(void)
  * generation is built), in a coroutine of its own, in a private worker context: its loop
  * serves proxy.sleep and sockets, so init_worker may yield like every phase. Timers it
  * makes wait in vm->deferred for lp_lua_attach. */
+static void on_init_limit(uv_timer_t *h)
+{
+    *(int *)h->data = 1;
+}
+
 int lp__lua_run_init(lp_lua_t *vm, int state_idx, char *err, size_t errlen)
 {
     lua_State *L = vm->L;
@@ -883,14 +893,24 @@ int lp__lua_run_init(lp_lua_t *vm, int state_idx, char *err, size_t errlen)
         free(vm->last_error);
         vm->last_error = NULL;
         t.last_rc = task_resume(&t, 1);
-        /* The ready queue resumes it (and sets last_rc) when what it waits for is done. */
-        while (t.last_rc == LP_AGAIN) {
+        /* The ready queue resumes it (and sets last_rc) when what it waits for is done;
+         * lua.init_timeout bounds the whole: the reload and the signals wait meanwhile. */
+        uv_timer_t limit;
+        int timed_out = 0;
+        uv_timer_init(&io->loop, &limit);
+        limit.data = &timed_out;
+        uv_timer_start(&limit, on_init_limit, vm->init_timeout, 0);
+        while (t.last_rc == LP_AGAIN && !timed_out) {
             if (!uv_run(&io->loop, UV_RUN_ONCE) && t.last_rc == LP_AGAIN &&
                 lp_list_empty(&io->lua.ready)) {
                 snprintf(err, errlen, "init_worker: waits for something that cannot happen");
                 break;
             }
         }
+        if (timed_out && t.last_rc == LP_AGAIN)
+            snprintf(err, errlen, "init_worker: still waiting after lua.init_timeout (%.3f s)",
+                     (double)vm->init_timeout / 1000.0);
+        uv_close((uv_handle_t *)&limit, NULL);
         rc = t.last_rc == LP_OK ? 0 : -1;
         if (rc && t.last_rc != LP_AGAIN)
             snprintf(err, errlen, "%s", vm->last_error ? vm->last_error : "init_worker failed");

@@ -560,6 +560,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     vm->nups = cfg->nupstreams;
     vm->guard.timeout_ns = cfg->lua_phase_timeout * 1000000ull;
     vm->max_timers = cfg->lua_max_timers ? cfg->lua_max_timers : 1024;
+    vm->init_timeout = cfg->lua_init_timeout ? cfg->lua_init_timeout : 10000;
     vm->max_running = cfg->lua_max_running_timers ? cfg->lua_max_running_timers : 256;
     lp_list_init(&vm->deferred);
     lua_State *L = vm->L = luaL_newstate();

@@ -102,6 +102,9 @@ unsigned lp_lua_background(lp_worker_t *w);
  * ended generations that ran past the drain timeout (`all` 0: the housekeeping pass). */
 void lp_lua_background_stop(lp_worker_t *w, int all);
 
+/* Whether the VM's generation ended at or before `when` (uv_now() ms). */
+int lp_lua_ended_before(const lp_lua_t *vm, uint64_t when);
+
 /* The VM serves from now on, on its worker's loop, for generation g: timers made by
  * init_worker start. Worker thread (or before it runs). */
 void lp_lua_attach(lp_lua_t *vm, lp_wgen_t *g);

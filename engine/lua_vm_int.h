@@ -36,6 +36,7 @@ struct lp_lua_s {
     int ended;                /* its generation ended (reload, shutdown): timers go premature */
     uint64_t ended_at;        /* uv_now() ms when it ended */
     unsigned max_timers;      /* lua.max_timers: pending timers per worker */
+    uint64_t init_timeout;    /* lua.init_timeout (ms): init_worker's waits in all */
     unsigned max_running;     /* lua.max_running_timers: background tasks running per worker */
     uint32_t next_bg_id;
     char *last_error;      /* owned: the last error that escaped a task */

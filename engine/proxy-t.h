@@ -167,10 +167,10 @@ struct lp_worker_s {
     struct lp_switch_s *mbox; /* borrowed from the main thread until mbox_done is posted */
     int stop_requested;
     uv_sem_t mbox_done;
-    int started;     /* the thread runs (main thread only) */
-    lp_list_t conns; /* every downstream connection (lp_conn_t.link) */
+    int started;        /* the thread runs (main thread only) */
+    lp_list_t conns;    /* every downstream connection (lp_conn_t.link) */
     lp_list_t detached; /* requests whose log phase waits on without a connection (dlink) */
-    lp_list_t peers; /* every upstream connection, pooled or busy (lp_peer_t.all) */
+    lp_list_t peers;    /* every upstream connection, pooled or busy (lp_peer_t.all) */
     size_t nconns;
     lp_bufpool_t bufs;
     lp_wbpool_t wbatches;
@@ -188,9 +188,9 @@ struct lp_worker_s {
     uint64_t hs_turn_ns; /* handshake time spent in this loop turn */
     lp_req_t *free_reqs; /* owned list: recycled request objects */
     size_t nfree_reqs;
-    size_t nfree_reqs_low; /* the fewest free since the last trim (request.c) */
-    uv_timer_t house;      /* once a second: gives back what a peak left unused */
-    lp_lua_sched_t lua;    /* Lua tasks ready to resume, background tasks */
+    size_t nfree_reqs_low;            /* the fewest free since the last trim (request.c) */
+    uv_timer_t house;                 /* once a second: gives back what a peak left unused */
+    lp_lua_sched_t lua;               /* Lua tasks ready to resume, background tasks */
     struct lp_cosock_pools_s *cosock; /* owned: proxy.tcp keep-alive pools (cosock.c) */
 };
 

@@ -161,12 +161,21 @@ void lp_req_detach(lp_req_t *req)
     lp_list_insert_tail(&req->w->detached, &req->dlink);
 }
 
-void lp_req_end_detached(lp_worker_t *w)
+void lp_req_end_detached(lp_worker_t *w, int all)
 {
-    while (!lp_list_empty(&w->detached)) {
-        lp_req_t *req = LP_CONTAINER_OF(w->detached.next, lp_req_t, dlink);
-        lp_log_warn("a log phase still waiting at the drain deadline is stopped");
-        lp_req_end(req);
+    uint64_t now = uv_now(&w->loop);
+    lp_list_t *it = w->detached.next;
+    while (it != &w->detached) {
+        lp_req_t *req = LP_CONTAINER_OF(it, lp_req_t, dlink);
+        it = it->next;
+        uint64_t drain = req->g->config->timeouts.drain;
+        if (!all &&
+            !(req->g != w->cur && now >= drain && lp_lua_ended_before(req->g->lua, now - drain)))
+            continue;
+        lp_log_warn("a log phase still waiting %s is stopped",
+                    all ? "at the drain deadline"
+                        : "after its generation ended (past timeouts.drain)");
+        lp_req_end(req); /* unlinks it: `it` is already past it */
     }
 }
 

@@ -48,8 +48,10 @@ void lp_req_end(lp_req_t *req);
  * reference, until lp_req_end when the phase is over, or a stopping worker's drain
  * deadline. */
 void lp_req_detach(lp_req_t *req);
-/* A stopping worker past its drain deadline: the detached requests end now. */
-void lp_req_end_detached(lp_worker_t *w);
+/* Ends the detached requests: all of them (`all`: a stopping worker past its drain
+ * deadline), or those of generations that ended more than timeouts.drain ago (the
+ * housekeeping pass, as for background tasks). */
+void lp_req_end_detached(lp_worker_t *w, int all);
 
 /* The client's address as text ("" when unknown): formatted from the connection's bytes
  * on first use, then kept with the request (log, X-Forwarded-For, hash key, Lua). */

@@ -518,6 +518,16 @@ static int peer_grow(lp_h1_t *h, size_t need)
     return p->req ? lp_req_grow(p->req, 1, need) : -1;
 }
 
+/* The response phase or a response_body filter waits: the response is held (no reading,
+ * no parsing) and its read timeout stops, since the upstream is not the one late; it runs
+ * again in lp_peer_continue. */
+static void peer_lua_wait(lp_peer_t *p)
+{
+    p->flags |= LP_PF_LUA;
+    if (p->ep.tmode == PT_READ)
+        peer_timer(p, PT_NONE, 0);
+}
+
 static int on_resp_body(lp_h1_t *h, const char *at, size_t len)
 {
     lp_peer_t *p = h->ud;
@@ -527,7 +537,7 @@ static int on_resp_body(lp_h1_t *h, const char *at, size_t len)
     if (rc == LP_AGAIN) {
         /* A response_body filter waits: no more of the body until it is done
          * (lp_peer_continue), and no reading meanwhile (backpressure, not buffering). */
-        p->flags |= LP_PF_LUA;
+        peer_lua_wait(p);
         return LP_H1_CB_PAUSE;
     }
     p->flags |= LP_PF_FILTER_FAILED; /* the proxy's Lua failed, not the upstream */
@@ -600,7 +610,7 @@ static void peer_parse(lp_peer_t *p)
                 return;
             if (hr == LP_AGAIN) {
                 /* The response phase waits: so does the body. */
-                p->flags |= LP_PF_LUA;
+                peer_lua_wait(p);
                 peer_update_reading(p);
                 return;
             }
@@ -825,6 +835,8 @@ static void peer_process_pending(lp_peer_t *p)
 void lp_peer_continue(lp_peer_t *p)
 {
     p->flags &= ~LP_PF_LUA;
+    if (p->ep.tmode == PT_NONE && !(p->ep.flags & LP_EPF_CLOSING))
+        peer_timer(p, PT_READ, T(p)->read); /* the wait is over: reading is timed again */
     peer_process_pending(p);
 }
 

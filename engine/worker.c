@@ -318,7 +318,7 @@ static void maybe_finish(lp_worker_t *w)
     lp_cosock_worker_close(w); /* proxy.tcp's idle connections */
     if (uv_now(&w->loop) >= w->drain_deadline) {
         lp_lua_background_stop(w, 1);
-        lp_req_end_detached(w);
+        lp_req_end_detached(w, 1);
     }
     if (lp_list_empty(&w->conns) && lp_list_empty(&w->detached) && !lp_lua_background(w)) {
         lp_lua_sched_close(w);
@@ -342,6 +342,7 @@ static void on_house(uv_timer_t *t)
 {
     lp_worker_t *w = t->data;
     lp_lua_background_stop(w, 0); /* of old generations, past timeouts.drain */
+    lp_req_end_detached(w, 0);
     size_t freed = lp_req_trim(w) + lp_bufpool_trim(&w->bufs) + lp_wbpool_trim(&w->wbatches);
     if (w->hs_cap > 64 && w->hs_first == w->hs_n) {
         freed += w->hs_cap * sizeof(*w->hs_q); /* a handshake burst's queue, empty again */

@@ -7,7 +7,7 @@ local phases = require "luaproxy.phases"
 local C = ffi.C
 local select, tostring, concat = select, tostring, table.concat
 local type, tonumber, error, setmetatable, format = type, tonumber, error, setmetatable, string.format
-local yield = coroutine.yield
+local yield = phases.wait
 
 local proxy = { json = require "cjson", log = {}, version = "0.1.0" }
 

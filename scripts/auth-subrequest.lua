@@ -60,7 +60,7 @@ return {
             timeout = AUTH_TIMEOUT,
           }
           if not res then
-            proxy.log.err("auth service: ", err)
+            proxy.log.err("auth service:", err)
             if FAIL_OPEN then return end
             return req:respond(503, "authorization service unavailable\n")
           end

@@ -570,6 +570,12 @@ local S = {
             .. "yielding before the request fails with 500 (0: no limit); user code stays "
             .. "JIT-compiled (docs/lua-api.md, \"Errors and limits\")",
         },
+        init_timeout = {
+          type = "duration", default = 10, min = 0.001, max = 3600,
+          description = "seconds `init_worker` may wait (sleeps, sockets) in all before the load "
+            .. "or reload fails: it runs while the generation is built, holding up the reload "
+            .. "and signals",
+        },
         max_timers = {
           type = "integer", default = 1024, min = 1, max = 1000000,
           description = "timers (`proxy.timer.at`/`every`) pending per worker; one more is "

@@ -31,7 +31,7 @@ local new_tcp
 function M._set_tcp(fn) new_tcp = fn end
 
 local HR_HEAD, HR_DONE, HR_WAIT, HR_ESOCK = K.HR_HEAD, K.HR_DONE, K.HR_WAIT, K.HR_ESOCK
-local yield = coroutine.yield
+local yield = require("luaproxy.phases").wait
 local RECV_MAX = 65536
 local DEFAULT_TIMEOUT = 10          -- seconds, each of connect, send and read
 local DEFAULT_IDLE, DEFAULT_POOL = 60, 32

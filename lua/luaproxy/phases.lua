@@ -87,6 +87,26 @@ function M.raise(msg, level)
 end
 local raise = M.raise
 
+-- Yields the running phase, timer or thread to the engine, which resumes it when what it
+-- waits for is done (every wait of the API goes through here). Which plugin runs
+-- (runtime.current: what proxy.log tags lines with and raise names) is one per worker, and
+-- other requests run meanwhile: it is put back on resume. A wait inside a C call that
+-- cannot yield (a table.sort comparator, a string.gsub callback) raises at the caller.
+local co_yield, isyieldable = coroutine.yield, coroutine.isyieldable
+function M.wait(...)
+  if isyieldable and not isyieldable() then
+    raise("cannot wait here: inside a call from C (a table.sort comparator, a string.gsub "
+      .. "callback, a metamethod); wait outside it", 3)
+  end
+  local rt = package.loaded["luaproxy.runtime"]
+  if not rt then return co_yield(...) end
+  local cur, ph = rt.current, rt.current_phase
+  rt.current, rt.current_phase = nil, nil
+  local a, b = co_yield(...)
+  rt.current, rt.current_phase = cur, ph
+  return a, b
+end
+
 -- Raises the error a plugin author sees when calling `name` in the wrong phase.
 function M.check(name, phase)
   if phase == M.ENDED_PHASE then raise(M.ENDED, 3) end

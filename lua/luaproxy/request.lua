@@ -10,7 +10,7 @@ local C = ffi.C
 local ffi_string, ffi_cast = ffi.string, ffi.cast
 local void_ptr = ffi.typeof("void *")
 local type, tostring, tonumber, error, pairs, ipairs = type, tostring, tonumber, error, pairs, ipairs
-local setmetatable, yield = setmetatable, coroutine.yield
+local setmetatable, yield = setmetatable, phases.wait
 local lower, format, gsub, char = string.lower, string.format, string.gsub, string.char
 
 -- Scratch out-parameters, one set per VM (a worker runs one Lua call at a time).

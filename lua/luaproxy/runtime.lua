@@ -223,7 +223,9 @@ function M.plugin(name) return plugin_cache[name] end
 -- Calls every init_worker; returns true or nil, "plugin: error".
 function M.init_worker(state)
   for _, inst in ipairs(state.init) do
+    M.current, M.current_phase = inst, "init_worker"
     local ok, err = xpcall(inst.init_worker, traceback, inst.conf)
+    M.current, M.current_phase = nil, nil
     if not ok then return nil, format("%s: init_worker failed: %s", inst.where, tostring(err)) end
   end
   return true

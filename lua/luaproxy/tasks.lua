@@ -11,7 +11,7 @@ local C = ffi.C
 local type, select, tostring, tonumber, xpcall, unpack, setmetatable = type, select,
   tostring, tonumber, xpcall, unpack, setmetatable
 local traceback, format = debug.traceback, string.format
-local yield = coroutine.yield
+local yield = phases.wait
 
 local ENOSPACE, EPHASE = K.ENOSPACE, K.EPHASE
 local WAKE_PREMATURE, WAKE_CANCELLED = 1, 2
@@ -35,6 +35,9 @@ function M.run(id, wake)
   if not job or wake == WAKE_CANCELLED then return 0 end
   local premature = wake == WAKE_PREMATURE
   job.started = true
+  -- Its lines are tagged with the plugin that made it (phases.wait keeps that across waits).
+  local rt = package.loaded["luaproxy.runtime"]
+  if rt then rt.current, rt.current_phase = job.inst, nil end
   while true do
     local ok, err
     if job.spawn then
@@ -45,6 +48,7 @@ function M.run(id, wake)
     if not ok then log_failure(job, err) end
     if not job.every or premature or job.cancelled then
       job.done = true
+      if rt then rt.current = nil end
       return 0
     end
     local rc = C.lp_ffi_bg_wait(job.every)
@@ -77,6 +81,8 @@ local function start(what, delay, timer, fn, ...)
   end
   if id < 0 then return nil, "bad delay" end
   local job = { fn = fn, n = select("#", ...), ... }
+  local rt = package.loaded["luaproxy.runtime"]
+  job.inst = rt and rt.current
   jobs[id] = job
   return id, job
 end

@@ -11,7 +11,7 @@ local phases = require "luaproxy.phases"
 local C = ffi.C
 local type, tonumber, tostring, setmetatable, getmetatable, concat = type, tonumber,
   tostring, setmetatable, getmetatable, table.concat
-local yield = coroutine.yield
+local yield = phases.wait
 local ffi_string, ffi_gc = ffi.string, ffi.gc
 
 local PARKED, MORE, EPHASE = 1, 2, -204
@@ -204,19 +204,22 @@ local function receive(s, mode, size, pat, incl)
   return data, nil, nil, rc == MORE
 end
 
+-- OpenResty's receive gives data, err, partial: not the internal "more" flag.
+local function three(a, b, c) return a, b, c end
+
 function Sock:receive(pattern)
   local s = check_self(self, "receive")
   if pattern == nil or pattern == "*l" or pattern == "l" then
-    return receive(s, RM_LINE, 0)
+    return three(receive(s, RM_LINE, 0))
   elseif pattern == "*a" or pattern == "a" then
-    return receive(s, RM_ALL, 0)
+    return three(receive(s, RM_ALL, 0))
   end
   local n = tonumber(pattern)
   if not n or n < 0 or n % 1 ~= 0 or n > 2 ^ 40 then
     raise("sock:receive(): expected a size, \"*l\" or \"*a\", got " .. tostring(pattern))
   end
   if n == 0 then return "" end
-  return receive(s, RM_BYTES, n)
+  return three(receive(s, RM_BYTES, n))
 end
 
 -- receiveany(max): the bytes that arrived (at least one, at most max), as OpenResty's.
@@ -226,7 +229,7 @@ function Sock:receiveany(max)
   if not n or n < 1 or n % 1 ~= 0 or n > 2 ^ 40 then
     raise("sock:receiveany(): expected a size >= 1, got " .. tostring(max))
   end
-  return receive(s, RM_ANY, n)
+  return three(receive(s, RM_ANY, n))
 end
 
 -- iterator([size]) -> data | nil, err, partial. With a size, it returns at most size bytes

@@ -23,6 +23,7 @@ local co_create, co_resume, co_yield, co_status, co_running = coroutine.create,
   coroutine.resume, coroutine.yield, coroutine.status, coroutine.running
 
 local T = {}
+local init_ran -- see T.reset
 
 -- Markers a phase coroutine yields to the runner.
 local RESPONDED = setmetatable({}, { __tostring = function() return "proxy.test: responded" end })
@@ -295,8 +296,12 @@ function T.end_generation()
 end
 
 -- Clears the recorded log lines, timers and threads, and puts the clock back to its start.
+-- Plugins whose init_worker T.run/T.run_chain ran (once each until T.reset()).
+init_ran = setmetatable({}, { __mode = "k" })
+
 function T.reset()
   phases.current_fn = nil
+  init_ran = setmetatable({}, { __mode = "k" })
   T.logs = {}
   clock = START
   timers, spawned, exiting = {}, {}, false
@@ -914,8 +919,13 @@ function T.run_chain(entries, req_spec, resp_spec)
   end)
 
   local first_log = #T.logs + 1
+  -- init_worker once per plugin until T.reset(), as the engine runs it once per worker (a
+  -- timer it starts must not be started again by every T.run).
   for _, e in ipairs(list) do
-    if e.plugin.init_worker then T.phase(e.plugin, "init_worker", nil, e.conf) end
+    if e.plugin.init_worker and not init_ran[e.plugin] then
+      init_ran[e.plugin] = true
+      T.phase(e.plugin, "init_worker", nil, e.conf)
+    end
   end
 
   local req = is_req(req_spec) and req_spec or T.request(req_spec)
