@@ -394,6 +394,32 @@ lp_rc_t lp_lua_body_output(lp_req_t *req, lp_str_t *out)
 
 static void bg_on_timer(uv_timer_t *timer);
 
+/* A pending timer (waiting for its time, or due and waiting for a slot) runs now: it takes
+ * a running slot (over the bound for an instant when it only returns: a cancel, a
+ * premature run) and wakes with `wake`. */
+static void bg_run_now(lp_lua_sched_t *s, lp_lua_task_t *t, int wake)
+{
+    if (t->timer_on)
+        uv_timer_stop(&t->timer);
+    if (!lp_list_empty(&t->ready_link)) {
+        lp_list_remove(&t->ready_link);
+        lp_list_init(&t->ready_link);
+    }
+    sched_add(&s->pending, -1);
+    sched_add(&s->running, 1);
+    t->wait = LP_LW_NONE;
+    task_wake(t, wake);
+}
+
+/* A running slot was given back: the first due timer waiting for one takes it. */
+static void bg_slot_freed(lp_lua_sched_t *s)
+{
+    if (!lp_list_empty(&s->slot_wait)) {
+        lp_lua_task_t *next = LP_CONTAINER_OF(s->slot_wait.next, lp_lua_task_t, ready_link);
+        bg_run_now(s, next, next->wake);
+    }
+}
+
 /* A background task is done (returned, failed, or stopped): it gives its running slot to
  * the first due timer waiting for one, and lets go of its generation, last (that may
  * retire the VM). */
@@ -409,16 +435,7 @@ static void bg_end(lp_lua_task_t *t)
         sched_add(&io->lua.pending, -1);
     } else {
         sched_add(&io->lua.running, -1);
-        if (!lp_list_empty(&io->lua.slot_wait)) {
-            lp_lua_task_t *next =
-                LP_CONTAINER_OF(io->lua.slot_wait.next, lp_lua_task_t, ready_link);
-            lp_list_remove(&next->ready_link);
-            lp_list_init(&next->ready_link);
-            sched_add(&io->lua.pending, -1);
-            sched_add(&io->lua.running, 1);
-            next->wait = LP_LW_NONE;
-            task_wake(next, next->wake);
-        }
+        bg_slot_freed(&io->lua);
     }
     if (t->co && lua_status(t->co) != 0)
         task_drop_coroutine(t);
@@ -527,16 +544,7 @@ int lp_ffi_bg_wait(double interval)
     t->wait = LP_LW_TIMER;
     t->serial++;
     uv_timer_start(&t->timer, bg_on_timer, (uint64_t)(interval * 1000.0 + 0.5), 0);
-    if (!lp_list_empty(&s->slot_wait)) {
-        /* Its slot goes to a due timer that waited for one. */
-        lp_lua_task_t *next = LP_CONTAINER_OF(s->slot_wait.next, lp_lua_task_t, ready_link);
-        lp_list_remove(&next->ready_link);
-        lp_list_init(&next->ready_link);
-        sched_add(&s->pending, -1);
-        sched_add(&s->running, 1);
-        next->wait = LP_LW_NONE;
-        task_wake(next, next->wake);
-    }
+    bg_slot_freed(s);
     return 0;
 }
 
@@ -568,18 +576,7 @@ int lp_ffi_bg_cancel(int id)
         task_put(t);
         return 0;
     }
-    lp_lua_sched_t *s = &vm->io->lua;
-    if (t->timer_on)
-        uv_timer_stop(&t->timer);
-    if (t->wait == LP_LW_SLOT) {
-        lp_list_remove(&t->ready_link);
-        lp_list_init(&t->ready_link);
-    }
-    /* It runs only to return: it takes a running slot for that instant. */
-    sched_add(&s->pending, -1);
-    sched_add(&s->running, 1);
-    t->wait = LP_LW_NONE;
-    task_wake(t, LP_WAKE_CANCELLED);
+    bg_run_now(&vm->io->lua, t, LP_WAKE_CANCELLED); /* it only returns */
     return 0;
 }
 
@@ -633,18 +630,8 @@ void lp_lua_generation_ended(lp_lua_t *vm)
      * bound for that instant: they only return). */
     for (lp_list_t *it = s->bg.next; it != &s->bg; it = it->next) {
         lp_lua_task_t *t = LP_CONTAINER_OF(it, lp_lua_task_t, link);
-        if (t->vm != vm || (t->wait != LP_LW_TIMER && t->wait != LP_LW_SLOT))
-            continue;
-        if (t->timer_on)
-            uv_timer_stop(&t->timer);
-        if (t->wait == LP_LW_SLOT) {
-            lp_list_remove(&t->ready_link);
-            lp_list_init(&t->ready_link);
-        }
-        sched_add(&s->pending, -1);
-        sched_add(&s->running, 1);
-        t->wait = LP_LW_NONE;
-        task_wake(t, LP_WAKE_PREMATURE);
+        if (t->vm == vm && (t->wait == LP_LW_TIMER || t->wait == LP_LW_SLOT))
+            bg_run_now(s, t, LP_WAKE_PREMATURE);
     }
 }
 
