@@ -48,9 +48,11 @@
 #include <sys/syscall.h>
 #include "accesslog.h"
 #include "conn.h"
+#include "cosock.h"
 #include "health.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "request.h"
 #include "server.h"
 #include "upstream.h"
 #include "worker.h"
@@ -185,7 +187,7 @@ static void write_config(const char *path)
 #ifdef FUZZ_CONN_LUA
 /* The whole engine is linked (Lua's FFI calls lua_api.c's functions by name), and with it
  * the admin API and the file watch, which call these main.c functions: never reached. */
-int lp_server_reload(lp_server_t *s, char *err, size_t errlen)
+void lp_server_reload(lp_server_t *s, lp_reload_cb cb, void *data)
 {
     abort();
 }
@@ -608,14 +610,15 @@ static void world_open(world_t *wd)
     lp_worker_t *w = &wd->w;
     w->id = 1;
     lp_list_init(&w->conns);
+    lp_list_init(&w->detached);
     lp_list_init(&w->peers);
-    lp_list_init(&w->hs_deferred);
     lp_bufpool_init(&w->bufs, 256);
     if (uv_loop_init(&w->loop))
         abort();
-    lp_ep_timers_init(&w->ep_timers, &w->loop);
+    lp_ep_env_init(&w->ep_env, &w->loop, &w->bufs, &w->wbatches);
     uv_idle_init(&w->loop, &w->hs_idle);
     w->hs_idle.data = w;
+    lp_lua_sched_init(w);
 
     lp_wgen_t *g = calloc(1, sizeof(*g));
     lp_upstream_rt_t *ups = lp_upstream_rt_new(w, cfg);
@@ -637,6 +640,7 @@ static void world_open(world_t *wd)
     w->cur = g;
     w->config = cfg;
     w->access = accesslog;
+    lp_lua_attach(g->lua, g);
 
     lp_listener_t *l = &wd->l;
     l->w = w;
@@ -723,11 +727,18 @@ static void world_close(world_t *wd)
         it = nx;
     }
     lp_upstream_close_idle(w, 0);
+    lp_cosock_worker_close(w);
+    lp_lua_generation_ended(w->cur->lua);
+    lp_lua_background_stop(w, 1);
+    lp_req_end_detached(w, 1);
     lp_wgen_t *g = w->cur;
     w->cur = NULL;
     lp_wgen_release(w, g);
+    lp_lua_sched_close(w);
     uv_close((uv_handle_t *)&w->hs_idle, NULL);
-    lp_ep_timers_close(&w->ep_timers);
+    free(w->hs_q);
+    w->hs_q = NULL;
+    lp_ep_timers_close(&w->ep_env.timers);
     for (int i = 0; i < 50 && uv_loop_alive(&w->loop); i++) {
         uv_run(&w->loop, UV_RUN_NOWAIT);
         vt_ns += 1000 * 1000000ull;
