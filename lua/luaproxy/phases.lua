@@ -92,7 +92,8 @@ local raise = M.raise
 -- (runtime.current: what proxy.log tags lines with and raise names) is one per worker, and
 -- other requests run meanwhile: it is put back on resume. A wait inside a C call that
 -- cannot yield (a table.sort comparator, a string.gsub callback) raises at the caller.
-local co_yield, isyieldable = coroutine.yield, coroutine.isyieldable
+local co_yield, isyieldable, co_running = coroutine.yield, coroutine.isyieldable,
+  coroutine.running
 function M.wait(...)
   if isyieldable and not isyieldable() then
     raise("cannot wait here: inside a call from C (a table.sort comparator, a string.gsub "
@@ -100,10 +101,17 @@ function M.wait(...)
   end
   local rt = package.loaded["luaproxy.runtime"]
   if not rt then return co_yield(...) end
+  local task_co = rt.task_co
+  if task_co and co_running() ~= task_co then
+    -- A yield here would go to the plugin's own coroutine.resume, not to the engine: the
+    -- wait would silently not happen.
+    raise("cannot wait here: inside a coroutine of your own (coroutine.wrap/create); the "
+      .. "engine resumes only the phase's, timer's or thread's own coroutine", 3)
+  end
   local cur, ph = rt.current, rt.current_phase
   rt.current, rt.current_phase = nil, nil
   local a, b = co_yield(...)
-  rt.current, rt.current_phase = cur, ph
+  rt.current, rt.current_phase, rt.task_co = cur, ph, task_co
   return a, b
 end
 

@@ -10,6 +10,7 @@ local phases = require "luaproxy.phases"
 local type, pairs, ipairs, tostring, xpcall = type, pairs, ipairs, tostring, xpcall
 local format, concat, sort = string.format, table.concat, table.sort
 local traceback = debug.traceback
+local co_running = coroutine.running
 
 local M = {}
 
@@ -233,6 +234,7 @@ end
 
 -- The engine runs this in a coroutine (it may proxy.sleep); an error fails the load.
 function M.init_worker_task(state)
+  M.task_co = co_running() -- the coroutine the engine resumes (phases.wait checks it)
   local ok, err = M.init_worker(state)
   if not ok then error(err, 0) end
   return 0
@@ -274,6 +276,7 @@ function M.run(h, id)
   if not list then return OK end
   local phase = M.PHASES[id]
   h._phase = phase
+  M.task_co = co_running()
   M.current_phase = phase -- phases.raise names the running plugin's function by it
   local ok, err = xpcall(list.run, traceback, h, list, phase)
   if ok then return OK end
@@ -287,6 +290,7 @@ function M.body(h, chunk, eof)
   local list = h._chain[PHASE_ID.response_body]
   h._phase = "response_body"
   M.current_phase = "response_body"
+  M.task_co = co_running()
   h._body_out = nil
   for i = 1, #list do
     local inst = list[i]

@@ -37,7 +37,7 @@ function M.run(id, wake)
   job.started = true
   -- Its lines are tagged with the plugin that made it (phases.wait keeps that across waits).
   local rt = package.loaded["luaproxy.runtime"]
-  if rt then rt.current, rt.current_phase = job.inst, nil end
+  if rt then rt.current, rt.current_phase, rt.task_co = job.inst, nil, coroutine.running() end
   while true do
     local ok, err
     if job.spawn then

@@ -25,6 +25,17 @@ local co_create, co_resume, co_yield, co_status, co_running = coroutine.create,
 local T = {}
 local init_ran -- see T.reset
 
+-- Resumes a phase's (or timer's) coroutine as the engine does: it is the one coroutine
+-- phases.wait lets wait (a wait inside a plugin's own coroutine raises, as in the engine).
+local function resume_task(co, ...)
+  local rt = package.loaded["luaproxy.runtime"]
+  local was = rt and rt.task_co
+  if rt then rt.task_co = co end
+  local a, b = co_resume(co, ...)
+  if rt then rt.task_co = was end
+  return a, b
+end
+
 -- Markers a phase coroutine yields to the runner.
 local RESPONDED = setmetatable({}, { __tostring = function() return "proxy.test: responded" end })
 local SLEEP = setmetatable({}, { __tostring = function() return "proxy.test: sleep" end })
@@ -60,10 +71,21 @@ function fake.sleep(seconds)
   if not seconds or not (seconds >= 0 and seconds < 1e9) then
     phases.raise("proxy.sleep: expected a number of seconds from 0 to 1e9", 2)
   end
+  -- Wait like the engine does (phases.wait), so a sleep where the engine cannot wait
+  -- (inside a C call such as a table.sort comparator, or inside the plugin's own
+  -- coroutine) fails in the specs too.
+  if running then
+    local co = co_running()
+    local rt = package.loaded["luaproxy.runtime"]
+    if co ~= running and not (rt and rt.task_co == co) then
+      phases.raise("cannot wait here: inside a coroutine of your own (coroutine.wrap/create);"
+        .. " the engine resumes only the phase's, timer's or thread's own coroutine", 2)
+    end
+    clock = clock + seconds
+    phases.wait(SLEEP)
+    return
+  end
   clock = clock + seconds
-  -- Yield like the engine does, so a sleep where the engine cannot yield (inside a C call
-  -- such as a table.sort comparator or a gsub callback) fails in the specs too.
-  if running and co_running() == running then co_yield(SLEEP) end
 end
 
 -- proxy.upstream(name): the targets a spec gave with T.upstream_targets(), changed in
@@ -182,11 +204,11 @@ local function run_job(job, premature)
   running = co
   local ok, err
   if job.spawn then
-    ok, err = co_resume(co, unpack(job, 1, job.n))
+    ok, err = resume_task(co, unpack(job, 1, job.n))
   else
-    ok, err = co_resume(co, premature, unpack(job, 1, job.n))
+    ok, err = resume_task(co, premature, unpack(job, 1, job.n))
   end
-  while ok and co_status(co) ~= "dead" do ok, err = co_resume(co) end
+  while ok and co_status(co) ~= "dead" do ok, err = resume_task(co) end
   running = prev
   if not ok then
     T.logs[#T.logs + 1] = { level = "err", message = (job.spawn and "proxy.spawn thread"
@@ -806,7 +828,7 @@ function T.call(fn, ...)
   local co = co_create(fn)
   local prev = running
   running = co
-  local ok, ret = co_resume(co, ...)
+  local ok, ret = resume_task(co, ...)
   while true do
     if not ok then
       running = prev
@@ -823,7 +845,7 @@ function T.call(fn, ...)
       return true
     end
     -- Any other yield (proxy.sleep, a library's own I/O wait) resumes at once.
-    ok, ret = co_resume(co)
+    ok, ret = resume_task(co)
   end
 end
 

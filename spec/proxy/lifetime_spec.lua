@@ -30,6 +30,16 @@ describe("proxy.test request lifetime", function()
     assert.has_error(function() req:path() end, phases.ENDED)
   end)
 
+  it("refuses a wait inside the plugin's own coroutine, like the engine", function()
+    local plugin = { name = "cowrap", priority = 1, schema = { fields = {} },
+      request = function(req)
+        coroutine.wrap(function() proxy.sleep(1) end)()
+      end }
+    local ok, err = pcall(T.run, plugin, {}, {})
+    assert.is_false(ok)
+    assert.matches("coroutine of your own", err, 1, true)
+  end)
+
   it("lets a response_body filter wait, like the engine", function()
     local plugin = { name = "sleepy", priority = 1, schema = { fields = {} },
       response_body = function(req, chunk)

@@ -43,6 +43,9 @@ return P
 local P = { name = "other", priority = 10, schema = { fields = {} } }
 function P.request(req)
   proxy.log.warn("OTHER " .. (req:query("n") or ""))
+  if req:query("cowrap") then
+    coroutine.wrap(function() proxy.sleep(0.01) end)()
+  end
   if req:query("sort") then
     local t = { 3, 1, 2 }
     table.sort(t, function(a, b) proxy.sleep(0) return a < b end)
@@ -121,6 +124,11 @@ class WaitsTest(RT.ReloadTestCase):
         self.wait_log_line("cannot wait here: inside a call from C")
         line = [l for l in self.proxy.stderr().splitlines() if "cannot wait here" in l][0]
         self.assertIn("other.lua:", line)
+
+    def test_wait_inside_a_coroutine_of_the_plugins_own_raises(self):
+        r = self.get("/x/?cowrap=1")
+        self.assertEqual(r.status, 500)
+        self.wait_log_line("cannot wait here: inside a coroutine of your own")
 
     def wait_log_line(self, needle):
         H.wait_for(lambda: needle in self.proxy.stderr(), H.T(5),
