@@ -522,16 +522,24 @@ static int key_ok(const char *k, size_t klen)
     return k && klen > 0 && klen <= LP_SHDICT_KEY_MAX;
 }
 
+/* The stripe that holds key k, locked, and the key's node in it (NULL: absent). */
+static sd_stripe_t *lock_key(lp_shdict_t *d, const char *k, size_t klen, sd_node_t **nd)
+{
+    uint64_t h = hash_key(k, klen);
+    sd_stripe_t *s = stripe_of(d, h);
+    lock(&s->lock);
+    *nd = find(s, h, k, klen);
+    return s;
+}
+
 int lp_shdict_get(lp_shdict_t *d, const char *k, size_t klen, int stale, lp_shdict_val_t *out)
 {
     if (!key_ok(k, klen))
         return LP_SHDICT_EINVAL;
-    uint64_t h = hash_key(k, klen);
-    sd_stripe_t *s = stripe_of(d, h);
+    sd_node_t *nd;
+    sd_stripe_t *s = lock_key(d, k, klen, &nd);
     double now = 0;
     int rc = 0;
-    lock(&s->lock);
-    sd_node_t *nd = find(s, h, k, klen);
     int old = nd && expired(nd, &now);
     if (!nd || (old && !stale)) {
         rc = LP_SHDICT_ENOTFOUND;
@@ -675,12 +683,10 @@ int lp_shdict_ttl(lp_shdict_t *d, const char *k, size_t klen, double *ttl)
 {
     if (!key_ok(k, klen))
         return LP_SHDICT_EINVAL;
-    uint64_t h = hash_key(k, klen);
-    sd_stripe_t *s = stripe_of(d, h);
+    sd_node_t *nd;
+    sd_stripe_t *s = lock_key(d, k, klen, &nd);
     double now = 0;
     int rc = 0;
-    lock(&s->lock);
-    sd_node_t *nd = find(s, h, k, klen);
     if (!nd || expired(nd, &now))
         rc = LP_SHDICT_ENOTFOUND;
     else
@@ -693,12 +699,10 @@ int lp_shdict_expire(lp_shdict_t *d, const char *k, size_t klen, double exptime)
 {
     if (!key_ok(k, klen))
         return LP_SHDICT_EINVAL;
-    uint64_t h = hash_key(k, klen);
-    sd_stripe_t *s = stripe_of(d, h);
+    sd_node_t *nd;
+    sd_stripe_t *s = lock_key(d, k, klen, &nd);
     double now = 0;
     int rc = 0;
-    lock(&s->lock);
-    sd_node_t *nd = find(s, h, k, klen);
     if (!nd || expired(nd, &now))
         rc = LP_SHDICT_ENOTFOUND;
     else
@@ -887,13 +891,11 @@ int lp_shdict_pop(lp_shdict_t *d, const char *k, size_t klen, int left, lp_shdic
 {
     if (!key_ok(k, klen))
         return LP_SHDICT_EINVAL;
-    uint64_t h = hash_key(k, klen);
-    sd_stripe_t *s = stripe_of(d, h);
+    sd_node_t *nd;
+    sd_stripe_t *s = lock_key(d, k, klen, &nd);
     double now = 0;
     int rc = 0;
     sd_item_t *it = NULL;
-    lock(&s->lock);
-    sd_node_t *nd = find(s, h, k, klen);
     if (!nd || expired(nd, &now)) {
         rc = LP_SHDICT_ENOTFOUND;
     } else if (nd->type != LP_SHDICT_TLIST) {
@@ -946,12 +948,10 @@ int lp_shdict_llen(lp_shdict_t *d, const char *k, size_t klen)
 {
     if (!key_ok(k, klen))
         return LP_SHDICT_EINVAL;
-    uint64_t h = hash_key(k, klen);
-    sd_stripe_t *s = stripe_of(d, h);
+    sd_node_t *nd;
+    sd_stripe_t *s = lock_key(d, k, klen, &nd);
     double now = 0;
     int rc;
-    lock(&s->lock);
-    sd_node_t *nd = find(s, h, k, klen);
     if (!nd || expired(nd, &now))
         rc = 0;
     else if (nd->type != LP_SHDICT_TLIST)
