@@ -2,6 +2,7 @@
 -- of the process (engine/shdict.c holds them; values are copied in and out through the FFI,
 -- so no Lua VM is touched by another thread). The methods, arguments and results are
 -- OpenResty's ngx.shared.DICT (lua-resty-core's), so code written for it ports.
+local args = require "luaproxy.shared_args"
 local ffi = require "ffi"
 local K = require "luaproxy.ffi"
 local C = ffi.C
@@ -31,16 +32,7 @@ end
 local Dict = {}
 Dict.__index = Dict
 
-local function check_key(key)
-  if type(key) ~= "string" then
-    if key == nil then return nil, "nil key" end
-    key = tostring(key)
-  end
-  local n = #key
-  if n == 0 then return nil, "empty key" end
-  if n > 65535 then return nil, "key too long" end
-  return key
-end
+local check_key = args.key
 
 local function check_self(self)
   if type(self) ~= "table" or not self._d then
@@ -87,17 +79,7 @@ local function store(self, op, key, value, exptime, flags)
   check_self(self)
   local k, err = check_key(key)
   if not k then return nil, err end
-  if exptime == nil then
-    exptime = 0
-  elseif type(exptime) ~= "number" or exptime < 0 then
-    error('bad "exptime" argument', 3)
-  end
-  if flags == nil then
-    flags = 0
-  else
-    flags = tonumber(flags)
-    if not flags or flags < 0 or flags > 4294967295 then error('bad "flags" argument', 3) end
-  end
+  exptime, flags = args.store(exptime, flags)
   local vt = type(value)
   if vt == "string" then
     val.type, val.str, val.len = TSTR, value, #value

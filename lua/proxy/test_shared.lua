@@ -4,6 +4,7 @@
 -- its string), an exact LRU, TTLs on the double's fake clock. One difference: the engine
 -- splits a dict of 512 KiB or more into stripes, each with its own LRU, so which entry a
 -- large full dict evicts may differ; a spec that tests eviction should use a small dict.
+local args = require "luaproxy.shared_args"
 local type, tostring, tonumber, error, setmetatable, pairs = type, tostring, tonumber, error,
   setmetatable, pairs
 
@@ -93,15 +94,7 @@ local function check_self(self)
   end
 end
 
-local function check_key(key)
-  if type(key) ~= "string" then
-    if key == nil then return nil, "nil key" end
-    key = tostring(key)
-  end
-  if #key == 0 then return nil, "empty key" end
-  if #key > 65535 then return nil, "key too long" end
-  return key
-end
+local check_key = args.key
 
 local function live(d, key)
   local nd = d._map[key]
@@ -139,18 +132,8 @@ local function store(self, op, safe, key, value, exptime, flags)
   check_self(self)
   local k, err = check_key(key)
   if not k then return nil, err end
-  if exptime == nil then
-    exptime = 0
-  elseif type(exptime) ~= "number" or exptime < 0 then
-    error('bad "exptime" argument', 3)
-  end
-  if flags == nil then
-    flags = 0
-  else
-    flags = tonumber(flags)
-    if not flags or flags < 0 or flags > 4294967295 then error('bad "flags" argument', 3) end
-    flags = flags - flags % 1
-  end
+  exptime, flags = args.store(exptime, flags)
+  flags = flags - flags % 1
   local vt = type(value)
   if vt ~= "string" and vt ~= "number" and vt ~= "boolean" and vt ~= "nil" then
     return nil, "bad value type"
