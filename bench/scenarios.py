@@ -584,3 +584,63 @@ SCENARIOS.append({
     "note": "the same 64 bytes answered by the same handler without Redis: redis-get minus "
             "this is the cost of the GET",
 })
+
+# --- Protection: rate_limit (#14) next to nginx's limit_req in the same position ----------
+# One key (the client address), a rate no request reaches: every request pays the decision
+# and is proxied. luaproxy: the bundled rate_limit plugin (local: the shared dict's atomic
+# GCRA; redis: one EVALSHA per request on a pooled connection). nginx: limit_req with
+# nodelay (its leaky bucket in a shared zone, the same algorithm). The cost over no plugin
+# is this CPU/req minus plain-5B-c50's, in the same run.
+LUAPROXY_RATE_LIMIT = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  shared = { rate_limit = "10m" },
+  routes = {
+    { match = { prefix = "/redis" }, upstream = "app", strip_prefix = true,
+      plugins = { { name = "rate_limit", rate = 100000000, burst = 1000000, headers = false,
+                    policy = "redis", redis = { port = {{redis_port}}, timeout = 1000 } } } },
+    { match = { prefix = "/" }, upstream = "app",
+      plugins = { { name = "rate_limit", rate = 100000000, burst = 1000000, headers = false } } },
+  },
+  log = { access = false },
+}
+"""
+
+NGINX_RATE_LIMIT = NGINX_PLAIN.replace(
+    "  access_log off;\n",
+    "  access_log off;\n"
+    "  limit_req_zone $binary_remote_addr zone=rl:10m rate=100000000r/s;\n").replace(
+    "    location / {\n",
+    "    location /redis/ {\n"
+    "      limit_req zone=rl burst=1000000 nodelay;\n"
+    "      proxy_pass http://o/;\n"
+    "      proxy_http_version 1.1;\n"
+    "      proxy_set_header Connection \"\";\n"
+    "    }\n"
+    "    location / {\n"
+    "      limit_req zone=rl burst=1000000 nodelay;\n")
+assert NGINX_RATE_LIMIT.count("limit_req") == 3
+
+SCENARIOS.append({
+    "name": "rate-limit-local-5B-c50",
+    "path": "/",
+    "connections": 50,
+    "luaproxy": LUAPROXY_RATE_LIMIT,
+    "nginx": NGINX_RATE_LIMIT,
+    "per_mib": False,
+    "note": "rate_limit (local policy, one key) vs limit_req nodelay, then proxied; "
+            "minus plain-5B-c50 is the limiter's cost",
+})
+SCENARIOS.append({
+    "name": "rate-limit-redis-5B-c50",
+    "path": "/redis/",
+    "connections": 50,
+    "services": ["redis"],
+    "luaproxy": LUAPROXY_RATE_LIMIT,
+    "nginx": NGINX_RATE_LIMIT,
+    "per_mib": False,
+    "note": "rate_limit with the redis policy (one EVALSHA per request, pooled) vs nginx's "
+            "local limit_req (nginx has no Redis limiter in Debian): report only",
+})

@@ -66,6 +66,30 @@ static void conn_on_closed(lp_endpoint_t *ep)
     free(c);
 }
 
+/* A request cut short with its connection (the client went away, an error closed it)
+ * still gets its log phase, as nginx runs log_by_lua for every request: plugins give back
+ * what earlier phases took (limit_conn's slot). Its upstream side ends first; the phase
+ * runs detached, as a log phase that waits does. Not from inside another Lua call. */
+static void conn_end_cut_short(lp_req_t *req)
+{
+    if ((req->flags & (LP_RF_PARSED | LP_RF_LOG_DONE)) != LP_RF_PARSED || lp_lua_busy() ||
+        !lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_LOG)) {
+        lp_req_end(req);
+        return;
+    }
+    req->flags |= LP_RF_LOG_DONE;
+    lp_upstream_try_end(req, 0);
+    if (req->try.peer) {
+        lp_peer_abort(req->try.peer);
+        req->try.peer = NULL;
+    }
+    lp_req_detach(req);
+    lp_req_hold(req);
+    if (lp_lua_phase(req, LP_PHASE_LOG) != LP_AGAIN)
+        lp_req_end(req);
+    lp_req_let_go(req);
+}
+
 void lp_conn_close(lp_conn_t *c)
 {
     if (c->ep.flags & LP_EPF_CLOSING)
@@ -76,7 +100,7 @@ void lp_conn_close(lp_conn_t *c)
             c->req->resp.sent_status = 499; /* closed before the response: nginx's convention */
         if (parsed || c->req->resp.sent_status)
             lp_accesslog_write(lp_ep_worker(&c->ep)->access, c->req);
-        lp_req_end(c->req);
+        conn_end_cut_short(c->req);
     }
     if (c->flags & LP_CF_HS_WAIT) {
         lp_ep_worker(&c->ep)->hs_q[c->hs_pos] = NULL; /* on_hs_idle skips the hole */
@@ -374,9 +398,9 @@ static int conn_on_head(lp_req_t *req)
     if (h->flags & LP_H1F_UPGRADE)
         req->flags |= LP_RF_UPGRADE_REQ;
     conn_timer(c, TM_NONE, 0);
-    if (cfg->limits.max_body_size && (h->flags & LP_H1F_LENGTH) &&
-        h->content_length > cfg->limits.max_body_size)
-        return conn_respond_local(req, 413, 0, NULL);
+    /* A declared length over the limit is refused once the request phase is over (a
+     * plugin may set this request's own limit): no body byte is read before that. */
+    req->body_limit = cfg->limits.max_body_size;
     req->route = lp_route_find(cfg, h);
     req->route_index = req->route ? (int)(req->route - cfg->routes) : -1;
     if (req->route && req->route->has_upstream)
@@ -495,7 +519,7 @@ static int on_req_body(lp_h1_t *h, const char *at, size_t len)
 {
     lp_req_t *req = h->ud;
     lp_conn_t *c = req->conn;
-    uint64_t max = req->g->config->limits.max_body_size;
+    uint64_t max = req->body_limit;
     req->body_in += len;
     if (max && req->body_in > max) {
         /* Chunked bodies learn their size as they go: stop forwarding past the limit. */
@@ -1214,6 +1238,9 @@ static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
         return conn_respond_lua(req);
     switch (phase) {
     case LP_PHASE_REQUEST:
+        if (req->body_limit && (req->h1.flags & LP_H1F_LENGTH) &&
+            req->h1.content_length > req->body_limit)
+            return conn_respond_local(req, 413, 0, NULL);
         rc = conn_run_phase(req, LP_PHASE_UPSTREAM);
         if (rc == LP_AGAIN)
             return LP_OK;

@@ -315,6 +315,12 @@ int lp_ffi_set_hash_key(void *rp, const char *key, size_t n)
     return 0;
 }
 
+void lp_ffi_set_body_limit(void *rp, double n)
+{
+    lp_req_t *r = rp;
+    r->body_limit = n >= 9e15 ? 0 : (uint64_t)n;
+}
+
 /* The FFI numbering is tls.h's. */
 _Static_assert((int)LP_FFI_TLS_PROTOCOL == (int)LP_TLS_F_PROTOCOL &&
                    (int)LP_FFI_TLS_CLIENT_SUBJECT == (int)LP_TLS_F_CLIENT_SUBJECT,

@@ -59,6 +59,9 @@ int lp_ffi_set_path(void *r, const char *p, size_t n);
 int lp_ffi_set_upstream(void *r, const char *name, size_t n);
 int lp_ffi_set_target(void *r, const char *host, size_t n, int port);
 int lp_ffi_set_hash_key(void *r, const char *key, size_t n);
+/* req:set_max_body_size(): this request's body limit in bytes (0: none), instead of
+ * limits.max_body_size; request phase (before any body byte is read or refused). */
+void lp_ffi_set_body_limit(void *r, double n);
 /* -1 when the client connection is not TLS or the fact is not known. */
 int lp_ffi_tls_get(void *r, int what, lp_str_t *out);
 int lp_ffi_status(void *r);
@@ -138,6 +141,8 @@ int lp_ffi_shdict_store(void *d, int op, const char *k, size_t klen, lp_shdict_v
 int lp_ffi_shdict_incr(void *d, const char *k, size_t klen, double step, int has_init, double init,
                        double init_ttl, lp_shdict_val_t *out);
 int lp_ffi_shdict_ttl(void *d, const char *k, size_t klen, lp_shdict_val_t *out);
+int lp_ffi_shdict_gcra(void *d, const char *k, size_t klen, double interval, double burst,
+                       double cost, lp_shdict_gcra_t *out);
 int lp_ffi_shdict_expire(void *d, const char *k, size_t klen, double exptime);
 void lp_ffi_shdict_flush_all(void *d);
 int lp_ffi_shdict_flush_expired(void *d, int max);

@@ -820,6 +820,12 @@ int lp__lua_runs(const lp_req_t *req)
     return vm && vm->running && vm->running->req == req;
 }
 
+int lp_lua_busy(void)
+{
+    lp_lua_t *vm = lp__lua_current();
+    return vm && vm->running;
+}
+
 /* req:respond(): the answer is recorded; Lua yields next and is never resumed. */
 void lp__lua_mark_responded(void);
 void lp__lua_mark_responded(void)

@@ -158,6 +158,8 @@ lp_rc_t lp_lua_body_output(lp_req_t *req, lp_str_t *out);
 void lp_lua_wake(lp_req_t *req);
 /* Whether the Lua running now is a phase of req (not another request's). */
 int lp__lua_runs(const lp_req_t *req);
+/* Whether any Lua runs now on this thread (a phase may not start inside another). */
+int lp_lua_busy(void);
 /* The request is gone: drop its coroutine and handle, and close what its Lua opened. */
 void lp_lua_release(lp_req_t *req);
 

@@ -306,8 +306,10 @@ struct lp_req_s {
     const lp_route_conf_t *route;  /* borrowed from the generation's config */
     lp_upstream_rt_t *upstream;    /* borrowed: the generation's, or the set_target() one */
     struct lp_dyn_upstream_s *dyn; /* reference: the set_target() upstream, NULL: none */
-    lp_str_t hash_key; /* borrowed from `arena` (set from Lua) for the hash policy; NULL: none */
-    uint64_t body_in;  /* request body bytes read */
+    lp_str_t hash_key;   /* borrowed from `arena` (set from Lua) for the hash policy; NULL: none */
+    uint64_t body_in;    /* request body bytes read */
+    uint64_t body_limit; /* largest request body (0: none): limits.max_body_size, or what
+                          * a plugin set for this request (req:set_max_body_size) */
     char client_ip[LP_IP_TEXT]; /* the client's address as text, formatted on first use
                                  * (lp_req_client_ip); "": not yet */
     uint64_t t_start, t_upstream, t_upstream_head; /* uv_hrtime() ns */

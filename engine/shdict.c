@@ -1,4 +1,5 @@
 #include <float.h>
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -673,6 +674,60 @@ int lp_shdict_incr(lp_shdict_t *d, const char *k, size_t klen, double step, int 
                 free(fresh);
             else
                 out->num = v.num;
+        }
+    }
+    unlock(&s->lock);
+    return rc;
+}
+
+int lp_shdict_gcra(lp_shdict_t *d, const char *k, size_t klen, double interval, double burst,
+                   double cost, lp_shdict_gcra_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!key_ok(k, klen) || !(interval > 0) || !(burst >= 0) || !(cost >= 0))
+        return LP_SHDICT_EINVAL;
+    uint64_t h = hash_key(k, klen);
+    sd_stripe_t *s = stripe_of(d, h);
+    double now = clock_now();
+    /* The bucket holds burst + 1 requests' worth of time; a request is allowed when its
+     * new TAT stays within that much of now. The 1 ns slack absorbs rounding, so that a
+     * request arriving exactly on its slot is not refused. */
+    double limit = (burst + 1) * interval;
+    int rc = 0;
+    lock(&s->lock);
+    sd_node_t *nd = find(s, h, k, klen);
+    if (nd && (expired(nd, &now) || nd->type != LP_SHDICT_TNUM)) {
+        drop(s, nd);
+        nd = NULL;
+    }
+    double tat = nd && nd->num > now ? nd->num : now;
+    double new_tat = tat + cost * interval;
+    double allow_at = new_tat - limit;
+    if (allow_at > now + 1e-9) {
+        out->retry_after = allow_at - now;
+        out->reset_after = tat - now;
+    } else if (cost == 0) {
+        out->allowed = 1;
+        out->remaining = floor((limit - (tat - now)) / interval + 1e-9);
+        out->reset_after = tat - now;
+    } else {
+        out->allowed = 1;
+        out->remaining = floor((limit - (new_tat - now)) / interval + 1e-9);
+        out->reset_after = new_tat - now;
+        if (nd) {
+            nd->num = new_tat;
+            nd->expires = new_tat;
+            touch(s, nd);
+        } else {
+            lp_shdict_val_t v = {.type = LP_SHDICT_TNUM, .num = new_tat};
+            sd_node_t *fresh = node_new(h, k, klen, &v);
+            if (!fresh) {
+                rc = LP_SHDICT_ENOMEM;
+            } else {
+                fresh->expires = new_tat;
+                if ((rc = put(s, NULL, fresh, 0, &now, &out->forcible)))
+                    free(fresh);
+            }
         }
     }
     unlock(&s->lock);

@@ -101,6 +101,22 @@ int lp_shdict_store(lp_shdict_t *d, int op, const char *k, size_t klen, lp_shdic
 int lp_shdict_incr(lp_shdict_t *d, const char *k, size_t klen, double step, int has_init,
                    double init, double init_ttl, lp_shdict_val_t *out);
 int lp_shdict_ttl(lp_shdict_t *d, const char *k, size_t klen, double *ttl);
+
+/* One rate-limit decision by GCRA (the generic cell rate algorithm), atomic under the
+ * key's lock so that every worker shares one limit. The key holds the theoretical arrival
+ * time (TAT) as a number and expires when the bucket is full again, so idle keys cost
+ * nothing. `interval`: seconds between requests at the steady rate (period / rate);
+ * `burst`: requests allowed at once beyond the steady one; `cost`: how many requests this
+ * one counts for (0: look without taking). */
+typedef struct {
+    int allowed;        /* 1: within the limit (and counted); 0: over it (nothing counted) */
+    double remaining;   /* requests still allowed right now */
+    double retry_after; /* seconds until this request would be allowed (0 when allowed) */
+    double reset_after; /* seconds until the bucket is full again */
+    int forcible;       /* a valid entry was evicted to store this key */
+} lp_shdict_gcra_t;
+int lp_shdict_gcra(lp_shdict_t *d, const char *k, size_t klen, double interval, double burst,
+                   double cost, lp_shdict_gcra_t *out);
 int lp_shdict_expire(lp_shdict_t *d, const char *k, size_t klen, double exptime);
 void lp_shdict_flush_all(lp_shdict_t *d);
 /* Frees expired entries, at most max (0: all); returns how many. */

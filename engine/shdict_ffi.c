@@ -27,6 +27,12 @@ int lp_ffi_shdict_incr(void *d, const char *k, size_t klen, double step, int has
     return lp_shdict_incr(d, k, klen, step, has_init, init, init_ttl, out);
 }
 
+int lp_ffi_shdict_gcra(void *d, const char *k, size_t klen, double interval, double burst,
+                       double cost, lp_shdict_gcra_t *out)
+{
+    return lp_shdict_gcra(d, k, klen, interval, burst, cost, out);
+}
+
 int lp_ffi_shdict_ttl(void *d, const char *k, size_t klen, lp_shdict_val_t *out)
 {
     return lp_shdict_ttl(d, k, klen, &out->num);

@@ -13,6 +13,7 @@ int lp_ffi_set_path(void *r, const char *p, size_t n);
 int lp_ffi_set_upstream(void *r, const char *name, size_t n);
 int lp_ffi_set_target(void *r, const char *host, size_t n, int port);
 int lp_ffi_set_hash_key(void *r, const char *key, size_t n);
+void lp_ffi_set_body_limit(void *r, double n);
 int lp_ffi_tls_get(void *r, int what, lp_str_t *out);
 int lp_ffi_status(void *r);
 int lp_ffi_set_status(void *r, int status);
@@ -44,6 +45,10 @@ int lp_ffi_shdict_get(void *d, const char *k, size_t klen, int stale, lp_shdict_
 int lp_ffi_shdict_store(void *d, int op, const char *k, size_t klen, lp_shdict_val_t *v, double exptime);
 int lp_ffi_shdict_incr(void *d, const char *k, size_t klen, double step, int has_init, double init, double init_ttl, lp_shdict_val_t *out);
 int lp_ffi_shdict_ttl(void *d, const char *k, size_t klen, lp_shdict_val_t *out);
+typedef struct {
+  int allowed; double remaining; double retry_after; double reset_after; int forcible;
+} lp_shdict_gcra_t;
+int lp_ffi_shdict_gcra(void *d, const char *k, size_t klen, double interval, double burst, double cost, lp_shdict_gcra_t *out);
 int lp_ffi_shdict_expire(void *d, const char *k, size_t klen, double exptime);
 void lp_ffi_shdict_flush_all(void *d);
 int lp_ffi_shdict_flush_expired(void *d, int max);

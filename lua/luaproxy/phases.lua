@@ -14,7 +14,7 @@ local RESP_WRITE = { response = true }
 M.methods = {
   -- request, readable everywhere
   method = REQ_READ, path = REQ_READ, uri = REQ_READ, query = REQ_READ, args = REQ_READ,
-  header = REQ_READ, headers = REQ_READ, host = REQ_READ, scheme = REQ_READ,
+  header = REQ_READ, headers = REQ_READ, header_count = REQ_READ, host = REQ_READ, scheme = REQ_READ,
   client_ip = REQ_READ, http_version = REQ_READ, var = REQ_READ, phase = REQ_READ,
   start_time = REQ_READ,
   upstream_name = REQ_READ, tls = REQ_READ,
@@ -23,7 +23,7 @@ M.methods = {
   set_path = REQ_WRITE, set_upstream = REQ_WRITE, set_target = REQ_WRITE,
   set_hash_key = REQ_WRITE,
   last_failure = { upstream = true },
-  body = { request = true },
+  body = { request = true }, set_max_body_size = { request = true },
   -- local answers end the request: before the upstream answered
   respond = REQ_WRITE, redirect = REQ_WRITE,
   -- response

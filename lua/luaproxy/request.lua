@@ -167,6 +167,10 @@ end
 
 function methods.header(h, name) check(h, "header") return get_header(h, 0, name) end
 function methods.headers(h) check(h, "headers") return all_headers(h, 0) end
+function methods.header_count(h)
+  check(h, "header_count")
+  return tonumber(C.lp_ffi_header_count(h._r, 0))
+end
 
 function methods.set_header(h, name, value)
   check(h, "set_header")
@@ -217,6 +221,16 @@ function methods.set_hash_key(h, key)
   if C.lp_ffi_set_hash_key(h._r, key, #key) ~= 0 then
     raise("req:set_hash_key(): no room left", 2)
   end
+end
+
+-- This request's body limit in bytes (0: none), instead of limits.max_body_size: lower or
+-- higher, e.g. for an upload route. Request phase: the limit is checked as it ends.
+function methods.set_max_body_size(h, n)
+  check(h, "set_max_body_size")
+  if type(n) ~= "number" or n < 0 or n ~= n or n % 1 ~= 0 then
+    raise("req:set_max_body_size(): expected a whole number of bytes >= 0", 2)
+  end
+  C.lp_ffi_set_body_limit(h._r, n)
 end
 
 -- Why the last try failed, before the upstream phase runs again for a retry: kind

@@ -94,7 +94,7 @@ local function load_list(list, path, opts, ctx)
     local conf, verr = schema.validate_entry(plugin, entry, ep, ctx)
     if not conf then return nil, verr end
     if plugin.compile then
-      local cok, compiled, cerr2 = xpcall(plugin.compile, traceback, conf)
+      local cok, compiled, cerr2 = xpcall(plugin.compile, traceback, conf, ep)
       if not cok then return nil, ep .. ": " .. tostring(compiled) end
       if compiled == nil then
         return nil, ep .. ": " .. tostring(cerr2 or "compile returned nothing")

@@ -151,6 +151,20 @@ function Dict:ttl(key)
   return val.num
 end
 
+-- One rate-limit decision (engine/shdict.h, lp_shdict_gcra): allowed (boolean), requests
+-- remaining, seconds until this request would be allowed, seconds until the bucket is full.
+local gcra_out = ffi.new("lp_shdict_gcra_t")
+function Dict:gcra(key, rate, period, burst, cost)
+  check_self(self)
+  local interval
+  interval, burst, cost = args.gcra(rate, period, burst, cost)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  local rc = C.lp_ffi_shdict_gcra(self._d, k, #k, interval, burst, cost, gcra_out)
+  if rc ~= 0 then return nil, ERR[rc] end
+  return gcra_out.allowed ~= 0, gcra_out.remaining, gcra_out.retry_after, gcra_out.reset_after
+end
+
 function Dict:expire(key, exptime)
   check_self(self)
   local k, err = check_key(key)

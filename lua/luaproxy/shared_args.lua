@@ -33,4 +33,17 @@ function M.store(exptime, flags)
   return exptime, flags
 end
 
+-- gcra's rate, period, burst and cost, checked (a bad one raises at the caller's line) and
+-- turned into the emission interval (seconds between requests at the steady rate).
+function M.gcra(rate, period, burst, cost)
+  if type(rate) ~= "number" or not (rate > 0) then error('bad "rate" argument', 3) end
+  if period == nil then period = 1 end
+  if type(period) ~= "number" or not (period > 0) then error('bad "period" argument', 3) end
+  if burst == nil then burst = 0 end
+  if type(burst) ~= "number" or not (burst >= 0) then error('bad "burst" argument', 3) end
+  if cost == nil then cost = 1 end
+  if type(cost) ~= "number" or not (cost >= 0) then error('bad "cost" argument', 3) end
+  return period / rate, burst, cost
+end
+
 return M

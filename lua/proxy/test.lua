@@ -570,6 +570,11 @@ function Req:headers()
   return h_table(self._headers)
 end
 
+function Req:header_count()
+  check("header_count", self._phase)
+  return #self._headers
+end
+
 function Req:host()
   check("host", self._phase)
   local h = h_find(self._headers, "host")
@@ -688,6 +693,16 @@ function Req:set_hash_key(key)
   check("set_hash_key", self._phase)
   if type(key) ~= "string" then phases.raise("req:set_hash_key(): expected a string", 2) end
   self._hash_key = key
+end
+
+-- The engine would check the body against this limit when the request phase ends; the
+-- double records it (res.max_body_size).
+function Req:set_max_body_size(n)
+  check("set_max_body_size", self._phase)
+  if type(n) ~= "number" or n < 0 or n ~= n or n % 1 ~= 0 then
+    phases.raise("req:set_max_body_size(): expected a whole number of bytes >= 0", 2)
+  end
+  self._max_body_size = n
 end
 
 -- Why the previous try failed (kind, status, address), nil on the first try.
@@ -872,7 +887,7 @@ function T.conf(plugin, overrides, path)
   conf, err = schema.validate(plugin.schema or { fields = {} }, overrides, path)
   if not conf then phases.raise(err, 2) end
   if plugin.compile then
-    local compiled, cerr = plugin.compile(conf)
+    local compiled, cerr = plugin.compile(conf, path)
     if compiled == nil then phases.raise(path .. ": " .. tostring(cerr), 2) end
     conf = compiled
   end
@@ -963,6 +978,14 @@ function T.run_chain(entries, req_spec, resp_spec)
       end
     end
     if responded then break end
+    -- As the engine: a declared body over the request's limit is refused once the request
+    -- phase is over (only the limit a plugin set is known here).
+    local cl = phase == "request" and req._max_body_size and tonumber(req:header("Content-Length"))
+    if cl and req._max_body_size > 0 and cl > req._max_body_size then
+      set_local(req, "respond", 413, "request body too large\n", { ["Content-Type"] = "text/plain" })
+      responded = true
+      break
+    end
   end
 
   local request_headers = h_table(req._headers)
@@ -1006,6 +1029,7 @@ function T.run_chain(entries, req_spec, resp_spec)
     body = concat(out),
     upstream = req._upstream,
     target = req._target,
+    max_body_size = req._max_body_size,
     path = req._path,
     uri = req._query and req._path .. "?" .. req._query or req._path,
     request_headers = request_headers,

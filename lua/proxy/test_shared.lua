@@ -207,6 +207,43 @@ function Dict:ttl(key)
   return nd.expires - self._clock()
 end
 
+-- The engine's lp_shdict_gcra (engine/shdict.c) step for step: the key holds the
+-- theoretical arrival time and expires when the bucket is full again.
+function Dict:gcra(key, rate, period, burst, cost)
+  check_self(self)
+  local interval
+  interval, burst, cost = args.gcra(rate, period, burst, cost)
+  local k, err = check_key(key)
+  if not k then return nil, err end
+  local now = self._clock()
+  local limit = (burst + 1) * interval
+  local nd, old = live(self, k)
+  if nd and (nd.list or type(nd.value) ~= "number") then
+    detach(self, nd)
+    nd = nil
+  elseif old then
+    detach(self, old)
+  end
+  local tat = nd and nd.value > now and nd.value or now
+  local new_tat = tat + cost * interval
+  local allow_at = new_tat - limit
+  if allow_at > now + 1e-9 then return false, 0, allow_at - now, tat - now end
+  if cost == 0 then
+    return true, math.floor((limit - (tat - now)) / interval + 1e-9), 0, tat - now
+  end
+  if nd then
+    nd.value, nd.expires = new_tat, new_tat
+    touch(self, nd)
+  else
+    local fresh = { key = k, value = new_tat, flags = 0, expires = new_tat,
+                    charge = ENTRY_OVERHEAD + #k }
+    local ok = make_room(self, fresh.charge, false)
+    if not ok then return nil, "no memory" end
+    attach(self, fresh)
+  end
+  return true, math.floor((limit - (new_tat - now)) / interval + 1e-9), 0, new_tat - now
+end
+
 function Dict:expire(key, exptime)
   check_self(self)
   local k, err = check_key(key)

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""The protection plugins through real requests (docs/plugins/rate_limit.md, limit_conn.md,
+request_limits.md):
+
+- rate_limit, local policy: burst then 429 with Retry-After and the RateLimit headers,
+  counted together by 2 workers, kept across a reload, dry_run;
+- rate_limit, redis policy against a real redis-server: two luaproxy instances sharing one
+  limit hold the global rate within 5% over a 10 s run; Redis stopped: the local fallback
+  and one log line per interval;
+- limit_conn: max in flight, 503, slots given back after clients abort mid-request;
+- request_limits: a route's body limit above and below the global one (Content-Length and
+  chunked), 405 with Allow, 414, 431."""
+
+import os
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reload"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
+import reloadtest as RT  # noqa: E402
+from reloadtest import H  # noqa: E402
+from test_lua_redis import Redis  # noqa: E402
+
+
+def route(prefix, plugins, **kw):
+    r = {"match": {"prefix": prefix}, "upstream": "o", "plugins": plugins,
+         "strip_prefix": prefix != "/"}
+    r.update(kw)
+    return r
+
+
+def local_routes():
+    return [
+        route("/rl/", [{"name": "rate_limit", "rate": 2, "period": 1, "burst": 3, "id": "rl"}]),
+        route("/dry/fixed", [{"name": "rate_limit", "rate": 1, "dry_run": True}]),
+        route("/conn/", [{"name": "limit_conn", "max": 2}]),
+        route("/big/", [{"name": "request_limits", "max_body_size": 100000}]),
+        route("/small/", [{"name": "request_limits", "max_body_size": 100,
+                           "methods": ["GET", "POST"], "max_uri_length": 40,
+                           "max_headers": 8}]),
+        route("/", []),
+    ]
+
+
+class LocalLimitsTest(RT.ReloadTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = cls.start_origin("o")
+        cls.proxy = cls.start_reload_proxy(
+            {"o": H.upstream(cls.origin.address())}, local_routes(), workers=2,
+            shared={"rate_limit": "1m", "limit_conn": "1m"}, limits={"max_body_size": 1000})
+
+    def test_rate_limit_burst_then_429_with_headers_across_workers_and_a_reload(self):
+        codes = []
+        for _ in range(4):  # fresh connections: the two workers take turns
+            r = H.get(self.proxy.port, "/rl/fixed")
+            codes.append(r.status)
+            self.assertEqual(r.header("RateLimit-Policy"), '"rl";q=2;w=1')
+        # rate 2/s, burst 3: four at once, then refused (a request or so may slip in as
+        # half a second passes on a loaded machine).
+        self.assertEqual(codes, [200] * 4)
+        r = H.get(self.proxy.port, "/rl/fixed")
+        if r.status == 200:
+            r = H.get(self.proxy.port, "/rl/fixed")
+        self.assertEqual(r.status, 429, r.body)
+        self.assertEqual(r.body, b"too many requests\n")
+        self.assertIn(r.header("Retry-After"), ("1",))
+        self.assertRegex(r.header("RateLimit"), r'^"rl";r=0;t=[12]$')
+        # The counts live in the shared dict: a reload keeps them.
+        self.reload()
+        self.assertEqual(H.get(self.proxy.port, "/rl/fixed").status, 429)
+        # They refill at the rate.
+        H.wait_for(lambda: H.get(self.proxy.port, "/rl/fixed").status == 200, H.T(5),
+                   what="a refilled token")
+
+    def test_dry_run_only_logs(self):
+        for _ in range(3):
+            self.assertEqual(H.get(self.proxy.port, "/dry/fixed").status, 200)
+        H.wait_for(lambda: "rate_limit: would refuse ip:127.0.0.1 (dry run)" in self.proxy.stderr(),
+                   H.T(5), what="the dry-run line in the error log")
+
+    def test_limit_conn_refuses_beyond_max_and_frees_slots_of_aborted_clients(self):
+        # Two slow requests hold both slots; their clients give up mid-request.
+        socks = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=H.T(5))
+            s.sendall(b"GET /conn/delay?ms=20000 HTTP/1.1\r\nHost: a\r\n\r\n")
+            socks.append(s)
+        H.wait_for(lambda: H.get(self.proxy.port, "/conn/fixed").status == 503, H.T(5),
+                   what="the third request refused")
+        r = H.get(self.proxy.port, "/conn/fixed")
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.body, b"too many requests in flight\n")
+        for s in socks:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()  # a reset: the client is gone
+        H.wait_for(lambda: H.get(self.proxy.port, "/conn/fixed").status == 200, H.T(5),
+                   what="slots given back after the aborts")
+        # Both slots, not one: two requests in flight at once are allowed again.
+        results = []
+
+        def slow():
+            results.append(H.get(self.proxy.port, "/conn/delay?ms=300").status)
+        ts = [threading.Thread(target=slow) for _ in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(H.T(10))
+        self.assertEqual(sorted(results), [200, 200])
+
+    def test_request_limits_body_size_per_route(self):
+        # Above the global 1000 bytes on /big/, below it on /small/.
+        r = H.get(self.proxy.port, "/big/echo", method="POST", body=b"x" * 5000)
+        self.assertEqual(len(r.body), 5000)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(H.get(self.proxy.port, "/", method="POST", body=b"x" * 5000).status, 413)
+        self.assertEqual(H.get(self.proxy.port, "/small/echo", method="POST", body=b"x" * 100).status,
+                         200)
+        self.assertEqual(H.get(self.proxy.port, "/small/echo", method="POST", body=b"x" * 101).status,
+                         413)
+        # A chunked body learns its size as it goes.
+        chunked = b"96\r\n" + b"y" * 150 + b"\r\n0\r\n\r\n"
+        resp, _, c = H.raw_exchange(
+            self.proxy.port,
+            b"POST /small/echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+        c.close()
+        self.assertIsNotNone(resp)
+        self.assertEqual(resp.status, 413)
+
+    def test_request_limits_methods_uri_and_headers(self):
+        r = H.get(self.proxy.port, "/small/", method="DELETE")
+        self.assertEqual(r.status, 405)
+        self.assertEqual(r.header("Allow"), "GET, POST")
+        self.assertEqual(H.get(self.proxy.port, "/small/" + "a" * 40).status, 414)
+        many = {"X-%d" % i: "v" for i in range(10)}
+        self.assertEqual(H.get(self.proxy.port, "/small/", headers=many).status, 431)
+        self.assertEqual(H.get(self.proxy.port, "/small/fixed").status, 200)
+
+
+class RedisLimitsTest(RT.ReloadTestCase):
+    """Two proxies, one Redis: the limit holds for both together."""
+
+    RATE = 40
+    BURST = 5
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.addClassCleanup(cls.redis.stop)
+        cls.redis.start()
+        cls.origin = cls.start_origin("o")
+        plugin = {"name": "rate_limit", "rate": cls.RATE, "burst": cls.BURST, "id": "global",
+                  "policy": "redis", "redis": {"port": cls.redis.port, "timeout": 500},
+                  "log_interval": 60}
+        routes = [route("/", [plugin])]
+        cls.proxies = [
+            cls.start_reload_proxy({"o": H.upstream(cls.origin.address())}, routes, workers=1,
+                                   shared={"rate_limit": "1m"}, name="redis%d" % i)
+            for i in range(2)]
+        cls.proxy = cls.proxies[0]
+
+    def test_two_instances_share_one_rate_within_5_percent_and_fall_back_when_redis_stops(self):
+        duration = 10.0
+        counts = {}
+        errors = []
+        lock = threading.Lock()
+        start = time.monotonic()
+
+        def load(port):
+            try:
+                with H.Client(port, timeout=H.T(10)) as c:
+                    while time.monotonic() - start < duration:
+                        r = c.request("GET", "/fixed")
+                        with lock:
+                            counts[r.status] = counts.get(r.status, 0) + 1
+                        if r.header("Connection") == "close":
+                            return
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        ts = [threading.Thread(target=load, args=(p.port,)) for p in self.proxies for _ in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(H.T(60))
+        elapsed = time.monotonic() - start
+        self.assertEqual(errors, [])
+        self.assertEqual(set(counts) - {200, 429}, set(), counts)
+        expected = self.RATE * elapsed + self.BURST + 1
+        self.assertGreater(counts.get(429, 0), counts.get(200, 0), "the load went over the limit")
+        self.assertLess(abs(counts[200] - expected) / expected, 0.05,
+                        "allowed %d in %.1f s, expected about %.0f" % (counts[200], elapsed, expected))
+        # Redis gone: each proxy counts locally, and logs it once (per interval).
+        self.redis.stop()
+        for p in self.proxies:
+            codes = [H.get(p.port, "/fixed").status for _ in range(self.BURST + 3)]
+            self.assertEqual(codes[:self.BURST + 1], [200] * (self.BURST + 1))
+            self.assertIn(429, codes)
+            self.wait_log("rate_limit: Redis 127.0.0.1:%d failed" % self.redis.port, proxy=p)
+            self.assertEqual(len(self.log_lines("rate_limit: Redis", proxy=p)), 1)
+
+    def wait_log(self, needle, proxy):
+        return H.wait_for(lambda: needle in proxy.stderr(), H.T(5),
+                          what=repr(needle) + " in the error log:\n" + proxy.stderr()[-3000:])
+
+
+if __name__ == "__main__":
+    H.main()
