@@ -598,15 +598,19 @@ return {
   upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
   shared = { rate_limit = "10m" },
   routes = {
-    { match = { prefix = "/redis" }, upstream = "app", strip_prefix = true,
-      plugins = { { name = "rate_limit", rate = 100000000, burst = 1000000, headers = false,
-                    policy = "redis", redis = { port = {{redis_port}}, timeout = 1000 } } } },
     { match = { prefix = "/" }, upstream = "app",
       plugins = { { name = "rate_limit", rate = 100000000, burst = 1000000, headers = false } } },
   },
   log = { access = false },
 }
 """
+LUAPROXY_RATE_LIMIT_REDIS = LUAPROXY_RATE_LIMIT.replace(
+    "  routes = {\n",
+    "  routes = {\n"
+    "    { match = { prefix = \"/redis\" }, upstream = \"app\", strip_prefix = true,\n"
+    "      plugins = { { name = \"rate_limit\", rate = 100000000, burst = 1000000, headers = false,\n"
+    "                    policy = \"redis\", redis = { port = {{redis_port}}, timeout = 1000 } } } },\n")
+assert LUAPROXY_RATE_LIMIT_REDIS.count("redis_port") == 1
 
 NGINX_RATE_LIMIT = NGINX_PLAIN.replace(
     "  access_log off;\n",
@@ -638,9 +642,48 @@ SCENARIOS.append({
     "path": "/redis/",
     "connections": 50,
     "services": ["redis"],
-    "luaproxy": LUAPROXY_RATE_LIMIT,
+    "luaproxy": LUAPROXY_RATE_LIMIT_REDIS,
     "nginx": NGINX_RATE_LIMIT,
     "per_mib": False,
     "note": "rate_limit with the redis policy (one EVALSHA per request, pooled) vs nginx's "
             "local limit_req (nginx has no Redis limiter in Debian): report only",
+})
+
+# --- ip_filter with 100,000 denied prefixes (none matching the client) --------------------
+# luaproxy: the bundled ip_filter (one binary search over the flattened prefixes); nginx:
+# the geo module (its radix tree) and `if ($blocked)`, the efficient way to deny that many.
+_IPF_PREFIXES = ["%d.%d.%d.0/24" % (10 + i % 100, (i // 100) % 256, i % 256)
+                 for i in range(100000)]
+LUAPROXY_IP_FILTER = """\
+local deny = {}
+for i = 0, 99999 do
+  deny[i + 1] = string.format("%d.%d.%d.0/24", 10 + i % 100, math.floor(i / 100) % 256, i % 256)
+end
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = { { match = { prefix = "/" }, upstream = "app",
+               plugins = { { name = "ip_filter", deny = deny } } } },
+  log = { access = false },
+}
+"""
+NGINX_IP_FILTER = NGINX_PLAIN.replace(
+    "  access_log off;\n",
+    "  access_log off;\n"
+    "  geo $blocked {\n    default 0;\n" + "".join("    %s 1;\n" % p for p in _IPF_PREFIXES)
+    + "  }\n").replace(
+    "    location / {\n",
+    "    location / {\n"
+    "      if ($blocked) { return 403; }\n")
+
+SCENARIOS.append({
+    "name": "ip-filter-100k-5B-c50",
+    "path": "/",
+    "connections": 50,
+    "luaproxy": LUAPROXY_IP_FILTER,
+    "nginx": NGINX_IP_FILTER,
+    "per_mib": False,
+    "note": "ip_filter with 100,000 denied /24s (the client in none) vs nginx geo + if; "
+            "minus plain-5B-c50 is the filter's cost",
 })

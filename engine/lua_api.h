@@ -99,6 +99,19 @@ int *lp_ffi_guard_flag(void);
 double lp_ffi_guard_expired(void);
 /* Background tasks (engine/lua_task.c, lua/luaproxy/tasks.lua). */
 int lp_ffi_bg_new(double delay, int timer);
+/* IP sets (engine/ipset.h, ipset_ffi.c): CIDRs with values, longest prefix wins; find returns
+ * the value, -1 for no match, LP_IPSET_EINVAL for text that is not an address. */
+void *lp_ffi_ipset_new(void);
+void lp_ffi_ipset_free(void *s);
+int lp_ffi_ipset_add(void *s, const char *text, size_t len, int value);
+int lp_ffi_ipset_build(void *s);
+int lp_ffi_ipset_find(const void *s, const char *text, size_t len);
+/* Countries from a MaxMind-format database (engine/geoip.c). open: NULL with err; country:
+ * 1 and the ISO code in out, 0 when the address has none. */
+void *lp_ffi_geoip_open(const char *path, char *err, size_t errlen);
+void lp_ffi_geoip_close(void *db);
+int lp_ffi_geoip_country(void *db, const char *ip, size_t len, char out[3]);
+
 int lp_ffi_bg_wait(double interval);
 int lp_ffi_bg_cancel(int id);
 int lp_ffi_bg_count(int running);

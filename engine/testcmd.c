@@ -95,6 +95,12 @@ int lp_testcmd_main(int argc, char **argv)
     if (w < 0 || (size_t)w >= sizeof(lua_path) - used)
         goto too_long;
     setenv("LUA_PATH", lua_path, 1);
+    /* The native helpers for the double (lua/luaproxy/native.lua): installed beside the
+     * runtime, else the build tree's. */
+    if (!getenv("LP_NATIVE_LIB")) {
+        snprintf(dir, sizeof(dir), "%s/lib/liblp_native.so", root);
+        setenv("LP_NATIVE_LIB", access(dir, R_OK) == 0 ? dir : LP_NATIVE_LIB_BUILD, 1);
+    }
 
     const char *busted = getenv("BUSTED");
     const char *luajit = getenv("LUAJIT");

@@ -9,8 +9,11 @@ request_limits.md):
   and one log line per interval;
 - limit_conn: max in flight, 503, slots given back after clients abort mid-request;
 - request_limits: a route's body limit above and below the global one (Content-Length and
-  chunked), 405 with Allow, 414, 431."""
+  chunked), 405 with Allow, 414, 431;
+- ip_filter: deny and allow lists for the client address, a 100,000-line CIDR file loaded
+  at start and at reload, and a bad file refused at reload with the old lists still serving."""
 
+import json
 import os
 import socket
 import sys
@@ -137,6 +140,58 @@ class LocalLimitsTest(RT.ReloadTestCase):
         many = {"X-%d" % i: "v" for i in range(10)}
         self.assertEqual(H.get(self.proxy.port, "/small/", headers=many).status, 431)
         self.assertEqual(H.get(self.proxy.port, "/small/fixed").status, 200)
+
+
+class IpFilterTest(RT.ReloadTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = cls.start_origin("o")
+        cls.dir = H.Workdir.new("ipfilter")
+        cls.big = os.path.join(cls.dir, "deny.txt")
+        with open(cls.big, "w") as f:
+            f.write("# generated: 100,000 prefixes, none containing 127.0.0.0/8\n")
+            for i in range(100000):
+                f.write("%d.%d.%d.0/24\n" % (10 + i % 100, (i // 100) % 256, i % 256))
+        cls.proxy = cls.start_reload_proxy(
+            {"o": H.upstream(cls.origin.address())}, cls.routes(cls.big), workers=2)
+
+    @staticmethod
+    def routes(deny_file):
+        return [
+            route("/deny-me/", [{"name": "ip_filter", "deny": ["127.0.0.0/8"]}]),
+            route("/allow-other/", [{"name": "ip_filter", "allow": ["192.0.2.0/24", "::1"],
+                                     "status": 404, "message": "nothing here\n"}]),
+            route("/allow-me/", [{"name": "ip_filter", "allow": ["127.0.0.1"],
+                                  "deny": ["127.0.0.0/8"]}]),
+            route("/big/", [{"name": "ip_filter", "deny_file": deny_file}]),
+            route("/", []),
+        ]
+
+    def test_lists_decide_by_the_most_specific_entry(self):
+        r = H.get(self.proxy.port, "/deny-me/fixed")
+        self.assertEqual((r.status, r.body), (403, b"forbidden\n"))
+        r = H.get(self.proxy.port, "/allow-other/fixed")
+        self.assertEqual((r.status, r.body), (404, b"nothing here\n"))
+        self.assertEqual(H.get(self.proxy.port, "/allow-me/fixed").status, 200)
+        self.assertEqual(H.get(self.proxy.port, "/fixed").status, 200)
+
+    def test_a_large_file_loads_and_a_bad_one_is_refused_at_reload(self):
+        self.assertEqual(H.get(self.proxy.port, "/big/fixed").status, 200)
+        bad = os.path.join(self.dir, "bad.txt")
+        with open(bad, "w") as f:
+            f.write("10.0.0.0/8\n127.0.0.0/8\n300.1.2.3/8\n")
+        self.rewrite(routes=self.routes(bad))
+        j = self.reload_fails()
+        self.assertIn('bad.txt:3: \\"300.1.2.3/8\\" is not an address or CIDR', json.dumps(j))
+        # The old lists still serve.
+        self.assertEqual(H.get(self.proxy.port, "/big/fixed").status, 200)
+        with open(bad, "w") as f:
+            f.write("10.0.0.0/8\n127.0.0.0/8\n")
+        self.reload()
+        self.assertEqual(H.get(self.proxy.port, "/big/fixed").status, 403)
+        self.rewrite(routes=self.routes(self.big))
+        self.reload()
+        self.assertEqual(H.get(self.proxy.port, "/big/fixed").status, 200)
 
 
 class RedisLimitsTest(RT.ReloadTestCase):
