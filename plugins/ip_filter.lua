@@ -80,8 +80,7 @@ local function code_set(list)
   return set
 end
 
-function P.compile(conf, where)
-  where = where or "ip_filter"
+function P.compile(conf)
   local s = ffi.gc(C.lp_ffi_ipset_new(), C.lp_ffi_ipset_free)
   if s == nil then return nil, "out of memory" end
   local ok, err = add_all(s, conf.allow or {}, ALLOW, "allow")

@@ -32,22 +32,10 @@ for k, v in pairs(limit_key.fields) do fields[k] = v end
 P.schema = { fields = fields, custom = limit_key.check }
 
 function P.compile(conf, where)
-  local c = {}
-  for k, v in pairs(conf) do c[k] = v end
-  c.keyfn = limit_key.compile(conf)
-  c.ns = (conf.id or where or "limit_conn") .. "|" .. conf.limit_by .. "|"
-  c.ctx_key = {} -- this instance's slot in req.ctx: the counter key to give back
-  return c
+  return limit_key.compile_entry(conf, where, "limit_conn")
 end
 
-local function dict_of(conf)
-  local d = proxy.shared[conf.dict]
-  if not d then
-    error(format("limit_conn: no shared dict %q: declare it in the config, e.g. "
-      .. "shared = { %s = \"10m\" }", conf.dict, conf.dict), 0)
-  end
-  return d
-end
+local function dict_of(conf) return limit_key.dict(conf, "limit_conn") end
 
 function P.init_worker(conf) dict_of(conf) end
 

@@ -86,14 +86,10 @@ return { 1, math.floor((limit - (new_tat - now)) / interval), 0, new_tat - now }
 P.REDIS_SCRIPT_SHA1 = "da6909673637ebb01a31650a6618019da2ecf578"
 
 function P.compile(conf, where)
-  local c = {}
-  for k, v in pairs(conf) do c[k] = v end
-  c.keyfn = limit_key.compile(conf)
-  c.ns = (conf.id or where or "rate_limit") .. "|" .. conf.limit_by .. "|"
+  local c = limit_key.compile_entry(conf, where, "rate_limit")
   c.label = format("%q", conf.id or "default")
   c.policy_header = format("%s;q=%s;w=%d", c.label, tostring(conf.rate), ceil(conf.period))
   c.interval = conf.period / conf.rate
-  c.ctx_key = {} -- this instance's slot in req.ctx
   if conf.policy == "redis" then
     local r = conf.redis
     c.redis_opts = { host = r.host, port = r.port, password = r.password, user = r.user,
@@ -106,21 +102,12 @@ function P.compile(conf, where)
   return c
 end
 
-local function dict_of(conf)
-  local d = proxy.shared[conf.dict]
-  if not d then
-    error(format("rate_limit: no shared dict %q: declare it in the config, e.g. "
-      .. "shared = { %s = \"10m\" }", conf.dict, conf.dict), 0)
-  end
-  return d
-end
-
 function P.init_worker(conf)
-  if conf.policy == "local" or conf.fallback == "local" then dict_of(conf) end
+  if conf.policy == "local" or conf.fallback == "local" then limit_key.dict(conf, "rate_limit") end
 end
 
 local function local_decision(conf, key)
-  local ok, remaining, retry, reset = dict_of(conf):gcra(conf.ns .. key, conf.rate,
+  local ok, remaining, retry, reset = limit_key.dict(conf, "rate_limit"):gcra(conf.ns .. key, conf.rate,
     conf.period, conf.burst, 1)
   if ok == nil then
     -- The dict cannot hold the key ("no memory" with every entry valid): count nothing

@@ -2,7 +2,8 @@
 -- (rate_limit, limit_conn), one copy for both. A request whose chosen key is missing (no
 -- consumer yet, no such header, the function returned nil) is counted by its client
 -- address, as Kong does: a missing header must not be a way around the limit.
-local type, tostring = type, tostring
+local type, tostring, pairs = type, tostring, pairs
+local format = string.format
 
 local M = {}
 
@@ -33,6 +34,28 @@ function M.check(conf)
     return nil, "limit_by = \"function\" needs `key`"
   end
   return true
+end
+
+-- The shared dict named `conf.dict`, or an error that says how to declare it.
+function M.dict(conf, plugin)
+  local d = proxy.shared[conf.dict]
+  if not d then
+    error(format("%s: no shared dict %q: declare it in the config, e.g. "
+      .. "shared = { %s = \"10m\" }", plugin, conf.dict, conf.dict), 0)
+  end
+  return d
+end
+
+-- What both plugins compile: a copy of conf with `keyfn`, the counter namespace `ns` (the
+-- entry's id, else its place in the config, then limit_by) and `ctx_key`, this entry's
+-- slot in req.ctx.
+function M.compile_entry(conf, where, plugin)
+  local c = {}
+  for k, v in pairs(conf) do c[k] = v end
+  c.keyfn = M.compile(conf)
+  c.ns = (conf.id or where or plugin) .. "|" .. conf.limit_by .. "|"
+  c.ctx_key = {}
+  return c
 end
 
 -- A function(req) returning the request's key, prefixed by its kind so that an address
