@@ -1,6 +1,8 @@
 #include "ipset.h"
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,6 +120,44 @@ int lp_ipset_add(lp_ipset_t *s, const char *text, size_t len, int value)
     s->prefixes[s->nprefixes++] = (prefix_t){a & ~m, (a & ~m) | m, plen, value};
     s->added++;
     return 0;
+}
+
+int lp_ipset_add_file(lp_ipset_t *s, const char *path, int value, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return LP_IPSET_EINVAL;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    unsigned lineno = 0;
+    int rc = 0;
+    while (!rc && (n = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        char *p = line, *e = line + n;
+        char *hash = memchr(p, '#', (size_t)n);
+        if (hash)
+            e = hash;
+        while (p < e && (*p == ' ' || *p == '\t'))
+            p++;
+        while (e > p && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
+            e--;
+        if (p == e)
+            continue;
+        rc = lp_ipset_add(s, p, (size_t)(e - p), value);
+        if (rc)
+            snprintf(err, errlen, "%s:%u: \"%.*s\" is not an address or CIDR", path, lineno,
+                     (int)(e - p > 64 ? 64 : e - p), p);
+    }
+    if (!rc && ferror(f)) {
+        snprintf(err, errlen, "%s: read error", path);
+        rc = LP_IPSET_EINVAL;
+    }
+    free(line);
+    fclose(f);
+    return rc;
 }
 
 static int cmp_prefix(const void *pa, const void *pb)

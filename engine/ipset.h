@@ -28,6 +28,11 @@ void lp_ipset_free(lp_ipset_t *s);
  * caller that numbers deny above allow makes deny win). Bits beyond the prefix length are
  * ignored ("10.1.2.3/8" is 10.0.0.0/8). 0 or LP_IPSET_E*. */
 int lp_ipset_add(lp_ipset_t *s, const char *text, size_t len, int value);
+/* Adds every line of a file: a CIDR or address per line, `#` comments and blank lines
+ * ignored. 0, or LP_IPSET_E* with err set to "PATH:LINE: \"TEXT\" is not an address or
+ * CIDR" (or the reason the file could not be read). Reading 100,000 lines in C rather
+ * than Lua keeps a large list's load within the config's load time limit. */
+int lp_ipset_add_file(lp_ipset_t *s, const char *path, int value, char *err, size_t errlen);
 /* Sorts and flattens what was added; the set is read-only afterwards. 0 or ENOMEM. */
 int lp_ipset_build(lp_ipset_t *s);
 /* The value of the most specific prefix containing the address (text, IPv4 or IPv6; an

@@ -19,6 +19,11 @@ int lp_ffi_ipset_add(void *s, const char *text, size_t len, int value)
     return lp_ipset_add(s, text, len, value);
 }
 
+int lp_ffi_ipset_add_file(void *s, const char *path, int value, char *err, size_t errlen)
+{
+    return lp_ipset_add_file(s, path, value, err, errlen);
+}
+
 int lp_ffi_ipset_build(void *s)
 {
     return lp_ipset_build(s);

@@ -104,6 +104,7 @@ int lp_ffi_bg_new(double delay, int timer);
 void *lp_ffi_ipset_new(void);
 void lp_ffi_ipset_free(void *s);
 int lp_ffi_ipset_add(void *s, const char *text, size_t len, int value);
+int lp_ffi_ipset_add_file(void *s, const char *path, int value, char *err, size_t errlen);
 int lp_ffi_ipset_build(void *s);
 int lp_ffi_ipset_find(const void *s, const char *text, size_t len);
 /* Countries from a MaxMind-format database (engine/geoip.c). open: NULL with err; country:

@@ -4,8 +4,8 @@
 -- Docs: docs/plugins/ip_filter.md.
 local ffi = require "ffi"
 local C = require "luaproxy.native"
-local format, gsub, upper = string.format, string.gsub, string.upper
-local ipairs, tostring = ipairs, tostring
+local format, upper = string.format, string.upper
+local ipairs = ipairs
 local ffi_string = ffi.string
 
 local P = {
@@ -57,19 +57,12 @@ local function add_all(s, list, value, where)
   return true
 end
 
+local errbuf = ffi.new("char[512]")
+
 local function add_file(s, path, value, where)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, format("%s: %s", where, tostring(err)) end
-  local n = 0
-  for line in f:lines() do
-    n = n + 1
-    line = gsub(gsub(line, "#.*$", ""), "^%s*(.-)%s*$", "%1")
-    if line ~= "" and C.lp_ffi_ipset_add(s, line, #line, value) ~= 0 then
-      f:close()
-      return nil, format("%s: %s:%d: %q is not an address or CIDR", where, path, n, line)
-    end
+  if C.lp_ffi_ipset_add_file(s, path, value, errbuf, 512) ~= 0 then
+    return nil, where .. ": " .. ffi_string(errbuf)
   end
-  f:close()
   return true
 end
 
@@ -98,8 +91,7 @@ function P.compile(conf)
   c.default_deny = (conf.allow and #conf.allow > 0) or conf.allow_file ~= nil
     or c.allow_countries ~= nil
   if conf.geoip_db then
-    local errbuf = ffi.new("char[256]")
-    local db = C.lp_ffi_geoip_open(conf.geoip_db, errbuf, 256)
+    local db = C.lp_ffi_geoip_open(conf.geoip_db, errbuf, 512)
     if db == nil then
       return nil, format("geoip_db: %s: %s", conf.geoip_db, ffi_string(errbuf))
     end

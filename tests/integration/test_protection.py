@@ -36,7 +36,7 @@ def route(prefix, plugins, **kw):
 
 def local_routes():
     return [
-        route("/rl/", [{"name": "rate_limit", "rate": 2, "period": 1, "burst": 3, "id": "rl"}]),
+        route("/rl/", [{"name": "rate_limit", "rate": 1, "period": 5, "burst": 3, "id": "rl"}]),
         route("/dry/fixed", [{"name": "rate_limit", "rate": 1, "dry_run": True}]),
         route("/conn/", [{"name": "limit_conn", "max": 2}]),
         route("/big/", [{"name": "request_limits", "max_body_size": 100000}]),
@@ -60,22 +60,19 @@ class LocalLimitsTest(RT.ReloadTestCase):
         for _ in range(4):  # fresh connections: the two workers take turns
             r = H.get(self.proxy.port, "/rl/fixed")
             codes.append(r.status)
-            self.assertEqual(r.header("RateLimit-Policy"), '"rl";q=2;w=1')
-        # rate 2/s, burst 3: four at once, then refused (a request or so may slip in as
-        # half a second passes on a loaded machine).
+            self.assertEqual(r.header("RateLimit-Policy"), '"rl";q=1;w=5')
+        # 1 per 5 s, burst 3: four at once, then refused.
         self.assertEqual(codes, [200] * 4)
         r = H.get(self.proxy.port, "/rl/fixed")
-        if r.status == 200:
-            r = H.get(self.proxy.port, "/rl/fixed")
         self.assertEqual(r.status, 429, r.body)
         self.assertEqual(r.body, b"too many requests\n")
-        self.assertIn(r.header("Retry-After"), ("1",))
-        self.assertRegex(r.header("RateLimit"), r'^"rl";r=0;t=[12]$')
+        self.assertIn(r.header("Retry-After"), ("1", "2", "3", "4", "5"))
+        self.assertRegex(r.header("RateLimit"), r'^"rl";r=0;t=(1[5-9]|20)$')
         # The counts live in the shared dict: a reload keeps them.
         self.reload()
         self.assertEqual(H.get(self.proxy.port, "/rl/fixed").status, 429)
         # They refill at the rate.
-        H.wait_for(lambda: H.get(self.proxy.port, "/rl/fixed").status == 200, H.T(5),
+        H.wait_for(lambda: H.get(self.proxy.port, "/rl/fixed").status == 200, H.T(10),
                    what="a refilled token")
 
     def test_dry_run_only_logs(self):
