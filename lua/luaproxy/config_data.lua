@@ -90,20 +90,47 @@ local function decode_json(src, path)
     end
     return nil, format("%s: invalid JSON: %s", path, msg)
   end
-  if type(t) ~= "table" then
+  if type(t) ~= "table" or #t > 0 then
     return nil, format("%s: the file must hold a JSON object, got %s", path,
-      t == cjson_dec.null and "null" or type(t))
+      t == cjson_dec.null and "null" or type(t) == "table" and "an array" or type(t))
   end
   return check_nulls(t, cjson_dec.null, path)
 end
 
+-- Plain (unquoted) scalars read by YAML 1.2's core schema, not lyaml's YAML 1.1 default:
+-- `on`, `no`, `8:30` or `0b1` stay strings, where YAML 1.1 makes them a boolean, a number
+-- of minutes (sexagesimal) or binary; the core schema is what JSON-minded tools write.
+local CORE_BOOL = { ["true"] = true, True = true, TRUE = true,
+                    ["false"] = false, False = false, FALSE = false }
+local CORE_NULL = { [""] = true, ["~"] = true, null = true, Null = true, NULL = true }
+local function core_scalar(null)
+  return function(v)
+    if CORE_NULL[v] then return null end
+    local b = CORE_BOOL[v]
+    if b ~= nil then return b end
+    if find(v, "^[-+]?%d+$") then return tonumber(v) end
+    if find(v, "^0o[0-7]+$") then return tonumber(sub(v, 3), 8) end
+    if find(v, "^0x%x+$") then return tonumber(sub(v, 3), 16) end
+    if find(v, "^[-+]?%.?%d[%d]*%.?%d*[eE]?[-+]?%d*$") or find(v, "^[-+]?%d+%.%d*$") then
+      local n = tonumber(v)
+      if n then return n end
+    end
+    if v == ".inf" or v == ".Inf" or v == ".INF" or v == "+.inf" then return math.huge end
+    if v == "-.inf" or v == "-.Inf" or v == "-.INF" then return -math.huge end
+    if v == ".nan" or v == ".NaN" or v == ".NAN" then return 0 / 0 end
+    return v
+  end
+end
+
+local yaml_opts
 local function decode_yaml(src, path)
   local ok_mod, lyaml = pcall(require, "lyaml")
   if not ok_mod then
     return nil, format("%s: YAML configs need lyaml (Debian: lua-yaml): %s", path,
       tostring(lyaml))
   end
-  local ok, t = pcall(lyaml.load, src, { all = true })
+  yaml_opts = yaml_opts or { all = true, implicit_scalar = core_scalar(lyaml.null) }
+  local ok, t = pcall(lyaml.load, src, yaml_opts)
   if not ok then
     local msg = tostring(t):gsub("^.-%.lua:%d+: ", "")
     -- lyaml reports "line:column: problem" (1-based)
@@ -119,9 +146,9 @@ local function decode_yaml(src, path)
   end
   t = t[1]
   local null = lyaml.null
-  if type(t) ~= "table" or t == null then
+  if type(t) ~= "table" or t == null or #t > 0 then
     return nil, format("%s: the file must hold a YAML mapping, got %s", path,
-      t == null and "null" or type(t))
+      t == null and "null" or type(t) == "table" and "a sequence" or type(t))
   end
   return check_nulls(t, null, path)
 end
