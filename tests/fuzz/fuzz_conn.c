@@ -339,8 +339,8 @@ static const char *const client_texts[] = {
     "PROXY TCP4 192.0.2.1 10.0.0.1 1000 80\r\n",
     "PROXY TCP6 2001:db8::1 ::1 1 2\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
     "PROXY UNKNOWN\r\n",
-    "PROXY TCP4 127.0.0.9 10.0.0.1 1000 80\r\nGET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: "
-    "1.1.1.1, 127.0.0.2\r\n\r\n",
+    ("PROXY TCP4 127.0.0.9 10.0.0.1 1000 80\r\nGET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: "
+     "1.1.1.1, 127.0.0.2\r\n\r\n"),
     "PROXY TCP4 192.0.2.1 10.0",
     /* v2 headers hold NUL bytes, which these strlen()'d texts cannot: the raw writes
      * (c_write) reach them, libFuzzer's memcmp hooks finding the signature. */
