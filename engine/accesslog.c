@@ -37,6 +37,8 @@ typedef enum {
     V_SSL_SESSION_REUSED,
     V_SSL_CLIENT_S_DN,
     V_HTTP_HEADER, /* $http_<name> */
+    /* #14 */
+    V_REALIP_REMOTE_ADDR, /* the TCP peer (nginx's name), whatever real_ip made $remote_addr */
 } var_t;
 
 /* How a variable's value is written (op_t.mode). */
@@ -78,6 +80,8 @@ static const struct {
     {"ssl_server_name", V_SSL_SERVER_NAME},
     {"ssl_session_reused", V_SSL_SESSION_REUSED},
     {"ssl_client_s_dn", V_SSL_CLIENT_S_DN},
+    /* #14 */
+    {"realip_remote_addr", V_REALIP_REMOTE_ADDR},
 };
 
 /* Variables whose value is a JSON number when a member's value is just that variable. */
@@ -582,6 +586,12 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
             one(v, req->client_ip, strlen(req->client_ip));
         else if (req->conn) /* not formatted yet (the log is const): format it here */
             one(v, scratch, lp_conn_ip_text(req->conn, scratch));
+        break;
+    case V_REALIP_REMOTE_ADDR:
+        if (req->peer_ip[0])
+            one(v, req->peer_ip, strlen(req->peer_ip));
+        else if (req->conn)
+            one(v, scratch, lp_conn_peer_text(req->conn, scratch));
         break;
     case V_TIME_ISO8601:
         refresh_time(log);

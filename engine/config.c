@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -476,6 +477,32 @@ static void free_error_pages(lp_error_pages_t *e)
     free(e->pages);
 }
 
+/* listen[i].real_ip, the table at the top of the stack (CIDRs checked by luaproxy.cidr). */
+static void read_real_ip(rctx_t *r, lp_listen_conf_t *lc)
+{
+    lua_State *L = r->L;
+    lc->realip_header = get_str(r, "header");
+    if (lc->realip_header && strcasecmp(lc->realip_header, "Forwarded") == 0)
+        lc->realip_kind = LP_REALIP_FORWARDED;
+    if (!push_table(L, "trusted"))
+        return;
+    size_t n = lua_objlen(L, -1);
+    lc->trusted = calloc(n ? n : 1, sizeof(*lc->trusted));
+    if (!lc->trusted) {
+        r->oom = 1;
+        n = 0;
+    }
+    for (size_t k = 0; k < n; k++) {
+        lua_rawgeti(L, -1, (int)k + 1);
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        if (s && lp_cidr_parse(s, len, &lc->trusted[lc->ntrusted]) == 0)
+            lc->ntrusted++;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static void read_listen(rctx_t *r)
 {
     lua_State *L = r->L;
@@ -493,6 +520,11 @@ static void read_listen(rctx_t *r)
         lc->backlog = (int)get_num(L, "backlog");
         if (push_table(L, "tls")) {
             read_tls_server(r, &r->server_tls[i]);
+            lua_pop(L, 1);
+        }
+        lc->proxy_protocol = get_bool(L, "proxy_protocol");
+        if (push_table(L, "real_ip")) {
+            read_real_ip(r, lc);
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
@@ -1083,6 +1115,8 @@ void lp_config_free(lp_config_t *c)
     todo_free(c);
     for (size_t i = 0; i < c->nlisten; i++) {
         free(c->listen[i].addr.text);
+        free(c->listen[i].trusted);
+        free(c->listen[i].realip_header);
         lp_tls_server_unref(c->listen[i].tls);
     }
     free(c->listen);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 #include "log.h"
+#include "realip.h"
 
 typedef struct {
     char *text; /* as written, "host:port" (owned) */
@@ -124,6 +125,13 @@ typedef struct {
     lp_addr_t addr;
     int backlog;
     struct lp_tls_server_s *tls; /* owned reference (tls.h); NULL: plain HTTP */
+    int proxy_protocol;          /* connections start with a PROXY header (proxy_proto.h) */
+    /* real_ip (realip.h): the client address from realip_header when the connection's
+     * address is in `trusted`. ntrusted 0: off. */
+    lp_cidr_t *trusted; /* owned array of ntrusted */
+    size_t ntrusted;
+    lp_realip_kind_t realip_kind;
+    char *realip_header; /* owned: the header's name; NULL when off */
 } lp_listen_conf_t;
 
 typedef struct {

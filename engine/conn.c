@@ -6,6 +6,8 @@
 #include <netinet/tcp.h>
 #include "accesslog.h"
 #include "conn.h"
+#include "proxy_proto.h"
+#include "realip.h"
 #include "errpage.h"
 #include "log.h"
 #include "lua_api.h"
@@ -109,10 +111,9 @@ void lp_conn_close(lp_conn_t *c)
     lp_ep_close(&c->ep);
 }
 
-size_t lp_conn_ip_text(const lp_conn_t *c, char out[LP_IP_TEXT])
+static size_t ip_text(const uint8_t *a, int v6, char out[LP_IP_TEXT])
 {
-    const uint8_t *a = c->client_addr;
-    if (c->client_v6) {
+    if (v6) {
         if (uv_inet_ntop(AF_INET6, a, out, LP_IP_TEXT))
             out[0] = 0;
         return strlen(out);
@@ -134,6 +135,25 @@ size_t lp_conn_ip_text(const lp_conn_t *c, char out[LP_IP_TEXT])
     }
     p[-1] = 0;
     return (size_t)(p - 1 - out);
+}
+
+size_t lp_conn_ip_text(const lp_conn_t *c, char out[LP_IP_TEXT])
+{
+    return ip_text(c->client_addr, (c->flags & LP_CF_V6) != 0, out);
+}
+
+size_t lp_conn_peer_text(const lp_conn_t *c, char out[LP_IP_TEXT])
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    out[0] = 0;
+    if (uv_tcp_getpeername(&c->ep.tcp, (struct sockaddr *)&ss, &len))
+        return 0;
+    if (ss.ss_family == AF_INET6)
+        return ip_text((const uint8_t *)&((struct sockaddr_in6 *)&ss)->sin6_addr, 1, out);
+    if (ss.ss_family == AF_INET)
+        return ip_text((const uint8_t *)&((struct sockaddr_in *)&ss)->sin_addr, 0, out);
+    return 0;
 }
 
 /* The client's address for a log line (valid until the next call on this thread). */
@@ -214,6 +234,11 @@ static void conn_close_after_write(lp_conn_t *c)
 static void conn_on_timeout(lp_endpoint_t *ep, int mode)
 {
     lp_conn_t *c = conn_of(ep);
+    if ((c->flags & LP_CF_PROXY_WAIT) && mode != TM_BROKEN) {
+        lp_log_info("%s: no PROXY protocol header in time: closing", conn_ip(c));
+        lp_conn_close(c);
+        return;
+    }
     switch (mode) {
     case TM_HEAD:
     case TM_BODY:
@@ -383,6 +408,48 @@ static lp_rc_t conn_run_phase(lp_req_t *req, int phase)
     return lp_lua_phase(req, phase);
 }
 
+/* At most this many lines of the real_ip header are read; more give no address (the
+ * connection's is kept). */
+#define REALIP_MAX_LINES 16
+
+/* real_ip (docs/real-ip.md): when the connection's address is a trusted proxy of the
+ * listener it came in on (as the request's generation configures it), the client address
+ * is the one the header names. Run once the head is parsed, before any Lua: what plugins
+ * change in the headers afterwards cannot move it. A listener the generation no longer
+ * has has no real_ip. */
+static void conn_real_ip(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    const lp_gen_t *gen = req->g->gen;
+    const lp_listen_conf_t *lc = NULL;
+    for (size_t i = 0; i < gen->config->nlisten; i++)
+        if ((uint16_t)gen->bound[i].id == c->listen_tag) {
+            lc = &gen->config->listen[i];
+            break;
+        }
+    if (!lc || !lc->ntrusted)
+        return;
+    lp_ip_t from;
+    memset(&from, 0, sizeof(from));
+    memcpy(from.addr, c->client_addr, 16);
+    from.v6 = (c->flags & LP_CF_V6) != 0;
+    if (!lp_cidr_match(lc->trusted, lc->ntrusted, &from))
+        return; /* not a trusted proxy: whatever its headers say is ignored */
+    lp_str_t lines[REALIP_MAX_LINES];
+    size_t n = 0, nlen = strlen(lc->realip_header);
+    const lp_h1_t *h = &req->h1;
+    for (unsigned i = 0; i < h->nheaders; i++) {
+        if (!lp_str_ieq(h->headers[i].name, lc->realip_header, nlen))
+            continue;
+        if (n == REALIP_MAX_LINES)
+            return;
+        lines[n++] = h->headers[i].value;
+    }
+    lp_ip_t ip;
+    if (lp_realip_walk(lc->realip_kind, lines, n, lc->trusted, lc->ntrusted, &ip))
+        lp_ip_text(&ip, req->client_ip);
+}
+
 /* The request head is parsed: limits, route, then the request phase. LP_GONE when the
  * request ended. */
 static int conn_on_head(lp_req_t *req)
@@ -398,6 +465,7 @@ static int conn_on_head(lp_req_t *req)
     if (h->flags & LP_H1F_UPGRADE)
         req->flags |= LP_RF_UPGRADE_REQ;
     conn_timer(c, TM_NONE, 0);
+    conn_real_ip(req);
     /* A declared length over the limit is refused once the request phase is over (a
      * plugin may set this request's own limit): no body byte is read before that. */
     req->body_limit = cfg->limits.max_body_size;
@@ -883,9 +951,70 @@ static void conn_on_eof(lp_conn_t *c, ssize_t why)
     lp_conn_close(c);
 }
 
+/* LP_CF_PROXY_WAIT: the header is read plain, before anything else (TLS included). Once
+ * it is whole, the connection's client is its source, and what follows it goes on as the
+ * connection's first bytes: to the TLS session it waited with, or to the HTTP parser. A
+ * missing or malformed header closes the connection. */
+static void conn_proxy_header(lp_conn_t *c)
+{
+    lp_endpoint_t *ep = &c->ep;
+    lp_pp_t pp;
+    ssize_t n = lp_pp_parse((const uint8_t *)ep->rbuf->data + ep->rpos, ep->rlen - ep->rpos, &pp);
+    if (n == 0)
+        return; /* incomplete: the timer armed at accept bounds the wait */
+    if (n < 0) {
+        lp_log_info("%s: missing or malformed PROXY protocol header: closing", conn_ip(c));
+        lp_conn_close(c);
+        return;
+    }
+    ep->rpos += (uint32_t)n;
+    c->flags &= (uint16_t)~LP_CF_PROXY_WAIT;
+    if (pp.has_addr) {
+        memset(c->client_addr, 0, sizeof(c->client_addr));
+        memcpy(c->client_addr, pp.src.addr, pp.src.v6 ? 16 : 4);
+        if (pp.src.v6)
+            c->flags |= LP_CF_V6;
+        else
+            c->flags &= (uint16_t)~LP_CF_V6;
+    }
+    ep->flags &= (uint16_t)~LP_EPF_RAW_IN;
+    if (!ep->tls) {
+        if (ep->rpos < ep->rlen)
+            conn_process(c);
+        if (!(ep->flags & LP_EPF_CLOSING))
+            lp_ep_release_rbuf(ep);
+        return;
+    }
+    /* The bytes behind the header are the start of the TLS handshake: into the session. */
+    size_t left = ep->rlen - ep->rpos;
+    int fed = left > 0;
+    while (left) {
+        uv_buf_t room = lp_tls_in_space(ep->tls);
+        if (!room.len) {
+            lp_conn_close(c); /* more than a ClientHello before our answer: not a client */
+            return;
+        }
+        size_t k = left < room.len ? left : room.len;
+        memcpy(room.base, ep->rbuf->data + ep->rpos, k);
+        lp_tls_in_commit(ep->tls, k);
+        ep->rpos += (uint32_t)k;
+        left -= k;
+    }
+    lp_ep_release_rbuf(ep);
+    if (fed)
+        conn_tls_input(c);
+}
+
 static void conn_on_input(lp_endpoint_t *ep, ssize_t nread)
 {
     lp_conn_t *c = conn_of(ep);
+    if (c->flags & LP_CF_PROXY_WAIT) {
+        if (nread > 0)
+            conn_proxy_header(c);
+        else
+            lp_conn_close(c); /* gone before saying who it is for */
+        return;
+    }
     if (nread > 0 && c->ep.tls) {
         conn_tls_input(c);
         return;
@@ -1437,12 +1566,18 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
             memcpy(c->client_addr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
         } else if (ss.ss_family == AF_INET6) {
             memcpy(c->client_addr, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
-            c->client_v6 = 1;
+            c->flags |= LP_CF_V6;
         }
     }
+    c->listen_tag = (uint16_t)l->id;
     if (w->stopping) {
         lp_conn_close(c);
         return;
+    }
+    if (l->proxy_protocol) {
+        /* The header comes first, in the clear, whatever the listener speaks. */
+        c->flags |= LP_CF_PROXY_WAIT;
+        c->ep.flags |= LP_EPF_RAW_IN;
     }
     if (l->tls) {
         c->ep.tls = lp_tls_accept(l->tls, &w->bufs);

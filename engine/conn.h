@@ -12,6 +12,8 @@ void lp_conn_close(lp_conn_t *c);
 void lp_conn_drain(lp_conn_t *c);
 /* The client's address as text into out ("" when unknown); its length. */
 size_t lp_conn_ip_text(const lp_conn_t *c, char out[LP_IP_TEXT]);
+/* The TCP peer's address as text: the balancer's when a PROXY header named the client. */
+size_t lp_conn_peer_text(const lp_conn_t *c, char out[LP_IP_TEXT]);
 
 /* Called by the upstream side for the request it serves. Those returning int return
  * LP_GONE when the request ended in the call (request.h): the caller must not use it

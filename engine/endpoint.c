@@ -338,7 +338,8 @@ int lp_ep_tls_fill(lp_endpoint_t *ep, int *err)
 static void on_ep_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     lp_endpoint_t *ep = h->data;
-    *buf = ep->tls ? lp_tls_in_space(ep->tls) : lp_ep_read_space(ep);
+    *buf =
+        ep->tls && !(ep->flags & LP_EPF_RAW_IN) ? lp_tls_in_space(ep->tls) : lp_ep_read_space(ep);
 }
 
 static void on_ep_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -352,7 +353,7 @@ static void on_ep_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread > 0) {
-        if (ep->tls)
+        if (ep->tls && !(ep->flags & LP_EPF_RAW_IN))
             lp_tls_in_commit(ep->tls, (size_t)nread);
         else
             ep->rlen += (uint32_t)nread;

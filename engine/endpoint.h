@@ -25,6 +25,9 @@ struct lp_tls_client_s;
 #define LP_EPF_BROKEN   0x04 /* a write failed: ops->timeout(LP_EP_TM_BROKEN) on the next turn */
 #define LP_EPF_WRITABLE 0x08 /* connected: output goes out (before, it waits in outb) */
 #define LP_EPF_TLS_END  0x10 /* TLS input ended (close_notify, EOF or error) */
+/* Input goes to rbuf in the clear though tls is set: a PROXY protocol header before the
+ * handshake (the owner hands what follows it to the session and clears the flag). */
+#define LP_EPF_RAW_IN 0x20
 
 /* Timer modes: the owner numbers its own from LP_EP_TM_OWNER on. */
 enum { LP_EP_TM_NONE = 0, LP_EP_TM_BROKEN = 1, LP_EP_TM_OWNER = 2 };

@@ -83,6 +83,14 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
             set_out(out, ip, strlen(ip));
         }
         return 0;
+    case LP_FFI_PEER_IP:
+        if (!r->conn && !(r->flags & LP_RF_DETACHED))
+            return -1;
+        {
+            const char *ip = lp_req_peer_ip(r);
+            set_out(out, ip, strlen(ip));
+        }
+        return 0;
     case LP_FFI_UPSTREAM_NAME:
         if (!r->upstream)
             return -1;

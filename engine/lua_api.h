@@ -19,6 +19,7 @@ enum {
     LP_FFI_UPSTREAM_NAME,
     LP_FFI_UPSTREAM_ADDR,
     LP_FFI_VERSION,
+    LP_FFI_PEER_IP, /* #14: the TCP peer (req:peer_ip()) */
 };
 
 /* lp_ffi_tls_get: what (the numbers of tls.h's LP_TLS_F_*, which lua_api.c checks) */

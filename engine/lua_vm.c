@@ -473,6 +473,48 @@ static int guard_loadfile(lua_State *L, const char *path, char *err, size_t errl
     return 0;
 }
 
+/* Pushes a chunk that evaluates to the config file's table. A JSON or YAML file (by its
+ * extension) is decoded here, by lua/luaproxy/config_data.lua, and the chunk returns the
+ * table; a Lua file is loaded through the guard. A Lua file past LuaJIT's constant limit
+ * (100k routes written as one literal) gets an error naming the alternatives. */
+static int load_config_chunk(lua_State *L, const char *path, char *err, size_t errlen)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.config_data");
+    if (lua_pcall(L, 1, 1, 0)) {
+        snprintf(err, errlen, "%s: %s", path, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return LP_ECONFIG;
+    }
+    int mod = lua_gettop(L);
+    lua_getfield(L, mod, "format");
+    lua_pushstring(L, path);
+    int data = lua_pcall(L, 1, 1, 0) == 0 && lua_isstring(L, -1);
+    lua_pop(L, 1);
+    if (data) {
+        lua_getfield(L, mod, "loader");
+        lua_pushstring(L, path);
+        if (lua_pcall(L, 1, 2, 0) || lua_isnil(L, -2)) {
+            snprintf(err, errlen, "%s", lua_tostring(L, -1));
+            lua_settop(L, mod - 1);
+            return LP_ECONFIG;
+        }
+        lua_pop(L, 1);
+        lua_remove(L, mod);
+        return 0;
+    }
+    if (guard_loadfile(L, path, err, errlen)) {
+        lua_getfield(L, mod, "limit_hint");
+        lua_pushstring(L, err);
+        if (lua_pcall(L, 1, 1, 0) == 0 && lua_isstring(L, -1))
+            snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        lua_settop(L, mod - 1);
+        return LP_ECONFIG;
+    }
+    lua_remove(L, mod);
+    return 0;
+}
+
 static int route_phases(lua_State *L, int state_idx, const char *field, int key)
 {
     unsigned mask = 0;
@@ -511,7 +553,7 @@ static int push_config(lua_State *L, const lp_config_t *cfg, char *err, size_t e
         snprintf(err, errlen, "%s: %s", cfg->path, lua_tostring(L, -1));
         return LP_ECONFIG;
     }
-    if (guard_loadfile(L, cfg->path, err, errlen))
+    if (load_config_chunk(L, cfg->path, err, errlen))
         return LP_ECONFIG;
     if (lua_pcall(L, 0, 1, 0)) {
         lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
@@ -530,7 +572,7 @@ int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
     current_check = g;
     int rc = guard_setup(L, path, err, errlen);
     if (!rc)
-        rc = guard_loadfile(L, path, err, errlen);
+        rc = load_config_chunk(L, path, err, errlen);
     if (!rc) {
         wd_register(g, 1);
         lp__guard_begin(g);

@@ -99,6 +99,7 @@ typedef struct lp_listener_s {
     lp_worker_t *w;              /* borrowed: its worker */
     uint64_t id;                 /* the listen slot (lp_bound_t.id) it serves */
     struct lp_tls_server_s *tls; /* the current config's (borrowed); NULL: plain HTTP */
+    int proxy_protocol;          /* the current config's listen[].proxy_protocol */
     int closing;                 /* uv_close called; freed in its close callback */
     int pending;                 /* prepared for a generation not committed yet: no accept */
     int deferred;                /* a connection arrived while pending: accept it at commit */
@@ -311,7 +312,9 @@ struct lp_req_s {
     uint64_t body_limit; /* largest request body (0: none): limits.max_body_size, or what
                           * a plugin set for this request (req:set_max_body_size) */
     char client_ip[LP_IP_TEXT]; /* the client's address as text, formatted on first use
-                                 * (lp_req_client_ip); "": not yet */
+                                 * (lp_req_client_ip), or by real_ip when the head arrives
+                                 * (conn.c); "": not yet */
+    char peer_ip[LP_IP_TEXT];   /* the TCP peer's, formatted on first use (lp_req_peer_ip) */
     uint64_t t_start, t_upstream, t_upstream_head; /* uv_hrtime() ns */
     lp_try_state_t try;                            /* the upstream side's (see above) */
     lp_resp_t resp;                                /* the response (see above) */
@@ -333,6 +336,10 @@ struct lp_req_s {
 #define LP_CF_TLS_BYE     0x200 /* TLS close_notify queued */
 #define LP_CF_CLEAN_END   0x400 /* the client asked to close and sent nothing more: no lingering */
 #define LP_CF_HS_WAIT     0x800 /* its TLS handshake waits for a later turn (w->hs_q[hs_pos]) */
+/* The PROXY protocol header has not arrived yet: input is read in the clear, before TLS
+ * (LP_EPF_RAW_IN). */
+#define LP_CF_PROXY_WAIT 0x1000
+#define LP_CF_V6         0x2000 /* client_addr is IPv6 (16 bytes); else IPv4 (its first 4) */
 
 /* A downstream (client) connection: HTTP/1.1 over an endpoint, one request at a time.
  * Idle keep-alive connections are most of a busy proxy's connections, so this stays small
@@ -349,9 +356,16 @@ struct lp_conn_s {
         /* While LP_CF_HS_WAIT, before any request: its index in w->hs_q. */
         uint32_t hs_pos;
     };
-    uint16_t flags;          /* LP_CF_* */
-    uint8_t client_v6;       /* client_addr is IPv6 (16 bytes); else IPv4 (its first 4) */
-    uint8_t client_addr[16]; /* the client's address, network order; all 0: unknown */
+    uint16_t flags;          /* LP_CF_* (LP_CF_V6: client_addr's family) */
+    uint8_t client_addr[16]; /* the connection's client, network order; all 0: unknown: the
+                                TCP peer, or the source a PROXY header gave (docs/real-ip.md);
+                                the peer itself is asked of the socket when wanted */
+    /* The low 16 bits of the listen slot id it came in on (lp_listener_t.id), by which each
+     * request finds its listener's real_ip settings in its generation. 16 bits keep the
+     * struct in its malloc class; ids are a process-wide counter, so two live slots share
+     * a tag only after 65,536 listen entries were created while this connection stayed
+     * open. */
+    uint16_t listen_tag;
 };
 
 /* Upstream connection flags (LP_PF_*); the socket's own are the endpoint's (LP_EPF_*). */

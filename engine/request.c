@@ -85,6 +85,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->dyn = NULL;
     req->body_in = 0;
     req->client_ip[0] = 0;
+    req->peer_ip[0] = 0;
     req->t_start = uv_hrtime();
     req->t_upstream = req->t_upstream_head = 0;
     req->hash_key = (lp_str_t){NULL, 0};
@@ -104,6 +105,13 @@ const char *lp_req_client_ip(lp_req_t *req)
     if (!req->client_ip[0] && req->conn)
         lp_conn_ip_text(req->conn, req->client_ip);
     return req->client_ip;
+}
+
+const char *lp_req_peer_ip(lp_req_t *req)
+{
+    if (!req->peer_ip[0] && req->conn)
+        lp_conn_peer_text(req->conn, req->peer_ip);
+    return req->peer_ip;
 }
 
 int lp_req_grow(lp_req_t *req, int resp, size_t need)
@@ -152,6 +160,7 @@ void lp_req_detach(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     lp_req_client_ip(req); /* formatted while the connection is there */
+    lp_req_peer_ip(req);
     if (c->ep.tls)
         req->flags |= LP_RF_TLS;
     if (c->req == req)

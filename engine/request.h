@@ -56,6 +56,9 @@ void lp_req_end_detached(lp_worker_t *w, int all);
 /* The client's address as text ("" when unknown): formatted from the connection's bytes
  * on first use, then kept with the request (log, X-Forwarded-For, hash key, Lua). */
 const char *lp_req_client_ip(lp_req_t *req);
+/* The TCP peer's address as text (the client's unless a PROXY header or real_ip said
+ * otherwise), formatted on first use. */
+const char *lp_req_peer_ip(lp_req_t *req);
 
 /* Moves the request's (resp 0) or response's (resp 1) head into a larger arena holding at
  * least `need` bytes, fixing every slice. 0, or -1 past the head limits. */

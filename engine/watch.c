@@ -5,6 +5,7 @@
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include "log.h"
 #include "lua_vm.h"
@@ -23,7 +24,8 @@ struct lp_watch_s {
     uv_fs_event_t ev[WATCH_MAX_DIRS];
     unsigned char active[WATCH_MAX_DIRS]; /* ev[i] is started (else closing or closed) */
     int nev;                              /* slots used, started or not */
-    char *files[WATCH_MAX_FILES];         /* owned: base names of the TLS files */
+    char *files[WATCH_MAX_FILES];         /* owned: base names of the config file (a JSON or
+                                             YAML one is not *.lua) and of the TLS files */
     int nfiles;
     uv_timer_t debounce;
     int closing; /* handles whose close callback has not run yet */
@@ -105,6 +107,9 @@ void lp_watch_start(lp_server_t *s)
     snprintf(tmp, sizeof(tmp), "%s", s->config_path);
     snprintf(dir, sizeof(dir), "%s", dirname(tmp));
     add_dir(w, dir);
+    snprintf(tmp, sizeof(tmp), "%s", s->config_path);
+    if ((w->files[w->nfiles] = strdup(basename(tmp))))
+        w->nfiles++;
     snprintf(sub, sizeof(sub), "%s/plugins", dir);
     add_dir(w, sub);
     snprintf(sub, sizeof(sub), "%s/lib", dir);
@@ -126,8 +131,8 @@ void lp_watch_start(lp_server_t *s)
     int ndirs = 0;
     for (int i = 0; i < w->nev; i++)
         ndirs += w->active[i];
-    lp_log_notice("watch: reloading on changes to Lua files%s in %d directories",
-                  w->nfiles ? " and the TLS files" : "", ndirs);
+    lp_log_notice("watch: reloading on changes to Lua files, the config%s in %d directories",
+                  w->nfiles > 1 ? " and the TLS files" : "", ndirs);
 }
 
 void lp_watch_stop(lp_server_t *s)

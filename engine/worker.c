@@ -133,6 +133,7 @@ static lp_listener_t *listener_prepare(lp_worker_t *w, const lp_listen_conf_t *l
     l->w = w;
     l->id = id;
     l->tls = lc->tls;
+    l->proxy_protocol = lc->proxy_protocol;
     l->pending = 1;
     uv_tcp_init(&w->loop, &l->tcp);
     l->tcp.data = l;
@@ -269,9 +270,10 @@ static void commit_switch(lp_worker_t *w, lp_switch_t *sw)
     while (l) {
         lp_listener_t *next = l->next;
         size_t i;
-        if (listen_slot_wanted(sw->gen, l->id, &i))
+        if (listen_slot_wanted(sw->gen, l->id, &i)) {
             l->tls = cfg->listen[i].tls;
-        else
+            l->proxy_protocol = cfg->listen[i].proxy_protocol;
+        } else
             listener_close(w, l);
         l = next;
     }

@@ -13,13 +13,21 @@ local REDACTED = "<redacted>"
 -- Key names whose values never leave the process, whatever the schema says.
 local SECRET = { "password", "passwd", "secret", "token", "key", "credential", "private", "auth" }
 
+-- Answers per key name, kept: a config's keys repeat (100,000 routes have the same few).
+-- This runs in the config VM, which lives for one load, so the memo does not grow forever.
+local secret_memo = {}
+
 local function is_secret(k)
   if type(k) ~= "string" then return false end
-  k = lower(k)
+  local memo = secret_memo[k]
+  if memo ~= nil then return memo end
+  local lk = lower(k)
+  memo = false
   for i = 1, #SECRET do
-    if find(k, SECRET[i], 1, true) then return true end
+    if find(lk, SECRET[i], 1, true) then memo = true break end
   end
-  return false
+  secret_memo[k] = memo
+  return memo
 end
 M.is_secret = is_secret
 

@@ -5,6 +5,7 @@
 -- Durations are seconds (the engine keeps milliseconds). Addresses are checked for syntax
 -- here; names are resolved and TLS contexts built after validation, in one later step.
 local schema = require "luaproxy.schema"
+local cidr = require "luaproxy.cidr"
 
 local type, ipairs, pairs, format = type, ipairs, pairs, string.format
 
@@ -452,12 +453,40 @@ local S = {
       type = "array", required = true, custom = non_empty("listener"),
       elements = {
         type = "record",
-        doc_order = { "address", "backlog", "tls" },
+        doc_order = { "address", "backlog", "tls", "proxy_protocol", "real_ip" },
         fields = {
           address = { type = "address", required = true, description = "address to listen on" },
           backlog = { type = "integer", default = 511, min = 1, max = 65535,
                       description = "listen backlog" },
           tls = tls_server,
+          -- #14: the real client address (docs/real-ip.md).
+          proxy_protocol = {
+            type = "boolean", default = false,
+            description = "every connection starts with a PROXY protocol header (v1 or v2, "
+              .. "before TLS on a TLS listener) from an L4 balancer; its source address is "
+              .. "the client's. A missing or malformed header, or none within "
+              .. "`timeouts.client_header`, closes the connection (docs/real-ip.md)",
+          },
+          real_ip = {
+            type = "record", doc_default = "off",
+            description = "take the client address from a header when the peer is a "
+              .. "trusted proxy (docs/real-ip.md)",
+            doc_order = { "trusted", "header" },
+            fields = {
+              trusted = {
+                type = "array", required = true, custom = non_empty("trusted network"),
+                elements = { type = "string", custom = cidr.check },
+                description = "`{ \"10.0.0.0/8\", \"::1\" }`: proxies (CIDRs, IPv4 or IPv6) "
+                  .. "whose headers are believed; from anyone else they are ignored",
+              },
+              header = {
+                type = "string", default = "X-Forwarded-For", pattern = "^[%w!#$%%&'*+%-.^_`|~]+$",
+                description = "`X-Forwarded-For` (the right-most untrusted hop, walking left "
+                  .. "over trusted ones), `Forwarded` (RFC 7239 `for=`), or another header "
+                  .. "holding an address or a list of them (`X-Real-IP`)",
+              },
+            },
+          },
         },
       },
       description = "listeners",

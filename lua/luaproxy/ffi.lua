@@ -99,6 +99,7 @@ return {
   -- lp_ffi_req_get
   METHOD = 1, PATH = 2, URI = 3, QUERY = 4, HOST = 5, SCHEME = 6, CLIENT_IP = 7,
   UPSTREAM_NAME = 8, UPSTREAM_ADDR = 9, VERSION = 10,
+  PEER_IP = 11, -- #14
   -- lp_ffi_tls_get
   TLS_PROTOCOL = 1, TLS_CIPHER = 2, TLS_SNI = 3, TLS_ALPN = 4, TLS_RESUMED = 5,
   TLS_CLIENT_VERIFIED = 6, TLS_CLIENT_SUBJECT = 7,

@@ -14,8 +14,9 @@ local RESP_WRITE = { response = true }
 M.methods = {
   -- request, readable everywhere
   method = REQ_READ, path = REQ_READ, uri = REQ_READ, query = REQ_READ, args = REQ_READ,
-  header = REQ_READ, headers = REQ_READ, header_count = REQ_READ, host = REQ_READ, scheme = REQ_READ,
-  client_ip = REQ_READ, http_version = REQ_READ, var = REQ_READ, phase = REQ_READ,
+  header = REQ_READ, headers = REQ_READ, header_count = REQ_READ, host = REQ_READ,
+  scheme = REQ_READ, client_ip = REQ_READ, peer_ip = REQ_READ, http_version = REQ_READ,
+  var = REQ_READ, phase = REQ_READ,
   start_time = REQ_READ,
   upstream_name = REQ_READ, tls = REQ_READ,
   -- request, changeable before it goes upstream
@@ -36,7 +37,7 @@ M.methods = {
 -- The variables req:var() knows (docs/lua-api.md); each gives one value: a string, or nil
 -- when not known (yet).
 M.vars = { "client_ip", "host", "method", "path", "uri", "scheme", "request_id", "upstream",
-  "status", "ssl_protocol", "ssl_cipher", "ssl_server_name" }
+  "status", "ssl_protocol", "ssl_cipher", "ssl_server_name", "peer_ip", "realip_remote_addr" }
 
 -- The phase of a handle whose request has ended: every later call raises M.ENDED.
 M.ENDED_PHASE = "ended"

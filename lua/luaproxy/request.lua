@@ -124,6 +124,8 @@ function methods.uri(h) check(h, "uri") return get(h, K.URI) end
 function methods.host(h) check(h, "host") return lower(get(h, K.HOST) or "") end
 function methods.scheme(h) check(h, "scheme") return get(h, K.SCHEME) end
 function methods.client_ip(h) check(h, "client_ip") return get(h, K.CLIENT_IP) end
+-- #14: the TCP peer, whatever real_ip or a PROXY header made the client address.
+function methods.peer_ip(h) check(h, "peer_ip") return get(h, K.PEER_IP) end
 function methods.http_version(h) check(h, "http_version") return tonumber(get(h, K.VERSION)) end
 function methods.phase(h) check(h, "phase") return h._phase end
 -- When the request's first byte arrived, in proxy.now()'s seconds.
@@ -339,6 +341,8 @@ function methods.upstream_addr(h) check(h, "upstream_addr") return get(h, K.UPST
 
 local VARS = {
   client_ip = function(h) return get(h, K.CLIENT_IP) end,
+  peer_ip = function(h) return get(h, K.PEER_IP) end, -- #14
+  realip_remote_addr = function(h) return get(h, K.PEER_IP) end, -- #14: nginx's name
   host = function(h) return lower(get(h, K.HOST) or "") end,
   method = function(h) return get(h, K.METHOD) end,
   path = function(h) return get(h, K.PATH) end,

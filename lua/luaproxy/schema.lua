@@ -182,30 +182,59 @@ end
 
 local validate_value
 
+-- Key paths are built only for an error: a config with 100,000 routes would otherwise build
+-- a million strings that nobody reads. The walk keeps the keys on a stack `P` (P.base: the
+-- caller's prefix string or nil; P[1..d]: record field names and map keys as strings, array
+-- indexes as numbers) and `path(P, d)` renders "base.key[3].key" as join() would.
+local function path(P, d)
+  local s = P.base
+  for i = 1, d do
+    local k = P[i]
+    if type(k) == "number" then s = (s or "") .. "[" .. k .. "]" else s = join(s, k) end
+  end
+  return s
+end
+
+-- A record schema's field names, sorted once (schemas are data that does not change while
+-- configs are checked against them), so the defaults and errors come in a fixed order.
+local field_order = setmetatable({}, { __mode = "k" })
+
 -- Validates a record's keys against `fields`; returns a new table with defaults filled in.
-local function validate_record(fields, value, path, ctx)
+local function validate_record(fields, value, P, d, ctx)
   local out = {}
-  for _, k in ipairs(sorted_keys(value)) do
+  for k in pairs(value) do
     if type(k) ~= "string" or fields[k] == nil then
-      return nil, join(path, k) .. ": unknown field"
+      -- the first unknown key in sorted order, as the message always named
+      for _, k2 in ipairs(sorted_keys(value)) do
+        if type(k2) ~= "string" or fields[k2] == nil then
+          return nil, join(path(P, d), k2) .. ": unknown field"
+        end
+      end
     end
   end
-  for _, name in ipairs(sorted_keys(fields)) do
-    local field = fields[name]
-    local v, err = validate_value(field, value[name], join(path, name), ctx)
+  local names = field_order[fields]
+  if not names then
+    names = sorted_keys(fields)
+    field_order[fields] = names
+  end
+  d = d + 1
+  for i = 1, #names do
+    local name = names[i]
+    P[d] = name
+    local v, err = validate_value(fields[name], value[name], P, d, ctx)
     if err then return nil, err end
     out[name] = v
   end
   return out
 end
 
-local function check_bounds(field, value, n, what, path)
+local function check_bounds(field, value, n, what, P, d)
   if field.min and n < field.min then
-    return nil, format("%s: %s %s is below the minimum %s", path, what, tostring(n),
+    return nil, format("%s: %s %s is below the minimum %s", path(P, d), what, tostring(n),
       tostring(field.min))
   end
   if field.max and n > field.max then
-    return nil, format("%s: %s %s is above the maximum %s", path, what, tostring(n),
+    return nil, format("%s: %s %s is above the maximum %s", path(P, d), what, tostring(n),
       tostring(field.max))
   end
   return true
@@ -214,11 +243,11 @@ end
 -- Returns the validated value (a fresh table for table types), or nil, "path: problem".
 -- A nil value takes a deep copy of the default, which is itself validated, so a record
 -- default of `{}` comes back with its own fields' defaults filled in.
-function validate_value(field, value, path, ctx)
+function validate_value(field, value, P, d, ctx)
   if field.coerce and value ~= nil then value = field.coerce(value) end
   if value == nil then
     if field.default == nil then
-      if field.required then return nil, path .. ": required field missing" end
+      if field.required then return nil, path(P, d) .. ": required field missing" end
       return nil
     end
     value = deep_copy(field.default)
@@ -230,74 +259,77 @@ function validate_value(field, value, path, ctx)
     out = deep_copy(value)
   elseif ft == "integer" then
     if vt ~= "number" then
-      return nil, format("%s: expected an integer, got %s", path, vt)
+      return nil, format("%s: expected an integer, got %s", path(P, d), vt)
     end
     if value ~= value or value == huge or value == -huge or floor(value) ~= value then
-      return nil, format("%s: expected an integer, got %s", path, tostring(value))
+      return nil, format("%s: expected an integer, got %s", path(P, d), tostring(value))
     end
   elseif ft == "number" or ft == "duration" then
     if vt ~= "number" then
-      return nil, format("%s: expected a number%s, got %s", path,
+      return nil, format("%s: expected a number%s, got %s", path(P, d),
         ft == "duration" and " of seconds" or "", vt)
     end
-    if value ~= value then return nil, path .. ": expected a number, got nan" end
+    if value ~= value then return nil, path(P, d) .. ": expected a number, got nan" end
     if ft == "duration" then
       if value == huge or value == -huge then
-        return nil, path .. ": expected a finite number of seconds"
+        return nil, path(P, d) .. ": expected a finite number of seconds"
       end
       if not field.min and value < 0 then
-        return nil, format("%s: value %s is below the minimum 0", path, tostring(value))
+        return nil, format("%s: value %s is below the minimum 0", path(P, d), tostring(value))
       end
     end
   elseif ft == "address" or ft == "upstream" then
     if vt ~= "string" then
-      return nil, format("%s: expected %s, got %s", path,
+      return nil, format("%s: expected %s, got %s", path(P, d),
         ft == "address" and 'an address string "host:port"' or "an upstream name", vt)
     end
     if ft == "address" then
       local ok, err = M.check_address(value)
-      if not ok then return nil, path .. ": " .. err end
+      if not ok then return nil, path(P, d) .. ": " .. err end
     elseif ctx and ctx.upstreams and not ctx.upstreams[value] then
-      return nil, format("%s: no upstream named %s", path, describe(value))
+      return nil, format("%s: no upstream named %s", path(P, d), describe(value))
     end
   elseif ft == "regex" then
-    if vt ~= "string" then return nil, format("%s: expected a regex string, got %s", path, vt) end
+    if vt ~= "string" then return nil, format("%s: expected a regex string, got %s", path(P, d), vt) end
     local ok, err = require("luaproxy.re").compile(value, field.options)
-    if not ok then return nil, format("%s: invalid regex: %s", path, err) end
+    if not ok then return nil, format("%s: invalid regex: %s", path(P, d), err) end
   elseif ft == "array" then
-    if vt ~= "table" then return nil, format("%s: expected an array, got %s", path, vt) end
+    if vt ~= "table" then return nil, format("%s: expected an array, got %s", path(P, d), vt) end
     if not is_array(value) then
-      return nil, path .. ": expected an array (keys 1..n), got a table with other keys"
+      return nil, path(P, d) .. ": expected an array (keys 1..n), got a table with other keys"
     end
     out = {}
     local el = field.elements
+    local di = d + 1
     for i = 1, #value do
       local v, err
       if el then
-        v, err = validate_value(el, value[i], path .. "[" .. i .. "]", ctx)
+        P[di] = i
+        v, err = validate_value(el, value[i], P, di, ctx)
         if err then return nil, err end
-        if v == nil then return nil, path .. "[" .. i .. "]: required field missing" end
+        if v == nil then return nil, path(P, di) .. ": required field missing" end
       else
         v = deep_copy(value[i])
       end
       out[i] = v
     end
   elseif ft == "map" then
-    if vt ~= "table" then return nil, format("%s: expected a map, got %s", path, vt) end
+    if vt ~= "table" then return nil, format("%s: expected a map, got %s", path(P, d), vt) end
     out = {}
     local kf, vf = field.keys, field.values
+    local dk = d + 1
     for _, k in ipairs(sorted_keys(value)) do
-      local kpath = join(path, k)
+      P[dk] = type(k) == "string" and k or tostring(k)
       local nk, err = k, nil
       if kf then
-        nk, err = validate_value(kf, k, kpath, ctx)
+        nk, err = validate_value(kf, k, P, dk, ctx)
       elseif type(k) ~= "string" then
-        err = format("%s: expected a string key, got %s", kpath, type(k))
+        err = format("%s: expected a string key, got %s", path(P, dk), type(k))
       end
       if err then return nil, err end
       local nv = value[k]
       if vf then
-        nv, err = validate_value(vf, nv, kpath, ctx)
+        nv, err = validate_value(vf, nv, P, dk, ctx)
         if err then return nil, err end
       else
         nv = deep_copy(nv)
@@ -305,13 +337,13 @@ function validate_value(field, value, path, ctx)
       out[nk] = nv
     end
   elseif ft == "record" then
-    if vt ~= "table" then return nil, format("%s: expected a record, got %s", path, vt) end
+    if vt ~= "table" then return nil, format("%s: expected a record, got %s", path(P, d), vt) end
     local err
-    out, err = validate_record(field.fields or {}, value, path, ctx)
+    out, err = validate_record(field.fields or {}, value, P, d, ctx)
     if err then return nil, err end
   else -- string, boolean, function
     if vt ~= ft then
-      return nil, format("%s: expected %s, got %s", path, an(ft), vt)
+      return nil, format("%s: expected %s, got %s", path(P, d), an(ft), vt)
     end
   end
 
@@ -323,7 +355,7 @@ function validate_value(field, value, path, ctx)
     if not found then
       local list = {}
       for i, allowed in ipairs(field.one_of) do list[i] = describe(allowed) end
-      return nil, format("%s: expected one of %s, got %s", path, concat(list, ", "),
+      return nil, format("%s: expected one of %s, got %s", path(P, d), concat(list, ", "),
         describe(value))
     end
   end
@@ -331,24 +363,25 @@ function validate_value(field, value, path, ctx)
   if field.min or field.max then
     local ok, err = true, nil
     if ft == "number" or ft == "integer" or ft == "duration" then
-      ok, err = check_bounds(field, value, value, "value", path)
+      ok, err = check_bounds(field, value, value, "value", P, d)
     elseif ft == "string" then
-      ok, err = check_bounds(field, value, #value, "length", path)
+      ok, err = check_bounds(field, value, #value, "length", P, d)
     elseif ft == "array" then
-      ok, err = check_bounds(field, value, #value, "length", path)
+      ok, err = check_bounds(field, value, #value, "length", P, d)
     end
     if not ok then return nil, err end
   end
 
   if field.pattern and ft == "string" and not find(value, field.pattern) then
-    return nil, format("%s: %s does not match the pattern %s", path, describe(value),
+    return nil, format("%s: %s does not match the pattern %s", path(P, d), describe(value),
       describe(field.pattern))
   end
 
   if field.custom then
     local ok, err, key = field.custom(out, ctx)
     if not ok then
-      return nil, (key and join(path, key) or path) .. ": " .. tostring(err or "invalid value")
+      local at = path(P, d)
+      return nil, (key and join(at, key) or at) .. ": " .. tostring(err or "invalid value")
     end
   end
   return out
@@ -363,7 +396,7 @@ function M.validate(schema, conf, path, ctx)
   if type(conf) ~= "table" then
     return nil, format("%s: expected a record, got %s", path or "conf", type(conf))
   end
-  local out, err = validate_record(schema.fields or {}, conf, path, ctx)
+  local out, err = validate_record(schema.fields or {}, conf, { base = path }, 0, ctx)
   if err then return nil, err end
   if schema.custom then
     local ok, cerr, key = schema.custom(out, ctx)
@@ -508,7 +541,7 @@ function check_field(field, path, warnings, named)
     if not ok then return nil, err end
   end
   if field.default ~= nil then
-    local _, err = validate_value(field, field.default, path .. "(default)")
+    local _, err = validate_value(field, field.default, { base = path .. "(default)" }, 0)
     if err then return nil, "bad default: " .. err end
   end
   return true

@@ -465,7 +465,8 @@ end
 
 -- Builds a request double. `spec` (all optional):
 --   method = "GET", uri = "/", headers = { Name = "v" or { "v1", "v2" } },
---   client_ip = "127.0.0.1", body = "", scheme = "http", http_version = 1.1,
+--   client_ip = "127.0.0.1", peer_ip = client_ip (the TCP peer: #14), body = "", scheme = "http",
+--   http_version = 1.1,
 --   tls = { protocol = "TLSv1.3", sni = "example.com", ... } (what req:tls() returns; it also
 --   makes scheme "https" unless given),
 --   upstreams = { "app", ... } (names req:set_upstream accepts; any name when absent),
@@ -493,6 +494,7 @@ function T.request(spec)
     _query = query,
     _headers = h_from_spec(spec.headers, "request"),
     _client_ip = spec.client_ip or "127.0.0.1",
+    _peer_ip = spec.peer_ip or spec.client_ip or "127.0.0.1", -- #14
     _body = spec.body or "",
     _scheme = spec.scheme or (spec.tls and "https" or "http"),
     _tls = spec.tls,
@@ -589,6 +591,7 @@ end
 
 function Req:scheme() check("scheme", self._phase); return self._scheme end
 function Req:client_ip() check("client_ip", self._phase); return self._client_ip end
+function Req:peer_ip() check("peer_ip", self._phase); return self._peer_ip end
 function Req:tls()
   check("tls", self._phase)
   if not self._tls then return nil end
@@ -601,6 +604,8 @@ function Req:upstream_name() check("upstream_name", self._phase); return self._u
 
 local VARS = {
   client_ip = function(r) return r._client_ip end,
+  peer_ip = function(r) return r._peer_ip end, -- #14
+  realip_remote_addr = function(r) return r._peer_ip end,
   host = function(r) return Req.host(r) end,
   method = function(r) return r._method end,
   path = function(r) return r._path end,

@@ -150,6 +150,16 @@ static const char plugin_src[] =
 #define PLUGINS_KEY ""
 #endif
 
+/* Built with FUZZ_CONN_PROXY (the fuzz_conn_proxy target), the listener takes a PROXY
+ * protocol header first and believes X-Forwarded-For from 127.0.0.0/8: inputs without a
+ * header are closed at once, client_texts gains headers (whole, split, malformed) and
+ * requests with forwarding headers. */
+#ifdef FUZZ_CONN_PROXY
+#define LISTEN_KEYS ", proxy_protocol = true, real_ip = { trusted = { '127.0.0.0/8', '::1' } }"
+#else
+#define LISTEN_KEYS ""
+#endif
+
 static void write_config(const char *path)
 {
     FILE *f = fopen(path, "w");
@@ -160,7 +170,7 @@ static void write_config(const char *path)
     fprintf(f,
             "return {\n"
             "  workers = 1,\n"
-            "  listen = { { address = '127.0.0.1:0' } },\n"
+            "  listen = { { address = '127.0.0.1:0'" LISTEN_KEYS " } },\n"
             "  log = { level = 'error' },\n"
             "  upstreams = {\n"
             "    app = { targets = { '%s', '%s' }, retries = 2, retry_on = { 502, 503 },\n"
@@ -265,6 +275,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     lp_log_level = trace ? LP_LOG_DEBUG : LP_LOG_ERROR;
     gen.id = 1;
     gen.config = cfg;
+    static lp_bound_t bound = {.id = 1}; /* the listener below serves slot 1 */
+    gen.bound = &bound;
     gen.refs = 1; /* ours: the worker generations below never drop the last one */
     if (!(accesslog = lp_accesslog_open("/dev/null", &cfg->access_format, err, sizeof(err)))) {
         fprintf(stderr, "fuzz_conn: access log: %s\n", err);
@@ -322,6 +334,17 @@ static const char *const client_texts[] = {
     "chunked\r\n\r\n",
     "GET /ws HTTP/1.1\r\nHost: a\r\nX-A: response=sleep\r\nConnection: Upgrade\r\nUpgrade: "
     "websocket\r\n\r\n",
+#endif
+#ifdef FUZZ_CONN_PROXY
+    "PROXY TCP4 192.0.2.1 10.0.0.1 1000 80\r\n",
+    "PROXY TCP6 2001:db8::1 ::1 1 2\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "PROXY UNKNOWN\r\n",
+    ("PROXY TCP4 127.0.0.9 10.0.0.1 1000 80\r\nGET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: "
+     "1.1.1.1, 127.0.0.2\r\n\r\n"),
+    "PROXY TCP4 192.0.2.1 10.0",
+    /* v2 headers hold NUL bytes, which these strlen()'d texts cannot: the raw writes
+     * (c_write) reach them, libFuzzer's memcmp hooks finding the signature. */
+    "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: garbage, fe80::1%eth0\r\n\r\n",
 #endif
 };
 
@@ -645,6 +668,7 @@ static void world_open(world_t *wd)
     lp_listener_t *l = &wd->l;
     l->w = w;
     l->id = 1;
+    l->proxy_protocol = cfg->listen[0].proxy_protocol;
     uv_tcp_init(&w->loop, &l->tcp);
     l->tcp.data = l;
     int fd = dup(proxy_fd);

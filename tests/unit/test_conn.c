@@ -10,7 +10,7 @@ static void check_ip(int family, const char *text, const char *want)
     memset(&c, 0, sizeof(c));
     if (text) {
         REQUIRE_EQ_INT(inet_pton(family, text, c.client_addr), 1);
-        c.client_v6 = family == AF_INET6;
+        c.flags = family == AF_INET6 ? LP_CF_V6 : 0;
     }
     char out[LP_IP_TEXT];
     memset(out, 'x', sizeof(out));

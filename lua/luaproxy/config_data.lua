@@ -1,0 +1,186 @@
+-- A config written as data: JSON (lua-cjson) or YAML (lyaml over libyaml), chosen by the
+-- file's extension. The decoded table goes through the same schema as a Lua config's
+-- (luaproxy.config.check); this module only turns the file into that table, so a data
+-- config and a Lua config returning the same table are the same config.
+--
+-- Why data at all: generated configs (100,000 routes) are past what LuaJIT compiles as one
+-- chunk (65,536 constants), and configs kept in etcd or produced by tools are data, not
+-- code. What data cannot say is a Lua function: a route's `handler` names a module instead,
+-- and plugin code lives in plugin files (docs/config-formats.md).
+--
+-- Errors read `<file>:<line>:<column>: <problem>` where the parser says where, and
+-- `<file>: <key path>: <problem>` for what the schema cannot see (a null in a list).
+local type, pairs, tostring, tonumber = type, pairs, tostring, tonumber
+local find, format, lower, sub, match = string.find, string.format, string.lower,
+  string.sub, string.match
+
+local M = {}
+
+-- "json", "yaml" or nil (a Lua config), by the path's extension, case-insensitively.
+function M.format(path)
+  if type(path) ~= "string" then return nil end
+  local ext = match(lower(path), "%.([%a]+)$")
+  if ext == "json" then return "json" end
+  if ext == "yaml" or ext == "yml" then return "yaml" end
+  return nil
+end
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local s = f:read("*a")
+  f:close()
+  if not s then return nil, "cannot read" end
+  return s
+end
+
+-- Line and column (1-based) of byte offset `pos` (1-based) in `s`.
+local function line_col(s, pos)
+  local line, start = 1, 1
+  while true do
+    local nl = find(s, "\n", start, true)
+    if not nl or nl >= pos then break end
+    line, start = line + 1, nl + 1
+  end
+  return line, pos - start + 1
+end
+
+-- Removes the parsers' null sentinel: a null member of a map counts as absent (as a nil
+-- field of a Lua table does); a null in a list would leave a hole, so it is an error, whose
+-- key path is built on the way back (nothing is built for a good file: 100k routes).
+local function strip_nulls(v, null)
+  for k, x in pairs(v) do
+    if x == null then
+      if type(k) == "number" then return nil, format("[%d]", k), "null is not allowed in a list" end
+      v[k] = nil
+    elseif type(x) == "table" then
+      local ok, at, why = strip_nulls(x, null)
+      if not ok then
+        if type(k) == "number" then return nil, format("[%d]", k) .. at, why end
+        return nil, "." .. tostring(k) .. at, why
+      end
+    end
+  end
+  return true
+end
+
+local function check_nulls(t, null, path)
+  local ok, at, why = strip_nulls(t, null)
+  if ok then return t end
+  return nil, format("%s: %s: %s", path, (at:gsub("^%.", "")), why)
+end
+
+local cjson_dec
+local function decode_json(src, path)
+  if not cjson_dec then
+    cjson_dec = require("cjson").new()
+    -- Deep configs are fine; a runaway nesting is refused rather than overflowing the C stack.
+    cjson_dec.decode_max_depth(200)
+    -- 1e400 and friends are not values a config means.
+    cjson_dec.decode_invalid_numbers(false)
+  end
+  local ok, t = pcall(cjson_dec.decode, src)
+  if not ok then
+    local msg = tostring(t)
+    local pos = tonumber(match(msg, "at character (%d+)"))
+    msg = msg:gsub("^.-:%d+: ", "") -- a Lua error position, if any
+    if pos then
+      local line, col = line_col(src, pos)
+      return nil, format("%s:%d:%d: invalid JSON: %s", path, line, col, msg)
+    end
+    return nil, format("%s: invalid JSON: %s", path, msg)
+  end
+  if type(t) ~= "table" or #t > 0 then
+    return nil, format("%s: the file must hold a JSON object, got %s", path,
+      t == cjson_dec.null and "null" or type(t) == "table" and "an array" or type(t))
+  end
+  return check_nulls(t, cjson_dec.null, path)
+end
+
+-- Plain (unquoted) scalars read by YAML 1.2's core schema, not lyaml's YAML 1.1 default:
+-- `on`, `no`, `8:30` or `0b1` stay strings, where YAML 1.1 makes them a boolean, a number
+-- of minutes (sexagesimal) or binary; the core schema is what JSON-minded tools write.
+local CORE_BOOL = { ["true"] = true, True = true, TRUE = true,
+                    ["false"] = false, False = false, FALSE = false }
+local CORE_NULL = { [""] = true, ["~"] = true, null = true, Null = true, NULL = true }
+local function core_scalar(null)
+  return function(v)
+    if CORE_NULL[v] then return null end
+    local b = CORE_BOOL[v]
+    if b ~= nil then return b end
+    if find(v, "^[-+]?%d+$") then return tonumber(v) end
+    if find(v, "^0o[0-7]+$") then return tonumber(sub(v, 3), 8) end
+    if find(v, "^0x%x+$") then return tonumber(sub(v, 3), 16) end
+    if find(v, "^[-+]?%.?%d[%d]*%.?%d*[eE]?[-+]?%d*$") or find(v, "^[-+]?%d+%.%d*$") then
+      local n = tonumber(v)
+      if n then return n end
+    end
+    if v == ".inf" or v == ".Inf" or v == ".INF" or v == "+.inf" then return math.huge end
+    if v == "-.inf" or v == "-.Inf" or v == "-.INF" then return -math.huge end
+    if v == ".nan" or v == ".NaN" or v == ".NAN" then return 0 / 0 end
+    return v
+  end
+end
+
+local yaml_opts
+local function decode_yaml(src, path)
+  local ok_mod, lyaml = pcall(require, "lyaml")
+  if not ok_mod then
+    return nil, format("%s: YAML configs need lyaml (Debian: lua-yaml): %s", path,
+      tostring(lyaml))
+  end
+  yaml_opts = yaml_opts or { all = true, implicit_scalar = core_scalar(lyaml.null) }
+  local ok, t = pcall(lyaml.load, src, yaml_opts)
+  if not ok then
+    local msg = tostring(t):gsub("^.-%.lua:%d+: ", "")
+    -- lyaml reports "line:column: problem" (1-based)
+    local line, col, rest = match(msg, "^(%d+):(%d+): (.*)$")
+    if line then return nil, format("%s:%s:%s: invalid YAML: %s", path, line, col, rest) end
+    return nil, format("%s: invalid YAML: %s", path, msg)
+  end
+  if type(t) ~= "table" or #t == 0 then
+    return nil, format("%s: the file holds no YAML document", path)
+  end
+  if #t > 1 then
+    return nil, format("%s: the file holds %d YAML documents, a config is one", path, #t)
+  end
+  t = t[1]
+  local null = lyaml.null
+  if type(t) ~= "table" or t == null or #t > 0 then
+    return nil, format("%s: the file must hold a YAML mapping, got %s", path,
+      t == null and "null" or type(t) == "table" and "a sequence" or type(t))
+  end
+  return check_nulls(t, null, path)
+end
+
+-- Reads and decodes the file: the table, or nil and "<file>[:line:col]: problem".
+function M.load(path)
+  local fmt = M.format(path)
+  if not fmt then return nil, format("%s: not a JSON or YAML file", tostring(path)) end
+  local src, err = read_file(path)
+  if not src then return nil, format("cannot open %s: %s", path, tostring(err)) end
+  -- A UTF-8 byte order mark, as some editors write, is not part of the document.
+  if sub(src, 1, 3) == "\239\187\191" then src = sub(src, 4) end
+  if fmt == "json" then return decode_json(src, path) end
+  return decode_yaml(src, path)
+end
+
+-- A chunk standing for the file, as loadfile would return for a Lua config: the engine
+-- evaluates whatever this returns (lua_vm.c). nil, message when the file does not decode.
+function M.loader(path)
+  local t, err = M.load(path)
+  if not t then return nil, err end
+  return function() return t end
+end
+
+-- The hint a Lua config past LuaJIT's per-function constant limit gets (lua_vm.c).
+function M.limit_hint(msg)
+  if type(msg) == "string" and find(msg, "has more than %d+ constants") then
+    return msg .. "; a config this large is data, not code: write it as JSON or YAML "
+      .. "(a file ending in .json, .yaml or .yml), or build the table in a loop "
+      .. "(docs/config-formats.md)"
+  end
+  return msg
+end
+
+return M
