@@ -30,6 +30,7 @@
 #include "balancer.h"
 #include "lua_vm.h"
 #include "shdict.h"
+#include "route.h"
 #include "tls.h"
 
 /* ---- addresses ---- */
@@ -648,12 +649,30 @@ static int read_routes(rctx_t *r)
     size_t n = lua_objlen(L, -1);
     if (!(c->routes = calloc(n ? n : 1, sizeof(*c->routes))))
         r->oom = 1;
-    for (size_t i = 0; c->routes && i < n && !rc; i++) {
+    /* The routes' conditions go into the compiled router (route.h), in order. */
+    lp_rbuild_t *b = lp_rbuild_new();
+    if (!b)
+        r->oom = 1;
+    for (size_t i = 0; b && c->routes && i < n && !rc; i++) {
         lp_route_conf_t *rt = &c->routes[c->nroutes++];
         lua_rawgeti(L, -1, (int)i + 1);
         push_table(L, "match");
         rt->host = get_str(r, "host");
         rt->prefix = get_str(r, "prefix");
+        /* A route without path conditions has the prefix "/" (as before paths and regexes). */
+        lua_getfield(L, -1, "path");
+        lua_getfield(L, -2, "regex");
+        if (!rt->prefix && lua_isnil(L, -1) && lua_isnil(L, -2))
+            rt->prefix = dup_str(r, "/");
+        lua_pop(L, 2);
+        char berr[256];
+        if (lp_rbuild_route(b) < 0)
+            r->oom = 1;
+        else if (lp_route_read_match(L, b, berr, sizeof(berr))) {
+            char p[64];
+            snprintf(p, sizeof(p), "routes[%zu].match", i + 1);
+            rc = fail(r, p, "%s", berr);
+        }
         lua_pop(L, 1);
         for (char *h = rt->host; h && *h; h++)
             *h = (char)tolower((unsigned char)*h);
@@ -681,6 +700,12 @@ static int read_routes(rctx_t *r)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+    if (b && !rc && !r->oom) {
+        char berr[256];
+        if (!(c->router = lp_rbuild_finish(b, berr, sizeof(berr))))
+            rc = fail(r, "routes", "%s", berr);
+    } else
+        lp_rbuild_free(b);
     return rc;
 }
 
@@ -1110,6 +1135,7 @@ void lp_config_free(lp_config_t *c)
         free_error_pages(&c->routes[i].error_pages);
     }
     free(c->routes);
+    lp_router_free(c->router);
     free_error_pages(&c->error_pages);
     free(c->access_log);
     free(c->access_format.text);

@@ -359,6 +359,32 @@ static lp_rc_t conn_run_phase(lp_req_t *req, int phase)
     return lp_lua_phase(req, phase);
 }
 
+/* The config route of a parsed head (NULL: none); its captures go to req->params. The
+ * client address is the connection's peer (a real_ip setting may later replace it). */
+static const lp_route_conf_t *route_request(lp_conn_t *c, lp_req_t *req, const lp_config_t *cfg)
+{
+    lp_str_t sni = {NULL, 0};
+    if (c->ep.tls) {
+        char scratch[8];
+        size_t n = 0;
+        const char *v = lp_tls_fact(c->ep.tls, LP_TLS_F_SNI, scratch, sizeof(scratch), &n);
+        if (v)
+            sni = (lp_str_t){v, strlen(v)};
+    }
+    int family = 0;
+    for (size_t i = 0; i < sizeof(c->client_addr) && !family; i++)
+        if (c->client_addr[i])
+            family = c->client_v6 ? 6 : 4;
+    lp_route_in_t in;
+    lp_route_input(&in, &req->h1, family, c->client_addr, sni);
+    lp_route_out_t out;
+    const lp_route_conf_t *rt = lp_route_find(cfg, &in, &out);
+    req->nparams = 0;
+    for (unsigned i = 0; rt && i < out.ncaps && i < LP_ARRAY_LEN(req->params); i++)
+        req->params[req->nparams++] = out.caps[i];
+    return rt;
+}
+
 /* The request head is parsed: limits, route, then the request phase. LP_GONE when the
  * request ended. */
 static int conn_on_head(lp_req_t *req)
@@ -377,7 +403,7 @@ static int conn_on_head(lp_req_t *req)
     if (cfg->limits.max_body_size && (h->flags & LP_H1F_LENGTH) &&
         h->content_length > cfg->limits.max_body_size)
         return conn_respond_local(req, 413, 0, NULL);
-    req->route = lp_route_find(cfg, h);
+    req->route = route_request(c, req, cfg);
     req->route_index = req->route ? (int)(req->route - cfg->routes) : -1;
     if (req->route && req->route->has_upstream)
         req->upstream = &req->g->upstreams[req->route->upstream];

@@ -90,6 +90,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->hash_key = (lp_str_t){NULL, 0};
     req->lua = NULL;
     req->route_index = -1;
+    req->nparams = 0;
     req->filter_cont = LP_FC_NONE;
     req->body_buf = NULL;
     req->body_len = 0;
