@@ -13,8 +13,8 @@ static int add(lp_rbuild_t *b, int kind, int mode, const char *name, const char 
 }
 
 /* A map of name -> value (mode equal), true (present) or regex (regex maps). */
-static int read_map(lua_State *L, lp_rbuild_t *b, const char *field, int kind, int regex,
-                    char *err, size_t errlen)
+static int read_map(lua_State *L, lp_rbuild_t *b, const char *field, int kind, int regex, char *err,
+                    size_t errlen)
 {
     int rc = 0;
     lua_getfield(L, -1, field);
@@ -23,8 +23,8 @@ static int read_map(lua_State *L, lp_rbuild_t *b, const char *field, int kind, i
         while (!rc && lua_next(L, -2)) {
             const char *name = lua_tostring(L, -2);
             if (lua_type(L, -1) == LUA_TSTRING)
-                rc = add(b, kind, regex ? LP_RM_REGEX : LP_RM_EQUAL, name, lua_tostring(L, -1),
-                         err, errlen);
+                rc = add(b, kind, regex ? LP_RM_REGEX : LP_RM_EQUAL, name, lua_tostring(L, -1), err,
+                         errlen);
             else if (lua_toboolean(L, -1))
                 rc = add(b, kind, LP_RM_PRESENT, name, NULL, err, errlen);
             if (rc) {
@@ -64,8 +64,8 @@ int lp_route_read_match(lua_State *L, lp_rbuild_t *b, char *err, size_t errlen)
     static const struct {
         const char *name;
         int kind;
-    } strs[] = {{"host", LP_RK_HOST},     {"prefix", LP_RK_PREFIX}, {"path", LP_RK_PATH},
-                {"regex", LP_RK_REGEX},   {"sni", LP_RK_SNI},       {"methods", LP_RK_METHOD},
+    } strs[] = {{"host", LP_RK_HOST},   {"prefix", LP_RK_PREFIX}, {"path", LP_RK_PATH},
+                {"regex", LP_RK_REGEX}, {"sni", LP_RK_SNI},       {"methods", LP_RK_METHOD},
                 {"cidr", LP_RK_CIDR}};
     for (size_t i = 0; i < LP_ARRAY_LEN(strs); i++)
         if (read_list(L, b, strs[i].name, strs[i].kind, err, errlen)) {
@@ -107,8 +107,8 @@ static lp_str_t h1_query(const void *ctx, const char *name, size_t nlen, char *b
     if (!q)
         return (lp_str_t){NULL, 0};
     q++;
-    lp_str_t raw = lp_kv_find((lp_str_t){q, (size_t)(h->path.base + h->path.len - q)}, '&', name,
-                              nlen);
+    lp_str_t raw =
+        lp_kv_find((lp_str_t){q, (size_t)(h->path.base + h->path.len - q)}, '&', name, nlen);
     if (!raw.base)
         return raw;
     size_t n = 0;

@@ -88,10 +88,10 @@ typedef struct {
 struct lp_router_s {
     route_t *routes; /* owned array of nroutes */
     size_t nroutes, cap;
-    rnode_t any;              /* routes without a host */
-    htab_t exact, wild, pfx;  /* by host, by ".suffix", by "prefix" */
-    names_t hnames, qnames;   /* header (lower case) and query names the routes read */
-    uint32_t max_pairs;       /* the most ovector pairs a regex needs */
+    rnode_t any;             /* routes without a host */
+    htab_t exact, wild, pfx; /* by host, by ".suffix", by "prefix" */
+    names_t hnames, qnames;  /* header (lower case) and query names the routes read */
+    uint32_t max_pairs;      /* the most ovector pairs a regex needs */
 };
 
 struct lp_rbuild_s {
@@ -401,8 +401,8 @@ int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t n
             return fail(err, errlen, "one host per route");
         int rc = parse_host(value, vlen, &rt->hkind, &rt->host);
         if (rc)
-            return fail(err, errlen, rc == -2 ? "a host wildcard is *.suffix or prefix.*"
-                                              : "out of memory");
+            return fail(err, errlen,
+                        rc == -2 ? "a host wildcard is *.suffix or prefix.*" : "out of memory");
         return 0;
     }
     case LP_RK_PATH:
@@ -759,7 +759,7 @@ typedef struct {
     lp_str_t path;
     int asterisk; /* `OPTIONS *` */
     pcre2_match_data *md;
-    unsigned depth;                  /* parameters captured on the way down */
+    unsigned depth; /* parameters captured on the way down */
     lp_str_t stack[LP_ROUTE_MAX_CAPS + 1];
 } mstate_t;
 
@@ -815,12 +815,12 @@ static int conds_ok(mstate_t *ms, const route_t *rt)
         lp_str_t v;
         if (c->query) {
             const char *name = ms->r->qnames.v[c->slot];
-            v = in->qvals ? in->qvals[c->slot]
+            v = in->qvals   ? in->qvals[c->slot]
                 : in->query ? in->query(in->ctx, name, strlen(name), buf, sizeof(buf))
                             : (lp_str_t){NULL, 0};
         } else {
             const char *name = ms->r->hnames.v[c->slot];
-            v = in->hvals ? in->hvals[c->slot]
+            v = in->hvals    ? in->hvals[c->slot]
                 : in->header ? in->header(in->ctx, name, strlen(name))
                              : (lp_str_t){NULL, 0};
         }
@@ -967,7 +967,8 @@ int lp_router_match(const lp_router_t *r, const lp_route_in_t *in, int from, lp_
 static int unconditional(const route_t *rt)
 {
     return !rt->nmethods && !rt->sni && !rt->nconds && !rt->ncidrs && !rt->predicate &&
-           (rt->pkind == P_ANY || rt->pkind == P_PREFIX || (rt->pkind == P_EXACT && !rt->has_params));
+           (rt->pkind == P_ANY || rt->pkind == P_PREFIX ||
+            (rt->pkind == P_EXACT && !rt->has_params));
 }
 
 /* The earliest unconditional route before `before` in this tree whose prefix (or, for
