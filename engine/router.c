@@ -271,7 +271,7 @@ static pcre2_code *re_compile(const char *s, size_t n, char *err, size_t errlen)
 {
     int ec;
     PCRE2_SIZE off;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)s, n, PCRE2_UTF, &ec, &off, NULL);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)s, n, 0, &ec, &off, NULL);
     if (!re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(ec, msg, sizeof(msg));

@@ -16,7 +16,7 @@ M.methods = {
   method = REQ_READ, path = REQ_READ, uri = REQ_READ, query = REQ_READ, args = REQ_READ,
   header = REQ_READ, headers = REQ_READ, host = REQ_READ, scheme = REQ_READ,
   client_ip = REQ_READ, http_version = REQ_READ, var = REQ_READ, phase = REQ_READ,
-  start_time = REQ_READ,
+  start_time = REQ_READ, param = REQ_READ,
   upstream_name = REQ_READ, tls = REQ_READ,
   -- request, changeable before it goes upstream
   set_header = REQ_WRITE, add_header = REQ_WRITE, clear_header = REQ_WRITE,

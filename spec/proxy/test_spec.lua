@@ -206,6 +206,7 @@ describe("proxy.test", function()
         set_upstream = { "app" }, set_target = { "10.0.0.1", 1 }, body = { 10 },
         set_status = { 200 }, resp_header = { "x" }, set_resp_header = { "x", "1" },
         add_resp_header = { "x", "1" }, clear_resp_header = { "x" }, set_hash_key = { "k" },
+        param = { "id" },
       }
       for name, allowed in pairs(phases.methods) do
         assert.is_function(req[name], name)

@@ -283,7 +283,7 @@ static int ref_regex(const char *re, const char *s, rcap_t *caps, int *ncaps)
     int ec;
     PCRE2_SIZE off;
     pcre2_code *code =
-        pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec, &off, NULL);
+        pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, 0, &ec, &off, NULL);
     if (!code)
         return 0;
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(code, NULL);
