@@ -704,6 +704,8 @@ static int read_routes(rctx_t *r)
         char berr[256];
         if (!(c->router = lp_rbuild_finish(b, berr, sizeof(berr))))
             rc = fail(r, "routes", "%s", berr);
+        else
+            lp_route_warn_shadows(c); /* -t, start and every reload say it */
     } else
         lp_rbuild_free(b);
     return rc;
