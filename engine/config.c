@@ -31,6 +31,7 @@
 #include "lua_vm.h"
 #include "shdict.h"
 #include "route.h"
+#include "rtable.h"
 #include "tls.h"
 
 /* ---- addresses ---- */
@@ -640,6 +641,32 @@ static int find_upstream(const lp_config_t *c, const char *name, size_t *idx)
     return -1;
 }
 
+/* The route table: the routes, then the changes the admin API made (the overlay file next
+ * to the config, rtable.h). Warns about routes that can never match. */
+static int read_overlay(rctx_t *r)
+{
+    lp_config_t *c = r->c;
+    char err[512];
+    json_t *ops = NULL;
+    if (!(c->rtable = lp_rtable_from_config(c))) {
+        r->oom = 1;
+        return 0;
+    }
+    if (c->path && lp_rtable_overlay(c->path, &ops, err, sizeof(err)))
+        return fail(r, "routes (overlay)", "%s", err);
+    if (ops) {
+        lp_rtable_t *t = lp_rtable_apply(c->rtable, c, ops, err, sizeof(err));
+        json_decref(ops);
+        if (!t)
+            return fail(r, "routes (admin overlay " LP_ROUTES_OVERLAY_SUFFIX ")", "%s", err);
+        lp_rtable_unref(c->rtable);
+        c->rtable = t;
+        lp_log_notice("%s: routes: admin overlay applied (%zu routes)", c->path, t->nroutes);
+    }
+    lp_route_warn_shadows(c); /* -t, start and every reload say it */
+    return 0;
+}
+
 static int read_routes(rctx_t *r)
 {
     lua_State *L = r->L;
@@ -705,7 +732,7 @@ static int read_routes(rctx_t *r)
         if (!(c->router = lp_rbuild_finish(b, berr, sizeof(berr))))
             rc = fail(r, "routes", "%s", berr);
         else
-            lp_route_warn_shadows(c); /* -t, start and every reload say it */
+            rc = read_overlay(r);
     } else
         lp_rbuild_free(b);
     return rc;
@@ -1137,6 +1164,7 @@ void lp_config_free(lp_config_t *c)
         free_error_pages(&c->routes[i].error_pages);
     }
     free(c->routes);
+    lp_rtable_unref(c->rtable);
     lp_router_free(c->router);
     free_error_pages(&c->error_pages);
     free(c->access_log);

@@ -13,6 +13,7 @@
 #include "relay.h"
 #include "request.h"
 #include "route.h"
+#include "rtable.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -361,7 +362,7 @@ static lp_rc_t conn_run_phase(lp_req_t *req, int phase)
 
 /* The config route of a parsed head (NULL: none); its captures go to req->params. The
  * client address is the connection's peer (a real_ip setting may later replace it). */
-static const lp_route_conf_t *route_request(lp_conn_t *c, lp_req_t *req, const lp_config_t *cfg)
+static const lp_route_conf_t *route_request(lp_conn_t *c, lp_req_t *req)
 {
     lp_str_t sni = {NULL, 0};
     if (c->ep.tls) {
@@ -378,11 +379,20 @@ static const lp_route_conf_t *route_request(lp_conn_t *c, lp_req_t *req, const l
     lp_route_in_t in;
     lp_route_input(&in, &req->h1, family, c->client_addr, sni);
     lp_route_out_t out;
-    const lp_route_conf_t *rt = lp_route_find(cfg, &in, &out);
+    /* The worker's current table for this generation (an admin change swaps it); the request
+     * keeps it until it ends, as its route and captures point into it. */
+    lp_rtable_t *t = req->g->rtable;
+    int i = lp_router_match(t->router, &in, 0, &out);
     req->nparams = 0;
-    for (unsigned i = 0; rt && i < out.ncaps && i < LP_ARRAY_LEN(req->params); i++)
-        req->params[req->nparams++] = out.caps[i];
-    return rt;
+    req->route_index = -1;
+    if (i < 0)
+        return NULL;
+    lp_rtable_ref(t);
+    req->rtable = t;
+    req->route_index = t->conf_index[i];
+    for (unsigned k = 0; k < out.ncaps && k < LP_ARRAY_LEN(req->params); k++)
+        req->params[req->nparams++] = out.caps[k];
+    return t->routes[i];
 }
 
 /* The request head is parsed: limits, route, then the request phase. LP_GONE when the
@@ -403,8 +413,7 @@ static int conn_on_head(lp_req_t *req)
     if (cfg->limits.max_body_size && (h->flags & LP_H1F_LENGTH) &&
         h->content_length > cfg->limits.max_body_size)
         return conn_respond_local(req, 413, 0, NULL);
-    req->route = route_request(c, req, cfg);
-    req->route_index = req->route ? (int)(req->route - cfg->routes) : -1;
+    req->route = route_request(c, req); /* and route_index: the config route, for Lua */
     if (req->route && req->route->has_upstream)
         req->upstream = &req->g->upstreams[req->route->upstream];
     /* Parsing stays parked while Lua decides. */

@@ -133,6 +133,8 @@ typedef struct lp_wgen_s {
     const lp_config_t *config;   /* borrowed: gen->config */
     struct lp_lua_s *lua;        /* owned, NULL without Lua */
     lp_upstream_rt_t *upstreams; /* owned, config->nupstreams */
+    struct lp_rtable_s *rtable;  /* reference: the route table new requests use (config's,
+                                    then each admin change's: worker.c lp_workers_set_routes) */
     unsigned refs;
 } lp_wgen_t;
 
@@ -320,6 +322,8 @@ struct lp_req_s {
      * generation's router, values from `arena` (the path as received). */
     lp_route_cap_t params[LP_ROUTE_MAX_CAPS];
     uint8_t nparams;
+    struct lp_rtable_s *rtable; /* reference: the table `route` and `params` come from; NULL
+                                   before routing */
     lp_buf_t *body_buf;        /* owned: the body gathered by req:body() */
     size_t body_len;           /* bytes in body_buf */
     uint64_t body_max;         /* req:body()'s limit */

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <lauxlib.h>
 #include "log.h"
+#include "rtable.h"
 
 static int add(lp_rbuild_t *b, int kind, int mode, const char *name, const char *v, char *err,
                size_t errlen)
@@ -165,5 +166,6 @@ static void warn_one(void *ud, size_t route, size_t by)
 
 size_t lp_route_warn_shadows(const lp_config_t *cfg)
 {
-    return cfg->router ? lp_router_shadows(cfg->router, warn_one, (void *)cfg) : 0;
+    const lp_router_t *r = cfg->rtable ? cfg->rtable->router : cfg->router;
+    return r ? lp_router_shadows(r, warn_one, (void *)cfg) : 0;
 }

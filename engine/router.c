@@ -17,7 +17,7 @@ typedef struct {
     uint32_t slot; /* index into the router's header or query names */
     int query;     /* a query argument, else a header */
     int mode;      /* LP_RM_* */
-    char *value;   /* owned: the value of LP_RM_EQUAL, NULL otherwise */
+    char *value;   /* owned: the value or regex source; NULL for LP_RM_PRESENT */
     size_t vlen;
     pcre2_code *re; /* owned: LP_RM_REGEX */
 } cond_t;
@@ -26,6 +26,7 @@ typedef struct {
     int v6; /* an IPv6 network, else IPv4 (the first 4 bytes) */
     unsigned bits;
     uint8_t a[16];
+    char text[64]; /* as given, for lp_rbuild_copy */
 } cidr_t;
 
 typedef struct {
@@ -309,6 +310,7 @@ static int parse_cidr(const char *s, size_t n, cidr_t *c)
     if (slash)
         *slash = 0;
     memset(c, 0, sizeof(*c));
+    memcpy(c->text, s, n);
     if (inet_pton(AF_INET, buf, c->a) == 1)
         c->bits = 32;
     else if (inet_pton(AF_INET6, buf, c->a) == 1) {
@@ -472,7 +474,8 @@ int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t n
         if (slot < 0)
             return fail(err, errlen, "out of memory");
         c->slot = (uint32_t)slot;
-        if (mode == LP_RM_EQUAL && !(c->value = dupn(value, vlen)))
+        /* The value is kept for regexes too: lp_rbuild_copy gives it again. */
+        if (mode != LP_RM_PRESENT && !(c->value = dupn(value, vlen)))
             return fail(err, errlen, "out of memory");
         c->vlen = vlen;
         if (mode == LP_RM_REGEX) {
@@ -560,6 +563,45 @@ void lp_rbuild_free(lp_rbuild_t *b)
 size_t lp_router_count(const lp_router_t *r)
 {
     return r->nroutes;
+}
+
+int lp_rbuild_copy(lp_rbuild_t *b, const lp_router_t *r, size_t idx, char *err, size_t errlen)
+{
+    const route_t *rt = &r->routes[idx];
+    char host[300];
+    int rc = 0;
+#define ADD(kind, mode, name, v)                                                                   \
+    do {                                                                                           \
+        const char *n_ = (name), *v_ = (v);                                                        \
+        if (!rc)                                                                                   \
+            rc = lp_rbuild_add(b, kind, mode, n_, n_ ? strlen(n_) : 0, v_, v_ ? strlen(v_) : 0,   \
+                               err, errlen);                                                       \
+    } while (0)
+    if (rt->hkind != H_ANY) {
+        snprintf(host, sizeof(host), rt->hkind == H_WILD ? "*%s" : rt->hkind == H_PFX ? "%s.*" : "%s",
+                 rt->host);
+        ADD(LP_RK_HOST, 0, NULL, host);
+    }
+    if (rt->pkind != P_ANY)
+        ADD(rt->pkind == P_EXACT ? LP_RK_PATH : rt->pkind == P_PREFIX ? LP_RK_PREFIX : LP_RK_REGEX, 0,
+            NULL, rt->path);
+    for (size_t i = 0; i < rt->nmethods; i++)
+        ADD(LP_RK_METHOD, 0, NULL, rt->methods[i]);
+    for (size_t i = 0; i < rt->nconds; i++) {
+        const cond_t *c = &rt->conds[i];
+        ADD(c->query ? LP_RK_QUERY : LP_RK_HEADER, c->mode,
+            c->query ? r->qnames.v[c->slot] : r->hnames.v[c->slot], c->value);
+    }
+    for (size_t i = 0; i < rt->ncidrs; i++)
+        ADD(LP_RK_CIDR, 0, NULL, rt->cidrs[i].text);
+    if (rt->sni) {
+        snprintf(host, sizeof(host), rt->sni_wild ? "*%s" : "%s", rt->sni);
+        ADD(LP_RK_SNI, 0, NULL, host);
+    }
+    if (rt->predicate)
+        ADD(LP_RK_PREDICATE, 0, NULL, NULL);
+#undef ADD
+    return rc;
 }
 
 static int kid_index(const rnode_t *n, unsigned char c, uint32_t *at)

@@ -42,6 +42,9 @@ int lp_rbuild_route(lp_rbuild_t *b);
  * second path kind, out of memory). */
 int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t nlen,
                   const char *value, size_t vlen, char *err, size_t errlen);
+/* Adds route idx of r (all its conditions) to b's current route: how a changed table is
+ * built from the one in use. 0, or -1 with err. */
+int lp_rbuild_copy(lp_rbuild_t *b, const lp_router_t *r, size_t idx, char *err, size_t errlen);
 /* Compiles the routes and frees b (always). NULL with a message in err on failure. */
 lp_router_t *lp_rbuild_finish(lp_rbuild_t *b, char *err, size_t errlen);
 void lp_rbuild_free(lp_rbuild_t *b);
