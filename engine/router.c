@@ -574,17 +574,22 @@ int lp_rbuild_copy(lp_rbuild_t *b, const lp_router_t *r, size_t idx, char *err, 
     do {                                                                                           \
         const char *n_ = (name), *v_ = (v);                                                        \
         if (!rc)                                                                                   \
-            rc = lp_rbuild_add(b, kind, mode, n_, n_ ? strlen(n_) : 0, v_, v_ ? strlen(v_) : 0,   \
+            rc = lp_rbuild_add(b, kind, mode, n_, n_ ? strlen(n_) : 0, v_, v_ ? strlen(v_) : 0,    \
                                err, errlen);                                                       \
     } while (0)
     if (rt->hkind != H_ANY) {
-        snprintf(host, sizeof(host), rt->hkind == H_WILD ? "*%s" : rt->hkind == H_PFX ? "%s.*" : "%s",
+        snprintf(host, sizeof(host),
+                 rt->hkind == H_WILD  ? "*%s"
+                 : rt->hkind == H_PFX ? "%s.*"
+                                      : "%s",
                  rt->host);
         ADD(LP_RK_HOST, 0, NULL, host);
     }
     if (rt->pkind != P_ANY)
-        ADD(rt->pkind == P_EXACT ? LP_RK_PATH : rt->pkind == P_PREFIX ? LP_RK_PREFIX : LP_RK_REGEX, 0,
-            NULL, rt->path);
+        ADD(rt->pkind == P_EXACT    ? LP_RK_PATH
+            : rt->pkind == P_PREFIX ? LP_RK_PREFIX
+                                    : LP_RK_REGEX,
+            0, NULL, rt->path);
     for (size_t i = 0; i < rt->nmethods; i++)
         ADD(LP_RK_METHOD, 0, NULL, rt->methods[i]);
     for (size_t i = 0; i < rt->nconds; i++) {

@@ -85,11 +85,11 @@ static int read_match(json_t *m, lp_rbuild_t *b, char *err, size_t errlen)
         int kind;
         int list; /* a string or an array of strings */
         int map;  /* 1: name -> value or true; 2: name -> regex */
-    } keys[] = {{"host", LP_RK_HOST, 0, 0},    {"prefix", LP_RK_PREFIX, 0, 0},
-                {"path", LP_RK_PATH, 0, 0},    {"regex", LP_RK_REGEX, 0, 0},
-                {"sni", LP_RK_SNI, 0, 0},      {"methods", LP_RK_METHOD, 1, 0},
-                {"cidr", LP_RK_CIDR, 1, 0},    {"headers", LP_RK_HEADER, 0, 1},
-                {"query", LP_RK_QUERY, 0, 1},  {"header_regex", LP_RK_HEADER, 0, 2},
+    } keys[] = {{"host", LP_RK_HOST, 0, 0},        {"prefix", LP_RK_PREFIX, 0, 0},
+                {"path", LP_RK_PATH, 0, 0},        {"regex", LP_RK_REGEX, 0, 0},
+                {"sni", LP_RK_SNI, 0, 0},          {"methods", LP_RK_METHOD, 1, 0},
+                {"cidr", LP_RK_CIDR, 1, 0},        {"headers", LP_RK_HEADER, 0, 1},
+                {"query", LP_RK_QUERY, 0, 1},      {"header_regex", LP_RK_HEADER, 0, 2},
                 {"query_regex", LP_RK_QUERY, 0, 2}};
     if (!json_is_object(m))
         return jerr(err, errlen, "%s", "match: expected an object");

@@ -93,7 +93,8 @@ int main(int argc, char **argv)
 {
     int nmax = argc > 1 ? atoi(argv[1]) : 100000;
     double first1 = 0;
-    printf("prefix routes: N, build ms (CPU), heap bytes/route, ns first, ns last, last/first(N=1)\n");
+    printf(
+        "prefix routes: N, build ms (CPU), heap bytes/route, ns first, ns last, last/first(N=1)\n");
     for (int n = 1; n <= nmax; n = n == 1 ? 1000 : n * 10) {
         size_t h0 = heap_used();
         double t0 = cpu_now();
@@ -105,8 +106,8 @@ int main(int argc, char **argv)
         double f = lookup_ns(r, "h", "/r1/", 0), l = lookup_ns(r, "h", last, n - 1);
         if (n == 1)
             first1 = f;
-        printf("  %6d  %8.1f  %6.0f  %6.1f  %6.1f  %5.2f\n", n, build,
-               (double)(h1 - h0) / n, f, l, l / first1);
+        printf("  %6d  %8.1f  %6.0f  %6.1f  %6.1f  %5.2f\n", n, build, (double)(h1 - h0) / n, f, l,
+               l / first1);
         lp_router_free(r);
     }
 
