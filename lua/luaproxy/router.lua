@@ -138,7 +138,7 @@ function M.new(routes)
   local r = C.lp_ffi_router_finish(b, errbuf, 256)
   if r == nil then return nil, ffi_string(errbuf) end
   r = ffi_gc(r, C.lp_ffi_router_free)
-  local self = setmetatable({ _r = r, routes = routes, _conds = conds }, Router)
+  local self = setmetatable({ _r = r, routes = routes, _conds = conds, _keep = {} }, Router)
   local hn, qn = {}, {}
   for j = 0, C.lp_ffi_router_nnames(r, RK.header) - 1 do
     hn[j + 1] = ffi_string(C.lp_ffi_router_name(r, RK.header, j))
@@ -182,27 +182,26 @@ function Router:match(req)
   local method, host = req:method(), req:host()
   local sni = self._sni and req:var("ssl_server_name") or nil
   local ip = self._ip and req:client_ip() or nil
-  -- The strings stay referenced by these locals while C reads them.
+  -- C reads these strings through pointers: the router's _keep table holds them until the
+  -- next lookup (a local would not do: compiled code may drop a dead one before the call).
+  local keep = self._keep
+  keep.method, keep.host, keep.path, keep.sni, keep.ip = method, host, path, sni, ip
   set(inb[0], method)
   set(inb[1], host)
   set(inb[2], path)
   set(inb[3], sni)
   set(inb[4], ip)
-  local keep = nil
   local hn, qn = self._hnames, self._qnames
-  if #hn > 0 or #qn > 0 then
-    keep = {}
-    for j = 1, #hn do
-      local v = req:header(hn[j])
-      keep[j] = v
-      set(self._hvals[j - 1], v)
-    end
-    for j = 1, #qn do
-      local v = req:query(qn[j])
-      if type(v) ~= "string" then v = nil end
-      keep[#hn + j] = v
-      set(self._qvals[j - 1], v)
-    end
+  for j = 1, #hn do
+    local v = req:header(hn[j])
+    keep[j] = v
+    set(self._hvals[j - 1], v)
+  end
+  for j = 1, #qn do
+    local v = req:query(qn[j])
+    if type(v) ~= "string" then v = nil end
+    keep[#hn + j] = v
+    set(self._qvals[j - 1], v)
   end
   local from = 0
   while true do
