@@ -99,15 +99,19 @@ def measure(n, workdir):
         if admin:
             body = {"ops": [{"op": "replace", "index": n,
                              "route": {"match": {"prefix": "/changed/"}, "upstream": "app"}}]}
-            times = []
+            times, server = [], []
             for _ in range(5):
                 t0 = time.monotonic()
-                status, _ = admin_call(admin, "POST", "/routes", body)
+                status, answer = admin_call(admin, "POST", "/routes", body)
                 times.append(time.monotonic() - t0)
                 if status != 200:
                     times = None
                     break
+                j = json.loads(answer)
+                server.append((j["build_ms"], j["switch_ms"]))
             change = sorted(times)[len(times) // 2] if times else None
+            if server:
+                print("N=%d: server-side build_ms, switch_ms per change: %s" % (n, server))
         return {"routes": n, "check_s": t_check, "start_s": t_start, "rss_kib": rss,
                 "admin_change_s": change}
     finally:
