@@ -336,12 +336,13 @@ static void handle_stop(admin_conn_t *c)
 /* The table POST /routes last built, for the generation it was built on: the next change
  * starts from it (main thread only). A reload starts again from the new config's table,
  * which has the overlay applied. */
-static lp_rtable_t *routes_latest;  /* reference; NULL: none yet */
-static const lp_gen_t *routes_gen;  /* the generation of routes_latest (compared only) */
+static lp_rtable_t *routes_latest; /* reference; NULL: none yet */
+static uint64_t routes_gen;        /* the id of routes_latest's generation (an id, not a
+                                      pointer: a freed generation's address may come back) */
 
 static const lp_rtable_t *routes_current(void)
 {
-    if (routes_latest && routes_gen == lp_gen_current)
+    if (routes_latest && routes_gen == lp_gen_current->id)
         return routes_latest;
     return lp_gen_current->config->rtable;
 }
@@ -384,7 +385,7 @@ static void handle_routes_post(admin_conn_t *c)
     uint64_t t2 = uv_hrtime();
     lp_rtable_unref(routes_latest);
     routes_latest = t; /* our reference */
-    routes_gen = lp_gen_current;
+    routes_gen = lp_gen_current->id;
     int persisted = lp_rtable_persist(lp_gen_current->config->path, ops, err, sizeof(err)) == 0;
     if (!persisted)
         lp_log_error("admin: routes changed but not persisted: %s", err);
