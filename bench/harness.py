@@ -459,14 +459,14 @@ def start_proxy(s, procs, workdir, name, template, origin_port):
                            nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
                            cert=s.get("tls_cert", ""), key=s.get("tls_key", "")))
         p = procs.start(name, [s["luaproxy"], "-c", conf, "-w", "1"], d, s["cpu_proxy"], s["pin"])
-        if not wait_port(port, p):
+        if not wait_port(port, p, timeout=float(os.environ.get("START_TIMEOUT", "10"))):
             raise StartError("luaproxy did not listen on %d:\n%s" % (port, tail(d + "/luaproxy.out")))
         return Proxy(name, port, p, p.pid, d)
     conf = os.path.join(d, "nginx.conf")
     _write_nginx_conf(conf, template, d, port, origin_port, s)
     p = procs.start(name, [s["nginx"], "-p", d, "-e", d + "/error.log", "-c", conf,
                            "-g", "daemon off;"], d, s["cpu_proxy"], s["pin"])
-    if not wait_port(port, p):
+    if not wait_port(port, p, timeout=float(os.environ.get("START_TIMEOUT", "10"))):
         raise StartError("nginx did not listen on %d:\n%s\n%s"
                          % (port, tail(d + "/nginx.out"), tail(d + "/error.log")))
     worker = _nginx_worker(procs, p, d)
@@ -505,7 +505,8 @@ def run_wrk(s, procs, px, sc, seconds):
                 str(sc["connections"])]
     else:
         argv = [s["wrk"], "-t1", "-c%d" % sc["connections"], "-d%gs" % seconds,
-                "--timeout", "10s", "-s", os.path.join(BENCH_DIR, "wrk_report.lua")]
+                "--timeout", "10s", "-s",
+                os.path.join(BENCH_DIR, sc.get("script", "wrk_report.lua"))]
         for h in sc.get("headers", ()):
             argv += ["-H", h]
         argv.append(url)

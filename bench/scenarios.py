@@ -687,3 +687,123 @@ SCENARIOS.append({
     "note": "ip_filter with 100,000 denied /24s (the client in none) vs nginx geo + if; "
             "minus plain-5B-c50 is the filter's cost",
 })
+
+# --- routing at scale (issue #22): the cost of finding the route, flat in N ----------------
+# luaproxy builds N routes in a loop (a literal table of 100k entries is past LuaJIT's
+# constant limit); nginx gets N literal `location`s. Every route strips its prefix, so both
+# send "/" to the origin; the request names the last route. 1 worker each, as above.
+LUAPROXY_ROUTES_HEAD = """\
+local routes = {}
+"""
+
+LUAPROXY_ROUTES_TAIL = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = routes,
+  log = { access = false },
+  lua = { phase_timeout = 60 }, -- evaluating 100k routes may take more than 1 s
+}
+"""
+
+NGINX_ROUTES_HEAD = """\
+{{user}}
+worker_processes 1;
+worker_rlimit_nofile {{nofile}};
+pid {{dir}}/nginx.pid;
+error_log {{dir}}/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path {{dir}}/tmp/client_body;
+  proxy_temp_path       {{dir}}/tmp/proxy;
+  fastcgi_temp_path     {{dir}}/tmp/fastcgi;
+  uwsgi_temp_path       {{dir}}/tmp/uwsgi;
+  scgi_temp_path        {{dir}}/tmp/scgi;
+  server_names_hash_max_size 65536;
+  server_names_hash_bucket_size 128;
+  upstream o {
+    server 127.0.0.1:{{origin_port}};
+    keepalive 512;
+  }
+"""
+
+NGINX_PROXY = "proxy_pass http://o/; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+
+
+def _prefix_routes(n):
+    lua = LUAPROXY_ROUTES_HEAD + (
+        "for i = 1, %d do routes[i] = { match = { prefix = \"/r\" .. i .. \"/\" }, "
+        "upstream = \"app\", strip_prefix = true } end\n" % n) + LUAPROXY_ROUTES_TAIL
+    locs = "".join("    location /r%d/ { %s }\n" % (i, NGINX_PROXY) for i in range(1, n + 1))
+    ngx = NGINX_ROUTES_HEAD + "  server {\n    listen 127.0.0.1:{{port}};\n" + locs + "  }\n}\n"
+    return lua, ngx
+
+
+for _n in (1, 1000, 10000, 100000):
+    _lua, _ngx = _prefix_routes(_n)
+    SCENARIOS.append({
+        "name": "route-prefix-last-of-%d" % _n,
+        "path": "/r%d/" % _n,
+        "connections": 50,
+        "luaproxy": _lua,
+        "nginx": _ngx,
+        "per_mib": False,
+        "note": "the last of %d prefix routes (issue #22)" % _n,
+    })
+
+# 10,000 hosts x 10 prefix routes each; wrk picks a random host and path per request
+# (bench/wrk_random_route.lua). A catch-all answers the harness's sanity GET.
+_lua = LUAPROXY_ROUTES_HEAD + """\
+for h = 1, 10000 do
+  for p = 1, 10 do
+    routes[#routes + 1] = { match = { host = "h" .. h .. ".test", prefix = "/p" .. p .. "/" },
+                            upstream = "app", strip_prefix = true }
+  end
+end
+routes[#routes + 1] = { match = { prefix = "/" }, upstream = "app" }
+""" + LUAPROXY_ROUTES_TAIL
+_servers = ["  server {\n    listen 127.0.0.1:{{port}} default_server;\n"
+            "    location / { proxy_pass http://o; proxy_http_version 1.1; "
+            "proxy_set_header Connection \"\"; }\n  }\n"]
+for _h in range(1, 10001):
+    _servers.append("  server {\n    listen 127.0.0.1:{{port}};\n    server_name h%d.test;\n%s  }\n"
+                    % (_h, "".join("    location /p%d/ { %s }\n" % (p, NGINX_PROXY)
+                                   for p in range(1, 11))))
+SCENARIOS.append({
+    "name": "route-hosts-10k-x10-random",
+    "path": "/",
+    "connections": 50,
+    "script": "wrk_random_route.lua",
+    "luaproxy": _lua,
+    "nginx": NGINX_ROUTES_HEAD + "".join(_servers) + "}\n",
+    "per_mib": False,
+    "note": "10,000 hosts x 10 routes, random host and path per request (issue #22)",
+})
+
+# 1,000 regex routes, the request matching the last. "anchored": ^/reN/\d+$ (luaproxy files
+# each under its literal head /reN/, so only the last is run); "unanchored": /reN/\d+$ with
+# no head, so every regex runs for every request, as nginx runs its regex locations in order.
+# The last route is ^/fixed$ (the origin's path), with the query ?size=5.
+for _kind, _fmt in (("anchored", "^/re%d/\\\\d+$"), ("unanchored", "/re%d/\\\\d+$")):
+    _lua = LUAPROXY_ROUTES_HEAD + (
+        "for i = 1, 999 do routes[i] = { match = { regex = \"%s\" }, upstream = \"app\" } end\n"
+        % (_fmt % 0).replace("re0", "re\" .. i .. \"")) + \
+        "routes[1000] = { match = { regex = \"^/fixed$\" }, upstream = \"app\" }\n" + \
+        LUAPROXY_ROUTES_TAIL
+    _locs = "".join("    location ~ %s { proxy_pass http://o; proxy_http_version 1.1; "
+                    "proxy_set_header Connection \"\"; }\n" % ((_fmt % i).replace("\\\\", "\\"))
+                    for i in range(1, 1000))
+    _locs += ("    location ~ ^/fixed$ { proxy_pass http://o; proxy_http_version 1.1; "
+              "proxy_set_header Connection \"\"; }\n")
+    SCENARIOS.append({
+        "name": "route-regex-1000-%s" % _kind,
+        "path": "/fixed?size=5",
+        "connections": 50,
+        "luaproxy": _lua,
+        "nginx": NGINX_ROUTES_HEAD + "  server {\n    listen 127.0.0.1:{{port}};\n" + _locs
+                 + "  }\n}\n",
+        "per_mib": False,
+        "note": "1,000 regex routes (%s), the request matches the last (issue #22)" % _kind,
+    })

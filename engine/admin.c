@@ -24,6 +24,7 @@
 #include "server.h"
 #include "worker.h"
 #include "shdict.h"
+#include "rtable.h"
 
 #define ADMIN_MAX_HEAD  8192  /* header section; the request line has ADMIN_MAX_URI */
 #define ADMIN_MAX_URI   2048  /* request target */
@@ -330,6 +331,73 @@ static void handle_stop(admin_conn_t *c)
     lp_server_stop(c->admin->server, "POST /stop");
 }
 
+/* ---- routes changed without a reload (rtable.h, docs/admin-api.md) ---- */
+
+/* The table POST /routes last built, for the generation it was built on: the next change
+ * starts from it (main thread only). A reload starts again from the new config's table,
+ * which has the overlay applied. */
+static lp_rtable_t *routes_latest; /* reference; NULL: none yet */
+static uint64_t routes_gen;        /* the id of routes_latest's generation (an id, not a
+                                      pointer: a freed generation's address may come back) */
+
+static const lp_rtable_t *routes_current(void)
+{
+    if (routes_latest && routes_gen == lp_gen_current->id)
+        return routes_latest;
+    return lp_gen_current->config->rtable;
+}
+
+static void handle_routes_get(admin_conn_t *c)
+{
+    const lp_rtable_t *t = routes_current();
+    json_t *list = json_array();
+    for (size_t i = 0; i < t->nroutes && list; i++)
+        json_array_append_new(list, json_pack("{s:i,s:o}", "index", (json_int_t)i + 1, "config_route",
+                                              t->conf_index[i] >= 0
+                                                  ? json_integer(t->conf_index[i] + 1)
+                                                  : json_null()));
+    respond(c, 200, json_pack("{s:i,s:i,s:o}", "routes", (json_int_t)t->nroutes, "admin_routes",
+                              (json_int_t)t->nown, "table", list ? list : json_null()));
+}
+
+/* POST /routes {"ops": [...]}: one batch, applied atomically (rtable.h: lp_rtable_apply),
+ * handed to every worker, then persisted to the overlay file. */
+static void handle_routes_post(admin_conn_t *c)
+{
+    uint64_t t0 = uv_hrtime();
+    json_error_t je;
+    json_t *doc = json_loadb(c->r->body, c->r->body_len, 0, &je);
+    json_t *ops = json_is_object(doc) ? json_object_get(doc, "ops") : doc;
+    char err[512];
+    lp_rtable_t *t = ops ? lp_rtable_apply(routes_current(), lp_gen_current->config, ops, err,
+                                           sizeof(err))
+                         : NULL;
+    if (!doc)
+        snprintf(err, sizeof(err), "body: %s", je.text);
+    if (!t) {
+        json_decref(doc);
+        respond_error(c, 400, err);
+        return;
+    }
+    uint64_t t1 = uv_hrtime();
+    lp_server_t *s = c->admin->server;
+    lp_workers_set_routes(s->workers, s->nworkers, t);
+    uint64_t t2 = uv_hrtime();
+    lp_rtable_unref(routes_latest);
+    routes_latest = t; /* our reference */
+    routes_gen = lp_gen_current->id;
+    int persisted = lp_rtable_persist(lp_gen_current->config->path, ops, err, sizeof(err)) == 0;
+    if (!persisted)
+        lp_log_error("admin: routes changed but not persisted: %s", err);
+    json_decref(doc);
+    lp_log_notice("admin: routes changed (%zu routes; built in %.1f ms, switched in %.1f ms)",
+                  t->nroutes, (double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6);
+    respond(c, persisted ? 200 : 500,
+            json_pack("{s:b,s:i,s:f,s:f,s:b}", "ok", persisted, "routes", (json_int_t)t->nroutes,
+                      "build_ms", (double)((t1 - t0) / 1000) / 1000.0, "switch_ms",
+                      (double)((t2 - t1) / 1000) / 1000.0, "persisted", persisted));
+}
+
 void lp_admin_snapshot(lp_server_t *s)
 {
     /* The config as JSON, secrets redacted (lua/luaproxy/admin.lua), made when the config
@@ -526,6 +594,13 @@ static void dispatch(admin_conn_t *c)
             respond_error(c, 405, "use POST /stop");
         else
             handle_stop(c);
+    } else if (LP_STR_IEQ(path, "/routes")) {
+        if (get)
+            handle_routes_get(c);
+        else if (m == HTTP_POST)
+            handle_routes_post(c);
+        else
+            respond_error(c, 405, "use GET or POST /routes");
     } else if (LP_STR_IEQ(path, "/config")) {
         if (!get)
             respond_error(c, 405, "use GET /config");
@@ -534,7 +609,7 @@ static void dispatch(admin_conn_t *c)
     } else {
         respond_error(c, 404,
                       "no such endpoint (GET /status, POST /reload, POST /stop, GET /config, "
-                      "GET /upstreams, POST /upstreams/NAME/targets/ADDRESS)");
+                      "GET /upstreams, POST /upstreams/NAME/targets/ADDRESS, GET/POST /routes)");
     }
 }
 
@@ -662,6 +737,8 @@ static void on_admin_close(uv_handle_t *h)
 
 void lp_admin_stop(lp_server_t *s)
 {
+    lp_rtable_unref(routes_latest);
+    routes_latest = NULL;
     if (!s->admin)
         return;
     uv_close((uv_handle_t *)&s->admin->tcp, on_admin_close);

@@ -31,6 +31,8 @@
 #include "balancer.h"
 #include "lua_vm.h"
 #include "shdict.h"
+#include "route.h"
+#include "rtable.h"
 #include "tls.h"
 
 /* ---- addresses ---- */
@@ -671,6 +673,32 @@ static int find_upstream(const lp_config_t *c, const char *name, size_t *idx)
     return -1;
 }
 
+/* The route table: the routes, then the changes the admin API made (the overlay file next
+ * to the config, rtable.h). Warns about routes that can never match. */
+static int read_overlay(rctx_t *r)
+{
+    lp_config_t *c = r->c;
+    char err[512];
+    json_t *ops = NULL;
+    if (!(c->rtable = lp_rtable_from_config(c))) {
+        r->oom = 1;
+        return 0;
+    }
+    if (c->path && lp_rtable_overlay(c->path, &ops, err, sizeof(err)))
+        return fail(r, "routes (overlay)", "%s", err);
+    if (ops) {
+        lp_rtable_t *t = lp_rtable_apply(c->rtable, c, ops, err, sizeof(err));
+        json_decref(ops);
+        if (!t)
+            return fail(r, "routes (admin overlay " LP_ROUTES_OVERLAY_SUFFIX ")", "%s", err);
+        lp_rtable_unref(c->rtable);
+        c->rtable = t;
+        lp_log_notice("%s: routes: admin overlay applied (%zu routes)", c->path, t->nroutes);
+    }
+    lp_route_warn_shadows(c); /* -t, start and every reload say it */
+    return 0;
+}
+
 static int read_routes(rctx_t *r)
 {
     lua_State *L = r->L;
@@ -680,12 +708,30 @@ static int read_routes(rctx_t *r)
     size_t n = lua_objlen(L, -1);
     if (!(c->routes = calloc(n ? n : 1, sizeof(*c->routes))))
         r->oom = 1;
-    for (size_t i = 0; c->routes && i < n && !rc; i++) {
+    /* The routes' conditions go into the compiled router (route.h), in order. */
+    lp_rbuild_t *b = lp_rbuild_new();
+    if (!b)
+        r->oom = 1;
+    for (size_t i = 0; b && c->routes && i < n && !rc; i++) {
         lp_route_conf_t *rt = &c->routes[c->nroutes++];
         lua_rawgeti(L, -1, (int)i + 1);
         push_table(L, "match");
         rt->host = get_str(r, "host");
         rt->prefix = get_str(r, "prefix");
+        /* A route without path conditions has the prefix "/" (as before paths and regexes). */
+        lua_getfield(L, -1, "path");
+        lua_getfield(L, -2, "regex");
+        if (!rt->prefix && lua_isnil(L, -1) && lua_isnil(L, -2))
+            rt->prefix = dup_str(r, "/");
+        lua_pop(L, 2);
+        char berr[256];
+        if (lp_rbuild_route(b) < 0)
+            r->oom = 1;
+        else if (lp_route_read_match(L, b, berr, sizeof(berr))) {
+            char p[64];
+            snprintf(p, sizeof(p), "routes[%zu].match", i + 1);
+            rc = fail(r, p, "%s", berr);
+        }
         lua_pop(L, 1);
         for (char *h = rt->host; h && *h; h++)
             *h = (char)tolower((unsigned char)*h);
@@ -713,6 +759,14 @@ static int read_routes(rctx_t *r)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+    if (b && !rc && !r->oom) {
+        char berr[256];
+        if (!(c->router = lp_rbuild_finish(b, berr, sizeof(berr))))
+            rc = fail(r, "routes", "%s", berr);
+        else
+            rc = read_overlay(r);
+    } else
+        lp_rbuild_free(b);
     return rc;
 }
 
@@ -1144,6 +1198,8 @@ void lp_config_free(lp_config_t *c)
         free_error_pages(&c->routes[i].error_pages);
     }
     free(c->routes);
+    lp_rtable_unref(c->rtable);
+    lp_router_free(c->router);
     free_error_pages(&c->error_pages);
     free(c->access_log);
     free(c->access_format.text);

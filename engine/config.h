@@ -111,7 +111,7 @@ typedef struct {
 typedef struct {
     int has_upstream; /* 0: a handler or plugin must choose (routes[i].upstream absent) */
     char *host;       /* owned; NULL matches any host; "*.example.com" is a suffix wildcard */
-    char *prefix;     /* owned; "/" when unset */
+    char *prefix;     /* owned; NULL when unset (strip_prefix needs it) */
     size_t prefix_len;
     int strip_prefix;
     size_t upstream;              /* index into upstreams */
@@ -168,6 +168,9 @@ typedef struct {
     size_t nupstreams;
     lp_route_conf_t *routes; /* owned array of nroutes */
     size_t nroutes;
+    struct lp_router_s *router; /* owned: the routes' conditions compiled (router.h) */
+    struct lp_rtable_s *rtable; /* owned reference: the route table a generation starts with
+                                   (the routes, the admin overlay applied; rtable.h) */
     lp_error_pages_t error_pages; /* the proxy's own answers replaced, by status */
     lp_timeouts_t timeouts;
     lp_limits_t limits;

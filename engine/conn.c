@@ -15,6 +15,7 @@
 #include "relay.h"
 #include "request.h"
 #include "route.h"
+#include "rtable.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -417,9 +418,12 @@ static lp_rc_t conn_run_phase(lp_req_t *req, int phase)
  * is the one the header names. Run once the head is parsed, before any Lua: what plugins
  * change in the headers afterwards cannot move it. A listener the generation no longer
  * has has no real_ip. */
-static void conn_real_ip(lp_req_t *req)
+static void conn_real_ip(lp_req_t *req, lp_ip_t *client)
 {
     lp_conn_t *c = req->conn;
+    memset(client, 0, sizeof(*client));
+    memcpy(client->addr, c->client_addr, 16);
+    client->v6 = (c->flags & LP_CF_V6) != 0;
     const lp_gen_t *gen = req->g->gen;
     const lp_listen_conf_t *lc = NULL;
     for (size_t i = 0; i < gen->config->nlisten; i++)
@@ -429,11 +433,7 @@ static void conn_real_ip(lp_req_t *req)
         }
     if (!lc || !lc->ntrusted)
         return;
-    lp_ip_t from;
-    memset(&from, 0, sizeof(from));
-    memcpy(from.addr, c->client_addr, 16);
-    from.v6 = (c->flags & LP_CF_V6) != 0;
-    if (!lp_cidr_match(lc->trusted, lc->ntrusted, &from))
+    if (!lp_cidr_match(lc->trusted, lc->ntrusted, client))
         return; /* not a trusted proxy: whatever its headers say is ignored */
     lp_str_t lines[REALIP_MAX_LINES];
     size_t n = 0, nlen = strlen(lc->realip_header);
@@ -446,8 +446,45 @@ static void conn_real_ip(lp_req_t *req)
         lines[n++] = h->headers[i].value;
     }
     lp_ip_t ip;
-    if (lp_realip_walk(lc->realip_kind, lines, n, lc->trusted, lc->ntrusted, &ip))
+    if (lp_realip_walk(lc->realip_kind, lines, n, lc->trusted, lc->ntrusted, &ip)) {
         lp_ip_text(&ip, req->client_ip);
+        *client = ip;
+    }
+}
+
+/* The config route of a parsed head (NULL: none); its captures go to req->params. The
+ * client address is the real one (real_ip), else the connection's peer. */
+static const lp_route_conf_t *route_request(lp_conn_t *c, lp_req_t *req, const lp_ip_t *client)
+{
+    lp_str_t sni = {NULL, 0};
+    if (c->ep.tls) {
+        char scratch[8];
+        size_t n = 0;
+        const char *v = lp_tls_fact(c->ep.tls, LP_TLS_F_SNI, scratch, sizeof(scratch), &n);
+        if (v)
+            sni = (lp_str_t){v, strlen(v)};
+    }
+    int family = 0;
+    for (size_t i = 0; i < sizeof(client->addr) && !family; i++)
+        if (client->addr[i])
+            family = client->v6 ? 6 : 4; /* all zero: unknown (getpeername failed) */
+    lp_route_in_t in;
+    lp_route_input(&in, &req->h1, family, client->addr, sni);
+    lp_route_out_t out;
+    /* The worker's current table for this generation (an admin change swaps it); the request
+     * keeps it until it ends, as its route and captures point into it. */
+    lp_rtable_t *t = req->g->rtable;
+    int i = lp_router_match(t->router, &in, 0, &out);
+    req->nparams = 0;
+    req->route_index = -1;
+    if (i < 0)
+        return NULL;
+    lp_rtable_ref(t);
+    req->rtable = t;
+    req->route_index = t->conf_index[i];
+    for (unsigned k = 0; k < out.ncaps && k < LP_ARRAY_LEN(req->params); k++)
+        req->params[req->nparams++] = out.caps[k];
+    return t->routes[i];
 }
 
 /* The request head is parsed: limits, route, then the request phase. LP_GONE when the
@@ -465,12 +502,12 @@ static int conn_on_head(lp_req_t *req)
     if (h->flags & LP_H1F_UPGRADE)
         req->flags |= LP_RF_UPGRADE_REQ;
     conn_timer(c, TM_NONE, 0);
-    conn_real_ip(req);
+    lp_ip_t client;
+    conn_real_ip(req, &client);
     /* A declared length over the limit is refused once the request phase is over (a
      * plugin may set this request's own limit): no body byte is read before that. */
     req->body_limit = cfg->limits.max_body_size;
-    req->route = lp_route_find(cfg, h);
-    req->route_index = req->route ? (int)(req->route - cfg->routes) : -1;
+    req->route = route_request(c, req, &client); /* and route_index: the config route */
     if (req->route && req->route->has_upstream)
         req->upstream = &req->g->upstreams[req->route->upstream];
     /* Parsing stays parked while Lua decides. */

@@ -516,3 +516,14 @@ int lp_ffi_upstream_target_at(int ui, int i, lp_str_t *addr, lp_str_t *state)
     set_out(state, st, strlen(st));
     return (int)t->weight;
 }
+
+int lp_ffi_req_param(void *rp, const char *name, size_t n, lp_str_t *out)
+{
+    const lp_req_t *r = rp;
+    for (unsigned i = 0; i < r->nparams; i++)
+        if (strlen(r->params[i].name) == n && memcmp(r->params[i].name, name, n) == 0) {
+            *out = r->params[i].value;
+            return 0;
+        }
+    return -1;
+}

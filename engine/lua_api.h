@@ -201,4 +201,24 @@ int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
 int lp_ffi_hresp_got(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);
 
+/* proxy.router (lua/luaproxy/router.lua; engine/router_ffi.c over engine/router.h): a
+ * builder, its routes and conditions (kind LP_RK_*, mode LP_RM_*), the compiled router, and
+ * a lookup: in = method, host, path, sni, client address (base NULL: unknown); hvals and
+ * qvals one value per lp_ffi_router_name(); from the first route index to consider; out
+ * meta = {captures, predicate}, names and values (LP_ROUTE_MAX_CAPS each). Returns the
+ * route index or -1. */
+void *lp_ffi_router_builder(void);
+int lp_ffi_router_route(void *b);
+int lp_ffi_router_add(void *b, int kind, int mode, const char *name, size_t nlen, const char *value,
+                      size_t vlen, char *err, size_t errlen);
+void *lp_ffi_router_finish(void *b, char *err, size_t errlen);
+void lp_ffi_router_builder_free(void *b);
+void lp_ffi_router_free(void *r);
+int lp_ffi_router_nnames(void *r, int kind);
+const char *lp_ffi_router_name(void *r, int kind, int i);
+int lp_ffi_router_match(void *r, const lp_str_t *in, const lp_str_t *hvals, const lp_str_t *qvals,
+                        int from, int *meta, lp_str_t *names, lp_str_t *values);
+/* req:param(name): a capture of the request's config route. 0, or -1 when it has none. */
+int lp_ffi_req_param(void *r, const char *name, size_t n, lp_str_t *out);
+
 #endif

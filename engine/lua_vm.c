@@ -564,10 +564,12 @@ static int push_config(lua_State *L, const lp_config_t *cfg, char *err, size_t e
 
 int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
 {
-    /* The one evaluation of the file (config.c): user code, so through the guard, stopped
-     * after lua.phase_timeout's default (the file has not said its own yet). */
+    /* The one evaluation of the file (config.c): user code, so through the guard. The file
+     * has not said its own lua.phase_timeout yet, and a generated config (100,000 routes
+     * built in a loop: issue #22) may need more than a phase's 1 s of wall clock on a busy
+     * machine: a runaway file is stopped after 10 s. */
     lp_lua_guard_t *g = check_guard(L);
-    g->timeout_ns = 1000000000ull;
+    g->timeout_ns = 10000000000ull;
     lp_lua_guard_t *was = current_check;
     current_check = g;
     int rc = guard_setup(L, path, err, errlen);

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "http1.h"
 #include "endpoint.h"
+#include "router.h"
 
 typedef struct lp_worker_s lp_worker_t;
 typedef struct lp_conn_s lp_conn_t;
@@ -133,6 +134,8 @@ typedef struct lp_wgen_s {
     const lp_config_t *config;   /* borrowed: gen->config */
     struct lp_lua_s *lua;        /* owned, NULL without Lua */
     lp_upstream_rt_t *upstreams; /* owned, config->nupstreams */
+    struct lp_rtable_s *rtable;  /* reference: the route table new requests use (config's,
+                                    then each admin change's: worker.c lp_workers_set_routes) */
     unsigned refs;
 } lp_wgen_t;
 
@@ -320,6 +323,12 @@ struct lp_req_s {
     lp_resp_t resp;                                /* the response (see above) */
     struct lp_lua_task_s *lua; /* owned (recycled by the VM): its Lua task, NULL: none yet */
     int route_index;           /* config route (0-based), -1 when none matched */
+    /* The route's captures (:params, *rest, named regex groups): names borrowed from the
+     * generation's router, values from `arena` (the path as received). */
+    lp_route_cap_t params[LP_ROUTE_MAX_CAPS];
+    uint8_t nparams;
+    struct lp_rtable_s *rtable; /* reference: the table `route` and `params` come from; NULL
+                                   before routing */
     lp_buf_t *body_buf;        /* owned: the body gathered by req:body() */
     size_t body_len;           /* bytes in body_buf */
     uint64_t body_max;         /* req:body()'s limit */

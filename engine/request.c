@@ -3,6 +3,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "request.h"
+#include "rtable.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -91,6 +92,8 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->hash_key = (lp_str_t){NULL, 0};
     req->lua = NULL;
     req->route_index = -1;
+    req->nparams = 0;
+    req->rtable = NULL;
     req->filter_cont = LP_FC_NONE;
     req->body_buf = NULL;
     req->body_len = 0;
@@ -217,6 +220,9 @@ void lp_req_end(lp_req_t *req)
     if (req->conn && req->conn->req == req)
         req->conn->req = NULL;
     req->conn = NULL;
+    lp_rtable_unref(req->rtable);
+    req->rtable = NULL;
+    req->route = NULL;
     lp_wgen_release(req->w, req->g);
     req->g = NULL;
     lp_req_drop(req); /* the connection's reference */

@@ -1,45 +1,171 @@
 #include "route.h"
 
-static int host_matches(const lp_route_conf_t *r, lp_str_t host)
+#include <stdio.h>
+#include <string.h>
+#include <lauxlib.h>
+#include "log.h"
+#include "rtable.h"
+
+static int add(lp_rbuild_t *b, int kind, int mode, const char *name, const char *v, char *err,
+               size_t errlen)
 {
-    if (!r->host)
-        return 1;
-    /* Drop the port; compare case-insensitively. */
-    size_t n = host.len;
-    if (n && host.base[0] == '[') {
-        const char *e = memchr(host.base, ']', n);
-        n = e ? (size_t)(e - host.base) + 1 : n;
-    } else {
-        const char *colon = memchr(host.base, ':', n);
-        if (colon)
-            n = (size_t)(colon - host.base);
-    }
-    while (n && host.base[n - 1] == '.')
-        n--;
-    const char *pat = r->host;
-    size_t plen = strlen(pat);
-    if (pat[0] == '*') {
-        /* "*.example.com" matches any name ending in ".example.com". */
-        size_t slen = plen - 1;
-        if (n <= slen)
-            return 0;
-        return lp_str_ieq((lp_str_t){host.base + n - slen, slen}, pat + 1, slen);
-    }
-    return lp_str_ieq((lp_str_t){host.base, n}, pat, plen);
+    return lp_rbuild_add(b, kind, mode, name, name ? strlen(name) : 0, v, v ? strlen(v) : 0, err,
+                         errlen);
 }
 
-const lp_route_conf_t *lp_route_find(const lp_config_t *cfg, const lp_h1_t *h)
+/* A map of name -> value (mode equal), true (present) or regex (regex maps). */
+static int read_map(lua_State *L, lp_rbuild_t *b, const char *field, int kind, int regex, char *err,
+                    size_t errlen)
 {
-    for (size_t i = 0; i < cfg->nroutes; i++) {
-        const lp_route_conf_t *r = &cfg->routes[i];
-        int asterisk = h->path.len == 1 && h->path.base[0] == '*'; /* OPTIONS * */
-        if (asterisk ? r->prefix_len != 1
-                     : (h->path.len < r->prefix_len ||
-                        memcmp(h->path.base, r->prefix, r->prefix_len) != 0))
-            continue;
-        if (!host_matches(r, h->host.base ? h->host : (lp_str_t){"", 0}))
-            continue;
-        return r;
+    int rc = 0;
+    lua_getfield(L, -1, field);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (!rc && lua_next(L, -2)) {
+            const char *name = lua_tostring(L, -2);
+            if (lua_type(L, -1) == LUA_TSTRING)
+                rc = add(b, kind, regex ? LP_RM_REGEX : LP_RM_EQUAL, name, lua_tostring(L, -1), err,
+                         errlen);
+            else if (lua_toboolean(L, -1))
+                rc = add(b, kind, LP_RM_PRESENT, name, NULL, err, errlen);
+            if (rc) {
+                size_t n = strlen(err);
+                snprintf(err + n, errlen - n, " (%s.%s)", field, name);
+            }
+            lua_pop(L, 1);
+        }
+        if (rc)
+            lua_pop(L, 1); /* the key lua_next left */
     }
-    return NULL;
+    lua_pop(L, 1);
+    return rc;
+}
+
+/* A string, or an array of strings, each added as kind. */
+static int read_list(lua_State *L, lp_rbuild_t *b, const char *field, int kind, char *err,
+                     size_t errlen)
+{
+    int rc = 0;
+    lua_getfield(L, -1, field);
+    if (lua_type(L, -1) == LUA_TSTRING)
+        rc = add(b, kind, 0, NULL, lua_tostring(L, -1), err, errlen);
+    else if (lua_istable(L, -1))
+        for (int i = 1; !rc && i <= (int)lua_objlen(L, -1); i++) {
+            lua_rawgeti(L, -1, i);
+            if (lua_type(L, -1) == LUA_TSTRING)
+                rc = add(b, kind, 0, NULL, lua_tostring(L, -1), err, errlen);
+            lua_pop(L, 1);
+        }
+    lua_pop(L, 1);
+    return rc;
+}
+
+int lp_route_read_match(lua_State *L, lp_rbuild_t *b, char *err, size_t errlen)
+{
+    static const struct {
+        const char *name;
+        int kind;
+    } strs[] = {{"host", LP_RK_HOST},   {"prefix", LP_RK_PREFIX}, {"path", LP_RK_PATH},
+                {"regex", LP_RK_REGEX}, {"sni", LP_RK_SNI},       {"methods", LP_RK_METHOD},
+                {"cidr", LP_RK_CIDR}};
+    for (size_t i = 0; i < LP_ARRAY_LEN(strs); i++)
+        if (read_list(L, b, strs[i].name, strs[i].kind, err, errlen)) {
+            size_t n = strlen(err);
+            snprintf(err + n, errlen - n, " (%s)", strs[i].name);
+            return -1;
+        }
+    if (read_map(L, b, "headers", LP_RK_HEADER, 0, err, errlen) ||
+        read_map(L, b, "header_regex", LP_RK_HEADER, 1, err, errlen) ||
+        read_map(L, b, "query", LP_RK_QUERY, 0, err, errlen) ||
+        read_map(L, b, "query_regex", LP_RK_QUERY, 1, err, errlen))
+        return -1;
+    lua_getfield(L, -1, "predicate");
+    int pred = lua_isfunction(L, -1);
+    lua_pop(L, 1);
+    return pred ? add(b, LP_RK_PREDICATE, 0, NULL, NULL, err, errlen) : 0;
+}
+
+static lp_str_t h1_header(const void *ctx, const char *name, size_t nlen)
+{
+    const lp_header_t *hd = lp_h1_find(ctx, name, nlen);
+    return hd ? hd->value : (lp_str_t){NULL, 0};
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* A query argument of the request target, percent- and '+'-decoded into buf; a value
+ * longer than buf counts as absent. */
+static lp_str_t h1_query(const void *ctx, const char *name, size_t nlen, char *buf, size_t cap)
+{
+    const lp_h1_t *h = ctx;
+    const char *q = memchr(h->path.base, '?', h->path.len);
+    if (!q)
+        return (lp_str_t){NULL, 0};
+    q++;
+    lp_str_t raw =
+        lp_kv_find((lp_str_t){q, (size_t)(h->path.base + h->path.len - q)}, '&', name, nlen);
+    if (!raw.base)
+        return raw;
+    size_t n = 0;
+    for (size_t i = 0; i < raw.len; i++) {
+        if (n == cap)
+            return (lp_str_t){NULL, 0};
+        char c = raw.base[i];
+        int hi, lo;
+        if (c == '+')
+            c = ' ';
+        else if (c == '%' && i + 2 < raw.len && (hi = hexval(raw.base[i + 1])) >= 0 &&
+                 (lo = hexval(raw.base[i + 2])) >= 0) {
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        buf[n++] = c;
+    }
+    return (lp_str_t){buf, n};
+}
+
+void lp_route_input(lp_route_in_t *in, const lp_h1_t *h, int family, const uint8_t *addr,
+                    lp_str_t sni)
+{
+    memset(in, 0, sizeof(*in));
+    const char *m = llhttp_method_name((llhttp_method_t)lp_h1_method(h));
+    in->method = (lp_str_t){m, strlen(m)};
+    in->host = h->host.base ? h->host : (lp_str_t){"", 0};
+    const char *q = memchr(h->path.base, '?', h->path.len);
+    in->path = (lp_str_t){h->path.base, q ? (size_t)(q - h->path.base) : h->path.len};
+    in->sni = sni;
+    in->family = family;
+    if (family)
+        memcpy(in->addr, addr, family == 6 ? 16 : 4);
+    in->header = h1_header;
+    in->query = h1_query;
+    in->ctx = h;
+}
+
+const lp_route_conf_t *lp_route_find(const lp_config_t *cfg, const lp_route_in_t *in,
+                                     lp_route_out_t *out)
+{
+    if (!cfg->router)
+        return NULL;
+    int i = lp_router_match(cfg->router, in, 0, out);
+    return i < 0 ? NULL : &cfg->routes[i];
+}
+
+static void warn_one(void *ud, size_t route, size_t by)
+{
+    const lp_config_t *cfg = ud;
+    lp_log_warn("%s: routes[%zu] can never match: routes[%zu] before it takes all its requests",
+                cfg->path ? cfg->path : "config", route + 1, by + 1);
+}
+
+size_t lp_route_warn_shadows(const lp_config_t *cfg)
+{
+    const lp_router_t *r = cfg->rtable ? cfg->rtable->router : cfg->router;
+    return r ? lp_router_shadows(r, warn_one, (void *)cfg) : 0;
 }

@@ -13,6 +13,7 @@
 #include "lua_vm.h"
 #include "upstream.h"
 #include "request.h"
+#include "rtable.h"
 #include "worker.h"
 
 /* A generation switch, one worker's part. The main thread builds it (build_switches: the
@@ -22,7 +23,7 @@
  * every worker drops its part (SW_ABORT). SW_REOPEN hands over a reopened access log. The
  * main thread owns the struct; the worker reads and writes it between the mailbox post and
  * its answer on mbox_done. */
-enum { SW_PREPARE = 1, SW_COMMIT, SW_ABORT, SW_REOPEN };
+enum { SW_PREPARE = 1, SW_COMMIT, SW_ABORT, SW_REOPEN, SW_ROUTES };
 
 typedef struct lp_switch_s {
     int op;
@@ -32,6 +33,7 @@ typedef struct lp_switch_s {
     lp_upstream_rt_t *upstreams; /* owned until commit */
     lp_accesslog_t *access;      /* owned until commit: opened afresh; NULL when off */
     int *fds;                    /* owned: per listen entry, a new bound socket or -1 */
+    struct lp_rtable_s *rtable;  /* SW_ROUTES: a reference for the worker to take over */
     lp_listener_t *fresh;        /* owned until commit: pending listeners for new entries */
     int ok;
     char err[256];
@@ -183,6 +185,7 @@ void lp_wgen_release(lp_worker_t *w, lp_wgen_t *g)
     LP_UNUSED(w);
     lp_lua_retire(g->lua);
     lp_upstream_rt_free(g->upstreams, g->config->nupstreams);
+    lp_rtable_unref(g->rtable);
     lp_gen_t *gen = g->gen;
     if (__atomic_sub_fetch(&gen->refs, 1, __ATOMIC_ACQ_REL) == 0)
         gen_free(gen);
@@ -261,6 +264,8 @@ static void commit_switch(lp_worker_t *w, lp_switch_t *sw)
     g->config = cfg;
     g->lua = sw->vm;
     g->upstreams = sw->upstreams;
+    g->rtable = cfg->rtable;
+    lp_rtable_ref(g->rtable);
     g->refs = 1;
     sw->vm = NULL;
     sw->upstreams = NULL;
@@ -399,6 +404,16 @@ static void on_wakeup(uv_async_t *a)
             break;
         case SW_ABORT:
             abort_switch(sw, sw->gen->config->nupstreams, sw->gen->config->nlisten);
+            break;
+        case SW_ROUTES:
+            /* New requests of this generation use the new table; requests in flight keep
+             * the one they hold. A worker already on a newer generation drops it. */
+            if (w->cur && w->cur->gen == sw->gen) {
+                lp_rtable_unref(w->cur->rtable);
+                w->cur->rtable = sw->rtable;
+            } else
+                lp_rtable_unref(sw->rtable);
+            sw->rtable = NULL;
             break;
         case SW_REOPEN: {
             lp_accesslog_t *old = w->access;
@@ -777,6 +792,36 @@ int lp_workers_reopen_logs(lp_worker_t *ws, unsigned n, char *err, size_t errlen
         lp_accesslog_close(sw[i].access); /* what a worker did not take (on failure) */
     free(sw);
     return rc;
+}
+
+void lp_workers_set_routes(lp_worker_t *ws, unsigned n, lp_rtable_t *t)
+{
+    lp_switch_t *sw = calloc(n, sizeof(*sw));
+    if (!sw) { /* no room to ask: every worker answers from the stack in turn */
+        for (unsigned i = 0; i < n; i++) {
+            lp_switch_t one = {.op = SW_ROUTES, .gen = lp_gen_current, .rtable = t};
+            lp_rtable_ref(t);
+            uv_mutex_lock(&ws[i].mbox_lock);
+            ws[i].mbox = &one;
+            uv_mutex_unlock(&ws[i].mbox_lock);
+            uv_async_send(&ws[i].wakeup);
+            uv_sem_wait(&ws[i].mbox_done);
+        }
+        return;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        sw[i].op = SW_ROUTES;
+        sw[i].gen = lp_gen_current;
+        sw[i].rtable = t;
+        lp_rtable_ref(t);
+        uv_mutex_lock(&ws[i].mbox_lock);
+        ws[i].mbox = &sw[i];
+        uv_mutex_unlock(&ws[i].mbox_lock);
+        uv_async_send(&ws[i].wakeup);
+    }
+    for (unsigned i = 0; i < n; i++)
+        uv_sem_wait(&ws[i].mbox_done);
+    free(sw);
 }
 
 void lp_workers_stop(lp_worker_t *ws, unsigned n)

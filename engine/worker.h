@@ -26,6 +26,10 @@ int lp_workers_reload(lp_worker_t *ws, unsigned n, lp_config_t *cfg, char *err, 
 /* Reopens the current generation's access log in every worker (SIGUSR1: logrotate). On
  * error the workers keep the files they have. Main thread. */
 int lp_workers_reopen_logs(lp_worker_t *ws, unsigned n, char *err, size_t errlen);
+/* Hands route table t (a reference each is taken) to every worker for new requests of the
+ * current generation (POST /routes); returns once all have it. Main thread. */
+struct lp_rtable_s;
+void lp_workers_set_routes(lp_worker_t *ws, unsigned n, struct lp_rtable_s *t);
 /* Asks every worker to drain and stop, and joins them. */
 void lp_workers_stop(lp_worker_t *workers, unsigned n);
 /* Open client connections and requests served, summed over workers (relaxed reads). */

@@ -123,6 +123,7 @@ proxy.shared = require("luaproxy.shared").dicts
 -- start (loading luaproxy/re.lua, its cdefs and PCRE2's symbols, takes about 2 ms).
 local LAZY = {
   re = "luaproxy.re", -- PCRE2 regular expressions (docs/lua-api.md)
+  router = "luaproxy.router", -- the compiled router (docs/routing.md)
 }
 setmetatable(proxy, {
   __index = function(t, k)

@@ -1,10 +1,11 @@
 -- router: picks the upstream (and rewrites the path) from an ordered list of rules matching
 -- host, path, prefix, Lua pattern, PCRE2 regex (proxy.re), methods, headers and query
--- arguments. The first rule that matches wins. Docs: docs/plugins/router.md.
-local find, sub, lower, upper, byte = string.find, string.sub, string.lower, string.upper,
-  string.byte
-local concat, sort = table.concat, table.sort
-local type, pairs, ipairs = type, pairs, ipairs
+-- arguments. The first rule that matches wins. The rules are compiled into the engine's
+-- router (proxy.router, engine/router.c: the matcher of the config's routes); a Lua pattern
+-- is a predicate run on the candidates that remain. Docs: docs/plugins/router.md.
+local find, sub, byte = string.find, string.sub, string.byte
+local concat = table.concat
+local type, ipairs = type, ipairs
 
 local check_lua_pattern = require("luaproxy.schema").check_lua_pattern
 local valid_pattern = check_lua_pattern
@@ -15,8 +16,9 @@ local re = require "luaproxy.re"
 local re_match, re_find = re.match, re.find
 
 local text = require "luaproxy.text"
-local valid_host, compile_name, name_matches = text.valid_host, text.compile_name,
-  text.name_matches
+local valid_host = text.valid_host
+
+local router_new = require("luaproxy.router").new
 
 local rule_fields = {
   host = {
@@ -137,17 +139,6 @@ local function compile_rewrite(s)
   return parts
 end
 
-local function sorted_pairs_arrays(map, lower_keys)
-  local names, values = {}, {}
-  for k in pairs(map) do names[#names + 1] = k end
-  sort(names)
-  for i, k in ipairs(names) do
-    values[i] = map[k]
-    if lower_keys then names[i] = lower(k) end
-  end
-  return names, values
-end
-
 local check_captures = require("luaproxy.schema").check_captures
 
 -- A rewrite template for a path_regex ($N, ${N}, ${name}, $$), checked against the regex:
@@ -169,36 +160,55 @@ local function compile_regex_rewrite(tpl, regex)
 end
 
 
+-- A rule's conditions as a proxy.router route. One path condition is indexed (path,
+-- prefix or path_regex); a second one, and a Lua pattern, become the route's predicate.
+local function rule_route(r)
+  local m = { host = r.host, sni = r.sni, methods = r.methods, headers = r.headers,
+              query = r.query, header_regex = r.header_regex, query_regex = r.query_regex }
+  local checks = {}
+  if r.path then
+    -- Exact, byte for byte: a path that would read as a :param or *rest pattern is matched
+    -- through an escaped regex instead.
+    if find(r.path, "/[:*]") then
+      m.regex = "^" .. r.path:gsub("[%^%$%.%[%]%(%)%?%*%+%{%}%|\\]", "\\%0") .. "$"
+    else
+      m.path = r.path
+    end
+    if r.prefix and sub(r.path, 1, #r.prefix) ~= r.prefix then
+      checks[#checks + 1] = function() return false end
+    end
+  elseif r.prefix then
+    m.prefix = r.prefix
+  end
+  if r.path_regex then
+    if m.path or m.prefix or m.regex then
+      local rx = r.path_regex
+      checks[#checks + 1] = function(path) return re_find(path, rx) ~= nil end
+    else
+      m.regex = r.path_regex
+    end
+  end
+  if r.pattern then
+    local pat = r.pattern
+    checks[#checks + 1] = function(path) return find(path, pat) ~= nil end
+  end
+  if #checks > 0 then
+    m.predicate = function(req)
+      local path = req:path()
+      for i = 1, #checks do
+        if not checks[i](path) then return false end
+      end
+      return true
+    end
+  end
+  return m
+end
+
 function P.compile(conf)
-  local rules = {}
-  local need_host, need_method = false, false
+  local rules, routes = {}, {}
   for i, r in ipairs(conf.rules) do
-    local c = { upstream = r.upstream, strip = r.strip_prefix, path = r.path,
-                prefix = r.prefix, prefix_len = r.prefix and #r.prefix,
-                prefix_pat = r.prefix and "^" .. (r.prefix:gsub("%W", "%%%0")), pattern = r.pattern }
-    if r.host then
-      need_host = true
-      c.host, c.host_suffix, c.host_suffix_len = compile_name(r.host)
-    end
-    if r.sni then c.sni, c.sni_suffix, c.sni_suffix_len = compile_name(r.sni) end
-    if r.methods and #r.methods > 0 then
-      need_method = true
-      c.methods = {}
-      for _, m in ipairs(r.methods) do c.methods[upper(m)] = true end
-    end
-    if r.headers and next(r.headers) then
-      c.hnames, c.hvalues = sorted_pairs_arrays(r.headers, true)
-    end
-    if r.query and next(r.query) then
-      c.qnames, c.qvalues = sorted_pairs_arrays(r.query, false)
-    end
-    if r.header_regex and next(r.header_regex) then
-      c.hrnames, c.hrvalues = sorted_pairs_arrays(r.header_regex, true)
-    end
-    if r.query_regex and next(r.query_regex) then
-      c.qrnames, c.qrvalues = sorted_pairs_arrays(r.query_regex, false)
-    end
-    c.path_regex = r.path_regex
+    local c = { upstream = r.upstream, strip = r.strip_prefix, prefix_len = r.prefix and #r.prefix,
+                pattern = r.pattern, path_regex = r.path_regex }
     if r.rewrite then
       if r.path_regex then
         local tpl, err = compile_regex_rewrite(r.rewrite, r.path_regex)
@@ -217,64 +227,15 @@ function P.compile(conf)
       end
     end
     rules[i] = c
+    routes[i] = rule_route(r)
   end
-  return { rules = rules, need_host = need_host, need_method = need_method,
-           default_upstream = conf.default_upstream }
+  local router, err = router_new(routes)
+  if not router then return nil, err end
+  return { rules = rules, router = router, default_upstream = conf.default_upstream }
 end
 
 -- Scratch space for captures and the rewritten path (one request at a time per worker).
 local caps, buf = {}, {}
-
--- Everything but the pattern and path_regex; cheapest checks first (regexes last).
-local function match(r, req, host, method, path)
-  local m = r.methods
-  if m and not m[method] then return false end
-  if (r.host or r.host_suffix)
-      and not name_matches(host, r.host, r.host_suffix, r.host_suffix_len) then
-    return false
-  end
-  if r.sni or r.sni_suffix then
-    local sni = req:var("ssl_server_name")
-    if not sni or not name_matches(sni, r.sni, r.sni_suffix, r.sni_suffix_len) then
-      return false
-    end
-  end
-  if r.path and path ~= r.path then return false end
-  -- An anchored plain pattern: stops at the first differing byte, builds no substring.
-  local pp = r.prefix_pat
-  if pp and not find(path, pp) then return false end
-  local names = r.hnames
-  if names then
-    local values = r.hvalues
-    for i = 1, #names do
-      if req:header(names[i]) ~= values[i] then return false end
-    end
-  end
-  names = r.qnames
-  if names then
-    local values = r.qvalues
-    for i = 1, #names do
-      if req:query(names[i]) ~= values[i] then return false end
-    end
-  end
-  names = r.hrnames
-  if names then
-    local values = r.hrvalues
-    for i = 1, #names do
-      local v = req:header(names[i])
-      if not v or not re_find(v, values[i]) then return false end
-    end
-  end
-  names = r.qrnames
-  if names then
-    local values = r.qrvalues
-    for i = 1, #names do
-      local v = req:query(names[i])
-      if not v or not re_find(v, values[i]) then return false end
-    end
-  end
-  return true
-end
 
 -- A path_regex rewrite from the captures table (false groups render as "").
 local function render_regex(tpl, m)
@@ -320,50 +281,49 @@ local function with_query(req, p)
 end
 
 function P.request(req, conf)
+  local _, _, i = conf.router:match(req)
+  if not i then
+    if conf.default_upstream then req:set_upstream(conf.default_upstream) end
+    return
+  end
+  local r = conf.rules[i]
   local path = req:path()
-  local host = conf.need_host and req:host() or ""
-  local method = conf.need_method and req:method() or ""
-  local rules = conf.rules
-  for i = 1, #rules do
-    local r = rules[i]
-    if match(r, req, host, method, path) then
-      local s, e, c1, c2, c3, c4, c5, c6, c7, c8, c9
-      local pattern, rx, m = r.pattern, r.path_regex, nil
-      if pattern then
-        s, e, c1, c2, c3, c4, c5, c6, c7, c8, c9 = find(path, pattern)
-      elseif rx then
-        -- A runtime error (match limit) counts as no match; proxy.re has said why.
-        m = re_match(path, rx)
-      end
-      if (pattern and s) or (rx and m) or not (pattern or rx) then
-        req.ctx.route_rule = i
-        if m then req.ctx.route_captures = m end
-        if r.upstream then req:set_upstream(r.upstream) end
-        local rw = r.rewrite
-        if m and r.regex_rewrite then
-          rw = render_regex(r.regex_rewrite, m)
-          if byte(rw, 1) ~= 47 then rw = "/" .. rw end
-          req:set_path(with_query(req, rw))
-        elseif rw then
-          if type(rw) == "table" then
-            -- Like gsub: with no captures in the pattern, %1 is the whole match.
-            if c1 == nil then c1 = sub(path, s, e) end
-            caps[1], caps[2], caps[3], caps[4], caps[5], caps[6], caps[7], caps[8], caps[9] =
-              c1, c2, c3, c4, c5, c6, c7, c8, c9
-            rw = render(rw, path, s, e)
-            if byte(rw, 1) ~= 47 then rw = "/" .. rw end
-          end
-          req:set_path(with_query(req, rw))
-        elseif r.strip then
-          local rest = sub(path, r.prefix_len + 1)
-          if byte(rest, 1) ~= 47 then rest = "/" .. rest end
-          req:set_path(with_query(req, rest))
-        end
-        return
-      end
+  local s, e, c1, c2, c3, c4, c5, c6, c7, c8, c9
+  local m
+  if r.pattern then
+    s, e, c1, c2, c3, c4, c5, c6, c7, c8, c9 = find(path, r.pattern)
+  elseif r.path_regex then
+    -- The router matched it; this run gives the captures (numbered and named) for ctx and
+    -- the rewrite. A runtime error (match limit) counts as no match; proxy.re said why.
+    m = re_match(path, r.path_regex)
+    if not m then
+      if conf.default_upstream then req:set_upstream(conf.default_upstream) end
+      return
     end
   end
-  if conf.default_upstream then req:set_upstream(conf.default_upstream) end
+  req.ctx.route_rule = i
+  if m then req.ctx.route_captures = m end
+  if r.upstream then req:set_upstream(r.upstream) end
+  local rw = r.rewrite
+  if m and r.regex_rewrite then
+    rw = render_regex(r.regex_rewrite, m)
+    if byte(rw, 1) ~= 47 then rw = "/" .. rw end
+    req:set_path(with_query(req, rw))
+  elseif rw then
+    if type(rw) == "table" then
+      -- Like gsub: with no captures in the pattern, %1 is the whole match.
+      if c1 == nil then c1 = sub(path, s, e) end
+      caps[1], caps[2], caps[3], caps[4], caps[5], caps[6], caps[7], caps[8], caps[9] =
+        c1, c2, c3, c4, c5, c6, c7, c8, c9
+      rw = render(rw, path, s, e)
+      if byte(rw, 1) ~= 47 then rw = "/" .. rw end
+    end
+    req:set_path(with_query(req, rw))
+  elseif r.strip then
+    local rest = sub(path, r.prefix_len + 1)
+    if byte(rest, 1) ~= 47 then rest = "/" .. rest end
+    req:set_path(with_query(req, rest))
+  end
 end
 
 return P

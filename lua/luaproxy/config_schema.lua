@@ -30,6 +30,26 @@ end
 
 local STATUS = { type = "integer", min = 100, max = 599 }
 
+-- Route conditions (engine/router.c): a header or query argument's value, or true for
+-- "present"; a client address or network.
+local function present_or_string(v)
+  if v == true or type(v) == "string" then return true end
+  return nil, "expected a string (the value) or true (present)"
+end
+
+local function cidr_string(s)
+  local ip, bits = s:match("^([^/]+)/?(%d*)$")
+  if not ip then return nil, format("%q is not an address or CIDR", s) end
+  local v6 = ip:find(":", 1, true) ~= nil
+  if not v6 and not ip:match("^%d+%.%d+%.%d+%.%d+$") then
+    return nil, format("%q is not an address or CIDR", s)
+  end
+  if bits ~= "" and tonumber(bits) > (v6 and 128 or 32) then
+    return nil, format("%q: prefix length too long", s)
+  end
+  return true
+end
+
 -- `log.json = true`: the default text format's variables, and a few more, as members.
 local JSON_LOG_DEFAULT = {
   time = "$time_iso8601", remote_addr = "$remote_addr", request = "$request",
@@ -52,14 +72,16 @@ end
 local OK_STATUSES = {}
 for s = 200, 399 do OK_STATUSES[#OK_STATUSES + 1] = s end
 
--- Host names in routes: exact or "*.suffix".
+-- Host names in routes: exact, "*.suffix" or "prefix.*" (engine/router.c).
 local function host_pattern(h)
   local rest = h
   if h:sub(1, 1) == "*" then
     if h:sub(2, 2) ~= "." or #h < 3 then rest = "" else rest = h:sub(3) end
+  elseif h:sub(-1) == "*" then
+    if h:sub(-2, -2) ~= "." or #h < 3 then rest = "" else rest = h:sub(1, -3) end
   end
   if rest == "" or rest:find("[^%w%-%._]") then
-    return nil, format("%q is not a host name or *.suffix wildcard", h)
+    return nil, format("%q is not a host name, *.suffix or prefix.* wildcard", h)
   end
   return true
 end
@@ -389,13 +411,44 @@ local route = {
   fields = {
     match = {
       type = "record", default = {}, description = "what the route matches",
-      doc_order = { "host", "prefix" },
+      doc_order = { "host", "prefix", "path", "regex", "methods", "headers", "header_regex",
+                    "query", "query_regex", "cidr", "sni" },
+      custom = function(m)
+        local n = (m.prefix and 1 or 0) + (m.path and 1 or 0) + (m.regex and 1 or 0)
+        if n > 1 then return nil, "use one of prefix, path and regex" end
+        return true
+      end,
       fields = {
         host = { type = "string", custom = host_pattern, doc_default = "any",
-                 description = "exact host (case-insensitive, port ignored) or `*.example.com` "
-                   .. "(any subdomain)" },
-        prefix = { type = "string", default = "/", custom = absolute,
-                   description = "path prefix (raw byte prefix of the request target)" },
+                 description = "exact host (case-insensitive, port ignored), `*.example.com` "
+                   .. "(any subdomain) or `api.*` (any name starting with `api.`)" },
+        prefix = { type = "string", custom = absolute, doc_default = '"/"',
+                   description = "path prefix (raw bytes of the path, before any `?`)" },
+        path = { type = "string", custom = absolute, doc_default = "any",
+                 description = "the whole path: literal, with `:name` segments and a last "
+                   .. "`*name` (the rest), captured for `req:param(name)`" },
+        regex = { type = "regex", doc_default = "any",
+                  description = "PCRE2 regex the path must match (anchor it with ^); named "
+                    .. "groups are captured for `req:param(name)`" },
+        methods = { type = "array", elements = { type = "string", pattern = "^%a+$" },
+                    doc_default = "any", description = "methods (case-insensitive)" },
+        headers = { type = "map", keys = { type = "string", pattern = "^[%w!#$%%&'*+%-.^_`|~]+$" },
+                    values = { type = "any", custom = present_or_string }, doc_default = "none",
+                    description = "headers that must have exactly this value (`true`: be present)" },
+        header_regex = { type = "map", keys = { type = "string", pattern = "^[%w!#$%%&'*+%-.^_`|~]+$" },
+                         values = { type = "regex" }, doc_default = "none",
+                         description = "headers that must be present with a value matching the regex" },
+        query = { type = "map", values = { type = "any", custom = present_or_string },
+                  doc_default = "none",
+                  description = "query arguments that must have exactly this (decoded) value "
+                    .. "(`true`: be present)" },
+        query_regex = { type = "map", values = { type = "regex" }, doc_default = "none",
+                        description = "query arguments whose (decoded) value must match the regex" },
+        cidr = { type = "array", elements = { type = "string", custom = cidr_string },
+                 doc_default = "any",
+                 description = "client addresses (`10.0.0.0/8`, `::1`): any of them" },
+        sni = { type = "string", custom = host_pattern, doc_default = "any",
+                description = "TLS server name: exact or `*.example.com`; plain HTTP never matches" },
       },
     },
     upstream = { type = "upstream", doc_default = "required",
@@ -493,7 +546,7 @@ local S = {
     },
     upstreams = { type = "map", default = {}, values = upstream, description = "upstreams by name" },
     routes = { type = "array", required = true, elements = route,
-               description = "routes, first match wins" },
+               description = "routes, first match wins (docs/routing.md)" },
     error_pages = error_pages(
       "`{ [502] = { file = \"50x.html\" }, [503] = { body = \"busy: ${detail}\", status = 503 } }`: "
       .. "pages in place of the proxy's own answers (404, 408, 413, 431, 500, 502, 503, 504...) "

@@ -93,6 +93,16 @@ int lp_ffi_hresp_reusable(lp_hresp_t *r);
 int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
 int lp_ffi_hresp_got(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);
+void *lp_ffi_router_builder(void);
+int lp_ffi_router_route(void *b);
+int lp_ffi_router_add(void *b, int kind, int mode, const char *name, size_t nlen, const char *value, size_t vlen, char *err, size_t errlen);
+void *lp_ffi_router_finish(void *b, char *err, size_t errlen);
+void lp_ffi_router_builder_free(void *b);
+void lp_ffi_router_free(void *r);
+int lp_ffi_router_nnames(void *r, int kind);
+const char *lp_ffi_router_name(void *r, int kind, int i);
+int lp_ffi_router_match(void *r, const lp_str_t *in, const lp_str_t *hvals, const lp_str_t *qvals, int from, int *meta, lp_str_t *names, lp_str_t *values);
+int lp_ffi_req_param(void *r, const char *name, size_t n, lp_str_t *out);
 ]]
 
 return {

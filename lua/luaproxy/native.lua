@@ -1,5 +1,5 @@
--- The engine's native helpers that plugins call through the FFI (IP sets, GeoIP: see
--- engine/lua_api.h). In the proxy they are the binary's own functions (ffi.C); under the
+-- The engine's native helpers that Lua calls through the FFI (the compiled router, IP sets,
+-- GeoIP: see engine/lua_api.h). In the proxy they are the binary's own functions (ffi.C); under the
 -- proxy.test double (busted, `luaproxy test`) they come from the lp_native library, built
 -- and installed with the project from the same sources, which `luaproxy test` and ctest
 -- name in LP_NATIVE_LIB. So a plugin spec runs the same C code as the proxy.

@@ -128,6 +128,13 @@ function methods.client_ip(h) check(h, "client_ip") return get(h, K.CLIENT_IP) e
 function methods.peer_ip(h) check(h, "peer_ip") return get(h, K.PEER_IP) end
 function methods.http_version(h) check(h, "http_version") return tonumber(get(h, K.VERSION)) end
 function methods.phase(h) check(h, "phase") return h._phase end
+-- A capture of the config route (:name, *name, a named regex group); nil when none.
+function methods.param(h, name)
+  check(h, "param")
+  if type(name) ~= "string" then raise("req:param(): expected a capture name", 2) end
+  if C.lp_ffi_req_param(h._r, name, #name, s1) ~= 0 then return nil end
+  return ffi_string(s1[0].base, s1[0].len)
+end
 -- When the request's first byte arrived, in proxy.now()'s seconds.
 function methods.start_time(h) check(h, "start_time") return C.lp_ffi_start_time(h._r) end
 

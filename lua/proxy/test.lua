@@ -171,6 +171,12 @@ end
 -- proxy.re is the engine's own module (PCRE2 through the FFI, loaded by name here).
 fake.re = require "luaproxy.re"
 
+-- proxy.router is the engine's compiled router (engine/router.c through the FFI, from the
+-- lp_native library: luaproxy.native), loaded on first use.
+fake.router = setmetatable({}, {
+  __index = function(_, k) return require("luaproxy.router")[k] end,
+})
+
 -- proxy.tcp(): peers a spec scripts with T.tcp_peer (lua/proxy/test_tcp.lua).
 local tcp = require "proxy.test_tcp"
 local tcp_owner -- the request (or init_worker) whose phase runs: it owns the sockets made
@@ -471,6 +477,7 @@ end
 --   makes scheme "https" unless given),
 --   upstreams = { "app", ... } (names req:set_upstream accepts; any name when absent),
 --   upstream = "app" (the upstream the config's route chose), ctx = {}, phase = "request",
+--   params = { id = "42" } (the config route's captures, for req:param),
 --   last_failure = { "connect", nil, "127.0.0.1:9001" } (what req:last_failure() returns in
 --   the upstream phase: the retry being simulated; absent: a first try).
 function T.request(spec)
@@ -508,6 +515,7 @@ function T.request(spec)
     _responded = false,
     _upstream_addr = nil,
     _last_failure = spec.last_failure,
+    _params = spec.params or {},
   }, Req)
   if spec.upstream and known and not known[spec.upstream] then
     phases.raise("proxy.test.request(): upstream " .. spec.upstream .. " is not in upstreams", 2)
@@ -527,6 +535,12 @@ end
 function Req:phase() check("phase", self._phase); return self._phase end
 function Req:start_time() check("start_time", self._phase); return self._start_time end
 function Req:method() check("method", self._phase); return self._method end
+-- A capture of the config route (spec.params: { id = "42" }).
+function Req:param(name)
+  check("param", self._phase)
+  if type(name) ~= "string" then phases.raise("req:param(): expected a capture name", 2) end
+  return self._params[name]
+end
 function Req:path() check("path", self._phase); return self._path end
 
 function Req:uri()

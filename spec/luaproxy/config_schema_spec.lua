@@ -35,7 +35,9 @@ describe("luaproxy.config_schema", function()
     assert.same({ address = "127.0.0.1:9001", weight = 1, https = false }, c.upstreams.app.targets[1])
     assert.equal(5, c.upstreams.app.health.passive.failures)
     assert.is_nil(c.upstreams.app.health.active)
-    assert.equal("/", c.routes[1].match.prefix)
+    -- No default prefix: prefix, path and regex exclude each other, and a route without
+    -- any matches every path (the engine reads it as the prefix "/").
+    assert.is_nil(c.routes[1].match.prefix)
   end)
 
   it("names the key path", function()

@@ -207,6 +207,7 @@ describe("proxy.test", function()
         set_status = { 200 }, resp_header = { "x" }, set_resp_header = { "x", "1" },
         add_resp_header = { "x", "1" }, clear_resp_header = { "x" }, set_hash_key = { "k" },
         set_max_body_size = { 1024 },
+        param = { "id" },
       }
       for name, allowed in pairs(phases.methods) do
         assert.is_function(req[name], name)

@@ -1,0 +1,1106 @@
+/* The compiled router: see router.h and docs/routing.md. */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include "router.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <pcre2.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { H_ANY = 0, H_EXACT, H_WILD, H_PFX };
+enum { P_ANY = 0, P_EXACT, P_PREFIX, P_REGEX };
+
+typedef struct {
+    uint32_t slot; /* index into the router's header or query names */
+    int query;     /* a query argument, else a header */
+    int mode;      /* LP_RM_* */
+    char *value;   /* owned: the value or regex source; NULL for LP_RM_PRESENT */
+    size_t vlen;
+    pcre2_code *re; /* owned: LP_RM_REGEX */
+} cond_t;
+
+typedef struct {
+    int v6; /* an IPv6 network, else IPv4 (the first 4 bytes) */
+    unsigned bits;
+    uint8_t a[16];
+    char text[64]; /* as given, for lp_rbuild_copy */
+} cidr_t;
+
+typedef struct {
+    int hkind;
+    char *host; /* owned: lower case; ".example.com" for H_WILD, "api" for H_PFX */
+    int pkind;
+    char *path; /* owned: the pattern, prefix or regex as given (NUL-terminated) */
+    size_t plen;
+    size_t lit_len; /* bytes of the path that are literal from its start (see tree_key) */
+    int has_params; /* path has :name or *name */
+    pcre2_code *re; /* owned: P_REGEX */
+    uint32_t re_names, re_entry; /* named groups of re and the size of one name entry */
+    PCRE2_SPTR re_table;         /* borrowed from re: its name table */
+    char **pnames;               /* owned array of npnames owned names, in path order */
+    unsigned npnames;
+    char **methods; /* owned array of nmethods owned upper-case names */
+    size_t nmethods;
+    char *sni; /* owned: lower case; ".example.com" when sni_wild */
+    int sni_wild;
+    cond_t *conds; /* owned array */
+    size_t nconds;
+    cidr_t *cidrs; /* owned array */
+    size_t ncidrs;
+    int predicate; /* the caller runs a Lua predicate once the rest matched */
+} route_t;
+
+typedef struct {
+    uint32_t *v; /* owned: route indexes, ascending (routes are inserted in order) */
+    uint32_t n, cap;
+} ids_t;
+
+typedef struct rnode_s {
+    char *label; /* owned: the bytes of the edge into this node */
+    size_t llen;
+    struct rnode_s **kids; /* owned array of owned nodes, sorted by label[0] */
+    uint32_t nkids;
+    struct rnode_s *param; /* owned: the node after one `:name` segment; NULL: none */
+    ids_t exact;           /* routes whose whole path ends here */
+    ids_t prefix;          /* routes whose prefix ends here */
+    ids_t rx;              /* regex routes whose literal head ends here */
+    ids_t rest;            /* `*name` routes: the rest of the path, possibly empty */
+} rnode_t;
+
+typedef struct {
+    char *key; /* owned; NULL: free slot */
+    size_t klen;
+    rnode_t *root; /* owned */
+} hent_t;
+
+typedef struct {
+    hent_t *v; /* owned array of cap (a power of two) */
+    size_t cap, n;
+} htab_t;
+
+typedef struct {
+    char **v; /* owned array of owned names */
+    size_t n, cap;
+} names_t;
+
+struct lp_router_s {
+    route_t *routes; /* owned array of nroutes */
+    size_t nroutes, cap;
+    rnode_t any;             /* routes without a host */
+    htab_t exact, wild, pfx; /* by host, by ".suffix", by "prefix" */
+    names_t hnames, qnames;  /* header (lower case) and query names the routes read */
+    uint32_t max_pairs;      /* the most ovector pairs a regex needs */
+};
+
+struct lp_rbuild_s {
+    lp_router_t r; /* the routes as given; lp_rbuild_finish indexes them */
+};
+
+/* ---- small helpers ---- */
+
+static char *dupn(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+static void lower(char *s)
+{
+    for (; *s; s++)
+        *s = (char)tolower((unsigned char)*s);
+}
+
+static int ids_push(ids_t *l, uint32_t id)
+{
+    if (l->n == l->cap) {
+        uint32_t cap = l->cap ? l->cap * 2 : 2;
+        uint32_t *v = realloc(l->v, cap * sizeof(*v));
+        if (!v)
+            return -1;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = id;
+    return 0;
+}
+
+static int fail(char *err, size_t errlen, const char *msg)
+{
+    snprintf(err, errlen, "%s", msg);
+    return -1;
+}
+
+static uint64_t hash(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static rnode_t *hget(const htab_t *t, const char *k, size_t n)
+{
+    if (!t->n)
+        return NULL;
+    for (size_t i = hash(k, n) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+        const hent_t *e = &t->v[i];
+        if (!e->key)
+            return NULL;
+        if (e->klen == n && memcmp(e->key, k, n) == 0)
+            return e->root;
+    }
+}
+
+static int hgrow(htab_t *t)
+{
+    size_t cap = t->cap ? t->cap * 2 : 16;
+    hent_t *v = calloc(cap, sizeof(*v));
+    if (!v)
+        return -1;
+    for (size_t j = 0; j < t->cap; j++) {
+        hent_t *e = &t->v[j];
+        if (!e->key)
+            continue;
+        size_t i = hash(e->key, e->klen) & (cap - 1);
+        while (v[i].key)
+            i = (i + 1) & (cap - 1);
+        v[i] = *e;
+    }
+    free(t->v);
+    t->v = v;
+    t->cap = cap;
+    return 0;
+}
+
+/* The root for key, created when missing. */
+static rnode_t *hput(htab_t *t, const char *k, size_t n)
+{
+    rnode_t *root = hget(t, k, n);
+    if (root)
+        return root;
+    if ((t->n + 1) * 2 > t->cap && hgrow(t))
+        return NULL;
+    size_t i = hash(k, n) & (t->cap - 1);
+    while (t->v[i].key)
+        i = (i + 1) & (t->cap - 1);
+    char *key = dupn(k, n);
+    root = calloc(1, sizeof(*root));
+    if (!key || !root) {
+        free(key);
+        free(root);
+        return NULL;
+    }
+    t->v[i] = (hent_t){key, n, root};
+    t->n++;
+    return root;
+}
+
+static void node_free(rnode_t *n, int self)
+{
+    for (uint32_t i = 0; i < n->nkids; i++)
+        node_free(n->kids[i], 1);
+    free(n->kids);
+    if (n->param)
+        node_free(n->param, 1);
+    free(n->label);
+    free(n->exact.v);
+    free(n->prefix.v);
+    free(n->rx.v);
+    free(n->rest.v);
+    if (self)
+        free(n);
+}
+
+static void htab_free(htab_t *t)
+{
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->v[i].key) {
+            free(t->v[i].key);
+            node_free(t->v[i].root, 1);
+        }
+    free(t->v);
+}
+
+static long name_slot(names_t *ns, const char *name, size_t n)
+{
+    for (size_t i = 0; i < ns->n; i++)
+        if (strlen(ns->v[i]) == n && memcmp(ns->v[i], name, n) == 0)
+            return (long)i;
+    if (ns->n == ns->cap) {
+        size_t cap = ns->cap ? ns->cap * 2 : 4;
+        char **v = realloc(ns->v, cap * sizeof(*v));
+        if (!v)
+            return -1;
+        ns->v = v;
+        ns->cap = cap;
+    }
+    if (!(ns->v[ns->n] = dupn(name, n)))
+        return -1;
+    return (long)ns->n++;
+}
+
+/* ---- building ---- */
+
+lp_rbuild_t *lp_rbuild_new(void)
+{
+    return calloc(1, sizeof(lp_rbuild_t));
+}
+
+int lp_rbuild_route(lp_rbuild_t *b)
+{
+    lp_router_t *r = &b->r;
+    if (r->nroutes == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 8;
+        route_t *v = realloc(r->routes, cap * sizeof(*v));
+        if (!v)
+            return -1;
+        r->routes = v;
+        r->cap = cap;
+    }
+    memset(&r->routes[r->nroutes], 0, sizeof(route_t));
+    return (int)r->nroutes++;
+}
+
+static pcre2_code *re_compile(const char *s, size_t n, char *err, size_t errlen)
+{
+    int ec;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)s, n, 0, &ec, &off, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[160];
+        pcre2_get_error_message(ec, msg, sizeof(msg));
+        snprintf(err, errlen, "bad regex at offset %zu: %s", (size_t)off, (char *)msg);
+        return NULL;
+    }
+    pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* no JIT (unsupported CPU): interpreted */
+    return re;
+}
+
+/* The literal head of an anchored regex: the bytes after ^ up to the first one that is
+ * not a plain character or is followed by a quantifier; 0 when the regex is not anchored
+ * or has an alternation (which could escape the anchor). */
+static size_t regex_literal(const char *s, size_t n)
+{
+    if (n < 2 || s[0] != '^' || memchr(s, '|', n))
+        return 0;
+    size_t i = 1;
+    while (i < n && !strchr("\\^$.[]()?*+{}|", s[i]))
+        i++;
+    /* A quantifier applies to the byte before it. */
+    if (i < n && strchr("?*{", s[i]) && i > 1)
+        i--;
+    return i - 1;
+}
+
+static int parse_cidr(const char *s, size_t n, cidr_t *c)
+{
+    char buf[64];
+    if (n >= sizeof(buf))
+        return -1;
+    memcpy(buf, s, n);
+    buf[n] = 0;
+    char *slash = strchr(buf, '/');
+    if (slash)
+        *slash = 0;
+    memset(c, 0, sizeof(*c));
+    memcpy(c->text, s, n);
+    if (inet_pton(AF_INET, buf, c->a) == 1)
+        c->bits = 32;
+    else if (inet_pton(AF_INET6, buf, c->a) == 1) {
+        c->v6 = 1;
+        c->bits = 128;
+    } else
+        return -1;
+    if (slash) {
+        char *end;
+        long bits = strtol(slash + 1, &end, 10);
+        if (*end || end == slash + 1 || bits < 0 || bits > (long)c->bits)
+            return -1;
+        c->bits = (unsigned)bits;
+    }
+    return 0;
+}
+
+/* "a.example.com", "*.example.com" or "api.*" into kind and key. */
+static int parse_host(const char *s, size_t n, int *kind, char **key)
+{
+    if (n == 1 && s[0] == '*') {
+        *kind = H_ANY;
+        *key = NULL;
+        return 0;
+    }
+    if (n > 2 && s[0] == '*' && s[1] == '.') {
+        *kind = H_WILD;
+        *key = dupn(s + 1, n - 1);
+    } else if (n > 2 && s[n - 1] == '*' && s[n - 2] == '.') {
+        *kind = H_PFX;
+        *key = dupn(s, n - 2);
+    } else {
+        *kind = H_EXACT;
+        while (n && s[n - 1] == '.')
+            n--;
+        *key = dupn(s, n);
+    }
+    if (!*key)
+        return -1;
+    lower(*key);
+    if (memchr(*key, '*', strlen(*key)))
+        return -2;
+    return 0;
+}
+
+/* Checks a path pattern and records its parameter names. */
+static int parse_pattern(route_t *rt, char *err, size_t errlen)
+{
+    const char *p = rt->path;
+    size_t n = rt->plen, lit = n;
+    for (size_t i = 0; i < n; i++) {
+        if ((p[i] != ':' && p[i] != '*') || i == 0 || p[i - 1] != '/')
+            continue;
+        if (lit == n)
+            lit = i;
+        size_t e = i + 1;
+        while (e < n && p[e] != '/')
+            e++;
+        if (e == i + 1)
+            return fail(err, errlen, "a :param or *rest needs a name");
+        if (p[i] == '*' && e != n)
+            return fail(err, errlen, "*rest must be the last segment");
+        if (rt->npnames >= LP_ROUTE_MAX_CAPS)
+            return fail(err, errlen, "too many parameters");
+        char **v = realloc(rt->pnames, (rt->npnames + 1) * sizeof(*v));
+        if (!v || !(v[rt->npnames] = dupn(p + i + 1, e - i - 1))) {
+            if (v)
+                rt->pnames = v;
+            return fail(err, errlen, "out of memory");
+        }
+        rt->pnames = v;
+        rt->npnames++;
+        rt->has_params = 1;
+        i = e - 1;
+    }
+    rt->lit_len = lit;
+    return 0;
+}
+
+int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t nlen,
+                  const char *value, size_t vlen, char *err, size_t errlen)
+{
+    lp_router_t *r = &b->r;
+    if (!r->nroutes)
+        return fail(err, errlen, "no route started");
+    route_t *rt = &r->routes[r->nroutes - 1];
+    switch (kind) {
+    case LP_RK_HOST: {
+        if (rt->host || rt->hkind)
+            return fail(err, errlen, "one host per route");
+        int rc = parse_host(value, vlen, &rt->hkind, &rt->host);
+        if (rc)
+            return fail(err, errlen,
+                        rc == -2 ? "a host wildcard is *.suffix or prefix.*" : "out of memory");
+        return 0;
+    }
+    case LP_RK_PATH:
+    case LP_RK_PREFIX:
+    case LP_RK_REGEX:
+        if (rt->pkind)
+            return fail(err, errlen, "use one of path, prefix and regex");
+        if (kind != LP_RK_REGEX && (vlen == 0 || value[0] != '/'))
+            return fail(err, errlen, "a path or prefix starts with /");
+        if (!(rt->path = dupn(value, vlen)))
+            return fail(err, errlen, "out of memory");
+        rt->plen = vlen;
+        rt->lit_len = vlen;
+        if (kind == LP_RK_PATH) {
+            rt->pkind = P_EXACT;
+            return parse_pattern(rt, err, errlen);
+        }
+        if (kind == LP_RK_PREFIX) {
+            rt->pkind = P_PREFIX;
+            return 0;
+        }
+        rt->pkind = P_REGEX;
+        if (!(rt->re = re_compile(value, vlen, err, errlen)))
+            return -1;
+        uint32_t ncap = 0;
+        pcre2_pattern_info(rt->re, PCRE2_INFO_CAPTURECOUNT, &ncap);
+        if (ncap + 1 > r->max_pairs)
+            r->max_pairs = ncap + 1;
+        pcre2_pattern_info(rt->re, PCRE2_INFO_NAMECOUNT, &rt->re_names);
+        pcre2_pattern_info(rt->re, PCRE2_INFO_NAMEENTRYSIZE, &rt->re_entry);
+        pcre2_pattern_info(rt->re, PCRE2_INFO_NAMETABLE, &rt->re_table);
+        if (rt->re_names > LP_ROUTE_MAX_CAPS)
+            return fail(err, errlen, "too many named groups");
+        rt->lit_len = regex_literal(value, vlen);
+        return 0;
+    case LP_RK_METHOD: {
+        char **v = realloc(rt->methods, (rt->nmethods + 1) * sizeof(*v));
+        if (!v)
+            return fail(err, errlen, "out of memory");
+        rt->methods = v;
+        if (!(v[rt->nmethods] = dupn(value, vlen)))
+            return fail(err, errlen, "out of memory");
+        for (char *m = v[rt->nmethods]; *m; m++)
+            *m = (char)toupper((unsigned char)*m);
+        rt->nmethods++;
+        return 0;
+    }
+    case LP_RK_HEADER:
+    case LP_RK_QUERY: {
+        if (mode < LP_RM_PRESENT || mode > LP_RM_REGEX || !nlen)
+            return fail(err, errlen, "bad header or query condition");
+        cond_t *v = realloc(rt->conds, (rt->nconds + 1) * sizeof(*v));
+        if (!v)
+            return fail(err, errlen, "out of memory");
+        rt->conds = v;
+        cond_t *c = &v[rt->nconds];
+        memset(c, 0, sizeof(*c));
+        c->query = kind == LP_RK_QUERY;
+        c->mode = mode;
+        char *nm = dupn(name, nlen);
+        if (!nm)
+            return fail(err, errlen, "out of memory");
+        if (!c->query)
+            lower(nm);
+        long slot = name_slot(c->query ? &r->qnames : &r->hnames, nm, nlen);
+        free(nm);
+        if (slot < 0)
+            return fail(err, errlen, "out of memory");
+        c->slot = (uint32_t)slot;
+        /* The value is kept for regexes too: lp_rbuild_copy gives it again. */
+        if (mode != LP_RM_PRESENT && !(c->value = dupn(value, vlen)))
+            return fail(err, errlen, "out of memory");
+        c->vlen = vlen;
+        if (mode == LP_RM_REGEX) {
+            if (!(c->re = re_compile(value, vlen, err, errlen)))
+                return -1;
+            uint32_t groups = 0;
+            pcre2_pattern_info(c->re, PCRE2_INFO_CAPTURECOUNT, &groups);
+            if (groups + 1 > r->max_pairs)
+                r->max_pairs = groups + 1;
+        }
+        rt->nconds++;
+        return 0;
+    }
+    case LP_RK_CIDR: {
+        cidr_t c;
+        if (parse_cidr(value, vlen, &c))
+            return fail(err, errlen, "not an address or CIDR (10.0.0.0/8, ::1/128)");
+        cidr_t *v = realloc(rt->cidrs, (rt->ncidrs + 1) * sizeof(*v));
+        if (!v)
+            return fail(err, errlen, "out of memory");
+        v[rt->ncidrs++] = c;
+        rt->cidrs = v;
+        return 0;
+    }
+    case LP_RK_SNI:
+        if (rt->sni)
+            return fail(err, errlen, "one sni per route");
+        rt->sni_wild = vlen > 2 && value[0] == '*' && value[1] == '.';
+        if (!(rt->sni = rt->sni_wild ? dupn(value + 1, vlen - 1) : dupn(value, vlen)))
+            return fail(err, errlen, "out of memory");
+        lower(rt->sni);
+        return 0;
+    case LP_RK_PREDICATE:
+        rt->predicate = 1;
+        return 0;
+    }
+    return fail(err, errlen, "unknown condition");
+}
+
+static void route_free(route_t *rt)
+{
+    free(rt->host);
+    free(rt->path);
+    pcre2_code_free(rt->re);
+    for (unsigned i = 0; i < rt->npnames; i++)
+        free(rt->pnames[i]);
+    free(rt->pnames);
+    for (size_t i = 0; i < rt->nmethods; i++)
+        free(rt->methods[i]);
+    free(rt->methods);
+    free(rt->sni);
+    for (size_t i = 0; i < rt->nconds; i++) {
+        free(rt->conds[i].value);
+        pcre2_code_free(rt->conds[i].re);
+    }
+    free(rt->conds);
+    free(rt->cidrs);
+}
+
+void lp_router_free(lp_router_t *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->nroutes; i++)
+        route_free(&r->routes[i]);
+    free(r->routes);
+    node_free(&r->any, 0);
+    htab_free(&r->exact);
+    htab_free(&r->wild);
+    htab_free(&r->pfx);
+    for (size_t i = 0; i < r->hnames.n; i++)
+        free(r->hnames.v[i]);
+    free(r->hnames.v);
+    for (size_t i = 0; i < r->qnames.n; i++)
+        free(r->qnames.v[i]);
+    free(r->qnames.v);
+    free(r);
+}
+
+void lp_rbuild_free(lp_rbuild_t *b)
+{
+    lp_router_free((lp_router_t *)b); /* the builder is a router not indexed yet */
+}
+
+size_t lp_router_count(const lp_router_t *r)
+{
+    return r->nroutes;
+}
+
+int lp_rbuild_copy(lp_rbuild_t *b, const lp_router_t *r, size_t idx, char *err, size_t errlen)
+{
+    const route_t *rt = &r->routes[idx];
+    char host[300];
+    int rc = 0;
+#define ADD(kind, mode, name, v)                                                                   \
+    do {                                                                                           \
+        const char *n_ = (name), *v_ = (v);                                                        \
+        if (!rc)                                                                                   \
+            rc = lp_rbuild_add(b, kind, mode, n_, n_ ? strlen(n_) : 0, v_, v_ ? strlen(v_) : 0,    \
+                               err, errlen);                                                       \
+    } while (0)
+    if (rt->hkind != H_ANY) {
+        snprintf(host, sizeof(host),
+                 rt->hkind == H_WILD  ? "*%s"
+                 : rt->hkind == H_PFX ? "%s.*"
+                                      : "%s",
+                 rt->host);
+        ADD(LP_RK_HOST, 0, NULL, host);
+    }
+    if (rt->pkind != P_ANY)
+        ADD(rt->pkind == P_EXACT    ? LP_RK_PATH
+            : rt->pkind == P_PREFIX ? LP_RK_PREFIX
+                                    : LP_RK_REGEX,
+            0, NULL, rt->path);
+    for (size_t i = 0; i < rt->nmethods; i++)
+        ADD(LP_RK_METHOD, 0, NULL, rt->methods[i]);
+    for (size_t i = 0; i < rt->nconds; i++) {
+        const cond_t *c = &rt->conds[i];
+        ADD(c->query ? LP_RK_QUERY : LP_RK_HEADER, c->mode,
+            c->query ? r->qnames.v[c->slot] : r->hnames.v[c->slot], c->value);
+    }
+    for (size_t i = 0; i < rt->ncidrs; i++)
+        ADD(LP_RK_CIDR, 0, NULL, rt->cidrs[i].text);
+    if (rt->sni) {
+        snprintf(host, sizeof(host), rt->sni_wild ? "*%s" : "%s", rt->sni);
+        ADD(LP_RK_SNI, 0, NULL, host);
+    }
+    if (rt->predicate)
+        ADD(LP_RK_PREDICATE, 0, NULL, NULL);
+#undef ADD
+    return rc;
+}
+
+static int kid_index(const rnode_t *n, unsigned char c, uint32_t *at)
+{
+    uint32_t lo = 0, hi = n->nkids;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        unsigned char k = (unsigned char)n->kids[mid]->label[0];
+        if (k == c) {
+            *at = mid;
+            return 1;
+        }
+        if (k < c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *at = lo;
+    return 0;
+}
+
+/* The node at the end of the literal bytes s below n, created (and edges split) as needed. */
+static rnode_t *lit_insert(rnode_t *n, const char *s, size_t len)
+{
+    while (len) {
+        uint32_t at;
+        if (!kid_index(n, (unsigned char)s[0], &at)) {
+            rnode_t *k = calloc(1, sizeof(*k));
+            rnode_t **kids = realloc(n->kids, (n->nkids + 1) * sizeof(*kids));
+            if (!k || !kids || !(k->label = dupn(s, len))) {
+                free(k);
+                if (kids)
+                    n->kids = kids;
+                return NULL;
+            }
+            k->llen = len;
+            memmove(kids + at + 1, kids + at, (n->nkids - at) * sizeof(*kids));
+            kids[at] = k;
+            n->kids = kids;
+            n->nkids++;
+            return k;
+        }
+        rnode_t *k = n->kids[at];
+        size_t common = 0;
+        while (common < k->llen && common < len && k->label[common] == s[common])
+            common++;
+        if (common < k->llen) {
+            /* Split: m takes the common head, k keeps its tail below m. */
+            rnode_t *m = calloc(1, sizeof(*m));
+            char *head = dupn(k->label, common), *tail = dupn(k->label + common, k->llen - common);
+            rnode_t **kids = malloc(sizeof(*kids));
+            if (!m || !head || !tail || !kids) {
+                free(m);
+                free(head);
+                free(tail);
+                free(kids);
+                return NULL;
+            }
+            free(k->label);
+            k->label = tail;
+            k->llen -= common;
+            m->label = head;
+            m->llen = common;
+            kids[0] = k;
+            m->kids = kids;
+            m->nkids = 1;
+            n->kids[at] = m;
+            k = m;
+        }
+        s += common;
+        len -= common;
+        n = k;
+    }
+    return n;
+}
+
+static rnode_t *bucket_for(lp_router_t *r, const route_t *rt)
+{
+    switch (rt->hkind) {
+    case H_EXACT:
+        return hput(&r->exact, rt->host, strlen(rt->host));
+    case H_WILD:
+        return hput(&r->wild, rt->host, strlen(rt->host));
+    case H_PFX:
+        return hput(&r->pfx, rt->host, strlen(rt->host));
+    }
+    return &r->any;
+}
+
+static int index_route(lp_router_t *r, uint32_t id)
+{
+    route_t *rt = &r->routes[id];
+    rnode_t *n = bucket_for(r, rt);
+    if (!n)
+        return -1;
+    switch (rt->pkind) {
+    case P_ANY:
+        n = lit_insert(n, "/", 1);
+        return n ? ids_push(&n->prefix, id) : -1;
+    case P_PREFIX:
+        n = lit_insert(n, rt->path, rt->plen);
+        return n ? ids_push(&n->prefix, id) : -1;
+    case P_REGEX:
+        n = lit_insert(n, rt->path + 1, rt->lit_len);
+        return n ? ids_push(&n->rx, id) : -1;
+    }
+    /* A path pattern: literal runs, :name segments, a final *name. */
+    const char *p = rt->path;
+    size_t i = 0, len = rt->plen;
+    while (n) {
+        size_t j = i;
+        while (j < len && !((p[j] == ':' || p[j] == '*') && j > 0 && p[j - 1] == '/'))
+            j++;
+        if (j > i && !(n = lit_insert(n, p + i, j - i)))
+            return -1;
+        if (j == len)
+            return ids_push(&n->exact, id);
+        if (p[j] == '*')
+            return ids_push(&n->rest, id);
+        if (!n->param && !(n->param = calloc(1, sizeof(rnode_t))))
+            return -1;
+        n = n->param;
+        while (j < len && p[j] != '/')
+            j++;
+        i = j;
+    }
+    return -1;
+}
+
+lp_router_t *lp_rbuild_finish(lp_rbuild_t *b, char *err, size_t errlen)
+{
+    lp_router_t *r = malloc(sizeof(*r));
+    if (!r) {
+        lp_rbuild_free(b);
+        fail(err, errlen, "out of memory");
+        return NULL;
+    }
+    *r = b->r;
+    free(b);
+    for (size_t i = 0; i < r->nroutes; i++)
+        if (index_route(r, (uint32_t)i)) {
+            lp_router_free(r);
+            fail(err, errlen, "out of memory");
+            return NULL;
+        }
+    return r;
+}
+
+size_t lp_router_nnames(const lp_router_t *r, int kind)
+{
+    return kind == LP_RK_QUERY ? r->qnames.n : r->hnames.n;
+}
+
+const char *lp_router_name(const lp_router_t *r, int kind, size_t i)
+{
+    const names_t *ns = kind == LP_RK_QUERY ? &r->qnames : &r->hnames;
+    return i < ns->n ? ns->v[i] : NULL;
+}
+
+/* ---- matching ---- */
+
+/* One PCRE2 match block per thread, grown to the largest router's need; freed when the
+ * thread exits. */
+static pthread_key_t md_key;
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+
+static void md_free(void *md)
+{
+    pcre2_match_data_free(md);
+}
+
+static void md_init(void)
+{
+    pthread_key_create(&md_key, md_free);
+}
+
+static pcre2_match_data *match_data(uint32_t pairs)
+{
+    pthread_once(&md_once, md_init);
+    pcre2_match_data *md = pthread_getspecific(md_key);
+    if (md && pcre2_get_ovector_count(md) >= pairs)
+        return md;
+    pcre2_match_data *nmd = pcre2_match_data_create(pairs < 16 ? 16 : pairs, NULL);
+    if (!nmd)
+        return NULL;
+    pcre2_match_data_free(md);
+    pthread_setspecific(md_key, nmd);
+    return nmd;
+}
+
+typedef struct {
+    const lp_router_t *r;
+    const lp_route_in_t *in;
+    lp_route_out_t *out;
+    uint32_t from;
+    uint32_t best; /* the best route so far (UINT32_MAX: none) */
+    lp_str_t path;
+    int asterisk; /* `OPTIONS *` */
+    pcre2_match_data *md;
+    unsigned depth; /* parameters captured on the way down */
+    lp_str_t stack[LP_ROUTE_MAX_CAPS + 1];
+} mstate_t;
+
+static int name_match(const char *pat, int wild, lp_str_t v)
+{
+    size_t plen = strlen(pat);
+    while (v.len && v.base[v.len - 1] == '.')
+        v.len--;
+    if (wild)
+        return v.len > plen && lp_str_ieq((lp_str_t){v.base + v.len - plen, plen}, pat, plen);
+    return lp_str_ieq(v, pat, plen);
+}
+
+static int re_ok(pcre2_code *re, lp_str_t v, pcre2_match_data *md)
+{
+    if (!md)
+        return 0;
+    return pcre2_match(re, (PCRE2_SPTR)(v.base ? v.base : ""), v.len, 0, 0, md, NULL) >= 0;
+}
+
+static int conds_ok(mstate_t *ms, const route_t *rt)
+{
+    const lp_route_in_t *in = ms->in;
+    if (rt->nmethods) {
+        size_t i = 0;
+        while (i < rt->nmethods && !(strlen(rt->methods[i]) == in->method.len &&
+                                     memcmp(rt->methods[i], in->method.base, in->method.len) == 0))
+            i++;
+        if (i == rt->nmethods)
+            return 0;
+    }
+    if (rt->sni && (!in->sni.base || !name_match(rt->sni, rt->sni_wild, in->sni)))
+        return 0;
+    if (rt->ncidrs) {
+        size_t i = 0;
+        for (; i < rt->ncidrs; i++) {
+            const cidr_t *c = &rt->cidrs[i];
+            if (!in->family || (in->family == 6) != c->v6)
+                continue;
+            unsigned full = c->bits / 8, rem = c->bits % 8;
+            if (memcmp(c->a, in->addr, full) != 0)
+                continue;
+            if (rem && ((c->a[full] ^ in->addr[full]) & (0xff << (8 - rem)) & 0xff))
+                continue;
+            break;
+        }
+        if (i == rt->ncidrs)
+            return 0;
+    }
+    for (size_t i = 0; i < rt->nconds; i++) {
+        const cond_t *c = &rt->conds[i];
+        char buf[2048];
+        lp_str_t v;
+        if (c->query) {
+            const char *name = ms->r->qnames.v[c->slot];
+            v = in->qvals   ? in->qvals[c->slot]
+                : in->query ? in->query(in->ctx, name, strlen(name), buf, sizeof(buf))
+                            : (lp_str_t){NULL, 0};
+        } else {
+            const char *name = ms->r->hnames.v[c->slot];
+            v = in->hvals    ? in->hvals[c->slot]
+                : in->header ? in->header(in->ctx, name, strlen(name))
+                             : (lp_str_t){NULL, 0};
+        }
+        if (!v.base)
+            return 0;
+        if (c->mode == LP_RM_EQUAL && (v.len != c->vlen || memcmp(v.base, c->value, v.len) != 0))
+            return 0;
+        if (c->mode == LP_RM_REGEX && !re_ok(c->re, v, ms->md))
+            return 0;
+    }
+    /* Last: the path regex, whose groups the answer takes. */
+    if (rt->re && (ms->asterisk || !re_ok(rt->re, ms->path, ms->md)))
+        return 0;
+    return 1;
+}
+
+static void accept_route(mstate_t *ms, uint32_t id)
+{
+    const route_t *rt = &ms->r->routes[id];
+    lp_route_out_t *out = ms->out;
+    ms->best = id;
+    out->index = (int)id;
+    out->predicate = rt->predicate;
+    out->ncaps = 0;
+    for (unsigned i = 0; i < rt->npnames && i < ms->depth; i++)
+        out->caps[out->ncaps++] = (lp_route_cap_t){rt->pnames[i], ms->stack[i]};
+    if (rt->re && rt->re_names) {
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(ms->md);
+        uint32_t nov = pcre2_get_ovector_count(ms->md);
+        for (uint32_t i = 0; i < rt->re_names && out->ncaps < LP_ROUTE_MAX_CAPS; i++) {
+            PCRE2_SPTR e = rt->re_table + i * rt->re_entry;
+            uint32_t g = ((uint32_t)e[0] << 8) | e[1];
+            if (g >= nov || ov[2 * g] == PCRE2_UNSET)
+                continue;
+            out->caps[out->ncaps++] = (lp_route_cap_t){
+                (const char *)e + 2, {ms->path.base + ov[2 * g], ov[2 * g + 1] - ov[2 * g]}};
+        }
+    }
+}
+
+static void consider(mstate_t *ms, const ids_t *l, int prefix_list)
+{
+    for (uint32_t i = 0; i < l->n; i++) {
+        uint32_t id = l->v[i];
+        if (id >= ms->best)
+            return;
+        if (id < ms->from)
+            continue;
+        const route_t *rt = &ms->r->routes[id];
+        if (ms->asterisk && !(prefix_list && (rt->pkind == P_ANY || rt->plen == 1)))
+            continue;
+        if (conds_ok(ms, rt))
+            accept_route(ms, id);
+    }
+}
+
+static void walk(mstate_t *ms, const rnode_t *n, size_t pos)
+{
+    const lp_str_t p = ms->path;
+    if (n->prefix.n)
+        consider(ms, &n->prefix, 1);
+    if (n->rx.n)
+        consider(ms, &n->rx, 0);
+    if (n->rest.n && ms->depth <= LP_ROUTE_MAX_CAPS) {
+        ms->stack[ms->depth++] = (lp_str_t){p.base + pos, p.len - pos};
+        consider(ms, &n->rest, 0);
+        ms->depth--;
+    }
+    if (pos == p.len) {
+        if (n->exact.n)
+            consider(ms, &n->exact, 0);
+        return;
+    }
+    if (n->param && p.base[pos] != '/' && ms->depth < LP_ROUTE_MAX_CAPS) {
+        size_t e = pos;
+        while (e < p.len && p.base[e] != '/')
+            e++;
+        ms->stack[ms->depth++] = (lp_str_t){p.base + pos, e - pos};
+        walk(ms, n->param, e);
+        ms->depth--;
+    }
+    uint32_t at;
+    if (n->nkids && kid_index(n, (unsigned char)p.base[pos], &at)) {
+        const rnode_t *k = n->kids[at];
+        if (k->llen <= p.len - pos && memcmp(k->label, p.base + pos, k->llen) == 0)
+            walk(ms, k, pos + k->llen);
+    }
+}
+
+int lp_router_match(const lp_router_t *r, const lp_route_in_t *in, int from, lp_route_out_t *out)
+{
+    mstate_t ms;
+    ms.r = r;
+    ms.in = in;
+    ms.out = out;
+    ms.from = from < 0 ? 0 : (uint32_t)from;
+    ms.best = UINT32_MAX;
+    ms.path = in->path.base ? in->path : (lp_str_t){"", 0};
+    ms.asterisk = ms.path.len == 1 && ms.path.base[0] == '*';
+    if (ms.asterisk)
+        ms.path = (lp_str_t){"/", 1};
+    ms.md = r->max_pairs ? match_data(r->max_pairs) : NULL;
+    ms.depth = 0;
+    out->index = -1;
+    out->predicate = 0;
+    out->ncaps = 0;
+    walk(&ms, &r->any, 0);
+    if (!r->exact.n && !r->wild.n && !r->pfx.n)
+        return out->index;
+    /* The host: no port, no trailing dot, lower case. */
+    char host[256];
+    size_t n = in->host.base ? in->host.len : 0;
+    const char *h = in->host.base;
+    if (n && h[0] == '[') {
+        const char *e = memchr(h, ']', n);
+        n = e ? (size_t)(e - h) + 1 : n;
+    } else if (n) {
+        const char *colon = memchr(h, ':', n);
+        if (colon)
+            n = (size_t)(colon - h);
+    }
+    while (n && h[n - 1] == '.')
+        n--;
+    if (!n || n >= sizeof(host))
+        return out->index;
+    for (size_t i = 0; i < n; i++)
+        host[i] = (char)tolower((unsigned char)h[i]);
+    const rnode_t *root = hget(&r->exact, host, n);
+    if (root)
+        walk(&ms, root, 0);
+    for (size_t i = 1; i < n; i++) {
+        if (host[i] != '.')
+            continue;
+        if ((root = hget(&r->wild, host + i, n - i)))
+            walk(&ms, root, 0);
+        if ((root = hget(&r->pfx, host, i)))
+            walk(&ms, root, 0);
+    }
+    return out->index;
+}
+
+/* ---- shadows ---- */
+
+static int unconditional(const route_t *rt)
+{
+    return !rt->nmethods && !rt->sni && !rt->nconds && !rt->ncidrs && !rt->predicate &&
+           (rt->pkind == P_ANY || rt->pkind == P_PREFIX ||
+            (rt->pkind == P_EXACT && !rt->has_params));
+}
+
+/* The earliest unconditional route before `before` in this tree whose prefix (or, for
+ * exact, its whole path) covers every path starting with lit (exact: equal to lit). */
+static uint32_t shadow_in(const lp_router_t *r, const rnode_t *n, const char *lit, size_t len,
+                          int exact, uint32_t before)
+{
+    uint32_t best = UINT32_MAX;
+    size_t pos = 0;
+    for (;;) {
+        for (uint32_t i = 0; i < n->prefix.n && n->prefix.v[i] < before; i++)
+            if (unconditional(&r->routes[n->prefix.v[i]])) {
+                if (n->prefix.v[i] < best)
+                    best = n->prefix.v[i];
+                break;
+            }
+        if (pos == len) {
+            if (exact)
+                for (uint32_t i = 0; i < n->exact.n && n->exact.v[i] < before; i++)
+                    if (unconditional(&r->routes[n->exact.v[i]])) {
+                        if (n->exact.v[i] < best)
+                            best = n->exact.v[i];
+                        break;
+                    }
+            return best;
+        }
+        uint32_t at;
+        if (!kid_index(n, (unsigned char)lit[pos], &at))
+            return best;
+        const rnode_t *k = n->kids[at];
+        if (k->llen > len - pos || memcmp(k->label, lit + pos, k->llen) != 0)
+            return best;
+        pos += k->llen;
+        n = k;
+    }
+}
+
+size_t lp_router_shadows(const lp_router_t *r, void (*warn)(void *ud, size_t route, size_t by),
+                         void *ud)
+{
+    size_t found = 0;
+    for (size_t j = 0; j < r->nroutes; j++) {
+        const route_t *rt = &r->routes[j];
+        const char *lit = rt->pkind == P_ANY ? "/" : rt->pkind == P_REGEX ? rt->path + 1 : rt->path;
+        size_t len = rt->pkind == P_ANY ? 1 : rt->lit_len;
+        if (rt->pkind == P_REGEX && !len) {
+            lit = "/";
+            len = 1;
+        }
+        int exact = rt->pkind == P_EXACT && !rt->has_params;
+        uint32_t by = shadow_in(r, &r->any, lit, len, exact, (uint32_t)j);
+        const rnode_t *root;
+        const char *h = rt->host;
+        size_t n = h ? strlen(h) : 0;
+#define TRY(tab, k, kl)                                                                            \
+    do {                                                                                           \
+        if ((root = hget((tab), (k), (kl)))) {                                                     \
+            uint32_t b = shadow_in(r, root, lit, len, exact, (uint32_t)j);                         \
+            if (b < by)                                                                            \
+                by = b;                                                                            \
+        }                                                                                          \
+    } while (0)
+        if (rt->hkind == H_EXACT) {
+            TRY(&r->exact, h, n);
+            for (size_t i = 1; i < n; i++)
+                if (h[i] == '.') {
+                    TRY(&r->wild, h + i, n - i);
+                    TRY(&r->pfx, h, i);
+                }
+        } else if (rt->hkind == H_WILD) {
+            for (size_t i = 0; i < n; i++)
+                if (h[i] == '.')
+                    TRY(&r->wild, h + i, n - i);
+        } else if (rt->hkind == H_PFX) {
+            TRY(&r->pfx, h, n);
+            for (size_t i = 1; i < n; i++)
+                if (h[i] == '.')
+                    TRY(&r->pfx, h, i);
+        }
+#undef TRY
+        if (by != UINT32_MAX) {
+            found++;
+            if (warn)
+                warn(ud, j, by);
+        }
+    }
+    return found;
+}

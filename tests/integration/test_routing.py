@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Config routes through the compiled router (engine/router.c, docs/routing.md), one real
+request per match kind: hosts (exact, *.suffix, prefix.*), exact paths, :params and *rest
+(req:param), prefixes, regexes with named groups, methods, headers and query arguments
+(present, equal, regex), client CIDR, SNI; OPTIONS *; first match in order; the shadow
+warnings of -t."""
+
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+
+# A handler answering with the route's captures, so the test sees what req:param() gives.
+PARAMS = H.LuaRaw(r'''function(req)
+      local out = {}
+      for _, k in ipairs({ "id", "rest", "ver", "thing" }) do
+        local v = req:param(k)
+        if v then out[#out + 1] = k .. "=" .. v end
+      end
+      req:respond(200, table.concat(out, " "))
+    end''')
+
+
+def self_signed(d, names):
+    cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+    san = ",".join("DNS:" + n for n in names)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-subj", "/CN=" + names[0], "-days", "2",
+                    "-addext", "subjectAltName=" + san],
+                   check=True, capture_output=True, timeout=H.T(30), stdin=subprocess.DEVNULL)
+    return cert, key
+
+
+class RoutingTest(H.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        H.require_tool("openssl")
+        names = "exact wild pfx path param prefix regex method hdr hdrpresent hdrre query " \
+                "queryre cidr sni last".split()
+        cls.origins = {n: cls.start_origin(n) for n in names}
+        ups = {n: H.upstream(o.address()) for n, o in cls.origins.items()}
+        d = H.Workdir.new("routing-tls")
+        cert, key = self_signed(d, ["sni.test", "other.test"])
+        routes = [
+            {"match": {"host": "exact.test"}, "upstream": "exact"},
+            {"match": {"host": "*.wild.test"}, "upstream": "wild"},
+            {"match": {"host": "api.*"}, "upstream": "pfx"},
+            {"match": {"path": "/x/exact"}, "upstream": "path"},
+            {"match": {"path": "/users/:id/orders/*rest"}, "handler": PARAMS},
+            {"match": {"path": "/users/:id"}, "upstream": "param"},
+            {"match": {"regex": r"^/v(?<ver>\d+)/(?<thing>[a-z]+)$"}, "handler": PARAMS},
+            {"match": {"prefix": "/static/"}, "upstream": "prefix"},
+            {"match": {"regex": r"^/re/[0-9]+$"}, "upstream": "regex"},
+            {"match": {"prefix": "/m", "methods": ["PUT", "delete"]}, "upstream": "method"},
+            {"match": {"prefix": "/h", "headers": {"X-Env": "prod"}}, "upstream": "hdr"},
+            {"match": {"prefix": "/h", "headers": {"X-Debug": True}}, "upstream": "hdrpresent"},
+            {"match": {"prefix": "/h", "header_regex": {"User-Agent": "^curl/"}},
+             "upstream": "hdrre"},
+            {"match": {"prefix": "/q", "query": {"v": "a b"}}, "upstream": "query"},
+            {"match": {"prefix": "/q", "query_regex": {"n": "^[0-9]+$"}}, "upstream": "queryre"},
+            {"match": {"prefix": "/c", "cidr": ["10.0.0.0/8"]}, "upstream": "exact"},
+            {"match": {"prefix": "/c", "cidr": ["::1", "127.0.0.0/8"]}, "upstream": "cidr"},
+            {"match": {"sni": "sni.test"}, "upstream": "sni"},
+            {"upstream": "last"},
+        ]
+        listen = [{"address": "127.0.0.1:0"},
+                  {"address": "127.0.0.1:0", "tls": {"certificates": [{"cert": cert, "key": key}]}}]
+        cls.proxy = cls.start_proxy(ups, routes, workers=1, listen=listen)
+
+    def origin(self, path, host="other.test", **kw):
+        # Which origin answered (it answers 404 for paths it does not serve itself).
+        r = H.get(self.proxy.port, path, host=host, **kw)
+        return r.header("X-Origin-Id")
+
+    def test_hosts(self):
+        self.assertEqual(self.origin("/", host="EXACT.test:8080"), "exact")
+        self.assertEqual(self.origin("/", host="a.b.wild.test"), "wild")
+        self.assertEqual(self.origin("/", host="wild.test"), "last")
+        self.assertEqual(self.origin("/", host="api.internal"), "pfx")
+
+    def test_paths_params_regex(self):
+        self.assertEqual(self.origin("/x/exact?q=1"), "path")
+        self.assertEqual(self.origin("/x/exact/"), "last")
+        r = H.get(self.proxy.port, "/users/42/orders/7/items", host="other.test")
+        self.assertEqual(r.body, b"id=42 rest=7/items")
+        self.assertEqual(self.origin("/users/42"), "param")
+        r = H.get(self.proxy.port, "/v2/cats", host="other.test")
+        self.assertEqual(r.body, b"ver=2 thing=cats")
+        self.assertEqual(self.origin("/static/app.js"), "prefix")
+        self.assertEqual(self.origin("/re/123"), "regex")
+        self.assertEqual(self.origin("/re/12a"), "last")
+
+    def test_methods_headers_query(self):
+        self.assertEqual(self.origin("/m", method="DELETE"), "method")
+        self.assertEqual(self.origin("/m", method="GET"), "last")
+        self.assertEqual(self.origin("/h", headers=[("X-Env", "prod")]), "hdr")
+        self.assertEqual(self.origin("/h", headers=[("X-Env", "dev")]), "last")
+        self.assertEqual(self.origin("/h", headers=[("x-debug", "")]), "hdrpresent")
+        self.assertEqual(self.origin("/h", headers=[("User-Agent", "curl/8.5")]), "hdrre")
+        self.assertEqual(self.origin("/q?v=a+b"), "query")
+        self.assertEqual(self.origin("/q?x=1&v=a%20b"), "query")
+        self.assertEqual(self.origin("/q?n=12"), "queryre")
+        self.assertEqual(self.origin("/q?n=1x"), "last")
+
+    def test_cidr_uses_the_peer_address(self):
+        self.assertEqual(self.origin("/c"), "cidr")
+
+    def test_sni(self):
+        status, fields, _ = H.tls_get(self.proxy.ports[1], "/", "sni.test")
+        self.assertEqual(fields.get("x-origin-id"), "sni", status)
+        status, fields, _ = H.tls_get(self.proxy.ports[1], "/", "other.test")
+        self.assertEqual(fields.get("x-origin-id"), "last", status)
+        # Plain HTTP with the same Host never matches an sni route.
+        self.assertEqual(self.origin("/", host="sni.test"), "last")
+
+    def test_options_asterisk(self):
+        with H.Client(self.proxy.port) as c:
+            c.send(b"OPTIONS * HTTP/1.1\r\nHost: other.test\r\n\r\n")
+            r = c.read_response()
+        self.assertEqual(r.header("X-Origin-Id"), "last")
+
+
+class ShadowWarningTest(H.ProxyTestCase):
+    def test_t_warns_about_routes_that_can_never_match(self):
+        d = H.Workdir.new("routing-shadow")
+        cfg = H.make_config(0, {"u": H.upstream("127.0.0.1:9")}, [
+            {"match": {"prefix": "/api"}, "upstream": "u"},
+            {"match": {"prefix": "/api/v1"}, "upstream": "u"},
+            {"match": {"host": "*.example.com"}, "upstream": "u"},
+            {"match": {"host": "a.example.com", "path": "/x"}, "upstream": "u"},
+            {"match": {"prefix": "/b", "methods": ["GET"]}, "upstream": "u"},
+            {"match": {"prefix": "/b/c"}, "upstream": "u"},
+        ])
+        path = os.path.join(d, "proxy.lua")
+        with open(path, "w") as f:
+            f.write(H.config_text(cfg))
+        p = subprocess.run([H.LUAPROXY, "-t", "-c", path], capture_output=True,
+                           timeout=H.T(20), stdin=subprocess.DEVNULL, preexec_fn=H._preexec)
+        err = p.stderr.decode("utf-8", "replace")
+        self.assertEqual(H.sanitizer_errors(err), [], err)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertIn("routes[2] can never match: routes[1] before it takes all its requests", err)
+        self.assertIn("routes[4] can never match: routes[3]", err)
+        self.assertNotIn("routes[6] can never match", err)  # routes[5] only takes GET
+        self.assertEqual(err.count("can never match"), 2, err)
+
+
+if __name__ == "__main__":
+    H.main()

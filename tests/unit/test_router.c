@@ -1,0 +1,695 @@
+/* The compiled router (engine/router.c) against a naive reference matcher kept here: every
+ * match kind by example, then a property test over random tables and requests. */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "lp_test.h"
+#include "router.h"
+
+/* A route as the tests describe it (NULL / 0: no such condition). */
+typedef struct {
+    const char *host;
+    int pkind; /* 0 any, 1 path pattern, 2 prefix, 3 regex */
+    const char *path;
+    const char *method;
+    const char *hname, *hval; /* header; hval NULL: present */
+    int hregex;               /* hval is a regex */
+    const char *qname, *qval; /* query argument; qval NULL: present */
+    const char *cidr;
+    const char *sni;
+    int predicate;
+} troute_t;
+
+typedef struct {
+    const char *method, *host, *path, *sni;
+    const char *hname, *hval; /* one header (NULL: none) */
+    const char *query;        /* raw query, "q=1" (NULL: none) */
+    const char *addr;         /* client address text (NULL: unknown) */
+} treq_t;
+
+/* ---- the request as the router reads it ---- */
+
+static lp_str_t s_of(const char *s)
+{
+    return s ? (lp_str_t){s, strlen(s)} : (lp_str_t){NULL, 0};
+}
+
+static int hexv(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Decoded value of query argument name in q into out (NULL: absent). */
+static const char *query_arg(const char *q, const char *name, char *out, size_t cap)
+{
+    size_t nl = strlen(name);
+    for (const char *p = q; p && *p;) {
+        const char *end = strchr(p, '&');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len > nl && p[nl] == '=' && memcmp(p, name, nl) == 0) {
+            size_t n = 0;
+            for (size_t i = nl + 1; i < len && n + 1 < cap; i++) {
+                char c = p[i];
+                if (c == '+')
+                    c = ' ';
+                else if (c == '%' && i + 2 < len && hexv(p[i + 1]) >= 0 && hexv(p[i + 2]) >= 0) {
+                    c = (char)(hexv(p[i + 1]) * 16 + hexv(p[i + 2]));
+                    i += 2;
+                }
+                out[n++] = c;
+            }
+            out[n] = 0;
+            return out;
+        }
+        p = end ? end + 1 : NULL;
+    }
+    return NULL;
+}
+
+static lp_str_t cb_header(const void *ctx, const char *name, size_t nlen)
+{
+    const treq_t *q = ctx;
+    if (q->hname && strlen(q->hname) == nlen && strncasecmp(q->hname, name, nlen) == 0)
+        return s_of(q->hval);
+    return (lp_str_t){NULL, 0};
+}
+
+static lp_str_t cb_query(const void *ctx, const char *name, size_t nlen, char *buf, size_t cap)
+{
+    const treq_t *q = ctx;
+    char nm[64];
+    snprintf(nm, sizeof(nm), "%.*s", (int)nlen, name);
+    const char *v = query_arg(q->query, nm, buf, cap);
+    return v ? (lp_str_t){v, strlen(v)} : (lp_str_t){NULL, 0};
+}
+
+static int parse_addr(const char *s, uint8_t *a)
+{
+    if (!s)
+        return 0;
+    if (inet_pton(AF_INET, s, a) == 1)
+        return 4;
+    if (inet_pton(AF_INET6, s, a) == 1)
+        return 6;
+    return 0;
+}
+
+/* Storage for the array form (the FFI's): one value per router name. */
+typedef struct {
+    lp_str_t h[8], q[8];
+    char qbuf[8][128];
+} arrays_t;
+
+static void make_in(lp_route_in_t *in, const treq_t *q, const lp_router_t *r, arrays_t *arr)
+{
+    memset(in, 0, sizeof(*in));
+    in->method = s_of(q->method);
+    in->host = s_of(q->host);
+    in->path = s_of(q->path);
+    in->sni = s_of(q->sni);
+    in->family = parse_addr(q->addr, in->addr);
+    if (!arr) {
+        in->header = cb_header;
+        in->query = cb_query;
+        in->ctx = q;
+        return;
+    }
+    for (size_t i = 0; i < lp_router_nnames(r, LP_RK_HEADER) && i < 8; i++)
+        arr->h[i] = cb_header(q, lp_router_name(r, LP_RK_HEADER, i),
+                              strlen(lp_router_name(r, LP_RK_HEADER, i)));
+    for (size_t i = 0; i < lp_router_nnames(r, LP_RK_QUERY) && i < 8; i++) {
+        const char *v = query_arg(q->query, lp_router_name(r, LP_RK_QUERY, i), arr->qbuf[i], 128);
+        arr->q[i] = s_of(v);
+    }
+    in->hvals = arr->h;
+    in->qvals = arr->q;
+}
+
+static int add(lp_rbuild_t *b, size_t i, int kind, int mode, const char *name, const char *v)
+{
+    char err[256];
+    int rc = lp_rbuild_add(b, kind, mode, name, name ? strlen(name) : 0, v, v ? strlen(v) : 0, err,
+                           sizeof(err));
+    if (rc)
+        lp_test_fail(__FILE__, __LINE__, "route %zu: %s", i, err);
+    return rc;
+}
+
+static lp_router_t *build(const troute_t *t, size_t n)
+{
+    lp_rbuild_t *b = lp_rbuild_new();
+    char err[256];
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const troute_t *x = &t[i];
+        rc = lp_rbuild_route(b) != (int)i;
+        if (!rc && x->host)
+            rc = add(b, i, LP_RK_HOST, 0, NULL, x->host);
+        if (!rc && x->pkind)
+            rc = add(b, i,
+                     x->pkind == 1   ? LP_RK_PATH
+                     : x->pkind == 2 ? LP_RK_PREFIX
+                                     : LP_RK_REGEX,
+                     0, NULL, x->path);
+        if (!rc && x->method)
+            rc = add(b, i, LP_RK_METHOD, 0, NULL, x->method);
+        if (!rc && x->hname)
+            rc = add(b, i, LP_RK_HEADER,
+                     x->hregex ? LP_RM_REGEX
+                     : x->hval ? LP_RM_EQUAL
+                               : LP_RM_PRESENT,
+                     x->hname, x->hval);
+        if (!rc && x->qname)
+            rc = add(b, i, LP_RK_QUERY, x->qval ? LP_RM_EQUAL : LP_RM_PRESENT, x->qname, x->qval);
+        if (!rc && x->cidr)
+            rc = add(b, i, LP_RK_CIDR, 0, NULL, x->cidr);
+        if (!rc && x->sni)
+            rc = add(b, i, LP_RK_SNI, 0, NULL, x->sni);
+        if (!rc && x->predicate)
+            rc = add(b, i, LP_RK_PREDICATE, 0, NULL, NULL);
+    }
+    if (rc) {
+        lp_rbuild_free(b);
+        return NULL;
+    }
+    lp_router_t *r = lp_rbuild_finish(b, err, sizeof(err));
+    if (!r)
+        lp_test_fail(__FILE__, __LINE__, "build: %s", err);
+    return r;
+}
+
+/* ---- the reference: every route in order, each condition as the docs say ---- */
+
+typedef struct {
+    char name[32];
+    char value[256];
+} rcap_t;
+
+static void norm_name(const char *in, char *out, size_t cap)
+{
+    size_t n = 0;
+    if (in && in[0] == '[') {
+        const char *e = strchr(in, ']');
+        n = e ? (size_t)(e - in) + 1 : strlen(in);
+    } else if (in) {
+        const char *c = strchr(in, ':');
+        n = c ? (size_t)(c - in) : strlen(in);
+    }
+    while (n && in[n - 1] == '.')
+        n--;
+    if (n >= cap)
+        n = 0;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)tolower((unsigned char)in[i]);
+    out[n] = 0;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+static int ref_name(const char *pat, const char *name)
+{
+    char p[256];
+    norm_name(pat, p, sizeof(p));
+    if (p[0] == '*' && p[1] == '.')
+        return strlen(name) > strlen(p + 1) && ends_with(name, p + 1);
+    size_t pl = strlen(p);
+    if (pl > 2 && p[pl - 1] == '*' && p[pl - 2] == '.')
+        return strlen(name) > pl - 1 && strncmp(name, p, pl - 1) == 0;
+    return strcmp(name, p) == 0;
+}
+
+static int ref_pattern(const char *pat, const char *path, rcap_t *caps, int *ncaps)
+{
+    size_t i = 0, j = 0, pl = strlen(pat), n = strlen(path);
+    while (i < pl) {
+        if ((pat[i] == ':' || pat[i] == '*') && i > 0 && pat[i - 1] == '/') {
+            size_t e = i + 1;
+            while (e < pl && pat[e] != '/')
+                e++;
+            size_t ve = j;
+            if (pat[i] == '*')
+                ve = n;
+            else
+                while (ve < n && path[ve] != '/')
+                    ve++;
+            if (pat[i] == ':' && ve == j)
+                return 0;
+            snprintf(caps[*ncaps].name, 32, "%.*s", (int)(e - i - 1), pat + i + 1);
+            snprintf(caps[*ncaps].value, 256, "%.*s", (int)(ve - j), path + j);
+            (*ncaps)++;
+            i = e;
+            j = ve;
+            continue;
+        }
+        if (j >= n || pat[i] != path[j])
+            return 0;
+        i++;
+        j++;
+    }
+    return j == n;
+}
+
+static int ref_cidr(const char *cidr, const char *addr)
+{
+    uint8_t a[16] = {0}, c[16] = {0};
+    char buf[64];
+    snprintf(buf, sizeof(buf), "%s", cidr);
+    char *slash = strchr(buf, '/');
+    if (slash)
+        *slash = 0;
+    int fc = parse_addr(buf, c), fa = parse_addr(addr, a);
+    if (!fa || fa != fc)
+        return 0;
+    int bits = slash ? atoi(slash + 1) : (fc == 4 ? 32 : 128);
+    for (int b = 0; b < bits; b++)
+        if (((a[b / 8] ^ c[b / 8]) >> (7 - b % 8)) & 1)
+            return 0;
+    return 1;
+}
+
+static int ref_regex(const char *re, const char *s, rcap_t *caps, int *ncaps)
+{
+    int ec;
+    PCRE2_SIZE off;
+    pcre2_code *code = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, 0, &ec, &off, NULL);
+    if (!code)
+        return 0;
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(code, NULL);
+    int ok = pcre2_match(code, (PCRE2_SPTR)s, strlen(s), 0, 0, md, NULL) >= 0;
+    if (ok && caps) {
+        uint32_t nn = 0, esz = 0;
+        PCRE2_SPTR table;
+        pcre2_pattern_info(code, PCRE2_INFO_NAMECOUNT, &nn);
+        pcre2_pattern_info(code, PCRE2_INFO_NAMEENTRYSIZE, &esz);
+        pcre2_pattern_info(code, PCRE2_INFO_NAMETABLE, &table);
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        for (uint32_t i = 0; i < nn; i++) {
+            PCRE2_SPTR e = table + i * esz;
+            uint32_t g = ((uint32_t)e[0] << 8) | e[1];
+            if (ov[2 * g] == PCRE2_UNSET)
+                continue;
+            snprintf(caps[*ncaps].name, 32, "%s", (const char *)e + 2);
+            snprintf(caps[*ncaps].value, 256, "%.*s", (int)(ov[2 * g + 1] - ov[2 * g]),
+                     s + ov[2 * g]);
+            (*ncaps)++;
+        }
+    }
+    pcre2_match_data_free(md);
+    pcre2_code_free(code);
+    return ok;
+}
+
+static int ref_match(const troute_t *t, size_t n, const treq_t *q, int from, rcap_t *caps,
+                     int *ncaps)
+{
+    char host[256];
+    norm_name(q->host, host, sizeof(host));
+    int asterisk = strcmp(q->path, "*") == 0;
+    for (size_t i = from < 0 ? 0 : (size_t)from; i < n; i++) {
+        const troute_t *x = &t[i];
+        *ncaps = 0;
+        if (x->host && !(host[0] && ref_name(x->host, host)))
+            continue;
+        if (asterisk && !(x->pkind == 0 || (x->pkind == 2 && strcmp(x->path, "/") == 0)))
+            continue;
+        if (x->pkind == 1 && !ref_pattern(x->path, q->path, caps, ncaps))
+            continue;
+        if (x->pkind == 2 && strncmp(q->path, x->path, strlen(x->path)) != 0)
+            continue;
+        if (x->method && strcmp(x->method, q->method) != 0)
+            continue;
+        if (x->sni) {
+            char sni[256];
+            if (!q->sni)
+                continue;
+            norm_name(q->sni, sni, sizeof(sni));
+            if (!ref_name(x->sni, sni))
+                continue;
+        }
+        if (x->cidr && !(q->addr && ref_cidr(x->cidr, q->addr)))
+            continue;
+        if (x->hname) {
+            if (!q->hname || strcasecmp(q->hname, x->hname) != 0)
+                continue;
+            if (x->hval && !x->hregex && strcmp(x->hval, q->hval) != 0)
+                continue;
+            if (x->hregex && !ref_regex(x->hval, q->hval, NULL, NULL))
+                continue;
+        }
+        if (x->qname) {
+            char v[128];
+            const char *got = query_arg(q->query, x->qname, v, sizeof(v));
+            if (!got || (x->qval && strcmp(got, x->qval) != 0))
+                continue;
+        }
+        if (x->pkind == 3 && !ref_regex(x->path, q->path, caps, ncaps))
+            continue;
+        return (int)i;
+    }
+    *ncaps = 0;
+    return -1;
+}
+
+/* The router's answer equals the reference's: route and captures. */
+static int same(const troute_t *t, size_t n, const lp_router_t *r, const treq_t *q, int from,
+                int arrays)
+{
+    rcap_t caps[LP_ROUTE_MAX_CAPS];
+    int ncaps = 0;
+    int want = ref_match(t, n, q, from, caps, &ncaps);
+    lp_route_in_t in;
+    arrays_t arr;
+    make_in(&in, q, r, arrays ? &arr : NULL);
+    lp_route_out_t out;
+    int got = lp_router_match(r, &in, from, &out);
+    int ok = got == want && (got < 0 || (int)out.ncaps == ncaps);
+    for (int i = 0; ok && i < ncaps; i++)
+        ok = strcmp(out.caps[i].name, caps[i].name) == 0 &&
+             out.caps[i].value.len == strlen(caps[i].value) &&
+             memcmp(out.caps[i].value.base, caps[i].value, out.caps[i].value.len) == 0;
+    if (!ok)
+        lp_test_fail(__FILE__, __LINE__,
+                     "%s %s%s%s (host %s, from %d): router %d (%u caps), reference %d (%d caps)",
+                     q->method, q->path, q->query ? "?" : "", q->query ? q->query : "",
+                     q->host ? q->host : "-", from, got, out.ncaps, want, ncaps);
+    return ok;
+}
+
+/* ---- examples ---- */
+
+static lp_str_t cap(const lp_route_out_t *o, const char *name)
+{
+    for (unsigned i = 0; i < o->ncaps; i++)
+        if (strcmp(o->caps[i].name, name) == 0)
+            return o->caps[i].value;
+    return (lp_str_t){NULL, 0};
+}
+
+static int one(const lp_router_t *r, const treq_t *q, lp_route_out_t *out)
+{
+    lp_route_in_t in;
+    make_in(&in, q, r, NULL);
+    return lp_router_match(r, &in, 0, out);
+}
+
+static void test_hosts(void)
+{
+    static const troute_t t[] = {
+        {.host = "a.example.com"},
+        {.host = "*.example.com"},
+        {.host = "api.*"},
+        {.host = NULL},
+    };
+    lp_router_t *r = build(t, LP_ARRAY_LEN(t));
+    REQUIRE(r);
+    lp_route_out_t o;
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "A.Example.COM:8080", "/", NULL}, &o), 0);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "a.example.com.", "/", NULL}, &o), 0);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "x.y.example.com", "/", NULL}, &o), 1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "example.com", "/", NULL}, &o), 3);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "api.internal", "/", NULL}, &o), 2);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "api", "/", NULL}, &o), 3);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", NULL, "/", NULL}, &o), 3);
+    lp_router_free(r);
+}
+
+static void test_paths(void)
+{
+    static const troute_t t[] = {
+        {.pkind = 1, .path = "/users/:id/orders/*rest"},
+        {.pkind = 1, .path = "/users/:id"},
+        {.pkind = 1, .path = "/users/me"}, /* after :id: never reached by /users/me */
+        {.pkind = 2, .path = "/static/"},
+        {.pkind = 3, .path = "^/v(?<ver>[0-9]+)/(?<thing>[a-z]+)$"},
+        {.pkind = 1, .path = "/exact"},
+        {.pkind = 2, .path = "/"},
+    };
+    lp_router_t *r = build(t, LP_ARRAY_LEN(t));
+    REQUIRE(r);
+    lp_route_out_t o;
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/users/42/orders/7/items", NULL}, &o), 0);
+    CHECK_SLICE(cap(&o, "id"), "42");
+    CHECK_SLICE(cap(&o, "rest"), "7/items");
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/users/42/orders/", NULL}, &o), 0);
+    CHECK_SLICE(cap(&o, "rest"), "");
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/users/me", NULL}, &o), 1);
+    CHECK_SLICE(cap(&o, "id"), "me");
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/users/", NULL}, &o), 6);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/static/a.css", NULL}, &o), 3);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/v2/cats", NULL}, &o), 4);
+    CHECK_SLICE(cap(&o, "ver"), "2");
+    CHECK_SLICE(cap(&o, "thing"), "cats");
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/v2/cats/1", NULL}, &o), 6);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/exact", NULL}, &o), 5);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/exact/", NULL}, &o), 6);
+    CHECK_EQ_INT(one(r, &(treq_t){"OPTIONS", "h", "*", NULL}, &o), 6);
+    lp_router_free(r);
+}
+
+static void test_conditions(void)
+{
+    static const troute_t t[] = {
+        {.method = "POST"},
+        {.hname = "X-Env", .hval = "prod"},
+        {.hname = "x-debug"},
+        {.hname = "user-agent", .hval = "^curl/", .hregex = 1},
+        {.qname = "v", .qval = "a b"},
+        {.qname = "flag"},
+        {.cidr = "10.0.0.0/8"},
+        {.cidr = "2001:db8::/32"},
+        {.sni = "*.example.com"},
+        {.predicate = 1},
+        {.pkind = 2, .path = "/"},
+    };
+    lp_router_t *r = build(t, LP_ARRAY_LEN(t));
+    REQUIRE(r);
+    lp_route_out_t o;
+    CHECK_EQ_INT(one(r, &(treq_t){"POST", "h", "/", NULL}, &o), 0);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", NULL, "x-env", "prod"}, &o), 1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", NULL, "x-env", "dev"}, &o), 9);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", NULL, "X-Debug", ""}, &o), 2);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", NULL, "user-agent", "curl/8"}, &o), 3);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", NULL, NULL, NULL, "x=1&v=a+b"}, &o), 4);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", NULL, NULL, NULL, "v=a%20b"}, &o), 4);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", NULL, NULL, NULL, "flag="}, &o), 5);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", NULL, NULL, NULL, NULL, "10.1.2.3"}, &o), 6);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", NULL, NULL, NULL, NULL, "11.1.2.3"}, &o), 9);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", NULL, NULL, NULL, NULL, "2001:db8::1"}, &o), 7);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", "www.example.com"}, &o), 8);
+    /* The predicate's route comes back flagged; the caller runs it and, on false, asks
+     * again from the next index. */
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/", "example.com"}, &o), 9);
+    CHECK(o.predicate);
+    lp_route_in_t in;
+    make_in(&in, &(treq_t){"GET", "h", "/", NULL}, r, NULL);
+    CHECK_EQ_INT(lp_router_match(r, &in, 10, &o), 10);
+    CHECK(!o.predicate);
+    lp_router_free(r);
+}
+
+static void test_bad_routes(void)
+{
+    char err[256];
+    lp_rbuild_t *b = lp_rbuild_new();
+    REQUIRE(lp_rbuild_route(b) == 0);
+    CHECK(lp_rbuild_add(b, LP_RK_REGEX, 0, NULL, 0, "^(", 2, err, sizeof(err)) < 0);
+    CHECK_CONTAINS(err, "bad regex");
+    REQUIRE(lp_rbuild_route(b) == 1);
+    CHECK(lp_rbuild_add(b, LP_RK_PATH, 0, NULL, 0, "/a/*r/b", 7, err, sizeof(err)) < 0);
+    CHECK_CONTAINS(err, "last segment");
+    lp_rbuild_free(b);
+    b = lp_rbuild_new();
+    REQUIRE(lp_rbuild_route(b) == 0);
+    CHECK(lp_rbuild_add(b, LP_RK_PREFIX, 0, NULL, 0, "/a", 2, err, sizeof(err)) == 0);
+    CHECK(lp_rbuild_add(b, LP_RK_PATH, 0, NULL, 0, "/a", 2, err, sizeof(err)) < 0);
+    CHECK_CONTAINS(err, "one of path");
+    CHECK(lp_rbuild_add(b, LP_RK_CIDR, 0, NULL, 0, "10.0.0.0/33", 11, err, sizeof(err)) < 0);
+    CHECK(lp_rbuild_add(b, LP_RK_HOST, 0, NULL, 0, "a.*.com", 7, err, sizeof(err)) < 0);
+    lp_rbuild_free(b);
+}
+
+static size_t shadowed[16], shadower[16], nshadow;
+
+static void on_shadow(void *ud, size_t route, size_t by)
+{
+    (void)ud;
+    if (nshadow < 16) {
+        shadowed[nshadow] = route;
+        shadower[nshadow] = by;
+    }
+    nshadow++;
+}
+
+static void test_shadows(void)
+{
+    static const troute_t t[] = {
+        {.pkind = 2, .path = "/api"},                        /* 0 */
+        {.pkind = 2, .path = "/api/v1"},                     /* 1: by 0 */
+        {.host = "*.example.com", .pkind = 2, .path = "/"},  /* 2 */
+        {.host = "a.example.com", .pkind = 1, .path = "/x"}, /* 3: by 2 */
+        {.host = "b.example.com", .method = "GET"},          /* 4: by 2 */
+        {.pkind = 1, .path = "/exact"},                      /* 5 */
+        {.pkind = 1, .path = "/exact"},                      /* 6: by 5 */
+        {.pkind = 1, .path = "/u/:id"},                      /* 7 */
+        {.pkind = 1, .path = "/u/me"},                       /* 8: by 7, not detected */
+        {.method = "POST", .pkind = 2, .path = "/b"},        /* 9 */
+        {.pkind = 2, .path = "/b/c"},                        /* 10: 9 has a method */
+        {.host = "api.*", .pkind = 2, .path = "/"},          /* 11 */
+        {.host = "api.v2.*"},                                /* 12: by 11 */
+        {.pkind = 3, .path = "^/api/(?<x>.*)"},              /* 13: by 0 */
+    };
+    lp_router_t *r = build(t, LP_ARRAY_LEN(t));
+    REQUIRE(r);
+    nshadow = 0;
+    CHECK_EQ_INT(lp_router_shadows(r, on_shadow, NULL), 6);
+    static const size_t want[][2] = {{1, 0}, {3, 2}, {4, 2}, {6, 5}, {12, 11}, {13, 0}};
+    for (size_t i = 0; i < 6 && i < nshadow; i++) {
+        CHECK_EQ_INT(shadowed[i], want[i][0]);
+        CHECK_EQ_INT(shadower[i], want[i][1]);
+    }
+    lp_router_free(r);
+}
+
+/* ---- the property test ---- */
+
+static unsigned rnd_state = 12345;
+
+static unsigned rnd(unsigned n)
+{
+    rnd_state = rnd_state * 1103515245u + 12345u;
+    return (rnd_state >> 8) % n;
+}
+
+#define PICK(arr) (arr)[rnd(LP_ARRAY_LEN(arr))]
+
+static const char *const SEGS[] = {"a", "b", "ab", "users", "1", "42"};
+
+static void rand_path(char *out, size_t cap, int pattern)
+{
+    size_t n = 0;
+    unsigned segs = 1 + rnd(3);
+    int rest = 0;
+    out[0] = 0;
+    for (unsigned i = 0; i < segs; i++) {
+        const char *s = PICK(SEGS);
+        if (pattern && rnd(4) == 0)
+            s = PICK(((const char *const[]){":p", ":q", ":id"}));
+        if (pattern && i == segs - 1 && rnd(5) == 0) {
+            s = "*rest";
+            rest = 1;
+        }
+        n += (size_t)snprintf(out + n, cap - n, "/%s", s);
+    }
+    if (!rest && rnd(6) == 0)
+        snprintf(out + n, cap - n, "/");
+}
+
+static void test_property(void)
+{
+    static const char *const HOSTS[] = {"a.com",     "b.a.com", "*.a.com", "x.*",
+                                        "*.b.a.com", "api.*",   "x.y"};
+    static const char *const RHOSTS[] = {"a.com", "b.a.com",  "c.b.a.com", "x.a.com", "api.a.com",
+                                         "x.y",   "A.COM:80", "b.a.com.",  "x.y.z",   ""};
+    static const char *const REGEXES[] = {
+        "^/a/(?<n>[0-9]+)", "^/(?<first>[a-z]+)/1", "b$", "^/users/(?<u>[^/]+)$", "^/ab?/",
+        "^/(a|b)/"};
+    static const char *const CIDRS[] = {"10.0.0.0/8", "10.1.0.0/16", "::1", "10.1.2.3"};
+    static const char *const ADDRS[] = {"10.1.2.3", "10.2.0.1", "192.168.0.1", "::1"};
+    static const char *const QUERIES[] = {"q=1", "q=%31", "q=2&r=", "r=1", "q"};
+    char paths[400][64];
+    troute_t t[400];
+    int compared = 0, matched = 0;
+    for (int round = 0; round < 300; round++) {
+        size_t n = 1 + rnd(round < 100 ? 10 : 400);
+        for (size_t i = 0; i < n; i++) {
+            troute_t *x = &t[i];
+            memset(x, 0, sizeof(*x));
+            if (rnd(2))
+                x->host = PICK(HOSTS);
+            x->pkind = (int)rnd(4);
+            if (x->pkind == 3)
+                x->path = PICK(REGEXES);
+            else if (x->pkind) {
+                rand_path(paths[i], sizeof(paths[i]), x->pkind == 1);
+                if (x->pkind == 2 && rnd(3) == 0 && strlen(paths[i]) > 2)
+                    paths[i][strlen(paths[i]) - 1] = 0; /* a prefix inside a segment */
+                x->path = paths[i];
+            }
+            if (rnd(5) == 0)
+                x->method = rnd(2) ? "GET" : "POST";
+            if (rnd(6) == 0) {
+                x->hname = "x-h";
+                unsigned m = rnd(3);
+                x->hval = m == 0 ? NULL : m == 1 ? "1" : "^[12]$";
+                x->hregex = m == 2;
+            }
+            if (rnd(6) == 0) {
+                x->qname = rnd(2) ? "q" : "r";
+                x->qval = rnd(2) ? "1" : NULL;
+            }
+            if (rnd(8) == 0)
+                x->cidr = PICK(CIDRS);
+            if (rnd(8) == 0)
+                x->sni = rnd(2) ? "a.com" : "*.a.com";
+        }
+        lp_router_t *r0 = build(t, n);
+        REQUIRE(r0);
+        /* Every other round, the table as the admin API rebuilds it: each route copied. */
+        lp_router_t *r = r0;
+        if (round % 2) {
+            lp_rbuild_t *b = lp_rbuild_new();
+            char err[256];
+            for (size_t i = 0; i < n; i++) {
+                REQUIRE(lp_rbuild_route(b) == (int)i);
+                CHECK(lp_rbuild_copy(b, r0, i, err, sizeof(err)) == 0);
+            }
+            REQUIRE((r = lp_rbuild_finish(b, err, sizeof(err))));
+            lp_router_free(r0);
+        }
+        for (int k = 0; k < 60; k++) {
+            char path[64];
+            rand_path(path, sizeof(path), 0);
+            treq_t q = {rnd(3) ? "GET" : "POST", PICK(RHOSTS), rnd(40) ? path : "*",
+                        rnd(3) ? NULL : PICK(((const char *const[]){"a.com", "b.a.com"}))};
+            if (rnd(2)) {
+                q.hname = rnd(4) ? "X-H" : "x-other";
+                q.hval = PICK(((const char *const[]){"1", "2", "3"}));
+            }
+            if (rnd(2))
+                q.query = PICK(QUERIES);
+            if (rnd(3))
+                q.addr = PICK(ADDRS);
+            int from = rnd(4) == 0 ? (int)rnd((unsigned)n) : 0;
+            if (!same(t, n, r, &q, from, (int)rnd(2)))
+                break;
+            compared++;
+            rcap_t caps[LP_ROUTE_MAX_CAPS];
+            int nc;
+            matched += ref_match(t, n, &q, from, caps, &nc) >= 0;
+        }
+        lp_router_free(r);
+        if (lp_test_failures)
+            break;
+    }
+    printf("property: %d requests compared, %d matched a route\n", compared, matched);
+    CHECK(compared == 300 * 60);
+    CHECK(matched > compared / 4);
+}
+
+static const lp_test_case_t tests[] = {
+    LP_TEST_ENTRY(test_hosts),      LP_TEST_ENTRY(test_paths),   LP_TEST_ENTRY(test_conditions),
+    LP_TEST_ENTRY(test_bad_routes), LP_TEST_ENTRY(test_shadows), LP_TEST_ENTRY(test_property),
+};
+
+LP_TEST_MAIN(tests)
