@@ -27,6 +27,8 @@ function M.init_worker(conf)
   level = proxy.metrics.gauge("myplugin_level", "A level.")
 end
 function M.request(req, conf)
+  if req:header("x-fail") then error("boom") end
+  if req:header("x-spin") then local n = 0 while true do n = n + 1 end end
   local kind = req:header("x-kind") or "none"
   hits:inc(1, kind)
   sizes:observe(5, kind)
@@ -69,7 +71,8 @@ class MetricsTest(RT.ReloadTestCase):
                       plugins=[{"name": "metered"}]),
              RT.route("/local", handler=RT.respond_handler("x", 201)),
              RT.route("/exact", upstream="a", strip_prefix=True)],
-            workers=2, lua={"plugin_paths": [RT.FIXTURE_PLUGINS, cls.plugin_dir]},
+            workers=2, lua={"plugin_paths": [RT.FIXTURE_PLUGINS, cls.plugin_dir],
+                            "phase_timeout": 0.05},
             metrics={"buckets": [0.001, 0.01, 0.1, 1]})
         H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
 
@@ -165,6 +168,18 @@ class MetricsTest(RT.ReloadTestCase):
         self.assertEqual(val(after, "myplugin_size_bucket", kind="y", le="1.0") -
                          val(before, "myplugin_size_bucket", kind="y", le="1.0"), 0)
         self.assertGreaterEqual(val(after, "myplugin_level"), 7)
+
+    def test_lua_errors_watchdog_and_cost(self):
+        before = self.samples()
+        self.assertEqual(self.get("/api/fixed", headers=[("X-Fail", "1")]).status, 500)
+        self.assertEqual(self.get("/api/fixed", headers=[("X-Spin", "1")]).status, 500)
+        self.get("/api/fixed")
+        after = self.settled(before, [
+            (("luaproxy_lua_errors_total", dict(plugin="metered")), 2),
+            (("luaproxy_lua_watchdog_stops_total", dict(plugin="metered")), 1)])
+        cost = val(after, "luaproxy_lua_plugin_seconds_total", plugin="metered", phase="request")
+        self.assertGreater(cost, 0)
+        self.assertLess(cost, 10)
 
     def test_promtool_and_openmetrics(self):
         self.get("/api/fixed")
