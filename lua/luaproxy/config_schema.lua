@@ -627,7 +627,7 @@ local S = {
       fields = {
         address = { type = "address", required = true, doc_default = "off",
                     description = "admin API address, never a public listener (`GET /status`, "
-                      .. "`POST /reload`, `POST /stop`, `GET /config`, `GET /upstreams`, "
+                      .. "`GET /metrics`, `POST /reload`, `POST /stop`, `GET /config`, `GET /upstreams`, "
                       .. "`POST /upstreams/NAME/targets/ADDRESS`; see `docs/admin-api.md`); port "
                       .. "0 takes a free port, logged at start" },
       },
