@@ -97,6 +97,14 @@ enum {
     LP_MU_SUM_NS,
     LP_MU_BUCKETS,
 };
+/* The cells of a target's block: tries started and ended (in flight: the difference of
+ * the sums, whichever worker or generation ended them). */
+enum {
+    LP_MT_STARTED = 0,
+    LP_MT_ENDED,
+    LP_MT_EWMA_NS, /* a gauge: this worker's balancer EWMA (p2c), 0: none */
+    LP_MT_N,
+};
 /* A worker's own cells (lp_worker_t.m_cells). */
 enum {
     LP_WM_ACCEPTED = 0,
