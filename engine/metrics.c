@@ -172,8 +172,9 @@ static void puts_(lp_mtext_t *t, const char *s)
     lp_mtext_raw(t, s, strlen(s));
 }
 
-/* Escapes s for a label value (\\, \", \n) or, help, for HELP text (\\ and \n only: promtool's
- * OpenMetrics parser refuses \" there). */
+/* Escapes s for a label value (\\, \", \n) or, help, for HELP text: \\ and \n in the
+ * Prometheus format (whose parsers refuse \" there), and \" too in OpenMetrics (its
+ * grammar has no bare '"' in a HELP string). */
 static void escaped(lp_mtext_t *t, const char *s, int help)
 {
     for (const char *p = s; *p; p++) {
@@ -182,7 +183,7 @@ static void escaped(lp_mtext_t *t, const char *s, int help)
             rep = "\\\\";
         else if (*p == '\n')
             rep = "\\n";
-        else if (*p == '"' && !help)
+        else if (*p == '"' && (!help || t->om))
             rep = "\\\"";
         if (rep)
             puts_(t, rep);

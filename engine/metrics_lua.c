@@ -339,3 +339,17 @@ void lp_metrics_scrape_plugins(lp_mtext_t *t, const lp_server_t *s)
         free(seen);
     }
 }
+
+void lp_metrics_lua_free(void)
+{
+    pthread_mutex_lock(&make_lock);
+    for (unsigned id = 0; id < nmetrics; id++) {
+        for (unsigned k = 0; k < LP_PM_WORKERS; k++)
+            if (metrics[id]->w[k])
+                pm_worker_free(metrics[id]->w[k]);
+        pmetric_free(metrics[id]);
+        metrics[id] = NULL;
+    }
+    __atomic_store_n(&nmetrics, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&make_lock);
+}

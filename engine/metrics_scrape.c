@@ -37,7 +37,7 @@ static void routes(lp_mtext_t *t, const lp_config_t *cfg)
 {
     static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
     lp_mtext_family(t, "luaproxy_requests_total", "counter",
-                    "Requests answered, by route and status class (route \"\": none matched).");
+                    "Requests answered, by route and status class (an empty route: none matched).");
     for (size_t i = 0; i <= cfg->nroutes; i++) {
         const lp_mblock_t *b = find("route", route_name(cfg, i), NULL);
         for (unsigned k = 0; b && k < 5; k++) {

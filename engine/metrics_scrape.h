@@ -10,5 +10,7 @@
 char *lp_metrics_scrape(const lp_server_t *s, int om, size_t *len);
 /* The plugins' own metrics (proxy.metrics, metrics_lua.c) into t. */
 void lp_metrics_scrape_plugins(lp_mtext_t *t, const lp_server_t *s);
+/* Frees the plugin metrics (metrics_lua.c) once no worker runs. */
+void lp_metrics_lua_free(void);
 
 #endif

@@ -11,6 +11,7 @@
 #include "cosock.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "metrics_scrape.h"
 #include "upstream.h"
 #include "request.h"
 #include "worker.h"
@@ -852,6 +853,7 @@ void lp_workers_stop(lp_worker_t *ws, unsigned n)
     }
     free(ws);
     lp_metrics_free(&lp_metrics); /* no worker is left to write a cell */
+    lp_metrics_lua_free();
 }
 
 void lp_workers_lua_stats(const lp_worker_t *ws, unsigned n, uint64_t out[3])

@@ -85,7 +85,7 @@ static void test_text_openmetrics_histogram(void)
 {
     lp_mtext_t t;
     lp_mtext_init(&t, 1);
-    lp_mtext_family(&t, "req_total", "counter", "Requests.");
+    lp_mtext_family(&t, "req_total", "counter", "Requests \"quoted\".");
     lp_mtext_family(&t, "lat_seconds", "histogram", "Latency.");
     const double bounds[] = {0.1, 1, 2.5};
     const uint64_t counts[] = {2, 3, 0, 1}; /* per bucket, the last +Inf */
@@ -93,7 +93,7 @@ static void test_text_openmetrics_histogram(void)
     lp_mtext_histogram(&t, "lat_seconds", l, 1, bounds, 3, counts, 4.5);
     lp_mtext_end(&t);
     REQUIRE(t.buf != NULL);
-    CHECK_STR(t.buf, "# HELP req Requests.\n"
+    CHECK_STR(t.buf, "# HELP req Requests \\\"quoted\\\".\n"
                      "# TYPE req counter\n"
                      "# HELP lat_seconds Latency.\n"
                      "# TYPE lat_seconds histogram\n"
