@@ -58,8 +58,8 @@ void lp_metrics_free(lp_metrics_t *m);
  * (kept as they were). */
 int lp_metrics_set_bounds(lp_metrics_t *m, const double *b, unsigned n);
 /* The block of key (keylen bytes), made with ncells cells per worker when new; NULL when out
- * of memory. A block found again with fewer cells than asked is grown for... never: ncells of
- * one family is fixed by the bounds, which are fixed. */
+ * of memory. A family's ncells never changes (it depends on the bounds, which are fixed), so
+ * a key found again has the cells asked for. */
 lp_mblock_t *lp_metrics_block(lp_metrics_t *m, const char *key, size_t keylen, size_t ncells);
 /* A key: family and up to 3 label values, joined by NUL into out (NUL-free parts). Returns
  * its length, or 0 when it does not fit. */
