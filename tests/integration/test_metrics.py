@@ -261,6 +261,50 @@ class MetricsTest(RT.ReloadTestCase):
         self.assertIn(("luaproxy_lua_memory_bytes", frozenset({("worker", "1")})), s)
 
 
+class MetricsReloadTest(RT.ReloadTestCase):
+    """Counters follow route names, not positions, across a reload that reorders routes."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.a = cls.start_origin("a")
+        cls.proxy = cls.start_reload_proxy(
+            {"a": H.upstream(cls.a.address())},
+            [RT.route("/api", name="api", upstream="a", strip_prefix=True),
+             RT.route("/gone", name="gone", upstream="a", strip_prefix=True)])
+        H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
+
+    def samples(self):
+        r = self.admin("GET", "/metrics")
+        self.assertEqual(r.status, 200)
+        return parse(r.body.decode())
+
+    def wait_count(self, route, want):
+        H.wait_for(lambda: val(self.samples(), "luaproxy_requests_total", route=route,
+                               code="2xx") == want, H.T(5), what="%s at %d" % (route, want))
+
+    def test_reordered_routes_keep_their_counts(self):
+        for _ in range(3):
+            self.assertEqual(self.get("/api/fixed").status, 200)
+        self.get("/gone/fixed")
+        self.wait_count("api", 3)
+        self.wait_count("gone", 1)
+        # A new route first: "api" moves from the first position to the second.
+        self.rewrite(routes=[RT.route("/new", name="new", upstream="a", strip_prefix=True),
+                             RT.route("/api", name="api", upstream="a", strip_prefix=True)])
+        self.reload()
+        s = self.samples()
+        self.assertEqual(val(s, "luaproxy_requests_total", route="api", code="2xx"), 3)
+        self.assertEqual(val(s, "luaproxy_requests_total", route="new", code="2xx"), 0)
+        self.assertNotIn(("luaproxy_requests_total",
+                          frozenset({("route", "gone"), ("code", "2xx")})), s)
+        self.get("/api/fixed")
+        self.get("/new/fixed")
+        self.wait_count("api", 4)
+        self.wait_count("new", 1)
+        self.assertEqual(val(self.samples(), "luaproxy_request_duration_seconds_count",
+                             route="api"), 4)
+
+
 class MetricsOffTest(RT.ReloadTestCase):
     @classmethod
     def setUpClass(cls):
