@@ -145,7 +145,7 @@ Counter.__index = Counter
 function Counter:inc(v, ...)
   if v == nil then
     v = 1
-  elseif type(v) ~= "number" or not (v >= 0) then
+  elseif type(v) ~= "number" or not (v >= 0) then -- not (v >= 0): NaN too
     error(self.name .. ": a counter goes up by a number >= 0", 2)
   end
   local p = self._cells or bind(self)

@@ -164,10 +164,10 @@ end
 -- ---- the engine's metrics of Lua (docs/metrics.md) ----
 
 M.waited = setmetatable({}, { __mode = "k" }) -- coroutine -> seconds it waited (M.timed)
-local own -- the metric objects (luaproxy.metrics), made on first use; false: unavailable
+local own_m -- the metric objects (luaproxy.metrics), made on first use; false: unavailable
 local function own_metrics()
-  if own == nil then
-    own = false
+  if own_m == nil then
+    own_m = false
     local ok, m = pcall(function()
       local metrics = require "luaproxy.metrics"
       local b = metrics.engine_backend()
@@ -181,9 +181,9 @@ local function own_metrics()
           { "plugin", "phase" }),
       }
     end)
-    if ok then own = m end
+    if ok then own_m = m end
   end
-  return own
+  return own_m
 end
 
 -- A plugin's phase raised (counted in the worker; never fails the error path).
