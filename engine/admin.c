@@ -21,6 +21,7 @@
 #include "http1.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "metrics_scrape.h"
 #include "server.h"
 #include "worker.h"
 #include "shdict.h"
@@ -182,6 +183,39 @@ static void on_written(uv_write_t *wr, int status)
     conn_timer(c, ADMIN_LINGER);
 }
 
+/* Answers with body (len bytes) of content type ctype, as it is. */
+static void respond_raw(admin_conn_t *c, int status, const char *ctype, const char *body,
+                        size_t len)
+{
+    if (c->answered || c->closing)
+        return;
+    int head = c->r && lp_h1_method(&c->r->h1) == HTTP_HEAD;
+    c->answered = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    size_t cap = len + 256;
+    c->out = malloc(cap);
+    if (!c->out) {
+        conn_close(c);
+        return;
+    }
+    int n = snprintf(c->out, cap,
+                     "HTTP/1.1 %d %s\r\nServer: luaproxy\r\nContent-Type: %s\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                     status, lp_h1_status_text(status), ctype, len);
+    size_t total = (size_t)n;
+    if (!head) {
+        memcpy(c->out + total, body, len);
+        total += len;
+    }
+    uv_buf_t buf = uv_buf_init(c->out, (unsigned)total);
+    c->wreq.data = c;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &buf, 1, on_written)) {
+        conn_close(c);
+        return;
+    }
+    conn_timer(c, ADMIN_TIMEOUT);
+}
+
 static void respond_text(admin_conn_t *c, int status, const char *json)
 {
     if (c->answered || c->closing)
@@ -296,6 +330,22 @@ static void handle_status(admin_conn_t *c)
     respond(c, 200, st);
 }
 
+/* GET /metrics: Prometheus text 0.0.4, or OpenMetrics 1.0 when Accept asks for it
+ * (docs/metrics.md). */
+static void handle_metrics(admin_conn_t *c)
+{
+    const lp_header_t *acc = lp_h1_find(&c->r->h1, "accept", 6);
+    int om = acc && lp_metrics_wants_om(acc->value.base, acc->value.len);
+    size_t len = 0;
+    char *text = lp_metrics_scrape(c->admin->server, om, &len);
+    if (!text) {
+        respond_error(c, 500, "out of memory");
+        return;
+    }
+    respond_raw(c, 200, om ? LP_M_CT_OM : LP_M_CT_PROM, text, len);
+    free(text);
+}
+
 static void on_reloaded(void *data, int rc, const char *err, uint64_t generation)
 {
     admin_conn_t *c = data;
@@ -352,12 +402,13 @@ static void handle_routes_get(admin_conn_t *c)
     const lp_rtable_t *t = routes_current();
     json_t *list = json_array();
     for (size_t i = 0; i < t->nroutes && list; i++)
-        json_array_append_new(list, json_pack("{s:i,s:o}", "index", (json_int_t)i + 1, "config_route",
-                                              t->conf_index[i] >= 0
-                                                  ? json_integer(t->conf_index[i] + 1)
-                                                  : json_null()));
-    respond(c, 200, json_pack("{s:i,s:i,s:o}", "routes", (json_int_t)t->nroutes, "admin_routes",
-                              (json_int_t)t->nown, "table", list ? list : json_null()));
+        json_array_append_new(
+            list,
+            json_pack("{s:i,s:o}", "index", (json_int_t)i + 1, "config_route",
+                      t->conf_index[i] >= 0 ? json_integer(t->conf_index[i] + 1) : json_null()));
+    respond(c, 200,
+            json_pack("{s:i,s:i,s:o}", "routes", (json_int_t)t->nroutes, "admin_routes",
+                      (json_int_t)t->nown, "table", list ? list : json_null()));
 }
 
 /* POST /routes {"ops": [...]}: one batch, applied atomically (rtable.h: lp_rtable_apply),
@@ -369,9 +420,9 @@ static void handle_routes_post(admin_conn_t *c)
     json_t *doc = json_loadb(c->r->body, c->r->body_len, 0, &je);
     json_t *ops = json_is_object(doc) ? json_object_get(doc, "ops") : doc;
     char err[512];
-    lp_rtable_t *t = ops ? lp_rtable_apply(routes_current(), lp_gen_current->config, ops, err,
-                                           sizeof(err))
-                         : NULL;
+    lp_rtable_t *t =
+        ops ? lp_rtable_apply(routes_current(), lp_gen_current->config, ops, err, sizeof(err))
+            : NULL;
     if (!doc)
         snprintf(err, sizeof(err), "body: %s", je.text);
     if (!t) {
@@ -584,6 +635,11 @@ static void dispatch(admin_conn_t *c)
             respond_error(c, 405, "use GET /status");
         else
             handle_status(c);
+    } else if (LP_STR_IEQ(path, "/metrics")) {
+        if (!get)
+            respond_error(c, 405, "use GET /metrics");
+        else
+            handle_metrics(c);
     } else if (LP_STR_IEQ(path, "/reload")) {
         if (m != HTTP_POST)
             respond_error(c, 405, "use POST /reload");
@@ -607,9 +663,10 @@ static void dispatch(admin_conn_t *c)
         else
             handle_config(c);
     } else {
-        respond_error(c, 404,
-                      "no such endpoint (GET /status, POST /reload, POST /stop, GET /config, "
-                      "GET /upstreams, POST /upstreams/NAME/targets/ADDRESS, GET/POST /routes)");
+        respond_error(
+            c, 404,
+            "no such endpoint (GET /status, GET /metrics, POST /reload, POST /stop, GET /config, "
+            "GET /upstreams, POST /upstreams/NAME/targets/ADDRESS, GET/POST /routes)");
     }
 }
 

@@ -109,6 +109,7 @@ typedef struct {
 } lp_error_pages_t;
 
 typedef struct {
+    char *name;       /* owned: routes[i].name, or "route#N" (metrics' route label) */
     int has_upstream; /* 0: a handler or plugin must choose (routes[i].upstream absent) */
     char *host;       /* owned; NULL matches any host; "*.example.com" is a suffix wildcard */
     char *prefix;     /* owned; NULL when unset (strip_prefix needs it) */
@@ -159,6 +160,14 @@ typedef struct {
     size_t njson;
 } lp_log_format_t;
 
+/* metrics: GET /metrics (docs/metrics.md). */
+typedef struct {
+    int enabled;     /* workers count requests, bytes and latencies */
+    double *buckets; /* owned: histogram bounds in seconds, increasing */
+    unsigned nbuckets;
+    unsigned max_series; /* label sets per plugin metric (beyond: the overflow series) */
+} lp_metrics_conf_t;
+
 typedef struct {
     char *path; /* the config file (owned) */
     unsigned workers;
@@ -168,9 +177,9 @@ typedef struct {
     size_t nupstreams;
     lp_route_conf_t *routes; /* owned array of nroutes */
     size_t nroutes;
-    struct lp_router_s *router; /* owned: the routes' conditions compiled (router.h) */
-    struct lp_rtable_s *rtable; /* owned reference: the route table a generation starts with
-                                   (the routes, the admin overlay applied; rtable.h) */
+    struct lp_router_s *router;   /* owned: the routes' conditions compiled (router.h) */
+    struct lp_rtable_s *rtable;   /* owned reference: the route table a generation starts with
+                                     (the routes, the admin overlay applied; rtable.h) */
     lp_error_pages_t error_pages; /* the proxy's own answers replaced, by status */
     lp_timeouts_t timeouts;
     lp_limits_t limits;
@@ -201,6 +210,7 @@ typedef struct {
     struct lp_shdict_s **shdicts; /* owned array of nshdicts references */
     size_t *shdict_sizes;         /* owned: the declared capacity of each */
     size_t nshdicts;
+    lp_metrics_conf_t metrics; /* the `metrics` section */
 } lp_config_t;
 
 #define LP_ACCESS_FORMAT_DEFAULT                                                                   \

@@ -52,6 +52,8 @@ int lp__try_may_retry(lp_req_t *req)
         return 0;
     }
     u->budget_retries++;
+    if (u->m)
+        LP_M_ADD(&u->m[LP_MU_RETRIES], 1);
     return 1;
 }
 
@@ -191,6 +193,8 @@ static int pick_target(lp_req_t *req)
         req->try.tried_serial[req->try.ntried++] = t->serial;
     u->bt[idx].active++;
     u->in_flight++;
+    if (t->m)
+        LP_M_ADD(&t->m[LP_MT_STARTED], 1);
     lp_target_ref(t);
     req->try.tgt = t;
     req->try.target = idx;
@@ -210,6 +214,8 @@ static void queue_remove(lp_req_t *req)
     lp_list_remove(&req->try.qlink);
     req->try.queued = 0;
     req->upstream->npending--;
+    if (req->upstream->m)
+        LP_M_SET(&req->upstream->m[LP_MU_QUEUE], req->upstream->npending);
 }
 
 static void on_queue_timer(uv_timer_t *tm);
@@ -294,6 +300,8 @@ void lp_upstream_try_end(lp_req_t *req, int failed)
     req->try.open = 0;
     req->try.tgt = NULL;
     u->in_flight--;
+    if (t->m)
+        LP_M_ADD(&t->m[LP_MT_ENDED], 1);
     if (u->npending && u->in_flight < u->conf->max_connections)
         queue_arm(u, 0); /* the next loop turn: not inside the caller's callback */
     uint64_t now = uv_hrtime();
@@ -302,11 +310,14 @@ void lp_upstream_try_end(lp_req_t *req, int failed)
         /* Still in the set (a target removed meanwhile has left the balancer). */
         u->bt[t->idx].active--;
         lp_balancer_report(&u->bal, t->idx, until - req->try.t_try, failed, now);
+        if (t->m && u->bal.ops->ewma)
+            LP_M_SET(&t->m[LP_MT_EWMA_NS], (uint64_t)u->bal.ops->ewma(&u->bal, t->idx));
     }
     if (!failed && req->resp.sent_status &&
         lp_status_in(&u->conf->health.passive_statuses, req->resp.sent_status))
         failed = 1; /* a status the passive check counts as a failure */
-    lp_health_report(t->health, &u->conf->health, failed, lp_health_now());
+    if (lp_health_report(t->health, &u->conf->health, failed, lp_health_now()) && u->m)
+        LP_M_ADD(&u->m[LP_MU_EJECTIONS], 1);
     lp_target_unref(t);
 }
 
@@ -372,6 +383,8 @@ int lp_upstream_start(lp_req_t *req)
         lp_list_insert_tail(&u->pending, &req->try.qlink);
         if (u->npending++ == 0)
             queue_arm(u, queue_deadline(req) - now);
+        if (u->m)
+            LP_M_SET(&u->m[LP_MU_QUEUE], u->npending);
         return LP_OK;
     }
     return upstream_try(req);
