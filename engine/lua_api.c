@@ -315,6 +315,15 @@ int lp_ffi_set_hash_key(void *rp, const char *key, size_t n)
     return 0;
 }
 
+int lp_ffi_log_field(void *rp, const char *name, size_t nlen, int kind, const char *value,
+                     size_t vlen)
+{
+    lp_req_t *r = rp;
+    unsigned max = r->g ? r->g->config->log_max_fields : 16;
+    int rc = lp_logfields_set(&r->log_fields, max, name, nlen, kind, value, vlen);
+    return rc == 0 ? 0 : rc == LP_EINVAL ? LP_FFI_EINVAL : LP_FFI_ENOSPACE;
+}
+
 /* The FFI numbering is tls.h's. */
 _Static_assert((int)LP_FFI_TLS_PROTOCOL == (int)LP_TLS_F_PROTOCOL &&
                    (int)LP_FFI_TLS_CLIENT_SUBJECT == (int)LP_TLS_F_CLIENT_SUBJECT,

@@ -56,6 +56,9 @@ void lp_req_end_detached(lp_worker_t *w, int all);
 /* The client's address as text ("" when unknown): formatted from the connection's bytes
  * on first use, then kept with the request (log, X-Forwarded-For, hash key, Lua). */
 const char *lp_req_client_ip(lp_req_t *req);
+/* The request's fields of a JSON error line (log.h lp_log_set_request): ,"client":...,
+ * "method", "uri", "host", "request_id" (its X-Request-Id) when known; returns their length. */
+size_t lp_req_log_members(const void *req, char *out, size_t room);
 
 /* Moves the request's (resp 0) or response's (resp 1) head into a larger arena holding at
  * least `need` bytes, fixing every slice. 0, or -1 past the head limits. */

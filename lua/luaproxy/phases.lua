@@ -17,6 +17,7 @@ M.methods = {
   header = REQ_READ, headers = REQ_READ, host = REQ_READ, scheme = REQ_READ,
   client_ip = REQ_READ, http_version = REQ_READ, var = REQ_READ, phase = REQ_READ,
   start_time = REQ_READ,
+  log_field = REQ_READ, -- adds to the access log line (any phase up to log)
   upstream_name = REQ_READ, tls = REQ_READ,
   -- request, changeable before it goes upstream
   set_header = REQ_WRITE, add_header = REQ_WRITE, clear_header = REQ_WRITE,
