@@ -148,7 +148,8 @@ void lp_log(lp_log_level_t level, const char *fmt, ...)
     int json = out_json;
     uv_mutex_unlock(&out_lock);
     if (json) {
-        char msg[2048], big[2048 * 6 + 1024], members[1024];
+        /* Per thread, not on the stack: a line about a request may be some 30 KiB. */
+        static _Thread_local char msg[2048], big[2048 * 6 + 16384 + 256], members[16384];
         va_list ap;
         va_start(ap, fmt);
         int k = vsnprintf(msg, sizeof(msg), fmt, ap);

@@ -121,8 +121,10 @@ static size_t log_member(char *out, const char *name, const char *v, size_t n, s
 size_t lp_req_log_members(const void *r, char *out, size_t room)
 {
     lp_req_t *req = (lp_req_t *)r; /* lp_req_client_ip caches the text */
-    /* Five members of at most max bytes, 6 bytes each escaped, plus their names. */
+    /* Five members of at most max bytes (512), 6 bytes each escaped, plus their names. */
     size_t max = room > 5 * 40 ? (room - 5 * 40) / (5 * 6) : 0, o = 0;
+    if (max > 512)
+        max = 512;
     if (lp_req_ended(req))
         return 0;
     const char *ip = lp_req_client_ip(req);
