@@ -71,7 +71,7 @@ describe("luaproxy.config_schema", function()
       { { log = { access = { syslog = "/dev/log", app_name = "a b" } } },
         "log.access: app_name: expected printable ASCII without spaces" },
       { { log = { access = { syslog = "/dev/log", port = 1 } } }, "log.access: unknown key port" },
-      { { log = { error = false } } }, "log.error: the error log cannot be turned off" },
+      { { log = { error = false } }, "log.error: the error log cannot be turned off" },
       { { log = { error_format = "xml" } }, 'log.error_format: expected one of "text", "json", got "xml"' },
       { { log = { sample = 1.5 } }, "log.sample: value 1.5 is above the maximum 1" },
     }
