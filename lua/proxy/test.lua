@@ -1037,6 +1037,7 @@ function T.run_chain(entries, req_spec, resp_spec)
 
   local logs = {}
   for i = first_log, #T.logs do logs[#logs + 1] = T.logs[i] end
+  local log_fields = req:log_fields()
   T.finish(req) -- like the engine: a handle kept past its request raises
   return {
     status = req._status,
@@ -1051,6 +1052,7 @@ function T.run_chain(entries, req_spec, resp_spec)
     ctx = req.ctx,
     req = req,
     logs = logs,
+    log_fields = log_fields,
   }
 end
 
