@@ -271,6 +271,12 @@ static int wait_writable(int fd, int sync)
 {
     uint64_t start = uv_hrtime();
     for (;;) {
+        /* Checked before waiting too: once given up, the rest of the queue goes at once. */
+        uv_mutex_lock(&W.lock);
+        int gave_up = W.stop && uv_hrtime() > W.stop_deadline;
+        uv_mutex_unlock(&W.lock);
+        if (gave_up)
+            return -1;
         struct pollfd p = {.fd = fd, .events = POLLOUT};
         int r = poll(&p, 1, POLL_MS);
         if (r > 0)
