@@ -16,7 +16,7 @@
  * waiting for the flush interval, and the longest line a chunk grows for: a longer one is
  * dropped with a warning rather than cut, which would break a JSON line. Lines are bounded
  * by the request limits anyway. */
-#define LP_ACCESSLOG_BUF      (32 * 1024)
+#define LP_ACCESSLOG_BUF      LP_LOGCHUNK_SIZE
 #define LP_ACCESSLOG_LINE_MAX (16 * 1024 * 1024)
 
 typedef enum {

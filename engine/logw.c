@@ -241,10 +241,29 @@ void lp_logsink_unref(lp_logsink_t *s)
 
 /* ---------------------------------------------------------------------------- chunks */
 
+/* Chunks of the usual size (LP_LOGCHUNK_SIZE) the writer wrote, kept for the next ones: a
+ * worker would otherwise get fresh pages (page faults) for most chunks, as each is freed on
+ * another thread. Guarded by W.lock. */
+#define FREE_CHUNKS_MAX 64
+static lp_logchunk_t *free_chunks; /* owned list (next) */
+static unsigned nfree_chunks;
+
+static void init_lock(void);
+static uv_once_t init_once = UV_ONCE_INIT;
+
 lp_logchunk_t *lp_logchunk_new(lp_logsink_t *sink, size_t cap)
 {
-    lp_logchunk_t *c = malloc(sizeof(*c) + cap);
-    if (!c)
+    lp_logchunk_t *c = NULL;
+    if (cap == LP_LOGCHUNK_SIZE) {
+        uv_once(&init_once, init_lock);
+        uv_mutex_lock(&W.lock);
+        if ((c = free_chunks)) {
+            free_chunks = c->next;
+            nfree_chunks--;
+        }
+        uv_mutex_unlock(&W.lock);
+    }
+    if (!c && !(c = malloc(sizeof(*c) + cap)))
         return NULL;
     c->next = NULL;
     c->sink = lp_logsink_ref(sink);
@@ -260,6 +279,18 @@ void lp_logchunk_free(lp_logchunk_t *c)
     if (!c)
         return;
     lp_logsink_unref(c->sink);
+    c->sink = NULL;
+    if (c->cap == LP_LOGCHUNK_SIZE) {
+        uv_once(&init_once, init_lock);
+        uv_mutex_lock(&W.lock);
+        if (nfree_chunks < FREE_CHUNKS_MAX) {
+            c->next = free_chunks;
+            free_chunks = c;
+            nfree_chunks++;
+            c = NULL;
+        }
+        uv_mutex_unlock(&W.lock);
+    }
     free(c);
 }
 
@@ -397,8 +428,6 @@ static void writer_main(void *arg)
     uv_cond_broadcast(&W.cond);
     uv_mutex_unlock(&W.lock);
 }
-
-static uv_once_t init_once = UV_ONCE_INIT;
 
 static void init_lock(void)
 {

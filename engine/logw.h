@@ -67,6 +67,8 @@ typedef struct lp_logchunk_s {
     char data[];
 } lp_logchunk_t;
 
+/* The usual chunk size: such chunks are recycled once written. */
+#define LP_LOGCHUNK_SIZE (32 * 1024)
 lp_logchunk_t *lp_logchunk_new(lp_logsink_t *sink, size_t cap);
 void lp_logchunk_free(lp_logchunk_t *c);
 
