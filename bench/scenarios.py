@@ -828,3 +828,61 @@ for _label, _cfg in (("off", LUAPROXY_METRICS_OFF), ("on", LUAPROXY_METRICS_ON))
         "note": "metrics %s (per-route counters, latency histograms; compare the two "
                 "luaproxy rows)" % _label,
     })
+
+
+# --- JSON access log on vs off (issue 16): the same fields, one JSON object per line, to a
+# file. luaproxy: log.json (made in C, handed to the log writer thread in 32 KiB chunks or
+# every 0.1 s); nginx: log_format escape=json with the same members and access_log with the
+# same buffering (buffer=32k flush=100ms). Numbers are unquoted on both sides. Their cost is
+# log-json minus log-off for each proxy, both in the same run.
+LUAPROXY_JSONLOG = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = { { match = { prefix = "/" }, upstream = "app" } },
+  log = {
+    access = "{{dir}}/access.json",
+    flush = 0.1,
+    json = {
+      time = "$time_iso8601", remote_addr = "$remote_addr", request = "$request",
+      method = "$request_method", uri = "$uri", host = "$host", status = "$status",
+      body_bytes_sent = "$body_bytes_sent", request_time = "$request_time",
+      upstream_addr = "$upstream_addr", upstream_response_time = "$upstream_response_time",
+      referer = "$http_referer", user_agent = "$http_user_agent",
+    },
+  },
+}
+"""
+
+NGINX_JSONLOG = NGINX_PLAIN.replace(
+    "  access_log off;\n",
+    "  log_format jsonl escape=json '{\"body_bytes_sent\":$body_bytes_sent,\"host\":\"$host\",'\n"
+    "    '\"method\":\"$request_method\",\"referer\":\"$http_referer\",'\n"
+    "    '\"remote_addr\":\"$remote_addr\",\"request\":\"$request\",'\n"
+    "    '\"request_time\":$request_time,\"status\":$status,\"time\":\"$time_iso8601\",'\n"
+    "    '\"upstream_addr\":\"$upstream_addr\",'\n"
+    "    '\"upstream_response_time\":$upstream_response_time,\"uri\":\"$request_uri\",'\n"
+    "    '\"user_agent\":\"$http_user_agent\"}';\n"
+    "  access_log {{dir}}/access.json jsonl buffer=32k flush=100ms;\n")
+
+for _label, _path in (("5B", "/"), ("16KiB", "/fixed?size=16384")):
+    SCENARIOS.append({
+        "name": "log-off-%s-c50" % _label,
+        "path": _path,
+        "connections": 50,
+        "luaproxy": LUAPROXY_PLAIN,
+        "nginx": NGINX_PLAIN,
+        "per_mib": False,
+        "note": "access log off: the baseline of log-json-%s-c50" % _label,
+    })
+    SCENARIOS.append({
+        "name": "log-json-%s-c50" % _label,
+        "path": _path,
+        "connections": 50,
+        "luaproxy": LUAPROXY_JSONLOG,
+        "nginx": NGINX_JSONLOG,
+        "per_mib": False,
+        "note": "JSON access log (13 members) to a file; its cost is this minus log-off-%s-c50"
+                % _label,
+    })

@@ -8,12 +8,15 @@
 #include "accesslog.h"
 #include "conn.h"
 #include "log.h"
+#include "logfield.h"
+#include "logw.h"
 #include "tls.h"
 
-/* The buffer a worker starts with (and shrinks back to after a longer line), and the
- * longest line it grows for: a longer one is dropped with a warning rather than cut, which
- * would break a JSON line. Lines are bounded by the request limits anyway. */
-#define LP_ACCESSLOG_BUF      (64 * 1024)
+/* The chunk a worker gathers lines in before handing it to the writer (logw.h) without
+ * waiting for the flush interval, and the longest line a chunk grows for: a longer one is
+ * dropped with a warning rather than cut, which would break a JSON line. Lines are bounded
+ * by the request limits anyway. */
+#define LP_ACCESSLOG_BUF      LP_LOGCHUNK_SIZE
 #define LP_ACCESSLOG_LINE_MAX (16 * 1024 * 1024)
 
 typedef enum {
@@ -39,6 +42,8 @@ typedef enum {
     V_HTTP_HEADER, /* $http_<name> */
     /* #14 */
     V_REALIP_REMOTE_ADDR, /* the TCP peer (nginx's name), whatever real_ip made $remote_addr */
+    V_LOG_FIELD,          /* $log_field_<name>: req:log_field() */
+    V_LOG_FIELDS,         /* JSON lines: every req:log_field() member, before the closing brace */
 } var_t;
 
 /* How a variable's value is written (op_t.mode). */
@@ -92,14 +97,22 @@ static int is_number(var_t v)
 }
 
 struct lp_accesslog_s {
-    int fd;
-    int owns_fd;
-    op_t *ops; /* owned */
+    lp_logsink_t *sink; /* reference: where the writer thread puts the lines */
+    int syslog;         /* the sink takes RFC 5424 records: a header, a NUL at the end */
+    int severity;       /* of every record (syslog) */
+    op_t *ops;          /* owned */
     size_t nops;
-    /* Owned: whole lines waiting for the before-sleep flush, and the line being written.
-     * Only whole lines are written, so workers appending to one file never mix lines. */
-    char *buf;
-    size_t len, cap;
+    /* Owned: whole lines waiting to be handed to the writer, and the line being written;
+     * NULL until the first line. Only whole lines are handed over. */
+    lp_logchunk_t *chunk;
+    uint64_t flush_ms;
+    uint32_t sample;        /* requests logged per 2^32 (UINT32_MAX: all) */
+    int always_status;      /* sampled out, but logged when the status is at least this */
+    uint64_t always_slower; /* ... or when it took longer (ns; 0: no rule) */
+    uint64_t rng;           /* xorshift state of the sampling */
+    char **members;         /* owned: the configured JSON member names, sorted (a plugin's
+                               field of the same name is left out: one member per name) */
+    size_t nmembers;
     time_t cached_sec;
     char iso[32], local[32];
 };
@@ -295,6 +308,11 @@ static int parse_var(const char **pp, op_t *op, const char *where, char *err, si
         p++;
     *pp = p;
     size_t len = (size_t)(p - s);
+    if (len > 10 && strncmp(s, "log_field_", 10) == 0) {
+        op->var = V_LOG_FIELD;
+        op->len = len - 10;
+        return (op->text = strndup(s + 10, op->len)) ? 0 : LP_ENOMEM;
+    }
     if (len > 5 && strncmp(s, "http_", 5) == 0) {
         op->var = V_HTTP_HEADER;
         op->len = len - 5;
@@ -369,20 +387,31 @@ static int prog_member(prog_t *p, const lp_log_field_t *m, int first, char *err,
     return rc;
 }
 
-static int compile(const lp_log_format_t *f, op_t **out, size_t *nout, char *err, size_t errlen)
+/* A line ends with a newline, a syslog record with a NUL (end). */
+static int compile(const lp_log_format_t *f, const char *end, op_t **out, size_t *nout, char *err,
+                   size_t errlen)
 {
     prog_t p = {0};
     int rc = 0;
     if (f->json) {
+        rc = f->njson ? 0 : prog_literal(&p, "{", 1, 0);
         for (size_t i = 0; i < f->njson && !rc; i++)
             rc = prog_member(&p, &f->json[i], i == 0, err, errlen);
+        op_t *fields = rc ? NULL : prog_add(&p);
+        if (fields) {
+            fields->var = V_LOG_FIELDS;
+            fields->mode = M_JSON;
+            fields->len = f->njson; /* members before: the first field needs a comma */
+        } else if (!rc) {
+            rc = LP_ENOMEM;
+        }
         if (!rc)
-            rc = prog_literal(&p, f->njson ? "}" : "{}", f->njson ? 1 : 2, 0);
+            rc = prog_literal(&p, "}", 1, 0);
     } else {
         rc = prog_template(&p, f->text ? f->text : "", M_TEXT, 0, "log.format", err, errlen);
     }
     if (!rc)
-        rc = prog_literal(&p, "\n", 1, 0);
+        rc = prog_literal(&p, end, 1, 0);
     if (rc) {
         if (rc == LP_ENOMEM)
             snprintf(err, errlen, "access log: out of memory");
@@ -398,45 +427,68 @@ int lp_accesslog_check_format(const lp_log_format_t *format, char *err, size_t e
 {
     op_t *ops;
     size_t n;
-    int rc = compile(format, &ops, &n, err, errlen);
+    int rc = compile(format, "\n", &ops, &n, err, errlen);
     if (rc)
         return rc;
     prog_free(ops, n);
     return 0;
 }
 
-/* ---------------------------------------------------------------------------- the file */
+/* ---------------------------------------------------------------------------- the log */
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+lp_accesslog_t *lp_accesslog_new(const lp_log_format_t *format, const lp_accesslog_opts_t *o,
+                                 char *err, size_t errlen)
+{
+    lp_accesslog_t *log = calloc(1, sizeof(*log));
+    if (!log) {
+        snprintf(err, errlen, "access log: out of memory");
+        return NULL;
+    }
+    log->syslog = lp_logsink_is_syslog(o->sink);
+    log->severity = o->severity;
+    if (compile(format, log->syslog ? "" : "\n", &log->ops, &log->nops, err, errlen)) {
+        free(log);
+        return NULL;
+    }
+    log->sink = lp_logsink_ref(o->sink);
+    log->flush_ms = o->flush_ms;
+    log->sample = o->sample;
+    log->always_status = o->always_status;
+    log->always_slower = o->always_slower_ms * 1000000ull;
+    log->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)log ^ 0x9e3779b97f4a7c15ull;
+    if (format->json && format->njson) {
+        log->members = calloc(format->njson, sizeof(char *));
+        for (size_t i = 0; log->members && i < format->njson; i++)
+            if ((log->members[i] = strdup(format->json[i].name)))
+                log->nmembers++;
+        if (log->members)
+            qsort(log->members, log->nmembers, sizeof(char *), name_cmp);
+    }
+    return log;
+}
 
 lp_accesslog_t *lp_accesslog_open(const char *path, const lp_log_format_t *format, char *err,
                                   size_t errlen)
 {
     if (!path)
         return NULL;
-    lp_accesslog_t *log = calloc(1, sizeof(*log));
-    if (!log)
-        return NULL;
-    if (compile(format, &log->ops, &log->nops, err, errlen)) {
-        free(log);
-        return NULL;
-    }
-    if (strcmp(path, "-") == 0) {
-        log->fd = STDOUT_FILENO;
-    } else {
-        log->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-        if (log->fd < 0) {
-            snprintf(err, errlen, "access log %s: %s", path, strerror(errno));
-            prog_free(log->ops, log->nops);
-            free(log);
-            return NULL;
-        }
-        log->owns_fd = 1;
-    }
-    log->cap = LP_ACCESSLOG_BUF;
-    log->buf = malloc(log->cap);
-    if (!log->buf) {
-        lp_accesslog_close(log);
+    lp_log_output_t out = {.kind = strcmp(path, "-") == 0 ? LP_LOGOUT_STDOUT : LP_LOGOUT_FILE,
+                           .target = (char *)path,
+                           .facility = 23,
+                           .severity = 6};
+    lp_accesslog_opts_t o = {.flush_ms = 100, .sample = UINT32_MAX, .severity = 6};
+    char serr[256] = "";
+    if (!(o.sink = lp_logsink_open(&out, "access", serr, sizeof(serr)))) {
+        snprintf(err, errlen, "access log %s", serr);
         return NULL;
     }
+    lp_accesslog_t *log = lp_accesslog_new(format, &o, err, errlen);
+    lp_logsink_unref(o.sink);
     return log;
 }
 
@@ -445,66 +497,100 @@ void lp_accesslog_close(lp_accesslog_t *log)
     if (!log)
         return;
     lp_accesslog_flush(log);
-    if (log->owns_fd)
-        close(log->fd);
+    lp_logchunk_free(log->chunk);
+    lp_logsink_unref(log->sink);
     prog_free(log->ops, log->nops);
-    free(log->buf);
+    for (size_t i = 0; i < log->nmembers; i++)
+        free(log->members[i]);
+    free(log->members);
     free(log);
 }
 
-/* Writes the first n buffered bytes (whole lines) and keeps the rest. */
-static void write_out(lp_accesslog_t *log, size_t n)
+/* Hands the first n bytes of the chunk (whole lines) to the writer and keeps the rest (the
+ * line being written) in a chunk of its own. A chunk the writer refused (its queue is full:
+ * the lines are counted as dropped) is emptied and reused. */
+static void hand_over(lp_accesslog_t *log, size_t n, uint64_t now_ms)
 {
-    size_t off = 0;
-    while (off < n) {
-        ssize_t w = write(log->fd, log->buf + off, n - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            break; /* a log that cannot be written must not stop the proxy */
-        off += (size_t)w;
+    lp_logchunk_t *c = log->chunk;
+    size_t rest = c->len - n;
+    lp_logchunk_t *next = NULL;
+    if (rest) {
+        next = lp_logchunk_new(log->sink, rest > LP_ACCESSLOG_BUF ? rest : LP_ACCESSLOG_BUF);
+        if (!next)
+            return; /* no memory: keep everything (reserve() fails and drops the line) */
+        memcpy(next->data, c->data + n, rest);
+        next->len = rest;
+        next->born_ms = now_ms;
+        c->len = n;
     }
-    memmove(log->buf, log->buf + n, log->len - n);
-    log->len -= n;
+    if (lp_logw_submit(c) == 0) {
+        log->chunk = next;
+        return;
+    }
+    c->len = 0;
+    c->nlines = 0;
+    c->born_ms = now_ms;
+    if (next) {
+        log->chunk = next;
+        lp_logchunk_free(c);
+    }
 }
 
 void lp_accesslog_flush(lp_accesslog_t *log)
 {
-    if (!log || !log->len)
-        return;
-    write_out(log, log->len);
-    if (log->cap > LP_ACCESSLOG_BUF) {
-        char *smaller = realloc(log->buf, LP_ACCESSLOG_BUF);
-        if (smaller) {
-            log->buf = smaller;
-            log->cap = LP_ACCESSLOG_BUF;
-        }
-    }
+    if (log && log->chunk && log->chunk->len)
+        hand_over(log, log->chunk->len, uv_hrtime() / 1000000u);
 }
 
-/* Room for n more bytes of the line that starts at *line: writes the whole lines before
- * it, then grows the buffer. -1 when the line would pass LP_ACCESSLOG_LINE_MAX or memory
- * ran out. */
-static int reserve(lp_accesslog_t *log, size_t *line, size_t n)
+int64_t lp_accesslog_tick(lp_accesslog_t *log, uint64_t now_ms)
 {
-    if (log->len + n <= log->cap)
+    if (!log || !log->chunk || !log->chunk->len)
+        return -1;
+    uint64_t due = log->chunk->born_ms + log->flush_ms;
+    if (now_ms < due)
+        return (int64_t)(due - now_ms);
+    hand_over(log, log->chunk->len, now_ms);
+    return -1;
+}
+
+/* Room for n more bytes of the line that starts at *line: hands over the whole lines
+ * before it, then grows the chunk. -1 when the line would pass LP_ACCESSLOG_LINE_MAX or
+ * memory ran out. */
+static int reserve(lp_accesslog_t *log, size_t *line, size_t n, uint64_t now_ms)
+{
+    lp_logchunk_t *c = log->chunk;
+    if (!c) {
+        if (!(c = log->chunk =
+                  lp_logchunk_new(log->sink, n > LP_ACCESSLOG_BUF ? n : LP_ACCESSLOG_BUF)))
+            return -1;
+        c->born_ms = now_ms;
+    }
+    if (!c->len)
+        c->born_ms = now_ms;
+    if (c->len + n <= c->cap)
         return 0;
     if (*line) {
-        write_out(log, *line);
+        hand_over(log, *line, now_ms);
         *line = 0;
-        if (log->len + n <= log->cap)
+        if (!log->chunk &&
+            !(log->chunk = lp_logchunk_new(log->sink, n > LP_ACCESSLOG_BUF ? n : LP_ACCESSLOG_BUF)))
+            return -1;
+        c = log->chunk;
+        if (!c->len)
+            c->born_ms = now_ms;
+        if (c->len + n <= c->cap)
             return 0;
     }
-    if (log->len + n > LP_ACCESSLOG_LINE_MAX)
+    if (c->len + n > LP_ACCESSLOG_LINE_MAX)
         return -1;
-    size_t cap = log->cap * 2;
-    while (cap < log->len + n)
+    size_t cap = c->cap * 2;
+    while (cap < c->len + n)
         cap *= 2;
-    char *grown = realloc(log->buf, cap);
+    lp_logchunk_t *grown = realloc(c, sizeof(*c) + cap);
     if (!grown)
         return -1;
-    log->buf = grown;
-    log->cap = cap;
+    grown->cap = cap;
+    log->chunk = grown;
     return 0;
 }
 
@@ -526,6 +612,7 @@ static void refresh_time(lp_accesslog_t *log)
 typedef struct {
     lp_str_t p[4];
     unsigned n;
+    int type; /* $log_field_NAME: its LP_LOGF_* type (a JSON member's value), else 0 */
 } val_t;
 
 /* Room for value(): numbers and the longest TLS fact (a certificate subject). */
@@ -578,6 +665,7 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
 {
     const lp_h1_t *h = &req->h1;
     v->n = 0;
+    v->type = 0;
     switch (op->var) {
     case V_LITERAL:
         break;
@@ -664,23 +752,103 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
             one(v, hd->value.base ? hd->value.base : "", hd->value.len);
         break;
     }
+    case V_LOG_FIELD: {
+        lp_logfield_t f;
+        if (lp_logfields_get(&req->log_fields, op->text, op->len, &f)) {
+            one(v, f.value.base ? f.value.base : "", f.value.len);
+            v->type = f.type;
+        }
+        break;
     }
+    case V_LOG_FIELDS:
+        break;
+    }
+}
+
+/* Sampling (log.sample and the always_* rules): 1 when this request's line is written. No
+ * Lua and no lock: a per-log xorshift generator and two comparisons. */
+static int sampled_in(lp_accesslog_t *log, const lp_req_t *req, uint64_t now)
+{
+    if (log->sample == UINT32_MAX)
+        return 1;
+    uint64_t x = log->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    log->rng = x;
+    if ((uint32_t)(x >> 32) < log->sample)
+        return 1;
+    if (log->always_status && req->resp.sent_status >= log->always_status)
+        return 1;
+    return log->always_slower && now - req->t_start > log->always_slower;
+}
+
+/* The plugins' fields (req:log_field) as members of the JSON object; a name a configured
+ * member has is left out (one member per name). `more`: members came before. */
+static int write_fields(lp_accesslog_t *log, const lp_req_t *req, size_t *line, int more,
+                        uint64_t now_ms)
+{
+    lp_logfield_t f;
+    for (size_t pos = 0, next; (next = lp_logfields_next(&req->log_fields, pos, &f)); pos = next) {
+        char name[LP_LOG_FIELD_NAME_MAX + 1];
+        memcpy(name, f.name.base, f.name.len);
+        name[f.name.len] = 0;
+        const char *key = name;
+        if (log->nmembers && bsearch(&key, log->members, log->nmembers, sizeof(char *), name_cmp))
+            continue;
+        /* ,"name": then the value escaped (6 bytes a byte at worst) and quoted */
+        if (reserve(log, line, f.name.len + f.value.len * 6 + 8, now_ms))
+            return -1;
+        lp_logchunk_t *c = log->chunk;
+        char *o = c->data + c->len;
+        if (more)
+            *o++ = ',';
+        more = 1;
+        *o++ = '"';
+        memcpy(o, f.name.base, f.name.len);
+        o += f.name.len;
+        *o++ = '"';
+        *o++ = ':';
+        if (f.type == LP_LOGF_STRING) {
+            *o++ = '"';
+            o += lp__accesslog_json_escape(o, f.value.base, f.value.len);
+            *o++ = '"';
+        } else {
+            memcpy(o, f.value.base, f.value.len); /* a number's text, true or false */
+            o += f.value.len;
+        }
+        c->len = (size_t)(o - c->data);
+    }
+    return 0;
 }
 
 void lp_accesslog_write(lp_accesslog_t *log, const lp_req_t *req)
 {
     if (!log)
         return;
-    uint64_t now = uv_hrtime();
-    size_t line = log->len;
+    uint64_t now = uv_hrtime(), now_ms = now / 1000000u;
+    if (!sampled_in(log, req, now))
+        return;
+    size_t line = log->chunk ? log->chunk->len : 0;
     char scratch[SCRATCH];
+    if (log->syslog) {
+        if (reserve(log, &line, LP_SYSLOG_HEADER_MAX, now_ms))
+            goto drop;
+        lp_logchunk_t *c = log->chunk;
+        c->len += lp_logsink_syslog_header(log->sink, log->severity, c->data + c->len);
+    }
     for (size_t i = 0; i < log->nops; i++) {
         const op_t *op = &log->ops[i];
         if (op->var == V_LITERAL) {
-            if (reserve(log, &line, op->len))
+            if (reserve(log, &line, op->len, now_ms))
                 goto drop;
-            memcpy(log->buf + log->len, op->text, op->len);
-            log->len += op->len;
+            memcpy(log->chunk->data + log->chunk->len, op->text, op->len);
+            log->chunk->len += op->len;
+            continue;
+        }
+        if (op->var == V_LOG_FIELDS) {
+            if (write_fields(log, req, &line, op->len != 0, now_ms))
+                goto drop;
             continue;
         }
         val_t v;
@@ -689,9 +857,9 @@ void lp_accesslog_write(lp_accesslog_t *log, const lp_req_t *req)
         for (unsigned k = 0; k < v.n; k++)
             total += v.p[k].len;
         /* Room for the worst case: every byte escaped, plus quotes or "null". */
-        if (reserve(log, &line, total * (op->mode == M_TEXT ? 4 : 6) + 4))
+        if (reserve(log, &line, total * (op->mode == M_TEXT ? 4 : 6) + 4, now_ms))
             goto drop;
-        char *o = log->buf + log->len;
+        char *base = log->chunk->data, *o = base + log->chunk->len;
         if (op->mode == M_TEXT) {
             if (!total)
                 *o++ = '-';
@@ -700,8 +868,9 @@ void lp_accesslog_write(lp_accesslog_t *log, const lp_req_t *req)
         } else if (op->mode == M_JSON && !v.n) {
             memcpy(o, "null", 4);
             o += 4;
-        } else if (op->mode == M_JSON && is_number(op->var)) {
-            memcpy(o, v.p[0].base, v.p[0].len); /* digits from u64() or secs() */
+        } else if (op->mode == M_JSON &&
+                   (is_number(op->var) || v.type == LP_LOGF_NUMBER || v.type == LP_LOGF_BOOL)) {
+            memcpy(o, v.p[0].base, v.p[0].len); /* digits from u64() or secs(), a field's */
             o += v.p[0].len;
         } else {
             if (op->mode == M_JSON)
@@ -711,11 +880,16 @@ void lp_accesslog_write(lp_accesslog_t *log, const lp_req_t *req)
             if (op->mode == M_JSON)
                 *o++ = '"';
         }
-        log->len = (size_t)(o - log->buf);
+        log->chunk->len = (size_t)(o - base);
     }
+    log->chunk->nlines++;
+    if (log->chunk->len >= LP_ACCESSLOG_BUF)
+        hand_over(log, log->chunk->len, now_ms);
     return;
 drop:
-    log->len = line;
+    if (log->chunk)
+        log->chunk->len = line;
+    lp_logw_count_dropped(1);
     lp_log_warn("access log: a line longer than %d MiB was dropped",
                 LP_ACCESSLOG_LINE_MAX / (1024 * 1024));
 }

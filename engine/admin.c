@@ -20,6 +20,7 @@
 #include "health.h"
 #include "http1.h"
 #include "log.h"
+#include "logw.h"
 #include "lua_vm.h"
 #include "metrics_scrape.h"
 #include "server.h"
@@ -326,6 +327,10 @@ static void handle_status(admin_conn_t *c)
                                       "timers_running", jint(lua[1]), "timers_refused",
                                       jint(lua[2])));
         json_object_set_new(st, "shared", shared_status(lp_gen_current->config));
+        /* Log lines dropped (the writer fell behind its output, or an output failed),
+         * summed over workers and both logs; metrics: luaproxy_log_lines_dropped_total. */
+        json_object_set_new(st, "log",
+                            json_pack("{s:o}", "lines_dropped", jint(lp_logw_lines_dropped())));
     }
     respond(c, 200, st);
 }

@@ -810,17 +810,105 @@ static void read_log_json(rctx_t *r, lp_log_format_t *f)
         qsort(f->json, f->njson, sizeof(*f->json), field_cmp);
 }
 
+static int syslog_code(const char *name, int fallback)
+{
+    static const struct {
+        const char *name;
+        int code;
+    } codes[] = {
+        {"kern", 0},      {"user", 1},    {"mail", 2},    {"daemon", 3},  {"auth", 4},
+        {"syslog", 5},    {"lpr", 6},     {"news", 7},    {"uucp", 8},    {"cron", 9},
+        {"authpriv", 10}, {"ftp", 11},    {"local0", 16}, {"local1", 17}, {"local2", 18},
+        {"local3", 19},   {"local4", 20}, {"local5", 21}, {"local6", 22}, {"local7", 23},
+    };
+    static const char *const sev[] = {"emerg",   "alert",  "crit", "err",
+                                      "warning", "notice", "info", "debug"};
+    if (!name)
+        return fallback;
+    for (size_t i = 0; i < LP_ARRAY_LEN(codes); i++)
+        if (strcmp(codes[i].name, name) == 0)
+            return codes[i].code;
+    for (int i = 0; i < 8; i++)
+        if (strcmp(sev[i], name) == 0)
+            return i;
+    if (strcmp(name, "error") == 0)
+        return 3;
+    if (strcmp(name, "warn") == 0)
+        return 4;
+    return fallback;
+}
+
+/* log.access or log.error (validated): a path, a standard stream, or a syslog table. */
+static void read_log_output(rctx_t *r, const char *key, lp_log_output_t *o)
+{
+    lua_State *L = r->L;
+    memset(o, 0, sizeof(*o));
+    o->facility = 23; /* local7, as nginx */
+    o->severity = 6;  /* info */
+    lua_getfield(L, -1, key);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        const char *v = lua_tostring(L, -1);
+        if (strcmp(v, "-") == 0 || strcmp(v, "stdout") == 0)
+            o->kind = LP_LOGOUT_STDOUT;
+        else if (strcmp(v, "stderr") == 0)
+            o->kind = LP_LOGOUT_STDERR;
+        else
+            o->target = dup_str(r, v);
+    } else if (lua_type(L, -1) == LUA_TTABLE) {
+        char *s = get_str(r, "syslog");
+        o->kind = s && s[0] == '/' ? LP_LOGOUT_SYSLOG_UNIX : LP_LOGOUT_SYSLOG_UDP;
+        o->target = s;
+        char *f = get_str(r, "facility"), *v = get_str(r, "severity");
+        o->facility = syslog_code(f, o->facility);
+        o->severity = syslog_code(v, o->severity);
+        free(f);
+        free(v);
+        o->app_name = get_str(r, "app_name");
+        o->hostname = get_str(r, "hostname");
+    }
+    lua_pop(L, 1);
+}
+
+static void free_log_output(lp_log_output_t *o)
+{
+    free(o->target);
+    free(o->app_name);
+    free(o->hostname);
+}
+
+/* The sampling, writer and error log keys of log (on the stack). */
+static void read_log_extra(rctx_t *r)
+{
+    lua_State *L = r->L;
+    lp_config_t *c = r->c;
+    read_log_output(r, "access", &c->access_out);
+    read_log_output(r, "error", &c->error_out);
+    char *ef = get_str(r, "error_format");
+    c->error_json = ef && strcmp(ef, "json") == 0;
+    free(ef);
+    double sample = get_num(L, "sample");
+    c->log_sample = sample >= 1.0 ? UINT32_MAX : (uint32_t)(sample * 4294967296.0);
+    c->log_always_status = (int)get_num(L, "always_status");
+    c->log_always_slower_ms = get_ms(L, "always_slower");
+    c->log_flush_ms = get_ms(L, "flush");
+    c->log_buffer = (size_t)get_num(L, "buffer");
+    c->log_max_fields = get_uint(L, "max_fields");
+}
+
 static void read_log(rctx_t *r)
 {
     lua_State *L = r->L;
     lp_config_t *c = r->c;
     push_table(L, "log");
     lua_getfield(L, -1, "access");
-    c->access_log = lua_type(L, -1) == LUA_TSTRING ? dup_str(r, lua_tostring(L, -1)) : NULL;
+    c->access_log = lua_type(L, -1) == LUA_TSTRING  ? dup_str(r, lua_tostring(L, -1))
+                    : lua_type(L, -1) == LUA_TTABLE ? dup_str(r, "syslog")
+                                                    : NULL;
     lua_pop(L, 1);
     if (!(c->access_format.text = get_str(r, "format")))
         c->access_format.text = dup_str(r, LP_ACCESS_FORMAT_DEFAULT);
     read_log_json(r, &c->access_format);
+    read_log_extra(r);
     char *level = get_str(r, "level");
     c->log_level = LP_LOG_INFO;
     if (level)
@@ -1233,6 +1321,8 @@ void lp_config_free(lp_config_t *c)
     free(c->metrics.buckets);
     free_error_pages(&c->error_pages);
     free(c->access_log);
+    free_log_output(&c->access_out);
+    free_log_output(&c->error_out);
     free(c->access_format.text);
     for (size_t i = 0; i < c->access_format.njson; i++) {
         free(c->access_format.json[i].name);

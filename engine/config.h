@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include "log.h"
 #include "realip.h"
+#include "logw.h"
 
 typedef struct {
     char *text; /* as written, "host:port" (owned) */
@@ -183,13 +184,23 @@ typedef struct {
     lp_error_pages_t error_pages; /* the proxy's own answers replaced, by status */
     lp_timeouts_t timeouts;
     lp_limits_t limits;
-    char *access_log;              /* owned; NULL: off; "-": stdout */
+    char *access_log;              /* owned; NULL: off; "-": stdout; "syslog" (access_out says) */
     lp_log_format_t access_format; /* log.format or log.json */
     lp_log_level_t log_level;
-    lp_addr_t admin; /* admin API address; admin.text NULL when off */
-    char *pid_file;  /* owned, NULL when none */
-    int watch;       /* reload when the config, a plugin or a script changes */
-    char **files;    /* owned: certificate, key, CA and error page files it names (--watch) */
+    /* log outputs, sampling and the writer (docs/access-log.md) */
+    lp_log_output_t access_out;    /* where access lines go when access_log is set */
+    lp_log_output_t error_out;     /* where the error log goes */
+    int error_json;                /* error log lines are JSON objects (else text) */
+    uint32_t log_sample;           /* requests logged per 2^32 (UINT32_MAX: all) */
+    int log_always_status;         /* sampled out but status >= this: logged (0: no rule) */
+    uint64_t log_always_slower_ms; /* sampled out but slower than this: logged (0: no rule) */
+    uint64_t log_flush_ms;         /* a worker hands its lines over at least this often */
+    size_t log_buffer;             /* bytes queued for the writer before lines drop */
+    unsigned log_max_fields;       /* req:log_field() fields per request */
+    lp_addr_t admin;               /* admin API address; admin.text NULL when off */
+    char *pid_file;                /* owned, NULL when none */
+    int watch;                     /* reload when the config, a plugin or a script changes */
+    char **files; /* owned: certificate, key, CA and error page files it names (--watch) */
     size_t nfiles;
     int has_lua;                     /* plugins or route handlers: workers start a Lua VM */
     int global_plugins;              /* top-level plugins: every route may be routed by Lua */

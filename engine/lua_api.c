@@ -329,6 +329,15 @@ void lp_ffi_set_body_limit(void *rp, double n)
     r->body_limit = n >= 9e15 ? 0 : (uint64_t)n;
 }
 
+int lp_ffi_log_field(void *rp, const char *name, size_t nlen, int kind, const char *value,
+                     size_t vlen)
+{
+    lp_req_t *r = rp;
+    unsigned max = r->g ? r->g->config->log_max_fields : 16;
+    int rc = lp_logfields_set(&r->log_fields, max, name, nlen, kind, value, vlen);
+    return rc == 0 ? 0 : rc == LP_EINVAL ? LP_FFI_EINVAL : LP_FFI_ENOSPACE;
+}
+
 /* The FFI numbering is tls.h's. */
 _Static_assert((int)LP_FFI_TLS_PROTOCOL == (int)LP_TLS_F_PROTOCOL &&
                    (int)LP_FFI_TLS_CLIENT_SUBJECT == (int)LP_TLS_F_CLIENT_SUBJECT,

@@ -65,6 +65,11 @@ int lp_ffi_set_hash_key(void *r, const char *key, size_t n);
 void lp_ffi_set_body_limit(void *r, double n);
 /* -1 when the client connection is not TLS or the fact is not known. */
 int lp_ffi_tls_get(void *r, int what, lp_str_t *out);
+/* req:log_field(): sets (kind 1-3: engine/logfield.h LP_LOGF_*) or removes (kind 0) a field
+ * of the request's access log line. 0; LP_FFI_EINVAL: a bad name; LP_FFI_ENOSPACE: over
+ * log.max_fields, the value's or the request's size limit (or out of memory). */
+int lp_ffi_log_field(void *r, const char *name, size_t nlen, int kind, const char *value,
+                     size_t vlen);
 int lp_ffi_status(void *r);
 int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);

@@ -226,8 +226,19 @@ void lp_lua_release(lp_req_t *req)
     task_put(t);
 }
 
-/* Resumes t->co with nargs on its stack; maps the outcome to a phase result. */
+static lp_rc_t task_resume_in(lp_lua_task_t *t, int nargs);
+
+/* Resumes t->co with nargs on its stack; maps the outcome to a phase result. Error lines
+ * made meanwhile are about t's request (JSON error log: its fields). */
 static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
+{
+    lp_log_set_request(t->req, t->req ? lp_req_log_members : NULL);
+    lp_rc_t rc = task_resume_in(t, nargs);
+    lp_log_set_request(NULL, NULL);
+    return rc;
+}
+
+static lp_rc_t task_resume_in(lp_lua_task_t *t, int nargs)
 {
     lp_lua_t *vm = t->vm;
     lp_lua_task_t *was = vm->running;

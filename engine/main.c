@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <uv.h>
 #include "accesslog.h"
+#include "logw.h"
 #include "config.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -81,6 +82,19 @@ void lp_server_stop(lp_server_t *s, const char *why)
     uv_stop(s->loop); /* main() drains and stops once this loop turn is over */
 }
 
+/* The error log's output and the writer's bound, from a config now serving (start, reload,
+ * SIGUSR1: a file output is opened again). A failure keeps the old output. */
+static int apply_log_outputs(const lp_config_t *cfg)
+{
+    char err[512];
+    lp_logw_set_limit(cfg->log_buffer);
+    if (lp_log_configure(&cfg->error_out, cfg->error_json, err, sizeof(err))) {
+        lp_log_error("%s: %s (the error log keeps its output)", cfg->path, err);
+        return -1;
+    }
+    return 0;
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     char err[1024];
@@ -90,6 +104,7 @@ static void on_signal(uv_signal_t *s, int signum)
     }
     if (signum == SIGUSR1) {
         /* nginx's convention: logrotate moved the files away, open them again. */
+        apply_log_outputs(lp_gen_current->config);
         if (lp_workers_reopen_logs(server.workers, server.nworkers, err, sizeof(err)))
             lp_log_error("reopening the logs failed, the old files stay open: %s", err);
         else
@@ -150,6 +165,7 @@ static void reload_end(lp_server_t *s, int rc)
         gen_id = lp_gen_current->id;
         atomic_store_explicit(&lp_log_level, lp_gen_current->config->log_level,
                               memory_order_relaxed);
+        apply_log_outputs(lp_gen_current->config);
         lp_admin_update(s);
         lp_admin_snapshot(s);
         lp_health_checks_update(s);
@@ -356,6 +372,10 @@ int main(int argc, char **argv)
     }
     atomic_store_explicit(&lp_log_level, cfg->log_level, memory_order_relaxed);
     signal(SIGPIPE, SIG_IGN);
+    if (apply_log_outputs(cfg) || lp_logw_start(cfg->log_buffer)) {
+        lp_config_free(cfg);
+        return 1;
+    }
 
     server.config_path = config_path;
     server.loop = uv_default_loop();
@@ -363,6 +383,8 @@ int main(int argc, char **argv)
     server.started_at = (double)time(NULL);
     if (lp_workers_start(cfg, (unsigned)workers, &server.workers, err, sizeof(err))) {
         lp_log_error("%s", err);
+        lp_logw_stop(1000);
+        lp_log_reset();
         return 1;
     }
     server.nworkers = cfg->workers && !workers ? cfg->workers : (unsigned)workers;
@@ -402,5 +424,8 @@ int main(int argc, char **argv)
     uv_loop_close(server.loop);
     free(server.config_json);
     lp_log_notice("stopped");
+    /* What the workers handed over goes out (an output that takes nothing is given up). */
+    lp_logw_stop(2000);
+    lp_log_reset();
     return 0;
 }

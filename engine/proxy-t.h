@@ -12,6 +12,7 @@
 #include "common.h"
 #include "config.h"
 #include "http1.h"
+#include "logfield.h"
 #include "endpoint.h"
 #include "router.h"
 #include "metrics.h"
@@ -172,6 +173,7 @@ struct lp_worker_s {
     uv_timer_t drain_timer;
     lp_ep_env_t ep_env;        /* its endpoints' loop, deadlines and pools (endpoint.h) */
     uv_prepare_t flush;        /* before-sleep hook: access log flush */
+    uv_timer_t log_timer;      /* hands idle access log lines over after the flush interval */
     lp_wgen_t *cur;            /* the generation new requests use */
     const lp_config_t *config; /* cur->config: connection-level settings */
     lp_listener_t *listeners;  /* owned list */
@@ -347,6 +349,8 @@ struct lp_req_s {
     size_t body_len;            /* bytes in body_buf */
     uint64_t body_max;          /* req:body()'s limit */
     uint8_t filter_cont;        /* LP_FC_*: what a waiting response_body filter holds up */
+    lp_logfields_t log_fields;  /* req:log_field()'s, for the access log line (buffer kept
+                                   while the request is recycled) */
 };
 
 /* Connection flags (LP_CF_*); the socket's own are the endpoint's (LP_EPF_*). */

@@ -1,4 +1,6 @@
+#include <stdio.h>
 #include <stdlib.h>
+#include "accesslog.h"
 #include "conn.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -31,6 +33,7 @@ static void resp_reset(lp_resp_t *r)
 
 static void req_destroy(lp_req_t *req)
 {
+    lp_logfields_clear(&req->log_fields);
     free(req->headers);
     free(req->resp.headers);
     free(req);
@@ -115,6 +118,41 @@ const char *lp_req_peer_ip(lp_req_t *req)
     if (!req->peer_ip[0] && req->conn)
         lp_conn_peer_text(req->conn, req->peer_ip);
     return req->peer_ip;
+}
+
+/* One "name":"value" member, the value cut to max bytes before escaping. */
+static size_t log_member(char *out, const char *name, const char *v, size_t n, size_t max)
+{
+    size_t o = (size_t)sprintf(out, ",\"%s\":\"", name);
+    o += lp__accesslog_json_escape(out + o, v, n < max ? n : max);
+    out[o++] = '"';
+    return o;
+}
+
+size_t lp_req_log_members(const void *r, char *out, size_t room)
+{
+    lp_req_t *req = (lp_req_t *)r; /* lp_req_client_ip caches the text */
+    /* Five members of at most max bytes (512), 6 bytes each escaped, plus their names. */
+    size_t max = room > 5 * 40 ? (room - 5 * 40) / (5 * 6) : 0, o = 0;
+    if (max > 512)
+        max = 512;
+    if (lp_req_ended(req))
+        return 0;
+    const char *ip = lp_req_client_ip(req);
+    if (ip[0])
+        o += log_member(out + o, "client", ip, strlen(ip), max);
+    if (req->flags & LP_RF_PARSED) {
+        const char *m = llhttp_method_name(req->method);
+        o += log_member(out + o, "method", m, strlen(m), max);
+    }
+    if (req->h1.path.base)
+        o += log_member(out + o, "uri", req->h1.path.base, req->h1.path.len, max);
+    if (req->h1.host.base)
+        o += log_member(out + o, "host", req->h1.host.base, req->h1.host.len, max);
+    const lp_header_t *id = lp_h1_find(&req->h1, "x-request-id", 12);
+    if (id && id->value.base)
+        o += log_member(out + o, "request_id", id->value.base, id->value.len, max);
+    return o;
 }
 
 int lp_req_grow(lp_req_t *req, int resp, size_t need)
@@ -205,6 +243,8 @@ void lp_req_end(lp_req_t *req)
         lp_buf_unref(req->body_buf);
     req->body_buf = NULL;
     req->body_len = 0;
+    req->log_fields.len = 0; /* its buffer stays for the next request on the free list */
+    req->log_fields.n = 0;
     free(req->resp.local_body);
     req->resp.local_body = NULL;
     req->resp.local_body_len = 0;

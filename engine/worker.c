@@ -10,6 +10,7 @@
 #include "conn.h"
 #include "cosock.h"
 #include "log.h"
+#include "logw.h"
 #include "lua_vm.h"
 #include "metrics_scrape.h"
 #include "upstream.h"
@@ -340,6 +341,7 @@ static void maybe_finish(lp_worker_t *w)
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_close((uv_handle_t *)&w->flush, NULL);
+        uv_close((uv_handle_t *)&w->log_timer, NULL);
         uv_close((uv_handle_t *)&w->hs_idle, NULL);
         free(w->hs_q); /* no connection is left to wait in it */
         w->hs_q = NULL;
@@ -443,10 +445,20 @@ static void on_wakeup(uv_async_t *a)
     uv_timer_start(&w->drain_timer, on_drain_check, 0, 50);
 }
 
+static void on_log_timer(uv_timer_t *t)
+{
+    lp_worker_t *w = t->data;
+    lp_accesslog_tick(w->access, uv_now(&w->loop));
+}
+
+/* Before the loop sleeps: access log lines whose flush interval passed go to the writer
+ * thread; younger ones wait, with the timer set to hand them over if the loop idles. */
 static void on_flush(uv_prepare_t *p)
 {
     lp_worker_t *w = p->data;
-    lp_accesslog_flush(w->access);
+    int64_t due = lp_accesslog_tick(w->access, uv_now(&w->loop));
+    if (due >= 0 && !uv_is_active((uv_handle_t *)&w->log_timer))
+        uv_timer_start(&w->log_timer, on_log_timer, (uint64_t)due + 1, 0);
     w->hs_turn_ns = 0; /* a new turn of I/O callbacks follows */
 }
 
@@ -497,6 +509,9 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     w->flush.data = w;
     uv_prepare_start(&w->flush, on_flush);
     uv_unref((uv_handle_t *)&w->flush);
+    uv_timer_init(&w->loop, &w->log_timer);
+    w->log_timer.data = w;
+    uv_unref((uv_handle_t *)&w->log_timer);
     uv_idle_init(&w->loop, &w->hs_idle);
     w->hs_idle.data = w;
     lp_lua_sched_init(w);
@@ -575,6 +590,35 @@ static int metrics_wgen(lp_wgen_t *g, const lp_config_t *cfg, unsigned k)
     return 0;
 }
 
+/* One access log per worker (sw[k].access), over one output opened here (so a FIFO or a
+ * socket is opened once). 0, or LP_ECONFIG with *err set. */
+static int open_access_logs(const lp_config_t *cfg, lp_switch_t *sw, unsigned n, char *err,
+                            size_t errlen)
+{
+    char ferr[512] = "";
+    lp_logsink_t *sink = lp_logsink_open(&cfg->access_out, "access", ferr, sizeof(ferr));
+    if (!sink) {
+        snprintf(err, errlen, "%s: access log %s", cfg->path, ferr);
+        return LP_ECONFIG;
+    }
+    lp_accesslog_opts_t o = {.sink = sink,
+                             .severity = cfg->access_out.severity,
+                             .flush_ms = cfg->log_flush_ms,
+                             .sample = cfg->log_sample,
+                             .always_status = cfg->log_always_status,
+                             .always_slower_ms = cfg->log_always_slower_ms};
+    int rc = 0;
+    for (unsigned k = 0; k < n && !rc; k++) {
+        if (!(sw[k].access = lp_accesslog_new(&cfg->access_format, &o, ferr, sizeof(ferr)))) {
+            snprintf(err, errlen, "%s: %s", cfg->path,
+                     ferr[0] ? ferr : "access log: out of memory");
+            rc = LP_ECONFIG;
+        }
+    }
+    lp_logsink_unref(sink);
+    return rc;
+}
+
 /* Builds everything a generation needs that the main thread can make and that can fail from
  * the loaded config `cfg` (owned from here: by the generation, or freed on failure): for
  * every worker its VM, upstream state, access log (opened afresh, so a
@@ -634,14 +678,8 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, lp_c
     free(taken);
     /* The descriptors each worker keeps (its access log) first: the VMs need some only for
      * a moment. */
-    for (unsigned k = 0; k < n && !rc && cfg->access_log; k++) {
-        ferr[0] = 0;
-        if (!(sw[k].access =
-                  lp_accesslog_open(cfg->access_log, &cfg->access_format, ferr, sizeof(ferr)))) {
-            snprintf(err, errlen, "%s: %s", path, ferr[0] ? ferr : "access log: out of memory");
-            rc = LP_ECONFIG;
-        }
-    }
+    if (!rc && cfg->access_log)
+        rc = open_access_logs(cfg, sw, n, err, errlen);
     if (!rc && lp_metrics_set_bounds(&lp_metrics, cfg->metrics.buckets, cfg->metrics.nbuckets))
         lp_log_warn("reload: metrics.buckets changed: the histograms keep the bounds they "
                     "started with until a restart");
@@ -748,14 +786,11 @@ int lp_workers_check(const lp_config_t *cfg, char *err, size_t errlen)
 {
     /* The access log opens (a start fails when it cannot). */
     if (cfg->access_log) {
-        char ferr[512];
-        lp_accesslog_t *probe =
-            lp_accesslog_open(cfg->access_log, &cfg->access_format, ferr, sizeof(ferr));
-        if (!probe) {
-            snprintf(err, errlen, "%s: %s", cfg->path, ferr);
+        lp_switch_t probe;
+        memset(&probe, 0, sizeof(probe));
+        if (open_access_logs(cfg, &probe, 1, err, errlen))
             return LP_ECONFIG;
-        }
-        lp_accesslog_close(probe);
+        lp_accesslog_close(probe.access);
     }
     /* A worker that never runs: init_worker runs on a private loop (lua_vm.c) and the
      * upstreams are never attached to this one. */
@@ -834,10 +869,7 @@ int lp_workers_reopen_logs(lp_worker_t *ws, unsigned n, char *err, size_t errlen
     lp_switch_t *sw = calloc(n, sizeof(*sw));
     if (!sw)
         return LP_ENOMEM;
-    int rc = 0;
-    for (unsigned i = 0; i < n && !rc; i++)
-        if (!(sw[i].access = lp_accesslog_open(cfg->access_log, &cfg->access_format, err, errlen)))
-            rc = LP_EIO;
+    int rc = open_access_logs(cfg, sw, n, err, errlen) ? LP_EIO : 0;
     for (unsigned i = 0; i < n && !rc; i++) {
         sw[i].op = SW_REOPEN;
         uv_mutex_lock(&ws[i].mbox_lock);

@@ -69,6 +69,53 @@ local function statuses(desc, doc_default, default)
            default = default }
 end
 
+-- Log outputs (log.access, log.error): a path, "-"/"stdout"/"stderr", or a syslog table.
+local SYSLOG_FACILITIES = {
+  kern = 0, user = 1, mail = 2, daemon = 3, auth = 4, syslog = 5, lpr = 6, news = 7,
+  uucp = 8, cron = 9, authpriv = 10, ftp = 11, local0 = 16, local1 = 17, local2 = 18,
+  local3 = 19, local4 = 20, local5 = 21, local6 = 22, local7 = 23,
+}
+local SYSLOG_SEVERITIES = { emerg = 0, alert = 1, crit = 2, err = 3, error = 3, warning = 4,
+  warn = 4, notice = 5, info = 6, debug = 7 }
+local SYSLOG_KEYS = { syslog = true, facility = true, severity = true, app_name = true,
+  hostname = true }
+local function log_output(v, what)
+  if v == false or (type(v) == "string" and v ~= "") then
+    if type(v) == "string" and v:find("\0", 1, true) then return nil, "a NUL byte in a path" end
+    return true
+  end
+  if type(v) ~= "table" then
+    return nil, format('expected a path, %s, false or { syslog = "host:port" | "/dev/log", ... }',
+      what)
+  end
+  for k in pairs(v) do
+    if not SYSLOG_KEYS[k] then return nil, format("unknown key %s", tostring(k)) end
+  end
+  local s = v.syslog
+  if type(s) ~= "string" or s == "" then
+    return nil, 'syslog: expected "host:port" (UDP) or a unix socket path ("/dev/log")'
+  end
+  if s:sub(1, 1) ~= "/" then
+    local ok, err = schema.check_address(s)
+    if not ok then return nil, "syslog: " .. err end
+  end
+  if v.facility ~= nil and not SYSLOG_FACILITIES[v.facility] then
+    return nil, format("facility: %s is not a syslog facility (user, daemon, local0-local7...)",
+      tostring(v.facility))
+  end
+  if v.severity ~= nil and not SYSLOG_SEVERITIES[v.severity] then
+    return nil, format("severity: %s is not a syslog severity (err, warning, notice, info...)",
+      tostring(v.severity))
+  end
+  for _, k in ipairs({ "app_name", "hostname" }) do
+    local x = v[k]
+    if x ~= nil and (type(x) ~= "string" or x == "" or x:find("[^\33-\126]")) then
+      return nil, format("%s: expected printable ASCII without spaces", k)
+    end
+  end
+  return true
+end
+
 local OK_STATUSES = {}
 for s = 200, 399 do OK_STATUSES[#OK_STATUSES + 1] = s end
 
@@ -594,7 +641,8 @@ local S = {
     },
     log = {
       type = "record", default = {}, description = "the access log and the error log",
-      doc_order = { "access", "format", "json", "level" },
+      doc_order = { "access", "format", "json", "level", "error", "error_format", "sample",
+                    "always_status", "always_slower", "flush", "buffer", "max_fields" },
       custom = function(v)
         if v.format ~= nil and v.json ~= nil then
           return nil, "set format (text lines) or json (JSON lines), not both", "json"
@@ -604,11 +652,10 @@ local S = {
       fields = {
         access = {
           type = "any", default = "-", doc_default = '`"-"` (stdout)',
-          custom = function(v)
-            if v == false or (type(v) == "string" and v ~= "") then return true end
-            return nil, 'expected a path, "-" (stdout) or false'
-          end,
-          description = 'access log path, `"-"`, or `false`',
+          custom = function(v) return log_output(v, '"-" (stdout)') end,
+          description = 'access log: a path, `"-"` (stdout), `false`, or syslog: '
+            .. '`{ syslog = "host:port" | "/dev/log", facility = "local7", severity = "info", '
+            .. 'app_name = "luaproxy", hostname = ... }` (RFC 5424; see docs/access-log.md)',
         },
         format = { type = "string", doc_default = "see below",
                    description = "access log template (text lines; see docs/access-log.md)" },
@@ -637,8 +684,37 @@ local S = {
         },
         level = { type = "string", default = "info",
                   one_of = { "error", "warn", "notice", "info", "debug" },
-                  description = "error log level: error, warn, notice, info, debug (the error "
-                    .. "log goes to stderr)" },
+                  description = "error log level: error, warn, notice, info, debug" },
+        -- log outputs, sampling and the writer (docs/access-log.md)
+        error = {
+          type = "any", default = "stderr", doc_default = '`"stderr"`',
+          custom = function(v)
+            if v == false then return nil, "the error log cannot be turned off" end
+            return log_output(v, '"stderr", "stdout"')
+          end,
+          description = 'error log: `"stderr"`, `"stdout"`, a path, or syslog as for `access` '
+            .. "(facility local7 by default; each line's severity follows its level)",
+        },
+        error_format = { type = "string", default = "text", one_of = { "text", "json" },
+                         description = "error log lines: `text`, or `json` (one object per "
+                           .. "line: time, level, worker, message, and the request's fields)" },
+        sample = { type = "number", default = 1, min = 0, max = 1,
+                   description = "fraction of requests written to the access log (the "
+                     .. "always_* rules log more)" },
+        always_status = { type = "integer", default = 500, min = 0, max = 999,
+                          description = "with `sample` below 1: requests whose status is at "
+                            .. "least this are always logged (0: no such rule)" },
+        always_slower = { type = "duration", default = 0, min = 0, max = YEAR,
+                          description = "with `sample` below 1: requests that took longer than "
+                            .. "this many seconds are always logged (0: no such rule)" },
+        flush = seconds(0.1, "seconds a worker may keep access log lines before handing them "
+                          .. "to the log writer thread (also when its 32 KiB buffer fills)"),
+        buffer = { type = "integer", default = 4194304, min = 65536, max = 1073741824,
+                   description = "bytes of log lines queued for the writer thread; when the "
+                     .. "output falls behind further, lines are dropped and counted "
+                     .. "(`log.lines_dropped` in GET /status)" },
+        max_fields = { type = "integer", default = 16, min = 0, max = 64,
+                       description = "fields a request may add with `req:log_field()`" },
       },
     },
     plugins = {

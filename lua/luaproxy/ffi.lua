@@ -15,6 +15,8 @@ int lp_ffi_set_target(void *r, const char *host, size_t n, int port);
 int lp_ffi_set_hash_key(void *r, const char *key, size_t n);
 void lp_ffi_set_body_limit(void *r, double n);
 int lp_ffi_tls_get(void *r, int what, lp_str_t *out);
+int lp_ffi_log_field(void *r, const char *name, size_t nlen, int kind, const char *value,
+                     size_t vlen);
 int lp_ffi_status(void *r);
 int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);

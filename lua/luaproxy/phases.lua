@@ -18,6 +18,7 @@ M.methods = {
   scheme = REQ_READ, client_ip = REQ_READ, peer_ip = REQ_READ, http_version = REQ_READ,
   var = REQ_READ, phase = REQ_READ,
   start_time = REQ_READ, param = REQ_READ,
+  log_field = REQ_READ, -- adds to the access log line (any phase up to log)
   upstream_name = REQ_READ, tls = REQ_READ,
   -- request, changeable before it goes upstream
   set_header = REQ_WRITE, add_header = REQ_WRITE, clear_header = REQ_WRITE,

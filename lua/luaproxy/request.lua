@@ -313,6 +313,19 @@ end
 
 -- ---- the response ----
 
+-- req:log_field(name, value): a member of this request's JSON access log line
+-- ($log_field_NAME in templates); nil removes it. true, or nil and a message past the limits.
+local log_field = require "luaproxy.log_field"
+function methods.log_field(h, name, value)
+  check(h, "log_field")
+  local kind, text = log_field.encode(name, value)
+  local rc = C.lp_ffi_log_field(h._r, name, #name, kind, text, #text)
+  if rc == 0 then return true end
+  if rc == K.EINVAL then raise("req:log_field(): invalid name", 2) end
+  if #text > log_field.VALUE_MAX then return nil, log_field.ETOOLONG end
+  return nil, log_field.ETOOMANY .. " or " .. log_field.ENOROOM
+end
+
 function methods.status(h) check(h, "status") return C.lp_ffi_status(h._r) end
 
 function methods.set_status(h, code)

@@ -516,6 +516,7 @@ function T.request(spec)
     _upstream_addr = nil,
     _last_failure = spec.last_failure,
     _params = spec.params or {},
+    _max_log_fields = spec.max_log_fields,
   }, Req)
   if spec.upstream and known and not known[spec.upstream] then
     phases.raise("proxy.test.request(): upstream " .. spec.upstream .. " is not in upstreams", 2)
@@ -722,6 +723,43 @@ function Req:set_max_body_size(n)
     phases.raise("req:set_max_body_size(): expected a whole number of bytes >= 0", 2)
   end
   self._max_body_size = n
+end
+
+-- req:log_field(): the double keeps the fields (the engine's limits; log.max_fields from
+-- spec.max_log_fields, default 16); the test reads them with req:log_fields().
+local log_field = require "luaproxy.log_field"
+function Req:log_field(name, value)
+  check("log_field", self._phase)
+  local kind, text = log_field.encode(name, value)
+  local f = self._log_fields
+  if not f then f = { order = {}, values = {}, bytes = 0 }; self._log_fields = f end
+  local old = f.values[name]
+  if kind == log_field.UNSET then
+    if old ~= nil then
+      f.values[name] = nil
+      f.bytes = f.bytes - (4 + #name + #old[2])
+      for i, n in ipairs(f.order) do if n == name then table.remove(f.order, i) break end end
+    end
+    return true
+  end
+  if #text > log_field.VALUE_MAX then return nil, log_field.ETOOLONG end
+  if old == nil and #f.order >= (self._max_log_fields or log_field.MAX_FIELDS) then
+    return nil, log_field.ETOOMANY .. " or " .. log_field.ENOROOM
+  end
+  local bytes = f.bytes - (old and 4 + #name + #old[2] or 0) + 4 + #name + #text
+  if bytes > log_field.BYTES_MAX then return nil, log_field.ETOOMANY .. " or " .. log_field.ENOROOM end
+  if old == nil then f.order[#f.order + 1] = name end
+  f.values[name] = { kind, text, value }
+  f.bytes = bytes
+  return true
+end
+
+-- Test side: the fields set so far, name -> value as given (numbers stay numbers).
+function Req:log_fields()
+  local out = {}
+  local f = self._log_fields
+  if f then for _, n in ipairs(f.order) do out[n] = f.values[n][3] end end
+  return out
 end
 
 -- Why the previous try failed (kind, status, address), nil on the first try.
@@ -1041,6 +1079,7 @@ function T.run_chain(entries, req_spec, resp_spec)
 
   local logs = {}
   for i = first_log, #T.logs do logs[#logs + 1] = T.logs[i] end
+  local log_fields = req:log_fields()
   T.finish(req) -- like the engine: a handle kept past its request raises
   return {
     status = req._status,
@@ -1056,6 +1095,7 @@ function T.run_chain(entries, req_spec, resp_spec)
     ctx = req.ctx,
     req = req,
     logs = logs,
+    log_fields = log_fields,
   }
 end
 

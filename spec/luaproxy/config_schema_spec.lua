@@ -48,7 +48,7 @@ describe("luaproxy.config_schema", function()
       { { listen = {} }, "listen: at least one listener is required" },
       { { listen = { { address = "nohost" } } }, 'listen[1].address: "nohost" has no :port' },
       { { timeouts = { read = -1 } }, "timeouts.read: value -1 is below the minimum 0.001" },
-      { { log = { access = true } }, 'log.access: expected a path, "-" (stdout) or false' },
+      { { log = { access = true } }, 'log.access: expected a path, "-" (stdout), false or { syslog = "host:port" | "/dev/log", ... }' },
       { { upstreams = { app = { targets = { "https://a:1", "b:2" } } } },
         "upstreams.app.targets: https:// and plain targets cannot share an upstream" },
       { { upstreams = { app = { targets = { "a:1" }, hash_on = "header:" } } },
@@ -65,6 +65,17 @@ describe("luaproxy.config_schema", function()
       { { log = { json = { [""] = "$status" } } }, "log.json.: length 0 is below the minimum 1" },
       { { log = { json = "$status" } }, "log.json: expected a map, got string" },
       { { log = { json = { s = "a\0b" } } }, "log.json.s: a NUL byte cannot be logged from the config" },
+      { { log = { access = { syslog = "nohost" } } }, 'log.access: syslog: "nohost" has no :port' },
+      { { log = { access = { syslog = "/dev/log", facility = "local9" } } },
+        "log.access: facility: local9 is not a syslog facility (user, daemon, local0-local7...)" },
+      { { log = { access = { syslog = "/dev/log", severity = "loud" } } },
+        "log.access: severity: loud is not a syslog severity (err, warning, notice, info...)" },
+      { { log = { access = { syslog = "/dev/log", app_name = "a b" } } },
+        "log.access: app_name: expected printable ASCII without spaces" },
+      { { log = { access = { syslog = "/dev/log", port = 1 } } }, "log.access: unknown key port" },
+      { { log = { error = false } }, "log.error: the error log cannot be turned off" },
+      { { log = { error_format = "xml" } }, 'log.error_format: expected one of "text", "json", got "xml"' },
+      { { log = { sample = 1.5 } }, "log.sample: value 1.5 is above the maximum 1" },
     }
     for _, case in ipairs(cases) do
       local ok, err = config.check(base(case[1]))

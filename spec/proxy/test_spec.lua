@@ -208,6 +208,7 @@ describe("proxy.test", function()
         add_resp_header = { "x", "1" }, clear_resp_header = { "x" }, set_hash_key = { "k" },
         set_max_body_size = { 1024 },
         param = { "id" },
+        log_field = { "k", "v" },
       }
       for name, allowed in pairs(phases.methods) do
         assert.is_function(req[name], name)
@@ -407,6 +408,31 @@ describe("proxy.test", function()
       assert.equal(6, T.run(p, { n = 3 }).ctx.double)
       function p.compile(conf) return nil, "n is odd" end
       assert.error_matches(function() T.run(p, {}) end, "plugins[1](c): n is odd", 1, true)
+    end)
+  end)
+  describe("req:log_field", function()
+    it("keeps fields with the engine's checks and limits", function()
+      local req = T.request { max_log_fields = 3 }
+      for _, phase in ipairs({ "request", "upstream", "response", "log" }) do
+        req:set_phase(phase)
+        assert.is_true(req:log_field("p_" .. phase:sub(1, 2), phase))
+        req:log_field("p_" .. phase:sub(1, 2), nil)
+      end
+      assert.is_true(req:log_field("a", "x"))
+      assert.is_true(req:log_field("n", 1.5))
+      assert.is_true(req:log_field("b", false))
+      assert.is_true(req:log_field("a", "replaced"))
+      local ok, err = req:log_field("c", 1)
+      assert.is_nil(ok)
+      assert.truthy(err:find("too many", 1, true))
+      assert.is_true(req:log_field("n", nil))
+      assert.is_true(req:log_field("c", 1))
+      assert.same({ a = "replaced", b = false, c = 1 }, req:log_fields())
+      ok, err = req:log_field("d", string.rep("x", 3000))
+      assert.is_nil(ok)
+      assert.truthy(err:find("longer", 1, true))
+      assert.error_matches(function() req:log_field("bad name", 1) end, "name must be", 1, true)
+      assert.error_matches(function() req:log_field("t", {}) end, "got table", 1, true)
     end)
   end)
 end)

@@ -560,38 +560,36 @@ class AllOrNothingTest(RT.ReloadTestCase):
         return free[2]  # only free[0] and free[1] are below it
 
     def test_one_worker_failing_leaves_all_on_the_old_generation(self):
-        import resource
         pid = self.proxy.pid
         self.assertEqual(self.versions(), {"v1"})
         gen = self.status()["generation"]
         fds0 = H.fd_count(pid)
-        # Every worker has its own descriptor for the access log, opened right after the
-        # config is read (which needs two for a moment). With two descriptors to spare, the
-        # first two workers' opens take them and the third one's fails (EMFILE): the others'
-        # parts are ready when it fails.
-        log = dict(self.proxy.cfg["log"], access=os.path.join(self.proxy.dir, "other.log"))
+        # The workers share one descriptor for the access log (the log writer writes it),
+        # opened before any worker's part is built: a path that cannot be opened refuses the
+        # generation there. (Run out of descriptors instead, the refusal moves on to a
+        # worker's VM; see the logs branch's report.)
+        bad = os.path.join(self.proxy.dir, "a-directory.log")
+        os.makedirs(bad, exist_ok=True)
+        log = dict(self.proxy.cfg["log"], access=bad)
         self.rewrite(routes=routes_v("v2"), log=log)
         failed = self.proxy.log_count("reload failed")
         live = self.proxy.log_count("live in")
-        limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (self.two_spare_fds(pid), limits[1]))
-        try:
-            self.proxy.signal(signal.SIGHUP)
-            H.wait_for(lambda: self.proxy.log_count("reload failed") > failed or
-                       self.proxy.log_count("live in") > live, H.T(10), what="the reload")
-        finally:
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+        self.proxy.signal(signal.SIGHUP)
+        H.wait_for(lambda: self.proxy.log_count("reload failed") > failed or
+                   self.proxy.log_count("live in") > live, H.T(10), what="the reload")
         err = self.proxy.stderr()
         self.assertEqual(self.proxy.log_count("live in"), live,
                          "the reload went through:\n" + err[-3000:])
         refused = [l for l in err.splitlines() if "reload failed" in l][-1]
-        self.assertIn("access log %s: Too many open files" % log["access"], refused)
+        self.assertIn("access log %s: Is a directory" % bad, refused)
+        log = dict(self.proxy.cfg["log"], access=os.path.join(self.proxy.dir, "other.log"))
+        self.rewrite(routes=routes_v("v2"), log=log)
         self.assertEqual(self.versions(), {"v1"}, "some worker switched")
         self.assertEqual(self.status()["generation"], gen)
         # (client connections just closed may take a moment to go)
         H.wait_for(lambda: H.fd_count(pid) <= fds0, H.T(5),
                    what="the descriptors back to %d (the refused generation left some)" % fds0)
-        # With descriptors again, the same config goes to every worker.
+        # With a file it can open, the same config goes to every worker.
         self.reload()
         self.assertEqual(self.versions(), {"v2"})
         self.assertEqual(self.status()["generation"], gen + 1)
