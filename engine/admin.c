@@ -22,6 +22,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "server.h"
+#include "trace.h"
 #include "worker.h"
 #include "shdict.h"
 
@@ -263,6 +264,17 @@ static json_t *shared_status(const lp_config_t *cfg)
     return o ? o : json_object();
 }
 
+/* GET /status `tracing`: span export counters summed over workers (trace.h). */
+static json_t *tracing_status(const lp_server_t *s, const lp_config_t *cfg)
+{
+    lp_trace_counts_t t;
+    lp_trace_totals(s->workers, s->nworkers, &t);
+    return json_pack("{s:b,s:b,s:o,s:o,s:o,s:o,s:o}", "enabled", cfg->tracing.enabled, "export",
+                     cfg->tracing.enabled && cfg->tracing.export_on, "exported", jint(t.exported),
+                     "dropped", jint(t.dropped), "queued", jint(t.queued), "batches",
+                     jint(t.batches), "failures", jint(t.failures));
+}
+
 static void handle_status(admin_conn_t *c)
 {
     lp_server_t *s = c->admin->server;
@@ -291,6 +303,7 @@ static void handle_status(admin_conn_t *c)
                                       "timers_running", jint(lua[1]), "timers_refused",
                                       jint(lua[2])));
         json_object_set_new(st, "shared", shared_status(lp_gen_current->config));
+        json_object_set_new(st, "tracing", tracing_status(s, lp_gen_current->config));
     }
     respond(c, 200, st);
 }

@@ -181,4 +181,9 @@ int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
 int lp_ffi_hresp_got(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);
 
+/* req:trace_id() and friends (engine/trace.c): 64 hex digits into out (trace id, span id,
+ * parent span id, zeros without one); returns LP_FFI_TRACE_* bits, -1 without a trace. */
+enum { LP_FFI_TRACE_SAMPLED = 1, LP_FFI_TRACE_PARENT = 2, LP_FFI_TRACE_RECORDED = 4 };
+int lp_ffi_trace_ids(void *r, char *out);
+
 #endif

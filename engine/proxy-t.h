@@ -13,6 +13,7 @@
 #include "config.h"
 #include "http1.h"
 #include "endpoint.h"
+#include "trace-t.h"
 
 typedef struct lp_worker_s lp_worker_t;
 typedef struct lp_conn_s lp_conn_t;
@@ -192,6 +193,8 @@ struct lp_worker_s {
     uv_timer_t house;                 /* once a second: gives back what a peak left unused */
     lp_lua_sched_t lua;               /* Lua tasks ready to resume, background tasks */
     struct lp_cosock_pools_s *cosock; /* owned: proxy.tcp keep-alive pools (cosock.c) */
+    struct lp_trace_exp_s *trace_exp; /* owned: span export (trace_export.c), NULL: none */
+    lp_trace_counts_t trace_counts;   /* its export counters (relaxed atomics, trace-t.h) */
 };
 
 /* The worker of a worker's endpoint (a client or upstream connection): its env is the
@@ -319,6 +322,7 @@ struct lp_req_s {
     size_t body_len;           /* bytes in body_buf */
     uint64_t body_max;         /* req:body()'s limit */
     uint8_t filter_cont;       /* LP_FC_*: what a waiting response_body filter holds up */
+    lp_trace_t trace;          /* its trace context and try spans (trace.h) */
 };
 
 /* Connection flags (LP_CF_*); the socket's own are the endpoint's (LP_EPF_*). */

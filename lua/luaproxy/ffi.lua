@@ -79,6 +79,7 @@ int lp_ffi_hresp_reusable(lp_hresp_t *r);
 int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
 int lp_ffi_hresp_got(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);
+int lp_ffi_trace_ids(void *r, char *out);
 ]]
 
 return {
@@ -105,4 +106,6 @@ return {
   FAILURES = { "connect", "timeout", "reset", "status", "protocol" },
   -- lp_ffi_hresp_feed/eof bits
   HR_HEAD = 1, HR_DONE = 2, HR_WAIT = 4, HR_ESOCK = -1,
+  -- lp_ffi_trace_ids bits
+  TRACE_SAMPLED = 1, TRACE_PARENT = 2, TRACE_RECORDED = 4,
 }
