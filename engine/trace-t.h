@@ -25,15 +25,15 @@ typedef struct {
  * upstream head, Lua, the logs and the exporter. Embedded in lp_req_t. */
 typedef struct {
     uint8_t trace_id[16];
-    uint8_t span_id[8];   /* the proxy's SERVER span for this request */
-    uint8_t parent_id[8]; /* the client's span (accepted traceparent); all 0: none */
-    uint8_t on;           /* the ids are set (tracing on and the head parsed) */
-    uint8_t sampled;      /* the sampled flag, sent upstream (the parent's, or the ratio's) */
-    uint8_t recorded;     /* sampled and export on: spans go to the collector */
-    uint8_t ntries;       /* entries of tries in use */
-    uint8_t tries_lost;   /* tries beyond LP_TRACE_TRIES (no span) */
-    uint8_t cur_try;      /* 1 + the index in tries of the running try's span; 0: none */
-    uint16_t tracestate_len;            /* bytes of tracestate; 0: none sent upstream */
+    uint8_t span_id[8];      /* the proxy's SERVER span for this request */
+    uint8_t parent_id[8];    /* the client's span (accepted traceparent); all 0: none */
+    uint8_t on;              /* the ids are set (tracing on and the head parsed) */
+    uint8_t sampled;         /* the sampled flag, sent upstream (the parent's, or the ratio's) */
+    uint8_t recorded;        /* sampled and export on: spans go to the collector */
+    uint8_t ntries;          /* entries of tries in use */
+    uint8_t tries_lost;      /* tries beyond LP_TRACE_TRIES (no span) */
+    uint8_t cur_try;         /* 1 + the index in tries of the running try's span; 0: none */
+    uint16_t tracestate_len; /* bytes of tracestate; 0: none sent upstream */
     char tracestate[LP_TRACESTATE_MAX]; /* the combined, checked tracestate (not NUL-ended) */
     lp_trace_try_t tries[LP_TRACE_TRIES];
 } lp_trace_t;

@@ -66,8 +66,8 @@ int lp_traceparent_parse(const char *s, size_t n, uint8_t trace_id[16], uint8_t 
     trim(&s, &n);
     uint8_t version, f;
     if (n < LP_TRACEPARENT_LEN || unhex(s, &version, 1) || version == 0xff || s[2] != '-' ||
-        unhex(s + 3, trace_id, 16) || s[35] != '-' || unhex(s + 36, parent_id, 8) ||
-        s[52] != '-' || unhex(s + 53, &f, 1))
+        unhex(s + 3, trace_id, 16) || s[35] != '-' || unhex(s + 36, parent_id, 8) || s[52] != '-' ||
+        unhex(s + 53, &f, 1))
         return -1;
     /* Version 00 is exactly this long; a later version may add fields after a '-'. */
     if (version == 0 ? n != LP_TRACEPARENT_LEN : (n > LP_TRACEPARENT_LEN && s[55] != '-'))
@@ -117,8 +117,8 @@ static int valid_key(const char *k, size_t n)
         return 1;
     }
     size_t tn = (size_t)(at - k), sn = n - tn - 1;
-    if (tn < 1 || tn > 241 || sn < 1 || sn > 14 || !(lcalpha(k[0]) || (k[0] >= '0' && k[0] <= '9')) ||
-        !lcalpha(at[1]))
+    if (tn < 1 || tn > 241 || sn < 1 || sn > 14 ||
+        !(lcalpha(k[0]) || (k[0] >= '0' && k[0] <= '9')) || !lcalpha(at[1]))
         return 0;
     for (size_t i = 1; i < n; i++)
         if (i != tn && !key_char(k[i]))

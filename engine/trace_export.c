@@ -45,26 +45,26 @@ typedef struct {
 } xconn_t;
 
 struct lp_trace_exp_s {
-    lp_worker_t *w;         /* borrowed: its worker */
-    uv_timer_t tick;        /* every interval: the open batch goes, and the queue moves */
-    uv_timer_t deadline;    /* the POST in flight's timeout */
-    xconn_t *conn;          /* owned handle (freed on close); NULL: not connected */
-    batch_t *open;          /* owned: the batch being filled, NULL: none */
-    batch_t *head, *tail;   /* owned: full batches waiting, oldest first */
-    batch_t *inflight;      /* owned: the batch being POSTed, NULL: none */
-    char head_buf[512];     /* the POST's request head */
+    lp_worker_t *w;       /* borrowed: its worker */
+    uv_timer_t tick;      /* every interval: the open batch goes, and the queue moves */
+    uv_timer_t deadline;  /* the POST in flight's timeout */
+    xconn_t *conn;        /* owned handle (freed on close); NULL: not connected */
+    batch_t *open;        /* owned: the batch being filled, NULL: none */
+    batch_t *head, *tail; /* owned: full batches waiting, oldest first */
+    batch_t *inflight;    /* owned: the batch being POSTed, NULL: none */
+    char head_buf[512];   /* the POST's request head */
     size_t head_len;
-    char *prefix;           /* owned: the JSON before the spans (resource, scope) */
+    char *prefix; /* owned: the JSON before the spans (resource, scope) */
     size_t prefix_len;
-    unsigned queued;        /* spans in open, head..tail and inflight */
-    int on;                 /* tracing.export is configured */
-    int closed;             /* the worker stopped: nothing more is queued */
+    unsigned queued; /* spans in open, head..tail and inflight */
+    int on;          /* tracing.export is configured */
+    int closed;      /* the worker stopped: nothing more is queued */
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    char *host, *path;      /* owned copies of the config's */
+    char *host, *path; /* owned copies of the config's */
     unsigned batch_size, max_queue;
     uint64_t interval, timeout;
-    uint64_t clock_off;     /* unix ns - uv_hrtime() ns, refreshed every tick */
+    uint64_t clock_off; /* unix ns - uv_hrtime() ns, refreshed every tick */
     llhttp_settings_t settings;
 };
 
@@ -155,8 +155,8 @@ static void post_done(lp_trace_exp_t *x, int status, int keep)
         batch_free(b);
     } else {
         count(&x->w->trace_counts.failures, 1);
-        lp_log_info("tracing: the collector at %s answered %d: %u spans dropped", x->host,
-                    status, b->nspans);
+        lp_log_info("tracing: the collector at %s answered %d: %u spans dropped", x->host, status,
+                    b->nspans);
         drop_batch(x, b);
     }
     if (!keep)
@@ -361,10 +361,35 @@ static char *dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+/* The JSON before the spans, for service name svc (owned; NULL when out of memory). */
+static char *make_prefix(const char *svc, size_t *len)
+{
+    size_t sl = strlen(svc);
+    char *esc = malloc(6 * sl + 1);
+    if (!esc)
+        return NULL;
+    size_t el = lp__accesslog_json_escape(esc, svc, sl);
+    size_t cap = el + 256;
+    char *p = malloc(cap);
+    int n = p ? snprintf(p, cap,
+                         "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service."
+                         "name\",\"value\":{\"stringValue\":\"%.*s\"}}]},\"scopeSpans\":[{"
+                         "\"scope\":{\"name\":\"luaproxy\",\"version\":\"%s\"},\"spans\":[",
+                         (int)el, esc, LP_VERSION)
+              : -1;
+    free(esc);
+    if (n <= 0 || (size_t)n >= cap) {
+        free(p);
+        return NULL;
+    }
+    *len = (size_t)n;
+    return p;
+}
+
 void lp_trace_export_config(lp_worker_t *w, const lp_config_t *cfg)
 {
     lp_trace_exp_t *x = w->trace_exp;
-    if (!x)
+    if (!x || x->closed)
         return;
     const lp_trace_conf_t *tc = &cfg->tracing;
     int on = tc->enabled && tc->export_on;
@@ -373,10 +398,17 @@ void lp_trace_export_config(lp_worker_t *w, const lp_config_t *cfg)
                strcmp(x->path, tc->collector_path) == 0 && strcmp(x->host, tc->collector_host) == 0;
     if (!same)
         drop_all(x); /* another collector, or none: what waited for the old one goes */
+    size_t plen = 0;
+    char *prefix = on ? make_prefix(tc->service_name ? tc->service_name : "luaproxy", &plen) : NULL;
+    /* The POST in flight writes from the old prefix: it goes before the prefix does. */
+    if (x->inflight && (!prefix || plen != x->prefix_len || memcmp(prefix, x->prefix, plen)))
+        post_failed(x, "the configuration changed");
     free(x->host);
     free(x->path);
     free(x->prefix);
-    x->host = x->path = x->prefix = NULL;
+    x->host = x->path = NULL;
+    x->prefix = prefix;
+    x->prefix_len = plen;
     x->on = 0;
     uv_timer_stop(&x->tick);
     if (!on)
@@ -389,22 +421,8 @@ void lp_trace_export_config(lp_worker_t *w, const lp_config_t *cfg)
     x->max_queue = tc->max_queue;
     x->interval = tc->interval;
     x->timeout = tc->timeout;
-    const char *svc = tc->service_name ? tc->service_name : "luaproxy";
-    size_t sl = strlen(svc);
-    char *esc = malloc(6 * sl + 1);
-    size_t el = esc ? lp__accesslog_json_escape(esc, svc, sl) : 0;
-    size_t cap = el + 256;
-    x->prefix = esc ? malloc(cap) : NULL;
-    if (x->prefix) {
-        int n = snprintf(x->prefix, cap,
-                         "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service."
-                         "name\",\"value\":{\"stringValue\":\"%.*s\"}}]},\"scopeSpans\":[{"
-                         "\"scope\":{\"name\":\"luaproxy\",\"version\":\"%s\"},\"spans\":[",
-                         (int)el, esc, LP_VERSION);
-        x->prefix_len = n > 0 && (size_t)n < cap ? (size_t)n : 0;
-    }
-    free(esc);
-    if (!x->host || !x->path || !x->prefix || !x->prefix_len) {
+    if (!x->host || !x->path || !x->prefix) {
+        drop_all(x);
         lp_log_error("tracing: out of memory: span export off in this worker");
         return;
     }
@@ -618,9 +636,9 @@ void lp_trace_export_request(lp_worker_t *w, const lp_req_t *req)
     const char *ip = req->client_ip[0] ? req->client_ip : "";
     const char *up = req->upstream ? req->upstream->conf->name : NULL;
     /* The worst case: every escaped byte six times over, plus the fixed text. */
-    size_t need = 1600 + 6 * (path.len + host.len + strlen(ip) + t->tracestate_len +
-                              (up ? strlen(up) : 0)) +
-                  t->ntries * (1100 + 6 * (sizeof(t->tries[0].addr) + t->tracestate_len));
+    size_t need =
+        1600 + 6 * (path.len + host.len + strlen(ip) + t->tracestate_len + (up ? strlen(up) : 0)) +
+        t->ntries * (1100 + 6 * (sizeof(t->tries[0].addr) + t->tracestate_len));
     if (reserve(b, need)) {
         count(&w->trace_counts.dropped, nspans);
         return;
@@ -675,8 +693,9 @@ void lp_trace_export_request(lp_worker_t *w, const lp_req_t *req)
             attr_int(&o, &first, "http.response.status_code", tr->status);
         const char *err = NULL;
         if (tr->failed)
-            err = tr->fail_kind < LP_ARRAY_LEN(FAIL_NAMES) && tr->fail_kind ? FAIL_NAMES[tr->fail_kind]
-                                                                          : "failed";
+            err = tr->fail_kind < LP_ARRAY_LEN(FAIL_NAMES) && tr->fail_kind
+                      ? FAIL_NAMES[tr->fail_kind]
+                      : "failed";
         if (err)
             attr_str(&o, &first, "error.type", err, strlen(err));
         span_tail(&o, tr->failed || tr->status >= 400, err);
