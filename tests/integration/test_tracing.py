@@ -444,5 +444,53 @@ class BadCollectorTest(H.ProxyTestCase):
         self.assertGreaterEqual(self.slow.posts, 1)
 
 
+class ReloadTest(H.ProxyTestCase):
+    """A reload while a POST is in flight: a new service name (the POST in flight goes, the
+    queue stays), export turned off (everything waiting goes), then on again."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.o = cls.start_origin("o")
+        cls.slow = Collector("slow")
+        cls.addClassCleanup(cls.slow.stop)
+        cls.proxy = build(cls, {"app": H.upstream(cls.o.address())},
+                          [{"match": {"prefix": "/"}, "upstream": "app"}], "TraceReload",
+                          admin={"address": "127.0.0.1:0"},
+                          tracing={"export": {"endpoint": cls.slow.url(), "interval": 0.02,
+                                              "batch_size": 1, "timeout": 30}})
+        cls.proxy.pin_ports()
+
+    def reload(self, tracing):
+        self.proxy.cfg["tracing"] = tracing
+        self.proxy.write_config()
+        r = H.get(self.proxy.admin_port, "/reload", host="admin", method="POST")
+        self.assertEqual(r.status, 200, r.body)
+
+    def status(self):
+        return H.get(self.proxy.admin_port, "/status", host="admin").json()["tracing"]
+
+    def test_reloads(self):
+        for _ in range(5):
+            self.assertEqual(H.get(self.proxy.port, "/").status, 200)
+        H.wait_for(lambda: self.slow.posts >= 1, H.T(10), what="a POST in flight")
+        export = dict(self.proxy.cfg["tracing"]["export"])
+        export["service_name"] = "renamed"
+        self.reload({"export": export})
+        # The POST in flight was cut (its batch dropped); the others are still queued.
+        H.wait_for(lambda: self.status()["dropped"] >= 1, H.T(10), what="the cut POST")
+        for _ in range(3):
+            self.assertEqual(H.get(self.proxy.port, "/").status, 200)
+        self.reload({"enabled": True})
+        t = H.wait_for(lambda: (lambda t: t if t["queued"] == 0 else None)(self.status()),
+                       H.T(10), what="the queue emptied by turning export off")
+        self.assertIs(t["export"], False)
+        self.assertEqual(t["exported"], 0)
+        self.assertEqual(t["dropped"], 16)  # 8 requests, a SERVER and a CLIENT span each
+        self.reload({"export": export})
+        self.assertEqual(H.get(self.proxy.port, "/").status, 200)
+        self.assertIs(self.status()["export"], True)
+        self.assertAlive()
+
+
 if __name__ == "__main__":
     H.main()
