@@ -74,6 +74,20 @@ void lp_trace_export_close(lp_worker_t *w);
 void lp_trace_export_free(lp_worker_t *w);
 /* Appends a finished request's spans (the server span and one per try). */
 void lp_trace_export_request(lp_worker_t *w, const lp_req_t *req);
+/* ---- OTLP/HTTP JSON (engine/trace_otlp.c) ---- */
+
+/* The POST body is the prefix (resource with service.name, scope), the span objects joined
+ * by ',', then this. */
+#define LP_TRACE_OTLP_SUFFIX "]}]}]}"
+/* The prefix for service name svc (owned by the caller; NULL when out of memory). */
+char *lp_trace_otlp_prefix(const char *svc, size_t *len);
+/* Bytes lp_trace_otlp_spans may write for req, at most. */
+size_t lp_trace_otlp_bound(const lp_req_t *req);
+/* The request's SERVER span and one CLIENT span per recorded try, joined by ',', into out;
+ * times are uv_hrtime() ns plus clock_off (the wall clock's offset), now ends what is still
+ * open. Returns the length. */
+size_t lp_trace_otlp_spans(char *out, const lp_req_t *req, uint64_t clock_off, uint64_t now);
+
 /* The worker counters summed over workers (relaxed reads: any thread). For GET /status and
  * metrics. */
 void lp_trace_totals(const lp_worker_t *ws, unsigned n, lp_trace_counts_t *out);

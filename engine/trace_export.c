@@ -15,8 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-#include "accesslog.h"
-#include "http1.h"
 #include "log.h"
 #include "request.h"
 #include "trace.h"
@@ -68,7 +66,7 @@ struct lp_trace_exp_s {
     llhttp_settings_t settings;
 };
 
-static const char SUFFIX[] = "]}]}]}";
+static const char SUFFIX[] = LP_TRACE_OTLP_SUFFIX;
 
 static void count(uint64_t *c, uint64_t n)
 {
@@ -361,31 +359,6 @@ static char *dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
-/* The JSON before the spans, for service name svc (owned; NULL when out of memory). */
-static char *make_prefix(const char *svc, size_t *len)
-{
-    size_t sl = strlen(svc);
-    char *esc = malloc(6 * sl + 1);
-    if (!esc)
-        return NULL;
-    size_t el = lp__accesslog_json_escape(esc, svc, sl);
-    size_t cap = el + 256;
-    char *p = malloc(cap);
-    int n = p ? snprintf(p, cap,
-                         "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service."
-                         "name\",\"value\":{\"stringValue\":\"%.*s\"}}]},\"scopeSpans\":[{"
-                         "\"scope\":{\"name\":\"luaproxy\",\"version\":\"%s\"},\"spans\":[",
-                         (int)el, esc, LP_VERSION)
-              : -1;
-    free(esc);
-    if (n <= 0 || (size_t)n >= cap) {
-        free(p);
-        return NULL;
-    }
-    *len = (size_t)n;
-    return p;
-}
-
 void lp_trace_export_config(lp_worker_t *w, const lp_config_t *cfg)
 {
     lp_trace_exp_t *x = w->trace_exp;
@@ -399,7 +372,8 @@ void lp_trace_export_config(lp_worker_t *w, const lp_config_t *cfg)
     if (!same)
         drop_all(x); /* another collector, or none: what waited for the old one goes */
     size_t plen = 0;
-    char *prefix = on ? make_prefix(tc->service_name ? tc->service_name : "luaproxy", &plen) : NULL;
+    char *prefix =
+        on ? lp_trace_otlp_prefix(tc->service_name ? tc->service_name : "luaproxy", &plen) : NULL;
     /* The POST in flight writes from the old prefix: it goes before the prefix does. */
     if (x->inflight && (!prefix || plen != x->prefix_len || memcmp(prefix, x->prefix, plen)))
         post_failed(x, "the configuration changed");
@@ -467,136 +441,6 @@ void lp_trace_totals(const lp_worker_t *ws, unsigned n, lp_trace_counts_t *out)
     }
 }
 
-/* ---- spans as OTLP JSON ---- */
-
-static const char *const FAIL_NAMES[] = {"", "connect", "timeout", "reset", "status", "protocol"};
-
-typedef struct {
-    char *p;
-} out_t;
-
-static void lit(out_t *o, const char *s)
-{
-    size_t n = strlen(s);
-    memcpy(o->p, s, n);
-    o->p += n;
-}
-
-static void esc(out_t *o, const char *s, size_t n)
-{
-    o->p += lp__accesslog_json_escape(o->p, s, n);
-}
-
-static void u64s(out_t *o, uint64_t v)
-{
-    *o->p++ = '"';
-    o->p += lp_u64_to_str(v, 10, o->p);
-    *o->p++ = '"';
-}
-
-static void hexs(out_t *o, const uint8_t *id, size_t n)
-{
-    *o->p++ = '"';
-    lp_trace_hex(o->p, id, n);
-    o->p += 2 * n;
-    *o->p++ = '"';
-}
-
-/* Attributes after the first get a leading comma. */
-static void attr_str(out_t *o, int *first, const char *key, const char *v, size_t n)
-{
-    if (!*first)
-        *o->p++ = ',';
-    *first = 0;
-    lit(o, "{\"key\":\"");
-    lit(o, key);
-    lit(o, "\",\"value\":{\"stringValue\":\"");
-    esc(o, v, n);
-    lit(o, "\"}}");
-}
-
-static void attr_int(out_t *o, int *first, const char *key, uint64_t v)
-{
-    if (!*first)
-        *o->p++ = ',';
-    *first = 0;
-    lit(o, "{\"key\":\"");
-    lit(o, key);
-    lit(o, "\",\"value\":{\"intValue\":");
-    u64s(o, v);
-    lit(o, "}}");
-}
-
-/* The common head of a span object, up to the attributes' '['. */
-static void span_head(out_t *o, const lp_trace_t *t, const uint8_t *span, const uint8_t *parent,
-                      const char *name, int kind, uint64_t start, uint64_t end)
-{
-    lit(o, "{\"traceId\":");
-    hexs(o, t->trace_id, 16);
-    lit(o, ",\"spanId\":");
-    hexs(o, span, 8);
-    if (parent) {
-        lit(o, ",\"parentSpanId\":");
-        hexs(o, parent, 8);
-    }
-    if (t->tracestate_len) {
-        lit(o, ",\"traceState\":\"");
-        esc(o, t->tracestate, t->tracestate_len);
-        *o->p++ = '"';
-    }
-    lit(o, ",\"name\":\"");
-    lit(o, name);
-    lit(o, kind == 2 ? "\",\"kind\":2" : "\",\"kind\":3");
-    lit(o, ",\"startTimeUnixNano\":");
-    u64s(o, start);
-    lit(o, ",\"endTimeUnixNano\":");
-    u64s(o, end);
-    lit(o, ",\"attributes\":[");
-}
-
-static void span_tail(out_t *o, int error, const char *message)
-{
-    lit(o, "],\"status\":{");
-    if (error) {
-        lit(o, "\"code\":2");
-        if (message) {
-            lit(o, ",\"message\":\"");
-            lit(o, message);
-            *o->p++ = '"';
-        }
-    }
-    lit(o, "}}");
-}
-
-/* "host" of a Host value without its port ("[v6]" kept whole). */
-static lp_str_t host_only(lp_str_t h)
-{
-    if (!h.base)
-        return (lp_str_t){"", 0};
-    size_t n = h.len;
-    if (n && h.base[0] == '[') {
-        const char *e = memchr(h.base, ']', n);
-        n = e ? (size_t)(e - h.base) + 1 : n;
-    } else {
-        const char *colon = memchr(h.base, ':', n);
-        if (colon)
-            n = (size_t)(colon - h.base);
-    }
-    return (lp_str_t){h.base, n};
-}
-
-/* Splits "ip:port" / "[ip6]:port". */
-static void split_addr(const char *a, lp_str_t *ip, unsigned *port)
-{
-    const char *colon = strrchr(a, ':');
-    *port = colon ? (unsigned)atoi(colon + 1) : 0;
-    size_t n = colon ? (size_t)(colon - a) : strlen(a);
-    if (n >= 2 && a[0] == '[' && a[n - 1] == ']')
-        *ip = (lp_str_t){a + 1, n - 2};
-    else
-        *ip = (lp_str_t){a, n};
-}
-
 static int reserve(batch_t *b, size_t need)
 {
     if (b->cap - b->len >= need)
@@ -615,10 +459,9 @@ static int reserve(batch_t *b, size_t need)
 void lp_trace_export_request(lp_worker_t *w, const lp_req_t *req)
 {
     lp_trace_exp_t *x = w->trace_exp;
-    const lp_trace_t *t = &req->trace;
     if (!x || !x->on || x->closed)
         return;
-    unsigned nspans = 1u + t->ntries;
+    unsigned nspans = 1u + req->trace.ntries;
     if (x->queued + nspans > x->max_queue) {
         count(&w->trace_counts.dropped, nspans); /* overload, or the collector lags */
         return;
@@ -628,79 +471,13 @@ void lp_trace_export_request(lp_worker_t *w, const lp_req_t *req)
         return;
     }
     batch_t *b = x->open;
-    const lp_h1_t *h = &req->h1;
-    const char *q = h->path.base ? memchr(h->path.base, '?', h->path.len) : NULL;
-    lp_str_t path = {h->path.base ? h->path.base : "",
-                     q ? (size_t)(q - h->path.base) : (h->path.base ? h->path.len : 0)};
-    lp_str_t host = host_only(h->host);
-    const char *ip = req->client_ip[0] ? req->client_ip : "";
-    const char *up = req->upstream ? req->upstream->conf->name : NULL;
-    /* The worst case: every escaped byte six times over, plus the fixed text. */
-    size_t need =
-        1600 + 6 * (path.len + host.len + strlen(ip) + t->tracestate_len + (up ? strlen(up) : 0)) +
-        t->ntries * (1100 + 6 * (sizeof(t->tries[0].addr) + t->tracestate_len));
-    if (reserve(b, need)) {
+    if (reserve(b, 1 + lp_trace_otlp_bound(req))) {
         count(&w->trace_counts.dropped, nspans);
         return;
     }
-    uint64_t now = uv_hrtime(), off = x->clock_off;
-    const char *method = (req->flags & LP_RF_PARSED) ? llhttp_method_name(req->method) : "HTTP";
-    out_t o = {b->buf + b->len};
     if (b->nspans)
-        *o.p++ = ',';
-    int status = req->resp.sent_status;
-    static const uint8_t none[8] = {0};
-    const uint8_t *parent = memcmp(t->parent_id, none, 8) ? t->parent_id : NULL;
-    span_head(&o, t, t->span_id, parent, method, 2, req->t_start + off, now + off);
-    int first = 1;
-    attr_str(&o, &first, "http.request.method", method, strlen(method));
-    attr_str(&o, &first, "url.path", path.base, path.len);
-    int tls = (req->conn && req->conn->ep.tls) || (req->flags & LP_RF_TLS);
-    attr_str(&o, &first, "url.scheme", tls ? "https" : "http", tls ? 5 : 4);
-    if (host.len)
-        attr_str(&o, &first, "server.address", host.base, host.len);
-    if (ip[0]) {
-        attr_str(&o, &first, "client.address", ip, strlen(ip));
-        attr_str(&o, &first, "network.peer.address", ip, strlen(ip));
-    }
-    attr_str(&o, &first, "network.protocol.version", req->minor ? "1.1" : "1.0", 3);
-    if (status > 0)
-        attr_int(&o, &first, "http.response.status_code", (uint64_t)status);
-    if (up)
-        attr_str(&o, &first, "luaproxy.upstream", up, strlen(up));
-    if (req->route_index >= 0)
-        attr_int(&o, &first, "luaproxy.route", (uint64_t)req->route_index + 1);
-    if (t->tries_lost)
-        attr_int(&o, &first, "luaproxy.tries_without_span", t->tries_lost);
-    span_tail(&o, status >= 500, NULL);
-    for (unsigned i = 0; i < t->ntries; i++) {
-        const lp_trace_try_t *tr = &t->tries[i];
-        *o.p++ = ',';
-        span_head(&o, t, tr->span_id, t->span_id, method, 3, tr->start + off,
-                  (tr->end ? tr->end : now) + off);
-        first = 1;
-        lp_str_t tip;
-        unsigned port;
-        split_addr(tr->addr, &tip, &port);
-        attr_str(&o, &first, "http.request.method", method, strlen(method));
-        attr_str(&o, &first, "server.address", tip.base, tip.len);
-        attr_int(&o, &first, "server.port", port);
-        attr_str(&o, &first, "network.peer.address", tip.base, tip.len);
-        attr_int(&o, &first, "network.peer.port", port);
-        if (i)
-            attr_int(&o, &first, "http.request.resend_count", i);
-        if (tr->status)
-            attr_int(&o, &first, "http.response.status_code", tr->status);
-        const char *err = NULL;
-        if (tr->failed)
-            err = tr->fail_kind < LP_ARRAY_LEN(FAIL_NAMES) && tr->fail_kind
-                      ? FAIL_NAMES[tr->fail_kind]
-                      : "failed";
-        if (err)
-            attr_str(&o, &first, "error.type", err, strlen(err));
-        span_tail(&o, tr->failed || tr->status >= 400, err);
-    }
-    b->len = (size_t)(o.p - b->buf);
+        b->buf[b->len++] = ',';
+    b->len += lp_trace_otlp_spans(b->buf + b->len, req, x->clock_off, uv_hrtime());
     b->nspans += nspans;
     x->queued += nspans;
     set_queued(x);

@@ -1,6 +1,7 @@
 /* Unit tests for engine/trace.c: traceparent parsing (every invalid form the W3C Trace
  * Context level 1 spec names) and formatting, tracestate combining, checking and
  * truncation, and the id generator. */
+#include <jansson.h>
 #include "lp_test.h"
 #include "trace.h"
 
@@ -241,12 +242,110 @@ static void test_ids(void)
     CHECK(lo < 0.1 && hi > 0.9);
 }
 
+/* A request's spans as OTLP JSON: within lp_trace_otlp_bound() even when every byte needs
+ * the longest escape, valid JSON inside the prefix and suffix, the ids and links right. */
+static void test_otlp_spans(void)
+{
+    static lp_req_t req; /* large: not on the stack */
+    memset(&req, 0, sizeof(req));
+    char path[300], host[100];
+    for (size_t i = 0; i < sizeof(path); i++)
+        path[i] = (char)(i % 3 == 0 ? 0x01 : i % 3 == 1 ? 0xff : '"');
+    memset(host, 0x02, sizeof(host));
+    req.h1.path = (lp_str_t){path, sizeof(path)};
+    req.h1.host = (lp_str_t){host, sizeof(host)};
+    req.flags = LP_RF_PARSED;
+    req.method = HTTP_GET;
+    req.minor = 1;
+    req.route_index = 2;
+    req.resp.sent_status = 502;
+    req.t_start = 1000;
+    memcpy(req.client_ip, "192.0.2.1", 10);
+    lp_trace_t *t = &req.trace;
+    t->on = t->sampled = t->recorded = 1;
+    lp_trace_random_id(t->trace_id, 16);
+    lp_trace_random_id(t->span_id, 8);
+    lp_trace_random_id(t->parent_id, 8);
+    memset(t->tracestate, 0x7f, LP_TRACESTATE_MAX); /* not valid, but the worst to escape */
+    t->tracestate_len = LP_TRACESTATE_MAX;
+    t->ntries = LP_TRACE_TRIES;
+    for (int i = 0; i < LP_TRACE_TRIES; i++) {
+        lp_trace_try_t *tr = &t->tries[i];
+        lp_trace_random_id(tr->span_id, 8);
+        tr->start = 2000 + (uint64_t)i;
+        tr->end = i == LP_TRACE_TRIES - 1 ? 0 : 3000;
+        tr->failed = 1;
+        tr->fail_kind = 2;
+        tr->status = 503;
+        snprintf(tr->addr, sizeof(tr->addr), "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff%d]:65535", i);
+    }
+    size_t bound = lp_trace_otlp_bound(&req);
+    char *buf = malloc(bound + 4096);
+    REQUIRE(buf != NULL);
+    size_t plen = 0;
+    char *prefix = lp_trace_otlp_prefix("svc \"x\"", &plen);
+    REQUIRE(prefix != NULL);
+    memcpy(buf, prefix, plen);
+    size_t n = lp_trace_otlp_spans(buf + plen, &req, 1700000000000000000ULL, 5000);
+    CHECK(n <= bound);
+    memcpy(buf + plen + n, LP_TRACE_OTLP_SUFFIX, sizeof(LP_TRACE_OTLP_SUFFIX) - 1);
+    json_error_t err;
+    json_t *doc = json_loadb(buf, plen + n + sizeof(LP_TRACE_OTLP_SUFFIX) - 1, 0, &err);
+    if (!CHECK(doc != NULL))
+        fprintf(stderr, "    %s at %d\n", err.text, err.position);
+    json_t *rs = json_array_get(json_object_get(doc, "resourceSpans"), 0);
+    json_t *svc = json_array_get(json_object_get(json_object_get(rs, "resource"), "attributes"), 0);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(svc, "value"), "stringValue")),
+              "svc \"x\"");
+    json_t *spans = json_object_get(json_array_get(json_object_get(rs, "scopeSpans"), 0), "spans");
+    CHECK_EQ_INT(json_array_size(spans), 1 + LP_TRACE_TRIES);
+    char tid[33] = {0}, sid[17] = {0}, pid[17] = {0};
+    lp_trace_hex(tid, t->trace_id, 16);
+    lp_trace_hex(sid, t->span_id, 8);
+    lp_trace_hex(pid, t->parent_id, 8);
+    json_t *server = json_array_get(spans, 0);
+    CHECK_STR(json_string_value(json_object_get(server, "traceId")), tid);
+    CHECK_STR(json_string_value(json_object_get(server, "spanId")), sid);
+    CHECK_STR(json_string_value(json_object_get(server, "parentSpanId")), pid);
+    CHECK_EQ_INT(json_integer_value(json_object_get(server, "kind")), 2);
+    CHECK_STR(json_string_value(json_object_get(server, "startTimeUnixNano")),
+              "1700000000000001000");
+    CHECK_STR(json_string_value(json_object_get(server, "endTimeUnixNano")), "1700000000000005000");
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(server, "status"), "code")), 2);
+    json_t *kid = json_array_get(spans, LP_TRACE_TRIES);
+    CHECK_EQ_INT(json_integer_value(json_object_get(kid, "kind")), 3);
+    CHECK_STR(json_string_value(json_object_get(kid, "parentSpanId")), sid);
+    CHECK_STR(json_string_value(json_object_get(kid, "endTimeUnixNano")), "1700000000000005000");
+    json_t *a;
+    size_t i;
+    int port = 0, resend = -1;
+    json_array_foreach(json_object_get(kid, "attributes"), i, a)
+    {
+        const char *k = json_string_value(json_object_get(a, "key"));
+        const char *v = json_string_value(json_object_get(json_object_get(a, "value"), "intValue"));
+        if (strcmp(k, "server.port") == 0)
+            port = atoi(v);
+        if (strcmp(k, "http.request.resend_count") == 0)
+            resend = atoi(v);
+        if (strcmp(k, "server.address") == 0)
+            CHECK_STR(
+                json_string_value(json_object_get(json_object_get(a, "value"), "stringValue")),
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff7");
+    }
+    CHECK_EQ_INT(port, 65535);
+    CHECK_EQ_INT(resend, LP_TRACE_TRIES - 1);
+    json_decref(doc);
+    free(prefix);
+    free(buf);
+}
+
 static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_traceparent_valid),
     LP_TEST_ENTRY(test_traceparent_invalid),
     LP_TEST_ENTRY(test_tracestate),
     LP_TEST_ENTRY(test_tracestate_limits),
     LP_TEST_ENTRY(test_ids),
+    LP_TEST_ENTRY(test_otlp_spans),
 };
 
 LP_TEST_MAIN(tests)
