@@ -57,6 +57,7 @@ struct lp_trace_exp_s {
     unsigned queued; /* spans in open, head..tail and inflight */
     int on;          /* tracing.export is configured */
     int closed;      /* the worker stopped: nothing more is queued */
+    int wait_tick;   /* a POST failed: the next one waits for the next tick */
     struct sockaddr_storage addr;
     socklen_t addrlen;
     char *host, *path; /* owned copies of the config's */
@@ -130,6 +131,7 @@ static void post_failed(lp_trace_exp_t *x, const char *why)
     uv_timer_stop(&x->deadline);
     conn_drop(x);
     if (x->inflight) {
+        x->wait_tick = 1;
         count(&x->w->trace_counts.failures, 1);
         lp_log_info("tracing: export to %s failed (%s): %u spans dropped", x->host, why,
                     x->inflight->nspans);
@@ -153,6 +155,7 @@ static void post_done(lp_trace_exp_t *x, int status, int keep)
         batch_free(b);
     } else {
         count(&x->w->trace_counts.failures, 1);
+        x->wait_tick = 1; /* a refusing collector: no faster than the interval */
         lp_log_info("tracing: the collector at %s answered %d: %u spans dropped", x->host, status,
                     b->nspans);
         drop_batch(x, b);
@@ -264,10 +267,10 @@ static void on_deadline(uv_timer_t *t)
     post_failed(t->data, "timed out");
 }
 
-/* Sends the oldest full batch when nothing is in flight. */
+/* Sends the oldest full batch when nothing is in flight (and no failure asks to wait). */
 static void kick(lp_trace_exp_t *x)
 {
-    if (x->inflight || !x->head || x->closed)
+    if (x->inflight || !x->head || x->closed || x->wait_tick)
         return;
     batch_t *b = x->head;
     x->head = b->next;
@@ -314,6 +317,7 @@ static void on_tick(uv_timer_t *t)
     lp_trace_exp_t *x = t->data;
     refresh_clock(x);
     seal(x);
+    x->wait_tick = 0;
     kick(x);
 }
 

@@ -395,6 +395,8 @@ class BadCollectorTest(H.ProxyTestCase):
         cls.o = cls.start_origin("o")
         cls.slow = Collector("slow")
         cls.addClassCleanup(cls.slow.stop)
+        cls.failing = Collector("fail")
+        cls.addClassCleanup(cls.failing.stop)
         dead = H.dead_port()
         routes = [{"match": {"prefix": "/"}, "upstream": "app"}]
         ups = {"app": H.upstream(cls.o.address())}
@@ -408,6 +410,12 @@ class BadCollectorTest(H.ProxyTestCase):
                                 "max_queue": 8, "timeout": 0.3}})
         cls.addClassCleanup(cls.slow_proxy.stop)
         cls.slow_proxy.start()
+        cls.failing_proxy = H.Proxy.build(
+            ups, routes, name="FailingCollector", admin={"address": "127.0.0.1:0"},
+            tracing={"export": {"endpoint": cls.failing.url(), "interval": 0.5,
+                                "batch_size": 2, "max_queue": 8}})
+        cls.addClassCleanup(cls.failing_proxy.stop)
+        cls.failing_proxy.start()
 
     def load(self, proxy, n=60):
         worst = 0.0
@@ -438,6 +446,16 @@ class BadCollectorTest(H.ProxyTestCase):
 
     def test_dead_collector(self):
         self.check(self.dead_proxy)
+
+    def test_failing_collector(self):
+        t0 = time.monotonic()
+        self.check(self.failing_proxy)
+        elapsed = time.monotonic() - t0
+        self.assertGreaterEqual(self.failing.posts, 1)
+        # After a failure the next POST waits for the next tick (interval 0.5 s), not for
+        # the next full batch (60 requests made 120 spans, SERVER and CLIENT: 60 batches).
+        self.assertLessEqual(self.failing.posts, elapsed / 0.5 + 2,
+                             "%d POSTs in %.2f s" % (self.failing.posts, elapsed))
 
     def test_slow_collector(self):
         self.check(self.slow_proxy)
