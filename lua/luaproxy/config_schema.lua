@@ -485,7 +485,8 @@ local TRACING = {
         service_name = { type = "string", default = "luaproxy", min = 1,
                          description = "the resource's `service.name`" },
         batch_size = { type = "integer", default = 512, min = 1, max = 100000,
-                       description = "spans per POST at most" },
+                       description = "spans per POST: a batch goes once it holds this many "
+                         .. "(a request's spans stay together, so it may hold a few more)" },
         interval = seconds(1, "seconds between POSTs of a partial batch"),
         max_queue = { type = "integer", default = 4096, min = 1, max = 10000000,
                       description = "spans waiting per worker at most; more are dropped and "
