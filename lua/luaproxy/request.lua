@@ -385,8 +385,13 @@ end
 -- ---- the engine's entry points ----
 
 local function log_failure(inst, phase, err, h)
-  local msg = format("plugin %s (%s): %s phase failed%s: %s", inst.name, inst.where, phase,
-    inst.fail_open and " (fail_open: request goes on)" or "", tostring(err))
+  -- The request's trace (docs/tracing.md), so the 500 is found from its trace.
+  local trace = ""
+  if h and h._r and C.lp_ffi_trace_ids(h._r, trace_buf) >= 0 then
+    trace = " trace_id=" .. ffi_string(trace_buf, 32)
+  end
+  local msg = format("plugin %s (%s): %s phase failed%s%s: %s", inst.name, inst.where, phase,
+    inst.fail_open and " (fail_open: request goes on)" or "", trace, tostring(err))
   C.lp_ffi_log(0, msg, #msg)
 end
 

@@ -42,6 +42,11 @@ function P.response(req)
 end
 return P
 ''',
+    "plugins/traceboom.lua": r'''
+local P = { name = "traceboom", priority = 10, schema = { fields = {} } }
+function P.request(req) error("boom " .. req:path()) end
+return P
+''',
 }
 
 LOG_FORMAT = "$request trace=$trace_id span=$span_id parent=$parent_span_id status=$status"
@@ -150,6 +155,8 @@ class TracingTest(L.LuaTestCase):
             cls, {"app": H.upstream(cls.o.address()),
              "gone": H.upstream(dead1, dead2, retries=1)},
             [{"match": {"host": "gone.test", "prefix": "/"}, "upstream": "gone"},
+             {"match": {"host": "boom.test", "prefix": "/"}, "upstream": "app",
+              "plugins": [{"name": "traceboom"}]},
              {"match": {"host": "lua.test", "prefix": "/"}, "upstream": "app",
               "plugins": [{"name": "traceids"}]},
              {"match": {"prefix": "/"}, "upstream": "app"}],
@@ -334,6 +341,17 @@ class TracingTest(L.LuaTestCase):
         H.wait_for(lambda: [l for l in self.proxy.stderr().splitlines()
                             if "/x?tag=" + tag in l and "trace_id=" + trace in l],
                    H.T(5), what="the upstream error with its trace id:\n"
+                   + self.proxy.stderr()[-3000:])
+
+    def test_a_failing_plugin_names_the_trace(self):
+        tag = "boom%d" % time.monotonic_ns()
+        r = self.get("/b-" + tag, host="boom.test")  # the plugin's error names the path
+        self.assertEqual(r.status, 500)
+        trace, _, _, status = self.access_line(tag)
+        self.assertEqual(status, "500")
+        H.wait_for(lambda: [l for l in self.proxy.stderr().splitlines()
+                            if "request phase failed trace_id=" + trace in l and tag in l],
+                   H.T(5), what="the plugin failure with its trace id:\n"
                    + self.proxy.stderr()[-3000:])
 
     def test_status_counts_exports(self):
