@@ -886,3 +886,33 @@ for _label, _path in (("5B", "/"), ("16KiB", "/fixed?size=16384")):
         "note": "JSON access log (13 members) to a file; its cost is this minus log-off-%s-c50"
                 % _label,
     })
+
+# --- trace context and span export (issue #16, docs/tracing.md) ---------------------------
+# plain-5B-c50 runs with tracing's defaults (ids per request and traceparent upstream, no
+# export). trace-off turns tracing off; trace-export also sends one SERVER span and one
+# CLIENT span per request to a collector, which is the origin itself (lp_origin answers the
+# POST to "/" with 200), on loopback, every request sampled. luaproxy's CPU us/req in
+# trace-export minus trace-off is the whole cost of tracing with export; plain minus
+# trace-off the cost of the ids and headers alone. nginx runs its plain config as the
+# control (its figure should not move between the three).
+LUAPROXY_TRACE_OFF = LUAPROXY_PLAIN.replace(
+    "  log = { access = false },\n",
+    "  log = { access = false },\n  tracing = { enabled = false },\n")
+LUAPROXY_TRACE_EXPORT = LUAPROXY_PLAIN.replace(
+    "  log = { access = false },\n",
+    "  log = { access = false },\n"
+    "  tracing = { export = { endpoint = \"http://127.0.0.1:{{origin_port}}/\" } },\n")
+assert LUAPROXY_TRACE_OFF != LUAPROXY_PLAIN and LUAPROXY_TRACE_EXPORT != LUAPROXY_PLAIN
+for _name, _tpl, _note in (
+        ("trace-off-5B-c50", LUAPROXY_TRACE_OFF, "tracing.enabled = false: no ids, no headers"),
+        ("trace-export-5B-c50", LUAPROXY_TRACE_EXPORT,
+         "every request's spans POSTed as OTLP JSON to a collector on loopback")):
+    SCENARIOS.append({
+        "name": _name,
+        "path": "/",
+        "connections": 50,
+        "luaproxy": _tpl,
+        "nginx": NGINX_PLAIN,
+        "per_mib": False,
+        "note": _note,
+    })

@@ -11,6 +11,7 @@
 #include "logfield.h"
 #include "logw.h"
 #include "tls.h"
+#include "trace.h"
 
 /* The chunk a worker gathers lines in before handing it to the writer (logw.h) without
  * waiting for the flush interval, and the longest line a chunk grows for: a longer one is
@@ -44,6 +45,9 @@ typedef enum {
     V_REALIP_REMOTE_ADDR, /* the TCP peer (nginx's name), whatever real_ip made $remote_addr */
     V_LOG_FIELD,          /* $log_field_<name>: req:log_field() */
     V_LOG_FIELDS,         /* JSON lines: every req:log_field() member, before the closing brace */
+    V_TRACE_ID,           /* the request's trace (engine/trace.h) */
+    V_SPAN_ID,
+    V_PARENT_SPAN_ID,
 } var_t;
 
 /* How a variable's value is written (op_t.mode). */
@@ -87,6 +91,9 @@ static const struct {
     {"ssl_client_s_dn", V_SSL_CLIENT_S_DN},
     /* #14 */
     {"realip_remote_addr", V_REALIP_REMOTE_ADDR},
+    {"trace_id", V_TRACE_ID},
+    {"span_id", V_SPAN_ID},
+    {"parent_span_id", V_PARENT_SPAN_ID},
 };
 
 /* Variables whose value is a JSON number when a member's value is just that variable. */
@@ -660,6 +667,26 @@ static void tls_value(val_t *v, const lp_req_t *req, var_t var, char *scratch)
         one(v, s, n);
 }
 
+/* $trace_id, $span_id, $parent_span_id: absent without a trace (tracing off, a head that
+ * never parsed) and $parent_span_id without an accepted parent. */
+static void trace_value(val_t *v, const lp_req_t *req, var_t var, char *scratch)
+{
+    static const uint8_t none[8] = {0};
+    const lp_trace_t *t = &req->trace;
+    if (!t->on)
+        return;
+    if (var == V_TRACE_ID) {
+        lp_trace_hex(scratch, t->trace_id, 16);
+        one(v, scratch, 32);
+    } else if (var == V_SPAN_ID) {
+        lp_trace_hex(scratch, t->span_id, 8);
+        one(v, scratch, 16);
+    } else if (memcmp(t->parent_id, none, 8) != 0) {
+        lp_trace_hex(scratch, t->parent_id, 8);
+        one(v, scratch, 16);
+    }
+}
+
 static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint64_t now,
                   char *scratch, val_t *v)
 {
@@ -745,6 +772,11 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
     case V_SSL_SESSION_REUSED:
     case V_SSL_CLIENT_S_DN:
         tls_value(v, req, op->var, scratch);
+        break;
+    case V_TRACE_ID:
+    case V_SPAN_ID:
+    case V_PARENT_SPAN_ID:
+        trace_value(v, req, op->var, scratch);
         break;
     case V_HTTP_HEADER: {
         const lp_header_t *hd = lp_h1_find(h, op->text, op->len);

@@ -24,6 +24,7 @@
 #include "lua_vm.h"
 #include "metrics_scrape.h"
 #include "server.h"
+#include "trace.h"
 #include "worker.h"
 #include "shdict.h"
 #include "rtable.h"
@@ -299,6 +300,17 @@ static json_t *shared_status(const lp_config_t *cfg)
     return o ? o : json_object();
 }
 
+/* GET /status `tracing`: span export counters summed over workers (trace.h). */
+static json_t *tracing_status(const lp_server_t *s, const lp_config_t *cfg)
+{
+    lp_trace_counts_t t;
+    lp_trace_totals(s->workers, s->nworkers, &t);
+    return json_pack("{s:b,s:b,s:o,s:o,s:o,s:o,s:o}", "enabled", cfg->tracing.enabled, "export",
+                     cfg->tracing.enabled && cfg->tracing.export_on, "exported", jint(t.exported),
+                     "dropped", jint(t.dropped), "queued", jint(t.queued), "batches",
+                     jint(t.batches), "failures", jint(t.failures));
+}
+
 static void handle_status(admin_conn_t *c)
 {
     lp_server_t *s = c->admin->server;
@@ -331,6 +343,7 @@ static void handle_status(admin_conn_t *c)
          * summed over workers and both logs; metrics: luaproxy_log_lines_dropped_total. */
         json_object_set_new(st, "log",
                             json_pack("{s:o}", "lines_dropped", jint(lp_logw_lines_dropped())));
+        json_object_set_new(st, "tracing", tracing_status(s, lp_gen_current->config));
     }
     respond(c, 200, st);
 }

@@ -917,6 +917,44 @@ static void read_log(rctx_t *r)
     lua_pop(L, 1);
 }
 
+/* `tracing` (the endpoint's syntax was checked by the schema; resolved in step 3). */
+static void read_tracing(rctx_t *r)
+{
+    lua_State *L = r->L;
+    lp_trace_conf_t *t = &r->c->tracing;
+    if (!push_table(L, "tracing"))
+        return;
+    t->enabled = get_bool(L, "enabled");
+    t->accept = get_bool(L, "accept");
+    t->sample = get_num(L, "sample");
+    if (push_table(L, "export")) {
+        char *url = get_str(r, "endpoint");
+        const char *hp = url ? url + 7 : ""; /* after "http://" */
+        const char *slash = strchr(hp, '/');
+        size_t hl = slash ? (size_t)(slash - hp) : strlen(hp);
+        t->collector_host = strndup(hp, hl);
+        t->collector_path = dup_str(r, slash ? slash : "/v1/traces");
+        /* The address to resolve: the Host value, with port 80 when it names none. */
+        if (t->collector_host) {
+            size_t n = strlen(t->collector_host);
+            int port = n && t->collector_host[n - 1] != ']' && strrchr(t->collector_host, ':');
+            if ((t->collector.text = malloc(n + 4)))
+                snprintf(t->collector.text, n + 4, "%s%s", t->collector_host, port ? "" : ":80");
+        }
+        if (!t->collector_host || !t->collector.text)
+            r->oom = 1;
+        free(url);
+        t->service_name = get_str(r, "service_name");
+        t->batch_size = get_uint(L, "batch_size");
+        t->max_queue = get_uint(L, "max_queue");
+        t->interval = get_ms(L, "interval");
+        t->timeout = get_ms(L, "timeout");
+        t->export_on = 1;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static int name_cmp(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -1049,6 +1087,7 @@ static int read_config(rctx_t *r)
     }
     c->pid_file = get_str(r, "pid_file");
     c->watch = get_bool(L, "watch");
+    read_tracing(r);
     read_shared(r);
     read_metrics(r);
     if (!rc && r->oom)
@@ -1131,6 +1170,8 @@ static int resolve(rctx_t *r)
     }
     if (!rc && c->admin.text)
         rc = resolve_addr(r, "admin.address", &c->admin);
+    if (!rc && c->tracing.export_on)
+        rc = resolve_addr(r, "tracing.export.endpoint", &c->tracing.collector);
     for (size_t i = 0; !rc && i < c->nupstreams; i++) {
         lp_upstream_conf_t *u = &c->upstreams[i];
         for (size_t j = 0; !rc && j < u->ntargets; j++) {
@@ -1330,6 +1371,10 @@ void lp_config_free(lp_config_t *c)
     }
     free(c->access_format.json);
     free(c->admin.text);
+    free(c->tracing.collector.text);
+    free(c->tracing.collector_host);
+    free(c->tracing.collector_path);
+    free(c->tracing.service_name);
     free(c->pid_file);
     for (size_t i = 0; i < c->nfiles; i++)
         free(c->files[i]);

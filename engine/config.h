@@ -168,6 +168,21 @@ typedef struct {
     unsigned nbuckets;
     unsigned max_series; /* label sets per plugin metric (beyond: the overflow series) */
 } lp_metrics_conf_t;
+/* `tracing`: W3C trace context and span export (engine/trace.c, docs/tracing.md). */
+typedef struct {
+    int enabled;          /* ids per request, traceparent sent upstream */
+    int accept;           /* trust a valid incoming traceparent/tracestate */
+    double sample;        /* ratio of new traces sampled (0..1) */
+    int export_on;        /* tracing.export is set */
+    lp_addr_t collector;  /* the collector's address (text owned: "host:port") */
+    char *collector_host; /* owned: the Host header sent to it */
+    char *collector_path; /* owned: "/v1/traces" */
+    char *service_name;   /* owned: resource service.name */
+    unsigned batch_size;  /* spans per POST at most */
+    unsigned max_queue;   /* spans waiting per worker at most; more are dropped */
+    uint64_t interval;    /* ms between flushes of a partial batch */
+    uint64_t timeout;     /* ms a POST (connect to answer) may take */
+} lp_trace_conf_t;
 
 typedef struct {
     char *path; /* the config file (owned) */
@@ -222,6 +237,7 @@ typedef struct {
     size_t *shdict_sizes;         /* owned: the declared capacity of each */
     size_t nshdicts;
     lp_metrics_conf_t metrics; /* the `metrics` section */
+    lp_trace_conf_t tracing;   /* `tracing` */
 } lp_config_t;
 
 #define LP_ACCESS_FORMAT_DEFAULT                                                                   \

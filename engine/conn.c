@@ -14,6 +14,7 @@
 #include "lua_vm.h"
 #include "relay.h"
 #include "request.h"
+#include "trace.h"
 #include "route.h"
 #include "rtable.h"
 #include "tls.h"
@@ -364,8 +365,9 @@ int lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
     }
     if (req->flags & LP_RF_RESP_STARTED) {
         /* Mid-response: closing is the only way to show the client the truncation. */
-        lp_log_warn("%s: %s %.*s: %s after the response started; closing", conn_ip(c),
-                    llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base, why);
+        lp_log_warn("%s: %s %.*s: %s after the response started; closing%s", conn_ip(c),
+                    llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base, why,
+                    lp_trace_tag(req));
         req->flags |= LP_RF_RESP_CLOSE;
         lp_conn_close(c);
         return LP_GONE;
@@ -393,8 +395,8 @@ static int conn_start_upstream(lp_req_t *req)
         if (body_known_empty(req))
             req->state = LP_RS_DONE; /* nothing left to read: keep-alive stays possible */
         if (req->route)
-            lp_log_warn("%s: route %d chose no upstream (a handler or plugin must)",
-                        lp_req_client_ip(req), req->route_index + 1);
+            lp_log_warn("%s: route %d chose no upstream (a handler or plugin must)%s",
+                        lp_req_client_ip(req), req->route_index + 1, lp_trace_tag(req));
         return conn_respond_local(req, req->route ? 502 : 404, 1, NULL);
     }
     req->flags |= LP_RF_WAIT_UPSTREAM;
@@ -505,6 +507,7 @@ static int conn_on_head(lp_req_t *req)
         req->flags |= LP_RF_HEAD;
     if (h->flags & LP_H1F_UPGRADE)
         req->flags |= LP_RF_UPGRADE_REQ;
+    lp_trace_start(req); /* before anything may answer: a 413 has its trace too */
     conn_timer(c, TM_NONE, 0);
     lp_ip_t client;
     conn_real_ip(req, &client);
@@ -1238,9 +1241,9 @@ static int conn_filter_out(lp_req_t *req, lp_str_t out)
 static int conn_filter_failed(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    lp_log_warn("%s: %s %.*s: response_body filter failed after the response started; closing",
+    lp_log_warn("%s: %s %.*s: response_body filter failed after the response started; closing%s",
                 conn_ip(c), llhttp_method_name(req->method), (int)req->h1.path.len,
-                req->h1.path.base);
+                req->h1.path.base, lp_trace_tag(req));
     req->flags |= LP_RF_RESP_CLOSE;
     conn_count(req);
     conn_metrics(req);

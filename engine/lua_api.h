@@ -239,5 +239,9 @@ double *lp_ffi_metric_cells(int id);
 /* The index of the series with these label values (joined by NUL) in the running worker,
  * made when new; max_series when the metric has no room left (the overflow series). */
 int lp_ffi_metric_series(int id, const char *labels, size_t len);
+/* req:trace_id() and friends (engine/trace.c): 64 hex digits into out (trace id, span id,
+ * parent span id, zeros without one); returns LP_FFI_TRACE_* bits, -1 without a trace. */
+enum { LP_FFI_TRACE_SAMPLED = 1, LP_FFI_TRACE_PARENT = 2, LP_FFI_TRACE_RECORDED = 4 };
+int lp_ffi_trace_ids(void *r, char *out);
 
 #endif

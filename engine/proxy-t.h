@@ -16,6 +16,7 @@
 #include "endpoint.h"
 #include "router.h"
 #include "metrics.h"
+#include "trace-t.h"
 
 typedef struct lp_worker_s lp_worker_t;
 typedef struct lp_conn_s lp_conn_t;
@@ -211,6 +212,8 @@ struct lp_worker_s {
     struct lp_cosock_pools_s *cosock; /* owned: proxy.tcp keep-alive pools (cosock.c) */
     /* Its own metrics (metrics.h: it writes with LP_M_ADD/SET, the admin API reads). */
     uint64_t m_cells[LP_WM_N];
+    struct lp_trace_exp_s *trace_exp; /* owned: span export (trace_export.c), NULL: none */
+    lp_trace_counts_t trace_counts;   /* its export counters (relaxed atomics, trace-t.h) */
 };
 
 /* The worker of a worker's endpoint (a client or upstream connection): its env is the
@@ -351,6 +354,7 @@ struct lp_req_s {
     uint8_t filter_cont;        /* LP_FC_*: what a waiting response_body filter holds up */
     lp_logfields_t log_fields;  /* req:log_field()'s, for the access log line (buffer kept
                                    while the request is recycled) */
+    lp_trace_t trace;           /* its trace context and try spans (trace.h) */
 };
 
 /* Connection flags (LP_CF_*); the socket's own are the endpoint's (LP_EPF_*). */

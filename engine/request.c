@@ -6,6 +6,7 @@
 #include "lua_vm.h"
 #include "request.h"
 #include "rtable.h"
+#include "trace.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -103,6 +104,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->body_max = 0;
     resp_reset(&req->resp);
     lp_upstream_try_reset(req);
+    req->trace.on = req->trace.recorded = req->trace.ntries = req->trace.cur_try = 0;
     return req;
 }
 
@@ -237,6 +239,7 @@ void lp_req_end(lp_req_t *req)
     if (req->flags & LP_RF_DETACHED)
         lp_list_remove(&req->dlink);
     lp_upstream_try_end(req, 0); /* a try cut short by the client, or a tunnel */
+    lp_trace_finish(req);        /* its spans, while its head and address are there */
     lp_upstream_dyn_release(req);
     lp_lua_release(req); /* invalidates the Lua handle */
     if (req->body_buf)

@@ -7,6 +7,7 @@
 #include "lua_vm.h"
 #include "relay.h"
 #include "request.h"
+#include "trace.h"
 #include "targets.h"
 #include "tls.h"
 #include "upstream.h"
@@ -197,11 +198,12 @@ static int peer_fail(lp_peer_t *p, int kind, int status, const char *why)
     req->try.fail_kind = (uint8_t)kind;
     req->try.fail_status = 0;
     if (elsewhere && lp__try_may_retry(req)) {
-        lp_log_warn("upstream %s: %s; retrying (try %d)", addr, why, req->try.tries + 1);
+        lp_log_warn("upstream %s: %s; retrying (try %d)%s", addr, why, req->try.tries + 1,
+                    lp_trace_tag(req));
         return lp__try_next(req);
     }
-    lp_log_warn("upstream %s: %s (%s %.*s)", addr, why, llhttp_method_name(req->method),
-                (int)req->h1.path.len, req->h1.path.base);
+    lp_log_warn("upstream %s: %s (%s %.*s)%s", addr, why, llhttp_method_name(req->method),
+                (int)req->h1.path.len, req->h1.path.base, lp_trace_tag(req));
     return lp_conn_upstream_failed(req, status, why);
 }
 
@@ -342,9 +344,14 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
         lp_wbuf_header(&w, "X-Forwarded-Host", 16, h->host.base, h->host.len);
     for (unsigned i = 0; i < h->nheaders; i++) {
         const lp_header_t *hd = &h->headers[i];
-        if (lp_h1_is_hop_by_hop(h, hd->name) || is_replaced(hd->name))
+        if (lp_h1_is_hop_by_hop(h, hd->name) || is_replaced(hd->name) ||
+            lp_trace_is_header(req, hd->name))
             continue;
         lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
+    }
+    if (req->trace.on) {
+        char tp[LP_TRACE_HEAD_MAX];
+        lp_wbuf_str(&w, tp, lp_trace_upstream_headers(req, tp));
     }
     if (h->flags & LP_H1F_CHUNKED) {
         lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
@@ -580,7 +587,8 @@ static int retry_on_status(lp_peer_t *p)
     req->resp.sent_status = 0;
     req->try.fail_kind = LP_FAIL_STATUS;
     req->try.fail_status = status;
-    lp_log_info("upstream %s: status %d, retrying (try %d)", addr, status, req->try.tries + 1);
+    lp_log_info("upstream %s: status %d, retrying (try %d)%s", addr, status, req->try.tries + 1,
+                lp_trace_tag(req));
     lp__try_next(req);
     return 1;
 }

@@ -7,6 +7,7 @@
 #include "request.h"
 #include "targets.h"
 #include "upstream.h"
+#include "trace.h"
 #include "upstream_try.h"
 
 /* A request's tries at its upstream (nginx's upstream_next, as one unit): picking a
@@ -206,6 +207,7 @@ static int pick_target(lp_req_t *req)
     req->try.tries++;
     req->try.open = 1;
     req->try.t_try = now;
+    lp_trace_try_begin(req);
     return idx;
 }
 
@@ -258,9 +260,9 @@ static void on_queue_timer(uv_timer_t *tm)
             lp_conn_upstream_failed(req, 504, "total_timeout reached while waiting");
             continue;
         }
-        lp_log_warn("upstream %s: a request waited %llu ms for one of max_connections (%u): 503",
+        lp_log_warn("upstream %s: a request waited %llu ms for one of max_connections (%u): 503%s",
                     u->conf->name, (unsigned long long)(now - req->try.queued_at),
-                    u->conf->max_connections);
+                    u->conf->max_connections, lp_trace_tag(req));
         lp_conn_upstream_failed(req, 503,
                                 "no connection to the upstream freed up in time (pending_timeout)");
     }
@@ -299,6 +301,7 @@ void lp_upstream_try_end(lp_req_t *req, int failed)
     lp_target_rt_t *t = req->try.tgt;
     req->try.open = 0;
     req->try.tgt = NULL;
+    lp_trace_try_end(req, failed);
     u->in_flight--;
     if (t->m)
         LP_M_ADD(&t->m[LP_MT_ENDED], 1);

@@ -9,6 +9,7 @@
 #include "accesslog.h"
 #include "conn.h"
 #include "cosock.h"
+#include "trace.h"
 #include "log.h"
 #include "logw.h"
 #include "lua_vm.h"
@@ -299,6 +300,7 @@ static void commit_switch(lp_worker_t *w, lp_switch_t *sw)
     lp_wgen_t *old = w->cur;
     w->cur = g;
     w->config = cfg;
+    lp_trace_export_config(w, cfg);
     lp_lua_attach(g->lua, g); /* timers init_worker made start now */
     if (old) {
         lp_lua_generation_ended(old->lua); /* its pending timers run, premature */
@@ -348,6 +350,7 @@ static void maybe_finish(lp_worker_t *w)
         w->hs_first = w->hs_n = w->hs_cap = 0;
         lp_ep_timers_close(&w->ep_env.timers); /* no client left; idle upstreams closed above */
         uv_close((uv_handle_t *)&w->house, NULL);
+        lp_trace_export_close(w); /* what waits to go is dropped (counted) */
     }
 }
 
@@ -477,6 +480,7 @@ static void worker_main(void *arg)
     uv_run(&w->loop, UV_RUN_DEFAULT);
     lp_upstream_destroy_all(w);
     lp_req_free_all(w);
+    lp_trace_export_free(w);
     lp_bufpool_destroy(&w->bufs);
     lp_wbpool_destroy(&w->wbatches);
     int rc = uv_loop_close(&w->loop);
@@ -515,6 +519,10 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     uv_idle_init(&w->loop, &w->hs_idle);
     w->hs_idle.data = w;
     lp_lua_sched_init(w);
+    if (lp_trace_export_init(w)) {
+        snprintf(err, errlen, "tracing: out of memory");
+        return LP_ENOMEM;
+    }
     uv_mutex_init(&w->mbox_lock);
     uv_sem_init(&w->mbox_done, 0);
     return 0;

@@ -544,10 +544,69 @@ local function size_check(v)
   return true
 end
 
+-- tracing.export.endpoint: http://host[:port][/path] (no TLS: a collector on loopback or
+-- a private network, docs/tracing.md).
+local function collector_url(s)
+  local hostport = s:match("^http://([^/]+)")
+  if not hostport or hostport:find("[@%s]") then
+    return nil, format("%q: expected http://host[:port][/path]", s)
+  end
+  if not hostport:find(":%d+$") then hostport = hostport .. ":80" end
+  return schema.check_address(hostport)
+end
+
+local TRACING = {
+  type = "record", default = {},
+  description = "W3C trace context and span export (docs/tracing.md)",
+  doc_order = { "enabled", "accept", "sample", "export" },
+  fields = {
+    enabled = {
+      type = "boolean", default = true,
+      description = "give every request a trace id and the proxy's span id, and send "
+        .. "`traceparent` (and `tracestate`) upstream",
+    },
+    accept = {
+      type = "boolean", default = true,
+      description = "continue a valid incoming `traceparent`/`tracestate` (false: every "
+        .. "request starts a new trace, for a proxy facing untrusted clients)",
+    },
+    sample = {
+      type = "number", default = 1, min = 0, max = 1,
+      description = "share of new traces sampled (a continued trace keeps its parent's "
+        .. "sampled flag); only sampled requests are exported",
+    },
+    export = {
+      type = "record", doc_default = "off",
+      description = "one span per request (and one per upstream try) to an OTLP/HTTP JSON "
+        .. "collector",
+      doc_order = { "endpoint", "service_name", "batch_size", "interval", "max_queue",
+                    "timeout" },
+      fields = {
+        endpoint = { type = "string", required = true, custom = collector_url,
+                     doc_default = "none",
+                     description = "the collector's URL, `http://host:port/v1/traces` (a "
+                       .. "missing path is `/v1/traces`)" },
+        service_name = { type = "string", default = "luaproxy", min = 1,
+                         description = "the resource's `service.name`" },
+        batch_size = { type = "integer", default = 512, min = 1, max = 100000,
+                       description = "spans per POST: a batch goes once it holds this many "
+                         .. "(a request's spans stay together, so it may hold a few more)" },
+        interval = seconds(1, "seconds between POSTs of a partial batch"),
+        max_queue = { type = "integer", default = 4096, min = 1, max = 10000000,
+                      description = "spans waiting per worker at most; more are dropped and "
+                        .. "counted (`GET /status` `tracing.dropped`)" },
+        timeout = seconds(2, "seconds a POST may take (connect to answer); a slower one is "
+                         .. "cut and its spans dropped"),
+      },
+    },
+  },
+}
+
 local S = {
   description = "a luaproxy config file",
   doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
-                "log", "plugins", "lua", "shared", "admin", "metrics", "pid_file", "watch" },
+                "log", "plugins", "lua", "shared", "admin", "metrics", "pid_file", "watch",
+                "tracing" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
                 description = "worker threads, each with its own loop and listening socket "
@@ -827,6 +886,7 @@ local S = {
     pid_file = { type = "string", doc_default = "none",
                  description = "file the pid is written to (used by `luaproxy -s` when there "
                    .. "is no admin API)" },
+    tracing = TRACING,
     watch = {
       type = "boolean", default = false,
       description = "reload when a `.lua` file changes next to the config (and in its "

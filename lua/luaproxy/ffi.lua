@@ -108,6 +108,7 @@ int lp_ffi_req_param(void *r, const char *name, size_t n, lp_str_t *out);
 int lp_ffi_metric_new(int type, const char *name, const char *help, const char *labels, size_t labels_len, int nlabels, const double *bounds, int nbounds, int max_series, char *err, size_t errlen);
 double *lp_ffi_metric_cells(int id);
 int lp_ffi_metric_series(int id, const char *labels, size_t len);
+int lp_ffi_trace_ids(void *r, char *out);
 ]]
 
 return {
@@ -135,4 +136,6 @@ return {
   FAILURES = { "connect", "timeout", "reset", "status", "protocol" },
   -- lp_ffi_hresp_feed/eof bits
   HR_HEAD = 1, HR_DONE = 2, HR_WAIT = 4, HR_ESOCK = -1,
+  -- lp_ffi_trace_ids bits
+  TRACE_SAMPLED = 1, TRACE_PARENT = 2, TRACE_RECORDED = 4,
 }

@@ -33,6 +33,8 @@ M.methods = {
   set_status = RESP_WRITE, set_resp_header = RESP_WRITE, add_resp_header = RESP_WRITE,
   clear_resp_header = RESP_WRITE,
   upstream_addr = { response = true, response_body = true, log = true },
+  -- trace context (docs/tracing.md), readable everywhere
+  trace_id = REQ_READ, span_id = REQ_READ, parent_span_id = REQ_READ, trace_sampled = REQ_READ,
 }
 
 -- The variables req:var() knows (docs/lua-api.md); each gives one value: a string, or nil

@@ -357,6 +357,36 @@ end
 
 function methods.upstream_addr(h) check(h, "upstream_addr") return get(h, K.UPSTREAM_ADDR) end
 
+-- ---- trace context (engine/trace.c, docs/tracing.md) ----
+
+local trace_buf = ffi.new("char[64]")
+local band = require("bit").band
+
+-- nil without a trace (tracing off).
+function methods.trace_id(h)
+  check(h, "trace_id")
+  if C.lp_ffi_trace_ids(h._r, trace_buf) < 0 then return nil end
+  return ffi_string(trace_buf, 32)
+end
+function methods.span_id(h)
+  check(h, "span_id")
+  if C.lp_ffi_trace_ids(h._r, trace_buf) < 0 then return nil end
+  return ffi_string(trace_buf + 32, 16)
+end
+-- The client's span (an accepted traceparent), nil when the proxy started the trace.
+function methods.parent_span_id(h)
+  check(h, "parent_span_id")
+  local bits = C.lp_ffi_trace_ids(h._r, trace_buf)
+  if bits < 0 or band(bits, K.TRACE_PARENT) == 0 then return nil end
+  return ffi_string(trace_buf + 48, 16)
+end
+function methods.trace_sampled(h)
+  check(h, "trace_sampled")
+  local bits = C.lp_ffi_trace_ids(h._r, trace_buf)
+  if bits < 0 then return nil end
+  return band(bits, K.TRACE_SAMPLED) ~= 0
+end
+
 -- ---- variables ----
 
 local VARS = {
@@ -393,8 +423,13 @@ end
 -- ---- the engine's entry points ----
 
 local function log_failure(inst, phase, err, h)
-  local msg = format("plugin %s (%s): %s phase failed%s: %s", inst.name, inst.where, phase,
-    inst.fail_open and " (fail_open: request goes on)" or "", tostring(err))
+  -- The request's trace (docs/tracing.md), so the 500 is found from its trace.
+  local trace = ""
+  if h and h._r and C.lp_ffi_trace_ids(h._r, trace_buf) >= 0 then
+    trace = " trace_id=" .. ffi_string(trace_buf, 32)
+  end
+  local msg = format("plugin %s (%s): %s phase failed%s%s: %s", inst.name, inst.where, phase,
+    inst.fail_open and " (fail_open: request goes on)" or "", trace, tostring(err))
   C.lp_ffi_log(0, msg, #msg)
 end
 

@@ -469,6 +469,37 @@ local function split_uri(uri)
   return uri, nil
 end
 
+-- The double's trace context (engine/trace.c's lp_trace_start, for a version-00 header).
+local match = string.match
+local function random_hex(n)
+  local t = {}
+  for i = 1, n do t[i] = format("%02x", math.random(0, 255)) end
+  local s = concat(t)
+  if not find(s, "[^0]") then return random_hex(n) end
+  return s
+end
+local function trace_from_spec(spec)
+  if spec.trace == false then return false end
+  if spec.trace then return spec.trace end
+  local tp
+  for name, v in pairs(spec.headers or {}) do
+    if lower(name) == "traceparent" and type(v) == "string" then tp = v end
+  end
+  local tid, pid, flags
+  if tp then
+    tid, pid, flags = match(tp, "^[ \t]*00%-(%x+)%-(%x+)%-(%x%x)[ \t]*$")
+    if not tid or #tid ~= 32 or #pid ~= 16 or find(tp, "%u") or not find(tid, "[^0]")
+       or not find(pid, "[^0]") then
+      tid = nil
+    end
+  end
+  if tid then
+    return { trace_id = tid, span_id = random_hex(8), parent_span_id = pid,
+             sampled = tonumber(flags, 16) % 2 == 1 }
+  end
+  return { trace_id = random_hex(16), span_id = random_hex(8), sampled = true }
+end
+
 -- Builds a request double. `spec` (all optional):
 --   method = "GET", uri = "/", headers = { Name = "v" or { "v1", "v2" } },
 --   client_ip = "127.0.0.1", peer_ip = client_ip (the TCP peer: #14), body = "", scheme = "http",
@@ -479,7 +510,10 @@ end
 --   upstream = "app" (the upstream the config's route chose), ctx = {}, phase = "request",
 --   params = { id = "42" } (the config route's captures, for req:param),
 --   last_failure = { "connect", nil, "127.0.0.1:9001" } (what req:last_failure() returns in
---   the upstream phase: the retry being simulated; absent: a first try).
+--   the upstream phase: the retry being simulated; absent: a first try),
+--   trace = { trace_id =, span_id =, parent_span_id =, sampled = } (what req:trace_id() and
+--   friends return), or false (tracing off: they return nil); absent: as the engine does
+--   with tracing on, a valid version-00 `traceparent` header is continued, else new ids.
 function T.request(spec)
   spec = spec or {}
   local uri = spec.uri or "/"
@@ -517,6 +551,7 @@ function T.request(spec)
     _last_failure = spec.last_failure,
     _params = spec.params or {},
     _max_log_fields = spec.max_log_fields,
+    _trace = trace_from_spec(spec),
   }, Req)
   if spec.upstream and known and not known[spec.upstream] then
     phases.raise("proxy.test.request(): upstream " .. spec.upstream .. " is not in upstreams", 2)
@@ -616,6 +651,23 @@ function Req:tls()
 end
 function Req:http_version() check("http_version", self._phase); return self._http_version end
 function Req:upstream_name() check("upstream_name", self._phase); return self._upstream end
+function Req:trace_id()
+  check("trace_id", self._phase)
+  return self._trace and self._trace.trace_id or nil
+end
+function Req:span_id()
+  check("span_id", self._phase)
+  return self._trace and self._trace.span_id or nil
+end
+function Req:parent_span_id()
+  check("parent_span_id", self._phase)
+  return self._trace and self._trace.parent_span_id or nil
+end
+function Req:trace_sampled()
+  check("trace_sampled", self._phase)
+  if not self._trace then return nil end
+  return self._trace.sampled and true or false
+end
 
 local VARS = {
   client_ip = function(r) return r._client_ip end,

@@ -85,6 +85,12 @@ local C = {
   end,
   lp_ffi_log = function(level, msg, len) record("log", level, str(msg, len)) end,
   lp_ffi_start_time = function() return E.start_time end,
+  lp_ffi_trace_ids = function(_, out)
+    local t = E.trace
+    if not t then return -1 end
+    real_ffi.copy(out, t.trace_id .. t.span_id .. (t.parent_span_id or ("0"):rep(16)), 64)
+    return (t.sampled and 1 or 0) + (t.parent_span_id and 2 or 0)
+  end,
   lp_ffi_last_failure = function(_, addr, status)
     if not E.failure then return 0 end
     out_str(addr, E.failure.addr)
@@ -504,6 +510,16 @@ describe("luaproxy.request (with the engine's C functions faked)", function()
       assert.equal("plugin auth (routes[2].plugins[1](auth)): request phase failed: no key",
         logs[1][2]:match("^[^\n]*"))
       assert.truthy(logs[1][2]:find("\nstack traceback:", 1, true))
+    end)
+
+    it("names the request's trace when it has one", function()
+      E.trace = { trace_id = ("ab"):rep(16), span_id = ("cd"):rep(8) }
+      local h = new(real_ffi.cast("void *", 1), 0)
+      h._chain = chain_failing(false)
+      assert.equal(2, runtime.run(h, 1))
+      E.trace = nil
+      assert.equal("plugin auth (routes[2].plugins[1](auth)): request phase failed trace_id="
+        .. ("ab"):rep(16) .. ": no key", calls_of("log")[1][2]:match("^[^\n]*"))
     end)
 
     it("says the request goes on when the plugin is fail_open", function()
