@@ -7,7 +7,9 @@
 #include "lua_vm.h"
 #include "metrics.h"
 #include "metrics_scrape.h"
+#include "logw.h"
 #include "shdict.h"
+#include "trace.h"
 #include "worker.h"
 
 #define NS 1e-9
@@ -243,6 +245,20 @@ static void process(lp_mtext_t *t, const lp_server_t *s, const lp_config_t *cfg)
     lp_mtext_family(t, "luaproxy_config_generation", "gauge",
                     "Id of the config generation serving new requests.");
     lp_mtext_sample(t, "luaproxy_config_generation", "", NULL, 0, (double)lp_gen_current->id);
+    lp_mtext_family(t, "luaproxy_log_lines_dropped_total", "counter",
+                    "Access and error log lines dropped: the log writer fell behind its output.");
+    lp_mtext_sample(t, "luaproxy_log_lines_dropped_total", "", NULL, 0,
+                    (double)lp_logw_lines_dropped());
+    lp_trace_counts_t tc;
+    lp_trace_totals(s->workers, s->nworkers, &tc);
+    lp_mtext_family(t, "luaproxy_trace_spans_total", "counter",
+                    "Spans handed to the trace collector, by result.");
+    const char *exported[] = {"result", "exported"}, *dropped[] = {"result", "dropped"};
+    lp_mtext_sample(t, "luaproxy_trace_spans_total", "", exported, 1, (double)tc.exported);
+    lp_mtext_sample(t, "luaproxy_trace_spans_total", "", dropped, 1, (double)tc.dropped);
+    lp_mtext_family(t, "luaproxy_trace_spans_queued", "gauge",
+                    "Spans waiting for the trace collector.");
+    lp_mtext_sample(t, "luaproxy_trace_spans_queued", "", NULL, 0, (double)tc.queued);
 }
 
 char *lp_metrics_scrape(const lp_server_t *s, int om, size_t *len)

@@ -111,31 +111,41 @@ local function country_of(conf, ip)
 end
 P.country_of = country_of
 
--- Whether the address is refused, and why (for the log).
+-- Whether the address is refused, why (for the log), and the metric's reason.
 local function refused(conf, ip)
   local v = C.lp_ffi_ipset_find(conf.set, ip, #ip)
-  if v == DENY then return true, "address denied" end
+  if v == DENY then return true, "address denied", "address" end
   if v == ALLOW then return false end
-  if v < -1 then return true, "not an address" end -- an unknown client address (a unix socket)
+  -- An unknown client address (a unix socket):
+  if v < -1 then return true, "not an address", "not_allowed" end
   local cc
   if conf.geoip then
     cc = country_of(conf, ip)
     if cc and conf.deny_countries and conf.deny_countries[cc] then
-      return true, "country " .. cc .. " denied"
+      return true, "country " .. cc .. " denied", "country"
     end
     if conf.allow_countries then
       if cc and conf.allow_countries[cc] then return false end
-      return true, "country " .. (cc or "unknown") .. " not allowed", cc
+      return true, "country " .. (cc or "unknown") .. " not allowed", "country"
     end
   end
-  if conf.default_deny then return true, "address not allowed" end
+  if conf.default_deny then return true, "address not allowed", "not_allowed" end
   return false
+end
+
+local m_refused -- on GET /metrics (docs/metrics.md)
+
+function P.init_worker()
+  -- Declared by every entry's init_worker: a name declared again is the same metric.
+  m_refused = proxy.metrics.counter("ip_filter_refused_total",
+    "Requests the ip_filter plugin refused (dry runs included), by reason.", { "reason" })
 end
 
 function P.request(req, conf)
   local ip = req:client_ip()
-  local no, why = refused(conf, ip)
+  local no, why, reason = refused(conf, ip)
   if not no then return end
+  if m_refused then m_refused:inc(1, reason) end
   if conf.dry_run then
     proxy.log.info(format("ip_filter: would refuse %s: %s (dry run)", ip, why))
     return

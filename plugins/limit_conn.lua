@@ -32,12 +32,21 @@ for k, v in pairs(limit_key.fields) do fields[k] = v end
 P.schema = { fields = fields, custom = limit_key.check }
 
 function P.compile(conf, where)
-  return limit_key.compile_entry(conf, where, "limit_conn")
+  local c = limit_key.compile_entry(conf, where, "limit_conn")
+  c.metric_label = conf.id or where or "limit_conn"
+  return c
 end
 
 local function dict_of(conf) return limit_key.dict(conf, "limit_conn") end
 
-function P.init_worker(conf) dict_of(conf) end
+local m_requests -- decisions on GET /metrics (docs/metrics.md)
+
+function P.init_worker(conf)
+  dict_of(conf)
+  -- Declared by every entry's init_worker: a name declared again is the same metric.
+  m_requests = proxy.metrics.counter("limit_conn_requests_total",
+    "Decisions of the limit_conn plugin, by limit and result.", { "limit", "result" })
+end
 
 function P.request(req, conf)
   local d = dict_of(conf)
@@ -51,6 +60,7 @@ function P.request(req, conf)
   end
   if n > conf.max then
     d:incr(key, -1, 0)
+    if m_requests then m_requests:inc(1, conf.metric_label, conf.dry_run and "dry_run" or "refused") end
     if conf.dry_run then
       proxy.log.info(format("limit_conn: would refuse %s (dry run)", key))
       req.ctx.conn_limited = true
@@ -63,6 +73,7 @@ function P.request(req, conf)
   -- back where it was taken.
   req.ctx[conf.ctx_key] = key
   req.ctx[conf] = d
+  if m_requests then m_requests:inc(1, conf.metric_label, "allowed") end
 end
 
 function P.log(req, conf)

@@ -87,6 +87,7 @@ P.REDIS_SCRIPT_SHA1 = "da6909673637ebb01a31650a6618019da2ecf578"
 
 function P.compile(conf, where)
   local c = limit_key.compile_entry(conf, where, "rate_limit")
+  c.metric_label = conf.id or where or "rate_limit"
   c.label = format("%q", conf.id or "default")
   c.policy_header = format("%s;q=%s;w=%d", c.label, tostring(conf.rate), ceil(conf.period))
   c.interval = conf.period / conf.rate
@@ -102,8 +103,16 @@ function P.compile(conf, where)
   return c
 end
 
+-- Decisions on GET /metrics (docs/metrics.md), declared once per worker VM.
+local m_requests, m_redis_failures
+
 function P.init_worker(conf)
   if conf.policy == "local" or conf.fallback == "local" then limit_key.dict(conf, "rate_limit") end
+  -- Declared by every entry's init_worker: a name declared again is the same metric.
+  m_requests = proxy.metrics.counter("rate_limit_requests_total",
+    "Decisions of the rate_limit plugin, by limit and result.", { "limit", "result" })
+  m_redis_failures = proxy.metrics.counter("rate_limit_redis_failures_total",
+    "rate_limit decisions Redis could not make (the fallback decided).", { "limit" })
 end
 
 local function local_decision(conf, key)
@@ -136,7 +145,10 @@ end
 
 local function redis_decision(conf, key)
   local red, err = proxy.redis.connect(conf.redis_opts)
-  if not red then return redis_failed(conf, err) end
+  if not red then
+    if m_redis_failures then m_redis_failures:inc(1, conf.metric_label) end
+    return redis_failed(conf, err)
+  end
   local k = conf.redis_prefix .. key
   local res
   res, err = red:evalsha(P.REDIS_SCRIPT_SHA1, 1, k, conf.interval_us, conf.limit_us, 1)
@@ -145,6 +157,7 @@ local function redis_decision(conf, key)
   end
   if type(res) ~= "table" then
     if res == false then red:set_keepalive(60000, conf.redis_opts.pool_size) end
+    if m_redis_failures then m_redis_failures:inc(1, conf.metric_label) end
     return redis_failed(conf, tostring(err))
   end
   red:set_keepalive(60000, conf.redis_opts.pool_size)
@@ -162,13 +175,18 @@ function P.request(req, conf)
     req.ctx[conf.ctx_key] = format("%s;r=%d;t=%d", conf.label, min(remaining, conf.rate),
       ceil(reset))
   end
-  if ok then return end
+  if ok then
+    if m_requests then m_requests:inc(1, conf.metric_label, "allowed") end
+    return
+  end
   if conf.dry_run then
+    if m_requests then m_requests:inc(1, conf.metric_label, "dry_run") end
     proxy.log.info(format("rate_limit: would refuse %s (dry run)", key))
     req.ctx.rate_limited = true
     return
   end
   req.ctx.rate_limited = true
+  if m_requests then m_requests:inc(1, conf.metric_label, "refused") end
   req:respond(conf.status, conf.message, {
     ["Content-Type"] = "text/plain",
     ["Retry-After"] = tostring(ceil(retry)),

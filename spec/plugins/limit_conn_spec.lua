@@ -10,6 +10,7 @@ describe("limit_conn plugin", function()
   -- A request stopped after its request phase (still "in flight"), and its log phase later.
   local function start(conf, spec)
     local compiled = T.conf(limit_conn, conf)
+    T.phase(limit_conn, "init_worker", nil, compiled) -- as the engine does before serving
     local req = T.request(spec or { client_ip = "192.0.2.1" })
     local responded = T.phase(limit_conn, "request", req, compiled)
     return req, responded, compiled

@@ -59,13 +59,15 @@ describe("rate_limit plugin", function()
     assert.is_false(run(conf, { uri = "/b" }).responded)
   end)
 
-  it("refuses nothing in dry_run, and logs what it would have refused", function()
-    local conf = { rate = 1, dry_run = true }
+  it("refuses nothing in dry_run, and logs and counts what it would have refused", function()
+    local conf = { rate = 1, dry_run = true, id = "dry" }
     run(conf)
     local res = run(conf)
     assert.is_false(res.responded)
     assert.is_true(res.ctx.rate_limited)
     assert.same({ "rate_limit: would refuse ip:192.0.2.1 (dry run)" }, T.log_lines("info"))
+    assert.equal(1, T.metric("rate_limit_requests_total", { limit = "dry", result = "allowed" }))
+    assert.equal(1, T.metric("rate_limit_requests_total", { limit = "dry", result = "dry_run" }))
   end)
 
   it("names its policy, and instances with the same id share counters", function()

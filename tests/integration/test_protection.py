@@ -68,6 +68,10 @@ class LocalLimitsTest(RT.ReloadTestCase):
         self.assertEqual(r.body, b"too many requests\n")
         self.assertIn(r.header("Retry-After"), ("1", "2", "3", "4", "5"))
         self.assertRegex(r.header("RateLimit"), r'^"rl";r=0;t=(1[5-9]|20)$')
+        # Decisions are counted on GET /metrics, summed over the workers.
+        m = self.admin("GET", "/metrics").body.decode()
+        self.assertIn('rate_limit_requests_total{limit="rl",result="allowed"} 4', m)
+        self.assertIn('rate_limit_requests_total{limit="rl",result="refused"} 1', m)
         # The counts live in the shared dict: a reload keeps them.
         self.reload()
         self.assertEqual(H.get(self.proxy.port, "/rl/fixed").status, 429)
