@@ -1,0 +1,207 @@
+-- waf: a web application firewall. Rules (Lua tables: the bundled default set, files, or
+-- inline) test request variables (method, path, query and body arguments, headers, cookies,
+-- uploads' file names, the raw body) through transformations with operators; a match adds
+-- to the request's anomaly score, denies at once, or is only logged. At the inbound
+-- threshold the request is refused (or, with mode = "detect", only logged). The rule set is
+-- compiled once per config load (luaproxy/waf/engine.lua); per request the plugin gathers
+-- only the variables some rule needs, and reads the body only when a rule looks at it.
+-- Docs: docs/plugins/waf.md.
+local engine = require "luaproxy.waf.engine"
+local V = require "luaproxy.waf.vars"
+local format, concat = string.format, table.concat
+local ipairs, type, tostring = ipairs, type, tostring
+
+-- The bundled rule files, next to this file.
+local HERE = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".")
+local DEFAULT_DIR = HERE .. "/waf/rules"
+local DEFAULT_FILES = { "protocol", "scanners", "traversal", "rfi", "shell", "php", "java",
+                        "sqli", "xss" }
+
+local P = {
+  name = "waf",
+  -- After request_limits (2900: a request refused for its shape costs nothing), before
+  -- redirects, routing, authentication and rate limits.
+  priority = 2700,
+}
+
+local target_list = { type = "array", elements = { type = "string" } }
+
+P.schema = {
+  fields = {
+    mode = { type = "string", default = "block", one_of = { "block", "detect" },
+             description = "block: refuse requests at the threshold or matching a deny rule; "
+               .. "detect: refuse nothing, log what would have been refused (detect_only)" },
+    paranoia = { type = "integer", default = 1, min = 1, max = 4,
+                 description = "rules of this paranoia level and below run (higher: more "
+                   .. "detection, more false positives)" },
+    inbound_threshold = { type = "integer", default = 5, min = 1,
+                          description = "anomaly score at which a request is refused "
+                            .. "(critical 5, error 4, warning 3, notice 2 per matching rule)" },
+    status = { type = "integer", default = 403, min = 400, max = 599,
+               description = "status of a refused request (a deny rule may set its own)" },
+    message = { type = "string", default = "request refused by the web application firewall\n",
+                description = "body of a refused request (text/plain)" },
+    default_rules = { type = "boolean", default = true,
+                      description = "load the bundled rule set (plugins/waf/rules/*.lua)" },
+    rule_files = { type = "array", default = {}, elements = { type = "string" },
+                   description = "more rule files (Lua; relative paths from the config's "
+                     .. "directory), read at each config load" },
+    rules = { type = "array", default = {}, elements = { type = "any" },
+              description = "more rules, inline (the rule format: docs/plugins/waf.md)" },
+    exclusions = {
+      type = "array", default = {},
+      description = "rules (by id, id range or tag) taken out, or targets taken out of them",
+      elements = {
+        type = "record",
+        fields = {
+          ids = { type = "array", elements = { type = "integer" }, description = "rule ids" },
+          id_ranges = { type = "array", elements = { type = "array", elements = { type = "integer" } },
+                        description = "{ first, last } id ranges" },
+          tags = { type = "array", elements = { type = "string" }, description = "rule tags" },
+          targets = { type = "array", elements = { type = "string" },
+                      description = "targets taken out of those rules (e.g. \"args:password\", "
+                        .. "\"cookies\"); none: the rules are taken out whole" },
+        },
+      },
+    },
+    body_limit = { type = "integer", default = 131072, min = 0, max = 1073741824,
+                   description = "most body bytes read to inspect" },
+    body_over_limit = { type = "string", default = "refuse", one_of = { "refuse", "pass" },
+                        description = "a body over body_limit: refuse it (413), or pass it "
+                          .. "with its body uninspected (headers, path and query still are)" },
+    max_args = { type = "integer", default = 1024, min = 1,
+                 description = "most values inspected per collection (arguments, headers, "
+                   .. "cookies); more are not inspected" },
+    regex_error = { type = "string", default = "match", one_of = { "match", "ignore" },
+                    description = "a regex that gives up on a value (PCRE2 match limit): "
+                      .. "count as the rule matching, or as not matching (logged either way)" },
+    hyperscan = { type = "boolean", default = true,
+                  description = "match many patterns in one pass with Hyperscan when it is "
+                    .. "installed (else every regex runs through PCRE2 alone)" },
+  },
+}
+
+local function config_path(p)
+  if p:sub(1, 1) == "/" then return p end
+  local ok, rt = pcall(require, "luaproxy.runtime")
+  local dir = ok and rt.config_dir
+  if dir then return dir .. "/" .. p end
+  return p
+end
+
+-- Loads (and checks) the rule sources of a config; nil, problem with the rule's place.
+function P.load_rules(conf)
+  local all = {}
+  local function add(list) for _, r in ipairs(list) do all[#all + 1] = r end end
+  if conf.default_rules then
+    for _, name in ipairs(DEFAULT_FILES) do
+      local list, err = engine.load_file(DEFAULT_DIR .. "/" .. name .. ".lua")
+      if not list then return nil, err end
+      add(list)
+    end
+  end
+  for _, f in ipairs(conf.rule_files or {}) do
+    local list, err = engine.load_file(config_path(f))
+    if not list then return nil, err end
+    add(list)
+  end
+  if conf.rules and #conf.rules > 0 then
+    local list, err = engine.load_list(conf.rules, "rules")
+    if not list then return nil, err end
+    add(list)
+  end
+  return all
+end
+
+function P.compile(conf)
+  local rules, err = P.load_rules(conf)
+  if not rules then error(err, 0) end
+  local ok, cs, cerr = pcall(engine.compile, rules, conf)
+  if not ok then
+    error(type(cs) == "table" and cs.msg or tostring(cs), 0)
+  end
+  if not cs then error(cerr, 0) end
+  local c = {}
+  for k, v in pairs(conf) do c[k] = v end
+  c.cs = cs
+  c.vopts = { max_args = conf.max_args }
+  c.text = { ["Content-Type"] = "text/plain" }
+  return c
+end
+
+local function has_body(req)
+  local cl = req:header("content-length")
+  if cl then return cl ~= "0" end
+  return req:header("transfer-encoding") ~= nil
+end
+
+local function describe(matches)
+  local parts = {}
+  for i, m in ipairs(matches) do
+    if i > 8 then
+      parts[#parts + 1] = format("(%d more)", #matches - 8)
+      break
+    end
+    parts[#parts + 1] = format('%d %s "%s"%s', m.id, m.var, m.excerpt,
+      m.regex_error and " (" .. m.regex_error .. ")" or "")
+  end
+  return concat(parts, "; ")
+end
+
+function P.request(req, conf)
+  local cs = conf.cs
+  local st = { vars = V.new(req, conf.vopts), cache = {} }
+  local body_state
+  if cs.needs_body and has_body(req) then
+    local body, err = req:body(conf.body_limit)
+    if body then
+      st.vars.body = body
+    elseif err == "too large" then
+      if conf.body_over_limit == "refuse" then
+        req.ctx.waf = { action = "refuse", reason = "body over limit", score = 0, matches = {} }
+        proxy.log.warn(format("waf: refused %s %s: body over body_limit (%d bytes)",
+          req:method(), req:path(), conf.body_limit))
+        return req:respond(413, "request body too large to inspect\n", conf.text)
+      end
+      body_state = "uninspected"
+    else
+      body_state = "unread: " .. tostring(err)
+    end
+  end
+  local matches = engine.run(cs, st)
+  if not matches then
+    if body_state then req.ctx.waf = { action = "pass", score = 0, matches = {}, body = body_state } end
+    return
+  end
+  local score, deny, status = 0, nil, conf.status
+  local logged = false
+  for _, m in ipairs(matches) do
+    local r = cs.by_id[m.id]
+    if m.regex_error and conf.regex_error == "ignore" then
+      logged = true
+    elseif r.action == "score" then
+      score = score + r.score
+    elseif r.action == "deny" and not deny then
+      deny = r
+      status = r.status or conf.status
+    end
+  end
+  local block = deny ~= nil or score >= conf.inbound_threshold
+  local action = block and (conf.mode == "block" and "block" or "detect") or "pass"
+  req.ctx.waf = { action = action, score = score, matches = matches, body = body_state }
+  local what = describe(matches)
+  if action == "block" then
+    proxy.log.warn(format("waf: blocked %s %s (score %d%s): %s", req:method(), req:path(),
+      score, deny and ", deny rule " .. deny.id or "", what))
+    return req:respond(status, conf.message, conf.text)
+  elseif action == "detect" then
+    proxy.log.warn(format("waf: would block %s %s (score %d%s, detect mode): %s", req:method(),
+      req:path(), score, deny and ", deny rule " .. deny.id or "", what))
+  else
+    proxy.log.info(format("waf: matched %s %s (score %d, under %d): %s", req:method(),
+      req:path(), score, conf.inbound_threshold, what))
+  end
+  local _ = logged
+end
+
+return P
