@@ -89,38 +89,85 @@ local function config_path(p)
   return p
 end
 
--- Loads (and checks) the rule sources of a config; nil, problem with the rule's place.
+-- Loads (and checks) the rule sources of a config: the rules, nil, the files' text; or nil,
+-- problem with the rule's place.
 function P.load_rules(conf)
-  local all = {}
+  local all, sources = {}, {}
   local function add(list) for _, r in ipairs(list) do all[#all + 1] = r end end
   if conf.default_rules then
     for _, name in ipairs(DEFAULT_FILES) do
       local list, err = engine.load_file(DEFAULT_DIR .. "/" .. name .. ".lua")
       if not list then return nil, err end
       add(list)
+      sources[#sources + 1] = err
     end
   end
   for _, f in ipairs(conf.rule_files or {}) do
     local list, err = engine.load_file(config_path(f))
     if not list then return nil, err end
     add(list)
+    sources[#sources + 1] = err
   end
   if conf.rules and #conf.rules > 0 then
     local list, err = engine.load_list(conf.rules, "rules")
     if not list then return nil, err end
     add(list)
   end
-  return all
+  return all, nil, concat(sources, "\0")
 end
 
-function P.compile(conf)
-  local rules, err = P.load_rules(conf)
-  if not rules then error(err, 0) end
-  local ok, cs, cerr = pcall(engine.compile, rules, conf)
-  if not ok then
-    error(type(cs) == "table" and cs.msg or tostring(cs), 0)
+-- A canonical text of plain data (for the cache key below); nil for anything else
+-- (functions, userdata): such a config is compiled on its own.
+local function canon(v, out)
+  local t = type(v)
+  if t == "string" then out[#out + 1] = format("%q", v)
+  elseif t == "number" or t == "boolean" then out[#out + 1] = tostring(v)
+  elseif t == "table" then
+    local keys = {}
+    for k in pairs(v) do
+      if type(k) ~= "string" and type(k) ~= "number" then return nil end
+      keys[#keys + 1] = k
+    end
+    table.sort(keys, function(a, b)
+      if type(a) == type(b) then return a < b end
+      return type(a) == "number"
+    end)
+    out[#out + 1] = "{"
+    for _, k in ipairs(keys) do
+      out[#out + 1] = tostring(k) .. "="
+      if not canon(v[k], out) then return nil end
+      out[#out + 1] = ","
+    end
+    out[#out + 1] = "}"
+  else
+    return nil
   end
-  if not cs then error(cerr, 0) end
+  return true
+end
+
+-- Compiled rule sets of this VM by what they were compiled from (the rule files' text
+-- included, so an edited file recompiles on reload): routes with the same waf settings
+-- share one. Weak values: a set no config uses any more is collected.
+local compiled = setmetatable({}, { __mode = "v" })
+
+function P.compile(conf)
+  local rules, err, source = P.load_rules(conf)
+  if not rules then error(err, 0) end
+  local parts = { source }
+  local key
+  if canon({ conf.paranoia, conf.exclusions, conf.rules, conf.hyperscan }, parts) then
+    key = concat(parts)
+  end
+  local cs = key and compiled[key]
+  if not cs then
+    local ok, res, cerr = pcall(engine.compile, rules, conf)
+    if not ok then
+      error(type(res) == "table" and res.msg or tostring(res), 0)
+    end
+    if not res then error(cerr, 0) end
+    cs = res
+    if key then compiled[key] = cs end
+  end
   local c = {}
   for k, v in pairs(conf) do c[k] = v end
   c.cs = cs
@@ -174,11 +221,10 @@ function P.request(req, conf)
     return
   end
   local score, deny, status = 0, nil, conf.status
-  local logged = false
   for _, m in ipairs(matches) do
     local r = cs.by_id[m.id]
     if m.regex_error and conf.regex_error == "ignore" then
-      logged = true
+      m.ignored = true
     elseif r.action == "score" then
       score = score + r.score
     elseif r.action == "deny" and not deny then
@@ -201,7 +247,6 @@ function P.request(req, conf)
     proxy.log.info(format("waf: matched %s %s (score %d, under %d): %s", req:method(),
       req:path(), score, conf.inbound_threshold, what))
   end
-  local _ = logged
 end
 
 return P

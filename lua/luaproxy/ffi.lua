@@ -84,6 +84,16 @@ int lp_ffi_hresp_reusable(lp_hresp_t *r);
 int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
 int lp_ffi_hresp_got(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);
+
+/* ---- waf: Hyperscan match collector (engine/waf_hs.c) ---- */
+typedef struct lp_waf_hits {
+  unsigned int n;
+  unsigned int cap;
+  unsigned int more;
+  unsigned int *ids;
+} lp_waf_hits_t;
+int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
+                          unsigned int flags, void *ctx);
 ]]
 
 return {

@@ -239,6 +239,21 @@ SEARCHES = [
     "vitamin d3 + k2", "desk lamp (led)", "size 10.5", "mother's day gift", "#1 bestseller",
     "script writing course", "javascript the good parts", "sql for beginners", "cat food", "ls 430 parts",
 ]
+# Prose that looks a little like an attack: separators, quotes, SQL words, markup, paths.
+HARD = [
+    "bread & more", "Tom & Jerry; cat lovers welcome", "Select from our range of shoes", "I'd like 1 or 2 more",
+    "it's -- honestly -- great", "alert (the manager) please", "I <3 this", "if a<b and c>d then",
+    "we said 'yes' or 'no' = maybe", "the 'order by' date", "O'Reilly's \"SQL Cookbook\" or 'Learning SQL'",
+    "Use ls -la to list files", "run `ls -la` in the terminal", "price: $(5 for 2)", "email me at bob@example.com; thanks!",
+    "1 of 2; sleep well", "the file is at /etc/nginx/nginx.conf", "see ../docs/readme for details",
+    "where id = 5 and name = 'x'", "Hello <b>world</b>", "<a href=\"https://example.com\">link</a>",
+    "javascript: the good parts", "echo chamber; more news", "C:\\Users\\me\\Documents\\cv.pdf", "50%", "price 10% + tax",
+    "drop table tennis lessons; book now", "update: union members select a new chair",
+    "I'm going to the shop; cat food & more", "read more | share", "nice work | id card renewal",
+    "SELECT * FROM users -- my SQL homework question", "cats | dogs | birds", "rock & roll; jazz & blues",
+    "5' 11\" tall, 180 lbs", "the 90's were great; so were the 80's", "x = 'a' || 'b' concatenates in SQL",
+]
+
 GRAPHQL = [
     ('query GetProduct($id: ID!) { product(id: $id) { id name price { amount currency } reviews(first: 5) { edges { node { rating text } } } } }', {"id": "UHJvZHVjdDoxMjM="}),
     ('mutation AddToCart($input: CartInput!) { addToCart(input: $input) { cart { id items { id quantity } } errors { field message } } }', {"input": {"productId": "123", "quantity": 2}}),
@@ -285,6 +300,8 @@ def ordinary():
                        form({"name": R.choice(["Siobhán O'Connor", "Jean-Luc", "D'Arcy", "Anne-Marie", "bob"]), "rating": str(R.randint(1, 5)), "comment": p, "csrf": "a9f3" * 8})))
         out.append(req("contact", "POST", "/contact", browser(FORM),
                        form({"email": "someone@example.org", "subject": "Question about order #%d" % (1000 + i), "message": p + "\r\n\r\nThanks,\r\nSam"})))
+    for p in HARD:
+        out.append(req("comment-hard", "POST", "/forum/reply", browser(FORM), form({"body": p, "thread": "4411"})))
     for i in range(20):
         out.append(req("login", "POST", "/login", browser(FORM), form({"username": R.choice(["alice", "o'hara", "jdoe@example.com", "Zoë"]), "password": R.choice(["correct horse battery staple", "P@ssw0rd!'\"", "s3cr3t;--x", "hunter2#"]), "remember": "on"})))
     for i in range(40):

@@ -151,10 +151,11 @@ function M.check_rule(r, place)
 end
 
 -- Rules from a Lua file: it calls rule { ... } for each (the place is file:line of the
--- call), or returns a list of rule tables. Returns a list of IR rules, or nil, problem.
+-- call), or returns a list of rule tables. Returns a list of IR rules and the file's text,
+-- or nil, problem.
 function M.load_file(path)
   local f, err = io.open(path, "rb")
-  if not f then return nil, "cannot read rule file: " .. tostring(err) end
+  if not f then return nil, "cannot read rule file " .. tostring(err) end
   local src = f:read("*a")
   f:close()
   if not src:find("%S") then return nil, path .. ": empty rule file (no rules)" end
@@ -166,12 +167,12 @@ function M.load_file(path)
     out[#out + 1] = M.check_rule(r, format("%s:%d", path, info and info.currentline or 0))
   end
   local chunk, lerr = loadstring(src, "@" .. path)
-  if not chunk then return nil, lerr end
+  if not chunk then return nil, "bad rule file: " .. tostring(lerr) end
   setfenv(chunk, env)
   local ok, res = pcall(chunk)
   if not ok then
     if type(res) == "table" and res.waf then return nil, res.msg end
-    return nil, tostring(res)
+    return nil, "bad rule file: " .. tostring(res)
   end
   if type(res) == "table" then
     for i, r in ipairs(res) do
@@ -183,7 +184,7 @@ function M.load_file(path)
     return nil, path .. ": a rule file returns a list of rules, or nothing"
   end
   if #out == 0 then return nil, path .. ": no rules" end
-  return out
+  return out, src
 end
 
 -- Rules from a list of tables (a config's `rules`); nil, problem on the first bad one.
@@ -400,6 +401,25 @@ function M.compile(rules, opts)
       cs.slow[#cs.slow + 1] = r
     end
   end
+  -- Per group and collection, the names worth transforming and scanning at all: when every
+  -- condition of the group names its keys there (headers:referer), other items are skipped.
+  for _, g in ipairs(cs.groups) do
+    g.only = {}
+    for _, cname in ipairs(g.colls) do
+      local set = {}
+      for _, cond in ipairs(g.conds) do
+        local e = cond.by[cname]
+        if e and e.listed then
+          if e.all or not e.keys then
+            set = nil
+            break
+          end
+          for k in pairs(e.keys) do set[k] = true end
+        end
+      end
+      g.only[cname] = set
+    end
+  end
   local use_hs = opts.hyperscan ~= false and hs.available
   for _, g in ipairs(cs.groups) do
     if not use_hs then
@@ -411,7 +431,7 @@ function M.compile(rules, opts)
       while #g.pats > 0 do
         local db, err, idx = hs.compile(g.pats, g.flags, g.ids)
         if db then
-          g.db = db
+          g.db, g.hits = db, hs.hits(#g.pats)
           break
         end
         if not idx or idx < 1 then return nil, "hyperscan: " .. tostring(err) end
@@ -583,72 +603,90 @@ local function hit(st, r, cname, c, i, v, from, to)
   m[#m + 1] = rec
 end
 
--- Does condition cond match any of its targets? Returns cname, c, i, v, from, to.
+-- Does condition cond match any of its targets? Returns cname, c, i, v, from, to. With
+-- negate, it holds when none of its values matches (also when there are none).
+local NONE = { n = 1, names = { "" }, values = { "" } }
 local function cond_match(st, cond)
+  local negate = cond.negate
   for _, e in ipairs(cond.tgt) do
     local cname = e.coll
     local c = st.vars:coll(cname)
     if e.count then
       local n = 0
-      for i = 1, c.n do if key_ok(e, c.names[i]) then n = n + 1 end end
-      if not e.keys and not e.skip then n = c.n end
+      if not e.keys and not e.skip then
+        n = c.n
+      else
+        for i = 1, c.n do if key_ok(e, c.names[i]) then n = n + 1 end end
+      end
       local v = tostring(n)
       local from, to = test(cond, v)
-      if (from ~= nil) ~= cond.negate then return "&" .. cname, { n = 1, names = { e.keys and next(e.keys) or "" } }, 1, v, from or 1, to or #v end
+      if from ~= nil then
+        if negate then return nil end
+        return "&" .. cname, { n = 1, names = { e.keys and next(e.keys) or "" } }, 1, v, from, to
+      end
     else
       for i = 1, c.n do
         if key_ok(e, c.names[i]) then
           local v = value(st, cname, c, i, cond.chain)
           local from, to = test(cond, v)
           if from == "error" then return cname, c, i, v, from, to end
-          if (from ~= nil) ~= cond.negate then return cname, c, i, v, from or 1, to or #v end
+          if from ~= nil then
+            if negate then return nil end
+            return cname, c, i, v, from, to
+          end
         end
       end
     end
   end
+  if negate then return cond.tgt[1].coll, NONE, 1, "", 1, 0 end
   return nil
 end
 
 local scan = hs.scan
+
+-- Confirms condition cond (of a rule not matched yet) on value i of collection cname, with
+-- PCRE2 or the operator itself; records a hit.
+local function confirm(st, cond, cname, c, i, v)
+  local r = cond.rule
+  if st.hit[r] then return end
+  local e = cond.by[cname]
+  if e and not e.count and key_ok(e, c.names[i]) then
+    local from, to = test(cond, v)
+    if from then hit(st, r, cname, c, i, v, from, to) end
+  end
+end
 
 -- Runs the rule set over the request state `st` (vars set); fills st.matches.
 function M.run(cs, st)
   st.cs = cs
   st.hit = {}
   for _, g in ipairs(cs.groups) do
-    local ch, db, conds, pcre = g.chain, g.db, g.conds, g.pcre
+    local ch, db, conds, pcre, hits = g.chain, g.db, g.conds, g.pcre, g.hits
     for _, cname in ipairs(g.colls) do
       local c = st.vars:coll(cname)
+      local only = g.only[cname]
       for i = 1, c.n do
-        local v = value(st, cname, c, i, ch)
-        if db then
-          local n, ids = scan(db, v)
-          if n and n > 0 then
-            -- Copy: confirming runs no scan, but keep the ids safe from re-entry anyway.
-            local hits = { n = n }
-            for k = 1, n do hits[k] = ids[k] end
-            for k = 1, n do
-              local cond = conds[hits[k]]
-              local r = cond.rule
-              if not st.hit[r] then
-                local e = cond.by[cname]
-                if e and not e.count and key_ok(e, c.names[i]) then
-                  local from, to = test(cond, v)
-                  if from then hit(st, r, cname, c, i, v, from, to) end
-                end
+        if not only or only[lower(c.names[i])] then
+          local v = value(st, cname, c, i, ch)
+          if db then
+            local n, ids, base, more = scan(db, v, hits)
+            if more then
+              -- More hits than the buffer holds (cannot happen with one report per
+              -- pattern): check every condition of the group on this value.
+              for _, cond in ipairs(conds) do confirm(st, cond, cname, c, i, v) end
+            elseif n and n > 0 then
+              if n == 1 then
+                confirm(st, conds[ids[base]], cname, c, i, v)
+              else
+                -- Copy first: the ids buffer is the group's, and confirming must not
+                -- depend on it staying unchanged.
+                local list = {}
+                for k = 1, n do list[k] = ids[base + k - 1] end
+                for k = 1, n do confirm(st, conds[list[k]], cname, c, i, v) end
               end
             end
           end
-        end
-        for _, cond in ipairs(pcre) do
-          local r = cond.rule
-          if not st.hit[r] then
-            local e = cond.by[cname]
-            if e and not e.count and key_ok(e, c.names[i]) then
-              local from, to = test(cond, v)
-              if from then hit(st, r, cname, c, i, v, from, to) end
-            end
-          end
+          for _, cond in ipairs(pcre) do confirm(st, cond, cname, c, i, v) end
         end
       end
     end

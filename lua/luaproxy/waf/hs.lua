@@ -8,11 +8,12 @@
 -- (whose twin is engine/lua_api.h).
 --
 -- Per VM (one per worker thread and config generation; nothing here crosses threads): one
--- scratch space grown for every database compiled in this VM, and one match callback made
--- once at load (LuaJIT callbacks are a scarce resource: never one per scan).
--- Hyperscan calls back into Lua on a match; LuaJIT refuses a callback while a compiled
--- trace runs ("bad callback"), so the one function that calls hs_scan is kept interpreted
--- (jit.off below). A scan that matches nothing never calls back.
+-- scratch space grown for every database compiled in this VM.
+-- Matches come back through a callback. In the engine it is C (lp_ffi_waf_hs_collect,
+-- engine/waf_hs.c), recording ids into a per-database buffer, so the Lua around the scan
+-- stays JIT-compiled. Elsewhere (busted, a plain luajit) it is one Lua callback made at
+-- load; LuaJIT refuses a Lua callback while a compiled trace runs ("bad callback"), so the
+-- function calling hs_scan then runs interpreted (jit.off): correct, and slower.
 local ffi = require "ffi"
 local jit = require "jit"
 
@@ -22,6 +23,7 @@ ffi.cdef [[
 typedef struct hs_database hs_database_t;
 typedef struct hs_scratch hs_scratch_t;
 typedef struct hs_compile_error { char *message; int expression; } hs_compile_error_t;
+struct lp_waf_hs_hits { unsigned int n, cap, more; unsigned int *ids; };
 typedef int (*lp_hs_match_cb)(unsigned int id, unsigned long long from,
                               unsigned long long to, unsigned int flags, void *context);
 int hs_compile_multi(const char *const *expressions, const unsigned int *flags,
@@ -122,15 +124,47 @@ function M.compile(patterns, flags, ids)
   return db
 end
 
--- Scans s with db; returns the count of patterns that matched, their ids in ids[1..n]
--- (the table is reused by the next scan: read it first). nil, message on an error.
-local function scan(db, s)
-  nhits = 0
-  local rc = H.hs_scan(db, s, #s, 0, scratch[0], on_match, nil)
-  if rc ~= SUCCESS then return nil, "hs_scan failed (" .. rc .. ")" end
-  return nhits, hit_ids
+-- The engine's C collector, when this runs in the engine.
+local collect
+do
+  local ok = pcall(require, "luaproxy.ffi")
+  if ok then
+    ok, collect = pcall(function() return ffi.C.lp_ffi_waf_hs_collect end)
+  end
+  if not ok then collect = nil end
 end
-jit.off(scan)
+M.c_collector = collect ~= nil
+
+-- A hits buffer for a database of n patterns (with SINGLEMATCH each reports once a scan,
+-- so n ids always fit; `more` says otherwise).
+function M.hits(n)
+  local ids = ffi.new("unsigned int[?]", n)
+  local h = ffi.new("struct lp_waf_hs_hits")
+  h.cap, h.ids = n, ids
+  return { h = h, ids = ids }
+end
+
+-- Scans s with db; returns the count of patterns that matched, the ids (read them before
+-- the next scan), the index of the first (0 for the C buffer, 1 for the Lua table), and
+-- whether more matched than the buffer holds. nil, message on an error.
+local scan
+if collect then
+  scan = function(db, s, hits)
+    local h = hits.h
+    h.n, h.more = 0, 0
+    local rc = H.hs_scan(db, s, #s, 0, scratch[0], collect, h)
+    if rc ~= SUCCESS then return nil, "hs_scan failed (" .. rc .. ")" end
+    return h.n, hits.ids, 0, h.more ~= 0
+  end
+else
+  scan = function(db, s)
+    nhits = 0
+    local rc = H.hs_scan(db, s, #s, 0, scratch[0], on_match, nil)
+    if rc ~= SUCCESS then return nil, "hs_scan failed (" .. rc .. ")" end
+    return nhits, hit_ids, 1, false
+  end
+  jit.off(scan)
+end
 M.scan = scan
 
 return M

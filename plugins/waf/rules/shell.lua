@@ -4,7 +4,7 @@
 local VALUES = { "args", "arg_names", "cookies" }
 -- Commands no sentence uses, and commands that are also English words (cat, more, set,
 -- find...): these need an option, a path or another separator after them.
-local PLAIN = [=[(?:whoami|uname|hostname|wget|curl|nc|ncat|netcat|socat|bash|sh|zsh|ksh|dash|python[23]?|perl|ruby|php|nslookup|traceroute|chmod|chown|ifconfig|ipconfig|printenv|base64|xxd|crontab|useradd|sudo|powershell|pwsh|certutil|bitsadmin|systeminfo|tasklist|wmic|netstat|telnet|pkill|rm|ls|id|cat)]=]
+local PLAIN = [=[(?:whoami|uname|hostname|wget|curl|nc|ncat|netcat|socat|bash|sh|zsh|ksh|dash|python[23]?|perl|ruby|php|nslookup|traceroute|chmod|chown|ifconfig|ipconfig|printenv|base64|xxd|crontab|useradd|sudo|powershell|pwsh|certutil|bitsadmin|systeminfo|tasklist|wmic|netstat|telnet|pkill|rm)]=]
 local WORDS = [=[(?:cat|tac|head|tail|more|less|ls|id|echo|printf|ping|dig|host|cp|mv|touch|mkdir|ps|kill|sleep|env|set|export|od|find|grep|awk|sed|tar|passwd|su|cmd|net|reg|type|dir|ver|lua|node|fetch|ip)]=]
 local PATHS = [=[(?:(?:/usr(?:/local)?)?/s?bin/)?]=]
 local CMDS = [=[(?:cat|ls|id|whoami|uname|wget|curl|nc|bash|sh|echo|ping|nslookup|sleep|perl|python|php|base64|hostname)]=]

@@ -16,7 +16,7 @@ rule {
   id = 1702, msg = "SQL injection: quoted tautology",
   tags = { "attack-sqli" }, severity = "critical",
   targets = VALUES, transforms = T,
-  rx = [=[['"\x60)]\s*(?:or|and|xor|\|\||&&)\s*\(?\s*['"\x60]?[\w.]*['"\x60]?\s*(?:=|<>|!=|<=|>=|<|>|\blike\b|\bregexp\b|\bis\b)\s*\(?\s*['"\x60]?[\w.]*]=],
+  rx = [=[['"\x60)]\s*(?:or|and|xor|\|\||&&)\s*\(?\s*['"\x60]?[\w.]*['"\x60]?\s*(?:=|<>|!=|<=|>=|<|>|\blike\b|\bregexp\b|\bis\b)\s*\(?\s*(?:['"\x60]|\d|null\b|true\b|false\b)]=],
 }
 rule {
   id = 1703, msg = "SQL injection: a literal closed, then a comment",
