@@ -109,11 +109,11 @@ end
 -- Checks one rule table; returns its IR (conditions not yet compiled) or raises with place.
 function M.check_rule(r, place)
   if type(r) ~= "table" then fail(place, "a rule must be a table") end
+  if type(r.id) ~= "number" or r.id % 1 ~= 0 or r.id < 1 then fail(place, "id: expected a whole number >= 1") end
+  place = format("%s (rule %d)", place, r.id)
   for k in pairs(r) do
     if not RULE_KEYS[k] and not M.OPS[k] then fail(place, format("unknown key %q", tostring(k))) end
   end
-  if type(r.id) ~= "number" or r.id % 1 ~= 0 or r.id < 1 then fail(place, "id: expected a whole number >= 1") end
-  place = format("%s (rule %d)", place, r.id)
   if type(r.msg) ~= "string" or r.msg == "" then fail(place, "msg: expected a message") end
   local tags = {}
   if r.tags ~= nil then
@@ -420,7 +420,19 @@ function M.compile(rules, opts)
       g.only[cname] = set
     end
   end
-  local use_hs = opts.hyperscan ~= false and hs.available
+  cs.use_hs = opts.hyperscan ~= false and hs.available
+  cs.hyperscan = cs.use_hs
+  return cs
+end
+
+-- Compiles the Hyperscan databases of a rule set (the slow part: about 0.4 s of CPU for the
+-- default rules), once per VM. Called by the plugin's init_worker, with `pause` yielding
+-- between two databases so that no single stretch of Lua runs for long (lua.phase_timeout
+-- counts time without a yield); else by the first request that needs it (specs, or a rule
+-- set init_worker did not see). Without Hyperscan every pattern runs through PCRE2.
+function M.finish(cs, pause)
+  if cs.ready then return true end
+  local use_hs = cs.use_hs
   for _, g in ipairs(cs.groups) do
     if not use_hs then
       g.pcre, g.conds = g.conds, {}
@@ -454,9 +466,10 @@ function M.compile(rules, opts)
       end
       cs.hs_patterns = cs.hs_patterns + #g.pats
     end
+    if pause then pause() end
   end
-  cs.hyperscan = use_hs
-  return cs
+  cs.ready = true
+  return true
 end
 
 ---------------------------------------------------------------------------------------------
@@ -658,6 +671,10 @@ end
 
 -- Runs the rule set over the request state `st` (vars set); fills st.matches.
 function M.run(cs, st)
+  if not cs.ready then
+    local ok, err = M.finish(cs)
+    if not ok then error(err, 0) end
+  end
   st.cs = cs
   st.hit = {}
   for _, g in ipairs(cs.groups) do
