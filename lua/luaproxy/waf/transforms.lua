@@ -33,7 +33,7 @@ end
 
 -- %XX and + ; %uXXXX (IIS); an invalid escape stays as it is.
 function T.urldecode(s)
-  if not find(s, "[%%+]") then return s end
+  if not find(s, "%", 1, true) and not find(s, "+", 1, true) then return s end
   s = gsub(s, "+", " ")
   if not find(s, "%", 1, true) then return s end
   s = gsub(s, "%%[uU](%x%x%x%x)", uni)
@@ -76,7 +76,8 @@ end
 
 -- Runs of whitespace (and NUL, and the vertical tab) become one space.
 function T.compress_ws(s)
-  if not find(s, "[%s%z][%s%z]") and not find(s, "[\t\n\r\v\f%z]") then return s end
+  -- Fast path (most values): no two spaces in a row and no other whitespace byte.
+  if not find(s, "  ", 1, true) and not find(s, "[\t\n\r\v\f%z]") then return s end
   return (gsub(s, "[%s%z]+", " "))
 end
 
@@ -136,11 +137,10 @@ end
 -- whitespace runs become one space; lower case. Separators (; | & `) stay: rules look
 -- for them.
 function T.cmdline(s)
-  s = gsub(s, "[\\\"'^]", "")
-  s = gsub(s, "[\r\n]+", ";")
-  s = gsub(s, ",", " ")
-  s = gsub(s, "%s+", " ")
-  return lower(s)
+  if find(s, "[\\\"'^]") then s = gsub(s, "[\\\"'^]", "") end
+  if find(s, "[\r\n]") then s = gsub(s, "[\r\n]+", ";") end
+  if find(s, ",", 1, true) then s = gsub(s, ",", " ") end
+  return lower(T.compress_ws(s))
 end
 
 local B64 = {}

@@ -44,7 +44,7 @@ rule {
   id = 1008, msg = "NUL byte in a request value",
   tags = { "protocol", "nul-byte" }, severity = "critical",
   targets = { "args", "arg_names", "cookies", "path", "headers", "files" },
-  transforms = { "urldecode" }, rx = [=[\x00]=],
+  rx = [=[\x00|%00]=],
 }
 rule {
   id = 1009, msg = "Request body that does not parse as its Content-Type says",

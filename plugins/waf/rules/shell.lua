@@ -20,14 +20,13 @@ rule {
   id = 1402, msg = "Shell variable tricks ($IFS, ${x:-y}, brace expansion)",
   tags = { "attack-rce", "shell" }, severity = "critical",
   targets = VALUES,
-  transforms = { "urldecode", "lowercase" },
+  transforms = { "urldecode", "cmdline" },
   rx = [=[\$\{?ifs\b|\$\{[a-z_]*:[-=?+]|\{(?:cat|ls|id|wget|curl|nc|bash|sh),[^}]*\}]=],
 }
 rule {
   id = 1403, msg = "Shellshock function definition",
   tags = { "attack-rce", "shellshock" }, severity = "critical",
   targets = { "headers", "args", "cookies" },
-  transforms = { "urldecode" },
   rx = [=[\(\s*\)\s*\{\s*[^}]*;\s*\}\s*;]=],
 }
 rule {
