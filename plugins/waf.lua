@@ -89,31 +89,43 @@ local function config_path(p)
   return p
 end
 
--- Loads (and checks) the rule sources of a config: the rules, nil, the files' text; or nil,
--- problem with the rule's place.
-function P.load_rules(conf)
-  local all, sources = {}, {}
-  local function add(list) for _, r in ipairs(list) do all[#all + 1] = r end end
+-- The rule files of a config: { { path, text }, ... }, or nil, problem.
+local function rule_files(conf)
+  local files = {}
+  local paths = {}
   if conf.default_rules then
-    for _, name in ipairs(DEFAULT_FILES) do
-      local list, err = engine.load_file(DEFAULT_DIR .. "/" .. name .. ".lua")
-      if not list then return nil, err end
-      add(list)
-      sources[#sources + 1] = err
-    end
+    for _, name in ipairs(DEFAULT_FILES) do paths[#paths + 1] = DEFAULT_DIR .. "/" .. name .. ".lua" end
   end
-  for _, f in ipairs(conf.rule_files or {}) do
-    local list, err = engine.load_file(config_path(f))
-    if not list then return nil, err end
+  for _, f in ipairs(conf.rule_files or {}) do paths[#paths + 1] = config_path(f) end
+  for i, path in ipairs(paths) do
+    local text, err = engine.read_file(path)
+    if not text then return nil, err end
+    files[i] = { path, text }
+  end
+  return files
+end
+
+-- Loads (and checks) the rules of a config (files read by rule_files); nil, problem with
+-- the rule's place.
+function P.load_rules(conf, files)
+  local err
+  if not files then
+    files, err = rule_files(conf)
+    if not files then return nil, err end
+  end
+  local all = {}
+  local function add(list) for _, r in ipairs(list) do all[#all + 1] = r end end
+  for _, f in ipairs(files) do
+    local list, lerr = engine.load_file(f[1], f[2])
+    if not list then return nil, lerr end
     add(list)
-    sources[#sources + 1] = err
   end
   if conf.rules and #conf.rules > 0 then
-    local list, err = engine.load_list(conf.rules, "rules")
-    if not list then return nil, err end
+    local list, lerr = engine.load_list(conf.rules, "rules")
+    if not list then return nil, lerr end
     add(list)
   end
-  return all, nil, concat(sources, "\0")
+  return all
 end
 
 -- A canonical text of plain data (for the cache key below); nil for anything else
@@ -146,20 +158,25 @@ local function canon(v, out)
 end
 
 -- Compiled rule sets of this VM by what they were compiled from (the rule files' text
--- included, so an edited file recompiles on reload): routes with the same waf settings
--- share one. Weak values: a set no config uses any more is collected.
+-- included, so an edited file is parsed and checked again at a reload): routes with the
+-- same waf settings share one. Weak values: a set no config uses any more is collected.
 local compiled = setmetatable({}, { __mode = "v" })
 
 function P.compile(conf)
-  local rules, err, source = P.load_rules(conf)
-  if not rules then error(err, 0) end
-  local parts = { source }
+  local files, err = rule_files(conf)
+  if not files then error(err, 0) end
+  local parts = {}
+  for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
   local key
   if canon({ conf.paranoia, conf.exclusions, conf.rules, conf.hyperscan }, parts) then
     key = concat(parts)
   end
+  -- Rules are parsed and checked only for a rule set not compiled yet: a config load
+  -- with the waf on many routes checks them once.
   local cs = key and compiled[key]
   if not cs then
+    local rules, lerr = P.load_rules(conf, files)
+    if not rules then error(lerr, 0) end
     local ok, res, cerr = pcall(engine.compile, rules, conf)
     if not ok then
       error(type(res) == "table" and res.msg or tostring(res), 0)

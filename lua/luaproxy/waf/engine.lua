@@ -153,11 +153,21 @@ end
 -- Rules from a Lua file: it calls rule { ... } for each (the place is file:line of the
 -- call), or returns a list of rule tables. Returns a list of IR rules and the file's text,
 -- or nil, problem.
-function M.load_file(path)
+function M.read_file(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, "cannot read rule file " .. tostring(err) end
   local src = f:read("*a")
   f:close()
+  return src
+end
+
+-- `src`: the file's text when the caller read it already (M.read_file).
+function M.load_file(path, src)
+  if not src then
+    local err
+    src, err = M.read_file(path)
+    if not src then return nil, err end
+  end
   if not src:find("%S") then return nil, path .. ": empty rule file (no rules)" end
   local out = {}
   local env = setmetatable({}, { __index = { string = string, table = table, math = math,
