@@ -34,6 +34,7 @@ int hs_compile(const char *expression, unsigned int flags, unsigned int mode,
 int hs_free_compile_error(hs_compile_error_t *error);
 int hs_free_database(hs_database_t *db);
 int hs_alloc_scratch(const hs_database_t *db, hs_scratch_t **scratch);
+int hs_free_scratch(hs_scratch_t *scratch);
 int hs_scan(const hs_database_t *db, const char *data, unsigned int length,
             unsigned int flags, hs_scratch_t *scratch, lp_hs_match_cb onEvent, void *context);
 int hs_valid_platform(void);
@@ -51,7 +52,10 @@ local SUCCESS = 0
 local H
 do
   local errs = {}
-  for _, name in ipairs({ "hs", "libhs.so.5" }) do
+  -- The engine's executable links it when it was built with Hyperscan installed
+  -- (CMakeLists.txt): ffi.C then finds its symbols; elsewhere it is loaded by name.
+  if pcall(function() return ffi.C.hs_compile_multi end) then H = ffi.C end
+  for _, name in ipairs(H and {} or { "hs", "libhs.so.5" }) do
     local ok, l = pcall(ffi.load, name)
     if ok then
       H = l
@@ -71,6 +75,14 @@ end
 M.available = H ~= nil
 
 local scratch = ffi.new("hs_scratch_t *[1]")
+-- The scratch is freed with the VM (a reload's old generation, the worker at exit): the
+-- finalizer of this sentinel runs when the VM closes.
+M._scratch_owner = ffi.gc(ffi.new("char[1]"), function()
+  if scratch[0] ~= nil then
+    H.hs_free_scratch(scratch[0])
+    scratch[0] = nil
+  end
+end)
 local dbp = ffi.new("hs_database_t *[1]")
 local errp = ffi.new("hs_compile_error_t *[1]")
 
