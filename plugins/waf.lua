@@ -24,8 +24,6 @@ local P = {
   priority = 2700,
 }
 
-local target_list = { type = "array", elements = { type = "string" } }
-
 P.schema = {
   fields = {
     mode = { type = "string", default = "block", one_of = { "block", "detect" },

@@ -56,10 +56,11 @@ describe("waf plugin", function()
   end)
 
   it("blocks an attack, logs rule id, variable and excerpt, and puts the decision in req.ctx.waf", function()
-    local responded, req = run({ uri = "/products?id=1%27+OR+%271%27%3D%271", headers = headers() })
-    assert.is_true(responded)
-    assert.equal(403, req._resp_status or T.finish and 403)
-    local w = req.ctx.waf
+    local res = T.run(waf, {}, { uri = "/products?id=1%27+OR+%271%27%3D%271", headers = headers() })
+    assert.is_true(res.responded)
+    assert.equal(403, res.status)
+    assert.equal("request refused by the web application firewall\n", res.body)
+    local w = res.ctx.waf
     assert.equal("block", w.action)
     assert.equal(5, w.score)
     assert.equal(1702, w.matches[1].id)

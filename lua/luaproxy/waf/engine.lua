@@ -18,11 +18,11 @@ local V = require "luaproxy.waf.vars"
 local hs = require "luaproxy.waf.hs"
 local re = require "luaproxy.re"
 
-local type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, select =
-  type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, select
+local type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next =
+  type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next
 local byte, find, format, gsub, lower, sub = string.byte, string.find, string.format,
   string.gsub, string.lower, string.sub
-local concat, sort = table.concat, table.sort
+local concat = table.concat
 
 local M = {}
 
@@ -64,7 +64,7 @@ end
 local function check_cond(place, c, keys)
   local cond = { negate = c.negate == true }
   local op
-  for k, v in pairs(c) do
+  for k in pairs(c) do
     if M.OPS[k] then
       if op then fail(place, format("two operators (%s and %s): one per condition", op, k)) end
       op = k
@@ -124,7 +124,9 @@ function M.check_rule(r, place)
     end
   end
   local sev = r.severity or "critical"
-  if not M.SEVERITY[sev] then fail(place, format("severity: expected critical, error, warning or notice, got %q", tostring(sev))) end
+  if not M.SEVERITY[sev] then
+    fail(place, format("severity: expected critical, error, warning or notice, got %q", tostring(sev)))
+  end
   local pl = r.paranoia or 1
   if type(pl) ~= "number" or pl < 1 or pl > 4 or pl % 1 ~= 0 then fail(place, "paranoia: expected 1..4") end
   local action = r.action or "score"

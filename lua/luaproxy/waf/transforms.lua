@@ -2,8 +2,8 @@
 -- any bytes (invalid UTF-8, bad %-escapes, broken entities, bad base64 all pass through as
 -- bytes). Each returns its input itself when there is nothing to change, so the common case
 -- allocates nothing. Docs: docs/plugins/waf.md, "Transformations".
-local byte, char, find, gsub, lower, sub = string.byte, string.char, string.find,
-  string.gsub, string.lower, string.sub
+local byte, char, find, gsub, lower = string.byte, string.char, string.find,
+  string.gsub, string.lower
 local concat = table.concat
 local tonumber, tostring = tonumber, tostring
 local band, bor, rshift, lshift = bit.band, bit.bor, bit.rshift, bit.lshift

@@ -84,7 +84,6 @@ local function looks_graphql(q)
     or find(q, "^%s*subscription[%s{(]") or find(q, "^%s*fragment%s")
 end
 
-local json_null
 local function walk(c, v, path, max, depth)
   local t = type(v)
   if t == "table" then
@@ -163,7 +162,6 @@ function State:body_collections()
   if find(ct, "^application/x%-www%-form%-urlencoded") then
     parse_form(args, body, self.max)
   elseif find(ct, "^application/[%w.+-]*json") then
-    json_null = json_null or proxy.json.null
     local ok, doc = pcall(proxy.json.decode, body)
     if ok then
       walk(args, doc, "", self.max, 0)
