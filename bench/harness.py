@@ -596,8 +596,9 @@ def fmt(f, v):
 
 def print_table(sc, result, proxies, s):
     log()
-    log("== %s: GET %s, %d connections, median of %d x %gs ==" % (
-        sc["name"], sc["path"], sc["connections"], s["rounds"], s["duration"]))
+    log("== %s: %s %s, %d connections, median of %d x %gs ==" % (
+        sc["name"], "POST" if "wrk.method" in (sc.get("wrk_setup") or "") else "GET",
+        sc["path"], sc["connections"], s["rounds"], s["duration"]))
     if sc.get("note"):
         log("   " + sc["note"])
     for p in proxies:
