@@ -37,6 +37,7 @@ import ssl
 import statistics
 import subprocess
 import sys
+import atexit
 import tempfile
 import time
 import http.client
@@ -498,6 +499,25 @@ def sanity(px, path, scheme="http"):
 # ---------------------------------------------------------------------------
 # one wrk run
 # ---------------------------------------------------------------------------
+_wrk_scripts = {}
+
+
+def wrk_script(sc):
+    """wrk_report.lua, after the scenario's `wrk_setup` Lua (method, body) when it has one:
+    written once per scenario to a temporary file removed at exit."""
+    setup = sc.get("wrk_setup")
+    script = os.path.join(BENCH_DIR, sc.get("script", "wrk_report.lua"))
+    if not setup:
+        return script
+    if setup not in _wrk_scripts:
+        fd, path = tempfile.mkstemp(prefix="wrk-", suffix=".lua")
+        with os.fdopen(fd, "w") as f, open(script) as r:
+            f.write(setup + "\n" + r.read())
+        atexit.register(os.unlink, path)
+        _wrk_scripts[setup] = path
+    return _wrk_scripts[setup]
+
+
 def run_wrk(s, procs, px, sc, seconds):
     url = "%s://127.0.0.1:%d%s" % (sc.get("scheme", "http"), px.port, sc["path"])
     if sc.get("client") == "tls_resume":
@@ -505,8 +525,7 @@ def run_wrk(s, procs, px, sc, seconds):
                 str(sc["connections"])]
     else:
         argv = [s["wrk"], "-t1", "-c%d" % sc["connections"], "-d%gs" % seconds,
-                "--timeout", "10s", "-s",
-                os.path.join(BENCH_DIR, sc.get("script", "wrk_report.lua"))]
+                "--timeout", "10s", "-s", wrk_script(sc)]
         for h in sc.get("headers", ()):
             argv += ["-H", h]
         argv.append(url)
@@ -578,8 +597,9 @@ def fmt(f, v):
 
 def print_table(sc, result, proxies, s):
     log()
-    log("== %s: GET %s, %d connections, median of %d x %gs ==" % (
-        sc["name"], sc["path"], sc["connections"], s["rounds"], s["duration"]))
+    log("== %s: %s %s, %d connections, median of %d x %gs ==" % (
+        sc["name"], "POST" if "wrk.method" in (sc.get("wrk_setup") or "") else "GET",
+        sc["path"], sc["connections"], s["rounds"], s["duration"]))
     if sc.get("note"):
         log("   " + sc["note"])
     for p in proxies:

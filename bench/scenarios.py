@@ -8,6 +8,7 @@ A scenario is a dict:
   nginx        nginx config template (a whole nginx.conf)
   per_mib      optional: also report CPU ms per MiB relayed (large bodies)
   note         optional: one line printed above the scenario's table
+  wrk_setup    optional: Lua run by wrk before the reporting script (wrk.method, wrk.body)
 
 Templates use {{key}} placeholders, filled by harness.render():
   {{port}}         the port the proxy under test listens on (127.0.0.1)
@@ -23,6 +24,8 @@ proxy processes; a new pair of templates starts a fresh pair of processes.
 To add a scenario (Lua plugins vs nginx+lua, TLS, balancing policies), add
 templates below and entries to SCENARIOS; nothing else has to change.
 """
+
+import json
 
 # --- luaproxy: plain reverse proxy, 1 worker, access log off -----------------
 LUAPROXY_PLAIN = """\
@@ -916,3 +919,74 @@ for _name, _tpl, _note in (
         "per_mib": False,
         "note": _note,
     })
+
+# --- Protection: waf (#14), the default rule set --------------------------------------
+# Two requests a WAF sees all day: a browser's page view (query, cookies, the usual
+# headers) and a 4 KiB JSON API call. Each is sent to a route with the waf plugin
+# (/waf/..., default rules, paranoia 1, block mode) and to one without (the base), in the
+# same run: the plugin's cost is the CPU/req of the first minus the second. nginx has no
+# WAF in this comparison (Debian's ModSecurity is issue #20's): it proxies both paths, as a
+# reference for the base.
+LUAPROXY_WAF = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = {
+    { match = { prefix = "/waf/" }, upstream = "app", strip_prefix = true,
+      plugins = { { name = "waf" } } },
+    { match = { prefix = "/" }, upstream = "app" },
+  },
+  log = { access = false },
+}
+"""
+NGINX_WAF = NGINX_PLAIN.replace(
+    "    location / {\n",
+    "    location /waf/ {\n"
+    "      proxy_pass http://o/;\n"
+    "      proxy_http_version 1.1;\n"
+    "      proxy_set_header Connection \"\";\n"
+    "    }\n"
+    "    location / {\n")
+assert NGINX_WAF.count("location") == 2
+
+WAF_BROWSER_HEADERS = [
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+    "Accept-Language: en-GB,en;q=0.9",
+    "Accept-Encoding: gzip, deflate, br",
+    "Referer: https://shop.example.com/category/men/jackets?page=2",
+    "Cookie: _ga=GA1.2.1843471095.1701698312; _gid=GA1.2.1290412301.1701698312; "
+    "session=eyJ1aWQiOjEyMzQ1LCJjYXJ0IjpbMTIsMzRdfQ.ZW5kLW9mLXNlc3Npb24tdG9rZW4tMDEyMzQ1Njc4OQ; "
+    "csrftoken=8f2b7c1e9a0d4e6f8b2c7d1e9a0f4b6c8d2e7f1a9b0c4d6e8f2a7b1c9d0e4f6a; lang=en-GB",
+    "Upgrade-Insecure-Requests: 1",
+]
+_items = ",".join('{"sku":"SKU-%04d","qty":%d,"price":%d.99,"name":"Product number %d"}'
+                  % (i, i % 4 + 1, i, i) for i in range(1, 40))
+_json = ('{"customer":{"name":"Mary O\'Neil","email":"m@example.com"},"items":[%s],'
+         '"note":"Please deliver after 5pm; it\'s a gift.","pad":""}' % _items)
+WAF_JSON_4K = _json.replace('"pad":""', '"pad":"%s"' % ("x" * (4096 - len(_json))))
+assert len(WAF_JSON_4K) == 4096
+WAF_JSON_SETUP = ('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                  'wrk.body = %s' % json.dumps(WAF_JSON_4K))
+
+for _name, _path, _setup, _hdrs, _note in [
+    ("waf-browser-get", "/?id=123&utm_source=newsletter&utm_medium=email&ref=home",
+     None, WAF_BROWSER_HEADERS, "a browser's GET (query, cookies, 8 headers)"),
+    ("waf-json-4KiB-post", "/", WAF_JSON_SETUP, [],
+     "a 4 KiB JSON POST (160 values)"),
+]:
+    for _base in (False, True):
+        SCENARIOS.append({
+            "name": _name + ("-base" if _base else "") + "-c50",
+            "path": _path if _base else "/waf" + _path,
+            "connections": 50,
+            "headers": _hdrs,
+            "wrk_setup": _setup,
+            "luaproxy": LUAPROXY_WAF,
+            "nginx": NGINX_WAF,
+            "per_mib": False,
+            "note": (_note + ", without the plugin: the base for the waf's cost") if _base
+                    else (_note + " through the waf default rules (minus -base: its cost)"),
+        })

@@ -243,5 +243,18 @@ int lp_ffi_metric_series(int id, const char *labels, size_t len);
  * parent span id, zeros without one); returns LP_FFI_TRACE_* bits, -1 without a trace. */
 enum { LP_FFI_TRACE_SAMPLED = 1, LP_FFI_TRACE_PARENT = 2, LP_FFI_TRACE_RECORDED = 4 };
 int lp_ffi_trace_ids(void *r, char *out);
+/* ---- waf: Hyperscan match collector (engine/waf_hs.c) ---- */
+/* Hits of one hs_scan: the pattern ids that matched, in the order reported. */
+typedef struct lp_waf_hits {
+    unsigned int n;    /* ids recorded (at most cap) */
+    unsigned int cap;  /* room in ids */
+    unsigned int more; /* flag: a match came when ids was full (the caller checks it all) */
+    unsigned int *ids; /* borrowed: the caller's array of cap ids */
+} lp_waf_hits_t;
+/* Hyperscan's match callback (match_event_handler), given to hs_scan by
+ * luaproxy/waf/hs.lua with ctx an lp_waf_hits_t: records the id and goes on. A C function,
+ * so that the scan needs no Lua callback and the Lua calling it stays JIT-compiled. */
+int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
+                          unsigned int flags, void *ctx);
 
 #endif

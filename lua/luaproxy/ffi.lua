@@ -109,6 +109,16 @@ int lp_ffi_metric_new(int type, const char *name, const char *help, const char *
 double *lp_ffi_metric_cells(int id);
 int lp_ffi_metric_series(int id, const char *labels, size_t len);
 int lp_ffi_trace_ids(void *r, char *out);
+
+/* ---- waf: Hyperscan match collector (engine/waf_hs.c) ---- */
+typedef struct lp_waf_hits {
+  unsigned int n;
+  unsigned int cap;
+  unsigned int more;
+  unsigned int *ids;
+} lp_waf_hits_t;
+int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
+                          unsigned int flags, void *ctx);
 ]]
 
 return {

@@ -1,0 +1,741 @@
+-- waf rule engine: rules are data (Lua tables), checked and compiled once per config load
+-- into an IR that a request is run against. Docs: docs/plugins/waf.md.
+--
+-- The IR (what a SecLang compiler, issue #20, would also produce):
+--   rule = { id, msg, tags = {set}, severity, score, paranoia, action, status,
+--            conds = { cond, ... } (all must match: a chain), place = "file:line" }
+--   cond = { op, arg, negate, chain = transform-chain id, targets = { target, ... } }
+--   target = { coll, key = lower-case name or nil, count = bool, skip = { [key] = true } }
+-- Compiling groups the single-condition regex and phrase-list rules by transformation
+-- chain; each group's patterns go into one Hyperscan database, so a value is scanned once
+-- per chain for all of them, and PCRE2 (proxy.re) confirms a match and gives its text.
+-- Patterns Hyperscan cannot take are run by PCRE2 alone (listed in cs.pcre_only). Other
+-- rules (chains, counts, other operators) are evaluated one by one, in rule order.
+-- Transformed values are cached per request by chain prefix, so a chain shared by many
+-- rules (or a prefix of it) runs once per value.
+local T = require "luaproxy.waf.transforms"
+local V = require "luaproxy.waf.vars"
+local hs = require "luaproxy.waf.hs"
+local re = require "luaproxy.re"
+
+local type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next =
+  type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next
+local byte, find, format, gsub, lower, sub = string.byte, string.find, string.format,
+  string.gsub, string.lower, string.sub
+local concat = table.concat
+
+local M = {}
+
+M.SEVERITY = { critical = 5, error = 4, warning = 3, notice = 2 }
+M.ACTIONS = { score = true, deny = true, log = true }
+-- Operators: name -> kind of argument.
+M.OPS = {
+  rx = "string", pm = "list", contains = "string", equals = "string",
+  begins_with = "string", ends_with = "string", within = "list",
+  eq = "number", ne = "number", gt = "number", ge = "number", lt = "number", le = "number",
+  validate_urlencoding = "boolean", validate_utf8 = "boolean",
+}
+local RULE_KEYS = { id = true, msg = true, tags = true, severity = true, paranoia = true,
+  action = true, status = true, chain = true, targets = true, transforms = true,
+  negate = true, score = true }
+local COND_KEYS = { targets = true, transforms = true, negate = true }
+
+---------------------------------------------------------------------------------------------
+-- Checking rules (at load): every problem names the rule's place.
+
+local function fail(place, msg) error({ waf = true, msg = place .. ": " .. msg }, 0) end
+
+local function parse_target(place, s)
+  if type(s) ~= "string" then fail(place, "a target must be a string") end
+  local count, skip = false, false
+  local t = s
+  if sub(t, 1, 1) == "&" then count, t = true, sub(t, 2) end
+  if sub(t, 1, 1) == "!" then skip, t = true, sub(t, 2) end
+  local coll, key = t:match("^([%a_]+):(.+)$")
+  if not coll then coll = t:match("^[%a_]+$") and t end
+  if not coll then fail(place, format("bad target %q (expected collection or collection:name)", s)) end
+  if not (V.BASE[coll] or V.NAMES[coll] or V.ALIAS[coll]) then
+    fail(place, format("unknown collection %q in target %q", coll, s))
+  end
+  if skip and (count or not key) then fail(place, format("target %q: ! needs collection:name", s)) end
+  return { coll = coll, key = key and lower(key), count = count, skip = skip }
+end
+
+local function check_cond(place, c, keys)
+  local cond = { negate = c.negate == true }
+  local op
+  for k in pairs(c) do
+    if M.OPS[k] then
+      if op then fail(place, format("two operators (%s and %s): one per condition", op, k)) end
+      op = k
+    elseif not keys[k] then
+      fail(place, format("unknown key %q", tostring(k)))
+    end
+  end
+  if not op then fail(place, "no operator (one of rx, pm, contains, equals, ...)") end
+  local arg = c[op]
+  local kind = M.OPS[op]
+  if kind == "list" then
+    if type(arg) ~= "table" or #arg == 0 then fail(place, op .. ": expected a non-empty list of strings") end
+    for i, x in ipairs(arg) do
+      if type(x) ~= "string" or x == "" then fail(place, format("%s[%d]: expected a non-empty string", op, i)) end
+    end
+  elseif kind == "number" then
+    if type(arg) ~= "number" then fail(place, op .. ": expected a number") end
+  elseif kind == "boolean" then
+    if arg ~= true then fail(place, op .. ": expected true") end
+  elseif type(arg) ~= "string" then
+    fail(place, op .. ": expected a string")
+  end
+  if op == "rx" then
+    local ok, err = re.compile(arg, "")
+    if not ok then fail(place, "rx: " .. tostring(err)) end
+  end
+  cond.op, cond.arg = op, arg
+  if type(c.targets) ~= "table" or #c.targets == 0 then fail(place, "targets: expected a non-empty list") end
+  cond.targets = {}
+  for _, s in ipairs(c.targets) do cond.targets[#cond.targets + 1] = parse_target(place, s) end
+  local tr = c.transforms or {}
+  if type(tr) ~= "table" then fail(place, "transforms: expected a list of names") end
+  for _, name in ipairs(tr) do
+    if type(name) ~= "string" or name == "names" or not T[name] then
+      fail(place, format("unknown transform %q (known: %s)", tostring(name), concat(T.names, ", ")))
+    end
+  end
+  cond.transforms = tr
+  return cond
+end
+
+-- Checks one rule table; returns its IR (conditions not yet compiled) or raises with place.
+function M.check_rule(r, place)
+  if type(r) ~= "table" then fail(place, "a rule must be a table") end
+  if type(r.id) ~= "number" or r.id % 1 ~= 0 or r.id < 1 then fail(place, "id: expected a whole number >= 1") end
+  place = format("%s (rule %d)", place, r.id)
+  for k in pairs(r) do
+    if not RULE_KEYS[k] and not M.OPS[k] then fail(place, format("unknown key %q", tostring(k))) end
+  end
+  if type(r.msg) ~= "string" or r.msg == "" then fail(place, "msg: expected a message") end
+  local tags = {}
+  if r.tags ~= nil then
+    if type(r.tags) ~= "table" then fail(place, "tags: expected a list of strings") end
+    for _, t in ipairs(r.tags) do
+      if type(t) ~= "string" then fail(place, "tags: expected a list of strings") end
+      tags[t] = true
+    end
+  end
+  local sev = r.severity or "critical"
+  if not M.SEVERITY[sev] then
+    fail(place, format("severity: expected critical, error, warning or notice, got %q", tostring(sev)))
+  end
+  local pl = r.paranoia or 1
+  if type(pl) ~= "number" or pl < 1 or pl > 4 or pl % 1 ~= 0 then fail(place, "paranoia: expected 1..4") end
+  local action = r.action or "score"
+  if not M.ACTIONS[action] then fail(place, format("action: expected score, deny or log, got %q", tostring(action))) end
+  if r.status ~= nil and (type(r.status) ~= "number" or r.status < 400 or r.status > 599) then
+    fail(place, "status: expected 400..599")
+  end
+  if r.score ~= nil and (type(r.score) ~= "number" or r.score < 0) then fail(place, "score: expected a number >= 0") end
+  local first = {}
+  for k, v in pairs(r) do if COND_KEYS[k] or M.OPS[k] then first[k] = v end end
+  local conds = { check_cond(place, first, COND_KEYS) }
+  if r.chain ~= nil then
+    if type(r.chain) ~= "table" or #r.chain == 0 then fail(place, "chain: expected a list of conditions") end
+    for i, c in ipairs(r.chain) do
+      if type(c) ~= "table" then fail(place, format("chain[%d]: expected a table", i)) end
+      conds[#conds + 1] = check_cond(format("%s chain[%d]", place, i), c, COND_KEYS)
+    end
+  end
+  return {
+    id = r.id, msg = r.msg, tags = tags, taglist = r.tags or {}, severity = sev,
+    score = r.score or M.SEVERITY[sev], paranoia = pl, action = action, status = r.status,
+    conds = conds, place = place,
+  }
+end
+
+-- Rules from a Lua file: it calls rule { ... } for each (the place is file:line of the
+-- call), or returns a list of rule tables. Returns a list of IR rules and the file's text,
+-- or nil, problem.
+function M.read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, "cannot read rule file " .. tostring(err) end
+  local src = f:read("*a")
+  f:close()
+  return src
+end
+
+-- `src`: the file's text when the caller read it already (M.read_file).
+function M.load_file(path, src)
+  if not src then
+    local err
+    src, err = M.read_file(path)
+    if not src then return nil, err end
+  end
+  if not src:find("%S") then return nil, path .. ": empty rule file (no rules)" end
+  local out = {}
+  local env = setmetatable({}, { __index = { string = string, table = table, math = math,
+    ipairs = ipairs, pairs = pairs, tostring = tostring, tonumber = tonumber } })
+  env.rule = function(r)
+    local info = debug.getinfo(2, "l")
+    out[#out + 1] = M.check_rule(r, format("%s:%d", path, info and info.currentline or 0))
+  end
+  local chunk, lerr = loadstring(src, "@" .. path)
+  if not chunk then return nil, "bad rule file: " .. tostring(lerr) end
+  setfenv(chunk, env)
+  local ok, res = pcall(chunk)
+  if not ok then
+    if type(res) == "table" and res.waf then return nil, res.msg end
+    return nil, "bad rule file: " .. tostring(res)
+  end
+  if type(res) == "table" then
+    for i, r in ipairs(res) do
+      local cok, rr = pcall(M.check_rule, r, format("%s: rule [%d]", path, i))
+      if not cok then return nil, type(rr) == "table" and rr.msg or tostring(rr) end
+      out[#out + 1] = rr
+    end
+  elseif res ~= nil then
+    return nil, path .. ": a rule file returns a list of rules, or nothing"
+  end
+  if #out == 0 then return nil, path .. ": no rules" end
+  return out, src
+end
+
+-- Rules from a list of tables (a config's `rules`); nil, problem on the first bad one.
+function M.load_list(list, prefix)
+  local out = {}
+  for i, r in ipairs(list) do
+    local ok, rr = pcall(M.check_rule, r, format("%s[%d]", prefix, i))
+    if not ok then return nil, type(rr) == "table" and rr.msg or tostring(rr) end
+    out[#out + 1] = rr
+  end
+  return out
+end
+
+---------------------------------------------------------------------------------------------
+-- Compiling a rule set.
+
+-- Expands a target's aliases into base and names collections.
+local function expand(t, out)
+  local alias = V.ALIAS[t.coll]
+  if alias then
+    for _, c in ipairs(alias) do out[#out + 1] = { coll = c, key = t.key, count = t.count, skip = t.skip } end
+  else
+    out[#out + 1] = t
+  end
+end
+
+-- Copies a rule with its conditions (exclusions change copies, never the shared set).
+local function copy_rule(r)
+  local c = {}
+  for k, v in pairs(r) do c[k] = v end
+  c.conds = {}
+  for i, cond in ipairs(r.conds) do
+    local cc = {}
+    for k, v in pairs(cond) do cc[k] = v end
+    c.conds[i] = cc
+  end
+  return c
+end
+
+-- Resolves a condition's targets into { coll = { all = bool, keys = set, skip = set, count } }.
+local function resolve_targets(cond)
+  local flat = {}
+  for _, t in ipairs(cond.targets) do expand(t, flat) end
+  local by, order = {}, {}
+  for _, t in ipairs(flat) do
+    local e = by[t.coll]
+    if not e then
+      e = { coll = t.coll, all = false, keys = nil, skip = nil, count = false }
+      by[t.coll] = e
+    end
+    if t.skip then
+      e.skip = e.skip or {}
+      e.skip[t.key] = true
+    else
+      if not e.listed then order[#order + 1] = e; e.listed = true end
+      if t.count then e.count = true end
+      if t.key then
+        e.keys = e.keys or {}
+        e.keys[t.key] = true
+      else
+        e.all = true
+      end
+    end
+  end
+  cond.tgt = order
+  cond.by = by
+end
+
+local function rule_matches_sel(rule, sel)
+  if sel.ids then
+    for _, id in ipairs(sel.ids) do if rule.id == id then return true end end
+  end
+  if sel.id_ranges then
+    for _, r in ipairs(sel.id_ranges) do if rule.id >= r[1] and rule.id <= r[2] then return true end end
+  end
+  if sel.tags then
+    for _, t in ipairs(sel.tags) do if rule.tags[t] then return true end end
+  end
+  return false
+end
+
+-- Applies exclusions: { ids =, tags =, targets = nil (drop the rule) or a list of targets
+-- taken out of every condition of the rule }.
+local function apply_exclusions(rules, exclusions)
+  if not exclusions or #exclusions == 0 then return rules end
+  local out = {}
+  for _, r in ipairs(rules) do
+    local keep = r
+    for _, ex in ipairs(exclusions) do
+      if keep and rule_matches_sel(keep, ex) then
+        if not ex.targets then
+          keep = nil
+        else
+          if keep == r then keep = copy_rule(r) end
+          for _, cond in ipairs(keep.conds) do
+            local ts = {}
+            for _, t in ipairs(cond.targets) do ts[#ts + 1] = t end
+            for _, s in ipairs(ex.targets) do
+              local t = parse_target("exclusion", s)
+              local flat = {}
+              expand(t, flat)
+              for _, ft in ipairs(flat) do
+                if ft.key then
+                  ts[#ts + 1] = { coll = ft.coll, key = ft.key, skip = true }
+                else
+                  -- The whole collection goes: drop its targets.
+                  local kept = {}
+                  for _, x in ipairs(ts) do
+                    local xf = {}
+                    expand(x, xf)
+                    for _, y in ipairs(xf) do if y.coll ~= ft.coll then kept[#kept + 1] = y end end
+                  end
+                  ts = kept
+                end
+              end
+            end
+            cond.targets = ts
+          end
+        end
+      end
+    end
+    if keep then out[#out + 1] = keep end
+  end
+  return out
+end
+
+local function escape_literal(s)
+  return (gsub(s, "[^%w_ ]", function(c) return format("\\x%02x", byte(c)) end))
+end
+
+-- Compiles IR rules into a rule set for one plugin instance.
+-- opts: paranoia, exclusions, hyperscan (bool). Returns cs, or nil, problem.
+function M.compile(rules, opts)
+  local paranoia = opts.paranoia or 1
+  local sel = {}
+  local seen = {}
+  for _, r in ipairs(rules) do
+    if seen[r.id] then
+      return nil, format("%s: duplicate rule id %d (also at %s)", r.place, r.id, seen[r.id])
+    end
+    seen[r.id] = r.place
+    if r.paranoia <= paranoia then sel[#sel + 1] = r end
+  end
+  sel = apply_exclusions(sel, opts.exclusions)
+  local cs = { rules = sel, chains = {}, groups = {}, slow = {}, needs_body = false,
+               pcre_only = {}, hs_patterns = 0, by_id = {} }
+  -- Transform chains as prefixes: chain "a,b" is step b over chain "a".
+  local chain_ids = { [""] = 0 }
+  cs.chains[0] = { parent = nil, fn = nil, name = "" }
+  local function chain_of(tr)
+    local key, parent = "", 0
+    for _, name in ipairs(tr) do
+      key = key == "" and name or key .. "," .. name
+      local id = chain_ids[key]
+      if not id then
+        id = #cs.chains + 1
+        chain_ids[key] = id
+        cs.chains[id] = { parent = parent, fn = T[name], name = key }
+      end
+      parent = id
+    end
+    return parent
+  end
+  local groups = {}
+  for ri, r in ipairs(sel) do
+    r.index = ri
+    cs.by_id[r.id] = r
+    for _, cond in ipairs(r.conds) do
+      cond.rule = r
+      cond.chain = chain_of(cond.transforms)
+      resolve_targets(cond)
+      for _, e in ipairs(cond.tgt) do
+        local base = V.NAMES[e.coll] or e.coll
+        if V.BODY[base] then cs.needs_body = true end
+      end
+      if cond.op == "pm" then
+        cond.phrases = {}
+        for i, p in ipairs(cond.arg) do cond.phrases[i] = lower(p) end
+      elseif cond.op == "within" then
+        cond.set = {}
+        for _, p in ipairs(cond.arg) do cond.set[p] = true end
+      end
+    end
+    local c1 = r.conds[1]
+    local fast = #r.conds == 1 and (c1.op == "rx" or c1.op == "pm") and not c1.negate
+    if fast then
+      for _, e in ipairs(c1.tgt) do if e.count then fast = false end end
+    end
+    if fast and #c1.tgt > 0 then
+      local g = groups[c1.chain]
+      if not g then
+        g = { chain = c1.chain, conds = {}, colls = {}, collset = {}, pcre = {}, pats = {}, flags = {}, ids = {} }
+        groups[c1.chain] = g
+        cs.groups[#cs.groups + 1] = g
+      end
+      for _, e in ipairs(c1.tgt) do
+        if not g.collset[e.coll] then
+          g.collset[e.coll] = true
+          g.colls[#g.colls + 1] = e.coll
+        end
+      end
+      local pats = {}
+      if c1.op == "rx" then
+        pats[1] = { c1.arg, hs.SINGLEMATCH }
+      else
+        for _, p in ipairs(c1.arg) do pats[#pats + 1] = { escape_literal(p), hs.SINGLEMATCH + hs.CASELESS } end
+      end
+      g.conds[#g.conds + 1] = c1
+      local ci = #g.conds
+      for _, p in ipairs(pats) do
+        g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] = p[1], p[2], ci
+      end
+    else
+      cs.slow[#cs.slow + 1] = r
+    end
+  end
+  -- Per group and collection, the names worth transforming and scanning at all: when every
+  -- condition of the group names its keys there (headers:referer), other items are skipped.
+  for _, g in ipairs(cs.groups) do
+    g.only = {}
+    for _, cname in ipairs(g.colls) do
+      local set = {}
+      for _, cond in ipairs(g.conds) do
+        local e = cond.by[cname]
+        if e and e.listed then
+          if e.all or not e.keys then
+            set = nil
+            break
+          end
+          for k in pairs(e.keys) do set[k] = true end
+        end
+      end
+      g.only[cname] = set
+    end
+  end
+  cs.use_hs = opts.hyperscan ~= false and hs.available
+  cs.hyperscan = cs.use_hs
+  return cs
+end
+
+-- Compiles the Hyperscan databases of a rule set (the slow part: about 0.4 s of CPU for the
+-- default rules), once per VM. Called by the plugin's init_worker, with `pause` yielding
+-- between two databases so that no single stretch of Lua runs for long (lua.phase_timeout
+-- counts time without a yield); else by the first request that needs it (specs, or a rule
+-- set init_worker did not see). Without Hyperscan every pattern runs through PCRE2.
+function M.finish(cs, pause)
+  if cs.ready then return true end
+  local use_hs = cs.use_hs
+  for _, g in ipairs(cs.groups) do
+    if not use_hs then
+      g.pcre, g.conds = g.conds, {}
+    else
+      -- One compile per group. A pattern Hyperscan refuses is tried as a prefilter (PCRE2
+      -- confirms every match anyway), else its condition goes to PCRE2 alone: then the
+      -- group is compiled again without it. Never skipped.
+      while #g.pats > 0 do
+        local db, err, idx = hs.compile(g.pats, g.flags, g.ids)
+        if db then
+          g.db, g.hits = db, hs.hits(#g.pats)
+          break
+        end
+        if not idx or idx < 1 then return nil, "hyperscan: " .. tostring(err) end
+        if g.flags[idx] < hs.PREFILTER and hs.check(g.pats[idx], g.flags[idx] + hs.PREFILTER) then
+          g.flags[idx] = g.flags[idx] + hs.PREFILTER
+          g.prefilter = (g.prefilter or 0) + 1
+        else
+          local ci = g.ids[idx]
+          local cond = g.conds[ci]
+          g.pcre[#g.pcre + 1] = cond
+          cs.pcre_only[#cs.pcre_only + 1] = format("%d (%s)", cond.rule.id, tostring(err))
+          local pats, flags, ids = {}, {}, {}
+          for k = 1, #g.pats do
+            if g.ids[k] ~= ci then
+              pats[#pats + 1], flags[#flags + 1], ids[#ids + 1] = g.pats[k], g.flags[k], g.ids[k]
+            end
+          end
+          g.pats, g.flags, g.ids = pats, flags, ids
+        end
+      end
+      cs.hs_patterns = cs.hs_patterns + #g.pats
+    end
+    if pause then pause() end
+  end
+  cs.ready = true
+  return true
+end
+
+---------------------------------------------------------------------------------------------
+-- Evaluating.
+
+-- Value i of collection c through chain id `ch`, cached per request.
+local function value(st, cname, c, i, ch)
+  if ch == 0 then return c.values[i] end
+  local cache = st.cache[cname]
+  if not cache then
+    cache = {}
+    st.cache[cname] = cache
+  end
+  local per = cache[ch]
+  if not per then
+    per = {}
+    cache[ch] = per
+  end
+  local v = per[i]
+  if v then return v end
+  local chain = st.cs.chains[ch]
+  v = chain.fn(value(st, cname, c, i, chain.parent))
+  per[i] = v
+  return v
+end
+
+local function key_ok(e, name)
+  if e.keys == nil and e.skip == nil then return e.all end
+  local k = lower(name)
+  if e.skip and e.skip[k] then return false end
+  if e.all then return true end
+  return e.keys ~= nil and e.keys[k] == true
+end
+
+local function invalid_urlenc(s)
+  local i = 1
+  while true do
+    i = find(s, "%", i, true)
+    if not i then return nil end
+    if not find(s, "^%x%x", i + 1) then return i end
+    i = i + 3
+  end
+end
+
+local function invalid_utf8(s)
+  local i, n = 1, #s
+  while i <= n do
+    local b = byte(s, i)
+    if b < 0x80 then i = i + 1
+    else
+      local len
+      if b >= 0xC2 and b <= 0xDF then len = 2
+      elseif b >= 0xE0 and b <= 0xEF then len = 3
+      elseif b >= 0xF0 and b <= 0xF4 then len = 4
+      else return i end
+      for k = 1, len - 1 do
+        local cb = byte(s, i + k)
+        if not cb or cb < 0x80 or cb > 0xBF then return i end
+      end
+      i = i + len
+    end
+  end
+  return nil
+end
+
+-- Tests one value; returns from, to of what matched (to the match's text) or nil; and
+-- "error", message when the regex gave up (the match limit).
+local function test(cond, v)
+  local op, arg = cond.op, cond.arg
+  if op == "rx" then
+    local from, to, err = re.find(v, arg, "")
+    if err then return "error", err end
+    return from, to
+  elseif op == "pm" then
+    local lv = lower(v)
+    for _, p in ipairs(cond.phrases) do
+      local from, to = find(lv, p, 1, true)
+      if from then return from, to end
+    end
+    return nil
+  elseif op == "contains" then
+    return find(v, arg, 1, true)
+  elseif op == "equals" then
+    if v == arg then return 1, #v end
+  elseif op == "begins_with" then
+    if sub(v, 1, #arg) == arg then return 1, #arg end
+  elseif op == "ends_with" then
+    if #arg <= #v and sub(v, -#arg) == arg or arg == "" then return #v - #arg + 1, #v end
+  elseif op == "within" then
+    if cond.set[v] then return 1, #v end
+  elseif op == "validate_urlencoding" then
+    local i = invalid_urlenc(v)
+    if i then return i, i + 2 end
+  elseif op == "validate_utf8" then
+    local i = invalid_utf8(v)
+    if i then return i, i end
+  else
+    local n = tonumber(v)
+    if not n then return nil end
+    if (op == "eq" and n == arg) or (op == "ne" and n ~= arg) or (op == "gt" and n > arg)
+      or (op == "ge" and n >= arg) or (op == "lt" and n < arg) or (op == "le" and n <= arg) then
+      return 1, #v
+    end
+  end
+  return nil
+end
+
+local function sanitize(s)
+  return (gsub(s, "[^\32-\126]", function(c) return format("\\x%02x", byte(c)) end):gsub('"', '\\"'))
+end
+
+local function excerpt(v, from, to)
+  if type(from) ~= "number" then return sanitize(sub(v, 1, 48)) end
+  local a = from > 8 and from - 8 or 1
+  local b = to - a >= 48 and a + 47 or to + 8
+  local s = sanitize(sub(v, a, b))
+  if #s > 96 then s = sub(s, 1, 96) end
+  return s
+end
+
+local function varname(cname, c, i)
+  local n = c.names[i]
+  if n == "" or n == nil then return cname end
+  return cname .. ":" .. n
+end
+
+-- A hit: rule r matched value i of collection cname (from..to of v, or an error).
+local function hit(st, r, cname, c, i, v, from, to)
+  local m = st.matches
+  if not m then
+    m = {}
+    st.matches = m
+  end
+  if st.hit[r] then return end
+  local rec = { id = r.id, msg = r.msg, severity = r.severity, action = r.action,
+                var = varname(cname, c, i), tags = r.taglist }
+  if from == "error" then
+    rec.regex_error = to
+    rec.excerpt = excerpt(v)
+  else
+    rec.excerpt = excerpt(v, from, to)
+  end
+  st.hit[r] = rec
+  m[#m + 1] = rec
+end
+
+-- Does condition cond match any of its targets? Returns cname, c, i, v, from, to. With
+-- negate, it holds when none of its values matches (also when there are none).
+local NONE = { n = 1, names = { "" }, values = { "" } }
+local function cond_match(st, cond)
+  local negate = cond.negate
+  for _, e in ipairs(cond.tgt) do
+    local cname = e.coll
+    local c = st.vars:coll(cname)
+    if e.count then
+      local n = 0
+      if not e.keys and not e.skip then
+        n = c.n
+      else
+        for i = 1, c.n do if key_ok(e, c.names[i]) then n = n + 1 end end
+      end
+      local v = tostring(n)
+      local from, to = test(cond, v)
+      if from ~= nil then
+        if negate then return nil end
+        return "&" .. cname, { n = 1, names = { e.keys and next(e.keys) or "" } }, 1, v, from, to
+      end
+    else
+      for i = 1, c.n do
+        if key_ok(e, c.names[i]) then
+          local v = value(st, cname, c, i, cond.chain)
+          local from, to = test(cond, v)
+          if from == "error" then return cname, c, i, v, from, to end
+          if from ~= nil then
+            if negate then return nil end
+            return cname, c, i, v, from, to
+          end
+        end
+      end
+    end
+  end
+  if negate then return cond.tgt[1].coll, NONE, 1, "", 1, 0 end
+  return nil
+end
+
+local scan = hs.scan
+
+-- Confirms condition cond (of a rule not matched yet) on value i of collection cname, with
+-- PCRE2 or the operator itself; records a hit.
+local function confirm(st, cond, cname, c, i, v)
+  local r = cond.rule
+  if st.hit[r] then return end
+  local e = cond.by[cname]
+  if e and not e.count and key_ok(e, c.names[i]) then
+    local from, to = test(cond, v)
+    if from then hit(st, r, cname, c, i, v, from, to) end
+  end
+end
+
+-- Runs the rule set over the request state `st` (vars set); fills st.matches.
+function M.run(cs, st)
+  if not cs.ready then
+    local ok, err = M.finish(cs)
+    if not ok then error(err, 0) end
+  end
+  st.cs = cs
+  st.hit = {}
+  for _, g in ipairs(cs.groups) do
+    local ch, db, conds, pcre, hits = g.chain, g.db, g.conds, g.pcre, g.hits
+    for _, cname in ipairs(g.colls) do
+      local c = st.vars:coll(cname)
+      local only = g.only[cname]
+      for i = 1, c.n do
+        if not only or only[lower(c.names[i])] then
+          local v = value(st, cname, c, i, ch)
+          if db then
+            local n, ids, base, more = scan(db, v, hits)
+            if more then
+              -- More hits than the buffer holds (cannot happen with one report per
+              -- pattern): check every condition of the group on this value.
+              for _, cond in ipairs(conds) do confirm(st, cond, cname, c, i, v) end
+            elseif n and n > 0 then
+              if n == 1 then
+                confirm(st, conds[ids[base]], cname, c, i, v)
+              else
+                -- Copy first: the ids buffer is the group's, and confirming must not
+                -- depend on it staying unchanged.
+                local list = {}
+                for k = 1, n do list[k] = ids[base + k - 1] end
+                for k = 1, n do confirm(st, conds[list[k]], cname, c, i, v) end
+              end
+            end
+          end
+          for _, cond in ipairs(pcre) do confirm(st, cond, cname, c, i, v) end
+        end
+      end
+    end
+  end
+  for _, r in ipairs(cs.slow) do
+    local cname, c, i, v, from, to = cond_match(st, r.conds[1])
+    if cname then
+      local ok = true
+      for k = 2, #r.conds do
+        if not cond_match(st, r.conds[k]) then
+          ok = false
+          break
+        end
+      end
+      if ok then hit(st, r, cname, c, i, v, from, to) end
+    end
+  end
+  return st.matches
+end
+
+M.sanitize = sanitize
+M.hs = hs
+return M

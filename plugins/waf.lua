@@ -1,0 +1,277 @@
+-- waf: a web application firewall. Rules (Lua tables: the bundled default set, files, or
+-- inline) test request variables (method, path, query and body arguments, headers, cookies,
+-- uploads' file names, the raw body) through transformations with operators; a match adds
+-- to the request's anomaly score, denies at once, or is only logged. At the inbound
+-- threshold the request is refused (or, with mode = "detect", only logged). The rule set is
+-- compiled once per config load (luaproxy/waf/engine.lua); per request the plugin gathers
+-- only the variables some rule needs, and reads the body only when a rule looks at it.
+-- Docs: docs/plugins/waf.md.
+local engine = require "luaproxy.waf.engine"
+local V = require "luaproxy.waf.vars"
+local format, concat = string.format, table.concat
+local ipairs, type, tostring = ipairs, type, tostring
+
+-- The bundled rule files, next to this file.
+local HERE = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".")
+local DEFAULT_DIR = HERE .. "/waf/rules"
+local DEFAULT_FILES = { "protocol", "scanners", "traversal", "rfi", "shell", "php", "java",
+                        "sqli", "xss" }
+
+local P = {
+  name = "waf",
+  -- After request_limits (2900: a request refused for its shape costs nothing), before
+  -- redirects, routing, authentication and rate limits.
+  priority = 2700,
+}
+
+P.schema = {
+  fields = {
+    mode = { type = "string", default = "block", one_of = { "block", "detect" },
+             description = "block: refuse requests at the threshold or matching a deny rule; "
+               .. "detect: refuse nothing, log what would have been refused (detect_only)" },
+    paranoia = { type = "integer", default = 1, min = 1, max = 4,
+                 description = "rules of this paranoia level and below run (higher: more "
+                   .. "detection, more false positives)" },
+    inbound_threshold = { type = "integer", default = 5, min = 1,
+                          description = "anomaly score at which a request is refused "
+                            .. "(critical 5, error 4, warning 3, notice 2 per matching rule)" },
+    status = { type = "integer", default = 403, min = 400, max = 599,
+               description = "status of a refused request (a deny rule may set its own)" },
+    message = { type = "string", default = "request refused by the web application firewall\n",
+                description = "body of a refused request (text/plain)" },
+    default_rules = { type = "boolean", default = true,
+                      description = "load the bundled rule set (plugins/waf/rules/*.lua)" },
+    rule_files = { type = "array", default = {}, elements = { type = "string" },
+                   description = "more rule files (Lua; relative paths from the config's "
+                     .. "directory), read at each config load" },
+    rules = { type = "array", default = {}, elements = { type = "any" },
+              description = "more rules, inline (the rule format: docs/plugins/waf.md)" },
+    exclusions = {
+      type = "array", default = {},
+      description = "rules (by id, id range or tag) taken out, or targets taken out of them",
+      elements = {
+        type = "record",
+        fields = {
+          ids = { type = "array", elements = { type = "integer" }, description = "rule ids" },
+          id_ranges = { type = "array", elements = { type = "array", elements = { type = "integer" } },
+                        description = "{ first, last } id ranges" },
+          tags = { type = "array", elements = { type = "string" }, description = "rule tags" },
+          targets = { type = "array", elements = { type = "string" },
+                      description = "targets taken out of those rules (e.g. \"args:password\", "
+                        .. "\"cookies\"); none: the rules are taken out whole" },
+        },
+      },
+    },
+    body_limit = { type = "integer", default = 131072, min = 0, max = 1073741824,
+                   description = "most body bytes read to inspect" },
+    body_over_limit = { type = "string", default = "refuse", one_of = { "refuse", "pass" },
+                        description = "a body over body_limit: refuse it (413), or pass it "
+                          .. "with its body uninspected (headers, path and query still are)" },
+    max_args = { type = "integer", default = 1024, min = 1,
+                 description = "most values inspected per collection (arguments, headers, "
+                   .. "cookies); more are not inspected" },
+    regex_error = { type = "string", default = "match", one_of = { "match", "ignore" },
+                    description = "a regex that gives up on a value (PCRE2 match limit): "
+                      .. "count as the rule matching, or as not matching (logged either way)" },
+    hyperscan = { type = "boolean", default = true,
+                  description = "match many patterns in one pass with Hyperscan when it is "
+                    .. "installed (else every regex runs through PCRE2 alone)" },
+  },
+}
+
+local function config_path(p)
+  if p:sub(1, 1) == "/" then return p end
+  local ok, rt = pcall(require, "luaproxy.runtime")
+  local dir = ok and rt.config_dir
+  if dir then return dir .. "/" .. p end
+  return p
+end
+
+-- The rule files of a config: { { path, text }, ... }, or nil, problem.
+local function rule_files(conf)
+  local files = {}
+  local paths = {}
+  if conf.default_rules then
+    for _, name in ipairs(DEFAULT_FILES) do paths[#paths + 1] = DEFAULT_DIR .. "/" .. name .. ".lua" end
+  end
+  for _, f in ipairs(conf.rule_files or {}) do paths[#paths + 1] = config_path(f) end
+  for i, path in ipairs(paths) do
+    local text, err = engine.read_file(path)
+    if not text then return nil, err end
+    files[i] = { path, text }
+  end
+  return files
+end
+
+-- Loads (and checks) the rules of a config (files read by rule_files); nil, problem with
+-- the rule's place.
+function P.load_rules(conf, files)
+  local err
+  if not files then
+    files, err = rule_files(conf)
+    if not files then return nil, err end
+  end
+  local all = {}
+  local function add(list) for _, r in ipairs(list) do all[#all + 1] = r end end
+  for _, f in ipairs(files) do
+    local list, lerr = engine.load_file(f[1], f[2])
+    if not list then return nil, lerr end
+    add(list)
+  end
+  if conf.rules and #conf.rules > 0 then
+    local list, lerr = engine.load_list(conf.rules, "rules")
+    if not list then return nil, lerr end
+    add(list)
+  end
+  return all
+end
+
+-- A canonical text of plain data (for the cache key below); nil for anything else
+-- (functions, userdata): such a config is compiled on its own.
+local function canon(v, out)
+  local t = type(v)
+  if t == "string" then out[#out + 1] = format("%q", v)
+  elseif t == "number" or t == "boolean" then out[#out + 1] = tostring(v)
+  elseif t == "table" then
+    local keys = {}
+    for k in pairs(v) do
+      if type(k) ~= "string" and type(k) ~= "number" then return nil end
+      keys[#keys + 1] = k
+    end
+    table.sort(keys, function(a, b)
+      if type(a) == type(b) then return a < b end
+      return type(a) == "number"
+    end)
+    out[#out + 1] = "{"
+    for _, k in ipairs(keys) do
+      out[#out + 1] = tostring(k) .. "="
+      if not canon(v[k], out) then return nil end
+      out[#out + 1] = ","
+    end
+    out[#out + 1] = "}"
+  else
+    return nil
+  end
+  return true
+end
+
+-- Compiled rule sets of this VM by what they were compiled from (the rule files' text
+-- included, so an edited file is parsed and checked again at a reload): routes with the
+-- same waf settings share one. Weak values: a set no config uses any more is collected.
+local compiled = setmetatable({}, { __mode = "v" })
+
+function P.compile(conf)
+  local files, err = rule_files(conf)
+  if not files then error(err, 0) end
+  local parts = {}
+  for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
+  local key
+  if canon({ conf.paranoia, conf.exclusions, conf.rules, conf.hyperscan }, parts) then
+    key = concat(parts)
+  end
+  -- Rules are parsed and checked only for a rule set not compiled yet: a config load
+  -- with the waf on many routes checks them once.
+  local cs = key and compiled[key]
+  if not cs then
+    local rules, lerr = P.load_rules(conf, files)
+    if not rules then error(lerr, 0) end
+    local ok, res, cerr = pcall(engine.compile, rules, conf)
+    if not ok then
+      error(type(res) == "table" and res.msg or tostring(res), 0)
+    end
+    if not res then error(cerr, 0) end
+    cs = res
+    if key then compiled[key] = cs end
+  end
+  local c = {}
+  for k, v in pairs(conf) do c[k] = v end
+  c.cs = cs
+  c.vopts = { max_args = conf.max_args }
+  c.text = { ["Content-Type"] = "text/plain" }
+  return c
+end
+
+-- The Hyperscan databases are compiled here rather than in compile(): they are the slow
+-- part (about 0.4 s of CPU for the default rules), the config check on the main thread
+-- does not need them (a pattern Hyperscan refuses runs through PCRE2, never an error), and
+-- here each worker may yield between two databases, so that lua.phase_timeout (time
+-- without a yield) holds on a loaded machine too.
+function P.init_worker(conf)
+  local ok, err = engine.finish(conf.cs, function() proxy.sleep(0) end)
+  if not ok then error(err, 0) end
+end
+
+local function has_body(req)
+  local cl = req:header("content-length")
+  if cl then return cl ~= "0" end
+  return req:header("transfer-encoding") ~= nil
+end
+
+local function describe(matches)
+  local parts = {}
+  for i, m in ipairs(matches) do
+    if i > 8 then
+      parts[#parts + 1] = format("(%d more)", #matches - 8)
+      break
+    end
+    parts[#parts + 1] = format('%d %s "%s"%s', m.id, m.var, m.excerpt,
+      m.regex_error and " (" .. m.regex_error .. ")" or "")
+  end
+  return concat(parts, "; ")
+end
+
+function P.request(req, conf)
+  local cs = conf.cs
+  local st = { vars = V.new(req, conf.vopts), cache = {} }
+  local body_state
+  if cs.needs_body and has_body(req) then
+    local body, err = req:body(conf.body_limit)
+    if body then
+      st.vars.body = body
+    elseif err == "too large" then
+      if conf.body_over_limit == "refuse" then
+        req.ctx.waf = { action = "refuse", reason = "body over limit", score = 0, matches = {} }
+        proxy.log.warn(format("waf: refused %s %s: body over body_limit (%d bytes)",
+          req:method(), req:path(), conf.body_limit))
+        return req:respond(413, "request body too large to inspect\n", conf.text)
+      end
+      body_state = "uninspected"
+    else
+      body_state = "unread: " .. tostring(err)
+    end
+  end
+  local matches = engine.run(cs, st)
+  if not matches then
+    if body_state then req.ctx.waf = { action = "pass", score = 0, matches = {}, body = body_state } end
+    return
+  end
+  local score, deny, status = 0, nil, conf.status
+  for _, m in ipairs(matches) do
+    local r = cs.by_id[m.id]
+    if m.regex_error and conf.regex_error == "ignore" then
+      m.ignored = true
+    elseif r.action == "score" then
+      score = score + r.score
+    elseif r.action == "deny" and not deny then
+      deny = r
+      status = r.status or conf.status
+    end
+  end
+  local block = deny ~= nil or score >= conf.inbound_threshold
+  local action = block and (conf.mode == "block" and "block" or "detect") or "pass"
+  req.ctx.waf = { action = action, score = score, matches = matches, body = body_state }
+  local what = describe(matches)
+  if action == "block" then
+    proxy.log.warn(format("waf: blocked %s %s (score %d%s): %s", req:method(), req:path(),
+      score, deny and ", deny rule " .. deny.id or "", what))
+    return req:respond(status, conf.message, conf.text)
+  elseif action == "detect" then
+    proxy.log.warn(format("waf: would block %s %s (score %d%s, detect mode): %s", req:method(),
+      req:path(), score, deny and ", deny rule " .. deny.id or "", what))
+  else
+    proxy.log.info(format("waf: matched %s %s (score %d, under %d): %s", req:method(),
+      req:path(), score, conf.inbound_threshold, what))
+  end
+end
+
+return P
