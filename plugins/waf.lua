@@ -196,9 +196,14 @@ end
 -- does not need them (a pattern Hyperscan refuses runs through PCRE2, never an error), and
 -- here each worker may yield between two databases, so that lua.phase_timeout (time
 -- without a yield) holds on a loaded machine too.
+local m_requests -- decisions on GET /metrics (docs/metrics.md)
+
 function P.init_worker(conf)
   local ok, err = engine.finish(conf.cs, function() proxy.sleep(0) end)
   if not ok then error(err, 0) end
+  -- Declared by every entry's init_worker: a name declared again is the same metric.
+  m_requests = proxy.metrics.counter("waf_requests_total",
+    "Requests the waf plugin inspected, by result.", { "result" })
 end
 
 local function has_body(req)
@@ -231,6 +236,7 @@ function P.request(req, conf)
     elseif err == "too large" then
       if conf.body_over_limit == "refuse" then
         req.ctx.waf = { action = "refuse", reason = "body over limit", score = 0, matches = {} }
+        if m_requests then m_requests:inc(1, "refused_body") end
         proxy.log.warn(format("waf: refused %s %s: body over body_limit (%d bytes)",
           req:method(), req:path(), conf.body_limit))
         return req:respond(413, "request body too large to inspect\n", conf.text)
@@ -242,6 +248,7 @@ function P.request(req, conf)
   end
   local matches = engine.run(cs, st)
   if not matches then
+    if m_requests then m_requests:inc(1, "pass") end
     if body_state then req.ctx.waf = { action = "pass", score = 0, matches = {}, body = body_state } end
     return
   end
@@ -260,6 +267,7 @@ function P.request(req, conf)
   local block = deny ~= nil or score >= conf.inbound_threshold
   local action = block and (conf.mode == "block" and "block" or "detect") or "pass"
   req.ctx.waf = { action = action, score = score, matches = matches, body = body_state }
+  if m_requests then m_requests:inc(1, action) end
   local what = describe(matches)
   if action == "block" then
     proxy.log.warn(format("waf: blocked %s %s (score %d%s): %s", req:method(), req:path(),

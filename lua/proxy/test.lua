@@ -1261,9 +1261,13 @@ do
     return m.cells[(m.max + 1) * cps]
   end
   local reset_without_metrics = T.reset
+  -- Values go back to 0; declarations stay, as in the engine (a metric lasts until a
+  -- restart), so the handles a plugin keeps at module level stay valid from spec to spec.
   function T.reset()
     reset_without_metrics()
-    byname, byid = {}, {}
+    for _, m in ipairs(byid) do
+      for k in pairs(m.cells) do m.cells[k] = nil end
+    end
     T.metrics_max_series = 1000
   end
 end
