@@ -1,6 +1,7 @@
 /* The compiled router: see router.h and docs/routing.md. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "router.h"
+#include "realip.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -22,10 +23,10 @@ typedef struct {
     pcre2_code *re; /* owned: LP_RM_REGEX */
 } cond_t;
 
+/* A client network: realip.c's CIDRs and matching (one implementation for every short
+ * list of networks: IPv4-mapped IPv6 clients match IPv4 networks there too). */
 typedef struct {
-    int v6; /* an IPv6 network, else IPv4 (the first 4 bytes) */
-    unsigned bits;
-    uint8_t a[16];
+    lp_cidr_t net;
     char text[64]; /* as given, for lp_rbuild_copy */
 } cidr_t;
 
@@ -301,31 +302,11 @@ static size_t regex_literal(const char *s, size_t n)
 
 static int parse_cidr(const char *s, size_t n, cidr_t *c)
 {
-    char buf[64];
-    if (n >= sizeof(buf))
+    if (n >= sizeof(c->text))
         return -1;
-    memcpy(buf, s, n);
-    buf[n] = 0;
-    char *slash = strchr(buf, '/');
-    if (slash)
-        *slash = 0;
     memset(c, 0, sizeof(*c));
     memcpy(c->text, s, n);
-    if (inet_pton(AF_INET, buf, c->a) == 1)
-        c->bits = 32;
-    else if (inet_pton(AF_INET6, buf, c->a) == 1) {
-        c->v6 = 1;
-        c->bits = 128;
-    } else
-        return -1;
-    if (slash) {
-        char *end;
-        long bits = strtol(slash + 1, &end, 10);
-        if (*end || end == slash + 1 || bits < 0 || bits > (long)c->bits)
-            return -1;
-        c->bits = (unsigned)bits;
-    }
-    return 0;
+    return lp_cidr_parse(s, n, &c->net);
 }
 
 /* "a.example.com", "*.example.com" or "api.*" into kind and key. */
@@ -492,7 +473,8 @@ int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t n
     case LP_RK_CIDR: {
         cidr_t c;
         if (parse_cidr(value, vlen, &c))
-            return fail(err, errlen, "not an address or CIDR (10.0.0.0/8, ::1/128)");
+            return fail(err, errlen,
+                        "not an address or CIDR (10.0.0.0/8, ::1/128; no bits set past the prefix)");
         cidr_t *v = realloc(rt->cidrs, (rt->ncidrs + 1) * sizeof(*v));
         if (!v)
             return fail(err, errlen, "out of memory");
@@ -841,18 +823,15 @@ static int conds_ok(mstate_t *ms, const route_t *rt)
     if (rt->sni && (!in->sni.base || !name_match(rt->sni, rt->sni_wild, in->sni)))
         return 0;
     if (rt->ncidrs) {
+        if (!in->family)
+            return 0;
+        lp_ip_t ip;
+        memset(&ip, 0, sizeof(ip));
+        memcpy(ip.addr, in->addr, in->family == 6 ? 16 : 4);
+        ip.v6 = in->family == 6;
         size_t i = 0;
-        for (; i < rt->ncidrs; i++) {
-            const cidr_t *c = &rt->cidrs[i];
-            if (!in->family || (in->family == 6) != c->v6)
-                continue;
-            unsigned full = c->bits / 8, rem = c->bits % 8;
-            if (memcmp(c->a, in->addr, full) != 0)
-                continue;
-            if (rem && ((c->a[full] ^ in->addr[full]) & (0xff << (8 - rem)) & 0xff))
-                continue;
-            break;
-        }
+        while (i < rt->ncidrs && !lp_cidr_match(&rt->cidrs[i].net, 1, &ip))
+            i++;
         if (i == rt->ncidrs)
             return 0;
     }
