@@ -1087,6 +1087,9 @@ static int read_config(rctx_t *r)
     }
     c->pid_file = get_str(r, "pid_file");
     c->watch = get_bool(L, "watch");
+    lua_getfield(L, -1, "client_abort");
+    c->client_abort_close = lua_type(L, -1) == LUA_TSTRING && !strcmp(lua_tostring(L, -1), "close");
+    lua_pop(L, 1);
     read_tracing(r);
     read_shared(r);
     read_metrics(r);

@@ -215,6 +215,7 @@ typedef struct {
     lp_addr_t admin;               /* admin API address; admin.text NULL when off */
     char *pid_file;                /* owned, NULL when none */
     int watch;                     /* reload when the config, a plugin or a script changes */
+    int client_abort_close;        /* client_abort = "close": a FIN after the request ends it */
     char **files; /* owned: certificate, key, CA and error page files it names (--watch) */
     size_t nfiles;
     int has_lua;                     /* plugins or route handlers: workers start a Lua VM */

@@ -982,6 +982,12 @@ static void conn_on_eof(lp_conn_t *c, ssize_t why)
         return;
     }
     if (c->req && c->req->state == LP_RS_DONE && why == UV_EOF) {
+        if (c->req->g && c->req->g->config->client_abort_close &&
+            !(c->req->flags & LP_RF_DETACHED)) {
+            /* client_abort = "close": taken as gone, as nginx does (499). */
+            lp_conn_close(c);
+            return;
+        }
         /* A half-close after a complete request: the answer still goes out. */
         conn_update_reading(c);
         return;

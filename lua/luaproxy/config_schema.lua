@@ -605,8 +605,8 @@ local TRACING = {
 local S = {
   description = "a luaproxy config file",
   doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
-                "log", "plugins", "lua", "shared", "admin", "metrics", "pid_file", "watch",
-                "tracing" },
+                "log", "plugins", "lua", "shared", "admin", "metrics", "client_abort", "pid_file",
+                "watch", "tracing" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
                 description = "worker threads, each with its own loop and listening socket "
@@ -882,6 +882,14 @@ local S = {
             .. "`luaproxy_metrics_overflow_total`",
         },
       },
+    },
+    client_abort = {
+      type = "string", default = "answer", one_of = { "answer", "close" },
+      description = "a client that closes its side (FIN) after its request was read, before "
+        .. "its answer is out: `answer` sends the answer anyway (a half-close, RFC 9112; a "
+        .. "client that is really gone is noticed when the answer cannot be written), `close` "
+        .. "takes it as gone, as nginx does: the upstream request is abandoned, the log says "
+        .. "499 and the log phase runs at once (limit_conn's slot comes back)",
     },
     pid_file = { type = "string", doc_default = "none",
                  description = "file the pid is written to (used by `luaproxy -s` when there "

@@ -143,6 +143,32 @@ class LocalLimitsTest(RT.ReloadTestCase):
         self.assertEqual(H.get(self.proxy.port, "/small/fixed").status, 200)
 
 
+class ClientAbortCloseTest(RT.ReloadTestCase):
+    """client_abort = "close": a client that closes (FIN, not a reset) while its request
+    waits for the upstream is gone: 499, and limit_conn's slot comes back at once."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = cls.start_origin("o")
+        cls.proxy = cls.start_reload_proxy(
+            {"o": H.upstream(cls.origin.address())},
+            [route("/conn/", [{"name": "limit_conn", "max": 1}]), route("/", [])],
+            workers=1, shared={"limit_conn": "1m"}, client_abort="close",
+            access_log=os.path.join(H.Workdir.new("abort"), "access.log"))
+
+    def test_a_client_closing_while_waiting_frees_its_slot(self):
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=H.T(5))
+            s.sendall(b"GET /conn/delay?ms=20000 HTTP/1.1\r\nHost: a\r\n\r\n")
+            H.wait_for(lambda: H.get(self.proxy.port, "/conn/fixed").status == 503, H.T(5),
+                       what="the slot taken")
+            s.close()  # a FIN, as curl -m gives up
+            H.wait_for(lambda: H.get(self.proxy.port, "/conn/fixed").status == 200, H.T(5),
+                       what="the slot given back after the client closed")
+        H.wait_for(lambda: len([l for l in self.proxy.access_lines() if " 499 " in l]) >= 3,
+                   H.T(5), what="three requests logged 499")
+
+
 class IpFilterTest(RT.ReloadTestCase):
     @classmethod
     def setUpClass(cls):
