@@ -350,12 +350,14 @@ static void handle_status(admin_conn_t *c)
 
 /* GET /metrics: Prometheus text 0.0.4, or OpenMetrics 1.0 when Accept asks for it
  * (docs/metrics.md). */
+static const lp_rtable_t *routes_current(void);
+
 static void handle_metrics(admin_conn_t *c)
 {
     const lp_header_t *acc = lp_h1_find(&c->r->h1, "accept", 6);
     int om = acc && lp_metrics_wants_om(acc->value.base, acc->value.len);
     size_t len = 0;
-    char *text = lp_metrics_scrape(c->admin->server, om, &len);
+    char *text = lp_metrics_scrape(c->admin->server, routes_current(), om, &len);
     if (!text) {
         respond_error(c, 500, "out of memory");
         return;
@@ -420,10 +422,7 @@ static void handle_routes_get(admin_conn_t *c)
     const lp_rtable_t *t = routes_current();
     json_t *list = json_array();
     for (size_t i = 0; i < t->nroutes && list; i++)
-        json_array_append_new(
-            list,
-            json_pack("{s:i,s:o}", "index", (json_int_t)i + 1, "config_route",
-                      t->conf_index[i] >= 0 ? json_integer(t->conf_index[i] + 1) : json_null()));
+        json_array_append_new(list, lp_rtable_route_json(t, lp_gen_current->config, i));
     respond(c, 200,
             json_pack("{s:i,s:i,s:o}", "routes", (json_int_t)t->nroutes, "admin_routes",
                       (json_int_t)t->nown, "table", list ? list : json_null()));
@@ -437,15 +436,24 @@ static void handle_routes_post(admin_conn_t *c)
     json_error_t je;
     json_t *doc = json_loadb(c->r->body, c->r->body_len, 0, &je);
     json_t *ops = json_is_object(doc) ? json_object_get(doc, "ops") : doc;
-    char err[512];
-    lp_rtable_t *t =
-        ops ? lp_rtable_apply(routes_current(), lp_gen_current->config, ops, err, sizeof(err))
-            : NULL;
+    char err[512] = "out of memory";
+    json_t *warnings = json_array();
+    lp_rtable_t *t = ops && warnings ? lp_rtable_apply(routes_current(), lp_gen_current->config,
+                                                       ops, warnings, err, sizeof(err))
+                                     : NULL;
     if (!doc)
         snprintf(err, sizeof(err), "body: %s", je.text);
     if (!t) {
         json_decref(doc);
+        json_decref(warnings);
         respond_error(c, 400, err);
+        return;
+    }
+    if (lp_rtable_meter(t, lp_gen_current->config)) {
+        lp_rtable_unref(t);
+        json_decref(doc);
+        json_decref(warnings);
+        respond_error(c, 500, "out of memory");
         return;
     }
     uint64_t t1 = uv_hrtime();
@@ -455,16 +463,23 @@ static void handle_routes_post(admin_conn_t *c)
     lp_rtable_unref(routes_latest);
     routes_latest = t; /* our reference */
     routes_gen = lp_gen_current->id;
-    int persisted = lp_rtable_persist(lp_gen_current->config->path, ops, err, sizeof(err)) == 0;
+    int persisted = lp_rtable_persist(lp_gen_current->config->path, lp_gen_current->config, ops,
+                                      err, sizeof(err)) == 0;
     if (!persisted)
         lp_log_error("admin: routes changed but not persisted: %s", err);
     json_decref(doc);
     lp_log_notice("admin: routes changed (%zu routes; built in %.1f ms, switched in %.1f ms)",
                   t->nroutes, (double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6);
-    respond(c, persisted ? 200 : 500,
-            json_pack("{s:b,s:i,s:f,s:f,s:b}", "ok", persisted, "routes", (json_int_t)t->nroutes,
-                      "build_ms", (double)((t1 - t0) / 1000) / 1000.0, "switch_ms",
-                      (double)((t2 - t1) / 1000) / 1000.0, "persisted", persisted));
+    json_t *ans =
+        json_pack("{s:b,s:i,s:f,s:f,s:b}", "ok", persisted, "routes", (json_int_t)t->nroutes,
+                  "build_ms", (double)((t1 - t0) / 1000) / 1000.0, "switch_ms",
+                  (double)((t2 - t1) / 1000) / 1000.0, "persisted", persisted);
+    if (ans && !persisted)
+        json_object_set_new(ans, "error", json_string(err));
+    if (ans && json_array_size(warnings))
+        json_object_set(ans, "warnings", warnings);
+    json_decref(warnings);
+    respond(c, persisted ? 200 : 500, ans);
 }
 
 void lp_admin_snapshot(lp_server_t *s)

@@ -684,10 +684,10 @@ static int read_overlay(rctx_t *r)
         r->oom = 1;
         return 0;
     }
-    if (c->path && lp_rtable_overlay(c->path, &ops, err, sizeof(err)))
+    if (c->path && lp_rtable_overlay(c->path, c, &ops, err, sizeof(err)))
         return fail(r, "routes (overlay)", "%s", err);
     if (ops) {
-        lp_rtable_t *t = lp_rtable_apply(c->rtable, c, ops, err, sizeof(err));
+        lp_rtable_t *t = lp_rtable_apply(c->rtable, c, ops, NULL, err, sizeof(err));
         json_decref(ops);
         if (!t)
             return fail(r, "routes (admin overlay " LP_ROUTES_OVERLAY_SUFFIX ")", "%s", err);
@@ -747,6 +747,8 @@ static int read_routes(rctx_t *r)
         lua_getfield(L, -2, "handler");
         if (!lua_isnil(L, -1) || !lua_isnil(L, -2) || c->global_plugins)
             c->has_lua = 1;
+        rt->lua_parts =
+            (lua_isnil(L, -2) ? 0 : LP_ROUTE_PLUGINS) | (lua_isnil(L, -1) ? 0 : LP_ROUTE_HANDLER);
         lua_pop(L, 2);
         char *up = get_str(r, "upstream");
         rt->has_upstream = up != NULL;

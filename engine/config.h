@@ -116,9 +116,13 @@ typedef struct {
     char *prefix;     /* owned; NULL when unset (strip_prefix needs it) */
     size_t prefix_len;
     int strip_prefix;
-    size_t upstream;              /* index into upstreams */
+    int lua_parts;   /* LP_ROUTE_PLUGINS | LP_ROUTE_HANDLER: what the config gives it in Lua
+                        (an admin API replace drops them) */
+    size_t upstream; /* index into upstreams */
     lp_error_pages_t error_pages; /* over the config's, status by status */
 } lp_route_conf_t;
+
+enum { LP_ROUTE_PLUGINS = 1, LP_ROUTE_HANDLER = 2 }; /* lp_route_conf_t.lua_parts */
 
 struct lp_tls_server_s;
 struct lp_tls_client_s;

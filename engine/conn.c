@@ -1472,7 +1472,13 @@ static void conn_metrics(lp_req_t *req)
         return;
     req->flags |= LP_RF_METERED;
     const lp_config_t *cfg = g->config;
-    uint64_t *c = g->m_route[req->route_index >= 0 ? (size_t)req->route_index : cfg->nroutes];
+    /* A config route's cells, an admin route's (by its name, in the table it was routed
+     * with), or those of "no route matched". */
+    uint64_t *c = req->route_index >= 0
+                      ? g->m_route[req->route_index]
+                      : lp_rtable_cells(req->rtable, req->route, (unsigned)(req->w->id - 1));
+    if (!c)
+        c = g->m_route[cfg->nroutes];
     uint64_t now = uv_hrtime();
     lp_metrics_request(c, &lp_metrics, req->resp.sent_status, req->body_in, req->resp.body_out,
                        now - req->t_start);

@@ -2,11 +2,13 @@
  * read from the shared state the admin API reads for /status. Main thread. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #include "health.h"
 #include "lua_vm.h"
 #include "metrics.h"
 #include "metrics_scrape.h"
+#include "rtable.h"
 #include "logw.h"
 #include "shdict.h"
 #include "trace.h"
@@ -29,34 +31,67 @@ static double sum(const lp_mblock_t *b, size_t i)
     return b ? (double)lp_metrics_sum(&lp_metrics, b, i) : 0.0;
 }
 
-/* The route label of route i of cfg (i == nroutes: none matched, ""). */
-static const char *route_name(const lp_config_t *cfg, size_t i)
+/* The route labels: the config's routes, then the admin routes of the table in use (one
+ * whose name a config route has shares its series), then "" (none matched). */
+typedef struct {
+    const lp_config_t *cfg; /* borrowed */
+    const char **extra;     /* owned array of nextra: admin route names (borrowed strings) */
+    size_t nextra;
+} labels_t;
+
+static size_t nlabels(const labels_t *lb)
 {
-    return i < cfg->nroutes ? cfg->routes[i].name : "";
+    return lb->cfg->nroutes + lb->nextra + 1;
 }
 
-static void routes(lp_mtext_t *t, const lp_config_t *cfg)
+static const char *label(const labels_t *lb, size_t i)
 {
+    if (i < lb->cfg->nroutes)
+        return lb->cfg->routes[i].name;
+    i -= lb->cfg->nroutes;
+    return i < lb->nextra ? lb->extra[i] : "";
+}
+
+static void labels_init(labels_t *lb, const lp_config_t *cfg, const lp_rtable_t *rt)
+{
+    *lb = (labels_t){cfg, NULL, 0};
+    if (!rt || !rt->nown || !(lb->extra = calloc(rt->nown, sizeof(*lb->extra))))
+        return;
+    for (size_t j = 0; j < rt->nown; j++) {
+        const char *n = rt->own[j].name;
+        size_t i = 0;
+        while (i < cfg->nroutes && strcmp(cfg->routes[i].name, n) != 0)
+            i++;
+        if (i == cfg->nroutes)
+            lb->extra[lb->nextra++] = n;
+    }
+}
+
+static void routes(lp_mtext_t *t, const lp_config_t *cfg, const lp_rtable_t *rt)
+{
+    labels_t lbs;
+    labels_init(&lbs, cfg, rt);
+    const labels_t *lb = &lbs;
     static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
     lp_mtext_family(t, "luaproxy_requests_total", "counter",
                     "Requests answered, by route and status class (an empty route: none matched).");
-    for (size_t i = 0; i <= cfg->nroutes; i++) {
-        const lp_mblock_t *b = find("route", route_name(cfg, i), NULL);
+    for (size_t i = 0; i < nlabels(lb); i++) {
+        const lp_mblock_t *b = find("route", label(lb, i), NULL);
         for (unsigned k = 0; b && k < 5; k++) {
-            const char *l[] = {"route", route_name(cfg, i), "code", classes[k]};
+            const char *l[] = {"route", label(lb, i), "code", classes[k]};
             lp_mtext_sample(t, "luaproxy_requests_total", "", l, 2, sum(b, LP_MR_CLASS + k));
         }
     }
     lp_mtext_family(t, "luaproxy_request_duration_seconds", "histogram",
                     "Time from the request head read to the last byte of the response queued.");
     uint64_t counts[LP_M_MAX_BUCKETS + 1];
-    for (size_t i = 0; i <= cfg->nroutes; i++) {
-        const lp_mblock_t *b = find("route", route_name(cfg, i), NULL);
+    for (size_t i = 0; i < nlabels(lb); i++) {
+        const lp_mblock_t *b = find("route", label(lb, i), NULL);
         if (!b)
             continue;
         for (unsigned k = 0; k <= lp_metrics.nbounds; k++)
             counts[k] = lp_metrics_sum(&lp_metrics, b, LP_MR_BUCKETS + k);
-        const char *l[] = {"route", route_name(cfg, i)};
+        const char *l[] = {"route", label(lb, i)};
         lp_mtext_histogram(t, "luaproxy_request_duration_seconds", l, 1, lp_metrics.bounds,
                            lp_metrics.nbounds, counts, sum(b, LP_MR_SUM_NS) * NS);
     }
@@ -69,13 +104,14 @@ static void routes(lp_mtext_t *t, const lp_config_t *cfg)
     };
     for (size_t j = 0; j < LP_ARRAY_LEN(bytes); j++) {
         lp_mtext_family(t, bytes[j].name, "counter", bytes[j].help);
-        for (size_t i = 0; i <= cfg->nroutes; i++) {
-            const lp_mblock_t *b = find("route", route_name(cfg, i), NULL);
-            const char *l[] = {"route", route_name(cfg, i)};
+        for (size_t i = 0; i < nlabels(lb); i++) {
+            const lp_mblock_t *b = find("route", label(lb, i), NULL);
+            const char *l[] = {"route", label(lb, i)};
             if (b)
                 lp_mtext_sample(t, bytes[j].name, "", l, 1, sum(b, bytes[j].cell));
         }
     }
+    free(lbs.extra);
 }
 
 static void upstreams(lp_mtext_t *t, const lp_config_t *cfg)
@@ -261,12 +297,12 @@ static void process(lp_mtext_t *t, const lp_server_t *s, const lp_config_t *cfg)
     lp_mtext_sample(t, "luaproxy_trace_spans_queued", "", NULL, 0, (double)tc.queued);
 }
 
-char *lp_metrics_scrape(const lp_server_t *s, int om, size_t *len)
+char *lp_metrics_scrape(const lp_server_t *s, const lp_rtable_t *rt, int om, size_t *len)
 {
     const lp_config_t *cfg = lp_gen_current->config;
     lp_mtext_t t;
     lp_mtext_init(&t, om);
-    routes(&t, cfg);
+    routes(&t, cfg, rt);
     upstreams(&t, cfg);
     process(&t, s, cfg);
     lp_metrics_scrape_plugins(&t, s);

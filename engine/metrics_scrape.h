@@ -7,7 +7,9 @@
 
 /* The exposition of every metric (OpenMetrics when om), malloc'd, *len its length; NULL
  * when out of memory. */
-char *lp_metrics_scrape(const lp_server_t *s, int om, size_t *len);
+struct lp_rtable_s;
+/* rt: the route table in use, whose admin routes are listed after the config's. */
+char *lp_metrics_scrape(const lp_server_t *s, const struct lp_rtable_s *rt, int om, size_t *len);
 /* The plugins' own metrics (proxy.metrics, metrics_lua.c) into t. */
 void lp_metrics_scrape_plugins(lp_mtext_t *t, const lp_server_t *s);
 /* Frees the plugin metrics (metrics_lua.c) once no worker runs. */

@@ -473,8 +473,9 @@ int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t n
     case LP_RK_CIDR: {
         cidr_t c;
         if (parse_cidr(value, vlen, &c))
-            return fail(err, errlen,
-                        "not an address or CIDR (10.0.0.0/8, ::1/128; no bits set past the prefix)");
+            return fail(
+                err, errlen,
+                "not an address or CIDR (10.0.0.0/8, ::1/128; no bits set past the prefix)");
         cidr_t *v = realloc(rt->cidrs, (rt->ncidrs + 1) * sizeof(*v));
         if (!v)
             return fail(err, errlen, "out of memory");
@@ -547,17 +548,15 @@ size_t lp_router_count(const lp_router_t *r)
     return r->nroutes;
 }
 
-int lp_rbuild_copy(lp_rbuild_t *b, const lp_router_t *r, size_t idx, char *err, size_t errlen)
+int lp_router_conditions(const lp_router_t *r, size_t idx, lp_router_cond_fn fn, void *ud)
 {
     const route_t *rt = &r->routes[idx];
     char host[300];
     int rc = 0;
 #define ADD(kind, mode, name, v)                                                                   \
     do {                                                                                           \
-        const char *n_ = (name), *v_ = (v);                                                        \
         if (!rc)                                                                                   \
-            rc = lp_rbuild_add(b, kind, mode, n_, n_ ? strlen(n_) : 0, v_, v_ ? strlen(v_) : 0,    \
-                               err, errlen);                                                       \
+            rc = fn(ud, kind, mode, (name), (v));                                                  \
     } while (0)
     if (rt->hkind != H_ANY) {
         snprintf(host, sizeof(host),
@@ -589,6 +588,25 @@ int lp_rbuild_copy(lp_rbuild_t *b, const lp_router_t *r, size_t idx, char *err, 
         ADD(LP_RK_PREDICATE, 0, NULL, NULL);
 #undef ADD
     return rc;
+}
+
+typedef struct {
+    lp_rbuild_t *b; /* borrowed: the route being built */
+    char *err;      /* borrowed */
+    size_t errlen;
+} copy_t;
+
+static int copy_one(void *ud, int kind, int mode, const char *name, const char *value)
+{
+    copy_t *c = ud;
+    return lp_rbuild_add(c->b, kind, mode, name, name ? strlen(name) : 0, value,
+                         value ? strlen(value) : 0, c->err, c->errlen);
+}
+
+int lp_rbuild_copy(lp_rbuild_t *b, const lp_router_t *r, size_t idx, char *err, size_t errlen)
+{
+    copy_t c = {b, err, errlen};
+    return lp_router_conditions(r, idx, copy_one, &c);
 }
 
 static int kid_index(const rnode_t *n, unsigned char c, uint32_t *at)

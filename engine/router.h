@@ -45,6 +45,12 @@ int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t n
 /* Adds route idx of r (all its conditions) to b's current route: how a changed table is
  * built from the one in use. 0, or -1 with err. */
 int lp_rbuild_copy(lp_rbuild_t *b, const lp_router_t *r, size_t idx, char *err, size_t errlen);
+/* Calls fn for each condition of route idx of r, in the form lp_rbuild_add takes them (name
+ * NULL but for headers and query arguments, value NULL for LP_RM_PRESENT and predicates), in
+ * a fixed order: host, path kind, methods, headers and query, cidrs, sni, predicate. Stops at
+ * fn's first non-zero return, which it returns; 0 otherwise. */
+typedef int (*lp_router_cond_fn)(void *ud, int kind, int mode, const char *name, const char *value);
+int lp_router_conditions(const lp_router_t *r, size_t idx, lp_router_cond_fn fn, void *ud);
 /* Compiles the routes and frees b (always). NULL with a message in err on failure. */
 lp_router_t *lp_rbuild_finish(lp_rbuild_t *b, char *err, size_t errlen);
 void lp_rbuild_free(lp_rbuild_t *b);

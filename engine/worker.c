@@ -691,6 +691,10 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, lp_c
     if (!rc && lp_metrics_set_bounds(&lp_metrics, cfg->metrics.buckets, cfg->metrics.nbuckets))
         lp_log_warn("reload: metrics.buckets changed: the histograms keep the bounds they "
                     "started with until a restart");
+    /* The overlay's admin routes count under their names too (made before any worker has
+     * the table). */
+    if (!rc && cfg->rtable && lp_rtable_meter(cfg->rtable, cfg))
+        rc = LP_ENOMEM;
     for (unsigned k = 0; k < n && !rc; k++) {
         lp_switch_t *s = &sw[k];
         if (!(s->wgen = calloc(1, sizeof(*s->wgen))))

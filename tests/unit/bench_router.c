@@ -192,7 +192,7 @@ int main(int argc, char **argv)
                                  0, &je);
         char err[256];
         double t0 = cpu_now();
-        lp_rtable_t *t2 = lp_rtable_apply(t, &cfg, ops, err, sizeof(err));
+        lp_rtable_t *t2 = lp_rtable_apply(t, &cfg, ops, NULL, err, sizeof(err));
         double ms = (cpu_now() - t0) * 1e3;
         if (!t2) {
             fprintf(stderr, "apply: %s\n", err);
