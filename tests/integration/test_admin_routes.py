@@ -20,8 +20,10 @@ class AdminRoutesTest(RT.ReloadTestCase):
         cls.a = cls.start_origin("a")
         cls.b = cls.start_origin("b")
         ups = {"a": H.upstream(cls.a.address()), "b": H.upstream(cls.b.address())}
-        routes = [RT.route("/fixed", upstream="a"), RT.route("/", upstream="a")]
-        cls.proxy = cls.start_reload_proxy(ups, routes, workers=2)
+        # The last route has a handler: what a replace through the API drops.
+        cls.routes = [RT.route("/fixed", upstream="a"), RT.route("/", upstream="a"),
+                      RT.route("/h", handler=RT.respond_handler("v1"))]
+        cls.proxy = cls.start_reload_proxy(ups, list(cls.routes), workers=2)
         H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
 
     def setUp(self):
@@ -29,6 +31,7 @@ class AdminRoutesTest(RT.ReloadTestCase):
         overlay = self.proxy.config_path + ".routes.json"
         if os.path.exists(overlay):
             os.unlink(overlay)
+        self.rewrite(routes=list(self.routes))
         self.reload()
 
     def post(self, ops, status=200):
@@ -45,19 +48,19 @@ class AdminRoutesTest(RT.ReloadTestCase):
         j = self.post([{"op": "add", "at": 1,
                         "route": {"match": {"prefix": "/fixed", "host": "b.test"}, "upstream": "b"}}])
         self.assertIs(j["ok"], True)
-        self.assertEqual(j["routes"], 3)
+        self.assertEqual(j["routes"], 4)
         self.assertEqual(self.origin(host="b.test"), (200, "b"))
         self.assertEqual(self.origin(host="a.test"), (200, "a"))
         table = self.admin_json("GET", "/routes")
-        self.assertEqual(table["routes"], 3)
+        self.assertEqual(table["routes"], 4)
         self.assertEqual(table["admin_routes"], 1)
-        self.assertEqual([e["config_route"] for e in table["table"]], [None, 1, 2])
+        self.assertEqual([e["config_route"] for e in table["table"]], [None, 1, 2, 3])
         # Replace the config's catch-all (now routes[3]) with one to b, then remove routes[1].
         self.post([{"op": "replace", "index": 3, "route": {"upstream": "b"}},
                    {"op": "remove", "index": 1}])
         self.assertEqual(self.origin("/x", host="b.test")[1], "b")
         self.assertEqual(self.origin(host="b.test"), (200, "a"))  # routes[1] again: /fixed -> a
-        self.assertEqual(self.admin_json("GET", "/routes")["routes"], 2)
+        self.assertEqual(self.admin_json("GET", "/routes")["routes"], 3)
 
     def test_params_and_regex_routes(self):
         self.post([{"op": "add", "at": 1,
@@ -75,6 +78,20 @@ class AdminRoutesTest(RT.ReloadTestCase):
             [{"op": "add", "route": {"upstream": "b", "plugins": []}}],
             [{"op": "add", "route": {"match": {"prefix": "/", "path": "/x"}, "upstream": "b"}}],
             [{"op": "add", "route": {"upstream": "b", "strip_prefix": True}}],
+            # What the config's schema refuses, the API refuses too.
+            [{"op": "add", "route": {"match": {"host": "*"}, "upstream": "b"}}],
+            [{"op": "add", "route": {"match": {"host": "a.*.test"}, "upstream": "b"}}],
+            [{"op": "add", "route": {"match": {"methods": "GET"}, "upstream": "b"}}],
+            [{"op": "add", "route": {"match": {"methods": ["G T"]}, "upstream": "b"}}],
+            [{"op": "add", "route": {"match": {"prefix": "fixed"}, "upstream": "b"}}],
+            [{"op": "add", "route": {"match": {"headers": {"a b": "1"}}, "upstream": "b"}}],
+            [{"op": "add", "route": {"match": {"sni": "*"}, "upstream": "b"}}],
+            [{"op": "add", "route": {"name": "a b", "upstream": "b"}}],
+            [{"op": "add", "route": {"name": 7, "upstream": "b"}}],
+            # A name is unique: a config route's, or another admin route's.
+            [{"op": "add", "route": {"name": "route#1", "upstream": "b"}}],
+            [{"op": "add", "route": {"name": "x", "upstream": "b"}},
+             {"op": "add", "route": {"name": "x", "upstream": "a"}}],
             # One good operation and one bad: neither applies.
             [{"op": "add", "at": 1, "route": {"upstream": "b"}}, {"op": "frobnicate"}],
         ]
@@ -102,6 +119,82 @@ class AdminRoutesTest(RT.ReloadTestCase):
             json.dump({"ops": [{"op": "remove", "index": 7}]}, f)
         self.reload_fails()
         self.assertEqual(self.origin(), (200, "b"))  # the running table stays
+
+    def test_overlay_refused_when_the_config_routes_change(self):
+        # The overlay names routes by position: after a route is inserted at the top of the
+        # config, "remove routes[1]" would remove another route. The load is refused.
+        self.post([{"op": "remove", "index": 1}])  # /fixed -> a goes: the catch-all takes it
+        overlay = self.proxy.config_path + ".routes.json"
+        with open(overlay) as f:
+            doc = json.load(f)
+        self.assertRegex(doc["config_routes"], "^[0-9a-f]{16}$")
+        self.rewrite(routes=[RT.route("/new", upstream="b")] + list(self.routes))
+        j = self.reload_fails()
+        self.assertIn(overlay, j["error"])
+        self.assertIn("other config routes", j["error"])
+        self.assertIn("delete", j["error"])
+        self.assertEqual(self.admin_json("GET", "/routes")["routes"], 2)  # the old table serves
+        # A config route's other settings count too (its upstream here).
+        changed = list(self.routes)
+        changed[0] = RT.route("/fixed", upstream="b")
+        self.rewrite(routes=changed)
+        self.assertIn(overlay, self.reload_fails()["error"])
+        # Back to the routes it was made against: applied again.
+        self.rewrite(routes=list(self.routes))
+        self.reload()
+        self.assertEqual(self.admin_json("GET", "/routes")["routes"], 2)
+        # A file without the fingerprint (written by hand) is refused too.
+        with open(overlay, "w") as f:
+            json.dump({"ops": [{"op": "remove", "index": 1}]}, f)
+        self.assertIn("fingerprint", self.reload_fails()["error"])
+
+    def test_admin_routes_named_counted_and_shown(self):
+        self.post([{"op": "add", "at": 1, "route": {"name": "canary", "upstream": "b",
+                                                    "match": {"prefix": "/fixed", "host": "b.test",
+                                                              "methods": ["GET"],
+                                                              "headers": {"x-c": True}}}},
+                   {"op": "add", "at": 1, "route": {"match": {"path": "/fixed/:id"},
+                                                    "upstream": "b"}}])
+        table = self.admin_json("GET", "/routes")["table"]
+        self.assertEqual(table[0], {"index": 1, "name": "admin#2", "config_route": None,
+                                    "match": {"path": "/fixed/:id"}, "upstream": "b",
+                                    "strip_prefix": False})
+        self.assertEqual(table[1]["name"], "canary")
+        self.assertEqual(table[1]["match"], {"host": "b.test", "prefix": "/fixed",
+                                             "methods": ["GET"], "headers": {"x-c": True}})
+        self.assertEqual(table[2], {"index": 3, "name": "route#1", "config_route": 1,
+                                    "match": {"prefix": "/fixed"}, "upstream": "a",
+                                    "strip_prefix": False})
+        self.assertEqual((table[4]["name"], table[4]["upstream"]), ("route#3", None))
+        # Series are kept by name for the life of the process: count from here.
+        before = {n: self.count(n) for n in ("canary", "admin#2", "")}
+        r = H.get(self.proxy.port, "/fixed?size=3", host="b.test", headers={"X-C": "1"})
+        self.assertEqual(r.header("X-Origin-Id"), "b")
+        self.assertEqual(H.get(self.proxy.port, "/fixed/7?size=3").header("X-Origin-Id"), "b")
+        H.wait_for(lambda: self.count("canary") == before["canary"] + 1 and
+                   self.count("admin#2") == before["admin#2"] + 1, H.T(10),
+                   what="admin routes counted under their names")
+        self.assertEqual(self.count(""), before[""])  # not as "no route matched"
+        # The next load replays the overlay: the same names, the same series.
+        self.reload()
+        self.assertEqual([e["name"] for e in self.admin_json("GET", "/routes")["table"][:2]],
+                         ["admin#2", "canary"])
+
+    def count(self, route):
+        """luaproxy_requests_total of `route`, all status classes."""
+        text = self.admin("GET", "/metrics").body.decode()
+        pfx = 'luaproxy_requests_total{route="%s",' % route
+        return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(pfx))
+
+    def test_replace_warns_about_what_it_drops(self):
+        j = self.post([{"op": "replace", "index": 3, "route": {"upstream": "b",
+                                                               "match": {"prefix": "/h"}}}])
+        self.assertEqual(len(j["warnings"]), 1, j)
+        self.assertIn("routes[3] (route#3)", j["warnings"][0])
+        self.assertIn("a handler", j["warnings"][0])
+        # A route without Lua parts: no warning.
+        j = self.post([{"op": "replace", "index": 1, "route": {"upstream": "b"}}])
+        self.assertNotIn("warnings", j)
 
     def test_changes_under_load_fail_no_request(self):
         stop = threading.Event()
