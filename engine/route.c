@@ -157,11 +157,28 @@ const lp_route_conf_t *lp_route_find(const lp_config_t *cfg, const lp_route_in_t
     return i < 0 ? NULL : &cfg->routes[i];
 }
 
+/* "routes[3]", or "routes[3] (api)" when the route has a name of its own (not route#N). */
+static void route_ref(char *out, size_t n, const lp_config_t *cfg, size_t i)
+{
+    const lp_route_conf_t *rc = cfg->rtable && i < cfg->rtable->nroutes ? cfg->rtable->routes[i]
+                                : i < cfg->nroutes                         ? &cfg->routes[i]
+                                                                           : NULL;
+    char auto_name[32];
+    snprintf(auto_name, sizeof(auto_name), "route#%zu", i + 1);
+    if (rc && rc->name && strcmp(rc->name, auto_name) != 0)
+        snprintf(out, n, "routes[%zu] (%s)", i + 1, rc->name);
+    else
+        snprintf(out, n, "routes[%zu]", i + 1);
+}
+
 static void warn_one(void *ud, size_t route, size_t by)
 {
     const lp_config_t *cfg = ud;
-    lp_log_warn("%s: routes[%zu] can never match: routes[%zu] before it takes all its requests",
-                cfg->path ? cfg->path : "config", route + 1, by + 1);
+    char a[200], b[200];
+    route_ref(a, sizeof(a), cfg, route);
+    route_ref(b, sizeof(b), cfg, by);
+    lp_log_warn("%s: %s can never match: %s before it takes all its requests",
+                cfg->path ? cfg->path : "config", a, b);
 }
 
 size_t lp_route_warn_shadows(const lp_config_t *cfg)

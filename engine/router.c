@@ -1015,6 +1015,13 @@ static int unconditional(const route_t *rt)
             (rt->pkind == P_EXACT && !rt->has_params));
 }
 
+/* A path pattern route with no conditions but host and path. */
+static int unconditional_pattern(const route_t *rt)
+{
+    return !rt->nmethods && !rt->sni && !rt->nconds && !rt->ncidrs && !rt->predicate &&
+           rt->pkind == P_EXACT;
+}
+
 /* The earliest unconditional route before `before` in this tree whose prefix (or, for
  * exact, its whole path) covers every path starting with lit (exact: equal to lit). */
 static uint32_t shadow_in(const lp_router_t *r, const rnode_t *n, const char *lit, size_t len,
@@ -1050,6 +1057,72 @@ static uint32_t shadow_in(const lp_router_t *r, const rnode_t *n, const char *li
     }
 }
 
+/* Path patterns (`:name` segments, a `*name` tail) covering a later route's path. The later
+ * path B is seen as tokens: literal bytes, a parameter (a non-empty segment), a rest (any
+ * tail), or for a prefix, any tail after its literal bytes. A tree walk with B finds the
+ * earlier pattern routes of that tree (their exact and rest lists) that match every path B
+ * does: a pattern's literal bytes must be B's, its parameter takes one of B's parameters or
+ * one whole non-empty literal segment, and its rest takes whatever is left. */
+typedef struct {
+    const lp_router_t *r; /* borrowed */
+    const char *p;        /* borrowed: B's path */
+    size_t len;
+    int pattern;  /* B's `:`/`*` after a `/` are parameters (else all literal) */
+    int any_tail; /* B is a prefix: any bytes may follow */
+    uint32_t before, best;
+} pwalk_t;
+
+static int is_param_at(const pwalk_t *w, size_t j)
+{
+    return w->pattern && j < w->len && j > 0 && w->p[j - 1] == '/' &&
+           (w->p[j] == ':' || w->p[j] == '*');
+}
+
+static void pw_take(pwalk_t *w, const ids_t *l)
+{
+    for (uint32_t i = 0; i < l->n && l->v[i] < w->before && l->v[i] < w->best; i++)
+        if (unconditional_pattern(&w->r->routes[l->v[i]])) {
+            w->best = l->v[i];
+            break;
+        }
+}
+
+static void pw_walk(pwalk_t *w, const rnode_t *n, size_t j)
+{
+    pw_take(w, &n->rest); /* a rest here takes anything B has left */
+    if (j == w->len) {
+        if (!w->any_tail)
+            pw_take(w, &n->exact);
+        return;
+    }
+    if (is_param_at(w, j)) {
+        if (w->p[j] == '*')
+            return; /* only a rest covers a rest */
+        size_t e = j;
+        while (e < w->len && w->p[e] != '/')
+            e++;
+        if (n->param)
+            pw_walk(w, n->param, e);
+        return;
+    }
+    /* A parameter of the earlier route takes one whole literal segment of B. */
+    if (n->param && j > 0 && w->p[j - 1] == '/') {
+        size_t e = j;
+        while (e < w->len && w->p[e] != '/')
+            e++;
+        if (e > j && !(e == w->len && w->any_tail))
+            pw_walk(w, n->param, e);
+    }
+    uint32_t at;
+    if (!kid_index(n, (unsigned char)w->p[j], &at))
+        return;
+    const rnode_t *k = n->kids[at];
+    for (size_t i = 0; i < k->llen; i++)
+        if (j + i >= w->len || is_param_at(w, j + i) || w->p[j + i] != k->label[i])
+            return;
+    pw_walk(w, k, j + k->llen);
+}
+
 size_t lp_router_shadows(const lp_router_t *r, void (*warn)(void *ud, size_t route, size_t by),
                          void *ud)
 {
@@ -1064,6 +1137,15 @@ size_t lp_router_shadows(const lp_router_t *r, void (*warn)(void *ud, size_t rou
         }
         int exact = rt->pkind == P_EXACT && !rt->has_params;
         uint32_t by = shadow_in(r, &r->any, lit, len, exact, (uint32_t)j);
+        /* Pattern routes before it (regexes and routes without a path are not compared). */
+        pwalk_t pw = {r, NULL, 0, rt->pkind == P_EXACT, rt->pkind == P_PREFIX, (uint32_t)j, by};
+        /* (A prefix "/" also takes `OPTIONS *`, which no pattern matches.) */
+        if (rt->pkind == P_EXACT || (rt->pkind == P_PREFIX && rt->plen > 1)) {
+            pw.p = rt->path;
+            pw.len = rt->plen;
+            pw_walk(&pw, &r->any, 0);
+            by = pw.best;
+        }
         const rnode_t *root;
         const char *h = rt->host;
         size_t n = h ? strlen(h) : 0;
@@ -1073,6 +1155,11 @@ size_t lp_router_shadows(const lp_router_t *r, void (*warn)(void *ud, size_t rou
             uint32_t b = shadow_in(r, root, lit, len, exact, (uint32_t)j);                         \
             if (b < by)                                                                            \
                 by = b;                                                                            \
+            if (pw.p) {                                                                            \
+                pw.best = by;                                                                      \
+                pw_walk(&pw, root, 0);                                                             \
+                by = pw.best;                                                                      \
+            }                                                                                      \
         }                                                                                          \
     } while (0)
         if (rt->hkind == H_EXACT) {

@@ -542,19 +542,36 @@ static void test_shadows(void)
         {.pkind = 1, .path = "/exact"},                      /* 5 */
         {.pkind = 1, .path = "/exact"},                      /* 6: by 5 */
         {.pkind = 1, .path = "/u/:id"},                      /* 7 */
-        {.pkind = 1, .path = "/u/me"},                       /* 8: by 7, not detected */
+        {.pkind = 1, .path = "/u/me"},                       /* 8: by 7 */
         {.method = "POST", .pkind = 2, .path = "/b"},        /* 9 */
         {.pkind = 2, .path = "/b/c"},                        /* 10: 9 has a method */
         {.host = "api.*", .pkind = 2, .path = "/"},          /* 11 */
         {.host = "api.v2.*"},                                /* 12: by 11 */
         {.pkind = 3, .path = "^/api/(?<x>.*)"},              /* 13: by 0 */
+        {.pkind = 1, .path = "/u/:id"},                      /* 14: by 7 (the same) */
+        {.pkind = 1, .path = "/u/:uid"},                     /* 15: by 7 (another name) */
+        {.pkind = 1, .path = "/f/*rest"},                    /* 16 */
+        {.pkind = 2, .path = "/f/"},                         /* 17: by 16 */
+        {.pkind = 2, .path = "/f"},                          /* 18: /fx is not 16's */
+        {.pkind = 1, .path = "/f/a/:x"},                     /* 19: by 16 */
+        {.pkind = 2, .path = "/u/me"},                       /* 20: /u/me/x is not 7's */
+        {.pkind = 1, .path = "/u/:id/x"},                    /* 21: 7 ends at :id */
+        {.host = "*.ex.org", .pkind = 1, .path = "/h/:id"},  /* 22 */
+        {.host = "b.ex.org", .pkind = 1, .path = "/h/7"},    /* 23: by 22 */
+        {.host = "c.other.org", .pkind = 1, .path = "/h/7"}, /* 24: another host */
+        {.pkind = 1, .path = "/u//x"},                       /* 25: :id takes no empty segment */
+        {.pkind = 2, .path = "/"},                           /* 26 */
+        {.pkind = 1, .path = "/*all"},                       /* 27: by 26 */
+        {.pkind = 2, .path = "/"},                           /* 28: by 26 (27 leaves OPTIONS *) */
     };
     lp_router_t *r = build(t, LP_ARRAY_LEN(t));
     REQUIRE(r);
     nshadow = 0;
-    CHECK_EQ_INT(lp_router_shadows(r, on_shadow, NULL), 6);
-    static const size_t want[][2] = {{1, 0}, {3, 2}, {4, 2}, {6, 5}, {12, 11}, {13, 0}};
-    for (size_t i = 0; i < 6 && i < nshadow; i++) {
+    static const size_t want[][2] = {{1, 0},   {3, 2},   {4, 2},   {6, 5},   {8, 7},
+                                     {12, 11}, {13, 0},  {14, 7},  {15, 7},  {17, 16},
+                                     {19, 16}, {23, 22}, {27, 26}, {28, 26}};
+    CHECK_EQ_INT(lp_router_shadows(r, on_shadow, NULL), LP_ARRAY_LEN(want));
+    for (size_t i = 0; i < LP_ARRAY_LEN(want) && i < nshadow; i++) {
         CHECK_EQ_INT(shadowed[i], want[i][0]);
         CHECK_EQ_INT(shadower[i], want[i][1]);
     }
