@@ -132,6 +132,9 @@ class ShadowWarningTest(H.ProxyTestCase):
             {"match": {"host": "a.example.com", "path": "/x"}, "upstream": "u"},
             {"match": {"prefix": "/b", "methods": ["GET"]}, "upstream": "u"},
             {"match": {"prefix": "/b/c"}, "upstream": "u"},
+            {"name": "user", "match": {"path": "/users/:id"}, "upstream": "u"},
+            {"name": "me", "match": {"path": "/users/me"}, "upstream": "u"},
+            {"match": {"path": "/users/:uid"}, "upstream": "u"},
         ])
         path = os.path.join(d, "proxy.lua")
         with open(path, "w") as f:
@@ -144,7 +147,10 @@ class ShadowWarningTest(H.ProxyTestCase):
         self.assertIn("routes[2] can never match: routes[1] before it takes all its requests", err)
         self.assertIn("routes[4] can never match: routes[3]", err)
         self.assertNotIn("routes[6] can never match", err)  # routes[5] only takes GET
-        self.assertEqual(err.count("can never match"), 2, err)
+        # Path patterns, and routes named by their names.
+        self.assertIn("routes[8] (me) can never match: routes[7] (user) before it", err)
+        self.assertIn("routes[9] can never match: routes[7] (user) before it", err)
+        self.assertEqual(err.count("can never match"), 4, err)
 
 
 if __name__ == "__main__":
