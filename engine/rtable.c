@@ -287,8 +287,8 @@ static void warn_dropped(json_t *warnings, const lp_rtable_t *base, const slot_t
         return;
     char m[400];
     snprintf(m, sizeof(m),
-             "replace routes[%ld] (%s): its %s are gone (an admin route has none; add them back "
-             "in the config)",
+             "replace routes[%ld] (%s) dropped what an admin route cannot have: %s (give them "
+             "back in the config)",
              at + 1, rc->name ? rc->name : "?", what + 2);
     json_array_append_new(warnings, json_string(m));
 }

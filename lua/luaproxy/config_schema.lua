@@ -845,7 +845,8 @@ local S = {
         address = { type = "address", required = true, doc_default = "off",
                     description = "admin API address, never a public listener (`GET /status`, "
                       .. "`GET /metrics`, `POST /reload`, `POST /stop`, `GET /config`, `GET /upstreams`, "
-                      .. "`POST /upstreams/NAME/targets/ADDRESS`; see `docs/admin-api.md`); port "
+                      .. "`POST /upstreams/NAME/targets/ADDRESS`, `GET /routes`, `POST /routes`; "
+                      .. "no authentication: bind it to a private address; see `docs/admin-api.md`); port "
                       .. "0 takes a free port, logged at start" },
       },
     },
