@@ -678,7 +678,7 @@ static int find_upstream(const lp_config_t *c, const char *name, size_t *idx)
 static int read_overlay(rctx_t *r)
 {
     lp_config_t *c = r->c;
-    char err[512];
+    char err[1536]; /* the overlay's refusal names its file twice */
     json_t *ops = NULL;
     if (!(c->rtable = lp_rtable_from_config(c))) {
         r->oom = 1;
