@@ -684,6 +684,7 @@ static int read_overlay(rctx_t *r)
         r->oom = 1;
         return 0;
     }
+    lp_rtable_fingerprint(c, c->routes_fp);
     if (c->path && lp_rtable_overlay(c->path, c, &ops, err, sizeof(err)))
         return fail(r, "routes (overlay)", "%s", err);
     if (ops) {

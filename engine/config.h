@@ -198,6 +198,9 @@ typedef struct {
     lp_route_conf_t *routes; /* owned array of nroutes */
     size_t nroutes;
     struct lp_router_s *router;   /* owned: the routes' conditions compiled (router.h) */
+    char routes_fp[17];           /* lp_rtable_fingerprint of the routes (rtable.h), made once
+                                     at load: what the admin overlay is checked and stamped
+                                     with */
     struct lp_rtable_s *rtable;   /* owned reference: the route table a generation starts with
                                      (the routes, the admin overlay applied; rtable.h) */
     lp_error_pages_t error_pages; /* the proxy's own answers replaced, by status */

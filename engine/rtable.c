@@ -581,8 +581,7 @@ int lp_rtable_overlay(const char *config_path, const lp_config_t *cfg, json_t **
     }
     /* Its operations name routes by position: applied to other config routes than those
      * they were made against, they would change other routes, silently. */
-    char fp[LP_RTABLE_FP_LEN];
-    lp_rtable_fingerprint(cfg, fp);
+    const char *fp = cfg->routes_fp; /* made at load: lp_rtable_fingerprint */
     const char *had = json_string_value(json_object_get(doc, "config_routes"));
     if (!had || strcmp(had, fp) != 0) {
         snprintf(err, errlen,
@@ -612,9 +611,7 @@ int lp_rtable_persist(const char *config_path, const lp_config_t *cfg, json_t *o
     if (!all && !(all = json_array()))
         return jerr(err, errlen, "%s", "out of memory");
     json_array_extend(all, ops);
-    char fp[LP_RTABLE_FP_LEN];
-    lp_rtable_fingerprint(cfg, fp);
-    json_t *doc = json_pack("{s:s,s:o}", "config_routes", fp, "ops", all);
+    json_t *doc = json_pack("{s:s,s:o}", "config_routes", cfg->routes_fp, "ops", all);
     char path[4096], tmp[4200];
     overlay_path(config_path, path, sizeof(path));
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);

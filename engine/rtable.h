@@ -73,7 +73,8 @@ void lp_rtable_fingerprint(const lp_config_t *cfg, char out[LP_RTABLE_FP_LEN]);
 int lp_rtable_persist(const char *config_path, const lp_config_t *cfg, json_t *ops, char *err,
                       size_t errlen);
 /* Loads the overlay of config_path into *ops (NULL: no file). 0, or -1 with err -- also when
- * it was made against other routes than cfg's (its positions would mean other routes). */
+ * it was made against other routes than cfg's (its positions would mean other routes; both
+ * take cfg->routes_fp, set at load). */
 int lp_rtable_overlay(const char *config_path, const lp_config_t *cfg, json_t **ops, char *err,
                       size_t errlen);
 
