@@ -151,6 +151,9 @@ typedef struct {
     size_t njson;
 } lp_log_format_t;
 
+#define LP_ADMIN_TOKEN_MIN 16   /* bytes: shorter tokens are refused (guessable) */
+#define LP_ADMIN_TOKEN_MAX 4096 /* bytes */
+
 typedef struct {
     char *path; /* the config file (owned) */
     unsigned workers;
@@ -190,6 +193,8 @@ typedef struct {
     struct lp_shdict_s **shdicts; /* owned array of nshdicts references */
     size_t *shdict_sizes;         /* owned: the declared capacity of each */
     size_t nshdicts;
+    char *admin_token; /* owned: admin.token_file's bearer token; NULL: no authentication
+                          (allowed only on a loopback admin.address) */
 } lp_config_t;
 
 #define LP_ACCESS_FORMAT_DEFAULT                                                                   \
