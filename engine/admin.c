@@ -24,6 +24,7 @@
 #include "log.h"
 #include "log_ring.h"
 #include "lua_vm.h"
+#include "metrics_scrape.h"
 #include "reload_history.h"
 #include "server.h"
 #include "worker.h"
@@ -187,8 +188,8 @@ static void on_written(uv_write_t *wr, int status)
 
 /* Queues the answer: status, a Content-Type, extra header lines (each ending in CRLF, or
  * ""), and len bytes of body. */
-static void respond_raw(admin_conn_t *c, int status, const char *ctype, const char *extra,
-                        const char *body, size_t len)
+static void respond_full(admin_conn_t *c, int status, const char *ctype, const char *extra,
+                         const char *body, size_t len)
 {
     if (c->answered || c->closing)
         return;
@@ -234,13 +235,20 @@ static void respond_json_extra(admin_conn_t *c, int status, const char *extra, c
     }
     memcpy(body, json, len);
     body[len] = '\n';
-    respond_raw(c, status, "application/json", extra, body, len + 1);
+    respond_full(c, status, "application/json", extra, body, len + 1);
     free(body);
 }
 
 static void respond_text(admin_conn_t *c, int status, const char *json)
 {
     respond_json_extra(c, status, "", json);
+}
+
+/* Answers with body (len bytes) of content type ctype, as it is. */
+static void respond_raw(admin_conn_t *c, int status, const char *ctype, const char *body,
+                        size_t len)
+{
+    respond_full(c, status, ctype, "", body, len);
 }
 
 /* Answers with the encoding of j (a reference taken over: NULL means it could not be
@@ -327,6 +335,22 @@ static void handle_status(admin_conn_t *c)
         json_object_set_new(st, "shared", shared_status(lp_gen_current->config));
     }
     respond(c, 200, st);
+}
+
+/* GET /metrics: Prometheus text 0.0.4, or OpenMetrics 1.0 when Accept asks for it
+ * (docs/metrics.md). */
+static void handle_metrics(admin_conn_t *c)
+{
+    const lp_header_t *acc = lp_h1_find(&c->r->h1, "accept", 6);
+    int om = acc && lp_metrics_wants_om(acc->value.base, acc->value.len);
+    size_t len = 0;
+    char *text = lp_metrics_scrape(c->admin->server, om, &len);
+    if (!text) {
+        respond_error(c, 500, "out of memory");
+        return;
+    }
+    respond_raw(c, 200, om ? LP_M_CT_OM : LP_M_CT_PROM, text, len);
+    free(text);
 }
 
 static void on_reloaded(void *data, int rc, const char *err, uint64_t generation)
@@ -440,7 +464,7 @@ static int serve_page(admin_conn_t *c, lp_str_t path, int get)
         respond_error(c, 500, msg);
         return 1;
     }
-    respond_raw(c, 200, page_files[i].ctype, PAGE_HEADERS, body, n);
+    respond_full(c, 200, page_files[i].ctype, PAGE_HEADERS, body, n);
     free(body);
     return 1;
 }
@@ -706,6 +730,11 @@ static void dispatch(admin_conn_t *c)
             respond_error(c, 405, "use GET /status");
         else
             handle_status(c);
+    } else if (LP_STR_IEQ(path, "/metrics")) {
+        if (!get)
+            respond_error(c, 405, "use GET /metrics");
+        else
+            handle_metrics(c);
     } else if (LP_STR_IEQ(path, "/reload")) {
         if (m != HTTP_POST)
             respond_error(c, 405, "use POST /reload");
@@ -733,9 +762,9 @@ static void dispatch(admin_conn_t *c)
             handle_errors(c);
     } else {
         respond_error(c, 404,
-                      "no such endpoint (GET /, GET /status, POST /reload, POST /stop, "
-                      "GET /config, GET /upstreams, POST /upstreams/NAME/targets/ADDRESS, "
-                      "GET /reloads, GET /errors)");
+                      "no such endpoint (GET /, GET /status, GET /metrics, POST /reload, "
+                      "POST /stop, GET /config, GET /upstreams, "
+                      "POST /upstreams/NAME/targets/ADDRESS, GET /reloads, GET /errors)");
     }
 }
 

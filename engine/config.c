@@ -704,6 +704,11 @@ static int read_routes(rctx_t *r)
     for (size_t i = 0; c->routes && i < n && !rc; i++) {
         lp_route_conf_t *rt = &c->routes[c->nroutes++];
         lua_rawgeti(L, -1, (int)i + 1);
+        if (!(rt->name = get_str(r, "name"))) {
+            char nm[32];
+            snprintf(nm, sizeof(nm), "route#%zu", i + 1);
+            rt->name = dup_str(r, nm);
+        }
         push_table(L, "match");
         rt->host = get_str(r, "host");
         rt->prefix = get_str(r, "prefix");
@@ -851,6 +856,29 @@ void lp_config_apply_shared(const lp_config_t *c)
             lp_shdict_resize(c->shdicts[i], c->shdict_sizes[i]);
 }
 
+/* metrics: the schema checked the bounds (increasing, at most LP_M_MAX_BUCKETS). */
+static void read_metrics(rctx_t *r)
+{
+    lua_State *L = r->L;
+    lp_metrics_conf_t *m = &r->c->metrics;
+    if (!push_table(L, "metrics"))
+        return;
+    m->enabled = get_bool(L, "enabled");
+    m->max_series = get_uint(L, "max_series");
+    if (push_table(L, "buckets")) {
+        size_t n = lua_objlen(L, -1);
+        if (n && !(m->buckets = calloc(n, sizeof(double))))
+            r->oom = 1;
+        for (size_t i = 0; m->buckets && i < n; i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            m->buckets[m->nbuckets++] = lua_tonumber(L, -1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 /* The validated table is at the top of the stack. */
 static int read_config(rctx_t *r)
 {
@@ -905,6 +933,7 @@ static int read_config(rctx_t *r)
     c->pid_file = get_str(r, "pid_file");
     c->watch = get_bool(L, "watch");
     read_shared(r);
+    read_metrics(r);
     if (!rc && r->oom)
         rc = fail(r, "(top)", "out of memory");
     return rc;
@@ -1169,11 +1198,13 @@ void lp_config_free(lp_config_t *c)
     }
     free(c->upstreams);
     for (size_t i = 0; i < c->nroutes; i++) {
+        free(c->routes[i].name);
         free(c->routes[i].host);
         free(c->routes[i].prefix);
         free_error_pages(&c->routes[i].error_pages);
     }
     free(c->routes);
+    free(c->metrics.buckets);
     free_error_pages(&c->error_pages);
     free(c->access_log);
     free(c->access_format.text);

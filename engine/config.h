@@ -108,6 +108,7 @@ typedef struct {
 } lp_error_pages_t;
 
 typedef struct {
+    char *name;       /* owned: routes[i].name, or "route#N" (metrics' route label) */
     int has_upstream; /* 0: a handler or plugin must choose (routes[i].upstream absent) */
     char *host;       /* owned; NULL matches any host; "*.example.com" is a suffix wildcard */
     char *prefix;     /* owned; "/" when unset */
@@ -154,6 +155,14 @@ typedef struct {
 #define LP_ADMIN_TOKEN_MIN 16   /* bytes: shorter tokens are refused (guessable) */
 #define LP_ADMIN_TOKEN_MAX 4096 /* bytes */
 
+/* metrics: GET /metrics (docs/metrics.md). */
+typedef struct {
+    int enabled;     /* workers count requests, bytes and latencies */
+    double *buckets; /* owned: histogram bounds in seconds, increasing */
+    unsigned nbuckets;
+    unsigned max_series; /* label sets per plugin metric (beyond: the overflow series) */
+} lp_metrics_conf_t;
+
 typedef struct {
     char *path; /* the config file (owned) */
     unsigned workers;
@@ -193,8 +202,9 @@ typedef struct {
     struct lp_shdict_s **shdicts; /* owned array of nshdicts references */
     size_t *shdict_sizes;         /* owned: the declared capacity of each */
     size_t nshdicts;
-    char *admin_token; /* owned: admin.token_file's bearer token; NULL: no authentication
-                          (allowed only on a loopback admin.address) */
+    lp_metrics_conf_t metrics; /* the `metrics` section */
+    char *admin_token;         /* owned: admin.token_file's bearer token; NULL: no authentication
+                                  (allowed only on a loopback admin.address) */
 } lp_config_t;
 
 #define LP_ACCESS_FORMAT_DEFAULT                                                                   \

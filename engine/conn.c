@@ -58,6 +58,8 @@ static int on_req_body(lp_h1_t *h, const char *at, size_t len);
 
 /* ---- closing ---- */
 
+static void conn_metrics(lp_req_t *req);
+
 static void conn_on_closed(lp_endpoint_t *ep)
 {
     lp_conn_t *c = conn_of(ep);
@@ -74,8 +76,10 @@ void lp_conn_close(lp_conn_t *c)
         int parsed = (c->req->flags & LP_RF_PARSED) != 0;
         if (c->req->resp.sent_status == 0 && parsed)
             c->req->resp.sent_status = 499; /* closed before the response: nginx's convention */
-        if (parsed || c->req->resp.sent_status)
+        if (parsed || c->req->resp.sent_status) {
+            conn_metrics(c->req);
             lp_accesslog_write(lp_ep_worker(&c->ep)->access, c->req);
+        }
         lp_req_end(c->req);
     }
     if (c->flags & LP_CF_HS_WAIT) {
@@ -816,6 +820,10 @@ static void conn_tls_step(lp_conn_t *c)
         }
         if (rc == LP_AGAIN || (c->ep.flags & (LP_EPF_CLOSING | LP_EPF_BROKEN)))
             return;
+        lp_worker_t *w = lp_ep_worker(&c->ep);
+        LP_M_ADD(&w->m_cells[LP_WM_TLS_HANDSHAKES], 1);
+        if (lp_tls_resumed(c->ep.tls))
+            LP_M_ADD(&w->m_cells[LP_WM_TLS_RESUMED], 1);
         conn_quickack(c);
         conn_timer(c, TM_IDLE, T(c)->client_header);
     }
@@ -1045,6 +1053,7 @@ static int conn_filter_failed(lp_req_t *req)
                 req->h1.path.base);
     req->flags |= LP_RF_RESP_CLOSE;
     conn_count(req);
+    conn_metrics(req);
     lp_accesslog_write(lp_ep_worker(&c->ep)->access, req);
     lp_req_end(req); /* and its upstream connection, if any */
     conn_close_after_write(c);
@@ -1251,6 +1260,37 @@ int lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc)
     return lp_req_let_go(req);
 }
 
+/* The request's metrics (metrics.h), once, next to its access log line: its route's count
+ * by status class, body bytes and duration; its upstream's response time. Plain loads
+ * and stores into this worker's cells. */
+static void conn_metrics(lp_req_t *req)
+{
+    lp_wgen_t *g = req->g;
+    if (!g || !g->m_route || (req->flags & LP_RF_METERED))
+        return;
+    req->flags |= LP_RF_METERED;
+    const lp_config_t *cfg = g->config;
+    uint64_t *c = g->m_route[req->route_index >= 0 ? (size_t)req->route_index : cfg->nroutes];
+    int st = req->resp.sent_status;
+    if (st >= 100 && st < 600)
+        LP_M_ADD(&c[LP_MR_CLASS + st / 100 - 1], 1);
+    LP_M_ADD(&c[LP_MR_BYTES_IN], req->body_in);
+    LP_M_ADD(&c[LP_MR_BYTES_OUT], req->resp.body_out);
+    uint64_t now = uv_hrtime(), ns = now - req->t_start;
+    LP_M_ADD(&c[LP_MR_SUM_NS], ns);
+    LP_M_ADD(&c[LP_MR_BUCKETS + lp_metrics_bucket_ns(lp_metrics.bounds_ns, lp_metrics.nbounds, ns)],
+             1);
+    lp_upstream_rt_t *u = req->upstream;
+    if (u && req->t_upstream && u >= g->upstreams && u < g->upstreams + cfg->nupstreams) {
+        uint64_t *uc = g->m_up[u - g->upstreams];
+        ns = now - req->t_upstream;
+        LP_M_ADD(&uc[LP_MU_SUM_NS], ns);
+        LP_M_ADD(
+            &uc[LP_MU_BUCKETS + lp_metrics_bucket_ns(lp_metrics.bounds_ns, lp_metrics.nbounds, ns)],
+            1);
+    }
+}
+
 /* Counts the request as served, once (GET /status's `requests`). */
 static void conn_count(lp_req_t *req)
 {
@@ -1289,6 +1329,7 @@ static int req_finish(lp_req_t *req)
     if (!keep && req->state == LP_RS_DONE && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen) &&
         ((req->h1.flags & LP_H1F_CONN_CLOSE) || (c->flags & LP_CF_EOF)))
         c->flags |= LP_CF_CLEAN_END;
+    conn_metrics(req);
     lp_accesslog_write(w->access, req);
     if (log_waits)
         lp_req_detach(req); /* it ends when its log phase does (above) */
@@ -1401,6 +1442,7 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
         lp_ep_close(&c->ep);
         return;
     }
+    LP_M_ADD(&w->m_cells[LP_WM_ACCEPTED], 1);
     c->ep.flags |= LP_EPF_WRITABLE;
     uv_tcp_nodelay(&c->ep.tcp, 1);
     struct sockaddr_storage ss;

@@ -47,7 +47,7 @@ int lp_health_available(lp_health_t *h, uint64_t now_ms)
     return !until || now_ms >= until;
 }
 
-void lp_health_report(lp_health_t *h, const lp_health_conf_t *hc, int failed, uint64_t now_ms)
+int lp_health_report(lp_health_t *h, const lp_health_conf_t *hc, int failed, uint64_t now_ms)
 {
     if (!failed) {
         __atomic_add_fetch(&h->successes, 1, __ATOMIC_RELAXED);
@@ -57,12 +57,12 @@ void lp_health_report(lp_health_t *h, const lp_health_conf_t *hc, int failed, ui
             __atomic_store_n(&h->ejections, 0, __ATOMIC_RELAXED);
             lp_log_notice("upstream %s: back (a request succeeded)", h->addr);
         }
-        return;
+        return 0;
     }
     __atomic_add_fetch(&h->failures, 1, __ATOMIC_RELAXED);
     unsigned n = __atomic_add_fetch(&h->consecutive_failures, 1, __ATOMIC_RELAXED);
     if (!hc->passive_failures || n < hc->passive_failures)
-        return;
+        return 0;
     /* Eject for a back-off that doubles on every repeat (up to 32 times the base). Several
      * workers may cross the threshold at once: the last write wins, which is harmless. */
     __atomic_store_n(&h->consecutive_failures, 0, __ATOMIC_RELAXED);
@@ -71,6 +71,7 @@ void lp_health_report(lp_health_t *h, const lp_health_conf_t *hc, int failed, ui
     __atomic_store_n(&h->ejected_until, now_ms + backoff, __ATOMIC_RELAXED);
     lp_log_warn("upstream %s: ejected for %.1f s after %u consecutive failures", h->addr,
                 (double)backoff / 1000.0, n);
+    return 1;
 }
 
 const char *lp_health_state(lp_health_t *h, uint64_t now_ms)

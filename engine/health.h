@@ -34,8 +34,8 @@ lp_health_t *lp_health_get(const char *addr);
 /* Whether a worker may pick the target now. */
 int lp_health_available(lp_health_t *h, uint64_t now_ms);
 /* Passive check: the outcome of one try (failed: connect error, reset, timeout, or a status
- * the upstream's passive.statuses names). */
-void lp_health_report(lp_health_t *h, const lp_health_conf_t *hc, int failed, uint64_t now_ms);
+ * the upstream's passive.statuses names). 1 when this report ejected the target. */
+int lp_health_report(lp_health_t *h, const lp_health_conf_t *hc, int failed, uint64_t now_ms);
 /* "up", "down", "ejected", "drained" or "disabled". */
 const char *lp_health_state(lp_health_t *h, uint64_t now_ms);
 /* Monotonic milliseconds, the clock of ejections. */

@@ -661,3 +661,11 @@ int lp_lua_wants(lp_lua_t *vm, int route, int phase)
         return 0;
     return (vm->route_phases[route + 1] & LP_PHASE_BIT(phase)) != 0;
 }
+
+uint64_t lp_lua_memory(struct lp_lua_s *vm)
+{
+    if (!vm || !vm->L)
+        return 0;
+    return (uint64_t)lua_gc(vm->L, LUA_GCCOUNT, 0) * 1024 +
+           (uint64_t)lua_gc(vm->L, LUA_GCCOUNTB, 0);
+}

@@ -143,6 +143,8 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups,
 lp_upstream_rt_t *lp__lua_upstreams(size_t *n);
 /* Frees a VM no request uses any more (its task timers close first). Worker thread. */
 void lp_lua_retire(struct lp_lua_s *vm);
+/* Bytes the VM's heap holds (0 without a VM). Its worker's thread. */
+uint64_t lp_lua_memory(struct lp_lua_s *vm);
 /* Whether the request's chain (route index, or -1 for no route) has Lua for `phase`. */
 int lp_lua_wants(struct lp_lua_s *vm, int route, int phase);
 /* Runs a phase. LP_OK: continue; LP_AGAIN: suspended, lp_conn_lua_resumed() follows;

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "http1.h"
 #include "endpoint.h"
+#include "metrics.h"
 
 typedef struct lp_worker_s lp_worker_t;
 typedef struct lp_conn_s lp_conn_t;
@@ -76,6 +77,8 @@ typedef struct lp_upstream_rt_s {
     lp_list_t pending;    /* requests waiting for a slot (lp_req_t.try.qlink), FIFO */
     unsigned npending;
     struct lp_upstream_aux_s *aux; /* owned: timers and DNS queries (targets.c, upstream.c) */
+    uint64_t *m; /* borrowed: this worker's cells of the upstream's metrics block (metrics.h);
+                    NULL when metrics are off and for set_target() upstreams */
 } lp_upstream_rt_t;
 
 /* Why the last try of a request failed (req:last_failure()). */
@@ -133,6 +136,12 @@ typedef struct lp_wgen_s {
     struct lp_lua_s *lua;        /* owned, NULL without Lua */
     lp_upstream_rt_t *upstreams; /* owned, config->nupstreams */
     unsigned refs;
+    /* Metrics (metrics.h): this worker's cells of each route's block (config->nroutes + 1,
+     * the last for requests no route matched) and each upstream's (config->nupstreams).
+     * The arrays are owned, the cells borrowed from the registry (which outlives every
+     * generation). NULL when metrics are off. */
+    uint64_t **m_route;
+    uint64_t **m_up;
 } lp_wgen_t;
 
 /* A worker's Lua scheduling (engine/lua_task.c): tasks woken and ready to resume, and
@@ -192,6 +201,8 @@ struct lp_worker_s {
     uv_timer_t house;                 /* once a second: gives back what a peak left unused */
     lp_lua_sched_t lua;               /* Lua tasks ready to resume, background tasks */
     struct lp_cosock_pools_s *cosock; /* owned: proxy.tcp keep-alive pools (cosock.c) */
+    /* Its own metrics (metrics.h: it writes with LP_M_ADD/SET, the admin API reads). */
+    uint64_t m_cells[LP_WM_N];
 };
 
 /* The worker of a worker's endpoint (a client or upstream connection): its env is the
@@ -224,6 +235,7 @@ static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
 #define LP_RF_NO_LUA_RESP    0x80000 /* the response phase ran: an answer replacing it goes as is */
 #define LP_RF_DETACHED       0x200000 /* its log phase waits on without the connection (request.h) */
 #define LP_RF_TLS            0x400000 /* came over TLS (kept for a detached request's scheme) */
+#define LP_RF_METERED        0x800000 /* counted in the metrics (conn.c) */
 
 /* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
 enum {

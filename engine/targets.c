@@ -268,6 +268,8 @@ static void on_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *res)
         const lp_target_conf_t *tc = &u->conf->targets[q->origin];
         lp_addr_t addrs[LP_DNS_MAX_ADDRS];
         size_t n = status == 0 ? lp_addr_from_ai(res, tc->port, addrs, LP_ARRAY_LEN(addrs)) : 0;
+        if (u->m)
+            LP_M_ADD(&u->m[LP_MU_DNS], 1);
         if (n) {
             lp_targets_resolved(u, q->origin, addrs, n);
         } else {

@@ -981,6 +981,11 @@ int lp_tls_established(const lp_tls_t *t)
     return t->established;
 }
 
+int lp_tls_resumed(const lp_tls_t *t)
+{
+    return SSL_session_reused(t->ssl);
+}
+
 int lp_tls_started(const lp_tls_t *t)
 {
     return t->established || SSL_get_state(t->ssl) != TLS_ST_BEFORE;

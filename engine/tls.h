@@ -109,6 +109,8 @@ int lp_tls_first_byte(const lp_tls_t *t);
 /* LP_OK when established, LP_AGAIN while in progress, LP_ERROR (see lp_tls_error). */
 int lp_tls_handshake(lp_tls_t *t);
 int lp_tls_established(const lp_tls_t *t);
+/* The handshake resumed a session (ticket or cache). */
+int lp_tls_resumed(const lp_tls_t *t);
 /* The peer's first handshake message was processed (a ClientHello answered, say). */
 int lp_tls_started(const lp_tls_t *t);
 

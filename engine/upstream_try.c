@@ -52,6 +52,8 @@ int lp__try_may_retry(lp_req_t *req)
         return 0;
     }
     u->budget_retries++;
+    if (u->m)
+        LP_M_ADD(&u->m[LP_MU_RETRIES], 1);
     return 1;
 }
 
@@ -210,6 +212,8 @@ static void queue_remove(lp_req_t *req)
     lp_list_remove(&req->try.qlink);
     req->try.queued = 0;
     req->upstream->npending--;
+    if (req->upstream->m)
+        LP_M_SET(&req->upstream->m[LP_MU_QUEUE], req->upstream->npending);
 }
 
 static void on_queue_timer(uv_timer_t *tm);
@@ -306,7 +310,8 @@ void lp_upstream_try_end(lp_req_t *req, int failed)
     if (!failed && req->resp.sent_status &&
         lp_status_in(&u->conf->health.passive_statuses, req->resp.sent_status))
         failed = 1; /* a status the passive check counts as a failure */
-    lp_health_report(t->health, &u->conf->health, failed, lp_health_now());
+    if (lp_health_report(t->health, &u->conf->health, failed, lp_health_now()) && u->m)
+        LP_M_ADD(&u->m[LP_MU_EJECTIONS], 1);
     lp_target_unref(t);
 }
 
@@ -372,6 +377,8 @@ int lp_upstream_start(lp_req_t *req)
         lp_list_insert_tail(&u->pending, &req->try.qlink);
         if (u->npending++ == 0)
             queue_arm(u, queue_deadline(req) - now);
+        if (u->m)
+            LP_M_SET(&u->m[LP_MU_QUEUE], u->npending);
         return LP_OK;
     }
     return upstream_try(req);

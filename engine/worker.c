@@ -182,6 +182,8 @@ void lp_wgen_release(lp_worker_t *w, lp_wgen_t *g)
     LP_UNUSED(w);
     lp_lua_retire(g->lua);
     lp_upstream_rt_free(g->upstreams, g->config->nupstreams);
+    free(g->m_route);
+    free(g->m_up);
     lp_gen_t *gen = g->gen;
     if (__atomic_sub_fetch(&gen->refs, 1, __ATOMIC_ACQ_REL) == 0)
         gen_free(gen);
@@ -234,6 +236,10 @@ static void abort_switch(lp_switch_t *sw, size_t nupstreams, size_t nlisten)
     sw->vm = NULL;
     lp_accesslog_close(sw->access);
     sw->access = NULL;
+    if (sw->wgen) {
+        free(sw->wgen->m_route);
+        free(sw->wgen->m_up);
+    }
     free(sw->wgen);
     sw->wgen = NULL;
 }
@@ -341,6 +347,7 @@ static void maybe_finish(lp_worker_t *w)
 static void on_house(uv_timer_t *t)
 {
     lp_worker_t *w = t->data;
+    LP_M_SET(&w->m_cells[LP_WM_LUA_MEM], lp_lua_memory(w->cur ? w->cur->lua : NULL));
     lp_lua_background_stop(w, 0); /* of old generations, past timeouts.drain */
     lp_req_end_detached(w, 0);
     size_t freed = lp_req_trim(w) + lp_bufpool_trim(&w->bufs) + lp_wbpool_trim(&w->wbatches);
@@ -519,6 +526,37 @@ static int bind_slot(lp_switch_t *sw, unsigned n, size_t i, const lp_listen_conf
     return 0;
 }
 
+/* The worker k's cells of every route and upstream of cfg into g (metrics.h): blocks by
+ * name, so that a reload keeping a name keeps counting where it did. -1: out of memory. */
+static int metrics_wgen(lp_wgen_t *g, const lp_config_t *cfg, unsigned k)
+{
+    if (!cfg->metrics.enabled)
+        return 0;
+    size_t nb = lp_metrics.nbounds;
+    g->m_route = calloc(cfg->nroutes + 1, sizeof(*g->m_route));
+    g->m_up = calloc(cfg->nupstreams + 1, sizeof(*g->m_up));
+    if (!g->m_route || !g->m_up)
+        return -1;
+    char key[512];
+    for (size_t i = 0; i <= cfg->nroutes; i++) {
+        size_t kl = lp_metrics_key(key, sizeof(key), "route",
+                                   i < cfg->nroutes ? cfg->routes[i].name : "", NULL, NULL);
+        lp_mblock_t *b = kl ? lp_metrics_block(&lp_metrics, key, kl, LP_MR_BUCKETS + nb + 1) : NULL;
+        if (!b)
+            return -1;
+        g->m_route[i] = b->cells[k];
+    }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        size_t kl =
+            lp_metrics_key(key, sizeof(key), "upstream", cfg->upstreams[i].name, NULL, NULL);
+        lp_mblock_t *b = kl ? lp_metrics_block(&lp_metrics, key, kl, LP_MU_BUCKETS + nb + 1) : NULL;
+        if (!b)
+            return -1;
+        g->m_up[i] = b->cells[k];
+    }
+    return 0;
+}
+
 /* Builds everything a generation needs that the main thread can make and that can fail from
  * the loaded config `cfg` (owned from here: by the generation, or freed on failure): for
  * every worker its VM, upstream state, access log (opened afresh, so a
@@ -586,13 +624,20 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, lp_c
             rc = LP_ECONFIG;
         }
     }
+    if (!rc && lp_metrics_set_bounds(&lp_metrics, cfg->metrics.buckets, cfg->metrics.nbuckets))
+        lp_log_warn("reload: metrics.buckets changed: the histograms keep the bounds they "
+                    "started with until a restart");
     for (unsigned k = 0; k < n && !rc; k++) {
         lp_switch_t *s = &sw[k];
         if (!(s->wgen = calloc(1, sizeof(*s->wgen))))
             rc = LP_ENOMEM;
+        if (!rc && metrics_wgen(s->wgen, cfg, k))
+            rc = LP_ENOMEM;
         /* Made here so that init_worker may change the targets (proxy.upstream()). */
         if (!rc && !(s->upstreams = lp_upstream_rt_new(&ws[k], cfg)))
             rc = LP_ENOMEM;
+        for (size_t i = 0; !rc && s->wgen->m_up && i < cfg->nupstreams; i++)
+            s->upstreams[i].m = s->wgen->m_up[i];
         if (!rc)
             rc = lp_lua_open(&ws[k], cfg, s->upstreams, &s->vm, err, errlen);
     }
@@ -714,6 +759,7 @@ int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, cha
     }
     for (unsigned i = 0; i < n && !rc; i++)
         rc = worker_init(&ws[i], (int)i + 1, err, errlen);
+    lp_metrics_init(&lp_metrics, n);
     if (!rc)
         rc = build_switches(ws, n, NULL, cfg, sw, err, errlen);
     else
@@ -793,6 +839,7 @@ void lp_workers_stop(lp_worker_t *ws, unsigned n)
         uv_sem_destroy(&ws[i].mbox_done);
     }
     free(ws);
+    lp_metrics_free(&lp_metrics); /* no worker is left to write a cell */
 }
 
 void lp_workers_lua_stats(const lp_worker_t *ws, unsigned n, uint64_t out[3])

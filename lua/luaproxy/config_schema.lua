@@ -384,8 +384,11 @@ local plugin_entry = {
 
 local route = {
   type = "record",
-  doc_order = { "match", "upstream", "strip_prefix", "plugins", "handler", "error_pages" },
+  doc_order = { "name", "match", "upstream", "strip_prefix", "plugins", "handler", "error_pages" },
   fields = {
+    name = { type = "string", pattern = "^[%w_.:%-]+$", doc_default = "`route#N`",
+             description = "the route's name: the `route` label of its metrics "
+               .. "(docs/metrics.md); unique; `route#N` (its position) when not set" },
     match = {
       type = "record", default = {}, description = "what the route matches",
       doc_order = { "host", "prefix" },
@@ -443,7 +446,7 @@ end
 local S = {
   description = "a luaproxy config file",
   doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
-                "log", "plugins", "lua", "shared", "admin", "pid_file", "watch" },
+                "log", "plugins", "lua", "shared", "admin", "metrics", "pid_file", "watch" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
                 description = "worker threads, each with its own loop and listening socket "
@@ -635,6 +638,40 @@ local S = {
                          .. "not a loopback address" },
       },
     },
+    metrics = {
+      type = "record", default = {}, description = "`GET /metrics` on the admin API "
+        .. "(docs/metrics.md)",
+      doc_order = { "enabled", "buckets", "max_series" },
+      fields = {
+        enabled = { type = "boolean", default = true,
+                    description = "count requests, bytes and latencies per route and upstream "
+                      .. "(per worker, no lock; `false` leaves those series at their last value)" },
+        buckets = {
+          type = "array", elements = { type = "number", min = 0 },
+          default = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 },
+          doc_default = "0.005 … 10 (11 bounds)",
+          custom = function(b)
+            if #b == 0 then return nil, "at least one bound" end
+            if #b > 64 then return nil, "at most 64 bounds" end
+            for i = 2, #b do
+              if b[i] <= b[i - 1] then
+                return nil, format("bounds must increase (%s after %s)", b[i], b[i - 1])
+              end
+            end
+            return true
+          end,
+          description = "bounds in seconds of the latency histograms "
+            .. "(`luaproxy_request_duration_seconds`, `luaproxy_upstream_response_seconds`); "
+            .. "read at start: a reload that changes them keeps the first ones, with a warning",
+        },
+        max_series = {
+          type = "integer", default = 1000, min = 1, max = 100000,
+          description = "label sets per plugin metric (`proxy.metrics`); updates with further "
+            .. "label values go to one series whose labels are all `__overflow__`, counted in "
+            .. "`luaproxy_metrics_overflow_total`",
+        },
+      },
+    },
     pid_file = { type = "string", doc_default = "none",
                  description = "file the pid is written to (used by `luaproxy -s` when there "
                    .. "is no admin API)" },
@@ -651,6 +688,16 @@ local S = {
 -- that may choose one.
 S.custom = function(c)
   local global = c.plugins and #c.plugins > 0
+  -- Route names label metrics: two routes with one name would share their counts.
+  local names = {}
+  for i, r in ipairs(c.routes) do
+    local name = r.name or ("route#" .. i)
+    if names[name] then
+      return nil, format("route name %q is already used by routes[%d]", name, names[name]),
+        format("routes[%d].name", i)
+    end
+    names[name] = i
+  end
   for i, r in ipairs(c.routes) do
     if r.upstream == nil and r.handler == nil and not global
        and not (r.plugins and #r.plugins > 0) then

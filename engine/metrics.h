@@ -1,0 +1,146 @@
+/* Metrics storage and the Prometheus / OpenMetrics text exposition (docs/metrics.md).
+ *
+ * Storage: a series (a route's counters, an upstream's, a plugin metric's) is a block of
+ * cells, one array of cells per worker. A worker is the only writer of its array: it adds
+ * with a relaxed atomic load and a relaxed atomic store (LP_M_ADD: plain moves on x86-64
+ * and arm64, no lock, no read-modify-write instruction), and the main thread reads every
+ * worker's array with relaxed loads at scrape time and sums them. A count read mid-update is
+ * the count before or after it, never torn.
+ *
+ * Blocks are found by key (the family and the label values, e.g. "route\0api"), made by the
+ * main thread when a generation is built and kept for the life of the process, so that a
+ * reload that keeps a route name keeps counting in the same cells (counters stay
+ * monotonic). Their number is bounded by the names configs ever declared. The registry is
+ * the main thread's; workers see only the cell pointers handed to them with a generation
+ * (that handover is the mailbox's mutex and semaphore, which order the calloc before any
+ * use). */
+#ifndef LP_METRICS_H
+#define LP_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LP_M_MAX_BUCKETS 64 /* histogram bounds (metrics.buckets), +Inf excluded */
+
+/* One worker adds v to its own cell. Relaxed load + relaxed store: the worker is the only
+ * writer, the main thread reads. */
+#define LP_M_ADD(cell, v)                                                                          \
+    __atomic_store_n((cell), __atomic_load_n((cell), __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED)
+#define LP_M_SET(cell, v) __atomic_store_n((cell), (v), __ATOMIC_RELAXED)
+#define LP_M_GET(cell)    __atomic_load_n((cell), __ATOMIC_RELAXED)
+
+typedef struct lp_mblock_s {
+    char *key; /* owned: family, NUL, label values joined by NUL; keylen bytes */
+    size_t keylen;
+    uint64_t **cells; /* owned: one owned array of ncells per worker (zeroed at birth) */
+    size_t ncells;
+    struct lp_mblock_s *next; /* the registry's list (owned by it) */
+} lp_mblock_t;
+
+/* The registry: blocks by key, and the histogram bounds, fixed for the life of the process
+ * (a reload that changes metrics.buckets keeps the first ones and says so: counts bucketed
+ * by other bounds cannot be added up). Main thread only. */
+typedef struct {
+    unsigned nworkers;
+    lp_mblock_t *blocks;                  /* owned list */
+    double bounds[LP_M_MAX_BUCKETS];      /* seconds, increasing */
+    uint64_t bounds_ns[LP_M_MAX_BUCKETS]; /* the same in ns: what workers compare with */
+    unsigned nbounds;
+    int have_bounds; /* bounds were set (by the first config) */
+} lp_metrics_t;
+
+/* The process's registry (main thread; workers read bounds_ns, fixed before they run). */
+extern lp_metrics_t lp_metrics;
+
+void lp_metrics_init(lp_metrics_t *m, unsigned nworkers);
+void lp_metrics_free(lp_metrics_t *m);
+/* Sets the bounds the first time; later: 0 when they are the same, 1 when they differ
+ * (kept as they were). */
+int lp_metrics_set_bounds(lp_metrics_t *m, const double *b, unsigned n);
+/* The block of key (keylen bytes), made with ncells cells per worker when new; NULL when out
+ * of memory. A block found again with fewer cells than asked is grown for... never: ncells of
+ * one family is fixed by the bounds, which are fixed. */
+lp_mblock_t *lp_metrics_block(lp_metrics_t *m, const char *key, size_t keylen, size_t ncells);
+/* A key: family and up to 3 label values, joined by NUL into out (NUL-free parts). Returns
+ * its length, or 0 when it does not fit. */
+size_t lp_metrics_key(char *out, size_t cap, const char *family, const char *a, const char *b,
+                      const char *c);
+/* The sum of cell i of b over the workers (relaxed loads). */
+uint64_t lp_metrics_sum(const lp_metrics_t *m, const lp_mblock_t *b, size_t i);
+
+/* The bucket of an observation of ns: the first bound >= ns, nbounds for +Inf. */
+static inline unsigned lp_metrics_bucket_ns(const uint64_t *bounds_ns, unsigned n, uint64_t ns)
+{
+    unsigned i = 0;
+    while (i < n && ns > bounds_ns[i])
+        i++;
+    return i;
+}
+/* The same for a double (plugin histograms). */
+unsigned lp_metrics_bucket(const double *bounds, unsigned n, double v);
+
+/* The cells of a route's block: requests by status class, body bytes, the duration
+ * histogram (sum in ns, then nbounds + 1 non-cumulative buckets). */
+enum {
+    LP_MR_CLASS = 0, /* 1xx..5xx: 5 cells */
+    LP_MR_BYTES_IN = 5,
+    LP_MR_BYTES_OUT,
+    LP_MR_SUM_NS,
+    LP_MR_BUCKETS,
+};
+/* The cells of an upstream's block. */
+enum {
+    LP_MU_RETRIES = 0,
+    LP_MU_EJECTIONS,
+    LP_MU_DNS,
+    LP_MU_QUEUE, /* a gauge: this worker's queue length */
+    LP_MU_SUM_NS,
+    LP_MU_BUCKETS,
+};
+/* A worker's own cells (lp_worker_t.m_cells). */
+enum {
+    LP_WM_ACCEPTED = 0,
+    LP_WM_TLS_HANDSHAKES,
+    LP_WM_TLS_RESUMED,
+    LP_WM_LUA_MEM, /* a gauge: bytes of its Lua VMs, updated once a second */
+    LP_WM_N,
+};
+
+/* ---- exposition ---- */
+
+typedef struct {
+    char *buf; /* owned */
+    size_t len, cap;
+    int om;  /* OpenMetrics 1.0 rather than Prometheus text 0.0.4 */
+    int oom; /* an allocation failed: the text is incomplete */
+} lp_mtext_t;
+
+#define LP_M_CT_PROM "text/plain; version=0.0.4; charset=utf-8"
+#define LP_M_CT_OM   "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+/* 1 when an Accept header value asks for OpenMetrics. */
+int lp_metrics_wants_om(const char *accept, size_t len);
+
+void lp_mtext_init(lp_mtext_t *t, int om);
+void lp_mtext_free(lp_mtext_t *t);
+void lp_mtext_raw(lp_mtext_t *t, const char *s, size_t n);
+/* "# HELP" and "# TYPE" of a family. type: "counter", "gauge", "histogram". name is the
+ * sample name: a counter's ends in "_total", which OpenMetrics leaves out of the family. */
+void lp_mtext_family(lp_mtext_t *t, const char *name, const char *type, const char *help);
+/* One sample: name, suffix ("", "_bucket", "_sum", "_count"), labels as nl (name, value)
+ * pairs (values escaped here), and the value. */
+void lp_mtext_sample(lp_mtext_t *t, const char *name, const char *suffix, const char *const *labels,
+                     unsigned nl, double v);
+/* A histogram's samples from non-cumulative bucket counts (nbounds + 1, the last +Inf) and
+ * the sum in its unit. */
+void lp_mtext_histogram(lp_mtext_t *t, const char *name, const char *const *labels, unsigned nl,
+                        const double *bounds, unsigned nbounds, const uint64_t *counts, double sum);
+/* "# EOF" for OpenMetrics; nothing for Prometheus text. */
+void lp_mtext_end(lp_mtext_t *t);
+
+/* Prometheus naming: [a-zA-Z_:][a-zA-Z0-9_:]* for metrics, no ':' and no leading "__" for
+ * labels. */
+int lp_metrics_valid_name(const char *s);
+int lp_metrics_valid_label(const char *s);
+
+#endif

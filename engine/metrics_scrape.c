@@ -1,0 +1,217 @@
+/* GET /metrics: the text of every metric, summed over the workers' cells (metrics.h) and
+ * read from the shared state the admin API reads for /status. Main thread. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include "health.h"
+#include "lua_vm.h"
+#include "metrics.h"
+#include "metrics_scrape.h"
+#include "shdict.h"
+#include "worker.h"
+
+#define NS 1e-9
+
+static const lp_mblock_t *find(const char *family, const char *a, const char *b)
+{
+    char key[512];
+    size_t kl = lp_metrics_key(key, sizeof(key), family, a, b, NULL);
+    for (const lp_mblock_t *bl = lp_metrics.blocks; kl && bl; bl = bl->next)
+        if (bl->keylen == kl && memcmp(bl->key, key, kl) == 0)
+            return bl;
+    return NULL;
+}
+
+static double sum(const lp_mblock_t *b, size_t i)
+{
+    return b ? (double)lp_metrics_sum(&lp_metrics, b, i) : 0.0;
+}
+
+/* The route label of route i of cfg (i == nroutes: none matched, ""). */
+static const char *route_name(const lp_config_t *cfg, size_t i)
+{
+    return i < cfg->nroutes ? cfg->routes[i].name : "";
+}
+
+static void routes(lp_mtext_t *t, const lp_config_t *cfg)
+{
+    static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+    lp_mtext_family(t, "luaproxy_requests_total", "counter",
+                    "Requests answered, by route and status class (route \"\": none matched).");
+    for (size_t i = 0; i <= cfg->nroutes; i++) {
+        const lp_mblock_t *b = find("route", route_name(cfg, i), NULL);
+        for (unsigned k = 0; b && k < 5; k++) {
+            const char *l[] = {"route", route_name(cfg, i), "code", classes[k]};
+            lp_mtext_sample(t, "luaproxy_requests_total", "", l, 2, sum(b, LP_MR_CLASS + k));
+        }
+    }
+    lp_mtext_family(t, "luaproxy_request_duration_seconds", "histogram",
+                    "Time from the request head read to the last byte of the response queued.");
+    uint64_t counts[LP_M_MAX_BUCKETS + 1];
+    for (size_t i = 0; i <= cfg->nroutes; i++) {
+        const lp_mblock_t *b = find("route", route_name(cfg, i), NULL);
+        if (!b)
+            continue;
+        for (unsigned k = 0; k <= lp_metrics.nbounds; k++)
+            counts[k] = lp_metrics_sum(&lp_metrics, b, LP_MR_BUCKETS + k);
+        const char *l[] = {"route", route_name(cfg, i)};
+        lp_mtext_histogram(t, "luaproxy_request_duration_seconds", l, 1, lp_metrics.bounds,
+                           lp_metrics.nbounds, counts, sum(b, LP_MR_SUM_NS) * NS);
+    }
+    static const struct {
+        const char *name, *help;
+        size_t cell;
+    } bytes[] = {
+        {"luaproxy_request_bytes_total", "Request body bytes read from clients.", LP_MR_BYTES_IN},
+        {"luaproxy_response_bytes_total", "Response body bytes sent to clients.", LP_MR_BYTES_OUT},
+    };
+    for (size_t j = 0; j < LP_ARRAY_LEN(bytes); j++) {
+        lp_mtext_family(t, bytes[j].name, "counter", bytes[j].help);
+        for (size_t i = 0; i <= cfg->nroutes; i++) {
+            const lp_mblock_t *b = find("route", route_name(cfg, i), NULL);
+            const char *l[] = {"route", route_name(cfg, i)};
+            if (b)
+                lp_mtext_sample(t, bytes[j].name, "", l, 1, sum(b, bytes[j].cell));
+        }
+    }
+}
+
+static void upstreams(lp_mtext_t *t, const lp_config_t *cfg)
+{
+    lp_mtext_family(t, "luaproxy_upstream_response_seconds", "histogram",
+                    "Time from the first try at the upstream to the end of the response.");
+    uint64_t counts[LP_M_MAX_BUCKETS + 1];
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const lp_mblock_t *b = find("upstream", cfg->upstreams[i].name, NULL);
+        if (!b)
+            continue;
+        for (unsigned k = 0; k <= lp_metrics.nbounds; k++)
+            counts[k] = lp_metrics_sum(&lp_metrics, b, LP_MU_BUCKETS + k);
+        const char *l[] = {"upstream", cfg->upstreams[i].name};
+        lp_mtext_histogram(t, "luaproxy_upstream_response_seconds", l, 1, lp_metrics.bounds,
+                           lp_metrics.nbounds, counts, sum(b, LP_MU_SUM_NS) * NS);
+    }
+    static const struct {
+        const char *name, *type, *help;
+        size_t cell;
+    } per[] = {
+        {"luaproxy_upstream_retries_total", "counter", "Tries after the first.", LP_MU_RETRIES},
+        {"luaproxy_upstream_ejections_total", "counter",
+         "Targets ejected by the passive health check.", LP_MU_EJECTIONS},
+        {"luaproxy_upstream_dns_resolutions_total", "counter",
+         "Resolutions of the upstream's DNS targets.", LP_MU_DNS},
+        {"luaproxy_upstream_queue_length", "gauge",
+         "Requests waiting for a max_connections slot, all workers.", LP_MU_QUEUE},
+    };
+    for (size_t j = 0; j < LP_ARRAY_LEN(per); j++) {
+        lp_mtext_family(t, per[j].name, per[j].type, per[j].help);
+        for (size_t i = 0; i < cfg->nupstreams; i++) {
+            const lp_mblock_t *b = find("upstream", cfg->upstreams[i].name, NULL);
+            const char *l[] = {"upstream", cfg->upstreams[i].name};
+            if (b)
+                lp_mtext_sample(t, per[j].name, "", l, 1, sum(b, per[j].cell));
+        }
+    }
+    lp_mtext_family(t, "luaproxy_upstream_target_healthy", "gauge",
+                    "1 when the target may be picked (up), 0 when down, ejected, drained or "
+                    "disabled.");
+    uint64_t now = lp_health_now();
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const lp_upstream_conf_t *u = &cfg->upstreams[i];
+        for (size_t j = 0; j < u->ntargets; j++) {
+            size_t na;
+            const lp_addr_t *addrs = lp_target_addrs(&u->targets[j], &na);
+            for (size_t k = 0; k < na; k++) {
+                lp_health_t *h = lp_health_get(addrs[k].text);
+                if (!h)
+                    continue;
+                const char *l[] = {"upstream", u->name, "target", addrs[k].text};
+                lp_mtext_sample(t, "luaproxy_upstream_target_healthy", "", l, 2,
+                                strcmp(lp_health_state(h, now), "up") == 0);
+            }
+        }
+    }
+}
+
+static void process(lp_mtext_t *t, const lp_server_t *s, const lp_config_t *cfg)
+{
+    uint64_t conns, reqs;
+    lp_workers_stats(s->workers, s->nworkers, &conns, &reqs);
+    lp_mtext_family(t, "luaproxy_connections_open", "gauge", "Client connections open.");
+    lp_mtext_sample(t, "luaproxy_connections_open", "", NULL, 0, (double)conns);
+    static const struct {
+        const char *name, *help;
+        int cell;
+    } wc[] = {
+        {"luaproxy_connections_accepted_total", "Client connections accepted.", LP_WM_ACCEPTED},
+        {"luaproxy_tls_handshakes_total", "TLS handshakes completed with clients.",
+         LP_WM_TLS_HANDSHAKES},
+        {"luaproxy_tls_resumptions_total", "Client TLS handshakes that resumed a session.",
+         LP_WM_TLS_RESUMED},
+    };
+    for (size_t j = 0; j < LP_ARRAY_LEN(wc); j++) {
+        uint64_t v = 0;
+        for (unsigned w = 0; w < s->nworkers; w++)
+            v += LP_M_GET(&s->workers[w].m_cells[wc[j].cell]);
+        lp_mtext_family(t, wc[j].name, "counter", wc[j].help);
+        lp_mtext_sample(t, wc[j].name, "", NULL, 0, (double)v);
+    }
+    lp_mtext_family(t, "luaproxy_lua_memory_bytes", "gauge",
+                    "Memory of the worker's Lua VMs (sampled once a second).");
+    for (unsigned w = 0; w < s->nworkers && cfg->has_lua; w++) {
+        char id[16];
+        snprintf(id, sizeof(id), "%d", s->workers[w].id);
+        const char *l[] = {"worker", id};
+        lp_mtext_sample(t, "luaproxy_lua_memory_bytes", "", l, 1,
+                        (double)LP_M_GET(&s->workers[w].m_cells[LP_WM_LUA_MEM]));
+    }
+    uint64_t lua[3];
+    lp_workers_lua_stats(s->workers, s->nworkers, lua);
+    lp_mtext_family(t, "luaproxy_lua_timers_pending", "gauge",
+                    "Lua timers waiting for their time or a running slot.");
+    lp_mtext_sample(t, "luaproxy_lua_timers_pending", "", NULL, 0, (double)lua[0]);
+    lp_mtext_family(t, "luaproxy_lua_timers_running", "gauge",
+                    "Lua timers and spawned threads running.");
+    lp_mtext_sample(t, "luaproxy_lua_timers_running", "", NULL, 0, (double)lua[1]);
+    static const char *const dict_names[] = {"luaproxy_shared_dict_used_bytes",
+                                             "luaproxy_shared_dict_capacity_bytes",
+                                             "luaproxy_shared_dict_evictions_total"};
+    static const char *const dict_help[] = {"Bytes used in the shared dict.",
+                                            "Capacity of the shared dict.",
+                                            "Keys evicted to make room in the shared dict."};
+    for (int j = 0; j < 3; j++) {
+        lp_mtext_family(t, dict_names[j], j == 2 ? "counter" : "gauge", dict_help[j]);
+        for (size_t i = 0; i < cfg->nshdicts; i++) {
+            lp_shdict_stats_t st;
+            lp_shdict_stats(cfg->shdicts[i], &st);
+            const char *l[] = {"dict", lp_shdict_name(cfg->shdicts[i])};
+            uint64_t v = j == 0 ? st.used : j == 1 ? st.capacity : st.evictions;
+            lp_mtext_sample(t, dict_names[j], "", l, 1, (double)v);
+        }
+    }
+    lp_mtext_family(t, "luaproxy_reloads_total", "counter", "Reloads, by result.");
+    const char *ok[] = {"result", "ok"}, *failed[] = {"result", "failed"};
+    lp_mtext_sample(t, "luaproxy_reloads_total", "", ok, 1, (double)s->reloads);
+    lp_mtext_sample(t, "luaproxy_reloads_total", "", failed, 1, (double)s->reloads_failed);
+    lp_mtext_family(t, "luaproxy_config_generation", "gauge",
+                    "Id of the config generation serving new requests.");
+    lp_mtext_sample(t, "luaproxy_config_generation", "", NULL, 0, (double)lp_gen_current->id);
+}
+
+char *lp_metrics_scrape(const lp_server_t *s, int om, size_t *len)
+{
+    const lp_config_t *cfg = lp_gen_current->config;
+    lp_mtext_t t;
+    lp_mtext_init(&t, om);
+    routes(&t, cfg);
+    upstreams(&t, cfg);
+    process(&t, s, cfg);
+    lp_metrics_scrape_plugins(&t, s);
+    lp_mtext_end(&t);
+    if (t.oom) {
+        lp_mtext_free(&t);
+        return NULL;
+    }
+    *len = t.len;
+    return t.buf;
+}
