@@ -198,15 +198,17 @@
       $(id + "-range").textContent = "";
       return;
     }
-    const t1 = pts[pts.length - 1].t, t0 = t1 - HISTORY_MS;
+    // The x axis spans what is kept: up to HISTORY_MS, less until that much was seen.
+    const t1 = pts[pts.length - 1].t, t0 = pts[0].t, width = t1 - t0 || 1;
     const vals = pts.map((p) => p[key]);
     const lo = Math.min(...vals), hi = Math.max(...vals), span = hi - lo || 1;
     const poly = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
     poly.setAttribute("points", pts.map((p) =>
-      ((p.t - t0) / HISTORY_MS * 240).toFixed(1) + "," + (46 - (p[key] - lo) / span * 44).toFixed(1)).join(" "));
+      ((p.t - t0) / width * 240).toFixed(1) + "," + (46 - (p[key] - lo) / span * 44).toFixed(1)).join(" "));
     svg.append(poly);
-    const mins = Math.max(1, Math.round((t1 - pts[0].t) / 60000));
-    const text = "last " + mins + " min: low " + fmt(lo) + ", high " + fmt(hi) + ", now " + fmt(vals[vals.length - 1]);
+    const secs = Math.round(width / 1000);
+    const text = "last " + (secs < 120 ? secs + " s" : Math.round(secs / 60) + " min") + ": low " + fmt(lo) +
+      ", high " + fmt(hi) + ", now " + fmt(vals[vals.length - 1]);
     svg.setAttribute("aria-label", label + ", " + text);
     $(id + "-range").textContent = text;
   }

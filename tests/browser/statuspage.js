@@ -166,7 +166,11 @@ async function run(line) {
     case "wait": return waitScrapes(Number(arg));
     case "keyboard": return keyboard(Number(arg));
     case "a11y": return a11y();
-    case "screenshot": await page.screenshot({ path: arg, fullPage: true }); return { path: arg };
+    case "screenshot":
+      // Nothing focused (the skip link would cover the header), scrolled to the top.
+      await page.evaluate(() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); });
+      await page.screenshot({ path: arg, fullPage: true });
+      return { path: arg };
     case "quit":
       if (browser) await browser.close();
       browser = null;
