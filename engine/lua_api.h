@@ -181,4 +181,19 @@ int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
 int lp_ffi_hresp_got(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);
 
+/* proxy.metrics (engine/metrics_lua.c, docs/metrics.md). Declares a metric (type 0
+ * counter, 1 gauge, 2 histogram; labels: nlabels names joined by NUL, labels_len bytes;
+ * bounds: a histogram's) or finds it again by name: its id, or LP_FFI_EINVAL with err
+ * (another declaration under that name) or LP_FFI_ENOSPACE. In init_worker only. */
+int lp_ffi_metric_new(int type, const char *name, const char *help, const char *labels,
+                      size_t labels_len, int nlabels, const double *bounds, int nbounds,
+                      int max_series, char *err, size_t errlen);
+/* The running worker's cells of metric id: per series cps doubles (a value, or a
+ * histogram's buckets then its sum), max_series + 1 series (the last: overflow), then the
+ * count of overflowed updates. NULL outside a worker's VM. */
+double *lp_ffi_metric_cells(int id);
+/* The index of the series with these label values (joined by NUL) in the running worker,
+ * made when new; max_series when the metric has no room left (the overflow series). */
+int lp_ffi_metric_series(int id, const char *labels, size_t len);
+
 #endif

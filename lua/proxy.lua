@@ -137,6 +137,12 @@ setmetatable(proxy, {
 -- ---- cosockets (lua/luaproxy/tcp.lua) ----
 proxy.tcp = require("luaproxy.tcp").tcp
 
+-- proxy.metrics: plugins' own metrics on GET /metrics (lua/luaproxy/metrics.lua).
+do
+  local metrics = require "luaproxy.metrics"
+  proxy.metrics = metrics.api(metrics.engine_backend())
+end
+
 -- ---- proxy.http: HTTP/1.1 client over proxy.tcp() (lua/luaproxy/http.lua) ----
 do
   local http = require "luaproxy.http"

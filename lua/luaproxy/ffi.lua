@@ -79,6 +79,9 @@ int lp_ffi_hresp_reusable(lp_hresp_t *r);
 int lp_ffi_hresp_recv(lp_hresp_t *r, void *sock, int max);
 int lp_ffi_hresp_got(lp_hresp_t *r);
 const char *lp_ffi_hresp_error(lp_hresp_t *r);
+int lp_ffi_metric_new(int type, const char *name, const char *help, const char *labels, size_t labels_len, int nlabels, const double *bounds, int nbounds, int max_series, char *err, size_t errlen);
+double *lp_ffi_metric_cells(int id);
+int lp_ffi_metric_series(int id, const char *labels, size_t len);
 ]]
 
 return {

@@ -26,7 +26,7 @@ function M.init_worker(conf)
   sizes = proxy.metrics.histogram("myplugin_size", "Sizes.", { "kind" }, { 1, 10, 100 })
   level = proxy.metrics.gauge("myplugin_level", "A level.")
 end
-function M.request(conf, req)
+function M.request(req, conf)
   local kind = req:header("x-kind") or "none"
   hits:inc(1, kind)
   sizes:observe(5, kind)
