@@ -627,9 +627,10 @@ local S = {
       fields = {
         address = { type = "address", required = true, doc_default = "off",
                     description = "admin API address, never a public listener (`GET /` the "
-                      .. "status page, `GET /status`, `GET /metrics`, `POST /reload`, `POST /stop`, `GET /config`, "
-                      .. "`GET /upstreams`, `POST /upstreams/NAME/targets/ADDRESS`, `GET /reloads`, "
-                      .. "`GET /errors`; see `docs/admin-api.md`); port "
+                      .. "status page, `GET /status`, `GET /metrics`, `POST /reload`, "
+                      .. "`POST /stop`, `GET /config`, `GET /upstreams`, "
+                      .. "`POST /upstreams/NAME/targets/ADDRESS`, `GET /reloads`, `GET /errors`; "
+                      .. "see `docs/admin-api.md`); port "
                       .. "0 takes a free port, logged at start; an address that is not loopback "
                       .. "needs `token_file`" },
         token_file = { type = "string", doc_default = "none",
