@@ -584,3 +584,24 @@ SCENARIOS.append({
     "note": "the same 64 bytes answered by the same handler without Redis: redis-get minus "
             "this is the cost of the GET",
 })
+
+# --- metrics on vs off (issue #16): the same plain proxy with metrics.enabled = false, and
+# with the defaults (on) plus an admin API (GET /metrics is not scraped during the run).
+# Compare cpu_us_per_req of the two luaproxy rows: metrics must cost <= 0.3 us per request.
+LUAPROXY_METRICS_OFF = LUAPROXY_PLAIN.replace(
+    "  log = { access = false },\n",
+    "  log = { access = false },\n  metrics = { enabled = false },\n")
+LUAPROXY_METRICS_ON = LUAPROXY_PLAIN.replace(
+    "  log = { access = false },\n",
+    "  log = { access = false },\n  metrics = { enabled = true },\n")
+for _label, _cfg in (("off", LUAPROXY_METRICS_OFF), ("on", LUAPROXY_METRICS_ON)):
+    SCENARIOS.append({
+        "name": "metrics-%s-5B-c50" % _label,
+        "path": "/",
+        "connections": 50,
+        "luaproxy": _cfg,
+        "nginx": NGINX_PLAIN,
+        "per_mib": False,
+        "note": "metrics %s (per-route counters, latency histograms; compare the two "
+                "luaproxy rows)" % _label,
+    })

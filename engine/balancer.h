@@ -41,6 +41,9 @@ typedef struct {
     int (*update)(lp_balancer_t *b);
     /* Frees b->state; the balancer may be init'ed again. */
     void (*destroy)(lp_balancer_t *b);
+    /* Optional (p2c): target idx's latency EWMA in ns as of the last report, 0 before any
+     * (the metric luaproxy_upstream_latency_ewma_seconds). */
+    double (*ewma)(const lp_balancer_t *b, int idx);
 } lp_balancer_ops_t;
 
 struct lp_balancer_s {

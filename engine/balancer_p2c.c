@@ -232,8 +232,17 @@ static void p2c_report(lp_balancer_t *b, int idx, uint64_t latency_ns, int faile
         p->stamp_ns = now_ns;
 }
 
+static double p2c_ewma(const lp_balancer_t *b, int idx)
+{
+    const p2c_state_t *st = b->state;
+    if (!st || idx < 0 || (size_t)idx >= st->n || !st->peers[idx].measured)
+        return 0;
+    return st->peers[idx].ewma_ns;
+}
+
 const lp_balancer_ops_t lp_balancer_p2c = {
     .name = "p2c",
+    .ewma = p2c_ewma,
     .init = p2c_init,
     .select = p2c_select,
     .report = p2c_report,

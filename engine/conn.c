@@ -1271,24 +1271,12 @@ static void conn_metrics(lp_req_t *req)
     req->flags |= LP_RF_METERED;
     const lp_config_t *cfg = g->config;
     uint64_t *c = g->m_route[req->route_index >= 0 ? (size_t)req->route_index : cfg->nroutes];
-    int st = req->resp.sent_status;
-    if (st >= 100 && st < 600)
-        LP_M_ADD(&c[LP_MR_CLASS + st / 100 - 1], 1);
-    LP_M_ADD(&c[LP_MR_BYTES_IN], req->body_in);
-    LP_M_ADD(&c[LP_MR_BYTES_OUT], req->resp.body_out);
-    uint64_t now = uv_hrtime(), ns = now - req->t_start;
-    LP_M_ADD(&c[LP_MR_SUM_NS], ns);
-    LP_M_ADD(&c[LP_MR_BUCKETS + lp_metrics_bucket_ns(lp_metrics.bounds_ns, lp_metrics.nbounds, ns)],
-             1);
+    uint64_t now = uv_hrtime();
+    lp_metrics_request(c, &lp_metrics, req->resp.sent_status, req->body_in, req->resp.body_out,
+                       now - req->t_start);
     lp_upstream_rt_t *u = req->upstream;
-    if (u && req->t_upstream && u >= g->upstreams && u < g->upstreams + cfg->nupstreams) {
-        uint64_t *uc = g->m_up[u - g->upstreams];
-        ns = now - req->t_upstream;
-        LP_M_ADD(&uc[LP_MU_SUM_NS], ns);
-        LP_M_ADD(
-            &uc[LP_MU_BUCKETS + lp_metrics_bucket_ns(lp_metrics.bounds_ns, lp_metrics.nbounds, ns)],
-            1);
-    }
+    if (u && req->t_upstream && u >= g->upstreams && u < g->upstreams + cfg->nupstreams)
+        lp_metrics_upstream(g->m_up[u - g->upstreams], &lp_metrics, now - req->t_upstream);
 }
 
 /* Counts the request as served, once (GET /status's `requests`). */

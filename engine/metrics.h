@@ -97,6 +97,14 @@ enum {
     LP_MU_SUM_NS,
     LP_MU_BUCKETS,
 };
+/* The cells of a target's block: tries started and ended (in flight: the difference of
+ * the sums, whichever worker or generation ended them). */
+enum {
+    LP_MT_STARTED = 0,
+    LP_MT_ENDED,
+    LP_MT_EWMA_NS, /* a gauge: this worker's balancer EWMA (p2c), 0: none */
+    LP_MT_N,
+};
 /* A worker's own cells (lp_worker_t.m_cells). */
 enum {
     LP_WM_ACCEPTED = 0,
@@ -105,6 +113,26 @@ enum {
     LP_WM_LUA_MEM, /* a gauge: bytes of its Lua VMs, updated once a second */
     LP_WM_N,
 };
+
+/* One request into a route's cells (c: this worker's): its status class, body bytes and
+ * duration. What conn.c does per request (bench_metrics measures it). */
+static inline void lp_metrics_request(uint64_t *c, const lp_metrics_t *m, int status,
+                                      uint64_t bytes_in, uint64_t bytes_out, uint64_t ns)
+{
+    if (status >= 100 && status < 600)
+        LP_M_ADD(&c[LP_MR_CLASS + status / 100 - 1], 1);
+    LP_M_ADD(&c[LP_MR_BYTES_IN], bytes_in);
+    LP_M_ADD(&c[LP_MR_BYTES_OUT], bytes_out);
+    LP_M_ADD(&c[LP_MR_SUM_NS], ns);
+    LP_M_ADD(&c[LP_MR_BUCKETS + lp_metrics_bucket_ns(m->bounds_ns, m->nbounds, ns)], 1);
+}
+
+/* An upstream's response time into its cells. */
+static inline void lp_metrics_upstream(uint64_t *c, const lp_metrics_t *m, uint64_t ns)
+{
+    LP_M_ADD(&c[LP_MU_SUM_NS], ns);
+    LP_M_ADD(&c[LP_MU_BUCKETS + lp_metrics_bucket_ns(m->bounds_ns, m->nbounds, ns)], 1);
+}
 
 /* ---- exposition ---- */
 

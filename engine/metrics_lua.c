@@ -1,7 +1,7 @@
 /* proxy.metrics: plugins' own counters, gauges and histograms (docs/metrics.md).
  *
- * A metric is declared in init_worker (which runs on the main thread, when a generation is
- * built): lp_ffi_metric_new finds it by name or makes it, so that a reload declaring it
+ * A plugin declares a metric in init_worker (the engine's own Lua metrics are declared on
+ * first use): lp_ffi_metric_new finds it by name or makes it, so that a reload declaring it
  * again keeps its values. Each worker then has, for every metric, its own cells (doubles:
  * per series the value, or a histogram's buckets and sum) that its Lua updates through a
  * cdata pointer (a JIT-compiled load and store; the worker is the only writer), and its own
@@ -10,10 +10,11 @@
  * release store of the count. The main thread reads both at scrape time, and sums the
  * series of every worker with the same label values.
  *
- * Shared with the workers: the metric table below. An entry is made (main thread) before
- * any generation whose VMs use it is handed to the workers, and never changes or moves
- * afterwards; `nmetrics` is published with a release store. Metrics live until the process
- * exits. */
+ * Shared between threads: the metric table below. Entries are made under `make_lock` (any
+ * thread; rare) and never change or move afterwards; `nmetrics` is published with a release
+ * store. A worker's side of a metric is allocated by that worker on its first update and
+ * published with a release store of its pointer. Metrics live until the process exits. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,8 @@
 
 int lp__lua_worker_id(void); /* lua_vm.c: the running VM's worker, 0: none */
 
-#define LP_PM_MAX 1024 /* metrics declared by plugins, in all */
+#define LP_PM_MAX     1024 /* metrics declared by plugins, in all */
+#define LP_PM_WORKERS 257  /* worker ids 1..256 (the config's maximum) */
 
 enum { PM_COUNTER = 0, PM_GAUGE, PM_HISTOGRAM };
 
@@ -42,14 +44,14 @@ typedef struct {
     int nlabels;
     double *bounds; /* owned: a histogram's bounds, increasing */
     unsigned nbounds;
-    unsigned max_series; /* series per worker; updates beyond go to the overflow series */
-    unsigned cps;        /* cells per series: 1, or nbounds + 2 for a histogram */
-    unsigned nworkers;
-    pm_worker_t *w; /* owned array of nworkers */
+    unsigned max_series;           /* series per worker; updates beyond go to the overflow series */
+    unsigned cps;                  /* cells per series: 1, or nbounds + 2 for a histogram */
+    pm_worker_t *w[LP_PM_WORKERS]; /* owned, atomic: each worker's, made on its first update */
 } pmetric_t;
 
 static pmetric_t *metrics[LP_PM_MAX]; /* owned entries (see above) */
 static unsigned nmetrics;             /* atomic: entries made (release store) */
+static pthread_mutex_t make_lock = PTHREAD_MUTEX_INITIALIZER; /* makes entries */
 
 static const char *const type_names[] = {"counter", "gauge", "histogram"};
 
@@ -59,22 +61,28 @@ static int fail(char *err, size_t errlen, const char *fmt, const char *a)
     return LP_FFI_EINVAL;
 }
 
+static void pm_worker_free(pm_worker_t *pw)
+{
+    for (unsigned i = 0; pw->labels && i < pw->nseries; i++)
+        free(pw->labels[i]);
+    free(pw->labels);
+    free(pw->lens);
+    free(pw->cells);
+    free(pw);
+}
+
 static void pmetric_free(pmetric_t *m)
 {
-    for (unsigned k = 0; m->w && k < m->nworkers; k++) {
-        for (unsigned i = 0; m->w[k].labels && i < m->w[k].nseries; i++)
-            free(m->w[k].labels[i]);
-        free(m->w[k].labels);
-        free(m->w[k].lens);
-        free(m->w[k].cells);
-    }
-    free(m->w);
     free(m->name);
     free(m->help);
     free(m->label_names);
     free(m->bounds);
     free(m);
 }
+
+static int metric_make(int type, const char *name, const char *help, const char *labels,
+                       size_t labels_len, int nlabels, const double *bounds, int nbounds,
+                       int max_series, char *err, size_t errlen);
 
 int lp_ffi_metric_new(int type, const char *name, const char *help, const char *labels,
                       size_t labels_len, int nlabels, const double *bounds, int nbounds,
@@ -83,7 +91,19 @@ int lp_ffi_metric_new(int type, const char *name, const char *help, const char *
     if (type < PM_COUNTER || type > PM_HISTOGRAM || nlabels < 0 || nbounds < 0 ||
         nbounds > LP_M_MAX_BUCKETS || max_series < 1)
         return fail(err, errlen, "%s: invalid arguments", name);
-    unsigned n = __atomic_load_n(&nmetrics, __ATOMIC_ACQUIRE);
+    pthread_mutex_lock(&make_lock);
+    int rc = metric_make(type, name, help, labels, labels_len, nlabels, bounds, nbounds, max_series,
+                         err, errlen);
+    pthread_mutex_unlock(&make_lock);
+    return rc;
+}
+
+/* lp_ffi_metric_new under make_lock. */
+static int metric_make(int type, const char *name, const char *help, const char *labels,
+                       size_t labels_len, int nlabels, const double *bounds, int nbounds,
+                       int max_series, char *err, size_t errlen)
+{
+    unsigned n = nmetrics;
     for (unsigned i = 0; i < n; i++) {
         pmetric_t *m = metrics[i];
         if (strcmp(m->name, name) != 0)
@@ -110,22 +130,12 @@ int lp_ffi_metric_new(int type, const char *name, const char *help, const char *
     m->nbounds = (unsigned)nbounds;
     m->max_series = nlabels ? (unsigned)max_series : 1;
     m->cps = type == PM_HISTOGRAM ? (unsigned)nbounds + 2 : 1;
-    m->nworkers = lp_metrics.nworkers ? lp_metrics.nworkers : 1; /* luaproxy -t: one */
     m->name = strdup(name);
     m->help = strdup(help);
     m->label_names = malloc(labels_len + 1);
     m->label_names_len = labels_len;
     m->bounds = calloc((size_t)nbounds + 1, sizeof(double));
-    m->w = calloc(m->nworkers, sizeof(*m->w));
-    int ok = m->name && m->help && m->label_names && m->bounds && m->w;
-    for (unsigned k = 0; ok && k < m->nworkers; k++) {
-        pm_worker_t *pw = &m->w[k];
-        pw->cells = calloc((size_t)(m->max_series + 1) * m->cps + 1, sizeof(double));
-        pw->labels = calloc(m->max_series, sizeof(char *));
-        pw->lens = calloc(m->max_series, sizeof(size_t));
-        ok = pw->cells && pw->labels && pw->lens;
-    }
-    if (!ok) {
+    if (!m->name || !m->help || !m->label_names || !m->bounds) {
         pmetric_free(m);
         return LP_FFI_ENOSPACE;
     }
@@ -138,18 +148,37 @@ int lp_ffi_metric_new(int type, const char *name, const char *help, const char *
     return (int)n;
 }
 
-/* This worker's side of metric id; NULL when there is none. */
+/* The running worker's side of metric id, made on first use; NULL outside a worker or out
+ * of memory. */
 static pm_worker_t *worker_side(int id, pmetric_t **mp)
 {
     unsigned n = __atomic_load_n(&nmetrics, __ATOMIC_ACQUIRE);
-    int k = lp__lua_worker_id() - 1;
-    if (id < 0 || (unsigned)id >= n)
+    int k = lp__lua_worker_id();
+    if (id < 0 || (unsigned)id >= n || k <= 0 || k >= LP_PM_WORKERS)
         return NULL;
     pmetric_t *m = metrics[id];
-    if (k < 0 || (unsigned)k >= m->nworkers)
-        return NULL;
     *mp = m;
-    return &m->w[k];
+    pm_worker_t *pw = m->w[k]; /* this thread is its only writer */
+    if (pw)
+        return pw;
+    pw = calloc(1, sizeof(*pw));
+    if (!pw)
+        return NULL;
+    pw->cells = calloc((size_t)(m->max_series + 1) * m->cps + 1, sizeof(double));
+    pw->labels = calloc(m->max_series, sizeof(char *));
+    pw->lens = calloc(m->max_series, sizeof(size_t));
+    if (!pw->cells || !pw->labels || !pw->lens) {
+        pm_worker_free(pw);
+        return NULL;
+    }
+    __atomic_store_n(&m->w[k], pw, __ATOMIC_RELEASE);
+    return pw;
+}
+
+/* Worker k's side of m for a scrape; NULL when it never updated m. */
+static const pm_worker_t *side(const pmetric_t *m, unsigned k)
+{
+    return __atomic_load_n(&m->w[k], __ATOMIC_ACQUIRE);
 }
 
 double *lp_ffi_metric_cells(int id)
@@ -211,8 +240,10 @@ static unsigned label_pairs(const pmetric_t *m, const char *set, size_t setlen, 
 static void merge(const pmetric_t *m, const char *set, size_t len, unsigned k0, unsigned i0,
                   double *sum, unsigned char **seen)
 {
-    for (unsigned k = k0; k < m->nworkers; k++) {
-        const pm_worker_t *pw = &m->w[k];
+    for (unsigned k = k0; k < LP_PM_WORKERS; k++) {
+        const pm_worker_t *pw = seen[k] ? side(m, k) : NULL; /* NULL: new since the start */
+        if (!pw)
+            continue;
         unsigned n = __atomic_load_n(&pw->nseries, __ATOMIC_ACQUIRE);
         for (unsigned i = k == k0 ? i0 : 0; i < n; i++) {
             if (seen[k][i] || pw->lens[i] != len || memcmp(pw->labels[i], set, len) != 0)
@@ -251,8 +282,9 @@ void lp_metrics_scrape_plugins(lp_mtext_t *t, const lp_server_t *s)
     for (unsigned id = 0; id < n; id++) {
         const pmetric_t *m = metrics[id];
         double ovf = 0;
-        for (unsigned k = 0; k < m->nworkers; k++)
-            ovf += cell(&m->w[k].cells[(size_t)(m->max_series + 1) * m->cps]);
+        for (unsigned k = 0; k < LP_PM_WORKERS; k++)
+            if (side(m, k))
+                ovf += cell(&side(m, k)->cells[(size_t)(m->max_series + 1) * m->cps]);
         const char *l[] = {"metric", m->name};
         lp_mtext_sample(t, "luaproxy_metrics_overflow_total", "", l, 1, ovf);
     }
@@ -260,16 +292,18 @@ void lp_metrics_scrape_plugins(lp_mtext_t *t, const lp_server_t *s)
     for (unsigned id = 0; id < n; id++) {
         const pmetric_t *m = metrics[id];
         lp_mtext_family(t, m->name, type_names[m->type], m->help);
-        unsigned char **seen = calloc(m->nworkers, sizeof(*seen));
-        for (unsigned k = 0; seen && k < m->nworkers; k++)
-            if (!(seen[k] = calloc(m->max_series, 1)))
+        unsigned char **seen = calloc(LP_PM_WORKERS, sizeof(*seen));
+        for (unsigned k = 0; seen && k < LP_PM_WORKERS; k++)
+            if (side(m, k) && !(seen[k] = calloc(m->max_series, 1)))
                 t->oom = 1;
         if (!seen) {
             t->oom = 1;
             return;
         }
-        for (unsigned k = 0; !t->oom && k < m->nworkers; k++) {
-            const pm_worker_t *pw = &m->w[k];
+        for (unsigned k = 0; !t->oom && k < LP_PM_WORKERS; k++) {
+            const pm_worker_t *pw = seen[k] ? side(m, k) : NULL;
+            if (!pw)
+                continue;
             unsigned ns = __atomic_load_n(&pw->nseries, __ATOMIC_ACQUIRE);
             for (unsigned i = 0; i < ns; i++) {
                 if (seen[k][i])
@@ -281,8 +315,8 @@ void lp_metrics_scrape_plugins(lp_mtext_t *t, const lp_server_t *s)
         }
         /* A metric without labels shows 0 before its first update. */
         int none = 1;
-        for (unsigned k = 0; k < m->nworkers; k++)
-            none &= __atomic_load_n(&m->w[k].nseries, __ATOMIC_ACQUIRE) == 0;
+        for (unsigned k = 0; k < LP_PM_WORKERS; k++)
+            none &= !side(m, k) || __atomic_load_n(&side(m, k)->nseries, __ATOMIC_ACQUIRE) == 0;
         if (none && !m->nlabels) {
             memset(sum, 0, sizeof(sum));
             emit(t, m, "", 0, sum);
@@ -290,15 +324,17 @@ void lp_metrics_scrape_plugins(lp_mtext_t *t, const lp_server_t *s)
         /* The overflow series, once something went there. */
         memset(sum, 0, sizeof(sum));
         double any = 0;
-        for (unsigned k = 0; k < m->nworkers; k++) {
-            const double *ov = &m->w[k].cells[(size_t)m->max_series * m->cps];
+        for (unsigned k = 0; k < LP_PM_WORKERS; k++) {
+            if (!side(m, k))
+                continue;
+            const double *ov = &side(m, k)->cells[(size_t)m->max_series * m->cps];
             for (unsigned c = 0; c < m->cps; c++)
                 sum[c] += cell(&ov[c]);
             any += cell(&ov[m->cps]);
         }
         if (any > 0 && m->nlabels)
             emit(t, m, NULL, 0, sum);
-        for (unsigned k = 0; k < m->nworkers; k++)
+        for (unsigned k = 0; k < LP_PM_WORKERS; k++)
             free(seen[k]);
         free(seen);
     }

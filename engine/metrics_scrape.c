@@ -112,6 +112,53 @@ static void upstreams(lp_mtext_t *t, const lp_config_t *cfg)
                 lp_mtext_sample(t, per[j].name, "", l, 1, sum(b, per[j].cell));
         }
     }
+    lp_mtext_family(t, "luaproxy_upstream_inflight", "gauge",
+                    "Tries in progress to the target, all workers.");
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const lp_upstream_conf_t *u = &cfg->upstreams[i];
+        for (size_t j = 0; j < u->ntargets; j++) {
+            size_t na;
+            const lp_addr_t *addrs = lp_target_addrs(&u->targets[j], &na);
+            for (size_t k = 0; k < na; k++) {
+                const lp_mblock_t *b = find("target", u->name, addrs[k].text);
+                if (!b)
+                    continue;
+                /* Ended is read first: a try that ends between the reads is not negative. */
+                uint64_t ended = lp_metrics_sum(&lp_metrics, b, LP_MT_ENDED);
+                uint64_t started = lp_metrics_sum(&lp_metrics, b, LP_MT_STARTED);
+                const char *l[] = {"upstream", u->name, "target", addrs[k].text};
+                lp_mtext_sample(t, "luaproxy_upstream_inflight", "", l, 2,
+                                started > ended ? (double)(started - ended) : 0.0);
+            }
+        }
+    }
+    lp_mtext_family(t, "luaproxy_upstream_latency_ewma_seconds", "gauge",
+                    "The p2c balancer's latency EWMA of the target (mean over the workers "
+                    "that measured it).");
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const lp_upstream_conf_t *u = &cfg->upstreams[i];
+        if (strcmp(u->balance, "p2c") != 0)
+            continue;
+        for (size_t j = 0; j < u->ntargets; j++) {
+            size_t na;
+            const lp_addr_t *addrs = lp_target_addrs(&u->targets[j], &na);
+            for (size_t k = 0; k < na; k++) {
+                const lp_mblock_t *b = find("target", u->name, addrs[k].text);
+                double sum = 0;
+                unsigned nw = 0;
+                for (unsigned w = 0; b && w < lp_metrics.nworkers; w++) {
+                    uint64_t v = LP_M_GET(&b->cells[w][LP_MT_EWMA_NS]);
+                    sum += (double)v;
+                    nw += v != 0;
+                }
+                if (!nw)
+                    continue;
+                const char *l[] = {"upstream", u->name, "target", addrs[k].text};
+                lp_mtext_sample(t, "luaproxy_upstream_latency_ewma_seconds", "", l, 2,
+                                sum / nw * NS);
+            }
+        }
+    }
     lp_mtext_family(t, "luaproxy_upstream_target_healthy", "gauge",
                     "1 when the target may be picked (up), 0 when down, ejected, drained or "
                     "disabled.");

@@ -58,6 +58,8 @@ typedef struct lp_target_rt_s {
     int origin;      /* the config target (a DNS name) it was resolved from; -1: none */
     lp_pool_t *pool; /* the worker's connections (NULL until the generation is attached) */
     struct lp_health_s *health; /* shared by all workers (health.h) */
+    uint64_t *m; /* borrowed: this worker's cells of the target's metrics block (metrics.h:
+                    tries started, ended); NULL when off or not a config target */
 } lp_target_rt_t;
 
 typedef struct lp_upstream_rt_s {

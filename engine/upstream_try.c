@@ -193,6 +193,8 @@ static int pick_target(lp_req_t *req)
         req->try.tried_serial[req->try.ntried++] = t->serial;
     u->bt[idx].active++;
     u->in_flight++;
+    if (t->m)
+        LP_M_ADD(&t->m[LP_MT_STARTED], 1);
     lp_target_ref(t);
     req->try.tgt = t;
     req->try.target = idx;
@@ -298,6 +300,8 @@ void lp_upstream_try_end(lp_req_t *req, int failed)
     req->try.open = 0;
     req->try.tgt = NULL;
     u->in_flight--;
+    if (t->m)
+        LP_M_ADD(&t->m[LP_MT_ENDED], 1);
     if (u->npending && u->in_flight < u->conf->max_connections)
         queue_arm(u, 0); /* the next loop turn: not inside the caller's callback */
     uint64_t now = uv_hrtime();
@@ -306,6 +310,8 @@ void lp_upstream_try_end(lp_req_t *req, int failed)
         /* Still in the set (a target removed meanwhile has left the balancer). */
         u->bt[t->idx].active--;
         lp_balancer_report(&u->bal, t->idx, until - req->try.t_try, failed, now);
+        if (t->m && u->bal.ops->ewma)
+            LP_M_SET(&t->m[LP_MT_EWMA_NS], (uint64_t)u->bal.ops->ewma(&u->bal, t->idx));
     }
     if (!failed && req->resp.sent_status &&
         lp_status_in(&u->conf->health.passive_statuses, req->resp.sent_status))

@@ -636,8 +636,20 @@ static int build_switches(lp_worker_t *ws, unsigned n, const lp_gen_t *old, lp_c
         /* Made here so that init_worker may change the targets (proxy.upstream()). */
         if (!rc && !(s->upstreams = lp_upstream_rt_new(&ws[k], cfg)))
             rc = LP_ENOMEM;
-        for (size_t i = 0; !rc && s->wgen->m_up && i < cfg->nupstreams; i++)
-            s->upstreams[i].m = s->wgen->m_up[i];
+        for (size_t i = 0; !rc && s->wgen->m_up && i < cfg->nupstreams; i++) {
+            lp_upstream_rt_t *u = &s->upstreams[i];
+            u->m = s->wgen->m_up[i];
+            for (size_t j = 0; !rc && j < u->ntargets; j++) {
+                char key[512];
+                size_t kl = lp_metrics_key(key, sizeof(key), "target", cfg->upstreams[i].name,
+                                           u->targets[j]->addr.text, NULL);
+                lp_mblock_t *b = kl ? lp_metrics_block(&lp_metrics, key, kl, LP_MT_N) : NULL;
+                if (b)
+                    u->targets[j]->m = b->cells[k];
+                else if (kl)
+                    rc = LP_ENOMEM; /* a name too long for a key: not counted */
+            }
+        }
         if (!rc)
             rc = lp_lua_open(&ws[k], cfg, s->upstreams, &s->vm, err, errlen);
     }

@@ -202,6 +202,33 @@ end
 
 local CLASSES = { counter = Counter, gauge = Gauge, histogram = Histogram }
 
+-- The cells and the offset of a series (the engine's own per-plugin costs keep them).
+function Metric:cell(...)
+  local p = self._cells or bind(self)
+  return p, offset(self, ...)
+end
+
+local function object(b, kind, name, help, labels, buckets)
+  local id, err = b.new(kind, name, help, labels, buckets)
+  if not id then error(format("proxy.metrics.%s: %s", kind, err), 4) end
+  local nb = buckets and #buckets or 0
+  local cps = kind == "histogram" and nb + 2 or 1
+  local max = #labels > 0 and b.max_series() or 1
+  local copy = {}
+  for i, l in ipairs(labels) do copy[i] = l end
+  return setmetatable({
+    name = name, kind = kind, labels = copy,
+    _b = b, _id = id, _cells = false, _idx = {}, _nlabels = #labels, _cps = cps,
+    _bounds = buckets, _nb = nb,
+    _ovf = max * cps, _ovfc = (max + 1) * cps,
+  }, CLASSES[kind])
+end
+
+-- The engine's own metrics of Lua (runtime.lua): no name rules, made anywhere.
+function M.internal(b, kind, name, help, labels)
+  return object(b, kind, name, help, labels)
+end
+
 -- The proxy.metrics table over a backend.
 function M.api(b)
   local api = {}
@@ -210,19 +237,7 @@ function M.api(b)
     if not b.in_init() then
       error(format("proxy.metrics.%s: %s: metrics are created in init_worker", kind, name), 3)
     end
-    local id, err = b.new(kind, name, help, labels, buckets)
-    if not id then error(format("proxy.metrics.%s: %s", kind, err), 3) end
-    local nb = buckets and #buckets or 0
-    local cps = kind == "histogram" and nb + 2 or 1
-    local max = #labels > 0 and b.max_series() or 1
-    local copy = {}
-    for i, l in ipairs(labels) do copy[i] = l end
-    return setmetatable({
-      name = name, kind = kind, labels = copy,
-      _b = b, _id = id, _cells = false, _idx = {}, _nlabels = #labels, _cps = cps,
-      _bounds = buckets, _nb = nb,
-      _ovf = max * cps, _ovfc = (max + 1) * cps,
-    }, CLASSES[kind])
+    return object(b, kind, name, help, labels, buckets)
   end
   function api.counter(name, help, labels) return make("counter", name, help, labels) end
   function api.gauge(name, help, labels) return make("gauge", name, help, labels) end

@@ -110,6 +110,14 @@ function M.wait(...)
   end
   local cur, ph = rt.current, rt.current_phase
   rt.current, rt.current_phase = nil, nil
+  if rt.timed and task_co then
+    -- The wait is not the plugin's cost (luaproxy_lua_plugin_seconds_total, runtime.lua).
+    local t0 = rt.clock()
+    local a, b = co_yield(...)
+    rt.waited[task_co] = (rt.waited[task_co] or 0) + (rt.clock() - t0)
+    rt.current, rt.current_phase, rt.task_co = cur, ph, task_co
+    return a, b
+  end
   local a, b = co_yield(...)
   rt.current, rt.current_phase, rt.task_co = cur, ph, task_co
   return a, b

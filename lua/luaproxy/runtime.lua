@@ -132,19 +132,90 @@ end
 -- cannot compile a trace through a loop of a few iterations (it aborts with "leaving loop
 -- in root trace" until the loop is blacklisted, and then every trace through it aborts),
 -- so a loop here kept the per-request path interpreted. One function per chain length.
-local straight = {}
+-- With metrics on (M.timed), each call is timed for luaproxy_lua_plugin_seconds_total: the
+-- time it ran, less the time its request's coroutine waited meanwhile (M.waited, kept by
+-- phases.wait): two clock reads per plugin and phase.
+local straight, straight_timed = {}, {}
 local function straight_runner(n)
-  local f = straight[n]
+  local cache = M.timed and straight_timed or straight
+  local f = cache[n]
   if f then return f end
   local src = { "local M = ...\nreturn function(h, list, phase)\n  local inst\n" }
+  if M.timed then
+    src[1] = "local M = ...\nlocal clock, waited, cost = M.clock, M.waited, M.cost\n"
+      .. "return function(h, list, phase)\n  local inst, t0, w0\n  local co = M.task_co\n"
+  end
   for k = 1, n do
-    src[#src + 1] = format("  h._k = %d; inst = list[%d]; M.current = inst; "
-      .. "inst[phase](h, inst.conf)\n", k, k)
+    if M.timed then
+      src[#src + 1] = format("  h._k = %d; inst = list[%d]; M.current = inst; "
+        .. "w0 = waited[co] or 0; t0 = clock(); inst[phase](h, inst.conf); "
+        .. "cost(inst, phase, clock() - t0 - ((waited[co] or 0) - w0))\n", k, k)
+    else
+      src[#src + 1] = format("  h._k = %d; inst = list[%d]; M.current = inst; "
+        .. "inst[phase](h, inst.conf)\n", k, k)
+    end
   end
   src[#src + 1] = "  M.current = nil\nend\n"
   f = assert(guard.raw.loadstring(concat(src), "=runtime.chain" .. n))(M)
-  straight[n] = f
+  cache[n] = f
   return f
+end
+
+-- ---- the engine's metrics of Lua (docs/metrics.md) ----
+
+M.waited = setmetatable({}, { __mode = "k" }) -- coroutine -> seconds it waited (M.timed)
+local own -- the metric objects (luaproxy.metrics), made on first use; false: unavailable
+local function own_metrics()
+  if own == nil then
+    own = false
+    local ok, m = pcall(function()
+      local metrics = require "luaproxy.metrics"
+      local b = metrics.engine_backend()
+      return {
+        errors = metrics.internal(b, "counter", "luaproxy_lua_errors_total",
+          "Errors raised by a plugin's phase handlers.", { "plugin" }),
+        watchdog = metrics.internal(b, "counter", "luaproxy_lua_watchdog_stops_total",
+          "Phase handlers stopped by lua.phase_timeout.", { "plugin" }),
+        seconds = metrics.internal(b, "counter", "luaproxy_lua_plugin_seconds_total",
+          "Time spent running a plugin's phase handlers (waits excluded).",
+          { "plugin", "phase" }),
+      }
+    end)
+    if ok then own = m end
+  end
+  return own
+end
+
+-- A plugin's phase raised (counted in the worker; never fails the error path).
+local function count_failure(inst, err)
+  local m = own_metrics()
+  if not m then return end
+  local name = inst and inst.name or "?"
+  pcall(m.errors.inc, m.errors, 1, name)
+  if type(err) == "string" and err:find("phase timed out", 1, true) then
+    pcall(m.watchdog.inc, m.watchdog, 1, name)
+  end
+end
+
+-- The time a plugin's phase ran: its cell is looked up once per plugin and phase.
+function M.cost(inst, phase, dt)
+  local cells = inst._cost
+  if not cells then
+    cells = {}
+    inst._cost = cells
+  end
+  local off = cells[phase]
+  if not off then
+    local m = own_metrics()
+    if not m then return end
+    local p
+    p, off = m.seconds:cell(inst.name, phase)
+    cells.p, cells[phase] = p, off
+  end
+  if dt > 0 then
+    local p = cells.p
+    p[off] = p[off] + dt
+  end
 end
 
 -- Orders a chain by priority, higher first; equal priorities keep their order (global
@@ -176,6 +247,12 @@ end
 -- Returns a state { routes = { [i] = chain }, fallback = chain, init = {instances} }.
 -- Plugin fields of type upstream must name one of cfg.upstreams.
 function M.load(cfg, opts)
+  M.timed = type(cfg.metrics) == "table" and cfg.metrics.enabled == true
+  if M.timed then
+    local ffi = require "ffi"
+    require "luaproxy.ffi"
+    M.clock = ffi.C.lp_ffi_monotonic
+  end
   require("luaproxy.shared").declare(cfg.shared) -- proxy.shared.NAME: these names only
   -- proxy.tcp: lua.ssl_trusted_certificate, relative to the config file's directory
   M.lua_conf = type(cfg.lua) == "table" and cfg.lua or {}
@@ -263,6 +340,7 @@ local function recover(h, list, phase, err)
   while true do
     M.current = nil
     local inst = list[h._k]
+    count_failure(inst, err)
     if log_failure then log_failure(inst, phase, err, h) end
     if not inst.fail_open then return FAILED end
     local ok
@@ -298,6 +376,7 @@ function M.body(h, chunk, eof)
     local ok, out = xpcall(inst.response_body, traceback, h, chunk, eof, inst.conf)
     M.current = nil
     if not ok then
+      count_failure(inst, out)
       if log_failure then log_failure(inst, "response_body", out, h) end
       if not inst.fail_open then return FAILED end
     elseif out ~= nil then

@@ -1054,4 +1054,83 @@ fake.redis = require("luaproxy.redis").api(fake.tcp)
 T.redis_server = redis_fake.server
 T.redis = redis_fake.replies
 
+-- proxy.metrics: the engine's API (luaproxy/metrics.lua: the same checks, the same
+-- objects) over Lua tables. Metrics are declared in init_worker and updated in phases
+-- and timers, as in the engine. T.metric(name, labels) reads a value back (a histogram:
+-- { count =, sum =, buckets = { [bound] = cumulative count, ... } }, bounds as declared
+-- plus math.huge); T.metric_overflow(name) the updates that went to the overflow series
+-- (past T.metrics_max_series label sets). T.reset() forgets every metric.
+do
+  local metrics = require "luaproxy.metrics"
+  local byname, byid = {}, {}
+  T.metrics_max_series = 1000
+  local ZERO = { __index = function() return 0 end }
+  local backend = {}
+  function backend.new(kind, name, help, labels, bounds)
+    local m = byname[name]
+    local sig = kind .. "|" .. concat(labels, ",") .. "|" .. concat(bounds or {}, ",")
+    if m then
+      if m.sig ~= sig then
+        return nil, "metric " .. name .. " is already declared with another type, labels or "
+          .. "buckets (a metric keeps its declaration until a restart)"
+      end
+      return m.id
+    end
+    m = { id = #byid, name = name, kind = kind, labels = labels, bounds = bounds, sig = sig,
+          cells = setmetatable({}, ZERO), series = {}, n = 0,
+          max = #labels > 0 and T.metrics_max_series or 1 }
+    byname[name], byid[#byid + 1] = m, m
+    return m.id
+  end
+  function backend.cells(id) return byid[id + 1].cells end
+  function backend.series(id, key)
+    local m = byid[id + 1]
+    local i = m.series[key]
+    if i then return i end
+    if m.n >= m.max then return m.max end
+    m.series[key], m.n = m.n, m.n + 1
+    return m.n - 1
+  end
+  function backend.in_init() return tcp_owner == INIT_OWNER end
+  function backend.max_series() return T.metrics_max_series end
+  fake.metrics = metrics.api(backend)
+
+  local function find(name)
+    local m = byname[name]
+    if not m then error("no metric named " .. tostring(name) .. " was declared", 3) end
+    return m
+  end
+  function T.metric(name, labels)
+    local m = find(name)
+    local parts = {}
+    for i, l in ipairs(m.labels) do
+      local v = labels and labels[l]
+      if v == nil then error(format("T.metric: %s needs a value for label %s", name, l), 2) end
+      parts[i] = tostring(v)
+    end
+    local idx = m.series[concat(parts, "\0")]
+    local cps = m.kind == "histogram" and #m.bounds + 2 or 1
+    local off = idx and idx * cps
+    if m.kind ~= "histogram" then return off and m.cells[off] or 0 end
+    local out, cum = { buckets = {}, count = 0, sum = 0 }, 0
+    for b = 0, #m.bounds do
+      cum = cum + (off and m.cells[off + b] or 0)
+      out.buckets[m.bounds[b + 1] or math.huge] = cum
+    end
+    out.count, out.sum = cum, off and m.cells[off + #m.bounds + 1] or 0
+    return out
+  end
+  function T.metric_overflow(name)
+    local m = find(name)
+    local cps = m.kind == "histogram" and #m.bounds + 2 or 1
+    return m.cells[(m.max + 1) * cps]
+  end
+  local reset_without_metrics = T.reset
+  function T.reset()
+    reset_without_metrics()
+    byname, byid = {}, {}
+    T.metrics_max_series = 1000
+  end
+end
+
 return T

@@ -27,6 +27,8 @@ function M.init_worker(conf)
   level = proxy.metrics.gauge("myplugin_level", "A level.")
 end
 function M.request(req, conf)
+  if req:header("x-fail") then error("boom") end
+  if req:header("x-spin") then local n = 0 while true do n = n + 1 end end
   local kind = req:header("x-kind") or "none"
   hits:inc(1, kind)
   sizes:observe(5, kind)
@@ -64,12 +66,14 @@ class MetricsTest(RT.ReloadTestCase):
         with open(os.path.join(cls.plugin_dir, "metered.lua"), "w") as f:
             f.write(PLUGIN)
         cls.proxy = cls.start_reload_proxy(
-            {"a": H.upstream(cls.a.address())},
+            {"a": H.upstream(cls.a.address()), "b": H.upstream(cls.a.address(), balance="p2c")},
             [RT.route("/api", name="api", upstream="a", strip_prefix=True,
                       plugins=[{"name": "metered"}]),
              RT.route("/local", handler=RT.respond_handler("x", 201)),
-             RT.route("/exact", upstream="a", strip_prefix=True)],
-            workers=2, lua={"plugin_paths": [RT.FIXTURE_PLUGINS, cls.plugin_dir]},
+             RT.route("/exact", upstream="a", strip_prefix=True),
+             RT.route("/p2c", upstream="b", strip_prefix=True)],
+            workers=2, lua={"plugin_paths": [RT.FIXTURE_PLUGINS, cls.plugin_dir],
+                            "phase_timeout": 0.05},
             metrics={"buckets": [0.001, 0.01, 0.1, 1]})
         H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
 
@@ -166,6 +170,18 @@ class MetricsTest(RT.ReloadTestCase):
                          val(before, "myplugin_size_bucket", kind="y", le="1.0"), 0)
         self.assertGreaterEqual(val(after, "myplugin_level"), 7)
 
+    def test_lua_errors_watchdog_and_cost(self):
+        before = self.samples()
+        self.assertEqual(self.get("/api/fixed", headers=[("X-Fail", "1")]).status, 500)
+        self.assertEqual(self.get("/api/fixed", headers=[("X-Spin", "1")]).status, 500)
+        self.get("/api/fixed")
+        after = self.settled(before, [
+            (("luaproxy_lua_errors_total", dict(plugin="metered")), 2),
+            (("luaproxy_lua_watchdog_stops_total", dict(plugin="metered")), 1)])
+        cost = val(after, "luaproxy_lua_plugin_seconds_total", plugin="metered", phase="request")
+        self.assertGreater(cost, 0)
+        self.assertLess(cost, 10)
+
     def test_promtool_and_openmetrics(self):
         self.get("/api/fixed")
         self.get("/nothing-here")
@@ -199,6 +215,37 @@ class MetricsTest(RT.ReloadTestCase):
         self.assertGreaterEqual(val(after, "luaproxy_reloads_total", result="ok"), 1)
         self.get("/api/fixed")
         self.settled(after, [(("luaproxy_requests_total", dict(route="api", code="2xx")), 1)])
+
+    def test_inflight(self):
+        import threading
+        target = self.a.address()
+        done = []
+        th = threading.Thread(target=lambda: done.append(self.get("/api/delay?ms=1500").status))
+        th.start()
+        try:
+            H.wait_for(lambda: val(self.samples(), "luaproxy_upstream_inflight", upstream="a",
+                                   target=target) == 1, H.T(5), what="one try in flight")
+        finally:
+            th.join(H.T(10))
+        self.assertEqual(done, [200])
+        H.wait_for(lambda: val(self.samples(), "luaproxy_upstream_inflight", upstream="a",
+                               target=target) == 0, H.T(5), what="no try in flight")
+
+    def test_p2c_ewma(self):
+        self.assertEqual(self.get("/p2c/delay?ms=20").status, 200)
+        got = [0]
+
+        def check():
+            got[0] = val(self.samples(), "luaproxy_upstream_latency_ewma_seconds",
+                         upstream="b", target=self.a.address())
+            return got[0] > 0
+        H.wait_for(check, H.T(5), what="an EWMA")
+        self.assertGreater(got[0], 0.015)
+        self.assertLess(got[0], 5)
+        # Only p2c keeps one.
+        self.assertNotIn(("luaproxy_upstream_latency_ewma_seconds",
+                          frozenset({("upstream", "a"), ("target", self.a.address())})),
+                         self.samples())
 
     def test_head_and_method(self):
         r = self.admin("HEAD", "/metrics")
