@@ -165,7 +165,7 @@ class StatusPageTest(unittest.TestCase):
         with open(tok, "w") as f:
             f.write(TOKEN + "\n")
         cfg = H.make_config(
-            0, {"web": H.upstream(cls.origin.port), "dead": H.upstream(cls.dead)},
+            0, {"web": H.upstream(cls.origin.port, balance="p2c"), "dead": H.upstream(cls.dead)},
             [{"name": "dead", "match": {"prefix": "/dead"}, "upstream": "dead"},
              {"name": "web", "match": {"prefix": "/"}, "upstream": "web"}],
             workers=2, admin={"address": "127.0.0.1:0", "token_file": tok},
@@ -298,6 +298,8 @@ class StatusPageTest(unittest.TestCase):
         targets = {row[0]: row for row in s["targets"]}
         live = targets["127.0.0.1:%d" % self.origin.port]
         self.assertEqual(live[1], "up")
+        self.assertEqual(live[3], "0", "requests in flight with the load stopped")
+        self.assertRegex(live[4], r"^[\d.]+ (µs|ms|s)$", "the p2c balancer's EWMA latency")
         self.assertGreater(int(live[5].replace(",", "")), RATE)
         self.assertIn("sessions", [row[0] for row in s["shared"]])
         # /status agrees too (every request here finished).
