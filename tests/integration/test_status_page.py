@@ -169,7 +169,7 @@ class StatusPageTest(unittest.TestCase):
             [{"name": "dead", "match": {"prefix": "/dead"}, "upstream": "dead"},
              {"name": "web", "match": {"prefix": "/"}, "upstream": "web"}],
             workers=2, admin={"address": "127.0.0.1:0", "token_file": tok},
-            shared={"sessions": "1m"})
+            shared={"sessions": "1m"}, plugins=[{"name": "request_id"}])
         cls.proxy = H.Proxy(cfg, name="status-page")
         cls.proxy.start()
         H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
@@ -302,6 +302,10 @@ class StatusPageTest(unittest.TestCase):
         self.assertRegex(live[4], r"^[\d.]+ (µs|ms|s)$", "the p2c balancer's EWMA latency")
         self.assertGreater(int(live[5].replace(",", "")), RATE)
         self.assertIn("sessions", [row[0] for row in s["shared"]])
+        lua = {row[0]: row for row in s["lua"]}
+        self.assertIn("request_id", lua, "Lua cost per plugin")
+        self.assertGreater(float(lua["request_id"][2]), 0, "CPU seconds of request_id")
+        self.assertEqual(lua["request_id"][3:], ["0", "0"])
         # /status agrees too (every request here finished).
         st, body = admin(port, "GET", "/status")
         self.assertEqual(json.loads(body)["requests"], total)
