@@ -473,8 +473,9 @@ int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t n
     case LP_RK_CIDR: {
         cidr_t c;
         if (parse_cidr(value, vlen, &c))
-            return fail(err, errlen,
-                        "not an address or CIDR (10.0.0.0/8, ::1/128; no bits set past the prefix)");
+            return fail(
+                err, errlen,
+                "not an address or CIDR (10.0.0.0/8, ::1/128; no bits set past the prefix)");
         cidr_t *v = realloc(rt->cidrs, (rt->ncidrs + 1) * sizeof(*v));
         if (!v)
             return fail(err, errlen, "out of memory");
