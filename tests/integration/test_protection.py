@@ -136,7 +136,7 @@ class LocalLimitsTest(RT.ReloadTestCase):
     def test_request_limits_methods_uri_and_headers(self):
         r = H.get(self.proxy.port, "/small/", method="DELETE")
         self.assertEqual(r.status, 405)
-        self.assertEqual(r.header("Allow"), "GET, POST")
+        self.assertEqual(r.header("Allow"), "GET, HEAD, POST")
         self.assertEqual(H.get(self.proxy.port, "/small/" + "a" * 40).status, 414)
         many = {"X-%d" % i: "v" for i in range(10)}
         self.assertEqual(H.get(self.proxy.port, "/small/", headers=many).status, 431)
