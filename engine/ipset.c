@@ -198,7 +198,8 @@ int lp_ipset_build(lp_ipset_t *s)
     if (s->built)
         return 0;
     size_t n = s->nprefixes;
-    qsort(s->prefixes, n, sizeof(prefix_t), cmp_prefix);
+    if (n)
+        qsort(s->prefixes, n, sizeof(prefix_t), cmp_prefix);
     /* Every prefix opens a range at its start and, when it ends inside an outer one, the
      * outer one resumes after it: at most 2n + 1 boundaries. */
     s->starts = malloc((2 * n + 1) * sizeof(u128));
