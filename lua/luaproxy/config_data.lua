@@ -70,6 +70,111 @@ local function check_nulls(t, null, path)
   return nil, format("%s: %s: %s", path, (at:gsub("^%.", "")), why)
 end
 
+-- "routes[1].match" from the keys and indices of the enclosing containers, as the schema
+-- writes a key path; "" at the top level.
+local function key_path(frames, n)
+  local out = {}
+  for i = 1, n do
+    local k = frames[i]
+    if type(k) == "number" then out[#out + 1] = format("[%d]", k)
+    else out[#out + 1] = (i > 1 and "." or "") .. tostring(k) end
+  end
+  return table.concat(out)
+end
+
+local function dup_message(path, line, col, key, where, first_line)
+  return format("%s:%d:%d: duplicate key %q %s (first at line %d)", path, line, col,
+    tostring(key), where == "" and "at the top level" or "in " .. where, first_line)
+end
+
+-- lua-cjson keeps the last of two equal names in an object silently; RFC 8259 says names
+-- SHOULD be unique, and a config that says `listen` twice is a mistake either way. One pass
+-- over text cjson has already accepted (so it is valid JSON), byte by byte through an FFI
+-- pointer (a loop LuaJIT compiles; string.find between tokens took twice as long as cjson's
+-- decode): each nesting level remembers its object's keys, and nothing but the keys is
+-- built unless a duplicate is found (100,000 routes: docs/config-formats.md).
+-- seen[d][key] is the offset of the key's last occurrence at depth d; it belongs to the
+-- current object when it is past the object's opening brace, so one table per depth
+-- serves every object at that depth without clearing.
+local ffi = require("ffi")
+local function json_duplicate(src, unescape)
+  local p = ffi.cast("const uint8_t *", src)
+  local n = #src
+  local depth, i = 0, 0
+  local is_obj, opened, want_key, seen = {}, {}, {}, {}
+  while i < n do
+    local c = p[i]
+    if c == 34 then -- '"': a string, up to the first quote not escaped
+      local start, escaped = i, false
+      i = i + 1
+      c = p[i]
+      while c ~= 34 do
+        if c == 92 then escaped, i = true, i + 1 end
+        i = i + 1
+        c = p[i]
+      end
+      if want_key[depth] then -- only ever true in an object
+        want_key[depth] = false
+        local key = escaped and unescape(sub(src, start + 1, i + 1))
+          or sub(src, start + 2, i)
+        local keys = seen[depth]
+        local prev = keys[key]
+        if prev and prev > opened[depth] then return key, start + 1, prev end
+        keys[key] = start + 1
+      end
+    elseif c == 123 then -- '{'
+      depth = depth + 1
+      is_obj[depth], opened[depth], want_key[depth] = true, i + 1, true
+      if not seen[depth] then seen[depth] = {} end
+    elseif c == 91 then -- '['
+      depth = depth + 1
+      is_obj[depth], want_key[depth] = false, false
+    elseif c == 44 then -- ','
+      if is_obj[depth] then want_key[depth] = true end
+    elseif c == 125 or c == 93 then -- '}' or ']'
+      depth = depth - 1
+    end
+    i = i + 1
+  end
+  return nil
+end
+
+-- The key path of the duplicate at offset `at` (depth `depth`): a second, slower pass up to
+-- it that also counts array elements, run only to word the error.
+local function json_path_at(src, stop_at, unescape)
+  local frames, depth, pos = {}, 0, 1
+  local is_obj, want_key = {}, {}
+  local byte = string.byte
+  while true do
+    local at = find(src, '[{}%[%],"]', pos)
+    if not at or at >= stop_at then return key_path(frames, depth - 1) end
+    local c = byte(src, at)
+    if c == 34 then
+      local stop, escaped = at, false
+      repeat
+        stop = find(src, '["\\]', stop + 1)
+        if byte(src, stop) == 92 then escaped, stop = true, stop + 1 else break end
+      until false
+      if is_obj[depth] and want_key[depth] then
+        want_key[depth] = false
+        frames[depth] = escaped and unescape(sub(src, at, stop)) or sub(src, at + 1, stop - 1)
+      end
+      pos = stop + 1
+    elseif c == 123 or c == 91 then
+      depth = depth + 1
+      is_obj[depth], want_key[depth] = c == 123, true
+      if c == 91 then frames[depth] = 1 end
+      pos = at + 1
+    elseif c == 44 then
+      if is_obj[depth] then want_key[depth] = true else frames[depth] = frames[depth] + 1 end
+      pos = at + 1
+    else
+      depth = depth - 1
+      pos = at + 1
+    end
+  end
+end
+
 local cjson_dec
 local function decode_json(src, path)
   if not cjson_dec then
@@ -93,6 +198,12 @@ local function decode_json(src, path)
   if type(t) ~= "table" or #t > 0 then
     return nil, format("%s: the file must hold a JSON object, got %s", path,
       t == cjson_dec.null and "null" or type(t) == "table" and "an array" or type(t))
+  end
+  local dup, at, first = json_duplicate(src, cjson_dec.decode)
+  if dup then
+    local line, col = line_col(src, at)
+    return nil, dup_message(path, line, col, dup, json_path_at(src, at, cjson_dec.decode),
+      (line_col(src, first)))
   end
   return check_nulls(t, cjson_dec.null, path)
 end
