@@ -233,6 +233,74 @@ local function core_scalar(null)
   end
 end
 
+-- libyaml and lyaml keep the last of two equal keys in a mapping silently, where YAML 1.2
+-- requires keys to be unique: a second pass over libyaml's events (run once the file has
+-- loaded, so it is well-formed) finds a key already seen in the same mapping, with its
+-- mark. Keys compare as the loaded table's keys do: a plain scalar by its core-schema value
+-- (`404` and `0x194` are the same key), any other scalar by its text. A merge key (`<<`),
+-- whose keys an explicit key may override, and keys that are themselves collections or
+-- aliases are not compared.
+local function yaml_duplicate(yaml, src, scalar)
+  local depth = 0
+  local is_map, want_key, seen, at = {}, {}, {}, {}
+  for ev in yaml.parser(src) do
+    local t = ev.type
+    if t == "SCALAR" or t == "ALIAS" or t == "MAPPING_START" or t == "SEQUENCE_START" then
+      if is_map[depth] then
+        if want_key[depth] then
+          want_key[depth] = false
+          local key = "?"
+          if t == "SCALAR" then
+            key = ev.value
+            if ev.style == "PLAIN" and not ev.tag then key = scalar(key) end
+            if key == key and not (key == "<<" and ev.style == "PLAIN") then
+              local first = seen[depth][key]
+              if first then
+                return key, ev.start_mark.line + 1, ev.start_mark.column + 1, first,
+                  key_path(at, depth - 1)
+              end
+              seen[depth][key] = ev.start_mark.line + 1
+            end
+          end
+          at[depth] = key
+        else
+          want_key[depth] = true
+        end
+      elseif depth > 0 then
+        at[depth] = at[depth] + 1
+      end
+      if t == "MAPPING_START" then
+        depth = depth + 1
+        is_map[depth], want_key[depth], seen[depth] = true, true, {}
+      elseif t == "SEQUENCE_START" then
+        depth = depth + 1
+        is_map[depth], at[depth] = false, 0
+      end
+    elseif t == "MAPPING_END" or t == "SEQUENCE_END" then
+      depth = depth - 1
+    end
+  end
+  return nil
+end
+
+-- libyaml's "did not find expected node content" at a `[` is, in a config, most often an
+-- unquoted IPv6 address: `[::1]:8080` starts a flow sequence.
+local function yaml_hint(src, msg, line, col)
+  if not find(msg, "did not find expected node content", 1, true) then return msg end
+  local l = 1
+  for text in (src .. "\n"):gmatch("([^\n]*)\n") do
+    if l == line then
+      if sub(text, col, col) == "[" then
+        return msg .. '; a value starting with "[" is a flow sequence: quote it, as an IPv6 '
+          .. 'address must be (address: "[::1]:8080")'
+      end
+      break
+    end
+    l = l + 1
+  end
+  return msg
+end
+
 local yaml_opts
 local function decode_yaml(src, path)
   local ok_mod, lyaml = pcall(require, "lyaml")
@@ -246,7 +314,10 @@ local function decode_yaml(src, path)
     local msg = tostring(t):gsub("^.-%.lua:%d+: ", "")
     -- lyaml reports "line:column: problem" (1-based)
     local line, col, rest = match(msg, "^(%d+):(%d+): (.*)$")
-    if line then return nil, format("%s:%s:%s: invalid YAML: %s", path, line, col, rest) end
+    if line then
+      rest = yaml_hint(src, rest, tonumber(line), tonumber(col))
+      return nil, format("%s:%s:%s: invalid YAML: %s", path, line, col, rest)
+    end
     return nil, format("%s: invalid YAML: %s", path, msg)
   end
   if type(t) ~= "table" or #t == 0 then
@@ -261,6 +332,9 @@ local function decode_yaml(src, path)
     return nil, format("%s: the file must hold a YAML mapping, got %s", path,
       t == null and "null" or type(t) == "table" and "a sequence" or type(t))
   end
+  local dup, line, col, first, where = yaml_duplicate(require("yaml"), src,
+    yaml_opts.implicit_scalar)
+  if dup then return nil, dup_message(path, line, col, dup, where, first) end
   return check_nulls(t, null, path)
 end
 
