@@ -124,7 +124,8 @@ describe("luaproxy.config_data", function()
     assert.equal(p .. 'd1.json:3:2: duplicate key "listen" at the top level (first at line 1)',
       err("d1.json", '{"listen": [{"address": ":1"}],\n "routes": [],\n "listen": []}'))
     assert.equal(p .. 'd2.json:3:43: duplicate key "prefix" in routes[2].match (first at line 3)',
-      err("d2.json", '{"routes": [\n {"match": {"prefix": "/"}},\n {"x": [1, {}], "match": {"prefix": "/a", "prefix": "/b"}}]}'))
+      err("d2.json", '{"routes": [\n {"match": {"prefix": "/"}},\n'
+        .. ' {"x": [1, {}], "match": {"prefix": "/a", "prefix": "/b"}}]}'))
     -- a list of maps: each map's keys are its own, a repeat within one is refused
     assert.equal(p .. 'd3.json:1:50: duplicate key "address" in listen[2] (first at line 1)',
       err("d3.json", '{"listen": [{"address": ":1"}, {"address": ":2", "address": ":3"}]}'))
@@ -145,9 +146,11 @@ describe("luaproxy.config_data", function()
     end
     local p = dir .. "/"
     assert.equal(p .. 'y1.yaml:3:27: duplicate key "prefix" in routes[1].match (first at line 3)',
-      err("y1.yaml", "upstreams: {a: {targets: ['127.0.0.1:1']}}\nroutes:\n  - match: {prefix: /api, prefix: /admin}\n    upstream: a\n"))
+      err("y1.yaml", "upstreams: {a: {targets: ['127.0.0.1:1']}}\nroutes:\n"
+        .. "  - match: {prefix: /api, prefix: /admin}\n    upstream: a\n"))
     assert.equal(p .. 'y2.yaml:5:1: duplicate key "upstreams" at the top level (first at line 1)',
-      err("y2.yaml", "upstreams:\n  a: {targets: ['127.0.0.1:1']}\nroutes:\n  - {match: {prefix: /}, upstream: a}\nupstreams:\n  b: {targets: ['127.0.0.1:1']}\n"))
+      err("y2.yaml", "upstreams:\n  a: {targets: ['127.0.0.1:1']}\nroutes:\n"
+        .. "  - {match: {prefix: /}, upstream: a}\nupstreams:\n  b: {targets: ['127.0.0.1:1']}\n"))
     assert.equal(p .. 'y3.yaml:5:5: duplicate key "address" in listen[2] (first at line 4)',
       err("y3.yaml", "listen:\n  - address: ':1'\n  - weight: 1\n    address: ':2'\n    address: ':3'\n"))
     -- keys compare as loaded: 404 and 0x194 are one number, '404' is a string
