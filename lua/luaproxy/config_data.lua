@@ -139,8 +139,8 @@ local function json_duplicate(src, unescape)
   return nil
 end
 
--- The key path of the map holding the duplicate at offset `stop_at`: a second, slower pass up to
--- it that also counts array elements, run only to word the error.
+-- The key path of the map holding the duplicate at offset `stop_at`: a second, slower
+-- pass up to it that also counts array elements, run only to word the error.
 local function json_path_at(src, stop_at, unescape)
   local frames, depth, pos = {}, 0, 1
   local is_obj, want_key = {}, {}
