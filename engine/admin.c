@@ -17,12 +17,16 @@
 #include <jansson.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include "health.h"
 #include "http1.h"
 #include "log.h"
 #include "logw.h"
+#include "log_ring.h"
 #include "lua_vm.h"
 #include "metrics_scrape.h"
+#include "reload_history.h"
 #include "server.h"
 #include "trace.h"
 #include "worker.h"
@@ -185,16 +189,17 @@ static void on_written(uv_write_t *wr, int status)
     conn_timer(c, ADMIN_LINGER);
 }
 
-/* Answers with body (len bytes) of content type ctype, as it is. */
-static void respond_raw(admin_conn_t *c, int status, const char *ctype, const char *body,
-                        size_t len)
+/* Queues the answer: status, a Content-Type, extra header lines (each ending in CRLF, or
+ * ""), and len bytes of body. */
+static void respond_full(admin_conn_t *c, int status, const char *ctype, const char *extra,
+                         const char *body, size_t len)
 {
     if (c->answered || c->closing)
         return;
     int head = c->r && lp_h1_method(&c->r->h1) == HTTP_HEAD;
     c->answered = 1;
     uv_read_stop((uv_stream_t *)&c->tcp);
-    size_t cap = len + 256;
+    size_t cap = len + strlen(extra) + 256;
     c->out = malloc(cap);
     if (!c->out) {
         conn_close(c);
@@ -202,14 +207,18 @@ static void respond_raw(admin_conn_t *c, int status, const char *ctype, const ch
     }
     int n = snprintf(c->out, cap,
                      "HTTP/1.1 %d %s\r\nServer: luaproxy\r\nContent-Type: %s\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                     status, lp_h1_status_text(status), ctype, len);
-    size_t total = (size_t)n;
-    if (!head) {
-        memcpy(c->out + total, body, len);
-        total += len;
+                     "Content-Length: %zu\r\nCache-Control: no-store\r\n"
+                     "X-Content-Type-Options: nosniff\r\n%sConnection: close\r\n\r\n",
+                     status, lp_h1_status_text(status), ctype, len, extra);
+    if (n < 0 || (size_t)n + len > cap) {
+        conn_close(c);
+        return;
     }
-    uv_buf_t buf = uv_buf_init(c->out, (unsigned)total);
+    if (!head) {
+        memcpy(c->out + n, body, len);
+        n += (int)len;
+    }
+    uv_buf_t buf = uv_buf_init(c->out, (unsigned)n);
     c->wreq.data = c;
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &buf, 1, on_written)) {
         conn_close(c);
@@ -218,32 +227,31 @@ static void respond_raw(admin_conn_t *c, int status, const char *ctype, const ch
     conn_timer(c, ADMIN_TIMEOUT);
 }
 
+/* A JSON answer: the text and a newline. */
+static void respond_json_extra(admin_conn_t *c, int status, const char *extra, const char *json)
+{
+    size_t len = strlen(json);
+    char *body = malloc(len + 1);
+    if (!body) {
+        conn_close(c);
+        return;
+    }
+    memcpy(body, json, len);
+    body[len] = '\n';
+    respond_full(c, status, "application/json", extra, body, len + 1);
+    free(body);
+}
+
 static void respond_text(admin_conn_t *c, int status, const char *json)
 {
-    if (c->answered || c->closing)
-        return;
-    int head = c->r && lp_h1_method(&c->r->h1) == HTTP_HEAD;
-    c->answered = 1;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    size_t jlen = strlen(json), cap = jlen + 256;
-    c->out = malloc(cap);
-    if (!c->out) {
-        conn_close(c);
-        return;
-    }
-    int n = snprintf(c->out, cap,
-                     "HTTP/1.1 %d %s\r\nServer: luaproxy\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     status, lp_h1_status_text(status), jlen + 1, head ? "" : json);
-    if (!head)
-        c->out[n++] = '\n';
-    uv_buf_t buf = uv_buf_init(c->out, (unsigned)n);
-    c->wreq.data = c;
-    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &buf, 1, on_written)) {
-        conn_close(c);
-        return;
-    }
-    conn_timer(c, ADMIN_TIMEOUT);
+    respond_json_extra(c, status, "", json);
+}
+
+/* Answers with body (len bytes) of content type ctype, as it is. */
+static void respond_raw(admin_conn_t *c, int status, const char *ctype, const char *body,
+                        size_t len)
+{
+    respond_full(c, status, ctype, "", body, len);
 }
 
 /* Answers with the encoding of j (a reference taken over: NULL means it could not be
@@ -389,7 +397,161 @@ static void handle_reload(admin_conn_t *c)
     c->reload_t0 = uv_hrtime();
     c->handles++;
     uv_read_stop((uv_stream_t *)&c->tcp);
-    lp_server_reload(c->admin->server, on_reloaded, c);
+    /* The reload history names the client: "admin 127.0.0.1:51234". */
+    char who[96] = "admin", peer[64];
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
+        lp_sockaddr_text(&ss, peer, sizeof(peer));
+        snprintf(who, sizeof(who), "admin %s", peer);
+    }
+    lp_server_reload_by(c->admin->server, who, on_reloaded, c);
+}
+
+/* GET /reloads: the last reloads, newest first (reload_history.h). */
+static void handle_reloads(admin_conn_t *c)
+{
+    respond(c, 200,
+            json_pack("{s:b,s:I,s:o}", "ok", 1, "generation", (json_int_t)lp_gen_current->id,
+                      "reloads", lp_reload_history_json()));
+}
+
+/* GET /errors: the last error and warning lines of the error log, newest first. */
+static void handle_errors(admin_conn_t *c)
+{
+    json_t *ring = lp_log_ring_json();
+    json_t *j = ring ? json_pack("{s:b,s:O,s:O}", "ok", 1, "total", json_object_get(ring, "total"),
+                                 "errors", json_object_get(ring, "errors"))
+                     : NULL;
+    json_decref(ring);
+    respond(c, 200, j);
+}
+
+/* ---- the status page ----
+ * Static files from the runtime directory's status/ (lua_vm.h: the source tree, the install
+ * prefix or LUAPROXY_HOME), read at each request (small; an upgrade shows at once). Only
+ * the names below are served: no path from the request reaches the file system. They hold
+ * no data, so they are served without the token: the page asks for it and sends it on its
+ * own requests (docs/admin-api.md, "Authentication"). */
+
+static const struct {
+    const char *path; /* as requested */
+    const char *file; /* under status/ */
+    const char *ctype;
+} page_files[] = {
+    {"/", "index.html", "text/html; charset=utf-8"},
+    {"/ui/status.css", "status.css", "text/css; charset=utf-8"},
+    {"/ui/status.js", "status.js", "text/javascript; charset=utf-8"},
+};
+
+#define PAGE_MAX (1 << 20) /* bytes: a page file larger than this is refused */
+
+/* What the page may do: its own scripts and styles, requests to this origin, nothing else;
+ * and no other site may frame it. */
+#define PAGE_HEADERS                                                                               \
+    "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; "           \
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "              \
+    "frame-ancestors 'none'\r\nReferrer-Policy: no-referrer\r\nX-Frame-Options: DENY\r\n"
+
+/* 1 when the path is one of the page's files (answered here), 0 otherwise. */
+static int serve_page(admin_conn_t *c, lp_str_t path, int get)
+{
+    size_t i = 0;
+    while (i < LP_ARRAY_LEN(page_files) &&
+           !lp_str_ieq(path, page_files[i].path, strlen(page_files[i].path)))
+        i++;
+    if (i == LP_ARRAY_LEN(page_files))
+        return 0;
+    if (!get) {
+        respond_error(c, 405, "use GET");
+        return 1;
+    }
+    char file[4200];
+    snprintf(file, sizeof(file), "%s/status/%s", lp_lua_engine_root(), page_files[i].file);
+    FILE *f = fopen(file, "rb");
+    char *body = f ? malloc(PAGE_MAX) : NULL;
+    size_t n = body ? fread(body, 1, PAGE_MAX, f) : 0;
+    int err = !f ? errno : 0;
+    if (f)
+        fclose(f);
+    if (!body || n == PAGE_MAX) {
+        free(body);
+        char msg[4400];
+        snprintf(msg, sizeof(msg), "the status page file %s cannot be read: %s", file,
+                 !f              ? strerror(err)
+                 : n == PAGE_MAX ? "too large"
+                                 : "out of memory");
+        lp_log_error("admin: %s", msg);
+        respond_error(c, 500, msg);
+        return 1;
+    }
+    respond_full(c, 200, page_files[i].ctype, PAGE_HEADERS, body, n);
+    free(body);
+    return 1;
+}
+
+/* ---- authentication ---- */
+
+/* Constant time in the token's content and length: both sides are hashed first, so the
+ * comparison always covers 32 bytes whatever was sent. */
+static int token_matches(const char *want, const char *got, size_t got_len)
+{
+    unsigned char a[EVP_MAX_MD_SIZE], b[EVP_MAX_MD_SIZE];
+    unsigned alen = 0, blen = 0;
+    if (!EVP_Digest(want, strlen(want), a, &alen, EVP_sha256(), NULL) ||
+        !EVP_Digest(got, got_len, b, &blen, EVP_sha256(), NULL) || alen != blen)
+        return 0;
+    return CRYPTO_memcmp(a, b, alen) == 0;
+}
+
+/* 1 when the request may go on: no token is configured, or it carries
+ * `Authorization: Bearer <the token>`; else answers 401 and returns 0. */
+static int authorized(admin_conn_t *c)
+{
+    const char *want = lp_gen_current->config->admin_token;
+    if (!want)
+        return 1;
+    const lp_header_t *h = lp_h1_find(&c->r->h1, "authorization", 13);
+    if (!h) {
+        respond_json_extra(c, 401, "WWW-Authenticate: Bearer realm=\"luaproxy admin\"\r\n",
+                           "{\"ok\":false,\"error\":\"this admin API needs a token: "
+                           "Authorization: Bearer TOKEN\"}");
+        return 0;
+    }
+    lp_str_t v = h->value;
+    int ok = v.len > 7 && lp_str_ieq((lp_str_t){v.base, 7}, "bearer ", 7);
+    if (ok) {
+        size_t k = 7;
+        while (k < v.len && v.base[k] == ' ')
+            k++;
+        ok = token_matches(want, v.base + k, v.len - k);
+    }
+    if (!ok) {
+        respond_json_extra(c, 401,
+                           "WWW-Authenticate: Bearer realm=\"luaproxy admin\", "
+                           "error=\"invalid_token\"\r\n",
+                           "{\"ok\":false,\"error\":\"the token is not valid\"}");
+        return 0;
+    }
+    return 1;
+}
+
+/* A browser sends Origin with every cross-site POST: a page on another site must not be
+ * able to make a visitor's browser reload or stop this proxy (the API answers no CORS
+ * preflight, but a simple POST needs none). 1 when the request may go on, else 403. */
+static int same_origin(admin_conn_t *c)
+{
+    const lp_header_t *o = lp_h1_find(&c->r->h1, "origin", 6);
+    if (!o)
+        return 1;
+    const lp_header_t *host = lp_h1_find(&c->r->h1, "host", 4);
+    lp_str_t v = o->value;
+    if (host && v.len > 7 && lp_str_ieq((lp_str_t){v.base, 7}, "http://", 7) &&
+        v.len - 7 == host->value.len &&
+        lp_str_ieq((lp_str_t){v.base + 7, v.len - 7}, host->value.base, host->value.len))
+        return 1;
+    respond_error(c, 403, "a request from another origin (a web page elsewhere) is refused");
+    return 0;
 }
 
 /* POST /stop: a graceful stop, as SIGTERM (for `luaproxy -s stop` without a pid file). The
@@ -653,6 +815,8 @@ static void dispatch(admin_conn_t *c)
     }
     uint8_t m = lp_h1_method(&c->r->h1);
     int get = m == HTTP_GET || m == HTTP_HEAD;
+    if (!same_origin(c) || serve_page(c, path, get) || !authorized(c))
+        return;
     if (path.len > 11 && memcmp(path.base, "/upstreams/", 11) == 0) {
         if (m != HTTP_POST)
             respond_error(c, 405, "use POST /upstreams/NAME/targets/ADDRESS");
@@ -695,11 +859,22 @@ static void dispatch(admin_conn_t *c)
             respond_error(c, 405, "use GET /config");
         else
             handle_config(c);
+    } else if (LP_STR_IEQ(path, "/reloads")) {
+        if (!get)
+            respond_error(c, 405, "use GET /reloads");
+        else
+            handle_reloads(c);
+    } else if (LP_STR_IEQ(path, "/errors")) {
+        if (!get)
+            respond_error(c, 405, "use GET /errors");
+        else
+            handle_errors(c);
     } else {
-        respond_error(
-            c, 404,
-            "no such endpoint (GET /status, GET /metrics, POST /reload, POST /stop, GET /config, "
-            "GET /upstreams, POST /upstreams/NAME/targets/ADDRESS, GET/POST /routes)");
+        respond_error(c, 404,
+                      "no such endpoint (GET /, GET /status, GET /metrics, POST /reload, "
+                      "POST /stop, GET /config, GET /upstreams, "
+                      "POST /upstreams/NAME/targets/ADDRESS, GET /reloads, GET /errors, "
+                      "GET/POST /routes)");
     }
 }
 
@@ -929,13 +1104,14 @@ int lp_admin_signal(const lp_config_t *cfg, const char *name)
     /* Port 0 is chosen when the instance starts: the config cannot say where it is. */
     int admin_known = cfg->admin.text && addr_port(&cfg->admin) != 0;
     if (admin_known) {
-        char resp[8192];
-        int n = admin_request(&cfg->admin,
-                              reload ? "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: "
-                                       "0\r\nConnection: close\r\n\r\n"
-                                     : "POST /stop HTTP/1.1\r\nHost: admin\r\nContent-Length: "
-                                       "0\r\nConnection: close\r\n\r\n",
-                              resp, sizeof(resp));
+        char resp[8192], req[LP_ADMIN_TOKEN_MAX + 256];
+        snprintf(req, sizeof(req),
+                 "POST /%s HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n%s%s%s"
+                 "Connection: close\r\n\r\n",
+                 reload ? "reload" : "stop", cfg->admin_token ? "Authorization: Bearer " : "",
+                 cfg->admin_token ? cfg->admin_token : "", cfg->admin_token ? "\r\n" : "");
+        int n = admin_request(&cfg->admin, req, resp, sizeof(resp));
+        OPENSSL_cleanse(req, sizeof(req));
         if (n <= 0) {
             fprintf(stderr, "luaproxy: cannot reach the admin API on %s: %s\n", cfg->admin.text,
                     strerror(errno));

@@ -2,6 +2,26 @@
 #include <assert.h>
 #include "buf.h"
 
+/* Under AddressSanitizer a pooled block's bytes are poisoned while it waits in the free
+ * list: a pointer left into a block given back (a header, a capture) reads as a
+ * use-after-free at once, as it would after free(), instead of silently reading whatever
+ * the block's next user wrote. */
+#if defined(__SANITIZE_ADDRESS__)
+#define LP_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LP_ASAN 1
+#endif
+#endif
+#ifdef LP_ASAN
+#include <sanitizer/asan_interface.h>
+#define POISON(b)   ASAN_POISON_MEMORY_REGION((b)->data, (b)->cap)
+#define UNPOISON(b) ASAN_UNPOISON_MEMORY_REGION((b)->data, (b)->cap)
+#else
+#define POISON(b)   ((void)(b))
+#define UNPOISON(b) ((void)(b))
+#endif
+
 void lp_bufpool_init(lp_bufpool_t *p, size_t max_free)
 {
     memset(p, 0, sizeof(*p));
@@ -13,6 +33,7 @@ static void free_list(lp_buf_t **head)
     while (*head) {
         lp_buf_t *b = *head;
         *head = b->next;
+        UNPOISON(b);
         free(b);
     }
 }
@@ -25,6 +46,7 @@ static size_t trim_list(lp_buf_t **head, size_t *n, size_t drop)
         *head = b->next;
         (*n)--;
         bytes += sizeof(*b) + b->cap;
+        UNPOISON(b);
         free(b);
     }
     return bytes;
@@ -54,11 +76,13 @@ lp_buf_t *lp_buf_get(lp_bufpool_t *p, size_t size)
         p->free_small = b->next;
         if (--p->nfree_small < p->low_small)
             p->low_small = p->nfree_small;
+        UNPOISON(b);
     } else if (size > LP_BUF_SMALL && size <= LP_BUF_SIZE && p->free) {
         b = p->free;
         p->free = b->next;
         if (--p->nfree < p->low)
             p->low = p->nfree;
+        UNPOISON(b);
     } else {
         size_t cap = size <= LP_BUF_SMALL ? LP_BUF_SMALL : size <= LP_BUF_SIZE ? LP_BUF_SIZE : size;
         if (cap > SIZE_MAX - sizeof(*b))
@@ -98,6 +122,7 @@ void lp_buf_unref(lp_buf_t *b)
         b->next = p->free_small;
         p->free_small = b;
         p->nfree_small++;
+        POISON(b);
         return;
     }
     if (p->nfree >= p->max_free) {
@@ -107,6 +132,7 @@ void lp_buf_unref(lp_buf_t *b)
     b->next = p->free;
     p->free = b;
     p->nfree++;
+    POISON(b);
 }
 
 lp_wbatch_t *lp_wbatch_get(lp_wbpool_t *p)

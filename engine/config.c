@@ -21,6 +21,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/stat.h>
+#include <openssl/crypto.h>
 #include <openssl/tls1.h>
 #include <uv.h>
 #include <lua.h>
@@ -416,6 +417,58 @@ static int read_page_file(rctx_t *r, const char *path, const char *file, lp_erro
     p->body_len = n;
     close(fd);
     return rc;
+}
+
+/* admin.token_file: the bearer token is the file's content without trailing white space.
+ * Read when the config loads (a reload reads it again); kept in c->admin_token. */
+static int read_admin_token(rctx_t *r, const char *file)
+{
+    int fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail(r, "admin.token_file", "cannot read \"%s\": %s", file, strerror(errno));
+    char buf[LP_ADMIN_TOKEN_MAX + 2];
+    size_t n = 0;
+    ssize_t k;
+    while (n < sizeof(buf) &&
+           ((k = read(fd, buf + n, sizeof(buf) - n)) > 0 || (k < 0 && errno == EINTR)))
+        if (k > 0)
+            n += (size_t)k;
+    close(fd);
+    while (n &&
+           (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+        n--;
+    if (n > LP_ADMIN_TOKEN_MAX)
+        return fail(r, "admin.token_file", "\"%s\" holds more than %d bytes: a token is one line",
+                    file, LP_ADMIN_TOKEN_MAX);
+    if (n < LP_ADMIN_TOKEN_MIN)
+        return fail(r, "admin.token_file",
+                    "\"%s\" holds a token of %zu bytes: at least %d are needed (e.g. `openssl "
+                    "rand -hex 32`)",
+                    file, n, LP_ADMIN_TOKEN_MIN);
+    for (size_t i = 0; i < n; i++)
+        if (buf[i] <= 0x20 || buf[i] >= 0x7f)
+            return fail(r, "admin.token_file",
+                        "\"%s\": the token must be one line of visible ASCII characters", file);
+    if (!(r->c->admin_token = malloc(n + 1))) {
+        r->oom = 1;
+        return 0;
+    }
+    memcpy(r->c->admin_token, buf, n);
+    r->c->admin_token[n] = 0;
+    return 0;
+}
+
+/* Whether a is a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104). */
+static int is_loopback(const lp_addr_t *a)
+{
+    if (a->addr.ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)&a->addr)->sin_addr.s_addr) >> 24) == 127;
+    if (a->addr.ss_family != AF_INET6)
+        return 0;
+    const struct in6_addr *in6 = &((const struct sockaddr_in6 *)&a->addr)->sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(in6))
+        return 1;
+    return IN6_IS_ADDR_V4MAPPED(in6) && in6->s6_addr[12] == 127;
 }
 
 /* Field "error_pages" of the table at the top of the stack (keys were checked: statuses
@@ -1086,6 +1139,10 @@ static int read_config(rctx_t *r)
     lua_pop(L, 1);
     if (push_table(L, "admin")) {
         c->admin.text = get_str(r, "address"); /* resolved in step 3 */
+        char *token_file = get_path(r, "token_file");
+        if (token_file && !rc)
+            rc = read_admin_token(r, token_file);
+        free(token_file);
         lua_pop(L, 1);
     }
     c->pid_file = get_str(r, "pid_file");
@@ -1178,6 +1235,13 @@ static int resolve(rctx_t *r)
         rc = resolve_addr(r, "admin.address", &c->admin);
     if (!rc && c->tracing.export_on)
         rc = resolve_addr(r, "tracing.export.endpoint", &c->tracing.collector);
+    /* Never public by default: an admin API that the network can reach needs a token. */
+    if (!rc && c->admin.text && !c->admin_token && !is_loopback(&c->admin))
+        rc = fail(r, "admin.address",
+                  "%s is not a loopback address: the admin API would be open to the network "
+                  "without authentication; set admin.token_file (a bearer token every request "
+                  "must carry, docs/admin-api.md) or listen on 127.0.0.1 / [::1]",
+                  c->admin.text);
     for (size_t i = 0; !rc && i < c->nupstreams; i++) {
         lp_upstream_conf_t *u = &c->upstreams[i];
         for (size_t j = 0; !rc && j < u->ntargets; j++) {
@@ -1381,6 +1445,9 @@ void lp_config_free(lp_config_t *c)
     free(c->tracing.collector_host);
     free(c->tracing.collector_path);
     free(c->tracing.service_name);
+    if (c->admin_token)
+        OPENSSL_cleanse(c->admin_token, strlen(c->admin_token));
+    free(c->admin_token);
     free(c->pid_file);
     for (size_t i = 0; i < c->nfiles; i++)
         free(c->files[i]);

@@ -165,6 +165,9 @@ typedef struct {
     size_t njson;
 } lp_log_format_t;
 
+#define LP_ADMIN_TOKEN_MIN 16   /* bytes: shorter tokens are refused (guessable) */
+#define LP_ADMIN_TOKEN_MAX 4096 /* bytes */
+
 /* metrics: GET /metrics (docs/metrics.md). */
 typedef struct {
     int enabled;     /* workers count requests, bytes and latencies */
@@ -246,6 +249,8 @@ typedef struct {
     size_t nshdicts;
     lp_metrics_conf_t metrics; /* the `metrics` section */
     lp_trace_conf_t tracing;   /* `tracing` */
+    char *admin_token;         /* owned: admin.token_file's bearer token; NULL: no authentication
+                                  (allowed only on a loopback admin.address) */
 } lp_config_t;
 
 #define LP_ACCESS_FORMAT_DEFAULT                                                                   \

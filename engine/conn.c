@@ -686,6 +686,13 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
         if (ev == LP_H1_DONE)
             lp_h1_resume(&req->h1);
         req->state = LP_RS_DONE;
+        if ((c->flags & LP_CF_EOF) && !(req->flags & LP_RF_RESP_DONE) &&
+            req->g->config->client_abort_close) {
+            /* client_abort = "close", and the client's FIN came before the end of its
+             * request was parsed (conn_on_eof left the decision here): it is gone. */
+            lp_conn_close(c);
+            return -1;
+        }
         if (c->ep.tmode == TM_BODY)
             conn_timer(c, TM_NONE, 0);
         if (req->try.peer) {
@@ -1254,7 +1261,7 @@ static int conn_filter_failed(lp_req_t *req)
     conn_count(req);
     conn_metrics(req);
     lp_accesslog_write(lp_ep_worker(&c->ep)->access, req);
-    lp_req_end(req); /* and its upstream connection, if any */
+    conn_end_cut_short(req); /* its log phase (detached), then its end and its upstream's */
     conn_close_after_write(c);
     return LP_GONE;
 }

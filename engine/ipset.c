@@ -117,7 +117,11 @@ int lp_ipset_add(lp_ipset_t *s, const char *text, size_t len, int value)
         s->cap = cap;
     }
     u128 m = host_mask(plen);
-    s->prefixes[s->nprefixes++] = (prefix_t){a & ~m, (a & ~m) | m, plen, value};
+    /* Bits set past the prefix: "10.1.0.0/8" would silently mean 10.0.0.0/8, a typo that
+     * widens an allow list. Refused, as real_ip's and the router's networks are. */
+    if (a & m)
+        return LP_IPSET_EHOSTBITS;
+    s->prefixes[s->nprefixes++] = (prefix_t){a, a | m, plen, value};
     s->added++;
     return 0;
 }
@@ -148,8 +152,11 @@ int lp_ipset_add_file(lp_ipset_t *s, const char *path, int value, char *err, siz
             continue;
         rc = lp_ipset_add(s, p, (size_t)(e - p), value);
         if (rc)
-            snprintf(err, errlen, "%s:%u: \"%.*s\" is not an address or CIDR", path, lineno,
-                     (int)(e - p > 64 ? 64 : e - p), p);
+            snprintf(err, errlen, "%s:%u: \"%.*s\" %s", path, lineno,
+                     (int)(e - p > 64 ? 64 : e - p), p,
+                     rc == LP_IPSET_EHOSTBITS ? "has bits set past its prefix (did you mean the "
+                                                "network address?)"
+                                              : "is not an address or CIDR");
     }
     if (!rc && ferror(f)) {
         snprintf(err, errlen, "%s: read error", path);
@@ -191,7 +198,8 @@ int lp_ipset_build(lp_ipset_t *s)
     if (s->built)
         return 0;
     size_t n = s->nprefixes;
-    qsort(s->prefixes, n, sizeof(prefix_t), cmp_prefix);
+    if (n)
+        qsort(s->prefixes, n, sizeof(prefix_t), cmp_prefix);
     /* Every prefix opens a range at its start and, when it ends inside an outer one, the
      * outer one resumes after it: at most 2n + 1 boundaries. */
     s->starts = malloc((2 * n + 1) * sizeof(u128));

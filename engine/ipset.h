@@ -18,7 +18,8 @@ typedef struct lp_ipset_s lp_ipset_t;
 enum {
     LP_IPSET_EINVAL = -401, /* not an address or a prefix (or a prefix length out of range) */
     LP_IPSET_ENOMEM = -402,
-    LP_IPSET_EBUILT = -403, /* add after build */
+    LP_IPSET_EBUILT = -403,    /* add after build */
+    LP_IPSET_EHOSTBITS = -404, /* a prefix with bits set past its length ("10.1.0.0/8") */
 };
 
 lp_ipset_t *lp_ipset_new(void);
@@ -26,7 +27,7 @@ void lp_ipset_free(lp_ipset_t *s);
 /* Adds "192.0.2.0/24", "2001:db8::/32" or a single address ("192.0.2.7", "::1": a host
  * prefix) with `value` (>= 0). The same prefix added twice keeps the larger value (a
  * caller that numbers deny above allow makes deny win). Bits beyond the prefix length are
- * ignored ("10.1.2.3/8" is 10.0.0.0/8). 0 or LP_IPSET_E*. */
+ * refused ("10.1.2.3/8": LP_IPSET_EHOSTBITS). 0 or LP_IPSET_E*. */
 int lp_ipset_add(lp_ipset_t *s, const char *text, size_t len, int value);
 /* Adds every line of a file: a CIDR or address per line, `#` comments and blank lines
  * ignored. 0, or LP_IPSET_E* with err set to "PATH:LINE: \"TEXT\" is not an address or

@@ -8,6 +8,7 @@
 #include "common.h"
 #include "log.h"
 #include "logw.h"
+#include "log_ring.h"
 
 _Atomic lp_log_level_t lp_log_level = LP_LOG_INFO;
 static _Thread_local int thread_id = -1;
@@ -183,6 +184,7 @@ void lp_log(lp_log_level_t level, const char *fmt, ...)
     n += (size_t)k;
     if (n > sizeof(line) - 2)
         n = sizeof(line) - 2;
+    lp_log_ring_add(level, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9, line, n);
     line[n++] = '\n';
     if (sink) {
         emit(sink, level, line, n);

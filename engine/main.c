@@ -17,6 +17,7 @@
 #include "config.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "reload_history.h"
 #include "server.h"
 #include "testcmd.h"
 #include "worker.h"
@@ -99,7 +100,7 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     char err[1024];
     if (signum == SIGHUP) {
-        lp_server_reload(&server, NULL, NULL);
+        lp_server_reload_by(&server, "SIGHUP", NULL, NULL);
         return;
     }
     if (signum == SIGUSR1) {
@@ -126,7 +127,9 @@ static void on_signal(uv_signal_t *s, int signum)
 
 typedef struct reload_waiter_s {
     lp_reload_cb cb;
-    void *data; /* the caller's */
+    void *data;   /* the caller's */
+    char who[96]; /* who asked, for the reload history */
+    uint64_t t0;  /* uv_hrtime() when asked */
     struct reload_waiter_s *next;
 } reload_waiter_t;
 
@@ -144,6 +147,30 @@ static struct {
 } reload;
 
 static void reload_begin(lp_server_t *s);
+
+/* One history entry for the reload that ended: "by" lists every caller it answers (asked
+ * while another ran, they share one reload), oldest first; its time runs from the first. */
+static void history_add(const reload_waiter_t *w, int rc, uint64_t gen_id)
+{
+    char by[256] = "";
+    size_t n = 0;
+    uint64_t t0 = reload.t0;
+    const reload_waiter_t *order[8];
+    size_t k = 0;
+    for (; w; w = w->next) {
+        if (k < LP_ARRAY_LEN(order))
+            order[k++] = w;
+        if (w->t0 < t0)
+            t0 = w->t0;
+    }
+    /* The lists are built newest first. */
+    while (k-- > 0 && n < sizeof(by)) {
+        int m = snprintf(by + n, sizeof(by) - n, "%s%s", n ? ", " : "", order[k]->who);
+        if (m > 0)
+            n += (size_t)m;
+    }
+    lp_reload_history_add(by, rc == 0, gen_id, reload.err, (double)(uv_hrtime() - t0) / 1e6);
+}
 
 /* Ends the running reload: the server follows the new generation (on success), the
  * callers hear, and a reload asked meanwhile starts. */
@@ -180,6 +207,8 @@ static void reload_end(lp_server_t *s, int rc)
     reload_waiter_t *w = reload.waiting;
     reload.waiting = NULL;
     reload.running = 0;
+    if (!stop_reason)
+        history_add(w, rc, gen_id);
     while (w) {
         reload_waiter_t *next = w->next;
         w->cb(w->data, rc, rc ? reload.err : "", gen_id);
@@ -254,6 +283,11 @@ static void reload_nop(void *data, int rc, const char *err, uint64_t generation)
 
 void lp_server_reload(lp_server_t *s, lp_reload_cb cb, void *data)
 {
+    lp_server_reload_by(s, "unnamed", cb, data);
+}
+
+void lp_server_reload_by(lp_server_t *s, const char *who, lp_reload_cb cb, void *data)
+{
     if (stop_reason) {
         /* An admin connection still open while the process drains: no generation to
          * name (the workers may be gone with theirs). */
@@ -270,6 +304,8 @@ void lp_server_reload(lp_server_t *s, lp_reload_cb cb, void *data)
     }
     w->cb = cb ? cb : reload_nop;
     w->data = data;
+    w->t0 = uv_hrtime();
+    snprintf(w->who, sizeof(w->who), "%s", who);
     if (reload.running) {
         lp_log_notice("reload: one is running; this one follows it");
         w->next = reload.next;
@@ -293,6 +329,7 @@ int main(int argc, char **argv)
                                              {"version", no_argument, NULL, 'v'},
                                              {NULL, 0, NULL, 0}};
     int watch = 0;
+    uint64_t start_ns = uv_hrtime(); /* the start-up load's time, for the reload history */
     if (argc > 1 && !strcmp(argv[1], "test"))
         return lp_testcmd_main(argc - 1, argv + 1);
     while ((opt = getopt_long(argc, argv, "c:tw:s:vh", longopts, NULL)) != -1) {
@@ -396,6 +433,8 @@ int main(int argc, char **argv)
     }
     lp_pidfile_write(cfg);
     lp_health_checks_update(&server);
+    lp_reload_history_add("startup", 1, lp_gen_current->id, NULL,
+                          (double)(uv_hrtime() - start_ns) / 1e6);
 
     uv_signal_init(server.loop, &sigterm);
     uv_signal_init(server.loop, &sigint);

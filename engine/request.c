@@ -175,8 +175,11 @@ int lp_req_grow(lp_req_t *req, int resp, size_t need)
     if (!nb)
         return -1;
     if (!resp) {
-        /* req:set_hash_key() copied its key into this arena too: it moves with the head. */
+        /* req:set_hash_key() copied its key into this arena too, and the route's captures
+         * point into the path there (req:param()): they move with the head. */
         lp_str_rebase(&req->hash_key, old->data, req->h1.arena_len, nb->data);
+        for (unsigned i = 0; i < req->nparams; i++)
+            lp_str_rebase(&req->params[i].value, old->data, req->h1.arena_len, nb->data);
         lp_h1_rebase(&req->h1, nb->data, nb->cap);
         req->arena = nb;
     } else {

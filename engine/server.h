@@ -33,6 +33,9 @@ typedef void (*lp_reload_cb)(void *data, int rc, const char *err, uint64_t gener
  * returns. A reload asked while one runs runs after it (the file may have changed after the
  * running one read it); all who asked meanwhile hear that one's outcome. Main thread. */
 void lp_server_reload(lp_server_t *s, lp_reload_cb cb, void *data);
+/* The same, naming who asked for the reload history (GET /reloads): "SIGHUP", "watch",
+ * "admin 127.0.0.1:5123" (copied, cut to 95 bytes). lp_server_reload names no one. */
+void lp_server_reload_by(lp_server_t *s, const char *who, lp_reload_cb cb, void *data);
 
 /* Asks for a graceful stop (SIGTERM, SIGINT, POST /stop): main() drains and exits 0. `why`
  * (static) is logged. Main thread. */

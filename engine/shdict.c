@@ -701,6 +701,14 @@ int lp_shdict_gcra(lp_shdict_t *d, const char *k, size_t klen, double interval, 
         nd = NULL;
     }
     double tat = nd && nd->num > now ? nd->num : now;
+    /* A TAT further ahead than this limit allows was made under another (a reload that
+     * raised the rate): the new limit applies at once, as if the bucket had just been
+     * emptied under it (the next slot one new interval away). Under an unchanged limit a
+     * TAT never passes now + limit. */
+    if (tat > now + limit) {
+        tat = now + limit;
+        nd->num = nd->expires = tat; /* kept even if this one is refused */
+    }
     double new_tat = tat + cost * interval;
     double allow_at = new_tat - limit;
     if (allow_at > now + 1e-9) {

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include "accesslog.h"
 #include "http1.h"
+#include "request.h"
 #include "trace.h"
 
 /* The JSON before the spans, for service name svc (owned; NULL when out of memory). */
@@ -213,10 +214,13 @@ size_t lp_trace_otlp_spans(char *out, const lp_req_t *req, uint64_t clock_off, u
     attr_str(&o, &first, "url.scheme", tls ? "https" : "http", tls ? 5 : 4);
     if (host.len)
         attr_str(&o, &first, "server.address", host.base, host.len);
-    if (ip[0]) {
+    if (ip[0])
         attr_str(&o, &first, "client.address", ip, strlen(ip));
-        attr_str(&o, &first, "network.peer.address", ip, strlen(ip));
-    }
+    /* The TCP peer (OpenTelemetry's meaning): a load balancer in front, when real_ip or a
+     * PROXY header named another client. */
+    const char *peer = lp_req_peer_ip((lp_req_t *)req);
+    if (peer[0])
+        attr_str(&o, &first, "network.peer.address", peer, strlen(peer));
     attr_str(&o, &first, "network.protocol.version", req->minor ? "1.1" : "1.0", 3);
     if (status > 0)
         attr_int(&o, &first, "http.response.status_code", (uint64_t)status);

@@ -57,7 +57,7 @@ static void on_debounce(uv_timer_t *t)
 {
     lp_watch_t *w = t->data;
     lp_log_notice("watch: a file changed, reloading");
-    lp_server_reload(w->server, NULL, NULL);
+    lp_server_reload_by(w->server, "watch", NULL, NULL);
 }
 
 static void on_fs_event(uv_fs_event_t *h, const char *name, int events, int status)

@@ -45,12 +45,17 @@ P.schema = {
   end,
 }
 
+local EHOSTBITS = -404 -- engine/ipset.h LP_IPSET_EHOSTBITS
 local ALLOW, DENY = 0, 1 -- values in the set: deny is larger, so the same prefix in both denies
 
 -- Adds the entries of a list or a file to set s; nil, "where: problem" on a bad entry.
 local function add_all(s, list, value, where)
   for i, cidr in ipairs(list) do
-    if C.lp_ffi_ipset_add(s, cidr, #cidr, value) ~= 0 then
+    local rc = C.lp_ffi_ipset_add(s, cidr, #cidr, value)
+    if rc == EHOSTBITS then
+      return nil, format("%s[%d]: %q has bits set past its prefix (did you mean the network "
+        .. "address?)", where, i, cidr)
+    elseif rc ~= 0 then
       return nil, format("%s[%d]: %q is not an address or CIDR", where, i, cidr)
     end
   end

@@ -81,7 +81,12 @@ function P.log(req, conf)
   local key = ctx[conf.ctx_key]
   if key then
     ctx[conf.ctx_key] = nil
-    ctx[conf]:incr(key, -1, 0)
+    local d = ctx[conf]
+    local n = d:incr(key, -1, 0)
+    -- Below 0: the count was evicted while this request held it (a dict too small for
+    -- its keys) and came back from 0. Bring it back to 0 rather than let the key get a
+    -- slot more than `max` from now on.
+    if n and n < 0 then d:incr(key, -n, 0) end
   end
 end
 

@@ -68,13 +68,19 @@ P.schema = { fields = fields, custom = limit_key.check }
 -- GCRA in Redis: the key holds the theoretical arrival time (TAT) in microseconds of
 -- Redis's own clock, so that every proxy sharing it agrees on "now"; it expires when the
 -- bucket is full again. Returns { allowed, remaining, retry_after_us, reset_after_us }.
--- Redis >= 5 replicates a script's effects, so reading TIME in it is allowed.
+-- Redis >= 5 replicates a script's effects, so reading TIME in it is allowed. A TAT further
+-- ahead than this limit allows was made under another one (a reload that raised the rate):
+-- it is brought back to now + limit, so the new limit applies at once.
 P.REDIS_SCRIPT = [[
 local interval, limit, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
+if tat > now + limit then
+  tat = now + limit
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.max(1, math.ceil(limit / 1000)))
+end
 local new_tat = tat + cost * interval
 if new_tat - limit > now then
   return { 0, 0, new_tat - limit - now, tat - now }
@@ -83,7 +89,7 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.max(1, mat
 return { 1, math.floor((limit - (new_tat - now)) / interval), 0, new_tat - now }
 ]]
 -- SHA-1 of REDIS_SCRIPT for EVALSHA (a spec checks it against the script).
-P.REDIS_SCRIPT_SHA1 = "da6909673637ebb01a31650a6618019da2ecf578"
+P.REDIS_SCRIPT_SHA1 = "27755782008f09c5dcabe6a35116a47583821972"
 
 function P.compile(conf, where)
   local c = limit_key.compile_entry(conf, where, "rate_limit")

@@ -41,13 +41,16 @@ function P.compile(conf)
   }
   if conf.methods then
     local set, list = {}, {}
-    for _, m in ipairs(conf.methods) do
-      m = upper(m)
+    local function add(m)
       if not set[m] then
         set[m] = true
         list[#list + 1] = m
       end
     end
+    for _, m in ipairs(conf.methods) do add(upper(m)) end
+    -- GET allows HEAD (RFC 9110 9.3.2: the same answer without its body), as nginx's
+    -- limit_except does: health checkers and caches send HEAD where GET is allowed.
+    if set.GET then add("HEAD") end
     sort(list)
     c.methods, c.allow = set, concat(list, ", ")
   end

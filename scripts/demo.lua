@@ -3,6 +3,8 @@
 return {
   workers = 2,
   listen = { { address = "127.0.0.1:8080" } },
+  -- the admin API and its live status page: http://127.0.0.1:9901/
+  admin = { address = "127.0.0.1:9901" },
   upstreams = {
     web = { targets = { "127.0.0.1:9001" } },
     -- api-2 gets two requests for every one of api-1 (smooth weighted round robin)

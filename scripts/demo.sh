@@ -60,5 +60,8 @@ luaproxy demo is running on http://127.0.0.1:8080 (Ctrl-C stops it). Try:
   curl -s -d 'hello proxy' http://127.0.0.1:8080/echo  # request bodies stream through
   curl -s http://127.0.0.1:8080/headers                # what the origin received (X-Forwarded-*)
 
+  The live status page (rates, latency, upstream health, reloads): http://127.0.0.1:9901/
+  curl -s -X POST http://127.0.0.1:9901/reload         # a reload shows in its history
+
 TXT
 wait "${PIDS[-1]}"

@@ -70,6 +70,111 @@ local function check_nulls(t, null, path)
   return nil, format("%s: %s: %s", path, (at:gsub("^%.", "")), why)
 end
 
+-- "routes[1].match" from the keys and indices of the enclosing containers, as the schema
+-- writes a key path; "" at the top level.
+local function key_path(frames, n)
+  local out = {}
+  for i = 1, n do
+    local k = frames[i]
+    if type(k) == "number" then out[#out + 1] = format("[%d]", k)
+    else out[#out + 1] = (i > 1 and "." or "") .. tostring(k) end
+  end
+  return table.concat(out)
+end
+
+local function dup_message(path, line, col, key, where, first_line)
+  return format("%s:%d:%d: duplicate key %q %s (first at line %d)", path, line, col,
+    tostring(key), where == "" and "at the top level" or "in " .. where, first_line)
+end
+
+-- lua-cjson keeps the last of two equal names in an object silently; RFC 8259 says names
+-- SHOULD be unique, and a config that says `listen` twice is a mistake either way. One pass
+-- over text cjson has already accepted (so it is valid JSON), byte by byte through an FFI
+-- pointer (a loop LuaJIT compiles; string.find between tokens took twice as long as cjson's
+-- decode): each nesting level remembers its object's keys, and nothing but the keys is
+-- built unless a duplicate is found (100,000 routes: docs/config-formats.md).
+-- seen[d][key] is the offset of the key's last occurrence at depth d; it belongs to the
+-- current object when it is past the object's opening brace, so one table per depth
+-- serves every object at that depth without clearing.
+local ffi = require("ffi")
+local function json_duplicate(src, unescape)
+  local p = ffi.cast("const uint8_t *", src)
+  local n = #src
+  local depth, i = 0, 0
+  local is_obj, opened, want_key, seen = {}, {}, {}, {}
+  while i < n do
+    local c = p[i]
+    if c == 34 then -- '"': a string, up to the first quote not escaped
+      local start, escaped = i, false
+      i = i + 1
+      c = p[i]
+      while c ~= 34 do
+        if c == 92 then escaped, i = true, i + 1 end
+        i = i + 1
+        c = p[i]
+      end
+      if want_key[depth] then -- only ever true in an object
+        want_key[depth] = false
+        local key = escaped and unescape(sub(src, start + 1, i + 1))
+          or sub(src, start + 2, i)
+        local keys = seen[depth]
+        local prev = keys[key]
+        if prev and prev > opened[depth] then return key, start + 1, prev end
+        keys[key] = start + 1
+      end
+    elseif c == 123 then -- '{'
+      depth = depth + 1
+      is_obj[depth], opened[depth], want_key[depth] = true, i + 1, true
+      if not seen[depth] then seen[depth] = {} end
+    elseif c == 91 then -- '['
+      depth = depth + 1
+      is_obj[depth], want_key[depth] = false, false
+    elseif c == 44 then -- ','
+      if is_obj[depth] then want_key[depth] = true end
+    elseif c == 125 or c == 93 then -- '}' or ']'
+      depth = depth - 1
+    end
+    i = i + 1
+  end
+  return nil
+end
+
+-- The key path of the map holding the duplicate at offset `stop_at`: a second, slower
+-- pass up to it that also counts array elements, run only to word the error.
+local function json_path_at(src, stop_at, unescape)
+  local frames, depth, pos = {}, 0, 1
+  local is_obj, want_key = {}, {}
+  local byte = string.byte
+  while true do
+    local at = find(src, '[{}%[%],"]', pos)
+    if not at or at >= stop_at then return key_path(frames, depth - 1) end
+    local c = byte(src, at)
+    if c == 34 then
+      local stop, escaped = at, false
+      repeat
+        stop = find(src, '["\\]', stop + 1)
+        if byte(src, stop) == 92 then escaped, stop = true, stop + 1 else break end
+      until false
+      if is_obj[depth] and want_key[depth] then
+        want_key[depth] = false
+        frames[depth] = escaped and unescape(sub(src, at, stop)) or sub(src, at + 1, stop - 1)
+      end
+      pos = stop + 1
+    elseif c == 123 or c == 91 then
+      depth = depth + 1
+      is_obj[depth], want_key[depth] = c == 123, true
+      if c == 91 then frames[depth] = 1 end
+      pos = at + 1
+    elseif c == 44 then
+      if is_obj[depth] then want_key[depth] = true else frames[depth] = frames[depth] + 1 end
+      pos = at + 1
+    else
+      depth = depth - 1
+      pos = at + 1
+    end
+  end
+end
+
 local cjson_dec
 local function decode_json(src, path)
   if not cjson_dec then
@@ -93,6 +198,12 @@ local function decode_json(src, path)
   if type(t) ~= "table" or #t > 0 then
     return nil, format("%s: the file must hold a JSON object, got %s", path,
       t == cjson_dec.null and "null" or type(t) == "table" and "an array" or type(t))
+  end
+  local dup, at, first = json_duplicate(src, cjson_dec.decode)
+  if dup then
+    local line, col = line_col(src, at)
+    return nil, dup_message(path, line, col, dup, json_path_at(src, at, cjson_dec.decode),
+      (line_col(src, first)))
   end
   return check_nulls(t, cjson_dec.null, path)
 end
@@ -122,6 +233,74 @@ local function core_scalar(null)
   end
 end
 
+-- libyaml and lyaml keep the last of two equal keys in a mapping silently, where YAML 1.2
+-- requires keys to be unique: a second pass over libyaml's events (run once the file has
+-- loaded, so it is well-formed) finds a key already seen in the same mapping, with its
+-- mark. Keys compare as the loaded table's keys do: a plain scalar by its core-schema value
+-- (`404` and `0x194` are the same key), any other scalar by its text. A merge key (`<<`),
+-- whose keys an explicit key may override, and keys that are themselves collections or
+-- aliases are not compared.
+local function yaml_duplicate(yaml, src, scalar)
+  local depth = 0
+  local is_map, want_key, seen, at = {}, {}, {}, {}
+  for ev in yaml.parser(src) do
+    local t = ev.type
+    if t == "SCALAR" or t == "ALIAS" or t == "MAPPING_START" or t == "SEQUENCE_START" then
+      if is_map[depth] then
+        if want_key[depth] then
+          want_key[depth] = false
+          local key = "?"
+          if t == "SCALAR" then
+            key = ev.value
+            if ev.style == "PLAIN" and not ev.tag then key = scalar(key) end
+            if key == key and not (key == "<<" and ev.style == "PLAIN") then
+              local first = seen[depth][key]
+              if first then
+                return key, ev.start_mark.line + 1, ev.start_mark.column + 1, first,
+                  key_path(at, depth - 1)
+              end
+              seen[depth][key] = ev.start_mark.line + 1
+            end
+          end
+          at[depth] = key
+        else
+          want_key[depth] = true
+        end
+      elseif depth > 0 then
+        at[depth] = at[depth] + 1
+      end
+      if t == "MAPPING_START" then
+        depth = depth + 1
+        is_map[depth], want_key[depth], seen[depth] = true, true, {}
+      elseif t == "SEQUENCE_START" then
+        depth = depth + 1
+        is_map[depth], at[depth] = false, 0
+      end
+    elseif t == "MAPPING_END" or t == "SEQUENCE_END" then
+      depth = depth - 1
+    end
+  end
+  return nil
+end
+
+-- libyaml's "did not find expected node content" at a `[` is, in a config, most often an
+-- unquoted IPv6 address: `[::1]:8080` starts a flow sequence.
+local function yaml_hint(src, msg, line, col)
+  if not find(msg, "did not find expected node content", 1, true) then return msg end
+  local l = 1
+  for text in (src .. "\n"):gmatch("([^\n]*)\n") do
+    if l == line then
+      if sub(text, col, col) == "[" then
+        return msg .. '; a value starting with "[" is a flow sequence: quote it, as an IPv6 '
+          .. 'address must be (address: "[::1]:8080")'
+      end
+      break
+    end
+    l = l + 1
+  end
+  return msg
+end
+
 local yaml_opts
 local function decode_yaml(src, path)
   local ok_mod, lyaml = pcall(require, "lyaml")
@@ -135,7 +314,10 @@ local function decode_yaml(src, path)
     local msg = tostring(t):gsub("^.-%.lua:%d+: ", "")
     -- lyaml reports "line:column: problem" (1-based)
     local line, col, rest = match(msg, "^(%d+):(%d+): (.*)$")
-    if line then return nil, format("%s:%s:%s: invalid YAML: %s", path, line, col, rest) end
+    if line then
+      rest = yaml_hint(src, rest, tonumber(line), tonumber(col))
+      return nil, format("%s:%s:%s: invalid YAML: %s", path, line, col, rest)
+    end
     return nil, format("%s: invalid YAML: %s", path, msg)
   end
   if type(t) ~= "table" or #t == 0 then
@@ -150,6 +332,9 @@ local function decode_yaml(src, path)
     return nil, format("%s: the file must hold a YAML mapping, got %s", path,
       t == null and "null" or type(t) == "table" and "a sequence" or type(t))
   end
+  local dup, line, col, first, where = yaml_duplicate(require("yaml"), src,
+    yaml_opts.implicit_scalar)
+  if dup then return nil, dup_message(path, line, col, dup, where, first) end
   return check_nulls(t, null, path)
 end
 

@@ -843,11 +843,18 @@ local S = {
       type = "record", doc_default = "off", description = "the admin API",
       fields = {
         address = { type = "address", required = true, doc_default = "off",
-                    description = "admin API address, never a public listener (`GET /status`, "
-                      .. "`GET /metrics`, `POST /reload`, `POST /stop`, `GET /config`, `GET /upstreams`, "
-                      .. "`POST /upstreams/NAME/targets/ADDRESS`, `GET /routes`, `POST /routes`; "
-                      .. "no authentication: bind it to a private address; see `docs/admin-api.md`); port "
-                      .. "0 takes a free port, logged at start" },
+                    description = "admin API address, never a public listener (`GET /` the "
+                      .. "status page, `GET /status`, `GET /metrics`, `POST /reload`, "
+                      .. "`POST /stop`, `GET /config`, `GET /upstreams`, "
+                      .. "`POST /upstreams/NAME/targets/ADDRESS`, `GET /reloads`, `GET /errors`, "
+                      .. "`GET /routes`, `POST /routes`; see `docs/admin-api.md`); port "
+                      .. "0 takes a free port, logged at start; an address that is not loopback "
+                      .. "needs `token_file`" },
+        token_file = { type = "string", doc_default = "none",
+                       description = "file holding a bearer token (one line, at least 16 "
+                         .. "characters, relative to the config) that every admin request must "
+                         .. "send as `Authorization: Bearer TOKEN`; required when `address` is "
+                         .. "not a loopback address" },
       },
     },
     metrics = {

@@ -225,6 +225,10 @@ function Dict:gcra(key, rate, period, burst, cost)
     detach(self, old)
   end
   local tat = nd and nd.value > now and nd.value or now
+  if tat > now + limit then -- made under another limit (a reload); kept even if refused
+    tat = now + limit
+    nd.value, nd.expires = tat, tat
+  end
   local new_tat = tat + cost * interval
   local allow_at = new_tat - limit
   if allow_at > now + 1e-9 then return false, 0, allow_at - now, tat - now end

@@ -114,6 +114,79 @@ describe("luaproxy.config_data", function()
     assert.matches(p:gsub("%p", "%%%0") .. ":%d+:%d+: invalid YAML: ", err)
   end)
 
+  it("refuses a duplicate name in a JSON object: file, line, column, key path", function()
+    local function err(name, text)
+      local t, e = data.load(file(name, text))
+      assert.is_nil(t)
+      return e
+    end
+    local p = dir .. "/"
+    assert.equal(p .. 'd1.json:3:2: duplicate key "listen" at the top level (first at line 1)',
+      err("d1.json", '{"listen": [{"address": ":1"}],\n "routes": [],\n "listen": []}'))
+    assert.equal(p .. 'd2.json:3:43: duplicate key "prefix" in routes[2].match (first at line 3)',
+      err("d2.json", '{"routes": [\n {"match": {"prefix": "/"}},\n'
+        .. ' {"x": [1, {}], "match": {"prefix": "/a", "prefix": "/b"}}]}'))
+    -- a list of maps: each map's keys are its own, a repeat within one is refused
+    assert.equal(p .. 'd3.json:1:50: duplicate key "address" in listen[2] (first at line 1)',
+      err("d3.json", '{"listen": [{"address": ":1"}, {"address": ":2", "address": ":3"}]}'))
+    -- names compare decoded: "\u0061" is "a"; quotes, braces and escapes inside strings are text
+    assert.equal(p .. 'd4.json:1:35: duplicate key "a" in u (first at line 1)',
+      err("d4.json", '{"s": "{[\\",", "u": {"\\u0061": 1, "a": 2}}'))
+    -- the same name in sibling objects, or at two depths, is fine
+    local t = assert(data.load(file("d5.json",
+      '{"a": {"a": 1}, "l": [{"k": 1}, {"k": 2}], "m": {"k": {"k": {}}}, "n": {"k": 3}}')))
+    assert.equal(2, t.l[2].k)
+  end)
+
+  it("refuses a duplicate key in a YAML mapping: file, line, column, key path", function()
+    local function err(name, text)
+      local t, e = data.load(file(name, text))
+      assert.is_nil(t)
+      return e
+    end
+    local p = dir .. "/"
+    assert.equal(p .. 'y1.yaml:3:27: duplicate key "prefix" in routes[1].match (first at line 3)',
+      err("y1.yaml", "upstreams: {a: {targets: ['127.0.0.1:1']}}\nroutes:\n"
+        .. "  - match: {prefix: /api, prefix: /admin}\n    upstream: a\n"))
+    assert.equal(p .. 'y2.yaml:5:1: duplicate key "upstreams" at the top level (first at line 1)',
+      err("y2.yaml", "upstreams:\n  a: {targets: ['127.0.0.1:1']}\nroutes:\n"
+        .. "  - {match: {prefix: /}, upstream: a}\nupstreams:\n  b: {targets: ['127.0.0.1:1']}\n"))
+    assert.equal(p .. 'y3.yaml:5:5: duplicate key "address" in listen[2] (first at line 4)',
+      err("y3.yaml", "listen:\n  - address: ':1'\n  - weight: 1\n    address: ':2'\n    address: ':3'\n"))
+    -- keys compare as loaded: 404 and 0x194 are one number, '404' is a string
+    assert.equal(p .. 'y4.yaml:3:3: duplicate key "404" in error_pages (first at line 2)',
+      err("y4.yaml", "error_pages:\n  404: a\n  0x194: b\n"))
+    -- a merge key's keys may be overridden; sibling maps share key names
+    local t = assert(data.load(file("y5.yaml",
+      "b: &b {upstream: x, k: 1}\nr:\n  - <<: *b\n    upstream: y\n  - *b\n  - {'404': 1, 404: 2}\n")))
+    assert.equal("y", t.r[1].upstream)
+    assert.equal("x", t.r[2].upstream)
+  end)
+
+  it("a YAML error at an unquoted [ says to quote it (an IPv6 address)", function()
+    local p = file("v6.yaml", "listen:\n  - address: [::1]:8080\n")
+    local _, err = data.load(p)
+    assert.equal(p .. ":2:14: invalid YAML: did not find expected node content; a value "
+      .. 'starting with "[" is a flow sequence: quote it, as an IPv6 address must be '
+      .. '(address: "[::1]:8080")', err)
+    local t = assert(data.load(file("v6q.yaml", 'listen:\n  - address: "[::1]:8080"\n')))
+    assert.equal("[::1]:8080", t.listen[1].address)
+  end)
+
+  it("an integer key takes a number with no fraction, however written", function()
+    local L = '"listen": [{"address": ":0"}], "routes": [{"match": {"prefix": "/"}, "handler": "h"}]'
+    local Y = "listen: [{address: ':0'}]\nroutes: [{match: {prefix: /}, handler: h}]\n"
+    local t = assert(data.load(file("int.yaml", Y .. "workers: 2.0\n")))
+    assert.equal(2, assert(config.check(t)).workers)
+    local e = assert(data.load(file("int2.yaml", Y .. "workers: 1e0\n")))
+    assert.equal(1, assert(config.check(e)).workers)
+    local j = assert(data.load(file("int.json", "{" .. L .. ', "workers": 2.0}')))
+    assert.equal(2, assert(config.check(j)).workers)
+    local _, err = config.check(assert(data.load(file("frac.json",
+      "{" .. L .. ', "workers": 2.5}'))))
+    assert.equal("workers: expected an integer, got 2.5", err)
+  end)
+
   it("refuses what is not one mapping", function()
     local _, e0 = data.load(file("seq.yaml", "- 1\n- 2\n"))
     assert.matches("must hold a YAML mapping, got a sequence", e0, 1, true)

@@ -76,6 +76,16 @@ return function(it, assert, make, advance)
     assert.is_true((d:gcra("other", 10, 1, 2)))
     advance(1)
     assert.is_nil(d:get("ip"))
+    -- A stored TAT further ahead than the limit allows (made under a slower rate, before a
+    -- reload) is brought back to a bucket just emptied under the new limit: the next slot
+    -- is one new interval away, not the old minutes.
+    for _ = 1, 5 do d:gcra("slow", 1, 60, 4) end
+    assert.is_false((d:gcra("slow", 1, 60, 4)))
+    local allowed, _, wait = d:gcra("slow", 1000, 1, 100)
+    assert.is_false(allowed)
+    assert.near(0.001, wait, 1e-6)
+    advance(0.001)
+    assert.is_true((d:gcra("slow", 1000, 1, 100)))
     assert.has_error(function() d:gcra("k", 0) end, 'bad "rate" argument')
     assert.has_error(function() d:gcra("k", 1, -1) end, 'bad "period" argument')
     assert.has_error(function() d:gcra("k", 1, 1, -1) end, 'bad "burst" argument')

@@ -75,6 +75,8 @@ describe("ip_filter plugin", function()
   it("rejects bad lists and settings with the key path", function()
     assert.error_matches(function() T.run(ip_filter, { deny = { "10.0.0.0/33" } }) end,
       'deny[1]: "10.0.0.0/33" is not an address or CIDR', 1, true)
+    assert.error_matches(function() T.run(ip_filter, { allow = { "10.1.0.0/8" } }) end,
+      'allow[1]: "10.1.0.0/8" has bits set past its prefix', 1, true)
     assert.error_matches(function() T.run(ip_filter, { deny_countries = { "FR" } }) end,
       "need geoip_db", 1, true)
     assert.error_matches(function() T.run(ip_filter, { geoip_db = "/nonexistent.mmdb" }) end,

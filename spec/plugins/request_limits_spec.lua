@@ -10,6 +10,10 @@ describe("request_limits plugin", function()
     local res = T.run(request_limits, conf, { method = "POST" })
     assert.equal(405, res.status)
     assert.equal("GET, HEAD", res.headers["Allow"])
+    -- GET allows HEAD.
+    conf = { methods = { "GET", "post" } }
+    assert.is_false(T.run(request_limits, conf, { method = "HEAD" }).responded)
+    assert.equal("GET, HEAD, POST", T.run(request_limits, conf, { method = "PUT" }).headers["Allow"])
   end)
 
   it("answers 414 for a long target and 431 for too many header lines", function()

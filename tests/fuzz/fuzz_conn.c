@@ -202,6 +202,11 @@ void lp_server_reload(lp_server_t *s, lp_reload_cb cb, void *data)
     abort();
 }
 
+void lp_server_reload_by(lp_server_t *s, const char *who, lp_reload_cb cb, void *data)
+{
+    abort();
+}
+
 void lp_server_stop(lp_server_t *s, const char *why)
 {
     abort();

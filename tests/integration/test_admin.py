@@ -152,7 +152,8 @@ class AdminTest(AdminCase):
         self.reload()
 
     def test_404_json(self):
-        for method, path in (("GET", "/"), ("GET", "/nope"), ("POST", "/statusx"),
+        # GET / is the status page (test_admin_page.py); /index.html is not.
+        for method, path in (("GET", "/index.html"), ("GET", "/nope"), ("POST", "/statusx"),
                              ("GET", "/h")):
             j = self.admin_json(method, path, 404)
             self.assertIs(j["ok"], False)

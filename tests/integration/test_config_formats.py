@@ -242,6 +242,70 @@ class YamlWatchTest(FormatTestBase):
         self.assertEqual(self.version(), "v3")
 
 
+class DuplicateKeysTest(H.ProxyTestCase):
+    """A key written twice in one map is refused in both formats (YAML 1.2 requires unique
+    keys; RFC 8259 says JSON names SHOULD be unique), with the file, line, column and key
+    path, at the top level, nested, and in a list of maps; the same key in sibling maps is
+    fine. An unquoted IPv6 address in YAML gets a hint to quote it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = H.Workdir.new("dupkeys")
+
+    def check(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        p = subprocess.run([H.LUAPROXY, "-t", "-c", path], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=H.T(20), preexec_fn=H._preexec)
+        return p.returncode, p.stdout.decode(), p.stderr.decode(), path
+
+    def refused(self, name, text, want):
+        rc, out, err, path = self.check(name, text)
+        self.assertEqual(rc, 1, out + err)
+        self.assertEqual(err.strip(), path + want)
+
+    def test_yaml(self):
+        head = 'listen:\n  - address: "127.0.0.1:0"\nupstreams:\n  a: {targets: ["127.0.0.1:9"]}\n'
+        self.refused("nested.yaml", head + "routes:\n  - match: {prefix: /api, prefix: /admin}\n"
+                     "    upstream: a\n",
+                     ':6:27: duplicate key "prefix" in routes[1].match (first at line 6)')
+        # two upstreams: blocks used to fail later, on the route naming the first one's upstream
+        self.refused("top.yaml", head + "routes:\n  - {match: {prefix: /}, upstream: a}\n"
+                     "upstreams:\n  b: {targets: [\"127.0.0.1:9\"]}\n",
+                     ':7:1: duplicate key "upstreams" at the top level (first at line 3)')
+        self.refused("list.yaml", head + "routes:\n  - match: {prefix: /}\n    upstream: a\n"
+                     "  - match: {prefix: /b}\n    upstream: a\n    upstream: a\n",
+                     ':10:5: duplicate key "upstream" in routes[2] (first at line 9)')
+        rc, out, err, _ = self.check("ok.yaml", head + "routes:\n  - match: {prefix: /}\n"
+                                     "    upstream: a\n  - match: {prefix: /b}\n    upstream: a\n")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("ok.yaml: configuration ok", out)
+
+    def test_json(self):
+        head = '{"listen": [{"address": "127.0.0.1:0"}],\n "upstreams": {"a": {"targets": ["127.0.0.1:9"]}},\n'
+        self.refused("top.json", head + ' "routes": [{"match": {"prefix": "/"}, "upstream": "a"}],\n'
+                     ' "listen": [{"address": "127.0.0.1:1"}]}\n',
+                     ':4:2: duplicate key "listen" at the top level (first at line 1)')
+        self.refused("nested.json", head + ' "routes": [\n  {"match": {"prefix": "/api",'
+                     ' "prefix": "/admin"}, "upstream": "a"}]}\n',
+                     ':4:32: duplicate key "prefix" in routes[1].match (first at line 4)')
+        self.refused("list.json", head + ' "routes": [\n  {"match": {"prefix": "/"}, "upstream": "a"},\n'
+                     '  {"match": {"prefix": "/b"}, "upstream": "a", "upstream": "a"}]}\n',
+                     ':5:48: duplicate key "upstream" in routes[2] (first at line 5)')
+        rc, out, err, _ = self.check("ok.json", head + ' "routes": [{"match": {"prefix": "/"},'
+                                     ' "upstream": "a"}, {"match": {"prefix": "/b"}, "upstream": "a"}],'
+                                     ' "workers": 2.0}\n')
+        self.assertEqual(rc, 0, err)
+        self.assertIn("ok.json: configuration ok", out)
+
+    def test_yaml_ipv6_unquoted(self):
+        self.refused("v6.yaml", "listen:\n  - address: [::1]:8080\n",
+                     ':2:14: invalid YAML: did not find expected node content; a value starting'
+                     ' with "[" is a flow sequence: quote it, as an IPv6 address must be'
+                     ' (address: "[::1]:8080")')
+
+
 class LargeConfigTest(H.ProxyTestCase):
     """100,000 routes: as a literal Lua table (refused, with the alternative named) and as
     JSON (accepted by -t; the time is printed)."""

@@ -119,6 +119,8 @@ class InstallTest(unittest.TestCase):
                     "share/luaproxy/lua/proxy.lua", "share/luaproxy/lua/proxy/test.lua",
                     "share/luaproxy/scripts/demo.lua", "share/luaproxy/scripts/lib",
                     "share/luaproxy/examples/luaproxy.lua", "share/doc/luaproxy/README.md",
+                    "share/luaproxy/status/index.html", "share/luaproxy/status/status.js",
+                    "share/luaproxy/status/status.css",
                     "share/doc/luaproxy/plugins.md", "lib/systemd/system/luaproxy.service"):
             self.assertTrue(os.path.exists(os.path.join(self.prefix, rel)), rel)
         self.assertTrue(os.access(self.bin, os.X_OK))
@@ -158,6 +160,7 @@ class InstallTest(unittest.TestCase):
             f.write("""return {
   workers = 1,
   listen = { { address = "127.0.0.1:0" } },
+  admin = { address = "127.0.0.1:0" },
   upstreams = { app = { targets = { "127.0.0.1:%d" } } },
   plugins = {
     { name = "request_id" },
@@ -224,6 +227,15 @@ class InstallTest(unittest.TestCase):
         self.assertIn(b"x-request-id", resp.body.lower())
         note("served GET /headers on 127.0.0.1:%d through request_id, headers and the "
              "prefix-only plugin" % port)
+
+        # The status page comes from the prefix's share/luaproxy/status/.
+        admin = int(re.search(r"admin API on http://127\.0\.0\.1:(\d+)", stderr()).group(1))
+        for path, needle in (("/", b"/ui/status.js"), ("/ui/status.js", b"sessionStorage"),
+                             ("/ui/status.css", b"--fg")):
+            page = H.get(admin, path, host="127.0.0.1")
+            self.assertEqual(page.status, 200, path)
+            self.assertIn(needle, page.body)
+        note("GET / on the admin API: the status page from %s/status" % self.share)
 
         os.kill(p.pid, signal.SIGHUP)
         self.assertEqual(nsock.recv(4096).decode(), "RELOADING=1")

@@ -136,11 +136,49 @@ class LocalLimitsTest(RT.ReloadTestCase):
     def test_request_limits_methods_uri_and_headers(self):
         r = H.get(self.proxy.port, "/small/", method="DELETE")
         self.assertEqual(r.status, 405)
-        self.assertEqual(r.header("Allow"), "GET, POST")
+        self.assertEqual(r.header("Allow"), "GET, HEAD, POST")
         self.assertEqual(H.get(self.proxy.port, "/small/" + "a" * 40).status, 414)
         many = {"X-%d" % i: "v" for i in range(10)}
         self.assertEqual(H.get(self.proxy.port, "/small/", headers=many).status, 431)
         self.assertEqual(H.get(self.proxy.port, "/small/fixed").status, 200)
+
+
+# A plugin whose response_body filter fails once the response started (it answers locally
+# in the request phase, then its filter raises): the connection closes, and limit_conn's
+# slot must still come back (the log phase runs for requests cut short).
+FAILING_FILTER = """
+return {
+  name = "failing_filter", priority = 10, schema = { fields = {} },
+  request = function(req)
+    proxy.log.warn("failing_filter: answering")
+    return req:respond(200, string.rep("x", 100))
+  end,
+  response_body = function(req, chunk) error("the filter fails") end,
+}
+"""
+
+
+class FilterFailureTest(RT.ReloadTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = cls.start_origin("o")
+        cls.proxy = cls.start_reload_proxy(
+            {"o": H.upstream(cls.origin.address())},
+            [route("/f/", [{"name": "limit_conn", "max": 1}, {"name": "failing_filter"}]),
+             route("/", [])],
+            workers=1, shared={"limit_conn": "1m"},
+            files={"plugins/failing_filter.lua": FAILING_FILTER})
+
+    def test_a_failed_filter_gives_the_slot_back(self):
+        for _ in range(3):
+            try:
+                H.get(self.proxy.port, "/f/x")
+            except (OSError, H.PeerClosed):
+                pass  # the response is cut: that is the point
+        # Each time the slot was free again: every request passed limit_conn and reached the
+        # plugin's request phase (a slot kept would have refused the next ones with 503).
+        self.assertEqual(self.proxy.stderr().count("failing_filter: answering"), 3,
+                         self.proxy.stderr()[-2000:])
 
 
 class ClientAbortCloseTest(RT.ReloadTestCase):

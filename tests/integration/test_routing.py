@@ -23,6 +23,14 @@ PARAMS = H.LuaRaw(r'''function(req)
     end''')
 
 
+# Adds 8 KiB of headers first: the request head's buffer grows (and the old one goes back to
+# the pool, poisoned under ASan), the captures must move with it.
+GROW = H.LuaRaw(r'''function(req)
+      req:set_header("X-Big", string.rep("b", 8000))
+      req:respond(200, req:param("id") .. " " .. req:param("rest"))
+    end''')
+
+
 def self_signed(d, names):
     cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
     san = ",".join("DNS:" + n for n in names)
@@ -49,6 +57,7 @@ class RoutingTest(H.ProxyTestCase):
             {"match": {"host": "api.*"}, "upstream": "pfx"},
             {"match": {"path": "/x/exact"}, "upstream": "path"},
             {"match": {"path": "/users/:id/orders/*rest"}, "handler": PARAMS},
+            {"match": {"path": "/grow/:id/*rest"}, "handler": GROW},
             {"match": {"path": "/users/:id"}, "upstream": "param"},
             {"match": {"regex": r"^/v(?<ver>\d+)/(?<thing>[a-z]+)$"}, "handler": PARAMS},
             {"match": {"prefix": "/static/"}, "upstream": "prefix"},
@@ -85,6 +94,8 @@ class RoutingTest(H.ProxyTestCase):
         self.assertEqual(self.origin("/x/exact/"), "last")
         r = H.get(self.proxy.port, "/users/42/orders/7/items", host="other.test")
         self.assertEqual(r.body, b"id=42 rest=7/items")
+        r = H.get(self.proxy.port, "/grow/abc/d/e", host="other.test")
+        self.assertEqual(r.body, b"abc d/e")
         self.assertEqual(self.origin("/users/42"), "param")
         r = H.get(self.proxy.port, "/v2/cats", host="other.test")
         self.assertEqual(r.body, b"ver=2 thing=cats")

@@ -70,7 +70,8 @@ static void bad_input(void)
     CHECK_EQ_INT(lp_ipset_add(s, S("10.0.0"), 1), LP_IPSET_EINVAL);
     CHECK_EQ_INT(lp_ipset_add(s, S("example.com"), 1), LP_IPSET_EINVAL);
     CHECK_EQ_INT(lp_ipset_add(s, S(""), 1), LP_IPSET_EINVAL);
-    CHECK_EQ_INT(lp_ipset_add(s, S("10.1.2.3/8"), 1), 0); /* host bits ignored */
+    CHECK_EQ_INT(lp_ipset_add(s, S("10.1.2.3/8"), 1), LP_IPSET_EHOSTBITS); /* a typo */
+    CHECK_EQ_INT(lp_ipset_add(s, S("10.0.0.0/8"), 1), 0);
     CHECK_EQ_INT(lp_ipset_add(s, S("10.0.0.0/8"), -1), LP_IPSET_EINVAL);
     CHECK_EQ_INT(lp_ipset_build(s), 0);
     CHECK_EQ_INT(lp_ipset_add(s, S("10.0.0.0/8"), 1), LP_IPSET_EBUILT);
@@ -128,6 +129,7 @@ static void random_tables_agree_with_naive(void)
         for (int i = 0; i < n; i++) {
             t[i].addr = (next32() & 0x0f0f0f0fu) | 0x0a000000u;
             t[i].len = (int)(next32() % 33);
+            t[i].addr &= t[i].len == 0 ? 0 : 0xffffffffu << (32 - t[i].len); /* a network */
             t[i].value = (int)(next32() % 4);
             char text[40];
             uint32_t a = t[i].addr;
