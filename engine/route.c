@@ -161,8 +161,8 @@ const lp_route_conf_t *lp_route_find(const lp_config_t *cfg, const lp_route_in_t
 static void route_ref(char *out, size_t n, const lp_config_t *cfg, size_t i)
 {
     const lp_route_conf_t *rc = cfg->rtable && i < cfg->rtable->nroutes ? cfg->rtable->routes[i]
-                                : i < cfg->nroutes                         ? &cfg->routes[i]
-                                                                           : NULL;
+                                : i < cfg->nroutes                      ? &cfg->routes[i]
+                                                                        : NULL;
     char auto_name[32];
     snprintf(auto_name, sizeof(auto_name), "route#%zu", i + 1);
     if (rc && rc->name && strcmp(rc->name, auto_name) != 0)

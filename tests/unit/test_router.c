@@ -567,8 +567,8 @@ static void test_shadows(void)
     lp_router_t *r = build(t, LP_ARRAY_LEN(t));
     REQUIRE(r);
     nshadow = 0;
-    static const size_t want[][2] = {{1, 0},   {3, 2},   {4, 2},   {6, 5},   {8, 7},
-                                     {12, 11}, {13, 0},  {14, 7},  {15, 7},  {17, 16},
+    static const size_t want[][2] = {{1, 0},   {3, 2},   {4, 2},   {6, 5},  {8, 7},
+                                     {12, 11}, {13, 0},  {14, 7},  {15, 7}, {17, 16},
                                      {19, 16}, {23, 22}, {27, 26}, {28, 26}};
     CHECK_EQ_INT(lp_router_shadows(r, on_shadow, NULL), LP_ARRAY_LEN(want));
     for (size_t i = 0; i < LP_ARRAY_LEN(want) && i < nshadow; i++) {
