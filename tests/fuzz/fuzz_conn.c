@@ -55,6 +55,7 @@
 #include "request.h"
 #include "server.h"
 #include "upstream.h"
+#include "rtable.h"
 #include "worker.h"
 
 #define MAX_CLIENTS 4 /* one more than limits.max_connections: the refusal runs */
@@ -663,6 +664,8 @@ static void world_open(world_t *wd)
     g->gen = &gen;
     g->config = cfg;
     g->upstreams = ups;
+    g->rtable = cfg->rtable; /* the config's route table, as worker.c hands it over */
+    lp_rtable_ref(g->rtable);
     g->refs = 1;
     __atomic_add_fetch(&gen.refs, 1, __ATOMIC_RELAXED);
     w->cur = g;
