@@ -48,10 +48,14 @@ static void out_init(void)
     uv_mutex_init(&out_lock);
 }
 
-void lp_log_set_request(const void *req, lp_log_req_fn fn)
+void lp_log_swap_request(const void **req, lp_log_req_fn *fn)
 {
-    cur_req = req;
-    cur_req_fn = fn;
+    const void *r = cur_req;
+    lp_log_req_fn f = cur_req_fn;
+    cur_req = *req;
+    cur_req_fn = *fn;
+    *req = r;
+    *fn = f;
 }
 
 int lp_log_configure(const void *output, int json, char *err, size_t errlen)

@@ -29,10 +29,12 @@ struct lp_log_output_s;
 int lp_log_configure(const void *output /* lp_log_output_t */, int json, char *err, size_t errlen);
 /* Back to stderr text (at exit). */
 void lp_log_reset(void);
-/* Request fields of JSON lines made on this thread until the next call (NULL: none): the
- * callback appends members (`,"client":"..."`) to out and returns their length. */
+/* Request fields of JSON lines made on this thread (NULL: none): the callback appends
+ * members (`,"client":"..."`) to out and returns their length. swap sets the pair (req,
+ * fn) and hands back the previous pair, which the caller restores with a second swap (so
+ * that a nested Lua resume gives the outer request its context back). */
 typedef size_t (*lp_log_req_fn)(const void *req, char *out, size_t room);
-void lp_log_set_request(const void *req, lp_log_req_fn fn);
+void lp_log_swap_request(const void **req, lp_log_req_fn *fn);
 /* Internal, for tests: one JSON error line (newline included) into out; returns its length. */
 size_t lp__log_json_line(char *out, size_t cap, const struct timespec *ts, lp_log_level_t level,
                          int worker, const char *msg, size_t mlen, const char *req_members,

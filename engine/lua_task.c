@@ -232,9 +232,11 @@ static lp_rc_t task_resume_in(lp_lua_task_t *t, int nargs);
  * made meanwhile are about t's request (JSON error log: its fields). */
 static lp_rc_t task_resume(lp_lua_task_t *t, int nargs)
 {
-    lp_log_set_request(t->req, t->req ? lp_req_log_members : NULL);
+    const void *req = t->req;
+    lp_log_req_fn fn = t->req ? lp_req_log_members : NULL;
+    lp_log_swap_request(&req, &fn);
     lp_rc_t rc = task_resume_in(t, nargs);
-    lp_log_set_request(NULL, NULL);
+    lp_log_swap_request(&req, &fn); /* the outer context back (a nested resume) */
     return rc;
 }
 

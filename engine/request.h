@@ -59,7 +59,7 @@ const char *lp_req_client_ip(lp_req_t *req);
 /* The TCP peer's address as text (the client's unless a PROXY header or real_ip said
  * otherwise), formatted on first use. */
 const char *lp_req_peer_ip(lp_req_t *req);
-/* The request's fields of a JSON error line (log.h lp_log_set_request): ,"client":...,
+/* The request's fields of a JSON error line (log.h lp_log_swap_request): ,"client":...,
  * "method", "uri", "host", "request_id" (its X-Request-Id) when known; returns their length. */
 size_t lp_req_log_members(const void *req, char *out, size_t room);
 

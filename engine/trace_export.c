@@ -39,6 +39,7 @@ typedef struct {
     lp_trace_exp_t *x; /* borrowed; NULL once detached (closing) */
     int connected;     /* the connect completed */
     int complete;      /* the response to the POST in flight was read whole */
+    int writing;       /* wreq is queued: libuv still reads the batch's bytes (on_written) */
     char rbuf[2048];
 } xconn_t;
 
@@ -147,6 +148,14 @@ static void post_done(lp_trace_exp_t *x, int status, int keep)
     uv_timer_stop(&x->deadline);
     batch_t *b = x->inflight;
     x->inflight = NULL;
+    /* A collector that answered before reading the whole POST: the write is still queued
+     * with this batch's bytes. The connection closes first (libuv writes nothing more
+     * after uv_close; the write's callback comes cancelled), so the batch can go, and
+     * wreq is never queued twice. */
+    if (x->conn && x->conn->writing) {
+        keep = 0;
+        conn_drop(x);
+    }
     if (status >= 200 && status < 300) {
         count(&x->w->trace_counts.exported, b->nspans);
         count(&x->w->trace_counts.batches, 1);
@@ -205,6 +214,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 static void on_written(uv_write_t *wr, int status)
 {
     xconn_t *c = wr->data;
+    c->writing = 0;
     if (status < 0 && c->x && c->x->inflight)
         post_failed(c->x, uv_strerror(status));
 }
@@ -224,6 +234,8 @@ static void send_inflight(lp_trace_exp_t *x)
     int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, 4, on_written);
     if (rc)
         post_failed(x, uv_strerror(rc));
+    else
+        c->writing = 1;
 }
 
 static void on_connected(uv_connect_t *cr, int status)
@@ -378,12 +390,18 @@ void lp_trace_export_config(lp_worker_t *w, const lp_config_t *cfg)
     size_t plen = 0;
     char *prefix =
         on ? lp_trace_otlp_prefix(tc->service_name ? tc->service_name : "luaproxy", &plen) : NULL;
-    /* The POST in flight writes from the old prefix: it goes before the prefix does. */
-    if (x->inflight && (!prefix || plen != x->prefix_len || memcmp(prefix, x->prefix, plen)))
-        post_failed(x, "the configuration changed");
+    if (prefix && x->prefix && plen == x->prefix_len && !memcmp(prefix, x->prefix, plen)) {
+        /* The same bytes: keep the old copy, which a POST in flight may still be writing. */
+        free(prefix);
+        prefix = x->prefix;
+    } else {
+        /* The POST in flight writes from the old prefix: it goes before the prefix does. */
+        if (x->inflight)
+            post_failed(x, "the configuration changed");
+        free(x->prefix);
+    }
     free(x->host);
     free(x->path);
-    free(x->prefix);
     x->host = x->path = NULL;
     x->prefix = prefix;
     x->prefix_len = plen;
