@@ -552,6 +552,7 @@ function T.request(spec)
     _params = spec.params or {},
     _max_log_fields = spec.max_log_fields,
     _trace = trace_from_spec(spec),
+    _body_incomplete = spec.body_incomplete,
   }, Req)
   if spec.upstream and known and not known[spec.upstream] then
     phases.raise("proxy.test.request(): upstream " .. spec.upstream .. " is not in upstreams", 2)
@@ -830,6 +831,33 @@ function Req:body(max_bytes)
   end
   if #self._body > max_bytes then return nil, "too large" end
   return self._body
+end
+
+-- Request body copy and replacement, as the engine's (engine/req_body.c): the double has
+-- the whole body at once, so the copy is the body when it fits (spec.body_incomplete = true
+-- plays a client that went away before its body ended).
+function Req:tee_body(max_bytes)
+  check("tee_body", self._phase)
+  max_bytes = tonumber(max_bytes)
+  if not max_bytes or not (max_bytes >= 1 and max_bytes <= 2 ^ 53) then
+    phases.raise("req:tee_body(): expected a maximum size in bytes (1 to 2^53)", 2)
+  end
+  if self._tee_max == nil then self._tee_max = max_bytes end
+end
+
+function Req:teed_body()
+  check("teed_body", self._phase)
+  if not self._tee_max then return nil, "not asked" end
+  if #self._body > self._tee_max then return nil, "too large" end
+  if self._body_incomplete then return nil, "incomplete" end
+  return self._body
+end
+
+-- Records the body sent upstream (res.request_body); the client's body is unchanged.
+function Req:set_body(body)
+  check("set_body", self._phase)
+  if type(body) ~= "string" then phases.raise("req:set_body(): expected a string", 2) end
+  self._new_body = body
 end
 
 -- Ends the running phase like the engine: yield a marker the runner never resumes.
@@ -1140,6 +1168,8 @@ function T.run_chain(entries, req_spec, resp_spec)
     upstream = req._upstream,
     target = req._target,
     max_body_size = req._max_body_size,
+    -- the body the upstream got: req:set_body()'s, else the client's
+    request_body = req._new_body or req._body,
     path = req._path,
     uri = req._query and req._path .. "?" .. req._query or req._path,
     request_headers = request_headers,
