@@ -149,7 +149,7 @@ end
 local function send(opts)
   local ok, res, err = pcall(proxy.http.request, opts)
   if not ok then
-    proxy.log.warn("mirror: ", res)
+    proxy.log.warn("mirror request failed: " .. tostring(res))
     return finish("failed")
   end
   if not res then

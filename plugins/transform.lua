@@ -383,13 +383,14 @@ function P.request(req, conf)
     if conf.reject then
       return req:respond(413, "request body too large\n", { ["Content-Type"] = "text/plain" })
     end
-    proxy.log.warn("request body over max_body (", conf.max_body, " bytes): passed unchanged")
+    proxy.log.warn(format("request body over max_body (%d bytes): passed unchanged",
+      conf.max_body))
     return
   end
   local out
   out, err = transform_json(body, jc, req)
   if not out then
-    proxy.log.warn("request body: ", err, ": passed unchanged")
+    proxy.log.warn(format("request body: %s: passed unchanged", err))
     return
   end
   req:set_body(out)
@@ -416,7 +417,8 @@ function P.response_body(req, chunk, eof, conf)
   g.size = g.size + #chunk
   if g.size > conf.max_body then
     g.passing = true
-    proxy.log.warn("response body over max_body (", conf.max_body, " bytes): passed unchanged")
+    proxy.log.warn(format("response body over max_body (%d bytes): passed unchanged",
+      conf.max_body))
     local held = concat(g, "", 1, g.n)
     for i = 1, g.n do g[i] = nil end
     return held .. chunk
@@ -428,7 +430,7 @@ function P.response_body(req, chunk, eof, conf)
   req.ctx[KEY] = nil
   local out, err = transform_json(whole, conf.resp_json, req)
   if not out then
-    proxy.log.warn("response body: ", err, ": passed unchanged")
+    proxy.log.warn(format("response body: %s: passed unchanged", err))
     return whole
   end
   return out
