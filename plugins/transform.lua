@@ -4,8 +4,8 @@
 local find, sub, lower, gsub, byte, format, char = string.find, string.sub, string.lower,
   string.gsub, string.byte, string.format, string.char
 local concat, sort = table.concat, table.sort
-local type, pairs, ipairs, tonumber, tostring, pcall, setmetatable =
-  type, pairs, ipairs, tonumber, tostring, pcall, setmetatable
+local type, pairs, ipairs, tonumber, tostring, pcall, setmetatable, next, error =
+  type, pairs, ipairs, tonumber, tostring, pcall, setmetatable, next, error
 
 local text = require "luaproxy.text"
 local json = require("cjson").new() -- an instance of its own: its settings are not shared
@@ -361,11 +361,76 @@ local function apply_json(doc, c, req)
   end
 end
 
+-- The encoder is ours, over cjson's decoder: cjson 2.1.0 (Debian's) writes numbers with at
+-- most 14 significant digits, which would change ids such as 1234567890123456; here an
+-- integral number up to 2^53 is written whole and others with the fewest digits (up to 17)
+-- that read back the same. cjson decodes [] and {} alike into an empty table: an empty
+-- table is written [] when the document had empty arrays and no empty objects, else {}.
+local encode_value
+local function encode_table(t, out, n, empty_array)
+  if next(t) == nil then
+    n = n + 1; out[n] = empty_array and "[]" or "{}"
+    return n
+  end
+  local len = #t
+  local count = 0
+  for _ in pairs(t) do count = count + 1 end
+  if len > 0 and count == len then
+    n = n + 1; out[n] = "["
+    for i = 1, len do
+      if i > 1 then n = n + 1; out[n] = "," end
+      n = encode_value(t[i], out, n, empty_array)
+    end
+    n = n + 1; out[n] = "]"
+    return n
+  end
+  n = n + 1; out[n] = "{"
+  local first = true
+  for k, v in pairs(t) do
+    if not first then n = n + 1; out[n] = "," end
+    first = false
+    n = n + 1; out[n] = json.encode(tostring(k))
+    n = n + 1; out[n] = ":"
+    n = encode_value(v, out, n, empty_array)
+  end
+  n = n + 1; out[n] = "}"
+  return n
+end
+
+local floor, huge = math.floor, math.huge
+encode_value = function(v, out, n, empty_array)
+  local t = type(v)
+  local s
+  if t == "table" then return encode_table(v, out, n, empty_array)
+  elseif t == "string" then s = json.encode(v)
+  elseif t == "number" then
+    if v ~= v or v == huge or v == -huge then error("cannot encode " .. tostring(v) .. " in JSON") end
+    if v == floor(v) and v >= -9007199254740992 and v <= 9007199254740992 then
+      s = format("%d", v)
+    else
+      s = format("%.14g", v)
+      if tonumber(s) ~= v then s = format("%.17g", v) end
+    end
+  elseif t == "boolean" then s = v and "true" or "false"
+  elseif v == nil or v == json.null then s = "null"
+  else error("cannot encode a " .. t .. " in JSON") end
+  n = n + 1; out[n] = s
+  return n
+end
+
+local function encode(doc, empty_array)
+  local out = {}
+  local n = encode_value(doc, out, 0, empty_array)
+  return concat(out, "", 1, n)
+end
+P.encode = encode
+
 local function transform_json(s, c, req)
   local ok, doc = pcall(json.decode, s)
   if not ok or type(doc) ~= "table" then return nil, "not a JSON object or array" end
   apply_json(doc, c, req)
-  local ok2, out = pcall(json.encode, doc)
+  local empty_array = find(s, "%[%s*%]") ~= nil and not find(s, "{%s*}")
+  local ok2, out = pcall(encode, doc, empty_array)
   if not ok2 then return nil, out end
   return out
 end

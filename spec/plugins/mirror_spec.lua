@@ -115,3 +115,17 @@ describe("mirror plugin", function()
     assert.has_error(function() T.conf(mirror, { url = "ftp://a" }) end)
   end)
 end)
+
+describe("docs/plugins/mirror.md", function()
+  it("has a config example the schema accepts", function()
+    local f = assert(io.open("docs/plugins/mirror.md", "rb"))
+    local code = f:read("*a"):match("```lua\n(.-)```")
+    f:close()
+    local cfg = assert(loadstring("return {" .. code .. "}", "=docs/plugins/mirror.md"))()
+    local entry = cfg.routes[1].plugins[1]
+    entry.name = nil
+    local c = T.conf(mirror, entry)
+    assert.equal("shadow", c.upstream)
+    assert.equal(10, c.percentage)
+  end)
+end)

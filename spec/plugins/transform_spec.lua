@@ -117,3 +117,57 @@ describe("transform plugin", function()
     assert.has_error(function() T.conf(transform, { request = { json = { set = { ["a..b"] = 1 } } } }) end)
   end)
 end)
+
+describe("transform JSON encoding", function()
+  local T = require "proxy.test"
+  local transform = require "transform"
+  local function run(body)
+    local res = T.run(transform, { request = { json = { set = { z = 1 } } } }, {
+      method = "POST", headers = { ["Content-Type"] = "application/json" }, body = body })
+    return res.request_body
+  end
+
+  it("keeps integers up to 2^53 whole and other numbers exact", function()
+    local out = run('{"id":1234567890123456,"f":0.1,"big":1e300,"neg":-42,"third":0.3333333333333333}')
+    local d = require("cjson").decode(out)
+    assert.truthy(out:find('"id":1234567890123456', 1, true))
+    assert.truthy(out:find('"f":0.1', 1, true))
+    assert.truthy(out:find('"neg":-42', 1, true))
+    assert.equal(1e300, d.big)
+    assert.equal(0.3333333333333333, d.third)
+  end)
+
+  it("writes empty arrays as [] when the document had only empty arrays", function()
+    assert.truthy(run('{"list":[],"n":null}'):find('"list":[]', 1, true))
+    assert.truthy(run('{"o":{}}'):find('"o":{}', 1, true))
+    assert.truthy(run('{"s":"a,\\"b\\"\\n"}'):find('"s":"a,\\"b\\"\\n"', 1, true))
+  end)
+end)
+
+describe("docs/plugins/transform.md", function()
+  local T = require "proxy.test"
+  local transform = require "transform"
+  it("has a config example the schema accepts, doing what the page says", function()
+    local f = assert(io.open("docs/plugins/transform.md", "rb"))
+    local code = f:read("*a"):match("```lua\n(.-)```")
+    f:close()
+    local cfg = assert(loadstring("return {" .. code .. "}", "=docs/plugins/transform.md"))()
+    local entry = cfg.plugins[1]
+    entry.name = nil
+    local res = T.run(transform, entry, {
+      method = "POST", uri = "/x?debug=1&q=a", client_ip = "10.0.0.1",
+      headers = { ["Content-Type"] = "application/json", ["X-Api-Version"] = "2",
+                  ["X-Source"] = "web" },
+      body = '{"password":"p","items":[1,2],"user":{"name":"ann"}}',
+    }, { headers = { ["Content-Type"] = "application/json", Server = "x" },
+         body = '{"internal":true,"ok":1}' })
+    assert.equal("/x?query=a&src=web", res.uri)
+    assert.equal("2", res.request_headers["accept-version"])
+    assert.same({ items = { 2 }, user = { login = "ann" },
+      meta = { by = "10.0.0.1", version = 2, tags = { "a" } } },
+      require("cjson").decode(res.request_body))
+    assert.same({ ok = 1, links = { self = "/x?query=a&src=web" } }, require("cjson").decode(res.body))
+    assert.is_nil(res.headers["server"])
+    assert.equal("luaproxy", res.headers["x-gateway"])
+  end)
+end)
