@@ -1074,6 +1074,13 @@ local function chunks_of(body, size)
   return out
 end
 
+-- Whether entry e runs `phase`: the plugin defines it and its compiled conf does not skip
+-- it (skip_phases, as the engine's runtime).
+local function runs(e, phase)
+  local skip = type(e.conf) == "table" and type(e.conf.skip_phases) == "table" and e.conf.skip_phases
+  return e.plugin[phase] ~= nil and not (skip and skip[phase])
+end
+
 -- Runs a chain of plugins through a whole request like the engine:
 --   entries = { { plugin, conf_overrides }, ... } (run by priority, higher first)
 --   req_spec: a T.request spec or a request built by T.request
@@ -1109,7 +1116,7 @@ function T.run_chain(entries, req_spec, resp_spec)
   for _, phase in ipairs({ "request", "upstream" }) do
     req:set_phase(phase)
     for _, e in ipairs(list) do
-      if e.plugin[phase] and T.phase(e.plugin, phase, req, e.conf) then
+      if runs(e, phase) and T.phase(e.plugin, phase, req, e.conf) then
         responded = true
         break
       end
@@ -1136,12 +1143,12 @@ function T.run_chain(entries, req_spec, resp_spec)
   end
 
   for _, e in ipairs(list) do
-    if e.plugin.response then T.phase(e.plugin, "response", req, e.conf) end
+    if runs(e, "response") then T.phase(e.plugin, "response", req, e.conf) end
   end
 
   local filters = {}
   for _, e in ipairs(list) do
-    if e.plugin.response_body then filters[#filters + 1] = e end
+    if runs(e, "response_body") then filters[#filters + 1] = e end
   end
   local out = {}
   for i = 1, #chunks do
@@ -1154,7 +1161,7 @@ function T.run_chain(entries, req_spec, resp_spec)
   end
 
   for _, e in ipairs(list) do
-    if e.plugin.log then T.phase(e.plugin, "log", req, e.conf) end
+    if runs(e, "log") then T.phase(e.plugin, "log", req, e.conf) end
   end
 
   local logs = {}

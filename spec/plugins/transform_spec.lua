@@ -171,3 +171,19 @@ describe("docs/plugins/transform.md", function()
     assert.equal("luaproxy", res.headers["x-gateway"])
   end)
 end)
+
+describe("transform phases", function()
+  local T = require "proxy.test"
+  local transform = require "transform"
+  it("leaves out the phases its config has no rules for (skip_phases)", function()
+    local c = T.conf(transform, { request = { headers = { add = { ["X-A"] = "1" } } } })
+    assert.same({ request = false, response = true, response_body = true }, c.skip_phases)
+    c = T.conf(transform, { response = { json = { set = { a = 1 } } } })
+    assert.same({ request = true, response = false, response_body = false }, c.skip_phases)
+  end)
+  it("uses its own encoder for a set number cjson would round", function()
+    local res = T.run(transform, { request = { json = { set = { id = 1234567890123456 } } } }, {
+      method = "POST", headers = { ["Content-Type"] = "application/json" }, body = '{"a":1}' })
+    assert.truthy(res.request_body:find('"id":1234567890123456', 1, true))
+  end)
+end)
