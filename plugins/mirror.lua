@@ -104,6 +104,8 @@ function P.request(req, conf)
   local pct = conf.percentage
   if pct < 100 and (pct <= 0 or random() * 100 >= pct) then return end
   if conf.predicate and not conf.predicate(req) then return end
+  -- A protocol upgrade (WebSocket) becomes a tunnel: there is no request to copy.
+  if req:header("upgrade") ~= nil then return end
   local cl = req:header("content-length")
   local has_body = req:header("transfer-encoding") ~= nil or (cl ~= nil and cl ~= "0")
   if has_body then

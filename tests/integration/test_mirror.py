@@ -306,5 +306,30 @@ class MirrorTest(RT.ReloadTestCase):
         self.assertAlive()
 
 
+class MirrorShutdownTest(H.ProxyTestCase):
+    """A worker that stops while a mirror is in flight waits for it only up to its drain
+    deadline, then exits cleanly (0, no sanitizer report)."""
+
+    def test_stop_mid_mirror_is_bounded_by_drain(self):
+        main = Server("main")
+        self.addCleanup(main.stop)
+        shadow = Server("shadow")
+        self.addCleanup(shadow.stop)
+        shadow.gate.clear()  # never answers during this test
+        p = H.Proxy.build({"main": H.upstream(main.port)},
+                          [RT.route("/", upstream="main", plugins=[
+                              {"name": "mirror", "url": "http://127.0.0.1:%d" % shadow.port,
+                               "timeout": 60}])],
+                          name="MirrorShutdown", timeouts={"drain": 1})
+        self.addCleanup(p.stop)
+        p.start()
+        r = H.get(p.port, "/stop", method="POST", body=b"s" * 3000)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(shadow.wait_count(1)[0]["body"], b"s" * 3000)  # held in flight
+        p.signal(15)
+        self.assertEqual(p.wait_exit(H.T(20)), 0, p.stderr()[-3000:])
+        p.check_sanitizers()
+
+
 if __name__ == "__main__":
     H.main()
