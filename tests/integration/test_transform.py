@@ -95,6 +95,15 @@ return { name = "fake_consumer", priority = 1000, schema = { fields = {} },
   end }
 '''
 
+# req:set_body() alone, without req:body(): the client's body is read and dropped.
+SET_BODY_PLUGIN = r'''
+return { name = "set_body_test", priority = 10, schema = { fields = {} },
+  request = function(req)
+    local b = req:header("x-new-body")
+    if b then req:set_body(b) end
+  end }
+'''
+
 
 class TransformTest(H.ProxyTestCase):
     @classmethod
@@ -104,6 +113,8 @@ class TransformTest(H.ProxyTestCase):
         d = H.Workdir.new("transform-plugins")
         with open(os.path.join(d, "fake_consumer.lua"), "w") as f:
             f.write(CONSUMER_PLUGIN)
+        with open(os.path.join(d, "set_body_test.lua"), "w") as f:
+            f.write(SET_BODY_PLUGIN)
         full = {"name": "transform",
                 "request": {
                     "headers": {"remove": ["X-Drop"], "rename": {"X-Old": "X-New"},
@@ -127,9 +138,12 @@ class TransformTest(H.ProxyTestCase):
              "plugins": [{"name": "fake_consumer"}, full]},
             {"match": {"prefix": "/small/"}, "upstream": "echo", "plugins": [small]},
             {"match": {"prefix": "/reject/"}, "upstream": "echo", "plugins": [reject]},
+            {"match": {"prefix": "/set/"}, "upstream": "echo",
+             "plugins": [{"name": "set_body_test"}]},
         ]
         cls.proxy = cls.start_proxy({"echo": H.upstream(cls.echo.port)}, routes,
-                                    lua={"plugin_paths": [d]})
+                                    lua={"plugin_paths": [d]},
+                                    limits={"max_body_size": 2 * 1024 * 1024})
 
     def echo_of(self, r):
         self.assertEqual(r.status, 200, r)
@@ -191,6 +205,30 @@ class TransformTest(H.ProxyTestCase):
                 else:
                     r = c.request("POST", "/t/k", hdrs, body)
                 self.check_request_doc(self.echo_of(r))
+
+    def test_3c_set_body_drops_the_clients_body(self):
+        big = b"c" * (1024 * 1024 + 17)
+        with H.Client(self.proxy.port) as c:
+            # A 1 MiB chunked upload replaced by 5 bytes; then a GET given a body; then a
+            # plain request: the connection stays in step.
+            r = c.request("POST", "/set/a", {"X-New-Body": "short",
+                                             "Transfer-Encoding": "chunked"},
+                          H.chunked(big, sizes=[65536, 1000]))
+            e = self.echo_of(r)
+            self.assertEqual(e["body"], "short")
+            self.assertEqual(e["headers"]["content-length"], "5")
+            self.assertNotIn("transfer-encoding", e["headers"])
+            e = self.echo_of(c.request("GET", "/set/b", {"X-New-Body": "{}"}))
+            self.assertEqual((e["method"], e["body"]), ("GET", "{}"))
+            e = self.echo_of(c.request("POST", "/set/c", {}, b"as sent"))
+            self.assertEqual(e["body"], "as sent")
+        # The client's body still counts against limits.max_body_size.
+        # (The head alone: the 413 comes before any body byte is read.)
+        with H.Client(self.proxy.port) as c:
+            c.send(H.build_request("POST", "/set/d", {"X-New-Body": "x",
+                                                      "Content-Length": str(3 << 20)}))
+            r = c.read_response("POST")
+        self.assertEqual(r.status, 413, r)
 
     def test_4_request_json_malformed_passes(self):
         body = b'{"secret": "s", "broken": '
