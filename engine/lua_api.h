@@ -273,5 +273,8 @@ int lp_ffi_body_teed(void *r, lp_str_t *out);
 /* req:set_body(s): send these n bytes upstream in place of the client's body; 0,
  * LP_FFI_ENOSPACE (out of memory), LP_FFI_EPHASE (the request already went upstream). */
 int lp_ffi_body_set(void *r, const char *p, size_t n);
+/* req:set_query(q): the query sent upstream ("" removes it), the path kept (and the route's
+ * strip_prefix with it); 0, LP_FFI_EINVAL (spaces, controls or '#'), LP_FFI_ENOSPACE. */
+int lp_ffi_set_query(void *r, const char *q, size_t n);
 
 #endif

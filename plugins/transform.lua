@@ -258,7 +258,7 @@ end
 local function query_req(req, c)
   local uri = req:uri()
   local q = find(uri, "?", 1, true)
-  local path, query = q and sub(uri, 1, q - 1) or uri, q and sub(uri, q + 1) or ""
+  local query = q and sub(uri, q + 1) or ""
   local args = {}
   for piece in gmatch_pieces(query) do
     local eq = find(piece, "=", 1, true)
@@ -303,7 +303,7 @@ local function query_req(req, c)
   if not changed then return end
   local out = {}
   for i, a in ipairs(args) do out[i] = a[1] end
-  req:set_path(#out > 0 and path .. "?" .. concat(out, "&") or path)
+  req:set_query(concat(out, "&"))
 end
 
 -- ---- JSON ----

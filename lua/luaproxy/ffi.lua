@@ -122,6 +122,7 @@ int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned lon
 int lp_ffi_body_tee(void *r, double max);
 int lp_ffi_body_teed(void *r, lp_str_t *out);
 int lp_ffi_body_set(void *r, const char *p, size_t n);
+int lp_ffi_set_query(void *r, const char *q, size_t n);
 ]]
 
 return {

@@ -37,6 +37,7 @@ M.methods = {
   trace_id = REQ_READ, span_id = REQ_READ, parent_span_id = REQ_READ, trace_sampled = REQ_READ,
   -- request body copy and replacement (engine/req_body.c)
   tee_body = { request = true }, teed_body = { log = true }, set_body = { request = true },
+  set_query = REQ_WRITE,
 }
 
 -- The variables req:var() knows (docs/lua-api.md); each gives one value: a string, or nil

@@ -307,6 +307,17 @@ function methods.set_body(h, body)
   end
 end
 
+-- The query sent upstream, without "?" ("" removes it); the path (and strip_prefix) stays.
+function methods.set_query(h, q)
+  check(h, "set_query")
+  if type(q) ~= "string" then raise("req:set_query(): expected a string", 2) end
+  local rc = C.lp_ffi_set_query(h._r, q, #q)
+  if rc ~= 0 then
+    raise(format("req:set_query(%q): %s", q,
+      rc == K.EINVAL and "must hold no spaces, controls or #" or "no room left"), 2)
+  end
+end
+
 -- ---- local answers ----
 
 function methods.respond(h, status, body, headers)

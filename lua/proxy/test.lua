@@ -729,6 +729,16 @@ function Req:set_path(uri)
   self._path, self._query = split_uri(uri)
 end
 
+-- The query sent upstream ("" removes it); the path stays.
+function Req:set_query(q)
+  check("set_query", self._phase)
+  if type(q) ~= "string" then phases.raise("req:set_query(): expected a string", 2) end
+  if find(q, "[%z\1-\32\127#]") then
+    phases.raise(format("req:set_query(%q): must hold no spaces, controls or #", q), 2)
+  end
+  self._query = q ~= "" and q or nil
+end
+
 function Req:set_upstream(name)
   check("set_upstream", self._phase)
   if type(name) ~= "string" then

@@ -138,6 +138,9 @@ class TransformTest(H.ProxyTestCase):
              "plugins": [{"name": "fake_consumer"}, full]},
             {"match": {"prefix": "/small/"}, "upstream": "echo", "plugins": [small]},
             {"match": {"prefix": "/reject/"}, "upstream": "echo", "plugins": [reject]},
+            {"match": {"prefix": "/sp/"}, "upstream": "echo", "strip_prefix": True,
+             "plugins": [{"name": "transform",
+                          "request": {"query": {"remove": ["b"], "add": {"c": "3"}}}}]},
             {"match": {"prefix": "/set/"}, "upstream": "echo",
              "plugins": [{"name": "set_body_test"}]},
         ]
@@ -185,6 +188,12 @@ class TransformTest(H.ProxyTestCase):
         self.assertEqual(h["x-client"], "127.0.0.1")
         self.assertEqual(h["x-who"], "c-9")
         self.assertEqual(e["path"], "/t/x?query=a%20b&keep=1&src=s%2F1")
+
+    def test_1b_query_change_keeps_strip_prefix(self):
+        e = self.echo_of(H.get(self.proxy.port, "/sp/x/y?a=1&b=2"))
+        self.assertEqual(e["path"], "/x/y?a=1&c=3")
+        e = self.echo_of(H.get(self.proxy.port, "/sp/x?b=2"))
+        self.assertEqual(e["path"], "/x?c=3")
 
     def test_2_request_json_content_length(self):
         e = self.echo_of(self.post("/t/j", self.DOC, {"X-User": "ann"}))
