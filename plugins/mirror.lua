@@ -68,6 +68,7 @@ function P.compile(conf)
   if conf.url then
     c.base = (conf.url:gsub("/+$", ""))
   end
+  c.keepalive = { idle_timeout = 60, pool_size = conf.max_concurrent }
   c.extra, c.extra_lower = {}, {}
   for name, value in pairs(conf.headers) do
     c.extra[#c.extra + 1] = { name, value }
@@ -205,7 +206,7 @@ local function mirror_one(req, conf, has_body)
     method = req:method(), url = base .. req:uri(), headers = headers,
     body = (body ~= nil and body ~= "") and body or nil,
     timeout = conf.timeout, ssl_verify = conf.ssl_verify, stream = true,
-    keepalive = { idle_timeout = 60, pool_size = conf.max_concurrent },
+    keepalive = conf.keepalive,
   }
   inflight = inflight + 1
   if m_inflight then m_inflight:inc(1) end

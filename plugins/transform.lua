@@ -9,6 +9,7 @@ local type, pairs, ipairs, tonumber, tostring, pcall, setmetatable, next, error 
 
 local text = require "luaproxy.text"
 local json = require("cjson").new() -- an instance of its own: its settings are not shared
+local json_encode = require "luaproxy.json_encode"
 
 local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
 
@@ -369,68 +370,8 @@ local function apply_json(doc, c, req)
   end
 end
 
--- The encoder is ours, over cjson's decoder: cjson 2.1.0 (Debian's) writes numbers with at
--- most 14 significant digits, which would change ids such as 1234567890123456; here an
--- integral number up to 2^53 is written whole and others with the fewest digits (up to 17)
--- that read back the same. cjson decodes [] and {} alike into an empty table: an empty
--- table is written [] when the document had empty arrays and no empty objects, else {}.
-local encode_value
-local function encode_table(t, out, n, empty_array)
-  if next(t) == nil then
-    n = n + 1; out[n] = empty_array and "[]" or "{}"
-    return n
-  end
-  local len = #t
-  local count = 0
-  for _ in pairs(t) do count = count + 1 end
-  if len > 0 and count == len then
-    n = n + 1; out[n] = "["
-    for i = 1, len do
-      if i > 1 then n = n + 1; out[n] = "," end
-      n = encode_value(t[i], out, n, empty_array)
-    end
-    n = n + 1; out[n] = "]"
-    return n
-  end
-  n = n + 1; out[n] = "{"
-  local first = true
-  for k, v in pairs(t) do
-    if not first then n = n + 1; out[n] = "," end
-    first = false
-    n = n + 1; out[n] = json.encode(tostring(k))
-    n = n + 1; out[n] = ":"
-    n = encode_value(v, out, n, empty_array)
-  end
-  n = n + 1; out[n] = "}"
-  return n
-end
-
-local floor, huge = math.floor, math.huge
-encode_value = function(v, out, n, empty_array)
-  local t = type(v)
-  local s
-  if t == "table" then return encode_table(v, out, n, empty_array)
-  elseif t == "string" then s = json.encode(v)
-  elseif t == "number" then
-    if v ~= v or v == huge or v == -huge then error("cannot encode " .. tostring(v) .. " in JSON") end
-    if v == floor(v) and v >= -9007199254740992 and v <= 9007199254740992 then
-      s = format("%d", v)
-    else
-      s = format("%.14g", v)
-      if tonumber(s) ~= v then s = format("%.17g", v) end
-    end
-  elseif t == "boolean" then s = v and "true" or "false"
-  elseif v == nil or v == json.null then s = "null"
-  else error("cannot encode a " .. t .. " in JSON") end
-  n = n + 1; out[n] = s
-  return n
-end
-
-local function encode(doc, empty_array)
-  local out = {}
-  local n = encode_value(doc, out, 0, empty_array)
-  return concat(out, "", 1, n)
-end
+-- The encoder is the engine's (luaproxy.json_encode), over cjson's decoder: see there.
+local encode = json_encode.encode
 P.encode = encode
 
 -- Whether the text has an empty array ([] with only blanks inside) or object: plain finds
