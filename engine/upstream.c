@@ -176,7 +176,9 @@ static int peer_fail(lp_peer_t *p, int kind, int status, const char *why)
         peer_close(p);
         return LP_OK;
     }
-    int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) && p->body_out == 0 &&
+    /* A req:set_body() replacement is held whole: it can go again, as a bodiless request. */
+    int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) &&
+                (p->body_out == 0 || lp_req_body_replaced(req)) &&
                 !(req->flags & LP_RF_RESP_STARTED) && !lp__try_deadline_passed(req);
     /* Another target may take the request when nothing reached this one (connect failed or
      * timed out), or when it reset before any response byte and the request can be sent
