@@ -119,6 +119,23 @@ typedef struct lp_waf_hits {
 } lp_waf_hits_t;
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
                           unsigned int flags, void *ctx);
+
+/* ---- auth plugins: cryptography (engine/crypto.c) ---- */
+long lp_ffi_b64_decode(const char *in, size_t len, int url, char *out, size_t outlen);
+int lp_ffi_digest(int md, const char *data, size_t len, char *out);
+int lp_ffi_ct_equal(const char *a, size_t alen, const char *b, size_t blen);
+int lp_ffi_passwd_verify(const char *pw, size_t pwlen, const char *hash, size_t hlen);
+void *lp_ffi_hmac_new(int md, const char *key, size_t klen);
+void lp_ffi_hmac_free(void *h);
+int lp_ffi_hmac_verify(void *h, const char *data, size_t dlen, const char *sig, size_t siglen);
+void *lp_ffi_pkey_pem(const char *pem, size_t len, char *err, size_t errlen);
+void *lp_ffi_pkey_rsa(const char *n, size_t nlen, const char *e, size_t elen);
+void *lp_ffi_pkey_ec(int bits, const char *x, size_t xlen, const char *y, size_t ylen);
+void *lp_ffi_pkey_ed25519(const char *x, size_t xlen);
+void lp_ffi_pkey_free(void *k);
+int lp_ffi_pkey_kind(void *k);
+int lp_ffi_pkey_verify(void *k, int md, int pss, const char *data, size_t dlen, const char *sig,
+                       size_t siglen);
 ]]
 
 return {
@@ -148,4 +165,6 @@ return {
   HR_HEAD = 1, HR_DONE = 2, HR_WAIT = 4, HR_ESOCK = -1,
   -- lp_ffi_trace_ids bits
   TRACE_SAMPLED = 1, TRACE_PARENT = 2, TRACE_RECORDED = 4,
+  -- lp_ffi_pkey_kind (auth plugins)
+  PKEY_RSA = 1, PKEY_P256 = 256, PKEY_P384 = 384, PKEY_ED25519 = 25519,
 }
