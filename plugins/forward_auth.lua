@@ -159,7 +159,7 @@ local function ask(req, conf)
   if ok and conf.consumer_from then
     local v = res.headers[conf.consumer_from]
     if type(v) == "table" then v = v[1] end
-    if v then hs[#hs + 1] = "\0consumer" hs[#hs + 1] = v end
+    if v then hs[#hs + 1] = ":consumer" hs[#hs + 1] = v end
   end
   return st, hs, not ok and res.body or ""
 end
@@ -193,7 +193,7 @@ function P.request(req, conf)
     -- A header the service did not send must not come from the client either.
     for _, n in ipairs(conf.upstream_headers) do req:clear_header(n) end
     for i = 1, #hs, 2 do
-      if hs[i] == "\0consumer" then
+      if hs[i] == ":consumer" then
         consumer = { id = hs[i + 1], plugin = "forward_auth" }
       else
         req:add_header(hs[i], hs[i + 1])
