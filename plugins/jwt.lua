@@ -9,8 +9,8 @@ local crypto = require "luaproxy.crypto"
 local common = require "luaproxy.auth_common"
 local cjson = require "cjson.safe"
 
-local find, sub, format, gsub, lower = string.find, string.sub, string.format, string.gsub,
-  string.lower
+local find, sub, format, gsub, lower, byte = string.find, string.sub, string.format, string.gsub,
+  string.lower, string.byte
 local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local decode_json = cjson.decode
 local b64url = crypto.b64url_decode
@@ -359,11 +359,18 @@ local function token_of(req, conf)
     local h = req:header(conf.header)
     if h then
       if conf.bearer then
-        local s, e = find(h, "^[Bb][Ee][Aa][Rr][Ee][Rr] +")
-        if not s then return nil, nil, "not a Bearer token" end
-        h = sub(h, e + 1)
+        -- "Bearer" in any case, then one or more spaces (no pattern on the hot path).
+        local scheme = sub(h, 1, 7)
+        if scheme ~= "Bearer " and lower(scheme) ~= "bearer " then
+          return nil, nil, "not a Bearer token"
+        end
+        local i = 8
+        while byte(h, i) == 32 do i = i + 1 end
+        h = sub(h, i)
       end
-      return gsub(h, "%s+$", ""), "header"
+      local last = byte(h, -1)
+      if last == 32 or last == 9 then h = gsub(h, "[ \t]+$", "") end
+      return h, "header"
     end
   end
   if conf.cookie then
