@@ -1,3 +1,4 @@
+-- luacheck: globals ngx
 -- The nginx + Lua anchor of the jwt benchmarks (bench/scenarios.py, `jwt-*`): the JWT
 -- verification an OpenResty user writes with lua-resty-core and OpenSSL through the FFI,
 -- doing what the jwt plugin does for these tokens: split the compact form, decode the JOSE

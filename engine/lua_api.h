@@ -275,6 +275,14 @@ int lp_ffi_ct_equal(const char *a, size_t alen, const char *b, size_t blen);
 /* A password against an htpasswd-style hash ($2y$ $2b$ $2a$ $5$ $6$ $apr1$ $1$ {SHA}):
  * 1 match, 0 no match, LP_FFI_EINVAL for a hash of another kind or malformed. */
 int lp_ffi_passwd_verify(const char *pw, size_t pwlen, const char *hash, size_t hlen);
+/* basic_auth's slow hashes off the worker's thread (engine/crypto_job.c; not in the
+ * lp_native library: specs check in place). job: starts lp_ffi_passwd_verify on the thread
+ * pool; 0 and *job, LP_FFI_EPHASE outside a task (check in place), LP_FFI_ENOSPACE over the
+ * process's bound of checks in flight. wait: 0 and *result when done, 1 when the task was
+ * parked (Lua yields, then calls again), LP_FFI_EPHASE. free: from Lua's finaliser. */
+int lp_ffi_passwd_job(const char *pw, size_t pwlen, const char *hash, size_t hlen, void **job);
+int lp_ffi_passwd_job_wait(void *job, int *result);
+void lp_ffi_passwd_job_free(void *job);
 /* A keyed HMAC (md 256, 384, 512), NULL on error; verify: 1 when sig is the MAC of data. */
 void *lp_ffi_hmac_new(int md, const char *key, size_t klen);
 void lp_ffi_hmac_free(void *h);

@@ -76,7 +76,7 @@ local function read_htpasswd(path, users)
       end
       local c = common.consumer(user, "basic_auth")
       c.username = user
-      users[user] = { hash = hash, consumer = c }
+      users[user] = { hash = hash, consumer = c, fast = hash:sub(1, 5) == "{SHA}" }
     end
   end
   f:close()
@@ -94,6 +94,7 @@ function P.compile(conf)
       return nil, format("users[%d].hash: unsupported hash (bcrypt, $5$, $6$, $apr1$, {SHA})", i)
     end
     users[u.username] = { password = u.password, hash = u.hash,
+                          fast = u.hash ~= nil and u.hash:sub(1, 5) == "{SHA}",
                           consumer = common.consumer(u.consumer or u.username, "basic_auth") }
     users[u.username].consumer.username = u.username
   end
@@ -111,6 +112,7 @@ function P.compile(conf)
 end
 
 local m_refused -- on GET /metrics
+local BUSY_HEADERS = { ["Content-Type"] = "text/plain", ["Retry-After"] = "1" }
 
 function P.init_worker()
   m_refused = proxy.metrics.counter("basic_auth_refused_total",
@@ -136,7 +138,14 @@ local function check(conf, name, u, pw)
     local exp = conf.cache[key]
     if exp and exp > now then return true end
   end
-  local ok = crypto.passwd_verify(pw, u.hash)
+  local ok, err
+  if u.fast then
+    ok = crypto.passwd_verify(pw, u.hash)
+  else
+    -- bcrypt, SHA-crypt, MD5-crypt: on the thread pool, the worker serves others meanwhile.
+    ok, err = crypto.passwd_verify_async(pw, u.hash)
+    if ok == nil and err == "busy" then return nil, "busy" end
+  end
   if ok and key then
     if conf.cache_n >= conf.cache_size then conf.cache, conf.cache_n = {}, 0 end
     if not conf.cache[key] then conf.cache_n = conf.cache_n + 1 end
@@ -165,9 +174,12 @@ function P.request(req, conf)
     crypto.equal(pw, name)
     return refuse(req, conf, "unknown user or wrong password")
   end
-  if not check(conf, name, u, pw) then
-    return refuse(req, conf, "unknown user or wrong password")
+  local ok, busy = check(conf, name, u, pw)
+  if busy then
+    proxy.log.warn("basic_auth: too many password checks in flight; answering 503")
+    return req:respond(503, "busy\n", BUSY_HEADERS)
   end
+  if not ok then return refuse(req, conf, "unknown user or wrong password") end
   if conf.hide_credentials then req:clear_header("Authorization") end
   common.set_consumer(req, conf, u.consumer)
 end

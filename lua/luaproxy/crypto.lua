@@ -47,6 +47,32 @@ function M.passwd_verify(pw, hash)
   return rc == 1
 end
 
+-- The same off the worker's thread (engine/crypto_job.c): the running phase waits, the
+-- worker serves other requests meanwhile. Where no task runs, or the engine's library has
+-- no jobs (the proxy.test double), the check runs in place. nil, "busy" when the process
+-- has too many checks in flight.
+local has_jobs = pcall(function() return C.lp_ffi_passwd_job end)
+local jobp = ffi.new("void *[1]")
+local resp = ffi.new("int[1]")
+local wait = require("luaproxy.phases").wait
+
+function M.passwd_verify_async(pw, hash)
+  if not has_jobs then return M.passwd_verify(pw, hash) end
+  local rc = C.lp_ffi_passwd_job(pw, #pw, hash, #hash, jobp)
+  if rc == K.EPHASE then return M.passwd_verify(pw, hash) end
+  if rc ~= 0 then return nil, "busy" end
+  local job = ffi_gc(jobp[0], C.lp_ffi_passwd_job_free)
+  while true do
+    local w = C.lp_ffi_passwd_job_wait(job, resp)
+    if w == 0 then break end
+    if w < 0 then return nil, "busy" end
+    wait()
+  end
+  local r = resp[0]
+  if r < 0 then return nil, "unsupported or malformed hash" end
+  return r == 1
+end
+
 -- Which hash kinds passwd_verify knows, by prefix (for config checks).
 function M.hash_kind(hash)
   if hash:find("^%$2[aby]%$%d%d%$") then return "bcrypt" end

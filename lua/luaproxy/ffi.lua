@@ -125,6 +125,9 @@ long lp_ffi_b64_decode(const char *in, size_t len, int url, char *out, size_t ou
 int lp_ffi_digest(int md, const char *data, size_t len, char *out);
 int lp_ffi_ct_equal(const char *a, size_t alen, const char *b, size_t blen);
 int lp_ffi_passwd_verify(const char *pw, size_t pwlen, const char *hash, size_t hlen);
+int lp_ffi_passwd_job(const char *pw, size_t pwlen, const char *hash, size_t hlen, void **job);
+int lp_ffi_passwd_job_wait(void *job, int *result);
+void lp_ffi_passwd_job_free(void *job);
 void *lp_ffi_hmac_new(int md, const char *key, size_t klen);
 void lp_ffi_hmac_free(void *h);
 int lp_ffi_hmac_verify(void *h, const char *data, size_t dlen, const char *sig, size_t siglen);

@@ -27,6 +27,8 @@ import harness as H
 BCRYPT_2Y = "$2y$10$abcdefghijklmnopqrstuuuTb1taSW3tyVcS0KVY/Unq9g6oOZKYm"
 BCRYPT_2B = "$2b$05$ZzSmhvtMSZn/spKO5aT1A.10eesmtqNttzbFbh3Cek15v.3glb3BC"
 BCRYPT_2A = "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"
+# "slow-pass" at cost 13: about 0.8 s of CPU, to see that the worker serves others meanwhile.
+BCRYPT_SLOW = "$2y$13$ABCDEFGHIJKLMNOPQRSTUu4DfmWDLNyMXIe9zvSyJnngRY0aaIUFG"
 
 HMAC_SECRET = "integration-hmac-secret"
 API_KEY = "k-7f3a9c"
@@ -181,6 +183,8 @@ class TestAuth(H.ProxyTestCase):
         routes = [
             route("basic.test", {"name": "basic_auth", "realm": "staff", "htpasswd": "users.htpasswd",
                                  "users": [{"username": "cfg", "password": "cfg-pass"}]}),
+            route("slow.test", {"name": "basic_auth", "cache_ttl": 0,
+                                "users": [{"username": "slow", "hash": BCRYPT_SLOW}]}),
             route("key.test", {"name": "key_auth", "keys": {API_KEY: "mobile"},
                                "query_names": ["apikey"]}),
             route("jwt.test", {"name": "jwt", "keys": [
@@ -251,6 +255,31 @@ class TestAuth(H.ProxyTestCase):
         per = (time.monotonic() - t0) / 20
         # bcrypt at cost 10 takes ~50 ms here; a cached check is a hash table lookup.
         self.assertLess(per, H.T(0.02), "cached bcrypt checks took %.1f ms each" % (per * 1000))
+
+    def test_basic_bcrypt_does_not_block_the_worker(self):
+        # One worker: while it checks a cost-13 bcrypt (on the thread pool), requests of
+        # other clients are answered.
+        done = threading.Event()
+        result = {}
+
+        def slow():
+            try:
+                result["r"] = self.get("slow.test", headers={"Authorization": basic("slow", "slow-pass")})
+            finally:
+                done.set()
+
+        th = threading.Thread(target=slow)
+        th.start()
+        served = 0
+        while not done.is_set():
+            t0 = time.monotonic()
+            self.assertEqual(self.get("plain.test", path="/").status, 200)
+            if not done.is_set():
+                served += 1
+                self.assertLess(time.monotonic() - t0, H.T(0.3))
+        th.join(H.T(30))
+        self.assertEqual(result["r"].status, 200)
+        self.assertGreaterEqual(served, 3, "requests answered during the bcrypt check")
 
     def test_basic_htpasswd_reloads(self):
         self.assertEqual(self.get("basic.test", headers={"Authorization": basic("new", "new-pass")}).status, 401)
