@@ -79,6 +79,10 @@ function P.compile(conf)
   for i, h in ipairs(conf.client_headers) do conf.client_lower[i] = lower(h) end
   conf.anonymous = { id = "anonymous", plugin = "forward_auth" }
   conf.prefix = "fa:" .. conf.url .. "\0"
+  if conf.cache_dict and proxy.shared and not proxy.shared[conf.cache_dict] then
+    return nil, "cache_dict: no shared dict " .. conf.cache_dict
+      .. " (declare it in the config's `shared`)"
+  end
   return conf
 end
 

@@ -232,6 +232,11 @@ function P.compile(conf)
   conf.challenge = format('Bearer realm="%s"', conf.realm)
   if conf.jwks_url then
     conf.jwks_key = "jwks:" .. conf.jwks_url
+    -- Caught when the config loads (`luaproxy -t` too), not when a worker starts.
+    if proxy.shared and not proxy.shared[conf.jwks_dict] then
+      return nil, "jwks_dict: no shared dict " .. conf.jwks_dict
+        .. " (declare it in the config's `shared`)"
+    end
   end
   return conf
 end

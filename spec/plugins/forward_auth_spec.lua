@@ -103,6 +103,11 @@ describe("forward_auth plugin", function()
     for _, k in ipairs(proxy.shared.fa:get_keys(0)) do assert.is_nil(k:find("good", 1, true)) end
   end)
 
+  it("refuses a cache_dict the config does not declare", function()
+    assert.error_matches(function() T.run(forward_auth, { url = URL, cache_dict = "nope" }) end,
+      "cache_dict: no shared dict nope", 1, true)
+  end)
+
   it("keeps the credentials when hide_credentials is false", function()
     T.http_mock(URL, { status = 200 })
     local res = T.run(forward_auth, { url = URL, hide_credentials = false },

@@ -178,6 +178,8 @@ describe("jwt plugin", function()
       "keys[1].alg: ES256 needs a P-256 key, this one is RSA", 1, true)
     assert.error_matches(function() T.run(jwt, { keys = { { secret = "a", alg = "RS256" } } }) end,
       "keys[1].alg: RS256 does not take a secret", 1, true)
+    assert.error_matches(function() T.run(jwt, { jwks_url = "http://x/", jwks_dict = "nope" }) end,
+      "jwks_dict: no shared dict nope", 1, true)
   end)
 
   describe("JWKS", function()

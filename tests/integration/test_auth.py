@@ -192,6 +192,9 @@ class TestAuth(H.ProxyTestCase):
                 {"kid": "rs", "pem_file": cls.keys.rsa_pub}]}),
             route("jwks.test", {"name": "jwt", "jwks_url": "http://127.0.0.1:%d/jwks" % cls.jwks.port,
                                 "jwks_refresh": 1, "jwks_timeout": 1}),
+            route("jwksdead.test", {"name": "jwt", "jwks_dict": "jwks_dead",
+                                    "jwks_url": "http://127.0.0.1:%d/jwks" % H.dead_port(),
+                                    "jwks_timeout": 1}),
             route("fa.test", {"name": "forward_auth", "url": "http://127.0.0.1:%d/check" % cls.auth.port,
                               "upstream_headers": ["X-User", "X-Groups"], "consumer_from": "X-User",
                               "timeout": 0.5}),
@@ -199,7 +202,7 @@ class TestAuth(H.ProxyTestCase):
             {"match": {"prefix": "/"}, "upstream": "o"},
         ]
         p = H.Proxy.build({"o": H.upstream(origin.port)}, routes, name="auth", level="info",
-                          shared={"jwks": "1m"}, admin={"address": "127.0.0.1:0"})
+                          shared={"jwks": "1m", "jwks_dead": "64k"}, admin={"address": "127.0.0.1:0"})
         cls.addClassCleanup(p.stop)
         cls.htpasswd = os.path.join(p.dir, "users.htpasswd")
         cls.write_htpasswd([
@@ -378,6 +381,12 @@ class TestAuth(H.ProxyTestCase):
         finally:
             type(self).jwks_mode = "good"
 
+    def test_jwks_never_reachable(self):
+        tok = self.keys.token("ES256", {"sub": "x", "exp": int(time.time()) + 600}, {"kid": "ec1"})
+        self.assert_invalid("jwksdead.test", tok, "no keys")
+        H.wait_for(lambda: "no keys yet" in self.proxy.stderr(), H.T(10), what="the JWKS warning")
+        self.assertAlive()
+
     # ---- forward_auth ----
 
     def test_forward_auth(self):
@@ -413,10 +422,12 @@ class TestAuth(H.ProxyTestCase):
         self.assertEqual(r.status, 200)
         for secret in [b"cfg-pass", API_KEY.encode(), HMAC_SECRET.encode()]:
             self.assertNotIn(secret, r.body)
-        routes = r.json()["config"]["routes"]
-        self.assertEqual(routes[0]["plugins"][0]["users"], "<redacted>")
-        self.assertEqual(routes[1]["plugins"][0]["keys"], "<redacted>")
-        self.assertEqual(routes[2]["plugins"][0]["keys"], "<redacted>")
+        plugin = {rt["match"].get("host"): rt.get("plugins", [None])[0]
+                  for rt in r.json()["config"]["routes"]}
+        self.assertEqual(plugin["basic.test"]["users"], "<redacted>")
+        self.assertEqual(plugin["key.test"]["keys"], "<redacted>")
+        self.assertEqual(plugin["jwt.test"]["keys"], "<redacted>")
+        self.assertEqual(plugin["jwt.test"]["name"], "jwt")
         # and the log has none either
         err = self.proxy.stderr()
         for secret in ["cfg-pass", API_KEY, HMAC_SECRET, "bcrypt-pass"]:
