@@ -22,6 +22,7 @@
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 struct lp_req_s; /* named by lua_api.h; this file needs nothing else of the engine */
@@ -106,24 +107,34 @@ static size_t b64_encode_std(const unsigned char *in, size_t len, char *out)
 
 /* ---- digests and comparison ---- */
 
+/* Digests fetched once for the process (OpenSSL 3 looks an algorithm up at every use of
+ * EVP_sha256() & co.: a few microseconds per signature check). Shared by every thread:
+ * written once under pthread_once, then only read (an EVP_MD is safe to share). */
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+static EVP_MD *md_fetched[5]; /* owns one reference each, for the process's life */
+
+static void md_fetch(void)
+{
+    static const char *const names[5] = {"SHA1", "SHA256", "SHA384", "SHA512", "MD5"};
+    for (int i = 0; i < 5; i++)
+        md_fetched[i] = EVP_MD_fetch(NULL, names[i], NULL);
+    ERR_clear_error();
+}
+
 static const EVP_MD *md_of(int md)
 {
-    switch (md) {
-    case 1:
-        return EVP_sha1();
-    case 256:
-        return EVP_sha256();
-    case 384:
-        return EVP_sha384();
-    case 512:
-        return EVP_sha512();
-    default:
+    /* 5: MD5, for MD5-crypt only (never a JWS or HMAC digest: callers check md). */
+    int i = md == 1 ? 0 : md == 256 ? 1 : md == 384 ? 2 : md == 512 ? 3 : md == 5 ? 4 : -1;
+    if (i < 0)
         return NULL;
-    }
+    pthread_once(&md_once, md_fetch);
+    return md_fetched[i];
 }
 
 int lp_ffi_digest(int md, const char *data, size_t len, char *out)
 {
+    if (md == 5)
+        return LP_FFI_EINVAL; /* MD5 is MD5-crypt's alone */
     const EVP_MD *m = md_of(md);
     unsigned int n = 0;
     if (!m || !EVP_Digest(data, len, (unsigned char *)out, &n, m, NULL)) {
@@ -181,10 +192,10 @@ static size_t md5_crypt(const char *pw, size_t pwlen, const char *magic, const c
     EVP_MD_CTX *c = EVP_MD_CTX_new(), *alt = EVP_MD_CTX_new();
     int ok = c && alt;
     /* The alternate sum: pw, salt, pw. */
-    ok = ok && EVP_DigestInit_ex(alt, EVP_md5(), NULL) && md5_update(alt, pw, pwlen) &&
+    ok = ok && EVP_DigestInit_ex(alt, md_of(5), NULL) && md5_update(alt, pw, pwlen) &&
          md5_update(alt, salt, saltlen) && md5_update(alt, pw, pwlen) &&
          EVP_DigestFinal_ex(alt, fin, &n);
-    ok = ok && EVP_DigestInit_ex(c, EVP_md5(), NULL) && md5_update(c, pw, pwlen) &&
+    ok = ok && EVP_DigestInit_ex(c, md_of(5), NULL) && md5_update(c, pw, pwlen) &&
          md5_update(c, magic, mlen) && md5_update(c, salt, saltlen);
     for (size_t pl = pwlen; ok && pl > 0; pl -= pl > 16 ? 16 : pl)
         ok = md5_update(c, fin, pl > 16 ? 16 : pl);
@@ -196,7 +207,7 @@ static size_t md5_crypt(const char *pw, size_t pwlen, const char *magic, const c
     ok = ok && EVP_DigestFinal_ex(c, fin, &n);
     /* 1000 rounds, to slow guessing down. */
     for (int i = 0; ok && i < 1000; i++) {
-        ok = EVP_DigestInit_ex(c, EVP_md5(), NULL);
+        ok = EVP_DigestInit_ex(c, md_of(5), NULL);
         ok = ok && ((i & 1) ? md5_update(c, pw, pwlen) : md5_update(c, fin, 16));
         if (ok && i % 3)
             ok = md5_update(c, salt, saltlen);
@@ -289,7 +300,7 @@ typedef struct {
 void *lp_ffi_hmac_new(int md, const char *key, size_t klen)
 {
     const EVP_MD *m = md_of(md);
-    if (!m || md == 1)
+    if (!m || md == 1 || md == 5)
         return NULL;
     lp_hmac_t *h = calloc(1, sizeof(*h));
     EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
@@ -513,7 +524,7 @@ int lp_ffi_pkey_verify(void *p, int md, int pss, const char *data, size_t dlen, 
     EVP_PKEY *k = p;
     int kind = lp_ffi_pkey_kind(k);
     const EVP_MD *m = kind == LP_FFI_PKEY_ED25519 ? NULL : md_of(md);
-    if (kind != LP_FFI_PKEY_ED25519 && (!m || md == 1))
+    if (kind != LP_FFI_PKEY_ED25519 && (!m || md == 1 || md == 5))
         return LP_FFI_EINVAL;
     unsigned char der[2 * 48 + 16];
     const unsigned char *s = (const unsigned char *)sig;

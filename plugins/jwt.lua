@@ -13,7 +13,7 @@ local find, sub, format, gsub, lower, byte = string.find, string.sub, string.for
   string.lower, string.byte
 local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
 local decode_json = cjson.decode
-local b64url = crypto.b64url_decode
+local b64url, b64url_at = crypto.b64url_decode, crypto.b64url_decode_at
 
 local P = {
   name = "jwt",
@@ -406,27 +406,28 @@ local function jose_header(text)
   return h
 end
 
-local function verify_with(key, spec, input, sig)
-  if spec.kind == "HMAC" then return crypto.hmac_verify(key.hmac[spec.md], input, sig) end
-  return crypto.pkey_verify(key.pkey, spec.md or 0, spec.pss, input, sig)
+-- input: the token; n: the length of its signing input (header.payload), a prefix of it.
+local function verify_with(key, spec, input, n, sig)
+  if spec.kind == "HMAC" then return crypto.hmac_verify(key.hmac[spec.md], input, sig, n) end
+  return crypto.pkey_verify(key.pkey, spec.md or 0, spec.pss, input, sig, n)
 end
 
 -- Finds the key set's key for a kid (or, without one, tries every key fitting alg).
 -- Returns true (verified), false (no key verified it), or nil, why (no key fits).
-local function verify_in(set, kid, alg, spec, input, sig)
+local function verify_in(set, kid, alg, spec, input, n, sig)
   if not set then return nil, "no keys" end
   if kid ~= nil then
     local k = set.by_kid[kid]
     if not k then return nil, "unknown kid" end
     if not key_alg_ok(k, alg, spec) then return nil, "algorithm " .. alg .. " not allowed for the key" end
-    return verify_with(k, spec, input, sig)
+    return verify_with(k, spec, input, n, sig)
   end
   local tried = false
   for i = 1, #set.list do
     local k = set.list[i]
     if key_alg_ok(k, alg, spec) then
       tried = true
-      if verify_with(k, spec, input, sig) then return true end
+      if verify_with(k, spec, input, n, sig) then return true end
     end
   end
   if not tried then return nil, "no key for algorithm " .. alg end
@@ -488,14 +489,15 @@ function P.request(req, conf)
   if h.crit ~= nil then return refuse(req, conf, "unsupported crit header") end
   local kid = h.kid
   if kid ~= nil and type(kid) ~= "string" then return refuse(req, conf, "kid is not a string") end
-  local sig = b64url(sub(token, d2 + 1))
+  local sig = b64url_at(token, d2 + 1, #token)
   if not sig or sig == "" then return refuse(req, conf, "bad base64url in the signature") end
-  local input = sub(token, 1, d2 - 1)
+  -- The signing input is the token's first d2 - 1 bytes: no substring is made.
+  local input, n = token, d2 - 1
 
-  local ok, why = verify_in(conf.static, kid, alg, spec, input, sig)
+  local ok, why = verify_in(conf.static, kid, alg, spec, input, n, sig)
   if ok == nil and conf.jwks_url then
     local st = jwks_state[conf.jwks_url]
-    ok, why = verify_in(st and st.set, kid, alg, spec, input, sig)
+    ok, why = verify_in(st and st.set, kid, alg, spec, input, n, sig)
     if ok == nil and (why == "unknown kid" or why == "no keys") then
       -- Keys may have rotated (or not been fetched yet): fetch again, at most every
       -- jwks_min_refresh seconds per worker.
@@ -504,14 +506,14 @@ function P.request(req, conf)
       if now - (st.forced or -1e9) >= conf.jwks_min_refresh then
         st = refresh(conf, true)
         st.forced = now
-        ok, why = verify_in(st.set, kid, alg, spec, input, sig)
+        ok, why = verify_in(st.set, kid, alg, spec, input, n, sig)
       end
     end
   end
   if ok == nil then return refuse(req, conf, why) end
   if not ok then return refuse(req, conf, "bad signature") end
 
-  local raw = b64url(sub(token, d1 + 1, d2 - 1))
+  local raw = b64url_at(token, d1 + 1, d2 - 1)
   if not raw then return refuse(req, conf, "bad base64url in the payload") end
   local claims = decode_json(raw)
   if type(claims) ~= "table" or claims[1] ~= nil then

@@ -26,6 +26,18 @@ end
 
 -- base64url without padding (JWS); nil for anything else.
 function M.b64url_decode(s) return b64(s, 1) end
+
+-- base64url of s's bytes from..to (no substring made: a token is decoded in place).
+local cast, u8p = ffi.cast, ffi.typeof("const char *")
+function M.b64url_decode_at(s, from, to)
+  local n = to - from + 1
+  if n < 0 then return nil end
+  local need = n - n % 4 + 3
+  local buf = need <= SCRATCH and scratch or ffi.new("char[?]", need)
+  local len = tonumber(C.lp_ffi_b64_decode(cast(u8p, s) + (from - 1), n, 1, buf, need))
+  if len < 0 then return nil end
+  return ffi_string(buf, len)
+end
 -- Standard base64, padding optional (Basic credentials); nil for anything else.
 function M.b64_decode(s) return b64(s, 0) end
 
@@ -91,7 +103,10 @@ function M.hmac(md, key)
   return ffi_gc(h, C.lp_ffi_hmac_free)
 end
 
-function M.hmac_verify(h, data, sig) return C.lp_ffi_hmac_verify(h, data, #data, sig, #sig) == 1 end
+-- n: how many bytes of data (default all): a token's signing input is its prefix.
+function M.hmac_verify(h, data, sig, n)
+  return C.lp_ffi_hmac_verify(h, data, n or #data, sig, #sig) == 1
+end
 
 local errbuf = ffi.new("char[256]")
 
@@ -115,8 +130,8 @@ local KINDS = { [K.PKEY_RSA] = "RSA", [K.PKEY_P256] = "P-256", [K.PKEY_P384] = "
 -- "RSA", "P-256", "P-384", "Ed25519", or nil (a key no JWS algorithm here uses).
 function M.pkey_kind(k) return KINDS[C.lp_ffi_pkey_kind(k)] end
 
-function M.pkey_verify(k, md, pss, data, sig)
-  return C.lp_ffi_pkey_verify(k, md, pss and 1 or 0, data, #data, sig, #sig) == 1
+function M.pkey_verify(k, md, pss, data, sig, n)
+  return C.lp_ffi_pkey_verify(k, md, pss and 1 or 0, data, n or #data, sig, #sig) == 1
 end
 
 return M
