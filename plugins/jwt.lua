@@ -307,7 +307,10 @@ local function refresh(conf, force)
 end
 P.refresh = refresh
 -- Forgets this worker's keys (specs: each starts from nothing, as a new worker does).
-function P._reset() jwks_state = {} end
+function P._reset()
+  jwks_state = {}
+  claims_cache, claims_cache_n = {}, 0
+end
 
 function P.init_worker(conf)
   m_refused = proxy.metrics.counter("jwt_refused_total", "Requests jwt refused, by reason.",
@@ -389,8 +392,13 @@ local function token_of(req, conf)
   return nil
 end
 
--- Decoded JOSE headers by their base64url text: tokens of one issuer share a few.
+-- Decoded JOSE headers by their base64url text: tokens of one issuer share a few. And
+-- decoded claims of verified tokens (tables shared by the requests of one token: other
+-- plugins read req.ctx.jwt_claims, never change it). Per worker, bounded.
 local header_cache, header_cache_n = {}, 0
+local claims_cache, claims_cache_n = {}, 0
+-- claims table -> { [consumer claim name] = consumer table }; weak: goes with its claims.
+local consumers = setmetatable({}, { __mode = "k" })
 
 local function jose_header(text)
   local h = header_cache[text]
@@ -513,18 +521,35 @@ function P.request(req, conf)
   if ok == nil then return refuse(req, conf, why) end
   if not ok then return refuse(req, conf, "bad signature") end
 
-  local raw = b64url_at(token, d1 + 1, d2 - 1)
-  if not raw then return refuse(req, conf, "bad base64url in the payload") end
-  local claims = decode_json(raw)
-  if type(claims) ~= "table" or claims[1] ~= nil then
-    return refuse(req, conf, "the payload is not a JSON object")
+  -- Decoded payloads of verified tokens, by their text: a client sends its token many
+  -- times. The checks below still run on every request.
+  local ptext = sub(token, d1 + 1, d2 - 1)
+  local claims = claims_cache[ptext]
+  if not claims then
+    local raw = b64url(ptext)
+    if not raw then return refuse(req, conf, "bad base64url in the payload") end
+    claims = decode_json(raw)
+    if type(claims) ~= "table" or claims[1] ~= nil then
+      return refuse(req, conf, "the payload is not a JSON object")
+    end
+    if claims_cache_n >= 1024 then claims_cache, claims_cache_n = {}, 0 end
+    claims_cache[ptext] = claims
+    claims_cache_n = claims_cache_n + 1
   end
   local cerr = check_claims(conf, claims)
   if cerr then return refuse(req, conf, cerr) end
-  local id = claims[conf.consumer_claim]
-  local tid = type(id)
-  if tid ~= "string" and tid ~= "number" then
-    return refuse(req, conf, "no " .. conf.consumer_claim .. " claim")
+  -- The consumer of a claims table, made once per table (claims tables are cached).
+  local cc = consumers[claims]
+  local consumer = cc and cc[conf.consumer_claim]
+  if not consumer then
+    local id = claims[conf.consumer_claim]
+    local tid = type(id)
+    if tid ~= "string" and tid ~= "number" then
+      return refuse(req, conf, "no " .. conf.consumer_claim .. " claim")
+    end
+    consumer = { id = tostring(id), plugin = "jwt" }
+    if not cc then cc = {} consumers[claims] = cc end
+    cc[conf.consumer_claim] = consumer
   end
 
   if conf.hide_credentials then
@@ -541,7 +566,7 @@ function P.request(req, conf)
     end
   end
   req.ctx.jwt_claims = claims
-  common.set_consumer(req, conf, { id = tostring(id), plugin = "jwt", kid = kid })
+  common.set_consumer(req, conf, consumer)
   for i = 1, #conf.claim_list do
     local hc = conf.claim_list[i]
     local v = claims[hc[2]]
