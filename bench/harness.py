@@ -268,8 +268,9 @@ def wait_port(port, proc, timeout=10.0):
     return False
 
 
-def http_get(port, path, timeout=10.0, scheme="http"):
-    """(status, body length) of one GET, or raises OSError/HTTPException."""
+def http_get(port, path, timeout=10.0, scheme="http", headers=()):
+    """(status, body length) of one GET, or raises OSError/HTTPException. headers: the
+    scenario's "Name: value" lines (credentials of the auth scenarios)."""
     if scheme == "https":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -278,7 +279,7 @@ def http_get(port, path, timeout=10.0, scheme="http"):
     else:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        c.request("GET", path)
+        c.request("GET", path, headers=dict(h.split(": ", 1) for h in headers))
         r = c.getresponse()
         return r.status, len(r.read())
     finally:
@@ -481,11 +482,11 @@ def proxy_log_tail(px):
     return "\n".join(x for x in parts if x)
 
 
-def sanity(px, path, scheme="http"):
+def sanity(px, path, scheme="http", headers=()):
     """One GET through the proxy; sets px.failed and returns False when wrong."""
     want = expected_body(path)
     try:
-        status, n = http_get(px.port, path, scheme=scheme)
+        status, n = http_get(px.port, path, scheme=scheme, headers=headers or ())
     except (OSError, http.client.HTTPException) as e:
         px.failed = "GET %s failed: %s" % (path, e)
         return False
@@ -783,7 +784,7 @@ def main():
                 if px.failed is None and not px.alive():
                     px.failed = "process exited"
                 if px.failed is None:
-                    sanity(px, sc["path"], sc.get("scheme", "http"))
+                    sanity(px, sc["path"], sc.get("scheme", "http"), sc.get("headers"))
             def measure(px, seconds):
                 """One wrk run; a proxy that dies is marked failed, the others go on."""
                 if px.failed is not None:

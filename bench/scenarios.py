@@ -1077,3 +1077,109 @@ for _name, _path, _setup, _hdrs, _note in [
         "per_mib": False,
         "note": _note,
     })
+
+# --- authentication (#15): key_auth and jwt, next to nginx + Lua doing the same -------------
+# One template pair, four paths: "/" without a plugin (the base, same processes), "/key/"
+# through key_auth (the key in X-Api-Key, mapped to a consumer, hidden, X-Consumer-Id set),
+# "/jwt/" through jwt with an HS256 and an RS256 key (by kid; the token in Authorization:
+# Bearer, exp checked, sub to X-Consumer-Id, Authorization removed). nginx + lua:
+# access_by_lua_block doing the same; for JWT the anchor is bench/jwt_anchor.lua
+# (lua-resty-core's ngx.base64 and OpenSSL through the FFI: a keyed EVP_MAC context for
+# HS256, EVP_DigestVerify with a cached EVP_PKEY for RS256). The tokens below are signed with
+# a bench-only key pair (bench/jwt_bench.pub.pem; the private half was thrown away) and
+# expire in 2100. A plugin's cost is its CPU/req minus auth-base-5B-c50's, in the same run.
+import os as _os
+
+_BENCH_DIR = _os.path.dirname(_os.path.abspath(__file__))
+AUTH_API_KEY = "bench-key-6c1f0e2a"
+AUTH_HS_SECRET = "bench-hmac-secret-0123456789abcdef"
+AUTH_HS256_TOKEN = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImhzIn0."
+                    "eyJzdWIiOiJiZW5jaC11c2VyIiwiaXNzIjoiYmVuY2giLCJleHAiOjQxMDI0NDQ4MDB9."
+                    "tPxCbUtrl37C3g2Ss1z9CJai6MHFZx4CZgZe54N2lhk")
+AUTH_RS256_TOKEN = (
+    "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzIn0."
+    "eyJzdWIiOiJiZW5jaC11c2VyIiwiaXNzIjoiYmVuY2giLCJleHAiOjQxMDI0NDQ4MDB9."
+    "iApmwaQmZ3rpRxZZuzFIVVXZysS7mfiB1Pk1NQSUzKJ6NiFyN3rshwcnFQ8lB-D7DoaMMZdbBp3Ng_sL_OA6-coX"
+    "KltHwr1QFdzeK0VCp6sCOsRSjJ4Kg4DlvX9aFK_uMhuRpZqJdC4i-lWpprpe3W-eQahlUaq3ZSJ68a9ESfx_HTLw"
+    "KwSVlwVJIAVw_-tDua3Hd6ssS2p_MAM1ZxvjEAIV6yX7MP6ZsoAVPdiMaPqjIJkczz2ozvVgapBFfF4Cc5LVMu9f"
+    "OVC92cner2w84yM9CdQ_M8XYwU-VHLWLFExDU4CJQu6G2mos1uX2dlXlNEu5mIZSqzq-qc1cdNGUfg")
+_AUTH_PEM = _os.path.join(_BENCH_DIR, "jwt_bench.pub.pem")
+
+LUAPROXY_AUTHN = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = {
+    { match = { prefix = "/key/" }, upstream = "app", strip_prefix = true,
+      plugins = { { name = "key_auth", keys = { ["%(key)s"] = "bench-user" } } } },
+    { match = { prefix = "/jwt/" }, upstream = "app", strip_prefix = true,
+      plugins = { { name = "jwt", keys = { { kid = "hs", alg = "HS256", secret = "%(secret)s" },
+                                           { kid = "rs", alg = "RS256", pem_file = "%(pem)s" } } } } },
+    { match = { prefix = "/" }, upstream = "app" },
+  },
+  log = { access = false },
+}
+""" % {"key": AUTH_API_KEY, "secret": AUTH_HS_SECRET, "pem": _AUTH_PEM}
+
+NGINX_AUTHN = NGINX_PLAIN.replace(
+    "worker_processes 1;",
+    "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n"
+    "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n"
+    "worker_processes 1;").replace(
+    "  access_log off;\n",
+    "  access_log off;\n"
+    "  lua_package_path \"%(dir)s/?.lua;;\";\n"
+    "  init_by_lua_block {\n"
+    "    KEYS = { [\"%(key)s\"] = \"bench-user\" }\n"
+    "    local f = assert(io.open(\"%(pem)s\"))\n"
+    "    require(\"jwt_anchor\").setup(\"%(secret)s\", f:read(\"*a\"))\n"
+    "    f:close()\n"
+    "  }\n" % {"dir": _BENCH_DIR, "key": AUTH_API_KEY, "secret": AUTH_HS_SECRET,
+               "pem": _AUTH_PEM}).replace(
+    "    location / {\n",
+    "    location /key/ {\n"
+    "      access_by_lua_block {\n"
+    "        local k = ngx.var.http_x_api_key\n"
+    "        local c = k and KEYS[k]\n"
+    "        if not c then\n"
+    "          ngx.header[\"WWW-Authenticate\"] = 'Key realm=\"nginx\"'\n"
+    "          return ngx.exit(401)\n"
+    "        end\n"
+    "        ngx.ctx.consumer = c\n"
+    "        ngx.req.clear_header(\"X-Api-Key\")\n"
+    "        ngx.req.set_header(\"X-Consumer-Id\", c)\n"
+    "      }\n"
+    "      proxy_pass http://o/;\n"
+    "      proxy_http_version 1.1;\n"
+    "      proxy_set_header Connection \"\";\n"
+    "    }\n"
+    "    location /jwt/ {\n"
+    "      access_by_lua_block { require(\"jwt_anchor\").access() }\n"
+    "      proxy_pass http://o/;\n"
+    "      proxy_http_version 1.1;\n"
+    "      proxy_set_header Connection \"\";\n"
+    "    }\n"
+    "    location / {\n")
+assert NGINX_AUTHN.count("location") == 3
+
+for _name, _path, _hdrs, _note in [
+    ("auth-base-5B-c50", "/", [], "no auth plugin: the base of the auth-* rows (same processes)"),
+    ("key-auth-5B-c50", "/key/", ["X-Api-Key: " + AUTH_API_KEY],
+     "key_auth (header key, consumer header, key hidden) vs access_by_lua doing the same; "
+     "minus auth-base is its cost"),
+    ("jwt-hs256-5B-c50", "/jwt/", ["Authorization: Bearer " + AUTH_HS256_TOKEN],
+     "jwt HS256 vs bench/jwt_anchor.lua (lua-resty-core + OpenSSL FFI)"),
+    ("jwt-rs256-5B-c50", "/jwt/", ["Authorization: Bearer " + AUTH_RS256_TOKEN],
+     "jwt RS256 (RSA-2048, key cached) vs the same anchor: OpenSSL's RSA verify dominates"),
+]:
+    SCENARIOS.append({
+        "name": _name,
+        "path": _path,
+        "connections": 50,
+        "headers": _hdrs,
+        "luaproxy": LUAPROXY_AUTHN,
+        "nginx": NGINX_AUTHN,
+        "per_mib": False,
+        "note": _note,
+    })

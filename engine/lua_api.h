@@ -277,4 +277,48 @@ int lp_ffi_body_set(void *r, const char *p, size_t n);
  * strip_prefix with it); 0, LP_FFI_EINVAL (spaces, controls or '#'), LP_FFI_ENOSPACE. */
 int lp_ffi_set_query(void *r, const char *q, size_t n);
 
+/* ---- auth plugins: cryptography (engine/crypto.c) ---- */
+/* lp_ffi_pkey_kind: what a public key is (0: a kind no JWS algorithm uses) */
+enum {
+    LP_FFI_PKEY_RSA = 1,
+    LP_FFI_PKEY_P256 = 256,
+    LP_FFI_PKEY_P384 = 384,
+    LP_FFI_PKEY_ED25519 = 25519,
+};
+/* base64 (url = 0: standard, padding optional) or base64url (url = 1: no padding) into out;
+ * the length, LP_FFI_EINVAL for bad input, LP_FFI_ENOSPACE when out is too small. */
+long lp_ffi_b64_decode(const char *in, size_t len, int url, char *out, size_t outlen);
+/* md: 1 (SHA-1), 256, 384, 512; the digest's length, LP_FFI_EINVAL for another md. */
+int lp_ffi_digest(int md, const char *data, size_t len, char *out);
+/* 1 when equal, 0 otherwise, in a time that does not depend on where they differ. */
+int lp_ffi_ct_equal(const char *a, size_t alen, const char *b, size_t blen);
+/* A password against an htpasswd-style hash ($2y$ $2b$ $2a$ $5$ $6$ $apr1$ $1$ {SHA}):
+ * 1 match, 0 no match, LP_FFI_EINVAL for a hash of another kind or malformed. */
+int lp_ffi_passwd_verify(const char *pw, size_t pwlen, const char *hash, size_t hlen);
+/* basic_auth's slow hashes off the worker's thread (engine/crypto_job.c; not in the
+ * lp_native library: specs check in place). job: starts lp_ffi_passwd_verify on the thread
+ * pool; 0 and *job, LP_FFI_EPHASE outside a task (check in place), LP_FFI_ENOSPACE over the
+ * process's bound of checks in flight. wait: 0 and *result when done, 1 when the task was
+ * parked (Lua yields, then calls again), LP_FFI_EPHASE. free: from Lua's finaliser. */
+int lp_ffi_passwd_job(const char *pw, size_t pwlen, const char *hash, size_t hlen, void **job);
+int lp_ffi_passwd_job_wait(void *job, int *result);
+void lp_ffi_passwd_job_free(void *job);
+/* A keyed HMAC (md 256, 384, 512), NULL on error; verify: 1 when sig is the MAC of data. */
+void *lp_ffi_hmac_new(int md, const char *key, size_t klen);
+void lp_ffi_hmac_free(void *h);
+int lp_ffi_hmac_verify(void *h, const char *data, size_t dlen, const char *sig, size_t siglen);
+/* Public keys (EVP_PKEY *, freed by lp_ffi_pkey_free): from PEM (a public key, a
+ * certificate, or a private key), or from JWK members already base64url-decoded. NULL on
+ * error (pem: the reason in err). */
+void *lp_ffi_pkey_pem(const char *pem, size_t len, char *err, size_t errlen);
+void *lp_ffi_pkey_rsa(const char *n, size_t nlen, const char *e, size_t elen);
+void *lp_ffi_pkey_ec(int bits, const char *x, size_t xlen, const char *y, size_t ylen);
+void *lp_ffi_pkey_ed25519(const char *x, size_t xlen);
+void lp_ffi_pkey_free(void *k);
+int lp_ffi_pkey_kind(void *k);
+/* 1 when sig signs data with k (md 256/384/512, ignored for Ed25519; pss: RSA-PSS), 0 when
+ * not, LP_FFI_EINVAL for a bad md. ECDSA signatures are JWS's raw r || s. */
+int lp_ffi_pkey_verify(void *k, int md, int pss, const char *data, size_t dlen, const char *sig,
+                       size_t siglen);
+
 #endif

@@ -123,6 +123,26 @@ int lp_ffi_body_tee(void *r, double max);
 int lp_ffi_body_teed(void *r, lp_str_t *out);
 int lp_ffi_body_set(void *r, const char *p, size_t n);
 int lp_ffi_set_query(void *r, const char *q, size_t n);
+
+/* ---- auth plugins: cryptography (engine/crypto.c) ---- */
+long lp_ffi_b64_decode(const char *in, size_t len, int url, char *out, size_t outlen);
+int lp_ffi_digest(int md, const char *data, size_t len, char *out);
+int lp_ffi_ct_equal(const char *a, size_t alen, const char *b, size_t blen);
+int lp_ffi_passwd_verify(const char *pw, size_t pwlen, const char *hash, size_t hlen);
+int lp_ffi_passwd_job(const char *pw, size_t pwlen, const char *hash, size_t hlen, void **job);
+int lp_ffi_passwd_job_wait(void *job, int *result);
+void lp_ffi_passwd_job_free(void *job);
+void *lp_ffi_hmac_new(int md, const char *key, size_t klen);
+void lp_ffi_hmac_free(void *h);
+int lp_ffi_hmac_verify(void *h, const char *data, size_t dlen, const char *sig, size_t siglen);
+void *lp_ffi_pkey_pem(const char *pem, size_t len, char *err, size_t errlen);
+void *lp_ffi_pkey_rsa(const char *n, size_t nlen, const char *e, size_t elen);
+void *lp_ffi_pkey_ec(int bits, const char *x, size_t xlen, const char *y, size_t ylen);
+void *lp_ffi_pkey_ed25519(const char *x, size_t xlen);
+void lp_ffi_pkey_free(void *k);
+int lp_ffi_pkey_kind(void *k);
+int lp_ffi_pkey_verify(void *k, int md, int pss, const char *data, size_t dlen, const char *sig,
+                       size_t siglen);
 ]]
 
 return {
@@ -154,4 +174,6 @@ return {
   TRACE_SAMPLED = 1, TRACE_PARENT = 2, TRACE_RECORDED = 4,
   -- lp_ffi_body_teed results (engine/lua_api.h LP_FFI_TEE_*)
   TEE_NONE = 0, TEE_DONE = 1, TEE_OVER = 2, TEE_PARTIAL = 3, TEE_FAIL = 4,
+  -- lp_ffi_pkey_kind (auth plugins)
+  PKEY_RSA = 1, PKEY_P256 = 256, PKEY_P384 = 384, PKEY_ED25519 = 25519,
 }
