@@ -257,4 +257,11 @@ typedef struct lp_waf_hits {
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
                           unsigned int flags, void *ctx);
 
+/* ---- compression (engine/compress.c, the compression plugin) ---- */
+/* req:compress(): the response body goes out compressed with coding (1 gzip, 2 br:
+ * compress.h LP_ZIP_*) at level, after the response_body filters. Response phase. Returns
+ * 1 (it will), 0 when the body is known to be shorter than min_length bytes (it goes as
+ * it is), LP_FFI_EINVAL for a bad coding or level. The caller sets Content-Encoding. */
+int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
+
 #endif

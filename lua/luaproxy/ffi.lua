@@ -119,6 +119,9 @@ typedef struct lp_waf_hits {
 } lp_waf_hits_t;
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
                           unsigned int flags, void *ctx);
+
+/* ---- compression (engine/compress.c) ---- */
+int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
 ]]
 
 return {
