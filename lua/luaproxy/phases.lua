@@ -35,6 +35,8 @@ M.methods = {
   upstream_addr = { response = true, response_body = true, log = true },
   -- trace context (docs/tracing.md), readable everywhere
   trace_id = REQ_READ, span_id = REQ_READ, parent_span_id = REQ_READ, trace_sampled = REQ_READ,
+  -- the response body goes out compressed (the compression plugin; engine/compress.c)
+  compress = RESP_WRITE,
 }
 
 -- The variables req:var() knows (docs/lua-api.md); each gives one value: a string, or nil
