@@ -37,7 +37,8 @@ local P = {
           "application/x-javascript", "application/xml", "application/*+xml", "image/svg+xml" },
         elements = { type = "string", pattern = "^[%w!#$&^_.+%-*]+/[%w!#$&^_.+%-*]+$" },
         description = "media types to compress: exact (application/json), a whole type "
-          .. "(text/*), or a structured suffix (application/*+json); \"*/*\" for all",
+          .. "(text/*), or a structured suffix (application/*+json); \"*/*\" for all, "
+          .. "answers without a Content-Type included",
       },
       vary = { type = "boolean", default = true,
         description = "add Accept-Encoding to Vary on every response that could be "
@@ -137,7 +138,7 @@ local function type_matcher(list)
       end
     end
   end
-  return function(ct)
+  return any, function(ct)
     if any then return true end
     local mt = lower(match(ct, "^[ \t]*([^;]-)[ \t]*;") or match(ct, "^[ \t]*(.-)[ \t]*$"))
     if exact[mt] then return true end
@@ -160,9 +161,10 @@ function P.compile(conf)
     prefs[#prefs + 1] = c
   end
   local levels = { gzip = conf.gzip_level, br = conf.br_level }
+  local any_type, type_ok = type_matcher(conf.types)
   return {
     prefs = prefs, levels = levels, min_length = conf.min_length, vary = conf.vary,
-    type_ok = type_matcher(conf.types),
+    type_ok = type_ok, any_type = any_type,
     memo = {}, nmemo = 0, -- Accept-Encoding value -> coding or NONE (per entry, per worker)
     tmemo = {}, ntmemo = 0, -- Content-Type value -> boolean
   }
@@ -180,7 +182,10 @@ function P.response(req, conf)
   if status < 200 or SKIP_STATUS[status] or req:method() == "HEAD" then return end
   if req:resp_header("Content-Encoding") then return end -- already encoded upstream
   local ct = req:resp_header("Content-Type")
-  if not ct then return end
+  if not ct then
+    if not conf.any_type then return end -- unknown content: only with "*/*"
+    ct = ""
+  end
   local ok = conf.tmemo[ct]
   if ok == nil then
     ok = conf.type_ok(ct)
