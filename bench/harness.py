@@ -268,8 +268,9 @@ def wait_port(port, proc, timeout=10.0):
     return False
 
 
-def http_get(port, path, timeout=10.0, scheme="http"):
-    """(status, body length) of one GET, or raises OSError/HTTPException."""
+def http_get(port, path, timeout=10.0, scheme="http", headers=None):
+    """(status, body length) of one GET, or raises OSError/HTTPException. The body is
+    counted as received (http.client does not decode Content-Encoding)."""
     if scheme == "https":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -278,7 +279,7 @@ def http_get(port, path, timeout=10.0, scheme="http"):
     else:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        c.request("GET", path)
+        c.request("GET", path, headers=headers or {})
         r = c.getresponse()
         return r.status, len(r.read())
     finally:
@@ -784,6 +785,14 @@ def main():
                     px.failed = "process exited"
                 if px.failed is None:
                     sanity(px, sc["path"], sc.get("scheme", "http"))
+            if sc.get("body_bytes_headers"):
+                # The body as the scenario's requests get it (e.g. compressed), per proxy.
+                hdrs = dict(h.split(": ", 1) for h in sc["body_bytes_headers"])
+                result["body_bytes"] = {}
+                for px in pxs:
+                    if px.failed is None:
+                        result["body_bytes"][px.name] = http_get(px.port, sc["path"],
+                                                                 headers=hdrs)[1]
             def measure(px, seconds):
                 """One wrk run; a proxy that dies is marked failed, the others go on."""
                 if px.failed is not None:
@@ -821,6 +830,13 @@ def main():
             summarize(result, s["proxies"])
             doc["scenarios"].append(result)
             print_table(sc, result, s["proxies"], s)
+            if result.get("body_bytes"):
+                bb = result["body_bytes"]
+                log("  body bytes as sent (%s): %s%s" % (
+                    ", ".join(sc["body_bytes_headers"]),
+                    ", ".join("%s %d" % kv for kv in sorted(bb.items())),
+                    "; ratio %.4f" % (bb["luaproxy"] / bb["nginx"])
+                    if bb.get("luaproxy") and bb.get("nginx") else ""))
         for px in running.values():
             procs.stop(px.popen)
         running = {}
