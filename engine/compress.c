@@ -13,9 +13,15 @@
  * megabytes of ring buffer; 256 KiB keeps nearly all the gain on web-sized bodies. */
 #define BR_LGWIN 18
 
+/* Roughly what zlib allocates at these settings (window, prev, head, pending buffer). */
+#define GZIP_STATE_BYTES (270 * 1024)
+
 struct lp_zip_s {
     int coding;         /* LP_ZIP_GZIP or LP_ZIP_BR */
+    int level;          /* the level it runs at (set again when a kept one is reused) */
     int failed;         /* set once a call failed: the stream is broken */
+    lp_zippool_t *pool; /* borrowed: where a gzip compressor goes back; NULL: freed */
+    lp_zip_t *next;     /* the pool's free-list link while kept */
     lp_bufpool_t *bufs; /* borrowed: where output blocks come from */
     lp_buf_t *blk;      /* owned reference: the block being filled, NULL: none yet */
     size_t used;        /* bytes of blk written by the compressor */
@@ -27,18 +33,56 @@ struct lp_zip_s {
     } u;
 };
 
-lp_zip_t *lp_zip_new(int coding, int level, lp_bufpool_t *bufs)
+/* A kept gzip compressor, set to `level`; NULL when the pool has none. */
+static lp_zip_t *zip_reuse(lp_zippool_t *pool, int level, lp_bufpool_t *bufs)
 {
-    lp_zip_t *z = calloc(1, sizeof(*z));
+    lp_zip_t *z = pool ? pool->free : NULL;
     if (!z)
         return NULL;
-    z->coding = coding;
+    pool->free = z->next;
+    pool->nfree--;
+    if (pool->nfree < pool->low)
+        pool->low = pool->nfree;
+    /* It was reset when kept: a new stream with no input yet, so the level may change. */
+    if (z->level != level && deflateParams(&z->u.z, level, Z_DEFAULT_STRATEGY) != Z_OK) {
+        deflateEnd(&z->u.z);
+        free(z);
+        return NULL;
+    }
+    z->level = level;
+    z->next = NULL;
     z->bufs = bufs;
+    z->failed = 0;
+    z->in = z->out = 0;
+    return z;
+}
+
+lp_zip_t *lp_zip_new(int coding, int level, lp_bufpool_t *bufs, lp_zippool_t *pool)
+{
     if (coding == LP_ZIP_GZIP) {
         if (level < 1)
             level = 1;
         if (level > LP_ZIP_GZIP_MAX)
             level = LP_ZIP_GZIP_MAX;
+        lp_zip_t *kept = zip_reuse(pool, level, bufs);
+        if (kept)
+            return kept;
+    } else if (coding == LP_ZIP_BR) {
+        if (level < 0)
+            level = 0;
+        if (level > LP_ZIP_BR_MAX)
+            level = LP_ZIP_BR_MAX;
+    } else {
+        return NULL;
+    }
+    lp_zip_t *z = calloc(1, sizeof(*z));
+    if (!z)
+        return NULL;
+    z->coding = coding;
+    z->level = level;
+    z->bufs = bufs;
+    if (coding == LP_ZIP_GZIP) {
+        z->pool = pool;
         if (deflateInit2(&z->u.z, level, Z_DEFLATED, GZIP_WBITS, GZIP_MEMLEVEL,
                          Z_DEFAULT_STRATEGY) != Z_OK) {
             free(z);
@@ -46,24 +90,15 @@ lp_zip_t *lp_zip_new(int coding, int level, lp_bufpool_t *bufs)
         }
         return z;
     }
-    if (coding == LP_ZIP_BR) {
-        if (level < 0)
-            level = 0;
-        if (level > LP_ZIP_BR_MAX)
-            level = LP_ZIP_BR_MAX;
-        z->u.br = BrotliEncoderCreateInstance(NULL, NULL, NULL);
-        if (!z->u.br ||
-            !BrotliEncoderSetParameter(z->u.br, BROTLI_PARAM_QUALITY, (uint32_t)level) ||
-            !BrotliEncoderSetParameter(z->u.br, BROTLI_PARAM_LGWIN, BR_LGWIN)) {
-            if (z->u.br)
-                BrotliEncoderDestroyInstance(z->u.br);
-            free(z);
-            return NULL;
-        }
-        return z;
+    z->u.br = BrotliEncoderCreateInstance(NULL, NULL, NULL);
+    if (!z->u.br || !BrotliEncoderSetParameter(z->u.br, BROTLI_PARAM_QUALITY, (uint32_t)level) ||
+        !BrotliEncoderSetParameter(z->u.br, BROTLI_PARAM_LGWIN, BR_LGWIN)) {
+        if (z->u.br)
+            BrotliEncoderDestroyInstance(z->u.br);
+        free(z);
+        return NULL;
     }
-    free(z);
-    return NULL;
+    return z;
 }
 
 /* Hands out what was written since the last call. */
@@ -180,11 +215,41 @@ void lp_zip_free(lp_zip_t *z)
 {
     if (!z)
         return;
+    if (z->blk)
+        lp_buf_unref(z->blk);
+    z->blk = NULL;
+    lp_zippool_t *pool = z->pool;
+    if (z->coding == LP_ZIP_GZIP && pool && pool->nfree < LP_ZIPPOOL_MAX &&
+        deflateReset(&z->u.z) == Z_OK) {
+        z->next = pool->free;
+        pool->free = z;
+        pool->nfree++;
+        return;
+    }
     if (z->coding == LP_ZIP_GZIP)
         deflateEnd(&z->u.z);
     else
         BrotliEncoderDestroyInstance(z->u.br);
-    if (z->blk)
-        lp_buf_unref(z->blk);
     free(z);
+}
+
+size_t lp_zippool_trim(lp_zippool_t *p)
+{
+    size_t bytes = 0;
+    for (unsigned k = p->low; k && p->free; k--) {
+        lp_zip_t *z = p->free;
+        p->free = z->next;
+        p->nfree--;
+        deflateEnd(&z->u.z);
+        free(z);
+        bytes += GZIP_STATE_BYTES;
+    }
+    p->low = p->nfree;
+    return bytes;
+}
+
+void lp_zippool_destroy(lp_zippool_t *p)
+{
+    p->low = p->nfree;
+    lp_zippool_trim(p);
 }

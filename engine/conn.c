@@ -1156,7 +1156,8 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
         /* req:compress(): the compressed length is known only at the end. */
         has_length = 0;
         if (!req->resp.zip &&
-            !(req->resp.zip = lp_zip_new(req->resp.zip_coding, req->resp.zip_level, &req->w->bufs)))
+            !(req->resp.zip = lp_zip_new(req->resp.zip_coding, req->resp.zip_level, &req->w->bufs,
+                                         &req->w->zips)))
             return -1;
     }
     uint64_t length = rh ? rh->content_length : req->resp.local_body_len;

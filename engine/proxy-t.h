@@ -9,6 +9,7 @@
 #include <uv.h>
 #include "balancer.h"
 #include "buf.h"
+#include "compress.h"
 #include "common.h"
 #include "config.h"
 #include "http1.h"
@@ -192,6 +193,7 @@ struct lp_worker_s {
     size_t nconns;
     lp_bufpool_t bufs;
     lp_wbpool_t wbatches;
+    lp_zippool_t zips;              /* kept gzip compressors (compress.h) */
     lp_accesslog_t *access;         /* owned */
     int stopping;                   /* graceful shutdown in progress */
     uint64_t drain_deadline;        /* uv_now() after which busy connections are cut */

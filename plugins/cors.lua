@@ -4,7 +4,7 @@
 local vary = require "luaproxy.vary"
 
 local find, lower, match, concat = string.find, string.lower, string.match, table.concat
-local ipairs, type = ipairs, type
+local ipairs, pairs, type, tostring = ipairs, pairs, type, tostring
 
 -- Origins longer than this are not allowed, whatever the config says: a real one is a
 -- scheme, a host and a port (RFC 6454), far shorter.
@@ -96,6 +96,14 @@ function P.compile(conf)
   c.max_age = tostring(conf.max_age)
   c.preflight_status = conf.preflight_status
   c.memo, c.nmemo = {}, 0
+  c.pre, c.npre = {}, 0 -- preflight headers per allowed origin
+  if c.allow_headers == nil then
+    c.vary_preflight = c.varies and "Origin, Access-Control-Request-Headers"
+      or "Access-Control-Request-Headers"
+  else
+    c.vary_preflight = c.varies and "Origin" or nil
+  end
+  c.refused_headers = { Vary = c.vary_preflight }
   return c
 end
 
@@ -156,33 +164,51 @@ local function echo_headers(v)
 end
 
 -- ---- phases ----
+-- The preflight answer's headers for an allowed origin, built once per origin (bounded
+-- with the origin memo) rather than per request; the echoed request headers, when
+-- allow_headers is unset, are added to a copy.
+local function preflight_headers(c, origin)
+  local key = c.star and "*" or origin
+  local h = c.pre[key]
+  if h then return h end
+  h = {
+    ["Access-Control-Allow-Origin"] = key,
+    ["Access-Control-Allow-Methods"] = c.allow_methods,
+    ["Access-Control-Max-Age"] = c.max_age,
+    ["Vary"] = c.vary_preflight,
+  }
+  if c.credentials then h["Access-Control-Allow-Credentials"] = "true" end
+  if c.allow_headers and c.allow_headers ~= "" then
+    h["Access-Control-Allow-Headers"] = c.allow_headers
+  end
+  if c.npre >= MEMO_MAX then c.pre, c.npre = {}, 0 end
+  c.pre[key], c.npre = h, c.npre + 1
+  return h
+end
+
 function P.request(req, c)
   if req:method() ~= "OPTIONS" then return end
   local acrm = req:header("Access-Control-Request-Method")
   if acrm == nil then return end -- a plain OPTIONS request: the upstream's business
   local origin = req:header("Origin")
-  local ctx = req.ctx
-  ctx.cors_preflight = true
-  local h = {}
+  req.ctx.cors_preflight = true
+  local h
   if allowed(c, origin) then
-    h["Access-Control-Allow-Origin"] = c.star and "*" or origin
-    if c.credentials then h["Access-Control-Allow-Credentials"] = "true" end
-    h["Access-Control-Allow-Methods"] = c.allow_methods
-    local ah = c.allow_headers
-    if ah == nil then
+    h = preflight_headers(c, origin)
+    if c.allow_headers == nil then
       local acrh = req:header("Access-Control-Request-Headers")
-      ah = acrh and echo_headers(acrh)
+      acrh = acrh and echo_headers(acrh)
+      if acrh and acrh ~= "" then
+        local copy = {}
+        for k, v in pairs(h) do copy[k] = v end
+        copy["Access-Control-Allow-Headers"] = acrh
+        h = copy
+      end
     end
-    if ah and ah ~= "" then h["Access-Control-Allow-Headers"] = ah end
-    h["Access-Control-Max-Age"] = c.max_age
-  end
-  -- Refused (or no Origin): the answer is still the local one, without CORS headers, so
-  -- the browser fails the preflight and the upstream never sees it.
-  if c.allow_headers == nil then
-    h["Vary"] = c.varies and "Origin, Access-Control-Request-Headers"
-      or "Access-Control-Request-Headers"
-  elseif c.varies then
-    h["Vary"] = "Origin"
+  else
+    -- Refused (or no Origin): still answered here, without CORS headers, so the browser
+    -- fails the preflight and the upstream never sees it.
+    h = c.refused_headers
   end
   return req:respond(c.preflight_status, nil, h)
 end

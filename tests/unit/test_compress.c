@@ -87,7 +87,7 @@ static void roundtrip(int coding, int level, size_t n, size_t step)
     lp_bufpool_init(&pool, 8);
     char *in = sample(n);
     sink_t s = {0};
-    lp_zip_t *z = lp_zip_new(coding, level, &pool);
+    lp_zip_t *z = lp_zip_new(coding, level, &pool, NULL);
     REQUIRE(z != NULL);
     if (!step) {
         CHECK_EQ_INT(lp_zip_feed(z, in, n, 1, sink_out, &s), 0);
@@ -158,7 +158,7 @@ static void test_incompressible(void)
     }
     for (int coding = LP_ZIP_GZIP; coding <= LP_ZIP_BR; coding++) {
         sink_t s = {0};
-        lp_zip_t *z = lp_zip_new(coding, coding == LP_ZIP_GZIP ? 6 : 4, &pool);
+        lp_zip_t *z = lp_zip_new(coding, coding == LP_ZIP_GZIP ? 6 : 4, &pool, NULL);
         REQUIRE(z != NULL);
         CHECK_EQ_INT(lp_zip_feed(z, (const char *)in, n, 0, sink_out, &s), 0);
         CHECK(s.len >= n / 2); /* most of it went out before the end */
@@ -186,7 +186,7 @@ static void test_free_mid_stream(void)
     char *in = sample(200000);
     for (int coding = LP_ZIP_GZIP; coding <= LP_ZIP_BR; coding++) {
         sink_t s = {0};
-        lp_zip_t *z = lp_zip_new(coding, 5, &pool);
+        lp_zip_t *z = lp_zip_new(coding, 5, &pool, NULL);
         REQUIRE(z != NULL);
         CHECK_EQ_INT(lp_zip_feed(z, in, 200000, 0, sink_out, &s), 0);
         lp_zip_free(z);
@@ -204,7 +204,7 @@ static void test_output_error(void)
     lp_bufpool_init(&pool, 8);
     char *in = sample(100);
     sink_t s = {.fail_after = 1};
-    lp_zip_t *z = lp_zip_new(LP_ZIP_GZIP, 6, &pool);
+    lp_zip_t *z = lp_zip_new(LP_ZIP_GZIP, 6, &pool, NULL);
     REQUIRE(z != NULL);
     CHECK_EQ_INT(lp_zip_feed(z, in, 100, 1, sink_out, &s), -1);
     CHECK_EQ_INT(lp_zip_feed(z, in, 100, 1, sink_out, &s), -1);
@@ -219,15 +219,69 @@ static void test_levels_clamped_and_unknown_coding(void)
 {
     lp_bufpool_t pool;
     lp_bufpool_init(&pool, 8);
-    CHECK(lp_zip_new(3, 5, &pool) == NULL);
-    CHECK(lp_zip_new(LP_ZIP_NONE, 5, &pool) == NULL);
+    CHECK(lp_zip_new(3, 5, &pool, NULL) == NULL);
+    CHECK(lp_zip_new(LP_ZIP_NONE, 5, &pool, NULL) == NULL);
     lp_zip_free(NULL);
     roundtrip(LP_ZIP_GZIP, 99, 5000, 0); /* clamped to 9 */
     roundtrip(LP_ZIP_BR, -3, 5000, 0);   /* clamped to 0 */
     lp_bufpool_destroy(&pool);
 }
 
+/* Kept gzip compressors: one freed mid-stream or at another level comes back as a fresh
+ * stream at the level asked for; brotli ones are not kept; trim frees the unused ones. */
+static void test_pool_reuse(void)
+{
+    lp_bufpool_t bufs;
+    lp_bufpool_init(&bufs, 8);
+    lp_zippool_t zp = {0};
+    char *in = sample(50000);
+    lp_zip_t *z = lp_zip_new(LP_ZIP_GZIP, 9, &bufs, &zp);
+    REQUIRE(z != NULL);
+    sink_t s0 = {0};
+    CHECK_EQ_INT(lp_zip_feed(z, in, 30000, 0, sink_out, &s0), 0); /* cut mid-stream */
+    lp_zip_free(z);
+    sink_done(&s0);
+    CHECK_EQ_INT(zp.nfree, 1);
+    for (int level = 1; level <= 9; level += 4) {
+        lp_zip_t *again = lp_zip_new(LP_ZIP_GZIP, level, &bufs, &zp);
+        REQUIRE(again == z); /* the kept one */
+        CHECK_EQ_INT(zp.nfree, 0);
+        sink_t s = {0};
+        CHECK_EQ_INT(lp_zip_feed(again, in, 50000, 1, sink_out, &s), 0);
+        CHECK_EQ_INT(lp_zip_in(again), 50000);
+        char *back = malloc(50016);
+        CHECK_EQ_INT(gunzip(s.data, s.len, back, 50016), 50000);
+        CHECK(memcmp(back, in, 50000) == 0);
+        free(back);
+        sink_done(&s);
+        lp_zip_free(again);
+        CHECK_EQ_INT(zp.nfree, 1);
+    }
+    lp_zip_t *br = lp_zip_new(LP_ZIP_BR, 4, &bufs, &zp);
+    REQUIRE(br != NULL);
+    CHECK_EQ_INT(zp.nfree, 1); /* brotli took nothing from the pool */
+    lp_zip_free(br);
+    CHECK_EQ_INT(zp.nfree, 1); /* nor gave anything back */
+    /* The pool is bounded. */
+    lp_zip_t *many[LP_ZIPPOOL_MAX + 2];
+    for (int i = 0; i < LP_ZIPPOOL_MAX + 2; i++)
+        REQUIRE((many[i] = lp_zip_new(LP_ZIP_GZIP, 5, &bufs, &zp)) != NULL);
+    for (int i = 0; i < LP_ZIPPOOL_MAX + 2; i++)
+        lp_zip_free(many[i]);
+    CHECK_EQ_INT(zp.nfree, LP_ZIPPOOL_MAX);
+    /* Unused for a whole period: trimmed (the first trim sees them used). */
+    lp_zippool_trim(&zp);
+    CHECK(lp_zippool_trim(&zp) > 0);
+    CHECK_EQ_INT(zp.nfree, 0);
+    CHECK(zp.free == NULL);
+    lp_zippool_destroy(&zp);
+    free(in);
+    CHECK_EQ_INT(bufs.outstanding, 0);
+    lp_bufpool_destroy(&bufs);
+}
+
 static const lp_test_case_t tests[] = {
+    LP_TEST_ENTRY(test_pool_reuse),
     LP_TEST_ENTRY(test_gzip_small_and_empty),
     LP_TEST_ENTRY(test_gzip_streams_large),
     LP_TEST_ENTRY(test_brotli_small_and_empty),
