@@ -599,7 +599,8 @@ def fmt(f, v):
 def print_table(sc, result, proxies, s):
     log()
     log("== %s: %s %s, %d connections, median of %d x %gs ==" % (
-        sc["name"], "POST" if "wrk.method" in (sc.get("wrk_setup") or "") else "GET",
+        sc["name"], (re.search(r'wrk\.method\s*=\s*"(\w+)"', sc.get("wrk_setup") or "") or
+         re.match(r"(GET)", "GET")).group(1),
         sc["path"], sc["connections"], s["rounds"], s["duration"]))
     if sc.get("note"):
         log("   " + sc["note"])
