@@ -7,9 +7,8 @@ local vary = require "luaproxy.vary"
 
 local find, lower, sub, byte, match = string.find, string.lower, string.sub, string.byte,
   string.match
-local tonumber, type, ipairs, next = tonumber, type, ipairs, next
+local tonumber, ipairs = tonumber, ipairs
 
-local CODINGS = { br = true, gzip = true }
 
 local P = {
   name = "compression",
@@ -215,5 +214,4 @@ function P.response(req, conf)
   if conf.vary then vary.add(req, "Accept-Encoding") end
 end
 
-P.CODINGS = CODINGS
 return P

@@ -4,7 +4,7 @@
 local vary = require "luaproxy.vary"
 
 local find, lower, match, concat = string.find, string.lower, string.match, table.concat
-local ipairs, pairs, type, tostring = ipairs, pairs, type, tostring
+local ipairs, pairs, tostring = ipairs, pairs, tostring
 
 -- Origins longer than this are not allowed, whatever the config says: a real one is a
 -- scheme, a host and a port (RFC 6454), far shorter.
