@@ -9,7 +9,6 @@ local find, lower, sub, byte, match = string.find, string.lower, string.sub, str
   string.match
 local tonumber, ipairs = tonumber, ipairs
 
-
 local P = {
   name = "compression",
   -- Low: the response phase runs by priority too, so the decision comes after the plugins
