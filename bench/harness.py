@@ -270,7 +270,8 @@ def wait_port(port, proc, timeout=10.0):
 
 def http_get(port, path, timeout=10.0, scheme="http", headers=()):
     """(status, body length) of one GET, or raises OSError/HTTPException. headers: the
-    scenario's "Name: value" lines (credentials of the auth scenarios)."""
+    scenario's "Name: value" lines (credentials of the auth scenarios). The body is
+    counted as received (http.client does not decode Content-Encoding)."""
     if scheme == "https":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -279,7 +280,7 @@ def http_get(port, path, timeout=10.0, scheme="http", headers=()):
     else:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        c.request("GET", path, headers=dict(h.split(": ", 1) for h in headers))
+        c.request("GET", path, headers=dict(h.split(": ", 1) for h in (headers or ())))
         r = c.getresponse()
         return r.status, len(r.read())
     finally:
@@ -599,7 +600,8 @@ def fmt(f, v):
 def print_table(sc, result, proxies, s):
     log()
     log("== %s: %s %s, %d connections, median of %d x %gs ==" % (
-        sc["name"], "POST" if "wrk.method" in (sc.get("wrk_setup") or "") else "GET",
+        sc["name"], (re.search(r'wrk\.method\s*=\s*"(\w+)"', sc.get("wrk_setup") or "") or
+         re.match(r"(GET)", "GET")).group(1),
         sc["path"], sc["connections"], s["rounds"], s["duration"]))
     if sc.get("note"):
         log("   " + sc["note"])
@@ -785,6 +787,13 @@ def main():
                     px.failed = "process exited"
                 if px.failed is None:
                     sanity(px, sc["path"], sc.get("scheme", "http"), sc.get("headers"))
+            if sc.get("body_bytes_headers"):
+                # The body as the scenario's requests get it (e.g. compressed), per proxy.
+                result["body_bytes"] = {}
+                for px in pxs:
+                    if px.failed is None:
+                        result["body_bytes"][px.name] = http_get(
+                            px.port, sc["path"], headers=sc["body_bytes_headers"])[1]
             def measure(px, seconds):
                 """One wrk run; a proxy that dies is marked failed, the others go on."""
                 if px.failed is not None:
@@ -822,6 +831,13 @@ def main():
             summarize(result, s["proxies"])
             doc["scenarios"].append(result)
             print_table(sc, result, s["proxies"], s)
+            if result.get("body_bytes"):
+                bb = result["body_bytes"]
+                log("  body bytes as sent (%s): %s%s" % (
+                    ", ".join(sc["body_bytes_headers"]),
+                    ", ".join("%s %d" % kv for kv in sorted(bb.items())),
+                    "; ratio %.4f" % (bb["luaproxy"] / bb["nginx"])
+                    if bb.get("luaproxy") and bb.get("nginx") else ""))
         for px in running.values():
             procs.stop(px.popen)
         running = {}

@@ -1183,3 +1183,98 @@ for _name, _path, _hdrs, _note in [
         "per_mib": False,
         "note": _note,
     })
+
+# --- issue #15, traffic: compression (gzip of a 16 KiB JSON body) and a CORS preflight ---
+# The origin's /json?size=16384 is 16 KiB of JSON records (varied ids, names, numbers).
+# luaproxy: the compression plugin, gzip only, at the level nginx uses; nginx: `gzip on`
+# at the same level (zlib defaults on both: 32 KiB window, memLevel 8). The harness also
+# records the compressed body's size per proxy (body_bytes in the JSON).
+LUAPROXY_GZIP = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = {
+    { match = { prefix = "/json" }, upstream = "app",
+      plugins = { { name = "compression", codings = { "gzip" }, gzip_level = LEVEL } } },
+    { match = { prefix = "/" }, upstream = "app" },
+  },
+  log = { access = false },
+}
+"""
+NGINX_GZIP = NGINX_PLAIN.replace("  access_log off;\n", """\
+  access_log off;
+  gzip on;
+  gzip_comp_level LEVEL;
+  gzip_types application/json;
+  gzip_proxied any;
+  gzip_vary on;
+  gzip_min_length 256;
+""")
+for _level in (1, 6):
+    SCENARIOS.append({
+        "name": "gzip%d-json-16KiB-c50" % _level,
+        "path": "/json?size=16384",
+        "connections": 50,
+        "headers": ["Accept-Encoding: gzip"],
+        "body_bytes_headers": ["Accept-Encoding: gzip"],
+        "luaproxy": LUAPROXY_GZIP.replace("LEVEL", str(_level)),
+        "nginx": NGINX_GZIP.replace("LEVEL", str(_level)),
+        "per_mib": False,
+        "note": "gzip level %d of a 16 KiB JSON answer (compression plugin / nginx gzip on)"
+                % _level,
+    })
+SCENARIOS.append({
+    "name": "json-16KiB-identity-c50",
+    "path": "/json?size=16384",
+    "connections": 50,
+    "luaproxy": LUAPROXY_GZIP.replace("LEVEL", "1"),
+    "nginx": NGINX_GZIP.replace("LEVEL", "1"),
+    "per_mib": False,
+    "note": "the same 16 KiB JSON without Accept-Encoding: the base for gzip's cost",
+})
+
+# The same preflight answered locally: the cors plugin against a location that checks the
+# origin (a map) and answers with add_header + return 204.
+LUAPROXY_CORS = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = { { match = { prefix = "/" }, upstream = "app",
+    plugins = { { name = "cors", origins = { "https://app.example.com" }, credentials = true,
+                  methods = { "GET", "POST", "PUT" }, allow_headers = { "Content-Type", "X-Token" },
+                  max_age = 600 } } } },
+  log = { access = false },
+}
+"""
+NGINX_CORS = NGINX_PLAIN.replace("  server {\n", """\
+  map $http_origin $cors_origin {
+    default "";
+    "https://app.example.com" $http_origin;
+  }
+  server {
+""").replace("""    location / {
+      proxy_pass http://o;""", """    location / {
+      if ($request_method = OPTIONS) {
+        add_header Access-Control-Allow-Origin $cors_origin;
+        add_header Access-Control-Allow-Credentials true;
+        add_header Access-Control-Allow-Methods "GET, POST, PUT";
+        add_header Access-Control-Allow-Headers "Content-Type, X-Token";
+        add_header Access-Control-Max-Age 600;
+        add_header Vary Origin;
+        return 204;
+      }
+      proxy_pass http://o;""")
+SCENARIOS.append({
+    "name": "cors-preflight-c50",
+    "path": "/",
+    "connections": 50,
+    "headers": ["Origin: https://app.example.com", "Access-Control-Request-Method: PUT",
+                "Access-Control-Request-Headers: content-type"],
+    "wrk_setup": 'wrk.method = "OPTIONS"',
+    "luaproxy": LUAPROXY_CORS,
+    "nginx": NGINX_CORS,
+    "per_mib": False,
+    "note": "a CORS preflight answered by the proxy (cors plugin / add_header + return 204)",
+})

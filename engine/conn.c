@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include "accesslog.h"
+#include "compress.h"
 #include "conn.h"
 #include "proxy_proto.h"
 #include "realip.h"
@@ -1155,6 +1156,14 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED) : 1;
     if (filtered && !upgrade && status != 204 && status != 304)
         has_length = 0; /* a body filter may change the length (HEAD: unknown, so none) */
+    if (req->resp.zip_coding && !no_body && status >= 200) {
+        /* req:compress(): the compressed length is known only at the end. */
+        has_length = 0;
+        if (!req->resp.zip &&
+            !(req->resp.zip = lp_zip_new(req->resp.zip_coding, req->resp.zip_level, &req->w->bufs,
+                                         &req->w->zips)))
+            return -1;
+    }
     uint64_t length = rh ? rh->content_length : req->resp.local_body_len;
     req->resp.sent_status = status;
     if (!no_body && !has_length) {
@@ -1229,14 +1238,30 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
     return conn_send_head(req, rh) ? 502 : 0;
 }
 
-/* Body bytes for the client, after the body filter if there is one. */
-static void conn_write_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
+/* Bytes as they go on the wire (compressed when asked), framed for the client. */
+static int conn_wire_out(void *arg, const char *at, size_t len, lp_buf_t *pin)
+{
+    lp_req_t *req = arg;
+    lp_conn_t *c = req->conn;
+    if (!len || (c->ep.flags & LP_EPF_CLOSING))
+        return 0;
+    req->resp.body_out += len;
+    lp_relay_body(&c->ep, at, len, pin, (req->flags & LP_RF_RESP_CHUNKED) != 0);
+    return 0;
+}
+
+/* Body bytes for the client, after the body filter if there is one: through the
+ * compressor when req:compress() asked for one (so filters see the plain body, and the
+ * client gets the filters' output compressed). LP_ERROR: the compressor failed. */
+static int conn_write_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
     lp_conn_t *c = req->conn;
     if (!len || (c->ep.flags & LP_EPF_CLOSING))
-        return;
-    req->resp.body_out += len;
-    lp_relay_body(&c->ep, at, len, pin, (req->flags & LP_RF_RESP_CHUNKED) != 0);
+        return LP_OK;
+    if (req->resp.zip)
+        return lp_zip_feed(req->resp.zip, at, len, 0, conn_wire_out, req) ? LP_ERROR : LP_OK;
+    conn_wire_out(req, at, len, pin);
+    return LP_OK;
 }
 
 /* A filter's output, copied into a block of its own, for the client. */
@@ -1244,23 +1269,28 @@ static int conn_filter_out(lp_req_t *req, lp_str_t out)
 {
     if (!out.len)
         return LP_OK;
+    if (req->resp.zip) /* compressed from where it is: the output blocks are the copy */
+        return conn_write_body(req, out.base, out.len, NULL);
     lp_buf_t *b = lp_buf_get(&req->w->bufs, out.len);
     if (!b)
         return LP_ERROR;
     memcpy(b->data, out.base, out.len);
-    conn_write_body(req, b->data, out.len, b);
+    int rc = conn_write_body(req, b->data, out.len, b);
     lp_buf_unref(b);
-    return LP_OK;
+    return rc;
 }
 
-/* A response_body filter failed once the head was queued: what is queued still goes out
- * (the client sees the status), then the connection closes, cutting the body. */
+/* A response_body filter (or the compressor) failed once the head was queued: what is
+ * queued still goes out (the client sees the status), then the connection closes, cutting
+ * the body. */
 static int conn_filter_failed(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    lp_log_warn("%s: %s %.*s: response_body filter failed after the response started; closing%s",
-                conn_ip(c), llhttp_method_name(req->method), (int)req->h1.path.len,
-                req->h1.path.base, lp_trace_tag(req));
+    lp_log_warn("%s: %s %.*s: %s failed after the response started; closing%s", conn_ip(c),
+                llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base,
+                req->resp.zip ? "response compression or response_body filter"
+                              : "response_body filter",
+                lp_trace_tag(req));
     req->flags |= LP_RF_RESP_CLOSE;
     conn_count(req);
     conn_metrics(req);
@@ -1293,14 +1323,22 @@ int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *p
         /* A failed filter stops the upstream parser: the caller closes both sides. */
         return conn_filter_body(req, at, len, 0, LP_FC_UPSTREAM);
     }
-    conn_write_body(req, at, len, pin);
-    return LP_OK;
+    /* A failed compressor stops the upstream parser the same way. */
+    return conn_write_body(req, at, len, pin);
 }
 
 /* The body is out (after the filters' last call): the chunked end, then the log phase. */
 static int conn_response_end(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
+    if (req->resp.zip) {
+        /* The compressed stream's end (its trailer), then the compressor's memory goes
+         * back at once rather than at the request's end (after the log phase). */
+        if (lp_zip_feed(req->resp.zip, "", 0, 1, conn_wire_out, req))
+            return conn_filter_failed(req);
+        lp_zip_free(req->resp.zip);
+        req->resp.zip = NULL;
+    }
     if (req->flags & LP_RF_RESP_CHUNKED) {
         lp_wbatch_t *wb = lp_ep_outb(&c->ep, 1, 0);
         if (wb)
@@ -1361,7 +1399,7 @@ static int conn_send_local(lp_req_t *req)
         if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
             rc = conn_filter_body(req, b->data, req->resp.local_body_len, 0, LP_FC_LOCAL);
         else
-            conn_write_body(req, b->data, req->resp.local_body_len, b);
+            rc = conn_write_body(req, b->data, req->resp.local_body_len, b);
         lp_buf_unref(b);
         if (rc == LP_AGAIN)
             return LP_OK;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include "compress.h"
 #include "conn.h"
 #include "log.h"
 #include "lua_api.h"
@@ -417,6 +418,7 @@ int lp__resp_begin(lp_req_t *r)
         return LP_FFI_ENOSPACE;
     r->resp.nheaders = 0;
     r->resp.arena_used = 0;
+    r->resp.zip_coding = LP_ZIP_NONE; /* a new answer: its own decision */
     return 0;
 }
 
@@ -567,4 +569,34 @@ int lp_ffi_req_param(void *rp, const char *name, size_t n, lp_str_t *out)
             return 0;
         }
     return -1;
+}
+
+int lp_ffi_resp_compress(void *rp, int coding, int level, double min_length)
+{
+    lp_req_t *r = rp;
+    int max = coding == LP_ZIP_GZIP ? LP_ZIP_GZIP_MAX : LP_ZIP_BR_MAX;
+    if ((coding != LP_ZIP_GZIP && coding != LP_ZIP_BR) || level < (coding == LP_ZIP_GZIP) ||
+        level > max || !(min_length >= 0))
+        return LP_FFI_EINVAL;
+    /* The body's length when known: a local answer's, or the upstream's Content-Length.
+     * Unknown (chunked, close-delimited, a body filter's): compressed whatever its size. */
+    int known = 0;
+    uint64_t len = 0;
+    if (r->flags & LP_RF_LOCAL) {
+        known = 1;
+        len = r->resp.local_body_len;
+    } else if (r->try.peer) {
+        const lp_h1_t *rh = &r->try.peer->h1;
+        if ((rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED)) {
+            known = 1;
+            len = rh->content_length;
+        }
+    }
+    if (known && (double)len < min_length) {
+        r->resp.zip_coding = LP_ZIP_NONE;
+        return 0;
+    }
+    r->resp.zip_coding = (uint8_t)coding;
+    r->resp.zip_level = (uint8_t)level;
+    return 1;
 }

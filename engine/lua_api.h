@@ -321,4 +321,11 @@ int lp_ffi_pkey_kind(void *k);
 int lp_ffi_pkey_verify(void *k, int md, int pss, const char *data, size_t dlen, const char *sig,
                        size_t siglen);
 
+/* ---- compression (engine/compress.c, the compression plugin) ---- */
+/* req:compress(): the response body goes out compressed with coding (1 gzip, 2 br:
+ * compress.h LP_ZIP_*) at level, after the response_body filters. Response phase. Returns
+ * 1 (it will), 0 when the body is known to be shorter than min_length bytes (it goes as
+ * it is), LP_FFI_EINVAL for a bad coding or level. The caller sets Content-Encoding. */
+int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
+
 #endif

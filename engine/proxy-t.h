@@ -9,6 +9,7 @@
 #include <uv.h>
 #include "balancer.h"
 #include "buf.h"
+#include "compress.h"
 #include "common.h"
 #include "config.h"
 #include "http1.h"
@@ -192,6 +193,7 @@ struct lp_worker_s {
     size_t nconns;
     lp_bufpool_t bufs;
     lp_wbpool_t wbatches;
+    lp_zippool_t zips;              /* kept gzip compressors (compress.h) */
     lp_accesslog_t *access;         /* owned */
     int stopping;                   /* graceful shutdown in progress */
     uint64_t drain_deadline;        /* uv_now() after which busy connections are cut */
@@ -306,6 +308,12 @@ typedef struct lp_resp_s {
     char *local_body;      /* owned: the body of a local answer (req:respond(), error page) */
     size_t local_body_len; /* its length */
     uint64_t body_out;     /* response body bytes queued to the client */
+    /* Compression (compress.h): what req:compress() asked for in the response phase, and
+     * the compressor conn.c makes from it when the head goes out (a response without a
+     * body gets none). A new response (lp__resp_begin) forgets the ask. */
+    struct lp_zip_s *zip; /* owned: the body's compressor, NULL: none (freed by lp_req_end) */
+    uint8_t zip_coding;   /* LP_ZIP_*: the coding asked for; LP_ZIP_NONE: send as it is */
+    uint8_t zip_level;    /* its level (compress.h ranges) */
 } lp_resp_t;
 
 /* One request on a client connection, from its head to its log line. Its lifetime is its

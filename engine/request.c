@@ -1,6 +1,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "accesslog.h"
+#include "compress.h"
 #include "conn.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -31,6 +32,9 @@ static void resp_reset(lp_resp_t *r)
     r->local_body = NULL;
     r->local_body_len = 0;
     r->body_out = 0;
+    r->zip = NULL;
+    r->zip_coding = 0;
+    r->zip_level = 0;
 }
 
 static void req_destroy(lp_req_t *req)
@@ -257,6 +261,8 @@ void lp_req_end(lp_req_t *req)
     free(req->resp.local_body);
     req->resp.local_body = NULL;
     req->resp.local_body_len = 0;
+    lp_zip_free(req->resp.zip); /* a body cut short leaves its compressor here */
+    req->resp.zip = NULL;
     if (req->try.peer) {
         lp_peer_abort(req->try.peer);
         req->try.peer = NULL;

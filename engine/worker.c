@@ -363,7 +363,8 @@ static void on_house(uv_timer_t *t)
     LP_M_SET(&w->m_cells[LP_WM_LUA_MEM], lp_lua_memory(w->cur ? w->cur->lua : NULL));
     lp_lua_background_stop(w, 0); /* of old generations, past timeouts.drain */
     lp_req_end_detached(w, 0);
-    size_t freed = lp_req_trim(w) + lp_bufpool_trim(&w->bufs) + lp_wbpool_trim(&w->wbatches);
+    size_t freed = lp_req_trim(w) + lp_bufpool_trim(&w->bufs) + lp_wbpool_trim(&w->wbatches) +
+                   lp_zippool_trim(&w->zips);
     if (w->hs_cap > 64 && w->hs_first == w->hs_n) {
         freed += w->hs_cap * sizeof(*w->hs_q); /* a handshake burst's queue, empty again */
         free(w->hs_q);
@@ -481,6 +482,7 @@ static void worker_main(void *arg)
     lp_upstream_destroy_all(w);
     lp_req_free_all(w);
     lp_trace_export_free(w);
+    lp_zippool_destroy(&w->zips);
     lp_bufpool_destroy(&w->bufs);
     lp_wbpool_destroy(&w->wbatches);
     int rc = uv_loop_close(&w->loop);

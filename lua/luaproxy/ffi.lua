@@ -143,6 +143,9 @@ void lp_ffi_pkey_free(void *k);
 int lp_ffi_pkey_kind(void *k);
 int lp_ffi_pkey_verify(void *k, int md, int pss, const char *data, size_t dlen, const char *sig,
                        size_t siglen);
+
+/* ---- compression (engine/compress.c) ---- */
+int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
 ]]
 
 return {

@@ -38,6 +38,8 @@ M.methods = {
   -- request body copy and replacement (engine/req_body.c)
   tee_body = { request = true }, teed_body = { log = true }, set_body = { request = true },
   set_query = REQ_WRITE,
+  -- the response body goes out compressed (the compression plugin; engine/compress.c)
+  compress = RESP_WRITE,
 }
 
 -- The variables req:var() knows (docs/lua-api.md); each gives one value: a string, or nil

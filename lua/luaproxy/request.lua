@@ -402,6 +402,29 @@ end
 
 function methods.upstream_addr(h) check(h, "upstream_addr") return get(h, K.UPSTREAM_ADDR) end
 
+-- ---- compression (engine/compress.c; the compression plugin) ----
+-- req:compress(coding, level, min_length): the body goes out compressed, after the
+-- response_body filters. true when it will; false when the body is known (Content-Length,
+-- a local answer) to be shorter than min_length. The caller sets Content-Encoding.
+local ZIP_CODINGS = { gzip = 1, br = 2 }
+local ZIP_LEVELS = { gzip = { 1, 9, 6 }, br = { 0, 11, 4 } }
+function methods.compress(h, coding, level, min_length)
+  check(h, "compress")
+  local c = ZIP_CODINGS[coding]
+  if not c then raise('req:compress(): coding must be "gzip" or "br"', 2) end
+  local lv = ZIP_LEVELS[coding]
+  if level == nil then level = lv[3] end
+  if type(level) ~= "number" or level % 1 ~= 0 or level < lv[1] or level > lv[2] then
+    raise(format("req:compress(): %s level must be a whole number from %d to %d", coding,
+      lv[1], lv[2]), 2)
+  end
+  min_length = min_length or 0
+  if type(min_length) ~= "number" or not (min_length >= 0) then
+    raise("req:compress(): min_length must be a number of bytes (0 or more)", 2)
+  end
+  return C.lp_ffi_resp_compress(h._r, c, level, min_length) == 1
+end
+
 -- ---- trace context (engine/trace.c, docs/tracing.md) ----
 
 local trace_buf = ffi.new("char[64]")

@@ -881,6 +881,8 @@ local function finish(req, method)
 end
 
 local function set_local(req, method, status, body, headers)
+  req._compress = nil -- a new answer: its own decision, as lp__resp_begin
+  req._length_unknown = nil
   req._status = status
   req._resp_body = body ~= nil and tostring(body) or ""
   req._resp_headers = h_from_spec(headers, method)
@@ -955,6 +957,31 @@ end
 
 function Req:upstream_addr() check("upstream_addr", self._phase); return self._upstream_addr end
 
+-- req:compress(): the same checks as the engine; the double does not compress, it records
+-- the decision (T.run's result `compress = { coding =, level = }`). The body's length is
+-- known unless the response spec says `length_unknown = true` (chunked from the upstream).
+local ZIP_LEVELS = { gzip = { 1, 9, 6 }, br = { 0, 11, 4 } }
+function Req:compress(coding, level, min_length)
+  check("compress", self._phase)
+  local lv = ZIP_LEVELS[coding]
+  if not lv then phases.raise('req:compress(): coding must be "gzip" or "br"', 2) end
+  if level == nil then level = lv[3] end
+  if type(level) ~= "number" or level % 1 ~= 0 or level < lv[1] or level > lv[2] then
+    phases.raise(format("req:compress(): %s level must be a whole number from %d to %d", coding,
+      lv[1], lv[2]), 2)
+  end
+  min_length = min_length or 0
+  if type(min_length) ~= "number" or not (min_length >= 0) then
+    phases.raise("req:compress(): min_length must be a number of bytes (0 or more)", 2)
+  end
+  if not self._length_unknown and #(self._resp_body or "") < min_length then
+    self._compress = nil
+    return false
+  end
+  self._compress = { coding = coding, level = level }
+  return true
+end
+
 T.Req = Req
 
 ------------------------------------------------------------------------------------------
@@ -963,6 +990,8 @@ T.Req = Req
 
 -- Gives `req` the upstream's answer and moves it to the response phase. `spec`:
 --   status = 200, headers = { Name = "v" or list }, body = "" (string or list of chunks),
+--   length_unknown = true (the upstream sent no Content-Length: req:compress() ignores
+--   its min_length),
 --   addr = "127.0.0.1:9000" (req:upstream_addr(); the target when one was set).
 function T.response(req, spec)
   spec = spec or {}
@@ -974,6 +1003,8 @@ function T.response(req, spec)
   if type(body) == "table" then body = concat(body) end
   req._resp_body = body
   req._resp_chunks = type(spec.body) == "table" and spec.body or nil
+  req._length_unknown = spec.length_unknown or nil
+  req._compress = nil
   req._upstream_addr = spec.addr or req._target or "127.0.0.1:9000"
   req._phase = "response"
   return req
@@ -1195,6 +1226,7 @@ function T.run_chain(entries, req_spec, resp_spec)
     req = req,
     logs = logs,
     log_fields = log_fields,
+    compress = req._compress, -- req:compress()'s decision: { coding =, level = } or nil
   }
 end
 

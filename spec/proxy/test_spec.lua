@@ -210,6 +210,7 @@ describe("proxy.test", function()
         param = { "id" },
         log_field = { "k", "v" },
         tee_body = { 1024 }, set_body = { "{}" }, set_query = { "a=1" },
+        compress = { "gzip" },
       }
       for name, allowed in pairs(phases.methods) do
         assert.is_function(req[name], name)

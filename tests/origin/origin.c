@@ -105,6 +105,7 @@ enum route {
     R_BAD_STATUS_LINE,
     R_BAD_CHUNK_SIZE,
     R_WS,
+    R_JSON,
 };
 
 #define ROUTE(path, route)                                                                         \
@@ -135,6 +136,7 @@ static const struct {
     ROUTE("/bad/status-line", R_BAD_STATUS_LINE),
     ROUTE("/bad/chunk-size", R_BAD_CHUNK_SIZE),
     ROUTE("/ws", R_WS),
+    ROUTE("/json", R_JSON),
 };
 
 /* A received header: offsets into conn.hbuf. */
@@ -213,6 +215,9 @@ static unsigned g_nfree_wreqs;
 static char g_rbuf[READ_BUF_SIZE];
 static char g_scratch[32 * 1024]; /* response heads; written (or copied) before reuse */
 static char g_xs[PIECE_SIZE];
+/* /json's bytes: records of an API answer with varied numbers and names, so that a
+ * compressor has real work (bench/: gzip of a 16 KiB JSON body). */
+static char g_json[PIECE_SIZE];
 static char g_alpha[PIECE_SIZE + 26];
 
 static const char crlf[] = "\r\n";
@@ -1292,6 +1297,10 @@ static int dispatch(conn_t *c)
         j->content_length = (int64_t)n;
         j->body_left = j->step = n;
         return job_begin(c);
+    case R_JSON:
+        n = query_get(c, "size", 16384, PIECE_SIZE);
+        send_simple(c, 200, "application/json", g_json, n);
+        return 0;
     case R_HEADERS:
         send_headers_json(c);
         return 0;
@@ -1662,6 +1671,32 @@ static void usage(FILE *f)
                "  -i ID    value of the X-Origin-Id response header (default \"origin\")\n");
 }
 
+/* g_json: "[" then records, deterministic (an LCG), cut at the buffer's end. */
+static void fill_json(void)
+{
+    static const char *names[] = {"alice", "bob", "carol", "dave", "erin", "frank", "grace"};
+    static const char *cities[] = {"Lyon", "Porto", "Oslo", "Kyoto", "Lima", "Cairo"};
+    unsigned x = 2463534242u;
+    size_t o = 0;
+    g_json[o++] = '[';
+    for (unsigned i = 0; o < sizeof g_json; i++) {
+        char rec[256];
+        x = x * 1103515245u + 12345u;
+        int n = snprintf(rec, sizeof rec,
+                         "{\"id\":%u,\"name\":\"%s%u\",\"email\":\"%s.%u@example.com\","
+                         "\"active\":%s,\"score\":%u.%02u,\"city\":\"%s\",\"tags\":[\"t%u\","
+                         "\"t%u\"],\"created\":\"2026-%02u-%02uT%02u:%02u:00Z\"},",
+                         1000 + i * 7 + (x >> 28), names[(x >> 8) % 7], (x >> 12) % 1000,
+                         names[(x >> 16) % 7], (x >> 4) % 10000, (x >> 3) & 1 ? "true" : "false",
+                         (x >> 10) % 1000, (x >> 20) % 100, cities[(x >> 24) % 6], (x >> 5) % 50,
+                         (x >> 13) % 50, 1 + (x >> 7) % 12, 1 + (x >> 9) % 28, (x >> 11) % 24,
+                         (x >> 14) % 60);
+        size_t k = (size_t)n < sizeof g_json - o ? (size_t)n : sizeof g_json - o;
+        memcpy(g_json + o, rec, k);
+        o += k;
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *addr = "127.0.0.1", *id = "origin";
@@ -1698,6 +1733,7 @@ int main(int argc, char **argv)
     g_origin_hdr_len =
         (size_t)snprintf(g_origin_hdr, sizeof g_origin_hdr, "X-Origin-Id: %s\r\n", id);
     memset(g_xs, 'x', sizeof g_xs);
+    fill_json();
     for (size_t i = 0; i < sizeof g_alpha; i++)
         g_alpha[i] = (char)('a' + i % 26);
 
