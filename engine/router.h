@@ -6,7 +6,8 @@
  * and the literal head of anchored regexes). Semantics: first match in table order; the
  * index only narrows the candidates, their remaining conditions decide.
  *
- * A built router is immutable and may be shared by threads; a lookup allocates nothing
+ * A built router is immutable and may be shared by threads (a derived router shares parts of
+ * it: lp_router_derive); a lookup allocates nothing
  * (each thread keeps one PCRE2 match block, grown when a router needs more groups). */
 #ifndef LP_ROUTER_H
 #define LP_ROUTER_H
@@ -54,6 +55,13 @@ int lp_router_conditions(const lp_router_t *r, size_t idx, lp_router_cond_fn fn,
 /* Compiles the routes and frees b (always). NULL with a message in err on failure. */
 lp_router_t *lp_rbuild_finish(lp_rbuild_t *b, char *err, size_t errlen);
 void lp_rbuild_free(lp_rbuild_t *b);
+/* A router of n routes made from base: route i is base's route at position src[i] when
+ * src[i] >= 0, else the next of b's routes (b holds the new routes, in order). Costs what
+ * changed, not the table: it shares base's compiled routes and every index node off the
+ * paths of the routes added and removed (reference-counted, atomic: base may be in use by
+ * other threads, and freed before or after). Frees b (always). NULL with err on failure. */
+lp_router_t *lp_router_derive(const lp_router_t *base, const long *src, size_t n, lp_rbuild_t *b,
+                              char *err, size_t errlen);
 void lp_router_free(lp_router_t *r);
 size_t lp_router_count(const lp_router_t *r);
 
