@@ -43,8 +43,9 @@ int lp_rbuild_route(lp_rbuild_t *b);
  * second path kind, out of memory). */
 int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t nlen,
                   const char *value, size_t vlen, char *err, size_t errlen);
-/* Adds route idx of r (all its conditions) to b's current route: how a changed table is
- * built from the one in use. 0, or -1 with err. */
+/* Adds route idx of r (all its conditions) to b's current route: a route compiled again
+ * from its conditions (the tests' rebuilt tables; an admin change derives its router
+ * instead, lp_router_derive). 0, or -1 with err. */
 int lp_rbuild_copy(lp_rbuild_t *b, const lp_router_t *r, size_t idx, char *err, size_t errlen);
 /* Calls fn for each condition of route idx of r, in the form lp_rbuild_add takes them (name
  * NULL but for headers and query arguments, value NULL for LP_RM_PRESENT and predicates), in
