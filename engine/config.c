@@ -1317,6 +1317,8 @@ static int encode_for_workers(lua_State *L, lp_config_t *c)
     return rc;
 }
 
+int lp_config_admin_json = 1;
+
 int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -1356,10 +1358,12 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         rc = encode_for_workers(L, c);
     /* GET /config's body, while the plugins' schemas are at hand. */
     char jerr[256];
-    if (!rc && call_lua(L, path, "luaproxy.admin", "config_json", 1, raw, jerr, sizeof(jerr)))
-        lp_log_warn("admin: cannot encode the config: %s", jerr);
-    else if (!rc && !(c->json = strdup(lua_tostring(L, -1))))
-        rc = LP_ENOMEM;
+    if (!rc && lp_config_admin_json) {
+        if (call_lua(L, path, "luaproxy.admin", "config_json", 1, raw, jerr, sizeof(jerr)))
+            lp_log_warn("admin: cannot encode the config: %s", jerr);
+        else if (!(c->json = strdup(lua_tostring(L, -1))))
+            rc = LP_ENOMEM;
+    }
     lua_close(L);
     if (rc) {
         if (rc == LP_ENOMEM)

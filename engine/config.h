@@ -262,6 +262,10 @@ typedef struct {
  * thread (a Lua state of its own). On failure returns LP_ECONFIG with `err` set to
  * "path: key.path: problem" (or Lua's own "path:line: message"). */
 int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen);
+/* Whether lp_config_load makes GET /config's JSON (config->json): 1, but 0 in a process that
+ * serves nothing (`luaproxy -t`, `-s`), where it is a third of the work at 100k routes. Set
+ * before the first load, main thread. */
+extern int lp_config_admin_json;
 /* The step after validation: resolves the listen, admin and target addresses (DNS targets
  * that do not resolve are a warning, not an error) and builds the TLS contexts (listener
  * certificates and keys, upstream client contexts and their CA files). I/O that may block,

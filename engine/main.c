@@ -375,6 +375,7 @@ int main(int argc, char **argv)
      * its real path (reloads, GET /config); -t and -s as the user wrote it. */
     char err[1024], abspath[4096];
     const char *config_path = realpath(path, abspath) ? abspath : path;
+    lp_config_admin_json = !(test_only || signal_name);
     lp_config_t *cfg;
     if (lp_config_load(test_only || signal_name ? path : config_path, &cfg, err, sizeof(err))) {
         fprintf(stderr, "%s\n", err);

@@ -26,6 +26,57 @@ void lp_metrics_free(lp_metrics_t *m)
         free(b->key);
         free(b);
     }
+    free(m->buckets);
+    m->buckets = NULL;
+    m->nbuckets = m->nblocks = 0;
+}
+
+static size_t key_hash(const char *key, size_t keylen)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < keylen; i++)
+        h = (h ^ (unsigned char)key[i]) * 1099511628211ull;
+    return (size_t)h;
+}
+
+lp_mblock_t *lp_metrics_find(const lp_metrics_t *m, const char *key, size_t keylen)
+{
+    if (!m->nbuckets)
+        return NULL;
+    for (lp_mblock_t *b = m->buckets[key_hash(key, keylen) & (m->nbuckets - 1)]; b; b = b->hnext)
+        if (b->keylen == keylen && memcmp(b->key, key, keylen) == 0)
+            return b;
+    return NULL;
+}
+
+/* Doubles the buckets when they are as many as the blocks; keeps the order of each chain
+ * (newest first) by rehashing from the registry's list, oldest last. -1: out of memory. */
+static int rehash(lp_metrics_t *m)
+{
+    size_t n = m->nbuckets ? m->nbuckets * 2 : 256;
+    lp_mblock_t **v = calloc(n, sizeof(*v));
+    if (!v)
+        return -1;
+    /* The list is newest first: appending each block to the tail of its chain keeps that. */
+    lp_mblock_t **tail = calloc(n, sizeof(*tail));
+    if (!tail) {
+        free(v);
+        return -1;
+    }
+    for (lp_mblock_t *b = m->blocks; b; b = b->next) {
+        size_t i = key_hash(b->key, b->keylen) & (n - 1);
+        b->hnext = NULL;
+        if (tail[i])
+            tail[i]->hnext = b;
+        else
+            v[i] = b;
+        tail[i] = b;
+    }
+    free(tail);
+    free(m->buckets);
+    m->buckets = v;
+    m->nbuckets = n;
+    return 0;
 }
 
 int lp_metrics_set_bounds(lp_metrics_t *m, const double *b, unsigned n)
@@ -68,9 +119,13 @@ size_t lp_metrics_key(char *out, size_t cap, const char *family, const char *a, 
 
 lp_mblock_t *lp_metrics_block(lp_metrics_t *m, const char *key, size_t keylen, size_t ncells)
 {
-    for (lp_mblock_t *b = m->blocks; b; b = b->next)
+    for (lp_mblock_t *b = m->nbuckets ? m->buckets[key_hash(key, keylen) & (m->nbuckets - 1)]
+                                      : NULL;
+         b; b = b->hnext)
         if (b->keylen == keylen && memcmp(b->key, key, keylen) == 0 && b->ncells >= ncells)
             return b;
+    if (m->nblocks >= m->nbuckets && rehash(m))
+        return NULL;
     lp_mblock_t *b = calloc(1, sizeof(*b));
     if (!b)
         return NULL;
@@ -92,6 +147,10 @@ lp_mblock_t *lp_metrics_block(lp_metrics_t *m, const char *key, size_t keylen, s
     b->ncells = ncells;
     b->next = m->blocks;
     m->blocks = b;
+    size_t i = key_hash(key, keylen) & (m->nbuckets - 1);
+    b->hnext = m->buckets[i];
+    m->buckets[i] = b;
+    m->nblocks++;
     return b;
 }
 

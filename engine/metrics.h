@@ -34,7 +34,8 @@ typedef struct lp_mblock_s {
     size_t keylen;
     uint64_t **cells; /* owned: one owned array of ncells per worker (zeroed at birth) */
     size_t ncells;
-    struct lp_mblock_s *next; /* the registry's list (owned by it) */
+    struct lp_mblock_s *next;  /* the registry's list (owned by it) */
+    struct lp_mblock_s *hnext; /* borrowed: the next block of its hash bucket */
 } lp_mblock_t;
 
 /* The registry: blocks by key, and the histogram bounds, fixed for the life of the process
@@ -42,7 +43,12 @@ typedef struct lp_mblock_s {
  * by other bounds cannot be added up). Main thread only. */
 typedef struct {
     unsigned nworkers;
-    lp_mblock_t *blocks;                  /* owned list */
+    lp_mblock_t *blocks;   /* owned list */
+    lp_mblock_t **buckets; /* owned array of nbuckets (a power of two): blocks
+                              by key hash, newest first (a table of 100k routes
+                              has 100k blocks: a list walk per block was
+                              quadratic) */
+    size_t nbuckets, nblocks;
     double bounds[LP_M_MAX_BUCKETS];      /* seconds, increasing */
     uint64_t bounds_ns[LP_M_MAX_BUCKETS]; /* the same in ns: what workers compare with */
     unsigned nbounds;
@@ -57,6 +63,8 @@ void lp_metrics_free(lp_metrics_t *m);
 /* Sets the bounds the first time; later: 0 when they are the same, 1 when they differ
  * (kept as they were). */
 int lp_metrics_set_bounds(lp_metrics_t *m, const double *b, unsigned n);
+/* The newest block of key (keylen bytes), NULL when none. */
+lp_mblock_t *lp_metrics_find(const lp_metrics_t *m, const char *key, size_t keylen);
 /* The block of key (keylen bytes), made with ncells cells per worker when new; NULL when out
  * of memory. A family's ncells never changes (it depends on the bounds, which are fixed), so
  * a key found again has the cells asked for. */

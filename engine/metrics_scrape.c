@@ -20,10 +20,7 @@ static const lp_mblock_t *find(const char *family, const char *a, const char *b)
 {
     char key[512];
     size_t kl = lp_metrics_key(key, sizeof(key), family, a, b, NULL);
-    for (const lp_mblock_t *bl = lp_metrics.blocks; kl && bl; bl = bl->next)
-        if (bl->keylen == kl && memcmp(bl->key, key, kl) == 0)
-            return bl;
-    return NULL;
+    return kl ? lp_metrics_find(&lp_metrics, key, kl) : NULL;
 }
 
 static double sum(const lp_mblock_t *b, size_t i)

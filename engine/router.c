@@ -52,6 +52,8 @@ typedef struct {
     cidr_t *cidrs; /* owned array */
     size_t ncidrs;
     int predicate; /* the caller runs a Lua predicate once the rest matched */
+    unsigned refs; /* atomic: the routers holding it (a derived router shares the routes it
+                      keeps with its base: lp_router_derive) */
 } route_t;
 
 typedef struct {
@@ -59,22 +61,29 @@ typedef struct {
     uint32_t n, cap;
 } ids_t;
 
+/* Tree nodes are shared between a router and the routers derived from it
+ * (lp_router_derive): a derived router copies the nodes on the paths it changes and holds a
+ * reference to all the others. A node is changed in place only while one router holds it
+ * (refs == 1: the router being built), so a router in use never sees a change. */
 typedef struct rnode_s {
-    char *label; /* owned: the bytes of the edge into this node */
+    unsigned refs; /* atomic: parents (or hash entries, or routers) holding it */
+    char *label;   /* owned: the bytes of the edge into this node */
     size_t llen;
-    struct rnode_s **kids; /* owned array of owned nodes, sorted by label[0] */
+    struct rnode_s **kids; /* owned array of references, sorted by label[0] */
     uint32_t nkids;
-    struct rnode_s *param; /* owned: the node after one `:name` segment; NULL: none */
-    ids_t exact;           /* routes whose whole path ends here */
-    ids_t prefix;          /* routes whose prefix ends here */
-    ids_t rx;              /* regex routes whose literal head ends here */
-    ids_t rest;            /* `*name` routes: the rest of the path, possibly empty */
+    struct rnode_s *param; /* reference: the node after one `:name` segment; NULL: none */
+    char *hkey;            /* owned: a bucket's root: its host key (the hash entry borrows it) */
+    /* The lists hold route uids, in table order (by the router's pos[uid]). */
+    ids_t exact;  /* routes whose whole path ends here */
+    ids_t prefix; /* routes whose prefix ends here */
+    ids_t rx;     /* regex routes whose literal head ends here */
+    ids_t rest;   /* `*name` routes: the rest of the path, possibly empty */
 } rnode_t;
 
 typedef struct {
-    char *key; /* owned; NULL: free slot */
+    const char *key; /* borrowed from root->hkey; NULL: free slot */
     size_t klen;
-    rnode_t *root; /* owned */
+    rnode_t *root; /* reference */
 } hent_t;
 
 typedef struct {
@@ -87,17 +96,23 @@ typedef struct {
     size_t n, cap;
 } names_t;
 
+/* Routes have a uid, their index in `routes`, fixed for the life of the route (shared by the
+ * routers derived from one another), and a position in table order, which an insertion or a
+ * removal before them changes: the index stores uids (sorted by position: a change keeps the
+ * relative order of the other routes), the answer is a position. */
 struct lp_router_s {
-    route_t *routes; /* owned array of nroutes */
-    size_t nroutes, cap;
-    rnode_t any;             /* routes without a host */
+    route_t **routes; /* owned array of cap (by uid): references, NULL for a uid not used */
+    uint32_t *pos;    /* owned array of nuids: the position of each uid (UINT32_MAX: unused) */
+    uint32_t *at;     /* owned array of nroutes: the uid at each position */
+    size_t nroutes, nuids, cap;
+    rnode_t *any;            /* reference: routes without a host (NULL in a builder) */
     htab_t exact, wild, pfx; /* by host, by ".suffix", by "prefix" */
     names_t hnames, qnames;  /* header (lower case) and query names the routes read */
     uint32_t max_pairs;      /* the most ovector pairs a regex needs */
 };
 
 struct lp_rbuild_s {
-    lp_router_t r; /* the routes as given; lp_rbuild_finish indexes them */
+    lp_router_t r; /* the routes as given (uid = position); lp_rbuild_finish indexes them */
 };
 
 /* ---- small helpers ---- */
@@ -132,6 +147,49 @@ static int ids_push(ids_t *l, uint32_t id)
     return 0;
 }
 
+/* Inserts uid in table order (pos: the positions by uid); appending is the common case. */
+static int ids_insert(ids_t *l, uint32_t id, const uint32_t *pos)
+{
+    if (ids_push(l, id))
+        return -1;
+    uint32_t i = l->n - 1;
+    if (!i || pos[l->v[i - 1]] < pos[id])
+        return 0;
+    uint32_t lo = 0, hi = i;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (pos[l->v[mid]] < pos[id])
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    memmove(l->v + lo + 1, l->v + lo, (i - lo) * sizeof(*l->v));
+    l->v[lo] = id;
+    return 0;
+}
+
+static void ids_remove(ids_t *l, uint32_t id)
+{
+    for (uint32_t i = 0; i < l->n; i++)
+        if (l->v[i] == id) {
+            memmove(l->v + i, l->v + i + 1, (l->n - i - 1) * sizeof(*l->v));
+            l->n--;
+            return;
+        }
+}
+
+static int ids_copy(ids_t *d, const ids_t *s)
+{
+    *d = (ids_t){NULL, 0, 0};
+    if (!s->n)
+        return 0;
+    if (!(d->v = malloc(s->n * sizeof(*d->v))))
+        return -1;
+    memcpy(d->v, s->v, s->n * sizeof(*d->v));
+    d->n = d->cap = s->n;
+    return 0;
+}
+
 static int fail(char *err, size_t errlen, const char *msg)
 {
     snprintf(err, errlen, "%s", msg);
@@ -144,6 +202,19 @@ static uint64_t hash(const char *s, size_t n)
     for (size_t i = 0; i < n; i++)
         h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
     return h;
+}
+
+static hent_t *hslot(const htab_t *t, const char *k, size_t n)
+{
+    if (!t->n)
+        return NULL;
+    for (size_t i = hash(k, n) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+        hent_t *e = &t->v[i];
+        if (!e->key)
+            return NULL;
+        if (e->klen == n && memcmp(e->key, k, n) == 0)
+            return e;
+    }
 }
 
 static rnode_t *hget(const htab_t *t, const char *k, size_t n)
@@ -180,53 +251,121 @@ static int hgrow(htab_t *t)
     return 0;
 }
 
-/* The root for key, created when missing. */
+static void node_unref(rnode_t *n)
+{
+    if (!n || __atomic_sub_fetch(&n->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    for (uint32_t i = 0; i < n->nkids; i++)
+        node_unref(n->kids[i]);
+    free(n->kids);
+    node_unref(n->param);
+    free(n->label);
+    free(n->hkey);
+    free(n->exact.v);
+    free(n->prefix.v);
+    free(n->rx.v);
+    free(n->rest.v);
+    free(n);
+}
+
+static rnode_t *node_new(void)
+{
+    rnode_t *n = calloc(1, sizeof(*n));
+    if (n)
+        n->refs = 1;
+    return n;
+}
+
+/* *slot, made this router's own to change: itself when no other router holds it, else a
+ * copy (its kids shared) that replaces it in *slot. NULL when out of memory. */
+static rnode_t *own_node(rnode_t **slot)
+{
+    rnode_t *n = *slot;
+    if (__atomic_load_n(&n->refs, __ATOMIC_ACQUIRE) == 1)
+        return n;
+    rnode_t *c = node_new();
+    if (!c)
+        return NULL;
+    int ok = 1;
+    if (n->llen)
+        ok = (c->label = dupn(n->label, n->llen)) != NULL;
+    c->llen = n->llen;
+    if (ok && n->hkey)
+        ok = (c->hkey = strdup(n->hkey)) != NULL;
+    if (ok && n->nkids) {
+        if ((c->kids = malloc(n->nkids * sizeof(*c->kids)))) {
+            memcpy(c->kids, n->kids, n->nkids * sizeof(*c->kids));
+            c->nkids = n->nkids;
+            for (uint32_t i = 0; i < n->nkids; i++)
+                __atomic_add_fetch(&n->kids[i]->refs, 1, __ATOMIC_RELAXED);
+        } else {
+            ok = 0;
+        }
+    }
+    if (ok && n->param) {
+        c->param = n->param;
+        __atomic_add_fetch(&n->param->refs, 1, __ATOMIC_RELAXED);
+    }
+    if (ok)
+        ok = !ids_copy(&c->exact, &n->exact) && !ids_copy(&c->prefix, &n->prefix) &&
+             !ids_copy(&c->rx, &n->rx) && !ids_copy(&c->rest, &n->rest);
+    if (!ok) {
+        node_unref(c);
+        return NULL;
+    }
+    node_unref(n); /* the slot's reference moves to the copy */
+    *slot = c;
+    return c;
+}
+
+/* The root for key, made this router's own (created when missing). */
 static rnode_t *hput(htab_t *t, const char *k, size_t n)
 {
-    rnode_t *root = hget(t, k, n);
-    if (root)
+    hent_t *e = hslot(t, k, n);
+    if (e) {
+        rnode_t *root = own_node(&e->root);
+        if (root)
+            e->key = root->hkey;
         return root;
+    }
     if ((t->n + 1) * 2 > t->cap && hgrow(t))
         return NULL;
     size_t i = hash(k, n) & (t->cap - 1);
     while (t->v[i].key)
         i = (i + 1) & (t->cap - 1);
-    char *key = dupn(k, n);
-    root = calloc(1, sizeof(*root));
-    if (!key || !root) {
-        free(key);
-        free(root);
+    rnode_t *root = node_new();
+    if (!root || !(root->hkey = dupn(k, n))) {
+        node_unref(root);
         return NULL;
     }
-    t->v[i] = (hent_t){key, n, root};
+    t->v[i] = (hent_t){root->hkey, n, root};
     t->n++;
     return root;
-}
-
-static void node_free(rnode_t *n, int self)
-{
-    for (uint32_t i = 0; i < n->nkids; i++)
-        node_free(n->kids[i], 1);
-    free(n->kids);
-    if (n->param)
-        node_free(n->param, 1);
-    free(n->label);
-    free(n->exact.v);
-    free(n->prefix.v);
-    free(n->rx.v);
-    free(n->rest.v);
-    if (self)
-        free(n);
 }
 
 static void htab_free(htab_t *t)
 {
     for (size_t i = 0; i < t->cap; i++)
-        if (t->v[i].key) {
-            free(t->v[i].key);
-            node_free(t->v[i].root, 1);
-        }
+        if (t->v[i].key)
+            node_unref(t->v[i].root);
     free(t->v);
+}
+
+/* A copy of t sharing its roots. -1: out of memory. */
+static int htab_copy(htab_t *d, const htab_t *t)
+{
+    *d = *t;
+    if (!t->cap)
+        return 0;
+    if (!(d->v = malloc(t->cap * sizeof(*d->v)))) {
+        *d = (htab_t){NULL, 0, 0};
+        return -1;
+    }
+    memcpy(d->v, t->v, t->cap * sizeof(*d->v));
+    for (size_t i = 0; i < t->cap; i++)
+        if (d->v[i].key)
+            __atomic_add_fetch(&d->v[i].root->refs, 1, __ATOMIC_RELAXED);
+    return 0;
 }
 
 static long name_slot(names_t *ns, const char *name, size_t n)
@@ -259,13 +398,16 @@ int lp_rbuild_route(lp_rbuild_t *b)
     lp_router_t *r = &b->r;
     if (r->nroutes == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 8;
-        route_t *v = realloc(r->routes, cap * sizeof(*v));
+        route_t **v = realloc(r->routes, cap * sizeof(*v));
         if (!v)
             return -1;
         r->routes = v;
         r->cap = cap;
     }
-    memset(&r->routes[r->nroutes], 0, sizeof(route_t));
+    if (!(r->routes[r->nroutes] = calloc(1, sizeof(route_t))))
+        return -1;
+    r->routes[r->nroutes]->refs = 1;
+    r->nuids = r->nroutes + 1;
     return (int)r->nroutes++;
 }
 
@@ -377,7 +519,7 @@ int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t n
     lp_router_t *r = &b->r;
     if (!r->nroutes)
         return fail(err, errlen, "no route started");
-    route_t *rt = &r->routes[r->nroutes - 1];
+    route_t *rt = r->routes[r->nroutes - 1];
     switch (kind) {
     case LP_RK_HOST: {
         if (rt->host || rt->hkind)
@@ -498,8 +640,10 @@ int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t n
     return fail(err, errlen, "unknown condition");
 }
 
-static void route_free(route_t *rt)
+static void route_unref(route_t *rt)
 {
+    if (!rt || __atomic_sub_fetch(&rt->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
     free(rt->host);
     free(rt->path);
     pcre2_code_free(rt->re);
@@ -516,16 +660,19 @@ static void route_free(route_t *rt)
     }
     free(rt->conds);
     free(rt->cidrs);
+    free(rt);
 }
 
 void lp_router_free(lp_router_t *r)
 {
     if (!r)
         return;
-    for (size_t i = 0; i < r->nroutes; i++)
-        route_free(&r->routes[i]);
+    for (size_t i = 0; i < r->nuids; i++)
+        route_unref(r->routes[i]);
     free(r->routes);
-    node_free(&r->any, 0);
+    free(r->pos);
+    free(r->at);
+    node_unref(r->any);
     htab_free(&r->exact);
     htab_free(&r->wild);
     htab_free(&r->pfx);
@@ -550,7 +697,7 @@ size_t lp_router_count(const lp_router_t *r)
 
 int lp_router_conditions(const lp_router_t *r, size_t idx, lp_router_cond_fn fn, void *ud)
 {
-    const route_t *rt = &r->routes[idx];
+    const route_t *rt = r->routes[r->at ? r->at[idx] : idx];
     char host[300];
     int rc = 0;
 #define ADD(kind, mode, name, v)                                                                   \
@@ -634,10 +781,10 @@ static rnode_t *lit_insert(rnode_t *n, const char *s, size_t len)
     while (len) {
         uint32_t at;
         if (!kid_index(n, (unsigned char)s[0], &at)) {
-            rnode_t *k = calloc(1, sizeof(*k));
+            rnode_t *k = node_new();
             rnode_t **kids = realloc(n->kids, (n->nkids + 1) * sizeof(*kids));
             if (!k || !kids || !(k->label = dupn(s, len))) {
-                free(k);
+                node_unref(k);
                 if (kids)
                     n->kids = kids;
                 return NULL;
@@ -653,13 +800,18 @@ static rnode_t *lit_insert(rnode_t *n, const char *s, size_t len)
         size_t common = 0;
         while (common < k->llen && common < len && k->label[common] == s[common])
             common++;
+        if (common == k->llen && !(k = own_node(&n->kids[at])))
+            return NULL;
         if (common < k->llen) {
-            /* Split: m takes the common head, k keeps its tail below m. */
-            rnode_t *m = calloc(1, sizeof(*m));
+            /* Split: m takes the common head, k (shared, or ours) keeps its tail below m. A
+             * shared k is not changed: m's kid is a copy of it with the shorter label. */
+            if (__atomic_load_n(&k->refs, __ATOMIC_ACQUIRE) != 1 && !(k = own_node(&n->kids[at])))
+                return NULL;
+            rnode_t *m = node_new();
             char *head = dupn(k->label, common), *tail = dupn(k->label + common, k->llen - common);
             rnode_t **kids = malloc(sizeof(*kids));
             if (!m || !head || !tail || !kids) {
-                free(m);
+                node_unref(m);
                 free(head);
                 free(tail);
                 free(kids);
@@ -683,6 +835,7 @@ static rnode_t *lit_insert(rnode_t *n, const char *s, size_t len)
     return n;
 }
 
+/* The root of rt's host bucket, made this router's own. */
 static rnode_t *bucket_for(lp_router_t *r, const route_t *rt)
 {
     switch (rt->hkind) {
@@ -693,25 +846,37 @@ static rnode_t *bucket_for(lp_router_t *r, const route_t *rt)
     case H_PFX:
         return hput(&r->pfx, rt->host, strlen(rt->host));
     }
-    return &r->any;
+    if (!r->any && !(r->any = node_new()))
+        return NULL;
+    return own_node(&r->any);
 }
 
-static int index_route(lp_router_t *r, uint32_t id)
+/* Puts uid into its list (in table order), or takes it out (remove), copying the nodes on
+ * its way that other routers share. */
+static int list_op(lp_router_t *r, ids_t *l, uint32_t id, int remove)
 {
-    route_t *rt = &r->routes[id];
+    if (remove) {
+        ids_remove(l, id);
+        return 0;
+    }
+    return ids_insert(l, id, r->pos);
+}
+
+static int index_route(lp_router_t *r, const route_t *rt, uint32_t id, int remove)
+{
     rnode_t *n = bucket_for(r, rt);
     if (!n)
         return -1;
     switch (rt->pkind) {
     case P_ANY:
         n = lit_insert(n, "/", 1);
-        return n ? ids_push(&n->prefix, id) : -1;
+        return n ? list_op(r, &n->prefix, id, remove) : -1;
     case P_PREFIX:
         n = lit_insert(n, rt->path, rt->plen);
-        return n ? ids_push(&n->prefix, id) : -1;
+        return n ? list_op(r, &n->prefix, id, remove) : -1;
     case P_REGEX:
         n = lit_insert(n, rt->path + 1, rt->lit_len);
-        return n ? ids_push(&n->rx, id) : -1;
+        return n ? list_op(r, &n->rx, id, remove) : -1;
     }
     /* A path pattern: literal runs, :name segments, a final *name. */
     const char *p = rt->path;
@@ -723,12 +888,13 @@ static int index_route(lp_router_t *r, uint32_t id)
         if (j > i && !(n = lit_insert(n, p + i, j - i)))
             return -1;
         if (j == len)
-            return ids_push(&n->exact, id);
+            return list_op(r, &n->exact, id, remove);
         if (p[j] == '*')
-            return ids_push(&n->rest, id);
-        if (!n->param && !(n->param = calloc(1, sizeof(rnode_t))))
+            return list_op(r, &n->rest, id, remove);
+        if (!n->param && !(n->param = node_new()))
             return -1;
-        n = n->param;
+        if (!(n = own_node(&n->param)))
+            return -1;
         while (j < len && p[j] != '/')
             j++;
         i = j;
@@ -746,12 +912,126 @@ lp_router_t *lp_rbuild_finish(lp_rbuild_t *b, char *err, size_t errlen)
     }
     *r = b->r;
     free(b);
+    r->nuids = r->nroutes;
+    r->pos = malloc((r->nroutes ? r->nroutes : 1) * sizeof(*r->pos));
+    r->at = malloc((r->nroutes ? r->nroutes : 1) * sizeof(*r->at));
+    if (!r->pos || !r->at || !(r->any = node_new())) {
+        lp_router_free(r);
+        fail(err, errlen, "out of memory");
+        return NULL;
+    }
     for (size_t i = 0; i < r->nroutes; i++)
-        if (index_route(r, (uint32_t)i)) {
+        r->pos[i] = r->at[i] = (uint32_t)i;
+    for (size_t i = 0; i < r->nroutes; i++)
+        if (index_route(r, r->routes[i], (uint32_t)i, 0)) {
             lp_router_free(r);
             fail(err, errlen, "out of memory");
             return NULL;
         }
+    return r;
+}
+
+static int names_copy(names_t *d, const names_t *s)
+{
+    *d = (names_t){NULL, 0, 0};
+    if (!s->n)
+        return 0;
+    if (!(d->v = calloc(s->n, sizeof(*d->v))))
+        return -1;
+    d->cap = s->n;
+    for (; d->n < s->n; d->n++)
+        if (!(d->v[d->n] = strdup(s->v[d->n])))
+            return -1;
+    return 0;
+}
+
+/* The header and query names of b's routes as slots of r's (the base's, then new ones). */
+static int remap_names(lp_router_t *r, const lp_router_t *b, route_t *rt)
+{
+    for (size_t i = 0; i < rt->nconds; i++) {
+        cond_t *c = &rt->conds[i];
+        const char *name = (c->query ? &b->qnames : &b->hnames)->v[c->slot];
+        long slot = name_slot(c->query ? &r->qnames : &r->hnames, name, strlen(name));
+        if (slot < 0)
+            return -1;
+        c->slot = (uint32_t)slot;
+    }
+    return 0;
+}
+
+lp_router_t *lp_router_derive(const lp_router_t *base, const long *src, size_t n, lp_rbuild_t *b,
+                              char *err, size_t errlen)
+{
+    lp_router_t *nb = &b->r;
+    size_t added = nb->nroutes;
+    /* The uids of removed routes are not used again: once the unused ones outnumber the
+     * routes, the derived router numbers its routes afresh and indexes them all (as a build
+     * does, but sharing the compiled routes). */
+    int fresh = base->nuids + added > 2 * n + 16;
+    lp_router_t *r = calloc(1, sizeof(*r));
+    int ok = r != NULL;
+    if (ok) {
+        r->nroutes = n;
+        r->nuids = fresh ? n : base->nuids + added;
+        r->cap = r->nuids ? r->nuids : 1;
+        r->routes = calloc(r->cap, sizeof(*r->routes));
+        r->pos = malloc(r->cap * sizeof(*r->pos));
+        r->at = malloc((n ? n : 1) * sizeof(*r->at));
+        ok = r->routes && r->pos && r->at && !names_copy(&r->hnames, &base->hnames) &&
+             !names_copy(&r->qnames, &base->qnames);
+    }
+    if (ok) {
+        memset(r->pos, 0xff, r->cap * sizeof(*r->pos));
+        r->max_pairs = base->max_pairs > nb->max_pairs ? base->max_pairs : nb->max_pairs;
+        for (size_t k = 0; ok && k < added; k++)
+            ok = !remap_names(r, nb, nb->routes[k]);
+    }
+    size_t next_new = 0;
+    uint32_t next_uid = fresh ? 0 : (uint32_t)base->nuids;
+    for (size_t i = 0; ok && i < n; i++) {
+        route_t *rt;
+        uint32_t uid;
+        if (src[i] >= 0 && (size_t)src[i] < base->nroutes) {
+            uint32_t bu = base->at[src[i]];
+            rt = base->routes[bu];
+            __atomic_add_fetch(&rt->refs, 1, __ATOMIC_RELAXED);
+            uid = fresh ? (uint32_t)i : bu;
+        } else if (src[i] < 0 && next_new < added) {
+            rt = nb->routes[next_new];
+            nb->routes[next_new++] = NULL; /* moved */
+            uid = fresh ? (uint32_t)i : next_uid++;
+        } else {
+            ok = 0;
+            break;
+        }
+        r->routes[uid] = rt;
+        r->pos[uid] = (uint32_t)i;
+        r->at[i] = uid;
+    }
+    ok = ok && next_new == added;
+    if (ok && fresh) {
+        ok = (r->any = node_new()) != NULL;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = !index_route(r, r->routes[i], (uint32_t)i, 0);
+    } else if (ok) {
+        ok = !htab_copy(&r->exact, &base->exact) && !htab_copy(&r->wild, &base->wild) &&
+             !htab_copy(&r->pfx, &base->pfx);
+        if (ok && (r->any = base->any))
+            __atomic_add_fetch(&r->any->refs, 1, __ATOMIC_RELAXED);
+        /* Out first, so that the lists hold only routes with a position when new ones go
+         * into them in table order. */
+        for (size_t u = 0; ok && u < base->nuids; u++)
+            if (base->routes[u] && r->pos[u] == UINT32_MAX)
+                ok = !index_route(r, base->routes[u], (uint32_t)u, 1);
+        for (size_t u = base->nuids; ok && u < r->nuids; u++)
+            ok = !index_route(r, r->routes[u], (uint32_t)u, 0);
+    }
+    lp_rbuild_free(b);
+    if (!ok) {
+        lp_router_free(r);
+        fail(err, errlen, "out of memory");
+        return NULL;
+    }
     return r;
 }
 
@@ -881,12 +1161,12 @@ static int conds_ok(mstate_t *ms, const route_t *rt)
     return 1;
 }
 
-static void accept_route(mstate_t *ms, uint32_t id)
+static void accept_route(mstate_t *ms, uint32_t id, uint32_t pos)
 {
-    const route_t *rt = &ms->r->routes[id];
+    const route_t *rt = ms->r->routes[id];
     lp_route_out_t *out = ms->out;
-    ms->best = id;
-    out->index = (int)id;
+    ms->best = pos;
+    out->index = (int)pos;
     out->predicate = rt->predicate;
     out->ncaps = 0;
     for (unsigned i = 0; i < rt->npnames && i < ms->depth; i++)
@@ -908,16 +1188,16 @@ static void accept_route(mstate_t *ms, uint32_t id)
 static void consider(mstate_t *ms, const ids_t *l, int prefix_list)
 {
     for (uint32_t i = 0; i < l->n; i++) {
-        uint32_t id = l->v[i];
-        if (id >= ms->best)
+        uint32_t id = l->v[i], pos = ms->r->pos[id];
+        if (pos >= ms->best)
             return;
-        if (id < ms->from)
+        if (pos < ms->from)
             continue;
-        const route_t *rt = &ms->r->routes[id];
+        const route_t *rt = ms->r->routes[id];
         if (ms->asterisk && !(prefix_list && (rt->pkind == P_ANY || rt->plen == 1)))
             continue;
         if (conds_ok(ms, rt))
-            accept_route(ms, id);
+            accept_route(ms, id, pos);
     }
 }
 
@@ -971,7 +1251,8 @@ int lp_router_match(const lp_router_t *r, const lp_route_in_t *in, int from, lp_
     out->index = -1;
     out->predicate = 0;
     out->ncaps = 0;
-    walk(&ms, &r->any, 0);
+    if (r->any)
+        walk(&ms, r->any, 0);
     if (!r->exact.n && !r->wild.n && !r->pfx.n)
         return out->index;
     /* The host: no port, no trailing dot, lower case. */
@@ -1030,18 +1311,18 @@ static uint32_t shadow_in(const lp_router_t *r, const rnode_t *n, const char *li
     uint32_t best = UINT32_MAX;
     size_t pos = 0;
     for (;;) {
-        for (uint32_t i = 0; i < n->prefix.n && n->prefix.v[i] < before; i++)
-            if (unconditional(&r->routes[n->prefix.v[i]])) {
-                if (n->prefix.v[i] < best)
-                    best = n->prefix.v[i];
+        for (uint32_t i = 0; i < n->prefix.n && r->pos[n->prefix.v[i]] < before; i++)
+            if (unconditional(r->routes[n->prefix.v[i]])) {
+                if (r->pos[n->prefix.v[i]] < best)
+                    best = r->pos[n->prefix.v[i]];
                 break;
             }
         if (pos == len) {
             if (exact)
-                for (uint32_t i = 0; i < n->exact.n && n->exact.v[i] < before; i++)
-                    if (unconditional(&r->routes[n->exact.v[i]])) {
-                        if (n->exact.v[i] < best)
-                            best = n->exact.v[i];
+                for (uint32_t i = 0; i < n->exact.n && r->pos[n->exact.v[i]] < before; i++)
+                    if (unconditional(r->routes[n->exact.v[i]])) {
+                        if (r->pos[n->exact.v[i]] < best)
+                            best = r->pos[n->exact.v[i]];
                         break;
                     }
             return best;
@@ -1080,9 +1361,10 @@ static int is_param_at(const pwalk_t *w, size_t j)
 
 static void pw_take(pwalk_t *w, const ids_t *l)
 {
-    for (uint32_t i = 0; i < l->n && l->v[i] < w->before && l->v[i] < w->best; i++)
-        if (unconditional_pattern(&w->r->routes[l->v[i]])) {
-            w->best = l->v[i];
+    const uint32_t *pos = w->r->pos;
+    for (uint32_t i = 0; i < l->n && pos[l->v[i]] < w->before && pos[l->v[i]] < w->best; i++)
+        if (unconditional_pattern(w->r->routes[l->v[i]])) {
+            w->best = pos[l->v[i]];
             break;
         }
 }
@@ -1128,7 +1410,7 @@ size_t lp_router_shadows(const lp_router_t *r, void (*warn)(void *ud, size_t rou
 {
     size_t found = 0;
     for (size_t j = 0; j < r->nroutes; j++) {
-        const route_t *rt = &r->routes[j];
+        const route_t *rt = r->routes[r->at[j]];
         const char *lit = rt->pkind == P_ANY ? "/" : rt->pkind == P_REGEX ? rt->path + 1 : rt->path;
         size_t len = rt->pkind == P_ANY ? 1 : rt->lit_len;
         if (rt->pkind == P_REGEX && !len) {
@@ -1136,14 +1418,15 @@ size_t lp_router_shadows(const lp_router_t *r, void (*warn)(void *ud, size_t rou
             len = 1;
         }
         int exact = rt->pkind == P_EXACT && !rt->has_params;
-        uint32_t by = shadow_in(r, &r->any, lit, len, exact, (uint32_t)j);
+        uint32_t by = r->any ? shadow_in(r, r->any, lit, len, exact, (uint32_t)j) : UINT32_MAX;
         /* Pattern routes before it (regexes and routes without a path are not compared). */
         pwalk_t pw = {r, NULL, 0, rt->pkind == P_EXACT, rt->pkind == P_PREFIX, (uint32_t)j, by};
         /* (A prefix "/" also takes `OPTIONS *`, which no pattern matches.) */
         if (rt->pkind == P_EXACT || (rt->pkind == P_PREFIX && rt->plen > 1)) {
             pw.p = rt->path;
             pw.len = rt->plen;
-            pw_walk(&pw, &r->any, 0);
+            if (r->any)
+                pw_walk(&pw, r->any, 0);
             by = pw.best;
         }
         const rnode_t *root;

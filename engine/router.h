@@ -6,7 +6,8 @@
  * and the literal head of anchored regexes). Semantics: first match in table order; the
  * index only narrows the candidates, their remaining conditions decide.
  *
- * A built router is immutable and may be shared by threads; a lookup allocates nothing
+ * A built router is immutable and may be shared by threads (a derived router shares parts of
+ * it: lp_router_derive); a lookup allocates nothing
  * (each thread keeps one PCRE2 match block, grown when a router needs more groups). */
 #ifndef LP_ROUTER_H
 #define LP_ROUTER_H
@@ -42,8 +43,9 @@ int lp_rbuild_route(lp_rbuild_t *b);
  * second path kind, out of memory). */
 int lp_rbuild_add(lp_rbuild_t *b, int kind, int mode, const char *name, size_t nlen,
                   const char *value, size_t vlen, char *err, size_t errlen);
-/* Adds route idx of r (all its conditions) to b's current route: how a changed table is
- * built from the one in use. 0, or -1 with err. */
+/* Adds route idx of r (all its conditions) to b's current route: a route compiled again
+ * from its conditions (the tests' rebuilt tables; an admin change derives its router
+ * instead, lp_router_derive). 0, or -1 with err. */
 int lp_rbuild_copy(lp_rbuild_t *b, const lp_router_t *r, size_t idx, char *err, size_t errlen);
 /* Calls fn for each condition of route idx of r, in the form lp_rbuild_add takes them (name
  * NULL but for headers and query arguments, value NULL for LP_RM_PRESENT and predicates), in
@@ -54,6 +56,13 @@ int lp_router_conditions(const lp_router_t *r, size_t idx, lp_router_cond_fn fn,
 /* Compiles the routes and frees b (always). NULL with a message in err on failure. */
 lp_router_t *lp_rbuild_finish(lp_rbuild_t *b, char *err, size_t errlen);
 void lp_rbuild_free(lp_rbuild_t *b);
+/* A router of n routes made from base: route i is base's route at position src[i] when
+ * src[i] >= 0, else the next of b's routes (b holds the new routes, in order). Costs what
+ * changed, not the table: it shares base's compiled routes and every index node off the
+ * paths of the routes added and removed (reference-counted, atomic: base may be in use by
+ * other threads, and freed before or after). Frees b (always). NULL with err on failure. */
+lp_router_t *lp_router_derive(const lp_router_t *base, const long *src, size_t n, lp_rbuild_t *b,
+                              char *err, size_t errlen);
 void lp_router_free(lp_router_t *r);
 size_t lp_router_count(const lp_router_t *r);
 

@@ -379,15 +379,18 @@ lp_rtable_t *lp_rtable_apply(const lp_rtable_t *base, const lp_config_t *cfg, js
     for (size_t i = 0; i < n; i++)
         nown += s[i].src < 0 || base->conf_index[s[i].src] < 0;
     lp_rtable_t *t = alloc_table(n, nown);
+    /* b gets the new routes only: the router is derived from base's, sharing what it keeps
+     * (a change costs what changed, not the table). */
     lp_rbuild_t *b = lp_rbuild_new();
-    int rc = !t || !b ? jerr(msg, sizeof(msg), "%s", "out of memory") : 0;
+    long *src = malloc((n ? n : 1) * sizeof(*src));
+    int rc = !t || !b || !src ? jerr(msg, sizeof(msg), "%s", "out of memory") : 0;
     for (size_t i = 0; i < n && !rc; i++) {
-        if (lp_rbuild_route(b) < 0) {
+        src[i] = s[i].src;
+        if (s[i].src < 0 && lp_rbuild_route(b) < 0) {
             rc = jerr(msg, sizeof(msg), "%s", "out of memory");
             break;
         }
         if (s[i].src >= 0) {
-            rc = lp_rbuild_copy(b, base->router, (size_t)s[i].src, msg, sizeof(msg));
             int ci = base->conf_index[s[i].src];
             t->conf_index[i] = ci;
             if (ci >= 0) {
@@ -419,11 +422,16 @@ lp_rtable_t *lp_rtable_apply(const lp_rtable_t *base, const lp_config_t *cfg, js
         t->next_admin = seq;
     }
     free(s);
-    if (!rc && !(t->router = lp_rbuild_finish(b, msg, sizeof(msg))))
-        rc = -1;
-    else if (rc)
+    if (!rc && base->router)
+        t->router = lp_router_derive(base->router, src, n, b, msg, sizeof(msg));
+    else if (!rc)
+        t->router = lp_rbuild_finish(b, msg, sizeof(msg)); /* (no routes before) */
+    else
         lp_rbuild_free(b);
+    if (!rc && !t->router)
+        rc = -1;
     b = NULL;
+    free(src);
     if (rc) {
         snprintf(err, errlen, "%s", msg);
         if (t)

@@ -917,14 +917,21 @@ local S = {
 S.custom = function(c)
   local global = c.plugins and #c.plugins > 0
   -- Route names label metrics: two routes with one name would share their counts.
-  local names = {}
+  -- An unnamed route is route#i, which only a given name of that form can clash with: when
+  -- no route is given one, the unnamed ones are not named at all (100k routes, no strings).
+  local names, auto = {}, false
+  for _, r in ipairs(c.routes) do
+    if type(r.name) == "string" and r.name:sub(1, 6) == "route#" then auto = true break end
+  end
   for i, r in ipairs(c.routes) do
-    local name = r.name or ("route#" .. i)
-    if names[name] then
-      return nil, format("route name %q is already used by routes[%d]", name, names[name]),
-        format("routes[%d].name", i)
+    local name = r.name or (auto and ("route#" .. i))
+    if name then
+      if names[name] then
+        return nil, format("route name %q is already used by routes[%d]", name, names[name]),
+          format("routes[%d].name", i)
+      end
+      names[name] = i
     end
-    names[name] = i
   end
   for i, r in ipairs(c.routes) do
     if r.upstream == nil and r.handler == nil and not global

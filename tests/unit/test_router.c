@@ -142,14 +142,11 @@ static int add(lp_rbuild_t *b, size_t i, int kind, int mode, const char *name, c
     return rc;
 }
 
-static lp_router_t *build(const troute_t *t, size_t n)
+/* The conditions of x into b's current route (route i, for messages). */
+static int add_route(lp_rbuild_t *b, size_t i, const troute_t *x)
 {
-    lp_rbuild_t *b = lp_rbuild_new();
-    char err[256];
     int rc = 0;
-    for (size_t i = 0; i < n && !rc; i++) {
-        const troute_t *x = &t[i];
-        rc = lp_rbuild_route(b) != (int)i;
+    {
         if (!rc && x->host)
             rc = add(b, i, LP_RK_HOST, 0, NULL, x->host);
         if (!rc && x->pkind)
@@ -174,6 +171,19 @@ static lp_router_t *build(const troute_t *t, size_t n)
             rc = add(b, i, LP_RK_SNI, 0, NULL, x->sni);
         if (!rc && x->predicate)
             rc = add(b, i, LP_RK_PREDICATE, 0, NULL, NULL);
+    }
+    return rc;
+}
+
+static lp_router_t *build(const troute_t *t, size_t n)
+{
+    lp_rbuild_t *b = lp_rbuild_new();
+    char err[256];
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        rc = lp_rbuild_route(b) != (int)i;
+        if (!rc)
+            rc = add_route(b, i, &t[i]);
     }
     if (rc) {
         lp_rbuild_free(b);
@@ -612,54 +622,87 @@ static void rand_path(char *out, size_t cap, int pattern)
         snprintf(out + n, cap - n, "/");
 }
 
+static const char *const HOSTS[] = {"a.com",     "b.a.com", "*.a.com", "x.*",
+                                    "*.b.a.com", "api.*",   "x.y"};
+static const char *const RHOSTS[] = {"a.com", "b.a.com",  "c.b.a.com", "x.a.com", "api.a.com",
+                                     "x.y",   "A.COM:80", "b.a.com.",  "x.y.z",   ""};
+static const char *const REGEXES[] = {
+    "^/a/(?<n>[0-9]+)", "^/(?<first>[a-z]+)/1", "b$", "^/users/(?<u>[^/]+)$", "^/ab?/", "^/(a|b)/"};
+static const char *const CIDRS[] = {"10.0.0.0/8", "10.1.0.0/16", "::1", "10.1.2.3"};
+static const char *const ADDRS[] = {"10.1.2.3", "10.2.0.1", "192.168.0.1", "::1"};
+static const char *const QUERIES[] = {"q=1", "q=%31", "q=2&r=", "r=1", "q"};
+
+/* A random route into x, its path (when it has one of its own) into path. */
+static void rand_route(troute_t *x, char *path, size_t cap)
+{
+    memset(x, 0, sizeof(*x));
+    if (rnd(2))
+        x->host = PICK(HOSTS);
+    x->pkind = (int)rnd(4);
+    if (x->pkind == 3)
+        x->path = PICK(REGEXES);
+    else if (x->pkind) {
+        rand_path(path, cap, x->pkind == 1);
+        if (x->pkind == 2 && rnd(3) == 0 && strlen(path) > 2)
+            path[strlen(path) - 1] = 0; /* a prefix inside a segment */
+        x->path = path;
+    }
+    if (rnd(5) == 0)
+        x->method = rnd(2) ? "GET" : "POST";
+    if (rnd(6) == 0) {
+        x->hname = rnd(3) ? "x-h" : "x-other";
+        unsigned m = rnd(3);
+        x->hval = m == 0 ? NULL : m == 1 ? "1" : "^[12]$";
+        x->hregex = m == 2;
+    }
+    if (rnd(6) == 0) {
+        x->qname = rnd(2) ? "q" : "r";
+        x->qval = rnd(2) ? "1" : NULL;
+    }
+    if (rnd(8) == 0)
+        x->cidr = PICK(CIDRS);
+    if (rnd(8) == 0)
+        x->sni = rnd(2) ? "a.com" : "*.a.com";
+}
+
+/* n random requests compared between r and the reference over t; the count compared (less
+ * than n after a difference). */
+static int compare_random(const troute_t *t, size_t n, const lp_router_t *r, int reqs, int *matched)
+{
+    int compared = 0;
+    for (int k = 0; k < reqs; k++) {
+        char path[64];
+        rand_path(path, sizeof(path), 0);
+        treq_t q = {rnd(3) ? "GET" : "POST", PICK(RHOSTS), rnd(40) ? path : "*",
+                    rnd(3) ? NULL : PICK(((const char *const[]){"a.com", "b.a.com"}))};
+        if (rnd(2)) {
+            q.hname = rnd(4) ? "X-H" : "x-other";
+            q.hval = PICK(((const char *const[]){"1", "2", "3"}));
+        }
+        if (rnd(2))
+            q.query = PICK(QUERIES);
+        if (rnd(3))
+            q.addr = PICK(ADDRS);
+        int from = n && rnd(4) == 0 ? (int)rnd((unsigned)n) : 0;
+        if (!same(t, n, r, &q, from, (int)rnd(2)))
+            break;
+        compared++;
+        rcap_t caps[LP_ROUTE_MAX_CAPS];
+        int nc;
+        *matched += ref_match(t, n, &q, from, caps, &nc) >= 0;
+    }
+    return compared;
+}
+
 static void test_property(void)
 {
-    static const char *const HOSTS[] = {"a.com",     "b.a.com", "*.a.com", "x.*",
-                                        "*.b.a.com", "api.*",   "x.y"};
-    static const char *const RHOSTS[] = {"a.com", "b.a.com",  "c.b.a.com", "x.a.com", "api.a.com",
-                                         "x.y",   "A.COM:80", "b.a.com.",  "x.y.z",   ""};
-    static const char *const REGEXES[] = {
-        "^/a/(?<n>[0-9]+)", "^/(?<first>[a-z]+)/1", "b$", "^/users/(?<u>[^/]+)$", "^/ab?/",
-        "^/(a|b)/"};
-    static const char *const CIDRS[] = {"10.0.0.0/8", "10.1.0.0/16", "::1", "10.1.2.3"};
-    static const char *const ADDRS[] = {"10.1.2.3", "10.2.0.1", "192.168.0.1", "::1"};
-    static const char *const QUERIES[] = {"q=1", "q=%31", "q=2&r=", "r=1", "q"};
     char paths[400][64];
     troute_t t[400];
     int compared = 0, matched = 0;
     for (int round = 0; round < 300; round++) {
         size_t n = 1 + rnd(round < 100 ? 10 : 400);
-        for (size_t i = 0; i < n; i++) {
-            troute_t *x = &t[i];
-            memset(x, 0, sizeof(*x));
-            if (rnd(2))
-                x->host = PICK(HOSTS);
-            x->pkind = (int)rnd(4);
-            if (x->pkind == 3)
-                x->path = PICK(REGEXES);
-            else if (x->pkind) {
-                rand_path(paths[i], sizeof(paths[i]), x->pkind == 1);
-                if (x->pkind == 2 && rnd(3) == 0 && strlen(paths[i]) > 2)
-                    paths[i][strlen(paths[i]) - 1] = 0; /* a prefix inside a segment */
-                x->path = paths[i];
-            }
-            if (rnd(5) == 0)
-                x->method = rnd(2) ? "GET" : "POST";
-            if (rnd(6) == 0) {
-                x->hname = "x-h";
-                unsigned m = rnd(3);
-                x->hval = m == 0 ? NULL : m == 1 ? "1" : "^[12]$";
-                x->hregex = m == 2;
-            }
-            if (rnd(6) == 0) {
-                x->qname = rnd(2) ? "q" : "r";
-                x->qval = rnd(2) ? "1" : NULL;
-            }
-            if (rnd(8) == 0)
-                x->cidr = PICK(CIDRS);
-            if (rnd(8) == 0)
-                x->sni = rnd(2) ? "a.com" : "*.a.com";
-        }
+        for (size_t i = 0; i < n; i++)
+            rand_route(&t[i], paths[i], sizeof(paths[i]));
         lp_router_t *r0 = build(t, n);
         REQUIRE(r0);
         /* Every other round, the table as the admin API rebuilds it: each route copied. */
@@ -674,27 +717,7 @@ static void test_property(void)
             REQUIRE((r = lp_rbuild_finish(b, err, sizeof(err))));
             lp_router_free(r0);
         }
-        for (int k = 0; k < 60; k++) {
-            char path[64];
-            rand_path(path, sizeof(path), 0);
-            treq_t q = {rnd(3) ? "GET" : "POST", PICK(RHOSTS), rnd(40) ? path : "*",
-                        rnd(3) ? NULL : PICK(((const char *const[]){"a.com", "b.a.com"}))};
-            if (rnd(2)) {
-                q.hname = rnd(4) ? "X-H" : "x-other";
-                q.hval = PICK(((const char *const[]){"1", "2", "3"}));
-            }
-            if (rnd(2))
-                q.query = PICK(QUERIES);
-            if (rnd(3))
-                q.addr = PICK(ADDRS);
-            int from = rnd(4) == 0 ? (int)rnd((unsigned)n) : 0;
-            if (!same(t, n, r, &q, from, (int)rnd(2)))
-                break;
-            compared++;
-            rcap_t caps[LP_ROUTE_MAX_CAPS];
-            int nc;
-            matched += ref_match(t, n, &q, from, caps, &nc) >= 0;
-        }
+        compared += compare_random(t, n, r, 60, &matched);
         lp_router_free(r);
         if (lp_test_failures)
             break;
@@ -704,9 +727,138 @@ static void test_property(void)
     CHECK(matched > compared / 4);
 }
 
+/* A table as the reference sees it: routes and their own paths, kept side by side. */
+typedef struct {
+    troute_t t[300];
+    char paths[300][64];
+    size_t n;
+} rtab_t;
+
+/* After a move, x->path points into the other slot's buffer: point it at its own again. */
+static void repoint(rtab_t *tb, size_t i)
+{
+    if (tb->t[i].pkind == 1 || tb->t[i].pkind == 2)
+        tb->t[i].path = tb->paths[i];
+}
+
+static size_t count_shadows(const lp_router_t *r)
+{
+    return lp_router_shadows(r, NULL, NULL);
+}
+
+/* Random batches of add / replace / remove applied to a table by lp_router_derive, each
+ * router against the reference over the table it was made for -- the new one, and the one
+ * it was derived from, still in use (immutable: what derive shares, it does not change) --
+ * and the shadows it reports equal to a fresh build's. */
+static void test_property_incremental(void)
+{
+    static rtab_t cur, prev;
+    int compared = 0, matched = 0, changes = 0, fresh_checked = 0;
+    for (int round = 0; round < 40 && !lp_test_failures; round++) {
+        cur.n = 1 + rnd(round < 10 ? 8 : 250);
+        for (size_t i = 0; i < cur.n; i++)
+            rand_route(&cur.t[i], cur.paths[i], sizeof(cur.paths[i]));
+        lp_router_t *r = build(cur.t, cur.n), *keep = NULL;
+        REQUIRE(r);
+        for (int step = 0; step < 40 && !lp_test_failures; step++) {
+            prev = cur;
+            for (size_t i = 0; i < prev.n; i++)
+                repoint(&prev, i);
+            /* src[i]: where route i of the new table comes from (-1: new). */
+            long src[300];
+            for (size_t i = 0; i < cur.n; i++)
+                src[i] = (long)i;
+            lp_rbuild_t *b = lp_rbuild_new();
+            REQUIRE(b);
+            unsigned nops = 1 + rnd(3);
+            /* New routes go to b in table order: made first, numbered after. */
+            troute_t made[300];
+            char mpaths[300][64];
+            int isnew[300] = {0};
+            for (unsigned o = 0; o < nops; o++) {
+                unsigned what = rnd(3);
+                if (what == 0 && cur.n < 299) { /* add at */
+                    size_t at = rnd((unsigned)cur.n + 1);
+                    memmove(&cur.t[at + 1], &cur.t[at], (cur.n - at) * sizeof(cur.t[0]));
+                    memmove(cur.paths[at + 1], cur.paths[at], (cur.n - at) * sizeof(cur.paths[0]));
+                    memmove(&src[at + 1], &src[at], (cur.n - at) * sizeof(src[0]));
+                    memmove(&isnew[at + 1], &isnew[at], (cur.n - at) * sizeof(isnew[0]));
+                    cur.n++;
+                    rand_route(&cur.t[at], cur.paths[at], sizeof(cur.paths[at]));
+                    src[at] = -1;
+                    isnew[at] = 1;
+                } else if (what == 1 && cur.n) { /* replace */
+                    size_t at = rnd((unsigned)cur.n);
+                    rand_route(&cur.t[at], cur.paths[at], sizeof(cur.paths[at]));
+                    src[at] = -1;
+                    isnew[at] = 1;
+                } else if (cur.n) { /* remove */
+                    size_t at = rnd((unsigned)cur.n);
+                    memmove(&cur.t[at], &cur.t[at + 1], (cur.n - at - 1) * sizeof(cur.t[0]));
+                    memmove(cur.paths[at], cur.paths[at + 1],
+                            (cur.n - at - 1) * sizeof(cur.paths[0]));
+                    memmove(&src[at], &src[at + 1], (cur.n - at - 1) * sizeof(src[0]));
+                    memmove(&isnew[at], &isnew[at + 1], (cur.n - at - 1) * sizeof(isnew[0]));
+                    cur.n--;
+                }
+                for (size_t i = 0; i < cur.n; i++)
+                    repoint(&cur, i);
+            }
+            size_t nmade = 0;
+            for (size_t i = 0; i < cur.n; i++)
+                if (isnew[i]) {
+                    made[nmade] = cur.t[i];
+                    if (made[nmade].pkind == 1 || made[nmade].pkind == 2) {
+                        snprintf(mpaths[nmade], sizeof(mpaths[nmade]), "%s", cur.paths[i]);
+                        made[nmade].path = mpaths[nmade];
+                    }
+                    REQUIRE(lp_rbuild_route(b) >= 0);
+                    REQUIRE(add_route(b, i, &made[nmade]) == 0);
+                    nmade++;
+                }
+            char err[256];
+            lp_router_t *r2 = lp_router_derive(r, src, cur.n, b, err, sizeof(err));
+            REQUIRE(r2);
+            changes += (int)nops;
+            REQUIRE(lp_router_count(r2) == cur.n);
+            compared += compare_random(cur.t, cur.n, r2, 30, &matched);
+            /* The router it came from still answers for its own table. */
+            compared += compare_random(prev.t, prev.n, r, 10, &matched);
+            if (step % 5 == 0) {
+                lp_router_t *f = build(cur.t, cur.n);
+                REQUIRE(f);
+                CHECK_EQ_INT(count_shadows(r2), count_shadows(f));
+                lp_router_free(f);
+                fresh_checked++;
+            }
+            /* The old router freed now, or one step later (after its successor derived a
+             * router of its own): what they share outlives either. */
+            lp_router_free(keep);
+            keep = NULL;
+            if (rnd(2))
+                lp_router_free(r);
+            else
+                keep = r;
+            r = r2;
+        }
+        lp_router_free(keep);
+        keep = NULL;
+        lp_router_free(r);
+    }
+    printf("incremental: %d changes, %d requests compared, %d matched, %d shadow checks\n", changes,
+           compared, matched, fresh_checked);
+    CHECK(compared == 40 * 40 * 40);
+    CHECK(matched > compared / 5);
+}
+
 static const lp_test_case_t tests[] = {
-    LP_TEST_ENTRY(test_hosts),      LP_TEST_ENTRY(test_paths),   LP_TEST_ENTRY(test_conditions),
-    LP_TEST_ENTRY(test_bad_routes), LP_TEST_ENTRY(test_shadows), LP_TEST_ENTRY(test_property),
+    LP_TEST_ENTRY(test_hosts),
+    LP_TEST_ENTRY(test_paths),
+    LP_TEST_ENTRY(test_conditions),
+    LP_TEST_ENTRY(test_bad_routes),
+    LP_TEST_ENTRY(test_shadows),
+    LP_TEST_ENTRY(test_property),
+    LP_TEST_ENTRY(test_property_incremental),
 };
 
 LP_TEST_MAIN(tests)
