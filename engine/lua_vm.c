@@ -245,7 +245,7 @@ static void push_load_opts(lua_State *L, const char *config_path)
 
 /* runtime.load(cfg, opts) with the config table at `cfg_idx`; leaves the state (or nothing)
  * on the stack. */
-static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, char *err,
+static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, int lint, char *err,
                         size_t errlen)
 {
     lua_getglobal(L, "require");
@@ -260,6 +260,10 @@ static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, char
     lua_remove(L, -2);
     lua_pushvalue(L, cfg_idx);
     push_load_opts(L, config_path);
+    /* The config's own scripts through `luaproxy check`: once, in the main thread's check,
+     * not again in every worker's VM. */
+    lua_pushboolean(L, lint);
+    lua_setfield(L, -2, "lint");
     if (lua_pcall(L, 2, 2, 0)) {
         snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
         lua_pop(L, 1);
@@ -328,7 +332,7 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
     }
     wd_register(g, 1);
     lp__guard_begin(g);
-    rc = runtime_load(L, cfg, config_path, err, errlen);
+    rc = runtime_load(L, cfg, config_path, 1, err, errlen);
     lp__guard_end(g);
     wd_register(g, 0);
     current_check = was;
@@ -643,7 +647,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
         snprintf(err, errlen, "%s: the file must return a table", cfg->path);
         goto fail;
     }
-    int lrc = runtime_load(L, cfg_idx, cfg->path, err, errlen);
+    int lrc = runtime_load(L, cfg_idx, cfg->path, 0, err, errlen);
     lp__guard_end(&vm->guard);
     if (lrc)
         goto fail;

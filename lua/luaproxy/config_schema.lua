@@ -606,7 +606,7 @@ local S = {
   description = "a luaproxy config file",
   doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
                 "log", "plugins", "lua", "shared", "admin", "metrics", "client_abort", "pid_file",
-                "watch", "tracing" },
+                "watch", "tracing", "lint" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
                 description = "worker threads, each with its own loop and listening socket "
@@ -908,6 +908,22 @@ local S = {
       description = "reload when a `.lua` file changes next to the config (and in its "
         .. "`plugins/`, `lib/`) or in the bundled `plugins/` and `scripts/`, or a certificate, "
         .. "key, CA or error page file the config names",
+    },
+    -- #21: `luaproxy check` on the config's own scripts and plugins at start, reload, -t.
+    lint = {
+      type = "record", default = {}, doc_default = "on, warnings logged",
+      description = "`luaproxy check` (luacheck and the proxy API) on the plugins and "
+        .. "handler scripts the config uses, except the bundled ones, whenever it loads "
+        .. "(start, reload, `-t`); see docs/plugins.md",
+      fields = {
+        enabled = { type = "boolean", default = true,
+                    description = "false: no check when the config loads" },
+        warnings_are_errors = {
+          type = "boolean", default = false,
+          description = "a warning refuses the load (`file:line:col: message`; on a "
+            .. "reload the running config keeps serving) instead of being logged",
+        },
+      },
     },
   },
 }

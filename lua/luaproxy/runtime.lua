@@ -297,7 +297,40 @@ function M.load(cfg, opts)
   local all = {}
   for _, inst in ipairs(global) do all[#all + 1] = inst end
   state.fallback = by_phase(all)
+  if opts and opts.lint then
+    local lerr = M.lint(cfg, opts, ctx.warnings)
+    if lerr then return nil, lerr end
+  end
   return state
+end
+
+-- `luaproxy check` on the config's own plugins and handler scripts (not the bundled ones),
+-- when the main thread checks a config (start, reload, -t: opts.lint): warnings go to
+-- `warnings` (logged once by the engine), or, with lint.warnings_are_errors, the first
+-- ones refuse the load. Returns nil, or the error.
+function M.lint(cfg, opts, warnings)
+  local conf = type(cfg.lint) == "table" and cfg.lint or {}
+  if conf.enabled == false then return nil end
+  local check = require "luaproxy.tools.check"
+  local here = package.searchpath("luaproxy.runtime", package.path) or ""
+  local root = here:gsub("/lua/luaproxy/runtime%.lua$", "/")
+  local files = check.config_files(cfg, opts, root ~= here and root or nil)
+  if #files == 0 then return nil end
+  local ws, note = check.check_files(files)
+  if conf.warnings_are_errors then
+    if note then return "lint.warnings_are_errors: " .. note end
+    if #ws > 0 then
+      local lines = {}
+      for i = 1, math.min(#ws, 10) do lines[i] = check.format(ws[i]) end
+      if #ws > 10 then lines[#lines + 1] = format("... and %d more", #ws - 10) end
+      return format("lint: %d warning%s (lint.warnings_are_errors): %s", #ws,
+        #ws == 1 and "" or "s", concat(lines, "; "))
+    end
+    return nil
+  end
+  if note then warnings[#warnings + 1] = "lint: " .. note .. " (the proxy API pass ran)" end
+  for _, w in ipairs(ws) do warnings[#warnings + 1] = "lint: " .. check.format(w) end
+  return nil
 end
 
 -- The plugin module loaded under `name` (nil before runtime.load found it).
