@@ -21,8 +21,9 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: luaproxy test [-p DIR]... [PROJECT_DIR] [busted options] [SPEC...]\n"
-            "runs busted specs (default: ./spec; PROJECT_DIR/spec from PROJECT_DIR) under LuaJIT, with proxy.test, the engine's\n"
-            "Lua modules and the bundled plugins on the module path, and the plugins in\n"
+            "runs busted specs (default: ./spec; with PROJECT_DIR, a directory holding spec/,\n"
+            "from there) under LuaJIT, with proxy.test, the engine's Lua modules and the\n"
+            "bundled plugins on the module path, and the plugins in\n"
             "  -p DIR, --plugins DIR   a plugin directory (repeatable; searched first)\n"
             "  ./plugins and .         always\n"
             "environment: BUSTED (busted's script), LUAJIT (the interpreter), LUA_PATH (kept)\n");

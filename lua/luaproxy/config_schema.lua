@@ -847,7 +847,8 @@ local S = {
                       .. "status page, `GET /status`, `GET /metrics`, `POST /reload`, "
                       .. "`POST /stop`, `GET /config`, `GET /upstreams`, "
                       .. "`POST /upstreams/NAME/targets/ADDRESS`, `GET /reloads`, `GET /errors`, "
-                      .. "`GET /routes`, `POST /routes`; see `docs/admin-api.md`); port "
+                      .. "`GET /routes`, `POST /routes`, `POST /explain`; see "
+                      .. "`docs/admin-api.md`); port "
                       .. "0 takes a free port, logged at start; an address that is not loopback "
                       .. "needs `token_file`" },
         token_file = { type = "string", doc_default = "none",

@@ -195,5 +195,67 @@ class ExplainAgreesTest(L.LuaTestCase):
         self.assertIn("smooth weighted round robin over 2 targets", out)
 
 
+class ExplainAdminTest(L.LuaTestCase):
+    """POST /explain on the admin API: the same report as the command line, against the
+    running config, behind the admin token like every admin endpoint."""
+    TOKEN = "explain-token-0123456789"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = cls.start_origin("app")
+        d = H.Workdir.new("explain-admin")
+        tok = os.path.join(d, "admin.token")
+        with open(tok, "w") as f:
+            f.write(cls.TOKEN + "\n")
+        routes = [{"name": "api", "match": {"prefix": "/api/"}, "upstream": "app",
+                   "strip_prefix": True, "plugins": [{"name": "tagger"}]},
+                  {"name": "all", "upstream": "app"}]
+        cls.proxy = cls.start_lua_proxy(
+            {"app": H.upstream(cls.origin.address())}, routes,
+            files={"plugins/tagger.lua": TAGGER}, workers=1,
+            lua=L.lua_section(fixtures=False),
+            admin={"address": "127.0.0.1:0", "token_file": tok})
+        H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
+
+    def post(self, body, token=TOKEN):
+        hdrs = [("Content-Type", "application/json")]
+        if token:
+            hdrs.append(("Authorization", "Bearer " + token))
+        return H.get(self.proxy.admin_port, "/explain", host="127.0.0.1", method="POST",
+                     headers=hdrs, body=json.dumps(body).encode())
+
+    def test_explain_through_the_admin_api(self):
+        line = "GET http://a.test/api/headers?tenant=t9"
+        r = self.post({"request": line, "headers": ["X-Drop: 1"]})
+        self.assertEqual(r.status, 200, r.body)
+        j = r.json()
+        self.assertEqual(j["routing"]["route"]["name"], "api")
+        self.assertEqual(j["upstream"]["name"], "app")
+        self.assertEqual(j["sent"]["uri"], "/headers?tenant=t9")
+        self.assertEqual(j["sent"]["headers"].get("x-tenant"), "t9")
+        self.assertNotIn("x-drop", j["sent"]["headers"])
+        cli = explain(self.proxy.config_path, line, ["X-Drop: 1"])
+        self.assertEqual((cli["routing"]["route"]["name"], cli["sent"]["uri"]),
+                         (j["routing"]["route"]["name"], j["sent"]["uri"]))
+        # And the engine did the same.
+        e = H.get(self.proxy.port, "/api/headers?tenant=t9", headers=[("X-Drop", "1")]).json()
+        self.assertEqual(e["url"], j["sent"]["uri"])
+
+    def test_needs_the_token_and_a_request(self):
+        r = self.post({"request": "GET http://a.test/"}, token=None)
+        self.assertEqual(r.status, 401)
+        r = self.post({"request": "GET http://a.test/"}, token="wrong-token-0123456789")
+        self.assertEqual(r.status, 401)
+        r = self.post({"nothing": 1})
+        self.assertEqual(r.status, 400)
+        self.assertIn("expected", r.json()["error"])
+        r = self.post({"request": "GET ftp://a.test/"})
+        self.assertEqual(r.status, 400)
+        self.assertIn("expected an http:// or https:// URL", r.json()["error"])
+        r = H.get(self.proxy.admin_port, "/explain", host="127.0.0.1",
+                  headers=[("Authorization", "Bearer " + self.TOKEN)])
+        self.assertEqual(r.status, 405)
+
+
 if __name__ == "__main__":
     H.main()

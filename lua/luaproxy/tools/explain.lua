@@ -366,8 +366,8 @@ local function balancer(cfg, name, req, target)
       if kind == "header" then key = req:header(n)
       elseif kind == "query" then key = req:query(n)
       elseif kind == "cookie" then
-        local c = req:header("cookie") or ""
-        key = c:match("%f[^;%s]" .. n:gsub("%p", "%%%0") .. "=([^;]*)")
+        local c = "; " .. (req:header("cookie") or "")
+        key = c:match("[;%s]" .. n:gsub("%p", "%%%0") .. "=([^;]*)")
       end
     end
     out.hash_key = key
@@ -520,7 +520,7 @@ function M.text(r)
       ts[#ts + 1] = format("%s (weight %s)", tostring(t.address), tostring(t.weight))
     end
     add("upstream   %s (%s): %s", r.upstream.name, tostring(r.upstream.policy), concat(ts, ", "))
-    add("target     %s: %s", r.upstream.target or "not fixed", tostring(r.upstream.reason))
+    add("target     %s: %s", r.upstream.target or "(not computed)", tostring(r.upstream.reason))
   end
   if r.sent then
     add("sent       %s %s", r.sent.method, r.sent.uri)
