@@ -276,7 +276,10 @@ local function run_phase(T, chain, phase, req, out)
     local nhttp = #T.http_requests
     local nlog = #T.logs
     local pending = T.proxy.timer.pending_count()
-    local step = { name = inst.name, priority = inst.priority, where = inst.where, phase = phase }
+    -- A route's handler runs last (priority -inf, which JSON cannot say).
+    local prio = inst.priority
+    if prio ~= prio or prio == math.huge or prio == -math.huge then prio = "last" end
+    local step = { name = inst.name, priority = prio, where = inst.where, phase = phase }
     local ok, responded = pcall(T.phase, inst, phase, req, inst.conf)
     local after = snapshot(req)
     step.headers = diff_headers(before.headers, after.headers)
