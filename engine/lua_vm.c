@@ -245,7 +245,7 @@ static void push_load_opts(lua_State *L, const char *config_path)
 
 /* runtime.load(cfg, opts) with the config table at `cfg_idx`; leaves the state (or nothing)
  * on the stack. */
-static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, int lint, char *err,
+static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, char *err,
                         size_t errlen)
 {
     lua_getglobal(L, "require");
@@ -260,10 +260,6 @@ static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, int 
     lua_remove(L, -2);
     lua_pushvalue(L, cfg_idx);
     push_load_opts(L, config_path);
-    /* The config's own scripts through `luaproxy check`: once, in the main thread's check,
-     * not again in every worker's VM. */
-    lua_pushboolean(L, lint);
-    lua_setfield(L, -2, "lint");
     if (lua_pcall(L, 2, 2, 0)) {
         snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
         lua_pop(L, 1);
@@ -272,6 +268,35 @@ static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, int 
     if (lua_isnil(L, -2)) {
         snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
         lua_pop(L, 2);
+        return LP_ECONFIG;
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* `luaproxy check` on the config's own plugins and scripts (runtime.lint, #21), once, in the
+ * main thread's check (start, reload, -t), not in every worker's VM; after the guarded load,
+ * outside the guard (luacheck is not the user's code, and may take longer than
+ * lua.phase_timeout on a large plugin). Warnings join the state's `warnings`; an error
+ * (lint.warnings_are_errors) refuses the config. The stack is left as it was. */
+static int runtime_lint(lua_State *L, int cfg_idx, int state_idx, const char *config_path,
+                        char *err, size_t errlen)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.runtime");
+    if (lua_pcall(L, 1, 1, 0)) {
+        snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return LP_ECONFIG;
+    }
+    lua_getfield(L, -1, "lint");
+    lua_remove(L, -2);
+    lua_pushvalue(L, cfg_idx);
+    push_load_opts(L, config_path);
+    lua_getfield(L, state_idx, "warnings");
+    if (lua_pcall(L, 3, 1, 0) || !lua_isnil(L, -1)) {
+        snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
+        lua_pop(L, 1);
         return LP_ECONFIG;
     }
     lua_pop(L, 1);
@@ -332,10 +357,12 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
     }
     wd_register(g, 1);
     lp__guard_begin(g);
-    rc = runtime_load(L, cfg, config_path, 1, err, errlen);
+    rc = runtime_load(L, cfg, config_path, err, errlen);
     lp__guard_end(g);
     wd_register(g, 0);
     current_check = was;
+    if (!rc)
+        rc = runtime_lint(L, cfg, lua_gettop(L), config_path, err, errlen);
     if (!rc) {
         /* Schema warnings (fields without a description): said once, here, where the
          * config is checked, not again by every worker's VM. */
@@ -647,7 +674,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
         snprintf(err, errlen, "%s: the file must return a table", cfg->path);
         goto fail;
     }
-    int lrc = runtime_load(L, cfg_idx, cfg->path, 0, err, errlen);
+    int lrc = runtime_load(L, cfg_idx, cfg->path, err, errlen);
     lp__guard_end(&vm->guard);
     if (lrc)
         goto fail;

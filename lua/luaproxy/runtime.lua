@@ -297,17 +297,14 @@ function M.load(cfg, opts)
   local all = {}
   for _, inst in ipairs(global) do all[#all + 1] = inst end
   state.fallback = by_phase(all)
-  if opts and opts.lint then
-    local lerr = M.lint(cfg, opts, ctx.warnings)
-    if lerr then return nil, lerr end
-  end
   return state
 end
 
 -- `luaproxy check` on the config's own plugins and handler scripts (not the bundled ones),
--- when the main thread checks a config (start, reload, -t: opts.lint): warnings go to
--- `warnings` (logged once by the engine), or, with lint.warnings_are_errors, the first
--- ones refuse the load. Returns nil, or the error.
+-- when the main thread checks a config (start, reload, -t; engine/lua_vm.c calls it after
+-- runtime.load, outside the runaway guard: luacheck on a large plugin may take longer than
+-- lua.phase_timeout): warnings go to `warnings` (logged once by the engine), or, with
+-- lint.warnings_are_errors, the first ones refuse the load. Returns nil, or the error.
 function M.lint(cfg, opts, warnings)
   local conf = type(cfg.lint) == "table" and cfg.lint or {}
   if conf.enabled == false then return nil end
