@@ -273,6 +273,137 @@ class TenantRateLimitTest(Recipe):
         self.assertEqual(set(premium), {404})
 
 
+class GeoRoutingTest(Recipe):
+    RECIPE = "geo-routing"
+    ORIGINS = ("us", "eu")
+    # tests/fixtures/test-country.mmdb: 192.0.2.0/24 FR, 198.51.100.0/24 DE,
+    # 198.51.100.128/25 US, 203.0.113.0/24 CN.
+
+    @classmethod
+    def setUpClass(cls):
+        db = os.path.join(L.REPO, "tests", "fixtures", "test-country.mmdb")
+        orig = RecipeProxy.config
+
+        def config(self, text=None):
+            return orig(self, text).replace("/var/lib/GeoIP/GeoLite2-Country.mmdb", db)
+        RecipeProxy.config = config
+        try:
+            super().setUpClass()
+        finally:
+            RecipeProxy.config = orig
+
+    def agree_from(self, ip):
+        # explain does not read real_ip: the client address is given to it.
+        p = subprocess.run([H.LUAPROXY, "explain", "-c", self.proxy.config_path, "--json",
+                            "--client-ip", ip, "GET http://shop.test/headers"],
+                           capture_output=True, timeout=H.T(60), stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        x = json.loads(p.stdout)
+        r = self.req("/headers", ["X-Forwarded-For: " + ip])
+        self.assertEqual(r.header("X-Origin-Id"), x["upstream"]["name"], json.dumps(x)[:1500])
+        got = L.hvalues(L.origin_headers(r), "x-country")
+        self.assertEqual(got[:1], [x["sent"]["headers"]["x-country"]]
+                         if "x-country" in x["sent"]["headers"] else [])
+        return r.header("X-Origin-Id"), got
+
+    def test_countries(self):
+        self.assertEqual(self.agree_from("198.51.100.7"), ("eu", ["DE"]))
+        self.assertEqual(self.agree_from("192.0.2.9"), ("eu", ["FR"]))
+        self.assertEqual(self.agree_from("198.51.100.200"), ("us", ["US"]))
+        self.assertEqual(self.agree_from("203.0.113.5"), ("us", ["CN"]))
+        self.assertEqual(self.agree_from("10.9.9.9"), ("us", []))
+
+
+class AbStickyTest(Recipe):
+    RECIPE = "ab-sticky"
+    ORIGINS = ("checkout_a", "checkout_b")
+
+    def test_sticky_across_reloads(self):
+        r = self.req("/checkout/headers")
+        cookie = r.header("Set-Cookie")
+        self.assertRegex(cookie, r"^exp_checkout=(a|b); Path=/; Max-Age=2592000; HttpOnly")
+        arm = cookie.split(";")[0].split("=")[1]
+        want = "checkout_" + arm
+        self.assertEqual(r.header("X-Origin-Id"), want)
+        for _ in range(5):
+            r = self.agree("/checkout/headers", ["Cookie: exp_checkout=" + arm])
+            self.assertEqual((r.header("X-Origin-Id"), r.header("X-Arm")), (want, arm))
+            self.assertIsNone(r.header("Set-Cookie"))
+        # Shift the weights and reload: a user with the cookie keeps the arm.
+        other = "b" if arm == "a" else "a"
+        text = self.proxy.text.replace('weight = 50 },\n', 'weight = 10 },\n', 1) \
+            if arm == "a" else self.proxy.text.replace('weight = 50 } } } } },',
+                                                       'weight = 10 } } } } },')
+        self.assertNotEqual(text, self.proxy.text)
+        self.proxy.write_config(text)
+        self.proxy.signal(signal.SIGHUP)
+        H.wait_for(lambda: "live in" in self.proxy.stderr(), H.T(10), what="the reload")
+        for _ in range(5):
+            r = self.agree("/checkout/headers", ["Cookie: exp_checkout=" + arm])
+            self.assertEqual(r.header("X-Origin-Id"), want)
+        # A tester forces the other arm; the cookie moves with it.
+        r = self.req("/checkout/headers", ["X-AB-Arm: " + other])
+        self.assertEqual(r.header("X-Origin-Id"), "checkout_" + other)
+        self.assertTrue(r.header("Set-Cookie").startswith("exp_checkout=" + other))
+
+
+class SecurityHeadersTest(Recipe):
+    RECIPE = "security-headers"
+    ORIGINS = ("app",)
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origins = [cls.start_origin("app")]
+        cls.proxy = RecipeProxy(cls.RECIPE, [cls.origins[0].address()])
+        cls.proxy.cfg["listen"].append({"address": "127.0.0.1:0"})
+        certs = os.path.join(cls.proxy.dir, "certs")
+        os.makedirs(certs, exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        os.path.join(certs, "shop.key"), "-out",
+                        os.path.join(certs, "shop.pem"), "-days", "2", "-subj", "/CN=shop.test",
+                        "-addext", "subjectAltName=DNS:shop.test"],
+                       check=True, capture_output=True, timeout=H.T(60))
+        cls.proxy.write_config = lambda text=None: RecipeProxy.write_config(
+            cls.proxy, (text or cls.proxy.text).replace("127.0.0.1:8443", "127.0.0.1:0"))
+        cls.addClassCleanup(cls.proxy.stop)
+        cls.proxy.start()
+
+    def https(self, path, method="GET"):
+        import http.client
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        c = http.client.HTTPSConnection("127.0.0.1", self.proxy.ports[1], context=ctx,
+                                        timeout=H.T(10))
+        try:
+            c.request(method, path, headers={"Host": "shop.test"})
+            r = c.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            c.close()
+
+    def test_http_redirects_to_https(self):
+        r = self.agree("/a?b=1")
+        self.assertEqual((r.status, r.header("Location")), (301, "https://shop.test/a?b=1"))
+        self.assertIsNone(r.header("Strict-Transport-Security"))
+        r = self.req("/form", method="POST")
+        self.assertEqual(r.status, 308)
+
+    def test_https_gets_hsts_and_the_headers(self):
+        status, h, _ = self.https("/headers")
+        self.assertEqual(status, 200)
+        self.assertEqual(h["x-origin-id"], "app")
+        self.assertEqual(h["strict-transport-security"], "max-age=31536000; includeSubDomains")
+        self.assertEqual(h["x-content-type-options"], "nosniff")
+        self.assertEqual(h["x-frame-options"], "DENY")
+        self.assertEqual(h["content-security-policy"], "default-src 'self'")
+        x = explain(self.proxy, "GET https://shop.test/headers")
+        self.assertEqual(x["upstream"]["name"], "app")
+        self.assertEqual(x["tls"]["certificate"]["why"], "exact name shop.test")
+        self.assertIsNone(x.get("answer"))
+
+
 del Recipe  # the base class runs nothing itself
 
 if __name__ == "__main__":

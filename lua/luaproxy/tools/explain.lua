@@ -415,6 +415,12 @@ function M.explain(cfg, opts, spec)
   local conn = tls_choice(cfg, req_line, opts.config_dir or ".")
   out.listener, out.tls = conn.listener, conn.tls
   if conn.note then out.notes[#out.notes + 1] = conn.note end
+  local l = conn.listener and cfg.listen[conn.listener.index]
+  if l and (l.real_ip or l.proxy_protocol) and not spec.client_ip then
+    out.notes[#out.notes + 1] = "this listener takes the client address from a trusted "
+      .. "proxy (real_ip / PROXY protocol), which explain does not read: give it with "
+      .. "--client-ip (127.0.0.1 was used)"
+  end
 
   local upstream_names = {}
   for name in pairs(cfg.upstreams or {}) do upstream_names[#upstream_names + 1] = name end
