@@ -311,7 +311,8 @@ function M.lint(cfg, opts, warnings)
   local check = require "luaproxy.tools.check"
   local here = package.searchpath("luaproxy.runtime", package.path) or ""
   local root = here:gsub("/lua/luaproxy/runtime%.lua$", "/")
-  local files = check.config_files(cfg, opts, root ~= here and root or nil)
+  local files = check.config_files(cfg, opts, root ~= here and
+    { root .. "plugins/", root .. "scripts/" } or nil)
   if #files == 0 then return nil end
   local ws, note = check.check_files(files)
   if conf.warnings_are_errors then

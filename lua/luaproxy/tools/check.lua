@@ -410,7 +410,11 @@ function M.config_files(cfg, opts, skip)
     return found[key] or nil
   end
   local function add(file)
-    if file and not seen[file] and not (skip and file:sub(1, #skip) == skip) then
+    local bundled = false
+    for _, prefix in ipairs(skip or {}) do
+      if file and file:sub(1, #prefix) == prefix then bundled = true end
+    end
+    if file and not seen[file] and not bundled then
       seen[file] = true
       files[#files + 1] = file
     end

@@ -80,7 +80,7 @@ function tools.check(args)
   if config then
     local cfg, opts = load_config(config)
     if not cfg then err("%s", opts) return 2 end
-    files = check.config_files(cfg, opts, opts.root .. "/")
+    files = check.config_files(cfg, opts, { opts.root .. "/plugins/", opts.root .. "/scripts/" })
   end
   if #paths == 0 and not config then paths = { "." } end
   local found, missing = check.collect(paths)
