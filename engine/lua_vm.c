@@ -279,6 +279,11 @@ static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, char
  * outside the guard (luacheck is not the user's code, and may take longer than
  * lua.phase_timeout on a large plugin). Warnings join the state's `warnings`; an error
  * (lint.warnings_are_errors) refuses the config. The stack is left as it was. */
+/* The lint results of the last load, by file and text (runtime.lint's memo, JSON): a reload
+ * whose plugins did not change checks nothing again. Owned; the main thread's only (every
+ * config check runs there). */
+static char *lint_memo;
+
 static int runtime_lint(lua_State *L, int cfg_idx, int state_idx, const char *config_path,
                         char *err, size_t errlen)
 {
@@ -294,13 +299,29 @@ static int runtime_lint(lua_State *L, int cfg_idx, int state_idx, const char *co
     lua_pushvalue(L, cfg_idx);
     push_load_opts(L, config_path);
     lua_getfield(L, state_idx, "warnings");
-    if (lua_pcall(L, 3, 1, 0) || !lua_isnil(L, -1)) {
+    if (lint_memo)
+        lua_pushstring(L, lint_memo);
+    else
+        lua_pushnil(L);
+    if (lua_pcall(L, 4, 2, 0)) {
         snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
         lua_pop(L, 1);
         return LP_ECONFIG;
     }
-    lua_pop(L, 1);
-    return 0;
+    if (lua_isstring(L, -1)) {
+        char *m = strdup(lua_tostring(L, -1));
+        if (m) {
+            free(lint_memo);
+            lint_memo = m;
+        }
+    }
+    int rc = 0;
+    if (!lua_isnil(L, -2)) {
+        snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -2));
+        rc = LP_ECONFIG;
+    }
+    lua_pop(L, 2);
+    return rc;
 }
 
 static void wd_register(lp_lua_guard_t *g, int on);

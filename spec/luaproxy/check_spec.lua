@@ -67,6 +67,22 @@ return P
     assert.matches("use proxy.now()", all, 1, true)
   end)
 
+  it("reuses the results of an unchanged file (the memo a reload keeps)", function()
+    local file = "tests/check/01_misspelled_method.lua"
+    local ws, _, memo = check.check_files({ file })
+    assert.equal("LP01", ws[1].code)
+    assert.truthy(memo[file].src)
+    -- Same text: the memo's results, not a new check (a planted result shows it).
+    memo[file].ws = { { line = 9, column = 9, code = "X", message = "from the memo" } }
+    local again = check.check_files({ file }, { memo = memo })
+    assert.same({ { file = file, line = 9, column = 9, code = "X", message = "from the memo" } },
+      again)
+    -- Changed text: checked again.
+    memo[file].src = "-- another text"
+    again = check.check_files({ file }, { memo = memo })
+    assert.equal("LP01", again[1].code)
+  end)
+
   it("ignores names in strings and comments", function()
     local ws = check.check_source([=[
 -- req:heder() in a comment, ngx.say too

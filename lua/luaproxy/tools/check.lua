@@ -352,24 +352,35 @@ end
 
 -- Warnings for files: { { file =, line =, column =, code =, message = }, ... }, and a
 -- note when luacheck is missing (our pass still ran).
+-- opts.memo: { [path] = { src =, ws = } } from an earlier call: a file whose text did not
+-- change is not checked again (a reload with unchanged plugins does not load luacheck);
+-- the memo of this call is returned third.
 function M.check_files(paths, opts)
   opts = opts or {}
-  local all, note = {}, nil
+  local all, note, memo = {}, nil, {}
   for _, path in ipairs(paths) do
     local src, err = read(path)
     if not src then
       all[#all + 1] = { file = path, line = 1, column = 1, code = "E000", message = tostring(err) }
     else
-      local o = { spec = opts.spec or is_spec(path), globals = opts.globals }
-      local ws, lerr = M.check_source(src, o)
-      note = note or lerr
+      local old = opts.memo and opts.memo[path]
+      local ws
+      if old and old.src == src and type(old.ws) == "table" then
+        ws = old.ws
+      else
+        local o = { spec = opts.spec or is_spec(path), globals = opts.globals }
+        local lerr
+        ws, lerr = M.check_source(src, o)
+        note = note or lerr
+      end
+      if not note then memo[path] = { src = src, ws = ws } end
       for _, w in ipairs(ws) do
-        w.file = path
-        all[#all + 1] = w
+        all[#all + 1] = { file = path, line = w.line, column = w.column, code = w.code,
+          message = w.message }
       end
     end
   end
-  return all, note
+  return all, note, memo
 end
 
 function M.format(w)
