@@ -990,3 +990,90 @@ for _name, _path, _setup, _hdrs, _note in [
             "note": (_note + ", without the plugin: the base for the waf's cost") if _base
                     else (_note + " through the waf default rules (minus -base: its cost)"),
         })
+
+# --- mirror and transform (issue #15, mirror lane) -----------------------------------------
+# One pair of processes. luaproxy: /mirror/ copies every request (100%) to a fast target (the
+# origin itself) with the bundled mirror plugin; /tr-headers/ and /tr-json/ run the transform
+# plugin (header rules; JSON body rules on a 4 KiB POST); "/" is the same proxying without a
+# plugin, the base each is measured against (CPU us/req of the scenario minus its -base).
+# nginx: its `mirror` module for /mirror/ (a subrequest per request to the same origin);
+# /tr-*/ are plain proxying there (nginx has no JSON body rewriting without Lua): its
+# figures for those are context only.
+LUAPROXY_GATEWAY = """\
+return {
+  workers = 1,
+  listen = { { address = "127.0.0.1:{{port}}" } },
+  upstreams = { app = { targets = { "127.0.0.1:{{origin_port}}" }, keepalive = 512 } },
+  routes = {
+    { match = { prefix = "/mirror/" }, upstream = "app", strip_prefix = true,
+      plugins = { { name = "mirror", url = "http://127.0.0.1:{{origin_port}}",
+                    max_concurrent = 1024, timeout = 5, headers = { ["X-Mirrored-By"] = "lp" } } } },
+    { match = { prefix = "/tr-headers/" }, upstream = "app", strip_prefix = true,
+      plugins = { { name = "transform",
+        request = { headers = { remove = { "X-Debug" }, rename = { ["X-Old"] = "X-New" },
+                                replace = { ["User-Agent"] = "gw ($client_ip)" },
+                                add = { ["X-Client"] = "$client_ip", ["X-Via"] = "gateway" } } },
+        response = { headers = { remove = { "X-Powered-By" }, add = { ["X-Gateway"] = "lp" } } } } } },
+    { match = { prefix = "/tr-json/" }, upstream = "app", strip_prefix = true,
+      plugins = { { name = "transform",
+        request = { json = { remove = { "note" }, rename = { ["customer.email"] = "customer.mail" },
+                             set = { ["meta.by"] = "$client_ip", ["meta.v"] = 2 } } } } } },
+    { match = { prefix = "/" }, upstream = "app" },
+  },
+  log = { access = false },
+}
+"""
+NGINX_GATEWAY = NGINX_PLAIN.replace(
+    "    location / {\n",
+    "    location /mirror/ {\n"
+    "      mirror /_mirror;\n"
+    "      proxy_pass http://o/;\n"
+    "      proxy_http_version 1.1;\n"
+    "      proxy_set_header Connection \"\";\n"
+    "    }\n"
+    "    location = /_mirror {\n"
+    "      internal;\n"
+    "      proxy_pass http://o$request_uri;\n"
+    "      proxy_http_version 1.1;\n"
+    "      proxy_set_header Connection \"\";\n"
+    "      proxy_set_header X-Mirrored-By nginx;\n"
+    "    }\n"
+    "    location /tr-headers/ {\n"
+    "      proxy_pass http://o/;\n"
+    "      proxy_http_version 1.1;\n"
+    "      proxy_set_header Connection \"\";\n"
+    "    }\n"
+    "    location /tr-json/ {\n"
+    "      proxy_pass http://o/;\n"
+    "      proxy_http_version 1.1;\n"
+    "      proxy_set_header Connection \"\";\n"
+    "    }\n"
+    "    location / {\n")
+assert NGINX_GATEWAY.count("location") == 5
+
+_GW_HEADERS = ["X-Debug: 1", "X-Old: o", "User-Agent: bench"]
+for _name, _path, _setup, _hdrs, _note in [
+    ("gateway-base-get", "/", None, _GW_HEADERS,
+     "GET 5 B through no plugin: the base of mirror-100pct and transform-headers"),
+    ("mirror-100pct-get", "/mirror/", None, _GW_HEADERS,
+     "every request mirrored to a fast target (luaproxy: mirror plugin; nginx: mirror "
+     "module); minus gateway-base-get: the mirror's cost"),
+    ("transform-headers-get", "/tr-headers/", None, _GW_HEADERS,
+     "transform: 4 request and 2 response header rules (nginx: plain proxying, context only)"),
+    ("gateway-base-json-4KiB-post", "/", WAF_JSON_SETUP, [],
+     "a 4 KiB JSON POST through no plugin: the base of transform-json"),
+    ("transform-json-4KiB-post", "/tr-json/", WAF_JSON_SETUP, [],
+     "transform: decode, 4 JSON field rules, encode, req:set_body (nginx: plain proxying, "
+     "context only)"),
+]:
+    SCENARIOS.append({
+        "name": _name + "-c50",
+        "path": _path,
+        "connections": 50,
+        "headers": _hdrs,
+        "wrk_setup": _setup,
+        "luaproxy": LUAPROXY_GATEWAY,
+        "nginx": NGINX_GATEWAY,
+        "per_mib": False,
+        "note": _note,
+    })

@@ -13,6 +13,7 @@
 #include "lua_api.h"
 #include "lua_vm.h"
 #include "relay.h"
+#include "req_body.h"
 #include "request.h"
 #include "trace.h"
 #include "route.h"
@@ -639,6 +640,9 @@ static int on_req_body(lp_h1_t *h, const char *at, size_t len)
         h->err_status = 413;
         return 0;
     }
+    lp_req_body_tee(req, at, len);
+    if (lp_req_body_replaced(req))
+        return 0; /* req:set_body(): its replacement went upstream; these bytes are dropped */
     if (req->try.peer)
         lp_peer_body(req->try.peer, at, len, c->ep.rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
     else if (req->flags & LP_RF_BODY_BUFFERING)
@@ -695,7 +699,7 @@ static int conn_parse(lp_conn_t *c, lp_req_t *req)
         }
         if (c->ep.tmode == TM_BODY)
             conn_timer(c, TM_NONE, 0);
-        if (req->try.peer) {
+        if (req->try.peer && !lp_req_body_replaced(req)) {
             lp_peer_body_end(req->try.peer, (req->h1.flags & LP_H1F_CHUNKED) != 0);
             lp_peer_flush(req->try.peer);
         }

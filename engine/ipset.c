@@ -1,5 +1,5 @@
 #include "ipset.h"
-#include <arpa/inet.h>
+#include "realip.h"
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,29 +47,17 @@ static u128 from_bytes(const uint8_t b[16])
     return v;
 }
 
-/* Parses an address (no prefix) into the 128-bit space; *v4: it was IPv4. */
-static int parse_addr(const char *text, size_t len, u128 *out, int *v4)
+/* An address or network of realip.c's parser in the 128-bit space: IPv4 as ::ffff:a.b.c.d,
+ * its prefix length moved up by 96 bits. One parser for every address the config and its
+ * files name (real_ip, routes, IP sets), so they agree on what an address is. */
+static u128 to_space(const lp_ip_t *ip)
 {
-    char buf[64];
-    if (len == 0 || len >= sizeof(buf))
-        return LP_IPSET_EINVAL;
-    memcpy(buf, text, len);
-    buf[len] = 0;
-    char *zone = strchr(buf, '%'); /* fe80::1%eth0: the zone names an interface, not bits */
-    if (zone)
-        *zone = 0;
-    uint8_t b[16];
-    if (inet_pton(AF_INET, buf, b + 12) == 1) {
-        memset(b, 0, 10);
-        b[10] = b[11] = 0xff;
-        *v4 = 1;
-    } else if (inet_pton(AF_INET6, buf, b) == 1) {
-        *v4 = 0;
-    } else {
-        return LP_IPSET_EINVAL;
-    }
-    *out = from_bytes(b);
-    return 0;
+    uint8_t b[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (ip->v6)
+        memcpy(b, ip->addr, 16);
+    else
+        memcpy(b + 12, ip->addr, 4);
+    return from_bytes(b);
 }
 
 static u128 host_mask(int len)
@@ -84,30 +72,12 @@ int lp_ipset_add(lp_ipset_t *s, const char *text, size_t len, int value)
         return LP_IPSET_EBUILT;
     if (value < 0)
         return LP_IPSET_EINVAL;
-    const char *slash = memchr(text, '/', len);
-    size_t alen = slash ? (size_t)(slash - text) : len;
-    u128 a;
-    int v4;
-    int rc = parse_addr(text, alen, &a, &v4);
+    lp_cidr_t c;
+    int rc = lp_cidr_parse(text, len, &c);
     if (rc)
-        return rc;
-    int plen = v4 ? 32 : 128;
-    if (slash) {
-        const char *p = slash + 1, *e = text + len;
-        if (p == e || e - p > 3)
-            return LP_IPSET_EINVAL;
-        int n = 0;
-        for (; p < e; p++) {
-            if (*p < '0' || *p > '9')
-                return LP_IPSET_EINVAL;
-            n = n * 10 + (*p - '0');
-        }
-        if (n > plen)
-            return LP_IPSET_EINVAL;
-        plen = n;
-    }
-    if (v4)
-        plen += 96;
+        return rc == LP_CIDR_EHOSTBITS ? LP_IPSET_EHOSTBITS : LP_IPSET_EINVAL;
+    int plen = c.bits + (c.ip.v6 ? 0 : 96);
+    u128 a = to_space(&c.ip);
     if (s->nprefixes == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 64;
         prefix_t *np = realloc(s->prefixes, cap * sizeof(*np));
@@ -117,10 +87,6 @@ int lp_ipset_add(lp_ipset_t *s, const char *text, size_t len, int value)
         s->cap = cap;
     }
     u128 m = host_mask(plen);
-    /* Bits set past the prefix: "10.1.0.0/8" would silently mean 10.0.0.0/8, a typo that
-     * widens an allow list. Refused, as real_ip's and the router's networks are. */
-    if (a & m)
-        return LP_IPSET_EHOSTBITS;
     s->prefixes[s->nprefixes++] = (prefix_t){a, a | m, plen, value};
     s->added++;
     return 0;
@@ -242,10 +208,12 @@ int lp_ipset_build(lp_ipset_t *s)
 
 int lp_ipset_find(const lp_ipset_t *s, const char *text, size_t len)
 {
-    u128 a;
-    int v4;
-    if (parse_addr(text, len, &a, &v4))
+    /* fe80::1%eth0: the zone names an interface, not address bits. */
+    const char *zone = memchr(text, '%', len);
+    lp_ip_t ip;
+    if (lp_ip_parse(text, zone ? (size_t)(zone - text) : len, &ip))
         return LP_IPSET_EINVAL;
+    u128 a = to_space(&ip);
     if (!s->built || s->n == 0)
         return -1;
     /* The last start <= a (starts[0] is 0, so there is one). */

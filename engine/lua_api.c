@@ -273,6 +273,38 @@ int lp_ffi_set_path(void *rp, const char *p, size_t n)
     return 0;
 }
 
+int lp_ffi_set_query(void *rp, const char *q, size_t n)
+{
+    lp_req_t *r = rp;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)q[i];
+        if (c <= 0x20 || c == 0x7f || c == '#')
+            return LP_FFI_EINVAL; /* no spaces, controls or fragment in a request target */
+    }
+    const lp_str_t old = r->h1.path;
+    const char *mark = memchr(old.base, '?', old.len);
+    size_t plen = mark ? (size_t)(mark - old.base) : old.len;
+    size_t total = plen + (n ? 1 + n : 0);
+    char *tmp = malloc(total ? total : 1);
+    if (!tmp)
+        return LP_FFI_ENOSPACE;
+    memcpy(tmp, old.base, plen);
+    if (n) {
+        tmp[plen] = '?';
+        memcpy(tmp + plen + 1, q, n);
+    }
+    hlist_t l;
+    hlist(r, 0, &l);
+    const char *s = arena_copy(r, 0, &l, tmp, total);
+    free(tmp);
+    if (!s)
+        return LP_FFI_ENOSPACE;
+    /* The path part is the one the client sent (or Lua set): strip_prefix still applies,
+     * unlike after set_path, which is why LP_RF_PATH_SET is left as it was. */
+    r->h1.path = (lp_str_t){s, total};
+    return 0;
+}
+
 int lp_ffi_set_upstream(void *rp, const char *name, size_t n)
 {
     lp_req_t *r = rp;

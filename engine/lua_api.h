@@ -256,5 +256,25 @@ typedef struct lp_waf_hits {
  * so that the scan needs no Lua callback and the Lua calling it stays JIT-compiled. */
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
                           unsigned int flags, void *ctx);
+/* ---- request body copy and replacement (engine/req_body.c, req_body.h) ---- */
+/* lp_ffi_body_teed results. */
+enum {
+    LP_FFI_TEE_NONE = 0,    /* no copy was asked */
+    LP_FFI_TEE_DONE = 1,    /* the whole body, in *out */
+    LP_FFI_TEE_OVER = 2,    /* the body passed the limit: no copy */
+    LP_FFI_TEE_PARTIAL = 3, /* the body did not end (the client went away) */
+    LP_FFI_TEE_FAIL = 4,    /* out of memory: no copy */
+};
+/* req:tee_body(max): keep a copy of the body as it streams, up to max bytes (>= 1); 0, or
+ * LP_FFI_EINVAL. A second call keeps the first limit. */
+int lp_ffi_body_tee(void *r, double max);
+/* The copy (valid until the next call into the engine): LP_FFI_TEE_*. */
+int lp_ffi_body_teed(void *r, lp_str_t *out);
+/* req:set_body(s): send these n bytes upstream in place of the client's body; 0,
+ * LP_FFI_ENOSPACE (out of memory), LP_FFI_EPHASE (the request already went upstream). */
+int lp_ffi_body_set(void *r, const char *p, size_t n);
+/* req:set_query(q): the query sent upstream ("" removes it), the path kept (and the route's
+ * strip_prefix with it); 0, LP_FFI_EINVAL (spaces, controls or '#'), LP_FFI_ENOSPACE. */
+int lp_ffi_set_query(void *r, const char *q, size_t n);
 
 #endif

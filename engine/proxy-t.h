@@ -355,6 +355,24 @@ struct lp_req_s {
     lp_logfields_t log_fields;  /* req:log_field()'s, for the access log line (buffer kept
                                    while the request is recycled) */
     lp_trace_t trace;           /* its trace context and try spans (trace.h) */
+    /* req:tee_body() (req_body.c): a copy of the body as it is read, for the log phase
+     * (the mirror plugin), while the body itself streams upstream at its own pace. */
+    lp_buf_t *tee_buf; /* owned: the copy so far, NULL: none (not asked, or over tee_max) */
+    size_t tee_len;    /* bytes in tee_buf */
+    uint64_t tee_max;  /* the largest copy kept */
+    uint8_t tee;       /* LP_TEE_*: whether a copy is kept, and what became of it */
+    /* req:set_body() (req_body.c): the body sent upstream in place of the client's, whose
+     * bytes are still read (bounded by body_limit) and discarded. */
+    lp_buf_t *new_body;  /* owned: the replacement, NULL: the client's body goes up */
+    size_t new_body_len; /* its length (Content-Length upstream) */
+};
+
+/* lp_req_t.tee */
+enum {
+    LP_TEE_OFF,  /* no copy asked */
+    LP_TEE_ON,   /* copying */
+    LP_TEE_OVER, /* the body passed tee_max: the copy was dropped */
+    LP_TEE_FAIL, /* out of memory: the copy was dropped */
 };
 
 /* Connection flags (LP_CF_*); the socket's own are the endpoint's (LP_EPF_*). */

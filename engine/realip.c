@@ -44,10 +44,11 @@ int lp_cidr_parse(const char *s, size_t n, lp_cidr_t *out)
             return -1;
     }
     out->bits = (uint8_t)bits;
-    /* Host bits set: "10.1.0.0/8" would silently mean 10.0.0.0/8. */
+    /* Host bits set: "10.1.0.0/8" would silently mean 10.0.0.0/8, a typo that widens an
+     * allow list. */
     for (unsigned b = bits; b < max; b++)
         if (out->ip.addr[b / 8] & (0x80u >> (b % 8)))
-            return -1;
+            return LP_CIDR_EHOSTBITS;
     return 0;
 }
 

@@ -35,8 +35,10 @@ typedef enum {
 /* s[0..n) as an IPv4 dotted quad or an IPv6 address (no brackets, no zone id: "fe80::1%eth0"
  * is refused). 0, or -1 when it is not an address. */
 int lp_ip_parse(const char *s, size_t n, lp_ip_t *out);
-/* "10.0.0.0/8", "2001:db8::/32", or a bare address (all its bits). 0 or -1. Bits beyond the
- * prefix must be 0 ("10.1.0.0/8" is refused: it does not mean what it says). */
+/* "10.0.0.0/8", "2001:db8::/32", or a bare address (all its bits). 0, -1 when it is not one,
+ * or LP_CIDR_EHOSTBITS: bits beyond the prefix must be 0 ("10.1.0.0/8" is refused: it does
+ * not mean what it says). */
+#define LP_CIDR_EHOSTBITS (-2)
 int lp_cidr_parse(const char *s, size_t n, lp_cidr_t *out);
 /* 1 when ip is in one of the n networks. An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is
  * matched as the IPv4 address it carries. */

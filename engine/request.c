@@ -4,6 +4,7 @@
 #include "conn.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "req_body.h"
 #include "request.h"
 #include "rtable.h"
 #include "trace.h"
@@ -102,6 +103,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->body_buf = NULL;
     req->body_len = 0;
     req->body_max = 0;
+    lp_req_body_init(req);
     resp_reset(&req->resp);
     lp_upstream_try_reset(req);
     req->trace.on = req->trace.recorded = req->trace.ntries = req->trace.cur_try = 0;
@@ -249,6 +251,7 @@ void lp_req_end(lp_req_t *req)
         lp_buf_unref(req->body_buf);
     req->body_buf = NULL;
     req->body_len = 0;
+    lp_req_body_release(req);
     req->log_fields.len = 0; /* its buffer stays for the next request on the free list */
     req->log_fields.n = 0;
     free(req->resp.local_body);

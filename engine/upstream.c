@@ -6,6 +6,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "relay.h"
+#include "req_body.h"
 #include "request.h"
 #include "trace.h"
 #include "targets.h"
@@ -175,7 +176,9 @@ static int peer_fail(lp_peer_t *p, int kind, int status, const char *why)
         peer_close(p);
         return LP_OK;
     }
-    int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) && p->body_out == 0 &&
+    /* A req:set_body() replacement is held whole: it can go again, as a bodiless request. */
+    int retry = (p->flags & LP_PF_REUSED) && !(p->flags & LP_PF_RESP_BYTES) &&
+                (p->body_out == 0 || lp_req_body_replaced(req)) &&
                 !(req->flags & LP_RF_RESP_STARTED) && !lp__try_deadline_passed(req);
     /* Another target may take the request when nothing reached this one (connect failed or
      * timed out), or when it reset before any response byte and the request can be sent
@@ -353,7 +356,12 @@ static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
         char tp[LP_TRACE_HEAD_MAX];
         lp_wbuf_str(&w, tp, lp_trace_upstream_headers(req, tp));
     }
-    if (h->flags & LP_H1F_CHUNKED) {
+    if (lp_req_body_replaced(req)) {
+        /* req:set_body(): its length, whatever framing the client's body had. */
+        lp_wbuf_cstr(&w, "Content-Length: ");
+        lp_wbuf_u64(&w, req->new_body_len);
+        lp_wbuf_str(&w, "\r\n", 2);
+    } else if (h->flags & LP_H1F_CHUNKED) {
         lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
     } else if (h->flags & LP_H1F_LENGTH) {
         lp_wbuf_cstr(&w, "Content-Length: ");
@@ -418,11 +426,18 @@ static int peer_start_request(lp_peer_t *p, lp_req_t *req)
     peer_timer(p, PT_NONE, 0);
     lp_buf_t *gathered;
     size_t glen;
-    lp_conn_take_body(req, &gathered, &glen);
-    if (gathered && glen)
-        lp_peer_body(p, gathered->data, glen, gathered, (req->h1.flags & LP_H1F_CHUNKED) != 0);
-    if (req->state == LP_RS_DONE)
-        lp_peer_body_end(p, (req->h1.flags & LP_H1F_CHUNKED) != 0);
+    if (lp_req_body_replaced(req)) {
+        /* req:set_body(): the whole replacement now; the client's body is read and dropped
+         * (conn.c), and the request is sent whatever of it is still to come. */
+        lp_peer_body(p, req->new_body->data, req->new_body_len, req->new_body, 0);
+        lp_peer_body_end(p, 0);
+    } else {
+        lp_conn_take_body(req, &gathered, &glen);
+        if (gathered && glen)
+            lp_peer_body(p, gathered->data, glen, gathered, (req->h1.flags & LP_H1F_CHUNKED) != 0);
+        if (req->state == LP_RS_DONE)
+            lp_peer_body_end(p, (req->h1.flags & LP_H1F_CHUNKED) != 0);
+    }
     peer_update_reading(p);
     /* The client side may finish the request right here (a bad body, say). */
     if (lp_conn_upstream_ready(req) == LP_GONE)

@@ -119,6 +119,10 @@ typedef struct lp_waf_hits {
 } lp_waf_hits_t;
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
                           unsigned int flags, void *ctx);
+int lp_ffi_body_tee(void *r, double max);
+int lp_ffi_body_teed(void *r, lp_str_t *out);
+int lp_ffi_body_set(void *r, const char *p, size_t n);
+int lp_ffi_set_query(void *r, const char *q, size_t n);
 ]]
 
 return {
@@ -148,4 +152,6 @@ return {
   HR_HEAD = 1, HR_DONE = 2, HR_WAIT = 4, HR_ESOCK = -1,
   -- lp_ffi_trace_ids bits
   TRACE_SAMPLED = 1, TRACE_PARENT = 2, TRACE_RECORDED = 4,
+  -- lp_ffi_body_teed results (engine/lua_api.h LP_FFI_TEE_*)
+  TEE_NONE = 0, TEE_DONE = 1, TEE_OVER = 2, TEE_PARTIAL = 3, TEE_FAIL = 4,
 }

@@ -35,6 +35,9 @@ M.methods = {
   upstream_addr = { response = true, response_body = true, log = true },
   -- trace context (docs/tracing.md), readable everywhere
   trace_id = REQ_READ, span_id = REQ_READ, parent_span_id = REQ_READ, trace_sampled = REQ_READ,
+  -- request body copy and replacement (engine/req_body.c)
+  tee_body = { request = true }, teed_body = { log = true }, set_body = { request = true },
+  set_query = REQ_WRITE,
 }
 
 -- The variables req:var() knows (docs/lua-api.md); each gives one value: a string, or nil

@@ -273,6 +273,51 @@ function methods.body(h, max_bytes)
   return nil, "too large"
 end
 
+-- ---- request body copy and replacement (engine/req_body.c) ----
+
+-- Keeps a copy of the body as it streams upstream (no waiting), up to max_bytes.
+function methods.tee_body(h, max_bytes)
+  check(h, "tee_body")
+  max_bytes = tonumber(max_bytes)
+  if not max_bytes or C.lp_ffi_body_tee(h._r, max_bytes) ~= 0 then
+    raise("req:tee_body(): expected a maximum size in bytes (1 to 2^53)", 2)
+  end
+end
+
+local TEE_WHY = { [K.TEE_NONE] = "not asked", [K.TEE_OVER] = "too large",
+  [K.TEE_PARTIAL] = "incomplete", [K.TEE_FAIL] = "out of memory" }
+
+-- The copy tee_body() kept: the body, or nil and why.
+function methods.teed_body(h)
+  check(h, "teed_body")
+  local rc = C.lp_ffi_body_teed(h._r, s1)
+  if rc == K.TEE_DONE then return ffi_string(s1[0].base, s1[0].len) end
+  return nil, TEE_WHY[rc] or "not asked"
+end
+
+-- Sends body upstream in place of the client's (Content-Length from it; the client's bytes
+-- are read and dropped).
+function methods.set_body(h, body)
+  check(h, "set_body")
+  if type(body) ~= "string" then raise("req:set_body(): expected a string", 2) end
+  local rc = C.lp_ffi_body_set(h._r, body, #body)
+  if rc ~= 0 then
+    raise(rc == K.EPHASE and "req:set_body(): the request already went upstream"
+      or "req:set_body(): out of memory", 2)
+  end
+end
+
+-- The query sent upstream, without "?" ("" removes it); the path (and strip_prefix) stays.
+function methods.set_query(h, q)
+  check(h, "set_query")
+  if type(q) ~= "string" then raise("req:set_query(): expected a string", 2) end
+  local rc = C.lp_ffi_set_query(h._r, q, #q)
+  if rc ~= 0 then
+    raise(format("req:set_query(%q): %s", q,
+      rc == K.EINVAL and "must hold no spaces, controls or #" or "no room left"), 2)
+  end
+end
+
 -- ---- local answers ----
 
 function methods.respond(h, status, body, headers)

@@ -64,7 +64,13 @@ end
 local function make_instance(plugin, conf, where)
   local inst = { name = plugin.name, priority = plugin.priority, conf = conf,
                  fail_open = conf and conf.fail_open or false, where = where }
-  for _, p in ipairs(M.PHASES) do inst[p] = plugin[p] end
+  -- A compiled conf may name phases this entry does not need (`skip_phases`, set by the
+  -- plugin's compile): the engine then neither runs nor pays for them on its routes (a
+  -- response_body filter left out keeps the upstream's framing).
+  local skip = type(conf) == "table" and type(conf.skip_phases) == "table" and conf.skip_phases
+  for _, p in ipairs(M.PHASES) do
+    if not (skip and skip[p]) then inst[p] = plugin[p] end
+  end
   inst.init_worker = plugin.init_worker
   return inst
 end

@@ -553,6 +553,7 @@ function T.request(spec)
     _params = spec.params or {},
     _max_log_fields = spec.max_log_fields,
     _trace = trace_from_spec(spec),
+    _body_incomplete = spec.body_incomplete,
   }, Req)
   if spec.upstream and known and not known[spec.upstream] then
     phases.raise("proxy.test.request(): upstream " .. spec.upstream .. " is not in upstreams", 2)
@@ -729,6 +730,16 @@ function Req:set_path(uri)
   self._path, self._query = split_uri(uri)
 end
 
+-- The query sent upstream ("" removes it); the path stays.
+function Req:set_query(q)
+  check("set_query", self._phase)
+  if type(q) ~= "string" then phases.raise("req:set_query(): expected a string", 2) end
+  if find(q, "[%z\1-\32\127#]") then
+    phases.raise(format("req:set_query(%q): must hold no spaces, controls or #", q), 2)
+  end
+  self._query = q ~= "" and q or nil
+end
+
 function Req:set_upstream(name)
   check("set_upstream", self._phase)
   if type(name) ~= "string" then
@@ -831,6 +842,33 @@ function Req:body(max_bytes)
   end
   if #self._body > max_bytes then return nil, "too large" end
   return self._body
+end
+
+-- Request body copy and replacement, as the engine's (engine/req_body.c): the double has
+-- the whole body at once, so the copy is the body when it fits (spec.body_incomplete = true
+-- plays a client that went away before its body ended).
+function Req:tee_body(max_bytes)
+  check("tee_body", self._phase)
+  max_bytes = tonumber(max_bytes)
+  if not max_bytes or not (max_bytes >= 1 and max_bytes <= 2 ^ 53) then
+    phases.raise("req:tee_body(): expected a maximum size in bytes (1 to 2^53)", 2)
+  end
+  if self._tee_max == nil then self._tee_max = max_bytes end
+end
+
+function Req:teed_body()
+  check("teed_body", self._phase)
+  if not self._tee_max then return nil, "not asked" end
+  if #self._body > self._tee_max then return nil, "too large" end
+  if self._body_incomplete then return nil, "incomplete" end
+  return self._body
+end
+
+-- Records the body sent upstream (res.request_body); the client's body is unchanged.
+function Req:set_body(body)
+  check("set_body", self._phase)
+  if type(body) ~= "string" then phases.raise("req:set_body(): expected a string", 2) end
+  self._new_body = body
 end
 
 -- Ends the running phase like the engine: yield a marker the runner never resumes.
@@ -1047,6 +1085,13 @@ local function chunks_of(body, size)
   return out
 end
 
+-- Whether entry e runs `phase`: the plugin defines it and its compiled conf does not skip
+-- it (skip_phases, as the engine's runtime).
+local function runs(e, phase)
+  local skip = type(e.conf) == "table" and type(e.conf.skip_phases) == "table" and e.conf.skip_phases
+  return e.plugin[phase] ~= nil and not (skip and skip[phase])
+end
+
 -- Runs a chain of plugins through a whole request like the engine:
 --   entries = { { plugin, conf_overrides }, ... } (run by priority, higher first)
 --   req_spec: a T.request spec or a request built by T.request
@@ -1082,7 +1127,7 @@ function T.run_chain(entries, req_spec, resp_spec)
   for _, phase in ipairs({ "request", "upstream" }) do
     req:set_phase(phase)
     for _, e in ipairs(list) do
-      if e.plugin[phase] and T.phase(e.plugin, phase, req, e.conf) then
+      if runs(e, phase) and T.phase(e.plugin, phase, req, e.conf) then
         responded = true
         break
       end
@@ -1109,12 +1154,12 @@ function T.run_chain(entries, req_spec, resp_spec)
   end
 
   for _, e in ipairs(list) do
-    if e.plugin.response then T.phase(e.plugin, "response", req, e.conf) end
+    if runs(e, "response") then T.phase(e.plugin, "response", req, e.conf) end
   end
 
   local filters = {}
   for _, e in ipairs(list) do
-    if e.plugin.response_body then filters[#filters + 1] = e end
+    if runs(e, "response_body") then filters[#filters + 1] = e end
   end
   local out = {}
   for i = 1, #chunks do
@@ -1127,7 +1172,7 @@ function T.run_chain(entries, req_spec, resp_spec)
   end
 
   for _, e in ipairs(list) do
-    if e.plugin.log then T.phase(e.plugin, "log", req, e.conf) end
+    if runs(e, "log") then T.phase(e.plugin, "log", req, e.conf) end
   end
 
   local logs = {}
@@ -1141,6 +1186,8 @@ function T.run_chain(entries, req_spec, resp_spec)
     upstream = req._upstream,
     target = req._target,
     max_body_size = req._max_body_size,
+    -- the body the upstream got: req:set_body()'s, else the client's
+    request_body = req._new_body or req._body,
     path = req._path,
     uri = req._query and req._path .. "?" .. req._query or req._path,
     request_headers = request_headers,

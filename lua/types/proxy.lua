@@ -118,6 +118,10 @@ function Request:clear_header(name) end
 ---Phases: request, upstream. Path (and optional ?query) sent upstream; starts with "/".
 ---@param uri string
 function Request:set_path(uri) end
+---Phases: request, upstream. The query sent upstream, without "?" ("" removes it); the path
+---and the route's strip_prefix are kept.
+---@param query string
+function Request:set_query(query) end
 ---Phases: request, upstream. Raises for an unknown upstream.
 ---@param name string
 function Request:set_upstream(name) end
@@ -147,6 +151,16 @@ function Request:last_failure() end
 ---@return string|nil body
 ---@return string? err "too large"
 function Request:body(max_bytes) end
+---Phase: request. Keeps a copy of the request body as it streams upstream, up to max_bytes.
+---@param max_bytes integer
+function Request:tee_body(max_bytes) end
+---Phase: log. The copy req:tee_body kept.
+---@return string|nil body
+---@return "too large"|"incomplete"|"not asked"|"out of memory"|nil why
+function Request:teed_body() end
+---Phase: request. Sends `body` upstream in place of the client's body.
+---@param body string
+function Request:set_body(body) end
 ---Phases: request, upstream. Answers locally; code after it does not run.
 ---@param status integer
 ---@param body? string

@@ -67,6 +67,21 @@ describe("luaproxy.runtime", function()
       assert.same({ "one:request", "two:request" }, calls)
     end)
 
+    it("leaves out of an entry's chains the phases its compiled conf skips", function()
+      write(dir, "skipper.lua", recorder("skipper", 10, { "request", "response_body", "log" },
+        "function P.compile(conf) conf.skip_phases = { response_body = conf.tag == 'a' }; "
+          .. "return conf end"))
+      local state = assert(runtime.load({
+        routes = { { plugins = { { name = "skipper", tag = "a" } } },
+                   { plugins = { { name = "skipper", tag = "b" } } } },
+      }, opts))
+      local a, b = state.routes[1], state.routes[2]
+      assert.is_false(a.has_body_filter)
+      assert.is_true(b.has_body_filter)
+      assert.equal(OK, runtime.run(handle(a), runtime.PHASE_ID.request))
+      assert.same({ "a:request" }, calls)
+    end)
+
     it("loads a plugin file once per VM, however many entries name it", function()
       write(dir, "counted.lua", "loads = loads + 1\n" .. recorder("counted", 1, { "log" }))
       local state = assert(runtime.load({

@@ -209,6 +209,7 @@ describe("proxy.test", function()
         set_max_body_size = { 1024 },
         param = { "id" },
         log_field = { "k", "v" },
+        tee_body = { 1024 }, set_body = { "{}" }, set_query = { "a=1" },
       }
       for name, allowed in pairs(phases.methods) do
         assert.is_function(req[name], name)

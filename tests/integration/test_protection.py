@@ -15,6 +15,7 @@ request_limits.md):
 
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -92,6 +93,18 @@ class LocalLimitsTest(RT.ReloadTestCase):
             s = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=H.T(5))
             s.sendall(b"GET /conn/delay?ms=20000 HTTP/1.1\r\nHost: a\r\n\r\n")
             socks.append(s)
+        # Both must hold their slot before the first probe: a probe counted between them
+        # would take the second slot and leave one of them refused instead.
+        H.wait_for(lambda: re.search(r'limit_conn_requests_total\{[^}]*result="allowed"\} 2\b',
+                                     self.admin("GET", "/metrics").body.decode()),
+                   H.T(5), what="both slow requests counted by limit_conn")
+        for s in socks:
+            s.setblocking(False)
+            try:
+                self.assertFalse(s.recv(1), "a slow request was answered early")
+            except BlockingIOError:
+                pass
+            s.setblocking(True)
         H.wait_for(lambda: H.get(self.proxy.port, "/conn/fixed").status == 503, H.T(5),
                    what="the third request refused")
         r = H.get(self.proxy.port, "/conn/fixed")
@@ -195,9 +208,18 @@ class ClientAbortCloseTest(RT.ReloadTestCase):
             access_log=os.path.join(H.Workdir.new("abort"), "access.log"))
 
     def test_a_client_closing_while_waiting_frees_its_slot(self):
+        def allowed():
+            m = re.search(r'limit_conn_requests_total\{[^}]*result="allowed"\} (\d+)',
+                          self.admin("GET", "/metrics").body.decode())
+            return int(m.group(1)) if m else 0
+
         for _ in range(3):
+            before = allowed()
             s = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=H.T(5))
             s.sendall(b"GET /conn/delay?ms=20000 HTTP/1.1\r\nHost: a\r\n\r\n")
+            # The slow request holds the slot before the first probe (a probe first would
+            # take it and leave the slow one refused).
+            H.wait_for(lambda: allowed() == before + 1, H.T(5), what="the slow request counted")
             H.wait_for(lambda: H.get(self.proxy.port, "/conn/fixed").status == 503, H.T(5),
                        what="the slot taken")
             s.close()  # a FIN, as curl -m gives up

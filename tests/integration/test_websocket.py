@@ -255,13 +255,23 @@ class StalledTunnelTest(H.ProxyTestCase):
         c.sock.setblocking(False)
         chunk = b"x" * 65536
         sent = 0
-        deadline = time.monotonic() + H.T(10)
-        while sent < (8 << 20) and time.monotonic() < deadline:
+        stalled = False
+        deadline = time.monotonic() + H.T(30)
+        while sent < (64 << 20) and time.monotonic() < deadline:
             try:
                 sent += c.sock.send(chunk)
             except BlockingIOError:
-                if select.select([], [c.sock], [], 0.5)[1] == []:
-                    break  # nothing moves any more: the proxy stopped reading us
+                # Nothing moves for 2 s: the proxy stopped reading us (backpressure). A
+                # shorter wait took a busy machine's pause for backpressure; the proxy,
+                # still reading, then saw the reset below and ended the tunnel without
+                # needing the timeout.
+                if select.select([], [c.sock], [], 2)[1] == []:
+                    stalled = True
+                    break
+            except (ConnectionResetError, BrokenPipeError):
+                stalled = True  # the send timeout (1 s) already ended the tunnel
+                break
+        self.assertTrue(stalled, "the proxy kept reading %d bytes the origin never read" % sent)
         c.abort()
         self.proxy.wait_log("send timed out", timeout=H.T(10))
         self.assertAlive()

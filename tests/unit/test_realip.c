@@ -71,7 +71,7 @@ static void test_cidr(void)
     CHECK_EQ_INT(lp_cidr_parse("::1", 3, &c), 0);
     CHECK_EQ_INT(c.bits, 128);
     CHECK_EQ_INT(lp_cidr_parse("0.0.0.0/0", 9, &c), 0);
-    CHECK_EQ_INT(lp_cidr_parse("10.1.0.0/8", 10, &c), -1); /* host bits set */
+    CHECK_EQ_INT(lp_cidr_parse("10.1.0.0/8", 10, &c), LP_CIDR_EHOSTBITS);
     CHECK_EQ_INT(lp_cidr_parse("10.0.0.0/33", 11, &c), -1);
     CHECK_EQ_INT(lp_cidr_parse("10.0.0.0/", 9, &c), -1);
     CHECK_EQ_INT(lp_cidr_parse("10.0.0.0/a", 10, &c), -1);
