@@ -32,6 +32,7 @@
 #include "worker.h"
 #include "shdict.h"
 #include "rtable.h"
+#include "admin_explain.h"
 
 #define ADMIN_MAX_HEAD  8192  /* header section; the request line has ADMIN_MAX_URI */
 #define ADMIN_MAX_URI   2048  /* request target */
@@ -805,6 +806,26 @@ static void handle_target_state(admin_conn_t *c, lp_str_t rest, lp_str_t query)
                       lp_health_state(h, lp_health_now())));
 }
 
+/* POST /explain (#21): the answer comes when the child explain process is done
+ * (admin_explain.c); the connection is held until then, as for a reload. */
+static void on_explained(void *data, int status, const char *body, size_t len)
+{
+    admin_conn_t *c = data;
+    respond_raw(c, status, "application/json", body, len);
+    conn_release(c); /* the hold handle_explain took (respond does nothing once closing) */
+}
+
+static void handle_explain(admin_conn_t *c)
+{
+    c->handles++;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (lp_admin_explain(c->tcp.loop, lp_gen_current->config->path, c->r->body, c->r->body_len,
+                         on_explained, c)) {
+        respond_error(c, 500, "out of memory");
+        conn_release(c);
+    }
+}
+
 static void dispatch(admin_conn_t *c)
 {
     lp_str_t path = c->r->h1.path, query = {"", 0};
@@ -864,6 +885,11 @@ static void dispatch(admin_conn_t *c)
             respond_error(c, 405, "use GET /reloads");
         else
             handle_reloads(c);
+    } else if (LP_STR_IEQ(path, "/explain")) {
+        if (m != HTTP_POST)
+            respond_error(c, 405, "use POST /explain");
+        else
+            handle_explain(c);
     } else if (LP_STR_IEQ(path, "/errors")) {
         if (!get)
             respond_error(c, 405, "use GET /errors");
@@ -874,7 +900,7 @@ static void dispatch(admin_conn_t *c)
                       "no such endpoint (GET /, GET /status, GET /metrics, POST /reload, "
                       "POST /stop, GET /config, GET /upstreams, "
                       "POST /upstreams/NAME/targets/ADDRESS, GET /reloads, GET /errors, "
-                      "GET/POST /routes)");
+                      "GET/POST /routes, POST /explain)");
     }
 }
 

@@ -274,6 +274,56 @@ static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, char
     return 0;
 }
 
+/* `luaproxy check` on the config's own plugins and scripts (runtime.lint, #21), once, in the
+ * main thread's check (start, reload, -t), not in every worker's VM; after the guarded load,
+ * outside the guard (luacheck is not the user's code, and may take longer than
+ * lua.phase_timeout on a large plugin). Warnings join the state's `warnings`; an error
+ * (lint.warnings_are_errors) refuses the config. The stack is left as it was. */
+/* The lint results of the last load, by file and text (runtime.lint's memo, JSON): a reload
+ * whose plugins did not change checks nothing again. Owned; the main thread's only (every
+ * config check runs there). */
+static char *lint_memo;
+
+static int runtime_lint(lua_State *L, int cfg_idx, int state_idx, const char *config_path,
+                        char *err, size_t errlen)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.runtime");
+    if (lua_pcall(L, 1, 1, 0)) {
+        snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return LP_ECONFIG;
+    }
+    lua_getfield(L, -1, "lint");
+    lua_remove(L, -2);
+    lua_pushvalue(L, cfg_idx);
+    push_load_opts(L, config_path);
+    lua_getfield(L, state_idx, "warnings");
+    if (lint_memo)
+        lua_pushstring(L, lint_memo);
+    else
+        lua_pushnil(L);
+    if (lua_pcall(L, 4, 2, 0)) {
+        snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return LP_ECONFIG;
+    }
+    if (lua_isstring(L, -1)) {
+        char *m = strdup(lua_tostring(L, -1));
+        if (m) {
+            free(lint_memo);
+            lint_memo = m;
+        }
+    }
+    int rc = 0;
+    if (!lua_isnil(L, -2)) {
+        snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -2));
+        rc = LP_ECONFIG;
+    }
+    lua_pop(L, 2);
+    return rc;
+}
+
 static void wd_register(lp_lua_guard_t *g, int on);
 static int guard_setup(lua_State *L, const char *path, char *err, size_t errlen);
 
@@ -332,6 +382,8 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
     lp__guard_end(g);
     wd_register(g, 0);
     current_check = was;
+    if (!rc)
+        rc = runtime_lint(L, cfg, lua_gettop(L), config_path, err, errlen);
     if (!rc) {
         /* Schema warnings (fields without a description): said once, here, where the
          * config is checked, not again by every worker's VM. */

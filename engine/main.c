@@ -28,7 +28,11 @@ static void usage(FILE *out)
                  "       luaproxy -t -c FILE          check FILE and exit\n"
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
                  "       luaproxy -s stop -c FILE     stop it gracefully\n"
-                 "       luaproxy test [-p DIR] [SPEC...]  run plugin specs (busted, LuaJIT)\n"
+                 "       luaproxy test [-p DIR] [DIR] [SPEC...]  run plugin specs (busted)\n"
+                 "       luaproxy check [-c FILE] [DIR|FILE...]  lint scripts, plugins\n"
+                 "       luaproxy new plugin NAME [--dir DIR]  a plugin, spec, docs\n"
+                 "       luaproxy explain -c FILE 'METHOD URL' [-H 'N: v']... [--json]\n"
+                 "                                    what a request would meet\n"
                  "       luaproxy -v                  print the version and the runtime directory\n"
                  "       luaproxy -h                  this help\n"
                  "options:\n"
@@ -332,6 +336,9 @@ int main(int argc, char **argv)
     uint64_t start_ns = uv_hrtime(); /* the start-up load's time, for the reload history */
     if (argc > 1 && !strcmp(argv[1], "test"))
         return lp_testcmd_main(argc - 1, argv + 1);
+    if (argc > 1 &&
+        (!strcmp(argv[1], "check") || !strcmp(argv[1], "new") || !strcmp(argv[1], "explain")))
+        return lp_toolcmd_main(argc - 1, argv + 1);
     while ((opt = getopt_long(argc, argv, "c:tw:s:vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'W':

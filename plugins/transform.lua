@@ -4,8 +4,8 @@
 local find, sub, lower, gsub, byte, format, char = string.find, string.sub, string.lower,
   string.gsub, string.byte, string.format, string.char
 local concat, sort = table.concat, table.sort
-local type, pairs, ipairs, tonumber, tostring, pcall, setmetatable, next, error =
-  type, pairs, ipairs, tonumber, tostring, pcall, setmetatable, next, error
+local type, pairs, ipairs, tonumber, tostring, pcall, setmetatable, error =
+  type, pairs, ipairs, tonumber, tostring, pcall, setmetatable, error
 
 local text = require "luaproxy.text"
 local json = require("cjson").new() -- an instance of its own: its settings are not shared
@@ -407,7 +407,7 @@ function P.request(req, conf)
   if conf.query then query_req(req, conf.query) end
   local jc = conf.req_json
   if not jc or not is_json(req:header("content-type")) then return end
-  local body, err = req:body(conf.max_body)
+  local body = req:body(conf.max_body)
   if not body then
     if conf.reject then
       return req:respond(413, "request body too large\n", { ["Content-Type"] = "text/plain" })
@@ -416,8 +416,7 @@ function P.request(req, conf)
       conf.max_body))
     return
   end
-  local out
-  out, err = transform_json(body, jc, req)
+  local out, err = transform_json(body, jc, req)
   if not out then
     proxy.log.warn(format("request body: %s: passed unchanged", err))
     return

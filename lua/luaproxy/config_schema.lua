@@ -606,7 +606,7 @@ local S = {
   description = "a luaproxy config file",
   doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
                 "log", "plugins", "lua", "shared", "admin", "metrics", "client_abort", "pid_file",
-                "watch", "tracing" },
+                "watch", "tracing", "lint" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
                 description = "worker threads, each with its own loop and listening socket "
@@ -847,7 +847,8 @@ local S = {
                       .. "status page, `GET /status`, `GET /metrics`, `POST /reload`, "
                       .. "`POST /stop`, `GET /config`, `GET /upstreams`, "
                       .. "`POST /upstreams/NAME/targets/ADDRESS`, `GET /reloads`, `GET /errors`, "
-                      .. "`GET /routes`, `POST /routes`; see `docs/admin-api.md`); port "
+                      .. "`GET /routes`, `POST /routes`, `POST /explain`; see "
+                      .. "`docs/admin-api.md`); port "
                       .. "0 takes a free port, logged at start; an address that is not loopback "
                       .. "needs `token_file`" },
         token_file = { type = "string", doc_default = "none",
@@ -908,6 +909,22 @@ local S = {
       description = "reload when a `.lua` file changes next to the config (and in its "
         .. "`plugins/`, `lib/`) or in the bundled `plugins/` and `scripts/`, or a certificate, "
         .. "key, CA or error page file the config names",
+    },
+    -- #21: `luaproxy check` on the config's own scripts and plugins at start, reload, -t.
+    lint = {
+      type = "record", default = {}, doc_default = "on, warnings logged",
+      description = "`luaproxy check` (luacheck and the proxy API) on the plugins and "
+        .. "handler scripts the config uses, except the bundled ones, whenever it loads "
+        .. "(start, reload, `-t`); see docs/plugins.md",
+      fields = {
+        enabled = { type = "boolean", default = true,
+                    description = "false: no check when the config loads" },
+        warnings_are_errors = {
+          type = "boolean", default = false,
+          description = "a warning refuses the load (`file:line:col: message`; on a "
+            .. "reload the running config keeps serving) instead of being logged",
+        },
+      },
     },
   },
 }

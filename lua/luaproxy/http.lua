@@ -682,4 +682,6 @@ function Response:close()
   return true
 end
 
+-- The response class, for the annotation drift test (lua/luaproxy/tools/api.lua).
+M.Response = Response
 return M

@@ -306,6 +306,44 @@ function M.load(cfg, opts)
   return state
 end
 
+-- `luaproxy check` on the config's own plugins and handler scripts (not the bundled ones),
+-- when the main thread checks a config (start, reload, -t; engine/lua_vm.c calls it after
+-- runtime.load, outside the runaway guard: luacheck on a large plugin may take longer than
+-- lua.phase_timeout): warnings go to `warnings` (logged once by the engine), or, with
+-- lint.warnings_are_errors, the first ones refuse the load. Returns nil, or the error.
+-- `memo` (a string, or nil) is what the previous call returned second: the engine keeps it
+-- from one load to the next (engine/lua_vm.c), so that files that did not change are not
+-- checked again.
+function M.lint(cfg, opts, warnings, memo)
+  local conf = type(cfg.lint) == "table" and cfg.lint or {}
+  if conf.enabled == false then return nil, memo end
+  local check = require "luaproxy.tools.check"
+  local here = package.searchpath("luaproxy.runtime", package.path) or ""
+  local root = here:gsub("/lua/luaproxy/runtime%.lua$", "/")
+  local files = check.config_files(cfg, opts, root ~= here and
+    { root .. "plugins/", root .. "scripts/" } or nil)
+  if #files == 0 then return nil, memo end
+  local cjson = require "cjson"
+  local ok, old = pcall(cjson.decode, memo or "{}")
+  local ws, note, new = check.check_files(files, { memo = ok and type(old) == "table" and old })
+  local ok2, encoded = pcall(cjson.encode, new)
+  memo = ok2 and encoded or memo
+  if conf.warnings_are_errors then
+    if note then return "lint.warnings_are_errors: " .. note, memo end
+    if #ws > 0 then
+      local lines = {}
+      for i = 1, math.min(#ws, 10) do lines[i] = check.format(ws[i]) end
+      if #ws > 10 then lines[#lines + 1] = format("... and %d more", #ws - 10) end
+      return format("lint: %d warning%s (lint.warnings_are_errors): %s", #ws,
+        #ws == 1 and "" or "s", concat(lines, "; ")), memo
+    end
+    return nil, memo
+  end
+  if note then warnings[#warnings + 1] = "lint: " .. note .. " (the proxy API pass ran)" end
+  for _, w in ipairs(ws) do warnings[#warnings + 1] = "lint: " .. check.format(w) end
+  return nil, memo
+end
+
 -- The plugin module loaded under `name` (nil before runtime.load found it).
 function M.plugin(name) return plugin_cache[name] end
 

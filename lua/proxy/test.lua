@@ -62,6 +62,7 @@ for _, level in ipairs({ "err", "warn", "notice", "info", "debug" }) do
     T.logs[#T.logs + 1] = { level = level, message = concat(parts, " "), plugin = log_tag }
   end
 end
+fake.log.error = fake.log.err -- as the engine's proxy.log.error
 function fake.now() return clock end
 -- The fake clock moves both; only differences of monotonic() mean anything.
 function fake.monotonic() return clock - START + 1000 end

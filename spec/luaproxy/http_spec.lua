@@ -199,10 +199,12 @@ describe("proxy.http", function()
       assert.truthy(err:find("closed before the body was complete", 1, true), err)
       script({ err = "timeout" })
       res, err = http.request { url = "http://h:9/", timeout = 0.5 }
+      assert.is_nil(res)
       assert.equal("timeout reading from h:9", err)
       assert.same({ 500, 500, 500 }, sockets[1].timeouts)
       script({ refuse = "connection refused" })
       res, err = http.request { url = "http://h:9/" }
+      assert.is_nil(res)
       assert.equal("connect to h:9: connection refused", err)
     end)
     it("limits a buffered body to max_body", function()

@@ -154,15 +154,15 @@ describe("router plugin", function()
       { sni = "*.apps.example.com", upstream = "apps" },
       { prefix = "/", upstream = "web" },
     } }
-    local function route(spec)
+    local function upstream_of(spec)
       spec.upstreams = { "admin", "apps", "web" }
       return T.run(router, conf, spec).upstream
     end
-    assert.equal("admin", route({ tls = { protocol = "TLSv1.3", sni = "admin.example.com" } }))
-    assert.equal("apps", route({ tls = { protocol = "TLSv1.3", sni = "x.apps.example.com" } }))
-    assert.equal("web", route({ tls = { protocol = "TLSv1.3", sni = "apps.example.com" } }))
-    assert.equal("web", route({ tls = { protocol = "TLSv1.3" } }))
-    assert.equal("web", route({ headers = { Host = "admin.example.com" } }))
+    assert.equal("admin", upstream_of({ tls = { protocol = "TLSv1.3", sni = "admin.example.com" } }))
+    assert.equal("apps", upstream_of({ tls = { protocol = "TLSv1.3", sni = "x.apps.example.com" } }))
+    assert.equal("web", upstream_of({ tls = { protocol = "TLSv1.3", sni = "apps.example.com" } }))
+    assert.equal("web", upstream_of({ tls = { protocol = "TLSv1.3" } }))
+    assert.equal("web", upstream_of({ headers = { Host = "admin.example.com" } }))
   end)
 
   describe("regexes (proxy.re)", function()

@@ -119,8 +119,6 @@ describe("transform plugin", function()
 end)
 
 describe("transform JSON encoding", function()
-  local T = require "proxy.test"
-  local transform = require "transform"
   local function run(body)
     local res = T.run(transform, { request = { json = { set = { z = 1 } } } }, {
       method = "POST", headers = { ["Content-Type"] = "application/json" }, body = body })
@@ -145,8 +143,6 @@ describe("transform JSON encoding", function()
 end)
 
 describe("docs/plugins/transform.md", function()
-  local T = require "proxy.test"
-  local transform = require "transform"
   it("has a config example the schema accepts, doing what the page says", function()
     local f = assert(io.open("docs/plugins/transform.md", "rb"))
     local code = f:read("*a"):match("```lua\n(.-)```")
@@ -173,8 +169,6 @@ describe("docs/plugins/transform.md", function()
 end)
 
 describe("transform phases", function()
-  local T = require "proxy.test"
-  local transform = require "transform"
   it("leaves out the phases its config has no rules for (skip_phases)", function()
     local c = T.conf(transform, { request = { headers = { add = { ["X-A"] = "1" } } } })
     assert.same({ request = false, response = true, response_body = true }, c.skip_phases)

@@ -38,6 +38,7 @@ describe("proxy.test: proxy.http", function()
     assert.is_nil(res)
     assert.truthy(err:find("injection", 1, true))
     res, err = proxy.http.request { url = "ftp://h/" }
+    assert.is_nil(res)
     assert.truthy(err:find("scheme", 1, true))
     assert.has_error(function() proxy.http.request { url = "http://h/", body = 1 } end)
     assert.equal(0, #T.http_requests)

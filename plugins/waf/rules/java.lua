@@ -1,3 +1,4 @@
+-- luacheck: read globals rule (the rule loader gives it: docs/plugins/waf.md, "Rules")
 -- waf default rules: Java, Log4Shell-style lookups, OGNL/EL, deserialization (1600-1699).
 -- Format: docs/plugins/waf.md, "Rules".
 -- The text chain most rules share (one Hyperscan scan per value for all of them):

@@ -1,3 +1,4 @@
+-- luacheck: read globals rule (the rule loader gives it: docs/plugins/waf.md, "Rules")
 -- waf default rules: protocol abuses (1000-1099). Requests the HTTP parser lets through
 -- but no ordinary client sends. Format: docs/plugins/waf.md, "Rules".
 rule {

@@ -1,3 +1,4 @@
+-- luacheck: read globals rule (the rule loader gives it: docs/plugins/waf.md, "Rules")
 -- waf default rules: remote file inclusion (1300-1399). Format: docs/plugins/waf.md, "Rules".
 -- The text chain most rules share (one Hyperscan scan per value for all of them):
 -- decoded (three times: double-encoding is an evasion), entities, lower case, comments and

@@ -1,3 +1,4 @@
+-- luacheck: read globals rule (the rule loader gives it: docs/plugins/waf.md, "Rules")
 -- waf default rules: scanners and bots (1100-1199): tools that announce themselves in
 -- their User-Agent or headers. Format: docs/plugins/waf.md, "Rules".
 rule {

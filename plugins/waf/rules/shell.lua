@@ -1,3 +1,4 @@
+-- luacheck: read globals rule (the rule loader gives it: docs/plugins/waf.md, "Rules")
 -- waf default rules: shell command injection (1400-1499). Commands count only after a
 -- shell separator and with an argument shape, so prose ("cats; dogs") does not match.
 -- Format: docs/plugins/waf.md, "Rules".

@@ -1,3 +1,4 @@
+-- luacheck: read globals rule (the rule loader gives it: docs/plugins/waf.md, "Rules")
 -- waf default rules: SQL injection (1700-1799). Written so that prose passes: apostrophes
 -- ("it's", "O'Brien"), quotes in searches ("\"red shoes\" or boots"), the words select,
 -- union, order and from in sentences. Each rule wants SQL's shape around the word: a quote

@@ -1,3 +1,4 @@
+-- luacheck: read globals rule (the rule loader gives it: docs/plugins/waf.md, "Rules")
 -- waf default rules: path traversal and local file access (1200-1299).
 -- Format: docs/plugins/waf.md, "Rules".
 -- The text chain most rules share (one Hyperscan scan per value for all of them):

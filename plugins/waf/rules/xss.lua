@@ -1,3 +1,4 @@
+-- luacheck: read globals rule (the rule loader gives it: docs/plugins/waf.md, "Rules")
 -- waf default rules: cross-site scripting (1800-1899). Markup and script only in their own
 -- syntax: a "<" in prose or maths ("a<b", "<3") and the word javascript in a sentence pass.
 -- Format: docs/plugins/waf.md, "Rules".

@@ -1,0 +1,598 @@
+-- `luaproxy explain`: what a request would meet before the upstream is contacted, without
+-- contacting it: the listener and TLS certificate (SNI), routing (which route matched, why
+-- the earlier ones did not, routes that can never match), each plugin's request and upstream
+-- phase in order with its changes to headers, path and upstream, a local answer, the chosen
+-- upstream, target and the balancer's reason, and what would be sent.
+--
+-- It runs on the proxy.test double (lua/proxy/test.lua): the plugins are the config's, loaded
+-- and validated by the engine's own runtime.load; routes are matched by the engine's router
+-- (engine/router.c through lp_native); proxy.http, proxy.tcp and proxy.redis reach nothing
+-- (their calls fail with "connection refused" / no mock, and are listed as refused), timers
+-- are scheduled on the double's clock and never run. Shared dicts start empty.
+local format, concat, sort = string.format, table.concat, table.sort
+
+local M = {}
+
+-- ---- the request ----
+
+-- "GET https://shop.example.com:8443/a?x=1" -> { method, scheme, host, port, uri, path }.
+function M.parse_request_line(line)
+  local method, url = line:match("^%s*(%u+)%s+(%S+)%s*$")
+  if not method then
+    url, method = line:match("^%s*(%S+)%s*$"), "GET"
+  end
+  if not url then return nil, "expected 'METHOD URL', got " .. format("%q", line) end
+  local scheme, rest = url:match("^(https?)://(.*)$")
+  if not scheme then return nil, "expected an http:// or https:// URL, got " .. url end
+  local authority, uri = rest:match("^([^/?#]*)(.*)$")
+  uri = uri:gsub("#.*$", "")
+  if uri == "" or uri:sub(1, 1) == "?" then uri = "/" .. uri end
+  local host, port = authority:match("^%[([^%]]+)%]:?(%d*)$")
+  if not host then host, port = authority:match("^([^:]*):?(%d*)$") end
+  if not host or host == "" then return nil, "no host in " .. url end
+  port = tonumber(port) or (scheme == "https" and 443 or 80)
+  return { method = method, scheme = scheme, host = host:lower(), port = port, uri = uri,
+    path = uri:match("^[^?]*"), authority = authority }
+end
+
+-- ---- TLS ----
+
+local function cert_names(c, dir)
+  if type(c.names) == "table" and #c.names > 0 then return c.names, "names" end
+  local file = c.cert
+  if type(file) ~= "string" then return {}, "none" end
+  if file:sub(1, 1) ~= "/" then file = dir .. "/" .. file end
+  local p = io.popen("openssl x509 -noout -ext subjectAltName -subject -in '"
+    .. file:gsub("'", "'\\''") .. "' 2>/dev/null")
+  local text = p and p:read("*a") or ""
+  if p then p:close() end
+  local names = {}
+  for n in text:gmatch("DNS:([^,%s]+)") do names[#names + 1] = n:lower() end
+  if #names == 0 then
+    local cn = text:match("CN%s*=%s*([^,/\n]+)")
+    if cn then names[1] = cn:lower() end
+  end
+  return names, "certificate"
+end
+
+local function name_matches(pattern, host)
+  pattern = pattern:lower()
+  if pattern == host then return "exact" end
+  local suffix = pattern:match("^%*(%..+)$")
+  if suffix and host:sub(-#suffix) == suffix then
+    local label = host:sub(1, #host - #suffix)
+    if label ~= "" and not label:find(".", 1, true) then return "wildcard" end
+  end
+end
+
+-- The listener a request to scheme://host:port reaches, and the certificate its SNI picks.
+local function tls_choice(cfg, req, dir)
+  local want_tls = req.scheme == "https"
+  local cands = {}
+  for i, l in ipairs(cfg.listen or {}) do
+    if (l.tls ~= nil and l.tls ~= false) == want_tls then cands[#cands + 1] = { i = i, l = l } end
+  end
+  local out = {}
+  if #cands == 0 then
+    out.note = format("no %s listener in the config: the request could not arrive",
+      want_tls and "TLS" or "plain HTTP")
+    return out
+  end
+  local pick = cands[1]
+  for _, c in ipairs(cands) do
+    local port = tonumber(tostring(c.l.address):match(":(%d+)$"))
+    if port == req.port then pick = c break end
+  end
+  out.listener = { index = pick.i, address = pick.l.address, tls = want_tls }
+  if not want_tls then return out end
+  local tls = pick.l.tls
+  local certs = {}
+  if tls.cert then certs[#certs + 1] = { cert = tls.cert, key = tls.key, names = tls.names } end
+  for _, c in ipairs(tls.certificates or {}) do certs[#certs + 1] = c end
+  local sni = req.host:match("^%d+%.%d+%.%d+%.%d+$") and nil or req.host
+  local exact, wild
+  for i, c in ipairs(certs) do
+    local names = cert_names(c, dir)
+    for _, n in ipairs(names) do
+      local how = sni and name_matches(n, sni)
+      if how == "exact" and not exact then exact = { index = i, file = c.cert, name = n } end
+      if how == "wildcard" and not wild then wild = { index = i, file = c.cert, name = n } end
+    end
+  end
+  local chosen = exact or wild
+  if chosen then
+    chosen.why = format("%s name %s", exact and "exact" or "wildcard", chosen.name)
+  elseif certs[1] then
+    chosen = { index = 1, file = certs[1].cert,
+      why = sni and format("no certificate names %s: the default (the first)", sni)
+        or "no SNI (an IP address): the default (the first)" }
+  end
+  out.tls = { sni = sni, certificate = chosen }
+  return out
+end
+
+-- ---- routing ----
+
+local function describe_value(v)
+  if type(v) == "table" then
+    local parts = {}
+    for k, x in pairs(v) do
+      parts[#parts + 1] = type(k) == "number" and tostring(x) or (k .. "=" .. tostring(x))
+    end
+    sort(parts)
+    return "{" .. concat(parts, ", ") .. "}"
+  end
+  return format("%q", tostring(v))
+end
+
+local CONDITIONS = { "host", "sni", "prefix", "path", "regex", "methods", "headers",
+  "header_regex", "query", "query_regex", "cidr" }
+
+local function route_name(r, i)
+  return r.name or format("route#%d", i)
+end
+
+-- Does route a (earlier) catch everything route b (later) would? Conservative: only the
+-- plain cases (no conditions; prefix/host/methods containment; same other conditions).
+local function same(x, y)
+  if type(x) ~= type(y) then return false end
+  if type(x) ~= "table" then return x == y end
+  for k, v in pairs(x) do if not same(v, y[k]) then return false end end
+  for k in pairs(y) do if x[k] == nil then return false end end
+  return true
+end
+
+local function covers(a, b)
+  for _, k in ipairs(CONDITIONS) do
+    local av, bv = a[k], b[k]
+    if av ~= nil then
+      if bv == nil then
+        if k == "prefix" and av == "/" and (b.path or b.regex) == nil then -- "/" is everything
+        elseif k == "prefix" and av == "/" then -- a path or regex starts with "/" too
+        else return false end
+      elseif k == "prefix" then
+        if bv:sub(1, #av) ~= av then return false end
+      elseif k == "methods" then
+        local set = {}
+        for _, m in ipairs(av) do set[m:upper()] = true end
+        for _, m in ipairs(bv) do if not set[m:upper()] then return false end end
+      elseif k == "host" then
+        if av:lower() ~= bv:lower() then return false end
+      elseif not same(av, bv) then
+        return false
+      end
+    elseif k == "path" and bv ~= nil and a.prefix and bv:sub(1, #a.prefix) == a.prefix
+        and not bv:find("[:*]") then -- a literal path under a's prefix
+    end
+  end
+  if a.prefix and (b.path or b.regex) and a.prefix ~= "/" then
+    -- a literal path under the prefix is covered; anything else we cannot say
+    if b.regex or b.path:find("[:*]") or b.path:sub(1, #a.prefix) ~= a.prefix then
+      return false
+    end
+  end
+  return true
+end
+
+local function routing(cfg, req, T)
+  local router = require "luaproxy.router"
+  local routes = cfg.routes or {}
+  local out = { tried = {}, shadowed = {} }
+  for i, r in ipairs(routes) do
+    local m = r.match or {}
+    local rr, err = router.new({ { match = m } })
+    local entry = { index = i, name = route_name(r, i), upstream = r.upstream }
+    if not rr then
+      entry.matched, entry.reasons = false, { "does not compile: " .. tostring(err) }
+    else
+      local hit, caps = rr:match(req)
+      entry.matched = hit ~= nil
+      if hit then
+        entry.params = caps
+        local held = {}
+        for _, k in ipairs(CONDITIONS) do
+          if m[k] ~= nil then held[#held + 1] = k .. " " .. describe_value(m[k]) end
+        end
+        entry.reasons = #held > 0 and held or { "no conditions: matches every request" }
+      else
+        entry.reasons = {}
+        for _, k in ipairs(CONDITIONS) do
+          if m[k] ~= nil then
+            local one = router.new({ { match = { [k] = m[k] } } })
+            if one and not one:match(req) then
+              entry.reasons[#entry.reasons + 1] = format("%s %s does not hold", k,
+                describe_value(m[k]))
+            end
+          end
+        end
+        if #entry.reasons == 0 then entry.reasons[1] = "its conditions do not hold together" end
+      end
+    end
+    out.tried[#out.tried + 1] = entry
+    if entry.matched then
+      out.route = entry
+      out.route.strip_prefix = r.strip_prefix and m.prefix or nil
+      break
+    end
+  end
+  -- Routes no request can reach: an earlier route catches all they would.
+  for j = 2, #routes do
+    for i = 1, j - 1 do
+      if covers(routes[i].match or {}, routes[j].match or {}) then
+        out.shadowed[#out.shadowed + 1] = { index = j, name = route_name(routes[j], j),
+          by = i, by_name = route_name(routes[i], i) }
+        break
+      end
+    end
+  end
+  local _ = T
+  return out
+end
+
+-- ---- plugins ----
+
+local function headers_copy(req)
+  local h = {}
+  for k, v in pairs(req:headers()) do h[k] = v end
+  return h
+end
+
+local function hval(v) return type(v) == "table" and concat(v, ", ") or v end
+
+local function diff_headers(before, after)
+  local changes = {}
+  local names = {}
+  for k in pairs(before) do names[k] = true end
+  for k in pairs(after) do names[k] = true end
+  local sorted = {}
+  for k in pairs(names) do sorted[#sorted + 1] = k end
+  sort(sorted)
+  for _, k in ipairs(sorted) do
+    local a, b = hval(before[k]), hval(after[k])
+    if a ~= b then
+      changes[#changes + 1] = { name = k, from = a, to = b,
+        op = a == nil and "added" or b == nil and "removed" or "set" }
+    end
+  end
+  return changes
+end
+
+local function snapshot(req)
+  return { headers = headers_copy(req), uri = req:uri(), upstream = req:upstream_name(),
+    target = req._target and format("%s:%s", req._target[1] or req._target.host or "?",
+      req._target[2] or req._target.port or "?") }
+end
+
+local function target_text(t)
+  if type(t) ~= "table" then return t and tostring(t) or nil end
+  local host = t.host or t[1]
+  local port = t.port or t[2]
+  return host and format("%s:%s", tostring(host), tostring(port)) or nil
+end
+
+local function run_phase(T, chain, phase, req, out)
+  for _, inst in ipairs(chain or {}) do
+    local before = snapshot(req)
+    local nhttp = #T.http_requests
+    local nlog = #T.logs
+    local pending = T.proxy.timer.pending_count()
+    -- A route's handler runs last (priority -inf, which JSON cannot say).
+    local prio = inst.priority
+    if prio ~= prio or prio == math.huge or prio == -math.huge then prio = "last" end
+    local step = { name = inst.name, priority = prio, where = inst.where, phase = phase }
+    local ok, responded = pcall(T.phase, inst, phase, req, inst.conf)
+    local after = snapshot(req)
+    step.headers = diff_headers(before.headers, after.headers)
+    if before.uri ~= after.uri then step.uri = { from = before.uri, to = after.uri } end
+    if before.upstream ~= after.upstream then
+      step.upstream = { from = before.upstream, to = after.upstream }
+    end
+    local tt = target_text(req._target)
+    if tt and tt ~= out._target_seen then
+      step.target = tt
+      out._target_seen = tt
+    end
+    step.notes = {}
+    for i = nhttp + 1, #T.http_requests do
+      local c = T.http_requests[i]
+      step.notes[#step.notes + 1] = format("proxy.http %s %s: refused (explain contacts "
+        .. "nothing; the plugin got an error)", tostring(c.method), tostring(c.url))
+    end
+    for i = nlog + 1, #T.logs do
+      local l = T.logs[i]
+      step.notes[#step.notes + 1] = format("log %s: %s", l.level, l.message)
+    end
+    local np = T.proxy.timer.pending_count()
+    if np > pending then
+      step.notes[#step.notes + 1] = format("%d timer(s) scheduled: not run by explain",
+        np - pending)
+    end
+    out.steps[#out.steps + 1] = step
+    if not ok then
+      step.error = tostring(responded)
+      out.error = { plugin = inst.name, phase = phase, message = step.error }
+      if inst.fail_open then
+        step.notes[#step.notes + 1] = "fail_open: the request goes on"
+      else
+        out.answer = { status = 500, reason = "the plugin raised an error: the engine answers 500" }
+        return true
+      end
+    elseif responded == true then
+      req:set_phase("response") -- the answer's head, as the response phase would see it
+      out.answer = { status = req._status, headers = req:resp_headers(),
+        body = req._resp_body, by = inst.name }
+      step.responded = req._status
+      return true
+    end
+  end
+  return false
+end
+
+-- ---- balancing ----
+
+local function balancer(cfg, name, req, target)
+  local u = cfg.upstreams and cfg.upstreams[name]
+  if not u then return { name = name, reason = "no such upstream in the config" } end
+  local out = { name = name, policy = u.balance or "round_robin", targets = {} }
+  for _, t in ipairs(u.targets or {}) do
+    if type(t) == "table" then
+      out.targets[#out.targets + 1] = { address = t.address or t[1], weight = t.weight or 1 }
+    else
+      out.targets[#out.targets + 1] = { address = tostring(t), weight = 1 }
+    end
+  end
+  if target then
+    out.target = target
+    out.reason = "req:set_target() chose it: the balancer is bypassed"
+    return out
+  end
+  if #out.targets == 1 then
+    out.target = out.targets[1].address
+    out.reason = "the only target"
+    return out
+  end
+  local p = out.policy
+  if p == "round_robin" then
+    out.reason = format("smooth weighted round robin over %d targets: which one depends on "
+      .. "the worker's earlier picks (and health)", #out.targets)
+  elseif p == "least_conn" then
+    out.reason = "least active requests per weight: depends on live traffic"
+  elseif p == "p2c" then
+    out.reason = "two random choices on peak-EWMA latency: depends on live latency"
+  else
+    local on = u.hash_on or "ip"
+    local key
+    if on == "ip" then key = req:client_ip()
+    elseif on == "path" then key = req:path()
+    else
+      local kind, n = on:match("^(%w+):(.+)$")
+      if kind == "header" then key = req:header(n)
+      elseif kind == "query" then key = req:query(n)
+      elseif kind == "cookie" then
+        local c = "; " .. (req:header("cookie") or "")
+        key = c:match("[;%s]" .. n:gsub("%p", "%%%0") .. "=([^;]*)")
+      end
+    end
+    out.hash_key = key
+    out.reason = key and format("Maglev consistent hash on %s = %q (req:set_hash_key wins)",
+      on, key) or format("hash on %s: no key in this request, a weighted random pick", on)
+  end
+  return out
+end
+
+-- ---- the whole ----
+
+-- cfg: the validated config; opts: runtime.load's (plugin_path, script_path, config_dir);
+-- spec: { line = "GET https://...", headers = { { name, value }, ... }, client_ip = }.
+function M.explain(cfg, opts, spec)
+  local req_line, perr = M.parse_request_line(spec.line)
+  if not req_line then return nil, perr end
+  local T = require "proxy.test"
+  T.reset()
+  if type(cfg.shared) == "table" and next(cfg.shared) then T.shared_dicts(cfg.shared) end
+  T.proxy.config = cfg
+  local runtime = require "luaproxy.runtime"
+  local state, lerr = runtime.load(cfg, opts)
+  if not state then return nil, lerr end
+
+  local headers, has_host = {}, false
+  for _, h in ipairs(spec.headers or {}) do
+    local name, value = h[1], h[2]
+    if name:lower() == "host" then has_host = true end
+    local cur = headers[name]
+    if cur == nil then headers[name] = value
+    elseif type(cur) == "table" then cur[#cur + 1] = value
+    else headers[name] = { cur, value } end
+  end
+  if not has_host then
+    local default_port = req_line.scheme == "https" and 443 or 80
+    headers.Host = req_line.port == default_port and req_line.host
+      or (req_line.host .. ":" .. req_line.port)
+  end
+  local out = { request = { method = req_line.method, url = spec.line:match("%S+$"),
+    uri = req_line.uri, host = req_line.host, headers = spec.headers or {},
+    client_ip = spec.client_ip or "127.0.0.1" }, steps = {}, notes = {} }
+  local conn = tls_choice(cfg, req_line, opts.config_dir or ".")
+  out.listener, out.tls = conn.listener, conn.tls
+  if conn.note then out.notes[#out.notes + 1] = conn.note end
+  local l = conn.listener and cfg.listen[conn.listener.index]
+  if l and (l.real_ip or l.proxy_protocol) and not spec.client_ip then
+    out.notes[#out.notes + 1] = "this listener takes the client address from a trusted "
+      .. "proxy (real_ip / PROXY protocol), which explain does not read: give it with "
+      .. "--client-ip (127.0.0.1 was used)"
+  end
+
+  local upstream_names = {}
+  for name in pairs(cfg.upstreams or {}) do upstream_names[#upstream_names + 1] = name end
+  sort(upstream_names)
+  local tls_spec = out.tls and { protocol = "TLSv1.3", sni = out.tls.sni } or nil
+  local req = T.request({ method = req_line.method, uri = req_line.uri, headers = headers,
+    client_ip = spec.client_ip, scheme = req_line.scheme, tls = tls_spec,
+    upstreams = upstream_names, trace = false })
+  out.routing = routing(cfg, req, T)
+  local route = out.routing.route
+  local chain
+  if route then
+    chain = state.routes[route.index]
+    req._upstream = route.upstream
+    req._params = route.params or {}
+  else
+    chain = state.fallback
+    out.notes[#out.notes + 1] = "no route matched: the global plugins run; without an "
+      .. "upstream chosen by one, the engine answers 404"
+  end
+  local initial = snapshot(req)
+  local PID = runtime.PHASE_ID
+  local answered = run_phase(T, chain[PID.request], "request", req, out)
+  if not answered then answered = run_phase(T, chain[PID.upstream], "upstream", req, out) end
+  out._target_seen = nil
+  if not answered then
+    local up = req:upstream_name()
+    if not up then
+      out.answer = { status = 404, reason = "no route and no plugin chose an upstream" }
+    else
+      out.upstream = balancer(cfg, up, req, target_text(req._target))
+      local final = snapshot(req)
+      local uri = final.uri
+      local strip = route and route.strip_prefix
+      if strip and #strip > 1 and uri == initial.uri then
+        local path, q = uri:match("^([^?]*)(.*)$")
+        if path:sub(1, #strip) == strip then
+          local rest = path:sub(#strip + 1)
+          if rest:sub(1, 1) ~= "/" then rest = "/" .. rest end
+          uri = rest .. q
+          out.notes[#out.notes + 1] = format("strip_prefix: %s removed from the path", strip)
+        end
+      end
+      out.sent = { method = req_line.method, uri = uri, headers = final.headers,
+        changes = diff_headers(initial.headers, final.headers) }
+    end
+  end
+  T.reset()
+  return out
+end
+
+-- ---- text ----
+
+function M.text(r)
+  local L = {}
+  local function add(...) L[#L + 1] = format(...) end
+  add("request    %s %s", r.request.method, r.request.url)
+  if r.listener then
+    add("listener   listen[%d] %s%s", r.listener.index, tostring(r.listener.address),
+      r.listener.tls and " (TLS)" or "")
+  end
+  if r.tls then
+    local c = r.tls.certificate
+    add("tls        SNI %s -> %s", tostring(r.tls.sni or "(none)"), c and format(
+      "certificate #%d (%s): %s", c.index, tostring(c.file), c.why) or "no certificate")
+  end
+  add("routing")
+  for _, t in ipairs(r.routing.tried) do
+    add("  %s #%d %s: %s (%s)", t.matched and "->" or "  ", t.index, t.name,
+      t.matched and "matched" or "no", concat(t.reasons, "; "))
+  end
+  if not r.routing.route then add("  no route matched") end
+  for _, s in ipairs(r.routing.shadowed) do
+    add("  warning: #%d %s can never match: #%d %s catches every request it would", s.index,
+      s.name, s.by, s.by_name)
+  end
+  if #r.steps > 0 then add("plugins (priority order)") end
+  for i, s in ipairs(r.steps) do
+    local ch = {}
+    for _, h in ipairs(s.headers) do
+      if h.op == "removed" then ch[#ch + 1] = "removed header " .. h.name
+      else ch[#ch + 1] = format("%s header %s: %s", h.op, h.name, tostring(h.to)) end
+    end
+    if s.uri then ch[#ch + 1] = format("path %s -> %s", s.uri.from, s.uri.to) end
+    if s.upstream then
+      ch[#ch + 1] = format("upstream %s -> %s", tostring(s.upstream.from), tostring(s.upstream.to))
+    end
+    if s.target then ch[#ch + 1] = "target " .. s.target end
+    if s.responded then ch[#ch + 1] = format("answered %d locally", s.responded) end
+    if s.error then ch[#ch + 1] = "error: " .. s.error end
+    add("  %d. %s [%s] (priority %s, %s): %s", i, s.name, s.phase, tostring(s.priority),
+      tostring(s.where), #ch > 0 and concat(ch, "; ") or "no change")
+    for _, n in ipairs(s.notes) do add("       note: %s", n) end
+  end
+  if r.answer then
+    add("answer     %d%s%s", r.answer.status or 0, r.answer.by and " from " .. r.answer.by or "",
+      r.answer.reason and " (" .. r.answer.reason .. ")" or "")
+    if r.answer.body and r.answer.body ~= "" then
+      local b = r.answer.body
+      add("           body: %s", #b > 200 and (b:sub(1, 200) .. "...") or b)
+    end
+  end
+  if r.upstream then
+    local ts = {}
+    for _, t in ipairs(r.upstream.targets or {}) do
+      ts[#ts + 1] = format("%s (weight %s)", tostring(t.address), tostring(t.weight))
+    end
+    add("upstream   %s (%s): %s", r.upstream.name, tostring(r.upstream.policy), concat(ts, ", "))
+    add("target     %s: %s", r.upstream.target or "(not computed)", tostring(r.upstream.reason))
+  end
+  if r.sent then
+    add("sent       %s %s", r.sent.method, r.sent.uri)
+    local names = {}
+    for k in pairs(r.sent.headers) do names[#names + 1] = k end
+    sort(names)
+    for _, k in ipairs(names) do add("           %s: %s", k, hval(r.sent.headers[k])) end
+  end
+  for _, n in ipairs(r.notes) do add("note       %s", n) end
+  return concat(L, "\n") .. "\n"
+end
+
+-- ---- command line ----
+
+local USAGE = [[
+usage: luaproxy explain -c CONFIG 'METHOD URL' [-H 'Name: value']... [--client-ip IP] [--json]
+what a request would meet before the upstream is contacted, without contacting it: the
+listener and TLS certificate (SNI), routing (which route matched and why the earlier ones did
+not; routes that can never match), each plugin's request and upstream phase in order and its
+changes (headers, path, upstream, target), a local answer, the upstream, target and the
+balancer's reason, and what would be sent. Plugins run on the proxy.test double: network
+calls are refused, timers do not run, shared dicts start empty.
+  --json   the same as a JSON document]]
+
+function M.main(args, env)
+  local config, line, headers, json, client_ip = nil, nil, {}, false, nil
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "-c" then config = args[i + 1]; i = i + 1
+    elseif a == "-H" then
+      local h = args[i + 1] or ""
+      local n, v = h:match("^%s*([^:%s]+)%s*:%s*(.-)%s*$")
+      if not n then io.stderr:write("luaproxy explain: -H expects 'Name: value'\n") return 2 end
+      headers[#headers + 1] = { n, v }
+      i = i + 1
+    elseif a == "--json" then json = true
+    elseif a == "--client-ip" then client_ip = args[i + 1]; i = i + 1
+    elseif a == "-h" or a == "--help" then print(USAGE) return 0
+    elseif not line and a:sub(1, 1) ~= "-" then line = a
+    else io.stderr:write(USAGE, "\n") return 2 end
+    i = i + 1
+  end
+  if not config or not line then io.stderr:write(USAGE, "\n") return 2 end
+  local raw, opts = env.load_config(config)
+  if not raw then io.stderr:write("luaproxy explain: ", opts, "\n") return 1 end
+  local cfg, verr = require("luaproxy.config").check(raw)
+  if not cfg then io.stderr:write("luaproxy explain: ", config, ": ", verr, "\n") return 1 end
+  local r, err = M.explain(cfg, opts, { line = line, headers = headers, client_ip = client_ip })
+  if not r then io.stderr:write("luaproxy explain: ", err, "\n") return 1 end
+  if json then
+    local cjson = require "cjson"
+    print(cjson.encode(M.data(r)))
+  else
+    io.stdout:write(M.text(r))
+  end
+  return 0
+end
+
+-- The report as plain data for JSON (header tables as objects, lists as arrays).
+function M.data(r)
+  r._target_seen = nil
+  return r
+end
+
+return M
