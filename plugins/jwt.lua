@@ -245,6 +245,11 @@ end
 
 -- Per worker and URL: { body =, set =, forced = monotonic time of the last forced refresh }.
 local jwks_state = {}
+-- Decoded JOSE headers by their base64url text: tokens of one issuer share a few. And
+-- decoded claims of verified tokens (tables shared by the requests of one token: other
+-- plugins read req.ctx.jwt_claims, never change it). Per worker, bounded.
+local header_cache, header_cache_n = {}, 0
+local claims_cache, claims_cache_n = {}, 0
 local m_refused -- on GET /metrics
 
 local function dict_of(conf)
@@ -309,6 +314,7 @@ P.refresh = refresh
 -- Forgets this worker's keys (specs: each starts from nothing, as a new worker does).
 function P._reset()
   jwks_state = {}
+  header_cache, header_cache_n = {}, 0
   claims_cache, claims_cache_n = {}, 0
 end
 
@@ -392,11 +398,6 @@ local function token_of(req, conf)
   return nil
 end
 
--- Decoded JOSE headers by their base64url text: tokens of one issuer share a few. And
--- decoded claims of verified tokens (tables shared by the requests of one token: other
--- plugins read req.ctx.jwt_claims, never change it). Per worker, bounded.
-local header_cache, header_cache_n = {}, 0
-local claims_cache, claims_cache_n = {}, 0
 -- claims table -> { [consumer claim name] = consumer table }; weak: goes with its claims.
 local consumers = setmetatable({}, { __mode = "k" })
 

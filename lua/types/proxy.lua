@@ -161,6 +161,13 @@ function Request:teed_body() end
 ---Phase: request. Sends `body` upstream in place of the client's body.
 ---@param body string
 function Request:set_body(body) end
+---Phase: response. Sends the response body compressed by the engine (the compression
+---plugin decides). false when the body is known to be shorter than min_length.
+---@param coding "gzip"|"br"
+---@param level? integer
+---@param min_length? integer
+---@return boolean
+function Request:compress(coding, level, min_length) end
 ---Phases: request, upstream. Answers locally; code after it does not run.
 ---@param status integer
 ---@param body? string
