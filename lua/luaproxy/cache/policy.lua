@@ -491,7 +491,7 @@ function P.storable(method, status, req_headers, resp_headers, opts)
   return false, "no explicit freshness"
 end
 
--- Names the fields listed in a Connection value, plus `extra`, into `set`.
+-- Adds the (lower-cased) field names a Connection value lists to `set`.
 local function add_names(set, value)
   if type(value) == "table" then value = concat(value, ",") end
   if type(value) ~= "string" then return end
