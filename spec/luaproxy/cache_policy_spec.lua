@@ -675,6 +675,18 @@ describe("luaproxy.cache.policy", function()
       assert.is_false(d.stale_if_error)
     end)
 
+    it("says whether the entry may be served stale when the origin is unreachable (§4.2.4)", function()
+      local _, d = eval({ ["cache-control"] = "max-age=10" }, T0 + 1e6)
+      assert.is_true(d.stale_if_disconnected)
+      for _, cc in ipairs({ "max-age=10, must-revalidate", "max-age=10, proxy-revalidate",
+        "s-maxage=10", "max-age=10, no-cache" }) do
+        _, d = eval({ ["cache-control"] = cc }, T0 + 20)
+        assert.is_false(d.stale_if_disconnected, cc)
+      end
+      _, d = eval({ ["cache-control"] = "max-age=10, proxy-revalidate" }, T0 + 20, {}, nil, { shared = false })
+      assert.is_true(d.stale_if_disconnected)
+    end)
+
     it("answers a miss under only-if-cached when the entry cannot be used (§5.2.1.7)", function()
       local dec, d = P.evaluate(nil, P.request_directives({ ["cache-control"] = "only-if-cached" }), T0)
       assert.equal("miss", dec)

@@ -55,7 +55,9 @@
 --       "revalidate" (ask upstream, conditionally when the entry has validators), "miss"
 --       (no usable entry; with details.only_if_cached answer 504).
 --       details = { age, ttl, left (ttl - age), staleness, why, stale_if_error (true when
---       the entry may be served if the upstream fails or answers 5xx), only_if_cached }
+--       the entry may be served if the upstream fails or answers 5xx), stale_if_disconnected
+--       (true when no directive forbids serving it stale: RFC 9111 §4.2.4 allows that when
+--       the origin cannot be reached, at the plugin's choice), only_if_cached }
 --   secondary_key(vary_value, req_headers, max_fields) -> string | false
 --       false for Vary: * or more than max_fields (64) names: never matches, do not store.
 --   conditional(method, req_headers, stored_headers, stored_time) -> 304 | 412 | nil
@@ -614,6 +616,9 @@ function P.evaluate(meta, req_dir, now, opts)
   local sie = max(meta.stale_if_error or -1, req_dir.stale_if_error or -1,
     opts and opts.stale_if_error or -1)
   d.stale_if_error = may_stale and sie >= 0 and -left <= sie or false
+  -- §4.2.4: a cache that cannot reach the origin may serve a stale response unless a
+  -- directive forbids it; whether to is the plugin's choice.
+  d.stale_if_disconnected = may_stale
 
   local function refuse(why)
     d.why = why
