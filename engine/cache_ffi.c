@@ -217,12 +217,16 @@ int lp_ffi_cache_store(void *rp, void *zone, const char *key, size_t klen, const
 }
 
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
-                     const char *head, size_t hlen, double keep)
+                     const char *head, size_t hlen, const char *body, size_t blen, double keep)
 {
     lp_cache_fill_t *f =
-        lp_cache_fill_start(zone, NULL, key, klen, sec, slen, head, hlen, real_now() + keep, 0);
+        lp_cache_fill_start(zone, NULL, key, klen, sec, slen, head, hlen, real_now() + keep, blen);
     if (!f)
         return LP_FFI_ENOSPACE;
+    if (blen && lp_cache_fill_append(f, body, blen)) {
+        lp_cache_fill_abandon(f);
+        return LP_FFI_ENOSPACE;
+    }
     return lp_cache_fill_commit(f) ? LP_FFI_ENOSPACE : 0;
 }
 
@@ -236,7 +240,9 @@ int lp_ffi_cache_respond(void *rp, int status, double first, double last)
         return LP_FFI_EINVAL;
     uint64_t len = lp_cache_entry_body_len(rc->hit);
     uint64_t from = 0, to = len; /* [from, to) */
-    if (first >= 0) {
+    if (first <= -2 || status == 204 || status == 304) {
+        to = 0; /* an answer without the entry's body (304, 412, 416) */
+    } else if (first >= 0) {
         if (first >= (double)len || last < first)
             return LP_FFI_EINVAL;
         from = (uint64_t)first;
@@ -253,7 +259,7 @@ int lp_ffi_cache_respond(void *rp, int status, double first, double last)
         rc->chunk = rc->chunk->next;
     }
     rc->chunk_off = (size_t)from;
-    rc->left = to - (first >= 0 ? (uint64_t)first : 0);
+    rc->left = to - (first >= 0 && to ? (uint64_t)first : 0);
     r->resp.local_body_len = (size_t)rc->left;
     r->resp.status = status;
     r->flags |= LP_RF_LOCAL;

@@ -1234,6 +1234,13 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
         return rc;
     if (rc == LP_ERROR)
         return 500;
+    if (req->flags & LP_RF_LOCAL) {
+        /* The cache answered from an entry instead (a 304 that revalidated it, a 5xx it
+         * serves stale over): the upstream exchange is dropped (conn_after_lua), so the
+         * caller must not touch it again. */
+        lp_conn_lua_resumed(req, LP_PHASE_RESPONSE, LP_OK);
+        return LP_GONE;
+    }
     return conn_send_head(req, rh) ? 502 : 0;
 }
 

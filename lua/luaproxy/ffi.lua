@@ -127,7 +127,7 @@ int lp_ffi_cache_locked(void *zone, const char *key, size_t klen);
 int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const char *sec,
                        size_t slen, const char *head, size_t hlen, double keep);
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
-                     const char *head, size_t hlen, double keep);
+                     const char *head, size_t hlen, const char *body, size_t blen, double keep);
 int lp_ffi_cache_respond(void *r, int status, double first, double last);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
