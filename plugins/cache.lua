@@ -185,6 +185,22 @@ local function keep_for(meta, conf, now)
   return max(left, 0) + stale + 1
 end
 
+-- Decoded heads, per worker VM, by head text: a hit on a hot entry decodes nothing. The
+-- tables are shared by every hit on that head and never changed (serve copies what it
+-- adds). Bounded: emptied when it holds 4096 heads.
+local decoded, ndecoded = {}, 0
+
+local function decode_cached(head)
+  local d = decoded[head]
+  if d then return d[1], d[2] end
+  local meta, headers = decode(head)
+  if not meta then return nil end
+  if ndecoded >= 4096 then decoded, ndecoded = {}, 0 end
+  decoded[head] = { meta, headers }
+  ndecoded = ndecoded + 1
+  return meta, headers
+end
+
 -- The entry stored for key that fits this request: meta, headers, body length; or nil (and
 -- the secondary key when the key varies).
 local function lookup(req, z, key, rh, conf)
@@ -197,7 +213,7 @@ local function lookup(req, z, key, rh, conf)
     head, blen = z:get(req, key, sec)
     if not head then return nil, nil, nil, sec end
   end
-  local meta, headers = decode(head)
+  local meta, headers = decode_cached(head)
   if not meta then return nil end
   return meta, headers, blen, sec
 end
