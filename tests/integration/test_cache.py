@@ -159,6 +159,15 @@ class CacheTest(H.ProxyTestCase):
         self.assertGreater(after["bytes"], 0)
         for k in ("expired", "stale", "revalidated", "bypass", "capacity", "evicted"):
             self.assertIn(k, after)
+        c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
+        try:
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+        finally:
+            c.close()
+        self.assertIn('luaproxy_cache_requests_total{zone="t",result="hit"} %d' % after["hit"], text)
+        self.assertIn('luaproxy_cache_fills_total{zone="t",result="stored"} %d' % after["stored"], text)
+        self.assertIn('luaproxy_cache_entries{zone="t"}', text)
 
     def test_lua_cache_key(self):
         # The route's cache_key ignores the query: both share one entry.
