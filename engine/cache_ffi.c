@@ -1,6 +1,7 @@
 /* The response cache's FFI functions (the cache plugin's calls, lua/luaproxy/cache.lua) and
  * its hooks on the request path (cache_req.h). The store (cache_store.c) knows bytes; the
  * policy is Lua's. Everything here runs on the request's worker thread. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,9 +22,17 @@ static double real_now(void)
 }
 
 /* Heads read out of the store land here (copied under the zone's lock), then ffi.string. One
- * per thread; grown as needed, never shrunk (heads are small). */
+ * per thread (owned by it); grown as needed, never shrunk (heads are small); a thread-specific
+ * key frees it when the thread ends. */
 static _Thread_local char *scratch;
 static _Thread_local size_t scratch_cap;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_key_make(void)
+{
+    pthread_key_create(&scratch_key, free);
+}
 
 /* ---- the request path ---- */
 
@@ -309,6 +318,8 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
             rc->hit = NULL;
             return LP_FFI_ENOSPACE;
         }
+        pthread_once(&scratch_once, scratch_key_make);
+        pthread_setspecific(scratch_key, s);
         scratch = s;
         scratch_cap = n;
     }
