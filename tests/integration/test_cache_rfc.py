@@ -137,13 +137,25 @@ class CacheRfcTest(H.ProxyTestCase):
             r = self.get(path, headers)
             self.assertEqual(r.body, first.body)
         self.assertEqual(self.origin.count(path), 1, "expected the later requests from the cache")
+        self.assertHit(r)
         return first, r
 
     def assertNotReused(self, path, headers=None):
         self.get(path, headers)
         r = self.get(path, headers)
         self.assertEqual(self.origin.count(path), 2, "expected the second request forwarded")
+        self.assertForwarded(r)
         return r
+
+    def assertForwarded(self, r):
+        """The cache handled the request (its Cache-Status member is there) and forwarded it."""
+        bare, kv = self.status_params(r)
+        self.assertIn("fwd", kv, r.header("cache-status"))
+        self.assertNotIn("hit", bare)
+
+    def assertHit(self, r):
+        bare, _ = self.status_params(r)
+        self.assertIn("hit", bare, r.header("cache-status"))
 
     def status_params(self, r):
         """Our member of Cache-Status: (set of bare params, {param: value})."""
@@ -269,7 +281,7 @@ class CacheRfcTest(H.ProxyTestCase):
         p = self.path()
         self.origin.script(p, ok("v1", ("Cache-Control", "max-age=3600")))
         self.get(p, {"Cache-Control": "no-store"})
-        self.get(p)
+        self.assertForwarded(self.get(p))
         self.assertEqual(self.origin.count(p), 2)
 
     def test_authorization_not_stored(self):
@@ -280,6 +292,7 @@ class CacheRfcTest(H.ProxyTestCase):
         r = self.get(p)
         self.assertEqual(self.origin.count(p), 3)
         self.assertEqual(r.status, 200)
+        self.assertForwarded(r)
 
     def test_authorization_with_public_stored(self):
         p = self.path()
@@ -403,21 +416,21 @@ class CacheRfcTest(H.ProxyTestCase):
         p = self.path()
         self.origin.script(p, ok("v1", ("Cache-Control", "max-age=3600")))
         self.get(p)
-        self.get(p, {"Cache-Control": "no-cache"})
+        self.assertForwarded(self.get(p, {"Cache-Control": "no-cache"}))
         self.assertEqual(self.origin.count(p), 2)
 
     def test_request_pragma_no_cache_forwards(self):
         p = self.path()
         self.origin.script(p, ok("v1", ("Cache-Control", "max-age=3600")))
         self.get(p)
-        self.get(p, {"Pragma": "no-cache"})
+        self.assertForwarded(self.get(p, {"Pragma": "no-cache"}))
         self.assertEqual(self.origin.count(p), 2)
 
     def test_request_max_age_zero_forwards(self):
         p = self.path()
         self.origin.script(p, ok("v1", ("Cache-Control", "max-age=3600")))
         self.get(p)
-        self.get(p, {"Cache-Control": "max-age=0"})
+        self.assertForwarded(self.get(p, {"Cache-Control": "max-age=0"}))
         self.assertEqual(self.origin.count(p), 2)
 
     def test_request_max_stale_serves_stale(self):
@@ -432,7 +445,7 @@ class CacheRfcTest(H.ProxyTestCase):
         p = self.path()
         self.origin.script(p, ok("v1", ("Cache-Control", "max-age=100")))
         self.get(p)
-        self.get(p, {"Cache-Control": "min-fresh=1000"})
+        self.assertForwarded(self.get(p, {"Cache-Control": "min-fresh=1000"}))
         self.assertEqual(self.origin.count(p), 2)
 
     def test_only_if_cached_miss_is_504(self):
@@ -555,6 +568,7 @@ class CacheRfcTest(H.ProxyTestCase):
         self.origin.script(p, lambda req: ok("v%d" % self.origin.count(p),
                                              ("Cache-Control", "max-age=3600")))
         self.get(p)
+        self.assertHit(self.get(p))
         self.get(p, method="POST", body=b"x")
         r = self.get(p)
         self.assertEqual(self.origin.count(p), 3)
@@ -570,7 +584,7 @@ class CacheRfcTest(H.ProxyTestCase):
         self.origin.script(p, answer)
         self.get(p)
         self.get(p, method="POST", body=b"x")
-        self.get(p)
+        self.assertHit(self.get(p))
         self.assertEqual(self.origin.count(p), 2)
 
     def test_location_same_origin_invalidated(self):
@@ -579,8 +593,20 @@ class CacheRfcTest(H.ProxyTestCase):
         self.origin.script(p, lambda req: (201, [("Date", http_date()), ("Location", other)], "made")
                            if req.method == "POST" else ok("p", ("Cache-Control", "max-age=3600")))
         self.get(other)
+        self.assertHit(self.get(other))
         self.get(p, method="POST", body=b"x")
+        self.assertForwarded(self.get(other))
+        self.assertEqual(self.origin.count(other), 2)
+
+    def test_content_location_same_origin_invalidated(self):
+        p, other = self.path(), self.path() + "-other"
+        self.origin.script(other, ok("o", ("Cache-Control", "max-age=3600")))
+        self.origin.script(p, lambda req: (200, [("Date", http_date()), ("Content-Location", other)],
+                                           "put") if req.method == "PUT"
+                           else ok("p", ("Cache-Control", "max-age=3600")))
         self.get(other)
+        self.get(p, method="PUT", body=b"x")
+        self.assertForwarded(self.get(other))
         self.assertEqual(self.origin.count(other), 2)
 
     def test_location_other_origin_not_invalidated(self):
@@ -591,7 +617,7 @@ class CacheRfcTest(H.ProxyTestCase):
                            if req.method == "POST" else ok("p", ("Cache-Control", "max-age=3600")))
         self.get(other)
         self.get(p, method="POST", body=b"x")
-        self.get(other)
+        self.assertHit(self.get(other))
         self.assertEqual(self.origin.count(other), 1)
 
     # ------------------------------------------------------------------ Vary (§4.1)
@@ -624,6 +650,7 @@ class CacheRfcTest(H.ProxyTestCase):
         self.origin.script(p, ok("v1", ("Cache-Control", "max-age=3600"), ("Age", "100")))
         self.get(p)
         r = self.get(p)
+        self.assertHit(r)
         self.assertGreaterEqual(int(r.header("age")), 100)
 
     def test_cache_status_miss_then_hit(self):
