@@ -865,6 +865,25 @@ describe("luaproxy.cache.policy", function()
     end)
   end)
 
+  describe("forward_headers (§4.3.1, §4.3.2)", function()
+    it("removes the client's preconditions and Range on a miss", function()
+      assert.same({ ["if-none-match"] = false, range = false, ["if-modified-since"] = false },
+        P.forward_headers({ ["if-none-match"] = '"a"', range = "bytes=0-1",
+          ["if-modified-since"] = "x", accept = "*/*" }))
+      assert.same({}, P.forward_headers({ accept = "*/*" }))
+      assert.same({}, P.forward_headers(nil))
+    end)
+
+    it("sends the stored entry's validators instead of the client's", function()
+      local lm = "Sun, 06 Nov 1994 08:49:37 GMT"
+      assert.same({ ["if-none-match"] = '"s"', ["if-modified-since"] = lm, ["if-match"] = false,
+        ["if-range"] = false, ["if-unmodified-since"] = false },
+        P.forward_headers({ ["if-none-match"] = '"c"', ["if-match"] = '"c"', ["if-range"] = '"c"',
+          ["if-unmodified-since"] = lm }, { etag = '"s"', ["last-modified"] = lm }))
+      assert.same({ ["if-none-match"] = false }, P.forward_headers({ ["if-none-match"] = '"c"' }, {}))
+    end)
+  end)
+
   describe("merge_304 (§3.2, §4.3.4)", function()
     local STORED = { ["content-type"] = "text/plain", ["content-length"] = "5", etag = '"a"',
       ["cache-control"] = "max-age=1", date = D(T0), ["test-header"] = "A", age = "3",

@@ -64,6 +64,8 @@
 --   merge_304(stored_headers, headers_304, opts) -> headers, client_only
 --       client_only: fields for the current response only (Set-Cookie when not stored).
 --   validators(stored_headers) -> { ["if-none-match"] = etag, ["if-modified-since"] = date }
+--   forward_headers(req_headers, stored_headers | nil) -> { name = value | false (remove) }
+--       header changes for the request the cache sends upstream on a miss or revalidation
 --   parse_range(range, length, if_range, stored_headers, opts) -> nil | {{first,last},...}
 --       | "unsatisfiable"
 --   invalidations(method, status, req_key_parts, resp_headers) -> { uri, ... }, { parts, ... }
@@ -803,6 +805,26 @@ function P.validators(stored_headers)
   if etag and parse_etag(etag) then out["if-none-match"] = etag end
   local lm = first(st, "last-modified")
   if lm and P.parse_http_date(lm) then out["if-modified-since"] = lm end
+  return out
+end
+
+-- The request header changes for a request the cache forwards to fill or revalidate an entry
+-- for a GET: { name = value | false (remove) }. The client's own preconditions and Range are
+-- removed, so the origin answers in full (or 304 to the cache's validators) and the cache
+-- evaluates them itself against what it then holds (RFC 9111 §4.3.1, §4.3.2); with a stored
+-- entry, its validators are sent.
+local CLIENT_CONDITIONS = { "if-match", "if-none-match", "if-modified-since",
+  "if-unmodified-since", "if-range", "range" }
+
+function P.forward_headers(req_headers, stored_headers)
+  local rq = req_headers or EMPTY
+  local out = {}
+  for _, name in ipairs(CLIENT_CONDITIONS) do
+    if rq[name] ~= nil then out[name] = false end
+  end
+  if stored_headers then
+    for name, v in pairs(P.validators(stored_headers)) do out[name] = v end
+  end
   return out
 end
 
