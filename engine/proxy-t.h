@@ -308,6 +308,24 @@ typedef struct lp_resp_s {
     uint64_t body_out;     /* response body bytes queued to the client */
 } lp_resp_t;
 
+/* A request's part in the response cache (engine/cache_ffi.c, cache_store.h): what the
+ * cache plugin looked up, the fill its response feeds, and a hit's body being written.
+ * Zeroed by lp_req_new, released by lp_req_end (lp_cache_req_end). */
+typedef struct lp_req_cache_s {
+    struct lp_cache_fill_s *fill;         /* owned: the fill this response feeds, or the key lock it
+                                             holds (coalescing); NULL: none */
+    struct lp_cache_entry_s *hit;         /* reference: the entry last looked up; NULL: none */
+    struct lp_cache_zone_s *hit_zone;     /* borrowed (the generation's config holds a reference):
+                                             hit's zone */
+    struct lp_cache_entry_s *body;        /* reference: the entry whose body is the response's body
+                                             (a hit); NULL: none */
+    const struct lp_cache_chunk_s *chunk; /* borrowed from body: the next chunk to queue */
+    size_t chunk_off;                     /* bytes of chunk already queued */
+    uint64_t left;                        /* body bytes still to queue */
+    lp_buf_t *pin; /* owned reference: the block write batches pin body's bytes with (its
+                      release drops the entry); NULL while nothing is queued */
+} lp_req_cache_t;
+
 /* One request on a client connection, from its head to its log line. Its lifetime is its
  * own (request.h: a reference count, LP_RF_ENDED); its parts have owners: `try` is the
  * upstream side's, `resp` the response's, `lua` the VM's. */
@@ -355,6 +373,7 @@ struct lp_req_s {
     lp_logfields_t log_fields;  /* req:log_field()'s, for the access log line (buffer kept
                                    while the request is recycled) */
     lp_trace_t trace;           /* its trace context and try spans (trace.h) */
+    lp_req_cache_t cache;       /* the response cache's (see above) */
 };
 
 /* Connection flags (LP_CF_*); the socket's own are the endpoint's (LP_EPF_*). */

@@ -1,6 +1,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "accesslog.h"
+#include "cache_req.h"
 #include "conn.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -103,6 +104,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->body_len = 0;
     req->body_max = 0;
     resp_reset(&req->resp);
+    memset(&req->cache, 0, sizeof(req->cache));
     lp_upstream_try_reset(req);
     req->trace.on = req->trace.recorded = req->trace.ntries = req->trace.cur_try = 0;
     return req;
@@ -254,6 +256,7 @@ void lp_req_end(lp_req_t *req)
     free(req->resp.local_body);
     req->resp.local_body = NULL;
     req->resp.local_body_len = 0;
+    lp_cache_req_end(req); /* a fill not committed is dropped, never linked */
     if (req->try.peer) {
         lp_peer_abort(req->try.peer);
         req->try.peer = NULL;

@@ -119,6 +119,19 @@ typedef struct lp_waf_hits {
 } lp_waf_hits_t;
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
                           unsigned int flags, void *ctx);
+void *lp_ffi_cache_zone(const char *name, size_t n);
+int lp_ffi_cache_get(void *r, void *zone, const char *key, size_t klen, const char *sec,
+                     size_t slen, lp_str_t *head, double *body_len);
+int lp_ffi_cache_lock(void *r, void *zone, const char *key, size_t klen, double timeout);
+int lp_ffi_cache_locked(void *zone, const char *key, size_t klen);
+int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const char *sec,
+                       size_t slen, const char *head, size_t hlen, double keep);
+int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
+                     const char *head, size_t hlen, const char *body, size_t blen, double keep);
+int lp_ffi_cache_respond(void *r, int status, double first, double last);
+int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
+void lp_ffi_cache_count(void *zone, int what);
 ]]
 
 return {
@@ -148,4 +161,7 @@ return {
   HR_HEAD = 1, HR_DONE = 2, HR_WAIT = 4, HR_ESOCK = -1,
   -- lp_ffi_trace_ids bits
   TRACE_SAMPLED = 1, TRACE_PARENT = 2, TRACE_RECORDED = 4,
+  -- the response cache (engine/cache_store.h): purge modes, counters
+  CACHE_PURGE_KEY = 0, CACHE_PURGE_PREFIX = 1, CACHE_PURGE_ALL = 2,
+  CACHE_C = { hit = 0, miss = 1, expired = 2, stale = 3, revalidated = 4, bypass = 5 },
 }
