@@ -420,6 +420,18 @@ describe("luaproxy.cache.policy", function()
       assert.is_true((st(200, h, {}, { cache_set_cookie = "strip" })))
     end)
 
+    it("stores a Set-Cookie response whose no-cache= or private= names the cookie (§3.1)", function()
+      local h = { ["cache-control"] = 'max-age=60, no-cache="Set-Cookie"', ["set-cookie"] = "a=b" }
+      assert.is_true((st(200, h)))
+      assert.is_nil(P.stored_headers(h)["set-cookie"])
+      h["cache-control"] = 'max-age=60, private="x, set-cookie"'
+      assert.is_true((st(200, h)))
+      assert.is_nil(P.stored_headers(h)["set-cookie"])
+      assert.same({ false, "set-cookie" }, { st(200, h, {}, { shared = false }) })
+      h["cache-control"] = 'max-age=60, no-cache="x"'
+      assert.same({ false, "set-cookie" }, { st(200, h) })
+    end)
+
     it("refuses Vary: * and huge Vary lists", function()
       assert.same({ false, "vary" }, { st(200, { ["cache-control"] = "max-age=60", vary = "*" }) })
       assert.same({ false, "vary" },

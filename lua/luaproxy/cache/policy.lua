@@ -449,6 +449,19 @@ local function status_allowed(statuses, status)
   return false
 end
 
+-- True when no-cache="..." (or, in a shared cache, private="...") names Set-Cookie: the
+-- response is stored without it (§3.1), so the cookie rule does not refuse it.
+local function cookie_listed(cc, shared)
+  for _, d in ipairs(shared and { "no-cache", "private" } or { "no-cache" }) do
+    if qualified(cc[d]) then
+      for _, n in ipairs(P.field_names(cc[d])) do
+        if n == "set-cookie" then return true end
+      end
+    end
+  end
+  return false
+end
+
 function P.storable(method, status, req_headers, resp_headers, opts)
   local rq, rs = req_headers or EMPTY, resp_headers or EMPTY
   local shared = is_shared(opts)
@@ -471,7 +484,8 @@ function P.storable(method, status, req_headers, resp_headers, opts)
     and cc["must-revalidate"] == nil then
     return false, "authorization"
   end
-  if rs["set-cookie"] ~= nil and not (opts and opts.cache_set_cookie) then
+  if rs["set-cookie"] ~= nil and not (opts and opts.cache_set_cookie)
+    and not cookie_listed(cc, shared) then
     return false, "set-cookie"
   end
   local vary = joined(rs, "vary")
