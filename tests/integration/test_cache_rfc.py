@@ -1126,6 +1126,88 @@ class CacheRfcTest(H.ProxyTestCase):
         self.assertEqual(self.origin.count(p), 2, "one background refresh per key")
 
 
+    def test_invalidation_with_host_in_other_case(self):
+        p = self.path()
+        self.origin.script(p, lambda req: ok("v", ("Cache-Control", "max-age=3600"))
+                           if req.method == "GET" else (204, [("Date", http_date())], b""))
+        self.get(p, host="Mixed.Test")
+        self.assertHit(self.get(p, host="Mixed.Test"))
+        self.get(p, method="POST", body=b"x", host="Mixed.Test")
+        self.assertForwarded(self.get(p, host="Mixed.Test"))
+
+    def test_host_cannot_forge_another_path_key(self):
+        p = self.path()
+        victim = "/evil" + p
+
+        def answer(req):
+            return ok("host=%s target=%s" % (req.header("host"), req.target),
+                      ("Cache-Control", "max-age=3600"))
+        self.origin.script(p, answer)
+        self.origin.script(victim, answer)
+        forged = self.get(p, host="a.test/evil")
+        r = self.get(victim, host="a.test")
+        if forged.status < 400:
+            self.assertEqual(r.body, ("host=a.test target=%s" % victim).encode(),
+                             "a Host holding a path poisoned another path's entry")
+        self.assertEqual(r.body, ("host=a.test target=%s" % victim).encode())
+
+    def test_client_if_modified_since_against_date_without_last_modified(self):
+        p = self.path()
+        date = http_date(-100)
+        self.origin.script(p, (200, [("Date", date), ("Cache-Control", "max-age=3600")], "v"))
+        self.get(p)
+        self.assertEqual(self.get(p, {"If-Modified-Since": date}).status, 304)
+        self.assertEqual(self.get(p, {"If-Modified-Since": http_date(-1000)}).status, 200)
+
+    def test_client_if_unmodified_since_failure_is_412(self):
+        p = self.path()
+        self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600"), ("Last-Modified", http_date(-100))))
+        self.get(p)
+        self.assertEqual(self.get(p, {"If-Unmodified-Since": http_date(-1000)}).status, 412)
+        self.assertEqual(self.get(p, {"If-Unmodified-Since": http_date(-10)}).status, 200)
+
+    def test_changed_representation_replaces_stale_entry(self):
+        p = self.path()
+        self.origin.script(p, ok("one", ("Cache-Control", "max-age=1"), ("Age", "5"), ("ETag", '"1"')),
+                           ok("two", ("Cache-Control", "max-age=3600"), ("ETag", '"2"')))
+        self.get(p)
+        self.assertEqual(self.get(p).body, b"two")
+        r = self.get(p)
+        self.assertHit(r)
+        self.assertEqual((r.body, r.header("etag")), (b"two", '"2"'))
+
+    def test_request_stale_if_error(self):
+        p = self.path()
+        self.origin.script(p, ok("old", ("Cache-Control", "max-age=1"), ("Age", "5")),
+                           (500, [("Date", http_date())], "boom"))
+        self.get(p)
+        r = self.get(p, {"Cache-Control": "stale-if-error=3600"})
+        self.assertEqual((r.status, r.body), (200, b"old"))
+
+    def test_cache_status_not_stored(self):
+        p = self.path()
+        self.origin.script(p, ok("v", ("Cache-Control", "no-store")))
+        bare, kv = self.status_params(self.get(p))
+        self.assertIn(kv.get("fwd"), ("miss", "uri-miss", "request"))
+        self.assertNotIn("stored", bare)
+
+    def test_cache_status_prior_kept_on_hit(self):
+        p = self.path()
+        self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600"),
+                                 ("Cache-Status", "origin-cache; hit")))
+        self.get(p)
+        r = self.get(p)
+        self.assertHit(r)
+        self.assertTrue(r.header("cache-status").startswith("origin-cache; hit, luaproxy; hit"),
+                        r.header("cache-status"))
+
+    def test_client_conditional_head_from_cache(self):
+        p = self.path()
+        self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600"), ("ETag", '"h"')))
+        self.get(p)
+        self.assertEqual(self.get(p, {"If-None-Match": '"h"'}, method="HEAD").status, 304)
+        self.assertEqual(self.origin.count(p), 1)
+
 class TlsScriptedOrigin(ScriptedOrigin):
     """The scripted origin behind TLS (a self-signed certificate; the proxy does not verify)."""
 
