@@ -84,19 +84,16 @@ void lp_cache_req_end(lp_req_t *req)
     lp_cache_req_body_done(req);
 }
 
-/* A pin over an entry: an lp_buf_t without data whose release drops the entry. Write batches
- * take a reference per iovec; the last one (the batch's write callback, or the request's own
- * in lp_cache_req_body_done) frees it. */
-typedef struct {
-    lp_buf_t b;          /* refs counted on this thread (the worker's batches) */
-    lp_cache_entry_t *e; /* reference: the entry whose bytes the iovecs point into */
-} cache_pin_t;
-
+/* A pin over an entry: an lp_buf_t whose data holds the entry pointer (a reference) and
+ * whose release drops it. Write batches take a reference per iovec; the last one (the batch's
+ * write callback, or the request's own in lp_cache_req_body_done) frees it. Its refs are
+ * counted on this worker's thread only, like every block's. */
 static void pin_release(lp_buf_t *b)
 {
-    cache_pin_t *p = LP_CONTAINER_OF(b, cache_pin_t, b);
-    lp_cache_entry_unref(p->e);
-    free(p);
+    lp_cache_entry_t *e;
+    memcpy(&e, b->data, sizeof(e));
+    lp_cache_entry_unref(e);
+    free(b);
 }
 
 lp_buf_t *lp_cache_req_pin(lp_req_t *req)
@@ -104,14 +101,16 @@ lp_buf_t *lp_cache_req_pin(lp_req_t *req)
     lp_req_cache_t *rc = &req->cache;
     if (rc->pin)
         return rc->pin;
-    cache_pin_t *p = calloc(1, sizeof(*p));
-    if (!p)
+    lp_buf_t *b = calloc(1, sizeof(*b) + sizeof(lp_cache_entry_t *));
+    if (!b)
         return NULL;
-    p->b.refs = 1; /* rc->pin's */
-    p->b.release = pin_release;
-    p->e = lp_cache_entry_ref(rc->body);
-    rc->pin = &p->b;
-    return rc->pin;
+    b->refs = 1; /* rc->pin's */
+    b->cap = sizeof(lp_cache_entry_t *);
+    b->release = pin_release;
+    lp_cache_entry_t *e = lp_cache_entry_ref(rc->body);
+    memcpy(b->data, &e, sizeof(e));
+    rc->pin = b;
+    return b;
 }
 
 char *lp_cache_req_copy(lp_req_t *req)

@@ -209,6 +209,7 @@ describe("proxy.test", function()
         set_max_body_size = { 1024 },
         param = { "id" },
         log_field = { "k", "v" },
+        set_cache_key = { "k" }, cache_ttl = { 10 },
       }
       for name, allowed in pairs(phases.methods) do
         assert.is_function(req[name], name)
