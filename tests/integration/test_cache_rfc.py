@@ -16,8 +16,16 @@ Range 206/416/If-Range, client conditionals answered from the cache, invalidatio
 unsafe methods (same origin only), Vary variants, and poisoning guards (Host, query,
 Vary, Authorization).
 
+Also the configured policy (default_ttl, statuses, heuristic, stale windows, a private
+cache), Cache-Status details (stored, fwd=stale with fwd-status, negative ttl, the
+upstream's member kept), and a TLS upstream (the background refresh).
+
 Each test has its own path, so they share one proxy and one origin. No test waits for
-time to pass: staleness comes from the origin's Age and Date headers."""
+time to pass: staleness comes from the origin's Age and Date headers. A test that only
+checks something was not reused also checks the cache handled the request (its
+Cache-Status member), so it cannot pass with the cache switched off. Tests marked
+expectedFailure name a finding in /work/wt/cacherfc.FINDINGS (the engine's, not the
+policy's)."""
 
 import email.utils
 import os
