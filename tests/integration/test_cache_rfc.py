@@ -23,9 +23,9 @@ upstream's member kept), and a TLS upstream (the background refresh).
 Each test has its own path, so they share one proxy and one origin. No test waits for
 time to pass: staleness comes from the origin's Age and Date headers. A test that only
 checks something was not reused also checks the cache handled the request (its
-Cache-Status member), so it cannot pass with the cache switched off. Tests marked
-expectedFailure name a finding in /work/wt/cacherfc.FINDINGS (the engine's, not the
-policy's)."""
+Cache-Status member), so it cannot pass with the cache switched off. A test marked
+expectedFailure says above it which behaviour of the cache plugin it exposes (a finding
+for the plugin, not for the policy module)."""
 
 import email.utils
 import os
@@ -944,7 +944,7 @@ class CacheRfcTest(H.ProxyTestCase):
         r = self.get(p)
         self.assertEqual(r.header("content-type"), "text/x-new")
 
-    # Finding F1 (/work/wt/cacherfc.FINDINGS): the plugin drops the second value of
+    # Finding F1: the plugin drops the second value of
     # policy.merge_304 (client_only), so the client whose request a 304 answered never gets
     # the 304's Set-Cookie.
     @unittest.expectedFailure
@@ -1261,7 +1261,7 @@ class CacheRfcTlsUpstreamTest(H.ProxyTestCase):
             cache={"zones": {ZONE: {"memory": "4m"}}})
         cls.port = cls.proxy.port
 
-    # Finding F2 (/work/wt/cacherfc.FINDINGS): the background refresh asks
+    # Finding F2: the background refresh asks
     # "http://" .. target whatever the upstream's TLS setting, so against a TLS upstream it
     # never reaches the origin and the stale entry is served for the whole window.
     @unittest.expectedFailure
