@@ -614,6 +614,13 @@ end
 
 -- Serving (§4, §4.2.4, RFC 5861) ---------------------------------------------------------------
 
+-- The entry cannot be used as it is: upstream, or 504 under only-if-cached.
+local function refuse(d, req_dir, why)
+  d.why = why
+  if req_dir.only_if_cached then return "miss", d end
+  return "revalidate", d
+end
+
 function P.evaluate(meta, req_dir, now, opts)
   req_dir = req_dir or EMPTY
   local d = { only_if_cached = req_dir.only_if_cached or nil }
@@ -636,21 +643,15 @@ function P.evaluate(meta, req_dir, now, opts)
   -- directive forbids it; whether to is the plugin's choice.
   d.stale_if_disconnected = may_stale
 
-  local function refuse(why)
-    d.why = why
-    if req_dir.only_if_cached then return "miss", d end
-    return "revalidate", d
-  end
-
-  if meta.no_cache then return refuse("response no-cache") end
-  if req_dir.no_cache then return refuse("request no-cache") end
-  if req_dir.max_age and age > req_dir.max_age then return refuse("request max-age") end
+  if meta.no_cache then return refuse(d, req_dir, "response no-cache") end
+  if req_dir.no_cache then return refuse(d, req_dir, "request no-cache") end
+  if req_dir.max_age and age > req_dir.max_age then return refuse(d, req_dir, "request max-age") end
   if fresh then
-    if req_dir.min_fresh and left < req_dir.min_fresh then return refuse("request min-fresh") end
+    if req_dir.min_fresh and left < req_dir.min_fresh then return refuse(d, req_dir, "request min-fresh") end
     d.why = "fresh"
     return "fresh", d
   end
-  if not may_stale then return refuse("stale, must-revalidate") end
+  if not may_stale then return refuse(d, req_dir, "stale, must-revalidate") end
   local ms = req_dir.max_stale
   if ms == true or (type(ms) == "number" and -left <= ms) then
     d.why = "request max-stale"
@@ -661,7 +662,7 @@ function P.evaluate(meta, req_dir, now, opts)
     d.why = "stale-while-revalidate"
     return "stale_while_revalidate", d
   end
-  return refuse("stale")
+  return refuse(d, req_dir, "stale")
 end
 
 -- Vary (§4.1) ---------------------------------------------------------------------------------
