@@ -386,6 +386,13 @@ describe("luaproxy.cache.policy", function()
       assert.same({ false, "request no-store" }, { st(200, MA, { ["cache-control"] = "no-store" }) })
     end)
 
+    it("refuses a response to a GET with content (RFC 9110 §9.3.1: not part of the key)", function()
+      assert.same({ false, "request content" }, { st(200, MA, { ["content-length"] = "4" }) })
+      assert.same({ false, "request content" }, { st(200, MA, { ["transfer-encoding"] = "chunked" }) })
+      assert.same({ false, "request content" }, { st(200, MA, { ["content-length"] = { "0", "4" } }) })
+      assert.is_true((st(200, MA, { ["content-length"] = "0" })))
+    end)
+
     it("must-understand: ignores no-store for understood statuses only (§5.2.2.3)", function()
       local h = { ["cache-control"] = "must-understand, no-store, max-age=60" }
       assert.same({ true, "max-age" }, { st(200, h) })

@@ -1216,6 +1216,28 @@ class CacheRfcTest(H.ProxyTestCase):
         self.assertEqual(self.get(p, {"If-None-Match": '"h"'}, method="HEAD").status, 304)
         self.assertEqual(self.origin.count(p), 1)
 
+    def test_absolute_form_target_cannot_poison_another_host(self):
+        p = self.path()
+        self.origin.script(p, lambda req: ok("host=%s" % req.header("host"),
+                                             ("Cache-Control", "max-age=3600")))
+        first = self.get("http://victim.test" + p, host="attacker.test")
+        r = self.get(p, host="victim.test")
+        if first.status < 400:
+            self.assertEqual(r.body, b"host=victim.test",
+                             "a request for one host was stored under another's key")
+        r = self.get(p, host="attacker.test")
+        self.assertIn(r.body, (b"host=attacker.test", b"host=victim.test"))
+        if r.body == b"host=victim.test":
+            self.assertNotEqual(first.body, b"host=attacker.test")
+
+    def test_get_with_body_not_stored_for_others(self):
+        p = self.path()
+        self.origin.script(p, lambda req: ok("body=%s" % req.body.decode(),
+                                             ("Cache-Control", "max-age=3600")))
+        self.get(p, body=b"evil")
+        r = self.get(p)
+        self.assertEqual(r.body, b"body=", "a GET's body chose what others are served")
+
 class TlsScriptedOrigin(ScriptedOrigin):
     """The scripted origin behind TLS (a self-signed certificate; the proxy does not verify)."""
 

@@ -472,6 +472,12 @@ function P.storable(method, status, req_headers, resp_headers, opts)
   if not status_allowed(opts and opts.statuses, status) then return false, "status not allowed" end
   local rcc = P.parse_cache_control(rq["cache-control"])
   if rcc["no-store"] ~= nil then return false, "request no-store" end
+  -- A GET's content has no defined meaning (RFC 9110 §9.3.1) and is not part of the key: a
+  -- response it chose must not be served to requests without it (a "fat GET" poisoning).
+  local cl = joined(rq, "content-length")
+  if rq["transfer-encoding"] ~= nil or (cl ~= nil and not find(cl, "^[ \t,0]*$")) then
+    return false, "request content"
+  end
   local cc = P.parse_cache_control(rs["cache-control"])
   if cc["must-understand"] ~= nil then
     if not UNDERSTOOD[status] then return false, "must-understand" end
