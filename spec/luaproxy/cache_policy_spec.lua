@@ -903,6 +903,34 @@ describe("luaproxy.cache.policy", function()
     end)
   end)
 
+  describe("updates (§4.3.4)", function()
+    local LM = "Sun, 06 Nov 1994 08:49:37 GMT"
+    it("matches a strong entity-tag strongly", function()
+      assert.is_true(P.updates({ etag = '"a"' }, { etag = '"a"' }))
+      assert.is_false(P.updates({ etag = '"a"' }, { etag = '"b"' }))
+      assert.is_false(P.updates({ etag = 'W/"a"' }, { etag = '"a"' }))
+      assert.is_false(P.updates({}, { etag = '"a"' }))
+    end)
+
+    it("matches a weak entity-tag weakly", function()
+      assert.is_true(P.updates({ etag = 'W/"a"' }, { etag = 'W/"a"' }))
+      assert.is_true(P.updates({ etag = '"a"' }, { etag = 'W/"a"' }))
+      assert.is_false(P.updates({ etag = '"b"' }, { etag = 'W/"a"' }))
+    end)
+
+    it("without an entity-tag, compares Last-Modified", function()
+      assert.is_true(P.updates({ ["last-modified"] = LM }, { ["last-modified"] = LM }))
+      assert.is_false(P.updates({ ["last-modified"] = LM }, { ["last-modified"] = "Mon, 07 Nov 1994 08:49:37 GMT" }))
+      assert.is_false(P.updates({}, { ["last-modified"] = LM }))
+      assert.is_false(P.updates({ ["last-modified"] = "0" }, { ["last-modified"] = "0" }))
+    end)
+
+    it("a 304 without validators updates", function()
+      assert.is_true(P.updates({ etag = '"a"' }, { date = LM }))
+      assert.is_true(P.updates(nil, nil))
+    end)
+  end)
+
   describe("merge_304 (§3.2, §4.3.4)", function()
     local STORED = { ["content-type"] = "text/plain", ["content-length"] = "5", etag = '"a"',
       ["cache-control"] = "max-age=1", date = D(T0), ["test-header"] = "A", age = "3",

@@ -61,6 +61,7 @@
 --   secondary_key(vary_value, req_headers, max_fields) -> string | false
 --       false for Vary: * or more than max_fields (64) names: never matches, do not store.
 --   conditional(method, req_headers, stored_headers, stored_time) -> 304 | 412 | nil
+--   updates(stored_headers, headers_304) -> bool   (§4.3.4: may this 304 update the entry?)
 --   merge_304(stored_headers, headers_304, opts) -> headers, client_only
 --       client_only: fields for the current response only (Set-Cookie when not stored).
 --   validators(stored_headers) -> { ["if-none-match"] = etag, ["if-modified-since"] = date }
@@ -847,6 +848,26 @@ function P.forward_headers(req_headers, stored_headers)
     for name, v in pairs(P.validators(stored_headers)) do out[name] = v end
   end
   return out
+end
+
+-- Whether a 304 may update the stored response it answers (§4.3.4): its strong entity-tag
+-- must equal the stored one (strong comparison); a weak one, weakly; without an entity-tag,
+-- its Last-Modified must equal the stored one; a 304 with no validator at all updates.
+-- When false, the stored response must not be used: ask again without conditions.
+function P.updates(stored_headers, headers_304)
+  local st, h = stored_headers or EMPTY, headers_304 or EMPTY
+  local new = parse_etag(first(h, "etag"))
+  if new then
+    local old = parse_etag(first(st, "etag"))
+    if not old or old.tag ~= new.tag then return false end
+    return new.weak or not old.weak
+  end
+  local lm = first(h, "last-modified")
+  if lm ~= nil then
+    local a, b = P.parse_http_date(lm), P.parse_http_date(first(st, "last-modified"))
+    return a ~= nil and a == b
+  end
+  return true
 end
 
 -- 304 (§3.2, §4.3.4) ----------------------------------------------------------------------------
