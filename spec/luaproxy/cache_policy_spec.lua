@@ -719,6 +719,17 @@ describe("luaproxy.cache.policy", function()
       assert.equal("miss", (eval(h, T0 + 5, { ["cache-control"] = "only-if-cached, no-cache" })))
     end)
 
+    it("gives the RFC 9211 fwd value of each refusal", function()
+      local h = { ["cache-control"] = "max-age=100" }
+      assert.equal("request", select(2, eval(h, T0, { ["cache-control"] = "no-cache" })).fwd)
+      assert.equal("request", select(2, eval(h, T0 + 5, { ["cache-control"] = "max-age=1" })).fwd)
+      assert.equal("request", select(2, eval(h, T0, { ["cache-control"] = "min-fresh=1000" })).fwd)
+      assert.equal("stale", select(2, eval(h, T0 + 200)).fwd)
+      assert.equal("stale", select(2, eval({ ["cache-control"] = "no-cache" }, T0)).fwd)
+      assert.equal("uri-miss", select(2, P.evaluate(nil, {}, T0)).fwd)
+      assert.is_nil(select(2, eval(h, T0)).fwd)
+    end)
+
     it("is a plain miss without an entry", function()
       local dec, d = P.evaluate(nil, {}, T0)
       assert.equal("miss", dec)

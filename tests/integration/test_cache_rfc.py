@@ -1264,6 +1264,34 @@ class CacheRfcTest(H.ProxyTestCase):
         self.assertEqual((r.status, r.body), (206, b"v1"))
         self.assertEqual(self.origin.count(p), 2)
 
+    # Finding F4: the plugin reports fwd=stale for every revalidation; a fresh entry the
+    # request's own directives refused is fwd=request (RFC 9211 §2.2, policy details.fwd).
+    @unittest.expectedFailure
+    def test_cache_status_fwd_request_for_request_directives(self):
+        p = self.path()
+        self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600")))
+        self.get(p)
+        _, kv = self.status_params(self.get(p, {"Cache-Control": "no-cache"}))
+        self.assertEqual(kv.get("fwd"), "request")
+
+    def test_304_from_cache_carries_the_representation_metadata(self):
+        p = self.path()
+        self.origin.script(p, lambda req: ok("v", ("Cache-Control", "max-age=3600"), ("ETag", '"m"'),
+                                             ("Vary", "Foo"), ("Content-Location", "/loc")))
+        self.get(p)
+        r = self.get(p, {"If-None-Match": '"m"'})
+        self.assertEqual(r.status, 304)
+        for name in ("etag", "cache-control", "vary", "date", "content-location"):
+            self.assertIsNotNone(r.header(name), name)
+
+    def test_416_has_no_entry_body(self):
+        p = self.path()
+        self.origin.script(p, ok("0123456789", ("Cache-Control", "max-age=3600")))
+        self.get(p)
+        r = self.get(p, {"Range": "bytes=99-"})
+        self.assertEqual(r.status, 416)
+        self.assertNotIn(b"0123456789", r.body)
+
 class TlsScriptedOrigin(ScriptedOrigin):
     """The scripted origin behind TLS (a self-signed certificate; the proxy does not verify)."""
 

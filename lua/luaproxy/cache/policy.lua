@@ -57,7 +57,9 @@
 --       details = { age, ttl, left (ttl - age), staleness, why, stale_if_error (true when
 --       the entry may be served if the upstream fails or answers 5xx), stale_if_disconnected
 --       (true when no directive forbids serving it stale: RFC 9111 §4.2.4 allows that when
---       the origin cannot be reached, at the plugin's choice), only_if_cached }
+--       the origin cannot be reached, at the plugin's choice), only_if_cached, fwd (the
+--       RFC 9211 fwd value when it goes upstream: "uri-miss", "stale", or "request" when
+--       the request's directives refused a usable entry) }
 --   secondary_key(vary_value, req_headers, max_fields) -> string | false
 --       false for Vary: * or more than max_fields (64) names: never matches, do not store.
 --   conditional(method, req_headers, stored_headers, stored_time) -> 304 | 412 | nil
@@ -622,8 +624,8 @@ end
 -- Serving (§4, §4.2.4, RFC 5861) ---------------------------------------------------------------
 
 -- The entry cannot be used as it is: upstream, or 504 under only-if-cached.
-local function refuse(d, req_dir, why)
-  d.why = why
+local function refuse(d, req_dir, why, fwd)
+  d.why, d.fwd = why, fwd
   if req_dir.only_if_cached then return "miss", d end
   return "revalidate", d
 end
@@ -632,7 +634,7 @@ function P.evaluate(meta, req_dir, now, opts)
   req_dir = req_dir or EMPTY
   local d = { only_if_cached = req_dir.only_if_cached or nil }
   if not meta then
-    d.why = "no stored response"
+    d.why, d.fwd = "no stored response", "uri-miss"
     return "miss", d
   end
   local age = P.current_age(meta, now)
@@ -650,15 +652,15 @@ function P.evaluate(meta, req_dir, now, opts)
   -- directive forbids it; whether to is the plugin's choice.
   d.stale_if_disconnected = may_stale
 
-  if meta.no_cache then return refuse(d, req_dir, "response no-cache") end
-  if req_dir.no_cache then return refuse(d, req_dir, "request no-cache") end
-  if req_dir.max_age and age > req_dir.max_age then return refuse(d, req_dir, "request max-age") end
+  if meta.no_cache then return refuse(d, req_dir, "response no-cache", "stale") end
+  if req_dir.no_cache then return refuse(d, req_dir, "request no-cache", "request") end
+  if req_dir.max_age and age > req_dir.max_age then return refuse(d, req_dir, "request max-age", "request") end
   if fresh then
-    if req_dir.min_fresh and left < req_dir.min_fresh then return refuse(d, req_dir, "request min-fresh") end
+    if req_dir.min_fresh and left < req_dir.min_fresh then return refuse(d, req_dir, "request min-fresh", "request") end
     d.why = "fresh"
     return "fresh", d
   end
-  if not may_stale then return refuse(d, req_dir, "stale, must-revalidate") end
+  if not may_stale then return refuse(d, req_dir, "stale, must-revalidate", "stale") end
   local ms = req_dir.max_stale
   if ms == true or (type(ms) == "number" and -left <= ms) then
     d.why = "request max-stale"
@@ -669,7 +671,7 @@ function P.evaluate(meta, req_dir, now, opts)
     d.why = "stale-while-revalidate"
     return "stale_while_revalidate", d
   end
-  return refuse(d, req_dir, "stale")
+  return refuse(d, req_dir, "stale", "stale")
 end
 
 -- Vary (§4.1) ---------------------------------------------------------------------------------
