@@ -1292,6 +1292,38 @@ class CacheRfcTest(H.ProxyTestCase):
         self.assertEqual(r.status, 416)
         self.assertNotIn(b"0123456789", r.body)
 
+    def test_safe_methods_do_not_invalidate(self):
+        p = self.path()
+        self.origin.script(p, lambda req: ok("v", ("Cache-Control", "max-age=3600")))
+        self.get(p)
+        self.get(p, method="OPTIONS")
+        self.assertHit(self.get(p))
+
+    def test_invalidation_keeps_the_query(self):
+        p = self.path()
+        self.origin.script(p, lambda req: ok("v", ("Cache-Control", "max-age=3600"))
+                           if req.method == "GET" else (204, [("Date", http_date())], b""))
+        self.get(p + "?a=1")
+        self.get(p + "?a=2")
+        self.get(p + "?a=1", method="PUT", body=b"x")
+        self.assertForwarded(self.get(p + "?a=1"))
+        self.assertHit(self.get(p + "?a=2"))
+
+    def test_expires_without_date(self):
+        p = self.path()
+        self.origin.script(p, (200, [("Expires", http_date(3600))], "v"))
+        self.assertStored(p, n=1)
+
+    def test_first_of_two_expires_used(self):
+        p = self.path()
+        self.origin.script(p, ok("v", ("Expires", http_date(3600)), ("Expires", http_date(-3600))))
+        self.assertStored(p, n=1)
+
+    def test_no_cache_on_a_second_line(self):
+        p = self.path()
+        self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600"), ("Cache-Control", "no-cache")))
+        self.assertNotReused(p)
+
 class TlsScriptedOrigin(ScriptedOrigin):
     """The scripted origin behind TLS (a self-signed certificate; the proxy does not verify)."""
 
