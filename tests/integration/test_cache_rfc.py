@@ -1324,6 +1324,34 @@ class CacheRfcTest(H.ProxyTestCase):
         self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600"), ("Cache-Control", "no-cache")))
         self.assertNotReused(p)
 
+    def test_coalesced_waiter_gets_its_own_variant(self):
+        p = self.path()
+        gate = threading.Event()
+        first_in = threading.Event()
+
+        def answer(req):
+            if req.header("foo") == "1":
+                first_in.set()
+                gate.wait(H.T(10))
+            return ok("foo=%s" % req.header("foo"), ("Cache-Control", "max-age=3600"), ("Vary", "Foo"))
+        self.origin.script(p, answer)
+        out = {}
+
+        def fetch(v):
+            out[v] = H.get(self.port, p, headers={"Foo": v}, timeout=H.T(20))
+        a = threading.Thread(target=fetch, args=("1",))
+        a.start()
+        H.wait_for(first_in.is_set, H.T(10), what="the first request at the origin")
+        # b is sent while a's fill holds the key; whether b reaches the proxy before or after
+        # a's answer is released, it must get its own variant.
+        b = threading.Thread(target=fetch, args=("2",))
+        b.start()
+        gate.set()
+        a.join(H.T(20))
+        b.join(H.T(20))
+        self.assertEqual(out["1"].body, b"foo=1")
+        self.assertEqual(out["2"].body, b"foo=2", "a coalesced request got another variant")
+
 class TlsScriptedOrigin(ScriptedOrigin):
     """The scripted origin behind TLS (a self-signed certificate; the proxy does not verify)."""
 
