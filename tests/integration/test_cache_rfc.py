@@ -1352,6 +1352,23 @@ class CacheRfcTest(H.ProxyTestCase):
         self.assertEqual(out["1"].body, b"foo=1")
         self.assertEqual(out["2"].body, b"foo=2", "a coalesced request got another variant")
 
+    # The engine bounds an upstream's header section (16 KiB; more is a 502 and counts
+    # against the target's health): hundreds of directives here, tens of thousands in
+    # spec/luaproxy/cache_policy_spec.lua.
+    def test_hundreds_of_directives_parsed_in_bounded_time(self):
+        p = self.path()
+        cc = ", ".join("x-e%d" % i for i in range(1000)) + ', q="' + "a," * 1000 + '", max-age=3600'
+        self.origin.script(p, ok("v", ("Cache-Control", cc)))
+        t0 = time.monotonic()
+        self.assertStored(p, n=3)
+        self.assertLess(time.monotonic() - t0, H.T(5))
+
+    def test_hundreds_of_vary_names_not_stored(self):
+        p = self.path()
+        vary = ", ".join("x-h%d" % i for i in range(1000))
+        self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600"), ("Vary", vary)))
+        self.assertNotReused(p)
+
 class TlsScriptedOrigin(ScriptedOrigin):
     """The scripted origin behind TLS (a self-signed certificate; the proxy does not verify)."""
 
