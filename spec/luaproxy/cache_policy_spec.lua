@@ -784,6 +784,14 @@ describe("luaproxy.cache.policy", function()
       assert.are_not.equal(k, sk("accept-encoding", { ["accept-encoding"] = "br, gzip" }))
     end)
 
+    it("ignores the case of values defined case-insensitive, only those", function()
+      assert.equal(sk("accept-encoding", { ["accept-encoding"] = "gzip, br" }),
+        sk("accept-encoding", { ["accept-encoding"] = "GZIP, Br" }))
+      assert.equal(sk("accept-language", { ["accept-language"] = "en-US" }),
+        sk("accept-language", { ["accept-language"] = "en-us" }))
+      assert.are_not.equal(sk("x-a", { ["x-a"] = "A" }), sk("x-a", { ["x-a"] = "a" }))
+    end)
+
     it("keeps commas and spaces inside quoted strings", function()
       assert.are_not.equal(sk("x", { x = '"a , b"' }), sk("x", { x = '"a,b"' }))
       assert.equal(sk("x", { x = '"a , b" , c' }), sk("x", { x = '"a , b",c' }))

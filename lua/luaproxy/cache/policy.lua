@@ -699,6 +699,11 @@ local function normalise_value(v)
   return concat(members, ",")
 end
 
+-- Request fields whose whole value is case-insensitive (content-codings, language tags,
+-- charsets: RFC 9110 §8.4.1, §8.5.1, §12.5.2): their case does not make another variant.
+local CASELESS_VALUES = { ["accept-encoding"] = true, ["accept-language"] = true,
+  ["accept-charset"] = true }
+
 function P.vary_fields(vary_value, max_fields)
   max_fields = max_fields or 64
   if type(vary_value) == "table" then vary_value = concat(vary_value, ",") end
@@ -733,6 +738,7 @@ function P.secondary_key(vary_value, req_headers, max_fields)
       parts[i] = name .. ":-"
     else
       v = normalise_value(v)
+      if CASELESS_VALUES[name] then v = lower(v) end
       parts[i] = name .. ":" .. #v .. ":" .. v
     end
   end
