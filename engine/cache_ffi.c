@@ -9,6 +9,7 @@
 #include "cache_store.h"
 #include "lua_api.h"
 #include "lua_vm.h"
+#include "worker.h"
 
 void lp__lua_mark_responded(void);
 
@@ -134,6 +135,147 @@ char *lp_cache_req_copy(lp_req_t *req)
     return out;
 }
 
+/* ---- coalescing waits ---- */
+
+/* A worker's inbox for waits another thread's fill ended (lp_cache_waiter_t.notify). Owned
+ * by the worker (lp_worker_t.cache_inbox); `lock` guards `head` only, taken by any thread
+ * that drops a key lock (under that zone's lock: zone lock, then inbox lock). */
+typedef struct lp_cache_inbox_s {
+    uv_async_t async;          /* async.data = this; wakes the worker's loop */
+    uv_mutex_t lock;           /* guards head */
+    struct cache_wait_s *head; /* borrowed: waits handed over, not yet seen by the worker */
+    lp_list_t waits;           /* every wait of this worker alive (cache_wait_t.link);
+                                  worker thread only */
+} lp_cache_inbox_t;
+
+/* One request (task) waiting for a key's fill, bounded by a timer. Made and freed on its
+ * worker's thread; between lp_cache_wait and notify, the zone's lock guards `base`. It ends
+ * exactly once, by whichever comes first: the fill's end (notify, then the inbox), the
+ * timer, or its task's end (owned.release); the other two then find it gone from the zone
+ * (lp_cache_wait_cancel says) or `done` set. */
+typedef struct cache_wait_s {
+    lp_cache_waiter_t base;          /* first: notify's argument */
+    lp_lua_owned_t owned;            /* in its task's list while the task may be woken */
+    lp_lua_waiter_t lw;              /* the parked task (its serial makes a late wake harmless) */
+    uv_timer_t timer;                /* the bound; timer.data = this; freed in its close callback */
+    lp_worker_t *w;                  /* borrowed: the waiting worker */
+    lp_cache_zone_t *zone;           /* borrowed: kept by the generation the task's request or
+                                        timer holds, and by lp_cache_worker_close's cancel */
+    lp_list_t link;                  /* in the inbox's `waits` while alive */
+    struct cache_wait_s *inbox_next; /* borrowed: in inbox->head once notified (inbox lock) */
+    uint8_t done;                    /* ended: the timer is closing, nothing else may touch it */
+    uint8_t task_gone;               /* its task ended first: lw.task may be freed, never wake it */
+} cache_wait_t;
+
+static void wait_on_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* Ends a wait on its worker's thread: wakes the task (unless the task itself ended) and lets
+ * the wait go. */
+static void wait_end(cache_wait_t *cw, int wake)
+{
+    if (cw->done)
+        return;
+    cw->done = 1;
+    lp_list_remove(&cw->link);
+    lp_lua_disown(&cw->owned);
+    if (wake && !cw->task_gone)
+        lp_lua_unpark(cw->lw);
+    uv_timer_stop(&cw->timer);
+    uv_close((uv_handle_t *)&cw->timer, wait_on_closed);
+}
+
+/* notify (any thread, under the zone's lock): hand the wait over to its worker. */
+static void wait_notify(lp_cache_waiter_t *base)
+{
+    cache_wait_t *cw = (cache_wait_t *)base;
+    lp_cache_inbox_t *in = cw->w->cache_inbox;
+    uv_mutex_lock(&in->lock);
+    cw->inbox_next = in->head;
+    in->head = cw;
+    uv_mutex_unlock(&in->lock);
+    uv_async_send(&in->async);
+}
+
+static void inbox_drain(lp_cache_inbox_t *in)
+{
+    uv_mutex_lock(&in->lock);
+    cache_wait_t *cw = in->head;
+    in->head = NULL;
+    uv_mutex_unlock(&in->lock);
+    while (cw) {
+        cache_wait_t *next = cw->inbox_next;
+        wait_end(cw, 1);
+        cw = next;
+    }
+}
+
+static void on_inbox(uv_async_t *a)
+{
+    inbox_drain(a->data);
+}
+
+static void on_wait_timeout(uv_timer_t *t)
+{
+    cache_wait_t *cw = t->data;
+    /* Still registered: it ends here. Else notify ran and the inbox ends it. */
+    if (lp_cache_wait_cancel(cw->zone, &cw->base))
+        wait_end(cw, 1);
+}
+
+static void on_wait_task_end(lp_lua_owned_t *o)
+{
+    cache_wait_t *cw = LP_CONTAINER_OF(o, cache_wait_t, owned);
+    cw->task_gone = 1;
+    if (lp_cache_wait_cancel(cw->zone, &cw->base))
+        wait_end(cw, 0);
+    /* else: handed over to the inbox (or on its way): it ends there, without a wake. */
+}
+
+static lp_cache_inbox_t *inbox_of(lp_worker_t *w)
+{
+    if (w->cache_inbox)
+        return w->cache_inbox;
+    lp_cache_inbox_t *in = calloc(1, sizeof(*in));
+    if (!in)
+        return NULL;
+    if (uv_async_init(&w->loop, &in->async, on_inbox)) {
+        free(in);
+        return NULL;
+    }
+    in->async.data = in;
+    uv_mutex_init(&in->lock);
+    lp_list_init(&in->waits);
+    w->cache_inbox = in;
+    return in;
+}
+
+static void inbox_on_closed(uv_handle_t *h)
+{
+    lp_cache_inbox_t *in = h->data;
+    uv_mutex_destroy(&in->lock);
+    free(in);
+}
+
+void lp_cache_worker_close(lp_worker_t *w)
+{
+    lp_cache_inbox_t *in = w->cache_inbox;
+    if (!in)
+        return;
+    while (!lp_list_empty(&in->waits)) {
+        cache_wait_t *cw = LP_CONTAINER_OF(in->waits.next, cache_wait_t, link);
+        if (lp_cache_wait_cancel(cw->zone, &cw->base))
+            wait_end(cw, 0);
+        else
+            inbox_drain(in); /* it was handed over: it ends there */
+    }
+    inbox_drain(in);
+    w->cache_inbox = NULL;
+    uv_close((uv_handle_t *)&in->async, inbox_on_closed);
+}
+
 /* ---- FFI ---- */
 
 void *lp_ffi_cache_zone(const char *name, size_t n)
@@ -191,6 +333,34 @@ int lp_ffi_cache_lock(void *rp, void *zone, const char *key, size_t klen, double
 int lp_ffi_cache_locked(void *zone, const char *key, size_t klen)
 {
     return lp_cache_locked(zone, key, klen);
+}
+
+int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds)
+{
+    lp_worker_t *w = lp_lua_io();
+    if (!w || !lp_lua_running() || lp_lua_loading() || !(seconds > 0 && seconds < 1e6))
+        return LP_FFI_EPHASE;
+    lp_cache_inbox_t *in = inbox_of(w);
+    cache_wait_t *cw = in ? calloc(1, sizeof(*cw)) : NULL;
+    if (!cw)
+        return LP_FFI_ENOSPACE;
+    cw->w = w;
+    cw->zone = zone;
+    cw->base.notify = wait_notify;
+    cw->owned.release = on_wait_task_end;
+    if (!lp_cache_wait(zone, key, klen, &cw->base)) {
+        free(cw); /* the fill ended meanwhile: look again */
+        return 0;
+    }
+    /* Parked after registering: a notify from another thread only queues the wait for this
+     * thread, which ends it (and wakes the task) on a later turn, after Lua yielded. */
+    lp_lua_park(&cw->lw);
+    lp_lua_own(&cw->owned);
+    lp_list_insert_tail(&in->waits, &cw->link);
+    uv_timer_init(&w->loop, &cw->timer);
+    cw->timer.data = cw;
+    uv_timer_start(&cw->timer, on_wait_timeout, (uint64_t)(seconds * 1000.0) + 1, 0);
+    return 1;
 }
 
 int lp_ffi_cache_store(void *rp, void *zone, const char *key, size_t klen, const char *sec,

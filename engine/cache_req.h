@@ -23,4 +23,8 @@ char *lp_cache_req_copy(lp_req_t *req);
 /* Drops the hit's body (written, or copied). */
 void lp_cache_req_body_done(lp_req_t *req);
 
+/* A stopping worker, once nothing runs on it: waits left are cancelled, wake-ups handed over
+ * are dropped, and the inbox's async handle closes. */
+void lp_cache_worker_close(lp_worker_t *w);
+
 #endif

@@ -39,12 +39,13 @@ struct lp_cache_fill_s {
                                       fill may take an old lock over) */
     struct lp_cache_fill_s *lnext; /* borrowed: next in its lock bucket (zone lock) */
     double locked_at;
-    lp_cache_entry_t *e;    /* owned: the entry being gathered (never linked before
-                               commit); NULL before start or once dead */
-    lp_cache_chunk_t *tail; /* borrowed: e's last chunk */
-    uint64_t hint;          /* expected body length (0: unknown) */
-    uint8_t dead;           /* went over a limit: appends are ignored, commit fails */
-    uint8_t started;        /* lp_cache_fill_start ran */
+    lp_cache_entry_t *e;        /* owned: the entry being gathered (never linked before
+                                   commit); NULL before start or once dead */
+    lp_cache_chunk_t *tail;     /* borrowed: e's last chunk */
+    uint64_t hint;              /* expected body length (0: unknown) */
+    lp_cache_waiter_t *waiters; /* borrowed: requests waiting on its lock (zone lock) */
+    uint8_t dead;               /* went over a limit: appends are ignored, commit fails */
+    uint8_t started;            /* lp_cache_fill_start ran */
 };
 
 /* Concurrency: one mutex per zone, taken by every worker's lookups, commits and purges and by
@@ -432,7 +433,7 @@ static lp_cache_fill_t *lock_find(lp_cache_zone_t *z, uint64_t h, const char *ke
     return NULL;
 }
 
-/* Under the zone lock. */
+/* Under the zone lock: the key's lock goes, and its waiters hear of it. */
 static void lock_drop(lp_cache_zone_t *z, lp_cache_fill_t *f)
 {
     if (!f->locked)
@@ -442,6 +443,44 @@ static void lock_drop(lp_cache_zone_t *z, lp_cache_fill_t *f)
         pp = &(*pp)->lnext;
     *pp = f->lnext;
     f->locked = 0;
+    lp_cache_waiter_t *w = f->waiters;
+    f->waiters = NULL;
+    while (w) {
+        lp_cache_waiter_t *next = w->next;
+        w->holder = NULL;
+        w->next = NULL;
+        w->notify(w); /* hands w over to its owner: w is not ours after this */
+        w = next;
+    }
+}
+
+int lp_cache_wait(lp_cache_zone_t *z, const char *key, size_t klen, lp_cache_waiter_t *w)
+{
+    uint64_t h = hash_key(key, klen);
+    pthread_mutex_lock(&z->lock);
+    lp_cache_fill_t *f = lock_find(z, h, key, klen);
+    if (f) {
+        w->holder = f;
+        w->next = f->waiters;
+        f->waiters = w;
+    }
+    pthread_mutex_unlock(&z->lock);
+    return f != NULL;
+}
+
+int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
+{
+    pthread_mutex_lock(&z->lock);
+    lp_cache_fill_t *f = w->holder;
+    if (f) {
+        lp_cache_waiter_t **pp = &f->waiters;
+        while (*pp != w)
+            pp = &(*pp)->next;
+        *pp = w->next;
+        w->holder = NULL;
+    }
+    pthread_mutex_unlock(&z->lock);
+    return f != NULL;
 }
 
 lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,

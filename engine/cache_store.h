@@ -113,6 +113,23 @@ lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
                                double lock_timeout, double now, int *busy);
 /* Whether a fill holds the lock of key (the waiters' test). */
 int lp_cache_locked(lp_cache_zone_t *z, const char *key, size_t klen);
+
+/* A request waiting for the fill that holds a key's lock, owned by its waiting thread. While
+ * registered it is linked in that fill (zone lock); when the lock goes (commit, abandon, a
+ * fill killed over a limit, a takeover) `notify` is called once, under the zone's lock, from
+ * whichever thread dropped it: it may only hand the waiter over to its owner's thread and
+ * wake that thread (engine/cache_ffi.c: the worker's inbox and uv_async). */
+typedef struct lp_cache_waiter_s {
+    struct lp_cache_waiter_s *next; /* borrowed: next in the holder's list (zone lock) */
+    struct lp_cache_fill_s *holder; /* borrowed: the fill waited on (zone lock); NULL once
+                                       notified or cancelled */
+    void (*notify)(struct lp_cache_waiter_s *w);
+} lp_cache_waiter_t;
+/* Registers w on the fill holding key's lock: 1, or 0 when nothing holds it (no notify). */
+int lp_cache_wait(lp_cache_zone_t *z, const char *key, size_t klen, lp_cache_waiter_t *w);
+/* Takes w out: 1 when it was still registered (notify will not come), 0 when notify already
+ * ran (the owner gets it through its hand-over). */
+int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w);
 /* Starts gathering an entry: with a fill from lp_cache_lock (fill non-NULL), or a new one (fill
  * NULL). `size_hint` is the expected body length (Content-Length), 0 when unknown. Returns the
  * fill, or NULL when the key is too long, the hint is over the zone's max_object_size, or out of

@@ -213,7 +213,10 @@ struct lp_worker_s {
     /* Its own metrics (metrics.h: it writes with LP_M_ADD/SET, the admin API reads). */
     uint64_t m_cells[LP_WM_N];
     struct lp_trace_exp_s *trace_exp; /* owned: span export (trace_export.c), NULL: none */
-    lp_trace_counts_t trace_counts;   /* its export counters (relaxed atomics, trace-t.h) */
+    /* owned: response cache wake-ups handed over by other threads (cache_ffi.c); NULL until
+     * this worker's first coalescing wait */
+    struct lp_cache_inbox_s *cache_inbox;
+    lp_trace_counts_t trace_counts; /* its export counters (relaxed atomics, trace-t.h) */
 };
 
 /* The worker of a worker's endpoint (a client or upstream connection): its env is the

@@ -356,10 +356,11 @@ function P.request(req, conf)
     -- Another request fills the key: wait for its entry (bounded), then look again; a fill
     -- that ends without an entry (not storable, too large) lets everyone go upstream.
     waited = true
-    local deadline, pause = proxy.monotonic() + conf.lock_timeout, 0.001
-    while z:locked(key) and proxy.monotonic() < deadline do
-      proxy.sleep(pause)
-      if pause < 0.016 then pause = pause * 2 end
+    local deadline = proxy.monotonic() + conf.lock_timeout
+    while z:locked(key) do
+      local left = deadline - proxy.monotonic()
+      if left <= 0 then break end
+      z:wait(key, left) -- woken by the filling worker, whichever it is
     end
     st.collapsed = true
   end

@@ -52,6 +52,12 @@ end
 
 function Zone:locked(key) return C.lp_ffi_cache_locked(self._z, key, #key) == 1 end
 
+-- Waits until the fill holding key's lock ends (on any worker: it wakes this one) or
+-- `seconds` passed; returns at once when nothing fills the key.
+function Zone:wait(key, seconds)
+  if C.lp_ffi_cache_wait(self._z, key, #key, seconds) == 1 then phases.wait() end
+end
+
 -- Response phase: the upstream's body is stored under (key, sec) with `head` as it streams
 -- to the client, kept `keep` seconds. false when it cannot be (too large, key too long).
 function Zone:store(req, key, sec, head, keep)

@@ -1219,6 +1219,7 @@ do
       req._cache_served = true
       if req._phase == "request" or req._phase == "upstream" then finish(req, "respond") end
     end,
+    sleep = function(seconds) fake.sleep(seconds) end,
   })
   fake.cache = cache_reg.api
   T.cache_zones = cache_reg.declare

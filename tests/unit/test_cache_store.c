@@ -240,6 +240,44 @@ static void locks(void)
     lp_cache_zone_release(z);
 }
 
+static int notified;
+static void count_notify(lp_cache_waiter_t *w)
+{
+    (void)w;
+    notified++;
+}
+
+static void waiters(void)
+{
+    lp_cache_zone_t *z = zone("t11", 4 << 20, 1 << 16);
+    lp_cache_waiter_t a = {.notify = count_notify}, b = {.notify = count_notify};
+    notified = 0;
+    CHECK_EQ_INT(lp_cache_wait(z, K("k"), &a), 0); /* nothing fills k */
+    int busy;
+    lp_cache_fill_t *f = lp_cache_lock(z, K("k"), 5, NOW, &busy);
+    REQUIRE(f);
+    CHECK_EQ_INT(lp_cache_wait(z, K("k"), &a), 1);
+    CHECK_EQ_INT(lp_cache_wait(z, K("k"), &b), 1);
+    CHECK_EQ_INT(lp_cache_wait_cancel(z, &b), 1); /* b leaves: never notified */
+    f = lp_cache_fill_start(z, f, K("k"), K(""), K("h"), NOW + 60, 0);
+    REQUIRE(f);
+    CHECK_EQ_INT(notified, 0);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    CHECK_EQ_INT(notified, 1); /* a, once */
+    CHECK_EQ_INT(lp_cache_wait_cancel(z, &a), 0);
+    /* A takeover and an abandon notify too. */
+    lp_cache_fill_t *old = lp_cache_lock(z, K("j"), 5, NOW, &busy);
+    CHECK_EQ_INT(lp_cache_wait(z, K("j"), &a), 1);
+    lp_cache_fill_t *newer = lp_cache_lock(z, K("j"), 5, NOW + 10, &busy);
+    CHECK_EQ_INT(notified, 2);
+    CHECK_EQ_INT(lp_cache_wait(z, K("j"), &b), 1);
+    lp_cache_fill_abandon(old);
+    CHECK_EQ_INT(notified, 2); /* the old fill holds no lock any more */
+    lp_cache_fill_abandon(newer);
+    CHECK_EQ_INT(notified, 3);
+    lp_cache_zone_release(z);
+}
+
 static void set_head(void)
 {
     lp_cache_zone_t *z = zone("t9", 4 << 20, 1 << 16);
@@ -285,7 +323,7 @@ static void *worker(void *arg)
 
 static void threads(void)
 {
-    tz = zone("t10", 64 * 1024, 1 << 16); /* small: eviction runs too */
+    tz = zone("t10", 1 << 20, 1 << 16); /* under what 500 keys take: eviction runs too */
     pthread_t t[4];
     for (int i = 0; i < 4; i++)
         pthread_create(&t[i], NULL, worker, NULL);
@@ -326,6 +364,7 @@ static const lp_test_case_t tests[] = {
     {"purge_prefix", purge_prefix},
     {"locks", locks},
     {"set_head", set_head},
+    {"waiters", waiters},
     {"threads", threads},
     {"registry", registry},
 };
