@@ -1369,6 +1369,17 @@ class CacheRfcTest(H.ProxyTestCase):
         self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600"), ("Vary", vary)))
         self.assertNotReused(p)
 
+    def test_response_pragma_is_ignored(self):
+        p = self.path()
+        self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600"), ("Pragma", "no-cache")))
+        self.assertStored(p, n=1)
+
+    def test_heuristic_freshness_for_404_when_enabled(self):
+        p = self.path("/heur/")
+        self.origin.script(p, (404, [("Date", http_date()), ("Last-Modified", http_date(-100000))], "nf"))
+        _, later = self.assertStored(p, n=1)
+        self.assertEqual(later.status, 404)
+
 class TlsScriptedOrigin(ScriptedOrigin):
     """The scripted origin behind TLS (a self-signed certificate; the proxy does not verify)."""
 
