@@ -653,10 +653,16 @@ function P.evaluate(meta, req_dir, now, opts)
   d.stale_if_disconnected = may_stale
 
   if meta.no_cache then return refuse(d, req_dir, "response no-cache", "stale") end
-  if req_dir.no_cache then return refuse(d, req_dir, "request no-cache", "request") end
-  if req_dir.max_age and age > req_dir.max_age then return refuse(d, req_dir, "request max-age", "request") end
+  -- RFC 9211 fwd=request: a fresh entry the request's own directives refused.
+  local by_request = fresh and "request" or "stale"
+  if req_dir.no_cache then return refuse(d, req_dir, "request no-cache", by_request) end
+  if req_dir.max_age and age > req_dir.max_age then
+    return refuse(d, req_dir, "request max-age", by_request)
+  end
   if fresh then
-    if req_dir.min_fresh and left < req_dir.min_fresh then return refuse(d, req_dir, "request min-fresh", "request") end
+    if req_dir.min_fresh and left < req_dir.min_fresh then
+      return refuse(d, req_dir, "request min-fresh", "request")
+    end
     d.why = "fresh"
     return "fresh", d
   end
