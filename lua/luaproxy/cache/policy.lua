@@ -908,8 +908,14 @@ function P.merge_304(stored_headers, headers_304, opts)
   -- The age and date of the stored response are now those of the 304 (§4.3.4).
   if h.age == nil then out.age = nil end
   if h.date == nil and opts and opts.now then out.date = P.http_date(opts.now) end
-  -- Fields the 304's directives exclude are dropped from the stored ones as well.
-  for k in pairs(drop) do out[k] = nil end
+  -- Fields the 304's directives exclude are dropped from the stored ones as well (not the
+  -- ones its Connection lists: those are the 304 message's own).
+  if qualified(cc["no-cache"]) then
+    for _, n in ipairs(P.field_names(cc["no-cache"])) do out[n] = nil end
+  end
+  if is_shared(opts) and qualified(cc.private) then
+    for _, n in ipairs(P.field_names(cc.private)) do out[n] = nil end
+  end
   if not (opts and opts.cache_set_cookie == true) and h["set-cookie"] ~= nil then
     out["set-cookie"] = nil
   end
