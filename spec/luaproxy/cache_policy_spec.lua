@@ -386,6 +386,13 @@ describe("luaproxy.cache.policy", function()
       assert.same({ false, "request no-store" }, { st(200, MA, { ["cache-control"] = "no-store" }) })
     end)
 
+    it("refuses a response to a GET with content (RFC 9110 §9.3.1: not part of the key)", function()
+      assert.same({ false, "request content" }, { st(200, MA, { ["content-length"] = "4" }) })
+      assert.same({ false, "request content" }, { st(200, MA, { ["transfer-encoding"] = "chunked" }) })
+      assert.same({ false, "request content" }, { st(200, MA, { ["content-length"] = { "0", "4" } }) })
+      assert.is_true((st(200, MA, { ["content-length"] = "0" })))
+    end)
+
     it("must-understand: ignores no-store for understood statuses only (§5.2.2.3)", function()
       local h = { ["cache-control"] = "must-understand, no-store, max-age=60" }
       assert.same({ true, "max-age" }, { st(200, h) })
@@ -418,6 +425,18 @@ describe("luaproxy.cache.policy", function()
       assert.same({ false, "set-cookie" }, { st(200, h) })
       assert.is_true((st(200, h, {}, { cache_set_cookie = true })))
       assert.is_true((st(200, h, {}, { cache_set_cookie = "strip" })))
+    end)
+
+    it("stores a Set-Cookie response whose no-cache= or private= names the cookie (§3.1)", function()
+      local h = { ["cache-control"] = 'max-age=60, no-cache="Set-Cookie"', ["set-cookie"] = "a=b" }
+      assert.is_true((st(200, h)))
+      assert.is_nil(P.stored_headers(h)["set-cookie"])
+      h["cache-control"] = 'max-age=60, private="x, set-cookie"'
+      assert.is_true((st(200, h)))
+      assert.is_nil(P.stored_headers(h)["set-cookie"])
+      assert.same({ false, "set-cookie" }, { st(200, h, {}, { shared = false }) })
+      h["cache-control"] = 'max-age=60, no-cache="x"'
+      assert.same({ false, "set-cookie" }, { st(200, h) })
     end)
 
     it("refuses Vary: * and huge Vary lists", function()
@@ -700,6 +719,19 @@ describe("luaproxy.cache.policy", function()
       assert.equal("miss", (eval(h, T0 + 5, { ["cache-control"] = "only-if-cached, no-cache" })))
     end)
 
+    it("gives the RFC 9211 fwd value of each refusal", function()
+      local h = { ["cache-control"] = "max-age=100" }
+      assert.equal("request", select(2, eval(h, T0, { ["cache-control"] = "no-cache" })).fwd)
+      assert.equal("request", select(2, eval(h, T0 + 5, { ["cache-control"] = "max-age=1" })).fwd)
+      assert.equal("request", select(2, eval(h, T0, { ["cache-control"] = "min-fresh=1000" })).fwd)
+      assert.equal("stale", select(2, eval(h, T0 + 200)).fwd)
+      assert.equal("stale", select(2, eval(h, T0 + 200, { ["cache-control"] = "no-cache" })).fwd)
+      assert.equal("stale", select(2, eval(h, T0 + 200, { ["cache-control"] = "max-age=5" })).fwd)
+      assert.equal("stale", select(2, eval({ ["cache-control"] = "no-cache" }, T0)).fwd)
+      assert.equal("uri-miss", select(2, P.evaluate(nil, {}, T0)).fwd)
+      assert.is_nil(select(2, eval(h, T0)).fwd)
+    end)
+
     it("is a plain miss without an entry", function()
       local dec, d = P.evaluate(nil, {}, T0)
       assert.equal("miss", dec)
@@ -752,6 +784,14 @@ describe("luaproxy.cache.policy", function()
       assert.equal(k, sk("accept-encoding", { ["accept-encoding"] = "  gzip ,\tbr " }))
       assert.equal(k, sk("accept-encoding", { ["accept-encoding"] = "gzip, , br," }))
       assert.are_not.equal(k, sk("accept-encoding", { ["accept-encoding"] = "br, gzip" }))
+    end)
+
+    it("ignores the case of values defined case-insensitive, only those", function()
+      assert.equal(sk("accept-encoding", { ["accept-encoding"] = "gzip, br" }),
+        sk("accept-encoding", { ["accept-encoding"] = "GZIP, Br" }))
+      assert.equal(sk("accept-language", { ["accept-language"] = "en-US" }),
+        sk("accept-language", { ["accept-language"] = "en-us" }))
+      assert.are_not.equal(sk("x-a", { ["x-a"] = "A" }), sk("x-a", { ["x-a"] = "a" }))
     end)
 
     it("keeps commas and spaces inside quoted strings", function()
@@ -865,6 +905,53 @@ describe("luaproxy.cache.policy", function()
     end)
   end)
 
+  describe("forward_headers (§4.3.1, §4.3.2)", function()
+    it("removes the client's preconditions and Range on a miss", function()
+      assert.same({ ["if-none-match"] = false, range = false, ["if-modified-since"] = false },
+        P.forward_headers({ ["if-none-match"] = '"a"', range = "bytes=0-1",
+          ["if-modified-since"] = "x", accept = "*/*" }))
+      assert.same({}, P.forward_headers({ accept = "*/*" }))
+      assert.same({}, P.forward_headers(nil))
+    end)
+
+    it("sends the stored entry's validators instead of the client's", function()
+      local lm = "Sun, 06 Nov 1994 08:49:37 GMT"
+      assert.same({ ["if-none-match"] = '"s"', ["if-modified-since"] = lm, ["if-match"] = false,
+        ["if-range"] = false, ["if-unmodified-since"] = false },
+        P.forward_headers({ ["if-none-match"] = '"c"', ["if-match"] = '"c"', ["if-range"] = '"c"',
+          ["if-unmodified-since"] = lm }, { etag = '"s"', ["last-modified"] = lm }))
+      assert.same({ ["if-none-match"] = false }, P.forward_headers({ ["if-none-match"] = '"c"' }, {}))
+    end)
+  end)
+
+  describe("updates (§4.3.4)", function()
+    local LM = "Sun, 06 Nov 1994 08:49:37 GMT"
+    it("matches a strong entity-tag strongly", function()
+      assert.is_true(P.updates({ etag = '"a"' }, { etag = '"a"' }))
+      assert.is_false(P.updates({ etag = '"a"' }, { etag = '"b"' }))
+      assert.is_false(P.updates({ etag = 'W/"a"' }, { etag = '"a"' }))
+      assert.is_false(P.updates({}, { etag = '"a"' }))
+    end)
+
+    it("matches a weak entity-tag weakly", function()
+      assert.is_true(P.updates({ etag = 'W/"a"' }, { etag = 'W/"a"' }))
+      assert.is_true(P.updates({ etag = '"a"' }, { etag = 'W/"a"' }))
+      assert.is_false(P.updates({ etag = '"b"' }, { etag = 'W/"a"' }))
+    end)
+
+    it("without an entity-tag, compares Last-Modified", function()
+      assert.is_true(P.updates({ ["last-modified"] = LM }, { ["last-modified"] = LM }))
+      assert.is_false(P.updates({ ["last-modified"] = LM }, { ["last-modified"] = "Mon, 07 Nov 1994 08:49:37 GMT" }))
+      assert.is_false(P.updates({}, { ["last-modified"] = LM }))
+      assert.is_false(P.updates({ ["last-modified"] = "0" }, { ["last-modified"] = "0" }))
+    end)
+
+    it("a 304 without validators updates", function()
+      assert.is_true(P.updates({ etag = '"a"' }, { date = LM }))
+      assert.is_true(P.updates(nil, nil))
+    end)
+  end)
+
   describe("merge_304 (§3.2, §4.3.4)", function()
     local STORED = { ["content-type"] = "text/plain", ["content-length"] = "5", etag = '"a"',
       ["cache-control"] = "max-age=1", date = D(T0), ["test-header"] = "A", age = "3",
@@ -900,6 +987,9 @@ describe("luaproxy.cache.policy", function()
       assert.equal("accept", out.vary)
       assert.is_nil(out.connection)
       assert.is_nil(out["x-hop"])
+      -- a field the 304's Connection lists is not taken, and the stored one stays
+      out = P.merge_304({ ["x-e2e"] = "stored" }, { connection = "x-e2e", ["x-e2e"] = "hop" })
+      assert.equal("stored", out["x-e2e"])
       assert.is_nil(out["transfer-encoding"])
       assert.is_nil(out["keep-alive"])
       assert.is_nil(out["proxy-authenticate"])

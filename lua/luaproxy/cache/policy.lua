@@ -57,13 +57,18 @@
 --       details = { age, ttl, left (ttl - age), staleness, why, stale_if_error (true when
 --       the entry may be served if the upstream fails or answers 5xx), stale_if_disconnected
 --       (true when no directive forbids serving it stale: RFC 9111 §4.2.4 allows that when
---       the origin cannot be reached, at the plugin's choice), only_if_cached }
+--       the origin cannot be reached, at the plugin's choice), only_if_cached, fwd (the
+--       RFC 9211 fwd value when it goes upstream: "uri-miss", "stale", or "request" when
+--       the request's directives refused a usable entry) }
 --   secondary_key(vary_value, req_headers, max_fields) -> string | false
 --       false for Vary: * or more than max_fields (64) names: never matches, do not store.
 --   conditional(method, req_headers, stored_headers, stored_time) -> 304 | 412 | nil
+--   updates(stored_headers, headers_304) -> bool   (§4.3.4: may this 304 update the entry?)
 --   merge_304(stored_headers, headers_304, opts) -> headers, client_only
 --       client_only: fields for the current response only (Set-Cookie when not stored).
 --   validators(stored_headers) -> { ["if-none-match"] = etag, ["if-modified-since"] = date }
+--   forward_headers(req_headers, stored_headers | nil) -> { name = value | false (remove) }
+--       header changes for the request the cache sends upstream on a miss or revalidation
 --   parse_range(range, length, if_range, stored_headers, opts) -> nil | {{first,last},...}
 --       | "unsatisfiable"
 --   invalidations(method, status, req_key_parts, resp_headers) -> { uri, ... }, { parts, ... }
@@ -447,6 +452,19 @@ local function status_allowed(statuses, status)
   return false
 end
 
+-- True when no-cache="..." (or, in a shared cache, private="...") names Set-Cookie: the
+-- response is stored without it (§3.1), so the cookie rule does not refuse it.
+local function cookie_listed(cc, shared)
+  for _, d in ipairs(shared and { "no-cache", "private" } or { "no-cache" }) do
+    if qualified(cc[d]) then
+      for _, n in ipairs(P.field_names(cc[d])) do
+        if n == "set-cookie" then return true end
+      end
+    end
+  end
+  return false
+end
+
 function P.storable(method, status, req_headers, resp_headers, opts)
   local rq, rs = req_headers or EMPTY, resp_headers or EMPTY
   local shared = is_shared(opts)
@@ -457,6 +475,12 @@ function P.storable(method, status, req_headers, resp_headers, opts)
   if not status_allowed(opts and opts.statuses, status) then return false, "status not allowed" end
   local rcc = P.parse_cache_control(rq["cache-control"])
   if rcc["no-store"] ~= nil then return false, "request no-store" end
+  -- A GET's content has no defined meaning (RFC 9110 §9.3.1) and is not part of the key: a
+  -- response it chose must not be served to requests without it (a "fat GET" poisoning).
+  local cl = joined(rq, "content-length")
+  if rq["transfer-encoding"] ~= nil or (cl ~= nil and not find(cl, "^[ \t,0]*$")) then
+    return false, "request content"
+  end
   local cc = P.parse_cache_control(rs["cache-control"])
   if cc["must-understand"] ~= nil then
     if not UNDERSTOOD[status] then return false, "must-understand" end
@@ -469,7 +493,8 @@ function P.storable(method, status, req_headers, resp_headers, opts)
     and cc["must-revalidate"] == nil then
     return false, "authorization"
   end
-  if rs["set-cookie"] ~= nil and not (opts and opts.cache_set_cookie) then
+  if rs["set-cookie"] ~= nil and not (opts and opts.cache_set_cookie)
+    and not cookie_listed(cc, shared) then
     return false, "set-cookie"
   end
   local vary = joined(rs, "vary")
@@ -598,11 +623,18 @@ end
 
 -- Serving (§4, §4.2.4, RFC 5861) ---------------------------------------------------------------
 
+-- The entry cannot be used as it is: upstream, or 504 under only-if-cached.
+local function refuse(d, req_dir, why, fwd)
+  d.why, d.fwd = why, fwd
+  if req_dir.only_if_cached then return "miss", d end
+  return "revalidate", d
+end
+
 function P.evaluate(meta, req_dir, now, opts)
   req_dir = req_dir or EMPTY
   local d = { only_if_cached = req_dir.only_if_cached or nil }
   if not meta then
-    d.why = "no stored response"
+    d.why, d.fwd = "no stored response", "uri-miss"
     return "miss", d
   end
   local age = P.current_age(meta, now)
@@ -620,21 +652,21 @@ function P.evaluate(meta, req_dir, now, opts)
   -- directive forbids it; whether to is the plugin's choice.
   d.stale_if_disconnected = may_stale
 
-  local function refuse(why)
-    d.why = why
-    if req_dir.only_if_cached then return "miss", d end
-    return "revalidate", d
+  if meta.no_cache then return refuse(d, req_dir, "response no-cache", "stale") end
+  -- RFC 9211 fwd=request: a fresh entry the request's own directives refused.
+  local by_request = fresh and "request" or "stale"
+  if req_dir.no_cache then return refuse(d, req_dir, "request no-cache", by_request) end
+  if req_dir.max_age and age > req_dir.max_age then
+    return refuse(d, req_dir, "request max-age", by_request)
   end
-
-  if meta.no_cache then return refuse("response no-cache") end
-  if req_dir.no_cache then return refuse("request no-cache") end
-  if req_dir.max_age and age > req_dir.max_age then return refuse("request max-age") end
   if fresh then
-    if req_dir.min_fresh and left < req_dir.min_fresh then return refuse("request min-fresh") end
+    if req_dir.min_fresh and left < req_dir.min_fresh then
+      return refuse(d, req_dir, "request min-fresh", "request")
+    end
     d.why = "fresh"
     return "fresh", d
   end
-  if not may_stale then return refuse("stale, must-revalidate") end
+  if not may_stale then return refuse(d, req_dir, "stale, must-revalidate", "stale") end
   local ms = req_dir.max_stale
   if ms == true or (type(ms) == "number" and -left <= ms) then
     d.why = "request max-stale"
@@ -645,7 +677,7 @@ function P.evaluate(meta, req_dir, now, opts)
     d.why = "stale-while-revalidate"
     return "stale_while_revalidate", d
   end
-  return refuse("stale")
+  return refuse(d, req_dir, "stale", "stale")
 end
 
 -- Vary (§4.1) ---------------------------------------------------------------------------------
@@ -672,6 +704,11 @@ local function normalise_value(v)
   end
   return concat(members, ",")
 end
+
+-- Request fields whose whole value is case-insensitive (content-codings, language tags,
+-- charsets: RFC 9110 §8.4.1, §8.5.1, §12.5.2): their case does not make another variant.
+local CASELESS_VALUES = { ["accept-encoding"] = true, ["accept-language"] = true,
+  ["accept-charset"] = true }
 
 function P.vary_fields(vary_value, max_fields)
   max_fields = max_fields or 64
@@ -707,6 +744,7 @@ function P.secondary_key(vary_value, req_headers, max_fields)
       parts[i] = name .. ":-"
     else
       v = normalise_value(v)
+      if CASELESS_VALUES[name] then v = lower(v) end
       parts[i] = name .. ":" .. #v .. ":" .. v
     end
   end
@@ -806,6 +844,46 @@ function P.validators(stored_headers)
   return out
 end
 
+-- The request header changes for a request the cache forwards to fill or revalidate an entry
+-- for a GET: { name = value | false (remove) }. The client's own preconditions and Range are
+-- removed, so the origin answers in full (or 304 to the cache's validators) and the cache
+-- evaluates them itself against what it then holds (RFC 9111 §4.3.1, §4.3.2); with a stored
+-- entry, its validators are sent.
+local CLIENT_CONDITIONS = { "if-match", "if-none-match", "if-modified-since",
+  "if-unmodified-since", "if-range", "range" }
+
+function P.forward_headers(req_headers, stored_headers)
+  local rq = req_headers or EMPTY
+  local out = {}
+  for _, name in ipairs(CLIENT_CONDITIONS) do
+    if rq[name] ~= nil then out[name] = false end
+  end
+  if stored_headers then
+    for name, v in pairs(P.validators(stored_headers)) do out[name] = v end
+  end
+  return out
+end
+
+-- Whether a 304 may update the stored response it answers (§4.3.4): its strong entity-tag
+-- must equal the stored one (strong comparison); a weak one, weakly; without an entity-tag,
+-- its Last-Modified must equal the stored one; a 304 with no validator at all updates.
+-- When false, the stored response must not be used: ask again without conditions.
+function P.updates(stored_headers, headers_304)
+  local st, h = stored_headers or EMPTY, headers_304 or EMPTY
+  local new = parse_etag(first(h, "etag"))
+  if new then
+    local old = parse_etag(first(st, "etag"))
+    if not old or old.tag ~= new.tag then return false end
+    return new.weak or not old.weak
+  end
+  local lm = first(h, "last-modified")
+  if lm ~= nil then
+    local a, b = P.parse_http_date(lm), P.parse_http_date(first(st, "last-modified"))
+    return a ~= nil and a == b
+  end
+  return true
+end
+
 -- 304 (§3.2, §4.3.4) ----------------------------------------------------------------------------
 
 -- Never updated from a 304: besides what is never stored, Content-Length (the stored body's),
@@ -830,8 +908,14 @@ function P.merge_304(stored_headers, headers_304, opts)
   -- The age and date of the stored response are now those of the 304 (§4.3.4).
   if h.age == nil then out.age = nil end
   if h.date == nil and opts and opts.now then out.date = P.http_date(opts.now) end
-  -- Fields the 304's directives exclude are dropped from the stored ones as well.
-  for k in pairs(drop) do out[k] = nil end
+  -- Fields the 304's directives exclude are dropped from the stored ones as well (not the
+  -- ones its Connection lists: those are the 304 message's own).
+  if qualified(cc["no-cache"]) then
+    for _, n in ipairs(P.field_names(cc["no-cache"])) do out[n] = nil end
+  end
+  if is_shared(opts) and qualified(cc.private) then
+    for _, n in ipairs(P.field_names(cc.private)) do out[n] = nil end
+  end
   if not (opts and opts.cache_set_cookie == true) and h["set-cookie"] ~= nil then
     out["set-cookie"] = nil
   end
