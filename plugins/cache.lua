@@ -221,7 +221,7 @@ end
 -- Answers from the entry looked up last: client conditionals (304/412) and a single range
 -- (206/416) first. Ends the request phase; in the response phase it replaces the upstream's
 -- answer.
-local function serve(req, conf, st, meta, headers, blen, cs)
+local function serve(req, conf, st, meta, headers, blen, cs, client_only)
   local z = st.zone
   local now = proxy.now()
   local age = policy.current_age(meta, now)
@@ -233,6 +233,13 @@ local function serve(req, conf, st, meta, headers, blen, cs)
       else
         list[#list + 1] = { name, v }
       end
+    end
+  end
+  for name, v in pairs(client_only or {}) do -- this response's only (a 304's Set-Cookie)
+    if type(v) == "table" then
+      for _, x in ipairs(v) do list[#list + 1] = { name, x } end
+    else
+      list[#list + 1] = { name, v }
     end
   end
   list[#list + 1] = { "age", policy.age_header(age) }
@@ -283,11 +290,20 @@ local function refresh_in_background(req, conf, st, sec)
   for k, v in pairs(st.rh) do if not HOP[k] then headers[k] = v end end
   local path = req:uri()
   local rh = st.rh
+  local uconf = proxy.config.upstreams and proxy.config.upstreams[name] or {}
+  local tls = uconf.tls
+  local scheme, verify, sni = "http", nil, nil
+  if tls then
+    scheme = "https"
+    verify = not (type(tls) == "table" and tls.verify == false)
+    sni = type(tls) == "table" and tls.sni or nil
+  end
   refreshing[key] = true
   local spawned = proxy.spawn(function()
     local t0 = proxy.now()
-    local res, err = proxy.http.request { url = "http://" .. addr .. path, headers = headers,
-      timeout = conf.background_timeout }
+    local res, err = proxy.http.request { url = scheme .. "://" .. addr .. path,
+      headers = headers, timeout = conf.background_timeout, ssl_verify = verify,
+      server_name = sni }
     refreshing[key] = nil
     if not res then
       proxy.log.warn("cache: background refresh of " .. key .. " failed: " .. tostring(err))
@@ -350,7 +366,7 @@ function P.request(req, conf)
       elseif decision == "revalidate" then
         z:count("expired")
         st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d }
-        st.fwd = "stale"
+        st.fwd = d and d.fwd or "stale"
         if not waited and conf.lock then z:lock(req, key, conf.lock_timeout) end
         -- Our validators replace the client's: a 304 makes the stored entry current, and the
         -- client's own conditionals are then answered from it.
@@ -406,14 +422,18 @@ function P.response(req, conf)
   if stale and from_upstream and status == 304 then
     local opts = conf._opts
     opts.now = now
-    local merged = policy.merge_304(stale.headers, rsh, opts)
+    local merged, client_only = policy.merge_304(stale.headers, rsh, opts)
     opts.now = nil
     local meta = policy.meta(stale.meta.status or 200, merged, st.t0, now, conf._opts)
     z:refresh(req, encode(meta, merged), keep_for(meta, conf, now))
     z:count("revalidated")
-    return serve(req, conf, st, meta, merged, stale.blen, { fwd = "stale", fwd_status = 304 })
+    return serve(req, conf, st, meta, merged, stale.blen,
+      { fwd = st.fwd or "stale", fwd_status = 304 }, client_only)
   end
-  if stale and (status >= 500 or not from_upstream) and stale.d.stale_if_error then
+  -- A 5xx within stale-if-error; an upstream that could not be reached, also when only
+  -- RFC 9111 4.2.4 allows it (no directive forbids serving stale).
+  if stale and ((status >= 500 and stale.d.stale_if_error)
+      or (not from_upstream and (stale.d.stale_if_error or stale.d.stale_if_disconnected))) then
     z:count("stale")
     return serve(req, conf, st, stale.meta, stale.headers, stale.blen,
       { hit = true, detail = "stale-if-error" })

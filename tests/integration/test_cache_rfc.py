@@ -944,10 +944,6 @@ class CacheRfcTest(H.ProxyTestCase):
         r = self.get(p)
         self.assertEqual(r.header("content-type"), "text/x-new")
 
-    # Finding F1: the plugin drops the second value of
-    # policy.merge_304 (client_only), so the client whose request a 304 answered never gets
-    # the 304's Set-Cookie.
-    @unittest.expectedFailure
     def test_304_set_cookie_goes_to_its_client_only(self):
         p = self.path()
         self.etag_origin(p, "max-age=0", extra_304=[("Set-Cookie", "sess=alice")])
@@ -1264,9 +1260,6 @@ class CacheRfcTest(H.ProxyTestCase):
         self.assertEqual((r.status, r.body), (206, b"v1"))
         self.assertEqual(self.origin.count(p), 2)
 
-    # Finding F4: the plugin reports fwd=stale for every revalidation; a fresh entry the
-    # request's own directives refused is fwd=request (RFC 9211 §2.2, policy details.fwd).
-    @unittest.expectedFailure
     def test_cache_status_fwd_request_for_request_directives(self):
         p = self.path()
         self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600")))
@@ -1425,10 +1418,6 @@ class CacheRfcTlsUpstreamTest(H.ProxyTestCase):
             cache={"zones": {ZONE: {"memory": "4m"}}})
         cls.port = cls.proxy.port
 
-    # Finding F2: the background refresh asks
-    # "http://" .. target whatever the upstream's TLS setting, so against a TLS upstream it
-    # never reaches the origin and the stale entry is served for the whole window.
-    @unittest.expectedFailure
     def test_stale_while_revalidate_refresh_over_tls(self):
         p = "/tls/swr"
         self.origin.script(p, ok("old", ("Cache-Control", "max-age=1, stale-while-revalidate=3600"),
