@@ -168,8 +168,8 @@ typedef struct cache_wait_s {
     lp_lua_waiter_t lw;              /* the parked task (its serial makes a late wake harmless) */
     uv_timer_t timer;                /* the bound; timer.data = this; freed in its close callback */
     lp_worker_t *w;                  /* borrowed: the waiting worker */
-    lp_cache_zone_t *zone;           /* borrowed: kept by the generation the task's request or
-                                        timer holds, and by lp_cache_worker_close's cancel */
+    lp_cache_zone_t *zone;           /* registry reference (lp_cache_zone_hold): the wait may
+                                        outlive its task, and so its generation */
     lp_list_t link;                  /* in the inbox's `waits` while alive */
     struct cache_wait_s *inbox_next; /* borrowed: in inbox->head once notified (inbox lock) */
     uint8_t done;                    /* ended: the timer is closing, nothing else may touch it */
@@ -178,7 +178,9 @@ typedef struct cache_wait_s {
 
 static void wait_on_closed(uv_handle_t *h)
 {
-    free(h->data);
+    cache_wait_t *cw = h->data;
+    lp_cache_zone_release(cw->zone);
+    free(cw);
 }
 
 /* Ends a wait on its worker's thread: wakes the task (unless the task itself ended) and lets
@@ -363,6 +365,7 @@ int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds)
         free(cw); /* the fill ended meanwhile: look again */
         return 0;
     }
+    lp_cache_zone_hold(zone);
     /* Parked after registering: a notify from another thread only queues the wait for this
      * thread, which ends it (and wakes the task) on a later turn, after Lua yielded. */
     lp_lua_park(&cw->lw);

@@ -254,6 +254,11 @@ static void zone_ref(lp_cache_zone_t *z)
     pthread_mutex_unlock(&reg_lock);
 }
 
+void lp_cache_zone_hold(lp_cache_zone_t *z)
+{
+    zone_ref(z);
+}
+
 void lp_cache_zone_release(lp_cache_zone_t *z)
 {
     if (!z)

@@ -67,6 +67,9 @@ typedef struct {
  * when out of memory. */
 lp_cache_zone_t *lp_cache_zone_acquire(const char *name, size_t memory, size_t max_object);
 void lp_cache_zone_release(lp_cache_zone_t *z);
+/* One more registry reference to a zone the caller holds one of (directly or through its
+ * generation's config); lp_cache_zone_release drops it. */
+void lp_cache_zone_hold(lp_cache_zone_t *z);
 /* The zone of that name some config holds, or NULL (borrowed: valid while the caller's
  * generation lives). */
 lp_cache_zone_t *lp_cache_zone_find(const char *name, size_t n);

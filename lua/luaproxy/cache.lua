@@ -25,6 +25,11 @@ local function zone_of(name, what)
   if type(name) ~= "string" then raise(what .. ": expected a zone name", 3) end
   local z = zones[name]
   if z then return z end
+  -- Only a zone this VM's own config declares: its generation holds that zone, so the
+  -- pointer kept here lives as long as this VM (another generation's could go first).
+  local cfg = require("proxy").config
+  local cc = cfg and cfg.cache
+  if not (cc and cc.zones and cc.zones[name]) then return nil end
   local p = C.lp_ffi_cache_zone(name, #name)
   if p == nil then return nil end
   z = setmetatable({ name = name, _z = p }, Zone)
