@@ -628,8 +628,8 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
             }
             if (want < len && len < LP_CACHE_CHUNK)
                 want = len;
-            if (want < 256)
-                want = 256;
+            if (want < 256 && f->hint <= e->body_len)
+                want = 256; /* length unknown: room for a few small appends */
             lp_cache_chunk_t *c = chunk_new(want);
             if (!c) {
                 fill_kill(f);
