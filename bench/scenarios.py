@@ -1278,3 +1278,57 @@ SCENARIOS.append({
     "per_mib": False,
     "note": "a CORS preflight answered by the proxy (cors plugin / add_header + return 204)",
 })
+
+# --- response cache (issue #13): hits from memory and a miss that stores, against nginx's
+# proxy_cache (which serves hits from files in the page cache). lp_origin sends no
+# Cache-Control: both cache 200s for an hour (default_ttl / proxy_cache_valid). Coalescing
+# of cold misses (1000 at once, one origin request) is measured by bench/cache_cold.py.
+LUAPROXY_CACHE = LUAPROXY_PLAIN.replace(
+    '  routes = { { match = { prefix = "/" }, upstream = "app" } },\n',
+    '  cache = { zones = { b = { memory = "256m", max_object_size = "8m" } } },\n'
+    '  routes = { { match = { prefix = "/" }, upstream = "app",\n'
+    '               plugins = { { name = "cache", zone = "b", default_ttl = { [200] = 3600 } } } } },\n')
+assert LUAPROXY_CACHE != LUAPROXY_PLAIN
+NGINX_CACHE = NGINX_PLAIN.replace(
+    "  upstream o {\n",
+    "  proxy_cache_path {{dir}}/cache levels=1:2 keys_zone=b:64m max_size=1g inactive=1h;\n"
+    "  upstream o {\n").replace(
+    "      proxy_pass http://o;\n",
+    "      proxy_pass http://o;\n"
+    "      proxy_cache b;\n"
+    "      proxy_cache_valid 200 1h;\n"
+    "      proxy_cache_lock on;\n"
+    "      add_header Cache-Status $upstream_cache_status;\n")
+assert NGINX_CACHE != NGINX_PLAIN
+
+for _label, _path, _per_mib in BODIES:
+    SCENARIOS.append({
+        "name": "cache-hit-%s-c50" % _label,
+        "path": _path,
+        "connections": 50,
+        "luaproxy": LUAPROXY_CACHE,
+        "nginx": NGINX_CACHE,
+        "per_mib": _per_mib,
+        "note": "every request a hit (the first stored it)",
+    })
+
+# Every request a new key: a miss, proxied and stored; against the plain proxy on the same
+# unique URLs (cache-miss-store minus plain-unique: the cost of storing).
+UNIQUE_SETUP = ('local n = 0\nrequest = function()\n  n = n + 1\n'
+                '  return wrk.format("GET", "/fixed?size=5&k=" .. n)\nend')
+for _name, _lp, _ng, _note in [
+    ("cache-miss-store-5B-c50", LUAPROXY_CACHE, NGINX_CACHE,
+     "every request a new key: looked up, proxied, stored"),
+    ("plain-unique-5B-c50", LUAPROXY_PLAIN, NGINX_PLAIN,
+     "the same unique URLs through the plain proxy (the base for cache-miss-store)"),
+]:
+    SCENARIOS.append({
+        "name": _name,
+        "path": "/fixed?size=5",
+        "connections": 50,
+        "wrk_setup": UNIQUE_SETUP,
+        "luaproxy": _lp,
+        "nginx": _ng,
+        "per_mib": False,
+        "note": _note,
+    })

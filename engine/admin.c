@@ -31,6 +31,7 @@
 #include "trace.h"
 #include "worker.h"
 #include "shdict.h"
+#include "cache_admin.h"
 #include "rtable.h"
 #include "admin_explain.h"
 
@@ -348,6 +349,7 @@ static void handle_status(admin_conn_t *c)
                                       "timers_running", jint(lua[1]), "timers_refused",
                                       jint(lua[2])));
         json_object_set_new(st, "shared", shared_status(lp_gen_current->config));
+        json_object_set_new(st, "cache", lp_cache_admin_status(lp_gen_current->config));
         /* Log lines dropped (the writer fell behind its output, or an output failed),
          * summed over workers and both logs; metrics: luaproxy_log_lines_dropped_total. */
         json_object_set_new(st, "log",
@@ -843,6 +845,15 @@ static void dispatch(admin_conn_t *c)
             respond_error(c, 405, "use POST /upstreams/NAME/targets/ADDRESS");
         else
             handle_target_state(c, (lp_str_t){path.base + 11, path.len - 11}, query);
+    } else if (path.len > 7 && memcmp(path.base, "/cache/", 7) == 0) {
+        if (m != HTTP_DELETE) {
+            respond_error(c, 405, "use DELETE /cache/NAME[?key=K|?prefix=P]");
+        } else {
+            int status;
+            json_t *j = lp_cache_admin_purge(
+                lp_gen_current->config, (lp_str_t){path.base + 7, path.len - 7}, query, &status);
+            respond(c, status, j);
+        }
     } else if (LP_STR_IEQ(path, "/upstreams")) {
         if (!get)
             respond_error(c, 405, "use GET /upstreams");
@@ -900,7 +911,7 @@ static void dispatch(admin_conn_t *c)
                       "no such endpoint (GET /, GET /status, GET /metrics, POST /reload, "
                       "POST /stop, GET /config, GET /upstreams, "
                       "POST /upstreams/NAME/targets/ADDRESS, GET /reloads, GET /errors, "
-                      "GET/POST /routes, POST /explain)");
+                      "GET/POST /routes, POST /explain, DELETE /cache/NAME)");
     }
 }
 

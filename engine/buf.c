@@ -95,6 +95,7 @@ lp_buf_t *lp_buf_get(lp_bufpool_t *p, size_t size)
     b->pool = b->cap == LP_BUF_SIZE || b->cap == LP_BUF_SMALL ? p : NULL;
     b->owner = p;
     b->next = NULL;
+    b->release = NULL;
     b->refs = 1;
     p->outstanding++;
     return b;
@@ -105,6 +106,10 @@ void lp_buf_unref(lp_buf_t *b)
     assert(b->refs > 0);
     if (--b->refs)
         return;
+    if (b->release) {
+        b->release(b);
+        return;
+    }
     lp_bufpool_t *p = b->pool;
     if (!p) {
         if (b->owner)

@@ -21,6 +21,10 @@ typedef struct lp_buf_s {
     lp_bufpool_t *owner;   /* the pool that counts it in `outstanding` */
     uint32_t refs;
     size_t cap; /* bytes in data */
+    /* NULL for a block of our own. Else the block pins memory it does not hold (a cache
+     * entry's body, engine/cache_ffi.c): the last lp_buf_unref calls this instead of freeing
+     * or pooling, and it frees the block. */
+    void (*release)(struct lp_buf_s *b);
     char data[];
 } lp_buf_t;
 

@@ -32,6 +32,7 @@
 #include "balancer.h"
 #include "lua_vm.h"
 #include "shdict.h"
+#include "cache_store.h"
 #include "route.h"
 #include "rtable.h"
 #include "tls.h"
@@ -1069,6 +1070,49 @@ void lp_config_apply_shared(const lp_config_t *c)
     for (size_t i = 0; i < c->nshdicts; i++)
         if (lp_shdict_capacity(c->shdicts[i]) != c->shdict_sizes[i])
             lp_shdict_resize(c->shdicts[i], c->shdict_sizes[i]);
+    for (size_t i = 0; i < c->ncache_zones; i++)
+        lp_cache_zone_resize(c->cache_zones[i], c->cache_memory[i], c->cache_max_object[i]);
+}
+
+/* cache.zones = { name = { memory, max_object_size } }: a registry reference per zone (made
+ * now, empty, when new; an existing zone keeps its entries and its limits until this config
+ * becomes current), so a reload keeps what the zones hold. */
+static void read_cache(rctx_t *r)
+{
+    lua_State *L = r->L;
+    lp_config_t *c = r->c;
+    if (!push_table(L, "cache"))
+        return;
+    if (!push_table(L, "zones")) {
+        lua_pop(L, 1);
+        return;
+    }
+    size_t n = 0;
+    for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1))
+        n++;
+    c->cache_zones = calloc(n + 1, sizeof(*c->cache_zones));
+    c->cache_memory = calloc(n + 1, sizeof(*c->cache_memory));
+    c->cache_max_object = calloc(n + 1, sizeof(*c->cache_max_object));
+    if (!c->cache_zones || !c->cache_memory || !c->cache_max_object) {
+        r->oom = 1;
+        lua_pop(L, 2);
+        return;
+    }
+    for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1)) {
+        if (c->ncache_zones >= n)
+            continue;
+        size_t mem = (size_t)get_num(L, "memory");
+        size_t maxobj = (size_t)get_num(L, "max_object_size");
+        lp_cache_zone_t *z = lp_cache_zone_acquire(lua_tostring(L, -2), mem, maxobj);
+        if (!z) {
+            r->oom = 1;
+            continue;
+        }
+        c->cache_zones[c->ncache_zones] = z;
+        c->cache_memory[c->ncache_zones] = mem;
+        c->cache_max_object[c->ncache_zones++] = maxobj;
+    }
+    lua_pop(L, 2);
 }
 
 /* metrics: the schema checked the bounds (increasing, at most LP_M_MAX_BUCKETS). */
@@ -1152,6 +1196,7 @@ static int read_config(rctx_t *r)
     lua_pop(L, 1);
     read_tracing(r);
     read_shared(r);
+    read_cache(r);
     read_metrics(r);
     if (!rc && r->oom)
         rc = fail(r, "(top)", "out of memory");
@@ -1462,6 +1507,11 @@ void lp_config_free(lp_config_t *c)
         lp_shdict_release(c->shdicts[i]);
     free(c->shdicts);
     free(c->shdict_sizes);
+    for (size_t i = 0; i < c->ncache_zones; i++)
+        lp_cache_zone_release(c->cache_zones[i]);
+    free(c->cache_zones);
+    free(c->cache_memory);
+    free(c->cache_max_object);
     free(c->path);
     free(c);
 }

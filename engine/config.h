@@ -247,6 +247,13 @@ typedef struct {
     struct lp_shdict_s **shdicts; /* owned array of nshdicts references */
     size_t *shdict_sizes;         /* owned: the declared capacity of each */
     size_t nshdicts;
+    /* cache.zones: the response cache's zones it declares (engine/cache_store.h registry), a
+     * reference each, taken when the config loads; the limits apply when it becomes current
+     * (lp_config_apply_shared). */
+    struct lp_cache_zone_s **cache_zones; /* owned array of ncache_zones references */
+    size_t *cache_memory;                 /* owned: each zone's byte budget */
+    size_t *cache_max_object;             /* owned: each zone's max_object_size */
+    size_t ncache_zones;
     lp_metrics_conf_t metrics; /* the `metrics` section */
     lp_trace_conf_t tracing;   /* `tracing` */
     char *admin_token;         /* owned: admin.token_file's bearer token; NULL: no authentication
@@ -273,7 +280,8 @@ extern int lp_config_admin_json;
  * never on a loop that serves. Once per config; errors as lp_config_load's. */
 int lp_config_materialise(lp_config_t *c, char *err, size_t errlen);
 void lp_config_free(lp_config_t *c);
-/* Gives every shared dict c declares its declared size (a reload's commit: cannot fail). */
+/* Gives every shared dict and cache zone c declares its declared size (a reload's commit:
+ * cannot fail). */
 void lp_config_apply_shared(const lp_config_t *c);
 /* "host:port", "[v6]:port" or ":port" into a socket address (resolving names). */
 int lp_addr_parse(const char *text, lp_addr_t *out, char *err, size_t errlen);

@@ -7,6 +7,8 @@
 #include "accesslog.h"
 #include "compress.h"
 #include "conn.h"
+#include "cache_req.h"
+#include "cache_store.h"
 #include "proxy_proto.h"
 #include "realip.h"
 #include "errpage.h"
@@ -65,6 +67,7 @@ static int on_req_body(lp_h1_t *h, const char *at, size_t len);
 /* ---- closing ---- */
 
 static void conn_metrics(lp_req_t *req);
+static int conn_cache_pump(lp_req_t *req);
 
 static void conn_on_closed(lp_endpoint_t *ep)
 {
@@ -294,6 +297,13 @@ static void conn_on_written(lp_endpoint_t *ep, int status)
     }
     if (lp_relay_drained(&c->ep)) {
         lp_req_t *req = c->req;
+        if (req && req->cache.left && !(req->flags & LP_RF_RESP_DONE)) {
+            /* A hit's body waits for room: the next part goes, or the answer ends. */
+            lp_req_hold(req);
+            conn_cache_pump(req);
+            lp_req_drop(req);
+            return;
+        }
         if (req && req->try.peer && ((c->flags & LP_CF_TUNNEL) || !(req->flags & LP_RF_RESP_DONE)))
             lp_peer_resume(req->try.peer);
     }
@@ -311,6 +321,7 @@ void lp_conn_flush(lp_conn_t *c)
 
 static int conn_respond_lua(lp_req_t *req);
 static int conn_send_local(lp_req_t *req);
+static int conn_cache_pump(lp_req_t *req);
 
 /* Makes the proxy's own answer the request's response: the config's error page for the
  * status (the route's, else the global one), or a short text saying why (errpage.h). It
@@ -1213,6 +1224,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     lp_wbatch_add(wb, hb->data, n, hb);
     lp_buf_unref(hb); /* the batch holds it now */
     req->flags |= LP_RF_RESP_STARTED;
+    lp_cache_req_head(req); /* a key lock the plugin did not turn into a fill goes now */
     return 0;
 }
 
@@ -1235,6 +1247,13 @@ int lp_conn_response_head(lp_req_t *req, lp_h1_t *rh)
         return rc;
     if (rc == LP_ERROR)
         return 500;
+    if (req->flags & LP_RF_LOCAL) {
+        /* The cache answered from an entry instead (a 304 that revalidated it, a 5xx it
+         * serves stale over): the upstream exchange is dropped (conn_after_lua), so the
+         * caller must not touch it again. */
+        lp_conn_lua_resumed(req, LP_PHASE_RESPONSE, LP_OK);
+        return LP_GONE;
+    }
     return conn_send_head(req, rh) ? 502 : 0;
 }
 
@@ -1317,6 +1336,8 @@ static int conn_filter_body(lp_req_t *req, const char *at, size_t len, int eof, 
 
 int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
+    if (req->cache.fill)
+        lp_cache_req_tee(req, at, len); /* the upstream's bytes, before any filter */
     if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
         if (!len)
             return LP_OK;
@@ -1359,6 +1380,8 @@ static int conn_response_end(lp_req_t *req)
 
 int lp_conn_response_done(lp_req_t *req)
 {
+    if (req->cache.fill)
+        lp_cache_req_done(req); /* complete: linked (a local answer's fill is dropped) */
     if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY) && !(req->flags & LP_RF_HEAD)) {
         int rc = conn_filter_body(req, "", 0, 1, LP_FC_EOF);
         if (rc == LP_AGAIN)
@@ -1388,6 +1411,22 @@ static int conn_send_local(lp_req_t *req)
         lp_conn_close(req->conn);
         return LP_GONE;
     }
+    if (req->cache.body) {
+        if ((req->flags & LP_RF_HEAD) || !req->cache.left) {
+            lp_cache_req_body_done(req);
+            return conn_local_done(req);
+        }
+        if (!lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
+            return conn_cache_pump(req);
+        /* Body filters take the body as one piece (they may change and wait on it). */
+        free(req->resp.local_body);
+        req->resp.local_body = lp_cache_req_copy(req);
+        lp_cache_req_body_done(req);
+        if (!req->resp.local_body) {
+            lp_conn_close(req->conn);
+            return LP_GONE;
+        }
+    }
     if (!(req->flags & LP_RF_HEAD) && req->resp.local_body_len) {
         lp_buf_t *b = lp_buf_get(&req->w->bufs, req->resp.local_body_len);
         if (!b) {
@@ -1406,6 +1445,48 @@ static int conn_send_local(lp_req_t *req)
         if (rc != LP_OK)
             return conn_filter_failed(req);
     }
+    return conn_local_done(req);
+}
+
+/* A hit's body, from its entry's chunks without copying: iovecs into the chunks, each
+ * pinning the entry (lp_cache_req_pin), queued until the client's side holds the high
+ * watermark; conn_on_written calls again once it drained to the low one. LP_OK while it
+ * waits, else what ending the answer returns. */
+static int conn_cache_pump(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    lp_req_cache_t *rc = &req->cache;
+    lp_buf_t *pin = lp_cache_req_pin(req);
+    if (!pin) {
+        lp_conn_close(c);
+        return LP_GONE;
+    }
+    for (;;) {
+        uint64_t before = rc->left;
+        while (rc->left && rc->chunk && lp_ep_queued(&c->ep) < LP_HIGH_WATERMARK &&
+               !(c->ep.flags & LP_EPF_CLOSING)) {
+            size_t n = rc->chunk->len - rc->chunk_off;
+            if (n > rc->left)
+                n = (size_t)rc->left;
+            conn_write_body(req, rc->chunk->data + rc->chunk_off, n, pin);
+            rc->left -= n;
+            rc->chunk_off += n;
+            if (rc->chunk_off == rc->chunk->len) {
+                rc->chunk = rc->chunk->next;
+                rc->chunk_off = 0;
+            }
+        }
+        if (!rc->chunk)
+            rc->left = 0; /* cannot happen (the length came from the chunks); never spin */
+        lp_conn_flush(c);
+        if (c->ep.flags & LP_EPF_CLOSING)
+            return LP_OK; /* the connection's end ends the request */
+        if (!rc->left)
+            break;
+        if (c->ep.out_pending > LP_LOW_WATERMARK || rc->left == before)
+            return LP_OK; /* conn_on_written goes on */
+    }
+    lp_cache_req_body_done(req);
     return conn_local_done(req);
 }
 
@@ -1483,6 +1564,12 @@ static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
     case LP_PHASE_UPSTREAM:
         return conn_start_upstream(req);
     case LP_PHASE_RESPONSE:
+        if ((req->flags & LP_RF_LOCAL) && req->try.peer) {
+            /* The cache plugin answered from an entry instead (a 304 that revalidated it, a
+             * 5xx it serves stale over): the upstream's answer is dropped. */
+            lp_peer_abort(req->try.peer);
+            req->try.peer = NULL;
+        }
         if (req->flags & LP_RF_LOCAL)
             return conn_send_local(req);
         if (req->try.peer) {

@@ -773,9 +773,13 @@ const char *lp_h1_date(void)
 
 size_t lp_h1_response_head(char *out, size_t cap, const lp_h1_resp_head_t *h)
 {
-    int has_date = 0;
-    for (unsigned i = 0; !h->local && i < h->nheaders && !has_date; i++)
-        has_date = LP_STR_IEQ(h->headers[i].name, "date");
+    /* A head that carries its own Date (an upstream's, a cached response's) keeps it; a
+     * cached response keeps its Server too. */
+    int has_date = 0, has_server = 0;
+    for (unsigned i = 0; i < h->nheaders; i++) {
+        has_date |= LP_STR_IEQ(h->headers[i].name, "date");
+        has_server |= h->local && LP_STR_IEQ(h->headers[i].name, "server");
+    }
     lp_wbuf_t w = {out, out + cap, 0};
     lp_wbuf_cstr(&w, "HTTP/1.1 ");
     lp_wbuf_u64(&w, (uint64_t)h->status);
@@ -785,7 +789,7 @@ size_t lp_h1_response_head(char *out, size_t cap, const lp_h1_resp_head_t *h)
     else
         lp_wbuf_cstr(&w, lp_h1_status_text(h->status));
     lp_wbuf_cstr(&w, "\r\n");
-    if (h->local)
+    if (h->local && !has_server)
         lp_wbuf_cstr(&w, "Server: luaproxy\r\n");
     if (!has_date) {
         lp_wbuf_cstr(&w, "Date: ");

@@ -120,7 +120,7 @@ typedef struct {
     lp_str_t reason;            /* base NULL: the standard text for the status */
     const lp_header_t *headers; /* borrowed: end-to-end fields, in order */
     unsigned nheaders;
-    int local;              /* the proxy's own answer: Server, and always Date */
+    int local;              /* the proxy's own answer: Server and Date unless it has them */
     int upgrade;            /* a 101 switching: Connection: upgrade + Upgrade */
     lp_str_t upgrade_proto; /* the Upgrade value (base NULL: none) */
     int chunked;            /* Transfer-Encoding: chunked */

@@ -11,6 +11,7 @@
 #include "rtable.h"
 #include "logw.h"
 #include "shdict.h"
+#include "cache_store.h"
 #include "trace.h"
 #include "worker.h"
 
@@ -215,6 +216,62 @@ static void upstreams(lp_mtext_t *t, const lp_config_t *cfg)
     }
 }
 
+/* The response cache's zones (cache_store.h): what they hold and their counters. */
+static void cache_zones(lp_mtext_t *t, const lp_config_t *cfg)
+{
+    static const char *const gauges[] = {"luaproxy_cache_entries", "luaproxy_cache_bytes",
+                                         "luaproxy_cache_capacity_bytes"};
+    static const char *const ghelp[] = {"Entries held by the cache zone.",
+                                        "Bytes held by the cache zone.",
+                                        "Byte budget of the cache zone."};
+    static const char *const results[] = {"hit",   "miss",        "expired",
+                                          "stale", "revalidated", "bypass"};
+    static const char *const fills[] = {"stored", "abandoned"};
+    for (int j = 0; j < 3; j++) {
+        lp_mtext_family(t, gauges[j], "gauge", ghelp[j]);
+        for (size_t i = 0; i < cfg->ncache_zones; i++) {
+            lp_cache_stats_t st;
+            lp_cache_zone_stats(cfg->cache_zones[i], &st);
+            const char *l[] = {"zone", lp_cache_zone_name(cfg->cache_zones[i])};
+            uint64_t v = j == 0 ? st.entries : j == 1 ? st.bytes : st.capacity;
+            lp_mtext_sample(t, gauges[j], "", l, 1, (double)v);
+        }
+    }
+    /* One family at a time: its samples follow its own TYPE line (OpenMetrics). */
+    lp_mtext_family(t, "luaproxy_cache_requests_total", "counter",
+                    "Requests the cache plugin decided on, by result.");
+    for (size_t i = 0; i < cfg->ncache_zones; i++) {
+        lp_cache_stats_t st;
+        lp_cache_zone_stats(cfg->cache_zones[i], &st);
+        for (int j = 0; j < 6; j++) {
+            const char *l[] = {"zone", lp_cache_zone_name(cfg->cache_zones[i]), "result",
+                               results[j]};
+            lp_mtext_sample(t, "luaproxy_cache_requests_total", "", l, 2,
+                            (double)st.counts[LP_CACHE_C_HIT + j]);
+        }
+    }
+    lp_mtext_family(t, "luaproxy_cache_fills_total", "counter",
+                    "Responses gathered into the cache zone, by result.");
+    for (size_t i = 0; i < cfg->ncache_zones; i++) {
+        lp_cache_stats_t st;
+        lp_cache_zone_stats(cfg->cache_zones[i], &st);
+        for (int j = 0; j < 2; j++) {
+            const char *l[] = {"zone", lp_cache_zone_name(cfg->cache_zones[i]), "result", fills[j]};
+            lp_mtext_sample(t, "luaproxy_cache_fills_total", "", l, 2,
+                            (double)st.counts[LP_CACHE_C_STORED + j]);
+        }
+    }
+    lp_mtext_family(t, "luaproxy_cache_evictions_total", "counter",
+                    "Entries pushed out of the cache zone by its byte budget.");
+    for (size_t i = 0; i < cfg->ncache_zones; i++) {
+        lp_cache_stats_t st;
+        lp_cache_zone_stats(cfg->cache_zones[i], &st);
+        const char *l[] = {"zone", lp_cache_zone_name(cfg->cache_zones[i])};
+        lp_mtext_sample(t, "luaproxy_cache_evictions_total", "", l, 1,
+                        (double)st.counts[LP_CACHE_C_EVICTED]);
+    }
+}
+
 static void process(lp_mtext_t *t, const lp_server_t *s, const lp_config_t *cfg)
 {
     uint64_t conns, reqs;
@@ -271,6 +328,7 @@ static void process(lp_mtext_t *t, const lp_server_t *s, const lp_config_t *cfg)
             lp_mtext_sample(t, dict_names[j], "", l, 1, (double)v);
         }
     }
+    cache_zones(t, cfg);
     lp_mtext_family(t, "luaproxy_reloads_total", "counter", "Reloads, by result.");
     const char *ok[] = {"result", "ok"}, *failed[] = {"result", "failed"};
     lp_mtext_sample(t, "luaproxy_reloads_total", "", ok, 1, (double)s->reloads);

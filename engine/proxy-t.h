@@ -215,7 +215,10 @@ struct lp_worker_s {
     /* Its own metrics (metrics.h: it writes with LP_M_ADD/SET, the admin API reads). */
     uint64_t m_cells[LP_WM_N];
     struct lp_trace_exp_s *trace_exp; /* owned: span export (trace_export.c), NULL: none */
-    lp_trace_counts_t trace_counts;   /* its export counters (relaxed atomics, trace-t.h) */
+    /* owned: response cache wake-ups handed over by other threads (cache_ffi.c); NULL until
+     * this worker's first coalescing wait */
+    struct lp_cache_inbox_s *cache_inbox;
+    lp_trace_counts_t trace_counts; /* its export counters (relaxed atomics, trace-t.h) */
 };
 
 /* The worker of a worker's endpoint (a client or upstream connection): its env is the
@@ -316,6 +319,24 @@ typedef struct lp_resp_s {
     uint8_t zip_level;    /* its level (compress.h ranges) */
 } lp_resp_t;
 
+/* A request's part in the response cache (engine/cache_ffi.c, cache_store.h): what the
+ * cache plugin looked up, the fill its response feeds, and a hit's body being written.
+ * Zeroed by lp_req_new, released by lp_req_end (lp_cache_req_end). */
+typedef struct lp_req_cache_s {
+    struct lp_cache_fill_s *fill;         /* owned: the fill this response feeds, or the key lock it
+                                             holds (coalescing); NULL: none */
+    struct lp_cache_entry_s *hit;         /* reference: the entry last looked up; NULL: none */
+    struct lp_cache_zone_s *hit_zone;     /* borrowed (the generation's config holds a reference):
+                                             hit's zone */
+    struct lp_cache_entry_s *body;        /* reference: the entry whose body is the response's body
+                                             (a hit); NULL: none */
+    const struct lp_cache_chunk_s *chunk; /* borrowed from body: the next chunk to queue */
+    size_t chunk_off;                     /* bytes of chunk already queued */
+    uint64_t left;                        /* body bytes still to queue */
+    lp_buf_t *pin; /* owned reference: the block write batches pin body's bytes with (its
+                      release drops the entry); NULL while nothing is queued */
+} lp_req_cache_t;
+
 /* One request on a client connection, from its head to its log line. Its lifetime is its
  * own (request.h: a reference count, LP_RF_ENDED); its parts have owners: `try` is the
  * upstream side's, `resp` the response's, `lua` the VM's. */
@@ -373,6 +394,7 @@ struct lp_req_s {
      * bytes are still read (bounded by body_limit) and discarded. */
     lp_buf_t *new_body;  /* owned: the replacement, NULL: the client's body goes up */
     size_t new_body_len; /* its length (Content-Length upstream) */
+    lp_req_cache_t cache;       /* the response cache's (see above) */
 };
 
 /* lp_req_t.tee */

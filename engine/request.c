@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include "accesslog.h"
 #include "compress.h"
+#include "cache_req.h"
 #include "conn.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -109,6 +110,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     req->body_max = 0;
     lp_req_body_init(req);
     resp_reset(&req->resp);
+    memset(&req->cache, 0, sizeof(req->cache));
     lp_upstream_try_reset(req);
     req->trace.on = req->trace.recorded = req->trace.ntries = req->trace.cur_try = 0;
     return req;
@@ -263,6 +265,7 @@ void lp_req_end(lp_req_t *req)
     req->resp.local_body_len = 0;
     lp_zip_free(req->resp.zip); /* a body cut short leaves its compressor here */
     req->resp.zip = NULL;
+    lp_cache_req_end(req); /* a fill not committed is dropped, never linked */
     if (req->try.peer) {
         lp_peer_abort(req->try.peer);
         req->try.peer = NULL;

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include "accesslog.h"
+#include "cache_req.h"
 #include "conn.h"
 #include "cosock.h"
 #include "trace.h"
@@ -339,6 +340,7 @@ static void maybe_finish(lp_worker_t *w)
     }
     if (lp_list_empty(&w->conns) && lp_list_empty(&w->detached) && !lp_lua_background(w)) {
         lp_lua_sched_close(w);
+        lp_cache_worker_close(w); /* no wait is left: other threads stop waking this one */
         uv_timer_stop(&w->drain_timer);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
         uv_close((uv_handle_t *)&w->wakeup, NULL);

@@ -124,6 +124,7 @@ proxy.shared = require("luaproxy.shared").dicts
 local LAZY = {
   re = "luaproxy.re", -- PCRE2 regular expressions (docs/lua-api.md)
   router = "luaproxy.router", -- the compiled router (docs/routing.md)
+  cache = "luaproxy.cache", -- the response cache's zones, purge (docs/plugins/cache.md)
 }
 setmetatable(proxy, {
   __index = function(t, k)

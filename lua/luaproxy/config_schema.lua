@@ -606,7 +606,7 @@ local S = {
   description = "a luaproxy config file",
   doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
                 "log", "plugins", "lua", "shared", "admin", "metrics", "client_abort", "pid_file",
-                "watch", "tracing", "lint" },
+                "watch", "tracing", "lint", "cache" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
                 description = "worker threads, each with its own loop and listening socket "
@@ -904,6 +904,35 @@ local S = {
                  description = "file the pid is written to (used by `luaproxy -s` when there "
                    .. "is no admin API)" },
     tracing = TRACING,
+    -- cache (issue #13): the response cache's zones (engine/cache_store.h); the policy is the
+    -- bundled `cache` plugin's (docs/plugins/cache.md).
+    cache = {
+      type = "record", default = {}, doc_default = "none",
+      description = "response cache zones, shared by every worker; the `cache` plugin "
+        .. "stores into and serves from them (docs/plugins/cache.md)",
+      fields = {
+        zones = {
+          type = "map", default = {}, doc_default = "none",
+          description = '`{ api = { memory = "256m", max_object_size = "8m" } }`: zones by '
+            .. "name; a reload keeps the entries of a zone it keeps (new limits apply at the "
+            .. "switch: a smaller `memory` evicts the least recently used)",
+          keys = { type = "string", pattern = "^[%a_][%w_]*$" },
+          values = {
+            type = "record",
+            fields = {
+              memory = { type = "any", required = true, coerce = size_coerce, custom = size_check,
+                         description = 'the zone\'s byte budget (bytes, or "64k", "10m", "1g"): '
+                           .. "entries, keys, heads and bodies; least recently used go first" },
+              max_object_size = {
+                type = "any", default = 8388608, coerce = size_coerce, custom = size_check,
+                doc_default = '"8m"',
+                description = "a larger response passes through uncached (its fill is dropped "
+                  .. "when the body goes over, or at once when its Content-Length says so)" },
+            },
+          },
+        },
+      },
+    },
     watch = {
       type = "boolean", default = false,
       description = "reload when a `.lua` file changes next to the config (and in its "

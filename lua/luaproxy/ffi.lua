@@ -146,6 +146,20 @@ int lp_ffi_pkey_verify(void *k, int md, int pss, const char *data, size_t dlen, 
 
 /* ---- compression (engine/compress.c) ---- */
 int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
+void *lp_ffi_cache_zone(const char *name, size_t n);
+int lp_ffi_cache_get(void *r, void *zone, const char *key, size_t klen, const char *sec,
+                     size_t slen, lp_str_t *head, double *body_len);
+int lp_ffi_cache_lock(void *r, void *zone, const char *key, size_t klen, double timeout);
+int lp_ffi_cache_locked(void *zone, const char *key, size_t klen);
+int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds);
+int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const char *sec,
+                       size_t slen, const char *head, size_t hlen, double keep);
+int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
+                     const char *head, size_t hlen, const char *body, size_t blen, double keep);
+int lp_ffi_cache_respond(void *r, int status, double first, double last);
+int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
+void lp_ffi_cache_count(void *zone, int what);
 ]]
 
 return {
@@ -179,4 +193,7 @@ return {
   TEE_NONE = 0, TEE_DONE = 1, TEE_OVER = 2, TEE_PARTIAL = 3, TEE_FAIL = 4,
   -- lp_ffi_pkey_kind (auth plugins)
   PKEY_RSA = 1, PKEY_P256 = 256, PKEY_P384 = 384, PKEY_ED25519 = 25519,
+  -- the response cache (engine/cache_store.h): purge modes, counters
+  CACHE_PURGE_KEY = 0, CACHE_PURGE_PREFIX = 1, CACHE_PURGE_ALL = 2,
+  CACHE_C = { hit = 0, miss = 1, expired = 2, stale = 3, revalidated = 4, bypass = 5 },
 }

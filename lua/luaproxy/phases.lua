@@ -33,6 +33,9 @@ M.methods = {
   set_status = RESP_WRITE, set_resp_header = RESP_WRITE, add_resp_header = RESP_WRITE,
   clear_resp_header = RESP_WRITE,
   upstream_addr = { response = true, response_body = true, log = true },
+  -- the response cache (plugins/cache.lua): what plugins tell it about this request
+  set_cache_key = REQ_WRITE, cache_bypass = REQ_WRITE,
+  cache_no_store = RESP_WRITE, cache_ttl = RESP_WRITE, cache_options = REQ_READ,
   -- trace context (docs/tracing.md), readable everywhere
   trace_id = REQ_READ, span_id = REQ_READ, parent_span_id = REQ_READ, trace_sampled = REQ_READ,
   -- request body copy and replacement (engine/req_body.c)

@@ -520,5 +520,54 @@ function M.bind(state, cfg)
   return new, runtime.run, runtime.body
 end
 
+-- ---- the response cache (lua/luaproxy/cache.lua, plugins/cache.lua) ----
+-- What plugins tell the cache about this request; the `cache` plugin reads it with
+-- req:cache_options(). Kept on the handle (one table per request).
+
+function methods.set_cache_key(h, key)
+  check(h, "set_cache_key")
+  if type(key) ~= "string" or key == "" then raise("req:set_cache_key(): expected a string", 2) end
+  h._cache_key = key
+end
+
+function methods.cache_bypass(h)
+  check(h, "cache_bypass")
+  h._cache_bypass = true
+end
+
+function methods.cache_no_store(h)
+  check(h, "cache_no_store")
+  h._cache_no_store = true
+end
+
+function methods.cache_ttl(h, seconds)
+  check(h, "cache_ttl")
+  if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
+    raise("req:cache_ttl(): expected seconds (a number >= 0)", 2)
+  end
+  h._cache_ttl = seconds
+end
+
+function methods.cache_options(h)
+  check(h, "cache_options")
+  return { key = h._cache_key, bypass = h._cache_bypass or false,
+           no_store = h._cache_no_store or false, ttl = h._cache_ttl }
+end
+
+-- An answer whose body is the cache entry the request looked up (Zone:respond).
+function M.cache_respond(h, status, headers, first, last)
+  if C.lp_ffi_respond_begin(h._r) == K.EOTHER then
+    raise("cache: this handle belongs to another request than the running phase's", 3)
+  end
+  for i = 1, #headers do
+    local kv = headers[i]
+    set_header(h, 1, K.HADD, kv[1], kv[2], "cache")
+  end
+  if C.lp_ffi_cache_respond(h._r, status, first, last) ~= 0 then
+    raise("cache: cannot answer from the entry", 3)
+  end
+  if h._phase == "request" or h._phase == "upstream" then yield() end
+end
+
 M.methods = methods
 return M

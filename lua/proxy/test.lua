@@ -773,6 +773,30 @@ function Req:set_target(host, port)
 end
 
 -- The engine's hash policy would use this key; the double records it.
+-- The response cache (plugins/cache.lua): what plugins tell it about this request.
+function Req:set_cache_key(key)
+  check("set_cache_key", self._phase)
+  if type(key) ~= "string" or key == "" then phases.raise("req:set_cache_key(): expected a string", 2) end
+  self._cache_key = key
+end
+
+function Req:cache_bypass() check("cache_bypass", self._phase); self._cache_bypass = true end
+function Req:cache_no_store() check("cache_no_store", self._phase); self._cache_no_store = true end
+
+function Req:cache_ttl(seconds)
+  check("cache_ttl", self._phase)
+  if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
+    phases.raise("req:cache_ttl(): expected seconds (a number >= 0)", 2)
+  end
+  self._cache_ttl = seconds
+end
+
+function Req:cache_options()
+  check("cache_options", self._phase)
+  return { key = self._cache_key, bypass = self._cache_bypass or false,
+           no_store = self._cache_no_store or false, ttl = self._cache_ttl }
+end
+
 function Req:set_hash_key(key)
   check("set_hash_key", self._phase)
   if type(key) ~= "string" then phases.raise("req:set_hash_key(): expected a string", 2) end
@@ -1175,17 +1199,21 @@ function T.run_chain(entries, req_spec, resp_spec)
   end
 
   local request_headers = h_table(req._headers)
-  local chunks
+  local chunks, upstream_body
   if responded then
     req._phase = "response"
     chunks = { req._resp_body }
   else
     T.response(req, resp_spec)
+    upstream_body = req._resp_body
     chunks = req._resp_chunks or chunks_of(req._resp_body, resp_spec.chunk_size)
   end
 
   for _, e in ipairs(list) do
     if runs(e, "response") then T.phase(e.plugin, "response", req, e.conf) end
+  end
+  if req._cache_served and not responded then
+    chunks = { req._resp_body } -- the cache answered from an entry instead (a 304, stale-if-error)
   end
 
   local filters = {}
@@ -1200,6 +1228,15 @@ function T.run_chain(entries, req_spec, resp_spec)
       if ret ~= nil then chunk = tostring(ret) end
     end
     out[#out + 1] = chunk
+  end
+
+  -- The engine links a fill once the upstream's body is through; an answer from an entry
+  -- drops it.
+  if req._cache_served or upstream_body == nil then
+    req._cache_fill = nil
+    T.cache_release(req)
+  else
+    T.cache_finish(req, upstream_body)
   end
 
   for _, e in ipairs(list) do
@@ -1246,6 +1283,34 @@ local reset_without_dicts = T.reset
 function T.reset()
   reset_without_dicts()
   shared_reg.reset()
+end
+
+-- proxy.cache: zones a spec declares with T.cache_zones{ name = {} } (proxy/test_cache.lua:
+-- the engine's store as tables on the fake clock); T.cache_zone(name) shows one (entries,
+-- counts, locks). T.reset() forgets them.
+do
+  local cache_reg = require("proxy.test_cache").registry(function() return clock end, {
+    respond = function(req, status, headers, body)
+      req._status = status
+      req._resp_body = body
+      req._resp_headers = {}
+      for _, kv in ipairs(headers) do h_add(req._resp_headers, "respond", kv[1], kv[2]) end
+      req._upstream_addr = nil
+      req._cache_served = true
+      if req._phase == "request" or req._phase == "upstream" then finish(req, "respond") end
+    end,
+    sleep = function(seconds) fake.sleep(seconds) end,
+  })
+  fake.cache = cache_reg.api
+  T.cache_zones = cache_reg.declare
+  T.cache_zone = cache_reg.zone
+  T.cache_finish = cache_reg.finish
+  T.cache_release = cache_reg.release
+  local reset_without_cache = T.reset
+  function T.reset()
+    reset_without_cache()
+    cache_reg.reset()
+  end
 end
 
 -- proxy.http: answers a spec scripts with T.http_mock(url or pattern, answer); the calls

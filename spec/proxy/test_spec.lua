@@ -211,6 +211,7 @@ describe("proxy.test", function()
         log_field = { "k", "v" },
         tee_body = { 1024 }, set_body = { "{}" }, set_query = { "a=1" },
         compress = { "gzip" },
+        set_cache_key = { "k" }, cache_ttl = { 10 },
       }
       for name, allowed in pairs(phases.methods) do
         assert.is_function(req[name], name)

@@ -15,7 +15,7 @@ import luatest as L  # noqa: E402
 from luatest import H  # noqa: E402
 
 EXAMPLES = ["path-routing", "canary", "tester-routing", "maintenance", "routing-script",
-            "redis-rate-limit"]  # redis-rate-limit runs in test_lua_redis.py
+            "redis-rate-limit", "cache"]  # redis-rate-limit runs in test_lua_redis.py
 
 
 def fnv1a(s):
@@ -49,6 +49,7 @@ class ExampleProxy(H.Proxy):
         for demo, port in ports.items():
             text = text.replace("127.0.0.1:%d" % demo, "127.0.0.1:%d" % port)
         text = text.replace("127.0.0.1:8080", "127.0.0.1:0")
+        text = text.replace("127.0.0.1:9901", "127.0.0.1:0")  # an admin API, if any
         self.text = text
 
     def write_config(self):
@@ -229,6 +230,27 @@ class MaintenanceExample(ExampleTestCase):
             for _ in range(3):
                 self.assertEqual(c.request("GET", "/").status, 503)
             self.assertEqual(self.origin(c.request("GET", "/health")), "web")
+
+
+class CacheExample(ExampleTestCase):
+    EXAMPLE = "cache"
+
+    def test_lua_key_shares_one_entry(self):
+        first = H.get(self.proxy.port, "/api/fixed?b=2&a=1")
+        self.assertEqual(first.status, 200)
+        self.assertIn("fwd=miss", first.header("cache-status"))
+        self.assertIn("stored", first.header("cache-status"))
+        again = H.get(self.proxy.port, "/api/fixed?a=1&b=2&utm_source=x")
+        self.assertEqual(again.status, 200)
+        self.assertIn("hit", again.header("cache-status"))
+        self.assertEqual(again.body, first.body)
+        self.assertIsNotNone(again.header("age"))
+        other = H.get(self.proxy.port, "/api/fixed?a=2")
+        self.assertIn("fwd=miss", other.header("cache-status"))
+
+    def test_web_not_cached(self):
+        r = H.get(self.proxy.port, "/")
+        self.assertEqual((r.status, r.header("cache-status")), (200, None))
 
 
 class RoutingScriptExample(ExampleTestCase):

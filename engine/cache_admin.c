@@ -1,0 +1,101 @@
+/* The response cache on the admin API (cache_admin.h). */
+#include "cache_admin.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache_store.h"
+#include "http1.h"
+
+static json_t *jint(uint64_t v)
+{
+    return json_integer((json_int_t)v);
+}
+
+json_t *lp_cache_admin_status(const lp_config_t *cfg)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; o && i < cfg->ncache_zones; i++) {
+        lp_cache_stats_t st;
+        lp_cache_zone_stats(cfg->cache_zones[i], &st);
+        const uint64_t *n = st.counts;
+        json_object_set_new(
+            o, lp_cache_zone_name(cfg->cache_zones[i]),
+            json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "entries",
+                      jint(st.entries), "bytes", jint(st.bytes), "capacity", jint(st.capacity),
+                      "max_object_size", jint(st.max_object), "hit", jint(n[LP_CACHE_C_HIT]),
+                      "miss", jint(n[LP_CACHE_C_MISS]), "expired", jint(n[LP_CACHE_C_EXPIRED]),
+                      "stale", jint(n[LP_CACHE_C_STALE]), "revalidated",
+                      jint(n[LP_CACHE_C_REVALIDATED]), "bypass", jint(n[LP_CACHE_C_BYPASS]),
+                      "stored", jint(n[LP_CACHE_C_STORED]), "abandoned",
+                      jint(n[LP_CACHE_C_ABANDONED]), "evicted", jint(n[LP_CACHE_C_EVICTED])));
+    }
+    return o ? o : json_object();
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* A query value percent-decoded ('+' is a space) into a malloc'd string of *n bytes; NULL
+ * when out of memory. */
+static char *decode(lp_str_t v, size_t *n)
+{
+    char *out = malloc(v.len + 1);
+    if (!out)
+        return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < v.len; i++) {
+        int hi, lo;
+        if (v.base[i] == '%' && i + 2 < v.len && (hi = hexval(v.base[i + 1])) >= 0 &&
+            (lo = hexval(v.base[i + 2])) >= 0) {
+            out[k++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[k++] = v.base[i] == '+' ? ' ' : v.base[i];
+        }
+    }
+    out[k] = 0;
+    *n = k;
+    return out;
+}
+
+json_t *lp_cache_admin_purge(const lp_config_t *cfg, lp_str_t name, lp_str_t query, int *status)
+{
+    lp_cache_zone_t *z = NULL;
+    for (size_t i = 0; i < cfg->ncache_zones; i++) {
+        const char *zn = lp_cache_zone_name(cfg->cache_zones[i]);
+        if (strlen(zn) == name.len && memcmp(zn, name.base, name.len) == 0)
+            z = cfg->cache_zones[i];
+    }
+    if (!z) {
+        *status = 404;
+        return json_pack("{s:b,s:s}", "ok", 0, "error", "no such cache zone");
+    }
+    lp_str_t key = lp_kv_find(query, '&', "key", 3);
+    lp_str_t prefix = lp_kv_find(query, '&', "prefix", 6);
+    int mode = key.base      ? LP_CACHE_PURGE_KEY
+               : prefix.base ? LP_CACHE_PURGE_PREFIX
+                             : LP_CACHE_PURGE_ALL;
+    size_t n = 0;
+    char *k = NULL;
+    if (mode != LP_CACHE_PURGE_ALL && !(k = decode(key.base ? key : prefix, &n))) {
+        *status = 500;
+        return json_pack("{s:b,s:s}", "ok", 0, "error", "out of memory");
+    }
+    size_t purged = lp_cache_purge(z, mode, k, n);
+    free(k);
+    *status = 200;
+    return json_pack("{s:b,s:s,s:o}", "ok", 1, "mode",
+                     mode == LP_CACHE_PURGE_KEY      ? "key"
+                     : mode == LP_CACHE_PURGE_PREFIX ? "prefix"
+                                                     : "all",
+                     "purged", jint(purged));
+}

@@ -1,0 +1,476 @@
+/* The response cache's FFI functions (the cache plugin's calls, lua/luaproxy/cache.lua) and
+ * its hooks on the request path (cache_req.h). The store (cache_store.c) knows bytes; the
+ * policy is Lua's. Everything here runs on the request's worker thread. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cache_req.h"
+#include "cache_store.h"
+#include "lua_api.h"
+#include "lua_vm.h"
+#include "worker.h"
+
+void lp__lua_mark_responded(void);
+
+static double real_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Heads read out of the store land here (copied under the zone's lock), then ffi.string. One
+ * per thread (owned by it); grown as needed, never shrunk (heads are small); a thread-specific
+ * key frees it when the thread ends. */
+static _Thread_local char *scratch;
+static _Thread_local size_t scratch_cap;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_key_make(void)
+{
+    pthread_key_create(&scratch_key, free);
+}
+
+/* ---- the request path ---- */
+
+void lp_cache_req_head(lp_req_t *req)
+{
+    lp_req_cache_t *rc = &req->cache;
+    if (rc->fill && !lp_cache_fill_active(rc->fill)) {
+        lp_cache_fill_abandon(rc->fill);
+        rc->fill = NULL;
+    }
+}
+
+void lp_cache_req_tee(lp_req_t *req, const char *at, size_t len)
+{
+    lp_req_cache_t *rc = &req->cache;
+    if (!rc->fill || !len)
+        return;
+    if (lp_cache_fill_append(rc->fill, at, len)) {
+        lp_cache_fill_abandon(rc->fill); /* over max_object_size: the response passes on */
+        rc->fill = NULL;
+    }
+}
+
+void lp_cache_req_done(lp_req_t *req)
+{
+    lp_req_cache_t *rc = &req->cache;
+    if (!rc->fill)
+        return;
+    lp_cache_fill_t *f = rc->fill;
+    rc->fill = NULL;
+    if (lp_cache_fill_active(f) && !(req->flags & LP_RF_LOCAL))
+        lp_cache_fill_commit(f);
+    else
+        lp_cache_fill_abandon(f);
+}
+
+void lp_cache_req_body_done(lp_req_t *req)
+{
+    lp_req_cache_t *rc = &req->cache;
+    if (rc->pin)
+        lp_buf_unref(rc->pin); /* the batches' pins keep the entry until their writes end */
+    rc->pin = NULL;
+    lp_cache_entry_unref(rc->body);
+    rc->body = NULL;
+    rc->chunk = NULL;
+    rc->chunk_off = 0;
+    rc->left = 0;
+}
+
+void lp_cache_req_end(lp_req_t *req)
+{
+    lp_req_cache_t *rc = &req->cache;
+    if (rc->fill)
+        lp_cache_fill_abandon(rc->fill);
+    rc->fill = NULL;
+    lp_cache_entry_unref(rc->hit);
+    rc->hit = NULL;
+    rc->hit_zone = NULL;
+    lp_cache_req_body_done(req);
+}
+
+/* A pin over an entry: an lp_buf_t whose data holds the entry pointer (a reference) and
+ * whose release drops it. Write batches take a reference per iovec; the last one (the batch's
+ * write callback, or the request's own in lp_cache_req_body_done) frees it. Its refs are
+ * counted on this worker's thread only, like every block's. */
+static void pin_release(lp_buf_t *b)
+{
+    lp_cache_entry_t *e;
+    memcpy(&e, b->data, sizeof(e));
+    lp_cache_entry_unref(e);
+    free(b);
+}
+
+lp_buf_t *lp_cache_req_pin(lp_req_t *req)
+{
+    lp_req_cache_t *rc = &req->cache;
+    if (rc->pin)
+        return rc->pin;
+    lp_buf_t *b = calloc(1, sizeof(*b) + sizeof(lp_cache_entry_t *));
+    if (!b)
+        return NULL;
+    b->refs = 1; /* rc->pin's */
+    b->cap = sizeof(lp_cache_entry_t *);
+    b->release = pin_release;
+    lp_cache_entry_t *e = lp_cache_entry_ref(rc->body);
+    memcpy(b->data, &e, sizeof(e));
+    rc->pin = b;
+    return b;
+}
+
+char *lp_cache_req_copy(lp_req_t *req)
+{
+    lp_req_cache_t *rc = &req->cache;
+    char *out = malloc(rc->left ? rc->left : 1);
+    if (!out)
+        return NULL;
+    size_t n = 0;
+    const lp_cache_chunk_t *c = rc->chunk;
+    size_t off = rc->chunk_off;
+    while (n < rc->left && c) {
+        size_t k = c->len - off;
+        if (k > rc->left - n)
+            k = (size_t)(rc->left - n);
+        memcpy(out + n, c->data + off, k);
+        n += k;
+        c = c->next;
+        off = 0;
+    }
+    return out;
+}
+
+/* ---- coalescing waits ---- */
+
+/* A worker's inbox for waits another thread's fill ended (lp_cache_waiter_t.notify). Owned
+ * by the worker (lp_worker_t.cache_inbox); `lock` guards `head` only, taken by any thread
+ * that drops a key lock (under that zone's lock: zone lock, then inbox lock). */
+typedef struct lp_cache_inbox_s {
+    uv_async_t async;          /* async.data = this; wakes the worker's loop */
+    uv_mutex_t lock;           /* guards head */
+    struct cache_wait_s *head; /* borrowed: waits handed over, not yet seen by the worker */
+    lp_list_t waits;           /* every wait of this worker alive (cache_wait_t.link);
+                                  worker thread only */
+} lp_cache_inbox_t;
+
+/* One request (task) waiting for a key's fill, bounded by a timer. Made and freed on its
+ * worker's thread; between lp_cache_wait and notify, the zone's lock guards `base`. It ends
+ * exactly once, by whichever comes first: the fill's end (notify, then the inbox), the
+ * timer, or its task's end (owned.release); the other two then find it gone from the zone
+ * (lp_cache_wait_cancel says) or `done` set. */
+typedef struct cache_wait_s {
+    lp_cache_waiter_t base;          /* first: notify's argument */
+    lp_lua_owned_t owned;            /* in its task's list while the task may be woken */
+    lp_lua_waiter_t lw;              /* the parked task (its serial makes a late wake harmless) */
+    uv_timer_t timer;                /* the bound; timer.data = this; freed in its close callback */
+    lp_worker_t *w;                  /* borrowed: the waiting worker */
+    lp_cache_zone_t *zone;           /* registry reference (lp_cache_zone_hold): the wait may
+                                        outlive its task, and so its generation */
+    lp_list_t link;                  /* in the inbox's `waits` while alive */
+    struct cache_wait_s *inbox_next; /* borrowed: in inbox->head once notified (inbox lock) */
+    uint8_t done;                    /* ended: the timer is closing, nothing else may touch it */
+    uint8_t task_gone;               /* its task ended first: lw.task may be freed, never wake it */
+} cache_wait_t;
+
+static void wait_on_closed(uv_handle_t *h)
+{
+    cache_wait_t *cw = h->data;
+    lp_cache_zone_release(cw->zone);
+    free(cw);
+}
+
+/* Ends a wait on its worker's thread: wakes the task (unless the task itself ended) and lets
+ * the wait go. */
+static void wait_end(cache_wait_t *cw, int wake)
+{
+    if (cw->done)
+        return;
+    cw->done = 1;
+    lp_list_remove(&cw->link);
+    lp_lua_disown(&cw->owned);
+    if (wake && !cw->task_gone)
+        lp_lua_unpark(cw->lw);
+    uv_timer_stop(&cw->timer);
+    uv_close((uv_handle_t *)&cw->timer, wait_on_closed);
+}
+
+/* notify (any thread, under the zone's lock): hand the wait over to its worker. */
+static void wait_notify(lp_cache_waiter_t *base)
+{
+    cache_wait_t *cw = (cache_wait_t *)base;
+    lp_cache_inbox_t *in = cw->w->cache_inbox;
+    uv_mutex_lock(&in->lock);
+    cw->inbox_next = in->head;
+    in->head = cw;
+    uv_mutex_unlock(&in->lock);
+    uv_async_send(&in->async);
+}
+
+static void inbox_drain(lp_cache_inbox_t *in)
+{
+    uv_mutex_lock(&in->lock);
+    cache_wait_t *cw = in->head;
+    in->head = NULL;
+    uv_mutex_unlock(&in->lock);
+    while (cw) {
+        cache_wait_t *next = cw->inbox_next;
+        wait_end(cw, 1);
+        cw = next;
+    }
+}
+
+static void on_inbox(uv_async_t *a)
+{
+    inbox_drain(a->data);
+}
+
+static void on_wait_timeout(uv_timer_t *t)
+{
+    cache_wait_t *cw = t->data;
+    /* Still registered: it ends here. Else notify ran and the inbox ends it. */
+    if (lp_cache_wait_cancel(cw->zone, &cw->base))
+        wait_end(cw, 1);
+}
+
+static void on_wait_task_end(lp_lua_owned_t *o)
+{
+    cache_wait_t *cw = LP_CONTAINER_OF(o, cache_wait_t, owned);
+    cw->task_gone = 1;
+    if (lp_cache_wait_cancel(cw->zone, &cw->base))
+        wait_end(cw, 0);
+    /* else: handed over to the inbox (or on its way): it ends there, without a wake. */
+}
+
+static lp_cache_inbox_t *inbox_of(lp_worker_t *w)
+{
+    if (w->cache_inbox)
+        return w->cache_inbox;
+    lp_cache_inbox_t *in = calloc(1, sizeof(*in));
+    if (!in)
+        return NULL;
+    if (uv_async_init(&w->loop, &in->async, on_inbox)) {
+        free(in);
+        return NULL;
+    }
+    in->async.data = in;
+    uv_mutex_init(&in->lock);
+    lp_list_init(&in->waits);
+    w->cache_inbox = in;
+    return in;
+}
+
+static void inbox_on_closed(uv_handle_t *h)
+{
+    lp_cache_inbox_t *in = h->data;
+    uv_mutex_destroy(&in->lock);
+    free(in);
+}
+
+void lp_cache_worker_close(lp_worker_t *w)
+{
+    lp_cache_inbox_t *in = w->cache_inbox;
+    if (!in)
+        return;
+    while (!lp_list_empty(&in->waits)) {
+        cache_wait_t *cw = LP_CONTAINER_OF(in->waits.next, cache_wait_t, link);
+        if (lp_cache_wait_cancel(cw->zone, &cw->base))
+            wait_end(cw, 0);
+        else
+            inbox_drain(in); /* it was handed over: it ends there */
+    }
+    inbox_drain(in);
+    w->cache_inbox = NULL;
+    uv_close((uv_handle_t *)&in->async, inbox_on_closed);
+}
+
+/* ---- FFI ---- */
+
+void *lp_ffi_cache_zone(const char *name, size_t n)
+{
+    /* The registry holds every zone a live config declares; cache.lua asks only for names its
+     * own config declares, and its generation's config holds the reference. */
+    return lp_cache_zone_find(name, n);
+}
+
+int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const char *sec,
+                     size_t slen, lp_str_t *head, double *body_len)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    lp_req_cache_t *rc = &r->cache;
+    lp_cache_entry_unref(rc->hit);
+    rc->hit = lp_cache_get(zone, key, klen, sec, slen, real_now());
+    rc->hit_zone = rc->hit ? zone : NULL;
+    if (!rc->hit)
+        return 0;
+    for (;;) {
+        size_t n = lp_cache_entry_head(zone, rc->hit, scratch, scratch_cap);
+        if (n <= scratch_cap) {
+            *head = (lp_str_t){scratch, n};
+            break;
+        }
+        char *s = realloc(scratch, n);
+        if (!s) {
+            lp_cache_entry_unref(rc->hit);
+            rc->hit = NULL;
+            return LP_FFI_ENOSPACE;
+        }
+        pthread_once(&scratch_once, scratch_key_make);
+        pthread_setspecific(scratch_key, s);
+        scratch = s;
+        scratch_cap = n;
+    }
+    *body_len = (double)lp_cache_entry_body_len(rc->hit);
+    return 1;
+}
+
+int lp_ffi_cache_lock(void *rp, void *zone, const char *key, size_t klen, double timeout)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    if (r->cache.fill)
+        return 1; /* this request holds one already (a revalidation after a wait) */
+    int busy;
+    r->cache.fill = lp_cache_lock(zone, key, klen, timeout, real_now(), &busy);
+    if (r->cache.fill)
+        return 1;
+    return busy ? 0 : LP_FFI_ENOSPACE;
+}
+
+int lp_ffi_cache_locked(void *zone, const char *key, size_t klen)
+{
+    return lp_cache_locked(zone, key, klen);
+}
+
+int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds)
+{
+    lp_worker_t *w = lp_lua_io();
+    if (!w || !lp_lua_running() || lp_lua_loading() || !(seconds > 0 && seconds < 1e6))
+        return LP_FFI_EPHASE;
+    lp_cache_inbox_t *in = inbox_of(w);
+    cache_wait_t *cw = in ? calloc(1, sizeof(*cw)) : NULL;
+    if (!cw)
+        return LP_FFI_ENOSPACE;
+    cw->w = w;
+    cw->zone = zone;
+    cw->base.notify = wait_notify;
+    cw->owned.release = on_wait_task_end;
+    if (!lp_cache_wait(zone, key, klen, &cw->base)) {
+        free(cw); /* the fill ended meanwhile: look again */
+        return 0;
+    }
+    lp_cache_zone_hold(zone);
+    /* Parked after registering: a notify from another thread only queues the wait for this
+     * thread, which ends it (and wakes the task) on a later turn, after Lua yielded. */
+    lp_lua_park(&cw->lw);
+    lp_lua_own(&cw->owned);
+    lp_list_insert_tail(&in->waits, &cw->link);
+    uv_timer_init(&w->loop, &cw->timer);
+    cw->timer.data = cw;
+    uv_timer_start(&cw->timer, on_wait_timeout, (uint64_t)(seconds * 1000.0) + 1, 0);
+    return 1;
+}
+
+int lp_ffi_cache_store(void *rp, void *zone, const char *key, size_t klen, const char *sec,
+                       size_t slen, const char *head, size_t hlen, double keep)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    /* Only an upstream's body can be gathered: a HEAD's has none, a local answer is not one. */
+    if ((r->flags & (LP_RF_HEAD | LP_RF_LOCAL)) || !r->try.peer)
+        return LP_FFI_EINVAL;
+    const lp_h1_t *h = &r->try.peer->h1;
+    uint64_t hint = (h->flags & LP_H1F_LENGTH) ? h->content_length : 0;
+    lp_cache_fill_t *f = r->cache.fill;
+    if (f && lp_cache_fill_active(f))
+        return LP_FFI_EINVAL; /* stored once already */
+    r->cache.fill = NULL;
+    f = lp_cache_fill_start(zone, f, key, klen, sec, slen, head, hlen, real_now() + keep, hint);
+    if (!f)
+        return LP_FFI_ENOSPACE; /* too large, key too long, or out of memory */
+    r->cache.fill = f; /* an empty body is complete with the response (lp_cache_req_done) */
+    return 0;
+}
+
+int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
+                     const char *head, size_t hlen, const char *body, size_t blen, double keep)
+{
+    lp_cache_fill_t *f =
+        lp_cache_fill_start(zone, NULL, key, klen, sec, slen, head, hlen, real_now() + keep, blen);
+    if (!f)
+        return LP_FFI_ENOSPACE;
+    if (blen && lp_cache_fill_append(f, body, blen)) {
+        lp_cache_fill_abandon(f);
+        return LP_FFI_ENOSPACE;
+    }
+    return lp_cache_fill_commit(f) ? LP_FFI_ENOSPACE : 0;
+}
+
+int lp_ffi_cache_respond(void *rp, int status, double first, double last)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    lp_req_cache_t *rc = &r->cache;
+    if (!rc->hit || status < 200 || status > 999)
+        return LP_FFI_EINVAL;
+    uint64_t len = lp_cache_entry_body_len(rc->hit);
+    uint64_t from = 0, to = len; /* [from, to) */
+    if (first <= -2 || status == 204 || status == 304) {
+        to = 0; /* an answer without the entry's body (304, 412, 416) */
+    } else if (first >= 0) {
+        if (first >= (double)len || last < first)
+            return LP_FFI_EINVAL;
+        from = (uint64_t)first;
+        to = last >= (double)len ? len : (uint64_t)last + 1;
+    }
+    lp_cache_req_body_done(r);
+    free(r->resp.local_body);
+    r->resp.local_body = NULL;
+    rc->body = lp_cache_entry_ref(rc->hit);
+    rc->chunk = lp_cache_entry_chunks(rc->body);
+    rc->chunk_off = 0;
+    while (rc->chunk && from >= rc->chunk->len) {
+        from -= rc->chunk->len;
+        rc->chunk = rc->chunk->next;
+    }
+    rc->chunk_off = (size_t)from;
+    rc->left = to - (first >= 0 && to ? (uint64_t)first : 0);
+    r->resp.local_body_len = (size_t)rc->left;
+    r->resp.status = status;
+    r->flags |= LP_RF_LOCAL;
+    /* The request phase ends here (as req:respond()); in the response phase the plugins that
+     * follow still run and see this answer. */
+    if (!(r->flags & LP_RF_NO_LUA_RESP))
+        lp__lua_mark_responded();
+    return 0;
+}
+
+int lp_ffi_cache_refresh(void *rp, const char *head, size_t hlen, double keep)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    if (!r->cache.hit)
+        return LP_FFI_EINVAL;
+    return lp_cache_entry_set_head(r->cache.hit_zone, r->cache.hit, head, hlen, real_now() + keep)
+               ? LP_FFI_ENOSPACE
+               : 0;
+}
+
+double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen)
+{
+    return (double)lp_cache_purge(zone, mode, key, klen);
+}
+
+void lp_ffi_cache_count(void *zone, int what)
+{
+    lp_cache_count(zone, what);
+}

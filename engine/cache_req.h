@@ -1,0 +1,30 @@
+/* The response cache on a request's path (engine/cache_ffi.c): what conn.c calls as the
+ * response moves, around the store (cache_store.h) and the plugin's FFI calls. */
+#ifndef LP_CACHE_REQ_H
+#define LP_CACHE_REQ_H
+
+#include "proxy-t.h"
+
+/* The response head is going out: a key lock held without a fill (the plugin did not store
+ * this response) is released now, so requests waiting on the key go on. */
+void lp_cache_req_head(lp_req_t *req);
+/* Upstream body bytes as they go to the client (before any body filter): appended to the fill.
+ * A fill over max_object_size is dropped; the response passes on. */
+void lp_cache_req_tee(lp_req_t *req, const char *at, size_t len);
+/* The upstream response ended complete: the fill is linked. */
+void lp_cache_req_done(lp_req_t *req);
+/* The request ends: whatever it holds of the cache goes (a fill not committed is dropped). */
+void lp_cache_req_end(lp_req_t *req);
+/* A hit's body for the client: the pin write batches take on its bytes (NULL when out of
+ * memory). */
+lp_buf_t *lp_cache_req_pin(lp_req_t *req);
+/* Copies the hit's body into one malloc'd block (for body filters); NULL when out of memory. */
+char *lp_cache_req_copy(lp_req_t *req);
+/* Drops the hit's body (written, or copied). */
+void lp_cache_req_body_done(lp_req_t *req);
+
+/* A stopping worker, once nothing runs on it: waits left are cancelled, wake-ups handed over
+ * are dropped, and the inbox's async handle closes. */
+void lp_cache_worker_close(lp_worker_t *w);
+
+#endif

@@ -1,0 +1,158 @@
+/* The response cache's store (issue #13): named zones shared by every worker thread, each a
+ * hash of entries with an LRU list and a byte budget. The store knows bytes, not HTTP: an
+ * entry is a key (the primary key, what purge and coalescing go by), a secondary key (the
+ * Vary variant, "" for none), an opaque head the policy wrote (lua/luaproxy/cache/), and a
+ * body kept in chunks. Freshness and every RFC 9111 decision are the cache plugin's.
+ *
+ * Lifetimes:
+ * - A zone lives in a process-wide registry while some config names it (lp_cache_zone_acquire
+ *   / _release, as shared dicts do), so a reload that keeps a zone keeps its entries.
+ * - An entry is reference-counted (atomic): the zone holds one while it is linked in the
+ *   table, every reader one more (a hit being written to a client holds it until its write
+ *   callback). Eviction, purge and replacement only unlink; the bytes go with the last
+ *   reference. An entry's content never changes once linked, except its head, which
+ *   lp_cache_entry_set_head replaces under the zone's lock (readers copy it out under that
+ *   lock).
+ * - A fill (lp_cache_fill_t) belongs to the one request that makes it: it may hold the key's
+ *   lock (coalescing: other requests see the key as "being filled" and wait), gathers the
+ *   body as it streams by, and links the entry at commit. Abandoning it (too large, an
+ *   upstream error, the request ending first) frees what it gathered; nothing partial is
+ *   ever linked. A fill holds a registry reference to its zone. */
+#ifndef LP_CACHE_STORE_H
+#define LP_CACHE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct lp_cache_zone_s lp_cache_zone_t;
+typedef struct lp_cache_entry_s lp_cache_entry_t;
+typedef struct lp_cache_fill_s lp_cache_fill_t;
+
+/* Bounds: keys longer than this are refused (not cached); a primary key keeps at most
+ * LP_CACHE_MAX_VARIANTS secondary keys (Vary), the oldest going first. */
+#define LP_CACHE_MAX_KEY      4096
+#define LP_CACHE_MAX_VARIANTS 32
+/* Body chunk size: the largest allocation a fill makes (small bodies get smaller chunks). */
+#define LP_CACHE_CHUNK (64 * 1024)
+
+/* One chunk of an entry's body: owned by the entry, immutable once the entry is linked. */
+typedef struct lp_cache_chunk_s {
+    struct lp_cache_chunk_s *next; /* owned: the next chunk, NULL: last */
+    size_t len, cap;
+    char data[];
+} lp_cache_chunk_t;
+
+/* Counters of a zone (GET /status, metrics). Outcome counts come from the policy
+ * (lp_cache_count); the rest from the store. Relaxed atomics. */
+enum {
+    LP_CACHE_C_HIT,
+    LP_CACHE_C_MISS,
+    LP_CACHE_C_EXPIRED,
+    LP_CACHE_C_STALE,
+    LP_CACHE_C_REVALIDATED,
+    LP_CACHE_C_BYPASS,
+    LP_CACHE_C_STORED,    /* fills committed */
+    LP_CACHE_C_ABANDONED, /* fills dropped: too large, error, request gone */
+    LP_CACHE_C_EVICTED,   /* entries pushed out by the byte budget */
+    LP_CACHE_C_N
+};
+
+typedef struct {
+    uint64_t entries, bytes, capacity, max_object;
+    uint64_t counts[LP_CACHE_C_N];
+} lp_cache_stats_t;
+
+/* ---- zones ---- */
+/* The zone of that name (made, empty, when new; an existing one gets the new limits). NULL
+ * when out of memory. */
+lp_cache_zone_t *lp_cache_zone_acquire(const char *name, size_t memory, size_t max_object);
+void lp_cache_zone_release(lp_cache_zone_t *z);
+/* One more registry reference to a zone the caller holds one of (directly or through its
+ * generation's config); lp_cache_zone_release drops it. */
+void lp_cache_zone_hold(lp_cache_zone_t *z);
+/* The zone of that name some config holds, or NULL (borrowed: valid while the caller's
+ * generation lives). */
+lp_cache_zone_t *lp_cache_zone_find(const char *name, size_t n);
+const char *lp_cache_zone_name(const lp_cache_zone_t *z);
+/* Applies a new byte budget (evicting down to it) and object limit. */
+void lp_cache_zone_resize(lp_cache_zone_t *z, size_t memory, size_t max_object);
+void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out);
+void lp_cache_count(lp_cache_zone_t *z, int what);
+/* Calls fn for each zone in the registry (GET /status, metrics), under the registry lock:
+ * fn must not call back into the registry. */
+void lp_cache_zones_each(void (*fn)(lp_cache_zone_t *z, void *arg), void *arg);
+
+/* ---- lookups ---- */
+/* The entry stored for (key, sec), with a new reference for the caller, or NULL. An entry
+ * past its keep_until is unlinked and not returned. `now` is seconds (CLOCK_REALTIME). */
+lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen, const char *sec,
+                               size_t slen, double now);
+lp_cache_entry_t *lp_cache_entry_ref(lp_cache_entry_t *e);
+void lp_cache_entry_unref(lp_cache_entry_t *e);
+/* Copies the entry's head into out (room bytes); returns its length (more than room: out
+ * holds nothing useful, ask again with that much room). */
+size_t lp_cache_entry_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *out, size_t room);
+/* Replaces the head (a revalidation's 304) and the time it is kept until. 0, or -1 when out of
+ * memory. */
+int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char *head, size_t hlen,
+                            double keep_until);
+uint64_t lp_cache_entry_body_len(const lp_cache_entry_t *e);
+/* The first body chunk (the list is immutable while the caller holds a reference). */
+const lp_cache_chunk_t *lp_cache_entry_chunks(const lp_cache_entry_t *e);
+
+/* ---- purge ---- */
+/* Unlinks every variant of `key` (mode LP_CACHE_PURGE_KEY), every entry whose key starts with
+ * it (LP_CACHE_PURGE_PREFIX), or everything (LP_CACHE_PURGE_ALL). Returns how many. */
+enum { LP_CACHE_PURGE_KEY, LP_CACHE_PURGE_PREFIX, LP_CACHE_PURGE_ALL };
+size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen);
+
+/* ---- fills ---- */
+/* Coalescing: takes the lock of `key` (one fill per primary key at a time) and returns a fill
+ * holding it; NULL when another fill holds it and is younger than `lock_timeout` seconds (the
+ * caller waits on lp_cache_locked, then looks up again), or when out of memory (*busy 0). An
+ * older lock is taken over (its fill never commits its lock then, but may still commit its
+ * entry). */
+lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
+                               double lock_timeout, double now, int *busy);
+/* Whether a fill holds the lock of key (the waiters' test). */
+int lp_cache_locked(lp_cache_zone_t *z, const char *key, size_t klen);
+
+/* A request waiting for the fill that holds a key's lock, owned by its waiting thread. While
+ * registered it is linked in that fill (zone lock); when the lock goes (commit, abandon, a
+ * fill killed over a limit, a takeover) `notify` is called once, under the zone's lock, from
+ * whichever thread dropped it: it may only hand the waiter over to its owner's thread and
+ * wake that thread (engine/cache_ffi.c: the worker's inbox and uv_async). */
+typedef struct lp_cache_waiter_s {
+    struct lp_cache_waiter_s *next; /* borrowed: next in the holder's list (zone lock) */
+    struct lp_cache_fill_s *holder; /* borrowed: the fill waited on (zone lock); NULL once
+                                       notified or cancelled */
+    void (*notify)(struct lp_cache_waiter_s *w);
+} lp_cache_waiter_t;
+/* Registers w on the fill holding key's lock: 1, or 0 when nothing holds it (no notify). */
+int lp_cache_wait(lp_cache_zone_t *z, const char *key, size_t klen, lp_cache_waiter_t *w);
+/* Takes w out: 1 when it was still registered (notify will not come), 0 when notify already
+ * ran (the owner gets it through its hand-over). */
+int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w);
+/* Starts gathering an entry: with a fill from lp_cache_lock (fill non-NULL), or a new one (fill
+ * NULL). `size_hint` is the expected body length (Content-Length), 0 when unknown. Returns the
+ * fill, or NULL when the key is too long, the hint is over the zone's max_object_size, or out of
+ * memory (the fill given is then abandoned). */
+lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, const char *key,
+                                     size_t klen, const char *sec, size_t slen, const char *head,
+                                     size_t hlen, double keep_until, uint64_t size_hint);
+/* Whether the fill gathers an entry (lp_cache_fill_start ran on it): a lock alone does not. */
+int lp_cache_fill_active(const lp_cache_fill_t *f);
+/* Appends body bytes. 0, or -1 when the entry went over max_object_size or memory ran out: the
+ * fill is then dead (its bytes freed, its lock released), later appends are ignored and the
+ * commit abandons it. */
+int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len);
+/* Links the gathered entry (replacing the one of the same keys) and frees the fill. Returns
+ * 0, or -1 when the fill was dead or held only a lock (nothing linked). */
+int lp_cache_fill_commit(lp_cache_fill_t *f);
+/* Frees the fill and what it gathered, releasing its lock. */
+void lp_cache_fill_abandon(lp_cache_fill_t *f);
+
+/* Tests: the byte cost the store charges an entry of these sizes. */
+size_t lp_cache_entry_cost(size_t klen, size_t slen, size_t hlen, size_t body_cap);
+
+#endif

@@ -1,0 +1,117 @@
+-- proxy.cache: the response cache's store (engine/cache_store.h) as the `cache` plugin sees
+-- it, and proxy.cache.purge for everyone (docs/lua-api.md). The store keeps bytes: a key, a
+-- secondary key (Vary), a head the plugin encodes, and a body the engine gathers from the
+-- upstream as it streams and serves from its chunks. Every HTTP decision is the plugin's
+-- (lua/luaproxy/cache/policy.lua). The proxy.test double has a pure-Lua twin
+-- (lua/proxy/test_cache.lua) with the same methods.
+local ffi = require "ffi"
+local K = require "luaproxy.ffi"
+local phases = require "luaproxy.phases"
+
+local C = ffi.C
+local ffi_string = ffi.string
+local type, format, pairs = type, string.format, pairs
+local raise = phases.raise
+
+local s1 = ffi.new("lp_str_t[1]")
+local d1 = ffi.new("double[1]")
+
+local M = {}
+local Zone = {}
+Zone.__index = Zone
+local zones = {} -- name -> Zone, per VM (the generation's config holds the zones)
+
+local function zone_of(name, what)
+  if type(name) ~= "string" then raise(what .. ": expected a zone name", 3) end
+  local z = zones[name]
+  if z then return z end
+  -- Only a zone this VM's own config declares: its generation holds that zone, so the
+  -- pointer kept here lives as long as this VM (another generation's could go first).
+  local cfg = require("proxy").config
+  local cc = cfg and cfg.cache
+  if not (cc and cc.zones and cc.zones[name]) then return nil end
+  local p = C.lp_ffi_cache_zone(name, #name)
+  if p == nil then return nil end
+  z = setmetatable({ name = name, _z = p }, Zone)
+  zones[name] = z
+  return z
+end
+
+-- The zone of that name (declared in the config's cache.zones), or nil.
+function M.zone(name) return zone_of(name, "proxy.cache.zone()") end
+
+-- The entry stored for (key, sec): its head and body length, kept with the request for
+-- respond/refresh; nil when none.
+function Zone:get(req, key, sec)
+  sec = sec or ""
+  local rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+  if rc == 1 then return ffi_string(s1[0].base, s1[0].len), d1[0] end
+  return nil
+end
+
+-- Takes key's lock (one request fills a key at a time): true, or false while another
+-- request's fill holds it (wait on locked(), then get again).
+function Zone:lock(req, key, timeout)
+  return C.lp_ffi_cache_lock(req._r, self._z, key, #key, timeout) == 1
+end
+
+function Zone:locked(key) return C.lp_ffi_cache_locked(self._z, key, #key) == 1 end
+
+-- Waits until the fill holding key's lock ends (on any worker: it wakes this one) or
+-- `seconds` passed; returns at once when nothing fills the key.
+function Zone:wait(key, seconds)
+  if C.lp_ffi_cache_wait(self._z, key, #key, seconds) == 1 then phases.wait() end
+end
+
+-- Response phase: the upstream's body is stored under (key, sec) with `head` as it streams
+-- to the client, kept `keep` seconds. false when it cannot be (too large, key too long).
+function Zone:store(req, key, sec, head, keep)
+  return C.lp_ffi_cache_store(req._r, self._z, key, #key, sec, #sec, head, #head, keep) == 0
+end
+
+-- An entry stored now (the Vary marker of a key, a background refresh's answer).
+function Zone:put(key, sec, head, keep, body)
+  body = body or ""
+  return C.lp_ffi_cache_put(self._z, key, #key, sec, #sec, head, #head, body, #body, keep) == 0
+end
+
+-- Answers with the entry the request looked up last: `status`, `headers` (a list of
+-- { name, value }), its body or bytes first..last of it. In the request phase this ends the
+-- phase (as req:respond()); in the response phase it replaces the upstream's answer.
+function Zone:respond(req, status, headers, first, last)
+  require("luaproxy.request").cache_respond(req, status, headers, first or -1, last or -1)
+end
+
+-- The looked-up entry gets a new head (a 304 revalidated it), kept `keep` seconds more.
+function Zone:refresh(req, head, keep)
+  return C.lp_ffi_cache_refresh(req._r, head, #head, keep) == 0
+end
+
+function Zone:purge(key) return C.lp_ffi_cache_purge(self._z, K.CACHE_PURGE_KEY, key, #key) end
+function Zone:purge_prefix(prefix)
+  return C.lp_ffi_cache_purge(self._z, K.CACHE_PURGE_PREFIX, prefix, #prefix)
+end
+function Zone:purge_all() return C.lp_ffi_cache_purge(self._z, K.CACHE_PURGE_ALL, nil, 0) end
+
+-- Counts an outcome in the zone's counters (GET /status): hit, miss, expired, stale,
+-- revalidated, bypass.
+function Zone:count(what)
+  local i = K.CACHE_C[what]
+  if i then C.lp_ffi_cache_count(self._z, i) end
+end
+
+-- proxy.cache.purge(zone, key): removes every variant stored for key; returns how many.
+-- proxy.cache.purge(zone, { prefix = "..." }) or (zone, { all = true }) for more.
+function M.purge(zone, key)
+  local z = zone_of(zone, "proxy.cache.purge()")
+  if not z then raise(format("proxy.cache.purge(): no cache zone named %q", zone), 2) end
+  if type(key) == "string" then return z:purge(key) end
+  if type(key) == "table" and type(key.prefix) == "string" then return z:purge_prefix(key.prefix) end
+  if type(key) == "table" and key.all == true then return z:purge_all() end
+  raise("proxy.cache.purge(): expected a key, { prefix = s } or { all = true }", 2)
+end
+
+-- Test hook: drop the per-VM zone objects.
+function M._reset() for k in pairs(zones) do zones[k] = nil end end
+
+return M

@@ -1,0 +1,153 @@
+-- proxy.cache in the proxy.test double: the engine's store (engine/cache_store.h, through
+-- lua/luaproxy/cache.lua) as Lua tables on the fake clock, with the same Zone methods. The
+-- engine gathers a stored body as it streams; here proxy.test's run_chain hands the
+-- upstream's body over once the response is through (commit), and releases key locks as the
+-- engine does when the head goes out. A spec declares zones with T.cache_zones{ name = {} }.
+local M = {}
+
+local type, pairs, setmetatable, sub = type, pairs, setmetatable, string.sub
+
+function M.registry(now, hooks)
+  local reg = {}
+  local zones = {}
+
+  local Zone = {}
+  Zone.__index = Zone
+
+  local function entry(z, key, sec)
+    local t = z.entries[key]
+    local e = t and t[sec]
+    if e and e.keep_until < now() then
+      t[sec] = nil
+      return nil
+    end
+    return e
+  end
+
+  function Zone:get(req, key, sec)
+    local e = entry(self, key, sec or "")
+    req._cache_hit = e
+    if not e then return nil end
+    self.lookups = self.lookups + 1
+    return e.head, #e.body
+  end
+
+  function Zone:lock(req, key)
+    if self.locks[key] and self.locks[key] ~= req then return false end
+    self.locks[key] = req
+    req._cache_lock = { zone = self, key = key }
+    return true
+  end
+
+  function Zone:locked(key) return self.locks[key] ~= nil end
+
+  -- A run of proxy.test is one request at a time: a held lock is never released meanwhile,
+  -- so waiting is the fake clock passing.
+  function Zone:wait(key, seconds) hooks.sleep(seconds) end
+
+  function Zone:store(req, key, sec, head, keep)
+    if req:method() ~= "GET" or req._cache_fill then return false end
+    req._cache_fill = { zone = self, key = key, sec = sec, head = head, keep_until = now() + keep }
+    return true
+  end
+
+  function Zone:put(key, sec, head, keep, body)
+    local t = self.entries[key] or {}
+    self.entries[key] = t
+    t[sec] = { head = head, body = body or "", keep_until = now() + keep }
+    return true
+  end
+
+  function Zone:respond(req, status, headers, first, last)
+    local e = req._cache_hit
+    if not e then error("cache: no entry looked up", 2) end
+    local body = e.body
+    if (first and first <= -2) or status == 204 or status == 304 then
+      body = ""
+    elseif first and first >= 0 then
+      body = sub(body, first + 1, last + 1)
+    end
+    hooks.respond(req, status, headers, body)
+  end
+
+  function Zone:refresh(req, head, keep)
+    local e = req._cache_hit
+    if not e then return false end
+    e.head, e.keep_until = head, now() + keep
+    return true
+  end
+
+  function Zone:purge(key)
+    local t = self.entries[key]
+    local n = 0
+    for _ in pairs(t or {}) do n = n + 1 end
+    self.entries[key] = nil
+    return n
+  end
+
+  function Zone:purge_prefix(prefix)
+    local n = 0
+    for key, t in pairs(self.entries) do
+      if sub(key, 1, #prefix) == prefix then
+        for _ in pairs(t) do n = n + 1 end
+        self.entries[key] = nil
+      end
+    end
+    return n
+  end
+
+  function Zone:purge_all() return self:purge_prefix("") end
+
+  function Zone:count(what) self.counts[what] = (self.counts[what] or 0) + 1 end
+
+  local function new_zone(name)
+    return setmetatable({ name = name, entries = {}, locks = {}, counts = {}, lookups = 0 }, Zone)
+  end
+
+  -- proxy.cache as plugins see it.
+  reg.api = {
+    zone = function(name) return zones[name] end,
+    purge = function(name, key)
+      local z = zones[name]
+      if not z then error("proxy.cache.purge(): no cache zone named " .. tostring(name), 2) end
+      if type(key) == "string" then return z:purge(key) end
+      if type(key) == "table" and key.prefix then return z:purge_prefix(key.prefix) end
+      return z:purge_all()
+    end,
+  }
+
+  -- T.cache_zones{ name = { memory = "1m" }, ... }: declares zones (empty ones).
+  function reg.declare(names)
+    for k in pairs(zones) do zones[k] = nil end
+    for name in pairs(names or {}) do zones[name] = new_zone(name) end
+  end
+
+  -- The zone's state for assertions: entries, counts, locks.
+  function reg.zone(name) return zones[name] end
+
+  -- The request's response is through: its fill is linked with the upstream's body, its
+  -- lock released.
+  function reg.finish(req, body)
+    local f = req._cache_fill
+    if f then
+      req._cache_fill = nil
+      local t = f.zone.entries[f.key] or {}
+      f.zone.entries[f.key] = t
+      t[f.sec] = { head = f.head, body = body, keep_until = f.keep_until }
+    end
+    reg.release(req)
+  end
+
+  -- The head went out: a lock the request holds goes.
+  function reg.release(req)
+    local l = req._cache_lock
+    if l and l.zone.locks[l.key] == req then l.zone.locks[l.key] = nil end
+    req._cache_lock = nil
+  end
+
+  function reg.reset() reg.declare({}) end
+
+  return reg
+end
+
+return M

@@ -1,0 +1,470 @@
+-- cache: an RFC 9111 shared cache in front of the route's upstream. The store is the
+-- engine's (proxy.cache, engine/cache_store.h: zones shared by every worker, bodies streamed
+-- into the entry as they go to the client and served from it without copying); every
+-- decision is Lua: the policy module (lua/luaproxy/cache/policy.lua) for the RFC, and any
+-- plugin before this one for the site's own rules (req:set_cache_key(), req:cache_bypass(),
+-- req:cache_no_store(), req:cache_ttl()). Docs: docs/plugins/cache.md.
+local policy = require "luaproxy.cache.policy"
+
+local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
+local format, sub, find, lower, gsub = string.format, string.sub, string.find, string.lower,
+  string.gsub
+local concat, max, floor = table.concat, math.max, math.floor
+
+local P = {
+  name = "cache",
+  -- Late in every phase: the plugins before it may set the key or bypass (request phase),
+  -- refuse storing or set the TTL (response phase), and answer before a lookup (auth).
+  priority = 50,
+}
+
+local function check_cookie(v)
+  if v == true or v == false or v == "strip" then return true end
+  return nil, 'expected true, false or "strip"'
+end
+
+local function check_heuristic(v)
+  if type(v) == "boolean" or (type(v) == "number" and v > 0 and v <= 1) then return true end
+  if type(v) == "table" and type(v.fraction) == "number" then return true end
+  return nil, "expected a boolean, a fraction (0, 1] or { fraction =, max = }"
+end
+
+local function check_default_ttl(v)
+  if type(v) ~= "table" then return nil, "expected { [status] = seconds, ... }" end
+  for k, s in pairs(v) do
+    local code = tonumber(k)
+    if not code or code < 200 or code > 999 or code % 1 ~= 0 then
+      return nil, format("%s: expected a status from 200 to 999", tostring(k))
+    end
+    if type(s) ~= "number" or s < 0 then return nil, format("[%s]: expected seconds >= 0", k) end
+  end
+  return true
+end
+
+P.schema = {
+  fields = {
+    zone = { type = "string", required = true, pattern = "^[%a_][%w_]*$",
+             description = "the zone (declared in the config's `cache.zones`) entries go to" },
+    cache_key = { type = "function",
+                  description = "`function(req) return key end`: the cache key (default: "
+                    .. "`GET scheme://host/path?query`, HEAD sharing GET's); "
+                    .. "req:set_cache_key() from an earlier plugin wins over it" },
+    shared = { type = "boolean", default = true,
+               description = "a shared cache (s-maxage, private, Authorization rules); "
+                 .. "false behaves as a private cache" },
+    cache_set_cookie = { type = "any", default = false, custom = check_cookie,
+                         description = "responses with Set-Cookie: false refuses to store "
+                           .. "them, true stores the field, \"strip\" stores them without it" },
+    statuses = { type = "array", elements = { type = "integer", min = 200, max = 999 },
+                 description = "only these statuses are ever stored (default: every status "
+                   .. "RFC 9111 allows)" },
+    heuristic = { type = "any", default = false, custom = check_heuristic,
+                  description = "heuristic freshness from Last-Modified (RFC 9111 4.2.2): "
+                    .. "true (10 %), a fraction, or { fraction =, max = }; off by default" },
+    default_ttl = { type = "any", custom = check_default_ttl,
+                    description = "`{ [200] = 60, [404] = 10 }`: freshness for responses with "
+                      .. "none of their own (like nginx's proxy_cache_valid); off by default" },
+    stale_while_revalidate = { type = "duration", default = 0, min = 0,
+                               description = "seconds a stale entry is served while one "
+                                 .. "background request refreshes it, beyond the response's "
+                                 .. "own stale-while-revalidate" },
+    stale_if_error = { type = "duration", default = 0, min = 0,
+                       description = "seconds a stale entry is served when the upstream fails "
+                         .. "or answers 5xx, beyond the response's own stale-if-error" },
+    lock = { type = "boolean", default = true,
+             description = "request coalescing: concurrent misses for a key make one upstream "
+               .. "request, the others wait for its entry" },
+    lock_timeout = { type = "duration", default = 5, min = 0.001,
+                     description = "seconds a request waits for another's fill before it "
+                       .. "goes upstream itself" },
+    keep = { type = "duration", default = 3600, min = 0,
+             description = "seconds a stale entry with validators (ETag, Last-Modified) is "
+               .. "kept for conditional revalidation" },
+    background_timeout = { type = "duration", default = 10, min = 0.001,
+                           description = "seconds a background refresh may take" },
+    max_vary_fields = { type = "integer", default = 16, min = 1, max = 64,
+                        description = "a response varying on more fields is not stored" },
+  },
+}
+
+function P.compile(conf)
+  local dt
+  if conf.default_ttl then
+    dt = {}
+    for k, v in pairs(conf.default_ttl) do dt[tonumber(k)] = v end
+  end
+  conf._opts = {
+    shared = conf.shared,
+    cache_set_cookie = conf.cache_set_cookie,
+    statuses = conf.statuses,
+    heuristic = conf.heuristic,
+    default_ttl = dt,
+    stale_while_revalidate = conf.stale_while_revalidate > 0 and conf.stale_while_revalidate or nil,
+    stale_if_error = conf.stale_if_error > 0 and conf.stale_if_error or nil,
+    max_vary_fields = conf.max_vary_fields,
+  }
+  return conf
+end
+
+-- ---- entry heads: the policy's meta, the status and the stored fields, as lines ----
+
+local function encode(meta, headers)
+  local out = { "L1" }
+  for k, v in pairs(meta) do
+    local t = type(v)
+    if t == "number" then
+      out[#out + 1] = "n " .. k .. "\t" .. format("%.17g", v)
+    elseif t == "string" then
+      out[#out + 1] = "s " .. k .. "\t" .. gsub(v, "[\r\n]", " ")
+    elseif t == "boolean" then
+      out[#out + 1] = "b " .. k .. "\t" .. (v and "1" or "0")
+    end
+  end
+  for name, v in pairs(headers) do
+    if type(v) == "table" then
+      for _, x in ipairs(v) do out[#out + 1] = "h " .. name .. "\t" .. x end
+    else
+      out[#out + 1] = "h " .. name .. "\t" .. v
+    end
+  end
+  return concat(out, "\n") .. "\n"
+end
+
+local function decode(head)
+  if sub(head, 1, 3) ~= "L1\n" then return nil end
+  local meta, headers = {}, {}
+  for kind, k, v in head:gmatch("(%a) ([^\t\n]+)\t([^\n]*)\n") do
+    if kind == "h" then
+      local prev = headers[k]
+      if prev == nil then
+        headers[k] = v
+      elseif type(prev) == "table" then
+        prev[#prev + 1] = v
+      else
+        headers[k] = { prev, v }
+      end
+    elseif kind == "n" then
+      meta[k] = tonumber(v)
+    elseif kind == "s" then
+      meta[k] = v
+    elseif kind == "b" then
+      meta[k] = v == "1"
+    end
+  end
+  return meta, headers
+end
+
+P._encode, P._decode = encode, decode -- specs
+
+-- ---- helpers ----
+
+local function default_key(req)
+  return "GET " .. (req:scheme() or "http") .. "://" .. req:host() .. req:uri()
+end
+
+local function zone_of(conf)
+  local z = proxy.cache.zone(conf.zone)
+  if not z then
+    proxy.log.error(format("cache: no zone %q in the config's cache.zones", conf.zone))
+  end
+  return z
+end
+
+-- Fields a served entry never repeats as stored: framing (the engine's), and the ones the
+-- cache sets itself.
+local NOT_SERVED = { ["content-length"] = true, ["transfer-encoding"] = true, age = true,
+  ["cache-status"] = true, connection = true, ["keep-alive"] = true }
+
+-- How long the store keeps an entry: its freshness left, the longest stale window anything
+-- allows, and `keep` more when it can be revalidated.
+local function keep_for(meta, conf, now)
+  local left = meta.ttl - policy.current_age(meta, now)
+  local stale = max(meta.stale_while_revalidate or 0, meta.stale_if_error or 0,
+    conf.stale_while_revalidate, conf.stale_if_error)
+  if meta.etag or meta.last_modified then stale = max(stale, conf.keep) end
+  return max(left, 0) + stale + 1
+end
+
+-- Decoded heads, per worker VM, by head text: a hit on a hot entry decodes nothing. The
+-- tables are shared by every hit on that head and never changed (serve copies what it
+-- adds). Bounded: emptied when it holds 4096 heads.
+local decoded, ndecoded = {}, 0
+
+local function decode_cached(head)
+  local d = decoded[head]
+  if d then return d[1], d[2] end
+  local meta, headers = decode(head)
+  if not meta then return nil end
+  if ndecoded >= 4096 then decoded, ndecoded = {}, 0 end
+  decoded[head] = { meta, headers }
+  ndecoded = ndecoded + 1
+  return meta, headers
+end
+
+-- The entry stored for key that fits this request: meta, headers, body length; or nil (and
+-- the secondary key when the key varies).
+local function lookup(req, z, key, rh, conf)
+  local head, blen = z:get(req, key, "")
+  if not head then return nil end
+  local sec = ""
+  if sub(head, 1, 2) == "V " then
+    sec = policy.secondary_key(sub(head, 3), rh, conf.max_vary_fields)
+    if not sec then return nil end
+    head, blen = z:get(req, key, sec)
+    if not head then return nil, nil, nil, sec end
+  end
+  local meta, headers = decode_cached(head)
+  if not meta then return nil end
+  return meta, headers, blen, sec
+end
+
+-- Answers from the entry looked up last: client conditionals (304/412) and a single range
+-- (206/416) first. Ends the request phase; in the response phase it replaces the upstream's
+-- answer.
+local function serve(req, conf, st, meta, headers, blen, cs, client_only)
+  local z = st.zone
+  local now = proxy.now()
+  local age = policy.current_age(meta, now)
+  local list = {}
+  for name, v in pairs(headers) do
+    if not NOT_SERVED[name] then
+      if type(v) == "table" then
+        for _, x in ipairs(v) do list[#list + 1] = { name, x } end
+      else
+        list[#list + 1] = { name, v }
+      end
+    end
+  end
+  for name, v in pairs(client_only or {}) do -- this response's only (a 304's Set-Cookie)
+    if type(v) == "table" then
+      for _, x in ipairs(v) do list[#list + 1] = { name, x } end
+    else
+      list[#list + 1] = { name, v }
+    end
+  end
+  list[#list + 1] = { "age", policy.age_header(age) }
+  cs.prior = headers["cache-status"]
+  cs.ttl = meta.ttl - age
+  list[#list + 1] = { "cache-status", policy.cache_status(cs) }
+  st.served = true
+  local method, status = req:method(), meta.status or 200
+  local c = policy.conditional(method, st.rh, headers, meta.response_time)
+  if c then return z:respond(req, c, list, -2) end
+  local range = st.rh.range
+  if method == "GET" and status == 200 and range then
+    local r = policy.parse_range(range, blen, st.rh["if-range"], headers, conf._opts)
+    if r == "unsatisfiable" then
+      list[#list + 1] = { "content-range", format("bytes */%d", blen) }
+      return z:respond(req, 416, list, -2)
+    elseif type(r) == "table" and #r == 1 then
+      -- Several ranges would take a multipart body: the whole answer serves them.
+      list[#list + 1] = { "content-range", format("bytes %d-%d/%d", r[1][1], r[1][2], blen) }
+      return z:respond(req, 206, list, r[1][1], r[1][2])
+    end
+  end
+  return z:respond(req, status, list)
+end
+
+-- One background refresh per key and worker (stale-while-revalidate): the route's upstream
+-- asked again, its answer stored if it may be.
+local refreshing = {}
+
+local HOP = { connection = true, ["keep-alive"] = true, te = true, trailer = true,
+  ["transfer-encoding"] = true, upgrade = true, ["proxy-authorization"] = true,
+  ["content-length"] = true, range = true, ["if-range"] = true, ["if-none-match"] = true,
+  ["if-modified-since"] = true, ["if-match"] = true, ["if-unmodified-since"] = true,
+  expect = true }
+
+local function refresh_in_background(req, conf, st, sec)
+  local key, z = st.key, st.zone
+  if refreshing[key] then return end
+  local name = req:upstream_name()
+  local ok, up = pcall(proxy.upstream, name or "")
+  if not name or not ok then return end
+  local addr
+  for _, t in ipairs(up:targets()) do
+    if t.state ~= "down" then addr = t.address break end
+  end
+  if not addr then return end
+  local headers = {}
+  for k, v in pairs(st.rh) do if not HOP[k] then headers[k] = v end end
+  local path = req:uri()
+  local rh = st.rh
+  local uconf = proxy.config.upstreams and proxy.config.upstreams[name] or {}
+  local tls = uconf.tls
+  local scheme, verify, sni = "http", nil, nil
+  if tls then
+    scheme = "https"
+    verify = not (type(tls) == "table" and tls.verify == false)
+    sni = type(tls) == "table" and tls.sni or nil
+  end
+  refreshing[key] = true
+  local spawned = proxy.spawn(function()
+    local t0 = proxy.now()
+    local res, err = proxy.http.request { url = scheme .. "://" .. addr .. path,
+      headers = headers, timeout = conf.background_timeout, ssl_verify = verify,
+      server_name = sni }
+    refreshing[key] = nil
+    if not res then
+      proxy.log.warn("cache: background refresh of " .. key .. " failed: " .. tostring(err))
+      return
+    end
+    local now = proxy.now()
+    local rsh = {}
+    for k, v in pairs(res.headers) do rsh[lower(k)] = v end
+    if not policy.storable("GET", res.status, rh, rsh, conf._opts) then return end
+    local meta = policy.meta(res.status, rsh, t0, now, conf._opts)
+    z:put(key, sec, encode(meta, policy.stored_headers(rsh, conf._opts)),
+      keep_for(meta, conf, now), res.body)
+  end)
+  if not spawned then refreshing[key] = nil end
+end
+
+-- ---- phases ----
+
+function P.request(req, conf)
+  local z = zone_of(conf)
+  if not z then return end
+  local o = req:cache_options()
+  local st = { zone = z, t0 = proxy.now() }
+  req.ctx.cache = st
+  local method = req:method()
+  if not policy.lookup_method(method) then
+    st.pass = true
+    st.invalidate = not policy.is_safe_method(method)
+    return
+  end
+  local key = o.key or (conf.cache_key and conf.cache_key(req)) or default_key(req)
+  if type(key) ~= "string" then
+    proxy.log.error("cache: cache_key returned " .. type(key) .. ", not a string: not cached")
+    st.pass = true
+    return
+  end
+  st.key = key
+  local rh = req:headers()
+  st.rh = rh
+  local rd = policy.request_directives(rh)
+  st.rd = rd
+  if o.bypass then
+    z:count("bypass")
+    st.fwd = "bypass"
+    return
+  end
+  local waited = false
+  while true do
+    local meta, headers, blen, sec = lookup(req, z, key, rh, conf)
+    if meta then
+      local decision, d = policy.evaluate(meta, rd, proxy.now(), conf._opts)
+      if decision == "fresh" or decision == "stale_ok" then
+        z:count(decision == "fresh" and "hit" or "stale")
+        return serve(req, conf, st, meta, headers, blen, { hit = true, collapsed = waited or nil })
+      elseif decision == "stale_while_revalidate" then
+        z:count("stale")
+        refresh_in_background(req, conf, st, sec)
+        return serve(req, conf, st, meta, headers, blen,
+          { hit = true, detail = "stale-while-revalidate" })
+      elseif decision == "revalidate" then
+        z:count("expired")
+        st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d }
+        st.fwd = d and d.fwd or "stale"
+        if not waited and conf.lock then z:lock(req, key, conf.lock_timeout) end
+        -- Our validators replace the client's: a 304 makes the stored entry current, and the
+        -- client's own conditionals are then answered from it.
+        for k, v in pairs(policy.validators(headers)) do req:set_header(k, v) end
+        if not policy.validators(headers)["if-none-match"] then req:clear_header("if-none-match") end
+        if not policy.validators(headers)["if-modified-since"] then
+          req:clear_header("if-modified-since")
+        end
+        return
+      elseif d and d.only_if_cached then
+        return req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
+      end
+    end
+    if rd.only_if_cached then
+      return req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
+    end
+    st.sec = sec
+    if not conf.lock or waited or z:lock(req, key, conf.lock_timeout) then break end
+    -- Another request fills the key: wait for its entry (bounded), then look again; a fill
+    -- that ends without an entry (not storable, too large) lets everyone go upstream.
+    waited = true
+    local deadline = proxy.monotonic() + conf.lock_timeout
+    while z:locked(key) do
+      local left = deadline - proxy.monotonic()
+      if left <= 0 then break end
+      z:wait(key, left) -- woken by the filling worker, whichever it is
+    end
+    st.collapsed = true
+  end
+  z:count("miss")
+  st.fwd = st.fwd or (waited and "miss" or "miss")
+end
+
+local function request_parts(req)
+  return { scheme = req:scheme() or "http", host = req:host(), path = req:uri() }
+end
+
+function P.response(req, conf)
+  local st = req.ctx.cache
+  if not st or st.served then return end
+  local z = st.zone
+  local status = req:status()
+  if st.invalidate then
+    local uris = policy.invalidations(req:method(), status, request_parts(req), req:resp_headers())
+    for _, u in ipairs(uris) do z:purge("GET " .. u) end
+    return
+  end
+  if st.pass then return end
+  local now = proxy.now()
+  local rsh = req:resp_headers()
+  local from_upstream = req:upstream_addr() ~= nil
+  local stale = st.stale
+  if stale and from_upstream and status == 304 then
+    local opts = conf._opts
+    opts.now = now
+    local merged, client_only = policy.merge_304(stale.headers, rsh, opts)
+    opts.now = nil
+    local meta = policy.meta(stale.meta.status or 200, merged, st.t0, now, conf._opts)
+    z:refresh(req, encode(meta, merged), keep_for(meta, conf, now))
+    z:count("revalidated")
+    return serve(req, conf, st, meta, merged, stale.blen,
+      { fwd = st.fwd or "stale", fwd_status = 304 }, client_only)
+  end
+  -- A 5xx within stale-if-error; an upstream that could not be reached, also when only
+  -- RFC 9111 4.2.4 allows it (no directive forbids serving stale).
+  if stale and ((status >= 500 and stale.d.stale_if_error)
+      or (not from_upstream and (stale.d.stale_if_error or stale.d.stale_if_disconnected))) then
+    z:count("stale")
+    return serve(req, conf, st, stale.meta, stale.headers, stale.blen,
+      { hit = true, detail = "stale-if-error" })
+  end
+  local o = req:cache_options()
+  local stored, ttl = false, nil
+  if from_upstream and req:method() == "GET" and not o.no_store then
+    local ok, why = policy.storable("GET", status, st.rh, rsh, conf._opts)
+    if not ok and o.ttl and (why == "no explicit freshness" or why == "no freshness and no validator") then
+      ok = true
+    end
+    if ok then
+      local meta = policy.meta(status, rsh, st.t0, now, conf._opts)
+      if o.ttl then meta.ttl, meta.ttl_source = o.ttl + policy.current_age(meta, now), "lua" end
+      local vary = rsh.vary
+      if type(vary) == "table" then vary = concat(vary, ", ") end
+      local sec = ""
+      local keep = keep_for(meta, conf, now)
+      if vary and vary ~= "" then
+        sec = policy.secondary_key(vary, st.rh, conf.max_vary_fields)
+        if sec then z:put(st.key, "", "V " .. gsub(vary, "[\r\n]", " "), keep) end
+      end
+      if sec and meta.ttl + keep > 0 then
+        stored = z:store(req, st.key, sec, encode(meta, policy.stored_headers(rsh, conf._opts)), keep)
+        ttl = meta.ttl - policy.current_age(meta, now)
+      end
+    end
+  end
+  req:set_resp_header("Cache-Status", policy.cache_status {
+    prior = rsh["cache-status"], fwd = st.fwd or "miss", fwd_status = from_upstream and status or nil,
+    stored = stored or nil, ttl = stored and ttl or nil, collapsed = st.collapsed or nil })
+end
+
+return P

@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""The response cache's store and its wiring (issue #13), against a scripted origin that
+counts what reaches it: hits and misses across two workers, 100 concurrent misses making one
+origin request (coalescing), a large object streamed while stored and served back from the
+entry, max_object_size passing responses through uncached (known and unknown length), an
+origin error mid-body never stored, purge by key, prefix and all (admin API), a Lua cache
+key, zone counters in GET /status, a reload under load keeping the zone, and poisoning
+guards (Host, query, Vary, Authorization). The RFC 9111 rules themselves are
+test_cache_rfc.py's."""
+
+import http.client
+import json
+import os
+import sys
+import threading
+import time
+import unittest
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+
+ZONE = "t"
+BIG = H.large_body(4 * 1024 * 1024 + 123)
+
+
+class Origin:
+    """Answers each path from a script (a callable(req) returning raw bytes, or a
+    (bytes, "close") tuple, or None) and counts the requests per path."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.scripts = {}
+        self.counts = {}
+        self.raw = H.RawOrigin(self._handle)
+
+    def address(self):
+        return self.raw.address()
+
+    def stop(self):
+        self.raw.stop()
+
+    def script(self, path, fn):
+        with self.lock:
+            self.scripts[path] = fn
+            self.counts[path] = 0
+
+    def count(self, path):
+        with self.lock:
+            return self.counts.get(path, 0)
+
+    def _handle(self, req):
+        path = req.target.split("?", 1)[0]
+        with self.lock:
+            fn = self.scripts.get(path)
+            self.counts[path] = self.counts.get(path, 0) + 1
+            n = self.counts[path]
+        if fn is None:
+            return H.simple_response(404, b"no script", [("Cache-Control", "no-store")])
+        return fn(req, n)
+
+
+def fresh(body, *headers):
+    """A cacheable answer (max-age=3600), numbered by the caller."""
+    return H.simple_response(200, body, [("Cache-Control", "max-age=3600")] + list(headers))
+
+
+def chunked_response(body, headers=()):
+    head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+    head += "".join("%s: %s\r\n" % kv for kv in headers)
+    out = [(head + "\r\n").encode()]
+    for i in range(0, len(body), 16384):
+        part = body[i:i + 16384]
+        out.append(b"%x\r\n" % len(part) + part + b"\r\n")
+    out.append(b"0\r\n\r\n")
+    return b"".join(out)
+
+
+class CacheTest(H.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = Origin()
+        cls.addClassCleanup(cls.origin.stop)
+        route = {"upstream": "o"}
+        key_fn = H.LuaRaw('function(req) return "lua:" .. req:path() end')
+        cls.proxy = cls.start_proxy(
+            {"o": H.upstream(cls.origin.address())},
+            [dict(route, match={"prefix": "/luakey/"},
+                  plugins=[{"name": "cache", "zone": ZONE, "cache_key": key_fn}]),
+             dict(route, match={"prefix": "/"},
+                  plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 10}])],
+            workers=2, admin={"address": "127.0.0.1:0"},
+            cache={"zones": {ZONE: {"memory": "64m", "max_object_size": "8m"},
+                             "small": {"memory": "1m", "max_object_size": "64k"}}})
+        cls.port = cls.proxy.port
+
+    # ------------------------------------------------------------------ helpers
+
+    def path(self, suffix=""):
+        return "/" + self._testMethodName + suffix
+
+    def get(self, path, headers=None, host="a.test", method="GET"):
+        r = H.get(self.port, path, host=host, headers=headers, method=method, timeout=H.T(20))
+        self.assertAlive()
+        return r
+
+    def admin(self, method, path):
+        c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
+        try:
+            c.request(method, path)
+            r = c.getresponse()
+            return r.status, json.loads(r.read() or b"null")
+        finally:
+            c.close()
+
+    def zone_status(self, name=ZONE):
+        st, j = self.admin("GET", "/status")
+        self.assertEqual(st, 200)
+        return j["cache"][name]
+
+    def cache_status(self, r):
+        v = r.header("cache-status")
+        self.assertIsNotNone(v, "no Cache-Status")
+        return v.split(",")[-1].strip()
+
+    # ------------------------------------------------------------------ hits and misses
+
+    def test_miss_then_hits_on_every_worker(self):
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(b"v%d" % n))
+        first = self.get(p)
+        self.assertEqual((first.status, first.body), (200, b"v1"))
+        self.assertIn("fwd=miss", self.cache_status(first))
+        self.assertIn("stored", self.cache_status(first))
+        # Fresh connections land on either worker: all served from the one shared entry.
+        for _ in range(20):
+            r = self.get(p)
+            self.assertEqual((r.status, r.body), (200, b"v1"))
+            self.assertIn("hit", self.cache_status(r))
+            self.assertIsNotNone(r.header("age"))
+            self.assertEqual(r.header("content-length"), "2")
+        self.assertEqual(self.origin.count(p), 1)
+        head = self.get(p, method="HEAD")
+        self.assertEqual((head.status, head.body, head.header("content-length")), (200, b"", "2"))
+        self.assertEqual(self.origin.count(p), 1)
+
+    def test_status_counts(self):
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(b"x"))
+        before = self.zone_status()
+        self.get(p)
+        self.get(p)
+        self.get(p)
+        after = self.zone_status()
+        self.assertEqual(after["miss"] - before["miss"], 1)
+        self.assertEqual(after["hit"] - before["hit"], 2)
+        self.assertEqual(after["stored"] - before["stored"], 1)
+        self.assertGreater(after["entries"], 0)
+        self.assertGreater(after["bytes"], 0)
+        for k in ("expired", "stale", "revalidated", "bypass", "capacity", "evicted"):
+            self.assertIn(k, after)
+        c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
+        try:
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+        finally:
+            c.close()
+        self.assertIn('luaproxy_cache_requests_total{zone="t",result="hit"} %d' % after["hit"], text)
+        self.assertIn('luaproxy_cache_fills_total{zone="t",result="stored"} %d' % after["stored"], text)
+        self.assertIn('luaproxy_cache_entries{zone="t"}', text)
+
+    def test_lua_cache_key(self):
+        # The route's cache_key ignores the query: both share one entry.
+        self.origin.script("/luakey/a", lambda req, n: fresh(b"k%d" % n))
+        self.assertEqual(self.get("/luakey/a?x=1").body, b"k1")
+        self.assertEqual(self.get("/luakey/a?x=2").body, b"k1")
+        self.assertEqual(self.origin.count("/luakey/a"), 1)
+
+    # ------------------------------------------------------------------ coalescing
+
+    def test_100_concurrent_misses_one_origin_request(self):
+        p = self.path()
+        body = H.large_body(200 * 1024)
+
+        def slow(req, n):
+            time.sleep(0.5)  # the origin is slow: every client arrives during the fill
+            return fresh(body)
+        self.origin.script(p, slow)
+        results = [None] * 100
+        errors = []
+
+        def client(i):
+            try:
+                results[i] = H.get(self.port, p, timeout=H.T(30))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(60))
+        self.assertEqual(errors, [])
+        for r in results:
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.body, body)
+        self.assertEqual(self.origin.count(p), 1)
+        collapsed = sum(1 for r in results if "collapsed" in (r.header("cache-status") or ""))
+        self.assertGreater(collapsed, 0)
+
+    def test_uncacheable_answer_releases_waiters(self):
+        p = self.path()
+
+        def slow(req, n):
+            time.sleep(0.3)
+            return H.simple_response(200, b"private", [("Cache-Control", "private")])
+        self.origin.script(p, slow)
+        results = []
+
+        def client():
+            results.append(H.get(self.port, p, timeout=H.T(30)))
+        threads = [threading.Thread(target=client) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(30))
+        self.assertEqual([r.body for r in results], [b"private"] * 5)
+        self.assertEqual(self.origin.count(p), 5)
+
+    # ------------------------------------------------------------------ bodies
+
+    def test_large_object_streamed_and_served_back(self):
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(BIG))
+        r = self.get(p)
+        self.assertEqual(r.body, BIG)
+        for _ in range(3):
+            r = self.get(p)
+            self.assertEqual(len(r.body), len(BIG))
+            self.assertEqual(r.body, BIG)
+            self.assertIn("hit", self.cache_status(r))
+        self.assertEqual(self.origin.count(p), 1)
+        # A range of it, from the entry.
+        r = self.get(p, {"Range": "bytes=1000000-1000099"})
+        self.assertEqual(r.status, 206)
+        self.assertEqual(r.body, BIG[1000000:1000100])
+        self.assertEqual(r.header("content-range"), "bytes 1000000-1000099/%d" % len(BIG))
+
+    def test_chunked_origin_body_stored(self):
+        p = self.path()
+        body = H.large_body(300 * 1024)
+        self.origin.script(p, lambda req, n: chunked_response(body, [("Cache-Control", "max-age=60")]))
+        self.assertEqual(self.get(p).body, body)
+        r = self.get(p)
+        self.assertEqual((r.body, r.header("content-length")), (body, str(len(body))))
+        self.assertEqual(self.origin.count(p), 1)
+
+    def test_over_max_object_size_passes_uncached(self):
+        big = H.large_body(9 * 1024 * 1024)
+        p = self.path("-length")
+        self.origin.script(p, lambda req, n: fresh(big))
+        for _ in range(2):
+            self.assertEqual(self.get(p).body, big)
+        self.assertEqual(self.origin.count(p), 2)
+        # Length unknown: the fill is dropped when the body goes over.
+        q = self.path("-chunked")
+        self.origin.script(q, lambda req, n: chunked_response(big, [("Cache-Control", "max-age=60")]))
+        for _ in range(2):
+            self.assertEqual(self.get(q).body, big)
+        self.assertEqual(self.origin.count(q), 2)
+        self.assertGreater(self.zone_status()["abandoned"], 0)
+
+    def test_origin_error_mid_body_not_stored(self):
+        p = self.path()
+
+        def answer(req, n):
+            if n == 1:
+                head = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nContent-Length: 100000\r\n\r\n"
+                return (head + b"x" * 40000, "close")
+            return fresh(b"whole")
+        self.origin.script(p, answer)
+        c = H.Client(self.port, timeout=H.T(10))
+        try:
+            r = c.request("GET", p, host="a.test")
+            self.assertFalse(r.complete, "the truncation must show")
+        except (H.PeerClosed, OSError):
+            pass
+        finally:
+            c.close()
+        r = self.get(p)
+        self.assertEqual(r.body, b"whole")
+        self.assertEqual(self.origin.count(p), 2)
+
+    # ------------------------------------------------------------------ purge
+
+    def test_purge_key_prefix_all(self):
+        base = self.path()
+        for s in ("/a", "/b", "/c"):
+            self.origin.script(base + s, lambda req, n: fresh(b"p%d" % n))
+            self.get(base + s)
+        key = "GET http://a.test" + base + "/a"
+        st, j = self.admin("DELETE", "/cache/%s?key=%s" % (ZONE, urllib.parse.quote(key, safe="")))
+        self.assertEqual((st, j["purged"]), (200, 1))
+        self.assertEqual(self.get(base + "/a").body, b"p2")
+        self.assertEqual(self.get(base + "/b").body, b"p1")
+        prefix = "GET http://a.test" + base + "/"
+        st, j = self.admin("DELETE", "/cache/%s?prefix=%s" % (ZONE, urllib.parse.quote(prefix, safe="")))
+        self.assertEqual((st, j["purged"]), (200, 3))
+        self.assertEqual(self.get(base + "/b").body, b"p2")
+        st, j = self.admin("DELETE", "/cache/" + ZONE)
+        self.assertEqual(st, 200)
+        self.assertGreaterEqual(j["purged"], 3)
+        self.assertEqual(self.get(base + "/c").body, b"p2")
+        self.assertEqual(self.admin("DELETE", "/cache/nope")[0], 404)
+        self.assertEqual(self.admin("GET", "/cache/" + ZONE)[0], 405)
+
+    # ------------------------------------------------------------------ poisoning guards
+
+    def test_host_and_query_never_cross(self):
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(("%s %s" % (req.header("host"), req.target)).encode()))
+        a = self.get(p + "?q=1", host="a.test").body
+        b = self.get(p + "?q=1", host="b.test").body
+        c = self.get(p + "?q=2", host="a.test").body
+        self.assertEqual(len({a, b, c}), 3)
+        self.assertEqual(self.get(p + "?q=1", host="b.test").body, b)
+        self.assertEqual(self.get(p + "?q=2", host="a.test").body, c)
+        self.assertEqual(self.origin.count(p), 3)
+
+    def test_vary_variants_never_cross(self):
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(("lang=%s" % req.header("accept-language")).encode(),
+                                                   ("Vary", "Accept-Language")))
+        self.assertEqual(self.get(p, {"Accept-Language": "fr"}).body, b"lang=fr")
+        self.assertEqual(self.get(p, {"Accept-Language": "de"}).body, b"lang=de")
+        self.assertEqual(self.get(p, {"Accept-Language": "fr"}).body, b"lang=fr")
+        self.assertEqual(self.get(p, {"Accept-Language": "de"}).body, b"lang=de")
+        self.assertEqual(self.origin.count(p), 2)
+
+    def test_authorization_response_not_shared(self):
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(("user=%s" % req.header("authorization")).encode()))
+        self.assertEqual(self.get(p, {"Authorization": "Bearer alice"}).body, b"user=Bearer alice")
+        self.assertEqual(self.get(p).body, b"user=None")
+        self.assertEqual(self.origin.count(p), 2)
+
+    # ------------------------------------------------------------------ reload
+
+    def test_reload_under_load_keeps_zone(self):
+        kept = self.path("-kept")
+        self.origin.script(kept, lambda req, n: fresh(b"kept%d" % n))
+        self.assertEqual(self.get(kept).body, b"kept1")
+        paths = [self.path("-%d" % i) for i in range(8)]
+        for q in paths:
+            self.origin.script(q, lambda req, n: fresh(H.large_body(64 * 1024)))
+        stop = threading.Event()
+        bad = []
+
+        def load():
+            i = 0
+            while not stop.is_set():
+                q = paths[i % len(paths)]
+                i += 1
+                try:
+                    r = H.get(self.port, q, timeout=H.T(20))
+                    if r.status != 200 or r.body != H.large_body(64 * 1024):
+                        bad.append((q, r.status, len(r.body)))
+                except Exception as e:  # noqa: BLE001 - reported below
+                    bad.append((q, repr(e)))
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(3):
+                st, j = self.admin("POST", "/reload")
+                self.assertEqual(st, 200, j)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(H.T(30))
+        self.assertEqual(bad, [])
+        self.assertEqual(self.get(kept).body, b"kept1", "the zone survives a reload")
+        self.assertEqual(self.origin.count(kept), 1)
+
+
+if __name__ == "__main__":
+    H.main()

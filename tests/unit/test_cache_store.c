@@ -1,0 +1,372 @@
+/* engine/cache_store.c: lookups, fills streamed in pieces, the object limit, partial fills
+ * never linked, references outliving purge and eviction, LRU under the byte budget, Vary
+ * variants bounded, key locks (coalescing) and their timeout, purge by key, prefix and all,
+ * and counts under threads. */
+#include <pthread.h>
+#include <string.h>
+#include "cache_store.h"
+#include "lp_test.h"
+
+#define K(s) (s), strlen(s)
+#define NOW  1000.0
+
+static lp_cache_zone_t *zone(const char *name, size_t mem, size_t maxobj)
+{
+    lp_cache_zone_t *z = lp_cache_zone_acquire(name, mem, maxobj);
+    lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0);
+    return z;
+}
+
+/* Stores key/sec with body `body` in pieces of `piece` bytes; returns the commit's result. */
+static int put(lp_cache_zone_t *z, const char *key, const char *sec, const char *body, size_t piece)
+{
+    lp_cache_fill_t *f = lp_cache_fill_start(z, NULL, K(key), K(sec), K("head"), NOW + 60, 0);
+    if (!f)
+        return -2;
+    size_t n = strlen(body);
+    for (size_t off = 0; off < n; off += piece)
+        lp_cache_fill_append(f, body + off, n - off < piece ? n - off : piece);
+    return lp_cache_fill_commit(f);
+}
+
+static size_t body_of(const lp_cache_entry_t *e, char *out, size_t room)
+{
+    size_t n = 0;
+    for (const lp_cache_chunk_t *c = lp_cache_entry_chunks(e); c; c = c->next) {
+        if (n + c->len > room)
+            return (size_t)-1;
+        memcpy(out + n, c->data, c->len);
+        n += c->len;
+    }
+    return n;
+}
+
+static void store_and_get(void)
+{
+    lp_cache_zone_t *z = zone("t1", 1 << 20, 1 << 16);
+    REQUIRE(z);
+    CHECK(!lp_cache_get(z, K("k"), K(""), NOW));
+    CHECK_EQ_INT(put(z, "k", "", "hello world", 3), 0);
+    lp_cache_entry_t *e = lp_cache_get(z, K("k"), K(""), NOW);
+    REQUIRE(e);
+    char buf[64];
+    size_t n = body_of(e, buf, sizeof(buf));
+    CHECK_EQ_INT((int)n, 11);
+    CHECK(memcmp(buf, "hello world", 11) == 0);
+    CHECK_EQ_INT((int)lp_cache_entry_body_len(e), 11);
+    CHECK_EQ_INT((int)lp_cache_entry_head(z, e, buf, sizeof(buf)), 4);
+    CHECK(memcmp(buf, "head", 4) == 0);
+    /* Past keep_until: gone. */
+    CHECK(!lp_cache_get(z, K("k"), K(""), NOW + 61));
+    lp_cache_entry_unref(e); /* the reader's reference outlived the unlink */
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.entries, 0);
+    CHECK_EQ_INT((int)st.bytes, 0);
+    lp_cache_zone_release(z);
+}
+
+static void large_body_many_chunks(void)
+{
+    lp_cache_zone_t *z = zone("t2", 8 << 20, 4 << 20);
+    static char big[1 << 20];
+    for (size_t i = 0; i < sizeof(big); i++)
+        big[i] = (char)('a' + i % 26);
+    lp_cache_fill_t *f = lp_cache_fill_start(z, NULL, K("big"), K(""), K("h"), NOW + 60, 0);
+    REQUIRE(f);
+    for (size_t off = 0; off < sizeof(big); off += 1000)
+        CHECK_EQ_INT(
+            lp_cache_fill_append(f, big + off, sizeof(big) - off < 1000 ? sizeof(big) - off : 1000),
+            0);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    lp_cache_entry_t *e = lp_cache_get(z, K("big"), K(""), NOW);
+    REQUIRE(e);
+    static char out[1 << 20];
+    CHECK(body_of(e, out, sizeof(out)) == sizeof(big));
+    CHECK(memcmp(out, big, sizeof(big)) == 0);
+    int chunks = 0;
+    for (const lp_cache_chunk_t *c = lp_cache_entry_chunks(e); c; c = c->next)
+        chunks++;
+    CHECK(chunks <= (int)(sizeof(big) / LP_CACHE_CHUNK) + 1); /* 4 KiB first, then full */
+    lp_cache_entry_unref(e);
+    lp_cache_zone_release(z);
+}
+
+static void object_limit_and_partial(void)
+{
+    lp_cache_zone_t *z = zone("t3", 1 << 20, 100);
+    /* Over max_object_size: the fill dies, nothing is linked. */
+    char body[200];
+    memset(body, 'x', sizeof(body));
+    body[199] = 0;
+    CHECK_EQ_INT(put(z, "big", "", body, 50), -1);
+    CHECK(!lp_cache_get(z, K("big"), K(""), NOW));
+    /* A hint over the limit refuses at once. */
+    CHECK(!lp_cache_fill_start(z, NULL, K("x"), K(""), K("h"), NOW + 60, 101));
+    /* Abandoned mid-body (an upstream error): never served. */
+    lp_cache_fill_t *f = lp_cache_fill_start(z, NULL, K("p"), K(""), K("h"), NOW + 60, 0);
+    REQUIRE(f);
+    lp_cache_fill_append(f, "part", 4);
+    lp_cache_fill_abandon(f);
+    CHECK(!lp_cache_get(z, K("p"), K(""), NOW));
+    /* A key too long is not cached. */
+    static char longkey[LP_CACHE_MAX_KEY + 2];
+    memset(longkey, 'k', sizeof(longkey) - 1);
+    CHECK(!lp_cache_fill_start(z, NULL, K(longkey), K(""), K("h"), NOW + 60, 0));
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.entries, 0);
+    CHECK_EQ_INT((int)st.bytes, 0);
+    CHECK(st.counts[LP_CACHE_C_ABANDONED] >= 2);
+    lp_cache_zone_release(z);
+}
+
+static void replace_keeps_readers(void)
+{
+    lp_cache_zone_t *z = zone("t4", 1 << 20, 1 << 16);
+    CHECK_EQ_INT(put(z, "k", "", "one", 10), 0);
+    lp_cache_entry_t *old = lp_cache_get(z, K("k"), K(""), NOW);
+    REQUIRE(old);
+    CHECK_EQ_INT(put(z, "k", "", "two!", 10), 0);
+    CHECK_EQ_INT(lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0) >= 1, 1);
+    char buf[16];
+    CHECK_EQ_INT((int)body_of(old, buf, sizeof(buf)), 3); /* still readable */
+    CHECK(memcmp(buf, "one", 3) == 0);
+    lp_cache_entry_unref(old);
+    lp_cache_zone_release(z);
+}
+
+static void lru_under_budget(void)
+{
+    size_t one = lp_cache_entry_cost(2, 0, 4, sizeof(lp_cache_chunk_t) + 4096);
+    lp_cache_zone_t *z = zone("t5", one * 3, 1 << 16);
+    CHECK_EQ_INT(put(z, "k1", "", "a", 1), 0);
+    CHECK_EQ_INT(put(z, "k2", "", "b", 1), 0);
+    CHECK_EQ_INT(put(z, "k3", "", "c", 1), 0);
+    lp_cache_entry_t *e = lp_cache_get(z, K("k1"), K(""), NOW); /* k1 now most recent */
+    REQUIRE(e);
+    lp_cache_entry_unref(e);
+    CHECK_EQ_INT(put(z, "k4", "", "d", 1), 0);
+    CHECK(!lp_cache_get(z, K("k2"), K(""), NOW)); /* the least recently used went */
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.entries, 3);
+    CHECK((size_t)st.bytes == one * 3);
+    CHECK_EQ_INT((int)st.counts[LP_CACHE_C_EVICTED], 1);
+    /* A smaller budget evicts down to it. */
+    lp_cache_zone_resize(z, one, 1 << 16);
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.entries, 1);
+    lp_cache_zone_release(z);
+}
+
+static void variants(void)
+{
+    lp_cache_zone_t *z = zone("t6", 4 << 20, 1 << 16);
+    CHECK_EQ_INT(put(z, "k", "gzip", "zipped", 10), 0);
+    CHECK_EQ_INT(put(z, "k", "br", "brotli", 10), 0);
+    CHECK_EQ_INT(put(z, "other", "gzip", "x", 10), 0);
+    lp_cache_entry_t *e = lp_cache_get(z, K("k"), K("gzip"), NOW);
+    REQUIRE(e);
+    CHECK_EQ_INT((int)lp_cache_entry_body_len(e), 6);
+    lp_cache_entry_unref(e);
+    CHECK(!lp_cache_get(z, K("k"), K("identity"), NOW));
+    /* Fan-out is bounded: the oldest variants go. */
+    char sec[16];
+    for (int i = 0; i < LP_CACHE_MAX_VARIANTS + 5; i++) {
+        snprintf(sec, sizeof(sec), "v%d", i);
+        CHECK_EQ_INT(put(z, "k", sec, "b", 1), 0);
+    }
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.entries, LP_CACHE_MAX_VARIANTS + 1); /* + "other" */
+    CHECK(!lp_cache_get(z, K("k"), K("gzip"), NOW));
+    /* Purge by key takes every variant, and only that key's. */
+    CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_KEY, K("k")), LP_CACHE_MAX_VARIANTS);
+    e = lp_cache_get(z, K("other"), K("gzip"), NOW);
+    CHECK(e != NULL);
+    lp_cache_entry_unref(e);
+    lp_cache_zone_release(z);
+}
+
+static void purge_prefix(void)
+{
+    lp_cache_zone_t *z = zone("t7", 4 << 20, 1 << 16);
+    put(z, "GET http://a/x/1", "", "1", 1);
+    put(z, "GET http://a/x/2", "", "2", 1);
+    put(z, "GET http://a/y/1", "", "3", 1);
+    CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_PREFIX, K("GET http://a/x/")), 2);
+    lp_cache_entry_t *e = lp_cache_get(z, K("GET http://a/y/1"), K(""), NOW);
+    CHECK(e != NULL);
+    lp_cache_entry_unref(e);
+    CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0), 1);
+    lp_cache_zone_release(z);
+}
+
+static void locks(void)
+{
+    lp_cache_zone_t *z = zone("t8", 4 << 20, 1 << 16);
+    int busy;
+    lp_cache_fill_t *a = lp_cache_lock(z, K("k"), 5, NOW, &busy);
+    REQUIRE(a);
+    CHECK(lp_cache_locked(z, K("k")));
+    CHECK(!lp_cache_lock(z, K("k"), 5, NOW + 1, &busy));
+    CHECK_EQ_INT(busy, 1);
+    /* Only a lock: commit links nothing and releases it. */
+    CHECK(!lp_cache_fill_active(a));
+    a = lp_cache_fill_start(z, a, K("k"), K(""), K("h"), NOW + 60, 0);
+    REQUIRE(a);
+    lp_cache_fill_append(a, "body", 4);
+    CHECK(lp_cache_locked(z, K("k"))); /* held until commit */
+    CHECK_EQ_INT(lp_cache_fill_commit(a), 0);
+    CHECK(!lp_cache_locked(z, K("k")));
+    /* A lock past its timeout is taken over; the old holder still cleans up safely. */
+    lp_cache_fill_t *old = lp_cache_lock(z, K("j"), 5, NOW, &busy);
+    REQUIRE(old);
+    lp_cache_fill_t *newer = lp_cache_lock(z, K("j"), 5, NOW + 6, &busy);
+    REQUIRE(newer);
+    lp_cache_fill_abandon(old);
+    CHECK(lp_cache_locked(z, K("j")));
+    lp_cache_fill_abandon(newer);
+    CHECK(!lp_cache_locked(z, K("j")));
+    /* A fill that dies (too large) lets its waiters go at once. */
+    lp_cache_zone_resize(z, 4 << 20, 10);
+    lp_cache_fill_t *d = lp_cache_lock(z, K("d"), 5, NOW, &busy);
+    d = lp_cache_fill_start(z, d, K("d"), K(""), K("h"), NOW + 60, 0);
+    REQUIRE(d);
+    CHECK_EQ_INT(lp_cache_fill_append(d, "0123456789abc", 13), -1);
+    CHECK(!lp_cache_locked(z, K("d")));
+    CHECK_EQ_INT(lp_cache_fill_commit(d), -1);
+    lp_cache_zone_release(z);
+}
+
+static int notified;
+static void count_notify(lp_cache_waiter_t *w)
+{
+    (void)w;
+    notified++;
+}
+
+static void waiters(void)
+{
+    lp_cache_zone_t *z = zone("t11", 4 << 20, 1 << 16);
+    lp_cache_waiter_t a = {.notify = count_notify}, b = {.notify = count_notify};
+    notified = 0;
+    CHECK_EQ_INT(lp_cache_wait(z, K("k"), &a), 0); /* nothing fills k */
+    int busy;
+    lp_cache_fill_t *f = lp_cache_lock(z, K("k"), 5, NOW, &busy);
+    REQUIRE(f);
+    CHECK_EQ_INT(lp_cache_wait(z, K("k"), &a), 1);
+    CHECK_EQ_INT(lp_cache_wait(z, K("k"), &b), 1);
+    CHECK_EQ_INT(lp_cache_wait_cancel(z, &b), 1); /* b leaves: never notified */
+    f = lp_cache_fill_start(z, f, K("k"), K(""), K("h"), NOW + 60, 0);
+    REQUIRE(f);
+    CHECK_EQ_INT(notified, 0);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    CHECK_EQ_INT(notified, 1); /* a, once */
+    CHECK_EQ_INT(lp_cache_wait_cancel(z, &a), 0);
+    /* A takeover and an abandon notify too. */
+    lp_cache_fill_t *old = lp_cache_lock(z, K("j"), 5, NOW, &busy);
+    CHECK_EQ_INT(lp_cache_wait(z, K("j"), &a), 1);
+    lp_cache_fill_t *newer = lp_cache_lock(z, K("j"), 5, NOW + 10, &busy);
+    CHECK_EQ_INT(notified, 2);
+    CHECK_EQ_INT(lp_cache_wait(z, K("j"), &b), 1);
+    lp_cache_fill_abandon(old);
+    CHECK_EQ_INT(notified, 2); /* the old fill holds no lock any more */
+    lp_cache_fill_abandon(newer);
+    CHECK_EQ_INT(notified, 3);
+    lp_cache_zone_release(z);
+}
+
+static void set_head(void)
+{
+    lp_cache_zone_t *z = zone("t9", 4 << 20, 1 << 16);
+    put(z, "k", "", "b", 1);
+    lp_cache_entry_t *e = lp_cache_get(z, K("k"), K(""), NOW);
+    REQUIRE(e);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("a longer head"), NOW + 120), 0);
+    lp_cache_entry_unref(e);
+    e = lp_cache_get(z, K("k"), K(""), NOW + 100);
+    REQUIRE(e);
+    char buf[32];
+    CHECK_EQ_INT((int)lp_cache_entry_head(z, e, buf, sizeof(buf)), 13);
+    CHECK(memcmp(buf, "a longer head", 13) == 0);
+    CHECK_EQ_INT((int)lp_cache_entry_head(z, e, buf, 3), 13); /* too small: the size */
+    lp_cache_entry_unref(e);
+    lp_cache_zone_release(z);
+}
+
+static lp_cache_zone_t *tz;
+static void *worker(void *arg)
+{
+    char key[32];
+    for (int i = 0; i < 20000; i++) {
+        snprintf(key, sizeof(key), "k%d", i % 500);
+        lp_cache_entry_t *e = lp_cache_get(tz, K(key), K(""), NOW);
+        if (e) {
+            lp_cache_entry_unref(e);
+            lp_cache_count(tz, LP_CACHE_C_HIT);
+        } else {
+            int busy;
+            lp_cache_fill_t *f = lp_cache_lock(tz, K(key), 5, NOW, &busy);
+            if (f && (f = lp_cache_fill_start(tz, f, K(key), K(""), K("h"), NOW + 60, 0))) {
+                lp_cache_fill_append(f, key, strlen(key));
+                lp_cache_fill_commit(f);
+            }
+            if ((i & 63) == 0)
+                lp_cache_purge(tz, LP_CACHE_PURGE_KEY, K(key));
+        }
+    }
+    (void)arg;
+    return NULL;
+}
+
+static void threads(void)
+{
+    tz = zone("t10", 1 << 20, 1 << 16); /* under what 500 keys take: eviction runs too */
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, worker, NULL);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(tz, &st);
+    CHECK(st.bytes <= st.capacity);
+    CHECK(st.counts[LP_CACHE_C_HIT] > 0);
+    lp_cache_purge(tz, LP_CACHE_PURGE_ALL, NULL, 0);
+    lp_cache_zone_stats(tz, &st);
+    CHECK_EQ_INT((int)st.bytes, 0);
+    lp_cache_zone_release(tz);
+}
+
+static void registry(void)
+{
+    lp_cache_zone_t *a = lp_cache_zone_acquire("reg", 1 << 20, 100);
+    lp_cache_zone_t *b = lp_cache_zone_acquire("reg", 2 << 20, 100);
+    CHECK(a == b);
+    CHECK(lp_cache_zone_find(K("reg")) == a);
+    put(a, "k", "", "v", 1);
+    lp_cache_zone_release(a);
+    lp_cache_entry_t *e = lp_cache_get(b, K("k"), K(""), NOW); /* kept: one reference left */
+    CHECK(e != NULL);
+    lp_cache_entry_unref(e);
+    lp_cache_zone_release(b);
+    CHECK(!lp_cache_zone_find(K("reg")));
+}
+
+static const lp_test_case_t tests[] = {
+    {"store_and_get", store_and_get},
+    {"large_body_many_chunks", large_body_many_chunks},
+    {"object_limit_and_partial", object_limit_and_partial},
+    {"replace_keeps_readers", replace_keeps_readers},
+    {"lru_under_budget", lru_under_budget},
+    {"variants", variants},
+    {"purge_prefix", purge_prefix},
+    {"locks", locks},
+    {"set_head", set_head},
+    {"waiters", waiters},
+    {"threads", threads},
+    {"registry", registry},
+};
+
+LP_TEST_MAIN(tests)
