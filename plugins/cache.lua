@@ -7,9 +7,8 @@
 local policy = require "luaproxy.cache.policy"
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
-local format, sub, find, lower, gsub = string.format, string.sub, string.find, string.lower,
-  string.gsub
-local concat, max, floor = table.concat, math.max, math.floor
+local format, sub, lower, gsub = string.format, string.sub, string.lower, string.gsub
+local concat, max = table.concat, math.max
 
 local P = {
   name = "cache",

@@ -168,6 +168,19 @@ function Request:set_body(body) end
 ---@param min_length? integer
 ---@return boolean
 function Request:compress(coding, level, min_length) end
+---Phase: request, upstream. The response cache's key for this request (docs/plugins/cache.md).
+---@param key string
+function Request:set_cache_key(key) end
+---Phase: request, upstream. The cache plugin does not look this request up.
+function Request:cache_bypass() end
+---Phase: response. The cache plugin does not store this response.
+function Request:cache_no_store() end
+---Phase: response. This response's freshness for the cache plugin, instead of its headers'.
+---@param seconds number
+function Request:cache_ttl(seconds) end
+---Every phase. What the four calls above set.
+---@return {key: string?, bypass: boolean?, no_store: boolean?, ttl: number?}
+function Request:cache_options() end
 ---Phases: request, upstream. Answers locally; code after it does not run.
 ---@param status integer
 ---@param body? string
@@ -294,6 +307,20 @@ function proxy.json.encode_invalid_numbers(setting) end
 function proxy.json.decode_invalid_numbers(setting) end
 ---@return proxy.json a new cjson instance with its own settings
 function proxy.json.new() end
+
+---The response cache's zones (docs/plugins/cache.md).
+---@class proxy.cache
+proxy.cache = {}
+---Removes every variant stored under `key` in zone `zone`; `{ prefix = p }` every key
+---starting with p, `{ all = true }` everything. Raises for an undeclared zone.
+---@param zone string
+---@param key string|{prefix: string}|{all: boolean}
+---@return integer purged
+function proxy.cache.purge(zone, key) end
+---The store's zone as the cache plugin uses it (lua/luaproxy/cache.lua), nil when undeclared.
+---@param name string
+---@return table|nil
+function proxy.cache.zone(name) end
 
 ---@class proxy.timer
 proxy.timer = {}

@@ -124,3 +124,17 @@ function T.metric(name, labels) end
 ---@param name string
 ---@return number
 function T.metric_overflow(name) end
+---Declares the response cache's zones for proxy.cache (empty ones): `{ name = {} }`.
+---@param zones table<string, table>
+function T.cache_zones(zones) end
+---A zone's state for assertions: entries, counts, locks.
+---@param name string
+---@return table|nil
+function T.cache_zone(name) end
+---The request's response is through: its fill is stored with `body`, its lock released.
+---@param req proxy.test.Request
+---@param body string
+function T.cache_finish(req, body) end
+---Releases the request's cache lock without storing (a fill dropped).
+---@param req proxy.test.Request
+function T.cache_release(req) end
