@@ -185,6 +185,8 @@ end
 -- same waf settings share one. Weak values: a set no config uses any more is collected.
 local compiled = setmetatable({}, { __mode = "v" })
 
+local parsed = setmetatable({}, { __mode = "v" })
+
 local function config_paths(list)
   local out = {}
   for _, p in ipairs(list) do out[#out + 1] = config_path(p) end
@@ -202,13 +204,20 @@ function P.compile_crs(conf)
   local parts = { "crs\0" }
   for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
   local key
-  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported }, parts) then
+  if canon({ conf.exclusions, conf.hyperscan, conf.unsupported }, parts) then
     key = concat(parts)
   end
   local sec = key and compiled[key]
   if sec then return sec end
-  local set, lerr = seclang.load(files)
-  if not set then error(lerr, 0) end
+  -- The parsed files, shared by the settings compiled from them (paranoia levels).
+  local tkey = concat(parts, "", 1, #files + 1)
+  local set = parsed[tkey]
+  if not set then
+    local lerr
+    set, lerr = seclang.load(files)
+    if not set then error(lerr, 0) end
+    parsed[tkey] = set
+  end
   if #set.unsupported > 0 and conf.unsupported == "refuse" then
     local list = {}
     for i = 1, math.min(#set.unsupported, 5) do list[i] = set.unsupported[i] end
@@ -218,6 +227,7 @@ function P.compile_crs(conf)
   local cerr
   sec, cerr = engine.compile_seclang(set, conf)
   if not sec then error(cerr, 0) end
+  sec.parsed = set -- keeps the parse alive for the other settings of this load
   if key then compiled[key] = sec end
   return sec
 end
@@ -312,9 +322,9 @@ function P.init_worker(conf)
     if first and proxy.worker_id() == 1 and not sec.reported then
       sec.reported = true
       local c = sec.counts
-      proxy.log.info(format("waf: SecLang rules: %d read, %d compiled (paranoia %d), %d above the "
-        .. "paranoia level, %d response rules not run, %d excluded; %d Hyperscan patterns, %d "
-        .. "PCRE2-only", c.rules, c.compiled, conf.paranoia, c.paranoia_skipped, c.response,
+      proxy.log.info(format("waf: SecLang rules: %d read, %d compiled (%d above paranoia %d, "
+        .. "skipped there), %d response rules not run, %d excluded; %d Hyperscan patterns, %d "
+        .. "PCRE2-only", c.rules, c.compiled, c.paranoia_skipped, conf.paranoia, c.response,
         c.excluded, sec.hs_patterns, #sec.pcre_only))
       if #sec.unsupported > 0 then
         proxy.log.warn(format("waf: %d SecLang constructs not run: %s", #sec.unsupported,
@@ -400,6 +410,7 @@ function P.request(req, conf)
     local tx = {}
     for k, v in pairs(conf.tx) do tx[k] = v end
     local sst = { vars = st.vars, cache = {}, tx = tx, regex_error = conf.regex_error,
+                  paranoia = conf.paranoia,
                   learn = conf.mode == "learn" and {} or nil,
                   deadline = conf.time_budget > 0 and proxy.monotonic() + conf.time_budget or nil }
     local ok, m, out = pcall(engine.run_seclang, sec, sst)

@@ -1061,6 +1061,48 @@ local function may_match(st, cond, cname, i, v)
   return set and set[cond.gid] == true or false
 end
 
+-- The prefilter of a whole group at once: every value of every collection some condition
+-- of the group reads (only the named items where all of them name theirs), through the
+-- group's chain, scanned once; returns gid -> { cname, i, cname, i, ... } of the values each
+-- condition may match. Conditions then test only those values (usually none). (Scanning a
+-- collection's values joined in one text was tried: fewer scans, but a pattern matching
+-- anywhere in it sends every value to PCRE2, slower on ordinary traffic.)
+local function group_hits(st, g)
+  local h = st.gh[g]
+  if h then return h end
+  h = {}
+  st.gh[g] = h
+  local db, hits, ch = g.db, g.hits, g.chain
+  for _, cname in ipairs(g.colls) do
+    local c = st.vars:coll(cname)
+    local only = g.only[cname]
+    for i = 1, c.n do
+      if not only or only[lower(c.names[i])] then
+        local v = value(st, cname, c, i, ch)
+        local n, ids, base, more = scan(db, v, hits)
+        if not n or more then
+          for gid = 1, #g.conds do
+            local l = h[gid] or {}
+            h[gid] = l
+            l[#l + 1], l[#l + 2] = cname, i
+          end
+        elseif n > 0 then
+          for k = 0, n - 1 do
+            local gid = ids[base + k]
+            local l = h[gid]
+            if not l then
+              l = {}
+              h[gid] = l
+            end
+            l[#l + 1], l[#l + 2] = cname, i
+          end
+        end
+      end
+    end
+  end
+  return h
+end
+
 local function varname_of(e, name)
   if name == nil or name == "" then return e.var end
   return e.var .. ":" .. name
@@ -1071,6 +1113,35 @@ local function sec_cond(st, r, cond)
   local out
   local cs = st.cs
   local budget = st.deadline
+  local g = cond.group
+  if cond.fast and g.db then
+    local lst = group_hits(st, g)[cond.gid]
+    if not lst then return nil end
+    for k = 1, #lst, 2 do
+      local cname, i = lst[k], lst[k + 1]
+      local c = st.vars:coll(cname)
+      local name = c.names[i]
+      for _, e in ipairs(cond.tgt) do
+        if e.coll == cname and (not e.key or lower(name) == e.key) and sel_ok(e, cond.skip, name, st, r) then
+          local v = value(st, cname, c, i, cond.chain)
+          local from, to = sec_test(st, cond, v)
+          if from == "error" then
+            st.regex_errors = (st.regex_errors or 0) + 1
+            if st.regex_error == "match" then
+              out = out or {}
+              out[#out + 1] = { name = varname_of(e, name), value = v, err = to }
+            end
+          elseif from ~= nil then
+            out = out or {}
+            out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+          end
+          break
+        end
+      end
+    end
+    if budget and proxy_now() > budget then st.over_budget = true end
+    return out
+  end
   for _, e in ipairs(cond.tgt) do
     local cname = e.coll
     local dyn = DYNAMIC[cname]
@@ -1169,7 +1240,7 @@ local function run_phase(cs, st, list, markers)
   while i <= n do
     local r = list[i]
     i = i + 1
-    if r.id and not removed_at_runtime(st, r) then
+    if r.id and (r.paranoia or 1) <= st.paranoia and not removed_at_runtime(st, r) then
       st.rule = r
       local first
       local ok = true
@@ -1223,7 +1294,8 @@ local function run_phase(cs, st, list, markers)
 end
 
 -- Compiles a seclang rule set (seclang.load's result) for one plugin instance.
--- opts: paranoia, exclusions (the plugin's), hyperscan. Returns cs, or nil, problem.
+-- opts: paranoia (only counted: rules above it are skipped at run time, st.paranoia),
+-- exclusions (the plugin's), hyperscan. Returns cs, or nil, problem.
 function M.compile_seclang(set, opts)
   local paranoia = opts.paranoia or 1
   local cs = { seclang = true, chains = {}, groups = {}, phases = { {}, {} }, markers = { {}, {} },
@@ -1251,7 +1323,8 @@ function M.compile_seclang(set, opts)
   local groups = {}
   local excl = opts.exclusions or {}
   for _, it in ipairs(set.items) do
-    local r = it.rule
+    -- A copy: the parsed set is shared by the compiled sets of several settings.
+    local r = it.rule and copy_rule(it.rule)
     if r then
       cs.counts.rules = cs.counts.rules + 1
       local pl = r.paranoia or 1
@@ -1260,8 +1333,9 @@ function M.compile_seclang(set, opts)
         cs.counts.response = cs.counts.response + 1
         drop = true
       elseif pl > paranoia then
+        -- Kept: one compiled set (and one Hyperscan compile) serves every paranoia level;
+        -- the rule is skipped at run time (st.paranoia).
         cs.counts.paranoia_skipped = cs.counts.paranoia_skipped + 1
-        drop = true
       end
       for _, ex in ipairs(excl) do
         if not drop and rule_matches_sel(r, ex) then
@@ -1328,9 +1402,25 @@ function M.compile_seclang(set, opts)
             end
             g.conds[#g.conds + 1] = cond
             cond.group, cond.gid = g, #g.conds
+            local fast = not cond.negate
+            for _, e in ipairs(cond.tgt) do
+              if e.count or DYNAMIC[e.coll] then fast = false end
+            end
+            cond.fast = fast
+            if fast then
+              for _, e in ipairs(cond.tgt) do
+                if not g.collset then g.collset = {} end
+                if not g.collset[e.coll] then
+                  g.collset[e.coll] = true
+                  g.colls[#g.colls + 1] = e.coll
+                end
+              end
+            end
             if cond.op == "rx" then
+              -- \A \z \Z as ^ $ for Hyperscan: a superset, as the joined scan needs
+              local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
               g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
-                cond.arg, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
+                hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
             else
               for _, p in ipairs(cond.arg) do
                 g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
@@ -1352,6 +1442,26 @@ function M.compile_seclang(set, opts)
       end
     end
   end
+  for _, g in ipairs(cs.groups) do
+    for _, cname in ipairs(g.colls) do
+      local set = {}
+      for _, cond in ipairs(g.conds) do
+        if cond.fast then
+          for _, e in ipairs(cond.tgt) do
+            if e.coll == cname then
+              if not e.key or e.keyrx then
+                set = nil
+                break
+              end
+              set[e.key] = true
+            end
+          end
+        end
+        if not set then break end
+      end
+      g.only[cname] = set
+    end
+  end
   cs.use_hs = opts.hyperscan ~= false and hs.available
   cs.hyperscan = cs.use_hs
   return cs
@@ -1362,30 +1472,43 @@ local function finish_seclang(cs, pause)
   if cs.ready then return true end
   for _, g in ipairs(cs.groups) do
     if cs.use_hs then
-      while #g.pats > 0 do
-        local db, err, idx = hs.compile(g.pats, g.flags, g.ids)
-        if db then
-          g.db, g.hits = db, hs.hits(#g.pats)
-          break
-        end
-        if not idx or idx < 1 then return nil, "hyperscan: " .. tostring(err) end
-        if g.flags[idx] < hs.PREFILTER and hs.check(g.pats[idx], g.flags[idx] + hs.PREFILTER) then
-          g.flags[idx] = g.flags[idx] + hs.PREFILTER
-        else
-          local ci = g.ids[idx]
-          local cond = g.conds[ci]
-          cond.pcre_only = true
-          cs.pcre_only[#cs.pcre_only + 1] = format("%s (%s)", cond.place or "?", tostring(err))
-          local pats, flags, ids = {}, {}, {}
-          for k = 1, #g.pats do
-            if g.ids[k] ~= ci then
-              pats[#pats + 1], flags[#flags + 1], ids[#ids + 1] = g.pats[k], g.flags[k], g.ids[k]
-            end
+      -- Each pattern alone first (cheap): exact, as a prefilter, or PCRE2 only; then the
+      -- group once. (Compiling the group and retrying on each refusal compiles it again
+      -- per refused pattern: seconds for CRS.)
+      local pats, flags, ids, drop = {}, {}, {}, {}
+      for k = 1, #g.pats do
+        local ci = g.ids[k]
+        if not drop[ci] then
+          local f = g.flags[k]
+          local ok, err = hs.check(g.pats[k], f)
+          if not ok and hs.check(g.pats[k], f + hs.PREFILTER) then
+            ok, f = true, f + hs.PREFILTER
           end
-          g.pats, g.flags, g.ids = pats, flags, ids
+          -- A long pattern takes Hyperscan a while: yield after each.
+          if pause and #g.pats[k] > 256 then pause() end
+          if ok then
+            pats[#pats + 1], flags[#flags + 1], ids[#ids + 1] = g.pats[k], f, ci
+          else
+            drop[ci] = true
+            local cond = g.conds[ci]
+            cond.pcre_only, cond.fast = true, false
+            cs.pcre_only[#cs.pcre_only + 1] = format("%s (%s)", cond.place or "?", tostring(err))
+          end
         end
+        if pause and k % 64 == 0 then pause() end
       end
-      cs.hs_patterns = cs.hs_patterns + #g.pats
+      -- Patterns of a condition dropped after some of its phrases went in: take them out.
+      local p2, f2, i2 = {}, {}, {}
+      for k = 1, #pats do
+        if not drop[ids[k]] then p2[#p2 + 1], f2[#f2 + 1], i2[#i2 + 1] = pats[k], flags[k], ids[k] end
+      end
+      g.pats, g.flags, g.ids = p2, f2, i2
+      if #p2 > 0 then
+        local db, err = hs.compile(p2, f2, i2)
+        if not db then return nil, "hyperscan: " .. tostring(err) end
+        g.db, g.hits = db, hs.hits(#p2)
+      end
+      cs.hs_patterns = cs.hs_patterns + #p2
     end
     if pause then pause() end
   end
@@ -1403,7 +1526,8 @@ function M.run_seclang(cs, st)
     if not ok then error(err, 0) end
   end
   st.cs = cs
-  st.pf = {}
+  st.paranoia = st.paranoia or 4
+  st.pf, st.gh = {}, {}
   st.rm_ids, st.rm_tags = {}, {}
   local outcome
   for p = 1, 2 do

@@ -53,11 +53,13 @@ local function add(c, name, value, max)
 end
 
 -- a=1&b=2, decoded tolerantly (a bad %-escape stays as written).
+local add_value -- below: a value that is a JSON document goes in as its leaves
+
 local function parse_form(c, s, max)
   for pair in gmatch(s, "[^&]+") do
     local eq = find(pair, "=", 1, true)
     if eq then
-      add(c, urldecode(sub(pair, 1, eq - 1)), urldecode(sub(pair, eq + 1)), max)
+      add_value(c, urldecode(sub(pair, 1, eq - 1)), urldecode(sub(pair, eq + 1)), max)
     else
       add(c, urldecode(pair), "", max)
     end
@@ -117,6 +119,22 @@ local function walk(c, v, path, max, depth)
   end
   -- null (a lightuserdata) is no value.
 end
+
+-- A value that is a JSON object or array (a cookie holding a cart, a query parameter
+-- holding a filter) goes in as its leaves, named name.key.index: its braces and quotes are
+-- the format's, not data. Anything else goes in as it is.
+add_value = function(c, name, v, max)
+  local b = byte(v, 1)
+  if (b == 123 or b == 91) and #v >= 2 and find(v, "^%s*[%[{].*[%]}]%s*$") then
+    local ok, doc = pcall(proxy.json.decode, v)
+    if ok and type(doc) == "table" then
+      walk(c, doc, name, max, 1)
+      return
+    end
+  end
+  add(c, name, v, max)
+end
+M.add_value = add_value
 
 -- One multipart/form-data body: fields into body_args, file names into files. Returns
 -- nil, problem for a body that does not follow its own boundary.
@@ -244,7 +262,17 @@ function State:coll(name)
       if h.names[i] == "cookie" then
         for pair in gmatch(h.values[i], "[^;]+") do
           local k, v = match(pair, "^%s*([^=]-)%s*=%s*(.-)%s*$")
-          if k then add(ck, k, v, self.max) else add(ck, (match(pair, "^%s*(.-)%s*$")), "", self.max) end
+          if k then
+            local b = byte(v, 1)
+            if b == 37 or b == 123 or b == 91 then
+              -- %7B... (a URL-encoded JSON document) is looked at decoded
+              local d = b == 37 and urldecode(v) or v
+              local db = byte(d, 1)
+              if db == 123 or db == 91 then add_value(ck, k, d, self.max) else add(ck, k, v, self.max) end
+            else
+              add(ck, k, v, self.max)
+            end
+          else add(ck, (match(pair, "^%s*(.-)%s*$")), "", self.max) end
         end
       end
     end
