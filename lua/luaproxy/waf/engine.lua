@@ -1145,6 +1145,21 @@ local function sec_cond(st, r, cond)
   for _, e in ipairs(cond.tgt) do
     local cname = e.coll
     local dyn = DYNAMIC[cname]
+    if cname == "tx" and e.key and not e.count then
+      -- TX:name, the common case (paranoia checks, scores): no collection built
+      local tv = st.tx[e.key]
+      if tv ~= nil then
+        local path = cond.path
+        local v = transform_direct(cs, path[#path], tv)
+        local from, to = sec_test(st, cond, v)
+        if from ~= "error" and (from ~= nil) ~= cond.negate then
+          out = out or {}
+          out[#out + 1] = { name = "TX:" .. e.key, value = v, from = from, to = to }
+        end
+      end
+      goto next_target
+    end
+    do
     local c = dyn and dyn_coll(st, cname, e) or st.vars:coll(cname)
     if e.count then
       local n = 0
@@ -1184,10 +1199,12 @@ local function sec_cond(st, r, cond)
         end
       end
     end
+    end
     if budget and proxy_now() > budget then
       st.over_budget = true
       return out
     end
+    ::next_target::
   end
   return out
 end
