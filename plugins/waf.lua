@@ -116,8 +116,13 @@ end
 local function rule_files(conf)
   local files = {}
   local paths = {}
-  if conf.default_rules and not conf.crs then
-    for _, name in ipairs(DEFAULT_FILES) do paths[#paths + 1] = DEFAULT_DIR .. "/" .. name .. ".lua" end
+  if conf.default_rules then
+    -- With CRS, of the bundled set only its request-shape checks (protocol.lua: bad
+    -- encodings, a body that does not parse, smuggling): what ModSecurity's recommended
+    -- setup (200002) and nginx itself refuse beside CRS. CRS has the attack rules.
+    for _, name in ipairs(conf.crs and { "protocol" } or DEFAULT_FILES) do
+      paths[#paths + 1] = DEFAULT_DIR .. "/" .. name .. ".lua"
+    end
   end
   for _, f in ipairs(conf.rule_files or {}) do paths[#paths + 1] = config_path(f) end
   for i, path in ipairs(paths) do

@@ -1270,13 +1270,14 @@ local function run_phase(cs, st, list, markers)
         local last = ms[#ms]
         st.mv, st.mvn, st.mvs = last.value, last.name, ms
         if k == 1 then first = ms end
+        -- As ModSecurity does: a link's non-disruptive actions run when the link matches,
+        -- before the next link is evaluated (CRS's 931130 sets the TX variable its chained
+        -- rule reads); only the disruptive action waits for the whole chain.
+        for _, sv in ipairs(cond.setvars) do run_setvar(st, sv) end
+        for _, c in ipairs(cond.ctls) do run_ctl(st, c) end
       end
       if st.over_budget then return "budget" end
       if ok then
-        for _, cond in ipairs(r.conds) do
-          for _, sv in ipairs(cond.setvars) do run_setvar(st, sv) end
-          for _, c in ipairs(cond.ctls) do run_ctl(st, c) end
-        end
         if not r.nolog or r.disruptive == "deny" then
           local m = first[1]
           local rec = { id = r.id, msg = expand(st, r.msg) or "", severity = r.severity,
