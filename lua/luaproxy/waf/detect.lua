@@ -213,10 +213,15 @@ local function attack_at(toks, quote)
   -- A value closing the application's literal: what follows it right away.
   if quote then
     local j = 2
+    -- ') or ('a'='a: the literal closes, then parentheses the application opened
+    while toks[j] and toks[j].t == ")" do j = j + 1 end
     local tj = toks[j]
     if tj then
       if tj.t == "c" then return j end
       if tj.t == "&" then
+        local a0 = j + 1
+        while toks[a0] and toks[a0].t == "(" do a0 = a0 + 1 end
+        if a0 > j + 1 then j = a0 - 1 end
         local a = toks[j + 1]
         if a and a.t == "f" then return j end
         if a and OPERAND[a.t] then
@@ -236,8 +241,20 @@ local function attack_at(toks, quote)
       end
     end
   else
-    -- As written: a number, then AND/OR with a comparison or a call; a number then ORDER BY.
+    -- As written: a call of a SQL function on literals (char(49,50)), a number, then
+    -- AND/OR with a comparison or a call; a number then ORDER BY.
     local a = toks[1]
+    if a and a.t == "f" and toks[2] and toks[2].t == "(" and toks[3]
+      and (toks[3].t == "n" or toks[3].t == "s" or toks[3].t == "v") and toks[4]
+      and (toks[4].t == "," or toks[4].t == ")") then
+      -- the call closes, and SQL (or nothing) follows it: not "count(3) apples"
+      local m = 3
+      while toks[m] and toks[m].t ~= ")" do m = m + 1 end
+      local after = toks[m] and toks[m + 1]
+      if toks[m] and (not after or after.t == "c" or after.t == "&" or after.t == "o" or after.t == ";") then
+        return 1
+      end
+    end
     if a and (a.t == "n" or a.t == "s") then
       local j = 2
       local tj = toks[j]
