@@ -235,7 +235,8 @@ local function attack_at(toks, quote)
       elseif tj.t == "o" and tj.w ~= "-" and toks[j + 1] and (toks[j + 1].t == "s" or toks[j + 1].t == "n") then
         if toks[j + 2] == nil or toks[j + 2].t == "&" or toks[j + 2].t == "c" or toks[j + 1].t == "s" then return j end
       elseif (tj.w == "order" or tj.w == "group") and toks[j + 1] and toks[j + 1].w == "by" then
-        return j
+        local x, y = toks[j + 2], toks[j + 3]
+        if x and (x.t == "n" or (x.t == "b" and (not y or y.t == "c" or y.t == ","))) then return j end
       elseif tj.w == "having" or tj.w == "limit" then
         return j
       end
