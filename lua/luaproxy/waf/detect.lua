@@ -396,7 +396,9 @@ end
 -- from, to of the markup; nil for anything else.
 function M.xss(v)
   if #v > 65536 then v = sub(v, 1, 65536) end
-  if bad_url(v) and find(lower(v), "[a-z]:") then return 1, #v end
+  -- The whole value a script URL with code after the scheme ("javascript: the good
+  -- parts" is a book title)
+  if bad_url(v) and find(v, "[(`=]") then return 1, #v end
   if not find(v, "[<\"'=]") then return nil end
   local at = html_scan(v, 1)
   if at then return at, #v end
