@@ -48,7 +48,7 @@ P.schema = {
                     description = "a SecLang construct the engine does not run (an operator, "
                       .. "variable or action it lacks): log the list with file:line at load, "
                       .. "or refuse the config" },
-    time_budget = { type = "number", default = 0.05, min = 0,
+    time_budget = { type = "number", default = 0.5, min = 0,
                     description = "most seconds of rule evaluation per request (0: none); "
                       .. "past it the rest is not evaluated" },
     over_budget = { type = "string", default = "block", one_of = { "block", "pass" },
@@ -324,7 +324,7 @@ function P.init_worker(conf)
     local first = not sec.ready
     ok, err = engine.finish_seclang(sec, function() proxy.sleep(0) end)
     if not ok then error(err, 0) end
-    if first and proxy.worker_id() == 1 and not sec.reported then
+    if first and not sec.reported then
       sec.reported = true
       local c = sec.counts
       proxy.log.info(format("waf: SecLang rules: %d read, %d compiled (%d above paranoia %d, "

@@ -1530,6 +1530,20 @@ local function finish_seclang(cs, pause)
     end
     if pause then pause() end
   end
+  -- PCRE2 compiles (and JIT-compiles) each pattern on its first use: done here, so that
+  -- the first requests do not pay for it (and stay within time_budget).
+  local n = 0
+  for _, ph in ipairs(cs.phases) do
+    for _, r in ipairs(ph) do
+      for _, cond in ipairs(r.conds or {}) do
+        if cond.op == "rx" then
+          re.find("", cond.arg, "sm")
+          n = n + 1
+          if pause and n % 16 == 0 then pause() end
+        end
+      end
+    end
+  end
   cs.ready = true
   return true
 end
