@@ -1087,14 +1087,19 @@ local function group_hits(st, g)
             l[#l + 1], l[#l + 2] = cname, i
           end
         elseif n > 0 then
+          local reads = g.reads
           for k = 0, n - 1 do
             local gid = ids[base + k]
-            local l = h[gid]
-            if not l then
-              l = {}
-              h[gid] = l
+            -- only for conditions that read this collection: a pattern of a rule on
+            -- REQUEST_FILENAME matching a header is no work for that rule
+            if reads[gid][cname] then
+              local l = h[gid]
+              if not l then
+                l = {}
+                h[gid] = l
+              end
+              l[#l + 1], l[#l + 2] = cname, i
             end
-            l[#l + 1], l[#l + 2] = cname, i
           end
         end
       end
@@ -1425,6 +1430,10 @@ function M.compile_seclang(set, opts)
               if e.count or DYNAMIC[e.coll] then fast = false end
             end
             cond.fast = fast
+            g.reads = g.reads or {}
+            local reads = {}
+            for _, e in ipairs(cond.tgt) do reads[e.coll] = true end
+            g.reads[cond.gid] = reads
             if fast then
               for _, e in ipairs(cond.tgt) do
                 if not g.collset then g.collset = {} end
