@@ -209,7 +209,7 @@ function P.compile_crs(conf)
   local parts = { "crs\0" }
   for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
   local key
-  if canon({ conf.exclusions, conf.hyperscan, conf.unsupported }, parts) then
+  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported }, parts) then
     key = concat(parts)
   end
   local sec = key and compiled[key]
@@ -327,8 +327,8 @@ function P.init_worker(conf)
     if first and not sec.reported then
       sec.reported = true
       local c = sec.counts
-      proxy.log.info(format("waf: SecLang rules: %d read, %d compiled (%d above paranoia %d, "
-        .. "skipped there), %d response rules not run, %d excluded; %d Hyperscan patterns, %d "
+      proxy.log.info(format("waf: SecLang rules: %d read, %d compiled (%d above paranoia %d "
+        .. "left out), %d response rules not run, %d excluded; %d Hyperscan patterns, %d "
         .. "PCRE2-only", c.rules, c.compiled, c.paranoia_skipped, conf.paranoia, c.response,
         c.excluded, sec.hs_patterns, #sec.pcre_only))
       if #sec.unsupported > 0 then

@@ -46,7 +46,9 @@ def route(prefix, plugins):
 
 def routes():
     return [
-        route("/small/", [{"name": "waf", "crs": CRS, "body_limit": 1000}]),
+        # the same files as "/": one compiled rule set for both routes
+        route("/small/", [{"name": "waf", "crs": CRS, "crs_files": ["rules/extra.conf"],
+                           "body_limit": 1000}]),
         route("/", [{"name": "waf", "crs": CRS, "crs_files": ["rules/extra.conf"]}]),
     ]
 
@@ -63,11 +65,11 @@ class WafCrsTest(RT.ReloadTestCase):
             lua={"plugin_paths": [RT.FIXTURE_PLUGINS], "regex_match_limit": 100000,
                  # reading and compiling CRS (and its Hyperscan databases) takes seconds of
                  # CPU on a loaded machine: docs/plugins/waf.md, "Load time"
-                 "phase_timeout": 20, "init_timeout": 120}, wait=False)
+                 "phase_timeout": 20, "init_timeout": 300}, wait=False)
         # The workers compile the Hyperscan databases in init_worker, before the proxy
         # listens: seconds of CPU, more on a loaded machine.
         H.wait_for(lambda: cls.proxy.LISTENING.search(cls.proxy.stderr()) or cls.proxy.proc.poll() is not None,
-                   H.T(180), interval=0.2, what="luaproxy listening (CRS compiled)")
+                   H.T(300), interval=0.2, what="luaproxy listening (CRS compiled)")
         cls.proxy.wait_ready()
         H.wait_for(lambda: cls.get_status("/fixed?id=1") == 200, H.T(60), what="a first answer")
 
