@@ -179,7 +179,8 @@ describe("the OWASP CRS from Debian's modsecurity-crs", function()
     local c = crs()
     local counts = c.sec.counts
     assert.is_true(counts.rules > 600)
-    assert.is_true(counts.compiled > 500)
+    assert.is_true(counts.compiled > 300)
+    assert.are.equal(counts.rules, counts.compiled + counts.paranoia_skipped + counts.response + counts.excluded)
     for _, u in ipairs(c.sec.unsupported) do
       assert.matches("^/usr/share/modsecurity%-crs/rules/[%w.-]+%.conf:%d+: ", u)
     end
@@ -200,11 +201,12 @@ describe("the OWASP CRS from Debian's modsecurity-crs", function()
     req = T.request({ uri = "/", headers = headers({ Cookie = "cart=%7B%22items%22%3A%20%5B%7B%22id%22%3A%2066%7D%5D%7D" }) })
     assert.is_false(T.phase(waf, "request", T.request({ uri = "/", headers = headers({
       Cookie = "cart=%7B%22items%22%3A%20%5B%7B%22id%22%3A%2066%7D%5D%7D" }) }),
-      T.conf(waf, { crs = CRS, paranoia = 2 })))
+      -- hyperscan = false: PCRE2 alone, same results, no second Hyperscan compile (seconds)
+      T.conf(waf, { crs = CRS, paranoia = 2, hyperscan = false })))
   end)
 
   it("refuses a body over the limit, and a body that does not parse", function()
-    local c = T.conf(waf, { crs = CRS, body_limit = 64 })
+    local c = T.conf(waf, { crs = CRS, body_limit = 64, hyperscan = false })
     local body = string.rep("a=1&", 40)
     local req = T.request({ method = "POST", uri = "/f", body = body,
       headers = headers({ ["Content-Type"] = "application/x-www-form-urlencoded", ["Content-Length"] = tostring(#body) }) })
