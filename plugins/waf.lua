@@ -8,6 +8,7 @@
 -- Docs: docs/plugins/waf.md.
 local engine = require "luaproxy.waf.engine"
 local V = require "luaproxy.waf.vars"
+local seclang = require "luaproxy.waf.seclang"
 local format, concat = string.format, table.concat
 local ipairs, type, tostring = ipairs, type, tostring
 
@@ -26,9 +27,33 @@ local P = {
 
 P.schema = {
   fields = {
-    mode = { type = "string", default = "block", one_of = { "block", "detect" },
+    mode = { type = "string", default = "block", one_of = { "block", "detect", "learn" },
              description = "block: refuse requests at the threshold or matching a deny rule; "
-               .. "detect: refuse nothing, log what would have been refused (detect_only)" },
+               .. "detect: refuse nothing, log what would have been refused (detect_only); "
+               .. "learn: refuse nothing, take the traffic as ordinary and log each rule and "
+               .. "variable that fires as an exclusion ready to paste" },
+    crs = { type = "string",
+            description = "the OWASP Core Rule Set (or any SecLang rules) to run: a CRS "
+              .. "directory (its rules/*.conf are read, e.g. /usr/share/modsecurity-crs from "
+              .. "Debian's modsecurity-crs) or one .conf file; the bundled Lua rules are then "
+              .. "not loaded (rules and rule_files still run)" },
+    crs_files = { type = "array", default = {}, elements = { type = "string" },
+                  description = "more SecLang .conf files read after crs (exclusions, your "
+                    .. "own SecRules)" },
+    crs_tx = { type = "map", default = {}, keys = { type = "string" }, values = { type = "string" },
+               description = "TX variables set before the rules run (CRS's crs-setup.conf "
+                 .. "settings, e.g. allowed_methods); paranoia and inbound_threshold set "
+                 .. "theirs" },
+    unsupported = { type = "string", default = "log", one_of = { "log", "refuse" },
+                    description = "a SecLang construct the engine does not run (an operator, "
+                      .. "variable or action it lacks): log the list with file:line at load, "
+                      .. "or refuse the config" },
+    time_budget = { type = "number", default = 0.5, min = 0,
+                    description = "most seconds of rule evaluation per request (0: none); "
+                      .. "past it the rest is not evaluated" },
+    over_budget = { type = "string", default = "block", one_of = { "block", "pass" },
+                    description = "a request whose evaluation ran out of time_budget: refuse "
+                      .. "it, or pass it (logged either way)" },
     paranoia = { type = "integer", default = 1, min = 1, max = 4,
                  description = "rules of this paranoia level and below run (higher: more "
                    .. "detection, more false positives)" },
@@ -92,7 +117,12 @@ local function rule_files(conf)
   local files = {}
   local paths = {}
   if conf.default_rules then
-    for _, name in ipairs(DEFAULT_FILES) do paths[#paths + 1] = DEFAULT_DIR .. "/" .. name .. ".lua" end
+    -- With CRS, of the bundled set only its request-shape checks (protocol.lua: bad
+    -- encodings, a body that does not parse, smuggling): what ModSecurity's recommended
+    -- setup (200002) and nginx itself refuse beside CRS. CRS has the attack rules.
+    for _, name in ipairs(conf.crs and { "protocol" } or DEFAULT_FILES) do
+      paths[#paths + 1] = DEFAULT_DIR .. "/" .. name .. ".lua"
+    end
   end
   for _, f in ipairs(conf.rule_files or {}) do paths[#paths + 1] = config_path(f) end
   for i, path in ipairs(paths) do
@@ -160,6 +190,87 @@ end
 -- same waf settings share one. Weak values: a set no config uses any more is collected.
 local compiled = setmetatable({}, { __mode = "v" })
 
+local parsed = setmetatable({}, { __mode = "v" })
+
+local function config_paths(list)
+  local out = {}
+  for _, p in ipairs(list) do out[#out + 1] = config_path(p) end
+  return out
+end
+
+-- Compiles the SecLang rules of a config (crs, crs_files): once per distinct text and
+-- settings in this VM. Raises "file:line: problem" (the config load then fails and the
+-- old generation keeps serving).
+function P.compile_crs(conf)
+  local paths = config_paths({ conf.crs })
+  for _, p in ipairs(config_paths(conf.crs_files or {})) do paths[#paths + 1] = p end
+  local files, err = seclang.collect(paths)
+  if not files then error(err, 0) end
+  local parts = { "crs\0" }
+  for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
+  local key
+  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported }, parts) then
+    key = concat(parts)
+  end
+  local sec = key and compiled[key]
+  if sec then return sec end
+  -- The parsed files, shared by the settings compiled from them (paranoia levels).
+  local tkey = concat(parts, "", 1, #files + 1)
+  local set = parsed[tkey]
+  if not set then
+    local lerr
+    set, lerr = seclang.load(files)
+    if not set then error(lerr, 0) end
+    parsed[tkey] = set
+  end
+  if #set.unsupported > 0 and conf.unsupported == "refuse" then
+    local list = {}
+    for i = 1, math.min(#set.unsupported, 5) do list[i] = set.unsupported[i] end
+    error(format("waf: %d SecLang constructs the engine does not run (unsupported = \"refuse\"): %s%s",
+      #set.unsupported, concat(list, "; "), #set.unsupported > 5 and "; ..." or ""), 0)
+  end
+  local cerr
+  sec, cerr = engine.compile_seclang(set, conf)
+  if not sec then error(cerr, 0) end
+  sec.parsed = set -- keeps the parse alive for the other settings of this load
+  if key then compiled[key] = sec end
+  return sec
+end
+
+-- A summary of what a SecLang set does not run: "n× what (first at file:line)".
+function P.unsupported_summary(sec)
+  local by, order = {}, {}
+  for _, u in ipairs(sec.unsupported) do
+    local place, what = u:match("^(.-:%d+): (.*)$")
+    if not place then place, what = "?", u end
+    local e = by[what]
+    if not e then
+      e = { n = 0, first = place }
+      by[what] = e
+      order[#order + 1] = what
+    end
+    e.n = e.n + 1
+  end
+  local out = {}
+  for _, what in ipairs(order) do
+    out[#out + 1] = format("%d x %s (first at %s)", by[what].n, what, by[what].first)
+  end
+  return concat(out, "; ")
+end
+
+-- The TX collection a request starts with (what crs-setup.conf would set).
+function P.seed_tx(conf)
+  local tx = {
+    crs_setup_version = "334", paranoia_level = tostring(conf.paranoia),
+    executing_paranoia_level = tostring(conf.paranoia),
+    inbound_anomaly_score_threshold = tostring(conf.inbound_threshold),
+    outbound_anomaly_score_threshold = "4",
+    allowed_methods = "GET HEAD POST OPTIONS PUT PATCH DELETE",
+  }
+  for k, v in pairs(conf.crs_tx or {}) do tx[string.lower(k)] = tostring(v) end
+  return tx
+end
+
 function P.compile(conf)
   local files, err = rule_files(conf)
   if not files then error(err, 0) end
@@ -186,6 +297,12 @@ function P.compile(conf)
   local c = {}
   for k, v in pairs(conf) do c[k] = v end
   c.cs = cs
+  if conf.crs then
+    c.sec = P.compile_crs(conf)
+    c.tx = P.seed_tx(conf)
+    -- The Lua rules (rules, rule_files) run beside CRS; with none, nothing else runs.
+    if #cs.rules == 0 then c.cs = nil end
+  end
   c.vopts = { max_args = conf.max_args }
   c.text = { ["Content-Type"] = "text/plain" }
   return c
@@ -199,8 +316,32 @@ end
 local m_requests -- decisions on GET /metrics (docs/metrics.md)
 
 function P.init_worker(conf)
-  local ok, err = engine.finish(conf.cs, function() proxy.sleep(0) end)
+  local ok, err = true, nil
+  if conf.cs then ok, err = engine.finish(conf.cs, function() proxy.sleep(0) end) end
   if not ok then error(err, 0) end
+  if conf.sec then
+    local sec = conf.sec
+    local first = not sec.ready
+    ok, err = engine.finish_seclang(sec, function() proxy.sleep(0) end)
+    if not ok then error(err, 0) end
+    if first and not sec.reported then
+      sec.reported = true
+      local c = sec.counts
+      proxy.log.info(format("waf: SecLang rules: %d read, %d compiled (%d above paranoia %d "
+        .. "left out), %d response rules not run, %d excluded; %d Hyperscan patterns, %d "
+        .. "PCRE2-only", c.rules, c.compiled, c.paranoia_skipped, conf.paranoia, c.response,
+        c.excluded, sec.hs_patterns, #sec.pcre_only))
+      if #sec.unsupported > 0 then
+        -- One line per kind: a single line for CRS's list would pass the log's line limit.
+        local kinds = P.unsupported_summary(sec)
+        proxy.log.warn(format("waf: %d SecLang constructs not run (unsupported = \"log\"):",
+          #sec.unsupported))
+        for kind in kinds:gmatch("[^;]+") do
+          proxy.log.warn("waf: not run: " .. kind:gsub("^%s+", ""))
+        end
+      end
+    end
+  end
   -- Declared by every entry's init_worker: a name declared again is the same metric.
   m_requests = proxy.metrics.counter("waf_requests_total",
     "Requests the waf plugin inspected, by result.", { "result" })
@@ -225,11 +366,38 @@ local function describe(matches)
   return concat(parts, "; ")
 end
 
+-- learn mode: (rule id, variable) pairs seen in this worker, each logged once with the
+-- exclusion that would take it out (paste it into the route's waf.exclusions).
+local learned = {}
+local function learn(st)
+  for _, l in ipairs(st.learn or {}) do
+    local var = l.var:gsub("^&", "")
+    local key = l.id .. " " .. var
+    if not learned[key] and l.id < 949000 then
+      learned[key] = true
+      local target = var:find(":", 1, true) and var or var
+      proxy.log.warn(format('waf learn: rule %d fires on %s; exclusion: { ids = { %d }, targets = { "%s" } }',
+        l.id, var, l.id, target))
+    end
+  end
+end
+
+-- What learn mode saw in this worker, as Lua exclusions (for specs and `luaproxy explain`).
+function P.learned()
+  local out = {}
+  for key in pairs(learned) do
+    local id, var = key:match("^(%d+) (.*)$")
+    out[#out + 1] = format('{ ids = { %s }, targets = { "%s" } },', id, var)
+  end
+  table.sort(out)
+  return concat(out, "\n")
+end
+
 function P.request(req, conf)
-  local cs = conf.cs
+  local cs, sec = conf.cs, conf.sec
   local st = { vars = V.new(req, conf.vopts), cache = {} }
   local body_state
-  if cs.needs_body and has_body(req) then
+  if ((cs and cs.needs_body) or (sec and sec.needs_body)) and has_body(req) then
     local body, err = req:body(conf.body_limit)
     if body then
       st.vars.body = body
@@ -246,23 +414,56 @@ function P.request(req, conf)
       body_state = "unread: " .. tostring(err)
     end
   end
-  local matches = engine.run(cs, st)
+  local matches, score, deny, status = nil, 0, nil, conf.status
+  local outcome
+  if sec then
+    local tx = {}
+    for k, v in pairs(conf.tx) do tx[k] = v end
+    local sst = { vars = st.vars, cache = {}, tx = tx, regex_error = conf.regex_error,
+                  paranoia = conf.paranoia,
+                  learn = conf.mode == "learn" and {} or nil,
+                  deadline = conf.time_budget > 0 and proxy.monotonic() + conf.time_budget or nil }
+    local ok, m, out = pcall(engine.run_seclang, sec, sst)
+    if not ok then
+      -- A bug or a guard stop must not become a 500: refuse or pass as for the budget.
+      proxy.log.err("waf: rule evaluation failed: " .. tostring(m))
+      m, out = nil, "budget"
+    end
+    matches, outcome = m, out
+    score = tonumber(tx.anomaly_score) or tonumber(tx.inbound_anomaly_score) or 0
+    if outcome == "deny" then
+      deny = sst.deny
+      status = deny.status or conf.status
+    elseif outcome == "budget" then
+      matches = matches or {}
+      matches[#matches + 1] = { id = 0, var = "-", excerpt = "time budget exceeded", msg = "time budget" }
+      if conf.over_budget == "block" then deny = { id = 0 } end
+    end
+    if sst.detect_only and deny and conf.mode == "block" then conf = setmetatable({ mode = "detect" }, { __index = conf }) end
+    if sst.learn then learn(sst) end
+  end
+  if cs then
+    local lm = engine.run(cs, { vars = st.vars, cache = {} })
+    if lm then
+      matches = matches or {}
+      for _, m in ipairs(lm) do
+        matches[#matches + 1] = m
+        local r = cs.by_id[m.id]
+        if m.regex_error and conf.regex_error == "ignore" then
+          m.ignored = true
+        elseif r.action == "score" then
+          score = score + r.score
+        elseif r.action == "deny" and not deny then
+          deny = r
+          status = r.status or conf.status
+        end
+      end
+    end
+  end
   if not matches then
     if m_requests then m_requests:inc(1, "pass") end
     if body_state then req.ctx.waf = { action = "pass", score = 0, matches = {}, body = body_state } end
     return
-  end
-  local score, deny, status = 0, nil, conf.status
-  for _, m in ipairs(matches) do
-    local r = cs.by_id[m.id]
-    if m.regex_error and conf.regex_error == "ignore" then
-      m.ignored = true
-    elseif r.action == "score" then
-      score = score + r.score
-    elseif r.action == "deny" and not deny then
-      deny = r
-      status = r.status or conf.status
-    end
   end
   local block = deny ~= nil or score >= conf.inbound_threshold
   local action = block and (conf.mode == "block" and "block" or "detect") or "pass"
@@ -274,8 +475,8 @@ function P.request(req, conf)
       score, deny and ", deny rule " .. deny.id or "", what))
     return req:respond(status, conf.message, conf.text)
   elseif action == "detect" then
-    proxy.log.warn(format("waf: would block %s %s (score %d%s, detect mode): %s", req:method(),
-      req:path(), score, deny and ", deny rule " .. deny.id or "", what))
+    proxy.log.warn(format("waf: would block %s %s (score %d%s, %s mode): %s", req:method(),
+      req:path(), score, deny and ", deny rule " .. deny.id or "", conf.mode, what))
   else
     proxy.log.info(format("waf: matched %s %s (score %d, under %d): %s", req:method(),
       req:path(), score, conf.inbound_threshold, what))

@@ -20,9 +20,16 @@ local re = require "luaproxy.re"
 
 local type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next =
   type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next
-local byte, find, format, gsub, lower, sub = string.byte, string.find, string.format,
-  string.gsub, string.lower, string.sub
+local byte, find, format, gsub, lower, upper, sub, match = string.byte, string.find,
+  string.format, string.gsub, string.lower, string.upper, string.sub, string.match
 local concat = table.concat
+-- Monotonic seconds for the per-request time budget (proxy.monotonic in the engine and the
+-- test double; os.clock elsewhere).
+local function proxy_now()
+  local p = package.loaded.proxy
+  if type(p) == "table" and p.monotonic then return p.monotonic() end
+  return os.clock()
+end
 
 local M = {}
 
@@ -734,6 +741,846 @@ function M.run(cs, st)
     end
   end
   return st.matches
+end
+
+---------------------------------------------------------------------------------------------
+-- SecLang rules (issue #20: the OWASP Core Rule Set, read by luaproxy/waf/seclang.lua).
+--
+-- The same conditions, targets, transformation chains, value cache and Hyperscan groups as
+-- above, run the way ModSecurity runs them: phase 1 then phase 2, each rule in file order;
+-- a rule is a chain of conditions (all must match); a matching rule's setvar, ctl, capture
+-- and skipAfter act on the request's TX collection and on the rules after it; the anomaly
+-- score is whatever the rules put into TX (CRS: 949110 denies at tx.anomaly_score >=
+-- tx.inbound_anomaly_score_threshold). Differences from ModSecurity (docs/plugins/waf.md):
+-- a rule's actions run once per request and rule, not once per matching variable.
+--
+-- Prefiltering: every @rx/@pm condition (not multiMatch, pattern without a macro) joins
+-- the Hyperscan database of its transformation chain; the first condition that needs value
+-- v of a collection through chain c scans v once with that database, and every condition
+-- of the chain then knows at once whether it can match v. Only those Hyperscan names run
+-- PCRE2 (capture, exact offsets, prefilter-mode patterns) or the phrase list.
+
+local SQ = nil -- luaproxy.waf.detect, loaded on first use
+local function detect() SQ = SQ or require "luaproxy.waf.detect"; return SQ end
+
+-- Collections whose values change while the rules run: never cached, never prefiltered.
+local DYNAMIC = { tx = true, matched_var = true, matched_vars = true, matched_var_name = true,
+                  matched_vars_names = true }
+
+-- Macro expansion: parts are strings or { coll, key }.
+local function expand(st, m)
+  if type(m) ~= "table" or not m.macro then return m end
+  local out = {}
+  for k, p in ipairs(m) do
+    if type(p) == "string" then out[k] = p
+    else
+      local c, key = p.coll, p.key
+      local v
+      if c == "TX" then v = st.tx[key]
+      elseif c == "MATCHED_VAR" then v = st.mv
+      elseif c == "MATCHED_VAR_NAME" then v = st.mvn
+      elseif c == "RULE" then
+        local r = st.rule
+        if key == "id" then v = r and tostring(r.id)
+        elseif key == "msg" then v = r and r.msg_text
+        elseif key == "severity" then v = r and r.severity
+        end
+      elseif c == "REQUEST_HEADERS" then v = st.vars.req:header(key or "")
+      elseif c == "REQBODY_ERROR_MSG" then
+        local e = st.vars:coll("body_error")
+        v = e.values[1]
+      else
+        local S = require "luaproxy.waf.seclang"
+        local colls = S.VARS[c]
+        if colls then
+          local cc = st.vars:coll(colls[1])
+          if key then
+            for i = 1, cc.n do if lower(cc.names[i]) == key then v = cc.values[i]; break end end
+          else
+            v = cc.values[1]
+          end
+        end
+      end
+      out[k] = v ~= nil and tostring(v) or ""
+    end
+  end
+  return concat(out)
+end
+M.expand = expand
+
+-- Resolves a seclang condition's targets: tgt = { { coll, key, keyrx, count } ... } and
+-- skip[coll] = { keys = set, rx = list }.
+local function sec_targets(cond)
+  local tgt, skip = {}, {}
+  for _, t in ipairs(cond.targets) do
+    if t.skip then
+      local s = skip[t.coll]
+      if not s then
+        s = { keys = {}, rx = {} }
+        skip[t.coll] = s
+      end
+      if t.keyrx then s.rx[#s.rx + 1] = t.keyrx else s.keys[t.key] = true end
+    else
+      tgt[#tgt + 1] = { coll = t.coll, key = t.key, keyrx = t.keyrx, count = t.count, var = t.var }
+    end
+  end
+  for cname, s in pairs(skip) do
+    if not next(s.rx) then s.rx = nil end
+    if not next(s.keys) then s.keys = nil end
+    skip[cname] = s
+  end
+  cond.tgt, cond.skip = tgt, skip
+end
+
+local function sel_ok(e, skip, name, st, rule)
+  local k = lower(name)
+  if e.key and e.key ~= k then return false end
+  if e.keyrx then
+    local from = re.find(name, e.keyrx, "i")
+    if not from then return false end
+  end
+  local s = skip[e.coll]
+  if s then
+    if s.keys and s.keys[k] then return false end
+    if s.rx then
+      for _, x in ipairs(s.rx) do if re.find(name, x, "i") then return false end end
+    end
+  end
+  local rt = st.rm_targets
+  if rt then
+    for _, x in ipairs(rt) do
+      local applies = (x.id and x.id == rule.id) or (x.tag and rule.tags[x.tag])
+      if applies then
+        for _, t in ipairs(x.targets) do
+          if t.coll == e.coll and (not t.key or t.key == k)
+            and (not t.keyrx or re.find(name, t.keyrx, "i")) then
+            return false
+          end
+        end
+      end
+    end
+  end
+  return true
+end
+
+local function numeric(v)
+  local n = tonumber(v)
+  if n then return n end
+  return tonumber(match(v, "^%s*([+-]?%d+)") or "") or 0
+end
+
+local function ip_match(list, v)
+  for _, e in ipairs(list) do
+    if e.exact then
+      if e.exact == v then return true end
+    else
+      local a, b, c, d = match(v, "^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+      if a then
+        local n = ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d)
+        if n >= e.lo and n <= e.hi then return true end
+      end
+    end
+  end
+  return false
+end
+
+local function compile_ips(place, list)
+  local out = {}
+  for _, s in ipairs(list) do
+    local a, b, c, d, bits = match(s, "^(%d+)%.(%d+)%.(%d+)%.(%d+)/?(%d*)$")
+    if a then
+      local n = ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d)
+      bits = tonumber(bits) or 32
+      local size = 2 ^ (32 - bits)
+      local lo = n - n % size
+      out[#out + 1] = { lo = lo, hi = lo + size - 1 }
+    elseif find(s, ":", 1, true) then
+      out[#out + 1] = { exact = lower(s) } -- IPv6: exact addresses only
+    else
+      fail(place, "@ipMatch: bad address " .. s)
+    end
+  end
+  return out
+end
+
+-- Tests one value with a seclang operator: from, to (or true), or nil; "error", msg.
+local function sec_test(st, cond, v)
+  local op = cond.op
+  if op == "rx" then
+    if cond.capture then
+      local m, err = re.match(v, cond.arg, "sm")
+      if err then return "error", err end
+      if not m then return nil end
+      for k = 0, 9 do
+        local x = m[k]
+        if x ~= nil and x ~= false then st.tx[tostring(k)] = x else st.tx[tostring(k)] = nil end
+      end
+      local from = find(v, m[0], 1, true) or 1
+      return from, from + #m[0] - 1
+    end
+    local from, to, err = re.find(v, cond.arg, "sm")
+    if err then return "error", err end
+    return from, to
+  elseif op == "pm" then
+    local lv = lower(v)
+    for _, p in ipairs(cond.phrases) do
+      local from, to = find(lv, p, 1, true)
+      if from then
+        if cond.capture then st.tx["0"] = sub(v, from, to) end
+        return from, to
+      end
+    end
+    return nil
+  elseif op == "streq" then
+    if v == expand(st, cond.arg) then return 1, #v end
+  elseif op == "contains" then
+    local a = expand(st, cond.arg)
+    return find(v, a, 1, true)
+  elseif op == "contains_word" then
+    local a = expand(st, cond.arg)
+    local i = 1
+    while true do
+      local from, to = find(v, a, i, true)
+      if not from then return nil end
+      if not find(sub(v, from - 1, from - 1), "^[%w_]$") and not find(sub(v, to + 1, to + 1), "^[%w_]$") then
+        return from, to
+      end
+      i = from + 1
+    end
+  elseif op == "begins_with" then
+    local a = expand(st, cond.arg)
+    if sub(v, 1, #a) == a then return 1, #a end
+  elseif op == "ends_with" then
+    local a = expand(st, cond.arg)
+    if #a <= #v and sub(v, -#a) == a then return #v - #a + 1, #v end
+  elseif op == "within_str" then
+    if v == "" then return nil end
+    local a = expand(st, cond.arg)
+    if find(a, v, 1, true) then return 1, #v end
+  elseif op == "eq" or op == "ge" or op == "gt" or op == "le" or op == "lt" then
+    local a = cond.arg
+    if type(a) ~= "number" then a = numeric(expand(st, a)) end
+    local n = numeric(v)
+    if (op == "eq" and n == a) or (op == "ge" and n >= a) or (op == "gt" and n > a)
+      or (op == "le" and n <= a) or (op == "lt" and n < a) then
+      return 1, #v
+    end
+  elseif op == "byte_range" then
+    local ok = cond.arg
+    for i = 1, #v do
+      if not ok[byte(v, i)] then return i, i end
+    end
+  elseif op == "validate_urlencoding" then
+    local i = invalid_urlenc(v)
+    if i then return i, i + 2 end
+  elseif op == "validate_utf8" then
+    local i = invalid_utf8(v)
+    if i then return i, i end
+  elseif op == "ip_match" then
+    if ip_match(cond.ips, v) then return 1, #v end
+  elseif op == "detect_sqli" then
+    local from, to, fp = detect().sqli(v)
+    if from then
+      if cond.capture then st.tx["0"] = fp end
+      return from, to
+    end
+  elseif op == "detect_xss" then
+    return detect().xss(v)
+  elseif op == "always" then
+    return 1, #v
+  end
+  return nil
+end
+
+-- The value of a dynamic collection (TX, MATCHED_*) as a collection.
+local function dyn_coll(st, cname, e)
+  if cname == "tx" then
+    if e and e.key then
+      local v = st.tx[e.key]
+      if v == nil then return { n = 0, names = {}, values = {} } end
+      return { n = 1, names = { e.key }, values = { v } }
+    end
+    local c = { n = 0, names = {}, values = {} }
+    for k, v in pairs(st.tx) do
+      c.n = c.n + 1
+      c.names[c.n], c.values[c.n] = k, v
+    end
+    return c
+  elseif cname == "matched_var" then
+    if st.mv == nil then return { n = 0, names = {}, values = {} } end
+    return { n = 1, names = { "" }, values = { st.mv } }
+  elseif cname == "matched_var_name" then
+    if st.mvn == nil then return { n = 0, names = {}, values = {} } end
+    return { n = 1, names = { "" }, values = { st.mvn } }
+  elseif cname == "matched_vars" then
+    local c = { n = 0, names = {}, values = {} }
+    for k, m in ipairs(st.mvs or {}) do c.n, c.names[k], c.values[k] = k, m.name, m.value end
+    return c
+  elseif cname == "matched_vars_names" then
+    local c = { n = 0, names = {}, values = {} }
+    for k, m in ipairs(st.mvs or {}) do c.n, c.names[k], c.values[k] = k, m.name, m.name end
+    return c
+  end
+end
+
+-- Transformed value without the cache (dynamic collections).
+local function transform_direct(cs, ch, v)
+  if ch == 0 then return v end
+  local chain = cs.chains[ch]
+  return chain.fn(transform_direct(cs, chain.parent, v))
+end
+
+-- Prefilter: may condition `cond` match value i of collection cname (through its chain)?
+local function may_match(st, cond, cname, i, v)
+  local g = cond.group
+  if not g or not g.db or cond.pcre_only then return true end
+  local pf = st.pf[g]
+  if not pf then
+    pf = {}
+    st.pf[g] = pf
+  end
+  local per = pf[cname]
+  if not per then
+    per = {}
+    pf[cname] = per
+  end
+  local set = per[i]
+  if set == nil then
+    local n, ids, base, more = scan(g.db, v, g.hits)
+    if not n or more then
+      set = true -- a scan error or too many hits: test everything
+    elseif n == 0 then
+      set = false
+    else
+      set = {}
+      for k = 0, n - 1 do set[ids[base + k]] = true end
+    end
+    per[i] = set
+  end
+  if set == true then return true end
+  return set and set[cond.gid] == true or false
+end
+
+-- The prefilter of a whole group at once: every value of every collection some condition
+-- of the group reads (only the named items where all of them name theirs), through the
+-- group's chain, scanned once; returns gid -> { cname, i, cname, i, ... } of the values each
+-- condition may match. Conditions then test only those values (usually none). (Scanning a
+-- collection's values joined in one text was tried: fewer scans, but a pattern matching
+-- anywhere in it sends every value to PCRE2, slower on ordinary traffic.)
+local function group_hits(st, g)
+  local h = st.gh[g]
+  if h then return h end
+  h = {}
+  st.gh[g] = h
+  local db, hits, ch = g.db, g.hits, g.chain
+  for _, cname in ipairs(g.colls) do
+    local c = st.vars:coll(cname)
+    local only = g.only[cname]
+    for i = 1, c.n do
+      if not only or only[lower(c.names[i])] then
+        local v = value(st, cname, c, i, ch)
+        local n, ids, base, more = scan(db, v, hits)
+        if not n or more then
+          for gid = 1, #g.conds do
+            local l = h[gid] or {}
+            h[gid] = l
+            l[#l + 1], l[#l + 2] = cname, i
+          end
+        elseif n > 0 then
+          local reads = g.reads
+          for k = 0, n - 1 do
+            local gid = ids[base + k]
+            -- only for conditions that read this collection: a pattern of a rule on
+            -- REQUEST_FILENAME matching a header is no work for that rule
+            if reads[gid][cname] then
+              local l = h[gid]
+              if not l then
+                l = {}
+                h[gid] = l
+              end
+              l[#l + 1], l[#l + 2] = cname, i
+            end
+          end
+        end
+      end
+    end
+  end
+  return h
+end
+
+local function varname_of(e, name)
+  if name == nil or name == "" then return e.var end
+  return e.var .. ":" .. name
+end
+
+-- Evaluates one condition: the list of matches { name, value, from, to }, or nil.
+local function sec_cond(st, r, cond)
+  local out
+  local cs = st.cs
+  local budget = st.deadline
+  local g = cond.group
+  if cond.fast and g.db then
+    local lst = group_hits(st, g)[cond.gid]
+    if not lst then return nil end
+    for k = 1, #lst, 2 do
+      local cname, i = lst[k], lst[k + 1]
+      local c = st.vars:coll(cname)
+      local name = c.names[i]
+      for _, e in ipairs(cond.tgt) do
+        if e.coll == cname and (not e.key or lower(name) == e.key) and sel_ok(e, cond.skip, name, st, r) then
+          local v = value(st, cname, c, i, cond.chain)
+          local from, to = sec_test(st, cond, v)
+          if from == "error" then
+            st.regex_errors = (st.regex_errors or 0) + 1
+            if st.regex_error == "match" then
+              out = out or {}
+              out[#out + 1] = { name = varname_of(e, name), value = v, err = to }
+            end
+          elseif from ~= nil then
+            out = out or {}
+            out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+          end
+          break
+        end
+      end
+    end
+    if budget and proxy_now() > budget then st.over_budget = true end
+    return out
+  end
+  for _, e in ipairs(cond.tgt) do
+    local cname = e.coll
+    local dyn = DYNAMIC[cname]
+    if cname == "tx" and e.key and not e.count then
+      -- TX:name, the common case (paranoia checks, scores): no collection built
+      local tv = st.tx[e.key]
+      if tv ~= nil then
+        local path = cond.path
+        local v = transform_direct(cs, path[#path], tv)
+        local from, to = sec_test(st, cond, v)
+        if from ~= "error" and (from ~= nil) ~= cond.negate then
+          out = out or {}
+          out[#out + 1] = { name = "TX:" .. e.key, value = v, from = from, to = to }
+        end
+      end
+      goto next_target
+    end
+    do
+    local c = dyn and dyn_coll(st, cname, e) or st.vars:coll(cname)
+    if e.count then
+      local n = 0
+      for i = 1, c.n do if sel_ok(e, cond.skip, c.names[i], st, r) then n = n + 1 end end
+      local v = tostring(n)
+      local from, to = sec_test(st, cond, v)
+      if (from ~= nil) ~= cond.negate then
+        out = out or {}
+        out[#out + 1] = { name = "&" .. varname_of(e, e.key), value = v, from = from, to = to }
+      end
+    else
+      for i = 1, c.n do
+        local name = c.names[i]
+        if (not e.key or lower(name) == e.key) and sel_ok(e, cond.skip, name, st, r) then
+          local path = cond.path
+          for pi = cond.multi and 1 or #path, #path do
+            local ch = path[pi]
+            local v
+            if dyn then v = transform_direct(cs, ch, c.values[i]) else v = value(st, cname, c, i, ch) end
+            local from, to
+            if cond.multi or dyn or may_match(st, cond, cname, i, v) then
+              from, to = sec_test(st, cond, v)
+            end
+            if from == "error" then
+              st.regex_errors = (st.regex_errors or 0) + 1
+              if st.regex_error == "match" then
+                out = out or {}
+                out[#out + 1] = { name = varname_of(e, name), value = v, err = to }
+              end
+              break
+            elseif (from ~= nil) ~= cond.negate then
+              out = out or {}
+              out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+              break
+            end
+          end
+        end
+      end
+    end
+    end
+    if budget and proxy_now() > budget then
+      st.over_budget = true
+      return out
+    end
+    ::next_target::
+  end
+  return out
+end
+
+local function removed_at_runtime(st, r)
+  for _, x in ipairs(st.rm_ids) do if r.id >= x[1] and r.id <= x[2] then return true end end
+  for _, t in ipairs(st.rm_tags) do if r.tags[t] then return true end end
+  return false
+end
+
+local function run_ctl(st, c)
+  local k = c.kind
+  if k == "ruleremovebyid" then st.rm_ids[#st.rm_ids + 1] = { c.lo, c.hi }
+  elseif k == "ruleremovebytag" then st.rm_tags[#st.rm_tags + 1] = c.value
+  elseif k == "ruleremovetargetbyid" then
+    st.rm_targets = st.rm_targets or {}
+    st.rm_targets[#st.rm_targets + 1] = { id = tonumber(c.value), targets = c.targets }
+  elseif k == "ruleremovetargetbytag" then
+    st.rm_targets = st.rm_targets or {}
+    st.rm_targets[#st.rm_targets + 1] = { tag = c.value, targets = c.targets }
+  elseif k == "requestbodyprocessor" then
+    st.vars.body_processor = upper(c.value)
+  elseif k == "ruleengine" then
+    local v = lower(c.value)
+    if v == "off" then st.engine_off = true elseif v == "detectiononly" then st.detect_only = true end
+  elseif k == "requestbodyaccess" then
+    -- The body was read already (or not needed); nothing to change.
+  end
+end
+
+local function run_setvar(st, sv)
+  local key = expand(st, sv.key)
+  if sv.del then
+    st.tx[key] = nil
+    return
+  end
+  local v = expand(st, sv.value)
+  if sv.op == "=" then
+    st.tx[key] = v
+  else
+    local cur = numeric(st.tx[key] or "0")
+    local d = numeric(v)
+    st.tx[key] = tostring(sv.op == "+" and cur + d or cur - d)
+  end
+end
+
+-- Runs one phase's items; returns true when processing stops (deny / allow).
+local function run_phase(cs, st, list, markers)
+  local i, n = 1, #list
+  while i <= n do
+    local r = list[i]
+    i = i + 1
+    if r.id and (r.paranoia or 1) <= st.paranoia and not removed_at_runtime(st, r) then
+      st.rule = r
+      local first
+      local ok = true
+      for k, cond in ipairs(r.conds) do
+        local ms = sec_cond(st, r, cond)
+        if not ms then
+          ok = false
+          break
+        end
+        local last = ms[#ms]
+        st.mv, st.mvn, st.mvs = last.value, last.name, ms
+        if k == 1 then first = ms end
+        -- As ModSecurity does: a link's non-disruptive actions run when the link matches,
+        -- before the next link is evaluated (CRS's 931130 sets the TX variable its chained
+        -- rule reads); only the disruptive action waits for the whole chain.
+        for _, sv in ipairs(cond.setvars) do run_setvar(st, sv) end
+        for _, c in ipairs(cond.ctls) do run_ctl(st, c) end
+      end
+      if st.over_budget then return "budget" end
+      if ok then
+        if not r.nolog or r.disruptive == "deny" then
+          local m = first[1]
+          local rec = { id = r.id, msg = expand(st, r.msg) or "", severity = r.severity,
+                        var = m.name, tags = r.taglist, action = r.disruptive,
+                        excerpt = excerpt(m.value, m.from, m.to), regex_error = m.err,
+                        paranoia = r.paranoia }
+          if r.logdata then rec.logdata = sanitize(sub(expand(st, r.logdata), 1, 96)) end
+          local list_m = st.matches
+          if not list_m then
+            list_m = {}
+            st.matches = list_m
+          end
+          list_m[#list_m + 1] = rec
+          -- learn mode: every variable of the first condition that matched
+          if st.learn then
+            for _, mm in ipairs(first) do st.learn[#st.learn + 1] = { id = r.id, var = mm.name } end
+          end
+        end
+        if st.engine_off then return "off" end
+        if r.disruptive == "deny" then
+          st.deny = r
+          return "deny"
+        elseif r.disruptive == "allow" then
+          return "allow"
+        end
+        if r.skip_after then i = markers[r.skip_after] or n + 1 end
+      end
+    elseif r.marker then
+      -- nothing: a jump target
+    end
+  end
+end
+
+-- Compiles a seclang rule set (seclang.load's result) for one plugin instance.
+-- opts: paranoia (rules above it are left out), exclusions (the plugin's), hyperscan.
+-- Returns cs, or nil, problem.
+function M.compile_seclang(set, opts)
+  local paranoia = opts.paranoia or 1
+  local cs = { seclang = true, chains = {}, groups = {}, phases = { {}, {} }, markers = { {}, {} },
+               by_id = {}, pcre_only = {}, hs_patterns = 0, needs_body = false,
+               counts = { rules = 0, compiled = 0, paranoia_skipped = 0, response = 0, excluded = 0 },
+               unsupported = set.unsupported, ignored = set.ignored }
+  local chain_ids = { [""] = 0 }
+  cs.chains[0] = { parent = nil, fn = nil, name = "" }
+  local function chain_of(tr)
+    local key, parent = "", 0
+    local path = { 0 }
+    for _, name in ipairs(tr) do
+      key = key == "" and name or key .. "," .. name
+      local id = chain_ids[key]
+      if not id then
+        id = #cs.chains + 1
+        chain_ids[key] = id
+        cs.chains[id] = { parent = parent, fn = T[name], name = key }
+      end
+      parent = id
+      path[#path + 1] = id
+    end
+    return parent, path
+  end
+  local groups = {}
+  local excl = opts.exclusions or {}
+  for _, it in ipairs(set.items) do
+    -- A copy: the parsed set is shared by the compiled sets of several settings.
+    local r = it.rule and copy_rule(it.rule)
+    if r then
+      cs.counts.rules = cs.counts.rules + 1
+      local pl = r.paranoia or 1
+      local drop = false
+      if r.phase > 2 then
+        cs.counts.response = cs.counts.response + 1
+        drop = true
+      elseif pl > paranoia then
+        -- Not compiled: a paranoia level's set is compiled for it (fewer Hyperscan
+        -- patterns: at PL1 CRS's are 2,300 of 3,600). The run skips them too (st.paranoia).
+        cs.counts.paranoia_skipped = cs.counts.paranoia_skipped + 1
+        drop = true
+      end
+      for _, ex in ipairs(excl) do
+        if not drop and rule_matches_sel(r, ex) then
+          if not ex.targets then
+            drop = true
+            cs.counts.excluded = cs.counts.excluded + 1
+          else
+            r = copy_rule(r)
+            local S = require "luaproxy.waf.seclang"
+            for _, cond in ipairs(r.conds) do
+              local ts = {}
+              for _, t in ipairs(cond.targets) do ts[#ts + 1] = t end
+              for _, s in ipairs(ex.targets) do
+                local name, key = match(s, "^!?([%a_]+):?(.*)$")
+                local colls = name and S.VARS[upper(name)]
+                local lname = name and lower(name)
+                if not colls and lname and (V.ALIAS[lname] or V.BASE[lname] or V.NAMES[lname]) then
+                  colls = V.ALIAS[lname] or { lname }
+                end
+                if not colls then return nil, format("exclusion target %q: unknown variable", s) end
+                for _, cn in ipairs(colls) do
+                  if key ~= "" then
+                    ts[#ts + 1] = { coll = cn, key = lower(key), skip = true }
+                  else
+                    local kept = {}
+                    for _, x in ipairs(ts) do if x.coll ~= cn then kept[#kept + 1] = x end end
+                    ts = kept
+                  end
+                end
+              end
+              cond.targets = ts
+            end
+          end
+        end
+      end
+      if not drop then
+        cs.counts.compiled = cs.counts.compiled + 1
+        cs.by_id[r.id] = r
+        r.msg_text = type(r.msg) == "string" and r.msg or nil
+        for _, cond in ipairs(r.conds) do
+          cond.chain, cond.path = chain_of(cond.transforms)
+          sec_targets(cond)
+          for _, e in ipairs(cond.tgt) do
+            local base = V.NAMES[e.coll] or e.coll
+            if V.BODY[base] or base == "args_combined_size" then cs.needs_body = true end
+          end
+          if cond.op == "pm" then
+            cond.phrases = {}
+            for i, p in ipairs(cond.arg) do cond.phrases[i] = lower(p) end
+          elseif cond.op == "ip_match" then
+            local ok, ips = pcall(compile_ips, r.place, cond.arg)
+            if not ok then return nil, type(ips) == "table" and ips.msg or tostring(ips) end
+            cond.ips = ips
+          elseif cond.op == "rx" then
+            local ok, err = re.compile(cond.arg, "sm")
+            if not ok then return nil, format("%s: @rx: %s", cond.place or r.place, tostring(err)) end
+          end
+          if (cond.op == "rx" or cond.op == "pm") and not cond.multi then
+            local g = groups[cond.chain]
+            if not g then
+              g = { chain = cond.chain, conds = {}, pcre = {}, pats = {}, flags = {}, ids = {}, colls = {}, only = {} }
+              groups[cond.chain] = g
+              cs.groups[#cs.groups + 1] = g
+            end
+            g.conds[#g.conds + 1] = cond
+            cond.group, cond.gid = g, #g.conds
+            local fast = not cond.negate
+            for _, e in ipairs(cond.tgt) do
+              if e.count or DYNAMIC[e.coll] then fast = false end
+            end
+            cond.fast = fast
+            g.reads = g.reads or {}
+            local reads = {}
+            for _, e in ipairs(cond.tgt) do reads[e.coll] = true end
+            g.reads[cond.gid] = reads
+            if fast then
+              for _, e in ipairs(cond.tgt) do
+                if not g.collset then g.collset = {} end
+                if not g.collset[e.coll] then
+                  g.collset[e.coll] = true
+                  g.colls[#g.colls + 1] = e.coll
+                end
+              end
+            end
+            if cond.op == "rx" then
+              -- \A \z \Z as ^ $ for Hyperscan: a superset, as the joined scan needs
+              local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
+              g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
+                hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
+            else
+              for _, p in ipairs(cond.arg) do
+                g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
+                  escape_literal(p), hs.SINGLEMATCH + hs.CASELESS, cond.gid
+              end
+            end
+          end
+        end
+      end
+      if not drop then
+        local ph = cs.phases[r.phase]
+        ph[#ph + 1] = r
+      end
+    else
+      for p = 1, 2 do
+        local ph = cs.phases[p]
+        ph[#ph + 1] = { marker = it.marker }
+        cs.markers[p][it.marker] = #ph + 1
+      end
+    end
+  end
+  for _, g in ipairs(cs.groups) do
+    for _, cname in ipairs(g.colls) do
+      local set = {}
+      for _, cond in ipairs(g.conds) do
+        if cond.fast then
+          for _, e in ipairs(cond.tgt) do
+            if e.coll == cname then
+              if not e.key or e.keyrx then
+                set = nil
+                break
+              end
+              set[e.key] = true
+            end
+          end
+        end
+        if not set then break end
+      end
+      g.only[cname] = set
+    end
+  end
+  cs.use_hs = opts.hyperscan ~= false and hs.available
+  cs.hyperscan = cs.use_hs
+  return cs
+end
+
+-- Hyperscan databases of a seclang set (as M.finish for the Lua rules).
+local function finish_seclang(cs, pause)
+  if cs.ready then return true end
+  for _, g in ipairs(cs.groups) do
+    local gdb = cs.use_hs and #g.pats > 0 and hs.compile(g.pats, g.flags, g.ids)
+    if gdb then
+      -- The whole group at once: the common case.
+      g.db, g.hits = gdb, hs.hits(#g.pats)
+      cs.hs_patterns = cs.hs_patterns + #g.pats
+    elseif cs.use_hs then
+      -- Refused: each pattern alone (exact, as a prefilter, or PCRE2 only), then the group
+      -- once. (Retrying the group on each refusal compiles it again per refused pattern.)
+      local pats, flags, ids, drop = {}, {}, {}, {}
+      for k = 1, #g.pats do
+        local ci = g.ids[k]
+        if not drop[ci] then
+          local f = g.flags[k]
+          local ok, err = hs.check(g.pats[k], f)
+          if not ok and hs.check(g.pats[k], f + hs.PREFILTER) then
+            ok, f = true, f + hs.PREFILTER
+          end
+          -- A long pattern takes Hyperscan a while: yield after each.
+          if pause and #g.pats[k] > 256 then pause() end
+          if ok then
+            pats[#pats + 1], flags[#flags + 1], ids[#ids + 1] = g.pats[k], f, ci
+          else
+            drop[ci] = true
+            local cond = g.conds[ci]
+            cond.pcre_only, cond.fast = true, false
+            cs.pcre_only[#cs.pcre_only + 1] = format("%s (%s)", cond.place or "?", tostring(err))
+          end
+        end
+        if pause and k % 64 == 0 then pause() end
+      end
+      -- Patterns of a condition dropped after some of its phrases went in: take them out.
+      local p2, f2, i2 = {}, {}, {}
+      for k = 1, #pats do
+        if not drop[ids[k]] then p2[#p2 + 1], f2[#f2 + 1], i2[#i2 + 1] = pats[k], flags[k], ids[k] end
+      end
+      g.pats, g.flags, g.ids = p2, f2, i2
+      if #p2 > 0 then
+        local db, err = hs.compile(p2, f2, i2)
+        if not db then return nil, "hyperscan: " .. tostring(err) end
+        g.db, g.hits = db, hs.hits(#p2)
+      end
+      cs.hs_patterns = cs.hs_patterns + #p2
+    end
+    if pause then pause() end
+  end
+  -- PCRE2 compiles (and JIT-compiles) each pattern on its first use: done here, so that
+  -- the first requests do not pay for it (and stay within time_budget).
+  local n = 0
+  for _, ph in ipairs(cs.phases) do
+    for _, r in ipairs(ph) do
+      for _, cond in ipairs(r.conds or {}) do
+        if cond.op == "rx" then
+          re.find("", cond.arg, "sm")
+          n = n + 1
+          if pause and n % 16 == 0 then pause() end
+        end
+      end
+    end
+  end
+  cs.ready = true
+  return true
+end
+M.finish_seclang = finish_seclang
+
+-- Runs a seclang set over the request state `st` (vars set). st.tx: the TX collection
+-- seeded by the caller (paranoia level, thresholds). Returns the matches (or nil) and the
+-- outcome: "deny", "allow", "budget", "off" or nil.
+function M.run_seclang(cs, st)
+  if not cs.ready then
+    local ok, err = finish_seclang(cs)
+    if not ok then error(err, 0) end
+  end
+  st.cs = cs
+  st.paranoia = st.paranoia or 4
+  st.pf, st.gh = {}, {}
+  st.rm_ids, st.rm_tags = {}, {}
+  local outcome
+  for p = 1, 2 do
+    outcome = run_phase(cs, st, cs.phases[p], cs.markers[p])
+    if outcome then break end
+  end
+  return st.matches, outcome
 end
 
 M.sanitize = sanitize

@@ -2,8 +2,8 @@
 -- any bytes (invalid UTF-8, bad %-escapes, broken entities, bad base64 all pass through as
 -- bytes). Each returns its input itself when there is nothing to change, so the common case
 -- allocates nothing. Docs: docs/plugins/waf.md, "Transformations".
-local byte, char, find, gsub, lower = string.byte, string.char, string.find,
-  string.gsub, string.lower
+local byte, char, find, gsub, lower, format = string.byte, string.char, string.find,
+  string.gsub, string.lower, string.format
 local concat = table.concat
 local tonumber, tostring = tonumber, tostring
 local band, bor, rshift, lshift = bit.band, bit.bor, bit.rshift, bit.lshift
@@ -192,8 +192,166 @@ end
 -- The value's length in bytes, as a decimal string (for numeric operators).
 function T.length(s) return tostring(#s) end
 
+
+---------------------------------------------------------------------------------------------
+-- Transformations the OWASP Core Rule Set names (issue #20), as ModSecurity's reference
+-- manual describes them; written for this project.
+
+T.uppercase = string.upper
+
+-- \xHH \uHHHH \OOO and \n-style escapes (JavaScript); anything else: the escaped byte.
+local JS_SIMPLE = { a = "\a", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t", v = "\v" }
+function T.js_decode(s)
+  if not find(s, "\\", 1, true) then return s end
+  s = gsub(s, "\\[uU](%x%x%x%x)", function(h)
+    local cp = tonumber(h, 16)
+    -- ModSecurity keeps the low byte of a %u escape unless it is a full-width ASCII form.
+    if cp >= 0xFF01 and cp <= 0xFF5E then return char(cp - 0xFEE0) end
+    return char(band(cp, 0xFF))
+  end)
+  s = gsub(s, "\\[xX](%x%x)", hexbyte)
+  s = gsub(s, "\\([0-7][0-7]?[0-7]?)", function(o)
+    local n = tonumber(o, 8)
+    return n < 256 and char(n) or char(band(n, 0xFF))
+  end)
+  return (gsub(s, "\\(.)", function(c) return JS_SIMPLE[c] or c end))
+end
+
+-- CSS escapes: \ followed by 1..6 hex digits (and one optional space), or by any other
+-- character (itself); a backslash before a newline goes.
+function T.css_decode(s)
+  if not find(s, "\\", 1, true) then return s end
+  s = gsub(s, "\\(%x%x?%x?%x?%x?%x?) ?", function(h)
+    local cp = tonumber(h, 16)
+    if cp >= 0xFF01 and cp <= 0xFF5E then return char(cp - 0xFEE0) end
+    return char(band(cp, 0xFF))
+  end)
+  s = gsub(s, "\\\n", "")
+  return (gsub(s, "\\(.)", "%1"))
+end
+
+-- ModSecurity's cmdLine: drops \ " ' ^, drops spaces before / and (, turns , and ; into a
+-- space, runs of whitespace into one space, lower case (what CRS's 932 rules expect).
+function T.cmdline_modsec(s)
+  if find(s, "[\\\"'^,;%s]") then
+    s = gsub(s, "[\\\"'^]", "")
+    s = gsub(s, "[,;]", " ")
+    s = gsub(s, "%s+", " ")
+    s = gsub(s, " ([/(])", "%1")
+  end
+  return lower(s)
+end
+
+function T.replace_nulls(s)
+  if not find(s, "%z") then return s end
+  return (gsub(s, "%z", " "))
+end
+
+-- Comments removed: /* */ (an unterminated one to the end), <!-- -->, and -- or # to the
+-- end of the line (SQL and shell).
+function T.remove_comments(s)
+  if not find(s, "[/<%-#]") then return s end
+  s = gsub(s, "/%*.-%*/", "")
+  s = gsub(s, "/%*.*$", "")
+  s = gsub(s, "<!%-%-.-%-%->", "")
+  s = gsub(s, "%-%-[^\n]*", "")
+  return (gsub(s, "#[^\n]*", ""))
+end
+
+-- The comment characters themselves removed: /* */ -- # <!-- -->.
+function T.remove_comments_char(s)
+  if not find(s, "[/%*<%->#]") then return s end
+  s = gsub(s, "/%*", "")
+  s = gsub(s, "%*/", "")
+  s = gsub(s, "<!%-%-", "")
+  s = gsub(s, "%-%->", "")
+  s = gsub(s, "%-%-", "")
+  return (gsub(s, "#", ""))
+end
+
+-- normalizePath without the backslash step (normalizePathWin is T.normalize_path).
+function T.normalize_path_posix(s)
+  if find(s, "\\", 1, true) then
+    -- Keep backslashes: swap them out, normalise, swap back.
+    local r = T.normalize_path(gsub(s, "\\", "\1"))
+    return (gsub(r, "\1", "\\"))
+  end
+  return T.normalize_path(s)
+end
+
+-- Hex pairs to bytes (a value that is not all hex pairs stays as it is).
+function T.hex_decode(s)
+  if #s % 2 ~= 0 or find(s, "%X") then return s end
+  return (gsub(s, "%x%x", hexbyte))
+end
+
+function T.hex_encode(s)
+  return (gsub(s, ".", function(c) return format("%02x", byte(c)) end))
+end
+
+-- Multi-byte UTF-8 sequences become %uHHHH (as ModSecurity's utf8toUnicode writes them);
+-- invalid bytes stay.
+function T.utf8_to_unicode(s)
+  if not find(s, "[\128-\255]") then return s end
+  return (gsub(s, "[\192-\247][\128-\191]+", function(seq)
+    local b1 = byte(seq, 1)
+    local n = #seq
+    local cp
+    if b1 < 0xE0 and n == 2 then cp = band(b1, 0x1F) * 64 + band(byte(seq, 2), 0x3F)
+    elseif b1 >= 0xE0 and b1 < 0xF0 and n == 3 then
+      cp = band(b1, 0x0F) * 4096 + band(byte(seq, 2), 0x3F) * 64 + band(byte(seq, 3), 0x3F)
+    elseif b1 >= 0xF0 and n == 4 then
+      cp = band(b1, 0x07) * 262144 + band(byte(seq, 2), 0x3F) * 4096 + band(byte(seq, 3), 0x3F) * 64
+        + band(byte(seq, 4), 0x3F)
+    else
+      return seq
+    end
+    return format("%%u%04x", cp)
+  end))
+end
+
+-- C escapes: \a \b \f \n \r \t \v \\ \? \' \" \xHH \OOO.
+local C_SIMPLE = { a = "\a", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t", v = "\v",
+                   ["\\"] = "\\", ["?"] = "?", ["'"] = "'", ['"'] = '"' }
+function T.escape_seq_decode(s)
+  if not find(s, "\\", 1, true) then return s end
+  s = gsub(s, "\\[xX](%x%x)", hexbyte)
+  s = gsub(s, "\\([0-7][0-7]?[0-7]?)", function(o) return char(band(tonumber(o, 8), 0xFF)) end)
+  return (gsub(s, "\\(.)", function(c) return C_SIMPLE[c] or "\\" .. c end))
+end
+
+function T.trim_left(s)
+  if not find(s, "^[%s%z]") then return s end
+  return (gsub(s, "^[%s%z]+", ""))
+end
+
+function T.trim_right(s)
+  if not find(s, "[%s%z]$") then return s end
+  return (gsub(s, "[%s%z]+$", ""))
+end
+
+-- SHA-1 (raw bytes) through OpenSSL's libcrypto (the engine links it), loaded on first use.
+local crypto
+function T.sha1(s)
+  if crypto == nil then
+    local ffi = require "ffi"
+    pcall(ffi.cdef, "unsigned char *SHA1(const unsigned char *d, size_t n, unsigned char *md);")
+    local ok = pcall(function() return ffi.C.SHA1 end)
+    crypto = ok and ffi.C or false
+    if not crypto then
+      local lok, l = pcall(ffi.load, "crypto")
+      crypto = lok and l or false
+    end
+    T._md = ffi.new("unsigned char[20]")
+    T._ffi = ffi
+  end
+  if not crypto then return s end
+  crypto.SHA1(s, #s, T._md)
+  return T._ffi.string(T._md, 20)
+end
+
 T.names = {}
-for k in pairs(T) do if k ~= "names" then T.names[#T.names + 1] = k end end
+for k in pairs(T) do if k ~= "names" and k:sub(1, 1) ~= "_" then T.names[#T.names + 1] = k end end
 table.sort(T.names)
 
 return T

@@ -16,6 +16,11 @@ M.BASE = {
   method = true, path = true, uri = true, query_string = true, query_args = true,
   body_args = true, headers = true, cookies = true, files = true, body = true,
   body_error = true,
+  -- ModSecurity's variables the OWASP Core Rule Set reads (issue #20; luaproxy/waf/seclang.lua)
+  basename = true, request_line = true, protocol = true, body_length = true,
+  args_combined_size = true, files_names = true, files_combined_size = true,
+  remote_addr = true, reqbody_processor = true, body_error_flag = true,
+  multipart_part_headers = true, unique_id = true, duration = true,
 }
 M.NAMES = { query_arg_names = "query_args", body_arg_names = "body_args",
             header_names = "headers", cookie_names = "cookies" }
@@ -23,9 +28,17 @@ M.NAMES = { query_arg_names = "query_args", body_arg_names = "body_args",
 M.ALIAS = { args = { "query_args", "body_args" }, arg_names = { "query_arg_names", "body_arg_names" } }
 -- Collections that need the body read.
 M.BODY = { body_args = true, files = true, body = true, body_error = true,
-           body_arg_names = true }
+           body_arg_names = true, body_length = true, files_names = true,
+           files_combined_size = true, reqbody_processor = true, body_error_flag = true,
+           multipart_part_headers = true, args_combined_size = true }
 
 local function new() return { n = 0, names = {}, values = {} } end
+
+local function one(value)
+  local c = new()
+  c.n, c.names[1], c.values[1] = 1, "", value
+  return c
+end
 
 local function add(c, name, value, max)
   local n = c.n
@@ -40,11 +53,13 @@ local function add(c, name, value, max)
 end
 
 -- a=1&b=2, decoded tolerantly (a bad %-escape stays as written).
+local add_value -- below: a value that is a JSON document goes in as its leaves
+
 local function parse_form(c, s, max)
   for pair in gmatch(s, "[^&]+") do
     local eq = find(pair, "=", 1, true)
     if eq then
-      add(c, urldecode(sub(pair, 1, eq - 1)), urldecode(sub(pair, eq + 1)), max)
+      add_value(c, urldecode(sub(pair, 1, eq - 1)), urldecode(sub(pair, eq + 1)), max)
     else
       add(c, urldecode(pair), "", max)
     end
@@ -105,9 +120,25 @@ local function walk(c, v, path, max, depth)
   -- null (a lightuserdata) is no value.
 end
 
+-- A value that is a JSON object or array (a cookie holding a cart, a query parameter
+-- holding a filter) goes in as its leaves, named name.key.index: its braces and quotes are
+-- the format's, not data. Anything else goes in as it is.
+add_value = function(c, name, v, max)
+  local b = byte(v, 1)
+  if (b == 123 or b == 91) and #v >= 2 and find(v, "^%s*[%[{].*[%]}]%s*$") then
+    local ok, doc = pcall(proxy.json.decode, v)
+    if ok and type(doc) == "table" then
+      walk(c, doc, name, max, 1)
+      return
+    end
+  end
+  add(c, name, v, max)
+end
+M.add_value = add_value
+
 -- One multipart/form-data body: fields into body_args, file names into files. Returns
 -- nil, problem for a body that does not follow its own boundary.
-local function parse_multipart(args, files, body, boundary, max)
+local function parse_multipart(args, files, body, boundary, max, pheaders)
   local delim = "--" .. boundary
   local pos = find(body, delim, 1, true)
   if not pos then return nil, "multipart: no boundary" end
@@ -119,6 +150,9 @@ local function parse_multipart(args, files, body, boundary, max)
     local hend = find(body, "\r\n\r\n", pos, true)
     if not hend then return nil, "multipart: part without a blank line" end
     local head = sub(body, pos + 2, hend + 1)
+    if pheaders then
+      for hl in gmatch(head, "[^\r\n]+") do add(pheaders, "", hl, max) end
+    end
     local nxt = find(body, "\r\n" .. delim, hend + 4, true)
     if not nxt then return nil, "multipart: part without an end" end
     local value = sub(body, hend + 4, nxt - 1)
@@ -144,24 +178,28 @@ function M.new(req, opts)
   return setmetatable({ req = req, max = opts.max_args, colls = {}, cache = {} }, State)
 end
 
-local function one(value)
-  local c = new()
-  c.n, c.names[1], c.values[1] = 1, "", value
-  return c
-end
-
 function State:body_collections()
   local args, files, raw, err = new(), new(), new(), new()
   local colls = self.colls
   colls.body_args, colls.files, colls.body, colls.body_error = args, files, raw, err
+  local ph = new()
+  colls.multipart_part_headers = ph
+  colls.reqbody_processor = one("")
+  colls.body_error_flag = one("0")
   local body = self.body
+  colls.body_length = one(tostring(body and #body or 0))
   if not body or body == "" then return end
   raw.n, raw.names[1], raw.values[1] = 1, "", body
   local ct = lower(self.req:header("content-type") or "")
+  local proc = self.body_processor
+  if proc == "JSON" then ct = "application/json"
+  elseif proc == "URLENCODED" then ct = "application/x-www-form-urlencoded" end
   local problem
   if find(ct, "^application/x%-www%-form%-urlencoded") then
+    colls.reqbody_processor.values[1] = "URLENCODED"
     parse_form(args, body, self.max)
   elseif find(ct, "^application/[%w.+-]*json") then
+    colls.reqbody_processor.values[1] = "JSON"
     local ok, doc = pcall(proxy.json.decode, body)
     if ok then
       walk(args, doc, "", self.max, 0)
@@ -169,6 +207,7 @@ function State:body_collections()
       problem = "JSON: " .. tostring(doc):gsub("^.-: ", "")
     end
   elseif find(ct, "^multipart/form%-data") then
+    colls.reqbody_processor.values[1] = "MULTIPART"
     local b = match(ct, 'boundary="([^"]+)"') or match(ct, "boundary=([^;%s]+)")
     if not b then
       problem = "multipart: no boundary parameter"
@@ -176,11 +215,14 @@ function State:body_collections()
       -- The boundary's case is the client's: read it from the original header.
       local orig = self.req:header("content-type")
       b = match(orig, 'oundary="([^"]+)"') or match(orig, "oundary=([^;%s]+)")
-      local ok, perr = parse_multipart(args, files, body, b, self.max)
+      local ok, perr = parse_multipart(args, files, body, b, self.max, ph)
       if not ok then problem = perr end
     end
   end
-  if problem then err.n, err.names[1], err.values[1] = 1, "", problem end
+  if problem then
+    err.n, err.names[1], err.values[1] = 1, "", problem
+    colls.body_error_flag.values[1] = "1"
+  end
 end
 
 -- Collection `name` (a base or a names collection), built on first use.
@@ -220,15 +262,50 @@ function State:coll(name)
       if h.names[i] == "cookie" then
         for pair in gmatch(h.values[i], "[^;]+") do
           local k, v = match(pair, "^%s*([^=]-)%s*=%s*(.-)%s*$")
-          if k then add(ck, k, v, self.max) else add(ck, (match(pair, "^%s*(.-)%s*$")), "", self.max) end
+          if k then
+            local b = byte(v, 1)
+            if b == 37 or b == 123 or b == 91 then
+              -- %7B... (a URL-encoded JSON document) is looked at decoded
+              local d = b == 37 and urldecode(v) or v
+              local db = byte(d, 1)
+              if db == 123 or db == 91 then add_value(ck, k, d, self.max) else add(ck, k, v, self.max) end
+            else
+              add(ck, k, v, self.max)
+            end
+          else add(ck, (match(pair, "^%s*(.-)%s*$")), "", self.max) end
         end
       end
     end
     self.colls.headers, self.colls.cookies = h, ck
     return self.colls[name]
-  elseif M.BODY[name] then
+  elseif M.BODY[name] and name ~= "files_names" and name ~= "files_combined_size"
+    and name ~= "args_combined_size" then
     self:body_collections()
     return self.colls[name]
+  elseif name == "basename" then
+    c = one(match(req:path(), "[^/]*$") or "")
+  elseif name == "protocol" then
+    c = one("HTTP/" .. tostring(req:http_version()))
+  elseif name == "request_line" then
+    c = one(req:method() .. " " .. req:uri() .. " HTTP/" .. tostring(req:http_version()))
+  elseif name == "remote_addr" then
+    c = one(tostring(req:client_ip() or ""))
+  elseif name == "files_names" then
+    local f = self:coll("files")
+    c = { n = f.n, names = f.names, values = f.names }
+  elseif name == "files_combined_size" then
+    c = one("0")
+  elseif name == "args_combined_size" then
+    local total = 0
+    for _, cn in ipairs({ "query_args", "body_args" }) do
+      local a = self:coll(cn)
+      for i = 1, a.n do total = total + #a.names[i] + #a.values[i] end
+    end
+    c = one(tostring(total))
+  elseif name == "unique_id" then
+    c = one(tostring(req.ctx and req.ctx.request_id or ""))
+  elseif name == "duration" then
+    c = one("0")
   else
     error("waf: unknown collection " .. tostring(name))
   end

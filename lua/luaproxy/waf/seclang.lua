@@ -1,0 +1,836 @@
+-- SecLang reader: ModSecurity rule files (the OWASP Core Rule Set, an operator's own
+-- .conf files) read into the waf engine's rule representation (luaproxy/waf/engine.lua,
+-- "SecLang rules"). Docs: docs/plugins/waf.md, "The OWASP Core Rule Set".
+--
+-- Three steps, each reporting problems with file:line:
+--   lex:    physical lines joined at a trailing backslash, comments dropped, each directive
+--           split into words as Apache's config reader does (double or single quotes; inside
+--           quotes only \<quote> is an escape, every other backslash stays: regexes keep \d);
+--   parse:  SecRule / SecAction / SecMarker / Sec* settings into directive records
+--           (variables with selectors, the operator, the action list);
+--   build:  records into rules { id, phase, conds (a chain), actions } for the engine.
+-- A syntax error is an error (the reload is refused: nothing of the file is used). A
+-- construct the engine does not run (an operator, a transformation, a variable, an action
+-- it does not know) is "unsupported": listed with file:line; the caller refuses the set or
+-- logs the list (the waf plugin's `unsupported` setting), never drops it unsaid.
+local ffi = require "ffi"
+
+local byte, find, format, gsub, lower, upper, sub, match = string.byte, string.find,
+  string.format, string.gsub, string.lower, string.upper, string.sub, string.match
+local concat, sort = table.concat, table.sort
+local type, ipairs, pairs, tonumber, tostring, error, pcall = type, ipairs, pairs, tonumber,
+  tostring, error, pcall
+
+local M = {}
+
+local function fail(place, msg) error({ waf = true, msg = place .. ": " .. msg }, 0) end
+
+---------------------------------------------------------------------------------------------
+-- Lexing.
+
+-- Splits one logical line into words. Returns the list, or nil, problem.
+local function words(s)
+  local out = {}
+  local i, n = 1, #s
+  while true do
+    i = find(s, "%S", i)
+    if not i then return out end
+    local c = byte(s, i)
+    if c == 34 or c == 39 then -- " or '
+      local q = c
+      local buf, j = {}, i + 1
+      local start = j
+      while true do
+        if j > n then return nil, "unterminated quoted string" end
+        local b = byte(s, j)
+        if b == 92 and byte(s, j + 1) == q then
+          buf[#buf + 1] = sub(s, start, j - 1)
+          buf[#buf + 1] = string.char(q)
+          j = j + 2
+          start = j
+        elseif b == q then
+          buf[#buf + 1] = sub(s, start, j - 1)
+          break
+        else
+          j = j + 1
+        end
+      end
+      out[#out + 1] = concat(buf)
+      i = j + 1
+      if i <= n and not find(s, "^%s", i) then return nil, "text right after a closing quote" end
+    else
+      local e = find(s, "%s", i) or n + 1
+      out[#out + 1] = sub(s, i, e - 1)
+      i = e
+    end
+  end
+end
+
+-- The directives of a file's text: { { line = first line, words = {...} }, ... }.
+function M.lex(path, text)
+  local out = {}
+  local buf, first = nil, nil
+  local lineno = 0
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    lineno = lineno + 1
+    line = gsub(line, "\r$", "")
+    local cont = sub(line, -1) == "\\"
+    if cont then line = sub(line, 1, -2) end
+    if buf then
+      buf[#buf + 1] = line
+    elseif find(line, "^%s*#") or not find(line, "%S") then
+      -- a comment or a blank line (a comment's trailing backslash continues nothing)
+      cont = false
+    else
+      buf, first = { line }, lineno
+    end
+    if buf and not cont then
+      local w, err = words(concat(buf))
+      if not w then fail(format("%s:%d", path, first), err) end
+      out[#out + 1] = { line = first, words = w }
+      buf = nil
+    end
+  end
+  if buf then fail(format("%s:%d", path, first), "the file ends inside a continued line") end
+  return out
+end
+
+---------------------------------------------------------------------------------------------
+-- Variables.
+
+-- ModSecurity variable -> the engine's collections (luaproxy/waf/vars.lua names, or the
+-- engine's own: tx, matched_var, ...). `false`: known, not run here (listed as unsupported
+-- with the reason).
+M.VARS = {
+  ARGS = { "query_args", "body_args" }, ARGS_GET = { "query_args" }, ARGS_POST = { "body_args" },
+  ARGS_NAMES = { "query_arg_names", "body_arg_names" }, ARGS_GET_NAMES = { "query_arg_names" },
+  ARGS_POST_NAMES = { "body_arg_names" }, ARGS_COMBINED_SIZE = { "args_combined_size" },
+  REQUEST_HEADERS = { "headers" }, REQUEST_HEADERS_NAMES = { "header_names" },
+  REQUEST_COOKIES = { "cookies" }, REQUEST_COOKIES_NAMES = { "cookie_names" },
+  REQUEST_FILENAME = { "path" }, REQUEST_BASENAME = { "basename" }, REQUEST_URI = { "uri" },
+  REQUEST_URI_RAW = { "uri" }, REQUEST_LINE = { "request_line" },
+  REQUEST_METHOD = { "method" }, REQUEST_PROTOCOL = { "protocol" },
+  QUERY_STRING = { "query_string" }, REQUEST_BODY = { "body" },
+  REQUEST_BODY_LENGTH = { "body_length" }, FILES = { "files" }, FILES_NAMES = { "files_names" },
+  FILES_COMBINED_SIZE = { "files_combined_size" }, REMOTE_ADDR = { "remote_addr" },
+  REQBODY_PROCESSOR = { "reqbody_processor" }, REQBODY_ERROR = { "body_error_flag" },
+  REQBODY_ERROR_MSG = { "body_error" },
+  MULTIPART_PART_HEADERS = { "multipart_part_headers" },
+  MULTIPART_STRICT_ERROR = { "body_error_flag" }, UNIQUE_ID = { "unique_id" },
+  DURATION = { "duration" },
+  TX = { "tx" }, MATCHED_VAR = { "matched_var" }, MATCHED_VARS = { "matched_vars" },
+  MATCHED_VAR_NAME = { "matched_var_name" }, MATCHED_VARS_NAMES = { "matched_vars_names" },
+  XML = false, IP = false, GLOBAL = false, SESSION = false, USER = false, RESOURCE = false,
+  GEO = false, RESPONSE_BODY = false, RESPONSE_HEADERS = false, RESPONSE_STATUS = false,
+  RESPONSE_HEADERS_NAMES = false, RESPONSE_PROTOCOL = false,
+}
+M.VAR_WHY = {
+  XML = "no XML body processor: XML bodies are inspected as REQUEST_BODY only",
+  IP = "persistent collections (initcol) are not kept", GLOBAL = "persistent collections are not kept",
+  SESSION = "persistent collections are not kept", USER = "persistent collections are not kept",
+  RESOURCE = "persistent collections are not kept", GEO = "no GeoIP database",
+  RESPONSE_BODY = "responses are not inspected", RESPONSE_HEADERS = "responses are not inspected",
+  RESPONSE_STATUS = "responses are not inspected", RESPONSE_HEADERS_NAMES = "responses are not inspected",
+  RESPONSE_PROTOCOL = "responses are not inspected",
+}
+
+-- Splits a variable list at | outside /regex/ selectors.
+local function split_vars(s)
+  local out, i, n, start = {}, 1, #s, 1
+  while i <= n do
+    local c = byte(s, i)
+    if c == 124 then -- |
+      out[#out + 1] = sub(s, start, i - 1)
+      start = i + 1
+      i = i + 1
+    elseif c == 58 and (byte(s, i + 1) == 47 or (byte(s, i + 1) == 39 and byte(s, i + 2) == 47)) then
+      -- :/regex/ or :'/regex/': up to the closing unescaped slash
+      local j = i + (byte(s, i + 1) == 39 and 3 or 2)
+      while j <= n and byte(s, j) ~= 47 do
+        if byte(s, j) == 92 then j = j + 1 end
+        j = j + 1
+      end
+      i = j + 1
+    else
+      i = i + 1
+    end
+  end
+  out[#out + 1] = sub(s, start)
+  return out
+end
+
+-- One variable: { coll = MODSEC NAME, key = lower name | nil, keyrx = regex | nil,
+-- count = bool, skip = bool }.
+local function parse_var(place, s)
+  local v = { count = false, skip = false }
+  if sub(s, 1, 1) == "!" then v.skip, s = true, sub(s, 2) end
+  if sub(s, 1, 1) == "&" then v.count, s = true, sub(s, 2) end
+  local name, sel = match(s, "^([%a_]+):(.*)$")
+  if not name then name = match(s, "^[%a_]+$") end
+  if not name then fail(place, format("bad variable %q", s)) end
+  name = upper(name)
+  if sel then
+    if sub(sel, 1, 1) == "'" and sub(sel, -1) == "'" then sel = sub(sel, 2, -2) end
+    if name ~= "XML" and #sel >= 2 and sub(sel, 1, 1) == "/" and sub(sel, -1) == "/" then
+      v.keyrx = sub(sel, 2, -2)
+    elseif sel == "" then
+      fail(place, format("variable %q: empty selector", s))
+    else
+      v.key = lower(sel)
+    end
+  end
+  if v.skip and not sel then fail(place, format("variable %q: ! needs a selector", s)) end
+  v.name = name
+  return v
+end
+M.parse_var = parse_var
+
+---------------------------------------------------------------------------------------------
+-- Actions.
+
+-- Splits an action list at commas outside single quotes; returns { { name, value }, ... }.
+local function split_actions(place, s)
+  local out = {}
+  local i, n = 1, #s
+  local buf, inq = {}, false
+  local function flush()
+    local a = match(concat(buf), "^%s*(.-)%s*$")
+    buf = {}
+    if a == "" then return end
+    local name, value = match(a, "^([%w_]+)%s*:%s*(.*)$")
+    if not name then
+      name = a
+      if not find(name, "^[%w_]+$") then fail(place, format("bad action %q", a)) end
+    end
+    if value and sub(value, 1, 1) == "'" then
+      if sub(value, -1) ~= "'" or #value < 2 then fail(place, format("action %s: unterminated quote", name)) end
+      value = gsub(sub(value, 2, -2), "\\'", "'")
+    end
+    out[#out + 1] = { lower(name), value }
+  end
+  while i <= n do
+    local c = sub(s, i, i)
+    if c == "\\" and inq and sub(s, i + 1, i + 1) == "'" then
+      buf[#buf + 1] = "\\'"
+      i = i + 2
+    else
+      if c == "'" then inq = not inq end
+      if c == "," and not inq then flush() else buf[#buf + 1] = c end
+      i = i + 1
+    end
+  end
+  if inq then fail(place, "unterminated quote in the action list") end
+  flush()
+  return out
+end
+M.split_actions = split_actions
+
+-- Macro text "%{tx.a} b": a list of parts (strings, or { coll =, key = }), or the string
+-- itself when it has none.
+local function macro(s)
+  if not s or not find(s, "%{", 1, true) then return s end
+  local parts, pos = {}, 1
+  while true do
+    local a, b, inner = find(s, "%%{([^}]*)}", pos)
+    if not a then break end
+    if a > pos then parts[#parts + 1] = sub(s, pos, a - 1) end
+    local coll, key = match(inner, "^([%w_]+)[.:](.+)$")
+    parts[#parts + 1] = { coll = upper(coll or inner), key = key and lower(key) }
+    pos = b + 1
+  end
+  if pos <= #s then parts[#parts + 1] = sub(s, pos) end
+  parts.macro = true
+  return parts
+end
+M.macro = macro
+
+-- Transformations: ModSecurity name (lower case) -> the engine's (luaproxy/waf/transforms).
+M.TRANSFORMS = {
+  lowercase = "lowercase", uppercase = "uppercase", urldecodeuni = "urldecode",
+  urldecode = "urldecode", htmlentitydecode = "html_decode", jsdecode = "js_decode",
+  cssdecode = "css_decode", cmdline = "cmdline_modsec", compresswhitespace = "compress_ws",
+  removewhitespace = "remove_ws", removenulls = "remove_nulls", replacenulls = "replace_nulls",
+  replacecomments = "replace_comments", removecomments = "remove_comments",
+  removecommentschar = "remove_comments_char",
+  normalisepath = "normalize_path_posix", normalizepath = "normalize_path_posix",
+  normalisepathwin = "normalize_path", normalizepathwin = "normalize_path",
+  base64decode = "base64_decode", base64decodeext = "base64_decode",
+  hexdecode = "hex_decode", hexencode = "hex_encode", utf8tounicode = "utf8_to_unicode",
+  length = "length", sha1 = "sha1", escapeseqdecode = "escape_seq_decode",
+  trim = "trim", trimleft = "trim_left", trimright = "trim_right",
+}
+
+-- Operators: ModSecurity name (lower case) -> the engine's, with how the argument is read.
+M.OPERATORS = {
+  rx = "rx", pm = "pm", pmfromfile = "pmf", pmf = "pmf", streq = "streq", contains = "contains",
+  containsword = "contains_word", beginswith = "begins_with", endswith = "ends_with",
+  within = "within_str", eq = "eq", ge = "ge", gt = "gt", le = "le", lt = "lt",
+  validatebyterange = "byte_range", validateurlencoding = "validate_urlencoding",
+  validateutf8encoding = "validate_utf8", ipmatch = "ip_match", ipmatchfromfile = "ip_matchf",
+  ipmatchf = "ip_matchf", detectsqli = "detect_sqli", detectxss = "detect_xss",
+  unconditionalmatch = "always", nomatch = "never", strmatch = "contains",
+}
+
+-- Actions that change nothing here, and why (docs/plugins/waf.md lists them).
+M.IGNORED_ACTIONS = {
+  log = "the plugin logs every decision", nolog = "rules with nolog are not listed in the log",
+  auditlog = "no audit log: decisions are logged", noauditlog = "no audit log",
+  ver = "metadata", rev = "metadata", accuracy = "metadata", maturity = "metadata",
+  expirevar = "persistent collections are not kept", initcol = "persistent collections are not kept",
+  setuid = "persistent collections are not kept", setsid = "persistent collections are not kept",
+  sanitisematched = "excerpts are always sanitised and short",
+  sanitisearg = "excerpts are always sanitised and short",
+  sanitisematchedbytes = "excerpts are always sanitised and short",
+}
+M.IGNORED_CTL = {
+  auditlogparts = "no audit log", auditengine = "no audit log",
+  forcerequestbodyvariable = "REQUEST_BODY is always filled when the body is read",
+  debugloglevel = "no debug log",
+}
+M.IGNORED_DIRECTIVES = {
+  SecRequestBodyAccess = "the plugin reads the body when a rule needs it (body_limit)",
+  SecRequestBodyLimit = "the plugin's body_limit", SecRequestBodyNoFilesLimit = "the plugin's body_limit",
+  SecRequestBodyInMemoryLimit = "bodies are held in memory up to body_limit",
+  SecRequestBodyLimitAction = "the plugin's body_over_limit",
+  SecResponseBodyAccess = "responses are not inspected", SecResponseBodyMimeType = "responses are not inspected",
+  SecResponseBodyLimit = "responses are not inspected", SecResponseBodyLimitAction = "responses are not inspected",
+  SecAuditEngine = "no audit log", SecAuditLog = "no audit log", SecAuditLogParts = "no audit log",
+  SecAuditLogType = "no audit log", SecAuditLogStorageDir = "no audit log", SecAuditLogFormat = "no audit log",
+  SecAuditLogRelevantStatus = "no audit log", SecAuditLogDirMode = "no audit log", SecAuditLogFileMode = "no audit log",
+  SecDebugLog = "no debug log", SecDebugLogLevel = "no debug log", SecTmpDir = "no temporary files",
+  SecDataDir = "persistent collections are not kept", SecCollectionTimeout = "persistent collections are not kept",
+  SecUploadDir = "uploads are not stored", SecUploadKeepFiles = "uploads are not stored",
+  SecUploadFileMode = "uploads are not stored", SecUploadFileLimit = "uploads are not stored",
+  SecPcreMatchLimit = "the engine's lua.regex_match_limit", SecPcreMatchLimitRecursion = "the engine's lua.regex_match_limit",
+  SecArgumentSeparator = "& is the separator", SecCookieFormat = "cookies are read as RFC 6265 pairs",
+  SecUnicodeMapFile = "%u escapes decode to their code point", SecStatusEngine = "no status reporting",
+  SecTmpSaveUploadedFiles = "uploads are not stored", SecComponentSignature = "metadata",
+  SecServerSignature = "the proxy does not rewrite the Server header", SecHttpBlKey = "@rbl is not supported",
+  SecGeoLookupDb = "@geoLookup is not supported", SecXmlExternalEntity = "no XML body processor",
+  SecArgumentsLimit = "the plugin's max_args", SecRequestBodyJsonDepthLimit = "the JSON parser's depth bound",
+}
+
+---------------------------------------------------------------------------------------------
+-- Files.
+
+ffi.cdef [[
+typedef struct __dirstream DIR;
+DIR *opendir(const char *name);
+int closedir(DIR *dirp);
+struct lp_waf_dirent { uint64_t d_ino; int64_t d_off; unsigned short d_reclen; unsigned char d_type; char d_name[256]; };
+struct lp_waf_dirent *readdir(DIR *dirp);
+]]
+
+-- Names in directory `dir` (sorted), or nil, problem.
+function M.list_dir(dir)
+  local d = ffi.C.opendir(dir)
+  if d == nil then return nil, "cannot open directory " .. dir end
+  local out = {}
+  while true do
+    local e = ffi.C.readdir(d)
+    if e == nil then break end
+    local name = ffi.string(e.d_name)
+    if name ~= "." and name ~= ".." then out[#out + 1] = name end
+  end
+  ffi.C.closedir(d)
+  sort(out)
+  return out
+end
+
+local function read(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+M.read = read
+
+local function dirname(p) return match(p, "^(.*)/[^/]*$") or "." end
+
+-- Glob of a path whose last component may hold * (Include rules/*.conf).
+local function glob(pattern)
+  if not find(pattern, "*", 1, true) then return { pattern } end
+  local dir, base = dirname(pattern), match(pattern, "[^/]*$")
+  local names = M.list_dir(dir)
+  if not names then return {} end
+  local lpat = "^" .. gsub(gsub(base, "[%^%$%(%)%%%.%[%]%+%-%?]", "%%%0"), "%*", ".*") .. "$"
+  local out = {}
+  for _, n in ipairs(names) do if find(n, lpat) then out[#out + 1] = dir .. "/" .. n end end
+  return out
+end
+M.glob = glob
+
+-- Reads a data file for @pmFromFile / @ipMatchFromFile: its non-comment lines.
+local function data_lines(place, path)
+  local text, err = read(path)
+  if not text then fail(place, "cannot read " .. path .. ": " .. tostring(err)) end
+  local out = {}
+  for line in text:gmatch("[^\r\n]+") do
+    line = match(line, "^%s*(.-)%s*$")
+    if line ~= "" and sub(line, 1, 1) ~= "#" then out[#out + 1] = line end
+  end
+  return out
+end
+
+---------------------------------------------------------------------------------------------
+-- Building rules.
+
+local SEV = { emergency = 0, alert = 1, critical = 2, error = 3, warning = 4, notice = 5, info = 6, debug = 7 }
+local SEV_NAME = { [0] = "emergency", "alert", "critical", "error", "warning", "notice", "info", "debug" }
+
+-- The reader's state over all files of one rule set.
+local Reader = {}
+Reader.__index = Reader
+
+function M.new_reader(opts)
+  return setmetatable({
+    rules = {},            -- every rule (chain starters), in file order
+    markers = {},          -- marker name -> true
+    items = {},            -- rules and markers in order: { rule = r } | { marker = name }
+    unsupported = {},      -- "file:line: what" for constructs not run
+    ignored = {},          -- "file:line: what (why)" for directives that change nothing here
+    defaults = {},         -- phase -> default disruptive action (SecDefaultAction)
+    removed_ids = {}, removed_tags = {}, update_target = {}, -- SecRuleRemove*/UpdateTarget*
+    engine = "On", chain_open = nil, files = 0, opts = opts or {},
+  }, Reader)
+end
+
+function Reader:unsupported_at(place, what)
+  self.unsupported[#self.unsupported + 1] = place .. ": " .. what
+end
+
+-- Variables of a SecRule into engine targets.
+function Reader:targets(place, s)
+  local out = {}
+  for _, tok in ipairs(split_vars(s)) do
+    local v = parse_var(place, tok)
+    local colls = M.VARS[v.name]
+    if colls == nil then
+      self:unsupported_at(place, format("variable %s (unknown)", v.name))
+    elseif colls == false then
+      self:unsupported_at(place, format("variable %s (%s)", v.name, M.VAR_WHY[v.name] or "not supported"))
+    else
+      for _, c in ipairs(colls) do
+        out[#out + 1] = { coll = c, key = v.key, keyrx = v.keyrx, count = v.count, skip = v.skip, var = v.name }
+      end
+    end
+  end
+  return out
+end
+
+function Reader:operator(place, s, dir)
+  local negate = false
+  if sub(s, 1, 1) == "!" then negate, s = true, sub(s, 2) end
+  local name, arg
+  if sub(s, 1, 1) == "@" then
+    name, arg = match(s, "^@(%S+)%s?(.*)$")
+  else
+    name, arg = "rx", s
+  end
+  local op = M.OPERATORS[lower(name)]
+  if not op then
+    self:unsupported_at(place, "operator @" .. name)
+    return { op = "never", negate = false, unsupported = true }
+  end
+  local cond = { op = op, negate = negate, rawarg = arg }
+  if op == "pm" then
+    local list = {}
+    for w in arg:gmatch("%S+") do list[#list + 1] = w end
+    if #list == 0 then fail(place, "@pm without phrases") end
+    cond.arg = list
+  elseif op == "pmf" or op == "ip_matchf" then
+    local list = {}
+    for f in arg:gmatch("%S+") do
+      local p = sub(f, 1, 1) == "/" and f or dirname(dir) .. "/" .. f
+      for _, l in ipairs(data_lines(place, p)) do list[#list + 1] = l end
+    end
+    if #list == 0 then fail(place, "@" .. name .. ": the files hold no entries") end
+    cond.op = op == "pmf" and "pm" or "ip_match"
+    cond.arg = list
+  elseif op == "ip_match" then
+    local list = {}
+    for w in arg:gmatch("[^,%s]+") do list[#list + 1] = w end
+    cond.arg = list
+  elseif op == "byte_range" then
+    local ok = {}
+    for part in arg:gmatch("[^,%s]+") do
+      local a, b = match(part, "^(%d+)%-(%d+)$")
+      a = tonumber(a or part)
+      b = tonumber(b or part)
+      if not a or not b or a > 255 or b > 255 or a > b then fail(place, "@validateByteRange: bad range " .. part) end
+      for x = a, b do ok[x] = true end
+    end
+    cond.arg = ok
+  elseif op == "eq" or op == "ge" or op == "gt" or op == "le" or op == "lt" then
+    local m = macro(arg)
+    if type(m) == "string" then
+      local num = tonumber(m)
+      if not num then fail(place, format("@%s: %q is not a number", name, arg)) end
+      cond.arg = num
+    else
+      cond.arg = m
+    end
+  elseif op == "rx" then
+    if find(arg, "%{", 1, true) then
+      self:unsupported_at(place, "@rx with a macro in its pattern")
+      return { op = "never", negate = false, unsupported = true }
+    end
+    cond.arg = arg
+  elseif op == "detect_sqli" or op == "detect_xss" or op == "always" or op == "never"
+    or op == "validate_urlencoding" or op == "validate_utf8" then
+    cond.arg = true
+  else
+    cond.arg = macro(arg)
+  end
+  return cond
+end
+
+-- Parses an action list into the rule (first link) or the chain link `cond`.
+function Reader:actions(place, s, r, cond, first)
+  local tr = cond.transforms
+  for _, a in ipairs(split_actions(place, s)) do
+    local name, value = a[1], a[2]
+    if name == "id" then
+      if not first then fail(place, "id in a chained rule") end
+      local id = tonumber(value)
+      if not id or id < 1 or id % 1 ~= 0 then fail(place, "id: expected a whole number >= 1") end
+      r.id = id
+    elseif name == "phase" then
+      if not first then fail(place, "phase in a chained rule") end
+      local p = value == "request" and 2 or value == "response" and 4 or value == "logging" and 5 or tonumber(value)
+      if not p or p < 1 or p > 5 then fail(place, "phase: expected 1..5") end
+      r.phase = p
+    elseif name == "msg" then r.msg = macro(value)
+    elseif name == "logdata" then r.logdata = macro(value)
+    elseif name == "tag" then
+      r.taglist[#r.taglist + 1] = value
+      r.tags[value] = true
+      local pl = match(value, "^paranoia%-level/(%d)$")
+      if pl then r.paranoia = tonumber(pl) end
+    elseif name == "severity" then
+      local sv = tonumber(value) or SEV[lower(value or "")]
+      if not sv then fail(place, "severity: unknown " .. tostring(value)) end
+      r.severity = SEV_NAME[sv]
+    elseif name == "t" then
+      local tname = lower(value or "")
+      if tname == "none" then
+        tr = {}
+      else
+        local mapped = M.TRANSFORMS[tname]
+        if not mapped then
+          self:unsupported_at(place, "transformation t:" .. tostring(value))
+        else
+          tr[#tr + 1] = mapped
+        end
+      end
+    elseif name == "setvar" then
+      local sv, err = M.parse_setvar(value)
+      if not sv then fail(place, "setvar: " .. err) end
+      if sv.unsupported then
+        self:unsupported_at(place, "setvar on collection " .. sv.coll .. " (persistent collections are not kept)")
+      else
+        cond.setvars[#cond.setvars + 1] = sv
+      end
+    elseif name == "chain" then
+      cond.chained = true
+    elseif name == "skipafter" then
+      r.skip_after = value
+    elseif name == "skip" then
+      self:unsupported_at(place, "action skip (use skipAfter)")
+    elseif name == "capture" then
+      cond.capture = true
+    elseif name == "multimatch" then
+      cond.multi = true
+    elseif name == "block" or name == "deny" or name == "pass" or name == "allow" or name == "drop" then
+      if not first then fail(place, name .. " in a chained rule (disruptive actions go on the chain's first rule)") end
+      r.disruptive = name == "drop" and "deny" or name
+    elseif name == "redirect" or name == "proxy" then
+      self:unsupported_at(place, "action " .. name .. " (taken as deny)")
+      r.disruptive = "deny"
+    elseif name == "status" then
+      r.status = tonumber(value)
+      if not r.status then fail(place, "status: expected a number") end
+    elseif name == "ctl" then
+      local k, v = match(value or "", "^([%w_]+)=(.*)$")
+      if not k then fail(place, "ctl: expected name=value") end
+      local lk = lower(k)
+      if lk == "ruleremovebyid" or lk == "ruleremovebytag" or lk == "ruleremovetargetbyid"
+        or lk == "ruleremovetargetbytag" or lk == "requestbodyprocessor" or lk == "ruleengine"
+        or lk == "requestbodyaccess" then
+        local c = { kind = lk, value = v }
+        if lk == "ruleremovetargetbyid" or lk == "ruleremovetargetbytag" then
+          local what, var = match(v, "^([^;]+);(.+)$")
+          if not what then fail(place, "ctl:" .. k .. ": expected what;VARIABLE") end
+          c.value = what
+          c.targets = self:targets(place, var)
+        elseif lk == "ruleremovebyid" then
+          local a1, b1 = match(v, "^(%d+)%-(%d+)$")
+          c.lo, c.hi = tonumber(a1 or v), tonumber(b1 or v)
+          if not c.lo then fail(place, "ctl:ruleRemoveById: expected an id or a range") end
+        end
+        cond.ctls[#cond.ctls + 1] = c
+      elseif M.IGNORED_CTL[lk] then
+        -- changes nothing here
+      else
+        self:unsupported_at(place, "ctl:" .. k)
+      end
+    elseif M.IGNORED_ACTIONS[name] then
+      if name == "nolog" then r.nolog = true end
+      if name == "log" then r.nolog = false end
+    elseif name == "exec" or name == "append" or name == "prepend" then
+      self:unsupported_at(place, "action " .. name)
+    else
+      self:unsupported_at(place, "action " .. name .. " (unknown)")
+    end
+  end
+  cond.transforms = tr
+end
+
+-- setvar:'tx.name=+5' / '!tx.name' / 'tx.name' -> { coll, key (macro), op, value (macro) }.
+function M.parse_setvar(s)
+  if not s then return nil, "expected a value" end
+  local del = false
+  if sub(s, 1, 1) == "!" then del, s = true, sub(s, 2) end
+  local lhs, rhs = match(s, "^([^=]+)=(.*)$")
+  if not lhs then lhs = s end
+  local coll, key = match(lhs, "^%s*([%w_]+)%.(.-)%s*$")
+  if not coll then return nil, format("%q: expected collection.name", s) end
+  coll = lower(coll)
+  if coll ~= "tx" then return { unsupported = true, coll = coll } end
+  local sv = { key = macro(lower(key)), del = del }
+  if del then return sv end
+  if not rhs then
+    sv.op, sv.value = "=", "1"
+  else
+    local op = sub(rhs, 1, 1)
+    if op == "+" or op == "-" then
+      sv.op, sv.value = op, macro(sub(rhs, 2))
+    else
+      sv.op, sv.value = "=", macro(rhs)
+    end
+  end
+  return sv
+end
+
+function Reader:new_cond(place, vars, op, dir, tr)
+  local cond = self:operator(place, op, dir)
+  cond.targets = vars and self:targets(place, vars) or {}
+  cond.setvars, cond.ctls = {}, {}
+  cond.transforms = tr
+  cond.place = place
+  return cond
+end
+
+local function copy(t)
+  local c = {}
+  for k, v in ipairs(t) do c[k] = v end
+  return c
+end
+
+-- SecRule/SecAction: a rule, or the next link of an open chain.
+function Reader:rule(place, vars, op, acts, dir)
+  local open = self.chain_open
+  if open then
+    local cond = self:new_cond(place, vars, op, dir, {})
+    self:actions(place, acts or "", open, cond, false)
+    open.conds[#open.conds + 1] = cond
+    if not cond.chained then self.chain_open = nil end
+    return
+  end
+  local r = { msg = nil, tags = {}, taglist = {}, severity = nil, conds = {}, place = place, nolog = false }
+  -- Transformations start from the phase's SecDefaultAction: none in CRS's setup.
+  local cond = self:new_cond(place, vars, op, dir, {})
+  self:actions(place, acts or "", r, cond, true)
+  if not r.id then fail(place, "a rule without an id") end
+  r.phase = r.phase or 2
+  r.disruptive = r.disruptive or "pass"
+  if r.disruptive == "block" then
+    r.disruptive = self.defaults[r.phase] or "pass"
+    r.block = true
+  end
+  r.conds[1] = cond
+  if cond.chained then self.chain_open = r end
+  self.rules[#self.rules + 1] = r
+  self.items[#self.items + 1] = { rule = r }
+end
+
+local function args(place, w, n, m)
+  if #w - 1 < n or #w - 1 > m then
+    fail(place, format("%s takes %s argument%s, got %d", w[1], n == m and tostring(n) or n .. " to " .. m,
+      m == 1 and "" or "s", #w - 1))
+  end
+end
+
+-- Reads one file (and what it includes) into the reader.
+function Reader:file(path, text)
+  if not text then
+    local err
+    text, err = read(path)
+    if not text then fail(path, "cannot read: " .. tostring(err)) end
+  end
+  self.files = self.files + 1
+  for _, d in ipairs(M.lex(path, text)) do
+    local place = format("%s:%d", path, d.line)
+    local w = d.words
+    local name = w[1]
+    if self.chain_open and name ~= "SecRule" then
+      fail(place, format("%s inside an open chain (the rule before says chain)", name))
+    end
+    if name == "SecRule" then
+      args(place, w, 2, 3)
+      self:rule(place, w[2], w[3], w[4], path)
+    elseif name == "SecAction" then
+      args(place, w, 1, 1)
+      self:rule(place, nil, "@unconditionalMatch", w[2], path)
+    elseif name == "SecMarker" then
+      args(place, w, 1, 1)
+      self.markers[w[2]] = true
+      self.items[#self.items + 1] = { marker = w[2] }
+    elseif name == "SecDefaultAction" then
+      args(place, w, 1, 1)
+      local phase, dis = 2, nil
+      for _, a in ipairs(split_actions(place, w[2])) do
+        if a[1] == "phase" then phase = tonumber(a[2]) or (a[2] == "request" and 2) or 2
+        elseif a[1] == "deny" or a[1] == "pass" or a[1] == "drop" then dis = a[1] == "drop" and "deny" or a[1]
+        end
+      end
+      self.defaults[phase] = dis or "pass"
+    elseif name == "SecRuleEngine" then
+      args(place, w, 1, 1)
+      local v = lower(w[2])
+      if v ~= "on" and v ~= "off" and v ~= "detectiononly" then fail(place, "SecRuleEngine: On, Off or DetectionOnly") end
+      self.engine = w[2]
+    elseif name == "SecRuleRemoveById" then
+      for k = 2, #w do
+        local a, b = match(w[k], "^(%d+)%-(%d+)$")
+        a, b = tonumber(a or w[k]), tonumber(b or w[k])
+        if not a then fail(place, "SecRuleRemoveById: bad id " .. w[k]) end
+        self.removed_ids[#self.removed_ids + 1] = { a, b }
+      end
+    elseif name == "SecRuleRemoveByTag" or name == "SecRuleRemoveByMsg" then
+      args(place, w, 1, 1)
+      self.removed_tags[#self.removed_tags + 1] = { name == "SecRuleRemoveByTag" and "tag" or "msg", w[2] }
+    elseif name == "SecRuleUpdateTargetById" or name == "SecRuleUpdateTargetByTag" then
+      args(place, w, 2, 3)
+      if w[4] then self:unsupported_at(place, name .. " with a replacement variable") end
+      self.update_target[#self.update_target + 1] = {
+        by = name == "SecRuleUpdateTargetById" and "id" or "tag", what = w[2],
+        targets = self:targets(place, w[3]), place = place }
+    elseif name == "Include" or name == "IncludeOptional" then
+      args(place, w, 1, 1)
+      local p = sub(w[2], 1, 1) == "/" and w[2] or dirname(path) .. "/" .. w[2]
+      local files = glob(p)
+      if #files == 0 or (not find(p, "*", 1, true) and not read(p)) then
+        if name == "Include" then fail(place, "Include: nothing at " .. p) end
+      else
+        for _, f in ipairs(files) do self:file(f) end
+      end
+    elseif M.IGNORED_DIRECTIVES[name] then
+      self.ignored[#self.ignored + 1] = format("%s: %s (%s)", place, name, M.IGNORED_DIRECTIVES[name])
+    elseif find(name, "^Sec") then
+      self:unsupported_at(place, "directive " .. name)
+    else
+      fail(place, format("unknown directive %q", name))
+    end
+  end
+  if self.chain_open then
+    fail(self.chain_open.place, "the file ends inside a chain (its last rule says chain)")
+  end
+end
+
+-- Finishes the rule set: removals and target updates applied, markers checked.
+-- Returns { rules, items, unsupported, ignored, engine, defaults }.
+function Reader:finish()
+  local function removed(r)
+    for _, rg in ipairs(self.removed_ids) do if r.id >= rg[1] and r.id <= rg[2] then return true end end
+    for _, t in ipairs(self.removed_tags) do
+      if t[1] == "tag" then
+        for _, tag in ipairs(r.taglist) do if find(tag, t[2]) then return true end end
+      elseif type(r.msg) == "string" and find(r.msg, t[2]) then
+        return true
+      end
+    end
+    return false
+  end
+  local seen = {}
+  local items = {}
+  for _, it in ipairs(self.items) do
+    local r = it.rule
+    if r then
+      if seen[r.id] then fail(r.place, format("duplicate rule id %d (also at %s)", r.id, seen[r.id])) end
+      seen[r.id] = r.place
+      if not removed(r) then
+        for _, u in ipairs(self.update_target) do
+          local hit = (u.by == "id" and tostring(r.id) == u.what)
+          if u.by == "tag" then for _, tag in ipairs(r.taglist) do if find(tag, u.what) then hit = true end end end
+          if hit then
+            for _, t in ipairs(u.targets) do
+              local tt = r.conds[1].targets
+              tt[#tt + 1] = t
+            end
+          end
+        end
+        items[#items + 1] = it
+      end
+    else
+      items[#items + 1] = it
+    end
+    if r and r.skip_after and not self.markers[r.skip_after] then
+      fail(r.place, format("skipAfter:%s: no SecMarker of that name", r.skip_after))
+    end
+  end
+  return { items = items, unsupported = self.unsupported, ignored = self.ignored,
+           engine = self.engine, files = self.files }
+end
+
+-- The rule files of `paths` (a CRS directory: its rules/*.conf, or *.conf when there is no
+-- rules/; or a .conf file), read: { { path, text }, ... }, or nil, problem.
+function M.collect(paths)
+  local out = {}
+  for _, p in ipairs(paths) do
+    local names = M.list_dir(p)
+    if names then
+      local dir = p
+      local sub_rules = M.list_dir(p .. "/rules")
+      if sub_rules then dir, names = p .. "/rules", sub_rules end
+      local n = 0
+      for _, name in ipairs(names) do
+        if find(name, "%.conf$") then
+          local path = dir .. "/" .. name
+          local text, err = read(path)
+          if not text then return nil, path .. ": cannot read: " .. tostring(err) end
+          out[#out + 1] = { path, text }
+          n = n + 1
+        end
+      end
+      if n == 0 then return nil, p .. ": no .conf rule files in this directory" end
+    else
+      local text, err = read(p)
+      if not text then return nil, p .. ": cannot read: " .. tostring(err) end
+      out[#out + 1] = { p, text }
+    end
+  end
+  return out
+end
+
+-- Reads rule files (M.collect's list, or paths) into a finished set (Reader:finish), or
+-- nil, "file:line: problem".
+function M.load(files, opts)
+  if type(files[1]) == "string" then
+    local err
+    files, err = M.collect(files)
+    if not files then return nil, err end
+  end
+  local rd = M.new_reader(opts)
+  rd.defaults[1], rd.defaults[2] = "pass", "pass" -- CRS's setup: anomaly scoring
+  local ok, err = pcall(function()
+    for _, f in ipairs(files) do rd:file(f[1], f[2]) end
+  end)
+  if not ok then return nil, type(err) == "table" and err.msg or tostring(err) end
+  local fok, set = pcall(rd.finish, rd)
+  if not fok then return nil, type(set) == "table" and set.msg or tostring(set) end
+  return set
+end
+
+return M

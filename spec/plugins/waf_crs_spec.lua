@@ -1,0 +1,221 @@
+-- The waf plugin with SecLang rules (issue #20): the reader, the engine's ModSecurity
+-- semantics, the detectors, and the real OWASP CRS from Debian's modsecurity-crs (README's
+-- install step; its absence is a failure, not a skip).
+local T = require "proxy.test"
+local waf = require "waf"
+local seclang = require "luaproxy.waf.seclang"
+local detect = require "luaproxy.waf.detect"
+
+local CRS = "/usr/share/modsecurity-crs"
+
+local function tmpfile(text)
+  local path = os.tmpname() .. ".conf"
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+local H = { Host = "shop.example.com", ["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64)",
+            Accept = "text/html" }
+local function headers(extra)
+  local h = {}
+  for k, v in pairs(H) do h[k] = v end
+  for k, v in pairs(extra or {}) do h[k] = v end
+  return h
+end
+
+describe("seclang reader", function()
+  it("joins continued lines, reads quotes as ModSecurity does, drops comments", function()
+    local d = seclang.lex("x.conf", table.concat({
+      "# a comment \\",
+      'SecRule ARGS "@rx a\\"b\\d" \\',
+      '    "id:1,\\',
+      "    phase:2,msg:'it\\'s'\"",
+      "",
+      "SecMarker END",
+    }, "\n"))
+    assert.are.equal(2, #d)
+    assert.are.equal(2, d[1].line)
+    assert.are.same({ "SecRule", "ARGS", '@rx a"b\\d', "id:1,    phase:2,msg:'it\\'s'" }, d[1].words)
+    local acts = seclang.split_actions("x", d[1].words[4])
+    assert.are.same({ "msg", "it's" }, acts[3])
+    assert.are.same({ "SecMarker", "END" }, d[2].words)
+  end)
+
+  it("refuses a syntax error with file:line", function()
+    local p = tmpfile('SecRule ARGS "@rx a" "id:1,phase:2,pass"\nSecRule ARGS "@rx b "id:2"\n')
+    local set, err = seclang.load({ p })
+    assert.is_nil(set)
+    assert.matches(p:gsub("%p", "%%%0") .. ":2: text right after a closing quote", err)
+    p = tmpfile('SecRule ARGS "@rx a" "id:1,phase:2,chain"\n')
+    set, err = seclang.load({ p })
+    assert.is_nil(set)
+    assert.matches(":1: the file ends inside a chain", err)
+    p = tmpfile('SecRule ARGS "@rx a" "id:1,phase:2,pass,skipAfter:NOWHERE"\n')
+    set, err = seclang.load({ p })
+    assert.matches(":1: skipAfter:NOWHERE: no SecMarker", err)
+  end)
+
+  it("lists unsupported constructs with file:line; the plugin logs them or refuses the config", function()
+    local p = tmpfile('SecRule ARGS "@rbl example.org" "id:1,phase:2,pass"\n'
+      .. 'SecRule XML:/* "@rx a" "id:2,phase:2,pass,t:foo"\n')
+    local set = assert(seclang.load({ p }))
+    assert.are.same({ p .. ":1: operator @rbl", p .. ":2: variable XML (no XML body processor: XML "
+      .. "bodies are inspected as REQUEST_BODY only)", p .. ":2: transformation t:foo" }, set.unsupported)
+    local ok, err = pcall(T.conf, waf, { crs = p, unsupported = "refuse" })
+    assert.is_false(ok)
+    assert.matches("3 SecLang constructs the engine does not run", tostring(err))
+    assert.truthy(T.conf(waf, { crs = p }))
+  end)
+end)
+
+describe("SecLang rules in the waf engine", function()
+  before_each(function() T.reset() end)
+
+  -- A small rule set with CRS's shape: setvar scores, a chain, skipAfter, a macro, the
+  -- blocking rule reading the score.
+  local RULES = [[
+SecRule &TX:threshold "@eq 0" "id:10,phase:1,pass,nolog,setvar:tx.threshold=5"
+SecRule REQUEST_HEADERS:X-Skip "@streq yes" "id:11,phase:2,pass,nolog,skipAfter:END-CHECKS"
+SecRule ARGS "@rx (?i)evil" "id:20,phase:2,pass,capture,t:none,t:urlDecodeUni,t:lowercase,\
+  msg:'evil in %{MATCHED_VAR_NAME}',setvar:'tx.anomaly_score=+%{tx.threshold}',setvar:'tx.hit_%{MATCHED_VAR_NAME}=%{tx.0}'"
+SecRule ARGS:a "@beginsWith x" "id:30,phase:2,pass,chain"
+  SecRule ARGS:b "@within one two three" "setvar:tx.anomaly_score=+5"
+SecRule ARGS_NAMES "@pm danger peril" "id:40,phase:2,pass,setvar:tx.anomaly_score=+5"
+SecMarker END-CHECKS
+SecRule TX:anomaly_score "@ge %{tx.threshold}" "id:90,phase:2,deny,status:403,msg:'score %{tx.anomaly_score}'"
+]]
+  local conf
+  local function run(uri, extra)
+    conf = conf or T.conf(waf, { crs = tmpfile(RULES), default_rules = false })
+    local req = T.request({ uri = uri, headers = headers(extra) })
+    return T.phase(waf, "request", req, conf), req
+  end
+
+  it("scores through TX, reads macros, blocks at the deny rule", function()
+    local blocked, req = run("/?q=EVIL")
+    assert.is_true(blocked)
+    assert.are.equal("block", req.ctx.waf.action)
+    assert.are.equal(5, req.ctx.waf.score)
+    assert.are.equal(20, req.ctx.waf.matches[1].id)
+    assert.are.equal("ARGS:q", req.ctx.waf.matches[1].var)
+    assert.are.equal(90, req.ctx.waf.matches[2].id)
+    assert.is_false((run("/?q=good")))
+  end)
+
+  it("runs a chain only when every link matches, and skipAfter jumps to the marker", function()
+    assert.is_true((run("/?a=xyz&b=two")))
+    assert.is_false((run("/?a=xyz&b=four")))
+    assert.is_false((run("/?a=yz&b=two")))
+    assert.is_true((run("/?danger=1")))
+    assert.is_false((run("/?danger=1", { ["X-Skip"] = "yes" })))
+  end)
+
+  it("takes rules and targets out by exclusions in Lua", function()
+    local c = T.conf(waf, { crs = tmpfile(RULES), default_rules = false,
+      exclusions = { { ids = { 20 }, targets = { "ARGS:q" } } } })
+    local req = T.request({ uri = "/?q=evil", headers = headers() })
+    assert.is_false(T.phase(waf, "request", req, c))
+    req = T.request({ uri = "/?r=evil", headers = headers() })
+    assert.is_true(T.phase(waf, "request", req, c))
+  end)
+
+  it("learn mode refuses nothing and logs each rule and variable as a ready exclusion", function()
+    local c = T.conf(waf, { crs = tmpfile(RULES), default_rules = false, mode = "learn" })
+    local req = T.request({ uri = "/?comment=evil+twin", headers = headers() })
+    assert.is_false(T.phase(waf, "request", req, c))
+    local found = false
+    for _, l in ipairs(T.log_lines("warn")) do
+      if l:find('waf learn: rule 20 fires on ARGS:comment; exclusion: { ids = { 20 }, targets = { "ARGS:comment" } }', 1, true) then
+        found = true
+      end
+    end
+    assert.is_true(found)
+    assert.matches('{ ids = { 20 }, targets = { "ARGS:comment" } },', waf.learned(), 1, true)
+  end)
+end)
+
+describe("detectSQLi and detectXSS", function()
+  it("find injections in their shapes", function()
+    for _, v in ipairs({ "1' OR '1'='1", "admin'--", "' or 1=1--", "1 UNION SELECT a, b FROM users",
+      "1; DROP TABLE users", "'; exec xp_cmdshell 'dir'--", "1 AND 1=1", "1' AND SLEEP(5)#",
+      "') or ('a'='a", "char(49,50,51)", "1 order by 5--", "x' AND updatexml(1,concat(0x7e,version()),1)--" }) do
+      assert.truthy(detect.sqli(v), v)
+    end
+    for _, v in ipairs({ "<script>alert(1)</script>", "<img src=x onerror=alert(1)>",
+      '" onmouseover="alert(1)', "javascript:alert(1)", "<svg/onload=alert(1)>",
+      '<a href="jAvAsCrIpT&colon;alert(1)">x</a>', '<div style="width: expression(alert(1))">' }) do
+      assert.truthy(detect.xss(v), v)
+    end
+  end)
+
+  it("leave prose alone", function()
+    for _, v in ipairs({ "It's great, I'd buy it again -- really!", "O'Brien", "the 'order by' date",
+      "rock 'n' roll and jazz", "select one from the list", "Tom & Jerry; cat lovers", "count(3) apples",
+      "1 or 2 items", "5' 11\" tall" }) do
+      assert.is_nil(detect.sqli(v), v)
+    end
+    for _, v in ipairs({ "<b>bold</b> and <i>it</i>", '<a href="https://example.com/">link</a>',
+      'I said "hi" once', "x < y and y > z", "javascript: the good parts" }) do
+      assert.is_nil(detect.xss(v), v)
+    end
+  end)
+end)
+
+describe("the OWASP CRS from Debian's modsecurity-crs", function()
+  before_each(function() T.reset() end)
+  local conf1
+  local function crs()
+    conf1 = conf1 or T.conf(waf, { crs = CRS })
+    return conf1
+  end
+
+  it("is installed (README: apt-get install modsecurity-crs)", function()
+    assert.truthy(seclang.list_dir(CRS .. "/rules"), CRS .. "/rules is missing")
+  end)
+
+  it("loads every request rule file; what it does not run is listed", function()
+    local c = crs()
+    local counts = c.sec.counts
+    assert.is_true(counts.rules > 600)
+    assert.is_true(counts.compiled > 300)
+    assert.are.equal(counts.rules, counts.compiled + counts.paranoia_skipped + counts.response + counts.excluded)
+    for _, u in ipairs(c.sec.unsupported) do
+      assert.matches("^/usr/share/modsecurity%-crs/rules/[%w.-]+%.conf:%d+: ", u)
+    end
+  end)
+
+  it("blocks attacks, passes ordinary requests (GraphQL and JSON parsed, JSON cookies as leaves)", function()
+    local c = crs()
+    for _, uri in ipairs({ "/products?id=1%27+OR+%271%27%3D%271", "/p?file=../../../../etc/passwd",
+      "/s?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", "/x?c=%3B+cat+%2Fetc%2Fpasswd" }) do
+      local req = T.request({ uri = uri, headers = headers() })
+      assert.is_true(T.phase(waf, "request", req, c), uri)
+      assert.are.equal(949110, req.ctx.waf.matches[#req.ctx.waf.matches].id)
+    end
+    local body = '{"query":"query($id: ID!) { product(id: $id) { name reviews(first: 5) { edges { node { text } } } } }","variables":{"id":"12"}}'
+    local req = T.request({ method = "POST", uri = "/graphql", body = body,
+      headers = headers({ ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }) })
+    assert.is_false(T.phase(waf, "request", req, c))
+    req = T.request({ uri = "/", headers = headers({ Cookie = "cart=%7B%22items%22%3A%20%5B%7B%22id%22%3A%2066%7D%5D%7D" }) })
+    assert.is_false(T.phase(waf, "request", T.request({ uri = "/", headers = headers({
+      Cookie = "cart=%7B%22items%22%3A%20%5B%7B%22id%22%3A%2066%7D%5D%7D" }) }),
+      -- hyperscan = false: PCRE2 alone, same results, no second Hyperscan compile (seconds)
+      T.conf(waf, { crs = CRS, paranoia = 2, hyperscan = false })))
+  end)
+
+  it("refuses a body over the limit, and a body that does not parse", function()
+    local c = T.conf(waf, { crs = CRS, body_limit = 64, hyperscan = false })
+    local body = string.rep("a=1&", 40)
+    local req = T.request({ method = "POST", uri = "/f", body = body,
+      headers = headers({ ["Content-Type"] = "application/x-www-form-urlencoded", ["Content-Length"] = tostring(#body) }) })
+    assert.is_true(T.phase(waf, "request", req, c))
+    assert.are.equal("refuse", req.ctx.waf.action)
+    assert.are.equal("body over limit", req.ctx.waf.reason)
+    body = '{"a": '
+    req = T.request({ method = "POST", uri = "/f", body = body,
+      headers = headers({ ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }) })
+    assert.is_true(T.phase(waf, "request", req, crs()))
+  end)
+end)

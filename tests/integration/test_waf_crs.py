@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""The waf plugin running the OWASP CRS from Debian's modsecurity-crs (issue #20) through
+real requests (docs/plugins/waf.md, "The OWASP Core Rule Set"):
+
+- attacks refused (403, rule ids, variable, excerpt and score in the error log), ordinary
+  requests (GraphQL, JSON, comments) passed;
+- an unsupported construct in an operator's .conf: logged with file:line at load;
+- a rule file with a syntax error: the reload refused with file:line, the old set serving;
+- a catastrophic regex on a long input: an answer in bounded time, the worker serving on;
+- a body over the limit: 413; invalid UTF-8 and percent-encoding: clear answers, no 500;
+- a reload while requests are being inspected: every request answered, none with a 5xx.
+The CRS files are the installed package's (README's install step): their absence fails."""
+
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reload"))
+import reloadtest as RT  # noqa: E402
+from reloadtest import H  # noqa: E402
+
+CRS = "/usr/share/modsecurity-crs"
+
+EXTRA = """\
+# an operator's own rules beside CRS
+SecRule REQUEST_FILENAME "@beginsWith /custom-block" \\
+    "id:10001,phase:1,deny,status:418,msg:'custom: blocked path'"
+# read after CRS (its 949110 has run): a rule here denies by itself
+SecRule ARGS:slow "@rx ^(\\w+\\s?)*$\\1" \\
+    "id:10002,phase:2,deny,status:403,t:none,msg:'custom: explodes',severity:CRITICAL"
+SecRule ARGS "@verifyCC \\d{13,16}" "id:10003,phase:2,pass,nolog"
+"""
+BAD = """\
+SecRule REQUEST_FILENAME "@beginsWith /custom-block" \\
+    "id:10001,phase:1,deny,status:418,msg:'custom: blocked path'"
+
+SecRule ARGS "@rx x" "id:10004,phase:2,pass,chain"
+"""
+
+
+def route(prefix, plugins):
+    return {"match": {"prefix": prefix}, "upstream": "o", "plugins": plugins,
+            "strip_prefix": prefix != "/"}
+
+
+def routes():
+    return [
+        # the same files as "/": one compiled rule set for both routes
+        route("/small/", [{"name": "waf", "crs": CRS, "crs_files": ["rules/extra.conf"],
+                           "body_limit": 1000}]),
+        route("/", [{"name": "waf", "crs": CRS, "crs_files": ["rules/extra.conf"]}]),
+    ]
+
+
+class WafCrsTest(RT.ReloadTestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.isdir(CRS + "/rules"):
+            raise AssertionError(CRS + "/rules is missing: apt-get install modsecurity-crs")
+        cls.origin = cls.start_origin("o")
+        cls.proxy = cls.start_reload_proxy(
+            {"o": H.upstream(cls.origin.address())}, routes(), workers=1,
+            files={"rules/extra.conf": EXTRA},
+            lua={"plugin_paths": [RT.FIXTURE_PLUGINS], "regex_match_limit": 100000,
+                 # reading and compiling CRS (and its Hyperscan databases) takes seconds of
+                 # CPU on a loaded machine: docs/plugins/waf.md, "Load time"
+                 "phase_timeout": 20, "init_timeout": 300}, wait=False)
+        # The workers compile the Hyperscan databases in init_worker, before the proxy
+        # listens: seconds of CPU, more on a loaded machine.
+        H.wait_for(lambda: cls.proxy.LISTENING.search(cls.proxy.stderr()) or cls.proxy.proc.poll() is not None,
+                   H.T(300), interval=0.2, what="luaproxy listening (CRS compiled)")
+        cls.proxy.wait_ready()
+        H.wait_for(lambda: cls.get_status("/fixed?id=1") == 200, H.T(60), what="a first answer")
+
+    @classmethod
+    def get_status(cls, path):
+        try:
+            return H.get(cls.proxy.port, path).status
+        except OSError:
+            return None
+
+    def test_attacks_refused_ordinary_passed(self):
+        for path in ("/products?id=1%27+OR+%271%27%3D%271", "/p?file=../../../../etc/passwd",
+                     "/s?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", "/x?c=%3B+cat+%2Fetc%2Fpasswd"):
+            self.assertEqual(self.get(path).status, 403, path)
+        H.wait_for(lambda: self.log_lines("waf: blocked GET /products (score "), H.T(5),
+                   what="the block in the error log")
+        line = self.log_lines("waf: blocked GET /products (score ")[0]
+        self.assertIn("942100 ARGS:id", line)
+        self.assertIn("949110 TX:anomaly_score", line)
+        gql = (b'{"query":"query($id: ID!) { product(id: $id) { name reviews(first: 5) '
+               b'{ edges { node { text } } } } }","variables":{"id":"12"}}')
+        r = self.get("/echo", method="POST", headers={"Content-Type": "application/json"}, body=gql)
+        self.assertEqual(r.status, 200, r.body)
+        form = b"name=O%27Brien&comment=It%27s+great%2C+I%27d+buy+it+again"
+        r = self.get("/echo", method="POST",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"}, body=form)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(self.get("/custom-block/x").status, 418)
+
+    def test_unsupported_construct_logged_with_place(self):
+        needle = "waf: not run: 1 x operator @verifyCC (first at "
+        H.wait_for(lambda: self.log_lines(needle), H.T(10), what="the unsupported @verifyCC with file:line")
+        self.assertIn("rules/extra.conf:7)", self.log_lines(needle)[0])
+
+    def test_catastrophic_regex_bounded(self):
+        t0 = time.monotonic()
+        r = self.get("/fixed?slow=" + "a" * 5000 + "!")
+        self.assertEqual(r.status, 403, r.body)  # regex_error = "match"
+        self.assertLess(time.monotonic() - t0, H.T(10))
+        self.assertEqual(self.get("/fixed?id=2").status, 200)
+
+    def test_body_limit_and_bad_encodings(self):
+        hdr = {"Content-Type": "application/x-www-form-urlencoded"}
+        self.assertEqual(self.get("/small/echo", method="POST", headers=hdr,
+                                  body=b"a=" + b"x" * 2000).status, 413)
+        self.assertEqual(self.get("/fixed?q=%ZZ").status, 403)
+        self.assertEqual(self.get("/fixed?q=caf%C3%A9").status, 200)
+        for raw in (b"GET /fixed?q=\xff\xfe HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                    b"GET /fixed?q=%FF%FE%C0 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"):
+            resp, _, c = H.raw_exchange(self.proxy.port, raw)
+            c.close()
+            self.assertIsNotNone(resp)
+            self.assertIn(resp.status, (200, 400, 403))
+        r = self.get("/echo", method="POST", headers={"Content-Type": "application/json"},
+                     body=b'{"a": ')
+        self.assertEqual(r.status, 403)
+        r = self.get("/echo", method="POST", headers={"Content-Type": "application/json"},
+                     body=b'{"a": "\xff\xfe ok"}')
+        self.assertIn(r.status, (200, 403))
+
+    def test_zz_bad_file_refused_then_reload_under_load(self):
+        path = os.path.join(self.proxy.dir, "rules", "extra.conf")
+        with open(path, "w") as f:
+            f.write(BAD)
+        try:
+            j = self.reload_fails()
+            self.assertIn("rules/extra.conf:4: the file ends inside a chain", j["error"])
+            self.assertEqual(self.get("/custom-block/x").status, 418)
+            self.assertEqual(self.get("/?x=%3Cscript%3Ealert(1)%3C%2Fscript%3E").status, 403)
+        finally:
+            with open(path, "w") as f:
+                f.write(EXTRA)
+        # Requests go on while the config reloads (new generation, rules compiled again).
+        statuses, stop = [], threading.Event()
+
+        def load():
+            while not stop.is_set():
+                for p in ("/fixed?id=3", "/s?q=%3Cscript%3E"):
+                    try:
+                        statuses.append(H.get(self.proxy.port, p).status)
+                    except OSError as e:
+                        statuses.append(str(e))
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            # A reload compiles CRS again in each new worker (Hyperscan: seconds of CPU):
+            # longer than the harness's admin timeout on a loaded machine.
+            with H.Client(self.proxy.admin_port, timeout=H.T(300)) as c:
+                r = c.request("POST", "/reload", host="admin")
+            self.assertEqual(r.status, 200, r.body)
+            H.wait_for(lambda: self.get("/custom-block/x").status == 418, H.T(60),
+                       what="the new generation serving")
+        finally:
+            stop.set()
+            t.join(H.T(30))
+        self.assertGreater(len(statuses), 0)
+        for s in statuses:
+            self.assertIn(s, (200, 403), statuses[-20:])
+
+
+if __name__ == "__main__":
+    H.main()
