@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include "cache_req.h"
 #include "compress.h"
 #include "conn.h"
 #include "log.h"
@@ -419,6 +420,9 @@ int lp__resp_begin(lp_req_t *r)
     r->resp.nheaders = 0;
     r->resp.arena_used = 0;
     r->resp.zip_coding = LP_ZIP_NONE; /* a new answer: its own decision */
+    /* A new answer has its own body: a cache hit's entry, set up before (a plugin failing
+     * in the hit's response phase), must not go out under the new head's length. */
+    lp_cache_req_body_done(r);
     return 0;
 }
 

@@ -201,7 +201,7 @@ end
 -- Compiles the SecLang rules of a config (crs, crs_files): once per distinct text and
 -- settings in this VM. Raises "file:line: problem" (the config load then fails and the
 -- old generation keeps serving).
-function P.compile_crs(conf)
+local function compile_crs(conf)
   local paths = config_paths({ conf.crs })
   for _, p in ipairs(config_paths(conf.crs_files or {})) do paths[#paths + 1] = p end
   local files, err = seclang.collect(paths)
@@ -298,7 +298,7 @@ function P.compile(conf)
   for k, v in pairs(conf) do c[k] = v end
   c.cs = cs
   if conf.crs then
-    c.sec = P.compile_crs(conf)
+    c.sec = compile_crs(conf)
     c.tx = P.seed_tx(conf)
     -- The Lua rules (rules, rule_files) run beside CRS; with none, nothing else runs.
     if #cs.rules == 0 then c.cs = nil end

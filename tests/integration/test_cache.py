@@ -87,9 +87,17 @@ class CacheTest(H.ProxyTestCase):
             {"o": H.upstream(cls.origin.address())},
             [dict(route, match={"prefix": "/luakey/"},
                   plugins=[{"name": "cache", "zone": ZONE, "cache_key": key_fn}]),
+             # A hit of /luakey/boomed whose response phase then fails (the boom fixture
+             # runs before the cache, priority 500).
+             dict(route, match={"prefix": "/boom/"},
+                  plugins=[{"name": "cache", "zone": ZONE,
+                            "cache_key": H.LuaRaw('function() return "lua:/luakey/boomed" end')},
+                           {"name": "boom", "phase": "response"}]),
              dict(route, match={"prefix": "/"},
                   plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 10}])],
             workers=2, admin={"address": "127.0.0.1:0"},
+            lua={"plugin_paths": [os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "lua", "plugins")]},
             cache={"zones": {ZONE: {"memory": "64m", "max_object_size": "8m"},
                              "small": {"memory": "1m", "max_object_size": "64k"}}})
         cls.port = cls.proxy.port
@@ -124,6 +132,27 @@ class CacheTest(H.ProxyTestCase):
         return v.split(",")[-1].strip()
 
     # ------------------------------------------------------------------ hits and misses
+
+    def test_a_hit_replaced_by_an_error_sends_the_error_body_alone(self):
+        # The entry's body was set up in the request phase; the 500 that replaces the hit
+        # must go out with its own body and length, or the bytes behind it desync the
+        # connection (the entry's body read as the next response).
+        self.origin.script("/luakey/boomed", lambda req, n: fresh(b"E" * 5000))
+        self.assertEqual(self.get("/luakey/boomed").status, 200)
+        c = H.Client(self.port, timeout=H.T(10))
+        try:
+            c.send(b"GET /boom/a HTTP/1.1\r\nHost: a.test\r\n\r\n"
+                   b"GET /luakey/boomed HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            r1 = c.read_response()
+            self.assertEqual(r1.status, 500)
+            self.assertNotIn(b"EEEE", r1.body)
+            r2 = c.read_response()
+            self.assertEqual(r2.status, 200)
+            self.assertEqual(r2.body, b"E" * 5000)
+        finally:
+            c.close()
+        self.assertAlive()
+
 
     def test_miss_then_hits_on_every_worker(self):
         p = self.path()
