@@ -12,8 +12,10 @@ local tonumber, ipairs = tonumber, ipairs
 local P = {
   name = "compression",
   -- Low: the response phase runs by priority too, so the decision comes after the plugins
-  -- that change the status, Content-Type or caching headers (headers, 800).
-  priority = 100,
+  -- that change the status, Content-Type or caching headers (headers, 800), and after the
+  -- cache (50), which stores the upstream's own head and body: a hit is then compressed
+  -- for its own client like a miss (before, the stored head said gzip over a plain body).
+  priority = 40,
   schema = {
     fields = {
       codings = {

@@ -16,6 +16,7 @@ import threading
 import time
 import unittest
 import urllib.parse
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
@@ -93,6 +94,8 @@ class CacheTest(H.ProxyTestCase):
                   plugins=[{"name": "cache", "zone": ZONE,
                             "cache_key": H.LuaRaw('function() return "lua:/luakey/boomed" end')},
                            {"name": "boom", "phase": "response"}]),
+             dict(route, match={"prefix": "/gz/"},
+                  plugins=[{"name": "cache", "zone": ZONE}, {"name": "compression"}]),
              dict(route, match={"prefix": "/"},
                   plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 10}])],
             workers=2, admin={"address": "127.0.0.1:0"},
@@ -132,6 +135,27 @@ class CacheTest(H.ProxyTestCase):
         return v.split(",")[-1].strip()
 
     # ------------------------------------------------------------------ hits and misses
+
+    def test_hits_are_compressed_per_client_like_misses(self):
+        # The cache stores the upstream's head and body; compression runs after it on a
+        # hit as on a miss, so a stored head never labels a plain body gzip.
+        body = b"hello world, " * 500
+        self.origin.script("/gz/a", lambda req, n: fresh(body, ("Content-Type", "text/plain")))
+        for i, enc in enumerate(["gzip", "gzip", "identity", "br", "gzip"]):
+            r = self.get("/gz/a", headers=[("Accept-Encoding", enc)])
+            self.assertEqual(r.status, 200)
+            if i:
+                self.assertIn("hit", self.cache_status(r))
+            if enc == "gzip":
+                self.assertEqual(r.header("content-encoding"), "gzip")
+                self.assertEqual(zlib.decompress(r.body, 31), body)
+            elif enc == "identity":
+                self.assertIsNone(r.header("content-encoding"))
+                self.assertEqual(r.body, body)
+            else:
+                self.assertEqual(r.header("content-encoding"), "br")
+            self.assertIn("accept-encoding", (r.header("vary") or "").lower())
+        self.assertEqual(self.origin.count("/gz/a"), 1)
 
     def test_a_hit_replaced_by_an_error_sends_the_error_body_alone(self):
         # The entry's body was set up in the request phase; the 500 that replaces the hit
