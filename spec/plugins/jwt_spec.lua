@@ -99,6 +99,13 @@ describe("jwt plugin", function()
     input = h .. ".!!"
     refused(hs, bearer(input .. "." .. H.b64url(H.signature("HS256", "hmac-secret", input))),
       "bad base64url in the payload")
+    -- JSON that cjson's default decoder takes and RFC 8259 does not: NaN never expires
+    for _, junk in ipairs({ '{"sub":"u","exp":NaN}', '{"sub":"u","nbf":-Infinity}',
+                            '{"sub":"u","exp":0x7fffffff}', '{"sub":NaN}' }) do
+      input = h .. "." .. H.b64url(junk)
+      refused(hs, bearer(input .. "." .. H.b64url(H.signature("HS256", "hmac-secret", input))),
+        "the payload is not a JSON object")
+    end
     refused(hs, { headers = { Authorization = "Basic " .. good } }, "not a Bearer token")
     refused(hs, { headers = { Authorization = good } }, "not a Bearer token")
   end)
