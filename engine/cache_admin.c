@@ -79,8 +79,35 @@ json_t *lp_cache_admin_purge(const lp_config_t *cfg, lp_str_t name, lp_str_t que
         *status = 404;
         return json_pack("{s:b,s:s}", "ok", 0, "error", "no such cache zone");
     }
-    lp_str_t key = lp_kv_find(query, '&', "key", 3);
-    lp_str_t prefix = lp_kv_find(query, '&', "prefix", 6);
+    /* key=K, prefix=P or nothing (all), and nothing else: a misspelt argument must not
+     * purge the whole zone. */
+    lp_str_t key = {0}, prefix = {0};
+    const char *bad = NULL;
+    for (size_t i = 0; i < query.len && !bad;) {
+        const char *a = query.base + i, *end = memchr(a, '&', query.len - i);
+        size_t alen = end ? (size_t)(end - a) : query.len - i;
+        i += alen + 1;
+        if (!alen)
+            continue;
+        const char *eq = memchr(a, '=', alen);
+        size_t nlen = eq ? (size_t)(eq - a) : alen;
+        lp_str_t v = {eq ? eq + 1 : a + alen, eq ? alen - nlen - 1 : 0};
+        lp_str_t *slot = nlen == 3 && !memcmp(a, "key", 3)      ? &key
+                         : nlen == 6 && !memcmp(a, "prefix", 6) ? &prefix
+                                                                : NULL;
+        if (!slot)
+            bad = "unknown argument: use ?key=KEY, ?prefix=PREFIX, or none to purge all";
+        else if (slot->base || !v.len)
+            bad = "key and prefix take one non-empty value each";
+        else
+            *slot = v;
+    }
+    if (!bad && key.base && prefix.base)
+        bad = "give key or prefix, not both";
+    if (bad) {
+        *status = 400;
+        return json_pack("{s:b,s:s}", "ok", 0, "error", bad);
+    }
     int mode = key.base      ? LP_CACHE_PURGE_KEY
                : prefix.base ? LP_CACHE_PURGE_PREFIX
                              : LP_CACHE_PURGE_ALL;
