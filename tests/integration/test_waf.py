@@ -66,7 +66,10 @@ class WafTest(RT.ReloadTestCase):
         cls.proxy = cls.start_reload_proxy(
             {"o": H.upstream(cls.origin.address())}, routes(), workers=1,
             files={"rules/extra.lua": EXTRA_RULES},
-            lua={"plugin_paths": [RT.FIXTURE_PLUGINS], "regex_match_limit": 100000})
+            # init_timeout: the rules' Hyperscan compile in init_worker took over the default
+            # 10 s in the sanitizer build while test_waf_crs compiled the CRS beside it.
+            lua={"plugin_paths": [RT.FIXTURE_PLUGINS], "regex_match_limit": 100000,
+                 "init_timeout": 120})
 
     def send(self, r):
         """One corpus request on a fresh connection, exactly as recorded."""
