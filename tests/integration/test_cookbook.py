@@ -468,6 +468,43 @@ class JwtRoutingTest(Recipe):
                          (401, "token expired"))
 
 
+class ShadowTrafficTest(Recipe):
+    RECIPE = "shadow-traffic"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origins = [cls.start_origin("app")]
+        cls.shadow = cls.start_raw_origin(lambda req: H.simple_response(200, b"shadow"))
+        cls.proxy = RecipeProxy(cls.RECIPE, [cls.origins[0].address(), cls.shadow.address()])
+        cls.addClassCleanup(cls.proxy.stop)
+        cls.proxy.start()
+
+    def test_a_share_is_copied_to_the_shadow(self):
+        self.assertEqual(self.agree("/echo", method="POST").header("X-Origin-Id"), "app")
+        before = len(self.shadow.requests)
+        sent = {"/echo": b""}  # the one explained and sent above may be copied too
+        for i in range(200):
+            body = b"order=%d" % i
+            r = H.get(self.proxy.port, "/echo?n=%d" % i, host="shop.test", method="POST",
+                      body=body, headers=[("Content-Type", "text/plain")])
+            self.assertEqual((r.status, r.header("X-Origin-Id"), r.body), (200, "app", body))
+            sent["/echo?n=%d" % i] = body
+            # The predicate: a DELETE is never copied.
+            r = self.req("/headers?n=%d" % i, method="DELETE")
+            self.assertEqual(r.header("X-Origin-Id"), "app")
+        # Each copy goes out after its client's answer: wait for them.
+        H.wait_for(lambda: len(self.shadow.requests) - before >= 10, H.T(10),
+                   what="copies on the shadow")
+        got = self.shadow.requests[before:]
+        for q in got:
+            self.assertEqual(q.method, "POST")  # never a DELETE
+            self.assertIn(q.target, sent)
+            self.assertEqual(q.body, sent[q.target])
+            self.assertEqual(q.header("X-Mirrored-By"), "luaproxy")
+            self.assertEqual(q.header("Host"), "shop.test")
+        self.assertLess(len(got), 120)  # a share (20 %), not every request
+
+
 del Recipe  # the base class runs nothing itself
 
 if __name__ == "__main__":
