@@ -505,6 +505,43 @@ class ShadowTrafficTest(Recipe):
         self.assertLess(len(got), 120)  # a share (20 %), not every request
 
 
+class CacheCoalescingTest(Recipe):
+    RECIPE = "cache-coalescing"
+
+    @classmethod
+    def setUpClass(cls):
+        # An origin that is slow to build a report and counts what reaches it.
+        def report(req):
+            time.sleep(0.5)  # the origin's work: every client arrives while it builds
+            return H.simple_response(200, b"report " + req.target.encode(),
+                                     [("X-Origin-Id", "app")])
+        cls.origin = cls.start_raw_origin(report)
+        cls.proxy = RecipeProxy(cls.RECIPE, [cls.origin.address()])
+        cls.addClassCleanup(cls.proxy.stop)
+        cls.proxy.start()
+
+    def count(self, path):
+        return sum(1 for q in list(self.origin.requests) if q.target == path)
+
+    def test_50_concurrent_misses_make_one_origin_request(self):
+        path = "/reports/daily"
+        results = L.parallel(lambda i: H.get(self.proxy.port, path, host="shop.test",
+                                             timeout=H.T(30)), 50)
+        for r in results:
+            self.assertNotIsInstance(r, Exception)
+            self.assertEqual((r.status, r.body), (200, b"report " + path.encode()))
+        self.assertEqual(self.count(path), 1)
+        states = [r.header("Cache-Status") or "" for r in results]
+        self.assertGreater(sum(1 for v in states if "collapsed" in v), 0, states)
+        r = self.req(path)
+        self.assertEqual(r.status, 200)
+        self.assertIn("hit", r.header("Cache-Status"))
+        self.assertEqual(self.count(path), 1)
+        # Another key is another miss; explain (no live state: an empty cache) says upstream.
+        self.assertEqual(self.agree("/reports/weekly").status, 200)
+        self.assertEqual(self.count("/reports/weekly"), 1)
+
+
 del Recipe  # the base class runs nothing itself
 
 if __name__ == "__main__":
