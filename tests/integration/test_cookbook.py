@@ -542,6 +542,69 @@ class CacheCoalescingTest(Recipe):
         self.assertEqual(self.count("/reports/weekly"), 1)
 
 
+class RetryBudgetTest(Recipe):
+    RECIPE = "retry-budget"
+
+    @classmethod
+    def setUpClass(cls):
+        # The flaky target fails three requests of four: never the passive check's five in
+        # a row, so it stays in rotation and only the retry budget bounds the retries.
+        cls.flaky_ok = []
+
+        def flaky(req):
+            ok = len(cls.flaky.requests) % 4 == 0
+            cls.flaky_ok.append(ok)
+            return H.simple_response(200 if ok else 503, b"orders", [("X-Origin-Id", "orders")],
+                                     reason="OK" if ok else "Service Unavailable")
+        cls.flaky = cls.start_raw_origin(flaky)                     # 127.0.0.1:9001
+        cls.healthy = cls.start_raw_origin(lambda req: H.simple_response(
+            200, b"orders", [("X-Origin-Id", "orders")]))          # 127.0.0.1:9002
+        cls.proxy = RecipeProxy(cls.RECIPE, [cls.flaky.address(), cls.healthy.address()])
+        cls.addClassCleanup(cls.proxy.stop)
+        cls.proxy.start()
+
+    def tries(self):
+        return len(self.flaky.requests), len(self.healthy.requests)
+
+    def test_retried_then_the_budget_stops_the_storm(self):
+        # A failure of the flaky target is retried on the other one: the client gets 200
+        # (the budget's 3 free retries per worker cover the first failures).
+        f0, h0 = self.tries()
+        n = 0
+        while self.flaky_ok[f0:].count(False) < 2:
+            n += 1
+            self.assertLess(n, 50, "the flaky target never failed")
+            r = self.agree("/orders/%d" % n)
+            self.assertEqual((r.status, r.body), (200, b"orders"))
+        f1, h1 = self.tries()
+        self.assertEqual((f1 - f0) + (h1 - h0) - n, self.flaky_ok[f0:f1].count(False))
+        # A storm: the budget lets only a share of the failures be retried; the rest of the
+        # clients get the flaky target's 503.
+        N = 200
+        statuses = [self.req("/orders/storm-%d" % i).status for i in range(N)]
+        f2, h2 = self.tries()
+        ok, failed = statuses.count(200), statuses.count(503)
+        retries = (f2 - f1) + (h2 - h1) - N
+        what = dict(flaky=f2 - f1, healthy=h2 - h1, retries=retries, failed=failed)
+        self.assertEqual(ok + failed, N, statuses)
+        self.assertGreater(f2 - f1, N // 5, what)  # never ejected: still in rotation
+        self.assertGreater(retries, 0, what)
+        # Without the budget every failure (about 3/8 of the requests) would be retried.
+        self.assertGreater(failed, N // 10, what)
+        # Each failure of the flaky target was either retried or given to its client.
+        self.assertEqual(retries + failed, self.flaky_ok[f1:f2].count(False), what)
+        # Per worker (2 at most here) 3 + 10 % of the window's requests, one window
+        # boundary allowed for.
+        self.assertLessEqual(retries, 2 * (2 * 3 + 0.1 * (N + n)), what)
+        self.wait_log("upstream orders: retry budget spent")
+        # The other route never retries.
+        x = explain(self.proxy, "GET http://shop.test/other")
+        self.assertEqual(x["upstream"]["name"], "app")
+        f3, h3 = self.tries()
+        self.assertEqual(self.req("/other").status, 200)
+        self.assertEqual(self.tries(), (f3, h3 + 1))
+
+
 del Recipe  # the base class runs nothing itself
 
 if __name__ == "__main__":
