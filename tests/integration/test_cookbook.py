@@ -4,6 +4,9 @@ served by a real luaproxy with origins in place of its addresses, and the page's
 replayed. For the requests that reach an upstream or get a local answer, `luaproxy explain`
 must say the same (route, upstream, answer). A page must show its files verbatim."""
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -402,6 +405,204 @@ class SecurityHeadersTest(Recipe):
         self.assertEqual(x["upstream"]["name"], "app")
         self.assertEqual(x["tls"]["certificate"]["why"], "exact name shop.test")
         self.assertIsNone(x.get("answer"))
+
+
+def hs256(claims, secret, kid):
+    """A JWS compact token signed with HMAC-SHA256."""
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), (head + "." + body).encode(), hashlib.sha256).digest()
+    return head + "." + body + "." + b64(sig)
+
+
+class JwtRoutingTest(Recipe):
+    RECIPE = "jwt-routing"
+    ORIGINS = ("standard", "premium")
+
+    def token(self, plan=None, secret="change-me-to-32-random-bytes!!!", **kw):
+        claims = {"sub": "alice", "exp": int(time.time()) + 3600}
+        if plan is not None:
+            claims["plan"] = plan
+        claims.update(kw)
+        return "Authorization: Bearer " + hs256(claims, secret, "shop")
+
+    def tampered(self):
+        """A free token whose payload was swapped for a premium one's."""
+        free, premium = self.token("free").split("."), self.token("premium").split(".")
+        return ".".join([free[0], premium[1], free[2]])
+
+    def test_routes_on_the_plan_claim(self):
+        r = self.agree("/headers", [self.token("premium")])
+        self.assertEqual((r.status, r.header("X-Origin-Id")), (200, "premium"))
+        hdrs = L.origin_headers(r)
+        self.assertEqual(L.hvalues(hdrs, "x-plan"), ["premium"])
+        self.assertEqual(L.hvalues(hdrs, "x-consumer-id"), ["alice"])
+        self.assertEqual(L.hvalues(hdrs, "authorization"), [])
+        self.assertEqual(self.agree("/headers", [self.token("free")]).header("X-Origin-Id"),
+                         "standard")
+        self.assertEqual(self.agree("/headers", [self.token()]).header("X-Origin-Id"),
+                         "standard")
+
+    def test_a_forged_plan_header_does_not_count(self):
+        r = self.agree("/headers", [self.token("free"), "X-Plan: premium"])
+        self.assertEqual(r.header("X-Origin-Id"), "standard")
+        self.assertEqual(L.hvalues(L.origin_headers(r), "x-plan"), ["free"])
+        r = self.agree("/headers", [self.token(), "X-Plan: premium"])
+        self.assertEqual(r.header("X-Origin-Id"), "standard")
+        self.assertEqual(L.hvalues(L.origin_headers(r), "x-plan"), [])
+
+    def test_invalid_tokens_get_401(self):
+        for h in ([self.token("premium", secret="another-secret-another-secret!!")],
+                  [self.tampered()],
+                  []):
+            r = self.agree("/headers", h)
+            self.assertEqual(r.status, 401, h)
+            self.assertIsNone(r.header("X-Origin-Id"))
+            self.assertTrue(r.header("WWW-Authenticate").startswith("Bearer"))
+        # Expired: not explained, as explain runs plugins on the proxy.test double's fixed
+        # clock (2023-11-14), where this token has not expired yet.
+        r = self.req("/headers", [self.token("premium", exp=int(time.time()) - 60)])
+        self.assertEqual((r.status, json.loads(r.body)["error_description"]),
+                         (401, "token expired"))
+
+
+class ShadowTrafficTest(Recipe):
+    RECIPE = "shadow-traffic"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origins = [cls.start_origin("app")]
+        cls.shadow = cls.start_raw_origin(lambda req: H.simple_response(200, b"shadow"))
+        cls.proxy = RecipeProxy(cls.RECIPE, [cls.origins[0].address(), cls.shadow.address()])
+        cls.addClassCleanup(cls.proxy.stop)
+        cls.proxy.start()
+
+    def test_a_share_is_copied_to_the_shadow(self):
+        self.assertEqual(self.agree("/echo", method="POST").header("X-Origin-Id"), "app")
+        before = len(self.shadow.requests)
+        sent = {"/echo": b""}  # the one explained and sent above may be copied too
+        for i in range(200):
+            body = b"order=%d" % i
+            r = H.get(self.proxy.port, "/echo?n=%d" % i, host="shop.test", method="POST",
+                      body=body, headers=[("Content-Type", "text/plain")])
+            self.assertEqual((r.status, r.header("X-Origin-Id"), r.body), (200, "app", body))
+            sent["/echo?n=%d" % i] = body
+            # The predicate: a DELETE is never copied.
+            r = self.req("/headers?n=%d" % i, method="DELETE")
+            self.assertEqual(r.header("X-Origin-Id"), "app")
+        # Each copy goes out after its client's answer: wait for them.
+        H.wait_for(lambda: len(self.shadow.requests) - before >= 10, H.T(10),
+                   what="copies on the shadow")
+        got = self.shadow.requests[before:]
+        for q in got:
+            self.assertEqual(q.method, "POST")  # never a DELETE
+            self.assertIn(q.target, sent)
+            self.assertEqual(q.body, sent[q.target])
+            self.assertEqual(q.header("X-Mirrored-By"), "luaproxy")
+            self.assertEqual(q.header("Host"), "shop.test")
+        self.assertLess(len(got), 120)  # a share (20 %), not every request
+
+
+class CacheCoalescingTest(Recipe):
+    RECIPE = "cache-coalescing"
+
+    @classmethod
+    def setUpClass(cls):
+        # An origin that is slow to build a report and counts what reaches it.
+        def report(req):
+            time.sleep(0.5)  # the origin's work: every client arrives while it builds
+            return H.simple_response(200, b"report " + req.target.encode(),
+                                     [("X-Origin-Id", "app")])
+        cls.origin = cls.start_raw_origin(report)
+        cls.proxy = RecipeProxy(cls.RECIPE, [cls.origin.address()])
+        cls.addClassCleanup(cls.proxy.stop)
+        cls.proxy.start()
+
+    def count(self, path):
+        return sum(1 for q in list(self.origin.requests) if q.target == path)
+
+    def test_50_concurrent_misses_make_one_origin_request(self):
+        path = "/reports/daily"
+        results = L.parallel(lambda i: H.get(self.proxy.port, path, host="shop.test",
+                                             timeout=H.T(30)), 50)
+        for r in results:
+            self.assertNotIsInstance(r, Exception)
+            self.assertEqual((r.status, r.body), (200, b"report " + path.encode()))
+        self.assertEqual(self.count(path), 1)
+        states = [r.header("Cache-Status") or "" for r in results]
+        self.assertGreater(sum(1 for v in states if "collapsed" in v), 0, states)
+        r = self.req(path)
+        self.assertEqual(r.status, 200)
+        self.assertIn("hit", r.header("Cache-Status"))
+        self.assertEqual(self.count(path), 1)
+        # Another key is another miss; explain (no live state: an empty cache) says upstream.
+        self.assertEqual(self.agree("/reports/weekly").status, 200)
+        self.assertEqual(self.count("/reports/weekly"), 1)
+
+
+class RetryBudgetTest(Recipe):
+    RECIPE = "retry-budget"
+
+    @classmethod
+    def setUpClass(cls):
+        # The flaky target fails three requests of four: never the passive check's five in
+        # a row, so it stays in rotation and only the retry budget bounds the retries.
+        cls.flaky_ok = []
+
+        def flaky(req):
+            ok = len(cls.flaky.requests) % 4 == 0
+            cls.flaky_ok.append(ok)
+            return H.simple_response(200 if ok else 503, b"orders", [("X-Origin-Id", "orders")],
+                                     reason="OK" if ok else "Service Unavailable")
+        cls.flaky = cls.start_raw_origin(flaky)                     # 127.0.0.1:9001
+        cls.healthy = cls.start_raw_origin(lambda req: H.simple_response(
+            200, b"orders", [("X-Origin-Id", "orders")]))          # 127.0.0.1:9002
+        cls.proxy = RecipeProxy(cls.RECIPE, [cls.flaky.address(), cls.healthy.address()])
+        cls.addClassCleanup(cls.proxy.stop)
+        cls.proxy.start()
+
+    def tries(self):
+        return len(self.flaky.requests), len(self.healthy.requests)
+
+    def test_retried_then_the_budget_stops_the_storm(self):
+        # A failure of the flaky target is retried on the other one: the client gets 200
+        # (the budget's 3 free retries per worker cover the first failures).
+        f0, h0 = self.tries()
+        n = 0
+        while self.flaky_ok[f0:].count(False) < 2:
+            n += 1
+            self.assertLess(n, 50, "the flaky target never failed")
+            r = self.agree("/orders/%d" % n)
+            self.assertEqual((r.status, r.body), (200, b"orders"))
+        f1, h1 = self.tries()
+        self.assertEqual((f1 - f0) + (h1 - h0) - n, self.flaky_ok[f0:f1].count(False))
+        # A storm: the budget lets only a share of the failures be retried; the rest of the
+        # clients get the flaky target's 503.
+        N = 200
+        statuses = [self.req("/orders/storm-%d" % i).status for i in range(N)]
+        f2, h2 = self.tries()
+        ok, failed = statuses.count(200), statuses.count(503)
+        retries = (f2 - f1) + (h2 - h1) - N
+        what = dict(flaky=f2 - f1, healthy=h2 - h1, retries=retries, failed=failed)
+        self.assertEqual(ok + failed, N, statuses)
+        self.assertGreater(f2 - f1, N // 5, what)  # never ejected: still in rotation
+        self.assertGreater(retries, 0, what)
+        # Without the budget every failure (about 3/8 of the requests) would be retried.
+        self.assertGreater(failed, N // 10, what)
+        # Each failure of the flaky target was either retried or given to its client.
+        self.assertEqual(retries + failed, self.flaky_ok[f1:f2].count(False), what)
+        # Per worker (2 at most here) 3 + 10 % of the window's requests, one window
+        # boundary allowed for.
+        self.assertLessEqual(retries, 2 * (2 * 3 + 0.1 * (N + n)), what)
+        self.wait_log("upstream orders: retry budget spent")
+        # The other route never retries.
+        x = explain(self.proxy, "GET http://shop.test/other")
+        self.assertEqual(x["upstream"]["name"], "app")
+        f3, h3 = self.tries()
+        self.assertEqual(self.req("/other").status, 200)
+        self.assertEqual(self.tries(), (f3, h3 + 1))
 
 
 del Recipe  # the base class runs nothing itself
