@@ -320,15 +320,21 @@ end
 P.is_json = is_json
 
 -- The container holding the last segment, and that key (a number for arrays, 1-based);
--- `make` creates missing objects on the way.
-local function walk(doc, segs, make)
+-- `make` creates missing objects on the way. An array has no named fields: a name on the
+-- way through one matches nothing (setting it would turn the array into an object).
+-- root_array: the document is an empty array (cjson decodes [] and {} alike).
+local function walk(doc, segs, make, root_array)
   local t = doc
   for i = 1, #segs do
     local s = segs[i]
     local k = s
     local n = tonumber(s)
     if type(t) ~= "table" then return nil end
-    if n and n >= 0 and n % 1 == 0 and t[1] ~= nil then k = n + 1 end -- an array index
+    local index = n and n >= 0 and n % 1 == 0
+    if t[1] ~= nil or (t == doc and root_array) then
+      if not index then return nil end
+      k = n + 1 -- an array index
+    end
     if i == #segs then return t, k end
     local nx = t[k]
     if nx == nil or nx == json.null then
@@ -340,9 +346,9 @@ local function walk(doc, segs, make)
   end
 end
 
-local function apply_json(doc, c, req)
+local function apply_json(doc, c, req, root_array)
   for _, segs in ipairs(c.remove) do
-    local t, k = walk(doc, segs, false)
+    local t, k = walk(doc, segs, false, root_array)
     if t then
       if type(k) == "number" then
         if t[k] ~= nil then table.remove(t, k) end
@@ -352,16 +358,16 @@ local function apply_json(doc, c, req)
     end
   end
   for _, ab in ipairs(c.rename) do
-    local t, k = walk(doc, ab[1], false)
+    local t, k = walk(doc, ab[1], false, root_array)
     if t and t[k] ~= nil then
       local v = t[k]
       if type(k) == "number" then table.remove(t, k) else t[k] = nil end
-      local t2, k2 = walk(doc, ab[2], true)
+      local t2, k2 = walk(doc, ab[2], true, root_array)
       if t2 then t2[k2] = v end
     end
   end
   for _, sv in ipairs(c.set) do
-    local t, k = walk(doc, sv[1], true)
+    local t, k = walk(doc, sv[1], true, root_array)
     if t then
       local v = sv[2]
       if sv[3] then v = render(v, req) end
@@ -392,7 +398,7 @@ end
 local function transform_json(s, c, req)
   local ok, doc = pcall(json.decode, s)
   if not ok or type(doc) ~= "table" then return nil, "not a JSON object or array" end
-  apply_json(doc, c, req)
+  apply_json(doc, c, req, next(doc) == nil and find(s, "^%s*%[") ~= nil)
   local empty_array = has_empty(s, "[", 93) and not has_empty(s, "{", 125)
   local ok2, out = pcall(encode, doc, empty_array)
   if not ok2 then return nil, out end

@@ -72,6 +72,17 @@ describe("transform plugin", function()
     assert.same({ x = 1 }, got.obj)
   end)
 
+  it("never turns an array into an object: a named field of an array matches nothing", function()
+    local conf = { request = { json = { set = { ["meta.by"] = "$client_ip", ["list.x"] = 1 },
+                                        remove = { "list.y" } } } }
+    local function sent(body) return T.run(transform, conf, post(body)).request_body end
+    assert.same({ { password = 1, a = 2 } }, json.decode(sent('[{"password":1,"a":2}]')))
+    assert.equal("[]", sent("[]"):gsub("%s", ""))
+    local got = json.decode(sent('{"meta":[1,2],"list":[3]}'))
+    assert.same({ 1, 2 }, got.meta)
+    assert.same({ 3 }, got.list)
+  end)
+
   it("passes malformed JSON, other types and oversized bodies unchanged (logged)", function()
     local conf = { max_body = 20, request = { json = { set = { x = 1 } } } }
     local res = T.run(transform, conf, post('{"broken":'))
