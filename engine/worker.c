@@ -492,6 +492,13 @@ static void worker_main(void *arg)
         lp_log_warn("loop close: %s", uv_strerror(rc));
 }
 
+static void close_any(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
 static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
 {
     w->id = id;
@@ -525,6 +532,9 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     lp_lua_sched_init(w);
     if (lp_trace_export_init(w)) {
         snprintf(err, errlen, "tracing: out of memory");
+        uv_walk(&w->loop, close_any, NULL);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&w->loop);
         return LP_ENOMEM;
     }
     uv_mutex_init(&w->mbox_lock);
@@ -824,6 +834,35 @@ int lp_workers_check(const lp_config_t *cfg, char *err, size_t errlen)
     return rc;
 }
 
+/* A start that failed before any thread ran: the first `ninit` workers' loops hold only
+ * their own handles (embedded in the worker or its trace exporter) and, when the switch
+ * got that far, a generation. Everything goes, as worker_main's ending does. */
+static void workers_unwind(lp_worker_t *ws, unsigned ninit)
+{
+    for (unsigned i = 0; i < ninit; i++) {
+        lp_worker_t *w = &ws[i];
+        if (w->cur) {
+            lp_wgen_t *g = w->cur;
+            w->cur = NULL;
+            lp_wgen_release(w, g);
+        }
+        uv_walk(&w->loop, close_any, NULL);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        lp_upstream_destroy_all(w);
+        lp_req_free_all(w);
+        lp_trace_export_free(w);
+        lp_zippool_destroy(&w->zips);
+        lp_bufpool_destroy(&w->bufs);
+        lp_wbpool_destroy(&w->wbatches);
+        uv_loop_close(&w->loop);
+        uv_mutex_destroy(&w->mbox_lock);
+        uv_sem_destroy(&w->mbox_done);
+    }
+    free(ws);
+    lp_metrics_free(&lp_metrics);
+    lp_metrics_lua_free();
+}
+
 int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, char *err,
                      size_t errlen)
 {
@@ -838,8 +877,10 @@ int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, cha
         lp_config_free(cfg);
         return LP_ENOMEM;
     }
+    unsigned ninit = 0; /* workers initialised (one that fails undoes its own part) */
     for (unsigned i = 0; i < n && !rc; i++)
-        rc = worker_init(&ws[i], (int)i + 1, err, errlen);
+        if (!(rc = worker_init(&ws[i], (int)i + 1, err, errlen)))
+            ninit++;
     lp_metrics_init(&lp_metrics, n);
     if (!rc)
         rc = build_switches(ws, n, NULL, cfg, sw, err, errlen);
@@ -849,8 +890,10 @@ int lp_workers_start(lp_config_t *cfg, unsigned nworkers, lp_worker_t **out, cha
     if (!rc)
         rc = switch_all(ws, n, sw, err, errlen);
     free(sw);
-    if (rc)
-        return rc; /* the loops hold nothing that needs closing yet beyond their own handles */
+    if (rc) {
+        workers_unwind(ws, ninit);
+        return rc;
+    }
     for (unsigned i = 0; i < n; i++) {
         if (uv_thread_create(&ws[i].thread, worker_main, &ws[i])) {
             snprintf(err, errlen, "cannot start worker thread %u", i + 1);
