@@ -389,7 +389,13 @@ function M.explain(cfg, opts, spec)
   if not req_line then return nil, perr end
   local T = require "proxy.test"
   T.reset()
+  -- The double's clock starts in 2023; tokens' exp/nbf/iat and freshness are judged at the
+  -- real time, as the engine does (timers are still only noted, never run).
+  local behind = os.time() - T.now()
+  if behind > 0 then T.advance(behind) end
   if type(cfg.shared) == "table" and next(cfg.shared) then T.shared_dicts(cfg.shared) end
+  local cache = type(cfg.cache) == "table" and cfg.cache.zones
+  if type(cache) == "table" and next(cache) then T.cache_zones(cache) end
   T.proxy.config = cfg
   local runtime = require "luaproxy.runtime"
   local state, lerr = runtime.load(cfg, opts)
