@@ -370,22 +370,25 @@ local function drop_cookie(h, name)
 end
 P.drop_cookie = drop_cookie
 
--- The token and where it came from ("header", "cookie", "query"), or nil, reason when the
--- header is there but not a bearer token.
+-- The token and where it came from ("header", "cookie", "query"), or nil. An
+-- Authorization header of another scheme (Basic, for another layer) is no token: the next
+-- source is tried, and without one the answer is the bare challenge (RFC 6750 §3.1: no
+-- error code when the request has no bearer credentials).
 local function token_of(req, conf)
   if conf.header then
     local h = req:header(conf.header)
-    if h then
-      if conf.bearer then
-        -- "Bearer" in any case, then one or more spaces (no pattern on the hot path).
-        local scheme = sub(h, 1, 7)
-        if scheme ~= "Bearer " and lower(scheme) ~= "bearer " then
-          return nil, nil, "not a Bearer token"
-        end
+    if h and conf.bearer then
+      -- "Bearer" in any case, then one or more spaces (no pattern on the hot path).
+      local scheme = sub(h, 1, 7)
+      if scheme ~= "Bearer " and lower(scheme) ~= "bearer " then
+        h = nil
+      else
         local i = 8
         while byte(h, i) == 32 do i = i + 1 end
         h = sub(h, i)
       end
+    end
+    if h then
       local last = byte(h, -1)
       if last == 32 or last == 9 then h = gsub(h, "[ \t]+$", "") end
       return h, "header"
@@ -482,11 +485,8 @@ local function check_claims(conf, c)
 end
 
 function P.request(req, conf)
-  local token, from, bad = token_of(req, conf)
-  if not token then
-    if bad then return refuse(req, conf, bad) end
-    return refuse(req, conf, "no token", true)
-  end
+  local token, from = token_of(req, conf)
+  if not token then return refuse(req, conf, "no token", true) end
   if #token > conf.max_token then return refuse(req, conf, "token too large") end
   local d1 = find(token, ".", 1, true)
   local d2 = d1 and find(token, ".", d1 + 1, true)

@@ -106,8 +106,13 @@ describe("jwt plugin", function()
       refused(hs, bearer(input .. "." .. H.b64url(H.signature("HS256", "hmac-secret", input))),
         "the payload is not a JSON object")
     end
-    refused(hs, { headers = { Authorization = "Basic " .. good } }, "not a Bearer token")
-    refused(hs, { headers = { Authorization = good } }, "not a Bearer token")
+    -- Another scheme is no bearer credential: the bare challenge, no error code (RFC 6750)
+    for _, v in ipairs({ "Basic " .. good, good }) do
+      local res = T.run(jwt, hs, { headers = { Authorization = v } })
+      assert.equal(401, res.status)
+      assert.equal('Bearer realm="luaproxy"', res.headers["WWW-Authenticate"])
+      T.reset()
+    end
   end)
 
   it("answers a request without a token with a bare challenge", function()
