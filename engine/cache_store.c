@@ -71,16 +71,6 @@ struct lp_cache_zone_s {
     lp_cache_zone_t *reg_next; /* borrowed: next in the registry (reg_lock) */
 };
 
-static uint64_t hash_key(const char *k, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)k[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 size_t lp_cache_entry_cost(size_t klen, size_t slen, size_t hlen, size_t body_cap)
 {
     return sizeof(lp_cache_entry_t) + klen + slen + hlen + body_cap;
@@ -331,7 +321,7 @@ void lp_cache_count(lp_cache_zone_t *z, int what)
 lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen, const char *sec,
                                size_t slen, double now)
 {
-    uint64_t h = hash_key(key, klen);
+    uint64_t h = lp_hash64(key, klen);
     lp_cache_entry_t *found = NULL, *dead = NULL;
     pthread_mutex_lock(&z->lock);
     for (lp_cache_entry_t *e = z->buckets[h & (z->nbuckets - 1)]; e; e = e->hnext) {
@@ -393,7 +383,7 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
     if (mode == LP_CACHE_PURGE_KEY) {
-        uint64_t h = hash_key(key, klen);
+        uint64_t h = lp_hash64(key, klen);
         lp_cache_entry_t *e = z->buckets[h & (z->nbuckets - 1)];
         while (e) {
             lp_cache_entry_t *next = e->hnext;
@@ -461,7 +451,7 @@ static void lock_drop(lp_cache_zone_t *z, lp_cache_fill_t *f)
 
 int lp_cache_wait(lp_cache_zone_t *z, const char *key, size_t klen, lp_cache_waiter_t *w)
 {
-    uint64_t h = hash_key(key, klen);
+    uint64_t h = lp_hash64(key, klen);
     pthread_mutex_lock(&z->lock);
     lp_cache_fill_t *f = lock_find(z, h, key, klen);
     if (f) {
@@ -501,7 +491,7 @@ lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
     }
     memcpy(f->lkey, key, klen);
     f->lklen = klen;
-    f->lhash = hash_key(key, klen);
+    f->lhash = lp_hash64(key, klen);
     f->locked_at = now;
     pthread_mutex_lock(&z->lock);
     lp_cache_fill_t *holder = lock_find(z, f->lhash, key, klen);
@@ -526,7 +516,7 @@ lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
 
 int lp_cache_locked(lp_cache_zone_t *z, const char *key, size_t klen)
 {
-    uint64_t h = hash_key(key, klen);
+    uint64_t h = lp_hash64(key, klen);
     pthread_mutex_lock(&z->lock);
     int r = lock_find(z, h, key, klen) != NULL;
     pthread_mutex_unlock(&z->lock);
@@ -577,7 +567,7 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     e->slen = slen;
     memcpy(e->head, head, hlen);
     e->hlen = hlen;
-    e->hash = hash_key(key, klen);
+    e->hash = lp_hash64(key, klen);
     e->keep_until = keep_until;
     atomic_init(&e->refs, 1); /* the zone's, once linked */
     f->e = e;

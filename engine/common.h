@@ -47,6 +47,12 @@ typedef struct {
 #define LP_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 #define LP_UNUSED(x)                      ((void)(x))
 
+/* The hash of every in-memory table (shared dicts, cache zones, metrics, the router): fast
+ * on short keys, mixed with a random seed chosen when the process starts, so that keys a
+ * client chooses (addresses, header values, URLs) cannot be picked offline to fall in one
+ * chain. Never persist it: it changes with every start. */
+uint64_t lp_hash64(const void *key, size_t n);
+
 /* ASCII case-insensitive equality of s with the literal-like (p, n). */
 int lp_str_ieq(lp_str_t s, const char *p, size_t n);
 #define LP_STR_IEQ(s, lit) lp_str_ieq((s), (lit), sizeof(lit) - 1)

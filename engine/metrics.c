@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "common.h"
 #include "metrics.h"
 
 lp_metrics_t lp_metrics;
@@ -31,19 +32,12 @@ void lp_metrics_free(lp_metrics_t *m)
     m->nbuckets = m->nblocks = 0;
 }
 
-static size_t key_hash(const char *key, size_t keylen)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < keylen; i++)
-        h = (h ^ (unsigned char)key[i]) * 1099511628211ull;
-    return (size_t)h;
-}
-
 lp_mblock_t *lp_metrics_find(const lp_metrics_t *m, const char *key, size_t keylen)
 {
     if (!m->nbuckets)
         return NULL;
-    for (lp_mblock_t *b = m->buckets[key_hash(key, keylen) & (m->nbuckets - 1)]; b; b = b->hnext)
+    for (lp_mblock_t *b = m->buckets[(size_t)lp_hash64(key, keylen) & (m->nbuckets - 1)]; b;
+         b = b->hnext)
         if (b->keylen == keylen && memcmp(b->key, key, keylen) == 0)
             return b;
     return NULL;
@@ -64,7 +58,7 @@ static int rehash(lp_metrics_t *m)
         return -1;
     }
     for (lp_mblock_t *b = m->blocks; b; b = b->next) {
-        size_t i = key_hash(b->key, b->keylen) & (n - 1);
+        size_t i = (size_t)lp_hash64(b->key, b->keylen) & (n - 1);
         b->hnext = NULL;
         if (tail[i])
             tail[i]->hnext = b;
@@ -119,8 +113,8 @@ size_t lp_metrics_key(char *out, size_t cap, const char *family, const char *a, 
 
 lp_mblock_t *lp_metrics_block(lp_metrics_t *m, const char *key, size_t keylen, size_t ncells)
 {
-    for (lp_mblock_t *b = m->nbuckets ? m->buckets[key_hash(key, keylen) & (m->nbuckets - 1)]
-                                      : NULL;
+    for (lp_mblock_t *b =
+             m->nbuckets ? m->buckets[(size_t)lp_hash64(key, keylen) & (m->nbuckets - 1)] : NULL;
          b; b = b->hnext)
         if (b->keylen == keylen && memcmp(b->key, key, keylen) == 0 && b->ncells >= ncells)
             return b;
@@ -147,7 +141,7 @@ lp_mblock_t *lp_metrics_block(lp_metrics_t *m, const char *key, size_t keylen, s
     b->ncells = ncells;
     b->next = m->blocks;
     m->blocks = b;
-    size_t i = key_hash(key, keylen) & (m->nbuckets - 1);
+    size_t i = (size_t)lp_hash64(key, keylen) & (m->nbuckets - 1);
     b->hnext = m->buckets[i];
     m->buckets[i] = b;
     m->nblocks++;

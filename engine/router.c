@@ -196,19 +196,11 @@ static int fail(char *err, size_t errlen, const char *msg)
     return -1;
 }
 
-static uint64_t hash(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h;
-}
-
 static hent_t *hslot(const htab_t *t, const char *k, size_t n)
 {
     if (!t->n)
         return NULL;
-    for (size_t i = hash(k, n) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+    for (size_t i = lp_hash64(k, n) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
         hent_t *e = &t->v[i];
         if (!e->key)
             return NULL;
@@ -221,7 +213,7 @@ static rnode_t *hget(const htab_t *t, const char *k, size_t n)
 {
     if (!t->n)
         return NULL;
-    for (size_t i = hash(k, n) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+    for (size_t i = lp_hash64(k, n) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
         const hent_t *e = &t->v[i];
         if (!e->key)
             return NULL;
@@ -240,7 +232,7 @@ static int hgrow(htab_t *t)
         hent_t *e = &t->v[j];
         if (!e->key)
             continue;
-        size_t i = hash(e->key, e->klen) & (cap - 1);
+        size_t i = lp_hash64(e->key, e->klen) & (cap - 1);
         while (v[i].key)
             i = (i + 1) & (cap - 1);
         v[i] = *e;
@@ -330,7 +322,7 @@ static rnode_t *hput(htab_t *t, const char *k, size_t n)
     }
     if ((t->n + 1) * 2 > t->cap && hgrow(t))
         return NULL;
-    size_t i = hash(k, n) & (t->cap - 1);
+    size_t i = lp_hash64(k, n) & (t->cap - 1);
     while (t->v[i].key)
         i = (i + 1) & (t->cap - 1);
     rnode_t *root = node_new();

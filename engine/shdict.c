@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "common.h"
 #include "shdict.h"
 
 typedef struct sd_item_s sd_item_t;
@@ -168,38 +169,6 @@ static char *scratch_reserve(size_t n)
 }
 
 /* ---- hashing ---- */
-
-static uint64_t hash_key(const char *k, size_t n)
-{
-    /* Eight bytes per multiply (keys are short, and this runs on every call), then a final
-     * mix: the high bits pick the stripe, the low bits the bucket. */
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ n;
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, k, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdULL;
-        h ^= h >> 32;
-        k += 8;
-        n -= 8;
-    }
-    /* The last 0-7 bytes without a variable-length copy (it showed in the profile): two
-     * overlapping 4-byte reads, or the first, middle and last byte (as wyhash does). */
-    uint64_t w = 0;
-    if (n >= 4) {
-        uint32_t a, b;
-        memcpy(&a, k, 4);
-        memcpy(&b, k + n - 4, 4);
-        w = (uint64_t)a << 32 | b;
-    } else if (n) {
-        w = (uint64_t)(unsigned char)k[0] << 16 | (uint64_t)(unsigned char)k[n / 2] << 8 |
-            (unsigned char)k[n - 1];
-    }
-    h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 29;
-    h *= 0xbf58476d1ce4e5b9ULL;
-    h ^= h >> 32;
-    return h;
-}
 
 static sd_stripe_t *stripe_of(lp_shdict_t *d, uint64_t h)
 {
@@ -526,7 +495,7 @@ static int key_ok(const char *k, size_t klen)
 /* The stripe that holds key k, locked, and the key's node in it (NULL: absent). */
 static sd_stripe_t *lock_key(lp_shdict_t *d, const char *k, size_t klen, sd_node_t **nd)
 {
-    uint64_t h = hash_key(k, klen);
+    uint64_t h = lp_hash64(k, klen);
     sd_stripe_t *s = stripe_of(d, h);
     lock(&s->lock);
     *nd = find(s, h, k, klen);
@@ -599,7 +568,7 @@ int lp_shdict_store(lp_shdict_t *d, int op, const char *k, size_t klen, lp_shdic
         return LP_SHDICT_ENOMEM;
     int safe = op & LP_SHDICT_SAFE;
     op &= ~LP_SHDICT_SAFE;
-    uint64_t h = hash_key(k, klen);
+    uint64_t h = lp_hash64(k, klen);
     sd_stripe_t *s = stripe_of(d, h);
     double now = 0;
     int rc = 0;
@@ -643,7 +612,7 @@ int lp_shdict_incr(lp_shdict_t *d, const char *k, size_t klen, double step, int 
     out->forcible = 0;
     if (!key_ok(k, klen))
         return LP_SHDICT_EINVAL;
-    uint64_t h = hash_key(k, klen);
+    uint64_t h = lp_hash64(k, klen);
     sd_stripe_t *s = stripe_of(d, h);
     double now = 0;
     int rc = 0;
@@ -686,7 +655,7 @@ int lp_shdict_gcra(lp_shdict_t *d, const char *k, size_t klen, double interval, 
     memset(out, 0, sizeof(*out));
     if (!key_ok(k, klen) || !(interval > 0) || !(burst >= 0) || !(cost >= 0))
         return LP_SHDICT_EINVAL;
-    uint64_t h = hash_key(k, klen);
+    uint64_t h = lp_hash64(k, klen);
     sd_stripe_t *s = stripe_of(d, h);
     double now = clock_now();
     /* The bucket holds burst + 1 requests' worth of time; a request is allowed when its
@@ -884,7 +853,7 @@ int lp_shdict_push(lp_shdict_t *d, const char *k, size_t klen, int left, lp_shdi
     size_t len = v->type == LP_SHDICT_TSTR ? v->len : 0;
     if (len > UINT32_MAX)
         return LP_SHDICT_ENOMEM;
-    uint64_t h = hash_key(k, klen);
+    uint64_t h = lp_hash64(k, klen);
     sd_stripe_t *s = stripe_of(d, h);
     double now = 0;
     int rc = 0;
