@@ -146,8 +146,10 @@ int lp_admin_explain(uv_loop_t *loop, const char *config_path, const char *body,
     json_t *hs = json_object_get(doc, "headers");
     json_t *ip = json_object_get(doc, "client_ip");
     char msg[512];
-    if (!doc || !line || (hs && !json_is_array(hs)) || (ip && !json_is_string(ip)) ||
-        json_array_size(hs) > 64) {
+    /* A request line starting with '-' would be read as an option of the child's command
+     * line: it is no request line anyway. */
+    if (!doc || !line || line[0] == '-' || (hs && !json_is_array(hs)) ||
+        (ip && !json_is_string(ip)) || json_array_size(hs) > 64) {
         snprintf(msg, sizeof(msg), "%s",
                  !doc ? je.text
                       : "expected {\"request\": \"METHOD URL\", \"headers\": [\"Name: value\", "

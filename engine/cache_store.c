@@ -58,7 +58,9 @@ struct lp_cache_zone_s {
     pthread_mutex_t lock;
     char *name;                 /* owned */
     size_t capacity;            /* byte budget (lock) */
-    size_t max_object;          /* largest body stored (lock; read unlocked as a hint by fills) */
+    size_t max_object;          /* largest body stored: written under the lock, read by fills
+                                   without it (relaxed atomics: a fill may go by the old bound
+                                   for a moment after a reload) */
     size_t used;                /* bytes charged (lock) */
     size_t nentries;            /* linked entries (lock) */
     uint64_t seq;               /* commits so far (lock) */
@@ -197,7 +199,7 @@ static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_obj
         return NULL;
     }
     z->capacity = memory;
-    z->max_object = max_object;
+    __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
     lp_list_init(&z->lru);
     return z;
 }
@@ -292,7 +294,7 @@ void lp_cache_zone_resize(lp_cache_zone_t *z, size_t memory, size_t max_object)
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
     z->capacity = memory;
-    z->max_object = max_object;
+    __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
     evict(z, &dead);
     pthread_mutex_unlock(&z->lock);
     drop_dead(dead);
@@ -304,7 +306,7 @@ void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out)
     out->entries = z->nentries;
     out->bytes = z->used;
     out->capacity = z->capacity;
-    out->max_object = z->max_object;
+    out->max_object = __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&z->lock);
     for (int i = 0; i < LP_CACHE_C_N; i++)
         out->counts[i] = atomic_load_explicit(&z->counts[i], memory_order_relaxed);
@@ -538,7 +540,8 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
                                      size_t klen, const char *sec, size_t slen, const char *head,
                                      size_t hlen, double keep_until, uint64_t size_hint)
 {
-    if (klen > LP_CACHE_MAX_KEY || slen > LP_CACHE_MAX_KEY || size_hint > z->max_object ||
+    if (klen > LP_CACHE_MAX_KEY || slen > LP_CACHE_MAX_KEY ||
+        size_hint > __atomic_load_n(&z->max_object, __ATOMIC_RELAXED) ||
         (fill && (fill->zone != z || fill->started))) {
         if (fill)
             lp_cache_fill_abandon(fill);
@@ -600,7 +603,7 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
     if (f->dead || !f->e)
         return -1;
     lp_cache_entry_t *e = f->e;
-    if (e->body_len + len > f->zone->max_object) {
+    if (e->body_len + len > __atomic_load_n(&f->zone->max_object, __ATOMIC_RELAXED)) {
         fill_kill(f);
         return -1;
     }
