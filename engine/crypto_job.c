@@ -18,11 +18,25 @@
 #include "lua_api.h"
 #include "lua_vm.h"
 
-/* Jobs queued or running in the whole process: the thread pool is shared (DNS, reload
- * materialisation), so password checks may not take all of it for long. Over the bound a
- * check is refused (LP_FFI_ENOSPACE: basic_auth answers 503). */
-#define LP_PWJOB_MAX 64
+/* Jobs queued or running in the whole process. The thread pool is shared and first in,
+ * first out (DNS look-ups, reload materialisation): password checks queued there beyond its
+ * threads would make every look-up wait behind them. So they may hold all its threads but
+ * two (lp_pwjob_limit), and no more wait in its queue; over the bound a check is refused
+ * (LP_FFI_ENOSPACE: basic_auth answers 503). main.c sizes the pool (UV_THREADPOOL_SIZE). */
 static atomic_int pwjobs_inflight; /* shared by the workers: a counter only */
+
+static int lp_pwjob_limit(void)
+{
+    static atomic_int limit; /* 0: not read yet; the environment is set before workers run */
+    int n = atomic_load_explicit(&limit, memory_order_relaxed);
+    if (!n) {
+        const char *v = getenv("UV_THREADPOOL_SIZE");
+        int threads = v ? atoi(v) : 4; /* libuv's default */
+        n = threads > 3 ? threads - 2 : 1;
+        atomic_store_explicit(&limit, n, memory_order_relaxed);
+    }
+    return n;
+}
 
 typedef struct {
     uv_work_t work;         /* on the worker loop's thread pool; work.data is the job */
@@ -83,7 +97,7 @@ int lp_ffi_passwd_job(const char *pw, size_t pwlen, const char *hash, size_t hle
     *job = NULL;
     if (!io || !lp_lua_running())
         return LP_FFI_EPHASE;
-    if (atomic_fetch_add(&pwjobs_inflight, 1) >= LP_PWJOB_MAX) {
+    if (atomic_fetch_add(&pwjobs_inflight, 1) >= lp_pwjob_limit()) {
         atomic_fetch_sub(&pwjobs_inflight, 1);
         return LP_FFI_ENOSPACE;
     }

@@ -422,6 +422,11 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* libuv's thread pool (4 threads by default) serves DNS look-ups, reload work and
+     * basic_auth's password checks, which may hold all its threads but two
+     * (crypto_job.c): 8 unless the operator says otherwise. Read when the pool starts, at
+     * its first job, which comes later than this. */
+    setenv("UV_THREADPOOL_SIZE", "8", 0);
     server.config_path = config_path;
     server.loop = uv_default_loop();
     server.watch_forced = watch;
