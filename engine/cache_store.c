@@ -46,6 +46,7 @@ struct lp_cache_fill_s {
     lp_cache_waiter_t *waiters; /* borrowed: requests waiting on its lock (zone lock) */
     uint8_t dead;               /* went over a limit: appends are ignored, commit fails */
     uint8_t started;            /* lp_cache_fill_start ran */
+    size_t charged;             /* its chunks' bytes counted in zone->filling (zone lock) */
 };
 
 /* Concurrency: one mutex per zone, taken by every worker's lookups, commits and purges and by
@@ -62,6 +63,9 @@ struct lp_cache_zone_s {
                                    without it (relaxed atomics: a fill may go by the old bound
                                    for a moment after a reload) */
     size_t used;                /* bytes charged (lock) */
+    size_t filling;             /* chunk bytes of fills not committed yet (lock): they count
+                                   against the budget too, or concurrent fills of large
+                                   objects would hold far more than `capacity` */
     size_t nentries;            /* linked entries (lock) */
     uint64_t seq;               /* commits so far (lock) */
     lp_cache_entry_t **buckets; /* owned array of nbuckets chains */
@@ -140,10 +144,11 @@ static void drop_dead(lp_cache_entry_t *dead)
     }
 }
 
-/* Under the zone lock: evicts from the LRU's tail until `used` fits the budget. */
+/* Under the zone lock: evicts from the LRU's tail until `used` and `filling` fit the
+ * budget. */
 static void evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)
 {
-    while (z->used > z->capacity && !lp_list_empty(&z->lru)) {
+    while (z->used + z->filling > z->capacity && !lp_list_empty(&z->lru)) {
         lp_cache_entry_t *e = LP_CONTAINER_OF(z->lru.prev, lp_cache_entry_t, lru);
         unlink_entry(z, e, dead);
         atomic_fetch_add_explicit(&z->counts[LP_CACHE_C_EVICTED], 1, memory_order_relaxed);
@@ -584,6 +589,13 @@ int lp_cache_fill_active(const lp_cache_fill_t *f)
 }
 
 /* The fill went over a limit: its bytes go now, and its lock, so waiters stop waiting. */
+/* Under the zone lock: gives back what the fill's chunks were charged. */
+static void fill_uncharge(lp_cache_fill_t *f)
+{
+    f->zone->filling -= f->charged;
+    f->charged = 0;
+}
+
 static void fill_kill(lp_cache_fill_t *f)
 {
     if (f->e) {
@@ -593,6 +605,7 @@ static void fill_kill(lp_cache_fill_t *f)
     }
     f->dead = 1;
     pthread_mutex_lock(&f->zone->lock);
+    fill_uncharge(f);
     lock_drop(f->zone, f);
     pthread_mutex_unlock(&f->zone->lock);
     lp_cache_count(f->zone, LP_CACHE_C_ABANDONED);
@@ -623,7 +636,19 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
                 want = len;
             if (want < 256 && f->hint <= e->body_len)
                 want = 256; /* length unknown: room for a few small appends */
-            lp_cache_chunk_t *c = chunk_new(want);
+            /* Charged before it is taken: older entries make room, or the fill stops
+             * when fills alone would hold the budget. */
+            lp_cache_zone_t *z = f->zone;
+            lp_cache_entry_t *dead = NULL;
+            size_t charge = sizeof(lp_cache_chunk_t) + want;
+            pthread_mutex_lock(&z->lock);
+            z->filling += charge;
+            f->charged += charge;
+            evict(z, &dead);
+            int full = z->used + z->filling > z->capacity;
+            pthread_mutex_unlock(&z->lock);
+            drop_dead(dead);
+            lp_cache_chunk_t *c = full ? NULL : chunk_new(want);
             if (!c) {
                 fill_kill(f);
                 return -1;
@@ -648,8 +673,9 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
 static void fill_free(lp_cache_fill_t *f)
 {
     lp_cache_zone_t *z = f->zone;
-    if (f->locked) {
+    if (f->locked || f->charged) {
         pthread_mutex_lock(&z->lock);
+        fill_uncharge(f);
         lock_drop(z, f);
         pthread_mutex_unlock(&z->lock);
     }
@@ -672,6 +698,7 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     e->cost += lp_cache_entry_cost(e->klen, e->slen, e->hlen, 0);
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
+    fill_uncharge(f); /* its chunks move into `used` with the entry's cost */
     if (e->cost > z->capacity) {
         pthread_mutex_unlock(&z->lock);
         entry_free(e);

@@ -354,6 +354,50 @@ static void registry(void)
     CHECK(!lp_cache_zone_find(K("reg")));
 }
 
+/* Fills count against the budget while they gather: three concurrent fills of 400 KiB in
+ * a 1 MiB zone cannot all grow (before, they held 1.2 MiB beside the stored entries), and
+ * older entries are evicted to make room for one. */
+static void fills_charged(void)
+{
+    lp_cache_zone_t *z = zone("fc", 1 << 20, 1 << 20);
+    REQUIRE(z);
+    static char piece[4096];
+    memset(piece, 'x', sizeof(piece));
+    CHECK_EQ_INT(put(z, "old", "", "an older entry", 4), 0);
+    lp_cache_fill_t *f[3];
+    int ok[3] = {1, 1, 1};
+    for (int i = 0; i < 3; i++) {
+        char key[8] = {'f', (char)('0' + i), 0};
+        f[i] = lp_cache_fill_start(z, NULL, K(key), K(""), K("h"), NOW + 60, 0);
+        REQUIRE(f[i]);
+    }
+    for (int round = 0; round < 100; round++) /* 100 x 4 KiB each */
+        for (int i = 0; i < 3; i++)
+            if (ok[i] && lp_cache_fill_append(f[i], piece, sizeof(piece)))
+                ok[i] = 0;
+    CHECK(!(ok[0] && ok[1] && ok[2]));             /* one at least was stopped */
+    CHECK(ok[0] || ok[1]);                         /* and the first ones went on */
+    CHECK(!lp_cache_get(z, K("old"), K(""), NOW)); /* evicted to make room */
+    for (int i = 0; i < 3; i++)
+        if (ok[i])
+            CHECK_EQ_INT(lp_cache_fill_commit(f[i]), 0);
+        else
+            lp_cache_fill_abandon(f[i]);
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK(st.bytes <= st.capacity);
+    /* Everything given back: a new fill of the whole budget's half fits after a purge. */
+    lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0);
+    lp_cache_fill_t *g = lp_cache_fill_start(z, NULL, K("g"), K(""), K("h"), NOW + 60, 0);
+    REQUIRE(g);
+    int grew = 1;
+    for (int round = 0; round < 120 && grew; round++)
+        grew = !lp_cache_fill_append(g, piece, sizeof(piece));
+    CHECK(grew);
+    CHECK_EQ_INT(lp_cache_fill_commit(g), 0);
+    lp_cache_zone_release(z);
+}
+
 static const lp_test_case_t tests[] = {
     {"store_and_get", store_and_get},
     {"large_body_many_chunks", large_body_many_chunks},
@@ -367,6 +411,7 @@ static const lp_test_case_t tests[] = {
     {"waiters", waiters},
     {"threads", threads},
     {"registry", registry},
+    {"fills_charged", fills_charged},
 };
 
 LP_TEST_MAIN(tests)
