@@ -1468,7 +1468,8 @@ static int conn_cache_pump(lp_req_t *req)
             size_t n = rc->chunk->len - rc->chunk_off;
             if (n > rc->left)
                 n = (size_t)rc->left;
-            conn_write_body(req, rc->chunk->data + rc->chunk_off, n, pin);
+            if (conn_write_body(req, rc->chunk->data + rc->chunk_off, n, pin) != LP_OK)
+                return conn_filter_failed(req); /* the compressor failed: as a failed filter */
             rc->left -= n;
             rc->chunk_off += n;
             if (rc->chunk_off == rc->chunk->len) {
