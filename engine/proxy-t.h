@@ -392,9 +392,9 @@ struct lp_req_s {
     uint8_t tee;       /* LP_TEE_*: whether a copy is kept, and what became of it */
     /* req:set_body() (req_body.c): the body sent upstream in place of the client's, whose
      * bytes are still read (bounded by body_limit) and discarded. */
-    lp_buf_t *new_body;  /* owned: the replacement, NULL: the client's body goes up */
-    size_t new_body_len; /* its length (Content-Length upstream) */
-    lp_req_cache_t cache;       /* the response cache's (see above) */
+    lp_buf_t *new_body;   /* owned: the replacement, NULL: the client's body goes up */
+    size_t new_body_len;  /* its length (Content-Length upstream) */
+    lp_req_cache_t cache; /* the response cache's (see above) */
 };
 
 /* lp_req_t.tee */
