@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -403,6 +404,7 @@ static void write_chunk(lp_logchunk_t *c, int sync)
 static void writer_main(void *arg)
 {
     (void)arg;
+    prctl(PR_SET_NAME, "lp-logwriter", 0, 0, 0);
     uv_mutex_lock(&W.lock);
     for (;;) {
         while (!W.head && !W.stop)

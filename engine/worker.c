@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include "accesslog.h"
@@ -472,6 +473,10 @@ static void worker_main(void *arg)
 {
     lp_worker_t *w = arg;
     lp_log_set_thread_id(w->id);
+    /* Named so that top -H, ps -L and /proc/PID/task/N/comm tell the workers apart. */
+    char name[16];
+    snprintf(name, sizeof name, "lp-worker-%d", w->id);
+    prctl(PR_SET_NAME, name, 0, 0, 0);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     lp_accesslog_flush(w->access);
     /* Everything is closed: the last generation goes, then the close callbacks run. */
