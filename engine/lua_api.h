@@ -103,6 +103,7 @@ int lp_ffi_upstream_target_at(int ups, int i, lp_str_t *addr, lp_str_t *state);
  * phase really passed its deadline, else 0 (the flag is then cleared). */
 int *lp_ffi_guard_flag(void);
 double lp_ffi_guard_expired(void);
+const char *lp_ffi_guard_limit(void);
 /* Background tasks (engine/lua_task.c, lua/luaproxy/tasks.lua). */
 int lp_ffi_bg_new(double delay, int timer);
 /* IP sets (engine/ipset.h, ipset_ffi.c): CIDRs with values, longest prefix wins; find returns

@@ -90,6 +90,13 @@ double lp_ffi_guard_expired(void)
     return 0;
 }
 
+/* The config key of the limit that ran out (for the error lp_ffi_guard_expired leads to). */
+const char *lp_ffi_guard_limit(void)
+{
+    lp_lua_guard_t *g = current_guard();
+    return g && g->limit ? g->limit : "phase_timeout";
+}
+
 /* Around every run of Lua for a phase (and loading): the deadline the watchdog compares
  * with. */
 void lp__guard_begin(lp_lua_guard_t *g)
@@ -327,13 +334,13 @@ static int runtime_lint(lua_State *L, int cfg_idx, int state_idx, const char *co
 static void wd_register(lp_lua_guard_t *g, int on);
 static int guard_setup(lua_State *L, const char *path, char *err, size_t errlen);
 
-/* lua.phase_timeout of the (validated) config table at idx, in ns; default 1 s. */
-static uint64_t config_timeout_ns(lua_State *L, int idx)
+/* lua.init_timeout of the (validated) config table at idx, in ns; default 10 s. */
+static uint64_t config_init_timeout_ns(lua_State *L, int idx)
 {
-    double t = 1;
+    double t = 10;
     lua_getfield(L, idx, "lua");
     if (lua_istable(L, -1)) {
-        lua_getfield(L, -1, "phase_timeout");
+        lua_getfield(L, -1, "init_timeout");
         if (lua_isnumber(L, -1))
             t = lua_tonumber(L, -1);
         lua_pop(L, 1);
@@ -365,10 +372,14 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
         return LP_ECONFIG;
     }
     /* Plugins' main chunks and compile() run here: a loop there must not hang the main
-     * thread (start-up, reload, -t). The guard lives in the VM's memory, as long as the
-     * flag pointer the guard module keeps; the watchdog sees it only during the check. */
+     * thread (start-up, reload, -t). Loading is initialisation, bounded by lua.init_timeout
+     * as init_worker is, not by the per-request phase_timeout: reading a rule set or a
+     * large table may take seconds on a busy machine. The guard lives in the VM's memory,
+     * as long as the flag pointer the guard module keeps; the watchdog sees it only during
+     * the check. */
     lp_lua_guard_t *g = check_guard(L);
-    g->timeout_ns = config_timeout_ns(L, cfg);
+    g->timeout_ns = config_init_timeout_ns(L, cfg);
+    g->limit = "init_timeout";
     lp_lua_guard_t *was = current_check;
     current_check = g;
     int rc = guard_setup(L, config_path, err, errlen);
@@ -621,7 +632,8 @@ int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
      * built in a loop: issue #22) may need more than a phase's 1 s of wall clock on a busy
      * machine: a runaway file is stopped after 10 s. */
     lp_lua_guard_t *g = check_guard(L);
-    g->timeout_ns = 10000000000ull;
+    g->timeout_ns = 10000000000ull; /* lua.init_timeout's default */
+    g->limit = "init_timeout";
     lp_lua_guard_t *was = current_check;
     current_check = g;
     int rc = guard_setup(L, path, err, errlen);
@@ -680,8 +692,12 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     lua_getfield(L, -1, "run");
     vm->ref_bg = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);
-    /* The watchdog covers loading (the config's and the plugins' main chunks, compile()) and
-     * init_worker: a runaway loop there must not hang a start or a reload. */
+    /* The watchdog covers loading (the config's and the plugins' main chunks, compile()),
+     * bounded by lua.init_timeout (as in lp_lua_check_config), and init_worker: a runaway
+     * loop there must not hang a start or a reload. */
+    uint64_t phase_ns = vm->guard.timeout_ns;
+    vm->guard.timeout_ns = (uint64_t)vm->init_timeout * 1000000ull;
+    vm->guard.limit = "init_timeout";
     wd_register(&vm->guard, 1);
     lp__guard_begin(&vm->guard);
     if (push_config(L, cfg, err, errlen)) {
@@ -697,6 +713,8 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     }
     int lrc = runtime_load(L, cfg_idx, cfg->path, err, errlen);
     lp__guard_end(&vm->guard);
+    vm->guard.timeout_ns = phase_ns;
+    vm->guard.limit = NULL;
     if (lrc)
         goto fail;
     int state_idx = lua_gettop(L);

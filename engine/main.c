@@ -431,6 +431,18 @@ int main(int argc, char **argv)
     server.loop = uv_default_loop();
     server.watch_forced = watch;
     server.started_at = (double)time(NULL);
+    /* Signals are caught (and queued until the loop runs) before the first `listening on`
+     * line: whoever sees that line may signal this process at once, and SIGHUP's default
+     * action would kill it. The pid file comes once the start succeeded, so that a second
+     * instance failing to bind never overwrites the running one's. */
+    uv_signal_init(server.loop, &sigterm);
+    uv_signal_init(server.loop, &sigint);
+    uv_signal_init(server.loop, &sighup);
+    uv_signal_init(server.loop, &sigusr1);
+    uv_signal_start(&sigterm, on_signal, SIGTERM);
+    uv_signal_start(&sigint, on_signal, SIGINT);
+    uv_signal_start(&sighup, on_signal, SIGHUP);
+    uv_signal_start(&sigusr1, on_signal, SIGUSR1);
     if (lp_workers_start(cfg, (unsigned)workers, &server.workers, err, sizeof(err))) {
         lp_log_error("%s", err);
         lp_logw_stop(1000);
@@ -449,14 +461,6 @@ int main(int argc, char **argv)
     lp_reload_history_add("startup", 1, lp_gen_current->id, NULL,
                           (double)(uv_hrtime() - start_ns) / 1e6);
 
-    uv_signal_init(server.loop, &sigterm);
-    uv_signal_init(server.loop, &sigint);
-    uv_signal_init(server.loop, &sighup);
-    uv_signal_init(server.loop, &sigusr1);
-    uv_signal_start(&sigterm, on_signal, SIGTERM);
-    uv_signal_start(&sigint, on_signal, SIGINT);
-    uv_signal_start(&sighup, on_signal, SIGHUP);
-    uv_signal_start(&sigusr1, on_signal, SIGUSR1);
     lp_watch_start(&server);
     notify_systemd("READY=1\nSTATUS=serving");
     uv_run(server.loop, UV_RUN_DEFAULT);

@@ -111,12 +111,15 @@ function P.compile(conf)
   return conf
 end
 
-local m_refused -- on GET /metrics
+local m_refused, m_checks -- on GET /metrics
 local BUSY_HEADERS = { ["Content-Type"] = "text/plain", ["Retry-After"] = "1" }
 
 function P.init_worker()
   m_refused = proxy.metrics.counter("basic_auth_refused_total",
     "Requests basic_auth refused, by reason.", { "reason" })
+  m_checks = proxy.metrics.counter("basic_auth_password_checks_total",
+    "Passwords checked against a hashed entry, by how: cache (remembered) or hash (computed).",
+    { "by" })
 end
 
 local function refuse(req, conf, reason)
@@ -136,8 +139,12 @@ local function check(conf, name, u, pw)
     key = crypto.digest(256, name .. "\0" .. pw)
     now = proxy.monotonic()
     local exp = conf.cache[key]
-    if exp and exp > now then return true end
+    if exp and exp > now then
+      if m_checks then m_checks:inc(1, "cache") end
+      return true
+    end
   end
+  if m_checks then m_checks:inc(1, "hash") end
   local ok, err
   if u.fast then
     ok = crypto.passwd_verify(pw, u.hash)

@@ -786,15 +786,17 @@ local S = {
       fields = {
         phase_timeout = {
           type = "duration", default = 1, min = 0, max = 3600,
-          description = "seconds of wall clock a Lua phase (or `init_worker`) may run without "
+          description = "seconds of wall clock a Lua phase (or `init_worker`; loading is bounded "
+            .. "by `init_timeout`) may run without "
             .. "yielding before the request fails with 500 (0: no limit); user code stays "
             .. "JIT-compiled (docs/lua-api.md, \"Errors and limits\")",
         },
         init_timeout = {
           type = "duration", default = 10, min = 0.001, max = 3600,
-          description = "seconds `init_worker` may wait (sleeps, sockets) in all before the load "
-            .. "or reload fails: it runs while the generation is built, holding up the reload "
-            .. "and signals",
+          description = "seconds loading may take (plugins' main chunks and `compile`, run "
+            .. "without yielding) and `init_worker` may wait (sleeps, sockets) in all before the "
+            .. "load or reload fails: both run while the generation is built, holding up the "
+            .. "reload and signals",
         },
         max_timers = {
           type = "integer", default = 1024, min = 1, max = 1000000,

@@ -34,6 +34,7 @@ int lp_ffi_upstream_target(int ups, int op, const char *addr, size_t n, int weig
 int lp_ffi_upstream_target_at(int ups, int i, lp_str_t *addr, lp_str_t *state);
 int *lp_ffi_guard_flag(void);
 double lp_ffi_guard_expired(void);
+const char *lp_ffi_guard_limit(void);
 int lp_ffi_bg_new(double delay, int timer);
 void *lp_ffi_ipset_new(void);
 void lp_ffi_ipset_free(void *s);

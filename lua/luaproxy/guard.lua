@@ -215,22 +215,24 @@ end
 require "luaproxy.ffi" -- declares lp_ffi_guard_flag, lp_ffi_guard_expired
 local C = ffi.C
 local have_engine, flag = pcall(function() return C.lp_ffi_guard_flag() end)
-local expired
+local expired, limit
 if have_engine then
   expired = C.lp_ffi_guard_expired
+  limit = function() return ffi.string(C.lp_ffi_guard_limit()) end
 else
   M.test_flag = ffi.new("int[1]")
   flag = M.test_flag
   -- specs set M.test_expired to simulate the engine (seconds of the timeout, 0: not yet)
   M.test_expired = function() return 1 end
   expired = function() return M.test_expired() end
+  limit = function() return M.test_limit or "phase_timeout" end
 end
 -- Called by the inserted code when its file's countdown ran out: raises when the flag is
 -- set (and the engine confirms), else returns the next countdown.
 local function check()
   if flag[0] ~= 0 then
     local t = expired() -- 0: set for a phase that ended since (the engine cleared it)
-    if t > 0 then error(format("phase timed out (lua.phase_timeout %.3fs)", t), 2) end
+    if t > 0 then error(format("phase timed out (lua.%s %.3fs)", limit(), t), 2) end
   end
   return M.BUDGET
 end

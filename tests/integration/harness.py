@@ -494,11 +494,21 @@ class Proxy:
         want_admin = bool((self.cfg.get("admin") or {}).get("address"))
         n = len(self.cfg["listen"])
 
+        pid_file = self.cfg.get("pid_file")
+
+        def pid_written():
+            # The pid file is written after the listeners are up (engine/main.c).
+            try:
+                with open(pid_file) as f:
+                    return not pid_file or int(f.read().strip() or 0) == self.proc.pid
+            except (OSError, TypeError):
+                return not pid_file
+
         def ready():
             text = self.stderr()
             ports = [int(m.group(2)) for m in self.LISTENING.finditer(text)]
             admin = self.ADMIN.search(text)
-            if len(ports) >= n and (admin or not want_admin):
+            if len(ports) >= n and (admin or not want_admin) and pid_written():
                 return ports[:n], int(admin.group(2)) if admin else None
             if self.proc.poll() is not None:
                 raise AssertionError("luaproxy exited with %s during start-up:\n%s" %

@@ -13,6 +13,7 @@ import hmac
 import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -249,15 +250,25 @@ class TestAuth(H.ProxyTestCase):
         self.assertNotIn("apr-pass", self.proxy.stderr())
 
     def test_basic_bcrypt_is_cached(self):
-        # The first request pays bcrypt at cost 10; the next ones do not.
+        # The first request pays bcrypt at cost 10; the next ones are answered from the
+        # cache: counted by how, not timed (the proxy has one worker, so one cache).
         auth = {"Authorization": basic("b2y", "bcrypt-pass")}
         self.assertEqual(self.get("basic.test", headers=auth).status, 200)
-        t0 = time.monotonic()
+        hashed, cached = self.checks("hash"), self.checks("cache")
         for _ in range(20):
             self.assertEqual(self.get("basic.test", headers=auth).status, 200)
-        per = (time.monotonic() - t0) / 20
-        # bcrypt at cost 10 takes ~50 ms here; a cached check is a hash table lookup.
-        self.assertLess(per, H.T(0.02), "cached bcrypt checks took %.1f ms each" % (per * 1000))
+        self.assertEqual(self.checks("hash"), hashed, "no hash computed again")
+        self.assertEqual(self.checks("cache"), cached + 20, "each check answered from the cache")
+        # A wrong password is never cached: each one is hashed.
+        bad = {"Authorization": basic("b2y", "not-the-password")}
+        for _ in range(2):
+            self.assertEqual(self.get("basic.test", headers=bad).status, 401)
+        self.assertEqual(self.checks("hash"), hashed + 2)
+
+    def checks(self, by):
+        text = H.get(self.proxy.admin_port, "/metrics", host="admin").body.decode()
+        m = re.search(r'^basic_auth_password_checks_total\{by="%s"\} (\S+)$' % by, text, re.M)
+        return float(m.group(1)) if m else 0.0
 
     def test_basic_bcrypt_does_not_block_the_worker(self):
         # One worker: while it checks a cost-13 bcrypt (on the thread pool), requests of
@@ -274,12 +285,12 @@ class TestAuth(H.ProxyTestCase):
         th = threading.Thread(target=slow)
         th.start()
         served = 0
+        # A blocked worker would answer at most the one request queued behind the check
+        # before it ends; three answered while it runs show it was not blocked (no timing).
         while not done.is_set():
-            t0 = time.monotonic()
             self.assertEqual(self.get("plain.test", path="/").status, 200)
             if not done.is_set():
                 served += 1
-                self.assertLess(time.monotonic() - t0, H.T(0.3))
         th.join(H.T(30))
         self.assertEqual(result["r"].status, 200)
         self.assertGreaterEqual(served, 3, "requests answered during the bcrypt check")

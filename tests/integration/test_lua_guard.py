@@ -136,7 +136,8 @@ class InitWorkerStartTest(L.LuaTestCase):
         p = H.Proxy.build({"one": H.upstream(one.address())}, [route("/", upstream="one")],
                           name="badinit", workers=1,
                           plugins=[{"name": "badinit"}],
-                          lua={"phase_timeout": 0.5, "plugin_paths": ["myplugins"]},
+                          lua={"phase_timeout": 0.5, "init_timeout": 1,
+                               "plugin_paths": ["myplugins"]},
                           # A start that fails after the workers were made leaks them
                           # (lp_workers_start's error path, worker.c): not what this
                           # test is about, so LeakSanitizer is off for these processes.

@@ -288,12 +288,10 @@ end
 
 function H.errors(req, conf)
   local out = {}
-  local t0 = proxy.monotonic()
   local _, e1 = proxy.http.request { url = "http://127.0.0.1:" .. conf.dead_port .. "/" }
   out.refused = e1
   local _, e2 = proxy.http.request { url = base(conf) .. "/slow", timeout = 0.3 }
   out.timeout = e2
-  out.timeout_took = proxy.monotonic() - t0
   local _, e3 = proxy.http.request { url = "http://nonexistent.invalid/" }
   out.dns = e3
   local _, e4 = proxy.http.request { url = base(conf) .. "/echo",
@@ -416,7 +414,7 @@ class HttpClientTest(RT.ReloadTestCase):
         j = self.json("/h/errors")
         self.assertEqual(j["refused"], "connect to 127.0.0.1:%d: connection refused" % self.dead)
         self.assertEqual(j["timeout"], "timeout reading from 127.0.0.1:%d" % self.origin.port)
-        self.assertLess(j["timeout_took"], 1.5)
+        # The message says the 0.3 s timeout fired (the origin answers after 2 s); no timing.
         self.assertTrue(j["dns"].startswith("connect to nonexistent.invalid:80: "), j["dns"])
         self.assertIn("header injection", j["inject_value"])
         self.assertIn("header injection", j["inject_name"])

@@ -132,9 +132,8 @@ class LuaReTest(RT.ReloadTestCase):
         t0 = time.monotonic()
         r = self.get("/evil")
         self.assertEqual(r.status, 200, r)
-        m, err, took = r.body.decode().split("|")
+        m, err, _took = r.body.decode().split("|")  # the error proves the limit, not a time
         self.assertEqual((m, err), ("nil", "pcre2_match: match limit exceeded"))
-        self.assertLess(float(took), 1.0)
         self.assertLess(time.monotonic() - t0, H.T(5))
         # the worker goes on serving
         self.assertEqual(self.get("/re?s=x1").status, 200)
