@@ -8,6 +8,7 @@
 #include <lualib.h>
 #include "conn.h"
 #include "log.h"
+#include "yaml_load.h"
 #include "lua_api.h"
 #include "lua_vm_int.h"
 #include "request.h"
@@ -189,7 +190,11 @@ void lp_lua_set_paths(lua_State *L, const char *config_path)
     lua_pop(L, 1);
     lua_pushstring(L, buf);
     lua_setfield(L, -2, "path");
-    lua_pop(L, 1);
+    /* The engine's own C modules (YAML configs: yaml_load.c). */
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_luaproxy_yaml_native);
+    lua_setfield(L, -2, "luaproxy.yaml_native");
+    lua_pop(L, 2);
     /* `proxy` is a global in configs, scripts and plugins. */
     if (luaL_dostring(L, "proxy = require 'proxy'")) {
         lp_log_error("lua: cannot load the proxy module: %s", lua_tostring(L, -1));
