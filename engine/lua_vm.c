@@ -730,6 +730,16 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     vm->ref_run = luaL_ref(L, LUA_REGISTRYINDEX);
     vm->ref_new = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1); /* the request module */
+    /* Config routes' predicates (conn.c runs them while routing). */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.route_predicate");
+    if (lua_pcall(L, 1, 1, 0)) {
+        snprintf(err, errlen, "%s: %s", cfg->path, lua_tostring(L, -1));
+        goto fail;
+    }
+    lua_getfield(L, -1, "run");
+    vm->ref_pred = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
 
     if (lp__lua_run_init(vm, state_idx, err, errlen)) {
         char msg[1024];
