@@ -335,7 +335,7 @@ static int add_value(yload_t *y, int plain, const yaml_mark_t *mark)
         lua_rawget(L, -2);
         double stamp = lua_tonumber(L, -1);
         lua_pop(L, 1);
-        if (stamp && floor(stamp / LINE_BITS) == f->serial) {
+        if (stamp > 0 && floor(stamp / LINE_BITS) == f->serial) {
             lua_pop(L, 1);
             int key = lua_gettop(L);
             lua_pushnil(L);
