@@ -792,7 +792,11 @@ static int read_routes(rctx_t *r)
             snprintf(p, sizeof(p), "routes[%zu].match", i + 1);
             rc = fail(r, p, "%s", berr);
         }
-        lua_pop(L, 1);
+        /* A Lua predicate runs in the worker's VM (conn.c, route_predicate.lua). */
+        lua_getfield(L, -1, "predicate");
+        if (lua_isfunction(L, -1))
+            c->has_lua = 1;
+        lua_pop(L, 2);
         for (char *h = rt->host; h && *h; h++)
             *h = (char)tolower((unsigned char)*h);
         rt->prefix_len = rt->prefix ? strlen(rt->prefix) : 0;

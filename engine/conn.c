@@ -472,8 +472,10 @@ static void conn_real_ip(lp_req_t *req, lp_ip_t *client)
 }
 
 /* The config route of a parsed head (NULL: none); its captures go to req->params. The
- * client address is the real one (real_ip), else the connection's peer. */
-static const lp_route_conf_t *route_request(lp_conn_t *c, lp_req_t *req, const lp_ip_t *client)
+ * client address is the real one (real_ip), else the connection's peer. *failed is set
+ * when a route's Lua predicate failed (the request fails with 500, on that route). */
+static const lp_route_conf_t *route_request(lp_conn_t *c, lp_req_t *req, const lp_ip_t *client,
+                                            int *failed)
 {
     lp_str_t sni = {NULL, 0};
     if (c->ep.tls) {
@@ -493,17 +495,32 @@ static const lp_route_conf_t *route_request(lp_conn_t *c, lp_req_t *req, const l
     /* The worker's current table for this generation (an admin change swaps it); the request
      * keeps it until it ends, as its route and captures point into it. */
     lp_rtable_t *t = req->g->rtable;
-    int i = lp_router_match(t->router, &in, 0, &out);
-    req->nparams = 0;
-    req->route_index = -1;
-    if (i < 0)
-        return NULL;
     lp_rtable_ref(t);
     req->rtable = t;
-    req->route_index = t->conf_index[i];
-    for (unsigned k = 0; k < out.ncaps && k < LP_ARRAY_LEN(req->params); k++)
-        req->params[req->nparams++] = out.caps[k];
-    return t->routes[i];
+    for (int from = 0;;) {
+        int i = lp_router_match(t->router, &in, from, &out);
+        req->nparams = 0;
+        req->route_index = -1;
+        if (i < 0)
+            break;
+        req->route_index = t->conf_index[i];
+        for (unsigned k = 0; k < out.ncaps && k < LP_ARRAY_LEN(req->params); k++)
+            req->params[req->nparams++] = out.caps[k];
+        if (!out.predicate)
+            return t->routes[i];
+        /* The Lua predicate decides last, on a handle made for this route (its params). */
+        int ok = req->route_index >= 0 ? lp_lua_route_predicate(req) : -1;
+        if (ok > 0)
+            return t->routes[i];
+        if (ok < 0) {
+            *failed = 1;
+            return t->routes[i];
+        }
+        from = i + 1;
+    }
+    req->rtable = NULL;
+    lp_rtable_unref(t);
+    return NULL;
 }
 
 /* The request head is parsed: limits, route, then the request phase. LP_GONE when the
@@ -527,9 +544,15 @@ static int conn_on_head(lp_req_t *req)
     /* A declared length over the limit is refused once the request phase is over (a
      * plugin may set this request's own limit): no body byte is read before that. */
     req->body_limit = cfg->limits.max_body_size;
-    req->route = route_request(c, req, &client); /* and route_index: the config route */
+    int pred_failed = 0;
+    /* and route_index: the config route */
+    req->route = route_request(c, req, &client, &pred_failed);
     if (req->route && req->route->has_upstream)
         req->upstream = &req->g->upstreams[req->route->upstream];
+    if (pred_failed) {
+        req->flags |= LP_RF_WAIT_UPSTREAM;
+        return conn_after_lua(req, LP_PHASE_REQUEST, LP_ERROR);
+    }
     /* Parsing stays parked while Lua decides. */
     req->flags |= LP_RF_WAIT_UPSTREAM;
     lp_rc_t rc = conn_run_phase(req, LP_PHASE_REQUEST);

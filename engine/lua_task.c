@@ -330,6 +330,48 @@ static lp_rc_t task_parked(lp_lua_task_t *t, lp_req_t *req)
     return lp_req_let_go(req) == LP_GONE ? LP_GONE : LP_AGAIN;
 }
 
+int lp_lua_route_predicate(lp_req_t *req)
+{
+    lp_lua_t *vm = req->g ? req->g->lua : NULL;
+    if (!vm || !vm->ref_pred) {
+        lp_log_error("lua: route %d has a predicate and the worker no Lua VM to run it",
+                     req->route_index + 1);
+        return -1;
+    }
+    lp_lua_task_t *t = task_for(vm, req);
+    if (!t)
+        return -1;
+    lua_State *L = vm->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_pred);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->handle_ref);
+    lua_pushinteger(L, req->route_index + 1);
+    const void *lreq = req;
+    lp_log_req_fn fn = lp_req_log_members;
+    lp_log_swap_request(&lreq, &fn);
+    lp_lua_task_t *was = vm->running;
+    vm->running = t; /* the handle's FFI calls check it is the running request's */
+    lp__lua_set_current(vm);
+    lp__guard_begin(&vm->guard);
+    int rc = lua_pcall(L, 2, 2, 0);
+    lp__guard_end(&vm->guard);
+    vm->running = was;
+    int result;
+    if (rc || lua_isnil(L, -2)) {
+        const char *msg = lua_tostring(L, -1);
+        lp_log_error("lua: routes[%d].match.predicate failed: %s", req->route_index + 1,
+                     msg ? msg : "error");
+        result = -1;
+    } else {
+        result = lua_toboolean(L, -2);
+    }
+    lp_log_swap_request(&lreq, &fn);
+    lua_settop(L, top);
+    if (result == 0)
+        lp_lua_release(req); /* the next candidate route gets a handle of its own */
+    return result;
+}
+
 lp_rc_t lp_lua_phase(lp_req_t *req, int phase)
 {
     lp_lua_t *vm = req->g ? req->g->lua : NULL;

@@ -8,6 +8,7 @@
 #include <lualib.h>
 #include "conn.h"
 #include "log.h"
+#include "yaml_load.h"
 #include "lua_api.h"
 #include "lua_vm_int.h"
 #include "request.h"
@@ -196,7 +197,11 @@ void lp_lua_set_paths(lua_State *L, const char *config_path)
     lua_pop(L, 1);
     lua_pushstring(L, buf);
     lua_setfield(L, -2, "path");
-    lua_pop(L, 1);
+    /* The engine's own C modules (YAML configs: yaml_load.c). */
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_luaproxy_yaml_native);
+    lua_setfield(L, -2, "luaproxy.yaml_native");
+    lua_pop(L, 2);
     /* `proxy` is a global in configs, scripts and plugins. */
     if (luaL_dostring(L, "proxy = require 'proxy'")) {
         lp_log_error("lua: cannot load the proxy module: %s", lua_tostring(L, -1));
@@ -743,6 +748,16 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     vm->ref_run = luaL_ref(L, LUA_REGISTRYINDEX);
     vm->ref_new = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1); /* the request module */
+    /* Config routes' predicates (conn.c runs them while routing). */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.route_predicate");
+    if (lua_pcall(L, 1, 1, 0)) {
+        snprintf(err, errlen, "%s: %s", cfg->path, lua_tostring(L, -1));
+        goto fail;
+    }
+    lua_getfield(L, -1, "run");
+    vm->ref_pred = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
 
     if (lp__lua_run_init(vm, state_idx, err, errlen)) {
         char msg[1024];

@@ -150,6 +150,11 @@ int lp_lua_wants(struct lp_lua_s *vm, int route, int phase);
 /* Runs a phase. LP_OK: continue; LP_AGAIN: suspended, lp_conn_lua_resumed() follows;
  * LP_DONE: req:respond() answered; LP_ERROR: a plugin failed (the request gets 500). */
 lp_rc_t lp_lua_phase(lp_req_t *req, int phase);
+/* Runs the predicate of config route req->route_index (match.predicate) on the request's
+ * handle, made for that route, synchronously (it cannot wait). 1: true, 0: false (the
+ * handle is dropped: the next candidate gets its own), -1: an error, logged with its
+ * traceback (the request fails with 500). */
+int lp_lua_route_predicate(lp_req_t *req);
 /* The response_body filter chain on one chunk. LP_OK: *out is the chunk to send (valid until
  * the next Lua call); LP_AGAIN: a filter waits, lp_conn_lua_resumed(LP_PHASE_BODY) follows
  * and lp_lua_body_output then gives the chunk; LP_ERROR: a filter failed; LP_GONE: the

@@ -27,6 +27,7 @@ struct lp_lua_s {
     lp_worker_t *io;                /* borrowed (see above) */
     lp_wgen_t *wgen;                /* borrowed: its generation, from lp_lua_attach */
     int ref_run, ref_body, ref_new; /* runtime.run, runtime.body, request.new */
+    int ref_pred;                   /* route_predicate.run (0: not loaded) */
     int ref_bg;                     /* luaproxy.tasks.run: a background task's body */
     unsigned char *route_phases;    /* [0]: no route matched; [i + 1]: route i; bitmask */
     size_t nroutes;

@@ -462,7 +462,7 @@ local route = {
     match = {
       type = "record", default = {}, description = "what the route matches",
       doc_order = { "host", "prefix", "path", "regex", "methods", "headers", "header_regex",
-                    "query", "query_regex", "cidr", "sni" },
+                    "query", "query_regex", "cidr", "sni", "predicate" },
       custom = function(m)
         local n = (m.prefix and 1 or 0) + (m.path and 1 or 0) + (m.regex and 1 or 0)
         if n > 1 then return nil, "use one of prefix, path and regex" end
@@ -499,6 +499,11 @@ local route = {
                  description = "client addresses (`10.0.0.0/8`, `::1`): any of them" },
         sni = { type = "string", custom = host_pattern, doc_default = "any",
                 description = "TLS server name: exact or `*.example.com`; plain HTTP never matches" },
+        -- The escape hatch (issue #22): Lua configs only (a function is not data).
+        predicate = { type = "function", doc_default = "none",
+                      description = "`function(req) return bool end`, run once every other "
+                        .. "condition held; false tries the next route; an error fails the "
+                        .. "request with 500 (docs/routing.md)" },
       },
     },
     upstream = { type = "upstream", doc_default = "required",

@@ -211,6 +211,32 @@ describe("luaproxy.config_data", function()
     assert.matches("n.yaml: listen[2]: null is not allowed in a list", err2, 1, true)
   end)
 
+  it("reads YAML in C (engine/yaml_load.c) as lyaml does: values, merges, errors", function()
+    -- ctest gives the specs the native library (LP_NATIVE_LIB): the C reader is the one used
+    assert.equal("native", data.yaml_reader())
+    local cases = {
+      "a: 1\nb: [1, 2, {c: ~, d: x}]\ne: &x {f: 1, g: 2}\nh: *x\ni:\n  <<: *x\n  f: 3\n"
+        .. "j: 0x1f\nk: 0o17\nl: 1.5e3\nm: .inf\nn: yes\no: '404'\n404: p\np: !!str 12\n"
+        .. "q: \"\"\nr:\ns: -12\nt: 8:30\nu: [*x, *x]\nv: |\n  text\nw: 1e0\nx: +1\ny: .5\n"
+        .. "z: 1.\nA: !!int '7'\nB: !!bool true\nC: !!null x\nD: 1e\nE: 0b1\nF: True\n",
+      "base: &b {a: 1, b: 2}\nother: &o {b: 3, c: 4}\nm:\n  <<: [*b, *o]\n  a: 9\n",
+      "m:\n  a: 9\n  <<: {a: 1, z: 2}\n  n: ~\n",
+      "a: 1\na: 2\n", "a:\n  - 1\n  - ~\n", "x: *nope\n", "a: b: c\n", "", "# only\n",
+      "- 1\n", "hello\n", "a: 1\n---\nb: 2\n", "error_pages:\n  404: a\n  0x194: b\n",
+      "k: {a: ~}\n", "k: [{a: 1}, {b: [1, null]}]\n", "listen: [\n  {a: 1}\nworkers: 2\n",
+      "a:\n\tb: 1\n", "a: 'x\n", "listen:\n  - address: [::1]:8080\n", "&a x: *b\n",
+    }
+    for i, text in ipairs(cases) do
+      local p = file("same" .. i .. ".yaml", text)
+      local t1, e1 = data.load(p)
+      data.yaml_reader("lyaml")
+      local t2, e2 = data.load(p)
+      data.yaml_reader("native")
+      assert.same(t2, t1, text)
+      assert.equal(e2, e1, text)
+    end
+  end)
+
   it("says when the file cannot be read", function()
     local _, err = data.load(dir .. "/missing.json")
     assert.matches("cannot open .*missing.json", err)

@@ -307,8 +307,8 @@ class DuplicateKeysTest(H.ProxyTestCase):
 
 
 class LargeConfigTest(H.ProxyTestCase):
-    """100,000 routes: as a literal Lua table (refused, with the alternative named) and as
-    JSON (accepted by -t; the time is printed)."""
+    """100,000 routes: as a literal Lua table (refused, with the alternative named), as
+    JSON and as YAML (accepted by -t; the time is printed)."""
 
     N = 100000
 
@@ -322,6 +322,11 @@ class LargeConfigTest(H.ProxyTestCase):
             json.dump(cfg, f)
         with open(os.path.join(cls.dir, "big.lua"), "w") as f:
             f.write("return " + H.to_lua(cfg) + "\n")
+        with open(os.path.join(cls.dir, "big.yaml"), "w") as f:
+            f.write('listen:\n  - address: "127.0.0.1:0"\nupstreams:\n  app:\n'
+                    '    targets: ["127.0.0.1:9"]\nroutes:\n')
+            f.writelines("  - match: { prefix: /r%d/ }\n    upstream: app\n" % i
+                         for i in range(cls.N))
 
     def check(self, name):
         t0 = time.monotonic()
@@ -335,6 +340,12 @@ class LargeConfigTest(H.ProxyTestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("big.json: configuration ok", out)
         print("\n100k routes as JSON: luaproxy -t took %.2f s" % secs)
+
+    def test_yaml_100k(self):
+        rc, out, err, secs = self.check("big.yaml")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("big.yaml: configuration ok", out)
+        print("\n100k routes as YAML: luaproxy -t took %.2f s" % secs)
 
     def test_lua_literal_100k(self):
         rc, _, err, _ = self.check("big.lua")

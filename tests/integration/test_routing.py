@@ -3,7 +3,8 @@
 request per match kind: hosts (exact, *.suffix, prefix.*), exact paths, :params and *rest
 (req:param), prefixes, regexes with named groups, methods, headers and query arguments
 (present, equal, regex), client CIDR, SNI; OPTIONS *; first match in order; the shadow
-warnings of -t."""
+warnings of -t; Lua predicates on config routes (false tries the next route, an error is
+a 500 with its traceback logged, the worker lives on; luaproxy explain shows them)."""
 
 import os
 import subprocess
@@ -131,6 +132,68 @@ class RoutingTest(H.ProxyTestCase):
             c.send(b"OPTIONS * HTTP/1.1\r\nHost: other.test\r\n\r\n")
             r = c.read_response()
         self.assertEqual(r.header("X-Origin-Id"), "last")
+
+
+PREDICATE_ROUTES = [
+    {"name": "beta", "match": {"path": "/u/:id", "predicate": H.LuaRaw(
+        'function(req) return req:header("x-beta") == "1" and req:param("id") ~= "0" end')},
+     "handler": H.LuaRaw('function(req) req:respond(200, "beta " .. req:param("id")) end')},
+    {"name": "boom", "match": {"prefix": "/boom", "predicate": H.LuaRaw(
+        'function(req) error("predicate kaboom") end')}, "upstream": "u"},
+    {"name": "rest", "upstream": "u"},
+]
+
+
+class PredicateTest(H.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = cls.start_origin("rest")
+        cls.proxy = cls.start_proxy({"u": H.upstream(cls.origin.address())}, PREDICATE_ROUTES,
+                                    workers=1)
+
+    def test_predicate_decides_last(self):
+        p = self.proxy.port
+        r = H.get(p, "/u/7", headers=[("X-Beta", "1")])
+        self.assertEqual((r.status, r.body), (200, b"beta 7"))  # req:param works in it
+        self.assertEqual(H.get(p, "/u/7").header("X-Origin-Id"), "rest")  # false: next route
+        self.assertEqual(H.get(p, "/u/0", headers=[("X-Beta", "1")]).header("X-Origin-Id"),
+                         "rest")
+
+    def test_error_is_a_500_and_the_worker_lives(self):
+        p = self.proxy.port
+        for _ in range(3):
+            r = H.get(p, "/boom")
+            self.assertEqual(r.status, 500)
+        self.proxy.wait_log("routes[2].match.predicate failed", count=3)
+        self.proxy.wait_log("predicate kaboom", count=3)
+        self.proxy.wait_log("stack traceback", count=3)
+        r = H.get(p, "/u/8", headers=[("X-Beta", "1")])
+        self.assertEqual((r.status, r.body), (200, b"beta 8"))
+
+    def test_explain_shows_it(self):
+        d = H.Workdir.new("routing-predicate")
+        path = os.path.join(d, "proxy.lua")
+        with open(path, "w") as f:
+            f.write(H.config_text(H.make_config(0, {"u": H.upstream("127.0.0.1:9")},
+                                                PREDICATE_ROUTES)))
+
+        def explain(line, *headers):
+            args = [H.LUAPROXY, "explain", "-c", path, line]
+            for h in headers:
+                args += ["-H", h]
+            p = subprocess.run(args, capture_output=True, timeout=H.T(20),
+                               stdin=subprocess.DEVNULL, preexec_fn=H._preexec)
+            return p.stdout.decode() + p.stderr.decode()
+        out = explain("GET http://a.test/u/7", "X-Beta: 1")
+        self.assertIn('#1 beta: matched (path "/u/:id"; predicate (a Lua function))', out)
+        out = explain("GET http://a.test/u/7")
+        self.assertIn("#1 beta: no (predicate (a Lua function) does not hold)", out)
+        self.assertIn("#3 rest: matched", out)
+        out = explain("GET http://a.test/boom")
+        self.assertIn("#2 boom: no (predicate failed (the proxy answers 500): ", out)
+        self.assertIn("predicate kaboom", out)
+        self.assertIn("500 (routes[2].match.predicate failed)", out)
+        self.assertNotIn("#3 rest", out)
 
 
 class ShadowWarningTest(H.ProxyTestCase):

@@ -114,6 +114,7 @@ end
 -- ---- routing ----
 
 local function describe_value(v)
+  if type(v) == "function" then return "(a Lua function)" end
   if type(v) == "table" then
     local parts = {}
     for k, x in pairs(v) do
@@ -126,7 +127,22 @@ local function describe_value(v)
 end
 
 local CONDITIONS = { "host", "sni", "prefix", "path", "regex", "methods", "headers",
-  "header_regex", "query", "query_regex", "cidr" }
+  "header_regex", "query", "query_regex", "cidr", "predicate" }
+
+-- The route's match with its predicate (if any) run as the proxy runs it: last, and an
+-- error is the answer 500, noted rather than raised. `note` receives the error.
+local function explainable(m, note)
+  if type(m.predicate) ~= "function" then return m end
+  local copy = {}
+  for k, v in pairs(m) do copy[k] = v end
+  local p = m.predicate
+  copy.predicate = function(req)
+    local ok, res = xpcall(p, debug.traceback, req)
+    if not ok then note(res) return false end
+    return res and true or false
+  end
+  return copy
+end
 
 local function route_name(r, i)
   return r.name or format("route#%d", i)
@@ -179,13 +195,18 @@ local function routing(cfg, req, T)
   local routes = cfg.routes or {}
   local out = { tried = {}, shadowed = {} }
   for i, r in ipairs(routes) do
-    local m = r.match or {}
-    local rr, err = router.new({ { match = m } })
     local entry = { index = i, name = route_name(r, i), upstream = r.upstream }
+    local whole = false -- the predicate's error counts when the other conditions held
+    local m = explainable(r.match or {}, function(e)
+      if whole then entry.predicate_error = e:match("^[^\n]*") end
+    end)
+    local rr, err = router.new({ { match = m } })
     if not rr then
       entry.matched, entry.reasons = false, { "does not compile: " .. tostring(err) }
     else
+      whole = true
       local hit, caps = rr:match(req)
+      whole = false
       entry.matched = hit ~= nil
       if hit then
         entry.params = caps
@@ -206,9 +227,16 @@ local function routing(cfg, req, T)
           end
         end
         if #entry.reasons == 0 then entry.reasons[1] = "its conditions do not hold together" end
+        if entry.predicate_error then
+          -- the proxy answers 500 here: no later route is tried, no plugin runs
+          entry.reasons = { "predicate failed (the proxy answers 500): "
+            .. tostring(entry.predicate_error) }
+          out.failed = entry
+        end
       end
     end
     out.tried[#out.tried + 1] = entry
+    if out.failed then break end
     if entry.matched then
       out.route = entry
       out.route.strip_prefix = r.strip_prefix and m.prefix or nil
@@ -436,6 +464,11 @@ function M.explain(cfg, opts, spec)
     client_ip = spec.client_ip, scheme = req_line.scheme, tls = tls_spec,
     upstreams = upstream_names, trace = false })
   out.routing = routing(cfg, req, T)
+  if out.routing.failed then
+    out.answer = { status = 500, reason = format("routes[%d].match.predicate failed",
+      out.routing.failed.index) }
+    return out
+  end
   local route = out.routing.route
   local chain
   if route then
