@@ -501,23 +501,44 @@ local function log_failure(inst, phase, err, h)
   C.lp_ffi_log(0, msg, #msg)
 end
 
--- Called once per worker VM: returns the handle constructor, the phase runner and the
--- body filter runner for the engine to keep.
+-- Called once per worker VM: returns the engine's entry points (engine/lua_task.c
+-- push_entry) and the table of handles by task slot. A request's first phase (or filter)
+-- comes in through `enter`, which makes its handle; later ones through `run`/`body`, which
+-- find it by slot. Every entry is a resume of the request's coroutine: nothing else is
+-- called from C per request, and the handle is made on the same (compiled) path.
 function M.bind(state, cfg)
   runtime.set_failure_logger(log_failure)
   local proxy = require "proxy"
   proxy.config = cfg
   local routes, fallback = state.routes, state.fallback
+  local handles = {} -- task slot -> its request's handle (lp_lua_release clears it)
+  -- Inserting a key a table has no room for rehashes it (several hundred instructions, a
+  -- third of a small plugin's request): the handle is made with the fields the runtime
+  -- sets (`_k`), and ctx with room for a few entries (the auth plugins' consumer...).
+  local ok, new_tab = pcall(require, "table.new")
+  if not ok then new_tab = function() return {} end end
   local function new(r, route_no)
-    return setmetatable({
+    local h = {
       -- A cdata pointer: FFI calls that take a lightuserdata are not compiled (NYI).
       _r = ffi_cast(void_ptr, r),
       _chain = route_no > 0 and routes[route_no] or fallback,
       _phase = "request",
-      ctx = {},
-    }, mt)
+      _k = 0, -- the plugin running (runtime.lua)
+      ctx = new_tab(0, 4),
+    }
+    -- Not a tail call: a trace cannot end in a tail call to setmetatable (NYI).
+    setmetatable(h, mt)
+    return h
   end
-  return new, runtime.run, runtime.body
+  local run_phase, run_body = runtime.run, runtime.body
+  local function run(slot, id, co) return run_phase(handles[slot], id, co) end
+  local function body(slot, chunk, eof, co) return run_body(handles[slot], chunk, eof, co) end
+  local function enter(r, route_no, slot, entry, a, b, c)
+    handles[slot] = new(r, route_no)
+    return entry(slot, a, b, c)
+  end
+  M.new = new -- the constructor alone (specs)
+  return enter, run, body, handles
 end
 
 -- ---- the response cache (lua/luaproxy/cache.lua, plugins/cache.lua) ----
