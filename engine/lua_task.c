@@ -266,8 +266,10 @@ static lp_rc_t task_resume_in(lp_lua_task_t *t, int nargs)
     }
     if (rc == LUA_YIELD) {
         if (t->wait == LP_LW_RESPONDED) {
-            /* Never resumed: later phases run on a fresh coroutine. */
-            task_drop_coroutine(t);
+            /* Never resumed: its frames are discarded (lua_resetthread, LuaJIT's OpenResty
+             * branch: upvalues closed, stack cleared, status LUA_OK) and later phases run on
+             * the same coroutine, as after a return: a local answer needs no new thread. */
+            lua_resetthread(vm->L, t->co);
             t->wait = LP_LW_NONE;
             return LP_DONE;
         }
