@@ -729,7 +729,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     for (size_t i = 0; i < cfg->nroutes; i++)
         vm->route_phases[i + 1] = (unsigned char)route_phases(L, state_idx, "routes", (int)i + 1);
 
-    /* The engine binding: request.new(state, worker_id) returns the handle constructor. */
+    /* The engine binding: request.bind(state, cfg) returns its entry points (ref_enter...). */
     lua_getglobal(L, "require");
     lua_pushliteral(L, "luaproxy.request");
     if (lua_pcall(L, 1, 1, 0)) {
@@ -739,14 +739,21 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     lua_getfield(L, -1, "bind");
     lua_pushvalue(L, state_idx);
     lua_pushvalue(L, cfg_idx);
-    if (lua_pcall(L, 2, 3, 0)) {
+    if (lua_pcall(L, 2, 4, 0)) {
         snprintf(err, errlen, "%s: %s", cfg->path, lua_tostring(L, -1));
         goto fail;
     }
-    /* bind returns new_handle, run, body */
+    /* bind returns enter, run, body, handles */
+    vm->ref_handles = luaL_ref(L, LUA_REGISTRYINDEX);
     vm->ref_body = luaL_ref(L, LUA_REGISTRYINDEX);
     vm->ref_run = luaL_ref(L, LUA_REGISTRYINDEX);
-    vm->ref_new = luaL_ref(L, LUA_REGISTRYINDEX);
+    vm->ref_enter = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "_phase");
+    vm->ref_k_phase = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "ended"); /* phases.ENDED_PHASE */
+    vm->ref_k_ended = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "_r");
+    vm->ref_k_r = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1); /* the request module */
     /* Config routes' predicates (conn.c runs them while routing). */
     lua_getglobal(L, "require");

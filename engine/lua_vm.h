@@ -39,7 +39,8 @@ typedef struct lp_lua_s lp_lua_t;
 typedef struct lp_lua_task_s {
     lua_State *co;
     int co_ref;           /* registry reference anchoring co */
-    int handle_ref;       /* the request handle table (LUA_NOREF without a request) */
+    int slot;             /* its index in the VM's handle table (ref_handles), fixed for life */
+    int has_handle;       /* that entry is its request's handle (made by the first phase) */
     lp_req_t *req;        /* borrowed: the request (LP_LT_REQUEST) until it ends, else NULL */
     lp_lua_t *vm;         /* borrowed: its VM */
     uv_timer_t timer;     /* proxy.sleep and timer delays; on vm->io's loop once timer_on */
