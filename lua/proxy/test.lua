@@ -1214,6 +1214,10 @@ function T.run_chain(entries, req_spec, resp_spec)
   end
   if req._cache_served and not responded then
     chunks = { req._resp_body } -- the cache answered from an entry instead (a 304, stale-if-error)
+  elseif req._cache_window and upstream_body then
+    -- Zone:window(): the client gets a slice of the body the entry stores whole.
+    local w = req._cache_window
+    chunks = { upstream_body:sub(w[1] + 1, w[1] + w[2]) }
   end
 
   local filters = {}

@@ -952,8 +952,8 @@ local function coalesce(ranges)
   local out = { ranges[1] }
   for i = 2, #ranges do
     local last, r = out[#out], ranges[i]
-    -- Overlapping, adjacent or separated by less than a part header's worth of bytes.
-    if r[1] <= last[2] + 80 then
+    -- Overlapping or adjacent (a gap, however small, is a part of its own: what was asked).
+    if r[1] <= last[2] + 1 then
       if r[2] > last[2] then last[2] = r[2] end
     else
       out[#out + 1] = r
