@@ -1076,6 +1076,19 @@ class CacheRfcTest(H.ProxyTestCase):
         self.assertEqual((r.status, r.body), (206, b"789"))
         self.assertEqual(self.origin.count(p), 1)
 
+    def test_cold_range_window_is_this_response_only(self):
+        # One connection: the slice of the first response must not cut the next ones.
+        p, q = self.path(), self.path() + "-next"
+        self.origin.script(p, ok("0123456789", ("Cache-Control", "max-age=3600")))
+        self.origin.script(q, ok("next-body", ("Cache-Control", "no-store")))
+        with H.Client(self.port) as c:
+            r = c.request("GET", p, headers={"Range": "bytes=1-2"})
+            self.assertEqual((r.status, r.body), (206, b"12"))
+            r = c.request("GET", q)
+            self.assertEqual((r.status, r.body), (200, b"next-body"))
+            r = c.request("GET", q, headers={"Host": "a.test", "If-None-Match": '"z"'})
+            self.assertEqual((r.status, r.body), (200, b"next-body"))
+
     def test_cold_unsatisfiable_range_fills_whole_and_answers_416(self):
         p = self.path()
         self.origin.script(p, ok("0123456789", ("Cache-Control", "max-age=3600")))
@@ -1557,6 +1570,37 @@ class CacheRfcTest(H.ProxyTestCase):
         r = self.get(p)
         self.assertNotEqual(r.body, b"old")
         self.assertGreaterEqual(r.status, 500)
+
+class CacheRfcRefreshRetryTest(H.ProxyTestCase):
+    """The cache's own upstream requests (background refresh) over an upstream whose first
+    target refuses connections: they go on to the next target, as the proxied ones retry."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = ScriptedOrigin()
+        cls.addClassCleanup(cls.origin.stop)
+        cls.proxy = cls.start_proxy(
+            {"o": H.upstream("127.0.0.1:%d" % H.dead_port(), cls.origin.address(), retries=1)},
+            [{"match": {"prefix": "/"}, "upstream": "o", "plugins": [cache_plugin()]}],
+            cache={"zones": {ZONE: {"memory": "4m"}}})
+        cls.port = cls.proxy.port
+
+    def test_background_refresh_skips_a_refusing_target(self):
+        p = "/retry/swr"
+        cc = ("Cache-Control", "max-age=1, stale-while-revalidate=3600")
+        self.origin.script(p, *[ok("v%d" % i, cc, ("Age", "5")) for i in range(1, 6)])
+        get = lambda: H.get(self.port, p, timeout=H.T(10))  # noqa: E731
+        self.assertEqual(get().body, b"v1")
+        # Each stale hit starts one refresh; the rotating start makes one of two consecutive
+        # refreshes try the refusing target first.
+        for n in (2, 3):
+            self.assertEqual(get().status, 200)
+            H.wait_for(lambda: get().body == b"v%d" % n, H.T(10),
+                       what="refresh %d served" % n)
+        self.assertGreaterEqual(self.origin.count(p), 3)
+        for req in self.origin.requests(p)[1:]:
+            self.assertIsNone(req.header("if-none-match"))
+
 
 class TlsScriptedOrigin(ScriptedOrigin):
     """The scripted origin behind TLS (a self-signed certificate; the proxy does not verify)."""

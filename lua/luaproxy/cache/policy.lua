@@ -887,8 +887,12 @@ end
 -- 304 (§3.2, §4.3.4) ----------------------------------------------------------------------------
 
 -- Never updated from a 304: besides what is never stored, Content-Length (the stored body's),
--- Content-Range (of a partial answer) and Vary (the entry's secondary key depends on it).
-local NOT_UPDATED = { ["content-length"] = true, ["content-range"] = true, vary = true }
+-- Content-Range (of a partial answer), Vary (the entry's secondary key depends on it), and the
+-- fields that describe the stored bytes themselves, which a 304 cannot change: their coding and
+-- digests (§3.2 lets a cache keep these for the integrity of what it stores).
+local NOT_UPDATED = { ["content-length"] = true, ["content-range"] = true, vary = true,
+  ["content-encoding"] = true, ["content-md5"] = true, ["content-digest"] = true,
+  ["repr-digest"] = true, digest = true }
 
 function P.merge_304(stored_headers, headers_304, opts)
   local st, h = stored_headers or EMPTY, headers_304 or EMPTY
