@@ -11,7 +11,7 @@ issue #13, never a CI test (the suite comes from npm, and takes minutes).
 The suite is installed into bench/cache_tests/node_modules by `npm install` (the version
 pinned in bench/cache_tests/package.json) when it is not there yet; CACHE_TESTS_DIR points at
 another copy. luaproxy's config: the cache plugin with its defaults (shared cache, no
-heuristic freshness, no configured stale windows). nginx's: what the suite's own docker
+heuristic freshness, no configured stale windows), passive health checks off (see LP_CONF). nginx's: what the suite's own docker
 image runs (proxy_cache, proxy_cache_revalidate on).
 """
 
@@ -36,7 +36,11 @@ LP_CONF = """\
 return {
   workers = 1,
   listen = { { address = "127.0.0.1:{{port}}" } },
-  upstreams = { o = { targets = { "127.0.0.1:{{origin_port}}" } } },
+  -- The suite closes connections on purpose (stale-if-error checks): passive health checks
+  -- would eject the only target and answer 503 for what follows (nginx never marks its
+  -- only server down), which measures the health checks, not the cache.
+  upstreams = { o = { targets = { "127.0.0.1:{{origin_port}}" },
+                      health = { passive = { failures = 0 } } } },
   cache = { zones = { ct = { memory = "64m" } } },
   routes = { { match = { prefix = "/" }, upstream = "o",
                plugins = { { name = "cache", zone = "ct" } } } },

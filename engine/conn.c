@@ -1176,8 +1176,9 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
             return -1;
     }
     uint64_t length = rh ? rh->content_length : req->resp.local_body_len;
-    if (rh && req->resp.win)
-        length = req->resp.win_len; /* the client's window of a body being stored whole */
+    if (rh && req->resp.win && status != 304)
+        length = req->resp.win_len; /* the client's window of a body being stored whole (a 304
+                                       keeps the length of the representation it describes) */
     req->resp.sent_status = status;
     if (!no_body && !has_length) {
         /* Length unknown (or changed by a body filter): chunks for HTTP/1.1 clients, a close

@@ -7,7 +7,8 @@
 local policy = require "luaproxy.cache.policy"
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
-local format, sub, lower, gsub = string.format, string.sub, string.lower, string.gsub
+local format, sub, lower, gsub, find = string.format, string.sub, string.lower, string.gsub,
+  string.find
 local concat, max = table.concat, math.max
 
 local P = {
@@ -232,7 +233,6 @@ local function multipart(req, st, list, ranges, blen)
   local total = 0
   for _, r in ipairs(ranges) do total = total + r[2] - r[1] + 1 end
   if total >= blen or total > MULTIPART_MAX or st.phase ~= "request" then return false end
-  local boundary = format("lp%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
   local ctype
   local hdrs = {}
   for _, kv in ipairs(list) do
@@ -244,13 +244,22 @@ local function multipart(req, st, list, ranges, blen)
       hdrs[kv[1]] = prev and (prev .. ", " .. kv[2]) or kv[2]
     end
   end
+  local data = {}
+  for i, r in ipairs(ranges) do data[i] = st.zone:read(req, r[1], r[2] - r[1] + 1) end
+  -- A boundary that occurs in no part (RFC 2046 §5.1.1).
+  local boundary
+  repeat
+    boundary = format("lp%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+    for _, d in ipairs(data) do
+      if find(d, boundary, 1, true) then boundary = nil break end
+    end
+  until boundary
   hdrs["Content-Type"] = "multipart/byteranges; boundary=" .. boundary
   local parts = {}
-  for _, r in ipairs(ranges) do
+  for i, r in ipairs(ranges) do
     parts[#parts + 1] = "\r\n--" .. boundary .. "\r\n"
       .. (ctype and ("Content-Type: " .. ctype .. "\r\n") or "")
-      .. format("Content-Range: bytes %d-%d/%d\r\n\r\n", r[1], r[2], blen)
-      .. st.zone:read(req, r[1], r[2] - r[1] + 1)
+      .. format("Content-Range: bytes %d-%d/%d\r\n\r\n", r[1], r[2], blen) .. data[i]
   end
   parts[#parts + 1] = "\r\n--" .. boundary .. "--\r\n"
   req:respond(206, concat(parts), hdrs)
@@ -330,7 +339,8 @@ local function fetch_plan(req, phases_response)
     if t.state ~= "down" then addrs[#addrs + 1] = t.address end
   end
   if #addrs == 0 then return nil end
-  local uconf = proxy.config.upstreams and proxy.config.upstreams[name] or {}
+  local cfg = proxy.config
+  local uconf = cfg and cfg.upstreams and cfg.upstreams[name] or {}
   local tls = uconf.tls
   local plan = { addrs = addrs, tries = math.min(#addrs, (tonumber(uconf.retries) or 1) + 1),
     scheme = tls and "https" or "http", path = req:uri(), retry_on = {} }
@@ -414,6 +424,11 @@ local function refetch(req, conf, st)
   if plan then res, err = fetch(plan, st.rh, conf.background_timeout) end
   if not res then
     proxy.log.warn("cache: full fetch of " .. st.key .. " failed: " .. tostring(err or "no target"))
+    if stale.d and (stale.d.stale_if_error or stale.d.stale_if_disconnected) then
+      z:count("stale")
+      return serve(req, conf, st, stale.meta, stale.headers, stale.blen,
+        { hit = true, detail = "stale-if-error" })
+    end
     req:set_status(502)
     return
   end

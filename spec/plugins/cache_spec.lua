@@ -183,6 +183,28 @@ describe("cache plugin", function()
     assert.equal(body, other.body)
   end)
 
+  it("asks again in full when a 304 carries another ETag, the next target after a refusal", function()
+    T.upstream_targets("app", { "10.0.0.1:80", "10.0.0.2:80" })
+    T.http_mock("^http://10%.0%.0%.1:80/", function() return nil, "connection refused" end)
+    T.http_mock("^http://10%.0%.0%.2:80/", { status = 200, body = "v2-body",
+      headers = { ETag = '"v2"', ["Cache-Control"] = "max-age=60", Date = date(proxy_now()) } })
+    run(nil, { uri = "/f3", upstream = "app" }, fresh("v1-body", { ETag = '"v1"',
+      ["Cache-Control"] = "max-age=0" }))
+    local r = run(nil, { uri = "/f3", upstream = "app" }, { status = 304, addr = "10.0.0.1:80",
+      headers = { ETag = '"v2"', ["Cache-Control"] = "max-age=60", Date = date(proxy_now()) } })
+    assert.equal(200, r.status)
+    assert.equal("v2-body", r.body)
+    assert.equal('"v2"', r.headers["ETag"] or r.headers["etag"])
+    assert.equal(2, #T.http_requests)
+    assert.equal("http://10.0.0.2:80/f3", T.http_requests[2].url)
+    assert.equal("example.com", T.http_requests[2].headers["host"])
+    assert.is_nil(T.http_requests[2].headers["if-none-match"])
+    -- Stored: a hit now.
+    local hit = run(nil, { uri = "/f3", upstream = "app" })
+    assert.equal("v2-body", hit.body)
+    assert.matches("; hit", hit.headers["cache-status"])
+  end)
+
   it("serves stale over the proxy's own 502 after a try got no answer", function()
     run(nil, { uri = "/f6" }, fresh("old", { ["Cache-Control"] = "max-age=1", Age = "5" }))
     local r = run(nil, { uri = "/f6", last_failure = { "reset", nil, "127.0.0.1:9" } },

@@ -1107,6 +1107,8 @@ class CacheRfcTest(H.ProxyTestCase):
         r = self.get(p, {"If-None-Match": '"c"'})
         self.assertEqual((r.status, r.body), (304, b""))
         self.assertEqual(r.header("etag"), '"c"')
+        # A 304's length, when sent, is the representation's (RFC 9110 §8.6), never 0.
+        self.assertIn(r.header("content-length"), (None, "9"))
         seen = self.origin.requests(p)[0]
         self.assertIsNone(seen.header("if-none-match"), "the client's condition went upstream")
         r = self.get(p)
