@@ -388,28 +388,45 @@ local function put_fetched(z, key, sec, rh, res, t0, conf)
     keep_for(meta, conf, now), res.body), rsh, case
 end
 
--- One background refresh per key and worker (stale-while-revalidate): the route's upstream
--- asked again (fetch), its answer stored if it may be.
+-- One background refresh per key (stale-while-revalidate): the route's upstream asked again
+-- (fetch), its answer stored if it may be. Per worker, `refreshing`; across workers, a marker
+-- entry under the key (secondary key REFRESHING, which no lookup makes) while one runs, kept
+-- at most background_timeout and dropped (stored again, already expired) when it ends. The
+-- marker is looked at, then put: two workers may both start within that instant.
 local refreshing = {}
+local REFRESHING = "\0refreshing"
+P._refreshing = refreshing -- specs (another worker is this table emptied)
 
+-- Returns true when the entry this request looked up is still the one it serves (false: it
+-- went while the marker was looked at).
 local function refresh_in_background(req, conf, st, sec)
   local key, z = st.key, st.zone
-  if refreshing[key] then return end
+  if refreshing[key] then return true end
   local plan = fetch_plan(req, false)
-  if not plan then return end
+  if not plan then return true end
+  local busy = z:get(req, key, REFRESHING)
+  -- That get replaced the entry this request serves: look it up again.
+  if not z:get(req, key, sec or "") then return false end
+  if busy then return true end
   local rh = st.rh
   refreshing[key] = true
+  z:put(key, REFRESHING, "", conf.background_timeout)
   local spawned = proxy.spawn(function()
     local t0 = proxy.now()
     local res, err = fetch(plan, rh, conf.background_timeout)
     refreshing[key] = nil
+    z:put(key, REFRESHING, "", -1)
     if not res then
       proxy.log.warn("cache: background refresh of " .. key .. " failed: " .. tostring(err))
       return
     end
     put_fetched(z, key, sec, rh, res, t0, conf)
   end)
-  if not spawned then refreshing[key] = nil end
+  if not spawned then
+    refreshing[key] = nil
+    z:put(key, REFRESHING, "", -1)
+  end
+  return true
 end
 
 -- A 304 whose validator is not the stored response's (RFC 9111 §4.3.4) updates nothing, and
@@ -503,9 +520,11 @@ function P.request(req, conf)
         return serve(req, conf, st, meta, headers, blen, { hit = true, collapsed = waited or nil })
       elseif decision == "stale_while_revalidate" then
         z:count("stale")
-        refresh_in_background(req, conf, st, sec)
-        return serve(req, conf, st, meta, headers, blen,
-          { hit = true, detail = "stale-while-revalidate" })
+        if refresh_in_background(req, conf, st, sec) then
+          return serve(req, conf, st, meta, headers, blen,
+            { hit = true, detail = "stale-while-revalidate" })
+        end
+        -- The entry went (evicted, purged) while the marker was looked at: a miss.
       elseif decision == "revalidate" then
         z:count("expired")
         st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d }
@@ -537,8 +556,9 @@ function P.request(req, conf)
   end
   z:count("miss")
   st.fwd = st.fwd or (waited and "miss" or "miss")
-  -- A GET that may fill the entry asks for the whole representation (a cold Range or
-  -- conditional request is answered 200 in full, and later ones from the entry).
+  -- A GET that may fill the entry asks for the whole representation; the client's Range and
+  -- conditionals are answered from the upstream's 200 (answer_stripped), later ones from the
+  -- entry.
   if method == "GET" then forward_headers(req, st, rh, nil) end
 end
 

@@ -205,6 +205,27 @@ describe("cache plugin", function()
     assert.matches("; hit", hit.headers["cache-status"])
   end)
 
+  it("refreshes a key once at a time, also across workers", function()
+    T.upstream_targets("app", { "10.0.0.2:80" })
+    T.http_mock("^http://10%.0%.0%.2:80/", { status = 200, body = "new",
+      headers = { ["Cache-Control"] = "max-age=60", Date = date(proxy_now()) } })
+    local swr = { ["Cache-Control"] = "max-age=1, stale-while-revalidate=600", Age = "5" }
+    run(nil, { uri = "/swr", upstream = "app" }, fresh("old", swr))
+    -- Another worker's refresh runs: its marker is in the zone.
+    local key = "GET http://example.com/swr"
+    local z = require("proxy").cache.zone("z")
+    z:put(key, "\0refreshing", "", 10)
+    assert.equal("old", run(nil, { uri = "/swr", upstream = "app" }).body)
+    assert.equal(0, #T.http_requests)
+    -- It ended (its marker dropped): this worker refreshes, and drops its own marker after.
+    z:put(key, "\0refreshing", "", -1)
+    assert.equal("old", run(nil, { uri = "/swr", upstream = "app" }).body)
+    assert.equal(1, #T.http_requests)
+    assert.equal("new", run(nil, { uri = "/swr", upstream = "app" }).body)
+    assert.is_nil(cache._refreshing[key])
+    assert.is_nil(z:get(T.request({ phase = "request" }), key, "\0refreshing"))
+  end)
+
   it("serves stale over the proxy's own 502 after a try got no answer", function()
     run(nil, { uri = "/f6" }, fresh("old", { ["Cache-Control"] = "max-age=1", Age = "5" }))
     local r = run(nil, { uri = "/f6", last_failure = { "reset", nil, "127.0.0.1:9" } },
