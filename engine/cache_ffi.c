@@ -10,6 +10,7 @@
 #include "cache_store.h"
 #include "lua_api.h"
 #include "lua_vm.h"
+#include "upstream.h"
 #include "worker.h"
 
 void lp__lua_mark_responded(void);
@@ -450,6 +451,66 @@ int lp_ffi_cache_respond(void *rp, int status, double first, double last)
      * follow still run and see this answer. */
     if (!(r->flags & LP_RF_NO_LUA_RESP))
         lp__lua_mark_responded();
+    return 0;
+}
+
+double lp_ffi_cache_read(void *rp, double first, char *dst, double n)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    const lp_cache_entry_t *e = r->cache.hit;
+    if (!e || first < 0 || n < 0)
+        return LP_FFI_EINVAL;
+    uint64_t len = lp_cache_entry_body_len(e);
+    uint64_t from = (uint64_t)first;
+    if (from >= len)
+        return 0;
+    uint64_t want = len - from < (uint64_t)n ? len - from : (uint64_t)n;
+    const lp_cache_chunk_t *c = lp_cache_entry_chunks(e);
+    while (c && from >= c->len) {
+        from -= c->len;
+        c = c->next;
+    }
+    uint64_t got = 0;
+    for (; c && got < want; c = c->next, from = 0) {
+        size_t k = c->len - (size_t)from;
+        if (k > want - got)
+            k = (size_t)(want - got);
+        memcpy(dst + got, c->data + from, k);
+        got += k;
+    }
+    return (double)got;
+}
+
+double lp_ffi_cache_upstream_length(void *rp)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    if (!r->try.peer || (r->flags & LP_RF_LOCAL))
+        return -1;
+    const lp_h1_t *rh = &r->try.peer->h1;
+    if (!(rh->flags & LP_H1F_LENGTH) || (rh->flags & LP_H1F_CHUNKED))
+        return -1;
+    return (double)rh->content_length;
+}
+
+int lp_ffi_cache_window(void *rp, double first, double n)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    /* The upstream's body, of a length it said, is what the window is cut from. */
+    if (!r->try.peer || (r->flags & LP_RF_LOCAL))
+        return LP_FFI_EINVAL;
+    const lp_h1_t *rh = &r->try.peer->h1;
+    if (!(rh->flags & LP_H1F_LENGTH) || (rh->flags & LP_H1F_CHUNKED) || !(first >= 0) ||
+        !(n >= 0) || first + n > (double)rh->content_length)
+        return LP_FFI_EINVAL;
+    r->resp.win = 1;
+    r->resp.win_skip = (uint64_t)first;
+    r->resp.win_len = (uint64_t)n;
     return 0;
 }
 

@@ -1199,6 +1199,9 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
             return -1;
     }
     uint64_t length = rh ? rh->content_length : req->resp.local_body_len;
+    if (rh && req->resp.win && status != 304)
+        length = req->resp.win_len; /* the client's window of a body being stored whole (a 304
+                                       keeps the length of the representation it describes) */
     req->resp.sent_status = status;
     if (!no_body && !has_length) {
         /* Length unknown (or changed by a body filter): chunks for HTTP/1.1 clients, a close
@@ -1361,6 +1364,23 @@ int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *p
 {
     if (req->cache.fill)
         lp_cache_req_tee(req, at, len); /* the upstream's bytes, before any filter */
+    if (req->resp.win) {
+        /* Only the client's window of what is stored goes on (a cold Range request's slice,
+         * nothing for a 304 answering its conditional). */
+        lp_resp_t *rs = &req->resp;
+        if (rs->win_skip >= len) {
+            rs->win_skip -= len;
+            return LP_OK;
+        }
+        at += rs->win_skip;
+        len -= (size_t)rs->win_skip;
+        rs->win_skip = 0;
+        if (len > rs->win_len)
+            len = (size_t)rs->win_len;
+        rs->win_len -= len;
+        if (!len)
+            return LP_OK;
+    }
     if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
         if (!len)
             return LP_OK;

@@ -420,6 +420,7 @@ int lp__resp_begin(lp_req_t *r)
     r->resp.nheaders = 0;
     r->resp.arena_used = 0;
     r->resp.zip_coding = LP_ZIP_NONE; /* a new answer: its own decision */
+    r->resp.win = 0;                  /* ... and its own body, whole */
     /* A new answer has its own body: a cache hit's entry, set up before (a plugin failing
      * in the hit's response phase), must not go out under the new head's length. */
     lp_cache_req_body_done(r);

@@ -338,7 +338,11 @@ int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
  * marker, a background refresh's answer). respond: the looked-up entry's body (bytes first..last,
  * -1: all) is the answer, with `status` and the headers Lua set. refresh: the looked-up entry gets
  * a new head. purge: mode 0 key (all its variants), 1 prefix, 2 all; returns how many. count:
- * cache_store.h LP_CACHE_C_*. */
+ * cache_store.h LP_CACHE_C_*. read: copies up to n bytes of the looked-up entry's body from
+ * `first` into dst (a multipart/byteranges answer Lua builds); returns how many. window
+ * (response phase, an upstream body of known length): the client gets only bytes first..
+ * first+n-1 of it while the whole is stored (0 bytes: a 304); LP_FFI_EINVAL otherwise.
+ * upstream_length: the upstream body's Content-Length, -1 when it has none (chunked). */
 void *lp_ffi_cache_zone(const char *name, size_t n);
 int lp_ffi_cache_get(void *r, void *zone, const char *key, size_t klen, const char *sec,
                      size_t slen, lp_str_t *head, double *body_len);
@@ -351,6 +355,9 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
 int lp_ffi_cache_respond(void *r, int status, double first, double last);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+double lp_ffi_cache_read(void *r, double first, char *dst, double n);
+int lp_ffi_cache_window(void *r, double first, double n);
+double lp_ffi_cache_upstream_length(void *r);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
 void lp_ffi_cache_count(void *zone, int what);
 

@@ -317,6 +317,12 @@ typedef struct lp_resp_s {
     struct lp_zip_s *zip; /* owned: the body's compressor, NULL: none (freed by lp_req_end) */
     uint8_t zip_coding;   /* LP_ZIP_*: the coding asked for; LP_ZIP_NONE: send as it is */
     uint8_t zip_level;    /* its level (compress.h ranges) */
+    /* The client's window of the upstream's body (the cache plugin storing the whole body
+     * of a cold Range or conditional request: lp_ffi_cache_window): bytes [win_skip,
+     * win_skip + win_len) go to the client, none for a 304. Forgotten by a new answer. */
+    uint8_t win;       /* 1: the window applies */
+    uint64_t win_skip; /* body bytes still to drop before the window */
+    uint64_t win_len;  /* window bytes still to send */
 } lp_resp_t;
 
 /* A request's part in the response cache (engine/cache_ffi.c, cache_store.h): what the

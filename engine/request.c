@@ -36,6 +36,8 @@ static void resp_reset(lp_resp_t *r)
     r->zip = NULL;
     r->zip_coding = 0;
     r->zip_level = 0;
+    r->win = 0;
+    r->win_skip = r->win_len = 0;
 }
 
 static void req_destroy(lp_req_t *req)

@@ -159,6 +159,9 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
 int lp_ffi_cache_respond(void *r, int status, double first, double last);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+double lp_ffi_cache_read(void *r, double first, char *dst, double n);
+int lp_ffi_cache_window(void *r, double first, double n);
+double lp_ffi_cache_upstream_length(void *r);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
 void lp_ffi_cache_count(void *zone, int what);
 ]]

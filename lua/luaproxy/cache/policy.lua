@@ -887,8 +887,12 @@ end
 -- 304 (§3.2, §4.3.4) ----------------------------------------------------------------------------
 
 -- Never updated from a 304: besides what is never stored, Content-Length (the stored body's),
--- Content-Range (of a partial answer) and Vary (the entry's secondary key depends on it).
-local NOT_UPDATED = { ["content-length"] = true, ["content-range"] = true, vary = true }
+-- Content-Range (of a partial answer), Vary (the entry's secondary key depends on it), and the
+-- fields that describe the stored bytes themselves, which a 304 cannot change: their coding and
+-- digests (§3.2 lets a cache keep these for the integrity of what it stores).
+local NOT_UPDATED = { ["content-length"] = true, ["content-range"] = true, vary = true,
+  ["content-encoding"] = true, ["content-md5"] = true, ["content-digest"] = true,
+  ["repr-digest"] = true, digest = true }
 
 function P.merge_304(stored_headers, headers_304, opts)
   local st, h = stored_headers or EMPTY, headers_304 or EMPTY
@@ -952,8 +956,8 @@ local function coalesce(ranges)
   local out = { ranges[1] }
   for i = 2, #ranges do
     local last, r = out[#out], ranges[i]
-    -- Overlapping, adjacent or separated by less than a part header's worth of bytes.
-    if r[1] <= last[2] + 80 then
+    -- Overlapping or adjacent (a gap, however small, is a part of its own: what was asked).
+    if r[1] <= last[2] + 1 then
       if r[2] > last[2] then last[2] = r[2] end
     else
       out[#out + 1] = r
