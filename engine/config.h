@@ -253,6 +253,7 @@ typedef struct {
     struct lp_cache_zone_s **cache_zones; /* owned array of ncache_zones references */
     size_t *cache_memory;                 /* owned: each zone's byte budget */
     size_t *cache_max_object;             /* owned: each zone's max_object_size */
+    size_t *cache_disk_size;              /* owned: each zone's disk budget (0: no disk) */
     size_t ncache_zones;
     lp_metrics_conf_t metrics; /* the `metrics` section */
     lp_trace_conf_t tracing;   /* `tracing` */

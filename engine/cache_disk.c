@@ -1,0 +1,596 @@
+/* The response cache's disk tier: file format, and the zone's disk thread (cache_disk.h). */
+#include "cache_disk.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "cache_store_int.h"
+#include "log.h"
+
+/* ---- format ---- */
+
+static uint32_t crc(uint32_t c, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    while (n) {
+        uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        c = (uint32_t)crc32(c, b, k);
+        b += k;
+        n -= k;
+    }
+    return c;
+}
+
+uint64_t lp_cdisk_file_size(const lp_cdisk_hdr_t *h)
+{
+    return sizeof(*h) + (uint64_t)h->klen + h->slen + h->hlen + h->body_len;
+}
+
+int lp_cdisk_hdr_check(const lp_cdisk_hdr_t *h)
+{
+    if (h->magic != LP_CDISK_MAGIC || h->version != LP_CDISK_VERSION || h->pad != 0)
+        return -1;
+    if (h->klen > LP_CACHE_MAX_KEY || h->slen > LP_CACHE_MAX_KEY || h->hlen > (1u << 24) ||
+        h->body_len > ((uint64_t)1 << 40))
+        return -1;
+    return 0;
+}
+
+uint32_t lp_cdisk_meta_crc(const lp_cdisk_hdr_t *h, const char *meta)
+{
+    lp_cdisk_hdr_t z = *h;
+    z.meta_crc = 0;
+    uint32_t c = crc((uint32_t)crc32(0, Z_NULL, 0), &z, sizeof(z));
+    return crc(c, meta, (size_t)h->klen + h->slen + h->hlen);
+}
+
+size_t lp_cdisk_path(char *out, size_t room, const char *root, uint64_t fid)
+{
+    int n = snprintf(out, room, "%s/%02x/%02x/%016llx", root, (unsigned)(fid >> 56),
+                     (unsigned)((fid >> 48) & 0xff), (unsigned long long)fid);
+    return n < 0 ? room : (size_t)n;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *b = p;
+    while (n) {
+        ssize_t k = write(fd, b, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return k < 0 ? errno : EIO;
+        b += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int mkdirs(const char *path)
+{
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n >= sizeof(buf))
+        return ENAMETOOLONG;
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != 0)
+            continue;
+        char c = buf[i];
+        buf[i] = 0;
+        if (mkdir(buf, 0700) && errno != EEXIST)
+            return errno;
+        buf[i] = c;
+    }
+    return 0;
+}
+
+int lp_cdisk_write(const char *root, uint64_t fid, lp_cdisk_hdr_t *h, const char *key,
+                   const char *sec, const char *head, const lp_cache_chunk_t *chunks)
+{
+    char path[4096], tmp[4100];
+    if (lp_cdisk_path(path, sizeof(path), root, fid) >= sizeof(path))
+        return ENAMETOOLONG;
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    h->magic = LP_CDISK_MAGIC;
+    h->version = LP_CDISK_VERSION;
+    h->pad = 0;
+    uint32_t bc = (uint32_t)crc32(0, Z_NULL, 0);
+    for (const lp_cache_chunk_t *c = chunks; c; c = c->next)
+        bc = crc(bc, c->data, c->len);
+    h->body_crc = bc;
+    h->meta_crc = 0;
+    uint32_t mc = crc((uint32_t)crc32(0, Z_NULL, 0), h, sizeof(*h));
+    mc = crc(mc, key, h->klen);
+    mc = crc(mc, sec, h->slen);
+    h->meta_crc = crc(mc, head, h->hlen);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == ENOENT) {
+        char dir[4096];
+        memcpy(dir, path, strlen(path) + 1);
+        *strrchr(dir, '/') = 0;
+        int rc = mkdirs(dir);
+        if (rc)
+            return rc;
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    }
+    if (fd < 0)
+        return errno;
+    int rc = write_all(fd, h, sizeof(*h));
+    if (!rc)
+        rc = write_all(fd, key, h->klen);
+    if (!rc)
+        rc = write_all(fd, sec, h->slen);
+    if (!rc)
+        rc = write_all(fd, head, h->hlen);
+    for (const lp_cache_chunk_t *c = chunks; c && !rc; c = c->next)
+        rc = write_all(fd, c->data, c->len);
+    /* No fsync: a file cut short by a power loss is refused by its size or CRC, as any other
+     * damage is; the cost of a sync per entry is not worth a cache's content. */
+    if (close(fd) && !rc)
+        rc = errno;
+    if (!rc && rename(tmp, path))
+        rc = errno;
+    if (rc)
+        unlink(tmp);
+    return rc;
+}
+
+static int read_all(int fd, void *p, size_t n, uint64_t off)
+{
+    char *b = p;
+    while (n) {
+        ssize_t k = pread(fd, b, n, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        b += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return 0;
+}
+
+const char *lp_cdisk_read_meta(int fd, lp_cdisk_hdr_t *h, char **meta)
+{
+    *meta = NULL;
+    struct stat st;
+    if (fstat(fd, &st))
+        return "cannot stat";
+    if (read_all(fd, h, sizeof(*h), 0))
+        return "truncated header";
+    if (lp_cdisk_hdr_check(h))
+        return "bad header";
+    if ((uint64_t)st.st_size != lp_cdisk_file_size(h))
+        return "size differs from its header (truncated or changed)";
+    size_t n = (size_t)h->klen + h->slen + h->hlen;
+    char *m = malloc(n ? n : 1);
+    if (!m)
+        return "out of memory";
+    if (read_all(fd, m, n, sizeof(*h))) {
+        free(m);
+        return "truncated";
+    }
+    if (lp_cdisk_meta_crc(h, m) != h->meta_crc) {
+        free(m);
+        return "header checksum mismatch";
+    }
+    *meta = m;
+    return NULL;
+}
+
+void lp_cdisk_chunks_free(lp_cache_chunk_t *c)
+{
+    while (c) {
+        lp_cache_chunk_t *n = c->next;
+        free(c);
+        c = n;
+    }
+}
+
+const char *lp_cdisk_read_body(int fd, const lp_cdisk_hdr_t *h, lp_cache_chunk_t **chunks)
+{
+    *chunks = NULL;
+    lp_cache_chunk_t **tail = chunks;
+    uint64_t off = sizeof(*h) + (uint64_t)h->klen + h->slen + h->hlen;
+    uint64_t left = h->body_len;
+    uint32_t c = (uint32_t)crc32(0, Z_NULL, 0);
+    while (left) {
+        size_t want = left < LP_CACHE_CHUNK ? (size_t)left : LP_CACHE_CHUNK;
+        lp_cache_chunk_t *k = malloc(sizeof(*k) + want);
+        if (!k) {
+            lp_cdisk_chunks_free(*chunks);
+            *chunks = NULL;
+            return "out of memory";
+        }
+        k->next = NULL;
+        k->cap = k->len = want;
+        *tail = k;
+        tail = &k->next;
+        if (read_all(fd, k->data, want, off)) {
+            lp_cdisk_chunks_free(*chunks);
+            *chunks = NULL;
+            return "truncated body";
+        }
+        c = crc(c, k->data, want);
+        off += want;
+        left -= want;
+    }
+    if (c != h->body_crc) {
+        lp_cdisk_chunks_free(*chunks);
+        *chunks = NULL;
+        return "body checksum mismatch";
+    }
+    return NULL;
+}
+
+/* ---- the disk thread ---- */
+
+enum { JOB_WRITE, JOB_DELETE, JOB_PURGE };
+
+typedef struct job_s {
+    struct job_s *next; /* owned by the queue: the next job */
+    int kind;
+    lp_cache_entry_t *e; /* reference (JOB_WRITE) */
+    uint64_t fid;        /* JOB_DELETE */
+    int mode;            /* JOB_PURGE */
+    size_t klen;
+    char key[]; /* JOB_PURGE's key */
+} job_t;
+
+/* Writes beyond this many queued are skipped (the entry stays in memory only): a disk slower
+ * than the traffic must not pin an unbounded number of evicted entries. */
+#define MAX_QUEUED_WRITES 4096
+
+/* One per zone with a disk. `mu` guards the queue and `stop`; the thread takes the zone's
+ * lock on its own (never while holding `mu`). */
+struct lp_cdisk_s {
+    lp_cache_zone_t *zone; /* borrowed: the zone owns this */
+    char *root;            /* owned */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    job_t *head;       /* owned: FIFO */
+    job_t **tail;      /* borrowed: where the next job goes */
+    size_t writes;     /* JOB_WRITEs queued (mu) */
+    int stop;          /* the zone goes: finish the queue, then end (mu) */
+    atomic_int loaded; /* the scan is over */
+    int last_errno;    /* the last write error logged (disk thread only): one line per
+                          change, not one per entry, when the disk is full */
+    uint64_t skipped;  /* writes skipped over MAX_QUEUED_WRITES (mu) */
+};
+
+static void enqueue(lp_cdisk_t *d, job_t *j)
+{
+    j->next = NULL;
+    pthread_mutex_lock(&d->mu);
+    *d->tail = j;
+    d->tail = &j->next;
+    if (j->kind == JOB_WRITE)
+        d->writes++;
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+void lp_cdisk_queue_write(lp_cdisk_t *d, lp_cache_entry_t *e)
+{
+    pthread_mutex_lock(&d->mu);
+    int full = d->writes >= MAX_QUEUED_WRITES;
+    if (full)
+        d->skipped++;
+    pthread_mutex_unlock(&d->mu);
+    job_t *j = full ? NULL : calloc(1, sizeof(*j));
+    if (!j)
+        return; /* stays in memory only */
+    j->kind = JOB_WRITE;
+    j->e = lp_cache_entry_ref(e);
+    enqueue(d, j);
+}
+
+void lp_cdisk_queue_delete(lp_cdisk_t *d, uint64_t fid)
+{
+    job_t *j = calloc(1, sizeof(*j));
+    if (!j) {
+        lp_log(LP_LOG_ERROR, "cache zone %s: out of memory: file %016llx not deleted",
+               d->zone->name, (unsigned long long)fid);
+        return;
+    }
+    j->kind = JOB_DELETE;
+    j->fid = fid;
+    enqueue(d, j);
+}
+
+void lp_cdisk_queue_purge(lp_cdisk_t *d, int mode, const char *key, size_t klen)
+{
+    job_t *j = calloc(1, sizeof(*j) + klen + 1);
+    if (!j)
+        return;
+    j->kind = JOB_PURGE;
+    j->mode = mode;
+    j->klen = klen;
+    if (klen)
+        memcpy(j->key, key, klen);
+    enqueue(d, j);
+}
+
+int lp_cdisk_loaded(const lp_cdisk_t *d)
+{
+    return atomic_load(&d->loaded);
+}
+
+const char *lp_cdisk_root(const lp_cdisk_t *d)
+{
+    return d->root;
+}
+
+static void delete_file(lp_cdisk_t *d, uint64_t fid)
+{
+    char path[4096];
+    if (lp_cdisk_path(path, sizeof(path), d->root, fid) < sizeof(path) && unlink(path) &&
+        errno != ENOENT)
+        lp_log(LP_LOG_WARN, "cache zone %s: cannot delete %s: %s", d->zone->name, path,
+               strerror(errno));
+}
+
+static void do_write(lp_cdisk_t *d, lp_cache_entry_t *e)
+{
+    lp_cache_zone_t *z = d->zone;
+    lp_cdisk_hdr_t h;
+    memset(&h, 0, sizeof(h));
+    char *head = NULL;
+    pthread_mutex_lock(&z->lock);
+    int linked = e->linked;
+    if (linked && (head = malloc(e->hlen ? e->hlen : 1))) {
+        memcpy(head, e->head, e->hlen);
+        h.hlen = (uint32_t)e->hlen;
+        h.stamp = e->stamp;
+        h.keep_until = e->keep_until;
+    }
+    pthread_mutex_unlock(&z->lock);
+    if (!head) {
+        lp_cache_entry_unref(e);
+        return; /* gone before its turn (evicted, purged, replaced): nothing to write */
+    }
+    h.klen = (uint32_t)e->klen;
+    h.slen = (uint32_t)e->slen;
+    h.body_len = e->body_len;
+    int rc = lp_cdisk_write(d->root, e->fid, &h, e->key, e->sec, head, e->chunks);
+    free(head);
+    if (rc) {
+        if (rc != d->last_errno)
+            lp_log(LP_LOG_ERROR,
+                   "cache zone %s: cannot write an entry under %s: %s (it stays in memory "
+                   "only; the proxy goes on)",
+                   z->name, d->root, strerror(rc));
+        d->last_errno = rc;
+        lp_cache_entry_unref(e);
+        return;
+    }
+    if (d->last_errno)
+        lp_log(LP_LOG_NOTICE, "cache zone %s: writing under %s works again", z->name, d->root);
+    d->last_errno = 0;
+    lp_cache_entry_t *dead = NULL;
+    int remove = 0;
+    pthread_mutex_lock(&z->lock);
+    if (e->linked && e->stamp == h.stamp) {
+        lp__cache_on_disk(z, e, lp_cdisk_file_size(&h));
+        lp__cache_evict(z, &dead);
+    } else if (!e->linked) {
+        /* Unlinked while being written: the file must not outlive it (a later write of the
+         * same keys is queued after this job, so it is not this file's). */
+        remove = 1;
+    }
+    pthread_mutex_unlock(&z->lock);
+    lp__cache_drop_dead(dead);
+    if (remove)
+        delete_file(d, e->fid);
+    lp_cache_entry_unref(e);
+}
+
+static int parse_hex(const char *s, size_t n, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        int x = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (x < 0)
+            return -1;
+        v = v << 4 | (uint64_t)x;
+    }
+    *out = v;
+    return 0;
+}
+
+static int stopping(lp_cdisk_t *d)
+{
+    pthread_mutex_lock(&d->mu);
+    int s = d->stop;
+    pthread_mutex_unlock(&d->mu);
+    return s;
+}
+
+/* One file met by the scan: indexed as a disk-only entry, or deleted (damaged, expired, a
+ * leftover temp file). */
+static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double now,
+                      size_t *nindexed, size_t *ndropped)
+{
+    size_t nl = strlen(name);
+    if (nl > 4 && strcmp(name + nl - 4, ".tmp") == 0) {
+        unlink(path); /* a write cut short by a crash */
+        return;
+    }
+    uint64_t fid;
+    if (nl != 16 || parse_hex(name, 16, &fid))
+        return; /* not ours: left alone */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    lp_cdisk_hdr_t h;
+    char *meta;
+    const char *err = lp_cdisk_read_meta(fd, &h, &meta);
+    close(fd);
+    if (!err && lp__cache_fid(meta, h.klen, meta + h.klen, h.slen) != fid)
+        err = "its name is not its key's";
+    if (!err && h.keep_until < now)
+        err = NULL, h.keep_until = -1;
+    if (err || h.keep_until < 0) {
+        if (err)
+            lp_log(LP_LOG_WARN, "cache zone %s: dropped %s: %s", d->zone->name, path, err);
+        free(meta);
+        unlink(path);
+        (*ndropped)++;
+        return;
+    }
+    lp_cache_zone_t *z = d->zone;
+    lp_cache_entry_t *e =
+        lp__cache_stub_new(meta, h.klen, meta + h.klen, h.slen, meta + h.klen + h.slen, h.hlen,
+                           h.body_len, h.keep_until);
+    free(meta);
+    if (!e)
+        return;
+    e->fid = fid;
+    e->stamp = h.stamp;
+    lp_cache_entry_t *dead = NULL;
+    pthread_mutex_lock(&z->lock);
+    if (lp__cache_find(z, e->hash, e->key, e->klen, e->sec, e->slen)) {
+        /* Stored since the start: that entry is newer, its write (queued after this scan)
+         * replaces the file. */
+        pthread_mutex_unlock(&z->lock);
+        lp__cache_entry_free(e);
+        return;
+    }
+    lp__cache_link(z, e);
+    lp__cache_on_disk(z, e, lp_cdisk_file_size(&h));
+    lp__cache_evict(z, &dead);
+    pthread_mutex_unlock(&z->lock);
+    lp__cache_drop_dead(dead);
+    (*nindexed)++;
+}
+
+static void scan(lp_cdisk_t *d)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    double now = (double)rt.tv_sec + (double)rt.tv_nsec / 1e9;
+    size_t nindexed = 0, ndropped = 0;
+    char p1[4096], p2[4096], p3[4096];
+    DIR *top = opendir(d->root);
+    struct dirent *a, *b, *c;
+    while (top && (a = readdir(top)) && !stopping(d)) {
+        if (strlen(a->d_name) != 2 || a->d_name[0] == '.')
+            continue;
+        snprintf(p1, sizeof(p1), "%s/%s", d->root, a->d_name);
+        DIR *mid = opendir(p1);
+        while (mid && (b = readdir(mid))) {
+            if (strlen(b->d_name) != 2 || b->d_name[0] == '.')
+                continue;
+            snprintf(p2, sizeof(p2), "%s/%s", p1, b->d_name);
+            DIR *leaf = opendir(p2);
+            while (leaf && (c = readdir(leaf))) {
+                if (c->d_name[0] == '.')
+                    continue;
+                snprintf(p3, sizeof(p3), "%s/%s", p2, c->d_name);
+                scan_file(d, p3, c->d_name, now, &nindexed, &ndropped);
+            }
+            if (leaf)
+                closedir(leaf);
+        }
+        if (mid)
+            closedir(mid);
+    }
+    if (top)
+        closedir(top);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    lp_log(LP_LOG_INFO, "cache zone %s: loaded %zu entries from %s in %.0f ms (%zu dropped)",
+           d->zone->name, nindexed, d->root, ms, ndropped);
+    atomic_store(&d->loaded, 1);
+}
+
+static void *disk_main(void *arg)
+{
+    lp_cdisk_t *d = arg;
+    scan(d);
+    for (;;) {
+        pthread_mutex_lock(&d->mu);
+        while (!d->head && !d->stop)
+            pthread_cond_wait(&d->cv, &d->mu);
+        job_t *j = d->head;
+        if (!j) {
+            pthread_mutex_unlock(&d->mu);
+            break; /* stopping, and nothing is left */
+        }
+        d->head = j->next;
+        if (!d->head)
+            d->tail = &d->head;
+        if (j->kind == JOB_WRITE)
+            d->writes--;
+        pthread_mutex_unlock(&d->mu);
+        if (j->kind == JOB_WRITE)
+            do_write(d, j->e);
+        else if (j->kind == JOB_DELETE)
+            delete_file(d, j->fid);
+        else
+            lp_cache_purge(d->zone, j->mode, j->key, j->klen);
+        free(j);
+    }
+    return NULL;
+}
+
+lp_cdisk_t *lp_cdisk_start(lp_cache_zone_t *z, const char *root)
+{
+    lp_cdisk_t *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    d->zone = z;
+    d->tail = &d->head;
+    if (!(d->root = strdup(root))) {
+        free(d);
+        return NULL;
+    }
+    size_t n = strlen(d->root);
+    while (n > 1 && d->root[n - 1] == '/')
+        d->root[--n] = 0;
+    int rc = mkdirs(d->root);
+    if (rc)
+        lp_log(LP_LOG_ERROR,
+               "cache zone %s: cannot make %s: %s (entries stay in memory only until it can "
+               "be written)",
+               z->name, d->root, strerror(rc));
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
+    if (pthread_create(&d->thread, NULL, disk_main, d)) {
+        pthread_mutex_destroy(&d->mu);
+        pthread_cond_destroy(&d->cv);
+        free(d->root);
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void lp_cdisk_stop(lp_cdisk_t *d)
+{
+    if (!d)
+        return;
+    pthread_mutex_lock(&d->mu);
+    d->stop = 1;
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    pthread_join(d->thread, NULL);
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cv);
+    free(d->root);
+    free(d);
+}
