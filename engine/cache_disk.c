@@ -293,6 +293,7 @@ void lp_cdisk_queue_write(lp_cdisk_t *d, lp_cache_entry_t *e)
         return; /* stays in memory only */
     j->kind = JOB_WRITE;
     j->e = lp_cache_entry_ref(e);
+    e->writing++;
     enqueue(d, j);
 }
 
@@ -341,21 +342,37 @@ static void delete_file(lp_cdisk_t *d, uint64_t fid)
                strerror(errno));
 }
 
+/* Under the zone lock: the linked entry this write is for: e itself, or the disk-only entry
+ * that replaced it when memory pushed it out before the write was done (same stamp). */
+static lp_cache_entry_t *write_target(lp_cache_zone_t *z, lp_cache_entry_t *e, uint64_t stamp)
+{
+    if (e->linked)
+        return e->stamp == stamp ? e : NULL;
+    lp_cache_entry_t *s = lp__cache_find(z, e->hash, e->key, e->klen, e->sec, e->slen);
+    return s && !s->resident && s->stamp == stamp ? s : NULL;
+}
+
 static void do_write(lp_cdisk_t *d, lp_cache_entry_t *e)
 {
     lp_cache_zone_t *z = d->zone;
     lp_cdisk_hdr_t h;
     memset(&h, 0, sizeof(h));
     char *head = NULL;
+    lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
-    int linked = e->linked;
-    if (linked && (head = malloc(e->hlen ? e->hlen : 1))) {
+    lp_cache_entry_t *t = write_target(z, e, e->stamp);
+    if (t && (head = malloc(e->hlen ? e->hlen : 1))) {
         memcpy(head, e->head, e->hlen);
         h.hlen = (uint32_t)e->hlen;
         h.stamp = e->stamp;
         h.keep_until = e->keep_until;
+    } else {
+        e->writing--;
+        if (t && t != e) /* out of memory: the stub would point at nothing */
+            lp__cache_unlink(z, t, &dead);
     }
     pthread_mutex_unlock(&z->lock);
+    lp__cache_drop_dead(dead);
     if (!head) {
         lp_cache_entry_unref(e);
         return; /* gone before its turn (evicted, purged, replaced): nothing to write */
@@ -372,20 +389,22 @@ static void do_write(lp_cdisk_t *d, lp_cache_entry_t *e)
                    "only; the proxy goes on)",
                    z->name, d->root, strerror(rc));
         d->last_errno = rc;
-        lp_cache_entry_unref(e);
-        return;
-    }
-    if (d->last_errno)
+    } else if (d->last_errno) {
         lp_log(LP_LOG_NOTICE, "cache zone %s: writing under %s works again", z->name, d->root);
-    d->last_errno = 0;
-    lp_cache_entry_t *dead = NULL;
+        d->last_errno = 0;
+    }
     int remove = 0;
     pthread_mutex_lock(&z->lock);
-    if (e->linked && e->stamp == h.stamp) {
-        lp__cache_on_disk(z, e, lp_cdisk_file_size(&h));
+    e->writing--;
+    t = write_target(z, e, h.stamp);
+    if (rc) {
+        if (t && t != e)
+            lp__cache_unlink(z, t, &dead); /* a disk-only entry without its file */
+    } else if (t) {
+        lp__cache_on_disk(z, t, lp_cdisk_file_size(&h));
         lp__cache_evict(z, &dead);
     } else if (!e->linked) {
-        /* Unlinked while being written: the file must not outlive it (a later write of the
+        /* Dropped while being written: the file must not outlive it (a later write of the
          * same keys is queued after this job, so it is not this file's). */
         remove = 1;
     }

@@ -283,7 +283,7 @@ static void evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)
 {
     while (z->used + z->filling > z->capacity && !lp_list_empty(&z->lru)) {
         lp_cache_entry_t *e = LP_CONTAINER_OF(z->lru.prev, lp_cache_entry_t, lru);
-        if (!e->on_disk || demote(z, e, dead))
+        if (!(e->on_disk || e->writing) || demote(z, e, dead))
             unlink_entry(z, e, dead);
         atomic_fetch_add_explicit(&z->counts[LP_CACHE_C_EVICTED], 1, memory_order_relaxed);
     }
@@ -546,6 +546,8 @@ lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen,
             continue;
         if (e->keep_until < now) {
             unlink_entry(z, e, &dead);
+        } else if (!e->resident && !e->on_disk) {
+            /* pushed out of memory before its file was written: a miss until it is */
         } else {
             found = lp_cache_entry_ref(e);
             if (e->resident) {

@@ -41,6 +41,8 @@ struct lp_cache_entry_s {
     uint64_t stamp;   /* which write of that file holds this content (zone lock): a file
                          read back must carry it, or it was replaced meanwhile */
     uint64_t dsize;   /* file bytes charged to the disk budget while on_disk */
+    uint32_t writing; /* writes of it queued and not done (zone lock): an entry pushed out of
+                         memory meanwhile stays indexed (demoted), its file on the way */
     lp_list_t dlru;   /* in zone->dlru while on_disk (zone lock) */
 };
 

@@ -331,15 +331,16 @@ int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
 /* The response cache (engine/cache_ffi.c, cache_store.h; lua/luaproxy/cache.lua). zone: the
  * zone named so (NULL: none). get: 1 with the entry's head in *head (this thread's scratch,
  * valid until the next get) and its body length, the entry kept by the request for respond and
- * refresh; 0 none; 2 the entry is on disk only and is being read back with the task parked:
- * wait, then get again (it answers 1 or 0 then). lock: 1 the request holds the key's lock
- * (coalescing), 0 another fill holds it (wait on locked, then get again). store (response phase):
- * the upstream body is gathered as it streams and linked when complete, kept `keep` seconds. put:
- * an entry stored now (a Vary marker, a background refresh's answer). respond: the looked-up
- * entry's body (bytes first..last, -1: all) is the answer, with `status` and the headers Lua set.
- * refresh: the looked-up entry gets a new head. purge: mode 0 key (all its variants), 1 prefix, 2
- * all; returns how many. count: cache_store.h LP_CACHE_C_*. */
+ * refresh; 0 none. lock: 1 the request holds the key's lock (coalescing), 0 another fill holds
+ * it (wait on locked, then get again). store (response phase): the upstream body is gathered
+ * as it streams and linked when complete, kept `keep` seconds. put: an entry stored now (a Vary
+ * marker, a background refresh's answer). respond: the looked-up entry's body (bytes first..last,
+ * -1: all) is the answer, with `status` and the headers Lua set. refresh: the looked-up entry gets
+ * a new head. purge: mode 0 key (all its variants), 1 prefix, 2 all; returns how many. count:
+ * cache_store.h LP_CACHE_C_*. */
 void *lp_ffi_cache_zone(const char *name, size_t n);
+/* get on a zone with a disk tier may also answer 2: the entry is on disk only and is being
+ * read back with the task parked; wait, then get again (it answers 1 or 0 then). */
 int lp_ffi_cache_get(void *r, void *zone, const char *key, size_t klen, const char *sec,
                      size_t slen, lp_str_t *head, double *body_len);
 int lp_ffi_cache_lock(void *r, void *zone, const char *key, size_t klen, double timeout);
