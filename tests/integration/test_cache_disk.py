@@ -208,6 +208,38 @@ class CacheDiskTest(H.ProxyTestCase):
             self.assertTrue(self.hit(r))
             self.assertEqual(self.origin.count(p + "/%d" % i), 1)
 
+    def test_stale_disk_entry_revalidated_after_restart(self):
+        # An entry read back from disk is what the plugin sees of any entry: a stale one is
+        # revalidated (If-None-Match), the 304 refreshes it (its file is written again), and
+        # the body served is the stored one.
+        root = self.root()
+        p = self.path()
+        seen = []
+
+        def origin(req, n):
+            seen.append(req.header("if-none-match"))
+            if req.header("if-none-match") == '"v1"':
+                return (b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n"
+                        b"Cache-Control: max-age=3600\r\nContent-Length: 0\r\n\r\n")
+            return H.simple_response(200, b"stored-body-%d" % n,
+                                     [("Cache-Control", "max-age=0"), ("ETag", '"v1"')])
+        self.origin.script(p, origin)
+        a = self.start(root)
+        self.assertEqual(self.get(a, p).body, b"stored-body-1")
+        self.wait_disk_entries(a, 1)
+        a.stop()
+        b = self.start(root)
+        r = self.get(b, p)
+        self.assertEqual((r.status, r.body), (200, b"stored-body-1"))
+        self.assertEqual(seen, [None, '"v1"'])
+        b.stop()
+        # The refreshed head (fresh for an hour) was written: a third process serves a hit.
+        c = self.start(root)
+        r = self.get(c, p)
+        self.assertEqual(r.body, b"stored-body-1")
+        self.assertTrue(self.hit(r), r.header("cache-status"))
+        self.assertEqual(len(seen), 2)
+
     # ------------------------------------------------------------------ damaged files
 
     def test_corrupt_truncated_vanished_files_dropped_under_running_proxy(self):
