@@ -1142,7 +1142,7 @@ static void read_cache(rctx_t *r)
             continue;
         }
         c->cache_zones[c->ncache_zones] = z;
-        if (push_table(L, "disk")) {
+        if (lp_config_cache_disk && push_table(L, "disk")) {
             read_cache_disk(r, z, &c->cache_disk_size[c->ncache_zones]);
             lua_pop(L, 1);
         }
@@ -1400,6 +1400,7 @@ static int encode_for_workers(lua_State *L, lp_config_t *c)
 }
 
 int lp_config_admin_json = 1;
+int lp_config_cache_disk = 0;
 
 int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen)
 {
