@@ -540,6 +540,7 @@ static void scan(lp_cdisk_t *d)
 static void *disk_main(void *arg)
 {
     lp_cdisk_t *d = arg;
+    pthread_setname_np(pthread_self(), "lp-cachedisk"); /* for top -H, gdb */
     scan(d);
     for (;;) {
         pthread_mutex_lock(&d->mu);
