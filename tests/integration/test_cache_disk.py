@@ -240,6 +240,38 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertTrue(self.hit(r), r.header("cache-status"))
         self.assertEqual(len(seen), 2)
 
+    def test_concurrent_disk_hits_on_one_key(self):
+        # Read-backs of one file at once on both workers: each request is answered whole from
+        # a checked copy; one of them is promoted, the others' copies go with their requests.
+        root = self.root()
+        p = self.path()
+        body = H.large_body(1024 * 1024 + 7)
+        self.origin.script(p, lambda req, n: fresh(body))
+        a = self.start(root)
+        self.get(a, p)
+        self.wait_disk_entries(a, 1)
+        a.stop()
+        b = self.start(root)
+        results = []
+
+        def one():
+            try:
+                r = H.get(b.port, p, host="a.test", timeout=H.T(30))
+                results.append((r.status, r.body == body, self.hit(r)))
+            except Exception as e:  # noqa: BLE001 - reported below
+                results.append(repr(e))
+        threads = [threading.Thread(target=one) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(60))
+        self.assertEqual(results, [(200, True, True)] * 20)
+        self.assertEqual(self.origin.count(p), 1)
+        d = self.disk(b)
+        self.assertGreaterEqual(d["loaded"], 1)
+        self.assertEqual(d["dropped"], 0)
+        self.assertEqual(self.zone(b)["entries"], 1)
+
     # ------------------------------------------------------------------ damaged files
 
     def test_corrupt_truncated_vanished_files_dropped_under_running_proxy(self):
