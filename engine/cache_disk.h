@@ -64,6 +64,9 @@ const char *lp_cdisk_read_meta(int fd, lp_cdisk_hdr_t *h, char **meta);
 const char *lp_cdisk_read_body(int fd, const lp_cdisk_hdr_t *h, lp_cache_chunk_t **chunks);
 void lp_cdisk_chunks_free(lp_cache_chunk_t *c);
 
+/* mkdir -p: 0, or an errno. */
+int lp_cdisk_mkdirs(const char *path);
+
 /* ---- the zone's disk thread ---- */
 /* Starts the thread for zone z over root (made when missing), whose first job is the scan
  * that rebuilds the index from the files there (the zone serves misses meanwhile). NULL

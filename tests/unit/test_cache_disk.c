@@ -1,4 +1,4 @@
-/* engine/cache_disk.c: the entry file format (write, read back, every damage refused: a flipped
+/* engine/cache_disk.c and cache_disk_file.c: the entry file format (write, read back, every damage refused: a flipped
  * byte in the head or the body, a truncated file, a wrong magic), the path layout, and the
  * index: a zone's entries written to its directory, found again (on disk only) by a new zone
  * over the same directory, the disk budget, purge deleting files, and memory eviction
