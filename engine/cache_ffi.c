@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cache_disk_hit.h"
 #include "cache_req.h"
 #include "cache_store.h"
 #include "lua_api.h"
@@ -92,6 +93,8 @@ void lp_cache_req_end(lp_req_t *req)
     lp_cache_entry_unref(rc->hit);
     rc->hit = NULL;
     rc->hit_zone = NULL;
+    lp_cache_entry_unref(rc->loaded);
+    rc->loaded = NULL;
     lp_cache_req_body_done(req);
 }
 
@@ -306,6 +309,30 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     lp_req_cache_t *rc = &r->cache;
     lp_cache_entry_unref(rc->hit);
     rc->hit = lp_cache_get(zone, key, klen, sec, slen, real_now());
+    if (rc->hit && !lp_cache_entry_resident(rc->hit)) {
+        /* On disk only: read back first (the task waits), then asked again (cache.lua). */
+        lp_cache_entry_t *stub = rc->hit;
+        rc->hit = NULL;
+        int again = 0;
+        if (rc->load_done) {
+            lp_cache_entry_t *e = rc->loaded;
+            rc->loaded = NULL;
+            rc->load_done = 0;
+            if (e && lp_cache_entry_same(e, key, klen, sec, slen))
+                rc->hit = e;
+            else
+                lp_cache_entry_unref(e);
+        } else {
+            again = lp_cache_disk_load(r, zone, stub) == 0;
+        }
+        lp_cache_entry_unref(stub);
+        if (again)
+            return 2;
+    } else if (rc->load_done) {
+        lp_cache_entry_unref(rc->loaded); /* promoted meanwhile: the lookup found it */
+        rc->loaded = NULL;
+        rc->load_done = 0;
+    }
     rc->hit_zone = rc->hit ? zone : NULL;
     if (!rc->hit)
         return 0;

@@ -33,6 +33,7 @@
 #include "lua_vm.h"
 #include "shdict.h"
 #include "cache_store.h"
+#include "log.h"
 #include "route.h"
 #include "rtable.h"
 #include "tls.h"
@@ -1076,6 +1077,37 @@ void lp_config_apply_shared(const lp_config_t *c)
             lp_shdict_resize(c->shdicts[i], c->shdict_sizes[i]);
     for (size_t i = 0; i < c->ncache_zones; i++)
         lp_cache_zone_resize(c->cache_zones[i], c->cache_memory[i], c->cache_max_object[i]);
+    for (size_t i = 0; i < c->ncache_zones; i++)
+        if (c->cache_disk_size[i])
+            lp_cache_zone_resize_disk(c->cache_zones[i], c->cache_disk_size[i]);
+}
+
+/* cache.zones.NAME.disk = { path, size } (on the stack): the zone's disk tier, started now
+ * when new (its files are indexed in the background); a relative path is the config's
+ * directory's. A thread that cannot start is logged: the zone stays in memory. */
+static void read_cache_disk(rctx_t *r, lp_cache_zone_t *z, size_t *size)
+{
+    char *path = get_str(r, "path");
+    *size = (size_t)get_num(r->L, "size");
+    if (!path)
+        return;
+    const char *slash = strrchr(r->file, '/');
+    if (path[0] != '/' && slash) {
+        size_t dlen = (size_t)(slash - r->file), n = dlen + 1 + strlen(path) + 1;
+        char *full = malloc(n);
+        if (!full) {
+            free(path);
+            r->oom = 1;
+            return;
+        }
+        snprintf(full, n, "%.*s/%s", (int)dlen, r->file, path);
+        free(path);
+        path = full;
+    }
+    if (lp_cache_zone_set_disk(z, path, *size))
+        lp_log(LP_LOG_ERROR, "cache zone %s: its disk thread cannot start: memory only",
+               lp_cache_zone_name(z));
+    free(path);
 }
 
 /* cache.zones = { name = { memory, max_object_size } }: a registry reference per zone (made
@@ -1097,7 +1129,8 @@ static void read_cache(rctx_t *r)
     c->cache_zones = calloc(n + 1, sizeof(*c->cache_zones));
     c->cache_memory = calloc(n + 1, sizeof(*c->cache_memory));
     c->cache_max_object = calloc(n + 1, sizeof(*c->cache_max_object));
-    if (!c->cache_zones || !c->cache_memory || !c->cache_max_object) {
+    c->cache_disk_size = calloc(n + 1, sizeof(*c->cache_disk_size));
+    if (!c->cache_zones || !c->cache_memory || !c->cache_max_object || !c->cache_disk_size) {
         r->oom = 1;
         lua_pop(L, 2);
         return;
@@ -1113,6 +1146,10 @@ static void read_cache(rctx_t *r)
             continue;
         }
         c->cache_zones[c->ncache_zones] = z;
+        if (lp_config_cache_disk && push_table(L, "disk")) {
+            read_cache_disk(r, z, &c->cache_disk_size[c->ncache_zones]);
+            lua_pop(L, 1);
+        }
         c->cache_memory[c->ncache_zones] = mem;
         c->cache_max_object[c->ncache_zones++] = maxobj;
     }
@@ -1367,6 +1404,7 @@ static int encode_for_workers(lua_State *L, lp_config_t *c)
 }
 
 int lp_config_admin_json = 1;
+int lp_config_cache_disk = 0;
 
 int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen)
 {
@@ -1516,6 +1554,7 @@ void lp_config_free(lp_config_t *c)
     free(c->cache_zones);
     free(c->cache_memory);
     free(c->cache_max_object);
+    free(c->cache_disk_size);
     free(c->path);
     free(c);
 }

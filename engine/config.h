@@ -253,6 +253,7 @@ typedef struct {
     struct lp_cache_zone_s **cache_zones; /* owned array of ncache_zones references */
     size_t *cache_memory;                 /* owned: each zone's byte budget */
     size_t *cache_max_object;             /* owned: each zone's max_object_size */
+    size_t *cache_disk_size;              /* owned: each zone's disk budget (0: no disk) */
     size_t ncache_zones;
     lp_metrics_conf_t metrics; /* the `metrics` section */
     lp_trace_conf_t tracing;   /* `tracing` */
@@ -273,6 +274,10 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
  * serves nothing (`luaproxy -t`, `-s`), where it is a third of the work at 100k routes. Set
  * before the first load, main thread. */
 extern int lp_config_admin_json;
+/* Whether configs loaded start their cache zones' disk tiers (cache_disk.h): only in a
+ * serving process (main.c sets it), never for -t, -s or the tools, whose scan would race the
+ * server's writes in the same directory. 0 by default. */
+extern int lp_config_cache_disk;
 /* The step after validation: resolves the listen, admin and target addresses (DNS targets
  * that do not resolve are a warning, not an error) and builds the TLS contexts (listener
  * certificates and keys, upstream client contexts and their CA files). I/O that may block,

@@ -344,6 +344,8 @@ int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
  * first+n-1 of it while the whole is stored (0 bytes: a 304); LP_FFI_EINVAL otherwise.
  * upstream_length: the upstream body's Content-Length, -1 when it has none (chunked). */
 void *lp_ffi_cache_zone(const char *name, size_t n);
+/* get on a zone with a disk tier may also answer 2: the entry is on disk only and is being
+ * read back with the task parked; wait, then get again (it answers 1 or 0 then). */
 int lp_ffi_cache_get(void *r, void *zone, const char *key, size_t klen, const char *sec,
                      size_t slen, lp_str_t *head, double *body_len);
 int lp_ffi_cache_lock(void *r, void *zone, const char *key, size_t klen, double timeout);

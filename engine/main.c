@@ -383,6 +383,7 @@ int main(int argc, char **argv)
     char err[1024], abspath[4096];
     const char *config_path = realpath(path, abspath) ? abspath : path;
     lp_config_admin_json = !(test_only || signal_name);
+    lp_config_cache_disk = !(test_only || signal_name); /* a check must not touch cache files */
     lp_config_t *cfg;
     if (lp_config_load(test_only || signal_name ? path : config_path, &cfg, err, sizeof(err))) {
         fprintf(stderr, "%s\n", err);

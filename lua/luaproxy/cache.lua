@@ -45,6 +45,12 @@ function M.zone(name) return zone_of(name, "proxy.cache.zone()") end
 function Zone:get(req, key, sec)
   sec = sec or ""
   local rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+  if rc == 2 then
+    -- On disk only: the engine reads the file back (threadpool) while this task waits,
+    -- then the lookup answers from what it read (or misses: a damaged file is dropped).
+    phases.wait()
+    rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+  end
   if rc == 1 then return ffi_string(s1[0].base, s1[0].len), d1[0] end
   return nil
 end

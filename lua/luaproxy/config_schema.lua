@@ -935,6 +935,23 @@ local S = {
                 doc_default = '"8m"',
                 description = "a larger response passes through uncached (its fill is dropped "
                   .. "when the body goes over, or at once when its Content-Length says so)" },
+              -- #13 disk tier (engine/cache_disk.c)
+              disk = {
+                type = "record", doc_default = "none",
+                description = '`{ path = "/var/cache/luaproxy/api", size = "10g" }`: entries '
+                  .. "are also written to files there as they complete and survive reloads and "
+                  .. "restarts (the directory is indexed in the background at start); memory "
+                  .. "keeps the hottest, the disk the rest (docs/plugins/cache.md)",
+                fields = {
+                  path = { type = "string", required = true,
+                           description = "the zone's directory (made when missing; relative: "
+                             .. "to the config's directory); one zone per directory" },
+                  size = { type = "any", required = true, coerce = size_coerce,
+                           custom = size_check,
+                           description = "the files' byte budget; least recently used go "
+                             .. "first" },
+                },
+              },
             },
           },
         },
