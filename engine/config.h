@@ -235,8 +235,11 @@ typedef struct {
     uint64_t lua_init_timeout;       /* ms init_worker may wait in all */
     unsigned lua_max_running_timers; /* timers and spawned threads running per worker */
     char *json;                      /* owned: GET /config's body (secrets redacted); NULL: none */
-    char *lua_config;                /* owned: the validated table for the workers' VMs, encoded by
-                                        lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
+    char *config_source;             /* owned: config_source as JSON (etcd.c); NULL: none */
+    char *source_doc; /* owned: the etcd document file merged into it when it was a candidate
+                         (the workers' fallback evaluation merges the same); NULL: the last good */
+    char *lua_config; /* owned: the validated table for the workers' VMs, encoded by
+                         lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
     size_t lua_config_len;
     struct lp_config_todo_s *todo; /* owned: what lp_config_materialise builds (the TLS
                                       settings); NULL once it ran */
@@ -280,6 +283,9 @@ extern int lp_config_admin_json;
  * never on a loop that serves. Once per config; errors as lp_config_load's. */
 int lp_config_materialise(lp_config_t *c, char *err, size_t errlen);
 void lp_config_free(lp_config_t *c);
+/* The etcd document file the next lp_config_load merges into a bootstrap (etcd.c sets it
+ * around a reload it asked for); NULL: the last good copy. Main thread only. */
+extern const char *lp_config_source_doc;
 /* Gives every shared dict and cache zone c declares its declared size (a reload's commit:
  * cannot fail). */
 void lp_config_apply_shared(const lp_config_t *c);

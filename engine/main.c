@@ -15,6 +15,7 @@
 #include "accesslog.h"
 #include "logw.h"
 #include "config.h"
+#include "etcd.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "reload_history.h"
@@ -79,6 +80,7 @@ void lp_server_stop(lp_server_t *s, const char *why)
     if (stop_reason)
         return;
     stop_reason = why;
+    s->stopping = 1;
     uv_signal_stop(&sigterm);
     uv_signal_stop(&sigint);
     uv_signal_stop(&sighup);
@@ -262,7 +264,9 @@ static void reload_begin(lp_server_t *s)
     reload.err[0] = 0;
     /* systemd shows the unit "reloading" until READY=1 comes back, success or not. */
     notify_systemd("RELOADING=1");
+    lp_config_source_doc = s->source_doc;
     int rc = lp_config_load(s->config_path, &reload.cfg, reload.err, sizeof(reload.err));
+    lp_config_source_doc = NULL;
     if (rc) {
         reload_end(s, rc);
         return;
@@ -458,11 +462,16 @@ int main(int argc, char **argv)
     uv_signal_start(&sighup, on_signal, SIGHUP);
     uv_signal_start(&sigusr1, on_signal, SIGUSR1);
     lp_watch_start(&server);
+    if (lp_etcd_start(&server, lp_gen_current->config, err, sizeof(err))) {
+        lp_log_error("%s", err);
+        lp_server_stop(&server, "config_source");
+    }
     notify_systemd("READY=1\nSTATUS=serving");
     uv_run(server.loop, UV_RUN_DEFAULT);
     lp_log_notice("%s: draining (up to %.1f s)", stop_reason ? stop_reason : "stop",
                   (double)lp_gen_current->config->timeouts.drain / 1000.0);
     lp_watch_stop(&server);
+    lp_etcd_stop(&server);
     lp_health_checks_stop(&server);
     lp_admin_stop(&server);
     lp_pidfile_remove(lp_gen_current->config);

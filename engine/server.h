@@ -9,6 +9,7 @@
 
 typedef struct lp_admin_s lp_admin_t;
 typedef struct lp_watch_s lp_watch_t;
+typedef struct lp_etcd_s lp_etcd_t;
 
 typedef struct {
     const char *config_path; /* absolute */
@@ -20,7 +21,11 @@ typedef struct {
     lp_watch_t *watch; /* owned, NULL when off */
     int watch_forced;  /* --watch */
     uint64_t reloads, reloads_failed;
-    char *config_json; /* owned: the live config for GET /config */
+    char *config_json;      /* owned: the live config for GET /config */
+    int stopping;           /* lp_server_stop ran: draining (GET /ready answers 503) */
+    lp_etcd_t *etcd;        /* owned, NULL when the config is not from etcd (etcd.c) */
+    const char *source_doc; /* borrowed from etcd: the candidate the next reload merges
+                               (NULL: the last good copy) */
 } lp_server_t;
 
 /* The outcome of a reload: rc 0, or an error with err while the current generation keeps
