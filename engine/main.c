@@ -29,6 +29,8 @@ static void usage(FILE *out)
                  "       luaproxy -t -c FILE          check FILE and exit\n"
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
                  "       luaproxy -s stop -c FILE     stop it gracefully\n"
+                 "       luaproxy push -c FILE --etcd URL [--prefix P]  check FILE as -t\n"
+                 "                                    does, then write it to etcd (docs/fleet.md)\n"
                  "       luaproxy test [-p DIR] [DIR] [SPEC...]  run plugin specs (busted)\n"
                  "       luaproxy check [-c FILE] [DIR|FILE...]  lint scripts, plugins\n"
                  "       luaproxy new plugin NAME [--dir DIR]  a plugin, spec, docs\n"
@@ -338,6 +340,8 @@ int main(int argc, char **argv)
                                              {NULL, 0, NULL, 0}};
     int watch = 0;
     uint64_t start_ns = uv_hrtime(); /* the start-up load's time, for the reload history */
+    if (argc > 1 && !strcmp(argv[1], "push"))
+        return lp_etcd_push_main(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "test"))
         return lp_testcmd_main(argc - 1, argv + 1);
     if (argc > 1 &&

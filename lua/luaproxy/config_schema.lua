@@ -965,8 +965,8 @@ local S = {
         etcd = {
           type = "record", required = true,
           description = "watch a prefix in etcd (v3 JSON gateway): the JSON document at "
-            .. "`PREFIX config` is merged over this file (its top-level keys replace this "
-            .. "file's) and applied as a reload; the last good one is kept in `state_file`",
+            .. "`PREFIX config` is merged into this file (its top-level keys this file does "
+            .. "not set) and applied as a reload; the last good one is kept in `state_file`",
           doc_order = { "endpoints", "prefix", "instance", "state_file", "timeout", "auth", "tls" },
           fields = {
             endpoints = {

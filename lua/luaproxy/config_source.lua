@@ -26,7 +26,8 @@ local function read(p)
   return s
 end
 
--- t: the evaluated bootstrap. doc: the document file to merge (the engine names a
+-- t: the evaluated bootstrap; the document's top-level keys are added where the bootstrap
+-- has none. doc: the document file to merge (the engine names a
 -- candidate while it applies one from etcd), else the last good copy. Returns the merged
 -- table, or nil and an error. A bootstrap without config_source.etcd is returned as is.
 function M.merge(path, t, doc)
@@ -51,7 +52,9 @@ function M.merge(path, t, doc)
       return nil, format("etcd revision %s: config_source may only be set in the bootstrap file",
                          tostring(d.revision))
     end
-    t[k] = v
+    -- The bootstrap's own keys win: it holds what is this instance's (listen, admin,
+    -- workers...), the document what the fleet shares.
+    if t[k] == nil then t[k] = v end
   end
   return t
 end
