@@ -573,6 +573,8 @@ static int load_config_chunk(lua_State *L, const char *path, char *err, size_t e
 static int merge_source(lua_State *L, const char *path, const char *doc, char *err, size_t errlen)
 {
     int t = lua_gettop(L);
+    if (!lua_istable(L, t))
+        return 0; /* not a config: the check says so */
     lua_getglobal(L, "require");
     lua_pushliteral(L, "luaproxy.config_source");
     if (lua_pcall(L, 1, 1, 0) == 0) {
