@@ -57,7 +57,9 @@ struct lp_etcd_s {
     int64_t failed_rev;     /* the last candidate refused (0: none) */
     char failed_error[512]; /* its error */
     int has_config;         /* a document serves (etcd's or the last good copy) */
-    int async_open;         /* async is initialised (closed at stop) */
+    int stopped;            /* lp_etcd_stop ran: the thread and the pipe are gone */
+    int closed;             /* lp_etcd_stop closed async: the struct goes with the last of it and an
+                               etcd reload still running (on_applied frees it then) */
 };
 
 /* ---- the thread ---- */
@@ -372,10 +374,17 @@ static void post_status(lp_etcd_t *e, uint64_t gen)
 }
 
 static void take_doc(lp_etcd_t *e);
+static void etcd_free(lp_etcd_t *e);
 
 static void on_applied(void *data, int rc, const char *err, uint64_t generation)
 {
     lp_etcd_t *e = data;
+    if (e->stopped) { /* stopped meanwhile (the reload ends as "the server is stopping") */
+        e->applying_rev = 0;
+        if (e->closed)
+            etcd_free(e);
+        return;
+    }
     lp_server_t *s = e->server;
     s->source_doc = NULL;
     if (!e->applying_rev)
@@ -548,10 +557,10 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
         free(e);
         return LP_EIO;
     }
+    e->connected = -1;
     uv_mutex_init(&e->lock);
     uv_async_init(s->loop, &e->async, on_async);
     e->async.data = e;
-    e->async_open = 1;
     s->etcd = e;
     if (uv_thread_create(&e->thread, run, e)) {
         snprintf(err, errlen, "etcd: cannot start its thread");
@@ -561,13 +570,20 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
     return 0;
 }
 
-static void on_async_closed(uv_handle_t *h)
+static void etcd_free(lp_etcd_t *e)
 {
-    lp_etcd_t *e = h->data;
     uv_mutex_destroy(&e->lock);
     free(e->doc);
     free(e->status);
     free(e);
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    lp_etcd_t *e = h->data;
+    e->closed = 1;
+    if (!e->applying_rev)
+        etcd_free(e);
 }
 
 void lp_etcd_stop(lp_server_t *s)
@@ -577,6 +593,7 @@ void lp_etcd_stop(lp_server_t *s)
         return;
     s->etcd = NULL;
     s->source_doc = NULL;
+    e->stopped = 1;
     uv_mutex_lock(&e->lock);
     e->stop = 1;
     uv_mutex_unlock(&e->lock);
@@ -596,8 +613,8 @@ json_t *lp_etcd_status(const lp_server_t *s)
         return NULL;
     uv_mutex_lock(&e->lock);
     json_t *o = json_pack("{sssIsbsIss}", "instance", e->instance, "revision",
-                          (json_int_t)e->running_rev, "connected", e->connected, "etcd_revision",
-                          (json_int_t)e->seen_rev, "last_error", e->last_error);
+                          (json_int_t)e->running_rev, "connected", e->connected == 1,
+                          "etcd_revision", (json_int_t)e->seen_rev, "last_error", e->last_error);
     uv_mutex_unlock(&e->lock);
     if (e->applying_rev)
         json_object_set_new(o, "applying_revision", json_integer(e->applying_rev));
