@@ -273,5 +273,46 @@ class FleetTest(unittest.TestCase):
         self.assertLess(statistics.median(times), H.T(1) * 1e3)
 
 
+
+class FleetAuthTest(unittest.TestCase):
+    """config_source.etcd.auth: an etcd with authentication on (etcdctl sets it up)."""
+
+    def test_auth(self):
+        origin = H.Origin("fleet-auth").start()
+        self.addCleanup(origin.stop)
+        etcd = Etcd().start()
+        self.addCleanup(etcd.stop)
+        ctl = [H.require_tool("etcdctl"), "--endpoints=" + etcd.url]
+        env = dict(os.environ, ETCDCTL_API="3")
+        for args in (["user", "add", "root:pw"], ["auth", "enable"],
+                     ["--user", "root:pw", "put", PREFIX + "config", config(origin, "auth")]):
+            r = subprocess.run(ctl + args, env=env, capture_output=True, text=True,
+                               timeout=H.T(20))
+            self.assertEqual(r.returncode, 0, r.stderr)
+        cfg = {"workers": 1, "listen": [{"address": "127.0.0.1:0"}],
+               "admin": {"address": "127.0.0.1:0"}, "log": {"level": "info"},
+               "config_source": {"etcd": {"endpoints": [etcd.url], "instance": "auth",
+                                          "auth": {"user": "root", "password": "pw"}}}}
+        p = H.Proxy(cfg, name="fleet-auth")
+        self.addCleanup(p.stop)
+        p.start()
+        H.wait_for(lambda: status_code(p.port, "auth") == 200, H.T(5),
+                   what="the route read with a token")
+        st, body = admin_json(p, "/status")
+        self.assertTrue(body["etcd"]["connected"], body)
+        # Without credentials the same etcd refuses: the instance says why.
+        bad = {"workers": 1, "listen": [{"address": "127.0.0.1:0"}],
+               "admin": {"address": "127.0.0.1:0"}, "log": {"level": "info"},
+               "config_source": {"etcd": {"endpoints": [etcd.url], "instance": "noauth"}}}
+        q = H.Proxy(bad, name="fleet-noauth")
+        self.addCleanup(q.stop)
+        q.start()
+        H.wait_for(lambda: admin_json(q, "/status")[1]["etcd"]["last_error"], H.T(5),
+                   what="an auth error in /status")
+        self.assertEqual(status_code(q.port, "auth"), 404)
+        self.assertEqual(admin_json(q, "/ready")[0], 503)
+
+
+
 if __name__ == "__main__":
     H.main()
