@@ -321,7 +321,12 @@ static void run(void *arg)
             int st = lp_etcd_post(ep, "/v3/watch", token, body, -1, e->wake[0], on_watch_body, w,
                                   err, sizeof(err));
             int again = w->relevant || w->restart || st == 0;
+            /* Ended by etcd without a change (canceled, compacted, an error line): a
+             * short pause, so an etcd that keeps refusing the watch is not hammered. */
+            int pause = w->restart && !w->relevant;
             free(w);
+            if (pause && nap(e, 100) && is_stopping(e))
+                break;
             if (st < 0 || (st != 200 && st != 0)) {
                 if (st > 0)
                     snprintf(err, sizeof(err), "watch: HTTP %d", st);
