@@ -235,12 +235,13 @@ typedef struct {
     uint64_t lua_init_timeout;       /* ms init_worker may wait in all */
     unsigned lua_max_running_timers; /* timers and spawned threads running per worker */
     char *json;                      /* owned: GET /config's body (secrets redacted); NULL: none */
-    char *config_source;             /* owned: config_source as JSON (etcd.c); NULL: none */
-    char *source_doc; /* owned: the etcd document file merged into it when it was a candidate
-                         (the workers' fallback evaluation merges the same); NULL: the last good */
-    char *lua_config; /* owned: the validated table for the workers' VMs, encoded by
-                         lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
+    char *lua_config;                /* owned: the validated table for the workers' VMs, encoded by
+                                        lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
     size_t lua_config_len;
+    /* issue #18 (etcd.c): config_source as JSON, and the candidate document merged in
+     * (lp_config_source_doc, for the workers' fallback evaluation); both owned, NULL: none */
+    char *config_source;
+    char *source_doc;
     struct lp_config_todo_s *todo; /* owned: what lp_config_materialise builds (the TLS
                                       settings); NULL once it ran */
     int materialised;              /* lp_config_materialise succeeded: addresses resolved,

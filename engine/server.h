@@ -21,11 +21,13 @@ typedef struct {
     lp_watch_t *watch; /* owned, NULL when off */
     int watch_forced;  /* --watch */
     uint64_t reloads, reloads_failed;
-    char *config_json;      /* owned: the live config for GET /config */
-    int stopping;           /* lp_server_stop ran: draining (GET /ready answers 503) */
-    lp_etcd_t *etcd;        /* owned, NULL when the config is not from etcd (etcd.c) */
-    const char *source_doc; /* borrowed from etcd: the candidate the next reload merges
-                               (NULL: the last good copy) */
+    char *config_json; /* owned: the live config for GET /config */
+    /* issue #18: `stopping` is set once lp_server_stop ran (draining: GET /ready answers
+     * 503); `etcd` is owned, NULL when the config is not from etcd (etcd.c); `source_doc`
+     * is borrowed from it: the candidate the next reload merges (NULL: the last good copy). */
+    int stopping;
+    lp_etcd_t *etcd;
+    const char *source_doc;
 } lp_server_t;
 
 /* The outcome of a reload: rc 0, or an error with err while the current generation keeps
