@@ -186,6 +186,26 @@ static int fail(rctx_t *r, const char *path, const char *fmt, ...)
     return LP_ECONFIG;
 }
 
+static char *dup_str(rctx_t *r, const char *s);
+
+/* The table at the top of the stack as JSON (lua-cjson), NULL when it cannot be. */
+static char *encode_json(rctx_t *r)
+{
+    lua_State *L = r->L;
+    int top = lua_gettop(L);
+    char *out = NULL;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson.safe");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "encode");
+        lua_pushvalue(L, top);
+        if (lua_pcall(L, 1, 1, 0) == 0 && lua_type(L, -1) == LUA_TSTRING)
+            out = dup_str(r, lua_tostring(L, -1));
+    }
+    lua_settop(L, top);
+    return out;
+}
+
 /* Field k of the table at the top of the stack. Types were checked in step 1. */
 static double get_num(lua_State *L, const char *k)
 {
@@ -1230,6 +1250,10 @@ static int read_config(rctx_t *r)
         free(token_file);
         lua_pop(L, 1);
     }
+    if (push_table(L, "config_source")) {
+        c->config_source = encode_json(r);
+        lua_pop(L, 1);
+    }
     c->pid_file = get_str(r, "pid_file");
     c->watch = get_bool(L, "watch");
     lua_getfield(L, -1, "client_abort");
@@ -1405,6 +1429,7 @@ static int encode_for_workers(lua_State *L, lp_config_t *c)
 
 int lp_config_admin_json = 1;
 int lp_config_cache_disk = 0;
+const char *lp_config_source_doc = NULL;
 
 int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen)
 {
@@ -1435,6 +1460,8 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
     if (!rc)
         rc = call_lua(L, path, "luaproxy.config", "check", 0, raw, err, errlen);
     if (!rc && !(c->path = strdup(path)))
+        rc = LP_ENOMEM;
+    if (!rc && lp_config_source_doc && !(c->source_doc = strdup(lp_config_source_doc)))
         rc = LP_ENOMEM;
     /* Step 2, then the plugins and handlers as the workers will load them. */
     if (!rc)
@@ -1540,6 +1567,8 @@ void lp_config_free(lp_config_t *c)
         OPENSSL_cleanse(c->admin_token, strlen(c->admin_token));
     free(c->admin_token);
     free(c->pid_file);
+    free(c->config_source);
+    free(c->source_doc);
     for (size_t i = 0; i < c->nfiles; i++)
         free(c->files[i]);
     free(c->files);

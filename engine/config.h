@@ -238,6 +238,10 @@ typedef struct {
     char *lua_config;                /* owned: the validated table for the workers' VMs, encoded by
                                         lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
     size_t lua_config_len;
+    /* issue #18 (etcd.c): config_source as JSON, and the candidate document merged in
+     * (lp_config_source_doc, for the workers' fallback evaluation); both owned, NULL: none */
+    char *config_source;
+    char *source_doc;
     struct lp_config_todo_s *todo; /* owned: what lp_config_materialise builds (the TLS
                                       settings); NULL once it ran */
     int materialised;              /* lp_config_materialise succeeded: addresses resolved,
@@ -285,6 +289,9 @@ extern int lp_config_cache_disk;
  * never on a loop that serves. Once per config; errors as lp_config_load's. */
 int lp_config_materialise(lp_config_t *c, char *err, size_t errlen);
 void lp_config_free(lp_config_t *c);
+/* The etcd document file the next lp_config_load merges into a bootstrap (etcd.c sets it
+ * around a reload it asked for); NULL: the last good copy. Main thread only. */
+extern const char *lp_config_source_doc;
 /* Gives every shared dict and cache zone c declares its declared size (a reload's commit:
  * cannot fail). */
 void lp_config_apply_shared(const lp_config_t *c);

@@ -583,6 +583,36 @@ static int load_config_chunk(lua_State *L, const char *path, char *err, size_t e
     return 0;
 }
 
+/* The evaluated config at the top of the stack, replaced by itself merged with the etcd
+ * document (lua/luaproxy/config_source.lua: a bootstrap with config_source.etcd; any other
+ * config comes back as it was). doc: the candidate file, NULL for the last good one. */
+static int merge_source(lua_State *L, const char *path, const char *doc, char *err, size_t errlen)
+{
+    int t = lua_gettop(L);
+    if (!lua_istable(L, t))
+        return 0; /* not a config: the check says so */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.config_source");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "merge");
+        lua_remove(L, -2);
+        lua_pushstring(L, path);
+        lua_pushvalue(L, t);
+        if (doc)
+            lua_pushstring(L, doc);
+        else
+            lua_pushnil(L);
+        if (lua_pcall(L, 3, 2, 0) == 0 && !lua_isnil(L, -2)) {
+            lua_pop(L, 1);
+            lua_replace(L, t);
+            return 0;
+        }
+    }
+    snprintf(err, errlen, "%s: %s", path, lua_tostring(L, -1));
+    lua_settop(L, t - 1);
+    return LP_ECONFIG;
+}
+
 static int route_phases(lua_State *L, int state_idx, const char *field, int key)
 {
     unsigned mask = 0;
@@ -627,7 +657,7 @@ static int push_config(lua_State *L, const lp_config_t *cfg, char *err, size_t e
         lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
         return LP_ECONFIG;
     }
-    return 0;
+    return merge_source(L, cfg->path, cfg->source_doc, err, errlen);
 }
 
 int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
@@ -651,6 +681,8 @@ int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
             lp_lua_error_message(lua_tostring(L, -1), path, err, errlen);
             lua_pop(L, 1);
             rc = LP_ECONFIG;
+        } else {
+            rc = merge_source(L, path, lp_config_source_doc, err, errlen);
         }
         lp__guard_end(g);
         wd_register(g, 0);

@@ -979,6 +979,52 @@ local S = {
         },
       },
     },
+    -- #18: the config proper from etcd (engine/etcd.c, lua/luaproxy/config_source.lua,
+    -- docs/fleet.md); read at start only, like pid_file.
+    config_source = {
+      type = "record", doc_default = "none",
+      description = "where the config comes from when not from this file alone "
+        .. "(docs/fleet.md); read at start only",
+      fields = {
+        etcd = {
+          type = "record", required = true,
+          description = "watch a prefix in etcd (v3 JSON gateway): the JSON document at "
+            .. "`PREFIX config` is merged into this file (its top-level keys this file does "
+            .. "not set) and applied as a reload; the last good one is kept in `state_file`",
+          doc_order = { "endpoints", "prefix", "instance", "state_file", "timeout", "auth", "tls" },
+          fields = {
+            endpoints = {
+              type = "array", required = true, custom = non_empty("endpoint"),
+              elements = { type = "string", pattern = "^http://[^/]+$" },
+              description = '`{ "http://10.0.0.1:2379", ... }`: tried in turn',
+            },
+            prefix = { type = "string", default = "/luaproxy/", pattern = "^/.*/$",
+                       description = "key prefix: `PREFIX config`, `PREFIX status/INSTANCE`" },
+            instance = { type = "string", pattern = "^[%w_.:%-]+$", doc_default = "HOST:PID",
+                         description = "this instance's name under `PREFIX status/`" },
+            state_file = { type = "string", doc_default = '"BOOTSTRAP.etcd.json"',
+                           description = "the last good document (relative to this file); "
+                             .. "served at a start while etcd is down" },
+            timeout = seconds(2, "connect and request timeout for etcd"),
+            auth = {
+              type = "record", doc_default = "none",
+              description = "etcd user and password (`/v3/auth/authenticate`)",
+              fields = {
+                user = { type = "string", required = true, description = "etcd user" },
+                password = { type = "string", required = true, secret = true,
+                             description = "its password" },
+              },
+            },
+            tls = {
+              type = "record", doc_default = "none",
+              description = "not supported yet: a config naming it is refused",
+              fields = {},
+              custom = function() return nil, "TLS to etcd is not supported yet" end,
+            },
+          },
+        },
+      },
+    },
   },
 }
 
