@@ -397,7 +397,7 @@ class Origin:
                 m = re.search(rb"ready (\d+)", f.read())
             return int(m.group(1)) if m else None
 
-        self.port = wait_for(ready, T(10), what="lp_origin ready")
+        self.port = wait_for(ready, T(30), what="lp_origin ready")
         self.want_port = self.port
         return self
 
@@ -505,7 +505,9 @@ class Proxy:
                                      (self.proc.returncode, text[-4000:]))
             return None
 
-        ports, admin = wait_for(ready, T(10), interval=0.02,
+        # A bound on a hang, not on speed: a start-up that loads big files (100,000 CIDR
+        # prefixes, the CRS) takes many seconds on a loaded machine.
+        ports, admin = wait_for(ready, T(60), interval=0.02,
                                 what="luaproxy's `listening on` lines (logged at level notice: "
                                      "a config with log.level warn or error hides them)")
         self.ports = ports

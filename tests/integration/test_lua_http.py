@@ -416,7 +416,7 @@ class HttpClientTest(RT.ReloadTestCase):
         j = self.json("/h/errors")
         self.assertEqual(j["refused"], "connect to 127.0.0.1:%d: connection refused" % self.dead)
         self.assertEqual(j["timeout"], "timeout reading from 127.0.0.1:%d" % self.origin.port)
-        self.assertLess(j["timeout_took"], 1.5)
+        self.assertLess(j["timeout_took"], 1.9)  # not the 2 s of /slow's answer
         self.assertTrue(j["dns"].startswith("connect to nonexistent.invalid:80: "), j["dns"])
         self.assertIn("header injection", j["inject_value"])
         self.assertIn("header injection", j["inject_name"])
