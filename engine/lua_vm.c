@@ -327,6 +327,18 @@ static int runtime_lint(lua_State *L, int cfg_idx, int state_idx, const char *co
 static void wd_register(lp_lua_guard_t *g, int on);
 static int guard_setup(lua_State *L, const char *path, char *err, size_t errlen);
 
+/* Loading (plugins' main chunks, compile(), the modules they require: all of a config's at
+ * once) is stopped after the phase timeout, but never sooner than 10 s (0 stays no limit):
+ * it is one run of many files, and on a busy machine (a shared CI host, sanitizers) it took
+ * more than a phase's 1 s of wall clock, which refused a good config. A runaway loop there
+ * still ends the start or reload, 10 s later. */
+#define LP_LOAD_TIMEOUT_MIN_NS 10000000000ull
+
+static uint64_t load_timeout_ns(uint64_t phase_ns)
+{
+    return phase_ns && phase_ns < LP_LOAD_TIMEOUT_MIN_NS ? LP_LOAD_TIMEOUT_MIN_NS : phase_ns;
+}
+
 /* lua.phase_timeout of the (validated) config table at idx, in ns; default 1 s. */
 static uint64_t config_timeout_ns(lua_State *L, int idx)
 {
@@ -368,7 +380,7 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
      * thread (start-up, reload, -t). The guard lives in the VM's memory, as long as the
      * flag pointer the guard module keeps; the watchdog sees it only during the check. */
     lp_lua_guard_t *g = check_guard(L);
-    g->timeout_ns = config_timeout_ns(L, cfg);
+    g->timeout_ns = load_timeout_ns(config_timeout_ns(L, cfg));
     lp_lua_guard_t *was = current_check;
     current_check = g;
     int rc = guard_setup(L, config_path, err, errlen);
@@ -621,7 +633,7 @@ int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
      * built in a loop: issue #22) may need more than a phase's 1 s of wall clock on a busy
      * machine: a runaway file is stopped after 10 s. */
     lp_lua_guard_t *g = check_guard(L);
-    g->timeout_ns = 10000000000ull;
+    g->timeout_ns = LP_LOAD_TIMEOUT_MIN_NS;
     lp_lua_guard_t *was = current_check;
     current_check = g;
     int rc = guard_setup(L, path, err, errlen);
@@ -683,6 +695,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     /* The watchdog covers loading (the config's and the plugins' main chunks, compile()) and
      * init_worker: a runaway loop there must not hang a start or a reload. */
     wd_register(&vm->guard, 1);
+    vm->guard.timeout_ns = load_timeout_ns(vm->guard.timeout_ns);
     lp__guard_begin(&vm->guard);
     if (push_config(L, cfg, err, errlen)) {
         lp__guard_end(&vm->guard);
@@ -697,6 +710,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     }
     int lrc = runtime_load(L, cfg_idx, cfg->path, err, errlen);
     lp__guard_end(&vm->guard);
+    vm->guard.timeout_ns = cfg->lua_phase_timeout * 1000000ull; /* phases: the config's */
     if (lrc)
         goto fail;
     int state_idx = lua_gettop(L);

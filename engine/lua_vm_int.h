@@ -11,7 +11,7 @@
  * owner's. Lua reads `stop` through the FFI (the runaway guard, lua/luaproxy/guard.lua):
  * nothing else about a VM crosses threads. */
 typedef struct lp_lua_guard_s {
-    uint64_t timeout_ns;  /* lua.phase_timeout (0: none) */
+    uint64_t timeout_ns;  /* lua.phase_timeout (0: none); while loading, at least 10 s */
     uint64_t deadline_ns; /* wall clock (uv_hrtime) the Lua running now must end by; 0: none */
     int stop;             /* set by the watchdog past the deadline; cleared by the owner */
     int registered;       /* in the watchdog's list (under wd_lock) */
