@@ -148,8 +148,15 @@ class PidFileTest(RT.ReloadTestCase):
                                            admin=False)
 
     def test_1_pid_file_written(self):
-        with open(self.proxy.cfg["pid_file"]) as f:
-            self.assertEqual(int(f.read().strip()), self.proxy.pid)
+        # Written during start-up, not necessarily before the `listening on` lines.
+        def pid():
+            try:
+                with open(self.proxy.cfg["pid_file"]) as f:
+                    text = f.read()
+            except FileNotFoundError:
+                return None
+            return text.endswith("\n") and int(text.strip())
+        self.assertEqual(H.wait_for(pid, H.T(10), what="the pid file"), self.proxy.pid)
 
     def test_2_cli_reload_sends_sighup(self):
         self.rewrite(routes=routes_v("v2"))
