@@ -45,13 +45,9 @@ def proxy_has_read(proxy_port, client_port):
     """True when nothing the client on client_port sent waits in the proxy's receive queue
     (/proc/net/tcp): with one worker and no Lua on the route, a request the proxy has read
     is in flight or in the upstream's queue."""
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            parts = line.split()
-            local = int(parts[1].split(":")[1], 16)
-            remote = int(parts[2].split(":")[1], 16)
-            if local == proxy_port and remote == client_port:
-                return int(parts[4].split(":")[1], 16) == 0
+    for local, remote, _, rx_queue in RT.proc_net_tcp():
+        if local == proxy_port and remote == client_port:
+            return rx_queue == 0
     return True  # the proxy's side is gone: it read the request and answered
 
 
@@ -120,7 +116,7 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
             [route("total.test", "total"), route("total1.test", "total1")],
             workers=1, timeouts={"read": 2.0}, name="total")
         cls.ups = {
-            "queue": H.upstream(a, max_connections=1, max_pending=2, pending_timeout=5),
+            "queue": H.upstream(a, max_connections=1, max_pending=2, pending_timeout=30),
             "qtime": H.upstream(b, max_connections=1, max_pending=5, pending_timeout=0.3),
             "dns": H.upstream("localhost:%d" % cls.a.port, dns_ttl=0.2),
             "mixed": H.upstream("no-such-host.invalid:%d" % cls.b.port, b, dns_ttl=0.2),
@@ -162,8 +158,8 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
 
     def test_requests_wait_for_a_slot_in_order(self):
         # Each request is sent once the proxy has read the one before: one in flight (it
-        # takes 3 s), then two waiting, in that order.
-        first = Timed(self.proxy.port, "queue.test", "/delay?ms=3000").wait_read()
+        # takes 10 s), then two waiting, in that order.
+        first = Timed(self.proxy.port, "queue.test", "/delay?ms=10000").wait_read()
         waiting = [Timed(self.proxy.port, "queue.test", "/delay?ms=10&w=0").wait_read()]
         waiting.append(Timed(self.proxy.port, "queue.test", "/delay?ms=10&w=1").wait_read())
         # One in flight, two waiting: the fourth is refused at once (not queued: it would
@@ -189,10 +185,10 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
                          200)
 
     def test_pending_timeout(self):
-        # The first request holds the one connection for 3 s; the second, read by the proxy
+        # The first request holds the one connection for 10 s; the second, read by the proxy
         # once the first is in flight, waits pending_timeout = 0.3 s and gets 503 (well
         # before the slot frees: it was not served).
-        first = Timed(self.proxy.port, "qtime.test", "/delay?ms=3000").wait_read()
+        first = Timed(self.proxy.port, "qtime.test", "/delay?ms=10000").wait_read()
         t = Timed(self.proxy.port, "qtime.test", "/fixed?size=10").join()
         self.assertEqual(t.status, 503, t.error)
         self.assertIn(b"(pending_timeout)", t.body)
@@ -202,7 +198,7 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
         self.assertTrue(self.log_lines("waited"), self.proxy.stderr()[-2000:])
 
     def test_a_client_that_leaves_the_queue_frees_its_place(self):
-        first = Timed(self.proxy.port, "queue.test", "/delay?ms=3000").wait_read()
+        first = Timed(self.proxy.port, "queue.test", "/delay?ms=10000").wait_read()
         c = H.Client(self.proxy.port, timeout=H.T(10))
         port = c.sock.getsockname()[1]
         c.send("GET /fixed?size=10 HTTP/1.1\r\nHost: queue.test\r\n\r\n")
