@@ -27,6 +27,7 @@
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <luajit.h>
 #include "common.h"
 #include "config.h"
 #include "balancer.h"
@@ -1440,6 +1441,10 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         return LP_ENOMEM;
     }
     luaL_openlibs(L);
+    /* This VM runs the config once and is closed: compiling traces costs more than it saves,
+     * and each trace makes the JIT flip its machine-code pages with mprotect, which flushes
+     * every CPU's TLB (most of a reload's CPU time, and slow on a busy machine). */
+    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
     lp_lua_set_paths(L, path);
     /* Step 1: the one evaluation of the file, and its validation. The transfer module notes
      * the globals there were before, to move the ones the file defines. */
