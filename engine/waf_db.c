@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 typedef struct waf_db {
     struct waf_db *next;   /* owned: the next entry of the list */
@@ -334,6 +335,7 @@ out:
 static void *compile_thread(void *arg)
 {
     (void)arg;
+    prctl(PR_SET_NAME, "lp-waf-compile", 0, 0, 0); /* for top -H (docs/architecture.md) */
     pthread_mutex_lock(&db_lock);
     for (;;) {
         while (!job_first || job_exiting) {

@@ -413,6 +413,11 @@ function M.compile(rules, opts)
       end
       g.conds[#g.conds + 1] = c1
       local ci = #g.conds
+      -- the collections the condition reads (group_hits sends it only their values)
+      g.reads = g.reads or {}
+      local reads = {}
+      for _, e in ipairs(c1.tgt) do reads[e.coll] = true end
+      g.reads[ci] = reads
       for _, p in ipairs(pats) do
         g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] = p[1], p[2], ci
       end
@@ -769,6 +774,53 @@ local function confirm(st, cond, cname, c, i, v)
   end
 end
 
+-- The prefilter of a whole group at once: every value of every collection some condition
+-- of the group reads (only the named items where all of them name theirs), through the
+-- group's chain, scanned once; returns gid -> { cname, i, cname, i, ... } of the values each
+-- condition may match. Conditions then test only those values (usually none). (Scanning a
+-- collection's values joined in one text was tried: fewer scans, but a pattern matching
+-- anywhere in it sends every value to PCRE2, slower on ordinary traffic.)
+local function group_hits(st, g)
+  local h = st.gh[g]
+  if h then return h end
+  h = {}
+  st.gh[g] = h
+  local db, hits, ch = g.db, g.hits, g.chain
+  for _, cname in ipairs(g.colls) do
+    local c = st.vars:coll(cname)
+    local only = g.only[cname]
+    for i = 1, c.n do
+      if not only or only[lower(c.names[i])] then
+        local v = value(st, cname, c, i, ch)
+        local n, ids, base, more = scan(db, v, hits)
+        if not n or more then
+          for gid = 1, #g.conds do
+            local l = h[gid] or {}
+            h[gid] = l
+            l[#l + 1], l[#l + 2] = cname, i
+          end
+        elseif n > 0 then
+          local reads = g.reads
+          for k = 0, n - 1 do
+            local gid = ids[base + k]
+            -- only for conditions that read this collection: a pattern of a rule on
+            -- REQUEST_FILENAME matching a header is no work for that rule
+            if reads[gid][cname] then
+              local l = h[gid]
+              if not l then
+                l = {}
+                h[gid] = l
+              end
+              l[#l + 1], l[#l + 2] = cname, i
+            end
+          end
+        end
+      end
+    end
+  end
+  return h
+end
+
 -- Runs the rule set over the request state `st` (vars set); fills st.matches.
 function M.run(cs, st)
   if not cs.ready then
@@ -777,33 +829,34 @@ function M.run(cs, st)
   end
   st.cs = cs
   st.hit = {}
+  st.gh = st.gh or {}
   for _, g in ipairs(cs.groups) do
-    local ch, db, conds, pcre, hits = g.chain, g.db, g.conds, g.pcre, g.hits
-    for _, cname in ipairs(g.colls) do
-      local c = st.vars:coll(cname)
-      local only = g.only[cname]
-      for i = 1, c.n do
-        if not only or only[lower(c.names[i])] then
-          local v = value(st, cname, c, i, ch)
-          if db then
-            local n, ids, base, more = scan(db, v, hits)
-            if more then
-              -- More hits than the buffer holds (cannot happen with one report per
-              -- pattern): check every condition of the group on this value.
-              for _, cond in ipairs(conds) do confirm(st, cond, cname, c, i, v) end
-            elseif n and n > 0 then
-              if n == 1 then
-                confirm(st, conds[ids[base]], cname, c, i, v)
-              else
-                -- Copy first: the ids buffer is the group's, and confirming must not
-                -- depend on it staying unchanged.
-                local list = {}
-                for k = 1, n do list[k] = ids[base + k - 1] end
-                for k = 1, n do confirm(st, conds[list[k]], cname, c, i, v) end
-              end
-            end
+    local ch, conds, pcre = g.chain, g.conds, g.pcre
+    if g.db then
+      -- The group's values scanned once (group_hits, as for SecLang rules); each condition
+      -- then confirms only the values Hyperscan named for it.
+      local h = group_hits(st, g)
+      for gid = 1, #conds do
+        local lst = h[gid]
+        if lst then
+          local cond = conds[gid]
+          for k = 1, #lst, 2 do
+            local cname, i = lst[k], lst[k + 1]
+            local c = st.vars:coll(cname)
+            confirm(st, cond, cname, c, i, value(st, cname, c, i, ch))
           end
-          for _, cond in ipairs(pcre) do confirm(st, cond, cname, c, i, v) end
+        end
+      end
+    end
+    if #pcre > 0 then
+      for _, cname in ipairs(g.colls) do
+        local c = st.vars:coll(cname)
+        local only = g.only[cname]
+        for i = 1, c.n do
+          if not only or only[lower(c.names[i])] then
+            local v = value(st, cname, c, i, ch)
+            for _, cond in ipairs(pcre) do confirm(st, cond, cname, c, i, v) end
+          end
         end
       end
     end
@@ -1141,53 +1194,6 @@ local function may_match(st, cond, cname, i, v)
   end
   if set == true then return true end
   return set and set[cond.gid] == true or false
-end
-
--- The prefilter of a whole group at once: every value of every collection some condition
--- of the group reads (only the named items where all of them name theirs), through the
--- group's chain, scanned once; returns gid -> { cname, i, cname, i, ... } of the values each
--- condition may match. Conditions then test only those values (usually none). (Scanning a
--- collection's values joined in one text was tried: fewer scans, but a pattern matching
--- anywhere in it sends every value to PCRE2, slower on ordinary traffic.)
-local function group_hits(st, g)
-  local h = st.gh[g]
-  if h then return h end
-  h = {}
-  st.gh[g] = h
-  local db, hits, ch = g.db, g.hits, g.chain
-  for _, cname in ipairs(g.colls) do
-    local c = st.vars:coll(cname)
-    local only = g.only[cname]
-    for i = 1, c.n do
-      if not only or only[lower(c.names[i])] then
-        local v = value(st, cname, c, i, ch)
-        local n, ids, base, more = scan(db, v, hits)
-        if not n or more then
-          for gid = 1, #g.conds do
-            local l = h[gid] or {}
-            h[gid] = l
-            l[#l + 1], l[#l + 2] = cname, i
-          end
-        elseif n > 0 then
-          local reads = g.reads
-          for k = 0, n - 1 do
-            local gid = ids[base + k]
-            -- only for conditions that read this collection: a pattern of a rule on
-            -- REQUEST_FILENAME matching a header is no work for that rule
-            if reads[gid][cname] then
-              local l = h[gid]
-              if not l then
-                l = {}
-                h[gid] = l
-              end
-              l[#l + 1], l[#l + 2] = cname, i
-            end
-          end
-        end
-      end
-    end
-  end
-  return h
 end
 
 local function varname_of(e, name)
