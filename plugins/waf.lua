@@ -346,8 +346,18 @@ local m_requests -- decisions on GET /metrics (docs/metrics.md)
 
 function P.init_worker(conf)
   local ok, err = true, nil
-  if conf.cs then ok, err = engine.finish(conf.cs, function() proxy.sleep(0) end) end
-  if not ok then error(err, 0) end
+  local cs = conf.cs
+  if cs and not cs.ready then
+    ok, err = engine.finish(cs, function() proxy.sleep(0) end)
+    if not ok then error(err, 0) end
+    if cs.pending then
+      -- compiled on the registry's thread (luaproxy/waf/hs.lua): take them when ready
+      local timer
+      timer = proxy.timer.every(0.05, function(premature)
+        if not premature and engine.poll(cs) then timer:cancel() end
+      end)
+    end
+  end
   if conf.sec then
     local sec = conf.sec
     local first = not sec.ready

@@ -83,6 +83,11 @@ class WafCrsTest(RT.ReloadTestCase):
         H.wait_for(lambda: cls.proxy.LISTENING.search(cls.proxy.stderr()) or cls.proxy.proc.poll() is not None,
                    H.T(300), interval=0.2, what="luaproxy listening (CRS compiled)")
         cls.proxy.wait_ready()
+        # The Hyperscan databases compile on the engine's compile thread while the workers
+        # serve, running CRS through PCRE2 alone meanwhile: slow enough on a loaded machine
+        # to pass time_budget. The tests start once both workers have them.
+        H.wait_for(lambda: cls.proxy.stderr().count("Hyperscan databases ready in ") >= 2,
+                   H.T(300), interval=0.2, what="both workers' Hyperscan databases")
         H.wait_for(lambda: cls.get_status("/fixed?id=1") == 200, H.T(60), what="a first answer")
 
     @classmethod

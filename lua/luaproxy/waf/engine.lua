@@ -552,29 +552,74 @@ end
 -- no single stretch of Lua runs for long (lua.phase_timeout counts time without a yield);
 -- else by the first request that needs it (specs, or a rule set init_worker did not see).
 -- Without Hyperscan every pattern runs through PCRE2.
+local function took_lua(cs, g, dropped)
+  for ci, why in pairs(dropped) do
+    local cond = g.conds[ci]
+    g.pcre[#g.pcre + 1] = cond
+    cs.pcre_only[#cs.pcre_only + 1] = format("%d (%s)", cond.rule.id, why)
+  end
+  cs.hs_patterns = cs.hs_patterns + #g.pats
+  if g.db then
+    cs.hs_dbs = (cs.hs_dbs or 0) + 1
+    if g.compiled_here then cs.hs_compiled = (cs.hs_compiled or 0) + 1 end
+  end
+end
+
 function M.finish(cs, pause)
   if cs.ready then return true end
   for _, g in ipairs(cs.groups) do
     if not cs.use_hs then
       g.pcre, g.conds = g.conds, {}
     elseif #g.pats > 0 then
-      local dropped, err = compile_group(g, pause)
-      if not dropped then return nil, err end
-      for ci, why in pairs(dropped) do
-        local cond = g.conds[ci]
-        g.pcre[#g.pcre + 1] = cond
-        cs.pcre_only[#cs.pcre_only + 1] = format("%d (%s)", cond.rule.id, why)
+      local queued
+      if hs.async and not cs.sync then
+        g.key = group_key(g)
+        queued = hs.queue(g.key, g.pats, g.flags, g.ids)
       end
-      cs.hs_patterns = cs.hs_patterns + #g.pats
-      if g.db then
-        cs.hs_dbs = (cs.hs_dbs or 0) + 1
-        if g.compiled_here then cs.hs_compiled = (cs.hs_compiled or 0) + 1 end
+      if queued ~= nil then
+        -- On the registry's compile thread (M.poll takes it): until then every condition
+        -- of the group runs through PCRE2 (g.waiting).
+        g.compiled_here = queued
+        g.waiting = {}
+        for _, cond in ipairs(g.conds) do g.waiting[#g.waiting + 1] = cond end
+        for _, cond in ipairs(g.pcre) do g.waiting[#g.waiting + 1] = cond end
+        cs.pending = cs.pending or {}
+        cs.pending[#cs.pending + 1] = g
+      else
+        local dropped, err = compile_group(g, pause)
+        if not dropped then return nil, err end
+        took_lua(cs, g, dropped)
       end
     end
     if pause then pause() end
   end
+  M.poll(cs)
   cs.ready = true
   return true
+end
+
+-- Takes the databases of the Lua rules' groups the compile thread finished (as
+-- poll_seclang); true when none is pending.
+function M.poll(cs)
+  local pending = cs.pending
+  if not pending then return true end
+  local left = {}
+  for _, g in ipairs(pending) do
+    local st, db, notes = hs.get(g.key)
+    if st == "ready" then
+      took_lua(cs, g, apply_notes(g, db, notes))
+      g.waiting = nil
+    elseif st == "pending" then
+      left[#left + 1] = g
+    else
+      -- refused (or unknown): PCRE2 runs the whole group
+      g.pcre, g.conds, g.waiting = g.waiting, {}, nil
+      cs.pcre_only[#cs.pcre_only + 1] = "group " .. tostring(g.chain) .. " (hyperscan: "
+        .. tostring(st == "failed" and db:match("^[^\n]*") or st) .. ")"
+    end
+  end
+  cs.pending = #left > 0 and left or nil
+  return cs.pending == nil
 end
 
 ---------------------------------------------------------------------------------------------
@@ -831,8 +876,8 @@ function M.run(cs, st)
   st.hit = {}
   st.gh = st.gh or {}
   for _, g in ipairs(cs.groups) do
-    local ch, conds, pcre = g.chain, g.conds, g.pcre
-    if g.db then
+    local ch, conds, pcre = g.chain, g.conds, g.waiting or g.pcre
+    if g.db and not g.waiting then
       -- The group's values scanned once (group_hits, as for SecLang rules); each condition
       -- then confirms only the values Hyperscan named for it.
       local h = group_hits(st, g)
