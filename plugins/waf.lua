@@ -337,15 +337,15 @@ function P.compile(conf)
   return c
 end
 
--- The Hyperscan databases are compiled here rather than in compile(): they are the slow
--- part (about 0.4 s of CPU for the default rules), the config check on the main thread
--- does not need them (a pattern Hyperscan refuses runs through PCRE2, never an error), and
--- here each worker may yield between two databases, so that lua.phase_timeout (time
--- without a yield) holds on a loaded machine too.
+-- The Hyperscan databases are asked for here rather than in compile(): they are the slow
+-- part, and the config check on the main thread does not need them (a pattern Hyperscan
+-- refuses runs through PCRE2, never an error). They are compiled once per process, on the
+-- engine's compile thread (luaproxy/waf/hs.lua; in busted, here, yielding between two
+-- databases so that lua.phase_timeout holds).
 local m_requests -- decisions on GET /metrics (docs/metrics.md)
 
 function P.init_worker(conf)
-  local ok, err = true, nil
+  local ok, err
   local cs = conf.cs
   if cs and not cs.ready then
     ok, err = engine.finish(cs, function() proxy.sleep(0) end)
