@@ -268,8 +268,7 @@ void *lp_ffi_waf_db_acquire(const char *key, size_t len, const char **meta, size
 void *lp_ffi_waf_db_publish(const char *key, size_t len, void *db, lp_waf_db_free_fn fre,
                             const char *meta, size_t meta_len, const char **meta_out,
                             size_t *meta_out_len);
-/* Gives back a reference; the last one frees the database (not one compiled by the
- * compile thread: kept until exit). */
+/* Gives back a reference; the last one frees the database. */
 void lp_ffi_waf_db_release(void *db);
 /* A key's state in the registry. */
 enum {
@@ -284,7 +283,7 @@ enum {
 int lp_ffi_waf_db_compile(const char *key, size_t len, unsigned n, const char *const *exprs,
                           const unsigned *flags, const unsigned *ids);
 /* The key's state; READY: *db with a reference taken and its notes in *meta (borrowed while
- * the reference is held); FAILED: *meta says why. */
+ * the reference is held; db NULL: the state only, no reference); FAILED: *meta says why. */
 int lp_ffi_waf_db_get(const char *key, size_t len, void **db, const char **meta,
                       size_t *meta_len);
 /* Databases published and still referenced (tests). */

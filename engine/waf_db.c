@@ -19,9 +19,9 @@
  * asks for them with lp_ffi_waf_db_compile: one thread of this file (started on the first
  * job, living until exit) compiles each key once, finding Hyperscan's functions in the
  * executable (dlsym), and publishes the result; VMs poll with lp_ffi_waf_db_get and run
- * the group's rules through PCRE2 alone until it is there (same answers, slower). An
- * entry of such a job lives from the job to exit once compiled, whatever its references:
- * a job is queued only for rules a generation loads, and each key once. */
+ * the group's rules through PCRE2 alone until it is there (same answers, slower). Such an
+ * entry lives from the job until the last reference taken on it is given back, like any
+ * other (one compiled for a generation that ended before taking it stays until exit). */
 #include "request.h" /* lua_api.h names lp_req_s */
 #include "lua_api.h"
 
@@ -42,7 +42,6 @@ typedef struct waf_db {
     lp_waf_db_free_fn fre; /* frees db when the last reference goes */
     long refs;             /* references held (one per VM using it), under db_lock */
     int state;             /* LP_WAF_DB_*, under db_lock */
-    int keep;              /* flag: compiled by the thread here: kept until exit */
     /* The job (state PENDING): owned, freed when it is done. */
     unsigned n;         /* patterns */
     char **exprs;       /* owned: n patterns */
@@ -96,8 +95,9 @@ int lp_ffi_waf_db_get(const char *key, size_t len, void **db, const char **meta,
     pthread_mutex_lock(&db_lock);
     waf_db_t *e = find_key(key, len);
     int st = e ? e->state : LP_WAF_DB_NONE;
-    *db = NULL;
-    if (st == LP_WAF_DB_READY)
+    if (db)
+        *db = NULL;
+    if (st == LP_WAF_DB_READY && db)
         *db = take(e, meta, meta_len);
     else if (st == LP_WAF_DB_FAILED) {
         *meta = e->meta;
@@ -157,7 +157,7 @@ void lp_ffi_waf_db_release(void *db)
     pthread_mutex_lock(&db_lock);
     for (waf_db_t **p = &db_list; *p; p = &(*p)->next) {
         if ((*p)->db == db) {
-            if (--(*p)->refs == 0 && !(*p)->keep) {
+            if (--(*p)->refs == 0) {
                 gone = *p;
                 *p = gone->next;
             }
@@ -445,7 +445,6 @@ int lp_ffi_waf_db_compile(const char *key, size_t len, unsigned n, const char *c
     e->len = len;
     e->n = n;
     e->fre = hsf.free_db;
-    e->keep = 1;
     e->state = LP_WAF_DB_PENDING;
     e->next = db_list;
     db_list = e;

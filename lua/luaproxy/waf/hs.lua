@@ -227,13 +227,10 @@ function M.get(key)
 end
 
 function M.queue(key, patterns, flags, ids)
-  local st = REG.lp_ffi_waf_db_get(key, #key, dbout, metap, metalen)
-  if st == M.READY then
-    REG.lp_ffi_waf_db_release(dbout[0]) -- M.get takes it again
-    return false
-  elseif st ~= M.NONE then
-    return false
-  end
+  -- the state only (db NULL): a reference taken and given back here would free a
+  -- database no VM holds yet
+  local st = REG.lp_ffi_waf_db_get(key, #key, nil, metap, metalen)
+  if st ~= M.NONE then return false end
   local n = #patterns
   local exprs = ffi.new("const char *[?]", n)
   local fl = ffi.new("unsigned int[?]", n)
