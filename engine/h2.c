@@ -15,7 +15,9 @@
 #include "worker.h"
 
 /* The connection timer's modes on an HTTP/2 connection (after the endpoint's own). */
-enum { H2_TM_IDLE = LP_EP_TM_OWNER, H2_TM_SEND };
+/* H2_TM_KICK: at once, on the next loop turn: work h2_leave(full) has to do that a call
+ * from the pipeline must not see under it (resuming an upstream, cutting a request). */
+enum { H2_TM_IDLE = LP_EP_TM_OWNER, H2_TM_SEND, H2_TM_KICK };
 
 /* Flood counters count over windows of this many ms. */
 #define H2_WINDOW_MS 10000
@@ -67,6 +69,7 @@ typedef struct lp_h2_s {
     uint8_t want_send;     /* the session has output queued while depth > 0 */
     uint8_t goaway;        /* GOAWAY sent: close when no stream is left */
     uint8_t bye;           /* a fatal error: send what is queued, then close */
+    uint8_t more;          /* h2_send stopped with output left and no write in flight */
 } lp_h2_t;
 
 static const lp_h2_conf_t *CONF(const lp_h2_t *h2)
@@ -90,6 +93,8 @@ int lp_h2_is_preface(const char *p, size_t len)
 
 /* ---- output ---- */
 
+static void h2_fill(lp_h2_t *h2);
+
 static void h2_put(lp_h2_t *h2, lp_buf_t *b, size_t used)
 {
     lp_wbatch_t *wb = used ? lp_ep_outb(&h2->c->ep, 1, 0) : NULL;
@@ -111,6 +116,34 @@ static void h2_send(lp_h2_t *h2)
     }
     h2->want_send = 0;
     h2->depth++; /* mem_send's callbacks must not free streams or send */
+    /* A socket that takes everything at once completes without `written`: go on while it
+     * does, so that the session's output never waits for a callback that will not come. */
+    h2->more = 0;
+    for (int round = 0; !h2_closing(h2); round++) {
+        if (round == 16) {
+            h2->more = 1; /* enough for one turn: the rest on the next (H2_TM_KICK) */
+            break;
+        }
+        size_t before = lp_ep_queued(&c->ep);
+        h2_fill(h2);
+        if (h2_closing(h2))
+            break;
+        lp_ep_flush(&c->ep);
+        if (lp_ep_queued(&c->ep) == before || lp_ep_queued(&c->ep) > LP_LOW_WATERMARK ||
+            !nghttp2_session_want_write(h2->s))
+            break;
+    }
+    h2->depth--;
+    if (h2_closing(h2))
+        return;
+    if (c->ep.out_pending > LP_HIGH_WATERMARK && c->ep.tmode != H2_TM_SEND)
+        lp_ep_timer(&c->ep, H2_TM_SEND, lp_ep_worker(&c->ep)->config->timeouts.send);
+}
+
+/* One batch of the session's output, up to the high watermark. */
+static void h2_fill(lp_h2_t *h2)
+{
+    lp_conn_t *c = h2->c;
     lp_buf_t *b = NULL;
     size_t used = 0;
     while (!h2_closing(h2) && lp_ep_queued(&c->ep) + used < LP_HIGH_WATERMARK) {
@@ -140,12 +173,6 @@ static void h2_send(lp_h2_t *h2)
     }
     if (b)
         h2_put(h2, b, used);
-    h2->depth--;
-    if (h2_closing(h2))
-        return;
-    lp_ep_flush(&c->ep);
-    if (c->ep.out_pending > LP_HIGH_WATERMARK && c->ep.tmode != H2_TM_SEND)
-        lp_ep_timer(&c->ep, H2_TM_SEND, lp_ep_worker(&c->ep)->config->timeouts.send);
 }
 
 static void stream_free(lp_h2_stream_t *st)
@@ -167,6 +194,19 @@ static void stream_free(lp_h2_stream_t *st)
 }
 
 static void stream_pump(lp_h2_stream_t *st);
+
+/* Some stream's request waits for h2_leave(full): an upstream to resume, or a request to
+ * cut because nghttp2 closed its stream. */
+static int h2_owes(lp_h2_t *h2)
+{
+    for (lp_list_t *it = h2->streams.next; it != &h2->streams; it = it->next) {
+        lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
+        if (st->req && ((st->was_full && st->out_bytes <= LP_LOW_WATERMARK) ||
+                        (st->closed && !((st->req->flags & LP_RF_RESP_DONE) && !st->close_code))))
+            return 1;
+    }
+    return 0;
+}
 
 /* The end of an h2.c frame: at the outermost one, streams nghttp2 closed while their
  * request ran are cut (the client reset them, or the connection failed them), upstreams
@@ -196,7 +236,7 @@ static void h2_leave(lp_h2_t *h2, int full)
                     again = 1;
                     continue;
                 }
-                if (st->was_full && st->out_bytes < LP_LOW_WATERMARK) {
+                if (st->was_full && st->out_bytes <= LP_LOW_WATERMARK) {
                     st->was_full = 0;
                     if (req->try.peer && !(req->flags & LP_RF_RESP_DONE)) {
                         lp_req_hold(req);
@@ -218,11 +258,13 @@ static void h2_leave(lp_h2_t *h2, int full)
         if (h2_closing(h2))
             return;
         h2_send(h2);
-        if (!again)
+        if (!full || !(again || h2_owes(h2)))
             break;
     }
     if (h2_closing(h2))
         return;
+    if (h2_owes(h2) || h2->more) /* a write done at once calls no `written`: come back */
+        lp_ep_timer(&c->ep, H2_TM_KICK, 0);
     if (h2->bye || (!nghttp2_session_want_read(h2->s) && !nghttp2_session_want_write(h2->s)) ||
         (h2->goaway && !h2->nopen && !nghttp2_session_want_write(h2->s))) {
         if (!(c->flags & LP_CF_CLOSE_AFTER))
@@ -231,7 +273,8 @@ static void h2_leave(lp_h2_t *h2, int full)
     }
     if (!full)
         return;
-    if (!h2->nopen && c->ep.tmode != H2_TM_IDLE && c->ep.tmode != H2_TM_SEND)
+    if (!h2->nopen && c->ep.tmode != H2_TM_IDLE && c->ep.tmode != H2_TM_SEND &&
+        c->ep.tmode != H2_TM_KICK)
         lp_ep_timer(&c->ep, H2_TM_IDLE, CONF(h2)->idle_timeout);
     else if (h2->nopen && c->ep.tmode == H2_TM_IDLE)
         lp_ep_timer(&c->ep, LP_EP_TM_NONE, 0);
@@ -619,10 +662,16 @@ void lp_h2_input(lp_conn_t *c)
             ssize_t rv = nghttp2_session_mem_recv(h2->s, (const uint8_t *)ep->rbuf->data + ep->rpos,
                                                   ep->rlen - ep->rpos);
             ep->rpos = ep->rlen;
+            lp_ep_release_rbuf(ep); /* all used (DATA is copied): room to decrypt more */
             if (rv < 0) {
                 char ip[LP_IP_TEXT];
                 lp_conn_ip_text(c, ip);
                 lp_log_info("%s: HTTP/2: %s: closing", ip, nghttp2_strerror((int)rv));
+                /* The client hears why (when nghttp2 did not tell it already). */
+                nghttp2_session_terminate_session(
+                    h2->s, rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
+                               ? NGHTTP2_ENHANCE_YOUR_CALM
+                               : NGHTTP2_PROTOCOL_ERROR);
                 h2->bye = 1;
                 break;
             }
@@ -655,6 +704,12 @@ void lp_h2_written(lp_conn_t *c)
 void lp_h2_timeout(lp_conn_t *c, int mode)
 {
     lp_h2_t *h2 = c->h2;
+    if (mode == H2_TM_KICK) {
+        lp_ep_timer(&c->ep, LP_EP_TM_NONE, 0);
+        h2->depth++;
+        h2_leave(h2, 1);
+        return;
+    }
     if (mode == H2_TM_IDLE && !h2->nopen && !(c->flags & LP_CF_CLOSE_AFTER)) {
         nghttp2_submit_goaway(h2->s, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(h2->s), NGHTTP2_NO_ERROR,
