@@ -713,7 +713,7 @@ local S = {
             .. "connection ends with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487)" },
         max_control_frames = {
           type = "integer", default = 1000, min = 1, max = 1000000,
-          description = "SETTINGS, PING, PRIORITY, WINDOW_UPDATE and empty DATA frames a client "
+          description = "SETTINGS, PING, PRIORITY and empty DATA frames a client "
             .. "may send in 10 seconds; beyond it GOAWAY ENHANCE_YOUR_CALM (floods)" },
         max_continuations = {
           type = "integer", default = 8, min = 1, max = 1024,
