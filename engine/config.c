@@ -601,6 +601,8 @@ static void read_listen(rctx_t *r)
             lua_pop(L, 1);
         }
         lc->proxy_protocol = get_bool(L, "proxy_protocol");
+        lc->http2 = get_bool(L, "http2");
+        r->server_tls[i].alpn_h2 = lc->http2;
         if (push_table(L, "real_ip")) {
             read_real_ip(r, lc);
             lua_pop(L, 1);
@@ -1235,6 +1237,17 @@ static int read_config(rctx_t *r)
     c->limits.max_body_size = (uint64_t)get_num(L, "max_body_size");
     c->limits.max_headers = get_uint(L, "max_headers");
     c->limits.max_connections = get_uint(L, "max_connections");
+    lua_pop(L, 1);
+    push_table(L, "http2");
+    c->h2.max_concurrent_streams = get_uint(L, "max_concurrent_streams");
+    c->h2.initial_window_size = get_uint(L, "initial_window_size");
+    c->h2.max_header_list_size = get_uint(L, "max_header_list_size");
+    c->h2.hpack_table_size = get_uint(L, "hpack_table_size");
+    c->h2.max_resets = get_uint(L, "max_resets");
+    c->h2.max_control_frames = get_uint(L, "max_control_frames");
+    c->h2.max_continuations = get_uint(L, "max_continuations");
+    c->h2.idle_timeout = get_ms(L, "idle_timeout");
+    c->h2.max_requests = (uint32_t)get_num(L, "max_requests");
     lua_pop(L, 1);
     read_log(r);
     push_table(L, "lua");

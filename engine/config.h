@@ -138,7 +138,16 @@ typedef struct {
     size_t ntrusted;
     lp_realip_kind_t realip_kind;
     char *realip_header; /* owned: the header's name; NULL when off */
+    int http2;           /* HTTP/2 too: ALPN h2 with TLS, else h2c by prior knowledge */
 } lp_listen_conf_t;
+
+/* The `http2` section: limits of HTTP/2 connections (h2.c). */
+typedef struct {
+    unsigned max_concurrent_streams, initial_window_size, max_header_list_size;
+    unsigned hpack_table_size, max_resets, max_control_frames, max_continuations;
+    uint64_t idle_timeout; /* ms */
+    uint32_t max_requests;
+} lp_h2_conf_t;
 
 typedef struct {
     uint64_t connect, read, send, client_header, client_body, keepalive, drain; /* ms */
@@ -209,6 +218,7 @@ typedef struct {
     lp_error_pages_t error_pages; /* the proxy's own answers replaced, by status */
     lp_timeouts_t timeouts;
     lp_limits_t limits;
+    lp_h2_conf_t h2;               /* the `http2` section */
     char *access_log;              /* owned; NULL: off; "-": stdout; "syslog" (access_out says) */
     lp_log_format_t access_format; /* log.format or log.json */
     lp_log_level_t log_level;

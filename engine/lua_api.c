@@ -104,7 +104,10 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
         set_out(out, r->try.target_addr, strlen(r->try.target_addr));
         return 0;
     case LP_FFI_VERSION:
-        set_out(out, r->minor ? "1.1" : "1.0", 3);
+        if (r->flags & LP_RF_H2)
+            set_out(out, "2", 1);
+        else
+            set_out(out, r->minor ? "1.1" : "1.0", 3);
         return 0;
     }
     return -1;

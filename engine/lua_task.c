@@ -349,7 +349,7 @@ static lp_rc_t task_parked(lp_lua_task_t *t, lp_req_t *req)
     if (t->wait != LP_LW_BODY || !req->conn)
         return LP_AGAIN;
     lp_req_hold(req);
-    lp_conn_kick(req->conn);
+    lp_conn_kick_req(req);
     return lp_req_let_go(req) == LP_GONE ? LP_GONE : LP_AGAIN;
 }
 

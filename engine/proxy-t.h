@@ -109,6 +109,7 @@ typedef struct lp_listener_s {
     uint64_t id;                 /* the listen slot (lp_bound_t.id) it serves */
     struct lp_tls_server_s *tls; /* the current config's (borrowed); NULL: plain HTTP */
     int proxy_protocol;          /* the current config's listen[].proxy_protocol */
+    int http2;                   /* the current config's listen[].http2 (h2c on plain TCP) */
     int closing;                 /* uv_close called; freed in its close callback */
     int pending;                 /* prepared for a generation not committed yet: no accept */
     int deferred;                /* a connection arrived while pending: accept it at commit */
@@ -250,8 +251,9 @@ static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
 #define LP_RF_COUNTED        0x100000 /* counted in w->requests */
 #define LP_RF_NO_LUA_RESP    0x80000 /* the response phase ran: an answer replacing it goes as is */
 #define LP_RF_DETACHED       0x200000 /* its log phase waits on without the connection (request.h) */
-#define LP_RF_TLS            0x400000 /* came over TLS (kept for a detached request's scheme) */
-#define LP_RF_METERED        0x800000 /* counted in the metrics (conn.c) */
+#define LP_RF_TLS            0x400000  /* came over TLS (kept for a detached request's scheme) */
+#define LP_RF_METERED        0x800000  /* counted in the metrics (conn.c) */
+#define LP_RF_H2             0x1000000 /* came on an HTTP/2 stream (h2.c; req:http_version() 2) */
 
 /* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
 enum {
@@ -405,6 +407,10 @@ struct lp_req_s {
     lp_buf_t *new_body;   /* owned: the replacement, NULL: the client's body goes up */
     size_t new_body_len;  /* its length (Content-Length upstream) */
     lp_req_cache_t cache; /* the response cache's (see above) */
+    /* borrowed: the HTTP/2 stream carrying it (h2.c), NULL on HTTP/1.1. The stream holds the
+     * reference that a connection's current request has (request.h); the request ending or
+     * detaching clears both links (lp_h2_req_gone). */
+    struct lp_h2_stream_s *h2s;
 };
 
 /* lp_req_t.tee */
@@ -429,6 +435,8 @@ enum {
  * (LP_EPF_RAW_IN). */
 #define LP_CF_PROXY_WAIT 0x1000
 #define LP_CF_V6         0x2000 /* client_addr is IPv6 (16 bytes); else IPv4 (its first 4) */
+#define LP_CF_H2         0x0001 /* speaks HTTP/2: `h2` is the session, not `req` (h2.c) */
+#define LP_CF_H2C        0x0002 /* h2c listener: the HTTP/2 preface first switches to HTTP/2 */
 
 /* A downstream (client) connection: HTTP/1.1 over an endpoint, one request at a time.
  * Idle keep-alive connections are most of a busy proxy's connections, so this stays small
@@ -438,7 +446,12 @@ enum {
 struct lp_conn_s {
     lp_endpoint_t ep; /* the socket (endpoint.h); freed with it (ops->closed) */
     lp_list_t link;   /* in w->conns */
-    lp_req_t *req;    /* reference: the request being read or served (request.h) */
+    union {
+        lp_req_t *req; /* reference: the request being read or served (request.h) */
+        /* LP_CF_H2: owned: the HTTP/2 session and its streams (h2.c), freed with the
+         * connection (its requests are on the streams, never in `req`) */
+        struct lp_h2_s *h2;
+    };
     union {
         /* Requests started on it (keepalive_requests). */
         uint32_t nrequests;
