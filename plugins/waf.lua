@@ -298,7 +298,7 @@ function P.seed_tx(conf)
   return tx
 end
 
-function P.compile(conf)
+local function compile(conf)
   local files, err = rule_files(conf)
   if not files then error(err, 0) end
   local parts = {}
@@ -335,6 +335,16 @@ function P.compile(conf)
   c.vopts = { max_args = conf.max_args }
   c.text = { ["Content-Type"] = "text/plain" }
   return c
+end
+
+-- A config problem (a missing crs path, a rule file's "file:line: problem") is returned,
+-- not raised: the loader adds a Lua stack traceback to what compile raises, which says
+-- nothing to someone fixing a config. A bug here still names its waf.lua line.
+function P.compile(conf)
+  local ok, res = pcall(compile, conf)
+  if ok then return res end
+  if type(res) == "string" then return nil, res end
+  error(res, 0)
 end
 
 -- The Hyperscan databases are asked for here rather than in compile(): they are the slow
