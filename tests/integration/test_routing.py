@@ -189,7 +189,10 @@ class PredicateTest(H.ProxyTestCase):
         out = explain("GET http://a.test/u/7")
         self.assertIn("#1 beta: no (predicate (a Lua function) does not hold)", out)
         self.assertIn("#3 rest: matched", out)
+        # A predicate is not run when another condition of its route failed: not named.
+        self.assertIn('#2 boom: no (prefix "/boom" does not hold)\n', out)
         out = explain("GET http://a.test/boom")
+        self.assertIn('#1 beta: no (path "/u/:id" does not hold)\n', out)
         self.assertIn("#2 boom: no (predicate failed (the proxy answers 500): ", out)
         self.assertIn("predicate kaboom", out)
         self.assertIn("500 (routes[2].match.predicate failed)", out)
