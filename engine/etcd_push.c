@@ -50,8 +50,14 @@ static int check(const char *path, char *err, size_t errlen)
     lp_config_t *cfg;
     lp_config_admin_json = 0;
     int rc = lp_config_load(path, &cfg, err, errlen);
-    if (rc)
+    if (rc) {
+        /* The shared config needs a listen only to pass the check: say so. */
+        size_t n = strlen(err);
+        if (strstr(err, ": listen: required field missing") && n + 80 < errlen)
+            snprintf(err + n, errlen - n,
+                     " (push checks a complete config: add one; each instance keeps its own)");
         return rc;
+    }
     if (cfg->config_source) {
         snprintf(err, errlen, "%s: a bootstrap file (config_source): push the config itself", path);
         rc = LP_ECONFIG;
