@@ -510,7 +510,9 @@ function P.request(req, conf)
     elseif outcome == "budget" then
       matches = matches or {}
       matches[#matches + 1] = { id = 0, var = "-", excerpt = "time budget exceeded", msg = "time budget" }
-      if conf.over_budget == "block" then deny = { id = 0 } end
+      if conf.over_budget == "block" then
+        deny = { id = 0, why = format("time_budget %gs used up, over_budget = \"block\"", conf.time_budget) }
+      end
     end
     if sst.detect_only and deny and conf.mode == "block" then conf = setmetatable({ mode = "detect" }, { __index = conf }) end
     if sst.learn then learn(sst) end
@@ -545,11 +547,11 @@ function P.request(req, conf)
   local what = describe(matches)
   if action == "block" then
     proxy.log.warn(format("waf: blocked %s %s (score %d%s): %s", req:method(), req:path(),
-      score, deny and ", deny rule " .. deny.id or "", what))
+      score, deny and ", " .. (deny.why or "deny rule " .. deny.id) or "", what))
     return req:respond(status, conf.message, conf.text)
   elseif action == "detect" then
     proxy.log.warn(format("waf: would block %s %s (score %d%s, %s mode): %s", req:method(),
-      req:path(), score, deny and ", deny rule " .. deny.id or "", conf.mode, what))
+      req:path(), score, deny and ", " .. (deny.why or "deny rule " .. deny.id) or "", conf.mode, what))
   else
     proxy.log.info(format("waf: matched %s %s (score %d, under %d): %s", req:method(),
       req:path(), score, conf.inbound_threshold, what))
