@@ -1454,6 +1454,7 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         return LP_ENOMEM;
     }
     luaL_openlibs(L);
+    lp_lua_seed_random(L); /* a config may draw random weights or names */
     /* This VM runs the config once and is closed: compiling traces costs more than it saves,
      * and each trace makes the JIT flip its machine-code pages with mprotect, which flushes
      * every CPU's TLB (most of a reload's CPU time, and slow on a busy machine). */

@@ -691,6 +691,22 @@ int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
     return rc;
 }
 
+void lp_lua_seed_random(lua_State *L)
+{
+    /* Lua's math.random starts from a fixed seed: every worker and every restart would draw
+     * the same numbers (the ab and mirror plugins' splits, the cache's multipart boundary).
+     * Seeded from the OS's random source, as OpenResty users are told to do themselves. Not
+     * for secrets: those use the crypto module. */
+    uint64_t r = 0;
+    if (uv_random(NULL, NULL, &r, sizeof(r), 0, NULL))
+        r = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)L;
+    lua_getglobal(L, "math");
+    lua_getfield(L, -1, "randomseed");
+    lua_pushnumber(L, (lua_Number)(r >> 11)); /* 53 bits: exact in a double */
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
+}
+
 int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, lp_lua_t **out,
                 char *err, size_t errlen)
 {
@@ -714,6 +730,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
         return LP_ENOMEM;
     }
     luaL_openlibs(L);
+    lp_lua_seed_random(L);
     lp_lua_set_paths(L, cfg->path);
     current_vm = vm; /* the FFI functions used while loading find the VM */
     if (guard_setup(L, cfg->path, err, errlen))

@@ -137,6 +137,9 @@ int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
  * the plugins and handlers, and runs init_worker (which may change `ups`, the generation's
  * upstreams in w). May run on the main thread: the VM is
  * handed to the worker afterwards. */
+/* math.randomseed from the OS's random source: every Lua VM the engine makes. */
+void lp_lua_seed_random(lua_State *L);
+
 int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups,
                 struct lp_lua_s **out, char *err, size_t errlen);
 /* The upstreams of the generation whose Lua runs now on this thread (proxy.upstream()), or

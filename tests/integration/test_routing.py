@@ -144,6 +144,24 @@ PREDICATE_ROUTES = [
 ]
 
 
+class RandomSeedTest(H.ProxyTestCase):
+    """math.random is seeded per Lua VM from the OS (engine/lua_vm.c): two starts of the same
+    config draw different numbers (unseeded, LuaJIT gives the same sequence every time)."""
+
+    def test_two_starts_draw_differently(self):
+        routes = [{"handler": H.LuaRaw(
+            'function(req) req:respond(200, string.format("%.17g %.17g", math.random(), '
+            'math.random())) end')}]
+        seen = []
+        for _ in range(2):
+            p = self.start_proxy({}, routes, workers=1)
+            r = H.get(p.port, "/")
+            self.assertEqual(r.status, 200, r)
+            seen.append(r.body)
+            p.stop()
+        self.assertNotEqual(seen[0], seen[1])
+
+
 class PredicateTest(H.ProxyTestCase):
     @classmethod
     def setUpClass(cls):
