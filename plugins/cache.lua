@@ -608,7 +608,10 @@ function P.request(req, conf)
   -- A GET that may fill the entry asks for the whole representation; the client's Range and
   -- conditionals are answered from the upstream's 200 (answer_stripped), later ones from the
   -- entry.
-  if method == "GET" then forward_headers(req, st, rh, nil) end
+  -- (Without any of those fields there is nothing to change.)
+  if method == "GET" and (has_conditional(rh) or rh.range ~= nil or rh["if-range"] ~= nil) then
+    forward_headers(req, st, rh, nil)
+  end
 end
 
 -- The upstream answered a request whose conditionals and Range the cache kept back with the
