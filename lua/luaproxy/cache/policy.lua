@@ -551,9 +551,12 @@ local function add_names(set, value)
 end
 
 -- The set of field names not to store for these response headers.
+-- NOT_STORED is seen through the set's metatable rather than copied into it: a short pairs
+-- loop per stored response aborted the trace of every miss.
+local UNSTORED_MT = { __index = NOT_STORED }
+
 local function unstored_set(h, cc, opts)
-  local drop = {}
-  for k in pairs(NOT_STORED) do drop[k] = true end
+  local drop = setmetatable({}, UNSTORED_MT)
   add_names(drop, h.connection)
   if qualified(cc["no-cache"]) then
     for _, n in ipairs(P.field_names(cc["no-cache"])) do drop[n] = true end
@@ -1144,11 +1147,19 @@ local function sf_string(v)
 end
 
 -- A token when the value is one (RFC 8941 §3.3.4), else a string.
+-- Items already written, by value (a few: "luaproxy", "miss", "stale", details): the pattern
+-- test is not compiled and ran for every answer. Bounded: emptied at 64.
+local sf_memo, sf_memo_n = {}, 0
+
 local function sf_item(v)
   if type(v) == "number" then return format("%d", floor(v)) end
   v = tostring(v)
-  if find(v, "^[%a*][!#$%%&'*+%-.%^_`|~:/%w]*$") then return v end
-  return sf_string(v)
+  local out = sf_memo[v]
+  if out then return out end
+  if find(v, "^[%a*][!#$%%&'*+%-.%^_`|~:/%w]*$") then out = v else out = sf_string(v) end
+  if sf_memo_n >= 64 then sf_memo, sf_memo_n = {}, 0 end
+  sf_memo[v], sf_memo_n = out, sf_memo_n + 1
+  return out
 end
 
 function P.cache_status(t)
