@@ -9,7 +9,7 @@ local policy = require "luaproxy.cache.policy"
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
 local format, sub, lower, gsub, find = string.format, string.sub, string.lower, string.gsub,
   string.find
-local concat, max = table.concat, math.max
+local concat, max, floor = table.concat, math.max, math.floor
 
 local P = {
   name = "cache",
@@ -163,6 +163,8 @@ P._encode, P._decode = encode, decode -- specs
 
 -- ---- helpers ----
 
+local NO_DIRECTIVES = policy.request_directives({}) -- shared by requests without any: read only
+
 local function default_key(req)
   return "GET " .. (req:scheme() or "http") .. "://" .. req:host() .. req:uri()
 end
@@ -195,15 +197,34 @@ end
 -- adds). Bounded: emptied when it holds 4096 heads.
 local decoded, ndecoded = {}, 0
 
+-- The fields a hit serves as stored, in the upstream's case, as { name, value } pairs: built
+-- once per decoded head (served_list) so a hit copies an array instead of walking the header
+-- table with pairs (a loop that aborts the trace) and re-casing every name.
+local function served_list(headers, case)
+  local list = {}
+  for name, v in pairs(headers) do
+    if not NOT_SERVED[name] then
+      local out = case[name] or name
+      if type(v) == "table" then
+        for _, x in ipairs(v) do list[#list + 1] = { out, x } end
+      else
+        list[#list + 1] = { out, v }
+      end
+    end
+  end
+  return list
+end
+
 local function decode_cached(head)
   local d = decoded[head]
-  if d then return d[1], d[2], d[3] end
+  if d then return d[1], d[2], d[3], d[4] end
   local meta, headers, case = decode(head)
   if not meta then return nil end
   if ndecoded >= 4096 then decoded, ndecoded = {}, 0 end
-  decoded[head] = { meta, headers, case }
+  local base = served_list(headers, case)
+  decoded[head] = { meta, headers, case, base }
   ndecoded = ndecoded + 1
-  return meta, headers, case
+  return meta, headers, case, base
 end
 
 -- The entry stored for key that fits this request: meta, headers, body length; or nil (and
@@ -218,9 +239,9 @@ local function lookup(req, z, key, rh, conf)
     head, blen = z:get(req, key, sec)
     if not head then return nil, nil, nil, sec end
   end
-  local meta, headers, case = decode_cached(head)
+  local meta, headers, case, base = decode_cached(head)
   if not meta then return nil end
-  return meta, headers, blen, sec, case
+  return meta, headers, blen, sec, case, base
 end
 
 -- Several ranges (RFC 9110 §14.6): a multipart/byteranges body built from the entry, when the
@@ -268,38 +289,50 @@ end
 
 -- Answers from the entry looked up last: client conditionals (304/412) and ranges (206/416)
 -- first. Ends the request phase; in the response phase it replaces the upstream's answer.
-local function serve(req, conf, st, meta, headers, blen, cs, client_only)
+-- The request fields that make an answer conditional (RFC 9110 §13.1): without any of them
+-- policy.conditional answers nil, so a hit skips it (and its date and ETag parsing).
+local function has_conditional(rh)
+  return rh["if-match"] ~= nil or rh["if-none-match"] ~= nil
+    or rh["if-modified-since"] ~= nil or rh["if-unmodified-since"] ~= nil
+end
+
+-- base: the served_list of (meta, headers) when the caller has it (a hit from decode_cached);
+-- else it is built here (a 304's merged fields, a refetch).
+local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
   local z = st.zone
   local now = proxy.now()
   local age = policy.current_age(meta, now)
-  local case = st.case or {}
+  base = base or served_list(headers, st.case or {})
+  local n = #base
   local list = {}
-  for name, v in pairs(headers) do
-    if not NOT_SERVED[name] then
-      local out = case[name] or name
+  for i = 1, n do list[i] = base[i] end -- shared by every hit on the head: never changed
+  if client_only then
+    for name, v in pairs(client_only) do -- this response's only (a 304's Set-Cookie)
       if type(v) == "table" then
-        for _, x in ipairs(v) do list[#list + 1] = { out, x } end
+        for _, x in ipairs(v) do list[#list + 1] = { name, x } end
       else
-        list[#list + 1] = { out, v }
+        list[#list + 1] = { name, v }
       end
     end
   end
-  for name, v in pairs(client_only or {}) do -- this response's only (a 304's Set-Cookie)
-    if type(v) == "table" then
-      for _, x in ipairs(v) do list[#list + 1] = { name, x } end
-    else
-      list[#list + 1] = { name, v }
-    end
-  end
   list[#list + 1] = { "Age", policy.age_header(age) }
-  cs.prior = headers["cache-status"]
-  cs.ttl = meta.ttl - age
-  list[#list + 1] = { "Cache-Status", policy.cache_status(cs) }
+  local prior, ttl = headers["cache-status"], meta.ttl - age
+  local status_value
+  if cs.hit and prior == nil and not cs.collapsed and not cs.detail then
+    -- What policy.cache_status makes of { hit = true, ttl = ttl }, without its tables and
+    -- pattern matching (not compiled) on every hit.
+    status_value = "luaproxy; hit; ttl=" .. format("%d", floor(ttl))
+  else
+    cs.prior, cs.ttl = prior, ttl
+    status_value = policy.cache_status(cs)
+  end
+  list[#list + 1] = { "Cache-Status", status_value }
   st.served = true
   local method, status = req:method(), meta.status or 200
-  local c = policy.conditional(method, st.rh, headers, meta.response_time)
+  local rh = st.rh
+  local c = has_conditional(rh) and policy.conditional(method, rh, headers, meta.response_time)
   if c then return z:respond(req, c, list, -2) end
-  local range = st.rh.range
+  local range = rh.range
   if method == "GET" and status == 200 and range then
     local r = policy.parse_range(range, blen, st.rh["if-range"], headers, conf._opts)
     if r == "unsatisfiable" then
@@ -444,7 +477,7 @@ local function refetch(req, conf, st)
     if stale.d and (stale.d.stale_if_error or stale.d.stale_if_disconnected) then
       z:count("stale")
       return serve(req, conf, st, stale.meta, stale.headers, stale.blen,
-        { hit = true, detail = "stale-if-error" })
+        { hit = true, detail = "stale-if-error" }, nil, stale.base)
     end
     req:set_status(502)
     return
@@ -458,11 +491,11 @@ local function refetch(req, conf, st)
   end
   local head, blen = z:get(req, st.key, sec)
   if not head then req:set_status(502) return end
-  local meta, headers, hcase = decode_cached(head)
+  local meta, headers, hcase, base = decode_cached(head)
   if not meta then req:set_status(502) return end
   st.case = hcase
   return serve(req, conf, st, meta, headers, blen,
-    { fwd = st.fwd or "stale", fwd_status = res.status, stored = stored or nil })
+    { fwd = st.fwd or "stale", fwd_status = res.status, stored = stored or nil }, nil, base)
 end
 
 -- The client's preconditions and Range never go upstream on a request that may fill or
@@ -477,6 +510,49 @@ local function forward_headers(req, st, rh, stored)
       req:set_header(k, v)
     end
   end
+end
+
+-- One lookup for P.request: true when the request was answered (from the entry, or 504
+-- under only-if-cached) or goes upstream to revalidate; false on a miss (st.sec set).
+-- waited: after waiting for another request's fill.
+local function look(req, conf, st, z, key, rh, rd, waited)
+  local meta, headers, blen, sec, case, base = lookup(req, z, key, rh, conf)
+  st.case = case
+  if meta then
+    local decision, d = policy.evaluate(meta, rd, proxy.now(), conf._opts)
+    if decision == "fresh" or decision == "stale_ok" then
+      z:count(decision == "fresh" and "hit" or "stale")
+      serve(req, conf, st, meta, headers, blen, { hit = true, collapsed = waited or nil }, nil,
+        base)
+      return true
+    elseif decision == "stale_while_revalidate" then
+      z:count("stale")
+      if refresh_in_background(req, conf, st, sec) then
+        serve(req, conf, st, meta, headers, blen, { hit = true, detail = "stale-while-revalidate" },
+          nil, base)
+        return true
+      end
+      -- The entry went (evicted, purged) while the marker was looked at: a miss.
+    elseif decision == "revalidate" then
+      z:count("expired")
+      st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d, base = base }
+      st.fwd = d and d.fwd or "stale"
+      if not waited and conf.lock then z:lock(req, key, conf.lock_timeout) end
+      -- Our validators replace the client's: a 304 makes the stored entry current, and the
+      -- client's own conditionals and Range are then answered from it.
+      forward_headers(req, st, rh, headers)
+      return true
+    elseif d and d.only_if_cached then
+      req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
+      return true
+    end
+  end
+  if rd.only_if_cached then
+    req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
+    return true
+  end
+  st.sec = sec
+  return false
 end
 
 -- ---- phases ----
@@ -502,50 +578,22 @@ function P.request(req, conf)
   st.key = key
   local rh = req:headers()
   st.rh = rh
-  local rd = policy.request_directives(rh)
+  -- Most requests carry neither Cache-Control nor Pragma: their directives are one shared,
+  -- never changed table.
+  local rd = (rh["cache-control"] == nil and rh.pragma == nil) and NO_DIRECTIVES
+    or policy.request_directives(rh)
   st.rd = rd
   if o.bypass then
     z:count("bypass")
     st.fwd = "bypass"
     return
   end
-  local waited = false
-  while true do
-    local meta, headers, blen, sec, case = lookup(req, z, key, rh, conf)
-    st.case = case
-    if meta then
-      local decision, d = policy.evaluate(meta, rd, proxy.now(), conf._opts)
-      if decision == "fresh" or decision == "stale_ok" then
-        z:count(decision == "fresh" and "hit" or "stale")
-        return serve(req, conf, st, meta, headers, blen, { hit = true, collapsed = waited or nil })
-      elseif decision == "stale_while_revalidate" then
-        z:count("stale")
-        if refresh_in_background(req, conf, st, sec) then
-          return serve(req, conf, st, meta, headers, blen,
-            { hit = true, detail = "stale-while-revalidate" })
-        end
-        -- The entry went (evicted, purged) while the marker was looked at: a miss.
-      elseif decision == "revalidate" then
-        z:count("expired")
-        st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d }
-        st.fwd = d and d.fwd or "stale"
-        if not waited and conf.lock then z:lock(req, key, conf.lock_timeout) end
-        -- Our validators replace the client's: a 304 makes the stored entry current, and the
-        -- client's own conditionals and Range are then answered from it.
-        forward_headers(req, st, rh, headers)
-        return
-      elseif d and d.only_if_cached then
-        return req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
-      end
-    end
-    if rd.only_if_cached then
-      return req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
-    end
-    st.sec = sec
-    if not conf.lock or waited or z:lock(req, key, conf.lock_timeout) then break end
+  -- One look, and a second after waiting for another request's fill: not a loop, whose
+  -- single iteration per request would abort the trace on every hit.
+  if look(req, conf, st, z, key, rh, rd, false) then return end
+  if conf.lock and not z:lock(req, key, conf.lock_timeout) then
     -- Another request fills the key: wait for its entry (bounded), then look again; a fill
     -- that ends without an entry (not storable, too large) lets everyone go upstream.
-    waited = true
     local deadline = proxy.monotonic() + conf.lock_timeout
     while z:locked(key) do
       local left = deadline - proxy.monotonic()
@@ -553,13 +601,17 @@ function P.request(req, conf)
       z:wait(key, left) -- woken by the filling worker, whichever it is
     end
     st.collapsed = true
+    if look(req, conf, st, z, key, rh, rd, true) then return end
   end
   z:count("miss")
-  st.fwd = st.fwd or (waited and "miss" or "miss")
+  st.fwd = st.fwd or "miss"
   -- A GET that may fill the entry asks for the whole representation; the client's Range and
   -- conditionals are answered from the upstream's 200 (answer_stripped), later ones from the
   -- entry.
-  if method == "GET" then forward_headers(req, st, rh, nil) end
+  -- (Without any of those fields there is nothing to change.)
+  if method == "GET" and (has_conditional(rh) or rh.range ~= nil or rh["if-range"] ~= nil) then
+    forward_headers(req, st, rh, nil)
+  end
 end
 
 -- The upstream answered a request whose conditionals and Range the cache kept back with the
@@ -641,7 +693,7 @@ function P.response(req, conf)
       or (not from_upstream and (stale.d.stale_if_error or stale.d.stale_if_disconnected))) then
     z:count("stale")
     return serve(req, conf, st, stale.meta, stale.headers, stale.blen,
-      { hit = true, detail = "stale-if-error" })
+      { hit = true, detail = "stale-if-error" }, nil, stale.base)
   end
   local o = req:cache_options()
   local stored, ttl = false, nil

@@ -84,8 +84,12 @@ end
 -- Answers with the entry the request looked up last: `status`, `headers` (a list of
 -- { name, value }), its body or bytes first..last of it. In the request phase this ends the
 -- phase (as req:respond()); in the response phase it replaces the upstream's answer.
+local cache_respond -- luaproxy.request's, looked up on first use (it requires this module)
+
 function Zone:respond(req, status, headers, first, last)
-  require("luaproxy.request").cache_respond(req, status, headers, first or -1, last or -1)
+  -- require is not compiled: a call per hit would end the hit's trace here.
+  cache_respond = cache_respond or require("luaproxy.request").cache_respond
+  cache_respond(req, status, headers, first or -1, last or -1)
 end
 
 -- Bytes first..first+n-1 of the looked-up entry's body, as a string (fewer at its end).

@@ -44,6 +44,43 @@ describe("cache plugin", function()
     assert.equal(1, z.counts.miss)
   end)
 
+  it("serves hits on one entry the same fields each time, whatever ran between them", function()
+    -- A hit copies the head's served fields built once per head (plugins/cache.lua
+    -- served_list): a Range answer or a conditional one must not change what later hits get.
+    run(nil, { uri = "/h" }, fresh("hello", { ETag = '"e1"', ["X-Multi"] = { "a", "b" } }))
+    local function fields(r)
+      local out = {}
+      for k, v in pairs(r.headers) do
+        local l = k:lower()
+        if l ~= "age" and l ~= "cache-status" and l ~= "content-range" then out[l] = v end
+      end
+      return out
+    end
+    local one = run(nil, { uri = "/h" })
+    local ranged = run(nil, { uri = "/h", headers = { Range = "bytes=1-2" } })
+    assert.equal(206, ranged.status)
+    assert.equal("el", ranged.body)
+    local cond = run(nil, { uri = "/h", headers = { ["If-None-Match"] = '"e1"' } })
+    assert.equal(304, cond.status)
+    local two = run(nil, { uri = "/h" })
+    assert.same(fields(one), fields(two))
+    assert.same({ "a", "b" }, fields(two)["x-multi"])
+    -- The hit's Cache-Status is what the policy module makes of it.
+    local policy = require "luaproxy.cache.policy"
+    local ttl = tonumber(two.headers["cache-status"]:match("ttl=(%-?%d+)"))
+    assert.equal(policy.cache_status { hit = true, ttl = ttl }, two.headers["cache-status"])
+  end)
+
+  it("keeps a hit's request directives per request (Cache-Control, Pragma)", function()
+    run(nil, { uri = "/d" }, fresh("d1"))
+    assert.matches("; hit", run(nil, { uri = "/d" }).headers["cache-status"])
+    local nc = run(nil, { uri = "/d", headers = { Pragma = "no-cache" } }, fresh("d2"))
+    assert.equal("d2", nc.body)
+    local ma = run(nil, { uri = "/d", headers = { ["Cache-Control"] = "no-cache" } }, fresh("d3"))
+    assert.equal("d3", ma.body)
+    assert.matches("; hit", run(nil, { uri = "/d" }).headers["cache-status"])
+  end)
+
   it("keys on host and query", function()
     run(nil, { uri = "/a?x=1" }, fresh("x1"))
     assert.equal("x2", run(nil, { uri = "/a?x=2" }, fresh("x2")).body)
