@@ -271,8 +271,8 @@ static void h2_leave(lp_h2_t *h2, int full)
             lp_conn_close_after_write(c);
         return;
     }
-    if (!full)
-        return;
+    /* Also after the pipeline's own sends (not full): the last stream often closes there, and
+     * when its write completes at once no `written` comes to arm the idle timer later. */
     if (!h2->nopen && c->ep.tmode != H2_TM_IDLE && c->ep.tmode != H2_TM_SEND &&
         c->ep.tmode != H2_TM_KICK)
         lp_ep_timer(&c->ep, H2_TM_IDLE, CONF(h2)->idle_timeout);
