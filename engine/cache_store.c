@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cache_disk.h"
 #include "cache_store_int.h"
@@ -485,8 +486,18 @@ int lp_cache_zone_set_disk(lp_cache_zone_t *z, const char *path, size_t size)
     }
     /* Started here, once per zone: the zone may be shared already (a reload giving a memory
      * zone a disk), so z->disk is set under the lock, where every reader takes it. */
+    /* Stamps name one write of a file, and the files outlive the process: a new process's
+     * stamps begin past the last one's (the time in ns: 10^9 commits a second would be
+     * needed to catch up with the clock), or an entry stored again could carry the stamp of
+     * its key's file from the last run and take that old content for its own. The scan
+     * raises them past every stamp it finds too (a clock set back). */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t base = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     pthread_mutex_lock(&z->lock);
     z->dcapacity = size;
+    if (z->stamps < base)
+        z->stamps = base;
     pthread_mutex_unlock(&z->lock);
     d = lp_cdisk_start(z, path);
     if (!d)

@@ -99,7 +99,8 @@ struct lp_cache_zone_s {
     size_t dentries;         /* entries on disk (resident or not) */
     size_t nstubs;           /* linked disk-only entries */
     lp_list_t dlru;          /* entries on disk, most recently used first */
-    uint64_t stamps;         /* stamps handed out (entry.stamp) */
+    uint64_t stamps;         /* stamps handed out (entry.stamp): begins past the last
+                                process's, and past every file the scan finds */
 };
 
 /* Under the zone lock (cache_store.c): takes e out of the table and both LRUs and puts it on
