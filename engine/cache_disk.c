@@ -262,6 +262,8 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
     e->stamp = h.stamp;
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
+    if (z->stamps < h.stamp)
+        z->stamps = h.stamp; /* new entries' stamps stay past every file's */
     if (lp__cache_find(z, e->hash, e->key, e->klen, e->sec, e->slen)) {
         /* Stored since the start: that entry is newer, its write (queued after this scan)
          * replaces the file. */

@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cache_disk.h"
 #include "cache_store_int.h"
@@ -485,8 +486,18 @@ int lp_cache_zone_set_disk(lp_cache_zone_t *z, const char *path, size_t size)
     }
     /* Started here, once per zone: the zone may be shared already (a reload giving a memory
      * zone a disk), so z->disk is set under the lock, where every reader takes it. */
+    /* Stamps name one write of a file, and the files outlive the process: a new process's
+     * stamps begin past the last one's (the time in ns: 10^9 commits a second would be
+     * needed to catch up with the clock), or an entry stored again could carry the stamp of
+     * its key's file from the last run and take that old content for its own. The scan
+     * raises them past every stamp it finds too (a clock set back). */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t base = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     pthread_mutex_lock(&z->lock);
     z->dcapacity = size;
+    if (z->stamps < base)
+        z->stamps = base;
     pthread_mutex_unlock(&z->lock);
     d = lp_cdisk_start(z, path);
     if (!d)
@@ -784,24 +795,16 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
         f->zone = z;
     }
     f->started = 1;
-    lp_cache_entry_t *e = calloc(1, sizeof(*e));
-    if (!e || !(e->key = malloc(klen + slen + 1)) || !(e->head = malloc(hlen ? hlen : 1))) {
-        if (e)
-            free(e->key);
-        free(e);
+    /* refs 1: the zone's, once linked. Not resident and costing nothing until commit: its
+     * chunks are charged as they come, the rest when it is linked. */
+    lp_cache_entry_t *e =
+        lp__cache_entry_new(key, klen, sec, slen, head, hlen, 0, keep_until, NULL);
+    if (!e) {
         lp_cache_fill_abandon(f);
         return NULL;
     }
-    memcpy(e->key, key, klen);
-    memcpy(e->key + klen, sec, slen);
-    e->klen = klen;
-    e->sec = e->key + klen;
-    e->slen = slen;
-    memcpy(e->head, head, hlen);
-    e->hlen = hlen;
-    e->hash = lp_hash64(key, klen);
-    e->keep_until = keep_until;
-    atomic_init(&e->refs, 1); /* the zone's, once linked */
+    e->resident = 0;
+    e->cost = 0;
     f->e = e;
     f->hint = size_hint;
     return f;
@@ -948,7 +951,6 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     if (variants >= LP_CACHE_MAX_VARIANTS)
         unlink_entry(z, oldest, &dead);
     e->resident = 1;
-    e->fid = lp__cache_fid(e->key, e->klen, e->sec, e->slen);
     lp__cache_link(z, e);
     if (z->disk) {
         /* Written as it completes (not when memory evicts it): a restart finds every entry,

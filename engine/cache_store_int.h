@@ -99,7 +99,8 @@ struct lp_cache_zone_s {
     size_t dentries;         /* entries on disk (resident or not) */
     size_t nstubs;           /* linked disk-only entries */
     lp_list_t dlru;          /* entries on disk, most recently used first */
-    uint64_t stamps;         /* stamps handed out (entry.stamp) */
+    uint64_t stamps;         /* stamps handed out (entry.stamp): begins past the last
+                                process's, and past every file the scan finds */
 };
 
 /* Under the zone lock (cache_store.c): takes e out of the table and both LRUs and puts it on
@@ -122,8 +123,9 @@ void lp__cache_replace(lp_cache_zone_t *z, lp_cache_entry_t *old, lp_cache_entry
 /* Under the zone lock: e's file is written (size bytes): on the disk LRU, charged. */
 void lp__cache_on_disk(lp_cache_zone_t *z, lp_cache_entry_t *e, uint64_t size);
 void lp__cache_entry_free(lp_cache_entry_t *e);
-/* A new entry, not linked, refs 1: a disk-only one (chunks NULL) or one whose body was read
- * back from its file (chunks, owned from now on). NULL when out of memory (chunks freed). */
+/* A new entry, not linked, refs 1: a disk-only one (chunks NULL), one whose body was read
+ * back from its file (chunks, owned from now on), or a fill's (cache_store.c resets what
+ * its commit sets). NULL when out of memory (chunks freed). */
 lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *sec, size_t slen,
                                       const char *head, size_t hlen, uint64_t body_len,
                                       double keep_until, lp_cache_chunk_t *chunks);

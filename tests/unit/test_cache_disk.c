@@ -1,7 +1,7 @@
-/* engine/cache_disk.c and cache_disk_file.c: the entry file format (write, read back, every damage refused: a flipped
- * byte in the head or the body, a truncated file, a wrong magic), the path layout, and the
- * index: a zone's entries written to its directory, found again (on disk only) by a new zone
- * over the same directory, the disk budget, purge deleting files, and memory eviction
+/* engine/cache_disk.c and cache_disk_file.c: the entry file format (write, read back, every damage
+ * refused: a flipped byte in the head or the body, a truncated file, a wrong magic), the path
+ * layout, and the index: a zone's entries written to its directory, found again (on disk only) by a
+ * new zone over the same directory, the disk budget, purge deleting files, and memory eviction
  * keeping an entry on disk. */
 #include <dirent.h>
 #include <fcntl.h>
@@ -14,6 +14,7 @@
 
 #include "cache_disk.h"
 #include "cache_store.h"
+#include "cache_store_int.h"
 #include "lp_test.h"
 
 #define K(s) (s), strlen(s)
@@ -344,12 +345,62 @@ static void budgets(void)
     rm_rf(root);
 }
 
+/* The stamp in a file from an earlier run of the process. */
+static uint64_t file_stamp(const char *key, const char *sec)
+{
+    char path[512];
+    if (!CHECK(lp_cdisk_path(path, sizeof(path), root, lp__cache_fid(K(key), K(sec))) <
+               sizeof(path)))
+        return 0;
+    int fd = open(path, O_RDONLY);
+    if (!CHECK(fd >= 0))
+        return 0;
+    lp_cdisk_hdr_t h;
+    char *meta = NULL;
+    const char *err = lp_cdisk_read_meta(fd, &h, &meta);
+    close(fd);
+    free(meta);
+    CHECK(!err);
+    return err ? 0 : h.stamp;
+}
+
+/* A stamp tells which write of a file holds an entry's content: a new entry must never get
+ * the stamp a file of the same key carries from an earlier run, or a disk-only entry made
+ * from it (pushed out of memory before its write) would take the old file as its own and
+ * serve the old response. */
+static void stamps_unique_across_restarts(void)
+{
+    make_root("stamps");
+    rm_rf(root);
+    lp_cache_zone_t *z = lp_cache_zone_acquire("disk3", 1 << 20, 1 << 16);
+    REQUIRE(!lp_cache_zone_set_disk(z, root, 1 << 20));
+    wait_stats(z, 0, 1);
+    CHECK_EQ_INT(put(z, "k", "", "old body"), 0);
+    wait_stats(z, 1, 1);
+    lp_cache_zone_release(z);
+    uint64_t old = file_stamp("k", "");
+
+    z = lp_cache_zone_acquire("disk3", 1 << 20, 1 << 16);
+    REQUIRE(!lp_cache_zone_set_disk(z, root, 1 << 20));
+    wait_stats(z, 1, 1);
+    CHECK_EQ_INT(put(z, "k", "", "new body!"), 0);
+    lp_cache_entry_t *e = lp_cache_get(z, K("k"), K(""), now());
+    REQUIRE(e);
+    CHECK(lp_cache_entry_resident(e));
+    CHECK(e->stamp != old);
+    lp_cache_entry_unref(e);
+    lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0);
+    lp_cache_zone_release(z);
+    rm_rf(root);
+}
+
 static const lp_test_case_t tests[] = {
     {"format_round_trip", format_round_trip},
     {"format_damage_refused", format_damage_refused},
     {"write_fails_cleanly", write_fails_cleanly},
     {"index_survives_a_new_zone", index_survives_a_new_zone},
     {"budgets", budgets},
+    {"stamps_unique_across_restarts", stamps_unique_across_restarts},
 };
 
 LP_TEST_MAIN(tests)
