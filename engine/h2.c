@@ -54,6 +54,7 @@ typedef struct lp_h2_stream_s {
     uint8_t closed;      /* nghttp2 closed the stream (on_stream_close) */
     uint8_t reset;       /* we reset it */
     uint8_t no_body;     /* the response has no body (HEAD, 204, 304) */
+    uint8_t has_cl;      /* the request head has a content-length field (its framing) */
     uint32_t close_code; /* the code it closed with */
 } lp_h2_stream_t;
 
@@ -358,6 +359,8 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         return append(&st->cookie, &st->cookie_len, "", 0, v, vlen, st->cookie ? "; " : "")
                    ? NGHTTP2_ERR_CALLBACK_FAILURE
                    : 0;
+    if (nlen == 14 && !memcmp(n, "content-length", 14))
+        st->has_cl = 1; /* a field's name, not any text in the head (x-content-length) */
     if (nlen == 4 && !memcmp(n, "host", 4) && st->authority)
         return 0; /* :authority wins (RFC 9113 8.3.1) */
     if (append(&st->fields, &st->fields_len, n, nlen, v, vlen, ": ") ||
@@ -385,8 +388,7 @@ static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
         ok = !append(&text, &len, "Cookie", 6, st->cookie, st->cookie_len, ": ") &&
              !append(&text, &len, "", 0, "\r\n", 2, "");
     /* A body of unknown length goes upstream chunked. */
-    int has_cl = st->fields && strstr(st->fields, "content-length:") != NULL;
-    if (ok && !end_stream && !has_cl)
+    if (ok && !end_stream && !st->has_cl)
         ok = !append(&text, &len, "", 0, "Transfer-Encoding: chunked\r\n", 28, "");
     if (ok)
         ok = !append(&text, &len, "", 0, "\r\n", 2, "");

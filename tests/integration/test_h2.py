@@ -448,6 +448,24 @@ class H2Test(H.ProxyTestCase):
         H.wait_for(lambda: any('"POST /echo HTTP/2.0" 499' in l or '"POST /echo HTTP/2.0" 200' in l
                                for l in self.proxy.access_lines()), H.T(10), what="its log line")
 
+    def test_body_without_length_is_framed_despite_a_lookalike_field(self):
+        # A body without content-length goes upstream chunked; a field whose name or value
+        # merely contains "content-length:" must not pass for one (the body went upstream
+        # unframed: the origin read no body and took the bytes for its next request).
+        c = Client(self.h2c_port)
+        try:
+            sids = [c.request("/echo", method="POST", headers=hdrs, body=b"hello")
+                    for hdrs in ([("x-content-length", "5")], [("x-note", "content-length: 5")],
+                                 [])]
+            c.pump(lambda: c.done(*sids))
+            for s in sids:
+                st = c.streams[s]
+                self.assertEqual(st["status"], 200, st)
+                self.assertEqual(st["headers"].get("x-echo-body-framing"), "chunked", st)
+                self.assertEqual(bytes(st["data"]), b"hello", st)
+        finally:
+            c.close()
+
     def test_connection_closed_with_streams_in_flight(self):
         c = Client(self.h2c_port)
         # Heads at once, bodies of 100 bytes over 5 s: cut by the close.
