@@ -94,7 +94,7 @@ int lp_h2_is_preface(const char *p, size_t len)
 
 /* ---- output ---- */
 
-static void h2_fill(lp_h2_t *h2);
+static size_t h2_fill(lp_h2_t *h2);
 
 static void h2_put(lp_h2_t *h2, lp_buf_t *b, size_t used)
 {
@@ -125,13 +125,13 @@ static void h2_send(lp_h2_t *h2)
             h2->more = 1; /* enough for one turn: the rest on the next (H2_TM_KICK) */
             break;
         }
-        size_t before = lp_ep_queued(&c->ep);
-        h2_fill(h2);
+        /* Whether the session gave bytes, not whether the queue grew: a socket that took
+         * the whole batch at once leaves the queue as it was, and no `written` follows. */
+        size_t made = h2_fill(h2);
         if (h2_closing(h2))
             break;
         lp_ep_flush(&c->ep);
-        if (lp_ep_queued(&c->ep) == before || lp_ep_queued(&c->ep) > LP_LOW_WATERMARK ||
-            !nghttp2_session_want_write(h2->s))
+        if (!made || lp_ep_queued(&c->ep) > LP_LOW_WATERMARK || !nghttp2_session_want_write(h2->s))
             break;
     }
     h2->depth--;
@@ -141,12 +141,12 @@ static void h2_send(lp_h2_t *h2)
         lp_ep_timer(&c->ep, H2_TM_SEND, lp_ep_worker(&c->ep)->config->timeouts.send);
 }
 
-/* One batch of the session's output, up to the high watermark. */
-static void h2_fill(lp_h2_t *h2)
+/* One batch of the session's output, up to the high watermark. Returns the bytes queued. */
+static size_t h2_fill(lp_h2_t *h2)
 {
     lp_conn_t *c = h2->c;
     lp_buf_t *b = NULL;
-    size_t used = 0;
+    size_t used = 0, made = 0;
     while (!h2_closing(h2) && lp_ep_queued(&c->ep) + used < LP_HIGH_WATERMARK) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h2->s, &data);
@@ -171,9 +171,11 @@ static void h2_fill(lp_h2_t *h2)
         }
         memcpy(b->data + used, data, (size_t)n);
         used += (size_t)n;
+        made += (size_t)n;
     }
     if (b)
         h2_put(h2, b, used);
+    return made;
 }
 
 static void stream_free(lp_h2_stream_t *st)
