@@ -435,6 +435,12 @@ static void stream_pump(lp_h2_stream_t *st)
     lp_req_t *req = st->req;
     if (!req || h2_closing(h2))
         return;
+    /* As on HTTP/1.1, the body waits while the head does (an upstream still connecting,
+     * Lua deciding): bytes or the chunked end given to a peer that has not sent the head
+     * yet went before it, and the head then ended the body once more. */
+    if ((req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED)) &&
+        !(req->flags & LP_RF_BODY_BUFFERING))
+        return;
     lp_req_hold(req);
     if (st->in_len &&
         (req->try.peer || (req->flags & LP_RF_BODY_BUFFERING) || lp_req_body_replaced(req)) &&

@@ -467,11 +467,28 @@ class H2Test(H.ProxyTestCase):
                     for hdrs in ([("x-content-length", "5")], [("x-note", "content-length: 5")],
                                  [])]
             c.pump(lambda: c.done(*sids))
-            for s in sids:
+            for i, s in enumerate(sids):
                 st = c.streams[s]
-                self.assertEqual(st["status"], 200, st)
+                self.assertEqual(st["status"], 200, (i, st))
                 self.assertEqual(st["headers"].get("x-echo-body-framing"), "chunked", st)
                 self.assertEqual(bytes(st["data"]), b"hello", st)
+        finally:
+            c.close()
+
+    def test_body_waits_for_the_upstream_connection(self):
+        # Bodies that arrive while their upstream connections are still being made wait
+        # for the heads (they went before them, with the chunked end, and the origin
+        # answered 400).
+        c = Client(self.h2c_port)
+        try:
+            sids = [c.request("/echo", method="POST", body=b"hello%d" % i) for i in range(4)]
+            sids.append(c.request("/echo", method="POST", headers=[("content-length", "6")],
+                                  body=b"sized!"))
+            c.pump(lambda: c.done(*sids))
+            for i, s in enumerate(sids):
+                st = c.streams[s]
+                self.assertEqual(st["status"], 200, (i, st))
+                self.assertEqual(bytes(st["data"]), b"hello%d" % i if i < 4 else b"sized!")
         finally:
             c.close()
 
