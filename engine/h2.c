@@ -54,6 +54,7 @@ typedef struct lp_h2_stream_s {
     uint8_t closed;      /* nghttp2 closed the stream (on_stream_close) */
     uint8_t reset;       /* we reset it */
     uint8_t no_body;     /* the response has no body (HEAD, 204, 304) */
+    uint8_t has_cl;      /* the request head has a content-length field (its framing) */
     uint32_t close_code; /* the code it closed with */
 } lp_h2_stream_t;
 
@@ -93,7 +94,7 @@ int lp_h2_is_preface(const char *p, size_t len)
 
 /* ---- output ---- */
 
-static void h2_fill(lp_h2_t *h2);
+static size_t h2_fill(lp_h2_t *h2);
 
 static void h2_put(lp_h2_t *h2, lp_buf_t *b, size_t used)
 {
@@ -124,13 +125,13 @@ static void h2_send(lp_h2_t *h2)
             h2->more = 1; /* enough for one turn: the rest on the next (H2_TM_KICK) */
             break;
         }
-        size_t before = lp_ep_queued(&c->ep);
-        h2_fill(h2);
+        /* Whether the session gave bytes, not whether the queue grew: a socket that took
+         * the whole batch at once leaves the queue as it was, and no `written` follows. */
+        size_t made = h2_fill(h2);
         if (h2_closing(h2))
             break;
         lp_ep_flush(&c->ep);
-        if (lp_ep_queued(&c->ep) == before || lp_ep_queued(&c->ep) > LP_LOW_WATERMARK ||
-            !nghttp2_session_want_write(h2->s))
+        if (!made || lp_ep_queued(&c->ep) > LP_LOW_WATERMARK || !nghttp2_session_want_write(h2->s))
             break;
     }
     h2->depth--;
@@ -140,12 +141,12 @@ static void h2_send(lp_h2_t *h2)
         lp_ep_timer(&c->ep, H2_TM_SEND, lp_ep_worker(&c->ep)->config->timeouts.send);
 }
 
-/* One batch of the session's output, up to the high watermark. */
-static void h2_fill(lp_h2_t *h2)
+/* One batch of the session's output, up to the high watermark. Returns the bytes queued. */
+static size_t h2_fill(lp_h2_t *h2)
 {
     lp_conn_t *c = h2->c;
     lp_buf_t *b = NULL;
-    size_t used = 0;
+    size_t used = 0, made = 0;
     while (!h2_closing(h2) && lp_ep_queued(&c->ep) + used < LP_HIGH_WATERMARK) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h2->s, &data);
@@ -170,9 +171,11 @@ static void h2_fill(lp_h2_t *h2)
         }
         memcpy(b->data + used, data, (size_t)n);
         used += (size_t)n;
+        made += (size_t)n;
     }
     if (b)
         h2_put(h2, b, used);
+    return made;
 }
 
 static void stream_free(lp_h2_stream_t *st)
@@ -358,6 +361,8 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         return append(&st->cookie, &st->cookie_len, "", 0, v, vlen, st->cookie ? "; " : "")
                    ? NGHTTP2_ERR_CALLBACK_FAILURE
                    : 0;
+    if (nlen == 14 && !memcmp(n, "content-length", 14))
+        st->has_cl = 1; /* a field's name, not any text in the head (x-content-length) */
     if (nlen == 4 && !memcmp(n, "host", 4) && st->authority)
         return 0; /* :authority wins (RFC 9113 8.3.1) */
     if (append(&st->fields, &st->fields_len, n, nlen, v, vlen, ": ") ||
@@ -385,8 +390,7 @@ static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
         ok = !append(&text, &len, "Cookie", 6, st->cookie, st->cookie_len, ": ") &&
              !append(&text, &len, "", 0, "\r\n", 2, "");
     /* A body of unknown length goes upstream chunked. */
-    int has_cl = st->fields && strstr(st->fields, "content-length:") != NULL;
-    if (ok && !end_stream && !has_cl)
+    if (ok && !end_stream && !st->has_cl)
         ok = !append(&text, &len, "", 0, "Transfer-Encoding: chunked\r\n", 28, "");
     if (ok)
         ok = !append(&text, &len, "", 0, "\r\n", 2, "");
@@ -430,6 +434,12 @@ static void stream_pump(lp_h2_stream_t *st)
     lp_h2_t *h2 = st->h2;
     lp_req_t *req = st->req;
     if (!req || h2_closing(h2))
+        return;
+    /* As on HTTP/1.1, the body waits while the head does (an upstream still connecting,
+     * Lua deciding): bytes or the chunked end given to a peer that has not sent the head
+     * yet went before it, and the head then ended the body once more. */
+    if ((req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED)) &&
+        !(req->flags & LP_RF_BODY_BUFFERING))
         return;
     lp_req_hold(req);
     if (st->in_len &&

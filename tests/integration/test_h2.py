@@ -387,6 +387,15 @@ class H2Test(H.ProxyTestCase):
         self.assertEqual(tail, "2 200")
         self.assertEqual(os.path.getsize(out), 30000000)
 
+    def test_large_download_over_h2c(self):
+        # Cleartext: a write the socket takes whole completes at once, without `written`.
+        d = H.Workdir.new("h2c-down")
+        out = os.path.join(d, "out")
+        _, tail = self.curl("--http2-prior-knowledge", "-o", out,
+                            "http://127.0.0.1:%d/large?bytes=3000000" % self.h2c_port)
+        self.assertEqual(tail, "2 200")
+        self.assertEqual(os.path.getsize(out), 3000000)
+
     def test_slow_reader_stalls_only_its_stream_and_is_not_buffered(self):
         c = Client(self.h2c_port)
         try:
@@ -447,6 +456,41 @@ class H2Test(H.ProxyTestCase):
             c.close()
         H.wait_for(lambda: any('"POST /echo HTTP/2.0" 499' in l or '"POST /echo HTTP/2.0" 200' in l
                                for l in self.proxy.access_lines()), H.T(10), what="its log line")
+
+    def test_body_without_length_is_framed_despite_a_lookalike_field(self):
+        # A body without content-length goes upstream chunked; a field whose name or value
+        # merely contains "content-length:" must not pass for one (the body went upstream
+        # unframed: the origin read no body and took the bytes for its next request).
+        c = Client(self.h2c_port)
+        try:
+            sids = [c.request("/echo", method="POST", headers=hdrs, body=b"hello")
+                    for hdrs in ([("x-content-length", "5")], [("x-note", "content-length: 5")],
+                                 [])]
+            c.pump(lambda: c.done(*sids))
+            for i, s in enumerate(sids):
+                st = c.streams[s]
+                self.assertEqual(st["status"], 200, (i, st))
+                self.assertEqual(st["headers"].get("x-echo-body-framing"), "chunked", st)
+                self.assertEqual(bytes(st["data"]), b"hello", st)
+        finally:
+            c.close()
+
+    def test_body_waits_for_the_upstream_connection(self):
+        # Bodies that arrive while their upstream connections are still being made wait
+        # for the heads (they went before them, with the chunked end, and the origin
+        # answered 400).
+        c = Client(self.h2c_port)
+        try:
+            sids = [c.request("/echo", method="POST", body=b"hello%d" % i) for i in range(4)]
+            sids.append(c.request("/echo", method="POST", headers=[("content-length", "6")],
+                                  body=b"sized!"))
+            c.pump(lambda: c.done(*sids))
+            for i, s in enumerate(sids):
+                st = c.streams[s]
+                self.assertEqual(st["status"], 200, (i, st))
+                self.assertEqual(bytes(st["data"]), b"hello%d" % i if i < 4 else b"sized!")
+        finally:
+            c.close()
 
     def test_connection_closed_with_streams_in_flight(self):
         c = Client(self.h2c_port)
@@ -582,6 +626,64 @@ class H2Test(H.ProxyTestCase):
             self.assertIn(0x7, [t for t, _ in frames], frames)  # GOAWAY, then closed
         finally:
             s.close()
+
+
+class H2CacheTest(H.ProxyTestCase):
+    """The cache over HTTP/2: a cold Range request is filled whole while only its window
+    reaches the client (the cache lane's window, applied in conn.c for both protocols), and
+    hits answer streams."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not CURL:
+            raise H.MissingDependency("curl")
+        cls.origin = cls.start_origin("o3")
+        ups = {"app": H.upstream(cls.origin.address())}
+        routes = [{"match": {"prefix": "/"}, "upstream": "app",
+                   "plugins": [{"name": "cache", "zone": "h2z", "default_ttl": {200: 3600}}]}]
+        p = H.Proxy.build(ups, routes, name="h2cache",
+                          cache={"zones": {"h2z": {"memory": "16m", "max_object_size": "4m"}}})
+        p.cfg["listen"] = [{"address": "127.0.0.1:0", "http2": True}]
+        cls.addClassCleanup(p.stop)
+        cls.proxy = p.start()
+
+    def curl(self, path, *args):
+        p = run([CURL, "-sS", "--http2-prior-knowledge", "--max-time", str(H.T(10)), "-D", "-",
+                 "-o", "/dev/stderr", "http://127.0.0.1:%d%s" % (self.proxy.port, path)]
+                + list(args))
+        self.assertEqual(p.returncode, 0, p.stderr[-300:])
+        lines = p.stdout.decode().split("\r\n")
+        hdrs = {}
+        for l in lines[1:]:
+            k, _, v = l.partition(":")
+            if k:
+                hdrs[k.strip().lower()] = v.strip()
+        return int(lines[0].split()[1]), hdrs, p.stderr
+
+    def tearDown(self):
+        self.assertAlive()
+
+    BODY = bytes(ord("a") + i % 26 for i in range(300000))
+
+    def test_cold_range_then_hits(self):
+        path = "/large?bytes=300000&t=range"
+        st, h, got = self.curl(path, "-r", "200000-200009")
+        self.assertEqual((st, got, h.get("content-range")),
+                         (206, self.BODY[200000:200010], "bytes 200000-200009/300000"), h)
+        self.assertEqual(h.get("content-length"), "10", h)
+        st, h, got = self.curl(path, "-r", "0-9")
+        self.assertEqual((st, got), (206, self.BODY[:10]), h)
+        self.assertIn("hit", h.get("cache-status", ""), h)
+
+    def test_large_hit(self):
+        # A hit is queued on its stream whole: its DATA frames must all go, paced by the
+        # client's windows (it stopped at the connection's 128 KB of output).
+        path = "/large?bytes=300000&t=hit"
+        for want in ("miss", "hit"):
+            with self.subTest(want):
+                st, h, got = self.curl(path)
+                self.assertEqual((st, len(got), got == self.BODY), (200, 300000, True), h)
+                self.assertIn(want, h.get("cache-status", "").lower(), h)
 
 
 class H2ConnectionLimitsTest(H.ProxyTestCase):
