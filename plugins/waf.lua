@@ -50,6 +50,12 @@ P.schema = {
                description = "TX variables set before the rules run (CRS's crs-setup.conf "
                  .. "settings, e.g. allowed_methods); paranoia and inbound_threshold set "
                  .. "theirs" },
+    crs_confirm = { type = "array", default = { "shell", "sql", "filename" },
+                    elements = { type = "string", one_of = { "shell", "sql", "filename" } },
+                    description = "rule families whose CRS matches are confirmed by parsing "
+                      .. "the value (shell: command injection 932xxx read as a command line; "
+                      .. "sql: 942190/942350 read by the SQL tokenizer; filename: 920120 on "
+                      .. "an apostrophe inside a file name); {}: CRS raw (docs/plugins/waf.md)" },
     unsupported = { type = "string", default = "log", one_of = { "log", "refuse" },
                     description = "a SecLang construct the engine does not run (an operator, "
                       .. "variable or action it lacks): log the list with file:line at load, "
@@ -236,7 +242,7 @@ local function compile_crs(conf, crs)
   local parts = { "crs\0" }
   for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
   local key
-  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported }, parts) then
+  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported, conf.crs_confirm }, parts) then
     key = concat(parts)
   end
   local sec = key and compiled[key]
@@ -488,7 +494,7 @@ function P.request(req, conf)
     end
   end
   local matches, score, deny, status = nil, 0, nil, conf.status
-  local outcome
+  local outcome, unconfirmed
   if sec then
     local tx = {}
     for k, v in pairs(conf.tx) do tx[k] = v end
@@ -503,6 +509,7 @@ function P.request(req, conf)
       m, out = nil, "budget"
     end
     matches, outcome = m, out
+    unconfirmed = sst.unconfirmed
     score = tonumber(tx.anomaly_score) or tonumber(tx.inbound_anomaly_score) or 0
     if outcome == "deny" then
       deny = sst.deny
@@ -537,12 +544,15 @@ function P.request(req, conf)
   end
   if not matches then
     if m_requests then m_requests:inc(1, "pass") end
-    if body_state then req.ctx.waf = { action = "pass", score = 0, matches = {}, body = body_state } end
+    if body_state or unconfirmed then
+      req.ctx.waf = { action = "pass", score = 0, matches = {}, body = body_state, unconfirmed = unconfirmed }
+    end
     return
   end
   local block = deny ~= nil or score >= conf.inbound_threshold
   local action = block and (conf.mode == "block" and "block" or "detect") or "pass"
-  req.ctx.waf = { action = action, score = score, matches = matches, body = body_state }
+  req.ctx.waf = { action = action, score = score, matches = matches, body = body_state,
+                  unconfirmed = unconfirmed }
   if m_requests then m_requests:inc(1, action) end
   local what = describe(matches)
   if action == "block" then

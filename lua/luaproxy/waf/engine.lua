@@ -17,6 +17,7 @@ local T = require "luaproxy.waf.transforms"
 local V = require "luaproxy.waf.vars"
 local hs = require "luaproxy.waf.hs"
 local re = require "luaproxy.re"
+local CONFIRM = require "luaproxy.waf.confirm"
 
 local type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next =
   type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next
@@ -1246,6 +1247,29 @@ local function varname_of(e, name)
   return e.var .. ":" .. name
 end
 
+-- A match of a rule with a confirmer (luaproxy.waf.confirm, the plugin's crs_confirm)
+-- counts only when the confirmer reads the value as what the rule is about; raw is the
+-- value before the rule's transformations. Matches it takes away are counted in
+-- st.unconfirmed (rule id -> n) for the decision log.
+local function confirmed(st, cond, raw, v)
+  local f = cond.confirm
+  if not f then return true end
+  local ok = f(raw or v, v, function(x)
+    local from = sec_test(st, cond, x)
+    return from ~= nil and from ~= "error"
+  end)
+  if not ok then
+    local u = st.unconfirmed
+    if not u then
+      u = {}
+      st.unconfirmed = u
+    end
+    local id = st.rule and st.rule.id or 0
+    u[id] = (u[id] or 0) + 1
+  end
+  return ok
+end
+
 -- Evaluates one condition: the list of matches { name, value, from, to }, or nil.
 local function sec_cond(st, r, cond)
   local out
@@ -1269,7 +1293,7 @@ local function sec_cond(st, r, cond)
               out = out or {}
               out[#out + 1] = { name = varname_of(e, name), value = v, err = to }
             end
-          elseif from ~= nil then
+          elseif from ~= nil and confirmed(st, cond, c.values[i], v) then
             out = out or {}
             out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
           end
@@ -1329,8 +1353,10 @@ local function sec_cond(st, r, cond)
               end
               break
             elseif (from ~= nil) ~= cond.negate then
-              out = out or {}
-              out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+              if cond.negate or dyn or confirmed(st, cond, c.values[i], v) then
+                out = out or {}
+                out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+              end
               break
             end
           end
@@ -1532,7 +1558,9 @@ function M.compile_seclang(set, opts)
         cs.counts.compiled = cs.counts.compiled + 1
         cs.by_id[r.id] = r
         r.msg_text = type(r.msg) == "string" and r.msg or nil
-        for _, cond in ipairs(r.conds) do
+        for k, cond in ipairs(r.conds) do
+          -- the confirm step (crs_confirm): on a rule's own operator, not a chained link's
+          if k == 1 and not cond.negate then cond.confirm = CONFIRM.for_rule(r.id, opts.crs_confirm) end
           cond.chain, cond.path = chain_of(cond.transforms)
           sec_targets(cond)
           for _, e in ipairs(cond.tgt) do
