@@ -501,7 +501,12 @@ function P.request(req, conf)
     local sst = { vars = st.vars, cache = {}, tx = tx, regex_error = conf.regex_error,
                   paranoia = conf.paranoia,
                   learn = conf.mode == "learn" and {} or nil,
-                  deadline = conf.time_budget > 0 and proxy.monotonic() + conf.time_budget or nil }
+                  -- While the Hyperscan databases still compile (after a start or a rule
+                  -- change, sec.pending), every rule runs through PCRE2 alone: slower but the
+                  -- same verdicts. The budget is not applied then, so over_budget = "block"
+                  -- does not refuse ordinary requests for the proxy's own warm-up.
+                  deadline = conf.time_budget > 0 and not sec.pending
+                    and proxy.monotonic() + conf.time_budget or nil }
     local ok, m, out = pcall(engine.run_seclang, sec, sst)
     if not ok then
       -- A bug or a guard stop must not become a 500: refuse or pass as for the budget.
