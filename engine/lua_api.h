@@ -285,8 +285,7 @@ int lp_ffi_waf_db_compile(const char *key, size_t len, unsigned n, const char *c
                           const unsigned *flags, const unsigned *ids);
 /* The key's state; READY: *db with a reference taken and its notes in *meta (borrowed while
  * the reference is held; db NULL: the state only, no reference); FAILED: *meta says why. */
-int lp_ffi_waf_db_get(const char *key, size_t len, void **db, const char **meta,
-                      size_t *meta_len);
+int lp_ffi_waf_db_get(const char *key, size_t len, void **db, const char **meta, size_t *meta_len);
 /* Databases published and still referenced (tests). */
 int lp_ffi_waf_db_count(void);
 /* ---- request body copy and replacement (engine/req_body.c, req_body.h) ---- */
