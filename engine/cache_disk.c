@@ -374,7 +374,16 @@ lp_cdisk_t *lp_cdisk_start(lp_cache_zone_t *z, const char *root)
                z->name, d->root, strerror(rc));
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->cv, NULL);
+    /* The zone knows its disk before the thread scans: an eviction during the scan must
+     * queue its file's deletion (jobs wait in the queue until the thread takes them), not
+     * leave the file orphaned until the next start. */
+    pthread_mutex_lock(&z->lock);
+    z->disk = d;
+    pthread_mutex_unlock(&z->lock);
     if (pthread_create(&d->thread, NULL, disk_main, d)) {
+        pthread_mutex_lock(&z->lock);
+        z->disk = NULL;
+        pthread_mutex_unlock(&z->lock);
         pthread_mutex_destroy(&d->mu);
         pthread_cond_destroy(&d->cv);
         free(d->root);

@@ -499,13 +499,8 @@ int lp_cache_zone_set_disk(lp_cache_zone_t *z, const char *path, size_t size)
     if (z->stamps < base)
         z->stamps = base;
     pthread_mutex_unlock(&z->lock);
-    d = lp_cdisk_start(z, path);
-    if (!d)
-        return -1;
-    pthread_mutex_lock(&z->lock);
-    z->disk = d;
-    pthread_mutex_unlock(&z->lock);
-    return 0;
+    d = lp_cdisk_start(z, path); /* sets z->disk before its thread runs */
+    return d ? 0 : -1;
 }
 
 void lp_cache_zone_resize_disk(lp_cache_zone_t *z, size_t size)
