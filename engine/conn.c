@@ -443,7 +443,9 @@ static int conn_start_upstream(lp_req_t *req)
         if (body_known_empty(req))
             req->state = LP_RS_DONE; /* nothing left to read: keep-alive stays possible */
         if (req->route)
-            lp_log_warn("%s: route %d chose no upstream (a handler or plugin must)%s",
+            lp_log_warn("%s: route %d chose no upstream (a handler or plugin must call "
+                        "req:set_upstream(name), or req:respond() for a local answer: a "
+                        "handler's return values are not an answer)%s",
                         lp_req_client_ip(req), req->route_index + 1, lp_trace_tag(req));
         return conn_respond_local(req, req->route ? 502 : 404, 1, NULL);
     }
