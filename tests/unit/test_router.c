@@ -7,8 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "lp_test.h"
 #include "router.h"
+#include "router_hs.h"
 
 /* A route as the tests describe it (NULL / 0: no such condition). */
 typedef struct {
@@ -626,8 +628,24 @@ static const char *const HOSTS[] = {"a.com",     "b.a.com", "*.a.com", "x.*",
                                     "*.b.a.com", "api.*",   "x.y"};
 static const char *const RHOSTS[] = {"a.com", "b.a.com",  "c.b.a.com", "x.a.com", "api.a.com",
                                      "x.y",   "A.COM:80", "b.a.com.",  "x.y.z",   ""};
-static const char *const REGEXES[] = {
-    "^/a/(?<n>[0-9]+)", "^/(?<first>[a-z]+)/1", "b$", "^/users/(?<u>[^/]+)$", "^/ab?/", "^/(a|b)/"};
+/* Anchored and not, with and without a literal head, case-insensitive, and some Hyperscan
+ * matches only approximately (HS_FLAG_PREFILTER: backreferences, lookarounds) or refuses
+ * (a conditional group, \G): the regex routes without a head share one prefilter. */
+static const char *const REGEXES[] = {"^/a/(?<n>[0-9]+)",
+                                      "^/(?<first>[a-z]+)/1",
+                                      "b$",
+                                      "^/users/(?<u>[^/]+)$",
+                                      "^/ab?/",
+                                      "^/(a|b)/",
+                                      "(?i)/A(?<x>B)?/",
+                                      "/(?<s>[ab])/\\1",
+                                      "(?<=/)1",
+                                      "^/(?:a|b)(?=/a)",
+                                      "(?<o>a)?(?(o)b|42)",
+                                      "\\G/users",
+                                      "/(?<d>\\d+)$",
+                                      "[^/]b/",
+                                      "(?i)^/USERS"};
 static const char *const CIDRS[] = {"10.0.0.0/8", "10.1.0.0/16", "::1", "10.1.2.3"};
 static const char *const ADDRS[] = {"10.1.2.3", "10.2.0.1", "192.168.0.1", "::1"};
 static const char *const QUERIES[] = {"q=1", "q=%31", "q=2&r=", "r=1", "q"};
@@ -851,7 +869,106 @@ static void test_property_incremental(void)
     CHECK(matched > compared / 5);
 }
 
+/* The prefilter alone: a pattern Hyperscan refuses is a candidate for every subject, the
+ * others only where they (approximately) match. */
+static void test_rxset_fallback(void)
+{
+    static const char *const pats[] = {"^/a",  "(x)\\1",     "(?<o>a)?(?(o)b|c)",
+                                       "\\Gz", "(?i)^/case", "q(?=r)"};
+    size_t lens[LP_ARRAY_LEN(pats)];
+    uint32_t ids[LP_ARRAY_LEN(pats)];
+    for (size_t i = 0; i < LP_ARRAY_LEN(pats); i++) {
+        lens[i] = strlen(pats[i]);
+        ids[i] = (uint32_t)(100 + i);
+    }
+    lp_rxset_t *s = lp_rxset_new(pats, lens, ids, LP_ARRAY_LEN(pats));
+    REQUIRE(s);
+    size_t nfb = lp_rxset_fallbacks(s);
+    printf("rxset: %zu of %zu patterns refused by Hyperscan\n", nfb, LP_ARRAY_LEN(pats));
+    CHECK(nfb >= 1); /* \G */
+    CHECK(nfb < LP_ARRAY_LEN(pats));
+    uint32_t cand[16];
+    int n = lp_rxset_scan(s, "/CASE/x", 7, cand, 16);
+    REQUIRE(n >= 0);
+    int has_case = 0, has_a = 0, has_cond = 0;
+    for (int i = 0; i < n; i++) {
+        has_case |= cand[i] == 104;
+        has_a |= cand[i] == 100;
+        has_cond |= cand[i] == 103;
+    }
+    CHECK(has_case);
+    CHECK(!has_a);
+    CHECK(has_cond); /* \G, refused: always a candidate */
+    CHECK_EQ_INT(n, (int)(1 + nfb));
+    /* More candidates than room: every regex must be tried. */
+    CHECK_EQ_INT(lp_rxset_scan(s, "/a", 2, cand, (unsigned)nfb), -1);
+    lp_rxset_unref(s);
+}
+
+/* 1,000 regex routes without a literal head (one prefilter): the last one's request gets it
+ * and its captures; an earlier route Hyperscan refuses still wins when it matches; a
+ * derived router (one route replaced) rebuilds the set, its base keeps answering. */
+static void test_regex_many(void)
+{
+    enum { N = 1000 };
+    static char pats[N][64];
+    static troute_t t[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(pats[i], sizeof(pats[i]), "^/(?:re%d)/(?<n>\\d+)$", i);
+        t[i] = (troute_t){.pkind = 3, .path = pats[i]};
+    }
+    /* \G (refused by Hyperscan: always a candidate) at 500, a conditional group (matched
+     * approximately) at 600: */
+    snprintf(pats[500], sizeof(pats[500]), "\\G/(?<c>x)500/(?<n>\\d+)$");
+    snprintf(pats[600], sizeof(pats[600]), "^/(?<c>x)?(?(c)600|y600)/(?<n>\\d+)$");
+    snprintf(pats[700], sizeof(pats[700]), "(?i)^/(?:CI)/(?<n>\\d+)$");
+    lp_router_t *r = build(t, N);
+    REQUIRE(r);
+    lp_route_out_t o;
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re999/42", NULL}, &o), 999);
+    CHECK_SLICE(cap(&o, "n"), "42");
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re0/7", NULL}, &o), 0);
+    CHECK_SLICE(cap(&o, "n"), "7");
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/x500/9", NULL}, &o), 500);
+    CHECK_SLICE(cap(&o, "c"), "x");
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/y500/9", NULL}, &o), -1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/x600/9", NULL}, &o), 600);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/y600/9", NULL}, &o), 600);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/x600x/9", NULL}, &o), -1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/ci/5", NULL}, &o), 700);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re1000/1", NULL}, &o), -1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re999/x", NULL}, &o), -1);
+    /* Route 3 replaced by one that takes /re999/...: derived, it now wins. */
+    static troute_t nt[1];
+    nt[0] = (troute_t){.pkind = 3, .path = "^/re999/(?<m>\\d+)"};
+    long src[N];
+    for (int i = 0; i < N; i++)
+        src[i] = i == 3 ? -1 : i;
+    lp_rbuild_t *b = lp_rbuild_new();
+    REQUIRE(b);
+    REQUIRE(lp_rbuild_route(b) == 0);
+    REQUIRE(add_route(b, 0, &nt[0]) == 0);
+    char err[256];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    lp_router_t *r2 = lp_router_derive(r, src, N, b, err, sizeof(err));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    REQUIRE(r2);
+    printf("regex_many: one route replaced among %d regex routes: derived in %.1f ms\n", N,
+           (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", "/re999/42", NULL}, &o), 3);
+    CHECK_SLICE(cap(&o, "m"), "42");
+    CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", "/re3/1", NULL}, &o), -1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re3/1", NULL}, &o), 3);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re999/42", NULL}, &o), 999);
+    lp_router_free(r);
+    CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", "/re998/1", NULL}, &o), 998);
+    lp_router_free(r2);
+}
+
 static const lp_test_case_t tests[] = {
+    LP_TEST_ENTRY(test_rxset_fallback),
+    LP_TEST_ENTRY(test_regex_many),
     LP_TEST_ENTRY(test_hosts),
     LP_TEST_ENTRY(test_paths),
     LP_TEST_ENTRY(test_conditions),
