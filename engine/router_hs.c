@@ -22,6 +22,70 @@ struct lp_rxset_s {
  * report per regex is all the router needs. ALLOWEMPTY: `^` or `x*` match every path. */
 #define RX_FLAGS (HS_FLAG_PREFILTER | HS_FLAG_SINGLEMATCH | HS_FLAG_ALLOWEMPTY)
 
+/* Scratch space: hs_alloc_scratch checks a scratch against a database at a cost that grows
+ * with the database (too much for every request), so sets are fitted when they are built
+ * instead. proto is grown (under proto_lock) by every set built, in any thread, to fit them
+ * all; proto_gen counts its growths. Each thread scans with its own clone of proto, cloned
+ * again when proto_gen moved on: a set is built (and proto grown for it) before any thread
+ * can scan it. The thread's clone is freed when the thread exits. */
+static pthread_mutex_t proto_lock = PTHREAD_MUTEX_INITIALIZER;
+static hs_scratch_t *proto; /* owned, under proto_lock: fits every set built so far */
+static unsigned proto_gen;  /* atomic: bumped under proto_lock each time proto grows */
+
+typedef struct {
+    hs_scratch_t *s; /* owned: a clone of proto of generation gen */
+    unsigned gen;
+} tscratch_t;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *p)
+{
+    tscratch_t *t = p;
+    hs_free_scratch(t->s);
+    free(t);
+}
+
+static void scratch_init(void)
+{
+    pthread_key_create(&scratch_key, scratch_free);
+}
+
+static int proto_fit(const hs_database_t *db)
+{
+    pthread_mutex_lock(&proto_lock);
+    hs_scratch_t *was = proto;
+    int ok = hs_alloc_scratch(db, &proto) == HS_SUCCESS;
+    if (ok && proto != was)
+        __atomic_add_fetch(&proto_gen, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&proto_lock);
+    return ok;
+}
+
+/* The calling thread's scratch, fit for every set built so far; NULL when out of memory. */
+static hs_scratch_t *thread_scratch(void)
+{
+    pthread_once(&scratch_once, scratch_init);
+    tscratch_t *t = pthread_getspecific(scratch_key);
+    unsigned gen = __atomic_load_n(&proto_gen, __ATOMIC_ACQUIRE);
+    if (t && t->s && t->gen == gen)
+        return t->s;
+    if (!t) {
+        if (!(t = calloc(1, sizeof(*t))))
+            return NULL;
+        pthread_setspecific(scratch_key, t);
+    }
+    hs_free_scratch(t->s);
+    t->s = NULL;
+    pthread_mutex_lock(&proto_lock);
+    t->gen = __atomic_load_n(&proto_gen, __ATOMIC_RELAXED);
+    if (proto && hs_clone_scratch(proto, &t->s) != HS_SUCCESS)
+        t->s = NULL;
+    pthread_mutex_unlock(&proto_lock);
+    return t->s;
+}
+
 static hs_database_t *compile(const char *const *pats, const unsigned *flags, const unsigned *ids,
                               unsigned n, long *bad)
 {
@@ -100,6 +164,12 @@ lp_rxset_t *lp_rxset_new(const char *const *pats, const size_t *lens, const uint
     free(p);
     free(fl);
     free(id);
+    if (s->db && !proto_fit(s->db)) { /* no scratch to scan it with: all are candidates */
+        hs_free_database(s->db);
+        s->db = NULL;
+        memcpy(s->always, s->ids, s->nids * sizeof(*s->ids));
+        s->nalways = s->nids;
+    }
     return s;
 }
 
@@ -128,21 +198,6 @@ const uint32_t *lp_rxset_ids(const lp_rxset_t *set, size_t *n)
 {
     *n = set->nids;
     return set->ids;
-}
-
-/* One scratch space per thread (a scan writes into it), grown by hs_alloc_scratch to fit
- * every set the thread scans; freed when the thread exits. */
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-
-static void scratch_free(void *s)
-{
-    hs_free_scratch(s);
-}
-
-static void scratch_init(void)
-{
-    pthread_key_create(&scratch_key, scratch_free);
 }
 
 typedef struct {
@@ -174,13 +229,9 @@ int lp_rxset_scan(const lp_rxset_t *set, const char *s, size_t len, uint32_t *ca
         memcpy(cand, set->always, set->nalways * sizeof(*cand));
         return (int)set->nalways;
     }
-    pthread_once(&scratch_once, scratch_init);
-    hs_scratch_t *scratch = pthread_getspecific(scratch_key), *was = scratch;
-    /* Checks the scratch against the database; allocates only when it is too small. */
-    if (hs_alloc_scratch(set->db, &scratch) != HS_SUCCESS)
+    hs_scratch_t *scratch = thread_scratch();
+    if (!scratch)
         return -1;
-    if (scratch != was)
-        pthread_setspecific(scratch_key, scratch);
     collect_t c = {cand, 0, (unsigned)(cap - set->nalways), 0};
     hs_error_t rc = hs_scan(set->db, s ? s : "", (unsigned)len, 0, scratch, on_match, &c);
     if ((rc != HS_SUCCESS && rc != HS_SCAN_TERMINATED) || c.more)

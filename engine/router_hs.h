@@ -24,7 +24,8 @@ void lp_rxset_ref(lp_rxset_t *s);
 void lp_rxset_unref(lp_rxset_t *s);
 /* The ids of the regexes that may match s (in no order) into cand (at most cap): their
  * count, or -1 when every regex of the set must be tried (more than cap candidates, or the
- * scan failed). Allocates only when the thread's scratch is too small for the set. */
+ * scan failed). Allocates only when a set built since the thread last scanned grew the
+ * scratch space every thread clones (see router_hs.c). */
 int lp_rxset_scan(const lp_rxset_t *set, const char *s, size_t len, uint32_t *cand, unsigned cap);
 /* Every id of the set (n of them). */
 const uint32_t *lp_rxset_ids(const lp_rxset_t *set, size_t *n);
