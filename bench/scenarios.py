@@ -1337,3 +1337,27 @@ for _name, _lp, _ng, _note in [
         "per_mib": False,
         "note": _note,
     })
+
+# --- the cache's disk tier (issue #13, cachedisk lane): hits on entries that are on disk
+# only. 400 keys of 16 KiB (6.4 MiB) in a zone whose memory holds about 60 of them: most hits
+# read the file back on the threadpool, check it and promote it (pushing another out). nginx
+# serves every hit from its files (page cache). The first pass (warm-up) stores them.
+LUAPROXY_CACHE_DISK = LUAPROXY_PLAIN.replace(
+    '  routes = { { match = { prefix = "/" }, upstream = "app" } },\n',
+    '  cache = { zones = { b = { memory = "1m", max_object_size = "1m",\n'
+    '                            disk = { path = "{{dir}}/cache", size = "1g" } } } },\n'
+    '  routes = { { match = { prefix = "/" }, upstream = "app",\n'
+    '               plugins = { { name = "cache", zone = "b", default_ttl = { [200] = 3600 } } } } },\n')
+assert LUAPROXY_CACHE_DISK != LUAPROXY_PLAIN
+SCENARIOS.append({
+    "name": "cache-disk-hit-16KiB-c50",
+    "path": "/fixed?size=16384",
+    "connections": 50,
+    "wrk_setup": ('request = function()\n'
+                  '  return wrk.format("GET", "/fixed?size=16384&k=" .. math.random(1, 400))\n'
+                  'end'),
+    "luaproxy": LUAPROXY_CACHE_DISK,
+    "nginx": NGINX_CACHE,
+    "per_mib": False,
+    "note": "400 keys, ~60 fit memory: most hits read their file back (nginx: all from files)",
+})

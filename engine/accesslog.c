@@ -725,7 +725,10 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
         one(v, m, strlen(m));
         one(v, " ", 1);
         one(v, h->url.base, h->url.len);
-        one(v, req->minor ? " HTTP/1.1" : " HTTP/1.0", 9);
+        if (req->flags & LP_RF_H2)
+            one(v, " HTTP/2.0", 9);
+        else
+            one(v, req->minor ? " HTTP/1.1" : " HTTP/1.0", 9);
         break;
     }
     case V_METHOD: {

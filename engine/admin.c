@@ -32,6 +32,7 @@
 #include "worker.h"
 #include "shdict.h"
 #include "cache_admin.h"
+#include "etcd.h"
 #include "rtable.h"
 #include "admin_explain.h"
 
@@ -355,8 +356,26 @@ static void handle_status(admin_conn_t *c)
         json_object_set_new(st, "log",
                             json_pack("{s:o}", "lines_dropped", jint(lp_logw_lines_dropped())));
         json_object_set_new(st, "tracing", tracing_status(s, lp_gen_current->config));
+        json_t *etcd = lp_etcd_status(s);
+        if (etcd)
+            json_object_set_new(st, "etcd", etcd);
     }
     respond(c, 200, st);
+}
+
+/* GET /ready, for an L4 balancer's health check: 200 while serving, 503 while draining or
+ * while a config from etcd has not come yet (docs/fleet.md). */
+static void handle_ready(admin_conn_t *c)
+{
+    const lp_server_t *s = c->admin->server;
+    const char *why = s->stopping              ? "draining"
+                      : !lp_etcd_has_config(s) ? "waiting for the first config from etcd"
+                                               : NULL;
+    if (why)
+        respond(c, 503, json_pack("{s:b,s:s}", "ready", 0, "reason", why));
+    else
+        respond(c, 200,
+                json_pack("{s:b,s:I}", "ready", 1, "generation", (json_int_t)lp_gen_current->id));
 }
 
 /* GET /metrics: Prometheus text 0.0.4, or OpenMetrics 1.0 when Accept asks for it
@@ -864,6 +883,11 @@ static void dispatch(admin_conn_t *c)
             respond_error(c, 405, "use GET /status");
         else
             handle_status(c);
+    } else if (LP_STR_IEQ(path, "/ready")) {
+        if (!get)
+            respond_error(c, 405, "use GET /ready");
+        else
+            handle_ready(c);
     } else if (LP_STR_IEQ(path, "/metrics")) {
         if (!get)
             respond_error(c, 405, "use GET /metrics");

@@ -6,10 +6,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "cache_disk_hit.h"
 #include "cache_req.h"
 #include "cache_store.h"
 #include "lua_api.h"
 #include "lua_vm.h"
+#include "upstream.h"
 #include "worker.h"
 
 void lp__lua_mark_responded(void);
@@ -91,6 +93,8 @@ void lp_cache_req_end(lp_req_t *req)
     lp_cache_entry_unref(rc->hit);
     rc->hit = NULL;
     rc->hit_zone = NULL;
+    lp_cache_entry_unref(rc->loaded);
+    rc->loaded = NULL;
     lp_cache_req_body_done(req);
 }
 
@@ -305,6 +309,30 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     lp_req_cache_t *rc = &r->cache;
     lp_cache_entry_unref(rc->hit);
     rc->hit = lp_cache_get(zone, key, klen, sec, slen, real_now());
+    if (rc->hit && !lp_cache_entry_resident(rc->hit)) {
+        /* On disk only: read back first (the task waits), then asked again (cache.lua). */
+        lp_cache_entry_t *stub = rc->hit;
+        rc->hit = NULL;
+        int again = 0;
+        if (rc->load_done) {
+            lp_cache_entry_t *e = rc->loaded;
+            rc->loaded = NULL;
+            rc->load_done = 0;
+            if (e && lp_cache_entry_same(e, key, klen, sec, slen))
+                rc->hit = e;
+            else
+                lp_cache_entry_unref(e);
+        } else {
+            again = lp_cache_disk_load(r, zone, stub) == 0;
+        }
+        lp_cache_entry_unref(stub);
+        if (again)
+            return 2;
+    } else if (rc->load_done) {
+        lp_cache_entry_unref(rc->loaded); /* promoted meanwhile: the lookup found it */
+        rc->loaded = NULL;
+        rc->load_done = 0;
+    }
     rc->hit_zone = rc->hit ? zone : NULL;
     if (!rc->hit)
         return 0;
@@ -450,6 +478,66 @@ int lp_ffi_cache_respond(void *rp, int status, double first, double last)
      * follow still run and see this answer. */
     if (!(r->flags & LP_RF_NO_LUA_RESP))
         lp__lua_mark_responded();
+    return 0;
+}
+
+double lp_ffi_cache_read(void *rp, double first, char *dst, double n)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    const lp_cache_entry_t *e = r->cache.hit;
+    if (!e || first < 0 || n < 0)
+        return LP_FFI_EINVAL;
+    uint64_t len = lp_cache_entry_body_len(e);
+    uint64_t from = (uint64_t)first;
+    if (from >= len)
+        return 0;
+    uint64_t want = len - from < (uint64_t)n ? len - from : (uint64_t)n;
+    const lp_cache_chunk_t *c = lp_cache_entry_chunks(e);
+    while (c && from >= c->len) {
+        from -= c->len;
+        c = c->next;
+    }
+    uint64_t got = 0;
+    for (; c && got < want; c = c->next, from = 0) {
+        size_t k = c->len - (size_t)from;
+        if (k > want - got)
+            k = (size_t)(want - got);
+        memcpy(dst + got, c->data + from, k);
+        got += k;
+    }
+    return (double)got;
+}
+
+double lp_ffi_cache_upstream_length(void *rp)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    if (!r->try.peer || (r->flags & LP_RF_LOCAL))
+        return -1;
+    const lp_h1_t *rh = &r->try.peer->h1;
+    if (!(rh->flags & LP_H1F_LENGTH) || (rh->flags & LP_H1F_CHUNKED))
+        return -1;
+    return (double)rh->content_length;
+}
+
+int lp_ffi_cache_window(void *rp, double first, double n)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    /* The upstream's body, of a length it said, is what the window is cut from. */
+    if (!r->try.peer || (r->flags & LP_RF_LOCAL))
+        return LP_FFI_EINVAL;
+    const lp_h1_t *rh = &r->try.peer->h1;
+    if (!(rh->flags & LP_H1F_LENGTH) || (rh->flags & LP_H1F_CHUNKED) || !(first >= 0) ||
+        !(n >= 0) || first + n > (double)rh->content_length)
+        return LP_FFI_EINVAL;
+    r->resp.win = 1;
+    r->resp.win_skip = (uint64_t)first;
+    r->resp.win_len = (uint64_t)n;
     return 0;
 }
 

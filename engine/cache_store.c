@@ -5,77 +5,12 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "cache_disk.h"
+#include "cache_store_int.h"
 #include "common.h"
-
-#define LOCK_BUCKETS 256
-
-struct lp_cache_entry_s {
-    atomic_uint refs;        /* the zone's while linked + each reader's */
-    lp_cache_entry_t *hnext; /* borrowed: next in its bucket (zone lock); once unlinked,
-                                the unlinker's to-free list */
-    lp_list_t lru;           /* in zone->lru while linked (zone lock) */
-    uint64_t hash;           /* of the primary key */
-    char *key;               /* owned: key bytes then sec bytes, one allocation */
-    size_t klen;
-    const char *sec; /* borrowed: inside `key`'s allocation */
-    size_t slen;
-    char *head; /* owned: the policy's head; replaced under the zone lock */
-    size_t hlen;
-    lp_cache_chunk_t *chunks; /* owned: the body, immutable once linked */
-    uint64_t body_len;
-    size_t cost;       /* bytes charged to the zone */
-    double keep_until; /* seconds (realtime): dropped by a lookup after this */
-    uint64_t seq;      /* commit order (zone->seq): the oldest variant goes first */
-    uint8_t linked;    /* in the zone's table (zone lock) */
-};
-
-struct lp_cache_fill_s {
-    lp_cache_zone_t *zone; /* registry reference */
-    char *lkey;            /* owned: the locked primary key; NULL: no lock taken */
-    size_t lklen;
-    uint64_t lhash;
-    uint8_t locked;                /* holds lkey's lock in zone->locks (zone lock: a newer
-                                      fill may take an old lock over) */
-    struct lp_cache_fill_s *lnext; /* borrowed: next in its lock bucket (zone lock) */
-    double locked_at;
-    lp_cache_entry_t *e;        /* owned: the entry being gathered (never linked before
-                                   commit); NULL before start or once dead */
-    lp_cache_chunk_t *tail;     /* borrowed: e's last chunk */
-    uint64_t hint;              /* expected body length (0: unknown) */
-    lp_cache_waiter_t *waiters; /* borrowed: requests waiting on its lock (zone lock) */
-    uint8_t dead;               /* went over a limit: appends are ignored, commit fails */
-    uint8_t started;            /* lp_cache_fill_start ran */
-    size_t charged;             /* its chunks' bytes counted in zone->filling (zone lock) */
-};
-
-/* Concurrency: one mutex per zone, taken by every worker's lookups, commits and purges and by
- * the admin thread's purges and stats. It guards the table (buckets, hnext), the LRU list,
- * the lock table, `used`, `nentries`, the limits and every linked entry's `linked`, `lru` and
- * head. Critical sections do pointer work, memcmp and head copies only: bodies are gathered
- * outside it (a fill's entry is private until commit) and freed outside it (unlinked entries
- * are collected and dropped after the unlock). No Lua is ever touched under it. */
-struct lp_cache_zone_s {
-    pthread_mutex_t lock;
-    char *name;                 /* owned */
-    size_t capacity;            /* byte budget (lock) */
-    size_t max_object;          /* largest body stored: written under the lock, read by fills
-                                   without it (relaxed atomics: a fill may go by the old bound
-                                   for a moment after a reload) */
-    size_t used;                /* bytes charged (lock) */
-    size_t filling;             /* chunk bytes of fills not committed yet (lock): they count
-                                   against the budget too, or concurrent fills of large
-                                   objects would hold far more than `capacity` */
-    size_t nentries;            /* linked entries (lock) */
-    uint64_t seq;               /* commits so far (lock) */
-    lp_cache_entry_t **buckets; /* owned array of nbuckets chains */
-    size_t nbuckets;            /* a power of two */
-    lp_list_t lru;              /* most recently used first */
-    lp_cache_fill_t *locks[LOCK_BUCKETS]; /* borrowed: fills holding a key's lock */
-    atomic_uint_fast64_t counts[LP_CACHE_C_N];
-    int refs;                  /* registry references (reg_lock) */
-    lp_cache_zone_t *reg_next; /* borrowed: next in the registry (reg_lock) */
-};
+#include "log.h"
 
 size_t lp_cache_entry_cost(size_t klen, size_t slen, size_t hlen, size_t body_cap)
 {
@@ -95,6 +30,70 @@ static void entry_free(lp_cache_entry_t *e)
     free(e->head);
     free(e->key);
     free(e);
+}
+
+void lp__cache_entry_free(lp_cache_entry_t *e)
+{
+    entry_free(e);
+}
+
+uint64_t lp__cache_fid(const char *key, size_t klen, const char *sec, size_t slen)
+{
+    /* FNV-1a over the key's length, the key and sec: stable across processes (lp_hash64 is
+     * seeded per process), as file names must be. A collision (or a crafted key) only makes
+     * two entries share a file: a read checks the key and sec it holds. */
+    uint64_t h = 0xcbf29ce484222325ULL;
+    unsigned char len[8];
+    for (int i = 0; i < 8; i++)
+        len[i] = (unsigned char)((uint64_t)klen >> (8 * i));
+    const unsigned char *parts[3] = {len, (const unsigned char *)key, (const unsigned char *)sec};
+    size_t lens[3] = {8, klen, slen};
+    for (int p = 0; p < 3; p++)
+        for (size_t i = 0; i < lens[p]; i++)
+            h = (h ^ parts[p][i]) * 0x100000001b3ULL;
+    return h;
+}
+
+lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *sec, size_t slen,
+                                      const char *head, size_t hlen, uint64_t body_len,
+                                      double keep_until, lp_cache_chunk_t *chunks)
+{
+    lp_cache_entry_t *e = calloc(1, sizeof(*e));
+    if (!e || !(e->key = malloc(klen + slen + 1)) || !(e->head = malloc(hlen ? hlen : 1))) {
+        if (e)
+            free(e->key);
+        free(e);
+        while (chunks) {
+            lp_cache_chunk_t *n = chunks->next;
+            free(chunks);
+            chunks = n;
+        }
+        return NULL;
+    }
+    memcpy(e->key, key, klen);
+    memcpy(e->key + klen, sec, slen);
+    e->klen = klen;
+    e->sec = e->key + klen;
+    e->slen = slen;
+    memcpy(e->head, head, hlen);
+    e->hlen = hlen;
+    e->hash = lp_hash64(key, klen);
+    e->keep_until = keep_until;
+    e->body_len = body_len;
+    e->fid = lp__cache_fid(key, klen, sec, slen);
+    atomic_init(&e->refs, 1);
+    if (chunks) {
+        e->resident = 1;
+        e->chunks = chunks;
+        for (lp_cache_chunk_t *c = chunks; c; c = c->next)
+            e->cost += sizeof(*c) + c->cap;
+        e->cost += lp_cache_entry_cost(klen, slen, hlen, 0);
+    } else {
+        e->resident = body_len == 0; /* an empty body needs no load */
+        if (e->resident)
+            e->cost = lp_cache_entry_cost(klen, slen, hlen, 0);
+    }
+    return e;
 }
 
 lp_cache_entry_t *lp_cache_entry_ref(lp_cache_entry_t *e)
@@ -119,20 +118,58 @@ const lp_cache_chunk_t *lp_cache_entry_chunks(const lp_cache_entry_t *e)
     return e->chunks;
 }
 
-/* Under the zone lock: takes e out of the table and the LRU, uncharges it, and puts it on
- * *dead (its zone reference is dropped by the caller after the unlock). */
+int lp_cache_entry_resident(const lp_cache_entry_t *e)
+{
+    return e->resident;
+}
+
+int lp_cache_entry_same(const lp_cache_entry_t *e, const char *key, size_t klen, const char *sec,
+                        size_t slen)
+{
+    return e->klen == klen && e->slen == slen && memcmp(e->key, key, klen) == 0 &&
+           memcmp(e->sec, sec, slen) == 0;
+}
+
+/* Under the zone lock: e leaves the disk LRU and budget (its file is not deleted here). */
+static void off_disk(lp_cache_zone_t *z, lp_cache_entry_t *e)
+{
+    if (!e->on_disk)
+        return;
+    lp_list_remove(&e->dlru);
+    e->on_disk = 0;
+    z->dused -= e->dsize;
+    z->dentries--;
+}
+
+/* Under the zone lock: takes e out of the table and the LRUs, uncharges it, and puts it on
+ * *dead (its zone reference is dropped by the caller after the unlock). Its file, if any,
+ * is queued for deletion. */
 static void unlink_entry(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry_t **dead)
 {
     lp_cache_entry_t **pp = &z->buckets[e->hash & (z->nbuckets - 1)];
     while (*pp != e)
         pp = &(*pp)->hnext;
     *pp = e->hnext;
-    lp_list_remove(&e->lru);
+    if (e->resident) {
+        lp_list_remove(&e->lru);
+        z->used -= e->cost;
+        z->nentries--;
+    } else {
+        z->nstubs--;
+    }
+    if (e->on_disk) {
+        off_disk(z, e);
+        if (z->disk)
+            lp_cdisk_queue_delete(z->disk, e->fid);
+    }
     e->linked = 0;
-    z->used -= e->cost;
-    z->nentries--;
     e->hnext = *dead;
     *dead = e;
+}
+
+void lp__cache_unlink(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry_t **dead)
+{
+    unlink_entry(z, e, dead);
 }
 
 static void drop_dead(lp_cache_entry_t *dead)
@@ -144,21 +181,135 @@ static void drop_dead(lp_cache_entry_t *dead)
     }
 }
 
-/* Under the zone lock: evicts from the LRU's tail until `used` and `filling` fit the
- * budget. */
+void lp__cache_drop_dead(lp_cache_entry_t *dead)
+{
+    drop_dead(dead);
+}
+
+static void maybe_grow(lp_cache_zone_t *z);
+
+void lp__cache_link(lp_cache_zone_t *z, lp_cache_entry_t *e)
+{
+    maybe_grow(z);
+    lp_cache_entry_t **slot = &z->buckets[e->hash & (z->nbuckets - 1)];
+    e->hnext = *slot;
+    *slot = e;
+    if (e->resident) {
+        lp_list_insert_head(&z->lru, &e->lru);
+        z->used += e->cost;
+        z->nentries++;
+    } else {
+        z->nstubs++;
+    }
+    e->linked = 1;
+    e->seq = ++z->seq;
+}
+
+void lp__cache_replace(lp_cache_zone_t *z, lp_cache_entry_t *old, lp_cache_entry_t *e,
+                       lp_cache_entry_t **dead)
+{
+    lp_cache_entry_t **pp = &z->buckets[old->hash & (z->nbuckets - 1)];
+    while (*pp != old)
+        pp = &(*pp)->hnext;
+    *pp = e;
+    e->hnext = old->hnext;
+    e->linked = 1;
+    e->seq = old->seq;
+    e->fid = old->fid;
+    e->stamp = old->stamp;
+    if (old->on_disk) {
+        /* e takes old's place on the disk LRU: the file is the same */
+        e->on_disk = 1;
+        e->dsize = old->dsize;
+        e->dlru.prev = old->dlru.prev;
+        e->dlru.next = old->dlru.next;
+        e->dlru.prev->next = &e->dlru;
+        e->dlru.next->prev = &e->dlru;
+        old->on_disk = 0;
+    }
+    if (old->resident) {
+        lp_list_remove(&old->lru);
+        z->used -= old->cost;
+        z->nentries--;
+    } else {
+        z->nstubs--;
+    }
+    old->linked = 0;
+    if (e->resident) {
+        lp_list_insert_head(&z->lru, &e->lru);
+        z->used += e->cost;
+        z->nentries++;
+    } else {
+        z->nstubs++;
+    }
+    old->hnext = *dead;
+    *dead = old;
+}
+
+void lp__cache_on_disk(lp_cache_zone_t *z, lp_cache_entry_t *e, uint64_t size)
+{
+    if (e->on_disk) {
+        z->dused = z->dused - e->dsize + size;
+        lp_list_remove(&e->dlru);
+    } else {
+        e->on_disk = 1;
+        z->dused += size;
+        z->dentries++;
+    }
+    e->dsize = size;
+    lp_list_insert_head(&z->dlru, &e->dlru);
+}
+
+/* Under the zone lock: a resident entry that is on disk leaves memory but stays in the index
+ * as a disk-only entry (a copy of its key and head: the entry itself may be read by hits in
+ * flight, and an entry's body never changes once linked). 0, or -1 when out of memory. */
+static int demote(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry_t **dead)
+{
+    lp_cache_entry_t *s = lp__cache_stub_new(e->key, e->klen, e->sec, e->slen, e->head, e->hlen,
+                                             e->body_len, e->keep_until);
+    if (!s)
+        return -1;
+    if (s->resident) { /* an empty body: nothing to gain */
+        entry_free(s);
+        return -1;
+    }
+    lp__cache_replace(z, e, s, dead);
+    return 0;
+}
+
+/* Under the zone lock: evicts from the memory LRU's tail until `used` and `filling` fit the
+ * budget (an entry on disk stays there, as a disk-only entry), then from the disk LRU's
+ * until the files fit the disk budget. */
 static void evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)
 {
     while (z->used + z->filling > z->capacity && !lp_list_empty(&z->lru)) {
         lp_cache_entry_t *e = LP_CONTAINER_OF(z->lru.prev, lp_cache_entry_t, lru);
-        unlink_entry(z, e, dead);
+        if (!(e->on_disk || e->writing) || demote(z, e, dead))
+            unlink_entry(z, e, dead);
         atomic_fetch_add_explicit(&z->counts[LP_CACHE_C_EVICTED], 1, memory_order_relaxed);
     }
+    while (z->dused > z->dcapacity && !lp_list_empty(&z->dlru)) {
+        lp_cache_entry_t *e = LP_CONTAINER_OF(z->dlru.prev, lp_cache_entry_t, dlru);
+        if (e->resident) {
+            off_disk(z, e); /* stays in memory; its file goes */
+            if (z->disk)
+                lp_cdisk_queue_delete(z->disk, e->fid);
+        } else {
+            unlink_entry(z, e, dead);
+        }
+        atomic_fetch_add_explicit(&z->counts[LP_CACHE_C_DISK_EVICTED], 1, memory_order_relaxed);
+    }
+}
+
+void lp__cache_evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)
+{
+    evict(z, dead);
 }
 
 /* Under the zone lock: doubles the table when chains grow long. Failure keeps the old one. */
 static void maybe_grow(lp_cache_zone_t *z)
 {
-    if (z->nentries < z->nbuckets * 2)
+    if (z->nentries + z->nstubs < z->nbuckets * 2)
         return;
     size_t n = z->nbuckets * 2;
     lp_cache_entry_t **b = calloc(n, sizeof(*b));
@@ -184,6 +335,15 @@ static int same_key(const lp_cache_entry_t *e, uint64_t h, const char *key, size
     return e->hash == h && e->klen == klen && memcmp(e->key, key, klen) == 0;
 }
 
+lp_cache_entry_t *lp__cache_find(lp_cache_zone_t *z, uint64_t h, const char *key, size_t klen,
+                                 const char *sec, size_t slen)
+{
+    for (lp_cache_entry_t *e = z->buckets[h & (z->nbuckets - 1)]; e; e = e->hnext)
+        if (same_key(e, h, key, klen) && e->slen == slen && memcmp(e->sec, sec, slen) == 0)
+            return e;
+    return NULL;
+}
+
 /* ---- zones and the registry ---- */
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -206,14 +366,20 @@ static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_obj
     z->capacity = memory;
     __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
     lp_list_init(&z->lru);
+    lp_list_init(&z->dlru);
     return z;
 }
 
 static void zone_free(lp_cache_zone_t *z)
 {
+    /* The disk thread first (its queued writes finish); then the table goes without a file
+     * being deleted: the files are the next start's cache. */
+    lp_cdisk_stop(z->disk);
+    z->disk = NULL;
     lp_cache_entry_t *dead = NULL;
-    while (!lp_list_empty(&z->lru))
-        unlink_entry(z, LP_CONTAINER_OF(z->lru.next, lp_cache_entry_t, lru), &dead);
+    for (size_t i = 0; i < z->nbuckets; i++)
+        while (z->buckets[i])
+            unlink_entry(z, z->buckets[i], &dead);
     drop_dead(dead);
     pthread_mutex_destroy(&z->lock);
     free(z->buckets);
@@ -305,6 +471,50 @@ void lp_cache_zone_resize(lp_cache_zone_t *z, size_t memory, size_t max_object)
     drop_dead(dead);
 }
 
+int lp_cache_zone_set_disk(lp_cache_zone_t *z, const char *path, size_t size)
+{
+    pthread_mutex_lock(&z->lock);
+    lp_cdisk_t *d = z->disk;
+    pthread_mutex_unlock(&z->lock);
+    if (d) {
+        if (strcmp(lp_cdisk_root(d), path) != 0)
+            lp_log(LP_LOG_WARN,
+                   "cache zone %s: its disk path stays %s until a restart (the reload asks for "
+                   "%s)",
+                   z->name, lp_cdisk_root(d), path);
+        return 0;
+    }
+    /* Started here, once per zone: the zone may be shared already (a reload giving a memory
+     * zone a disk), so z->disk is set under the lock, where every reader takes it. */
+    /* Stamps name one write of a file, and the files outlive the process: a new process's
+     * stamps begin past the last one's (the time in ns: 10^9 commits a second would be
+     * needed to catch up with the clock), or an entry stored again could carry the stamp of
+     * its key's file from the last run and take that old content for its own. The scan
+     * raises them past every stamp it finds too (a clock set back). */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t base = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    pthread_mutex_lock(&z->lock);
+    z->dcapacity = size;
+    if (z->stamps < base)
+        z->stamps = base;
+    pthread_mutex_unlock(&z->lock);
+    d = lp_cdisk_start(z, path); /* sets z->disk before its thread runs */
+    return d ? 0 : -1;
+}
+
+void lp_cache_zone_resize_disk(lp_cache_zone_t *z, size_t size)
+{
+    lp_cache_entry_t *dead = NULL;
+    pthread_mutex_lock(&z->lock);
+    if (z->disk) {
+        z->dcapacity = size;
+        evict(z, &dead);
+    }
+    pthread_mutex_unlock(&z->lock);
+    drop_dead(dead);
+}
+
 void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out)
 {
     pthread_mutex_lock(&z->lock);
@@ -312,6 +522,12 @@ void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out)
     out->bytes = z->used;
     out->capacity = z->capacity;
     out->max_object = __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
+    out->disk = z->disk != NULL;
+    out->disk_entries = z->dentries;
+    out->disk_bytes = z->dused;
+    out->disk_capacity = z->dcapacity;
+    out->disk_loading = z->disk && !lp_cdisk_loaded(z->disk);
+    out->stubs = z->nstubs;
     pthread_mutex_unlock(&z->lock);
     for (int i = 0; i < LP_CACHE_C_N; i++)
         out->counts[i] = atomic_load_explicit(&z->counts[i], memory_order_relaxed);
@@ -336,10 +552,18 @@ lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen,
             continue;
         if (e->keep_until < now) {
             unlink_entry(z, e, &dead);
+        } else if (!e->resident && !e->on_disk) {
+            /* pushed out of memory before its file was written: a miss until it is */
         } else {
             found = lp_cache_entry_ref(e);
-            lp_list_remove(&e->lru);
-            lp_list_insert_head(&z->lru, &e->lru);
+            if (e->resident) {
+                lp_list_remove(&e->lru);
+                lp_list_insert_head(&z->lru, &e->lru);
+            }
+            if (e->on_disk) {
+                lp_list_remove(&e->dlru);
+                lp_list_insert_head(&z->dlru, &e->dlru);
+            }
         }
         break;
     }
@@ -375,6 +599,10 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     e->head = h;
     e->hlen = hlen;
     e->keep_until = keep_until;
+    if (e->linked && e->resident && z->disk) {
+        e->stamp = ++z->stamps; /* the file is written again, with the new head */
+        lp_cdisk_queue_write(z->disk, e);
+    }
     evict(z, &dead);
     pthread_mutex_unlock(&z->lock);
     free(old);
@@ -414,6 +642,8 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
             }
         }
     }
+    if (z->disk && !lp_cdisk_loaded(z->disk))
+        lp_cdisk_queue_purge(z->disk, mode, key, klen); /* again once the scan indexed all */
     pthread_mutex_unlock(&z->lock);
     drop_dead(dead);
     return n;
@@ -560,24 +790,16 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
         f->zone = z;
     }
     f->started = 1;
-    lp_cache_entry_t *e = calloc(1, sizeof(*e));
-    if (!e || !(e->key = malloc(klen + slen + 1)) || !(e->head = malloc(hlen ? hlen : 1))) {
-        if (e)
-            free(e->key);
-        free(e);
+    /* refs 1: the zone's, once linked. Not resident and costing nothing until commit: its
+     * chunks are charged as they come, the rest when it is linked. */
+    lp_cache_entry_t *e =
+        lp__cache_entry_new(key, klen, sec, slen, head, hlen, 0, keep_until, NULL);
+    if (!e) {
         lp_cache_fill_abandon(f);
         return NULL;
     }
-    memcpy(e->key, key, klen);
-    memcpy(e->key + klen, sec, slen);
-    e->klen = klen;
-    e->sec = e->key + klen;
-    e->slen = slen;
-    memcpy(e->head, head, hlen);
-    e->hlen = hlen;
-    e->hash = lp_hash64(key, klen);
-    e->keep_until = keep_until;
-    atomic_init(&e->refs, 1); /* the zone's, once linked */
+    e->resident = 0;
+    e->cost = 0;
     f->e = e;
     f->hint = size_hint;
     return f;
@@ -723,15 +945,14 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     }
     if (variants >= LP_CACHE_MAX_VARIANTS)
         unlink_entry(z, oldest, &dead);
-    maybe_grow(z);
-    lp_cache_entry_t **slot = &z->buckets[e->hash & (z->nbuckets - 1)];
-    e->hnext = *slot;
-    *slot = e;
-    lp_list_insert_head(&z->lru, &e->lru);
-    e->linked = 1;
-    e->seq = ++z->seq;
-    z->used += e->cost;
-    z->nentries++;
+    e->resident = 1;
+    lp__cache_link(z, e);
+    if (z->disk) {
+        /* Written as it completes (not when memory evicts it): a restart finds every entry,
+         * and an eviction from memory only drops the body (demote). */
+        e->stamp = ++z->stamps;
+        lp_cdisk_queue_write(z->disk, e);
+    }
     evict(z, &dead);
     lock_drop(z, f);
     pthread_mutex_unlock(&z->lock);

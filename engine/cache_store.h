@@ -51,14 +51,19 @@ enum {
     LP_CACHE_C_STALE,
     LP_CACHE_C_REVALIDATED,
     LP_CACHE_C_BYPASS,
-    LP_CACHE_C_STORED,    /* fills committed */
-    LP_CACHE_C_ABANDONED, /* fills dropped: too large, error, request gone */
-    LP_CACHE_C_EVICTED,   /* entries pushed out by the byte budget */
+    LP_CACHE_C_STORED,       /* fills committed */
+    LP_CACHE_C_ABANDONED,    /* fills dropped: too large, error, request gone */
+    LP_CACHE_C_EVICTED,      /* entries pushed out by the byte budget */
+    LP_CACHE_C_DISK_EVICTED, /* files pushed out by the disk budget */
+    LP_CACHE_C_DISK_LOADED,  /* disk-only entries read back for a hit */
+    LP_CACHE_C_DISK_DROPPED, /* files found damaged, changed or gone on a read */
     LP_CACHE_C_N
 };
 
 typedef struct {
-    uint64_t entries, bytes, capacity, max_object;
+    uint64_t entries, bytes, capacity, max_object;           /* the memory tier */
+    int disk, disk_loading;                                  /* has a disk tier; its scan runs */
+    uint64_t disk_entries, disk_bytes, disk_capacity, stubs; /* stubs: on disk only */
     uint64_t counts[LP_CACHE_C_N];
 } lp_cache_stats_t;
 
@@ -74,6 +79,13 @@ void lp_cache_zone_hold(lp_cache_zone_t *z);
  * generation lives). */
 lp_cache_zone_t *lp_cache_zone_find(const char *name, size_t n);
 const char *lp_cache_zone_name(const lp_cache_zone_t *z);
+/* Gives a zone its disk tier (cache_disk.h): a directory and a byte budget. The first call
+ * starts it (the directory's files are indexed in the background); later ones (reloads)
+ * keep the directory (a new path is logged and waits for a restart). 0, or -1 when the disk
+ * thread cannot start. */
+int lp_cache_zone_set_disk(lp_cache_zone_t *z, const char *path, size_t size);
+/* Applies a new disk budget (deleting the least recently used files down to it). */
+void lp_cache_zone_resize_disk(lp_cache_zone_t *z, size_t size);
 /* Applies a new byte budget (evicting down to it) and object limit. */
 void lp_cache_zone_resize(lp_cache_zone_t *z, size_t memory, size_t max_object);
 void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out);
@@ -97,6 +109,12 @@ size_t lp_cache_entry_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *
 int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char *head, size_t hlen,
                             double keep_until);
 uint64_t lp_cache_entry_body_len(const lp_cache_entry_t *e);
+/* Whether the body is in memory: 0 for an entry only on disk (its body must be read back
+ * first, cache_disk_hit.c; lp_cache_entry_chunks is NULL). */
+int lp_cache_entry_resident(const lp_cache_entry_t *e);
+/* Whether e is the entry of exactly (key, sec). */
+int lp_cache_entry_same(const lp_cache_entry_t *e, const char *key, size_t klen, const char *sec,
+                        size_t slen);
 /* The first body chunk (the list is immutable while the caller holds a reference). */
 const lp_cache_chunk_t *lp_cache_entry_chunks(const lp_cache_entry_t *e);
 

@@ -27,12 +27,14 @@
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <luajit.h>
 #include "common.h"
 #include "config.h"
 #include "balancer.h"
 #include "lua_vm.h"
 #include "shdict.h"
 #include "cache_store.h"
+#include "log.h"
 #include "route.h"
 #include "rtable.h"
 #include "tls.h"
@@ -183,6 +185,26 @@ static int fail(rctx_t *r, const char *path, const char *fmt, ...)
     vsnprintf(r->err + n, r->errlen - (size_t)n, fmt, ap);
     va_end(ap);
     return LP_ECONFIG;
+}
+
+static char *dup_str(rctx_t *r, const char *s);
+
+/* The table at the top of the stack as JSON (lua-cjson), NULL when it cannot be. */
+static char *encode_json(rctx_t *r)
+{
+    lua_State *L = r->L;
+    int top = lua_gettop(L);
+    char *out = NULL;
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson.safe");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "encode");
+        lua_pushvalue(L, top);
+        if (lua_pcall(L, 1, 1, 0) == 0 && lua_type(L, -1) == LUA_TSTRING)
+            out = dup_str(r, lua_tostring(L, -1));
+    }
+    lua_settop(L, top);
+    return out;
 }
 
 /* Field k of the table at the top of the stack. Types were checked in step 1. */
@@ -579,6 +601,8 @@ static void read_listen(rctx_t *r)
             lua_pop(L, 1);
         }
         lc->proxy_protocol = get_bool(L, "proxy_protocol");
+        lc->http2 = get_bool(L, "http2");
+        r->server_tls[i].alpn_h2 = lc->http2;
         if (push_table(L, "real_ip")) {
             read_real_ip(r, lc);
             lua_pop(L, 1);
@@ -1076,6 +1100,37 @@ void lp_config_apply_shared(const lp_config_t *c)
             lp_shdict_resize(c->shdicts[i], c->shdict_sizes[i]);
     for (size_t i = 0; i < c->ncache_zones; i++)
         lp_cache_zone_resize(c->cache_zones[i], c->cache_memory[i], c->cache_max_object[i]);
+    for (size_t i = 0; i < c->ncache_zones; i++)
+        if (c->cache_disk_size[i])
+            lp_cache_zone_resize_disk(c->cache_zones[i], c->cache_disk_size[i]);
+}
+
+/* cache.zones.NAME.disk = { path, size } (on the stack): the zone's disk tier, started now
+ * when new (its files are indexed in the background); a relative path is the config's
+ * directory's. A thread that cannot start is logged: the zone stays in memory. */
+static void read_cache_disk(rctx_t *r, lp_cache_zone_t *z, size_t *size)
+{
+    char *path = get_str(r, "path");
+    *size = (size_t)get_num(r->L, "size");
+    if (!path)
+        return;
+    const char *slash = strrchr(r->file, '/');
+    if (path[0] != '/' && slash) {
+        size_t dlen = (size_t)(slash - r->file), n = dlen + 1 + strlen(path) + 1;
+        char *full = malloc(n);
+        if (!full) {
+            free(path);
+            r->oom = 1;
+            return;
+        }
+        snprintf(full, n, "%.*s/%s", (int)dlen, r->file, path);
+        free(path);
+        path = full;
+    }
+    if (lp_cache_zone_set_disk(z, path, *size))
+        lp_log(LP_LOG_ERROR, "cache zone %s: its disk thread cannot start: memory only",
+               lp_cache_zone_name(z));
+    free(path);
 }
 
 /* cache.zones = { name = { memory, max_object_size } }: a registry reference per zone (made
@@ -1097,7 +1152,8 @@ static void read_cache(rctx_t *r)
     c->cache_zones = calloc(n + 1, sizeof(*c->cache_zones));
     c->cache_memory = calloc(n + 1, sizeof(*c->cache_memory));
     c->cache_max_object = calloc(n + 1, sizeof(*c->cache_max_object));
-    if (!c->cache_zones || !c->cache_memory || !c->cache_max_object) {
+    c->cache_disk_size = calloc(n + 1, sizeof(*c->cache_disk_size));
+    if (!c->cache_zones || !c->cache_memory || !c->cache_max_object || !c->cache_disk_size) {
         r->oom = 1;
         lua_pop(L, 2);
         return;
@@ -1113,6 +1169,10 @@ static void read_cache(rctx_t *r)
             continue;
         }
         c->cache_zones[c->ncache_zones] = z;
+        if (lp_config_cache_disk && push_table(L, "disk")) {
+            read_cache_disk(r, z, &c->cache_disk_size[c->ncache_zones]);
+            lua_pop(L, 1);
+        }
         c->cache_memory[c->ncache_zones] = mem;
         c->cache_max_object[c->ncache_zones++] = maxobj;
     }
@@ -1178,6 +1238,17 @@ static int read_config(rctx_t *r)
     c->limits.max_headers = get_uint(L, "max_headers");
     c->limits.max_connections = get_uint(L, "max_connections");
     lua_pop(L, 1);
+    push_table(L, "http2");
+    c->h2.max_concurrent_streams = get_uint(L, "max_concurrent_streams");
+    c->h2.initial_window_size = get_uint(L, "initial_window_size");
+    c->h2.max_header_list_size = get_uint(L, "max_header_list_size");
+    c->h2.hpack_table_size = get_uint(L, "hpack_table_size");
+    c->h2.max_resets = get_uint(L, "max_resets");
+    c->h2.max_control_frames = get_uint(L, "max_control_frames");
+    c->h2.max_continuations = get_uint(L, "max_continuations");
+    c->h2.idle_timeout = get_ms(L, "idle_timeout");
+    c->h2.max_requests = (uint32_t)get_num(L, "max_requests");
+    lua_pop(L, 1);
     read_log(r);
     push_table(L, "lua");
     c->lua_phase_timeout = get_ms(L, "phase_timeout");
@@ -1191,6 +1262,10 @@ static int read_config(rctx_t *r)
         if (token_file && !rc)
             rc = read_admin_token(r, token_file);
         free(token_file);
+        lua_pop(L, 1);
+    }
+    if (push_table(L, "config_source")) {
+        c->config_source = encode_json(r);
         lua_pop(L, 1);
     }
     c->pid_file = get_str(r, "pid_file");
@@ -1367,6 +1442,8 @@ static int encode_for_workers(lua_State *L, lp_config_t *c)
 }
 
 int lp_config_admin_json = 1;
+int lp_config_cache_disk = 0;
+const char *lp_config_source_doc = NULL;
 
 int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen)
 {
@@ -1377,6 +1454,11 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         return LP_ENOMEM;
     }
     luaL_openlibs(L);
+    lp_lua_seed_random(L); /* a config may draw random weights or names */
+    /* This VM runs the config once and is closed: compiling traces costs more than it saves,
+     * and each trace makes the JIT flip its machine-code pages with mprotect, which flushes
+     * every CPU's TLB (most of a reload's CPU time, and slow on a busy machine). */
+    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
     lp_lua_set_paths(L, path);
     /* Step 1: the one evaluation of the file, and its validation. The transfer module notes
      * the globals there were before, to move the ones the file defines. */
@@ -1397,6 +1479,8 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
     if (!rc)
         rc = call_lua(L, path, "luaproxy.config", "check", 0, raw, err, errlen);
     if (!rc && !(c->path = strdup(path)))
+        rc = LP_ENOMEM;
+    if (!rc && lp_config_source_doc && !(c->source_doc = strdup(lp_config_source_doc)))
         rc = LP_ENOMEM;
     /* Step 2, then the plugins and handlers as the workers will load them. */
     if (!rc)
@@ -1502,6 +1586,8 @@ void lp_config_free(lp_config_t *c)
         OPENSSL_cleanse(c->admin_token, strlen(c->admin_token));
     free(c->admin_token);
     free(c->pid_file);
+    free(c->config_source);
+    free(c->source_doc);
     for (size_t i = 0; i < c->nfiles; i++)
         free(c->files[i]);
     free(c->files);
@@ -1516,6 +1602,7 @@ void lp_config_free(lp_config_t *c)
     free(c->cache_zones);
     free(c->cache_memory);
     free(c->cache_max_object);
+    free(c->cache_disk_size);
     free(c->path);
     free(c);
 }

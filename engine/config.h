@@ -138,7 +138,16 @@ typedef struct {
     size_t ntrusted;
     lp_realip_kind_t realip_kind;
     char *realip_header; /* owned: the header's name; NULL when off */
+    int http2;           /* HTTP/2 too: ALPN h2 with TLS, else h2c by prior knowledge */
 } lp_listen_conf_t;
+
+/* The `http2` section: limits of HTTP/2 connections (h2.c). */
+typedef struct {
+    unsigned max_concurrent_streams, initial_window_size, max_header_list_size;
+    unsigned hpack_table_size, max_resets, max_control_frames, max_continuations;
+    uint64_t idle_timeout; /* ms */
+    uint32_t max_requests;
+} lp_h2_conf_t;
 
 typedef struct {
     uint64_t connect, read, send, client_header, client_body, keepalive, drain; /* ms */
@@ -209,6 +218,7 @@ typedef struct {
     lp_error_pages_t error_pages; /* the proxy's own answers replaced, by status */
     lp_timeouts_t timeouts;
     lp_limits_t limits;
+    lp_h2_conf_t h2;               /* the `http2` section */
     char *access_log;              /* owned; NULL: off; "-": stdout; "syslog" (access_out says) */
     lp_log_format_t access_format; /* log.format or log.json */
     lp_log_level_t log_level;
@@ -238,6 +248,10 @@ typedef struct {
     char *lua_config;                /* owned: the validated table for the workers' VMs, encoded by
                                         lua/luaproxy/transfer.lua; NULL: each VM evaluates the file */
     size_t lua_config_len;
+    /* issue #18 (etcd.c): config_source as JSON, and the candidate document merged in
+     * (lp_config_source_doc, for the workers' fallback evaluation); both owned, NULL: none */
+    char *config_source;
+    char *source_doc;
     struct lp_config_todo_s *todo; /* owned: what lp_config_materialise builds (the TLS
                                       settings); NULL once it ran */
     int materialised;              /* lp_config_materialise succeeded: addresses resolved,
@@ -253,6 +267,7 @@ typedef struct {
     struct lp_cache_zone_s **cache_zones; /* owned array of ncache_zones references */
     size_t *cache_memory;                 /* owned: each zone's byte budget */
     size_t *cache_max_object;             /* owned: each zone's max_object_size */
+    size_t *cache_disk_size;              /* owned: each zone's disk budget (0: no disk) */
     size_t ncache_zones;
     lp_metrics_conf_t metrics; /* the `metrics` section */
     lp_trace_conf_t tracing;   /* `tracing` */
@@ -273,6 +288,10 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
  * serves nothing (`luaproxy -t`, `-s`), where it is a third of the work at 100k routes. Set
  * before the first load, main thread. */
 extern int lp_config_admin_json;
+/* Whether configs loaded start their cache zones' disk tiers (cache_disk.h): only in a
+ * serving process (main.c sets it), never for -t, -s or the tools, whose scan would race the
+ * server's writes in the same directory. 0 by default. */
+extern int lp_config_cache_disk;
 /* The step after validation: resolves the listen, admin and target addresses (DNS targets
  * that do not resolve are a warning, not an error) and builds the TLS contexts (listener
  * certificates and keys, upstream client contexts and their CA files). I/O that may block,
@@ -280,6 +299,9 @@ extern int lp_config_admin_json;
  * never on a loop that serves. Once per config; errors as lp_config_load's. */
 int lp_config_materialise(lp_config_t *c, char *err, size_t errlen);
 void lp_config_free(lp_config_t *c);
+/* The etcd document file the next lp_config_load merges into a bootstrap (etcd.c sets it
+ * around a reload it asked for); NULL: the last good copy. Main thread only. */
+extern const char *lp_config_source_doc;
 /* Gives every shared dict and cache zone c declares its declared size (a reload's commit:
  * cannot fail). */
 void lp_config_apply_shared(const lp_config_t *c);

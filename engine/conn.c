@@ -12,6 +12,7 @@
 #include "proxy_proto.h"
 #include "realip.h"
 #include "errpage.h"
+#include "h2.h"
 #include "log.h"
 #include "lua_api.h"
 #include "lua_vm.h"
@@ -64,6 +65,14 @@ static lp_conn_t *conn_of(lp_endpoint_t *ep)
 
 static int on_req_body(lp_h1_t *h, const char *at, size_t len);
 
+static const lp_down_ops_t h1_ops;
+
+/* How the request's response reaches its client (conn.h): an HTTP/2 stream's or ours. */
+static inline const lp_down_ops_t *down(const lp_req_t *req)
+{
+    return req->h2s ? &lp_h2_down_ops : &h1_ops;
+}
+
 /* ---- closing ---- */
 
 static void conn_metrics(lp_req_t *req);
@@ -72,6 +81,8 @@ static int conn_cache_pump(lp_req_t *req);
 static void conn_on_closed(lp_endpoint_t *ep)
 {
     lp_conn_t *c = conn_of(ep);
+    if (c->flags & LP_CF_H2)
+        lp_h2_free(c);
     lp_list_remove(&c->link);
     __atomic_sub_fetch(&lp_ep_worker(&c->ep)->nconns, 1, __ATOMIC_RELAXED);
     free(c);
@@ -101,20 +112,26 @@ static void conn_end_cut_short(lp_req_t *req)
     lp_req_let_go(req);
 }
 
+void lp_conn_req_cut(lp_req_t *req)
+{
+    int parsed = (req->flags & LP_RF_PARSED) != 0;
+    if (req->resp.sent_status == 0 && parsed)
+        req->resp.sent_status = 499; /* closed before the response: nginx's convention */
+    if (parsed || req->resp.sent_status) {
+        conn_metrics(req);
+        lp_accesslog_write(req->w->access, req);
+    }
+    conn_end_cut_short(req);
+}
+
 void lp_conn_close(lp_conn_t *c)
 {
     if (c->ep.flags & LP_EPF_CLOSING)
         return;
-    if (c->req) {
-        int parsed = (c->req->flags & LP_RF_PARSED) != 0;
-        if (c->req->resp.sent_status == 0 && parsed)
-            c->req->resp.sent_status = 499; /* closed before the response: nginx's convention */
-        if (parsed || c->req->resp.sent_status) {
-            conn_metrics(c->req);
-            lp_accesslog_write(lp_ep_worker(&c->ep)->access, c->req);
-        }
-        conn_end_cut_short(c->req);
-    }
+    if (c->flags & LP_CF_H2)
+        lp_h2_close(c); /* every stream's request is cut */
+    else if (c->req)
+        lp_conn_req_cut(c->req);
     if (c->flags & LP_CF_HS_WAIT) {
         lp_ep_worker(&c->ep)->hs_q[c->hs_pos] = NULL; /* on_hs_idle skips the hole */
         c->flags &= (uint16_t)~LP_CF_HS_WAIT;
@@ -223,7 +240,7 @@ static void conn_close_after_write(lp_conn_t *c)
         if (c->ep.out_pending || (c->ep.flags & (LP_EPF_CLOSING | LP_EPF_BROKEN)))
             return;
     }
-    if (c->req && c->req->try.peer) {
+    if (!(c->flags & LP_CF_H2) && c->req && c->req->try.peer) {
         lp_peer_abort(c->req->try.peer);
         c->req->try.peer = NULL;
     }
@@ -242,9 +259,18 @@ static void conn_close_after_write(lp_conn_t *c)
     c->flags |= LP_CF_LINGER;
 }
 
+void lp_conn_close_after_write(lp_conn_t *c)
+{
+    conn_close_after_write(c);
+}
+
 static void conn_on_timeout(lp_endpoint_t *ep, int mode)
 {
     lp_conn_t *c = conn_of(ep);
+    if (c->flags & LP_CF_H2) {
+        lp_h2_timeout(c, mode);
+        return;
+    }
     if ((c->flags & LP_CF_PROXY_WAIT) && mode != TM_BROKEN) {
         lp_log_info("%s: no PROXY protocol header in time: closing", conn_ip(c));
         lp_conn_close(c);
@@ -289,6 +315,12 @@ static void conn_on_written(lp_endpoint_t *ep, int status)
         lp_conn_close(c);
         return;
     }
+    if (c->flags & LP_CF_H2) {
+        lp_h2_written(c);
+        if (!c->ep.out_pending && (c->flags & LP_CF_CLOSE_AFTER) && !(c->ep.flags & LP_EPF_CLOSING))
+            conn_close_after_write(c);
+        return;
+    }
     if (c->ep.tmode == TM_SEND) {
         if (c->ep.out_pending)
             conn_timer(c, TM_SEND, T(c)->send);
@@ -313,6 +345,10 @@ static void conn_on_written(lp_endpoint_t *ep, int status)
 
 void lp_conn_flush(lp_conn_t *c)
 {
+    if (c->flags & LP_CF_H2) {
+        lp_h2_flush(c);
+        return;
+    }
     if (lp_ep_flush(&c->ep))
         return;
     if (c->ep.out_pending > LP_HIGH_WATERMARK && c->ep.tmode != TM_SEND)
@@ -354,13 +390,12 @@ static int conn_set_local(lp_req_t *req, int status, const char *detail)
  * LP_GONE when the request ended (it has, unless a phase waits). */
 static int conn_respond_local(lp_req_t *req, int status, int keep, const char *detail)
 {
-    lp_conn_t *c = req->conn;
     if (req->state != LP_RS_DONE || (req->flags & LP_RF_UPGRADE_REQ))
         keep = 0;
     if (!keep)
         req->flags |= LP_RF_RESP_CLOSE;
     if (conn_set_local(req, status, detail)) {
-        lp_conn_close(c);
+        down(req)->abort(req);
         return LP_GONE;
     }
     req->flags &= ~LP_RF_WAIT_UPSTREAM;
@@ -382,7 +417,7 @@ int lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
                     llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base, why,
                     lp_trace_tag(req));
         req->flags |= LP_RF_RESP_CLOSE;
-        lp_conn_close(c);
+        down(req)->abort(req);
         return LP_GONE;
     }
     /* A 503 says why (no target, queue full): the client may wait and retry. Other
@@ -408,7 +443,9 @@ static int conn_start_upstream(lp_req_t *req)
         if (body_known_empty(req))
             req->state = LP_RS_DONE; /* nothing left to read: keep-alive stays possible */
         if (req->route)
-            lp_log_warn("%s: route %d chose no upstream (a handler or plugin must)%s",
+            lp_log_warn("%s: route %d chose no upstream (a handler or plugin must call "
+                        "req:set_upstream(name), or req:respond() for a local answer: a "
+                        "handler's return values are not an answer)%s",
                         lp_req_client_ip(req), req->route_index + 1, lp_trace_tag(req));
         return conn_respond_local(req, req->route ? 502 : 404, 1, NULL);
     }
@@ -538,7 +575,8 @@ static int conn_on_head(lp_req_t *req)
     if (h->flags & LP_H1F_UPGRADE)
         req->flags |= LP_RF_UPGRADE_REQ;
     lp_trace_start(req); /* before anything may answer: a 413 has its trace too */
-    conn_timer(c, TM_NONE, 0);
+    if (!req->h2s)
+        conn_timer(c, TM_NONE, 0); /* an HTTP/2 connection's timer is the session's */
     lp_ip_t client;
     conn_real_ip(req, &client);
     /* A declared length over the limit is refused once the request phase is over (a
@@ -561,10 +599,22 @@ static int conn_on_head(lp_req_t *req)
     return conn_after_lua(req, LP_PHASE_REQUEST, rc == LP_DECLINED ? LP_OK : rc);
 }
 
+int lp_conn_req_head(lp_req_t *req)
+{
+    lp_req_hold(req);
+    conn_on_head(req);
+    return lp_req_let_go(req);
+}
+
 int lp_conn_upstream_ready(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     req->flags &= ~LP_RF_WAIT_UPSTREAM;
+    if (req->h2s) {
+        lp_req_hold(req);
+        down(req)->pump(req);
+        return lp_req_let_go(req);
+    }
     if ((req->h1.flags & LP_H1F_EXPECT_100) && !(req->flags & LP_RF_SENT_100) &&
         req->state == LP_RS_BODY && req->body_in == 0 &&
         ((req->h1.flags & LP_H1F_CHUNKED) || req->h1.content_length > 0)) {
@@ -586,7 +636,7 @@ void lp_conn_resume_body(lp_req_t *req)
     if (!(req->flags & LP_RF_READ_PAUSED))
         return;
     req->flags &= ~LP_RF_READ_PAUSED;
-    conn_process(req->conn);
+    down(req)->pump(req);
 }
 
 /* req:body(): the request body is gathered (before any upstream) until it is complete or
@@ -639,7 +689,7 @@ int lp_conn_read_body(lp_req_t *req, uint64_t max)
     req->flags |= LP_RF_BODY_BUFFERING;
     if (req->state == LP_RS_HEAD)
         req->state = LP_RS_BODY;
-    if ((req->h1.flags & LP_H1F_EXPECT_100) && !(req->flags & LP_RF_SENT_100)) {
+    if ((req->h1.flags & LP_H1F_EXPECT_100) && !(req->flags & LP_RF_SENT_100) && !req->h2s) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         lp_wbatch_t *wb = lp_ep_outb(&req->conn->ep, 1, 0);
         if (wb) {
@@ -657,32 +707,44 @@ void lp_conn_kick(lp_conn_t *c)
         conn_process(c);
 }
 
+void lp_conn_kick_req(lp_req_t *req)
+{
+    if (req->conn && !(req->conn->ep.flags & LP_EPF_CLOSING))
+        down(req)->pump(req);
+}
+
 void lp_conn_take_body(lp_req_t *req, lp_buf_t **buf, size_t *len)
 {
     *buf = req->body_buf;
     *len = req->body_len;
 }
 
-static int on_req_body(lp_h1_t *h, const char *at, size_t len)
+int lp_conn_req_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
-    lp_req_t *req = h->ud;
-    lp_conn_t *c = req->conn;
     uint64_t max = req->body_limit;
     req->body_in += len;
-    if (max && req->body_in > max) {
-        /* Chunked bodies learn their size as they go: stop forwarding past the limit. */
-        llhttp_set_error_reason(&h->parser, "request body too large");
-        h->err_status = 413;
-        return 0;
-    }
+    if (max && req->body_in > max)
+        return 413; /* chunked bodies learn their size as they go: stop past the limit */
     lp_req_body_tee(req, at, len);
     if (lp_req_body_replaced(req))
         return 0; /* req:set_body(): its replacement went upstream; these bytes are dropped */
     if (req->try.peer)
-        lp_peer_body(req->try.peer, at, len, c->ep.rbuf, (h->flags & LP_H1F_CHUNKED) != 0);
+        lp_peer_body(req->try.peer, at, len, pin, (req->h1.flags & LP_H1F_CHUNKED) != 0);
     else if (req->flags & LP_RF_BODY_BUFFERING)
         return conn_buffer_body(req, at, len);
     return 0;
+}
+
+static int on_req_body(lp_h1_t *h, const char *at, size_t len)
+{
+    lp_req_t *req = h->ud;
+    int rc = lp_conn_req_body(req, at, len, req->conn->ep.rbuf);
+    if (rc == 413) {
+        llhttp_set_error_reason(&h->parser, "request body too large");
+        h->err_status = 413;
+        return 0;
+    }
+    return rc;
 }
 
 /* A req:body() wait is over (the body is complete, or gathering stopped): the Lua phase
@@ -691,6 +753,22 @@ static void conn_wake_body(lp_req_t *req)
 {
     req->flags &= ~(LP_RF_BODY_BUFFERING | LP_RF_BODY_WAKE);
     lp_lua_wake(req);
+}
+
+int lp_conn_req_body_end(lp_req_t *req)
+{
+    req->state = LP_RS_DONE;
+    if (req->try.peer && !lp_req_body_replaced(req)) {
+        lp_peer_body_end(req->try.peer, (req->h1.flags & LP_H1F_CHUNKED) != 0);
+        lp_peer_flush(req->try.peer);
+    }
+    if (req->flags & (LP_RF_BODY_BUFFERING | LP_RF_BODY_WAKE)) {
+        conn_wake_body(req);
+        return LP_OK;
+    }
+    if (req->flags & LP_RF_RESP_DONE)
+        return req_finish(req);
+    return LP_OK;
 }
 
 /* One step of request parsing; the caller holds req. Returns 0 to go on (the request may
@@ -813,6 +891,8 @@ static void conn_process_once(lp_conn_t *c)
  * a request finished inside the loop) only ask the running loop for another pass. */
 static void conn_process(lp_conn_t *c)
 {
+    if (c->flags & LP_CF_H2)
+        return; /* its streams' requests move through h2.c */
     if (c->flags & LP_CF_BUSY) {
         c->flags |= LP_CF_AGAIN;
         return;
@@ -980,6 +1060,15 @@ static void conn_tls_input(lp_conn_t *c)
     conn_tls_step(c);
 }
 
+/* The client chose h2 by ALPN (offered only on an http2 listener). */
+static int conn_alpn_h2(lp_conn_t *c)
+{
+    char scratch[8];
+    size_t n = 0;
+    const char *v = lp_tls_fact(c->ep.tls, LP_TLS_F_ALPN, scratch, sizeof(scratch), &n);
+    return v && n == 2 && v[0] == 'h' && v[1] == '2';
+}
+
 static void conn_tls_step(lp_conn_t *c)
 {
     if (!lp_tls_established(c->ep.tls)) {
@@ -1004,8 +1093,14 @@ static void conn_tls_step(lp_conn_t *c)
             LP_M_ADD(&w->m_cells[LP_WM_TLS_RESUMED], 1);
         conn_quickack(c);
         conn_timer(c, TM_IDLE, T(c)->client_header);
+        if (conn_alpn_h2(c) && lp_h2_start(c)) {
+            lp_conn_close(c);
+            return;
+        }
     }
-    if (c->flags & LP_CF_TUNNEL)
+    if (c->flags & LP_CF_H2)
+        lp_h2_input(c);
+    else if (c->flags & LP_CF_TUNNEL)
         conn_tunnel_pump(c);
     else
         conn_process(c);
@@ -1023,6 +1118,10 @@ static void conn_on_eof(lp_conn_t *c, ssize_t why)
     c->flags |= LP_CF_EOF;
     if (why != UV_EOF)
         lp_log_debug("%s: read error: %s", conn_ip(c), uv_strerror((int)why));
+    if (c->flags & LP_CF_H2) {
+        lp_conn_close(c); /* its open streams are cut: an HTTP/2 client never half-closes */
+        return;
+    }
     if ((c->flags & LP_CF_TUNNEL) && c->req && c->req->try.peer) {
         lp_peer_tunnel_eof(c->req->try.peer);
         return;
@@ -1119,6 +1218,23 @@ static void conn_on_input(lp_endpoint_t *ep, ssize_t nread)
         conn_tls_input(c);
         return;
     }
+    if (nread > 0 && (c->flags & LP_CF_H2C) && !c->req) {
+        /* An h2c listener: the HTTP/2 preface (prior knowledge) or HTTP/1.1. */
+        int pre = lp_h2_is_preface(c->ep.rbuf->data + c->ep.rpos, c->ep.rlen - c->ep.rpos);
+        if (pre < 0)
+            return; /* too few bytes to tell: wait for more (the idle timer bounds it) */
+        c->flags &= (uint16_t)~LP_CF_H2C;
+        if (pre && lp_h2_start(c)) {
+            lp_conn_close(c);
+            return;
+        }
+    }
+    if (nread > 0 && (c->flags & LP_CF_H2)) {
+        lp_h2_input(c);
+        if (!(c->ep.flags & LP_EPF_CLOSING))
+            lp_ep_release_rbuf(&c->ep);
+        return;
+    }
     if (nread > 0) {
         if (c->ep.rlen == (uint32_t)nread && c->nrequests == 0 && !c->req &&
             c->ep.rbuf->data[0] == 0x16) {
@@ -1143,7 +1259,9 @@ static void conn_on_input(lp_endpoint_t *ep, ssize_t nread)
         !(c->ep.flags & LP_EPF_TLS_END)) {
         /* Decrypt what is still buffered first: it ends with the close_notify, if any. */
         lp_tls_in_eof(c->ep.tls);
-        if (c->flags & LP_CF_TUNNEL)
+        if (c->flags & LP_CF_H2)
+            lp_h2_input(c);
+        else if (c->flags & LP_CF_TUNNEL)
             conn_tunnel_pump(c);
         else
             conn_process(c);
@@ -1157,10 +1275,12 @@ static void conn_update_reading(lp_conn_t *c)
 {
     if ((c->ep.flags & LP_EPF_CLOSING) || (c->flags & LP_CF_LINGER))
         return;
-    lp_req_t *req = c->req;
+    lp_req_t *req = (c->flags & LP_CF_H2) ? NULL : c->req;
     int want;
     if (c->flags & (LP_CF_EOF | LP_CF_CLOSE_AFTER))
         want = 0;
+    else if (c->flags & LP_CF_H2)
+        want = 1; /* streams' flow control bounds what a client may send ahead */
     else if (c->flags & LP_CF_TUNNEL) {
         want = !(req && req->try.peer && lp_relay_full(&req->try.peer->ep));
         /* Not reading the client, we would not see it go: the upstream's send timeout
@@ -1199,7 +1319,21 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
             return -1;
     }
     uint64_t length = rh ? rh->content_length : req->resp.local_body_len;
+    if (rh && req->resp.win && status != 304)
+        length = req->resp.win_len; /* the client's window of a body being stored whole (a 304
+                                       keeps the length of the representation it describes) */
     req->resp.sent_status = status;
+    if (req->h2s) {
+        /* HTTP/2 frames the body itself: a length is only advice (not for 204, nor for a
+         * 304 whose upstream did not say it). */
+        int said =
+            has_length && status != 204 && (status != 304 || (rh && (rh->flags & LP_H1F_LENGTH)));
+        if (down(req)->head(req, rh, no_body, said, length))
+            return -1;
+        req->flags |= LP_RF_RESP_STARTED;
+        lp_cache_req_head(req);
+        return 0;
+    }
     if (!no_body && !has_length) {
         /* Length unknown (or changed by a body filter): chunks for HTTP/1.1 clients, a close
          * for HTTP/1.0 ones. */
@@ -1288,7 +1422,7 @@ static int conn_wire_out(void *arg, const char *at, size_t len, lp_buf_t *pin)
     if (!len || (c->ep.flags & LP_EPF_CLOSING))
         return 0;
     req->resp.body_out += len;
-    lp_relay_body(&c->ep, at, len, pin, (req->flags & LP_RF_RESP_CHUNKED) != 0);
+    down(req)->body(req, at, len, pin);
     return 0;
 }
 
@@ -1335,6 +1469,10 @@ static int conn_filter_failed(lp_req_t *req)
                 lp_trace_tag(req));
     req->flags |= LP_RF_RESP_CLOSE;
     conn_count(req);
+    if (req->h2s) {
+        down(req)->abort(req); /* the stream is reset; the log line and phase as below */
+        return LP_GONE;
+    }
     conn_metrics(req);
     lp_accesslog_write(lp_ep_worker(&c->ep)->access, req);
     conn_end_cut_short(req); /* its log phase (detached), then its end and its upstream's */
@@ -1361,6 +1499,23 @@ int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *p
 {
     if (req->cache.fill)
         lp_cache_req_tee(req, at, len); /* the upstream's bytes, before any filter */
+    if (req->resp.win) {
+        /* Only the client's window of what is stored goes on (a cold Range request's slice,
+         * nothing for a 304 answering its conditional). */
+        lp_resp_t *rs = &req->resp;
+        if (rs->win_skip >= len) {
+            rs->win_skip -= len;
+            return LP_OK;
+        }
+        at += rs->win_skip;
+        len -= (size_t)rs->win_skip;
+        rs->win_skip = 0;
+        if (len > rs->win_len)
+            len = (size_t)rs->win_len;
+        rs->win_len -= len;
+        if (!len)
+            return LP_OK;
+    }
     if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY)) {
         if (!len)
             return LP_OK;
@@ -1383,11 +1538,7 @@ static int conn_response_end(lp_req_t *req)
         lp_zip_free(req->resp.zip);
         req->resp.zip = NULL;
     }
-    if (req->flags & LP_RF_RESP_CHUNKED) {
-        lp_wbatch_t *wb = lp_ep_outb(&c->ep, 1, 0);
-        if (wb)
-            lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
-    }
+    down(req)->end(req);
     req->flags |= LP_RF_RESP_DONE;
     /* Counted before the last bytes go: a client that reads them and asks /status at once
      * sees its request (the counter is read on another thread). */
@@ -1431,7 +1582,7 @@ static int conn_respond_lua(lp_req_t *req)
 static int conn_send_local(lp_req_t *req)
 {
     if (conn_send_head(req, NULL)) {
-        lp_conn_close(req->conn);
+        down(req)->abort(req);
         return LP_GONE;
     }
     if (req->cache.body) {
@@ -1446,14 +1597,14 @@ static int conn_send_local(lp_req_t *req)
         req->resp.local_body = lp_cache_req_copy(req);
         lp_cache_req_body_done(req);
         if (!req->resp.local_body) {
-            lp_conn_close(req->conn);
+            down(req)->abort(req);
             return LP_GONE;
         }
     }
     if (!(req->flags & LP_RF_HEAD) && req->resp.local_body_len) {
         lp_buf_t *b = lp_buf_get(&req->w->bufs, req->resp.local_body_len);
         if (!b) {
-            lp_conn_close(req->conn);
+            down(req)->abort(req);
             return LP_GONE;
         }
         memcpy(b->data, req->resp.local_body, req->resp.local_body_len);
@@ -1481,12 +1632,14 @@ static int conn_cache_pump(lp_req_t *req)
     lp_req_cache_t *rc = &req->cache;
     lp_buf_t *pin = lp_cache_req_pin(req);
     if (!pin) {
-        lp_conn_close(c);
+        down(req)->abort(req);
         return LP_GONE;
     }
     for (;;) {
         uint64_t before = rc->left;
-        while (rc->left && rc->chunk && lp_ep_queued(&c->ep) < LP_HIGH_WATERMARK &&
+        /* HTTP/2: the whole hit is queued on its stream at once (bounded by the zone's
+         * max_object_size), its flow control paces it. */
+        while (rc->left && rc->chunk && (req->h2s || lp_ep_queued(&c->ep) < LP_HIGH_WATERMARK) &&
                !(c->ep.flags & LP_EPF_CLOSING)) {
             size_t n = rc->chunk->len - rc->chunk_off;
             if (n > rc->left)
@@ -1560,7 +1713,7 @@ static int conn_after_lua(lp_req_t *req, int phase, lp_rc_t rc)
         if (phase == LP_PHASE_BODY)
             return conn_filter_failed(req);
         if (req->flags & LP_RF_RESP_STARTED) {
-            lp_conn_close(req->conn);
+            down(req)->abort(req);
             return LP_GONE;
         }
         if (body_known_empty(req))
@@ -1674,6 +1827,17 @@ static int req_finish(lp_req_t *req)
         req->flags |= LP_RF_LOG_DONE;
         log_waits = conn_run_phase(req, LP_PHASE_LOG) == LP_AGAIN;
     }
+    if (req->h2s) {
+        conn_count(req);
+        conn_metrics(req);
+        lp_accesslog_write(w->access, req);
+        if (log_waits)
+            lp_req_detach(req);
+        else
+            lp_req_end(req);
+        lp_h2_down_ops.finished(req, c, 0);
+        return LP_GONE;
+    }
     int keep = !(req->flags & LP_RF_RESP_CLOSE) && req->state == LP_RS_DONE && !w->stopping &&
                !((c->flags & LP_CF_EOF) && !(c->ep.rbuf && c->ep.rpos < c->ep.rlen));
     conn_count(req);
@@ -1691,14 +1855,77 @@ static int req_finish(lp_req_t *req)
         lp_req_detach(req); /* it ends when its log phase does (above) */
     else
         lp_req_end(req);
+    h1_ops.finished(req, c, keep);
+    return LP_GONE;
+}
+
+/* ---- HTTP/1.1 as the request's downstream side (conn.h lp_down_ops_t) ---- */
+
+static int h1_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length, uint64_t length)
+{
+    return -1; /* conn_send_head serializes HTTP/1.1 heads itself (never called) */
+}
+
+static void h1_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
+{
+    lp_relay_body(&req->conn->ep, at, len, pin, (req->flags & LP_RF_RESP_CHUNKED) != 0);
+}
+
+static void h1_end(lp_req_t *req)
+{
+    if (req->flags & LP_RF_RESP_CHUNKED) {
+        lp_wbatch_t *wb = lp_ep_outb(&req->conn->ep, 1, 0);
+        if (wb)
+            lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
+    }
+}
+
+static int h1_full(const lp_req_t *req)
+{
+    return lp_relay_full(&req->conn->ep);
+}
+
+static void h1_flush(lp_req_t *req)
+{
+    lp_conn_flush(req->conn);
+}
+
+static void h1_abort(lp_req_t *req)
+{
+    lp_conn_close(req->conn);
+}
+
+static void h1_pump(lp_req_t *req)
+{
+    conn_process(req->conn);
+}
+
+/* The connection's next request, or its end. */
+static void h1_finished(lp_req_t *req, lp_conn_t *c, int keep)
+{
     if (!keep) {
         conn_close_after_write(c);
-        return LP_GONE;
+        return;
     }
     lp_conn_flush(c);
     conn_timer(c, TM_IDLE, T(c)->keepalive);
     conn_process(c);
-    return LP_GONE;
+}
+
+static const lp_down_ops_t h1_ops = {
+    .head = h1_head,
+    .body = h1_body,
+    .end = h1_end,
+    .full = h1_full,
+    .flush = h1_flush,
+    .abort = h1_abort,
+    .pump = h1_pump,
+    .finished = h1_finished,
+};
+
+int lp_conn_req_full(const lp_req_t *req)
+{
+    return down(req)->full(req);
 }
 
 /* ---- tunnel ---- */
@@ -1812,6 +2039,8 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
         }
     }
     c->listen_tag = (uint16_t)l->id;
+    if (l->http2 && !l->tls)
+        c->flags |= LP_CF_H2C;
     if (w->stopping) {
         lp_conn_close(c);
         return;
@@ -1839,6 +2068,10 @@ void lp_conn_drain(lp_conn_t *c)
 {
     if (c->ep.flags & LP_EPF_CLOSING)
         return;
+    if (c->flags & LP_CF_H2) {
+        lp_h2_drain(c);
+        return;
+    }
     if (!c->req && !c->ep.out_pending && !(c->flags & LP_CF_LINGER))
         lp_conn_close(c);
     /* Busy connections finish their request; req_finish sees w->stopping and closes. */

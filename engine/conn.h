@@ -5,6 +5,53 @@
 #include "proxy-t.h"
 #include "request.h"
 
+/* The seam between the request pipeline (conn.c: real_ip, route, Lua phases, the upstream
+ * try, local answers, the log) and the protocol that carries the request to the client:
+ * HTTP/1.1 (conn.c, one request at a time on the connection) or an HTTP/2 stream (h2.c).
+ * The pipeline calls these for the request's response; each side frames it its own way. */
+typedef struct lp_down_ops_s {
+    /* Queue the response head as it stands in req->resp (status, end-to-end headers);
+     * the framing decisions are made: no_body, and the length when has_length. -1 when
+     * out of memory. */
+    int (*head)(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length, uint64_t length);
+    /* Queue body bytes as they go on the wire (after filters and compression); pin, when
+     * not NULL, keeps them alive until written. */
+    void (*body)(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin);
+    /* The body is complete (HTTP/1.1: the last chunk; HTTP/2: END_STREAM). */
+    void (*end)(lp_req_t *req);
+    /* The client side holds the high watermark: the upstream stops reading until `more`. */
+    int (*full)(const lp_req_t *req);
+    /* Hands what is queued to the socket. */
+    void (*flush)(lp_req_t *req);
+    /* The response cannot go on (cut mid-response, out of memory): HTTP/1.1 closes the
+     * connection, HTTP/2 resets the stream. The request has ended on return. */
+    void (*abort)(lp_req_t *req);
+    /* After the log line: HTTP/1.1 reads the next request or closes; HTTP/2 lets the
+     * stream finish sending. The request has ended or detached. */
+    void (*finished)(lp_req_t *req, lp_conn_t *c, int keep);
+    /* The request body may move on: the upstream is ready or drained, or req:body()
+     * waits for it. */
+    void (*pump)(lp_req_t *req);
+} lp_down_ops_t;
+
+/* The client side of req holds the high watermark (upstream.c pauses its read). */
+int lp_conn_req_full(const lp_req_t *req);
+/* lp_conn_kick for the request's own downstream (an HTTP/2 stream's body). */
+void lp_conn_kick_req(lp_req_t *req);
+
+/* For h2.c: the pipeline's entry points for a request whose head arrived on a stream. */
+/* The head is parsed into req->h1: limits, route, the request phase. LP_GONE: ended. */
+int lp_conn_req_head(lp_req_t *req);
+/* Request body bytes (de-framed): 0 to go on, LP_H1_CB_PAUSE when req:body() gathered its
+ * limit, 413 past the body limit, -1 out of memory. */
+int lp_conn_req_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin);
+/* The request body ended. LP_GONE when the request ended. */
+int lp_conn_req_body_end(lp_req_t *req);
+/* The request's client went away (reset, connection closed): 499, log line, log phase. */
+void lp_conn_req_cut(lp_req_t *req);
+/* Close c once what is queued is written (a graceful end). */
+void lp_conn_close_after_write(lp_conn_t *c);
+
 /* listener's connection callback */
 void lp_conn_on_connection(uv_stream_t *server, int status);
 void lp_conn_close(lp_conn_t *c);

@@ -104,7 +104,10 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
         set_out(out, r->try.target_addr, strlen(r->try.target_addr));
         return 0;
     case LP_FFI_VERSION:
-        set_out(out, r->minor ? "1.1" : "1.0", 3);
+        if (r->flags & LP_RF_H2)
+            set_out(out, "2", 1);
+        else
+            set_out(out, r->minor ? "1.1" : "1.0", 3);
         return 0;
     }
     return -1;
@@ -420,6 +423,7 @@ int lp__resp_begin(lp_req_t *r)
     r->resp.nheaders = 0;
     r->resp.arena_used = 0;
     r->resp.zip_coding = LP_ZIP_NONE; /* a new answer: its own decision */
+    r->resp.win = 0;                  /* ... and its own body, whole */
     /* A new answer has its own body: a cache hit's entry, set up before (a plugin failing
      * in the hit's response phase), must not go out under the new head's length. */
     lp_cache_req_body_done(r);

@@ -257,6 +257,37 @@ typedef struct lp_waf_hits {
  * so that the scan needs no Lua callback and the Lua calling it stays JIT-compiled. */
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
                           unsigned int flags, void *ctx);
+/* ---- waf: compiled databases shared by every VM of the process (engine/waf_db.c) ---- */
+/* Frees a published database (Hyperscan's hs_free_database: the engine does not link it). */
+typedef int (*lp_waf_db_free_fn)(void *db);
+/* The database compiled from key (len bytes), with a reference taken for the calling VM, and
+ * its publisher's notes in *meta (borrowed while the reference is held); NULL if none. */
+void *lp_ffi_waf_db_acquire(const char *key, size_t len, const char **meta, size_t *meta_len);
+/* Publishes db (ownership passes here) compiled from key, with notes meta; returns the
+ * database to use with a reference taken: db, or the one another VM published meanwhile
+ * (db is then freed). NULL when out of memory: the caller keeps db as its own. */
+void *lp_ffi_waf_db_publish(const char *key, size_t len, void *db, lp_waf_db_free_fn fre,
+                            const char *meta, size_t meta_len, const char **meta_out,
+                            size_t *meta_out_len);
+/* Gives back a reference; the last one frees the database. */
+void lp_ffi_waf_db_release(void *db);
+/* A key's state in the registry. */
+enum {
+    LP_WAF_DB_NONE = 0,    /* unknown (or the compile thread could not take it) */
+    LP_WAF_DB_PENDING = 1, /* the compile thread has it */
+    LP_WAF_DB_READY = 2,   /* compiled: a reference can be taken */
+    LP_WAF_DB_FAILED = 3   /* Hyperscan refused the group: the notes say why */
+};
+/* Queues the compile of n patterns (copied) on the registry's thread, unless the key is
+ * known; returns the key's state (NONE: Hyperscan's functions are not in the executable or
+ * out of memory, the caller compiles it itself). */
+int lp_ffi_waf_db_compile(const char *key, size_t len, unsigned n, const char *const *exprs,
+                          const unsigned *flags, const unsigned *ids);
+/* The key's state; READY: *db with a reference taken and its notes in *meta (borrowed while
+ * the reference is held; db NULL: the state only, no reference); FAILED: *meta says why. */
+int lp_ffi_waf_db_get(const char *key, size_t len, void **db, const char **meta, size_t *meta_len);
+/* Databases published and still referenced (tests). */
+int lp_ffi_waf_db_count(void);
 /* ---- request body copy and replacement (engine/req_body.c, req_body.h) ---- */
 /* lp_ffi_body_teed results. */
 enum {
@@ -338,8 +369,14 @@ int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
  * marker, a background refresh's answer). respond: the looked-up entry's body (bytes first..last,
  * -1: all) is the answer, with `status` and the headers Lua set. refresh: the looked-up entry gets
  * a new head. purge: mode 0 key (all its variants), 1 prefix, 2 all; returns how many. count:
- * cache_store.h LP_CACHE_C_*. */
+ * cache_store.h LP_CACHE_C_*. read: copies up to n bytes of the looked-up entry's body from
+ * `first` into dst (a multipart/byteranges answer Lua builds); returns how many. window
+ * (response phase, an upstream body of known length): the client gets only bytes first..
+ * first+n-1 of it while the whole is stored (0 bytes: a 304); LP_FFI_EINVAL otherwise.
+ * upstream_length: the upstream body's Content-Length, -1 when it has none (chunked). */
 void *lp_ffi_cache_zone(const char *name, size_t n);
+/* get on a zone with a disk tier may also answer 2: the entry is on disk only and is being
+ * read back with the task parked; wait, then get again (it answers 1 or 0 then). */
 int lp_ffi_cache_get(void *r, void *zone, const char *key, size_t klen, const char *sec,
                      size_t slen, lp_str_t *head, double *body_len);
 int lp_ffi_cache_lock(void *r, void *zone, const char *key, size_t klen, double timeout);
@@ -351,6 +388,9 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
 int lp_ffi_cache_respond(void *r, int status, double first, double last);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+double lp_ffi_cache_read(void *r, double first, char *dst, double n);
+int lp_ffi_cache_window(void *r, double first, double n);
+double lp_ffi_cache_upstream_length(void *r);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
 void lp_ffi_cache_count(void *zone, int what);
 

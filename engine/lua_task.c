@@ -127,6 +127,7 @@ static lp_lua_task_t *task_get(lp_lua_t *vm)
         if (!t)
             return NULL;
         t->vm = vm;
+        t->slot = ++vm->nslots;
         t->co_ref = LUA_NOREF;
         lp_list_init(&t->owned);
         lp_list_init(&t->link);
@@ -138,7 +139,7 @@ static lp_lua_task_t *task_get(lp_lua_t *vm)
         t->co = lua_newthread(vm->L);
         t->co_ref = luaL_ref(vm->L, LUA_REGISTRYINDEX);
     }
-    t->handle_ref = LUA_NOREF;
+    t->has_handle = 0;
     t->next_free = NULL;
     t->wait = LP_LW_NONE;
     t->wake = LP_WAKE_OK;
@@ -183,9 +184,7 @@ static void task_put(lp_lua_task_t *t)
         lp_list_remove(&t->ready_link);
         lp_list_init(&t->ready_link);
     }
-    if (t->handle_ref != LUA_NOREF)
-        luaL_unref(vm->L, LUA_REGISTRYINDEX, t->handle_ref);
-    t->handle_ref = LUA_NOREF;
+    t->has_handle = 0;
     if (t->co && (lua_status(t->co) != 0 || t->wait != LP_LW_NONE))
         task_drop_coroutine(t);
     else if (t->co)
@@ -198,19 +197,28 @@ static void task_put(lp_lua_task_t *t)
 
 /* The request ended: its handle must not reach it again, whoever kept the handle (an
  * upvalue, a timer's closure). The handle's phase says so (every method checks it first,
- * phases.lua) and its pointer is dropped. */
+ * phases.lua) and its pointer is dropped; the task's slot lets go of it. Raw sets: the
+ * handle's metatable has no __newindex. */
 static void handle_invalidate(lp_lua_task_t *t)
 {
-    lua_State *L = t->vm->L;
-    if (t->handle_ref == LUA_NOREF)
+    lp_lua_t *vm = t->vm;
+    lua_State *L = vm->L;
+    if (!t->has_handle)
         return;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->handle_ref);
+    t->has_handle = 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_handles);
+    lua_rawgeti(L, -1, t->slot);
     if (lua_istable(L, -1)) {
-        lua_pushliteral(L, "ended");
-        lua_setfield(L, -2, "_phase");
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_k_phase);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_k_ended);
+        lua_rawset(L, -3);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_k_r);
         lua_pushnil(L);
-        lua_setfield(L, -2, "_r");
+        lua_rawset(L, -3);
     }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_rawseti(L, -2, t->slot);
     lua_pop(L, 1);
 }
 
@@ -258,8 +266,10 @@ static lp_rc_t task_resume_in(lp_lua_task_t *t, int nargs)
     }
     if (rc == LUA_YIELD) {
         if (t->wait == LP_LW_RESPONDED) {
-            /* Never resumed: later phases run on a fresh coroutine. */
-            task_drop_coroutine(t);
+            /* Never resumed: its frames are discarded (lua_resetthread, LuaJIT's OpenResty
+             * branch: upvalues closed, stack cleared, status LUA_OK) and later phases run on
+             * the same coroutine, as after a return: a local answer needs no new thread. */
+            lua_resetthread(vm->L, t->co);
             t->wait = LP_LW_NONE;
             return LP_DONE;
         }
@@ -282,8 +292,9 @@ static lp_rc_t task_resume_in(lp_lua_task_t *t, int nargs)
     return LP_ERROR;
 }
 
-/* The request's task, made on its first Lua phase (whichever phase that is) with its
- * handle and a coroutine. NULL when out of memory. */
+/* The request's task, made on its first Lua phase (whichever phase that is), with a
+ * coroutine. Its handle is made by that phase's resume (push_entry). NULL when out of
+ * memory. */
 static lp_lua_task_t *task_for(lp_lua_t *vm, lp_req_t *req)
 {
     lp__lua_set_current(vm); /* task_get may run a __gc that asks the FFI for its VM */
@@ -293,20 +304,6 @@ static lp_lua_task_t *task_for(lp_lua_t *vm, lp_req_t *req)
         if (!t)
             return NULL;
         t->req = req;
-        /* The handle: request.new(cdata pointer, route number). */
-        lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->ref_new);
-        /* A number, not a lightuserdata: ffi.cast of a lightuserdata is not compiled
-         * (NYI), of a number it is. x86-64 and arm64 addresses fit in a double. */
-        lua_pushnumber(vm->L, (lua_Number)(uintptr_t)req);
-        lua_pushinteger(vm->L, req->route_index + 1);
-        lp__lua_set_current(vm);
-        if (lua_pcall(vm->L, 2, 1, 0)) {
-            lp_log_error("lua: cannot make a request handle: %s", lua_tostring(vm->L, -1));
-            lua_pop(vm->L, 1);
-            task_put(t);
-            return NULL;
-        }
-        t->handle_ref = luaL_ref(vm->L, LUA_REGISTRYINDEX);
         req->lua = t;
     }
     if (!t->co) {
@@ -314,6 +311,32 @@ static lp_lua_task_t *task_for(lp_lua_t *vm, lp_req_t *req)
         t->co_ref = luaL_ref(vm->L, LUA_REGISTRYINDEX);
     }
     return t;
+}
+
+/* Pushes on t->co what a phase or filter resume calls, and its first arguments: the
+ * request's first one makes the handle, enter(r, route, slot, ...); later ones find it in
+ * the handle table, entry(slot, ...). The handle is made inside the resume, not by a call
+ * of its own: each lua_pcall from C costs, and a trace cannot return into a C frame, so
+ * the request's way into Lua stays one compiled path. Returns the argument count. */
+static int push_entry(lp_lua_task_t *t, int ref)
+{
+    lp_lua_t *vm = t->vm;
+    lua_State *co = t->co;
+    if (t->has_handle) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, ref);
+        lua_pushinteger(co, t->slot);
+        return 1;
+    }
+    /* enter(r, route, slot, entry, ...): r is a number, not a lightuserdata: ffi.cast of
+     * a lightuserdata is not compiled (NYI), of a number it is. x86-64 and arm64 addresses
+     * fit in a double. */
+    t->has_handle = 1;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, vm->ref_enter);
+    lua_pushnumber(co, (lua_Number)(uintptr_t)t->req);
+    lua_pushinteger(co, t->req->route_index + 1);
+    lua_pushinteger(co, t->slot);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, ref);
+    return 4;
 }
 
 /* A resume ended with the task parked. A body wait needs the connection to read on: ask
@@ -326,7 +349,7 @@ static lp_rc_t task_parked(lp_lua_task_t *t, lp_req_t *req)
     if (t->wait != LP_LW_BODY || !req->conn)
         return LP_AGAIN;
     lp_req_hold(req);
-    lp_conn_kick(req->conn);
+    lp_conn_kick_req(req);
     return lp_req_let_go(req) == LP_GONE ? LP_GONE : LP_AGAIN;
 }
 
@@ -343,9 +366,13 @@ int lp_lua_route_predicate(lp_req_t *req)
         return -1;
     lua_State *L = vm->L;
     int top = lua_gettop(L);
+    /* run(r, route, slot): the handle at the slot, made for this route when the request
+     * has none yet (as push_entry's enter would); released below when the answer is no. */
+    t->has_handle = 1;
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_pred);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->handle_ref);
+    lua_pushnumber(L, (lua_Number)(uintptr_t)req);
     lua_pushinteger(L, req->route_index + 1);
+    lua_pushinteger(L, t->slot);
     const void *lreq = req;
     lp_log_req_fn fn = lp_req_log_members;
     lp_log_swap_request(&lreq, &fn);
@@ -353,7 +380,7 @@ int lp_lua_route_predicate(lp_req_t *req)
     vm->running = t; /* the handle's FFI calls check it is the running request's */
     lp__lua_set_current(vm);
     lp__guard_begin(&vm->guard);
-    int rc = lua_pcall(L, 2, 2, 0);
+    int rc = lua_pcall(L, 3, 2, 0);
     lp__guard_end(&vm->guard);
     vm->running = was;
     int result;
@@ -399,10 +426,10 @@ lp_rc_t lp_lua_phase(lp_req_t *req, int phase)
             return LP_ERROR;
     }
     t->phase = phase;
-    lua_rawgeti(t->co, LUA_REGISTRYINDEX, vm->ref_run);
-    lua_rawgeti(t->co, LUA_REGISTRYINDEX, t->handle_ref);
+    int n = push_entry(t, vm->ref_run);
     lua_pushinteger(t->co, phase);
-    lp_rc_t rc = task_resume(t, 2);
+    lua_pushthread(t->co); /* the coroutine the engine resumes (runtime.task_co) */
+    lp_rc_t rc = task_resume(t, n + 2);
     return rc == LP_AGAIN ? task_parked(t, req) : rc;
 }
 
@@ -415,11 +442,11 @@ lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, l
     t->phase = LP_PHASE_BODY;
     lua_State *co = t->co;
     lua_settop(co, 0);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, vm->ref_body);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, t->handle_ref);
+    int n = push_entry(t, vm->ref_body);
     lua_pushlstring(co, at, len);
     lua_pushboolean(co, eof);
-    lp_rc_t rc = task_resume(t, 3);
+    lua_pushthread(co);
+    lp_rc_t rc = task_resume(t, n + 3);
     if (rc == LP_AGAIN)
         return task_parked(t, req); /* lp_conn_lua_resumed(LP_PHASE_BODY) follows */
     if (rc != LP_OK)
@@ -430,15 +457,20 @@ lp_rc_t lp_lua_body_filter(lp_req_t *req, const char *at, size_t len, int eof, l
 lp_rc_t lp_lua_body_output(lp_req_t *req, lp_str_t *out)
 {
     lp_lua_task_t *t = req->lua;
-    if (!t || t->handle_ref == LUA_NOREF)
+    if (!t || !t->has_handle)
         return LP_ERROR;
     lua_State *L = t->vm->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->handle_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->vm->ref_handles);
+    lua_rawgeti(L, -1, t->slot);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 2);
+        return LP_ERROR;
+    }
     lua_getfield(L, -1, "_body_out");
     size_t n = 0;
     const char *s = lua_tolstring(L, -1, &n);
     /* The handle keeps the string until the next filter run: valid for the caller. */
-    lua_pop(L, 2);
+    lua_pop(L, 3);
     if (!s)
         return LP_ERROR;
     *out = (lp_str_t){s, n};
@@ -921,7 +953,6 @@ int lp__lua_run_init(lp_lua_t *vm, int state_idx, char *err, size_t errlen)
     memset(&t, 0, sizeof(t));
     t.vm = vm;
     t.kind = LP_LT_INIT;
-    t.handle_ref = LUA_NOREF;
     lp_list_init(&t.owned);
     lp_list_init(&t.link);
     lp_list_init(&t.ready_link);

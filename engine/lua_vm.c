@@ -583,6 +583,36 @@ static int load_config_chunk(lua_State *L, const char *path, char *err, size_t e
     return 0;
 }
 
+/* The evaluated config at the top of the stack, replaced by itself merged with the etcd
+ * document (lua/luaproxy/config_source.lua: a bootstrap with config_source.etcd; any other
+ * config comes back as it was). doc: the candidate file, NULL for the last good one. */
+static int merge_source(lua_State *L, const char *path, const char *doc, char *err, size_t errlen)
+{
+    int t = lua_gettop(L);
+    if (!lua_istable(L, t))
+        return 0; /* not a config: the check says so */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "luaproxy.config_source");
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+        lua_getfield(L, -1, "merge");
+        lua_remove(L, -2);
+        lua_pushstring(L, path);
+        lua_pushvalue(L, t);
+        if (doc)
+            lua_pushstring(L, doc);
+        else
+            lua_pushnil(L);
+        if (lua_pcall(L, 3, 2, 0) == 0 && !lua_isnil(L, -2)) {
+            lua_pop(L, 1);
+            lua_replace(L, t);
+            return 0;
+        }
+    }
+    snprintf(err, errlen, "%s: %s", path, lua_tostring(L, -1));
+    lua_settop(L, t - 1);
+    return LP_ECONFIG;
+}
+
 static int route_phases(lua_State *L, int state_idx, const char *field, int key)
 {
     unsigned mask = 0;
@@ -627,7 +657,7 @@ static int push_config(lua_State *L, const lp_config_t *cfg, char *err, size_t e
         lp_lua_error_message(lua_tostring(L, -1), cfg->path, err, errlen);
         return LP_ECONFIG;
     }
-    return 0;
+    return merge_source(L, cfg->path, cfg->source_doc, err, errlen);
 }
 
 int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
@@ -651,12 +681,30 @@ int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
             lp_lua_error_message(lua_tostring(L, -1), path, err, errlen);
             lua_pop(L, 1);
             rc = LP_ECONFIG;
+        } else {
+            rc = merge_source(L, path, lp_config_source_doc, err, errlen);
         }
         lp__guard_end(g);
         wd_register(g, 0);
     }
     current_check = was;
     return rc;
+}
+
+void lp_lua_seed_random(lua_State *L)
+{
+    /* Lua's math.random starts from a fixed seed: every worker and every restart would draw
+     * the same numbers (the ab and mirror plugins' splits, the cache's multipart boundary).
+     * Seeded from the OS's random source, as OpenResty users are told to do themselves. Not
+     * for secrets: those use the crypto module. */
+    uint64_t r = 0;
+    if (uv_random(NULL, NULL, &r, sizeof(r), 0, NULL))
+        r = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)L;
+    lua_getglobal(L, "math");
+    lua_getfield(L, -1, "randomseed");
+    lua_pushnumber(L, (lua_Number)(r >> 11)); /* 53 bits: exact in a double */
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
 }
 
 int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, lp_lua_t **out,
@@ -682,6 +730,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
         return LP_ENOMEM;
     }
     luaL_openlibs(L);
+    lp_lua_seed_random(L);
     lp_lua_set_paths(L, cfg->path);
     current_vm = vm; /* the FFI functions used while loading find the VM */
     if (guard_setup(L, cfg->path, err, errlen))
@@ -729,7 +778,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     for (size_t i = 0; i < cfg->nroutes; i++)
         vm->route_phases[i + 1] = (unsigned char)route_phases(L, state_idx, "routes", (int)i + 1);
 
-    /* The engine binding: request.new(state, worker_id) returns the handle constructor. */
+    /* The engine binding: request.bind(state, cfg) returns its entry points (ref_enter...). */
     lua_getglobal(L, "require");
     lua_pushliteral(L, "luaproxy.request");
     if (lua_pcall(L, 1, 1, 0)) {
@@ -739,14 +788,21 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     lua_getfield(L, -1, "bind");
     lua_pushvalue(L, state_idx);
     lua_pushvalue(L, cfg_idx);
-    if (lua_pcall(L, 2, 3, 0)) {
+    if (lua_pcall(L, 2, 4, 0)) {
         snprintf(err, errlen, "%s: %s", cfg->path, lua_tostring(L, -1));
         goto fail;
     }
-    /* bind returns new_handle, run, body */
+    /* bind returns enter, run, body, handles */
+    vm->ref_handles = luaL_ref(L, LUA_REGISTRYINDEX);
     vm->ref_body = luaL_ref(L, LUA_REGISTRYINDEX);
     vm->ref_run = luaL_ref(L, LUA_REGISTRYINDEX);
-    vm->ref_new = luaL_ref(L, LUA_REGISTRYINDEX);
+    vm->ref_enter = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "_phase");
+    vm->ref_k_phase = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "ended"); /* phases.ENDED_PHASE */
+    vm->ref_k_ended = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "_r");
+    vm->ref_k_r = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1); /* the request module */
     /* Config routes' predicates (conn.c runs them while routing). */
     lua_getglobal(L, "require");

@@ -39,7 +39,8 @@ typedef struct lp_lua_s lp_lua_t;
 typedef struct lp_lua_task_s {
     lua_State *co;
     int co_ref;           /* registry reference anchoring co */
-    int handle_ref;       /* the request handle table (LUA_NOREF without a request) */
+    int slot;             /* its index in the VM's handle table (ref_handles), fixed for life */
+    int has_handle;       /* that entry is its request's handle (made by the first phase) */
     lp_req_t *req;        /* borrowed: the request (LP_LT_REQUEST) until it ends, else NULL */
     lp_lua_t *vm;         /* borrowed: its VM */
     uv_timer_t timer;     /* proxy.sleep and timer delays; on vm->io's loop once timer_on */
@@ -136,6 +137,9 @@ int lp_lua_eval_config(lua_State *L, const char *path, char *err, size_t errlen)
  * the plugins and handlers, and runs init_worker (which may change `ups`, the generation's
  * upstreams in w). May run on the main thread: the VM is
  * handed to the worker afterwards. */
+/* math.randomseed from the OS's random source: every Lua VM the engine makes. */
+void lp_lua_seed_random(lua_State *L);
+
 int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups,
                 struct lp_lua_s **out, char *err, size_t errlen);
 /* The upstreams of the generation whose Lua runs now on this thread (proxy.upstream()), or

@@ -24,12 +24,19 @@ struct lp_lua_s {
     lp_worker_t *w; /* borrowed: the worker it serves (its id; its loop once attached) */
     /* Where its tasks wait and wake: a private context on the loading thread while
      * init_worker runs (run_init_worker), its worker from lp_lua_attach, NULL between. */
-    lp_worker_t *io;                /* borrowed (see above) */
-    lp_wgen_t *wgen;                /* borrowed: its generation, from lp_lua_attach */
-    int ref_run, ref_body, ref_new; /* runtime.run, runtime.body, request.new */
-    int ref_pred;                   /* route_predicate.run (0: not loaded) */
-    int ref_bg;                     /* luaproxy.tasks.run: a background task's body */
-    unsigned char *route_phases;    /* [0]: no route matched; [i + 1]: route i; bitmask */
+    lp_worker_t *io; /* borrowed (see above) */
+    lp_wgen_t *wgen; /* borrowed: its generation, from lp_lua_attach */
+    /* request.lua's entry points (bind): the first phase of a request (makes its handle),
+     * a later phase, a body filter; and the table of handles by task slot. The handle
+     * stays in Lua: C passes the slot, so no phase needs a C call to reach it. */
+    int ref_enter, ref_run, ref_body, ref_handles;
+    int nslots; /* task slots given out (lp_lua_task_t.slot) */
+    /* The strings that invalidate a handle ("_phase", "ended", "_r"), interned once: a
+     * push by reference costs no hashing per request. */
+    int ref_k_phase, ref_k_ended, ref_k_r;
+    int ref_pred;                /* route_predicate.run (0: not loaded) */
+    int ref_bg;                  /* luaproxy.tasks.run: a background task's body */
+    unsigned char *route_phases; /* [0]: no route matched; [i + 1]: route i; bitmask */
     size_t nroutes;
     lp_lua_task_t *free_tasks;
     lp_lua_task_t *all_tasks; /* every task ever made, for retiring (linked by next_all) */

@@ -15,6 +15,7 @@
 #include "accesslog.h"
 #include "logw.h"
 #include "config.h"
+#include "etcd.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "reload_history.h"
@@ -28,6 +29,8 @@ static void usage(FILE *out)
                  "       luaproxy -t -c FILE          check FILE and exit\n"
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
                  "       luaproxy -s stop -c FILE     stop it gracefully\n"
+                 "       luaproxy push -c FILE --etcd URL [--prefix P]  check FILE as -t\n"
+                 "                                    does, then write it to etcd (docs/fleet.md)\n"
                  "       luaproxy test [-p DIR] [DIR] [SPEC...]  run plugin specs (busted)\n"
                  "       luaproxy check [-c FILE] [DIR|FILE...]  lint scripts, plugins\n"
                  "       luaproxy new plugin NAME [--dir DIR]  a plugin, spec, docs\n"
@@ -79,6 +82,7 @@ void lp_server_stop(lp_server_t *s, const char *why)
     if (stop_reason)
         return;
     stop_reason = why;
+    s->stopping = 1;
     uv_signal_stop(&sigterm);
     uv_signal_stop(&sigint);
     uv_signal_stop(&sighup);
@@ -262,7 +266,9 @@ static void reload_begin(lp_server_t *s)
     reload.err[0] = 0;
     /* systemd shows the unit "reloading" until READY=1 comes back, success or not. */
     notify_systemd("RELOADING=1");
+    lp_config_source_doc = s->source_doc;
     int rc = lp_config_load(s->config_path, &reload.cfg, reload.err, sizeof(reload.err));
+    lp_config_source_doc = NULL;
     if (rc) {
         reload_end(s, rc);
         return;
@@ -334,6 +340,8 @@ int main(int argc, char **argv)
                                              {NULL, 0, NULL, 0}};
     int watch = 0;
     uint64_t start_ns = uv_hrtime(); /* the start-up load's time, for the reload history */
+    if (argc > 1 && !strcmp(argv[1], "push"))
+        return lp_etcd_push_main(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "test"))
         return lp_testcmd_main(argc - 1, argv + 1);
     if (argc > 1 &&
@@ -383,6 +391,7 @@ int main(int argc, char **argv)
     char err[1024], abspath[4096];
     const char *config_path = realpath(path, abspath) ? abspath : path;
     lp_config_admin_json = !(test_only || signal_name);
+    lp_config_cache_disk = !(test_only || signal_name); /* a check must not touch cache files */
     lp_config_t *cfg;
     if (lp_config_load(test_only || signal_name ? path : config_path, &cfg, err, sizeof(err))) {
         fprintf(stderr, "%s\n", err);
@@ -462,11 +471,16 @@ int main(int argc, char **argv)
                           (double)(uv_hrtime() - start_ns) / 1e6);
 
     lp_watch_start(&server);
+    if (lp_etcd_start(&server, lp_gen_current->config, err, sizeof(err))) {
+        lp_log_error("%s", err);
+        lp_server_stop(&server, "config_source");
+    }
     notify_systemd("READY=1\nSTATUS=serving");
     uv_run(server.loop, UV_RUN_DEFAULT);
     lp_log_notice("%s: draining (up to %.1f s)", stop_reason ? stop_reason : "stop",
                   (double)lp_gen_current->config->timeouts.drain / 1000.0);
     lp_watch_stop(&server);
+    lp_etcd_stop(&server);
     lp_health_checks_stop(&server);
     lp_admin_stop(&server);
     lp_pidfile_remove(lp_gen_current->config);

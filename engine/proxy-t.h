@@ -109,6 +109,7 @@ typedef struct lp_listener_s {
     uint64_t id;                 /* the listen slot (lp_bound_t.id) it serves */
     struct lp_tls_server_s *tls; /* the current config's (borrowed); NULL: plain HTTP */
     int proxy_protocol;          /* the current config's listen[].proxy_protocol */
+    int http2;                   /* the current config's listen[].http2 (h2c on plain TCP) */
     int closing;                 /* uv_close called; freed in its close callback */
     int pending;                 /* prepared for a generation not committed yet: no accept */
     int deferred;                /* a connection arrived while pending: accept it at commit */
@@ -250,8 +251,9 @@ static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
 #define LP_RF_COUNTED        0x100000 /* counted in w->requests */
 #define LP_RF_NO_LUA_RESP    0x80000 /* the response phase ran: an answer replacing it goes as is */
 #define LP_RF_DETACHED       0x200000 /* its log phase waits on without the connection (request.h) */
-#define LP_RF_TLS            0x400000 /* came over TLS (kept for a detached request's scheme) */
-#define LP_RF_METERED        0x800000 /* counted in the metrics (conn.c) */
+#define LP_RF_TLS            0x400000  /* came over TLS (kept for a detached request's scheme) */
+#define LP_RF_METERED        0x800000  /* counted in the metrics (conn.c) */
+#define LP_RF_H2             0x1000000 /* came on an HTTP/2 stream (h2.c; req:http_version() 2) */
 
 /* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
 enum {
@@ -317,6 +319,12 @@ typedef struct lp_resp_s {
     struct lp_zip_s *zip; /* owned: the body's compressor, NULL: none (freed by lp_req_end) */
     uint8_t zip_coding;   /* LP_ZIP_*: the coding asked for; LP_ZIP_NONE: send as it is */
     uint8_t zip_level;    /* its level (compress.h ranges) */
+    /* The client's window of the upstream's body (the cache plugin storing the whole body
+     * of a cold Range or conditional request: lp_ffi_cache_window): bytes [win_skip,
+     * win_skip + win_len) go to the client, none for a 304. Forgotten by a new answer. */
+    uint8_t win;       /* 1: the window applies */
+    uint64_t win_skip; /* body bytes still to drop before the window */
+    uint64_t win_len;  /* window bytes still to send */
 } lp_resp_t;
 
 /* A request's part in the response cache (engine/cache_ffi.c, cache_store.h): what the
@@ -335,6 +343,10 @@ typedef struct lp_req_cache_s {
     uint64_t left;                        /* body bytes still to queue */
     lp_buf_t *pin; /* owned reference: the block write batches pin body's bytes with (its
                       release drops the entry); NULL while nothing is queued */
+    struct lp_cache_entry_s *loaded; /* reference: an entry read back from disk for this
+                                        request's next lookup (cache_disk_hit.c); NULL: none */
+    uint8_t load_done;               /* a disk read-back ended since the last lookup: the
+                                        next one takes `loaded` or misses (never loads again) */
 } lp_req_cache_t;
 
 /* One request on a client connection, from its head to its log line. Its lifetime is its
@@ -395,6 +407,10 @@ struct lp_req_s {
     lp_buf_t *new_body;   /* owned: the replacement, NULL: the client's body goes up */
     size_t new_body_len;  /* its length (Content-Length upstream) */
     lp_req_cache_t cache; /* the response cache's (see above) */
+    /* borrowed: the HTTP/2 stream carrying it (h2.c), NULL on HTTP/1.1. The stream holds the
+     * reference that a connection's current request has (request.h); the request ending or
+     * detaching clears both links (lp_h2_req_gone). */
+    struct lp_h2_stream_s *h2s;
 };
 
 /* lp_req_t.tee */
@@ -419,6 +435,8 @@ enum {
  * (LP_EPF_RAW_IN). */
 #define LP_CF_PROXY_WAIT 0x1000
 #define LP_CF_V6         0x2000 /* client_addr is IPv6 (16 bytes); else IPv4 (its first 4) */
+#define LP_CF_H2         0x0001 /* speaks HTTP/2: `h2` is the session, not `req` (h2.c) */
+#define LP_CF_H2C        0x0002 /* h2c listener: the HTTP/2 preface first switches to HTTP/2 */
 
 /* A downstream (client) connection: HTTP/1.1 over an endpoint, one request at a time.
  * Idle keep-alive connections are most of a busy proxy's connections, so this stays small
@@ -428,7 +446,12 @@ enum {
 struct lp_conn_s {
     lp_endpoint_t ep; /* the socket (endpoint.h); freed with it (ops->closed) */
     lp_list_t link;   /* in w->conns */
-    lp_req_t *req;    /* reference: the request being read or served (request.h) */
+    union {
+        lp_req_t *req; /* reference: the request being read or served (request.h) */
+        /* LP_CF_H2: owned: the HTTP/2 session and its streams (h2.c), freed with the
+         * connection (its requests are on the streams, never in `req`) */
+        struct lp_h2_s *h2;
+    };
     union {
         /* Requests started on it (keepalive_requests). */
         uint32_t nrequests;

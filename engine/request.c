@@ -4,6 +4,7 @@
 #include "compress.h"
 #include "cache_req.h"
 #include "conn.h"
+#include "h2.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "req_body.h"
@@ -36,6 +37,8 @@ static void resp_reset(lp_resp_t *r)
     r->zip = NULL;
     r->zip_coding = 0;
     r->zip_level = 0;
+    r->win = 0;
+    r->win_skip = r->win_len = 0;
 }
 
 static void req_destroy(lp_req_t *req)
@@ -77,6 +80,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     }
     req->w = w;
     req->conn = c;
+    req->h2s = NULL;
     req->refs = 1; /* the connection's */
     req->g = w->cur;
     req->g->refs++;
@@ -213,7 +217,9 @@ int lp_req_grow(lp_req_t *req, int resp, size_t need)
 void lp_req_detach(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    lp_req_client_ip(req); /* formatted while the connection is there */
+    if (req->h2s)
+        lp_h2_req_gone(req); /* the stream's reference becomes the detached list's */
+    lp_req_client_ip(req);   /* formatted while the connection is there */
     lp_req_peer_ip(req);
     if (c->ep.tls)
         req->flags |= LP_RF_TLS;
@@ -275,7 +281,9 @@ void lp_req_end(lp_req_t *req)
     if (req->resp.arena)
         lp_buf_unref(req->resp.arena);
     req->arena = req->resp.arena = NULL;
-    if (req->conn && req->conn->req == req)
+    if (req->h2s)
+        lp_h2_req_gone(req);
+    else if (req->conn && req->conn->req == req)
         req->conn->req = NULL;
     req->conn = NULL;
     lp_rtable_unref(req->rtable);

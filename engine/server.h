@@ -9,6 +9,7 @@
 
 typedef struct lp_admin_s lp_admin_t;
 typedef struct lp_watch_s lp_watch_t;
+typedef struct lp_etcd_s lp_etcd_t;
 
 typedef struct {
     const char *config_path; /* absolute */
@@ -21,6 +22,12 @@ typedef struct {
     int watch_forced;  /* --watch */
     uint64_t reloads, reloads_failed;
     char *config_json; /* owned: the live config for GET /config */
+    /* issue #18: `stopping` is set once lp_server_stop ran (draining: GET /ready answers
+     * 503); `etcd` is owned, NULL when the config is not from etcd (etcd.c); `source_doc`
+     * is borrowed from it: the candidate the next reload merges (NULL: the last good copy). */
+    int stopping;
+    lp_etcd_t *etcd;
+    const char *source_doc;
 } lp_server_t;
 
 /* The outcome of a reload: rc 0, or an error with err while the current generation keeps

@@ -83,6 +83,7 @@ struct lp_tls_server_s {
     sni_entry_t *names;
     size_t nnames;
     uint64_t handshake_timeout;
+    int alpn_h2;               /* h2 is selected when the client offers it (listen[].http2) */
     ticket_key_t *ticket_keys; /* owned: from session_ticket_keys files; [0] encrypts */
     size_t nticket_keys;
 };
@@ -241,8 +242,21 @@ static int load_cert_key(SSL_CTX *ctx, const char *cert, const char *key, char *
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned inlen, void *arg)
 {
-    /* http/1.1 only; a client that offers ALPN without it gets no_application_protocol
-     * (RFC 7301 3.2), as nginx does. */
+    /* h2 when the listener serves it and the client offers it, else http/1.1; a client
+     * that offers ALPN without either gets no_application_protocol (RFC 7301 3.2), as nginx
+     * does. */
+    const lp_tls_server_t *s = arg;
+    for (unsigned i = 0; s && s->alpn_h2 && i < inlen;) {
+        unsigned n = in[i];
+        if (i + 1 + n > inlen)
+            break;
+        if (n == 2 && memcmp(in + i + 1, "h2", 2) == 0) {
+            *out = in + i + 1;
+            *outlen = 2;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        i += 1 + n;
+    }
     for (unsigned i = 0; i < inlen;) {
         unsigned n = in[i];
         if (i + 1 + n > inlen)
@@ -313,7 +327,7 @@ static int server_ctx_setup(SSL_CTX *ctx, const lp_tls_server_conf_t *conf, lp_t
         return -1;
     }
     SSL_CTX_set_dh_auto(ctx, 1);
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, s);
     SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
     SSL_CTX_set_tlsext_servername_arg(ctx, s);
     static const unsigned char sid_ctx[] = "luaproxy";
@@ -489,6 +503,7 @@ lp_tls_server_t *lp_tls_server_new(const lp_tls_server_conf_t *conf, char *err, 
     }
     s->refs = 1;
     s->handshake_timeout = conf->handshake_timeout;
+    s->alpn_h2 = conf->alpn_h2;
     if (conf->nticket_key_files &&
         load_ticket_keys(s, conf->ticket_key_files, conf->nticket_key_files, err, errlen))
         goto fail;

@@ -45,6 +45,7 @@ typedef struct {
     uint64_t handshake_timeout; /* ms */
     char **ticket_key_files;    /* owned: 80-byte key files (nginx's format); [0] encrypts */
     size_t nticket_key_files;   /* 0: the process-wide rotating ring */
+    int alpn_h2;                /* ALPN offers h2 before http/1.1 (listen[].http2) */
 } lp_tls_server_conf_t;
 
 typedef struct {

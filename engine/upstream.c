@@ -683,7 +683,7 @@ static void peer_parse(lp_peer_t *p)
             return;
         }
         }
-        if (p->req && lp_relay_full(&p->req->conn->ep)) {
+        if (p->req && lp_conn_req_full(p->req)) {
             lp_conn_flush(p->req->conn);
             p->flags |= LP_PF_PAUSED;
         }

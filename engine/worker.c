@@ -141,6 +141,7 @@ static lp_listener_t *listener_prepare(lp_worker_t *w, const lp_listen_conf_t *l
     l->id = id;
     l->tls = lc->tls;
     l->proxy_protocol = lc->proxy_protocol;
+    l->http2 = lc->http2;
     l->pending = 1;
     uv_tcp_init(&w->loop, &l->tcp);
     l->tcp.data = l;
@@ -289,6 +290,7 @@ static void commit_switch(lp_worker_t *w, lp_switch_t *sw)
         if (listen_slot_wanted(sw->gen, l->id, &i)) {
             l->tls = cfg->listen[i].tls;
             l->proxy_protocol = cfg->listen[i].proxy_protocol;
+            l->http2 = cfg->listen[i].http2;
         } else
             listener_close(w, l);
         l = next;

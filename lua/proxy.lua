@@ -106,9 +106,11 @@ function proxy.upstream(name)
   return setmetatable({ name = name, _i = i }, Upstream)
 end
 
-function proxy.now() return C.lp_ffi_now() end
-function proxy.monotonic() return C.lp_ffi_monotonic() end
-function proxy.worker_id() return C.lp_ffi_worker_id() end
+-- `return (C.f())`, not a tail call: a trace that began in one of these would end at the
+-- tail call with "leaving loop in root trace" (luaproxy/request.lua says more).
+function proxy.now() return (C.lp_ffi_now()) end
+function proxy.monotonic() return (C.lp_ffi_monotonic()) end
+function proxy.worker_id() return (C.lp_ffi_worker_id()) end
 
 -- ---- background work (lua/luaproxy/tasks.lua) ----
 local tasks = require "luaproxy.tasks"

@@ -7,8 +7,9 @@
 local policy = require "luaproxy.cache.policy"
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
-local format, sub, lower, gsub = string.format, string.sub, string.lower, string.gsub
-local concat, max = table.concat, math.max
+local format, sub, lower, gsub, find = string.format, string.sub, string.lower, string.gsub,
+  string.find
+local concat, max, floor = table.concat, math.max, math.floor
 
 local P = {
   name = "cache",
@@ -107,7 +108,8 @@ end
 
 -- ---- entry heads: the policy's meta, the status and the stored fields, as lines ----
 
-local function encode(meta, headers)
+local function encode(meta, headers, case)
+  case = case or {}
   local out = { "L1" }
   for k, v in pairs(meta) do
     local t = type(v)
@@ -120,6 +122,7 @@ local function encode(meta, headers)
     end
   end
   for name, v in pairs(headers) do
+    name = case[name] or name -- the upstream's case, replayed on hits
     if type(v) == "table" then
       for _, x in ipairs(v) do out[#out + 1] = "h " .. name .. "\t" .. x end
     else
@@ -131,9 +134,12 @@ end
 
 local function decode(head)
   if sub(head, 1, 3) ~= "L1\n" then return nil end
-  local meta, headers = {}, {}
+  local meta, headers, case = {}, {}, {}
   for kind, k, v in head:gmatch("(%a) ([^\t\n]+)\t([^\n]*)\n") do
     if kind == "h" then
+      local l = lower(k)
+      if l ~= k then case[l] = k end
+      k = l
       local prev = headers[k]
       if prev == nil then
         headers[k] = v
@@ -150,12 +156,14 @@ local function decode(head)
       meta[k] = v == "1"
     end
   end
-  return meta, headers
+  return meta, headers, case
 end
 
 P._encode, P._decode = encode, decode -- specs
 
 -- ---- helpers ----
+
+local NO_DIRECTIVES = policy.request_directives({}) -- shared by requests without any: read only
 
 local function default_key(req)
   return "GET " .. (req:scheme() or "http") .. "://" .. req:host() .. req:uri()
@@ -189,15 +197,34 @@ end
 -- adds). Bounded: emptied when it holds 4096 heads.
 local decoded, ndecoded = {}, 0
 
+-- The fields a hit serves as stored, in the upstream's case, as { name, value } pairs: built
+-- once per decoded head (served_list) so a hit copies an array instead of walking the header
+-- table with pairs (a loop that aborts the trace) and re-casing every name.
+local function served_list(headers, case)
+  local list = {}
+  for name, v in pairs(headers) do
+    if not NOT_SERVED[name] then
+      local out = case[name] or name
+      if type(v) == "table" then
+        for _, x in ipairs(v) do list[#list + 1] = { out, x } end
+      else
+        list[#list + 1] = { out, v }
+      end
+    end
+  end
+  return list
+end
+
 local function decode_cached(head)
   local d = decoded[head]
-  if d then return d[1], d[2] end
-  local meta, headers = decode(head)
+  if d then return d[1], d[2], d[3], d[4] end
+  local meta, headers, case = decode(head)
   if not meta then return nil end
   if ndecoded >= 4096 then decoded, ndecoded = {}, 0 end
-  decoded[head] = { meta, headers }
+  local base = served_list(headers, case)
+  decoded[head] = { meta, headers, case, base }
   ndecoded = ndecoded + 1
-  return meta, headers
+  return meta, headers, case, base
 end
 
 -- The entry stored for key that fits this request: meta, headers, body length; or nil (and
@@ -212,21 +239,75 @@ local function lookup(req, z, key, rh, conf)
     head, blen = z:get(req, key, sec)
     if not head then return nil, nil, nil, sec end
   end
-  local meta, headers = decode_cached(head)
+  local meta, headers, case, base = decode_cached(head)
   if not meta then return nil end
-  return meta, headers, blen, sec
+  return meta, headers, blen, sec, case, base
 end
 
--- Answers from the entry looked up last: client conditionals (304/412) and a single range
--- (206/416) first. Ends the request phase; in the response phase it replaces the upstream's
--- answer.
-local function serve(req, conf, st, meta, headers, blen, cs, client_only)
+-- Several ranges (RFC 9110 §14.6): a multipart/byteranges body built from the entry, when the
+-- answer can still be a local one (the request phase). The whole 200 serves them instead when
+-- the parts (already coalesced: overlapping or close ranges merged) would carry at least the
+-- whole entity, or more than MULTIPART_MAX bytes (the body is built in memory).
+local MULTIPART_MAX = 8 * 1024 * 1024
+
+local function multipart(req, st, list, ranges, blen)
+  local total = 0
+  for _, r in ipairs(ranges) do total = total + r[2] - r[1] + 1 end
+  if total >= blen or total > MULTIPART_MAX or st.phase ~= "request" then return false end
+  local ctype
+  local hdrs = {}
+  for _, kv in ipairs(list) do
+    local l = lower(kv[1])
+    if l == "content-type" then
+      ctype = kv[2]
+    else
+      local prev = hdrs[kv[1]]
+      hdrs[kv[1]] = prev and (prev .. ", " .. kv[2]) or kv[2]
+    end
+  end
+  local data = {}
+  for i, r in ipairs(ranges) do data[i] = st.zone:read(req, r[1], r[2] - r[1] + 1) end
+  -- A boundary that occurs in no part (RFC 2046 §5.1.1).
+  local boundary
+  repeat
+    boundary = format("lp%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+    for _, d in ipairs(data) do
+      if find(d, boundary, 1, true) then boundary = nil break end
+    end
+  until boundary
+  hdrs["Content-Type"] = "multipart/byteranges; boundary=" .. boundary
+  local parts = {}
+  for i, r in ipairs(ranges) do
+    parts[#parts + 1] = "\r\n--" .. boundary .. "\r\n"
+      .. (ctype and ("Content-Type: " .. ctype .. "\r\n") or "")
+      .. format("Content-Range: bytes %d-%d/%d\r\n\r\n", r[1], r[2], blen) .. data[i]
+  end
+  parts[#parts + 1] = "\r\n--" .. boundary .. "--\r\n"
+  req:respond(206, concat(parts), hdrs)
+  return true
+end
+
+-- Answers from the entry looked up last: client conditionals (304/412) and ranges (206/416)
+-- first. Ends the request phase; in the response phase it replaces the upstream's answer.
+-- The request fields that make an answer conditional (RFC 9110 §13.1): without any of them
+-- policy.conditional answers nil, so a hit skips it (and its date and ETag parsing).
+local function has_conditional(rh)
+  return rh["if-match"] ~= nil or rh["if-none-match"] ~= nil
+    or rh["if-modified-since"] ~= nil or rh["if-unmodified-since"] ~= nil
+end
+
+-- base: the served_list of (meta, headers) when the caller has it (a hit from decode_cached);
+-- else it is built here (a 304's merged fields, a refetch).
+local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
   local z = st.zone
   local now = proxy.now()
   local age = policy.current_age(meta, now)
+  base = base or served_list(headers, st.case or {})
+  local n = #base
   local list = {}
-  for name, v in pairs(headers) do
-    if not NOT_SERVED[name] then
+  for i = 1, n do list[i] = base[i] end -- shared by every hit on the head: never changed
+  if client_only then
+    for name, v in pairs(client_only) do -- this response's only (a 304's Set-Cookie)
       if type(v) == "table" then
         for _, x in ipairs(v) do list[#list + 1] = { name, x } end
       else
@@ -234,89 +315,244 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only)
       end
     end
   end
-  for name, v in pairs(client_only or {}) do -- this response's only (a 304's Set-Cookie)
-    if type(v) == "table" then
-      for _, x in ipairs(v) do list[#list + 1] = { name, x } end
-    else
-      list[#list + 1] = { name, v }
-    end
+  list[#list + 1] = { "Age", policy.age_header(age) }
+  local prior, ttl = headers["cache-status"], meta.ttl - age
+  local status_value
+  if cs.hit and prior == nil and not cs.collapsed and not cs.detail then
+    -- What policy.cache_status makes of { hit = true, ttl = ttl }, without its tables and
+    -- pattern matching (not compiled) on every hit.
+    status_value = "luaproxy; hit; ttl=" .. format("%d", floor(ttl))
+  else
+    cs.prior, cs.ttl = prior, ttl
+    status_value = policy.cache_status(cs)
   end
-  list[#list + 1] = { "age", policy.age_header(age) }
-  cs.prior = headers["cache-status"]
-  cs.ttl = meta.ttl - age
-  list[#list + 1] = { "cache-status", policy.cache_status(cs) }
+  list[#list + 1] = { "Cache-Status", status_value }
   st.served = true
   local method, status = req:method(), meta.status or 200
-  local c = policy.conditional(method, st.rh, headers, meta.response_time)
+  local rh = st.rh
+  local c = has_conditional(rh) and policy.conditional(method, rh, headers, meta.response_time)
   if c then return z:respond(req, c, list, -2) end
-  local range = st.rh.range
+  local range = rh.range
   if method == "GET" and status == 200 and range then
     local r = policy.parse_range(range, blen, st.rh["if-range"], headers, conf._opts)
     if r == "unsatisfiable" then
-      list[#list + 1] = { "content-range", format("bytes */%d", blen) }
+      list[#list + 1] = { "Content-Range", format("bytes */%d", blen) }
       return z:respond(req, 416, list, -2)
     elseif type(r) == "table" and #r == 1 then
-      -- Several ranges would take a multipart body: the whole answer serves them.
-      list[#list + 1] = { "content-range", format("bytes %d-%d/%d", r[1][1], r[1][2], blen) }
+      list[#list + 1] = { "Content-Range", format("bytes %d-%d/%d", r[1][1], r[1][2], blen) }
       return z:respond(req, 206, list, r[1][1], r[1][2])
+    elseif type(r) == "table" and multipart(req, st, list, r, blen) then
+      return
     end
   end
   return z:respond(req, status, list)
 end
 
--- One background refresh per key and worker (stale-while-revalidate): the route's upstream
--- asked again, its answer stored if it may be.
-local refreshing = {}
-
+-- What the plugin asks upstream itself (a background refresh, a 304 that validated another
+-- response): the client's request without its conditionals and Range, sent by proxy.http to
+-- the route's upstream's targets. The engine's balancer is not reachable from Lua: targets
+-- are tried from a per-worker rotating start, skipping the ones health checks marked down,
+-- the next one after a connect failure, a timeout or a `retry_on` status, at most `retries`
+-- + 1 of them (the upstream's config). Returns the response (its body read), or nil, error.
 local HOP = { connection = true, ["keep-alive"] = true, te = true, trailer = true,
   ["transfer-encoding"] = true, upgrade = true, ["proxy-authorization"] = true,
   ["content-length"] = true, range = true, ["if-range"] = true, ["if-none-match"] = true,
   ["if-modified-since"] = true, ["if-match"] = true, ["if-unmodified-since"] = true,
   expect = true }
 
+local rotate = 0
+
+local function fetch_plan(req, phases_response)
+  local name = req:upstream_name()
+  if not name then return nil end
+  local ok, up = pcall(proxy.upstream, name)
+  if not ok then return nil end
+  local addrs = {}
+  for _, t in ipairs(up:targets()) do
+    if t.state ~= "down" then addrs[#addrs + 1] = t.address end
+  end
+  if #addrs == 0 then return nil end
+  local cfg = proxy.config
+  local uconf = cfg and cfg.upstreams and cfg.upstreams[name] or {}
+  local tls = uconf.tls
+  local plan = { addrs = addrs, tries = math.min(#addrs, (tonumber(uconf.retries) or 1) + 1),
+    scheme = tls and "https" or "http", path = req:uri(), retry_on = {} }
+  if tls then
+    plan.verify = not (type(tls) == "table" and tls.verify == false)
+    plan.sni = type(tls) == "table" and tls.sni or nil
+  end
+  for _, code in ipairs(uconf.retry_on or {}) do plan.retry_on[code] = true end
+  -- In the response phase, the target that just answered goes first.
+  plan.first = phases_response and req:upstream_addr() or nil
+  return plan
+end
+
+local function fetch(plan, rh, timeout)
+  local headers = {}
+  for k, v in pairs(rh) do if not HOP[k] then headers[k] = v end end
+  local order = {}
+  if plan.first then order[1] = plan.first end
+  rotate = rotate + 1
+  for i = 1, #plan.addrs do
+    local a = plan.addrs[(rotate + i - 2) % #plan.addrs + 1]
+    if a ~= plan.first then order[#order + 1] = a end
+  end
+  local res, err
+  for i = 1, math.min(#order, plan.tries) do
+    res, err = proxy.http.request { url = plan.scheme .. "://" .. order[i] .. plan.path,
+      headers = headers, timeout = timeout, ssl_verify = plan.verify, server_name = plan.sni }
+    if res and not plan.retry_on[res.status] then return res end
+  end
+  return res, err
+end
+
+-- Stores a response the plugin fetched (when it may be) under the request's key: true.
+local function put_fetched(z, key, sec, rh, res, t0, conf)
+  local now = proxy.now()
+  local rsh, case = {}, {}
+  for k, v in pairs(res.headers) do
+    local l = lower(k)
+    rsh[l] = v
+    if l ~= k then case[l] = k end
+  end
+  if not policy.storable("GET", res.status, rh, rsh, conf._opts) then return false, rsh, case end
+  local meta = policy.meta(res.status, rsh, t0, now, conf._opts)
+  return z:put(key, sec, encode(meta, policy.stored_headers(rsh, conf._opts), case),
+    keep_for(meta, conf, now), res.body), rsh, case
+end
+
+-- One background refresh per key (stale-while-revalidate): the route's upstream asked again
+-- (fetch), its answer stored if it may be. Per worker, `refreshing`; across workers, a marker
+-- entry under the key (secondary key REFRESHING, which no lookup makes) while one runs, kept
+-- at most background_timeout and dropped (stored again, already expired) when it ends. The
+-- marker is looked at, then put: two workers may both start within that instant.
+local refreshing = {}
+local REFRESHING = "\0refreshing"
+P._refreshing = refreshing -- specs (another worker is this table emptied)
+
+-- Returns true when the entry this request looked up is still the one it serves (false: it
+-- went while the marker was looked at).
 local function refresh_in_background(req, conf, st, sec)
   local key, z = st.key, st.zone
-  if refreshing[key] then return end
-  local name = req:upstream_name()
-  local ok, up = pcall(proxy.upstream, name or "")
-  if not name or not ok then return end
-  local addr
-  for _, t in ipairs(up:targets()) do
-    if t.state ~= "down" then addr = t.address break end
-  end
-  if not addr then return end
-  local headers = {}
-  for k, v in pairs(st.rh) do if not HOP[k] then headers[k] = v end end
-  local path = req:uri()
+  if refreshing[key] then return true end
+  local plan = fetch_plan(req, false)
+  if not plan then return true end
+  local busy = z:get(req, key, REFRESHING)
+  -- That get replaced the entry this request serves: look it up again.
+  if not z:get(req, key, sec or "") then return false end
+  if busy then return true end
   local rh = st.rh
-  local uconf = proxy.config.upstreams and proxy.config.upstreams[name] or {}
-  local tls = uconf.tls
-  local scheme, verify, sni = "http", nil, nil
-  if tls then
-    scheme = "https"
-    verify = not (type(tls) == "table" and tls.verify == false)
-    sni = type(tls) == "table" and tls.sni or nil
-  end
   refreshing[key] = true
+  z:put(key, REFRESHING, "", conf.background_timeout)
   local spawned = proxy.spawn(function()
     local t0 = proxy.now()
-    local res, err = proxy.http.request { url = scheme .. "://" .. addr .. path,
-      headers = headers, timeout = conf.background_timeout, ssl_verify = verify,
-      server_name = sni }
+    local res, err = fetch(plan, rh, conf.background_timeout)
     refreshing[key] = nil
+    z:put(key, REFRESHING, "", -1)
     if not res then
       proxy.log.warn("cache: background refresh of " .. key .. " failed: " .. tostring(err))
       return
     end
-    local now = proxy.now()
-    local rsh = {}
-    for k, v in pairs(res.headers) do rsh[lower(k)] = v end
-    if not policy.storable("GET", res.status, rh, rsh, conf._opts) then return end
-    local meta = policy.meta(res.status, rsh, t0, now, conf._opts)
-    z:put(key, sec, encode(meta, policy.stored_headers(rsh, conf._opts)),
-      keep_for(meta, conf, now), res.body)
+    put_fetched(z, key, sec, rh, res, t0, conf)
   end)
-  if not spawned then refreshing[key] = nil end
+  if not spawned then
+    refreshing[key] = nil
+    z:put(key, REFRESHING, "", -1)
+  end
+  return true
+end
+
+-- A 304 whose validator is not the stored response's (RFC 9111 §4.3.4) updates nothing, and
+-- the stale entry may not be served: the full response is asked for without conditions,
+-- stored when it may be (else kept only for this answer, under a secondary key no lookup
+-- makes) and served from the entry.
+local function refetch(req, conf, st)
+  local z, stale = st.zone, st.stale
+  local plan = fetch_plan(req, true)
+  local t0 = proxy.now()
+  local res, err
+  if plan then res, err = fetch(plan, st.rh, conf.background_timeout) end
+  if not res then
+    proxy.log.warn("cache: full fetch of " .. st.key .. " failed: " .. tostring(err or "no target"))
+    if stale.d and (stale.d.stale_if_error or stale.d.stale_if_disconnected) then
+      z:count("stale")
+      return serve(req, conf, st, stale.meta, stale.headers, stale.blen,
+        { hit = true, detail = "stale-if-error" }, nil, stale.base)
+    end
+    req:set_status(502)
+    return
+  end
+  local sec = stale.sec or ""
+  local stored, rsh, case = put_fetched(z, st.key, sec, st.rh, res, t0, conf)
+  if not stored then
+    sec = sec .. "\0once"
+    z:put(st.key, sec, encode(policy.meta(res.status, rsh, t0, proxy.now(), conf._opts), rsh, case),
+      1, res.body)
+  end
+  local head, blen = z:get(req, st.key, sec)
+  if not head then req:set_status(502) return end
+  local meta, headers, hcase, base = decode_cached(head)
+  if not meta then req:set_status(502) return end
+  st.case = hcase
+  return serve(req, conf, st, meta, headers, blen,
+    { fwd = st.fwd or "stale", fwd_status = res.status, stored = stored or nil }, nil, base)
+end
+
+-- The client's preconditions and Range never go upstream on a request that may fill or
+-- revalidate an entry (RFC 9111 §4.3.1-2, as nginx does): the origin answers in full (or 304
+-- to the cache's own validators), and the cache answers them from what it then holds.
+local function forward_headers(req, st, rh, stored)
+  for k, v in pairs(policy.forward_headers(rh, stored)) do
+    if v == false then
+      req:clear_header(k)
+      st.stripped = true
+    else
+      req:set_header(k, v)
+    end
+  end
+end
+
+-- One lookup for P.request: true when the request was answered (from the entry, or 504
+-- under only-if-cached) or goes upstream to revalidate; false on a miss (st.sec set).
+-- waited: after waiting for another request's fill.
+local function look(req, conf, st, z, key, rh, rd, waited)
+  local meta, headers, blen, sec, case, base = lookup(req, z, key, rh, conf)
+  st.case = case
+  if meta then
+    local decision, d = policy.evaluate(meta, rd, proxy.now(), conf._opts)
+    if decision == "fresh" or decision == "stale_ok" then
+      z:count(decision == "fresh" and "hit" or "stale")
+      serve(req, conf, st, meta, headers, blen, { hit = true, collapsed = waited or nil }, nil,
+        base)
+      return true
+    elseif decision == "stale_while_revalidate" then
+      z:count("stale")
+      if refresh_in_background(req, conf, st, sec) then
+        serve(req, conf, st, meta, headers, blen, { hit = true, detail = "stale-while-revalidate" },
+          nil, base)
+        return true
+      end
+      -- The entry went (evicted, purged) while the marker was looked at: a miss.
+    elseif decision == "revalidate" then
+      z:count("expired")
+      st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d, base = base }
+      st.fwd = d and d.fwd or "stale"
+      if not waited and conf.lock then z:lock(req, key, conf.lock_timeout) end
+      -- Our validators replace the client's: a 304 makes the stored entry current, and the
+      -- client's own conditionals and Range are then answered from it.
+      forward_headers(req, st, rh, headers)
+      return true
+    elseif d and d.only_if_cached then
+      req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
+      return true
+    end
+  end
+  if rd.only_if_cached then
+    req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
+    return true
+  end
+  st.sec = sec
+  return false
 end
 
 -- ---- phases ----
@@ -325,7 +561,7 @@ function P.request(req, conf)
   local z = zone_of(conf)
   if not z then return end
   local o = req:cache_options()
-  local st = { zone = z, t0 = proxy.now() }
+  local st = { zone = z, t0 = proxy.now(), phase = "request" }
   req.ctx.cache = st
   local method = req:method()
   if not policy.lookup_method(method) then
@@ -342,51 +578,22 @@ function P.request(req, conf)
   st.key = key
   local rh = req:headers()
   st.rh = rh
-  local rd = policy.request_directives(rh)
+  -- Most requests carry neither Cache-Control nor Pragma: their directives are one shared,
+  -- never changed table.
+  local rd = (rh["cache-control"] == nil and rh.pragma == nil) and NO_DIRECTIVES
+    or policy.request_directives(rh)
   st.rd = rd
   if o.bypass then
     z:count("bypass")
     st.fwd = "bypass"
     return
   end
-  local waited = false
-  while true do
-    local meta, headers, blen, sec = lookup(req, z, key, rh, conf)
-    if meta then
-      local decision, d = policy.evaluate(meta, rd, proxy.now(), conf._opts)
-      if decision == "fresh" or decision == "stale_ok" then
-        z:count(decision == "fresh" and "hit" or "stale")
-        return serve(req, conf, st, meta, headers, blen, { hit = true, collapsed = waited or nil })
-      elseif decision == "stale_while_revalidate" then
-        z:count("stale")
-        refresh_in_background(req, conf, st, sec)
-        return serve(req, conf, st, meta, headers, blen,
-          { hit = true, detail = "stale-while-revalidate" })
-      elseif decision == "revalidate" then
-        z:count("expired")
-        st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d }
-        st.fwd = d and d.fwd or "stale"
-        if not waited and conf.lock then z:lock(req, key, conf.lock_timeout) end
-        -- Our validators replace the client's: a 304 makes the stored entry current, and the
-        -- client's own conditionals are then answered from it.
-        for k, v in pairs(policy.validators(headers)) do req:set_header(k, v) end
-        if not policy.validators(headers)["if-none-match"] then req:clear_header("if-none-match") end
-        if not policy.validators(headers)["if-modified-since"] then
-          req:clear_header("if-modified-since")
-        end
-        return
-      elseif d and d.only_if_cached then
-        return req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
-      end
-    end
-    if rd.only_if_cached then
-      return req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
-    end
-    st.sec = sec
-    if not conf.lock or waited or z:lock(req, key, conf.lock_timeout) then break end
+  -- One look, and a second after waiting for another request's fill: not a loop, whose
+  -- single iteration per request would abort the trace on every hit.
+  if look(req, conf, st, z, key, rh, rd, false) then return end
+  if conf.lock and not z:lock(req, key, conf.lock_timeout) then
     -- Another request fills the key: wait for its entry (bounded), then look again; a fill
     -- that ends without an entry (not storable, too large) lets everyone go upstream.
-    waited = true
     local deadline = proxy.monotonic() + conf.lock_timeout
     while z:locked(key) do
       local left = deadline - proxy.monotonic()
@@ -394,10 +601,50 @@ function P.request(req, conf)
       z:wait(key, left) -- woken by the filling worker, whichever it is
     end
     st.collapsed = true
+    if look(req, conf, st, z, key, rh, rd, true) then return end
   end
   z:count("miss")
-  st.fwd = st.fwd or (waited and "miss" or "miss")
+  st.fwd = st.fwd or "miss"
+  -- A GET that may fill the entry asks for the whole representation; the client's Range and
+  -- conditionals are answered from the upstream's 200 (answer_stripped), later ones from the
+  -- entry.
+  -- (Without any of those fields there is nothing to change.)
+  if method == "GET" and (has_conditional(rh) or rh.range ~= nil or rh["if-range"] ~= nil) then
+    forward_headers(req, st, rh, nil)
+  end
 end
+
+-- The upstream answered a request whose conditionals and Range the cache kept back with the
+-- whole representation (200): the client's are answered from it as the entry will answer
+-- them, while the whole body is stored: 304/412 without the body, a single range as 206 with
+-- only its bytes, an unsatisfiable one 416 (Zone:window). Without a length from the upstream
+-- (chunked), or for several ranges (no multipart from a streamed body), the whole 200 goes.
+local function answer_stripped(req, conf, st, rsh, now)
+  local z, rh = st.zone, st.rh
+  local c = policy.conditional("GET", rh, rsh, now)
+  if c then
+    if z:window(req, 0, 0) then req:set_status(c) end
+    return
+  end
+  local len = z:upstream_length(req)
+  if not rh.range or not len then return end
+  local r = policy.parse_range(rh.range, len, rh["if-range"], rsh, conf._opts)
+  if r == "unsatisfiable" then
+    if z:window(req, 0, 0) then
+      req:set_status(416)
+      req:set_resp_header("Content-Range", format("bytes */%d", len))
+    end
+  elseif type(r) == "table" and #r == 1 then
+    if z:window(req, r[1][1], r[1][2] - r[1][1] + 1) then
+      req:set_status(206)
+      req:set_resp_header("Content-Range", format("bytes %d-%d/%d", r[1][1], r[1][2], len))
+    end
+  end
+end
+
+-- The proxy's own 502/504 after a try failed to get an answer (refused, timed out, closed):
+-- the upstream said nothing, so the cache may serve stale as when disconnected.
+local NET_FAILURE = { connect = true, timeout = true, reset = true }
 
 local function request_parts(req)
   return { scheme = req:scheme() or "http", host = req:host(), path = req:uri() }
@@ -414,17 +661,28 @@ function P.response(req, conf)
     return
   end
   if st.pass then return end
+  st.phase = "response"
   local now = proxy.now()
   local rsh = req:resp_headers()
   local from_upstream = req:upstream_addr() ~= nil
+  if from_upstream and (status == 502 or status == 504) and NET_FAILURE[req:last_failure() or ""] then
+    from_upstream = false
+  end
   local stale = st.stale
+  if stale and from_upstream and status == 304 and not policy.updates(stale.headers, rsh) then
+    return refetch(req, conf, st)
+  end
   if stale and from_upstream and status == 304 then
     local opts = conf._opts
     opts.now = now
     local merged, client_only = policy.merge_304(stale.headers, rsh, opts)
     opts.now = nil
     local meta = policy.meta(stale.meta.status or 200, merged, st.t0, now, conf._opts)
-    z:refresh(req, encode(meta, merged), keep_for(meta, conf, now))
+    local case = {}
+    for k, v in pairs(st.case or {}) do case[k] = v end
+    for k, v in pairs(z:names(req)) do case[k] = v end
+    st.case = case
+    z:refresh(req, encode(meta, merged, case), keep_for(meta, conf, now))
     z:count("revalidated")
     return serve(req, conf, st, meta, merged, stale.blen,
       { fwd = st.fwd or "stale", fwd_status = 304 }, client_only)
@@ -435,7 +693,7 @@ function P.response(req, conf)
       or (not from_upstream and (stale.d.stale_if_error or stale.d.stale_if_disconnected))) then
     z:count("stale")
     return serve(req, conf, st, stale.meta, stale.headers, stale.blen,
-      { hit = true, detail = "stale-if-error" })
+      { hit = true, detail = "stale-if-error" }, nil, stale.base)
   end
   local o = req:cache_options()
   local stored, ttl = false, nil
@@ -456,7 +714,8 @@ function P.response(req, conf)
         if sec then z:put(st.key, "", "V " .. gsub(vary, "[\r\n]", " "), keep) end
       end
       if sec and meta.ttl + keep > 0 then
-        stored = z:store(req, st.key, sec, encode(meta, policy.stored_headers(rsh, conf._opts)), keep)
+        stored = z:store(req, st.key, sec,
+          encode(meta, policy.stored_headers(rsh, conf._opts), z:names(req)), keep)
         ttl = meta.ttl - policy.current_age(meta, now)
       end
     end
@@ -464,6 +723,7 @@ function P.response(req, conf)
   req:set_resp_header("Cache-Status", policy.cache_status {
     prior = rsh["cache-status"], fwd = st.fwd or "miss", fwd_status = from_upstream and status or nil,
     stored = stored or nil, ttl = stored and ttl or nil, collapsed = st.collapsed or nil })
+  if st.stripped and from_upstream and status == 200 and req:method() == "GET" then answer_stripped(req, conf, st, rsh, now) end
 end
 
 return P

@@ -32,11 +32,17 @@ P.schema = {
                .. "detect: refuse nothing, log what would have been refused (detect_only); "
                .. "learn: refuse nothing, take the traffic as ordinary and log each rule and "
                .. "variable that fires as an exclusion ready to paste" },
-    crs = { type = "string",
+    crs = { type = "any", doc_default = '"/usr/share/modsecurity-crs" when installed',
+            custom = function(v)
+              if v == false or (type(v) == "string" and v ~= "") then return true end
+              return nil, "expected a path (a CRS directory or a .conf file) or false"
+            end,
             description = "the OWASP Core Rule Set (or any SecLang rules) to run: a CRS "
-              .. "directory (its rules/*.conf are read, e.g. /usr/share/modsecurity-crs from "
-              .. "Debian's modsecurity-crs) or one .conf file; the bundled Lua rules are then "
-              .. "not loaded (rules and rule_files still run)" },
+              .. "directory (its rules/*.conf are read) or one .conf file. Unset: Debian's "
+              .. "modsecurity-crs (/usr/share/modsecurity-crs) when it is installed, else the "
+              .. "bundled Lua rules; false: the bundled Lua rules. With CRS the bundled attack "
+              .. "rules are not loaded (rules and rule_files still run); a path that does "
+              .. "not exist refuses the config" },
     crs_files = { type = "array", default = {}, elements = { type = "string" },
                   description = "more SecLang .conf files read after crs (exclusions, your "
                     .. "own SecRules)" },
@@ -44,6 +50,12 @@ P.schema = {
                description = "TX variables set before the rules run (CRS's crs-setup.conf "
                  .. "settings, e.g. allowed_methods); paranoia and inbound_threshold set "
                  .. "theirs" },
+    crs_confirm = { type = "array", default = { "shell", "sql", "filename" },
+                    elements = { type = "string", one_of = { "shell", "sql", "filename" } },
+                    description = "rule families whose CRS matches are confirmed by parsing "
+                      .. "the value (shell: command injection 932xxx read as a command line; "
+                      .. "sql: 942190/942350 read by the SQL tokenizer; filename: 920120 on "
+                      .. "an apostrophe inside a file name); {}: CRS raw (docs/plugins/waf.md)" },
     unsupported = { type = "string", default = "log", one_of = { "log", "refuse" },
                     description = "a SecLang construct the engine does not run (an operator, "
                       .. "variable or action it lacks): log the list with file:line at load, "
@@ -112,6 +124,19 @@ local function config_path(p)
   return p
 end
 
+-- CRS where Debian's modsecurity-crs installs it: the rule set when `crs` is not set.
+P.CRS_DEFAULT = "/usr/share/modsecurity-crs"
+
+-- The CRS a config runs (a path), or nil for the bundled Lua rules.
+function P.crs_path(conf)
+  local c = conf.crs
+  if c == false then return nil end
+  if c == nil then
+    return seclang.list_dir(P.CRS_DEFAULT .. "/rules") and P.CRS_DEFAULT or nil
+  end
+  return c
+end
+
 -- The rule files of a config: { { path, text }, ... }, or nil, problem.
 local function rule_files(conf)
   local files = {}
@@ -120,7 +145,7 @@ local function rule_files(conf)
     -- With CRS, of the bundled set only its request-shape checks (protocol.lua: bad
     -- encodings, a body that does not parse, smuggling): what ModSecurity's recommended
     -- setup (200002) and nginx itself refuse beside CRS. CRS has the attack rules.
-    for _, name in ipairs(conf.crs and { "protocol" } or DEFAULT_FILES) do
+    for _, name in ipairs(P.crs_path(conf) and { "protocol" } or DEFAULT_FILES) do
       paths[#paths + 1] = DEFAULT_DIR .. "/" .. name .. ".lua"
     end
   end
@@ -201,15 +226,23 @@ end
 -- Compiles the SecLang rules of a config (crs, crs_files): once per distinct text and
 -- settings in this VM. Raises "file:line: problem" (the config load then fails and the
 -- old generation keeps serving).
-local function compile_crs(conf)
-  local paths = config_paths({ conf.crs })
+local function compile_crs(conf, crs)
+  local paths = config_paths({ crs })
+  if not seclang.list_dir(paths[1]) then
+    local f = io.open(paths[1], "rb")
+    if not f then
+      error(format("waf: crs: %s does not exist (install Debian's modsecurity-crs, or set "
+        .. "crs to a CRS directory or .conf file, or crs = false for the bundled rules)", paths[1]), 0)
+    end
+    f:close()
+  end
   for _, p in ipairs(config_paths(conf.crs_files or {})) do paths[#paths + 1] = p end
   local files, err = seclang.collect(paths)
   if not files then error(err, 0) end
   local parts = { "crs\0" }
   for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
   local key
-  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported }, parts) then
+  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported, conf.crs_confirm }, parts) then
     key = concat(parts)
   end
   local sec = key and compiled[key]
@@ -271,13 +304,14 @@ function P.seed_tx(conf)
   return tx
 end
 
-function P.compile(conf)
+local function compile(conf)
   local files, err = rule_files(conf)
   if not files then error(err, 0) end
   local parts = {}
   for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
   local key
-  if canon({ conf.paranoia, conf.exclusions, conf.rules, conf.hyperscan }, parts) then
+  local crs = P.crs_path(conf)
+  if canon({ conf.paranoia, conf.exclusions, conf.rules, conf.hyperscan, crs or false }, parts) then
     key = concat(parts)
   end
   -- Rules are parsed and checked only for a rule set not compiled yet: a config load
@@ -297,8 +331,9 @@ function P.compile(conf)
   local c = {}
   for k, v in pairs(conf) do c[k] = v end
   c.cs = cs
-  if conf.crs then
-    c.sec = compile_crs(conf)
+  if crs then
+    c.crs = crs
+    c.sec = compile_crs(conf, crs)
     c.tx = P.seed_tx(conf)
     -- The Lua rules (rules, rule_files) run beside CRS; with none, nothing else runs.
     if #cs.rules == 0 then c.cs = nil end
@@ -308,22 +343,66 @@ function P.compile(conf)
   return c
 end
 
--- The Hyperscan databases are compiled here rather than in compile(): they are the slow
--- part (about 0.4 s of CPU for the default rules), the config check on the main thread
--- does not need them (a pattern Hyperscan refuses runs through PCRE2, never an error), and
--- here each worker may yield between two databases, so that lua.phase_timeout (time
--- without a yield) holds on a loaded machine too.
+-- A config problem (a missing crs path, a rule file's "file:line: problem") is returned,
+-- not raised: the loader adds a Lua stack traceback to what compile raises, which says
+-- nothing to someone fixing a config. A bug here still names its waf.lua line.
+function P.compile(conf)
+  local ok, res = pcall(compile, conf)
+  if ok then return res end
+  if type(res) == "string" then return nil, res end
+  error(res, 0)
+end
+
+-- The Hyperscan databases are asked for here rather than in compile(): they are the slow
+-- part, and the config check on the main thread does not need them (a pattern Hyperscan
+-- refuses runs through PCRE2, never an error). They are compiled once per process, on the
+-- engine's compile thread (luaproxy/waf/hs.lua; in busted, here, yielding between two
+-- databases so that lua.phase_timeout holds).
 local m_requests -- decisions on GET /metrics (docs/metrics.md)
 
 function P.init_worker(conf)
-  local ok, err = true, nil
-  if conf.cs then ok, err = engine.finish(conf.cs, function() proxy.sleep(0) end) end
-  if not ok then error(err, 0) end
+  local ok, err
+  local cs = conf.cs
+  if cs and not cs.ready then
+    ok, err = engine.finish(cs, function() proxy.sleep(0) end)
+    if not ok then error(err, 0) end
+    if cs.pending then
+      -- compiled on the registry's thread (luaproxy/waf/hs.lua): take them when ready
+      local timer
+      timer = proxy.timer.every(0.05, function(premature)
+        if not premature and engine.poll(cs) then timer:cancel() end
+      end)
+    end
+  end
   if conf.sec then
     local sec = conf.sec
     local first = not sec.ready
+    local t0 = proxy.monotonic()
     ok, err = engine.finish_seclang(sec, function() proxy.sleep(0) end)
     if not ok then error(err, 0) end
+    if first then
+      -- Each database is compiled once per process, by the engine's compile thread or the
+      -- first VM that needs it, and shared (luaproxy/waf/hs.lua): the other workers and a
+      -- reload with the same rules say 0 compiled here. Until a database is there its
+      -- rules run through PCRE2 alone; a timer takes it when it is.
+      local function ready()
+        proxy.log.info(format("waf: %d Hyperscan databases ready in %.3f s (%d compiled here, "
+          .. "%d shared)", sec.hs_dbs or 0, proxy.monotonic() - t0, sec.hs_compiled or 0,
+          (sec.hs_dbs or 0) - (sec.hs_compiled or 0)))
+      end
+      if not sec.pending then
+        ready()
+      else
+        local timer
+        timer = proxy.timer.every(0.05, function(premature)
+          if premature then return end
+          if engine.poll_seclang(sec) then
+            timer:cancel()
+            ready()
+          end
+        end)
+      end
+    end
     if first and not sec.reported then
       sec.reported = true
       local c = sec.counts
@@ -415,14 +494,19 @@ function P.request(req, conf)
     end
   end
   local matches, score, deny, status = nil, 0, nil, conf.status
-  local outcome
+  local outcome, unconfirmed
   if sec then
     local tx = {}
     for k, v in pairs(conf.tx) do tx[k] = v end
     local sst = { vars = st.vars, cache = {}, tx = tx, regex_error = conf.regex_error,
                   paranoia = conf.paranoia,
                   learn = conf.mode == "learn" and {} or nil,
-                  deadline = conf.time_budget > 0 and proxy.monotonic() + conf.time_budget or nil }
+                  -- While the Hyperscan databases still compile (after a start or a rule
+                  -- change, sec.pending), every rule runs through PCRE2 alone: slower but the
+                  -- same verdicts. The budget is not applied then, so over_budget = "block"
+                  -- does not refuse ordinary requests for the proxy's own warm-up.
+                  deadline = conf.time_budget > 0 and not sec.pending
+                    and proxy.monotonic() + conf.time_budget or nil }
     local ok, m, out = pcall(engine.run_seclang, sec, sst)
     if not ok then
       -- A bug or a guard stop must not become a 500: refuse or pass as for the budget.
@@ -430,6 +514,7 @@ function P.request(req, conf)
       m, out = nil, "budget"
     end
     matches, outcome = m, out
+    unconfirmed = sst.unconfirmed
     score = tonumber(tx.anomaly_score) or tonumber(tx.inbound_anomaly_score) or 0
     if outcome == "deny" then
       deny = sst.deny
@@ -437,7 +522,9 @@ function P.request(req, conf)
     elseif outcome == "budget" then
       matches = matches or {}
       matches[#matches + 1] = { id = 0, var = "-", excerpt = "time budget exceeded", msg = "time budget" }
-      if conf.over_budget == "block" then deny = { id = 0 } end
+      if conf.over_budget == "block" then
+        deny = { id = 0, why = format("time_budget %gs used up, over_budget = \"block\"", conf.time_budget) }
+      end
     end
     if sst.detect_only and deny and conf.mode == "block" then conf = setmetatable({ mode = "detect" }, { __index = conf }) end
     if sst.learn then learn(sst) end
@@ -462,21 +549,24 @@ function P.request(req, conf)
   end
   if not matches then
     if m_requests then m_requests:inc(1, "pass") end
-    if body_state then req.ctx.waf = { action = "pass", score = 0, matches = {}, body = body_state } end
+    if body_state or unconfirmed then
+      req.ctx.waf = { action = "pass", score = 0, matches = {}, body = body_state, unconfirmed = unconfirmed }
+    end
     return
   end
   local block = deny ~= nil or score >= conf.inbound_threshold
   local action = block and (conf.mode == "block" and "block" or "detect") or "pass"
-  req.ctx.waf = { action = action, score = score, matches = matches, body = body_state }
+  req.ctx.waf = { action = action, score = score, matches = matches, body = body_state,
+                  unconfirmed = unconfirmed }
   if m_requests then m_requests:inc(1, action) end
   local what = describe(matches)
   if action == "block" then
     proxy.log.warn(format("waf: blocked %s %s (score %d%s): %s", req:method(), req:path(),
-      score, deny and ", deny rule " .. deny.id or "", what))
+      score, deny and ", " .. (deny.why or "deny rule " .. deny.id) or "", what))
     return req:respond(status, conf.message, conf.text)
   elseif action == "detect" then
     proxy.log.warn(format("waf: would block %s %s (score %d%s, %s mode): %s", req:method(),
-      req:path(), score, deny and ", deny rule " .. deny.id or "", conf.mode, what))
+      req:path(), score, deny and ", " .. (deny.why or "deny rule " .. deny.id) or "", conf.mode, what))
   else
     proxy.log.info(format("waf: matched %s %s (score %d, under %d): %s", req:method(),
       req:path(), score, conf.inbound_threshold, what))

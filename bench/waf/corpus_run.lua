@@ -9,7 +9,7 @@ local which = arg[1] or "/usr/share/modsecurity-crs"
 local pl = tonumber(arg[2] or "1")
 local verbose = arg[3]
 local over = { paranoia = pl }
-if which ~= "lua" then over.crs = which end
+if which ~= "lua" then over.crs = which else over.crs = false end
 local conf = T.conf(waf, over)
 local function load(path)
   local out = {}

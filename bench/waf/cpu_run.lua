@@ -6,7 +6,7 @@ local T = require "proxy.test"
 local waf = require "waf"
 local which = arg[1] or "/usr/share/modsecurity-crs"
 local over = { paranoia = tonumber(arg[2] or "1") }
-if which ~= "lua" then over.crs = which end
+if which ~= "lua" then over.crs = which else over.crs = false end
 local n = tonumber(arg[3] or "2000")
 local conf = T.conf(waf, over)
 local H = {

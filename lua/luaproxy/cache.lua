@@ -10,7 +10,7 @@ local phases = require "luaproxy.phases"
 
 local C = ffi.C
 local ffi_string = ffi.string
-local type, format, pairs = type, string.format, pairs
+local type, format, pairs, lower = type, string.format, pairs, string.lower
 local raise = phases.raise
 
 local s1 = ffi.new("lp_str_t[1]")
@@ -45,6 +45,12 @@ function M.zone(name) return zone_of(name, "proxy.cache.zone()") end
 function Zone:get(req, key, sec)
   sec = sec or ""
   local rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+  if rc == 2 then
+    -- On disk only: the engine reads the file back (threadpool) while this task waits,
+    -- then the lookup answers from what it read (or misses: a damaged file is dropped).
+    phases.wait()
+    rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+  end
   if rc == 1 then return ffi_string(s1[0].base, s1[0].len), d1[0] end
   return nil
 end
@@ -78,8 +84,51 @@ end
 -- Answers with the entry the request looked up last: `status`, `headers` (a list of
 -- { name, value }), its body or bytes first..last of it. In the request phase this ends the
 -- phase (as req:respond()); in the response phase it replaces the upstream's answer.
+local cache_respond -- luaproxy.request's, looked up on first use (it requires this module)
+
 function Zone:respond(req, status, headers, first, last)
-  require("luaproxy.request").cache_respond(req, status, headers, first or -1, last or -1)
+  -- require is not compiled: a call per hit would end the hit's trace here.
+  cache_respond = cache_respond or require("luaproxy.request").cache_respond
+  cache_respond(req, status, headers, first or -1, last or -1)
+end
+
+-- Bytes first..first+n-1 of the looked-up entry's body, as a string (fewer at its end).
+function Zone:read(req, first, n)
+  if n <= 0 then return "" end
+  local buf = ffi.new("char[?]", n)
+  local got = C.lp_ffi_cache_read(req._r, first, buf, n)
+  if got < 0 then raise("cache: no looked-up entry to read", 2) end
+  return ffi_string(buf, got)
+end
+
+-- Response phase, a response being stored: the client gets only n bytes from `first` of the
+-- upstream's body (a cold Range request's slice; 0 for a 304), the entry all of it. false
+-- when the upstream's body has no length (chunked) or the window does not fit.
+function Zone:window(req, first, n)
+  return C.lp_ffi_cache_window(req._r, first, n) == 0
+end
+
+-- Response phase: the upstream body's Content-Length (the engine's framing field, which Lua
+-- does not see), nil when it has none (chunked, close-delimited).
+function Zone:upstream_length(req)
+  local n = C.lp_ffi_cache_upstream_length(req._r)
+  if n < 0 then return nil end
+  return n
+end
+
+-- The response's field names as the upstream wrote them, by lower-case name, for those not
+-- all lower-case (a hit replays the upstream's case).
+local n1, v1 = ffi.new("lp_str_t[1]"), ffi.new("lp_str_t[1]")
+function Zone:names(req)
+  local out = {}
+  for i = 0, C.lp_ffi_header_count(req._r, 1) - 1 do
+    if C.lp_ffi_header_at(req._r, 1, i, n1, v1) == 0 then
+      local name = ffi_string(n1[0].base, n1[0].len)
+      local l = lower(name)
+      if l ~= name then out[l] = name end
+    end
+  end
+  return out
 end
 
 -- The looked-up entry gets a new head (a 304 revalidated it), kept `keep` seconds more.

@@ -611,7 +611,7 @@ local S = {
   description = "a luaproxy config file",
   doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
                 "log", "plugins", "lua", "shared", "admin", "metrics", "client_abort", "pid_file",
-                "watch", "tracing", "lint", "cache" },
+                "watch", "tracing", "lint", "cache", "http2" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
                 description = "worker threads, each with its own loop and listening socket "
@@ -620,7 +620,7 @@ local S = {
       type = "array", required = true, custom = non_empty("listener"),
       elements = {
         type = "record",
-        doc_order = { "address", "backlog", "tls", "proxy_protocol", "real_ip" },
+        doc_order = { "address", "backlog", "tls", "proxy_protocol", "real_ip", "http2" },
         fields = {
           address = { type = "address", required = true, description = "address to listen on" },
           backlog = { type = "integer", default = 511, min = 1, max = 65535,
@@ -654,6 +654,13 @@ local S = {
               },
             },
           },
+          -- #17: HTTP/2 downstream (engine/h2.c, docs/http2.md).
+          http2 = {
+            type = "boolean", default = false,
+            description = "serve HTTP/2 too: on a TLS listener ALPN offers `h2,http/1.1`; on a "
+              .. "cleartext one a connection that starts with the HTTP/2 preface speaks h2c "
+              .. "(prior knowledge), others HTTP/1.1. Limits: the top-level `http2` section",
+          },
         },
       },
       description = "listeners",
@@ -679,6 +686,48 @@ local S = {
         client_body = seconds(60, "seconds between two reads of a request body (→ 408)"),
         keepalive = seconds(75, "seconds an idle client connection is kept"),
         drain = seconds(30, "seconds shutdown waits for requests in flight"),
+      },
+    },
+    -- #17: HTTP/2 downstream limits (engine/h2.c, docs/http2.md); listen[].http2 turns it on.
+    http2 = {
+      type = "record", default = {},
+      description = "HTTP/2 connections (listeners with `http2 = true`): limits and protections",
+      doc_order = { "max_concurrent_streams", "initial_window_size", "max_header_list_size",
+                    "hpack_table_size", "max_resets", "max_control_frames", "max_continuations",
+                    "idle_timeout", "max_requests" },
+      fields = {
+        max_concurrent_streams = {
+          type = "integer", default = 128, min = 1, max = 65535,
+          description = "streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS; "
+            .. "more are refused with RST_STREAM)" },
+        initial_window_size = {
+          type = "integer", default = 65535, min = 1024, max = 16777215,
+          description = "bytes of request body a stream may send ahead of the upstream "
+            .. "(per-stream flow control window; the connection's is this times the streams)" },
+        max_header_list_size = {
+          type = "integer", default = 32768, min = 1024, max = 1048576,
+          description = "bytes of decoded request header fields (name + value + 32 each, "
+            .. "SETTINGS_MAX_HEADER_LIST_SIZE); beyond it the stream is reset (HPACK bombs)" },
+        hpack_table_size = {
+          type = "integer", default = 4096, min = 0, max = 65536,
+          description = "bytes of the HPACK dynamic table, both directions "
+            .. "(SETTINGS_HEADER_TABLE_SIZE)" },
+        max_resets = {
+          type = "integer", default = 200, min = 1, max = 1000000,
+          description = "RST_STREAM frames a client may send in 10 seconds; beyond it the "
+            .. "connection ends with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487)" },
+        max_control_frames = {
+          type = "integer", default = 1000, min = 1, max = 1000000,
+          description = "SETTINGS, PING, PRIORITY and empty DATA frames a client "
+            .. "may send in 10 seconds; beyond it GOAWAY ENHANCE_YOUR_CALM (floods)" },
+        max_continuations = {
+          type = "integer", default = 8, min = 1, max = 1024,
+          description = "CONTINUATION frames after one HEADERS; beyond it the connection ends "
+            .. "(CONTINUATION floods)" },
+        idle_timeout = seconds(75, "seconds an HTTP/2 connection without open streams is kept"),
+        max_requests = {
+          type = "integer", default = 10000, min = 1, max = 4294967295,
+          description = "streams per connection; the last one gets GOAWAY, open streams finish" },
       },
     },
     limits = {
@@ -935,6 +984,23 @@ local S = {
                 doc_default = '"8m"',
                 description = "a larger response passes through uncached (its fill is dropped "
                   .. "when the body goes over, or at once when its Content-Length says so)" },
+              -- #13 disk tier (engine/cache_disk.c)
+              disk = {
+                type = "record", doc_default = "none",
+                description = '`{ path = "/var/cache/luaproxy/api", size = "10g" }`: entries '
+                  .. "are also written to files there as they complete and survive reloads and "
+                  .. "restarts (the directory is indexed in the background at start); memory "
+                  .. "keeps the hottest, the disk the rest (docs/plugins/cache.md)",
+                fields = {
+                  path = { type = "string", required = true,
+                           description = "the zone's directory (made when missing; relative: "
+                             .. "to the config's directory); one zone per directory" },
+                  size = { type = "any", required = true, coerce = size_coerce,
+                           custom = size_check,
+                           description = "the files' byte budget; least recently used go "
+                             .. "first" },
+                },
+              },
             },
           },
         },
@@ -959,6 +1025,52 @@ local S = {
           type = "boolean", default = false,
           description = "a warning refuses the load (`file:line:col: message`; on a "
             .. "reload the running config keeps serving) instead of being logged",
+        },
+      },
+    },
+    -- #18: the config proper from etcd (engine/etcd.c, lua/luaproxy/config_source.lua,
+    -- docs/fleet.md); read at start only, like pid_file.
+    config_source = {
+      type = "record", doc_default = "none",
+      description = "where the config comes from when not from this file alone "
+        .. "(docs/fleet.md); read at start only",
+      fields = {
+        etcd = {
+          type = "record", required = true,
+          description = "watch a prefix in etcd (v3 JSON gateway): the JSON document at "
+            .. "`PREFIX config` is merged into this file (its top-level keys this file does "
+            .. "not set) and applied as a reload; the last good one is kept in `state_file`",
+          doc_order = { "endpoints", "prefix", "instance", "state_file", "timeout", "auth", "tls" },
+          fields = {
+            endpoints = {
+              type = "array", required = true, custom = non_empty("endpoint"),
+              elements = { type = "string", pattern = "^http://[^/]+$" },
+              description = '`{ "http://10.0.0.1:2379", ... }`: tried in turn',
+            },
+            prefix = { type = "string", default = "/luaproxy/", pattern = "^/.*/$",
+                       description = "key prefix: `PREFIX config`, `PREFIX status/INSTANCE`" },
+            instance = { type = "string", pattern = "^[%w_.:%-]+$", doc_default = "HOST:PID",
+                         description = "this instance's name under `PREFIX status/`" },
+            state_file = { type = "string", doc_default = '"BOOTSTRAP.etcd.json"',
+                           description = "the last good document (relative to this file); "
+                             .. "served at a start while etcd is down" },
+            timeout = seconds(2, "connect and request timeout for etcd"),
+            auth = {
+              type = "record", doc_default = "none",
+              description = "etcd user and password (`/v3/auth/authenticate`)",
+              fields = {
+                user = { type = "string", required = true, description = "etcd user" },
+                password = { type = "string", required = true, secret = true,
+                             description = "its password" },
+              },
+            },
+            tls = {
+              type = "record", doc_default = "none",
+              description = "not supported yet: a config naming it is refused",
+              fields = {},
+              custom = function() return nil, "TLS to etcd is not supported yet" end,
+            },
+          },
         },
       },
     },

@@ -120,6 +120,25 @@ typedef struct lp_waf_hits {
 } lp_waf_hits_t;
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
                           unsigned int flags, void *ctx);
+
+/* ---- waf: compiled databases shared by every VM of the process (engine/waf_db.c) ---- */
+typedef int (*lp_waf_db_free_fn)(void *db);
+void *lp_ffi_waf_db_acquire(const char *key, size_t len, const char **meta, size_t *meta_len);
+void *lp_ffi_waf_db_publish(const char *key, size_t len, void *db, lp_waf_db_free_fn fre,
+                            const char *meta, size_t meta_len, const char **meta_out,
+                            size_t *meta_out_len);
+void lp_ffi_waf_db_release(void *db);
+enum {
+  LP_WAF_DB_NONE = 0,
+  LP_WAF_DB_PENDING = 1,
+  LP_WAF_DB_READY = 2,
+  LP_WAF_DB_FAILED = 3
+};
+int lp_ffi_waf_db_compile(const char *key, size_t len, unsigned n, const char *const *exprs,
+                          const unsigned *flags, const unsigned *ids);
+int lp_ffi_waf_db_get(const char *key, size_t len, void **db, const char **meta,
+                      size_t *meta_len);
+int lp_ffi_waf_db_count(void);
 int lp_ffi_body_tee(void *r, double max);
 int lp_ffi_body_teed(void *r, lp_str_t *out);
 int lp_ffi_body_set(void *r, const char *p, size_t n);
@@ -159,6 +178,9 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
 int lp_ffi_cache_respond(void *r, int status, double first, double last);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+double lp_ffi_cache_read(void *r, double first, char *dst, double n);
+int lp_ffi_cache_window(void *r, double first, double n);
+double lp_ffi_cache_upstream_length(void *r);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
 void lp_ffi_cache_count(void *zone, int what);
 ]]

@@ -24,7 +24,7 @@ M.methods = {
   set_header = REQ_WRITE, add_header = REQ_WRITE, clear_header = REQ_WRITE,
   set_path = REQ_WRITE, set_upstream = REQ_WRITE, set_target = REQ_WRITE,
   set_hash_key = REQ_WRITE,
-  last_failure = { upstream = true },
+  last_failure = { upstream = true, response = true }, -- response: why the proxy answered 502/504
   body = { request = true }, set_max_body_size = { request = true },
   -- local answers end the request: before the upstream answered
   respond = REQ_WRITE, redirect = REQ_WRITE,

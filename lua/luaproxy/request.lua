@@ -13,6 +13,10 @@ local type, tostring, tonumber, error, pairs, ipairs = type, tostring, tonumber,
 local setmetatable, yield = setmetatable, phases.wait
 local lower, format, gsub, char = string.lower, string.format, string.gsub, string.char
 
+-- `return (f(x))` where f is a builtin or an FFI function, not `return f(x)`: a tail call
+-- of a fast function ends a trace that began in the caller with "leaving loop in root
+-- trace", and once blacklisted the method runs interpreted on every request.
+
 -- Scratch out-parameters, one set per VM (a worker runs one Lua call at a time).
 local s1 = ffi.new("lp_str_t[1]")
 local s2 = ffi.new("lp_str_t[1]")
@@ -29,7 +33,7 @@ end
 
 local function get(h, what)
   if C.lp_ffi_req_get(h._r, what, s1) ~= 0 then return nil end
-  return ffi_string(s1[0].base, s1[0].len)
+  return (ffi_string(s1[0].base, s1[0].len))
 end
 
 local ERRORS = {
@@ -41,7 +45,7 @@ local ERRORS = {
 local function header_value(v, what)
   local t = type(v)
   if t == "string" then return v end
-  if t == "number" then return tostring(v) end
+  if t == "number" then return (tostring(v)) end
   raise(format("%s: expected a string value, got %s", what, t), 3)
 end
 
@@ -69,7 +73,7 @@ end
 local function get_header(h, resp, name)
   if type(name) ~= "string" then raise("expected a header name", 3) end
   if C.lp_ffi_header_get(h._r, resp, name, #name, 0, s1) ~= 1 then return nil end
-  return ffi_string(s1[0].base, s1[0].len)
+  return (ffi_string(s1[0].base, s1[0].len))
 end
 
 local function all_headers(h, resp)
@@ -121,26 +125,26 @@ end
 function methods.method(h) check(h, "method") return get(h, K.METHOD) end
 function methods.path(h) check(h, "path") return get(h, K.PATH) end
 function methods.uri(h) check(h, "uri") return get(h, K.URI) end
-function methods.host(h) check(h, "host") return lower(get(h, K.HOST) or "") end
+function methods.host(h) check(h, "host") return (lower(get(h, K.HOST) or "")) end
 function methods.scheme(h) check(h, "scheme") return get(h, K.SCHEME) end
 function methods.client_ip(h) check(h, "client_ip") return get(h, K.CLIENT_IP) end
 -- #14: the TCP peer, whatever real_ip or a PROXY header made the client address.
 function methods.peer_ip(h) check(h, "peer_ip") return get(h, K.PEER_IP) end
-function methods.http_version(h) check(h, "http_version") return tonumber(get(h, K.VERSION)) end
+function methods.http_version(h) check(h, "http_version") return (tonumber(get(h, K.VERSION))) end
 function methods.phase(h) check(h, "phase") return h._phase end
 -- A capture of the config route (:name, *name, a named regex group); nil when none.
 function methods.param(h, name)
   check(h, "param")
   if type(name) ~= "string" then raise("req:param(): expected a capture name", 2) end
   if C.lp_ffi_req_param(h._r, name, #name, s1) ~= 0 then return nil end
-  return ffi_string(s1[0].base, s1[0].len)
+  return (ffi_string(s1[0].base, s1[0].len))
 end
 -- When the request's first byte arrived, in proxy.now()'s seconds.
-function methods.start_time(h) check(h, "start_time") return C.lp_ffi_start_time(h._r) end
+function methods.start_time(h) check(h, "start_time") return (C.lp_ffi_start_time(h._r)) end
 
 local function tls_get(h, what)
   if C.lp_ffi_tls_get(h._r, what, s1) ~= 0 then return nil end
-  return ffi_string(s1[0].base, s1[0].len)
+  return (ffi_string(s1[0].base, s1[0].len))
 end
 
 -- The client connection's TLS facts, or nil on plain HTTP.
@@ -178,7 +182,7 @@ function methods.header(h, name) check(h, "header") return get_header(h, 0, name
 function methods.headers(h) check(h, "headers") return all_headers(h, 0) end
 function methods.header_count(h)
   check(h, "header_count")
-  return tonumber(C.lp_ffi_header_count(h._r, 0))
+  return (tonumber(C.lp_ffi_header_count(h._r, 0)))
 end
 
 function methods.set_header(h, name, value)
@@ -269,7 +273,7 @@ function methods.body(h, max_bytes)
     yield() -- the engine resumes once the body is complete or too large
     rc = C.lp_ffi_body_read(h._r, max_bytes, s1)
   end
-  if rc == 0 then return ffi_string(s1[0].base, s1[0].len) end
+  if rc == 0 then return (ffi_string(s1[0].base, s1[0].len)) end
   return nil, "too large"
 end
 
@@ -291,7 +295,7 @@ local TEE_WHY = { [K.TEE_NONE] = "not asked", [K.TEE_OVER] = "too large",
 function methods.teed_body(h)
   check(h, "teed_body")
   local rc = C.lp_ffi_body_teed(h._r, s1)
-  if rc == K.TEE_DONE then return ffi_string(s1[0].base, s1[0].len) end
+  if rc == K.TEE_DONE then return (ffi_string(s1[0].base, s1[0].len)) end
   return nil, TEE_WHY[rc] or "not asked"
 end
 
@@ -371,7 +375,7 @@ function methods.log_field(h, name, value)
   return nil, log_field.ETOOMANY .. " or " .. log_field.ENOROOM
 end
 
-function methods.status(h) check(h, "status") return C.lp_ffi_status(h._r) end
+function methods.status(h) check(h, "status") return (C.lp_ffi_status(h._r)) end
 
 function methods.set_status(h, code)
   check(h, "set_status")
@@ -434,19 +438,19 @@ local band = require("bit").band
 function methods.trace_id(h)
   check(h, "trace_id")
   if C.lp_ffi_trace_ids(h._r, trace_buf) < 0 then return nil end
-  return ffi_string(trace_buf, 32)
+  return (ffi_string(trace_buf, 32))
 end
 function methods.span_id(h)
   check(h, "span_id")
   if C.lp_ffi_trace_ids(h._r, trace_buf) < 0 then return nil end
-  return ffi_string(trace_buf + 32, 16)
+  return (ffi_string(trace_buf + 32, 16))
 end
 -- The client's span (an accepted traceparent), nil when the proxy started the trace.
 function methods.parent_span_id(h)
   check(h, "parent_span_id")
   local bits = C.lp_ffi_trace_ids(h._r, trace_buf)
   if bits < 0 or band(bits, K.TRACE_PARENT) == 0 then return nil end
-  return ffi_string(trace_buf + 48, 16)
+  return (ffi_string(trace_buf + 48, 16))
 end
 function methods.trace_sampled(h)
   check(h, "trace_sampled")
@@ -461,7 +465,7 @@ local VARS = {
   client_ip = function(h) return get(h, K.CLIENT_IP) end,
   peer_ip = function(h) return get(h, K.PEER_IP) end, -- #14
   realip_remote_addr = function(h) return get(h, K.PEER_IP) end, -- #14: nginx's name
-  host = function(h) return lower(get(h, K.HOST) or "") end,
+  host = function(h) return (lower(get(h, K.HOST) or "")) end,
   method = function(h) return get(h, K.METHOD) end,
   path = function(h) return get(h, K.PATH) end,
   uri = function(h) return get(h, K.URI) end,
@@ -470,7 +474,7 @@ local VARS = {
   upstream = function(h) return get(h, K.UPSTREAM_NAME) end,
   status = function(h)
     local s = C.lp_ffi_status(h._r)
-    if s > 0 then return tostring(s) end
+    if s > 0 then return (tostring(s)) end
   end,
   ssl_protocol = function(h) return tls_get(h, K.TLS_PROTOCOL) end,
   ssl_cipher = function(h) return tls_get(h, K.TLS_CIPHER) end,
@@ -501,23 +505,45 @@ local function log_failure(inst, phase, err, h)
   C.lp_ffi_log(0, msg, #msg)
 end
 
--- Called once per worker VM: returns the handle constructor, the phase runner and the
--- body filter runner for the engine to keep.
+-- Called once per worker VM: returns the engine's entry points (engine/lua_task.c
+-- push_entry) and the table of handles by task slot. A request's first phase (or filter)
+-- comes in through `enter`, which makes its handle; later ones through `run`/`body`, which
+-- find it by slot. Every entry is a resume of the request's coroutine: nothing else is
+-- called from C per request, and the handle is made on the same (compiled) path.
 function M.bind(state, cfg)
   runtime.set_failure_logger(log_failure)
   local proxy = require "proxy"
   proxy.config = cfg
   local routes, fallback = state.routes, state.fallback
+  local handles = {} -- task slot -> its request's handle (lp_lua_release clears it)
+  -- Inserting a key a table has no room for rehashes it (several hundred instructions, a
+  -- third of a small plugin's request): the handle is made with the fields the runtime
+  -- sets (`_k`), and ctx with room for a few entries (the auth plugins' consumer...).
+  local ok, new_tab = pcall(require, "table.new")
+  if not ok then new_tab = function() return {} end end
   local function new(r, route_no)
-    return setmetatable({
+    local h = {
       -- A cdata pointer: FFI calls that take a lightuserdata are not compiled (NYI).
       _r = ffi_cast(void_ptr, r),
       _chain = route_no > 0 and routes[route_no] or fallback,
       _phase = "request",
-      ctx = {},
-    }, mt)
+      _k = 0, -- the plugin running (runtime.lua)
+      ctx = new_tab(0, 4),
+    }
+    -- Not a tail call: a trace cannot end in a tail call to setmetatable (NYI).
+    setmetatable(h, mt)
+    return h
   end
-  return new, runtime.run, runtime.body
+  local run_phase, run_body = runtime.run, runtime.body
+  local function run(slot, id, co) return run_phase(handles[slot], id, co) end
+  local function body(slot, chunk, eof, co) return run_body(handles[slot], chunk, eof, co) end
+  local function enter(r, route_no, slot, entry, a, b, c)
+    handles[slot] = new(r, route_no)
+    return entry(slot, a, b, c)
+  end
+  M.new = new -- the constructor alone (specs; route predicates, route_predicate.lua)
+  M.handles = handles -- route_predicate.lua makes a route's handle before any phase
+  return enter, run, body, handles
 end
 
 -- ---- the response cache (lua/luaproxy/cache.lua, plugins/cache.lua) ----

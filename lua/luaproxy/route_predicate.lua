@@ -8,12 +8,21 @@
 -- predicate decides from what the request says and cannot wait (proxy.sleep, req:body()
 -- and the like raise "attempt to yield across C-call boundary", which fails the request).
 local proxy = require "proxy"
+local request = require "luaproxy.request"
 local type, xpcall, traceback = type, xpcall, debug.traceback
 
 local M = {}
 
--- true or false, or nil and the error with its traceback.
-function M.run(h, route_no)
+-- true or false, or nil and the error with its traceback. `r` is the engine's request (a
+-- number, as request.bind's `enter` takes it) and `slot` its task's slot in the handle table:
+-- the handle there is made for this route unless the request has one already.
+function M.run(r, route_no, slot)
+  local handles = request.handles
+  local h = handles[slot]
+  if not h then
+    h = request.new(r, route_no)
+    handles[slot] = h
+  end
   local routes = proxy.config and proxy.config.routes
   local r = routes and routes[route_no]
   local p = r and r.match and r.match.predicate

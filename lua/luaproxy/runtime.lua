@@ -398,12 +398,13 @@ local function recover(h, list, phase, err)
   end
 end
 
-function M.run(h, id)
+-- `co`: the coroutine the engine resumes (it passes it: coroutine.running is not compiled).
+function M.run(h, id, co)
   local list = h._chain[id]
   if not list then return OK end
   local phase = M.PHASES[id]
   h._phase = phase
-  M.task_co = co_running()
+  M.task_co = co or co_running()
   M.current_phase = phase -- phases.raise names the running plugin's function by it
   local ok, err = xpcall(list.run, traceback, h, list, phase)
   if ok then return OK end
@@ -413,11 +414,11 @@ end
 -- The response_body filter chain: every filter sees the previous one's output. Runs in
 -- the request's coroutine like a phase, so a filter may yield (the engine pauses the
 -- upstream read meanwhile); the output is left in h._body_out for the engine to copy.
-function M.body(h, chunk, eof)
+function M.body(h, chunk, eof, co)
   local list = h._chain[PHASE_ID.response_body]
   h._phase = "response_body"
   M.current_phase = "response_body"
-  M.task_co = co_running()
+  M.task_co = co or co_running()
   h._body_out = nil
   for i = 1, #list do
     local inst = list[i]

@@ -57,7 +57,9 @@ function M.run(id, wake)
     else
       if rc ~= 0 then return 0 end
       local w = yield()
-      if w == WAKE_CANCELLED then
+      -- Cancelled while its next run was already due (the engine had woken it before the
+      -- cancel came, as a loaded machine's late timers do): no run after cancel() said true.
+      if w == WAKE_CANCELLED or job.cancelled then
         job.done = true
         return 0
       end

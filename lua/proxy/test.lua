@@ -511,7 +511,8 @@ end
 --   upstream = "app" (the upstream the config's route chose), ctx = {}, phase = "request",
 --   params = { id = "42" } (the config route's captures, for req:param),
 --   last_failure = { "connect", nil, "127.0.0.1:9001" } (what req:last_failure() returns in
---   the upstream phase: the retry being simulated; absent: a first try),
+--   the upstream phase: the retry being simulated; absent: a first try; in the response
+--   phase: the failed try before the proxy's own 502/504),
 --   trace = { trace_id =, span_id =, parent_span_id =, sampled = } (what req:trace_id() and
 --   friends return), or false (tracing off: they return nil); absent: as the engine does
 --   with tracing on, a valid version-00 `traceparent` header is continued, else new ids.
@@ -1214,6 +1215,10 @@ function T.run_chain(entries, req_spec, resp_spec)
   end
   if req._cache_served and not responded then
     chunks = { req._resp_body } -- the cache answered from an entry instead (a 304, stale-if-error)
+  elseif req._cache_window and upstream_body then
+    -- Zone:window(): the client gets a slice of the body the entry stores whole.
+    local w = req._cache_window
+    chunks = { upstream_body:sub(w[1] + 1, w[1] + w[2]) }
   end
 
   local filters = {}

@@ -70,6 +70,26 @@ function M.registry(now, hooks)
     hooks.respond(req, status, headers, body)
   end
 
+  function Zone:read(req, first, n)
+    local e = req._cache_hit
+    if not e then error("cache: no looked-up entry to read", 2) end
+    return sub(e.body, first + 1, first + n)
+  end
+
+  -- The client's slice of the upstream's body (proxy.test's run_chain applies it); the
+  -- upstream's Content-Length must hold it, as in the engine.
+  function Zone:upstream_length(req) return tonumber(req:resp_header("content-length")) end
+
+  function Zone:window(req, first, n)
+    local len = self:upstream_length(req)
+    if not len or first < 0 or n < 0 or first + n > len then return false end
+    req._cache_window = { first, n }
+    return true
+  end
+
+  -- The double keeps no field names' case: every name is served lower-case.
+  function Zone:names() return {} end
+
   function Zone:refresh(req, head, keep)
     local e = req._cache_hit
     if not e then return false end

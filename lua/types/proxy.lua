@@ -141,7 +141,8 @@ function Request:set_max_body_size(bytes) end
 ---@return true|nil ok
 ---@return string? err
 function Request:log_field(name, value) end
----Phase: upstream. On a retry, why the last try failed; nil on the first try.
+---Phase: upstream, response. On a retry, why the last try failed; nil on the first try. In
+---the response phase: why a try failed (the proxy's own 502/504 follows a connect, timeout or reset).
 ---@return "connect"|"timeout"|"reset"|"status"|nil kind
 ---@return integer? status
 ---@return string? address

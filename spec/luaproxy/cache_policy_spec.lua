@@ -978,6 +978,16 @@ describe("luaproxy.cache.policy", function()
       assert.equal("max-age=1", out["cache-control"])
     end)
 
+    it("keeps the stored body's coding and digests over a 304's", function()
+      local out = P.merge_304({ ["content-encoding"] = "gzip", ["content-md5"] = "a", x = "1" },
+        { ["content-encoding"] = "br", ["content-md5"] = "b", ["content-digest"] = "sha-256=:x:",
+          x = "2" })
+      assert.equal("gzip", out["content-encoding"])
+      assert.equal("a", out["content-md5"])
+      assert.is_nil(out["content-digest"])
+      assert.equal("2", out.x)
+    end)
+
     it("never takes Content-Length, Content-Range, Vary or hop-by-hop fields from a 304", function()
       local out = P.merge_304(STORED, { ["content-length"] = "0", ["content-range"] = "bytes 0-0/5",
         vary = "*", connection = "x-hop", ["x-hop"] = "1", ["transfer-encoding"] = "chunked",
@@ -1051,10 +1061,12 @@ describe("luaproxy.cache.policy", function()
       assert.same({ { 5, 9 } }, r("bytes = 5-9"))
     end)
 
-    it("accepts several ranges, coalescing overlapping or close ones in order", function()
+    it("accepts several ranges, coalescing overlapping or adjacent ones in order", function()
       assert.same({ { 0, 9 }, { 500, 509 } }, r("bytes=500-509, 0-9"))
       assert.same({ { 0, 20 } }, r("bytes=0-10,5-20"))
-      assert.same({ { 0, 120 } }, r("bytes=0-10,60-120"))
+      assert.same({ { 0, 20 } }, r("bytes=0-10,11-20"))
+      assert.same({ { 0, 10 }, { 60, 120 } }, r("bytes=0-10,60-120"))
+      assert.same({ { 0, 1 }, { 5, 6 } }, r("bytes=0-1,5-6"))
       assert.same({ { 0, 10 }, { 100, 120 } }, r("bytes=100-120,0-10"))
       assert.same({ { 0, 10 }, { 200, 210 } }, r("bytes=0-10, , 200-210,"))
     end)

@@ -136,7 +136,8 @@ describe("luaproxy.request (with the engine's C functions faked)", function()
       status = 0, body_rcs = {}, start_time = 1700000000.25,
     }
     local state = { routes = { { "route chain" } }, fallback = { "fallback chain" } }
-    new = R.bind(state, { some = "config" })
+    R.bind(state, { some = "config" })
+    new = R.new
   end)
 
   local function handle(phase)
@@ -154,13 +155,27 @@ describe("luaproxy.request (with the engine's C functions faked)", function()
   end
 
   describe("bind and new", function()
-    it("gives the engine a constructor, runtime.run and runtime.body", function()
+    it("gives the engine its entry points: enter makes the handle, run and body find it", function()
       local cfg = { workers = 2 }
-      local n, run, body = R.bind({ routes = {}, fallback = {} }, cfg)
-      assert.equal("function", type(n))
-      assert.equal(runtime.run, run)
-      assert.equal(runtime.body, body)
+      local seen = {}
+      local chain = { [1] = { run = function(h, _, phase) seen[#seen + 1] = { h, phase } end },
+                      [4] = { { response_body = function(_, chunk) return chunk .. "!" end } } }
+      local enter, run, body, handles = R.bind({ routes = { chain }, fallback = {} }, cfg)
       assert.equal(cfg, package.loaded.proxy.config) -- proxy.config is the worker's config
+      local co = coroutine.running()
+      assert.equal(0, enter(real_ffi.cast("void *", 1), 1, 7, run, 1, co))
+      local h = handles[7]
+      assert.equal("table", type(h))
+      assert.equal(chain, h._chain)
+      assert.same({ { h, "request" } }, seen)
+      assert.equal(co, runtime.task_co)
+      assert.equal(0, run(7, 2)) -- no upstream phase in the chain
+      assert.equal(0, body(7, "x", true))
+      assert.equal("x!", h._body_out)
+      -- A filter may come first: enter makes the handle then.
+      assert.equal(0, enter(real_ffi.cast("void *", 1), 1, 8, body, "y", false))
+      assert.equal("y!", handles[8]._body_out)
+      assert.are_not.equal(h, handles[8])
     end)
 
     it("makes handles in the request phase with their route's chain, or the fallback", function()

@@ -44,6 +44,43 @@ describe("cache plugin", function()
     assert.equal(1, z.counts.miss)
   end)
 
+  it("serves hits on one entry the same fields each time, whatever ran between them", function()
+    -- A hit copies the head's served fields built once per head (plugins/cache.lua
+    -- served_list): a Range answer or a conditional one must not change what later hits get.
+    run(nil, { uri = "/h" }, fresh("hello", { ETag = '"e1"', ["X-Multi"] = { "a", "b" } }))
+    local function fields(r)
+      local out = {}
+      for k, v in pairs(r.headers) do
+        local l = k:lower()
+        if l ~= "age" and l ~= "cache-status" and l ~= "content-range" then out[l] = v end
+      end
+      return out
+    end
+    local one = run(nil, { uri = "/h" })
+    local ranged = run(nil, { uri = "/h", headers = { Range = "bytes=1-2" } })
+    assert.equal(206, ranged.status)
+    assert.equal("el", ranged.body)
+    local cond = run(nil, { uri = "/h", headers = { ["If-None-Match"] = '"e1"' } })
+    assert.equal(304, cond.status)
+    local two = run(nil, { uri = "/h" })
+    assert.same(fields(one), fields(two))
+    assert.same({ "a", "b" }, fields(two)["x-multi"])
+    -- The hit's Cache-Status is what the policy module makes of it.
+    local policy = require "luaproxy.cache.policy"
+    local ttl = tonumber(two.headers["cache-status"]:match("ttl=(%-?%d+)"))
+    assert.equal(policy.cache_status { hit = true, ttl = ttl }, two.headers["cache-status"])
+  end)
+
+  it("keeps a hit's request directives per request (Cache-Control, Pragma)", function()
+    run(nil, { uri = "/d" }, fresh("d1"))
+    assert.matches("; hit", run(nil, { uri = "/d" }).headers["cache-status"])
+    local nc = run(nil, { uri = "/d", headers = { Pragma = "no-cache" } }, fresh("d2"))
+    assert.equal("d2", nc.body)
+    local ma = run(nil, { uri = "/d", headers = { ["Cache-Control"] = "no-cache" } }, fresh("d3"))
+    assert.equal("d3", ma.body)
+    assert.matches("; hit", run(nil, { uri = "/d" }).headers["cache-status"])
+  end)
+
   it("keys on host and query", function()
     run(nil, { uri = "/a?x=1" }, fresh("x1"))
     assert.equal("x2", run(nil, { uri = "/a?x=2" }, fresh("x2")).body)
@@ -119,6 +156,130 @@ describe("cache plugin", function()
     assert.equal("", cond.body)
   end)
 
+  it("answers several ranges with multipart/byteranges, each part with its type and range", function()
+    run(nil, { uri = "/m" }, fresh("0123456789", { ["Content-Type"] = "text/plain" }))
+    local r = run(nil, { uri = "/m", headers = { Range = "bytes=0-1,5-6" } })
+    assert.equal(206, r.status)
+    local ct = r.headers["Content-Type"] or r.headers["content-type"]
+    local boundary = ct:match("^multipart/byteranges; boundary=(%S+)$")
+    assert.is_string(boundary)
+    assert.equal("\r\n--" .. boundary .. "\r\nContent-Type: text/plain\r\n"
+      .. "Content-Range: bytes 0-1/10\r\n\r\n01"
+      .. "\r\n--" .. boundary .. "\r\nContent-Type: text/plain\r\n"
+      .. "Content-Range: bytes 5-6/10\r\n\r\n56"
+      .. "\r\n--" .. boundary .. "--\r\n", r.body)
+    -- Overlapping ranges coalesce: one part, a plain 206.
+    local one = run(nil, { uri = "/m", headers = { Range = "bytes=0-5,3-9" } })
+    assert.equal(206, one.status)
+    assert.equal("0123456789", one.body)
+    assert.equal("bytes 0-9/10", one.headers["Content-Range"] or one.headers["content-range"])
+    -- More than 16 ranges: the whole 200.
+    local many = {}
+    for i = 0, 16 do many[#many + 1] = (i * 2) .. "-" .. (i * 2) end
+    run(nil, { uri = "/m40" }, fresh(string.rep("x", 40)))
+    local whole = run(nil, { uri = "/m40", headers = { Range = "bytes=" .. table.concat(many, ",") } })
+    assert.equal(200, whole.status)
+    local none = run(nil, { uri = "/m", headers = { Range = "bytes=20-30,40-" } })
+    assert.equal(416, none.status)
+    assert.equal("bytes */10", none.headers["Content-Range"] or none.headers["content-range"])
+  end)
+
+  it("fills a cold Range or conditional request with the whole representation", function()
+    local r = run(nil, { uri = "/cold", headers = { Range = "bytes=0-1", ["If-None-Match"] = '"x"',
+      ["If-Modified-Since"] = date(proxy_now() - 10) } }, fresh("0123456789", { ETag = '"x"' }))
+    assert.is_nil(r.request_headers["Range"] or r.request_headers["range"])
+    assert.is_nil(r.request_headers["If-None-Match"] or r.request_headers["if-none-match"])
+    assert.is_nil(r.request_headers["If-Modified-Since"] or r.request_headers["if-modified-since"])
+    -- No Content-Length from the upstream: the whole 200 answers.
+    assert.equal(200, r.status)
+    assert.matches("stored", r.headers["Cache-Status"])
+    local again = run(nil, { uri = "/cold", headers = { Range = "bytes=0-1" } })
+    assert.equal(206, again.status)
+    assert.equal("01", again.body)
+    assert.equal(304, run(nil, { uri = "/cold", headers = { ["If-None-Match"] = '"x"' } }).status)
+  end)
+
+  it("answers a cold Range or conditional request from the whole body it stores", function()
+    local body = "0123456789"
+    local function whole() return fresh(body, { ETag = '"w"', ["Content-Length"] = "10" }) end
+    local r = run(nil, { uri = "/w1", headers = { Range = "bytes=2-4" } }, whole())
+    assert.is_nil(r.request_headers["Range"] or r.request_headers["range"])
+    assert.equal(206, r.status)
+    assert.equal("234", r.body)
+    assert.equal("bytes 2-4/10", r.headers["Content-Range"] or r.headers["content-range"])
+    assert.equal(body, T.cache_zone("z").entries["GET http://example.com/w1"][""].body)
+    local c = run(nil, { uri = "/w2", headers = { ["If-None-Match"] = '"w"' } }, whole())
+    assert.equal(304, c.status)
+    assert.equal("", c.body)
+    assert.equal(body, T.cache_zone("z").entries["GET http://example.com/w2"][""].body)
+    local u = run(nil, { uri = "/w3", headers = { Range = "bytes=50-" } }, whole())
+    assert.equal(416, u.status)
+    assert.equal("bytes */10", u.headers["Content-Range"] or u.headers["content-range"])
+    local other = run(nil, { uri = "/w4", headers = { ["If-None-Match"] = '"other"' } }, whole())
+    assert.equal(200, other.status)
+    assert.equal(body, other.body)
+  end)
+
+  it("asks again in full when a 304 carries another ETag, the next target after a refusal", function()
+    T.upstream_targets("app", { "10.0.0.1:80", "10.0.0.2:80" })
+    T.http_mock("^http://10%.0%.0%.1:80/", function() return nil, "connection refused" end)
+    T.http_mock("^http://10%.0%.0%.2:80/", { status = 200, body = "v2-body",
+      headers = { ETag = '"v2"', ["Cache-Control"] = "max-age=60", Date = date(proxy_now()) } })
+    run(nil, { uri = "/f3", upstream = "app" }, fresh("v1-body", { ETag = '"v1"',
+      ["Cache-Control"] = "max-age=0" }))
+    local r = run(nil, { uri = "/f3", upstream = "app" }, { status = 304, addr = "10.0.0.1:80",
+      headers = { ETag = '"v2"', ["Cache-Control"] = "max-age=60", Date = date(proxy_now()) } })
+    assert.equal(200, r.status)
+    assert.equal("v2-body", r.body)
+    assert.equal('"v2"', r.headers["ETag"] or r.headers["etag"])
+    assert.equal(2, #T.http_requests)
+    assert.equal("http://10.0.0.2:80/f3", T.http_requests[2].url)
+    assert.equal("example.com", T.http_requests[2].headers["host"])
+    assert.is_nil(T.http_requests[2].headers["if-none-match"])
+    -- Stored: a hit now.
+    local hit = run(nil, { uri = "/f3", upstream = "app" })
+    assert.equal("v2-body", hit.body)
+    assert.matches("; hit", hit.headers["cache-status"])
+  end)
+
+  it("refreshes a key once at a time, also across workers", function()
+    T.upstream_targets("app", { "10.0.0.2:80" })
+    T.http_mock("^http://10%.0%.0%.2:80/", { status = 200, body = "new",
+      headers = { ["Cache-Control"] = "max-age=60", Date = date(proxy_now()) } })
+    local swr = { ["Cache-Control"] = "max-age=1, stale-while-revalidate=600", Age = "5" }
+    run(nil, { uri = "/swr", upstream = "app" }, fresh("old", swr))
+    -- Another worker's refresh runs: its marker is in the zone.
+    local key = "GET http://example.com/swr"
+    local z = require("proxy").cache.zone("z")
+    z:put(key, "\0refreshing", "", 10)
+    assert.equal("old", run(nil, { uri = "/swr", upstream = "app" }).body)
+    assert.equal(0, #T.http_requests)
+    -- It ended (its marker dropped): this worker refreshes, and drops its own marker after.
+    z:put(key, "\0refreshing", "", -1)
+    assert.equal("old", run(nil, { uri = "/swr", upstream = "app" }).body)
+    assert.equal(1, #T.http_requests)
+    assert.equal("new", run(nil, { uri = "/swr", upstream = "app" }).body)
+    assert.is_nil(cache._refreshing[key])
+    assert.is_nil(z:get(T.request({ phase = "request" }), key, "\0refreshing"))
+  end)
+
+  it("serves stale over the proxy's own 502 after a try got no answer", function()
+    run(nil, { uri = "/f6" }, fresh("old", { ["Cache-Control"] = "max-age=1", Age = "5" }))
+    local r = run(nil, { uri = "/f6", last_failure = { "reset", nil, "127.0.0.1:9" } },
+      { status = 502, body = "proxy's own" })
+    assert.equal(200, r.status)
+    assert.equal("old", r.body)
+    -- The upstream's own 502 is its answer (no stale-if-error).
+    local up = run(nil, { uri = "/f6" }, { status = 502, body = "upstream's" })
+    assert.equal(502, up.status)
+    -- must-revalidate forbids it.
+    run(nil, { uri = "/f6m" }, fresh("old", { ["Cache-Control"] = "max-age=1, must-revalidate",
+      Age = "5" }))
+    local mr = run(nil, { uri = "/f6m", last_failure = { "connect", nil, "127.0.0.1:9" } },
+      { status = 502, body = "proxy's own" })
+    assert.equal(502, mr.status)
+  end)
+
   it("answers only-if-cached misses with 504", function()
     local r = run(nil, { uri = "/o", headers = { ["Cache-Control"] = "only-if-cached" } })
     assert.equal(504, r.status)
@@ -162,9 +323,14 @@ describe("cache plugin", function()
   it("encodes heads losslessly", function()
     local meta = { status = 200, ttl = 60, etag = '"x"', must_revalidate = false }
     local h = { ["content-type"] = "text/plain", ["set-cookie"] = { "a=1", "b=2" } }
-    local m2, h2 = cache._decode(cache._encode(meta, h))
+    local m2, h2, c2 = cache._decode(cache._encode(meta, h))
     assert.same(meta, m2)
     assert.same(h, h2)
+    assert.same({}, c2)
+    -- Field names keep the upstream's case (hits replay it); lookups stay lower-case.
+    local _, h3, c3 = cache._decode(cache._encode(meta, h, { ["content-type"] = "Content-Type" }))
+    assert.same(h, h3)
+    assert.same({ ["content-type"] = "Content-Type" }, c3)
   end)
 
   it("checks its schema", function()

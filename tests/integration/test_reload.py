@@ -148,8 +148,15 @@ class PidFileTest(RT.ReloadTestCase):
                                            admin=False)
 
     def test_1_pid_file_written(self):
-        with open(self.proxy.cfg["pid_file"]) as f:
-            self.assertEqual(int(f.read().strip()), self.proxy.pid)
+        # Written during start-up, not necessarily before the `listening on` lines.
+        def pid():
+            try:
+                with open(self.proxy.cfg["pid_file"]) as f:
+                    text = f.read()
+            except FileNotFoundError:
+                return None
+            return text.endswith("\n") and int(text.strip())
+        self.assertEqual(H.wait_for(pid, H.T(10), what="the pid file"), self.proxy.pid)
 
     def test_2_cli_reload_sends_sighup(self):
         self.rewrite(routes=routes_v("v2"))
@@ -372,6 +379,78 @@ class WorkersFixedTest(RT.ReloadTestCase):
 
 # =============================================================================== in flight
 
+class GatedOrigin:
+    """An HTTP/1.1 keep-alive origin whose answer to any GET is PARTS * PART bytes of the
+    /large pattern (harness.PatternChecker), the first part at once and each later part
+    when release() is called."""
+
+    PARTS = 5
+    PART = 5000
+
+    def __init__(self):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.gate = threading.Semaphore(0)
+        self.stopped = threading.Event()
+        self.socks = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def release(self):
+        self.gate.release()
+
+    def _accept(self):
+        while not self.stopped.is_set():
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.socks.append(s)
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        body = H.large_body(self.PARTS * self.PART)
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                buf = buf[buf.index(b"\r\n\r\n") + 4:]  # GETs only: no request body
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+                for k in range(self.PARTS):
+                    while k and not self.gate.acquire(timeout=0.2):
+                        if self.stopped.is_set():
+                            return
+                    s.sendall(body[k * self.PART:(k + 1) * self.PART])
+        except OSError:
+            return
+        finally:
+            s.close()
+
+    def stop(self):
+        self.stopped.set()
+        try:
+            self.lsock.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        except OSError:
+            pass
+        self.lsock.close()
+        self.thread.join(H.T(5))
+        for s in list(self.socks):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+
 class InFlightTest(RT.ReloadTestCase):
     """Requests in flight finish on the generation they started on; long downloads and
     WebSocket tunnels survive several reloads intact."""
@@ -379,15 +458,22 @@ class InFlightTest(RT.ReloadTestCase):
     @classmethod
     def setUpClass(cls):
         cls.a = cls.start_origin("a")
-        cls.ups = {"a": H.upstream(cls.a.address())}
+        cls.gated = GatedOrigin()
+        cls.addClassCleanup(cls.gated.stop)
+        cls.ups = {"a": H.upstream(cls.a.address()), "gated": H.upstream(cls.gated.address())}
         cls.n = 1
+        cls.flag = os.path.join(H.Workdir.new("inflight"), "go")
         cls.proxy = cls.start_reload_proxy(cls.ups, cls.routes("v1"), workers=2,
                                            timeouts={"read": 30})
 
     @classmethod
     def routes(cls, v):
-        sleepy = R('function(req) proxy.sleep(0.8) return req:respond(200, "%s") end' % v)
-        return [RT.route("/sleepy", handler=sleepy)] + routes_v(v)
+        # /waiting logs that it began, then answers once the test creates the flag file.
+        waiting = R('function(req) proxy.log.notice("waiting %s begins") '
+                    'while true do local f = io.open("%s") if f then f:close() break end '
+                    'proxy.sleep(0.02) end return req:respond(200, "%s") end' % (v, cls.flag, v))
+        return [RT.route("/waiting", handler=waiting),
+                RT.route("/gated", upstream="gated")] + routes_v(v)
 
     def bump(self):
         InFlightTest.n += 1
@@ -399,19 +485,25 @@ class InFlightTest(RT.ReloadTestCase):
 
     def test_handler_in_flight_keeps_its_generation(self):
         old = self.version()
-        c = H.Client(self.proxy.port)
+        c = H.Client(self.proxy.port, timeout=H.T(30))
         self.addCleanup(c.close)
-        c.send(H.build_request("GET", "/sleepy"))
-        time.sleep(0.2)  # the request begins on the old generation (it sleeps 0.8 s)
+        c.send(H.build_request("GET", "/waiting"))
+        # The request began on the old generation, and waits there until the reload is live.
+        H.wait_for(lambda: "waiting %s begins" % old in self.proxy.stderr(), H.T(10),
+                   what="the request running on %s" % old)
         new = self.bump()
+        with open(self.flag, "w"):
+            pass
         r = c.read_response()
         self.assertEqual((r.status, r.body.decode()), (200, old))
         # the same connection's next request is on the new generation
-        r = c.request("GET", "/sleepy")
+        r = c.request("GET", "/waiting")
         self.assertEqual((r.status, r.body.decode()), (200, new))
 
     def test_slow_download_across_reloads(self):
-        # 25 chunks of 1000 bytes, 100 ms apart: about 2.5 s.
+        # 25,000 bytes in five parts: the origin sends a part only when the test lets it, and
+        # the test reloads after each part but the last reached the client, so the four
+        # reloads happen while the download is under way however slow the machine is.
         c = H.Client(self.proxy.port, timeout=H.T(20))
         self.addCleanup(c.close)
         checker = H.PatternChecker()
@@ -419,32 +511,29 @@ class InFlightTest(RT.ReloadTestCase):
 
         def read():
             try:
-                c.send(H.build_request("GET", "/slow?bytes=25000&chunk=1000&delay_ms=100"))
+                c.send(H.build_request("GET", "/gated/download"))
                 result["r"] = c.read_response(sink=checker)
             except Exception as e:  # noqa: BLE001
                 result["e"] = e
             result["done"] = time.monotonic()
 
-        t0 = time.monotonic()
         th = threading.Thread(target=read, daemon=True)
         th.start()
-        time.sleep(0.3)
-        reloads = 0
-        # Four reloads while the download runs (2.5 s of it): a reload may take longer than
-        # the pause on a loaded machine (sanitizers), so count them, not the time.
-        while reloads < 4 and "done" not in result:
+        for part in range(1, GatedOrigin.PARTS):
+            H.wait_for(lambda: checker.offset >= part * GatedOrigin.PART or "done" in result,
+                       H.T(20), what="part %d of the download at the client" % part)
+            self.assertNotIn("done", result, result)
+            self.assertEqual(checker.offset, part * GatedOrigin.PART)
             self.bump()
-            reloads += 1
-            time.sleep(0.25)
+            self.gated.release()
         last_reload = time.monotonic()
         th.join(H.T(20))
         self.assertNotIn("e", result, result.get("e"))
         r = result["r"]
-        self.assertGreaterEqual(reloads, 4)
         self.assertGreater(result["done"], last_reload, "the download ended before the reloads")
         self.assertEqual(r.status, 200)
         self.assertTrue(r.complete, r)
-        self.assertEqual(r.body_len, 25000)
+        self.assertEqual(r.body_len, GatedOrigin.PARTS * GatedOrigin.PART)
         self.assertIsNone(checker.bad_at)
         # the connection is still usable
         r = c.request("GET", "/h")

@@ -40,7 +40,11 @@ class ReloadUnderLoadTest(RT.ReloadTestCase):
                 self.rewrite(routes=routes_v("v%d" % i))
                 j = self.reload()
                 self.assertEqual(j["generation"], gen0 + i)
-                time.sleep(0.02)
+                # Requests between every two reloads, however slow the machine: six more
+                # begin before the next reload (600 or more in all, over every generation).
+                n = load.total
+                H.wait_for(lambda: load.total >= n + 6, H.T(30),
+                           what="requests after reload %d: %s" % (i, load.summary()))
             last = "v%d" % self.RELOADS
             H.wait_for(lambda: load.seen_versions.get(last, 0) >= 20, H.T(10),
                        what="the load on the last generation")

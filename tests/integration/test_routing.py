@@ -140,8 +140,29 @@ PREDICATE_ROUTES = [
      "handler": H.LuaRaw('function(req) req:respond(200, "beta " .. req:param("id")) end')},
     {"name": "boom", "match": {"prefix": "/boom", "predicate": H.LuaRaw(
         'function(req) error("predicate kaboom") end')}, "upstream": "u"},
+    # A predicate cannot wait: proxy.sleep parks the request's task, then its yield fails.
+    {"name": "nap", "match": {"prefix": "/nap", "predicate": H.LuaRaw(
+        'function(req) require("proxy").sleep(0.05) return true end')}, "upstream": "u"},
     {"name": "rest", "upstream": "u"},
 ]
+
+
+class RandomSeedTest(H.ProxyTestCase):
+    """math.random is seeded per Lua VM from the OS (engine/lua_vm.c): two starts of the same
+    config draw different numbers (unseeded, LuaJIT gives the same sequence every time)."""
+
+    def test_two_starts_draw_differently(self):
+        routes = [{"handler": H.LuaRaw(
+            'function(req) req:respond(200, string.format("%.17g %.17g", math.random(), '
+            'math.random())) end')}]
+        seen = []
+        for _ in range(2):
+            p = self.start_proxy({}, routes, workers=1)
+            r = H.get(p.port, "/")
+            self.assertEqual(r.status, 200, r)
+            seen.append(r.body)
+            p.stop()
+        self.assertNotEqual(seen[0], seen[1])
 
 
 class PredicateTest(H.ProxyTestCase):
@@ -170,6 +191,22 @@ class PredicateTest(H.ProxyTestCase):
         r = H.get(p, "/u/8", headers=[("X-Beta", "1")])
         self.assertEqual((r.status, r.body), (200, b"beta 8"))
 
+    def test_a_predicate_that_waits_fails_its_request_only(self):
+        # The sleep's timer was armed on the request's task before the yield failed: it must
+        # not wake that task (or the next request's, on the same slot) later.
+        p = self.proxy.port
+        with H.Client(p) as c:
+            for i in range(3):
+                c.send(b"GET /nap HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertEqual(c.read_response().status, 500)
+                c.send(b"GET /u/%d HTTP/1.1\r\nHost: x\r\nX-Beta: 1\r\n\r\n" % (i + 1))
+                r = c.read_response()
+                self.assertEqual((r.status, r.body), (200, b"beta %d" % (i + 1)))
+        self.proxy.wait_log("routes[3].match.predicate failed", count=3)
+        r = H.get(p, "/u/9", headers=[("X-Beta", "1")])
+        self.assertEqual((r.status, r.body), (200, b"beta 9"))
+        self.assertTrue(self.proxy.alive())
+
     def test_explain_shows_it(self):
         d = H.Workdir.new("routing-predicate")
         path = os.path.join(d, "proxy.lua")
@@ -188,12 +225,15 @@ class PredicateTest(H.ProxyTestCase):
         self.assertIn('#1 beta: matched (path "/u/:id"; predicate (a Lua function))', out)
         out = explain("GET http://a.test/u/7")
         self.assertIn("#1 beta: no (predicate (a Lua function) does not hold)", out)
-        self.assertIn("#3 rest: matched", out)
+        self.assertIn("#4 rest: matched", out)
+        # A predicate is not run when another condition of its route failed: not named.
+        self.assertIn('#2 boom: no (prefix "/boom" does not hold)\n', out)
         out = explain("GET http://a.test/boom")
+        self.assertIn('#1 beta: no (path "/u/:id" does not hold)\n', out)
         self.assertIn("#2 boom: no (predicate failed (the proxy answers 500): ", out)
         self.assertIn("predicate kaboom", out)
         self.assertIn("500 (routes[2].match.predicate failed)", out)
-        self.assertNotIn("#3 rest", out)
+        self.assertNotIn("#4 rest", out)
 
 
 def regex_many_routes():

@@ -400,12 +400,16 @@ class TicketKeyFileTest(unittest.TestCase):
             return H.Proxy(cfg, name=name)
 
         def s_client(port, *args):
-            p = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port] +
-                                 list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
-            time.sleep(0.5)  # TLS 1.3 tickets arrive after the handshake
-            out, _ = p.communicate("", timeout=H.T(20))
-            return out
+            # TLS 1.3 tickets arrive after the handshake, before any answer: s_client asks
+            # for a page and reads to the end of it (-ign_eof: stdin's end does not stop it),
+            # so the ticket is in -sess_out by the time it exits, however slow the machine.
+            p = subprocess.run(["openssl", "s_client", "-ign_eof", "-connect",
+                                "127.0.0.1:%d" % port] + list(args),
+                               input="GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               timeout=H.T(30))
+            self.assertIn("HTTP/1.1 200", p.stdout, "the page was read to its end")
+            return p.stdout
 
         a, b, c = proxy(["shared.key"], "tk-a"), proxy(["shared.key"], "tk-b"), proxy([], "tk-c")
         for px in (a, b, c):

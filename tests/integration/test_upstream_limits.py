@@ -41,22 +41,56 @@ def route(host, upstream, **kw):
     return r
 
 
+def proxy_has_read(proxy_port, client_port):
+    """True when nothing the client on client_port sent waits in the proxy's receive queue
+    (/proc/net/tcp): with one worker and no Lua on the route, a request the proxy has read
+    is in flight or in the upstream's queue."""
+    for local, remote, _, rx_queue in RT.proc_net_tcp():
+        if local == proxy_port and remote == client_port:
+            return rx_queue == 0
+    return True  # the proxy's side is gone: it read the request and answered
+
+
 class Timed:
-    """A request in a thread: .status, .elapsed (seconds), .origin."""
+    """A request in a thread: .status, .elapsed (seconds), .origin, .conn (lp_origin's
+    (X-Conn-Id, X-Conn-Requests): which upstream connection served it, and in what order).
+    .sent is set once the request is written: proxy_read() then tells whether the proxy
+    has read it."""
 
     def __init__(self, port, host, path):
-        self.status = self.elapsed = self.origin = self.error = None
+        self.status = self.elapsed = self.origin = self.error = self.conn = None
+        self.port = port
+        self.client_port = None
+        self.sent = threading.Event()
         self.t = threading.Thread(target=self._run, args=(port, host, path), daemon=True)
         self.t.start()
 
     def _run(self, port, host, path):
         t0 = time.monotonic()
         try:
-            r = H.get(port, path, host=host, timeout=H.T(20))
+            with H.Client(port, timeout=H.T(20)) as c:
+                self.client_port = c.sock.getsockname()[1]
+                c.send(H.build_request("GET", path, host=host))
+                self.sent.set()
+                r = c.read_response()
             self.status, self.origin, self.body = r.status, r.header("X-Origin-Id"), r.body
+            if r.header("X-Conn-Id"):
+                self.conn = (int(r.header("X-Conn-Id")), int(r.header("X-Conn-Requests")))
         except Exception as e:  # noqa: BLE001
             self.error = repr(e)
+        finally:
+            self.sent.set()
         self.elapsed = time.monotonic() - t0
+
+    def proxy_read(self):
+        """True once the request was written and the proxy has read it (proxy_has_read)."""
+        if not self.sent.is_set():
+            return False
+        return self.client_port is None or proxy_has_read(self.port, self.client_port)
+
+    def wait_read(self):
+        H.wait_for(self.proxy_read, H.T(10), what="the proxy reading the request")
+        return self
 
     def join(self):
         self.t.join(H.T(30))
@@ -73,14 +107,16 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
         cls.a = cls.start_origin("a")
         cls.b = cls.start_origin("b")
         a, b = cls.a.address(), cls.b.address()
-        # total_timeout against per-try read timeouts of 0.4 s (a proxy of its own).
+        # total_timeout against per-try read timeouts of 2 s (a proxy of its own). Each
+        # total_timeout ends a request 1.5 s or more before a read timeout would: room for
+        # a busy machine (0.5 s late is seen under ASan) between the two outcomes.
         cls.tproxy = cls.start_reload_proxy(
-            {"total": H.upstream(a, b, total_timeout=0.6, retries=5),
+            {"total": H.upstream(a, b, total_timeout=2.5, retries=5),
              "total1": H.upstream(a, total_timeout=0.3)},
             [route("total.test", "total"), route("total1.test", "total1")],
-            workers=1, timeouts={"read": 0.4}, name="total")
+            workers=1, timeouts={"read": 2.0}, name="total")
         cls.ups = {
-            "queue": H.upstream(a, max_connections=1, max_pending=2, pending_timeout=5),
+            "queue": H.upstream(a, max_connections=1, max_pending=2, pending_timeout=30),
             "qtime": H.upstream(b, max_connections=1, max_pending=5, pending_timeout=0.3),
             "dns": H.upstream("localhost:%d" % cls.a.port, dns_ttl=0.2),
             "mixed": H.upstream("no-such-host.invalid:%d" % cls.b.port, b, dns_ttl=0.2),
@@ -96,60 +132,68 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
     # ---- total_timeout ----
 
     def test_total_timeout_ends_the_retries(self):
-        # The first try times out after read = 0.4 s and the GET is retried on the other
-        # target, whose try total_timeout = 0.6 s cuts short: 504, and no third try.
-        t = Timed(self.tproxy.port, "total.test", "/delay?ms=3000").join()
+        # The first try times out after read = 2 s and the GET is retried on the other
+        # target, whose try total_timeout = 2.5 s cuts short (its own read timeout would end
+        # it at 4 s): 504, and no third try.
+        t = Timed(self.tproxy.port, "total.test", "/delay?ms=5000").join()
         self.assertEqual(t.status, 504, t.error)
-        self.assertGreater(t.elapsed, 0.55)
-        self.assertLess(t.elapsed, 0.78)
+        self.assertGreater(t.elapsed, 2.45)
+        self.assertLess(t.elapsed, 3.9)
         self.assertTrue(self.log_lines("total_timeout reached", proxy=self.tproxy),
                         self.tproxy.stderr()[-2000:])
         self.assertEqual(len(self.log_lines("retrying (try 2)", proxy=self.tproxy)), 1)
         self.assertFalse(self.log_lines("retrying (try 3)", proxy=self.tproxy))
 
     def test_total_timeout_under_one_slow_try(self):
-        # Shorter than the per-try read timeout: 504 at 0.3 s; a fast answer is untouched.
+        # Shorter than the per-try read timeout: 504 at 0.3 s, not at the read timeout's
+        # 2 s; a fast answer is untouched.
         t = Timed(self.tproxy.port, "total1.test", "/delay?ms=2000").join()
         self.assertEqual(t.status, 504, t.error)
-        self.assertLess(t.elapsed, 0.39)
+        self.assertGreater(t.elapsed, 0.25)
+        self.assertLess(t.elapsed, 1.9)
         t = Timed(self.tproxy.port, "total1.test", "/delay?ms=50").join()
         self.assertEqual(t.status, 200, t.error)
 
     # ---- max_connections, max_pending ----
 
     def test_requests_wait_for_a_slot_in_order(self):
-        first = Timed(self.proxy.port, "queue.test", "/delay?ms=600")
-        time.sleep(0.15)
-        waiting = []
-        for _ in range(2):
-            waiting.append(Timed(self.proxy.port, "queue.test", "/delay?ms=10"))
-            time.sleep(0.05)
-        time.sleep(0.1)
-        # One in flight, two waiting: the fourth is refused at once.
+        # Each request is sent once the proxy has read the one before: one in flight (it
+        # takes 10 s), then two waiting, in that order.
+        first = Timed(self.proxy.port, "queue.test", "/delay?ms=10000").wait_read()
+        waiting = [Timed(self.proxy.port, "queue.test", "/delay?ms=10&w=0").wait_read()]
+        waiting.append(Timed(self.proxy.port, "queue.test", "/delay?ms=10&w=1").wait_read())
+        # One in flight, two waiting: the fourth is refused at once (not queued: it would
+        # have waited for a slot, then been served or timed out).
         over = Timed(self.proxy.port, "queue.test", "/fixed?size=10").join()
         self.assertEqual(over.status, 503, over.error)
-        self.assertLess(over.elapsed, 0.3)
         self.assertEqual(over.body,
                          b"503 Service Unavailable: too many requests for the upstream "
                          b"(max_connections)\n")
+        self.assertIsNone(first.status, "refused while the first was still in flight")
         self.assertEqual(first.join().status, 200)
         for w in waiting:
             self.assertEqual(w.join().status, 200, w.error)
-            self.assertGreater(w.elapsed, 0.3)  # they waited for the first to finish
-        self.assertLess(waiting[0].elapsed, waiting[1].elapsed + 0.05)
+        # One connection at a time to the origin: each waiting request went upstream after
+        # the one before it was answered, in the order they came (X-Conn-Id, then the
+        # request count on that connection, grow with each request the origin serves).
+        order = [first.conn, waiting[0].conn, waiting[1].conn]
+        self.assertEqual(order, sorted(order), order)
+        self.assertEqual(len(set(order)), 3, order)
         self.assertTrue(self.log_lines("(max_pending): 503"))
         # The queue is empty again: a request goes through at once.
         self.assertEqual(Timed(self.proxy.port, "queue.test", "/fixed?size=10").join().status,
                          200)
 
     def test_pending_timeout(self):
-        first = Timed(self.proxy.port, "qtime.test", "/delay?ms=1500")
-        time.sleep(0.15)
+        # The first request holds the one connection for 10 s; the second, read by the proxy
+        # once the first is in flight, waits pending_timeout = 0.3 s and gets 503 (well
+        # before the slot frees: it was not served).
+        first = Timed(self.proxy.port, "qtime.test", "/delay?ms=10000").wait_read()
         t = Timed(self.proxy.port, "qtime.test", "/fixed?size=10").join()
         self.assertEqual(t.status, 503, t.error)
         self.assertIn(b"(pending_timeout)", t.body)
         self.assertGreater(t.elapsed, 0.25)
-        self.assertLess(t.elapsed, 1.2)
+        self.assertIsNone(first.status, "the 503 came while the slot was still taken")
         self.assertEqual(first.join().status, 200)
         self.assertTrue(self.log_lines("waited"), self.proxy.stderr()[-2000:])
 

@@ -215,14 +215,22 @@ end
 -- One of the three HTTP-date forms, strictly (names are case-sensitive, "GMT" only);
 -- nil for anything else. `now` resolves RFC 850 two-digit years (§5.6.7: a date more than
 -- 50 years in the future means the most recent past year with those digits).
+-- The last IMF-fixdate parsed (its value does not depend on `now`): a Date field is the same
+-- for every response of a second, and pattern matching is not compiled.
+local last_date_s, last_date_t
+
 function P.parse_http_date(s, now)
+  if s == last_date_s and s ~= nil then return last_date_t end
   if type(s) ~= "string" or #s > 64 then return nil end
+  local raw = s
   s = trim(s)
   local wd, d, mon, y, hh, mm, ss =
     s:match("^(%a%a%a), (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
   if wd then
     if not DAYS[wd] then return nil end
-    return stamp(y, mon, d, hh, mm, ss)
+    local t = stamp(y, mon, d, hh, mm, ss)
+    last_date_s, last_date_t = raw, t
+    return t
   end
   wd, d, mon, y, hh, mm, ss = s:match("^(%a+), (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
   if wd then
@@ -338,6 +346,23 @@ function P.parse_cache_control(v)
   return out
 end
 
+-- Parsed Cache-Control values for this module's own reading (never changed by it), per VM,
+-- by field value: a miss parses the response's value for storable, stored_headers and meta,
+-- and every request with one parses it again. Bounded: emptied at 256 values. A list of
+-- lines (several fields) is parsed each time; no field is the shared EMPTY.
+local cc_memo, cc_memo_n = {}, 0
+
+local function cc_of(v)
+  if v == nil then return EMPTY end
+  if type(v) ~= "string" then return P.parse_cache_control(v) end
+  local cc = cc_memo[v]
+  if cc then return cc end
+  cc = P.parse_cache_control(v)
+  if cc_memo_n >= 256 then cc_memo, cc_memo_n = {}, 0 end
+  cc_memo[v], cc_memo_n = cc, cc_memo_n + 1
+  return cc
+end
+
 -- The lower-cased field names of a qualified no-cache / private value ("a, B" -> {"a","b"}).
 function P.field_names(value)
   local out = {}
@@ -358,7 +383,7 @@ end
 function P.request_directives(req_headers)
   local h = req_headers or EMPTY
   local cc_raw = h["cache-control"]
-  local cc = P.parse_cache_control(cc_raw)
+  local cc = cc_of(cc_raw)
   local d = { cc = cc }
   d.no_store = cc["no-store"] ~= nil
   d.no_cache = cc["no-cache"] ~= nil
@@ -405,7 +430,7 @@ local lifetime -- (status, headers, parsed Cache-Control, opts), defined below
 
 function P.freshness_lifetime(status, resp_headers, opts)
   local h = resp_headers or EMPTY
-  local cc = P.parse_cache_control(h["cache-control"])
+  local cc = cc_of(h["cache-control"])
   return lifetime(status, h, cc, opts)
 end
 
@@ -473,7 +498,7 @@ function P.storable(method, status, req_headers, resp_headers, opts)
   if status == 206 then return false, "partial content" end
   if status == 304 then return false, "not modified" end
   if not status_allowed(opts and opts.statuses, status) then return false, "status not allowed" end
-  local rcc = P.parse_cache_control(rq["cache-control"])
+  local rcc = cc_of(rq["cache-control"])
   if rcc["no-store"] ~= nil then return false, "request no-store" end
   -- A GET's content has no defined meaning (RFC 9110 §9.3.1) and is not part of the key: a
   -- response it chose must not be served to requests without it (a "fat GET" poisoning).
@@ -481,7 +506,7 @@ function P.storable(method, status, req_headers, resp_headers, opts)
   if rq["transfer-encoding"] ~= nil or (cl ~= nil and not find(cl, "^[ \t,0]*$")) then
     return false, "request content"
   end
-  local cc = P.parse_cache_control(rs["cache-control"])
+  local cc = cc_of(rs["cache-control"])
   if cc["must-understand"] ~= nil then
     if not UNDERSTOOD[status] then return false, "must-understand" end
     -- §5.2.2.3: a cache that understands the status ignores no-store.
@@ -526,9 +551,12 @@ local function add_names(set, value)
 end
 
 -- The set of field names not to store for these response headers.
+-- NOT_STORED is seen through the set's metatable rather than copied into it: a short pairs
+-- loop per stored response aborted the trace of every miss.
+local UNSTORED_MT = { __index = NOT_STORED }
+
 local function unstored_set(h, cc, opts)
-  local drop = {}
-  for k in pairs(NOT_STORED) do drop[k] = true end
+  local drop = setmetatable({}, UNSTORED_MT)
   add_names(drop, h.connection)
   if qualified(cc["no-cache"]) then
     for _, n in ipairs(P.field_names(cc["no-cache"])) do drop[n] = true end
@@ -553,7 +581,7 @@ end
 
 function P.stored_headers(resp_headers, opts)
   local h = resp_headers or EMPTY
-  local drop = unstored_set(h, P.parse_cache_control(h["cache-control"]), opts)
+  local drop = unstored_set(h, cc_of(h["cache-control"]), opts)
   local out = {}
   for k, v in pairs(h) do
     if not drop[k] then out[k] = copy_value(v) end
@@ -575,7 +603,7 @@ end
 function P.meta(status, resp_headers, request_time, response_time, opts)
   local h = resp_headers or EMPTY
   local shared = is_shared(opts)
-  local cc = P.parse_cache_control(h["cache-control"])
+  local cc = cc_of(h["cache-control"])
   local o = { shared = shared, heuristic = opts and opts.heuristic,
     default_ttl = opts and opts.default_ttl, response_time = response_time,
     now = (opts and opts.now) or response_time }
@@ -887,14 +915,18 @@ end
 -- 304 (§3.2, §4.3.4) ----------------------------------------------------------------------------
 
 -- Never updated from a 304: besides what is never stored, Content-Length (the stored body's),
--- Content-Range (of a partial answer) and Vary (the entry's secondary key depends on it).
-local NOT_UPDATED = { ["content-length"] = true, ["content-range"] = true, vary = true }
+-- Content-Range (of a partial answer), Vary (the entry's secondary key depends on it), and the
+-- fields that describe the stored bytes themselves, which a 304 cannot change: their coding and
+-- digests (§3.2 lets a cache keep these for the integrity of what it stores).
+local NOT_UPDATED = { ["content-length"] = true, ["content-range"] = true, vary = true,
+  ["content-encoding"] = true, ["content-md5"] = true, ["content-digest"] = true,
+  ["repr-digest"] = true, digest = true }
 
 function P.merge_304(stored_headers, headers_304, opts)
   local st, h = stored_headers or EMPTY, headers_304 or EMPTY
   local out = {}
   for k, v in pairs(st) do out[k] = copy_value(v) end
-  local cc = P.parse_cache_control(h["cache-control"] or st["cache-control"])
+  local cc = cc_of(h["cache-control"] or st["cache-control"])
   local drop = unstored_set(h, cc, opts)
   local client_only = {}
   for k, v in pairs(h) do
@@ -952,8 +984,8 @@ local function coalesce(ranges)
   local out = { ranges[1] }
   for i = 2, #ranges do
     local last, r = out[#out], ranges[i]
-    -- Overlapping, adjacent or separated by less than a part header's worth of bytes.
-    if r[1] <= last[2] + 80 then
+    -- Overlapping or adjacent (a gap, however small, is a part of its own: what was asked).
+    if r[1] <= last[2] + 1 then
       if r[2] > last[2] then last[2] = r[2] end
     else
       out[#out + 1] = r
@@ -1115,11 +1147,19 @@ local function sf_string(v)
 end
 
 -- A token when the value is one (RFC 8941 §3.3.4), else a string.
+-- Items already written, by value (a few: "luaproxy", "miss", "stale", details): the pattern
+-- test is not compiled and ran for every answer. Bounded: emptied at 64.
+local sf_memo, sf_memo_n = {}, 0
+
 local function sf_item(v)
   if type(v) == "number" then return format("%d", floor(v)) end
   v = tostring(v)
-  if find(v, "^[%a*][!#$%%&'*+%-.%^_`|~:/%w]*$") then return v end
-  return sf_string(v)
+  local out = sf_memo[v]
+  if out then return out end
+  if find(v, "^[%a*][!#$%%&'*+%-.%^_`|~:/%w]*$") then out = v else out = sf_string(v) end
+  if sf_memo_n >= 64 then sf_memo, sf_memo_n = {}, 0 end
+  sf_memo[v], sf_memo_n = out, sf_memo_n + 1
+  return out
 end
 
 function P.cache_status(t)

@@ -217,14 +217,19 @@ local function routing(cfg, req, T)
         entry.reasons = #held > 0 and held or { "no conditions: matches every request" }
       else
         entry.reasons = {}
+        -- The predicate runs only once every other condition held (docs/routing.md): it is
+        -- named only when nothing else failed, and never run alone here.
         for _, k in ipairs(CONDITIONS) do
-          if m[k] ~= nil then
+          if m[k] ~= nil and k ~= "predicate" then
             local one = router.new({ { match = { [k] = m[k] } } })
             if one and not one:match(req) then
               entry.reasons[#entry.reasons + 1] = format("%s %s does not hold", k,
                 describe_value(m[k]))
             end
           end
+        end
+        if #entry.reasons == 0 and m.predicate ~= nil then
+          entry.reasons[1] = format("predicate %s does not hold", describe_value(m.predicate))
         end
         if #entry.reasons == 0 then entry.reasons[1] = "its conditions do not hold together" end
         if entry.predicate_error then

@@ -17,6 +17,7 @@ local T = require "luaproxy.waf.transforms"
 local V = require "luaproxy.waf.vars"
 local hs = require "luaproxy.waf.hs"
 local re = require "luaproxy.re"
+local CONFIRM = require "luaproxy.waf.confirm"
 
 local type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next =
   type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next
@@ -413,6 +414,11 @@ function M.compile(rules, opts)
       end
       g.conds[#g.conds + 1] = c1
       local ci = #g.conds
+      -- the collections the condition reads (group_hits sends it only their values)
+      g.reads = g.reads or {}
+      local reads = {}
+      for _, e in ipairs(c1.tgt) do reads[e.coll] = true end
+      g.reads[ci] = reads
       for _, p in ipairs(pats) do
         g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] = p[1], p[2], ci
       end
@@ -444,51 +450,177 @@ function M.compile(rules, opts)
   return cs
 end
 
--- Compiles the Hyperscan databases of a rule set (the slow part: about 0.4 s of CPU for the
--- default rules), once per VM. Called by the plugin's init_worker, with `pause` yielding
--- between two databases so that no single stretch of Lua runs for long (lua.phase_timeout
--- counts time without a yield); else by the first request that needs it (specs, or a rule
--- set init_worker did not see). Without Hyperscan every pattern runs through PCRE2.
-function M.finish(cs, pause)
-  if cs.ready then return true end
-  local use_hs = cs.use_hs
-  for _, g in ipairs(cs.groups) do
-    if not use_hs then
-      g.pcre, g.conds = g.conds, {}
-    else
-      -- One compile per group. A pattern Hyperscan refuses is tried as a prefilter (PCRE2
-      -- confirms every match anyway), else its condition goes to PCRE2 alone: then the
-      -- group is compiled again without it. Never skipped.
-      while #g.pats > 0 do
-        local db, err, idx = hs.compile(g.pats, g.flags, g.ids)
-        if db then
-          g.db, g.hits = db, hs.hits(#g.pats)
-          break
+-- The registry key of a group's database: everything it is compiled from.
+local function group_key(g)
+  local parts = { "waf-hs-1\0" }
+  for k = 1, #g.pats do
+    parts[#parts + 1] = format("%d:%d:%d:", g.flags[k], g.ids[k], #g.pats[k])
+    parts[#parts + 1] = g.pats[k]
+  end
+  return concat(parts)
+end
+
+-- Takes database db of group g with the compiler's notes (compile_group, below): g.pats,
+-- flags and ids become what the database holds; returns { [condition index] = why } of the
+-- conditions left out for PCRE2 (notes "D").
+local function apply_notes(g, db, notes)
+  local dropped = {}
+  if notes ~= "" then
+    local pats, ids = g.pats, g.ids
+    local p2, f2, i2 = {}, {}, {}
+    for kind, a, b in notes:gmatch("(%u) (%d+) ([^\n]*)\n") do
+      if kind == "K" then
+        local k = tonumber(a)
+        p2[#p2 + 1], f2[#f2 + 1], i2[#i2 + 1] = pats[k], tonumber(b), ids[k]
+      elseif kind == "D" then
+        dropped[tonumber(a)] = b
+      end
+    end
+    g.pats, g.flags, g.ids = p2, f2, i2
+  end
+  if db then g.db, g.hits = db, hs.hits(#g.pats) end
+  return dropped
+end
+
+-- Compiles group g's patterns into one Hyperscan database, shared by every VM of the
+-- process (hs.shared: the first VM compiles, the others take a reference). A pattern
+-- Hyperscan refuses is tried as a prefilter (PCRE2 confirms every match anyway), else its
+-- condition is left to PCRE2 alone: never skipped. The decisions travel with the database
+-- as notes ("K index flags" per pattern kept, "D condition why" per condition left out), so
+-- a VM taking it applies them without checking each pattern again. Sets g.db, g.hits and
+-- g.pats/flags/ids to what the database holds; returns { [condition index] = why } of the
+-- conditions left out, or nil, problem. `pause` yields between long steps.
+local function compile_group(g, pause)
+  local pats, flags, ids = g.pats, g.flags, g.ids
+  local dropped = {}
+  local function build()
+    local raw = hs.compile_raw(pats, flags, ids)
+    if raw then return raw, "" end
+    -- Refused: each pattern alone (exact, as a prefilter, or PCRE2 only), then the group
+    -- once. (Retrying the group on each refusal compiles it again per refused pattern.)
+    local kept, notes, drop = {}, {}, {}
+    for k = 1, #pats do
+      local ci = ids[k]
+      if not drop[ci] then
+        local f = flags[k]
+        local ok, err = hs.check(pats[k], f)
+        if not ok and f < hs.PREFILTER and hs.check(pats[k], f + hs.PREFILTER) then
+          ok, f = true, f + hs.PREFILTER
         end
-        if not idx or idx < 1 then return nil, "hyperscan: " .. tostring(err) end
-        if g.flags[idx] < hs.PREFILTER and hs.check(g.pats[idx], g.flags[idx] + hs.PREFILTER) then
-          g.flags[idx] = g.flags[idx] + hs.PREFILTER
-          g.prefilter = (g.prefilter or 0) + 1
+        -- A long pattern takes Hyperscan a while: yield after each.
+        if pause and #pats[k] > 256 then pause() end
+        if ok then
+          kept[#kept + 1] = { k, f }
         else
-          local ci = g.ids[idx]
-          local cond = g.conds[ci]
-          g.pcre[#g.pcre + 1] = cond
-          cs.pcre_only[#cs.pcre_only + 1] = format("%d (%s)", cond.rule.id, tostring(err))
-          local pats, flags, ids = {}, {}, {}
-          for k = 1, #g.pats do
-            if g.ids[k] ~= ci then
-              pats[#pats + 1], flags[#flags + 1], ids[#ids + 1] = g.pats[k], g.flags[k], g.ids[k]
-            end
-          end
-          g.pats, g.flags, g.ids = pats, flags, ids
+          drop[ci] = gsub(tostring(err), "\n", " ")
         end
       end
-      cs.hs_patterns = cs.hs_patterns + #g.pats
+      if pause and k % 64 == 0 then pause() end
+    end
+    local p2, f2, i2 = {}, {}, {}
+    for _, kf in ipairs(kept) do
+      local k, f = kf[1], kf[2]
+      -- patterns of a condition dropped after some of its phrases went in go too
+      if not drop[ids[k]] then
+        p2[#p2 + 1], f2[#f2 + 1], i2[#i2 + 1] = pats[k], f, ids[k]
+        notes[#notes + 1] = format("K %d %d\n", k, f)
+      end
+    end
+    for ci, why in pairs(drop) do
+      dropped[ci] = why
+      notes[#notes + 1] = format("D %d %s\n", ci, why)
+    end
+    if #p2 == 0 then return nil, "none" end
+    local db, err = hs.compile_raw(p2, f2, i2)
+    if not db then return nil, tostring(err) end
+    return db, concat(notes)
+  end
+  local db, notes, here = hs.shared(group_key(g), build)
+  g.compiled_here = here
+  if not db then
+    if notes == "none" then
+      g.pats, g.flags, g.ids = {}, {}, {}
+      return dropped
+    end
+    return nil, "hyperscan: " .. tostring(notes)
+  end
+  return apply_notes(g, db, notes)
+end
+
+-- Compiles the Hyperscan databases of a rule set (the slow part: about 0.4 s of CPU for the
+-- default rules; each database once per process while some VM holds it, compile_group).
+-- Called by the plugin's init_worker, with `pause` yielding between two databases so that
+-- no single stretch of Lua runs for long (lua.phase_timeout counts time without a yield);
+-- else by the first request that needs it (specs, or a rule set init_worker did not see).
+-- Without Hyperscan every pattern runs through PCRE2.
+local function took_lua(cs, g, dropped)
+  for ci, why in pairs(dropped) do
+    local cond = g.conds[ci]
+    g.pcre[#g.pcre + 1] = cond
+    cs.pcre_only[#cs.pcre_only + 1] = format("%d (%s)", cond.rule.id, why)
+  end
+  cs.hs_patterns = cs.hs_patterns + #g.pats
+  if g.db then
+    cs.hs_dbs = (cs.hs_dbs or 0) + 1
+    if g.compiled_here then cs.hs_compiled = (cs.hs_compiled or 0) + 1 end
+  end
+end
+
+function M.finish(cs, pause)
+  if cs.ready then return true end
+  for _, g in ipairs(cs.groups) do
+    if not cs.use_hs then
+      g.pcre, g.conds = g.conds, {}
+    elseif #g.pats > 0 then
+      local queued
+      if hs.async and not cs.sync then
+        g.key = group_key(g)
+        queued = hs.queue(g.key, g.pats, g.flags, g.ids)
+      end
+      if queued ~= nil then
+        -- On the registry's compile thread (M.poll takes it): until then every condition
+        -- of the group runs through PCRE2 (g.waiting).
+        g.compiled_here = queued
+        g.waiting = {}
+        for _, cond in ipairs(g.conds) do g.waiting[#g.waiting + 1] = cond end
+        for _, cond in ipairs(g.pcre) do g.waiting[#g.waiting + 1] = cond end
+        cs.pending = cs.pending or {}
+        cs.pending[#cs.pending + 1] = g
+      else
+        local dropped, err = compile_group(g, pause)
+        if not dropped then return nil, err end
+        took_lua(cs, g, dropped)
+      end
     end
     if pause then pause() end
   end
+  M.poll(cs)
   cs.ready = true
   return true
+end
+
+-- Takes the databases of the Lua rules' groups the compile thread finished (as
+-- poll_seclang); true when none is pending.
+function M.poll(cs)
+  local pending = cs.pending
+  if not pending then return true end
+  local left = {}
+  for _, g in ipairs(pending) do
+    local st, db, notes = hs.get(g.key)
+    if st == "ready" then
+      took_lua(cs, g, apply_notes(g, db, notes))
+      g.waiting = nil
+    elseif st == "pending" then
+      left[#left + 1] = g
+    else
+      -- refused (or unknown): PCRE2 runs the whole group
+      g.pcre, g.conds, g.waiting = g.waiting, {}, nil
+      cs.pcre_only[#cs.pcre_only + 1] = "group " .. tostring(g.chain) .. " (hyperscan: "
+        .. tostring(st == "failed" and db:match("^[^\n]*") or st) .. ")"
+    end
+  end
+  cs.pending = #left > 0 and left or nil
+  return cs.pending == nil
 end
 
 ---------------------------------------------------------------------------------------------
@@ -688,6 +820,53 @@ local function confirm(st, cond, cname, c, i, v)
   end
 end
 
+-- The prefilter of a whole group at once: every value of every collection some condition
+-- of the group reads (only the named items where all of them name theirs), through the
+-- group's chain, scanned once; returns gid -> { cname, i, cname, i, ... } of the values each
+-- condition may match. Conditions then test only those values (usually none). (Scanning a
+-- collection's values joined in one text was tried: fewer scans, but a pattern matching
+-- anywhere in it sends every value to PCRE2, slower on ordinary traffic.)
+local function group_hits(st, g)
+  local h = st.gh[g]
+  if h then return h end
+  h = {}
+  st.gh[g] = h
+  local db, hits, ch = g.db, g.hits, g.chain
+  for _, cname in ipairs(g.colls) do
+    local c = st.vars:coll(cname)
+    local only = g.only[cname]
+    for i = 1, c.n do
+      if not only or only[lower(c.names[i])] then
+        local v = value(st, cname, c, i, ch)
+        local n, ids, base, more = scan(db, v, hits)
+        if not n or more then
+          for gid = 1, #g.conds do
+            local l = h[gid] or {}
+            h[gid] = l
+            l[#l + 1], l[#l + 2] = cname, i
+          end
+        elseif n > 0 then
+          local reads = g.reads
+          for k = 0, n - 1 do
+            local gid = ids[base + k]
+            -- only for conditions that read this collection: a pattern of a rule on
+            -- REQUEST_FILENAME matching a header is no work for that rule
+            if reads[gid][cname] then
+              local l = h[gid]
+              if not l then
+                l = {}
+                h[gid] = l
+              end
+              l[#l + 1], l[#l + 2] = cname, i
+            end
+          end
+        end
+      end
+    end
+  end
+  return h
+end
+
 -- Runs the rule set over the request state `st` (vars set); fills st.matches.
 function M.run(cs, st)
   if not cs.ready then
@@ -696,33 +875,34 @@ function M.run(cs, st)
   end
   st.cs = cs
   st.hit = {}
+  st.gh = st.gh or {}
   for _, g in ipairs(cs.groups) do
-    local ch, db, conds, pcre, hits = g.chain, g.db, g.conds, g.pcre, g.hits
-    for _, cname in ipairs(g.colls) do
-      local c = st.vars:coll(cname)
-      local only = g.only[cname]
-      for i = 1, c.n do
-        if not only or only[lower(c.names[i])] then
-          local v = value(st, cname, c, i, ch)
-          if db then
-            local n, ids, base, more = scan(db, v, hits)
-            if more then
-              -- More hits than the buffer holds (cannot happen with one report per
-              -- pattern): check every condition of the group on this value.
-              for _, cond in ipairs(conds) do confirm(st, cond, cname, c, i, v) end
-            elseif n and n > 0 then
-              if n == 1 then
-                confirm(st, conds[ids[base]], cname, c, i, v)
-              else
-                -- Copy first: the ids buffer is the group's, and confirming must not
-                -- depend on it staying unchanged.
-                local list = {}
-                for k = 1, n do list[k] = ids[base + k - 1] end
-                for k = 1, n do confirm(st, conds[list[k]], cname, c, i, v) end
-              end
-            end
+    local ch, conds, pcre = g.chain, g.conds, g.waiting or g.pcre
+    if g.db and not g.waiting then
+      -- The group's values scanned once (group_hits, as for SecLang rules); each condition
+      -- then confirms only the values Hyperscan named for it.
+      local h = group_hits(st, g)
+      for gid = 1, #conds do
+        local lst = h[gid]
+        if lst then
+          local cond = conds[gid]
+          for k = 1, #lst, 2 do
+            local cname, i = lst[k], lst[k + 1]
+            local c = st.vars:coll(cname)
+            confirm(st, cond, cname, c, i, value(st, cname, c, i, ch))
           end
-          for _, cond in ipairs(pcre) do confirm(st, cond, cname, c, i, v) end
+        end
+      end
+    end
+    if #pcre > 0 then
+      for _, cname in ipairs(g.colls) do
+        local c = st.vars:coll(cname)
+        local only = g.only[cname]
+        for i = 1, c.n do
+          if not only or only[lower(c.names[i])] then
+            local v = value(st, cname, c, i, ch)
+            for _, cond in ipairs(pcre) do confirm(st, cond, cname, c, i, v) end
+          end
         end
       end
     end
@@ -761,6 +941,7 @@ end
 -- PCRE2 (capture, exact offsets, prefilter-mode patterns) or the phrase list.
 
 local SQ = nil -- luaproxy.waf.detect, loaded on first use
+local took_group -- below
 local function detect() SQ = SQ or require "luaproxy.waf.detect"; return SQ end
 
 -- Collections whose values change while the rules run: never cached, never prefiltered.
@@ -1061,56 +1242,32 @@ local function may_match(st, cond, cname, i, v)
   return set and set[cond.gid] == true or false
 end
 
--- The prefilter of a whole group at once: every value of every collection some condition
--- of the group reads (only the named items where all of them name theirs), through the
--- group's chain, scanned once; returns gid -> { cname, i, cname, i, ... } of the values each
--- condition may match. Conditions then test only those values (usually none). (Scanning a
--- collection's values joined in one text was tried: fewer scans, but a pattern matching
--- anywhere in it sends every value to PCRE2, slower on ordinary traffic.)
-local function group_hits(st, g)
-  local h = st.gh[g]
-  if h then return h end
-  h = {}
-  st.gh[g] = h
-  local db, hits, ch = g.db, g.hits, g.chain
-  for _, cname in ipairs(g.colls) do
-    local c = st.vars:coll(cname)
-    local only = g.only[cname]
-    for i = 1, c.n do
-      if not only or only[lower(c.names[i])] then
-        local v = value(st, cname, c, i, ch)
-        local n, ids, base, more = scan(db, v, hits)
-        if not n or more then
-          for gid = 1, #g.conds do
-            local l = h[gid] or {}
-            h[gid] = l
-            l[#l + 1], l[#l + 2] = cname, i
-          end
-        elseif n > 0 then
-          local reads = g.reads
-          for k = 0, n - 1 do
-            local gid = ids[base + k]
-            -- only for conditions that read this collection: a pattern of a rule on
-            -- REQUEST_FILENAME matching a header is no work for that rule
-            if reads[gid][cname] then
-              local l = h[gid]
-              if not l then
-                l = {}
-                h[gid] = l
-              end
-              l[#l + 1], l[#l + 2] = cname, i
-            end
-          end
-        end
-      end
-    end
-  end
-  return h
-end
-
 local function varname_of(e, name)
   if name == nil or name == "" then return e.var end
   return e.var .. ":" .. name
+end
+
+-- A match of a rule with a confirmer (luaproxy.waf.confirm, the plugin's crs_confirm)
+-- counts only when the confirmer reads the value as what the rule is about; raw is the
+-- value before the rule's transformations. Matches it takes away are counted in
+-- st.unconfirmed (rule id -> n) for the decision log.
+local function confirmed(st, cond, raw, v)
+  local f = cond.confirm
+  if not f then return true end
+  local ok = f(raw or v, v, function(x)
+    local from = sec_test(st, cond, x)
+    return from ~= nil and from ~= "error"
+  end)
+  if not ok then
+    local u = st.unconfirmed
+    if not u then
+      u = {}
+      st.unconfirmed = u
+    end
+    local id = st.rule and st.rule.id or 0
+    u[id] = (u[id] or 0) + 1
+  end
+  return ok
 end
 
 -- Evaluates one condition: the list of matches { name, value, from, to }, or nil.
@@ -1136,7 +1293,7 @@ local function sec_cond(st, r, cond)
               out = out or {}
               out[#out + 1] = { name = varname_of(e, name), value = v, err = to }
             end
-          elseif from ~= nil then
+          elseif from ~= nil and confirmed(st, cond, c.values[i], v) then
             out = out or {}
             out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
           end
@@ -1196,8 +1353,10 @@ local function sec_cond(st, r, cond)
               end
               break
             elseif (from ~= nil) ~= cond.negate then
-              out = out or {}
-              out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+              if cond.negate or dyn or confirmed(st, cond, c.values[i], v) then
+                out = out or {}
+                out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+              end
               break
             end
           end
@@ -1399,7 +1558,9 @@ function M.compile_seclang(set, opts)
         cs.counts.compiled = cs.counts.compiled + 1
         cs.by_id[r.id] = r
         r.msg_text = type(r.msg) == "string" and r.msg or nil
-        for _, cond in ipairs(r.conds) do
+        for k, cond in ipairs(r.conds) do
+          -- the confirm step (crs_confirm): on a rule's own operator, not a chained link's
+          if k == 1 and not cond.negate then cond.confirm = CONFIRM.for_rule(r.id, opts.crs_confirm) end
           cond.chain, cond.path = chain_of(cond.transforms)
           sec_targets(cond)
           for _, e in ipairs(cond.tgt) do
@@ -1495,55 +1656,80 @@ function M.compile_seclang(set, opts)
   return cs
 end
 
+-- A group's database is there (dropped: its conditions left to PCRE2 alone).
+took_group = function(cs, g, dropped)
+  for ci, why in pairs(dropped) do
+    local cond = g.conds[ci]
+    cond.pcre_only, cond.fast = true, false
+    cs.pcre_only[#cs.pcre_only + 1] = format("%s (%s)", cond.place or "?", why)
+  end
+  cs.hs_patterns = cs.hs_patterns + #g.pats
+  if g.db then
+    cs.hs_dbs = (cs.hs_dbs or 0) + 1
+    if g.compiled_here then cs.hs_compiled = (cs.hs_compiled or 0) + 1 end
+  end
+end
+
+-- Takes the databases the compile thread finished (finish_seclang queued them). Returns
+-- true when none is pending any more. Cheap: one registry look-up per pending group.
+function M.poll_seclang(cs)
+  local pending = cs.pending
+  if not pending then return true end
+  local left = {}
+  for _, g in ipairs(pending) do
+    local st, db, notes = hs.get(g.key)
+    if st == "ready" then
+      took_group(cs, g, apply_notes(g, db, notes))
+    elseif st == "failed" then
+      -- Hyperscan refused the group (or left every pattern out): PCRE2 runs it all
+      local dropped = {}
+      for kind, a, b in db:gmatch("(%u) (%d+) ([^\n]*)\n") do
+        if kind == "D" then dropped[tonumber(a)] = b end
+      end
+      g.pats, g.flags, g.ids = {}, {}, {}
+      for ci, cond in ipairs(g.conds) do
+        cond.pcre_only, cond.fast = true, false
+        cs.pcre_only[#cs.pcre_only + 1] = format("%s (%s)", cond.place or "?",
+          dropped[ci] or ("hyperscan: " .. db:match("^[^\n]*")))
+      end
+    elseif st == "pending" then
+      left[#left + 1] = g
+    else
+      -- unknown to the registry (cannot happen: queued entries live until exit)
+      local dropped, err = compile_group(g)
+      if not dropped then error(err, 0) end
+      took_group(cs, g, dropped)
+    end
+  end
+  cs.pending = #left > 0 and left or nil
+  return cs.pending == nil
+end
+
 -- Hyperscan databases of a seclang set (as M.finish for the Lua rules).
 local function finish_seclang(cs, pause)
   if cs.ready then return true end
   for _, g in ipairs(cs.groups) do
-    local gdb = cs.use_hs and #g.pats > 0 and hs.compile(g.pats, g.flags, g.ids)
-    if gdb then
-      -- The whole group at once: the common case.
-      g.db, g.hits = gdb, hs.hits(#g.pats)
-      cs.hs_patterns = cs.hs_patterns + #g.pats
-    elseif cs.use_hs then
-      -- Refused: each pattern alone (exact, as a prefilter, or PCRE2 only), then the group
-      -- once. (Retrying the group on each refusal compiles it again per refused pattern.)
-      local pats, flags, ids, drop = {}, {}, {}, {}
-      for k = 1, #g.pats do
-        local ci = g.ids[k]
-        if not drop[ci] then
-          local f = g.flags[k]
-          local ok, err = hs.check(g.pats[k], f)
-          if not ok and hs.check(g.pats[k], f + hs.PREFILTER) then
-            ok, f = true, f + hs.PREFILTER
-          end
-          -- A long pattern takes Hyperscan a while: yield after each.
-          if pause and #g.pats[k] > 256 then pause() end
-          if ok then
-            pats[#pats + 1], flags[#flags + 1], ids[#ids + 1] = g.pats[k], f, ci
-          else
-            drop[ci] = true
-            local cond = g.conds[ci]
-            cond.pcre_only, cond.fast = true, false
-            cs.pcre_only[#cs.pcre_only + 1] = format("%s (%s)", cond.place or "?", tostring(err))
-          end
-        end
-        if pause and k % 64 == 0 then pause() end
+    if cs.use_hs and #g.pats > 0 then
+      local queued
+      if hs.async and not cs.sync then
+        g.key = group_key(g)
+        queued = hs.queue(g.key, g.pats, g.flags, g.ids)
       end
-      -- Patterns of a condition dropped after some of its phrases went in: take them out.
-      local p2, f2, i2 = {}, {}, {}
-      for k = 1, #pats do
-        if not drop[ids[k]] then p2[#p2 + 1], f2[#f2 + 1], i2[#i2 + 1] = pats[k], flags[k], ids[k] end
+      if queued ~= nil then
+        -- Compiled off this thread (true: queued by this VM; false: by another): the
+        -- group runs through PCRE2 until poll_seclang finds its database.
+        g.compiled_here = queued
+        cs.pending = cs.pending or {}
+        cs.pending[#cs.pending + 1] = g
+      else
+        local dropped, err = compile_group(g, pause)
+        if not dropped then return nil, err end
+        took_group(cs, g, dropped)
       end
-      g.pats, g.flags, g.ids = p2, f2, i2
-      if #p2 > 0 then
-        local db, err = hs.compile(p2, f2, i2)
-        if not db then return nil, "hyperscan: " .. tostring(err) end
-        g.db, g.hits = db, hs.hits(#p2)
-      end
-      cs.hs_patterns = cs.hs_patterns + #p2
     end
     if pause then pause() end
   end
+  M.poll_seclang(cs)
   -- PCRE2 compiles (and JIT-compiles) each pattern on its first use: done here, so that
   -- the first requests do not pay for it (and stay within time_budget).
   local n = 0

@@ -7,8 +7,11 @@
 -- are Hyperscan's own functions, so they are declared here and not in luaproxy/ffi.lua
 -- (whose twin is engine/lua_api.h).
 --
--- Per VM (one per worker thread and config generation; nothing here crosses threads): one
--- scratch space grown for every database compiled in this VM.
+-- Per VM (one per worker thread and config generation): one scratch space grown for every
+-- database this VM scans with. The databases themselves cross threads: M.shared puts them
+-- in the engine's process-wide registry (engine/waf_db.c), so the workers of a generation,
+-- and the next generation while this one holds them, compile each only once; Hyperscan
+-- allows scanning one database from many threads, each with its own scratch.
 -- Matches come back through a callback. In the engine it is C (lp_ffi_waf_hs_collect,
 -- engine/waf_hs.c), recording ids into a per-database buffer, so the Lua around the scan
 -- stays JIT-compiled. Elsewhere (busted, a plain luajit) it is one Lua callback made at
@@ -112,9 +115,9 @@ function M.check(pattern, flags)
   return true
 end
 
--- Compiles patterns[i] with flags[i] and id ids[i] into one block-mode database.
--- Returns a database handle (freed by the GC), or nil, message, index of the bad pattern.
-function M.compile(patterns, flags, ids)
+-- Compiles patterns[i] with flags[i] and id ids[i] into one block-mode database: the raw
+-- pointer (the caller frees it or hands it on), or nil, message, index of the bad pattern.
+local function compile_raw(patterns, flags, ids)
   if not H then return nil, M.error end
   local n = #patterns
   local exprs = ffi.new("const char *[?]", n)
@@ -130,10 +133,121 @@ function M.compile(patterns, flags, ids)
     local msg, idx = take_error()
     return nil, msg, idx + 1
   end
-  local db = ffi.gc(dbp[0], H.hs_free_database)
-  rc = H.hs_alloc_scratch(db, scratch)
+  return dbp[0]
+end
+M.compile_raw = compile_raw
+
+-- This VM's scratch space grown for db (hs_alloc_scratch keeps it when it fits already).
+local function fit_scratch(db)
+  local rc = H.hs_alloc_scratch(db, scratch)
   if rc ~= SUCCESS then return nil, "hs_alloc_scratch failed (" .. rc .. ")" end
   return db
+end
+
+-- As compile_raw; the database is this VM's alone, freed by the GC.
+function M.compile(patterns, flags, ids)
+  local raw, err, idx = compile_raw(patterns, flags, ids)
+  if not raw then return nil, err, idx end
+  return fit_scratch(ffi.gc(raw, H.hs_free_database))
+end
+
+-- The process-wide registry of compiled databases (engine/waf_db.c), when this runs in the
+-- engine; busted and a plain luajit compile per VM.
+local REG
+do
+  local ok = pcall(require, "luaproxy.ffi")
+  if ok then
+    ok = pcall(function() return ffi.C.lp_ffi_waf_db_acquire end)
+    if ok then REG = ffi.C end
+  end
+end
+M.shared_registry = REG ~= nil
+local metap = ffi.new("const char *[1]")
+local metalen = ffi.new("size_t[1]")
+local free_fn = H and ffi.cast("int (*)(void *)", H.hs_free_database)
+
+-- The database named by key (a text that says everything it is compiled from), shared by
+-- every VM of the process: compiled by the first VM that asks (build() returns the raw
+-- database from compile_raw and a text of notes on the compile, or nil, message), then
+-- taken by reference. Returns db (its reference given back when the GC collects it, at the
+-- latest when this VM closes), the notes and whether this VM compiled it; or nil, message.
+function M.shared(key, build)
+  if not H then return nil, M.error end
+  if not REG then
+    local raw, notes = build()
+    if not raw then return nil, notes end
+    local db, err = fit_scratch(ffi.gc(raw, H.hs_free_database))
+    if not db then return nil, err end
+    return db, notes, true
+  end
+  local compiled = false
+  local got = REG.lp_ffi_waf_db_acquire(key, #key, metap, metalen)
+  if got == nil then
+    local raw, notes = build()
+    if not raw then return nil, notes end
+    compiled = true
+    got = REG.lp_ffi_waf_db_publish(key, #key, raw, free_fn, notes, #notes, metap, metalen)
+    if got == nil then
+      -- out of memory in the registry: this VM keeps its own
+      local db, err = fit_scratch(ffi.gc(raw, H.hs_free_database))
+      if not db then return nil, err end
+      return db, notes, true
+    end
+  end
+  local notes = ffi.string(metap[0], metalen[0])
+  local db = ffi.gc(ffi.cast("hs_database_t *", got), REG.lp_ffi_waf_db_release)
+  local ok, err = fit_scratch(db)
+  if not ok then return nil, err end
+  return db, notes, compiled
+end
+
+-- Compiling off the Lua thread (engine/waf_db.c's compile thread): M.queue(key, patterns,
+-- flags, ids) asks for the database named key (once per process; the first asker queues
+-- it) and returns whether this call queued it, or nil when the thread cannot take it (the
+-- caller then compiles with M.shared); M.get(key) returns "ready", db, notes (a reference
+-- taken, as M.shared), "pending", or "failed", why.
+M.NONE, M.PENDING, M.READY, M.FAILED = 0, 1, 2, 3
+M.async = REG ~= nil and H ~= nil
+local dbout = ffi.new("void *[1]")
+
+function M.get(key)
+  local st = REG.lp_ffi_waf_db_get(key, #key, dbout, metap, metalen)
+  if st == M.READY then
+    local notes = ffi.string(metap[0], metalen[0])
+    local db = ffi.gc(ffi.cast("hs_database_t *", dbout[0]), REG.lp_ffi_waf_db_release)
+    local ok, err = fit_scratch(db)
+    if not ok then return "failed", err end
+    return "ready", db, notes
+  elseif st == M.FAILED then
+    return "failed", ffi.string(metap[0], metalen[0])
+  elseif st == M.PENDING then
+    return "pending"
+  end
+  return "none"
+end
+
+function M.queue(key, patterns, flags, ids)
+  -- the state only (db NULL): a reference taken and given back here would free a
+  -- database no VM holds yet
+  local st = REG.lp_ffi_waf_db_get(key, #key, nil, metap, metalen)
+  if st ~= M.NONE then return false end
+  local n = #patterns
+  local exprs = ffi.new("const char *[?]", n)
+  local fl = ffi.new("unsigned int[?]", n)
+  local idv = ffi.new("unsigned int[?]", n)
+  for i = 1, n do
+    exprs[i - 1] = patterns[i]
+    fl[i - 1] = flags[i]
+    idv[i - 1] = ids[i]
+  end
+  st = REG.lp_ffi_waf_db_compile(key, #key, n, exprs, fl, idv)
+  if st == M.NONE then return nil end
+  return st == M.PENDING
+end
+
+-- Databases in the process-wide registry (nil outside the engine).
+function M.shared_count()
+  return REG and REG.lp_ffi_waf_db_count() or nil
 end
 
 -- The engine's C collector, when this runs in the engine.

@@ -100,7 +100,7 @@ def check_config(text_or_path, files=None, workdir=None):
     copy_files(os.path.dirname(path), files)
     try:
         p = subprocess.run([H.LUAPROXY, "-t", "-c", path], stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=H.T(20), preexec_fn=H._preexec)
+                           capture_output=True, timeout=H.T(60), preexec_fn=H._preexec)
     except subprocess.TimeoutExpired:
         raise AssertionError("luaproxy -t -c %s did not exit" % path)
     return (p.returncode, p.stdout.decode("utf-8", "replace"),

@@ -35,20 +35,37 @@ def route(prefix, **kw):
     return r
 
 
+def _read_proc_net_tcp():
+    rows = {}
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            # one row per socket: a read racing with changes may show one twice
+            rows[(parts[1], parts[2], parts[9])] = (int(parts[1].split(":")[1], 16),
+                                          int(parts[2].split(":")[1], 16), parts[3],
+                                          int(parts[4].split(":")[1], 16))
+    return sorted(rows.values())
+
+
+def proc_net_tcp():
+    """[(local_port, remote_port, state hex, rx_queue)] of every IPv4 TCP socket. The kernel
+    fills /proc/net/tcp in pieces while connections come and go, so a single read may
+    repeat or miss a row: read until two reads agree."""
+    last = None
+    for _ in range(20):
+        try:
+            rows = _read_proc_net_tcp()
+        except OSError:
+            return []
+        if rows == last:
+            return rows
+        last = rows
+    return last
+
+
 def tcp_states(port):
     """[(local_port, remote_port, state hex)] of IPv4 TCP sockets touching `port`."""
-    out = []
-    try:
-        with open("/proc/net/tcp") as f:
-            for line in f.readlines()[1:]:
-                parts = line.split()
-                lp = int(parts[1].split(":")[1], 16)
-                rp = int(parts[2].split(":")[1], 16)
-                if lp == port or rp == port:
-                    out.append((lp, rp, parts[3]))
-    except OSError:
-        pass
-    return out
+    return [(lp, rp, st) for lp, rp, st, _ in proc_net_tcp() if port in (lp, rp)]
 
 
 def established_to(port):

@@ -1,0 +1,137 @@
+/* The response cache's store internals, shared by the memory store (cache_store.c) and its
+ * disk tier (cache_disk.c, cache_disk_hit.c). Nothing else includes this. */
+#ifndef LP_CACHE_STORE_INT_H
+#define LP_CACHE_STORE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "cache_store.h"
+#include "common.h"
+
+#define LOCK_BUCKETS 256
+
+struct lp_cdisk_s;
+
+struct lp_cache_entry_s {
+    atomic_uint refs;        /* the zone's while linked + each reader's */
+    lp_cache_entry_t *hnext; /* borrowed: next in its bucket (zone lock); once unlinked,
+                                the unlinker's to-free list */
+    lp_list_t lru;           /* in zone->lru while linked (zone lock) */
+    uint64_t hash;           /* of the primary key */
+    char *key;               /* owned: key bytes then sec bytes, one allocation */
+    size_t klen;
+    const char *sec; /* borrowed: inside `key`'s allocation */
+    size_t slen;
+    char *head; /* owned: the policy's head; replaced under the zone lock */
+    size_t hlen;
+    lp_cache_chunk_t *chunks; /* owned: the body, immutable once linked */
+    uint64_t body_len;
+    size_t cost;       /* bytes charged to the zone */
+    double keep_until; /* seconds (realtime): dropped by a lookup after this */
+    uint64_t seq;      /* commit order (zone->seq): the oldest variant goes first */
+    uint8_t linked;    /* in the zone's table (zone lock) */
+    /* The disk tier (cache_disk.c). An entry is resident (its body in `chunks`), on disk (a
+     * file holds it), or both. A disk-only entry (a "stub": chunks NULL, resident 0) is the
+     * index's record of a file: key, head and lengths in memory, the body in the file; a hit
+     * on it loads the file first (cache_disk_hit.c). */
+    uint8_t resident; /* chunks hold the body; 0 for a stub (fixed at creation) */
+    uint8_t on_disk;  /* its file is written and charged to the disk budget (zone lock) */
+    uint64_t fid;     /* the file's name: hash of key and sec (cache_disk.h) */
+    uint64_t stamp;   /* which write of that file holds this content (zone lock): a file
+                         read back must carry it, or it was replaced meanwhile */
+    uint64_t dsize;   /* file bytes charged to the disk budget while on_disk */
+    uint32_t writing; /* writes of it queued and not done (zone lock): an entry pushed out of
+                         memory meanwhile stays indexed (demoted), its file on the way */
+    lp_list_t dlru;   /* in zone->dlru while on_disk (zone lock) */
+};
+
+struct lp_cache_fill_s {
+    lp_cache_zone_t *zone; /* registry reference */
+    char *lkey;            /* owned: the locked primary key; NULL: no lock taken */
+    size_t lklen;
+    uint64_t lhash;
+    uint8_t locked;                /* holds lkey's lock in zone->locks (zone lock: a newer
+                                      fill may take an old lock over) */
+    struct lp_cache_fill_s *lnext; /* borrowed: next in its lock bucket (zone lock) */
+    double locked_at;
+    lp_cache_entry_t *e;        /* owned: the entry being gathered (never linked before
+                                   commit); NULL before start or once dead */
+    lp_cache_chunk_t *tail;     /* borrowed: e's last chunk */
+    uint64_t hint;              /* expected body length (0: unknown) */
+    lp_cache_waiter_t *waiters; /* borrowed: requests waiting on its lock (zone lock) */
+    uint8_t dead;               /* went over a limit: appends are ignored, commit fails */
+    uint8_t started;            /* lp_cache_fill_start ran */
+    size_t charged;             /* its chunks' bytes counted in zone->filling (zone lock) */
+};
+
+/* Concurrency: one mutex per zone, taken by every worker's lookups, commits and purges and by
+ * the admin thread's purges and stats. It guards the table (buckets, hnext), the LRU list,
+ * the lock table, `used`, `nentries`, the limits and every linked entry's `linked`, `lru` and
+ * head. Critical sections do pointer work, memcmp and head copies only: bodies are gathered
+ * outside it (a fill's entry is private until commit) and freed outside it (unlinked entries
+ * are collected and dropped after the unlock). No Lua is ever touched under it. */
+struct lp_cache_zone_s {
+    pthread_mutex_t lock;
+    char *name;                 /* owned */
+    size_t capacity;            /* byte budget (lock) */
+    size_t max_object;          /* largest body stored: written under the lock, read by fills
+                                   without it (relaxed atomics: a fill may go by the old bound
+                                   for a moment after a reload) */
+    size_t used;                /* bytes charged (lock) */
+    size_t filling;             /* chunk bytes of fills not committed yet (lock): they count
+                                   against the budget too, or concurrent fills of large
+                                   objects would hold far more than `capacity` */
+    size_t nentries;            /* linked entries (lock) */
+    uint64_t seq;               /* commits so far (lock) */
+    lp_cache_entry_t **buckets; /* owned array of nbuckets chains */
+    size_t nbuckets;            /* a power of two */
+    lp_list_t lru;              /* most recently used first */
+    lp_cache_fill_t *locks[LOCK_BUCKETS]; /* borrowed: fills holding a key's lock */
+    atomic_uint_fast64_t counts[LP_CACHE_C_N];
+    int refs;                  /* registry references (reg_lock) */
+    lp_cache_zone_t *reg_next; /* borrowed: next in the registry (reg_lock) */
+    /* The disk tier: NULL when the zone has none. The fields below are under the lock. */
+    struct lp_cdisk_s *disk; /* owned: the zone's disk thread and directory (cache_disk.c);
+                                set once, before the zone is shared, freed with it */
+    size_t dcapacity;        /* disk byte budget */
+    size_t dused;            /* file bytes of entries on disk */
+    size_t dentries;         /* entries on disk (resident or not) */
+    size_t nstubs;           /* linked disk-only entries */
+    lp_list_t dlru;          /* entries on disk, most recently used first */
+    uint64_t stamps;         /* stamps handed out (entry.stamp): begins past the last
+                                process's, and past every file the scan finds */
+};
+
+/* Under the zone lock (cache_store.c): takes e out of the table and both LRUs and puts it on
+ * *dead; a file it had is queued for deletion. */
+void lp__cache_unlink(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry_t **dead);
+/* Drops the references of entries unlink collected (after the unlock). */
+void lp__cache_drop_dead(lp_cache_entry_t *dead);
+/* Under the zone lock: evicts from both tiers down to their budgets. */
+void lp__cache_evict(lp_cache_zone_t *z, lp_cache_entry_t **dead);
+/* Under the zone lock: the linked entry of exactly (key, sec), or NULL. */
+lp_cache_entry_t *lp__cache_find(lp_cache_zone_t *z, uint64_t h, const char *key, size_t klen,
+                                 const char *sec, size_t slen);
+/* Under the zone lock: links e (not linked, refs 1 = the zone's) into the table; resident
+ * entries are charged to memory and put on the LRU. */
+void lp__cache_link(lp_cache_zone_t *z, lp_cache_entry_t *e);
+/* Under the zone lock: replaces linked `old` by `e` (not linked) in the table, e taking over
+ * old's disk state; old goes on *dead. */
+void lp__cache_replace(lp_cache_zone_t *z, lp_cache_entry_t *old, lp_cache_entry_t *e,
+                       lp_cache_entry_t **dead);
+/* Under the zone lock: e's file is written (size bytes): on the disk LRU, charged. */
+void lp__cache_on_disk(lp_cache_zone_t *z, lp_cache_entry_t *e, uint64_t size);
+void lp__cache_entry_free(lp_cache_entry_t *e);
+/* A new entry, not linked, refs 1: a disk-only one (chunks NULL), one whose body was read
+ * back from its file (chunks, owned from now on), or a fill's (cache_store.c resets what
+ * its commit sets). NULL when out of memory (chunks freed). */
+lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *sec, size_t slen,
+                                      const char *head, size_t hlen, uint64_t body_len,
+                                      double keep_until, lp_cache_chunk_t *chunks);
+#define lp__cache_stub_new(k, kl, s, sl, h, hl, bl, ku)                                            \
+    lp__cache_entry_new((k), (kl), (s), (sl), (h), (hl), (bl), (ku), NULL)
+/* The file id of (key, sec). */
+uint64_t lp__cache_fid(const char *key, size_t klen, const char *sec, size_t slen);
+
+#endif

@@ -1,0 +1,636 @@
+/* Config from etcd (docs/fleet.md). A thread of its own reads and watches the prefix through
+ * etcd's v3 JSON gateway (blocking sockets, etcd_http.c) and hands each new document to the
+ * main loop; the main loop writes it to a candidate file and reloads through main.c's one
+ * reload path (the bootstrap merges the candidate: lua/luaproxy/config_source.lua). A reload
+ * that succeeds makes the candidate the last good copy (a rename: atomic); one that fails
+ * leaves the running generation and the last good copy alone. Either way the outcome goes
+ * back to the thread, which writes it under PREFIX status/INSTANCE.
+ *
+ * The watch is a change notice only: any event under the prefix (but status/) ends it, and
+ * the thread reads the prefix again (a range) and watches from that read's revision + 1.
+ * After an outage or a compaction the same happens, so no change is missed, and a document
+ * whose mod_revision is the one already delivered is not delivered again. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include "etcd.h"
+#include "log.h"
+#include "worker.h"
+
+#define ETCD_MAX_EPS 8
+
+struct lp_etcd_s {
+    lp_server_t *server; /* borrowed: the process's */
+    /* Settings: written before the thread starts, read-only after (both threads read). */
+    lp_etcd_ep_t eps[ETCD_MAX_EPS];
+    int neps;
+    char prefix[256];
+    char instance[256];
+    char user[256], password[256];
+    int has_auth; /* user and password set */
+    int timeout_ms;
+    char state_path[4096]; /* the last good document */
+    char next_path[4200];  /* the candidate a reload is applying */
+    char tmp_path[4300];   /* written, then renamed to next_path */
+    uv_thread_t thread;
+    uv_async_t async; /* thread -> main: a document, or the connection state changed */
+    int wake[2];      /* pipe main -> thread: a byte when there is a status to write or a stop */
+    uv_mutex_t lock;
+    /* Guarded by lock. */
+    char *doc;             /* owned: the newest document the main loop has not taken */
+    int64_t doc_rev;       /* its mod_revision */
+    char *status;          /* owned: a status document the thread has not written yet */
+    int stop;              /* lp_etcd_stop: the thread returns */
+    int connected;         /* the last request to etcd succeeded */
+    int64_t seen_rev;      /* etcd's revision at the last read */
+    char last_error[256];  /* the last failure talking to etcd ("" when none) */
+    int64_t delivered_rev; /* mod_revision of the last document handed over (thread) */
+    /* Main thread only. */
+    int64_t running_rev;    /* revision of the document serving (0: none from etcd) */
+    int64_t applying_rev;   /* the candidate a reload is applying (0: none) */
+    int64_t failed_rev;     /* the last candidate refused (0: none) */
+    char failed_error[512]; /* its error */
+    int has_config;         /* a document serves (etcd's or the last good copy) */
+    int stopped;            /* lp_etcd_stop ran: the thread and the pipe are gone */
+    int closed;             /* lp_etcd_stop closed async: the struct goes with the last of it and an
+                               etcd reload still running (on_applied frees it then) */
+};
+
+/* ---- the thread ---- */
+
+static int is_stopping(lp_etcd_t *e)
+{
+    uv_mutex_lock(&e->lock);
+    int s = e->stop;
+    uv_mutex_unlock(&e->lock);
+    return s;
+}
+
+static void set_state(lp_etcd_t *e, int connected, const char *err)
+{
+    uv_mutex_lock(&e->lock);
+    int changed = e->connected != connected;
+    e->connected = connected;
+    if (err)
+        snprintf(e->last_error, sizeof(e->last_error), "%s", err);
+    uv_mutex_unlock(&e->lock);
+    if (changed) {
+        if (connected)
+            lp_log_notice("etcd: connected");
+        else
+            lp_log_warn("etcd: unreachable, serving the current config: %s", err ? err : "");
+    }
+}
+
+static void drain_wake(lp_etcd_t *e)
+{
+    char b[64];
+    while (read(e->wake[0], b, sizeof(b)) > 0) {
+    }
+}
+
+/* s base64-encoded as a JSON string (NULL when out of memory). */
+static json_t *b64_json(const char *s, size_t n)
+{
+    char *b = lp_etcd_b64(s, n);
+    json_t *j = b ? json_string(b) : NULL;
+    free(b);
+    return j;
+}
+
+/* The key range [prefix, prefix with its last byte + 1). */
+static void add_range(lp_etcd_t *e, json_t *req)
+{
+    size_t n = strlen(e->prefix);
+    char end[256];
+    memcpy(end, e->prefix, n + 1);
+    end[n - 1]++;
+    json_object_set_new(req, "key", b64_json(e->prefix, n));
+    json_object_set_new(req, "range_end", b64_json(end, n));
+}
+
+static int64_t jint(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    if (json_is_string(v))
+        return strtoll(json_string_value(v), NULL, 10);
+    return json_is_integer(v) ? (int64_t)json_integer_value(v) : 0;
+}
+
+static int authenticate(lp_etcd_t *e, const lp_etcd_ep_t *ep, char **token, char *err,
+                        size_t errlen)
+{
+    *token = NULL;
+    if (!e->has_auth)
+        return 0;
+    json_t *req = json_pack("{ssss}", "name", e->user, "password", e->password), *res;
+    int rc = lp_etcd_call(ep, "/v3/auth/authenticate", NULL, req, e->timeout_ms, &res, err, errlen);
+    json_decref(req);
+    if (rc)
+        return rc;
+    json_t *t = json_object_get(res, "token");
+    if (json_is_string(t))
+        *token = strdup(json_string_value(t));
+    json_decref(res);
+    if (!*token) {
+        snprintf(err, errlen, "etcd authentication: no token");
+        return LP_EIO;
+    }
+    return 0;
+}
+
+/* Reads the prefix; hands the config document over when its mod_revision is new. *rev:
+ * etcd's revision at the read. */
+static int read_prefix(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, int64_t *rev,
+                       char *err, size_t errlen)
+{
+    json_t *req = json_object(), *res;
+    add_range(e, req);
+    int rc = lp_etcd_call(ep, "/v3/kv/range", token, req, e->timeout_ms, &res, err, errlen);
+    json_decref(req);
+    if (rc)
+        return rc;
+    *rev = jint(json_object_get(res, "header"), "revision");
+    uv_mutex_lock(&e->lock);
+    e->seen_rev = *rev;
+    uv_mutex_unlock(&e->lock);
+    char want[300];
+    snprintf(want, sizeof(want), "%sconfig", e->prefix);
+    json_t *kvs = json_object_get(res, "kvs"), *kv;
+    size_t i;
+    json_array_foreach(kvs, i, kv)
+    {
+        size_t kn = 0, vn = 0;
+        json_t *jk = json_object_get(kv, "key"), *jv = json_object_get(kv, "value");
+        char *key = json_is_string(jk) ? lp_etcd_unb64(json_string_value(jk), &kn) : NULL;
+        if (key && !strcmp(key, want)) {
+            int64_t mod = jint(kv, "mod_revision");
+            char *val = lp_etcd_unb64(json_is_string(jv) ? json_string_value(jv) : "", &vn);
+            uv_mutex_lock(&e->lock);
+            int fresh = val && mod != e->delivered_rev;
+            if (fresh) {
+                free(e->doc);
+                e->doc = val;
+                e->doc_rev = e->delivered_rev = mod;
+                val = NULL;
+            }
+            uv_mutex_unlock(&e->lock);
+            free(val);
+            if (fresh) {
+                lp_log_notice("etcd: config at revision %" PRId64, mod);
+                uv_async_send(&e->async);
+            }
+        }
+        free(key);
+    }
+    json_decref(res);
+    return 0;
+}
+
+static int write_status(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, char *err,
+                        size_t errlen)
+{
+    uv_mutex_lock(&e->lock);
+    char *st = e->status;
+    e->status = NULL;
+    uv_mutex_unlock(&e->lock);
+    if (!st)
+        return 0;
+    char key[600];
+    int kn = snprintf(key, sizeof(key), "%sstatus/%s", e->prefix, e->instance);
+    json_t *req = json_object(), *res = NULL;
+    json_object_set_new(req, "key", b64_json(key, (size_t)kn));
+    json_object_set_new(req, "value", b64_json(st, strlen(st)));
+    int rc = lp_etcd_call(ep, "/v3/kv/put", token, req, e->timeout_ms, &res, err, errlen);
+    json_decref(req);
+    json_decref(res);
+    uv_mutex_lock(&e->lock);
+    if (rc && !e->status) /* not written: try again after the reconnection */
+        e->status = st;
+    else
+        free(st);
+    uv_mutex_unlock(&e->lock);
+    return rc;
+}
+
+typedef struct {
+    lp_etcd_t *e;
+    char line[65536]; /* one watch response (a JSON object per line) */
+    size_t n;
+    int relevant; /* an event under the prefix but status/: read again */
+    int restart;  /* canceled or compacted: read again */
+} watch_t;
+
+static void watch_line(watch_t *w)
+{
+    json_t *j = json_loadb(w->line, w->n, 0, NULL);
+    json_t *r = j ? json_object_get(j, "result") : NULL;
+    if (!r) {
+        w->restart = 1; /* an error object: the gateway ended the watch */
+        json_decref(j);
+        return;
+    }
+    if (jint(r, "compact_revision") > 0 || json_is_true(json_object_get(r, "canceled")))
+        w->restart = 1;
+    char status[300];
+    int sn = snprintf(status, sizeof(status), "%sstatus/", w->e->prefix);
+    json_t *ev;
+    size_t i;
+    json_array_foreach(json_object_get(r, "events"), i, ev)
+    {
+        json_t *jk = json_object_get(json_object_get(ev, "kv"), "key");
+        size_t kn = 0;
+        char *key = json_is_string(jk) ? lp_etcd_unb64(json_string_value(jk), &kn) : NULL;
+        if (!key || strncmp(key, status, (size_t)sn))
+            w->relevant = 1;
+        free(key);
+    }
+    json_decref(j);
+}
+
+static int on_watch_body(void *data, const char *p, size_t n)
+{
+    watch_t *w = data;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] != '\n') {
+            if (w->n < sizeof(w->line))
+                w->line[w->n++] = p[i];
+            else
+                w->restart = 1; /* too long for a notice: read the prefix instead */
+            continue;
+        }
+        watch_line(w);
+        w->n = 0;
+    }
+    return w->relevant || w->restart;
+}
+
+/* Sleeps ms unless woken (then 1). */
+static int nap(lp_etcd_t *e, int ms)
+{
+    struct pollfd p = {.fd = e->wake[0], .events = POLLIN};
+    return poll(&p, 1, ms) > 0;
+}
+
+static void run(void *arg)
+{
+    lp_etcd_t *e = arg;
+    int ep_i = 0, backoff = 100;
+    char err[512];
+    while (!is_stopping(e)) {
+        const lp_etcd_ep_t *ep = &e->eps[ep_i];
+        char *token = NULL;
+        int64_t rev = 0;
+        drain_wake(e);
+        int rc = authenticate(e, ep, &token, err, sizeof(err));
+        if (!rc)
+            rc = read_prefix(e, ep, token, &rev, err, sizeof(err));
+        if (!rc)
+            rc = write_status(e, ep, token, err, sizeof(err));
+        while (!rc && !is_stopping(e)) {
+            set_state(e, 1, "");
+            backoff = 100;
+            char body[1024];
+            char *k = NULL, *end = NULL;
+            {
+                size_t n = strlen(e->prefix);
+                char pend[256];
+                memcpy(pend, e->prefix, n + 1);
+                pend[n - 1]++;
+                k = lp_etcd_b64(e->prefix, n);
+                end = lp_etcd_b64(pend, n);
+            }
+            snprintf(body, sizeof(body),
+                     "{\"create_request\":{\"key\":\"%s\",\"range_end\":\"%s\","
+                     "\"start_revision\":\"%" PRId64 "\"}}",
+                     k ? k : "", end ? end : "", rev + 1);
+            free(k);
+            free(end);
+            watch_t *w = calloc(1, sizeof(*w));
+            if (!w) {
+                rc = LP_ENOMEM;
+                break;
+            }
+            w->e = e;
+            int st = lp_etcd_post(ep, "/v3/watch", token, body, -1, e->wake[0], on_watch_body, w,
+                                  err, sizeof(err));
+            int again = w->relevant || w->restart || st == 0;
+            /* Ended by etcd without a change (canceled, compacted, an error line): a
+             * short pause, so an etcd that keeps refusing the watch is not hammered. */
+            int pause = w->restart && !w->relevant;
+            free(w);
+            if (pause && nap(e, 100) && is_stopping(e))
+                break;
+            if (st < 0 || (st != 200 && st != 0)) {
+                if (st > 0)
+                    snprintf(err, sizeof(err), "watch: HTTP %d", st);
+                rc = LP_EIO;
+                break;
+            }
+            if (!again) { /* the stream ended: etcd went away */
+                snprintf(err, sizeof(err), "watch: the stream ended");
+                rc = LP_EIO;
+                break;
+            }
+            drain_wake(e);
+            rc = read_prefix(e, ep, token, &rev, err, sizeof(err));
+            if (!rc)
+                rc = write_status(e, ep, token, err, sizeof(err));
+        }
+        free(token);
+        if (is_stopping(e))
+            break;
+        set_state(e, 0, err);
+        ep_i = (ep_i + 1) % e->neps;
+        /* Every endpoint failed once: wait a little before the next round. */
+        if (ep_i == 0) {
+            nap(e, backoff);
+            backoff = backoff * 2 > 1000 ? 1000 : backoff * 2;
+        }
+    }
+}
+
+/* ---- the main loop's side ---- */
+
+static void post_status(lp_etcd_t *e, uint64_t gen)
+{
+    json_t *st = json_pack("{sssIsbsIsf}", "instance", e->instance, "revision",
+                           (json_int_t)e->running_rev, "ok", e->failed_rev == 0, "generation",
+                           (json_int_t)gen, "time", (double)time(NULL));
+    if (e->failed_rev) {
+        json_object_set_new(st, "failed_revision", json_integer(e->failed_rev));
+        json_object_set_new(st, "error", json_string(e->failed_error));
+    }
+    char *s = json_dumps(st, JSON_COMPACT);
+    json_decref(st);
+    uv_mutex_lock(&e->lock);
+    free(e->status);
+    e->status = s;
+    uv_mutex_unlock(&e->lock);
+    char b = 1;
+    if (write(e->wake[1], &b, 1) < 0 && errno != EAGAIN)
+        lp_log_warn("etcd: cannot wake the watch: %s", strerror(errno));
+}
+
+static void take_doc(lp_etcd_t *e);
+static void etcd_free(lp_etcd_t *e);
+
+static void on_applied(void *data, int rc, const char *err, uint64_t generation)
+{
+    lp_etcd_t *e = data;
+    if (e->stopped) { /* stopped meanwhile (the reload ends as "the server is stopping") */
+        e->applying_rev = 0;
+        if (e->closed)
+            etcd_free(e);
+        return;
+    }
+    lp_server_t *s = e->server;
+    s->source_doc = NULL;
+    if (!e->applying_rev)
+        return;
+    if (rc == 0) {
+        if (rename(e->next_path, e->state_path))
+            lp_log_error("etcd: cannot keep the config as the last good one: %s: %s", e->state_path,
+                         strerror(errno));
+        e->running_rev = e->applying_rev;
+        e->has_config = 1;
+        e->failed_rev = 0;
+        lp_log_notice("etcd: revision %" PRId64 " serving (generation %" PRIu64 ")", e->running_rev,
+                      generation);
+    } else {
+        unlink(e->next_path);
+        e->failed_rev = e->applying_rev;
+        snprintf(e->failed_error, sizeof(e->failed_error), "%s", err);
+        lp_log_error("etcd: revision %" PRId64 " refused, revision %" PRId64 " keeps serving",
+                     e->failed_rev, e->running_rev);
+    }
+    e->applying_rev = 0;
+    post_status(e, generation);
+    take_doc(e);
+}
+
+/* Writes path atomically (a temporary file, fsync'ed, renamed over). */
+static int write_file(lp_etcd_t *e, const char *path, const char *a, const char *b, const char *c)
+{
+    int fd = open(e->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    const char *parts[3] = {a, b, c};
+    int ok = 1;
+    for (int i = 0; i < 3 && ok; i++) {
+        size_t n = strlen(parts[i]), off = 0;
+        while (ok && off < n) {
+            ssize_t w = write(fd, parts[i] + off, n - off);
+            if (w < 0 && errno == EINTR)
+                continue;
+            ok = w > 0;
+            off += ok ? (size_t)w : 0;
+        }
+    }
+    ok = ok && fsync(fd) == 0;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(e->tmp_path, path)) {
+        unlink(e->tmp_path);
+        return -1;
+    }
+    return 0;
+}
+
+/* The newest document, if any and no reload of ours runs: written as the candidate, then a
+ * reload. */
+static void take_doc(lp_etcd_t *e)
+{
+    if (e->applying_rev)
+        return;
+    uv_mutex_lock(&e->lock);
+    char *doc = e->doc;
+    int64_t rev = e->doc_rev;
+    e->doc = NULL;
+    uv_mutex_unlock(&e->lock);
+    if (!doc)
+        return;
+    if (rev == e->running_rev) { /* the last good copy the instance started with */
+        free(doc);
+        e->has_config = 1;
+        post_status(e, lp_gen_current->id);
+        return;
+    }
+    char head[64];
+    snprintf(head, sizeof(head), "{\"revision\":%" PRId64 ",\"config\":", rev);
+    int rc = write_file(e, e->next_path, head, doc, "}\n");
+    free(doc);
+    if (rc) {
+        e->failed_rev = rev;
+        snprintf(e->failed_error, sizeof(e->failed_error), "%s: %s", e->next_path, strerror(errno));
+        lp_log_error("etcd: revision %" PRId64 " not applied: %s", rev, e->failed_error);
+        post_status(e, lp_gen_current->id);
+        return;
+    }
+    e->applying_rev = rev;
+    e->server->source_doc = e->next_path;
+    char who[64];
+    snprintf(who, sizeof(who), "etcd revision %" PRId64, rev);
+    lp_server_reload_by(e->server, who, on_applied, e);
+}
+
+static void on_async(uv_async_t *a)
+{
+    take_doc(a->data);
+}
+
+static void set_str(char *dst, size_t n, json_t *o, const char *k, const char *dflt)
+{
+    json_t *v = json_object_get(o, k);
+    snprintf(dst, n, "%s", json_is_string(v) ? json_string_value(v) : dflt);
+}
+
+int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errlen)
+{
+    if (!cfg->config_source)
+        return 0;
+    json_t *root = json_loads(cfg->config_source, 0, NULL);
+    json_t *j = json_object_get(root, "etcd");
+    if (!j) {
+        json_decref(root);
+        return 0;
+    }
+    lp_etcd_t *e = calloc(1, sizeof(*e));
+    if (!e) {
+        json_decref(root);
+        snprintf(err, errlen, "out of memory");
+        return LP_ENOMEM;
+    }
+    e->server = s;
+    json_t *ep;
+    size_t i;
+    int rc = 0;
+    json_array_foreach(json_object_get(j, "endpoints"), i, ep)
+    {
+        if (e->neps < ETCD_MAX_EPS && !rc)
+            rc = lp_etcd_ep_parse(json_string_value(ep), &e->eps[e->neps++], err, errlen);
+    }
+    set_str(e->prefix, sizeof(e->prefix), j, "prefix", "/luaproxy/");
+    char host[200] = "localhost";
+    gethostname(host, sizeof(host) - 1);
+    char dflt[256];
+    snprintf(dflt, sizeof(dflt), "%s:%d", host, (int)getpid());
+    set_str(e->instance, sizeof(e->instance), j, "instance", dflt);
+    json_t *auth = json_object_get(j, "auth");
+    if (auth) {
+        e->has_auth = 1;
+        set_str(e->user, sizeof(e->user), auth, "user", "");
+        set_str(e->password, sizeof(e->password), auth, "password", "");
+    }
+    json_t *t = json_object_get(j, "timeout");
+    e->timeout_ms = json_is_number(t) ? (int)(json_number_value(t) * 1000) : 2000;
+    /* state_file, like config_source.lua's state_path. */
+    json_t *sf = json_object_get(j, "state_file");
+    const char *slash = strrchr(s->config_path, '/');
+    if (!json_is_string(sf))
+        snprintf(e->state_path, sizeof(e->state_path), "%s.etcd.json", s->config_path);
+    else if (json_string_value(sf)[0] == '/' || !slash)
+        snprintf(e->state_path, sizeof(e->state_path), "%s", json_string_value(sf));
+    else
+        snprintf(e->state_path, sizeof(e->state_path), "%.*s/%s", (int)(slash - s->config_path),
+                 s->config_path, json_string_value(sf));
+    json_decref(root);
+    snprintf(e->next_path, sizeof(e->next_path), "%s.next", e->state_path);
+    snprintf(e->tmp_path, sizeof(e->tmp_path), "%s.tmp", e->state_path);
+    if (rc || !e->neps) {
+        if (!rc)
+            snprintf(err, errlen, "config_source.etcd: no endpoint");
+        free(e);
+        return LP_ECONFIG;
+    }
+    /* The last good copy this start serves, if any: its revision is not applied again. */
+    json_t *last = json_load_file(e->state_path, 0, NULL);
+    if (last) {
+        e->running_rev = e->delivered_rev = jint(last, "revision");
+        e->has_config = 1;
+        json_decref(last);
+        lp_log_notice("etcd: serving the last good config (revision %" PRId64 ") from %s",
+                      e->running_rev, e->state_path);
+    }
+    if (pipe2(e->wake, O_CLOEXEC | O_NONBLOCK)) {
+        snprintf(err, errlen, "etcd: pipe: %s", strerror(errno));
+        free(e);
+        return LP_EIO;
+    }
+    e->connected = -1;
+    uv_mutex_init(&e->lock);
+    uv_async_init(s->loop, &e->async, on_async);
+    e->async.data = e;
+    s->etcd = e;
+    if (uv_thread_create(&e->thread, run, e)) {
+        snprintf(err, errlen, "etcd: cannot start its thread");
+        s->etcd = NULL;
+        return LP_EIO; /* e leaks with its async handle: the start fails and the process exits */
+    }
+    return 0;
+}
+
+static void etcd_free(lp_etcd_t *e)
+{
+    uv_mutex_destroy(&e->lock);
+    free(e->doc);
+    free(e->status);
+    free(e);
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    lp_etcd_t *e = h->data;
+    e->closed = 1;
+    if (!e->applying_rev)
+        etcd_free(e);
+}
+
+void lp_etcd_stop(lp_server_t *s)
+{
+    lp_etcd_t *e = s->etcd;
+    if (!e)
+        return;
+    s->etcd = NULL;
+    s->source_doc = NULL;
+    e->stopped = 1;
+    uv_mutex_lock(&e->lock);
+    e->stop = 1;
+    uv_mutex_unlock(&e->lock);
+    char b = 1;
+    if (write(e->wake[1], &b, 1) < 0)
+        lp_log_warn("etcd: cannot wake the watch: %s", strerror(errno));
+    uv_thread_join(&e->thread);
+    close(e->wake[0]);
+    close(e->wake[1]);
+    uv_close((uv_handle_t *)&e->async, on_async_closed);
+}
+
+json_t *lp_etcd_status(const lp_server_t *s)
+{
+    lp_etcd_t *e = s->etcd;
+    if (!e)
+        return NULL;
+    uv_mutex_lock(&e->lock);
+    json_t *o = json_pack("{sssIsbsIss}", "instance", e->instance, "revision",
+                          (json_int_t)e->running_rev, "connected", e->connected == 1,
+                          "etcd_revision", (json_int_t)e->seen_rev, "last_error", e->last_error);
+    uv_mutex_unlock(&e->lock);
+    if (e->applying_rev)
+        json_object_set_new(o, "applying_revision", json_integer(e->applying_rev));
+    if (e->failed_rev) {
+        json_object_set_new(o, "failed_revision", json_integer(e->failed_rev));
+        json_object_set_new(o, "error", json_string(e->failed_error));
+    }
+    return o;
+}
+
+int lp_etcd_has_config(const lp_server_t *s)
+{
+    return !s->etcd || s->etcd->has_config;
+}

@@ -1,0 +1,59 @@
+/* Config from etcd (issue #18, docs/fleet.md): a thread of its own talks to etcd's v3 JSON
+ * gateway with blocking sockets (etcd_http.c) and hands documents to the main loop, which
+ * applies each one as a reload (main.c's path) and reports the outcome back. */
+#ifndef LP_ETCD_H
+#define LP_ETCD_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include "server.h"
+
+/* ---- etcd_http.c: one HTTP/1.1 request over a blocking TCP socket ---- */
+
+/* "http://host:port" split; 0 or -1 (err says why). */
+typedef struct {
+    char host[256];
+    char port[16];
+} lp_etcd_ep_t;
+int lp_etcd_ep_parse(const char *url, lp_etcd_ep_t *ep, char *err, size_t errlen);
+
+/* Body bytes as they arrive (chunked encoding undone); non-zero stops the request. */
+typedef int (*lp_etcd_body_cb)(void *data, const char *p, size_t n);
+
+/* POST path with a JSON body; the response body goes to cb. timeout_ms bounds the connect
+ * and each wait for bytes (-1: none once connected, for a watch). wake_fd (-1: none) ends
+ * the wait when readable: the result is then 0 (never an HTTP status). Returns the HTTP status, or
+ * an LP_E* code with err set. token: the etcd auth token sent as Authorization (NULL: none). */
+int lp_etcd_post(const lp_etcd_ep_t *ep, const char *path, const char *token, const char *body,
+                 int timeout_ms, int wake_fd, lp_etcd_body_cb cb, void *data, char *err,
+                 size_t errlen);
+
+/* The same, the body collected and parsed: *out the JSON (the caller's), status 200 only. */
+int lp_etcd_call(const lp_etcd_ep_t *ep, const char *path, const char *token, json_t *req,
+                 int timeout_ms, json_t **out, char *err, size_t errlen);
+
+/* Base64 (etcd's JSON gateway encodes keys and values): malloc'ed, NUL-terminated. */
+char *lp_etcd_b64(const char *p, size_t n);
+char *lp_etcd_unb64(const char *s, size_t *n);
+
+/* ---- etcd.c: the watch and its hand-over to the main loop ---- */
+
+typedef struct lp_etcd_s lp_etcd_t;
+
+/* From the start-up config's config_source (NULL when it has none: nothing happens).
+ * bootstrap: the absolute bootstrap path (the state file's default directory). Starts the
+ * thread; the first document is applied as a reload when it differs from the last good
+ * copy the instance started with. */
+int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errlen);
+void lp_etcd_stop(lp_server_t *s);
+/* For GET /status: {"revision", "pending", "connected", "instance", "last_error"}; NULL when
+ * off. The caller owns the reference. Main thread. */
+json_t *lp_etcd_status(const lp_server_t *s);
+/* 1 when the instance has a config from etcd (the last good copy counts), or no etcd. */
+int lp_etcd_has_config(const lp_server_t *s);
+
+/* `luaproxy push -c FILE --etcd URL [--prefix P]`: exit code. */
+int lp_etcd_push_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,977 @@
+/* HTTP/2 downstream (h2.h): an nghttp2 server session over a client connection's endpoint;
+ * each stream's request goes through conn.c's pipeline, its response comes back through
+ * lp_h2_down_ops. */
+#include <stdlib.h>
+#include <string.h>
+#include <nghttp2/nghttp2.h>
+#include "h2.h"
+#include "log.h"
+#include "lua_vm.h"
+#include "relay.h"
+#include "req_body.h"
+#include "request.h"
+#include "tls.h"
+#include "upstream.h"
+#include "worker.h"
+
+/* The connection timer's modes on an HTTP/2 connection (after the endpoint's own). */
+/* H2_TM_KICK: at once, on the next loop turn: work h2_leave(full) has to do that a call
+ * from the pipeline must not see under it (resuming an upstream, cutting a request). */
+enum { H2_TM_IDLE = LP_EP_TM_OWNER, H2_TM_SEND, H2_TM_KICK };
+
+/* Flood counters count over windows of this many ms. */
+#define H2_WINDOW_MS 10000
+
+/* A piece of response body waiting for its DATA frames. */
+typedef struct h2_seg_s {
+    struct h2_seg_s *next; /* owned: the next piece */
+    size_t off, len;       /* data[off, len) is still to send */
+    char data[];
+} h2_seg_t;
+
+typedef struct lp_h2_stream_s {
+    struct lp_h2_s *h2; /* borrowed: its session */
+    lp_list_t link;     /* in h2->streams */
+    int32_t id;
+    lp_req_t *req; /* reference (the carrying side's, request.h) while the request runs */
+    /* The request head as HTTP/1.1 text while its fields arrive (line: the request line
+     * and Host from the pseudo-headers; fields: the others; cookie: crumbs joined). */
+    char *line, *fields, *cookie; /* owned, NULL once the head is handed over */
+    size_t line_len, fields_len, cookie_len;
+    char *method, *path, *authority; /* owned: pseudo-header values until the head goes */
+    size_t hdr_bytes;                /* decoded header list size so far */
+    /* Request body read from the client and not yet taken by the upstream (its window is
+     * not given back until then: flow control bounds it). */
+    lp_buf_t *in; /* owned reference, NULL: none */
+    size_t in_len;
+    h2_seg_t *out, *out_tail; /* owned: response body waiting for DATA frames */
+    size_t out_bytes;
+    uint8_t in_eof;      /* the client's END_STREAM came */
+    uint8_t eof_done;    /* ... and was handed to the request */
+    uint8_t out_eof;     /* the response body is complete */
+    uint8_t deferred;    /* the data source said DEFERRED: resume it when bytes come */
+    uint8_t was_full;    /* out_bytes passed the high watermark: resume the upstream below low */
+    uint8_t closed;      /* nghttp2 closed the stream (on_stream_close) */
+    uint8_t reset;       /* we reset it */
+    uint8_t no_body;     /* the response has no body (HEAD, 204, 304) */
+    uint8_t has_cl;      /* the request head has a content-length field (its framing) */
+    uint32_t close_code; /* the code it closed with */
+} lp_h2_stream_t;
+
+typedef struct lp_h2_s {
+    lp_conn_t *c;          /* borrowed: the connection that owns this */
+    nghttp2_session *s;    /* owned */
+    lp_list_t streams;     /* lp_h2_stream_t.link: every stream not freed yet */
+    unsigned nopen;        /* streams not closed by nghttp2 */
+    unsigned depth;        /* h2.c frames on the stack: streams are freed, and bytes sent, at 0 */
+    uint32_t nrequests;    /* streams started (http2.max_requests) */
+    uint64_t win_start;    /* ms: the flood counters' window */
+    unsigned resets, ctrl; /* RST_STREAM and control frames in the window */
+    uint8_t want_send;     /* the session has output queued while depth > 0 */
+    uint8_t goaway;        /* GOAWAY sent: close when no stream is left */
+    uint8_t bye;           /* a fatal error: send what is queued, then close */
+    uint8_t more;          /* h2_send stopped with output left and no write in flight */
+} lp_h2_t;
+
+static const lp_h2_conf_t *CONF(const lp_h2_t *h2)
+{
+    return &lp_ep_worker(&h2->c->ep)->config->h2;
+}
+
+static int h2_closing(const lp_h2_t *h2)
+{
+    return (h2->c->ep.flags & LP_EPF_CLOSING) != 0;
+}
+
+int lp_h2_is_preface(const char *p, size_t len)
+{
+    static const char pre[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    size_t n = len < sizeof(pre) - 1 ? len : sizeof(pre) - 1;
+    if (memcmp(p, pre, n))
+        return 0;
+    return n == sizeof(pre) - 1 ? 1 : -1;
+}
+
+/* ---- output ---- */
+
+static size_t h2_fill(lp_h2_t *h2);
+
+static void h2_put(lp_h2_t *h2, lp_buf_t *b, size_t used)
+{
+    lp_wbatch_t *wb = used ? lp_ep_outb(&h2->c->ep, 1, 0) : NULL;
+    if (wb)
+        lp_wbatch_add(wb, b->data, used, b);
+    else if (used)
+        h2->bye = 1; /* out of memory: the connection cannot go on */
+    lp_buf_unref(b);
+}
+
+/* What the session has to send goes to the endpoint while it holds less than the high
+ * watermark (the rest waits in the streams, bounded by their own watermark). */
+static void h2_send(lp_h2_t *h2)
+{
+    lp_conn_t *c = h2->c;
+    if (h2->depth || h2_closing(h2)) {
+        h2->want_send = 1;
+        return;
+    }
+    h2->want_send = 0;
+    h2->depth++; /* mem_send's callbacks must not free streams or send */
+    /* A socket that takes everything at once completes without `written`: go on while it
+     * does, so that the session's output never waits for a callback that will not come. */
+    h2->more = 0;
+    for (int round = 0; !h2_closing(h2); round++) {
+        if (round == 16) {
+            h2->more = 1; /* enough for one turn: the rest on the next (H2_TM_KICK) */
+            break;
+        }
+        /* Whether the session gave bytes, not whether the queue grew: a socket that took
+         * the whole batch at once leaves the queue as it was, and no `written` follows. */
+        size_t made = h2_fill(h2);
+        if (h2_closing(h2))
+            break;
+        lp_ep_flush(&c->ep);
+        if (!made || lp_ep_queued(&c->ep) > LP_LOW_WATERMARK || !nghttp2_session_want_write(h2->s))
+            break;
+    }
+    h2->depth--;
+    if (h2_closing(h2))
+        return;
+    if (c->ep.out_pending > LP_HIGH_WATERMARK && c->ep.tmode != H2_TM_SEND)
+        lp_ep_timer(&c->ep, H2_TM_SEND, lp_ep_worker(&c->ep)->config->timeouts.send);
+}
+
+/* One batch of the session's output, up to the high watermark. Returns the bytes queued. */
+static size_t h2_fill(lp_h2_t *h2)
+{
+    lp_conn_t *c = h2->c;
+    lp_buf_t *b = NULL;
+    size_t used = 0, made = 0;
+    while (!h2_closing(h2) && lp_ep_queued(&c->ep) + used < LP_HIGH_WATERMARK) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(h2->s, &data);
+        if (n < 0) {
+            lp_log_info("HTTP/2: %s", nghttp2_strerror((int)n));
+            h2->bye = 1;
+            break;
+        }
+        if (n == 0)
+            break;
+        if (b && used + (size_t)n > b->cap) {
+            h2_put(h2, b, used);
+            b = NULL;
+        }
+        if (!b) {
+            used = 0;
+            if (!(b = lp_buf_get(c->ep.env->bufs,
+                                 (size_t)n > LP_BUF_SIZE ? (size_t)n : LP_BUF_SIZE))) {
+                h2->bye = 1;
+                break;
+            }
+        }
+        memcpy(b->data + used, data, (size_t)n);
+        used += (size_t)n;
+        made += (size_t)n;
+    }
+    if (b)
+        h2_put(h2, b, used);
+    return made;
+}
+
+static void stream_free(lp_h2_stream_t *st)
+{
+    lp_list_remove(&st->link);
+    free(st->line);
+    free(st->fields);
+    free(st->cookie);
+    free(st->method);
+    free(st->path);
+    free(st->authority);
+    if (st->in)
+        lp_buf_unref(st->in);
+    for (h2_seg_t *g = st->out, *n; g; g = n) {
+        n = g->next;
+        free(g);
+    }
+    free(st);
+}
+
+static void stream_pump(lp_h2_stream_t *st);
+
+/* Some stream's request waits for h2_leave(full): an upstream to resume, or a request to
+ * cut because nghttp2 closed its stream. */
+static int h2_owes(lp_h2_t *h2)
+{
+    for (lp_list_t *it = h2->streams.next; it != &h2->streams; it = it->next) {
+        lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
+        if (st->req && ((st->was_full && st->out_bytes <= LP_LOW_WATERMARK) ||
+                        (st->closed && !((st->req->flags & LP_RF_RESP_DONE) && !st->close_code))))
+            return 1;
+    }
+    return 0;
+}
+
+/* The end of an h2.c frame: at the outermost one, streams nghttp2 closed while their
+ * request ran are cut (the client reset them, or the connection failed them), upstreams
+ * paused by a full stream resume, streams nobody needs go, and the session's output is
+ * sent. `full`: h2.c's own entry points (input, written, timers); the pipeline's calls only
+ * send, so that they never see a request end under them. */
+static void h2_leave(lp_h2_t *h2, int full)
+{
+    if (--h2->depth)
+        return;
+    lp_conn_t *c = h2->c;
+    for (int pass = 0; pass < 4 && !h2_closing(h2); pass++) {
+        int again = 0;
+        if (full) {
+            h2->depth++;
+            lp_list_t *it = h2->streams.next;
+            while (it != &h2->streams && !h2_closing(h2)) {
+                lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
+                it = it->next;
+                lp_req_t *req = st->req;
+                if (!req)
+                    continue;
+                if (st->closed && !((req->flags & LP_RF_RESP_DONE) && st->close_code == 0)) {
+                    lp_log_debug("HTTP/2 stream %d closed (%u) before its response ended",
+                                 (int)st->id, st->close_code);
+                    lp_conn_req_cut(req); /* clears st->req */
+                    again = 1;
+                    continue;
+                }
+                if (st->was_full && st->out_bytes <= LP_LOW_WATERMARK) {
+                    st->was_full = 0;
+                    if (req->try.peer && !(req->flags & LP_RF_RESP_DONE)) {
+                        lp_req_hold(req);
+                        lp_peer_resume(req->try.peer);
+                        lp_req_drop(req);
+                        again = 1;
+                    }
+                }
+            }
+            h2->depth--;
+        }
+        lp_list_t *it = h2->streams.next;
+        while (it != &h2->streams) {
+            lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
+            it = it->next;
+            if (st->closed && !st->req)
+                stream_free(st);
+        }
+        if (h2_closing(h2))
+            return;
+        h2_send(h2);
+        if (!full || !(again || h2_owes(h2)))
+            break;
+    }
+    if (h2_closing(h2))
+        return;
+    if (h2_owes(h2) || h2->more) /* a write done at once calls no `written`: come back */
+        lp_ep_timer(&c->ep, H2_TM_KICK, 0);
+    if (h2->bye || (!nghttp2_session_want_read(h2->s) && !nghttp2_session_want_write(h2->s)) ||
+        (h2->goaway && !h2->nopen && !nghttp2_session_want_write(h2->s))) {
+        if (!(c->flags & LP_CF_CLOSE_AFTER))
+            lp_conn_close_after_write(c);
+        return;
+    }
+    /* Also after the pipeline's own sends (not full): the last stream often closes there, and
+     * when its write completes at once no `written` comes to arm the idle timer later. */
+    if (!h2->nopen && c->ep.tmode != H2_TM_IDLE && c->ep.tmode != H2_TM_SEND &&
+        c->ep.tmode != H2_TM_KICK)
+        lp_ep_timer(&c->ep, H2_TM_IDLE, CONF(h2)->idle_timeout);
+    else if (h2->nopen && c->ep.tmode == H2_TM_IDLE)
+        lp_ep_timer(&c->ep, LP_EP_TM_NONE, 0);
+}
+
+/* ---- the request head ---- */
+
+static int append(char **buf, size_t *len, const char *a, size_t alen, const char *b, size_t blen,
+                  const char *sep)
+{
+    size_t slen = strlen(sep);
+    char *n = realloc(*buf, *len + alen + blen + slen + 3);
+    if (!n)
+        return -1;
+    memcpy(n + *len, a, alen);
+    memcpy(n + *len + alen, sep, slen);
+    memcpy(n + *len + alen + slen, b, blen);
+    *len += alen + slen + blen;
+    n[*len] = 0;
+    *buf = n;
+    return 0;
+}
+
+static char *dup_n(const uint8_t *v, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (s) {
+        memcpy(s, v, n);
+        s[n] = 0;
+    }
+    return s;
+}
+
+static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    lp_h2_t *h2 = ud;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    if (h2_closing(h2))
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    lp_h2_stream_t *st = calloc(1, sizeof(*st));
+    if (!st)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    st->h2 = h2;
+    st->id = f->hd.stream_id;
+    lp_list_insert_tail(&h2->streams, &st->link);
+    h2->nopen++;
+    nghttp2_session_set_stream_user_data(s, st->id, st);
+    if (++h2->nrequests == CONF(h2)->max_requests && !h2->goaway) {
+        /* http2.max_requests: this stream is the last; those open finish. */
+        nghttp2_submit_goaway(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR, NULL, 0);
+        h2->goaway = 1;
+    }
+    return 0;
+}
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    lp_h2_t *h2 = ud;
+    lp_h2_stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (!st || st->req || f->hd.type != NGHTTP2_HEADERS)
+        return 0; /* trailers: not passed on to HTTP/1.1 upstreams */
+    st->hdr_bytes += nlen + vlen + 32;
+    if (st->hdr_bytes > CONF(h2)->max_header_list_size) {
+        lp_log_info("HTTP/2 stream %d: header list over http2.max_header_list_size: reset",
+                    (int)st->id);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST_STREAM; the rest is ignored */
+    }
+    const char *n = (const char *)name, *v = (const char *)value;
+    if (nlen && n[0] == ':') {
+        char **slot = nlen == 7 && !memcmp(n, ":method", 7)        ? &st->method
+                      : nlen == 5 && !memcmp(n, ":path", 5)        ? &st->path
+                      : nlen == 10 && !memcmp(n, ":authority", 10) ? &st->authority
+                                                                   : NULL;
+        if (slot && !*slot && !(*slot = dup_n(value, vlen)))
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        return 0; /* :scheme: the connection says it (X-Forwarded-Proto) */
+    }
+    if (nlen == 6 && !memcmp(n, "cookie", 6)) /* RFC 9113 8.2.3: crumbs join with "; " */
+        return append(&st->cookie, &st->cookie_len, "", 0, v, vlen, st->cookie ? "; " : "")
+                   ? NGHTTP2_ERR_CALLBACK_FAILURE
+                   : 0;
+    if (nlen == 14 && !memcmp(n, "content-length", 14))
+        st->has_cl = 1; /* a field's name, not any text in the head (x-content-length) */
+    if (nlen == 4 && !memcmp(n, "host", 4) && st->authority)
+        return 0; /* :authority wins (RFC 9113 8.3.1) */
+    if (append(&st->fields, &st->fields_len, n, nlen, v, vlen, ": ") ||
+        append(&st->fields, &st->fields_len, "", 0, "\r\n", 2, ""))
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    return 0;
+}
+
+/* The head is whole: as an HTTP/1.1 head it goes through the request parser (the same
+ * checks and the same view for every module), then into the pipeline. */
+static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
+{
+    lp_conn_t *c = h2->c;
+    char *text = NULL;
+    size_t len = 0;
+    const char *m = st->method ? st->method : "GET", *p = st->path ? st->path : "/";
+    int ok = !append(&text, &len, m, strlen(m), p, strlen(p), " ") &&
+             !append(&text, &len, "", 0, " HTTP/1.1\r\n", 11, "");
+    if (ok && st->authority)
+        ok = !append(&text, &len, "Host", 4, st->authority, strlen(st->authority), ": ") &&
+             !append(&text, &len, "", 0, "\r\n", 2, "");
+    if (ok && st->fields)
+        ok = !append(&text, &len, "", 0, st->fields, st->fields_len, "");
+    if (ok && st->cookie)
+        ok = !append(&text, &len, "Cookie", 6, st->cookie, st->cookie_len, ": ") &&
+             !append(&text, &len, "", 0, "\r\n", 2, "");
+    /* A body of unknown length goes upstream chunked. */
+    if (ok && !end_stream && !st->has_cl)
+        ok = !append(&text, &len, "", 0, "Transfer-Encoding: chunked\r\n", 28, "");
+    if (ok)
+        ok = !append(&text, &len, "", 0, "\r\n", 2, "");
+    free(st->fields);
+    free(st->cookie);
+    st->fields = st->cookie = NULL;
+    lp_req_t *req = ok ? lp_req_new(lp_ep_worker(&c->ep), c) : NULL;
+    if (!req) {
+        free(text);
+        nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        st->reset = 1;
+        return;
+    }
+    st->req = req; /* lp_req_new's reference */
+    req->h2s = st;
+    req->flags |= LP_RF_H2;
+    if (end_stream) {
+        st->in_eof = st->eof_done = 1;
+        req->state = LP_RS_DONE;
+    }
+    size_t used = 0;
+    lp_h1_event_t ev = lp_h1_execute(&req->h1, text, len, &used);
+    free(text);
+    if (ev == LP_H1_HEAD || ev == LP_H1_DONE) {
+        lp_h1_resume(&req->h1);
+        lp_conn_req_head(req);
+        return;
+    }
+    lp_log_info("HTTP/2 stream %d: bad request: %d %s", (int)st->id, req->h1.err_status,
+                req->h1.err_reason ? req->h1.err_reason : "");
+    lp_req_hold(req);
+    (void)lp_conn_upstream_failed(req, req->h1.err_status ? req->h1.err_status : 400,
+                                  "bad request");
+    lp_req_drop(req);
+}
+
+/* ---- the request body ---- */
+
+static void stream_pump(lp_h2_stream_t *st)
+{
+    lp_h2_t *h2 = st->h2;
+    lp_req_t *req = st->req;
+    if (!req || h2_closing(h2))
+        return;
+    /* As on HTTP/1.1, the body waits while the head does (an upstream still connecting,
+     * Lua deciding): bytes or the chunked end given to a peer that has not sent the head
+     * yet went before it, and the head then ended the body once more. */
+    if ((req->flags & (LP_RF_WAIT_UPSTREAM | LP_RF_READ_PAUSED)) &&
+        !(req->flags & LP_RF_BODY_BUFFERING))
+        return;
+    lp_req_hold(req);
+    if (st->in_len &&
+        (req->try.peer || (req->flags & LP_RF_BODY_BUFFERING) || lp_req_body_replaced(req)) &&
+        !(req->try.peer && lp_relay_full(&req->try.peer->ep))) {
+        lp_buf_t *b = st->in;
+        size_t n = st->in_len;
+        st->in = NULL;
+        st->in_len = 0;
+        int rc = lp_conn_req_body(req, b->data, n, b);
+        lp_buf_unref(b);
+        nghttp2_session_consume_stream(h2->s, st->id, n);
+        h2->want_send = 1;
+        if (rc == 413) {
+            if (req->flags & LP_RF_RESP_STARTED)
+                lp_h2_down_ops.abort(req);
+            else
+                (void)lp_conn_upstream_failed(req, 413, "request body too large");
+        } else if (rc == LP_H1_CB_PAUSE || (rc == 0 && (req->flags & LP_RF_BODY_WAKE))) {
+            req->flags &= ~(LP_RF_BODY_BUFFERING | LP_RF_BODY_WAKE);
+            lp_lua_wake(req);
+        } else if (rc) {
+            (void)lp_conn_upstream_failed(req, 500, "out of memory");
+        } else if (req->try.peer) {
+            lp_peer_flush(req->try.peer);
+        }
+    }
+    if (!lp_req_ended(req) && !st->in_len && st->in_eof && !st->eof_done) {
+        st->eof_done = 1;
+        (void)lp_conn_req_body_end(req);
+    }
+    lp_req_drop(req);
+}
+
+static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud)
+{
+    lp_h2_t *h2 = ud;
+    lp_h2_stream_t *st = nghttp2_session_get_stream_user_data(s, id);
+    nghttp2_session_consume_connection(s, len); /* each stream's window bounds the rest */
+    if (!st || !st->req || (st->req->flags & LP_RF_RESP_DONE)) {
+        nghttp2_session_consume_stream(s, id, len); /* nobody reads it: dropped */
+        return 0;
+    }
+    if (!st->in || st->in_len + len > st->in->cap) {
+        size_t cap = st->in ? st->in->cap : LP_BUF_SIZE;
+        while (cap < st->in_len + len)
+            cap *= 2;
+        lp_buf_t *b = lp_buf_get(h2->c->ep.env->bufs, cap);
+        if (!b)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        if (st->in) {
+            memcpy(b->data, st->in->data, st->in_len);
+            lp_buf_unref(st->in);
+        }
+        st->in = b;
+    }
+    memcpy(st->in->data + st->in_len, data, len);
+    st->in_len += len;
+    return 0;
+}
+
+/* ---- frames ---- */
+
+static int h2_flood(lp_h2_t *h2, unsigned *count, unsigned max, const char *what)
+{
+    uint64_t now = uv_now(h2->c->ep.env->loop);
+    if (now - h2->win_start >= H2_WINDOW_MS) {
+        h2->win_start = now;
+        h2->resets = h2->ctrl = 0;
+    }
+    if (++*count <= max)
+        return 0;
+    char ip[LP_IP_TEXT];
+    lp_conn_ip_text(h2->c, ip);
+    lp_log_warn("%s: HTTP/2 %s flood (over %u in %d s): GOAWAY", ip, what, max,
+                H2_WINDOW_MS / 1000);
+    nghttp2_session_terminate_session(h2->s, NGHTTP2_ENHANCE_YOUR_CALM);
+    h2->bye = 1;
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    lp_h2_t *h2 = ud;
+    if (h2_closing(h2))
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    const lp_h2_conf_t *cf = CONF(h2);
+    lp_h2_stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    switch (f->hd.type) {
+    case NGHTTP2_RST_STREAM:
+        return h2_flood(h2, &h2->resets, cf->max_resets, "RST_STREAM");
+    case NGHTTP2_SETTINGS:
+    case NGHTTP2_PING:
+        if (f->hd.flags & NGHTTP2_FLAG_ACK)
+            return 0;
+        return h2_flood(h2, &h2->ctrl, cf->max_control_frames, "control frame");
+    case NGHTTP2_PRIORITY:
+        return h2_flood(h2, &h2->ctrl, cf->max_control_frames, "control frame");
+    case NGHTTP2_HEADERS:
+        if (st && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            stream_start(h2, st, (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
+            return 0;
+        }
+        break; /* trailers: their END_STREAM below */
+    case NGHTTP2_DATA:
+        if (f->hd.length == 0 && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+            h2_flood(h2, &h2->ctrl, cf->max_control_frames, "empty DATA frame"))
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        break;
+    default:
+        return 0;
+    }
+    if (st && (f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        st->in_eof = 1;
+    if (st && st->req)
+        stream_pump(st);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *ud)
+{
+    lp_h2_t *h2 = ud;
+    lp_h2_stream_t *st = nghttp2_session_get_stream_user_data(s, id);
+    if (!st || st->closed)
+        return 0;
+    st->closed = 1;
+    st->close_code = code;
+    h2->nopen--;
+    return 0; /* its request, if any, is seen to by h2_leave */
+}
+
+static ssize_t stream_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
+                           uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    lp_h2_stream_t *st = src->ptr;
+    size_t n = 0;
+    while (st->out && n < length) {
+        h2_seg_t *g = st->out;
+        size_t k = g->len - g->off;
+        if (k > length - n)
+            k = length - n;
+        memcpy(buf + n, g->data + g->off, k);
+        g->off += k;
+        n += k;
+        if (g->off == g->len) {
+            st->out = g->next;
+            if (!st->out)
+                st->out_tail = NULL;
+            free(g);
+        }
+    }
+    st->out_bytes -= n;
+    if (!st->out && st->out_eof)
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    else if (!n) {
+        st->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    return (ssize_t)n;
+}
+
+/* ---- the session ---- */
+
+int lp_h2_start(lp_conn_t *c)
+{
+    const lp_h2_conf_t *cf = &lp_ep_worker(&c->ep)->config->h2;
+    lp_h2_t *h2 = calloc(1, sizeof(*h2));
+    if (!h2)
+        return -1;
+    h2->c = c;
+    lp_list_init(&h2->streams);
+    nghttp2_session_callbacks *cb;
+    nghttp2_option *opt;
+    if (nghttp2_session_callbacks_new(&cb)) {
+        free(h2);
+        return -1;
+    }
+    if (nghttp2_option_new(&opt)) {
+        nghttp2_session_callbacks_del(cb);
+        free(h2);
+        return -1;
+    }
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_max_deflate_dynamic_table_size(opt, cf->hpack_table_size);
+    nghttp2_option_set_max_continuations(opt, cf->max_continuations);
+    nghttp2_option_set_max_outbound_ack(opt, 1000);
+    int rv = nghttp2_session_server_new2(&h2->s, cb, h2, opt);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_option_del(opt);
+    if (rv) {
+        free(h2);
+        return -1;
+    }
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cf->max_concurrent_streams},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cf->initial_window_size},
+        {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, cf->hpack_table_size},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cf->max_header_list_size},
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+    };
+    uint64_t conn_win = (uint64_t)cf->initial_window_size * cf->max_concurrent_streams;
+    if (conn_win > 0x7fffffff)
+        conn_win = 0x7fffffff;
+    if (nghttp2_submit_settings(h2->s, NGHTTP2_FLAG_NONE, iv, LP_ARRAY_LEN(iv)) ||
+        nghttp2_session_set_local_window_size(h2->s, NGHTTP2_FLAG_NONE, 0, (int32_t)conn_win)) {
+        nghttp2_session_del(h2->s);
+        free(h2);
+        return -1;
+    }
+    h2->win_start = uv_now(c->ep.env->loop);
+    c->h2 = h2;
+    c->flags |= LP_CF_H2;
+    return 0;
+}
+
+void lp_h2_input(lp_conn_t *c)
+{
+    lp_h2_t *h2 = c->h2;
+    lp_endpoint_t *ep = &c->ep;
+    int eof = 0;
+    h2->depth++;
+    while (!h2_closing(h2) && !h2->bye) {
+        if (ep->rbuf && ep->rpos < ep->rlen) {
+            ssize_t rv = nghttp2_session_mem_recv(h2->s, (const uint8_t *)ep->rbuf->data + ep->rpos,
+                                                  ep->rlen - ep->rpos);
+            ep->rpos = ep->rlen;
+            lp_ep_release_rbuf(ep); /* all used (DATA is copied): room to decrypt more */
+            if (rv < 0) {
+                char ip[LP_IP_TEXT];
+                lp_conn_ip_text(c, ip);
+                lp_log_info("%s: HTTP/2: %s: closing", ip, nghttp2_strerror((int)rv));
+                /* The client hears why (when nghttp2 did not tell it already). */
+                nghttp2_session_terminate_session(
+                    h2->s, rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
+                               ? NGHTTP2_ENHANCE_YOUR_CALM
+                               : NGHTTP2_PROTOCOL_ERROR);
+                h2->bye = 1;
+                break;
+            }
+        }
+        if (!ep->tls)
+            break;
+        int err;
+        int rc = lp_ep_tls_fill(ep, &err);
+        if (rc < 0)
+            eof = 1;
+        if (rc <= 0)
+            break;
+    }
+    h2_leave(h2, 1);
+    if (eof && !h2_closing(h2))
+        lp_conn_close(c);
+}
+
+void lp_h2_written(lp_conn_t *c)
+{
+    lp_h2_t *h2 = c->h2;
+    if (c->ep.tmode == H2_TM_SEND)
+        lp_ep_timer(&c->ep, LP_EP_TM_NONE, 0);
+    if (lp_relay_drained(&c->ep) || !c->ep.out_pending) {
+        h2->depth++;
+        h2_leave(h2, 1);
+    }
+}
+
+void lp_h2_timeout(lp_conn_t *c, int mode)
+{
+    lp_h2_t *h2 = c->h2;
+    if (mode == H2_TM_KICK) {
+        lp_ep_timer(&c->ep, LP_EP_TM_NONE, 0);
+        h2->depth++;
+        h2_leave(h2, 1);
+        return;
+    }
+    if (mode == H2_TM_IDLE && !h2->nopen && !(c->flags & LP_CF_CLOSE_AFTER)) {
+        nghttp2_submit_goaway(h2->s, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(h2->s), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+        h2->goaway = h2->bye = 1;
+        h2->depth++;
+        h2_leave(h2, 1);
+        return;
+    }
+    if (mode == H2_TM_IDLE)
+        return;
+    char ip[LP_IP_TEXT];
+    lp_conn_ip_text(c, ip);
+    if (mode == H2_TM_SEND)
+        lp_log_info("%s: client timed out reading the response", ip);
+    lp_conn_close(c);
+}
+
+void lp_h2_flush(lp_conn_t *c)
+{
+    lp_h2_t *h2 = c->h2;
+    if (h2->depth) {
+        h2->want_send = 1;
+        return;
+    }
+    h2->depth++;
+    h2_leave(h2, 0);
+}
+
+void lp_h2_drain(lp_conn_t *c)
+{
+    lp_h2_t *h2 = c->h2;
+    if (!h2->goaway) {
+        nghttp2_submit_goaway(h2->s, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(h2->s), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+        h2->goaway = 1;
+    }
+    h2->depth++;
+    h2_leave(h2, 1);
+}
+
+void lp_h2_close(lp_conn_t *c)
+{
+    lp_h2_t *h2 = c->h2;
+    h2->depth++; /* no stream goes while their requests are cut */
+    for (lp_list_t *it = h2->streams.next; it != &h2->streams;) {
+        lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
+        it = it->next;
+        if (st->req)
+            lp_conn_req_cut(st->req); /* clears st->req */
+    }
+    h2->depth--;
+}
+
+void lp_h2_free(lp_conn_t *c)
+{
+    lp_h2_t *h2 = c->h2;
+    while (h2->streams.next != &h2->streams) {
+        lp_h2_stream_t *st = LP_CONTAINER_OF(h2->streams.next, lp_h2_stream_t, link);
+        if (st->req) /* cannot be: lp_h2_close cut them; never leave a dangling link */
+            st->req->h2s = NULL;
+        stream_free(st);
+    }
+    nghttp2_session_del(h2->s);
+    free(h2);
+    c->h2 = NULL;
+    c->flags &= (uint16_t)~LP_CF_H2;
+}
+
+void lp_h2_req_gone(lp_req_t *req)
+{
+    lp_h2_stream_t *st = req->h2s;
+    req->h2s = NULL;
+    st->req = NULL;
+    lp_h2_t *h2 = st->h2;
+    if (h2_closing(h2) || st->closed)
+        return;
+    if (!st->out_eof && !st->reset) {
+        /* Ended without its whole response (cut): the client hears it. */
+        nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        st->reset = 1;
+    }
+    if (st->in_len) { /* body nobody will read: its window goes back */
+        nghttp2_session_consume_stream(h2->s, st->id, st->in_len);
+        lp_buf_unref(st->in);
+        st->in = NULL;
+        st->in_len = 0;
+    }
+    h2->want_send = 1;
+}
+
+/* ---- the response (lp_down_ops_t) ---- */
+
+static int is_conn_specific(const lp_str_t n)
+{
+    static const lp_str_t drop[] = {
+        LP_STR("connection"),        LP_STR("keep-alive"), LP_STR("proxy-connection"), LP_STR("te"),
+        LP_STR("transfer-encoding"), LP_STR("upgrade"),    LP_STR("content-length"),
+    };
+    for (size_t i = 0; i < LP_ARRAY_LEN(drop); i++)
+        if (lp_str_ieq(n, drop[i].base, drop[i].len))
+            return 1;
+    return 0;
+}
+
+static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length, uint64_t length)
+{
+    lp_h2_stream_t *st = req->h2s;
+    lp_h2_t *h2 = st->h2;
+    const lp_resp_t *r = &req->resp;
+    size_t names = 0;
+    int has_date = 0;
+    for (unsigned i = 0; i < r->nheaders; i++) {
+        names += r->headers[i].name.len;
+        if (lp_str_ieq(r->headers[i].name, "date", 4))
+            has_date = 1;
+    }
+    nghttp2_nv *nv = malloc((r->nheaders + 3) * sizeof(*nv));
+    char *lower = malloc(names + 1);
+    if (!nv || !lower) {
+        free(nv);
+        free(lower);
+        return -1;
+    }
+    char status[4], clen[24];
+    int sc = r->status;
+    status[0] = (char)('0' + sc / 100 % 10);
+    status[1] = (char)('0' + sc / 10 % 10);
+    status[2] = (char)('0' + sc % 10);
+    size_t k = 0, off = 0;
+    nv[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
+    for (unsigned i = 0; i < r->nheaders; i++) {
+        const lp_header_t *h = &r->headers[i];
+        if (is_conn_specific(h->name))
+            continue;
+        for (size_t j = 0; j < h->name.len; j++) {
+            char ch = h->name.base[j];
+            lower[off + j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
+        }
+        nv[k++] = (nghttp2_nv){(uint8_t *)lower + off, (uint8_t *)h->value.base, h->name.len,
+                               h->value.len, NGHTTP2_NV_FLAG_NONE};
+        off += h->name.len;
+    }
+    if (has_length) {
+        size_t n = lp_u64_to_str(length, 10, clen);
+        nv[k++] =
+            (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)clen, 14, n, NGHTTP2_NV_FLAG_NONE};
+    }
+    if (!has_date) {
+        const char *d = lp_h1_date();
+        nv[k++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)d, 4, strlen(d), NGHTTP2_NV_FLAG_NONE};
+    }
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = stream_read};
+    st->no_body = (uint8_t)no_body;
+    int rv = nghttp2_submit_response(h2->s, st->id, nv, k, no_body ? NULL : &prd);
+    free(nv);
+    free(lower);
+    h2->want_send = 1;
+    return rv ? -1 : 0;
+}
+
+static void h2_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
+{
+    lp_h2_stream_t *st = req->h2s;
+    if (!st || st->no_body || !len)
+        return;
+    h2_seg_t *g = malloc(sizeof(*g) + len);
+    if (!g) {
+        st->h2->bye = 1;
+        return;
+    }
+    g->next = NULL;
+    g->off = 0;
+    g->len = len;
+    memcpy(g->data, at, len);
+    if (st->out_tail)
+        st->out_tail->next = g;
+    else
+        st->out = g;
+    st->out_tail = g;
+    st->out_bytes += len;
+    if (st->out_bytes >= LP_HIGH_WATERMARK)
+        st->was_full = 1;
+    if (st->deferred) {
+        st->deferred = 0;
+        nghttp2_session_resume_data(st->h2->s, st->id);
+    }
+    st->h2->want_send = 1;
+}
+
+static void h2_end(lp_req_t *req)
+{
+    lp_h2_stream_t *st = req->h2s;
+    if (!st)
+        return;
+    st->out_eof = 1;
+    if (st->deferred) {
+        st->deferred = 0;
+        nghttp2_session_resume_data(st->h2->s, st->id);
+    }
+    st->h2->want_send = 1;
+}
+
+static int h2_full(const lp_req_t *req)
+{
+    return req->h2s && req->h2s->out_bytes >= LP_HIGH_WATERMARK;
+}
+
+static void h2_flush_op(lp_req_t *req)
+{
+    if (req->conn)
+        lp_h2_flush(req->conn);
+}
+
+static void h2_abort(lp_req_t *req)
+{
+    lp_h2_stream_t *st = req->h2s;
+    lp_conn_t *c = req->conn;
+    if (st && !st->closed && !st->reset && !h2_closing(st->h2)) {
+        nghttp2_submit_rst_stream(st->h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        st->reset = 1;
+    }
+    lp_conn_req_cut(req);
+    if (c && (c->flags & LP_CF_H2))
+        lp_h2_flush(c);
+}
+
+static void h2_pump(lp_req_t *req)
+{
+    lp_h2_stream_t *st = req->h2s;
+    if (!st)
+        return;
+    lp_h2_t *h2 = st->h2;
+    h2->depth++;
+    stream_pump(st);
+    h2_leave(h2, 0);
+}
+
+static void h2_finished(lp_req_t *req, lp_conn_t *c, int keep)
+{
+    if (c && (c->flags & LP_CF_H2))
+        lp_h2_flush(c);
+}
+
+const lp_down_ops_t lp_h2_down_ops = {
+    .head = h2_head,
+    .body = h2_body,
+    .end = h2_end,
+    .full = h2_full,
+    .flush = h2_flush_op,
+    .abort = h2_abort,
+    .pump = h2_pump,
+    .finished = h2_finished,
+};

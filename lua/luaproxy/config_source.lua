@@ -1,0 +1,102 @@
+-- A bootstrap file with `config_source = { etcd = {...} }` (issue #18): the config proper
+-- comes from etcd, as one JSON document the engine keeps in a local file (engine/etcd.c
+-- writes it; docs/fleet.md). Every evaluation of the bootstrap (start, reload, -t, the
+-- workers' fallback) merges that document here, before validation, so a document from
+-- etcd is checked and applied by the one reload path, all or nothing.
+local cjson = require "cjson.safe"
+
+local type, pairs, open, format = type, pairs, io.open, string.format
+
+local M = {}
+
+-- The default local copy: next to the bootstrap, "<bootstrap>.etcd.json".
+function M.state_path(path, etcd)
+  local f = etcd and etcd.state_file
+  if type(f) ~= "string" then return path .. ".etcd.json" end
+  if f:sub(1, 1) == "/" then return f end
+  local dir = path:match("^(.*)/[^/]*$")
+  return dir and (dir .. "/" .. f) or f
+end
+
+local function read(p)
+  local f = open(p, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- t: the evaluated bootstrap; the document's top-level keys are added where the bootstrap
+-- has none. doc: the document file to merge (the engine names a
+-- candidate while it applies one from etcd), else the last good copy. Returns the merged
+-- table, or nil and an error. A bootstrap without config_source.etcd is returned as is.
+function M.merge(path, t, doc)
+  if type(t) ~= "table" or type(t.config_source) ~= "table"
+    or type(t.config_source.etcd) ~= "table" then
+    return t
+  end
+  doc = doc or M.state_path(path, t.config_source.etcd)
+  local s = read(doc)
+  if not s then
+    -- Nothing from etcd yet: the bootstrap alone serves (404 for every request, and
+    -- GET /ready says 503) until the first document comes.
+    if t.routes == nil then t.routes = {} end
+    return t
+  end
+  local d, err = cjson.decode(s)
+  if type(d) ~= "table" or type(d.config) ~= "table" then
+    return nil, format("%s: not a config document from etcd: %s", doc, err or "no config object")
+  end
+  for k, v in pairs(d.config) do
+    if k == "config_source" then
+      return nil, format("etcd revision %s: config_source may only be set in the bootstrap file",
+                         tostring(d.revision))
+    end
+    -- The bootstrap's own keys win: it holds what is this instance's (listen, admin,
+    -- workers...), the document what the fleet shares.
+    if t[k] == nil then t[k] = v end
+  end
+  return t
+end
+
+local function has_function(v, seen)
+  if type(v) == "function" or type(v) == "userdata" then return true end
+  if type(v) ~= "table" or seen[v] then return false end
+  seen[v] = true
+  for k, x in pairs(v) do
+    if has_function(k, seen) or has_function(x, seen) then return true end
+  end
+  return false
+end
+
+-- `luaproxy push`: the file's table (Lua, JSON or YAML) as a JSON document, or nil, error.
+function M.encode_file(path)
+  local data = require "luaproxy.config_data"
+  local t, err
+  if data.format(path) then
+    local chunk
+    chunk, err = data.loader(path)
+    if chunk then t = chunk() end
+  else
+    local chunk
+    chunk, err = loadfile(path)
+    if chunk then
+      local ok, v = pcall(chunk)
+      if ok then t = v else err = v end
+    end
+  end
+  if type(t) ~= "table" then return nil, err or (path .. ": the file must return a table") end
+  if t.config_source ~= nil then
+    return nil, path .. ": config_source belongs in the bootstrap file, not in etcd"
+  end
+  if has_function(t, {}) then
+    return nil, path .. ": a config holding functions cannot go to etcd (JSON): name handler "
+      .. "modules and plugins instead"
+  end
+  local s
+  s, err = cjson.encode(t)
+  if not s then return nil, path .. ": " .. tostring(err) end
+  return s
+end
+
+return M

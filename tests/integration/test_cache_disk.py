@@ -1,0 +1,443 @@
+#!/usr/bin/env python3
+"""The response cache's disk tier (issue #13, engine/cache_disk.c): entries written to a zone's
+directory survive a restart (a new process answers a hit with no origin request) and a
+reload; Vary variants stay apart across a restart; an entry evicted from memory is read back
+from its file; a corrupt, truncated or vanished file under a running proxy is dropped and
+the request goes upstream for the right answer; an unwritable directory is logged and the
+proxy goes on serving; the disk byte limit is enforced; purge deletes files; an 8 MiB disk
+hit reaches a slow reader whole."""
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import unittest
+import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+
+ZONE = "d"
+
+
+class Origin:
+    """Answers each path from a script and counts the requests per path."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.scripts = {}
+        self.counts = {}
+        self.raw = H.RawOrigin(self._handle)
+
+    def address(self):
+        return self.raw.address()
+
+    def stop(self):
+        self.raw.stop()
+
+    def script(self, path, fn):
+        with self.lock:
+            self.scripts[path] = fn
+            self.counts[path] = 0
+
+    def count(self, path):
+        with self.lock:
+            return self.counts.get(path, 0)
+
+    def _handle(self, req):
+        path = req.target.split("?", 1)[0]
+        with self.lock:
+            fn = self.scripts.get(path)
+            self.counts[path] = self.counts.get(path, 0) + 1
+            n = self.counts[path]
+        if fn is None:
+            return H.simple_response(404, b"no script", [("Cache-Control", "no-store")])
+        return fn(req, n)
+
+
+def fresh(body, *headers):
+    return H.simple_response(200, body, [("Cache-Control", "max-age=3600")] + list(headers))
+
+
+def files_under(root):
+    out = []
+    for d, _, names in os.walk(root):
+        out += [os.path.join(d, n) for n in names]
+    return out
+
+
+def file_holding(root, marker):
+    """The one entry file whose bytes contain marker (bodies carry unique markers)."""
+    hits = []
+    for p in files_under(root):
+        if p.endswith(".tmp"):
+            continue
+        with open(p, "rb") as f:
+            if marker in f.read():
+                hits.append(p)
+    return hits[0] if len(hits) == 1 else None
+
+
+class CacheDiskTest(H.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = Origin()
+        cls.addClassCleanup(cls.origin.stop)
+
+    def start(self, root, memory="8m", size="64m", max_object="16m", wait_loaded=True):
+        zone = {"memory": memory, "max_object_size": max_object,
+                "disk": {"path": root, "size": size}}
+        p = H.Proxy.build({"o": H.upstream(self.origin.address())},
+                          [{"match": {"prefix": "/"}, "upstream": "o",
+                            "plugins": [{"name": "cache", "zone": ZONE}]}],
+                          name=self._testMethodName, workers=2,
+                          admin={"address": "127.0.0.1:0"},
+                          cache={"zones": {ZONE: zone}})
+        self.addCleanup(p.stop)
+        p.start()
+        if wait_loaded:
+            H.wait_for(lambda: not self.disk(p)["loading"], H.T(10), what="the disk scan")
+        return p
+
+    def admin(self, p, method, path):
+        c = http.client.HTTPConnection("127.0.0.1", p.admin_port, timeout=H.T(10))
+        try:
+            c.request(method, path)
+            r = c.getresponse()
+            return r.status, json.loads(r.read() or b"null")
+        finally:
+            c.close()
+
+    def zone(self, p):
+        st, j = self.admin(p, "GET", "/status")
+        self.assertEqual(st, 200)
+        return j["cache"][ZONE]
+
+    def disk(self, p):
+        return self.zone(p)["disk"]
+
+    def wait_disk_entries(self, p, n):
+        return H.wait_for(lambda: self.disk(p)["entries"] >= n or None, H.T(10),
+                          what="%d entries on disk" % n)
+
+    def get(self, p, path, headers=None):
+        r = H.get(p.port, path, host="a.test", headers=headers, timeout=H.T(20))
+        self.assertTrue(p.alive(), p.stderr()[-4000:])
+        return r
+
+    def root(self):
+        return os.path.join(H.Workdir.new("cache-" + self._testMethodName), "zone")
+
+    def path(self, suffix=""):
+        return "/" + self._testMethodName + suffix
+
+    def hit(self, r):
+        return "hit" in (r.header("cache-status") or "")
+
+    # ------------------------------------------------------------------ restart, reload
+
+    def test_entry_survives_restart(self):
+        root = self.root()
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(b"restart-%d" % n))
+        a = self.start(root)
+        self.assertEqual(self.get(a, p).body, b"restart-1")
+        self.wait_disk_entries(a, 1)
+        a.stop()
+        self.assertEqual(len([f for f in files_under(root) if not f.endswith(".tmp")]), 1)
+        b = self.start(root)
+        d = self.disk(b)
+        self.assertEqual((d["entries"], d["only_on_disk"]), (1, 1))
+        r = self.get(b, p)
+        self.assertEqual((r.status, r.body), (200, b"restart-1"))
+        self.assertTrue(self.hit(r), r.header("cache-status"))
+        self.assertEqual(self.origin.count(p), 1, "the new process asked the origin")
+        self.assertEqual(self.disk(b)["loaded"], 1)
+        # Read back once, then served from memory.
+        self.assertTrue(self.hit(self.get(b, p)))
+        self.assertEqual(self.disk(b)["loaded"], 1)
+
+    def test_vary_variants_survive_restart_apart(self):
+        root = self.root()
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(
+            b"lang=" + (req.header("accept-language") or "none").encode(),
+            ("Vary", "Accept-Language")))
+        a = self.start(root)
+        for lang in ("en", "fr"):
+            self.assertEqual(self.get(a, p, [("Accept-Language", lang)]).body,
+                             b"lang=" + lang.encode())
+        self.wait_disk_entries(a, 3)  # the key's Vary marker and two variants
+        a.stop()
+        b = self.start(root)
+        for lang in ("fr", "en", "fr"):
+            r = self.get(b, p, [("Accept-Language", lang)])
+            self.assertEqual(r.body, b"lang=" + lang.encode())
+            self.assertTrue(self.hit(r))
+        self.assertEqual(self.origin.count(p), 2)
+        r = self.get(b, p, [("Accept-Language", "de")])
+        self.assertEqual(r.body, b"lang=de")
+        self.assertEqual(self.origin.count(p), 3)
+
+    def test_entry_survives_reload_and_memory_eviction(self):
+        root = self.root()
+        p = self.path()
+        # A 256k memory tier holds three of these at most: the first is pushed out of
+        # memory by the others and read back from its file.
+        body = H.large_body(100 * 1024)
+        for i in range(5):
+            self.origin.script(p + "/%d" % i, lambda req, n, i=i: fresh(b"%d:" % i + body))
+        a = self.start(root, memory="256k", max_object="200k")
+        for i in range(5):
+            self.assertEqual(self.get(a, p + "/%d" % i).body, b"%d:" % i + body)
+        self.wait_disk_entries(a, 5)
+        self.assertGreaterEqual(self.disk(a)["only_on_disk"], 2)
+        r = self.get(a, p + "/0")
+        self.assertEqual(r.body, b"0:" + body)
+        self.assertTrue(self.hit(r))
+        self.assertGreaterEqual(self.disk(a)["loaded"], 1)
+        st, j = self.admin(a, "POST", "/reload")
+        self.assertEqual(st, 200, j)
+        for i in range(5):
+            r = self.get(a, p + "/%d" % i)
+            self.assertEqual(r.body, b"%d:" % i + body)
+            self.assertTrue(self.hit(r))
+            self.assertEqual(self.origin.count(p + "/%d" % i), 1)
+
+    def test_stale_disk_entry_revalidated_after_restart(self):
+        # An entry read back from disk is what the plugin sees of any entry: a stale one is
+        # revalidated (If-None-Match), the 304 refreshes it (its file is written again), and
+        # the body served is the stored one.
+        root = self.root()
+        p = self.path()
+        seen = []
+
+        def origin(req, n):
+            seen.append(req.header("if-none-match"))
+            if req.header("if-none-match") == '"v1"':
+                return (b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n"
+                        b"Cache-Control: max-age=3600\r\nContent-Length: 0\r\n\r\n")
+            return H.simple_response(200, b"stored-body-%d" % n,
+                                     [("Cache-Control", "max-age=0"), ("ETag", '"v1"')])
+        self.origin.script(p, origin)
+        a = self.start(root)
+        self.assertEqual(self.get(a, p).body, b"stored-body-1")
+        self.wait_disk_entries(a, 1)
+        a.stop()
+        b = self.start(root)
+        r = self.get(b, p)
+        self.assertEqual((r.status, r.body), (200, b"stored-body-1"))
+        self.assertEqual(seen, [None, '"v1"'])
+        b.stop()
+        # The refreshed head (fresh for an hour) was written: a third process serves a hit.
+        c = self.start(root)
+        r = self.get(c, p)
+        self.assertEqual(r.body, b"stored-body-1")
+        self.assertTrue(self.hit(r), r.header("cache-status"))
+        self.assertEqual(len(seen), 2)
+
+    def test_concurrent_disk_hits_on_one_key(self):
+        # Read-backs of one file at once on both workers: each request is answered whole from
+        # a checked copy; one of them is promoted, the others' copies go with their requests.
+        root = self.root()
+        p = self.path()
+        body = H.large_body(1024 * 1024 + 7)
+        self.origin.script(p, lambda req, n: fresh(body))
+        a = self.start(root)
+        self.get(a, p)
+        self.wait_disk_entries(a, 1)
+        a.stop()
+        b = self.start(root)
+        results = []
+
+        def one():
+            try:
+                r = H.get(b.port, p, host="a.test", timeout=H.T(30))
+                results.append((r.status, r.body == body, self.hit(r)))
+            except Exception as e:  # noqa: BLE001 - reported below
+                results.append(repr(e))
+        threads = [threading.Thread(target=one) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(60))
+        self.assertEqual(results, [(200, True, True)] * 20)
+        self.assertEqual(self.origin.count(p), 1)
+        d = self.disk(b)
+        self.assertGreaterEqual(d["loaded"], 1)
+        self.assertEqual(d["dropped"], 0)
+        self.assertEqual(self.zone(b)["entries"], 1)
+
+    # ------------------------------------------------------------------ damaged files
+
+    def test_corrupt_truncated_vanished_files_dropped_under_running_proxy(self):
+        root = self.root()
+        p = self.path()
+        cases = ("flip", "truncate", "delete", "head")
+        for c in cases:
+            self.origin.script(p + "/" + c, lambda req, n, c=c: fresh(
+                b"marker-%s-%d-" % (c.encode(), n) + H.large_body(30000)))
+        a = self.start(root, memory="64k", max_object="40k")
+        for c in cases:
+            self.get(a, p + "/" + c)
+        self.wait_disk_entries(a, len(cases))
+        # Push them out of memory: the next lookups read their files.
+        for i in range(4):
+            self.origin.script(p + "/fill%d" % i, lambda req, n: fresh(H.large_body(30000)))
+            self.get(a, p + "/fill%d" % i)
+        H.wait_for(lambda: self.disk(a)["only_on_disk"] >= len(cases) or None, H.T(10),
+                   what="entries only on disk")
+        for c in cases:
+            f = file_holding(root, b"marker-%s-1-" % c.encode())
+            self.assertIsNotNone(f, c)
+            with open(f, "r+b") as fh:
+                data = fh.read()
+                if c == "flip":
+                    fh.seek(len(data) - 100)
+                    fh.write(bytes([data[-100] ^ 0x55]))
+                elif c == "truncate":
+                    fh.truncate(len(data) - 1000)
+                elif c == "head":
+                    fh.seek(60)  # inside the key
+                    fh.write(bytes([data[60] ^ 0x01]))
+            if c == "delete":
+                os.unlink(f)
+        for c in cases:
+            r = self.get(a, p + "/" + c)
+            self.assertEqual(r.status, 200)
+            self.assertTrue(r.body.startswith(b"marker-%s-2-" % c.encode()), (c, r.body[:40]))
+            self.assertFalse(self.hit(r), c)
+            self.assertEqual(self.origin.count(p + "/" + c), 2, c)
+        log = a.wait_log("dropped", count=len(cases))
+        self.assertIn("checksum mismatch", log)
+        self.assertIn("file vanished", log)
+        self.assertGreaterEqual(self.disk(a)["dropped"], len(cases))
+        # Stored again from the upstream's answer, and served.
+        self.wait_disk_entries(a, len(cases))
+        r = self.get(a, p + "/flip")
+        self.assertTrue(r.body.startswith(b"marker-flip-2-"))
+        self.assertEqual(self.origin.count(p + "/flip"), 2)
+
+    def test_damaged_files_dropped_at_start(self):
+        root = self.root()
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(b"start-%d" % n))
+        a = self.start(root)
+        self.get(a, p)
+        self.wait_disk_entries(a, 1)
+        a.stop()
+        f = [x for x in files_under(root) if not x.endswith(".tmp")][0]
+        with open(f, "r+b") as fh:
+            fh.truncate(20)
+        with open(f + ".tmp", "wb") as fh:
+            fh.write(b"a write cut short")
+        b = self.start(root)
+        self.assertEqual(self.disk(b)["entries"], 0)
+        b.wait_log("dropped")
+        self.assertEqual(files_under(root), [])
+        self.assertEqual(self.get(b, p).body, b"start-2")
+
+    def test_unwritable_directory_logged_and_proxied(self):
+        base = H.Workdir.new("cache-" + self._testMethodName)
+        blocker = os.path.join(base, "file")
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(b"uncached-disk-%d" % n))
+        a = self.start(os.path.join(blocker, "zone"))
+        r = self.get(a, p)
+        self.assertEqual((r.status, r.body), (200, b"uncached-disk-1"))
+        a.wait_log("cannot write an entry under")
+        self.assertIn("cannot make", a.stderr())
+        # Still serving (from memory), nothing on disk.
+        for _ in range(3):
+            self.assertEqual(self.get(a, p).body, b"uncached-disk-1")
+        self.assertEqual(self.disk(a)["entries"], 0)
+
+    # ------------------------------------------------------------------ limits, purge
+
+    def test_disk_limit_enforced(self):
+        root = self.root()
+        p = self.path()
+        body = H.large_body(50 * 1024)
+        a = self.start(root, memory="8m", size="200k")
+        for i in range(10):
+            self.origin.script(p + "/%d" % i, lambda req, n, i=i: fresh(b"%d" % i + body))
+            self.get(a, p + "/%d" % i)
+        H.wait_for(lambda: self.disk(a)["evicted"] >= 6 or None, H.T(10), what="disk evictions")
+
+        def settled():
+            files = [f for f in files_under(root) if not f.endswith(".tmp")]
+            total = sum(os.path.getsize(f) for f in files)
+            return (files, total) if total <= 200 * 1024 else None
+        files, total = H.wait_for(settled, H.T(10), what="the files within the budget")
+        d = self.disk(a)
+        self.assertLessEqual(d["bytes"], 200 * 1024)
+        self.assertEqual(d["entries"], len(files))
+        self.assertGreaterEqual(len(files), 2)
+        # The newest ones are the ones kept.
+        self.assertIsNotNone(file_holding(root, b"9" + body[:100]))
+
+    def test_purge_removes_files(self):
+        root = self.root()
+        p = self.path()
+        for s in ("a", "b"):
+            self.origin.script(p + "/" + s, lambda req, n, s=s: fresh(b"purge-%s-%d" % (s.encode(), n)))
+        a = self.start(root)
+        self.get(a, p + "/a")
+        self.get(a, p + "/b")
+        self.wait_disk_entries(a, 2)
+        key = "GET http://a.test" + p + "/a"
+        st, j = self.admin(a, "DELETE", "/cache/%s?key=%s" % (ZONE, urllib.parse.quote(key, safe="")))
+        self.assertEqual((st, j["purged"]), (200, 1))
+        H.wait_for(lambda: len(files_under(root)) == 1 or None, H.T(10), what="the file deleted")
+        self.assertIsNotNone(file_holding(root, b"purge-b-1"))
+        a.stop()
+        b = self.start(root)
+        self.assertEqual(self.get(b, p + "/a").body, b"purge-a-2")
+        self.assertEqual(self.get(b, p + "/b").body, b"purge-b-1")
+        st, j = self.admin(b, "DELETE", "/cache/" + ZONE)
+        self.assertEqual(st, 200)
+        H.wait_for(lambda: files_under(root) == [] or None, H.T(10), what="every file deleted")
+
+    # ------------------------------------------------------------------ a big disk hit
+
+    def test_big_disk_hit_to_slow_reader(self):
+        root = self.root()
+        p = self.path()
+        body = H.large_body(8 * 1024 * 1024)
+        digest = hashlib.sha256(body).hexdigest()
+        self.origin.script(p, lambda req, n: fresh(body))
+        a = self.start(root, memory="32m", max_object="16m")
+        self.assertEqual(hashlib.sha256(self.get(a, p).body).hexdigest(), digest)
+        self.wait_disk_entries(a, 1)
+        a.stop()
+        b = self.start(root, memory="32m", max_object="16m")
+        s = socket.create_connection(("127.0.0.1", b.port), timeout=H.T(30))
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            s.sendall(("GET %s HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n" % p).encode())
+            data = bytearray()
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) < 2 * 1024 * 1024:
+                    time.sleep(0.002)  # a slow reader for the first part: the proxy must wait
+        finally:
+            s.close()
+        head, _, got = bytes(data).partition(b"\r\n\r\n")
+        self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+        self.assertIn(b"hit", head.lower())
+        self.assertEqual(len(got), len(body))
+        self.assertEqual(hashlib.sha256(got).hexdigest(), digest)
+        self.assertEqual(self.origin.count(p), 1)
+
+
+if __name__ == "__main__":
+    H.main()

@@ -1,0 +1,748 @@
+#!/usr/bin/env python3
+"""HTTP/2 downstream (issue #17, engine/h2.c): h2 by ALPN on a TLS listener beside HTTP/1.1,
+h2c by prior knowledge on a cleartext listener beside HTTP/1.1, multiplexing, flow control
+with a slow reader, large uploads and downloads, Lua phases (a header rewrite plugin,
+req:http_version(), an error on one stream only), the limits and floods (concurrent
+streams, header list size and HPACK bombs, HPACK table size, rapid reset, PING, SETTINGS,
+empty DATA and CONTINUATION floods, idle timeout, requests per connection), endings
+(client reset mid-body, connection closed with streams in flight, upstream failure
+mid-stream) and GOAWAY on shutdown with a stream in flight.
+
+Clients: curl (--http2, --http2-prior-knowledge), nghttp, h2load and Debian's python3-h2
+for scripted frames, all on 127.0.0.1 and bounded in time."""
+
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import harness as H  # noqa: E402
+
+try:
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+except ImportError:  # ctest's python may be another build than Debian's (python3-h2)
+    sys.path.append("/usr/lib/python3/dist-packages")
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+CURL = shutil.which("curl")
+NGHTTP = shutil.which("nghttp")
+H2LOAD = shutil.which("h2load")
+OPENSSL = shutil.which("openssl")
+
+ENHANCE_YOUR_CALM = 11
+LIMITS = {
+    "max_concurrent_streams": 8,
+    "max_header_list_size": 4096,
+    "hpack_table_size": 2048,
+    "max_resets": 20,
+    "max_control_frames": 50,
+    "max_continuations": 4,
+}
+
+
+def run(argv, timeout=None):
+    return subprocess.run(argv, capture_output=True, timeout=timeout or H.T(30),
+                          stdin=subprocess.DEVNULL)
+
+
+class Client:
+    """A scripted HTTP/2 client (python3-h2) on a cleartext h2c connection."""
+
+    def __init__(self, port, ack=True):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=H.T(10))
+        self.conn = h2.connection.H2Connection(
+            config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self.ack = ack  # give the window back as data arrives
+        self.hold = set()  # streams whose data is not acknowledged (slow readers)
+        self.streams = {}
+        self.goaway = None
+        self.eof = False
+        self.remote_settings = {}
+        self.flush()
+
+    def flush(self):
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def st(self, sid):
+        return self.streams.setdefault(sid, {"status": None, "headers": {}, "data": bytearray(),
+                                             "ended": False, "reset": None})
+
+    def request(self, path, method="GET", headers=(), body=None, end=True):
+        sid = self.conn.get_next_available_stream_id()
+        hdrs = [(":method", method), (":scheme", "http"), (":authority", "localhost"),
+                (":path", path)] + list(headers)
+        self.st(sid)
+        self.conn.send_headers(sid, hdrs, end_stream=end and body is None)
+        self.flush()
+        if body is not None:
+            self.send_body(sid, body, end=end)
+        return sid
+
+    def send_body(self, sid, body, end=True):
+        off = 0
+        while off < len(body):
+            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            if room <= 0:
+                self.pump(lambda: self.conn.local_flow_control_window(sid) > 0 or self.eof
+                          or self.streams[sid]["reset"] is not None)
+                if self.eof or self.streams[sid]["reset"] is not None:
+                    return
+                continue
+            self.conn.send_data(sid, body[off:off + room])
+            off += room
+            self.flush()
+        if end:
+            self.conn.end_stream(sid)
+            self.flush()
+
+    def handle(self, ev):
+        if isinstance(ev, h2.events.ResponseReceived):
+            s = self.st(ev.stream_id)
+            s["headers"] = dict(ev.headers)
+            s["status"] = int(s["headers"][":status"])
+        elif isinstance(ev, h2.events.DataReceived):
+            self.st(ev.stream_id)["data"] += ev.data
+            if ev.stream_id in self.hold:
+                self.conn.increment_flow_control_window(ev.flow_controlled_length)
+            elif self.ack and ev.flow_controlled_length:
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.StreamEnded):
+            self.st(ev.stream_id)["ended"] = True
+        elif isinstance(ev, h2.events.StreamReset):
+            self.st(ev.stream_id)["reset"] = ev.error_code
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self.goaway = ev
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            for k, v in ev.changed_settings.items():
+                self.remote_settings[int(k)] = v.new_value
+
+    def pump(self, until, timeout=None):
+        """Reads and handles frames until until() is true (or the connection ends)."""
+        def step():
+            if until():
+                return True
+            if self.eof:
+                return True
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                return None
+            except OSError:
+                data = b""
+            if not data:
+                self.eof = True
+                return True
+            try:
+                for ev in self.conn.receive_data(data):
+                    self.handle(ev)
+            except h2.exceptions.ProtocolError:
+                self.eof = True
+            self.flush()
+            return until() or None
+        self.sock.settimeout(0.2)
+        H.wait_for(step, timeout or H.T(20), interval=0, what="HTTP/2 frames")
+        return until()
+
+    def done(self, *sids):
+        return all(self.streams[s]["ended"] or self.streams[s]["reset"] is not None
+                   for s in sids)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def raw_frame(ftype, flags, sid, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
+        struct.pack(">I", sid) + payload
+
+
+def read_until_close(sock, timeout):
+    """Everything the server sends until it closes (bounded); the frame types seen."""
+    sock.settimeout(0.2)
+    buf = bytearray()
+
+    def step():
+        try:
+            d = sock.recv(65536)
+        except socket.timeout:
+            return None
+        except OSError:
+            return True
+        if not d:
+            return True
+        buf.extend(d)
+        return None
+    H.wait_for(step, timeout, interval=0, what="the server to close")
+    types, off = [], 0
+    while off + 9 <= len(buf):
+        n = int.from_bytes(buf[off:off + 3], "big")
+        types.append((buf[off + 3], bytes(buf[off + 9:off + 9 + n])))
+        off += 9 + n
+    return types
+
+
+class RawReader:
+    """Frames as they come, for GOAWAY followed by more frames (python-h2 refuses frames
+    after a GOAWAY, which a graceful shutdown sends before the streams it lets finish)."""
+
+    def __init__(self, client):
+        import hpack
+        self.c = client
+        self.dec = hpack.Decoder()
+        self.buf = bytearray()
+        self.status = {}
+        self.ended = set()
+        self.goaway = None  # (last_stream_id, error_code)
+        self.eof = False
+        self.started = False
+
+    def pump(self, until, timeout=None):
+        sock = self.c.sock
+        sock.settimeout(0.2)
+
+        def step():
+            if until() or self.eof:
+                return True
+            try:
+                d = sock.recv(65536)
+            except socket.timeout:
+                return None
+            except OSError:
+                d = b""
+            if not d:
+                self.eof = True
+                return True
+            self.buf += d
+            self.parse()
+            return until() or None
+        H.wait_for(step, timeout or H.T(20), interval=0, what="frames")
+
+    def parse(self):
+        while len(self.buf) >= 9:
+            n = int.from_bytes(self.buf[0:3], "big")
+            if len(self.buf) < 9 + n:
+                return
+            t, fl = self.buf[3], self.buf[4]
+            sid = int.from_bytes(self.buf[5:9], "big") & 0x7fffffff
+            pl = bytes(self.buf[9:9 + n])
+            del self.buf[:9 + n]
+            if t == 0x1:  # HEADERS (nghttp2 sends no padding or priority)
+                for k, v in self.dec.decode(pl):
+                    if k == ":status":
+                        self.status[sid] = int(v)
+            elif t == 0x4 and not fl & 1:
+                self.c.sock.sendall(raw_frame(0x4, 1, 0))  # SETTINGS ACK
+            elif t == 0x7:
+                self.goaway = (int.from_bytes(pl[0:4], "big") & 0x7fffffff,
+                               int.from_bytes(pl[4:8], "big"))
+            if t in (0x0, 0x1) and fl & 1:
+                self.ended.add(sid)
+
+
+class H2Test(H.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        for tool in (CURL, NGHTTP, H2LOAD, OPENSSL):
+            if not tool:
+                raise H.MissingDependency("curl, nghttp, h2load (nghttp2-client) and openssl")
+        cls.origin = cls.start_origin("o1")
+        d = H.Workdir.new("h2-certs")
+        cls.cert, cls.key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+        p = run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", cls.key,
+                 "-out", cls.cert, "-days", "2", "-subj", "/CN=localhost"])
+        assert p.returncode == 0, p.stderr
+        cls.proxy = cls.make_proxy(LIMITS)
+        cls.tls_port, cls.h2c_port = cls.proxy.ports
+
+    @classmethod
+    def make_proxy(cls, limits, name=None):
+        ups = {"app": H.upstream(cls.origin.address())}
+        routes = [
+            {"match": {"prefix": "/version"}, "upstream": "app",
+             "handler": H.LuaRaw('''function(req)
+                 return req:respond(200, "v=" .. tostring(req:http_version()), {})
+               end''')},
+            {"match": {"prefix": "/boom"}, "upstream": "app",
+             "handler": H.LuaRaw('function(req) error("boom in one stream") end')},
+            {"match": {"prefix": "/"}, "upstream": "app",
+             "plugins": [{"name": "headers", "request": {"set": {"X-Via-H2": "yes"}}}]},
+        ]
+        p = H.Proxy.build(ups, routes, name=name or cls.__name__, http2=limits,
+                          limits={"max_body_size": 0})
+        p.cfg["listen"] = [
+            {"address": "127.0.0.1:0", "tls": {"cert": cls.cert, "key": cls.key}, "http2": True},
+            {"address": "127.0.0.1:0", "http2": True},
+        ]
+        cls.addClassCleanup(p.stop)
+        return p.start()
+
+    def curl(self, *args):
+        p = run([CURL, "-sS", "-k", "--max-time", str(H.T(20)), "-w", "\n%{http_version} %{http_code}"]
+                + list(args))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        body, _, tail = p.stdout.rpartition(b"\n")
+        return body, tail.decode()
+
+    def tearDown(self):
+        self.assertAlive()
+
+    # ---- protocols and listeners
+
+    def test_alpn_h2_and_h1_on_one_tls_listener(self):
+        url = "https://127.0.0.1:%d/fixed?size=7" % self.tls_port
+        body, tail = self.curl("--http2", url)
+        self.assertEqual((body, tail), (b"x" * 7, "2 200"))
+        body, tail = self.curl("--http1.1", url)
+        self.assertEqual((body, tail), (b"x" * 7, "1.1 200"))
+        H.wait_for(lambda: all(any(w in l for l in self.proxy.access_lines()) for w in
+                               ('"GET /fixed?size=7 HTTP/2.0" 200', '"GET /fixed?size=7 HTTP/1.1" 200')),
+                   H.T(10), what="both access log lines")
+
+    def test_h2c_prior_knowledge_and_h1_on_one_cleartext_listener(self):
+        url = "http://127.0.0.1:%d/fixed?size=3" % self.h2c_port
+        self.assertEqual(self.curl("--http2-prior-knowledge", url), (b"xxx", "2 200"))
+        self.assertEqual(self.curl("--http1.1", url), (b"xxx", "1.1 200"))
+
+    def test_pseudo_headers_map_to_the_request_and_plugins_run(self):
+        body, tail = self.curl("--http2", "https://127.0.0.1:%d/headers?q=1" % self.tls_port,
+                               "-H", "Cookie: a=1", "-H", "X-Up: v")
+        self.assertEqual(tail, "2 200")
+        import json
+        j = json.loads(body)
+        hdrs = {k.lower(): v for k, v in j["headers"]}
+        self.assertEqual(j["method"], "GET")
+        self.assertEqual(j["url"], "/headers?q=1")
+        self.assertEqual(hdrs["host"], "127.0.0.1:%d" % self.tls_port)
+        self.assertEqual(hdrs["x-forwarded-proto"], "https")
+        self.assertEqual(hdrs["x-via-h2"], "yes")  # the headers plugin's request phase
+        self.assertEqual(hdrs["x-up"], "v")
+        self.assertEqual(hdrs["cookie"], "a=1")
+
+    def test_http_version_is_2_in_lua(self):
+        self.assertEqual(self.curl("--http2-prior-knowledge",
+                                   "http://127.0.0.1:%d/version" % self.h2c_port),
+                         (b"v=2", "2 200"))
+        self.assertEqual(self.curl("--http1.1", "http://127.0.0.1:%d/version" % self.h2c_port),
+                         (b"v=1.1", "1.1 200"))
+
+    # ---- streams
+
+    def test_multiplexing_many_streams_on_one_connection(self):
+        c = Client(self.h2c_port)
+        try:
+            sids = [c.request("/delay?ms=200") for _ in range(6)]
+            sids += [c.request("/fixed?size=%d" % (i + 1)) for i in range(2)]
+            c.pump(lambda: c.done(*sids))
+            for s in sids:
+                self.assertEqual(c.streams[s]["status"], 200, c.streams[s])
+                self.assertTrue(c.streams[s]["ended"])
+            self.assertEqual(bytes(c.streams[sids[-1]]["data"]), b"xx")
+        finally:
+            c.close()
+        p = run([H2LOAD, "-n", "400", "-c", "4", "-m", "8",
+                 "https://127.0.0.1:%d/fixed?size=100" % self.tls_port])
+        self.assertIn(b"400 succeeded", p.stdout, p.stdout + p.stderr)
+        self.assertIn(b"400 2xx", p.stdout)
+
+    def test_large_upload_and_download(self):
+        body = os.urandom(3 * 1024 * 1024)
+        d = H.Workdir.new("h2-up")
+        src, out = os.path.join(d, "in"), os.path.join(d, "out")
+        with open(src, "wb") as f:
+            f.write(body)
+        _, tail = self.curl("--http2", "--data-binary", "@" + src, "-o", out,
+                            "https://127.0.0.1:%d/echo" % self.tls_port)
+        self.assertEqual(tail, "2 200")
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), body)
+        # chunked upstream (no content-length from the client)
+        c = Client(self.h2c_port)
+        try:
+            sid = c.request("/echo", method="POST", body=body[:500000])
+            c.pump(lambda: c.done(sid))
+            self.assertEqual(c.streams[sid]["status"], 200)
+            self.assertEqual(bytes(c.streams[sid]["data"]), body[:500000])
+        finally:
+            c.close()
+        _, tail = self.curl("--http2", "-o", out,
+                            "https://127.0.0.1:%d/large?bytes=30000000" % self.tls_port)
+        self.assertEqual(tail, "2 200")
+        self.assertEqual(os.path.getsize(out), 30000000)
+
+    def test_large_download_over_h2c(self):
+        # Cleartext: a write the socket takes whole completes at once, without `written`.
+        d = H.Workdir.new("h2c-down")
+        out = os.path.join(d, "out")
+        _, tail = self.curl("--http2-prior-knowledge", "-o", out,
+                            "http://127.0.0.1:%d/large?bytes=3000000" % self.h2c_port)
+        self.assertEqual(tail, "2 200")
+        self.assertEqual(os.path.getsize(out), 3000000)
+
+    def test_slow_reader_stalls_only_its_stream_and_is_not_buffered(self):
+        c = Client(self.h2c_port)
+        try:
+            c.conn.increment_flow_control_window(200 * 1024 * 1024)  # connection level
+            c.flush()
+            total = 200 * 1024 * 1024
+            slow = c.request("/large?bytes=%d" % total)
+            c.hold.add(slow)
+            c.pump(lambda: len(c.streams[slow]["data"]) >= 65535)
+            rss0 = H.rss_kib(self.proxy.pid)
+            fast = c.request("/fixed?size=10")
+            c.pump(lambda: c.done(fast))
+            self.assertEqual(c.streams[fast]["status"], 200)
+            self.assertEqual(bytes(c.streams[fast]["data"]), b"x" * 10)
+            self.assertLessEqual(len(c.streams[slow]["data"]), 65535)
+            # The origin could send 200 MB; the proxy stops reading it at its watermark.
+            grew = []
+
+            def bounded():
+                grew.append(H.rss_kib(self.proxy.pid) - rss0)
+                return None if len(grew) < 10 else True
+            H.wait_for(bounded, H.T(10), interval=0.1, what="RSS samples")
+            self.assertLess(max(grew), 32 * 1024, grew)
+            # The reader catches up: the rest flows.
+            c.hold.discard(slow)
+            c.conn.acknowledge_received_data(len(c.streams[slow]["data"]), slow)
+            c.flush()
+            c.pump(lambda: c.done(slow), timeout=H.T(60))
+            self.assertEqual(len(c.streams[slow]["data"]), total)
+        finally:
+            c.close()
+
+    def test_lua_error_fails_only_its_stream(self):
+        c = Client(self.h2c_port)
+        try:
+            a = c.request("/delay?ms=100")
+            b = c.request("/boom")
+            c.pump(lambda: c.done(a, b))
+            self.assertEqual(c.streams[b]["status"], 500)
+            self.assertEqual(c.streams[a]["status"], 200)
+            self.assertIsNone(c.goaway)
+        finally:
+            c.close()
+
+    # ---- endings
+
+    def test_client_reset_mid_body(self):
+        c = Client(self.h2c_port)
+        try:
+            sid = c.request("/echo", method="POST", headers=[("content-length", "100000")],
+                            body=b"a" * 10000, end=False)
+            c.conn.reset_stream(sid)
+            c.flush()
+            other = c.request("/fixed?size=2")
+            c.pump(lambda: c.done(other))
+            self.assertEqual(c.streams[other]["status"], 200)
+        finally:
+            c.close()
+        H.wait_for(lambda: any('"POST /echo HTTP/2.0" 499' in l or '"POST /echo HTTP/2.0" 200' in l
+                               for l in self.proxy.access_lines()), H.T(10), what="its log line")
+
+    def test_body_without_length_is_framed_despite_a_lookalike_field(self):
+        # A body without content-length goes upstream chunked; a field whose name or value
+        # merely contains "content-length:" must not pass for one (the body went upstream
+        # unframed: the origin read no body and took the bytes for its next request).
+        c = Client(self.h2c_port)
+        try:
+            sids = [c.request("/echo", method="POST", headers=hdrs, body=b"hello")
+                    for hdrs in ([("x-content-length", "5")], [("x-note", "content-length: 5")],
+                                 [])]
+            c.pump(lambda: c.done(*sids))
+            for i, s in enumerate(sids):
+                st = c.streams[s]
+                self.assertEqual(st["status"], 200, (i, st))
+                self.assertEqual(st["headers"].get("x-echo-body-framing"), "chunked", st)
+                self.assertEqual(bytes(st["data"]), b"hello", st)
+        finally:
+            c.close()
+
+    def test_body_waits_for_the_upstream_connection(self):
+        # Bodies that arrive while their upstream connections are still being made wait
+        # for the heads (they went before them, with the chunked end, and the origin
+        # answered 400).
+        c = Client(self.h2c_port)
+        try:
+            sids = [c.request("/echo", method="POST", body=b"hello%d" % i) for i in range(4)]
+            sids.append(c.request("/echo", method="POST", headers=[("content-length", "6")],
+                                  body=b"sized!"))
+            c.pump(lambda: c.done(*sids))
+            for i, s in enumerate(sids):
+                st = c.streams[s]
+                self.assertEqual(st["status"], 200, (i, st))
+                self.assertEqual(bytes(st["data"]), b"hello%d" % i if i < 4 else b"sized!")
+        finally:
+            c.close()
+
+    def test_connection_closed_with_streams_in_flight(self):
+        c = Client(self.h2c_port)
+        # Heads at once, bodies of 100 bytes over 5 s: cut by the close.
+        sids = [c.request("/slow?bytes=100&chunk=1&delay_ms=50&id=cut%d" % i) for i in range(3)]
+        c.pump(lambda: all(c.streams[s]["status"] for s in sids))
+        c.close()
+        cut = []
+
+        def logged():
+            cut[:] = [l for l in self.proxy.access_lines() if "&id=cut" in l]
+            return len(cut) == 3
+        H.wait_for(logged, H.T(10), what="three log lines")
+        for l in cut:
+            self.assertIn('HTTP/2.0" 200 ', l)
+            self.assertNotIn('" 200 100 ', l)  # cut short, not the whole body
+
+    def test_upstream_failure_mid_stream(self):
+        c = Client(self.h2c_port)
+        try:
+            bad = c.request("/close-mid?bytes=100000")
+            good = c.request("/fixed?size=4")
+            c.pump(lambda: c.done(bad, good))
+            self.assertEqual(c.streams[good]["status"], 200)
+            self.assertIsNotNone(c.streams[bad]["reset"], c.streams[bad])
+            self.assertIsNone(c.goaway)
+        finally:
+            c.close()
+
+    # ---- limits and floods
+
+    def test_settings_advertise_the_limits(self):
+        c = Client(self.h2c_port)
+        try:
+            c.pump(lambda: h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in c.remote_settings)
+            s = c.remote_settings
+            self.assertEqual(s[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS], 8)
+            self.assertEqual(s[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE], 4096)
+            self.assertEqual(s[h2.settings.SettingCodes.HEADER_TABLE_SIZE], 2048)
+            self.assertEqual(s[h2.settings.SettingCodes.ENABLE_PUSH], 0)
+        finally:
+            c.close()
+
+    def test_max_concurrent_streams(self):
+        c = Client(self.h2c_port)
+        try:
+            # Sent before the server's SETTINGS is read: the client does not know the limit.
+            sids = [c.request("/delay?ms=300") for _ in range(12)]
+            c.pump(lambda: c.done(*sids))
+            ok = [s for s in sids if c.streams[s]["status"] == 200]
+            refused = [s for s in sids if c.streams[s]["reset"] is not None]
+            self.assertLessEqual(len(ok), 8)
+            self.assertGreaterEqual(len(refused), 4)
+        finally:
+            c.close()
+
+    def test_header_list_size_and_hpack_bomb(self):
+        c = Client(self.h2c_port)
+        try:
+            big = c.request("/fixed", headers=[("x-big", "b" * 5000)])
+            # A small encoding of a large list: one table entry referenced again and again.
+            bomb = c.request("/fixed", headers=[("x-bomb", "c" * 900)] * 10)
+            ok = c.request("/fixed?size=1")
+            c.pump(lambda: c.done(big, bomb, ok))
+            self.assertIsNotNone(c.streams[big]["reset"], c.streams[big])
+            self.assertIsNotNone(c.streams[bomb]["reset"], c.streams[bomb])
+            self.assertEqual(c.streams[ok]["status"], 200)
+        finally:
+            c.close()
+
+    def assertCalm(self, c):
+        c.pump(lambda: c.goaway is not None)
+        self.assertIsNotNone(c.goaway, "no GOAWAY")
+        self.assertEqual(c.goaway.error_code, ENHANCE_YOUR_CALM)
+
+    def test_rapid_reset(self):
+        c = Client(self.h2c_port)
+        try:
+            for _ in range(40):
+                sid = c.conn.get_next_available_stream_id()
+                c.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
+                                          (":authority", "x"), (":path", "/delay?ms=500")],
+                                    end_stream=True)
+                c.conn.reset_stream(sid)
+            c.flush()
+            self.assertCalm(c)
+        finally:
+            c.close()
+        self.proxy.wait_log("RST_STREAM flood")
+
+    def test_ping_flood(self):
+        c = Client(self.h2c_port)
+        try:
+            for i in range(100):
+                c.conn.ping(struct.pack(">Q", i))
+            c.flush()
+            self.assertCalm(c)
+        finally:
+            c.close()
+
+    def test_settings_flood(self):
+        c = Client(self.h2c_port)
+        try:
+            for _ in range(100):
+                c.sock.sendall(raw_frame(0x4, 0, 0))
+            c.pump(lambda: c.goaway is not None)
+            self.assertCalm(c)
+        finally:
+            c.close()
+
+    def test_empty_data_flood(self):
+        c = Client(self.h2c_port)
+        try:
+            sid = c.request("/echo", method="POST", end=False)
+            for _ in range(100):
+                c.sock.sendall(raw_frame(0x0, 0, sid))
+            self.assertCalm(c)
+        finally:
+            c.close()
+
+    def test_continuation_flood(self):
+        s = socket.create_connection(("127.0.0.1", self.h2c_port), timeout=H.T(10))
+        try:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + raw_frame(0x4, 0, 0))
+            # HEADERS without END_HEADERS, then CONTINUATIONs that never end the block.
+            s.sendall(raw_frame(0x1, 0x1, 1, b"\x82"))  # :method GET, END_STREAM
+            for _ in range(20):
+                try:
+                    s.sendall(raw_frame(0x9, 0, 1, b"\x00\x01a\x01b"))  # a: b
+                except OSError:
+                    break
+            frames = read_until_close(s, H.T(10))
+            self.assertIn(0x7, [t for t, _ in frames], frames)  # GOAWAY, then closed
+        finally:
+            s.close()
+
+
+class H2CacheTest(H.ProxyTestCase):
+    """The cache over HTTP/2: a cold Range request is filled whole while only its window
+    reaches the client (the cache lane's window, applied in conn.c for both protocols), and
+    hits answer streams."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not CURL:
+            raise H.MissingDependency("curl")
+        cls.origin = cls.start_origin("o3")
+        ups = {"app": H.upstream(cls.origin.address())}
+        routes = [{"match": {"prefix": "/"}, "upstream": "app",
+                   "plugins": [{"name": "cache", "zone": "h2z", "default_ttl": {200: 3600}}]}]
+        p = H.Proxy.build(ups, routes, name="h2cache",
+                          cache={"zones": {"h2z": {"memory": "16m", "max_object_size": "4m"}}})
+        p.cfg["listen"] = [{"address": "127.0.0.1:0", "http2": True}]
+        cls.addClassCleanup(p.stop)
+        cls.proxy = p.start()
+
+    def curl(self, path, *args):
+        p = run([CURL, "-sS", "--http2-prior-knowledge", "--max-time", str(H.T(10)), "-D", "-",
+                 "-o", "/dev/stderr", "http://127.0.0.1:%d%s" % (self.proxy.port, path)]
+                + list(args))
+        self.assertEqual(p.returncode, 0, p.stderr[-300:])
+        lines = p.stdout.decode().split("\r\n")
+        hdrs = {}
+        for l in lines[1:]:
+            k, _, v = l.partition(":")
+            if k:
+                hdrs[k.strip().lower()] = v.strip()
+        return int(lines[0].split()[1]), hdrs, p.stderr
+
+    def tearDown(self):
+        self.assertAlive()
+
+    BODY = bytes(ord("a") + i % 26 for i in range(300000))
+
+    def test_cold_range_then_hits(self):
+        path = "/large?bytes=300000&t=range"
+        st, h, got = self.curl(path, "-r", "200000-200009")
+        self.assertEqual((st, got, h.get("content-range")),
+                         (206, self.BODY[200000:200010], "bytes 200000-200009/300000"), h)
+        self.assertEqual(h.get("content-length"), "10", h)
+        st, h, got = self.curl(path, "-r", "0-9")
+        self.assertEqual((st, got), (206, self.BODY[:10]), h)
+        self.assertIn("hit", h.get("cache-status", ""), h)
+
+    def test_large_hit(self):
+        # A hit is queued on its stream whole: its DATA frames must all go, paced by the
+        # client's windows (it stopped at the connection's 128 KB of output).
+        path = "/large?bytes=300000&t=hit"
+        for want in ("miss", "hit"):
+            with self.subTest(want):
+                st, h, got = self.curl(path)
+                self.assertEqual((st, len(got), got == self.BODY), (200, 300000, True), h)
+                self.assertIn(want, h.get("cache-status", "").lower(), h)
+
+
+class H2ConnectionLimitsTest(H.ProxyTestCase):
+    """Idle timeout, max requests per connection and GOAWAY on shutdown: a proxy each."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = cls.start_origin("o2")
+
+    def start(self, limits):
+        ups = {"app": H.upstream(self.origin.address())}
+        routes = [{"match": {"prefix": "/"}, "upstream": "app"}]
+        p = H.Proxy.build(ups, routes, name="h2lim", http2=limits)
+        p.cfg["listen"] = [{"address": "127.0.0.1:0", "http2": True}]
+        self.addCleanup(p.stop)
+        return p.start()
+
+    def test_idle_timeout(self):
+        p = self.start({"idle_timeout": 0.3})
+        c = Client(p.port)
+        try:
+            sid = c.request("/fixed?size=1")
+            c.pump(lambda: c.done(sid))
+            c.pump(lambda: c.goaway is not None and c.eof, timeout=H.T(10))
+            self.assertEqual(c.goaway.error_code, 0)
+        finally:
+            c.close()
+
+    def test_max_requests(self):
+        p = self.start({"max_requests": 3})
+        c = Client(p.port)
+        r = RawReader(c)
+        try:
+            sids = [c.request("/fixed?size=1") for _ in range(3)]
+            r.pump(lambda: all(s in r.ended for s in sids) and r.goaway is not None and r.eof)
+            self.assertEqual(r.goaway, (sids[-1], 0))
+            for s in sids:
+                self.assertEqual(r.status.get(s), 200)
+            self.assertTrue(r.eof)  # closed once the last stream ended
+        finally:
+            c.close()
+
+    def test_goaway_on_shutdown_lets_open_streams_finish(self):
+        p = self.start({})
+        c = Client(p.port)
+        try:
+            # The head comes at once, the body over about half a second.
+            sid = c.request("/slow?bytes=100&chunk=10&delay_ms=50")
+            r = RawReader(c)
+            r.pump(lambda: sid in r.status)
+            p.signal(signal.SIGTERM)
+            r.pump(lambda: r.goaway is not None and sid in r.ended)
+            self.assertEqual(r.goaway, (sid, 0))
+            self.assertEqual(r.status[sid], 200)
+            self.assertIn(sid, r.ended)
+            self.assertEqual(p.wait_exit(H.T(20)), 0)
+        finally:
+            c.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
