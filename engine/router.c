@@ -711,6 +711,38 @@ size_t lp_router_count(const lp_router_t *r)
     return r->nroutes;
 }
 
+static void rx_count(const rnode_t *n, size_t *sets, size_t *ready)
+{
+    if (!n)
+        return;
+    for (uint32_t i = 0; i < n->nrxs; i++) {
+        (*sets)++;
+        *ready += lp_rxset_ready(n->rxs[i]) != 0;
+    }
+    for (uint32_t i = 0; i < n->nkids; i++)
+        rx_count(n->kids[i], sets, ready);
+    rx_count(n->param, sets, ready);
+}
+
+static void rx_count_tab(const htab_t *t, size_t *sets, size_t *ready)
+{
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->v[i].key)
+            rx_count(t->v[i].root, sets, ready);
+}
+
+size_t lp_router_rx_sets(const lp_router_t *r, size_t *ready)
+{
+    size_t sets = 0, rd = 0;
+    rx_count(r->any, &sets, &rd);
+    rx_count_tab(&r->exact, &sets, &rd);
+    rx_count_tab(&r->wild, &sets, &rd);
+    rx_count_tab(&r->pfx, &sets, &rd);
+    if (ready)
+        *ready = rd;
+    return sets;
+}
+
 int lp_router_conditions(const lp_router_t *r, size_t idx, lp_router_cond_fn fn, void *ud)
 {
     const route_t *rt = r->routes[r->at ? r->at[idx] : idx];
@@ -1362,7 +1394,7 @@ static void consider(mstate_t *ms, const ids_t *l, int prefix_list)
 /* The candidates the prefilter leaves (uids into positions), in table order. */
 static void consider_rx(mstate_t *ms, const rnode_t *n)
 {
-    uint32_t cand[64];
+    uint32_t cand[2 * RX_CHUNK]; /* room for a chunk not compiled yet (all candidates) */
     int nc = 0;
     for (uint32_t c = 0; c < n->nrxs && !ms->asterisk; c++) {
         int k = lp_rxset_scan(n->rxs[c], ms->path.base, ms->path.len, cand + nc,

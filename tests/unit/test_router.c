@@ -10,7 +10,26 @@
 #include <time.h>
 #include "lp_test.h"
 #include "router.h"
+#include "hs_db.h"
 #include "router_hs.h"
+
+/* Hyperscan's compiles (C++ allocations) run about 15 times slower under AddressSanitizer:
+ * there, fewer of the random tables wait for their databases (every table is still checked
+ * before they are compiled) and the many-regexes test is smaller. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifdef SANITIZED
+enum { COMPILE_EVERY = 8, REGEX_MANY = 300 };
+#else
+enum { COMPILE_EVERY = 1, REGEX_MANY = 1000 };
+#endif
+/* The longest a test waits for the compile thread (a loaded machine, a sanitizer build). */
+#define COMPILE_WAIT_MS 120000L
 
 /* A route as the tests describe it (NULL / 0: no such condition). */
 typedef struct {
@@ -415,6 +434,22 @@ static int one(const lp_router_t *r, const treq_t *q, lp_route_out_t *out)
     return lp_router_match(r, &in, 0, out);
 }
 
+/* The tests run with the compile thread held (lp_hsdb_hold), so that a router is checked
+ * in the state every router starts in: no database compiled, each regex tried by PCRE2.
+ * This lets the thread compile what is queued (bounded) and holds it again: 1 when every
+ * prefilter chunk of r is then compiled. */
+static int compile_now(const lp_router_t *r)
+{
+    lp_hsdb_hold(0);
+    int ok = lp_hsdb_wait_idle(COMPILE_WAIT_MS) == 0;
+    lp_hsdb_hold(1);
+    size_t ready, sets = lp_router_rx_sets(r, &ready);
+    if (!ok || ready != sets)
+        printf("compile_now: %s, %zu of %zu chunks ready\n", ok ? "idle" : "timed out", ready,
+               sets);
+    return ok && ready == sets;
+}
+
 static void test_hosts(void)
 {
     static const troute_t t[] = {
@@ -717,6 +752,8 @@ static void test_property(void)
     char paths[400][64];
     troute_t t[400];
     int compared = 0, matched = 0;
+    size_t sets_pending = 0, sets_compiled = 0;
+    lp_hsdb_hold(1);
     for (int round = 0; round < 300; round++) {
         size_t n = 1 + rnd(round < 100 ? 10 : 400);
         for (size_t i = 0; i < n; i++)
@@ -735,14 +772,28 @@ static void test_property(void)
             REQUIRE((r = lp_rbuild_finish(b, err, sizeof(err))));
             lp_router_free(r0);
         }
-        compared += compare_random(t, n, r, 60, &matched);
+        /* Before the compile thread made the prefilter's databases (PCRE2 alone), then
+         * after (the prefilter narrowing): the same answers. */
+        size_t ready, sets = lp_router_rx_sets(r, &ready);
+        CHECK_EQ_INT((int)ready, 0);
+        sets_pending += sets;
+        compared += compare_random(t, n, r, 30, &matched);
+        if (sets && round % COMPILE_EVERY == 0) {
+            REQUIRE(compile_now(r));
+            sets_compiled += sets;
+        }
+        compared += compare_random(t, n, r, 30, &matched);
         lp_router_free(r);
         if (lp_test_failures)
             break;
     }
-    printf("property: %d requests compared, %d matched a route\n", compared, matched);
+    lp_hsdb_hold(0);
+    printf("property: %d requests compared, %d matched a route; %zu prefilter chunks checked "
+           "before compiling, %zu after\n",
+           compared, matched, sets_pending, sets_compiled);
     CHECK(compared == 300 * 60);
     CHECK(matched > compared / 4);
+    CHECK(sets_compiled > 10);
 }
 
 /* A table as the reference sees it: routes and their own paths, kept side by side. */
@@ -771,7 +822,8 @@ static size_t count_shadows(const lp_router_t *r)
 static void test_property_incremental(void)
 {
     static rtab_t cur, prev;
-    int compared = 0, matched = 0, changes = 0, fresh_checked = 0;
+    int compared = 0, matched = 0, changes = 0, fresh_checked = 0, compiled = 0;
+    lp_hsdb_hold(1);
     for (int round = 0; round < 40 && !lp_test_failures; round++) {
         cur.n = 1 + rnd(round < 10 ? 8 : 250);
         for (size_t i = 0; i < cur.n; i++)
@@ -839,7 +891,14 @@ static void test_property_incremental(void)
             REQUIRE(r2);
             changes += (int)nops;
             REQUIRE(lp_router_count(r2) == cur.n);
-            compared += compare_random(cur.t, cur.n, r2, 30, &matched);
+            /* Chunks shared with r as compiled as they were there, the changed ones not
+             * yet; every few steps, all compiled. */
+            compared += compare_random(cur.t, cur.n, r2, 15, &matched);
+            if (step % (4 * COMPILE_EVERY) == 1 && lp_router_rx_sets(r2, NULL)) {
+                REQUIRE(compile_now(r2));
+                compiled++;
+            }
+            compared += compare_random(cur.t, cur.n, r2, 15, &matched);
             /* The router it came from still answers for its own table. */
             compared += compare_random(prev.t, prev.n, r, 10, &matched);
             if (step % 5 == 0) {
@@ -863,8 +922,11 @@ static void test_property_incremental(void)
         keep = NULL;
         lp_router_free(r);
     }
-    printf("incremental: %d changes, %d requests compared, %d matched, %d shadow checks\n", changes,
-           compared, matched, fresh_checked);
+    lp_hsdb_hold(0);
+    printf("incremental: %d changes, %d requests compared, %d matched, %d shadow checks, %d "
+           "compiled states\n",
+           changes, compared, matched, fresh_checked, compiled);
+    CHECK(compiled > 5);
     CHECK(compared == 40 * 40 * 40);
     CHECK(matched > compared / 5);
 }
@@ -881,13 +943,30 @@ static void test_rxset_fallback(void)
         lens[i] = strlen(pats[i]);
         ids[i] = (uint32_t)(100 + i);
     }
+    lp_hsdb_hold(1);
     lp_rxset_t *s = lp_rxset_new(pats, lens, ids, LP_ARRAY_LEN(pats));
     REQUIRE(s);
+    uint32_t cand[16];
+    /* Not compiled yet: every regex is a candidate. */
+    CHECK(!lp_rxset_ready(s));
+    CHECK_EQ_INT(lp_rxset_scan(s, "/CASE/x", 7, cand, 16), (int)LP_ARRAY_LEN(pats));
+    CHECK_EQ_INT(lp_rxset_scan(s, "/CASE/x", 7, cand, 3), -1);
+    unsigned long before = lp_hsdb_compiles();
+    lp_hsdb_hold(0);
+    REQUIRE(lp_hsdb_wait_idle(COMPILE_WAIT_MS) == 0);
+    CHECK(lp_rxset_ready(s));
+    CHECK(lp_hsdb_compiles() == before + 1);
+    /* The same patterns known by other ids: the same database, nothing compiled again. */
+    uint32_t ids2[LP_ARRAY_LEN(pats)];
+    for (size_t i = 0; i < LP_ARRAY_LEN(pats); i++)
+        ids2[i] = (uint32_t)(200 + i);
+    lp_rxset_t *s2 = lp_rxset_new(pats, lens, ids2, LP_ARRAY_LEN(pats));
+    REQUIRE(s2);
+    CHECK(lp_rxset_ready(s2));
     size_t nfb = lp_rxset_fallbacks(s);
     printf("rxset: %zu of %zu patterns refused by Hyperscan\n", nfb, LP_ARRAY_LEN(pats));
     CHECK(nfb >= 1); /* \G */
     CHECK(nfb < LP_ARRAY_LEN(pats));
-    uint32_t cand[16];
     int n = lp_rxset_scan(s, "/CASE/x", 7, cand, 16);
     REQUIRE(n >= 0);
     int has_case = 0, has_a = 0, has_cond = 0;
@@ -902,45 +981,100 @@ static void test_rxset_fallback(void)
     CHECK_EQ_INT(n, (int)(1 + nfb));
     /* More candidates than room: every regex must be tried. */
     CHECK_EQ_INT(lp_rxset_scan(s, "/a", 2, cand, (unsigned)nfb), -1);
+    n = lp_rxset_scan(s2, "/CASE/x", 7, cand, 16);
+    CHECK_EQ_INT(n, (int)(1 + nfb));
+    int has_case2 = 0;
+    for (int i = 0; i < n; i++)
+        has_case2 |= cand[i] == 204;
+    CHECK(has_case2);
     lp_rxset_unref(s);
+    lp_rxset_unref(s2);
+    CHECK(lp_hsdb_compiles() == before + 1);
+    /* A set freed before the thread reached its job: the job is dropped, not compiled. */
+    lp_hsdb_hold(1);
+    static const char *const other[] = {"^/dropped", "x+y"};
+    size_t olens[] = {9, 3};
+    lp_rxset_t *s3 = lp_rxset_new(other, olens, ids, 2);
+    REQUIRE(s3);
+    lp_rxset_unref(s3);
+    lp_hsdb_hold(0);
+    REQUIRE(lp_hsdb_wait_idle(COMPILE_WAIT_MS) == 0);
+    CHECK(lp_hsdb_compiles() == before + 1);
+    CHECK_EQ_INT(lp_hsdb_count(LP_HSDB_KIND_ROUTER), 0);
 }
 
-/* 1,000 regex routes without a literal head (one prefilter): the last one's request gets it
- * and its captures; an earlier route Hyperscan refuses still wins when it matches; a
- * derived router (one route replaced) rebuilds the set, its base keeps answering. */
+/* REGEX_MANY regex routes without a literal head (one list, in chunks): the last one's
+ * request gets it and its captures; an earlier route Hyperscan refuses still wins when it
+ * matches -- before the chunks are compiled and after. The same table built again compiles
+ * nothing (shared by pattern text); a derived router (one route replaced) compiles only the
+ * changed chunk, asynchronously, answering meanwhile; its base keeps answering. */
+static void check_many(const lp_router_t *r)
+{
+    enum { N = REGEX_MANY, A = N / 2, B = N * 3 / 5, C = N * 7 / 10 };
+    lp_route_out_t o;
+    char p[64];
+    snprintf(p, sizeof(p), "/re%d/42", N - 1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), N - 1);
+    CHECK_SLICE(cap(&o, "n"), "42");
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re0/7", NULL}, &o), 0);
+    CHECK_SLICE(cap(&o, "n"), "7");
+    snprintf(p, sizeof(p), "/x%d/9", A);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), A);
+    CHECK_SLICE(cap(&o, "c"), "x");
+    snprintf(p, sizeof(p), "/y%d/9", A);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), -1);
+    snprintf(p, sizeof(p), "/x%d/9", B);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), B);
+    snprintf(p, sizeof(p), "/y%d/9", B);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), B);
+    snprintf(p, sizeof(p), "/x%dx/9", B);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), -1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/ci/5", NULL}, &o), C);
+    snprintf(p, sizeof(p), "/re%d/1", N);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), -1);
+    snprintf(p, sizeof(p), "/re%d/x", N - 1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), -1);
+}
+
 static void test_regex_many(void)
 {
-    enum { N = 1000 };
+    enum { N = REGEX_MANY, A = N / 2, B = N * 3 / 5, C = N * 7 / 10 };
     static char pats[N][64];
     static troute_t t[N];
     for (int i = 0; i < N; i++) {
         snprintf(pats[i], sizeof(pats[i]), "^/(?:re%d)/(?<n>\\d+)$", i);
         t[i] = (troute_t){.pkind = 3, .path = pats[i]};
     }
-    /* \G (refused by Hyperscan: always a candidate) at 500, a conditional group (matched
-     * approximately) at 600: */
-    snprintf(pats[500], sizeof(pats[500]), "\\G/(?<c>x)500/(?<n>\\d+)$");
-    snprintf(pats[600], sizeof(pats[600]), "^/(?<c>x)?(?(c)600|y600)/(?<n>\\d+)$");
-    snprintf(pats[700], sizeof(pats[700]), "(?i)^/(?:CI)/(?<n>\\d+)$");
+    /* \G (refused by Hyperscan: always a candidate) at A, a conditional group (matched
+     * approximately) at B: */
+    snprintf(pats[A], sizeof(pats[A]), "\\G/(?<c>x)%d/(?<n>\\d+)$", A);
+    snprintf(pats[B], sizeof(pats[B]), "^/(?<c>x)?(?(c)%d|y%d)/(?<n>\\d+)$", B, B);
+    snprintf(pats[C], sizeof(pats[C]), "(?i)^/(?:CI)/(?<n>\\d+)$");
+    lp_hsdb_hold(1);
+    unsigned long c0 = lp_hsdb_compiles();
     lp_router_t *r = build(t, N);
     REQUIRE(r);
-    lp_route_out_t o;
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re999/42", NULL}, &o), 999);
-    CHECK_SLICE(cap(&o, "n"), "42");
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re0/7", NULL}, &o), 0);
-    CHECK_SLICE(cap(&o, "n"), "7");
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/x500/9", NULL}, &o), 500);
-    CHECK_SLICE(cap(&o, "c"), "x");
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/y500/9", NULL}, &o), -1);
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/x600/9", NULL}, &o), 600);
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/y600/9", NULL}, &o), 600);
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/x600x/9", NULL}, &o), -1);
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/ci/5", NULL}, &o), 700);
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re1000/1", NULL}, &o), -1);
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re999/x", NULL}, &o), -1);
-    /* Route 3 replaced by one that takes /re999/...: derived, it now wins. */
+    size_t ready, sets = lp_router_rx_sets(r, &ready);
+    CHECK_EQ_INT((int)sets, (N + 127) / 128);
+    CHECK_EQ_INT((int)ready, 0);
+    check_many(r); /* PCRE2 alone */
+    REQUIRE(compile_now(r));
+    CHECK(lp_hsdb_compiles() == c0 + sets);
+    check_many(r); /* the prefilter */
+    /* A reload with the same routes: every chunk found compiled, nothing compiled again. */
+    lp_router_t *again = build(t, N);
+    REQUIRE(again);
+    CHECK_EQ_INT((int)lp_router_rx_sets(again, &ready), (int)sets);
+    CHECK_EQ_INT((int)ready, (int)sets);
+    REQUIRE(compile_now(again));
+    CHECK(lp_hsdb_compiles() == c0 + sets);
+    lp_router_free(again);
+    /* Route 3 replaced by one that takes /re<N-1>/...: derived, it now wins, before and after
+     * its chunk (only that one) is compiled again. */
     static troute_t nt[1];
-    nt[0] = (troute_t){.pkind = 3, .path = "^/re999/(?<m>\\d+)"};
+    static char npat[64];
+    snprintf(npat, sizeof(npat), "^/re%d/(?<m>\\d+)", N - 1);
+    nt[0] = (troute_t){.pkind = 3, .path = npat};
     long src[N];
     for (int i = 0; i < N; i++)
         src[i] = i == 3 ? -1 : i;
@@ -956,14 +1090,28 @@ static void test_regex_many(void)
     REQUIRE(r2);
     printf("regex_many: one route replaced among %d regex routes: derived in %.1f ms\n", N,
            (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
-    CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", "/re999/42", NULL}, &o), 3);
-    CHECK_SLICE(cap(&o, "m"), "42");
-    CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", "/re3/1", NULL}, &o), -1);
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re3/1", NULL}, &o), 3);
-    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re999/42", NULL}, &o), 999);
+    CHECK_EQ_INT((int)lp_router_rx_sets(r2, &ready), (int)sets);
+    CHECK_EQ_INT((int)ready, (int)sets - 1);
+    lp_route_out_t o;
+    char p[64];
+    for (int state = 0; state < 2; state++) {
+        snprintf(p, sizeof(p), "/re%d/42", N - 1);
+        CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", p, NULL}, &o), 3);
+        CHECK_SLICE(cap(&o, "m"), "42");
+        CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", "/re3/1", NULL}, &o), -1);
+        CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", "/re2/1", NULL}, &o), 2);
+        CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re3/1", NULL}, &o), 3);
+        CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), N - 1);
+        if (state == 0) {
+            REQUIRE(compile_now(r2));
+            CHECK(lp_hsdb_compiles() == c0 + sets + 1);
+        }
+    }
     lp_router_free(r);
-    CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", "/re998/1", NULL}, &o), 998);
+    snprintf(p, sizeof(p), "/re%d/1", N - 2);
+    CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", p, NULL}, &o), N - 2);
     lp_router_free(r2);
+    lp_hsdb_hold(0);
 }
 
 static const lp_test_case_t tests[] = {
