@@ -13,11 +13,11 @@ struct lp_hsdb_s {
     char *key;       /* owned: what the database was compiled from, len bytes */
     size_t len;      /* bytes of key */
     void *db;        /* owned, under db_lock: the compiled database (read-only once set) */
-    /* The same database for lock-free readers (NULL until compiled). Memory order: the
-     * compile thread stores it with release after the database is complete and after the
-     * job's own publication steps (the router's scratch prototype grown for it: router_hs.c),
-     * readers load it with acquire, so a reader that sees it sees all of that. Set once,
-     * never cleared while the entry lives (a reader holds a reference). */
+    /* Borrowed (db's pointer): the same database for lock-free readers (NULL until compiled).
+     * Memory order: the compile thread stores it with release after the database is complete and
+     * after the job's own publication steps (the router's scratch prototype grown for it:
+     * router_hs.c), readers load it with acquire, so a reader that sees it sees all of that. Set
+     * once, never cleared while the entry lives (a reader holds a reference). */
     void *ready;
     char *meta;        /* owned: notes on the compile, meta_len bytes */
     size_t meta_len;   /* bytes of meta */
@@ -39,12 +39,12 @@ static lp_hsdb_t *db_list; /* owned: the entries, newest first (tens for CRS, on
 
 static lp_hsdb_t *job_first, *job_last; /* borrowed: entries waiting for the thread, FIFO */
 static pthread_cond_t job_cond = PTHREAD_COND_INITIALIZER; /* signalled when one is queued */
-static int job_thread_on; /* flag: the compile thread was started */
-static pthread_t job_thread;
-static int job_busy;               /* flag: the thread is compiling a job, under db_lock */
-static int job_exiting;            /* flag: the process exits: no job is started any more */
-static int job_hold;               /* flag (tests): the thread starts no job */
-static unsigned long job_compiles; /* compiles run, under db_lock */
+static int job_thread_on;    /* flag: the compile thread was started */
+static pthread_t job_thread; /* the compile thread (joined at exit), valid while job_thread_on */
+static int job_busy;         /* flag: the thread is compiling a job, under db_lock */
+static int job_exiting;      /* flag: the process exits: no job is started any more */
+static int job_hold;         /* flag (tests): the thread starts no job */
+static unsigned long job_compiles;                         /* compiles run, under db_lock */
 static pthread_cond_t job_done = PTHREAD_COND_INITIALIZER; /* signalled when a job ends */
 
 static lp_hsdb_t *find_key(const char *key, size_t len)
