@@ -476,6 +476,35 @@ def start_proxy(s, procs, workdir, name, template, origin_port):
     return Proxy(name, port, p, worker, d)
 
 
+def wait_compile_idle(pid, timeout=600):
+    """Waits until luaproxy's compile thread (`lp-hs-compile`: the router's Hyperscan
+    prefilter is compiled there after start, PCRE2 alone serving meanwhile) sleeps with its
+    CPU time unchanged for 1 s, so that a scenario measures the compiled router: the seconds
+    waited, or None on time out. No thread: nothing to wait for."""
+    t0 = time.monotonic()
+    last, since = None, t0
+    while time.monotonic() - t0 < timeout:
+        st = None
+        try:
+            for tid in os.listdir("/proc/%d/task" % pid):
+                with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                    if f.read().strip() != "lp-hs-compile":
+                        continue
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                st = (fields[0], fields[11], fields[12])
+        except OSError:
+            return None
+        if st is None:
+            return time.monotonic() - t0
+        if st != last:
+            last, since = st, time.monotonic()
+        elif st[0] == "S" and time.monotonic() - since >= 1.0:
+            return since - t0
+        time.sleep(0.05)
+    return None
+
+
 def proxy_log_tail(px):
     parts = [tail(os.path.join(px.dir, px.name + ".out"))]
     if px.name == "nginx":
@@ -779,6 +808,10 @@ def main():
                     for k in [k for k in running if k[0] == p]:
                         procs.stop(running.pop(k).popen)
                     running[key] = start_proxy(s, procs, workdir, p, sc[p], origin_port)
+                    if p == "luaproxy" and sc.get("wait_compile"):
+                        waited = wait_compile_idle(running[key].pid)
+                        log("  luaproxy's compile thread idle %s s after start" % (
+                            "%.1f" % waited if waited is not None else "? (timed out at 600)"))
             pxs = [running[(p, sc[p])] for p in s["proxies"]]
             result = {"name": sc["name"], "path": sc["path"], "connections": sc["connections"],
                       "runs": {p: [] for p in s["proxies"]}, "failed": {}}

@@ -2,6 +2,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "router.h"
 #include "realip.h"
+#include "router_hs.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -78,6 +79,12 @@ typedef struct rnode_s {
     ids_t prefix; /* routes whose prefix ends here */
     ids_t rx;     /* regex routes whose literal head ends here */
     ids_t rest;   /* `*name` routes: the rest of the path, possibly empty */
+    /* The Hyperscan prefilter over rx (router_hs.h) in chunks of at most RX_CHUNK regexes,
+     * so that a change recompiles one chunk, not the list; each chunk is shared with the
+     * copies of this node. */
+    lp_rxset_t **rxs; /* owned array of nrxs references; none: every regex of rx is tried */
+    uint32_t nrxs;
+    int rx_dirty; /* rx changed in the router being built: rxs is brought up to date at its end */
 } rnode_t;
 
 typedef struct {
@@ -109,6 +116,9 @@ struct lp_router_s {
     htab_t exact, wild, pfx; /* by host, by ".suffix", by "prefix" */
     names_t hnames, qnames;  /* header (lower case) and query names the routes read */
     uint32_t max_pairs;      /* the most ovector pairs a regex needs */
+    rnode_t **dirty;         /* owned array of borrowed nodes whose rx changed (while building:
+                                their prefilter is made at the end, once per node) */
+    size_t ndirty, dcap;
 };
 
 struct lp_rbuild_s {
@@ -257,6 +267,9 @@ static void node_unref(rnode_t *n)
     free(n->prefix.v);
     free(n->rx.v);
     free(n->rest.v);
+    for (uint32_t i = 0; i < n->nrxs; i++)
+        lp_rxset_unref(n->rxs[i]);
+    free(n->rxs);
     free(n);
 }
 
@@ -301,6 +314,16 @@ static rnode_t *own_node(rnode_t **slot)
     if (ok)
         ok = !ids_copy(&c->exact, &n->exact) && !ids_copy(&c->prefix, &n->prefix) &&
              !ids_copy(&c->rx, &n->rx) && !ids_copy(&c->rest, &n->rest);
+    if (ok && n->nrxs) { /* valid while rx is unchanged; index_route marks it otherwise */
+        if ((c->rxs = malloc(n->nrxs * sizeof(*c->rxs)))) {
+            memcpy(c->rxs, n->rxs, n->nrxs * sizeof(*c->rxs));
+            c->nrxs = n->nrxs;
+            for (uint32_t i = 0; i < n->nrxs; i++)
+                lp_rxset_ref(n->rxs[i]);
+        } else {
+            ok = 0;
+        }
+    }
     if (!ok) {
         node_unref(c);
         return NULL;
@@ -664,6 +687,7 @@ void lp_router_free(lp_router_t *r)
     free(r->routes);
     free(r->pos);
     free(r->at);
+    free(r->dirty);
     node_unref(r->any);
     htab_free(&r->exact);
     htab_free(&r->wild);
@@ -685,6 +709,38 @@ void lp_rbuild_free(lp_rbuild_t *b)
 size_t lp_router_count(const lp_router_t *r)
 {
     return r->nroutes;
+}
+
+static void rx_count(const rnode_t *n, size_t *sets, size_t *ready)
+{
+    if (!n)
+        return;
+    for (uint32_t i = 0; i < n->nrxs; i++) {
+        (*sets)++;
+        *ready += lp_rxset_ready(n->rxs[i]) != 0;
+    }
+    for (uint32_t i = 0; i < n->nkids; i++)
+        rx_count(n->kids[i], sets, ready);
+    rx_count(n->param, sets, ready);
+}
+
+static void rx_count_tab(const htab_t *t, size_t *sets, size_t *ready)
+{
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->v[i].key)
+            rx_count(t->v[i].root, sets, ready);
+}
+
+size_t lp_router_rx_sets(const lp_router_t *r, size_t *ready)
+{
+    size_t sets = 0, rd = 0;
+    rx_count(r->any, &sets, &rd);
+    rx_count_tab(&r->exact, &sets, &rd);
+    rx_count_tab(&r->wild, &sets, &rd);
+    rx_count_tab(&r->pfx, &sets, &rd);
+    if (ready)
+        *ready = rd;
+    return sets;
 }
 
 int lp_router_conditions(const lp_router_t *r, size_t idx, lp_router_cond_fn fn, void *ud)
@@ -868,7 +924,21 @@ static int index_route(lp_router_t *r, const route_t *rt, uint32_t id, int remov
         return n ? list_op(r, &n->prefix, id, remove) : -1;
     case P_REGEX:
         n = lit_insert(n, rt->path + 1, rt->lit_len);
-        return n ? list_op(r, &n->rx, id, remove) : -1;
+        if (!n || list_op(r, &n->rx, id, remove))
+            return -1;
+        if (!n->rx_dirty) {
+            if (r->ndirty == r->dcap) {
+                size_t cap = r->dcap ? r->dcap * 2 : 8;
+                rnode_t **v = realloc(r->dirty, cap * sizeof(*v));
+                if (!v)
+                    return -1;
+                r->dirty = v;
+                r->dcap = cap;
+            }
+            r->dirty[r->ndirty++] = n;
+            n->rx_dirty = 1;
+        }
+        return 0;
     }
     /* A path pattern: literal runs, :name segments, a final *name. */
     const char *p = rt->path;
@@ -892,6 +962,128 @@ static int index_route(lp_router_t *r, const route_t *rt, uint32_t id, int remov
         i = j;
     }
     return -1;
+}
+
+/* Below this many regexes in one list, running them one by one costs less than a scan. */
+#define RX_SET_MIN 4
+/* Regexes per Hyperscan database: its compile time grows with the patterns (1 to 2 ms each
+ * on a loaded 2-core machine), so a change recompiles one chunk; each chunk costs a scan. */
+#define RX_CHUNK 128
+
+static void rx_drop(rnode_t *n)
+{
+    for (uint32_t i = 0; i < n->nrxs; i++)
+        lp_rxset_unref(n->rxs[i]);
+    free(n->rxs);
+    n->rxs = NULL;
+    n->nrxs = 0;
+}
+
+/* The chunks of n brought up to date with its rx list: a chunk whose regexes are all still
+ * in the list is kept, the others are compiled again with the new regexes, packed into
+ * chunks together with the smallest kept one that is not full (so that routes added one at
+ * a time do not leave a chunk each). mark: nuids bytes of zero, left zero. */
+static void rx_update(lp_router_t *r, rnode_t *n, uint8_t *mark)
+{
+    if (n->rx.n < RX_SET_MIN) {
+        rx_drop(n);
+        return;
+    }
+    for (uint32_t k = 0; k < n->rx.n; k++)
+        mark[n->rx.v[k]] = 1;
+    uint32_t kept = 0;
+    long small = -1; /* the smallest kept chunk that is not full, of small_n regexes */
+    size_t small_n = RX_CHUNK;
+    for (uint32_t c = 0; c < n->nrxs; c++) {
+        size_t cn;
+        const uint32_t *ids = lp_rxset_ids(n->rxs[c], &cn);
+        size_t k = 0;
+        while (k < cn && mark[ids[k]] == 1)
+            k++;
+        if (k < cn) {
+            lp_rxset_unref(n->rxs[c]);
+            continue;
+        }
+        n->rxs[kept] = n->rxs[c];
+        if (cn < small_n) {
+            small = kept;
+            small_n = cn;
+        }
+        kept++;
+    }
+    n->nrxs = kept;
+    for (uint32_t c = 0; c < n->nrxs; c++) {
+        size_t cn;
+        const uint32_t *ids = lp_rxset_ids(n->rxs[c], &cn);
+        for (size_t k = 0; k < cn; k++)
+            mark[ids[k]] = 2; /* covered */
+    }
+    uint32_t npend = 0;
+    for (uint32_t k = 0; k < n->rx.n; k++)
+        npend += mark[n->rx.v[k]] == 1;
+    if (npend && small >= 0 && npend + small_n <= RX_CHUNK) { /* merged with the pending */
+        size_t cn;
+        const uint32_t *ids = lp_rxset_ids(n->rxs[small], &cn);
+        for (size_t k = 0; k < cn; k++)
+            mark[ids[k]] = 1;
+        npend += (uint32_t)cn;
+        lp_rxset_unref(n->rxs[small]);
+        n->rxs[small] = n->rxs[--n->nrxs];
+    }
+    int ok;
+    uint32_t need = n->nrxs + (npend + RX_CHUNK - 1) / RX_CHUNK;
+    lp_rxset_t **v = need ? realloc(n->rxs, need * sizeof(*v)) : n->rxs;
+    const char **pats = malloc(RX_CHUNK * sizeof(*pats));
+    size_t *lens = malloc(RX_CHUNK * sizeof(*lens));
+    uint32_t *ids = malloc(RX_CHUNK * sizeof(*ids));
+    if (v)
+        n->rxs = v;
+    ok = (v || !need) && pats && lens && ids;
+    uint32_t m = 0;
+    for (uint32_t k = 0; ok && k <= n->rx.n; k++) {
+        if (k < n->rx.n && mark[n->rx.v[k]] == 1) {
+            const route_t *rt = r->routes[n->rx.v[k]];
+            pats[m] = rt->path;
+            lens[m] = rt->plen;
+            ids[m++] = n->rx.v[k];
+        }
+        if (m == RX_CHUNK || (k == n->rx.n && m)) {
+            lp_rxset_t *set = lp_rxset_new(pats, lens, ids, m);
+            if (!set) { /* no Hyperscan (or memory): every regex is tried */
+                ok = 0;
+                break;
+            }
+            n->rxs[n->nrxs++] = set;
+            m = 0;
+        }
+    }
+    free(pats);
+    free(lens);
+    free(ids);
+    for (uint32_t k = 0; k < n->rx.n; k++)
+        mark[n->rx.v[k]] = 0;
+    if (!ok)
+        rx_drop(n);
+}
+
+/* The prefilters of every node whose regex list changed while r was built (the nodes are
+ * r's own: no other router sees them yet). */
+static int rx_sets(lp_router_t *r)
+{
+    uint8_t *mark = r->ndirty ? calloc(r->nuids ? r->nuids : 1, 1) : NULL;
+    for (size_t i = 0; i < r->ndirty; i++) {
+        rnode_t *n = r->dirty[i];
+        n->rx_dirty = 0;
+        if (mark)
+            rx_update(r, n, mark);
+        else
+            rx_drop(n); /* out of memory: no prefilter, every regex is tried */
+    }
+    free(mark);
+    free(r->dirty);
+    r->dirty = NULL;
+    r->ndirty = r->dcap = 0;
+    return 0;
 }
 
 lp_router_t *lp_rbuild_finish(lp_rbuild_t *b, char *err, size_t errlen)
@@ -920,6 +1112,11 @@ lp_router_t *lp_rbuild_finish(lp_rbuild_t *b, char *err, size_t errlen)
             fail(err, errlen, "out of memory");
             return NULL;
         }
+    if (rx_sets(r)) {
+        lp_router_free(r);
+        fail(err, errlen, "out of memory");
+        return NULL;
+    }
     return r;
 }
 
@@ -1018,6 +1215,7 @@ lp_router_t *lp_router_derive(const lp_router_t *base, const long *src, size_t n
         for (size_t u = base->nuids; ok && u < r->nuids; u++)
             ok = !index_route(r, r->routes[u], (uint32_t)u, 0);
     }
+    ok = ok && !rx_sets(r);
     lp_rbuild_free(b);
     if (!ok) {
         lp_router_free(r);
@@ -1193,12 +1391,47 @@ static void consider(mstate_t *ms, const ids_t *l, int prefix_list)
     }
 }
 
+/* The candidates the prefilter leaves (uids into positions), in table order. */
+static void consider_rx(mstate_t *ms, const rnode_t *n)
+{
+    uint32_t cand[2 * RX_CHUNK]; /* room for a chunk not compiled yet (all candidates) */
+    int nc = 0;
+    for (uint32_t c = 0; c < n->nrxs && !ms->asterisk; c++) {
+        int k = lp_rxset_scan(n->rxs[c], ms->path.base, ms->path.len, cand + nc,
+                              (unsigned)(LP_ARRAY_LEN(cand) - (size_t)nc));
+        if (k < 0) { /* too many candidates to sort: the whole list, in order */
+            consider(ms, &n->rx, 0);
+            return;
+        }
+        nc += k;
+    }
+    for (int i = 0; i < nc; i++) {
+        uint32_t p = ms->r->pos[cand[i]];
+        int j = i;
+        for (; j > 0 && cand[j - 1] > p; j--)
+            cand[j] = cand[j - 1];
+        cand[j] = p;
+    }
+    for (int i = 0; i < nc; i++) {
+        uint32_t pos = cand[i];
+        if (pos >= ms->best)
+            return;
+        if (pos < ms->from)
+            continue;
+        uint32_t id = ms->r->at[pos];
+        if (conds_ok(ms, ms->r->routes[id]))
+            accept_route(ms, id, pos);
+    }
+}
+
 static void walk(mstate_t *ms, const rnode_t *n, size_t pos)
 {
     const lp_str_t p = ms->path;
     if (n->prefix.n)
         consider(ms, &n->prefix, 1);
-    if (n->rx.n)
+    if (n->nrxs)
+        consider_rx(ms, n);
+    else if (n->rx.n)
         consider(ms, &n->rx, 0);
     if (n->rest.n && ms->depth <= LP_ROUTE_MAX_CAPS) {
         ms->stack[ms->depth++] = (lp_str_t){p.base + pos, p.len - pos};

@@ -65,6 +65,9 @@ lp_router_t *lp_router_derive(const lp_router_t *base, const long *src, size_t n
                               char *err, size_t errlen);
 void lp_router_free(lp_router_t *r);
 size_t lp_router_count(const lp_router_t *r);
+/* The router's regex prefilter chunks (docs/routing.md), and in *ready (may be NULL) how many
+ * of them have their database compiled; for tests and the benchmark. */
+size_t lp_router_rx_sets(const lp_router_t *r, size_t *ready);
 
 /* What a lookup reads from a request. Headers and query arguments come either from the
  * arrays (one value per name of lp_router_name(r, kind, i), base NULL when absent; the FFI)

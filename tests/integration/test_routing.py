@@ -236,6 +236,39 @@ class PredicateTest(H.ProxyTestCase):
         self.assertNotIn("#4 rest", out)
 
 
+def regex_many_routes():
+    # 1,000 regex routes without a literal head: one Hyperscan prefilter (in chunks) over
+    # them all; route 500 uses \G, which Hyperscan refuses (always a candidate), route 700 is
+    # case-insensitive; the last one answers with its captures.
+    def handler(tag):
+        return H.LuaRaw('function(req) req:respond(200, "%s " .. req:param("n")) end' % tag)
+    routes = [{"match": {"regex": r"^/(?:re%d)/(?<n>\d+)$" % i}, "upstream": "u"}
+              for i in range(999)]
+    routes[500] = {"match": {"regex": r"\G/g500/(?<n>\d+)$"}, "handler": handler("g")}
+    routes[700] = {"match": {"regex": r"(?i)^/(?:CI)/(?<n>\d+)$"}, "handler": handler("ci")}
+    routes.append({"match": {"regex": r"^/(?:last)/(?<n>\d+)$"}, "handler": handler("last")})
+    return routes
+
+
+class RegexManyTest(H.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = cls.start_origin("re")
+        cls.proxy = cls.start_proxy({"u": H.upstream(cls.origin.address())},
+                                    regex_many_routes(), workers=1)
+
+    def test_the_last_of_1000_regex_routes(self):
+        p = self.proxy.port
+        r = H.get(p, "/last/42")
+        self.assertEqual((r.status, r.body), (200, b"last 42"))
+        r = H.get(p, "/g500/7")
+        self.assertEqual((r.status, r.body), (200, b"g 7"))
+        r = H.get(p, "/ci/5")
+        self.assertEqual((r.status, r.body), (200, b"ci 5"))
+        self.assertEqual(H.get(p, "/re998/1").header("X-Origin-Id"), "re")
+        self.assertEqual(H.get(p, "/last/x").status, 404)
+
+
 class ShadowWarningTest(H.ProxyTestCase):
     def test_t_warns_about_routes_that_can_never_match(self):
         d = H.Workdir.new("routing-shadow")

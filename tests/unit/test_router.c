@@ -7,8 +7,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "lp_test.h"
 #include "router.h"
+#include "hs_db.h"
+#include "router_hs.h"
+
+/* Hyperscan's compiles (C++ allocations) run about 15 times slower under AddressSanitizer:
+ * there, fewer of the random tables wait for their databases (every table is still checked
+ * before they are compiled) and the many-regexes test is smaller. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifdef SANITIZED
+enum { COMPILE_EVERY = 12, REGEX_MANY = 200 };
+#else
+enum { COMPILE_EVERY = 1, REGEX_MANY = 1000 };
+#endif
+/* The longest a test waits for the compile thread (a loaded machine, a sanitizer build). */
+#define COMPILE_WAIT_MS 120000L
 
 /* A route as the tests describe it (NULL / 0: no such condition). */
 typedef struct {
@@ -288,11 +309,35 @@ static int ref_cidr(const char *cidr, const char *addr)
     return 1;
 }
 
-static int ref_regex(const char *re, const char *s, rcap_t *caps, int *ncaps)
+/* The reference's regexes, compiled once each (the random tables draw from a few dozen;
+ * compiling one per route and request made the property tests slow under ASan). Kept until
+ * exit: reachable, not leaks. */
+static struct {
+    char *re;         /* owned copy of the pattern */
+    pcre2_code *code; /* owned; NULL: it does not compile */
+} ref_codes[64];
+
+static pcre2_code *ref_code(const char *re, int *owned)
 {
+    size_t i = 0;
+    *owned = 0;
+    for (; i < LP_ARRAY_LEN(ref_codes) && ref_codes[i].re; i++)
+        if (strcmp(ref_codes[i].re, re) == 0)
+            return ref_codes[i].code;
     int ec;
     PCRE2_SIZE off;
     pcre2_code *code = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, 0, &ec, &off, NULL);
+    if (i < LP_ARRAY_LEN(ref_codes) && (ref_codes[i].re = strdup(re)))
+        ref_codes[i].code = code;
+    else
+        *owned = 1; /* the cache is full: the caller frees it */
+    return code;
+}
+
+static int ref_regex(const char *re, const char *s, rcap_t *caps, int *ncaps)
+{
+    int owned;
+    pcre2_code *code = ref_code(re, &owned);
     if (!code)
         return 0;
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(code, NULL);
@@ -316,7 +361,8 @@ static int ref_regex(const char *re, const char *s, rcap_t *caps, int *ncaps)
         }
     }
     pcre2_match_data_free(md);
-    pcre2_code_free(code);
+    if (owned)
+        pcre2_code_free(code);
     return ok;
 }
 
@@ -411,6 +457,22 @@ static int one(const lp_router_t *r, const treq_t *q, lp_route_out_t *out)
     lp_route_in_t in;
     make_in(&in, q, r, NULL);
     return lp_router_match(r, &in, 0, out);
+}
+
+/* The tests run with the compile thread held (lp_hsdb_hold), so that a router is checked
+ * in the state every router starts in: no database compiled, each regex tried by PCRE2.
+ * This lets the thread compile what is queued (bounded) and holds it again: 1 when every
+ * prefilter chunk of r is then compiled. */
+static int compile_now(const lp_router_t *r)
+{
+    lp_hsdb_hold(0);
+    int ok = lp_hsdb_wait_idle(COMPILE_WAIT_MS) == 0;
+    lp_hsdb_hold(1);
+    size_t ready, sets = lp_router_rx_sets(r, &ready);
+    if (!ok || ready != sets)
+        printf("compile_now: %s, %zu of %zu chunks ready\n", ok ? "idle" : "timed out", ready,
+               sets);
+    return ok && ready == sets;
 }
 
 static void test_hosts(void)
@@ -626,8 +688,24 @@ static const char *const HOSTS[] = {"a.com",     "b.a.com", "*.a.com", "x.*",
                                     "*.b.a.com", "api.*",   "x.y"};
 static const char *const RHOSTS[] = {"a.com", "b.a.com",  "c.b.a.com", "x.a.com", "api.a.com",
                                      "x.y",   "A.COM:80", "b.a.com.",  "x.y.z",   ""};
-static const char *const REGEXES[] = {
-    "^/a/(?<n>[0-9]+)", "^/(?<first>[a-z]+)/1", "b$", "^/users/(?<u>[^/]+)$", "^/ab?/", "^/(a|b)/"};
+/* Anchored and not, with and without a literal head, case-insensitive, and some Hyperscan
+ * matches only approximately (HS_FLAG_PREFILTER: backreferences, lookarounds) or refuses
+ * (a conditional group, \G): the regex routes without a head share one prefilter. */
+static const char *const REGEXES[] = {"^/a/(?<n>[0-9]+)",
+                                      "^/(?<first>[a-z]+)/1",
+                                      "b$",
+                                      "^/users/(?<u>[^/]+)$",
+                                      "^/ab?/",
+                                      "^/(a|b)/",
+                                      "(?i)/A(?<x>B)?/",
+                                      "/(?<s>[ab])/\\1",
+                                      "(?<=/)1",
+                                      "^/(?:a|b)(?=/a)",
+                                      "(?<o>a)?(?(o)b|42)",
+                                      "\\G/users",
+                                      "/(?<d>\\d+)$",
+                                      "[^/]b/",
+                                      "(?i)^/USERS"};
 static const char *const CIDRS[] = {"10.0.0.0/8", "10.1.0.0/16", "::1", "10.1.2.3"};
 static const char *const ADDRS[] = {"10.1.2.3", "10.2.0.1", "192.168.0.1", "::1"};
 static const char *const QUERIES[] = {"q=1", "q=%31", "q=2&r=", "r=1", "q"};
@@ -699,6 +777,8 @@ static void test_property(void)
     char paths[400][64];
     troute_t t[400];
     int compared = 0, matched = 0;
+    size_t sets_pending = 0, sets_compiled = 0;
+    lp_hsdb_hold(1);
     for (int round = 0; round < 300; round++) {
         size_t n = 1 + rnd(round < 100 ? 10 : 400);
         for (size_t i = 0; i < n; i++)
@@ -717,14 +797,28 @@ static void test_property(void)
             REQUIRE((r = lp_rbuild_finish(b, err, sizeof(err))));
             lp_router_free(r0);
         }
-        compared += compare_random(t, n, r, 60, &matched);
+        /* Before the compile thread made the prefilter's databases (PCRE2 alone), then
+         * after (the prefilter narrowing): the same answers. */
+        size_t ready, sets = lp_router_rx_sets(r, &ready);
+        CHECK_EQ_INT((int)ready, 0);
+        sets_pending += sets;
+        compared += compare_random(t, n, r, 30, &matched);
+        if (sets && round % COMPILE_EVERY == 0) {
+            REQUIRE(compile_now(r));
+            sets_compiled += sets;
+        }
+        compared += compare_random(t, n, r, 30, &matched);
         lp_router_free(r);
         if (lp_test_failures)
             break;
     }
-    printf("property: %d requests compared, %d matched a route\n", compared, matched);
+    lp_hsdb_hold(0);
+    printf("property: %d requests compared, %d matched a route; %zu prefilter chunks checked "
+           "before compiling, %zu after\n",
+           compared, matched, sets_pending, sets_compiled);
     CHECK(compared == 300 * 60);
     CHECK(matched > compared / 4);
+    CHECK(sets_compiled > 10);
 }
 
 /* A table as the reference sees it: routes and their own paths, kept side by side. */
@@ -753,7 +847,8 @@ static size_t count_shadows(const lp_router_t *r)
 static void test_property_incremental(void)
 {
     static rtab_t cur, prev;
-    int compared = 0, matched = 0, changes = 0, fresh_checked = 0;
+    int compared = 0, matched = 0, changes = 0, fresh_checked = 0, compiled = 0;
+    lp_hsdb_hold(1);
     for (int round = 0; round < 40 && !lp_test_failures; round++) {
         cur.n = 1 + rnd(round < 10 ? 8 : 250);
         for (size_t i = 0; i < cur.n; i++)
@@ -821,7 +916,14 @@ static void test_property_incremental(void)
             REQUIRE(r2);
             changes += (int)nops;
             REQUIRE(lp_router_count(r2) == cur.n);
-            compared += compare_random(cur.t, cur.n, r2, 30, &matched);
+            /* Chunks shared with r as compiled as they were there, the changed ones not
+             * yet; every few steps, all compiled. */
+            compared += compare_random(cur.t, cur.n, r2, 15, &matched);
+            if (step % (4 * COMPILE_EVERY) == 1 && lp_router_rx_sets(r2, NULL)) {
+                REQUIRE(compile_now(r2));
+                compiled++;
+            }
+            compared += compare_random(cur.t, cur.n, r2, 15, &matched);
             /* The router it came from still answers for its own table. */
             compared += compare_random(prev.t, prev.n, r, 10, &matched);
             if (step % 5 == 0) {
@@ -845,13 +947,201 @@ static void test_property_incremental(void)
         keep = NULL;
         lp_router_free(r);
     }
-    printf("incremental: %d changes, %d requests compared, %d matched, %d shadow checks\n", changes,
-           compared, matched, fresh_checked);
+    lp_hsdb_hold(0);
+    printf("incremental: %d changes, %d requests compared, %d matched, %d shadow checks, %d "
+           "compiled states\n",
+           changes, compared, matched, fresh_checked, compiled);
+    CHECK(compiled > 5);
     CHECK(compared == 40 * 40 * 40);
     CHECK(matched > compared / 5);
 }
 
+/* The prefilter alone: a pattern Hyperscan refuses is a candidate for every subject, the
+ * others only where they (approximately) match. */
+static void test_rxset_fallback(void)
+{
+    static const char *const pats[] = {"^/a",  "(x)\\1",     "(?<o>a)?(?(o)b|c)",
+                                       "\\Gz", "(?i)^/case", "q(?=r)"};
+    size_t lens[LP_ARRAY_LEN(pats)];
+    uint32_t ids[LP_ARRAY_LEN(pats)];
+    for (size_t i = 0; i < LP_ARRAY_LEN(pats); i++) {
+        lens[i] = strlen(pats[i]);
+        ids[i] = (uint32_t)(100 + i);
+    }
+    lp_hsdb_hold(1);
+    lp_rxset_t *s = lp_rxset_new(pats, lens, ids, LP_ARRAY_LEN(pats));
+    REQUIRE(s);
+    uint32_t cand[16];
+    /* Not compiled yet: every regex is a candidate. */
+    CHECK(!lp_rxset_ready(s));
+    CHECK_EQ_INT(lp_rxset_scan(s, "/CASE/x", 7, cand, 16), (int)LP_ARRAY_LEN(pats));
+    CHECK_EQ_INT(lp_rxset_scan(s, "/CASE/x", 7, cand, 3), -1);
+    unsigned long before = lp_hsdb_compiles();
+    lp_hsdb_hold(0);
+    REQUIRE(lp_hsdb_wait_idle(COMPILE_WAIT_MS) == 0);
+    CHECK(lp_rxset_ready(s));
+    CHECK(lp_hsdb_compiles() == before + 1);
+    /* The same patterns known by other ids: the same database, nothing compiled again. */
+    uint32_t ids2[LP_ARRAY_LEN(pats)];
+    for (size_t i = 0; i < LP_ARRAY_LEN(pats); i++)
+        ids2[i] = (uint32_t)(200 + i);
+    lp_rxset_t *s2 = lp_rxset_new(pats, lens, ids2, LP_ARRAY_LEN(pats));
+    REQUIRE(s2);
+    CHECK(lp_rxset_ready(s2));
+    size_t nfb = lp_rxset_fallbacks(s);
+    printf("rxset: %zu of %zu patterns refused by Hyperscan\n", nfb, LP_ARRAY_LEN(pats));
+    CHECK(nfb >= 1); /* \G */
+    CHECK(nfb < LP_ARRAY_LEN(pats));
+    int n = lp_rxset_scan(s, "/CASE/x", 7, cand, 16);
+    REQUIRE(n >= 0);
+    int has_case = 0, has_a = 0, has_cond = 0;
+    for (int i = 0; i < n; i++) {
+        has_case |= cand[i] == 104;
+        has_a |= cand[i] == 100;
+        has_cond |= cand[i] == 103;
+    }
+    CHECK(has_case);
+    CHECK(!has_a);
+    CHECK(has_cond); /* \G, refused: always a candidate */
+    CHECK_EQ_INT(n, (int)(1 + nfb));
+    /* More candidates than room: every regex must be tried. */
+    CHECK_EQ_INT(lp_rxset_scan(s, "/a", 2, cand, (unsigned)nfb), -1);
+    n = lp_rxset_scan(s2, "/CASE/x", 7, cand, 16);
+    CHECK_EQ_INT(n, (int)(1 + nfb));
+    int has_case2 = 0;
+    for (int i = 0; i < n; i++)
+        has_case2 |= cand[i] == 204;
+    CHECK(has_case2);
+    lp_rxset_unref(s);
+    lp_rxset_unref(s2);
+    CHECK(lp_hsdb_compiles() == before + 1);
+    /* A set freed before the thread reached its job: the job is dropped, not compiled. */
+    lp_hsdb_hold(1);
+    static const char *const other[] = {"^/dropped", "x+y"};
+    size_t olens[] = {9, 3};
+    lp_rxset_t *s3 = lp_rxset_new(other, olens, ids, 2);
+    REQUIRE(s3);
+    lp_rxset_unref(s3);
+    lp_hsdb_hold(0);
+    REQUIRE(lp_hsdb_wait_idle(COMPILE_WAIT_MS) == 0);
+    CHECK(lp_hsdb_compiles() == before + 1);
+    CHECK_EQ_INT(lp_hsdb_count(LP_HSDB_KIND_ROUTER), 0);
+}
+
+/* REGEX_MANY regex routes without a literal head (one list, in chunks): the last one's
+ * request gets it and its captures; an earlier route Hyperscan refuses still wins when it
+ * matches -- before the chunks are compiled and after. The same table built again compiles
+ * nothing (shared by pattern text); a derived router (one route replaced) compiles only the
+ * changed chunk, asynchronously, answering meanwhile; its base keeps answering. */
+static void check_many(const lp_router_t *r)
+{
+    enum { N = REGEX_MANY, A = N / 2, B = N * 3 / 5, C = N * 7 / 10 };
+    lp_route_out_t o;
+    char p[64];
+    snprintf(p, sizeof(p), "/re%d/42", N - 1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), N - 1);
+    CHECK_SLICE(cap(&o, "n"), "42");
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re0/7", NULL}, &o), 0);
+    CHECK_SLICE(cap(&o, "n"), "7");
+    snprintf(p, sizeof(p), "/x%d/9", A);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), A);
+    CHECK_SLICE(cap(&o, "c"), "x");
+    snprintf(p, sizeof(p), "/y%d/9", A);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), -1);
+    snprintf(p, sizeof(p), "/x%d/9", B);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), B);
+    snprintf(p, sizeof(p), "/y%d/9", B);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), B);
+    snprintf(p, sizeof(p), "/x%dx/9", B);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), -1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/ci/5", NULL}, &o), C);
+    snprintf(p, sizeof(p), "/re%d/1", N);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), -1);
+    snprintf(p, sizeof(p), "/re%d/x", N - 1);
+    CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), -1);
+}
+
+static void test_regex_many(void)
+{
+    enum { N = REGEX_MANY, A = N / 2, B = N * 3 / 5, C = N * 7 / 10 };
+    static char pats[N][64];
+    static troute_t t[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(pats[i], sizeof(pats[i]), "^/(?:re%d)/(?<n>\\d+)$", i);
+        t[i] = (troute_t){.pkind = 3, .path = pats[i]};
+    }
+    /* \G (refused by Hyperscan: always a candidate) at A, a conditional group (matched
+     * approximately) at B: */
+    snprintf(pats[A], sizeof(pats[A]), "\\G/(?<c>x)%d/(?<n>\\d+)$", A);
+    snprintf(pats[B], sizeof(pats[B]), "^/(?<c>x)?(?(c)%d|y%d)/(?<n>\\d+)$", B, B);
+    snprintf(pats[C], sizeof(pats[C]), "(?i)^/(?:CI)/(?<n>\\d+)$");
+    lp_hsdb_hold(1);
+    unsigned long c0 = lp_hsdb_compiles();
+    lp_router_t *r = build(t, N);
+    REQUIRE(r);
+    size_t ready, sets = lp_router_rx_sets(r, &ready);
+    CHECK_EQ_INT((int)sets, (N + 127) / 128);
+    CHECK_EQ_INT((int)ready, 0);
+    check_many(r); /* PCRE2 alone */
+    REQUIRE(compile_now(r));
+    CHECK(lp_hsdb_compiles() == c0 + sets);
+    check_many(r); /* the prefilter */
+    /* A reload with the same routes: every chunk found compiled, nothing compiled again. */
+    lp_router_t *again = build(t, N);
+    REQUIRE(again);
+    CHECK_EQ_INT((int)lp_router_rx_sets(again, &ready), (int)sets);
+    CHECK_EQ_INT((int)ready, (int)sets);
+    REQUIRE(compile_now(again));
+    CHECK(lp_hsdb_compiles() == c0 + sets);
+    lp_router_free(again);
+    /* Route 3 replaced by one that takes /re<N-1>/...: derived, it now wins, before and after
+     * its chunk (only that one) is compiled again. */
+    static troute_t nt[1];
+    static char npat[64];
+    snprintf(npat, sizeof(npat), "^/re%d/(?<m>\\d+)", N - 1);
+    nt[0] = (troute_t){.pkind = 3, .path = npat};
+    long src[N];
+    for (int i = 0; i < N; i++)
+        src[i] = i == 3 ? -1 : i;
+    lp_rbuild_t *b = lp_rbuild_new();
+    REQUIRE(b);
+    REQUIRE(lp_rbuild_route(b) == 0);
+    REQUIRE(add_route(b, 0, &nt[0]) == 0);
+    char err[256];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    lp_router_t *r2 = lp_router_derive(r, src, N, b, err, sizeof(err));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    REQUIRE(r2);
+    printf("regex_many: one route replaced among %d regex routes: derived in %.1f ms\n", N,
+           (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    CHECK_EQ_INT((int)lp_router_rx_sets(r2, &ready), (int)sets);
+    CHECK_EQ_INT((int)ready, (int)sets - 1);
+    lp_route_out_t o;
+    char p[64];
+    for (int state = 0; state < 2; state++) {
+        snprintf(p, sizeof(p), "/re%d/42", N - 1);
+        CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", p, NULL}, &o), 3);
+        CHECK_SLICE(cap(&o, "m"), "42");
+        CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", "/re3/1", NULL}, &o), -1);
+        CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", "/re2/1", NULL}, &o), 2);
+        CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", "/re3/1", NULL}, &o), 3);
+        CHECK_EQ_INT(one(r, &(treq_t){"GET", "h", p, NULL}, &o), N - 1);
+        if (state == 0) {
+            REQUIRE(compile_now(r2));
+            CHECK(lp_hsdb_compiles() == c0 + sets + 1);
+        }
+    }
+    lp_router_free(r);
+    snprintf(p, sizeof(p), "/re%d/1", N - 2);
+    CHECK_EQ_INT(one(r2, &(treq_t){"GET", "h", p, NULL}, &o), N - 2);
+    lp_router_free(r2);
+    lp_hsdb_hold(0);
+}
+
 static const lp_test_case_t tests[] = {
+    LP_TEST_ENTRY(test_rxset_fallback),
+    LP_TEST_ENTRY(test_regex_many),
     LP_TEST_ENTRY(test_hosts),
     LP_TEST_ENTRY(test_paths),
     LP_TEST_ENTRY(test_conditions),
