@@ -39,6 +39,10 @@ enum { TM_CONNECT = LP_EP_TM_OWNER, TM_IDLE, TM_STREAMS, TM_KICK };
  * read (beyond the client side's high watermark). */
 #define H2U_WINDOW (256 * 1024)
 
+/* Request body sent on a stream is kept up to this many bytes: a stream the upstream
+ * refused (GOAWAY, REFUSED_STREAM: never processed) goes again with it, whatever its method. */
+#define H2U_REPLAY_MAX (64 * 1024)
+
 /* Bytes waiting in a queue: request body for DATA frames, or response body for the
  * request. */
 typedef struct seg_s {
@@ -64,6 +68,7 @@ typedef struct lp_h2u_stream_s {
     int32_t id;     /* nghttp2's stream id; 0: never submitted (closed) */
     queue_t out;    /* request body for DATA frames (conn.c stops at the high watermark) */
     queue_t in;     /* response body not yet given to the request (bounded by the window) */
+    queue_t replay; /* request body sent, while it is at most H2U_REPLAY_MAX */
     size_t owed;    /* response bytes given to the request whose window is not given back */
     char *head;     /* owned: the response head's fields as HTTP/1.1 text while they come */
     size_t head_len;
@@ -80,6 +85,7 @@ typedef struct lp_h2u_stream_s {
     int fail_status;        /* its answer (502, 504) */
     uint8_t fail_kind;      /* lp_fail_kind_t; LP_FAIL_NONE: not failed */
     uint8_t no_retry;       /* the failure must not be retried (a deadline) */
+    uint8_t replay_over;    /* more than H2U_REPLAY_MAX was sent: `replay` was dropped */
     uint8_t out_eof;        /* the request body is complete */
     uint8_t deferred;       /* the data source said DEFERRED: resume it when bytes come */
     uint8_t was_full;       /* out passed the high watermark: resume the client below low */
@@ -189,6 +195,7 @@ static void stream_free(lp_h2u_stream_t *st)
     lp_list_remove(&st->link);
     q_free(&st->out);
     q_free(&st->in);
+    q_free(&st->replay);
     free(st->head);
     free(st->trailers);
     free(st->req_trailers);
@@ -371,6 +378,12 @@ static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
         if (k > length - n)
             k = length - n;
         memcpy(buf + n, g->b->data + g->off, k);
+        if (!st->replay_over &&
+            (st->sent + n + k > H2U_REPLAY_MAX ||
+             q_add(&st->replay, st->h2->ep.env->bufs, g->b->data + g->off, k))) {
+            st->replay_over = 1;
+            q_free(&st->replay);
+        }
         g->off += k;
         n += k;
         if (g->off == g->len)
@@ -445,7 +458,16 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, lp_h2u_stream_t *
     }
     int oom = 0;
     if (from) {
-        st->out = from->out;
+        /* What was sent first, then what was still to send. */
+        st->out = from->replay;
+        from->replay = (queue_t){0};
+        if (!st->out.head) {
+            st->out = from->out;
+        } else if (from->out.head) {
+            st->out.tail->next = from->out.head;
+            st->out.tail = from->out.tail;
+            st->out.bytes += from->out.bytes;
+        }
         from->out = (queue_t){0};
         st->out_eof = from->out_eof;
         st->grpc_deadline = from->grpc_deadline;
@@ -771,7 +793,7 @@ static void stream_fail(lp_h2u_stream_t *st)
     lp_pool_t *t = h->pool;
     int kind = st->fail_kind, status = st->fail_status;
     const char *why = st->fail_why;
-    int body_ok = st->sent == 0 || lp_req_body_replaced(req);
+    int body_ok = st->sent == 0 || !st->replay_over || lp_req_body_replaced(req);
     int fresh = !(req->flags & LP_RF_RESP_STARTED) && !st->head_given && !st->no_retry &&
                 !lp__try_deadline_passed(req) && body_ok;
     /* Refused (GOAWAY above its id, REFUSED_STREAM): the upstream did nothing with it, so
@@ -795,7 +817,7 @@ static void stream_fail(lp_h2u_stream_t *st)
         int made = !nh;
         if (made)
             nh = h2u_new(req->w, req, t);
-        if (nh && stream_new(nh, req, st->sent == 0 ? st : NULL)) {
+        if (nh && stream_new(nh, req, st)) {
             nh->depth++;
             if (made && h2u_connect(nh))
                 h2u_die(nh, LP_FAIL_CONNECT, 502, nh->why);
