@@ -256,8 +256,9 @@ static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
 #define LP_RF_TLS            0x400000  /* came over TLS (kept for a detached request's scheme) */
 #define LP_RF_METERED        0x800000  /* counted in the metrics (conn.c) */
 #define LP_RF_H2             0x1000000 /* came on an HTTP/2 stream (h2.c; req:http_version() 2) */
-#define LP_RF_GRPC           0x2000000 /* content-type application/grpc: the proxy's own answers
-                                          are gRPC statuses (errpage.h), deadlines honoured */
+#define LP_RF_GRPC                                                                                 \
+    0x2000000 /* content-type application/grpc: the proxy's own answers                            \
+                 are gRPC statuses (errpage.h), deadlines honoured */
 
 /* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
 enum {
@@ -318,9 +319,9 @@ typedef struct lp_resp_s {
     size_t local_body_len; /* its length */
     /* The upstream's trailer fields as "name: value\r\n" lines (HTTP/2 trailers, chunked
      * trailers), passed on after the body to clients that can take them. */
-    char *trailers;        /* owned, NULL: none */
-    size_t trailers_len;   /* its length */
-    uint64_t body_out;     /* response body bytes queued to the client */
+    char *trailers;      /* owned, NULL: none */
+    size_t trailers_len; /* its length */
+    uint64_t body_out;   /* response body bytes queued to the client */
     /* Compression (compress.h): what req:compress() asked for in the response phase, and
      * the compressor conn.c makes from it when the head goes out (a response without a
      * body gets none). A new response (lp__resp_begin) forgets the ask. */
@@ -510,7 +511,9 @@ struct lp_peer_s {
     lp_req_t *req;              /* borrowed: the request being served, NULL while pooled */
     unsigned flags;             /* LP_PF_* */
     uint32_t nrequests;
-    uint64_t body_out; /* request body bytes queued to this peer */
+    uint64_t body_out;    /* request body bytes queued to this peer */
+    unsigned head_fields; /* h1.nheaders when the response head was complete: the fields a
+                             chunked body adds past it are its trailers */
 };
 
 #endif

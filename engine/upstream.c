@@ -15,6 +15,7 @@
 #include "upstream.h"
 #include "upstream_try.h"
 #include "h2_up.h"
+#include "h2_util.h"
 
 /* What the upstream connection timer is timing (after the endpoint's own modes). */
 enum {
@@ -600,9 +601,33 @@ static int on_resp_body(lp_h1_t *h, const char *at, size_t len)
     return -1;
 }
 
+/* A chunked response's trailers (parsed after its head's fields) go with the response. */
+static void peer_trailers(lp_peer_t *p, lp_req_t *req)
+{
+    if (!(p->h1.flags & LP_H1F_CHUNKED) || p->h1.nheaders <= p->head_fields)
+        return;
+    char *text = NULL;
+    size_t len = 0;
+    for (unsigned i = p->head_fields; i < p->h1.nheaders; i++) {
+        const lp_header_t *hd = &p->h1.headers[i];
+        if (lp_h1_is_hop_by_hop(&p->h1, hd->name) || LP_STR_IEQ(hd->name, "content-length") ||
+            LP_STR_IEQ(hd->name, "host"))
+            continue;
+        if (lp_h2_text_add(&text, &len, hd->name.base, hd->name.len, hd->value.base,
+                           hd->value.len)) {
+            free(text);
+            return; /* out of memory: dropped, as before trailers were passed on */
+        }
+    }
+    free(req->resp.trailers);
+    req->resp.trailers = text;
+    req->resp.trailers_len = len;
+}
+
 static void peer_response_done(lp_peer_t *p)
 {
     lp_req_t *req = p->req;
+    peer_trailers(p, req);
     if (llhttp_should_keep_alive(&p->h1.parser) && (p->flags & LP_PF_REQ_SENT))
         p->flags |= LP_PF_KEEPALIVE;
     peer_timer(p, PT_NONE, 0);
@@ -659,6 +684,7 @@ static void peer_parse(lp_peer_t *p)
             break;
         case LP_H1_HEAD:
             lp_h1_resume(&p->h1);
+            p->head_fields = p->h1.nheaders;
             if (retry_on_status(p))
                 return;
             req->try.deadline = 0; /* total_timeout ends with the response head */

@@ -957,5 +957,38 @@ class H2UpstreamTest(H.ProxyTestCase):
         self.assertEqual(self.streams(["/ok"])[0]["status"], 200)
 
 
+class H1TrailersTest(H.ProxyTestCase):
+    """HTTP/1.1 chunked trailers from and to an HTTP/1.1 upstream, for HTTP/2 clients."""
+
+    @classmethod
+    def setUpClass(cls):
+        def handler(req):
+            return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"4\r\nbody\r\n0\r\nx-trailer: t1\r\ngrpc-status: 0\r\n\r\n")
+        cls.origin = cls.start_raw_origin(handler)
+        p = H.Proxy.build({"raw": H.upstream(cls.origin.address())},
+                          [{"match": {"prefix": "/"}, "upstream": "raw"}], name="h1trailers")
+        p.cfg["listen"] = [{"address": "127.0.0.1:0", "http2": True}]
+        cls.addClassCleanup(p.stop)
+        cls.proxy = p.start()
+
+    def tearDown(self):
+        self.assertAlive()
+
+    def test_chunked_trailers_both_ways(self):
+        c = Client(self.proxy.port)
+        try:
+            sid = c.request("/t", method="POST", body=b"data", end=False)
+            c.conn.send_headers(sid, [("x-req-t", "rt1")], end_stream=True)
+            c.flush()
+            c.pump(lambda: c.done(sid))
+            st = c.streams[sid]
+        finally:
+            c.close()
+        self.assertEqual((st["status"], bytes(st["data"])), (200, b"body"))
+        self.assertEqual(st.get("trailers"), {"x-trailer": "t1", "grpc-status": "0"})
+        self.assertIn(b"\r\n0\r\nx-req-t: rt1\r\n\r\n", self.origin.received)
+
+
 if __name__ == "__main__":
     unittest.main()
