@@ -86,6 +86,7 @@ typedef struct lp_h2u_stream_s {
     uint8_t fail_kind;      /* lp_fail_kind_t; LP_FAIL_NONE: not failed */
     uint8_t no_retry;       /* the failure must not be retried (a deadline) */
     uint8_t replay_over;    /* more than H2U_REPLAY_MAX was sent: `replay` was dropped */
+    uint8_t refusals;       /* the try's streams refused before this one (bounded) */
     uint8_t out_eof;        /* the request body is complete */
     uint8_t deferred;       /* the data source said DEFERRED: resume it when bytes come */
     uint8_t was_full;       /* out passed the high watermark: resume the client below low */
@@ -470,6 +471,7 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, lp_h2u_stream_t *
         }
         from->out = (queue_t){0};
         st->out_eof = from->out_eof;
+        st->refusals = (uint8_t)(from->refusals + 1);
         st->grpc_deadline = from->grpc_deadline;
         st->req_trailers = from->req_trailers;
         st->req_trailers_len = from->req_trailers_len;
@@ -799,7 +801,7 @@ static void stream_fail(lp_h2u_stream_t *st)
     /* Refused (GOAWAY above its id, REFUSED_STREAM): the upstream did nothing with it, so
      * it goes again on another connection, whatever its method; so does a stream of a
      * connection that was up already and failed before any answer (a stale one). */
-    int again = fresh && (st->close_code == NGHTTP2_REFUSED_STREAM ||
+    int again = fresh && ((st->close_code == NGHTTP2_REFUSED_STREAM && st->refusals < 3) ||
                           (st->reused && kind == LP_FAIL_RESET && lp__try_replayable(req)));
     int elsewhere = !(req->flags & LP_RF_RESP_STARTED) && !again && !st->no_retry &&
                     (kind == LP_FAIL_CONNECT || (!st->head_given && lp__try_replayable(req)));
@@ -1213,8 +1215,8 @@ static void h2u_on_written(lp_endpoint_t *ep, int status)
 static void h2u_on_timeout(lp_endpoint_t *ep, int mode)
 {
     lp_h2u_t *h = h2u_of(ep);
-    if (h->dead)
-        return;
+    if (h->dead && mode != TM_KICK)
+        return; /* a dead one's kick: its streams' requests hear of it, then it closes */
     h->depth++;
     if (mode == TM_CONNECT) {
         h2u_die(h, LP_FAIL_TIMEOUT, 504,
