@@ -757,7 +757,8 @@ class H2Origin:
     then answers with x-conn (the connection's number) and x-max (the most open at once);
     /trailers answers with a body and trailers, echoing the request's trailers in x-req-trailers;
     /goaway is refused with GOAWAY when refuse_next is set (then cleared), else answered;
-    /drop closes the connection without an answer."""
+    /drop closes the connection without an answer;
+    /big sends 8 MiB as the proxy's flow control window allows (big_sent, big_blocked)."""
 
     def __init__(self):
         self.lsock = socket.socket()
@@ -768,6 +769,8 @@ class H2Origin:
         self.lock = threading.Lock()
         self.stopping = False
         self.refuse_next = False  # the next /goaway is refused with GOAWAY
+        self.big_sent = 0  # bytes of /big sent so far (as the proxy's window allowed)
+        self.big_blocked = False  # /big waits for the proxy's window
         self.socks = []
         self.threads = [threading.Thread(target=self.accept_loop, daemon=True)]
         self.threads[0].start()
@@ -811,7 +814,7 @@ class H2Origin:
             client_side=False, header_encoding="utf-8"))
         c.initiate_connection()
         s.sendall(c.data_to_send())
-        reqs, held, maxopen = {}, [], [0]
+        reqs, held, maxopen, big = {}, [], [0], {}
         s.settimeout(0.05)
 
         def answer(sid, status="200", body=b"ok", extra=(), trailers=None):
@@ -856,8 +859,22 @@ class H2Origin:
                 elif path == "/drop":
                     s.close()
                     return
+                elif path == "/big":
+                    c.send_headers(sid, [(":status", "200")])
+                    big[sid] = 8 << 20
                 else:
                     answer(sid, body=b"conn %d" % num)
+            for sid in list(big):
+                room = min(c.local_flow_control_window(sid), big[sid], c.max_outbound_frame_size)
+                while room > 0:
+                    c.send_data(sid, b"x" * room, end_stream=big[sid] == room)
+                    big[sid] -= room
+                    self.big_sent += room
+                    room = min(c.local_flow_control_window(sid), big[sid],
+                               c.max_outbound_frame_size) if big[sid] else 0
+                self.big_blocked = big[sid] > 0
+                if not big[sid]:
+                    del big[sid]
             # Held streams go once enough are open at once here, or after 1.5 s.
             now = time.monotonic()
             for sid, n in list(held):
@@ -948,6 +965,27 @@ class H2UpstreamTest(H.ProxyTestCase):
             self.assertTrue(bytes(st["data"]).startswith(b"conn "), st)  # ...then answered
             self.assertGreater(self.origin.accepted, before)  # on a new connection
         self.proxy.wait_log("GOAWAY")
+
+    def test_slow_client_holds_the_upstream_back(self):
+        # The client does not read: the upstream may send no more than the proxy's stream
+        # window (256 KiB) and the client side's queue (high watermark) and window beyond.
+        c = Client(self.proxy.port)
+        try:
+            sid = c.request("/big")
+            c.hold.add(sid)
+            c.pump(lambda: self.origin.big_blocked)
+            self.assertLess(self.origin.big_sent, 1 << 20)
+            # Another stream on the same connections goes on meanwhile.
+            other = c.request("/ok")
+            c.pump(lambda: c.done(other))
+            self.assertEqual(c.streams[other]["status"], 200)
+            c.hold.discard(sid)
+            c.conn.acknowledge_received_data(len(c.streams[sid]["data"]), sid)
+            c.flush()
+            c.pump(lambda: c.done(sid), timeout=H.T(60))
+            self.assertEqual(len(c.streams[sid]["data"]), 8 << 20)
+        finally:
+            c.close()
 
     def test_connection_lost_is_502(self):
         for method in ("GET", "POST"):
