@@ -699,6 +699,10 @@ static void read_upstream(rctx_t *r, size_t i)
     u->keepalive = get_uint(L, "keepalive");
     u->keepalive_timeout = get_ms(L, "keepalive_timeout");
     u->keepalive_requests = get_uint(L, "keepalive_requests");
+    char *proto = get_str(r, "protocol");
+    u->h2 = proto && strcmp(proto, "h2") == 0;
+    free(proto);
+    u->max_streams = get_uint(L, "max_streams");
     lp_tls_client_conf_t *tc = &r->client_tls[i];
     if (push_table(L, "tls")) {
         read_tls_client(r, tc);
@@ -710,6 +714,7 @@ static void read_upstream(rctx_t *r, size_t i)
         tc->min_version = TLS1_2_VERSION;
         r->client_tls_on[i] = 1;
     }
+    tc->alpn_h2 = u->h2;
 }
 
 static void read_upstreams(rctx_t *r)

@@ -88,6 +88,8 @@ typedef struct {
     unsigned keepalive;          /* idle pooled connections kept per target per worker */
     uint64_t keepalive_timeout;  /* ms an idle pooled connection is kept */
     unsigned keepalive_requests; /* requests per upstream connection before it is closed */
+    int h2;                      /* protocol = "h2": HTTP/2 to the targets (h2_up.c) */
+    unsigned max_streams;        /* h2: streams per connection (lowered by the peer's SETTINGS) */
     struct lp_tls_client_s *tls; /* owned reference (tls.h); NULL: plain HTTP to targets */
 } lp_upstream_conf_t;
 

@@ -574,7 +574,11 @@ static int conn_on_head(lp_req_t *req)
         req->flags |= LP_RF_HEAD;
     if (h->flags & LP_H1F_UPGRADE)
         req->flags |= LP_RF_UPGRADE_REQ;
-    lp_trace_start(req); /* before anything may answer: a 413 has its trace too */
+    const lp_header_t *ct = lp_h1_find(h, "content-type", 12);
+    if (ct && ct->value.len >= 16 &&
+        lp_str_ieq((lp_str_t){ct->value.base, 16}, "application/grpc", 16))
+        req->flags |= LP_RF_GRPC; /* also application/grpc+proto and the like */
+    lp_trace_start(req);          /* before anything may answer: a 413 has its trace too */
     if (!req->h2s)
         conn_timer(c, TM_NONE, 0); /* an HTTP/2 connection's timer is the session's */
     lp_ip_t client;
@@ -879,7 +883,7 @@ static void conn_process_once(lp_conn_t *c)
             return;
         /* The request may have ended by now: look again. */
         req = c->req;
-        if (req && req->try.peer && lp_relay_full(&req->try.peer->ep) && req->state == LP_RS_BODY) {
+        if (req && req->try.peer && lp_peer_full(req->try.peer) && req->state == LP_RS_BODY) {
             req->flags |= LP_RF_READ_PAUSED;
             if (c->ep.tmode == TM_BODY)
                 conn_timer(c, TM_NONE, 0);
@@ -1298,9 +1302,35 @@ static void conn_update_reading(lp_conn_t *c)
 /* Decides the framing of the response towards the client and queues its head as it stands
  * in req->resp (status, headers; written by http1.c). rh is the upstream's parsed head, NULL for a
  * local answer. */
+/* A gRPC client gets the proxy's own error answers as gRPC statuses (errpage.h): HTTP 200,
+ * no body, grpc-status and grpc-message in the head (a trailers-only response). Lua's other
+ * fields stay. -1 when out of memory. */
+static int conn_grpc_local(lp_req_t *req)
+{
+    int status = req->resp.status;
+    char code[12], msg[200];
+    size_t clen = lp_u64_to_str((uint64_t)lp_errpage_grpc_status(status), 10, code);
+    size_t mlen = lp_errpage_grpc_message(status, msg, sizeof(msg));
+    if (lp_ffi_header_set(req, 1, LP_FFI_HSET, "Content-Type", 12, "application/grpc", 16) ||
+        lp_ffi_header_set(req, 1, LP_FFI_HSET, "grpc-status", 11, code, clen) ||
+        lp_ffi_header_set(req, 1, LP_FFI_HSET, "grpc-message", 12, msg, mlen))
+        return -1;
+    free(req->resp.local_body);
+    req->resp.local_body = NULL;
+    req->resp.local_body_len = 0;
+    req->resp.status = 200;
+    return 0;
+}
+
 static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
 {
     lp_conn_t *c = req->conn;
+    int grpc_err = 0;
+    if (!rh && (req->flags & LP_RF_GRPC) && req->resp.status >= 400 && !req->cache.body) {
+        grpc_err = req->resp.status; /* the log and the metrics keep what it stands for */
+        if (conn_grpc_local(req))
+            return -1;
+    }
     int status = req->resp.status;
     int upgrade = rh && (rh->flags & LP_H1F_UPGRADE) && (req->flags & LP_RF_UPGRADE_REQ);
     int no_body = (req->flags & LP_RF_HEAD) || status == 204 || status == 304 || upgrade;
@@ -1322,7 +1352,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     if (rh && req->resp.win && status != 304)
         length = req->resp.win_len; /* the client's window of a body being stored whole (a 304
                                        keeps the length of the representation it describes) */
-    req->resp.sent_status = status;
+    req->resp.sent_status = grpc_err ? grpc_err : status;
     if (req->h2s) {
         /* HTTP/2 frames the body itself: a length is only advice (not for 204, nor for a
          * 304 whose upstream did not say it). */
@@ -1873,11 +1903,21 @@ static void h1_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 
 static void h1_end(lp_req_t *req)
 {
-    if (req->flags & LP_RF_RESP_CHUNKED) {
-        lp_wbatch_t *wb = lp_ep_outb(&req->conn->ep, 1, 0);
-        if (wb)
-            lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
+    if (!(req->flags & LP_RF_RESP_CHUNKED))
+        return; /* trailers need chunks: without them they are dropped */
+    lp_wbatch_t *wb = lp_ep_outb(&req->conn->ep, 1, 0);
+    if (!wb)
+        return;
+    lp_buf_t *b = req->resp.trailers ? lp_buf_get(&req->w->bufs, req->resp.trailers_len + 5) : NULL;
+    if (!b) {
+        lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
+        return;
     }
+    memcpy(b->data, "0\r\n", 3);
+    memcpy(b->data + 3, req->resp.trailers, req->resp.trailers_len);
+    memcpy(b->data + 3 + req->resp.trailers_len, "\r\n", 2);
+    lp_wbatch_add(wb, b->data, req->resp.trailers_len + 5, b);
+    lp_buf_unref(b);
 }
 
 static int h1_full(const lp_req_t *req)

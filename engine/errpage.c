@@ -139,3 +139,51 @@ int lp_errpage_answer(const lp_config_t *c, const lp_route_conf_t *r, int status
     out->len = (size_t)n;
     return 0;
 }
+
+int lp_errpage_grpc_status(int status)
+{
+    switch (status) {
+    case 502:
+    case 503:
+        return 14; /* UNAVAILABLE */
+    case 504:
+    case 408:
+        return 4; /* DEADLINE_EXCEEDED */
+    case 429:
+    case 413:
+        return 8; /* RESOURCE_EXHAUSTED */
+    case 404:
+    case 405:
+        return 12; /* UNIMPLEMENTED */
+    case 500:
+    case 400:
+        return 13; /* INTERNAL */
+    case 401:
+        return 16; /* UNAUTHENTICATED */
+    case 403:
+        return 7; /* PERMISSION_DENIED */
+    default:
+        return 2; /* UNKNOWN */
+    }
+}
+
+size_t lp_errpage_grpc_message(int status, char *out, size_t room)
+{
+    char raw[96];
+    int n = snprintf(raw, sizeof(raw), "proxy: %d %s", status, lp_h1_status_text(status));
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof(raw) ? (size_t)n : sizeof(raw) - 1, k = 0;
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < len && k + 4 <= room; i++) {
+        unsigned char ch = (unsigned char)raw[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '%') {
+            out[k++] = (char)ch;
+        } else {
+            out[k++] = '%';
+            out[k++] = hex[ch >> 4];
+            out[k++] = hex[ch & 15];
+        }
+    }
+    if (room)
+        out[k < room ? k : room - 1] = 0;
+    return k;
+}

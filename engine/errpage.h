@@ -38,4 +38,16 @@ int lp_errpage_render(const lp_error_page_t *p, int status, const char *detail, 
  * written, as in lua/luaproxy/text.lua. Returns the rendered length. */
 size_t lp_errpage_template(const char *t, size_t n, const char *const vals[3], char *out);
 
+/* gRPC (a request with content-type application/grpc): the proxy's own answer of HTTP
+ * `status` is an HTTP 200 trailers-only response carrying this grpc-status instead of a
+ * page (conn.c): UNAVAILABLE (14) for 502 and 503, DEADLINE_EXCEEDED (4) for 504 and 408,
+ * RESOURCE_EXHAUSTED (8) for 429 and 413, UNIMPLEMENTED (12) for 404 and 405, INTERNAL (13)
+ * for 500 and 400, UNAUTHENTICATED (16) for 401, PERMISSION_DENIED (7) for 403, else
+ * UNKNOWN (2). */
+int lp_errpage_grpc_status(int status);
+
+/* Its grpc-message into out (percent-encoded as gRPC asks: "proxy: 502 Bad Gateway"); the
+ * length. */
+size_t lp_errpage_grpc_message(int status, char *out, size_t room);
+
 #endif

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 #include "h2.h"
+#include "h2_util.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "relay.h"
@@ -56,6 +57,10 @@ typedef struct lp_h2_stream_s {
     uint8_t no_body;     /* the response has no body (HEAD, 204, 304) */
     uint8_t has_cl;      /* the request head has a content-length field (its framing) */
     uint32_t close_code; /* the code it closed with */
+    /* The response's trailer fields ("name: value\r\n" text), taken from the request when
+     * its body ended: sent after the last DATA frame. */
+    char *trailers; /* owned, NULL: none */
+    size_t trailers_len;
 } lp_h2_stream_t;
 
 typedef struct lp_h2_s {
@@ -96,16 +101,6 @@ int lp_h2_is_preface(const char *p, size_t len)
 
 static size_t h2_fill(lp_h2_t *h2);
 
-static void h2_put(lp_h2_t *h2, lp_buf_t *b, size_t used)
-{
-    lp_wbatch_t *wb = used ? lp_ep_outb(&h2->c->ep, 1, 0) : NULL;
-    if (wb)
-        lp_wbatch_add(wb, b->data, used, b);
-    else if (used)
-        h2->bye = 1; /* out of memory: the connection cannot go on */
-    lp_buf_unref(b);
-}
-
 /* What the session has to send goes to the endpoint while it holds less than the high
  * watermark (the rest waits in the streams, bounded by their own watermark). */
 static void h2_send(lp_h2_t *h2)
@@ -144,38 +139,7 @@ static void h2_send(lp_h2_t *h2)
 /* One batch of the session's output, up to the high watermark. Returns the bytes queued. */
 static size_t h2_fill(lp_h2_t *h2)
 {
-    lp_conn_t *c = h2->c;
-    lp_buf_t *b = NULL;
-    size_t used = 0, made = 0;
-    while (!h2_closing(h2) && lp_ep_queued(&c->ep) + used < LP_HIGH_WATERMARK) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(h2->s, &data);
-        if (n < 0) {
-            lp_log_info("HTTP/2: %s", nghttp2_strerror((int)n));
-            h2->bye = 1;
-            break;
-        }
-        if (n == 0)
-            break;
-        if (b && used + (size_t)n > b->cap) {
-            h2_put(h2, b, used);
-            b = NULL;
-        }
-        if (!b) {
-            used = 0;
-            if (!(b = lp_buf_get(c->ep.env->bufs,
-                                 (size_t)n > LP_BUF_SIZE ? (size_t)n : LP_BUF_SIZE))) {
-                h2->bye = 1;
-                break;
-            }
-        }
-        memcpy(b->data + used, data, (size_t)n);
-        used += (size_t)n;
-        made += (size_t)n;
-    }
-    if (b)
-        h2_put(h2, b, used);
-    return made;
+    return lp_h2_fill(h2->s, &h2->c->ep, &h2->bye);
 }
 
 static void stream_free(lp_h2_stream_t *st)
@@ -187,6 +151,7 @@ static void stream_free(lp_h2_stream_t *st)
     free(st->method);
     free(st->path);
     free(st->authority);
+    free(st->trailers);
     if (st->in)
         lp_buf_unref(st->in);
     for (h2_seg_t *g = st->out, *n; g; g = n) {
@@ -339,8 +304,18 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 {
     lp_h2_t *h2 = ud;
     lp_h2_stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (st && st->req && f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_HEADERS) {
+        /* The request's trailers: passed on after its body (upstream.c, h2_up.c). */
+        st->hdr_bytes += nlen + vlen + 32;
+        if (st->hdr_bytes > CONF(h2)->max_header_list_size || (nlen && name[0] == ':'))
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        return lp_h2_text_add(&st->req->trailers, &st->req->trailers_len, (const char *)name, nlen,
+                              (const char *)value, vlen)
+                   ? NGHTTP2_ERR_CALLBACK_FAILURE
+                   : 0;
+    }
     if (!st || st->req || f->hd.type != NGHTTP2_HEADERS)
-        return 0; /* trailers: not passed on to HTTP/1.1 upstreams */
+        return 0;
     st->hdr_bytes += nlen + vlen + 32;
     if (st->hdr_bytes > CONF(h2)->max_header_list_size) {
         lp_log_info("HTTP/2 stream %d: header list over http2.max_header_list_size: reset",
@@ -444,7 +419,7 @@ static void stream_pump(lp_h2_stream_t *st)
     lp_req_hold(req);
     if (st->in_len &&
         (req->try.peer || (req->flags & LP_RF_BODY_BUFFERING) || lp_req_body_replaced(req)) &&
-        !(req->try.peer && lp_relay_full(&req->try.peer->ep))) {
+        !(req->try.peer && lp_peer_full(req->try.peer))) {
         lp_buf_t *b = st->in;
         size_t n = st->in_len;
         st->in = NULL;
@@ -593,9 +568,20 @@ static ssize_t stream_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t 
         }
     }
     st->out_bytes -= n;
-    if (!st->out && st->out_eof)
+    if (!st->out && st->out_eof) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-    else if (!n) {
+        if (st->trailers) {
+            /* The upstream's trailers end the stream instead (gRPC's grpc-status). */
+            lp_h2_nvs_t l = {0};
+            lp_h2_nvs_add_text(&l, st->trailers, st->trailers_len);
+            nghttp2_nv *nv = lp_h2_nvs_done(&l);
+            if (nv && l.n && !nghttp2_submit_trailer(s, id, nv, l.n))
+                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            lp_h2_nvs_free(&l);
+            free(st->trailers);
+            st->trailers = NULL;
+        }
+    } else if (!n) {
         st->deferred = 1;
         return NGHTTP2_ERR_DEFERRED;
     }
@@ -874,6 +860,10 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
         nv[k++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)d, 4, strlen(d), NGHTTP2_NV_FLAG_NONE};
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = stream_read};
+    /* A body known to be empty ends the stream with the HEADERS frame: a gRPC trailers-only
+     * response stays one (h2_up.c gives an upstream's a length of 0). */
+    if (has_length && length == 0)
+        no_body = 1;
     st->no_body = (uint8_t)no_body;
     int rv = nghttp2_submit_response(h2->s, st->id, nv, k, no_body ? NULL : &prd);
     free(nv);
@@ -917,6 +907,12 @@ static void h2_end(lp_req_t *req)
     if (!st)
         return;
     st->out_eof = 1;
+    if (req->resp.trailers && !st->no_body) {
+        st->trailers = req->resp.trailers; /* the stream sends them after its request ends */
+        st->trailers_len = req->resp.trailers_len;
+        req->resp.trailers = NULL;
+        req->resp.trailers_len = 0;
+    }
     if (st->deferred) {
         st->deferred = 0;
         nghttp2_session_resume_data(st->h2->s, st->id);

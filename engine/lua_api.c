@@ -422,6 +422,9 @@ int lp__resp_begin(lp_req_t *r)
         return LP_FFI_ENOSPACE;
     r->resp.nheaders = 0;
     r->resp.arena_used = 0;
+    free(r->resp.trailers); /* a new answer: the upstream's trailers are not its own */
+    r->resp.trailers = NULL;
+    r->resp.trailers_len = 0;
     r->resp.zip_coding = LP_ZIP_NONE; /* a new answer: its own decision */
     r->resp.win = 0;                  /* ... and its own body, whole */
     /* A new answer has its own body: a cache hit's entry, set up before (a plugin failing

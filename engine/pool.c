@@ -6,13 +6,14 @@
 #include "tls.h"
 #include "upstream.h"
 #include "upstream_try.h"
+#include "h2_up.h"
 
 /* A worker's upstream connection pools (per address and TLS settings, outliving config
  * generations) and its table of req:set_target() destinations. */
 
 /* The worker's pool for an address and TLS settings, made on first use. */
 lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
-                             lp_tls_client_t *tls, const char *name)
+                             lp_tls_client_t *tls, const char *name, int h2)
 {
     lp_pool_t *p;
     char *sni = tls ? lp_tls_peer_name(tls, addr->text, name) : NULL;
@@ -21,6 +22,7 @@ lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen
     for (p = w->pools; p; p = p->next)
         if (p->addr.addrlen == addr->addrlen && strcmp(p->addr.text, addr->text) == 0 &&
             memcmp(&p->addr.addr, &addr->addr, addr->addrlen) == 0 && !p->tls == !tls &&
+            p->h2 == h2 &&
             (!tls || (strcmp(lp_tls_client_key(p->tls), lp_tls_client_key(tls)) == 0 &&
                       strcmp(p->sni, sni) == 0)))
             break;
@@ -40,6 +42,8 @@ lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen
         p->sni = sni;
         sni = NULL;
         lp_list_init(&p->idle);
+        lp_list_init(&p->h2conns);
+        p->h2 = h2;
         p->next = w->pools;
         w->pools = p;
     }
@@ -174,6 +178,7 @@ static void close_idle_of(lp_pool_t *t)
 {
     while (!lp_list_empty(&t->idle))
         lp_peer_abort(LP_CONTAINER_OF(t->idle.next, lp_peer_t, link));
+    lp_h2u_close_idle(t);
 }
 
 lp_peer_t *lp__pool_take(lp_pool_t *t)

@@ -45,6 +45,8 @@ typedef struct lp_pool_s {
     void *session;               /* owned: SSL_SESSION reference, NULL: none yet */
     lp_list_t idle;              /* lp_peer_t.link, most recently used first */
     unsigned nidle;
+    int h2;            /* HTTP/2 connections (h2_up.c), never in `idle` */
+    lp_list_t h2conns; /* lp_h2u_t.link: its HTTP/2 connections (owned: each closes itself) */
     unsigned active;
     uint64_t gen;           /* the newest generation that uses it */
     struct lp_pool_s *next; /* the worker's list */
@@ -254,6 +256,9 @@ static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
 #define LP_RF_TLS            0x400000  /* came over TLS (kept for a detached request's scheme) */
 #define LP_RF_METERED        0x800000  /* counted in the metrics (conn.c) */
 #define LP_RF_H2             0x1000000 /* came on an HTTP/2 stream (h2.c; req:http_version() 2) */
+#define LP_RF_GRPC                                                                                 \
+    0x2000000 /* content-type application/grpc: the proxy's own answers                            \
+                 are gRPC statuses (errpage.h), deadlines honoured */
 
 /* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
 enum {
@@ -312,7 +317,11 @@ typedef struct lp_resp_s {
     lp_str_t upgrade;      /* borrowed from arena: the upstream's Upgrade value on a 101 */
     char *local_body;      /* owned: the body of a local answer (req:respond(), error page) */
     size_t local_body_len; /* its length */
-    uint64_t body_out;     /* response body bytes queued to the client */
+    /* The upstream's trailer fields as "name: value\r\n" lines (HTTP/2 trailers, chunked
+     * trailers), passed on after the body to clients that can take them. */
+    char *trailers;      /* owned, NULL: none */
+    size_t trailers_len; /* its length */
+    uint64_t body_out;   /* response body bytes queued to the client */
     /* Compression (compress.h): what req:compress() asked for in the response phase, and
      * the compressor conn.c makes from it when the head goes out (a response without a
      * body gets none). A new response (lp__resp_begin) forgets the ask. */
@@ -411,6 +420,10 @@ struct lp_req_s {
      * reference that a connection's current request has (request.h); the request ending or
      * detaching clears both links (lp_h2_req_gone). */
     struct lp_h2_stream_s *h2s;
+    /* The request's trailer fields as "name: value\r\n" lines (HTTP/2 trailers), passed on
+     * after its body (chunked to HTTP/1.1 upstreams, a HEADERS frame to HTTP/2 ones). */
+    char *trailers;      /* owned, NULL: none */
+    size_t trailers_len; /* its length */
 };
 
 /* lp_req_t.tee */
@@ -481,6 +494,9 @@ struct lp_conn_s {
 #define LP_PF_LUA           0x200 /* the response phase is suspended: hold the body */
 #define LP_PF_HANDSHAKE     0x400 /* TCP connected, TLS handshake in progress */
 #define LP_PF_FILTER_FAILED 0x800 /* a response_body filter failed on its body (not its fault) */
+/* One stream of an HTTP/2 connection (h2_up.c): the peer is embedded in an lp_h2u_stream_t,
+ * its `ep` is never opened (the connection has the socket); lp_peer_* hand it to h2_up.c. */
+#define LP_PF_H2 0x1000
 
 /* An upstream connection: HTTP/1.1 to one target over an endpoint, pooled between
  * requests. */
@@ -495,7 +511,9 @@ struct lp_peer_s {
     lp_req_t *req;              /* borrowed: the request being served, NULL while pooled */
     unsigned flags;             /* LP_PF_* */
     uint32_t nrequests;
-    uint64_t body_out; /* request body bytes queued to this peer */
+    uint64_t body_out;    /* request body bytes queued to this peer */
+    unsigned head_fields; /* h1.nheaders when the response head was complete: the fields a
+                             chunked body adds past it are its trailers */
 };
 
 #endif

@@ -33,6 +33,8 @@ static void resp_reset(lp_resp_t *r)
     r->upgrade = (lp_str_t){NULL, 0};
     r->local_body = NULL;
     r->local_body_len = 0;
+    r->trailers = NULL;
+    r->trailers_len = 0;
     r->body_out = 0;
     r->zip = NULL;
     r->zip_coding = 0;
@@ -269,6 +271,12 @@ void lp_req_end(lp_req_t *req)
     free(req->resp.local_body);
     req->resp.local_body = NULL;
     req->resp.local_body_len = 0;
+    free(req->resp.trailers);
+    req->resp.trailers = NULL;
+    req->resp.trailers_len = 0;
+    free(req->trailers);
+    req->trailers = NULL;
+    req->trailers_len = 0;
     lp_zip_free(req->resp.zip); /* a body cut short leaves its compressor here */
     req->resp.zip = NULL;
     lp_cache_req_end(req); /* a fill not committed is dropped, never linked */

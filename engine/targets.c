@@ -45,7 +45,7 @@ static lp_pool_t *target_pool(lp_upstream_rt_t *u, const lp_target_rt_t *t)
     const char *name = t->origin >= 0 && (size_t)t->origin < u->conf->ntargets
                            ? u->conf->targets[t->origin].host
                            : NULL;
-    return lp__upstream_pool(u->w, &t->addr, u->gen, u->conf->tls, name);
+    return lp__upstream_pool(u->w, &t->addr, u->gen, u->conf->tls, name, u->conf->h2);
 }
 
 static lp_target_rt_t *target_new(lp_upstream_rt_t *u, const lp_addr_t *addr, unsigned weight,

@@ -656,9 +656,10 @@ lp_tls_client_t *lp_tls_client_new(const lp_tls_client_conf_t *conf, char *err, 
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
         klen += parts[i] ? strlen(parts[i]) : 0;
     if ((c->key = malloc(klen)))
-        snprintf(c->key, klen, "%d|%d|%s|%s|%s|%s|%s", conf->verify, conf->min_version,
-                 conf->ca ? conf->ca : "", conf->sni ? conf->sni : "", conf->cert ? conf->cert : "",
-                 conf->key ? conf->key : "", conf->ciphers ? conf->ciphers : "");
+        snprintf(c->key, klen, "%d|%d|%d|%s|%s|%s|%s|%s", conf->verify, conf->min_version,
+                 conf->alpn_h2, conf->ca ? conf->ca : "", conf->sni ? conf->sni : "",
+                 conf->cert ? conf->cert : "", conf->key ? conf->key : "",
+                 conf->ciphers ? conf->ciphers : "");
     ERR_clear_error();
     SSL_CTX *ctx = c->ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx || !c->key || (conf->sni && !(c->sni = strdup(conf->sni)))) {
@@ -673,8 +674,11 @@ lp_tls_client_t *lp_tls_client_new(const lp_tls_client_conf_t *conf, char *err, 
         ctx_error(err, errlen, "ciphers", NULL);
         goto fail;
     }
-    static const unsigned char alpn[] = "\x08http/1.1";
-    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
+    static const unsigned char alpn[] = "\x08http/1.1", alpn_h2[] = "\x02h2";
+    if (conf->alpn_h2)
+        SSL_CTX_set_alpn_protos(ctx, alpn_h2, sizeof(alpn_h2) - 1);
+    else
+        SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, client_new_session);
     if (conf->verify) {

@@ -56,6 +56,7 @@ typedef struct {
     char *key;       /* owned */
     char *ciphers;   /* owned, NULL: Mozilla intermediate */
     int min_version; /* TLS1_2_VERSION default */
+    int alpn_h2;     /* ALPN offers only h2 (upstreams.NAME.protocol = "h2") */
 } lp_tls_client_conf_t;
 
 void lp_tls_server_conf_free(lp_tls_server_conf_t *c);

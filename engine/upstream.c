@@ -1,6 +1,7 @@
 #include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "conn.h"
 #include "health.h"
 #include "log.h"
@@ -13,6 +14,8 @@
 #include "tls.h"
 #include "upstream.h"
 #include "upstream_try.h"
+#include "h2_up.h"
+#include "h2_util.h"
 
 /* What the upstream connection timer is timing (after the endpoint's own modes). */
 enum {
@@ -114,7 +117,16 @@ static void peer_close(lp_peer_t *p)
 
 void lp_peer_abort(lp_peer_t *p)
 {
+    if (p->flags & LP_PF_H2) {
+        lp_h2u_abort(p);
+        return;
+    }
     peer_close(p);
+}
+
+int lp_peer_full(const lp_peer_t *p)
+{
+    return (p->flags & LP_PF_H2) ? lp_h2u_full(p) : lp_relay_full(&p->ep);
 }
 
 static const lp_endpoint_ops_t peer_ops;
@@ -264,6 +276,10 @@ static void peer_on_written(lp_endpoint_t *ep, int status)
 
 void lp_peer_flush(lp_peer_t *p)
 {
+    if (p->flags & LP_PF_H2) {
+        lp_h2u_flush(p);
+        return;
+    }
     /* Before the connection (and its TLS handshake) is up, the request waits in outb. */
     if (lp_ep_flush(&p->ep))
         return;
@@ -276,6 +292,10 @@ void lp_peer_flush(lp_peer_t *p)
 
 void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int chunked)
 {
+    if (p->flags & LP_PF_H2) {
+        lp_h2u_body(p, at, len);
+        return;
+    }
     if (!len || (p->ep.flags & LP_EPF_CLOSING))
         return;
     p->body_out += len;
@@ -285,12 +305,27 @@ void lp_peer_body(lp_peer_t *p, const char *at, size_t len, lp_buf_t *pin, int c
 
 void lp_peer_body_end(lp_peer_t *p, int chunked)
 {
+    if (p->flags & LP_PF_H2) {
+        lp_h2u_body_end(p);
+        return;
+    }
     if (p->ep.flags & LP_EPF_CLOSING)
         return;
     if (chunked) {
         lp_wbatch_t *wb = lp_ep_outb(&p->ep, 1, 0);
-        if (wb)
+        lp_req_t *req = p->req;
+        lp_buf_t *b =
+            wb && req && req->trailers ? lp_buf_get(&req->w->bufs, req->trailers_len + 5) : NULL;
+        if (b) {
+            /* The client's HTTP/2 trailers, as chunked trailers. */
+            memcpy(b->data, "0\r\n", 3);
+            memcpy(b->data + 3, req->trailers, req->trailers_len);
+            memcpy(b->data + 3 + req->trailers_len, "\r\n", 2);
+            lp_wbatch_add(wb, b->data, req->trailers_len + 5, b);
+            lp_buf_unref(b);
+        } else if (wb) {
             lp_wbatch_add(wb, "0\r\n\r\n", 5, NULL);
+        }
     }
     p->flags |= LP_PF_REQ_SENT;
     if (p->ep.tmode != PT_SEND)
@@ -566,9 +601,33 @@ static int on_resp_body(lp_h1_t *h, const char *at, size_t len)
     return -1;
 }
 
+/* A chunked response's trailers (parsed after its head's fields) go with the response. */
+static void peer_trailers(lp_peer_t *p, lp_req_t *req)
+{
+    if (!(p->h1.flags & LP_H1F_CHUNKED) || p->h1.nheaders <= p->head_fields)
+        return;
+    char *text = NULL;
+    size_t len = 0;
+    for (unsigned i = p->head_fields; i < p->h1.nheaders; i++) {
+        const lp_header_t *hd = &p->h1.headers[i];
+        if (lp_h1_is_hop_by_hop(&p->h1, hd->name) || LP_STR_IEQ(hd->name, "content-length") ||
+            LP_STR_IEQ(hd->name, "host"))
+            continue;
+        if (lp_h2_text_add(&text, &len, hd->name.base, hd->name.len, hd->value.base,
+                           hd->value.len)) {
+            free(text);
+            return; /* out of memory: dropped, as before trailers were passed on */
+        }
+    }
+    free(req->resp.trailers);
+    req->resp.trailers = text;
+    req->resp.trailers_len = len;
+}
+
 static void peer_response_done(lp_peer_t *p)
 {
     lp_req_t *req = p->req;
+    peer_trailers(p, req);
     if (llhttp_should_keep_alive(&p->h1.parser) && (p->flags & LP_PF_REQ_SENT))
         p->flags |= LP_PF_KEEPALIVE;
     peer_timer(p, PT_NONE, 0);
@@ -625,6 +684,7 @@ static void peer_parse(lp_peer_t *p)
             break;
         case LP_H1_HEAD:
             lp_h1_resume(&p->h1);
+            p->head_fields = p->h1.nheaders;
             if (retry_on_status(p))
                 return;
             req->try.deadline = 0; /* total_timeout ends with the response head */
@@ -831,6 +891,10 @@ static const lp_endpoint_ops_t peer_ops = {
 
 void lp_peer_resume(lp_peer_t *p)
 {
+    if (p->flags & LP_PF_H2) {
+        lp_h2u_resume(p);
+        return;
+    }
     if (!(p->flags & LP_PF_PAUSED) || (p->ep.flags & LP_EPF_CLOSING))
         return;
     p->flags &= ~LP_PF_PAUSED;
@@ -857,6 +921,10 @@ static void peer_process_pending(lp_peer_t *p)
 
 void lp_peer_continue(lp_peer_t *p)
 {
+    if (p->flags & LP_PF_H2) {
+        lp_h2u_continue(p);
+        return;
+    }
     p->flags &= ~LP_PF_LUA;
     if (p->ep.tmode == PT_NONE && !(p->ep.flags & LP_EPF_CLOSING))
         peer_timer(p, PT_READ, T(p)->read); /* the wait is over: reading is timed again */
@@ -867,6 +935,10 @@ void lp_peer_continue(lp_peer_t *p)
 
 void lp_peer_tunnel_eof(lp_peer_t *p)
 {
+    if (p->flags & LP_PF_H2) {
+        lp_h2u_abort(p); /* never a tunnel: an upgrade is refused before (h2_up.c) */
+        return;
+    }
     /* The client is done: half-close towards the upstream is not worth the state;
      * finish both sides once the queued bytes are out. */
     lp_conn_t *c = p->req ? p->req->conn : NULL;

@@ -13,9 +13,10 @@ int lp_upstream_rt_attach(lp_worker_t *w, lp_upstream_rt_t *ups, size_t n, uint6
 void lp_upstream_rt_free(lp_upstream_rt_t *ups, size_t n);
 /* The worker's connection pool to addr, made on first use; gen: the newest generation that
  * uses it. With TLS, `name` (NULL: addr's host) is sent as SNI and verified, unless the
- * upstream's tls.sni overrides it. Worker thread. */
+ * upstream's tls.sni overrides it. h2: HTTP/2 connections (a pool of its own). Worker
+ * thread. */
 lp_pool_t *lp__upstream_pool(lp_worker_t *w, const lp_addr_t *addr, uint64_t gen,
-                             struct lp_tls_client_s *tls, const char *name);
+                             struct lp_tls_client_s *tls, const char *name, int h2);
 /* At worker exit: the pools and set_target() upstreams. */
 void lp_upstream_destroy_all(lp_worker_t *w);
 
@@ -41,6 +42,8 @@ void lp_peer_resume(lp_peer_t *p);
 void lp_peer_abort(lp_peer_t *p);
 /* The client ended the tunnel. */
 void lp_peer_tunnel_eof(lp_peer_t *p);
+/* The upstream side of p holds the high watermark of request body: stop feeding it. */
+int lp_peer_full(const lp_peer_t *p);
 /* req:set_target(): req goes to a one-target upstream for `text` ("ip:port"), kept per
  * worker so its connections pool; req holds a reference until it ends. LP_ELIMIT when the
  * table is full of destinations in use. */

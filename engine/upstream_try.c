@@ -9,6 +9,7 @@
 #include "upstream.h"
 #include "trace.h"
 #include "upstream_try.h"
+#include "h2_up.h"
 
 /* A request's tries at its upstream (nginx's upstream_next, as one unit): picking a
  * target through the balancer, the retry decision and budget, total_timeout, and the
@@ -362,6 +363,8 @@ static int upstream_try(lp_req_t *req)
     if (req->try.tries == 1)
         req->t_upstream = uv_hrtime();
     lp_pool_t *t = u->targets[idx]->pool;
+    if (t->h2)
+        return lp_h2u_start(req, t); /* a stream on a shared HTTP/2 connection */
     lp_peer_t *p = lp__pool_take(t);
     if (p)
         return lp__peer_start(p, req);

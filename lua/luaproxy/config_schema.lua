@@ -315,7 +315,8 @@ local upstream = {
   type = "record",
   doc_order = { "targets", "dns_ttl", "balance", "hash_on", "health", "retries", "retry_on",
                 "retry_budget", "max_connections", "max_pending", "pending_timeout",
-                "total_timeout", "keepalive", "keepalive_timeout", "keepalive_requests", "tls" },
+                "total_timeout", "keepalive", "keepalive_timeout", "keepalive_requests", "tls",
+                "protocol", "max_streams" },
   fields = {
     targets = {
       type = "array", required = true, elements = target, custom = check_targets,
@@ -375,6 +376,17 @@ local upstream = {
     keepalive_requests = { type = "integer", default = 1000, min = 1, max = 1e9,
                            description = "requests per upstream connection before it is closed" },
     tls = tls_client,
+    protocol = {
+      type = "string", default = "http1", one_of = { "http1", "h2" },
+      description = "`h2`: requests are multiplexed over pooled HTTP/2 connections to each "
+        .. "target (TLS with ALPN `h2` when `tls` is set or targets are `https://`, else h2c "
+        .. "with prior knowledge); needed for gRPC; see `docs/http2.md`",
+    },
+    max_streams = {
+      type = "integer", default = 100, min = 1, max = 2147483647,
+      description = "`h2`: streams at once per upstream connection (the lower of this and the "
+        .. "target's SETTINGS_MAX_CONCURRENT_STREAMS); a full connection makes a new one",
+    },
   },
 }
 

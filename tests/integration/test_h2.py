@@ -18,6 +18,8 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,12 +30,14 @@ try:
     import h2.config
     import h2.connection
     import h2.events
+    import h2.exceptions
     import h2.settings
 except ImportError:  # ctest's python may be another build than Debian's (python3-h2)
     sys.path.append("/usr/lib/python3/dist-packages")
     import h2.config
     import h2.connection
     import h2.events
+    import h2.exceptions
     import h2.settings
 
 CURL = shutil.which("curl")
@@ -121,6 +125,8 @@ class Client:
                 self.conn.increment_flow_control_window(ev.flow_controlled_length)
             elif self.ack and ev.flow_controlled_length:
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            self.st(ev.stream_id)["trailers"] = dict(ev.headers)
         elif isinstance(ev, h2.events.StreamEnded):
             self.st(ev.stream_id)["ended"] = True
         elif isinstance(ev, h2.events.StreamReset):
@@ -742,6 +748,284 @@ class H2ConnectionLimitsTest(H.ProxyTestCase):
             self.assertEqual(p.wait_exit(H.T(20)), 0)
         finally:
             c.close()
+
+
+class H2Origin:
+    """An HTTP/2 origin (h2c, python3-h2, a thread per connection in this process) for the
+    upstream side: it counts the connections it accepted and answers by path:
+    /hold?n=K waits until K streams are open at once on its connection (at most 1.5 s),
+    then answers with x-conn (the connection's number) and x-max (the most open at once);
+    /trailers answers with a body and trailers, echoing the request's trailers in x-req-trailers;
+    /goaway is refused with GOAWAY when refuse_next is set (then cleared), else answered;
+    /drop closes the connection without an answer;
+    /big sends 8 MiB as the proxy's flow control window allows (big_sent, big_blocked)."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self.accepted = 0
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.refuse_next = False  # the next /goaway is refused with GOAWAY
+        self.big_sent = 0  # bytes of /big sent so far (as the proxy's window allowed)
+        self.big_blocked = False  # /big waits for the proxy's window
+        self.socks = []
+        self.threads = [threading.Thread(target=self.accept_loop, daemon=True)]
+        self.threads[0].start()
+
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        self.stopping = True
+        for s in [self.lsock] + self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        for t in self.threads:
+            t.join(H.T(10))
+
+    def accept_loop(self):
+        while not self.stopping:
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+                n = self.accepted
+            self.socks.append(s)
+            t = threading.Thread(target=self.serve, args=(s, n), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def serve(self, s, num):
+        try:
+            self.serve_one(s, num)
+        finally:
+            s.close()  # a failed handler shows as a lost connection, never as a hang
+
+    def serve_one(self, s, num):
+        c = h2.connection.H2Connection(config=h2.config.H2Configuration(
+            client_side=False, header_encoding="utf-8"))
+        c.initiate_connection()
+        s.sendall(c.data_to_send())
+        reqs, held, maxopen, big = {}, [], [0], {}
+        s.settimeout(0.05)
+
+        def answer(sid, status="200", body=b"ok", extra=(), trailers=None):
+            c.send_headers(sid, [(":status", status)] + list(extra))
+            c.send_data(sid, body, end_stream=trailers is None)
+            if trailers:
+                c.send_headers(sid, trailers, end_stream=True)
+
+        while not self.stopping:
+            try:
+                data = s.recv(65536)
+                if not data:
+                    return
+                events = c.receive_data(data)
+            except socket.timeout:
+                events = []
+            except (OSError, h2.exceptions.ProtocolError):
+                return
+            for ev in events:
+                if isinstance(ev, h2.events.RequestReceived):
+                    reqs[ev.stream_id] = {"h": dict(ev.headers), "t": {}, "t0": time.monotonic()}
+                    maxopen[0] = max(maxopen[0], c.open_inbound_streams)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    reqs[ev.stream_id]["t"] = dict(ev.headers)
+                elif isinstance(ev, h2.events.DataReceived):
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if not isinstance(ev, h2.events.StreamEnded):
+                    continue
+                sid = ev.stream_id
+                path = reqs[sid]["h"][":path"]
+                if path.startswith("/hold"):
+                    held.append((sid, int(path.split("n=")[1])))
+                elif path == "/trailers":
+                    got = ",".join("%s=%s" % kv for kv in sorted(reqs[sid]["t"].items()))
+                    answer(sid, body=b"body", extra=[("x-req-trailers", got)],
+                           trailers=[("x-trailer", "t1"), ("grpc-status", "0")])
+                elif path == "/goaway" and self.refuse_next:
+                    self.refuse_next = False
+                    c.close_connection(last_stream_id=sid - 2 if sid > 1 else 0)
+                    s.sendall(c.data_to_send())
+                    return
+                elif path == "/drop":
+                    s.close()
+                    return
+                elif path == "/big":
+                    c.send_headers(sid, [(":status", "200")])
+                    big[sid] = 8 << 20
+                else:
+                    answer(sid, body=b"conn %d" % num)
+            for sid in list(big):
+                room = min(c.local_flow_control_window(sid), big[sid], c.max_outbound_frame_size)
+                while room > 0:
+                    c.send_data(sid, b"x" * room, end_stream=big[sid] == room)
+                    big[sid] -= room
+                    self.big_sent += room
+                    room = min(c.local_flow_control_window(sid), big[sid],
+                               c.max_outbound_frame_size) if big[sid] else 0
+                self.big_blocked = big[sid] > 0
+                if not big[sid]:
+                    del big[sid]
+            # Held streams go once enough are open at once here, or after 1.5 s.
+            now = time.monotonic()
+            for sid, n in list(held):
+                if maxopen[0] >= n or now - reqs[sid]["t0"] > 1.5:
+                    held.remove((sid, n))
+                    answer(sid, extra=[("x-conn", str(num)), ("x-max", str(maxopen[0]))])
+            out = c.data_to_send()
+            if out:
+                try:
+                    s.sendall(out)
+                except OSError:
+                    return
+
+
+class H2UpstreamTest(H.ProxyTestCase):
+    """Upstream HTTP/2 (engine/h2_up.c): streams multiplexed on one connection, a new one when
+    max_streams are open, trailers both ways (to HTTP/2 and HTTP/1.1 clients), GOAWAY's
+    refused streams going again on a new connection, a lost connection giving 502."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = H2Origin()
+        cls.addClassCleanup(cls.origin.stop)
+        ups = {"h2o": H.upstream(cls.origin.address(), protocol="h2", max_streams=4)}
+        routes = [{"match": {"prefix": "/"}, "upstream": "h2o"}]
+        p = H.Proxy.build(ups, routes, name="h2up")
+        p.cfg["listen"] = [{"address": "127.0.0.1:0", "http2": True}]
+        cls.addClassCleanup(p.stop)
+        cls.proxy = p.start()
+
+    def tearDown(self):
+        self.assertAlive()
+
+    def streams(self, paths, **kw):
+        c = Client(self.proxy.port)
+        try:
+            sids = [c.request(p, **kw) for p in paths]
+            c.pump(lambda: c.done(*sids))
+            return [c.streams[s] for s in sids]
+        finally:
+            c.close()
+
+    def test_streams_share_one_upstream_connection(self):
+        got = self.streams(["/hold?n=4"] * 4)
+        self.assertEqual([s["status"] for s in got], [200] * 4)
+        conns = {s["headers"]["x-conn"] for s in got}
+        self.assertEqual(len(conns), 1, got)  # one upstream connection carried all four...
+        self.assertEqual(max(int(s["headers"]["x-max"]) for s in got), 4)  # ...at once
+
+    def test_new_connection_when_max_streams_are_open(self):
+        before = self.origin.accepted
+        got = self.streams(["/hold?n=4"] * 6)
+        self.assertEqual([s["status"] for s in got], [200] * 6)
+        per = {}
+        for s in got:
+            per[s["headers"]["x-conn"]] = per.get(s["headers"]["x-conn"], 0) + 1
+        self.assertEqual(sorted(per.values()), [2, 4], per)  # max_streams = 4
+        self.assertGreaterEqual(self.origin.accepted - before, 1)
+
+    def test_trailers_both_ways(self):
+        c = Client(self.proxy.port)
+        try:
+            sid = c.request("/trailers", method="POST", body=b"data", end=False)
+            c.conn.send_headers(sid, [("x-req-t", "rt1")], end_stream=True)
+            c.flush()
+            c.pump(lambda: c.done(sid))
+            st = c.streams[sid]
+        finally:
+            c.close()
+        self.assertEqual((st["status"], bytes(st["data"])), (200, b"body"))
+        self.assertEqual(st["headers"].get("x-req-trailers"), "x-req-t=rt1")
+        self.assertEqual(st.get("trailers"), {"x-trailer": "t1", "grpc-status": "0"})
+        # An HTTP/1.1 client gets them as chunked trailers.
+        r = run([shutil.which("curl"), "-sS", "--http1.1", "-D", "-", "--max-time",
+                 str(H.T(10)), "--raw", "http://127.0.0.1:%d/trailers" % self.proxy.port])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"\r\n0\r\nx-trailer: t1\r\ngrpc-status: 0\r\n\r\n", r.stdout)
+
+    def test_goaway_refused_stream_goes_again_on_a_new_connection(self):
+        # A POST too: a refused stream was not processed, whatever its method.
+        for method in ("GET", "POST"):
+            before = self.origin.accepted
+            self.origin.refuse_next = True
+            st = self.streams(["/goaway"], method=method,
+                              body=b"b" if method == "POST" else None)[0]
+            self.assertEqual(st["status"], 200, (method, st))
+            self.assertFalse(self.origin.refuse_next)  # it was refused once...
+            self.assertTrue(bytes(st["data"]).startswith(b"conn "), st)  # ...then answered
+            self.assertGreater(self.origin.accepted, before)  # on a new connection
+        self.proxy.wait_log("GOAWAY")
+
+    def test_slow_client_holds_the_upstream_back(self):
+        # The client does not read: the upstream may send no more than the proxy's stream
+        # window (256 KiB) and the client side's queue (high watermark) and window beyond.
+        c = Client(self.proxy.port)
+        try:
+            sid = c.request("/big")
+            c.hold.add(sid)
+            c.pump(lambda: self.origin.big_blocked)
+            self.assertLess(self.origin.big_sent, 1 << 20)
+            # Another stream on the same connections goes on meanwhile.
+            other = c.request("/ok")
+            c.pump(lambda: c.done(other))
+            self.assertEqual(c.streams[other]["status"], 200)
+            c.hold.discard(sid)
+            c.conn.acknowledge_received_data(len(c.streams[sid]["data"]), sid)
+            c.flush()
+            c.pump(lambda: c.done(sid), timeout=H.T(60))
+            self.assertEqual(len(c.streams[sid]["data"]), 8 << 20)
+        finally:
+            c.close()
+
+    def test_connection_lost_is_502(self):
+        for method in ("GET", "POST"):
+            st = self.streams(["/drop"], method=method, body=b"b" if method == "POST" else None)[0]
+            self.assertEqual(st["status"], 502, (method, st))
+        # The pool goes on with new connections.
+        self.assertEqual(self.streams(["/ok"])[0]["status"], 200)
+
+
+class H1TrailersTest(H.ProxyTestCase):
+    """HTTP/1.1 chunked trailers from and to an HTTP/1.1 upstream, for HTTP/2 clients."""
+
+    @classmethod
+    def setUpClass(cls):
+        def handler(req):
+            return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"4\r\nbody\r\n0\r\nx-trailer: t1\r\ngrpc-status: 0\r\n\r\n")
+        cls.origin = cls.start_raw_origin(handler)
+        p = H.Proxy.build({"raw": H.upstream(cls.origin.address())},
+                          [{"match": {"prefix": "/"}, "upstream": "raw"}], name="h1trailers")
+        p.cfg["listen"] = [{"address": "127.0.0.1:0", "http2": True}]
+        cls.addClassCleanup(p.stop)
+        cls.proxy = p.start()
+
+    def tearDown(self):
+        self.assertAlive()
+
+    def test_chunked_trailers_both_ways(self):
+        c = Client(self.proxy.port)
+        try:
+            sid = c.request("/t", method="POST", body=b"data", end=False)
+            c.conn.send_headers(sid, [("x-req-t", "rt1")], end_stream=True)
+            c.flush()
+            c.pump(lambda: c.done(sid))
+            st = c.streams[sid]
+        finally:
+            c.close()
+        self.assertEqual((st["status"], bytes(st["data"])), (200, b"body"))
+        self.assertEqual(st.get("trailers"), {"x-trailer": "t1", "grpc-status": "0"})
+        self.assertIn(b"\r\n0\r\nx-req-t: rt1\r\n\r\n", self.origin.received)
 
 
 if __name__ == "__main__":

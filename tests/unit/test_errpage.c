@@ -89,9 +89,28 @@ static void test_find_and_answer(void)
     CHECK_STR(a.content_type, "text/html");
 }
 
+static void test_grpc(void)
+{
+    CHECK_EQ_INT(lp_errpage_grpc_status(502), 14); /* UNAVAILABLE */
+    CHECK_EQ_INT(lp_errpage_grpc_status(503), 14);
+    CHECK_EQ_INT(lp_errpage_grpc_status(504), 4);  /* DEADLINE_EXCEEDED */
+    CHECK_EQ_INT(lp_errpage_grpc_status(429), 8);  /* RESOURCE_EXHAUSTED */
+    CHECK_EQ_INT(lp_errpage_grpc_status(404), 12); /* UNIMPLEMENTED */
+    CHECK_EQ_INT(lp_errpage_grpc_status(500), 13); /* INTERNAL */
+    CHECK_EQ_INT(lp_errpage_grpc_status(403), 7);
+    CHECK_EQ_INT(lp_errpage_grpc_status(418), 2); /* UNKNOWN */
+    char m[64];
+    size_t n = lp_errpage_grpc_message(502, m, sizeof(m));
+    CHECK_STR(m, "proxy: 502 Bad Gateway");
+    CHECK_EQ_INT(n, strlen("proxy: 502 Bad Gateway"));
+    n = lp_errpage_grpc_message(502, m, 10); /* cut, still terminated */
+    CHECK(n < 10 && strlen(m) == n);
+}
+
 static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_template),
     LP_TEST_ENTRY(test_find_and_answer),
+    LP_TEST_ENTRY(test_grpc),
 };
 
 LP_TEST_MAIN(tests)

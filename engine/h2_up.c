@@ -1,0 +1,1462 @@
+/* HTTP/2 upstream connections and their streams (h2_up.h).
+ *
+ * Lifetime. A connection (lp_h2u_t) is owned by its endpoint: its memory goes in
+ * ops->closed, after lp_ep_close, so every callback and timer of it can test `dead` or
+ * LP_EPF_CLOSING. It owns its streams: they are freed by the connection only (at the end of
+ * its outermost frame, once nobody needs them, or all of them when it is freed), so a
+ * stream never outlives its connection and `st->h2` is always valid. A stream is needed
+ * while its try's request holds it (peer.req, the request's try.peer) and while nghttp2
+ * knows it (not closed): nghttp2 finds it by stream user data only until it closes it.
+ *
+ * Re-entrancy. nghttp2's callbacks only record what happened (bytes queued, head complete,
+ * closed) and mark the stream; the request pipeline is called afterwards, at the
+ * connection's outermost frame (`depth` 0), from h2.c-like entry points of our own (input,
+ * written, timers). Calls from the pipeline (lp_h2u_*) never call the pipeline back for
+ * another stream: they only send, and leave the rest to a timer at once (TM_KICK). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <nghttp2/nghttp2.h>
+#include "conn.h"
+#include "h2_up.h"
+#include "h2_util.h"
+#include "log.h"
+#include "lua_vm.h"
+#include "relay.h"
+#include "req_body.h"
+#include "request.h"
+#include "tls.h"
+#include "trace.h"
+#include "upstream.h"
+#include "upstream_try.h"
+
+/* The connection timer's modes: connecting (and the TLS handshake), idle without streams,
+ * the earliest stream deadline, and "at once, on the next loop turn" (work a call from the
+ * pipeline must not do under it). */
+enum { TM_CONNECT = LP_EP_TM_OWNER, TM_IDLE, TM_STREAMS, TM_KICK };
+
+/* Each stream's receive window: what an upstream may send ahead of a client that does not
+ * read (beyond the client side's high watermark). */
+#define H2U_WINDOW (256 * 1024)
+
+/* Request body sent on a stream is kept up to this many bytes: a stream the upstream
+ * refused (GOAWAY, REFUSED_STREAM: never processed) goes again with it, whatever its method. */
+#define H2U_REPLAY_MAX (64 * 1024)
+
+/* Bytes waiting in a queue: request body for DATA frames, or response body for the
+ * request. */
+typedef struct seg_s {
+    struct seg_s *next; /* owned: the next piece */
+    lp_buf_t *b;        /* owned reference: the bytes */
+    size_t off, len;    /* b->data[off, len) still to go */
+} seg_t;
+
+typedef struct {
+    seg_t *head, *tail; /* owned */
+    size_t bytes;       /* in the queue */
+} queue_t;
+
+typedef struct lp_h2u_s lp_h2u_t;
+
+typedef struct lp_h2u_stream_s {
+    /* What req->try.peer points at (LP_PF_H2). peer.req: borrowed, the try's request, NULL
+     * once it let go; peer.pool: borrowed (pools live as long as the worker); peer.h1 parses
+     * the response head (synthesized as HTTP/1.1 text, the same view for every module). */
+    lp_peer_t peer;
+    lp_h2u_t *h2;   /* borrowed: its connection, which frees it (never outlived) */
+    lp_list_t link; /* in h2->streams */
+    int32_t id;     /* nghttp2's stream id; 0: never submitted (closed) */
+    queue_t out;    /* request body for DATA frames (conn.c stops at the high watermark) */
+    queue_t in;     /* response body not yet given to the request (bounded by the window) */
+    queue_t replay; /* request body sent, while it is at most H2U_REPLAY_MAX */
+    size_t owed;    /* response bytes given to the request whose window is not given back */
+    char *head;     /* owned: the response head's fields as HTTP/1.1 text while they come */
+    size_t head_len;
+    char *trailers; /* owned: the response's trailers ("name: value\r\n"), until delivered */
+    size_t trailers_len;
+    char *req_trailers; /* owned: the request's trailers to send after its body */
+    size_t req_trailers_len;
+    int status;             /* the response's :status (0: not yet) */
+    uint64_t read_at;       /* uv_now() ms of the last exchange: the read timeout counts from it */
+    uint64_t grpc_deadline; /* uv_now() ms by which a gRPC call must end (grpc-timeout); 0: none */
+    uint64_t sent;          /* request body bytes DATA frames took */
+    uint32_t close_code;    /* the code nghttp2 closed it with */
+    const char *fail_why;   /* borrowed (static text or h2->why): why the stream failed */
+    int fail_status;        /* its answer (502, 504) */
+    uint8_t fail_kind;      /* lp_fail_kind_t; LP_FAIL_NONE: not failed */
+    uint8_t no_retry;       /* the failure must not be retried (a deadline) */
+    uint8_t replay_over;    /* more than H2U_REPLAY_MAX was sent: `replay` was dropped */
+    uint8_t refusals;       /* the try's streams refused before this one (bounded) */
+    uint8_t out_eof;        /* the request body is complete */
+    uint8_t deferred;       /* the data source said DEFERRED: resume it when bytes come */
+    uint8_t was_full;       /* out passed the high watermark: resume the client below low */
+    uint8_t has_cl;         /* the response head has content-length */
+    uint8_t head_in;        /* the final response head arrived */
+    uint8_t head_given;     /* ... and went to the request */
+    uint8_t in_eof;         /* the upstream's END_STREAM came */
+    uint8_t closed;         /* nghttp2 closed it (or it was never submitted) */
+    uint8_t reused;         /* bound to a connection that was up already (a stale one retries) */
+    uint8_t dirty;          /* something happened for the request: see to it (h2u_leave) */
+} lp_h2u_stream_t;
+
+struct lp_h2u_s {
+    lp_endpoint_t ep;         /* the socket (endpoint.h); this is freed with it (ops->closed) */
+    uv_connect_t connect_req; /* connect_req.data = this */
+    lp_pool_t *pool;          /* borrowed: the worker's pool for its address (lives as long) */
+    nghttp2_session *s;       /* owned */
+    lp_list_t link;           /* in pool->h2conns until it dies */
+    lp_list_t streams;        /* lp_h2u_stream_t.link: owned */
+    unsigned nlive;           /* streams not closed (toward the stream limit) */
+    unsigned max_streams;     /* upstreams.NAME.max_streams when it was made */
+    uint64_t idle_ms;         /* keepalive_timeout when it was made */
+    unsigned depth;           /* our frames on the stack: the pipeline is called, streams freed
+                                 and bytes sent at 0 */
+    char why[160];            /* the text of its failure (streams borrow it) */
+    uint8_t ready;            /* connected (and TLS established with ALPN h2) */
+    uint8_t handshake;        /* TCP connected, TLS handshake in progress */
+    uint8_t goaway;           /* GOAWAY received: no new streams */
+    uint8_t dead;             /* failed or closing: no new streams, no more I/O */
+    uint8_t fatal;            /* the session or memory failed: it dies at the end of the frame */
+    uint8_t more;             /* output left after a send round: send again on the next turn */
+};
+
+static const lp_endpoint_ops_t h2u_ops;
+
+static const lp_timeouts_t *T(const lp_h2u_t *h)
+{
+    return &lp_ep_worker(&h->ep)->config->timeouts;
+}
+
+static uint64_t now_ms(const lp_h2u_t *h)
+{
+    return uv_now(h->ep.env->loop);
+}
+
+static lp_h2u_t *h2u_of(lp_endpoint_t *ep)
+{
+    return LP_CONTAINER_OF(ep, lp_h2u_t, ep);
+}
+
+static lp_h2u_stream_t *st_of(const lp_peer_t *p)
+{
+    return LP_CONTAINER_OF(p, lp_h2u_stream_t, peer);
+}
+
+/* ---- queues ---- */
+
+static int q_add(queue_t *q, lp_bufpool_t *bufs, const char *at, size_t len)
+{
+    while (len) {
+        seg_t *t = q->tail;
+        if (!t || t->len == t->b->cap) {
+            seg_t *g = malloc(sizeof(*g));
+            lp_buf_t *b = g ? lp_buf_get(bufs, LP_BUF_SIZE) : NULL;
+            if (!b) {
+                free(g);
+                return -1;
+            }
+            *g = (seg_t){NULL, b, 0, 0};
+            if (t)
+                t->next = g;
+            else
+                q->head = g;
+            q->tail = t = g;
+        }
+        size_t k = t->b->cap - t->len < len ? t->b->cap - t->len : len;
+        memcpy(t->b->data + t->len, at, k);
+        t->len += k;
+        q->bytes += k;
+        at += k;
+        len -= k;
+    }
+    return 0;
+}
+
+static void q_pop(queue_t *q)
+{
+    seg_t *g = q->head;
+    q->head = g->next;
+    if (!q->head)
+        q->tail = NULL;
+    lp_buf_unref(g->b);
+    free(g);
+}
+
+static void q_free(queue_t *q)
+{
+    while (q->head)
+        q_pop(q);
+    q->bytes = 0;
+}
+
+/* ---- streams ---- */
+
+static void stream_free(lp_h2u_stream_t *st)
+{
+    lp_list_remove(&st->link);
+    q_free(&st->out);
+    q_free(&st->in);
+    q_free(&st->replay);
+    free(st->head);
+    free(st->trailers);
+    free(st->req_trailers);
+    free(st);
+}
+
+/* The request lets go of the stream (it ended, failed or moved on): reset unless it is
+ * over. */
+static void stream_unbind(lp_h2u_stream_t *st)
+{
+    lp_req_t *req = st->peer.req;
+    if (req) {
+        if (req->try.peer == &st->peer)
+            req->try.peer = NULL;
+        st->peer.req = NULL;
+    }
+    lp_h2u_t *h = st->h2;
+    if (!st->closed && st->id > 0 && !h->dead)
+        nghttp2_submit_rst_stream(h->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    q_free(&st->in);
+    if (st->owed && !st->closed && st->id > 0 && !h->dead)
+        nghttp2_session_consume_stream(h->s, st->id, st->owed);
+    st->owed = 0;
+}
+
+static void stream_fail_later(lp_h2u_stream_t *st, int kind, int status, const char *why)
+{
+    if (!st->fail_kind) {
+        st->fail_kind = (uint8_t)kind;
+        st->fail_status = status;
+        st->fail_why = why;
+    }
+    st->dirty = 1;
+}
+
+static void h2u_leave(lp_h2u_t *h, int full);
+
+/* ---- the request head ---- */
+
+static int is_replaced(lp_str_t n)
+{
+    return LP_STR_IEQ(n, "x-forwarded-for") || LP_STR_IEQ(n, "x-forwarded-proto") ||
+           LP_STR_IEQ(n, "x-forwarded-host") || LP_STR_IEQ(n, "expect") || LP_STR_IEQ(n, "host") ||
+           LP_STR_IEQ(n, "content-length") || LP_STR_IEQ(n, "te");
+}
+
+/* The request's head as HTTP/2 fields: the same rules as HTTP/1.1's (upstream.c), with
+ * the pseudo-headers first. */
+static void build_head(lp_req_t *req, lp_pool_t *t, lp_h2u_stream_t *st, lp_h2_nvs_t *l)
+{
+    lp_h1_t *h = &req->h1;
+    const lp_route_conf_t *r = req->route;
+    const char *m = llhttp_method_name(req->method);
+    lp_h2_nvs_add(l, ":method", 7, m, strlen(m));
+    lp_h2_nvs_add(l, ":scheme", 7, t->tls ? "https" : "http", t->tls ? 5 : 4);
+    if (h->host.base)
+        lp_h2_nvs_add(l, ":authority", 10, h->host.base, h->host.len);
+    else
+        lp_h2_nvs_add(l, ":authority", 10, t->addr.text, strlen(t->addr.text));
+    lp_str_t path = h->path;
+    if (r && r->strip_prefix && r->prefix_len > 1 && !(req->flags & LP_RF_PATH_SET) &&
+        path.len >= r->prefix_len) {
+        lp_str_t rest = {path.base + r->prefix_len, path.len - r->prefix_len};
+        if (!rest.len || rest.base[0] != '/') {
+            char *p = malloc(rest.len + 2);
+            if (!p) {
+                l->oom = 1;
+                return;
+            }
+            p[0] = '/';
+            memcpy(p + 1, rest.base, rest.len);
+            lp_h2_nvs_add(l, ":path", 5, p, rest.len + 1);
+            free(p);
+        } else {
+            lp_h2_nvs_add(l, ":path", 5, rest.base, rest.len);
+        }
+    } else {
+        lp_h2_nvs_add(l, ":path", 5, path.base, path.len);
+    }
+    /* Every X-Forwarded-For joined into one, then the client appended. */
+    char *xff = NULL;
+    size_t xlen = 0;
+    for (unsigned i = 0; i < h->nheaders; i++) {
+        const lp_header_t *hd = &h->headers[i];
+        if (LP_STR_IEQ(hd->name, "x-forwarded-for")) {
+            char *n = realloc(xff, xlen + hd->value.len + 2);
+            if (!n) {
+                l->oom = 1;
+                free(xff);
+                return;
+            }
+            xff = n;
+            memcpy(xff + xlen, hd->value.base, hd->value.len);
+            xlen += hd->value.len;
+            memcpy(xff + xlen, ", ", 2);
+            xlen += 2;
+        }
+    }
+    const char *ip = lp_req_client_ip(req);
+    char *n = realloc(xff, xlen + strlen(ip) + 1);
+    if (!n) {
+        l->oom = 1;
+        free(xff);
+        return;
+    }
+    xff = n;
+    memcpy(xff + xlen, ip, strlen(ip));
+    xlen += strlen(ip);
+    lp_h2_nvs_add(l, "x-forwarded-for", 15, xff, xlen);
+    free(xff);
+    int tls = req->conn ? req->conn->ep.tls != NULL : (req->flags & LP_RF_TLS) != 0;
+    lp_h2_nvs_add(l, "x-forwarded-proto", 17, tls ? "https" : "http", tls ? 5 : 4);
+    if (h->host.base)
+        lp_h2_nvs_add(l, "x-forwarded-host", 16, h->host.base, h->host.len);
+    int te = (req->flags & LP_RF_GRPC) != 0; /* gRPC servers ask for "te: trailers" */
+    for (unsigned i = 0; i < h->nheaders; i++) {
+        const lp_header_t *hd = &h->headers[i];
+        if (LP_STR_IEQ(hd->name, "te") && lp_str_ieq(hd->value, "trailers", 8))
+            te = 1;
+        if (lp_h1_is_hop_by_hop(h, hd->name) || is_replaced(hd->name) ||
+            lp_trace_is_header(req, hd->name) ||
+            lp_h2_conn_specific(hd->name.base, hd->name.len, hd->value.base, hd->value.len) ||
+            (hd->name.len && hd->name.base[0] == ':'))
+            continue;
+        lp_h2_nvs_add(l, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
+    }
+    if (te)
+        lp_h2_nvs_add(l, "te", 2, "trailers", 8);
+    if (req->trace.on) {
+        char tp[LP_TRACE_HEAD_MAX];
+        lp_h2_nvs_add_text(l, tp, lp_trace_upstream_headers(req, tp));
+    }
+    char cl[24];
+    if (lp_req_body_replaced(req))
+        lp_h2_nvs_add(l, "content-length", 14, cl, lp_u64_to_str(req->new_body_len, 10, cl));
+    else if ((h->flags & LP_H1F_LENGTH) && !(h->flags & LP_H1F_CHUNKED))
+        lp_h2_nvs_add(l, "content-length", 14, cl, lp_u64_to_str(h->content_length, 10, cl));
+    (void)st;
+}
+
+/* grpc-timeout ("100m", "5S": 1-8 digits and a unit) in ms, rounded up; 0: none or bad. */
+static uint64_t grpc_timeout_ms(const lp_h1_t *h)
+{
+    const lp_header_t *g = lp_h1_find(h, "grpc-timeout", 12);
+    if (!g || g->value.len < 2 || g->value.len > 9)
+        return 0;
+    uint64_t v = 0;
+    for (size_t i = 0; i + 1 < g->value.len; i++) {
+        char ch = g->value.base[i];
+        if (ch < '0' || ch > '9')
+            return 0;
+        v = v * 10 + (uint64_t)(ch - '0');
+    }
+    switch (g->value.base[g->value.len - 1]) {
+    case 'H':
+        return v * 3600000;
+    case 'M':
+        return v * 60000;
+    case 'S':
+        return v * 1000;
+    case 'm':
+        return v ? v : 1;
+    case 'u':
+        return v / 1000 + 1;
+    case 'n':
+        return v / 1000000 + 1;
+    default:
+        return 0;
+    }
+}
+
+static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
+                         uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    lp_h2u_stream_t *st = src->ptr;
+    size_t n = 0;
+    while (st->out.head && n < length) {
+        seg_t *g = st->out.head;
+        size_t k = g->len - g->off;
+        if (k > length - n)
+            k = length - n;
+        memcpy(buf + n, g->b->data + g->off, k);
+        if (!st->replay_over &&
+            (st->sent + n + k > H2U_REPLAY_MAX ||
+             q_add(&st->replay, st->h2->ep.env->bufs, g->b->data + g->off, k))) {
+            st->replay_over = 1;
+            q_free(&st->replay);
+        }
+        g->off += k;
+        n += k;
+        if (g->off == g->len)
+            q_pop(&st->out);
+    }
+    st->out.bytes -= n;
+    st->sent += n;
+    if (n) {
+        st->read_at = now_ms(st->h2); /* the upstream takes the body: it is not late */
+        if (st->was_full && st->out.bytes <= LP_LOW_WATERMARK)
+            st->dirty = 1; /* the client's body may move again */
+    }
+    if (!st->out.head && st->out_eof) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->req_trailers) {
+            lp_h2_nvs_t l = {0};
+            lp_h2_nvs_add_text(&l, st->req_trailers, st->req_trailers_len);
+            nghttp2_nv *nv = lp_h2_nvs_done(&l);
+            if (nv && l.n && !nghttp2_submit_trailer(s, id, nv, l.n))
+                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            lp_h2_nvs_free(&l);
+            free(st->req_trailers);
+            st->req_trailers = NULL;
+        }
+    } else if (!n) {
+        st->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    return (ssize_t)n;
+}
+
+static int h1_grow(lp_h1_t *h, size_t need)
+{
+    lp_peer_t *p = h->ud;
+    return p->req ? lp_req_grow(p->req, 1, need) : -1;
+}
+
+/* A new stream on h for req's try: the head, what there is of the body, submitted.
+ * `from`: a stream of the same try that was refused (GOAWAY, REFUSED_STREAM) whose body
+ * nothing took: its queue moves over. NULL when out of memory (nothing changed). */
+static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, lp_h2u_stream_t *from)
+{
+    lp_worker_t *w = lp_ep_worker(&h->ep);
+    lp_h2u_stream_t *st = calloc(1, sizeof(*st));
+    if (!st)
+        return NULL;
+    if (!req->resp.arena && !(req->resp.arena = lp_buf_get(&w->bufs, LP_BUF_SMALL))) {
+        free(st);
+        return NULL;
+    }
+    st->h2 = h;
+    st->peer.flags = LP_PF_H2 | LP_PF_CONNECTED;
+    st->peer.pool = h->pool;
+    st->peer.upstream = req->upstream;
+    lp_list_init(&st->peer.link);
+    lp_list_init(&st->peer.all);
+    st->reused = h->ready;
+    st->read_at = now_ms(h);
+    lp_h1_init(&st->peer.h1, HTTP_RESPONSE, &st->peer, NULL);
+    st->peer.h1.max_header_size = req->g->config->limits.max_header_size;
+    if (st->peer.h1.max_header_size > LP_BUF_SIZE - 1024)
+        st->peer.h1.max_header_size = LP_BUF_SIZE - 1024;
+    lp_h1_set_storage(&st->peer.h1, req->resp.arena->data, req->resp.arena->cap, req->resp.headers,
+                      req->cap_headers);
+    if (req->flags & LP_RF_HEAD)
+        st->peer.h1.flags |= LP_H1F_HEAD_REQ;
+    st->peer.h1.grow = h1_grow;
+    if (req->flags & LP_RF_GRPC) {
+        uint64_t ms = grpc_timeout_ms(&req->h1);
+        if (ms)
+            st->grpc_deadline = st->read_at + ms;
+    }
+    int oom = 0;
+    if (from) {
+        /* What was sent first, then what was still to send. */
+        st->out = from->replay;
+        from->replay = (queue_t){0};
+        if (!st->out.head) {
+            st->out = from->out;
+        } else if (from->out.head) {
+            st->out.tail->next = from->out.head;
+            st->out.tail = from->out.tail;
+            st->out.bytes += from->out.bytes;
+        }
+        from->out = (queue_t){0};
+        st->out_eof = from->out_eof;
+        st->refusals = (uint8_t)(from->refusals + 1);
+        st->grpc_deadline = from->grpc_deadline;
+        st->req_trailers = from->req_trailers;
+        st->req_trailers_len = from->req_trailers_len;
+        from->req_trailers = NULL;
+        st->peer.body_out = from->peer.body_out;
+    } else if (lp_req_body_replaced(req)) {
+        /* req:set_body(): the whole replacement now; the client's body is read and dropped. */
+        oom = q_add(&st->out, &w->bufs, req->new_body->data, req->new_body_len);
+        st->peer.body_out = req->new_body_len;
+        st->out_eof = 1;
+    } else {
+        lp_buf_t *gathered;
+        size_t glen;
+        lp_conn_take_body(req, &gathered, &glen);
+        if (gathered && glen) {
+            oom = q_add(&st->out, &w->bufs, gathered->data, glen);
+            st->peer.body_out = glen;
+        }
+        if (req->state == LP_RS_DONE) {
+            st->out_eof = 1;
+            if (req->trailers && !(st->req_trailers = malloc(req->trailers_len + 1)))
+                oom = 1;
+            else if (req->trailers) {
+                memcpy(st->req_trailers, req->trailers, req->trailers_len);
+                st->req_trailers_len = req->trailers_len;
+            }
+        }
+    }
+    lp_h2_nvs_t l = {0};
+    build_head(req, h->pool, st, &l);
+    nghttp2_nv *nv = oom ? NULL : lp_h2_nvs_done(&l);
+    if (!nv) {
+        lp_h2_nvs_free(&l);
+        q_free(&st->out);
+        free(st->req_trailers);
+        free(st);
+        return NULL;
+    }
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = body_read};
+    int bodiless = st->out_eof && !st->out.head && !st->req_trailers;
+    int32_t id = nghttp2_submit_request(h->s, NULL, nv, l.n, bodiless ? NULL : &prd, st);
+    lp_h2_nvs_free(&l);
+    if (id < 0) {
+        q_free(&st->out);
+        free(st->req_trailers);
+        free(st);
+        return NULL;
+    }
+    st->id = id;
+    lp_list_insert_tail(&h->streams, &st->link);
+    h->nlive++;
+    st->peer.req = req;
+    req->try.peer = &st->peer;
+    st->peer.nrequests = 1;
+    return st;
+}
+
+/* ---- connections ---- */
+
+static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why);
+static int h2u_connect(lp_h2u_t *h);
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    lp_h2u_stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (!st || !st->peer.req || f->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    const char *n = (const char *)name, *v = (const char *)value;
+    if (st->head_in) { /* trailers */
+        if (nlen && n[0] == ':')
+            return 0;
+        if (st->trailers_len + nlen + vlen > st->peer.h1.max_header_size ||
+            lp_h2_text_add(&st->trailers, &st->trailers_len, n, nlen, v, vlen)) {
+            stream_fail_later(st, LP_FAIL_PROTOCOL, 502, "response trailers too large");
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        return 0;
+    }
+    if (nlen && n[0] == ':') {
+        if (nlen == 7 && !memcmp(n, ":status", 7) && vlen == 3) {
+            st->status = (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
+            /* A 1xx head is dropped: the final one follows. */
+            free(st->head);
+            st->head = NULL;
+            st->head_len = 0;
+            st->has_cl = 0;
+        }
+        return 0;
+    }
+    if (nlen == 14 && !memcmp(n, "content-length", 14))
+        st->has_cl = 1;
+    if (st->head_len + nlen + vlen > st->peer.h1.max_header_size ||
+        lp_h2_text_add(&st->head, &st->head_len, n, nlen, v, vlen)) {
+        stream_fail_later(st, LP_FAIL_PROTOCOL, 502, "response head too large");
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    lp_h2u_t *h = ud;
+    if (f->hd.type == NGHTTP2_GOAWAY) {
+        /* Streams above its last id are closed by nghttp2 (REFUSED_STREAM): they go again
+         * on another connection. This one takes no new stream. */
+        h->goaway = 1;
+        lp_log_info("upstream %s: GOAWAY (last stream %d, code %u)", h->pool->addr.text,
+                    (int)f->goaway.last_stream_id, f->goaway.error_code);
+        return 0;
+    }
+    lp_h2u_stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (!st)
+        return 0;
+    if (f->hd.type == NGHTTP2_HEADERS && !st->head_in && st->status >= 200)
+        st->head_in = 1;
+    if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
+        (f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        st->in_eof = 1;
+    st->read_at = now_ms(h);
+    st->dirty = 1;
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud)
+{
+    lp_h2u_t *h = ud;
+    lp_h2u_stream_t *st = nghttp2_session_get_stream_user_data(s, id);
+    nghttp2_session_consume_connection(s, len); /* each stream's window bounds the rest */
+    if (!st || !st->peer.req) {
+        nghttp2_session_consume_stream(s, id, len); /* nobody reads it: dropped */
+        return 0;
+    }
+    if (q_add(&st->in, h->ep.env->bufs, (const char *)data, len)) {
+        h->fatal = 1;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    st->read_at = now_ms(h);
+    st->dirty = 1;
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *ud)
+{
+    lp_h2u_t *h = ud;
+    lp_h2u_stream_t *st = nghttp2_session_get_stream_user_data(s, id);
+    if (!st || st->closed)
+        return 0;
+    st->closed = 1;
+    st->close_code = code;
+    h->nlive--;
+    st->dirty = 1;
+    return 0;
+}
+
+static int on_frame_not_send(nghttp2_session *s, const nghttp2_frame *f, int err, void *ud)
+{
+    lp_h2u_t *h = ud;
+    lp_h2u_stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (f->hd.type != NGHTTP2_HEADERS || !st || st->closed)
+        return 0;
+    /* A stream that could not start (GOAWAY came first): nothing reached the upstream;
+     * nghttp2 closes it (REFUSED_STREAM) next. */
+    st->dirty = 1;
+    (void)h;
+    return 0;
+}
+
+static lp_h2u_t *h2u_new(lp_worker_t *w, lp_req_t *req, lp_pool_t *t)
+{
+    lp_h2u_t *h = calloc(1, sizeof(*h));
+    if (!h)
+        return NULL;
+    const lp_upstream_conf_t *uc = req->upstream->conf;
+    h->pool = t;
+    h->max_streams = uc->max_streams ? uc->max_streams : 100;
+    h->idle_ms = uc->keepalive_timeout;
+    lp_list_init(&h->streams);
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb)) {
+        free(h);
+        return NULL;
+    }
+    nghttp2_option *opt;
+    if (nghttp2_option_new(&opt)) {
+        nghttp2_session_callbacks_del(cb);
+        free(h);
+        return NULL;
+    }
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, on_frame_not_send);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_peer_max_concurrent_streams(opt, h->max_streams);
+    int rv = nghttp2_session_client_new2(&h->s, cb, h, opt);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_option_del(opt);
+    if (rv) {
+        free(h);
+        return NULL;
+    }
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2U_WINDOW},
+    };
+    uint64_t conn_win = (uint64_t)H2U_WINDOW * h->max_streams;
+    if (conn_win > 0x7fffffff)
+        conn_win = 0x7fffffff;
+    if (nghttp2_submit_settings(h->s, NGHTTP2_FLAG_NONE, iv, LP_ARRAY_LEN(iv)) ||
+        nghttp2_session_set_local_window_size(h->s, NGHTTP2_FLAG_NONE, 0, (int32_t)conn_win)) {
+        nghttp2_session_del(h->s);
+        free(h);
+        return NULL;
+    }
+    lp_ep_init(&h->ep, &w->ep_env, &h2u_ops);
+    lp_list_insert_tail(&t->h2conns, &h->link);
+    return h;
+}
+
+/* The stream limit: ours, or the upstream's SETTINGS_MAX_CONCURRENT_STREAMS if lower. */
+static int h2u_has_room(const lp_h2u_t *h)
+{
+    if (h->dead || h->goaway || (h->ep.flags & LP_EPF_CLOSING))
+        return 0;
+    uint32_t peer =
+        nghttp2_session_get_remote_settings(h->s, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+    uint32_t lim = h->max_streams < peer ? h->max_streams : peer;
+    return h->nlive < lim;
+}
+
+static void h2u_send(lp_h2u_t *h)
+{
+    if (h->depth || h->dead || !h->ready)
+        return;
+    h->more = 0;
+    for (int round = 0; !(h->ep.flags & LP_EPF_CLOSING); round++) {
+        if (round == 16) {
+            h->more = 1; /* enough for one turn: the rest on the next (TM_KICK) */
+            break;
+        }
+        size_t made = lp_h2_fill(h->s, &h->ep, &h->fatal);
+        if (h->fatal || (h->ep.flags & LP_EPF_CLOSING))
+            break;
+        lp_ep_flush(&h->ep);
+        if (!made || lp_ep_queued(&h->ep) > LP_LOW_WATERMARK || !nghttp2_session_want_write(h->s))
+            break;
+    }
+}
+
+/* When the stream's request gives up on the upstream: the read timeout while the request
+ * waits on the upstream (not while the client or Lua holds the body back), total_timeout
+ * until the head, the gRPC deadline. 0: none. */
+static uint64_t stream_deadline(const lp_h2u_stream_t *st, const char **why, int *no_retry)
+{
+    const lp_req_t *req = st->peer.req;
+    uint64_t d = 0;
+    *why = "read timed out";
+    *no_retry = 0;
+    if (!(st->peer.flags & (LP_PF_PAUSED | LP_PF_LUA)))
+        d = st->read_at + T(st->h2)->read;
+    if (req->try.deadline && !st->head_given && (!d || req->try.deadline < d)) {
+        d = req->try.deadline;
+        *why = "total_timeout reached";
+        *no_retry = 1;
+    }
+    if (st->grpc_deadline && (!d || st->grpc_deadline < d)) {
+        d = st->grpc_deadline;
+        *why = "grpc-timeout reached";
+        *no_retry = 1;
+    }
+    return d;
+}
+
+static void h2u_arm(lp_h2u_t *h)
+{
+    if (!h->ready || h->dead)
+        return; /* the connect timer runs */
+    if (h->more) {
+        lp_ep_timer(&h->ep, TM_KICK, 0);
+        return;
+    }
+    uint64_t next = 0;
+    int any = 0;
+    for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next) {
+        lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
+        if (!st->peer.req)
+            continue;
+        any = 1;
+        if (st->dirty) {
+            lp_ep_timer(&h->ep, TM_KICK, 0);
+            return;
+        }
+        const char *why;
+        int nr;
+        uint64_t d = stream_deadline(st, &why, &nr);
+        if (d && (!next || d < next))
+            next = d;
+    }
+    uint64_t now = now_ms(h);
+    if (next)
+        lp_ep_timer(&h->ep, TM_STREAMS, next > now ? next - now : 0);
+    else if (!any && !h->nlive)
+        lp_ep_timer(&h->ep, TM_IDLE, h->idle_ms);
+    else
+        lp_ep_timer(&h->ep, LP_EP_TM_NONE, 0);
+}
+
+/* ---- the response, given to the request ---- */
+
+static void stream_retry_on(lp_h2u_stream_t *st, int *done);
+
+/* The try failed on this stream: a new stream for the same try (refused, or a stale
+ * connection), another target, or the client gets the failure. */
+static void stream_fail(lp_h2u_stream_t *st)
+{
+    lp_req_t *req = st->peer.req;
+    lp_h2u_t *h = st->h2;
+    lp_pool_t *t = h->pool;
+    int kind = st->fail_kind, status = st->fail_status;
+    const char *why = st->fail_why;
+    int body_ok = st->sent == 0 || !st->replay_over || lp_req_body_replaced(req);
+    int fresh = !(req->flags & LP_RF_RESP_STARTED) && !st->head_given && !st->no_retry &&
+                !lp__try_deadline_passed(req) && body_ok;
+    /* Refused (GOAWAY above its id, REFUSED_STREAM): the upstream did nothing with it, so
+     * it goes again on another connection, whatever its method; so does a stream of a
+     * connection that was up already and failed before any answer (a stale one). */
+    int again = fresh && ((st->close_code == NGHTTP2_REFUSED_STREAM && st->refusals < 3) ||
+                          (st->reused && kind == LP_FAIL_RESET && lp__try_replayable(req)));
+    int elsewhere = !(req->flags & LP_RF_RESP_STARTED) && !again && !st->no_retry &&
+                    (kind == LP_FAIL_CONNECT || (!st->head_given && lp__try_replayable(req)));
+    const char *addr = t->addr.text; /* pools live as long as the worker */
+    if (again) {
+        lp_log_debug("upstream %s: stream %d %s; again on another connection", addr, (int)st->id,
+                     why);
+        stream_unbind(st);
+        lp_h2u_t *nh = NULL;
+        for (lp_list_t *it = t->h2conns.next; it != &t->h2conns && !nh; it = it->next) {
+            lp_h2u_t *c = LP_CONTAINER_OF(it, lp_h2u_t, link);
+            if (c != h && h2u_has_room(c))
+                nh = c;
+        }
+        int made = !nh;
+        if (made)
+            nh = h2u_new(req->w, req, t);
+        if (nh && stream_new(nh, req, st)) {
+            nh->depth++;
+            if (made && h2u_connect(nh))
+                h2u_die(nh, LP_FAIL_CONNECT, 502, nh->why);
+            h2u_leave(nh, made);
+            return;
+        }
+        if (nh && made) {
+            nh->dead = 1;
+            lp_list_remove(&nh->link);
+            lp_list_init(&nh->link);
+            lp_ep_close(&nh->ep);
+        }
+    } else {
+        stream_unbind(st);
+    }
+    lp_upstream_try_end(req, 1);
+    req->try.fail_kind = (uint8_t)kind;
+    req->try.fail_status = 0;
+    if (elsewhere && lp__try_may_retry(req)) {
+        lp_log_warn("upstream %s: %s; retrying (try %d)%s", addr, why, req->try.tries + 1,
+                    lp_trace_tag(req));
+        (void)lp__try_next(req);
+        return;
+    }
+    lp_log_warn("upstream %s: %s (%s %.*s)%s", addr, why, llhttp_method_name(req->method),
+                (int)req->h1.path.len, req->h1.path.base, lp_trace_tag(req));
+    (void)lp_conn_upstream_failed(req, status, why);
+}
+
+/* The head arrived: parsed as HTTP/1.1 text (the same checks and view as HTTP/1.1
+ * upstreams'), then the response phase. Sets *done when the stream is no longer the
+ * request's. */
+static void stream_give_head(lp_h2u_stream_t *st, int *done)
+{
+    lp_req_t *req = st->peer.req;
+    const char *reason = lp_h1_status_text(st->status);
+    size_t cap = 64 + strlen(reason) + st->head_len;
+    char *text = malloc(cap);
+    if (!text) {
+        stream_fail_later(st, LP_FAIL_PROTOCOL, 502, "out of memory");
+        stream_fail(st);
+        *done = 1;
+        return;
+    }
+    int n = snprintf(text, cap, "HTTP/1.1 %d %s\r\n", st->status, reason);
+    size_t len = n > 0 ? (size_t)n : 0;
+    if (st->head_len)
+        memcpy(text + len, st->head, st->head_len);
+    len += st->head_len;
+    /* A head that ended the stream has no body: said so, so that an HTTP/2 client gets a
+     * trailers-only response too (h2.c). */
+    if (st->in_eof && !st->in.head && !st->has_cl && st->status != 204 && st->status != 304) {
+        memcpy(text + len, "content-length: 0\r\n", 19);
+        len += 19;
+    }
+    memcpy(text + len, "\r\n", 2);
+    len += 2;
+    free(st->head);
+    st->head = NULL;
+    st->head_len = 0;
+    size_t used = 0;
+    lp_h1_event_t ev = lp_h1_execute(&st->peer.h1, text, len, &used);
+    free(text);
+    st->head_given = 1;
+    if (ev != LP_H1_HEAD && ev != LP_H1_DONE) {
+        snprintf(st->h2->why, sizeof(st->h2->why), "invalid response: %s",
+                 st->peer.h1.err_reason ? st->peer.h1.err_reason : "parse error");
+        stream_fail_later(st, LP_FAIL_PROTOCOL, 502, st->h2->why);
+        st->no_retry = 1;
+        stream_fail(st);
+        *done = 1;
+        return;
+    }
+    lp_h1_resume(&st->peer.h1);
+    stream_retry_on(st, done);
+    if (*done)
+        return;
+    req->try.deadline = 0; /* total_timeout ends with the response head */
+    st->peer.flags |= LP_PF_RESP_BYTES;
+    int hr = lp_conn_response_head(req, &st->peer.h1);
+    if (hr == LP_GONE || st->peer.req != req) {
+        *done = 1;
+        return;
+    }
+    if (hr == LP_AGAIN) {
+        st->peer.flags |= LP_PF_LUA; /* the response phase waits: so does the body */
+        return;
+    }
+    if (hr == 500) {
+        lp_conn_lua_resumed(req, LP_PHASE_RESPONSE, LP_ERROR); /* lets go of the stream */
+        *done = 1;
+        return;
+    }
+    if (hr) {
+        stream_fail_later(st, LP_FAIL_PROTOCOL, hr, "response head too large");
+        st->no_retry = 1;
+        stream_fail(st);
+        *done = 1;
+    }
+}
+
+/* retry_on: as for HTTP/1.1 (upstream.c), a listed status sends an idempotent, bodiless
+ * request to another target before anything reaches the client. */
+static void stream_retry_on(lp_h2u_stream_t *st, int *done)
+{
+    lp_req_t *req = st->peer.req;
+    lp_upstream_rt_t *u = req->upstream;
+    int status = st->status;
+    if (!lp_status_in(&u->conf->retry_on, status) || !lp__try_replayable(req) ||
+        (req->flags & LP_RF_RESP_STARTED) || !lp__try_may_retry(req))
+        return;
+    req->resp.sent_status = status; /* counted by passive checks when they name it */
+    stream_unbind(st);
+    lp_upstream_try_end(req, 1);
+    req->resp.sent_status = 0;
+    req->try.fail_kind = LP_FAIL_STATUS;
+    req->try.fail_status = status;
+    lp_log_info("upstream %s: status %d, retrying (try %d)%s", st->h2->pool->addr.text, status,
+                req->try.tries + 1, lp_trace_tag(req));
+    (void)lp__try_next(req);
+    *done = 1;
+}
+
+/* The response body as the client side can take it, then its end. */
+static void stream_give_body(lp_h2u_stream_t *st)
+{
+    lp_req_t *req = st->peer.req;
+    lp_h2u_t *h = st->h2;
+    while (st->in.head && !(st->peer.flags & (LP_PF_PAUSED | LP_PF_LUA))) {
+        seg_t *g = st->in.head;
+        size_t len = g->len - g->off;
+        lp_buf_t *b = g->b;
+        lp_buf_ref(b);
+        const char *at = b->data + g->off;
+        st->in.bytes -= len;
+        st->owed += len;
+        q_pop(&st->in);
+        int rc = lp_conn_response_body(req, at, len, b);
+        lp_buf_unref(b);
+        if (st->peer.req != req)
+            return;
+        if (rc == LP_AGAIN) {
+            st->peer.flags |= LP_PF_LUA; /* a response_body filter waits (lp_peer_continue) */
+            break;
+        }
+        if (rc != LP_OK) {
+            /* A response_body filter failed: not the upstream's fault. */
+            stream_unbind(st);
+            lp_upstream_try_end(req, 0);
+            (void)lp_conn_upstream_failed(req, 500, "response_body filter failed");
+            return;
+        }
+        if (lp_conn_req_full(req)) {
+            lp_conn_flush(req->conn);
+            st->peer.flags |= LP_PF_PAUSED; /* lp_peer_resume when the client drained */
+            if (st->peer.req != req)
+                return;
+            break;
+        }
+    }
+    if (st->owed && !(st->peer.flags & LP_PF_PAUSED) && !st->closed && !h->dead) {
+        /* The client side took them: the upstream may send as much again. */
+        nghttp2_session_consume_stream(h->s, st->id, st->owed);
+        st->owed = 0;
+    }
+    if (st->in.head || !st->in_eof || (st->peer.flags & (LP_PF_PAUSED | LP_PF_LUA)))
+        return;
+    /* Complete: the trailers go with the request, the stream is let go first (finishing
+     * the request must not abort it). */
+    if (st->trailers) {
+        free(req->resp.trailers);
+        req->resp.trailers = st->trailers;
+        req->resp.trailers_len = st->trailers_len;
+        st->trailers = NULL;
+    }
+    stream_unbind(st);
+    lp_upstream_try_end(req, 0);
+    (void)lp_conn_response_done(req);
+}
+
+/* What happened to the stream, for its request. */
+static void stream_work(lp_h2u_stream_t *st)
+{
+    lp_req_t *req = st->peer.req;
+    st->dirty = 0;
+    lp_req_hold(req);
+    int done = 0;
+    if (st->fail_kind) {
+        stream_fail(st);
+    } else {
+        if (st->head_in && !st->head_given)
+            stream_give_head(st, &done);
+        if (!done && st->peer.req == req && st->head_given && !(st->peer.flags & LP_PF_LUA))
+            stream_give_body(st);
+        if (st->peer.req == req && st->closed && !st->in_eof) {
+            /* Closed before its response ended: reset by the upstream, or refused. */
+            snprintf(st->h2->why, sizeof(st->h2->why), "upstream reset the stream (%s)",
+                     nghttp2_http2_strerror(st->close_code));
+            stream_fail_later(st, LP_FAIL_RESET, 502, st->h2->why);
+            stream_fail(st);
+        }
+        if (st->peer.req == req && st->was_full && st->out.bytes <= LP_LOW_WATERMARK) {
+            st->was_full = 0;
+            lp_conn_resume_body(req);
+        }
+    }
+    /* What was queued for the client goes now (a stream's messages as they come). */
+    if (!lp_req_ended(req) && req->conn && !(req->conn->ep.flags & LP_EPF_CLOSING))
+        lp_conn_flush(req->conn);
+    lp_req_drop(req);
+}
+
+/* The end of one of our frames: at the outermost one, the streams' requests hear what
+ * happened (`full`: our own entry points; the pipeline's calls leave that to TM_KICK),
+ * streams nobody needs go, and the session's output is sent. */
+static void h2u_leave(lp_h2u_t *h, int full)
+{
+    if (--h->depth)
+        return;
+    for (int pass = 0; pass < 4; pass++) {
+        int again = 0;
+        if (full) {
+            h->depth++;
+            for (lp_list_t *it = h->streams.next; it != &h->streams;) {
+                lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
+                it = it->next;
+                if (st->peer.req && st->dirty) {
+                    stream_work(st);
+                    again = 1;
+                }
+            }
+            h->depth--;
+        }
+        if (!h->dead) {
+            for (lp_list_t *it = h->streams.next; it != &h->streams;) {
+                lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
+                it = it->next;
+                if (!st->peer.req && st->closed) {
+                    nghttp2_session_set_stream_user_data(h->s, st->id, NULL); /* may be gone */
+                    stream_free(st);
+                }
+            }
+        }
+        if (h->fatal && !h->dead) {
+            h->depth++;
+            h2u_die(h, LP_FAIL_PROTOCOL, 502, "HTTP/2 session failed");
+            h->depth--;
+            again = 1;
+            continue;
+        }
+        if (h->dead || (h->ep.flags & LP_EPF_CLOSING))
+            break;
+        h2u_send(h);
+        if (!full || !again)
+            break;
+    }
+    if (h->dead || (h->ep.flags & LP_EPF_CLOSING)) {
+        if (!(h->ep.flags & LP_EPF_CLOSING)) {
+            /* Every stream's request has heard by now (h2u_die marked them). */
+            int busy = 0;
+            for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next)
+                busy |= LP_CONTAINER_OF(it, lp_h2u_stream_t, link)->peer.req != NULL;
+            if (!busy || full)
+                lp_ep_close(&h->ep);
+            else
+                lp_ep_timer(&h->ep, TM_KICK, 0);
+        }
+        return;
+    }
+    int busy = 0;
+    for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next)
+        busy |= LP_CONTAINER_OF(it, lp_h2u_stream_t, link)->peer.req != NULL;
+    if (h->ready && !h->nlive && !busy &&
+        (h->goaway || lp_ep_worker(&h->ep)->stopping ||
+         (!nghttp2_session_want_read(h->s) && !nghttp2_session_want_write(h->s)))) {
+        h2u_die(h, LP_FAIL_RESET, 502, "connection done");
+        return;
+    }
+    h2u_arm(h);
+}
+
+/* The connection cannot go on: every stream's request hears `why` (retried where that is
+ * safe), and it closes. */
+static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why)
+{
+    if (h->dead)
+        return;
+    h->dead = 1;
+    lp_list_remove(&h->link);
+    lp_list_init(&h->link);
+    if (why != h->why)
+        snprintf(h->why, sizeof(h->why), "%s", why);
+    for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next) {
+        lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
+        if (!st->closed) {
+            st->closed = 1;
+            h->nlive--;
+        }
+        if (st->peer.req)
+            stream_fail_later(st, kind, status, h->why);
+    }
+    h->depth++;
+    h2u_leave(h, 1);
+}
+
+/* ---- I/O ---- */
+
+static void h2u_ready(lp_h2u_t *h)
+{
+    h->handshake = 0;
+    if (h->ep.tls) {
+        size_t alen = 0;
+        const char *alpn = lp_tls_fact(h->ep.tls, LP_TLS_F_ALPN, NULL, 0, &alen);
+        if (!alpn || alen != 2 || memcmp(alpn, "h2", 2)) {
+            h2u_die(h, LP_FAIL_CONNECT, 502, "the target did not choose h2 by ALPN");
+            return;
+        }
+    }
+    h->ready = 1;
+    h->ep.flags |= LP_EPF_WRITABLE;
+    lp_ep_timer(&h->ep, LP_EP_TM_NONE, 0);
+    h->depth++;
+    h2u_leave(h, 1);
+}
+
+static void h2u_recv(lp_h2u_t *h)
+{
+    lp_endpoint_t *ep = &h->ep;
+    while (!h->dead && !(ep->flags & LP_EPF_CLOSING)) {
+        if (ep->rbuf && ep->rpos < ep->rlen) {
+            ssize_t rv = nghttp2_session_mem_recv(h->s, (const uint8_t *)ep->rbuf->data + ep->rpos,
+                                                  ep->rlen - ep->rpos);
+            ep->rpos = ep->rlen;
+            lp_ep_release_rbuf(ep); /* DATA is copied: room to decrypt more */
+            if (rv < 0) {
+                snprintf(h->why, sizeof(h->why), "HTTP/2: %s", nghttp2_strerror((int)rv));
+                h2u_die(h, LP_FAIL_PROTOCOL, 502, h->why);
+                return;
+            }
+        }
+        if (!ep->tls)
+            return;
+        int err;
+        int rc = lp_ep_tls_fill(ep, &err);
+        if (rc < 0) {
+            h2u_die(h, LP_FAIL_RESET, 502, "upstream closed the connection (TLS)");
+            return;
+        }
+        if (rc == 0)
+            return;
+    }
+}
+
+static void h2u_on_input(lp_endpoint_t *ep, ssize_t nread)
+{
+    lp_h2u_t *h = h2u_of(ep);
+    if (h->dead)
+        return;
+    h->depth++;
+    if (nread < 0) {
+        if (ep->tls && nread == UV_EOF && !h->handshake) {
+            lp_tls_in_eof(ep->tls);
+            h2u_recv(h);
+        }
+        h2u_die(h, h->ready ? LP_FAIL_RESET : LP_FAIL_CONNECT, 502,
+                nread == UV_EOF ? "upstream closed the connection" : uv_strerror((int)nread));
+    } else if (h->handshake) {
+        int rc = lp_ep_tls_handshake(ep);
+        if (rc == LP_ERROR) {
+            snprintf(h->why, sizeof(h->why), "TLS handshake failed: %s", lp_tls_error(ep->tls));
+            h2u_die(h, LP_FAIL_CONNECT, 502, h->why);
+        } else if (rc == LP_OK) {
+            h2u_ready(h);
+            h2u_recv(h);
+        }
+    } else {
+        h2u_recv(h);
+    }
+    h2u_leave(h, 1);
+}
+
+static void h2u_on_written(lp_endpoint_t *ep, int status)
+{
+    lp_h2u_t *h = h2u_of(ep);
+    if (h->dead)
+        return;
+    h->depth++;
+    if (status < 0)
+        h2u_die(h, LP_FAIL_RESET, 502, uv_strerror(status));
+    h2u_leave(h, 1);
+}
+
+static void h2u_on_timeout(lp_endpoint_t *ep, int mode)
+{
+    lp_h2u_t *h = h2u_of(ep);
+    if (h->dead && mode != TM_KICK)
+        return; /* a dead one's kick: its streams' requests hear of it, then it closes */
+    h->depth++;
+    if (mode == TM_CONNECT) {
+        h2u_die(h, LP_FAIL_TIMEOUT, 504,
+                h->handshake ? "TLS handshake timed out" : "connect timed out");
+    } else if (mode == LP_EP_TM_BROKEN) {
+        h2u_die(h, LP_FAIL_RESET, 502, "write failed");
+    } else if (mode == TM_IDLE) {
+        if (!h->nlive)
+            h2u_die(h, LP_FAIL_RESET, 502, "idle");
+    } else if (mode == TM_STREAMS) {
+        uint64_t now = now_ms(h);
+        for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next) {
+            lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
+            const char *why;
+            int nr;
+            if (!st->peer.req)
+                continue;
+            uint64_t d = stream_deadline(st, &why, &nr);
+            if (d && d <= now) {
+                stream_fail_later(st, LP_FAIL_TIMEOUT, 504, why);
+                st->no_retry |= (uint8_t)nr;
+            }
+        }
+    }
+    h2u_leave(h, 1);
+}
+
+static void h2u_on_closed(lp_endpoint_t *ep)
+{
+    lp_h2u_t *h = h2u_of(ep);
+    lp_list_remove(&h->link);
+    nghttp2_session_del(h->s);
+    while (h->streams.next != &h->streams) {
+        lp_h2u_stream_t *st = LP_CONTAINER_OF(h->streams.next, lp_h2u_stream_t, link);
+        if (st->peer.req && st->peer.req->try.peer == &st->peer)
+            st->peer.req->try.peer = NULL; /* cannot be (h2u_die failed them): no dangling link */
+        stream_free(st);
+    }
+    free(h);
+}
+
+static const lp_endpoint_ops_t h2u_ops = {
+    .input = h2u_on_input,
+    .written = h2u_on_written,
+    .timeout = h2u_on_timeout,
+    .closed = h2u_on_closed,
+};
+
+static void on_connect(uv_connect_t *cr, int status)
+{
+    lp_h2u_t *h = cr->data;
+    if ((h->ep.flags & LP_EPF_CLOSING) || h->dead)
+        return;
+    if (status < 0) {
+        snprintf(h->why, sizeof(h->why), "connect failed: %s", uv_strerror(status));
+        h->depth++;
+        h2u_die(h, LP_FAIL_CONNECT, 502, h->why);
+        h2u_leave(h, 1);
+        return;
+    }
+    uv_tcp_nodelay(&h->ep.tcp, 1);
+    lp_ep_reading(&h->ep, 1);
+    if (h->pool->tls) {
+        /* The connect timer keeps running through the handshake. */
+        int rc = lp_ep_tls_connect(&h->ep, h->pool->tls, h->pool->sni, &h->pool->session);
+        h->depth++;
+        if (rc == LP_ENOMEM) {
+            h2u_die(h, LP_FAIL_CONNECT, 502, "cannot start TLS");
+        } else if (rc == LP_ERROR) {
+            snprintf(h->why, sizeof(h->why), "TLS handshake failed: %s", lp_tls_error(h->ep.tls));
+            h2u_die(h, LP_FAIL_CONNECT, 502, h->why);
+        } else {
+            h->handshake = 1;
+        }
+        h2u_leave(h, 1);
+        return;
+    }
+    h2u_ready(h);
+}
+
+static int h2u_connect(lp_h2u_t *h)
+{
+    h->connect_req.data = h;
+    int rc = uv_tcp_connect(&h->connect_req, &h->ep.tcp,
+                            (const struct sockaddr *)&h->pool->addr.addr, on_connect);
+    if (rc) {
+        snprintf(h->why, sizeof(h->why), "connect failed: %s", uv_strerror(rc));
+        return -1;
+    }
+    lp_ep_timer(&h->ep, TM_CONNECT, T(h)->connect);
+    return 0;
+}
+
+/* ---- the pipeline's side (h2_up.h) ---- */
+
+int lp_h2u_start(lp_req_t *req, lp_pool_t *t)
+{
+    if (req->flags & LP_RF_UPGRADE_REQ) {
+        lp_upstream_try_end(req, 0);
+        return lp_conn_upstream_failed(req, 502, "an upgrade cannot go to an HTTP/2 upstream");
+    }
+    lp_h2u_t *h = NULL;
+    for (lp_list_t *it = t->h2conns.next; it != &t->h2conns && !h; it = it->next) {
+        lp_h2u_t *c = LP_CONTAINER_OF(it, lp_h2u_t, link);
+        if (h2u_has_room(c))
+            h = c;
+    }
+    int fresh = 0;
+    if (!h) {
+        if (!(h = h2u_new(req->w, req, t))) {
+            lp_upstream_try_end(req, 0);
+            return lp_conn_upstream_failed(req, 502, "out of memory");
+        }
+        fresh = 1;
+    }
+    lp_h2u_stream_t *st = stream_new(h, req, NULL);
+    if (!st) {
+        if (fresh) {
+            h->dead = 1;
+            lp_list_remove(&h->link);
+            lp_list_init(&h->link);
+            lp_ep_close(&h->ep);
+        }
+        lp_upstream_try_end(req, 0);
+        return lp_conn_upstream_failed(req, 502, "cannot start an HTTP/2 stream");
+    }
+    if (fresh && h2u_connect(h)) {
+        /* Failed at once: the target is down (the stream hears it from h2u_die). */
+        h->depth++;
+        h2u_die(h, LP_FAIL_CONNECT, 502, h->why);
+        lp_req_hold(req);
+        h2u_leave(h, 1);
+        return lp_req_let_go(req);
+    }
+    lp_req_hold(req);
+    if (lp_conn_upstream_ready(req) != LP_GONE && req->try.peer == &st->peer) {
+        h->depth++;
+        h2u_leave(h, 0);
+    }
+    return lp_req_let_go(req);
+}
+
+static void h2u_kick(lp_h2u_stream_t *st, int deferred)
+{
+    lp_h2u_t *h = st->h2;
+    if (h->dead || (h->ep.flags & LP_EPF_CLOSING))
+        return;
+    if (st->deferred && deferred && !st->closed && st->id > 0) {
+        st->deferred = 0;
+        nghttp2_session_resume_data(h->s, st->id);
+    }
+    h->depth++;
+    h2u_leave(h, 0);
+}
+
+void lp_h2u_body(lp_peer_t *p, const char *at, size_t len)
+{
+    lp_h2u_stream_t *st = st_of(p);
+    if (!len || st->closed || st->h2->dead)
+        return;
+    if (q_add(&st->out, st->h2->ep.env->bufs, at, len)) {
+        st->h2->fatal = 1;
+        return;
+    }
+    p->body_out += len;
+    if (st->out.bytes >= LP_HIGH_WATERMARK)
+        st->was_full = 1;
+}
+
+void lp_h2u_body_end(lp_peer_t *p)
+{
+    lp_h2u_stream_t *st = st_of(p);
+    lp_req_t *req = p->req;
+    if (st->out_eof)
+        return;
+    st->out_eof = 1;
+    if (req && req->trailers && !st->req_trailers &&
+        (st->req_trailers = malloc(req->trailers_len + 1))) {
+        memcpy(st->req_trailers, req->trailers, req->trailers_len);
+        st->req_trailers_len = req->trailers_len;
+    }
+}
+
+void lp_h2u_flush(lp_peer_t *p)
+{
+    h2u_kick(st_of(p), 1);
+}
+
+int lp_h2u_full(const lp_peer_t *p)
+{
+    return st_of(p)->out.bytes >= LP_HIGH_WATERMARK;
+}
+
+/* The client drained or a Lua wait ended: the response goes on (as HTTP/1.1's does, in
+ * the caller's frame). */
+static void stream_go_on(lp_h2u_stream_t *st, unsigned flag)
+{
+    lp_h2u_t *h = st->h2;
+    st->peer.flags &= ~flag;
+    if (h->dead)
+        return;
+    st->dirty = 1;
+    if (h->depth) {
+        return; /* our own frame sees to it */
+    }
+    h->depth++;
+    h2u_leave(h, 1);
+}
+
+void lp_h2u_resume(lp_peer_t *p)
+{
+    if (p->flags & LP_PF_PAUSED)
+        stream_go_on(st_of(p), LP_PF_PAUSED);
+}
+
+void lp_h2u_continue(lp_peer_t *p)
+{
+    stream_go_on(st_of(p), LP_PF_LUA);
+}
+
+void lp_h2u_abort(lp_peer_t *p)
+{
+    lp_h2u_stream_t *st = st_of(p);
+    lp_h2u_t *h = st->h2;
+    stream_unbind(st);
+    if (h->dead || (h->ep.flags & LP_EPF_CLOSING))
+        return;
+    h->depth++;
+    h2u_leave(h, 0);
+}
+
+void lp_h2u_close_idle(lp_pool_t *t)
+{
+    for (lp_list_t *it = t->h2conns.next; it != &t->h2conns;) {
+        lp_h2u_t *h = LP_CONTAINER_OF(it, lp_h2u_t, link);
+        it = it->next;
+        if (!h->nlive && !h->dead) {
+            h->depth++;
+            h2u_die(h, LP_FAIL_RESET, 502, "closing idle connections");
+            h2u_leave(h, 1);
+        }
+    }
+}
