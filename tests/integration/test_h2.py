@@ -782,11 +782,14 @@ class H2HardeningTest(RT.ReloadTestCase):
     def setUpClass(cls):
         cls.promtool = H.require_tool("promtool")
         cls.origin = cls.start_origin("o4")
-        routes = [{"match": {"prefix": "/"}, "upstream": "app"}]
+        routes = [{"match": {"prefix": "/cached/"}, "upstream": "app", "strip_prefix": True,
+                   "plugins": [{"name": "cache", "zone": "hz", "default_ttl": {200: 3600}}]},
+                  {"match": {"prefix": "/"}, "upstream": "app"}]
         cls.proxy = cls.start_reload_proxy(
             # No idle pool: the origin connections open are those serving a stream.
             {"app": H.upstream(cls.origin.address(), keepalive=0)}, routes, name="h2hard",
             timeouts={"send": 1}, http2={"max_resets": 20},
+            cache={"zones": {"hz": {"memory": "16m", "max_object_size": "4m"}}},
             listen=[{"address": "127.0.0.1:0", "http2": True}])
         H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
 
@@ -848,6 +851,40 @@ class H2HardeningTest(RT.ReloadTestCase):
             c.close()
         self.assertEqual(self.h2_status()["protections"]["send_stall_stream"], before + 1)
         self.proxy.wait_log("kept its window shut")
+
+    def test_stalled_cache_hit_is_reset(self):
+        """A hit's body held for a client that never opens its stream's window."""
+        path = "/cached/large?bytes=300000&t=stall"
+        body = bytes(ord("a") + i % 26 for i in range(300000))
+        for want in ("miss", "hit"):
+            c = Client(self.proxy.port)
+            try:
+                sid = c.request(path)
+                c.pump(lambda: c.done(sid))
+                h = c.streams[sid]
+                self.assertEqual((h["status"], bytes(h["data"]) == body), (200, True))
+                self.assertIn(want, h["headers"].get("cache-status", "").lower(), h["headers"])
+            finally:
+                c.close()
+        before = self.h2_status()["protections"]["send_stall_stream"]
+        c = Client(self.proxy.port)
+        try:
+            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1024})
+            c.flush()
+            slow = c.request(path)
+            c.hold.add(slow)
+            c.pump(lambda: c.streams[slow]["reset"] is not None, timeout=H.T(15))
+            self.assertEqual(c.streams[slow]["reset"], self.CANCEL)
+            self.assertEqual(len(c.streams[slow]["data"]), 1024)
+            self.assertIn("hit", c.streams[slow]["headers"].get("cache-status", "").lower())
+            # The entry is intact, and the connection serves it.
+            again = c.request(path)
+            c.pump(lambda: c.done(again))
+            self.assertEqual((c.streams[again]["status"], c.streams[again]["data"] == body),
+                             (200, True))
+        finally:
+            c.close()
+        self.assertEqual(self.h2_status()["protections"]["send_stall_stream"], before + 1)
 
     def test_shut_connection_window_ends_the_connection(self):
         before = self.h2_status()["protections"]["send_stall_connection"]
@@ -931,7 +968,7 @@ class H2HardeningTest(RT.ReloadTestCase):
             self.proxy.cfg["routes"] = [
                 {"match": {"prefix": "/new"}, "upstream": "app",
                  "handler": H.LuaRaw('function(req) return req:respond(200, "new", {}) end')},
-                {"match": {"prefix": "/"}, "upstream": "app"}]
+            ] + self.proxy.cfg["routes"]
             self.proxy.write_config()
             self.proxy.signal(signal.SIGHUP)
             r.pump(lambda: r.goaway is not None)
