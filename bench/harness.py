@@ -554,6 +554,9 @@ def run_wrk(s, procs, px, sc, seconds):
     if sc.get("client") == "tls_resume":
         argv = [sys.executable, os.path.join(BENCH_DIR, "tls_resume.py"), url, str(seconds),
                 str(sc["connections"])]
+    elif sc.get("client") == "h2load":  # HTTP/2 (#17): bench/h2load_run.py
+        argv = [sys.executable, os.path.join(BENCH_DIR, "h2load_run.py"), url, str(seconds),
+                str(sc["connections"]), str(sc.get("streams", 1))]
     else:
         argv = [s["wrk"], "-t1", "-c%d" % sc["connections"], "-d%gs" % seconds,
                 "--timeout", "10s", "-s", wrk_script(sc)]

@@ -367,6 +367,28 @@ SCENARIOS.append({
             "(bench/tls_resume.py; see resumed_share in the JSON)",
 })
 
+# --- HTTP/2 over TLS (#17): h2load -c 50 -m 10 (bench/h2load_run.py) through each proxy's
+# h2 listener (ALPN h2), the same certificate and ciphers as the TLS scenarios, HTTP/1.1 to
+# the origin on both. nginx 1.22 spells it `listen ... ssl http2`.
+LUAPROXY_H2 = LUAPROXY_TLS_RESUME.replace('key = "{{key}}" } } },',
+                                          'key = "{{key}}" }, http2 = true } },')
+assert LUAPROXY_H2 != LUAPROXY_TLS_RESUME
+NGINX_H2 = NGINX_TLS_RESUME.replace("listen 127.0.0.1:{{port}} ssl;",
+                                    "listen 127.0.0.1:{{port}} ssl http2;")
+assert NGINX_H2 != NGINX_TLS_RESUME
+SCENARIOS.append({
+    "name": "h2-small-c50-m10",
+    "path": "/fixed?size=100",
+    "connections": 50,
+    "streams": 10,
+    "scheme": "https",
+    "client": "h2load",
+    "luaproxy": LUAPROXY_H2,
+    "nginx": NGINX_H2,
+    "per_mib": False,
+    "note": "h2load -c 50 -m 10 over TLS (ALPN h2); latency columns: h2load's mean",
+})
+
 # --- a regex per request: proxy.re.match against string.find (luaproxy), and ngx.re.match
 # against string.find (nginx + lua), on the request path. The regex's cost per request is
 # the CPU/req of re-* minus that of find-* (same proxy, same run).

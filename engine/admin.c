@@ -19,6 +19,7 @@
 #include <lualib.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include "h2_stats.h"
 #include "health.h"
 #include "http1.h"
 #include "log.h"
@@ -356,6 +357,7 @@ static void handle_status(admin_conn_t *c)
         json_object_set_new(st, "log",
                             json_pack("{s:o}", "lines_dropped", jint(lp_logw_lines_dropped())));
         json_object_set_new(st, "tracing", tracing_status(s, lp_gen_current->config));
+        json_object_set_new(st, "http2", lp_h2_status(s)); /* #17: h2_stats.c */
         json_t *etcd = lp_etcd_status(s);
         if (etcd)
             json_object_set_new(st, "etcd", etcd);

@@ -7,6 +7,7 @@
 #include "h2.h"
 #include "h2_util.h"
 #include "log.h"
+#include "metrics.h"
 #include "lua_vm.h"
 #include "relay.h"
 #include "req_body.h"
@@ -18,7 +19,9 @@
 /* The connection timer's modes on an HTTP/2 connection (after the endpoint's own). */
 /* H2_TM_KICK: at once, on the next loop turn: work h2_leave(full) has to do that a call
  * from the pipeline must not see under it (resuming an upstream, cutting a request). */
-enum { H2_TM_IDLE = LP_EP_TM_OWNER, H2_TM_SEND, H2_TM_KICK };
+/* H2_TM_STALL: the earliest stream holding response bytes reaches timeouts.send without
+ * any of them going (h2_stall_check; armed lazily, it re-checks when it runs). */
+enum { H2_TM_IDLE = LP_EP_TM_OWNER, H2_TM_SEND, H2_TM_KICK, H2_TM_STALL };
 
 /* Flood counters count over windows of this many ms. */
 #define H2_WINDOW_MS 10000
@@ -61,6 +64,9 @@ typedef struct lp_h2_stream_s {
      * its body ended: sent after the last DATA frame. */
     char *trailers; /* owned, NULL: none */
     size_t trailers_len;
+    /* ms: its response bytes last went out, or the first of those it holds came (the
+     * send-stall timeout runs from it while out_bytes > 0). */
+    uint64_t sent_at;
 } lp_h2_stream_t;
 
 typedef struct lp_h2_s {
@@ -81,6 +87,12 @@ typedef struct lp_h2_s {
 static const lp_h2_conf_t *CONF(const lp_h2_t *h2)
 {
     return &lp_ep_worker(&h2->c->ep)->config->h2;
+}
+
+/* One more in this worker's HTTP/2 counter `cell` (LP_WM_H2_*, h2_stats.c reports them). */
+static void h2_count(const lp_h2_t *h2, int cell)
+{
+    LP_M_ADD(&lp_ep_worker(&h2->c->ep)->m_cells[cell], 1);
 }
 
 static int h2_closing(const lp_h2_t *h2)
@@ -162,6 +174,70 @@ static void stream_free(lp_h2_stream_t *st)
 }
 
 static void stream_pump(lp_h2_stream_t *st);
+
+/* ---- the send-stall timeout (timeouts.send) ---- */
+
+/* The stream holds response bytes not sent yet: unless they go, the client's window for it
+ * (or the connection's) is shut, and the bytes, the upstream paused behind them or a cache
+ * entry's reference stay held. */
+static int stream_holds(const lp_h2_stream_t *st)
+{
+    return st->out_bytes && !st->closed && !st->reset;
+}
+
+/* Arms H2_TM_STALL for the stream that has held bytes longest, when the connection's timer
+ * is free (H2_TM_SEND, the socket's own stall, has the same timeout and wins). Lazy: an
+ * armed timer is left as it is, and re-checks when it runs. */
+static void h2_stall_arm(lp_h2_t *h2)
+{
+    lp_endpoint_t *ep = &h2->c->ep;
+    if (!h2->nopen || ep->tmode != LP_EP_TM_NONE)
+        return;
+    uint64_t first = UINT64_MAX;
+    for (lp_list_t *it = h2->streams.next; it != &h2->streams; it = it->next) {
+        const lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
+        if (stream_holds(st) && st->sent_at < first)
+            first = st->sent_at;
+    }
+    if (first == UINT64_MAX)
+        return;
+    uint64_t now = uv_now(ep->env->loop), due = first + lp_ep_worker(ep)->config->timeouts.send;
+    lp_ep_timer(ep, H2_TM_STALL, due > now ? due - now : 1);
+}
+
+/* H2_TM_STALL ran out: streams that held bytes for timeouts.send without sending any are
+ * reset (CANCEL) and their requests cut (the upstream connection or the cache entry is let
+ * go); when the connection's window is the one shut, the connection ends (GOAWAY). */
+static void h2_stall_check(lp_h2_t *h2)
+{
+    uint64_t now = uv_now(h2->c->ep.env->loop);
+    uint64_t to = lp_ep_worker(&h2->c->ep)->config->timeouts.send;
+    int conn_shut = nghttp2_session_get_remote_window_size(h2->s) <= 0;
+    char ip[LP_IP_TEXT];
+    for (lp_list_t *it = h2->streams.next; it != &h2->streams && !h2_closing(h2) && !h2->bye;
+         it = it->next) {
+        lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
+        if (!stream_holds(st) || now - st->sent_at < to)
+            continue;
+        lp_conn_ip_text(h2->c, ip);
+        if (conn_shut) {
+            lp_log_info("%s: HTTP/2: the client kept the connection's window shut for %llu ms: "
+                        "GOAWAY",
+                        ip, (unsigned long long)to);
+            h2_count(h2, LP_WM_H2_STALL_CONN);
+            nghttp2_session_terminate_session(h2->s, NGHTTP2_ENHANCE_YOUR_CALM);
+            h2->bye = 1;
+            return;
+        }
+        lp_log_info("%s: HTTP/2 stream %d: the client kept its window shut for %llu ms: reset", ip,
+                    (int)st->id, (unsigned long long)to);
+        h2_count(h2, LP_WM_H2_STALL_STREAM);
+        nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+        st->reset = 1;
+        if (st->req)
+            lp_conn_req_cut(st->req); /* clears st->req; the stream stays (depth > 0) */
+    }
+}
 
 /* Some stream's request waits for h2_leave(full): an upstream to resume, or a request to
  * cut because nghttp2 closed its stream. */
@@ -246,6 +322,7 @@ static void h2_leave(lp_h2_t *h2, int full)
         lp_ep_timer(&c->ep, H2_TM_IDLE, CONF(h2)->idle_timeout);
     else if (h2->nopen && c->ep.tmode == H2_TM_IDLE)
         lp_ep_timer(&c->ep, LP_EP_TM_NONE, 0);
+    h2_stall_arm(h2);
 }
 
 /* ---- the request head ---- */
@@ -290,6 +367,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
     st->id = f->hd.stream_id;
     lp_list_insert_tail(&h2->streams, &st->link);
     h2->nopen++;
+    h2_count(h2, LP_WM_H2_STREAMS);
     nghttp2_session_set_stream_user_data(s, st->id, st);
     if (++h2->nrequests == CONF(h2)->max_requests && !h2->goaway) {
         /* http2.max_requests: this stream is the last; those open finish. */
@@ -320,6 +398,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     if (st->hdr_bytes > CONF(h2)->max_header_list_size) {
         lp_log_info("HTTP/2 stream %d: header list over http2.max_header_list_size: reset",
                     (int)st->id);
+        h2_count(h2, LP_WM_H2_FLOOD_HEADERS);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST_STREAM; the rest is ignored */
     }
     const char *n = (const char *)name, *v = (const char *)value;
@@ -479,7 +558,7 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
 
 /* ---- frames ---- */
 
-static int h2_flood(lp_h2_t *h2, unsigned *count, unsigned max, const char *what)
+static int h2_flood(lp_h2_t *h2, unsigned *count, unsigned max, const char *what, int cell)
 {
     uint64_t now = uv_now(h2->c->ep.env->loop);
     if (now - h2->win_start >= H2_WINDOW_MS) {
@@ -492,6 +571,7 @@ static int h2_flood(lp_h2_t *h2, unsigned *count, unsigned max, const char *what
     lp_conn_ip_text(h2->c, ip);
     lp_log_warn("%s: HTTP/2 %s flood (over %u in %d s): GOAWAY", ip, what, max,
                 H2_WINDOW_MS / 1000);
+    h2_count(h2, cell);
     nghttp2_session_terminate_session(h2->s, NGHTTP2_ENHANCE_YOUR_CALM);
     h2->bye = 1;
     return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -506,14 +586,17 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
     lp_h2_stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     switch (f->hd.type) {
     case NGHTTP2_RST_STREAM:
-        return h2_flood(h2, &h2->resets, cf->max_resets, "RST_STREAM");
+        h2_count(h2, LP_WM_H2_RST_RECV);
+        return h2_flood(h2, &h2->resets, cf->max_resets, "RST_STREAM", LP_WM_H2_FLOOD_RESET);
     case NGHTTP2_SETTINGS:
     case NGHTTP2_PING:
         if (f->hd.flags & NGHTTP2_FLAG_ACK)
             return 0;
-        return h2_flood(h2, &h2->ctrl, cf->max_control_frames, "control frame");
+        return h2_flood(h2, &h2->ctrl, cf->max_control_frames, "control frame",
+                        LP_WM_H2_FLOOD_CONTROL);
     case NGHTTP2_PRIORITY:
-        return h2_flood(h2, &h2->ctrl, cf->max_control_frames, "control frame");
+        return h2_flood(h2, &h2->ctrl, cf->max_control_frames, "control frame",
+                        LP_WM_H2_FLOOD_CONTROL);
     case NGHTTP2_HEADERS:
         if (st && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
             stream_start(h2, st, (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
@@ -522,7 +605,8 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         break; /* trailers: their END_STREAM below */
     case NGHTTP2_DATA:
         if (f->hd.length == 0 && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
-            h2_flood(h2, &h2->ctrl, cf->max_control_frames, "empty DATA frame"))
+            h2_flood(h2, &h2->ctrl, cf->max_control_frames, "empty DATA frame",
+                     LP_WM_H2_FLOOD_CONTROL))
             return NGHTTP2_ERR_CALLBACK_FAILURE;
         break;
     default:
@@ -544,6 +628,7 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
     st->closed = 1;
     st->close_code = code;
     h2->nopen--;
+    h2_count(h2, LP_WM_H2_STREAMS_CLOSED);
     return 0; /* its request, if any, is seen to by h2_leave */
 }
 
@@ -568,6 +653,8 @@ static ssize_t stream_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t 
         }
     }
     st->out_bytes -= n;
+    if (n) /* the send-stall clock starts again */
+        st->sent_at = uv_now(st->h2->c->ep.env->loop);
     if (!st->out && st->out_eof) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         if (st->trailers) {
@@ -586,6 +673,17 @@ static ssize_t stream_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t 
         return NGHTTP2_ERR_DEFERRED;
     }
     return (ssize_t)n;
+}
+
+/* Frames that went out: RST_STREAM and GOAWAY are counted (nghttp2's own refusals too). */
+static int on_frame_send(nghttp2_session *s, const nghttp2_frame *f, void *ud)
+{
+    (void)s;
+    if (f->hd.type == NGHTTP2_RST_STREAM)
+        h2_count(ud, LP_WM_H2_RST_SENT);
+    else if (f->hd.type == NGHTTP2_GOAWAY)
+        h2_count(ud, LP_WM_H2_GOAWAY_SENT);
+    return 0;
 }
 
 /* ---- the session ---- */
@@ -614,6 +712,7 @@ int lp_h2_start(lp_conn_t *c)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, cf->hpack_table_size);
     nghttp2_option_set_max_continuations(opt, cf->max_continuations);
@@ -644,6 +743,7 @@ int lp_h2_start(lp_conn_t *c)
     h2->win_start = uv_now(c->ep.env->loop);
     c->h2 = h2;
     c->flags |= LP_CF_H2;
+    h2_count(h2, LP_WM_H2_CONNS);
     return 0;
 }
 
@@ -660,6 +760,10 @@ void lp_h2_input(lp_conn_t *c)
             ep->rpos = ep->rlen;
             lp_ep_release_rbuf(ep); /* all used (DATA is copied): room to decrypt more */
             if (rv < 0) {
+                if (rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS)
+                    h2_count(h2, LP_WM_H2_FLOOD_CONT);
+                else if (rv == NGHTTP2_ERR_FLOODED) /* our ACKs the client does not read */
+                    h2_count(h2, LP_WM_H2_FLOOD_CONTROL);
                 char ip[LP_IP_TEXT];
                 lp_conn_ip_text(c, ip);
                 lp_log_info("%s: HTTP/2: %s: closing", ip, nghttp2_strerror((int)rv));
@@ -700,9 +804,11 @@ void lp_h2_written(lp_conn_t *c)
 void lp_h2_timeout(lp_conn_t *c, int mode)
 {
     lp_h2_t *h2 = c->h2;
-    if (mode == H2_TM_KICK) {
+    if (mode == H2_TM_KICK || mode == H2_TM_STALL) {
         lp_ep_timer(&c->ep, LP_EP_TM_NONE, 0);
         h2->depth++;
+        if (mode == H2_TM_STALL)
+            h2_stall_check(h2);
         h2_leave(h2, 1);
         return;
     }
@@ -768,8 +874,11 @@ void lp_h2_free(lp_conn_t *c)
         lp_h2_stream_t *st = LP_CONTAINER_OF(h2->streams.next, lp_h2_stream_t, link);
         if (st->req) /* cannot be: lp_h2_close cut them; never leave a dangling link */
             st->req->h2s = NULL;
+        if (!st->closed) /* nghttp2_session_del tells no on_stream_close */
+            h2_count(h2, LP_WM_H2_STREAMS_CLOSED);
         stream_free(st);
     }
+    h2_count(h2, LP_WM_H2_CONNS_CLOSED);
     nghttp2_session_del(h2->s);
     free(h2);
     c->h2 = NULL;
@@ -886,6 +995,8 @@ static void h2_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
     g->off = 0;
     g->len = len;
     memcpy(g->data, at, len);
+    if (!st->out_bytes) /* the send-stall clock starts with the first byte held */
+        st->sent_at = uv_now(st->h2->c->ep.env->loop);
     if (st->out_tail)
         st->out_tail->next = g;
     else
@@ -971,3 +1082,15 @@ const lp_down_ops_t lp_h2_down_ops = {
     .pump = h2_pump,
     .finished = h2_finished,
 };
+
+/* ---- reload ---- */
+
+void lp_h2_reloaded(lp_worker_t *w)
+{
+    for (lp_list_t *it = w->conns.next; it != &w->conns;) {
+        lp_conn_t *c = LP_CONTAINER_OF(it, lp_conn_t, link);
+        it = it->next; /* draining may close c (never another connection) */
+        if ((c->flags & LP_CF_H2) && !(c->ep.flags & LP_EPF_CLOSING))
+            lp_h2_drain(c);
+    }
+}

@@ -32,6 +32,11 @@ void lp_h2_free(lp_conn_t *c);
 /* Graceful shutdown: GOAWAY with the last stream id; open streams finish, then it closes. */
 void lp_h2_drain(lp_conn_t *c);
 
+/* A new generation is the worker's (worker.c): each HTTP/2 connection gets GOAWAY with its
+ * last stream id (lp_h2_drain); its open streams finish on their generation, and the client
+ * opens a new connection, which the new listener settings and `http2` limits apply to. */
+void lp_h2_reloaded(lp_worker_t *w);
+
 /* The downstream side of a request on a stream (conn.c's lp_down_ops_t for HTTP/2). */
 extern const struct lp_down_ops_s lp_h2_down_ops;
 /* The request ended or detached: the stream lets go of it (request.c). */

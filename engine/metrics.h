@@ -119,6 +119,20 @@ enum {
     LP_WM_TLS_HANDSHAKES,
     LP_WM_TLS_RESUMED,
     LP_WM_LUA_MEM, /* a gauge: bytes of its Lua VMs, updated once a second */
+    /* #17 HTTP/2 downstream (h2.c counts, h2_stats.c reports): open = started - closed. */
+    LP_WM_H2_CONNS,          /* connections that became HTTP/2 */
+    LP_WM_H2_CONNS_CLOSED,   /* ... whose session went */
+    LP_WM_H2_STREAMS,        /* streams the client opened */
+    LP_WM_H2_STREAMS_CLOSED, /* ... that nghttp2 closed */
+    LP_WM_H2_RST_RECV,       /* RST_STREAM frames received */
+    LP_WM_H2_RST_SENT,       /* RST_STREAM frames sent */
+    LP_WM_H2_GOAWAY_SENT,    /* GOAWAY frames sent */
+    LP_WM_H2_FLOOD_RESET,    /* connections closed: rapid reset (http2.max_resets) */
+    LP_WM_H2_FLOOD_CONTROL,  /* ... control frame floods (http2.max_control_frames) */
+    LP_WM_H2_FLOOD_CONT,     /* ... CONTINUATION floods (http2.max_continuations) */
+    LP_WM_H2_FLOOD_HEADERS,  /* streams reset: header list over http2.max_header_list_size */
+    LP_WM_H2_STALL_STREAM,   /* streams reset: the client's stream window stayed shut */
+    LP_WM_H2_STALL_CONN,     /* connections closed: the client's connection window stayed shut */
     LP_WM_N,
 };
 

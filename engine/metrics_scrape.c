@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "h2_stats.h"
 #include "health.h"
 #include "lua_vm.h"
 #include "metrics.h"
@@ -360,6 +361,7 @@ char *lp_metrics_scrape(const lp_server_t *s, const lp_rtable_t *rt, int om, siz
     routes(&t, cfg, rt);
     upstreams(&t, cfg);
     process(&t, s, cfg);
+    lp_h2_metrics(&t, s); /* #17 */
     lp_metrics_scrape_plugins(&t, s);
     lp_mtext_end(&t);
     if (t.oom) {

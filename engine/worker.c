@@ -11,6 +11,7 @@
 #include "cache_req.h"
 #include "conn.h"
 #include "cosock.h"
+#include "h2.h"
 #include "trace.h"
 #include "log.h"
 #include "logw.h"
@@ -302,6 +303,7 @@ static void commit_switch(lp_worker_t *w, lp_switch_t *sw)
     sw->access = NULL;
     lp_accesslog_close(old_log);
     lp_wgen_t *old = w->cur;
+    int reloaded = old != NULL; /* not the first generation */
     w->cur = g;
     w->config = cfg;
     lp_trace_export_config(w, cfg);
@@ -324,6 +326,8 @@ static void commit_switch(lp_worker_t *w, lp_switch_t *sw)
     }
     /* Idle connections to targets the new generation no longer names close now. */
     lp_upstream_close_idle(w, g->id);
+    if (reloaded)
+        lp_h2_reloaded(w); /* #17: GOAWAY on HTTP/2 connections */
     free(sw->fds);
     sw->fds = NULL;
     sw->ok = 1;

@@ -693,7 +693,8 @@ local S = {
         connect = seconds(5, "seconds to connect to an upstream (→ 504)"),
         read = seconds(60, "seconds between two reads from an upstream (→ 504 before the "
           .. "response, else the client connection is closed)"),
-        send = seconds(60, "seconds a write to a client or upstream may stall"),
+        send = seconds(60, "seconds a write to a client or upstream may stall (HTTP/2: also "
+          .. "a stream's or the connection's window the client keeps shut: RST_STREAM, GOAWAY)"),
         client_header = seconds(10, "seconds to receive a whole request head (→ 408)"),
         client_body = seconds(60, "seconds between two reads of a request body (→ 408)"),
         keepalive = seconds(75, "seconds an idle client connection is kept"),

@@ -28,8 +28,16 @@
  * with no handle left (else abort), every read block came back to the pool, and the loop
  * closes; LeakSanitizer does the rest at the end of the input.
  *
- * Seeds: make_corpus_conn.py writes corpus_conn/ and corpus_conn_lua/ (its action and text
- * numbers follow the tables below). FUZZ_CONN_TRACE=1 shows what a script does:
+ * Built with FUZZ_CONN_H2 (the fuzz_conn_h2 target, #17), the listener serves h2c by prior
+ * knowledge beside HTTP/1.1 (listen[].http2) with small `http2` limits, and the client can
+ * also write whole HTTP/2 frames (h2_texts: the preface, SETTINGS, HEADERS with and without
+ * CONTINUATION, DATA, RST_STREAM, WINDOW_UPDATE, PING, PRIORITY, GOAWAY), so that every
+ * frame goes through nghttp2's server session and h2.c's callbacks, the streams' requests
+ * through conn.c's pipeline to the script's origin; virtual time reaches the idle and
+ * send-stall timeouts (a SETTINGS with a window of 0 stalls every stream).
+ *
+ * Seeds: make_corpus_conn.py writes corpus_conn/, corpus_conn_lua/ and corpus_conn_h2/ (its action
+ * and text numbers follow the tables below). FUZZ_CONN_TRACE=1 shows what a script does:
  *   FUZZ_CONN_TRACE=1 build-asan/tests/fuzz/fuzz_conn tests/fuzz/corpus_conn/keepalive */
 #include <errno.h>
 #include <signal.h>
@@ -157,8 +165,19 @@ static const char plugin_src[] =
  * requests with forwarding headers. */
 #ifdef FUZZ_CONN_PROXY
 #define LISTEN_KEYS ", proxy_protocol = true, real_ip = { trusted = { '127.0.0.0/8', '::1' } }"
+#elif defined(FUZZ_CONN_H2)
+#define LISTEN_KEYS ", http2 = true"
 #else
 #define LISTEN_KEYS ""
+#endif
+#ifdef FUZZ_CONN_H2
+/* Limits small enough for a script to reach (the window: backpressure on request bodies). */
+#define HTTP2_KEY                                                                                  \
+    "  http2 = { max_concurrent_streams = 4, initial_window_size = 1024, max_resets = 6,\n"        \
+    "            max_control_frames = 12, max_continuations = 2, idle_timeout = 1,\n"              \
+    "            max_requests = 6, max_header_list_size = 1024 },\n"
+#else
+#define HTTP2_KEY ""
 #endif
 
 static void write_config(const char *path)
@@ -180,8 +199,7 @@ static void write_config(const char *path)
             "            keepalive_requests = 3,\n"
             "            health = { passive = { failures = 3, ejection = 1 } } },\n"
             "    solo = { targets = { '%s' }, retries = 0, keepalive = 1 },\n"
-            "  },\n"
-            "  routes = {\n"
+            "  },\n" HTTP2_KEY "  routes = {\n"
             "    { match = { prefix = '/b/' }, upstream = 'solo', strip_prefix = true },\n"
             "    { match = { prefix = '/' }, upstream = 'app' },\n"
             "  },\n"
@@ -269,7 +287,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(path, sizeof(path), "%s/lp.lua", dir);
     write_config(path);
     char err[512];
-    if (lp_config_load(path, &cfg, err, sizeof(err))) {
+    /* Both of main.c's steps: the materialising one resolves the targets' addresses (without
+     * it every upstream connect failed with EINVAL and no script reached the origin). */
+    if (lp_config_load(path, &cfg, err, sizeof(err)) ||
+        lp_config_materialise(cfg, err, sizeof(err))) {
         fprintf(stderr, "fuzz_conn: %s\n", err);
         abort();
     }
@@ -353,6 +374,56 @@ static const char *const client_texts[] = {
     "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: garbage, fe80::1%eth0\r\n\r\n",
 #endif
 };
+
+#ifdef FUZZ_CONN_H2
+/* HTTP/2 frames (NUL bytes: lengths given); HPACK: static table indexes (0x82 GET, 0x83
+ * POST, 0x84 "/", 0x86 http) and literals (0x04 :path, 0x41 :authority). */
+#define BLOB(s)                                                                                    \
+    {                                                                                              \
+        s, sizeof(s) - 1                                                                           \
+    }
+static const struct {
+    const char *p;
+    size_t n;
+} h2_texts[] = {
+    /* 0: the preface and an empty SETTINGS */
+    BLOB("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"),
+    /* 1: SETTINGS ACK */
+    BLOB("\x00\x00\x00\x04\x01\x00\x00\x00\x00"),
+    /* 2: HEADERS 1 GET / (END_STREAM, END_HEADERS) */
+    BLOB("\x00\x00\x06\x01\x05\x00\x00\x00\x01\x82\x86\x84\x41\x01\x61"),
+    /* 3: HEADERS 3 POST /b/ (a body follows) */
+    BLOB("\x00\x00\x0a\x01\x04\x00\x00\x00\x03\x83\x86\x04\x03/b/\x41\x01\x61"),
+    /* 4: DATA 3 "hello" */
+    BLOB("\x00\x00\x05\x00\x00\x00\x00\x00\x03hello"),
+    /* 5: DATA 3 "hello" END_STREAM */
+    BLOB("\x00\x00\x05\x00\x01\x00\x00\x00\x03hello"),
+    /* 6: RST_STREAM 1 CANCEL */
+    BLOB("\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x08"),
+    /* 7: WINDOW_UPDATE connection +1 MiB */
+    BLOB("\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x10\x00\x00"),
+    /* 8: WINDOW_UPDATE 1 +64 KiB */
+    BLOB("\x00\x00\x04\x08\x00\x00\x00\x00\x01\x00\x01\x00\x00"),
+    /* 9: SETTINGS INITIAL_WINDOW_SIZE 0: every stream stalls */
+    BLOB("\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00\x00"),
+    /* 10: PING */
+    BLOB("\x00\x00\x08\x06\x00\x00\x00\x00\x00\x01\x02\x03\x04\x05\x06\x07\x08"),
+    /* 11: GOAWAY NO_ERROR */
+    BLOB("\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"),
+    /* 12: HEADERS 5 GET (END_STREAM), then CONTINUATION 5 with the rest (END_HEADERS) */
+    BLOB("\x00\x00\x02\x01\x01\x00\x00\x00\x05\x82\x86"
+         "\x00\x00\x04\x09\x04\x00\x00\x00\x05\x84\x41\x01\x61"),
+    /* 13: HEADERS 7 GET / */
+    BLOB("\x00\x00\x06\x01\x05\x00\x00\x00\x07\x82\x86\x84\x41\x01\x61"),
+    /* 14: PRIORITY 9 */
+    BLOB("\x00\x00\x05\x02\x00\x00\x00\x00\x09\x00\x00\x00\x01\x10"),
+    /* 15: SETTINGS INITIAL_WINDOW_SIZE 65535: the streams' windows open again */
+    BLOB("\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x00\x00\xff\xff"),
+};
+#define NH2 (sizeof(h2_texts) / sizeof(h2_texts[0]))
+#else
+#define NH2 0
+#endif
 
 static const char *const origin_texts[] = {
     "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
@@ -559,12 +630,20 @@ static void run_script(world_t *wd, input_t *in)
             in->n -= len;
             break;
         }
-        case A_C_TEXT:
+        case A_C_TEXT: {
             if ((op = next(in)) < 0)
                 return;
-            fd_send(*c, client_texts[op % NTEXTS(client_texts)],
-                    strlen(client_texts[op % NTEXTS(client_texts)]));
+            size_t t = (size_t)op % (NTEXTS(client_texts) + NH2);
+#ifdef FUZZ_CONN_H2
+            if (t >= NTEXTS(client_texts)) {
+                fd_send(*c, h2_texts[t - NTEXTS(client_texts)].p,
+                        h2_texts[t - NTEXTS(client_texts)].n);
+                break;
+            }
+#endif
+            fd_send(*c, client_texts[t], strlen(client_texts[t]));
             break;
+        }
         case A_O_TEXT: {
             if ((op = next(in)) < 0)
                 return;
@@ -677,6 +756,7 @@ static void world_open(world_t *wd)
     l->w = w;
     l->id = 1;
     l->proxy_protocol = cfg->listen[0].proxy_protocol;
+    l->http2 = cfg->listen[0].http2;
     uv_tcp_init(&w->loop, &l->tcp);
     l->tcp.data = l;
     int fd = dup(proxy_fd);

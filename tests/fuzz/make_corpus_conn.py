@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes the seed scripts of fuzz_conn (tests/fuzz/fuzz_conn.c) into corpus_conn/.
+"""Writes the seed scripts of fuzz_conn (tests/fuzz/fuzz_conn.c) into corpus_conn/ (and of
+its variants into corpus_conn_lua/ and corpus_conn_h2/).
 
 Each seed is a script in fuzz_conn's encoding: one byte per action (action + NACT * selector,
 the selector naming the client or origin connection), followed by its operands. The action
@@ -133,10 +134,40 @@ LUA_SEEDS = {
     + a(O_READ) + raw(O_WRITE, 0, b"late") + run() + a(C_READ, 1),
 }
 
+# h2_texts of fuzz_conn_h2 only (FUZZ_CONN_H2), after the 16 client_texts
+H_PREFACE, H_SETTINGS_ACK, H_GET1, H_POST3, H_DATA3, H_DATA3_END, H_RST1, H_WU_CONN, H_WU1, \
+    H_WIN0, H_PING, H_GOAWAY, H_GET5_CONT, H_GET7, H_PRIORITY, H_WIN_OPEN = range(16, 32)
+
+H2_SEEDS = {
+    # A GET over h2c, answered; then the idle timeout's GOAWAY.
+    "h2_get": a(CONNECT) + a(C_TEXT, 0, H_PREFACE) + a(C_TEXT, 0, H_GET1) + run() + a(O_READ)
+    + a(O_TEXT, 0, O_200) + run() + a(C_READ) + a(C_TEXT, 0, H_SETTINGS_ACK) + run()
+    + a(TIME, 0, T1100) + run() + a(C_READ),
+    # A request body in two DATA frames, a chunked answer; h1 on the same listener.
+    "h2_post": a(CONNECT) + a(C_TEXT, 0, H_PREFACE) + a(C_TEXT, 0, H_POST3)
+    + a(C_TEXT, 0, H_DATA3) + run() + a(O_READ) + a(C_TEXT, 0, H_DATA3_END) + run()
+    + a(O_READ) + a(O_TEXT, 0, O_200_CHUNKED) + run() + a(C_READ) + a(CONNECT)
+    + a(C_TEXT, 1, C_GET) + run() + a(O_READ, 1) + a(O_TEXT, 1, O_200) + run() + a(C_READ, 1),
+    # Windows of 0: a large answer is held, the send-stall timeout resets the stream; a
+    # second stream after the windows open again.
+    "h2_stall": a(CONNECT) + a(C_TEXT, 0, H_PREFACE) + a(C_TEXT, 0, H_WIN0)
+    + a(C_TEXT, 0, H_GET1) + run() + a(O_READ) + a(O_TEXT, 0, O_200_BIG)
+    + b"".join(a(O_BULK, 0, 63) + run(2) for _ in range(3)) + a(C_READ) + a(TIME, 0, T510)
+    + run() + a(C_READ) + a(C_TEXT, 0, H_WIN_OPEN) + a(C_TEXT, 0, H_GET7) + run() + a(O_READ, 1)
+    + a(O_TEXT, 1, O_200) + run() + a(C_READ) + a(C_TEXT, 0, H_WU_CONN) + run(),
+    # A reset stream, HEADERS with CONTINUATION, PRIORITY, PING, WINDOW_UPDATE and GOAWAY.
+    "h2_frames": a(CONNECT) + a(C_TEXT, 0, H_PREFACE) + a(C_TEXT, 0, H_GET1) + run()
+    + a(C_TEXT, 0, H_WU1) + a(C_TEXT, 0, H_RST1) + a(C_TEXT, 0, H_GET5_CONT)
+    + a(C_TEXT, 0, H_PRIORITY) + a(C_TEXT, 0, H_PING) + run() + a(O_READ) + a(O_READ, 1)
+    + a(O_TEXT, 1, O_200) + a(O_TEXT, 0, O_200) + run() + a(C_READ) + a(C_TEXT, 0, H_GOAWAY)
+    + run() + a(C_READ),
+}
+
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
-    for sub, seeds in (("corpus_conn", SEEDS), ("corpus_conn_lua", LUA_SEEDS)):
+    for sub, seeds in (("corpus_conn", SEEDS), ("corpus_conn_lua", LUA_SEEDS),
+                       ("corpus_conn_h2", H2_SEEDS)):
         out = os.path.join(here, sub)
         os.makedirs(out, exist_ok=True)
         for name, data in seeds.items():

@@ -25,6 +25,8 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import harness as H  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "reload"))
+import reloadtest as RT  # noqa: E402
 
 try:
     import h2.config
@@ -1026,6 +1028,249 @@ class H1TrailersTest(H.ProxyTestCase):
         self.assertEqual((st["status"], bytes(st["data"])), (200, b"body"))
         self.assertEqual(st.get("trailers"), {"x-trailer": "t1", "grpc-status": "0"})
         self.assertIn(b"\r\n0\r\nx-req-t: rt1\r\n\r\n", self.origin.received)
+
+
+class BodyReader(RawReader):
+    """RawReader that also counts each stream's DATA bytes (and gives the windows back)."""
+
+    def __init__(self, client):
+        super().__init__(client)
+        self.data = {}
+
+    def parse(self):
+        while len(self.buf) >= 9:
+            n = int.from_bytes(self.buf[0:3], "big")
+            if len(self.buf) < 9 + n:
+                return
+            t = self.buf[3]
+            sid = int.from_bytes(self.buf[5:9], "big") & 0x7fffffff
+            if t == 0x0 and n:
+                self.data[sid] = self.data.get(sid, 0) + n
+                upd = struct.pack(">I", n)
+                self.c.sock.sendall(raw_frame(0x8, 0, 0, upd) + raw_frame(0x8, 0, sid, upd))
+            # RawReader.parse handles the frame (and takes it off the buffer)
+            rest = self.buf[9 + n:]
+            del self.buf[9 + n:]
+            super().parse()
+            self.buf += rest
+
+
+class H2HardeningTest(RT.ReloadTestCase):
+    """Send-stall timeout (timeouts.send) per stream and per connection, the HTTP/2 counters
+    in GET /status and GET /metrics (promtool), and GOAWAY on reload with streams in flight."""
+
+    CANCEL = 8
+
+    @classmethod
+    def setUpClass(cls):
+        cls.promtool = H.require_tool("promtool")
+        cls.origin = cls.start_origin("o4")
+        routes = [{"match": {"prefix": "/cached/"}, "upstream": "app", "strip_prefix": True,
+                   "plugins": [{"name": "cache", "zone": "hz", "default_ttl": {200: 3600}}]},
+                  {"match": {"prefix": "/"}, "upstream": "app"}]
+        cls.proxy = cls.start_reload_proxy(
+            # No idle pool: the origin connections open are those serving a stream.
+            {"app": H.upstream(cls.origin.address(), keepalive=0)}, routes, name="h2hard",
+            timeouts={"send": 1}, http2={"max_resets": 20},
+            cache={"zones": {"hz": {"memory": "16m", "max_object_size": "4m"}}},
+            listen=[{"address": "127.0.0.1:0", "http2": True}])
+        H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
+
+    def tearDown(self):
+        self.assertAlive()
+
+    def upstream_sockets(self):
+        """Local ports of the proxy's ESTABLISHED connections to the origin."""
+        return {lp for lp, rp, st in RT.tcp_states(self.origin.port)
+                if rp == self.origin.port and st == "01"}
+
+    def h2_status(self):
+        return self.status()["http2"]
+
+    def scrape(self):
+        r = self.admin("GET", "/metrics")
+        self.assertEqual(r.status, 200, r.body)
+        p = subprocess.run([self.promtool, "check", "metrics"], input=r.body,
+                           capture_output=True, timeout=H.T(60))
+        self.assertEqual(p.returncode, 0, "promtool check metrics:\n%s%s" %
+                         (p.stdout.decode(), p.stderr.decode()))
+        out = {}
+        for line in r.body.decode().splitlines():
+            if line.startswith("luaproxy_h2_"):
+                name, _, v = line.rpartition(" ")
+                out[name] = float(v)
+        return out
+
+    def test_stalled_stream_is_reset_and_its_upstream_released(self):
+        before = self.h2_status()["protections"]["send_stall_stream"]
+        c = Client(self.proxy.port)
+        try:
+            # A stream window of 1 KiB that is never opened; the connection's comes back.
+            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1024})
+            c.flush()
+            slow = c.request("/large?bytes=%d" % (8 << 20))
+            c.hold.add(slow)
+            c.pump(lambda: len(c.streams[slow]["data"]) >= 1024)
+            t0 = time.monotonic()
+            # Other streams on the connection go on meanwhile.
+            fast = c.request("/fixed?size=10")
+            c.pump(lambda: c.done(fast))
+            self.assertEqual((c.streams[fast]["status"], bytes(c.streams[fast]["data"])),
+                             (200, b"x" * 10))
+            c.pump(lambda: c.streams[slow]["reset"] is not None, timeout=H.T(15))
+            self.assertEqual(c.streams[slow]["reset"], self.CANCEL)
+            self.assertGreaterEqual(time.monotonic() - t0, 0.8)  # timeouts.send = 1 s
+            self.assertEqual(len(c.streams[slow]["data"]), 1024)
+            # Its upstream connection was cut (mid-response; no idle pool either), where the
+            # origin would go on sending for as long as it is read.
+            H.wait_for(lambda: not self.upstream_sockets(), H.T(10),
+                       what="the stalled stream's upstream connection to close")
+            # The connection still serves.
+            again = c.request("/fixed?size=5")
+            c.pump(lambda: c.done(again))
+            self.assertEqual(c.streams[again]["status"], 200)
+            self.assertFalse(c.eof)
+        finally:
+            c.close()
+        self.assertEqual(self.h2_status()["protections"]["send_stall_stream"], before + 1)
+        self.proxy.wait_log("kept its window shut")
+
+    def test_stalled_cache_hit_is_reset(self):
+        """A hit's body held for a client that never opens its stream's window."""
+        path = "/cached/large?bytes=300000&t=stall"
+        body = bytes(ord("a") + i % 26 for i in range(300000))
+        for want in ("miss", "hit"):
+            c = Client(self.proxy.port)
+            try:
+                sid = c.request(path)
+                c.pump(lambda: c.done(sid))
+                h = c.streams[sid]
+                self.assertEqual((h["status"], bytes(h["data"]) == body), (200, True))
+                self.assertIn(want, h["headers"].get("cache-status", "").lower(), h["headers"])
+            finally:
+                c.close()
+        before = self.h2_status()["protections"]["send_stall_stream"]
+        c = Client(self.proxy.port)
+        try:
+            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1024})
+            c.flush()
+            slow = c.request(path)
+            c.hold.add(slow)
+            c.pump(lambda: c.streams[slow]["reset"] is not None, timeout=H.T(15))
+            self.assertEqual(c.streams[slow]["reset"], self.CANCEL)
+            self.assertEqual(len(c.streams[slow]["data"]), 1024)
+            self.assertIn("hit", c.streams[slow]["headers"].get("cache-status", "").lower())
+            # The entry is intact, and the connection serves it.
+            again = c.request(path)
+            c.pump(lambda: c.done(again))
+            self.assertEqual((c.streams[again]["status"], c.streams[again]["data"] == body),
+                             (200, True))
+        finally:
+            c.close()
+        self.assertEqual(self.h2_status()["protections"]["send_stall_stream"], before + 1)
+
+    def test_shut_connection_window_ends_the_connection(self):
+        before = self.h2_status()["protections"]["send_stall_connection"]
+        c = Client(self.proxy.port, ack=False)  # never a WINDOW_UPDATE
+        try:
+            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+            c.flush()
+            sid = c.request("/large?bytes=%d" % (8 << 20))
+            c.pump(lambda: len(c.streams[sid]["data"]) >= 65535)
+            c.pump(lambda: c.goaway is not None and c.eof, timeout=H.T(15))
+            self.assertEqual(c.goaway.error_code, ENHANCE_YOUR_CALM)
+            self.assertEqual(len(c.streams[sid]["data"]), 65535)
+            H.wait_for(lambda: not self.upstream_sockets(), H.T(10),
+                       what="the upstream connection to close")
+        finally:
+            c.close()
+        self.assertEqual(self.h2_status()["protections"]["send_stall_connection"], before + 1)
+
+    def test_counters_in_status_and_metrics(self):
+        s0, m0 = self.h2_status(), self.scrape()
+        c = Client(self.proxy.port)
+        try:
+            a = c.request("/fixed?size=3")
+            b = c.request("/fixed?size=4")
+            c.pump(lambda: c.done(a, b))
+            r = c.request("/delay?ms=2000")
+            c.conn.reset_stream(r)
+            c.flush()
+            held = c.request("/delay?ms=5000")
+            H.wait_for(lambda: self.h2_status()["streams"] == s0["streams"] + 4 and
+                       self.h2_status()["resets_received"] == s0["resets_received"] + 1,
+                       H.T(10), what="four streams and a reset in /status")
+            s1, m1 = self.h2_status(), self.scrape()
+            self.assertGreaterEqual(s1["connections_open"], s0["connections_open"] + 1, s1)
+            self.assertEqual(s1["connections"], s0["connections"] + 1, s1)
+            self.assertEqual(s1["streams"], s0["streams"] + 4, s1)
+            self.assertEqual(s1["resets_received"], s0["resets_received"] + 1, s1)
+            self.assertEqual(m1["luaproxy_h2_streams_total"], s1["streams"])
+            self.assertEqual(m1["luaproxy_h2_connections_open"], s1["connections_open"])
+            self.assertEqual(m1['luaproxy_h2_resets_total{direction="received"}'],
+                             m0['luaproxy_h2_resets_total{direction="received"}'] + 1)
+            c.conn.reset_stream(held)
+            c.flush()
+        finally:
+            c.close()
+        # A rapid reset flood: GOAWAY ENHANCE_YOUR_CALM, counted by reason.
+        f = Client(self.proxy.port)
+        try:
+            for _ in range(30):
+                sid = f.conn.get_next_available_stream_id()
+                f.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
+                                          (":authority", "x"), (":path", "/delay?ms=500")],
+                                    end_stream=True)
+                f.conn.reset_stream(sid)
+            f.flush()
+            f.pump(lambda: f.goaway is not None)
+            self.assertEqual(f.goaway.error_code, ENHANCE_YOUR_CALM)
+        finally:
+            f.close()
+        H.wait_for(lambda: self.h2_status()["connections_open"] == s0["connections_open"],
+                   H.T(10), what="the connections to close in /status")
+        s2, m2 = self.h2_status(), self.scrape()
+        self.assertEqual(s2["protections"]["rapid_reset"], s0["protections"]["rapid_reset"] + 1)
+        self.assertGreaterEqual(s2["goaways_sent"], s0["goaways_sent"] + 1)
+        self.assertGreaterEqual(s2["resets_received"], s0["resets_received"] + 21)
+        self.assertEqual(s2["streams_open"], 0, s2)
+        self.assertEqual(m2['luaproxy_h2_protections_total{reason="rapid_reset"}'],
+                         s2["protections"]["rapid_reset"])
+        self.assertEqual(m2["luaproxy_h2_goaways_sent_total"], s2["goaways_sent"])
+        self.assertEqual(m2["luaproxy_h2_connections_total"], s0["connections"] + 2)
+
+    def test_goaway_on_reload_with_streams_in_flight(self):
+        c = Client(self.proxy.port)
+        r = BodyReader(c)
+        try:
+            # Heads at once, bodies over about five seconds (a reload on a loaded machine).
+            sids = [c.request("/slow?bytes=1000&chunk=50&delay_ms=250") for _ in range(3)]
+            r.pump(lambda: all(s in r.status for s in sids))
+            gen = self.status()["generation"]
+            self.proxy.cfg = self.proxy.bound_config()  # the same listeners
+            self.proxy.cfg["routes"] = [
+                {"match": {"prefix": "/new"}, "upstream": "app",
+                 "handler": H.LuaRaw('function(req) return req:respond(200, "new", {}) end')},
+            ] + self.proxy.cfg["routes"]
+            self.proxy.write_config()
+            self.proxy.signal(signal.SIGHUP)
+            r.pump(lambda: r.goaway is not None)
+            self.assertEqual(r.goaway, (max(sids), 0))
+            r.pump(lambda: all(s in r.ended for s in sids) and r.eof)
+            for s in sids:
+                self.assertEqual((r.status.get(s), r.data.get(s), s in r.ended), (200, 1000, True))
+            self.assertTrue(r.eof)  # closed once its streams ended
+            self.assertEqual(self.status()["generation"], gen + 1)
+        finally:
+            c.close()
+        n = Client(self.proxy.port)
+        try:
+            sid = n.request("/new/x")
+            n.pump(lambda: n.done(sid))
+            self.assertEqual((n.streams[sid]["status"], bytes(n.streams[sid]["data"])),
+                             (200, b"new"))
+        finally:
+            n.close()
 
 
 if __name__ == "__main__":
