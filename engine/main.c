@@ -67,7 +67,8 @@ void lp_server_stop(lp_server_t *s, const char *why)
     uv_signal_stop(&sigint);
     uv_signal_stop(&sighup);
     uv_signal_stop(&sigusr1);
-    uv_signal_stop(&sigusr2);
+    /* SIGUSR2 stays caught (and ignored: lp_upgrade_start) through the drain: its default
+     * action would end the process, requests in flight with it. */
     /* After an upgrade's hand-over the service goes on in the new process (MAINPID). */
     if (!lp_upgrade_handed_over())
         lp_notify_systemd("STOPPING=1");

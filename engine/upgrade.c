@@ -168,8 +168,10 @@ static void list_add(char **list, size_t *len, size_t *cap, int cfd, char kind, 
 
 void lp_upgrade_start(lp_server_t *s)
 {
-    if (s->stopping)
+    if (s->stopping) {
+        lp_log_notice("upgrade: this process is stopping (or was upgraded already): ignored");
         return;
+    }
     if (up.starting) {
         lp_log_warn("upgrade: the new process (pid %ld) is still starting; this request is "
                     "ignored",

@@ -375,6 +375,34 @@ class UpgradeUnderLoadTest(UpgradeBase):
         self.wait_gone(old)
 
 
+    def test_4_worker_count_changes(self):
+        """2 -> 3 workers (the third binds afresh into the SO_REUSEPORT group), then 3 -> 1
+        (one worker accepts on all three sockets): under load, nothing refused or failed,
+        and the socket count on the port says which sockets serve."""
+        load = Load(self.proxy.port).start()
+        try:
+            H.wait_for(lambda: load.total >= 20, H.T(10), what="the load running")
+            self.assertEqual(H.listening_count(self.proxy.port), 2)
+            for workers, sockets in ((3, 3), (1, 3)):
+                self.proxy.cfg["workers"] = workers
+                self.proxy.write_config()
+                old, new = self.upgrade()
+                self.wait_gone(old)
+                self.assertEqual(H.listening_count(self.proxy.port), sockets)
+                n = load.total
+                H.wait_for(lambda: load.total >= n + 50, H.T(30),
+                           what="requests after the upgrade to %d workers: %s" %
+                           (workers, load.summary()))
+        finally:
+            load.stop()
+            self.proxy.cfg["workers"] = self.WORKERS
+            self.proxy.write_config()
+        summary = load.summary()
+        print("\n  worker count 2 -> 3 -> 1: " + summary, file=sys.stderr)
+        self.assertEqual(load.refused, 0, summary)
+        self.assertEqual(load.failed, 0, summary)
+
+
 class NotifyAndDrainTest(UpgradeBase):
     """NOTIFY_SOCKET set to a datagram socket of ours."""
 
