@@ -108,9 +108,15 @@ static void on_ready_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     }
     up.rlen += (size_t)nread;
     up.rbuf[up.rlen] = 0;
-    if (strstr(up.rbuf, "READY\n") && up.starting)
+    if (strstr(up.rbuf, "READY\n") && up.starting && up.server->stopping) {
+        /* A stop was asked while it started: the service stops, the new process too. */
+        up.starting = 0;
+        close_watch();
+        lp_log_notice("upgrade: stopping, so the new process (pid %ld) is stopped too", up.child);
+        kill((pid_t)up.child, SIGTERM);
+    } else if (strstr(up.rbuf, "READY\n") && up.starting) {
         hand_over();
-    else if (up.rlen >= sizeof(up.rbuf) - 1)
+    } else if (up.rlen >= sizeof(up.rbuf) - 1)
         up.rlen = 0; /* not ours: keep listening, the timer bounds it */
 }
 
