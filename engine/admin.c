@@ -30,6 +30,7 @@
 #include "reload_history.h"
 #include "server.h"
 #include "trace.h"
+#include "upgrade.h"
 #include "worker.h"
 #include "shdict.h"
 #include "cache_admin.h"
@@ -859,6 +860,16 @@ static void dispatch(admin_conn_t *c)
     }
     uint8_t m = lp_h1_method(&c->r->h1);
     int get = m == HTTP_GET || m == HTTP_HEAD;
+    if (c->admin->server->stopping) {
+        /* Draining: the workers stop meanwhile, on another thread, and their generation
+         * may be gone: nothing here may touch them. A health check learns it is time to
+         * go elsewhere; everything else is told the same. */
+        if (LP_STR_IEQ(path, "/ready"))
+            respond(c, 503, json_pack("{s:b,s:s}", "ready", 0, "reason", "draining"));
+        else
+            respond_error(c, 503, "draining: this process is stopping");
+        return;
+    }
     if (!same_origin(c) || serve_page(c, path, get) || !authorized(c))
         return;
     if (path.len > 11 && memcmp(path.base, "/upstreams/", 11) == 0) {
@@ -1092,7 +1103,15 @@ int lp_admin_update(lp_server_t *s)
     a->refs = 1; /* the listener */
     uv_tcp_init(s->loop, &a->tcp);
     a->tcp.data = a;
-    int rc = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&want->addr, 0);
+    /* After an upgrade the old process's socket, if it had this address: bound already,
+     * with its queue (a bind would fail while the old process holds the port). */
+    int inherited = -1, rc;
+    if (lp_upgrade_take('A', want->text, &inherited, 1)) {
+        if ((rc = uv_tcp_open(&a->tcp, inherited)))
+            close(inherited); /* not the handle's */
+    } else {
+        rc = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&want->addr, 0);
+    }
     if (!rc)
         /* Room beyond the cap: connections over it are accepted and told (503), in order,
          * rather than dropped by a full accept queue and retried a second later. */
@@ -1112,6 +1131,16 @@ int lp_admin_update(lp_server_t *s)
     s->admin = a;
     lp_log_notice("admin API on http://%s", a->bound);
     return 0;
+}
+
+int lp_admin_listen_fd(const lp_server_t *s, const char **conf, const char **bound)
+{
+    uv_os_fd_t fd;
+    if (!s->admin || uv_fileno((const uv_handle_t *)&s->admin->tcp, &fd))
+        return -1;
+    *conf = s->admin->addr;
+    *bound = s->admin->bound;
+    return fd;
 }
 
 /* ---- luaproxy -s ---- */
@@ -1160,8 +1189,27 @@ static long read_pid(const char *path)
 int lp_admin_signal(const lp_config_t *cfg, const char *name)
 {
     int reload = strcmp(name, "reload") == 0, stop = strcmp(name, "stop") == 0;
+    if (strcmp(name, "upgrade") == 0) {
+        /* The process to upgrade is the one in pid_file: the admin API would answer from
+         * whichever process holds its socket (two do during an upgrade). */
+        long pid = cfg->pid_file ? read_pid(cfg->pid_file) : 0;
+        if (!cfg->pid_file) {
+            fprintf(stderr, "luaproxy: -s upgrade needs pid_file in the config (it signals "
+                            "the process named there)\n");
+            return 1;
+        }
+        if (pid <= 0 || kill((pid_t)pid, SIGUSR2) < 0) {
+            fprintf(stderr, "luaproxy: no running instance in %s%s%s\n", cfg->pid_file,
+                    pid > 0 ? ": " : "", pid > 0 ? strerror(errno) : "");
+            return 1;
+        }
+        printf("sent SIGUSR2 to %ld: it starts a new process and hands over once that one "
+               "serves (the outcome is in the log; %s names the new pid then)\n",
+               pid, cfg->pid_file);
+        return 0;
+    }
     if (!reload && !stop) {
-        fprintf(stderr, "luaproxy: -s takes reload or stop\n");
+        fprintf(stderr, "luaproxy: -s takes reload, stop or upgrade\n");
         return 2;
     }
     /* Port 0 is chosen when the instance starts: the config cannot say where it is. */
@@ -1208,15 +1256,10 @@ int lp_admin_signal(const lp_config_t *cfg, const char *name)
 
 void lp_pidfile_write(const lp_config_t *cfg)
 {
-    if (!cfg->pid_file)
-        return;
-    FILE *f = fopen(cfg->pid_file, "w");
-    if (!f) {
-        lp_log_warn("pid_file %s: %s", cfg->pid_file, strerror(errno));
-        return;
-    }
-    fprintf(f, "%d\n", (int)getpid());
-    fclose(f);
+    /* Renamed over: whoever reads it (luaproxy -s, a test waiting for an upgrade) sees
+     * the old pid or the new one, never an empty file. */
+    if (cfg->pid_file)
+        lp_upgrade_write_pid(cfg->pid_file, (long)getpid());
 }
 
 void lp_pidfile_remove(const lp_config_t *cfg)

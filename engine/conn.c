@@ -850,10 +850,9 @@ static void conn_process_once(lp_conn_t *c)
                 return;
             if (c->ep.flags & LP_EPF_CLOSING)
                 return;
-            if (lp_ep_worker(&c->ep)->stopping) {
-                lp_conn_close(c);
-                return;
-            }
+            /* Draining: a request that arrived is served all the same (answered with
+             * Connection: close), rather than closed unanswered: its client cannot tell
+             * a close from a failure on a connection's first request. */
             req = c->req = lp_req_new(lp_ep_worker(&c->ep), c);
             if (!req) {
                 lp_conn_close(c);
@@ -2081,10 +2080,9 @@ void lp_conn_on_connection(uv_stream_t *server, int status)
     c->listen_tag = (uint16_t)l->id;
     if (l->http2 && !l->tls)
         c->flags |= LP_CF_H2C;
-    if (w->stopping) {
-        lp_conn_close(c);
-        return;
-    }
+    /* Accepted while the worker drains (the listener closes at the drain's start, but a
+     * connection the same loop turn accepted comes here): served like any other fresh
+     * connection (lp_conn_drain), not closed unread. */
     if (l->proxy_protocol) {
         /* The header comes first, in the clear, whatever the listener speaks. */
         c->flags |= LP_CF_PROXY_WAIT;
@@ -2112,7 +2110,14 @@ void lp_conn_drain(lp_conn_t *c)
         lp_h2_drain(c);
         return;
     }
-    if (!c->req && !c->ep.out_pending && !(c->flags & LP_CF_LINGER))
+    /* An idle keep-alive connection closes (a client that sends on it meanwhile may
+     * retry: RFC 9112 9.3.1). A connection that has not had its first request yet is
+     * not idle: its client connected to be served, maybe just before the listener closed
+     * (a binary upgrade hands the listener on, so the queue it came from lives on), and
+     * its request may already be on the way. It gets that one request (the header timeout
+     * bounds the wait), answered with Connection: close. */
+    int fresh = (c->flags & LP_CF_HS_WAIT) || c->nrequests == 0;
+    if (!c->req && !c->ep.out_pending && !(c->flags & LP_CF_LINGER) && !fresh)
         lp_conn_close(c);
     /* Busy connections finish their request; req_finish sees w->stopping and closes. */
 }

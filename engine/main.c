@@ -21,6 +21,7 @@
 #include "reload_history.h"
 #include "server.h"
 #include "testcmd.h"
+#include "upgrade.h"
 #include "worker.h"
 
 static void usage(FILE *out)
@@ -29,6 +30,7 @@ static void usage(FILE *out)
                  "       luaproxy -t -c FILE          check FILE and exit\n"
                  "       luaproxy -s reload -c FILE   reload the instance serving FILE\n"
                  "       luaproxy -s stop -c FILE     stop it gracefully\n"
+                 "       luaproxy -s upgrade -c FILE  start the binary anew with its sockets\n"
                  "       luaproxy push -c FILE --etcd URL [--prefix P]  check FILE as -t\n"
                  "                                    does, then write it to etcd (docs/fleet.md)\n"
                  "       luaproxy test [-p DIR] [DIR] [SPEC...]  run plugin specs (busted)\n"
@@ -46,34 +48,12 @@ static void usage(FILE *out)
                  "  --watch  reload when the config, a plugin or a script changes\n"
                  "  -s SIG   send to the running instance: reload or stop (through the admin\n"
                  "           API when configured, else SIGHUP or SIGTERM to the pid in\n"
-                 "           pid_file)\n"
-                 "signals: TERM/INT drain and stop, HUP reloads, USR1 reopens the access log\n");
+                 "           pid_file), or upgrade (SIGUSR2 to the pid in pid_file)\n"
+                 "signals: TERM/INT drain and stop, HUP reloads, USR1 reopens the access log,\n"
+                 "         USR2 upgrades the binary (docs/fleet.md)\n");
 }
 
-/* systemd's readiness protocol (Type=notify), without libsystemd: one datagram to the
- * socket named by NOTIFY_SOCKET ("@name" is an abstract socket). Nothing when unset. */
-static void notify_systemd(const char *msg)
-{
-    const char *path = getenv("NOTIFY_SOCKET");
-    if (!path || !*path)
-        return;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    size_t len = strlen(path);
-    if ((path[0] != '/' && path[0] != '@') || len >= sizeof(sa.sun_path))
-        return;
-    memcpy(sa.sun_path, path, len);
-    if (path[0] == '@')
-        sa.sun_path[0] = 0;
-    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return;
-    socklen_t salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
-    if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, salen) < 0)
-        lp_log_warn("systemd notify (%s): %s", path, strerror(errno));
-    close(fd);
-}
-
-static uv_signal_t sigterm, sigint, sighup, sigusr1;
+static uv_signal_t sigterm, sigint, sighup, sigusr1, sigusr2;
 static const char *stop_reason; /* what asked for the stop, for the log */
 static lp_server_t server;
 
@@ -87,7 +67,11 @@ void lp_server_stop(lp_server_t *s, const char *why)
     uv_signal_stop(&sigint);
     uv_signal_stop(&sighup);
     uv_signal_stop(&sigusr1);
-    notify_systemd("STOPPING=1");
+    /* SIGUSR2 stays caught (and ignored: lp_upgrade_start) through the drain: its default
+     * action would end the process, requests in flight with it. */
+    /* After an upgrade's hand-over the service goes on in the new process (MAINPID). */
+    if (!lp_upgrade_handed_over())
+        lp_notify_systemd("STOPPING=1");
     uv_stop(s->loop); /* main() drains and stops once this loop turn is over */
 }
 
@@ -109,6 +93,10 @@ static void on_signal(uv_signal_t *s, int signum)
     char err[1024];
     if (signum == SIGHUP) {
         lp_server_reload_by(&server, "SIGHUP", NULL, NULL);
+        return;
+    }
+    if (signum == SIGUSR2) {
+        lp_upgrade_start(&server);
         return;
     }
     if (signum == SIGUSR1) {
@@ -210,8 +198,8 @@ static void reload_end(lp_server_t *s, int rc)
                       (double)reload.materialise_ns / 1e6);
     }
     if (!stop_reason)
-        notify_systemd(rc ? "READY=1\nSTATUS=the last reload failed, see the log"
-                          : "READY=1\nSTATUS=serving");
+        lp_notify_systemd(rc ? "READY=1\nSTATUS=the last reload failed, see the log"
+                             : "READY=1\nSTATUS=serving");
     reload_waiter_t *w = reload.waiting;
     reload.waiting = NULL;
     reload.running = 0;
@@ -265,7 +253,7 @@ static void reload_begin(lp_server_t *s)
     reload.materialise_ns = 0;
     reload.err[0] = 0;
     /* systemd shows the unit "reloading" until READY=1 comes back, success or not. */
-    notify_systemd("RELOADING=1");
+    lp_notify_systemd("RELOADING=1");
     lp_config_source_doc = s->source_doc;
     int rc = lp_config_load(s->config_path, &reload.cfg, reload.err, sizeof(reload.err));
     lp_config_source_doc = NULL;
@@ -328,6 +316,45 @@ void lp_server_reload_by(lp_server_t *s, const char *who, lp_reload_cb cb, void 
     reload_begin(s);
 }
 
+/* ---- the drain ----
+ * The workers drain and stop on a thread of their own (lp_workers_stop blocks until the
+ * last request ends or timeouts.drain), so that this loop keeps the admin API up: GET
+ * /ready answers 503 until the process exits, and a balancer's health check sees "not
+ * ready" rather than a refused connection. Nothing on this loop touches a worker
+ * meanwhile (admin.c answers everything 503 once `stopping` is set). */
+
+static uv_async_t drained; /* the drain thread's word that the workers are gone */
+
+static void drain_main(void *arg)
+{
+    lp_server_t *s = arg;
+    lp_workers_stop(s->workers, s->nworkers);
+    uv_async_send(&drained);
+}
+
+static void on_drained(uv_async_t *a)
+{
+    uv_close((uv_handle_t *)a, NULL);
+    uv_stop(a->loop);
+}
+
+static void drain_workers(lp_server_t *s)
+{
+    uv_thread_t t;
+    if (uv_async_init(s->loop, &drained, on_drained)) {
+        lp_workers_stop(s->workers, s->nworkers);
+        return;
+    }
+    if (uv_thread_create(&t, drain_main, s)) {
+        uv_close((uv_handle_t *)&drained, NULL);
+        lp_workers_stop(s->workers, s->nworkers);
+        return;
+    }
+    uv_run(s->loop, UV_RUN_DEFAULT); /* until on_drained */
+    uv_thread_join(&t);
+    s->workers = NULL;
+}
+
 int main(int argc, char **argv)
 {
     const char *path = NULL;
@@ -340,6 +367,8 @@ int main(int argc, char **argv)
                                              {NULL, 0, NULL, 0}};
     int watch = 0;
     uint64_t start_ns = uv_hrtime(); /* the start-up load's time, for the reload history */
+    if (lp_upgrade_init(argc, argv))
+        return 1;
     if (argc > 1 && !strcmp(argv[1], "push"))
         return lp_etcd_push_main(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "test"))
@@ -448,10 +477,12 @@ int main(int argc, char **argv)
     uv_signal_init(server.loop, &sigint);
     uv_signal_init(server.loop, &sighup);
     uv_signal_init(server.loop, &sigusr1);
+    uv_signal_init(server.loop, &sigusr2);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_signal_start(&sigint, on_signal, SIGINT);
     uv_signal_start(&sighup, on_signal, SIGHUP);
     uv_signal_start(&sigusr1, on_signal, SIGUSR1);
+    uv_signal_start(&sigusr2, on_signal, SIGUSR2);
     if (lp_workers_start(cfg, (unsigned)workers, &server.workers, err, sizeof(err))) {
         lp_log_error("%s", err);
         lp_logw_stop(1000);
@@ -465,7 +496,11 @@ int main(int argc, char **argv)
         lp_lua_watchdog_stop();
         return 1;
     }
-    lp_pidfile_write(cfg);
+    /* Inherited sockets no listener took: addresses this config dropped. */
+    lp_upgrade_close_rest();
+    /* The pid file (and, after an upgrade, PIDFILE.oldbin and the word to the old process,
+     * which drains from here). */
+    lp_upgrade_ready(lp_gen_current->config);
     lp_health_checks_update(&server);
     lp_reload_history_add("startup", 1, lp_gen_current->id, NULL,
                           (double)(uv_hrtime() - start_ns) / 1e6);
@@ -475,21 +510,34 @@ int main(int argc, char **argv)
         lp_log_error("%s", err);
         lp_server_stop(&server, "config_source");
     }
-    notify_systemd("READY=1\nSTATUS=serving");
+    if (lp_upgrade_is_child()) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "MAINPID=%ld\nREADY=1\nSTATUS=serving (upgraded)",
+                 (long)getpid());
+        lp_notify_systemd(msg);
+    } else {
+        lp_notify_systemd("READY=1\nSTATUS=serving");
+    }
     uv_run(server.loop, UV_RUN_DEFAULT);
     lp_log_notice("%s: draining (up to %.1f s)", stop_reason ? stop_reason : "stop",
                   (double)lp_gen_current->config->timeouts.drain / 1000.0);
     lp_watch_stop(&server);
     lp_etcd_stop(&server);
     lp_health_checks_stop(&server);
-    lp_admin_stop(&server);
+    char *pid_file =
+        lp_gen_current->config->pid_file ? strdup(lp_gen_current->config->pid_file) : NULL;
     lp_pidfile_remove(lp_gen_current->config);
-    lp_workers_stop(server.workers, server.nworkers);
+    drain_workers(&server);
+    /* From here on lp_gen_current may be gone with the workers. */
+    lp_admin_stop(&server);
+    lp_upgrade_stop(pid_file);
+    free(pid_file);
     lp_lua_watchdog_stop();
     uv_close((uv_handle_t *)&sigterm, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
     uv_close((uv_handle_t *)&sighup, NULL);
     uv_close((uv_handle_t *)&sigusr1, NULL);
+    uv_close((uv_handle_t *)&sigusr2, NULL);
     uv_run(server.loop, UV_RUN_DEFAULT);
     uv_loop_close(server.loop);
     free(server.config_json);

@@ -121,9 +121,15 @@ typedef struct lp_listener_s {
 /* One listen entry of a generation as bound: the address with port 0 resolved, and the
  * slot id that workers match their listeners by. A reload that keeps the entry keeps the
  * id, the sockets and so the port. */
+#define LP_BOUND_FDS 256
 typedef struct lp_bound_s {
     uint64_t id;
     char text[64]; /* "127.0.0.1:43121", "[::1]:8080" */
+    /* Borrowed: every socket the workers accept on for this entry (one per worker, more
+     * after an upgrade from more workers), owned by their listeners; valid while a
+     * generation holding this entry is current. What an upgrade hands over (upgrade.c). */
+    int fds[LP_BOUND_FDS];
+    unsigned nfds;
 } lp_bound_t;
 
 /* A config generation as the main thread knows it. Once committed, the workers share it:

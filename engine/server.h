@@ -48,9 +48,16 @@ void lp_server_reload_by(lp_server_t *s, const char *who, lp_reload_cb cb, void 
  * (static) is logged. Main thread. */
 void lp_server_stop(lp_server_t *s, const char *why);
 
+/* systemd's notify protocol (sdnotify.c): msg ("READY=1", "MAINPID=N\nREADY=1"...) as one
+ * datagram to $NOTIFY_SOCKET; nothing when it is unset. Any thread. */
+void lp_notify_systemd(const char *msg);
+
 /* Admin API (admin.c): starts, moves or stops it to match the current config. */
 int lp_admin_update(lp_server_t *s);
 void lp_admin_stop(lp_server_t *s);
+/* The admin API's listening socket (borrowed) and its address as configured and as bound,
+ * for an upgrade to hand over; -1 when the API is off. */
+int lp_admin_listen_fd(const lp_server_t *s, const char **conf, const char **bound);
 /* Records the live config for GET /config (after start and every reload). */
 void lp_admin_snapshot(lp_server_t *s);
 /* `luaproxy -s NAME`: asks the running instance (admin API, else pid file). Exit code. */

@@ -20,6 +20,7 @@
 #include "upstream.h"
 #include "request.h"
 #include "rtable.h"
+#include "upgrade.h"
 #include "worker.h"
 
 /* A generation switch, one worker's part. The main thread builds it (build_switches: the
@@ -41,6 +42,13 @@ typedef struct lp_switch_s {
     int *fds;                    /* owned: per listen entry, a new bound socket or -1 */
     struct lp_rtable_s *rtable;  /* SW_ROUTES: a reference for the worker to take over */
     lp_listener_t *fresh;        /* owned until commit: pending listeners for new entries */
+    /* Owned: inherited sockets beyond one per worker (an upgrade from a process with more
+     * workers): each must still be accepted on, or what its queue holds is refused. */
+    struct {
+        size_t i; /* the listen entry */
+        int fd;   /* owned until prepared; -1 after */
+    } * extra;
+    size_t nextra;
     int ok;
     char err[256];
 } lp_switch_t;
@@ -223,6 +231,17 @@ static void prepare_switch(lp_worker_t *w, lp_switch_t *sw)
         l->next = sw->fresh;
         sw->fresh = l;
     }
+    for (size_t j = 0; j < sw->nextra; j++) {
+        size_t i = sw->extra[j].i;
+        int fd = sw->extra[j].fd;
+        sw->extra[j].fd = -1;
+        lp_listener_t *l = listener_prepare(w, &cfg->listen[i], sw->gen->bound[i].id, fd, sw->err,
+                                            sizeof(sw->err));
+        if (!l)
+            return;
+        l->next = sw->fresh;
+        sw->fresh = l;
+    }
     sw->ok = 1;
 }
 
@@ -241,6 +260,12 @@ static void abort_switch(lp_switch_t *sw, size_t nupstreams, size_t nlisten)
             close(sw->fds[i]);
     free(sw->fds);
     sw->fds = NULL;
+    for (size_t j = 0; j < sw->nextra; j++)
+        if (sw->extra[j].fd >= 0)
+            close(sw->extra[j].fd);
+    free(sw->extra);
+    sw->extra = NULL;
+    sw->nextra = 0;
     lp_upstream_rt_free(sw->upstreams, nupstreams);
     sw->upstreams = NULL;
     lp_lua_retire(sw->vm);
@@ -330,6 +355,9 @@ static void commit_switch(lp_worker_t *w, lp_switch_t *sw)
         lp_h2_reloaded(w); /* #17: GOAWAY on HTTP/2 connections */
     free(sw->fds);
     sw->fds = NULL;
+    free(sw->extra);
+    sw->extra = NULL;
+    sw->nextra = 0;
     sw->ok = 1;
 }
 
@@ -570,18 +598,60 @@ static long kept_slot(const lp_gen_t *old, const lp_listen_conf_t *lc, const cha
     return -1;
 }
 
+/* An inherited socket for worker k's switch beyond its first: accepted on as well. */
+static int add_extra(lp_switch_t *sw, size_t i, int fd)
+{
+    void *n = realloc(sw->extra, (sw->nextra + 1) * sizeof(*sw->extra));
+    if (!n)
+        return -1;
+    sw->extra = n;
+    sw->extra[sw->nextra].i = i;
+    sw->extra[sw->nextra].fd = fd;
+    sw->nextra++;
+    return 0;
+}
+
 /* Opens one socket per worker for a new listen entry. Port 0 is resolved once, by the
- * first socket, and the others bind the port it got. */
+ * first socket, and the others bind the port it got. After an upgrade, the sockets the old
+ * process accepted on for this address come first (the same sockets: nothing queued on
+ * them is lost when it closes its copies); workers beyond their number bind afresh into
+ * the same SO_REUSEPORT group, and sockets beyond the workers' number are spread over them. */
 static int bind_slot(lp_switch_t *sw, unsigned n, size_t i, const lp_listen_conf_t *lc,
                      lp_bound_t *b, char *err, size_t errlen)
 {
     struct sockaddr_storage ss = lc->addr.addr;
     socklen_t sslen = lc->addr.addrlen;
-    if (addr_port(&ss) != 0 && lp_listen_probe(lc, err, errlen))
+    int got[LP_BOUND_FDS];
+    size_t ng = lp_upgrade_take('L', lc->addr.text, got, LP_BOUND_FDS);
+    b->nfds = 0;
+    if (ng) {
+        sslen = sizeof(ss);
+        int rc = getsockname(got[0], (struct sockaddr *)&ss, &sslen);
+        for (size_t j = 0; j < ng; j++) {
+            if (!rc && j < n) {
+                sw[j].fds[i] = got[j];
+            } else if (rc || add_extra(&sw[j % n], i, got[j])) {
+                close(got[j]);
+                continue;
+            }
+            b->fds[b->nfds++] = got[j];
+        }
+        if (rc) {
+            snprintf(err, errlen, "listen %s: inherited socket: %s", lc->addr.text,
+                     strerror(errno));
+            return LP_EIO;
+        }
+        if (b->nfds < ng) {
+            snprintf(err, errlen, "listen %s: out of memory", lc->addr.text);
+            return LP_ENOMEM;
+        }
+    } else if (addr_port(&ss) != 0 && lp_listen_probe(lc, err, errlen)) {
         return LP_EIO;
-    for (unsigned k = 0; k < n; k++) {
+    }
+    for (unsigned k = (unsigned)ng; k < n; k++) {
         if ((sw[k].fds[i] = lp_listen_socket(lc, (struct sockaddr *)&ss, sslen, err, errlen)) < 0)
             return LP_EIO;
+        b->fds[b->nfds++] = sw[k].fds[i];
         if (k == 0 && getsockname(sw[k].fds[i], (struct sockaddr *)&ss, &sslen) < 0) {
             snprintf(err, errlen, "listen %s: getsockname: %s", lc->addr.text, strerror(errno));
             return LP_EIO;
