@@ -1441,6 +1441,24 @@ static int encode_for_workers(lua_State *L, lp_config_t *c)
     return rc;
 }
 
+/* An error about a key the etcd document gave names the etcd key, not the bootstrap file
+ * (lua/luaproxy/config_source.lua: locate). Only when that module merged a document. */
+static void relocate_error(lua_State *L, const char *path, char *err, size_t errlen)
+{
+    int top = lua_gettop(L);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_getfield(L, -1, "luaproxy.config_source");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "locate");
+        lua_pushstring(L, path);
+        lua_pushstring(L, err);
+        if (lua_pcall(L, 2, 1, 0) == 0 && lua_isstring(L, -1))
+            snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    }
+    lua_settop(L, top);
+}
+
 int lp_config_admin_json = 1;
 int lp_config_cache_disk = 0;
 const char *lp_config_source_doc = NULL;
@@ -1497,6 +1515,8 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         else if (!(c->json = strdup(lua_tostring(L, -1))))
             rc = LP_ENOMEM;
     }
+    if (rc)
+        relocate_error(L, path, err, errlen);
     lua_close(L);
     if (rc) {
         if (rc == LP_ENOMEM)

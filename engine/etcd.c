@@ -21,6 +21,7 @@
 #include <unistd.h>
 #include "etcd.h"
 #include "log.h"
+#include "tls.h"
 #include "worker.h"
 
 #define ETCD_MAX_EPS 8
@@ -35,24 +36,32 @@ struct lp_etcd_s {
     char user[256], password[256];
     int has_auth; /* user and password set */
     int timeout_ms;
+    lp_tls_client_t *tls;  /* reference: the TLS context of https:// endpoints (the eps borrow
+                              it); NULL when every endpoint is http:// */
     char state_path[4096]; /* the last good document */
     char next_path[4200];  /* the candidate a reload is applying */
     char tmp_path[4300];   /* written, then renamed to next_path */
     uv_thread_t thread;
     uv_async_t async; /* thread -> main: a document, or the connection state changed */
     int wake[2];      /* pipe main -> thread: a byte when there is a status to write or a stop */
+    int stop_pipe[2]; /* pipe main -> thread: a byte at the stop only, which ends any wait
+                         (a resolution, a connect, a request), not only the watch's */
     uv_mutex_t lock;
     /* Guarded by lock. */
-    char *doc;             /* owned: the newest document the main loop has not taken */
-    int64_t doc_rev;       /* its mod_revision */
-    char *status;          /* owned: a status document the thread has not written yet */
-    int stop;              /* lp_etcd_stop: the thread returns */
-    int connected;         /* the last request to etcd succeeded */
-    int64_t seen_rev;      /* etcd's revision at the last read */
-    char last_error[256];  /* the last failure talking to etcd ("" when none) */
-    int64_t delivered_rev; /* mod_revision of the last document handed over (thread) */
+    char *doc;               /* owned: the newest document the main loop has not taken */
+    char *doc_plugins;       /* owned: with doc, the plugin sources as a JSON object */
+    int64_t doc_rev;         /* the highest mod_revision of doc and its plugins */
+    uint64_t doc_hash;       /* a hash of their contents */
+    char *status;            /* owned: a status document the thread has not written yet */
+    int stop;                /* lp_etcd_stop: the thread returns */
+    int connected;           /* the last request to etcd succeeded */
+    int64_t seen_rev;        /* etcd's revision at the last read */
+    char last_error[256];    /* the last failure talking to etcd ("" when none) */
+    uint64_t delivered_hash; /* doc_hash of the last document handed over (thread) */
     /* Main thread only. */
     int64_t running_rev;    /* revision of the document serving (0: none from etcd) */
+    uint64_t running_hash;  /* its hash (0: none) */
+    uint64_t applying_hash; /* the hash of the candidate a reload is applying */
     int64_t applying_rev;   /* the candidate a reload is applying (0: none) */
     int64_t failed_rev;     /* the last candidate refused (0: none) */
     char failed_error[512]; /* its error */
@@ -130,7 +139,8 @@ static int authenticate(lp_etcd_t *e, const lp_etcd_ep_t *ep, char **token, char
     if (!e->has_auth)
         return 0;
     json_t *req = json_pack("{ssss}", "name", e->user, "password", e->password), *res;
-    int rc = lp_etcd_call(ep, "/v3/auth/authenticate", NULL, req, e->timeout_ms, &res, err, errlen);
+    int rc = lp_etcd_call(ep, "/v3/auth/authenticate", NULL, req, e->timeout_ms, e->stop_pipe[0],
+                          &res, err, errlen);
     json_decref(req);
     if (rc)
         return rc;
@@ -145,14 +155,25 @@ static int authenticate(lp_etcd_t *e, const lp_etcd_ep_t *ep, char **token, char
     return 0;
 }
 
-/* Reads the prefix; hands the config document over when its mod_revision is new. *rev:
- * etcd's revision at the read. */
+/* FNV-1a over n bytes, continuing from h. */
+static uint64_t fnv(uint64_t h, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Reads the prefix; hands the config document over, with the plugin sources under
+ * PREFIX plugins/, when they differ from what was handed over last (a content hash: a
+ * plugin deleted lowers no mod_revision). The revision handed over is the highest
+ * mod_revision among them. *rev: etcd's revision at the read. */
 static int read_prefix(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, int64_t *rev,
                        char *err, size_t errlen)
 {
     json_t *req = json_object(), *res;
     add_range(e, req);
-    int rc = lp_etcd_call(ep, "/v3/kv/range", token, req, e->timeout_ms, &res, err, errlen);
+    int rc = lp_etcd_call(ep, "/v3/kv/range", token, req, e->timeout_ms, e->stop_pipe[0], &res, err,
+                          errlen);
     json_decref(req);
     if (rc)
         return rc;
@@ -160,36 +181,59 @@ static int read_prefix(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, 
     uv_mutex_lock(&e->lock);
     e->seen_rev = *rev;
     uv_mutex_unlock(&e->lock);
-    char want[300];
+    char want[300], plug[300];
     snprintf(want, sizeof(want), "%sconfig", e->prefix);
+    int pn = snprintf(plug, sizeof(plug), "%splugins/", e->prefix);
     json_t *kvs = json_object_get(res, "kvs"), *kv;
+    json_t *plugins = json_object();
+    char *config = NULL;
+    int64_t mod = 0;
+    uint64_t hash = 14695981039346656037ull;
     size_t i;
-    json_array_foreach(kvs, i, kv)
+    json_array_foreach(kvs, i, kv) /* etcd answers in key order: the hash is stable */
     {
         size_t kn = 0, vn = 0;
         json_t *jk = json_object_get(kv, "key"), *jv = json_object_get(kv, "value");
         char *key = json_is_string(jk) ? lp_etcd_unb64(json_string_value(jk), &kn) : NULL;
-        if (key && !strcmp(key, want)) {
-            int64_t mod = jint(kv, "mod_revision");
+        int is_config = key && !strcmp(key, want);
+        int is_plugin = key && !strncmp(key, plug, (size_t)pn) && key[pn];
+        if (is_config || is_plugin) {
             char *val = lp_etcd_unb64(json_is_string(jv) ? json_string_value(jv) : "", &vn);
-            uv_mutex_lock(&e->lock);
-            int fresh = val && mod != e->delivered_rev;
-            if (fresh) {
-                free(e->doc);
-                e->doc = val;
-                e->doc_rev = e->delivered_rev = mod;
-                val = NULL;
-            }
-            uv_mutex_unlock(&e->lock);
-            free(val);
-            if (fresh) {
-                lp_log_notice("etcd: config at revision %" PRId64, mod);
-                uv_async_send(&e->async);
+            int64_t m = jint(kv, "mod_revision");
+            mod = m > mod ? m : mod;
+            hash = fnv(fnv(hash, key, kn + 1), val ? val : "", val ? vn + 1 : 0);
+            if (is_config) {
+                free(config);
+                config = val;
+            } else {
+                if (val)
+                    json_object_set_new(plugins, key + pn, json_stringn(val, vn));
+                free(val);
             }
         }
         free(key);
     }
     json_decref(res);
+    char *pj = config ? json_dumps(plugins, JSON_COMPACT) : NULL;
+    json_decref(plugins);
+    uv_mutex_lock(&e->lock);
+    int fresh = config && pj && hash != e->delivered_hash;
+    if (fresh) {
+        free(e->doc);
+        free(e->doc_plugins);
+        e->doc = config;
+        e->doc_plugins = pj;
+        e->doc_rev = mod;
+        e->doc_hash = e->delivered_hash = hash;
+        config = pj = NULL;
+    }
+    uv_mutex_unlock(&e->lock);
+    free(config);
+    free(pj);
+    if (fresh) {
+        lp_log_notice("etcd: config at revision %" PRId64, mod);
+        uv_async_send(&e->async);
+    }
     return 0;
 }
 
@@ -207,7 +251,8 @@ static int write_status(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token,
     json_t *req = json_object(), *res = NULL;
     json_object_set_new(req, "key", b64_json(key, (size_t)kn));
     json_object_set_new(req, "value", b64_json(st, strlen(st)));
-    int rc = lp_etcd_call(ep, "/v3/kv/put", token, req, e->timeout_ms, &res, err, errlen);
+    int rc = lp_etcd_call(ep, "/v3/kv/put", token, req, e->timeout_ms, e->stop_pipe[0], &res, err,
+                          errlen);
     json_decref(req);
     json_decref(res);
     uv_mutex_lock(&e->lock);
@@ -399,6 +444,7 @@ static void on_applied(void *data, int rc, const char *err, uint64_t generation)
             lp_log_error("etcd: cannot keep the config as the last good one: %s: %s", e->state_path,
                          strerror(errno));
         e->running_rev = e->applying_rev;
+        e->running_hash = e->applying_hash;
         e->has_config = 1;
         e->failed_rev = 0;
         lp_log_notice("etcd: revision %" PRId64 " serving (generation %" PRIu64 ")", e->running_rev,
@@ -449,22 +495,49 @@ static void take_doc(lp_etcd_t *e)
     if (e->applying_rev)
         return;
     uv_mutex_lock(&e->lock);
-    char *doc = e->doc;
+    char *doc = e->doc, *plugins = e->doc_plugins;
     int64_t rev = e->doc_rev;
-    e->doc = NULL;
+    uint64_t hash = e->doc_hash;
+    e->doc = e->doc_plugins = NULL;
     uv_mutex_unlock(&e->lock);
-    if (!doc)
+    if (!doc) {
+        free(plugins);
         return;
-    if (rev == e->running_rev) { /* the last good copy the instance started with */
+    }
+    if (hash == e->running_hash) { /* the last good copy the instance started with */
         free(doc);
+        free(plugins);
         e->has_config = 1;
         post_status(e, lp_gen_current->id);
         return;
     }
-    char head[64];
-    snprintf(head, sizeof(head), "{\"revision\":%" PRId64 ",\"config\":", rev);
-    int rc = write_file(e, e->next_path, head, doc, "}\n");
+    /* The keys name the document and the plugins in errors about them
+     * (config_source.lua: locate, plugin); jansson quotes them. */
+    char key[300], pprefix[300];
+    snprintf(key, sizeof(key), "%sconfig", e->prefix);
+    snprintf(pprefix, sizeof(pprefix), "%splugins/", e->prefix);
+    json_t *jk = json_string(key), *jp = json_string(pprefix);
+    char *qk = jk ? json_dumps(jk, JSON_ENCODE_ANY) : NULL;
+    char *qp = jp ? json_dumps(jp, JSON_ENCODE_ANY) : NULL;
+    json_decref(jk);
+    json_decref(jp);
+    size_t hn = strlen(plugins ? plugins : "{}") + 1024;
+    char *head = malloc(hn);
+    int rc = -1;
+    if (head && qk && qp) {
+        snprintf(head, hn,
+                 "{\"revision\":%" PRId64 ",\"hash\":\"%016" PRIx64 "\",\"key\":%s,"
+                 "\"plugin_prefix\":%s,\"plugins\":%s,\"config\":",
+                 rev, hash, qk, qp, plugins ? plugins : "{}");
+        rc = write_file(e, e->next_path, head, doc, "}\n");
+    } else {
+        errno = ENOMEM;
+    }
+    free(head);
+    free(qk);
+    free(qp);
     free(doc);
+    free(plugins);
     if (rc) {
         e->failed_rev = rev;
         snprintf(e->failed_error, sizeof(e->failed_error), "%s: %s", e->next_path, strerror(errno));
@@ -473,6 +546,7 @@ static void take_doc(lp_etcd_t *e)
         return;
     }
     e->applying_rev = rev;
+    e->applying_hash = hash;
     e->server->source_doc = e->next_path;
     char who[64];
     snprintf(who, sizeof(who), "etcd revision %" PRId64, rev);
@@ -488,6 +562,33 @@ static void set_str(char *dst, size_t n, json_t *o, const char *k, const char *d
 {
     json_t *v = json_object_get(o, k);
     snprintf(dst, n, "%s", json_is_string(v) ? json_string_value(v) : dflt);
+}
+
+static char *opt_str(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_string(v) ? strdup(json_string_value(v)) : NULL;
+}
+
+/* config_source.etcd.tls (NULL: the defaults: verify against the system store) as a client
+ * context of tls.c, the one upstreams use. 0, or LP_ECONFIG with err naming the file. */
+static int tls_context(lp_etcd_t *e, json_t *tls, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(tls, "verify");
+    lp_tls_client_conf_t c = {.verify = !json_is_false(v),
+                              .ca = opt_str(tls, "ca"),
+                              .sni = opt_str(tls, "server_name"),
+                              .cert = opt_str(tls, "cert"),
+                              .key = opt_str(tls, "key"),
+                              .min_version = 0};
+    char terr[400];
+    e->tls = lp_tls_client_new(&c, terr, sizeof(terr));
+    lp_tls_client_conf_free(&c);
+    if (!e->tls) {
+        snprintf(err, errlen, "config_source.etcd.tls: %s", terr);
+        return LP_ECONFIG;
+    }
+    return 0;
 }
 
 int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errlen)
@@ -527,6 +628,14 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
         set_str(e->user, sizeof(e->user), auth, "user", "");
         set_str(e->password, sizeof(e->password), auth, "password", "");
     }
+    json_t *tls = json_object_get(j, "tls");
+    int https = 0;
+    for (int k = 0; k < e->neps; k++)
+        https |= e->eps[k].https;
+    if (!rc && https)
+        rc = tls_context(e, tls, err, errlen);
+    for (int k = 0; k < e->neps; k++)
+        e->eps[k].tls = e->eps[k].https ? e->tls : NULL;
     json_t *t = json_object_get(j, "timeout");
     e->timeout_ms = json_is_number(t) ? (int)(json_number_value(t) * 1000) : 2000;
     /* state_file, like config_source.lua's state_path. */
@@ -545,13 +654,18 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
     if (rc || !e->neps) {
         if (!rc)
             snprintf(err, errlen, "config_source.etcd: no endpoint");
+        lp_tls_client_unref(e->tls);
         free(e);
         return LP_ECONFIG;
     }
     /* The last good copy this start serves, if any: its revision is not applied again. */
     json_t *last = json_load_file(e->state_path, 0, NULL);
     if (last) {
-        e->running_rev = e->delivered_rev = jint(last, "revision");
+        e->running_rev = jint(last, "revision");
+        json_t *h = json_object_get(last, "hash");
+        /* A copy without a hash (an older luaproxy's) is applied again once. */
+        e->running_hash = e->delivered_hash =
+            json_is_string(h) ? strtoull(json_string_value(h), NULL, 16) : 0;
         e->has_config = 1;
         json_decref(last);
         lp_log_notice("etcd: serving the last good config (revision %" PRId64 ") from %s",
@@ -559,6 +673,15 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
     }
     if (pipe2(e->wake, O_CLOEXEC | O_NONBLOCK)) {
         snprintf(err, errlen, "etcd: pipe: %s", strerror(errno));
+        lp_tls_client_unref(e->tls);
+        free(e);
+        return LP_EIO;
+    }
+    if (pipe2(e->stop_pipe, O_CLOEXEC | O_NONBLOCK)) {
+        snprintf(err, errlen, "etcd: pipe: %s", strerror(errno));
+        close(e->wake[0]);
+        close(e->wake[1]);
+        lp_tls_client_unref(e->tls);
         free(e);
         return LP_EIO;
     }
@@ -578,7 +701,9 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
 static void etcd_free(lp_etcd_t *e)
 {
     uv_mutex_destroy(&e->lock);
+    lp_tls_client_unref(e->tls);
     free(e->doc);
+    free(e->doc_plugins);
     free(e->status);
     free(e);
 }
@@ -603,11 +728,13 @@ void lp_etcd_stop(lp_server_t *s)
     e->stop = 1;
     uv_mutex_unlock(&e->lock);
     char b = 1;
-    if (write(e->wake[1], &b, 1) < 0)
+    if (write(e->wake[1], &b, 1) < 0 || write(e->stop_pipe[1], &b, 1) < 0)
         lp_log_warn("etcd: cannot wake the watch: %s", strerror(errno));
     uv_thread_join(&e->thread);
     close(e->wake[0]);
     close(e->wake[1]);
+    close(e->stop_pipe[0]);
+    close(e->stop_pipe[1]);
     uv_close((uv_handle_t *)&e->async, on_async_closed);
 }
 

@@ -6,20 +6,36 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <netdb.h>
 #include <jansson.h>
 #include "server.h"
 
 /* ---- etcd_http.c: one HTTP/1.1 request over a blocking TCP socket ---- */
 
-/* "http://host:port" split; 0 or -1 (err says why). */
+/* "http://host:port" or "https://host:port" split; 0 or -1 (err says why). */
 typedef struct {
     char host[256];
     char port[16];
+    int https;                   /* https://: TLS with `tls` */
+    struct lp_tls_client_s *tls; /* borrowed: the TLS settings of the etcd client (held by
+                                    lp_etcd_t or push), set by the caller after the parse;
+                                    NULL for http:// */
 } lp_etcd_ep_t;
 int lp_etcd_ep_parse(const char *url, lp_etcd_ep_t *ep, char *err, size_t errlen);
 
 /* Body bytes as they arrive (chunked encoding undone); non-zero stops the request. */
 typedef int (*lp_etcd_body_cb)(void *data, const char *p, size_t n);
+
+/* Resolves host:port (a name or an address) for a stream socket, waiting at most
+ * timeout_ms, or until wake_fd is readable (err "woken"). 0 with *out (the caller's:
+ * freeaddrinfo), or LP_EIO with err ("...: name resolution timed out after N ms"). A name is
+ * resolved on a detached thread: a timed-out lookup finishes there and frees itself. */
+int lp_etcd_resolve(const char *host, const char *port, int timeout_ms, int wake_fd,
+                    struct addrinfo **out, char *err, size_t errlen);
+/* The resolver lp_etcd_resolve calls (getaddrinfo; a test sets a slow one). */
+typedef int (*lp_etcd_resolver_fn)(const char *, const char *, const struct addrinfo *,
+                                   struct addrinfo **);
+extern lp_etcd_resolver_fn lp_etcd_resolver;
 
 /* POST path with a JSON body; the response body goes to cb. timeout_ms bounds the connect
  * and each wait for bytes (-1: none once connected, for a watch). wake_fd (-1: none) ends
@@ -29,9 +45,10 @@ int lp_etcd_post(const lp_etcd_ep_t *ep, const char *path, const char *token, co
                  int timeout_ms, int wake_fd, lp_etcd_body_cb cb, void *data, char *err,
                  size_t errlen);
 
-/* The same, the body collected and parsed: *out the JSON (the caller's), status 200 only. */
+/* The same, the body collected and parsed: *out the JSON (the caller's), status 200 only.
+ * wake_fd (-1: none) readable ends it as a failure (err "woken"). */
 int lp_etcd_call(const lp_etcd_ep_t *ep, const char *path, const char *token, json_t *req,
-                 int timeout_ms, json_t **out, char *err, size_t errlen);
+                 int timeout_ms, int wake_fd, json_t **out, char *err, size_t errlen);
 
 /* Base64 (etcd's JSON gateway encodes keys and values): malloc'ed, NUL-terminated. */
 char *lp_etcd_b64(const char *p, size_t n);

@@ -56,6 +56,20 @@ describe("luaproxy.config_source", function()
     assert.matches("etcd revision 3: config_source may only be set in the bootstrap", err)
   end)
 
+  it("names the etcd key in errors about the document's keys, not the bootstrap", function()
+    local doc = tmpfile('{"revision":9,"key":"/lp/config","config":{"routes":[],'
+      .. '"upstreams":{}}}')
+    assert(cs.merge("/x/p.lua", boot(), doc))
+    os.remove(doc)
+    assert.equal('etcd:/lp/config (revision 9): routes[1].upstream: no upstream named "x"',
+                 cs.locate("/x/p.lua", '/x/p.lua: routes[1].upstream: no upstream named "x"'))
+    assert.equal("etcd:/lp/config (revision 9): upstreams.u: bad",
+                 cs.locate("/x/p.lua", "/x/p.lua: upstreams.u: bad"))
+    -- the bootstrap's own keys stay the bootstrap's
+    assert.equal("/x/p.lua: listen[1].address: bad",
+                 cs.locate("/x/p.lua", "/x/p.lua: listen[1].address: bad"))
+  end)
+
   it("encodes a file for push, refusing functions and bootstraps", function()
     local ok = tmpfile('return { routes = { { match = { prefix = "/" }, upstream = "u" } } }')
     local s = assert(cs.encode_file(ok))
