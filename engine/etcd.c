@@ -48,20 +48,26 @@ struct lp_etcd_s {
                          (a resolution, a connect, a request), not only the watch's */
     uv_mutex_t lock;
     /* Guarded by lock. */
-    char *doc;               /* owned: the newest document the main loop has not taken */
-    char *doc_plugins;       /* owned: with doc, the plugin sources as a JSON object */
-    int64_t doc_rev;         /* the highest mod_revision of doc and its plugins */
-    uint64_t doc_hash;       /* a hash of their contents */
-    char *status;            /* owned: a status document the thread has not written yet */
-    int stop;                /* lp_etcd_stop: the thread returns */
-    int connected;           /* the last request to etcd succeeded */
-    int64_t seen_rev;        /* etcd's revision at the last read */
-    char last_error[256];    /* the last failure talking to etcd ("" when none) */
-    uint64_t delivered_hash; /* doc_hash of the last document handed over (thread) */
+    struct routes_req_s *rq_todo; /* owned list: POST /routes changes for the thread */
+    struct routes_req_s *rq_done; /* owned list: answered, for the main loop's callbacks */
+    char *doc;                    /* owned: the newest document the main loop has not taken */
+    char *doc_plugins;            /* owned: with doc, the plugin sources as a JSON object */
+    int64_t doc_rev;              /* the highest mod_revision of doc and its plugins */
+    uint64_t doc_hash;            /* a hash of their contents */
+    int64_t doc_cmod;             /* the mod_revision of PREFIX config itself */
+    char *status;                 /* owned: a status document the thread has not written yet */
+    int stop;                     /* lp_etcd_stop: the thread returns */
+    int connected;                /* the last request to etcd succeeded */
+    int64_t seen_rev;             /* etcd's revision at the last read */
+    char last_error[256];         /* the last failure talking to etcd ("" when none) */
+    uint64_t delivered_hash;      /* doc_hash of the last document handed over (thread) */
     /* Main thread only. */
     int64_t running_rev;    /* revision of the document serving (0: none from etcd) */
     uint64_t running_hash;  /* its hash (0: none) */
     uint64_t applying_hash; /* the hash of the candidate a reload is applying */
+    int64_t running_cmod;   /* PREFIX config's mod_revision serving (0: none): POST /routes
+                               writes only over that one */
+    int64_t applying_cmod;  /* the candidate's */
     int64_t applying_rev;   /* the candidate a reload is applying (0: none) */
     int64_t failed_rev;     /* the last candidate refused (0: none) */
     char failed_error[512]; /* its error */
@@ -70,6 +76,19 @@ struct lp_etcd_s {
     int closed;             /* lp_etcd_stop closed async: the struct goes with the last of it and an
                                etcd reload still running (on_applied frees it then) */
 };
+
+/* A POST /routes change on its way to etcd and back. */
+typedef struct routes_req_s {
+    struct routes_req_s *next; /* owned: the rest of its list */
+    char *ops;                 /* owned: the batch as JSON text (no jansson object crosses
+                                  threads) */
+    int64_t expect_mod;        /* the config's mod_revision the instance ran at the request */
+    lp_etcd_routes_cb cb;      /* main loop, once */
+    void *data;                /* borrowed: cb's (the admin connection, which holds itself) */
+    int status;                /* the answer (set by the thread) */
+    char msg[512];
+    int64_t revision;
+} routes_req_t;
 
 /* ---- the thread ---- */
 
@@ -187,7 +206,7 @@ static int read_prefix(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, 
     json_t *kvs = json_object_get(res, "kvs"), *kv;
     json_t *plugins = json_object();
     char *config = NULL;
-    int64_t mod = 0;
+    int64_t mod = 0, cmod = 0;
     uint64_t hash = 14695981039346656037ull;
     size_t i;
     json_array_foreach(kvs, i, kv) /* etcd answers in key order: the hash is stable */
@@ -205,6 +224,7 @@ static int read_prefix(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, 
             if (is_config) {
                 free(config);
                 config = val;
+                cmod = m;
             } else {
                 if (val)
                     json_object_set_new(plugins, key + pn, json_stringn(val, vn));
@@ -224,6 +244,7 @@ static int read_prefix(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, 
         e->doc = config;
         e->doc_plugins = pj;
         e->doc_rev = mod;
+        e->doc_cmod = cmod;
         e->doc_hash = e->delivered_hash = hash;
         config = pj = NULL;
     }
@@ -316,6 +337,130 @@ static int on_watch_body(void *data, const char *p, size_t n)
     return w->relevant || w->restart;
 }
 
+/* Moves r to the answered list; the main loop calls its callback. */
+static void routes_answer(lp_etcd_t *e, routes_req_t *r, int status, int64_t rev)
+{
+    r->status = status;
+    r->revision = rev;
+    uv_mutex_lock(&e->lock);
+    r->next = e->rq_done;
+    e->rq_done = r;
+    uv_mutex_unlock(&e->lock);
+    uv_async_send(&e->async);
+}
+
+/* One change: PREFIX config read, the batch applied, written back only if its mod_revision
+ * is still the one the instance runs (an etcd transaction: compare, then put). Returns 0,
+ * or an LP_E* code when etcd failed (r answered 502 either way). */
+static int routes_one(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, routes_req_t *r)
+{
+    char key[300], err[512] = "";
+    int kn = snprintf(key, sizeof(key), "%sconfig", e->prefix);
+    json_t *req = json_object(), *res = NULL;
+    json_object_set_new(req, "key", b64_json(key, (size_t)kn));
+    int rc = lp_etcd_call(ep, "/v3/kv/range", token, req, e->timeout_ms, e->stop_pipe[0], &res, err,
+                          sizeof(err));
+    json_decref(req);
+    if (rc) {
+        snprintf(r->msg, sizeof(r->msg), "etcd: %s", err);
+        routes_answer(e, r, 502, 0);
+        return rc;
+    }
+    json_t *kv = json_array_get(json_object_get(res, "kvs"), 0);
+    int64_t mod = kv ? jint(kv, "mod_revision") : 0;
+    json_t *jv = json_object_get(kv, "value");
+    size_t vn = 0;
+    char *doc = json_is_string(jv) ? lp_etcd_unb64(json_string_value(jv), &vn) : NULL;
+    json_decref(res);
+    if (mod != r->expect_mod) {
+        free(doc);
+        snprintf(r->msg, sizeof(r->msg),
+                 "%s changed in etcd (mod_revision %" PRId64 ") since the one this instance runs "
+                 "(%" PRId64 "): nothing written; GET /routes once the instance runs it (or see "
+                 "its status for why it does not), then send the change again",
+                 key, mod, r->expect_mod);
+        routes_answer(e, r, 409, 0);
+        return 0;
+    }
+    json_t *ops = json_loads(r->ops, 0, NULL);
+    char *out = NULL;
+    int drc = lp_etcd_routes_doc(doc, ops, &out, err, sizeof(err));
+    json_decref(ops);
+    free(doc);
+    if (drc) {
+        snprintf(r->msg, sizeof(r->msg), "%s: %s", key, err);
+        routes_answer(e, r, 409, 0);
+        return 0;
+    }
+    /* mod 0 compares as "the key does not exist": the first document is created. */
+    char mods[32];
+    snprintf(mods, sizeof(mods), "%" PRId64, mod);
+    json_t *put = json_object();
+    json_object_set_new(put, "key", b64_json(key, (size_t)kn));
+    json_object_set_new(put, "value", b64_json(out, strlen(out)));
+    free(out);
+    req = json_pack("{s:[{s:o,s:s,s:s,s:s}],s:[{s:o}]}", "compare", "key",
+                    b64_json(key, (size_t)kn), "result", "EQUAL", "target", "MOD", "mod_revision",
+                    mods, "success", "request_put", put);
+    rc = req ? lp_etcd_call(ep, "/v3/kv/txn", token, req, e->timeout_ms, e->stop_pipe[0], &res, err,
+                            sizeof(err))
+             : LP_ENOMEM;
+    json_decref(req);
+    if (rc) {
+        snprintf(r->msg, sizeof(r->msg), "etcd: %s", rc == LP_ENOMEM ? "out of memory" : err);
+        routes_answer(e, r, 502, 0);
+        return rc;
+    }
+    int ok = json_is_true(json_object_get(res, "succeeded"));
+    int64_t rev = jint(json_object_get(res, "header"), "revision");
+    json_decref(res);
+    if (!ok) {
+        snprintf(r->msg, sizeof(r->msg),
+                 "%s changed in etcd while the change was being written (it expected "
+                 "mod_revision %" PRId64 "): nothing written; send the change again",
+                 key, mod);
+        routes_answer(e, r, 409, 0);
+        return 0;
+    }
+    lp_log_notice("etcd: routes changed through the admin API: %s at revision %" PRId64, key, rev);
+    routes_answer(e, r, 200, rev);
+    return 0;
+}
+
+/* Every queued change, in order; stops at the first etcd failure (the rest then wait for
+ * the reconnection, or fail with it: routes_fail_all). */
+static int routes_run(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token)
+{
+    for (;;) {
+        uv_mutex_lock(&e->lock);
+        routes_req_t *r = e->rq_todo;
+        if (r)
+            e->rq_todo = r->next;
+        uv_mutex_unlock(&e->lock);
+        if (!r)
+            return 0;
+        int rc = routes_one(e, ep, token, r);
+        if (rc)
+            return rc;
+    }
+}
+
+/* etcd is unreachable: the changes waiting fail now rather than when it comes back (the
+ * client would not know whether to retry). */
+static void routes_fail_all(lp_etcd_t *e, const char *err, int status)
+{
+    uv_mutex_lock(&e->lock);
+    routes_req_t *r = e->rq_todo;
+    e->rq_todo = NULL;
+    uv_mutex_unlock(&e->lock);
+    while (r) {
+        routes_req_t *next = r->next;
+        snprintf(r->msg, sizeof(r->msg), "etcd: %s", err);
+        routes_answer(e, r, status, 0);
+        r = next;
+    }
+}
+
 /* Sleeps ms unless woken (then 1). */
 static int nap(lp_etcd_t *e, int ms)
 {
@@ -338,6 +483,8 @@ static void run(void *arg)
             rc = read_prefix(e, ep, token, &rev, err, sizeof(err));
         if (!rc)
             rc = write_status(e, ep, token, err, sizeof(err));
+        if (!rc)
+            rc = routes_run(e, ep, token);
         while (!rc && !is_stopping(e)) {
             set_state(e, 1, "");
             backoff = 100;
@@ -387,11 +534,14 @@ static void run(void *arg)
             rc = read_prefix(e, ep, token, &rev, err, sizeof(err));
             if (!rc)
                 rc = write_status(e, ep, token, err, sizeof(err));
+            if (!rc)
+                rc = routes_run(e, ep, token);
         }
         free(token);
         if (is_stopping(e))
             break;
         set_state(e, 0, err);
+        routes_fail_all(e, err, 502);
         ep_i = (ep_i + 1) % e->neps;
         /* Every endpoint failed once: wait a little before the next round. */
         if (ep_i == 0) {
@@ -445,6 +595,7 @@ static void on_applied(void *data, int rc, const char *err, uint64_t generation)
                          strerror(errno));
         e->running_rev = e->applying_rev;
         e->running_hash = e->applying_hash;
+        e->running_cmod = e->applying_cmod;
         e->has_config = 1;
         e->failed_rev = 0;
         lp_log_notice("etcd: revision %" PRId64 " serving (generation %" PRIu64 ")", e->running_rev,
@@ -496,7 +647,7 @@ static void take_doc(lp_etcd_t *e)
         return;
     uv_mutex_lock(&e->lock);
     char *doc = e->doc, *plugins = e->doc_plugins;
-    int64_t rev = e->doc_rev;
+    int64_t rev = e->doc_rev, cmod = e->doc_cmod;
     uint64_t hash = e->doc_hash;
     e->doc = e->doc_plugins = NULL;
     uv_mutex_unlock(&e->lock);
@@ -526,9 +677,9 @@ static void take_doc(lp_etcd_t *e)
     int rc = -1;
     if (head && qk && qp) {
         snprintf(head, hn,
-                 "{\"revision\":%" PRId64 ",\"hash\":\"%016" PRIx64 "\",\"key\":%s,"
-                 "\"plugin_prefix\":%s,\"plugins\":%s,\"config\":",
-                 rev, hash, qk, qp, plugins ? plugins : "{}");
+                 "{\"revision\":%" PRId64 ",\"config_mod\":%" PRId64 ",\"hash\":\"%016" PRIx64
+                 "\",\"key\":%s,\"plugin_prefix\":%s,\"plugins\":%s,\"config\":",
+                 rev, cmod, hash, qk, qp, plugins ? plugins : "{}");
         rc = write_file(e, e->next_path, head, doc, "}\n");
     } else {
         errno = ENOMEM;
@@ -547,15 +698,67 @@ static void take_doc(lp_etcd_t *e)
     }
     e->applying_rev = rev;
     e->applying_hash = hash;
+    e->applying_cmod = cmod;
     e->server->source_doc = e->next_path;
     char who[64];
     snprintf(who, sizeof(who), "etcd revision %" PRId64, rev);
     lp_server_reload_by(e->server, who, on_applied, e);
 }
 
+/* The answered POST /routes changes: their callbacks, in the order they were sent. */
+static void routes_deliver(lp_etcd_t *e)
+{
+    uv_mutex_lock(&e->lock);
+    routes_req_t *r = e->rq_done, *rev = NULL;
+    e->rq_done = NULL;
+    uv_mutex_unlock(&e->lock);
+    while (r) { /* the list is newest first */
+        routes_req_t *next = r->next;
+        r->next = rev;
+        rev = r;
+        r = next;
+    }
+    while (rev) {
+        routes_req_t *next = rev->next;
+        rev->cb(rev->data, rev->status, rev->msg, rev->revision);
+        free(rev->ops);
+        free(rev);
+        rev = next;
+    }
+}
+
 static void on_async(uv_async_t *a)
 {
+    routes_deliver(a->data);
     take_doc(a->data);
+}
+
+int lp_etcd_active(const lp_server_t *s)
+{
+    return s->etcd != NULL;
+}
+
+int lp_etcd_routes_change(lp_server_t *s, json_t *ops, lp_etcd_routes_cb cb, void *data)
+{
+    lp_etcd_t *e = s->etcd;
+    routes_req_t *r = e ? calloc(1, sizeof(*r)) : NULL;
+    if (!r || !(r->ops = json_dumps(ops, JSON_COMPACT | JSON_ENCODE_ANY))) {
+        free(r);
+        return LP_ENOMEM;
+    }
+    r->expect_mod = e->running_cmod;
+    r->cb = cb;
+    r->data = data;
+    uv_mutex_lock(&e->lock);
+    routes_req_t **tail = &e->rq_todo;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = r;
+    uv_mutex_unlock(&e->lock);
+    char b = 1;
+    if (write(e->wake[1], &b, 1) < 0 && errno != EAGAIN)
+        lp_log_warn("etcd: cannot wake the watch: %s", strerror(errno));
+    return 0;
 }
 
 static void set_str(char *dst, size_t n, json_t *o, const char *k, const char *dflt)
@@ -662,6 +865,7 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
     json_t *last = json_load_file(e->state_path, 0, NULL);
     if (last) {
         e->running_rev = jint(last, "revision");
+        e->running_cmod = jint(last, "config_mod");
         json_t *h = json_object_get(last, "hash");
         /* A copy without a hash (an older luaproxy's) is applied again once. */
         e->running_hash = e->delivered_hash =
@@ -731,6 +935,8 @@ void lp_etcd_stop(lp_server_t *s)
     if (write(e->wake[1], &b, 1) < 0 || write(e->stop_pipe[1], &b, 1) < 0)
         lp_log_warn("etcd: cannot wake the watch: %s", strerror(errno));
     uv_thread_join(&e->thread);
+    routes_fail_all(e, "the server is stopping", 503); /* the thread is gone: answered here */
+    routes_deliver(e);
     close(e->wake[0]);
     close(e->wake[1]);
     close(e->stop_pipe[0]);

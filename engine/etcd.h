@@ -70,6 +70,24 @@ json_t *lp_etcd_status(const lp_server_t *s);
 /* 1 when the instance has a config from etcd (the last good copy counts), or no etcd. */
 int lp_etcd_has_config(const lp_server_t *s);
 
+/* ---- POST /routes with the config from etcd (etcd_routes.c, etcd.c) ---- */
+
+/* The document text doc (NULL or "": none yet, "{}") with the admin batch `ops` applied to
+ * its `routes` array (rtable.h's operations, positions 1-based): *out malloc'ed. 0, or an
+ * LP_E* code with err (an operation that does not apply). */
+int lp_etcd_routes_doc(const char *doc, json_t *ops, char **out, char *err, size_t errlen);
+
+/* The answer to a change: status 200 (written: revision is etcd's after the write), 409 (the
+ * document in etcd is not the one this instance runs: a push or another instance's change
+ * came first), 502 (etcd failed) or 503 (stopping); msg says why when not 200. Main loop. */
+typedef void (*lp_etcd_routes_cb)(void *data, int status, const char *msg, int64_t revision);
+/* 1 when the config comes from etcd (POST /routes goes there, not to the overlay file). */
+int lp_etcd_active(const lp_server_t *s);
+/* Queues ops (the caller's; a copy is kept) for the etcd thread, which applies them to
+ * PREFIX config and writes it back if its mod_revision is still the one this instance
+ * runs; cb is called once, later, on the main loop. 0, or LP_ENOMEM (cb not called). */
+int lp_etcd_routes_change(lp_server_t *s, json_t *ops, lp_etcd_routes_cb cb, void *data);
+
 /* `luaproxy push -c FILE --etcd URL [--prefix P]`: exit code. */
 int lp_etcd_push_main(int argc, char **argv);
 
