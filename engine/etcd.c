@@ -655,9 +655,15 @@ static void take_doc(lp_etcd_t *e)
         free(plugins);
         return;
     }
-    if (hash == e->running_hash) { /* the last good copy the instance started with */
+    if (hash == e->running_hash) {
+        /* What serves already: the last good copy the instance started with, or etcd put
+         * back as it was after a refused change. Its revisions are etcd's now (POST /routes
+         * compares with the config's), and nothing is left refused. */
         free(doc);
         free(plugins);
+        e->running_rev = rev;
+        e->running_cmod = cmod;
+        e->failed_rev = 0;
         e->has_config = 1;
         post_status(e, lp_gen_current->id);
         return;

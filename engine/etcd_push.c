@@ -6,6 +6,7 @@
  * on the command line) and TLS (https://, tls.c's client context) as the instances have. */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,6 +188,40 @@ static char *plugin_source(const char *name, const char *file, const char *key)
     return src;
 }
 
+/* The plugin sources under PREFIX plugins/ in etcd, {NAME: source} (the caller's), or NULL
+ * with err. */
+static json_t *fleet_plugins(const lp_etcd_ep_t *ep, const char *token, const char *prefix,
+                             char *err, size_t errlen)
+{
+    char key[300], end[300];
+    int kn = snprintf(key, sizeof(key), "%splugins/", prefix);
+    memcpy(end, key, (size_t)kn + 1);
+    end[kn - 1]++; /* '/' + 1: every key under the folder */
+    char *k64 = lp_etcd_b64(key, (size_t)kn), *e64 = lp_etcd_b64(end, (size_t)kn);
+    json_t *req = json_pack("{ssss}", "key", k64 ? k64 : "", "range_end", e64 ? e64 : ""), *res;
+    free(k64);
+    free(e64);
+    int rc = lp_etcd_call(ep, "/v3/kv/range", token, req, 5000, -1, &res, err, errlen);
+    json_decref(req);
+    if (rc)
+        return NULL;
+    json_t *out = json_object(), *kv;
+    size_t i;
+    json_array_foreach(json_object_get(res, "kvs"), i, kv)
+    {
+        size_t n = 0, vn = 0;
+        json_t *jk = json_object_get(kv, "key"), *jv = json_object_get(kv, "value");
+        char *k = json_is_string(jk) ? lp_etcd_unb64(json_string_value(jk), &n) : NULL;
+        char *v = json_is_string(jv) ? lp_etcd_unb64(json_string_value(jv), &vn) : NULL;
+        if (k && v && n > (size_t)kn)
+            json_object_set_new(out, k + kn, json_stringn(v, vn));
+        free(k);
+        free(v);
+    }
+    json_decref(res);
+    return out;
+}
+
 int lp_etcd_push_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -200,6 +235,10 @@ int lp_etcd_push_main(int argc, char **argv)
     lp_tls_client_conf_t tc = {.verify = 1};
     const char *plugins[32];
     int nplugins = 0, opt, bad = 0;
+    /* TLS writes go through OpenSSL's socket BIO (write(2), no MSG_NOSIGNAL): etcd closing
+     * on a refused client certificate must be an error, not SIGPIPE (main.c ignores it
+     * the same way, after this command has branched off). */
+    signal(SIGPIPE, SIG_IGN);
     optind = 1;
     while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
         switch (opt) {
@@ -276,14 +315,6 @@ int lp_etcd_push_main(int argc, char **argv)
     int rc = 0;
     char *doc = NULL, *srcs[32] = {0};
     /* Everything is checked before anything is written. */
-    if (path && check(path, err, sizeof(err))) {
-        fprintf(stderr, "%s\n", err);
-        rc = 1;
-    }
-    if (!rc && path && !(doc = encode(path, err, sizeof(err)))) {
-        fprintf(stderr, "%s\n", err);
-        rc = 1;
-    }
     char keys[32][300];
     for (int i = 0; i < nplugins && !rc; i++) {
         const char *eq = strchr(plugins[i], '=');
@@ -317,6 +348,34 @@ int lp_etcd_push_main(int argc, char **argv)
             }
             json_decref(res);
         }
+    }
+    /* The config is checked with the plugins the instances will have: those in etcd,
+     * and the ones this push writes. */
+    char *pj = NULL; /* owned: what lp_lua_push_plugins borrows */
+    if (!rc && path) {
+        json_t *sources = fleet_plugins(&ep, token, prefix, err, sizeof(err));
+        if (!sources) {
+            fprintf(stderr, "luaproxy push: %s\n", err);
+            rc = 1;
+        }
+        for (int i = 0; i < nplugins && !rc; i++)
+            json_object_set_new(sources, keys[i] + pl + strlen("plugins/"), json_string(srcs[i]));
+        char pprefix[300];
+        snprintf(pprefix, sizeof(pprefix), "%splugins/", prefix);
+        json_t *o = sources ? json_pack("{s:s,s:o}", "prefix", pprefix, "sources", sources) : NULL;
+        pj = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        lp_lua_push_plugins = pj;
+    }
+    if (!rc && path && check(path, err, sizeof(err))) {
+        fprintf(stderr, "%s\n", err);
+        rc = 1;
+    }
+    lp_lua_push_plugins = NULL;
+    free(pj);
+    if (!rc && path && !(doc = encode(path, err, sizeof(err)))) {
+        fprintf(stderr, "%s\n", err);
+        rc = 1;
     }
     /* Plugins first: a config naming a new plugin finds its source there. */
     for (int i = 0; i < nplugins && !rc; i++)

@@ -209,6 +209,8 @@ void lp_lua_set_paths(lua_State *L, const char *config_path)
     }
 }
 
+const char *lp_lua_push_plugins = NULL;
+
 /* The plugin and script search paths given to runtime.load; config_path and source_doc
  * (the etcd candidate the config was checked with, NULL: the last good copy) find plugin
  * sources from etcd (config_source.lua: plugin). */
@@ -260,6 +262,10 @@ static void push_load_opts(lua_State *L, const char *config_path, const char *so
     if (source_doc) {
         lua_pushstring(L, source_doc);
         lua_setfield(L, -2, "source_doc");
+    }
+    if (lp_lua_push_plugins) {
+        lua_pushstring(L, lp_lua_push_plugins);
+        lua_setfield(L, -2, "push_plugins");
     }
 }
 

@@ -89,6 +89,12 @@ end
 -- (the candidate becomes it when the reload succeeds).
 function M.plugin(name, cfg, opts)
   local p = M.plugins
+  if not p and opts and opts.push_plugins then -- `luaproxy push`'s check (etcd_push.c)
+    local d = cjson.decode(opts.push_plugins)
+    p = { sources = type(d) == "table" and type(d.sources) == "table" and d.sources or {},
+          prefix = type(d) == "table" and type(d.prefix) == "string" and d.prefix or "plugins/" }
+    M.plugins = p
+  end
   if not p then
     local etcd = type(cfg) == "table" and type(cfg.config_source) == "table"
       and cfg.config_source.etcd
