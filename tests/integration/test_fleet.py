@@ -630,25 +630,36 @@ class FleetxTest(unittest.TestCase):
 
     def test_c_post_routes_goes_to_etcd(self):
         p0, p1 = self.proxies
-        before = self.etcd.revision()
-        t0 = time.monotonic()
-        st, body = self.post_routes(p0, [{"op": "add", "at": 1, "route": {
-            "name": "added", "match": {"host": "added.test"}, "upstream": "o"}}])
-        self.assertEqual(st, 200, body)
-        self.assertEqual(body["persisted"], "etcd")
-        self.assertGreater(body["etcd_revision"], before)
-        H.wait_for(lambda: all(status_code(p.port, "added") == 200 for p in self.proxies),
-                   H.T(5), interval=0.005, what="the admin route on both instances")
-        took = time.monotonic() - t0
-        print("POST /routes on one instance -> both serving it: %.1f ms" % (took * 1e3))
-        self.assertLess(took, H.T(1))
+        # "Within 1 s" is asserted on the median of 10 changes: one reload per instance
+        # each, which a loaded machine can stretch now and then.
+        times = []
+        for i in reversed(range(10)):
+            before = self.etcd.revision()
+            name = "added%d" % i
+            t0 = time.monotonic()
+            st, body = self.post_routes(p0, [{"op": "add", "at": 1, "route": {
+                "name": name, "match": {"host": name + ".test"}, "upstream": "o"}}])
+            self.assertEqual(st, 200, body)
+            self.assertEqual(body["persisted"], "etcd")
+            self.assertGreater(body["etcd_revision"], before)
+            H.wait_for(lambda: all(status_code(p.port, name) == 200 for p in self.proxies),
+                       H.T(5), interval=0.005, what="the admin route on both instances")
+            times.append((time.monotonic() - t0) * 1e3)
+            # The next change is made against what both run now.
+            H.wait_for(lambda: all(self.status(p).get("revision") == body["etcd_revision"]
+                                   for p in self.proxies), H.T(5), what="both on it")
+        times.sort()
+        print("POST /routes on one instance -> both serving it, 10 changes: median %.1f ms, "
+              "max %.1f ms" % (statistics.median(times), times[-1]))
+        self.assertLess(statistics.median(times), H.T(1) * 1e3)
         doc = json.loads(self.etcd.get(self.PREFIX + "config"))
-        self.assertEqual(doc["routes"][0]["name"], "added")
+        self.assertEqual([r.get("name") for r in doc["routes"][:10]],
+                         ["added%d" % i for i in range(10)])
         self.assertFalse(os.path.exists(p0.config_path + ".routes.json"))
         # A restart keeps it: it comes from etcd.
         p1.stop()
         p1.start()
-        H.wait_for(lambda: status_code(p1.port, "added") == 200, H.T(5),
+        H.wait_for(lambda: status_code(p1.port, "added0") == 200, H.T(5),
                    what="the admin route after a restart")
 
     def test_d_post_routes_conflict_detected(self):
@@ -672,6 +683,22 @@ class FleetxTest(unittest.TestCase):
         st, body = self.post_routes(p0, [{"op": "add", "route": {
             "match": {"host": "late.test"}, "upstream": "o"}}])
         self.assertEqual(st, 200, body)
+        # A push racing a change: whichever order they reach etcd in, neither is lost
+        # silently (the change lands on the pushed document, or is refused with 409).
+        seen = []
+        for i in range(5):
+            pushed = "race%d" % i
+            self.etcd.put(self.PREFIX + "config", config(self.origin, "base", pushed))
+            st, body = self.post_routes(p0, [{"op": "add", "route": {
+                "match": {"host": "mine%d.test" % i}, "upstream": "o"}}])
+            self.assertIn(st, (200, 409), body)
+            hosts = [r["match"]["host"] for r in
+                     json.loads(self.etcd.get(self.PREFIX + "config"))["routes"]]
+            self.assertIn(pushed + ".test", hosts)
+            self.assertEqual("mine%d.test" % i in hosts, st == 200, (st, body, hosts))
+            seen.append(st)
+        print("POST /routes right after a push: %d refused (409), %d applied on top of it"
+              % (seen.count(409), seen.count(200)))
 
     def test_e_unresolvable_endpoint_bounded(self):
         """A name that does not resolve: reported, and the instance stops promptly."""
