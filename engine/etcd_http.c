@@ -223,14 +223,23 @@ static int conn_open(conn_t *c, const lp_etcd_ep_t *ep, int timeout_ms, int wake
         fd = socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
             continue;
-        int cn = connect(fd, a->ai_addr, a->ai_addrlen);
-        if (cn < 0 && errno == EINPROGRESS && wait_fd(fd, POLLOUT, timeout_ms, wake_fd) == 1) {
+        int cn = connect(fd, a->ai_addr, a->ai_addrlen), w = 0;
+        int inprogress = cn < 0 && errno == EINPROGRESS;
+        if (inprogress)
+            w = wait_fd(fd, POLLOUT, timeout_ms, wake_fd);
+        if (w < 0) { /* woken: not a failure of the endpoint (the caller tells them apart) */
+            close(fd);
+            freeaddrinfo(res);
+            snprintf(err, errlen, "woken");
+            return LP_EIO;
+        }
+        if (inprogress && w == 1) {
             int soerr = 0;
             socklen_t sl = sizeof(soerr);
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
             cn = soerr ? -1 : 0;
             errno = soerr ? soerr : ETIMEDOUT;
-        } else if (cn < 0 && errno == EINPROGRESS) {
+        } else if (inprogress) {
             errno = ETIMEDOUT;
         }
         if (cn == 0)

@@ -452,6 +452,12 @@ class FleetTlsTest(unittest.TestCase):
         self.assertTrue(admin_json(p, "/status")[1]["etcd"]["connected"])
         H.wait_for(lambda: (json.loads(etcd.get(PREFIX + "status/tls") or "{}")).get("ok"),
                    H.T(5), what="the status written over TLS")
+        # A change comes through the watch, a stream over TLS.
+        r = push("-c", shared_file(d, "shared1.lua", origin, ["tls", "tls1"]), "--etcd",
+                 etcd.url, *tls_args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        H.wait_for(lambda: status_code(p.port, "tls1") == 200, H.T(5),
+                   what="a change watched over TLS")
         p.stop()
         # The same instance trusting another CA: etcd's certificate is refused, said in
         # the log and /status, and the last good config keeps serving.
