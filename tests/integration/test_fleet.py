@@ -583,6 +583,15 @@ class FleetxTest(unittest.TestCase):
             self.assertTrue(s["error"].startswith(want), s["error"])
             self.assertNotIn(p.config_path, s["error"])
             self.assertEqual(status_code(p.port, "base"), 200)
+        # Found after the load (the TLS context of an upstream, built off the main loop).
+        doc = json.loads(config(self.origin, "x"))
+        doc["upstreams"]["o"]["tls"] = {"ca": "/nonexistent/ca.pem"}
+        bad = self.etcd.put(self.PREFIX + "config", json.dumps(doc))
+        for p in self.proxies:
+            s = H.wait_for(lambda: self.status(p).get("failed_revision") == bad and self.status(p),
+                           H.T(5), what="the TLS error under status/")
+            want = "etcd:%sconfig (revision %d): upstreams.o.tls" % (self.PREFIX, bad)
+            self.assertTrue(s["error"].startswith(want), s["error"])
         self.etcd.put(self.PREFIX + "config", config(self.origin, "base"))
 
     def test_b_plugin_source_from_etcd(self):
