@@ -615,8 +615,23 @@ static void handle_routes_get(admin_conn_t *c)
                       (json_int_t)t->nown, "table", list ? list : json_null()));
 }
 
+/* The answer of a change written to etcd (lp_etcd_routes_change). */
+static void on_routes_etcd(void *data, int status, const char *msg, int64_t revision)
+{
+    admin_conn_t *c = data;
+    if (status == 200)
+        respond(c, 200,
+                json_pack("{s:b,s:s,s:I}", "ok", 1, "persisted", "etcd", "etcd_revision",
+                          (json_int_t)revision));
+    else
+        respond(c, status, json_pack("{s:b,s:b,s:o}", "ok", 0, "persisted", 0, "error", jstr(msg)));
+    conn_release(c); /* the hold handle_routes_post took (respond does nothing once closing) */
+}
+
 /* POST /routes {"ops": [...]}: one batch, applied atomically (rtable.h: lp_rtable_apply),
- * handed to every worker, then persisted to the overlay file. */
+ * handed to every worker, then persisted to the overlay file. With the config from etcd the
+ * batch, once checked here, goes to etcd instead (PREFIX config, compare-and-swap on its
+ * mod_revision: etcd.c), and every instance, this one included, applies it from there. */
 static void handle_routes_post(admin_conn_t *c)
 {
     uint64_t t0 = uv_hrtime();
@@ -634,6 +649,20 @@ static void handle_routes_post(admin_conn_t *c)
         json_decref(doc);
         json_decref(warnings);
         respond_error(c, 400, err);
+        return;
+    }
+    lp_server_t *es = c->admin->server;
+    if (lp_etcd_active(es)) {
+        lp_rtable_unref(t);
+        json_decref(warnings);
+        int rc = lp_etcd_routes_change(es, ops, on_routes_etcd, c);
+        json_decref(doc);
+        if (rc) {
+            respond_error(c, 500, "out of memory");
+            return;
+        }
+        c->handles++; /* the answer comes from the etcd thread's round trip */
+        uv_read_stop((uv_stream_t *)&c->tcp);
         return;
     }
     if (lp_rtable_meter(t, lp_gen_current->config)) {

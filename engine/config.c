@@ -1446,6 +1446,81 @@ static int encode_for_workers(lua_State *L, lp_config_t *c)
     return rc;
 }
 
+/* An error about a key the etcd document gave names the etcd key, not the bootstrap file
+ * (lua/luaproxy/config_source.lua: locate). Only when that module merged a document. */
+static void relocate_error(lua_State *L, const char *path, char *err, size_t errlen)
+{
+    int top = lua_gettop(L);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_getfield(L, -1, "luaproxy.config_source");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "locate");
+        lua_pushstring(L, path);
+        lua_pushstring(L, err);
+        if (lua_pcall(L, 2, 1, 0) == 0 && lua_isstring(L, -1))
+            snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    }
+    lua_settop(L, top);
+}
+
+/* config_source.lua's record of the merged document into c (source_name, source_keys). */
+static int keep_source(lua_State *L, lp_config_t *c)
+{
+    int top = lua_gettop(L), rc = 0;
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_getfield(L, -1, "luaproxy.config_source");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "merged");
+        if (lua_istable(L, -1)) {
+            lua_getfield(L, -1, "name");
+            c->source_name = lua_isstring(L, -1) ? strdup(lua_tostring(L, -1)) : NULL;
+            lua_pop(L, 1);
+            luaL_Buffer b;
+            luaL_buffinit(L, &b);
+            luaL_addchar(&b, ',');
+            lua_getfield(L, -1, "keys");
+            if (lua_istable(L, -1)) {
+                lua_pushnil(L);
+                while (lua_next(L, -2)) {
+                    lua_pop(L, 1);
+                    if (lua_type(L, -1) == LUA_TSTRING) {
+                        lua_pushvalue(L, -1);
+                        luaL_addvalue(&b); /* the key, then the separator */
+                        luaL_addchar(&b, ',');
+                    }
+                }
+            }
+            lua_pop(L, 1);
+            luaL_pushresult(&b);
+            c->source_keys = strdup(lua_tostring(L, -1));
+            rc = c->source_name && c->source_keys ? 0 : LP_ENOMEM;
+        }
+    }
+    lua_settop(L, top);
+    return rc;
+}
+
+void lp_config_relocate(const char *path, const char *name, const char *keys, char *err,
+                        size_t errlen)
+{
+    size_t pl = strlen(path);
+    if (!name || !keys || strncmp(err, path, pl) || strncmp(err + pl, ": ", 2))
+        return;
+    const char *rest = err + pl + 2;
+    size_t kl = strcspn(rest, ".[: ");
+    if (!kl || !strchr(".[:", rest[kl]) || kl > 200)
+        return;
+    char want[210];
+    snprintf(want, sizeof(want), ",%.*s,", (int)kl, rest);
+    if (!strstr(keys, want))
+        return;
+    char tail[4096];
+    snprintf(tail, sizeof(tail), "%s", rest);
+    snprintf(err, errlen, "%s: %s", name, tail);
+}
+
 int lp_config_admin_json = 1;
 int lp_config_cache_disk = 0;
 const char *lp_config_source_doc = NULL;
@@ -1487,6 +1562,8 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         rc = LP_ENOMEM;
     if (!rc && lp_config_source_doc && !(c->source_doc = strdup(lp_config_source_doc)))
         rc = LP_ENOMEM;
+    if (!rc)
+        rc = keep_source(L, c);
     /* Step 2, then the plugins and handlers as the workers will load them. */
     if (!rc)
         rc = read_config(&r);
@@ -1502,6 +1579,8 @@ int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen
         else if (!(c->json = strdup(lua_tostring(L, -1))))
             rc = LP_ENOMEM;
     }
+    if (rc)
+        relocate_error(L, path, err, errlen);
     lua_close(L);
     if (rc) {
         if (rc == LP_ENOMEM)
@@ -1593,6 +1672,8 @@ void lp_config_free(lp_config_t *c)
     free(c->pid_file);
     free(c->config_source);
     free(c->source_doc);
+    free(c->source_name);
+    free(c->source_keys);
     for (size_t i = 0; i < c->nfiles; i++)
         free(c->files[i]);
     free(c->files);

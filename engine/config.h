@@ -254,6 +254,11 @@ typedef struct {
      * (lp_config_source_doc, for the workers' fallback evaluation); both owned, NULL: none */
     char *config_source;
     char *source_doc;
+    /* The etcd document's part (config_source.lua: merged), for errors found after the load
+     * (lp_config_relocate): its name ("etcd:KEY (revision N)") and the top-level keys it gave
+     * (",routes,upstreams,"); both owned, NULL when no document was merged. */
+    char *source_name;
+    char *source_keys;
     struct lp_config_todo_s *todo; /* owned: what lp_config_materialise builds (the TLS
                                       settings); NULL once it ran */
     int materialised;              /* lp_config_materialise succeeded: addresses resolved,
@@ -304,6 +309,12 @@ void lp_config_free(lp_config_t *c);
 /* The etcd document file the next lp_config_load merges into a bootstrap (etcd.c sets it
  * around a reload it asked for); NULL: the last good copy. Main thread only. */
 extern const char *lp_config_source_doc;
+
+/* An error "PATH: key.path: ..." about a top-level key the etcd document gave becomes
+ * "NAME: key.path: ..." (the bootstrap file holds no such line). name and keys as
+ * lp_config_t's source_name and source_keys (NULL: nothing changes). */
+void lp_config_relocate(const char *path, const char *name, const char *keys, char *err,
+                        size_t errlen);
 /* Gives every shared dict and cache zone c declares its declared size (a reload's commit:
  * cannot fail). */
 void lp_config_apply_shared(const lp_config_t *c);

@@ -21,6 +21,7 @@
 #include <unistd.h>
 #include "etcd.h"
 #include "log.h"
+#include "tls.h"
 #include "worker.h"
 
 #define ETCD_MAX_EPS 8
@@ -35,24 +36,38 @@ struct lp_etcd_s {
     char user[256], password[256];
     int has_auth; /* user and password set */
     int timeout_ms;
+    lp_tls_client_t *tls;  /* reference: the TLS context of https:// endpoints (the eps borrow
+                              it); NULL when every endpoint is http:// */
     char state_path[4096]; /* the last good document */
     char next_path[4200];  /* the candidate a reload is applying */
     char tmp_path[4300];   /* written, then renamed to next_path */
     uv_thread_t thread;
     uv_async_t async; /* thread -> main: a document, or the connection state changed */
     int wake[2];      /* pipe main -> thread: a byte when there is a status to write or a stop */
+    int stop_pipe[2]; /* pipe main -> thread: a byte at the stop only, which ends any wait
+                         (a resolution, a connect, a request), not only the watch's */
     uv_mutex_t lock;
     /* Guarded by lock. */
-    char *doc;             /* owned: the newest document the main loop has not taken */
-    int64_t doc_rev;       /* its mod_revision */
-    char *status;          /* owned: a status document the thread has not written yet */
-    int stop;              /* lp_etcd_stop: the thread returns */
-    int connected;         /* the last request to etcd succeeded */
-    int64_t seen_rev;      /* etcd's revision at the last read */
-    char last_error[256];  /* the last failure talking to etcd ("" when none) */
-    int64_t delivered_rev; /* mod_revision of the last document handed over (thread) */
+    struct routes_req_s *rq_todo; /* owned list: POST /routes changes for the thread */
+    struct routes_req_s *rq_done; /* owned list: answered, for the main loop's callbacks */
+    char *doc;                    /* owned: the newest document the main loop has not taken */
+    char *doc_plugins;            /* owned: with doc, the plugin sources as a JSON object */
+    int64_t doc_rev;              /* the highest mod_revision of doc and its plugins */
+    uint64_t doc_hash;            /* a hash of their contents */
+    int64_t doc_cmod;             /* the mod_revision of PREFIX config itself */
+    char *status;                 /* owned: a status document the thread has not written yet */
+    int stop;                     /* lp_etcd_stop: the thread returns */
+    int connected;                /* the last request to etcd succeeded */
+    int64_t seen_rev;             /* etcd's revision at the last read */
+    char last_error[256];         /* the last failure talking to etcd ("" when none) */
+    uint64_t delivered_hash;      /* doc_hash of the last document handed over (thread) */
     /* Main thread only. */
     int64_t running_rev;    /* revision of the document serving (0: none from etcd) */
+    uint64_t running_hash;  /* its hash (0: none) */
+    uint64_t applying_hash; /* the hash of the candidate a reload is applying */
+    int64_t running_cmod;   /* PREFIX config's mod_revision serving (0: none): POST /routes
+                               writes only over that one */
+    int64_t applying_cmod;  /* the candidate's */
     int64_t applying_rev;   /* the candidate a reload is applying (0: none) */
     int64_t failed_rev;     /* the last candidate refused (0: none) */
     char failed_error[512]; /* its error */
@@ -61,6 +76,19 @@ struct lp_etcd_s {
     int closed;             /* lp_etcd_stop closed async: the struct goes with the last of it and an
                                etcd reload still running (on_applied frees it then) */
 };
+
+/* A POST /routes change on its way to etcd and back. */
+typedef struct routes_req_s {
+    struct routes_req_s *next; /* owned: the rest of its list */
+    char *ops;                 /* owned: the batch as JSON text (no jansson object crosses
+                                  threads) */
+    int64_t expect_mod;        /* the config's mod_revision the instance ran at the request */
+    lp_etcd_routes_cb cb;      /* main loop, once */
+    void *data;                /* borrowed: cb's (the admin connection, which holds itself) */
+    int status;                /* the answer (set by the thread) */
+    char msg[512];
+    int64_t revision;
+} routes_req_t;
 
 /* ---- the thread ---- */
 
@@ -130,7 +158,8 @@ static int authenticate(lp_etcd_t *e, const lp_etcd_ep_t *ep, char **token, char
     if (!e->has_auth)
         return 0;
     json_t *req = json_pack("{ssss}", "name", e->user, "password", e->password), *res;
-    int rc = lp_etcd_call(ep, "/v3/auth/authenticate", NULL, req, e->timeout_ms, &res, err, errlen);
+    int rc = lp_etcd_call(ep, "/v3/auth/authenticate", NULL, req, e->timeout_ms, e->stop_pipe[0],
+                          &res, err, errlen);
     json_decref(req);
     if (rc)
         return rc;
@@ -145,14 +174,25 @@ static int authenticate(lp_etcd_t *e, const lp_etcd_ep_t *ep, char **token, char
     return 0;
 }
 
-/* Reads the prefix; hands the config document over when its mod_revision is new. *rev:
- * etcd's revision at the read. */
+/* FNV-1a over n bytes, continuing from h. */
+static uint64_t fnv(uint64_t h, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Reads the prefix; hands the config document over, with the plugin sources under
+ * PREFIX plugins/, when they differ from what was handed over last (a content hash: a
+ * plugin deleted lowers no mod_revision). The revision handed over is the highest
+ * mod_revision among them. *rev: etcd's revision at the read. */
 static int read_prefix(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, int64_t *rev,
                        char *err, size_t errlen)
 {
     json_t *req = json_object(), *res;
     add_range(e, req);
-    int rc = lp_etcd_call(ep, "/v3/kv/range", token, req, e->timeout_ms, &res, err, errlen);
+    int rc = lp_etcd_call(ep, "/v3/kv/range", token, req, e->timeout_ms, e->stop_pipe[0], &res, err,
+                          errlen);
     json_decref(req);
     if (rc)
         return rc;
@@ -160,36 +200,61 @@ static int read_prefix(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, 
     uv_mutex_lock(&e->lock);
     e->seen_rev = *rev;
     uv_mutex_unlock(&e->lock);
-    char want[300];
+    char want[300], plug[300];
     snprintf(want, sizeof(want), "%sconfig", e->prefix);
+    int pn = snprintf(plug, sizeof(plug), "%splugins/", e->prefix);
     json_t *kvs = json_object_get(res, "kvs"), *kv;
+    json_t *plugins = json_object();
+    char *config = NULL;
+    int64_t mod = 0, cmod = 0;
+    uint64_t hash = 14695981039346656037ull;
     size_t i;
-    json_array_foreach(kvs, i, kv)
+    json_array_foreach(kvs, i, kv) /* etcd answers in key order: the hash is stable */
     {
         size_t kn = 0, vn = 0;
         json_t *jk = json_object_get(kv, "key"), *jv = json_object_get(kv, "value");
         char *key = json_is_string(jk) ? lp_etcd_unb64(json_string_value(jk), &kn) : NULL;
-        if (key && !strcmp(key, want)) {
-            int64_t mod = jint(kv, "mod_revision");
+        int is_config = key && !strcmp(key, want);
+        int is_plugin = key && !strncmp(key, plug, (size_t)pn) && key[pn];
+        if (is_config || is_plugin) {
             char *val = lp_etcd_unb64(json_is_string(jv) ? json_string_value(jv) : "", &vn);
-            uv_mutex_lock(&e->lock);
-            int fresh = val && mod != e->delivered_rev;
-            if (fresh) {
-                free(e->doc);
-                e->doc = val;
-                e->doc_rev = e->delivered_rev = mod;
-                val = NULL;
-            }
-            uv_mutex_unlock(&e->lock);
-            free(val);
-            if (fresh) {
-                lp_log_notice("etcd: config at revision %" PRId64, mod);
-                uv_async_send(&e->async);
+            int64_t m = jint(kv, "mod_revision");
+            mod = m > mod ? m : mod;
+            hash = fnv(fnv(hash, key, kn + 1), val ? val : "", val ? vn + 1 : 0);
+            if (is_config) {
+                free(config);
+                config = val;
+                cmod = m;
+            } else {
+                if (val)
+                    json_object_set_new(plugins, key + pn, json_stringn(val, vn));
+                free(val);
             }
         }
         free(key);
     }
     json_decref(res);
+    char *pj = config ? json_dumps(plugins, JSON_COMPACT) : NULL;
+    json_decref(plugins);
+    uv_mutex_lock(&e->lock);
+    int fresh = config && pj && hash != e->delivered_hash;
+    if (fresh) {
+        free(e->doc);
+        free(e->doc_plugins);
+        e->doc = config;
+        e->doc_plugins = pj;
+        e->doc_rev = mod;
+        e->doc_cmod = cmod;
+        e->doc_hash = e->delivered_hash = hash;
+        config = pj = NULL;
+    }
+    uv_mutex_unlock(&e->lock);
+    free(config);
+    free(pj);
+    if (fresh) {
+        lp_log_notice("etcd: config at revision %" PRId64, mod);
+        uv_async_send(&e->async);
+    }
     return 0;
 }
 
@@ -207,7 +272,8 @@ static int write_status(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token,
     json_t *req = json_object(), *res = NULL;
     json_object_set_new(req, "key", b64_json(key, (size_t)kn));
     json_object_set_new(req, "value", b64_json(st, strlen(st)));
-    int rc = lp_etcd_call(ep, "/v3/kv/put", token, req, e->timeout_ms, &res, err, errlen);
+    int rc = lp_etcd_call(ep, "/v3/kv/put", token, req, e->timeout_ms, e->stop_pipe[0], &res, err,
+                          errlen);
     json_decref(req);
     json_decref(res);
     uv_mutex_lock(&e->lock);
@@ -271,6 +337,130 @@ static int on_watch_body(void *data, const char *p, size_t n)
     return w->relevant || w->restart;
 }
 
+/* Moves r to the answered list; the main loop calls its callback. */
+static void routes_answer(lp_etcd_t *e, routes_req_t *r, int status, int64_t rev)
+{
+    r->status = status;
+    r->revision = rev;
+    uv_mutex_lock(&e->lock);
+    r->next = e->rq_done;
+    e->rq_done = r;
+    uv_mutex_unlock(&e->lock);
+    uv_async_send(&e->async);
+}
+
+/* One change: PREFIX config read, the batch applied, written back only if its mod_revision
+ * is still the one the instance runs (an etcd transaction: compare, then put). Returns 0,
+ * or an LP_E* code when etcd failed (r answered 502 either way). */
+static int routes_one(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, routes_req_t *r)
+{
+    char key[300], err[512] = "";
+    int kn = snprintf(key, sizeof(key), "%sconfig", e->prefix);
+    json_t *req = json_object(), *res = NULL;
+    json_object_set_new(req, "key", b64_json(key, (size_t)kn));
+    int rc = lp_etcd_call(ep, "/v3/kv/range", token, req, e->timeout_ms, e->stop_pipe[0], &res, err,
+                          sizeof(err));
+    json_decref(req);
+    if (rc) {
+        snprintf(r->msg, sizeof(r->msg), "etcd: %s", err);
+        routes_answer(e, r, 502, 0);
+        return rc;
+    }
+    json_t *kv = json_array_get(json_object_get(res, "kvs"), 0);
+    int64_t mod = kv ? jint(kv, "mod_revision") : 0;
+    json_t *jv = json_object_get(kv, "value");
+    size_t vn = 0;
+    char *doc = json_is_string(jv) ? lp_etcd_unb64(json_string_value(jv), &vn) : NULL;
+    json_decref(res);
+    if (mod != r->expect_mod) {
+        free(doc);
+        snprintf(r->msg, sizeof(r->msg),
+                 "%s changed in etcd (mod_revision %" PRId64 ") since the one this instance runs "
+                 "(%" PRId64 "): nothing written; GET /routes once the instance runs it (or see "
+                 "its status for why it does not), then send the change again",
+                 key, mod, r->expect_mod);
+        routes_answer(e, r, 409, 0);
+        return 0;
+    }
+    json_t *ops = json_loads(r->ops, 0, NULL);
+    char *out = NULL;
+    int drc = lp_etcd_routes_doc(doc, ops, &out, err, sizeof(err));
+    json_decref(ops);
+    free(doc);
+    if (drc) {
+        snprintf(r->msg, sizeof(r->msg), "%s: %s", key, err);
+        routes_answer(e, r, 409, 0);
+        return 0;
+    }
+    /* mod 0 compares as "the key does not exist": the first document is created. */
+    char mods[32];
+    snprintf(mods, sizeof(mods), "%" PRId64, mod);
+    json_t *put = json_object();
+    json_object_set_new(put, "key", b64_json(key, (size_t)kn));
+    json_object_set_new(put, "value", b64_json(out, strlen(out)));
+    free(out);
+    req = json_pack("{s:[{s:o,s:s,s:s,s:s}],s:[{s:o}]}", "compare", "key",
+                    b64_json(key, (size_t)kn), "result", "EQUAL", "target", "MOD", "mod_revision",
+                    mods, "success", "request_put", put);
+    rc = req ? lp_etcd_call(ep, "/v3/kv/txn", token, req, e->timeout_ms, e->stop_pipe[0], &res, err,
+                            sizeof(err))
+             : LP_ENOMEM;
+    json_decref(req);
+    if (rc) {
+        snprintf(r->msg, sizeof(r->msg), "etcd: %s", rc == LP_ENOMEM ? "out of memory" : err);
+        routes_answer(e, r, 502, 0);
+        return rc;
+    }
+    int ok = json_is_true(json_object_get(res, "succeeded"));
+    int64_t rev = jint(json_object_get(res, "header"), "revision");
+    json_decref(res);
+    if (!ok) {
+        snprintf(r->msg, sizeof(r->msg),
+                 "%s changed in etcd while the change was being written (it expected "
+                 "mod_revision %" PRId64 "): nothing written; send the change again",
+                 key, mod);
+        routes_answer(e, r, 409, 0);
+        return 0;
+    }
+    lp_log_notice("etcd: routes changed through the admin API: %s at revision %" PRId64, key, rev);
+    routes_answer(e, r, 200, rev);
+    return 0;
+}
+
+/* Every queued change, in order; stops at the first etcd failure (the rest then wait for
+ * the reconnection, or fail with it: routes_fail_all). */
+static int routes_run(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token)
+{
+    for (;;) {
+        uv_mutex_lock(&e->lock);
+        routes_req_t *r = e->rq_todo;
+        if (r)
+            e->rq_todo = r->next;
+        uv_mutex_unlock(&e->lock);
+        if (!r)
+            return 0;
+        int rc = routes_one(e, ep, token, r);
+        if (rc)
+            return rc;
+    }
+}
+
+/* etcd is unreachable: the changes waiting fail now rather than when it comes back (the
+ * client would not know whether to retry). */
+static void routes_fail_all(lp_etcd_t *e, const char *err, int status)
+{
+    uv_mutex_lock(&e->lock);
+    routes_req_t *r = e->rq_todo;
+    e->rq_todo = NULL;
+    uv_mutex_unlock(&e->lock);
+    while (r) {
+        routes_req_t *next = r->next;
+        snprintf(r->msg, sizeof(r->msg), "etcd: %s", err);
+        routes_answer(e, r, status, 0);
+        r = next;
+    }
+}
+
 /* Sleeps ms unless woken (then 1). */
 static int nap(lp_etcd_t *e, int ms)
 {
@@ -293,6 +483,8 @@ static void run(void *arg)
             rc = read_prefix(e, ep, token, &rev, err, sizeof(err));
         if (!rc)
             rc = write_status(e, ep, token, err, sizeof(err));
+        if (!rc)
+            rc = routes_run(e, ep, token);
         while (!rc && !is_stopping(e)) {
             set_state(e, 1, "");
             backoff = 100;
@@ -342,11 +534,14 @@ static void run(void *arg)
             rc = read_prefix(e, ep, token, &rev, err, sizeof(err));
             if (!rc)
                 rc = write_status(e, ep, token, err, sizeof(err));
+            if (!rc)
+                rc = routes_run(e, ep, token);
         }
         free(token);
         if (is_stopping(e))
             break;
         set_state(e, 0, err);
+        routes_fail_all(e, err, 502);
         ep_i = (ep_i + 1) % e->neps;
         /* Every endpoint failed once: wait a little before the next round. */
         if (ep_i == 0) {
@@ -399,6 +594,8 @@ static void on_applied(void *data, int rc, const char *err, uint64_t generation)
             lp_log_error("etcd: cannot keep the config as the last good one: %s: %s", e->state_path,
                          strerror(errno));
         e->running_rev = e->applying_rev;
+        e->running_hash = e->applying_hash;
+        e->running_cmod = e->applying_cmod;
         e->has_config = 1;
         e->failed_rev = 0;
         lp_log_notice("etcd: revision %" PRId64 " serving (generation %" PRIu64 ")", e->running_rev,
@@ -449,22 +646,55 @@ static void take_doc(lp_etcd_t *e)
     if (e->applying_rev)
         return;
     uv_mutex_lock(&e->lock);
-    char *doc = e->doc;
-    int64_t rev = e->doc_rev;
-    e->doc = NULL;
+    char *doc = e->doc, *plugins = e->doc_plugins;
+    int64_t rev = e->doc_rev, cmod = e->doc_cmod;
+    uint64_t hash = e->doc_hash;
+    e->doc = e->doc_plugins = NULL;
     uv_mutex_unlock(&e->lock);
-    if (!doc)
+    if (!doc) {
+        free(plugins);
         return;
-    if (rev == e->running_rev) { /* the last good copy the instance started with */
+    }
+    if (hash == e->running_hash) {
+        /* What serves already: the last good copy the instance started with, or etcd put
+         * back as it was after a refused change. Its revisions are etcd's now (POST /routes
+         * compares with the config's), and nothing is left refused. */
         free(doc);
+        free(plugins);
+        e->running_rev = rev;
+        e->running_cmod = cmod;
+        e->failed_rev = 0;
         e->has_config = 1;
         post_status(e, lp_gen_current->id);
         return;
     }
-    char head[64];
-    snprintf(head, sizeof(head), "{\"revision\":%" PRId64 ",\"config\":", rev);
-    int rc = write_file(e, e->next_path, head, doc, "}\n");
+    /* The keys name the document and the plugins in errors about them
+     * (config_source.lua: locate, plugin); jansson quotes them. */
+    char key[300], pprefix[300];
+    snprintf(key, sizeof(key), "%sconfig", e->prefix);
+    snprintf(pprefix, sizeof(pprefix), "%splugins/", e->prefix);
+    json_t *jk = json_string(key), *jp = json_string(pprefix);
+    char *qk = jk ? json_dumps(jk, JSON_ENCODE_ANY) : NULL;
+    char *qp = jp ? json_dumps(jp, JSON_ENCODE_ANY) : NULL;
+    json_decref(jk);
+    json_decref(jp);
+    size_t hn = strlen(plugins ? plugins : "{}") + 1024;
+    char *head = malloc(hn);
+    int rc = -1;
+    if (head && qk && qp) {
+        snprintf(head, hn,
+                 "{\"revision\":%" PRId64 ",\"config_mod\":%" PRId64 ",\"hash\":\"%016" PRIx64
+                 "\",\"key\":%s,\"plugin_prefix\":%s,\"plugins\":%s,\"config\":",
+                 rev, cmod, hash, qk, qp, plugins ? plugins : "{}");
+        rc = write_file(e, e->next_path, head, doc, "}\n");
+    } else {
+        errno = ENOMEM;
+    }
+    free(head);
+    free(qk);
+    free(qp);
     free(doc);
+    free(plugins);
     if (rc) {
         e->failed_rev = rev;
         snprintf(e->failed_error, sizeof(e->failed_error), "%s: %s", e->next_path, strerror(errno));
@@ -473,21 +703,101 @@ static void take_doc(lp_etcd_t *e)
         return;
     }
     e->applying_rev = rev;
+    e->applying_hash = hash;
+    e->applying_cmod = cmod;
     e->server->source_doc = e->next_path;
     char who[64];
     snprintf(who, sizeof(who), "etcd revision %" PRId64, rev);
     lp_server_reload_by(e->server, who, on_applied, e);
 }
 
+/* The answered POST /routes changes: their callbacks, in the order they were sent. */
+static void routes_deliver(lp_etcd_t *e)
+{
+    uv_mutex_lock(&e->lock);
+    routes_req_t *r = e->rq_done, *rev = NULL;
+    e->rq_done = NULL;
+    uv_mutex_unlock(&e->lock);
+    while (r) { /* the list is newest first */
+        routes_req_t *next = r->next;
+        r->next = rev;
+        rev = r;
+        r = next;
+    }
+    while (rev) {
+        routes_req_t *next = rev->next;
+        rev->cb(rev->data, rev->status, rev->msg, rev->revision);
+        free(rev->ops);
+        free(rev);
+        rev = next;
+    }
+}
+
 static void on_async(uv_async_t *a)
 {
+    routes_deliver(a->data);
     take_doc(a->data);
+}
+
+int lp_etcd_active(const lp_server_t *s)
+{
+    return s->etcd != NULL;
+}
+
+int lp_etcd_routes_change(lp_server_t *s, json_t *ops, lp_etcd_routes_cb cb, void *data)
+{
+    lp_etcd_t *e = s->etcd;
+    routes_req_t *r = e ? calloc(1, sizeof(*r)) : NULL;
+    if (!r || !(r->ops = json_dumps(ops, JSON_COMPACT | JSON_ENCODE_ANY))) {
+        free(r);
+        return LP_ENOMEM;
+    }
+    r->expect_mod = e->running_cmod;
+    r->cb = cb;
+    r->data = data;
+    uv_mutex_lock(&e->lock);
+    routes_req_t **tail = &e->rq_todo;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = r;
+    uv_mutex_unlock(&e->lock);
+    char b = 1;
+    if (write(e->wake[1], &b, 1) < 0 && errno != EAGAIN)
+        lp_log_warn("etcd: cannot wake the watch: %s", strerror(errno));
+    return 0;
 }
 
 static void set_str(char *dst, size_t n, json_t *o, const char *k, const char *dflt)
 {
     json_t *v = json_object_get(o, k);
     snprintf(dst, n, "%s", json_is_string(v) ? json_string_value(v) : dflt);
+}
+
+static char *opt_str(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_string(v) ? strdup(json_string_value(v)) : NULL;
+}
+
+/* config_source.etcd.tls (NULL: the defaults: verify against the system store) as a client
+ * context of tls.c, the one upstreams use. 0, or LP_ECONFIG with err naming the file. */
+static int tls_context(lp_etcd_t *e, json_t *tls, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(tls, "verify");
+    lp_tls_client_conf_t c = {.verify = !json_is_false(v),
+                              .ca = opt_str(tls, "ca"),
+                              .sni = opt_str(tls, "server_name"),
+                              .cert = opt_str(tls, "cert"),
+                              .key = opt_str(tls, "key"),
+                              .min_version = 0};
+    char terr[400];
+    e->tls = lp_tls_client_new(&c, terr, sizeof(terr));
+    lp_tls_client_conf_free(&c);
+    if (!e->tls) {
+        snprintf(err, errlen, "config_source.etcd.tls: %s", terr);
+        return LP_ECONFIG;
+    }
+    return 0;
 }
 
 int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errlen)
@@ -527,6 +837,14 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
         set_str(e->user, sizeof(e->user), auth, "user", "");
         set_str(e->password, sizeof(e->password), auth, "password", "");
     }
+    json_t *tls = json_object_get(j, "tls");
+    int https = 0;
+    for (int k = 0; k < e->neps; k++)
+        https |= e->eps[k].https;
+    if (!rc && https)
+        rc = tls_context(e, tls, err, errlen);
+    for (int k = 0; k < e->neps; k++)
+        e->eps[k].tls = e->eps[k].https ? e->tls : NULL;
     json_t *t = json_object_get(j, "timeout");
     e->timeout_ms = json_is_number(t) ? (int)(json_number_value(t) * 1000) : 2000;
     /* state_file, like config_source.lua's state_path. */
@@ -545,13 +863,19 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
     if (rc || !e->neps) {
         if (!rc)
             snprintf(err, errlen, "config_source.etcd: no endpoint");
+        lp_tls_client_unref(e->tls);
         free(e);
         return LP_ECONFIG;
     }
     /* The last good copy this start serves, if any: its revision is not applied again. */
     json_t *last = json_load_file(e->state_path, 0, NULL);
     if (last) {
-        e->running_rev = e->delivered_rev = jint(last, "revision");
+        e->running_rev = jint(last, "revision");
+        e->running_cmod = jint(last, "config_mod");
+        json_t *h = json_object_get(last, "hash");
+        /* A copy without a hash (an older luaproxy's) is applied again once. */
+        e->running_hash = e->delivered_hash =
+            json_is_string(h) ? strtoull(json_string_value(h), NULL, 16) : 0;
         e->has_config = 1;
         json_decref(last);
         lp_log_notice("etcd: serving the last good config (revision %" PRId64 ") from %s",
@@ -559,6 +883,15 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
     }
     if (pipe2(e->wake, O_CLOEXEC | O_NONBLOCK)) {
         snprintf(err, errlen, "etcd: pipe: %s", strerror(errno));
+        lp_tls_client_unref(e->tls);
+        free(e);
+        return LP_EIO;
+    }
+    if (pipe2(e->stop_pipe, O_CLOEXEC | O_NONBLOCK)) {
+        snprintf(err, errlen, "etcd: pipe: %s", strerror(errno));
+        close(e->wake[0]);
+        close(e->wake[1]);
+        lp_tls_client_unref(e->tls);
         free(e);
         return LP_EIO;
     }
@@ -578,7 +911,9 @@ int lp_etcd_start(lp_server_t *s, const lp_config_t *cfg, char *err, size_t errl
 static void etcd_free(lp_etcd_t *e)
 {
     uv_mutex_destroy(&e->lock);
+    lp_tls_client_unref(e->tls);
     free(e->doc);
+    free(e->doc_plugins);
     free(e->status);
     free(e);
 }
@@ -603,11 +938,15 @@ void lp_etcd_stop(lp_server_t *s)
     e->stop = 1;
     uv_mutex_unlock(&e->lock);
     char b = 1;
-    if (write(e->wake[1], &b, 1) < 0)
+    if (write(e->wake[1], &b, 1) < 0 || write(e->stop_pipe[1], &b, 1) < 0)
         lp_log_warn("etcd: cannot wake the watch: %s", strerror(errno));
     uv_thread_join(&e->thread);
+    routes_fail_all(e, "the server is stopping", 503); /* the thread is gone: answered here */
+    routes_deliver(e);
     close(e->wake[0]);
     close(e->wake[1]);
+    close(e->stop_pipe[0]);
+    close(e->stop_pipe[1]);
     uv_close((uv_handle_t *)&e->async, on_async_closed);
 }
 

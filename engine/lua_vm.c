@@ -209,8 +209,12 @@ void lp_lua_set_paths(lua_State *L, const char *config_path)
     }
 }
 
-/* The plugin and script search paths given to runtime.load. */
-static void push_load_opts(lua_State *L, const char *config_path)
+const char *lp_lua_push_plugins = NULL;
+
+/* The plugin and script search paths given to runtime.load; config_path and source_doc
+ * (the etcd candidate the config was checked with, NULL: the last good copy) find plugin
+ * sources from etcd (config_source.lua: plugin). */
+static void push_load_opts(lua_State *L, const char *config_path, const char *source_doc)
 {
     const char *root = engine_root();
     char dir[4096], buf[16384];
@@ -253,12 +257,22 @@ static void push_load_opts(lua_State *L, const char *config_path)
     lua_setfield(L, -2, "script_path");
     lua_pushstring(L, dir); /* relative file names in the lua section (proxy.tcp's CA) */
     lua_setfield(L, -2, "config_dir");
+    lua_pushstring(L, config_path);
+    lua_setfield(L, -2, "config_path");
+    if (source_doc) {
+        lua_pushstring(L, source_doc);
+        lua_setfield(L, -2, "source_doc");
+    }
+    if (lp_lua_push_plugins) {
+        lua_pushstring(L, lp_lua_push_plugins);
+        lua_setfield(L, -2, "push_plugins");
+    }
 }
 
 /* runtime.load(cfg, opts) with the config table at `cfg_idx`; leaves the state (or nothing)
  * on the stack. */
-static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, char *err,
-                        size_t errlen)
+static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, const char *source_doc,
+                        char *err, size_t errlen)
 {
     lua_getglobal(L, "require");
     lua_pushliteral(L, "luaproxy.runtime");
@@ -271,7 +285,7 @@ static int runtime_load(lua_State *L, int cfg_idx, const char *config_path, char
     lua_getfield(L, -1, "load");
     lua_remove(L, -2);
     lua_pushvalue(L, cfg_idx);
-    push_load_opts(L, config_path);
+    push_load_opts(L, config_path, source_doc);
     if (lua_pcall(L, 2, 2, 0)) {
         snprintf(err, errlen, "%s: %s", config_path, lua_tostring(L, -1));
         lua_pop(L, 1);
@@ -309,7 +323,7 @@ static int runtime_lint(lua_State *L, int cfg_idx, int state_idx, const char *co
     lua_getfield(L, -1, "lint");
     lua_remove(L, -2);
     lua_pushvalue(L, cfg_idx);
-    push_load_opts(L, config_path);
+    push_load_opts(L, config_path, NULL);
     lua_getfield(L, state_idx, "warnings");
     if (lint_memo)
         lua_pushstring(L, lint_memo);
@@ -394,7 +408,7 @@ int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t
     }
     wd_register(g, 1);
     lp__guard_begin(g);
-    rc = runtime_load(L, cfg, config_path, err, errlen);
+    rc = runtime_load(L, cfg, config_path, lp_config_source_doc, err, errlen);
     lp__guard_end(g);
     wd_register(g, 0);
     current_check = was;
@@ -602,10 +616,17 @@ static int merge_source(lua_State *L, const char *path, const char *doc, char *e
             lua_pushstring(L, doc);
         else
             lua_pushnil(L);
-        if (lua_pcall(L, 3, 2, 0) == 0 && !lua_isnil(L, -2)) {
-            lua_pop(L, 1);
-            lua_replace(L, t);
-            return 0;
+        if (lua_pcall(L, 3, 2, 0) == 0) {
+            if (!lua_isnil(L, -2)) {
+                lua_pop(L, 1);
+                lua_replace(L, t);
+                return 0;
+            }
+            /* The error names the document (its file, or its etcd key and revision), not the
+             * bootstrap: the problem is not in the bootstrap. */
+            snprintf(err, errlen, "%s", lua_tostring(L, -1));
+            lua_settop(L, t - 1);
+            return LP_ECONFIG;
         }
     }
     snprintf(err, errlen, "%s: %s", path, lua_tostring(L, -1));
@@ -765,7 +786,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
         snprintf(err, errlen, "%s: the file must return a table", cfg->path);
         goto fail;
     }
-    int lrc = runtime_load(L, cfg_idx, cfg->path, err, errlen);
+    int lrc = runtime_load(L, cfg_idx, cfg->path, cfg->source_doc, err, errlen);
     lp__guard_end(&vm->guard);
     vm->guard.timeout_ns = phase_ns;
     vm->guard.limit = NULL;

@@ -125,6 +125,11 @@ void lp_lua_error_message(const char *msg, const char *path, char *out, size_t o
 /* Adds to package.path the engine's Lua directories and the config's own; used by the
  * config loader and the workers alike. */
 void lp_lua_set_paths(lua_State *L, const char *config_path);
+
+/* `luaproxy push` only: the plugin sources its check loads before the files, as the
+ * instances will (JSON {"prefix": "PREFIX plugins/", "sources": {NAME: source}}; borrowed
+ * from push, NULL otherwise). Read by every config check of the process. */
+extern const char *lp_lua_push_plugins;
 /* Validates the plugins and handlers of the config table at the top of L's stack (the
  * main thread's check, also for `luaproxy -t`). */
 int lp_lua_check_config(lua_State *L, const char *config_path, char *err, size_t errlen);

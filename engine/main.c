@@ -32,7 +32,8 @@ static void usage(FILE *out)
                  "       luaproxy -s stop -c FILE     stop it gracefully\n"
                  "       luaproxy -s upgrade -c FILE  start the binary anew with its sockets\n"
                  "       luaproxy push -c FILE --etcd URL [--prefix P]  check FILE as -t\n"
-                 "                                    does, then write it to etcd (docs/fleet.md)\n"
+                 "                                    does, then write it to etcd (docs/fleet.md;\n"
+                 "                                    --plugin NAME=FILE, --user, TLS: push -h)\n"
                  "       luaproxy test [-p DIR] [DIR] [SPEC...]  run plugin specs (busted)\n"
                  "       luaproxy check [-c FILE] [DIR|FILE...]  lint scripts, plugins\n"
                  "       luaproxy new plugin NAME [--dir DIR]  a plugin, spec, docs\n"
@@ -140,6 +141,9 @@ static struct {
     int again;                /* asked again meanwhile: run once more after it */
     reload_waiter_t *waiting; /* owned list: who hears the running reload's outcome */
     reload_waiter_t *next;    /* owned list: who asked meanwhile (the next one's) */
+    char *source_name;        /* owned: the loaded config's etcd document, for errors after
+                                 the load (lp_config_relocate); NULL: none */
+    char *source_keys;        /* owned: the keys it gave */
 } reload;
 
 static void reload_begin(lp_server_t *s);
@@ -181,6 +185,9 @@ static void reload_end(lp_server_t *s, int rc)
     } else if (rc) {
         s->reloads_failed++;
         gen_id = lp_gen_current->id;
+        /* After the load (names, TLS files, the workers' VMs): about the etcd document? */
+        lp_config_relocate(s->config_path, reload.source_name, reload.source_keys, reload.err,
+                           sizeof(reload.err));
         lp_log_error("reload failed, generation %llu keeps serving: %s", (unsigned long long)gen_id,
                      reload.err);
     } else {
@@ -200,6 +207,9 @@ static void reload_end(lp_server_t *s, int rc)
     if (!stop_reason)
         lp_notify_systemd(rc ? "READY=1\nSTATUS=the last reload failed, see the log"
                              : "READY=1\nSTATUS=serving");
+    free(reload.source_name);
+    free(reload.source_keys);
+    reload.source_name = reload.source_keys = NULL;
     reload_waiter_t *w = reload.waiting;
     reload.waiting = NULL;
     reload.running = 0;
@@ -261,6 +271,8 @@ static void reload_begin(lp_server_t *s)
         reload_end(s, rc);
         return;
     }
+    reload.source_name = reload.cfg->source_name ? strdup(reload.cfg->source_name) : NULL;
+    reload.source_keys = reload.cfg->source_keys ? strdup(reload.cfg->source_keys) : NULL;
     reload.work.data = s;
     rc = uv_queue_work(s->loop, &reload.work, on_materialise, on_materialised);
     if (rc) {
@@ -428,6 +440,7 @@ int main(int argc, char **argv)
     }
     /* Nothing serves yet: the step a reload runs on the threadpool runs here. */
     if (lp_config_materialise(cfg, err, sizeof(err))) {
+        lp_config_relocate(cfg->path, cfg->source_name, cfg->source_keys, err, sizeof(err));
         fprintf(stderr, "%s\n", err);
         lp_config_free(cfg);
         return 1;
@@ -446,9 +459,10 @@ int main(int argc, char **argv)
     if (test_only) {
         /* As a start would: plugins and handlers in a worker VM, init_worker run. */
         int rc = lp_workers_check(cfg, err, sizeof(err));
-        if (rc)
+        if (rc) {
+            lp_config_relocate(cfg->path, cfg->source_name, cfg->source_keys, err, sizeof(err));
             fprintf(stderr, "%s\n", err);
-        else
+        } else
             printf("%s: configuration ok\n", path);
         lp_config_free(cfg);
         return rc ? 1 : 0;

@@ -875,6 +875,34 @@ lp_tls_t *lp_tls_accept(lp_tls_server_t *srv, lp_bufpool_t *pool)
     return t;
 }
 
+/* A client session's peer: the name sent as SNI (not an IP literal: RFC 6066) and, when
+ * verifying, the name or address the certificate must show. 0, or -1 (out of memory). */
+static int set_peer(SSL *ssl, const lp_tls_client_t *cli, const char *host)
+{
+    SSL_set_connect_state(ssl);
+    const char *name = cli->sni ? cli->sni : host;
+    struct in6_addr a6;
+    int is_ip = inet_pton(AF_INET, name, &a6) == 1 || inet_pton(AF_INET6, name, &a6) == 1;
+    if (!is_ip)
+        SSL_set_tlsext_host_name(ssl, name);
+    if (cli->verify && (is_ip ? !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name)
+                              : !SSL_set1_host(ssl, name))) {
+        ERR_clear_error();
+        return -1;
+    }
+    return 0;
+}
+
+struct ssl_st *lp_tls_client_ssl(lp_tls_client_t *cli, const char *host)
+{
+    SSL *ssl = SSL_new(cli->ctx);
+    if (ssl && set_peer(ssl, cli, host)) {
+        SSL_free(ssl);
+        ssl = NULL;
+    }
+    return ssl;
+}
+
 lp_tls_t *lp_tls_connect(lp_tls_client_t *cli, const char *host, void **session, lp_bufpool_t *pool)
 {
     lp_tls_t *t = tls_new(cli->ctx, pool);
@@ -882,19 +910,9 @@ lp_tls_t *lp_tls_connect(lp_tls_client_t *cli, const char *host, void **session,
         return NULL;
     t->cli = lp_tls_client_ref(cli);
     t->session = session;
-    SSL_set_connect_state(t->ssl);
-    const char *name = cli->sni ? cli->sni : host;
-    struct in6_addr a6;
-    int is_ip = inet_pton(AF_INET, name, &a6) == 1 || inet_pton(AF_INET6, name, &a6) == 1;
-    if (!is_ip)
-        SSL_set_tlsext_host_name(t->ssl, name); /* RFC 6066: no IP literals in SNI */
-    if (cli->verify) {
-        if (is_ip ? !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), name)
-                  : !SSL_set1_host(t->ssl, name)) {
-            ERR_clear_error();
-            lp_tls_free(t);
-            return NULL;
-        }
+    if (set_peer(t->ssl, cli, host)) {
+        lp_tls_free(t);
+        return NULL;
     }
     if (session && *session)
         SSL_set_session(t->ssl, *session);

@@ -82,6 +82,11 @@ const char *lp_tls_client_key(const lp_tls_client_t *c);
  * pools and active health checks both use it. */
 char *lp_tls_peer_name(const lp_tls_client_t *c, const char *addr, const char *dns_name);
 
+/* A bare OpenSSL session of cli's context for a peer named host (SNI and verification as
+ * lp_tls_connect sets them), for a caller doing its own I/O on a socket (SSL_set_fd: the
+ * etcd client, etcd_http.c). The caller owns it (SSL_free); NULL when out of memory. */
+struct ssl_st *lp_tls_client_ssl(lp_tls_client_t *cli, const char *host);
+
 /* Process-wide set-up (the BIO method, the ticket key ring), done once by the first
  * context built; 0 or -1. */
 int lp_tls_global_init(void);

@@ -1057,8 +1057,8 @@ local S = {
           fields = {
             endpoints = {
               type = "array", required = true, custom = non_empty("endpoint"),
-              elements = { type = "string", pattern = "^http://[^/]+$" },
-              description = '`{ "http://10.0.0.1:2379", ... }`: tried in turn',
+              elements = { type = "string", pattern = "^https?://[^/]+$" },
+              description = '`{ "http://10.0.0.1:2379", ... }` (or `https://`): tried in turn',
             },
             prefix = { type = "string", default = "/luaproxy/", pattern = "^/.*/$",
                        description = "key prefix: `PREFIX config`, `PREFIX status/INSTANCE`" },
@@ -1079,9 +1079,26 @@ local S = {
             },
             tls = {
               type = "record", doc_default = "none",
-              description = "not supported yet: a config naming it is refused",
-              fields = {},
-              custom = function() return nil, "TLS to etcd is not supported yet" end,
+              description = "TLS settings of `https://` endpoints (OpenSSL, the context "
+                .. "upstreams use); without it `https://` verifies against the system store",
+              doc_order = { "ca", "cert", "key", "verify", "server_name" },
+              fields = {
+                ca = { type = "string", description = "CA file the server certificate is "
+                         .. "verified against (default: the system store)" },
+                cert = { type = "string", description = "client certificate (PEM), for "
+                           .. "etcd's `--client-cert-auth`" },
+                key = { type = "string", description = "its private key (PEM)" },
+                verify = { type = "boolean", default = true,
+                           description = "verify the server's certificate and name" },
+                server_name = { type = "string", description = "name sent as SNI and "
+                                  .. "verified (default: the endpoint's host)" },
+              },
+              custom = function(t)
+                if (t.cert == nil) ~= (t.key == nil) then
+                  return nil, "cert and key go together"
+                end
+                return true
+              end,
             },
           },
         },

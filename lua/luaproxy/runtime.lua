@@ -48,11 +48,19 @@ local function find_plugin(name, opts)
   if type(name) ~= "string" or not name:match("^[%w_%-%.]+$") then
     return nil, "invalid plugin name " .. format("%q", tostring(name))
   end
-  local file = package.searchpath(name, plugin_path)
+  -- A config from etcd may carry plugin sources (PREFIX plugins/NAME): they come first, as
+  -- the fleet's shared code; loaded through the same guard as files.
+  local src, chunkname = require("luaproxy.config_source").plugin(name, opts.cfg, opts)
+  local file = chunkname and chunkname:sub(2) or package.searchpath(name, plugin_path)
   if not file then
     return nil, format("plugin %q not found in %s", name, plugin_path)
   end
-  local chunk, err = loadfile(file)
+  local chunk, err
+  if src then
+    chunk, err = guard.load(src, chunkname)
+  else
+    chunk, err = loadfile(file)
+  end
   if not chunk then return nil, fullname(err, file) end
   local ok, plugin = xpcall(chunk, traceback, name)
   if not ok then return nil, fullname(plugin, file) end
@@ -268,6 +276,7 @@ function M.load(cfg, opts)
   -- proxy.tcp: lua.ssl_trusted_certificate, relative to the config file's directory
   M.lua_conf = type(cfg.lua) == "table" and cfg.lua or {}
   M.config_dir = opts and opts.config_dir
+  if opts then opts.cfg = cfg end -- find_plugin: the config's config_source
   local ctx = require("luaproxy.config_schema").context(cfg)
   ctx.warnings, ctx.warned = {}, {}
   local global, err = load_list(cfg.plugins, "plugins", opts, ctx)

@@ -56,6 +56,39 @@ describe("luaproxy.config_source", function()
     assert.matches("etcd revision 3: config_source may only be set in the bootstrap", err)
   end)
 
+  it("names the etcd key in errors about the document's keys, not the bootstrap", function()
+    local doc = tmpfile('{"revision":9,"key":"/lp/config","config":{"routes":[],'
+      .. '"upstreams":{}}}')
+    assert(cs.merge("/x/p.lua", boot(), doc))
+    os.remove(doc)
+    assert.equal('etcd:/lp/config (revision 9): routes[1].upstream: no upstream named "x"',
+                 cs.locate("/x/p.lua", '/x/p.lua: routes[1].upstream: no upstream named "x"'))
+    assert.equal("etcd:/lp/config (revision 9): upstreams.u: bad",
+                 cs.locate("/x/p.lua", "/x/p.lua: upstreams.u: bad"))
+    -- the bootstrap's own keys stay the bootstrap's
+    assert.equal("/x/p.lua: listen[1].address: bad",
+                 cs.locate("/x/p.lua", "/x/p.lua: listen[1].address: bad"))
+  end)
+
+  it("serves plugin sources from the document, named by their etcd key", function()
+    local doc = tmpfile('{"revision":4,"key":"/lp/config","plugin_prefix":"/lp/plugins/",'
+      .. '"plugins":{"hello":"return {}"},"config":{"routes":[]}}')
+    local bootstrap = boot()
+    assert(cs.merge("/x/p.lua", bootstrap, doc))
+    local src, chunk = cs.plugin("hello")
+    assert.equal("return {}", src)
+    assert.equal("@etcd:/lp/plugins/hello", chunk)
+    assert.is_nil(cs.plugin("other"))
+    -- A VM that did not merge (a worker's) reads the same document file.
+    cs.plugins = nil
+    src, chunk = cs.plugin("hello", bootstrap, { config_path = "/x/p.lua", source_doc = doc })
+    os.remove(doc)
+    assert.equal("return {}", src)
+    assert.equal("@etcd:/lp/plugins/hello", chunk)
+    cs.plugins = nil
+    assert.is_nil(cs.plugin("hello", { routes = {} }, { config_path = "/x/p.lua" }))
+  end)
+
   it("encodes a file for push, refusing functions and bootstraps", function()
     local ok = tmpfile('return { routes = { { match = { prefix = "/" }, upstream = "u" } } }')
     local s = assert(cs.encode_file(ok))
