@@ -873,6 +873,7 @@ function P.response(req, conf)
   if st.invalidate then
     local uris = policy.invalidations(req:method(), status, request_parts(req), req:resp_headers())
     for _, u in ipairs(uris) do z:purge("GET " .. u) end
+    if conf._l2 and #uris > 0 then st.l2_del = uris end
     return
   end
   if st.pass then return end
@@ -942,9 +943,25 @@ function P.response(req, conf)
   if st.stripped and from_upstream and status == 200 and req:method() == "GET" then answer_stripped(req, conf, st, rsh, now) end
 end
 
+-- An unsafe method invalidated URIs in the zone (RFC 9111 §4.4): their Redis copies go too
+-- (the key, or a varying key's marker, which makes its variants unreachable).
+local function l2_invalidate(conf, uris)
+  local l2 = conf._l2
+  local red = l2_connect(conf, l2)
+  if not red then return end
+  local keys = {}
+  for i, u in ipairs(uris) do keys[i] = l2.prefix .. "GET " .. u end
+  local res, err = red:del(keys)
+  if res == nil then return l2_failed(conf, l2, err) end
+  red:set_keepalive(60000, l2.pool_size)
+  if res == false then return l2_failed(conf, l2, err) end
+end
+
 function P.log(req, conf)
   local st = req.ctx.cache
-  if st and st.l2_put and conf._l2 then l2_store(req, conf, st) end
+  if not (st and conf._l2) then return end
+  if st.l2_put then l2_store(req, conf, st) end
+  if st.l2_del then l2_invalidate(conf, st.l2_del) end
 end
 
 return P

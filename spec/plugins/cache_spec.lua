@@ -401,6 +401,16 @@ describe("cache plugin", function()
       assert.matches("detail=l2", en.headers["cache-status"])
     end)
 
+    it("deletes an unsafe method's invalidated URIs in Redis too", function()
+      run({ l2 = l2 }, { uri = "/u" }, fresh("u"))
+      assert.is_not_nil(ttl_of("luaproxy:cache:z:GET http://example.com/u"))
+      run({ l2 = l2 }, { uri = "/u", method = "POST" }, { status = 200, body = "posted" })
+      assert.is_nil(ttl_of("luaproxy:cache:z:GET http://example.com/u"))
+      other_proxy()
+      local r = run({ l2 = l2 }, { uri = "/u" }, fresh("u2"))
+      assert.equal("u2", r.body)
+    end)
+
     it("skips Redis when it is down: proxied as usual, one log line, counted", function()
       srv:stop()
       for i = 1, 3 do
