@@ -168,6 +168,8 @@ function P.compile(conf)
       pool_size = r.pool_size,
       prefix = r.prefix .. conf.zone .. ":",
       addr = r.host .. ":" .. r.port,
+      -- retry_interval's state is per server, database and credentials (rate_limit's twin)
+      down_key = concat({ r.host .. ":" .. r.port, r.db, r.user or "", r.password or "" }, "\0"),
       max_object_size = l2.max_object_size,
       ttl_max = l2.ttl_max,
       log_interval = l2.log_interval,
@@ -646,7 +648,7 @@ end
 
 local function l2_failed(conf, l2, err)
   local now = proxy.monotonic()
-  l2_down[l2.addr] = now + l2.retry_interval
+  l2_down[l2.down_key] = now + l2.retry_interval
   l2_count(conf, "failed")
   if now >= (l2_next_log[l2.addr] or 0) then
     l2_next_log[l2.addr] = now + l2.log_interval
@@ -657,13 +659,13 @@ end
 
 -- A connected client, or nil (Redis failed now or within retry_interval: counted, logged).
 local function l2_connect(conf, l2)
-  local down = l2_down[l2.addr]
+  local down = l2_down[l2.down_key]
   if down then
     if proxy.monotonic() < down then
       l2_count(conf, "failed")
       return nil
     end
-    l2_down[l2.addr] = nil
+    l2_down[l2.down_key] = nil
   end
   local red, err = proxy.redis.connect(l2.opts)
   if not red then

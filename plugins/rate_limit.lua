@@ -109,6 +109,9 @@ function P.compile(conf, where)
     c.interval_us = floor(c.interval * 1e6 + 0.5)
     c.limit_us = (conf.burst + 1) * c.interval_us
     c.redis_addr = r.host .. ":" .. r.port
+    -- What a failure is about: the server, and the database and credentials (a wrong
+    -- password in one entry must not send the entries with the right one to the fallback).
+    c.redis_down_key = table.concat({ c.redis_addr, r.db, r.user or "", r.password or "" }, "\0")
   end
   return c
 end
@@ -155,7 +158,7 @@ end
 
 local function redis_failed(conf, err)
   local now = proxy.monotonic()
-  down_until[conf.redis_addr] = now + conf.retry_interval
+  down_until[conf.redis_down_key] = now + conf.retry_interval
   if now >= (next_log[conf.redis_addr] or 0) then
     next_log[conf.redis_addr] = now + conf.log_interval
     proxy.log.warn(format("rate_limit: Redis %s failed (%s); fallback: %s", conf.redis_addr,
@@ -165,13 +168,13 @@ local function redis_failed(conf, err)
 end
 
 local function redis_decision(conf, key)
-  local down = down_until[conf.redis_addr]
+  local down = down_until[conf.redis_down_key]
   if down then
     if proxy.monotonic() < down then
       if m_redis_failures then m_redis_failures:inc(1, conf.metric_label) end
       return fallback(conf)
     end
-    down_until[conf.redis_addr] = nil
+    down_until[conf.redis_down_key] = nil
   end
   local red, err = proxy.redis.connect(conf.redis_opts)
   if not red then
