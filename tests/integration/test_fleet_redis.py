@@ -28,7 +28,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
 import reloadtest as RT  # noqa: E402
 from reloadtest import H  # noqa: E402
 from test_lua_redis import Redis  # noqa: E402
-import test_cache as TC  # noqa: E402
 
 WORKERS = 2
 
@@ -268,7 +267,7 @@ class FleetCacheL2Test(RT.ReloadTestCase):
         cls.redis = Redis()
         cls.addClassCleanup(cls.redis.stop)
         cls.redis.start()
-        cls.origin = TC.Origin()
+        cls.origin = H.ScriptedOrigin()
         cls.addClassCleanup(cls.origin.stop)
         cache = {"name": "cache", "zone": "t",
                  "l2": {"redis": {"port": cls.redis.port, "timeout": int(H.T(5000))},
@@ -296,7 +295,8 @@ class FleetCacheL2Test(RT.ReloadTestCase):
         return r
 
     def test_a_stored_by_one_instance_is_a_hit_on_the_other(self):
-        self.origin.script("/obj", lambda req, n: TC.fresh(b"body %d" % n, ("ETag", '"v%d"' % n)))
+        self.origin.script("/obj", lambda req, n: H.cacheable(b"body %d" % n,
+                                                              ("ETag", '"v%d"' % n)))
         r = self.get(0, "/obj")
         self.assertEqual(r.body, b"body 1")
         self.assertIn("fwd=miss", r.header("Cache-Status"))
@@ -317,14 +317,14 @@ class FleetCacheL2Test(RT.ReloadTestCase):
         self.assertEqual(self.origin.count("/obj"), 1)
         # A large object stays out of Redis (64k): the other instance asks the origin.
         big = b"x" * (100 * 1024)
-        self.origin.script("/big", lambda req, n: TC.fresh(big))
+        self.origin.script("/big", lambda req, n: H.cacheable(big))
         self.assertEqual(self.get(0, "/big").body, big)
         self.assertEqual(self.get(1, "/big").body, big)
         self.assertEqual(self.origin.count("/big"), 2)
         self.assertEqual(self.rkeys("/big"), [])
 
     def test_b_vary_variants_go_only_to_their_requests(self):
-        self.origin.script("/vary", lambda req, n: TC.fresh(
+        self.origin.script("/vary", lambda req, n: H.cacheable(
             ("lang=%s #%d" % (req.header("Accept-Language"), n)).encode(),
             ("Vary", "Accept-Language")))
         en = [("Accept-Language", "en")]
@@ -346,7 +346,7 @@ class FleetCacheL2Test(RT.ReloadTestCase):
         port = self.redis.port
         self.redis.kill()
         for i in range(5):
-            self.origin.script("/down%d" % i, lambda req, n: TC.fresh(b"down %d" % n))
+            self.origin.script("/down%d" % i, lambda req, n: H.cacheable(b"down %d" % n))
             self.assertEqual(self.get(1, "/down%d" % i).body, b"down 1")
         for p in (self.proxies[1],):
             text = self.admin("GET", "/metrics", proxy=p).body.decode()
@@ -361,7 +361,7 @@ class FleetCacheL2Test(RT.ReloadTestCase):
 
         def stored():
             n[0] += 1
-            self.origin.script("/back%d" % n[0], lambda req, k: TC.fresh(b"back"))
+            self.origin.script("/back%d" % n[0], lambda req, k: H.cacheable(b"back"))
             self.get(0, "/back%d" % n[0])
             return self.rkeys("/back") or None
         H.wait_for(stored, H.T(10), what="an L2 store after Redis came back")
