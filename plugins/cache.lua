@@ -9,7 +9,7 @@ local policy = require "luaproxy.cache.policy"
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
 local format, sub, lower, gsub, find = string.format, string.sub, string.lower, string.gsub,
   string.find
-local concat, max, floor = table.concat, math.max, math.floor
+local concat, max, min, floor = table.concat, math.max, math.min, math.floor
 
 local P = {
   name = "cache",
@@ -27,6 +27,22 @@ local function check_heuristic(v)
   if type(v) == "boolean" or (type(v) == "number" and v > 0 and v <= 1) then return true end
   if type(v) == "table" and type(v.fraction) == "number" then return true end
   return nil, "expected a boolean, a fraction (0, 1] or { fraction =, max = }"
+end
+
+-- A byte count: a number, or "64k", "1m".
+local SIZE_UNITS = { [""] = 1, k = 1024, m = 1024 * 1024 }
+local function size_coerce(v)
+  if type(v) == "string" then
+    local n, unit = v:match("^(%d+)([kKmM]?)$")
+    if n then return tonumber(n) * SIZE_UNITS[lower(unit)] end
+  end
+  return v
+end
+local function size_check(v)
+  if type(v) ~= "number" or v % 1 ~= 0 or v < 1 or v > 512 * 1024 * 1024 then
+    return nil, 'expected a size from 1 byte to "512m" (bytes, or "64k", "1m")'
+  end
+  return true
 end
 
 local function check_default_ttl(v)
@@ -84,6 +100,46 @@ P.schema = {
                            description = "seconds a background refresh may take" },
     max_vary_fields = { type = "integer", default = 16, min = 1, max = 64,
                         description = "a response varying on more fields is not stored" },
+    -- #18: a second tier in Redis, shared by every instance using it.
+    l2 = {
+      type = "record", doc_default = "none",
+      description = "a second tier in Redis shared by every proxy using it: a miss in the "
+        .. "zone looks there before going upstream, and a stored response up to "
+        .. "max_object_size is copied there (head, freshness and body) for at most ttl_max "
+        .. "seconds and never beyond its freshness. Redis failing: skipped (logged once per "
+        .. "log_interval, counted in cache_l2_operations_total)",
+      fields = {
+        redis = {
+          type = "record", default = {}, description = "the Redis of the L2 tier",
+          fields = {
+            host = { type = "string", default = "127.0.0.1", description = "Redis host" },
+            port = { type = "integer", default = 6379, min = 1, max = 65535, description = "port" },
+            password = { type = "string", secret = true, description = "AUTH password" },
+            user = { type = "string", description = "AUTH user (Redis 6 ACLs)" },
+            db = { type = "integer", default = 0, min = 0, description = "database number" },
+            timeout = { type = "integer", default = 50, min = 1,
+                        description = "milliseconds for connect, send and read (a slow L2 "
+                          .. "must cost less than the origin it saves)" },
+            prefix = { type = "string", default = "luaproxy:cache:",
+                       description = "key prefix (then the zone name and the cache key)" },
+            pool_size = { type = "integer", default = 64, min = 1,
+                          description = "idle connections kept per worker" },
+          },
+        },
+        max_object_size = { type = "any", default = 65536, coerce = size_coerce,
+                            custom = size_check, doc_default = '"64k"',
+                            description = "bodies up to this size are copied to Redis" },
+        ttl_max = { type = "duration", default = 300, min = 1,
+                    description = "seconds an object lives in Redis at most (less when its "
+                      .. "freshness ends sooner)" },
+        log_interval = { type = "duration", default = 60, min = 0,
+                         description = "seconds between two log lines about Redis failing "
+                           .. "(per worker)" },
+        retry_interval = { type = "duration", default = 1, min = 0,
+                           description = "after Redis failed, seconds this worker skips the "
+                             .. "L2 tier without asking Redis" },
+      },
+    },
   },
 }
 
@@ -103,6 +159,23 @@ function P.compile(conf)
     stale_if_error = conf.stale_if_error > 0 and conf.stale_if_error or nil,
     max_vary_fields = conf.max_vary_fields,
   }
+  local l2 = conf.l2
+  if l2 then
+    local r = l2.redis
+    conf._l2 = {
+      opts = { host = r.host, port = r.port, password = r.password, user = r.user, db = r.db,
+               timeout = r.timeout, pool_size = r.pool_size },
+      pool_size = r.pool_size,
+      prefix = r.prefix .. conf.zone .. ":",
+      addr = r.host .. ":" .. r.port,
+      -- retry_interval's state is per server, database and credentials (rate_limit's twin)
+      down_key = concat({ r.host .. ":" .. r.port, r.db, r.user or "", r.password or "" }, "\0"),
+      max_object_size = l2.max_object_size,
+      ttl_max = l2.ttl_max,
+      log_interval = l2.log_interval,
+      retry_interval = l2.retry_interval,
+    }
+  end
   return conf
 end
 
@@ -522,8 +595,8 @@ local function look(req, conf, st, z, key, rh, rd, waited)
     local decision, d = policy.evaluate(meta, rd, proxy.now(), conf._opts)
     if decision == "fresh" or decision == "stale_ok" then
       z:count(decision == "fresh" and "hit" or "stale")
-      serve(req, conf, st, meta, headers, blen, { hit = true, collapsed = waited or nil }, nil,
-        base)
+      serve(req, conf, st, meta, headers, blen,
+        { hit = true, collapsed = waited or nil, detail = st.l2 }, nil, base)
       return true
     elseif decision == "stale_while_revalidate" then
       z:count("stale")
@@ -555,7 +628,145 @@ local function look(req, conf, st, z, key, rh, rd, waited)
   return false
 end
 
+-- ---- the L2 tier in Redis (#18, docs/plugins/cache.md) ----
+--
+-- Redis keys: PREFIX ZONE ":" KEY for an entry without Vary, or for the Vary marker
+-- ("LPV1\n" then the Vary field) of a key that varies, whose variants are under
+-- PREFIX ZONE ":" KEY "\0" SECONDARY_KEY: the same key and secondary key as the memory tier,
+-- computed by the same functions, so an L2 entry answers exactly the requests its memory
+-- twin would. An entry is "LPC1\n" HEAD_LENGTH "\n" HEAD BODY, HEAD being the encoded head
+-- the zone stores (the policy's meta with its dates, the status and the fields): another
+-- proxy computes the same age and freshness from it.
+
+local L2_MAX_KEY = 4096 -- as the zone: longer keys are not cached
+local l2_next_log, l2_down = {}, {} -- per worker, by Redis address
+local m_l2 -- cache_l2_operations_total{zone, result}, declared by init_worker
+
+local function l2_count(conf, result)
+  if m_l2 then m_l2:inc(1, conf.zone, result) end
+end
+
+local function l2_failed(conf, l2, err)
+  local now = proxy.monotonic()
+  l2_down[l2.down_key] = now + l2.retry_interval
+  l2_count(conf, "failed")
+  if now >= (l2_next_log[l2.addr] or 0) then
+    l2_next_log[l2.addr] = now + l2.log_interval
+    proxy.log.warn(format("cache: Redis L2 %s failed (%s); the L2 tier is skipped", l2.addr,
+      tostring(err)))
+  end
+end
+
+-- A connected client, or nil (Redis failed now or within retry_interval: counted, logged).
+local function l2_connect(conf, l2)
+  local down = l2_down[l2.down_key]
+  if down then
+    if proxy.monotonic() < down then
+      l2_count(conf, "failed")
+      return nil
+    end
+    l2_down[l2.down_key] = nil
+  end
+  local red, err = proxy.redis.connect(l2.opts)
+  if not red then
+    l2_failed(conf, l2, err)
+    return nil
+  end
+  return red
+end
+
+P._l2_forget_failures = function() l2_next_log, l2_down = {}, {} end -- specs
+
+-- An "LPC1" value: head, body; or nil.
+local function l2_parse(v)
+  if type(v) ~= "string" or sub(v, 1, 5) ~= "LPC1\n" then return nil end
+  local nl = find(v, "\n", 6, true)
+  local hl = nl and tonumber(sub(v, 6, nl - 1))
+  if not hl or nl + hl > #v then return nil end
+  return sub(v, nl + 1, nl + hl), sub(v, nl + hl + 1)
+end
+
+-- A memory miss: the entry for (key, the request's secondary key) from Redis, put into the
+-- zone. true when one was put (the caller looks again).
+local function l2_lookup(req, conf, z, key, rh)
+  local l2 = conf._l2
+  if #key > L2_MAX_KEY then return false end
+  local red = l2_connect(conf, l2)
+  if not red then return false end
+  local rkey = l2.prefix .. key
+  local v, err = red:get(rkey)
+  local vary, sec = nil, ""
+  if type(v) == "string" and sub(v, 1, 5) == "LPV1\n" then
+    vary = sub(v, 6)
+    sec = policy.secondary_key(vary, rh, conf.max_vary_fields)
+    if not sec then
+      red:set_keepalive(60000, l2.pool_size)
+      l2_count(conf, "miss")
+      return false
+    end
+    v, err = red:get(rkey .. "\0" .. sec)
+  end
+  if v == nil or v == false then
+    if v == false then red:set_keepalive(60000, l2.pool_size) end
+    l2_failed(conf, l2, err)
+    return false
+  end
+  red:set_keepalive(60000, l2.pool_size)
+  local head, body = l2_parse(v)
+  local meta = head and decode(head)
+  if not meta then
+    l2_count(conf, "miss")
+    return false
+  end
+  local keep = keep_for(meta, conf, proxy.now())
+  if vary and not z:put(key, "", "V " .. vary, keep) then return false end
+  if not z:put(key, sec, head, keep, body) then return false end
+  l2_count(conf, "hit")
+  return true
+end
+
+-- Log phase of a request whose response the zone stored: the complete entry, when small
+-- enough and still fresh, is copied to Redis (one round trip: a pipeline).
+local function l2_store(req, conf, st)
+  local l2, put, z = conf._l2, st.l2_put, st.zone
+  if #st.key > L2_MAX_KEY then return end
+  local head, blen = z:get(req, st.key, put.sec)
+  if not head or blen > l2.max_object_size then return end
+  local meta = decode_cached(head)
+  if not meta then return end
+  local ttl = floor(min(l2.ttl_max, meta.ttl - policy.current_age(meta, proxy.now())))
+  if ttl < 1 then return end
+  local body = z:read(req, 0, blen)
+  if #body ~= blen then return end
+  local red = l2_connect(conf, l2)
+  if not red then return end
+  local rkey = l2.prefix .. st.key
+  red:init_pipeline()
+  if put.vary then
+    red:set(rkey, "LPV1\n" .. put.vary, "EX", l2.ttl_max)
+    rkey = rkey .. "\0" .. put.sec
+  end
+  red:set(rkey, "LPC1\n" .. #head .. "\n" .. head .. body, "EX", ttl)
+  local res, err = red:commit_pipeline()
+  if not res then return l2_failed(conf, l2, err) end
+  red:set_keepalive(60000, l2.pool_size)
+  for _, r in ipairs(res) do
+    if type(r) == "table" and r[1] == false then return l2_failed(conf, l2, r[2]) end
+  end
+  l2_count(conf, "stored")
+end
+
 -- ---- phases ----
+
+function P.init_worker(conf)
+  if conf._l2 then
+    -- Declared by every entry's init_worker: a name declared again is the same metric.
+    m_l2 = proxy.metrics.counter("cache_l2_operations_total",
+      "Lookups and stores of the cache's Redis L2 tier, by zone and result (hit, miss, "
+        .. "stored, failed: Redis could not answer, or was skipped after failing).",
+      { "zone", "result" })
+  end
+end
 
 function P.request(req, conf)
   local z = zone_of(conf)
@@ -591,6 +802,12 @@ function P.request(req, conf)
   -- One look, and a second after waiting for another request's fill: not a loop, whose
   -- single iteration per request would abort the trace on every hit.
   if look(req, conf, st, z, key, rh, rd, false) then return end
+  -- The L2 tier: a hit there is put in the zone and served from it as a memory hit.
+  if conf._l2 and not o.bypass and l2_lookup(req, conf, z, key, rh) then
+    st.l2 = "l2"
+    if look(req, conf, st, z, key, rh, rd, false) then return end
+    st.l2 = nil
+  end
   if conf.lock and not z:lock(req, key, conf.lock_timeout) then
     -- Another request fills the key: wait for its entry (bounded), then look again; a fill
     -- that ends without an entry (not storable, too large) lets everyone go upstream.
@@ -658,6 +875,7 @@ function P.response(req, conf)
   if st.invalidate then
     local uris = policy.invalidations(req:method(), status, request_parts(req), req:resp_headers())
     for _, u in ipairs(uris) do z:purge("GET " .. u) end
+    if conf._l2 and #uris > 0 then st.l2_del = uris end
     return
   end
   if st.pass then return end
@@ -717,6 +935,7 @@ function P.response(req, conf)
         stored = z:store(req, st.key, sec,
           encode(meta, policy.stored_headers(rsh, conf._opts), z:names(req)), keep)
         ttl = meta.ttl - policy.current_age(meta, now)
+        if stored and conf._l2 then st.l2_put = { sec = sec, vary = sec ~= "" and (gsub(vary, "[\r\n]", " ")) or nil } end
       end
     end
   end
@@ -724,6 +943,27 @@ function P.response(req, conf)
     prior = rsh["cache-status"], fwd = st.fwd or "miss", fwd_status = from_upstream and status or nil,
     stored = stored or nil, ttl = stored and ttl or nil, collapsed = st.collapsed or nil })
   if st.stripped and from_upstream and status == 200 and req:method() == "GET" then answer_stripped(req, conf, st, rsh, now) end
+end
+
+-- An unsafe method invalidated URIs in the zone (RFC 9111 §4.4): their Redis copies go too
+-- (the key, or a varying key's marker, which makes its variants unreachable).
+local function l2_invalidate(conf, uris)
+  local l2 = conf._l2
+  local red = l2_connect(conf, l2)
+  if not red then return end
+  local keys = {}
+  for i, u in ipairs(uris) do keys[i] = l2.prefix .. "GET " .. u end
+  local res, err = red:del(keys)
+  if res == nil then return l2_failed(conf, l2, err) end
+  red:set_keepalive(60000, l2.pool_size)
+  if res == false then return l2_failed(conf, l2, err) end
+end
+
+function P.log(req, conf)
+  local st = req.ctx.cache
+  if not (st and conf._l2) then return end
+  if st.l2_put then l2_store(req, conf, st) end
+  if st.l2_del then l2_invalidate(conf, st.l2_del) end
 end
 
 return P

@@ -53,6 +53,10 @@ local fields = {
                  .. "request through, or refuse it (`status`)" },
   log_interval = { type = "duration", default = 60, min = 0,
                    description = "seconds between two log lines about Redis failing (per worker)" },
+  retry_interval = { type = "duration", default = 1, min = 0,
+                     description = "after Redis failed, seconds this worker lets the fallback "
+                       .. "decide without asking Redis (a Redis that times out must not add its "
+                       .. "timeout to every request); 0 asks Redis for every request" },
   status = { type = "integer", default = 429, min = 400, max = 599,
              description = "status of a refused request" },
   message = { type = "string", default = "too many requests\n",
@@ -105,6 +109,9 @@ function P.compile(conf, where)
     c.interval_us = floor(c.interval * 1e6 + 0.5)
     c.limit_us = (conf.burst + 1) * c.interval_us
     c.redis_addr = r.host .. ":" .. r.port
+    -- What a failure is about: the server, and the database and credentials (a wrong
+    -- password in one entry must not send the entries with the right one to the fallback).
+    c.redis_down_key = table.concat({ c.redis_addr, r.db, r.user or "", r.password or "" }, "\0")
   end
   return c
 end
@@ -134,22 +141,41 @@ local function local_decision(conf, key)
 end
 
 -- Logs a Redis failure at most once per log_interval per Redis address in this worker
--- (whichever instances use it: an outage is one event).
-local next_log = {}
-local function redis_failed(conf, err)
-  local now = proxy.monotonic()
-  if now >= (next_log[conf.redis_addr] or 0) then
-    next_log[conf.redis_addr] = now + conf.log_interval
-    proxy.log.warn(format("rate_limit: Redis %s failed (%s); fallback: %s", conf.redis_addr,
-      err, conf.fallback))
-  end
+-- (whichever instances use it: an outage is one event), and keeps the fallback deciding
+-- alone for retry_interval (down_until): the first request after it asks Redis again, so
+-- the limit is shared again within retry_interval of Redis coming back.
+local next_log, down_until = {}, {}
+
+-- Specs: a fresh worker's view of Redis.
+function P._forget_failures() next_log, down_until = {}, {} end
+
+local function fallback(conf)
   local fb = conf.fallback
   if fb == "allow" then return true, 0, 0, 0 end
   if fb == "deny" then return false, 0, conf.interval, conf.interval end
   return nil -- local
 end
 
+local function redis_failed(conf, err)
+  local now = proxy.monotonic()
+  down_until[conf.redis_down_key] = now + conf.retry_interval
+  if now >= (next_log[conf.redis_addr] or 0) then
+    next_log[conf.redis_addr] = now + conf.log_interval
+    proxy.log.warn(format("rate_limit: Redis %s failed (%s); fallback: %s", conf.redis_addr,
+      err, conf.fallback))
+  end
+  return fallback(conf)
+end
+
 local function redis_decision(conf, key)
+  local down = down_until[conf.redis_down_key]
+  if down then
+    if proxy.monotonic() < down then
+      if m_redis_failures then m_redis_failures:inc(1, conf.metric_label) end
+      return fallback(conf)
+    end
+    down_until[conf.redis_down_key] = nil
+  end
   local red, err = proxy.redis.connect(conf.redis_opts)
   if not red then
     if m_redis_failures then m_redis_failures:inc(1, conf.metric_label) end

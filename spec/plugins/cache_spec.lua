@@ -340,4 +340,86 @@ describe("cache plugin", function()
     local c = T.conf(cache, { zone = "z", default_ttl = { [200] = 10 } })
     assert.equal(10, c._opts.default_ttl[200])
   end)
+
+  describe("with an L2 tier in Redis", function()
+    local srv
+    local l2 = { redis = { port = 6391 }, ttl_max = 120 }
+    before_each(function()
+      srv = T.redis_server({ port = 6391 })
+      cache._l2_forget_failures()
+    end)
+    after_each(function() srv:stop() end)
+
+    -- Seconds key has left in the fake Redis (nil: no such key, false: no expiry).
+    local function ttl_of(key)
+      local e = srv:db(0)[key]
+      if not e then return nil end
+      return e.expires and (e.expires - srv.now()) or false
+    end
+
+    -- Another proxy: the same Redis, an empty zone.
+    local function other_proxy() T.cache_zones { z = {} } end
+
+    it("copies a stored answer to Redis, and another proxy's miss is served from it", function()
+      local first = run({ l2 = l2 }, { uri = "/a" }, fresh("v1", { ETag = '"e"' }))
+      assert.matches("stored", first.headers["Cache-Status"])
+      local ttl = ttl_of("luaproxy:cache:z:GET http://example.com/a")
+      assert.is_true(ttl > 55 and ttl <= 60, "ttl bounded by the freshness: " .. tostring(ttl))
+      other_proxy()
+      local second = run({ l2 = l2 }, { uri = "/a" }, { status = 500, body = "must not be asked" })
+      assert.is_true(second.responded)
+      assert.equal("v1", second.body)
+      assert.equal('"e"', second.headers["ETag"])
+      assert.matches("; hit; ttl=%d+; detail=l2", second.headers["cache-status"])
+      assert.equal(1, T.metric("cache_l2_operations_total", { zone = "z", result = "hit" }))
+      assert.equal(1, T.metric("cache_l2_operations_total", { zone = "z", result = "stored" }))
+      -- Then a memory hit there (no L2 detail).
+      local third = run({ l2 = l2 }, { uri = "/a" }, { status = 500, body = "must not be asked" })
+      assert.matches("; hit; ttl=%d+$", third.headers["cache-status"])
+    end)
+
+    it("bounds the Redis TTL by ttl_max, and keeps large bodies out", function()
+      run({ l2 = { redis = { port = 6391 }, ttl_max = 5 } }, { uri = "/b" }, fresh("v1"))
+      assert.equal(5, ttl_of("luaproxy:cache:z:GET http://example.com/b"))
+      run({ l2 = { redis = { port = 6391 }, max_object_size = 3 } }, { uri = "/c" },
+        fresh("four"))
+      assert.is_nil(ttl_of("luaproxy:cache:z:GET http://example.com/c"))
+    end)
+
+    it("keeps Vary: a variant is served only to requests it belongs to", function()
+      run({ l2 = l2 }, { uri = "/v", headers = { ["Accept-Language"] = "en" } },
+        fresh("english", { Vary = "Accept-Language" }))
+      other_proxy()
+      local fr = run({ l2 = l2 }, { uri = "/v", headers = { ["Accept-Language"] = "fr" } },
+        fresh("french", { Vary = "Accept-Language" }))
+      assert.equal("french", fr.body)
+      assert.matches("fwd=miss", fr.headers["Cache-Status"])
+      other_proxy()
+      local en = run({ l2 = l2 }, { uri = "/v", headers = { ["Accept-Language"] = "en" } },
+        { status = 500, body = "must not be asked" })
+      assert.equal("english", en.body)
+      assert.matches("detail=l2", en.headers["cache-status"])
+    end)
+
+    it("deletes an unsafe method's invalidated URIs in Redis too", function()
+      run({ l2 = l2 }, { uri = "/u" }, fresh("u"))
+      assert.is_not_nil(ttl_of("luaproxy:cache:z:GET http://example.com/u"))
+      run({ l2 = l2 }, { uri = "/u", method = "POST" }, { status = 200, body = "posted" })
+      assert.is_nil(ttl_of("luaproxy:cache:z:GET http://example.com/u"))
+      other_proxy()
+      local r = run({ l2 = l2 }, { uri = "/u" }, fresh("u2"))
+      assert.equal("u2", r.body)
+    end)
+
+    it("skips Redis when it is down: proxied as usual, one log line, counted", function()
+      srv:stop()
+      for i = 1, 3 do
+        local r = run({ l2 = l2 }, { uri = "/d" .. i }, fresh("x" .. i))
+        assert.equal("x" .. i, r.body)
+      end
+      assert.equal(1, #T.log_lines("warn"))
+      assert.matches("^cache: Redis L2 127.0.0.1:6391 failed", T.log_lines("warn")[1])
+      assert.is_true(T.metric("cache_l2_operations_total", { zone = "z", result = "failed" }) >= 3)
+    end)
+  end)
 end)

@@ -99,6 +99,7 @@ describe("rate_limit plugin", function()
     local srv
     before_each(function()
       srv = T.redis_server({ port = 6390 })
+      rate_limit._forget_failures()
     end)
     after_each(function() srv:stop() end)
 
@@ -145,6 +146,25 @@ describe("rate_limit plugin", function()
       for _ = 1, 3 do assert.is_false(run(open).responded) end
       local closed = { rate = 1, policy = "redis", redis = { port = 6390 }, fallback = "deny" }
       assert.equal(429, run(closed).status)
+    end)
+
+    it("lets the fallback decide for retry_interval after a failure, then asks Redis again", function()
+      srv:stop()
+      local conf = { rate = 100, burst = 5, policy = "redis", redis = { port = 6390 },
+        retry_interval = 2 }
+      assert.is_false(run(conf).responded) -- the local fallback counts
+      srv = T.redis_server({ port = 6390 })
+      local asked = 0
+      srv:on("EVALSHA", function()
+        asked = asked + 1
+        return { 0, 0, 1000000, 1000000 }
+      end)
+      assert.is_false(run(conf).responded) -- still the fallback: Redis not asked
+      assert.equal(0, asked)
+      T.advance(2)
+      assert.equal(429, run(conf).status) -- Redis decides again
+      assert.equal(1, asked)
+      assert.equal(1, #T.log_lines("warn"))
     end)
   end)
 

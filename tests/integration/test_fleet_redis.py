@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""State across a fleet of luaproxy instances through Redis (issue #18, docs/fleet.md): three
+instances (two workers each) with the same config and one redis-server (Debian's package,
+started as test_lua_redis.Redis does: a reserved port, stopped by PID).
+
+- rate_limit, policy redis: load spread over the three holds the global rate within 5%;
+- Redis killed: the `local` fallback counts locally, `allow` fails open, `deny` fails closed,
+  each logged at most once per worker (not per request) and every degraded decision counted
+  in rate_limit_redis_failures_total; Redis back: the limit is shared again;
+- sticky choices without shared state: the `ab` plugin's arm (sticky by header, and by
+  cookie) and the `hash` balancer's target are the same on every instance for 300 keys, and
+  again on an instance started afresh from the same config;
+- the cache's Redis L2 tier, with two instances: a response stored by one is a hit on the
+  other without an origin request (Cache-Status `hit; ...; detail=l2`); Vary variants are
+  served only to the requests they belong to; Redis killed: the cache goes on without L2
+  (one log line per worker, cache_l2_operations_total{result="failed"}), and stores to
+  Redis again once it is back."""
+
+import copy
+import os
+import re
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reload"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
+import reloadtest as RT  # noqa: E402
+from reloadtest import H  # noqa: E402
+from test_lua_redis import Redis  # noqa: E402
+
+WORKERS = 2
+
+
+def route(prefix, plugins=(), upstream="o"):
+    return {"match": {"prefix": prefix}, "upstream": upstream, "plugins": list(plugins),
+            "strip_prefix": True}
+
+
+def metric(text, name, **labels):
+    """The value of one series in a Prometheus text page (0 when absent)."""
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for line in text.split("\n"):
+        m = re.match(r"^(\w+)\{([^}]*)\} (\S+)$", line)
+        if m and m.group(1) == name:
+            got = ",".join(sorted(m.group(2).split(",")))
+            if got == want:
+                return float(m.group(3))
+    return 0
+
+
+class FleetRedisTest(RT.ReloadTestCase):
+    """Three instances, one Redis: rate limits, fallbacks, sticky choices."""
+
+    # GCRA loses capacity only when no request comes for about BURST / RATE seconds (see
+    # test_protection.RedisLimitsTest): with these a stall of 1.5 s of every client (a
+    # loaded machine, the ASan build) loses nothing, so the admitted count is the limit's.
+    RATE = 40
+    BURST = 60
+    DURATION = 8.0
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.addClassCleanup(cls.redis.stop)
+        cls.redis.start()
+        cls.origins = [cls.start_origin("o%d" % i) for i in range(3)]
+        # A slow machine must not make Redis look down during the shared runs.
+        redis = {"port": cls.redis.port, "timeout": int(H.T(5000))}
+
+        def rl(ident, rate, **kw):
+            p = {"name": "rate_limit", "id": ident, "rate": rate, "policy": "redis",
+                 "redis": redis, "log_interval": 60, "retry_interval": 0.2}
+            p.update(kw)
+            return p
+        routes = [
+            route("/rl/", [rl("fleet", cls.RATE, burst=cls.BURST)]),
+            route("/open/", [rl("open", 1, period=600, fallback="allow")]),
+            route("/closed/", [rl("closed", 1000, burst=1000, fallback="deny")]),
+            route("/one/", [rl("one", 1, period=600)]),
+            route("/ab/", [{"name": "ab", "sticky": "header", "header": "X-User-Id",
+                            "response_header": "X-Arm",
+                            "arms": [{"name": "a", "upstream": "a", "weight": 1},
+                                     {"name": "b", "upstream": "b", "weight": 2},
+                                     {"name": "c", "upstream": "c", "weight": 3}]}]),
+            route("/abc/", [{"name": "ab", "sticky": "cookie", "response_header": "X-Arm",
+                             "arms": [{"name": "a", "upstream": "a"},
+                                      {"name": "b", "upstream": "b"},
+                                      {"name": "c", "upstream": "c"}]}]),
+            route("/hash/", upstream="h"),
+        ]
+        o = [x.address() for x in cls.origins]
+        cls.upstreams = {"o": H.upstream(o[0]), "a": H.upstream(o[0]), "b": H.upstream(o[1]),
+                         "c": H.upstream(o[2]),
+                         "h": H.upstream(*o, balance="hash", hash_on="header:X-Key")}
+        cls.routes = routes
+        cls.proxies = [
+            cls.start_reload_proxy(cls.upstreams, routes, workers=WORKERS,
+                                   shared={"rate_limit": "1m"}, name="fleet%d" % i)
+            for i in range(3)]
+        cls.proxy = cls.proxies[0]
+
+    def metrics(self, p):
+        r = self.admin("GET", "/metrics", proxy=p)
+        self.assertEqual(r.status, 200)
+        return r.body.decode()
+
+    # ------------------------------------------------------------------ rate limit
+
+    def test_a_rate_limit_holds_within_5_percent_across_three_instances(self):
+        counts = {}
+        errors = []
+        spans = []  # per client: (first request sent, last answer read)
+        lock = threading.Lock()
+        start = time.monotonic()
+
+        def load(port):
+            first = None  # (sent, answered) of the client's first request, then its last
+            last = None
+            try:
+                with H.Client(port, timeout=H.T(10)) as c:
+                    while time.monotonic() - start < self.DURATION:
+                        sent = time.monotonic()
+                        r = c.request("GET", "/rl/fixed")
+                        last = (sent, time.monotonic())
+                        first = first or last
+                        with lock:
+                            counts[r.status] = counts.get(r.status, 0) + 1
+                        if r.header("Connection") == "close":
+                            return
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+            finally:
+                if first is not None:
+                    with lock:
+                        spans.append((first, last))
+        ts = [threading.Thread(target=load, args=(p.port,)) for p in self.proxies
+              for _ in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(H.T(60))
+        self.assertEqual(errors, [])
+        self.assertEqual(set(counts) - {200, 429}, set(), counts)
+        # The bucket's burst at once, then RATE per second from the first decision to the
+        # last. The first was made while the earliest first request was in flight, the last
+        # while the latest last one was: each is taken at the middle of its round trip (a
+        # loaded machine's round trips are long enough to matter at 5%).
+        t0 = min((a + b) / 2 for (a, b), _ in spans)
+        t1 = max((a + b) / 2 for _, (a, b) in spans)
+        elapsed = t1 - t0
+        expected = self.RATE * elapsed + self.BURST + 1
+        self.assertGreater(counts.get(429, 0), counts.get(200, 0), "the load went over the limit")
+        print("\nredis rate limit across 3 instances: %d allowed, %d refused in %.2f s "
+              "(expected %.0f: %+.1f%%)" % (counts[200], counts[429], elapsed, expected,
+                                             100.0 * (counts[200] - expected) / expected))
+        self.assertLess(abs(counts[200] - expected) / expected, 0.05,
+                        "allowed %d in %.1f s, expected about %.0f" % (counts[200], elapsed,
+                                                                      expected))
+        # Nothing was decided by a fallback.
+        for p in self.proxies:
+            self.assertEqual(metric(self.metrics(p), "rate_limit_redis_failures_total",
+                                    limit="fleet"), 0)
+
+    # ------------------------------------------------------------------ sticky choices
+
+    def choices(self, p, keys):
+        """For each key: (the ab arm by header, the hash balancer's target) on proxy p."""
+        out = {}
+        with H.Client(p.port, timeout=H.T(10)) as c:
+            for k in keys:
+                r1 = c.request("GET", "/ab/fixed", headers=[("X-User-Id", k)])
+                r2 = c.request("GET", "/hash/fixed", headers=[("X-Key", k)])
+                self.assertEqual((r1.status, r2.status), (200, 200))
+                out[k] = (r1.header("X-Arm"), r2.header("X-Origin-Id"))
+        return out
+
+    def test_b_sticky_choices_are_the_same_on_every_instance_and_after_a_restart(self):
+        keys = ["user-%d" % i for i in range(300)]
+        first = self.choices(self.proxies[0], keys)
+        arms = [a for a, _ in first.values()]
+        targets = [t for _, t in first.values()]
+        # Every arm and target is used, roughly by weight (a: 1/6, c: 1/2 of 300 keys).
+        self.assertEqual(set(arms), {"a", "b", "c"})
+        self.assertEqual(set(targets), {"o0", "o1", "o2"})
+        self.assertLess(arms.count("a"), arms.count("c"))
+        for p in self.proxies[1:]:
+            self.assertEqual(self.choices(p, keys), first, "instance %s" % p.dir)
+        # An instance started afresh from the same config (a restart, a new machine).
+        fresh = H.Proxy(copy.deepcopy(self.proxies[2].cfg), name="fleet-restarted")
+        self.addCleanup(fresh.stop)
+        fresh.start()
+        self.assertEqual(self.choices(fresh, keys), first, "a restarted instance")
+        # sticky = cookie: the first visit draws an arm, the cookie then names it, and every
+        # instance honours it.
+        r = H.get(self.proxies[0].port, "/abc/fixed")
+        cookie = r.header("Set-Cookie").split(";", 1)[0]
+        arm = r.header("X-Arm")
+        self.assertEqual(cookie, "lp_ab=" + arm)
+        for p in self.proxies + [fresh]:
+            for _ in range(5):
+                r = H.get(p.port, "/abc/fixed", headers=[("Cookie", cookie)])
+                self.assertEqual(r.header("X-Arm"), arm)
+                self.assertIsNone(r.header("Set-Cookie"))
+
+    # ------------------------------------------------------------------ Redis down, then back
+
+    def test_z_redis_killed_fallbacks_then_shared_again(self):
+        """Runs last: it kills redis-server, then starts it again on the same port."""
+        port = self.redis.port
+        self.redis.kill()
+        n = 12
+        for p in self.proxies:
+            with H.Client(p.port, timeout=H.T(10)) as c:
+                # allow: fails open (rate 1 per 600 s would refuse the second).
+                self.assertEqual([c.request("GET", "/open/fixed").status for _ in range(n)],
+                                 [200] * n)
+                # deny: fails closed (1000 per second would allow them all).
+                self.assertEqual([c.request("GET", "/closed/fixed").status for _ in range(n)],
+                                 [429] * n)
+                # local: each instance counts alone (in the dict its workers share): its
+                # burst at once, then the rate; asked until a 429 comes (a slow machine only
+                # makes that take longer).
+                start = time.monotonic()
+                codes = []
+                while 429 not in codes and time.monotonic() - start < H.T(30):
+                    codes.append(c.request("GET", "/rl/fixed").status)
+                elapsed = time.monotonic() - start
+            self.assertEqual(set(codes), {200, 429}, codes)
+            self.assertGreaterEqual(codes.count(200), self.BURST + 1)
+            self.assertLessEqual(codes.count(200), self.BURST + 1 + self.RATE * elapsed + 1,
+                                 "the local fallback holds the rate")
+            text = self.metrics(p)
+            # Every degraded decision is counted (failed attempts and the ones made without
+            # asking Redis within retry_interval alike).
+            self.assertEqual(metric(text, "rate_limit_redis_failures_total", limit="open"), n)
+            self.assertEqual(metric(text, "rate_limit_redis_failures_total", limit="closed"), n)
+            self.assertEqual(metric(text, "rate_limit_redis_failures_total", limit="fleet"),
+                             len(codes))
+            self.assertEqual(metric(text, "rate_limit_requests_total", limit="closed",
+                                    result="refused"), n)
+            # Logged once per worker at most (log_interval 60), not once per request.
+            lines = self.log_lines("rate_limit: Redis 127.0.0.1:%d failed" % port, proxy=p)
+            self.assertGreaterEqual(len(lines), 1)
+            self.assertLessEqual(len(lines), WORKERS, lines)
+        # Redis back: the limit is shared again (within retry_interval). /one/ allows one
+        # request per 600 s for the whole fleet: once a request has been decided by Redis
+        # again (its key is there), every other instance refuses.
+        self.redis.start(port)
+
+        def shared_again():
+            r = H.get(self.proxies[0].port, "/one/fixed")
+            return r.status in (200, 429) and bool(self.redis.command("KEYS", "luaproxy:rl:*one*"))
+        H.wait_for(shared_again, H.T(10), what="the /one/ limit decided by Redis again")
+        for p in self.proxies[1:]:
+            # Each worker of p asks Redis again after retry_interval (0.2 s); until then its
+            # local fallback decides. Shared again: four requests in a row refused, none of
+            # them by a fallback (the degraded count does not move).
+            def refused_by_redis():
+                before = metric(self.metrics(p), "rate_limit_redis_failures_total", limit="one")
+                codes = [H.get(p.port, "/one/fixed").status for _ in range(4)]
+                after = metric(self.metrics(p), "rate_limit_redis_failures_total", limit="one")
+                return (codes == [429] * 4 and after == before) or None
+            H.wait_for(refused_by_redis, H.T(10), what="refusals decided by Redis again")
+
+
+class FleetCacheL2Test(RT.ReloadTestCase):
+    """Two instances sharing a cache L2 tier in one Redis."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = Redis()
+        cls.addClassCleanup(cls.redis.stop)
+        cls.redis.start()
+        cls.origin = H.ScriptedOrigin()
+        cls.addClassCleanup(cls.origin.stop)
+        cache = {"name": "cache", "zone": "t",
+                 "l2": {"redis": {"port": cls.redis.port, "timeout": int(H.T(5000))},
+                        "max_object_size": "64k", "ttl_max": 300, "log_interval": 60}}
+        cls.proxies = [
+            cls.start_reload_proxy({"o": H.upstream(cls.origin.address())},
+                                   [{"match": {"prefix": "/"}, "upstream": "o",
+                                     "plugins": [cache]}],
+                                   workers=WORKERS, name="l2-%d" % i,
+                                   cache={"zones": {"t": {"memory": "16m"}}})
+            for i in range(2)]
+        cls.proxy = cls.proxies[0]
+
+    def rkeys(self, pattern):
+        return self.redis.command("KEYS", "luaproxy:cache:t:*" + pattern + "*") or []
+
+    def wait_in_redis(self, pattern, n=1):
+        # The copy to Redis is made in the log phase, after the client got its answer.
+        H.wait_for(lambda: len(self.rkeys(pattern)) >= n or None, H.T(10),
+                   what="%d L2 keys for %s" % (n, pattern))
+
+    def get(self, i, path, headers=None):
+        r = H.get(self.proxies[i].port, path, headers=headers, timeout=H.T(10))
+        self.assertEqual(r.status, 200, r.body)
+        return r
+
+    def test_a_stored_by_one_instance_is_a_hit_on_the_other(self):
+        self.origin.script("/obj", lambda req, n: H.cacheable(b"body %d" % n,
+                                                              ("ETag", '"v%d"' % n)))
+        r = self.get(0, "/obj")
+        self.assertEqual(r.body, b"body 1")
+        self.assertIn("fwd=miss", r.header("Cache-Status"))
+        self.assertIn("stored", r.header("Cache-Status"))
+        self.wait_in_redis("/obj")
+        ttl = self.redis.command("TTL", self.rkeys("/obj")[0])
+        self.assertTrue(290 <= ttl <= 300, ttl)  # ttl_max bounds max-age=3600
+        r = self.get(1, "/obj")
+        self.assertEqual(r.body, b"body 1")
+        self.assertEqual(r.header("ETag"), '"v1"')
+        self.assertRegex(r.header("Cache-Status"), r"^luaproxy; hit; ttl=\d+; detail=l2$")
+        self.assertEqual(self.origin.count("/obj"), 1)
+        # Then a memory hit in whichever worker it landed (or an L2 hit in the other one).
+        for _ in range(4):
+            r = self.get(1, "/obj")
+            self.assertEqual(r.body, b"body 1")
+            self.assertIn("; hit", r.header("Cache-Status"))
+        self.assertEqual(self.origin.count("/obj"), 1)
+        # A large object stays out of Redis (64k): the other instance asks the origin.
+        big = b"x" * (100 * 1024)
+        self.origin.script("/big", lambda req, n: H.cacheable(big))
+        self.assertEqual(self.get(0, "/big").body, big)
+        self.assertEqual(self.get(1, "/big").body, big)
+        self.assertEqual(self.origin.count("/big"), 2)
+        self.assertEqual(self.rkeys("/big"), [])
+
+    def test_b_vary_variants_go_only_to_their_requests(self):
+        self.origin.script("/vary", lambda req, n: H.cacheable(
+            ("lang=%s #%d" % (req.header("Accept-Language"), n)).encode(),
+            ("Vary", "Accept-Language")))
+        en = [("Accept-Language", "en")]
+        fr = [("Accept-Language", "fr")]
+        self.assertEqual(self.get(0, "/vary", en).body, b"lang=en #1")
+        self.wait_in_redis("/vary", 2)  # the Vary marker and the en variant
+        r = self.get(1, "/vary", fr)
+        self.assertEqual(r.body, b"lang=fr #2")
+        self.assertIn("fwd=miss", r.header("Cache-Status"))
+        r = self.get(1, "/vary", en)
+        self.assertEqual(r.body, b"lang=en #1")
+        self.assertIn("; hit", r.header("Cache-Status"))
+        # The Host is part of the key: another host's request is not answered from it.
+        r = H.get(self.proxies[1].port, "/vary", host="b.test", headers=en, timeout=H.T(10))
+        self.assertEqual(r.body, b"lang=en #3")
+        self.assertEqual(self.origin.count("/vary"), 3)
+
+    def test_z_redis_down_skips_l2_then_back(self):
+        port = self.redis.port
+        self.redis.kill()
+        for i in range(5):
+            self.origin.script("/down%d" % i, lambda req, n: H.cacheable(b"down %d" % n))
+            self.assertEqual(self.get(1, "/down%d" % i).body, b"down 1")
+        for p in (self.proxies[1],):
+            text = self.admin("GET", "/metrics", proxy=p).body.decode()
+            self.assertGreaterEqual(metric(text, "cache_l2_operations_total", zone="t",
+                                           result="failed"), 5)
+            lines = self.log_lines("cache: Redis L2 127.0.0.1:%d failed" % port, proxy=p)
+            self.assertGreaterEqual(len(lines), 1)
+            self.assertLessEqual(len(lines), WORKERS, lines)
+        self.redis.start(port)
+        # Back: stores reach Redis again (after retry_interval, 1 s by default).
+        n = [0]
+
+        def stored():
+            n[0] += 1
+            self.origin.script("/back%d" % n[0], lambda req, k: H.cacheable(b"back"))
+            self.get(0, "/back%d" % n[0])
+            return self.rkeys("/back") or None
+        H.wait_for(stored, H.T(10), what="an L2 store after Redis came back")
+
+
+if __name__ == "__main__":
+    H.main()
