@@ -47,6 +47,16 @@ int lp_health_available(lp_health_t *h, uint64_t now_ms)
     return !until || now_ms >= until;
 }
 
+int lp_health_ejected_only(lp_health_t *h, uint64_t now_ms)
+{
+    if (__atomic_load_n(&h->admin_state, __ATOMIC_RELAXED) != LP_TARGET_ENABLED)
+        return 0;
+    if (__atomic_load_n(&h->down, __ATOMIC_RELAXED))
+        return 0;
+    uint64_t until = __atomic_load_n(&h->ejected_until, __ATOMIC_RELAXED);
+    return until && now_ms < until;
+}
+
 int lp_health_report(lp_health_t *h, const lp_health_conf_t *hc, int failed, uint64_t now_ms)
 {
     if (!failed) {

@@ -33,6 +33,9 @@ typedef struct lp_health_s {
 lp_health_t *lp_health_get(const char *addr);
 /* Whether a worker may pick the target now. */
 int lp_health_available(lp_health_t *h, uint64_t now_ms);
+/* Enabled, not down by the active check, but passively ejected: the targets a pick may
+ * still use when it finds none available (panic, see pick_target). */
+int lp_health_ejected_only(lp_health_t *h, uint64_t now_ms);
 /* Passive check: the outcome of one try (failed: connect error, reset, timeout, or a status
  * the upstream's passive.statuses names). 1 when this report ejected the target. */
 int lp_health_report(lp_health_t *h, const lp_health_conf_t *hc, int failed, uint64_t now_ms);

@@ -179,8 +179,19 @@ static int pick_target(lp_req_t *req)
         any |= u->bt[i].available;
     }
     if (!any) {
-        req->try.no_healthy = 1;
-        return -1;
+        /* Panic, as Envoy does below its panic threshold and nginx does with its only server:
+         * when every target left is only passively ejected, a failure streak is the only
+         * evidence against them, and refusing every request would make it permanent for
+         * an upstream with one target. Try them; a success ends their ejection. Targets
+         * the active check found down, and drained or disabled ones, stay out. */
+        for (size_t i = 0; i < u->ntargets; i++) {
+            u->bt[i].available = lp_health_ejected_only(u->targets[i]->health, now_ms);
+            any |= u->bt[i].available;
+        }
+        if (!any) {
+            req->try.no_healthy = 1;
+            return -1;
+        }
     }
     tried_sync(req, u);
     int idx = lp_balancer_select(&u->bal, key.base, key.len,
@@ -338,7 +349,7 @@ static int upstream_try(lp_req_t *req)
         uint64_t now = lp_health_now();
         if (req->try.no_healthy && now - u->last_warned >= 1000) {
             u->last_warned = now; /* once a second per worker, not per request */
-            lp_log_warn("upstream %s: no available target (down, ejected or drained)",
+            lp_log_warn("upstream %s: no available target (down, drained or disabled)",
                         u->conf->name);
         }
         /* A retry that finds no other target answers what the last try failed with; a
@@ -346,7 +357,7 @@ static int upstream_try(lp_req_t *req)
         if (req->try.fail_kind)
             return lp_conn_upstream_failed(req, failure_status(req), "no other target to retry");
         return lp_conn_upstream_failed(req, req->try.no_healthy ? 503 : 502,
-                                       "no available target (down, ejected or drained)");
+                                       "no available target (down, drained or disabled)");
     }
     if (req->try.tries == 1)
         req->t_upstream = uv_hrtime();

@@ -30,13 +30,15 @@
 /* Stack slots the loader keeps below the values it builds. */
 enum { S_SRC = 1, S_NULL, S_ANCHORS, S_SEEN, S_PARSER, S_BASE = S_PARSER };
 
-/* The parser and its current event, freed by the userdata's __gc as well when a Lua error
- * (out of memory) leaves the loader half way. */
+/* The parser, its current event and the open collections' anchors, freed by the userdata's
+ * __gc as well when a Lua error (out of memory) leaves the loader half way: the frames live
+ * on the C stack, which such an error unwinds. */
 typedef struct {
     yaml_parser_t parser;
     yaml_event_t ev;
-    int have_parser; /* parser initialised */
-    int have_ev;     /* ev holds an event not deleted yet */
+    int have_parser;             /* parser initialised */
+    int have_ev;                 /* ev holds an event not deleted yet */
+    char *anchor[MAX_DEPTH + 1]; /* owned: the anchor of the open collection at each depth */
 } ystate_t;
 
 typedef struct {
@@ -47,11 +49,11 @@ typedef struct {
     int has_null;  /* mapping: a null value was stored (removed at its end) */
     double serial; /* mapping: stamps its keys in the seen table of its depth */
     lua_Integer n; /* sequence: items so far */
-    char *anchor;  /* owned: the collection's anchor, registered at its end */
 } frame_t;
 
 typedef struct {
     lua_State *L;
+    ystate_t *s; /* borrowed: the userdata on the loader's stack (anchors by depth) */
     frame_t f[MAX_DEPTH + 1];
     int depth;
     double serials;
@@ -67,6 +69,10 @@ static int ystate_gc(lua_State *L)
     if (s->have_parser)
         yaml_parser_delete(&s->parser);
     s->have_ev = s->have_parser = 0;
+    for (size_t i = 0; i <= MAX_DEPTH; i++) {
+        free(s->anchor[i]);
+        s->anchor[i] = NULL;
+    }
     return 0;
 }
 
@@ -384,7 +390,8 @@ static int open_frame(yload_t *y, int map, const yaml_char_t *anchor, const yaml
     f->tab = lua_gettop(L);
     f->want_key = 1;
     f->serial = ++y->serials;
-    f->anchor = anchor ? strdup((const char *)anchor) : NULL;
+    if (anchor && !(y->s->anchor[y->depth] = strdup((const char *)anchor)))
+        return luaL_error(L, "yaml: out of memory");
     return 0;
 }
 
@@ -405,11 +412,12 @@ static int close_frame(yload_t *y, const yaml_mark_t *mark)
             }
         }
     }
-    if (f->anchor) {
+    char **anchor = &y->s->anchor[y->depth];
+    if (*anchor) {
         lua_pushvalue(L, f->tab);
-        lua_setfield(L, S_ANCHORS, f->anchor);
-        free(f->anchor);
-        f->anchor = NULL;
+        lua_setfield(L, S_ANCHORS, *anchor);
+        free(*anchor);
+        *anchor = NULL;
     }
     y->depth--;
     return add_value(y, 0, mark);
@@ -450,6 +458,7 @@ static int l_load(lua_State *L)
     yload_t yl, *y = &yl; /* on the C stack: 10 KB of frames */
     memset(y, 0, sizeof(*y));
     y->L = L;
+    y->s = s;
     int nret = 0, done = 0;
     yaml_mark_t last = {0, 0, 0};
     while (!done && !nret) {
@@ -518,8 +527,10 @@ static int l_load(lua_State *L)
         yaml_event_delete(&s->ev);
         s->have_ev = 0;
     }
-    for (int i = 1; i <= y->depth; i++)
-        free(y->f[i].anchor);
+    for (int i = 1; i <= y->depth; i++) {
+        free(s->anchor[i]);
+        s->anchor[i] = NULL;
+    }
     yaml_parser_delete(&s->parser);
     s->have_parser = 0;
     if (nret)

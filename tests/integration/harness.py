@@ -1252,6 +1252,48 @@ class RawOrigin:
 
 # --------------------------------------------------------------------------- test base
 
+class ScriptedOrigin:
+    """A RawOrigin that answers each path from a script and counts the requests per path:
+    script(path, fn) with fn(req, n) returning what a RawOrigin handler returns (n: the
+    path's request count, from 1). An unscripted path gets an uncacheable 404."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.scripts = {}
+        self.counts = {}
+        self.raw = RawOrigin(self._handle)
+
+    def address(self):
+        return self.raw.address()
+
+    def stop(self):
+        self.raw.stop()
+
+    def script(self, path, fn):
+        with self.lock:
+            self.scripts[path] = fn
+            self.counts[path] = 0
+
+    def count(self, path):
+        with self.lock:
+            return self.counts.get(path, 0)
+
+    def _handle(self, req):
+        path = req.target.split("?", 1)[0]
+        with self.lock:
+            fn = self.scripts.get(path)
+            self.counts[path] = self.counts.get(path, 0) + 1
+            n = self.counts[path]
+        if fn is None:
+            return simple_response(404, b"no script", [("Cache-Control", "no-store")])
+        return fn(req, n)
+
+
+def cacheable(body, *headers):
+    """A 200 fresh for an hour (max-age=3600) with extra headers."""
+    return simple_response(200, body, [("Cache-Control", "max-age=3600")] + list(headers))
+
+
 class ProxyTestCase(unittest.TestCase):
     """Base: subclasses build origins and a proxy in setUpClass via start_origin() and
     start_proxy(); everything is stopped by class cleanups even when set-up fails."""

@@ -25,45 +25,8 @@ ZONE = "t"
 BIG = H.large_body(4 * 1024 * 1024 + 123)
 
 
-class Origin:
-    """Answers each path from a script (a callable(req) returning raw bytes, or a
-    (bytes, "close") tuple, or None) and counts the requests per path."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.scripts = {}
-        self.counts = {}
-        self.raw = H.RawOrigin(self._handle)
-
-    def address(self):
-        return self.raw.address()
-
-    def stop(self):
-        self.raw.stop()
-
-    def script(self, path, fn):
-        with self.lock:
-            self.scripts[path] = fn
-            self.counts[path] = 0
-
-    def count(self, path):
-        with self.lock:
-            return self.counts.get(path, 0)
-
-    def _handle(self, req):
-        path = req.target.split("?", 1)[0]
-        with self.lock:
-            fn = self.scripts.get(path)
-            self.counts[path] = self.counts.get(path, 0) + 1
-            n = self.counts[path]
-        if fn is None:
-            return H.simple_response(404, b"no script", [("Cache-Control", "no-store")])
-        return fn(req, n)
-
-
-def fresh(body, *headers):
-    """A cacheable answer (max-age=3600), numbered by the caller."""
-    return H.simple_response(200, body, [("Cache-Control", "max-age=3600")] + list(headers))
+Origin = H.ScriptedOrigin
+fresh = H.cacheable
 
 
 def chunked_response(body, headers=()):

@@ -24,43 +24,8 @@ import harness as H  # noqa: E402
 ZONE = "d"
 
 
-class Origin:
-    """Answers each path from a script and counts the requests per path."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.scripts = {}
-        self.counts = {}
-        self.raw = H.RawOrigin(self._handle)
-
-    def address(self):
-        return self.raw.address()
-
-    def stop(self):
-        self.raw.stop()
-
-    def script(self, path, fn):
-        with self.lock:
-            self.scripts[path] = fn
-            self.counts[path] = 0
-
-    def count(self, path):
-        with self.lock:
-            return self.counts.get(path, 0)
-
-    def _handle(self, req):
-        path = req.target.split("?", 1)[0]
-        with self.lock:
-            fn = self.scripts.get(path)
-            self.counts[path] = self.counts.get(path, 0) + 1
-            n = self.counts[path]
-        if fn is None:
-            return H.simple_response(404, b"no script", [("Cache-Control", "no-store")])
-        return fn(req, n)
-
-
-def fresh(body, *headers):
-    return H.simple_response(200, body, [("Cache-Control", "max-age=3600")] + list(headers))
+Origin = H.ScriptedOrigin
+fresh = H.cacheable
 
 
 def files_under(root):

@@ -60,9 +60,10 @@ class ErrorPagesTest(L.LuaTestCase):
             # Passive checks off: the dead target stays a 502, never ejected (503).
             "dead": H.upstream("127.0.0.1:%d" % dead, retries=0,
                                health={"passive": {"failures": 0}}),
-            # One failure ejects the target for a minute: the next request gets a 503.
-            "ejecting": H.upstream("127.0.0.1:%d" % H.dead_port(), retries=0,
-                                   health={"passive": {"failures": 1, "ejection": 60}}),
+            # Its only target fails its first tcp probe: down, every request gets a 503.
+            "probed": H.upstream("127.0.0.1:%d" % H.dead_port(), retries=0,
+                                 health={"active": {"type": "tcp", "interval": 0.2,
+                                                    "timeout": 0.2, "unhealthy": 1}}),
         }
         routes = [
             route("/own", "dead", error_pages={502: {"body": "route page ${status}"}}),
@@ -70,7 +71,7 @@ class ErrorPagesTest(L.LuaTestCase):
             route("/soft", "dead", error_pages={502: {"body": "soft", "status": 200}}),
             route("/marked", "dead", plugins=[{"name": "marker"}]),
             route("/shout", "dead", plugins=[{"name": "shout"}]),
-            route("/ejecting", "ejecting"),
+            route("/probed", "probed"),
             route("/dead", "dead"),
             route("/ok", "o", strip_prefix=True),
         ]
@@ -110,13 +111,13 @@ class ErrorPagesTest(L.LuaTestCase):
         self.assertEqual(r.header("Content-Type"), "text/html; charset=utf-8")
 
     def test_body_with_substitution_on_503(self):
-        first = self.get("/ejecting/a")
-        self.assertEqual(first.status, 502)  # the failure that ejects the only target
-        r = self.get("/ejecting/b")
+        H.wait_for(lambda: self.get("/probed/a").status == 503, H.T(10),
+                   what="the probed upstream's only target found down")
+        r = self.get("/probed/b")
         self.assertEqual(r.status, 503)
         self.assertEqual(r.header("Content-Type"), "text/plain; charset=utf-8")
         self.assertEqual(r.body.decode(),
-                         "busy: no available target (down, ejected or drained) "
+                         "busy: no available target (down, drained or disabled) "
                          "(503 Service Unavailable)")
 
     def test_route_page_overrides_the_global_one(self):

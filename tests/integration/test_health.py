@@ -342,6 +342,8 @@ class ChecksTest(HealthCase):
         cls.p500 = Switch("p500", status=500)
         cls.p500o = cls.start_raw_origin(cls.p500)
         cls.d500 = cls.start_raw_origin(Switch("d500", status=500))
+        cls.solo = Switch("solo", status=500)
+        cls.soloo = cls.start_raw_origin(cls.solo)
         cls.dead = "127.0.0.1:%d" % H.dead_port()
         ups = {
             # the Switch answers its health checks 500, ordinary requests 200
@@ -359,6 +361,10 @@ class ChecksTest(HealthCase):
             "p": H.upstream(cls.a.address(), cls.p500o.address(),
                             health={"passive": {"failures": 3, "ejection": 60,
                                                 "statuses": [500]}}),
+            # an upstream whose only target gets ejected: tried anyway (panic)
+            "solo": H.upstream(cls.soloo.address(),
+                               health={"passive": {"failures": 3, "ejection": 60,
+                                                   "statuses": [500]}}),
             # default passive statuses: 500 answers are not failures
             "pdefault": H.upstream(cls.d500.address(),
                                    health={"passive": {"failures": 3, "ejection": 60}}),
@@ -415,6 +421,21 @@ class ChecksTest(HealthCase):
         self.assertEqual(self.hits("p.test", 20), {"a": 20})
         self.assertEqual(self.p500.requests, before)
 
+    def test_passive_ejection_of_every_target_still_tries_them(self):
+        """An ejection that left no target is no reason to refuse every request: the
+        ejected targets are tried (nginx ignores max_fails for a single server; Envoy
+        balances over every host below its panic threshold), and a success ends it."""
+        s = self.soloo.address()
+        got = self.hits("solo.test", 8)
+        self.assertEqual(got, {500: 8}, "ejected, yet still tried: 500s, no 503")
+        t = self.wait_state("solo", s, "ejected")
+        self.assertGreaterEqual(t["ejections"], 1, t)
+        self.solo.status = 200
+        before = self.solo.requests
+        self.assertEqual(self.hits("solo.test", 5), {"solo": 5})
+        self.assertEqual(self.solo.requests, before + 5)
+        self.assertEqual(self.target("solo", s)["state"], "up")
+
     def test_passive_default_counts_no_status(self):
         d = self.d500.address()
         got = self.hits("pdefault.test", 20)
@@ -455,7 +476,7 @@ class NoTargetTest(HealthCase):
         self.assertEqual(r.status, 503, r)
         self.assertTrue(r.complete, r)
         self.assertEqual(r.body,
-                         b"503 Service Unavailable: no available target (down, ejected or drained)\n")
+                         b"503 Service Unavailable: no available target (down, drained or disabled)\n")
         # Well before any upstream timeout (20 s, 30 s) could have run out (a loaded
         # machine may take a few seconds; a wait for a target would take 20).
         self.assertLess(took, H.T(10.0), "503 after %.2f s" % took)

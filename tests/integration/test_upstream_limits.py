@@ -197,17 +197,33 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
         self.assertEqual(first.join().status, 200)
         self.assertTrue(self.log_lines("waited"), self.proxy.stderr()[-2000:])
 
+    def queue_length(self, upstream):
+        """The upstream's queue as /metrics shows it (luaproxy_upstream_queue_length)."""
+        r = self.admin("GET", "/metrics")
+        self.assertEqual(r.status, 200, r.body)
+        want = 'luaproxy_upstream_queue_length{upstream="%s"} ' % upstream
+        for line in r.body.decode().splitlines():
+            if line.startswith(want):
+                return int(float(line[len(want):]))
+        self.fail("no %s in /metrics" % want.strip())
+
     def test_a_client_that_leaves_the_queue_frees_its_place(self):
-        first = Timed(self.proxy.port, "queue.test", "/delay?ms=500")
-        time.sleep(0.1)
+        # The first request holds the only slot; the second waits in the queue (max_pending
+        # 2), then its client goes away. Its place is free: two more both wait and are served
+        # (with the leaver still counted, the second of them would be refused at once).
+        first = Timed(self.proxy.port, "queue.test", "/delay?ms=3000").wait_read()
         c = H.Client(self.proxy.port, timeout=H.T(10))
         c.send("GET /fixed?size=10 HTTP/1.1\r\nHost: queue.test\r\n\r\n")
-        time.sleep(0.1)
+        H.wait_for(lambda: self.queue_length("queue") == 1, H.T(10),
+                   what="the second request in the queue")
         c.abort()
-        time.sleep(0.1)
-        w = [Timed(self.proxy.port, "queue.test", "/fixed?size=10") for _ in range(2)]
+        H.wait_for(lambda: self.queue_length("queue") == 0, H.T(10),
+                   what="the leaving client's request out of the queue")
+        w = [Timed(self.proxy.port, "queue.test", "/fixed?size=10").wait_read()
+             for _ in range(2)]
+        self.assertIsNone(first.status, "the slot was still taken while they queued")
         self.assertEqual(first.join().status, 200)
-        self.assertEqual([x.join().status for x in w], [200, 200])
+        self.assertEqual([x.join().status for x in w], [200, 200], [x.error for x in w])
         self.assertAlive()
 
     # ---- DNS targets ----
