@@ -226,7 +226,6 @@ local function full_list(list)
   for _, kv in ipairs(list) do out[#out + 1] = kv end
   return out
 end
-P._full_list = full_list -- specs
 
 local function decode_cached(head)
   local d = decoded[head]
