@@ -1385,3 +1385,21 @@ SCENARIOS.append({
     "per_mib": False,
     "note": "400 keys, ~60 fit memory: most hits read their file back (nginx: all from files)",
 })
+
+# --- 100k keys in a 64 MiB zone (issue #13): every request one of 100,000 keys in turn (5 B
+# bodies), so that after the warm-up and the first round every key is stored; the RSS column
+# after the run, less plain-unique-5B-c50's, over 100,000 is the memory per entry (both
+# proxies: nginx keeps its keys in a 64 MiB keys_zone and the bodies in files).
+LUAPROXY_CACHE_64M = LUAPROXY_CACHE.replace('memory = "256m"', 'memory = "64m"')
+assert LUAPROXY_CACHE_64M != LUAPROXY_CACHE
+SCENARIOS.append({
+    "name": "cache-100k-keys-5B-c50",
+    "path": "/fixed?size=5",
+    "connections": 50,
+    "wrk_setup": ('local n = 0\nrequest = function()\n  n = n %% 100000 + 1\n'
+                  '  return wrk.format("GET", "/fixed?size=5&k=" .. n)\nend').replace("%%", "%"),
+    "luaproxy": LUAPROXY_CACHE_64M,
+    "nginx": NGINX_CACHE,
+    "per_mib": False,
+    "note": "100,000 keys in turn in a 64 MiB zone: RSS minus plain-unique's, / 100k = per entry",
+})

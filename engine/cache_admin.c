@@ -21,14 +21,15 @@ json_t *lp_cache_admin_status(const lp_config_t *cfg)
         const uint64_t *n = st.counts;
         json_object_set_new(
             o, lp_cache_zone_name(cfg->cache_zones[i]),
-            json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "entries",
-                      jint(st.entries), "bytes", jint(st.bytes), "capacity", jint(st.capacity),
-                      "max_object_size", jint(st.max_object), "hit", jint(n[LP_CACHE_C_HIT]),
-                      "miss", jint(n[LP_CACHE_C_MISS]), "expired", jint(n[LP_CACHE_C_EXPIRED]),
-                      "stale", jint(n[LP_CACHE_C_STALE]), "revalidated",
-                      jint(n[LP_CACHE_C_REVALIDATED]), "bypass", jint(n[LP_CACHE_C_BYPASS]),
-                      "stored", jint(n[LP_CACHE_C_STORED]), "abandoned",
-                      jint(n[LP_CACHE_C_ABANDONED]), "evicted", jint(n[LP_CACHE_C_EVICTED])));
+            json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}", "entries",
+                      jint(st.entries), "bytes", jint(st.bytes), "index_bytes",
+                      jint(st.index_bytes), "capacity", jint(st.capacity), "max_object_size",
+                      jint(st.max_object), "hit", jint(n[LP_CACHE_C_HIT]), "miss",
+                      jint(n[LP_CACHE_C_MISS]), "expired", jint(n[LP_CACHE_C_EXPIRED]), "stale",
+                      jint(n[LP_CACHE_C_STALE]), "revalidated", jint(n[LP_CACHE_C_REVALIDATED]),
+                      "bypass", jint(n[LP_CACHE_C_BYPASS]), "stored", jint(n[LP_CACHE_C_STORED]),
+                      "abandoned", jint(n[LP_CACHE_C_ABANDONED]), "evicted",
+                      jint(n[LP_CACHE_C_EVICTED])));
         if (st.disk) {
             json_t *zo = json_object_get(o, lp_cache_zone_name(cfg->cache_zones[i]));
             json_object_set_new(zo, "disk",

@@ -441,7 +441,32 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
     return lp_cache_fill_commit(f) ? LP_FFI_ENOSPACE : 0;
 }
 
-int lp_ffi_cache_respond(void *rp, int status, double first, double last)
+/* The answer's fields, as "Name: value\r\n" lines (wire form: a hit's stored fields are
+ * serialised once per head, lua/luaproxy/cache.lua), added to the response list one by one
+ * with lp_ffi_header_set's checks. */
+static int add_wire_fields(lp_req_t *r, const char *p, size_t n)
+{
+    const char *end = p + n;
+    while (p < end) {
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        if (!colon || colon + 2 > end || colon[1] != ' ')
+            return LP_FFI_EINVAL;
+        const char *v = colon + 2;
+        const char *eol = v;
+        while (eol + 1 < end && !(eol[0] == '\r' && eol[1] == '\n'))
+            eol++;
+        if (eol + 1 >= end)
+            return LP_FFI_EINVAL;
+        int rc = lp_ffi_header_set(r, 1, LP_FFI_HADD, p, (size_t)(colon - p), v, (size_t)(eol - v));
+        if (rc)
+            return rc;
+        p = eol + 2;
+    }
+    return 0;
+}
+
+int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, double first,
+                         double last, int flags)
 {
     lp_req_t *r = rp;
     if (!lp__lua_runs(r))
@@ -449,6 +474,11 @@ int lp_ffi_cache_respond(void *rp, int status, double first, double last)
     lp_req_cache_t *rc = &r->cache;
     if (!rc->hit || status < 200 || status > 999)
         return LP_FFI_EINVAL;
+    int hrc = lp__resp_begin(r);
+    if (!hrc)
+        hrc = add_wire_fields(r, fields, flen);
+    if (hrc)
+        return hrc;
     uint64_t len = lp_cache_entry_body_len(rc->hit);
     uint64_t from = 0, to = len; /* [from, to) */
     if (first <= -2 || status == 204 || status == 304) {
@@ -476,8 +506,13 @@ int lp_ffi_cache_respond(void *rp, int status, double first, double last)
     r->flags |= LP_RF_LOCAL;
     /* The request phase ends here (as req:respond()); in the response phase the plugins that
      * follow still run and see this answer. */
-    if (!(r->flags & LP_RF_NO_LUA_RESP))
+    if (!(r->flags & LP_RF_NO_LUA_RESP)) {
         lp__lua_mark_responded();
+        /* The response phase's only hook is the caller's, which has nothing to do for its
+         * own answer (a cache hit): the engine skips the phase (conn_run_phase). */
+        if (flags & LP_FFI_CACHE_ONLY_HOOK)
+            r->flags |= LP_RF_NO_LUA_RESP;
+    }
     return 0;
 }
 

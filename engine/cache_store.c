@@ -19,6 +19,12 @@ size_t lp_cache_entry_cost(size_t klen, size_t slen, size_t hlen, size_t body_ca
 
 /* ---- entries ---- */
 
+/* What a disk-only entry (a stub: key and head, no body) holds in memory, in the index. */
+static size_t stub_cost(const lp_cache_entry_t *e)
+{
+    return lp_cache_entry_cost(e->klen, e->slen, e->hlen, 0);
+}
+
 static void entry_free(lp_cache_entry_t *e)
 {
     lp_cache_chunk_t *c = e->chunks;
@@ -156,6 +162,7 @@ static void unlink_entry(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry
         z->nentries--;
     } else {
         z->nstubs--;
+        z->sbytes -= stub_cost(e);
     }
     if (e->on_disk) {
         off_disk(z, e);
@@ -200,6 +207,7 @@ void lp__cache_link(lp_cache_zone_t *z, lp_cache_entry_t *e)
         z->nentries++;
     } else {
         z->nstubs++;
+        z->sbytes += stub_cost(e);
     }
     e->linked = 1;
     e->seq = ++z->seq;
@@ -233,6 +241,7 @@ void lp__cache_replace(lp_cache_zone_t *z, lp_cache_entry_t *old, lp_cache_entry
         z->nentries--;
     } else {
         z->nstubs--;
+        z->sbytes -= stub_cost(old);
     }
     old->linked = 0;
     if (e->resident) {
@@ -241,6 +250,7 @@ void lp__cache_replace(lp_cache_zone_t *z, lp_cache_entry_t *old, lp_cache_entry
         z->nentries++;
     } else {
         z->nstubs++;
+        z->sbytes += stub_cost(e);
     }
     old->hnext = *dead;
     *dead = old;
@@ -528,6 +538,7 @@ void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out)
     out->disk_capacity = z->dcapacity;
     out->disk_loading = z->disk && !lp_cdisk_loaded(z->disk);
     out->stubs = z->nstubs;
+    out->index_bytes = z->nbuckets * sizeof(*z->buckets) + z->sbytes;
     pthread_mutex_unlock(&z->lock);
     for (int i = 0; i < LP_CACHE_C_N; i++)
         out->counts[i] = atomic_load_explicit(&z->counts[i], memory_order_relaxed);

@@ -460,6 +460,10 @@ static lp_rc_t conn_run_phase(lp_req_t *req, int phase)
 {
     if (!lp_lua_wants(req->g->lua, req->route_index, phase))
         return LP_DECLINED;
+    /* Ran already, or its only hook asked not to run for its own answer (a cache hit,
+     * lp_ffi_cache_respond): the answer goes as it is. */
+    if (phase == LP_PHASE_RESPONSE && (req->flags & LP_RF_NO_LUA_RESP))
+        return LP_DECLINED;
     if (phase == LP_PHASE_RESPONSE)
         req->flags |= LP_RF_NO_LUA_RESP; /* once: an answer replacing this one goes as is */
     return lp_lua_phase(req, phase);

@@ -367,7 +367,10 @@ int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
  * it (wait on locked, then get again). store (response phase): the upstream body is gathered
  * as it streams and linked when complete, kept `keep` seconds. put: an entry stored now (a Vary
  * marker, a background refresh's answer). respond: the looked-up entry's body (bytes first..last,
- * -1: all) is the answer, with `status` and the headers Lua set. refresh: the looked-up entry gets
+ * -1: all) is the answer, with `status` and the fields in `fields` ("Name: value\r\n" lines:
+ * the response's fields are replaced by them, one call per answer); flags LP_FFI_CACHE_ONLY_HOOK
+ * (request phase): the caller's plugin is the route's only response hook and ignores its own
+ * answer, so the response phase is skipped. refresh: the looked-up entry gets
  * a new head. purge: mode 0 key (all its variants), 1 prefix, 2 all; returns how many. count:
  * cache_store.h LP_CACHE_C_*. read: copies up to n bytes of the looked-up entry's body from
  * `first` into dst (a multipart/byteranges answer Lua builds); returns how many. window
@@ -386,7 +389,9 @@ int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const 
                        size_t slen, const char *head, size_t hlen, double keep);
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
-int lp_ffi_cache_respond(void *r, int status, double first, double last);
+enum { LP_FFI_CACHE_ONLY_HOOK = 1 }; /* lp_ffi_cache_respond flags */
+int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, double first,
+                         double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
 double lp_ffi_cache_read(void *r, double first, char *dst, double n);
 int lp_ffi_cache_window(void *r, double first, double n);

@@ -271,6 +271,41 @@ static void cache_zones(lp_mtext_t *t, const lp_config_t *cfg)
         lp_mtext_sample(t, "luaproxy_cache_evictions_total", "", l, 1,
                         (double)st.counts[LP_CACHE_C_EVICTED]);
     }
+    /* The disk tier, for the zones that have one. */
+    static const char *const dgauges[] = {"luaproxy_cache_disk_entries",
+                                          "luaproxy_cache_disk_bytes"};
+    static const char *const dghelp[] = {"Entries in the cache zone's files.",
+                                         "File bytes of the cache zone's disk tier."};
+    for (int j = 0; j < 2; j++) {
+        lp_mtext_family(t, dgauges[j], "gauge", dghelp[j]);
+        for (size_t i = 0; i < cfg->ncache_zones; i++) {
+            lp_cache_stats_t st;
+            lp_cache_zone_stats(cfg->cache_zones[i], &st);
+            if (!st.disk)
+                continue;
+            const char *l[] = {"zone", lp_cache_zone_name(cfg->cache_zones[i])};
+            lp_mtext_sample(t, dgauges[j], "", l, 1,
+                            (double)(j == 0 ? st.disk_entries : st.disk_bytes));
+        }
+    }
+    static const char *const devents[] = {"loaded", "dropped", "evicted"};
+    static const int dcounts[] = {LP_CACHE_C_DISK_LOADED, LP_CACHE_C_DISK_DROPPED,
+                                  LP_CACHE_C_DISK_EVICTED};
+    lp_mtext_family(t, "luaproxy_cache_disk_events_total", "counter",
+                    "Disk tier events of the cache zone: files read back for hits, found "
+                    "damaged, pushed out by the disk budget.");
+    for (size_t i = 0; i < cfg->ncache_zones; i++) {
+        lp_cache_stats_t st;
+        lp_cache_zone_stats(cfg->cache_zones[i], &st);
+        if (!st.disk)
+            continue;
+        for (int j = 0; j < 3; j++) {
+            const char *l[] = {"zone", lp_cache_zone_name(cfg->cache_zones[i]), "event",
+                               devents[j]};
+            lp_mtext_sample(t, "luaproxy_cache_disk_events_total", "", l, 2,
+                            (double)st.counts[dcounts[j]]);
+        }
+    }
 }
 
 static void process(lp_mtext_t *t, const lp_server_t *s, const lp_config_t *cfg)

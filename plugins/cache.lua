@@ -273,8 +273,10 @@ local decoded, ndecoded = {}, 0
 -- The fields a hit serves as stored, in the upstream's case, as { name, value } pairs: built
 -- once per decoded head (served_list) so a hit copies an array instead of walking the header
 -- table with pairs (a loop that aborts the trace) and re-casing every name.
+-- The list's `wire` holds the same fields as "Name: value\r\n" lines: a hit sends them with
+-- one call (Zone:respond), not one per field.
 local function served_list(headers, case)
-  local list = {}
+  local list, wire = {}, {}
   for name, v in pairs(headers) do
     if not NOT_SERVED[name] then
       local out = case[name] or name
@@ -285,7 +287,17 @@ local function served_list(headers, case)
       end
     end
   end
+  for i = 1, #list do wire[i] = list[i][1] .. ": " .. list[i][2] .. "\r\n" end
+  list.wire = concat(wire)
   return list
+end
+
+-- A served list's fields in full: its shared base's, then its own.
+local function full_list(list)
+  local out = {}
+  for i, kv in ipairs(list.base) do out[i] = kv end
+  for _, kv in ipairs(list) do out[#out + 1] = kv end
+  return out
 end
 
 local function decode_cached(head)
@@ -376,19 +388,7 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
   local now = proxy.now()
   local age = policy.current_age(meta, now)
   base = base or served_list(headers, st.case or {})
-  local n = #base
-  local list = {}
-  for i = 1, n do list[i] = base[i] end -- shared by every hit on the head: never changed
-  if client_only then
-    for name, v in pairs(client_only) do -- this response's only (a 304's Set-Cookie)
-      if type(v) == "table" then
-        for _, x in ipairs(v) do list[#list + 1] = { name, x } end
-      else
-        list[#list + 1] = { name, v }
-      end
-    end
-  end
-  list[#list + 1] = { "Age", policy.age_header(age) }
+  local age_s = policy.age_header(age)
   local prior, ttl = headers["cache-status"], meta.ttl - age
   local status_value
   if cs.hit and prior == nil and not cs.collapsed and not cs.detail then
@@ -399,7 +399,25 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
     cs.prior, cs.ttl = prior, ttl
     status_value = policy.cache_status(cs)
   end
-  list[#list + 1] = { "Cache-Status", status_value }
+  -- This answer's own fields; base's (shared by every hit on the head: never changed) go
+  -- first (Zone:respond). `wire`: the list's own fields as lines, while they are these two
+  -- (a hit sends base.wire .. wire: no loop, one call).
+  local list
+  if client_only then
+    list = { base = base }
+    for name, v in pairs(client_only) do -- this response's only (a 304's Set-Cookie)
+      if type(v) == "table" then
+        for _, x in ipairs(v) do list[#list + 1] = { name, x } end
+      else
+        list[#list + 1] = { name, v }
+      end
+    end
+    list[#list + 1] = { "Age", age_s }
+    list[#list + 1] = { "Cache-Status", status_value }
+  else
+    list = { { "Age", age_s }, { "Cache-Status", status_value }, base = base,
+             wire = "Age: " .. age_s .. "\r\nCache-Status: " .. status_value .. "\r\n" }
+  end
   st.served = true
   local method, status = req:method(), meta.status or 200
   local rh = st.rh
@@ -410,11 +428,13 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
     local r = policy.parse_range(range, blen, st.rh["if-range"], headers, conf._opts)
     if r == "unsatisfiable" then
       list[#list + 1] = { "Content-Range", format("bytes */%d", blen) }
+      list.wire = nil
       return z:respond(req, 416, list, -2)
     elseif type(r) == "table" and #r == 1 then
       list[#list + 1] = { "Content-Range", format("bytes %d-%d/%d", r[1][1], r[1][2], blen) }
+      list.wire = nil
       return z:respond(req, 206, list, r[1][1], r[1][2])
-    elseif type(r) == "table" and multipart(req, st, list, r, blen) then
+    elseif type(r) == "table" and multipart(req, st, full_list(list), r, blen) then
       return
     end
   end
@@ -881,7 +901,7 @@ function P.response(req, conf)
   if st.pass then return end
   st.phase = "response"
   local now = proxy.now()
-  local rsh = req:resp_headers()
+  local rsh, rcase = z:resp_fields(req) -- lower-case names; the upstream's case of the others
   local from_upstream = req:upstream_addr() ~= nil
   if from_upstream and (status == 502 or status == 504) and NET_FAILURE[req:last_failure() or ""] then
     from_upstream = false
@@ -898,7 +918,7 @@ function P.response(req, conf)
     local meta = policy.meta(stale.meta.status or 200, merged, st.t0, now, conf._opts)
     local case = {}
     for k, v in pairs(st.case or {}) do case[k] = v end
-    for k, v in pairs(z:names(req)) do case[k] = v end
+    for k, v in pairs(rcase) do case[k] = v end
     st.case = case
     z:refresh(req, encode(meta, merged, case), keep_for(meta, conf, now))
     z:count("revalidated")
@@ -933,15 +953,24 @@ function P.response(req, conf)
       end
       if sec and meta.ttl + keep > 0 then
         stored = z:store(req, st.key, sec,
-          encode(meta, policy.stored_headers(rsh, conf._opts), z:names(req)), keep)
+          encode(meta, policy.stored_headers(rsh, conf._opts), rcase), keep)
         ttl = meta.ttl - policy.current_age(meta, now)
         if stored and conf._l2 then st.l2_put = { sec = sec, vary = sec ~= "" and (gsub(vary, "[\r\n]", " ")) or nil } end
       end
     end
   end
-  req:set_resp_header("Cache-Status", policy.cache_status {
-    prior = rsh["cache-status"], fwd = st.fwd or "miss", fwd_status = from_upstream and status or nil,
-    stored = stored or nil, ttl = stored and ttl or nil, collapsed = st.collapsed or nil })
+  local fwd = st.fwd or "miss"
+  local cs
+  if fwd == "miss" and rsh["cache-status"] == nil and not st.collapsed and from_upstream then
+    -- What policy.cache_status makes of the common miss, without its tables and patterns.
+    cs = "luaproxy; fwd=miss; fwd-status=" .. format("%d", status)
+      .. (stored and ("; stored; ttl=" .. format("%d", floor(ttl))) or "")
+  else
+    cs = policy.cache_status {
+      prior = rsh["cache-status"], fwd = fwd, fwd_status = from_upstream and status or nil,
+      stored = stored or nil, ttl = stored and ttl or nil, collapsed = st.collapsed or nil }
+  end
+  req:set_resp_header("Cache-Status", cs)
   if st.stripped and from_upstream and status == 200 and req:method() == "GET" then answer_stripped(req, conf, st, rsh, now) end
 end
 

@@ -11,6 +11,7 @@ local phases = require "luaproxy.phases"
 local C = ffi.C
 local ffi_string = ffi.string
 local type, format, pairs, lower = type, string.format, pairs, string.lower
+local concat = table.concat
 local raise = phases.raise
 
 local s1 = ffi.new("lp_str_t[1]")
@@ -82,14 +83,33 @@ function Zone:put(key, sec, head, keep, body)
 end
 
 -- Answers with the entry the request looked up last: `status`, `headers` (a list of
--- { name, value }), its body or bytes first..last of it. In the request phase this ends the
--- phase (as req:respond()); in the response phase it replaces the upstream's answer.
+-- { name, value }, after headers.base's when it has one), its body or bytes first..last of
+-- it. In the request phase this ends the phase (as req:respond()); in the response phase it
+-- replaces the upstream's answer. One FFI call sends the whole head: a list's `wire`, when
+-- it has one, holds its fields as "Name: value\r\n" lines (the cache plugin makes it once
+-- per stored head for base), else they are put so here.
 local cache_respond -- luaproxy.request's, looked up on first use (it requires this module)
+local runtime = require "luaproxy.runtime"
+local RESPONSE = runtime.PHASE_ID.response
+
+local function wire_of(list)
+  if list.wire then return list.wire end
+  local out = {}
+  for i = 1, #list do out[i] = list[i][1] .. ": " .. list[i][2] .. "\r\n" end
+  return concat(out)
+end
 
 function Zone:respond(req, status, headers, first, last)
   -- require is not compiled: a call per hit would end the hit's trace here.
   cache_respond = cache_respond or require("luaproxy.request").cache_respond
-  cache_respond(req, status, headers, first or -1, last or -1)
+  local base = headers.base
+  local wire = base and (wire_of(base) .. wire_of(headers)) or wire_of(headers)
+  -- The cache plugin's response handler does nothing for a request it answered in the
+  -- request phase: when it is the route's only response hook, the engine skips the phase.
+  local flags = 0
+  local rl = req._phase == "request" and req._chain[RESPONSE]
+  if rl and #rl == 1 and rl[1] == runtime.current then flags = K.CACHE_ONLY_HOOK end
+  cache_respond(req, status, wire, first or -1, last or -1, flags)
 end
 
 -- Bytes first..first+n-1 of the looked-up entry's body, as a string (fewer at its end).
@@ -129,6 +149,29 @@ function Zone:names(req)
     end
   end
   return out
+end
+
+-- Response phase: req:resp_headers() and names(req) in one pass over the fields.
+function Zone:resp_fields(req)
+  local out, case = {}, {}
+  local r = req._r
+  for i = 0, C.lp_ffi_header_count(r, 1) - 1 do
+    if C.lp_ffi_header_at(r, 1, i, n1, v1) == 0 then
+      local name = ffi_string(n1[0].base, n1[0].len)
+      local l = lower(name)
+      if l ~= name then case[l] = name end
+      local value = ffi_string(v1[0].base, v1[0].len)
+      local prev = out[l]
+      if prev == nil then
+        out[l] = value
+      elseif type(prev) == "table" then
+        prev[#prev + 1] = value
+      else
+        out[l] = { prev, value }
+      end
+    end
+  end
+  return out, case
 end
 
 -- The looked-up entry gets a new head (a 304 revalidated it), kept `keep` seconds more.

@@ -176,7 +176,8 @@ int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const 
                        size_t slen, const char *head, size_t hlen, double keep);
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
-int lp_ffi_cache_respond(void *r, int status, double first, double last);
+int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, double first,
+                         double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
 double lp_ffi_cache_read(void *r, double first, char *dst, double n);
 int lp_ffi_cache_window(void *r, double first, double n);
@@ -219,4 +220,5 @@ return {
   -- the response cache (engine/cache_store.h): purge modes, counters
   CACHE_PURGE_KEY = 0, CACHE_PURGE_PREFIX = 1, CACHE_PURGE_ALL = 2,
   CACHE_C = { hit = 0, miss = 1, expired = 2, stale = 3, revalidated = 4, bypass = 5 },
+  CACHE_ONLY_HOOK = 1, -- lp_ffi_cache_respond flags (engine/lua_api.h LP_FFI_CACHE_ONLY_HOOK)
 }

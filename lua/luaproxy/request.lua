@@ -581,16 +581,12 @@ function methods.cache_options(h)
 end
 
 -- An answer whose body is the cache entry the request looked up (Zone:respond).
-function M.cache_respond(h, status, headers, first, last)
-  if C.lp_ffi_respond_begin(h._r) == K.EOTHER then
+function M.cache_respond(h, status, wire, first, last, flags)
+  local rc = C.lp_ffi_cache_respond(h._r, status, wire, #wire, first, last, flags)
+  if rc == K.EOTHER then
     raise("cache: this handle belongs to another request than the running phase's", 3)
-  end
-  for i = 1, #headers do
-    local kv = headers[i]
-    set_header(h, 1, K.HADD, kv[1], kv[2], "cache")
-  end
-  if C.lp_ffi_cache_respond(h._r, status, first, last) ~= 0 then
-    raise("cache: cannot answer from the entry", 3)
+  elseif rc ~= 0 then
+    raise("cache: cannot answer from the entry: " .. (ERRORS[rc] or "failed"), 3)
   end
   if h._phase == "request" or h._phase == "upstream" then yield() end
 end

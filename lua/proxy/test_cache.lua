@@ -67,6 +67,12 @@ function M.registry(now, hooks)
     elseif first and first >= 0 then
       body = sub(body, first + 1, last + 1)
     end
+    if headers.base then -- a shared list's fields first (the engine's Zone:respond)
+      local all = {}
+      for i, kv in ipairs(headers.base) do all[i] = kv end
+      for _, kv in ipairs(headers) do all[#all + 1] = kv end
+      headers = all
+    end
     hooks.respond(req, status, headers, body)
   end
 
@@ -89,6 +95,7 @@ function M.registry(now, hooks)
 
   -- The double keeps no field names' case: every name is served lower-case.
   function Zone:names() return {} end
+  function Zone:resp_fields(req) return req:resp_headers(), {} end
 
   function Zone:refresh(req, head, keep)
     local e = req._cache_hit

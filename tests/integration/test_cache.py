@@ -175,6 +175,7 @@ class CacheTest(H.ProxyTestCase):
         self.assertGreater(after["bytes"], 0)
         for k in ("expired", "stale", "revalidated", "bypass", "capacity", "evicted"):
             self.assertIn(k, after)
+        self.assertGreater(after["index_bytes"], 0)  # the key index, outside `bytes`
         c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
         try:
             c.request("GET", "/metrics")

@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -165,6 +166,20 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertEqual(r.body, b"0:" + body)
         self.assertTrue(self.hit(r))
         self.assertGreaterEqual(self.disk(a)["loaded"], 1)
+        # The same figures in /metrics (docs/metrics.md).
+        c = http.client.HTTPConnection("127.0.0.1", a.admin_port, timeout=H.T(10))
+        try:
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+        finally:
+            c.close()
+        loaded = re.search(r'^luaproxy_cache_disk_events_total\{zone="%s",event="loaded"\} (\d+)'
+                           % ZONE, text, re.M)
+        self.assertIsNotNone(loaded, text[-2000:])
+        self.assertGreaterEqual(int(loaded.group(1)), 1)
+        entries = re.search(r'^luaproxy_cache_disk_entries\{zone="%s"\} (\d+)' % ZONE, text, re.M)
+        self.assertIsNotNone(entries, text[-2000:])
+        self.assertGreaterEqual(int(entries.group(1)), 5)
         st, j = self.admin(a, "POST", "/reload")
         self.assertEqual(st, 200, j)
         for i in range(5):

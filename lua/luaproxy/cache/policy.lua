@@ -129,7 +129,7 @@ end
 
 local function joined(h, name)
   local v = h and h[name]
-  if type(v) == "table" then return concat(v, ", ") end
+  if type(v) == "table" then return (concat(v, ", ")) end
   return v
 end
 
@@ -143,7 +143,7 @@ local function trim(s)
     if c ~= 32 and c ~= 9 then break end
     b = b - 1
   end
-  return sub(s, a, b)
+  return (sub(s, a, b))
 end
 
 -- A header table given as nil is an empty one.
@@ -646,7 +646,7 @@ function P.age_header(age)
   age = floor(age or 0)
   if age < 0 then age = 0 end
   if age > DELTA_MAX then age = DELTA_MAX end
-  return format("%d", age)
+  return (format("%d", age)) -- not a tail call: that ends the hit's trace
 end
 
 -- Serving (§4, §4.2.4, RFC 5861) ---------------------------------------------------------------
