@@ -257,7 +257,7 @@ static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
 #define LP_RF_BODY_WAKE      0x20000  /* gathering stopped: wake the Lua phase after parsing */
 #define LP_RF_PARSED         0x40000  /* the head parsed and checked: Lua may see the request */
 #define LP_RF_COUNTED        0x100000 /* counted in w->requests */
-#define LP_RF_NO_LUA_RESP    0x80000 /* response phase ran or skipped: a new answer goes as is */
+#define LP_RF_NO_LUA_RESP    0x80000  /* response phase ran or skipped: a new answer goes as is */
 #define LP_RF_DETACHED       0x200000 /* its log phase waits on without the connection (request.h) */
 #define LP_RF_TLS            0x400000  /* came over TLS (kept for a detached request's scheme) */
 #define LP_RF_METERED        0x800000  /* counted in the metrics (conn.c) */
