@@ -12,8 +12,9 @@ before the first config and 200 after; a broken config is refused by all three, 
 errors under PREFIX status/INSTANCE, while the old config keeps serving; `luaproxy push`
 checks a file as -t does and writes it; with etcd killed all three keep serving, and the
 watch resumes when it comes back; an instance started while etcd is down serves its last
-good copy. Propagation (etcd write -> all three serving) over 100 changes is printed
-(median, p99)."""
+good copy; an instance configured from etcd upgrades its binary three times under load
+with no connection refused and no request failed. Propagation (etcd write -> all three
+serving) over 100 changes is printed (median, p99)."""
 
 import base64
 import json
@@ -29,6 +30,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
+import test_upgrade as U  # noqa: E402
 
 PREFIX = "/luaproxy/"
 
@@ -730,6 +732,82 @@ class FleetxTest(unittest.TestCase):
         t0 = time.monotonic()
         p.stop()
         self.assertLess(time.monotonic() - t0, H.T(3))
+
+
+class FleetUpgradeTest(unittest.TestCase):
+    """An instance whose config comes from etcd upgrades its binary under load (SIGUSR2,
+    three times): each new process takes the listening sockets and gets its config from
+    etcd again; not one connection refused, not one request failed (test_upgrade.py's load
+    and accounting)."""
+
+    UPGRADES = 3
+
+    @classmethod
+    def setUpClass(cls):
+        H.require_proxy()
+        cls.origin = H.RawOrigin(lambda req: H.simple_response(200, b"ok"))
+        cls.addClassCleanup(cls.origin.stop)
+        cls.etcd = Etcd().start()
+        cls.addClassCleanup(cls.etcd.stop)
+        cls.etcd.put(PREFIX + "config", json.dumps(
+            {"upstreams": {"o": {"targets": [cls.origin.address()]}},
+             "routes": [{"match": {"prefix": "/"}, "upstream": "o"}]}))
+        cls.pids = set()
+        p = H.Proxy({"workers": 2, "listen": [{"address": "127.0.0.1:0"}],
+                     "admin": {"address": "127.0.0.1:0"}, "log": {"level": "info"},
+                     "config_source": {"etcd": {"endpoints": [cls.etcd.url],
+                                                "instance": "up0"}}},
+                    name="fleet-upgrade")
+        cls.pid_file = os.path.join(p.dir, "luaproxy.pid")
+        p.cfg["pid_file"] = cls.pid_file
+        cls.proxy = p
+        cls.addClassCleanup(cls.stop_all)
+        p.start()
+
+    @classmethod
+    def stop_all(cls):
+        for pid in sorted(cls.pids):
+            if U.pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + H.T(40)
+        for pid in sorted(cls.pids):
+            while U.pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if U.pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        cls.proxy.stop()
+
+    def test_upgrades_under_load(self):
+        H.wait_for(lambda: status_code(self.proxy.port, "x") == 200, H.T(10),
+                   what="the config from etcd served")
+        load = U.Load(self.proxy.port).start()
+        try:
+            H.wait_for(lambda: load.total >= 20, H.T(10), what="the load running")
+            for i in range(self.UPGRADES):
+                old = U.read_pid(self.pid_file)
+                os.kill(old, signal.SIGUSR2)
+                new = H.wait_for(lambda: U.read_pid(self.pid_file) not in (0, old) and
+                                 U.read_pid(self.pid_file), H.T(60), interval=0.01,
+                                 what="upgrade %d: a new process in the pid file" % (i + 1))
+                self.pids.add(new)
+                if old == self.proxy.pid:
+                    H.wait_for(lambda: self.proxy.proc.poll() is not None, H.T(40),
+                               what="the first process's exit")
+                else:
+                    H.wait_for(lambda: not U.pid_alive(old), H.T(40),
+                               what="pid %d's exit" % old)
+                n = load.total
+                H.wait_for(lambda: load.total >= n + 10, H.T(30),
+                           what="requests after upgrade %d: %s" % (i + 1, load.summary()))
+        finally:
+            load.stop()
+        summary = load.summary()
+        print("\n  %d upgrades of an etcd-configured instance: %s" % (self.UPGRADES, summary),
+              file=sys.stderr)
+        self.assertEqual(load.refused, 0, summary)
+        self.assertEqual(load.failed, 0, summary)
+        st, body = admin_json(self.proxy, "/status")
+        self.assertTrue(body["etcd"]["connected"], body)
 
 
 if __name__ == "__main__":
