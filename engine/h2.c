@@ -387,6 +387,8 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         st->hdr_bytes += nlen + vlen + 32;
         if (st->hdr_bytes > CONF(h2)->max_header_list_size || (nlen && name[0] == ':'))
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        if (lp_h2_trailer_forbidden((const char *)name, nlen))
+            return 0;
         return lp_h2_text_add(&st->req->trailers, &st->req->trailers_len, (const char *)name, nlen,
                               (const char *)value, vlen)
                    ? NGHTTP2_ERR_CALLBACK_FAILURE

@@ -542,7 +542,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         return 0;
     const char *n = (const char *)name, *v = (const char *)value;
     if (st->head_in) { /* trailers */
-        if (nlen && n[0] == ':')
+        if ((nlen && n[0] == ':') || lp_h2_trailer_forbidden(n, nlen))
             return 0;
         if (st->trailers_len + nlen + vlen > st->peer.h1.max_header_size ||
             lp_h2_text_add(&st->trailers, &st->trailers_len, n, nlen, v, vlen)) {
@@ -871,7 +871,8 @@ static void stream_give_head(lp_h2u_stream_t *st, int *done)
     len += st->head_len;
     /* A head that ended the stream has no body: said so, so that an HTTP/2 client gets a
      * trailers-only response too (h2.c). */
-    if (st->in_eof && !st->in.head && !st->has_cl && st->status != 204 && st->status != 304) {
+    if (st->in_eof && !st->in.head && !st->has_cl && !st->trailers && st->status != 204 &&
+        st->status != 304) {
         memcpy(text + len, "content-length: 0\r\n", 19);
         len += 19;
     }
@@ -1453,7 +1454,13 @@ void lp_h2u_close_idle(lp_pool_t *t)
     for (lp_list_t *it = t->h2conns.next; it != &t->h2conns;) {
         lp_h2u_t *h = LP_CONTAINER_OF(it, lp_h2u_t, link);
         it = it->next;
-        if (!h->nlive && !h->dead) {
+        /* Closed streams may still be delivering to their requests (a slow client, a Lua
+         * response phase holding the head): such a connection closes when they are done
+         * (h2u_leave, as the worker is stopping). */
+        int busy = 0;
+        for (lp_list_t *s = h->streams.next; s != &h->streams; s = s->next)
+            busy |= LP_CONTAINER_OF(s, lp_h2u_stream_t, link)->peer.req != NULL;
+        if (!h->nlive && !h->dead && !busy) {
             h->depth++;
             h2u_die(h, LP_FAIL_RESET, 502, "closing idle connections");
             h2u_leave(h, 1);

@@ -96,6 +96,45 @@ int lp_h2_conn_specific(const char *name, size_t nlen, const char *value, size_t
     return lp_str_ieq(n, "te", 2) && !lp_str_ieq((lp_str_t){value, vlen}, "trailers", 8);
 }
 
+int lp_h2_trailer_forbidden(const char *name, size_t nlen)
+{
+    /* RFC 9110 6.5.1: a trailer must not carry framing, routing, authentication, cookies or
+     * content description; nor what the proxy itself sets in the head (forwarding, tracing):
+     * a peer merging trailers into the head would otherwise take them for the proxy's. */
+    static const char *const no[] = {"content-length",
+                                     "transfer-encoding",
+                                     "host",
+                                     "te",
+                                     "trailer",
+                                     "connection",
+                                     "keep-alive",
+                                     "proxy-connection",
+                                     "upgrade",
+                                     "authorization",
+                                     "proxy-authorization",
+                                     "cookie",
+                                     "set-cookie",
+                                     "content-encoding",
+                                     "content-type",
+                                     "content-range",
+                                     "expect",
+                                     "range",
+                                     "forwarded",
+                                     "x-forwarded-for",
+                                     "x-forwarded-proto",
+                                     "x-forwarded-host",
+                                     "x-forwarded-port",
+                                     "x-real-ip",
+                                     "traceparent",
+                                     "tracestate",
+                                     "via"};
+    lp_str_t n = {name, nlen};
+    for (size_t i = 0; i < LP_ARRAY_LEN(no); i++)
+        if (lp_str_ieq(n, no[i], strlen(no[i])))
+            return 1;
+    return nlen >= 3 && lp_str_ieq((lp_str_t){name, 3}, "if-", 3);
+}
+
 void lp_h2_nvs_add_text(lp_h2_nvs_t *l, const char *text, size_t len)
 {
     const char *p = text, *end = text + len;

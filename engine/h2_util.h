@@ -25,6 +25,8 @@ typedef struct {
 void lp_h2_nvs_add(lp_h2_nvs_t *l, const char *name, size_t nlen, const char *value, size_t vlen);
 /* Adds the fields of trailer text ("name: value\r\n" lines), HTTP/2's connection-specific
  * ones left out. */
+/* A field that must not travel in trailers (either direction): dropped. */
+int lp_h2_trailer_forbidden(const char *name, size_t nlen);
 void lp_h2_nvs_add_text(lp_h2_nvs_t *l, const char *text, size_t len);
 /* The list, ready for nghttp2 (valid until lp_h2_nvs_free); NULL when an addition failed. */
 nghttp2_nv *lp_h2_nvs_done(lp_h2_nvs_t *l);

@@ -114,7 +114,9 @@ static void on_ready_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         close_watch();
         lp_log_notice("upgrade: stopping, so the new process (pid %ld) is stopped too", up.child);
         kill((pid_t)up.child, SIGTERM);
-    } else if (strstr(up.rbuf, "READY\n") && up.starting) {
+    } else if (strstr(up.rbuf, "READY\n") && up.starting && !up.timed_out) {
+        /* (A READY read after the timeout killed it must not hand over to a dead process:
+         * libuv runs timers before it polls.) */
         hand_over();
     } else if (up.rlen >= sizeof(up.rbuf) - 1)
         up.rlen = 0; /* not ours: keep listening, the timer bounds it */
@@ -155,8 +157,14 @@ static void list_add(char **list, size_t *len, size_t *cap, int cfd, char kind, 
 {
     char item[300];
     int n = snprintf(item, sizeof(item), "%s%d,%c,%s,%s", *len ? ";" : "", cfd, kind, conf, bound);
-    if (n < 0 || !*list)
+    if (!*list)
         return;
+    if (n < 0 || (size_t)n >= sizeof(item)) {
+        /* An address too long for the list: no list, the upgrade is refused (as on OOM). */
+        free(*list);
+        *list = NULL;
+        return;
+    }
     if (*len + (size_t)n + 1 > *cap) {
         size_t ncap = (*cap + (size_t)n + 1) * 2;
         char *nl = realloc(*list, ncap);

@@ -610,8 +610,8 @@ static void peer_trailers(lp_peer_t *p, lp_req_t *req)
     size_t len = 0;
     for (unsigned i = p->head_fields; i < p->h1.nheaders; i++) {
         const lp_header_t *hd = &p->h1.headers[i];
-        if (lp_h1_is_hop_by_hop(&p->h1, hd->name) || LP_STR_IEQ(hd->name, "content-length") ||
-            LP_STR_IEQ(hd->name, "host"))
+        if (lp_h1_is_hop_by_hop(&p->h1, hd->name) ||
+            lp_h2_trailer_forbidden(hd->name.base, hd->name.len))
             continue;
         if (lp_h2_text_add(&text, &len, hd->name.base, hd->name.len, hd->value.base,
                            hd->value.len)) {

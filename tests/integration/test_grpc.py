@@ -159,6 +159,13 @@ class GrpcTest(H.ProxyTestCase):
         got = list(self.call("Count", "unary_stream")(b"5", timeout=H.T(10)))
         self.assertEqual(got, [b"n0", b"n1", b"n2", b"n3", b"n4"])
 
+    def test_server_streaming_of_no_message(self):
+        # Head and trailers may come in one read: the status still arrives (no message, OK).
+        for _ in range(5):
+            call = self.call("Count", "unary_stream")(b"0", timeout=H.T(10))
+            self.assertEqual(list(call), [])
+            self.assertEqual(call.code(), grpc.StatusCode.OK)
+
     def test_bidirectional_streaming(self):
         # Each message is sent only once the echo of the previous one came back through
         # the proxy: the request body and the response body flow at the same time.

@@ -852,7 +852,8 @@ class H2Origin:
                 elif path == "/trailers":
                     got = ",".join("%s=%s" % kv for kv in sorted(reqs[sid]["t"].items()))
                     answer(sid, body=b"body", extra=[("x-req-trailers", got)],
-                           trailers=[("x-trailer", "t1"), ("grpc-status", "0")])
+                           trailers=[("x-trailer", "t1"), ("grpc-status", "0"),
+                                     ("x-forwarded-for", "203.0.113.66")])
                 elif path == "/goaway" and self.refuse_next:
                     self.refuse_next = False
                     c.close_connection(last_stream_id=sid - 2 if sid > 1 else 0)
@@ -940,7 +941,11 @@ class H2UpstreamTest(H.ProxyTestCase):
         c = Client(self.proxy.port)
         try:
             sid = c.request("/trailers", method="POST", body=b"data", end=False)
-            c.conn.send_headers(sid, [("x-req-t", "rt1")], end_stream=True)
+            # Fields a trailer must not carry (RFC 9110 6.5.1), or that the proxy sets itself,
+            # are dropped in both directions.
+            c.conn.send_headers(sid, [("x-req-t", "rt1"), ("x-forwarded-for", "203.0.113.66"),
+                                      ("authorization", "Basic eDp5"), ("cookie", "a=b")],
+                                end_stream=True)
             c.flush()
             c.pump(lambda: c.done(sid))
             st = c.streams[sid]
