@@ -1203,7 +1203,7 @@ static int addr_port(const lp_addr_t *a)
     return ntohs(((const struct sockaddr_in *)&a->addr)->sin_port);
 }
 
-static long read_pid(const char *path)
+long lp_read_pid_file(const char *path)
 {
     FILE *f = fopen(path, "r");
     long pid = 0;
@@ -1221,7 +1221,7 @@ int lp_admin_signal(const lp_config_t *cfg, const char *name)
     if (strcmp(name, "upgrade") == 0) {
         /* The process to upgrade is the one in pid_file: the admin API would answer from
          * whichever process holds its socket (two do during an upgrade). */
-        long pid = cfg->pid_file ? read_pid(cfg->pid_file) : 0;
+        long pid = cfg->pid_file ? lp_read_pid_file(cfg->pid_file) : 0;
         if (!cfg->pid_file) {
             fprintf(stderr, "luaproxy: -s upgrade needs pid_file in the config (it signals "
                             "the process named there)\n");
@@ -1273,7 +1273,7 @@ int lp_admin_signal(const lp_config_t *cfg, const char *name)
                             "way to find the running instance\n");
         return 1;
     }
-    long pid = read_pid(cfg->pid_file);
+    long pid = lp_read_pid_file(cfg->pid_file);
     if (pid <= 0 || kill((pid_t)pid, reload ? SIGHUP : SIGTERM) < 0) {
         fprintf(stderr, "luaproxy: no running instance in %s%s%s\n", cfg->pid_file,
                 pid > 0 ? ": " : "", pid > 0 ? strerror(errno) : "");
@@ -1293,6 +1293,6 @@ void lp_pidfile_write(const lp_config_t *cfg)
 
 void lp_pidfile_remove(const lp_config_t *cfg)
 {
-    if (cfg->pid_file && read_pid(cfg->pid_file) == (long)getpid())
+    if (cfg->pid_file && lp_read_pid_file(cfg->pid_file) == (long)getpid())
         unlink(cfg->pid_file);
 }

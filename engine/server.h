@@ -62,6 +62,8 @@ int lp_admin_listen_fd(const lp_server_t *s, const char **conf, const char **bou
 void lp_admin_snapshot(lp_server_t *s);
 /* `luaproxy -s NAME`: asks the running instance (admin API, else pid file). Exit code. */
 int lp_admin_signal(const lp_config_t *cfg, const char *name);
+/* The pid a pid file names; 0 when it cannot be read. */
+long lp_read_pid_file(const char *path);
 void lp_pidfile_write(const lp_config_t *cfg);
 void lp_pidfile_remove(const lp_config_t *cfg);
 

@@ -15,6 +15,7 @@
 #include "common.h"
 #include "log.h"
 #include "proxy-t.h"
+#include "server.h"
 #include "upgrade.h"
 #include "worker.h"
 
@@ -42,18 +43,6 @@ static struct {
     char rbuf[16];                        /* what it wrote so far */
     size_t rlen;                          /* bytes in rbuf */
 } up;
-
-static long read_pid(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    long pid = 0;
-    if (!f)
-        return 0;
-    if (fscanf(f, "%ld", &pid) != 1)
-        pid = 0;
-    fclose(f);
-    return pid;
-}
 
 static void on_handle_closed(uv_handle_t *h)
 {
@@ -334,7 +323,7 @@ void lp_upgrade_stop(const char *pid_file)
     if (pid_file && up.handed_over) {
         char old[4200];
         snprintf(old, sizeof(old), "%s.oldbin", pid_file);
-        if (read_pid(old) == (long)getpid())
+        if (lp_read_pid_file(old) == (long)getpid())
             unlink(old);
     }
 }
