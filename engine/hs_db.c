@@ -104,7 +104,7 @@ int lp_hsdb_get(const char *key, size_t len, void **db, const char **meta, size_
         *db = NULL;
     if (st == LP_HSDB_READY && db)
         *db = take(e, meta, meta_len);
-    else if (st == LP_HSDB_FAILED) {
+    else if (st == LP_HSDB_FAILED && meta && meta_len) { /* the WAF asks for the state only */
         *meta = e->meta;
         *meta_len = e->meta_len;
     }
