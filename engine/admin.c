@@ -35,6 +35,7 @@
 #include "shdict.h"
 #include "cache_admin.h"
 #include "etcd.h"
+#include "route.h"
 #include "rtable.h"
 #include "admin_explain.h"
 
@@ -79,6 +80,8 @@ typedef struct {
     uint64_t reload_t0; /* uv_hrtime() when its POST /reload began */
     int answered;       /* an answer is queued: nothing more is parsed */
     int closing;        /* conn_close() ran: the handles are closing */
+    json_t *warnings;   /* owned: a POST /routes batch's warnings while etcd answers it;
+                           NULL: none */
 } admin_conn_t;
 
 static char discard[4096]; /* lingering reads land here (main thread only) */
@@ -126,6 +129,7 @@ static void conn_release(admin_conn_t *c)
     if (c->r)
         c->admin->nconns--;
     admin_unref(c->admin);
+    json_decref(c->warnings);
     free(c->r);
     free(c->out);
     free(c);
@@ -619,11 +623,13 @@ static void handle_routes_get(admin_conn_t *c)
 static void on_routes_etcd(void *data, int status, const char *msg, int64_t revision)
 {
     admin_conn_t *c = data;
-    if (status == 200)
-        respond(c, 200,
-                json_pack("{s:b,s:s,s:I}", "ok", 1, "persisted", "etcd", "etcd_revision",
-                          (json_int_t)revision));
-    else
+    if (status == 200) {
+        json_t *ans = json_pack("{s:b,s:s,s:I}", "ok", 1, "persisted", "etcd", "etcd_revision",
+                                (json_int_t)revision);
+        if (ans && json_array_size(c->warnings))
+            json_object_set(ans, "warnings", c->warnings);
+        respond(c, 200, ans);
+    } else
         respond(c, status, json_pack("{s:b,s:b,s:o}", "ok", 0, "persisted", 0, "error", jstr(msg)));
     conn_release(c); /* the hold handle_routes_post took (respond does nothing once closing) */
 }
@@ -651,10 +657,13 @@ static void handle_routes_post(admin_conn_t *c)
         respond_error(c, 400, err);
         return;
     }
+    /* Routes the batch leaves unreachable, as -t and every load say them (route.c). */
+    lp_route_shadows_json(lp_gen_current->config, t, warnings);
     lp_server_t *es = c->admin->server;
     if (lp_etcd_active(es)) {
         lp_rtable_unref(t);
-        json_decref(warnings);
+        json_decref(c->warnings);
+        c->warnings = warnings; /* answered with etcd's answer */
         int rc = lp_etcd_routes_change(es, ops, on_routes_etcd, c);
         json_decref(doc);
         if (rc) {
@@ -973,11 +982,12 @@ static void dispatch(admin_conn_t *c)
         else
             handle_errors(c);
     } else {
-        respond_error(c, 404,
-                      "no such endpoint (GET /, GET /status, GET /metrics, POST /reload, "
-                      "POST /stop, GET /config, GET /upstreams, "
-                      "POST /upstreams/NAME/targets/ADDRESS, GET /reloads, GET /errors, "
-                      "GET/POST /routes, POST /explain, DELETE /cache/NAME)");
+        respond_error(
+            c, 404,
+            "no such endpoint (GET /, GET /status, GET /ready, GET /metrics, POST /reload, "
+            "POST /stop, GET /config, GET /upstreams, "
+            "POST /upstreams/NAME/targets/ADDRESS, GET /reloads, GET /errors, "
+            "GET/POST /routes, POST /explain, DELETE /cache/NAME)");
     }
 }
 

@@ -224,6 +224,13 @@ int lp_ffi_router_nnames(void *r, int kind);
 const char *lp_ffi_router_name(void *r, int kind, int i);
 int lp_ffi_router_match(void *r, const lp_str_t *in, const lp_str_t *hvals, const lp_str_t *qvals,
                         int from, int *meta, lp_str_t *names, lp_str_t *values);
+/* `luaproxy explain` (lua/luaproxy/tools/explain.lua): the routes of r that can never match
+ * (lp_router_shadows), as pairs {route, by} of 0-based positions, at most max of them in
+ * pairs; returns how many there are. And the one sentence that names such a pair
+ * (lp_router_shadow_text; a name may be NULL); returns its length. */
+int lp_ffi_router_shadows(void *r, int *pairs, int max);
+int lp_ffi_router_shadow_text(char *out, size_t n, int route, const char *name, int by,
+                              const char *by_name);
 /* req:param(name): a capture of the request's config route. 0, or -1 when it has none. */
 int lp_ffi_req_param(void *r, const char *name, size_t n, lp_str_t *out);
 /* proxy.metrics (engine/metrics_lua.c, docs/metrics.md). Declares a metric (type 0

@@ -181,32 +181,42 @@ const lp_route_conf_t *lp_route_find(const lp_config_t *cfg, const lp_route_in_t
     return i < 0 ? NULL : &cfg->routes[i];
 }
 
-/* "routes[3]", or "routes[3] (api)" when the route has a name of its own (not route#N). */
-static void route_ref(char *out, size_t n, const lp_config_t *cfg, size_t i)
+/* The routes of t (the config's table when NULL) as the shadow sentence names them. */
+typedef struct {
+    const lp_config_t *cfg; /* borrowed */
+    const lp_rtable_t *t;   /* borrowed; NULL: the config's own routes */
+    json_t *warnings;       /* borrowed; NULL: log only */
+    const char *who;        /* borrowed: the log line's start */
+} shadow_ctx_t;
+
+static const char *route_name_at(const shadow_ctx_t *x, size_t i)
 {
-    const lp_route_conf_t *rc = cfg->rtable && i < cfg->rtable->nroutes ? cfg->rtable->routes[i]
-                                : i < cfg->nroutes                      ? &cfg->routes[i]
-                                                                        : NULL;
-    char auto_name[32];
-    snprintf(auto_name, sizeof(auto_name), "route#%zu", i + 1);
-    if (rc && rc->name && strcmp(rc->name, auto_name) != 0)
-        snprintf(out, n, "routes[%zu] (%s)", i + 1, rc->name);
-    else
-        snprintf(out, n, "routes[%zu]", i + 1);
+    const lp_route_conf_t *rc = x->t && i < x->t->nroutes      ? x->t->routes[i]
+                                : !x->t && i < x->cfg->nroutes ? &x->cfg->routes[i]
+                                                               : NULL;
+    return rc ? rc->name : NULL;
 }
 
 static void warn_one(void *ud, size_t route, size_t by)
 {
-    const lp_config_t *cfg = ud;
-    char a[200], b[200];
-    route_ref(a, sizeof(a), cfg, route);
-    route_ref(b, sizeof(b), cfg, by);
-    lp_log_warn("%s: %s can never match: %s before it takes all its requests",
-                cfg->path ? cfg->path : "config", a, b);
+    const shadow_ctx_t *x = ud;
+    char msg[600];
+    lp_router_shadow_text(msg, sizeof(msg), route, route_name_at(x, route), by,
+                          route_name_at(x, by));
+    lp_log_warn("%s: %s", x->who, msg);
+    if (x->warnings)
+        json_array_append_new(x->warnings, json_string(msg));
 }
 
 size_t lp_route_warn_shadows(const lp_config_t *cfg)
 {
+    shadow_ctx_t x = {cfg, cfg->rtable, NULL, cfg->path ? cfg->path : "config"};
     const lp_router_t *r = cfg->rtable ? cfg->rtable->router : cfg->router;
-    return r ? lp_router_shadows(r, warn_one, (void *)cfg) : 0;
+    return r ? lp_router_shadows(r, warn_one, &x) : 0;
+}
+
+size_t lp_route_shadows_json(const lp_config_t *cfg, const lp_rtable_t *t, json_t *warnings)
+{
+    shadow_ctx_t x = {cfg, t, warnings, "admin: POST /routes"};
+    return t->router ? lp_router_shadows(t->router, warn_one, &x) : 0;
 }

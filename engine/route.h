@@ -4,6 +4,7 @@
 #ifndef LP_ROUTE_H
 #define LP_ROUTE_H
 
+#include <jansson.h>
 #include <lua.h>
 #include "config.h"
 #include "http1.h"
@@ -25,5 +26,9 @@ const lp_route_conf_t *lp_route_find(const lp_config_t *cfg, const lp_route_in_t
 
 /* Logs a warning for each route of cfg that can never match (-t and every load). */
 size_t lp_route_warn_shadows(const lp_config_t *cfg);
+/* The same for the table t (POST /routes builds one, rtable.h), each sentence
+ * (lp_router_shadow_text) also appended to the JSON array `warnings`. */
+struct lp_rtable_s;
+size_t lp_route_shadows_json(const lp_config_t *cfg, const struct lp_rtable_s *t, json_t *warnings);
 
 #endif

@@ -1696,3 +1696,22 @@ size_t lp_router_shadows(const lp_router_t *r, void (*warn)(void *ud, size_t rou
     }
     return found;
 }
+
+/* "routes[3]", or "routes[3] (api)" when the route has a name of its own (not route#3). */
+static int route_ref(char *out, size_t n, size_t i, const char *name)
+{
+    char auto_name[32];
+    snprintf(auto_name, sizeof(auto_name), "route#%zu", i + 1);
+    if (name && *name && strcmp(name, auto_name) != 0)
+        return snprintf(out, n, "routes[%zu] (%s)", i + 1, name);
+    return snprintf(out, n, "routes[%zu]", i + 1);
+}
+
+int lp_router_shadow_text(char *out, size_t n, size_t route, const char *name, size_t by,
+                          const char *by_name)
+{
+    char a[200], b[200];
+    route_ref(a, sizeof(a), route, name);
+    route_ref(b, sizeof(b), by, by_name);
+    return snprintf(out, n, "%s can never match: %s before it takes all its requests", a, b);
+}

@@ -118,4 +118,11 @@ const char *lp_router_name(const lp_router_t *r, int kind, size_t i);
 size_t lp_router_shadows(const lp_router_t *r, void (*warn)(void *ud, size_t route, size_t by),
                          void *ud);
 
+/* The one wording of a shadow, for `-t` and every load, POST /routes and `explain`:
+ * "routes[8] (me) can never match: routes[7] (user) before it takes all its requests".
+ * route and by are 0-based positions; a name is shown unless it is NULL or the default
+ * "route#N" of that position. Returns what snprintf returns. */
+int lp_router_shadow_text(char *out, size_t n, size_t route, const char *name, size_t by,
+                          const char *by_name);
+
 #endif

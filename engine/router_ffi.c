@@ -77,3 +77,33 @@ int lp_ffi_router_match(void *r, const lp_str_t *in, const lp_str_t *hvals, cons
     }
     return idx;
 }
+
+typedef struct {
+    int *pairs; /* borrowed: max pairs */
+    int max, n;
+} shadow_pairs_t;
+
+static void shadow_pair(void *ud, size_t route, size_t by)
+{
+    shadow_pairs_t *p = ud;
+    if (p->n < p->max) {
+        p->pairs[2 * p->n] = (int)route;
+        p->pairs[2 * p->n + 1] = (int)by;
+    }
+    p->n++;
+}
+
+int lp_ffi_router_shadows(void *r, int *pairs, int max)
+{
+    shadow_pairs_t p = {pairs, max, 0};
+    lp_router_shadows(r, shadow_pair, &p);
+    return p.n;
+}
+
+int lp_ffi_router_shadow_text(char *out, size_t n, int route, const char *name, int by,
+                              const char *by_name)
+{
+    if (route < 0 || by < 0)
+        return -1;
+    return lp_router_shadow_text(out, n, (size_t)route, name, (size_t)by, by_name);
+}

@@ -158,6 +158,12 @@ class AdminTest(AdminCase):
             j = self.admin_json(method, path, 404)
             self.assertIs(j["ok"], False)
             self.assertIsInstance(j["error"], str)
+        # The 404 names every endpoint docs/admin-api.md's table lists, and no other.
+        with open(os.path.join(H.REPO, "docs", "admin-api.md")) as f:
+            doc = re.findall(r"^\| \[`(/[^`]*)`\]", f.read(), re.M)
+        said = re.findall(r"(?:GET|POST|DELETE|GET/POST) (/[^,)]*)", j["error"])
+        self.assertEqual(sorted(set(doc)), sorted(set(said)), j["error"])
+        self.assertIn("GET /ready", j["error"])
 
     def test_405_json(self):
         for method, path in (("POST", "/status"), ("GET", "/reload"), ("PUT", "/reload"),

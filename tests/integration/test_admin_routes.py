@@ -189,12 +189,31 @@ class AdminRoutesTest(RT.ReloadTestCase):
     def test_replace_warns_about_what_it_drops(self):
         j = self.post([{"op": "replace", "index": 3, "route": {"upstream": "b",
                                                                "match": {"prefix": "/h"}}}])
-        self.assertEqual(len(j["warnings"]), 1, j)
-        self.assertIn("routes[3] (route#3)", j["warnings"][0])
-        self.assertIn("a handler", j["warnings"][0])
-        # A route without Lua parts: no warning.
+        dropped = [w for w in j["warnings"] if "dropped" in w]
+        self.assertEqual(len(dropped), 1, j)
+        self.assertIn("routes[3] (route#3)", dropped[0])
+        self.assertIn("a handler", dropped[0])
+        # A route without Lua parts: no such warning.
         j = self.post([{"op": "replace", "index": 1, "route": {"upstream": "b"}}])
-        self.assertNotIn("warnings", j)
+        self.assertEqual([w for w in j.get("warnings", []) if "dropped" in w], [], j)
+
+    def test_shadowed_route_warned_by_the_change_itself(self):
+        # The config's "/" (routes[2]) takes every request a route added behind it would:
+        # the answer and the log say so at once, in -t's words, not only at the next load.
+        said = "routes[4] (late) can never match: routes[2] before it takes all its requests"
+        j = self.post([{"op": "add", "route": {"name": "late", "match": {"prefix": "/late/"},
+                                                "upstream": "b"}}])
+        self.assertIs(j["ok"], True)
+        self.assertIn(said, j["warnings"], j)
+        self.proxy.wait_log("admin: POST /routes: " + said)
+        # The next load says the same of the same table (the overlay applied).
+        self.reload()
+        self.proxy.wait_log(self.proxy.config_path + ": " + said)
+        # Added in front of the catch-all: reachable, nothing said of it.
+        j = self.post([{"op": "add", "at": 1, "route": {"name": "early",
+                                                        "match": {"prefix": "/early/"},
+                                                        "upstream": "b"}}])
+        self.assertEqual([w for w in j.get("warnings", []) if "(early)" in w], [], j)
 
     def test_changes_under_load_fail_no_request(self):
         stop = threading.Event()

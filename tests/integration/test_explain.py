@@ -46,6 +46,15 @@ end
 return P
 '''
 
+PARAM = r'''
+-- Passes the route's capture "page" on (req:param: a regex route's named group).
+local P = { name = "param", priority = 5, schema = { fields = {} } }
+function P.request(req)
+  req:set_header("X-Page", req:param("page") or "none")
+end
+return P
+'''
+
 # Headers the engine itself adds or rewrites on the way upstream (docs/architecture.md):
 # not the plugins' doing, so not part of explain's promise.
 ENGINE_HEADERS = {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
@@ -90,6 +99,12 @@ class ExplainAgreesTest(L.LuaTestCase):
             {"name": "rest", "upstream": "app",
              "plugins": [{"name": "headers", "request": {"add": {"X-Via": "rest"}}}]},
         ],
+        "captures": [
+            {"name": "page", "match": {"regex": "^/(?<page>head)ers$"}, "upstream": "app",
+             "plugins": [{"name": "param"}]},
+            {"name": "all", "match": {"prefix": "/"}, "upstream": "app",
+             "plugins": [{"name": "param"}]},
+        ],
     }
     REQUESTS = {
         "prefixes": [
@@ -107,6 +122,10 @@ class ExplainAgreesTest(L.LuaTestCase):
             ("GET http://www.shop.test/old/a", []),
             ("GET http://x.test/headers", ["X-Beta: 1"]),
         ],
+        "captures": [
+            ("GET http://a.test/headers", []),
+            ("GET http://a.test/headers?x=1", []),
+        ],
     }
 
     @classmethod
@@ -116,7 +135,8 @@ class ExplainAgreesTest(L.LuaTestCase):
         ups = {name: H.upstream(o.address()) for name, o in cls.origins.items()}
         for key, routes in cls.CONFIGS.items():
             cls.proxies[key] = cls.start_lua_proxy(
-                ups, routes, files={"plugins/tagger.lua": TAGGER, "plugins/gate.lua": GATE},
+                ups, routes, files={"plugins/tagger.lua": TAGGER, "plugins/gate.lua": GATE,
+                                       "plugins/param.lua": PARAM},
                 workers=1, lua=L.lua_section(fixtures=False))
 
     def send(self, proxy, line, headers):
@@ -159,12 +179,34 @@ class ExplainAgreesTest(L.LuaTestCase):
         for line, headers in self.REQUESTS["hosts"]:
             self.check_one("hosts", line, headers)
 
+    def test_capture_config(self):
+        for line, headers in self.REQUESTS["captures"]:
+            self.check_one("captures", line, headers)
+
+    def test_regex_captures_are_shown(self):
+        path = self.proxies["captures"].config_path
+        x = explain(path, "GET http://a.test/headers")
+        self.assertEqual(x["routing"]["route"]["params"], {"page": "head"})
+        self.assertEqual(x["sent"]["headers"].get("x-page"), "head")
+        out = explain(path, "GET http://a.test/headers", text=True)
+        self.assertIn("-> #1 page: matched", out)
+        self.assertIn('       captures: page="head"', out)
+        out = explain(path, "GET http://a.test/other", text=True)  # no captures: no line
+        self.assertIn("-> #2 all: matched", out)
+        self.assertNotIn("captures:", out)
+
     def test_text_says_why(self):
         out = explain(self.proxies["prefixes"].config_path,
                       "GET http://a.test/api/x?tenant=t2", ["Cookie: ab=b"], text=True)
         self.assertIn('#1 v1: no (prefix "/api/v1" does not hold)', out)
         self.assertIn("-> #2 api: matched", out)
-        self.assertIn("#4 never can never match: #3 all catches every request it would", out)
+        # The engine's check and its one sentence, as `luaproxy -t` says it.
+        self.assertIn("warning: routes[4] (never) can never match: routes[3] (all) before it "
+                      "takes all its requests", out)
+        check = subprocess.run([H.LUAPROXY, "-t", "-c", self.proxies["prefixes"].config_path],
+                               capture_output=True, text=True, timeout=H.T(60))
+        self.assertIn("routes[4] (never) can never match: routes[3] (all) before it takes all "
+                      "its requests", check.stderr)
         self.assertRegex(out, r"tagger \[request\] .*path /api/x\?tenant=t2 -> /headers; "
                               r"upstream api -> b")
         self.assertIn("added header x-env: prod", out)

@@ -650,6 +650,20 @@ static void test_shadows(void)
     lp_router_free(r);
 }
 
+/* The one sentence -t, POST /routes and explain print: a default name is not repeated. */
+static void test_shadow_text(void)
+{
+    char out[300];
+    lp_router_shadow_text(out, sizeof(out), 7, "me", 6, "user");
+    CHECK_STR(out, "routes[8] (me) can never match: routes[7] (user) before it takes all its "
+                   "requests");
+    lp_router_shadow_text(out, sizeof(out), 1, "route#2", 0, NULL);
+    CHECK_STR(out, "routes[2] can never match: routes[1] before it takes all its requests");
+    lp_router_shadow_text(out, sizeof(out), 2, "route#1", 0, "admin#1");
+    CHECK_STR(out, "routes[3] (route#1) can never match: routes[1] (admin#1) before it takes "
+                   "all its requests");
+}
+
 /* ---- the property test ---- */
 
 static unsigned rnd_state = 12345;
@@ -1140,15 +1154,11 @@ static void test_regex_many(void)
 }
 
 static const lp_test_case_t tests[] = {
-    LP_TEST_ENTRY(test_rxset_fallback),
-    LP_TEST_ENTRY(test_regex_many),
-    LP_TEST_ENTRY(test_hosts),
-    LP_TEST_ENTRY(test_paths),
-    LP_TEST_ENTRY(test_conditions),
-    LP_TEST_ENTRY(test_bad_routes),
-    LP_TEST_ENTRY(test_shadows),
-    LP_TEST_ENTRY(test_property),
-    LP_TEST_ENTRY(test_property_incremental),
+    LP_TEST_ENTRY(test_rxset_fallback), LP_TEST_ENTRY(test_regex_many),
+    LP_TEST_ENTRY(test_hosts),          LP_TEST_ENTRY(test_paths),
+    LP_TEST_ENTRY(test_conditions),     LP_TEST_ENTRY(test_bad_routes),
+    LP_TEST_ENTRY(test_shadows),        LP_TEST_ENTRY(test_shadow_text),
+    LP_TEST_ENTRY(test_property),       LP_TEST_ENTRY(test_property_incremental),
 };
 
 LP_TEST_MAIN(tests)

@@ -148,46 +148,30 @@ local function route_name(r, i)
   return r.name or format("route#%d", i)
 end
 
--- Does route a (earlier) catch everything route b (later) would? Conservative: only the
--- plain cases (no conditions; prefix/host/methods containment; same other conditions).
-local function same(x, y)
-  if type(x) ~= type(y) then return false end
-  if type(x) ~= "table" then return x == y end
-  for k, v in pairs(x) do if not same(v, y[k]) then return false end end
-  for k in pairs(y) do if x[k] == nil then return false end end
-  return true
-end
-
-local function covers(a, b)
-  for _, k in ipairs(CONDITIONS) do
-    local av, bv = a[k], b[k]
-    if av ~= nil then
-      if bv == nil then
-        if k == "prefix" and av == "/" and (b.path or b.regex) == nil then -- "/" is everything
-        elseif k == "prefix" and av == "/" then -- a path or regex starts with "/" too
-        else return false end
-      elseif k == "prefix" then
-        if bv:sub(1, #av) ~= av then return false end
-      elseif k == "methods" then
-        local set = {}
-        for _, m in ipairs(av) do set[m:upper()] = true end
-        for _, m in ipairs(bv) do if not set[m:upper()] then return false end end
-      elseif k == "host" then
-        if av:lower() ~= bv:lower() then return false end
-      elseif not same(av, bv) then
-        return false
-      end
-    elseif k == "path" and bv ~= nil and a.prefix and bv:sub(1, #a.prefix) == a.prefix
-        and not bv:find("[:*]") then -- a literal path under a's prefix
-    end
+-- Routes no request can reach because an earlier route catches all they would: the engine's
+-- own check (engine/router.c, lp_router_shadows) over the whole table, and its one sentence
+-- (lp_router_shadow_text), as `luaproxy -t`, every load and POST /routes say them.
+local function shadows(routes)
+  local ffi = require "ffi"
+  local C = require "luaproxy.native"
+  local router = require "luaproxy.router"
+  local all = {}
+  for i, r in ipairs(routes) do all[i] = { match = r.match or {} } end
+  local rr = router.new(all)
+  if not rr then return {} end -- a route that does not compile is reported on its own
+  local max = #routes
+  local pairs_ = ffi.new("int[?]", 2 * max + 2)
+  local n = math.min(C.lp_ffi_router_shadows(rr._r, pairs_, max), max)
+  local buf = ffi.new("char[1024]")
+  local out = {}
+  for k = 0, n - 1 do
+    local j, i = pairs_[2 * k] + 1, pairs_[2 * k + 1] + 1
+    local len = C.lp_ffi_router_shadow_text(buf, 1024, j - 1, routes[j].name, i - 1,
+      routes[i].name)
+    out[#out + 1] = { index = j, name = route_name(routes[j], j), by = i,
+      by_name = route_name(routes[i], i), message = ffi.string(buf, math.min(len, 1023)) }
   end
-  if a.prefix and (b.path or b.regex) and a.prefix ~= "/" then
-    -- a literal path under the prefix is covered; anything else we cannot say
-    if b.regex or b.path:find("[:*]") or b.path:sub(1, #a.prefix) ~= a.prefix then
-      return false
-    end
-  end
-  return true
+  return out
 end
 
 local function routing(cfg, req, T)
@@ -248,16 +232,7 @@ local function routing(cfg, req, T)
       break
     end
   end
-  -- Routes no request can reach: an earlier route catches all they would.
-  for j = 2, #routes do
-    for i = 1, j - 1 do
-      if covers(routes[i].match or {}, routes[j].match or {}) then
-        out.shadowed[#out.shadowed + 1] = { index = j, name = route_name(routes[j], j),
-          by = i, by_name = route_name(routes[i], i) }
-        break
-      end
-    end
-  end
+  out.shadowed = shadows(routes)
   local _ = T
   return out
 end
@@ -535,12 +510,16 @@ function M.text(r)
   for _, t in ipairs(r.routing.tried) do
     add("  %s #%d %s: %s (%s)", t.matched and "->" or "  ", t.index, t.name,
       t.matched and "matched" or "no", concat(t.reasons, "; "))
+    -- What the route binds (regex named groups, :name and *name), as req:param sees it.
+    local caps = {}
+    for name, v in pairs(t.matched and t.params or {}) do
+      caps[#caps + 1] = format("%s=%q", name, v)
+    end
+    sort(caps)
+    if #caps > 0 then add("       captures: %s", concat(caps, ", ")) end
   end
   if not r.routing.route then add("  no route matched") end
-  for _, s in ipairs(r.routing.shadowed) do
-    add("  warning: #%d %s can never match: #%d %s catches every request it would", s.index,
-      s.name, s.by, s.by_name)
-  end
+  for _, s in ipairs(r.routing.shadowed) do add("  warning: %s", s.message) end
   if #r.steps > 0 then add("plugins (priority order)") end
   for i, s in ipairs(r.steps) do
     local ch = {}
