@@ -91,8 +91,8 @@ void lp_log_reset(void)
 }
 
 size_t lp__log_json_line(char *out, size_t cap, const struct timespec *ts, lp_log_level_t level,
-                         int worker, const char *msg, size_t mlen, const char *req_members,
-                         size_t rlen)
+                         long pid, int worker, const char *msg, size_t mlen,
+                         const char *req_members, size_t rlen)
 {
     /* The worst case of every part must fit: the caller's buffer is sized for it. */
     if (cap < 160 + mlen * 6 + rlen)
@@ -100,8 +100,9 @@ size_t lp__log_json_line(char *out, size_t cap, const struct timespec *ts, lp_lo
     struct tm tm;
     gmtime_r(&ts->tv_sec, &tm);
     size_t n = strftime(out, 32, "{\"time\":\"%Y-%m-%dT%H:%M:%S", &tm);
-    n += (size_t)snprintf(out + n, 96, ".%03ldZ\",\"level\":\"%s\",\"worker\":%d,\"message\":\"",
-                          ts->tv_nsec / 1000000, level_names[level], worker < 0 ? 0 : worker);
+    n += (size_t)snprintf(out + n, 128,
+                          ".%03ldZ\",\"level\":\"%s\",\"pid\":%ld,\"worker\":%d,\"message\":\"",
+                          ts->tv_nsec / 1000000, level_names[level], pid, worker < 0 ? 0 : worker);
     n += lp__accesslog_json_escape(out + n, msg, mlen);
     out[n++] = '"';
     memcpy(out + n, req_members, rlen);
@@ -161,17 +162,20 @@ void lp_log(lp_log_level_t level, const char *fmt, ...)
         va_end(ap);
         size_t mlen = k < 0 ? 0 : (size_t)k >= sizeof(msg) ? sizeof(msg) - 1 : (size_t)k;
         size_t rlen = cur_req && cur_req_fn ? cur_req_fn(cur_req, members, sizeof(members)) : 0;
-        size_t n =
-            lp__log_json_line(big, sizeof(big), &ts, level, thread_id, msg, mlen, members, rlen);
+        size_t n = lp__log_json_line(big, sizeof(big), &ts, level, (long)getpid(), thread_id, msg,
+                                     mlen, members, rlen);
         emit(sink, level, big, n);
         lp_logsink_unref(sink);
         return;
     }
     size_t n = 0;
     if (!sink || !lp_logsink_is_syslog(sink)) {
+        /* The time, then the pid: during a binary upgrade (docs/reload.md) two processes
+         * write to the same log. A syslog header carries both already. */
         gmtime_r(&ts.tv_sec, &tm);
         n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-        n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ldZ ", ts.tv_nsec / 1000000);
+        n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ldZ %ld ", ts.tv_nsec / 1000000,
+                              (long)getpid());
     }
     int k;
     if (thread_id >= 0)

@@ -37,8 +37,8 @@ typedef size_t (*lp_log_req_fn)(const void *req, char *out, size_t room);
 void lp_log_swap_request(const void **req, lp_log_req_fn *fn);
 /* Internal, for tests: one JSON error line (newline included) into out; returns its length. */
 size_t lp__log_json_line(char *out, size_t cap, const struct timespec *ts, lp_log_level_t level,
-                         int worker, const char *msg, size_t mlen, const char *req_members,
-                         size_t rlen);
+                         long pid, int worker, const char *msg, size_t mlen,
+                         const char *req_members, size_t rlen);
 
 #define LP_LOG(level, ...)                                                                         \
     do {                                                                                           \

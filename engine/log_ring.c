@@ -21,7 +21,8 @@ void lp_log_ring_add(lp_log_level_t level, double at, const char *line, size_t l
 {
     if (level > LP_LOG_WARN)
         return;
-    /* The time and level are kept apart: the message starts after "] " ("w0: ..."). */
+    /* The time, pid and level are kept apart (the pid is this process's): the message starts
+     * after "] " ("w0: ..."). */
     const char *m = memchr(line, ']', len);
     if (m && (size_t)(m - line) + 2 <= len) {
         len -= (size_t)(m + 2 - line);

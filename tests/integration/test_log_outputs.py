@@ -241,6 +241,7 @@ class JsonErrorLogAndFieldsTest(LT.LuaTestCase):
         e = self.wait_json(self.errpath, tag)
         self.assertEqual(e["level"], "error")
         self.assertIn(e["worker"], (1, 2))
+        self.assertEqual(e["pid"], self.proxy.proc.pid)  # two processes share it in an upgrade
         self.assertIn(tag, e["message"])
         self.assertRegex(e["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         # A line about a request carries its fields.
@@ -252,8 +253,8 @@ class JsonErrorLogAndFieldsTest(LT.LuaTestCase):
         self.assertTrue(any(b"listening on" in l for l in lines))
         for l in lines:
             j = json.loads(l.decode("utf-8"))
-            self.assertEqual(sorted(set(j) & {"time", "level", "worker", "message"}),
-                             ["level", "message", "time", "worker"])
+            self.assertEqual(sorted(set(j) & {"time", "level", "pid", "worker", "message"}),
+                             ["level", "message", "pid", "time", "worker"])
         # Nothing went to stderr meanwhile but what the harness itself may print.
         self.assertNotIn(tag, self.proxy.stderr())
 
@@ -331,6 +332,19 @@ class SamplingTest(H.ProxyTestCase):
         ok = self.count(tag + "-ok")
         self.assertGreater(ok, 300 - 85, "sampled %d of %d" % (ok, n))
         self.assertLess(ok, 300 + 85, "sampled %d of %d" % (ok, n))
+
+    def test_text_lines_carry_the_pid(self):
+        # Text to stderr (the default): the time, the pid (two processes write to one log
+        # during a binary upgrade), the level, main or the worker, the message.
+        line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\d+) "
+                          r"\[(error|warn|notice|info|debug)\] (main|w\d+): ")
+        text = self.proxy.wait_log("listening on")
+        lines = [l for l in text.splitlines() if l[:1].isdigit()]
+        self.assertTrue(lines)
+        for l in lines:
+            m = line.match(l)
+            self.assertIsNotNone(m, l)
+            self.assertEqual(int(m.group(1)), self.proxy.proc.pid, l)
 
 
 class StalledOutputTest(H.ProxyTestCase):

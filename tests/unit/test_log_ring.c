@@ -19,9 +19,10 @@ static void test_keeps_warn_and_error_only(void)
     json_decref(j);
     static const char info[] = "2026-01-01T00:00:00.000Z [info] main: listening";
     lp_log_ring_add(LP_LOG_INFO, 1.0, info, sizeof(info) - 1);
-    static const char warn[] = "2026-01-01T00:00:00.000Z [warn] w1: a warning";
+    /* As lp_log writes them: the time, the pid, the level (the pid is not kept). */
+    static const char warn[] = "2026-01-01T00:00:00.000Z 4242 [warn] w1: a warning";
     lp_log_ring_add(LP_LOG_WARN, 2.5, warn, sizeof(warn) - 1);
-    static const char err[] = "2026-01-01T00:00:00.000Z [error] main: an \xff error";
+    static const char err[] = "2026-01-01T00:00:00.000Z 4242 [error] main: an \xff error";
     lp_log_ring_add(LP_LOG_ERROR, 3.0, err, sizeof(err) - 1);
     j = lp_log_ring_json();
     REQUIRE(j != NULL);

@@ -70,13 +70,14 @@ static void test_json_error_line(void)
     char out[4096];
     struct timespec ts = {.tv_sec = 1764873265, .tv_nsec = 7000000};
     const char *members = ",\"client\":\"127.0.0.1\"";
-    size_t n = lp__log_json_line(out, sizeof(out), &ts, LP_LOG_WARN, 2, "a \"b\"\n\xff", 7, members,
-                                 strlen(members));
+    size_t n = lp__log_json_line(out, sizeof(out), &ts, LP_LOG_WARN, 4242, 2, "a \"b\"\n\xff", 7,
+                                 members, strlen(members));
     out[n] = 0;
-    CHECK_STR(out, "{\"time\":\"2025-12-04T18:34:25.007Z\",\"level\":\"warn\",\"worker\":2,"
+    CHECK_STR(out, "{\"time\":\"2025-12-04T18:34:25.007Z\",\"level\":\"warn\",\"pid\":4242,"
+                   "\"worker\":2,"
                    "\"message\":\"a \\\"b\\\"\\n\\u00ff\",\"client\":\"127.0.0.1\"}\n");
     /* The main thread is worker 0. */
-    n = lp__log_json_line(out, sizeof(out), &ts, LP_LOG_ERROR, -1, "x", 1, "", 0);
+    n = lp__log_json_line(out, sizeof(out), &ts, LP_LOG_ERROR, 4242, -1, "x", 1, "", 0);
     out[n] = 0;
     CHECK_CONTAINS(out, "\"worker\":0,");
 }
