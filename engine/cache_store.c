@@ -10,6 +10,7 @@
 #include "cache_disk.h"
 #include "cache_store_int.h"
 #include "common.h"
+#include "fnv.h"
 #include "log.h"
 
 size_t lp_cache_entry_cost(size_t klen, size_t slen, size_t hlen, size_t body_cap)
@@ -48,16 +49,10 @@ uint64_t lp__cache_fid(const char *key, size_t klen, const char *sec, size_t sle
     /* FNV-1a over the key's length, the key and sec: stable across processes (lp_hash64 is
      * seeded per process), as file names must be. A collision (or a crafted key) only makes
      * two entries share a file: a read checks the key and sec it holds. */
-    uint64_t h = 0xcbf29ce484222325ULL;
     unsigned char len[8];
     for (int i = 0; i < 8; i++)
         len[i] = (unsigned char)((uint64_t)klen >> (8 * i));
-    const unsigned char *parts[3] = {len, (const unsigned char *)key, (const unsigned char *)sec};
-    size_t lens[3] = {8, klen, slen};
-    for (int p = 0; p < 3; p++)
-        for (size_t i = 0; i < lens[p]; i++)
-            h = (h ^ parts[p][i]) * 0x100000001b3ULL;
-    return h;
+    return lp_fnv1a64(lp_fnv1a64(lp_fnv1a64(LP_FNV1A64_INIT, len, 8), key, klen), sec, slen);
 }
 
 lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *sec, size_t slen,

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "etcd.h"
+#include "fnv.h"
 #include "log.h"
 #include "tls.h"
 #include "worker.h"
@@ -174,14 +175,6 @@ static int authenticate(lp_etcd_t *e, const lp_etcd_ep_t *ep, char **token, char
     return 0;
 }
 
-/* FNV-1a over n bytes, continuing from h. */
-static uint64_t fnv(uint64_t h, const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
-    return h;
-}
-
 /* Reads the prefix; hands the config document over, with the plugin sources under
  * PREFIX plugins/, when they differ from what was handed over last (a content hash: a
  * plugin deleted lowers no mod_revision). The revision handed over is the highest
@@ -207,7 +200,7 @@ static int read_prefix(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, 
     json_t *plugins = json_object();
     char *config = NULL;
     int64_t mod = 0, cmod = 0;
-    uint64_t hash = 14695981039346656037ull;
+    uint64_t hash = LP_FNV1A64_INIT;
     size_t i;
     json_array_foreach(kvs, i, kv) /* etcd answers in key order: the hash is stable */
     {
@@ -220,7 +213,7 @@ static int read_prefix(lp_etcd_t *e, const lp_etcd_ep_t *ep, const char *token, 
             char *val = lp_etcd_unb64(json_is_string(jv) ? json_string_value(jv) : "", &vn);
             int64_t m = jint(kv, "mod_revision");
             mod = m > mod ? m : mod;
-            hash = fnv(fnv(hash, key, kn + 1), val ? val : "", val ? vn + 1 : 0);
+            hash = lp_fnv1a64(lp_fnv1a64(hash, key, kn + 1), val ? val : "", val ? vn + 1 : 0);
             if (is_config) {
                 free(config);
                 config = val;

@@ -1,4 +1,5 @@
 #include "rtable.h"
+#include "fnv.h"
 #include "metrics.h"
 
 #include <ctype.h>
@@ -494,9 +495,7 @@ typedef struct {
 
 static void fp_add(fp_t *f, const void *p, size_t n)
 {
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        f->h = (f->h ^ b[i]) * 0x100000001b3ULL;
+    f->h = lp_fnv1a64(f->h, p, n);
 }
 
 static void fp_str(fp_t *f, const char *s)
@@ -518,7 +517,7 @@ static int cond_fp(void *ud, int kind, int mode, const char *name, const char *v
 
 void lp_rtable_fingerprint(const lp_config_t *cfg, char out[LP_RTABLE_FP_LEN])
 {
-    fp_t f = {0xcbf29ce484222325ULL};
+    fp_t f = {LP_FNV1A64_INIT};
     uint64_t n = cfg->nroutes;
     fp_add(&f, &n, sizeof(n));
     for (size_t i = 0; i < cfg->nroutes; i++) {
