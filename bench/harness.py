@@ -476,33 +476,94 @@ def start_proxy(s, procs, workdir, name, template, origin_port):
     return Proxy(name, port, p, worker, d)
 
 
-def wait_compile_idle(pid, timeout=600):
-    """Waits until luaproxy's compile thread (`lp-hs-compile`: the router's Hyperscan
-    prefilter is compiled there after start, PCRE2 alone serving meanwhile) sleeps with its
-    CPU time unchanged for 1 s, so that a scenario measures the compiled router: the seconds
-    waited, or None on time out. No thread: nothing to wait for."""
+def compile_thread(pid):
+    """(state, CPU seconds) of luaproxy's compile thread (`lp-hs-compile`: the router's
+    Hyperscan prefilter is compiled there after start, PCRE2 alone serving meanwhile), or
+    None when it has none; OSError when the process is gone."""
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                if f.read().strip() != "lp-hs-compile":
+                    continue
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        return fields[0], (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return None
+
+
+def wait_compiled(pid, timeout=600):
+    """Waits until the compile thread sleeps with its CPU time unchanged for 1 s: (seconds
+    waited, its CPU seconds so far); (None, CPU seconds or None) on time out or when the
+    process is gone. No thread: nothing to wait for (0 CPU seconds)."""
     t0 = time.monotonic()
     last, since = None, t0
     while time.monotonic() - t0 < timeout:
-        st = None
         try:
-            for tid in os.listdir("/proc/%d/task" % pid):
-                with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
-                    if f.read().strip() != "lp-hs-compile":
-                        continue
-                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                st = (fields[0], fields[11], fields[12])
+            st = compile_thread(pid)
         except OSError:
-            return None
+            return None, last[1] if last else None
         if st is None:
-            return time.monotonic() - t0
+            return time.monotonic() - t0, 0.0
         if st != last:
             last, since = st, time.monotonic()
         elif st[0] == "S" and time.monotonic() - since >= 1.0:
-            return since - t0
+            return since - t0, st[1]
         time.sleep(0.05)
-    return None
+    return None, last[1] if last else None
+
+
+def wait_compile_idle(pid, timeout=600):
+    """wait_compiled's seconds, so that a scenario measures the compiled router; None on time
+    out."""
+    return wait_compiled(pid, timeout)[0]
+
+
+# luaproxy alone on a config file (bench/routes_load.py, routes_change.py, regex_load.py)
+
+def start_luaproxy(luaproxy, config, err_path, timeout=300):
+    """`luaproxy -c config`, its stderr to err_path, until its log says where it listens
+    and where its admin API is: (process, listen port, admin port, seconds it took).
+    SystemExit when it exits or does not get there within timeout (it is stopped)."""
+    with open(err_path, "wb") as errf:
+        t0 = time.monotonic()
+        proc = subprocess.Popen([luaproxy, "-c", config], stdout=subprocess.DEVNULL,
+                                stderr=errf, stdin=subprocess.DEVNULL)
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        text = _read(err_path)
+        a = re.search(r"admin API on http://127\.0\.0\.1:(\d+)", text)
+        p = re.search(r"listening on [^\s]*127\.0\.0\.1:(\d+)", text)
+        if a and p:
+            return proc, int(p.group(1)), int(a.group(1)), time.monotonic() - t0
+        if proc.poll() is not None:
+            raise SystemExit("luaproxy exited: %s" % text[-2000:])
+        time.sleep(0.01)
+    stop_luaproxy(proc)
+    raise SystemExit("luaproxy did not start: %s" % _read(err_path)[-2000:])
+
+
+def stop_luaproxy(proc, timeout=30):
+    """SIGTERM, then SIGKILL after timeout seconds."""
+    _stop_one(proc, (), timeout)
+
+
+def admin_call(port, method, path, body=None):
+    """One admin API request (body: JSON-encoded when given): (status, body bytes)."""
+    data = json.dumps(body).encode() if body is not None else b""
+    req = ("%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+           "Content-Length: %d\r\n\r\n" % (method, path, len(data))).encode() + data
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(req)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
 
 
 def proxy_log_tail(px):

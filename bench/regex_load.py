@@ -12,8 +12,6 @@ Not a test: it prints figures and asserts nothing. Usage:
 
 import json
 import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -21,12 +19,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from routes_load import admin_call, rss_kib  # noqa: E402
+import harness as B  # noqa: E402
 
 LUAPROXY = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("LUAPROXY", "build/luaproxy")
 SIZES = [int(x) for x in os.environ.get("REGEX_N", "1 1000 10000").split()]
 CHECK_RUNS = int(os.environ.get("CHECK_RUNS", "3"))
-TICK = os.sysconf("SC_CLK_TCK")
 
 CONFIG = """\
 local routes = {}
@@ -44,39 +41,6 @@ return {
   lua = { phase_timeout = 60 },
 }
 """
-
-
-def compile_thread(pid):
-    """(state, cpu seconds) of the process's lp-hs-compile thread, or None."""
-    base = "/proc/%d/task" % pid
-    for tid in os.listdir(base):
-        try:
-            with open("%s/%s/comm" % (base, tid)) as f:
-                if f.read().strip() != "lp-hs-compile":
-                    continue
-            with open("%s/%s/stat" % (base, tid)) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return fields[0], (int(fields[11]) + int(fields[12])) / TICK
-        except OSError:
-            continue
-    return None
-
-
-def wait_compiled(pid, timeout=600):
-    """Waits until the compile thread sleeps with its CPU time unchanged for 1 s: (seconds
-    waited, its CPU seconds so far)."""
-    t0 = time.monotonic()
-    last, since = None, time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        st = compile_thread(pid)
-        if st is None:
-            return time.monotonic() - t0, 0.0
-        if st != last:
-            last, since = st, time.monotonic()
-        elif st[0] == "S" and time.monotonic() - since >= 1.0:
-            return since - t0, st[1]
-        time.sleep(0.05)
-    return None, last[1] if last else None
 
 
 def measure(n, workdir):
@@ -98,35 +62,20 @@ def measure(n, workdir):
         check_cpu.append(ru.ru_utime + ru.ru_stime)
         if p.returncode != 0:
             raise SystemExit("-t failed: %s" % err.decode()[-2000:])
-    err_path = os.path.join(workdir, "stderr-%d" % n)
-    with open(err_path, "wb") as errf:
-        t0 = time.monotonic()
-        proc = subprocess.Popen([LUAPROXY, "-c", path], stdout=subprocess.DEVNULL, stderr=errf,
-                                stdin=subprocess.DEVNULL)
+    proc, _, admin, t_start = B.start_luaproxy(LUAPROXY, path,
+                                               os.path.join(workdir, "stderr-%d" % n))
     try:
-        admin = None
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            text = open(err_path).read()
-            m = re.search(r"admin API on http://127\.0\.0\.1:(\d+)", text)
-            if "listening on" in text and m:
-                admin = int(m.group(1))
-                break
-            if proc.poll() is not None:
-                raise SystemExit("luaproxy exited: %s" % text[-2000:])
-            time.sleep(0.01)
-        t_start = time.monotonic() - t0
-        t_compiled, cpu = wait_compiled(proc.pid)
-        rss = rss_kib(proc.pid)
+        t_compiled, cpu = B.wait_compiled(proc.pid)
+        rss = B.rss_kib(proc.pid)
         change = None
         if admin and n > 1:
             body = {"ops": [{"op": "replace", "index": 2,
                              "route": {"match": {"regex": "/changed/\\d+$"}, "upstream": "app"}}]}
             t0 = time.monotonic()
-            status, answer = admin_call(admin, "POST", "/routes", body)
+            status, answer = B.admin_call(admin, "POST", "/routes", body)
             t_call = time.monotonic() - t0
             j = json.loads(answer) if status == 200 else {}
-            t_rc, cpu2 = wait_compiled(proc.pid)
+            t_rc, cpu2 = B.wait_compiled(proc.pid)
             change = {"status": status, "call_s": t_call, "build_ms": j.get("build_ms"),
                       "switch_ms": j.get("switch_ms"), "recompiled_s": t_rc,
                       "recompile_cpu_s": (cpu2 - cpu) if cpu2 is not None and cpu else None}
@@ -135,12 +84,7 @@ def measure(n, workdir):
                 "start_s": t_start, "compiled_after_s": t_compiled, "compile_cpu_s": cpu,
                 "rss_kib": rss, "change": change}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        B.stop_luaproxy(proc, 60)
 
 
 def main():

@@ -15,13 +15,14 @@ Environment: ROUTES_N, SECONDS (default 5), CLIENTS (default 2), WORKERS (defaul
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as B  # noqa: E402
 
 LUAPROXY = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("LUAPROXY", "build/luaproxy")
 N = int(os.environ.get("ROUTES_N", "100000"))
@@ -141,25 +142,8 @@ def main():
     path = os.path.join(workdir, "routes.lua")
     with open(path, "w") as f:
         f.write(CONFIG % {"n": N, "workers": WORKERS})
-    err_path = os.path.join(workdir, "stderr")
-    with open(err_path, "wb") as errf:
-        proc = subprocess.Popen([LUAPROXY, "-c", path], stdout=subprocess.DEVNULL, stderr=errf,
-                                stdin=subprocess.DEVNULL)
+    proc, port, admin, _ = B.start_luaproxy(LUAPROXY, path, os.path.join(workdir, "stderr"))
     try:
-        deadline = time.monotonic() + 300
-        port = admin = None
-        while time.monotonic() < deadline:
-            text = open(err_path).read()
-            a = re.search(r"admin API on http://127\.0\.0\.1:(\d+)", text)
-            p = re.search(r"listening on [^\s]*127\.0\.0\.1:(\d+)", text)
-            if a and p:
-                admin, port = int(a.group(1)), int(p.group(1))
-                break
-            if proc.poll() is not None:
-                raise SystemExit("luaproxy exited: %s" % text[-2000:])
-            time.sleep(0.02)
-        if not port:
-            raise SystemExit("luaproxy did not start: %s" % open(err_path).read()[-2000:])
         quiet = phase(port, admin, False)
         changing = phase(port, admin, True)
         print("N=%d workers=%d clients=%d" % (N, WORKERS, CLIENTS))
@@ -168,12 +152,7 @@ def main():
         if quiet["p99_ms"]:
             print("p99 ratio (changing / quiet): %.2f" % (changing["p99_ms"] / quiet["p99_ms"]))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        B.stop_luaproxy(proc)
 
 
 if __name__ == "__main__":

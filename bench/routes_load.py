@@ -10,13 +10,13 @@ Not a test: it prints figures and asserts nothing. Usage:
 
 import json
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as B  # noqa: E402
 
 LUAPROXY = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("LUAPROXY", "build/luaproxy")
 BIG = int(os.environ.get("ROUTES_N", "100000"))
@@ -40,30 +40,6 @@ return {
 """
 
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return None
-
-
-def admin_call(port, method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else b""
-    req = ("%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
-           "Content-Length: %d\r\n\r\n" % (method, path, len(data))).encode() + data
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(req)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
-    head, _, body = out.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
 def measure(n, workdir):
     path = os.path.join(workdir, "routes-%d.lua" % n)
     for f in (path, path + ".routes.json"):
@@ -76,25 +52,10 @@ def measure(n, workdir):
     t_check = time.monotonic() - t0
     if p.returncode != 0:
         raise SystemExit("-t failed: %s" % p.stderr.decode()[-2000:])
-    err_path = os.path.join(workdir, "stderr-%d" % n)
-    with open(err_path, "wb") as errf:
-        t0 = time.monotonic()
-        proc = subprocess.Popen([LUAPROXY, "-c", path], stdout=subprocess.DEVNULL, stderr=errf,
-                                stdin=subprocess.DEVNULL)
+    proc, _, admin, t_start = B.start_luaproxy(LUAPROXY, path,
+                                               os.path.join(workdir, "stderr-%d" % n))
     try:
-        admin = None
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            text = open(err_path).read()
-            m = re.search(r"admin API on http://127\.0\.0\.1:(\d+)", text)
-            if "listening on" in text and m:
-                admin = int(m.group(1))
-                break
-            if proc.poll() is not None:
-                raise SystemExit("luaproxy exited: %s" % text[-2000:])
-            time.sleep(0.01)
-        t_start = time.monotonic() - t0
-        rss = rss_kib(proc.pid)
+        rss = B.rss_kib(proc.pid)
         change = None
         if admin:
             body = {"ops": [{"op": "replace", "index": n,
@@ -102,7 +63,7 @@ def measure(n, workdir):
             times, server = [], []
             for _ in range(5):
                 t0 = time.monotonic()
-                status, answer = admin_call(admin, "POST", "/routes", body)
+                status, answer = B.admin_call(admin, "POST", "/routes", body)
                 times.append(time.monotonic() - t0)
                 if status != 200:
                     times = None
@@ -115,12 +76,7 @@ def measure(n, workdir):
         return {"routes": n, "check_s": t_check, "start_s": t_start, "rss_kib": rss,
                 "admin_change_s": change}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        B.stop_luaproxy(proc)
 
 
 def main():

@@ -1332,5 +1332,161 @@ class ProxyTestCase(unittest.TestCase):
         return extra
 
 
+# ---- shared by several test files (one copy each) ----
+
+def etcd_b64(s):
+    """A string as etcd's JSON gateway takes keys and values: base64."""
+    import base64
+    return base64.b64encode(s.encode()).decode()
+
+
+class Etcd:
+    """A real etcd (Debian's etcd-server) on 127.0.0.1, its data in a work directory,
+    stopped by PID (test_fleet.py). etcd cannot listen on port 0 and say which port it got:
+    its client and peer ports come from reserved_port() (etcd binds with SO_REUSEADDR).
+    With `certs` (file names by role: ca.pem, server.pem/.key, client.pem/.key) it serves
+    clients over TLS only and requires a client certificate; call() presents one."""
+
+    def __init__(self, certs=None):
+        self.bin = require_tool("etcd")
+        self.dir = Workdir.new("etcd")
+        self.client = reserved_port()
+        self.peer = reserved_port()
+        self.certs = certs
+        self.ctx = None
+        self.proc = None
+
+    @property
+    def url(self):
+        return "%s://127.0.0.1:%d" % ("https" if self.certs else "http", self.client)
+
+    def start(self):
+        peer = "http://127.0.0.1:%d" % self.peer
+        argv = [self.bin, "--name", "lp", "--data-dir", os.path.join(self.dir, "data"),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", "lp=" + peer]
+        c = self.certs
+        if c:
+            argv += ["--cert-file", c["server.pem"], "--key-file", c["server.key"],
+                     "--trusted-ca-file", c["ca.pem"], "--client-cert-auth"]
+            self.ctx = ssl.create_default_context(cafile=c["ca.pem"])
+            self.ctx.check_hostname = False  # the certificate names etcd.test
+            self.ctx.load_cert_chain(c["client.pem"], c["client.key"])
+        self.proc = spawn(argv, os.path.join(self.dir, "stdout"),
+                          os.path.join(self.dir, "stderr"))
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError("etcd exited: " + self.stderr()[-2000:])
+            try:
+                self.call("/v3/kv/range", {"key": etcd_b64("x")})
+                return True
+            except OSError:
+                return False
+        wait_for(up, T(20), what="etcd answering" + (" over TLS" if c else ""))
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc is not None:
+            stop_process(self.proc, sig)
+            self.proc = None
+
+    def stderr(self):
+        with open(os.path.join(self.dir, "stderr"), errors="replace") as f:
+            return f.read()
+
+    def call(self, path, body):
+        import urllib.request
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=T(5), context=self.ctx) as r:
+            return json.loads(r.read())
+
+    def put(self, key, value):
+        r = self.call("/v3/kv/put", {"key": etcd_b64(key), "value": etcd_b64(value)})
+        return int(r["header"]["revision"])
+
+    def get(self, key):
+        import base64
+        r = self.call("/v3/kv/range", {"key": etcd_b64(key)})
+        kvs = r.get("kvs") or []
+        return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+
+    def revision(self):
+        r = self.call("/v3/kv/range", {"key": etcd_b64("x")})
+        return int(r["header"]["revision"])
+
+    def ctl(self, *args, check=True):
+        """etcdctl (API 3) against this etcd: the finished process (check: exit 0)."""
+        argv = [require_tool("etcdctl"), "--endpoints=" + self.url] + list(args)
+        r = subprocess.run(argv, env=dict(os.environ, ETCDCTL_API="3"), capture_output=True,
+                           text=True, timeout=T(20))
+        if check and r.returncode != 0:
+            raise AssertionError("etcdctl %s: %s" % (" ".join(args), r.stderr))
+        return r
+
+    def enable_auth(self, user="root", password="pw"):
+        """Authentication on: `user` (etcd's root role when "root") with `password`."""
+        self.ctl("user", "add", "%s:%s" % (user, password))
+        self.ctl("auth", "enable")
+
+
+def load_clients(ports, path, duration, per_port=2):
+    """`per_port` keep-alive clients on each port send GET path one after another for
+    `duration` seconds (a shared rate limit's load, test_protection.py and
+    test_fleet_redis.py): (statuses counted, errors raised, spans), a span per client that
+    got an answer: ((sent, answered) of its first request, (sent, answered) of its last)."""
+    counts, errors, spans = {}, [], []
+    lock = threading.Lock()
+    start = time.monotonic()
+
+    def load(port):
+        first = last = None
+        try:
+            with Client(port, timeout=T(10)) as c:
+                while time.monotonic() - start < duration:
+                    sent = time.monotonic()
+                    r = c.request("GET", path)
+                    last = (sent, time.monotonic())
+                    first = first or last
+                    with lock:
+                        counts[r.status] = counts.get(r.status, 0) + 1
+                    if r.header("Connection") == "close":
+                        return
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            if first is not None:
+                with lock:
+                    spans.append((first, last))
+    ts = [threading.Thread(target=load, args=(p,)) for p in ports for _ in range(per_port)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(T(60) + duration)
+    return counts, errors, spans
+
+
+def h2_frame(ftype, flags, sid, payload=b""):
+    """One HTTP/2 frame (RFC 9113 section 4.1), for tests that write frames by hand."""
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + \
+        (sid & 0x7fffffff).to_bytes(4, "big") + payload
+
+
+def h2_take_frames(buf):
+    """The whole frames at the start of the bytearray buf, taken off it: a list of (type,
+    flags, stream id, payload); a partial frame stays for the next read."""
+    frames = []
+    while len(buf) >= 9:
+        n = int.from_bytes(buf[0:3], "big")
+        if len(buf) < 9 + n:
+            break
+        frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff,
+                       bytes(buf[9:9 + n])))
+        del buf[:9 + n]
+    return frames
+
+
 def main():
     unittest.main(verbosity=2)

@@ -2,9 +2,8 @@
 """A fleet of three luaproxy instances configured through etcd (issue #18, docs/fleet.md).
 
 A real etcd (Debian's etcd-server) runs on 127.0.0.1 with a data directory in the test's
-work directory; etcd cannot listen on port 0 and report the port, so its two ports are
-picked by binding and closing a socket (the one place these tests do so), and the process
-is stopped by PID. Each instance has its own bootstrap file (listen and admin on port 0,
+work directory (harness.Etcd); etcd cannot listen on port 0 and report the port, so its
+two ports come from harness.reserved_port(), and the process is stopped by PID. Each instance has its own bootstrap file (listen and admin on port 0,
 config_source.etcd) and watches the same prefix.
 
 Checks: a route written to etcd is served by all three within 1 s; GET /ready is 503
@@ -16,96 +15,20 @@ good copy; an instance configured from etcd upgrades its binary three times unde
 with no connection refused and no request failed. Propagation (etcd write -> all three
 serving) over 100 changes is printed (median, p99)."""
 
-import base64
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
 import test_upgrade as U  # noqa: E402
 
 PREFIX = "/luaproxy/"
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def b64(s):
-    return base64.b64encode(s.encode()).decode()
-
-
-class Etcd:
-    def __init__(self):
-        self.bin = H.require_tool("etcd")
-        self.dir = H.Workdir.new("etcd")
-        self.client = free_port()
-        self.peer = free_port()
-        self.proc = None
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.client
-
-    def start(self):
-        peer = "http://127.0.0.1:%d" % self.peer
-        argv = [self.bin, "--name", "lp", "--data-dir", os.path.join(self.dir, "data"),
-                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", "lp=" + peer]
-        self.proc = H.spawn(argv, os.path.join(self.dir, "stdout"),
-                            os.path.join(self.dir, "stderr"))
-
-        def up():
-            if self.proc.poll() is not None:
-                raise AssertionError("etcd exited: " + self.stderr()[-2000:])
-            try:
-                self.call("/v3/kv/range", {"key": b64("x")})
-                return True
-            except OSError:
-                return False
-        H.wait_for(up, H.T(20), what="etcd answering")
-        return self
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc is not None:
-            H.stop_process(self.proc, sig)
-            self.proc = None
-
-    def stderr(self):
-        with open(os.path.join(self.dir, "stderr"), errors="replace") as f:
-            return f.read()
-
-    def call(self, path, body):
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=H.T(5)) as r:
-            return json.loads(r.read())
-
-    def put(self, key, value):
-        r = self.call("/v3/kv/put", {"key": b64(key), "value": b64(value)})
-        return int(r["header"]["revision"])
-
-    def get(self, key):
-        r = self.call("/v3/kv/range", {"key": b64(key)})
-        kvs = r.get("kvs") or []
-        return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
-
-    def revision(self):
-        r = self.call("/v3/kv/range", {"key": b64("x")})
-        return int(r["header"]["revision"])
 
 
 def config(origin, *names, extra_upstream=None):
@@ -132,7 +55,7 @@ class FleetTest(unittest.TestCase):
     def setUpClass(cls):
         cls.origin = H.Origin("fleet").start()
         cls.addClassCleanup(cls.origin.stop)
-        cls.etcd = Etcd().start()
+        cls.etcd = H.Etcd().start()
         cls.addClassCleanup(cls.etcd.stop)
         cls.proxies = []
         for i in range(3):
@@ -282,15 +205,10 @@ class FleetAuthTest(unittest.TestCase):
     def test_auth(self):
         origin = H.Origin("fleet-auth").start()
         self.addCleanup(origin.stop)
-        etcd = Etcd().start()
+        etcd = H.Etcd().start()
         self.addCleanup(etcd.stop)
-        ctl = [H.require_tool("etcdctl"), "--endpoints=" + etcd.url]
-        env = dict(os.environ, ETCDCTL_API="3")
-        for args in (["user", "add", "root:pw"], ["auth", "enable"],
-                     ["--user", "root:pw", "put", PREFIX + "config", config(origin, "auth")]):
-            r = subprocess.run(ctl + args, env=env, capture_output=True, text=True,
-                               timeout=H.T(20))
-            self.assertEqual(r.returncode, 0, r.stderr)
+        etcd.enable_auth("root", "pw")
+        etcd.ctl("--user", "root:pw", "put", PREFIX + "config", config(origin, "auth"))
         cfg = {"workers": 1, "listen": [{"address": "127.0.0.1:0"}],
                "admin": {"address": "127.0.0.1:0"}, "log": {"level": "info"},
                "config_source": {"etcd": {"endpoints": [etcd.url], "instance": "auth",
@@ -353,51 +271,6 @@ def make_etcd_certs(d):
     return c
 
 
-class EtcdTls(Etcd):
-    """etcd serving clients over TLS only, client certificates required."""
-
-    def __init__(self, certs):
-        super().__init__()
-        self.certs = certs
-
-    @property
-    def url(self):
-        return "https://127.0.0.1:%d" % self.client
-
-    def start(self):
-        import ssl
-        peer = "http://127.0.0.1:%d" % self.peer
-        c = self.certs
-        argv = [self.bin, "--name", "lp", "--data-dir", os.path.join(self.dir, "data"),
-                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", "lp=" + peer, "--cert-file", c["server.pem"],
-                "--key-file", c["server.key"], "--trusted-ca-file", c["ca.pem"],
-                "--client-cert-auth"]
-        self.ctx = ssl.create_default_context(cafile=c["ca.pem"])
-        self.ctx.check_hostname = False  # the certificate names etcd.test; verified below
-        self.ctx.load_cert_chain(c["client.pem"], c["client.key"])
-        self.proc = H.spawn(argv, os.path.join(self.dir, "stdout"),
-                            os.path.join(self.dir, "stderr"))
-
-        def up():
-            if self.proc.poll() is not None:
-                raise AssertionError("etcd exited: " + self.stderr()[-2000:])
-            try:
-                self.call("/v3/kv/range", {"key": b64("x")})
-                return True
-            except OSError:
-                return False
-        H.wait_for(up, H.T(20), what="etcd answering over TLS")
-        return self
-
-    def call(self, path, body):
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=H.T(5), context=self.ctx) as r:
-            return json.loads(r.read())
-
-
 def push(*args, env=None):
     return subprocess.run([H.LUAPROXY, "push"] + list(args), capture_output=True, text=True,
                           timeout=H.T(30), env=dict(os.environ, **(env or {})))
@@ -424,7 +297,7 @@ class FleetTlsTest(unittest.TestCase):
         self.addCleanup(origin.stop)
         d = H.Workdir.new("fleet-tls")
         certs = make_etcd_certs(os.path.join(d, "certs"))
-        etcd = EtcdTls(certs).start()
+        etcd = H.Etcd(certs).start()
         self.addCleanup(etcd.stop)
         tls_args = ["--cacert", certs["ca.pem"], "--cert", certs["client.pem"],
                     "--key", certs["client.key"], "--server-name", "etcd.test"]
@@ -488,22 +361,15 @@ class FleetPushAuthTest(unittest.TestCase):
     def test_push_with_auth(self):
         origin = H.Origin("fleet-pushauth").start()
         self.addCleanup(origin.stop)
-        etcd = Etcd().start()
+        etcd = H.Etcd().start()
         self.addCleanup(etcd.stop)
-        ctl = [H.require_tool("etcdctl"), "--endpoints=" + etcd.url]
-        env = dict(os.environ, ETCDCTL_API="3")
-        for args in (["user", "add", "root:pw"], ["auth", "enable"]):
-            r = subprocess.run(ctl + args, env=env, capture_output=True, text=True,
-                               timeout=H.T(20))
-            self.assertEqual(r.returncode, 0, r.stderr)
+        etcd.enable_auth("root", "pw")
         d = H.Workdir.new("fleet-pushauth")
         f = shared_file(d, "shared.lua", origin, ["pa"])
 
         def stored():
-            r = subprocess.run(ctl + ["--user", "root:pw", "get", "--print-value-only",
-                                      PREFIX + "config"], env=env, capture_output=True,
-                               text=True, timeout=H.T(20))
-            return r.stdout
+            return etcd.ctl("--user", "root:pw", "get", "--print-value-only", PREFIX + "config",
+                            check=False).stdout
         r = push("-c", f, "--etcd", etcd.url)
         self.assertEqual(r.returncode, 1, r.stdout)
         r = push("-c", f, "--etcd", etcd.url, "--user", "root")
@@ -546,7 +412,7 @@ class FleetxTest(unittest.TestCase):
     def setUpClass(cls):
         cls.origin = H.Origin("fleetx").start()
         cls.addClassCleanup(cls.origin.stop)
-        cls.etcd = Etcd().start()
+        cls.etcd = H.Etcd().start()
         cls.addClassCleanup(cls.etcd.stop)
         cls.dir = H.Workdir.new("fleetx")
         cls.proxies = []
@@ -747,7 +613,7 @@ class FleetUpgradeTest(unittest.TestCase):
         H.require_proxy()
         cls.origin = H.RawOrigin(lambda req: H.simple_response(200, b"ok"))
         cls.addClassCleanup(cls.origin.stop)
-        cls.etcd = Etcd().start()
+        cls.etcd = H.Etcd().start()
         cls.addClassCleanup(cls.etcd.stop)
         cls.etcd.put(PREFIX + "config", json.dumps(
             {"upstreams": {"o": {"targets": [cls.origin.address()]}},

@@ -20,7 +20,6 @@ import copy
 import os
 import re
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reload"))
@@ -108,38 +107,8 @@ class FleetRedisTest(RT.ReloadTestCase):
     # ------------------------------------------------------------------ rate limit
 
     def test_a_rate_limit_holds_within_5_percent_across_three_instances(self):
-        counts = {}
-        errors = []
-        spans = []  # per client: (first request sent, last answer read)
-        lock = threading.Lock()
-        start = time.monotonic()
-
-        def load(port):
-            first = None  # (sent, answered) of the client's first request, then its last
-            last = None
-            try:
-                with H.Client(port, timeout=H.T(10)) as c:
-                    while time.monotonic() - start < self.DURATION:
-                        sent = time.monotonic()
-                        r = c.request("GET", "/rl/fixed")
-                        last = (sent, time.monotonic())
-                        first = first or last
-                        with lock:
-                            counts[r.status] = counts.get(r.status, 0) + 1
-                        if r.header("Connection") == "close":
-                            return
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-            finally:
-                if first is not None:
-                    with lock:
-                        spans.append((first, last))
-        ts = [threading.Thread(target=load, args=(p.port,)) for p in self.proxies
-              for _ in range(2)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(H.T(60))
+        counts, errors, spans = H.load_clients([p.port for p in self.proxies], "/rl/fixed",
+                                               self.DURATION)
         self.assertEqual(errors, [])
         self.assertEqual(set(counts) - {200, 429}, set(), counts)
         # The bucket's burst at once, then RATE per second from the first decision to the

@@ -177,9 +177,7 @@ class Client:
             pass
 
 
-def raw_frame(ftype, flags, sid, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
-        struct.pack(">I", sid) + payload
+raw_frame = H.h2_frame
 
 
 def read_until_close(sock, timeout):
@@ -199,12 +197,7 @@ def read_until_close(sock, timeout):
         buf.extend(d)
         return None
     H.wait_for(step, timeout, interval=0, what="the server to close")
-    types, off = [], 0
-    while off + 9 <= len(buf):
-        n = int.from_bytes(buf[off:off + 3], "big")
-        types.append((buf[off + 3], bytes(buf[off + 9:off + 9 + n])))
-        off += 9 + n
-    return types
+    return [(t, pl) for t, _, _, pl in H.h2_take_frames(buf)]
 
 
 class RawReader:
@@ -244,25 +237,21 @@ class RawReader:
         H.wait_for(step, timeout or H.T(20), interval=0, what="frames")
 
     def parse(self):
-        while len(self.buf) >= 9:
-            n = int.from_bytes(self.buf[0:3], "big")
-            if len(self.buf) < 9 + n:
-                return
-            t, fl = self.buf[3], self.buf[4]
-            sid = int.from_bytes(self.buf[5:9], "big") & 0x7fffffff
-            pl = bytes(self.buf[9:9 + n])
-            del self.buf[:9 + n]
-            if t == 0x1:  # HEADERS (nghttp2 sends no padding or priority)
-                for k, v in self.dec.decode(pl):
-                    if k == ":status":
-                        self.status[sid] = int(v)
-            elif t == 0x4 and not fl & 1:
-                self.c.sock.sendall(raw_frame(0x4, 1, 0))  # SETTINGS ACK
-            elif t == 0x7:
-                self.goaway = (int.from_bytes(pl[0:4], "big") & 0x7fffffff,
-                               int.from_bytes(pl[4:8], "big"))
-            if t in (0x0, 0x1) and fl & 1:
-                self.ended.add(sid)
+        for frame in H.h2_take_frames(self.buf):
+            self.frame(*frame)
+
+    def frame(self, t, fl, sid, pl):
+        if t == 0x1:  # HEADERS (nghttp2 sends no padding or priority)
+            for k, v in self.dec.decode(pl):
+                if k == ":status":
+                    self.status[sid] = int(v)
+        elif t == 0x4 and not fl & 1:
+            self.c.sock.sendall(raw_frame(0x4, 1, 0))  # SETTINGS ACK
+        elif t == 0x7:
+            self.goaway = (int.from_bytes(pl[0:4], "big") & 0x7fffffff,
+                           int.from_bytes(pl[4:8], "big"))
+        if t in (0x0, 0x1) and fl & 1:
+            self.ended.add(sid)
 
 
 class H2Test(H.ProxyTestCase):
@@ -1042,22 +1031,13 @@ class BodyReader(RawReader):
         super().__init__(client)
         self.data = {}
 
-    def parse(self):
-        while len(self.buf) >= 9:
-            n = int.from_bytes(self.buf[0:3], "big")
-            if len(self.buf) < 9 + n:
-                return
-            t = self.buf[3]
-            sid = int.from_bytes(self.buf[5:9], "big") & 0x7fffffff
-            if t == 0x0 and n:
-                self.data[sid] = self.data.get(sid, 0) + n
-                upd = struct.pack(">I", n)
-                self.c.sock.sendall(raw_frame(0x8, 0, 0, upd) + raw_frame(0x8, 0, sid, upd))
-            # RawReader.parse handles the frame (and takes it off the buffer)
-            rest = self.buf[9 + n:]
-            del self.buf[9 + n:]
-            super().parse()
-            self.buf += rest
+    def frame(self, t, fl, sid, pl):
+        n = len(pl)
+        if t == 0x0 and n:
+            self.data[sid] = self.data.get(sid, 0) + n
+            upd = struct.pack(">I", n)
+            self.c.sock.sendall(raw_frame(0x8, 0, 0, upd) + raw_frame(0x8, 0, sid, upd))
+        super().frame(t, fl, sid, pl)
 
 
 class H2HardeningTest(RT.ReloadTestCase):

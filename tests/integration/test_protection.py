@@ -310,40 +310,10 @@ class RedisLimitsTest(RT.ReloadTestCase):
         cls.proxy = cls.proxies[0]
 
     def test_two_instances_share_one_rate_within_5_percent_and_fall_back_when_redis_stops(self):
-        duration = 10.0
-        counts = {}
-        errors = []
-        spans = []  # per client: (first request sent, last answer read)
-        lock = threading.Lock()
-        start = time.monotonic()
-
-        def load(port):
-            first = last = None
-            try:
-                with H.Client(port, timeout=H.T(10)) as c:
-                    while time.monotonic() - start < duration:
-                        sent = time.monotonic()
-                        r = c.request("GET", "/fixed")
-                        last = time.monotonic()
-                        first = first or sent
-                        with lock:
-                            counts[r.status] = counts.get(r.status, 0) + 1
-                        if r.header("Connection") == "close":
-                            return
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-            finally:
-                if first is not None:
-                    with lock:
-                        spans.append((first, last))
-        ts = [threading.Thread(target=load, args=(p.port,)) for p in self.proxies for _ in range(2)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(H.T(60))
+        counts, errors, spans = H.load_clients([p.port for p in self.proxies], "/fixed", 10.0)
         self.assertEqual(errors, [])
         # Every decision was made between the first request sent and the last answer read.
-        elapsed = max(b for _, b in spans) - min(a for a, _ in spans)
+        elapsed = max(b for _, (_, b) in spans) - min(a for (a, _), _ in spans)
         self.assertEqual(set(counts) - {200, 429}, set(), counts)
         expected = self.RATE * elapsed + self.BURST + 1
         self.assertGreater(counts.get(429, 0), counts.get(200, 0), "the load went over the limit")
