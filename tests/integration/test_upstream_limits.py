@@ -115,14 +115,28 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
              "total1": H.upstream(a, total_timeout=0.3)},
             [route("total.test", "total"), route("total1.test", "total1")],
             workers=1, timeouts={"read": 2.0}, name="total")
+        # An origin whose /hold answers when the test says so: the slot is provably taken
+        # for as long as a test needs it, whatever the machine's load (no delay to outrun).
+        cls.release = threading.Event()
+        cls.addClassCleanup(cls.release.set)
+
+        def held(req):
+            if req.target.startswith("/hold"):
+                cls.release.wait(H.T(60))
+            return H.simple_response(200, b"ok")
+        cls.holder = H.RawOrigin(held)
+        cls.addClassCleanup(cls.holder.stop)
         cls.ups = {
             "queue": H.upstream(a, max_connections=1, max_pending=2, pending_timeout=30),
+            "held": H.upstream(cls.holder.address(), max_connections=1, max_pending=2,
+                               pending_timeout=60),
             "qtime": H.upstream(b, max_connections=1, max_pending=5, pending_timeout=0.3),
             "dns": H.upstream("localhost:%d" % cls.a.port, dns_ttl=0.2),
             "mixed": H.upstream("no-such-host.invalid:%d" % cls.b.port, b, dns_ttl=0.2),
         }
         cls.routes = [
             route("queue.test", "queue"), route("qtime.test", "qtime"),
+            route("held.test", "held"),
             route("dns.test", "dns", plugins=[{"name": "targets", "upstream": "dns"}]),
             route("mixed.test", "mixed"),
         ]
@@ -197,17 +211,46 @@ class UpstreamLimitsTest(RT.ReloadTestCase):
         self.assertEqual(first.join().status, 200)
         self.assertTrue(self.log_lines("waited"), self.proxy.stderr()[-2000:])
 
+    def queue_length(self, upstream):
+        """The upstream's queue as /metrics shows it (luaproxy_upstream_queue_length): set
+        by the worker as a request joins or leaves the queue (upstream_try.c)."""
+        r = self.admin("GET", "/metrics")
+        self.assertEqual(r.status, 200, r.body)
+        want = 'luaproxy_upstream_queue_length{upstream="%s"} ' % upstream
+        for line in r.body.decode().splitlines():
+            if line.startswith(want):
+                return int(float(line[len(want):]))
+        self.fail("no %s in /metrics" % want.strip())
+
+    def wait_queue(self, n, what):
+        H.wait_for(lambda: self.queue_length("held") == n, H.T(10), what=what)
+
     def test_a_client_that_leaves_the_queue_frees_its_place(self):
-        first = Timed(self.proxy.port, "queue.test", "/delay?ms=500")
-        time.sleep(0.1)
+        # The first request holds the only slot (max_connections 1) until the test releases
+        # it; each step waits for the state it needs (the origin's requests, the queue
+        # gauge), never for time: a loaded machine only makes it slower.
+        self.release.clear()
+        first = Timed(self.proxy.port, "held.test", "/hold")
+        H.wait_for(lambda: [r.target for r in self.holder.requests] == ["/hold"], H.T(10),
+                   what="the first request at the origin")
         c = H.Client(self.proxy.port, timeout=H.T(10))
-        c.send("GET /fixed?size=10 HTTP/1.1\r\nHost: queue.test\r\n\r\n")
-        time.sleep(0.1)
+        c.send("GET /left HTTP/1.1\r\nHost: held.test\r\n\r\n")
+        self.wait_queue(1, "the second request in the queue")
         c.abort()
-        time.sleep(0.1)
-        w = [Timed(self.proxy.port, "queue.test", "/fixed?size=10") for _ in range(2)]
-        self.assertEqual(first.join().status, 200)
-        self.assertEqual([x.join().status for x in w], [200, 200])
+        self.wait_queue(0, "the aborted request out of the queue")
+        # max_pending 2: two more both wait (with the leaver still counted, the second of
+        # them would be refused at once).
+        w = [Timed(self.proxy.port, "held.test", "/after?w=%d" % i) for i in range(2)]
+        self.wait_queue(2, "two more requests in the queue")
+        self.assertEqual([(x.status, x.error) for x in w], [(None, None)] * 2)
+        self.assertIsNone(first.status, "the slot is held until the release")
+        self.release.set()
+        self.assertEqual(first.join().status, 200, first.error)
+        self.assertEqual([x.join().status for x in w], [200, 200], [x.error for x in w])
+        # The leaver never reached the origin: it left the queue, it was not served.
+        self.assertEqual(sorted(r.target for r in self.holder.requests),
+                         ["/after?w=0", "/after?w=1", "/hold"])
+        self.assertEqual(self.queue_length("held"), 0)
         self.assertAlive()
 
     # ---- DNS targets ----
