@@ -544,6 +544,15 @@ class FleetxTest(unittest.TestCase):
         p1.start()
         H.wait_for(lambda: status_code(p1.port, "added0") == 200, H.T(5),
                    what="the admin route after a restart")
+        # A route the table leaves unreachable is named in the answer, as -t names it.
+        st, body = self.post_routes(p0, [{"op": "add", "route": {
+            "name": "twin", "match": {"host": "added0.test"}, "upstream": "o"}}])
+        self.assertEqual(st, 200, body)
+        self.assertRegex(" ".join(body.get("warnings", [])),
+                         r"routes\[\d+\] \(twin\) can never match: routes\[1\] \(added0\) "
+                         r"before it takes all its requests")
+        H.wait_for(lambda: all(self.status(p).get("revision") == body["etcd_revision"]
+                               for p in self.proxies), H.T(5), what="both on it")
 
     def test_d_post_routes_conflict_detected(self):
         p0 = self.proxies[0]
