@@ -624,9 +624,14 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
     char *old = e->head;
-    if (e->linked) {
+    if (e->linked && e->resident) {
         z->used = z->used - e->hlen + hlen;
         e->cost = e->cost - e->hlen + hlen;
+    } else if (e->linked) {
+        /* A disk-only entry (a streamed hit revalidated): the index holds its head. Its file
+         * keeps the old head (its body is not in memory to write it again): after a restart
+         * the entry is revalidated once more. */
+        z->sbytes = z->sbytes - e->hlen + hlen;
     }
     e->head = h;
     e->hlen = hlen;

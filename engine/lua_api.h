@@ -393,6 +393,8 @@ enum { LP_FFI_CACHE_ONLY_HOOK = 1 }; /* lp_ffi_cache_respond flags */
 int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, double first,
                          double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+/* Bytes of the looked-up entry's body into dst: how many; LP_FFI_ENOTFOUND when its body is
+ * only in its file (a streamed disk hit). */
 double lp_ffi_cache_read(void *r, double first, char *dst, double n);
 int lp_ffi_cache_window(void *r, double first, double n);
 double lp_ffi_cache_upstream_length(void *r);

@@ -342,7 +342,10 @@ local function multipart(req, st, list, ranges, blen)
     end
   end
   local data = {}
-  for i, r in ipairs(ranges) do data[i] = st.zone:read(req, r[1], r[2] - r[1] + 1) end
+  for i, r in ipairs(ranges) do
+    data[i] = st.zone:read(req, r[1], r[2] - r[1] + 1)
+    if not data[i] then return false end -- on disk only (streamed): the whole 200 goes
+  end
   -- A boundary that occurs in no part (RFC 2046 §5.1.1).
   local boundary
   repeat
@@ -760,7 +763,7 @@ local function l2_store(req, conf, st)
   -- The value made in one piece: the body is copied once, into it.
   local prefix = "LPC1\n" .. #head .. "\n" .. head
   local value = z:read(req, 0, blen, prefix)
-  if #value ~= #prefix + blen then return end
+  if not value or #value ~= #prefix + blen then return end
   local red = l2_connect(conf, l2)
   if not red then return end
   local rkey = l2.prefix .. st.key

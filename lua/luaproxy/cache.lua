@@ -114,13 +114,15 @@ end
 
 -- Bytes first..first+n-1 of the looked-up entry's body, as a string (fewer at its end);
 -- after `prefix` when one is given: the string is made once, the bytes copied once into it
--- (the L2 tier's value, its head then the body).
+-- (the L2 tier's value, its head then the body). nil when the body is not in memory (a
+-- large entry on disk only, streamed from its file when served).
 function Zone:read(req, first, n, prefix)
   local plen = prefix and #prefix or 0
   if n <= 0 then return prefix or "" end
   local buf = ffi.new("char[?]", plen + n)
   if plen > 0 then ffi.copy(buf, prefix, plen) end
   local got = C.lp_ffi_cache_read(req._r, first, buf + plen, n)
+  if got == K.ENOTFOUND then return nil end
   if got < 0 then raise("cache: no looked-up entry to read", 2) end
   return ffi_string(buf, plen + got)
 end
