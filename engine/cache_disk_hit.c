@@ -41,6 +41,8 @@ typedef struct disk_load_s {
     const char *err;          /* (pool) why it failed: a static string */
     uint8_t task_gone;        /* its task ended: never touch req, never wake it */
     uint8_t open_only;        /* streamed: check the file and keep it open, read no body */
+    lp_cache_fill_t *lock;    /* owned: the key's lock, dropped when done (its waiters then
+                                 find the promoted entry); NULL: none */
     int fd;                   /* (pool, then worker) owned: the file kept open; -1: none */
     lp_cdisk_hdr_t hdr;       /* (pool) the file's header, when fd is kept */
 } disk_load_t;
@@ -190,6 +192,8 @@ static void load_done(uv_work_t *w, int status)
     } else {
         lp_cache_entry_unref(e);
     }
+    /* The entry is promoted (or dropped): requests waiting on the key look again. */
+    lp_cache_fill_abandon(l->lock);
     lp_cache_entry_unref(s);
     lp_cache_zone_release(z);
     free(l);
@@ -201,23 +205,30 @@ static void on_task_end(lp_lua_owned_t *o)
     l->task_gone = 1; /* the read cannot be called back: load_done frees it */
 }
 
-int lp_cache_disk_load(lp_req_t *r, lp_cache_zone_t *z, lp_cache_entry_t *stub, int stream)
+int lp_cache_disk_load(lp_req_t *r, lp_cache_zone_t *z, lp_cache_entry_t *stub, int stream,
+                       lp_cache_fill_t *lock)
 {
     lp_worker_t *w = lp_lua_io();
     lp_lua_task_t *t = lp_lua_running();
-    if (!w || !t || t->in_filter || lp_lua_loading())
+    if (!w || !t || t->in_filter || lp_lua_loading()) {
+        lp_cache_fill_abandon(lock);
         return -1;
+    }
     pthread_mutex_lock(&z->lock);
     lp_cdisk_t *d = z->disk; /* set once, under the lock; lives as long as the zone */
     pthread_mutex_unlock(&z->lock);
     disk_load_t *l = d ? calloc(1, sizeof(*l)) : NULL;
-    if (!l)
+    if (!l) {
+        lp_cache_fill_abandon(lock);
         return -1;
+    }
     if (lp_cdisk_path(l->path, sizeof(l->path), lp_cdisk_root(d), stub->fid) >= sizeof(l->path) ||
         lp_lua_park(&l->lw)) {
+        lp_cache_fill_abandon(lock);
         free(l);
         return -1;
     }
+    l->lock = lock;
     l->work.data = l;
     l->open_only = stream != 0;
     l->fd = -1;
@@ -232,6 +243,7 @@ int lp_cache_disk_load(lp_req_t *r, lp_cache_zone_t *z, lp_cache_entry_t *stub, 
         lp_lua_disown(&l->owned);
         r->cache.load_done = 1;
         lp_lua_unpark(l->lw);
+        lp_cache_fill_abandon(l->lock);
         lp_cache_entry_unref(l->stub);
         lp_cache_zone_release(z);
         free(l);

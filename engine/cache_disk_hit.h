@@ -19,7 +19,12 @@ typedef struct lp_cache_stream_s lp_cache_stream_t;
  * body is not read: the file is checked and kept open in r->cache.stream, and `loaded` is
  * the disk-only entry itself. 0, or -1 when the task cannot wait here (nothing started: a
  * miss). */
-int lp_cache_disk_load(lp_req_t *r, lp_cache_zone_t *z, lp_cache_entry_t *stub, int stream);
+int lp_cache_disk_load(lp_req_t *r, lp_cache_zone_t *z, lp_cache_entry_t *stub, int stream,
+                       lp_cache_fill_t *lock);
+/* `lock`: the key's lock (from lp_cache_lock, or NULL), held by the read-back until its entry
+ * is promoted (or it failed), so that other requests for the key wait for it instead of
+ * reading the file again; taken over after this many seconds. */
+#define LP_CACHE_LOAD_LOCK 10.0
 
 /* Whether s streams entry e (and has not failed). */
 int lp_cache_stream_entry_is(const lp_cache_stream_t *s, const lp_cache_entry_t *e);

@@ -333,7 +333,21 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
         } else {
             int stream = !r->h2s && lp_cache_entry_body_len(stub) > LP_CACHE_STREAM_MIN &&
                          !lp_lua_wants(r->g->lua, r->route_index, LP_PHASE_BODY);
-            again = lp_cache_disk_load(r, zone, stub, stream) == 0;
+            /* Read-backs of one entry are coalesced: the one reading it back holds the key's
+             * lock until it is promoted, the others wait on the key, then find it in memory
+             * (once: after a wait, each reads back itself). Streams are not: each reads its
+             * own part of the file. */
+            lp_cache_fill_t *lock = NULL;
+            int busy = 0;
+            if (!stream && !rc->load_waited && !rc->fill)
+                lock = lp_cache_lock(zone, key, klen, LP_CACHE_LOAD_LOCK, real_now(), &busy);
+            rc->load_waited = 0;
+            if (busy) {
+                lp_cache_entry_unref(stub);
+                rc->load_waited = 1;
+                return 3;
+            }
+            again = lp_cache_disk_load(r, zone, stub, stream, lock) == 0;
         }
         lp_cache_entry_unref(stub);
         if (again)

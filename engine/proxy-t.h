@@ -365,6 +365,8 @@ typedef struct lp_req_cache_s {
     struct lp_cache_stream_s *stream; /* owned: the file of a disk-only hit whose body is
                                          streamed (cache_disk_hit.c); NULL: none */
     uint8_t streaming;                /* the answer's body comes from `stream`, not chunks */
+    uint8_t load_waited;              /* the last lookup waited for another request's
+                                         read-back: the next one reads back itself */
 } lp_req_cache_t;
 
 /* One request on a client connection, from its head to its log line. Its lifetime is its

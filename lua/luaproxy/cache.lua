@@ -46,6 +46,12 @@ function M.zone(name) return zone_of(name, "proxy.cache.zone()") end
 function Zone:get(req, key, sec)
   sec = sec or ""
   local rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+  if rc == 3 then
+    -- Another request reads this entry back from disk (it holds the key's lock): wait for
+    -- it (bounded), then look again: a memory hit, or this request reads it back itself.
+    self:wait(key, 2)
+    rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+  end
   if rc == 2 then
     -- On disk only: the engine reads the file back (threadpool) while this task waits,
     -- then the lookup answers from what it read (or misses: a damaged file is dropped).

@@ -7,7 +7,7 @@ the request goes upstream for the right answer; an unwritable directory is logge
 proxy goes on serving; the disk byte limit is enforced; purge deletes files; an 8 MiB disk
 hit reaches a slow reader whole; a large entry on disk only is streamed from its file (never
 promoted: whole, as a range, to HEAD), and one whose body is damaged is cut short and
-dropped."""
+dropped; concurrent read-backs of one small entry make one read."""
 
 import hashlib
 import http.client
@@ -490,6 +490,33 @@ class CacheDiskTest(H.ProxyTestCase):
         r = self.get(b, p)
         self.assertEqual(r.body, b"origin again")
         self.assertEqual(self.origin.count(p), 2)
+
+    def test_concurrent_read_backs_of_one_entry_coalesced(self):
+        # A small entry on disk only (read back whole, then promoted), asked for by 20
+        # requests at once on both workers: one reads the file back while holding the key's
+        # lock, the others wait on it and are served from memory: one read-back.
+        body = b"small-" + H.large_body(30000)
+        root, p, b = self.restarted_with(body)
+        results = []
+        barrier = threading.Barrier(20)
+
+        def one():
+            try:
+                barrier.wait(H.T(10))
+                r = H.get(b.port, p, host="a.test", timeout=H.T(30))
+                results.append((r.status, r.body == body, self.hit(r)))
+            except Exception as e:  # noqa: BLE001 - reported below
+                results.append(repr(e))
+        threads = [threading.Thread(target=one) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(60))
+        self.assertEqual(results, [(200, True, True)] * 20)
+        self.assertEqual(self.origin.count(p), 1)
+        d = self.disk(b)
+        self.assertEqual((d["loaded"], d["dropped"], d["only_on_disk"]), (1, 0, 0))
+        self.assertEqual(self.zone(b)["entries"], 1)
 
 
 if __name__ == "__main__":
