@@ -419,6 +419,10 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertEqual(len(got), len(body))
         self.assertEqual(hashlib.sha256(got).hexdigest(), digest)
         self.assertEqual(self.origin.count(p), 1)
+        # Streamed from its file in 64 KiB blocks as the reader took them: never read whole
+        # into memory (not promoted, nothing charged to the zone's memory).
+        z = self.zone(b)
+        self.assertEqual((z["entries"], z["bytes"], z["disk"]["only_on_disk"]), (0, 0, 1))
 
     def restarted_with(self, body, **zone):
         """A proxy started afresh over a directory holding one entry for this test's path."""
