@@ -314,6 +314,8 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     lp_req_cache_t *rc = &r->cache;
     lp_cache_entry_unref(rc->hit);
     rc->hit = lp_cache_get(zone, key, klen, sec, slen, real_now());
+    int waited = rc->load_waited; /* this lookup follows a wait for another's read-back */
+    rc->load_waited = 0;
     if (rc->hit && !lp_cache_entry_resident(rc->hit)) {
         /* On disk only: read back first (the task waits), then asked again (cache.lua). A
          * large body for an HTTP/1 client without body filters is streamed from its file
@@ -339,9 +341,8 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
              * own part of the file. */
             lp_cache_fill_t *lock = NULL;
             int busy = 0;
-            if (!stream && !rc->load_waited && !rc->fill)
+            if (!stream && !waited && !rc->fill)
                 lock = lp_cache_lock(zone, key, klen, LP_CACHE_LOAD_LOCK, real_now(), &busy);
-            rc->load_waited = 0;
             if (busy) {
                 lp_cache_entry_unref(stub);
                 rc->load_waited = 1;
