@@ -74,6 +74,7 @@ void lp_cache_req_done(lp_req_t *req)
 void lp_cache_req_body_done(lp_req_t *req)
 {
     lp_req_cache_t *rc = &req->cache;
+    rc->streaming = 0; /* the stream stays (a read may run): lp_cache_req_end frees it */
     if (rc->pin)
         lp_buf_unref(rc->pin); /* the batches' pins keep the entry until their writes end */
     rc->pin = NULL;
@@ -96,6 +97,8 @@ void lp_cache_req_end(lp_req_t *req)
     lp_cache_entry_unref(rc->loaded);
     rc->loaded = NULL;
     lp_cache_req_body_done(req);
+    lp_cache_stream_free(rc->stream);
+    rc->stream = NULL;
 }
 
 /* A pin over an entry: an lp_buf_t whose data holds the entry pointer (a reference) and
@@ -130,6 +133,8 @@ lp_buf_t *lp_cache_req_pin(lp_req_t *req)
 char *lp_cache_req_copy(lp_req_t *req)
 {
     lp_req_cache_t *rc = &req->cache;
+    if (rc->streaming)
+        return NULL; /* not in memory (a streamed hit never meets body filters) */
     char *out = malloc(rc->left ? rc->left : 1);
     if (!out)
         return NULL;
@@ -309,8 +314,12 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     lp_req_cache_t *rc = &r->cache;
     lp_cache_entry_unref(rc->hit);
     rc->hit = lp_cache_get(zone, key, klen, sec, slen, real_now());
+    int waited = rc->load_waited; /* this lookup follows a wait for another's read-back */
+    rc->load_waited = 0;
     if (rc->hit && !lp_cache_entry_resident(rc->hit)) {
-        /* On disk only: read back first (the task waits), then asked again (cache.lua). */
+        /* On disk only: read back first (the task waits), then asked again (cache.lua). A
+         * large body for an HTTP/1 client without body filters is streamed from its file
+         * instead: the file is checked and kept open, and the hit is the disk-only entry. */
         lp_cache_entry_t *stub = rc->hit;
         rc->hit = NULL;
         int again = 0;
@@ -318,12 +327,28 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
             lp_cache_entry_t *e = rc->loaded;
             rc->loaded = NULL;
             rc->load_done = 0;
-            if (e && lp_cache_entry_same(e, key, klen, sec, slen))
+            if (e && lp_cache_entry_same(e, key, klen, sec, slen) &&
+                (lp_cache_entry_resident(e) || lp_cache_stream_entry_is(rc->stream, e)))
                 rc->hit = e;
             else
                 lp_cache_entry_unref(e);
         } else {
-            again = lp_cache_disk_load(r, zone, stub) == 0;
+            int stream = !r->h2s && lp_cache_entry_body_len(stub) > LP_CACHE_STREAM_MIN &&
+                         !lp_lua_wants(r->g->lua, r->route_index, LP_PHASE_BODY);
+            /* Read-backs of one entry are coalesced: the one reading it back holds the key's
+             * lock until it is promoted, the others wait on the key, then find it in memory
+             * (once: after a wait, each reads back itself). Streams are not: each reads its
+             * own part of the file. */
+            lp_cache_fill_t *lock = NULL;
+            int busy = 0;
+            if (!stream && !waited && !rc->fill)
+                lock = lp_cache_lock(zone, key, klen, LP_CACHE_LOAD_LOCK, real_now(), &busy);
+            if (busy) {
+                lp_cache_entry_unref(stub);
+                rc->load_waited = 1;
+                return 3;
+            }
+            again = lp_cache_disk_load(r, zone, stub, stream, lock) == 0;
         }
         lp_cache_entry_unref(stub);
         if (again)
@@ -492,6 +517,25 @@ int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, 
     lp_cache_req_body_done(r);
     free(r->resp.local_body);
     r->resp.local_body = NULL;
+    if (!lp_cache_entry_resident(rc->hit)) {
+        /* A streamed disk-only hit: its file, from the first byte served. */
+        uint64_t off = first >= 0 && to ? (uint64_t)first : 0;
+        if (!lp_cache_stream_entry_is(rc->stream, rc->hit) ||
+            lp_cache_stream_start(rc->stream, r, off, to > off ? to - off : 0))
+            return LP_FFI_EINVAL;
+        rc->body = lp_cache_entry_ref(rc->hit);
+        rc->streaming = 1;
+        rc->left = to > off ? to - off : 0;
+        r->resp.local_body_len = (size_t)rc->left;
+        r->resp.status = status;
+        r->flags |= LP_RF_LOCAL;
+        if (!(r->flags & LP_RF_NO_LUA_RESP)) {
+            lp__lua_mark_responded();
+            if (flags & LP_FFI_CACHE_ONLY_HOOK)
+                r->flags |= LP_RF_NO_LUA_RESP;
+        }
+        return 0;
+    }
     rc->body = lp_cache_entry_ref(rc->hit);
     rc->chunk = lp_cache_entry_chunks(rc->body);
     rc->chunk_off = 0;
@@ -524,6 +568,8 @@ double lp_ffi_cache_read(void *rp, double first, char *dst, double n)
     const lp_cache_entry_t *e = r->cache.hit;
     if (!e || first < 0 || n < 0)
         return LP_FFI_EINVAL;
+    if (!lp_cache_entry_resident(e))
+        return LP_FFI_ENOTFOUND; /* a streamed hit's body is in its file only */
     uint64_t len = lp_cache_entry_body_len(e);
     uint64_t from = (uint64_t)first;
     if (from >= len)

@@ -282,15 +282,36 @@ static int demote(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry_t **de
     return 0;
 }
 
-/* Under the zone lock: evicts from the memory LRU's tail until `used` and `filling` fit the
- * budget (an entry on disk stays there, as a disk-only entry), then from the disk LRU's
- * until the files fit the disk budget. */
+/* Under the zone lock: the key index's bytes outside the entries' costs (its bucket array
+ * and the disk-only entries), charged to the memory budget with `used` and `filling`. */
+static size_t index_bytes(const lp_cache_zone_t *z)
+{
+    return z->nbuckets * sizeof(*z->buckets) + z->sbytes;
+}
+
+/* Under the zone lock: the memory the zone holds against its budget. */
+static size_t mem_charged(const lp_cache_zone_t *z)
+{
+    return z->used + z->filling + index_bytes(z);
+}
+
+/* Under the zone lock: evicts from the memory LRU's tail until the zone's memory (`used`,
+ * `filling` and the index) fits the budget (an entry on disk stays there, as a disk-only
+ * entry), then disk-only entries from the disk LRU's tail while the index alone is over it
+ * (their files go: the index is what finds them), then from the disk LRU's until the files
+ * fit the disk budget. */
 static void evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)
 {
-    while (z->used + z->filling > z->capacity && !lp_list_empty(&z->lru)) {
+    while (mem_charged(z) > z->capacity && !lp_list_empty(&z->lru)) {
         lp_cache_entry_t *e = LP_CONTAINER_OF(z->lru.prev, lp_cache_entry_t, lru);
         if (!(e->on_disk || e->writing) || demote(z, e, dead))
             unlink_entry(z, e, dead);
+        atomic_fetch_add_explicit(&z->counts[LP_CACHE_C_EVICTED], 1, memory_order_relaxed);
+    }
+    /* The memory LRU is empty: every linked entry on the disk LRU is disk-only. */
+    while (mem_charged(z) > z->capacity && !lp_list_empty(&z->dlru)) {
+        lp_cache_entry_t *e = LP_CONTAINER_OF(z->dlru.prev, lp_cache_entry_t, dlru);
+        unlink_entry(z, e, dead);
         atomic_fetch_add_explicit(&z->counts[LP_CACHE_C_EVICTED], 1, memory_order_relaxed);
     }
     while (z->dused > z->dcapacity && !lp_list_empty(&z->dlru)) {
@@ -533,7 +554,7 @@ void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out)
     out->disk_capacity = z->dcapacity;
     out->disk_loading = z->disk && !lp_cdisk_loaded(z->disk);
     out->stubs = z->nstubs;
-    out->index_bytes = z->nbuckets * sizeof(*z->buckets) + z->sbytes;
+    out->index_bytes = index_bytes(z);
     pthread_mutex_unlock(&z->lock);
     for (int i = 0; i < LP_CACHE_C_N; i++)
         out->counts[i] = atomic_load_explicit(&z->counts[i], memory_order_relaxed);
@@ -598,9 +619,14 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
     char *old = e->head;
-    if (e->linked) {
+    if (e->linked && e->resident) {
         z->used = z->used - e->hlen + hlen;
         e->cost = e->cost - e->hlen + hlen;
+    } else if (e->linked) {
+        /* A disk-only entry (a streamed hit revalidated): the index holds its head. Its file
+         * keeps the old head (its body is not in memory to write it again): after a restart
+         * the entry is revalidated once more. */
+        z->sbytes = z->sbytes - e->hlen + hlen;
     }
     e->head = h;
     e->hlen = hlen;
@@ -873,7 +899,7 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
             z->filling += charge;
             f->charged += charge;
             evict(z, &dead);
-            int full = z->used + z->filling > z->capacity;
+            int full = mem_charged(z) > z->capacity;
             pthread_mutex_unlock(&z->lock);
             drop_dead(dead);
             lp_cache_chunk_t *c = full ? NULL : chunk_new(want);

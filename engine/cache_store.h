@@ -64,8 +64,9 @@ typedef struct {
     uint64_t entries, bytes, capacity, max_object;           /* the memory tier */
     int disk, disk_loading;                                  /* has a disk tier; its scan runs */
     uint64_t disk_entries, disk_bytes, disk_capacity, stubs; /* stubs: on disk only */
-    /* The key index, outside `bytes` and the `memory` budget: its bucket array and the
-     * disk-only entries' records (with their keys and heads). */
+    /* The key index outside `bytes`: its bucket array and the disk-only entries' records
+     * (with their keys and heads). bytes + index_bytes (and fills' chunks in flight) stay
+     * within `capacity` (the zone's `memory`). */
     uint64_t index_bytes;
     uint64_t counts[LP_CACHE_C_N];
 } lp_cache_stats_t;

@@ -98,7 +98,7 @@ struct lp_cache_zone_s {
     size_t dused;            /* file bytes of entries on disk */
     size_t dentries;         /* entries on disk (resident or not) */
     size_t nstubs;           /* linked disk-only entries */
-    size_t sbytes;           /* their memory (stub_cost), outside `used` and `capacity` */
+    size_t sbytes;           /* their memory (stub_cost): outside `used`, within `capacity` */
     lp_list_t dlru;          /* entries on disk, most recently used first */
     uint64_t stamps;         /* stamps handed out (entry.stamp): begins past the last
                                 process's, and past every file the scan finds */

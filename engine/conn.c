@@ -7,6 +7,7 @@
 #include "accesslog.h"
 #include "compress.h"
 #include "conn.h"
+#include "cache_disk_hit.h"
 #include "cache_req.h"
 #include "cache_store.h"
 #include "proxy_proto.h"
@@ -1659,10 +1660,14 @@ static int conn_send_local(lp_req_t *req)
  * pinning the entry (lp_cache_req_pin), queued until the client's side holds the high
  * watermark; conn_on_written calls again once it drained to the low one. LP_OK while it
  * waits, else what ending the answer returns. */
+static int conn_cache_stream(lp_req_t *req);
+
 static int conn_cache_pump(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     lp_req_cache_t *rc = &req->cache;
+    if (rc->streaming)
+        return conn_cache_stream(req);
     lp_buf_t *pin = lp_cache_req_pin(req);
     if (!pin) {
         down(req)->abort(req);
@@ -1698,6 +1703,50 @@ static int conn_cache_pump(lp_req_t *req)
     }
     lp_cache_req_body_done(req);
     return conn_local_done(req);
+}
+
+/* A disk-only hit's body, read from its file a chunk at a time (cache_disk_hit.c): a read
+ * starts only while the client's side holds less than the high watermark, and its end
+ * (lp_conn_cache_resume) or conn_on_written goes on. A file that fails mid-way cuts the
+ * answer short (the client sees a truncated body, never a wrong one whole). HTTP/1 only. */
+static int conn_cache_stream(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    lp_req_cache_t *rc = &req->cache;
+    while (rc->left && lp_ep_queued(&c->ep) < LP_HIGH_WATERMARK &&
+           !(c->ep.flags & LP_EPF_CLOSING)) {
+        lp_buf_t *b;
+        size_t n;
+        int got = lp_cache_stream_next(rc->stream, &b, &n);
+        if (!got)
+            break; /* a read runs */
+        if (got < 0) {
+            lp_cache_req_body_done(req);
+            down(req)->abort(req);
+            return LP_GONE;
+        }
+        if (n > rc->left)
+            n = (size_t)rc->left;
+        int wrc = conn_write_body(req, b->data, n, b);
+        lp_buf_unref(b);
+        if (wrc != LP_OK)
+            return conn_filter_failed(req);
+        rc->left -= n;
+    }
+    lp_conn_flush(c);
+    if ((c->ep.flags & LP_EPF_CLOSING) || rc->left)
+        return LP_OK;
+    lp_cache_req_body_done(req);
+    return conn_local_done(req);
+}
+
+void lp_conn_cache_resume(lp_req_t *req)
+{
+    if (!req->cache.streaming || !req->cache.left || (req->flags & LP_RF_RESP_DONE))
+        return;
+    lp_req_hold(req);
+    conn_cache_pump(req);
+    lp_req_drop(req);
 }
 
 /* A local answer's body is out: the rest of the request is unread when it was not read. */

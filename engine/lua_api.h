@@ -386,7 +386,10 @@ int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
  * upstream_length: the upstream body's Content-Length, -1 when it has none (chunked). */
 void *lp_ffi_cache_zone(const char *name, size_t n);
 /* get on a zone with a disk tier may also answer 2: the entry is on disk only and is being
- * read back with the task parked; wait, then get again (it answers 1 or 0 then). */
+ * read back with the task parked; wait, then get again (it answers 1 or 0 then). Or 3:
+ * another request reads that entry back (it holds the key's lock): wait on the key
+ * (lp_ffi_cache_wait), then get again (which reads it back itself if it is still on disk
+ * only). */
 int lp_ffi_cache_get(void *r, void *zone, const char *key, size_t klen, const char *sec,
                      size_t slen, lp_str_t *head, double *body_len);
 int lp_ffi_cache_lock(void *r, void *zone, const char *key, size_t klen, double timeout);
@@ -400,6 +403,8 @@ enum { LP_FFI_CACHE_ONLY_HOOK = 1 }; /* lp_ffi_cache_respond flags */
 int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, double first,
                          double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+/* Bytes of the looked-up entry's body into dst: how many; LP_FFI_ENOTFOUND when its body is
+ * only in its file (a streamed disk hit). */
 double lp_ffi_cache_read(void *r, double first, char *dst, double n);
 int lp_ffi_cache_window(void *r, double first, double n);
 double lp_ffi_cache_upstream_length(void *r);

@@ -358,10 +358,15 @@ typedef struct lp_req_cache_s {
     uint64_t left;                        /* body bytes still to queue */
     lp_buf_t *pin; /* owned reference: the block write batches pin body's bytes with (its
                       release drops the entry); NULL while nothing is queued */
-    struct lp_cache_entry_s *loaded; /* reference: an entry read back from disk for this
-                                        request's next lookup (cache_disk_hit.c); NULL: none */
-    uint8_t load_done;               /* a disk read-back ended since the last lookup: the
-                                        next one takes `loaded` or misses (never loads again) */
+    struct lp_cache_entry_s *loaded;  /* reference: an entry read back from disk for this
+                                         request's next lookup (cache_disk_hit.c); NULL: none */
+    uint8_t load_done;                /* a disk read-back ended since the last lookup: the
+                                         next one takes `loaded` or misses (never loads again) */
+    struct lp_cache_stream_s *stream; /* owned: the file of a disk-only hit whose body is
+                                         streamed (cache_disk_hit.c); NULL: none */
+    uint8_t streaming;                /* the answer's body comes from `stream`, not chunks */
+    uint8_t load_waited;              /* the last lookup waited for another request's
+                                         read-back: the next one reads back itself */
 } lp_req_cache_t;
 
 /* One request on a client connection, from its head to its log line. Its lifetime is its

@@ -5,6 +5,8 @@
 -- plugin before this one for the site's own rules (req:set_cache_key(), req:cache_bypass(),
 -- req:cache_no_store(), req:cache_ttl()). Docs: docs/plugins/cache.md.
 local policy = require "luaproxy.cache.policy"
+local redis_schema = require "luaproxy.redis"
+local redis_health = require "luaproxy.redis_health"
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
 local format, sub, lower, gsub, find = string.format, string.sub, string.lower, string.gsub,
@@ -109,22 +111,13 @@ P.schema = {
         .. "seconds and never beyond its freshness. Redis failing: skipped (logged once per "
         .. "log_interval, counted in cache_l2_operations_total)",
       fields = {
-        redis = {
-          type = "record", default = {}, description = "the Redis of the L2 tier",
-          fields = {
-            host = { type = "string", default = "127.0.0.1", description = "Redis host" },
-            port = { type = "integer", default = 6379, min = 1, max = 65535, description = "port" },
-            password = { type = "string", secret = true, description = "AUTH password" },
-            user = { type = "string", description = "AUTH user (Redis 6 ACLs)" },
-            db = { type = "integer", default = 0, min = 0, description = "database number" },
-            timeout = { type = "integer", default = 50, min = 1,
-                        description = "milliseconds for connect, send and read (a slow L2 "
-                          .. "must cost less than the origin it saves)" },
-            prefix = { type = "string", default = "luaproxy:cache:",
-                       description = "key prefix (then the zone name and the cache key)" },
-            pool_size = { type = "integer", default = 64, min = 1,
-                          description = "idle connections kept per worker" },
-          },
+        redis = redis_schema.schema_record {
+          description = "the Redis of the L2 tier",
+          timeout = 50,
+          timeout_description = "milliseconds for connect, send and read (a slow L2 must "
+            .. "cost less than the origin it saves)",
+          prefix = "luaproxy:cache:",
+          prefix_description = "key prefix (then the zone name and the cache key)",
         },
         max_object_size = { type = "any", default = 65536, coerce = size_coerce,
                             custom = size_check, doc_default = '"64k"',
@@ -163,13 +156,11 @@ function P.compile(conf)
   if l2 then
     local r = l2.redis
     conf._l2 = {
-      opts = { host = r.host, port = r.port, password = r.password, user = r.user, db = r.db,
-               timeout = r.timeout, pool_size = r.pool_size },
+      opts = redis_schema.connect_opts(r),
       pool_size = r.pool_size,
       prefix = r.prefix .. conf.zone .. ":",
       addr = r.host .. ":" .. r.port,
-      -- retry_interval's state is per server, database and credentials (rate_limit's twin)
-      down_key = concat({ r.host .. ":" .. r.port, r.db, r.user or "", r.password or "" }, "\0"),
+      down_key = redis_health.down_key(r), -- retry_interval's state (luaproxy.redis_health)
       max_object_size = l2.max_object_size,
       ttl_max = l2.ttl_max,
       log_interval = l2.log_interval,
@@ -351,7 +342,10 @@ local function multipart(req, st, list, ranges, blen)
     end
   end
   local data = {}
-  for i, r in ipairs(ranges) do data[i] = st.zone:read(req, r[1], r[2] - r[1] + 1) end
+  for i, r in ipairs(ranges) do
+    data[i] = st.zone:read(req, r[1], r[2] - r[1] + 1)
+    if not data[i] then return false end -- on disk only (streamed): the whole 200 goes
+  end
   -- A boundary that occurs in no part (RFC 2046 §5.1.1).
   local boundary
   repeat
@@ -651,15 +645,19 @@ end
 -- ---- the L2 tier in Redis (#18, docs/plugins/cache.md) ----
 --
 -- Redis keys: PREFIX ZONE ":" KEY for an entry without Vary, or for the Vary marker
--- ("LPV1\n" then the Vary field) of a key that varies, whose variants are under
--- PREFIX ZONE ":" KEY "\0" SECONDARY_KEY: the same key and secondary key as the memory tier,
--- computed by the same functions, so an L2 entry answers exactly the requests its memory
--- twin would. An entry is "LPC1\n" HEAD_LENGTH "\n" HEAD BODY, HEAD being the encoded head
--- the zone stores (the policy's meta with its dates, the status and the fields): another
--- proxy computes the same age and freshness from it.
+-- ("LPV2\n" GEN "\n" then the Vary field) of a key that varies, whose variants are under
+-- PREFIX ZONE ":" KEY "\0" GEN "\0" SECONDARY_KEY: the same key and secondary key as the
+-- memory tier, computed by the same functions, so an L2 entry answers exactly the requests
+-- its memory twin would. GEN is drawn when a store makes a marker: deleting the marker (an
+-- unsafe method's invalidation) or replacing it (another Vary, another response without
+-- one) orphans every variant stored under it, and they expire unseen; a store that finds
+-- the marker of its Vary adds its variant under that marker's GEN. An entry is "LPC1\n"
+-- HEAD_LENGTH "\n" HEAD BODY, HEAD being the encoded head the zone stores (the policy's meta
+-- with its dates, the status and the fields): another proxy computes the same age and
+-- freshness from it.
 
 local L2_MAX_KEY = 4096 -- as the zone: longer keys are not cached
-local l2_next_log, l2_down = {}, {} -- per worker, by Redis address
+local l2_health = redis_health.new("cache: Redis L2 %s failed (%s); the L2 tier is skipped")
 local m_l2 -- cache_l2_operations_total{zone, result}, declared by init_worker
 
 local function l2_count(conf, result)
@@ -667,25 +665,15 @@ local function l2_count(conf, result)
 end
 
 local function l2_failed(conf, l2, err)
-  local now = proxy.monotonic()
-  l2_down[l2.down_key] = now + l2.retry_interval
+  l2_health:failed(l2.down_key, l2.addr, err, l2.retry_interval, l2.log_interval)
   l2_count(conf, "failed")
-  if now >= (l2_next_log[l2.addr] or 0) then
-    l2_next_log[l2.addr] = now + l2.log_interval
-    proxy.log.warn(format("cache: Redis L2 %s failed (%s); the L2 tier is skipped", l2.addr,
-      tostring(err)))
-  end
 end
 
 -- A connected client, or nil (Redis failed now or within retry_interval: counted, logged).
 local function l2_connect(conf, l2)
-  local down = l2_down[l2.down_key]
-  if down then
-    if proxy.monotonic() < down then
-      l2_count(conf, "failed")
-      return nil
-    end
-    l2_down[l2.down_key] = nil
+  if l2_health:skip(l2.down_key) then
+    l2_count(conf, "failed")
+    return nil
   end
   local red, err = proxy.redis.connect(l2.opts)
   if not red then
@@ -695,7 +683,7 @@ local function l2_connect(conf, l2)
   return red
 end
 
-P._l2_forget_failures = function() l2_next_log, l2_down = {}, {} end -- specs
+P._l2_forget_failures = function() l2_health:forget() end -- specs
 
 -- An "LPC1" value: head, body; or nil.
 local function l2_parse(v)
@@ -706,8 +694,23 @@ local function l2_parse(v)
   return sub(v, nl + 1, nl + hl), sub(v, nl + hl + 1)
 end
 
--- A memory miss: the entry for (key, the request's secondary key) from Redis, put into the
--- zone. true when one was put (the caller looks again).
+-- A Vary marker's generation and Vary field, or nil when v is none.
+local function l2_marker(v)
+  if type(v) ~= "string" or sub(v, 1, 5) ~= "LPV2\n" then return nil end
+  local nl = find(v, "\n", 6, true)
+  if not nl or nl == 6 then return nil end
+  return sub(v, 6, nl - 1), sub(v, nl + 1)
+end
+
+-- A new marker's generation: 62 random bits (math.random is seeded from the OS in every
+-- VM), so two proxies making a marker at once do not draw the same one.
+local function l2_generation()
+  return format("%08x%08x", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+end
+
+-- A memory miss, under the key's fill lock (so one request per key asks Redis, the others
+-- wait for the entry): the entry for (key, the request's secondary key) from Redis, put into
+-- the zone. true when one was put (the caller looks again).
 local function l2_lookup(req, conf, z, key, rh)
   local l2 = conf._l2
   if #key > L2_MAX_KEY then return false end
@@ -715,16 +718,16 @@ local function l2_lookup(req, conf, z, key, rh)
   if not red then return false end
   local rkey = l2.prefix .. key
   local v, err = red:get(rkey)
-  local vary, sec = nil, ""
-  if type(v) == "string" and sub(v, 1, 5) == "LPV1\n" then
-    vary = sub(v, 6)
+  local gen, vary = l2_marker(v)
+  local sec = ""
+  if gen then
     sec = policy.secondary_key(vary, rh, conf.max_vary_fields)
     if not sec then
       red:set_keepalive(60000, l2.pool_size)
       l2_count(conf, "miss")
       return false
     end
-    v, err = red:get(rkey .. "\0" .. sec)
+    v, err = red:get(rkey .. "\0" .. gen .. "\0" .. sec)
   end
   if v == nil or v == false then
     if v == false then red:set_keepalive(60000, l2.pool_size) end
@@ -746,7 +749,8 @@ local function l2_lookup(req, conf, z, key, rh)
 end
 
 -- Log phase of a request whose response the zone stored: the complete entry, when small
--- enough and still fresh, is copied to Redis (one round trip: a pipeline).
+-- enough and still fresh, is copied to Redis: one SET (a varying response: the marker is read
+-- first, then the variant set under its generation, or a new marker with the variant).
 local function l2_store(req, conf, st)
   local l2, put, z = conf._l2, st.l2_put, st.zone
   if #st.key > L2_MAX_KEY then return end
@@ -756,18 +760,29 @@ local function l2_store(req, conf, st)
   if not meta then return end
   local ttl = floor(min(l2.ttl_max, meta.ttl - policy.current_age(meta, proxy.now())))
   if ttl < 1 then return end
-  local body = z:read(req, 0, blen)
-  if #body ~= blen then return end
+  -- The value made in one piece: the body is copied once, into it.
+  local prefix = "LPC1\n" .. #head .. "\n" .. head
+  local value = z:read(req, 0, blen, prefix)
+  if not value or #value ~= #prefix + blen then return end
   local red = l2_connect(conf, l2)
   if not red then return end
   local rkey = l2.prefix .. st.key
-  red:init_pipeline()
+  local res, err
   if put.vary then
-    red:set(rkey, "LPV1\n" .. put.vary, "EX", l2.ttl_max)
-    rkey = rkey .. "\0" .. put.sec
+    local gen, vary = l2_marker((red:get(rkey)))
+    red:init_pipeline()
+    if gen and vary == put.vary then
+      red:expire(rkey, l2.ttl_max) -- lives as long as its newest variant (gone: a no-op)
+    else
+      gen = l2_generation()
+      red:set(rkey, "LPV2\n" .. gen .. "\n" .. put.vary, "EX", l2.ttl_max)
+    end
+    red:set(rkey .. "\0" .. gen .. "\0" .. put.sec, value, "EX", ttl)
+    res, err = red:commit_pipeline()
+  else
+    res, err = red:set(rkey, value, "EX", ttl)
+    if res then res = { res } elseif res == false then res = { { false, err } } end
   end
-  red:set(rkey, "LPC1\n" .. #head .. "\n" .. head .. body, "EX", ttl)
-  local res, err = red:commit_pipeline()
   if not res then return l2_failed(conf, l2, err) end
   red:set_keepalive(60000, l2.pool_size)
   for _, r in ipairs(res) do
@@ -822,13 +837,16 @@ function P.request(req, conf)
   -- One look, and a second after waiting for another request's fill: not a loop, whose
   -- single iteration per request would abort the trace on every hit.
   if look(req, conf, st, z, key, rh, rd, false) then return end
-  -- The L2 tier: a hit there is put in the zone and served from it as a memory hit.
-  if conf._l2 and not o.bypass and l2_lookup(req, conf, z, key, rh) then
+  local locked = conf.lock and z:lock(req, key, conf.lock_timeout)
+  -- The L2 tier, asked by the request holding the key's fill lock (or by each, without
+  -- coalescing): a hit there is put in the zone and served from it as a memory hit, and the
+  -- requests waiting on the lock are served from that entry.
+  if conf._l2 and (locked or not conf.lock) and l2_lookup(req, conf, z, key, rh) then
     st.l2 = "l2"
     if look(req, conf, st, z, key, rh, rd, false) then return end
     st.l2 = nil
   end
-  if conf.lock and not z:lock(req, key, conf.lock_timeout) then
+  if conf.lock and not locked then
     -- Another request fills the key: wait for its entry (bounded), then look again; a fill
     -- that ends without an entry (not storable, too large) lets everyone go upstream.
     local deadline = proxy.monotonic() + conf.lock_timeout

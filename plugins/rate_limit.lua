@@ -5,6 +5,8 @@
 -- limit: 429 with Retry-After and the IETF draft's RateLimit-Policy / RateLimit headers.
 -- Docs: docs/plugins/rate_limit.md.
 local limit_key = require "luaproxy.limit_key"
+local redis_schema = require "luaproxy.redis"
+local redis_health = require "luaproxy.redis_health"
 local ceil, floor, min = math.ceil, math.floor, math.min
 local format = string.format
 local type, tostring, pairs = type, tostring, pairs
@@ -33,20 +35,12 @@ local fields = {
   dict = { type = "string", default = "rate_limit", pattern = "^[%w_]+$",
            description = "the shared dict (declared in the config's `shared`) that local "
              .. "counts go to (also the fallback's when Redis is down)" },
-  redis = {
-    type = "record", default = {}, description = "the Redis of policy = redis",
-    fields = {
-      host = { type = "string", default = "127.0.0.1", description = "Redis host" },
-      port = { type = "integer", default = 6379, min = 1, max = 65535, description = "port" },
-      password = { type = "string", secret = true, description = "AUTH password" },
-      user = { type = "string", description = "AUTH user (Redis 6 ACLs)" },
-      db = { type = "integer", default = 0, min = 0, description = "database number" },
-      timeout = { type = "integer", default = 100, min = 1,
-                  description = "milliseconds for connect, send and read: a slow Redis "
-                    .. "must not slow every request down" },
-      prefix = { type = "string", default = "luaproxy:rl:", description = "key prefix" },
-      pool_size = { type = "integer", default = 64, min = 1, description = "idle connections kept per worker" },
-    },
+  redis = redis_schema.schema_record {
+    description = "the Redis of policy = redis",
+    timeout = 100,
+    timeout_description = "milliseconds for connect, send and read: a slow Redis must not "
+      .. "slow every request down",
+    prefix = "luaproxy:rl:", prefix_description = "key prefix",
   },
   fallback = { type = "string", default = "local", one_of = { "local", "allow", "deny" },
                description = "when Redis cannot answer: count locally (in `dict`), let the "
@@ -103,15 +97,12 @@ function P.compile(conf, where)
   c.interval = conf.period / conf.rate
   if conf.policy == "redis" then
     local r = conf.redis
-    c.redis_opts = { host = r.host, port = r.port, password = r.password, user = r.user,
-                     db = r.db, timeout = r.timeout, pool_size = r.pool_size }
+    c.redis_opts = redis_schema.connect_opts(r)
     c.redis_prefix = r.prefix .. c.ns
     c.interval_us = floor(c.interval * 1e6 + 0.5)
     c.limit_us = (conf.burst + 1) * c.interval_us
     c.redis_addr = r.host .. ":" .. r.port
-    -- What a failure is about: the server, and the database and credentials (a wrong
-    -- password in one entry must not send the entries with the right one to the fallback).
-    c.redis_down_key = table.concat({ c.redis_addr, r.db, r.user or "", r.password or "" }, "\0")
+    c.redis_down_key = redis_health.down_key(r)
   end
   return c
 end
@@ -140,14 +131,14 @@ local function local_decision(conf, key)
   return ok, remaining, retry, reset
 end
 
--- Logs a Redis failure at most once per log_interval per Redis address in this worker
--- (whichever instances use it: an outage is one event), and keeps the fallback deciding
--- alone for retry_interval (down_until): the first request after it asks Redis again, so
--- the limit is shared again within retry_interval of Redis coming back.
-local next_log, down_until = {}, {}
+-- Redis failing: logged at most once per log_interval per Redis address in this worker
+-- (whichever instances use it: an outage is one event), and the fallback decides alone for
+-- retry_interval: the first request after it asks Redis again, so the limit is shared again
+-- within retry_interval of Redis coming back.
+local health = redis_health.new("rate_limit: Redis %s failed (%s); fallback: %s")
 
 -- Specs: a fresh worker's view of Redis.
-function P._forget_failures() next_log, down_until = {}, {} end
+function P._forget_failures() health:forget() end
 
 local function fallback(conf)
   local fb = conf.fallback
@@ -157,24 +148,15 @@ local function fallback(conf)
 end
 
 local function redis_failed(conf, err)
-  local now = proxy.monotonic()
-  down_until[conf.redis_down_key] = now + conf.retry_interval
-  if now >= (next_log[conf.redis_addr] or 0) then
-    next_log[conf.redis_addr] = now + conf.log_interval
-    proxy.log.warn(format("rate_limit: Redis %s failed (%s); fallback: %s", conf.redis_addr,
-      err, conf.fallback))
-  end
+  health:failed(conf.redis_down_key, conf.redis_addr, err, conf.retry_interval,
+    conf.log_interval, conf.fallback)
   return fallback(conf)
 end
 
 local function redis_decision(conf, key)
-  local down = down_until[conf.redis_down_key]
-  if down then
-    if proxy.monotonic() < down then
-      if m_redis_failures then m_redis_failures:inc(1, conf.metric_label) end
-      return fallback(conf)
-    end
-    down_until[conf.redis_down_key] = nil
+  if health:skip(conf.redis_down_key) then
+    if m_redis_failures then m_redis_failures:inc(1, conf.metric_label) end
+    return fallback(conf)
   end
   local red, err = proxy.redis.connect(conf.redis_opts)
   if not red then

@@ -46,6 +46,12 @@ function M.zone(name) return zone_of(name, "proxy.cache.zone()") end
 function Zone:get(req, key, sec)
   sec = sec or ""
   local rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+  if rc == 3 then
+    -- Another request reads this entry back from disk (it holds the key's lock): wait for
+    -- it (bounded), then look again: a memory hit, or this request reads it back itself.
+    self:wait(key, 2)
+    rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+  end
   if rc == 2 then
     -- On disk only: the engine reads the file back (threadpool) while this task waits,
     -- then the lookup answers from what it read (or misses: a damaged file is dropped).
@@ -112,13 +118,19 @@ function Zone:respond(req, status, headers, first, last)
   cache_respond(req, status, wire, first or -1, last or -1, flags)
 end
 
--- Bytes first..first+n-1 of the looked-up entry's body, as a string (fewer at its end).
-function Zone:read(req, first, n)
-  if n <= 0 then return "" end
-  local buf = ffi.new("char[?]", n)
-  local got = C.lp_ffi_cache_read(req._r, first, buf, n)
+-- Bytes first..first+n-1 of the looked-up entry's body, as a string (fewer at its end);
+-- after `prefix` when one is given: the string is made once, the bytes copied once into it
+-- (the L2 tier's value, its head then the body). nil when the body is not in memory (a
+-- large entry on disk only, streamed from its file when served).
+function Zone:read(req, first, n, prefix)
+  local plen = prefix and #prefix or 0
+  if n <= 0 then return prefix or "" end
+  local buf = ffi.new("char[?]", plen + n)
+  if plen > 0 then ffi.copy(buf, prefix, plen) end
+  local got = C.lp_ffi_cache_read(req._r, first, buf + plen, n)
+  if got == K.ENOTFOUND then return nil end
   if got < 0 then raise("cache: no looked-up entry to read", 2) end
-  return ffi_string(buf, got)
+  return ffi_string(buf, plen + got)
 end
 
 -- Response phase, a response being stored: the client gets only n bytes from `first` of the

@@ -179,6 +179,34 @@ local function is_command_name(k)
   return type(k) == "string" and find(k, "^%a[%w]*$") ~= nil
 end
 
+-- The `redis` record of a plugin's options (rate_limit's `redis`, cache's `l2.redis`): the
+-- same fields for every plugin, with its own defaults and words where they differ:
+-- d.description (the record's), d.timeout (ms) and d.timeout_description, d.prefix and
+-- d.prefix_description.
+function M.schema_record(d)
+  return {
+    type = "record", default = {}, description = d.description,
+    fields = {
+      host = { type = "string", default = "127.0.0.1", description = "Redis host" },
+      port = { type = "integer", default = 6379, min = 1, max = 65535, description = "port" },
+      password = { type = "string", secret = true, description = "AUTH password" },
+      user = { type = "string", description = "AUTH user (Redis 6 ACLs)" },
+      db = { type = "integer", default = 0, min = 0, description = "database number" },
+      timeout = { type = "integer", default = d.timeout, min = 1,
+                  description = d.timeout_description },
+      prefix = { type = "string", default = d.prefix, description = d.prefix_description },
+      pool_size = { type = "integer", default = 64, min = 1,
+                    description = "idle connections kept per worker" },
+    },
+  }
+end
+
+-- proxy.redis.connect's options for the value of such a record.
+function M.connect_opts(r)
+  return { host = r.host, port = r.port, password = r.password, user = r.user, db = r.db,
+           timeout = r.timeout, pool_size = r.pool_size }
+end
+
 function M.api(tcp)
   local Redis = {}
   local mt = { __index = Redis }

@@ -76,10 +76,10 @@ function M.registry(now, hooks)
     hooks.respond(req, status, headers, body)
   end
 
-  function Zone:read(req, first, n)
+  function Zone:read(req, first, n, prefix)
     local e = req._cache_hit
     if not e then error("cache: no looked-up entry to read", 2) end
-    return sub(e.body, first + 1, first + n)
+    return (prefix or "") .. sub(e.body, first + 1, first + n)
   end
 
   -- The client's slice of the upstream's body (proxy.test's run_chain applies it); the

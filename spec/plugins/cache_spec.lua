@@ -401,6 +401,50 @@ describe("cache plugin", function()
       assert.matches("detail=l2", en.headers["cache-status"])
     end)
 
+    it("orphans a varying key's variants when its marker goes (invalidation)", function()
+      local en = { ["Accept-Language"] = "en" }
+      local fr = { ["Accept-Language"] = "fr" }
+      run({ l2 = l2 }, { uri = "/g", headers = en }, fresh("english 1", { Vary = "Accept-Language" }))
+      local marker = srv:db(0)["luaproxy:cache:z:GET http://example.com/g"]
+      assert.matches("^LPV2\n%x+\nAccept%-Language$", marker.value)
+      -- Another proxy stores the fr variant under the same marker (its generation kept).
+      other_proxy()
+      run({ l2 = l2 }, { uri = "/g", headers = fr }, fresh("french 1", { Vary = "Accept-Language" }))
+      assert.equal(marker.value, srv:db(0)["luaproxy:cache:z:GET http://example.com/g"].value)
+      other_proxy()
+      assert.equal("english 1", run({ l2 = l2 }, { uri = "/g", headers = en },
+        { status = 500, body = "must not be asked" }).body)
+      -- An unsafe method: the marker goes; the next store makes a new one, and the variants
+      -- stored before are not reachable through it.
+      run({ l2 = l2 }, { uri = "/g", method = "PUT" }, { status = 204 })
+      assert.is_nil(srv:db(0)["luaproxy:cache:z:GET http://example.com/g"])
+      other_proxy()
+      run({ l2 = l2 }, { uri = "/g", headers = fr }, fresh("french 2", { Vary = "Accept-Language" }))
+      assert.are_not.equal(marker.value,
+        srv:db(0)["luaproxy:cache:z:GET http://example.com/g"].value)
+      other_proxy()
+      local r = run({ l2 = l2 }, { uri = "/g", headers = en },
+        fresh("english 2", { Vary = "Accept-Language" }))
+      assert.equal("english 2", r.body)
+      assert.matches("fwd=miss", r.headers["Cache-Status"])
+      other_proxy()
+      assert.equal("french 2", run({ l2 = l2 }, { uri = "/g", headers = fr },
+        { status = 500, body = "must not be asked" }).body)
+    end)
+
+    it("replaces the marker when the Vary field changes", function()
+      run({ l2 = l2 }, { uri = "/w", headers = { ["Accept-Language"] = "en" } },
+        fresh("by language", { Vary = "Accept-Language" }))
+      other_proxy()
+      run({ l2 = l2 }, { uri = "/w", headers = { ["Accept-Language"] = "de", Accept = "a/b" } },
+        fresh("by type", { Vary = "Accept" }))
+      assert.matches("\nAccept$", srv:db(0)["luaproxy:cache:z:GET http://example.com/w"].value)
+      other_proxy()
+      local r = run({ l2 = l2 }, { uri = "/w", headers = { ["Accept-Language"] = "fr", Accept = "a/b" } },
+        { status = 500, body = "must not be asked" })
+      assert.equal("by type", r.body)
+    end)
+
     it("deletes an unsafe method's invalidated URIs in Redis too", function()
       run({ l2 = l2 }, { uri = "/u" }, fresh("u"))
       assert.is_not_nil(ttl_of("luaproxy:cache:z:GET http://example.com/u"))

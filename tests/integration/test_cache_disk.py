@@ -5,7 +5,9 @@ reload; Vary variants stay apart across a restart; an entry evicted from memory 
 from its file; a corrupt, truncated or vanished file under a running proxy is dropped and
 the request goes upstream for the right answer; an unwritable directory is logged and the
 proxy goes on serving; the disk byte limit is enforced; purge deletes files; an 8 MiB disk
-hit reaches a slow reader whole."""
+hit reaches a slow reader whole; a large entry on disk only is streamed from its file (never
+promoted: whole, as a range, to HEAD), and one whose body is damaged is cut short and
+dropped; concurrent read-backs of one small entry make one read."""
 
 import hashlib
 import http.client
@@ -221,8 +223,8 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertEqual(len(seen), 2)
 
     def test_concurrent_disk_hits_on_one_key(self):
-        # Read-backs of one file at once on both workers: each request is answered whole from
-        # a checked copy; one of them is promoted, the others' copies go with their requests.
+        # Streamed hits on one file at once on both workers (a body over 64 KiB): each request
+        # reads its own part of the file as it sends it; the entry stays on disk only.
         root = self.root()
         p = self.path()
         body = H.large_body(1024 * 1024 + 7)
@@ -250,7 +252,7 @@ class CacheDiskTest(H.ProxyTestCase):
         d = self.disk(b)
         self.assertGreaterEqual(d["loaded"], 1)
         self.assertEqual(d["dropped"], 0)
-        self.assertEqual(self.zone(b)["entries"], 1)
+        self.assertEqual((self.zone(b)["entries"], d["only_on_disk"]), (0, 1))
 
     # ------------------------------------------------------------------ damaged files
 
@@ -417,6 +419,108 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertEqual(len(got), len(body))
         self.assertEqual(hashlib.sha256(got).hexdigest(), digest)
         self.assertEqual(self.origin.count(p), 1)
+        # Streamed from its file in 64 KiB blocks as the reader took them: never read whole
+        # into memory (not promoted, nothing charged to the zone's memory).
+        z = self.zone(b)
+        self.assertEqual((z["entries"], z["bytes"], z["disk"]["only_on_disk"]), (0, 0, 1))
+
+    def restarted_with(self, body, **zone):
+        """A proxy started afresh over a directory holding one entry for this test's path."""
+        root = self.root()
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(body if n == 1 else b"origin again"))
+        a = self.start(root, **zone)
+        self.assertEqual(self.get(a, p).body, body)
+        self.wait_disk_entries(a, 1)
+        a.stop()
+        return root, p, self.start(root, **zone)
+
+    def test_streamed_disk_hit_bounded_ranges_and_head(self):
+        # A 3 MiB entry on disk only (after a restart): served streamed from its file (never
+        # promoted: nothing charged to memory), whole, as a range and to HEAD; every answer is
+        # a hit.
+        body = H.large_body(3 * 1024 * 1024 + 5)
+        root, p, b = self.restarted_with(body, memory="4m", max_object="4m")
+        r = self.get(b, p)
+        self.assertEqual((r.status, len(r.body)), (200, len(body)))
+        self.assertEqual(hashlib.sha256(r.body).hexdigest(), hashlib.sha256(body).hexdigest())
+        self.assertTrue(self.hit(r), r.header("cache-status"))
+        z = self.zone(b)
+        self.assertEqual((z["entries"], z["disk"]["only_on_disk"]), (0, 1))
+        r = self.get(b, p, headers=[("Range", "bytes=2000000-2000099")])
+        self.assertEqual(r.status, 206)
+        self.assertEqual(r.body, body[2000000:2000100])
+        self.assertEqual(r.header("content-range"), "bytes 2000000-2000099/%d" % len(body))
+        r = H.get(b.port, p, host="a.test", method="HEAD", timeout=H.T(20))
+        self.assertEqual((r.status, r.body, r.header("content-length")),
+                         (200, b"", str(len(body))))
+        self.assertEqual(self.origin.count(p), 1)
+        self.assertEqual(self.disk(b)["dropped"], 0)
+
+    def test_streamed_disk_hit_with_a_damaged_body_is_cut_short(self):
+        # A byte of the body flipped near its end: the stream finds the CRC wrong when the last
+        # chunk comes in, before sending it: the client gets fewer bytes than Content-Length
+        # (never the damaged body whole), the entry is dropped, the next request goes upstream.
+        body = H.large_body(1024 * 1024)
+        root, p, b = self.restarted_with(body)
+        f = [x for x in files_under(root) if not x.endswith(".tmp")][0]
+        with open(f, "r+b") as fh:
+            fh.seek(-10, os.SEEK_END)
+            x = fh.read(1)
+            fh.seek(-10, os.SEEK_END)
+            fh.write(bytes([x[0] ^ 0x20]))
+        s = socket.create_connection(("127.0.0.1", b.port), timeout=H.T(30))
+        try:
+            s.sendall(("GET %s HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+                       % p).encode())
+            data = bytearray()
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            s.close()
+        head, _, got = bytes(data).partition(b"\r\n\r\n")
+        self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+        self.assertIn(b"content-length: %d" % len(body), head.lower())
+        self.assertLess(len(got), len(body))
+        self.assertEqual(got, body[:len(got)])
+        b.wait_log("checksum mismatch")
+        self.assertEqual(self.disk(b)["dropped"], 1)
+        r = self.get(b, p)
+        self.assertEqual(r.body, b"origin again")
+        self.assertEqual(self.origin.count(p), 2)
+
+    def test_concurrent_read_backs_of_one_entry_coalesced(self):
+        # A small entry on disk only (read back whole, then promoted), asked for by 20
+        # requests at once on both workers: one reads the file back while holding the key's
+        # lock, the others wait on it and are served from memory: one read-back.
+        body = b"small-" + H.large_body(30000)
+        root, p, b = self.restarted_with(body)
+        results = []
+        barrier = threading.Barrier(20)
+
+        def one():
+            try:
+                barrier.wait(H.T(10))
+                r = H.get(b.port, p, host="a.test", timeout=H.T(30))
+                results.append((r.status, r.body == body, self.hit(r)))
+            except Exception as e:  # noqa: BLE001 - reported below
+                results.append(repr(e))
+        threads = [threading.Thread(target=one) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(60))
+        self.assertEqual(results, [(200, True, True)] * 20)
+        self.assertEqual(self.origin.count(p), 1)
+        d = self.disk(b)
+        self.assertEqual((d["loaded"], d["dropped"], d["only_on_disk"]), (1, 0, 0))
+        self.assertEqual(self.zone(b)["entries"], 1)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ started as test_lua_redis.Redis does: a reserved port, stopped by PID).
   again on an instance started afresh from the same config;
 - the cache's Redis L2 tier, with two instances: a response stored by one is a hit on the
   other without an origin request (Cache-Status `hit; ...; detail=l2`); Vary variants are
-  served only to the requests they belong to; Redis killed: the cache goes on without L2
+  served only to the requests they belong to, and an unsafe method's invalidation orphans
+  them (a Vary marker's generation); concurrent misses on one key make one Redis read (the
+  fill lock is taken before L2 is asked); Redis killed: the cache goes on without L2
   (one log line per worker, cache_l2_operations_total{result="failed"}), and stores to
   Redis again once it is back."""
 
@@ -315,6 +317,69 @@ class FleetCacheL2Test(RT.ReloadTestCase):
         r = H.get(self.proxies[1].port, "/vary", host="b.test", headers=en, timeout=H.T(10))
         self.assertEqual(r.body, b"lang=en #3")
         self.assertEqual(self.origin.count("/vary"), 3)
+
+    def marker(self, path):
+        return self.redis.command("GET", "luaproxy:cache:t:GET http://a.test" + path)
+
+    def test_c_an_invalidation_orphans_the_variants_of_a_varying_key(self):
+        def answer(req, n):
+            if req.method != "GET":
+                return H.simple_response(204, b"", [])
+            return H.cacheable(("lang=%s #%d" % (req.header("Accept-Language"), n)).encode(),
+                               ("Vary", "Accept-Language"))
+        self.origin.script("/inv", answer)
+        en = [("Accept-Language", "en")]
+        fr = [("Accept-Language", "fr")]
+        self.assertEqual(self.get(0, "/inv", en).body, b"lang=en #1")
+        self.wait_in_redis("/inv", 2)  # the marker and the en variant
+        first = self.marker("/inv")
+        self.assertRegex(first, r"^LPV2\n[0-9a-f]+\nAccept-Language$")
+        # An unsafe method through instance 0: its memory entry and the Redis marker go.
+        r = H.get(self.proxies[0].port, "/inv", method="POST", body=b"x", timeout=H.T(10))
+        self.assertEqual(r.status, 204)
+        H.wait_for(lambda: self.marker("/inv") is None or None, H.T(10),
+                   what="the marker deleted")
+        # The fr variant stored by instance 1 makes a new marker...
+        self.assertEqual(self.get(1, "/inv", fr).body, b"lang=fr #3")
+        H.wait_for(lambda: self.marker("/inv") not in (None, first) or None, H.T(10),
+                   what="a new marker")
+        # ...through which the en variant stored before the invalidation is not reachable.
+        r = self.get(1, "/inv", en)
+        self.assertEqual(r.body, b"lang=en #4")
+        self.assertIn("fwd=miss", r.header("Cache-Status"))
+        self.assertEqual(self.origin.count("/inv"), 4)
+
+    def commandstats(self):
+        text = self.redis.command("INFO", "commandstats")
+        return {m.group(1): int(m.group(2))
+                for m in re.finditer(r"^cmdstat_(\w+):calls=(\d+)", text, re.M)}
+
+    def test_d_concurrent_misses_make_one_redis_read(self):
+        self.origin.script("/co", lambda req, n: H.cacheable(b"co %d" % n))
+        self.assertEqual(self.get(0, "/co").body, b"co 1")
+        self.wait_in_redis("/co")
+        self.redis.command("CONFIG", "RESETSTAT")
+        # Redis answers nothing for a second: the first request's read waits, and the others
+        # come meanwhile (each would read Redis too if they did not wait on the fill lock).
+        self.redis.command("CLIENT", "PAUSE", str(int(H.T(1000))))
+        n = 24
+        barrier = threading.Barrier(n)
+        results = [None] * n
+
+        def one(i):
+            barrier.wait(H.T(10))
+            results[i] = H.get(self.proxies[1].port, "/co", timeout=H.T(20))
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(30))
+        for r in results:
+            self.assertIsNotNone(r)
+            self.assertEqual((r.status, r.body), (200, b"co 1"))
+        self.assertEqual(self.origin.count("/co"), 1)
+        stats = self.commandstats()
+        self.assertEqual(stats.get("get", 0), 1, stats)
 
     def test_z_redis_down_skips_l2_then_back(self):
         port = self.redis.port

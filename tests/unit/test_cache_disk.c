@@ -345,6 +345,48 @@ static void budgets(void)
     rm_rf(root);
 }
 
+/* The index of entries on disk only is charged to the memory budget: a small zone with many
+ * entries pushed out to disk keeps bytes + index_bytes within its capacity, dropping the
+ * least recently used disk-only entries (and their files) when their records alone exceed
+ * it. */
+static void index_in_memory_budget(void)
+{
+    make_root("indexbudget");
+    rm_rf(root);
+    static char body[1001];
+    memset(body, 'y', 1000);
+    size_t cap = 16 * 1024;
+    lp_cache_zone_t *z = lp_cache_zone_acquire("disk_ix", cap, 1 << 16);
+    REQUIRE(!lp_cache_zone_set_disk(z, root, 64u << 20));
+    wait_stats(z, 0, 1);
+    char key[16];
+    for (int i = 0; i < 400; i++) {
+        snprintf(key, sizeof(key), "key%d", i);
+        /* Entries pushed out before their file is written stay in the index until it is
+         * (they cannot be dropped for room yet): a fill finds no room while those fill the
+         * budget, until the disk thread catches up. */
+        int rc = -1;
+        for (int k = 0; k < 1000 && (rc = put(z, key, "", body)) != 0; k++)
+            usleep(2000);
+        CHECK_EQ_INT(rc, 0);
+    }
+    /* Once the writes are done nothing waits to be charged: within the budget. */
+    lp_cache_stats_t st;
+    for (int i = 0; i < 2000; i++) {
+        lp_cache_zone_stats(z, &st);
+        if (st.bytes + st.index_bytes <= cap && st.disk_entries == st.entries + st.stubs)
+            break;
+        usleep(5000);
+    }
+    CHECK(st.bytes + st.index_bytes <= cap);
+    CHECK(st.stubs > 10);                            /* the index still holds many on disk only */
+    CHECK(st.stubs + st.entries < 400);              /* not all: their records did not fit */
+    CHECK(st.disk_entries == st.entries + st.stubs); /* the dropped ones' files went */
+    lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0);
+    lp_cache_zone_release(z);
+    rm_rf(root);
+}
+
 /* The stamp in a file from an earlier run of the process. */
 static uint64_t file_stamp(const char *key, const char *sec)
 {
@@ -400,6 +442,7 @@ static const lp_test_case_t tests[] = {
     {"write_fails_cleanly", write_fails_cleanly},
     {"index_survives_a_new_zone", index_survives_a_new_zone},
     {"budgets", budgets},
+    {"index_in_memory_budget", index_in_memory_budget},
     {"stamps_unique_across_restarts", stamps_unique_across_restarts},
 };
 

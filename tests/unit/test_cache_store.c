@@ -139,7 +139,8 @@ static void replace_keeps_readers(void)
 static void lru_under_budget(void)
 {
     size_t one = lp_cache_entry_cost(2, 0, 4, sizeof(lp_cache_chunk_t) + 4096);
-    lp_cache_zone_t *z = zone("t5", one * 3, 1 << 16);
+    size_t index = 64 * sizeof(void *); /* the zone's first bucket array, in its budget */
+    lp_cache_zone_t *z = zone("t5", one * 3 + index, 1 << 16);
     CHECK_EQ_INT(put(z, "k1", "", "a", 1), 0);
     CHECK_EQ_INT(put(z, "k2", "", "b", 1), 0);
     CHECK_EQ_INT(put(z, "k3", "", "c", 1), 0);
@@ -154,9 +155,35 @@ static void lru_under_budget(void)
     CHECK((size_t)st.bytes == one * 3);
     CHECK_EQ_INT((int)st.counts[LP_CACHE_C_EVICTED], 1);
     /* A smaller budget evicts down to it. */
-    lp_cache_zone_resize(z, one, 1 << 16);
+    lp_cache_zone_resize(z, one + index, 1 << 16);
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)st.entries, 1);
+    lp_cache_zone_release(z);
+}
+
+/* The key index (its bucket array, which grows with the keys) is charged to the budget too:
+ * a zone filled with many small entries holds bytes + index_bytes within its capacity. */
+static void index_in_budget(void)
+{
+    size_t cap = 8u << 20; /* about 1900 entries (a body of unknown length takes 4 KiB) */
+    lp_cache_zone_t *z = zone("t_index", cap, 1 << 16);
+    lp_cache_stats_t st;
+    char key[32];
+    size_t most = 0;
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        CHECK_EQ_INT(put(z, key, "", "x", 1), 0);
+        lp_cache_zone_stats(z, &st);
+        if (st.bytes + st.index_bytes > cap) {
+            CHECK(st.bytes + st.index_bytes <= cap);
+            break;
+        }
+        if (st.entries > most)
+            most = st.entries;
+    }
+    CHECK(st.index_bytes > 64 * sizeof(void *)); /* the table grew, and is counted */
+    CHECK(most > 1000);                          /* still holds many */
+    CHECK(st.counts[LP_CACHE_C_EVICTED] > 0);
     lp_cache_zone_release(z);
 }
 
@@ -404,6 +431,7 @@ static const lp_test_case_t tests[] = {
     {"object_limit_and_partial", object_limit_and_partial},
     {"replace_keeps_readers", replace_keeps_readers},
     {"lru_under_budget", lru_under_budget},
+    {"index_in_budget", index_in_budget},
     {"variants", variants},
     {"purge_prefix", purge_prefix},
     {"locks", locks},
