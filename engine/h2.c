@@ -1020,11 +1020,11 @@ static void h2_end(lp_req_t *req)
     if (!st)
         return;
     st->out_eof = 1;
-    if (req->resp.trailers && !st->no_body) {
-        st->trailers = req->resp.trailers; /* the stream sends them after its request ends */
+    if (req->resp.trailers && !st->no_body && (st->trailers = malloc(req->resp.trailers_len + 1))) {
+        /* A copy the stream sends after its request ended; the request keeps its own for
+         * req:resp_trailers() in the log phase. (Out of memory: none are sent.) */
+        memcpy(st->trailers, req->resp.trailers, req->resp.trailers_len + 1);
         st->trailers_len = req->resp.trailers_len;
-        req->resp.trailers = NULL;
-        req->resp.trailers_len = 0;
     }
     if (st->deferred) {
         st->deferred = 0;
