@@ -60,14 +60,6 @@ class Service:
     def fail(self, req, ctx):
         ctx.abort(grpc.StatusCode.NOT_FOUND, "nope: " + req.decode())
 
-    def drip(self, req, ctx):
-        # One message, then nothing until the call ends (the proxy's deadline resets the
-        # upstream stream; the class cleanup's server stop ends it otherwise).
-        gone = threading.Event()
-        ctx.add_callback(gone.set)
-        yield b"first"
-        gone.wait(H.T(10))
-
     def slow(self, req, ctx):
         ctx.add_callback(self.cancelled.set)
         self.release.wait(H.T(10))
@@ -80,7 +72,6 @@ class Service:
             "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi),
             "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
             "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
-            "Drip": grpc.unary_stream_rpc_method_handler(self.drip),
         })
         return h
 
@@ -132,6 +123,10 @@ class GrpcTest(H.ProxyTestCase):
         routes = [
             {"match": {"prefix": "/down."}, "upstream": "down"},
             {"match": {"prefix": "/break."}, "upstream": "breaker", "plugins": [{"name": "trl"}]},
+            {"match": {"prefix": "/hang."}, "upstream": "breaker",
+             "handler": H.LuaRaw('''function(req)
+                 req:set_header("grpc-timeout", "300m")
+               end''')},
             {"match": {"prefix": "/trl."}, "upstream": "grpc", "handler": strip,
              "plugins": [{"name": "trl"}]},
             {"match": {"prefix": "/trlb."}, "upstream": "grpc", "handler": strip,
@@ -244,24 +239,26 @@ class GrpcTest(H.ProxyTestCase):
     # ---- failures after the response head: grpc-status trailers, not a reset
 
     def test_deadline_after_the_head_gives_deadline_exceeded_trailers(self):
-        # The first message goes out (the head with it), then the proxy's deadline passes:
-        # the stream ends with trailers saying DEADLINE_EXCEEDED, not RST_STREAM.
-        r = h2_call_split(self.h2c_port, "/%s/Drip" % SVC, b"", [("grpc-timeout", "300m")])
+        # The first message goes out (the head with it), then the proxy's deadline passes
+        # (the upstream, unlike grpcio's server, keeps silent): the stream ends with
+        # trailers saying DEADLINE_EXCEEDED, not RST_STREAM.
+        r = h2_call_split(self.h2c_port, "/break.Svc/hang", b"", [("grpc-timeout", "300m")])
         self.assertEqual(r["status"], "200")
         self.assertIsNone(r["reset"], r)
-        self.assertEqual(r["body"], grpc_frame(b"first"))
+        self.assertEqual(r["body"], grpc_frame(b"part"))
         self.assertNotIn("grpc-status", r["head"])
         self.assertEqual(r["trailers"].get("grpc-status"), "4", r)
         self.assertIn("504", r["trailers"].get("grpc-message", ""))
-        # and a grpcio client sees the status (its own deadline is later than the proxy's)
-        call = self.call("Drip", "unary_stream")(b"", timeout=H.T(10),
-                                                 metadata=(("grpc-timeout", "300m"),))
+        # A grpcio client reads that status (its own deadline is far later; the route sets
+        # the call's grpc-timeout to 300 ms).
+        call = self.chan.unary_stream("/hang.Svc/hang")(b"", timeout=H.T(10))
         got = []
         with self.assertRaises(grpc.RpcError) as cm:
             for m in call:
                 got.append(m)
-        self.assertEqual(got, [b"first"])
+        self.assertEqual(got, [b"part"])
         self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.assertIn("proxy: 504", cm.exception.details())
 
     def test_upstream_gone_after_the_head_gives_unavailable_trailers(self):
         for mode in ("close", "reset"):
@@ -392,7 +389,8 @@ class BreakingUpstream:
     """A raw h2c server (python3-h2) that fails each call after its response head: the head
     and one gRPC message, then, once `go` is set (the test's client got the message, so the
     proxy had sent the head), it drops the connection (path .../close) or resets the stream
-    (INTERNAL_ERROR, path .../reset)."""
+    (INTERNAL_ERROR, path .../reset); path .../hang sends nothing more (and, unlike grpcio,
+    enforces no deadline of its own)."""
 
     def __init__(self):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -447,6 +445,8 @@ class BreakingUpstream:
                                              ("content-type", "application/grpc")])
                         c.send_data(sid, grpc_frame(b"part"))
                         conn.sendall(c.data_to_send())
+                        if paths.get(sid, b"").endswith(b"/hang"):
+                            continue  # and nothing more: the proxy's deadline ends it
                         self.go.wait(H.T(10))
                         self.go.clear()
                         if paths.get(sid, b"").endswith(b"/reset"):
