@@ -61,6 +61,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -569,6 +570,19 @@ static void set_small_buffers(int fd)
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
 }
 
+/* An origin connection's socket. An HTTP/2 upstream's answer is several small frames (one
+ * o_text each): Nagle's algorithm would hold each behind the proxy's delayed ACK of the one
+ * before, 40 ms of real time that a script (virtual time) never waits, so the frames would
+ * come only at teardown. */
+static void set_origin_socket(int fd)
+{
+    set_small_buffers(fd);
+#ifdef FUZZ_CONN_H2UP
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+#endif
+}
+
 /* The proxy's sockets get small kernel buffers too (setting them stops the kernel's
  * autotuning), so that its own write queues, and with them the backpressure paths and the
  * send timeouts, fill with a few hundred KiB rather than megabytes. */
@@ -661,7 +675,7 @@ static void origin_accept(world_t *wd)
             continue;
         int fd = accept4(origin_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0)
-            set_small_buffers(fd);
+            set_origin_socket(fd);
         wd->origin[i] = fd;
         return;
     }
@@ -674,7 +688,7 @@ static int *origin_sel(world_t *wd, int sel)
     if (*fd < 0) {
         *fd = accept4(origin_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (*fd >= 0)
-            set_small_buffers(*fd);
+            set_origin_socket(*fd);
     }
     return fd;
 }
