@@ -86,7 +86,7 @@ typedef struct lp_h2u_stream_s {
     uint8_t fail_kind;      /* lp_fail_kind_t; LP_FAIL_NONE: not failed */
     uint8_t no_retry;       /* the failure must not be retried (a deadline) */
     uint8_t replay_over;    /* more than H2U_REPLAY_MAX was sent: `replay` was dropped */
-    uint8_t refusals;       /* the try's streams refused before this one (bounded) */
+    uint8_t refusals;       /* the try's streams sent again before this one (bounded) */
     uint8_t out_eof;        /* the request body is complete */
     uint8_t deferred;       /* the data source said DEFERRED: resume it when bytes come */
     uint8_t was_full;       /* out passed the high watermark: resume the client below low */
@@ -710,7 +710,10 @@ static lp_h2u_t *h2u_new(lp_worker_t *w, lp_req_t *req, lp_pool_t *t)
 /* The stream limit: ours, or the upstream's SETTINGS_MAX_CONCURRENT_STREAMS if lower. */
 static int h2u_has_room(const lp_h2u_t *h)
 {
-    if (h->dead || h->goaway || (h->ep.flags & LP_EPF_CLOSING))
+    /* nghttp2 takes no new stream once a GOAWAY went either way (ours after a protocol
+     * error): such streams would be refused at once, and sent again here, without end. */
+    if (h->dead || h->goaway || (h->ep.flags & LP_EPF_CLOSING) ||
+        !nghttp2_session_check_request_allowed(h->s))
         return 0;
     uint32_t peer =
         nghttp2_session_get_remote_settings(h->s, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
@@ -814,8 +817,9 @@ static void stream_fail(lp_h2u_stream_t *st)
     /* Refused (GOAWAY above its id, REFUSED_STREAM): the upstream did nothing with it, so
      * it goes again on another connection, whatever its method; so does a stream of a
      * connection that was up already and failed before any answer (a stale one). */
-    int again = fresh && ((st->close_code == NGHTTP2_REFUSED_STREAM && st->refusals < 3) ||
-                          (st->reused && kind == LP_FAIL_RESET && lp__try_replayable(req)));
+    int again = fresh && st->refusals < 3 &&
+                (st->close_code == NGHTTP2_REFUSED_STREAM ||
+                 (st->reused && kind == LP_FAIL_RESET && lp__try_replayable(req)));
     int elsewhere = !(req->flags & LP_RF_RESP_STARTED) && !again && !st->no_retry &&
                     (kind == LP_FAIL_CONNECT || (!st->head_given && lp__try_replayable(req)));
     const char *addr = t->addr.text; /* pools live as long as the worker */

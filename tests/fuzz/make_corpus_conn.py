@@ -211,6 +211,12 @@ H2UP_SEEDS = {
 }
 
 
+# corpus_conn_h2up/h2up_refused_loop_regression is not written here: an input libFuzzer
+# found (fuzz_conn_h2up), kept as it is. Two requests bounced between two upstream
+# connections without end: one had sent GOAWAY (a frame too large) and still looked roomy,
+# and stale-connection retries were unbounded (h2_up.c h2u_has_room, stream_fail).
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     for sub, seeds in (("corpus_conn", SEEDS), ("corpus_conn_lua", LUA_SEEDS),
