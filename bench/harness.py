@@ -15,6 +15,7 @@ Environment (all optional):
   PROXIES         which proxies to run       (default "luaproxy nginx")
   ONLY            regex: run only scenarios whose name matches
   IDLE_CONNS      idle keep-alive connections for the memory test (default 10000; 0 skips)
+  IDLE_H2         idle HTTP/2-over-TLS connections for the h2 memory test (default 3000; 0 skips)
   CPU_PROXY       CPU the proxies are pinned to        (default 0)
   CPU_LOAD        CPU wrk and the origin are pinned to (default 1)
   RESULTS         JSON output                (default bench/results/latest.json)
@@ -48,6 +49,7 @@ sys.path.insert(0, BENCH_DIR)
 
 import scenarios as scenario_defs  # noqa: E402
 import idle_conns  # noqa: E402
+import idle_h2  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROXY_NAMES = ("luaproxy", "nginx")
@@ -78,6 +80,7 @@ def settings():
         "proxies": [p for p in os.environ.get("PROXIES", "luaproxy nginx").split() if p],
         "only": os.environ.get("ONLY", ""),
         "idle_conns": int(os.environ.get("IDLE_CONNS", "10000")),
+        "idle_h2": int(os.environ.get("IDLE_H2", "3000")),
         "cpu_proxy": os.environ.get("CPU_PROXY", "0"),
         "cpu_load": os.environ.get("CPU_LOAD", "1"),
         "results": _abspath(os.environ.get("RESULTS", "bench/results/latest.json")),
@@ -345,7 +348,7 @@ def start_origin(s, procs, workdir):
             with open(os.path.join(d, "www", "f_%d" % n), "wb") as f:
                 f.write(b"x" * n)
         conf = os.path.join(d, "nginx.conf")
-        _write_nginx_conf(conf, STANDIN_ORIGIN_CONF, d, port, 0)
+        _write_nginx_conf(conf, STANDIN_ORIGIN_CONF, d, port, 0, s)
         p = procs.start("origin", [s["nginx"], "-p", d, "-e", d + "/error.log", "-c", conf,
                                    "-g", "daemon off;"], d, s["cpu_load"], s["pin"])
         if not wait_port(port, p):
@@ -736,33 +739,41 @@ def print_summary(results):
 # ---------------------------------------------------------------------------
 # idle keep-alive connections
 # ---------------------------------------------------------------------------
-def idle_test(s, procs, workdir, origin_port):
-    spec = scenario_defs.IDLE
-    n = s["idle_conns"]
+def idle_test(s, procs, workdir, origin_port, h2=False):
+    """Idle keep-alive memory: HTTP/1.1 (IDLE_CONNS, bench/idle_conns.py) or, with h2,
+    HTTP/2 over TLS (IDLE_H2, bench/idle_h2.py: one GET on stream 1 each, then silent)."""
+    spec = scenario_defs.IDLE_H2 if h2 else scenario_defs.IDLE
+    opener = idle_h2 if h2 else idle_conns
+    n = s["idle_h2"] if h2 else s["idle_conns"]
+    scheme = "https" if h2 else "http"
     out = {"connections": n, "path": spec["path"]}
     log()
-    log("== idle keep-alive connections: %d, one GET %s each, then silent ==" % (n, spec["path"]))
+    log("== idle %s connections: %d, one GET %s each, then silent ==" % (
+        "HTTP/2 (TLS, ALPN h2)" if h2 else "keep-alive", n, spec["path"]))
     for name in s["proxies"]:
         px = start_proxy(s, procs, workdir, name, spec[name], origin_port)
         try:
-            if not sanity(px, spec["path"]):
+            if not sanity(px, spec["path"], scheme):
                 raise StartError("%s: %s" % (name, px.failed))
             # warm up: one-time allocations (VM, pools) are not per-connection cost
-            run_wrk(s, procs, px, {"path": spec["path"], "connections": 8}, 1)
+            run_wrk(s, procs, px, {"path": spec["path"], "connections": 8, "scheme": scheme}, 1)
+            if h2:  # and the h2 code paths once (sessions, HPACK tables, TLS buffers)
+                warm, _ = opener.open_idle(px.port, 50, spec["path"])
+                opener.close_all(warm)
             time.sleep(0.5)
             before = rss_kib(px.pid)
             t0 = time.monotonic()
-            socks, failures = idle_conns.open_idle(px.port, n, spec["path"])
+            socks, failures = opener.open_idle(px.port, n, spec["path"])
             opened = time.monotonic() - t0
             time.sleep(1.0)
-            still = idle_conns.count_open(socks)
+            still = opener.count_open(socks)
             after = rss_kib(px.pid)
             # Settled: 3 s later, when what the opening burst left in free lists has had
             # time to go back (luaproxy's once-a-second housekeeping; nginx frees at once).
             time.sleep(3.0)
-            still = min(still, idle_conns.count_open(socks))
+            still = min(still, opener.count_open(socks))
             settled = rss_kib(px.pid)
-            idle_conns.close_all(socks)
+            opener.close_all(socks)
             time.sleep(1.0)
             closed = rss_kib(px.pid) if px.alive() else None
             per = (after - before) / still if still else None
@@ -841,7 +852,7 @@ def main():
                     "luaproxy": s["luaproxy"],
                     "origin": "standin-nginx" if s["standin_origin"] else s["origin"],
                     "versions": versions(s)},
-           "scenarios": [], "idle": None}
+           "scenarios": [], "idle": None, "idle_h2": None}
     status = 0
 
     def on_signal(signum, frame):
@@ -941,6 +952,8 @@ def main():
         print_summary(doc["scenarios"])
         if s["idle_conns"] > 0:
             doc["idle"] = idle_test(s, procs, workdir, origin_port)
+        if s["idle_h2"] > 0:
+            doc["idle_h2"] = idle_test(s, procs, workdir, origin_port, h2=True)
     except StartError as e:
         log("\nERROR: %s" % e)
         status = 1

@@ -389,6 +389,15 @@ SCENARIOS.append({
     "note": "h2load -c 50 -m 10 over TLS (ALPN h2); latency columns: h2load's mean",
 })
 
+# The idle HTTP/2 memory test (IDLE_H2, bench/idle_h2.py): the h2 templates above, TLS on
+# both, fresh processes; each connection completes one GET, then stays silent.
+IDLE_H2 = {
+    "connections": 3000,
+    "path": "/",
+    "luaproxy": LUAPROXY_H2,
+    "nginx": NGINX_H2,
+}
+
 # --- a regex per request: proxy.re.match against string.find (luaproxy), and ngx.re.match
 # against string.find (nginx + lua), on the request path. The regex's cost per request is
 # the CPU/req of re-* minus that of find-* (same proxy, same run).

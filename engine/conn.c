@@ -14,6 +14,7 @@
 #include "realip.h"
 #include "errpage.h"
 #include "h2.h"
+#include "h2_util.h"
 #include "log.h"
 #include "lua_api.h"
 #include "lua_vm.h"
@@ -405,6 +406,41 @@ static int conn_respond_local(lp_req_t *req, int status, int keep, const char *d
     return conn_respond_lua(req);
 }
 
+static int conn_response_end(lp_req_t *req);
+
+/* A gRPC call whose response head went out can no longer say its failure in the head: when
+ * the client takes trailers (an HTTP/2 stream, or a chunked HTTP/1.1 response) the body ends
+ * there and grpc-status and grpc-message trailers say why (DEADLINE_EXCEEDED for a 504,
+ * UNAVAILABLE for a 502: errpage.h), which gRPC clients read, where a reset would be a bare
+ * CANCELLED or INTERNAL. Not when a response_body filter or a cache fill holds part of the
+ * body (the reset stays). 1 when it ended the response (the request is gone). */
+static int conn_grpc_fail_trailers(lp_req_t *req, int status, const char *why)
+{
+    if (!(req->flags & LP_RF_GRPC) || (!req->h2s && !(req->flags & LP_RF_RESP_CHUNKED)) ||
+        req->cache.fill || (req->flags & LP_RF_RESP_DONE) ||
+        lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
+        return 0;
+    char code[12], msg[200];
+    size_t clen = lp_u64_to_str((uint64_t)lp_errpage_grpc_status(status), 10, code);
+    size_t mlen = lp_errpage_grpc_message(status, msg, sizeof(msg));
+    char *text = NULL;
+    size_t len = 0;
+    if (lp_h2_text_add(&text, &len, "grpc-status", 11, code, clen) ||
+        lp_h2_text_add(&text, &len, "grpc-message", 12, msg, mlen)) {
+        free(text);
+        return 0;
+    }
+    free(req->resp.trailers); /* none came before the failure, but be sure */
+    req->resp.trailers = text;
+    req->resp.trailers_len = len;
+    req->resp.sent_status = status; /* the log and the metrics say what it stands for */
+    lp_log_warn("%s: %s %.*s: %s after the response started; ending it with grpc-status %d%s",
+                conn_ip(req->conn), llhttp_method_name(req->method), (int)req->h1.path.len,
+                req->h1.path.base, why, lp_errpage_grpc_status(status), lp_trace_tag(req));
+    (void)conn_response_end(req); /* LP_GONE: it ended or left the connection */
+    return 1;
+}
+
 int lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
 {
     lp_conn_t *c = req->conn;
@@ -413,6 +449,8 @@ int lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
         req->try.peer = NULL;
     }
     if (req->flags & LP_RF_RESP_STARTED) {
+        if (conn_grpc_fail_trailers(req, status, why))
+            return LP_GONE;
         /* Mid-response: closing is the only way to show the client the truncation. */
         lp_log_warn("%s: %s %.*s: %s after the response started; closing%s", conn_ip(c),
                     llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base, why,

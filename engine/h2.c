@@ -5,6 +5,7 @@
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 #include "h2.h"
+#include "h2_mem.h"
 #include "h2_util.h"
 #include "log.h"
 #include "metrics.h"
@@ -82,7 +83,16 @@ typedef struct lp_h2_s {
     uint8_t goaway;        /* GOAWAY sent: close when no stream is left */
     uint8_t bye;           /* a fatal error: send what is queued, then close */
     uint8_t more;          /* h2_send stopped with output left and no write in flight */
+    /* Idle memory (h2_idle_arm): the idle timer first runs H2_IDLE_TRIM_MS, gives the
+     * session's frame buffer back (h2_mem.h), then runs out the rest of idle_timeout. */
+    uint8_t trimmed;  /* done for this idle spell */
+    uint64_t idle_at; /* ms: the connection had no open stream from then */
+    lp_h2_mem_t mem;  /* nghttp2's memory hooks (nghttp2 keeps a pointer to it) */
 } lp_h2_t;
+
+/* An idle connection gives back its session's frame buffer after this many ms without an
+ * open stream (not at once: a client between two requests would pay it each time). */
+#define H2_IDLE_TRIM_MS 1000
 
 static const lp_h2_conf_t *CONF(const lp_h2_t *h2)
 {
@@ -112,6 +122,7 @@ int lp_h2_is_preface(const char *p, size_t len)
 /* ---- output ---- */
 
 static size_t h2_fill(lp_h2_t *h2);
+static uint64_t h2_idle_arm(lp_h2_t *h2);
 
 /* What the session has to send goes to the endpoint while it holds less than the high
  * watermark (the rest waits in the streams, bounded by their own watermark). */
@@ -319,10 +330,37 @@ static void h2_leave(lp_h2_t *h2, int full)
      * when its write completes at once no `written` comes to arm the idle timer later. */
     if (!h2->nopen && c->ep.tmode != H2_TM_IDLE && c->ep.tmode != H2_TM_SEND &&
         c->ep.tmode != H2_TM_KICK)
-        lp_ep_timer(&c->ep, H2_TM_IDLE, CONF(h2)->idle_timeout);
+        lp_ep_timer(&c->ep, H2_TM_IDLE, h2_idle_arm(h2));
     else if (h2->nopen && c->ep.tmode == H2_TM_IDLE)
         lp_ep_timer(&c->ep, LP_EP_TM_NONE, 0);
     h2_stall_arm(h2);
+}
+
+/* ---- idle memory ---- */
+
+/* The connection has just become idle: the idle timer's first run, H2_IDLE_TRIM_MS (or
+ * idle_timeout when shorter), trims memory (h2_idle_trim). */
+static uint64_t h2_idle_arm(lp_h2_t *h2)
+{
+    uint64_t to = CONF(h2)->idle_timeout;
+    h2->idle_at = uv_now(h2->c->ep.env->loop);
+    h2->trimmed = 0;
+    return to > H2_IDLE_TRIM_MS ? H2_IDLE_TRIM_MS : to;
+}
+
+/* The idle timer ran before idle_timeout: the frame buffer goes back to the kernel when
+ * the session has nothing to send, and the timer runs out the rest. 0 when it is
+ * idle_timeout's turn. */
+static int h2_idle_trim(lp_h2_t *h2)
+{
+    uint64_t to = CONF(h2)->idle_timeout, idle = uv_now(h2->c->ep.env->loop) - h2->idle_at;
+    if (h2->trimmed || idle >= to)
+        return 0;
+    if (!nghttp2_session_want_write(h2->s))
+        lp_h2_mem_trim(&h2->mem);
+    h2->trimmed = 1;
+    lp_ep_timer(&h2->c->ep, H2_TM_IDLE, to - idle);
+    return 1;
 }
 
 /* ---- the request head ---- */
@@ -719,7 +757,11 @@ int lp_h2_start(lp_conn_t *c)
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, cf->hpack_table_size);
     nghttp2_option_set_max_continuations(opt, cf->max_continuations);
     nghttp2_option_set_max_outbound_ack(opt, 1000);
-    int rv = nghttp2_session_server_new2(&h2->s, cb, h2, opt);
+    nghttp2_option_set_no_closed_streams(opt, 1);
+    lp_h2_mem_init(&h2->mem);
+    h2->mem.capturing = 1;
+    int rv = nghttp2_session_server_new3(&h2->s, cb, h2, opt, &h2->mem.mem);
+    h2->mem.capturing = 0;
     nghttp2_session_callbacks_del(cb);
     nghttp2_option_del(opt);
     if (rv) {
@@ -814,6 +856,8 @@ void lp_h2_timeout(lp_conn_t *c, int mode)
         h2_leave(h2, 1);
         return;
     }
+    if (mode == H2_TM_IDLE && !h2->nopen && h2_idle_trim(h2))
+        return;
     if (mode == H2_TM_IDLE && !h2->nopen && !(c->flags & LP_CF_CLOSE_AFTER)) {
         nghttp2_submit_goaway(h2->s, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(h2->s), NGHTTP2_NO_ERROR,
@@ -1020,11 +1064,11 @@ static void h2_end(lp_req_t *req)
     if (!st)
         return;
     st->out_eof = 1;
-    if (req->resp.trailers && !st->no_body) {
-        st->trailers = req->resp.trailers; /* the stream sends them after its request ends */
+    if (req->resp.trailers && !st->no_body && (st->trailers = malloc(req->resp.trailers_len + 1))) {
+        /* A copy the stream sends after its request ended; the request keeps its own for
+         * req:resp_trailers() in the log phase. (Out of memory: none are sent.) */
+        memcpy(st->trailers, req->resp.trailers, req->resp.trailers_len + 1);
         st->trailers_len = req->resp.trailers_len;
-        req->resp.trailers = NULL;
-        req->resp.trailers_len = 0;
     }
     if (st->deferred) {
         st->deferred = 0;

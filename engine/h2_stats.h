@@ -1,5 +1,6 @@
-/* HTTP/2 downstream counters for GET /status and GET /metrics: the workers' LP_WM_H2_*
- * cells (metrics.h), which h2.c counts. Main thread; relaxed reads of the workers' cells. */
+/* HTTP/2 counters for GET /status and GET /metrics: the workers' LP_WM_H2_* cells
+ * (metrics.h), which h2.c counts (client connections), and LP_WM_H2U_*, which h2_up.c counts
+ * (connections to h2 upstreams). Main thread; relaxed reads of the workers' cells. */
 #ifndef LP_H2_STATS_H
 #define LP_H2_STATS_H
 

@@ -86,7 +86,7 @@ typedef struct lp_h2u_stream_s {
     uint8_t fail_kind;      /* lp_fail_kind_t; LP_FAIL_NONE: not failed */
     uint8_t no_retry;       /* the failure must not be retried (a deadline) */
     uint8_t replay_over;    /* more than H2U_REPLAY_MAX was sent: `replay` was dropped */
-    uint8_t refusals;       /* the try's streams refused before this one (bounded) */
+    uint8_t refusals;       /* the try's streams sent again before this one (bounded) */
     uint8_t out_eof;        /* the request body is complete */
     uint8_t deferred;       /* the data source said DEFERRED: resume it when bytes come */
     uint8_t was_full;       /* out passed the high watermark: resume the client below low */
@@ -205,6 +205,12 @@ static void stream_free(lp_h2u_stream_t *st)
 
 /* The request lets go of the stream (it ended, failed or moved on): reset unless it is
  * over. */
+/* One more in this worker's upstream HTTP/2 counter `cell` (LP_WM_H2U_*, h2_stats.c). */
+static void h2u_count(const lp_h2u_t *h, int cell, uint64_t n)
+{
+    LP_M_ADD(&lp_ep_worker(&h->ep)->m_cells[cell], n);
+}
+
 static void stream_unbind(lp_h2u_stream_t *st)
 {
     lp_req_t *req = st->peer.req;
@@ -214,8 +220,9 @@ static void stream_unbind(lp_h2u_stream_t *st)
         st->peer.req = NULL;
     }
     lp_h2u_t *h = st->h2;
-    if (!st->closed && st->id > 0 && !h->dead)
-        nghttp2_submit_rst_stream(h->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    if (!st->closed && st->id > 0 && !h->dead &&
+        !nghttp2_submit_rst_stream(h->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL))
+        h2u_count(h, LP_WM_H2U_RST_SENT, 1);
     q_free(&st->in);
     if (st->owed && !st->closed && st->id > 0 && !h->dead)
         nghttp2_session_consume_stream(h->s, st->id, st->owed);
@@ -523,6 +530,7 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, lp_h2u_stream_t *
     st->id = id;
     lp_list_insert_tail(&h->streams, &st->link);
     h->nlive++;
+    h2u_count(h, LP_WM_H2U_STREAMS, 1);
     st->peer.req = req;
     req->try.peer = &st->peer;
     st->peer.nrequests = 1;
@@ -579,10 +587,13 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         /* Streams above its last id are closed by nghttp2 (REFUSED_STREAM): they go again
          * on another connection. This one takes no new stream. */
         h->goaway = 1;
+        h2u_count(h, LP_WM_H2U_GOAWAY_RECV, 1);
         lp_log_info("upstream %s: GOAWAY (last stream %d, code %u)", h->pool->addr.text,
                     (int)f->goaway.last_stream_id, f->goaway.error_code);
         return 0;
     }
+    if (f->hd.type == NGHTTP2_RST_STREAM)
+        h2u_count(h, LP_WM_H2U_RST_RECV, 1);
     lp_h2u_stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (!st)
         return 0;
@@ -624,6 +635,7 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
     st->closed = 1;
     st->close_code = code;
     h->nlive--;
+    h2u_count(h, LP_WM_H2U_STREAMS_CLOSED, 1);
     st->dirty = 1;
     return 0;
 }
@@ -691,13 +703,17 @@ static lp_h2u_t *h2u_new(lp_worker_t *w, lp_req_t *req, lp_pool_t *t)
     }
     lp_ep_init(&h->ep, &w->ep_env, &h2u_ops);
     lp_list_insert_tail(&t->h2conns, &h->link);
+    h2u_count(h, LP_WM_H2U_CONNS, 1);
     return h;
 }
 
 /* The stream limit: ours, or the upstream's SETTINGS_MAX_CONCURRENT_STREAMS if lower. */
 static int h2u_has_room(const lp_h2u_t *h)
 {
-    if (h->dead || h->goaway || (h->ep.flags & LP_EPF_CLOSING))
+    /* nghttp2 takes no new stream once a GOAWAY went either way (ours after a protocol
+     * error): such streams would be refused at once, and sent again here, without end. */
+    if (h->dead || h->goaway || (h->ep.flags & LP_EPF_CLOSING) ||
+        !nghttp2_session_check_request_allowed(h->s))
         return 0;
     uint32_t peer =
         nghttp2_session_get_remote_settings(h->s, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
@@ -801,8 +817,9 @@ static void stream_fail(lp_h2u_stream_t *st)
     /* Refused (GOAWAY above its id, REFUSED_STREAM): the upstream did nothing with it, so
      * it goes again on another connection, whatever its method; so does a stream of a
      * connection that was up already and failed before any answer (a stale one). */
-    int again = fresh && ((st->close_code == NGHTTP2_REFUSED_STREAM && st->refusals < 3) ||
-                          (st->reused && kind == LP_FAIL_RESET && lp__try_replayable(req)));
+    int again = fresh && st->refusals < 3 &&
+                (st->close_code == NGHTTP2_REFUSED_STREAM ||
+                 (st->reused && kind == LP_FAIL_RESET && lp__try_replayable(req)));
     int elsewhere = !(req->flags & LP_RF_RESP_STARTED) && !again && !st->no_retry &&
                     (kind == LP_FAIL_CONNECT || (!st->head_given && lp__try_replayable(req)));
     const char *addr = t->addr.text; /* pools live as long as the worker */
@@ -819,7 +836,10 @@ static void stream_fail(lp_h2u_stream_t *st)
         int made = !nh;
         if (made)
             nh = h2u_new(req->w, req, t);
+        int cell = st->close_code == NGHTTP2_REFUSED_STREAM ? LP_WM_H2U_RETRY_REFUSED
+                                                            : LP_WM_H2U_RETRY_STALE;
         if (nh && stream_new(nh, req, st)) {
+            h2u_count(h, cell, 1);
             nh->depth++;
             if (made && h2u_connect(nh))
                 h2u_die(nh, LP_FAIL_CONNECT, 502, nh->why);
@@ -1118,6 +1138,7 @@ static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why)
         if (!st->closed) {
             st->closed = 1;
             h->nlive--;
+            h2u_count(h, LP_WM_H2U_STREAMS_CLOSED, 1);
         }
         if (st->peer.req)
             stream_fail_later(st, kind, status, h->why);
@@ -1250,6 +1271,8 @@ static void h2u_on_closed(lp_endpoint_t *ep)
     lp_h2u_t *h = h2u_of(ep);
     lp_list_remove(&h->link);
     nghttp2_session_del(h->s);
+    h2u_count(h, LP_WM_H2U_STREAMS_CLOSED, h->nlive); /* nghttp2 closes no stream when it ends */
+    h2u_count(h, LP_WM_H2U_CONNS_CLOSED, 1);
     while (h->streams.next != &h->streams) {
         lp_h2u_stream_t *st = LP_CONTAINER_OF(h->streams.next, lp_h2u_stream_t, link);
         if (st->peer.req && st->peer.req->try.peer == &st->peer)

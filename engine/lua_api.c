@@ -395,6 +395,14 @@ int lp_ffi_tls_get(void *rp, int what, lp_str_t *out)
     return 0;
 }
 
+int lp_ffi_trailers(void *rp, int resp, lp_str_t *out)
+{
+    const lp_req_t *r = rp;
+    const char *t = resp ? r->resp.trailers : r->trailers;
+    set_out(out, t ? t : "", t ? (resp ? r->resp.trailers_len : r->trailers_len) : 0);
+    return 0;
+}
+
 int lp_ffi_status(void *rp)
 {
     return ((lp_req_t *)rp)->resp.status;

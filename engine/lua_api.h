@@ -411,4 +411,9 @@ double lp_ffi_cache_upstream_length(void *r);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
 void lp_ffi_cache_count(void *zone, int what);
 
+/* req:trailers() (resp 0: the client's request trailers) and req:resp_trailers() (resp 1:
+ * the upstream's response trailers): their fields as "name: value\r\n" lines in *out (empty
+ * when none came, or not yet), valid until the request ends. Always 0. */
+int lp_ffi_trailers(void *r, int resp, lp_str_t *out);
+
 #endif

@@ -133,6 +133,16 @@ enum {
     LP_WM_H2_FLOOD_HEADERS,  /* streams reset: header list over http2.max_header_list_size */
     LP_WM_H2_STALL_STREAM,   /* streams reset: the client's stream window stayed shut */
     LP_WM_H2_STALL_CONN,     /* connections closed: the client's connection window stayed shut */
+    /* #17 HTTP/2 upstream connections (h2_up.c counts, h2_stats.c reports). */
+    LP_WM_H2U_CONNS,          /* connections made to h2 upstreams */
+    LP_WM_H2U_CONNS_CLOSED,   /* ... that went */
+    LP_WM_H2U_STREAMS,        /* streams started on them */
+    LP_WM_H2U_STREAMS_CLOSED, /* ... closed (by nghttp2, or with their connection) */
+    LP_WM_H2U_GOAWAY_RECV,    /* GOAWAY frames the upstreams sent */
+    LP_WM_H2U_RST_RECV,       /* RST_STREAM frames the upstreams sent */
+    LP_WM_H2U_RST_SENT,       /* RST_STREAM frames we sent them */
+    LP_WM_H2U_RETRY_REFUSED,  /* streams sent again: refused (GOAWAY, REFUSED_STREAM) */
+    LP_WM_H2U_RETRY_STALE,    /* ... a reused connection failed before any answer */
     LP_WM_N,
 };
 

@@ -186,6 +186,7 @@ int lp_ffi_cache_window(void *r, double first, double n);
 double lp_ffi_cache_upstream_length(void *r);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
 void lp_ffi_cache_count(void *zone, int what);
+int lp_ffi_trailers(void *r, int resp, lp_str_t *out);
 ]]
 
 return {

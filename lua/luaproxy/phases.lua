@@ -41,6 +41,11 @@ M.methods = {
   -- request body copy and replacement (engine/req_body.c)
   tee_body = { request = true }, teed_body = { log = true }, set_body = { request = true },
   set_query = REQ_WRITE,
+  -- trailer fields (docs/lua-api.md): the client's once its body ended, the upstream's at
+  -- the body's end (response_body's eof call) and in log
+  trailers = { request = true, upstream = true, response = true, response_body = true,
+    log = true },
+  resp_trailers = { response_body = true, log = true },
   -- the response body goes out compressed (the compression plugin; engine/compress.c)
   compress = RESP_WRITE,
 }

@@ -388,6 +388,30 @@ end
 function methods.resp_header(h, name) check(h, "resp_header") return get_header(h, 1, name) end
 function methods.resp_headers(h) check(h, "resp_headers") return all_headers(h, 1) end
 
+-- Trailer fields ("name: value\r\n" lines in the engine) as a table like headers():
+-- lower-case name -> value, a list when repeated; empty when there are none (yet).
+local function trailers(h, resp)
+  C.lp_ffi_trailers(h._r, resp, s1)
+  local out = {}
+  if s1[0].len == 0 then return out end
+  local text = ffi_string(s1[0].base, s1[0].len)
+  for name, value in text:gmatch("([^:\r\n]+): ([^\r\n]*)\r\n") do
+    name = lower(name)
+    local old = out[name]
+    if old == nil then
+      out[name] = value
+    elseif type(old) == "table" then
+      old[#old + 1] = value
+    else
+      out[name] = { old, value }
+    end
+  end
+  return out
+end
+
+function methods.trailers(h) check(h, "trailers") return trailers(h, 0) end
+function methods.resp_trailers(h) check(h, "resp_trailers") return trailers(h, 1) end
+
 function methods.set_resp_header(h, name, value)
   check(h, "set_resp_header")
   if value == nil then return set_header(h, 1, K.HCLEAR, name, nil, "req:set_resp_header") end

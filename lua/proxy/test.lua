@@ -555,6 +555,8 @@ function T.request(spec)
     _max_log_fields = spec.max_log_fields,
     _trace = trace_from_spec(spec),
     _body_incomplete = spec.body_incomplete,
+    _trailers = h_from_spec(spec.trailers, "request"),
+    _resp_trailers = {},
   }, Req)
   if spec.upstream and known and not known[spec.upstream] then
     phases.raise("proxy.test.request(): upstream " .. spec.upstream .. " is not in upstreams", 2)
@@ -889,6 +891,20 @@ function Req:teed_body()
   return self._body
 end
 
+-- Trailer fields (spec.trailers of T.request: the client's; of T.response: the
+-- upstream's), as tables like req:headers(). The engine has the upstream's only from the
+-- body's end on (response_body's eof call, log); the double gives them in every phase
+-- that may ask.
+function Req:trailers()
+  check("trailers", self._phase)
+  return h_table(self._trailers)
+end
+
+function Req:resp_trailers()
+  check("resp_trailers", self._phase)
+  return h_table(self._resp_trailers)
+end
+
 -- Records the body sent upstream (res.request_body); the client's body is unchanged.
 function Req:set_body(body)
   check("set_body", self._phase)
@@ -1018,13 +1034,15 @@ T.Req = Req
 --   status = 200, headers = { Name = "v" or list }, body = "" (string or list of chunks),
 --   length_unknown = true (the upstream sent no Content-Length: req:compress() ignores
 --   its min_length),
---   addr = "127.0.0.1:9000" (req:upstream_addr(); the target when one was set).
+--   addr = "127.0.0.1:9000" (req:upstream_addr(); the target when one was set),
+--   trailers = { ["grpc-status"] = "0" } (req:resp_trailers()).
 function T.response(req, spec)
   spec = spec or {}
   local status = spec.status or 200
   check_status("response", status)
   req._status = status
   req._resp_headers = h_from_spec(spec.headers, "response")
+  req._resp_trailers = h_from_spec(spec.trailers, "response")
   local body = spec.body or ""
   if type(body) == "table" then body = concat(body) end
   req._resp_body = body

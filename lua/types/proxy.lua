@@ -204,6 +204,14 @@ function Request:resp_header(name) end
 ---Phases: response, response_body, log.
 ---@return table<string, string|string[]>
 function Request:resp_headers() end
+---Every phase but init_worker. The client's trailer fields (an HTTP/2 client's trailers),
+---empty until its body ended (always complete in log).
+---@return table<string, string|string[]>
+function Request:trailers() end
+---Phases: response_body (at eof), log. The upstream's trailer fields (HTTP/2 trailers,
+---chunked trailers; grpc-status), empty when none came.
+---@return table<string, string|string[]>
+function Request:resp_trailers() end
 ---Phase: response. `value` nil clears.
 ---@param name string
 ---@param value string|number|(string|number)[]|nil

@@ -57,6 +57,10 @@ local C = {
     end
     return 0
   end,
+  lp_ffi_trailers = function(_, resp, out)
+    out_str(out, (resp == 1 and E.resp_trailers or E.req_trailers) or "")
+    return 0
+  end,
   lp_ffi_header_count = function(_, resp) return #(resp == 1 and E.resp_headers or E.req_headers) end,
   lp_ffi_header_at = function(_, resp, i, name, value)
     local hd = (resp == 1 and E.resp_headers or E.req_headers)[i + 1]
@@ -464,6 +468,20 @@ describe("luaproxy.request (with the engine's C functions faked)", function()
       assert.same({ { 299 } }, calls_of("set_status"))
       assert.same({ { 1, K.HSET, "X-R", "1" }, { 1, K.HADD, "X-R", "2" }, { 1, K.HCLEAR, "Server", nil },
         { 1, K.HCLEAR, "X-Gone", nil } }, calls_of("header_set"))
+    end)
+
+    it("reads the trailers as header tables (names lower-cased, repeats as lists)", function()
+      E.resp_trailers = "grpc-status: 0\r\nGrpc-Message: ok: fine\r\nx-t: 1\r\nx-t: 2\r\n"
+      E.req_trailers = "x-client: v\r\n"
+      local h = handle("log")
+      assert.same({ ["grpc-status"] = "0", ["grpc-message"] = "ok: fine", ["x-t"] = { "1", "2" } },
+        h:resp_trailers())
+      assert.same({ ["x-client"] = "v" }, h:trailers())
+      E.resp_trailers, E.req_trailers = nil, nil
+      assert.same({}, h:resp_trailers())
+      assert.same({}, h:trailers())
+      assert.error_matches(function() handle("response"):resp_trailers() end,
+        "cannot be called in the response phase", 1, true)
     end)
 
     it("refuses a status the engine refuses, or not a number", function()

@@ -253,6 +253,17 @@ describe("proxy.test", function()
       assert.has_error(function() req:set_status(1000) end)
     end)
 
+    it("gives the trailers of the request and response specs", function()
+      local r = T.request({ trailers = { ["X-Client"] = "v" } })
+      assert.equal("v", r:trailers()["x-client"])
+      assert.error_matches(function() r:resp_trailers() end,
+        "cannot be called in the request phase", 1, true)
+      T.response(r, { trailers = { ["grpc-status"] = "0" } })
+      r:set_phase("log")
+      assert.same({ ["grpc-status"] = "0" }, r:resp_trailers())
+      assert.same({}, T.request():set_phase("log"):resp_trailers())
+    end)
+
     it("refuses respond() outside a phase runner", function()
       assert.error_matches(function() req:respond(200) end, "run the phase with proxy.test", 1, true)
     end)

@@ -36,7 +36,17 @@
  * through conn.c's pipeline to the script's origin; virtual time reaches the idle and
  * send-stall timeouts (a SETTINGS with a window of 0 stalls every stream).
  *
- * Seeds: make_corpus_conn.py writes corpus_conn/, corpus_conn_lua/ and corpus_conn_h2/ (its action
+ * Built with FUZZ_CONN_H2UP as well (the fuzz_conn_h2up target, #17), the upstreams speak
+ * HTTP/2 (`protocol = "h2"`, h2c, max_streams = 2): the proxy's requests become streams of
+ * nghttp2 client sessions (h2_up.c), and the origin can also write whole HTTP/2 frames as
+ * the upstream's answer (h2up_texts: SETTINGS, response HEADERS, DATA, trailers, a
+ * trailers-only gRPC answer, RST_STREAM, GOAWAY, WINDOW_UPDATE, PING, 1xx, a length that
+ * lies), so that they go through nghttp2's client session and h2_up.c's callbacks, the
+ * refused-stream retries, the read and grpc deadlines, and back to HTTP/1.1 and HTTP/2
+ * clients. Raw bytes (o_write) and HTTP/1.1 texts reach the upstream's parser too.
+ *
+ * Seeds: make_corpus_conn.py writes corpus_conn/, corpus_conn_lua/, corpus_conn_h2/ and
+ * corpus_conn_h2up/ (its action
  * and text numbers follow the tables below). FUZZ_CONN_TRACE=1 shows what a script does:
  *   FUZZ_CONN_TRACE=1 build-asan/tests/fuzz/fuzz_conn tests/fuzz/corpus_conn/keepalive */
 #include <errno.h>
@@ -51,6 +61,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -170,6 +181,14 @@ static const char plugin_src[] =
 #else
 #define LISTEN_KEYS ""
 #endif
+#ifdef FUZZ_CONN_H2UP
+#ifndef FUZZ_CONN_H2
+#error "FUZZ_CONN_H2UP builds on FUZZ_CONN_H2"
+#endif
+#define UPSTREAM_KEYS ", protocol = 'h2', max_streams = 2"
+#else
+#define UPSTREAM_KEYS ""
+#endif
 #ifdef FUZZ_CONN_H2
 /* Limits small enough for a script to reach (the window: backpressure on request bodies). */
 #define HTTP2_KEY                                                                                  \
@@ -197,8 +216,9 @@ static void write_config(const char *path)
             "            max_connections = 2, max_pending = 1, pending_timeout = 0.3,\n"
             "            total_timeout = 3, keepalive = 2, keepalive_timeout = 0.5,\n"
             "            keepalive_requests = 3,\n"
-            "            health = { passive = { failures = 3, ejection = 1 } } },\n"
-            "    solo = { targets = { '%s' }, retries = 0, keepalive = 1 },\n"
+            "            health = { passive = { failures = 3, ejection = 1 } }" UPSTREAM_KEYS
+            " },\n"
+            "    solo = { targets = { '%s' }, retries = 0, keepalive = 1" UPSTREAM_KEYS " },\n"
             "  },\n" HTTP2_KEY "  routes = {\n"
             "    { match = { prefix = '/b/' }, upstream = 'solo', strip_prefix = true },\n"
             "    { match = { prefix = '/' }, upstream = 'app' },\n"
@@ -446,6 +466,67 @@ static const char *const origin_texts[] = {
 
 #define NTEXTS(a) (sizeof(a) / sizeof((a)[0]))
 
+#ifdef FUZZ_CONN_H2UP
+/* HTTP/2 frames an upstream answers with (the proxy's streams are 1, 3, 5...); HPACK: 0x88
+ * :status 200, 0x89 204, literals with indexed names (0x0f 0x10 content-type, 0x0f 0x0d
+ * content-length, 0x08 :status) and new names (grpc-status). */
+static const struct {
+    const char *p;
+    size_t n;
+} h2up_texts[] = {
+    /* 0: SETTINGS (the server preface) */
+    BLOB("\x00\x00\x00\x04\x00\x00\x00\x00\x00"),
+    /* 1: SETTINGS ACK */
+    BLOB("\x00\x00\x00\x04\x01\x00\x00\x00\x00"),
+    /* 2: HEADERS 1 :status 200 */
+    BLOB("\x00\x00\x01\x01\x04\x00\x00\x00\x01\x88"),
+    /* 3: DATA 1 "hello" END_STREAM */
+    BLOB("\x00\x00\x05\x00\x01\x00\x00\x00\x01hello"),
+    /* 4: DATA 1 "hello" */
+    BLOB("\x00\x00\x05\x00\x00\x00\x00\x00\x01hello"),
+    /* 5: HEADERS 1 trailers grpc-status: 0 (END_STREAM) */
+    BLOB("\x00\x00\x0f\x01\x05\x00\x00\x00\x01\x00\x0bgrpc-status\x01"
+         "0"),
+    /* 6: HEADERS 1 trailers-only: 200, application/grpc, grpc-status 14 (END_STREAM) */
+    BLOB("\x00\x00\x24\x01\x05\x00\x00\x00\x01\x88\x0f\x10\x10"
+         "application/grpc\x00\x0bgrpc-status\x02"
+         "14"),
+    /* 7: RST_STREAM 1 INTERNAL_ERROR */
+    BLOB("\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x02"),
+    /* 8: RST_STREAM 1 REFUSED_STREAM */
+    BLOB("\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x07"),
+    /* 9: GOAWAY last stream 0 (every stream refused) */
+    BLOB("\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"),
+    /* 10: GOAWAY last stream 1 */
+    BLOB("\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00"),
+    /* 11: HEADERS 3 :status 200, DATA 3 "hi" END_STREAM */
+    BLOB("\x00\x00\x01\x01\x04\x00\x00\x00\x03\x88"
+         "\x00\x00\x02\x00\x01\x00\x00\x00\x03hi"),
+    /* 12: SETTINGS MAX_CONCURRENT_STREAMS 1 */
+    BLOB("\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x01"),
+    /* 13: WINDOW_UPDATE connection +1 MiB */
+    BLOB("\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x10\x00\x00"),
+    /* 14: PING */
+    BLOB("\x00\x00\x08\x06\x00\x00\x00\x00\x00\x01\x02\x03\x04\x05\x06\x07\x08"),
+    /* 15: HEADERS 1 :status 204 (END_STREAM) */
+    BLOB("\x00\x00\x01\x01\x05\x00\x00\x00\x01\x89"),
+    /* 16: HEADERS 1 200 content-length: 5, then DATA 1 "hi" END_STREAM (it lied) */
+    BLOB("\x00\x00\x05\x01\x04\x00\x00\x00\x01\x88\x0f\x0d\x01"
+         "5"
+         "\x00\x00\x02\x00\x01\x00\x00\x00\x01hi"),
+    /* 17: HEADERS 1 :status 100 (interim) */
+    BLOB("\x00\x00\x05\x01\x04\x00\x00\x00\x01\x08\x03"
+         "100"),
+    /* 18: SETTINGS INITIAL_WINDOW_SIZE 0: the request bodies wait */
+    BLOB("\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00\x00"),
+    /* 19: HEADERS 5 :status 200 (END_STREAM) */
+    BLOB("\x00\x00\x01\x01\x05\x00\x00\x00\x05\x88"),
+};
+#define NH2UP (sizeof(h2up_texts) / sizeof(h2up_texts[0]))
+#else
+#define NH2UP 0
+#endif
+
 enum {
     A_CONNECT,  /* a new client connection, if a slot is free */
     A_C_WRITE,  /* client writes n (operand) bytes taken from the input */
@@ -487,6 +568,19 @@ static void set_small_buffers(int fd)
     int small = SMALL_BUF, big = 256 * 1024;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+}
+
+/* An origin connection's socket. An HTTP/2 upstream's answer is several small frames (one
+ * o_text each): Nagle's algorithm would hold each behind the proxy's delayed ACK of the one
+ * before, 40 ms of real time that a script (virtual time) never waits, so the frames would
+ * come only at teardown. */
+static void set_origin_socket(int fd)
+{
+    set_small_buffers(fd);
+#ifdef FUZZ_CONN_H2UP
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+#endif
 }
 
 /* The proxy's sockets get small kernel buffers too (setting them stops the kernel's
@@ -581,7 +675,7 @@ static void origin_accept(world_t *wd)
             continue;
         int fd = accept4(origin_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0)
-            set_small_buffers(fd);
+            set_origin_socket(fd);
         wd->origin[i] = fd;
         return;
     }
@@ -594,7 +688,7 @@ static int *origin_sel(world_t *wd, int sel)
     if (*fd < 0) {
         *fd = accept4(origin_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (*fd >= 0)
-            set_small_buffers(*fd);
+            set_origin_socket(*fd);
     }
     return fd;
 }
@@ -647,7 +741,15 @@ static void run_script(world_t *wd, input_t *in)
         case A_O_TEXT: {
             if ((op = next(in)) < 0)
                 return;
-            const char *t = origin_texts[op % NTEXTS(origin_texts)];
+            size_t ti = (size_t)op % (NTEXTS(origin_texts) + NH2UP);
+#ifdef FUZZ_CONN_H2UP
+            if (ti >= NTEXTS(origin_texts)) {
+                fd_send(*origin_sel(wd, sel), h2up_texts[ti - NTEXTS(origin_texts)].p,
+                        h2up_texts[ti - NTEXTS(origin_texts)].n);
+                break;
+            }
+#endif
+            const char *t = origin_texts[ti];
             fd_send(*origin_sel(wd, sel), t, strlen(t));
             break;
         }

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the seed scripts of fuzz_conn (tests/fuzz/fuzz_conn.c) into corpus_conn/ (and of
-its variants into corpus_conn_lua/ and corpus_conn_h2/).
+its variants into corpus_conn_lua/, corpus_conn_h2/ and corpus_conn_h2up/).
 
 Each seed is a script in fuzz_conn's encoding: one byte per action (action + NACT * selector,
 the selector naming the client or origin connection), followed by its operands. The action
@@ -164,10 +164,63 @@ H2_SEEDS = {
 }
 
 
+# h2up_texts of fuzz_conn_h2up only (FUZZ_CONN_H2UP), after the 16 origin_texts: frames an
+# HTTP/2 upstream answers the proxy's streams (1, 3, 5...) with
+U_SETTINGS, U_SETTINGS_ACK, U_HEAD1, U_DATA1_END, U_DATA1, U_TRAILERS1, U_TRAILERS_ONLY1, \
+    U_RST1, U_REFUSED1, U_GOAWAY0, U_GOAWAY1, U_HEAD_DATA3, U_MAX_STREAMS1, U_WU_CONN, U_PING, \
+    U_204_1, U_BAD_CL1, U_100_1, U_WIN0, U_HEAD5_END = range(16, 36)
+
+
+def up(sel=0, *texts):
+    """The origin (connection sel) writes these h2up_texts."""
+    return b"".join(a(O_TEXT, sel, t) for t in texts)
+
+
+H2UP_SEEDS = {
+    # Two GETs from an HTTP/1.1 client on one upstream h2 connection (streams 1 and 3), then
+    # its keepalive timeout.
+    "h2up_get": a(CONNECT) + a(C_TEXT, 0, C_GET) + run() + a(O_READ)
+    + up(0, U_SETTINGS, U_SETTINGS_ACK, U_HEAD1, U_DATA1_END) + run() + a(C_READ)
+    + a(C_TEXT, 0, C_GET) + run() + a(O_READ) + up(0, U_HEAD_DATA3, U_PING) + run() + a(C_READ)
+    + a(TIME, 0, T1100) + run() + a(O_READ),
+    # gRPC-like: an HTTP/2 client's POST with a body; the upstream answers with a body and
+    # trailers, then a trailers-only answer on the next stream.
+    "h2up_trailers": a(CONNECT) + a(C_TEXT, 0, H_PREFACE) + a(C_TEXT, 0, H_POST3)
+    + a(C_TEXT, 0, H_DATA3_END) + run() + a(O_READ)
+    + up(0, U_SETTINGS, U_HEAD1, U_DATA1, U_TRAILERS1) + run() + a(C_READ)
+    + a(C_TEXT, 0, H_GET7) + run() + a(O_READ) + up(0, U_TRAILERS_ONLY1, U_HEAD_DATA3) + run()
+    + a(C_READ),
+    # GOAWAY refuses the stream: it goes again on a new connection (the origin's second).
+    "h2up_refused": a(CONNECT) + a(C_TEXT, 0, C_GET) + run() + a(O_READ)
+    + up(0, U_SETTINGS, U_GOAWAY0) + run() + a(O_ACCEPT) + a(O_READ, 1)
+    + up(1, U_SETTINGS, U_REFUSED1) + run() + a(O_READ, 2) + up(2, U_SETTINGS, U_HEAD1)
+    + up(2, U_DATA1_END) + run() + a(C_READ),
+    # A reset after the head (the client's answer is cut), a lying length, 204, a 1xx.
+    "h2up_reset": a(CONNECT) + a(C_TEXT, 0, C_GET) + run() + a(O_READ)
+    + up(0, U_SETTINGS, U_HEAD1, U_DATA1, U_RST1) + run() + a(C_READ) + a(CONNECT)
+    + a(C_TEXT, 1, C_GET) + run() + a(O_READ) + up(0, U_BAD_CL1, U_HEAD_DATA3) + run()
+    + a(C_READ, 1) + a(C_TEXT, 1, C_HEAD) + run() + a(O_READ) + up(0, U_100_1, U_HEAD5_END)
+    + run() + a(C_READ, 1),
+    # The read timeout after the head (h2 client: the stream is reset), windows of 0 for a
+    # request body, one stream at a time, and the origin going away.
+    "h2up_timeouts": a(CONNECT) + a(C_TEXT, 0, H_PREFACE) + a(C_TEXT, 0, H_GET1) + run()
+    + a(O_READ) + up(0, U_SETTINGS, U_MAX_STREAMS1, U_WIN0, U_HEAD1) + run()
+    + a(C_TEXT, 0, H_POST3) + a(C_TEXT, 0, H_DATA3_END) + run() + a(TIME, 0, T510) + run()
+    + a(C_READ) + a(O_READ) + up(0, U_WU_CONN, U_204_1) + a(O_CLOSE) + run() + a(C_READ)
+    + a(TIME, 0, T1100) + run(),
+}
+
+
+# corpus_conn_h2up/h2up_refused_loop_regression is not written here: an input libFuzzer
+# found (fuzz_conn_h2up), kept as it is. Two requests bounced between two upstream
+# connections without end: one had sent GOAWAY (a frame too large) and still looked roomy,
+# and stale-connection retries were unbounded (h2_up.c h2u_has_room, stream_fail).
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     for sub, seeds in (("corpus_conn", SEEDS), ("corpus_conn_lua", LUA_SEEDS),
-                       ("corpus_conn_h2", H2_SEEDS)):
+                       ("corpus_conn_h2", H2_SEEDS), ("corpus_conn_h2up", H2UP_SEEDS)):
         out = os.path.join(here, sub)
         os.makedirs(out, exist_ok=True)
         for name, data in seeds.items():

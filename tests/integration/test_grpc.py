@@ -10,6 +10,7 @@ error, RESOURCE_EXHAUSTED for a limit).
 Handlers are generic (raw bytes, no protoc code generation); the server runs in this
 process (grpcio threads) and is stopped by the class cleanups."""
 
+import json
 import os
 import queue
 import socket
@@ -103,14 +104,33 @@ class GrpcTest(H.ProxyTestCase):
         cls.server.start()
         cls.addClassCleanup(cls.server.stop, None)
         cls.addClassCleanup(cls.svc.release.set)
+        cls.breaker = BreakingUpstream()
+        cls.addClassCleanup(cls.breaker.stop)
+        plugdir = H.Workdir.new("grpc-plugins")
+        for name, text in PLUGINS.items():
+            with open(os.path.join(plugdir, name + ".lua"), "w") as f:
+                f.write(text)
         ups = {
+            "breaker": H.upstream(cls.breaker.port, protocol="h2", retries=0),
             "grpc": H.upstream(cls.gport, protocol="h2"),
             "grpctls": H.upstream(cls.gtls_port, protocol="h2",
                                   tls={"verify": True, "ca": cls.cert, "sni": "localhost"}),
             "down": H.upstream(H.dead_port(), protocol="h2", retries=0),
         }
+        strip = H.LuaRaw('''function(req)
+                 req:set_path("/" .. req:path():gsub("^/[^.]*%.", ""))
+               end''')
         routes = [
             {"match": {"prefix": "/down."}, "upstream": "down"},
+            {"match": {"prefix": "/break."}, "upstream": "breaker", "plugins": [{"name": "trl"}]},
+            {"match": {"prefix": "/hang."}, "upstream": "breaker",
+             "handler": H.LuaRaw('''function(req)
+                 req:set_header("grpc-timeout", "300m")
+               end''')},
+            {"match": {"prefix": "/trl."}, "upstream": "grpc", "handler": strip,
+             "plugins": [{"name": "trl"}]},
+            {"match": {"prefix": "/trlb."}, "upstream": "grpc", "handler": strip,
+             "plugins": [{"name": "trlb"}]},
             {"match": {"prefix": "/boom."}, "upstream": "grpc",
              "handler": H.LuaRaw('function(req) error("boom") end')},
             {"match": {"prefix": "/limited."}, "upstream": "grpc",
@@ -121,7 +141,9 @@ class GrpcTest(H.ProxyTestCase):
                end''')},
             {"match": {"prefix": "/"}, "upstream": "grpc"},
         ]
-        p = H.Proxy.build(ups, routes, name="grpc", timeouts={"read": 5})
+        p = H.Proxy.build(ups, routes, name="grpc", timeouts={"read": 5},
+                          lua={"plugin_paths": [plugdir]})
+        p.cfg["log"]["json"] = True
         p.cfg["listen"] = [
             {"address": "127.0.0.1:0", "http2": True},
             {"address": "127.0.0.1:0", "http2": True,
@@ -214,6 +236,105 @@ class GrpcTest(H.ProxyTestCase):
             self.call("Slow")(b"", timeout=0.3)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
 
+    # ---- failures after the response head: grpc-status trailers, not a reset
+
+    def test_deadline_after_the_head_gives_deadline_exceeded_trailers(self):
+        # The first message goes out (the head with it), then the proxy's deadline passes
+        # (the upstream, unlike grpcio's server, keeps silent): the stream ends with
+        # trailers saying DEADLINE_EXCEEDED, not RST_STREAM.
+        r = h2_call_split(self.h2c_port, "/break.Svc/hang", b"", [("grpc-timeout", "300m")])
+        self.assertEqual(r["status"], "200")
+        self.assertIsNone(r["reset"], r)
+        self.assertEqual(r["body"], grpc_frame(b"part"))
+        self.assertNotIn("grpc-status", r["head"])
+        self.assertEqual(r["trailers"].get("grpc-status"), "4", r)
+        self.assertIn("504", r["trailers"].get("grpc-message", ""))
+        # A grpcio client reads that status (its own deadline is far later; the route sets
+        # the call's grpc-timeout to 300 ms).
+        call = self.chan.unary_stream("/hang.Svc/hang")(b"", timeout=H.T(10))
+        got = []
+        with self.assertRaises(grpc.RpcError) as cm:
+            for m in call:
+                got.append(m)
+        self.assertEqual(got, [b"part"])
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.assertIn("proxy: 504", cm.exception.details())
+
+    def test_upstream_gone_after_the_head_gives_unavailable_trailers(self):
+        for mode in ("close", "reset"):
+            with self.subTest(mode=mode):
+                r = h2_call_split(self.h2c_port, "/break.Svc/" + mode, b"", [],
+                                  on_data=self.breaker.go.set)
+                self.assertEqual(r["status"], "200")
+                self.assertIsNone(r["reset"], r)
+                self.assertEqual(r["body"], grpc_frame(b"part"))
+                self.assertEqual(r["trailers"].get("grpc-status"), "14", r)
+                self.assertIn("502", r["trailers"].get("grpc-message", ""))
+        # The log phase reads the trailers the proxy sent; the access log says 502.
+        line = self.wait_access(lambda j: "/break.Svc/reset" in j.get("request", ""))
+        self.assertEqual(line.get("gs"), "14", line)
+        self.assertEqual(line.get("status"), 502, line)
+
+    def test_http1_client_gets_the_status_as_chunked_trailers(self):
+        self.breaker.go.set()  # no client-side signal over HTTP/1.1: the upstream goes on
+        req = (b"POST /break.Svc/close HTTP/1.1\r\nHost: grpc.test\r\n"
+               b"Content-Type: application/grpc\r\nTE: trailers\r\nContent-Length: 5\r\n"
+               b"\r\n" + grpc_frame(b""))
+        c = H.Client(self.h2c_port)
+        try:
+            c.send(req)
+            r = c.read_response()
+        finally:
+            c.close()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.framing, "chunked")
+        self.assertTrue(r.complete, "the chunked body ended with its last chunk")
+        self.assertEqual(r.body, grpc_frame(b"part"))
+        self.assertIn(("grpc-status", "14"), [(k.lower(), v) for k, v in r.trailers], r.trailers)
+
+    # ---- Lua sees trailers (req:resp_trailers(), req:trailers())
+
+    def wait_access(self, pred):
+        found = []
+
+        def look():
+            for l in self.proxy.access_lines():
+                try:
+                    j = json.loads(l)
+                except ValueError:
+                    continue
+                if pred(j):
+                    found.append(j)
+                    return True
+            return False
+        H.wait_for(look, H.T(10), what="the access log line")
+        return found[0]
+
+    def test_log_phase_reads_the_upstreams_trailers(self):
+        call = self.chan.unary_stream("/trl.%s/Count" % SVC)(b"2", timeout=H.T(10))
+        self.assertEqual(list(call), [b"n0", b"n1"])
+        line = self.wait_access(lambda j: "/trl.%s/Count" % SVC in j.get("request", ""))
+        self.assertEqual(line.get("gs"), "0", line)
+        # A trailers-only answer (grpcio's errors) has its status in the head instead.
+        with self.assertRaises(grpc.RpcError):
+            self.chan.unary_unary("/trl.%s/Fail" % SVC)(b"lua", timeout=H.T(10))
+        line = self.wait_access(lambda j: "/trl.%s/Fail" % SVC in j.get("request", ""))
+        self.assertEqual((line.get("gs"), line.get("gm")), ("none", "none"), line)
+
+    def test_response_body_sees_the_trailers_at_eof(self):
+        self.assertEqual(self.chan.unary_unary("/trlb.%s/Unary" % SVC)(b"x", timeout=H.T(10)),
+                         b"echo:x")
+        line = self.wait_access(lambda j: "/trlb.%s/Unary" % SVC in j.get("request", ""))
+        self.assertEqual(line.get("eof_gs"), "0", line)
+        self.assertEqual(line.get("before_eof"), "none", line)
+
+    def test_log_phase_reads_the_clients_trailers(self):
+        r = h2_call_split(self.h2c_port, "/trl.%s/Unary" % SVC, b"t", [],
+                          trailers=[("x-client-trailer", "tv")])
+        self.assertEqual(r["trailers"].get("grpc-status"), "0", r)
+        line = self.wait_access(lambda j: "/trl.%s/Unary" % SVC in j.get("request", ""))
+        self.assertEqual(line.get("rt"), "tv", line)
+
     # ---- the proxy's own failures
 
     def test_upstream_down_is_unavailable(self):
@@ -238,6 +359,156 @@ class GrpcTest(H.ProxyTestCase):
         with self.assertRaises(grpc.RpcError) as cm:
             m(b"", timeout=H.T(10))
         self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+# Log-phase and response_body readers of trailers, their findings as access log fields.
+PLUGINS = {
+    "trl": """
+local P = { name = "trl", priority = 10, schema = {} }
+function P.log(req)
+  local t = req:resp_trailers()
+  req:log_field("gs", t["grpc-status"] or "none")
+  req:log_field("gm", t["grpc-message"] or "none")
+  req:log_field("rt", req:trailers()["x-client-trailer"] or "none")
+end
+return P
+""",
+    "trlb": """
+local P = { name = "trlb", priority = 10, schema = {} }
+function P.response_body(req, chunk, eof)
+  local gs = req:resp_trailers()["grpc-status"] or "none"
+  if eof then req:log_field("eof_gs", gs) elseif chunk ~= "" then req:log_field("before_eof", gs) end
+  return chunk
+end
+return P
+""",
+}
+
+
+class BreakingUpstream:
+    """A raw h2c server (python3-h2) that fails each call after its response head: the head
+    and one gRPC message, then, once `go` is set (the test's client got the message, so the
+    proxy had sent the head), it drops the connection (path .../close) or resets the stream
+    (INTERNAL_ERROR, path .../reset); path .../hang sends nothing more (and, unlike grpcio,
+    enforces no deadline of its own)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.go = threading.Event()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def stop(self):
+        self.stopping.set()
+        self.go.set()
+        for t in list(self.threads):
+            t.join(H.T(10))
+        self.sock.close()
+
+    def _accept(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn):
+        conn.settimeout(0.2)
+        c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+        c.initiate_connection()
+        paths = {}
+        try:
+            conn.sendall(c.data_to_send())
+            while not self.stopping.is_set():
+                try:
+                    data = conn.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    return
+                for ev in c.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        paths[ev.stream_id] = dict(ev.headers).get(b":path", b"")
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        sid = ev.stream_id
+                        c.send_headers(sid, [(":status", "200"),
+                                             ("content-type", "application/grpc")])
+                        c.send_data(sid, grpc_frame(b"part"))
+                        conn.sendall(c.data_to_send())
+                        if paths.get(sid, b"").endswith(b"/hang"):
+                            continue  # and nothing more: the proxy's deadline ends it
+                        self.go.wait(H.T(10))
+                        self.go.clear()
+                        if paths.get(sid, b"").endswith(b"/reset"):
+                            c.reset_stream(sid, error_code=2)
+                        else:
+                            return  # the connection drops
+                out = c.data_to_send()
+                if out:
+                    conn.sendall(out)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def h2_call_split(port, path, msg, extra, on_data=None, trailers=None):
+    """One gRPC call over h2c: {status, head, trailers, body, reset (error code or None)};
+    on_data() runs when the first DATA arrives; trailers: sent after the message."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=H.T(10))
+    r = {"status": None, "head": {}, "trailers": {}, "body": b"", "reset": None}
+    try:
+        c = h2.connection.H2Connection(
+            config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        c.initiate_connection()
+        sid = c.get_next_available_stream_id()
+        c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", path),
+                             (":authority", "grpc.test"), ("content-type", "application/grpc"),
+                             ("te", "trailers")] + extra)
+        c.send_data(sid, grpc_frame(msg), end_stream=not trailers)
+        if trailers:
+            c.send_headers(sid, trailers, end_stream=True)
+        sock.sendall(c.data_to_send())
+        deadline = time.monotonic() + H.T(10)
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for ev in c.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    for k, v in ev.headers:
+                        if k == ":status":
+                            r["status"] = v
+                        else:
+                            r["head"][k] = v
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    r["trailers"].update(ev.headers)
+                elif isinstance(ev, h2.events.DataReceived):
+                    r["body"] += ev.data
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    if on_data:
+                        on_data()
+                elif isinstance(ev, h2.events.StreamReset):
+                    r["reset"] = ev.error_code
+                    return r
+                elif isinstance(ev, h2.events.StreamEnded):
+                    return r
+            out = c.data_to_send()
+            if out:
+                sock.sendall(out)
+        raise AssertionError("no end of stream: %r" % (r,))
+    finally:
+        sock.close()
 
 
 def grpc_frame(msg):

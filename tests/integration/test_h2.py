@@ -11,6 +11,8 @@ mid-stream) and GOAWAY on shutdown with a stream in flight.
 Clients: curl (--http2, --http2-prior-knowledge), nghttp, h2load and Debian's python3-h2
 for scripted frames, all on 127.0.0.1 and bounded in time."""
 
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -749,6 +751,7 @@ class H2Origin:
     /trailers answers with a body and trailers, echoing the request's trailers in x-req-trailers;
     /goaway is refused with GOAWAY when refuse_next is set (then cleared), else answered;
     /drop closes the connection without an answer;
+    /rst resets the stream (RST_STREAM INTERNAL_ERROR) without an answer;
     /big sends 8 MiB as the proxy's flow control window allows (big_sent, big_blocked)."""
 
     def __init__(self):
@@ -851,6 +854,8 @@ class H2Origin:
                 elif path == "/drop":
                     s.close()
                     return
+                elif path == "/rst":
+                    c.reset_stream(sid, error_code=2)
                 elif path == "/big":
                     c.send_headers(sid, [(":status", "200")])
                     big[sid] = 8 << 20
@@ -892,7 +897,7 @@ class H2UpstreamTest(H.ProxyTestCase):
         cls.addClassCleanup(cls.origin.stop)
         ups = {"h2o": H.upstream(cls.origin.address(), protocol="h2", max_streams=4)}
         routes = [{"match": {"prefix": "/"}, "upstream": "h2o"}]
-        p = H.Proxy.build(ups, routes, name="h2up")
+        p = H.Proxy.build(ups, routes, name="h2up", admin={"address": "127.0.0.1:0"})
         p.cfg["listen"] = [{"address": "127.0.0.1:0", "http2": True}]
         cls.addClassCleanup(p.stop)
         cls.proxy = p.start()
@@ -982,6 +987,71 @@ class H2UpstreamTest(H.ProxyTestCase):
             self.assertEqual(len(c.streams[sid]["data"]), 8 << 20)
         finally:
             c.close()
+
+    def h2u_status(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
+        try:
+            c.request("GET", "/status")
+            r = c.getresponse()
+            self.assertEqual(r.status, 200)
+            return json.loads(r.read())["http2"]["upstream"]
+        finally:
+            c.close()
+
+    def h2u_metrics(self):
+        promtool = H.require_tool("promtool")
+        c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
+        try:
+            c.request("GET", "/metrics")
+            body = c.getresponse().read()
+        finally:
+            c.close()
+        p = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
+                           timeout=H.T(60))
+        self.assertEqual(p.returncode, 0, "promtool check metrics:\n%s%s" %
+                         (p.stdout.decode(), p.stderr.decode()))
+        return {name: float(v) for name, _, v in (l.rpartition(" ") for l in
+                body.decode().splitlines() if l.startswith("luaproxy_h2_upstream_"))}
+
+    def test_upstream_counters_in_status_and_metrics(self):
+        s0 = self.h2u_status()
+        # A refused stream that goes again, one the upstream resets, one a client resets.
+        self.origin.refuse_next = True
+        self.assertEqual(self.streams(["/goaway"])[0]["status"], 200)
+        self.assertEqual(self.streams(["/rst"])[0]["status"], 502)
+        c = Client(self.proxy.port)
+        try:
+            sid = c.request("/big")
+            c.hold.add(sid)
+            c.pump(lambda: self.origin.big_blocked)
+            c.conn.reset_stream(sid)
+            c.flush()
+        finally:
+            c.close()
+        # Every stream closes; the pool keeps its idle connections open.
+        H.wait_for(lambda: self.h2u_status()["streams_open"] == 0, H.T(10),
+                   what="no upstream stream open")
+        s1 = self.h2u_status()
+        self.assertGreaterEqual(s1["streams"] - s0["streams"], 4, (s0, s1))  # the refused one twice
+        self.assertGreaterEqual(s1["goaways_received"] - s0["goaways_received"], 1)
+        self.assertGreaterEqual(s1["retries"]["refused"] - s0["retries"]["refused"], 1)
+        self.assertGreaterEqual(s1["resets_received"] - s0["resets_received"], 1)
+        self.assertGreaterEqual(s1["resets_sent"] - s0["resets_sent"], 1)
+        self.assertGreaterEqual(s1["connections"] - s0["connections"], 1)
+        self.assertGreaterEqual(s1["connections_open"], 1)
+        self.assertLessEqual(s1["connections_open"], s1["connections"])
+        m = self.h2u_metrics()
+        s2 = self.h2u_status()
+        self.assertEqual(m["luaproxy_h2_upstream_streams_total"], s2["streams"])
+        self.assertEqual(m["luaproxy_h2_upstream_streams_open"], 0)
+        self.assertEqual(m["luaproxy_h2_upstream_connections_total"], s2["connections"])
+        self.assertEqual(m["luaproxy_h2_upstream_goaways_received_total"], s2["goaways_received"])
+        self.assertEqual(m['luaproxy_h2_upstream_retries_total{reason="refused"}'],
+                         s2["retries"]["refused"])
+        self.assertEqual(m['luaproxy_h2_upstream_resets_total{direction="received"}'],
+                         s2["resets_received"])
+        self.assertEqual(m['luaproxy_h2_upstream_resets_total{direction="sent"}'],
+                         s2["resets_sent"])
 
     def test_connection_lost_is_502(self):
         for method in ("GET", "POST"):
