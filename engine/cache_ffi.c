@@ -597,3 +597,96 @@ void lp_ffi_cache_count(void *zone, int what)
 {
     lp_cache_count(zone, what);
 }
+
+/* ---- the hot path without header tables ---- */
+
+static const char *const cache_fields[] = {LP_FFI_CACHE_FIELDS};
+enum { CACHE_NFIELDS = sizeof(cache_fields) / sizeof(cache_fields[0]) };
+
+int lp_ffi_cache_fields(void *r, int resp)
+{
+    /* Lengths once: the table is scanned for each field of every cached request. */
+    static _Thread_local size_t lens[CACHE_NFIELDS];
+    if (!lens[0])
+        for (int i = 0; i < CACHE_NFIELDS; i++)
+            lens[i] = strlen(cache_fields[i]);
+    int n = lp_ffi_header_count(r, resp), mask = 0;
+    lp_str_t name, value;
+    for (int i = 0; i < n; i++) {
+        if (lp_ffi_header_at(r, resp, i, &name, &value))
+            continue;
+        for (int k = 0; k < CACHE_NFIELDS; k++) {
+            if (name.len == lens[k] && lp_str_ieq(name, cache_fields[k], lens[k])) {
+                mask |= 1 << k;
+                break;
+            }
+        }
+    }
+    return mask;
+}
+
+/* Fields never stored with an entry (RFC 9111 §3.1): lua/luaproxy/cache/policy.lua's
+ * NOT_STORED, which the plugin's general path applies. */
+static int never_stored(lp_str_t name)
+{
+    switch (name.len) {
+    case 2:
+        return LP_STR_IEQ(name, "te");
+    case 7:
+        return LP_STR_IEQ(name, "upgrade") || LP_STR_IEQ(name, "trailer");
+    case 10:
+        return LP_STR_IEQ(name, "connection") || LP_STR_IEQ(name, "keep-alive");
+    case 16:
+        return LP_STR_IEQ(name, "proxy-connection");
+    case 17:
+        return LP_STR_IEQ(name, "transfer-encoding");
+    case 18:
+        return LP_STR_IEQ(name, "proxy-authenticate");
+    case 19:
+        return LP_STR_IEQ(name, "proxy-authorization");
+    case 25:
+        return LP_STR_IEQ(name, "proxy-authentication-info");
+    default:
+        return 0;
+    }
+}
+
+int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen, const char *sec,
+                              size_t slen, const char *meta, size_t mlen, double keep)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    int n = lp_ffi_header_count(r, 1);
+    lp_str_t name, value;
+    size_t need = mlen;
+    for (int i = 0; i < n; i++)
+        if (!lp_ffi_header_at(r, 1, i, &name, &value))
+            need += name.len + value.len + 4; /* "h " NAME "\t" VALUE "\n" */
+    /* Built in the thread's scratch (lp_ffi_cache_get's: nothing else uses it meanwhile). */
+    if (need > scratch_cap) {
+        char *s = realloc(scratch, need);
+        if (!s)
+            return LP_FFI_ENOSPACE;
+        pthread_once(&scratch_once, scratch_key_make);
+        pthread_setspecific(scratch_key, s);
+        scratch = s;
+        scratch_cap = need;
+    }
+    char *p = scratch;
+    memcpy(p, meta, mlen);
+    p += mlen;
+    for (int i = 0; i < n; i++) {
+        if (lp_ffi_header_at(r, 1, i, &name, &value) || never_stored(name))
+            continue;
+        *p++ = 'h';
+        *p++ = ' ';
+        memcpy(p, name.base, name.len);
+        p += name.len;
+        *p++ = '\t';
+        memcpy(p, value.base, value.len);
+        p += value.len;
+        *p++ = '\n';
+    }
+    return lp_ffi_cache_store(r, zone, key, klen, sec, slen, scratch, (size_t)(p - scratch), keep);
+}

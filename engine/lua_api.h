@@ -398,5 +398,20 @@ int lp_ffi_cache_window(void *r, double first, double n);
 double lp_ffi_cache_upstream_length(void *r);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
 void lp_ffi_cache_count(void *zone, int what);
+/* The cache's hot path without header tables (cacheperf). fields: a bit per name of
+ * LP_FFI_CACHE_FIELDS present in the request's (resp 0) or the response's (resp 1) fields,
+ * bit i for the i-th name: the plugin reads only those present (lua/luaproxy/cache.lua).
+ * store_fields: as store, the head being `meta` followed by the response's fields as
+ * "h Name\tvalue\n" lines, in the upstream's order and case, without the ones a cache never
+ * stores (hop-by-hop: Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding,
+ * Upgrade, Trailer, Proxy-Authenticate, Proxy-Authentication-Info, Proxy-Authorization). */
+#define LP_FFI_CACHE_FIELDS                                                                        \
+    "cache-control", "pragma", "if-match", "if-none-match", "if-modified-since",                   \
+        "if-unmodified-since", "range", "if-range", "authorization", "content-length",             \
+        "transfer-encoding", "expires", "date", "age", "etag", "last-modified", "vary",            \
+        "set-cookie", "connection", "cache-status", "location", "content-location"
+int lp_ffi_cache_fields(void *r, int resp);
+int lp_ffi_cache_store_fields(void *r, void *zone, const char *key, size_t klen, const char *sec,
+                              size_t slen, const char *meta, size_t mlen, double keep);
 
 #endif

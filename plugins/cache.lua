@@ -160,6 +160,9 @@ function P.compile(conf)
     max_vary_fields = conf.max_vary_fields,
   }
   local l2 = conf.l2
+  -- Only the L2 tier has log-phase work: without it the engine runs no log phase for the
+  -- cache (one coroutine resume less per request).
+  if not l2 then conf.skip_phases = { log = true } end
   if l2 then
     local r = l2.redis
     conf._l2 = {
@@ -232,11 +235,38 @@ local function decode(head)
   return meta, headers, case
 end
 
-P._encode, P._decode = encode, decode -- specs
+-- encode's lines for a meta from policy.meta (every key it sets, and ttl/ttl_source a Lua
+-- TTL changes), written without a loop over the table: a loop in the response phase starts
+-- its own trace, whose exits cannot be compiled through the phase's return (LuaJIT: "NYI:
+-- return to lower frame"), and left the rest of every miss interpreted. Its strings come
+-- from the policy and the response's fields, which hold no CR or LF.
+local function encode_meta(m)
+  local out = format("L1\nn status\t%.17g\nn age_value\t%.17g\nn request_time\t%.17g\n"
+    .. "n response_time\t%.17g\nn ttl\t%.17g\ns ttl_source\t%s\nb must_revalidate\t%s\n"
+    .. "b no_cache\t%s\n", m.status, m.age_value, m.request_time, m.response_time, m.ttl,
+    m.ttl_source, m.must_revalidate and "1" or "0", m.no_cache and "1" or "0")
+  if m.date then out = out .. format("n date\t%.17g\n", m.date) end
+  if m.etag then out = out .. "s etag\t" .. m.etag .. "\n" end
+  if m.last_modified then out = out .. "s last_modified\t" .. m.last_modified .. "\n" end
+  if m.stale_while_revalidate then
+    out = out .. format("n stale_while_revalidate\t%.17g\n", m.stale_while_revalidate)
+  end
+  if m.stale_if_error then out = out .. format("n stale_if_error\t%.17g\n", m.stale_if_error) end
+  return out
+end
+
+P._encode, P._decode, P._encode_meta = encode, decode, encode_meta -- specs
 
 -- ---- helpers ----
 
 local NO_DIRECTIVES = policy.request_directives({}) -- shared by requests without any: read only
+
+-- The request fields storable reads in the response phase, read (kept in the view) in the
+-- request phase: as the request was looked up, whatever a later plugin changes in what goes
+-- upstream. Absent ones cost nothing (Zone:req_view).
+local function read_early(rh)
+  return rh.authorization, rh["content-length"], rh["transfer-encoding"]
+end
 
 local function default_key(req)
   return "GET " .. (req:scheme() or "http") .. "://" .. req:host() .. req:uri()
@@ -534,7 +564,7 @@ local function refresh_in_background(req, conf, st, sec)
   -- That get replaced the entry this request serves: look it up again.
   if not z:get(req, key, sec or "") then return false end
   if busy then return true end
-  local rh = st.rh
+  local rh = req:headers() -- a whole table: fetch walks it, after this request ended
   refreshing[key] = true
   z:put(key, REFRESHING, "", conf.background_timeout)
   local spawned = proxy.spawn(function()
@@ -564,7 +594,7 @@ local function refetch(req, conf, st)
   local plan = fetch_plan(req, true)
   local t0 = proxy.now()
   local res, err
-  if plan then res, err = fetch(plan, st.rh, conf.background_timeout) end
+  if plan then res, err = fetch(plan, req:headers(), conf.background_timeout) end
   if not res then
     proxy.log.warn("cache: full fetch of " .. st.key .. " failed: " .. tostring(err or "no target"))
     if stale.d and (stale.d.stale_if_error or stale.d.stale_if_disconnected) then
@@ -807,8 +837,11 @@ function P.request(req, conf)
     return
   end
   st.key = key
-  local rh = req:headers()
+  -- Read as used (Zone:req_view): most requests carry none of the fields the policy reads,
+  -- and a hit or a miss then builds no header table.
+  local rh = z:req_view(req)
   st.rh = rh
+  read_early(rh)
   -- Most requests carry neither Cache-Control nor Pragma: their directives are one shared,
   -- never changed table.
   local rd = (rh["cache-control"] == nil and rh.pragma == nil) and NO_DIRECTIVES
@@ -901,12 +934,20 @@ function P.response(req, conf)
   if st.pass then return end
   st.phase = "response"
   local now = proxy.now()
-  local rsh, rcase = z:resp_fields(req) -- lower-case names; the upstream's case of the others
+  local stale = st.stale
+  -- A revalidation merges the 304's fields (pairs): a whole table and the upstream's case.
+  -- Else a view (Zone:resp_view): the common miss reads a few fields and has the engine
+  -- write the stored ones.
+  local rsh, rcase
+  if stale then
+    rsh, rcase = z:resp_fields(req) -- lower-case names; the upstream's case of the others
+  else
+    rsh = z:resp_view(req)
+  end
   local from_upstream = req:upstream_addr() ~= nil
   if from_upstream and (status == 502 or status == 504) and NET_FAILURE[req:last_failure() or ""] then
     from_upstream = false
   end
-  local stale = st.stale
   if stale and from_upstream and status == 304 and not policy.updates(stale.headers, rsh) then
     return refetch(req, conf, st)
   end
@@ -952,8 +993,13 @@ function P.response(req, conf)
         if sec then z:put(st.key, "", "V " .. gsub(vary, "[\r\n]", " "), keep) end
       end
       if sec and meta.ttl + keep > 0 then
-        stored = z:store(req, st.key, sec,
-          encode(meta, policy.stored_headers(rsh, conf._opts), rcase), keep)
+        if not rcase and policy.stores_all_fields(rsh, conf._opts) then
+          stored = z:store_fields(req, st.key, sec, encode_meta(meta), keep)
+        else
+          if not rcase then rsh, rcase = z:resp_fields(req) end
+          stored = z:store(req, st.key, sec,
+            encode(meta, policy.stored_headers(rsh, conf._opts), rcase), keep)
+        end
         ttl = meta.ttl - policy.current_age(meta, now)
         if stored and conf._l2 then st.l2_put = { sec = sec, vary = sec ~= "" and (gsub(vary, "[\r\n]", " ")) or nil } end
       end

@@ -184,6 +184,9 @@ int lp_ffi_cache_window(void *r, double first, double n);
 double lp_ffi_cache_upstream_length(void *r);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
 void lp_ffi_cache_count(void *zone, int what);
+int lp_ffi_cache_fields(void *r, int resp);
+int lp_ffi_cache_store_fields(void *r, void *zone, const char *key, size_t klen, const char *sec,
+                              size_t slen, const char *meta, size_t mlen, double keep);
 ]]
 
 return {
@@ -221,4 +224,9 @@ return {
   CACHE_PURGE_KEY = 0, CACHE_PURGE_PREFIX = 1, CACHE_PURGE_ALL = 2,
   CACHE_C = { hit = 0, miss = 1, expired = 2, stale = 3, revalidated = 4, bypass = 5 },
   CACHE_ONLY_HOOK = 1, -- lp_ffi_cache_respond flags (engine/lua_api.h LP_FFI_CACHE_ONLY_HOOK)
+  -- lp_ffi_cache_fields: bit i-1 for the i-th name (engine/lua_api.h LP_FFI_CACHE_FIELDS)
+  CACHE_FIELDS = { "cache-control", "pragma", "if-match", "if-none-match", "if-modified-since",
+    "if-unmodified-since", "range", "if-range", "authorization", "content-length",
+    "transfer-encoding", "expires", "date", "age", "etag", "last-modified", "vary",
+    "set-cookie", "connection", "cache-status", "location", "content-location" },
 }

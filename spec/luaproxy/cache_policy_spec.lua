@@ -481,6 +481,17 @@ describe("luaproxy.cache.policy", function()
         P.stored_headers(src, { shared = false }))
     end)
 
+    it("says when it drops only the fields never stored (stores_all_fields)", function()
+      assert.is_true(P.stores_all_fields({ ["content-type"] = "a", upgrade = "x",
+        ["cache-control"] = "max-age=5, no-cache, private", ["set-cookie"] = "a=b" }))
+      assert.is_true(P.stores_all_fields({}, { cache_set_cookie = "strip" }))
+      assert.is_false(P.stores_all_fields({ connection = "close" }))
+      assert.is_false(P.stores_all_fields({ ["cache-control"] = 'no-cache="a"' }))
+      assert.is_false(P.stores_all_fields({ ["cache-control"] = 'private="a"' }))
+      assert.is_true(P.stores_all_fields({ ["cache-control"] = 'private="a"' }, { shared = false }))
+      assert.is_false(P.stores_all_fields({ ["set-cookie"] = "a=b" }, { cache_set_cookie = "strip" }))
+    end)
+
     it("drops Set-Cookie when configured to strip it", function()
       assert.same({ x = "1" }, P.stored_headers({ ["set-cookie"] = { "a=1", "b=2" }, x = "1" },
         { cache_set_cookie = "strip" }))

@@ -41,6 +41,8 @@
 --       store (§3.1: Connection and the fields it lists, hop-by-hop fields, Proxy-Authenticate,
 --       Proxy-Authentication-Info, Proxy-Authorization, no-cache="..." fields, and in a shared
 --       cache private="..." fields; Set-Cookie when cache_set_cookie == "strip")
+--   stores_all_fields(resp_headers, opts) -> bool  (stored_headers drops only hop-by-hop
+--       fields and Proxy-Authenticate/-Authentication-Info/-Authorization)
 --   freshness_lifetime(status, resp_headers, opts) -> seconds | nil, source
 --       source: "s-maxage" | "max-age" | "expires" | "default_ttl" | "heuristic" | "none",
 --       with " (invalid)" appended when an invalid value made the lifetime 0.
@@ -587,6 +589,19 @@ function P.stored_headers(resp_headers, opts)
     if not drop[k] then out[k] = copy_value(v) end
   end
   return out
+end
+
+-- Whether stored_headers(resp_headers, opts) drops only the fields never stored (NOT_STORED):
+-- no Connection field naming others, no qualified no-cache or (shared) private, no Set-Cookie
+-- to strip. The cache plugin then has the engine write the fields (Zone:store_fields).
+function P.stores_all_fields(resp_headers, opts)
+  local h = resp_headers or EMPTY
+  if h.connection ~= nil then return false end
+  if opts and opts.cache_set_cookie == "strip" and h["set-cookie"] ~= nil then return false end
+  local cc = cc_of(h["cache-control"])
+  if qualified(cc["no-cache"]) then return false end
+  if is_shared(opts) and qualified(cc.private) then return false end
+  return true
 end
 
 -- Age (§4.2.3, §5.1) --------------------------------------------------------------------------
