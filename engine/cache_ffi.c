@@ -442,31 +442,10 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
 }
 
 /* The answer's fields, as "Name: value\r\n" lines (wire form: a hit's stored fields are
- * serialised once per head, lua/luaproxy/cache.lua), added to the response list one by one
- * with lp_ffi_header_set's checks. */
-static int add_wire_fields(lp_req_t *r, const char *p, size_t n)
-{
-    const char *end = p + n;
-    while (p < end) {
-        const char *colon = memchr(p, ':', (size_t)(end - p));
-        if (!colon || colon + 2 > end || colon[1] != ' ')
-            return LP_FFI_EINVAL;
-        const char *v = colon + 2;
-        const char *eol = v;
-        while (eol + 1 < end && !(eol[0] == '\r' && eol[1] == '\n'))
-            eol++;
-        if (eol + 1 >= end)
-            return LP_FFI_EINVAL;
-        int rc = lp_ffi_header_set(r, 1, LP_FFI_HADD, p, (size_t)(colon - p), v, (size_t)(eol - v));
-        if (rc)
-            return rc;
-        p = eol + 2;
-    }
-    return 0;
-}
-
-int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, double first,
-                         double last, int flags)
+ * serialised once per head, lua/luaproxy/cache.lua, then come its own), replace the
+ * response's. */
+int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, const char *more,
+                         size_t mlen, double first, double last, int flags)
 {
     lp_req_t *r = rp;
     if (!lp__lua_runs(r))
@@ -476,7 +455,9 @@ int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, 
         return LP_FFI_EINVAL;
     int hrc = lp__resp_begin(r);
     if (!hrc)
-        hrc = add_wire_fields(r, fields, flen);
+        hrc = lp__resp_add_wire(r, fields, flen);
+    if (!hrc)
+        hrc = lp__resp_add_wire(r, more, mlen);
     if (hrc)
         return hrc;
     uint64_t len = lp_cache_entry_body_len(rc->hit);

@@ -433,6 +433,45 @@ int lp__resp_begin(lp_req_t *r)
     return 0;
 }
 
+int lp__resp_add_wire(lp_req_t *r, const char *p, size_t n)
+{
+    hlist_t l;
+    if (!n)
+        return 0;
+    if (hlist(r, 1, &l))
+        return LP_FFI_ENOSPACE;
+    const char *s = arena_copy(r, 1, &l, p, n); /* the fields point into this copy */
+    if (!s)
+        return LP_FFI_ENOSPACE;
+    const char *end = s + n;
+    while (s < end) {
+        const char *colon = memchr(s, ':', (size_t)(end - s));
+        if (!colon || end - colon < 4 || colon[1] != ' ')
+            return LP_FFI_EINVAL;
+        lp_str_t name = {s, (size_t)(colon - s)};
+        const char *v = colon + 2, *eol = v;
+        /* valid_value's test, ended by the line's CR LF */
+        for (; eol < end; eol++) {
+            unsigned char c = (unsigned char)*eol;
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                break;
+        }
+        if (end - eol < 2 || eol[0] != '\r' || eol[1] != '\n')
+            return LP_FFI_EINVAL;
+        if (!lp_h1_tchar_token(name))
+            return LP_FFI_EINVAL;
+        if (is_framing(name.base, name.len))
+            return LP_FFI_EFRAMING;
+        if (*l.n >= l.cap)
+            return LP_FFI_ENOSPACE;
+        l.v[*l.n].name = name;
+        l.v[*l.n].value = (lp_str_t){v, (size_t)(eol - v)};
+        (*l.n)++;
+        s = eol + 2;
+    }
+    return 0;
+}
+
 int lp_ffi_respond(void *rp, int status, const char *body, size_t len)
 {
     lp_req_t *r = rp;

@@ -75,6 +75,10 @@ int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);
 /* Empties the response head list for a new answer (C callers: no phase check). */
 int lp__resp_begin(struct lp_req_s *r);
+/* Adds "Name: value\r\n" lines to the response's fields, with lp_ffi_header_set's checks (as
+ * LP_FFI_HADD), copied into the head's arena at once (a cache hit's head, cache_ffi.c). 0, or
+ * LP_FFI_EINVAL / LP_FFI_EFRAMING / LP_FFI_ENOSPACE (the lines before the bad one stay). */
+int lp__resp_add_wire(struct lp_req_s *r, const char *p, size_t n);
 int lp_ffi_respond(void *r, int status, const char *body, size_t len);
 int lp_ffi_sleep(double seconds);
 /* req:body(): 0 with the body in *out, 1 when the caller must yield and call again,
@@ -390,8 +394,8 @@ int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const 
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
 enum { LP_FFI_CACHE_ONLY_HOOK = 1 }; /* lp_ffi_cache_respond flags */
-int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, double first,
-                         double last, int flags);
+int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, const char *more,
+                         size_t mlen, double first, double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
 double lp_ffi_cache_read(void *r, double first, char *dst, double n);
 int lp_ffi_cache_window(void *r, double first, double n);

@@ -104,13 +104,14 @@ function Zone:respond(req, status, headers, first, last)
   -- require is not compiled: a call per hit would end the hit's trace here.
   cache_respond = cache_respond or require("luaproxy.request").cache_respond
   local base = headers.base
-  local wire = base and (wire_of(base) .. wire_of(headers)) or wire_of(headers)
+  local wire, more = wire_of(headers), "" -- two strings, not one: no concatenation per hit
+  if base then wire, more = wire_of(base), wire end
   -- The cache plugin's response handler does nothing for a request it answered in the
   -- request phase: when it is the route's only response hook, the engine skips the phase.
   local flags = 0
   local rl = req._phase == "request" and req._chain[RESPONSE]
   if rl and #rl == 1 and rl[1] == runtime.current then flags = K.CACHE_ONLY_HOOK end
-  cache_respond(req, status, wire, first or -1, last or -1, flags)
+  cache_respond(req, status, wire, more, first or -1, last or -1, flags)
 end
 
 -- Bytes first..first+n-1 of the looked-up entry's body, as a string (fewer at its end).

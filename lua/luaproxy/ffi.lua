@@ -176,8 +176,8 @@ int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const 
                        size_t slen, const char *head, size_t hlen, double keep);
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
-int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, double first,
-                         double last, int flags);
+int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, const char *more,
+                         size_t mlen, double first, double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
 double lp_ffi_cache_read(void *r, double first, char *dst, double n);
 int lp_ffi_cache_window(void *r, double first, double n);
