@@ -411,6 +411,15 @@ local function has_conditional(rh)
     or rh["if-modified-since"] ~= nil or rh["if-unmodified-since"] ~= nil
 end
 
+-- A list serve made with only its wire form gets its fields as pairs too (an answer adding
+-- a field, multipart). Returns it.
+local function own_pairs(list, age_s, status_value)
+  if list.wire and #list == 0 then
+    list[1], list[2] = { "Age", age_s }, { "Cache-Status", status_value }
+  end
+  return list
+end
+
 -- base: the served_list of (meta, headers) when the caller has it (a hit from decode_cached);
 -- else it is built here (a 304's merged fields, a refetch).
 local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
@@ -426,12 +435,13 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
     -- pattern matching (not compiled) on every hit.
     status_value = "luaproxy; hit; ttl=" .. format("%d", floor(ttl))
   else
-    cs.prior, cs.ttl = prior, ttl
-    status_value = policy.cache_status(cs)
+    status_value = policy.cache_status { hit = cs.hit, fwd = cs.fwd, fwd_status = cs.fwd_status,
+      stored = cs.stored, collapsed = cs.collapsed, detail = cs.detail, prior = prior, ttl = ttl }
   end
   -- This answer's own fields; base's (shared by every hit on the head: never changed) go
   -- first (Zone:respond). `wire`: the list's own fields as lines, while they are these two
-  -- (a hit sends base.wire .. wire: no loop, one call).
+  -- (a hit sends base.wire and wire: no loop, one call), without them as pairs until an
+  -- answer adds a field (own_pairs).
   local list
   if client_only then
     list = { base = base }
@@ -445,8 +455,7 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
     list[#list + 1] = { "Age", age_s }
     list[#list + 1] = { "Cache-Status", status_value }
   else
-    list = { { "Age", age_s }, { "Cache-Status", status_value }, base = base,
-             wire = "Age: " .. age_s .. "\r\nCache-Status: " .. status_value .. "\r\n" }
+    list = { base = base, wire = "Age: " .. age_s .. "\r\nCache-Status: " .. status_value .. "\r\n" }
   end
   st.served = true
   local method, status = req:method(), meta.status or 200
@@ -457,14 +466,16 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
   if method == "GET" and status == 200 and range then
     local r = policy.parse_range(range, blen, st.rh["if-range"], headers, conf._opts)
     if r == "unsatisfiable" then
+      own_pairs(list, age_s, status_value)
       list[#list + 1] = { "Content-Range", format("bytes */%d", blen) }
       list.wire = nil
       return z:respond(req, 416, list, -2)
     elseif type(r) == "table" and #r == 1 then
+      own_pairs(list, age_s, status_value)
       list[#list + 1] = { "Content-Range", format("bytes %d-%d/%d", r[1][1], r[1][2], blen) }
       list.wire = nil
       return z:respond(req, 206, list, r[1][1], r[1][2])
-    elseif type(r) == "table" and multipart(req, st, full_list(list), r, blen) then
+    elseif type(r) == "table" and multipart(req, st, full_list(own_pairs(list, age_s, status_value)), r, blen) then
       return
     end
   end
@@ -638,11 +649,21 @@ end
 -- One lookup for P.request: true when the request was answered (from the entry, or 504
 -- under only-if-cached) or goes upstream to revalidate; false on a miss (st.sec set).
 -- waited: after waiting for another request's fill.
+local HIT = { hit = true } -- serve's cs of a plain hit (serve reads it only)
+
 local function look(req, conf, st, z, key, rh, rd, waited)
   local meta, headers, blen, sec, case, base = lookup(req, z, key, rh, conf)
   st.case = case
   if meta then
-    local decision, d = policy.evaluate(meta, rd, proxy.now(), conf._opts)
+    local now = proxy.now()
+    -- A request without directives on a fresh entry: evaluate's "fresh" without its details
+    -- table (policy.fresh_plain).
+    if rd == NO_DIRECTIVES and not waited and not st.l2 and policy.fresh_plain(meta, now) then
+      z:count("hit")
+      serve(req, conf, st, meta, headers, blen, HIT, nil, base)
+      return true
+    end
+    local decision, d = policy.evaluate(meta, rd, now, conf._opts)
     if decision == "fresh" or decision == "stale_ok" then
       z:count(decision == "fresh" and "hit" or "stale")
       serve(req, conf, st, meta, headers, blen,
@@ -856,7 +877,7 @@ function P.request(req, conf)
   -- single iteration per request would abort the trace on every hit.
   if look(req, conf, st, z, key, rh, rd, false) then return end
   -- The L2 tier: a hit there is put in the zone and served from it as a memory hit.
-  if conf._l2 and not o.bypass and l2_lookup(req, conf, z, key, rh) then
+  if conf._l2 and l2_lookup(req, conf, z, key, rh) then
     st.l2 = "l2"
     if look(req, conf, st, z, key, rh, rd, false) then return end
     st.l2 = nil
@@ -975,15 +996,16 @@ function P.response(req, conf)
       { hit = true, detail = "stale-if-error" }, nil, stale.base)
   end
   local o = req:cache_options()
+  local o_ttl = o.ttl
   local stored, ttl = false, nil
   if from_upstream and req:method() == "GET" and not o.no_store then
     local ok, why = policy.storable("GET", status, st.rh, rsh, conf._opts)
-    if not ok and o.ttl and (why == "no explicit freshness" or why == "no freshness and no validator") then
+    if not ok and o_ttl and (why == "no explicit freshness" or why == "no freshness and no validator") then
       ok = true
     end
     if ok then
       local meta = policy.meta(status, rsh, st.t0, now, conf._opts)
-      if o.ttl then meta.ttl, meta.ttl_source = o.ttl + policy.current_age(meta, now), "lua" end
+      if o_ttl then meta.ttl, meta.ttl_source = o_ttl + policy.current_age(meta, now), "lua" end
       local vary = rsh.vary
       if type(vary) == "table" then vary = concat(vary, ", ") end
       local sec = ""

@@ -67,6 +67,14 @@ function M.registry(now, hooks)
     elseif first and first >= 0 then
       body = sub(body, first + 1, last + 1)
     end
+    if headers.wire and #headers == 0 then -- only as lines (the cache plugin's plain hit)
+      local pairs_of = {}
+      for name, value in headers.wire:gmatch("([^:\r\n]+): ([^\r\n]*)\r\n") do
+        pairs_of[#pairs_of + 1] = { name, value }
+      end
+      pairs_of.base = headers.base
+      headers = pairs_of
+    end
     if headers.base then -- a shared list's fields first (the engine's Zone:respond)
       local all = {}
       for i, kv in ipairs(headers.base) do all[i] = kv end

@@ -600,6 +600,18 @@ describe("luaproxy.cache.policy", function()
       assert.equal(0, d.staleness)
     end)
 
+    it("answers as fresh_plain says for a request without directives", function()
+      for _, h in ipairs({ { ["cache-control"] = "max-age=60" }, { ["cache-control"] = "no-cache" },
+          { ["cache-control"] = "max-age=60, must-revalidate" }, { age = "100", ["cache-control"] = "max-age=60" },
+          { ["cache-control"] = "s-maxage=5, stale-while-revalidate=60" }, {} }) do
+        for _, at in ipairs({ T0, T0 + 4, T0 + 59, T0 + 60, T0 + 61 }) do
+          local m = meta(h, 200)
+          assert.equal(P.evaluate(m, P.request_directives({}), at) == "fresh",
+            P.fresh_plain(m, at) == true)
+        end
+      end
+    end)
+
     it("is stale once age reaches the lifetime", function()
       assert.equal("revalidate", (eval({ ["cache-control"] = "max-age=60" }, T0 + 60)))
       assert.equal("fresh", (eval({ ["cache-control"] = "max-age=60" }, T0 + 59)))

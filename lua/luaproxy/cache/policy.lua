@@ -51,6 +51,7 @@
 --                must_revalidate, no_cache, stale_while_revalidate, stale_if_error,
 --                etag, last_modified }  -- what the store keeps beside an entry
 --   current_age(meta, now) -> seconds                          (RFC 9111 §4.2.3)
+--   fresh_plain(meta, now) -> true | nil   (evaluate(meta, {}, now) == "fresh", cheaply)
 --   evaluate(meta, req_dir, now, opts) -> decision, details
 --       decision: "fresh" (serve), "stale_ok" (serve stale: the request allows it with
 --       max-stale), "stale_while_revalidate" (serve stale, refresh in the background),
@@ -671,6 +672,13 @@ local function refuse(d, req_dir, why, fwd)
   d.why, d.fwd = why, fwd
   if req_dir.only_if_cached then return "miss", d end
   return "revalidate", d
+end
+
+-- evaluate's "fresh" for a request without directives, without its details table: true
+-- when evaluate(meta, {}, now) answers "fresh" (nil when it may answer anything else).
+function P.fresh_plain(meta, now)
+  if meta.no_cache then return nil end
+  return (meta.ttl or 0) - P.current_age(meta, now) > 0 or nil
 end
 
 function P.evaluate(meta, req_dir, now, opts)
