@@ -581,27 +581,64 @@ void lp_ffi_cache_count(void *zone, int what)
 
 /* ---- the hot path without header tables ---- */
 
-static const char *const cache_fields[] = {LP_FFI_CACHE_FIELDS};
-enum { CACHE_NFIELDS = sizeof(cache_fields) / sizeof(cache_fields[0]) };
+/* The index in LP_FFI_CACHE_FIELDS of a field name, or -1: by length first (most names a
+ * request or response carries have no candidate of their length, or one). */
+int lp__cache_field_index(lp_str_t n)
+{
+    switch (n.len) {
+    case 3:
+        return LP_STR_IEQ(n, "age") ? 13 : -1;
+    case 4:
+        return LP_STR_IEQ(n, "date")   ? 12
+               : LP_STR_IEQ(n, "etag") ? 14
+               : LP_STR_IEQ(n, "vary") ? 16
+                                       : -1;
+    case 5:
+        return LP_STR_IEQ(n, "range") ? 6 : -1;
+    case 6:
+        return LP_STR_IEQ(n, "pragma") ? 1 : -1;
+    case 7:
+        return LP_STR_IEQ(n, "expires") ? 11 : -1;
+    case 8:
+        return LP_STR_IEQ(n, "if-match")   ? 2
+               : LP_STR_IEQ(n, "if-range") ? 7
+               : LP_STR_IEQ(n, "location") ? 20
+                                           : -1;
+    case 10:
+        return LP_STR_IEQ(n, "set-cookie") ? 17 : LP_STR_IEQ(n, "connection") ? 18 : -1;
+    case 12:
+        return LP_STR_IEQ(n, "cache-status") ? 19 : -1;
+    case 13:
+        return LP_STR_IEQ(n, "cache-control")   ? 0
+               : LP_STR_IEQ(n, "if-none-match") ? 3
+               : LP_STR_IEQ(n, "authorization") ? 8
+               : LP_STR_IEQ(n, "last-modified") ? 15
+                                                : -1;
+    case 14:
+        return LP_STR_IEQ(n, "content-length") ? 9 : -1;
+    case 16:
+        return LP_STR_IEQ(n, "content-location") ? 21 : -1;
+    case 17:
+        return LP_STR_IEQ(n, "if-modified-since")   ? 4
+               : LP_STR_IEQ(n, "transfer-encoding") ? 10
+                                                    : -1;
+    case 19:
+        return LP_STR_IEQ(n, "if-unmodified-since") ? 5 : -1;
+    default:
+        return -1;
+    }
+}
 
 int lp_ffi_cache_fields(void *r, int resp)
 {
-    /* Lengths once: the table is scanned for each field of every cached request. */
-    static _Thread_local size_t lens[CACHE_NFIELDS];
-    if (!lens[0])
-        for (int i = 0; i < CACHE_NFIELDS; i++)
-            lens[i] = strlen(cache_fields[i]);
     int n = lp_ffi_header_count(r, resp), mask = 0;
     lp_str_t name, value;
     for (int i = 0; i < n; i++) {
         if (lp_ffi_header_at(r, resp, i, &name, &value))
             continue;
-        for (int k = 0; k < CACHE_NFIELDS; k++) {
-            if (name.len == lens[k] && lp_str_ieq(name, cache_fields[k], lens[k])) {
-                mask |= 1 << k;
-                break;
-            }
-        }
+        int k = lp__cache_field_index(name);
+        if (k >= 0)
+            mask |= 1 << k;
     }
     return mask;
 }
