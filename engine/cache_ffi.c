@@ -708,3 +708,38 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
     }
     return lp_ffi_cache_store(r, zone, key, klen, sec, slen, scratch, (size_t)(p - scratch), keep);
 }
+
+int lp_ffi_cache_key(void *r, lp_str_t *out)
+{
+    lp_str_t scheme, host, uri;
+    if (lp_ffi_req_get(r, LP_FFI_SCHEME, &scheme))
+        scheme = LP_STR("http");
+    if (lp_ffi_req_get(r, LP_FFI_HOST, &host))
+        host = LP_STR("");
+    if (lp_ffi_req_get(r, LP_FFI_URI, &uri))
+        uri = LP_STR("");
+    size_t need = 4 + scheme.len + 3 + host.len + uri.len;
+    if (need > scratch_cap) {
+        char *s = realloc(scratch, need);
+        if (!s)
+            return LP_FFI_ENOSPACE;
+        pthread_once(&scratch_once, scratch_key_make);
+        pthread_setspecific(scratch_key, s);
+        scratch = s;
+        scratch_cap = need;
+    }
+    char *p = scratch;
+    memcpy(p, "GET ", 4);
+    p += 4;
+    memcpy(p, scheme.base, scheme.len);
+    p += scheme.len;
+    memcpy(p, "://", 3);
+    p += 3;
+    for (size_t i = 0; i < host.len; i++) {
+        char c = host.base[i];
+        *p++ = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c); /* req:host()'s lower() */
+    }
+    memcpy(p, uri.base, uri.len);
+    *out = (lp_str_t){scratch, need};
+    return 0;
+}

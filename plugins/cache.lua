@@ -268,9 +268,8 @@ local function read_early(rh)
   return rh.authorization, rh["content-length"], rh["transfer-encoding"]
 end
 
-local function default_key(req)
-  return "GET " .. (req:scheme() or "http") .. "://" .. req:host() .. req:uri()
-end
+-- The default key (no cache_key, no req:set_cache_key()) is Zone:default_key's:
+-- "GET scheme://host/path?query", HEAD sharing GET's.
 
 local function zone_of(conf)
   local z = proxy.cache.zone(conf.zone)
@@ -851,7 +850,7 @@ function P.request(req, conf)
     st.invalidate = not policy.is_safe_method(method)
     return
   end
-  local key = o.key or (conf.cache_key and conf.cache_key(req)) or default_key(req)
+  local key = o.key or (conf.cache_key and conf.cache_key(req)) or z:default_key(req)
   if type(key) ~= "string" then
     proxy.log.error("cache: cache_key returned " .. type(key) .. ", not a string: not cached")
     st.pass = true

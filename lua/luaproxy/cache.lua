@@ -231,6 +231,12 @@ function Zone:store_fields(req, key, sec, meta, keep)
   return C.lp_ffi_cache_store_fields(req._r, self._z, key, #key, sec, #sec, meta, #meta, keep) == 0
 end
 
+-- The default key: "GET " scheme "://" host (lower-case) URI, in one call.
+function Zone:default_key(req)
+  if C.lp_ffi_cache_key(req._r, s1) ~= 0 then raise("cache: out of memory", 2) end
+  return (ffi_string(s1[0].base, s1[0].len))
+end
+
 -- The looked-up entry gets a new head (a 304 revalidated it), kept `keep` seconds more.
 function Zone:refresh(req, head, keep)
   return C.lp_ffi_cache_refresh(req._r, head, #head, keep) == 0

@@ -104,6 +104,10 @@ function M.registry(now, hooks)
   -- The double keeps no field names' case: every name is served lower-case.
   function Zone:names() return {} end
   function Zone:resp_fields(req) return req:resp_headers(), {} end
+  function Zone:default_key(req)
+    return "GET " .. (req:scheme() or "http") .. "://" .. req:host() .. req:uri()
+  end
+
   -- The engine's views read fields as they are indexed; the double's are whole tables.
   function Zone:req_view(req) return req:headers() end
   function Zone:resp_view(req) return req:resp_headers() end
