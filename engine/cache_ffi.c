@@ -467,31 +467,10 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
 }
 
 /* The answer's fields, as "Name: value\r\n" lines (wire form: a hit's stored fields are
- * serialised once per head, lua/luaproxy/cache.lua), added to the response list one by one
- * with lp_ffi_header_set's checks. */
-static int add_wire_fields(lp_req_t *r, const char *p, size_t n)
-{
-    const char *end = p + n;
-    while (p < end) {
-        const char *colon = memchr(p, ':', (size_t)(end - p));
-        if (!colon || colon + 2 > end || colon[1] != ' ')
-            return LP_FFI_EINVAL;
-        const char *v = colon + 2;
-        const char *eol = v;
-        while (eol + 1 < end && !(eol[0] == '\r' && eol[1] == '\n'))
-            eol++;
-        if (eol + 1 >= end)
-            return LP_FFI_EINVAL;
-        int rc = lp_ffi_header_set(r, 1, LP_FFI_HADD, p, (size_t)(colon - p), v, (size_t)(eol - v));
-        if (rc)
-            return rc;
-        p = eol + 2;
-    }
-    return 0;
-}
-
-int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, double first,
-                         double last, int flags)
+ * serialised once per head, lua/luaproxy/cache.lua, then come its own), replace the
+ * response's. */
+int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, const char *more,
+                         size_t mlen, double first, double last, int flags)
 {
     lp_req_t *r = rp;
     if (!lp__lua_runs(r))
@@ -501,7 +480,9 @@ int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, 
         return LP_FFI_EINVAL;
     int hrc = lp__resp_begin(r);
     if (!hrc)
-        hrc = add_wire_fields(r, fields, flen);
+        hrc = lp__resp_add_wire(r, fields, flen);
+    if (!hrc)
+        hrc = lp__resp_add_wire(r, more, mlen);
     if (hrc)
         return hrc;
     uint64_t len = lp_cache_entry_body_len(rc->hit);
@@ -642,4 +623,169 @@ double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen)
 void lp_ffi_cache_count(void *zone, int what)
 {
     lp_cache_count(zone, what);
+}
+
+/* ---- the hot path without header tables ---- */
+
+/* The index in LP_FFI_CACHE_FIELDS of a field name, or -1: by length first (most names a
+ * request or response carries have no candidate of their length, or one). */
+int lp__cache_field_index(lp_str_t n)
+{
+    switch (n.len) {
+    case 3:
+        return LP_STR_IEQ(n, "age") ? 13 : -1;
+    case 4:
+        return LP_STR_IEQ(n, "date")   ? 12
+               : LP_STR_IEQ(n, "etag") ? 14
+               : LP_STR_IEQ(n, "vary") ? 16
+                                       : -1;
+    case 5:
+        return LP_STR_IEQ(n, "range") ? 6 : -1;
+    case 6:
+        return LP_STR_IEQ(n, "pragma") ? 1 : -1;
+    case 7:
+        return LP_STR_IEQ(n, "expires") ? 11 : -1;
+    case 8:
+        return LP_STR_IEQ(n, "if-match")   ? 2
+               : LP_STR_IEQ(n, "if-range") ? 7
+               : LP_STR_IEQ(n, "location") ? 20
+                                           : -1;
+    case 10:
+        return LP_STR_IEQ(n, "set-cookie") ? 17 : LP_STR_IEQ(n, "connection") ? 18 : -1;
+    case 12:
+        return LP_STR_IEQ(n, "cache-status") ? 19 : -1;
+    case 13:
+        return LP_STR_IEQ(n, "cache-control")   ? 0
+               : LP_STR_IEQ(n, "if-none-match") ? 3
+               : LP_STR_IEQ(n, "authorization") ? 8
+               : LP_STR_IEQ(n, "last-modified") ? 15
+                                                : -1;
+    case 14:
+        return LP_STR_IEQ(n, "content-length") ? 9 : -1;
+    case 16:
+        return LP_STR_IEQ(n, "content-location") ? 21 : -1;
+    case 17:
+        return LP_STR_IEQ(n, "if-modified-since")   ? 4
+               : LP_STR_IEQ(n, "transfer-encoding") ? 10
+                                                    : -1;
+    case 19:
+        return LP_STR_IEQ(n, "if-unmodified-since") ? 5 : -1;
+    default:
+        return -1;
+    }
+}
+
+int lp_ffi_cache_fields(void *r, int resp)
+{
+    int n = lp_ffi_header_count(r, resp), mask = 0;
+    lp_str_t name, value;
+    for (int i = 0; i < n; i++) {
+        if (lp_ffi_header_at(r, resp, i, &name, &value))
+            continue;
+        int k = lp__cache_field_index(name);
+        if (k >= 0)
+            mask |= 1 << k;
+    }
+    return mask;
+}
+
+/* Fields never stored with an entry (RFC 9111 §3.1): lua/luaproxy/cache/policy.lua's
+ * NOT_STORED, which the plugin's general path applies. */
+static int never_stored(lp_str_t name)
+{
+    switch (name.len) {
+    case 2:
+        return LP_STR_IEQ(name, "te");
+    case 7:
+        return LP_STR_IEQ(name, "upgrade") || LP_STR_IEQ(name, "trailer");
+    case 10:
+        return LP_STR_IEQ(name, "connection") || LP_STR_IEQ(name, "keep-alive");
+    case 16:
+        return LP_STR_IEQ(name, "proxy-connection");
+    case 17:
+        return LP_STR_IEQ(name, "transfer-encoding");
+    case 18:
+        return LP_STR_IEQ(name, "proxy-authenticate");
+    case 19:
+        return LP_STR_IEQ(name, "proxy-authorization");
+    case 25:
+        return LP_STR_IEQ(name, "proxy-authentication-info");
+    default:
+        return 0;
+    }
+}
+
+int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen, const char *sec,
+                              size_t slen, const char *meta, size_t mlen, double keep)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    int n = lp_ffi_header_count(r, 1);
+    lp_str_t name, value;
+    size_t need = mlen;
+    for (int i = 0; i < n; i++)
+        if (!lp_ffi_header_at(r, 1, i, &name, &value))
+            need += name.len + value.len + 4; /* "h " NAME "\t" VALUE "\n" */
+    /* Built in the thread's scratch (lp_ffi_cache_get's: nothing else uses it meanwhile). */
+    if (need > scratch_cap) {
+        char *s = realloc(scratch, need);
+        if (!s)
+            return LP_FFI_ENOSPACE;
+        pthread_once(&scratch_once, scratch_key_make);
+        pthread_setspecific(scratch_key, s);
+        scratch = s;
+        scratch_cap = need;
+    }
+    char *p = scratch;
+    memcpy(p, meta, mlen);
+    p += mlen;
+    for (int i = 0; i < n; i++) {
+        if (lp_ffi_header_at(r, 1, i, &name, &value) || never_stored(name))
+            continue;
+        *p++ = 'h';
+        *p++ = ' ';
+        memcpy(p, name.base, name.len);
+        p += name.len;
+        *p++ = '\t';
+        memcpy(p, value.base, value.len);
+        p += value.len;
+        *p++ = '\n';
+    }
+    return lp_ffi_cache_store(r, zone, key, klen, sec, slen, scratch, (size_t)(p - scratch), keep);
+}
+
+int lp_ffi_cache_key(void *r, lp_str_t *out)
+{
+    lp_str_t scheme, host, uri;
+    if (lp_ffi_req_get(r, LP_FFI_SCHEME, &scheme))
+        scheme = LP_STR("http");
+    if (lp_ffi_req_get(r, LP_FFI_HOST, &host))
+        host = LP_STR("");
+    if (lp_ffi_req_get(r, LP_FFI_URI, &uri))
+        uri = LP_STR("");
+    size_t need = 4 + scheme.len + 3 + host.len + uri.len;
+    if (need > scratch_cap) {
+        char *s = realloc(scratch, need);
+        if (!s)
+            return LP_FFI_ENOSPACE;
+        pthread_once(&scratch_once, scratch_key_make);
+        pthread_setspecific(scratch_key, s);
+        scratch = s;
+        scratch_cap = need;
+    }
+    char *p = scratch;
+    memcpy(p, "GET ", 4);
+    p += 4;
+    memcpy(p, scheme.base, scheme.len);
+    p += scheme.len;
+    memcpy(p, "://", 3);
+    p += 3;
+    for (size_t i = 0; i < host.len; i++) {
+        char c = host.base[i];
+        *p++ = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c); /* req:host()'s lower() */
+    }
+    memcpy(p, uri.base, uri.len);
+    *out = (lp_str_t){scratch, need};
+    return 0;
 }

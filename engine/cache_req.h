@@ -23,6 +23,10 @@ char *lp_cache_req_copy(lp_req_t *req);
 /* Drops the hit's body (written, or copied). */
 void lp_cache_req_body_done(lp_req_t *req);
 
+/* The index in LP_FFI_CACHE_FIELDS (lua_api.h) of a field name (any case), or -1
+ * (lp_ffi_cache_fields' bits). */
+int lp__cache_field_index(lp_str_t name);
+
 /* A stopping worker, once nothing runs on it: waits left are cancelled, wake-ups handed over
  * are dropped, and the inbox's async handle closes. */
 void lp_cache_worker_close(lp_worker_t *w);

@@ -15,11 +15,11 @@ static int set_error(lp_h1_t *h, int status, const char *reason)
 
 /* RFC 9110 tchar: ALPHA, DIGIT and !#$%&'*+-.^_`|~, one bit per byte value. A table, not
  * a search: every header name of every request (and every name Lua sets) is checked. */
-static const uint64_t tchar_bits[4] = {0x3ff6cfa00000000ULL, 0x57ffffffc7fffffeULL, 0x0ULL, 0x0ULL};
+const uint64_t lp_h1_tchar_bits[4] = {0x3ff6cfa00000000ULL, 0x57ffffffc7fffffeULL, 0x0ULL, 0x0ULL};
 
 static int is_tchar(unsigned char c)
 {
-    return (int)((tchar_bits[c >> 6] >> (c & 63)) & 1);
+    return lp_h1_is_tchar(c);
 }
 
 int lp_h1_tchar_token(lp_str_t s)

@@ -441,6 +441,45 @@ int lp__resp_begin(lp_req_t *r)
     return 0;
 }
 
+int lp__resp_add_wire(lp_req_t *r, const char *p, size_t n)
+{
+    hlist_t l;
+    if (!n)
+        return 0;
+    if (hlist(r, 1, &l))
+        return LP_FFI_ENOSPACE;
+    const char *s = arena_copy(r, 1, &l, p, n); /* the fields point into this copy */
+    if (!s)
+        return LP_FFI_ENOSPACE;
+    const char *end = s + n;
+    while (s < end) {
+        /* lp_h1_tchar_token's test and valid_value's, each in the pass that finds the end */
+        const char *colon = s;
+        while (colon < end && lp_h1_is_tchar((unsigned char)*colon))
+            colon++;
+        if (colon == s || end - colon < 4 || colon[0] != ':' || colon[1] != ' ')
+            return LP_FFI_EINVAL;
+        lp_str_t name = {s, (size_t)(colon - s)};
+        const char *v = colon + 2, *eol = v;
+        for (; eol < end; eol++) {
+            unsigned char c = (unsigned char)*eol;
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                break;
+        }
+        if (end - eol < 2 || eol[0] != '\r' || eol[1] != '\n')
+            return LP_FFI_EINVAL;
+        if ((name.len == 14 || name.len == 17) && is_framing(name.base, name.len))
+            return LP_FFI_EFRAMING;
+        if (*l.n >= l.cap)
+            return LP_FFI_ENOSPACE;
+        l.v[*l.n].name = name;
+        l.v[*l.n].value = (lp_str_t){v, (size_t)(eol - v)};
+        (*l.n)++;
+        s = eol + 2;
+    }
+    return 0;
+}
+
 int lp_ffi_respond(void *rp, int status, const char *body, size_t len)
 {
     lp_req_t *r = rp;

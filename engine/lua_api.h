@@ -75,6 +75,10 @@ int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);
 /* Empties the response head list for a new answer (C callers: no phase check). */
 int lp__resp_begin(struct lp_req_s *r);
+/* Adds "Name: value\r\n" lines to the response's fields, with lp_ffi_header_set's checks (as
+ * LP_FFI_HADD), copied into the head's arena at once (a cache hit's head, cache_ffi.c). 0, or
+ * LP_FFI_EINVAL / LP_FFI_EFRAMING / LP_FFI_ENOSPACE (the lines before the bad one stay). */
+int lp__resp_add_wire(struct lp_req_s *r, const char *p, size_t n);
 int lp_ffi_respond(void *r, int status, const char *body, size_t len);
 int lp_ffi_sleep(double seconds);
 /* req:body(): 0 with the body in *out, 1 when the caller must yield and call again,
@@ -400,8 +404,8 @@ int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const 
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
 enum { LP_FFI_CACHE_ONLY_HOOK = 1 }; /* lp_ffi_cache_respond flags */
-int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, double first,
-                         double last, int flags);
+int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, const char *more,
+                         size_t mlen, double first, double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
 /* Bytes of the looked-up entry's body into dst: how many; LP_FFI_ENOTFOUND when its body is
  * only in its file (a streamed disk hit). */
@@ -410,6 +414,24 @@ int lp_ffi_cache_window(void *r, double first, double n);
 double lp_ffi_cache_upstream_length(void *r);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
 void lp_ffi_cache_count(void *zone, int what);
+/* The cache's hot path without header tables (cacheperf). fields: a bit per name of
+ * LP_FFI_CACHE_FIELDS present in the request's (resp 0) or the response's (resp 1) fields,
+ * bit i for the i-th name: the plugin reads only those present (lua/luaproxy/cache.lua).
+ * store_fields: as store, the head being `meta` followed by the response's fields as
+ * "h Name\tvalue\n" lines, in the upstream's order and case, without the ones a cache never
+ * stores (hop-by-hop: Connection, Keep-Alive, Proxy-Connection, TE, Transfer-Encoding,
+ * Upgrade, Trailer, Proxy-Authenticate, Proxy-Authentication-Info, Proxy-Authorization). */
+#define LP_FFI_CACHE_FIELDS                                                                        \
+    "cache-control", "pragma", "if-match", "if-none-match", "if-modified-since",                   \
+        "if-unmodified-since", "range", "if-range", "authorization", "content-length",             \
+        "transfer-encoding", "expires", "date", "age", "etag", "last-modified", "vary",            \
+        "set-cookie", "connection", "cache-status", "location", "content-location"
+int lp_ffi_cache_fields(void *r, int resp);
+int lp_ffi_cache_store_fields(void *r, void *zone, const char *key, size_t klen, const char *sec,
+                              size_t slen, const char *meta, size_t mlen, double keep);
+/* key: the default cache key, "GET " scheme "://" host (lower-case) URI, as the cache
+ * plugin's default_key made it from req:scheme(), req:host() and req:uri(). */
+int lp_ffi_cache_key(void *r, lp_str_t *out);
 
 /* req:trailers() (resp 0: the client's request trailers) and req:resp_trailers() (resp 1:
  * the upstream's response trailers): their fields as "name: value\r\n" lines in *out (empty

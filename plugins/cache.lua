@@ -153,6 +153,9 @@ function P.compile(conf)
     max_vary_fields = conf.max_vary_fields,
   }
   local l2 = conf.l2
+  -- Only the L2 tier has log-phase work: without it the engine runs no log phase for the
+  -- cache (one coroutine resume less per request).
+  if not l2 then conf.skip_phases = { log = true } end
   if l2 then
     local r = l2.redis
     conf._l2 = {
@@ -223,15 +226,41 @@ local function decode(head)
   return meta, headers, case
 end
 
-P._encode, P._decode = encode, decode -- specs
+-- encode's lines for a meta from policy.meta (every key it sets, and ttl/ttl_source a Lua
+-- TTL changes), written without a loop over the table: a loop in the response phase starts
+-- its own trace, whose exits cannot be compiled through the phase's return (LuaJIT: "NYI:
+-- return to lower frame"), and left the rest of every miss interpreted. Its strings come
+-- from the policy and the response's fields, which hold no CR or LF.
+local function encode_meta(m)
+  local out = format("L1\nn status\t%.17g\nn age_value\t%.17g\nn request_time\t%.17g\n"
+    .. "n response_time\t%.17g\nn ttl\t%.17g\ns ttl_source\t%s\nb must_revalidate\t%s\n"
+    .. "b no_cache\t%s\n", m.status, m.age_value, m.request_time, m.response_time, m.ttl,
+    m.ttl_source, m.must_revalidate and "1" or "0", m.no_cache and "1" or "0")
+  if m.date then out = out .. format("n date\t%.17g\n", m.date) end
+  if m.etag then out = out .. "s etag\t" .. m.etag .. "\n" end
+  if m.last_modified then out = out .. "s last_modified\t" .. m.last_modified .. "\n" end
+  if m.stale_while_revalidate then
+    out = out .. format("n stale_while_revalidate\t%.17g\n", m.stale_while_revalidate)
+  end
+  if m.stale_if_error then out = out .. format("n stale_if_error\t%.17g\n", m.stale_if_error) end
+  return out
+end
+
+P._encode, P._decode, P._encode_meta = encode, decode, encode_meta -- specs
 
 -- ---- helpers ----
 
 local NO_DIRECTIVES = policy.request_directives({}) -- shared by requests without any: read only
 
-local function default_key(req)
-  return "GET " .. (req:scheme() or "http") .. "://" .. req:host() .. req:uri()
+-- The request fields storable reads in the response phase, read (kept in the view) in the
+-- request phase: as the request was looked up, whatever a later plugin changes in what goes
+-- upstream. Absent ones cost nothing (Zone:req_view).
+local function read_early(rh)
+  return rh.authorization, rh["content-length"], rh["transfer-encoding"]
 end
+
+-- The default key (no cache_key, no req:set_cache_key()) is Zone:default_key's:
+-- "GET scheme://host/path?query", HEAD sharing GET's.
 
 local function zone_of(conf)
   local z = proxy.cache.zone(conf.zone)
@@ -375,6 +404,15 @@ local function has_conditional(rh)
     or rh["if-modified-since"] ~= nil or rh["if-unmodified-since"] ~= nil
 end
 
+-- A list serve made with only its wire form gets its fields as pairs too (an answer adding
+-- a field, multipart). Returns it.
+local function own_pairs(list, age_s, status_value)
+  if list.wire and #list == 0 then
+    list[1], list[2] = { "Age", age_s }, { "Cache-Status", status_value }
+  end
+  return list
+end
+
 -- base: the served_list of (meta, headers) when the caller has it (a hit from decode_cached);
 -- else it is built here (a 304's merged fields, a refetch).
 local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
@@ -390,12 +428,13 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
     -- pattern matching (not compiled) on every hit.
     status_value = "luaproxy; hit; ttl=" .. format("%d", floor(ttl))
   else
-    cs.prior, cs.ttl = prior, ttl
-    status_value = policy.cache_status(cs)
+    status_value = policy.cache_status { hit = cs.hit, fwd = cs.fwd, fwd_status = cs.fwd_status,
+      stored = cs.stored, collapsed = cs.collapsed, detail = cs.detail, prior = prior, ttl = ttl }
   end
   -- This answer's own fields; base's (shared by every hit on the head: never changed) go
   -- first (Zone:respond). `wire`: the list's own fields as lines, while they are these two
-  -- (a hit sends base.wire .. wire: no loop, one call).
+  -- (a hit sends base.wire and wire: no loop, one call), without them as pairs until an
+  -- answer adds a field (own_pairs).
   local list
   if client_only then
     list = { base = base }
@@ -409,8 +448,7 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
     list[#list + 1] = { "Age", age_s }
     list[#list + 1] = { "Cache-Status", status_value }
   else
-    list = { { "Age", age_s }, { "Cache-Status", status_value }, base = base,
-             wire = "Age: " .. age_s .. "\r\nCache-Status: " .. status_value .. "\r\n" }
+    list = { base = base, wire = "Age: " .. age_s .. "\r\nCache-Status: " .. status_value .. "\r\n" }
   end
   st.served = true
   local method, status = req:method(), meta.status or 200
@@ -421,14 +459,16 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
   if method == "GET" and status == 200 and range then
     local r = policy.parse_range(range, blen, st.rh["if-range"], headers, conf._opts)
     if r == "unsatisfiable" then
+      own_pairs(list, age_s, status_value)
       list[#list + 1] = { "Content-Range", format("bytes */%d", blen) }
       list.wire = nil
       return z:respond(req, 416, list, -2)
     elseif type(r) == "table" and #r == 1 then
+      own_pairs(list, age_s, status_value)
       list[#list + 1] = { "Content-Range", format("bytes %d-%d/%d", r[1][1], r[1][2], blen) }
       list.wire = nil
       return z:respond(req, 206, list, r[1][1], r[1][2])
-    elseif type(r) == "table" and multipart(req, st, full_list(list), r, blen) then
+    elseif type(r) == "table" and multipart(req, st, full_list(own_pairs(list, age_s, status_value)), r, blen) then
       return
     end
   end
@@ -528,7 +568,7 @@ local function refresh_in_background(req, conf, st, sec)
   -- That get replaced the entry this request serves: look it up again.
   if not z:get(req, key, sec or "") then return false end
   if busy then return true end
-  local rh = st.rh
+  local rh = req:headers() -- a whole table: fetch walks it, after this request ended
   refreshing[key] = true
   z:put(key, REFRESHING, "", conf.background_timeout)
   local spawned = proxy.spawn(function()
@@ -558,7 +598,7 @@ local function refetch(req, conf, st)
   local plan = fetch_plan(req, true)
   local t0 = proxy.now()
   local res, err
-  if plan then res, err = fetch(plan, st.rh, conf.background_timeout) end
+  if plan then res, err = fetch(plan, req:headers(), conf.background_timeout) end
   if not res then
     proxy.log.warn("cache: full fetch of " .. st.key .. " failed: " .. tostring(err or "no target"))
     if stale.d and (stale.d.stale_if_error or stale.d.stale_if_disconnected) then
@@ -602,11 +642,21 @@ end
 -- One lookup for P.request: true when the request was answered (from the entry, or 504
 -- under only-if-cached) or goes upstream to revalidate; false on a miss (st.sec set).
 -- waited: after waiting for another request's fill.
+local HIT = { hit = true } -- serve's cs of a plain hit (serve reads it only)
+
 local function look(req, conf, st, z, key, rh, rd, waited)
   local meta, headers, blen, sec, case, base = lookup(req, z, key, rh, conf)
   st.case = case
   if meta then
-    local decision, d = policy.evaluate(meta, rd, proxy.now(), conf._opts)
+    local now = proxy.now()
+    -- A request without directives on a fresh entry: evaluate's "fresh" without its details
+    -- table (policy.fresh_plain).
+    if rd == NO_DIRECTIVES and not waited and not st.l2 and policy.fresh_plain(meta, now) then
+      z:count("hit")
+      serve(req, conf, st, meta, headers, blen, HIT, nil, base)
+      return true
+    end
+    local decision, d = policy.evaluate(meta, rd, now, conf._opts)
     if decision == "fresh" or decision == "stale_ok" then
       z:count(decision == "fresh" and "hit" or "stale")
       serve(req, conf, st, meta, headers, blen,
@@ -815,15 +865,18 @@ function P.request(req, conf)
     st.invalidate = not policy.is_safe_method(method)
     return
   end
-  local key = o.key or (conf.cache_key and conf.cache_key(req)) or default_key(req)
+  local key = o.key or (conf.cache_key and conf.cache_key(req)) or z:default_key(req)
   if type(key) ~= "string" then
     proxy.log.error("cache: cache_key returned " .. type(key) .. ", not a string: not cached")
     st.pass = true
     return
   end
   st.key = key
-  local rh = req:headers()
+  -- Read as used (Zone:req_view): most requests carry none of the fields the policy reads,
+  -- and a hit or a miss then builds no header table.
+  local rh = z:req_view(req)
   st.rh = rh
+  read_early(rh)
   -- Most requests carry neither Cache-Control nor Pragma: their directives are one shared,
   -- never changed table.
   local rd = (rh["cache-control"] == nil and rh.pragma == nil) and NO_DIRECTIVES
@@ -919,12 +972,20 @@ function P.response(req, conf)
   if st.pass then return end
   st.phase = "response"
   local now = proxy.now()
-  local rsh, rcase = z:resp_fields(req) -- lower-case names; the upstream's case of the others
+  local stale = st.stale
+  -- A revalidation merges the 304's fields (pairs): a whole table and the upstream's case.
+  -- Else a view (Zone:resp_view): the common miss reads a few fields and has the engine
+  -- write the stored ones.
+  local rsh, rcase
+  if stale then
+    rsh, rcase = z:resp_fields(req) -- lower-case names; the upstream's case of the others
+  else
+    rsh = z:resp_view(req)
+  end
   local from_upstream = req:upstream_addr() ~= nil
   if from_upstream and (status == 502 or status == 504) and NET_FAILURE[req:last_failure() or ""] then
     from_upstream = false
   end
-  local stale = st.stale
   if stale and from_upstream and status == 304 and not policy.updates(stale.headers, rsh) then
     return refetch(req, conf, st)
   end
@@ -952,15 +1013,16 @@ function P.response(req, conf)
       { hit = true, detail = "stale-if-error" }, nil, stale.base)
   end
   local o = req:cache_options()
+  local o_ttl = o.ttl
   local stored, ttl = false, nil
   if from_upstream and req:method() == "GET" and not o.no_store then
     local ok, why = policy.storable("GET", status, st.rh, rsh, conf._opts)
-    if not ok and o.ttl and (why == "no explicit freshness" or why == "no freshness and no validator") then
+    if not ok and o_ttl and (why == "no explicit freshness" or why == "no freshness and no validator") then
       ok = true
     end
     if ok then
       local meta = policy.meta(status, rsh, st.t0, now, conf._opts)
-      if o.ttl then meta.ttl, meta.ttl_source = o.ttl + policy.current_age(meta, now), "lua" end
+      if o_ttl then meta.ttl, meta.ttl_source = o_ttl + policy.current_age(meta, now), "lua" end
       local vary = rsh.vary
       if type(vary) == "table" then vary = concat(vary, ", ") end
       local sec = ""
@@ -970,8 +1032,13 @@ function P.response(req, conf)
         if sec then z:put(st.key, "", "V " .. gsub(vary, "[\r\n]", " "), keep) end
       end
       if sec and meta.ttl + keep > 0 then
-        stored = z:store(req, st.key, sec,
-          encode(meta, policy.stored_headers(rsh, conf._opts), rcase), keep)
+        if not rcase and policy.stores_all_fields(rsh, conf._opts) then
+          stored = z:store_fields(req, st.key, sec, encode_meta(meta), keep)
+        else
+          if not rcase then rsh, rcase = z:resp_fields(req) end
+          stored = z:store(req, st.key, sec,
+            encode(meta, policy.stored_headers(rsh, conf._opts), rcase), keep)
+        end
         ttl = meta.ttl - policy.current_age(meta, now)
         if stored and conf._l2 then st.l2_put = { sec = sec, vary = sec ~= "" and (gsub(vary, "[\r\n]", " ")) or nil } end
       end

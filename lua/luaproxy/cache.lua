@@ -10,7 +10,8 @@ local phases = require "luaproxy.phases"
 
 local C = ffi.C
 local ffi_string = ffi.string
-local type, format, pairs, lower = type, string.format, pairs, string.lower
+local type, format, pairs, ipairs, lower = type, string.format, pairs, ipairs, string.lower
+local setmetatable, rawset = setmetatable, rawset
 local concat = table.concat
 local raise = phases.raise
 
@@ -109,13 +110,14 @@ function Zone:respond(req, status, headers, first, last)
   -- require is not compiled: a call per hit would end the hit's trace here.
   cache_respond = cache_respond or require("luaproxy.request").cache_respond
   local base = headers.base
-  local wire = base and (wire_of(base) .. wire_of(headers)) or wire_of(headers)
+  local wire, more = wire_of(headers), "" -- two strings, not one: no concatenation per hit
+  if base then wire, more = wire_of(base), wire end
   -- The cache plugin's response handler does nothing for a request it answered in the
   -- request phase: when it is the route's only response hook, the engine skips the phase.
   local flags = 0
   local rl = req._phase == "request" and req._chain[RESPONSE]
   if rl and #rl == 1 and rl[1] == runtime.current then flags = K.CACHE_ONLY_HOOK end
-  cache_respond(req, status, wire, first or -1, last or -1, flags)
+  cache_respond(req, status, wire, more, first or -1, last or -1, flags)
 end
 
 -- Bytes first..first+n-1 of the looked-up entry's body, as a string (fewer at its end);
@@ -184,6 +186,67 @@ function Zone:resp_fields(req)
     end
   end
   return out, case
+end
+
+-- ---- header tables read as they are used (the hit and miss paths) ----
+-- A view: the request's or the response's fields as a table of lower-case name -> value (a
+-- list for a field on several lines), as req:headers() returns, except that a field is read
+-- from the engine when first indexed (then kept in the table). One FFI call when it is made
+-- says which of a fixed set of names (K.CACHE_FIELDS: the ones the cache policy reads) are
+-- present: indexing an absent one costs no call. Not for pairs() (only fields read so far
+-- are in it), and only while the request's phases run: the fields are read as they are then
+-- (the cache plugin reads every request field it changes before changing it).
+local bit = require "bit"
+local band, lshift = bit.band, bit.lshift
+local FIELD_BIT = {}
+for i, name in ipairs(K.CACHE_FIELDS) do FIELD_BIT[name] = lshift(1, i - 1) end
+local f1 = ffi.new("lp_str_t[1]")
+
+local VIEW = {
+  -- [1] the request (cdata), [2] the mask of CACHE_FIELDS present, [3] 0 request, 1 response
+  __index = function(t, name)
+    local b = FIELD_BIT[name]
+    if b and band(t[2], b) == 0 then return nil end
+    if type(name) ~= "string" then return nil end
+    local r, resp = t[1], t[3]
+    if C.lp_ffi_header_get(r, resp, name, #name, 0, f1) ~= 1 then return nil end
+    local v = ffi_string(f1[0].base, f1[0].len)
+    if C.lp_ffi_header_get(r, resp, name, #name, 1, f1) == 1 then
+      local list, i = { v, ffi_string(f1[0].base, f1[0].len) }, 2
+      while C.lp_ffi_header_get(r, resp, name, #name, i, f1) == 1 do
+        i = i + 1
+        list[i] = ffi_string(f1[0].base, f1[0].len)
+      end
+      v = list
+    end
+    rawset(t, name, v)
+    return v
+  end,
+}
+
+-- The request's fields as a view (above).
+function Zone:req_view(req)
+  local r = req._r
+  return (setmetatable({ r, C.lp_ffi_cache_fields(r, 0), 0 }, VIEW)) -- not a tail call: ends the trace
+end
+
+-- Response phase: the response's fields as a view (above).
+function Zone:resp_view(req)
+  local r = req._r
+  return (setmetatable({ r, C.lp_ffi_cache_fields(r, 1), 1 }, VIEW)) -- not a tail call: ends the trace
+end
+
+-- Response phase: as store, the head being `meta` (the policy's lines, cache plugin's
+-- encode_meta) followed by the response's fields as the cache stores them (every one but the
+-- hop-by-hop fields, in the upstream's order and case), written by the engine.
+function Zone:store_fields(req, key, sec, meta, keep)
+  return C.lp_ffi_cache_store_fields(req._r, self._z, key, #key, sec, #sec, meta, #meta, keep) == 0
+end
+
+-- The default key: "GET " scheme "://" host (lower-case) URI, in one call.
+function Zone:default_key(req)
+  if C.lp_ffi_cache_key(req._r, s1) ~= 0 then raise("cache: out of memory", 2) end
+  return (ffi_string(s1[0].base, s1[0].len))
 end
 
 -- The looked-up entry gets a new head (a 304 revalidated it), kept `keep` seconds more.

@@ -178,8 +178,8 @@ int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const 
                        size_t slen, const char *head, size_t hlen, double keep);
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
-int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, double first,
-                         double last, int flags);
+int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, const char *more,
+                         size_t mlen, double first, double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
 double lp_ffi_cache_read(void *r, double first, char *dst, double n);
 int lp_ffi_cache_window(void *r, double first, double n);
@@ -187,6 +187,10 @@ double lp_ffi_cache_upstream_length(void *r);
 double lp_ffi_cache_purge(void *zone, int mode, const char *key, size_t klen);
 void lp_ffi_cache_count(void *zone, int what);
 int lp_ffi_trailers(void *r, int resp, lp_str_t *out);
+int lp_ffi_cache_fields(void *r, int resp);
+int lp_ffi_cache_store_fields(void *r, void *zone, const char *key, size_t klen, const char *sec,
+                              size_t slen, const char *meta, size_t mlen, double keep);
+int lp_ffi_cache_key(void *r, lp_str_t *out);
 ]]
 
 return {
@@ -224,4 +228,9 @@ return {
   CACHE_PURGE_KEY = 0, CACHE_PURGE_PREFIX = 1, CACHE_PURGE_ALL = 2,
   CACHE_C = { hit = 0, miss = 1, expired = 2, stale = 3, revalidated = 4, bypass = 5 },
   CACHE_ONLY_HOOK = 1, -- lp_ffi_cache_respond flags (engine/lua_api.h LP_FFI_CACHE_ONLY_HOOK)
+  -- lp_ffi_cache_fields: bit i-1 for the i-th name (engine/lua_api.h LP_FFI_CACHE_FIELDS)
+  CACHE_FIELDS = { "cache-control", "pragma", "if-match", "if-none-match", "if-modified-since",
+    "if-unmodified-since", "range", "if-range", "authorization", "content-length",
+    "transfer-encoding", "expires", "date", "age", "etag", "last-modified", "vary",
+    "set-cookie", "connection", "cache-status", "location", "content-location" },
 }

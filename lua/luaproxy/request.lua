@@ -605,8 +605,8 @@ function methods.cache_options(h)
 end
 
 -- An answer whose body is the cache entry the request looked up (Zone:respond).
-function M.cache_respond(h, status, wire, first, last, flags)
-  local rc = C.lp_ffi_cache_respond(h._r, status, wire, #wire, first, last, flags)
+function M.cache_respond(h, status, wire, more, first, last, flags)
+  local rc = C.lp_ffi_cache_respond(h._r, status, wire, #wire, more, #more, first, last, flags)
   if rc == K.EOTHER then
     raise("cache: this handle belongs to another request than the running phase's", 3)
   elseif rc ~= 0 then

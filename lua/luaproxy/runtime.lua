@@ -14,6 +14,12 @@ local co_running = coroutine.running
 
 local M = {}
 
+-- LuaJIT ends a trace holding more than `maxirconst` constants (500 by default) with "trace
+-- too long": the longer phase handlers (the cache plugin's response phase, with its field
+-- names, keys and format strings) then ran interpreted on every request. A VM of luaproxy
+-- allows three times as many.
+require("jit").opt.start("maxirconst=1500")
+
 -- Phase numbers shared with the engine (engine/lua_vm.h LP_PHASE_*).
 M.PHASES = { "request", "upstream", "response", "response_body", "log" }
 local PHASE_ID = {}

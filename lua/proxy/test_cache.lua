@@ -5,7 +5,7 @@
 -- engine does when the head goes out. A spec declares zones with T.cache_zones{ name = {} }.
 local M = {}
 
-local type, pairs, setmetatable, sub = type, pairs, setmetatable, string.sub
+local type, pairs, ipairs, setmetatable, sub = type, pairs, ipairs, setmetatable, string.sub
 
 function M.registry(now, hooks)
   local reg = {}
@@ -67,6 +67,14 @@ function M.registry(now, hooks)
     elseif first and first >= 0 then
       body = sub(body, first + 1, last + 1)
     end
+    if headers.wire and #headers == 0 then -- only as lines (the cache plugin's plain hit)
+      local pairs_of = {}
+      for name, value in headers.wire:gmatch("([^:\r\n]+): ([^\r\n]*)\r\n") do
+        pairs_of[#pairs_of + 1] = { name, value }
+      end
+      pairs_of.base = headers.base
+      headers = pairs_of
+    end
     if headers.base then -- a shared list's fields first (the engine's Zone:respond)
       local all = {}
       for i, kv in ipairs(headers.base) do all[i] = kv end
@@ -96,6 +104,31 @@ function M.registry(now, hooks)
   -- The double keeps no field names' case: every name is served lower-case.
   function Zone:names() return {} end
   function Zone:resp_fields(req) return req:resp_headers(), {} end
+  function Zone:default_key(req)
+    return "GET " .. (req:scheme() or "http") .. "://" .. req:host() .. req:uri()
+  end
+
+  -- The engine's views read fields as they are indexed; the double's are whole tables.
+  function Zone:req_view(req) return req:headers() end
+  function Zone:resp_view(req) return req:resp_headers() end
+
+  -- The engine writes the fields after `meta`; the double in Lua, every field but the
+  -- hop-by-hop ones (engine/cache_ffi.c never_stored), lower-case.
+  local NEVER_STORED = { connection = true, ["keep-alive"] = true, ["proxy-connection"] = true,
+    te = true, ["transfer-encoding"] = true, upgrade = true, trailer = true,
+    ["proxy-authenticate"] = true, ["proxy-authentication-info"] = true,
+    ["proxy-authorization"] = true }
+  function Zone:store_fields(req, key, sec, meta, keep)
+    local out = { meta }
+    for name, v in pairs(req:resp_headers()) do
+      if not NEVER_STORED[name] then
+        for _, x in ipairs(type(v) == "table" and v or { v }) do
+          out[#out + 1] = "h " .. name .. "\t" .. x .. "\n"
+        end
+      end
+    end
+    return self:store(req, key, sec, table.concat(out), keep)
+  end
 
   function Zone:refresh(req, head, keep)
     local e = req._cache_hit

@@ -481,6 +481,17 @@ describe("luaproxy.cache.policy", function()
         P.stored_headers(src, { shared = false }))
     end)
 
+    it("says when it drops only the fields never stored (stores_all_fields)", function()
+      assert.is_true(P.stores_all_fields({ ["content-type"] = "a", upgrade = "x",
+        ["cache-control"] = "max-age=5, no-cache, private", ["set-cookie"] = "a=b" }))
+      assert.is_true(P.stores_all_fields({}, { cache_set_cookie = "strip" }))
+      assert.is_false(P.stores_all_fields({ connection = "close" }))
+      assert.is_false(P.stores_all_fields({ ["cache-control"] = 'no-cache="a"' }))
+      assert.is_false(P.stores_all_fields({ ["cache-control"] = 'private="a"' }))
+      assert.is_true(P.stores_all_fields({ ["cache-control"] = 'private="a"' }, { shared = false }))
+      assert.is_false(P.stores_all_fields({ ["set-cookie"] = "a=b" }, { cache_set_cookie = "strip" }))
+    end)
+
     it("drops Set-Cookie when configured to strip it", function()
       assert.same({ x = "1" }, P.stored_headers({ ["set-cookie"] = { "a=1", "b=2" }, x = "1" },
         { cache_set_cookie = "strip" }))
@@ -587,6 +598,18 @@ describe("luaproxy.cache.policy", function()
       assert.equal(60, d.ttl)
       assert.equal(50, d.left)
       assert.equal(0, d.staleness)
+    end)
+
+    it("answers as fresh_plain says for a request without directives", function()
+      for _, h in ipairs({ { ["cache-control"] = "max-age=60" }, { ["cache-control"] = "no-cache" },
+          { ["cache-control"] = "max-age=60, must-revalidate" }, { age = "100", ["cache-control"] = "max-age=60" },
+          { ["cache-control"] = "s-maxage=5, stale-while-revalidate=60" }, {} }) do
+        for _, at in ipairs({ T0, T0 + 4, T0 + 59, T0 + 60, T0 + 61 }) do
+          local m = meta(h, 200)
+          assert.equal(P.evaluate(m, P.request_directives({}), at) == "fresh",
+            P.fresh_plain(m, at) == true)
+        end
+      end
     end)
 
     it("is stale once age reaches the lifetime", function()

@@ -333,6 +333,30 @@ describe("cache plugin", function()
     assert.same({ ["content-type"] = "Content-Type" }, c3)
   end)
 
+  it("writes a policy meta's lines as encode does (encode_meta: every key policy.meta sets)", function()
+    local policy = require "luaproxy.cache.policy"
+    local full = policy.meta(200, { date = "Sun, 06 Nov 1994 08:49:37 GMT", age = "3",
+      etag = '"x"', ["last-modified"] = "Sat, 05 Nov 1994 08:49:37 GMT",
+      ["cache-control"] = "max-age=60, must-revalidate, stale-while-revalidate=5, stale-if-error=9" },
+      784111770.25, 784111777.5, {})
+    local bare = policy.meta(404, {}, 1000.5, 1001.25, { default_ttl = { [404] = 10 } })
+    for _, meta in ipairs({ full, bare }) do
+      local m2 = cache._decode(cache._encode_meta(meta))
+      assert.same(meta, m2)
+      assert.same(cache._decode(cache._encode(meta, {})), m2)
+    end
+    assert.equal(13, (function() local n = 0 for _ in pairs(full) do n = n + 1 end return n end)())
+  end)
+
+  it("stores the fields the engine writes (store_fields) as the general path would", function()
+    run(nil, { uri = "/sf" }, { status = 200, headers = { ["cache-control"] = "max-age=60",
+      ["content-type"] = "text/plain", upgrade = "h2c", ["x-a"] = { "1", "2" } }, body = "sf" })
+    local e = T.cache_zone("z").entries["GET http://example.com/sf"][""]
+    local _, h = cache._decode(e.head)
+    assert.same({ ["cache-control"] = "max-age=60", ["content-type"] = "text/plain",
+      ["x-a"] = { "1", "2" } }, h)
+  end)
+
   it("checks its schema", function()
     assert.has_error(function() T.conf(cache, {}) end)
     assert.has_error(function() T.conf(cache, { zone = "z", cache_set_cookie = "yes" }) end)

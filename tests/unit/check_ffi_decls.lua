@@ -41,5 +41,17 @@ end
 for name, proto in pairs(lua) do
   if not header[name] then print("not in lua_api.h: " .. proto); bad = bad + 1 end
 end
+-- lp_ffi_cache_fields' names: the C list (LP_FFI_CACHE_FIELDS) and K.CACHE_FIELDS agree.
+local cnames = {}
+local macro = read(root .. "/engine/lua_api.h"):match("#define LP_FFI_CACHE_FIELDS(.-)\nint ")
+for name in (macro or ""):gmatch('"([^"]+)"') do cnames[#cnames + 1] = name end
+local lnames = read(root .. "/lua/luaproxy/ffi.lua"):match("CACHE_FIELDS = (%b{})") or ""
+local i = 0
+for name in lnames:gmatch('"([^"]+)"') do
+  i = i + 1
+  if cnames[i] ~= name then print("CACHE_FIELDS differ at " .. i .. ": " .. name); bad = bad + 1 end
+end
+if i ~= #cnames or i == 0 then print("CACHE_FIELDS: lengths differ"); bad = bad + 1 end
+
 print(string.format("%d passed, %d failed", (nh > nl and nh or nl) - bad, bad))
 os.exit(bad == 0 and nh > 0 and 0 or 1)

@@ -4,7 +4,9 @@
  * and counts under threads. */
 #include <pthread.h>
 #include <string.h>
+#include "cache_req.h"
 #include "cache_store.h"
+#include "lua_api.h"
 #include "lp_test.h"
 
 #define K(s) (s), strlen(s)
@@ -425,7 +427,29 @@ static void fills_charged(void)
     lp_cache_zone_release(z);
 }
 
+/* lp_ffi_cache_fields' bits are the order of LP_FFI_CACHE_FIELDS, which ffi.lua repeats
+ * (check_ffi_decls.lua compares the two lists). */
+static void field_bits(void)
+{
+    static const char *const names[] = {LP_FFI_CACHE_FIELDS};
+    size_t n = sizeof(names) / sizeof(names[0]);
+    CHECK(n <= 31);
+    for (size_t i = 0; i < n; i++) {
+        lp_str_t s = {names[i], strlen(names[i])};
+        CHECK_EQ_INT(lp__cache_field_index(s), (int)i);
+        char up[32];
+        for (size_t k = 0; k <= s.len && k < sizeof(up); k++)
+            up[k] =
+                (char)((names[i][k] >= 'a' && names[i][k] <= 'z') ? names[i][k] - 32 : names[i][k]);
+        CHECK_EQ_INT(lp__cache_field_index((lp_str_t){up, s.len}), (int)i);
+    }
+    CHECK_EQ_INT(lp__cache_field_index(LP_STR("host")), -1);
+    CHECK_EQ_INT(lp__cache_field_index(LP_STR("content-type")), -1);
+    CHECK_EQ_INT(lp__cache_field_index(LP_STR("")), -1);
+}
+
 static const lp_test_case_t tests[] = {
+    {"field_bits", field_bits},
     {"store_and_get", store_and_get},
     {"large_body_many_chunks", large_body_many_chunks},
     {"object_limit_and_partial", object_limit_and_partial},

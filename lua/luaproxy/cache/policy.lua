@@ -41,6 +41,8 @@
 --       store (§3.1: Connection and the fields it lists, hop-by-hop fields, Proxy-Authenticate,
 --       Proxy-Authentication-Info, Proxy-Authorization, no-cache="..." fields, and in a shared
 --       cache private="..." fields; Set-Cookie when cache_set_cookie == "strip")
+--   stores_all_fields(resp_headers, opts) -> bool  (stored_headers drops only hop-by-hop
+--       fields and Proxy-Authenticate/-Authentication-Info/-Authorization)
 --   freshness_lifetime(status, resp_headers, opts) -> seconds | nil, source
 --       source: "s-maxage" | "max-age" | "expires" | "default_ttl" | "heuristic" | "none",
 --       with " (invalid)" appended when an invalid value made the lifetime 0.
@@ -49,6 +51,7 @@
 --                must_revalidate, no_cache, stale_while_revalidate, stale_if_error,
 --                etag, last_modified }  -- what the store keeps beside an entry
 --   current_age(meta, now) -> seconds                          (RFC 9111 §4.2.3)
+--   fresh_plain(meta, now) -> true | nil   (evaluate(meta, {}, now) == "fresh", cheaply)
 --   evaluate(meta, req_dir, now, opts) -> decision, details
 --       decision: "fresh" (serve), "stale_ok" (serve stale: the request allows it with
 --       max-stale), "stale_while_revalidate" (serve stale, refresh in the background),
@@ -589,6 +592,19 @@ function P.stored_headers(resp_headers, opts)
   return out
 end
 
+-- Whether stored_headers(resp_headers, opts) drops only the fields never stored (NOT_STORED):
+-- no Connection field naming others, no qualified no-cache or (shared) private, no Set-Cookie
+-- to strip. The cache plugin then has the engine write the fields (Zone:store_fields).
+function P.stores_all_fields(resp_headers, opts)
+  local h = resp_headers or EMPTY
+  if h.connection ~= nil then return false end
+  if opts and opts.cache_set_cookie == "strip" and h["set-cookie"] ~= nil then return false end
+  local cc = cc_of(h["cache-control"])
+  if qualified(cc["no-cache"]) then return false end
+  if is_shared(opts) and qualified(cc.private) then return false end
+  return true
+end
+
 -- Age (§4.2.3, §5.1) --------------------------------------------------------------------------
 
 -- The Age value: the first member of the first line; nil (ignored) when not delta-seconds.
@@ -656,6 +672,13 @@ local function refuse(d, req_dir, why, fwd)
   d.why, d.fwd = why, fwd
   if req_dir.only_if_cached then return "miss", d end
   return "revalidate", d
+end
+
+-- evaluate's "fresh" for a request without directives, without its details table: true
+-- when evaluate(meta, {}, now) answers "fresh" (nil when it may answer anything else).
+function P.fresh_plain(meta, now)
+  if meta.no_cache then return nil end
+  return (meta.ttl or 0) - P.current_age(meta, now) > 0 or nil
 end
 
 function P.evaluate(meta, req_dir, now, opts)
