@@ -82,6 +82,8 @@ typedef struct lp_h2_s {
     uint8_t goaway;        /* GOAWAY sent: close when no stream is left */
     uint8_t bye;           /* a fatal error: send what is queued, then close */
     uint8_t more;          /* h2_send stopped with output left and no write in flight */
+    uint8_t turn_queued;   /* in the worker's h2_out until the end of the loop turn */
+    lp_list_t out_link;    /* in w->h2_out while turn_queued */
 } lp_h2_t;
 
 static const lp_h2_conf_t *CONF(const lp_h2_t *h2)
@@ -839,8 +841,33 @@ void lp_h2_flush(lp_conn_t *c)
         h2->want_send = 1;
         return;
     }
+    if (!(c->flags & LP_CF_CLOSE_AFTER)) {
+        /* The pipeline's flushes (a response's end, body bytes) wait for the end of the
+         * loop turn: the other streams' responses that end in it go in the same TLS record
+         * and the same write, instead of one SSL_write and one writev each. */
+        h2->want_send = 1;
+        if (!h2->turn_queued && !h2_closing(h2)) {
+            h2->turn_queued = 1;
+            lp_list_insert_tail(&lp_ep_worker(&c->ep)->h2_out, &h2->out_link);
+        }
+        return;
+    }
     h2->depth++;
     h2_leave(h2, 0);
+}
+
+void lp_h2_flush_turn(lp_worker_t *w)
+{
+    while (w->h2_out.next != &w->h2_out) {
+        lp_h2_t *h2 = LP_CONTAINER_OF(w->h2_out.next, lp_h2_t, out_link);
+        lp_list_remove(&h2->out_link);
+        h2->turn_queued = 0;
+        if (h2_closing(h2))
+            continue;
+        /* An entry point of its own (no pipeline frame beneath): the full end of a frame. */
+        h2->depth++;
+        h2_leave(h2, 1);
+    }
 }
 
 void lp_h2_drain(lp_conn_t *c)
@@ -872,6 +899,8 @@ void lp_h2_close(lp_conn_t *c)
 void lp_h2_free(lp_conn_t *c)
 {
     lp_h2_t *h2 = c->h2;
+    if (h2->turn_queued)
+        lp_list_remove(&h2->out_link);
     while (h2->streams.next != &h2->streams) {
         lp_h2_stream_t *st = LP_CONTAINER_OF(h2->streams.next, lp_h2_stream_t, link);
         if (st->req) /* cannot be: lp_h2_close cut them; never leave a dangling link */

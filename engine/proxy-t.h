@@ -215,6 +215,10 @@ struct lp_worker_s {
     uint32_t hs_first, hs_n, hs_cap;
     uv_idle_t hs_idle;   /* runs them while any wait */
     uint64_t hs_turn_ns; /* handshake time spent in this loop turn */
+    /* HTTP/2 sessions (lp_h2_t.out_link, h2.c) whose output the pipeline asked for in this
+     * loop turn: written once, by the `flush` prepare, so that the responses that end in one
+     * turn share one TLS write and one system call (lp_h2_flush_turn). */
+    lp_list_t h2_out;
     lp_req_t *free_reqs; /* owned list: recycled request objects */
     size_t nfree_reqs;
     size_t nfree_reqs_low;            /* the fewest free since the last trim (request.c) */

@@ -501,6 +501,7 @@ static void on_flush(uv_prepare_t *p)
     if (due >= 0 && !uv_is_active((uv_handle_t *)&w->log_timer))
         uv_timer_start(&w->log_timer, on_log_timer, (uint64_t)due + 1, 0);
     w->hs_turn_ns = 0; /* a new turn of I/O callbacks follows */
+    lp_h2_flush_turn(w);
 }
 
 static void worker_main(void *arg)
@@ -544,6 +545,7 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     lp_list_init(&w->conns);
     lp_list_init(&w->detached);
     lp_list_init(&w->peers);
+    lp_list_init(&w->h2_out);
     lp_bufpool_init(&w->bufs, 256);
     int rc = uv_loop_init(&w->loop);
     if (rc) {
