@@ -38,10 +38,10 @@ typedef struct lp_h2_stream_s {
     lp_list_t link;     /* in h2->streams */
     int32_t id;
     lp_req_t *req; /* reference (the carrying side's, request.h) while the request runs */
-    /* The request head as HTTP/1.1 text while its fields arrive (line: the request line
-     * and Host from the pseudo-headers; fields: the others; cookie: crumbs joined). */
-    char *line, *fields, *cookie; /* owned, NULL once the head is handed over */
-    size_t line_len, fields_len, cookie_len;
+    /* The request head as HTTP/1.1 text while its fields arrive (fields: all but the
+     * pseudo-headers and cookies, fields_cap bytes allocated; cookie: crumbs joined). */
+    char *fields, *cookie; /* owned, NULL once the head is handed over */
+    size_t fields_len, fields_cap, cookie_len;
     char *method, *path, *authority; /* owned: pseudo-header values until the head goes */
     size_t hdr_bytes;                /* decoded header list size so far */
     /* Request body read from the client and not yet taken by the upstream (its window is
@@ -159,7 +159,6 @@ static size_t h2_fill(lp_h2_t *h2)
 static void stream_free(lp_h2_stream_t *st)
 {
     lp_list_remove(&st->link);
-    free(st->line);
     free(st->fields);
     free(st->cookie);
     free(st->method);
@@ -423,9 +422,25 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         st->has_cl = 1; /* a field's name, not any text in the head (x-content-length) */
     if (nlen == 4 && !memcmp(n, "host", 4) && st->authority)
         return 0; /* :authority wins (RFC 9113 8.3.1) */
-    if (append(&st->fields, &st->fields_len, n, nlen, v, vlen, ": ") ||
-        append(&st->fields, &st->fields_len, "", 0, "\r\n", 2, ""))
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    /* "name: value\r\n", into a buffer that doubles (a realloc per field cost more than
+     * the field). */
+    size_t need = st->fields_len + nlen + vlen + 4;
+    if (need > st->fields_cap) {
+        size_t cap = st->fields_cap ? st->fields_cap * 2 : 512;
+        while (cap < need)
+            cap *= 2;
+        char *b = realloc(st->fields, cap);
+        if (!b)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        st->fields = b;
+        st->fields_cap = cap;
+    }
+    char *o = st->fields + st->fields_len;
+    memcpy(o, n, nlen);
+    memcpy(o + nlen, ": ", 2);
+    memcpy(o + nlen + 2, v, vlen);
+    memcpy(o + nlen + 2 + vlen, "\r\n", 2);
+    st->fields_len = need;
     return 0;
 }
 
@@ -434,30 +449,47 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
 {
     lp_conn_t *c = h2->c;
-    char *text = NULL;
-    size_t len = 0;
     const char *m = st->method ? st->method : "GET", *p = st->path ? st->path : "/";
-    int ok = !append(&text, &len, m, strlen(m), p, strlen(p), " ") &&
-             !append(&text, &len, "", 0, " HTTP/1.1\r\n", 11, "");
-    if (ok && st->authority)
-        ok = !append(&text, &len, "Host", 4, st->authority, strlen(st->authority), ": ") &&
-             !append(&text, &len, "", 0, "\r\n", 2, "");
-    if (ok && st->fields)
-        ok = !append(&text, &len, "", 0, st->fields, st->fields_len, "");
-    if (ok && st->cookie)
-        ok = !append(&text, &len, "Cookie", 6, st->cookie, st->cookie_len, ": ") &&
-             !append(&text, &len, "", 0, "\r\n", 2, "");
+    size_t mlen = strlen(m), plen = strlen(p), alen = st->authority ? strlen(st->authority) : 0;
     /* A body of unknown length goes upstream chunked. */
-    if (ok && !end_stream && !st->has_cl)
-        ok = !append(&text, &len, "", 0, "Transfer-Encoding: chunked\r\n", 28, "");
-    if (ok)
-        ok = !append(&text, &len, "", 0, "\r\n", 2, "");
+    int chunked = !end_stream && !st->has_cl;
+    size_t len = mlen + 1 + plen + 11 + (st->authority ? 6 + alen + 2 : 0) + st->fields_len +
+                 (st->cookie ? 8 + st->cookie_len + 2 : 0) + (chunked ? 28 : 0) + 2;
+    /* The parser copies what it keeps into the request's arena: the text is only read. */
+    char stack[4096];
+    char *text = len <= sizeof(stack) ? stack : malloc(len);
+    if (text) {
+        char *o = text;
+#define PUT(s, n) (memcpy(o, (s), (n)), o += (n))
+        PUT(m, mlen);
+        PUT(" ", 1);
+        PUT(p, plen);
+        PUT(" HTTP/1.1\r\n", 11);
+        if (st->authority) {
+            PUT("Host: ", 6);
+            PUT(st->authority, alen);
+            PUT("\r\n", 2);
+        }
+        if (st->fields_len)
+            PUT(st->fields, st->fields_len);
+        if (st->cookie) {
+            PUT("Cookie: ", 8);
+            PUT(st->cookie, st->cookie_len);
+            PUT("\r\n", 2);
+        }
+        if (chunked)
+            PUT("Transfer-Encoding: chunked\r\n", 28);
+        PUT("\r\n", 2);
+#undef PUT
+    }
     free(st->fields);
     free(st->cookie);
     st->fields = st->cookie = NULL;
-    lp_req_t *req = ok ? lp_req_new(lp_ep_worker(&c->ep), c) : NULL;
+    st->fields_len = st->fields_cap = 0;
+    lp_req_t *req = text ? lp_req_new(lp_ep_worker(&c->ep), c) : NULL;
     if (!req) {
-        free(text);
+        if (text != stack)
+            free(text);
         nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
         st->reset = 1;
         return;
@@ -471,7 +503,8 @@ static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
     }
     size_t used = 0;
     lp_h1_event_t ev = lp_h1_execute(&req->h1, text, len, &used);
-    free(text);
+    if (text != stack)
+        free(text);
     if (ev == LP_H1_HEAD || ev == LP_H1_DONE) {
         lp_h1_resume(&req->h1);
         lp_conn_req_head(req);
@@ -964,11 +997,17 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
         if (lp_str_ieq(r->headers[i].name, "date", 4))
             has_date = 1;
     }
-    nghttp2_nv *nv = malloc((r->nheaders + 3) * sizeof(*nv));
-    char *lower = malloc(names + 1);
+    /* nghttp2 copies the list: most heads fit these, a larger one is allocated. */
+    nghttp2_nv nv_stack[40];
+    char lower_stack[1024];
+    int heap = r->nheaders + 3 > LP_ARRAY_LEN(nv_stack) || names + 1 > sizeof(lower_stack);
+    nghttp2_nv *nv = heap ? malloc((r->nheaders + 3) * sizeof(*nv)) : nv_stack;
+    char *lower = heap ? malloc(names + 1) : lower_stack;
     if (!nv || !lower) {
-        free(nv);
-        free(lower);
+        if (heap) {
+            free(nv);
+            free(lower);
+        }
         return -1;
     }
     char status[4], clen[24];
@@ -1006,8 +1045,10 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
         no_body = 1;
     st->no_body = (uint8_t)no_body;
     int rv = nghttp2_submit_response(h2->s, st->id, nv, k, no_body ? NULL : &prd);
-    free(nv);
-    free(lower);
+    if (heap) {
+        free(nv);
+        free(lower);
+    }
     h2->want_send = 1;
     return rv ? -1 : 0;
 }
