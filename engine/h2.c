@@ -38,12 +38,15 @@ typedef struct lp_h2_stream_s {
     lp_list_t link;     /* in h2->streams */
     int32_t id;
     lp_req_t *req; /* reference (the carrying side's, request.h) while the request runs */
-    /* The request head as HTTP/1.1 text while its fields arrive (fields: all but the
-     * pseudo-headers and cookies, fields_cap bytes allocated; cookie: crumbs joined). */
+    /* The request head while its fields arrive (fields: the pseudo-headers' values first,
+     * at the offsets below, then the other fields as HTTP/1.1 text from reg_start on, in
+     * fields_cap bytes allocated; cookie: crumbs joined). */
     char *fields, *cookie; /* owned, NULL once the head is handed over */
     size_t fields_len, fields_cap, cookie_len;
-    char *method, *path, *authority; /* owned: pseudo-header values until the head goes */
-    size_t hdr_bytes;                /* decoded header list size so far */
+    uint32_t m_off, m_len, p_off, p_len, a_off, a_len; /* :method, :path, :authority */
+    uint32_t reg_start;                                /* where the regular fields begin */
+    uint8_t pseudo;                                    /* H2_PS_*: the pseudo-headers that came */
+    size_t hdr_bytes;                                  /* decoded header list size so far */
     /* Request body read from the client and not yet taken by the upstream (its window is
      * not given back until then: flow control bounds it). */
     lp_buf_t *in; /* owned reference, NULL: none */
@@ -161,9 +164,6 @@ static void stream_free(lp_h2_stream_t *st)
     lp_list_remove(&st->link);
     free(st->fields);
     free(st->cookie);
-    free(st->method);
-    free(st->path);
-    free(st->authority);
     free(st->trailers);
     if (st->in)
         lp_buf_unref(st->in);
@@ -344,14 +344,28 @@ static int append(char **buf, size_t *len, const char *a, size_t alen, const cha
     return 0;
 }
 
-static char *dup_n(const uint8_t *v, size_t n)
+/* lp_h2_stream_t.pseudo: the pseudo-headers that came (the first of each is kept), and a
+ * regular field came (pseudo-headers after it make the head malformed: RFC 9113 8.3). */
+enum { H2_PS_METHOD = 1, H2_PS_PATH = 2, H2_PS_AUTHORITY = 4, H2_PS_REGULAR = 8 };
+
+/* Room for n more bytes of the stream's head; NULL when out of memory. The buffer doubles:
+ * a realloc per field cost more than the field. */
+static char *fields_room(lp_h2_stream_t *st, size_t n)
 {
-    char *s = malloc(n + 1);
-    if (s) {
-        memcpy(s, v, n);
-        s[n] = 0;
+    size_t need = st->fields_len + n;
+    if (need > st->fields_cap) {
+        size_t cap = st->fields_cap ? st->fields_cap * 2 : 512;
+        while (cap < need)
+            cap *= 2;
+        char *b = realloc(st->fields, cap);
+        if (!b)
+            return NULL;
+        st->fields = b;
+        st->fields_cap = cap;
     }
-    return s;
+    char *o = st->fields + st->fields_len;
+    st->fields_len = need;
+    return o;
 }
 
 static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud)
@@ -406,13 +420,35 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     }
     const char *n = (const char *)name, *v = (const char *)value;
     if (nlen && n[0] == ':') {
-        char **slot = nlen == 7 && !memcmp(n, ":method", 7)        ? &st->method
-                      : nlen == 5 && !memcmp(n, ":path", 5)        ? &st->path
-                      : nlen == 10 && !memcmp(n, ":authority", 10) ? &st->authority
-                                                                   : NULL;
-        if (slot && !*slot && !(*slot = dup_n(value, vlen)))
+        if (st->pseudo & H2_PS_REGULAR)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* malformed: RST_STREAM */
+        uint8_t which = nlen == 7 && !memcmp(n, ":method", 7)        ? H2_PS_METHOD
+                        : nlen == 5 && !memcmp(n, ":path", 5)        ? H2_PS_PATH
+                        : nlen == 10 && !memcmp(n, ":authority", 10) ? H2_PS_AUTHORITY
+                                                                     : 0;
+        if (!which || (st->pseudo & which))
+            return 0; /* :scheme: the connection says it (X-Forwarded-Proto) */
+        uint32_t off = (uint32_t)st->fields_len;
+        char *o = fields_room(st, vlen);
+        if (!o)
             return NGHTTP2_ERR_CALLBACK_FAILURE;
-        return 0; /* :scheme: the connection says it (X-Forwarded-Proto) */
+        memcpy(o, v, vlen);
+        st->pseudo |= which;
+        if (which == H2_PS_METHOD) {
+            st->m_off = off;
+            st->m_len = (uint32_t)vlen;
+        } else if (which == H2_PS_PATH) {
+            st->p_off = off;
+            st->p_len = (uint32_t)vlen;
+        } else {
+            st->a_off = off;
+            st->a_len = (uint32_t)vlen;
+        }
+        return 0;
+    }
+    if (!(st->pseudo & H2_PS_REGULAR)) {
+        st->pseudo |= H2_PS_REGULAR;
+        st->reg_start = (uint32_t)st->fields_len;
     }
     if (nlen == 6 && !memcmp(n, "cookie", 6)) /* RFC 9113 8.2.3: crumbs join with "; " */
         return append(&st->cookie, &st->cookie_len, "", 0, v, vlen, st->cookie ? "; " : "")
@@ -420,27 +456,15 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
                    : 0;
     if (nlen == 14 && !memcmp(n, "content-length", 14))
         st->has_cl = 1; /* a field's name, not any text in the head (x-content-length) */
-    if (nlen == 4 && !memcmp(n, "host", 4) && st->authority)
+    if (nlen == 4 && !memcmp(n, "host", 4) && (st->pseudo & H2_PS_AUTHORITY))
         return 0; /* :authority wins (RFC 9113 8.3.1) */
-    /* "name: value\r\n", into a buffer that doubles (a realloc per field cost more than
-     * the field). */
-    size_t need = st->fields_len + nlen + vlen + 4;
-    if (need > st->fields_cap) {
-        size_t cap = st->fields_cap ? st->fields_cap * 2 : 512;
-        while (cap < need)
-            cap *= 2;
-        char *b = realloc(st->fields, cap);
-        if (!b)
-            return NGHTTP2_ERR_CALLBACK_FAILURE;
-        st->fields = b;
-        st->fields_cap = cap;
-    }
-    char *o = st->fields + st->fields_len;
+    char *o = fields_room(st, nlen + vlen + 4);
+    if (!o)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
     memcpy(o, n, nlen);
     memcpy(o + nlen, ": ", 2);
     memcpy(o + nlen + 2, v, vlen);
     memcpy(o + nlen + 2 + vlen, "\r\n", 2);
-    st->fields_len = need;
     return 0;
 }
 
@@ -449,11 +473,17 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
 {
     lp_conn_t *c = h2->c;
-    const char *m = st->method ? st->method : "GET", *p = st->path ? st->path : "/";
-    size_t mlen = strlen(m), plen = strlen(p), alen = st->authority ? strlen(st->authority) : 0;
+    const char *m = st->pseudo & H2_PS_METHOD ? st->fields + st->m_off : "GET";
+    const char *p = st->pseudo & H2_PS_PATH ? st->fields + st->p_off : "/";
+    size_t mlen = st->pseudo & H2_PS_METHOD ? st->m_len : 3;
+    size_t plen = st->pseudo & H2_PS_PATH ? st->p_len : 1;
+    int has_a = (st->pseudo & H2_PS_AUTHORITY) != 0;
+    size_t alen = has_a ? st->a_len : 0;
+    size_t reg = st->pseudo & H2_PS_REGULAR ? st->reg_start : st->fields_len;
+    size_t rlen = st->fields_len - reg;
     /* A body of unknown length goes upstream chunked. */
     int chunked = !end_stream && !st->has_cl;
-    size_t len = mlen + 1 + plen + 11 + (st->authority ? 6 + alen + 2 : 0) + st->fields_len +
+    size_t len = mlen + 1 + plen + 11 + (has_a ? 6 + alen + 2 : 0) + rlen +
                  (st->cookie ? 8 + st->cookie_len + 2 : 0) + (chunked ? 28 : 0) + 2;
     /* The parser copies what it keeps into the request's arena: the text is only read. */
     char stack[4096];
@@ -465,13 +495,13 @@ static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
         PUT(" ", 1);
         PUT(p, plen);
         PUT(" HTTP/1.1\r\n", 11);
-        if (st->authority) {
+        if (has_a) {
             PUT("Host: ", 6);
-            PUT(st->authority, alen);
+            PUT(st->fields + st->a_off, alen);
             PUT("\r\n", 2);
         }
-        if (st->fields_len)
-            PUT(st->fields, st->fields_len);
+        if (rlen)
+            PUT(st->fields + reg, rlen);
         if (st->cookie) {
             PUT("Cookie: ", 8);
             PUT(st->cookie, st->cookie_len);
