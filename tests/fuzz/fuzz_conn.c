@@ -57,6 +57,7 @@
 #include "accesslog.h"
 #include "conn.h"
 #include "cosock.h"
+#include "h2.h"
 #include "health.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -699,6 +700,11 @@ static void run_script(world_t *wd, input_t *in)
 
 /* ---- one worker, set up and torn down per input ---- */
 
+static void on_turn_end(uv_prepare_t *p)
+{
+    lp_h2_flush_turn(p->data);
+}
+
 static void world_open(world_t *wd)
 {
     memset(wd, 0, sizeof(*wd));
@@ -726,6 +732,12 @@ static void world_open(world_t *wd)
     lp_ep_env_init(&w->ep_env, &w->loop, &w->bufs, &w->wbatches);
     uv_idle_init(&w->loop, &w->hs_idle);
     w->hs_idle.data = w;
+    /* The end of each loop turn, as worker.c's prepare: HTTP/2 output deferred to it. */
+    lp_list_init(&w->h2_out);
+    uv_prepare_init(&w->loop, &w->flush);
+    w->flush.data = w;
+    uv_prepare_start(&w->flush, on_turn_end);
+    uv_unref((uv_handle_t *)&w->flush);
     lp_lua_sched_init(w);
 
     lp_wgen_t *g = calloc(1, sizeof(*g));
@@ -848,6 +860,7 @@ static void world_close(world_t *wd)
     lp_wgen_release(w, g);
     lp_lua_sched_close(w);
     uv_close((uv_handle_t *)&w->hs_idle, NULL);
+    uv_close((uv_handle_t *)&w->flush, NULL);
     free(w->hs_q);
     w->hs_q = NULL;
     lp_ep_timers_close(&w->ep_env.timers);
