@@ -5,6 +5,7 @@
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 #include "h2.h"
+#include "h2_mem.h"
 #include "h2_util.h"
 #include "log.h"
 #include "metrics.h"
@@ -784,7 +785,10 @@ int lp_h2_start(lp_conn_t *c)
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, cf->hpack_table_size);
     nghttp2_option_set_max_continuations(opt, cf->max_continuations);
     nghttp2_option_set_max_outbound_ack(opt, 1000);
-    int rv = nghttp2_session_server_new2(&h2->s, cb, h2, opt);
+    lp_worker_t *w = lp_ep_worker(&c->ep);
+    if (!w->h2_mem)
+        w->h2_mem = lp_h2_mem_new(); /* NULL: nghttp2's own malloc */
+    int rv = nghttp2_session_server_new3(&h2->s, cb, h2, opt, lp_h2_mem_of(w->h2_mem));
     nghttp2_session_callbacks_del(cb);
     nghttp2_option_del(opt);
     if (rv) {

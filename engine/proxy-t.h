@@ -219,6 +219,9 @@ struct lp_worker_s {
      * loop turn: written once, by the `flush` prepare, so that the responses that end in one
      * turn share one TLS write and one system call (lp_h2_flush_turn). */
     lp_list_t h2_out;
+    /* owned: free lists for its HTTP/2 sessions' allocations (h2_mem.h); NULL until the
+     * first session */
+    struct lp_h2_mem_s *h2_mem;
     lp_req_t *free_reqs; /* owned list: recycled request objects */
     size_t nfree_reqs;
     size_t nfree_reqs_low;            /* the fewest free since the last trim (request.c) */

@@ -12,6 +12,7 @@
 #include "conn.h"
 #include "cosock.h"
 #include "h2.h"
+#include "h2_mem.h"
 #include "trace.h"
 #include "log.h"
 #include "logw.h"
@@ -401,7 +402,7 @@ static void on_house(uv_timer_t *t)
     lp_lua_background_stop(w, 0); /* of old generations, past timeouts.drain */
     lp_req_end_detached(w, 0);
     size_t freed = lp_req_trim(w) + lp_bufpool_trim(&w->bufs) + lp_wbpool_trim(&w->wbatches) +
-                   lp_zippool_trim(&w->zips);
+                   lp_zippool_trim(&w->zips) + lp_h2_mem_trim(w->h2_mem);
     if (w->hs_cap > 64 && w->hs_first == w->hs_n) {
         freed += w->hs_cap * sizeof(*w->hs_q); /* a handshake burst's queue, empty again */
         free(w->hs_q);
@@ -525,6 +526,8 @@ static void worker_main(void *arg)
     lp_req_free_all(w);
     lp_trace_export_free(w);
     lp_zippool_destroy(&w->zips);
+    lp_h2_mem_free(w->h2_mem); /* every session went with its connection */
+    w->h2_mem = NULL;
     lp_bufpool_destroy(&w->bufs);
     lp_wbpool_destroy(&w->wbatches);
     int rc = uv_loop_close(&w->loop);

@@ -58,6 +58,7 @@
 #include "conn.h"
 #include "cosock.h"
 #include "h2.h"
+#include "h2_mem.h"
 #include "health.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -875,6 +876,8 @@ static void world_close(world_t *wd)
         abort();
     }
     lp_accesslog_flush(w->access);
+    lp_h2_mem_free(w->h2_mem);
+    w->h2_mem = NULL;
     lp_upstream_destroy_all(w);
     lp_req_free_all(w);
     lp_wbpool_destroy(&w->wbatches);
