@@ -87,7 +87,10 @@ typedef struct lp_h2_s {
     uint8_t bye;           /* a fatal error: send what is queued, then close */
     uint8_t more;          /* h2_send stopped with output left and no write in flight */
     uint8_t turn_queued;   /* in the worker's h2_out until the end of the loop turn */
-    lp_list_t out_link;    /* in w->h2_out while turn_queued */
+    /* Response fields sent last, by name (h2_index_hint): a hash of the name and one of the
+     * value it had, in 8 slots. */
+    uint32_t hint_name[8], hint_value[8];
+    lp_list_t out_link; /* in w->h2_out while turn_queued */
 } lp_h2_t;
 
 static const lp_h2_conf_t *CONF(const lp_h2_t *h2)
@@ -1019,6 +1022,29 @@ static int is_conn_specific(const lp_str_t n)
     return 0;
 }
 
+/* How nghttp2 is to encode a response field (name lower-case). A field whose value differs
+ * from the one it had in this connection's previous response (a date, a request id, a
+ * counter) is sent "never indexed": entered into the HPACK dynamic table, such values
+ * filled it with entries of one name that the next response's search then compared one by
+ * one (a third of nghttp2's send work with such fields) and that no later response used.
+ * A field that repeats its value is indexed as before. */
+static uint8_t h2_index_hint(lp_h2_t *h2, const char *name, size_t nlen, const char *value,
+                             size_t vlen)
+{
+    uint64_t nh = lp_hash64(name, nlen);
+    uint32_t vh = (uint32_t)lp_hash64(value, vlen);
+    unsigned slot = (unsigned)(nh & 7);
+    uint8_t flag = NGHTTP2_NV_FLAG_NONE;
+    if (h2->hint_name[slot] == (uint32_t)(nh >> 32)) {
+        if (h2->hint_value[slot] != vh)
+            flag = NGHTTP2_NV_FLAG_NO_INDEX;
+    } else {
+        h2->hint_name[slot] = (uint32_t)(nh >> 32);
+    }
+    h2->hint_value[slot] = vh;
+    return flag;
+}
+
 static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length, uint64_t length)
 {
     lp_h2_stream_t *st = req->h2s;
@@ -1059,8 +1085,9 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
             char ch = h->name.base[j];
             lower[off + j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
         }
-        nv[k++] = (nghttp2_nv){(uint8_t *)lower + off, (uint8_t *)h->value.base, h->name.len,
-                               h->value.len, NGHTTP2_NV_FLAG_NONE};
+        nv[k++] = (nghttp2_nv){
+            (uint8_t *)lower + off, (uint8_t *)h->value.base, h->name.len, h->value.len,
+            h2_index_hint(h2, lower + off, h->name.len, h->value.base, h->value.len)};
         off += h->name.len;
     }
     if (has_length) {
@@ -1070,7 +1097,9 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
     }
     if (!has_date) {
         const char *d = lp_h1_date();
-        nv[k++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)d, 4, strlen(d), NGHTTP2_NV_FLAG_NONE};
+        size_t dlen = strlen(d);
+        nv[k++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)d, 4, dlen,
+                               h2_index_hint(h2, "date", 4, d, dlen)};
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = stream_read};
     /* A body known to be empty ends the stream with the HEADERS frame: a gRPC trailers-only
