@@ -183,7 +183,7 @@ struct lp_worker_s {
     uv_async_t wakeup; /* main thread → worker: stop, or switch generation */
     uv_timer_t drain_timer;
     lp_ep_env_t ep_env;        /* its endpoints' loop, deadlines and pools (endpoint.h) */
-    uv_prepare_t flush;        /* before-sleep hook: access log flush */
+    uv_prepare_t flush;        /* before-sleep hook: access log flush, HTTP/2 output (h2_out) */
     uv_timer_t log_timer;      /* hands idle access log lines over after the flush interval */
     lp_wgen_t *cur;            /* the generation new requests use */
     const lp_config_t *config; /* cur->config: connection-level settings */

@@ -494,7 +494,8 @@ static void on_log_timer(uv_timer_t *t)
 }
 
 /* Before the loop sleeps: access log lines whose flush interval passed go to the writer
- * thread; younger ones wait, with the timer set to hand them over if the loop idles. */
+ * thread; younger ones wait, with the timer set to hand them over if the loop idles. And
+ * the HTTP/2 sessions whose output this turn's responses asked for send it, once each. */
 static void on_flush(uv_prepare_t *p)
 {
     lp_worker_t *w = p->data;
