@@ -87,9 +87,9 @@ typedef struct lp_h2_s {
     uint8_t bye;           /* a fatal error: send what is queued, then close */
     uint8_t more;          /* h2_send stopped with output left and no write in flight */
     uint8_t turn_queued;   /* in the worker's h2_out until the end of the loop turn */
-    /* Response fields sent last, by name (h2_index_hint): a hash of the name and one of the
-     * value it had, in 8 slots. */
-    uint32_t hint_name[8], hint_value[8];
+    /* Response fields sent last, by name (h2_index_hint): a hash of the name (0: a free
+     * slot) and one of the value it had, open addressing over 16 slots. */
+    uint32_t hint_name[16], hint_value[16];
     lp_list_t out_link; /* in w->h2_out while turn_queued */
 } lp_h2_t;
 
@@ -1032,14 +1032,23 @@ static uint8_t h2_index_hint(lp_h2_t *h2, const char *name, size_t nlen, const c
                              size_t vlen)
 {
     uint64_t nh = lp_hash64(name, nlen);
-    uint32_t vh = (uint32_t)lp_hash64(value, vlen);
-    unsigned slot = (unsigned)(nh & 7);
+    uint32_t name32 = (uint32_t)(nh >> 32) | 1, vh = (uint32_t)lp_hash64(value, vlen);
+    unsigned n = LP_ARRAY_LEN(h2->hint_name), home = (unsigned)nh % n, slot = home;
+    /* Each name keeps its own slot (a shared one would forget both names' values and
+     * index them again): probe to the name or a free slot; a full table reuses home. */
+    for (unsigned i = 0; i < n; i++) {
+        unsigned k = (home + i) % n;
+        if (h2->hint_name[k] == name32 || !h2->hint_name[k]) {
+            slot = k;
+            break;
+        }
+    }
     uint8_t flag = NGHTTP2_NV_FLAG_NONE;
-    if (h2->hint_name[slot] == (uint32_t)(nh >> 32)) {
+    if (h2->hint_name[slot] == name32) {
         if (h2->hint_value[slot] != vh)
             flag = NGHTTP2_NV_FLAG_NO_INDEX;
     } else {
-        h2->hint_name[slot] = (uint32_t)(nh >> 32);
+        h2->hint_name[slot] = name32;
     }
     h2->hint_value[slot] = vh;
     return flag;
