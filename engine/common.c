@@ -17,22 +17,6 @@ const char *lp_strerror(int code)
     return "unknown error";
 }
 
-int lp_str_ieq(lp_str_t s, const char *p, size_t n)
-{
-    if (s.len != n)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char a = (unsigned char)s.base[i], b = (unsigned char)p[i];
-        if (a >= 'A' && a <= 'Z')
-            a = (unsigned char)(a + 32);
-        if (b >= 'A' && b <= 'Z')
-            b = (unsigned char)(b + 32);
-        if (a != b)
-            return 0;
-    }
-    return 1;
-}
-
 /* Set before main (and when lp_native is loaded), then only read: no lock needed. */
 static uint64_t hash_seed;
 

@@ -53,8 +53,24 @@ typedef struct {
  * chain. Never persist it: it changes with every start. */
 uint64_t lp_hash64(const void *key, size_t n);
 
-/* ASCII case-insensitive equality of s with the literal-like (p, n). */
-int lp_str_ieq(lp_str_t s, const char *p, size_t n);
+/* ASCII case-insensitive equality of s with the literal-like (p, n). Inline: header
+ * lists are checked against lists of names on every request, and most names differ in
+ * length, which the caller's loop then decides without a call. */
+static inline int lp_str_ieq(lp_str_t s, const char *p, size_t n)
+{
+    if (s.len != n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char a = (unsigned char)s.base[i], b = (unsigned char)p[i];
+        if (a >= 'A' && a <= 'Z')
+            a = (unsigned char)(a + 32);
+        if (b >= 'A' && b <= 'Z')
+            b = (unsigned char)(b + 32);
+        if (a != b)
+            return 0;
+    }
+    return 1;
+}
 #define LP_STR_IEQ(s, lit) lp_str_ieq((s), (lit), sizeof(lit) - 1)
 
 /* Doubly linked intrusive list (a zeroed head is not valid: call lp_list_init). */

@@ -39,12 +39,15 @@ typedef struct lp_h2_stream_s {
     lp_list_t link;     /* in h2->streams */
     int32_t id;
     lp_req_t *req; /* reference (the carrying side's, request.h) while the request runs */
-    /* The request head as HTTP/1.1 text while its fields arrive (line: the request line
-     * and Host from the pseudo-headers; fields: the others; cookie: crumbs joined). */
-    char *line, *fields, *cookie; /* owned, NULL once the head is handed over */
-    size_t line_len, fields_len, cookie_len;
-    char *method, *path, *authority; /* owned: pseudo-header values until the head goes */
-    size_t hdr_bytes;                /* decoded header list size so far */
+    /* The request head while its fields arrive (fields: the pseudo-headers' values first,
+     * at the offsets below, then the other fields as HTTP/1.1 text from reg_start on, in
+     * fields_cap bytes allocated; cookie: crumbs joined). */
+    char *fields, *cookie; /* owned, NULL once the head is handed over */
+    size_t fields_len, fields_cap, cookie_len;
+    uint32_t m_off, m_len, p_off, p_len, a_off, a_len; /* :method, :path, :authority */
+    uint32_t reg_start;                                /* where the regular fields begin */
+    uint8_t pseudo;                                    /* H2_PS_*: the pseudo-headers that came */
+    size_t hdr_bytes;                                  /* decoded header list size so far */
     /* Request body read from the client and not yet taken by the upstream (its window is
      * not given back until then: flow control bounds it). */
     lp_buf_t *in; /* owned reference, NULL: none */
@@ -85,9 +88,14 @@ typedef struct lp_h2_s {
     uint8_t more;          /* h2_send stopped with output left and no write in flight */
     /* Idle memory (h2_idle_arm): the idle timer first runs H2_IDLE_TRIM_MS, gives the
      * session's frame buffer back (h2_mem.h), then runs out the rest of idle_timeout. */
-    uint8_t trimmed;  /* done for this idle spell */
-    uint64_t idle_at; /* ms: the connection had no open stream from then */
-    lp_h2_mem_t mem;  /* nghttp2's memory hooks (nghttp2 keeps a pointer to it) */
+    uint8_t trimmed;     /* done for this idle spell */
+    uint64_t idle_at;    /* ms: the connection had no open stream from then */
+    lp_h2_mem_t mem;     /* nghttp2's memory hooks (nghttp2 keeps a pointer to it) */
+    uint8_t turn_queued; /* in the worker's h2_out until the end of the loop turn */
+    /* Response fields sent last, by name (h2_index_hint): a hash of the name (0: a free
+     * slot) and one of the value it had, open addressing over 16 slots. */
+    uint32_t hint_name[16], hint_value[16];
+    lp_list_t out_link; /* in w->h2_out while turn_queued */
 } lp_h2_t;
 
 /* An idle connection gives back its session's frame buffer after this many ms without an
@@ -168,12 +176,8 @@ static size_t h2_fill(lp_h2_t *h2)
 static void stream_free(lp_h2_stream_t *st)
 {
     lp_list_remove(&st->link);
-    free(st->line);
     free(st->fields);
     free(st->cookie);
-    free(st->method);
-    free(st->path);
-    free(st->authority);
     free(st->trailers);
     if (st->in)
         lp_buf_unref(st->in);
@@ -381,14 +385,28 @@ static int append(char **buf, size_t *len, const char *a, size_t alen, const cha
     return 0;
 }
 
-static char *dup_n(const uint8_t *v, size_t n)
+/* lp_h2_stream_t.pseudo: the pseudo-headers that came (the first of each is kept), and a
+ * regular field came (pseudo-headers after it make the head malformed: RFC 9113 8.3). */
+enum { H2_PS_METHOD = 1, H2_PS_PATH = 2, H2_PS_AUTHORITY = 4, H2_PS_REGULAR = 8 };
+
+/* Room for n more bytes of the stream's head; NULL when out of memory. The buffer doubles:
+ * a realloc per field cost more than the field. */
+static char *fields_room(lp_h2_stream_t *st, size_t n)
 {
-    char *s = malloc(n + 1);
-    if (s) {
-        memcpy(s, v, n);
-        s[n] = 0;
+    size_t need = st->fields_len + n;
+    if (need > st->fields_cap) {
+        size_t cap = st->fields_cap ? st->fields_cap * 2 : 512;
+        while (cap < need)
+            cap *= 2;
+        char *b = realloc(st->fields, cap);
+        if (!b)
+            return NULL;
+        st->fields = b;
+        st->fields_cap = cap;
     }
-    return s;
+    char *o = st->fields + st->fields_len;
+    st->fields_len = need;
+    return o;
 }
 
 static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud)
@@ -443,13 +461,35 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     }
     const char *n = (const char *)name, *v = (const char *)value;
     if (nlen && n[0] == ':') {
-        char **slot = nlen == 7 && !memcmp(n, ":method", 7)        ? &st->method
-                      : nlen == 5 && !memcmp(n, ":path", 5)        ? &st->path
-                      : nlen == 10 && !memcmp(n, ":authority", 10) ? &st->authority
-                                                                   : NULL;
-        if (slot && !*slot && !(*slot = dup_n(value, vlen)))
+        if (st->pseudo & H2_PS_REGULAR)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* malformed: RST_STREAM */
+        uint8_t which = nlen == 7 && !memcmp(n, ":method", 7)        ? H2_PS_METHOD
+                        : nlen == 5 && !memcmp(n, ":path", 5)        ? H2_PS_PATH
+                        : nlen == 10 && !memcmp(n, ":authority", 10) ? H2_PS_AUTHORITY
+                                                                     : 0;
+        if (!which || (st->pseudo & which))
+            return 0; /* :scheme: the connection says it (X-Forwarded-Proto) */
+        uint32_t off = (uint32_t)st->fields_len;
+        char *o = fields_room(st, vlen);
+        if (!o)
             return NGHTTP2_ERR_CALLBACK_FAILURE;
-        return 0; /* :scheme: the connection says it (X-Forwarded-Proto) */
+        memcpy(o, v, vlen);
+        st->pseudo |= which;
+        if (which == H2_PS_METHOD) {
+            st->m_off = off;
+            st->m_len = (uint32_t)vlen;
+        } else if (which == H2_PS_PATH) {
+            st->p_off = off;
+            st->p_len = (uint32_t)vlen;
+        } else {
+            st->a_off = off;
+            st->a_len = (uint32_t)vlen;
+        }
+        return 0;
+    }
+    if (!(st->pseudo & H2_PS_REGULAR)) {
+        st->pseudo |= H2_PS_REGULAR;
+        st->reg_start = (uint32_t)st->fields_len;
     }
     if (nlen == 6 && !memcmp(n, "cookie", 6)) /* RFC 9113 8.2.3: crumbs join with "; " */
         return append(&st->cookie, &st->cookie_len, "", 0, v, vlen, st->cookie ? "; " : "")
@@ -457,11 +497,15 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
                    : 0;
     if (nlen == 14 && !memcmp(n, "content-length", 14))
         st->has_cl = 1; /* a field's name, not any text in the head (x-content-length) */
-    if (nlen == 4 && !memcmp(n, "host", 4) && st->authority)
+    if (nlen == 4 && !memcmp(n, "host", 4) && (st->pseudo & H2_PS_AUTHORITY))
         return 0; /* :authority wins (RFC 9113 8.3.1) */
-    if (append(&st->fields, &st->fields_len, n, nlen, v, vlen, ": ") ||
-        append(&st->fields, &st->fields_len, "", 0, "\r\n", 2, ""))
+    char *o = fields_room(st, nlen + vlen + 4);
+    if (!o)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
+    memcpy(o, n, nlen);
+    memcpy(o + nlen, ": ", 2);
+    memcpy(o + nlen + 2, v, vlen);
+    memcpy(o + nlen + 2 + vlen, "\r\n", 2);
     return 0;
 }
 
@@ -470,30 +514,53 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
 {
     lp_conn_t *c = h2->c;
-    char *text = NULL;
-    size_t len = 0;
-    const char *m = st->method ? st->method : "GET", *p = st->path ? st->path : "/";
-    int ok = !append(&text, &len, m, strlen(m), p, strlen(p), " ") &&
-             !append(&text, &len, "", 0, " HTTP/1.1\r\n", 11, "");
-    if (ok && st->authority)
-        ok = !append(&text, &len, "Host", 4, st->authority, strlen(st->authority), ": ") &&
-             !append(&text, &len, "", 0, "\r\n", 2, "");
-    if (ok && st->fields)
-        ok = !append(&text, &len, "", 0, st->fields, st->fields_len, "");
-    if (ok && st->cookie)
-        ok = !append(&text, &len, "Cookie", 6, st->cookie, st->cookie_len, ": ") &&
-             !append(&text, &len, "", 0, "\r\n", 2, "");
+    const char *m = st->pseudo & H2_PS_METHOD ? st->fields + st->m_off : "GET";
+    const char *p = st->pseudo & H2_PS_PATH ? st->fields + st->p_off : "/";
+    size_t mlen = st->pseudo & H2_PS_METHOD ? st->m_len : 3;
+    size_t plen = st->pseudo & H2_PS_PATH ? st->p_len : 1;
+    int has_a = (st->pseudo & H2_PS_AUTHORITY) != 0;
+    size_t alen = has_a ? st->a_len : 0;
+    size_t reg = st->pseudo & H2_PS_REGULAR ? st->reg_start : st->fields_len;
+    size_t rlen = st->fields_len - reg;
     /* A body of unknown length goes upstream chunked. */
-    if (ok && !end_stream && !st->has_cl)
-        ok = !append(&text, &len, "", 0, "Transfer-Encoding: chunked\r\n", 28, "");
-    if (ok)
-        ok = !append(&text, &len, "", 0, "\r\n", 2, "");
+    int chunked = !end_stream && !st->has_cl;
+    size_t len = mlen + 1 + plen + 11 + (has_a ? 6 + alen + 2 : 0) + rlen +
+                 (st->cookie ? 8 + st->cookie_len + 2 : 0) + (chunked ? 28 : 0) + 2;
+    /* The parser copies what it keeps into the request's arena: the text is only read. */
+    char stack[4096];
+    char *text = len <= sizeof(stack) ? stack : malloc(len);
+    if (text) {
+        char *o = text;
+#define PUT(s, n) (memcpy(o, (s), (n)), o += (n))
+        PUT(m, mlen);
+        PUT(" ", 1);
+        PUT(p, plen);
+        PUT(" HTTP/1.1\r\n", 11);
+        if (has_a) {
+            PUT("Host: ", 6);
+            PUT(st->fields + st->a_off, alen);
+            PUT("\r\n", 2);
+        }
+        if (rlen)
+            PUT(st->fields + reg, rlen);
+        if (st->cookie) {
+            PUT("Cookie: ", 8);
+            PUT(st->cookie, st->cookie_len);
+            PUT("\r\n", 2);
+        }
+        if (chunked)
+            PUT("Transfer-Encoding: chunked\r\n", 28);
+        PUT("\r\n", 2);
+#undef PUT
+    }
     free(st->fields);
     free(st->cookie);
     st->fields = st->cookie = NULL;
-    lp_req_t *req = ok ? lp_req_new(lp_ep_worker(&c->ep), c) : NULL;
+    st->fields_len = st->fields_cap = 0;
+    lp_req_t *req = text ? lp_req_new(lp_ep_worker(&c->ep), c) : NULL;
     if (!req) {
-        free(text);
+        if (text != stack)
+            free(text);
         nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
         st->reset = 1;
         return;
@@ -507,7 +574,8 @@ static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
     }
     size_t used = 0;
     lp_h1_event_t ev = lp_h1_execute(&req->h1, text, len, &used);
-    free(text);
+    if (text != stack)
+        free(text);
     if (ev == LP_H1_HEAD || ev == LP_H1_DONE) {
         lp_h1_resume(&req->h1);
         lp_conn_req_head(req);
@@ -758,7 +826,10 @@ int lp_h2_start(lp_conn_t *c)
     nghttp2_option_set_max_continuations(opt, cf->max_continuations);
     nghttp2_option_set_max_outbound_ack(opt, 1000);
     nghttp2_option_set_no_closed_streams(opt, 1);
-    lp_h2_mem_init(&h2->mem);
+    lp_worker_t *w = lp_ep_worker(&c->ep);
+    if (!w->h2_pool)
+        w->h2_pool = lp_h2_pool_new(); /* NULL: malloc */
+    lp_h2_mem_init(&h2->mem, w->h2_pool);
     h2->mem.capturing = 1;
     int rv = nghttp2_session_server_new3(&h2->s, cb, h2, opt, &h2->mem.mem);
     h2->mem.capturing = 0;
@@ -883,8 +954,33 @@ void lp_h2_flush(lp_conn_t *c)
         h2->want_send = 1;
         return;
     }
+    if (!(c->flags & LP_CF_CLOSE_AFTER)) {
+        /* The pipeline's flushes (a response's end, body bytes) wait for the end of the
+         * loop turn: the other streams' responses that end in it go in the same TLS record
+         * and the same write, instead of one SSL_write and one writev each. */
+        h2->want_send = 1;
+        if (!h2->turn_queued && !h2_closing(h2)) {
+            h2->turn_queued = 1;
+            lp_list_insert_tail(&lp_ep_worker(&c->ep)->h2_out, &h2->out_link);
+        }
+        return;
+    }
     h2->depth++;
     h2_leave(h2, 0);
+}
+
+void lp_h2_flush_turn(lp_worker_t *w)
+{
+    while (w->h2_out.next != &w->h2_out) {
+        lp_h2_t *h2 = LP_CONTAINER_OF(w->h2_out.next, lp_h2_t, out_link);
+        lp_list_remove(&h2->out_link);
+        h2->turn_queued = 0;
+        if (h2_closing(h2))
+            continue;
+        /* An entry point of its own (no pipeline frame beneath): the full end of a frame. */
+        h2->depth++;
+        h2_leave(h2, 1);
+    }
 }
 
 void lp_h2_drain(lp_conn_t *c)
@@ -916,6 +1012,8 @@ void lp_h2_close(lp_conn_t *c)
 void lp_h2_free(lp_conn_t *c)
 {
     lp_h2_t *h2 = c->h2;
+    if (h2->turn_queued)
+        lp_list_remove(&h2->out_link);
     while (h2->streams.next != &h2->streams) {
         lp_h2_stream_t *st = LP_CONTAINER_OF(h2->streams.next, lp_h2_stream_t, link);
         if (st->req) /* cannot be: lp_h2_close cut them; never leave a dangling link */
@@ -967,6 +1065,38 @@ static int is_conn_specific(const lp_str_t n)
     return 0;
 }
 
+/* How nghttp2 is to encode a response field (name lower-case). A field whose value differs
+ * from the one it had in this connection's previous response (a date, a request id, a
+ * counter) is sent "never indexed": entered into the HPACK dynamic table, such values
+ * filled it with entries of one name that the next response's search then compared one by
+ * one (a third of nghttp2's send work with such fields) and that no later response used.
+ * A field that repeats its value is indexed as before. */
+static uint8_t h2_index_hint(lp_h2_t *h2, const char *name, size_t nlen, const char *value,
+                             size_t vlen)
+{
+    uint64_t nh = lp_hash64(name, nlen);
+    uint32_t name32 = (uint32_t)(nh >> 32) | 1, vh = (uint32_t)lp_hash64(value, vlen);
+    unsigned n = LP_ARRAY_LEN(h2->hint_name), home = (unsigned)nh % n, slot = home;
+    /* Each name keeps its own slot (a shared one would forget both names' values and
+     * index them again): probe to the name or a free slot; a full table reuses home. */
+    for (unsigned i = 0; i < n; i++) {
+        unsigned k = (home + i) % n;
+        if (h2->hint_name[k] == name32 || !h2->hint_name[k]) {
+            slot = k;
+            break;
+        }
+    }
+    uint8_t flag = NGHTTP2_NV_FLAG_NONE;
+    if (h2->hint_name[slot] == name32) {
+        if (h2->hint_value[slot] != vh)
+            flag = NGHTTP2_NV_FLAG_NO_INDEX;
+    } else {
+        h2->hint_name[slot] = name32;
+    }
+    h2->hint_value[slot] = vh;
+    return flag;
+}
+
 static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length, uint64_t length)
 {
     lp_h2_stream_t *st = req->h2s;
@@ -979,11 +1109,17 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
         if (lp_str_ieq(r->headers[i].name, "date", 4))
             has_date = 1;
     }
-    nghttp2_nv *nv = malloc((r->nheaders + 3) * sizeof(*nv));
-    char *lower = malloc(names + 1);
+    /* nghttp2 copies the list: most heads fit these, a larger one is allocated. */
+    nghttp2_nv nv_stack[40];
+    char lower_stack[1024];
+    int heap = r->nheaders + 3 > LP_ARRAY_LEN(nv_stack) || names + 1 > sizeof(lower_stack);
+    nghttp2_nv *nv = heap ? malloc((r->nheaders + 3) * sizeof(*nv)) : nv_stack;
+    char *lower = heap ? malloc(names + 1) : lower_stack;
     if (!nv || !lower) {
-        free(nv);
-        free(lower);
+        if (heap) {
+            free(nv);
+            free(lower);
+        }
         return -1;
     }
     char status[4], clen[24];
@@ -1001,8 +1137,9 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
             char ch = h->name.base[j];
             lower[off + j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
         }
-        nv[k++] = (nghttp2_nv){(uint8_t *)lower + off, (uint8_t *)h->value.base, h->name.len,
-                               h->value.len, NGHTTP2_NV_FLAG_NONE};
+        nv[k++] = (nghttp2_nv){
+            (uint8_t *)lower + off, (uint8_t *)h->value.base, h->name.len, h->value.len,
+            h2_index_hint(h2, lower + off, h->name.len, h->value.base, h->value.len)};
         off += h->name.len;
     }
     if (has_length) {
@@ -1012,7 +1149,9 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
     }
     if (!has_date) {
         const char *d = lp_h1_date();
-        nv[k++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)d, 4, strlen(d), NGHTTP2_NV_FLAG_NONE};
+        size_t dlen = strlen(d);
+        nv[k++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)d, 4, dlen,
+                               h2_index_hint(h2, "date", 4, d, dlen)};
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = stream_read};
     /* A body known to be empty ends the stream with the HEADERS frame: a gRPC trailers-only
@@ -1021,8 +1160,10 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
         no_body = 1;
     st->no_body = (uint8_t)no_body;
     int rv = nghttp2_submit_response(h2->s, st->id, nv, k, no_body ? NULL : &prd);
-    free(nv);
-    free(lower);
+    if (heap) {
+        free(nv);
+        free(lower);
+    }
     h2->want_send = 1;
     return rv ? -1 : 0;
 }

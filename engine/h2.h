@@ -23,8 +23,12 @@ int lp_h2_start(lp_conn_t *c);
 void lp_h2_input(lp_conn_t *c);
 void lp_h2_written(lp_conn_t *c);
 void lp_h2_timeout(lp_conn_t *c, int mode);
-/* Hands what the session has to send to the endpoint (bounded by the high watermark). */
+/* Hands what the session has to send to the endpoint (bounded by the high watermark): at
+ * the end of the loop turn (lp_h2_flush_turn), or at once when the connection is to close
+ * after its writes (LP_CF_CLOSE_AFTER: its caller looks at what is pending). */
 void lp_h2_flush(lp_conn_t *c);
+/* The end of a loop turn (the worker's prepare): the sessions lp_h2_flush deferred send. */
+void lp_h2_flush_turn(lp_worker_t *w);
 /* The connection is closing: every stream's request is cut (499, log line, log phase). */
 void lp_h2_close(lp_conn_t *c);
 /* The connection's memory goes (ops->closed): the session and the streams. */

@@ -1,9 +1,128 @@
-/* nghttp2's memory hooks for one session (h2_mem.h). */
+/* nghttp2's memory: a worker's free lists and one session's hooks (h2_mem.h). */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include "h2_mem.h"
+
+/* ---- the free lists ---- */
+
+/* Classes of 64 to 2048 bytes (payload); larger blocks go to malloc directly. */
+#define H2M_CLASSES   6
+#define H2M_MIN_SHIFT 6
+/* Blocks kept per class at most: bounds what a burst leaves cached (2048 x 64: 128 KiB). */
+#define H2M_KEEP 256
+/* Before each pooled block: its class (H2M_CLASSES: a plain malloc), 16 bytes to keep the
+ * payload's alignment. The frame buffer and the stream map (below) have no header: they
+ * are told apart by address. */
+#define H2M_HDR 16
+
+typedef struct h2m_free_s {
+    struct h2m_free_s *next; /* the next free block of its class */
+} h2m_free_t;
+
+struct lp_h2_pool_s {
+    h2m_free_t *free[H2M_CLASSES]; /* owned: free blocks (at their header) */
+    unsigned nfree[H2M_CLASSES];   /* blocks in each list */
+    unsigned low[H2M_CLASSES];     /* the fewest in each list since the last trim */
+};
+
+static unsigned class_of(size_t n)
+{
+    unsigned c = 0;
+    while (c < H2M_CLASSES && n > ((size_t)1 << (H2M_MIN_SHIFT + c)))
+        c++;
+    return c;
+}
+
+static void *pool_alloc(lp_h2_pool_t *m, size_t n)
+{
+    unsigned c = class_of(n);
+    uint8_t *b;
+    if (m && c < H2M_CLASSES && m->free[c]) {
+        b = (uint8_t *)m->free[c];
+        m->free[c] = m->free[c]->next;
+        if (--m->nfree[c] < m->low[c])
+            m->low[c] = m->nfree[c];
+    } else {
+        b = malloc(H2M_HDR + (c < H2M_CLASSES ? (size_t)1 << (H2M_MIN_SHIFT + c) : n));
+        if (!b)
+            return NULL;
+    }
+    b[0] = (uint8_t)c;
+    return b + H2M_HDR;
+}
+
+static void pool_put(lp_h2_pool_t *m, void *p)
+{
+    if (!p)
+        return;
+    uint8_t *b = (uint8_t *)p - H2M_HDR;
+    unsigned c = b[0];
+    if (!m || c >= H2M_CLASSES || m->nfree[c] >= H2M_KEEP) {
+        free(b);
+        return;
+    }
+    h2m_free_t *f = (h2m_free_t *)(void *)b;
+    f->next = m->free[c];
+    m->free[c] = f;
+    m->nfree[c]++;
+}
+
+static void *pool_realloc(lp_h2_pool_t *m, void *p, size_t n)
+{
+    unsigned c = ((uint8_t *)p - H2M_HDR)[0];
+    if (c < H2M_CLASSES && n <= ((size_t)1 << (H2M_MIN_SHIFT + c)))
+        return p; /* still fits its block */
+    if (c >= H2M_CLASSES && class_of(n) >= H2M_CLASSES) {
+        uint8_t *b = realloc((uint8_t *)p - H2M_HDR, H2M_HDR + n);
+        return b ? b + H2M_HDR : NULL;
+    }
+    void *q = pool_alloc(m, n);
+    if (!q)
+        return NULL;
+    /* The old block's usable size: its class's, or (plain) at least what fits in n. */
+    size_t old = c < H2M_CLASSES ? (size_t)1 << (H2M_MIN_SHIFT + c) : n;
+    memcpy(q, p, old < n ? old : n);
+    pool_put(m, p);
+    return q;
+}
+
+lp_h2_pool_t *lp_h2_pool_new(void)
+{
+    return calloc(1, sizeof(lp_h2_pool_t));
+}
+
+size_t lp_h2_pool_trim(lp_h2_pool_t *m)
+{
+    size_t bytes = 0;
+    if (!m)
+        return 0;
+    for (unsigned c = 0; c < H2M_CLASSES; c++) {
+        for (unsigned k = m->low[c]; k && m->free[c]; k--) {
+            h2m_free_t *f = m->free[c];
+            m->free[c] = f->next;
+            m->nfree[c]--;
+            free(f);
+            bytes += H2M_HDR + ((size_t)1 << (H2M_MIN_SHIFT + c));
+        }
+        m->low[c] = m->nfree[c];
+    }
+    return bytes;
+}
+
+void lp_h2_pool_free(lp_h2_pool_t *m)
+{
+    if (!m)
+        return;
+    for (unsigned c = 0; c < H2M_CLASSES; c++)
+        m->low[c] = m->nfree[c];
+    lp_h2_pool_trim(m);
+    free(m);
+}
+
+/* ---- one session's hooks ---- */
 
 /* A block at least this large allocated while the session is made is its frame buffer
  * (nghttp2 1.52: realloc(NULL, 16,394); the next largest is the stream map's 4 KiB). */
@@ -37,22 +156,30 @@ static void *mem_malloc(size_t size, void *ud)
         m->framebuf_len = size;
         return p;
     }
-    return malloc(size);
+    return pool_alloc(m->pool, size);
 }
 
 static void mem_free(void *ptr, void *ud)
 {
     lp_h2_mem_t *m = ud;
-    if (ptr && ptr == m->framebuf)
-        m->framebuf = NULL;
-    if (ptr && ptr == m->map)
-        m->map = NULL;
-    free(ptr);
+    if (!ptr)
+        return;
+    if (ptr == m->framebuf || ptr == m->map) {
+        if (ptr == m->framebuf)
+            m->framebuf = NULL;
+        else
+            m->map = NULL;
+        free(ptr); /* its own allocation, no pool header */
+        return;
+    }
+    pool_put(m->pool, ptr);
 }
 
 static void *mem_calloc(size_t nmemb, size_t size, void *ud)
 {
     lp_h2_mem_t *m = ud;
+    if (size && nmemb > SIZE_MAX / size)
+        return NULL;
     if (m->capturing && !m->map && nmemb * size == H2_MEM_MAP && page_size() == H2_MEM_MAP) {
         /* Its own page: dropped while all zero (an empty map), see lp_h2_mem_trim. */
         void *p = NULL;
@@ -62,7 +189,10 @@ static void *mem_calloc(size_t nmemb, size_t size, void *ud)
         m->map = p;
         return p;
     }
-    return calloc(nmemb, size);
+    void *p = pool_alloc(m->pool, nmemb * size);
+    if (p)
+        memset(p, 0, nmemb * size);
+    return p;
 }
 
 static void *mem_realloc(void *ptr, size_t size, void *ud)
@@ -70,17 +200,32 @@ static void *mem_realloc(void *ptr, size_t size, void *ud)
     lp_h2_mem_t *m = ud;
     if (!ptr) /* nghttp2 makes its frame buffer this way (nghttp2_buf_reserve) */
         return mem_malloc(size, ud);
-    void *p = realloc(ptr, size);
-    if (p && ptr && ptr == m->framebuf) {
-        m->framebuf = p; /* still the frame buffer, perhaps no longer page-aligned */
-        m->framebuf_len = size;
+    if (ptr == m->framebuf) {
+        void *p = realloc(ptr, size);
+        if (p) {
+            m->framebuf = p; /* still the frame buffer, perhaps no longer page-aligned */
+            m->framebuf_len = size;
+        }
+        return p;
     }
-    return p;
+    if (ptr == m->map) {
+        /* nghttp2 makes a new table rather than growing one; should it ever, the block
+         * leaves the page of its own (and trimming) for the pool. */
+        void *p = pool_alloc(m->pool, size);
+        if (!p)
+            return NULL;
+        memcpy(p, ptr, size < H2_MEM_MAP ? size : H2_MEM_MAP);
+        m->map = NULL;
+        free(ptr);
+        return p;
+    }
+    return pool_realloc(m->pool, ptr, size);
 }
 
-void lp_h2_mem_init(lp_h2_mem_t *m)
+void lp_h2_mem_init(lp_h2_mem_t *m, lp_h2_pool_t *pool)
 {
     memset(m, 0, sizeof(*m));
+    m->pool = pool;
     m->mem.mem_user_data = m;
     m->mem.malloc = mem_malloc;
     m->mem.free = mem_free;

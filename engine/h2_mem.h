@@ -1,13 +1,17 @@
-/* nghttp2's memory for one session, through hooks that know its output frame buffer, so
- * that an idle HTTP/2 connection gives that buffer's pages back to the kernel.
+/* nghttp2's memory (nghttp2_mem), for two reasons:
  *
- * nghttp2 allocates the buffer its frames are serialized into (a 16 KiB frame plus its
- * header) when the session is made and keeps it until the session ends: on an idle
- * connection it is most of the session's memory. Once the session has nothing to send, the
- * buffer holds no live byte (every frame was copied out to the endpoint by lp_h2_fill), so
- * its whole pages can be dropped (MADV_DONTNEED): they read back as zeros and are faulted
- * in again when the next frame is written. nginx likewise frees an idle HTTP/2
- * connection's buffers. */
+ * - Speed: a session allocates and frees several small blocks per stream (the stream, its
+ *   outbound items, the copied header list, header buffers). They come from the worker's
+ *   free lists by size class (lp_h2_pool_t): a list pop and push instead of malloc and free.
+ *   The worker's thread only: every session using a worker's lists is made and deleted on
+ *   that worker's loop.
+ * - Idle memory: nghttp2 allocates the buffer its frames are serialized into (a 16 KiB frame
+ *   plus its header) when a session is made and keeps it until the session ends; on an idle
+ *   connection it is most of the session's memory. The hooks of one session (lp_h2_mem_t)
+ *   give it its own pages, and once the session has nothing to send the buffer holds no live
+ *   byte (every frame was copied out to the endpoint by lp_h2_fill), so its whole pages can
+ *   be dropped (MADV_DONTNEED): they read back as zeros and are faulted in again when the
+ *   next frame is written. nginx likewise frees an idle HTTP/2 connection's buffers. */
 #ifndef LP_H2_MEM_H
 #define LP_H2_MEM_H
 
@@ -15,9 +19,24 @@
 #include <stdint.h>
 #include <nghttp2/nghttp2.h>
 
+/* ---- a worker's free lists ---- */
+
+typedef struct lp_h2_pool_s lp_h2_pool_t;
+
+/* A worker's lists (NULL: out of memory; its sessions then allocate with malloc). */
+lp_h2_pool_t *lp_h2_pool_new(void);
+/* Gives back the blocks no session took since the last call (the house timer). Returns
+ * the bytes freed. p may be NULL. */
+size_t lp_h2_pool_trim(lp_h2_pool_t *p);
+/* Frees the lists and their blocks, once no session uses them (worker teardown). */
+void lp_h2_pool_free(lp_h2_pool_t *p);
+
+/* ---- one session's hooks ---- */
+
 typedef struct lp_h2_mem_s {
-    nghttp2_mem mem; /* the hooks nghttp2 copies; their user data is this struct */
-    void *framebuf;  /* borrowed (nghttp2 owns it): the output frame buffer; NULL: not known */
+    nghttp2_mem mem;    /* the hooks nghttp2 copies; their user data is this struct */
+    lp_h2_pool_t *pool; /* borrowed: the worker's lists, which outlive the session; NULL: malloc */
+    void *framebuf;     /* borrowed (nghttp2 owns it): the output frame buffer; NULL: not known */
     size_t framebuf_len;
     /* borrowed (nghttp2 owns it): the stream map's table, a page of its own; NULL: not
      * known. All zero when no stream is in it, and then dropped too (it reads back the
@@ -30,8 +49,8 @@ typedef struct lp_h2_mem_s {
 
 /* Hooks for a session about to be made (nghttp2_session_*_new3 with &m->mem; set
  * m->capturing around that call). The struct must stay where it is while the session
- * lives. */
-void lp_h2_mem_init(lp_h2_mem_t *m);
+ * lives; `pool` may be NULL. */
+void lp_h2_mem_init(lp_h2_mem_t *m, lp_h2_pool_t *pool);
 /* Gives the frame buffer's whole pages back to the kernel, and the stream map's page when
  * it is all zero. Only when the session has nothing to send (nghttp2_session_want_write()
  * is 0, so its buffer holds no frame). Returns the bytes given back. */

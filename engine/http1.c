@@ -418,7 +418,9 @@ void lp_h1_set_storage(lp_h1_t *h, char *arena, size_t cap, lp_header_t *headers
  * here: every LF must follow a CR, and a request line has exactly two spaces. */
 static int scan_head(lp_h1_t *h, const char *data, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+    /* The start line byte by byte (its spaces are counted), up to its LF. */
+    for (; i < n && h->scan_state < 2; i++) {
         char c = data[i];
         if (c == '\n') {
             char prev = i ? data[i - 1] : h->last_byte;
@@ -436,6 +438,18 @@ static int scan_head(lp_h1_t *h, const char *data, size_t n)
         }
         if (h->scan_state == 1 && (c == ' ' || c == '\t'))
             h->rl_spaces += c == ' ' ? 1 : 100;
+    }
+    /* The fields: only bare LFs are looked for, from one LF to the next (memchr, not a
+     * branch per byte: this ran over every head, both ways). */
+    while (i < n) {
+        const char *lf = memchr(data + i, '\n', n - i);
+        if (!lf)
+            break;
+        size_t j = (size_t)(lf - data);
+        if ((j ? data[j - 1] : h->last_byte) != '\r')
+            return set_error(h, h->parser.type == HTTP_REQUEST ? 400 : 502,
+                             "bare LF in the message head");
+        i = j + 1;
     }
     return 0;
 }

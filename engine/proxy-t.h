@@ -183,7 +183,7 @@ struct lp_worker_s {
     uv_async_t wakeup; /* main thread → worker: stop, or switch generation */
     uv_timer_t drain_timer;
     lp_ep_env_t ep_env;        /* its endpoints' loop, deadlines and pools (endpoint.h) */
-    uv_prepare_t flush;        /* before-sleep hook: access log flush */
+    uv_prepare_t flush;        /* before-sleep hook: access log flush, HTTP/2 output (h2_out) */
     uv_timer_t log_timer;      /* hands idle access log lines over after the flush interval */
     lp_wgen_t *cur;            /* the generation new requests use */
     const lp_config_t *config; /* cur->config: connection-level settings */
@@ -215,6 +215,13 @@ struct lp_worker_s {
     uint32_t hs_first, hs_n, hs_cap;
     uv_idle_t hs_idle;   /* runs them while any wait */
     uint64_t hs_turn_ns; /* handshake time spent in this loop turn */
+    /* HTTP/2 sessions (lp_h2_t.out_link, h2.c) whose output the pipeline asked for in this
+     * loop turn: written once, by the `flush` prepare, so that the responses that end in one
+     * turn share one TLS write and one system call (lp_h2_flush_turn). */
+    lp_list_t h2_out;
+    /* owned: free lists for its HTTP/2 sessions' allocations (h2_mem.h); NULL until the
+     * first session */
+    struct lp_h2_pool_s *h2_pool;
     lp_req_t *free_reqs; /* owned list: recycled request objects */
     size_t nfree_reqs;
     size_t nfree_reqs_low;            /* the fewest free since the last trim (request.c) */

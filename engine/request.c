@@ -14,8 +14,12 @@
 #include "upstream.h"
 #include "worker.h"
 
-/* Recycled requests kept per worker beyond which ended ones are freed. */
-#define LP_FREE_REQS_MAX 256
+/* Recycled requests kept per worker beyond which ended ones are freed. HTTP/2 keeps many
+ * requests in flight per connection (50 connections of 10 streams: 500), and a pool
+ * smaller than the requests that end together made every tenth request allocate and zero
+ * its object and header arrays again; what a peak leaves unused goes back within a
+ * second (lp_req_trim, from worker.c's house timer). */
+#define LP_FREE_REQS_MAX 1024
 
 static int req_grow(lp_h1_t *h, size_t need)
 {

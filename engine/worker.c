@@ -12,6 +12,7 @@
 #include "conn.h"
 #include "cosock.h"
 #include "h2.h"
+#include "h2_mem.h"
 #include "trace.h"
 #include "log.h"
 #include "logw.h"
@@ -401,7 +402,7 @@ static void on_house(uv_timer_t *t)
     lp_lua_background_stop(w, 0); /* of old generations, past timeouts.drain */
     lp_req_end_detached(w, 0);
     size_t freed = lp_req_trim(w) + lp_bufpool_trim(&w->bufs) + lp_wbpool_trim(&w->wbatches) +
-                   lp_zippool_trim(&w->zips);
+                   lp_zippool_trim(&w->zips) + lp_h2_pool_trim(w->h2_pool);
     if (w->hs_cap > 64 && w->hs_first == w->hs_n) {
         freed += w->hs_cap * sizeof(*w->hs_q); /* a handshake burst's queue, empty again */
         free(w->hs_q);
@@ -493,7 +494,8 @@ static void on_log_timer(uv_timer_t *t)
 }
 
 /* Before the loop sleeps: access log lines whose flush interval passed go to the writer
- * thread; younger ones wait, with the timer set to hand them over if the loop idles. */
+ * thread; younger ones wait, with the timer set to hand them over if the loop idles. And
+ * the HTTP/2 sessions whose output this turn's responses asked for send it, once each. */
 static void on_flush(uv_prepare_t *p)
 {
     lp_worker_t *w = p->data;
@@ -501,6 +503,7 @@ static void on_flush(uv_prepare_t *p)
     if (due >= 0 && !uv_is_active((uv_handle_t *)&w->log_timer))
         uv_timer_start(&w->log_timer, on_log_timer, (uint64_t)due + 1, 0);
     w->hs_turn_ns = 0; /* a new turn of I/O callbacks follows */
+    lp_h2_flush_turn(w);
 }
 
 static void worker_main(void *arg)
@@ -524,6 +527,8 @@ static void worker_main(void *arg)
     lp_req_free_all(w);
     lp_trace_export_free(w);
     lp_zippool_destroy(&w->zips);
+    lp_h2_pool_free(w->h2_pool); /* every session went with its connection */
+    w->h2_pool = NULL;
     lp_bufpool_destroy(&w->bufs);
     lp_wbpool_destroy(&w->wbatches);
     int rc = uv_loop_close(&w->loop);
@@ -544,6 +549,7 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     lp_list_init(&w->conns);
     lp_list_init(&w->detached);
     lp_list_init(&w->peers);
+    lp_list_init(&w->h2_out);
     lp_bufpool_init(&w->bufs, 256);
     int rc = uv_loop_init(&w->loop);
     if (rc) {

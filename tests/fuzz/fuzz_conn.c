@@ -68,6 +68,8 @@
 #include "accesslog.h"
 #include "conn.h"
 #include "cosock.h"
+#include "h2.h"
+#include "h2_mem.h"
 #include "health.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -801,6 +803,11 @@ static void run_script(world_t *wd, input_t *in)
 
 /* ---- one worker, set up and torn down per input ---- */
 
+static void on_turn_end(uv_prepare_t *p)
+{
+    lp_h2_flush_turn(p->data);
+}
+
 static void world_open(world_t *wd)
 {
     memset(wd, 0, sizeof(*wd));
@@ -828,6 +835,12 @@ static void world_open(world_t *wd)
     lp_ep_env_init(&w->ep_env, &w->loop, &w->bufs, &w->wbatches);
     uv_idle_init(&w->loop, &w->hs_idle);
     w->hs_idle.data = w;
+    /* The end of each loop turn, as worker.c's prepare: HTTP/2 output deferred to it. */
+    lp_list_init(&w->h2_out);
+    uv_prepare_init(&w->loop, &w->flush);
+    w->flush.data = w;
+    uv_prepare_start(&w->flush, on_turn_end);
+    uv_unref((uv_handle_t *)&w->flush);
     lp_lua_sched_init(w);
 
     lp_wgen_t *g = calloc(1, sizeof(*g));
@@ -950,6 +963,7 @@ static void world_close(world_t *wd)
     lp_wgen_release(w, g);
     lp_lua_sched_close(w);
     uv_close((uv_handle_t *)&w->hs_idle, NULL);
+    uv_close((uv_handle_t *)&w->flush, NULL);
     free(w->hs_q);
     w->hs_q = NULL;
     lp_ep_timers_close(&w->ep_env.timers);
@@ -964,6 +978,8 @@ static void world_close(world_t *wd)
         abort();
     }
     lp_accesslog_flush(w->access);
+    lp_h2_mem_free(w->h2_mem);
+    w->h2_mem = NULL;
     lp_upstream_destroy_all(w);
     lp_req_free_all(w);
     lp_wbpool_destroy(&w->wbatches);

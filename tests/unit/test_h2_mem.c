@@ -1,11 +1,103 @@
-/* Unit tests for engine/h2_mem.c: a server session made with the hooks finds its frame
- * buffer and stream map, gives their pages back when idle, and works on as before: a client
- * session (nghttp2's own memory) exchanges requests with it across trims. */
+/* Unit tests for engine/h2_mem.c: the worker's free lists recycle nghttp2's blocks by size
+ * class; a server session made with the hooks finds its frame buffer and stream map, gives
+ * their pages back when idle, and works on as before: a client session (nghttp2's own
+ * memory) exchanges requests with it across trims, with and without the free lists. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "lp_test.h"
 #include "h2_mem.h"
+
+static void test_recycles_by_class(void)
+{
+    lp_h2_pool_t *m = lp_h2_pool_new();
+    REQUIRE(m != NULL);
+    lp_h2_mem_t hooks;
+    lp_h2_mem_init(&hooks, m);
+    nghttp2_mem *a = &hooks.mem;
+    void *p = a->malloc(100, a->mem_user_data);
+    REQUIRE(p != NULL);
+    memset(p, 'x', 128); /* the whole class is usable (ASan checks) */
+    a->free(p, a->mem_user_data);
+    void *q = a->malloc(120, a->mem_user_data); /* same class (65-128): the same block */
+    CHECK(q == p);
+    void *r = a->malloc(200, a->mem_user_data); /* another class */
+    CHECK(r != q);
+    a->free(q, a->mem_user_data);
+    a->free(r, a->mem_user_data);
+    a->free(NULL, a->mem_user_data);
+    /* The lists were empty at some point since the start: the first trim frees nothing and
+     * marks what they hold now; untouched until the next, that goes then. */
+    CHECK(lp_h2_pool_trim(m) == 0);
+    CHECK(lp_h2_pool_trim(m) > 0);
+    CHECK(lp_h2_pool_trim(m) == 0);
+    lp_h2_pool_free(m);
+}
+
+static void test_calloc_realloc(void)
+{
+    lp_h2_pool_t *m = lp_h2_pool_new();
+    REQUIRE(m != NULL);
+    lp_h2_mem_t hooks;
+    lp_h2_mem_init(&hooks, m);
+    nghttp2_mem *a = &hooks.mem;
+    void *ud = a->mem_user_data;
+    /* A recycled block comes back zeroed from calloc. */
+    unsigned char *p = a->malloc(64, ud);
+    REQUIRE(p != NULL);
+    memset(p, 0xff, 64);
+    a->free(p, ud);
+    unsigned char *z = a->calloc(8, 8, ud);
+    REQUIRE(z != NULL);
+    int zero = 1;
+    for (int i = 0; i < 64; i++)
+        zero &= z[i] == 0;
+    CHECK(zero);
+    /* Growing through classes and into a plain block keeps the contents. */
+    for (int i = 0; i < 64; i++)
+        z[i] = (unsigned char)i;
+    unsigned char *g = a->realloc(z, 1000, ud);
+    REQUIRE(g != NULL);
+    unsigned char *h = a->realloc(g, 100000, ud);
+    REQUIRE(h != NULL);
+    int same = 1;
+    for (int i = 0; i < 64; i++)
+        same &= h[i] == i;
+    CHECK(same);
+    memset(h, 1, 100000);
+    /* And shrinking back into a class. */
+    unsigned char *s = a->realloc(h, 10, ud);
+    REQUIRE(s != NULL);
+    CHECK_EQ_INT(s[9], 1);
+    a->free(s, ud);
+    CHECK(a->calloc((size_t)-1, 2, ud) == NULL); /* overflow */
+    lp_h2_pool_free(m);                          /* frees what the lists hold (ASan: no leak) */
+}
+
+static void test_session_uses_it(void)
+{
+    /* A real session over the lists: created, a request submitted, deleted. */
+    lp_h2_pool_t *m = lp_h2_pool_new();
+    REQUIRE(m != NULL);
+    lp_h2_mem_t hooks;
+    lp_h2_mem_init(&hooks, m);
+    nghttp2_session_callbacks *cb;
+    REQUIRE(nghttp2_session_callbacks_new(&cb) == 0);
+    nghttp2_session *s;
+    REQUIRE(nghttp2_session_client_new3(&s, cb, NULL, NULL, &hooks.mem) == 0);
+    nghttp2_nv nv[] = {
+        {(uint8_t *)":method", (uint8_t *)"GET", 7, 3, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":path", (uint8_t *)"/", 5, 1, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":scheme", (uint8_t *)"http", 7, 4, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":authority", (uint8_t *)"a", 10, 1, NGHTTP2_NV_FLAG_NONE},
+    };
+    CHECK(nghttp2_submit_request(s, NULL, nv, 4, NULL, NULL) > 0);
+    const uint8_t *out;
+    CHECK(nghttp2_session_mem_send(s, &out) > 0);
+    nghttp2_session_del(s);
+    nghttp2_session_callbacks_del(cb);
+    lp_h2_pool_free(m);
+}
 
 typedef struct {
     int responses; /* response HEADERS the client got */
@@ -105,8 +197,9 @@ static void request(nghttp2_session *cli)
     CHECK(nghttp2_submit_request(cli, NULL, nv, 5, NULL, NULL) > 0);
 }
 
-static void test_trim_and_go_on(void)
+static void trim_and_go_on(lp_h2_pool_t *pool)
 {
+    nreq = 0;
     memset(body, 'b', sizeof(body));
     client_t cs = {0};
     nghttp2_session_callbacks *cb;
@@ -125,7 +218,7 @@ static void test_trim_and_go_on(void)
     nghttp2_option_set_no_closed_streams(opt, 1);
     lp_h2_mem_t *m = malloc(sizeof(*m));
     REQUIRE(m);
-    lp_h2_mem_init(m);
+    lp_h2_mem_init(m, pool);
     m->capturing = 1;
     nghttp2_session *srv;
     REQUIRE(nghttp2_session_server_new3(&srv, cb, NULL, opt, &m->mem) == 0);
@@ -168,10 +261,24 @@ static void test_trim_and_go_on(void)
     free(m);
 }
 
+static void test_trim_and_go_on(void)
+{
+    trim_and_go_on(NULL);
+}
+
+static void test_trim_and_go_on_pooled(void)
+{
+    lp_h2_pool_t *pool = lp_h2_pool_new();
+    REQUIRE(pool != NULL);
+    trim_and_go_on(pool);
+    CHECK(lp_h2_pool_trim(pool) == 0); /* marks what the lists hold */
+    lp_h2_pool_free(pool);             /* and frees it (ASan: no leak) */
+}
+
 static void test_map_kept_while_not_empty(void)
 {
     lp_h2_mem_t m;
-    lp_h2_mem_init(&m);
+    lp_h2_mem_init(&m, NULL);
     m.capturing = 1;
     uint8_t *map = m.mem.calloc(256, 16, &m);
     void *buf = m.mem.realloc(NULL, 16394, &m);
@@ -194,8 +301,9 @@ static void test_map_kept_while_not_empty(void)
 }
 
 static const lp_test_case_t tests[] = {
-    LP_TEST_ENTRY(test_trim_and_go_on),
-    LP_TEST_ENTRY(test_map_kept_while_not_empty),
+    LP_TEST_ENTRY(test_recycles_by_class), LP_TEST_ENTRY(test_calloc_realloc),
+    LP_TEST_ENTRY(test_session_uses_it),   LP_TEST_ENTRY(test_trim_and_go_on_pooled),
+    LP_TEST_ENTRY(test_trim_and_go_on),    LP_TEST_ENTRY(test_map_kept_while_not_empty),
 };
 
 LP_TEST_MAIN(tests)
