@@ -95,12 +95,12 @@ def nginx_worker(master):
 
 
 def luaproxy_worker(pid):
-    """The thread id of luaproxy's worker (lp-worker-0: one worker)."""
+    """The thread id of luaproxy's worker (named lp-worker-N; one worker here)."""
     for tid in os.listdir("/proc/%d/task" % pid):
         with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
-            if f.read().strip() == "lp-worker-0":
+            if f.read().startswith("lp-worker-"):
                 return int(tid)
-    raise RuntimeError("no lp-worker-0 thread in %d" % pid)
+    raise RuntimeError("no lp-worker-N thread in %d" % pid)
 
 
 def raw_request(r, host_override=None, prefix=""):

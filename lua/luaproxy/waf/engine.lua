@@ -1337,10 +1337,16 @@ local function sec_cond(st, r, cond)
         local name = c.names[i]
         if (not e.key or lower(name) == e.key) and sel_ok(e, cond.skip, name, st, r) then
           local path = cond.path
+          local prev
           for pi = cond.multi and 1 or #path, #path do
             local ch = path[pi]
             local v
             if dyn then v = transform_direct(cs, ch, c.values[i]) else v = value(st, cname, c, i, ch) end
+            -- multiMatch: a step that left the value as it was gives the same answer as the
+            -- step before, which did not end the loop (ModSecurity too tests only values a
+            -- step changed)
+            if v == prev then goto next_step end
+            prev = v
             local from, to
             if cond.multi or dyn or may_match(st, cond, cname, i, v) then
               from, to = sec_test(st, cond, v)
@@ -1359,6 +1365,7 @@ local function sec_cond(st, r, cond)
               end
               break
             end
+            ::next_step::
           end
         end
       end
@@ -1416,12 +1423,32 @@ local function run_setvar(st, sv)
 end
 
 -- Runs one phase's items; returns true when processing stops (deny / allow).
-local function run_phase(cs, st, list, markers)
+-- plan_g, plan_gid (cs.plan, built once the Hyperscan databases are all there): for item i
+-- whose first condition is prefiltered, its group and its id in the group. Such a rule
+-- cannot match unless the group's scan named that condition for one of its values, and a
+-- first condition that does not match leaves no trace (no setvar, ctl, capture or
+-- MATCHED_VAR: those run only for a matching link); so the rule is passed over after one
+-- look-up in the group's hits (scanned at the same point of the walk as before: when the
+-- first rule of the group that is not passed over for other reasons is reached).
+local function run_phase(cs, st, list, markers, plan_g, plan_gid)
   local i, n = 1, #list
+  local gh = st.gh
+  local rm = st.rm_ids
+  local rmt = st.rm_tags
+  local paranoia = st.paranoia
   while i <= n do
     local r = list[i]
+    local g = plan_g and plan_g[i]
     i = i + 1
-    if r.id and (r.paranoia or 1) <= st.paranoia and not removed_at_runtime(st, r) then
+    if g then
+      -- a prefiltered rule (always a rule, never a marker): the hits decide
+      if (r.paranoia or 1) > paranoia or ((#rm > 0 or #rmt > 0) and removed_at_runtime(st, r)) then
+        goto continue
+      end
+      local h = gh[g] or group_hits(st, g)
+      if not h[plan_gid[i - 1]] then goto continue end
+    end
+    if r.id and (r.paranoia or 1) <= paranoia and ((#rm == 0 and #rmt == 0) or not removed_at_runtime(st, r)) then
       st.rule = r
       local first
       local ok = true
@@ -1472,7 +1499,32 @@ local function run_phase(cs, st, list, markers)
     elseif r.marker then
       -- nothing: a jump target
     end
+    ::continue::
   end
+end
+
+-- The walk's plan (run_phase): per phase, which items are prefiltered rules. Made once all
+-- of the set's Hyperscan databases are there (before, a group's conditions may still run
+-- through PCRE2 alone, or be left to it for good by the compile: cond.fast says).
+local function build_plan(cs)
+  local plan = {}
+  local counts = { prefiltered = 0, visited = 0 }
+  for p = 1, 2 do
+    local pg, pgid = {}, {}
+    for i, r in ipairs(cs.phases[p]) do
+      local c = r.conds and r.conds[1]
+      if c and c.fast and not c.pcre_only and c.group and c.group.db then
+        pg[i], pgid[i] = c.group, c.gid
+        counts.prefiltered = counts.prefiltered + 1
+      else
+        pg[i] = false
+        if r.id then counts.visited = counts.visited + 1 end
+      end
+    end
+    plan[p] = { g = pg, gid = pgid }
+  end
+  plan.counts = counts
+  cs.plan = plan
 end
 
 -- Compiles a seclang rule set (seclang.load's result) for one plugin instance.
@@ -1761,9 +1813,12 @@ function M.run_seclang(cs, st)
   st.paranoia = st.paranoia or 4
   st.pf, st.gh = {}, {}
   st.rm_ids, st.rm_tags = {}, {}
+  if not cs.plan and not cs.pending and cs.use_hs then build_plan(cs) end
+  local plan = not cs.pending and cs.plan
   local outcome
   for p = 1, 2 do
-    outcome = run_phase(cs, st, cs.phases[p], cs.markers[p])
+    local pp = plan and plan[p]
+    outcome = run_phase(cs, st, cs.phases[p], cs.markers[p], pp and pp.g, pp and pp.gid)
     if outcome then break end
   end
   return st.matches, outcome
