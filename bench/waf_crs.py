@@ -377,8 +377,9 @@ def main():
         ordinary = corpus(os.path.join(ROOT, "tests/waf/ordinary.jsonl"))
         rows = []
         which = a.proxies.split(",")
-        targets = [t for t in (("nginx+ModSecurity", "nginx", nport, ng.pid, nworker, "/pl1", 1),
-                               ("nginx+ModSecurity", "nginx", nport, ng.pid, nworker, "/pl2", 2),
+        # (nginx's worker is a process of its own: its one thread is itself)
+        targets = [t for t in (("nginx+ModSecurity", "nginx", nport, nworker, nworker, "/pl1", 1),
+                               ("nginx+ModSecurity", "nginx", nport, nworker, nworker, "/pl2", 2),
                                ("luaproxy", "luaproxy", lport, lp.pid, lworker, "/pl1", 1),
                                ("luaproxy", "luaproxy", lport, lp.pid, lworker, "/pl2", 2),
                                ("luaproxy (#14 Lua rules)", "lua", lport, lp.pid, lworker, "/lua", 1))
