@@ -261,6 +261,7 @@ http {{
   uwsgi_temp_path {dir}/tmp/u;
   scgi_temp_path {dir}/tmp/s;
   client_max_body_size 20m;
+  keepalive_requests 1000000;  # the CPU runs' thousands of requests on one connection
   upstream o {{ server 127.0.0.1:{origin}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};

@@ -626,7 +626,9 @@ end
 ---------------------------------------------------------------------------------------------
 -- Evaluating.
 
--- Value i of collection c through chain id `ch`, cached per request.
+-- Value i of collection c through chain id `ch`, cached per request: one table per value
+-- (chain id -> text), not one per collection and chain (CRS has ~40 chains: that made
+-- hundreds of tables per request, most holding a value or two).
 local function value(st, cname, c, i, ch)
   if ch == 0 then return c.values[i] end
   local cache = st.cache[cname]
@@ -634,16 +636,16 @@ local function value(st, cname, c, i, ch)
     cache = {}
     st.cache[cname] = cache
   end
-  local per = cache[ch]
+  local per = cache[i]
   if not per then
     per = {}
-    cache[ch] = per
+    cache[i] = per
   end
-  local v = per[i]
+  local v = per[ch]
   if v then return v end
   local chain = st.cs.chains[ch]
   v = chain.fn(value(st, cname, c, i, chain.parent))
-  per[i] = v
+  per[ch] = v
   return v
 end
 
@@ -1017,8 +1019,21 @@ local function sel_ok(e, skip, name, st, rule)
   local k = lower(name)
   if e.key and e.key ~= k then return false end
   if e.keyrx then
-    local from = re.find(name, e.keyrx, "i")
-    if not from then return false end
+    -- a name selector (TX:/^header_name_/ runs over every TX variable): its answer per
+    -- name kept with the target, a pure function of the two (bounded: names are the
+    -- request's too)
+    local memo = e.rx_memo
+    if not memo or e.rx_memo_n > 4096 then
+      memo = {}
+      e.rx_memo, e.rx_memo_n = memo, 0
+    end
+    local yes = memo[name]
+    if yes == nil then
+      yes = re.find(name, e.keyrx, "i") ~= nil
+      memo[name] = yes
+      e.rx_memo_n = e.rx_memo_n + 1
+    end
+    if not yes then return false end
   end
   local s = skip[e.coll]
   if s then
@@ -1084,6 +1099,31 @@ local function compile_ips(place, list)
   return out
 end
 
+-- A Lua pattern matching one byte that is not in set ok ({ [byte] = true }): a class of
+-- runs. Bytes the class syntax reads otherwise (NUL % ] ^ -) go alone and escaped; runs of
+-- the others as raw "a-b" ranges.
+local CLASS_SPECIAL = { [0] = "%z", [37] = "%%", [93] = "%]", [94] = "%^", [45] = "%-" }
+local function byte_class(ok)
+  local parts = {}
+  local x = 0
+  while x <= 255 do
+    if ok[x] then
+      x = x + 1
+    elseif CLASS_SPECIAL[x] then
+      parts[#parts + 1] = CLASS_SPECIAL[x]
+      x = x + 1
+    else
+      local y = x
+      while y < 255 and not ok[y + 1] and not CLASS_SPECIAL[y + 1] do y = y + 1 end
+      parts[#parts + 1] = x == y and string.char(x) or string.char(x) .. "-" .. string.char(y)
+      x = y + 1
+    end
+  end
+  if #parts == 0 then return "[^%z\1-\255]" end -- every byte allowed: never matches
+  return "[" .. concat(parts) .. "]"
+end
+M._byte_class = byte_class
+
 -- Tests one value with a seclang operator: from, to (or true), or nil; "error", msg.
 local function sec_test(st, cond, v)
   local op = cond.op
@@ -1147,10 +1187,9 @@ local function sec_test(st, cond, v)
       return 1, #v
     end
   elseif op == "byte_range" then
-    local ok = cond.arg
-    for i = 1, #v do
-      if not ok[byte(v, i)] then return i, i end
-    end
+    -- the first byte outside the ranges, found by a pattern class (C) made at load
+    local i = find(v, cond.bad_class)
+    if i then return i, i end
   elseif op == "validate_urlencoding" then
     local i = invalid_urlenc(v)
     if i then return i, i + 2 end
@@ -1237,6 +1276,33 @@ local function may_match(st, cond, cname, i, v)
       for k = 0, n - 1 do set[ids[base + k]] = true end
     end
     per[i] = set
+  end
+  if set == true then return true end
+  return set and set[cond.gid] == true or false
+end
+
+-- Prefilter of a multiMatch condition (cs.multi_group): may it match text v? Scans v once
+-- per request with the multiMatch database, whichever condition and step asks.
+local function multi_may(st, cond, v)
+  local g = cond.group
+  if not g.db or cond.pcre_only then return true end
+  local memo = st.mm
+  if not memo then
+    memo = {}
+    st.mm = memo
+  end
+  local set = memo[v]
+  if set == nil then
+    local n, ids, base, more = scan(g.db, v, g.hits)
+    if not n or more then
+      set = true
+    elseif n == 0 then
+      set = false
+    else
+      set = {}
+      for k = 0, n - 1 do set[ids[base + k]] = true end
+    end
+    memo[v] = set
   end
   if set == true then return true end
   return set and set[cond.gid] == true or false
@@ -1348,7 +1414,8 @@ local function sec_cond(st, r, cond)
             if v == prev then goto next_step end
             prev = v
             local from, to
-            if cond.multi or dyn or may_match(st, cond, cname, i, v) then
+            if dyn or (cond.multi and (not cond.group or multi_may(st, cond, v)))
+              or (not cond.multi and may_match(st, cond, cname, i, v)) then
               from, to = sec_test(st, cond, v)
             end
             if from == "error" then
@@ -1622,6 +1689,8 @@ function M.compile_seclang(set, opts)
           if cond.op == "pm" then
             cond.phrases = {}
             for i, p in ipairs(cond.arg) do cond.phrases[i] = lower(p) end
+          elseif cond.op == "byte_range" then
+            cond.bad_class = byte_class(cond.arg)
           elseif cond.op == "ip_match" then
             local ok, ips = pcall(compile_ips, r.place, cond.arg)
             if not ok then return nil, type(ips) == "table" and ips.msg or tostring(ips) end
@@ -1629,6 +1698,32 @@ function M.compile_seclang(set, opts)
           elseif cond.op == "rx" then
             local ok, err = re.compile(cond.arg, "sm")
             if not ok then return nil, format("%s: @rx: %s", cond.place or r.place, tostring(err)) end
+          end
+          if (cond.op == "rx" or cond.op == "pm") and cond.multi
+            and (cond.op == "pm" or type(cond.arg) == "string") then
+            -- multiMatch: tested on the value after each step that changes it, so not
+            -- through a chain's group; one database of all such patterns prefilters each
+            -- of those values (multi_may), scanned once per distinct text per request.
+            local mg = cs.multi_group
+            if not mg then
+              mg = { chain = 0, multi = true, conds = {}, pcre = {}, pats = {}, flags = {}, ids = {},
+                     colls = {}, only = {}, reads = {} }
+              cs.multi_group = mg
+              cs.groups[#cs.groups + 1] = mg
+            end
+            mg.conds[#mg.conds + 1] = cond
+            cond.group, cond.gid, cond.fast = mg, #mg.conds, false
+            mg.reads[cond.gid] = {}
+            if cond.op == "rx" then
+              local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
+              mg.pats[#mg.pats + 1], mg.flags[#mg.flags + 1], mg.ids[#mg.ids + 1] =
+                hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
+            else
+              for _, p in ipairs(cond.arg) do
+                mg.pats[#mg.pats + 1], mg.flags[#mg.flags + 1], mg.ids[#mg.ids + 1] =
+                  escape_literal(p), hs.SINGLEMATCH + hs.CASELESS, cond.gid
+              end
+            end
           end
           if (cond.op == "rx" or cond.op == "pm") and not cond.multi then
             local g = groups[cond.chain]
