@@ -327,10 +327,15 @@ def main():
     ap.add_argument("--json-requests", type=int, default=400, help="JSON POSTs per CPU run")
     ap.add_argument("--cpu-only", action="store_true", help="skip the corpora (iteration)")
     ap.add_argument("--proxies", default="nginx,luaproxy", help="nginx,luaproxy,lua: which to run")
+    ap.add_argument("--home-b", default=None,
+                    help="A/B in one run: a second luaproxy with LUAPROXY_HOME=DIR (another "
+                         "version's lua/ and plugins/, e.g. from git archive), measured too")
     ap.add_argument("--luaproxy", default=os.path.join(ROOT, "build", "luaproxy"))
     ap.add_argument("--nginx", default="/usr/sbin/nginx")
     ap.add_argument("--json", default=None, help="write the figures here too")
     a = ap.parse_args()
+    # stopped from outside: still stop every process started here (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
     d = tempfile.mkdtemp(prefix="lp-waf-crs-")
     os.makedirs(d + "/tmp")
     procs = []
@@ -355,6 +360,15 @@ def main():
                               stdout=open(d + "/luaproxy.out", "w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
         procs.append(lp)
+        lpb, bport = None, None
+        if a.home_b:
+            bport = free_port()
+            with open(d + "/luaproxy_b.lua", "w") as f:
+                f.write(LUAPROXY_CONF.format(port=bport, origin=origin, crs=a.crs))
+            lpb = subprocess.Popen([a.luaproxy, "-c", d + "/luaproxy_b.lua", "-w", "1"],
+                                   stdout=open(d + "/luaproxy_b.out", "w"), stderr=subprocess.STDOUT,
+                                   start_new_session=True, env=dict(os.environ, LUAPROXY_HOME=a.home_b))
+            procs.append(lpb)
         if not wait_port(nport, ng, 60):
             sys.exit("nginx did not start:\n" + open(d + "/error.log").read()[-3000:])
         if not wait_port(lport, lp, 60):
@@ -366,7 +380,11 @@ def main():
             if time.monotonic() > end or lp.poll() is not None:
                 sys.exit("luaproxy's Hyperscan databases not ready:\n" + open(d + "/luaproxy.out").read()[-3000:])
             time.sleep(0.2)
-        for port in (lport, nport):
+        while lpb and open(d + "/luaproxy_b.out").read().count("Hyperscan databases ready") < 2:
+            if time.monotonic() > end or lpb.poll() is not None:
+                sys.exit("luaproxy B's Hyperscan databases not ready:\n" + open(d + "/luaproxy_b.out").read()[-3000:])
+            time.sleep(0.2)
+        for port in [p for p in (lport, nport, bport) if p]:
             end = time.monotonic() + 60
             while one_shot(port, raw_request(BROWSER_GET, prefix="/pl1")) != 200:
                 if time.monotonic() > end:
@@ -385,6 +403,10 @@ def main():
                                ("luaproxy", "luaproxy", lport, lp.pid, lworker, "/pl2", 2),
                                ("luaproxy (#14 Lua rules)", "lua", lport, lp.pid, lworker, "/lua", 1))
                    if t[1] in which]
+        if lpb:
+            bworker = luaproxy_worker(lpb.pid)
+            targets += [("luaproxy B", "b", bport, lpb.pid, bworker, "/pl1", 1),
+                        ("luaproxy B", "b", bport, lpb.pid, bworker, "/pl2", 2)]
         nreq = {"GET": a.get_requests, "JSON": a.json_requests}
         reqs = (("GET", BROWSER_GET), ("JSON", JSON_POST))
         for name, _, port, pid, tid, prefix, pl in targets:

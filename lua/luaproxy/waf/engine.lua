@@ -644,7 +644,27 @@ local function value(st, cname, c, i, ch)
   local v = per[ch]
   if v then return v end
   local chain = st.cs.chains[ch]
-  v = chain.fn(value(st, cname, c, i, chain.parent))
+  local input = value(st, cname, c, i, chain.parent)
+  -- Each step's result kept per request by its input text (transformations are pure):
+  -- ordinary values come out of most steps unchanged, so different chains, and values of
+  -- different collections, keep asking the same step about the same text (a browser GET:
+  -- 738 transformation calls without this).
+  local fn = chain.fn
+  local tm = st.tm
+  if not tm then
+    tm = {}
+    st.tm = tm
+  end
+  local m = tm[fn]
+  if not m then
+    m = {}
+    tm[fn] = m
+  end
+  v = m[input]
+  if v == nil then
+    v = fn(input)
+    m[input] = v
+  end
   per[ch] = v
   return v
 end
