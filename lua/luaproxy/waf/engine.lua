@@ -1595,22 +1595,18 @@ end
 -- through PCRE2 alone, or be left to it for good by the compile: cond.fast says).
 local function build_plan(cs)
   local plan = {}
-  local counts = { prefiltered = 0, visited = 0 }
   for p = 1, 2 do
     local pg, pgid = {}, {}
     for i, r in ipairs(cs.phases[p]) do
       local c = r.conds and r.conds[1]
       if c and c.fast and not c.pcre_only and c.group and c.group.db then
         pg[i], pgid[i] = c.group, c.gid
-        counts.prefiltered = counts.prefiltered + 1
       else
         pg[i] = false
-        if r.id then counts.visited = counts.visited + 1 end
       end
     end
     plan[p] = { g = pg, gid = pgid }
   end
-  plan.counts = counts
   cs.plan = plan
 end
 
