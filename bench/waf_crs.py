@@ -440,7 +440,11 @@ def main():
                                  % (name, prefix, label, st0, st))
                     c["base_us"].append(round(base, 1))
                     c["waf_us"].append(round(waf, 1))
-            print("CPU run %d of %d done" % (run + 1, a.runs), flush=True)
+            print("CPU run %d of %d: " % (run + 1, a.runs) + "; ".join(
+                "%s PL%d GET %.1f (base %.1f) JSON %.1f (base %.1f)"
+                % (row["proxy"], row["paranoia"], row["cpu"]["GET"]["waf_us"][-1],
+                   row["cpu"]["GET"]["base_us"][-1], row["cpu"]["JSON"]["waf_us"][-1],
+                   row["cpu"]["JSON"]["base_us"][-1]) for row in rows), flush=True)
         mod = {}
         for row in rows:
             for label, c in row["cpu"].items():
