@@ -1,13 +1,16 @@
 -- Runs the waf corpora (tests/waf/*.jsonl) through the waf plugin with the proxy.test
 -- double, in one luajit: detection and false-positive rates per category, and the rules
 -- that fire on ordinary traffic. Usage (from the repository root):
---   luajit bench/waf/corpus_run.lua [crs-dir|lua] [paranoia] [verbose]
+--   luajit bench/waf/corpus_run.lua [crs-dir|lua] [paranoia] [verbose] [verdicts-file]
+-- verdicts-file: one line per request (corpus, line, refused, score, the matched rules and
+-- variables in order): two versions of the engine compare request by request with diff.
 package.path = "lua/?.lua;lua/?/init.lua;plugins/?.lua;" .. package.path
 local T = require "proxy.test"
 local waf = require "waf"
 local which = arg[1] or "/usr/share/modsecurity-crs"
 local pl = tonumber(arg[2] or "1")
-local verbose = arg[3]
+local verbose = arg[3] ~= "" and arg[3] or nil
+local verdicts = arg[4] and assert(io.open(arg[4], "w"))
 local over = { paranoia = pl }
 if which ~= "lua" then over.crs = which else over.crs = false end
 local conf = T.conf(waf, over)
@@ -34,6 +37,12 @@ local function run(list, kind)
       blocked = blocked + 1
     end
     local w = req.ctx.waf
+    if verdicts then
+      local ms = {}
+      for _, m in ipairs(w and w.matches or {}) do ms[#ms + 1] = tostring(m.id) .. " " .. tostring(m.var) end
+      verdicts:write(string.format("%s\t%d\t%s\t%s\t%s\n", kind, tot, responded and "refused" or "passed",
+        tostring(w and w.score), table.concat(ms, "; ")))
+    end
     if kind == "ordinary" and w and w.action == "block" then
       for _, m in ipairs(w.matches) do fires[m.id] = (fires[m.id] or 0) + 1 end
       if verbose then
@@ -57,6 +66,7 @@ local t0 = os.clock()
 run(load("tests/waf/attacks.jsonl"), "attacks")
 run(load("tests/waf/ordinary.jsonl"), "ordinary")
 print(string.format("cpu %.2f s", os.clock() - t0))
+if verdicts then verdicts:close() end
 local ids = {}
 for id, n in pairs(fires) do ids[#ids + 1] = { id, n } end
 table.sort(ids, function(a, b) return a[2] > b[2] end)

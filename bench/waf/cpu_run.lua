@@ -1,6 +1,8 @@
 -- CPU per request of the waf plugin (proxy.test double, one luajit, after warm-up) for the
 -- bench's two requests: a browser GET and a 4 KiB JSON POST.
---   luajit bench/waf/cpu_run.lua [crs-dir|lua] [paranoia] [n]
+--   luajit bench/waf/cpu_run.lua [crs-dir|lua] [paranoia] [n] [get|post]
+-- WAF_PROFILE=<jit.p mode> (e.g. "F" or "Fl") profiles the measured requests only (not the
+-- load and warm-up), printed at the end.
 package.path = "lua/?.lua;lua/?/init.lua;plugins/?.lua;" .. package.path
 local T = require "proxy.test"
 local waf = require "waf"
@@ -26,13 +28,19 @@ local function spec_post()
   h["Content-Type"], h["Content-Length"] = "application/json", tostring(#json)
   return { method = "POST", uri = "/api/orders", headers = h, body = json }
 end
-for _, c in ipairs({ { "browser GET", spec_get }, { "4 KiB JSON POST", spec_post } }) do
+local which_req = arg[4]
+local prof = os.getenv("WAF_PROFILE")
+for _, c in ipairs({ { "browser GET", spec_get, "get" }, { "4 KiB JSON POST", spec_post, "post" } }) do
+  if which_req and which_req ~= c[3] then goto next end
   for _ = 1, 200 do T.phase(waf, "request", T.request(c[2]()), conf) end
   local reqs = {}
   for i = 1, n do reqs[i] = T.request(c[2]()) end
+  if prof then require("jit.p").start(prof) end
   local t0 = os.clock()
   local blocked = 0
   for i = 1, n do if T.phase(waf, "request", reqs[i], conf) then blocked = blocked + 1 end end
   local dt = os.clock() - t0
+  if prof then require("jit.p").stop() end
   print(string.format("%-16s %7.1f us/request (%d blocked)", c[1], dt / n * 1e6, blocked))
+  ::next::
 end

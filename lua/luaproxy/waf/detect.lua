@@ -279,12 +279,45 @@ local function fingerprint(toks, k)
   return table.concat(out)
 end
 
+-- Can the pass "as written" (attack_at without a quote) find anything in v? Only with one
+-- of: a parenthesis (every call, "(select"), ";", "@@", the words UNION, SELECT or WAITFOR,
+-- or a first token that is a number or a literal (1 AND 1=1, 'a' OR ...). A byte test, so
+-- that ordinary values (a User-Agent without those, a cookie, a name) skip the tokenizer;
+-- it only ever answers yes when unsure (a leading comment or MySQL's /*! marker).
+local NSTART = { ["null"] = true, ["true"] = true, ["false"] = true }
+local function written_may(v)
+  if find(v, "[(;@]") then return true end
+  local lv = lower(v)
+  if find(lv, "union", 1, true) or find(lv, "select", 1, true) or find(lv, "waitfor", 1, true) then
+    return true
+  end
+  local i, n = 1, #v
+  while i <= n do
+    local c = byte(v, i)
+    if c > 32 and c ~= 0xA0 then break end
+    i = i + 1
+  end
+  if i > n then return false end
+  local c = byte(v, i)
+  -- a digit, . ' " / *: a number, a literal or a comment marker may come first
+  if (c >= 48 and c <= 57) or c == 46 or c == 39 or c == 34 or c == 47 or c == 42 then return true end
+  if (c >= 65 and c <= 90) or (c >= 97 and c <= 122) or c == 95 or c >= 128 then
+    -- a word: a number only when it is NULL, TRUE or FALSE
+    local w = match(lv, "^[%w_$\128-\255]+", i)
+    return NSTART[w] == true
+  end
+  return false
+end
+
+local QUOTES = { false, "'", '"' }
+
 -- from, to of the injected SQL and a fingerprint; nil for anything else.
 function M.sqli(v)
   if #v < 2 or not find(v, "[%s'\"();,=@#%-*/<>|&]") then return nil end
   if #v > 4096 then v = sub(v, 1, 4096) end
-  for _, q in ipairs({ false, "'", '"' }) do
-    if not q or find(v, q, 1, true) then
+  for qi = 1, 3 do
+    local q = QUOTES[qi]
+    if (q and find(v, q, 1, true)) or (not q and written_may(v)) then
       local toks = sql_tokens(v, q or nil)
       if toks then
         local k = attack_at(toks, q)
@@ -398,7 +431,8 @@ function M.xss(v)
   if #v > 65536 then v = sub(v, 1, 65536) end
   -- The whole value a script URL with code after the scheme ("javascript: the good
   -- parts" is a book title)
-  if bad_url(v) and find(v, "[(`=]") then return 1, #v end
+  -- (a script URL needs ":", written or as an entity: "&colon;", "&#58;")
+  if find(v, "[(`=]") and find(v, "[:&]") and bad_url(v) then return 1, #v end
   if not find(v, "[<\"'=]") then return nil end
   local at = html_scan(v, 1)
   if at then return at, #v end

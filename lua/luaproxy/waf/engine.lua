@@ -626,7 +626,9 @@ end
 ---------------------------------------------------------------------------------------------
 -- Evaluating.
 
--- Value i of collection c through chain id `ch`, cached per request.
+-- Value i of collection c through chain id `ch`, cached per request: one table per value
+-- (chain id -> text), not one per collection and chain (CRS has ~40 chains: that made
+-- hundreds of tables per request, most holding a value or two).
 local function value(st, cname, c, i, ch)
   if ch == 0 then return c.values[i] end
   local cache = st.cache[cname]
@@ -634,16 +636,36 @@ local function value(st, cname, c, i, ch)
     cache = {}
     st.cache[cname] = cache
   end
-  local per = cache[ch]
+  local per = cache[i]
   if not per then
     per = {}
-    cache[ch] = per
+    cache[i] = per
   end
-  local v = per[i]
+  local v = per[ch]
   if v then return v end
   local chain = st.cs.chains[ch]
-  v = chain.fn(value(st, cname, c, i, chain.parent))
-  per[i] = v
+  local input = value(st, cname, c, i, chain.parent)
+  -- Each step's result kept per request by its input text (transformations are pure):
+  -- ordinary values come out of most steps unchanged, so different chains, and values of
+  -- different collections, keep asking the same step about the same text (a browser GET:
+  -- 738 transformation calls without this).
+  local fn = chain.fn
+  local tm = st.tm
+  if not tm then
+    tm = {}
+    st.tm = tm
+  end
+  local m = tm[fn]
+  if not m then
+    m = {}
+    tm[fn] = m
+  end
+  v = m[input]
+  if v == nil then
+    v = fn(input)
+    m[input] = v
+  end
+  per[ch] = v
   return v
 end
 
@@ -1017,8 +1039,21 @@ local function sel_ok(e, skip, name, st, rule)
   local k = lower(name)
   if e.key and e.key ~= k then return false end
   if e.keyrx then
-    local from = re.find(name, e.keyrx, "i")
-    if not from then return false end
+    -- a name selector (TX:/^header_name_/ runs over every TX variable): its answer per
+    -- name kept with the target, a pure function of the two (bounded: names are the
+    -- request's too)
+    local memo = e.rx_memo
+    if not memo or e.rx_memo_n > 4096 then
+      memo = {}
+      e.rx_memo, e.rx_memo_n = memo, 0
+    end
+    local yes = memo[name]
+    if yes == nil then
+      yes = re.find(name, e.keyrx, "i") ~= nil
+      memo[name] = yes
+      e.rx_memo_n = e.rx_memo_n + 1
+    end
+    if not yes then return false end
   end
   local s = skip[e.coll]
   if s then
@@ -1084,6 +1119,31 @@ local function compile_ips(place, list)
   return out
 end
 
+-- A Lua pattern matching one byte that is not in set ok ({ [byte] = true }): a class of
+-- runs. Bytes the class syntax reads otherwise (NUL % ] ^ -) go alone and escaped; runs of
+-- the others as raw "a-b" ranges.
+local CLASS_SPECIAL = { [0] = "%z", [37] = "%%", [93] = "%]", [94] = "%^", [45] = "%-" }
+local function byte_class(ok)
+  local parts = {}
+  local x = 0
+  while x <= 255 do
+    if ok[x] then
+      x = x + 1
+    elseif CLASS_SPECIAL[x] then
+      parts[#parts + 1] = CLASS_SPECIAL[x]
+      x = x + 1
+    else
+      local y = x
+      while y < 255 and not ok[y + 1] and not CLASS_SPECIAL[y + 1] do y = y + 1 end
+      parts[#parts + 1] = x == y and string.char(x) or string.char(x) .. "-" .. string.char(y)
+      x = y + 1
+    end
+  end
+  if #parts == 0 then return "[^%z\1-\255]" end -- every byte allowed: never matches
+  return "[" .. concat(parts) .. "]"
+end
+M._byte_class = byte_class
+
 -- Tests one value with a seclang operator: from, to (or true), or nil; "error", msg.
 local function sec_test(st, cond, v)
   local op = cond.op
@@ -1147,10 +1207,9 @@ local function sec_test(st, cond, v)
       return 1, #v
     end
   elseif op == "byte_range" then
-    local ok = cond.arg
-    for i = 1, #v do
-      if not ok[byte(v, i)] then return i, i end
-    end
+    -- the first byte outside the ranges, found by a pattern class (C) made at load
+    local i = find(v, cond.bad_class)
+    if i then return i, i end
   elseif op == "validate_urlencoding" then
     local i = invalid_urlenc(v)
     if i then return i, i + 2 end
@@ -1237,6 +1296,33 @@ local function may_match(st, cond, cname, i, v)
       for k = 0, n - 1 do set[ids[base + k]] = true end
     end
     per[i] = set
+  end
+  if set == true then return true end
+  return set and set[cond.gid] == true or false
+end
+
+-- Prefilter of a multiMatch condition (cs.multi_group): may it match text v? Scans v once
+-- per request with the multiMatch database, whichever condition and step asks.
+local function multi_may(st, cond, v)
+  local g = cond.group
+  if not g.db or cond.pcre_only then return true end
+  local memo = st.mm
+  if not memo then
+    memo = {}
+    st.mm = memo
+  end
+  local set = memo[v]
+  if set == nil then
+    local n, ids, base, more = scan(g.db, v, g.hits)
+    if not n or more then
+      set = true
+    elseif n == 0 then
+      set = false
+    else
+      set = {}
+      for k = 0, n - 1 do set[ids[base + k]] = true end
+    end
+    memo[v] = set
   end
   if set == true then return true end
   return set and set[cond.gid] == true or false
@@ -1337,12 +1423,19 @@ local function sec_cond(st, r, cond)
         local name = c.names[i]
         if (not e.key or lower(name) == e.key) and sel_ok(e, cond.skip, name, st, r) then
           local path = cond.path
+          local prev
           for pi = cond.multi and 1 or #path, #path do
             local ch = path[pi]
             local v
             if dyn then v = transform_direct(cs, ch, c.values[i]) else v = value(st, cname, c, i, ch) end
+            -- multiMatch: a step that left the value as it was gives the same answer as the
+            -- step before, which did not end the loop (ModSecurity too tests only values a
+            -- step changed)
+            if v == prev then goto next_step end
+            prev = v
             local from, to
-            if cond.multi or dyn or may_match(st, cond, cname, i, v) then
+            if dyn or (cond.multi and (not cond.group or multi_may(st, cond, v)))
+              or (not cond.multi and may_match(st, cond, cname, i, v)) then
               from, to = sec_test(st, cond, v)
             end
             if from == "error" then
@@ -1359,6 +1452,7 @@ local function sec_cond(st, r, cond)
               end
               break
             end
+            ::next_step::
           end
         end
       end
@@ -1416,12 +1510,32 @@ local function run_setvar(st, sv)
 end
 
 -- Runs one phase's items; returns true when processing stops (deny / allow).
-local function run_phase(cs, st, list, markers)
+-- plan_g, plan_gid (cs.plan, built once the Hyperscan databases are all there): for item i
+-- whose first condition is prefiltered, its group and its id in the group. Such a rule
+-- cannot match unless the group's scan named that condition for one of its values, and a
+-- first condition that does not match leaves no trace (no setvar, ctl, capture or
+-- MATCHED_VAR: those run only for a matching link); so the rule is passed over after one
+-- look-up in the group's hits (scanned at the same point of the walk as before: when the
+-- first rule of the group that is not passed over for other reasons is reached).
+local function run_phase(cs, st, list, markers, plan_g, plan_gid)
   local i, n = 1, #list
+  local gh = st.gh
+  local rm = st.rm_ids
+  local rmt = st.rm_tags
+  local paranoia = st.paranoia
   while i <= n do
     local r = list[i]
+    local g = plan_g and plan_g[i]
     i = i + 1
-    if r.id and (r.paranoia or 1) <= st.paranoia and not removed_at_runtime(st, r) then
+    if g then
+      -- a prefiltered rule (always a rule, never a marker): the hits decide
+      if (r.paranoia or 1) > paranoia or ((#rm > 0 or #rmt > 0) and removed_at_runtime(st, r)) then
+        goto continue
+      end
+      local h = gh[g] or group_hits(st, g)
+      if not h[plan_gid[i - 1]] then goto continue end
+    end
+    if r.id and (r.paranoia or 1) <= paranoia and ((#rm == 0 and #rmt == 0) or not removed_at_runtime(st, r)) then
       st.rule = r
       local first
       local ok = true
@@ -1472,7 +1586,28 @@ local function run_phase(cs, st, list, markers)
     elseif r.marker then
       -- nothing: a jump target
     end
+    ::continue::
   end
+end
+
+-- The walk's plan (run_phase): per phase, which items are prefiltered rules. Made once all
+-- of the set's Hyperscan databases are there (before, a group's conditions may still run
+-- through PCRE2 alone, or be left to it for good by the compile: cond.fast says).
+local function build_plan(cs)
+  local plan = {}
+  for p = 1, 2 do
+    local pg, pgid = {}, {}
+    for i, r in ipairs(cs.phases[p]) do
+      local c = r.conds and r.conds[1]
+      if c and c.fast and not c.pcre_only and c.group and c.group.db then
+        pg[i], pgid[i] = c.group, c.gid
+      else
+        pg[i] = false
+      end
+    end
+    plan[p] = { g = pg, gid = pgid }
+  end
+  cs.plan = plan
 end
 
 -- Compiles a seclang rule set (seclang.load's result) for one plugin instance.
@@ -1570,6 +1705,8 @@ function M.compile_seclang(set, opts)
           if cond.op == "pm" then
             cond.phrases = {}
             for i, p in ipairs(cond.arg) do cond.phrases[i] = lower(p) end
+          elseif cond.op == "byte_range" then
+            cond.bad_class = byte_class(cond.arg)
           elseif cond.op == "ip_match" then
             local ok, ips = pcall(compile_ips, r.place, cond.arg)
             if not ok then return nil, type(ips) == "table" and ips.msg or tostring(ips) end
@@ -1577,6 +1714,32 @@ function M.compile_seclang(set, opts)
           elseif cond.op == "rx" then
             local ok, err = re.compile(cond.arg, "sm")
             if not ok then return nil, format("%s: @rx: %s", cond.place or r.place, tostring(err)) end
+          end
+          if (cond.op == "rx" or cond.op == "pm") and cond.multi
+            and (cond.op == "pm" or type(cond.arg) == "string") then
+            -- multiMatch: tested on the value after each step that changes it, so not
+            -- through a chain's group; one database of all such patterns prefilters each
+            -- of those values (multi_may), scanned once per distinct text per request.
+            local mg = cs.multi_group
+            if not mg then
+              mg = { chain = 0, multi = true, conds = {}, pcre = {}, pats = {}, flags = {}, ids = {},
+                     colls = {}, only = {}, reads = {} }
+              cs.multi_group = mg
+              cs.groups[#cs.groups + 1] = mg
+            end
+            mg.conds[#mg.conds + 1] = cond
+            cond.group, cond.gid, cond.fast = mg, #mg.conds, false
+            mg.reads[cond.gid] = {}
+            if cond.op == "rx" then
+              local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
+              mg.pats[#mg.pats + 1], mg.flags[#mg.flags + 1], mg.ids[#mg.ids + 1] =
+                hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
+            else
+              for _, p in ipairs(cond.arg) do
+                mg.pats[#mg.pats + 1], mg.flags[#mg.flags + 1], mg.ids[#mg.ids + 1] =
+                  escape_literal(p), hs.SINGLEMATCH + hs.CASELESS, cond.gid
+              end
+            end
           end
           if (cond.op == "rx" or cond.op == "pm") and not cond.multi then
             local g = groups[cond.chain]
@@ -1761,9 +1924,12 @@ function M.run_seclang(cs, st)
   st.paranoia = st.paranoia or 4
   st.pf, st.gh = {}, {}
   st.rm_ids, st.rm_tags = {}, {}
+  if not cs.plan and not cs.pending and cs.use_hs then build_plan(cs) end
+  local plan = not cs.pending and cs.plan
   local outcome
   for p = 1, 2 do
-    outcome = run_phase(cs, st, cs.phases[p], cs.markers[p])
+    local pp = plan and plan[p]
+    outcome = run_phase(cs, st, cs.phases[p], cs.markers[p], pp and pp.g, pp and pp.gid)
     if outcome then break end
   end
   return st.matches, outcome
