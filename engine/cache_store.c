@@ -308,8 +308,11 @@ static void evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)
             unlink_entry(z, e, dead);
         atomic_fetch_add_explicit(&z->counts[LP_CACHE_C_EVICTED], 1, memory_order_relaxed);
     }
-    /* The memory LRU is empty: every linked entry on the disk LRU is disk-only. */
-    while (mem_charged(z) > z->capacity && !lp_list_empty(&z->dlru)) {
+    /* The memory LRU is empty: every linked entry on the disk LRU is disk-only. Dropping
+     * them helps only when the index is what is over: never for fills in flight that do not
+     * fit the budget anyway (they would wipe the disk tier and then fail). */
+    while (mem_charged(z) > z->capacity && z->used + z->filling <= z->capacity &&
+           !lp_list_empty(&z->dlru)) {
         lp_cache_entry_t *e = LP_CONTAINER_OF(z->dlru.prev, lp_cache_entry_t, dlru);
         unlink_entry(z, e, dead);
         atomic_fetch_add_explicit(&z->counts[LP_CACHE_C_EVICTED], 1, memory_order_relaxed);

@@ -387,6 +387,47 @@ static void index_in_memory_budget(void)
     rm_rf(root);
 }
 
+/* Fills in flight that together pass the memory budget never drop disk-only entries:
+ * dropping them cannot make the fills fit (review: two fills once wiped the disk tier). */
+static void fills_over_budget_keep_the_disk_tier(void)
+{
+    make_root("fills_over");
+    rm_rf(root);
+    static char body[1001];
+    memset(body, 'y', 1000);
+    size_t cap = 64 * 1024;
+    lp_cache_zone_t *z = lp_cache_zone_acquire("disk_fills_over", cap, cap);
+    REQUIRE(!lp_cache_zone_set_disk(z, root, 64u << 20));
+    wait_stats(z, 0, 1);
+    char key[16];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "key%d", i);
+        CHECK_EQ_INT(put(z, key, "", body), 0);
+    }
+    wait_stats(z, 20, 1);
+    /* Two fills of 36 KiB each (their lengths known) in a 64 KiB zone. */
+    lp_cache_fill_t *f =
+        lp_cache_fill_start(z, NULL, K("big"), K(""), K("head:"), now() + 600, 36864);
+    lp_cache_fill_t *g =
+        lp_cache_fill_start(z, NULL, K("big2"), K(""), K("head:"), now() + 600, 36864);
+    REQUIRE(f && g);
+    static char big[4096];
+    memset(big, 'z', sizeof(big));
+    for (int i = 0; i < 9; i++) {
+        (void)lp_cache_fill_append(f, big, sizeof(big));
+        (void)lp_cache_fill_append(g, big, sizeof(big));
+    }
+    lp_cache_fill_abandon(f);
+    lp_cache_fill_abandon(g);
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.disk_entries, 20); /* unlinking is synchronous: none went */
+    CHECK_EQ_INT((int)count_files(root), 20);
+    lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0);
+    lp_cache_zone_release(z);
+    rm_rf(root);
+}
+
 /* The stamp in a file from an earlier run of the process. */
 static uint64_t file_stamp(const char *key, const char *sec)
 {
@@ -443,6 +484,7 @@ static const lp_test_case_t tests[] = {
     {"index_survives_a_new_zone", index_survives_a_new_zone},
     {"budgets", budgets},
     {"index_in_memory_budget", index_in_memory_budget},
+    {"fills_over_budget_keep_the_disk_tier", fills_over_budget_keep_the_disk_tier},
     {"stamps_unique_across_restarts", stamps_unique_across_restarts},
 };
 
