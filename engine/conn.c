@@ -413,10 +413,13 @@ static int conn_response_end(lp_req_t *req);
  * there and grpc-status and grpc-message trailers say why (DEADLINE_EXCEEDED for a 504,
  * UNAVAILABLE for a 502: errpage.h), which gRPC clients read, where a reset would be a bare
  * CANCELLED or INTERNAL. Not when a response_body filter or a cache fill holds part of the
- * body (the reset stays). 1 when it ended the response (the request is gone). */
+ * body, nor when the HTTP/2 head said a content-length (fewer DATA bytes than it said make
+ * the stream malformed, RFC 9113 8.1.1): the reset stays. 1 when it ended the response (the
+ * request is gone). */
 static int conn_grpc_fail_trailers(lp_req_t *req, int status, const char *why)
 {
-    if (!(req->flags & LP_RF_GRPC) || (!req->h2s && !(req->flags & LP_RF_RESP_CHUNKED)) ||
+    if (!(req->flags & LP_RF_GRPC) || (req->flags & LP_RF_RESP_LENGTH) ||
+        (!req->h2s && !(req->flags & LP_RF_RESP_CHUNKED)) ||
         req->cache.fill || (req->flags & LP_RF_RESP_DONE) ||
         lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
         return 0;
@@ -1402,7 +1405,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
             has_length && status != 204 && (status != 304 || (rh && (rh->flags & LP_H1F_LENGTH)));
         if (down(req)->head(req, rh, no_body, said, length))
             return -1;
-        req->flags |= LP_RF_RESP_STARTED;
+        req->flags |= LP_RF_RESP_STARTED | (said ? LP_RF_RESP_LENGTH : 0);
         lp_cache_req_head(req);
         return 0;
     }

@@ -272,6 +272,7 @@ static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
 #define LP_RF_GRPC                                                                                 \
     0x2000000 /* content-type application/grpc: the proxy's own answers                            \
                  are gRPC statuses (errpage.h), deadlines honoured */
+#define LP_RF_RESP_LENGTH 0x4000000 /* the HTTP/2 response head said content-length */
 
 /* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
 enum {

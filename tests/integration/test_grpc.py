@@ -260,6 +260,15 @@ class GrpcTest(H.ProxyTestCase):
         self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
         self.assertIn("proxy: 504", cm.exception.details())
 
+    def test_deadline_after_a_head_with_a_length_resets(self):
+        # The head said content-length: ending early with trailers would make the stream
+        # malformed (RFC 9113 8.1.1), so the stream is reset as before.
+        r = h2_call_split(self.h2c_port, "/break.Svc/hanglen", b"", [("grpc-timeout", "300m")])
+        self.assertEqual(r["status"], "200")
+        self.assertIn("content-length", r["head"])
+        self.assertIsNotNone(r["reset"], r)
+        self.assertEqual(r["trailers"], {}, r)
+
     def test_upstream_gone_after_the_head_gives_unavailable_trailers(self):
         for mode in ("close", "reset"):
             with self.subTest(mode=mode):
@@ -390,7 +399,8 @@ class BreakingUpstream:
     and one gRPC message, then, once `go` is set (the test's client got the message, so the
     proxy had sent the head), it drops the connection (path .../close) or resets the stream
     (INTERNAL_ERROR, path .../reset); path .../hang sends nothing more (and, unlike grpcio,
-    enforces no deadline of its own)."""
+    enforces no deadline of its own); .../hanglen likewise, after a head whose content-length
+    the body never reaches."""
 
     def __init__(self):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -441,11 +451,14 @@ class BreakingUpstream:
                         paths[ev.stream_id] = dict(ev.headers).get(b":path", b"")
                     elif isinstance(ev, h2.events.StreamEnded):
                         sid = ev.stream_id
-                        c.send_headers(sid, [(":status", "200"),
-                                             ("content-type", "application/grpc")])
+                        head = [(":status", "200"), ("content-type", "application/grpc")]
+                        if paths.get(sid, b"").endswith(b"/hanglen"):
+                            # a length it never reaches
+                            head.append(("content-length", str(len(grpc_frame(b"part")) + 100)))
+                        c.send_headers(sid, head)
                         c.send_data(sid, grpc_frame(b"part"))
                         conn.sendall(c.data_to_send())
-                        if paths.get(sid, b"").endswith(b"/hang"):
+                        if paths.get(sid, b"").endswith((b"/hang", b"/hanglen")):
                             continue  # and nothing more: the proxy's deadline ends it
                         self.go.wait(H.T(10))
                         self.go.clear()
