@@ -419,8 +419,8 @@ static int conn_response_end(lp_req_t *req);
 static int conn_grpc_fail_trailers(lp_req_t *req, int status, const char *why)
 {
     if (!(req->flags & LP_RF_GRPC) || (req->flags & LP_RF_RESP_LENGTH) ||
-        (!req->h2s && !(req->flags & LP_RF_RESP_CHUNKED)) ||
-        req->cache.fill || (req->flags & LP_RF_RESP_DONE) ||
+        (!req->h2s && !(req->flags & LP_RF_RESP_CHUNKED)) || req->cache.fill ||
+        (req->flags & LP_RF_RESP_DONE) ||
         lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
         return 0;
     char code[12], msg[200];
