@@ -342,7 +342,8 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
             lp_cache_fill_t *lock = NULL;
             int busy = 0;
             if (!stream && !waited && !rc->fill)
-                lock = lp_cache_lock(zone, key, klen, LP_CACHE_LOAD_LOCK, real_now(), &busy);
+                lock =
+                    lp_cache_lock_readback(zone, key, klen, LP_CACHE_LOAD_LOCK, real_now(), &busy);
             if (busy) {
                 lp_cache_entry_unref(stub);
                 rc->load_waited = 1;

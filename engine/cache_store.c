@@ -750,8 +750,8 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
     return f != NULL;
 }
 
-lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
-                               double lock_timeout, double now, int *busy)
+static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t klen,
+                                  double lock_timeout, double now, int readback, int *busy)
 {
     *busy = 0;
     if (klen > LP_CACHE_MAX_KEY)
@@ -767,6 +767,14 @@ lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
     f->locked_at = now;
     pthread_mutex_lock(&z->lock);
     lp_cache_fill_t *holder = lock_find(z, f->lhash, key, klen);
+    if (holder && readback && !holder->readback) {
+        /* A fill going upstream (perhaps for another variant): a read-back neither waits
+         * for it nor takes its lock over; it reads the file without the lock. */
+        pthread_mutex_unlock(&z->lock);
+        free(f->lkey);
+        free(f);
+        return NULL;
+    }
     if (holder && now - holder->locked_at < lock_timeout) {
         pthread_mutex_unlock(&z->lock);
         free(f->lkey);
@@ -780,10 +788,23 @@ lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
     f->lnext = *slot;
     *slot = f;
     f->locked = 1;
+    f->readback = (uint8_t)readback;
     pthread_mutex_unlock(&z->lock);
     zone_ref(z);
     f->zone = z;
     return f;
+}
+
+lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
+                               double lock_timeout, double now, int *busy)
+{
+    return lock_take(z, key, klen, lock_timeout, now, 0, busy);
+}
+
+lp_cache_fill_t *lp_cache_lock_readback(lp_cache_zone_t *z, const char *key, size_t klen,
+                                        double lock_timeout, double now, int *busy)
+{
+    return lock_take(z, key, klen, lock_timeout, now, 1, busy);
 }
 
 int lp_cache_locked(lp_cache_zone_t *z, const char *key, size_t klen)

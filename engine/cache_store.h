@@ -136,6 +136,11 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
  * entry). */
 lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
                                double lock_timeout, double now, int *busy);
+/* The same for a disk read-back (cache_disk_hit.c): *busy only while another read-back holds
+ * the key's lock (taken over after lock_timeout); a fill's lock is neither waited for nor
+ * taken over (NULL, *busy 0: read back without the lock). */
+lp_cache_fill_t *lp_cache_lock_readback(lp_cache_zone_t *z, const char *key, size_t klen,
+                                        double lock_timeout, double now, int *busy);
 /* Whether a fill holds the lock of key (the waiters' test). */
 int lp_cache_locked(lp_cache_zone_t *z, const char *key, size_t klen);
 

@@ -55,6 +55,7 @@ struct lp_cache_fill_s {
                                       fill may take an old lock over) */
     struct lp_cache_fill_s *lnext; /* borrowed: next in its lock bucket (zone lock) */
     double locked_at;
+    uint8_t readback;           /* a disk read-back's lock (lp_cache_lock_readback), not a fill's */
     lp_cache_entry_t *e;        /* owned: the entry being gathered (never linked before
                                    commit); NULL before start or once dead */
     lp_cache_chunk_t *tail;     /* borrowed: e's last chunk */

@@ -269,6 +269,31 @@ static void locks(void)
     lp_cache_zone_release(z);
 }
 
+/* A disk read-back's lock: read-backs of a key wait for each other, never for (nor take over)
+ * a fill going upstream; a fill waits for a read-back. */
+static void readback_locks(void)
+{
+    lp_cache_zone_t *z = zone("t8r", 4 << 20, 1 << 16);
+    int busy = 7;
+    lp_cache_fill_t *fill = lp_cache_lock(z, K("k"), 30, NOW, &busy);
+    REQUIRE(fill);
+    CHECK(!lp_cache_lock_readback(z, K("k"), 10, NOW + 1, &busy));
+    CHECK_EQ_INT(busy, 0); /* reads back without the lock */
+    CHECK(!lp_cache_lock_readback(z, K("k"), 10, NOW + 20, &busy));
+    CHECK_EQ_INT(busy, 0);             /* and never takes the fill's lock over */
+    CHECK(lp_cache_locked(z, K("k"))); /* still the fill's */
+    lp_cache_fill_abandon(fill);
+    lp_cache_fill_t *rb = lp_cache_lock_readback(z, K("k"), 10, NOW, &busy);
+    REQUIRE(rb);
+    CHECK(!lp_cache_lock_readback(z, K("k"), 10, NOW + 1, &busy));
+    CHECK_EQ_INT(busy, 1); /* another read-back: wait for it */
+    CHECK(!lp_cache_lock(z, K("k"), 30, NOW + 1, &busy));
+    CHECK_EQ_INT(busy, 1); /* a fill waits too */
+    lp_cache_fill_abandon(rb);
+    CHECK(!lp_cache_locked(z, K("k")));
+    lp_cache_zone_release(z);
+}
+
 static int notified;
 static void count_notify(lp_cache_waiter_t *w)
 {
@@ -459,6 +484,7 @@ static const lp_test_case_t tests[] = {
     {"variants", variants},
     {"purge_prefix", purge_prefix},
     {"locks", locks},
+    {"readback_locks", readback_locks},
     {"set_head", set_head},
     {"waiters", waiters},
     {"threads", threads},
