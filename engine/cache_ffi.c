@@ -36,6 +36,22 @@ static void scratch_key_make(void)
     pthread_key_create(&scratch_key, free);
 }
 
+/* The thread's scratch holds at least `need` bytes (what it held before is kept). 0, or -1
+ * out of memory (the scratch is as it was). */
+static int scratch_reserve(size_t need)
+{
+    if (need <= scratch_cap)
+        return 0;
+    char *s = realloc(scratch, need);
+    if (!s)
+        return -1;
+    pthread_once(&scratch_once, scratch_key_make);
+    pthread_setspecific(scratch_key, s);
+    scratch = s;
+    scratch_cap = need;
+    return 0;
+}
+
 /* ---- the request path ---- */
 
 void lp_cache_req_head(lp_req_t *req)
@@ -368,16 +384,11 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
             *head = (lp_str_t){scratch, n};
             break;
         }
-        char *s = realloc(scratch, n);
-        if (!s) {
+        if (scratch_reserve(n)) {
             lp_cache_entry_unref(rc->hit);
             rc->hit = NULL;
             return LP_FFI_ENOSPACE;
         }
-        pthread_once(&scratch_once, scratch_key_make);
-        pthread_setspecific(scratch_key, s);
-        scratch = s;
-        scratch_cap = n;
     }
     *body_len = (double)lp_cache_entry_body_len(rc->hit);
     return 1;
@@ -729,15 +740,8 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
         if (!lp_ffi_header_at(r, 1, i, &name, &value))
             need += name.len + value.len + 4; /* "h " NAME "\t" VALUE "\n" */
     /* Built in the thread's scratch (lp_ffi_cache_get's: nothing else uses it meanwhile). */
-    if (need > scratch_cap) {
-        char *s = realloc(scratch, need);
-        if (!s)
-            return LP_FFI_ENOSPACE;
-        pthread_once(&scratch_once, scratch_key_make);
-        pthread_setspecific(scratch_key, s);
-        scratch = s;
-        scratch_cap = need;
-    }
+    if (scratch_reserve(need))
+        return LP_FFI_ENOSPACE;
     char *p = scratch;
     memcpy(p, meta, mlen);
     p += mlen;
@@ -766,15 +770,8 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
     if (lp_ffi_req_get(r, LP_FFI_URI, &uri))
         uri = LP_STR("");
     size_t need = 4 + scheme.len + 3 + host.len + uri.len;
-    if (need > scratch_cap) {
-        char *s = realloc(scratch, need);
-        if (!s)
-            return LP_FFI_ENOSPACE;
-        pthread_once(&scratch_once, scratch_key_make);
-        pthread_setspecific(scratch_key, s);
-        scratch = s;
-        scratch_cap = need;
-    }
+    if (scratch_reserve(need))
+        return LP_FFI_ENOSPACE;
     char *p = scratch;
     memcpy(p, "GET ", 4);
     p += 4;
