@@ -195,6 +195,21 @@ class ExplainAgreesTest(L.LuaTestCase):
         self.assertIn("-> #2 all: matched", out)
         self.assertNotIn("captures:", out)
 
+    def test_says_when_it_leaves_out_the_admin_routes(self):
+        # explain reads the config's routes; the admin API's overlay file is named, not applied.
+        path = self.proxies["captures"].config_path
+        x = explain(path, "GET http://a.test/headers")
+        self.assertNotIn("overlay_ignored", x["routing"])
+        overlay = path + ".routes.json"
+        with open(overlay, "w") as f:
+            f.write('{"config_routes": "x", "ops": []}')
+        self.addCleanup(os.unlink, overlay)
+        x = explain(path, "GET http://a.test/headers")
+        self.assertEqual(x["routing"].get("overlay_ignored"), overlay)
+        out = explain(path, "GET http://a.test/headers", text=True)
+        self.assertIn("warning: the admin API's route changes in %s are not included" % overlay,
+                      out)
+
     def test_text_says_why(self):
         out = explain(self.proxies["prefixes"].config_path,
                       "GET http://a.test/api/x?tenant=t2", ["Cookie: ab=b"], text=True)

@@ -520,6 +520,10 @@ function M.text(r)
   end
   if not r.routing.route then add("  no route matched") end
   for _, s in ipairs(r.routing.shadowed) do add("  warning: %s", s.message) end
+  if r.routing.overlay_ignored then
+    add("  warning: the admin API's route changes in %s are not included (explain reads the "
+      .. "config's routes only; the running proxy applies them)", r.routing.overlay_ignored)
+  end
   if #r.steps > 0 then add("plugins (priority order)") end
   for i, s in ipairs(r.steps) do
     local ch = {}
@@ -603,6 +607,14 @@ function M.main(args, env)
   if not cfg then io.stderr:write("luaproxy explain: ", config, ": ", verr, "\n") return 1 end
   local r, err = M.explain(cfg, opts, { line = line, headers = headers, client_ip = client_ip })
   if not r then io.stderr:write("luaproxy explain: ", err, "\n") return 1 end
+  -- The admin API's route changes (POST /routes) live in an overlay file the engine applies
+  -- at load; explain reads the config's routes only, so it says when it leaves some out.
+  local overlay = config .. ".routes.json"
+  local f = io.open(overlay, "r")
+  if f then
+    f:close()
+    r.routing.overlay_ignored = overlay
+  end
   if json then
     local cjson = require "cjson"
     print(cjson.encode(M.data(r)))
