@@ -1056,17 +1056,15 @@ function P.response(req, conf)
     end
   end
   local fwd = st.fwd or "miss"
-  local cs
   if fwd == "miss" and rsh["cache-status"] == nil and not st.collapsed and from_upstream then
-    -- What policy.cache_status makes of the common miss, without its tables and patterns.
-    cs = "luaproxy; fwd=miss; fwd-status=" .. format("%d", status)
-      .. (stored and ("; stored; ttl=" .. format("%d", floor(ttl))) or "")
+    -- What policy.cache_status makes of the common miss, without its tables and patterns,
+    -- written by the engine (Zone:miss_status).
+    z:miss_status(req, status, stored, ttl)
   else
-    cs = policy.cache_status {
+    req:set_resp_header("Cache-Status", policy.cache_status {
       prior = rsh["cache-status"], fwd = fwd, fwd_status = from_upstream and status or nil,
-      stored = stored or nil, ttl = stored and ttl or nil, collapsed = st.collapsed or nil }
+      stored = stored or nil, ttl = stored and ttl or nil, collapsed = st.collapsed or nil })
   end
-  req:set_resp_header("Cache-Status", cs)
   if st.stripped and from_upstream and status == 200 and req:method() == "GET" then answer_stripped(req, conf, st, rsh, now) end
 end
 
