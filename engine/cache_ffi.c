@@ -1,6 +1,7 @@
 /* The response cache's FFI functions (the cache plugin's calls, lua/luaproxy/cache.lua) and
  * its hooks on the request path (cache_req.h). The store (cache_store.c) knows bytes; the
  * policy is Lua's. Everything here runs on the request's worker thread. */
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "cache_disk_hit.h"
 #include "cache_req.h"
 #include "cache_store.h"
+#include "http1.h"
 #include "lua_api.h"
 #include "lua_vm.h"
 #include "upstream.h"
@@ -758,6 +760,44 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
         *p++ = '\n';
     }
     return lp_ffi_cache_store(r, zone, key, klen, sec, slen, scratch, (size_t)(p - scratch), keep);
+}
+
+/* The common miss's Cache-Status (RFC 9211) as the cache plugin wrote it, added in one
+ * pass: its name and value are ours (no field checks), and the plugin calls this only when
+ * the response has no Cache-Status of its own (nothing to replace). */
+int lp_ffi_cache_miss_status(void *rp, int status, int stored, double ttl)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    if (status < 100 || status > 999)
+        return LP_FFI_EINVAL;
+    static const char pre[] = "Cache-Status: luaproxy; fwd=miss; fwd-status=";
+    static const char st[] = "; stored; ttl=";
+    char line[sizeof pre + sizeof st + 48];
+    char *p = line;
+    memcpy(p, pre, sizeof pre - 1);
+    p += sizeof pre - 1;
+    p += lp_u64_to_str((uint64_t)status, 10, p);
+    if (stored) {
+        memcpy(p, st, sizeof st - 1);
+        p += sizeof st - 1;
+        /* floor(ttl) as the plugin's format("%d", floor(ttl)); bounded: a stored TTL is far
+         * below 1e15 seconds. */
+        double f = floor(ttl);
+        if (f < -1e15)
+            f = -1e15;
+        if (f > 1e15)
+            f = 1e15;
+        if (f < 0) {
+            *p++ = '-';
+            f = -f;
+        }
+        p += lp_u64_to_str((uint64_t)f, 10, p);
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    return lp__resp_add_wire(r, line, (size_t)(p - line));
 }
 
 int lp_ffi_cache_key(void *r, lp_str_t *out)

@@ -243,6 +243,15 @@ function Zone:store_fields(req, key, sec, meta, keep)
   return C.lp_ffi_cache_store_fields(req._r, self._z, key, #key, sec, #sec, meta, #meta, keep) == 0
 end
 
+-- Response phase: the common miss's Cache-Status ("luaproxy; fwd=miss; fwd-status=STATUS"
+-- then, when stored, "; stored; ttl=" and the TTL left rounded down), added by the engine in
+-- one call to a response without a Cache-Status of its own.
+function Zone:miss_status(req, status, stored, ttl)
+  if C.lp_ffi_cache_miss_status(req._r, status, stored and 1 or 0, ttl or 0) ~= 0 then
+    raise("cache: Cache-Status not added", 2)
+  end
+end
+
 -- The default key: "GET " scheme "://" host (lower-case) URI, in one call.
 function Zone:default_key(req)
   if C.lp_ffi_cache_key(req._r, s1) ~= 0 then raise("cache: out of memory", 2) end

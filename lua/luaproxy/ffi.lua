@@ -191,6 +191,7 @@ int lp_ffi_cache_fields(void *r, int resp);
 int lp_ffi_cache_store_fields(void *r, void *zone, const char *key, size_t klen, const char *sec,
                               size_t slen, const char *meta, size_t mlen, double keep);
 int lp_ffi_cache_key(void *r, lp_str_t *out);
+int lp_ffi_cache_miss_status(void *r, int status, int stored, double ttl);
 ]]
 
 return {

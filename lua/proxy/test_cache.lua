@@ -130,6 +130,11 @@ function M.registry(now, hooks)
     return self:store(req, key, sec, table.concat(out), keep)
   end
 
+  function Zone:miss_status(req, status, stored, ttl)
+    req:set_resp_header("Cache-Status", "luaproxy; fwd=miss; fwd-status=" .. string.format("%d", status)
+      .. (stored and ("; stored; ttl=" .. string.format("%d", math.floor(ttl))) or ""))
+  end
+
   function Zone:refresh(req, head, keep)
     local e = req._cache_hit
     if not e then return false end

@@ -348,6 +348,24 @@ describe("cache plugin", function()
     assert.equal(13, (function() local n = 0 for _ in pairs(full) do n = n + 1 end return n end)())
   end)
 
+  it("reads every meta number back exactly (integral ones in decimal, times as hex floats)", function()
+    local policy = require "luaproxy.cache.policy"
+    -- proxy.now()'s nanosecond fractions, a Lua TTL with a fraction (cache_ttl plus the age),
+    -- and integers past 2^31.
+    local meta = policy.meta(200, { ["cache-control"] = "max-age=4294967296" },
+      1733389012.123456789, 1733389012.987654321, {})
+    meta.ttl = 60.000123456789
+    local m2 = cache._decode(cache._encode_meta(meta))
+    assert.same(meta, m2)
+    assert.equal(meta.request_time, m2.request_time)
+    assert.equal(meta.response_time, m2.response_time)
+    meta.ttl = 4294967296
+    local text = cache._encode_meta(meta)
+    assert.truthy(text:find("\nn ttl\t4294967296\n", 1, true))
+    assert.same(meta, cache._decode(text))
+    assert.same(meta, cache._decode(cache._encode(meta, {})))
+  end)
+
   it("stores the fields the engine writes (store_fields) as the general path would", function()
     run(nil, { uri = "/sf" }, { status = 200, headers = { ["cache-control"] = "max-age=60",
       ["content-type"] = "text/plain", upgrade = "h2c", ["x-a"] = { "1", "2" } }, body = "sf" })
