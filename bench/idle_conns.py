@@ -127,22 +127,25 @@ def close_all(socks):
             pass
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def serve_idle(description, open_idle_fn, count_open_fn, default_n):
+    """The command line of an idle-connection holder (this one and idle_h2.py): opens --n
+    connections with open_idle_fn, says so, holds them until a line on stdin, then says how
+    many are still open (count_open_fn) and closes them."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--n", type=int, default=10000)
+    ap.add_argument("--n", type=int, default=default_n)
     ap.add_argument("--path", default="/")
     args = ap.parse_args()
     t0 = time.monotonic()
-    socks, failures = open_idle(args.port, args.n, args.path)
+    socks, failures = open_idle_fn(args.port, args.n, args.path)
     print("open %d failed %d in %.1fs" % (len(socks), failures, time.monotonic() - t0),
           flush=True)
     try:
         sys.stdin.readline()
     finally:
-        print("still open %d" % count_open(socks), flush=True)
+        print("still open %d" % count_open_fn(socks), flush=True)
         close_all(socks)
 
 
 if __name__ == "__main__":
-    main()
+    serve_idle(__doc__.splitlines()[0], open_idle, count_open, 10000)

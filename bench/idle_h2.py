@@ -10,14 +10,17 @@ harness.py for the idle-h2-connection memory figure (IDLE_H2); can be run by han
 Standard library only (the few frames it needs are written by hand, no python3-h2), so
 it runs under any python3. Needs an open-file limit above N (ulimit -n).
 """
-import argparse
 import errno
+import os
 import selectors
 import socket
 import ssl
 import struct
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from idle_conns import close_all, serve_idle  # noqa: E402,F401 (close_all: bench/harness.py)
 
 HOST = "127.0.0.1"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -184,30 +187,5 @@ def count_open(socks):
     return alive
 
 
-def close_all(socks):
-    for s in socks:
-        try:
-            s.close()
-        except OSError:
-            pass
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--n", type=int, default=3000)
-    ap.add_argument("--path", default="/")
-    args = ap.parse_args()
-    t0 = time.monotonic()
-    socks, failures = open_idle(args.port, args.n, args.path)
-    print("open %d failed %d in %.1fs" % (len(socks), failures, time.monotonic() - t0),
-          flush=True)
-    try:
-        sys.stdin.readline()
-    finally:
-        print("still open %d" % count_open(socks), flush=True)
-        close_all(socks)
-
-
 if __name__ == "__main__":
-    main()
+    serve_idle(__doc__.splitlines()[0], open_idle, count_open, 3000)
