@@ -978,8 +978,8 @@ static void world_close(world_t *wd)
         abort();
     }
     lp_accesslog_flush(w->access);
-    lp_h2_mem_free(w->h2_mem);
-    w->h2_mem = NULL;
+    lp_h2_pool_free(w->h2_pool);
+    w->h2_pool = NULL;
     lp_upstream_destroy_all(w);
     lp_req_free_all(w);
     lp_wbpool_destroy(&w->wbatches);
