@@ -92,10 +92,7 @@ typedef struct lp_h2_s {
     uint64_t idle_at;    /* ms: the connection had no open stream from then */
     lp_h2_mem_t mem;     /* nghttp2's memory hooks (nghttp2 keeps a pointer to it) */
     uint8_t turn_queued; /* in the worker's h2_out until the end of the loop turn */
-    /* Response fields sent last, by name (h2_index_hint): a hash of the name (0: a free
-     * slot) and one of the value it had, open addressing over 16 slots. */
-    uint32_t hint_name[16], hint_value[16];
-    lp_list_t out_link; /* in w->h2_out while turn_queued */
+    lp_list_t out_link;  /* in w->h2_out while turn_queued */
 } lp_h2_t;
 
 /* An idle connection gives back its session's frame buffer after this many ms without an
@@ -361,7 +358,7 @@ static int h2_idle_trim(lp_h2_t *h2)
     if (h2->trimmed || idle >= to)
         return 0;
     if (!nghttp2_session_want_write(h2->s))
-        lp_h2_mem_trim(&h2->mem);
+        lp_h2_mem_trim(&h2->mem, h2->s);
     h2->trimmed = 1;
     lp_ep_timer(&h2->c->ep, H2_TM_IDLE, to - idle);
     return 1;
@@ -822,7 +819,12 @@ int lp_h2_start(lp_conn_t *c)
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_option_set_no_auto_window_update(opt, 1);
-    nghttp2_option_set_max_deflate_dynamic_table_size(opt, cf->hpack_table_size);
+    /* Responses are encoded without a dynamic table (as nginx does): static-table indexes
+     * and literals. An idle connection then holds no entries, and a deflater ring that is
+     * never written (h2_mem.h: deflate_page); the table saved few bytes on the wire, most
+     * response values (date, length, ids) changing from one response to the next.
+     * hpack_table_size is the table clients may use for requests. */
+    nghttp2_option_set_max_deflate_dynamic_table_size(opt, 0);
     nghttp2_option_set_max_continuations(opt, cf->max_continuations);
     nghttp2_option_set_max_outbound_ack(opt, 1000);
     nghttp2_option_set_no_closed_streams(opt, 1);
@@ -830,6 +832,7 @@ int lp_h2_start(lp_conn_t *c)
     if (!w->h2_pool)
         w->h2_pool = lp_h2_pool_new(); /* NULL: malloc */
     lp_h2_mem_init(&h2->mem, w->h2_pool);
+    h2->mem.deflate_page = 1;
     h2->mem.capturing = 1;
     int rv = nghttp2_session_server_new3(&h2->s, cb, h2, opt, &h2->mem.mem);
     h2->mem.capturing = 0;
@@ -1065,38 +1068,6 @@ static int is_conn_specific(const lp_str_t n)
     return 0;
 }
 
-/* How nghttp2 is to encode a response field (name lower-case). A field whose value differs
- * from the one it had in this connection's previous response (a date, a request id, a
- * counter) is sent "never indexed": entered into the HPACK dynamic table, such values
- * filled it with entries of one name that the next response's search then compared one by
- * one (a third of nghttp2's send work with such fields) and that no later response used.
- * A field that repeats its value is indexed as before. */
-static uint8_t h2_index_hint(lp_h2_t *h2, const char *name, size_t nlen, const char *value,
-                             size_t vlen)
-{
-    uint64_t nh = lp_hash64(name, nlen);
-    uint32_t name32 = (uint32_t)(nh >> 32) | 1, vh = (uint32_t)lp_hash64(value, vlen);
-    unsigned n = LP_ARRAY_LEN(h2->hint_name), home = (unsigned)nh % n, slot = home;
-    /* Each name keeps its own slot (a shared one would forget both names' values and
-     * index them again): probe to the name or a free slot; a full table reuses home. */
-    for (unsigned i = 0; i < n; i++) {
-        unsigned k = (home + i) % n;
-        if (h2->hint_name[k] == name32 || !h2->hint_name[k]) {
-            slot = k;
-            break;
-        }
-    }
-    uint8_t flag = NGHTTP2_NV_FLAG_NONE;
-    if (h2->hint_name[slot] == name32) {
-        if (h2->hint_value[slot] != vh)
-            flag = NGHTTP2_NV_FLAG_NO_INDEX;
-    } else {
-        h2->hint_name[slot] = name32;
-    }
-    h2->hint_value[slot] = vh;
-    return flag;
-}
-
 static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length, uint64_t length)
 {
     lp_h2_stream_t *st = req->h2s;
@@ -1137,9 +1108,8 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
             char ch = h->name.base[j];
             lower[off + j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
         }
-        nv[k++] = (nghttp2_nv){
-            (uint8_t *)lower + off, (uint8_t *)h->value.base, h->name.len, h->value.len,
-            h2_index_hint(h2, lower + off, h->name.len, h->value.base, h->value.len)};
+        nv[k++] = (nghttp2_nv){(uint8_t *)lower + off, (uint8_t *)h->value.base, h->name.len,
+                               h->value.len, NGHTTP2_NV_FLAG_NONE};
         off += h->name.len;
     }
     if (has_length) {
@@ -1150,8 +1120,7 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
     if (!has_date) {
         const char *d = lp_h1_date();
         size_t dlen = strlen(d);
-        nv[k++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)d, 4, dlen,
-                               h2_index_hint(h2, "date", 4, d, dlen)};
+        nv[k++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)d, 4, dlen, NGHTTP2_NV_FLAG_NONE};
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = stream_read};
     /* A body known to be empty ends the stream with the HEADERS frame: a gRPC trailers-only

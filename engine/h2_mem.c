@@ -132,6 +132,15 @@ void lp_h2_pool_free(lp_h2_pool_t *m)
  * nghttp2_option_set_no_closed_streams), which lp_h2_mem_trim checks before dropping it. */
 #define H2_MEM_MAP 4096
 
+/* The HPACK tables' entry rings (nghttp2 1.52: malloc(128 * 8) each while the session is
+ * made, the deflater's first, then the inflater's). When the deflater has no dynamic table
+ * (lp_h2_mem_t.deflate_page), its ring gets a page of its own from the kernel: nghttp2
+ * never writes it, so that page is never resident (and were it written, it is given back
+ * while the table holds no entry: only a ring's first `len` slots are read). Otherwise, and
+ * for the inflater's (most clients index their fields), a page would hold 4 KiB where the
+ * ring needs 1: the pool's block. A ring that grows is made anew (malloc, copy, free). */
+#define H2_MEM_RING 1024
+
 static const char zero_page[H2_MEM_MAP];
 
 static size_t page_size(void)
@@ -156,6 +165,18 @@ static void *mem_malloc(size_t size, void *ud)
         m->framebuf_len = size;
         return p;
     }
+    if (m->capturing && size == H2_MEM_RING && m->deflate_page && !m->rings++) {
+        /* The first ring: the deflater's. Not from malloc's heap, whose pages are resident
+         * once any block on them was used. */
+        void *p =
+            mmap(NULL, H2_MEM_MAP, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED && page_size() == H2_MEM_MAP) {
+            m->ring = p;
+            return p;
+        }
+        if (p != MAP_FAILED)
+            munmap(p, H2_MEM_MAP);
+    }
     return pool_alloc(m->pool, size);
 }
 
@@ -164,6 +185,11 @@ static void mem_free(void *ptr, void *ud)
     lp_h2_mem_t *m = ud;
     if (!ptr)
         return;
+    if (ptr == m->ring) {
+        munmap(ptr, H2_MEM_MAP);
+        m->ring = NULL;
+        return;
+    }
     if (ptr == m->framebuf || ptr == m->map) {
         if (ptr == m->framebuf)
             m->framebuf = NULL;
@@ -208,15 +234,21 @@ static void *mem_realloc(void *ptr, size_t size, void *ud)
         }
         return p;
     }
-    if (ptr == m->map) {
-        /* nghttp2 makes a new table rather than growing one; should it ever, the block
-         * leaves the page of its own (and trimming) for the pool. */
+    if (ptr == m->map || ptr == m->ring) {
+        /* nghttp2 makes a new table or ring rather than growing one; should it ever, the
+         * block leaves the page of its own (and trimming) for the pool. */
+        size_t old = ptr == m->map ? H2_MEM_MAP : H2_MEM_RING;
         void *p = pool_alloc(m->pool, size);
         if (!p)
             return NULL;
-        memcpy(p, ptr, size < H2_MEM_MAP ? size : H2_MEM_MAP);
-        m->map = NULL;
-        free(ptr);
+        memcpy(p, ptr, size < old ? size : old);
+        if (ptr == m->map) {
+            m->map = NULL;
+            free(ptr);
+        } else {
+            m->ring = NULL;
+            munmap(ptr, H2_MEM_MAP);
+        }
         return p;
     }
     return pool_realloc(m->pool, ptr, size);
@@ -233,12 +265,16 @@ void lp_h2_mem_init(lp_h2_mem_t *m, lp_h2_pool_t *pool)
     m->mem.realloc = mem_realloc;
 }
 
-size_t lp_h2_mem_trim(lp_h2_mem_t *m)
+size_t lp_h2_mem_trim(lp_h2_mem_t *m, nghttp2_session *s)
 {
     size_t n = 0;
     if (m->map && !memcmp(m->map, zero_page, H2_MEM_MAP) &&
         !madvise(m->map, H2_MEM_MAP, MADV_DONTNEED))
         n += H2_MEM_MAP; /* all zero: it reads back the same */
+    /* A table's size in bytes is 0 only when it holds no entry. */
+    if (m->ring && s && !nghttp2_session_get_hd_deflate_dynamic_table_size(s) &&
+        !madvise(m->ring, H2_MEM_MAP, MADV_DONTNEED))
+        n += H2_MEM_MAP;
     if (!m->framebuf)
         return n;
     size_t ps = page_size();

@@ -42,6 +42,14 @@ typedef struct lp_h2_mem_s {
      * known. All zero when no stream is in it, and then dropped too (it reads back the
      * same). */
     void *map;
+    /* borrowed (nghttp2 owns it): the HPACK deflater's entry ring, a page of its own (mmap)
+     * when deflate_page was set; NULL: not known. */
+    void *ring;
+    /* Set by the caller when the session's deflater has no dynamic table
+     * (nghttp2_option_set_max_deflate_dynamic_table_size 0): its ring is never written, and
+     * gets a page of its own, never resident. */
+    uint8_t deflate_page;
+    uint8_t rings; /* HPACK rings made while capturing (the first is the deflater's) */
     /* Set while the session is being made: the large block allocated then is the frame
      * buffer (nghttp2 makes no other block that large at that time). */
     uint8_t capturing;
@@ -51,9 +59,11 @@ typedef struct lp_h2_mem_s {
  * m->capturing around that call). The struct must stay where it is while the session
  * lives; `pool` may be NULL. */
 void lp_h2_mem_init(lp_h2_mem_t *m, lp_h2_pool_t *pool);
-/* Gives the frame buffer's whole pages back to the kernel, and the stream map's page when
- * it is all zero. Only when the session has nothing to send (nghttp2_session_want_write()
- * is 0, so its buffer holds no frame). Returns the bytes given back. */
-size_t lp_h2_mem_trim(lp_h2_mem_t *m);
+/* Gives the frame buffer's whole pages back to the kernel, the stream map's page when it is
+ * all zero, and the deflater ring's page (deflate_page) when the deflater of session s
+ * holds no entry (s NULL: not that one). Only when the session has nothing to send
+ * (nghttp2_session_want_write() is 0, so its buffer holds no frame). Returns the bytes
+ * given back. */
+size_t lp_h2_mem_trim(lp_h2_mem_t *m, nghttp2_session *s);
 
 #endif

@@ -723,8 +723,8 @@ local S = {
             .. "SETTINGS_MAX_HEADER_LIST_SIZE); beyond it the stream is reset (HPACK bombs)" },
         hpack_table_size = {
           type = "integer", default = 4096, min = 0, max = 65536,
-          description = "bytes of the HPACK dynamic table, both directions "
-            .. "(SETTINGS_HEADER_TABLE_SIZE)" },
+          description = "bytes of the HPACK dynamic table clients may use for requests "
+            .. "(SETTINGS_HEADER_TABLE_SIZE); responses are encoded without one" },
         max_resets = {
           type = "integer", default = 200, min = 1, max = 1000000,
           description = "RST_STREAM frames a client may send in 10 seconds; beyond it the "
