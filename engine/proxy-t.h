@@ -269,10 +269,8 @@ static inline lp_worker_t *lp_ep_worker(const lp_endpoint_t *ep)
 #define LP_RF_TLS            0x400000  /* came over TLS (kept for a detached request's scheme) */
 #define LP_RF_METERED        0x800000  /* counted in the metrics (conn.c) */
 #define LP_RF_H2             0x1000000 /* came on an HTTP/2 stream (h2.c; req:http_version() 2) */
-#define LP_RF_GRPC                                                                                 \
-    0x2000000 /* content-type application/grpc: the proxy's own answers                            \
-                 are gRPC statuses (errpage.h), deadlines honoured */
-#define LP_RF_RESP_LENGTH 0x4000000 /* the HTTP/2 response head said content-length */
+#define LP_RF_GRPC           0x2000000 /* application/grpc: gRPC answers (errpage.h), deadlines */
+#define LP_RF_RESP_LENGTH    0x4000000 /* the HTTP/2 response head said content-length */
 
 /* What a response_body filter that waits holds up (lp_req_t.filter_cont). */
 enum {
