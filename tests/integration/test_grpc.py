@@ -530,41 +530,8 @@ def grpc_frame(msg):
 
 def h2_call(port, path, msg, extra):
     """One gRPC call over h2c with python3-h2: (status, head and trailer fields, body)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=H.T(10))
-    try:
-        c = h2.connection.H2Connection(
-            config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-        c.initiate_connection()
-        sid = c.get_next_available_stream_id()
-        c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", path),
-                             (":authority", "grpc.test"), ("content-type", "application/grpc"),
-                             ("te", "trailers")] + extra)
-        c.send_data(sid, grpc_frame(msg), end_stream=True)
-        sock.sendall(c.data_to_send())
-        fields, body, status = {}, b"", None
-        deadline = time.monotonic() + H.T(10)
-        while time.monotonic() < deadline:
-            data = sock.recv(65536)
-            if not data:
-                break
-            for ev in c.receive_data(data):
-                if isinstance(ev, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
-                    for k, v in ev.headers:
-                        if k == ":status":
-                            status = v
-                        else:
-                            fields[k] = v
-                elif isinstance(ev, h2.events.DataReceived):
-                    body += ev.data
-                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
-                    return status, fields, body
-            out = c.data_to_send()
-            if out:
-                sock.sendall(out)
-        raise AssertionError("no end of stream")
-    finally:
-        sock.close()
+    r = h2_call_split(port, path, msg, extra)
+    return r["status"], dict(r["head"], **r["trailers"]), r["body"]
 
 
 if __name__ == "__main__":
