@@ -106,6 +106,27 @@ class CacheDiskTest(H.ProxyTestCase):
     def hit(self, r):
         return "hit" in (r.header("cache-status") or "")
 
+    def hits_at_once(self, b, p, body, n, together=False):
+        """n concurrent GETs of p (started at one barrier when `together`): a list of
+        (status, body is `body`, a hit) or the exception's repr, per request."""
+        results = []
+        barrier = threading.Barrier(n) if together else None
+
+        def one():
+            try:
+                if barrier:
+                    barrier.wait(H.T(10))
+                r = H.get(b.port, p, host="a.test", timeout=H.T(30))
+                results.append((r.status, r.body == body, self.hit(r)))
+            except Exception as e:  # noqa: BLE001 - reported by the caller's assertion
+                results.append(repr(e))
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(60))
+        return results
+
     # ------------------------------------------------------------------ restart, reload
 
     def test_entry_survives_restart(self):
@@ -234,20 +255,7 @@ class CacheDiskTest(H.ProxyTestCase):
         self.wait_disk_entries(a, 1)
         a.stop()
         b = self.start(root)
-        results = []
-
-        def one():
-            try:
-                r = H.get(b.port, p, host="a.test", timeout=H.T(30))
-                results.append((r.status, r.body == body, self.hit(r)))
-            except Exception as e:  # noqa: BLE001 - reported below
-                results.append(repr(e))
-        threads = [threading.Thread(target=one) for _ in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(H.T(60))
-        self.assertEqual(results, [(200, True, True)] * 20)
+        self.assertEqual(self.hits_at_once(b, p, body, 20), [(200, True, True)] * 20)
         self.assertEqual(self.origin.count(p), 1)
         d = self.disk(b)
         self.assertGreaterEqual(d["loaded"], 1)
@@ -501,22 +509,8 @@ class CacheDiskTest(H.ProxyTestCase):
         # lock, the others wait on it and are served from memory: one read-back.
         body = b"small-" + H.large_body(30000)
         root, p, b = self.restarted_with(body)
-        results = []
-        barrier = threading.Barrier(20)
-
-        def one():
-            try:
-                barrier.wait(H.T(10))
-                r = H.get(b.port, p, host="a.test", timeout=H.T(30))
-                results.append((r.status, r.body == body, self.hit(r)))
-            except Exception as e:  # noqa: BLE001 - reported below
-                results.append(repr(e))
-        threads = [threading.Thread(target=one) for _ in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(H.T(60))
-        self.assertEqual(results, [(200, True, True)] * 20)
+        self.assertEqual(self.hits_at_once(b, p, body, 20, together=True),
+                         [(200, True, True)] * 20)
         self.assertEqual(self.origin.count(p), 1)
         d = self.disk(b)
         self.assertEqual((d["loaded"], d["dropped"], d["only_on_disk"]), (1, 0, 0))
