@@ -525,6 +525,16 @@ def wait_compile_idle(pid, timeout=600):
 
 # luaproxy alone on a config file (bench/routes_load.py, routes_change.py, regex_load.py)
 
+def write_fresh_config(path, text):
+    """Writes a config at path with no admin route overlay (path.routes.json) left beside
+    it from an earlier run (the routing benches' configs)."""
+    for f in (path, path + ".routes.json"):
+        if os.path.exists(f):
+            os.unlink(f)
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def start_luaproxy(luaproxy, config, err_path, timeout=300):
     """`luaproxy -c config`, its stderr to err_path, until its log says where it listens
     and where its admin API is: (process, listen port, admin port, seconds it took).

@@ -45,11 +45,7 @@ return {
 
 def measure(n, workdir):
     path = os.path.join(workdir, "regex-%d.lua" % n)
-    for f in (path, path + ".routes.json"):
-        if os.path.exists(f):
-            os.unlink(f)
-    with open(path, "w") as f:
-        f.write(CONFIG % {"n": n})
+    B.write_fresh_config(path, CONFIG % {"n": n})
     checks, check_cpu = [], []
     for _ in range(CHECK_RUNS):
         t0 = time.monotonic()

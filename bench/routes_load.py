@@ -42,11 +42,7 @@ return {
 
 def measure(n, workdir):
     path = os.path.join(workdir, "routes-%d.lua" % n)
-    for f in (path, path + ".routes.json"):
-        if os.path.exists(f):
-            os.unlink(f)
-    with open(path, "w") as f:
-        f.write(CONFIG % {"n": n})
+    B.write_fresh_config(path, CONFIG % {"n": n})
     t0 = time.monotonic()
     p = subprocess.run([LUAPROXY, "-t", "-c", path], capture_output=True, timeout=300)
     t_check = time.monotonic() - t0
