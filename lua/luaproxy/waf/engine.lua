@@ -1270,6 +1270,17 @@ local function transform_direct(cs, ch, v)
   return chain.fn(transform_direct(cs, chain.parent, v))
 end
 
+-- The ids group g's database reports for text v: a set of ids, false for none, or true when
+-- the scan failed or reported too many (then every condition is tested).
+local function hit_set(g, v)
+  local n, ids, base, more = scan(g.db, v, g.hits)
+  if not n or more then return true end
+  if n == 0 then return false end
+  local set = {}
+  for k = 0, n - 1 do set[ids[base + k]] = true end
+  return set
+end
+
 -- Prefilter: may condition `cond` match value i of collection cname (through its chain)?
 local function may_match(st, cond, cname, i, v)
   local g = cond.group
@@ -1286,15 +1297,7 @@ local function may_match(st, cond, cname, i, v)
   end
   local set = per[i]
   if set == nil then
-    local n, ids, base, more = scan(g.db, v, g.hits)
-    if not n or more then
-      set = true -- a scan error or too many hits: test everything
-    elseif n == 0 then
-      set = false
-    else
-      set = {}
-      for k = 0, n - 1 do set[ids[base + k]] = true end
-    end
+    set = hit_set(g, v)
     per[i] = set
   end
   if set == true then return true end
@@ -1313,15 +1316,7 @@ local function multi_may(st, cond, v)
   end
   local set = memo[v]
   if set == nil then
-    local n, ids, base, more = scan(g.db, v, g.hits)
-    if not n or more then
-      set = true
-    elseif n == 0 then
-      set = false
-    else
-      set = {}
-      for k = 0, n - 1 do set[ids[base + k]] = true end
-    end
+    set = hit_set(g, v)
     memo[v] = set
   end
   if set == true then return true end
