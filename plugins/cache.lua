@@ -1036,11 +1036,14 @@ function P.response(req, conf)
       if o_ttl then meta.ttl, meta.ttl_source = o_ttl + policy.current_age(meta, now), "lua" end
       local vary = rsh.vary
       if type(vary) == "table" then vary = concat(vary, ", ") end
-      local sec = ""
+      local sec, vary_line = "", nil -- vary_line: the Vary as one line (marker and L2)
       local keep = keep_for(meta, conf, now)
       if vary and vary ~= "" then
         sec = policy.secondary_key(vary, st.rh, conf.max_vary_fields)
-        if sec then z:put(st.key, "", "V " .. gsub(vary, "[\r\n]", " "), keep) end
+        if sec then
+          vary_line = gsub(vary, "[\r\n]", " ")
+          z:put(st.key, "", "V " .. vary_line, keep)
+        end
       end
       if sec and meta.ttl + keep > 0 then
         if not rcase and policy.stores_all_fields(rsh, conf._opts) then
@@ -1051,7 +1054,9 @@ function P.response(req, conf)
             encode(meta, policy.stored_headers(rsh, conf._opts), rcase), keep)
         end
         ttl = meta.ttl - policy.current_age(meta, now)
-        if stored and conf._l2 then st.l2_put = { sec = sec, vary = sec ~= "" and (gsub(vary, "[\r\n]", " ")) or nil } end
+        if stored and conf._l2 then
+          st.l2_put = { sec = sec, vary = sec ~= "" and vary_line or nil }
+        end
       end
     end
   end
