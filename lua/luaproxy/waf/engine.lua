@@ -1530,7 +1530,9 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
       local h = gh[g] or group_hits(st, g)
       if not h[plan_gid[i - 1]] then goto continue end
     end
-    if r.id and (r.paranoia or 1) <= paranoia and ((#rm == 0 and #rmt == 0) or not removed_at_runtime(st, r)) then
+    -- (a prefiltered rule passed both checks above already)
+    if r.id and (g or ((r.paranoia or 1) <= paranoia
+        and ((#rm == 0 and #rmt == 0) or not removed_at_runtime(st, r)))) then
       st.rule = r
       local first
       local ok = true
