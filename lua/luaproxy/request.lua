@@ -76,21 +76,24 @@ local function get_header(h, resp, name)
   return (ffi_string(s1[0].base, s1[0].len))
 end
 
+-- Adds one field to a headers()-like table: lower-case name -> value, a list when repeated.
+local function add_field(out, name, value)
+  local prev = out[name]
+  if prev == nil then
+    out[name] = value
+  elseif type(prev) == "table" then
+    prev[#prev + 1] = value
+  else
+    out[name] = { prev, value }
+  end
+end
+
 local function all_headers(h, resp)
   local out = {}
   local n = C.lp_ffi_header_count(h._r, resp)
   for i = 0, n - 1 do
     if C.lp_ffi_header_at(h._r, resp, i, s1, s2) == 0 then
-      local name = lower(ffi_string(s1[0].base, s1[0].len))
-      local value = ffi_string(s2[0].base, s2[0].len)
-      local prev = out[name]
-      if prev == nil then
-        out[name] = value
-      elseif type(prev) == "table" then
-        prev[#prev + 1] = value
-      else
-        out[name] = { prev, value }
-      end
+      add_field(out, lower(ffi_string(s1[0].base, s1[0].len)), ffi_string(s2[0].base, s2[0].len))
     end
   end
   return out
@@ -396,15 +399,7 @@ local function trailers(h, resp)
   if s1[0].len == 0 then return out end
   local text = ffi_string(s1[0].base, s1[0].len)
   for name, value in text:gmatch("([^:\r\n]+): ([^\r\n]*)\r\n") do
-    name = lower(name)
-    local old = out[name]
-    if old == nil then
-      out[name] = value
-    elseif type(old) == "table" then
-      old[#old + 1] = value
-    else
-      out[name] = { old, value }
-    end
+    add_field(out, lower(name), value)
   end
   return out
 end
