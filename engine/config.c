@@ -1235,6 +1235,7 @@ static int read_config(rctx_t *r)
     t->client_body = get_ms(L, "client_body");
     t->keepalive = get_ms(L, "keepalive");
     t->drain = get_ms(L, "drain");
+    t->tunnel = get_ms(L, "tunnel");
     lua_pop(L, 1);
     push_table(L, "limits");
     c->limits.max_header_size = (size_t)get_num(L, "max_header_size");

@@ -152,7 +152,7 @@ typedef struct {
 } lp_h2_conf_t;
 
 typedef struct {
-    uint64_t connect, read, send, client_header, client_body, keepalive, drain; /* ms */
+    uint64_t connect, read, send, client_header, client_body, keepalive, drain, tunnel; /* ms */
 } lp_timeouts_t;
 
 typedef struct {

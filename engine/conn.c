@@ -37,7 +37,8 @@ enum {
     TM_BODY,
     TM_SEND,
     TM_LINGER,
-    TM_HANDSHAKE
+    TM_HANDSHAKE,
+    TM_TUNNEL
 };
 
 #define LINGER_MS 2000
@@ -58,6 +59,15 @@ static const lp_timeouts_t *T(lp_conn_t *c)
 static void conn_timer(lp_conn_t *c, int mode, uint64_t ms)
 {
     lp_ep_timer(&c->ep, mode, ms);
+}
+
+/* Bytes went through the tunnel, one way or the other: its idle time starts again. A send
+ * stall's timer stays (conn_on_written puts this one back once the client reads). Moving a
+ * deadline later is cheap (endpoint.c's heap keeps the old key until it comes up). */
+static void conn_tunnel_touch(lp_conn_t *c)
+{
+    if (c->ep.tmode != TM_SEND)
+        conn_timer(c, TM_TUNNEL, T(c)->tunnel);
 }
 
 static lp_conn_t *conn_of(lp_endpoint_t *ep)
@@ -297,6 +307,10 @@ static void conn_on_timeout(lp_endpoint_t *ep, int mode)
         lp_log_info("%s: TLS handshake timed out", conn_ip(c));
         lp_conn_close(c);
         return;
+    case TM_TUNNEL:
+        lp_log_info("%s: upgraded connection idle for timeouts.tunnel: closing", conn_ip(c));
+        lp_conn_close(c);
+        return;
     case TM_BROKEN:
         lp_log_debug("%s: write failed%s%s", conn_ip(c), c->ep.tls ? ": " : "",
                      c->ep.tls ? lp_tls_error(c->ep.tls) : "");
@@ -326,6 +340,8 @@ static void conn_on_written(lp_endpoint_t *ep, int status)
     if (c->ep.tmode == TM_SEND) {
         if (c->ep.out_pending)
             conn_timer(c, TM_SEND, T(c)->send);
+        else if (c->flags & LP_CF_TUNNEL)
+            conn_timer(c, TM_TUNNEL, T(c)->tunnel);
         else
             conn_timer(c, TM_NONE, 0);
     }
@@ -987,6 +1003,7 @@ static void conn_tunnel_pump(lp_conn_t *c)
         if (!(up = conn_tunnel_peer(c)))
             break;
         lp_relay_move(&c->ep, up);
+        conn_tunnel_touch(c);
     }
     lp_conn_flush(c);
 }
@@ -1296,6 +1313,7 @@ static void conn_on_input(lp_endpoint_t *ep, ssize_t nread)
             lp_endpoint_t *up = conn_tunnel_peer(c);
             if (up)
                 lp_relay_move(&c->ep, up);
+            conn_tunnel_touch(c);
             conn_update_reading(c);
         } else {
             conn_process(c);
@@ -2067,7 +2085,10 @@ void lp_conn_tunnel_start(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     c->flags |= LP_CF_TUNNEL;
-    conn_timer(c, TM_NONE, 0);
+    /* Idle in both directions for timeouts.tunnel ends it (WebSockets' pings keep theirs
+     * open), as do HAProxy's `timeout tunnel` and nginx's proxy_read_timeout: a client that
+     * left without its FIN or reset ever arriving must not hold the connections forever. */
+    conn_timer(c, TM_TUNNEL, T(c)->tunnel);
     /* Bytes the client sent after its request belong to the new protocol. */
     if (c->ep.rbuf && c->ep.rpos < c->ep.rlen && req->try.peer)
         lp_relay_move(&c->ep, &req->try.peer->ep);
@@ -2085,6 +2106,7 @@ void lp_conn_tunnel_start(lp_req_t *req)
 void lp_conn_tunnel_from(lp_conn_t *c, lp_endpoint_t *from)
 {
     lp_relay_move(from, &c->ep);
+    conn_tunnel_touch(c);
     lp_conn_flush(c); /* a client that stops reading meets the send timeout */
 }
 

@@ -688,7 +688,7 @@ local S = {
     timeouts = {
       type = "record", default = {}, description = "timeouts, in seconds",
       doc_order = { "connect", "read", "send", "client_header", "client_body", "keepalive",
-                    "drain" },
+                    "tunnel", "drain" },
       fields = {
         connect = seconds(5, "seconds to connect to an upstream (→ 504)"),
         read = seconds(60, "seconds between two reads from an upstream (→ 504 before the "
@@ -698,6 +698,8 @@ local S = {
         client_header = seconds(10, "seconds to receive a whole request head (→ 408)"),
         client_body = seconds(60, "seconds between two reads of a request body (→ 408)"),
         keepalive = seconds(75, "seconds an idle client connection is kept"),
+        tunnel = seconds(3600, "seconds an upgraded connection (WebSocket, 101) may carry no "
+          .. "byte either way before both sides are closed"),
         drain = seconds(30, "seconds shutdown waits for requests in flight"),
       },
     },

@@ -227,7 +227,8 @@ static void write_config(const char *path)
             "  },\n"
             "  error_pages = { [502] = { body = 'bad gateway: ${detail}' } },\n" PLUGINS_KEY
             "  timeouts = { connect = 0.05, read = 0.4, send = 0.4, client_header = 0.2,\n"
-            "               client_body = 0.3, keepalive = 1, drain = 1 },\n"
+            "               client_body = 0.3, keepalive = 1, drain = 1,\n"
+            "               tunnel = 2 },\n"
             "  limits = { max_header_size = 512, max_uri_size = 128, max_body_size = 300000,\n"
             "             max_headers = 12, max_connections = 3 },\n"
             "}\n",

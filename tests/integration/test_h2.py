@@ -872,10 +872,12 @@ class H2Origin:
                 self.big_blocked = big[sid] > 0
                 if not big[sid]:
                     del big[sid]
-            # Held streams go once enough are open at once here, or after 1.5 s.
-            now = time.monotonic()
+            # Held streams go once n of them are held here at once, or after 1.5 s. (Counted
+            # now, not over the connection's life: a pooled connection that once held n must
+            # not answer the next test's streams at once.)
+            now, holding = time.monotonic(), len(held)
             for sid, n in list(held):
-                if maxopen[0] >= n or now - reqs[sid]["t0"] > 1.5:
+                if holding >= n or now - reqs[sid]["t0"] > 1.5:
                     held.remove((sid, n))
                     answer(sid, extra=[("x-conn", str(num)), ("x-max", str(maxopen[0]))])
             out = c.data_to_send()

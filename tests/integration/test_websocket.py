@@ -201,6 +201,33 @@ class WebSocketTest(H.ProxyTestCase):
         self.assertAlive()
 
 
+class TunnelIdleTest(H.ProxyTestCase):
+    """timeouts.tunnel: a tunnel with no byte either way for that long is closed (a client
+    that left without its FIN or reset arriving must not hold both connections forever);
+    traffic either way keeps it open. Found by tests/fuzz/fuzz_conn.c's liveness check."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.a = cls.start_origin("a")
+        cls.proxy = cls.start_proxy({"a": H.upstream(cls.a.address())},
+                                    [{"match": {"prefix": "/"}, "upstream": "a"}], workers=1,
+                                    timeouts={"tunnel": 1.5})
+
+    def test_traffic_keeps_it_and_silence_ends_it(self):
+        c, r, _ = handshake(self.proxy.port)
+        self.addCleanup(c.close)
+        self.assertEqual(r.status, 101, r)
+        # Four echoes 0.5 s apart: 2 s in all, longer than the timeout, never idle for it.
+        for i in range(4):
+            time.sleep(0.5)
+            c.send(encode_frame(0x1, b"ping %d" % i))
+            self.assertEqual(read_frame(c)[2], b"ping %d" % i)
+        closed, _ = c.wait_closed(H.T(10))
+        self.assertTrue(closed, "the idle tunnel stayed open")
+        self.proxy.wait_log("idle for timeouts.tunnel", timeout=H.T(5))
+        self.assertAlive()
+
+
 
 class StalledOrigin:
     """Answers one Upgrade with 101, then never reads again (until stopped)."""
