@@ -405,7 +405,13 @@ int lp_ffi_trailers(void *rp, int resp, lp_str_t *out)
 
 int lp_ffi_status(void *rp)
 {
-    return ((lp_req_t *)rp)->resp.status;
+    const lp_req_t *r = rp;
+    /* The log phase sees what the client got, as the access log does: a gRPC failure
+     * answered or ended by the proxy went out as HTTP 200 but stands for its 502/504, and
+     * a client that left first is a 499. */
+    if ((r->flags & LP_RF_LOG_DONE) && r->resp.sent_status)
+        return r->resp.sent_status;
+    return r->resp.status;
 }
 
 int lp_ffi_set_status(void *rp, int status)
