@@ -61,8 +61,12 @@ class Service:
         ctx.abort(grpc.StatusCode.NOT_FOUND, "nope: " + req.decode())
 
     def slow(self, req, ctx):
-        ctx.add_callback(self.cancelled.set)
+        finished = []
+        # Called when the call ends: before the handler has returned, only by a cancellation
+        # (a call left running ends when release.wait gives up, which is not one).
+        ctx.add_callback(lambda: finished or self.cancelled.set())
         self.release.wait(H.T(10))
+        finished.append(True)
         return b"late"
 
     def handler(self):
@@ -232,9 +236,13 @@ class GrpcTest(H.ProxyTestCase):
         self.assertTrue(self.svc.cancelled.wait(H.T(10)))
 
     def test_client_deadline(self):
+        self.svc.cancelled.clear()
         with self.assertRaises(grpc.RpcError) as cm:
             self.call("Slow")(b"", timeout=0.3)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        # The proxy passed the end of the call on: the upstream call was cancelled, not left
+        # running until its handler gave up.
+        self.assertTrue(self.svc.cancelled.wait(H.T(5)), "the upstream call was not cancelled")
 
     # ---- failures after the response head: grpc-status trailers, not a reset
 
