@@ -236,6 +236,19 @@ class FleetRedisTest(RT.ReloadTestCase):
             H.wait_for(refused_by_redis, H.T(10), what="refusals decided by Redis again")
 
 
+# Where a request is, seen from outside: counted by path after the cache's log phase
+# (priority 10 < the cache's 50), whose L2 store has then ended (or was not made).
+PROBES = {
+    "l2_logged": """
+local P = { name = "l2_logged", priority = 10, schema = {} }
+local m
+function P.init_worker() m = proxy.metrics.counter("probe_logged_total", "Logged.", { "path" }) end
+function P.log(req) m:inc(1, req:path()) end
+return P
+""",
+}
+
+
 class FleetCacheL2Test(RT.ReloadTestCase):
     """Two instances sharing a cache L2 tier in one Redis."""
 
@@ -246,17 +259,32 @@ class FleetCacheL2Test(RT.ReloadTestCase):
         cls.redis.start()
         cls.origin = H.ScriptedOrigin()
         cls.addClassCleanup(cls.origin.stop)
-        cache = {"name": "cache", "zone": "t",
-                 "l2": {"redis": {"port": cls.redis.port, "timeout": int(H.T(5000))},
-                        "max_object_size": "64k", "ttl_max": 300, "log_interval": 60}}
-        cls.proxies = [
-            cls.start_reload_proxy({"o": H.upstream(cls.origin.address())},
-                                   [{"match": {"prefix": "/"}, "upstream": "o",
-                                     "plugins": [cache]}],
-                                   workers=WORKERS, name="l2-%d" % i,
-                                   cache={"zones": {"t": {"memory": "16m"}}})
-            for i in range(2)]
+        cls.plugdir = H.Workdir.new("l2-probes")
+        for name, text in PROBES.items():
+            with open(os.path.join(cls.plugdir, name + ".lua"), "w") as f:
+                f.write(text)
+        cls.proxies = [cls.l2_proxy("l2-%d" % i, cls.redis.port) for i in range(2)]
         cls.proxy = cls.proxies[0]
+
+    @classmethod
+    def l2_proxy(cls, name, port):
+        cache = {"name": "cache", "zone": "t",
+                 "l2": {"redis": {"port": port, "timeout": int(H.T(5000))},
+                        "max_object_size": "64k", "ttl_max": 300, "log_interval": 60}}
+        return cls.start_reload_proxy(
+            {"o": H.upstream(cls.origin.address())},
+            [{"match": {"prefix": "/"}, "upstream": "o",
+              "plugins": [cache, {"name": "l2_logged"}]}],
+            workers=WORKERS, name=name, cache={"zones": {"t": {"memory": "16m"}}},
+            lua={"plugin_paths": [RT.FIXTURE_PLUGINS, cls.plugdir]})
+
+    def probe(self, p, name, path):
+        text = self.admin("GET", "/metrics", proxy=p).body.decode()
+        return metric(text, "probe_%s_total" % name, path=path)
+
+    def l2_stored(self, p):
+        text = self.admin("GET", "/metrics", proxy=p).body.decode()
+        return metric(text, "cache_l2_operations_total", zone="t", result="stored")
 
     def rkeys(self, pattern):
         return self.redis.command("KEYS", "luaproxy:cache:t:*" + pattern + "*") or []
@@ -292,13 +320,18 @@ class FleetCacheL2Test(RT.ReloadTestCase):
             self.assertEqual(r.body, b"body 1")
             self.assertIn("; hit", r.header("Cache-Status"))
         self.assertEqual(self.origin.count("/obj"), 1)
-        # A large object stays out of Redis (64k): the other instance asks the origin.
+        # A large object stays out of Redis (64k): the other instance asks the origin. Both
+        # asked once the log phase that would have stored it has ended.
         big = b"x" * (100 * 1024)
         self.origin.script("/big", lambda req, n: H.cacheable(big))
+        stored = self.l2_stored(self.proxies[0])
         self.assertEqual(self.get(0, "/big").body, big)
+        H.wait_for(lambda: self.probe(self.proxies[0], "logged", "/big") >= 1, H.T(10),
+                   what="the log phase of /big")
+        self.assertEqual(self.l2_stored(self.proxies[0]), stored)
+        self.assertEqual(self.rkeys("/big"), [])
         self.assertEqual(self.get(1, "/big").body, big)
         self.assertEqual(self.origin.count("/big"), 2)
-        self.assertEqual(self.rkeys("/big"), [])
 
     def test_b_vary_variants_go_only_to_their_requests(self):
         self.origin.script("/vary", lambda req, n: H.cacheable(
