@@ -461,7 +461,7 @@ int lp__resp_add_wire(lp_req_t *r, const char *p, size_t n)
     while (s < end) {
         /* lp_h1_tchar_token's test and valid_value's, each in the pass that finds the end */
         const char *colon = s;
-        while (colon < end && lp_h1_is_tchar((unsigned char)*colon))
+        while (colon < end && lp_is_tchar((unsigned char)*colon))
             colon++;
         if (colon == s || end - colon < 4 || colon[0] != ':' || colon[1] != ' ')
             return LP_FFI_EINVAL;
