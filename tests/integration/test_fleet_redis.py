@@ -237,25 +237,22 @@ class FleetRedisTest(RT.ReloadTestCase):
             H.wait_for(refused_by_redis, H.T(10), what="refusals decided by Redis again")
 
 
-# Where a request is, seen from outside: counted by path before the cache's request phase
-# (priority 60 > the cache's 50) and after its log phase (10), whose L2 store has then ended
-# (or was not made).
-PROBES = {
-    "l2_arrived": """
-local P = { name = "l2_arrived", priority = 60, schema = {} }
+def probe_plugin(name, priority, phase):
+    """A plugin counting the requests it sees in `phase`, by path, in probe_NAME_total."""
+    return """
+local P = { name = "l2_%s", priority = %d, schema = {} }
 local m
-function P.init_worker() m = proxy.metrics.counter("probe_arrived_total", "Arrived.", { "path" }) end
-function P.request(req) m:inc(1, req:path()) end
+function P.init_worker() m = proxy.metrics.counter("probe_%s_total", "Seen.", { "path" }) end
+function P.%s(req) m:inc(1, req:path()) end
 return P
-""",
-    "l2_logged": """
-local P = { name = "l2_logged", priority = 10, schema = {} }
-local m
-function P.init_worker() m = proxy.metrics.counter("probe_logged_total", "Logged.", { "path" }) end
-function P.log(req) m:inc(1, req:path()) end
-return P
-""",
-}
+""" % (name, priority, name, phase)
+
+
+# Where a request is, seen from outside: counted before the cache's request phase (priority
+# 60 > the cache's 50) and after its log phase (10), whose L2 store has then ended (or was
+# not made).
+PROBES = {"l2_arrived": probe_plugin("arrived", 60, "request"),
+          "l2_logged": probe_plugin("logged", 10, "log")}
 
 
 class HoldingRelay:
