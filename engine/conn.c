@@ -785,6 +785,14 @@ void lp_conn_take_body(lp_req_t *req, lp_buf_t **buf, size_t *len)
     *len = req->body_len;
 }
 
+void lp_conn_give_body_back(lp_req_t *req, lp_buf_t *b, size_t len)
+{
+    if (req->body_buf)
+        lp_buf_unref(req->body_buf); /* a prefix of b's bytes */
+    req->body_buf = b;
+    req->body_len = len;
+}
+
 int lp_conn_req_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
 {
     uint64_t max = req->body_limit;

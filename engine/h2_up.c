@@ -66,15 +66,17 @@ typedef struct lp_h2u_stream_s {
     lp_h2u_t *h2;   /* borrowed: its connection, which frees it (never outlived) */
     lp_list_t link; /* in h2->streams */
     int32_t id;     /* nghttp2's stream id; 0: never submitted (closed) */
-    queue_t out;    /* request body for DATA frames (conn.c stops at the high watermark) */
-    queue_t in;     /* response body not yet given to the request (bounded by the window) */
-    queue_t replay; /* request body sent, while it is at most H2U_REPLAY_MAX */
+    /* The stream's queues are its own (copies): a failed stream's request body goes back
+     * to the request as a copy too (stream_give_body_back), never moved to another stream. */
+    queue_t out;    /* owned: request body for DATA frames (conn.c stops at the high mark) */
+    queue_t in;     /* owned: response body not yet given to the request (the window bounds) */
+    queue_t replay; /* owned: request body sent, while it is at most H2U_REPLAY_MAX */
     size_t owed;    /* response bytes given to the request whose window is not given back */
     char *head;     /* owned: the response head's fields as HTTP/1.1 text while they come */
     size_t head_len;
     char *trailers; /* owned: the response's trailers ("name: value\r\n"), until delivered */
     size_t trailers_len;
-    char *req_trailers; /* owned: the request's trailers to send after its body */
+    char *req_trailers; /* owned: a copy of the request's trailers, sent after its body */
     size_t req_trailers_len;
     int status;             /* the response's :status (0: not yet) */
     uint64_t read_at;       /* uv_now() ms of the last exchange: the read timeout counts from it */
@@ -187,6 +189,15 @@ static void q_free(queue_t *q)
     while (q->head)
         q_pop(q);
     q->bytes = 0;
+}
+
+/* The queue's bytes, in order, into dst (room for q->bytes). */
+static void q_copy(const queue_t *q, char *dst)
+{
+    for (const seg_t *g = q->head; g; g = g->next) {
+        memcpy(dst, g->b->data + g->off, g->len - g->off);
+        dst += g->len - g->off;
+    }
 }
 
 /* ---- streams ---- */
@@ -429,10 +440,12 @@ static int h1_grow(lp_h1_t *h, size_t need)
     return p->req ? lp_req_grow(p->req, 1, need) : -1;
 }
 
-/* A new stream on h for req's try: the head, what there is of the body, submitted.
- * `from`: a stream of the same try that was refused (GOAWAY, REFUSED_STREAM) whose body
- * nothing took: its queue moves over. NULL when out of memory (nothing changed). */
-static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, lp_h2u_stream_t *from)
+/* A new stream on h for req's try: the head, what there is of the body (the request's:
+ * gathered, or given back by a failed stream of the try), submitted. `prev` (borrowed, read
+ * only, may be NULL): the try's stream that was refused (GOAWAY, REFUSED_STREAM), whose
+ * refusal count and gRPC deadline go on. NULL when out of memory: nothing changed, the
+ * body is still the request's. */
+static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stream_t *prev)
 {
     lp_worker_t *w = lp_ep_worker(&h->ep);
     lp_h2u_stream_t *st = calloc(1, sizeof(*st));
@@ -459,32 +472,16 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, lp_h2u_stream_t *
     if (req->flags & LP_RF_HEAD)
         st->peer.h1.flags |= LP_H1F_HEAD_REQ;
     st->peer.h1.grow = h1_grow;
-    if (req->flags & LP_RF_GRPC) {
+    if (prev) {
+        st->refusals = (uint8_t)(prev->refusals + 1);
+        st->grpc_deadline = prev->grpc_deadline;
+    } else if (req->flags & LP_RF_GRPC) {
         uint64_t ms = grpc_timeout_ms(&req->h1);
         if (ms)
             st->grpc_deadline = st->read_at + ms;
     }
     int oom = 0;
-    if (from) {
-        /* What was sent first, then what was still to send. */
-        st->out = from->replay;
-        from->replay = (queue_t){0};
-        if (!st->out.head) {
-            st->out = from->out;
-        } else if (from->out.head) {
-            st->out.tail->next = from->out.head;
-            st->out.tail = from->out.tail;
-            st->out.bytes += from->out.bytes;
-        }
-        from->out = (queue_t){0};
-        st->out_eof = from->out_eof;
-        st->refusals = (uint8_t)(from->refusals + 1);
-        st->grpc_deadline = from->grpc_deadline;
-        st->req_trailers = from->req_trailers;
-        st->req_trailers_len = from->req_trailers_len;
-        from->req_trailers = NULL;
-        st->peer.body_out = from->peer.body_out;
-    } else if (lp_req_body_replaced(req)) {
+    if (lp_req_body_replaced(req)) {
         /* req:set_body(): the whole replacement now; the client's body is read and dropped. */
         oom = q_add(&st->out, &w->bufs, req->new_body->data, req->new_body_len);
         st->peer.body_out = req->new_body_len;
@@ -802,6 +799,25 @@ static void h2u_arm(lp_h2u_t *h)
 
 static void stream_retry_on(lp_h2u_stream_t *st, int *done);
 
+/* The try goes on without the stream (again on another connection, or to another
+ * target): the request body it took, whole (what went out, kept in `replay`, then what was
+ * still to go), goes back to the request, as its gathered body, which the next stream or
+ * connection sends first. A replacement body (req:set_body()) is the request's already.
+ * -1 when out of memory: the try cannot go on. */
+static int stream_give_body_back(lp_h2u_stream_t *st, lp_req_t *req)
+{
+    size_t n = st->replay.bytes + st->out.bytes;
+    if (lp_req_body_replaced(req) || !n)
+        return 0;
+    lp_buf_t *b = lp_buf_get(&req->w->bufs, n);
+    if (!b)
+        return -1;
+    q_copy(&st->replay, b->data);
+    q_copy(&st->out, b->data + st->replay.bytes);
+    lp_conn_give_body_back(req, b, n);
+    return 0;
+}
+
 /* The try failed on this stream: a new stream for the same try (refused, or a stale
  * connection), another target, or the client gets the failure. */
 static void stream_fail(lp_h2u_stream_t *st)
@@ -811,7 +827,8 @@ static void stream_fail(lp_h2u_stream_t *st)
     lp_pool_t *t = h->pool;
     int kind = st->fail_kind, status = st->fail_status;
     const char *why = st->fail_why;
-    int body_ok = st->sent == 0 || !st->replay_over || lp_req_body_replaced(req);
+    /* The body the stream took can go again only while it holds all of it. */
+    int body_ok = !st->replay_over || lp_req_body_replaced(req);
     int fresh = !(req->flags & LP_RF_RESP_STARTED) && !st->head_given && !st->no_retry &&
                 !lp__try_deadline_passed(req) && body_ok;
     /* Refused (GOAWAY above its id, REFUSED_STREAM): the upstream did nothing with it, so
@@ -820,8 +837,10 @@ static void stream_fail(lp_h2u_stream_t *st)
     int again = fresh && st->refusals < 3 &&
                 (st->close_code == NGHTTP2_REFUSED_STREAM ||
                  (st->reused && kind == LP_FAIL_RESET && lp__try_replayable(req)));
-    int elsewhere = !(req->flags & LP_RF_RESP_STARTED) && !again && !st->no_retry &&
+    int elsewhere = !(req->flags & LP_RF_RESP_STARTED) && !again && !st->no_retry && body_ok &&
                     (kind == LP_FAIL_CONNECT || (!st->head_given && lp__try_replayable(req)));
+    if ((again || elsewhere) && stream_give_body_back(st, req))
+        again = elsewhere = 0;
     const char *addr = t->addr.text; /* pools live as long as the worker */
     if (again) {
         lp_log_debug("upstream %s: stream %d %s; again on another connection", addr, (int)st->id,
