@@ -102,6 +102,14 @@ class Client:
             self.send_body(sid, body, end=end)
         return sid
 
+    def post_with_trailers(self, path, body, trailers, headers=()):
+        """A POST of body, then trailers: its stream once done."""
+        sid = self.request(path, method="POST", headers=headers, body=body, end=False)
+        self.conn.send_headers(sid, trailers, end_stream=True)
+        self.flush()
+        self.pump(lambda: self.done(sid))
+        return self.streams[sid]
+
     def send_body(self, sid, body, end=True):
         off = 0
         while off < len(body):
@@ -953,15 +961,11 @@ class H2UpstreamTest(H.ProxyTestCase):
     def test_trailers_both_ways(self):
         c = Client(self.proxy.port)
         try:
-            sid = c.request("/trailers", method="POST", body=b"data", end=False)
             # Fields a trailer must not carry (RFC 9110 6.5.1), or that the proxy sets itself,
             # are dropped in both directions.
-            c.conn.send_headers(sid, [("x-req-t", "rt1"), ("x-forwarded-for", "203.0.113.66"),
-                                      ("authorization", "Basic eDp5"), ("cookie", "a=b")],
-                                end_stream=True)
-            c.flush()
-            c.pump(lambda: c.done(sid))
-            st = c.streams[sid]
+            st = c.post_with_trailers("/trailers", b"data", [
+                ("x-req-t", "rt1"), ("x-forwarded-for", "203.0.113.66"),
+                ("authorization", "Basic eDp5"), ("cookie", "a=b")])
         finally:
             c.close()
         self.assertEqual((st["status"], bytes(st["data"])), (200, b"body"))
@@ -1115,11 +1119,7 @@ class H2BodyRetryTest(H.ProxyTestCase):
         body = bytes(range(256)) * 192  # 48 KiB: several DATA frames, within H2U_REPLAY_MAX
         c = Client(self.proxy.port)
         try:
-            sid = c.request("/echo", method="POST", headers=headers, body=body, end=False)
-            c.conn.send_headers(sid, [("x-req-t", "rt1")], end_stream=True)
-            c.flush()
-            c.pump(lambda: c.done(sid))
-            st = c.streams[sid]
+            st = c.post_with_trailers("/echo", body, [("x-req-t", "rt1")], headers=headers)
         finally:
             c.close()
         self.assertEqual(st["status"], 200, st["headers"])
@@ -1158,11 +1158,7 @@ class H1TrailersTest(H.ProxyTestCase):
     def test_chunked_trailers_both_ways(self):
         c = Client(self.proxy.port)
         try:
-            sid = c.request("/t", method="POST", body=b"data", end=False)
-            c.conn.send_headers(sid, [("x-req-t", "rt1")], end_stream=True)
-            c.flush()
-            c.pump(lambda: c.done(sid))
-            st = c.streams[sid]
+            st = c.post_with_trailers("/t", b"data", [("x-req-t", "rt1")])
         finally:
             c.close()
         self.assertEqual((st["status"], bytes(st["data"])), (200, b"body"))
