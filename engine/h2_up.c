@@ -18,6 +18,7 @@
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 #include "conn.h"
+#include "h2_bodyq.h"
 #include "h2_up.h"
 #include "h2_util.h"
 #include "log.h"
@@ -43,19 +44,6 @@ enum { TM_CONNECT = LP_EP_TM_OWNER, TM_IDLE, TM_STREAMS, TM_KICK };
  * refused (GOAWAY, REFUSED_STREAM: never processed) goes again with it, whatever its method. */
 #define H2U_REPLAY_MAX (64 * 1024)
 
-/* Bytes waiting in a queue: request body for DATA frames, or response body for the
- * request. */
-typedef struct seg_s {
-    struct seg_s *next; /* owned: the next piece */
-    lp_buf_t *b;        /* owned reference: the bytes */
-    size_t off, len;    /* b->data[off, len) still to go */
-} seg_t;
-
-typedef struct {
-    seg_t *head, *tail; /* owned */
-    size_t bytes;       /* in the queue */
-} queue_t;
-
 typedef struct lp_h2u_s lp_h2u_t;
 
 typedef struct lp_h2u_stream_s {
@@ -68,16 +56,16 @@ typedef struct lp_h2u_stream_s {
     int32_t id;     /* nghttp2's stream id; 0: never submitted (closed) */
     /* The stream's queues are its own (copies): a failed stream's request body goes back
      * to the request as a copy too (stream_give_body_back), never moved to another stream. */
-    queue_t out;    /* owned: request body for DATA frames (conn.c stops at the high mark) */
-    queue_t in;     /* owned: response body not yet given to the request (the window bounds) */
-    queue_t replay; /* owned: request body sent, while it is at most H2U_REPLAY_MAX */
-    size_t owed;    /* response bytes given to the request whose window is not given back */
-    char *head;     /* owned: the response head's fields as HTTP/1.1 text while they come */
+    /* owned: the request body for DATA frames (conn.c stops at the high watermark), its end
+     * and a copy of the request's trailers */
+    lp_h2_bodyq_t out;
+    lp_h2_bodyq_t in;     /* owned: response body not yet given to the request (the window) */
+    lp_h2_bodyq_t replay; /* owned: request body sent, while it is at most H2U_REPLAY_MAX */
+    size_t owed;          /* response bytes given to the request whose window is not given back */
+    char *head;           /* owned: the response head's fields as HTTP/1.1 text while they come */
     size_t head_len;
     char *trailers; /* owned: the response's trailers ("name: value\r\n"), until delivered */
     size_t trailers_len;
-    char *req_trailers; /* owned: a copy of the request's trailers, sent after its body */
-    size_t req_trailers_len;
     int status;             /* the response's :status (0: not yet) */
     uint64_t read_at;       /* uv_now() ms of the last exchange: the read timeout counts from it */
     uint64_t grpc_deadline; /* uv_now() ms by which a gRPC call must end (grpc-timeout); 0: none */
@@ -89,8 +77,6 @@ typedef struct lp_h2u_stream_s {
     uint8_t no_retry;       /* the failure must not be retried (a deadline) */
     uint8_t replay_over;    /* more than H2U_REPLAY_MAX was sent: `replay` was dropped */
     uint8_t refusals;       /* the try's streams sent again before this one (bounded) */
-    uint8_t out_eof;        /* the request body is complete */
-    uint8_t deferred;       /* the data source said DEFERRED: resume it when bytes come */
     uint8_t was_full;       /* out passed the high watermark: resume the client below low */
     uint8_t has_cl;         /* the response head has content-length */
     uint8_t head_in;        /* the final response head arrived */
@@ -144,73 +130,16 @@ static lp_h2u_stream_t *st_of(const lp_peer_t *p)
     return LP_CONTAINER_OF(p, lp_h2u_stream_t, peer);
 }
 
-/* ---- queues ---- */
-
-static int q_add(queue_t *q, lp_bufpool_t *bufs, const char *at, size_t len)
-{
-    while (len) {
-        seg_t *t = q->tail;
-        if (!t || t->len == t->b->cap) {
-            seg_t *g = malloc(sizeof(*g));
-            lp_buf_t *b = g ? lp_buf_get(bufs, LP_BUF_SIZE) : NULL;
-            if (!b) {
-                free(g);
-                return -1;
-            }
-            *g = (seg_t){NULL, b, 0, 0};
-            if (t)
-                t->next = g;
-            else
-                q->head = g;
-            q->tail = t = g;
-        }
-        size_t k = t->b->cap - t->len < len ? t->b->cap - t->len : len;
-        memcpy(t->b->data + t->len, at, k);
-        t->len += k;
-        q->bytes += k;
-        at += k;
-        len -= k;
-    }
-    return 0;
-}
-
-static void q_pop(queue_t *q)
-{
-    seg_t *g = q->head;
-    q->head = g->next;
-    if (!q->head)
-        q->tail = NULL;
-    lp_buf_unref(g->b);
-    free(g);
-}
-
-static void q_free(queue_t *q)
-{
-    while (q->head)
-        q_pop(q);
-    q->bytes = 0;
-}
-
-/* The queue's bytes, in order, into dst (room for q->bytes). */
-static void q_copy(const queue_t *q, char *dst)
-{
-    for (const seg_t *g = q->head; g; g = g->next) {
-        memcpy(dst, g->b->data + g->off, g->len - g->off);
-        dst += g->len - g->off;
-    }
-}
-
 /* ---- streams ---- */
 
 static void stream_free(lp_h2u_stream_t *st)
 {
     lp_list_remove(&st->link);
-    q_free(&st->out);
-    q_free(&st->in);
-    q_free(&st->replay);
+    lp_h2_bodyq_free(&st->out);
+    lp_h2_bodyq_free(&st->in);
+    lp_h2_bodyq_free(&st->replay);
     free(st->head);
     free(st->trailers);
-    free(st->req_trailers);
     free(st);
 }
 
@@ -234,7 +163,7 @@ static void stream_unbind(lp_h2u_stream_t *st)
     if (!st->closed && st->id > 0 && !h->dead &&
         !nghttp2_submit_rst_stream(h->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL))
         h2u_count(h, LP_WM_H2U_RST_SENT, 1);
-    q_free(&st->in);
+    lp_h2_bodyq_free(&st->in);
     if (st->owed && !st->closed && st->id > 0 && !h->dead)
         nghttp2_session_consume_stream(h->s, st->id, st->owed);
     st->owed = 0;
@@ -390,48 +319,20 @@ static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
                          uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
     lp_h2u_stream_t *st = src->ptr;
-    size_t n = 0;
-    while (st->out.head && n < length) {
-        seg_t *g = st->out.head;
-        size_t k = g->len - g->off;
-        if (k > length - n)
-            k = length - n;
-        memcpy(buf + n, g->b->data + g->off, k);
-        if (!st->replay_over &&
-            (st->sent + n + k > H2U_REPLAY_MAX ||
-             q_add(&st->replay, st->h2->ep.env->bufs, g->b->data + g->off, k))) {
-            st->replay_over = 1;
-            q_free(&st->replay);
-        }
-        g->off += k;
-        n += k;
-        if (g->off == g->len)
-            q_pop(&st->out);
+    ssize_t n = lp_h2_bodyq_source(&st->out, s, id, buf, length, flags);
+    if (n <= 0)
+        return n;
+    if (!st->replay_over &&
+        (st->sent + (size_t)n > H2U_REPLAY_MAX ||
+         lp_h2_bodyq_add(&st->replay, st->h2->ep.env->bufs, (const char *)buf, (size_t)n))) {
+        st->replay_over = 1;
+        lp_h2_bodyq_free(&st->replay);
     }
-    st->out.bytes -= n;
-    st->sent += n;
-    if (n) {
-        st->read_at = now_ms(st->h2); /* the upstream takes the body: it is not late */
-        if (st->was_full && st->out.bytes <= LP_LOW_WATERMARK)
-            st->dirty = 1; /* the client's body may move again */
-    }
-    if (!st->out.head && st->out_eof) {
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-        if (st->req_trailers) {
-            lp_h2_nvs_t l = {0};
-            lp_h2_nvs_add_text(&l, st->req_trailers, st->req_trailers_len);
-            nghttp2_nv *nv = lp_h2_nvs_done(&l);
-            if (nv && l.n && !nghttp2_submit_trailer(s, id, nv, l.n))
-                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            lp_h2_nvs_free(&l);
-            free(st->req_trailers);
-            st->req_trailers = NULL;
-        }
-    } else if (!n) {
-        st->deferred = 1;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    return (ssize_t)n;
+    st->sent += (size_t)n;
+    st->read_at = now_ms(st->h2); /* the upstream takes the body: it is not late */
+    if (st->was_full && st->out.bytes <= LP_LOW_WATERMARK)
+        st->dirty = 1; /* the client's body may move again */
+    return n;
 }
 
 static int h1_grow(lp_h1_t *h, size_t need)
@@ -483,44 +384,35 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stre
     int oom = 0;
     if (lp_req_body_replaced(req)) {
         /* req:set_body(): the whole replacement now; the client's body is read and dropped. */
-        oom = q_add(&st->out, &w->bufs, req->new_body->data, req->new_body_len);
+        oom = lp_h2_bodyq_add(&st->out, &w->bufs, req->new_body->data, req->new_body_len);
         st->peer.body_out = req->new_body_len;
-        st->out_eof = 1;
+        st->out.eof = 1;
     } else {
         lp_buf_t *gathered;
         size_t glen;
         lp_conn_take_body(req, &gathered, &glen);
         if (gathered && glen) {
-            oom = q_add(&st->out, &w->bufs, gathered->data, glen);
+            oom = lp_h2_bodyq_add(&st->out, &w->bufs, gathered->data, glen);
             st->peer.body_out = glen;
         }
-        if (req->state == LP_RS_DONE) {
-            st->out_eof = 1;
-            if (req->trailers && !(st->req_trailers = malloc(req->trailers_len + 1)))
-                oom = 1;
-            else if (req->trailers) {
-                memcpy(st->req_trailers, req->trailers, req->trailers_len);
-                st->req_trailers_len = req->trailers_len;
-            }
-        }
+        if (req->state == LP_RS_DONE && lp_h2_bodyq_end(&st->out, req->trailers, req->trailers_len))
+            oom = 1;
     }
     lp_h2_nvs_t l = {0};
     build_head(req, h->pool, st, &l);
     nghttp2_nv *nv = oom ? NULL : lp_h2_nvs_done(&l);
     if (!nv) {
         lp_h2_nvs_free(&l);
-        q_free(&st->out);
-        free(st->req_trailers);
+        lp_h2_bodyq_free(&st->out);
         free(st);
         return NULL;
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = body_read};
-    int bodiless = st->out_eof && !st->out.head && !st->req_trailers;
+    int bodiless = st->out.eof && !st->out.head && !st->out.trailers;
     int32_t id = nghttp2_submit_request(h->s, NULL, nv, l.n, bodiless ? NULL : &prd, st);
     lp_h2_nvs_free(&l);
     if (id < 0) {
-        q_free(&st->out);
-        free(st->req_trailers);
+        lp_h2_bodyq_free(&st->out);
         free(st);
         return NULL;
     }
@@ -614,7 +506,7 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
         nghttp2_session_consume_stream(s, id, len); /* nobody reads it: dropped */
         return 0;
     }
-    if (q_add(&st->in, h->ep.env->bufs, (const char *)data, len)) {
+    if (lp_h2_bodyq_add(&st->in, h->ep.env->bufs, (const char *)data, len)) {
         h->fatal = 1;
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
@@ -812,8 +704,8 @@ static int stream_give_body_back(lp_h2u_stream_t *st, lp_req_t *req)
     lp_buf_t *b = lp_buf_get(&req->w->bufs, n);
     if (!b)
         return -1;
-    q_copy(&st->replay, b->data);
-    q_copy(&st->out, b->data + st->replay.bytes);
+    lp_h2_bodyq_copy(&st->replay, b->data);
+    lp_h2_bodyq_copy(&st->out, b->data + st->replay.bytes);
     lp_conn_give_body_back(req, b, n);
     return 0;
 }
@@ -989,14 +881,10 @@ static void stream_give_body(lp_h2u_stream_t *st)
     lp_req_t *req = st->peer.req;
     lp_h2u_t *h = st->h2;
     while (st->in.head && !(st->peer.flags & (LP_PF_PAUSED | LP_PF_LUA))) {
-        seg_t *g = st->in.head;
-        size_t len = g->len - g->off;
-        lp_buf_t *b = g->b;
-        lp_buf_ref(b);
-        const char *at = b->data + g->off;
-        st->in.bytes -= len;
+        size_t len;
+        lp_buf_t *b;
+        const char *at = lp_h2_bodyq_shift(&st->in, &len, &b);
         st->owed += len;
-        q_pop(&st->in);
         int rc = lp_conn_response_body(req, at, len, b);
         lp_buf_unref(b);
         if (st->peer.req != req)
@@ -1407,10 +1295,8 @@ static void h2u_kick(lp_h2u_stream_t *st, int deferred)
     lp_h2u_t *h = st->h2;
     if (h->dead || (h->ep.flags & LP_EPF_CLOSING))
         return;
-    if (st->deferred && deferred && !st->closed && st->id > 0) {
-        st->deferred = 0;
-        nghttp2_session_resume_data(h->s, st->id);
-    }
+    if (deferred && !st->closed && st->id > 0)
+        lp_h2_bodyq_wake(&st->out, h->s, st->id);
     h->depth++;
     h2u_leave(h, 0);
 }
@@ -1420,7 +1306,7 @@ void lp_h2u_body(lp_peer_t *p, const char *at, size_t len)
     lp_h2u_stream_t *st = st_of(p);
     if (!len || st->closed || st->h2->dead)
         return;
-    if (q_add(&st->out, st->h2->ep.env->bufs, at, len)) {
+    if (lp_h2_bodyq_add(&st->out, st->h2->ep.env->bufs, at, len)) {
         st->h2->fatal = 1;
         return;
     }
@@ -1433,14 +1319,10 @@ void lp_h2u_body_end(lp_peer_t *p)
 {
     lp_h2u_stream_t *st = st_of(p);
     lp_req_t *req = p->req;
-    if (st->out_eof)
+    if (st->out.eof)
         return;
-    st->out_eof = 1;
-    if (req && req->trailers && !st->req_trailers &&
-        (st->req_trailers = malloc(req->trailers_len + 1))) {
-        memcpy(st->req_trailers, req->trailers, req->trailers_len);
-        st->req_trailers_len = req->trailers_len;
-    }
+    /* (Out of memory for the trailers' copy: the body ends without them.) */
+    (void)lp_h2_bodyq_end(&st->out, req ? req->trailers : NULL, req ? req->trailers_len : 0);
 }
 
 void lp_h2u_flush(lp_peer_t *p)
