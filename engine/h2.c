@@ -66,6 +66,7 @@ typedef struct lp_h2_s {
     nghttp2_session *s;    /* owned */
     lp_list_t streams;     /* lp_h2_stream_t.link: every stream not freed yet */
     unsigned nopen;        /* streams not closed by nghttp2 */
+    unsigned nheld;        /* streams holding response bytes (out.bytes > 0): h2_stall_arm */
     unsigned depth;        /* h2.c frames on the stack: streams are freed, and bytes sent, at 0 */
     uint32_t nrequests;    /* streams started (http2.max_requests) */
     uint64_t win_start;    /* ms: the flood counters' window */
@@ -163,6 +164,8 @@ static void stream_free(lp_h2_stream_t *st)
     lp_list_remove(&st->link);
     free(st->fields);
     free(st->cookie);
+    if (st->out.bytes)
+        st->h2->nheld--;
     lp_h2_bodyq_free(&st->in);
     lp_h2_bodyq_free(&st->out);
     free(st);
@@ -186,7 +189,7 @@ static int stream_holds(const lp_h2_stream_t *st)
 static void h2_stall_arm(lp_h2_t *h2)
 {
     lp_endpoint_t *ep = &h2->c->ep;
-    if (!h2->nopen || ep->tmode != LP_EP_TM_NONE)
+    if (!h2->nopen || !h2->nheld || ep->tmode != LP_EP_TM_NONE)
         return;
     uint64_t first = UINT64_MAX;
     for (lp_list_t *it = h2->streams.next; it != &h2->streams; it = it->next) {
@@ -719,6 +722,8 @@ static ssize_t stream_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t 
     ssize_t n = lp_h2_bodyq_source(&st->out, s, id, buf, length, flags);
     if (n > 0) /* the send-stall clock starts again */
         st->sent_at = uv_now(st->h2->c->ep.env->loop);
+    if (n > 0 && !st->out.bytes)
+        st->h2->nheld--;
     return n;
 }
 
@@ -1082,9 +1087,13 @@ static void h2_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
     lp_h2_stream_t *st = req->h2s;
     if (!st || st->no_body || !len)
         return;
-    if (!st->out.bytes) /* the send-stall clock starts with the first byte held */
+    if (!st->out.bytes) { /* the send-stall clock starts with the first byte held */
         st->sent_at = uv_now(st->h2->c->ep.env->loop);
+        st->h2->nheld++;
+    }
     if (lp_h2_bodyq_add(&st->out, st->h2->c->ep.env->bufs, at, len)) {
+        if (!st->out.bytes)
+            st->h2->nheld--;
         st->h2->bye = 1;
         return;
     }

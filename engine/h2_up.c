@@ -52,7 +52,8 @@ typedef struct lp_h2u_stream_s {
      * the response head (synthesized as HTTP/1.1 text, the same view for every module). */
     lp_peer_t peer;
     lp_h2u_t *h2;   /* borrowed: its connection, which frees it (never outlived) */
-    lp_list_t link; /* in h2->streams */
+    lp_list_t link; /* in h2->streams, or in h2->gone once closed and let go */
+    lp_list_t work; /* in h2->work while `dirty` */
     int32_t id;     /* nghttp2's stream id; 0: never submitted (closed) */
     /* The stream's queues are its own (copies): a failed stream's request body goes back
      * to the request as a copy too (stream_give_body_back), never moved to another stream. */
@@ -84,7 +85,8 @@ typedef struct lp_h2u_stream_s {
     uint8_t in_eof;         /* the upstream's END_STREAM came */
     uint8_t closed;         /* nghttp2 closed it (or it was never submitted) */
     uint8_t reused;         /* bound to a connection that was up already (a stale one retries) */
-    uint8_t dirty;          /* something happened for the request: see to it (h2u_leave) */
+    uint8_t dirty; /* something happened for its request: h2u_leave sees to it (bound only) */
+    uint8_t gone;  /* closed and let go: in h2->gone, freed at the outermost frame */
 } lp_h2u_stream_t;
 
 struct lp_h2u_s {
@@ -93,19 +95,26 @@ struct lp_h2u_s {
     lp_pool_t *pool;          /* borrowed: the worker's pool for its address (lives as long) */
     nghttp2_session *s;       /* owned */
     lp_list_t link;           /* in pool->h2conns until it dies */
-    lp_list_t streams;        /* lp_h2u_stream_t.link: owned */
-    unsigned nlive;           /* streams not closed (toward the stream limit) */
-    unsigned max_streams;     /* upstreams.NAME.max_streams when it was made */
-    uint64_t idle_ms;         /* keepalive_timeout when it was made */
-    unsigned depth;           /* our frames on the stack: the pipeline is called, streams freed
-                                 and bytes sent at 0 */
-    char why[160];            /* the text of its failure (streams borrow it) */
-    uint8_t ready;            /* connected (and TLS established with ALPN h2) */
-    uint8_t handshake;        /* TCP connected, TLS handshake in progress */
-    uint8_t goaway;           /* GOAWAY received: no new streams */
-    uint8_t dead;             /* failed or closing: no new streams, no more I/O */
-    uint8_t fatal;            /* the session or memory failed: it dies at the end of the frame */
-    uint8_t more;             /* output left after a send round: send again on the next turn */
+    /* Its streams, by lp_h2u_stream_t.link (owned): those still needed, and those closed
+     * and let go (freed at depth 0). The pipeline's work is the streams on `work` (by
+     * lp_h2u_stream_t.work, borrowed), and counts say what walks would: each event's work
+     * is its own streams', whatever the number of others. */
+    lp_list_t streams, gone;
+    lp_list_t work;
+    unsigned nlive;       /* streams not closed (toward the stream limit) */
+    unsigned nbound;      /* streams a request holds (peer.req): the connection is busy */
+    unsigned max_streams; /* upstreams.NAME.max_streams when it was made */
+    uint64_t idle_ms;     /* keepalive_timeout when it was made */
+    unsigned depth;       /* our frames on the stack: the pipeline is called, streams freed
+                             and bytes sent at 0 */
+    char why[160];        /* the text of its failure (streams borrow it) */
+    uint8_t ready;        /* connected (and TLS established with ALPN h2) */
+    uint8_t handshake;    /* TCP connected, TLS handshake in progress */
+    uint8_t goaway;       /* GOAWAY received: no new streams */
+    uint8_t dead;         /* failed or closing: no new streams, no more I/O */
+    uint8_t fatal;        /* the session or memory failed: it dies at the end of the frame */
+    uint8_t more;         /* output left after a send round: send again on the next turn */
+    uint8_t rearm;        /* a stream's deadline may be earlier than TM_STREAMS's: h2u_arm looks */
 };
 
 static const lp_endpoint_ops_t h2u_ops;
@@ -135,6 +144,8 @@ static lp_h2u_stream_t *st_of(const lp_peer_t *p)
 static void stream_free(lp_h2u_stream_t *st)
 {
     lp_list_remove(&st->link);
+    if (st->dirty)
+        lp_list_remove(&st->work);
     lp_h2_bodyq_free(&st->out);
     lp_h2_bodyq_free(&st->in);
     lp_h2_bodyq_free(&st->replay);
@@ -143,23 +154,49 @@ static void stream_free(lp_h2u_stream_t *st)
     free(st);
 }
 
-/* The request lets go of the stream (it ended, failed or moved on): reset unless it is
- * over. */
 /* One more in this worker's upstream HTTP/2 counter `cell` (LP_WM_H2U_*, h2_stats.c). */
 static void h2u_count(const lp_h2u_t *h, int cell, uint64_t n)
 {
     LP_M_ADD(&lp_ep_worker(&h->ep)->m_cells[cell], n);
 }
 
+/* Something happened for the stream's request (a frame, its close, a failure, the client
+ * side going on): h2u_leave sees to it. A stream no request holds has nobody to tell. */
+static void stream_mark(lp_h2u_stream_t *st)
+{
+    if (st->dirty || !st->peer.req)
+        return;
+    st->dirty = 1;
+    lp_list_insert_tail(&st->h2->work, &st->work);
+}
+
+/* Closed and let go: nothing needs the stream any more (nghttp2 forgot it, no request
+ * holds it); it waits in h2->gone for the outermost frame, which frees it. */
+static void stream_check_gone(lp_h2u_stream_t *st)
+{
+    if (st->gone || !st->closed || st->peer.req)
+        return;
+    st->gone = 1;
+    lp_list_remove(&st->link);
+    lp_list_insert_tail(&st->h2->gone, &st->link);
+}
+
+/* The request lets go of the stream (it ended, failed or moved on): reset unless it is
+ * over. */
 static void stream_unbind(lp_h2u_stream_t *st)
 {
     lp_req_t *req = st->peer.req;
+    lp_h2u_t *h = st->h2;
     if (req) {
         if (req->try.peer == &st->peer)
             req->try.peer = NULL;
         st->peer.req = NULL;
+        h->nbound--;
     }
-    lp_h2u_t *h = st->h2;
+    if (st->dirty) {
+        st->dirty = 0;
+        lp_list_remove(&st->work);
+    }
     if (!st->closed && st->id > 0 && !h->dead &&
         !nghttp2_submit_rst_stream(h->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL))
         h2u_count(h, LP_WM_H2U_RST_SENT, 1);
@@ -167,6 +204,7 @@ static void stream_unbind(lp_h2u_stream_t *st)
     if (st->owed && !st->closed && st->id > 0 && !h->dead)
         nghttp2_session_consume_stream(h->s, st->id, st->owed);
     st->owed = 0;
+    stream_check_gone(st);
 }
 
 static void stream_fail_later(lp_h2u_stream_t *st, int kind, int status, const char *why)
@@ -176,7 +214,7 @@ static void stream_fail_later(lp_h2u_stream_t *st, int kind, int status, const c
         st->fail_status = status;
         st->fail_why = why;
     }
-    st->dirty = 1;
+    stream_mark(st);
 }
 
 static void h2u_leave(lp_h2u_t *h, int full);
@@ -331,7 +369,7 @@ static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     st->sent += (size_t)n;
     st->read_at = now_ms(st->h2); /* the upstream takes the body: it is not late */
     if (st->was_full && st->out.bytes <= LP_LOW_WATERMARK)
-        st->dirty = 1; /* the client's body may move again */
+        stream_mark(st); /* the client's body may move again */
     return n;
 }
 
@@ -421,6 +459,8 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stre
     h->nlive++;
     h2u_count(h, LP_WM_H2U_STREAMS, 1);
     st->peer.req = req;
+    h->nbound++;
+    h->rearm = 1; /* its deadlines may be the earliest */
     req->try.peer = &st->peer;
     st->peer.nrequests = 1;
     return st;
@@ -492,7 +532,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM))
         st->in_eof = 1;
     st->read_at = now_ms(h);
-    st->dirty = 1;
+    stream_mark(st);
     return 0;
 }
 
@@ -511,7 +551,7 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     st->read_at = now_ms(h);
-    st->dirty = 1;
+    stream_mark(st);
     return 0;
 }
 
@@ -525,7 +565,8 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
     st->close_code = code;
     h->nlive--;
     h2u_count(h, LP_WM_H2U_STREAMS_CLOSED, 1);
-    st->dirty = 1;
+    stream_mark(st);
+    stream_check_gone(st);
     return 0;
 }
 
@@ -537,7 +578,7 @@ static int on_frame_not_send(nghttp2_session *s, const nghttp2_frame *f, int err
         return 0;
     /* A stream that could not start (GOAWAY came first): nothing reached the upstream;
      * nghttp2 closes it (REFUSED_STREAM) next. */
-    st->dirty = 1;
+    stream_mark(st);
     (void)h;
     return 0;
 }
@@ -552,6 +593,8 @@ static lp_h2u_t *h2u_new(lp_worker_t *w, lp_req_t *req, lp_pool_t *t)
     h->max_streams = uc->max_streams ? uc->max_streams : 100;
     h->idle_ms = uc->keepalive_timeout;
     lp_list_init(&h->streams);
+    lp_list_init(&h->gone);
+    lp_list_init(&h->work);
     nghttp2_session_callbacks *cb;
     if (nghttp2_session_callbacks_new(&cb)) {
         free(h);
@@ -653,25 +696,35 @@ static uint64_t stream_deadline(const lp_h2u_stream_t *st, const char **why, int
     return d;
 }
 
+/* The connection's timer: at once when there is work left (TM_KICK), the earliest stream
+ * deadline (TM_STREAMS), or idle. Lazy, as deadlines mostly move later (each exchange
+ * pushes its read timeout): an armed TM_STREAMS stays, and when it runs it checks every
+ * stream and arms again; only what can bring a deadline earlier (a new stream, a read
+ * timeout counting again) has the streams looked at now (`rearm`). */
 static void h2u_arm(lp_h2u_t *h)
 {
     if (!h->ready || h->dead)
         return; /* the connect timer runs */
-    if (h->more) {
+    if (h->more || !lp_list_empty(&h->work)) {
         lp_ep_timer(&h->ep, TM_KICK, 0);
         return;
     }
+    if (!h->nbound) {
+        h->rearm = 0;
+        if (!h->nlive)
+            lp_ep_timer(&h->ep, TM_IDLE, h->idle_ms);
+        else
+            lp_ep_timer(&h->ep, LP_EP_TM_NONE, 0);
+        return;
+    }
+    if (h->ep.tmode == TM_STREAMS && h->ep.deadline && !h->rearm)
+        return;
+    h->rearm = 0;
     uint64_t next = 0;
-    int any = 0;
     for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next) {
         lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
         if (!st->peer.req)
             continue;
-        any = 1;
-        if (st->dirty) {
-            lp_ep_timer(&h->ep, TM_KICK, 0);
-            return;
-        }
         const char *why;
         int nr;
         uint64_t d = stream_deadline(st, &why, &nr);
@@ -681,8 +734,6 @@ static void h2u_arm(lp_h2u_t *h)
     uint64_t now = now_ms(h);
     if (next)
         lp_ep_timer(&h->ep, TM_STREAMS, next > now ? next - now : 0);
-    else if (!any && !h->nlive)
-        lp_ep_timer(&h->ep, TM_IDLE, h->idle_ms);
     else
         lp_ep_timer(&h->ep, LP_EP_TM_NONE, 0);
 }
@@ -932,7 +983,6 @@ static void stream_give_body(lp_h2u_stream_t *st)
 static void stream_work(lp_h2u_stream_t *st)
 {
     lp_req_t *req = st->peer.req;
-    st->dirty = 0;
     lp_req_hold(req);
     int done = 0;
     if (st->fail_kind) {
@@ -969,26 +1019,27 @@ static void h2u_leave(lp_h2u_t *h, int full)
         return;
     for (int pass = 0; pass < 4; pass++) {
         int again = 0;
-        if (full) {
+        if (full && !lp_list_empty(&h->work)) {
+            /* This pass sees to the streams marked so far; those marked meanwhile (and
+             * these again) wait for the next. */
+            lp_list_t todo = h->work;
+            todo.next->prev = todo.prev->next = &todo;
+            lp_list_init(&h->work);
             h->depth++;
-            for (lp_list_t *it = h->streams.next; it != &h->streams;) {
-                lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
-                it = it->next;
-                if (st->peer.req && st->dirty) {
-                    stream_work(st);
-                    again = 1;
-                }
+            while (!lp_list_empty(&todo)) {
+                lp_h2u_stream_t *st = LP_CONTAINER_OF(todo.next, lp_h2u_stream_t, work);
+                lp_list_remove(&st->work);
+                st->dirty = 0;
+                stream_work(st); /* may let go of others: they leave todo */
+                again = 1;
             }
             h->depth--;
         }
         if (!h->dead) {
-            for (lp_list_t *it = h->streams.next; it != &h->streams;) {
-                lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
-                it = it->next;
-                if (!st->peer.req && st->closed) {
-                    nghttp2_session_set_stream_user_data(h->s, st->id, NULL); /* may be gone */
-                    stream_free(st);
-                }
+            while (!lp_list_empty(&h->gone)) {
+                lp_h2u_stream_t *st = LP_CONTAINER_OF(h->gone.next, lp_h2u_stream_t, link);
+                nghttp2_session_set_stream_user_data(h->s, st->id, NULL); /* may be gone */
+                stream_free(st);
             }
         }
         if (h->fatal && !h->dead) {
@@ -1007,20 +1058,14 @@ static void h2u_leave(lp_h2u_t *h, int full)
     if (h->dead || (h->ep.flags & LP_EPF_CLOSING)) {
         if (!(h->ep.flags & LP_EPF_CLOSING)) {
             /* Every stream's request has heard by now (h2u_die marked them). */
-            int busy = 0;
-            for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next)
-                busy |= LP_CONTAINER_OF(it, lp_h2u_stream_t, link)->peer.req != NULL;
-            if (!busy || full)
+            if (!h->nbound || full)
                 lp_ep_close(&h->ep);
             else
                 lp_ep_timer(&h->ep, TM_KICK, 0);
         }
         return;
     }
-    int busy = 0;
-    for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next)
-        busy |= LP_CONTAINER_OF(it, lp_h2u_stream_t, link)->peer.req != NULL;
-    if (h->ready && !h->nlive && !busy &&
+    if (h->ready && !h->nlive && !h->nbound &&
         (h->goaway || lp_ep_worker(&h->ep)->stopping ||
          (!nghttp2_session_want_read(h->s) && !nghttp2_session_want_write(h->s)))) {
         h2u_die(h, LP_FAIL_RESET, 502, "connection done");
@@ -1040,8 +1085,9 @@ static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why)
     lp_list_init(&h->link);
     if (why != h->why)
         snprintf(h->why, sizeof(h->why), "%s", why);
-    for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next) {
+    for (lp_list_t *it = h->streams.next; it != &h->streams;) {
         lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
+        it = it->next; /* st may move to h->gone */
         if (!st->closed) {
             st->closed = 1;
             h->nlive--;
@@ -1049,6 +1095,7 @@ static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why)
         }
         if (st->peer.req)
             stream_fail_later(st, kind, status, h->why);
+        stream_check_gone(st);
     }
     h->depth++;
     h2u_leave(h, 1);
@@ -1186,6 +1233,8 @@ static void h2u_on_closed(lp_endpoint_t *ep)
             st->peer.req->try.peer = NULL; /* cannot be (h2u_die failed them): no dangling link */
         stream_free(st);
     }
+    while (h->gone.next != &h->gone)
+        stream_free(LP_CONTAINER_OF(h->gone.next, lp_h2u_stream_t, link));
     free(h);
 }
 
@@ -1343,7 +1392,8 @@ static void stream_go_on(lp_h2u_stream_t *st, unsigned flag)
     st->peer.flags &= ~flag;
     if (h->dead)
         return;
-    st->dirty = 1;
+    stream_mark(st);
+    h->rearm = 1; /* its read timeout counts again, from its last exchange */
     if (h->depth) {
         return; /* our own frame sees to it */
     }
@@ -1381,10 +1431,7 @@ void lp_h2u_close_idle(lp_pool_t *t)
         /* Closed streams may still be delivering to their requests (a slow client, a Lua
          * response phase holding the head): such a connection closes when they are done
          * (h2u_leave, as the worker is stopping). */
-        int busy = 0;
-        for (lp_list_t *s = h->streams.next; s != &h->streams; s = s->next)
-            busy |= LP_CONTAINER_OF(s, lp_h2u_stream_t, link)->peer.req != NULL;
-        if (!h->nlive && !h->dead && !busy) {
+        if (!h->nlive && !h->dead && !h->nbound) {
             h->depth++;
             h2u_die(h, LP_FAIL_RESET, 502, "closing idle connections");
             h2u_leave(h, 1);
