@@ -436,6 +436,10 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stre
         if (req->state == LP_RS_DONE && lp_h2_bodyq_end(&st->out, req->trailers, req->trailers_len))
             oom = 1;
     }
+    /* A body given back by a failed stream may fill this one at once, and the client may be
+     * paused behind that stream: either way the client goes on when this one drains. */
+    if (st->out.bytes >= LP_HIGH_WATERMARK || (req->flags & LP_RF_READ_PAUSED))
+        st->was_full = 1;
     lp_h2_nvs_t l = {0};
     build_head(req, h->pool, st, &l);
     nghttp2_nv *nv = oom ? NULL : lp_h2_nvs_done(&l);
