@@ -55,10 +55,9 @@ typedef struct lp_h2u_stream_s {
     lp_list_t link; /* in h2->streams, or in h2->gone once closed and let go */
     lp_list_t work; /* in h2->work while `dirty` */
     int32_t id;     /* nghttp2's stream id; 0: never submitted (closed) */
-    /* The stream's queues are its own (copies): a failed stream's request body goes back
-     * to the request as a copy too (stream_give_body_back), never moved to another stream. */
-    /* owned: the request body for DATA frames (conn.c stops at the high watermark), its end
-     * and a copy of the request's trailers */
+    /* The request body for DATA frames (conn.c stops at the high watermark), its end and a
+     * copy of the request's trailers. Owned, as every queue here: a failed stream's body
+     * goes back to the request as a copy (stream_give_body_back), never to another stream. */
     lp_h2_bodyq_t out;
     lp_h2_bodyq_t in;     /* owned: response body not yet given to the request (the window) */
     lp_h2_bodyq_t replay; /* owned: request body sent, while it is at most H2U_REPLAY_MAX */
@@ -95,10 +94,10 @@ struct lp_h2u_s {
     lp_pool_t *pool;          /* borrowed: the worker's pool for its address (lives as long) */
     nghttp2_session *s;       /* owned */
     lp_list_t link;           /* in pool->h2conns until it dies */
-    /* Its streams, by lp_h2u_stream_t.link (owned): those still needed, and those closed
-     * and let go (freed at depth 0). The pipeline's work is the streams on `work` (by
-     * lp_h2u_stream_t.work, borrowed), and counts say what walks would: each event's work
-     * is its own streams', whatever the number of others. */
+    /* Its streams (by lp_h2u_stream_t.link, owned): `streams` those still needed, `gone`
+     * those closed and let go, freed at depth 0. `work` (by lp_h2u_stream_t.work): the
+     * bound streams with something for their request. Lists and counts, so that an event
+     * costs its own streams' work, not a walk over all of them. */
     lp_list_t streams, gone;
     lp_list_t work;
     unsigned nlive;       /* streams not closed (toward the stream limit) */
