@@ -407,6 +407,12 @@ class ExplainOverlayTest(L.LuaTestCase):
                   headers=[("Authorization", "Bearer " + self.TOKEN)])
         live = [(e["name"], e["config_route"]) for e in r.json()["table"]]
         self.assertEqual(live, [("canary", None), ("api", 1), ("rest", None)])
+        p = subprocess.run([H.LUAPROXY, "routes", "-c", self.proxy.config_path],
+                           capture_output=True, timeout=H.T(60), preexec_fn=H._preexec)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        loaded = json.loads(p.stdout)
+        self.assertEqual([(e["name"], e["config_route"]) for e in loaded["routes"]], live)
+        self.assertEqual(loaded["routes"], r.json()["table"])
 
     def test_text_names_the_overlay_routes(self):
         out = explain(self.proxy.config_path, "GET http://a.test/api/x", ["X-Canary: 1"],
@@ -429,6 +435,33 @@ class ExplainOverlayTest(L.LuaTestCase):
         self.assertEqual((x["routing"]["route"]["name"], x["upstream"]["name"]), ("all", "app"))
         self.assertIs(x["routing"]["overlay"]["skipped"], True)
         self.assertIs(x["routing"]["overlay"]["applied"], False)
+
+    def test_an_overlay_that_no_longer_applies(self):
+        # The same config routes (the fingerprint holds) without the upstream the overlay's
+        # routes name: the proxy refuses the load (luaproxy -t says why); explain names the
+        # file and the reason and explains the config's routes.
+        d = H.Workdir.new("explain-overlay-gone")
+        cfg = json.loads(json.dumps(self.proxy.cfg))
+        del cfg["upstreams"]["b"]
+        cfg.pop("admin", None)
+        path = os.path.join(d, "proxy.lua")
+        with open(path, "w") as f:
+            f.write(H.config_text(cfg))
+        os.makedirs(os.path.join(d, "plugins"))
+        with open(os.path.join(d, "plugins", "tagger.lua"), "w") as f:
+            f.write(TAGGER)
+        with open(self.overlay) as src, open(path + ".routes.json", "w") as f:
+            f.write(src.read())
+        check = subprocess.run([H.LUAPROXY, "-t", "-c", path], capture_output=True, text=True,
+                               timeout=H.T(60))
+        self.assertEqual(check.returncode, 1)
+        self.assertIn('no upstream named \"b\"', check.stderr)
+        x = explain(path, "GET http://a.test/api/x", ["X-Canary: 1"])
+        err = x["routing"]["overlay"]["error"]
+        self.assertTrue(err.startswith(path + ".routes.json: "), err)
+        self.assertIn('no upstream named "b"', err)
+        self.assertEqual((x["routing"]["route"]["name"], x["routing"]["route"]["source"]),
+                         ("api", "config"))
 
     def test_admin_explain_sees_the_overlay(self):
         r = self.admin_post("/explain", {"request": "GET http://a.test/api/headers",
