@@ -626,6 +626,25 @@ end
 ---------------------------------------------------------------------------------------------
 -- Evaluating.
 
+-- The C pipeline (hs.pipeline) of a rule set: made on first use, per VM; false when
+-- unavailable. Its transformed values are the request's (keyed by the values' addresses):
+-- forgotten when another request's state asks (owner, weak: a finished request's state
+-- goes).
+local function pipeline_of(st)
+  local cs = st.cs
+  local p = cs.pipe
+  if p == nil then
+    local ws, ok = hs.pipeline(cs.chains)
+    p = ws and { ws = ws, ok = ok, owner = setmetatable({}, { __mode = "v" }) } or false
+    cs.pipe = p
+  end
+  if p and p.owner[1] ~= st then
+    hs.pipeline_reset(p.ws)
+    p.owner[1] = st
+  end
+  return p
+end
+
 -- Value i of collection c through chain id `ch`, cached per request: one table per value
 -- (chain id -> text), not one per collection and chain (CRS has ~40 chains: that made
 -- hundreds of tables per request, most holding a value or two).
@@ -643,6 +662,15 @@ local function value(st, cname, c, i, ch)
   end
   local v = per[ch]
   if v then return v end
+  local p = pipeline_of(st)
+  if p and p.ok[ch] then
+    -- the C pipeline's text (the same the group scans saw), shared with them
+    v = hs.transformed(p.ws, ch, c.values[i])
+    if v then
+      per[ch] = v
+      return v
+    end
+  end
   local chain = st.cs.chains[ch]
   local input = value(st, cname, c, i, chain.parent)
   -- Each step's result kept per request by its input text (transformations are pure):
@@ -829,6 +857,8 @@ local function cond_match(st, cond)
 end
 
 local scan = hs.scan
+local ffi = require "ffi"
+local pipeline_hits -- below
 
 -- Confirms condition cond (of a rule not matched yet) on value i of collection cname, with
 -- PCRE2 or the operator itself; records a hit.
@@ -842,6 +872,63 @@ local function confirm(st, cond, cname, c, i, v)
   end
 end
 
+-- Scratch for pipeline_hits: the values of one group's scan, and where each comes from.
+local pv_cap = 0
+local pv_ptr, pv_len
+local pv_coll, pv_idx = {}, {}
+
+-- group_hits through the C pipeline: the group's values passed in one call, transformed and
+-- scanned there; fills h as group_hits does (same order: by value, ids as reported). false
+-- when the pipeline cannot run the group (the caller does it in Lua).
+pipeline_hits = function(st, g, h)
+  local p = pipeline_of(st)
+  if not p or not p.ok[g.chain] then return false end
+  local n = 0
+  for _, cname in ipairs(g.colls) do
+    local c = st.vars:coll(cname)
+    local only = g.only[cname]
+    for i = 1, c.n do
+      if not only or only[lower(c.names[i])] then
+        if n >= pv_cap then
+          pv_cap = n < 64 and 64 or n * 2
+          local np, nl = ffi.new("const char *[?]", pv_cap), ffi.new("size_t[?]", pv_cap)
+          if n > 0 then
+            ffi.copy(np, pv_ptr, n * ffi.sizeof("const char *"))
+            ffi.copy(nl, pv_len, n * ffi.sizeof("size_t"))
+          end
+          pv_ptr, pv_len = np, nl
+        end
+        local v = c.values[i]
+        pv_ptr[n], pv_len[n] = v, #v
+        n = n + 1
+        pv_coll[n], pv_idx[n] = cname, i
+      end
+    end
+  end
+  local cnt, hits = hs.scan_values(p.ws, g.chain, g.db, pv_ptr, pv_len, n)
+  if not cnt then return false end
+  local reads, FAILED = g.reads, hs.SCAN_FAILED
+  for j = 0, cnt - 1 do
+    local gid, k = hits[2 * j], hits[2 * j + 1] + 1
+    local cname, i = pv_coll[k], pv_idx[k]
+    if gid == FAILED then
+      for x = 1, #g.conds do
+        local l = h[x] or {}
+        h[x] = l
+        l[#l + 1], l[#l + 2] = cname, i
+      end
+    elseif reads[gid][cname] then
+      local l = h[gid]
+      if not l then
+        l = {}
+        h[gid] = l
+      end
+      l[#l + 1], l[#l + 2] = cname, i
+    end
+  end
+  return true
+end
+
 -- The prefilter of a whole group at once: every value of every collection some condition
 -- of the group reads (only the named items where all of them name theirs), through the
 -- group's chain, scanned once; returns gid -> { cname, i, cname, i, ... } of the values each
@@ -853,6 +940,7 @@ local function group_hits(st, g)
   if h then return h end
   h = {}
   st.gh[g] = h
+  if pipeline_hits(st, g, h) then return h end
   local db, hits, ch = g.db, g.hits, g.chain
   for _, cname in ipairs(g.colls) do
     local c = st.vars:coll(cname)
