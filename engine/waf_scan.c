@@ -15,8 +15,8 @@ struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "lua_api.h"
 #include "waf_transform.h"
 
-#define LP_WAF_SCAN_ALL 0xFFFFFFFFu /* a hit id: the scan failed, every condition tests the value  \
-                                     */
+/* A hit's id when the scan of its value failed: every condition tests the value. */
+#define LP_WAF_SCAN_ALL 0xFFFFFFFFu
 
 struct chain {
     unsigned parent;
