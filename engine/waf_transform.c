@@ -5,6 +5,7 @@
  * " \t\n\v\f\r", %z NUL, %x %d %a %w ASCII only. */
 #include "waf_transform.h"
 
+#include <openssl/evp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -399,12 +400,12 @@ static long drop_bytes(const uc *in, size_t n, uc *o, int ws)
     return w == n ? -1 : (long)w;
 }
 
-static long trim(const uc *in, size_t n, uc *o)
+static long trim(const uc *in, size_t n, uc *o, int left, int right)
 {
     size_t a = 0, b = n;
-    while (a < b && is_ws0(in[a]))
+    while (left && a < b && is_ws0(in[a]))
         a++;
-    while (b > a && is_ws0(in[b - 1]))
+    while (right && b > a && is_ws0(in[b - 1]))
         b--;
     if (a == 0 && b == n)
         return -1;
@@ -630,6 +631,12 @@ static const char *const NAMES[LP_WAF_T_COUNT] = {
     [LP_WAF_T_BASE64_DECODE] = "base64_decode",
     [LP_WAF_T_LENGTH] = "length",
     [LP_WAF_T_TRIM] = "trim",
+    [LP_WAF_T_TRIM_LEFT] = "trim_left",
+    [LP_WAF_T_TRIM_RIGHT] = "trim_right",
+    [LP_WAF_T_UPPERCASE] = "uppercase",
+    [LP_WAF_T_REPLACE_NULLS] = "replace_nulls",
+    [LP_WAF_T_HEX_ENCODE] = "hex_encode",
+    [LP_WAF_T_SHA1] = "sha1",
 };
 
 int lp_waf_transform_id(const char *name)
@@ -650,6 +657,10 @@ size_t lp_waf_transform_bound(int step, size_t n)
         return 2 * n + 1; /* a working copy beside */
     case LP_WAF_T_LENGTH:
         return 24;
+    case LP_WAF_T_HEX_ENCODE:
+        return 2 * n + 1;
+    case LP_WAF_T_SHA1:
+        return EVP_MAX_MD_SIZE;
     default:
         return n + 1;
     }
@@ -699,7 +710,41 @@ long lp_waf_transform(int step, const char *in_, size_t n, char *out)
     case LP_WAF_T_LENGTH:
         return snprintf(out, 24, "%zu", n);
     case LP_WAF_T_TRIM:
-        return trim(in, n, o);
+        return trim(in, n, o, 1, 1);
+    case LP_WAF_T_TRIM_LEFT:
+        return trim(in, n, o, 1, 0);
+    case LP_WAF_T_TRIM_RIGHT:
+        return trim(in, n, o, 0, 1);
+    case LP_WAF_T_UPPERCASE: {
+        size_t i = 0;
+        while (i < n && !(in[i] >= 'a' && in[i] <= 'z'))
+            i++;
+        if (i == n)
+            return -1;
+        for (i = 0; i < n; i++)
+            o[i] = in[i] >= 'a' && in[i] <= 'z' ? (uc)(in[i] - 32) : in[i];
+        return (long)n;
+    }
+    case LP_WAF_T_REPLACE_NULLS:
+        if (!memchr(in, 0, n))
+            return -1;
+        for (size_t i = 0; i < n; i++)
+            o[i] = in[i] ? in[i] : ' ';
+        return (long)n;
+    case LP_WAF_T_HEX_ENCODE: {
+        static const char hex[] = "0123456789abcdef";
+        for (size_t i = 0; i < n; i++) {
+            o[2 * i] = (uc)hex[in[i] >> 4];
+            o[2 * i + 1] = (uc)hex[in[i] & 15];
+        }
+        return (long)(2 * n);
+    }
+    case LP_WAF_T_SHA1: {
+        unsigned len = 0;
+        if (!EVP_Digest(in, n, o, &len, EVP_sha1(), NULL))
+            return -1; /* as the Lua twin without libcrypto: the value as it is */
+        return (long)len;
+    }
     default:
         return -1;
     }

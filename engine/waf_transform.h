@@ -25,6 +25,12 @@ enum {
     LP_WAF_T_BASE64_DECODE,
     LP_WAF_T_LENGTH,
     LP_WAF_T_TRIM,
+    LP_WAF_T_TRIM_LEFT,
+    LP_WAF_T_TRIM_RIGHT,
+    LP_WAF_T_UPPERCASE,
+    LP_WAF_T_REPLACE_NULLS,
+    LP_WAF_T_HEX_ENCODE,
+    LP_WAF_T_SHA1, /* raw 20 bytes (OpenSSL's libcrypto) */
     LP_WAF_T_COUNT
 };
 

@@ -9,7 +9,8 @@ local T = require "luaproxy.waf.transforms"
 
 local NAMES = { "lowercase", "urldecode", "html_decode", "js_decode", "css_decode", "cmdline_modsec",
                 "compress_ws", "remove_ws", "remove_nulls", "replace_comments", "normalize_path",
-                "normalize_path_posix", "utf8_to_unicode", "base64_decode", "length", "trim" }
+                "normalize_path_posix", "utf8_to_unicode", "base64_decode", "length", "trim",
+                "trim_left", "trim_right", "uppercase", "replace_nulls", "hex_encode", "sha1" }
 
 local function c_step(id, s)
   local out = ffi.new("char[?]", tonumber(N.lp_ffi_waf_transform_bound(id, #s)))
@@ -59,7 +60,7 @@ end
 describe("waf transformations in C", function()
   it("has a step code for each transformation C implements, none for the others", function()
     for _, name in ipairs(NAMES) do assert.is_true(N.lp_ffi_waf_transform_id(name) > 0, name) end
-    assert.equal(-1, N.lp_ffi_waf_transform_id("sha1"))
+    assert.equal(-1, N.lp_ffi_waf_transform_id("escape_seq_decode"))
     assert.equal(-1, N.lp_ffi_waf_transform_id("nope"))
   end)
 

@@ -34,7 +34,7 @@ static void check_step(int line, const char *name, const char *in, size_t n, con
 static void test_names(void)
 {
     CHECK(lp_waf_transform_id("urldecode") == LP_WAF_T_URLDECODE);
-    CHECK(lp_waf_transform_id("sha1") == -1);
+    CHECK(lp_waf_transform_id("escape_seq_decode") == -1);
     CHECK(lp_waf_transform_id("") == -1);
     char out[8];
     CHECK(lp_waf_transform(0, "a", 1, out) == -1);
@@ -124,6 +124,13 @@ static void test_encodings(void)
     T("base64_decode", "not base64!", "not base64!");
     T("length", "abcde", "5");
     T("length", "", "0");
+    T("hex_encode", "a\x00\xff", "6100ff");
+    T("sha1", "abc",
+      "\xa9\x99\x3e\x36\x47\x06\x81\x6a\xba\x3e\x25\x71\x78\x50\xc2\x6c\x9c\xd0\xd8\x9d");
+    T("uppercase", "abC1", "ABC1");
+    T("replace_nulls", "a\0b", "a b");
+    T("trim_left", " a ", "a ");
+    T("trim_right", " a\0", " a");
 }
 
 static const lp_test_case_t tests[] = {

@@ -635,12 +635,14 @@ local function pipeline_of(st)
   local p = cs.pipe
   if p == nil then
     local ws, ok = hs.pipeline(cs.chains)
-    p = ws and { ws = ws, ok = ok, owner = setmetatable({}, { __mode = "v" }) } or false
+    p = ws and { ws = ws, ok = ok, owner = setmetatable({}, { __mode = "v" }), serial = 0, lists = {} }
+      or false
     cs.pipe = p
   end
   if p and p.owner[1] ~= st then
     hs.pipeline_reset(p.ws)
     p.owner[1] = st
+    p.serial = p.serial + 1
   end
   return p
 end
@@ -872,10 +874,62 @@ local function confirm(st, cond, cname, c, i, v)
   end
 end
 
--- Scratch for pipeline_hits: the values of one group's scan, and where each comes from.
-local pv_cap = 0
-local pv_ptr, pv_len
-local pv_coll, pv_idx = {}, {}
+-- A group's values: those of its collections, only the named items where all its
+-- conditions name theirs (g.only). Groups reading the same collections with the same names
+-- have the same list: made once per request and kind (g.sig), in arrays kept by the
+-- pipeline (refilled for each request: the strings are that request's).
+local function sig_of(g)
+  local parts = {}
+  for _, cname in ipairs(g.colls) do
+    local only = g.only[cname]
+    if only then
+      local keys = {}
+      for k in pairs(only) do keys[#keys + 1] = k end
+      table.sort(keys)
+      parts[#parts + 1] = cname .. "[" .. concat(keys, "\0") .. "]"
+    else
+      parts[#parts + 1] = cname
+    end
+  end
+  g.sig = concat(parts, "\1")
+  return g.sig
+end
+
+local function value_list(st, p, g)
+  local sig = g.sig or sig_of(g)
+  local L = p.lists[sig]
+  if not L then
+    L = { cap = 0, coll = {}, idx = {} }
+    p.lists[sig] = L
+  end
+  if L.serial == p.serial then return L end
+  L.serial = p.serial
+  local n = 0
+  local ptr, len, lc, li = L.ptr, L.len, L.coll, L.idx
+  for _, cname in ipairs(g.colls) do
+    local c = st.vars:coll(cname)
+    local only = g.only[cname]
+    for i = 1, c.n do
+      if not only or only[lower(c.names[i])] then
+        if n >= L.cap then
+          local cap = n < 32 and 32 or n * 2
+          local np, nl = ffi.new("const char *[?]", cap), ffi.new("size_t[?]", cap)
+          if n > 0 then
+            ffi.copy(np, ptr, n * ffi.sizeof("const char *"))
+            ffi.copy(nl, len, n * ffi.sizeof("size_t"))
+          end
+          ptr, len, L.ptr, L.len, L.cap = np, nl, np, nl, cap
+        end
+        local v = c.values[i]
+        ptr[n], len[n] = v, #v
+        n = n + 1
+        lc[n], li[n] = cname, i
+      end
+    end
+  end
+  L.n = n
+  return L
+end
 
 -- group_hits through the C pipeline: the group's values passed in one call, transformed and
 -- scanned there; fills h as group_hits does (same order: by value, ids as reported). false
@@ -883,29 +937,9 @@ local pv_coll, pv_idx = {}, {}
 pipeline_hits = function(st, g, h)
   local p = pipeline_of(st)
   if not p or not p.ok[g.chain] then return false end
-  local n = 0
-  for _, cname in ipairs(g.colls) do
-    local c = st.vars:coll(cname)
-    local only = g.only[cname]
-    for i = 1, c.n do
-      if not only or only[lower(c.names[i])] then
-        if n >= pv_cap then
-          pv_cap = n < 64 and 64 or n * 2
-          local np, nl = ffi.new("const char *[?]", pv_cap), ffi.new("size_t[?]", pv_cap)
-          if n > 0 then
-            ffi.copy(np, pv_ptr, n * ffi.sizeof("const char *"))
-            ffi.copy(nl, pv_len, n * ffi.sizeof("size_t"))
-          end
-          pv_ptr, pv_len = np, nl
-        end
-        local v = c.values[i]
-        pv_ptr[n], pv_len[n] = v, #v
-        n = n + 1
-        pv_coll[n], pv_idx[n] = cname, i
-      end
-    end
-  end
-  local cnt, hits = hs.scan_values(p.ws, g.chain, g.db, pv_ptr, pv_len, n)
+  local L = value_list(st, p, g)
+  local pv_coll, pv_idx = L.coll, L.idx
+  local cnt, hits = hs.scan_values(p.ws, g.chain, g.db, L.ptr, L.len, L.n)
   if not cnt then return false end
   local reads, FAILED = g.reads, hs.SCAN_FAILED
   for j = 0, cnt - 1 do
