@@ -17,6 +17,9 @@ struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 
 /* A hit's id when the scan of its value failed: every condition tests the value. */
 #define LP_WAF_SCAN_ALL 0xFFFFFFFFu
+/* Arena kept from one request to the next (bytes): one chunk of the usual size. */
+#define LP_WAF_SCAN_KEEP  65536
+#define LP_WAF_SCAN_CHUNK 65536
 
 struct chain {
     unsigned parent;
@@ -94,10 +97,14 @@ void lp_ffi_waf_scan_reset(lp_waf_scan_t *ws)
         ws->gen = 1;
     }
     ws->mused = 0;
-    if (ws->arena) { /* the newest chunk stays (the largest a request needed so far) */
+    /* the newest chunk stays for the next request, unless a large value made it large */
+    if (ws->arena && ws->arena->cap <= LP_WAF_SCAN_KEEP) {
         free_chunks(ws->arena->next);
         ws->arena->next = NULL;
         ws->arena->used = 0;
+    } else {
+        free_chunks(ws->arena);
+        ws->arena = NULL;
     }
 }
 
@@ -116,7 +123,7 @@ static char *arena_alloc(lp_waf_scan_t *ws, size_t n)
 {
     struct chunk *c = ws->arena;
     if (!c || c->cap - c->used < n) {
-        size_t cap = n > 65536 ? n : 65536;
+        size_t cap = n > LP_WAF_SCAN_CHUNK ? n : LP_WAF_SCAN_CHUNK;
         struct chunk *nc = malloc(sizeof *nc + cap);
         if (!nc)
             return NULL;

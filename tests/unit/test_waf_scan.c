@@ -148,10 +148,39 @@ static void test_many_requests(void)
     hs_free_database(db);
 }
 
+/* A value larger than the arena's chunks, then ordinary requests again. */
+static void test_large_value(void)
+{
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    enum { N = 100000 };
+    static char big[3 * N + 3];
+    for (int i = 0; i < N; i++)
+        memcpy(big + 3 * i, "%41", 3);
+    memcpy(big + 3 * N, "abc", 3);
+    const char *vals[] = {big};
+    size_t lens[] = {sizeof big};
+    const unsigned *hits;
+    for (int round = 0; round < 3; round++) {
+        lp_ffi_waf_scan_reset(ws);
+        long n = lp_ffi_waf_scan_values(ws, 2, db, scratch, vals, lens, 1, &hits);
+        REQUIRE_EQ_INT(n, 1);
+        CHECK(hits[0] == 1 && hits[1] == 0);
+        const char *t;
+        size_t tn;
+        REQUIRE(lp_ffi_waf_scan_value(ws, 2, big, sizeof big, &t, &tn) == 0);
+        CHECK(tn == N + 3 && t[0] == 'a' && memcmp(t + N, "abc", 3) == 0);
+        lp_ffi_waf_scan_reset(ws);
+        const char *small[] = {"a%62c"};
+        n = lp_ffi_waf_scan_values(ws, 2, db, scratch, small, (size_t[]){5}, 1, &hits);
+        CHECK_EQ_INT(n, 1);
+    }
+    lp_ffi_waf_scan_free(ws);
+}
+
 static const lp_test_case_t tests[] = {
-    LP_TEST_ENTRY(test_hits_in_order),
-    LP_TEST_ENTRY(test_values_kept),
-    LP_TEST_ENTRY(test_failed_scan),
+    LP_TEST_ENTRY(test_hits_in_order), LP_TEST_ENTRY(test_large_value),
+    LP_TEST_ENTRY(test_values_kept),   LP_TEST_ENTRY(test_failed_scan),
     LP_TEST_ENTRY(test_many_requests),
 };
 #else
