@@ -303,6 +303,8 @@ int lp_ffi_waf_transform_id(const char *name);
 size_t lp_ffi_waf_transform_bound(int step, size_t n);
 /* One step: the output's length in out, or -1 when the value stays as it is. */
 long lp_ffi_waf_transform(int step, const char *in, size_t n, char *out);
+/* @detectSQLi's first question (engine/waf_detect.c): may v, as written, start SQL? 1 or 0. */
+int lp_ffi_waf_sql_written_may(const char *v, size_t n);
 /* ---- waf: compiled databases shared by every VM of the process (engine/waf_db.c) ---- */
 /* Frees a published database (Hyperscan's hs_free_database: the engine does not link it). */
 typedef int (*lp_waf_db_free_fn)(void *db);

@@ -142,6 +142,7 @@ int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size
 int lp_ffi_waf_transform_id(const char *name);
 size_t lp_ffi_waf_transform_bound(int step, size_t n);
 long lp_ffi_waf_transform(int step, const char *in, size_t n, char *out);
+int lp_ffi_waf_sql_written_may(const char *v, size_t n);
 
 /* ---- waf: compiled databases shared by every VM of the process (engine/waf_db.c) ---- */
 typedef int (*lp_waf_db_free_fn)(void *db);
