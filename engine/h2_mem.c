@@ -373,19 +373,55 @@ size_t lp_h2_mem_trim(lp_h2_mem_t *m, nghttp2_session *s)
 
 /* ---- parking ---- */
 
-/* The packed form: records of [zero words: 1 byte][literal words: 1 byte][the literal
- * words], over the page's first hot_used bytes (whole 8-byte words). An idle session's
- * struct and ring are mostly zeros (empty queues, unused slots), with pointers and
- * counters between. */
+/* The packed form, over the page's first hot_used bytes (whole 8-byte words): records of
+ * [zero words: 1 byte][literal words: 1 byte][the literal words]. An idle session's struct
+ * and ring are mostly zeros (empty queues, unused slots); the rest are pointers (a fifth
+ * into the page itself, most others into the heap nearby) and small counters. So each
+ * literal word is a head byte and the word's non-zero bytes: bits 0-6 tell which of bytes
+ * 0-6 follow; bit 7 that the word was XORed with the page's address first (a pointer into
+ * the page or near it then keeps its low bytes only). A head of 0 (a zero word cannot be
+ * literal) is followed by the 8 bytes as they are: a word whose byte 7 is not zero. */
 #define H2_WORDS (H2_MEM_MAP / 8)
+
+static unsigned nonzero_bytes(uint64_t v, unsigned *mask)
+{
+    unsigned n = 0;
+    *mask = 0;
+    for (unsigned b = 0; b < 8; b++)
+        if ((v >> (8 * b)) & 0xff) {
+            *mask |= 1u << b;
+            n++;
+        }
+    return n;
+}
+
+static size_t pack_word(uint8_t *out, uint64_t w, uint64_t base)
+{
+    unsigned mw, mx;
+    unsigned nw = nonzero_bytes(w, &mw), nx = nonzero_bytes(w ^ base, &mx);
+    uint64_t v = nx < nw ? w ^ base : w;
+    unsigned mask = nx < nw ? mx : mw;
+    if (mask & 0x80) { /* byte 7 set (base's is 0, so both forms have it) */
+        out[0] = 0;
+        memcpy(out + 1, &w, 8);
+        return 9;
+    }
+    size_t n = 0;
+    out[n++] = (uint8_t)(mask | (nx < nw ? 0x80 : 0));
+    for (unsigned b = 0; b < 7; b++)
+        if (mask & (1u << b))
+            out[n++] = (uint8_t)(v >> (8 * b));
+    return n;
+}
 
 size_t lp_h2_mem_park(lp_h2_mem_t *m)
 {
     if (!m->hot || m->parked)
         return 0;
     const uint8_t *page = m->hot;
+    uint64_t base = (uintptr_t)m->hot;
     size_t words = ((size_t)m->hot_used + 7) / 8, i = 0, n = 0;
-    uint8_t buf[H2_MEM_MAP + 2 * H2_WORDS + 2]; /* the worst case */
+    uint8_t buf[9 * H2_WORDS + 2 * H2_WORDS]; /* the worst case */
     while (i < words) {
         size_t z = 0, l = 0;
         uint64_t w;
@@ -395,11 +431,13 @@ size_t lp_h2_mem_park(lp_h2_mem_t *m)
             l++;
         buf[n++] = (uint8_t)z;
         buf[n++] = (uint8_t)l;
-        memcpy(buf + n, page + 8 * (i + z), 8 * l);
-        n += 8 * l;
+        for (size_t k = i + z; k < i + z + l; k++) {
+            memcpy(&w, page + 8 * k, 8);
+            n += pack_word(buf + n, w, base);
+        }
         i += z + l;
     }
-    if (n >= H2_MEM_MAP - 512) /* little to gain: stay as it is */
+    if (n > H2_MEM_MAP - 1024) /* under 1 KiB to gain: stay as it is */
         return 0;
     uint8_t *p = malloc(n ? n : 1);
     if (!p)
@@ -423,14 +461,27 @@ void lp_h2_mem_wake_slow(lp_h2_mem_t *m)
     mprotect(m->hot, H2_MEM_MAP, PROT_READ | PROT_WRITE);
 #endif
     const uint8_t *p = m->parked;
+    uint64_t base = (uintptr_t)m->hot;
     size_t words = ((size_t)m->hot_used + 7) / 8, i = 0;
     while (i < words) {
         size_t z = p[0], l = p[1];
         p += 2;
         i += z; /* zeros: the page reads as zero since it was given back */
-        memcpy(m->hot + 8 * i, p, 8 * l);
-        p += 8 * l;
-        i += l;
+        for (; l; l--, i++) {
+            uint64_t v = 0;
+            unsigned head = *p++;
+            if (!head) {
+                memcpy(&v, p, 8);
+                p += 8;
+            } else {
+                for (unsigned b = 0; b < 7; b++)
+                    if (head & (1u << b))
+                        v |= (uint64_t)*p++ << (8 * b);
+                if (head & 0x80)
+                    v ^= base;
+            }
+            memcpy(m->hot + 8 * i, &v, 8);
+        }
     }
     free(m->parked);
     m->parked = NULL;

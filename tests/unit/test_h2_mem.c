@@ -356,11 +356,51 @@ static void test_map_kept_while_not_empty(void)
     CHECK(m.map == NULL && m.framebuf == NULL);
 }
 
+/* The packed form keeps any words: zeros in runs longer than a record, words with their
+ * top byte set, the page's own address, pointers into it and near it, small counters; and
+ * a page with too few zeros to gain is not parked. */
+static void test_park_packs_any_words(void)
+{
+    lp_h2_mem_t m;
+    lp_h2_mem_init(&m, NULL);
+    m.hot_page = 1;
+    m.capturing = 1;
+    uint64_t *w = m.mem.calloc(1, 3000, &m); /* the first block: on the hot page */
+    m.capturing = 0;
+    REQUIRE(w != NULL);
+    REQUIRE(m.hot == (uint8_t *)w && m.sess_live);
+    uint64_t base = (uintptr_t)w;
+    w[0] = base;              /* the page itself: XORs to 0 */
+    w[1] = base + 128;        /* into it */
+    w[2] = base + 0x12345678; /* near it */
+    w[3] = 0xff00000000000001ull;
+    w[4] = 0xffffffffffffffffull;
+    w[5] = 1;
+    w[6] = 0x0000010000000000ull;
+    w[300] = 65535; /* after a run of 293 zeros */
+    w[374] = (uint64_t)base ^ 0x7f;
+    uint64_t copy[375];
+    memcpy(copy, w, sizeof(copy));
+    CHECK_EQ_INT(lp_h2_mem_park(&m), 4096);
+    REQUIRE(m.parked != NULL);
+    lp_h2_mem_wake(&m);
+    CHECK(m.parked == NULL);
+    CHECK(!memcmp(copy, w, sizeof(copy)));
+    /* No zero to fold: it stays awake. */
+    for (int i = 0; i < 375; i++)
+        w[i] = 0x0101010101010101ull * (uint64_t)(i % 200 + 1);
+    CHECK_EQ_INT(lp_h2_mem_park(&m), 0);
+    CHECK(m.parked == NULL);
+    m.mem.free(w, &m);
+    CHECK(m.hot == NULL); /* its only block went: unmapped */
+}
+
 static const lp_test_case_t tests[] = {
-    LP_TEST_ENTRY(test_recycles_by_class), LP_TEST_ENTRY(test_calloc_realloc),
-    LP_TEST_ENTRY(test_session_uses_it),   LP_TEST_ENTRY(test_trim_and_go_on_pooled),
-    LP_TEST_ENTRY(test_trim_and_go_on),    LP_TEST_ENTRY(test_map_kept_while_not_empty),
-    LP_TEST_ENTRY(test_park_and_wake),     LP_TEST_ENTRY(test_park_and_wake_pooled),
+    LP_TEST_ENTRY(test_recycles_by_class),    LP_TEST_ENTRY(test_calloc_realloc),
+    LP_TEST_ENTRY(test_session_uses_it),      LP_TEST_ENTRY(test_trim_and_go_on_pooled),
+    LP_TEST_ENTRY(test_trim_and_go_on),       LP_TEST_ENTRY(test_map_kept_while_not_empty),
+    LP_TEST_ENTRY(test_park_and_wake),        LP_TEST_ENTRY(test_park_and_wake_pooled),
+    LP_TEST_ENTRY(test_park_packs_any_words),
 };
 
 LP_TEST_MAIN(tests)
