@@ -214,13 +214,20 @@ static void hot_put(lp_h2_mem_t *m, void *p, size_t len)
     m->parked = NULL;
 }
 
+static size_t fb_pages(size_t len)
+{
+    return (len + page_size() - 1) & ~(page_size() - 1);
+}
+
 static void *mem_malloc(size_t size, void *ud)
 {
     lp_h2_mem_t *m = ud;
     if (m->capturing && !m->framebuf && size >= H2_MEM_FRAMEBUF_MIN) {
-        /* Page-aligned, so that all but its last partial page can be given back. */
-        void *p = NULL;
-        if (posix_memalign(&p, page_size(), size))
+        /* Pages of its own (not malloc's: its alignment would leave free blocks around it
+         * in the heap), so that all of them can be given back. */
+        void *p =
+            mmap(NULL, fb_pages(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
             return NULL;
         m->framebuf = p;
         m->framebuf_len = (uint32_t)size; /* a frame and its header: under 16 MiB */
@@ -263,11 +270,13 @@ static void mem_free(void *ptr, void *ud)
         hot_put(m, ptr, ptr == hot_sess(m) ? m->sess_len : H2_MEM_RING);
         return;
     }
-    if (ptr == m->framebuf || ptr == m->map) {
-        if (ptr == m->framebuf)
-            m->framebuf = NULL;
-        else
-            m->map = NULL;
+    if (ptr == m->framebuf) {
+        munmap(ptr, fb_pages(m->framebuf_len));
+        m->framebuf = NULL;
+        return;
+    }
+    if (ptr == m->map) {
+        m->map = NULL;
         free(ptr); /* its own allocation, no pool header */
         return;
     }
@@ -311,11 +320,11 @@ static void *mem_realloc(void *ptr, size_t size, void *ud)
     if (!ptr) /* nghttp2 makes its frame buffer this way (nghttp2_buf_reserve) */
         return mem_malloc(size, ud);
     if (ptr == m->framebuf) {
-        void *p = realloc(ptr, size);
-        if (p) {
-            m->framebuf = p; /* still the frame buffer, perhaps no longer page-aligned */
-            m->framebuf_len = (uint32_t)size;
-        }
+        void *p = mremap(ptr, fb_pages(m->framebuf_len), fb_pages(size), MREMAP_MAYMOVE);
+        if (p == MAP_FAILED)
+            return NULL;
+        m->framebuf = p; /* still the frame buffer */
+        m->framebuf_len = (uint32_t)size;
         return p;
     }
     if (ptr == m->map || ptr == m->ring || ptr == hot_sess(m) || ptr == hot_iring(m)) {
@@ -363,12 +372,9 @@ size_t lp_h2_mem_trim(lp_h2_mem_t *m, nghttp2_session *s)
         n += H2_MEM_MAP;
     if (!m->framebuf)
         return n;
-    size_t ps = page_size();
-    uintptr_t a = (uintptr_t)m->framebuf, b = a + m->framebuf_len;
-    uintptr_t first = (a + ps - 1) & ~(uintptr_t)(ps - 1), last = b & ~(uintptr_t)(ps - 1);
-    if (last <= first || madvise((void *)first, last - first, MADV_DONTNEED))
+    if (madvise(m->framebuf, fb_pages(m->framebuf_len), MADV_DONTNEED))
         return n;
-    return n + (last - first);
+    return n + fb_pages(m->framebuf_len);
 }
 
 /* ---- parking ---- */

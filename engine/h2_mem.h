@@ -36,7 +36,9 @@ void lp_h2_pool_free(lp_h2_pool_t *p);
 typedef struct lp_h2_mem_s {
     nghttp2_mem mem;    /* the hooks nghttp2 copies; their user data is this struct */
     lp_h2_pool_t *pool; /* borrowed: the worker's lists, which outlive the session; NULL: malloc */
-    void *framebuf;     /* borrowed (nghttp2 owns it): the output frame buffer; NULL: not known */
+    /* borrowed (nghttp2 owns it): the output frame buffer, pages of its own (mmap, whole
+     * pages for framebuf_len); NULL: not known */
+    void *framebuf;
     /* borrowed (nghttp2 owns it): the stream map's table, a page of its own; NULL: not
      * known. All zero when no stream is in it, and then dropped too (it reads back the
      * same). */
@@ -74,7 +76,7 @@ typedef struct lp_h2_mem_s {
  * m->capturing around that call). The struct must stay where it is while the session
  * lives; `pool` may be NULL. */
 void lp_h2_mem_init(lp_h2_mem_t *m, lp_h2_pool_t *pool);
-/* Gives the frame buffer's whole pages back to the kernel, the stream map's page when it is
+/* Gives the frame buffer's pages back to the kernel, the stream map's page when it is
  * all zero, and the deflater ring's page (deflate_page) when the deflater of session s
  * holds no entry (s NULL: not that one). Only when the session has nothing to send
  * (nghttp2_session_want_write() is 0, so its buffer holds no frame). Returns the bytes
