@@ -70,6 +70,7 @@ int lp_ffi_tls_get(void *r, int what, lp_str_t *out);
  * log.max_fields, the value's or the request's size limit (or out of memory). */
 int lp_ffi_log_field(void *r, const char *name, size_t nlen, int kind, const char *value,
                      size_t vlen);
+/* The response head's status; in the log phase, the status the access log writes. */
 int lp_ffi_status(void *r);
 int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);
