@@ -78,9 +78,9 @@ typedef struct lp_h2_s {
     /* Idle memory (h2_idle_arm): the idle timer first runs H2_IDLE_TRIM_MS, gives the
      * session's frame buffer back (h2_mem.h), then runs out the rest of idle_timeout. */
     uint8_t trimmed;     /* done for this idle spell */
+    uint8_t turn_queued; /* in the worker's h2_out until the end of the loop turn */
     uint64_t idle_at;    /* ms: the connection had no open stream from then */
     lp_h2_mem_t mem;     /* nghttp2's memory hooks (nghttp2 keeps a pointer to it) */
-    uint8_t turn_queued; /* in the worker's h2_out until the end of the loop turn */
     lp_list_t out_link;  /* in w->h2_out while turn_queued */
 } lp_h2_t;
 
@@ -325,6 +325,27 @@ static void h2_leave(lp_h2_t *h2, int full)
 
 /* ---- idle memory ---- */
 
+/* Gives an idle session's memory back (h2_mem.h): the frame buffer's pages and the empty
+ * stream map at once; the session struct and request HPACK ring (parked) too when no
+ * stream is left at all and nothing is queued, so that no request, timer or turn of
+ * h2.c's can reach nghttp2 before an entry point wakes it (lp_h2_mem_wake). */
+static void h2_park(lp_h2_t *h2)
+{
+    if (h2->mem.parked || h2->depth || nghttp2_session_want_write(h2->s))
+        return;
+    lp_h2_mem_trim(&h2->mem, h2->s);
+    /* The last stream often closed in the last send of a frame (after h2_leave's sweep). */
+    for (lp_list_t *it = h2->streams.next; it != &h2->streams;) {
+        lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
+        it = it->next;
+        if (st->closed && !st->req)
+            stream_free(st);
+    }
+    if (h2->streams.next == &h2->streams && !h2->nopen && !h2->turn_queued && !h2->want_send &&
+        !h2->bye && !h2->more && lp_h2_mem_park(&h2->mem))
+        lp_log_debug("HTTP/2 idle session parked");
+}
+
 /* The connection has just become idle: the idle timer's first run, H2_IDLE_TRIM_MS (or
  * idle_timeout when shorter), trims memory (h2_idle_trim). */
 static uint64_t h2_idle_arm(lp_h2_t *h2)
@@ -343,8 +364,7 @@ static int h2_idle_trim(lp_h2_t *h2)
     uint64_t to = CONF(h2)->idle_timeout, idle = uv_now(h2->c->ep.env->loop) - h2->idle_at;
     if (h2->trimmed || idle >= to)
         return 0;
-    if (!nghttp2_session_want_write(h2->s))
-        lp_h2_mem_trim(&h2->mem, h2->s);
+    h2_park(h2);
     h2->trimmed = 1;
     lp_ep_timer(&h2->c->ep, H2_TM_IDLE, to - idle);
     return 1;
@@ -780,6 +800,7 @@ int lp_h2_start(lp_conn_t *c)
         w->h2_pool = lp_h2_pool_new(); /* NULL: malloc */
     lp_h2_mem_init(&h2->mem, w->h2_pool);
     h2->mem.deflate_page = 1;
+    h2->mem.hot_page = 1;
     h2->mem.capturing = 1;
     int rv = nghttp2_session_server_new3(&h2->s, cb, h2, opt, &h2->mem.mem);
     h2->mem.capturing = 0;
@@ -817,6 +838,7 @@ void lp_h2_input(lp_conn_t *c)
     lp_h2_t *h2 = c->h2;
     lp_endpoint_t *ep = &c->ep;
     int eof = 0;
+    lp_h2_mem_wake(&h2->mem);
     h2->depth++;
     while (!h2_closing(h2) && !h2->bye) {
         if (ep->rbuf && ep->rpos < ep->rlen) {
@@ -853,22 +875,28 @@ void lp_h2_input(lp_conn_t *c)
     h2_leave(h2, 1);
     if (eof && !h2_closing(h2))
         lp_conn_close(c);
+    else if (h2->trimmed && !h2_closing(h2) && !h2->nopen)
+        h2_park(h2); /* a PING or SETTINGS on an idle connection: back to sleep */
 }
 
 void lp_h2_written(lp_conn_t *c)
 {
     lp_h2_t *h2 = c->h2;
+    lp_h2_mem_wake(&h2->mem);
     if (c->ep.tmode == H2_TM_SEND)
         lp_ep_timer(&c->ep, LP_EP_TM_NONE, 0);
     if (lp_relay_drained(&c->ep) || !c->ep.out_pending) {
         h2->depth++;
         h2_leave(h2, 1);
     }
+    if (h2->trimmed && !h2_closing(h2) && !h2->nopen)
+        h2_park(h2); /* woken by a write that completed late: back to sleep */
 }
 
 void lp_h2_timeout(lp_conn_t *c, int mode)
 {
     lp_h2_t *h2 = c->h2;
+    lp_h2_mem_wake(&h2->mem);
     if (mode == H2_TM_KICK || mode == H2_TM_STALL) {
         lp_ep_timer(&c->ep, LP_EP_TM_NONE, 0);
         h2->depth++;
@@ -900,6 +928,7 @@ void lp_h2_timeout(lp_conn_t *c, int mode)
 void lp_h2_flush(lp_conn_t *c)
 {
     lp_h2_t *h2 = c->h2;
+    lp_h2_mem_wake(&h2->mem);
     if (h2->depth) {
         h2->want_send = 1;
         return;
@@ -927,6 +956,7 @@ void lp_h2_flush_turn(lp_worker_t *w)
         h2->turn_queued = 0;
         if (h2_closing(h2))
             continue;
+        lp_h2_mem_wake(&h2->mem);
         /* An entry point of its own (no pipeline frame beneath): the full end of a frame. */
         h2->depth++;
         h2_leave(h2, 1);
@@ -936,6 +966,7 @@ void lp_h2_flush_turn(lp_worker_t *w)
 void lp_h2_drain(lp_conn_t *c)
 {
     lp_h2_t *h2 = c->h2;
+    lp_h2_mem_wake(&h2->mem);
     if (!h2->goaway) {
         nghttp2_submit_goaway(h2->s, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(h2->s), NGHTTP2_NO_ERROR,
@@ -962,6 +993,7 @@ void lp_h2_close(lp_conn_t *c)
 void lp_h2_free(lp_conn_t *c)
 {
     lp_h2_t *h2 = c->h2;
+    lp_h2_mem_wake(&h2->mem); /* nghttp2_session_del reads the struct */
     if (h2->turn_queued)
         lp_list_remove(&h2->out_link);
     while (h2->streams.next != &h2->streams) {

@@ -153,19 +153,88 @@ static size_t page_size(void)
     return ps;
 }
 
+/* ---- the hot page ---- */
+
+/* Blocks on the hot page start at 64-byte steps (at least malloc's alignment). */
+#define H2_HOT_ALIGN 64
+
+#if defined(__SANITIZE_ADDRESS__)
+#define H2_PARK_GUARD 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define H2_PARK_GUARD 1
+#endif
+#endif
+
+static void *hot_sess(const lp_h2_mem_t *m)
+{
+    return m->sess_live ? m->hot : NULL;
+}
+
+static void *hot_iring(const lp_h2_mem_t *m)
+{
+    return m->iring_off ? m->hot + m->iring_off : NULL;
+}
+
+static void *hot_take(lp_h2_mem_t *m, size_t size)
+{
+    if (!m->hot) {
+        void *p =
+            mmap(NULL, H2_MEM_MAP, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        m->hot = p;
+        m->hot_used = 0;
+    }
+    if (size > (size_t)(H2_MEM_MAP - m->hot_used))
+        return NULL;
+    void *p = m->hot + m->hot_used; /* zero: fresh from mmap, and cleared when freed */
+    m->hot_used = (uint16_t)((m->hot_used + size + H2_HOT_ALIGN - 1) & ~(size_t)(H2_HOT_ALIGN - 1));
+    if (m->hot_used > H2_MEM_MAP)
+        m->hot_used = H2_MEM_MAP;
+    return p;
+}
+
+/* One of the two blocks went: the page goes with the last (nghttp2 frees its session
+ * last). */
+static void hot_put(lp_h2_mem_t *m, void *p, size_t len)
+{
+    if (p == hot_sess(m))
+        m->sess_live = 0;
+    else
+        m->iring_off = 0;
+    if (m->sess_live || m->iring_off) {
+        memset(p, 0, len); /* packs smaller, and reads as the fresh page did */
+        return;
+    }
+    munmap(m->hot, H2_MEM_MAP);
+    m->hot = NULL;
+    m->hot_used = 0;
+    free(m->parked); /* cannot be set: nghttp2 runs only on an awake session */
+    m->parked = NULL;
+}
+
+static size_t fb_pages(size_t len)
+{
+    return (len + page_size() - 1) & ~(page_size() - 1);
+}
+
 static void *mem_malloc(size_t size, void *ud)
 {
     lp_h2_mem_t *m = ud;
     if (m->capturing && !m->framebuf && size >= H2_MEM_FRAMEBUF_MIN) {
-        /* Page-aligned, so that all but its last partial page can be given back. */
-        void *p = NULL;
-        if (posix_memalign(&p, page_size(), size))
+        /* Pages of its own (not malloc's: its alignment would leave free blocks around it
+         * in the heap), so that all of them can be given back. */
+        void *p =
+            mmap(NULL, fb_pages(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
             return NULL;
         m->framebuf = p;
-        m->framebuf_len = size;
+        m->framebuf_len = (uint32_t)size; /* a frame and its header: under 16 MiB */
         return p;
     }
-    if (m->capturing && size == H2_MEM_RING && m->deflate_page && !m->rings++) {
+    unsigned ring = m->capturing && size == H2_MEM_RING ? ++m->rings : 0;
+    if (ring == 1 && m->deflate_page) {
         /* The first ring: the deflater's. Not from malloc's heap, whose pages are resident
          * once any block on them was used. */
         void *p =
@@ -176,6 +245,13 @@ static void *mem_malloc(size_t size, void *ud)
         }
         if (p != MAP_FAILED)
             munmap(p, H2_MEM_MAP);
+    }
+    if (ring == 2 && m->sess_live && !m->iring_off) {
+        uint8_t *p = hot_take(m, size);
+        if (p) { /* the inflater's, beside the session struct */
+            m->iring_off = (uint16_t)(p - m->hot);
+            return p;
+        }
     }
     return pool_alloc(m->pool, size);
 }
@@ -190,11 +266,17 @@ static void mem_free(void *ptr, void *ud)
         m->ring = NULL;
         return;
     }
-    if (ptr == m->framebuf || ptr == m->map) {
-        if (ptr == m->framebuf)
-            m->framebuf = NULL;
-        else
-            m->map = NULL;
+    if (ptr == hot_sess(m) || ptr == hot_iring(m)) {
+        hot_put(m, ptr, ptr == hot_sess(m) ? m->sess_len : H2_MEM_RING);
+        return;
+    }
+    if (ptr == m->framebuf) {
+        munmap(ptr, fb_pages(m->framebuf_len));
+        m->framebuf = NULL;
+        return;
+    }
+    if (ptr == m->map) {
+        m->map = NULL;
         free(ptr); /* its own allocation, no pool header */
         return;
     }
@@ -215,6 +297,17 @@ static void *mem_calloc(size_t nmemb, size_t size, void *ud)
         m->map = p;
         return p;
     }
+    if (m->capturing && m->hot_page && !m->hot && nmemb * size <= H2_MEM_MAP - H2_MEM_RING &&
+        page_size() == H2_MEM_MAP) {
+        /* The first block: the session struct (nghttp2 1.52: calloc(1, 2944)); room is
+         * left for the inflater's ring. */
+        void *p = hot_take(m, nmemb * size);
+        if (p) {
+            m->sess_live = 1;
+            m->sess_len = (uint16_t)(nmemb * size);
+            return p;
+        }
+    }
     void *p = pool_alloc(m->pool, nmemb * size);
     if (p)
         memset(p, 0, nmemb * size);
@@ -227,17 +320,17 @@ static void *mem_realloc(void *ptr, size_t size, void *ud)
     if (!ptr) /* nghttp2 makes its frame buffer this way (nghttp2_buf_reserve) */
         return mem_malloc(size, ud);
     if (ptr == m->framebuf) {
-        void *p = realloc(ptr, size);
-        if (p) {
-            m->framebuf = p; /* still the frame buffer, perhaps no longer page-aligned */
-            m->framebuf_len = size;
-        }
+        void *p = mremap(ptr, fb_pages(m->framebuf_len), fb_pages(size), MREMAP_MAYMOVE);
+        if (p == MAP_FAILED)
+            return NULL;
+        m->framebuf = p; /* still the frame buffer */
+        m->framebuf_len = (uint32_t)size;
         return p;
     }
-    if (ptr == m->map || ptr == m->ring) {
+    if (ptr == m->map || ptr == m->ring || ptr == hot_sess(m) || ptr == hot_iring(m)) {
         /* nghttp2 makes a new table or ring rather than growing one; should it ever, the
-         * block leaves the page of its own (and trimming) for the pool. */
-        size_t old = ptr == m->map ? H2_MEM_MAP : H2_MEM_RING;
+         * block leaves the page of its own (and trimming, parking) for the pool. */
+        size_t old = ptr == m->map ? H2_MEM_MAP : ptr == hot_sess(m) ? m->sess_len : H2_MEM_RING;
         void *p = pool_alloc(m->pool, size);
         if (!p)
             return NULL;
@@ -245,9 +338,11 @@ static void *mem_realloc(void *ptr, size_t size, void *ud)
         if (ptr == m->map) {
             m->map = NULL;
             free(ptr);
-        } else {
+        } else if (ptr == m->ring) {
             m->ring = NULL;
             munmap(ptr, H2_MEM_MAP);
+        } else {
+            hot_put(m, ptr, old);
         }
         return p;
     }
@@ -277,10 +372,123 @@ size_t lp_h2_mem_trim(lp_h2_mem_t *m, nghttp2_session *s)
         n += H2_MEM_MAP;
     if (!m->framebuf)
         return n;
-    size_t ps = page_size();
-    uintptr_t a = (uintptr_t)m->framebuf, b = a + m->framebuf_len;
-    uintptr_t first = (a + ps - 1) & ~(uintptr_t)(ps - 1), last = b & ~(uintptr_t)(ps - 1);
-    if (last <= first || madvise((void *)first, last - first, MADV_DONTNEED))
+    if (madvise(m->framebuf, fb_pages(m->framebuf_len), MADV_DONTNEED))
         return n;
-    return n + (last - first);
+    return n + fb_pages(m->framebuf_len);
+}
+
+/* ---- parking ---- */
+
+/* The packed form, over the page's first hot_used bytes (whole 8-byte words): records of
+ * [zero words: 1 byte][literal words: 1 byte][the literal words]. An idle session's struct
+ * and ring are mostly zeros (empty queues, unused slots); the rest are pointers (a fifth
+ * into the page itself, most others into the heap nearby) and small counters. So each
+ * literal word is a head byte and the word's non-zero bytes: bits 0-6 tell which of bytes
+ * 0-6 follow; bit 7 that the word was XORed with the page's address first (a pointer into
+ * the page or near it then keeps its low bytes only). A head of 0 (a zero word cannot be
+ * literal) is followed by the 8 bytes as they are: a word whose byte 7 is not zero. */
+#define H2_WORDS (H2_MEM_MAP / 8)
+
+static unsigned nonzero_bytes(uint64_t v, unsigned *mask)
+{
+    unsigned n = 0;
+    *mask = 0;
+    for (unsigned b = 0; b < 8; b++)
+        if ((v >> (8 * b)) & 0xff) {
+            *mask |= 1u << b;
+            n++;
+        }
+    return n;
+}
+
+static size_t pack_word(uint8_t *out, uint64_t w, uint64_t base)
+{
+    unsigned mw, mx;
+    unsigned nw = nonzero_bytes(w, &mw), nx = nonzero_bytes(w ^ base, &mx);
+    uint64_t v = nx < nw ? w ^ base : w;
+    unsigned mask = nx < nw ? mx : mw;
+    if (mask & 0x80) { /* byte 7 set (base's is 0, so both forms have it) */
+        out[0] = 0;
+        memcpy(out + 1, &w, 8);
+        return 9;
+    }
+    size_t n = 0;
+    out[n++] = (uint8_t)(mask | (nx < nw ? 0x80 : 0));
+    for (unsigned b = 0; b < 7; b++)
+        if (mask & (1u << b))
+            out[n++] = (uint8_t)(v >> (8 * b));
+    return n;
+}
+
+size_t lp_h2_mem_park(lp_h2_mem_t *m)
+{
+    if (!m->hot || m->parked)
+        return 0;
+    const uint8_t *page = m->hot;
+    uint64_t base = (uintptr_t)m->hot;
+    size_t words = ((size_t)m->hot_used + 7) / 8, i = 0, n = 0;
+    uint8_t buf[9 * H2_WORDS + 2 * H2_WORDS]; /* the worst case */
+    while (i < words) {
+        size_t z = 0, l = 0;
+        uint64_t w;
+        while (i + z < words && z < 255 && (memcpy(&w, page + 8 * (i + z), 8), !w))
+            z++;
+        while (i + z + l < words && l < 255 && (memcpy(&w, page + 8 * (i + z + l), 8), w))
+            l++;
+        buf[n++] = (uint8_t)z;
+        buf[n++] = (uint8_t)l;
+        for (size_t k = i + z; k < i + z + l; k++) {
+            memcpy(&w, page + 8 * k, 8);
+            n += pack_word(buf + n, w, base);
+        }
+        i += z + l;
+    }
+    if (n > H2_MEM_MAP - 1024) /* under 1 KiB to gain: stay as it is */
+        return 0;
+    uint8_t *p = malloc(n ? n : 1);
+    if (!p)
+        return 0;
+    memcpy(p, buf, n);
+    if (madvise(m->hot, H2_MEM_MAP, MADV_DONTNEED)) {
+        free(p);
+        return 0;
+    }
+#ifdef H2_PARK_GUARD
+    /* Sanitizer builds: any touch while parked faults at once. */
+    mprotect(m->hot, H2_MEM_MAP, PROT_NONE);
+#endif
+    m->parked = p;
+    return H2_MEM_MAP;
+}
+
+void lp_h2_mem_wake_slow(lp_h2_mem_t *m)
+{
+#ifdef H2_PARK_GUARD
+    mprotect(m->hot, H2_MEM_MAP, PROT_READ | PROT_WRITE);
+#endif
+    const uint8_t *p = m->parked;
+    uint64_t base = (uintptr_t)m->hot;
+    size_t words = ((size_t)m->hot_used + 7) / 8, i = 0;
+    while (i < words) {
+        size_t z = p[0], l = p[1];
+        p += 2;
+        i += z; /* zeros: the page reads as zero since it was given back */
+        for (; l; l--, i++) {
+            uint64_t v = 0;
+            unsigned head = *p++;
+            if (!head) {
+                memcpy(&v, p, 8);
+                p += 8;
+            } else {
+                for (unsigned b = 0; b < 7; b++)
+                    if (head & (1u << b))
+                        v |= (uint64_t)*p++ << (8 * b);
+                if (head & 0x80)
+                    v ^= base;
+            }
+            memcpy(m->hot + 8 * i, &v, 8);
+        }
+    }
+    free(m->parked);
+    m->parked = NULL;
 }

@@ -36,8 +36,9 @@ void lp_h2_pool_free(lp_h2_pool_t *p);
 typedef struct lp_h2_mem_s {
     nghttp2_mem mem;    /* the hooks nghttp2 copies; their user data is this struct */
     lp_h2_pool_t *pool; /* borrowed: the worker's lists, which outlive the session; NULL: malloc */
-    void *framebuf;     /* borrowed (nghttp2 owns it): the output frame buffer; NULL: not known */
-    size_t framebuf_len;
+    /* borrowed (nghttp2 owns it): the output frame buffer, pages of its own (mmap, whole
+     * pages for framebuf_len); NULL: not known */
+    void *framebuf;
     /* borrowed (nghttp2 owns it): the stream map's table, a page of its own; NULL: not
      * known. All zero when no stream is in it, and then dropped too (it reads back the
      * same). */
@@ -45,10 +46,26 @@ typedef struct lp_h2_mem_s {
     /* borrowed (nghttp2 owns it): the HPACK deflater's entry ring, a page of its own (mmap)
      * when deflate_page was set; NULL: not known. */
     void *ring;
+    /* owned: the hot page (mmap; hot_page below), NULL: none. It holds the session's first
+     * block (the session struct) at its start while sess_live, and the inflater's ring at
+     * iring_off (0: not there); both are nghttp2's. Unmapped once both were freed. */
+    uint8_t *hot;
+    /* owned: the hot page's contents while parked (lp_h2_mem_park: zero runs and literal
+     * words), the page itself given back to the kernel; NULL: awake. */
+    uint8_t *parked;
+    uint32_t framebuf_len;
+    uint16_t hot_used;  /* bytes of `hot` handed out (blocks at 64-byte steps) */
+    uint16_t sess_len;  /* the size asked for the first block */
+    uint16_t iring_off; /* the inflater's ring's offset in `hot`; 0: not on it */
+    uint8_t sess_live;  /* the first block is on `hot` and not freed */
     /* Set by the caller when the session's deflater has no dynamic table
      * (nghttp2_option_set_max_deflate_dynamic_table_size 0): its ring is never written, and
      * gets a page of its own, never resident. */
     uint8_t deflate_page;
+    /* Set by the caller before the session is made: the session's own struct (its first
+     * block) and the inflater's ring (the second ring) go on the hot page, which
+     * lp_h2_mem_park can fold while the connection is idle. */
+    uint8_t hot_page;
     uint8_t rings; /* HPACK rings made while capturing (the first is the deflater's) */
     /* Set while the session is being made: the large block allocated then is the frame
      * buffer (nghttp2 makes no other block that large at that time). */
@@ -59,11 +76,27 @@ typedef struct lp_h2_mem_s {
  * m->capturing around that call). The struct must stay where it is while the session
  * lives; `pool` may be NULL. */
 void lp_h2_mem_init(lp_h2_mem_t *m, lp_h2_pool_t *pool);
-/* Gives the frame buffer's whole pages back to the kernel, the stream map's page when it is
+/* Gives the frame buffer's pages back to the kernel, the stream map's page when it is
  * all zero, and the deflater ring's page (deflate_page) when the deflater of session s
  * holds no entry (s NULL: not that one). Only when the session has nothing to send
  * (nghttp2_session_want_write() is 0, so its buffer holds no frame). Returns the bytes
  * given back. */
 size_t lp_h2_mem_trim(lp_h2_mem_t *m, nghttp2_session *s);
+
+/* Parking, for an idle session: its hot page (hot_page above: the session struct and the
+ * request HPACK table's ring, about 4 KiB that an idle connection keeps resident, its
+ * largest part after OpenSSL's) is packed into a malloc'd copy of its non-zero words and
+ * given back to the kernel. nghttp2 keeps pointers to those blocks (and they to each
+ * other), so they must come back at the same addresses: lp_h2_mem_wake unpacks them into
+ * the same page. Between the two NOTHING may call nghttp2 on that session: the caller
+ * wakes it at each of its entry points. Park returns the bytes given back (0: not parked:
+ * no hot page, already parked, or out of memory). */
+size_t lp_h2_mem_park(lp_h2_mem_t *m);
+void lp_h2_mem_wake_slow(lp_h2_mem_t *m);
+static inline void lp_h2_mem_wake(lp_h2_mem_t *m)
+{
+    if (m->parked)
+        lp_h2_mem_wake_slow(m);
+}
 
 #endif

@@ -112,11 +112,14 @@ struct lp_tls_s {
         uint32_t off, len;
     } * full; /* filled blocks waiting to be handed out (each holds a reference) */
     unsigned nfull, capfull;
-    int first_byte;
-    int eof;
-    int established;
-    int closed; /* close_notify queued */
-    char err[160];
+    int16_t first_byte; /* the first byte received, -1: none yet */
+    uint8_t eof;
+    uint8_t established;
+    uint8_t closed; /* close_notify queued */
+    uint8_t failed; /* set_error was called */
+    /* owned: why it failed (lp_tls_error), NULL: it did not. Made when it happens: an idle
+     * connection keeps this struct, and most never fail. */
+    char *err;
 };
 
 /* The key for a new ticket (enc) or the one named by a ticket, from the listener's own
@@ -181,22 +184,27 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char iv[EVP_MAX_
 
 static void set_error(lp_tls_t *t, const char *fallback)
 {
+    char err[160];
     unsigned long e = ERR_get_error();
     if (e) {
-        ERR_error_string_n(e, t->err, sizeof(t->err));
+        ERR_error_string_n(e, err, sizeof(err));
         /* Keep the reason only: "error:0A000086:SSL routines::certificate verify failed". */
-        const char *r = strstr(t->err, "::");
+        const char *r = strstr(err, "::");
         if (r)
-            memmove(t->err, r + 2, strlen(r + 2) + 1);
+            memmove(err, r + 2, strlen(r + 2) + 1);
     } else {
-        snprintf(t->err, sizeof(t->err), "%s", fallback);
+        snprintf(err, sizeof(err), "%s", fallback);
     }
     if (t->ssl && SSL_get_verify_result(t->ssl) != X509_V_OK && !SSL_is_server(t->ssl)) {
         long v = SSL_get_verify_result(t->ssl);
-        snprintf(t->err, sizeof(t->err), "certificate verify failed: %s",
+        snprintf(err, sizeof(err), "certificate verify failed: %s",
                  X509_verify_cert_error_string(v));
     }
     ERR_clear_error();
+    free(t->err);
+    /* Out of memory: "failed" still shows (t->failed), with lp_tls_error's fallback text. */
+    t->err = strdup(err);
+    t->failed = 1;
 }
 
 static void ctx_error(char *err, size_t errlen, const char *what, const char *file)
@@ -924,7 +932,7 @@ void lp_tls_free(lp_tls_t *t)
     if (!t)
         return;
     SSL_set_ex_data(t->ssl, ex_index, NULL);
-    if (t->established && !t->err[0]) {
+    if (t->established && !t->failed) {
         /* A session freed without a shutdown cannot be resumed: mark it done quietly (the
          * close_notify, when due, was sent by lp_tls_close_notify). */
         SSL_set_quiet_shutdown(t->ssl, 1);
@@ -939,6 +947,7 @@ void lp_tls_free(lp_tls_t *t)
     for (unsigned i = 0; i < t->nfull; i++)
         lp_buf_unref(t->full[i].b);
     free(t->full);
+    free(t->err);
     lp_tls_server_unref(t->srv);
     lp_tls_client_unref(t->cli);
     free(t);
@@ -1130,7 +1139,7 @@ lp_wbatch_t *lp_tls_out(lp_tls_t *t, lp_wbpool_t *pool)
 
 const char *lp_tls_error(const lp_tls_t *t)
 {
-    return t->err[0] ? t->err : "unknown error";
+    return t->err ? t->err : "unknown error";
 }
 
 static int client_verified(const lp_tls_t *t)

@@ -720,6 +720,69 @@ class H2ConnectionLimitsTest(H.ProxyTestCase):
         finally:
             c.close()
 
+    def test_idle_session_parks_and_wakes(self):
+        """An idle connection's session is packed away after 1 s (engine/h2_mem.c, parking)
+        and comes back whole: the client's settings (its stream window), the request HPACK
+        table it indexed into, PING, and further requests, across two idle spells."""
+        ups = {"app": H.upstream(self.origin.address())}
+        routes = [{"match": {"prefix": "/"}, "upstream": "app"}]
+        p = H.Proxy.build(ups, routes, name="h2park", http2={}, level="debug")
+        p.cfg["listen"] = [{"address": "127.0.0.1:0", "http2": True}]
+        self.addCleanup(p.stop)
+        p.start()
+        c = Client(p.port)
+        pings = []
+        handle = c.handle
+
+        def handle_ping(ev):
+            if isinstance(ev, h2.events.PingAckReceived):
+                pings.append(ev.ping_data)
+            handle(ev)
+        c.handle = handle_ping
+        try:
+            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+            c.flush()
+            # python3-h2 indexes these: later requests send only their table indexes.
+            hdrs = [("x-park-a", "a" * 40), ("x-park-b", "b" * 40)]
+
+            def echoed(sid):
+                c.pump(lambda: c.done(sid))
+                self.assertEqual(c.streams[sid]["status"], 200)
+                j = json.loads(bytes(c.streams[sid]["data"]))
+                got = {k.lower(): v for k, v in j["headers"]}
+                self.assertEqual((got.get("x-park-a"), got.get("x-park-b")), ("a" * 40, "b" * 40))
+            echoed(c.request("/headers", headers=hdrs))
+            for spell in (1, 2):
+                H.wait_for(lambda: p.stderr().count("HTTP/2 idle session parked") >= spell,
+                           H.T(10), what="the idle session to be parked")
+                if spell == 1:  # a PING wakes it, and it is parked again
+                    c.conn.ping(b"parked!!")
+                    c.flush()
+                    c.pump(lambda: pings)
+                    self.assertEqual(pings, [b"parked!!"])
+                    continue
+                echoed(c.request("/headers", headers=hdrs))
+                # The client's INITIAL_WINDOW_SIZE still holds: 1000 bytes, then the rest
+                # once the stream's window is given back.
+                sid = c.request("/fixed?size=3000")
+                c.hold.add(sid)
+                c.pump(lambda: len(c.streams[sid]["data"]) >= 1000)
+                try:  # nothing more comes while the stream's window is shut
+                    c.pump(lambda: len(c.streams[sid]["data"]) > 1000 or c.done(sid),
+                           timeout=0.5)
+                except AssertionError:
+                    pass
+                self.assertEqual(len(c.streams[sid]["data"]), 1000)
+                c.hold.discard(sid)
+                c.conn.increment_flow_control_window(5000, sid)
+                c.flush()
+                c.pump(lambda: c.done(sid))
+                self.assertEqual(bytes(c.streams[sid]["data"]), b"x" * 3000)
+            self.assertGreaterEqual(p.stderr().count("HTTP/2 idle session parked"), 2)
+            self.assertIsNone(c.goaway)
+        finally:
+            c.close()
+
     def test_max_requests(self):
         p = self.start({"max_requests": 3})
         c = Client(p.port)

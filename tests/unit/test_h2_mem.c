@@ -197,7 +197,9 @@ static void request(nghttp2_session *cli)
     CHECK(nghttp2_submit_request(cli, NULL, nv, 5, NULL, NULL) > 0);
 }
 
-static void trim_and_go_on(lp_h2_pool_t *pool)
+/* hot: the session struct and the inflater's ring on the hot page, parked after each
+ * trim and woken before the session is used again. */
+static void trim_and_go_on(lp_h2_pool_t *pool, int hot)
 {
     nreq = 0;
     memset(body, 'b', sizeof(body));
@@ -220,6 +222,7 @@ static void trim_and_go_on(lp_h2_pool_t *pool)
     REQUIRE(m);
     lp_h2_mem_init(m, pool);
     m->deflate_page = 1; /* nghttp2's default deflater has a table, but holds no entry here */
+    m->hot_page = (uint8_t)hot;
     m->capturing = 1;
     nghttp2_session *srv;
     REQUIRE(nghttp2_session_server_new3(&srv, cb, NULL, opt, &m->mem) == 0);
@@ -230,6 +233,18 @@ static void trim_and_go_on(lp_h2_pool_t *pool)
     CHECK(m->framebuf_len >= 16384);
     CHECK(m->map != NULL);
     CHECK(m->ring != NULL);
+    if (hot) {
+        /* The session struct at the page's start (its first block), the inflater's ring
+         * after it: the second ring, not the deflater's. */
+        REQUIRE(m->hot != NULL);
+        CHECK(m->sess_live);
+        CHECK((void *)m->hot == (void *)srv);
+        CHECK(m->iring_off >= m->sess_len && m->iring_off % 64 == 0);
+        CHECK(m->hot + m->iring_off != (uint8_t *)m->ring);
+        CHECK(m->hot_used <= 4096);
+    } else {
+        CHECK(m->hot == NULL);
+    }
 
     REQUIRE(nghttp2_submit_settings(cli, NGHTTP2_FLAG_NONE, NULL, 0) == 0);
     REQUIRE(nghttp2_submit_settings(srv, NGHTTP2_FLAG_NONE, NULL, 0) == 0);
@@ -239,16 +254,29 @@ static void trim_and_go_on(lp_h2_pool_t *pool)
         CHECK_EQ_INT(cs.responses, i + 1);
         CHECK_EQ_INT(cs.status200, i + 1);
         CHECK_EQ_INT(cs.data, (int)sizeof(body) * (i + 1));
-        /* Idle: 4 whole pages of the frame buffer, the empty map and the deflater's ring
+        /* Idle: the frame buffer's 5 pages (16,394 bytes), the empty map and the deflater's ring
          * go (":status 200" is in the static table: no entry). The client's encoder
          * indexed its fields: the next requests refer to those entries, and decode only if
          * the inflater's ring was kept (told from the deflater's). */
         CHECK(!nghttp2_session_want_write(srv));
         CHECK(nghttp2_session_get_hd_inflate_dynamic_table_size(srv) > 0);
         CHECK_EQ_INT(nghttp2_session_get_hd_deflate_dynamic_table_size(srv), 0);
-        CHECK_EQ_INT(lp_h2_mem_trim(m, srv), 4 * 4096 + 4096 + 4096);
-        CHECK_EQ_INT(lp_h2_mem_trim(m, srv), 4 * 4096 + 4096 + 4096); /* again: harmless */
-        CHECK_EQ_INT(lp_h2_mem_trim(m, NULL), 4 * 4096 + 4096);       /* no session: no ring */
+        CHECK_EQ_INT(lp_h2_mem_trim(m, srv), 5 * 4096 + 4096 + 4096);
+        CHECK_EQ_INT(lp_h2_mem_trim(m, srv), 5 * 4096 + 4096 + 4096); /* again: harmless */
+        CHECK_EQ_INT(lp_h2_mem_trim(m, NULL), 5 * 4096 + 4096);       /* no session: no ring */
+        if (hot) {
+            /* Parked: the page goes back, its words kept aside (far less than a page). */
+            CHECK_EQ_INT(lp_h2_mem_park(m), 4096);
+            REQUIRE(m->parked != NULL);
+            CHECK_EQ_INT(lp_h2_mem_park(m), 0); /* already */
+            /* The client's next request refers to the entries it indexed: it decodes only
+             * if the ring and the session came back where nghttp2 keeps pointers to them. */
+            lp_h2_mem_wake(m);
+            CHECK(m->parked == NULL);
+            lp_h2_mem_wake(m); /* awake: nothing to do */
+        } else {
+            CHECK_EQ_INT(lp_h2_mem_park(m), 0); /* no hot page */
+        }
     }
     /* After the trims, two streams at once still go through. */
     request(cli);
@@ -261,7 +289,13 @@ static void trim_and_go_on(lp_h2_pool_t *pool)
     CHECK_EQ_INT(cs.responses, 5);
     CHECK_EQ_INT(cs.data, (int)sizeof(body) * 5);
 
+    if (hot) { /* and once more, parked with nothing trimmed first, then deleted */
+        CHECK_EQ_INT(lp_h2_mem_park(m), 4096);
+        lp_h2_mem_wake(m);
+    }
     nghttp2_session_del(srv);
+    CHECK(m->hot == NULL); /* both blocks freed: the page is unmapped */
+    CHECK(!m->sess_live && !m->iring_off);
     CHECK(m->framebuf == NULL); /* freed by nghttp2 through the hooks */
     CHECK(m->map == NULL);
     CHECK(m->ring == NULL);
@@ -272,14 +306,27 @@ static void trim_and_go_on(lp_h2_pool_t *pool)
 
 static void test_trim_and_go_on(void)
 {
-    trim_and_go_on(NULL);
+    trim_and_go_on(NULL, 0);
+}
+
+static void test_park_and_wake(void)
+{
+    trim_and_go_on(NULL, 1);
+}
+
+static void test_park_and_wake_pooled(void)
+{
+    lp_h2_pool_t *pool = lp_h2_pool_new();
+    REQUIRE(pool != NULL);
+    trim_and_go_on(pool, 1);
+    lp_h2_pool_free(pool);
 }
 
 static void test_trim_and_go_on_pooled(void)
 {
     lp_h2_pool_t *pool = lp_h2_pool_new();
     REQUIRE(pool != NULL);
-    trim_and_go_on(pool);
+    trim_and_go_on(pool, 0);
     CHECK(lp_h2_pool_trim(pool) == 0); /* marks what the lists hold */
     lp_h2_pool_free(pool);             /* and frees it (ASan: no leak) */
 }
@@ -297,11 +344,19 @@ static void test_map_kept_while_not_empty(void)
     CHECK_EQ_INT((uintptr_t)buf % 4096, 0);
     map[100] = 7; /* a stream in the map: its page stays */
     memset(buf, 'x', 16394);
-    CHECK_EQ_INT(lp_h2_mem_trim(&m, NULL), 4 * 4096);
+    CHECK_EQ_INT(lp_h2_mem_trim(&m, NULL), 5 * 4096); /* its own pages, the partial last too */
     CHECK_EQ_INT(map[100], 7);
-    CHECK_EQ_INT(((uint8_t *)buf)[0], 0);       /* given back: reads as zero */
-    CHECK_EQ_INT(((uint8_t *)buf)[16393], 'x'); /* the partial last page is kept */
-    void *small = m.mem.malloc(100, &m);        /* not while capturing: plain */
+    CHECK_EQ_INT(((uint8_t *)buf)[0], 0); /* given back: reads as zero */
+    CHECK_EQ_INT(((uint8_t *)buf)[16393], 0);
+    /* Grown (nghttp2 does for frames past 16 KiB): still known, contents kept. */
+    memset(buf, 'y', 16394);
+    buf = m.mem.realloc(buf, 40000, &m);
+    REQUIRE(buf != NULL);
+    CHECK(m.framebuf == buf);
+    CHECK_EQ_INT(((uint8_t *)buf)[16393], 'y');
+    memset(buf, 'z', 40000);
+    CHECK_EQ_INT(lp_h2_mem_trim(&m, NULL), 10 * 4096);
+    void *small = m.mem.malloc(100, &m); /* not while capturing: plain */
     CHECK(small != NULL);
     m.mem.free(small, &m);
     m.mem.free(map, &m);
@@ -309,10 +364,51 @@ static void test_map_kept_while_not_empty(void)
     CHECK(m.map == NULL && m.framebuf == NULL);
 }
 
+/* The packed form keeps any words: zeros in runs longer than a record, words with their
+ * top byte set, the page's own address, pointers into it and near it, small counters; and
+ * a page with too few zeros to gain is not parked. */
+static void test_park_packs_any_words(void)
+{
+    lp_h2_mem_t m;
+    lp_h2_mem_init(&m, NULL);
+    m.hot_page = 1;
+    m.capturing = 1;
+    uint64_t *w = m.mem.calloc(1, 3000, &m); /* the first block: on the hot page */
+    m.capturing = 0;
+    REQUIRE(w != NULL);
+    REQUIRE(m.hot == (uint8_t *)w && m.sess_live);
+    uint64_t base = (uintptr_t)w;
+    w[0] = base;              /* the page itself: XORs to 0 */
+    w[1] = base + 128;        /* into it */
+    w[2] = base + 0x12345678; /* near it */
+    w[3] = 0xff00000000000001ull;
+    w[4] = 0xffffffffffffffffull;
+    w[5] = 1;
+    w[6] = 0x0000010000000000ull;
+    w[300] = 65535; /* after a run of 293 zeros */
+    w[374] = (uint64_t)base ^ 0x7f;
+    uint64_t copy[375];
+    memcpy(copy, w, sizeof(copy));
+    CHECK_EQ_INT(lp_h2_mem_park(&m), 4096);
+    REQUIRE(m.parked != NULL);
+    lp_h2_mem_wake(&m);
+    CHECK(m.parked == NULL);
+    CHECK(!memcmp(copy, w, sizeof(copy)));
+    /* No zero to fold: it stays awake. */
+    for (int i = 0; i < 375; i++)
+        w[i] = 0x0101010101010101ull * (uint64_t)(i % 200 + 1);
+    CHECK_EQ_INT(lp_h2_mem_park(&m), 0);
+    CHECK(m.parked == NULL);
+    m.mem.free(w, &m);
+    CHECK(m.hot == NULL); /* its only block went: unmapped */
+}
+
 static const lp_test_case_t tests[] = {
-    LP_TEST_ENTRY(test_recycles_by_class), LP_TEST_ENTRY(test_calloc_realloc),
-    LP_TEST_ENTRY(test_session_uses_it),   LP_TEST_ENTRY(test_trim_and_go_on_pooled),
-    LP_TEST_ENTRY(test_trim_and_go_on),    LP_TEST_ENTRY(test_map_kept_while_not_empty),
+    LP_TEST_ENTRY(test_recycles_by_class),    LP_TEST_ENTRY(test_calloc_realloc),
+    LP_TEST_ENTRY(test_session_uses_it),      LP_TEST_ENTRY(test_trim_and_go_on_pooled),
+    LP_TEST_ENTRY(test_trim_and_go_on),       LP_TEST_ENTRY(test_map_kept_while_not_empty),
+    LP_TEST_ENTRY(test_park_and_wake),        LP_TEST_ENTRY(test_park_and_wake_pooled),
+    LP_TEST_ENTRY(test_park_packs_any_words),
 };
 
 LP_TEST_MAIN(tests)
