@@ -330,8 +330,17 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     if (!lp__lua_runs(r))
         return LP_FFI_EOTHER;
     lp_req_cache_t *rc = &r->cache;
+    /* The engine looked this key up just before (cache_native.c): its entry, not a second
+     * lookup. */
+    lp_cache_entry_t *kept = NULL;
+    if (rc->native_kept && rc->hit && rc->hit_zone == zone &&
+        lp_cache_entry_same(rc->hit, key, klen, sec, slen)) {
+        kept = rc->hit;
+        rc->hit = NULL;
+    }
+    rc->native_kept = 0;
     lp_cache_entry_unref(rc->hit);
-    rc->hit = lp_cache_get(zone, key, klen, sec, slen, real_now());
+    rc->hit = kept ? kept : lp_cache_get(zone, key, klen, sec, slen, real_now());
     int waited = rc->load_waited; /* this lookup follows a wait for another's read-back */
     rc->load_waited = 0;
     if (rc->hit && !lp_cache_entry_resident(rc->hit)) {
@@ -447,9 +456,14 @@ int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds)
 int lp_ffi_cache_store(void *rp, void *zone, const char *key, size_t klen, const char *sec,
                        size_t slen, const char *head, size_t hlen, double keep)
 {
-    lp_req_t *r = rp;
-    if (!lp__lua_runs(r))
+    if (!lp__lua_runs(rp))
         return LP_FFI_EOTHER;
+    return lp__cache_store(rp, zone, key, klen, sec, slen, head, hlen, keep);
+}
+
+int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
+                    const char *sec, size_t slen, const char *head, size_t hlen, double keep)
+{
     /* Only an upstream's body can be gathered: a HEAD's has none, a local answer is not one. */
     if ((r->flags & (LP_RF_HEAD | LP_RF_LOCAL)) || !r->try.peer)
         return LP_FFI_EINVAL;
@@ -494,9 +508,9 @@ int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, 
         return LP_FFI_EINVAL;
     int hrc = lp__resp_begin(r);
     if (!hrc)
-        hrc = lp__resp_add_wire(r, fields, flen);
+        hrc = lp__resp_add_wire(r, fields, flen, flags & LP_FFI_CACHE_FIELDS_CHECKED);
     if (!hrc)
-        hrc = lp__resp_add_wire(r, more, mlen);
+        hrc = lp__resp_add_wire(r, more, mlen, 0);
     if (hrc)
         return hrc;
     uint64_t len = lp_cache_entry_body_len(rc->hit);
@@ -553,6 +567,11 @@ int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, 
             r->flags |= LP_RF_NO_LUA_RESP;
     }
     return 0;
+}
+
+int lp_ffi_cache_wire_check(const char *fields, size_t flen)
+{
+    return lp__wire_valid(fields, flen);
 }
 
 double lp_ffi_cache_read(void *rp, double first, char *dst, double n)
@@ -732,9 +751,14 @@ static int never_stored(lp_str_t name)
 int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen, const char *sec,
                               size_t slen, const char *meta, size_t mlen, double keep)
 {
-    lp_req_t *r = rp;
-    if (!lp__lua_runs(r))
+    if (!lp__lua_runs(rp))
         return LP_FFI_EOTHER;
+    return lp__cache_store_fields(rp, zone, key, klen, sec, slen, meta, mlen, keep);
+}
+
+int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
+                           const char *sec, size_t slen, const char *meta, size_t mlen, double keep)
+{
     int n = lp_ffi_header_count(r, 1);
     lp_str_t name, value;
     size_t need = mlen;
@@ -759,7 +783,7 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
         p += value.len;
         *p++ = '\n';
     }
-    return lp_ffi_cache_store(r, zone, key, klen, sec, slen, scratch, (size_t)(p - scratch), keep);
+    return lp__cache_store(r, zone, key, klen, sec, slen, scratch, (size_t)(p - scratch), keep);
 }
 
 /* The common miss's Cache-Status (RFC 9211) as the cache plugin wrote it, added in one
@@ -767,9 +791,13 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
  * the response has no Cache-Status of its own (nothing to replace). */
 int lp_ffi_cache_miss_status(void *rp, int status, int stored, double ttl)
 {
-    lp_req_t *r = rp;
-    if (!lp__lua_runs(r))
+    if (!lp__lua_runs(rp))
         return LP_FFI_EOTHER;
+    return lp__cache_miss_status(rp, status, stored, ttl);
+}
+
+int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
+{
     if (status < 100 || status > 999)
         return LP_FFI_EINVAL;
     static const char pre[] = "Cache-Status: luaproxy; fwd=miss; fwd-status=";
@@ -797,7 +825,7 @@ int lp_ffi_cache_miss_status(void *rp, int status, int stored, double ttl)
     }
     *p++ = '\r';
     *p++ = '\n';
-    return lp__resp_add_wire(r, line, (size_t)(p - line));
+    return lp__resp_add_wire(r, line, (size_t)(p - line), 1); /* our own line */
 }
 
 int lp_ffi_cache_key(void *r, lp_str_t *out)

@@ -27,6 +27,16 @@ void lp_cache_req_body_done(lp_req_t *req);
  * (lp_ffi_cache_fields' bits). */
 int lp__cache_field_index(lp_str_t name);
 
+/* lp_ffi_cache_store, _store_fields and _miss_status without the check that the request's
+ * Lua phase is running (the engine's own default policy, cache_native.c, calls them). */
+struct lp_cache_zone_s;
+int lp__cache_store(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, size_t klen,
+                    const char *sec, size_t slen, const char *head, size_t hlen, double keep);
+int lp__cache_store_fields(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, size_t klen,
+                           const char *sec, size_t slen, const char *meta, size_t mlen,
+                           double keep);
+int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl);
+
 /* A stopping worker, once nothing runs on it: waits left are cancelled, wake-ups handed over
  * are dropped, and the inbox's async handle closes. */
 void lp_cache_worker_close(lp_worker_t *w);

@@ -153,6 +153,13 @@ function P.compile(conf)
     max_vary_fields = conf.max_vary_fields,
   }
   local l2 = conf.l2
+  -- The common miss may be run by the engine (engine/cache_native.c, replaying this
+  -- plugin's own decisions) when no Lua of the site's takes part: no cache_key function, no
+  -- L2 tier, no heuristic freshness (which reads Last-Modified's value); the runtime hands
+  -- it to the engine only on a route where this is the one plugin.
+  if not conf.cache_key and not l2 and not conf.heuristic then
+    conf._native = { zone = conf.zone, lock_timeout = conf.lock and conf.lock_timeout or -1 }
+  end
   -- Only the L2 tier has log-phase work: without it the engine runs no log phase for the
   -- cache (one coroutine resume less per request).
   if not l2 then conf.skip_phases = { log = true } end
@@ -288,12 +295,16 @@ local NOT_SERVED = { ["content-length"] = true, ["transfer-encoding"] = true, ag
 
 -- How long the store keeps an entry: its freshness left, the longest stale window anything
 -- allows, and `keep` more when it can be revalidated.
-local function keep_for(meta, conf, now)
-  local left = meta.ttl - policy.current_age(meta, now)
+local function stale_for(meta, conf)
   local stale = max(meta.stale_while_revalidate or 0, meta.stale_if_error or 0,
     conf.stale_while_revalidate, conf.stale_if_error)
   if meta.etag or meta.last_modified then stale = max(stale, conf.keep) end
-  return max(left, 0) + stale + 1
+  return stale
+end
+
+local function keep_for(meta, conf, now)
+  local left = meta.ttl - policy.current_age(meta, now)
+  return max(left, 0) + stale_for(meta, conf) + 1
 end
 
 -- Decoded heads, per worker VM, by head text: a hit on a hot entry decodes nothing. The
@@ -969,8 +980,22 @@ local function request_parts(req)
   return { scheme = req:scheme() or "http", host = req:host(), path = req:uri() }
 end
 
+-- A request whose request phase the engine ran (a miss it looked up, counted and locked:
+-- engine/cache_native.c): its state as P.request leaves it for such a request. nil for any
+-- other request.
+local function native_state(req, conf)
+  local z = zone_of(conf)
+  local t0 = z and z:native_t0(req)
+  if not t0 then return nil end
+  local st = { zone = z, key = z:default_key(req), t0 = t0, phase = "request", sec = "",
+    rd = NO_DIRECTIVES, native = true }
+  st.rh = z:req_view(req)
+  req.ctx.cache = st
+  return st
+end
+
 function P.response(req, conf)
-  local st = req.ctx.cache
+  local st = req.ctx.cache or native_state(req, conf)
   if not st or st.served then return end
   local z = st.zone
   local status = req:status()
@@ -1031,9 +1056,14 @@ function P.response(req, conf)
     if not ok and o_ttl and (why == "no explicit freshness" or why == "no freshness and no validator") then
       ok = true
     end
+    -- The engine ran this request's request phase: it replays this decision for the
+    -- responses of this status and shape that follow (Zone:native_learn keeps it only for a
+    -- shape whose decision depends on nothing else).
+    if st.native and not ok then z:native_learn(req, status, nil) end
     if ok then
       local meta = policy.meta(status, rsh, st.t0, now, conf._opts)
       if o_ttl then meta.ttl, meta.ttl_source = o_ttl + policy.current_age(meta, now), "lua" end
+      if st.native then z:native_learn(req, status, meta, stale_for(meta, conf)) end
       local vary = rsh.vary
       if type(vary) == "table" then vary = concat(vary, ", ") end
       local sec, vary_line = "", nil -- vary_line: the Vary as one line (marker and L2)
