@@ -51,12 +51,13 @@ enum {
     LP_CACHE_C_STALE,
     LP_CACHE_C_REVALIDATED,
     LP_CACHE_C_BYPASS,
-    LP_CACHE_C_STORED,       /* fills committed */
-    LP_CACHE_C_ABANDONED,    /* fills dropped: too large, error, request gone */
-    LP_CACHE_C_EVICTED,      /* entries pushed out by the byte budget */
-    LP_CACHE_C_DISK_EVICTED, /* files pushed out by the disk budget */
-    LP_CACHE_C_DISK_LOADED,  /* disk-only entries read back for a hit */
-    LP_CACHE_C_DISK_DROPPED, /* files found damaged, changed or gone on a read */
+    LP_CACHE_C_STORED,        /* fills committed */
+    LP_CACHE_C_ABANDONED,     /* fills dropped: too large, error, request gone */
+    LP_CACHE_C_EVICTED,       /* entries pushed out by the byte budget */
+    LP_CACHE_C_DISK_EVICTED,  /* files pushed out by the disk budget */
+    LP_CACHE_C_DISK_LOADED,   /* disk-only entries read back for a hit */
+    LP_CACHE_C_DISK_DROPPED,  /* files found damaged, changed or gone on a read */
+    LP_CACHE_C_DISK_STREAMED, /* disk-only hits served from their files (not read back) */
     LP_CACHE_C_N
 };
 

@@ -356,19 +356,20 @@ end
 
 -- The entry stored for key that fits this request: meta, headers, body length; or nil (and
 -- the secondary key when the key varies).
+-- disk: true when the entry came from the disk tier for this request.
 local function lookup(req, z, key, rh, conf)
-  local head, blen = z:get(req, key, "")
+  local head, blen, disk = z:get(req, key, "")
   if not head then return nil end
   local sec = ""
   if sub(head, 1, 2) == "V " then
     sec = policy.secondary_key(sub(head, 3), rh, conf.max_vary_fields)
     if not sec then return nil end
-    head, blen = z:get(req, key, sec)
+    head, blen, disk = z:get(req, key, sec)
     if not head then return nil, nil, nil, sec end
   end
   local meta, headers, case, base = decode_cached(head)
   if not meta then return nil end
-  return meta, headers, blen, sec, case, base
+  return meta, headers, blen, sec, case, base, disk
 end
 
 -- Several ranges (RFC 9110 §14.6): a multipart/byteranges body built from the entry, when the
@@ -664,10 +665,13 @@ end
 -- One lookup for P.request: true when the request was answered (from the entry, or 504
 -- under only-if-cached) or goes upstream to revalidate; false on a miss (st.sec set).
 -- waited: after waiting for another request's fill.
-local HIT = { hit = true } -- serve's cs of a plain hit (serve reads it only)
+-- serve's cs of a plain hit, and of one that came from the disk tier (RFC 9211 detail:
+-- a hit is a hit, from memory or from a file; the detail tells them apart). serve reads
+-- them only.
+local HIT, DISK_HIT = { hit = true }, { hit = true, detail = "disk" }
 
 local function look(req, conf, st, z, key, rh, rd, waited)
-  local meta, headers, blen, sec, case, base = lookup(req, z, key, rh, conf)
+  local meta, headers, blen, sec, case, base, disk = lookup(req, z, key, rh, conf)
   st.case = case
   if meta then
     local now = proxy.now()
@@ -675,14 +679,15 @@ local function look(req, conf, st, z, key, rh, rd, waited)
     -- table (policy.fresh_plain).
     if rd == NO_DIRECTIVES and not waited and not st.l2 and policy.fresh_plain(meta, now) then
       z:count("hit")
-      serve(req, conf, st, meta, headers, blen, HIT, nil, base)
+      serve(req, conf, st, meta, headers, blen, disk and DISK_HIT or HIT, nil, base)
       return true
     end
     local decision, d = policy.evaluate(meta, rd, now, conf._opts)
     if decision == "fresh" or decision == "stale_ok" then
       z:count(decision == "fresh" and "hit" or "stale")
       serve(req, conf, st, meta, headers, blen,
-        { hit = true, collapsed = waited or nil, detail = st.l2 }, nil, base)
+        { hit = true, collapsed = waited or nil, detail = st.l2 or (disk and "disk") or nil },
+        nil, base)
       return true
     elseif decision == "stale_while_revalidate" then
       z:count("stale")

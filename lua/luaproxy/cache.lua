@@ -43,9 +43,11 @@ end
 function M.zone(name) return zone_of(name, "proxy.cache.zone()") end
 
 -- The entry stored for (key, sec): its head and body length, kept with the request for
--- respond/refresh; nil when none.
+-- respond/refresh, and true when this request read it from the disk tier (read back, or
+-- streamed from its file); nil when none.
 function Zone:get(req, key, sec)
   sec = sec or ""
+  local disk = false
   local rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
   if rc == 3 then
     -- Another request reads this entry back from disk (it holds the key's lock): wait for
@@ -58,8 +60,9 @@ function Zone:get(req, key, sec)
     -- then the lookup answers from what it read (or misses: a damaged file is dropped).
     phases.wait()
     rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+    disk = true
   end
-  if rc == 1 then return ffi_string(s1[0].base, s1[0].len), d1[0] end
+  if rc == 1 then return ffi_string(s1[0].base, s1[0].len), d1[0], disk end
   return nil
 end
 
