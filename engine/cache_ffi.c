@@ -494,21 +494,15 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
     return lp_cache_fill_commit(f) ? LP_FFI_ENOSPACE : 0;
 }
 
-/* The answer's fields, as "Name: value\r\n" lines (wire form: a hit's stored fields are
- * serialised once per head, lua/luaproxy/cache.lua, then come its own), replace the
- * response's. */
-int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, const char *more,
-                         size_t mlen, double first, double last, int flags)
+int lp__cache_answer(lp_req_t *r, int status, const char *fields, size_t flen, int checked,
+                     const char *more, size_t mlen, double first, double last)
 {
-    lp_req_t *r = rp;
-    if (!lp__lua_runs(r))
-        return LP_FFI_EOTHER;
     lp_req_cache_t *rc = &r->cache;
     if (!rc->hit || status < 200 || status > 999)
         return LP_FFI_EINVAL;
     int hrc = lp__resp_begin(r);
     if (!hrc)
-        hrc = lp__resp_add_wire(r, fields, flen, flags & LP_FFI_CACHE_FIELDS_CHECKED);
+        hrc = lp__resp_add_wire(r, fields, flen, checked);
     if (!hrc)
         hrc = lp__resp_add_wire(r, more, mlen, 0);
     if (hrc)
@@ -535,28 +529,36 @@ int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, 
         rc->body = lp_cache_entry_ref(rc->hit);
         rc->streaming = 1;
         rc->left = to > off ? to - off : 0;
-        r->resp.local_body_len = (size_t)rc->left;
-        r->resp.status = status;
-        r->flags |= LP_RF_LOCAL;
-        if (!(r->flags & LP_RF_NO_LUA_RESP)) {
-            lp__lua_mark_responded();
-            if (flags & LP_FFI_CACHE_ONLY_HOOK)
-                r->flags |= LP_RF_NO_LUA_RESP;
+    } else {
+        rc->body = lp_cache_entry_ref(rc->hit);
+        rc->chunk = lp_cache_entry_chunks(rc->body);
+        rc->chunk_off = 0;
+        while (rc->chunk && from >= rc->chunk->len) {
+            from -= rc->chunk->len;
+            rc->chunk = rc->chunk->next;
         }
-        return 0;
+        rc->chunk_off = (size_t)from;
+        rc->left = to - (first >= 0 && to ? (uint64_t)first : 0);
     }
-    rc->body = lp_cache_entry_ref(rc->hit);
-    rc->chunk = lp_cache_entry_chunks(rc->body);
-    rc->chunk_off = 0;
-    while (rc->chunk && from >= rc->chunk->len) {
-        from -= rc->chunk->len;
-        rc->chunk = rc->chunk->next;
-    }
-    rc->chunk_off = (size_t)from;
-    rc->left = to - (first >= 0 && to ? (uint64_t)first : 0);
     r->resp.local_body_len = (size_t)rc->left;
     r->resp.status = status;
     r->flags |= LP_RF_LOCAL;
+    return 0;
+}
+
+/* The answer's fields, as "Name: value\r\n" lines (wire form: a hit's stored fields are
+ * serialised once per head, lua/luaproxy/cache.lua, then come its own), replace the
+ * response's. */
+int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, const char *more,
+                         size_t mlen, double first, double last, int flags)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    int rc = lp__cache_answer(r, status, fields, flen, flags & LP_FFI_CACHE_FIELDS_CHECKED, more,
+                              mlen, first, last);
+    if (rc)
+        return rc;
     /* The request phase ends here (as req:respond()); in the response phase the plugins that
      * follow still run and see this answer. */
     if (!(r->flags & LP_RF_NO_LUA_RESP)) {

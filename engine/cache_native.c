@@ -66,15 +66,31 @@ typedef struct {
 
 #define NLEARNED 8
 
+/* How the plugin served a plain hit on an entry (a GET without any field the policy reads,
+ * on a fresh entry without Vary): its status and stored fields' lines (served_list's wire,
+ * checked by lp__wire_valid), and what its age and freshness are computed from: the age at
+ * the response time (policy.current_age(meta, meta.response_time)), that time, the TTL. */
+typedef struct {
+    const lp_cache_entry_t *e; /* identity only (no reference): with `serial` */
+    uint64_t serial;           /* the entry's head it was learned from */
+    int status;
+    char *wire; /* owned: "Name: value\r\n" lines */
+    size_t wire_len;
+    double age0, response_time, ttl;
+} hit_memo_t;
+
+#define NHITS 256
+
 struct lp_cache_native_s {
     lp_cache_zone_t *zone; /* borrowed: the generation's config holds the zone */
     double lock_timeout;   /* seconds; < 0: no coalescing (the plugin's lock = false) */
     learned_t learned[NLEARNED];
-    unsigned next;      /* the slot a new decision replaces when all are used */
-    char date[40];      /* the last Date value the plugin parsed */
-    size_t date_len;    /* 0: none yet */
-    double date_value;  /* what it parsed to */
-    uint8_t date_valid; /* 0: it did not parse (the meta has no date) */
+    unsigned next;          /* the slot a new decision replaces when all are used */
+    char date[40];          /* the last Date value the plugin parsed */
+    size_t date_len;        /* 0: none yet */
+    double date_value;      /* what it parsed to */
+    uint8_t date_valid;     /* 0: it did not parse (the meta has no date) */
+    hit_memo_t hits[NHITS]; /* by entry address */
 };
 
 lp_cache_native_t **lp_cache_native_load(lua_State *L, int state_idx, size_t nroutes)
@@ -113,8 +129,11 @@ void lp_cache_native_free(lp_cache_native_t **all, size_t nroutes)
 {
     if (!all)
         return;
-    for (size_t i = 0; i < nroutes; i++)
+    for (size_t i = 0; i < nroutes; i++) {
+        for (int j = 0; all[i] && j < NHITS; j++)
+            free(all[i]->hits[j].wire);
         free(all[i]);
+    }
     free(all);
 }
 
@@ -124,6 +143,49 @@ static lp_cache_native_t *native_of(const lp_req_t *r)
     if (!vm || !vm->cache_native || r->route_index < 0 || (size_t)r->route_index >= vm->nroutes)
         return NULL;
     return vm->cache_native[r->route_index];
+}
+
+static hit_memo_t *hit_slot(lp_cache_native_t *n, const lp_cache_entry_t *e)
+{
+    uintptr_t a = (uintptr_t)e;
+    return &n->hits[(a >> 6 ^ a >> 14) % NHITS];
+}
+
+/* A plain hit on e served as the plugin served it before: its serve() with policy.current_age
+ * and age_header, and the Cache-Status of a hit (`luaproxy; hit; ttl=N`). 0 when answered. */
+static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, double now)
+{
+    const hit_memo_t *h = hit_slot(n, e);
+    if (h->e != e || h->serial != lp_cache_entry_serial(e) || !lp_cache_entry_resident(e))
+        return 1;
+    double age = h->age0 + (now > h->response_time ? now - h->response_time : 0);
+    double left = h->ttl - age;
+    if (!(left > 0) || left > 1e15)
+        return 1; /* stale (or absurd): the plugin decides */
+    if (age > 2147483648.0)
+        age = 2147483648.0;
+    char more[96], *p = more;
+    memcpy(p, "Age: ", 5);
+    p += 5;
+    p += lp_u64_to_str((uint64_t)(age > 0 ? floor(age) : 0), 10, p);
+    static const char cs[] = "\r\nCache-Status: luaproxy; hit; ttl=";
+    memcpy(p, cs, sizeof cs - 1);
+    p += sizeof cs - 1;
+    p += lp_u64_to_str((uint64_t)floor(left), 10, p);
+    *p++ = '\r';
+    *p++ = '\n';
+    lp_req_cache_t *rc = &r->cache;
+    rc->hit = e;
+    rc->hit_zone = n->zone;
+    if (lp__cache_answer(r, h->status, h->wire, h->wire_len, 1, more, (size_t)(p - more), -1, -1)) {
+        rc->hit = NULL; /* the caller still holds e: the plugin answers */
+        rc->hit_zone = NULL;
+        lp__resp_begin(r);
+        return 1;
+    }
+    lp_cache_count(n->zone, LP_CACHE_C_HIT);
+    r->flags |= LP_RF_NO_LUA_RESP; /* the plugin has nothing to do for its own answer */
+    return 0;
 }
 
 int lp_cache_native_request(lp_req_t *r)
@@ -138,6 +200,8 @@ int lp_cache_native_request(lp_req_t *r)
         return 1;
     double now = lp_ffi_now();
     lp_cache_entry_t *e = lp_cache_get(n->zone, key.base, key.len, "", 0, now);
+    if (e && !native_hit(r, n, e, now))
+        return 2;
     if (e) {
         rc->hit = e; /* the plugin's first lookup (lp_ffi_cache_get) */
         rc->hit_zone = n->zone;
@@ -339,6 +403,30 @@ int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, co
     d->stale = stale;
     memcpy(d->source, source, slen);
     d->source_len = slen;
+    return 0;
+}
+
+int lp_ffi_cache_native_hit(void *rp, int status, const char *wire, size_t wlen, double age0,
+                            double response_time, double ttl)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    lp_cache_native_t *n = native_of(r);
+    const lp_cache_entry_t *e = r->cache.hit;
+    if (!n || !e || r->cache.hit_zone != n->zone || status < 200 || status > 999 ||
+        !(age0 >= 0 && age0 < 1e15) || !(ttl >= 0 && ttl < 1e15) || !(response_time > 0) ||
+        lp__wire_valid(wire, wlen))
+        return 0;
+    hit_memo_t *h = hit_slot(n, e);
+    if (h->e == e && h->serial == lp_cache_entry_serial(e))
+        return 0; /* learned already */
+    char *copy = malloc(wlen ? wlen : 1);
+    if (!copy)
+        return 0;
+    memcpy(copy, wire, wlen);
+    free(h->wire);
+    *h = (hit_memo_t){e, lp_cache_entry_serial(e), status, copy, wlen, age0, response_time, ttl};
     return 0;
 }
 

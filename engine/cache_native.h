@@ -18,9 +18,11 @@ typedef struct lp_cache_native_s lp_cache_native_t;
 lp_cache_native_t **lp_cache_native_load(lua_State *L, int state_idx, size_t nroutes);
 void lp_cache_native_free(lp_cache_native_t **all, size_t nroutes);
 
-/* The request phase: 0 when the engine ran it (a GET without any field the policy reads,
- * whose key has no entry, and whose fill lock this request took: it goes upstream), else 1
- * (the plugin's Lua runs, as without this). */
+/* The request phase: 0 when the engine ran it for a miss (a GET without any field the
+ * policy reads, whose key has no entry, and whose fill lock this request took: it goes
+ * upstream), 2 when it answered a hit on an entry the plugin served a plain hit on before
+ * (lp_ffi_cache_native_hit) and still fresh, else 1 (the plugin's Lua runs, as without
+ * this). */
 int lp_cache_native_request(lp_req_t *req);
 /* The response phase of a request the engine ran the request phase of: 0 when the engine
  * stored (or did not store) the response as the plugin decided for a response of the same

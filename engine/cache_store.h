@@ -114,6 +114,8 @@ size_t lp_cache_entry_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *
 int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char *head, size_t hlen,
                             double keep_until);
 uint64_t lp_cache_entry_body_len(const lp_cache_entry_t *e);
+/* Which head the entry has: a number never given to another entry or head in the process. */
+uint64_t lp_cache_entry_serial(const lp_cache_entry_t *e);
 /* Whether the body is in memory: 0 for an entry only on disk (its body must be read back
  * first, cache_disk_hit.c; lp_cache_entry_chunks is NULL). */
 int lp_cache_entry_resident(const lp_cache_entry_t *e);

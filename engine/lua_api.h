@@ -453,6 +453,12 @@ int lp_ffi_cache_miss_status(void *r, int status, int stored, double ttl);
 int lp_ffi_cache_native_learn(void *r, int status, int storable, double ttl, const char *source,
                               size_t slen, double stale, double date);
 double lp_ffi_cache_native_t0(void *r);
+/* The plugin served a plain hit on the looked-up entry (a GET without any field the policy
+ * reads, fresh, no Vary): with status and the stored fields' lines (wire), its age at the
+ * response time, that time and its TTL, for the engine to serve the next such hits on that
+ * entry's head the same way while it is fresh. */
+int lp_ffi_cache_native_hit(void *r, int status, const char *wire, size_t wlen, double age0,
+                            double response_time, double ttl);
 
 /* req:trailers() (resp 0: the client's request trailers) and req:resp_trailers() (resp 1:
  * the upstream's response trailers): their fields as "name: value\r\n" lines in *out (empty

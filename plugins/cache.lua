@@ -679,6 +679,13 @@ local function look(req, conf, st, z, key, rh, rd, waited)
     -- table (policy.fresh_plain).
     if rd == NO_DIRECTIVES and not waited and not st.l2 and policy.fresh_plain(meta, now) then
       z:count("hit")
+      -- The engine may answer the next plain hits on this entry as this one is answered
+      -- (engine/cache_native.c: status, the stored fields, Age and Cache-Status from
+      -- current_age), while it is fresh. Before serve, which ends the phase.
+      if conf._native and sec == "" and not disk and headers["cache-status"] == nil then
+        z:native_hit(req, meta.status or 200, base.wire,
+          policy.current_age(meta, meta.response_time), meta.response_time, meta.ttl or 0)
+      end
       serve(req, conf, st, meta, headers, blen, disk and DISK_HIT or HIT, nil, base)
       return true
     end

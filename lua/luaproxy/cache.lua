@@ -296,6 +296,13 @@ function Zone:native_learn(req, status, meta, stale)
   end
 end
 
+-- A plain hit on the looked-up entry: its status, its stored fields as served (lines), its
+-- age at its response time, that time and its TTL: the engine serves the next ones on this
+-- entry's head the same way while it is fresh.
+function Zone:native_hit(req, status, wire, age0, response_time, ttl)
+  C.lp_ffi_cache_native_hit(req._r, status, wire, #wire, age0, response_time, ttl)
+end
+
 -- The looked-up entry gets a new head (a 304 revalidated it), kept `keep` seconds more.
 function Zone:refresh(req, head, keep)
   return C.lp_ffi_cache_refresh(req._r, head, #head, keep) == 0

@@ -64,7 +64,7 @@ class CacheTest(H.ProxyTestCase):
              # (engine/cache_native.c) with the plugin's own decisions.
              dict(route, match={"prefix": "/dttl/"},
                   plugins=[{"name": "cache", "zone": ZONE,
-                            "default_ttl": {"200": 600, "404": 60}}]),
+                            "default_ttl": {"200": 600, "404": 60, "203": 1}}]),
              dict(route, match={"prefix": "/"},
                   plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 10}])],
             workers=2, admin={"address": "127.0.0.1:0"},
@@ -239,6 +239,47 @@ class CacheTest(H.ProxyTestCase):
         self.get("/dttl/nostore", headers=[("Cache-Control", "no-store")])
         self.assertEqual(self.get("/dttl/nostore").body, b"n2")
         self.assertEqual(self.get("/dttl/nostore").body, b"n2")
+
+    def test_hits_answered_by_engine_as_the_plugin_answers(self):
+        # After the plugin served a plain hit on an entry (per worker), the engine answers the
+        # next ones on that entry's head itself: the same status, fields, Age and
+        # Cache-Status; never once the entry is stale, purged or replaced.
+        p = "/dttl/hits"
+        self.origin.script(p, lambda req, n: H.simple_response(
+            200, b"h%d" % n, [("ETag", '"h%d"' % n), ("X-Kept", "a, b"), ("X-Kept", "c")]))
+        self.assertEqual(self.get(p).body, b"h1")
+        for _ in range(12):  # fresh connections: both workers learn, then answer
+            r = self.get(p)
+            self.assertEqual((r.status, r.body), (200, b"h1"))
+            self.assertRegex(r.header("cache-status"), r"^luaproxy; hit; ttl=(600|599|598)$")
+            self.assertIn(r.header("age"), ("0", "1", "2"))
+            self.assertEqual(r.header("etag"), '"h1"')
+            self.assertEqual(r.header("content-length"), "2")
+            self.assertEqual([v for k, v in r.headers if k.lower() == "x-kept"], ["a, b", "c"])
+        # Requests with fields the policy reads still get the plugin's answers.
+        self.assertEqual(self.get(p, headers=[("If-None-Match", '"h1"')]).status, 304)
+        r = self.get(p, headers=[("Range", "bytes=1-1")])
+        self.assertEqual((r.status, r.body), (206, b"1"))
+        self.assertEqual(self.get(p, method="HEAD").body, b"")
+        self.assertEqual(self.origin.count(p), 1)
+        # Purged: the next request goes upstream, and its new entry is served, not the old.
+        key = "GET http://a.test" + p
+        st, j = self.admin("DELETE", "/cache/%s?key=%s" % (ZONE, urllib.parse.quote(key, safe="")))
+        self.assertEqual((st, j["purged"]), (200, 1))
+        self.assertEqual(self.get(p).body, b"h2")
+        for _ in range(6):
+            r = self.get(p)
+            self.assertEqual((r.body, r.header("etag")), (b"h2", '"h2"'))
+        self.assertEqual(self.origin.count(p), 2)
+        # Fresh for a second (default_ttl 203 = 1): once stale, never answered as fresh.
+        q = "/dttl/short"
+        self.origin.script(q, lambda req, n: H.simple_response(203, b"s%d" % n, reason="X"))
+        for _ in range(6):
+            self.assertEqual(self.get(q).body, b"s1")
+        time.sleep(2.2)
+        r = self.get(q)
+        self.assertEqual(r.body, b"s2")
+        self.assertNotIn("hit", r.header("cache-status"))
 
     def test_miss_not_stored_says_so(self):
         p = self.path()
