@@ -10,15 +10,17 @@
  * request holds) runs the plugin, which gets the entry looked up here as its own first
  * lookup (no second one).
  *
- * Response phase: for a response with none of Cache-Control, Pragma, Expires, Age, Vary,
- * Set-Cookie, Connection and Cache-Status, the policy's storability, lifetime and stale window
- * depend on its status, on whether it has a validator (ETag, Last-Modified), and on the
- * route's options only; its meta adds the Date (parsed by the plugin), ETag and
+ * Response phase: for a response with none of Pragma, Expires, Age, Vary, Set-Cookie,
+ * Connection and Cache-Status, and at most one Cache-Control line, the policy's storability,
+ * lifetime, revalidation flags and stale windows depend on its status, on whether it has a
+ * validator (ETag, Last-Modified), on that Cache-Control value, and on the route's options
+ * only; its meta adds the Date (parsed by the plugin), ETag and
  * Last-Modified values and the request and response times. The plugin, when it ran such a
  * response of a request started here, told the engine what it decided
- * (lp_ffi_cache_native_learn: storable or not, TTL and its source, the stale window) and
- * which number the Date it saw parses to. A later response of that status and shape, with
- * that Date (or none), is stored here as the plugin would store it: the same meta lines
+ * (lp_ffi_cache_native_learn: storable or not, TTL and its source, the revalidation flags,
+ * the stale windows; a decision storing fewer than all fields is not kept) and which number
+ * the Date it saw parses to. A later response of that status, shape and Cache-Control value,
+ * with that Date (or none), is stored here as the plugin would store it: the same meta lines
  * (the plugin's encode_meta), the same age (RFC 9111 §4.2.3 with no Age field: the larger
  * of the apparent age and the response delay), the same keep time and Cache-Status. Any other
  * response runs the plugin (which learns from it). A change to what the policy reads must
@@ -50,18 +52,22 @@
 #define F_CACHE_STATUS  F_BIT(19)
 /* A response with any of these takes the plugin's path every time. */
 #define SHAPE_OTHER                                                                                \
-    (F_CACHE_CONTROL | F_PRAGMA | F_EXPIRES | F_AGE | F_VARY | F_SET_COOKIE | F_CONNECTION |       \
-     F_CACHE_STATUS)
+    (F_PRAGMA | F_EXPIRES | F_AGE | F_VARY | F_SET_COOKIE | F_CONNECTION | F_CACHE_STATUS)
 
 /* One decision of the plugin, for responses of a status and shape. */
 typedef struct {
     int status;         /* 0: unused */
     uint8_t validators; /* with an ETag or a Last-Modified */
     uint8_t storable;
-    double ttl;      /* the freshness lifetime (meta.ttl) */
-    double stale;    /* keep_for's stale window (seconds kept beyond freshness) */
-    char source[24]; /* meta.ttl_source */
+    uint8_t must_revalidate, no_cache; /* meta's flags */
+    double ttl;                        /* the freshness lifetime (meta.ttl) */
+    double stale;                      /* keep_for's stale window (seconds kept beyond freshness) */
+    double swr, sie;                   /* meta.stale_while_revalidate, _if_error; < 0: none */
+    char source[24];                   /* meta.ttl_source */
     size_t source_len;
+    char cc[64]; /* the response's Cache-Control value (one line) */
+    size_t cc_len;
+    uint8_t has_cc;
 } learned_t;
 
 #define NLEARNED 8
@@ -220,14 +226,28 @@ int lp_cache_native_request(lp_req_t *r)
     return 0;
 }
 
-static learned_t *learned_find(lp_cache_native_t *n, int status, int validators)
+static learned_t *learned_find(lp_cache_native_t *n, int status, int validators, const lp_str_t *cc)
 {
     for (int i = 0; i < NLEARNED; i++) {
         learned_t *d = &n->learned[i];
-        if (d->status == status && d->validators == validators)
+        if (d->status == status && d->validators == validators && d->has_cc == (cc != NULL) &&
+            (!cc || (d->cc_len == cc->len && memcmp(d->cc, cc->base, cc->len) == 0)))
             return d;
     }
     return NULL;
+}
+
+/* The response's Cache-Control value when it has exactly one such field (*out), or -1 when
+ * it has several (the plugin's path: their parse is not kept); 0 without one. */
+static int one_cc(lp_req_t *r, int mask, lp_str_t *out)
+{
+    if (!(mask & F_CACHE_CONTROL))
+        return 0;
+    lp_str_t more;
+    if (lp_ffi_header_get(r, 1, "cache-control", 13, 0, out) != 1 ||
+        lp_ffi_header_get(r, 1, "cache-control", 13, 1, &more) == 1)
+        return -1;
+    return 1;
 }
 
 /* The meta's lines are made without printf (its floating-point conversions cost more than
@@ -299,7 +319,12 @@ int lp_cache_native_response(lp_req_t *r)
     int mask = lp_ffi_cache_fields(r, 1);
     if (mask & SHAPE_OTHER)
         return 1;
-    const learned_t *d = learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0);
+    lp_str_t cc;
+    int ncc = one_cc(r, mask, &cc);
+    if (ncc < 0)
+        return 1;
+    const learned_t *d =
+        learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0, ncc ? &cc : NULL);
     if (!d)
         return 1;
     if (!d->storable)
@@ -334,7 +359,11 @@ int lp_cache_native_response(lp_req_t *r)
     bad |= put_uint(&o, d->ttl);
     PUT_LIT(&o, "\ns ttl_source\t");
     put(&o, d->source, d->source_len);
-    PUT_LIT(&o, "\nb must_revalidate\t0\nb no_cache\t0\n");
+    PUT_LIT(&o, "\nb must_revalidate\t");
+    put(&o, d->must_revalidate ? "1" : "0", 1);
+    PUT_LIT(&o, "\nb no_cache\t");
+    put(&o, d->no_cache ? "1" : "0", 1);
+    PUT_LIT(&o, "\n");
     if (dated) {
         PUT_LIT(&o, "n date\t");
         bad |= put_uint(&o, n->date_value);
@@ -348,6 +377,16 @@ int lp_cache_native_response(lp_req_t *r)
     if (lm.base) {
         PUT_LIT(&o, "s last_modified\t");
         put(&o, lm.base, lm.len);
+        PUT_LIT(&o, "\n");
+    }
+    if (d->swr >= 0) {
+        PUT_LIT(&o, "n stale_while_revalidate\t");
+        bad |= put_uint(&o, d->swr);
+        PUT_LIT(&o, "\n");
+    }
+    if (d->sie >= 0) {
+        PUT_LIT(&o, "n stale_if_error\t");
+        bad |= put_uint(&o, d->sie);
         PUT_LIT(&o, "\n");
     }
     if (bad || o.over)
@@ -368,7 +407,8 @@ int lp_cache_native_response(lp_req_t *r)
 }
 
 int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, const char *source,
-                              size_t slen, double stale, double date)
+                              size_t slen, double stale, double date, int flags, double swr,
+                              double sie)
 {
     lp_req_t *r = rp;
     if (!lp__lua_runs(r))
@@ -377,9 +417,12 @@ int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, co
     if (!n)
         return 0;
     int mask = lp_ffi_cache_fields(r, 1);
-    if ((mask & SHAPE_OTHER) || status < 100 || status > 999 ||
-        slen >= sizeof n->learned[0].source || !(ttl >= 0 && ttl < 1e15) ||
-        !(stale >= 0 && stale < 1e15))
+    lp_str_t cc;
+    int ncc = one_cc(r, mask, &cc);
+    if ((mask & SHAPE_OTHER) || ncc < 0 || (ncc && cc.len > sizeof n->learned[0].cc) ||
+        status < 100 || status > 999 || slen >= sizeof n->learned[0].source ||
+        !(ttl >= 0 && ttl < 1e15) || !(stale >= 0 && stale < 1e15) || !(swr < 1e15) ||
+        !(sie < 1e15) || (storable && !(flags & LP_FFI_CACHE_LEARN_ALL_FIELDS)))
         return 0;
     if (storable && (mask & F_DATE)) {
         lp_str_t v;
@@ -391,18 +434,26 @@ int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, co
         n->date_value = n->date_valid ? date : 0;
     }
     int validators = (mask & (F_ETAG | F_LAST_MODIFIED)) != 0;
-    learned_t *d = learned_find(n, status, validators);
+    learned_t *d = learned_find(n, status, validators, ncc ? &cc : NULL);
     if (!d) {
         d = &n->learned[n->next];
         n->next = (n->next + 1) % NLEARNED;
     }
     d->status = status;
     d->validators = (uint8_t)validators;
-    d->storable = storable != 0;
+    d->storable = (uint8_t)(storable != 0);
+    d->must_revalidate = (uint8_t)((flags & LP_FFI_CACHE_LEARN_MUST_REVALIDATE) != 0);
+    d->no_cache = (uint8_t)((flags & LP_FFI_CACHE_LEARN_NO_CACHE) != 0);
     d->ttl = ttl;
     d->stale = stale;
+    d->swr = swr >= 0 ? swr : -1;
+    d->sie = sie >= 0 ? sie : -1;
     memcpy(d->source, source, slen);
     d->source_len = slen;
+    d->has_cc = (uint8_t)(ncc != 0);
+    d->cc_len = ncc ? cc.len : 0;
+    if (ncc)
+        memcpy(d->cc, cc.base, cc.len);
     return 0;
 }
 

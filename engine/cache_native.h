@@ -26,7 +26,8 @@ void lp_cache_native_free(lp_cache_native_t **all, size_t nroutes);
 int lp_cache_native_request(lp_req_t *req);
 /* The response phase of a request the engine ran the request phase of: 0 when the engine
  * stored (or did not store) the response as the plugin decided for a response of the same
- * status and shape before (lp_ffi_cache_native_learn), else 1 (the plugin's Lua runs). */
+ * status, shape and Cache-Control value before (lp_ffi_cache_native_learn), else 1 (the
+ * plugin's Lua runs). */
 int lp_cache_native_response(lp_req_t *req);
 
 #endif

@@ -446,12 +446,22 @@ int lp_ffi_cache_key(void *r, lp_str_t *out);
 int lp_ffi_cache_miss_status(void *r, int status, int stored, double ttl);
 /* The engine's run of the plugin's common miss (cache_native.c). learn: what the plugin
  * decided for this response (storable, meta.ttl, meta.ttl_source, keep_for's stale window,
- * meta.date or NaN), kept to be replayed for responses of its status and shape when the
+ * meta.date or NaN, the flags below), kept to be replayed for responses of its status and
+ * shape (and Cache-Control value) when the
  * engine ran this request's request phase (otherwise, or for a response of another shape,
  * nothing is kept). native_t0: when the engine looked this request up (its request time),
  * -1 when the plugin's request phase ran. */
+/* flags: meta.must_revalidate, meta.no_cache, and whether the plugin stored every field but
+ * the hop-by-hop ones (policy.stores_all_fields: a decision storing fewer is not replayed);
+ * swr, sie: meta.stale_while_revalidate, _if_error, or -1. */
+enum {
+    LP_FFI_CACHE_LEARN_MUST_REVALIDATE = 1,
+    LP_FFI_CACHE_LEARN_NO_CACHE = 2,
+    LP_FFI_CACHE_LEARN_ALL_FIELDS = 4
+};
 int lp_ffi_cache_native_learn(void *r, int status, int storable, double ttl, const char *source,
-                              size_t slen, double stale, double date);
+                              size_t slen, double stale, double date, int flags, double swr,
+                              double sie);
 double lp_ffi_cache_native_t0(void *r);
 /* The plugin served a plain hit on the looked-up entry (a GET without any field the policy
  * reads, fresh, no Vary): with status and the stored fields' lines (wire), its age at the

@@ -1075,7 +1075,10 @@ function P.response(req, conf)
     if ok then
       local meta = policy.meta(status, rsh, st.t0, now, conf._opts)
       if o_ttl then meta.ttl, meta.ttl_source = o_ttl + policy.current_age(meta, now), "lua" end
-      if st.native then z:native_learn(req, status, meta, stale_for(meta, conf)) end
+      if st.native then
+        z:native_learn(req, status, meta, stale_for(meta, conf),
+          policy.stores_all_fields(rsh, conf._opts))
+      end
       local vary = rsh.vary
       if type(vary) == "table" then vary = concat(vary, ", ") end
       local sec, vary_line = "", nil -- vary_line: the Vary as one line (marker and L2)

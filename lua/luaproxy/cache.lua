@@ -285,14 +285,18 @@ end
 
 -- Response phase of such a request: what the plugin decided for this response (meta: the
 -- stored entry's, from policy.meta; nil: not stored; stale: the seconds kept beyond its
--- freshness), for the engine to replay on responses of its status and shape.
+-- freshness; all_fields: it stores every field but the hop-by-hop ones), for the engine to
+-- replay on responses of its status and shape.
 local NAN = 0 / 0
-function Zone:native_learn(req, status, meta, stale)
+function Zone:native_learn(req, status, meta, stale, all_fields)
   if meta then
     local src = meta.ttl_source
-    C.lp_ffi_cache_native_learn(req._r, status, 1, meta.ttl, src, #src, stale, meta.date or NAN)
+    local flags = (meta.must_revalidate and 1 or 0) + (meta.no_cache and 2 or 0)
+      + (all_fields and 4 or 0)
+    C.lp_ffi_cache_native_learn(req._r, status, 1, meta.ttl, src, #src, stale, meta.date or NAN,
+      flags, meta.stale_while_revalidate or -1, meta.stale_if_error or -1)
   else
-    C.lp_ffi_cache_native_learn(req._r, status, 0, 0, "", 0, 0, NAN)
+    C.lp_ffi_cache_native_learn(req._r, status, 0, 0, "", 0, 0, NAN, 0, -1, -1)
   end
 end
 

@@ -194,7 +194,8 @@ int lp_ffi_cache_store_fields(void *r, void *zone, const char *key, size_t klen,
 int lp_ffi_cache_key(void *r, lp_str_t *out);
 int lp_ffi_cache_miss_status(void *r, int status, int stored, double ttl);
 int lp_ffi_cache_native_learn(void *r, int status, int storable, double ttl, const char *source,
-                              size_t slen, double stale, double date);
+                              size_t slen, double stale, double date, int flags, double swr,
+                              double sie);
 double lp_ffi_cache_native_t0(void *r);
 int lp_ffi_cache_native_hit(void *r, int status, const char *wire, size_t wlen, double age0,
                             double response_time, double ttl);

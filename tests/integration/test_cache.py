@@ -234,6 +234,33 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "a")]).body, b"v1")
         self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "b")]).body, b"v2")
         self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "a")]).body, b"v1")
+        # Cache-Control values: the plugin's decision for each value, replayed for the next
+        # responses with that value (and only that value).
+        for cc, stored, ttl in (("max-age=300", True, r"(300|299|298)"),
+                                ("public, s-maxage=120, stale-while-revalidate=30", True,
+                                 r"(120|119|118)"),
+                                ("no-store", False, None), ("private", False, None),
+                                ("max-age=0, must-revalidate", True, r"(0|-1|-2)")):
+            for i in range(4):
+                q = "/dttl/cc%d-%s" % (i, cc.replace(" ", "").replace(",", "."))
+                self.origin.script(q, lambda req, n, cc=cc: H.simple_response(
+                    200, b"x%d" % n, [("Cache-Control", cc)]))
+                r = self.get(q)
+                self.assertEqual((r.status, r.body), (200, b"x1"))
+                if stored:
+                    self.assertRegex(r.header("cache-status"),
+                                     r"^luaproxy; fwd=miss; fwd-status=200; stored; ttl=%s$" % ttl)
+                else:
+                    self.assertEqual(r.header("cache-status"), "luaproxy; fwd=miss; fwd-status=200")
+                r = self.get(q)
+                fresh_hit = stored and not cc.startswith("max-age=0")
+                self.assertEqual(r.body, b"x1" if fresh_hit else b"x2", cc)
+                self.assertEqual("hit" in r.header("cache-status"), fresh_hit, cc)
+        # Two Cache-Control lines: the plugin's path every time.
+        self.origin.script("/dttl/cc2", lambda req, n: H.simple_response(
+            200, b"y%d" % n, [("Cache-Control", "max-age=60"), ("Cache-Control", "no-store")]))
+        for n in (1, 2):
+            self.assertEqual(self.get("/dttl/cc2").body, b"y%d" % n)
         # A request with a field the policy reads takes the plugin's path (no-store).
         self.origin.script("/dttl/nostore", lambda req, n: H.simple_response(200, b"n%d" % n))
         self.get("/dttl/nostore", headers=[("Cache-Control", "no-store")])
