@@ -33,12 +33,13 @@ json_t *lp_cache_admin_status(const lp_config_t *cfg)
         if (st.disk) {
             json_t *zo = json_object_get(o, lp_cache_zone_name(cfg->cache_zones[i]));
             json_object_set_new(zo, "disk",
-                                json_pack("{s:o,s:o,s:o,s:o,s:b,s:o,s:o,s:o}", "entries",
+                                json_pack("{s:o,s:o,s:o,s:o,s:b,s:o,s:o,s:o,s:o}", "entries",
                                           jint(st.disk_entries), "bytes", jint(st.disk_bytes),
                                           "capacity", jint(st.disk_capacity), "only_on_disk",
                                           jint(st.stubs), "loading", st.disk_loading, "evicted",
                                           jint(n[LP_CACHE_C_DISK_EVICTED]), "loaded",
-                                          jint(n[LP_CACHE_C_DISK_LOADED]), "dropped",
+                                          jint(n[LP_CACHE_C_DISK_LOADED]), "streamed",
+                                          jint(n[LP_CACHE_C_DISK_STREAMED]), "dropped",
                                           jint(n[LP_CACHE_C_DISK_DROPPED])));
         }
     }

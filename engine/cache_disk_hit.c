@@ -170,7 +170,7 @@ static void load_done(uv_work_t *w, int status)
         lp_log(LP_LOG_WARN, "cache zone %s: dropped %s: %s (the request goes upstream)",
                lp_cache_zone_name(z), l->path, l->err);
     } else if ((e || opened) && !l->err) {
-        lp_cache_count(z, LP_CACHE_C_DISK_LOADED);
+        lp_cache_count(z, opened ? LP_CACHE_C_DISK_STREAMED : LP_CACHE_C_DISK_LOADED);
     }
     if (l->err && e) {
         lp_cache_entry_unref(e);

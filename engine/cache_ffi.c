@@ -330,8 +330,17 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     if (!lp__lua_runs(r))
         return LP_FFI_EOTHER;
     lp_req_cache_t *rc = &r->cache;
+    /* The engine looked this key up just before (cache_native.c): its entry, not a second
+     * lookup. */
+    lp_cache_entry_t *kept = NULL;
+    if (rc->native_kept && rc->hit && rc->hit_zone == zone &&
+        lp_cache_entry_same(rc->hit, key, klen, sec, slen)) {
+        kept = rc->hit;
+        rc->hit = NULL;
+    }
+    rc->native_kept = 0;
     lp_cache_entry_unref(rc->hit);
-    rc->hit = lp_cache_get(zone, key, klen, sec, slen, real_now());
+    rc->hit = kept ? kept : lp_cache_get(zone, key, klen, sec, slen, real_now());
     int waited = rc->load_waited; /* this lookup follows a wait for another's read-back */
     rc->load_waited = 0;
     if (rc->hit && !lp_cache_entry_resident(rc->hit)) {
@@ -447,9 +456,14 @@ int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds)
 int lp_ffi_cache_store(void *rp, void *zone, const char *key, size_t klen, const char *sec,
                        size_t slen, const char *head, size_t hlen, double keep)
 {
-    lp_req_t *r = rp;
-    if (!lp__lua_runs(r))
+    if (!lp__lua_runs(rp))
         return LP_FFI_EOTHER;
+    return lp__cache_store(rp, zone, key, klen, sec, slen, head, hlen, keep);
+}
+
+int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
+                    const char *sec, size_t slen, const char *head, size_t hlen, double keep)
+{
     /* Only an upstream's body can be gathered: a HEAD's has none, a local answer is not one. */
     if ((r->flags & (LP_RF_HEAD | LP_RF_LOCAL)) || !r->try.peer)
         return LP_FFI_EINVAL;
@@ -480,23 +494,17 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
     return lp_cache_fill_commit(f) ? LP_FFI_ENOSPACE : 0;
 }
 
-/* The answer's fields, as "Name: value\r\n" lines (wire form: a hit's stored fields are
- * serialised once per head, lua/luaproxy/cache.lua, then come its own), replace the
- * response's. */
-int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, const char *more,
-                         size_t mlen, double first, double last, int flags)
+int lp__cache_answer(lp_req_t *r, int status, const char *fields, size_t flen, int checked,
+                     const char *more, size_t mlen, double first, double last)
 {
-    lp_req_t *r = rp;
-    if (!lp__lua_runs(r))
-        return LP_FFI_EOTHER;
     lp_req_cache_t *rc = &r->cache;
     if (!rc->hit || status < 200 || status > 999)
         return LP_FFI_EINVAL;
     int hrc = lp__resp_begin(r);
     if (!hrc)
-        hrc = lp__resp_add_wire(r, fields, flen);
+        hrc = lp__resp_add_wire(r, fields, flen, checked);
     if (!hrc)
-        hrc = lp__resp_add_wire(r, more, mlen);
+        hrc = lp__resp_add_wire(r, more, mlen, 0);
     if (hrc)
         return hrc;
     uint64_t len = lp_cache_entry_body_len(rc->hit);
@@ -521,28 +529,36 @@ int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, 
         rc->body = lp_cache_entry_ref(rc->hit);
         rc->streaming = 1;
         rc->left = to > off ? to - off : 0;
-        r->resp.local_body_len = (size_t)rc->left;
-        r->resp.status = status;
-        r->flags |= LP_RF_LOCAL;
-        if (!(r->flags & LP_RF_NO_LUA_RESP)) {
-            lp__lua_mark_responded();
-            if (flags & LP_FFI_CACHE_ONLY_HOOK)
-                r->flags |= LP_RF_NO_LUA_RESP;
+    } else {
+        rc->body = lp_cache_entry_ref(rc->hit);
+        rc->chunk = lp_cache_entry_chunks(rc->body);
+        rc->chunk_off = 0;
+        while (rc->chunk && from >= rc->chunk->len) {
+            from -= rc->chunk->len;
+            rc->chunk = rc->chunk->next;
         }
-        return 0;
+        rc->chunk_off = (size_t)from;
+        rc->left = to - (first >= 0 && to ? (uint64_t)first : 0);
     }
-    rc->body = lp_cache_entry_ref(rc->hit);
-    rc->chunk = lp_cache_entry_chunks(rc->body);
-    rc->chunk_off = 0;
-    while (rc->chunk && from >= rc->chunk->len) {
-        from -= rc->chunk->len;
-        rc->chunk = rc->chunk->next;
-    }
-    rc->chunk_off = (size_t)from;
-    rc->left = to - (first >= 0 && to ? (uint64_t)first : 0);
     r->resp.local_body_len = (size_t)rc->left;
     r->resp.status = status;
     r->flags |= LP_RF_LOCAL;
+    return 0;
+}
+
+/* The answer's fields, as "Name: value\r\n" lines (wire form: a hit's stored fields are
+ * serialised once per head, lua/luaproxy/cache.lua, then come its own), replace the
+ * response's. */
+int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, const char *more,
+                         size_t mlen, double first, double last, int flags)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    int rc = lp__cache_answer(r, status, fields, flen, flags & LP_FFI_CACHE_FIELDS_CHECKED, more,
+                              mlen, first, last);
+    if (rc)
+        return rc;
     /* The request phase ends here (as req:respond()); in the response phase the plugins that
      * follow still run and see this answer. */
     if (!(r->flags & LP_RF_NO_LUA_RESP)) {
@@ -553,6 +569,11 @@ int lp_ffi_cache_respond(void *rp, int status, const char *fields, size_t flen, 
             r->flags |= LP_RF_NO_LUA_RESP;
     }
     return 0;
+}
+
+int lp_ffi_cache_wire_check(const char *fields, size_t flen)
+{
+    return lp__wire_valid(fields, flen);
 }
 
 double lp_ffi_cache_read(void *rp, double first, char *dst, double n)
@@ -732,9 +753,14 @@ static int never_stored(lp_str_t name)
 int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen, const char *sec,
                               size_t slen, const char *meta, size_t mlen, double keep)
 {
-    lp_req_t *r = rp;
-    if (!lp__lua_runs(r))
+    if (!lp__lua_runs(rp))
         return LP_FFI_EOTHER;
+    return lp__cache_store_fields(rp, zone, key, klen, sec, slen, meta, mlen, keep);
+}
+
+int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
+                           const char *sec, size_t slen, const char *meta, size_t mlen, double keep)
+{
     int n = lp_ffi_header_count(r, 1);
     lp_str_t name, value;
     size_t need = mlen;
@@ -759,7 +785,7 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
         p += value.len;
         *p++ = '\n';
     }
-    return lp_ffi_cache_store(r, zone, key, klen, sec, slen, scratch, (size_t)(p - scratch), keep);
+    return lp__cache_store(r, zone, key, klen, sec, slen, scratch, (size_t)(p - scratch), keep);
 }
 
 /* The common miss's Cache-Status (RFC 9211) as the cache plugin wrote it, added in one
@@ -767,9 +793,13 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
  * the response has no Cache-Status of its own (nothing to replace). */
 int lp_ffi_cache_miss_status(void *rp, int status, int stored, double ttl)
 {
-    lp_req_t *r = rp;
-    if (!lp__lua_runs(r))
+    if (!lp__lua_runs(rp))
         return LP_FFI_EOTHER;
+    return lp__cache_miss_status(rp, status, stored, ttl);
+}
+
+int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
+{
     if (status < 100 || status > 999)
         return LP_FFI_EINVAL;
     static const char pre[] = "Cache-Status: luaproxy; fwd=miss; fwd-status=";
@@ -797,7 +827,7 @@ int lp_ffi_cache_miss_status(void *rp, int status, int stored, double ttl)
     }
     *p++ = '\r';
     *p++ = '\n';
-    return lp__resp_add_wire(r, line, (size_t)(p - line));
+    return lp__resp_add_wire(r, line, (size_t)(p - line), 1); /* our own line */
 }
 
 int lp_ffi_cache_key(void *r, lp_str_t *out)

@@ -27,6 +27,21 @@ void lp_cache_req_body_done(lp_req_t *req);
  * (lp_ffi_cache_fields' bits). */
 int lp__cache_field_index(lp_str_t name);
 
+/* lp_ffi_cache_store, _store_fields and _miss_status without the check that the request's
+ * Lua phase is running (the engine's own default policy, cache_native.c, calls them). */
+struct lp_cache_zone_s;
+int lp__cache_store(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, size_t klen,
+                    const char *sec, size_t slen, const char *head, size_t hlen, double keep);
+int lp__cache_store_fields(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, size_t klen,
+                           const char *sec, size_t slen, const char *meta, size_t mlen,
+                           double keep);
+int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl);
+/* lp_ffi_cache_respond's answer from the looked-up entry (cache.hit), without the Lua phase
+ * bookkeeping: the fields (checked: they passed lp__wire_valid), then `more`, and the body or
+ * its bytes first..last (first -1: whole; <= -2: none). 0, or an LP_FFI_E* code. */
+int lp__cache_answer(lp_req_t *r, int status, const char *fields, size_t flen, int checked,
+                     const char *more, size_t mlen, double first, double last);
+
 /* A stopping worker, once nothing runs on it: waits left are cancelled, wake-ups handed over
  * are dropped, and the inbox's async handle closes. */
 void lp_cache_worker_close(lp_worker_t *w);

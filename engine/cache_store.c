@@ -55,6 +55,13 @@ uint64_t lp__cache_fid(const char *key, size_t klen, const char *sec, size_t sle
     return lp_fnv1a64(lp_fnv1a64(lp_fnv1a64(LP_FNV1A64_INIT, len, 8), key, klen), sec, slen);
 }
 
+static _Atomic uint64_t next_serial = 1; /* lp_cache_entry_t.serial */
+
+uint64_t lp_cache_entry_serial(const lp_cache_entry_t *e)
+{
+    return atomic_load_explicit(&e->serial, memory_order_relaxed);
+}
+
 lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *sec, size_t slen,
                                       const char *head, size_t hlen, uint64_t body_len,
                                       double keep_until, lp_cache_chunk_t *chunks)
@@ -83,6 +90,7 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
     e->body_len = body_len;
     e->fid = lp__cache_fid(key, klen, sec, slen);
     atomic_init(&e->refs, 1);
+    atomic_init(&e->serial, atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed));
     if (chunks) {
         e->resident = 1;
         e->chunks = chunks;
@@ -634,6 +642,9 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     e->head = h;
     e->hlen = hlen;
     e->keep_until = keep_until;
+    atomic_store_explicit(&e->serial,
+                          atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed),
+                          memory_order_relaxed);
     if (e->linked && e->resident && z->disk) {
         e->stamp = ++z->stamps; /* the file is written again, with the new head */
         lp_cdisk_queue_write(z->disk, e);

@@ -51,12 +51,13 @@ enum {
     LP_CACHE_C_STALE,
     LP_CACHE_C_REVALIDATED,
     LP_CACHE_C_BYPASS,
-    LP_CACHE_C_STORED,       /* fills committed */
-    LP_CACHE_C_ABANDONED,    /* fills dropped: too large, error, request gone */
-    LP_CACHE_C_EVICTED,      /* entries pushed out by the byte budget */
-    LP_CACHE_C_DISK_EVICTED, /* files pushed out by the disk budget */
-    LP_CACHE_C_DISK_LOADED,  /* disk-only entries read back for a hit */
-    LP_CACHE_C_DISK_DROPPED, /* files found damaged, changed or gone on a read */
+    LP_CACHE_C_STORED,        /* fills committed */
+    LP_CACHE_C_ABANDONED,     /* fills dropped: too large, error, request gone */
+    LP_CACHE_C_EVICTED,       /* entries pushed out by the byte budget */
+    LP_CACHE_C_DISK_EVICTED,  /* files pushed out by the disk budget */
+    LP_CACHE_C_DISK_LOADED,   /* disk-only entries read back for a hit */
+    LP_CACHE_C_DISK_DROPPED,  /* files found damaged, changed or gone on a read */
+    LP_CACHE_C_DISK_STREAMED, /* disk-only hits served from their files (not read back) */
     LP_CACHE_C_N
 };
 
@@ -113,6 +114,8 @@ size_t lp_cache_entry_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *
 int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char *head, size_t hlen,
                             double keep_until);
 uint64_t lp_cache_entry_body_len(const lp_cache_entry_t *e);
+/* Which head the entry has: a number never given to another entry or head in the process. */
+uint64_t lp_cache_entry_serial(const lp_cache_entry_t *e);
 /* Whether the body is in memory: 0 for an entry only on disk (its body must be read back
  * first, cache_disk_hit.c; lp_cache_entry_chunks is NULL). */
 int lp_cache_entry_resident(const lp_cache_entry_t *e);

@@ -29,8 +29,12 @@ struct lp_cache_entry_s {
     uint64_t body_len;
     size_t cost;       /* bytes charged to the zone */
     double keep_until; /* seconds (realtime): dropped by a lookup after this */
-    uint64_t seq;      /* commit order (zone->seq): the oldest variant goes first */
-    uint8_t linked;    /* in the zone's table (zone lock) */
+    /* Which head: drawn when the entry is made and again when its head is replaced, never
+     * the same twice in the process (a worker's memo of how a head is served checks it:
+     * cache_native.c). Relaxed atomics: read without the zone lock. */
+    _Atomic uint64_t serial;
+    uint64_t seq;   /* commit order (zone->seq): the oldest variant goes first */
+    uint8_t linked; /* in the zone's table (zone lock) */
     /* The disk tier (cache_disk.c). An entry is resident (its body in `chunks`), on disk (a
      * file holds it), or both. A disk-only entry (a "stub": chunks NULL, resident 0) is the
      * index's record of a file: key, head and lengths in memory, the body in the file; a hit

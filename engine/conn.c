@@ -8,6 +8,7 @@
 #include "compress.h"
 #include "conn.h"
 #include "cache_disk_hit.h"
+#include "cache_native.h"
 #include "cache_req.h"
 #include "cache_store.h"
 #include "proxy_proto.h"
@@ -531,6 +532,12 @@ static lp_rc_t conn_run_phase(lp_req_t *req, int phase)
         return LP_DECLINED;
     if (phase == LP_PHASE_RESPONSE)
         req->flags |= LP_RF_NO_LUA_RESP; /* once: an answer replacing this one goes as is */
+    /* The cache plugin's common hit and miss, run by the engine when the route allows it. */
+    int nrc = phase == LP_PHASE_REQUEST ? lp_cache_native_request(req) : 1;
+    if (nrc == 2)
+        return LP_DONE; /* answered from the entry */
+    if (!nrc || (phase == LP_PHASE_RESPONSE && !lp_cache_native_response(req)))
+        return LP_DECLINED;
     return lp_lua_phase(req, phase);
 }
 

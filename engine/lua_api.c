@@ -447,7 +447,53 @@ int lp__resp_begin(lp_req_t *r)
     return 0;
 }
 
-int lp__resp_add_wire(lp_req_t *r, const char *p, size_t n)
+/* The "Name: value\r\n" line at s (before end): its name, its value and the next line's
+ * start in *next. Checked (lp_h1_tchar_token's test and valid_value's, each in the pass that
+ * finds the end) unless `trusted`: lines lp__wire_valid passed already (a hit's stored
+ * fields, checked once per decoded head) are only split, with memchr. 0, or LP_FFI_EINVAL. */
+static int wire_line(const char *s, const char *end, int trusted, lp_str_t *name, lp_str_t *value,
+                     const char **next)
+{
+    const char *colon, *eol;
+    if (trusted) {
+        colon = memchr(s, ':', (size_t)(end - s));
+        eol = colon ? memchr(colon, '\r', (size_t)(end - colon)) : NULL;
+        if (!colon || !eol || end - eol < 2 || colon + 2 > eol)
+            return LP_FFI_EINVAL;
+    } else {
+        colon = s;
+        while (colon < end && lp_is_tchar((unsigned char)*colon))
+            colon++;
+        if (colon == s || end - colon < 4 || colon[0] != ':' || colon[1] != ' ')
+            return LP_FFI_EINVAL;
+        for (eol = colon + 2; eol < end; eol++) {
+            unsigned char c = (unsigned char)*eol;
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                break;
+        }
+        if (end - eol < 2 || eol[0] != '\r' || eol[1] != '\n')
+            return LP_FFI_EINVAL;
+    }
+    *name = (lp_str_t){s, (size_t)(colon - s)};
+    *value = (lp_str_t){colon + 2, (size_t)(eol - colon - 2)};
+    *next = eol + 2;
+    return 0;
+}
+
+int lp__wire_valid(const char *p, size_t n)
+{
+    const char *end = p + n;
+    lp_str_t name, value;
+    while (p < end) {
+        if (wire_line(p, end, 0, &name, &value, &p))
+            return LP_FFI_EINVAL;
+        if ((name.len == 14 || name.len == 17) && is_framing(name.base, name.len))
+            return LP_FFI_EFRAMING;
+    }
+    return 0;
+}
+
+int lp__resp_add_wire(lp_req_t *r, const char *p, size_t n, int trusted)
 {
     hlist_t l;
     if (!n)
@@ -459,29 +505,16 @@ int lp__resp_add_wire(lp_req_t *r, const char *p, size_t n)
         return LP_FFI_ENOSPACE;
     const char *end = s + n;
     while (s < end) {
-        /* lp_h1_tchar_token's test and valid_value's, each in the pass that finds the end */
-        const char *colon = s;
-        while (colon < end && lp_is_tchar((unsigned char)*colon))
-            colon++;
-        if (colon == s || end - colon < 4 || colon[0] != ':' || colon[1] != ' ')
+        lp_str_t name, value;
+        if (wire_line(s, end, trusted, &name, &value, &s))
             return LP_FFI_EINVAL;
-        lp_str_t name = {s, (size_t)(colon - s)};
-        const char *v = colon + 2, *eol = v;
-        for (; eol < end; eol++) {
-            unsigned char c = (unsigned char)*eol;
-            if ((c < 0x20 && c != '\t') || c == 0x7f)
-                break;
-        }
-        if (end - eol < 2 || eol[0] != '\r' || eol[1] != '\n')
-            return LP_FFI_EINVAL;
-        if ((name.len == 14 || name.len == 17) && is_framing(name.base, name.len))
+        if (!trusted && (name.len == 14 || name.len == 17) && is_framing(name.base, name.len))
             return LP_FFI_EFRAMING;
         if (*l.n >= l.cap)
             return LP_FFI_ENOSPACE;
         l.v[*l.n].name = name;
-        l.v[*l.n].value = (lp_str_t){v, (size_t)(eol - v)};
+        l.v[*l.n].value = value;
         (*l.n)++;
-        s = eol + 2;
     }
     return 0;
 }

@@ -78,8 +78,11 @@ int lp_ffi_respond_begin(void *r);
 int lp__resp_begin(struct lp_req_s *r);
 /* Adds "Name: value\r\n" lines to the response's fields, with lp_ffi_header_set's checks (as
  * LP_FFI_HADD), copied into the head's arena at once (a cache hit's head, cache_ffi.c). 0, or
- * LP_FFI_EINVAL / LP_FFI_EFRAMING / LP_FFI_ENOSPACE (the lines before the bad one stay). */
-int lp__resp_add_wire(struct lp_req_s *r, const char *p, size_t n);
+ * LP_FFI_EINVAL / LP_FFI_EFRAMING / LP_FFI_ENOSPACE (the lines before the bad one stay).
+ * trusted: the lines passed lp__wire_valid before (they are only split, not checked again). */
+int lp__resp_add_wire(struct lp_req_s *r, const char *p, size_t n, int trusted);
+/* lp__resp_add_wire's checks alone: 0, LP_FFI_EINVAL or LP_FFI_EFRAMING. */
+int lp__wire_valid(const char *p, size_t n);
 int lp_ffi_respond(void *r, int status, const char *body, size_t len);
 int lp_ffi_sleep(double seconds);
 /* req:body(): 0 with the body in *out, 1 when the caller must yield and call again,
@@ -441,7 +444,12 @@ int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const 
                        size_t slen, const char *head, size_t hlen, double keep);
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep);
-enum { LP_FFI_CACHE_ONLY_HOOK = 1 }; /* lp_ffi_cache_respond flags */
+/* lp_ffi_cache_respond flags. FIELDS_CHECKED: `fields` passed lp_ffi_cache_wire_check (the
+ * cache plugin checks a stored head's served lines once per decoded head, not per hit). */
+enum { LP_FFI_CACHE_ONLY_HOOK = 1, LP_FFI_CACHE_FIELDS_CHECKED = 2 };
+/* 0 when the "Name: value\r\n" lines would be accepted by lp_ffi_cache_respond, else
+ * LP_FFI_EINVAL / LP_FFI_EFRAMING. */
+int lp_ffi_cache_wire_check(const char *fields, size_t flen);
 int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, const char *more,
                          size_t mlen, double first, double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
@@ -473,6 +481,31 @@ int lp_ffi_cache_key(void *r, lp_str_t *out);
 /* The common miss's Cache-Status, "luaproxy; fwd=miss; fwd-status=STATUS" and, when stored,
  * "; stored; ttl=FLOOR(TTL)", added to a response that has none (cache2). */
 int lp_ffi_cache_miss_status(void *r, int status, int stored, double ttl);
+/* The engine's run of the plugin's common miss (cache_native.c). learn: what the plugin
+ * decided for this response (storable, meta.ttl, meta.ttl_source, keep_for's stale window,
+ * meta.date or NaN, the flags below), kept to be replayed for responses of its status and
+ * shape (and Cache-Control value) when the
+ * engine ran this request's request phase (otherwise, or for a response of another shape,
+ * nothing is kept). native_t0: when the engine looked this request up (its request time),
+ * -1 when the plugin's request phase ran. */
+/* flags: meta.must_revalidate, meta.no_cache, and whether the plugin stored every field but
+ * the hop-by-hop ones (policy.stores_all_fields: a decision storing fewer is not replayed);
+ * swr, sie: meta.stale_while_revalidate, _if_error, or -1. */
+enum {
+    LP_FFI_CACHE_LEARN_MUST_REVALIDATE = 1,
+    LP_FFI_CACHE_LEARN_NO_CACHE = 2,
+    LP_FFI_CACHE_LEARN_ALL_FIELDS = 4
+};
+int lp_ffi_cache_native_learn(void *r, int status, int storable, double ttl, const char *source,
+                              size_t slen, double stale, double date, int flags, double swr,
+                              double sie);
+double lp_ffi_cache_native_t0(void *r);
+/* The plugin served a plain hit on the looked-up entry (a GET without any field the policy
+ * reads, fresh, no Vary): with status and the stored fields' lines (wire), its age at the
+ * response time, that time and its TTL, for the engine to serve the next such hits on that
+ * entry's head the same way while it is fresh. */
+int lp_ffi_cache_native_hit(void *r, int status, const char *wire, size_t wlen, double age0,
+                            double response_time, double ttl);
 
 /* req:trailers() (resp 0: the client's request trailers) and req:resp_trailers() (resp 1:
  * the upstream's response trailers): their fields as "name: value\r\n" lines in *out (empty

@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include "cache_native.h"
 #include "conn.h"
 #include "log.h"
 #include "yaml_load.h"
@@ -798,6 +799,7 @@ int lp_lua_open(lp_worker_t *w, const lp_config_t *cfg, lp_upstream_rt_t *ups, l
     vm->route_phases[0] = (unsigned char)route_phases(L, state_idx, "fallback", 0);
     for (size_t i = 0; i < cfg->nroutes; i++)
         vm->route_phases[i + 1] = (unsigned char)route_phases(L, state_idx, "routes", (int)i + 1);
+    vm->cache_native = lp_cache_native_load(L, state_idx, cfg->nroutes);
 
     /* The engine binding: request.bind(state, cfg) returns its entry points (ref_enter...). */
     lua_getglobal(L, "require");
@@ -858,6 +860,7 @@ void lp__lua_vm_free(lp_lua_t *vm)
     free(vm->last_error);
     lua_close(vm->L);
     free(vm->route_phases);
+    lp_cache_native_free(vm->cache_native, vm->nroutes);
     free(vm);
 }
 

@@ -38,6 +38,9 @@ struct lp_lua_s {
     int ref_bg;                  /* luaproxy.tasks.run: a background task's body */
     unsigned char *route_phases; /* [0]: no route matched; [i + 1]: route i; bitmask */
     size_t nroutes;
+    struct lp_cache_native_s **cache_native; /* owned: [route i] the engine's run of the cache
+                                                plugin's common miss, or NULL (cache_native.h);
+                                                NULL: no route has one */
     lp_lua_task_t *free_tasks;
     lp_lua_task_t *all_tasks; /* every task ever made, for retiring (linked by next_all) */
     lp_lua_task_t *running;   /* the task being resumed */

@@ -288,18 +288,18 @@ static void cache_zones(lp_mtext_t *t, const lp_config_t *cfg)
                             (double)(j == 0 ? st.disk_entries : st.disk_bytes));
         }
     }
-    static const char *const devents[] = {"loaded", "dropped", "evicted"};
-    static const int dcounts[] = {LP_CACHE_C_DISK_LOADED, LP_CACHE_C_DISK_DROPPED,
-                                  LP_CACHE_C_DISK_EVICTED};
+    static const char *const devents[] = {"loaded", "streamed", "dropped", "evicted"};
+    static const int dcounts[] = {LP_CACHE_C_DISK_LOADED, LP_CACHE_C_DISK_STREAMED,
+                                  LP_CACHE_C_DISK_DROPPED, LP_CACHE_C_DISK_EVICTED};
     lp_mtext_family(t, "luaproxy_cache_disk_events_total", "counter",
-                    "Disk tier events of the cache zone: files read back for hits, found "
-                    "damaged, pushed out by the disk budget.");
+                    "Disk tier events of the cache zone: files read back for hits, served "
+                    "from the file for hits, found damaged, pushed out by the disk budget.");
     for (size_t i = 0; i < cfg->ncache_zones; i++) {
         lp_cache_stats_t st;
         lp_cache_zone_stats(cfg->cache_zones[i], &st);
         if (!st.disk)
             continue;
-        for (int j = 0; j < 3; j++) {
+        for (int j = 0; j < 4; j++) {
             const char *l[] = {"zone", lp_cache_zone_name(cfg->cache_zones[i]), "event",
                                devents[j]};
             lp_mtext_sample(t, "luaproxy_cache_disk_events_total", "", l, 2,

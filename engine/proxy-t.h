@@ -373,6 +373,9 @@ typedef struct lp_req_cache_s {
     uint8_t streaming;                /* the answer's body comes from `stream`, not chunks */
     uint8_t load_waited;              /* the last lookup waited for another request's
                                          read-back: the next one reads back itself */
+    uint8_t native;      /* the engine ran the plugin's request phase (cache_native.c): a miss */
+    uint8_t native_kept; /* `hit` is the engine's lookup for the plugin's first one */
+    double native_t0;    /* when the engine looked the miss up (the request time) */
 } lp_req_cache_t;
 
 /* One request on a client connection, from its head to its log line. Its lifetime is its

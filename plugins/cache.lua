@@ -153,6 +153,13 @@ function P.compile(conf)
     max_vary_fields = conf.max_vary_fields,
   }
   local l2 = conf.l2
+  -- The common miss may be run by the engine (engine/cache_native.c, replaying this
+  -- plugin's own decisions) when no Lua of the site's takes part: no cache_key function, no
+  -- L2 tier, no heuristic freshness (which reads Last-Modified's value); the runtime hands
+  -- it to the engine only on a route where this is the one plugin.
+  if not conf.cache_key and not l2 and not conf.heuristic then
+    conf._native = { zone = conf.zone, lock_timeout = conf.lock and conf.lock_timeout or -1 }
+  end
   -- Only the L2 tier has log-phase work: without it the engine runs no log phase for the
   -- cache (one coroutine resume less per request).
   if not l2 then conf.skip_phases = { log = true } end
@@ -288,12 +295,16 @@ local NOT_SERVED = { ["content-length"] = true, ["transfer-encoding"] = true, ag
 
 -- How long the store keeps an entry: its freshness left, the longest stale window anything
 -- allows, and `keep` more when it can be revalidated.
-local function keep_for(meta, conf, now)
-  local left = meta.ttl - policy.current_age(meta, now)
+local function stale_for(meta, conf)
   local stale = max(meta.stale_while_revalidate or 0, meta.stale_if_error or 0,
     conf.stale_while_revalidate, conf.stale_if_error)
   if meta.etag or meta.last_modified then stale = max(stale, conf.keep) end
-  return max(left, 0) + stale + 1
+  return stale
+end
+
+local function keep_for(meta, conf, now)
+  local left = meta.ttl - policy.current_age(meta, now)
+  return max(left, 0) + stale_for(meta, conf) + 1
 end
 
 -- Decoded heads, per worker VM, by head text: a hit on a hot entry decodes nothing. The
@@ -345,19 +356,20 @@ end
 
 -- The entry stored for key that fits this request: meta, headers, body length; or nil (and
 -- the secondary key when the key varies).
+-- disk: true when the entry came from the disk tier for this request.
 local function lookup(req, z, key, rh, conf)
-  local head, blen = z:get(req, key, "")
+  local head, blen, disk = z:get(req, key, "")
   if not head then return nil end
   local sec = ""
   if sub(head, 1, 2) == "V " then
     sec = policy.secondary_key(sub(head, 3), rh, conf.max_vary_fields)
     if not sec then return nil end
-    head, blen = z:get(req, key, sec)
+    head, blen, disk = z:get(req, key, sec)
     if not head then return nil, nil, nil, sec end
   end
   local meta, headers, case, base = decode_cached(head)
   if not meta then return nil end
-  return meta, headers, blen, sec, case, base
+  return meta, headers, blen, sec, case, base, disk
 end
 
 -- Several ranges (RFC 9110 §14.6): a multipart/byteranges body built from the entry, when the
@@ -653,10 +665,13 @@ end
 -- One lookup for P.request: true when the request was answered (from the entry, or 504
 -- under only-if-cached) or goes upstream to revalidate; false on a miss (st.sec set).
 -- waited: after waiting for another request's fill.
-local HIT = { hit = true } -- serve's cs of a plain hit (serve reads it only)
+-- serve's cs of a plain hit, and of one that came from the disk tier (RFC 9211 detail:
+-- a hit is a hit, from memory or from a file; the detail tells them apart). serve reads
+-- them only.
+local HIT, DISK_HIT = { hit = true }, { hit = true, detail = "disk" }
 
 local function look(req, conf, st, z, key, rh, rd, waited)
-  local meta, headers, blen, sec, case, base = lookup(req, z, key, rh, conf)
+  local meta, headers, blen, sec, case, base, disk = lookup(req, z, key, rh, conf)
   st.case = case
   if meta then
     local now = proxy.now()
@@ -664,14 +679,22 @@ local function look(req, conf, st, z, key, rh, rd, waited)
     -- table (policy.fresh_plain).
     if rd == NO_DIRECTIVES and not waited and not st.l2 and policy.fresh_plain(meta, now) then
       z:count("hit")
-      serve(req, conf, st, meta, headers, blen, HIT, nil, base)
+      -- The engine may answer the next plain hits on this entry as this one is answered
+      -- (engine/cache_native.c: status, the stored fields, Age and Cache-Status from
+      -- current_age), while it is fresh. Before serve, which ends the phase.
+      if conf._native and sec == "" and not disk and headers["cache-status"] == nil then
+        z:native_hit(req, meta.status or 200, base.wire,
+          policy.current_age(meta, meta.response_time), meta.response_time, meta.ttl or 0)
+      end
+      serve(req, conf, st, meta, headers, blen, disk and DISK_HIT or HIT, nil, base)
       return true
     end
     local decision, d = policy.evaluate(meta, rd, now, conf._opts)
     if decision == "fresh" or decision == "stale_ok" then
       z:count(decision == "fresh" and "hit" or "stale")
       serve(req, conf, st, meta, headers, blen,
-        { hit = true, collapsed = waited or nil, detail = st.l2 }, nil, base)
+        { hit = true, collapsed = waited or nil, detail = st.l2 or (disk and "disk") or nil },
+        nil, base)
       return true
     elseif decision == "stale_while_revalidate" then
       z:count("stale")
@@ -969,8 +992,22 @@ local function request_parts(req)
   return { scheme = req:scheme() or "http", host = req:host(), path = req:uri() }
 end
 
+-- A request whose request phase the engine ran (a miss it looked up, counted and locked:
+-- engine/cache_native.c): its state as P.request leaves it for such a request. nil for any
+-- other request.
+local function native_state(req, conf)
+  local z = zone_of(conf)
+  local t0 = z and z:native_t0(req)
+  if not t0 then return nil end
+  local st = { zone = z, key = z:default_key(req), t0 = t0, phase = "request", sec = "",
+    rd = NO_DIRECTIVES, native = true }
+  st.rh = z:req_view(req)
+  req.ctx.cache = st
+  return st
+end
+
 function P.response(req, conf)
-  local st = req.ctx.cache
+  local st = req.ctx.cache or native_state(req, conf)
   if not st or st.served then return end
   local z = st.zone
   local status = req:status()
@@ -1031,9 +1068,17 @@ function P.response(req, conf)
     if not ok and o_ttl and (why == "no explicit freshness" or why == "no freshness and no validator") then
       ok = true
     end
+    -- The engine ran this request's request phase: it replays this decision for the
+    -- responses of this status and shape that follow (Zone:native_learn keeps it only for a
+    -- shape whose decision depends on nothing else).
+    if st.native and not ok then z:native_learn(req, status, nil) end
     if ok then
       local meta = policy.meta(status, rsh, st.t0, now, conf._opts)
       if o_ttl then meta.ttl, meta.ttl_source = o_ttl + policy.current_age(meta, now), "lua" end
+      if st.native then
+        z:native_learn(req, status, meta, stale_for(meta, conf),
+          policy.stores_all_fields(rsh, conf._opts))
+      end
       local vary = rsh.vary
       if type(vary) == "table" then vary = concat(vary, ", ") end
       local sec, vary_line = "", nil -- vary_line: the Vary as one line (marker and L2)

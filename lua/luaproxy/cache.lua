@@ -43,9 +43,11 @@ end
 function M.zone(name) return zone_of(name, "proxy.cache.zone()") end
 
 -- The entry stored for (key, sec): its head and body length, kept with the request for
--- respond/refresh; nil when none.
+-- respond/refresh, and true when this request read it from the disk tier (read back, or
+-- streamed from its file); nil when none.
 function Zone:get(req, key, sec)
   sec = sec or ""
+  local disk = false
   local rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
   if rc == 3 then
     -- Another request reads this entry back from disk (it holds the key's lock): wait for
@@ -58,8 +60,9 @@ function Zone:get(req, key, sec)
     -- then the lookup answers from what it read (or misses: a damaged file is dropped).
     phases.wait()
     rc = C.lp_ffi_cache_get(req._r, self._z, key, #key, sec, #sec, s1, d1)
+    disk = true
   end
-  if rc == 1 then return ffi_string(s1[0].base, s1[0].len), d1[0] end
+  if rc == 1 then return ffi_string(s1[0].base, s1[0].len), d1[0], disk end
   return nil
 end
 
@@ -106,17 +109,29 @@ local function wire_of(list)
   return concat(out)
 end
 
+-- A base list's wire form the engine checked (lp_ffi_cache_wire_check), by list: a hit on a
+-- head whose base was checked has its lines only split, not checked again (the base is
+-- made once per decoded head and shared by every hit on it). Weak: a list dropped from the
+-- plugin's decoded heads goes. Private to this module: a list's own say-so is never trusted.
+local checked = setmetatable({}, { __mode = "k" })
+
 function Zone:respond(req, status, headers, first, last)
   -- require is not compiled: a call per hit would end the hit's trace here.
   cache_respond = cache_respond or require("luaproxy.request").cache_respond
   local base = headers.base
   local wire, more = wire_of(headers), "" -- two strings, not one: no concatenation per hit
-  if base then wire, more = wire_of(base), wire end
+  local flags = 0
+  if base then
+    wire, more = wire_of(base), wire
+    if checked[base] ~= wire and C.lp_ffi_cache_wire_check(wire, #wire) == 0 then
+      checked[base] = wire
+    end
+    if checked[base] == wire then flags = K.CACHE_FIELDS_CHECKED end
+  end
   -- The cache plugin's response handler does nothing for a request it answered in the
   -- request phase: when it is the route's only response hook, the engine skips the phase.
-  local flags = 0
   local rl = req._phase == "request" and req._chain[RESPONSE]
-  if rl and #rl == 1 and rl[1] == runtime.current then flags = K.CACHE_ONLY_HOOK end
+  if rl and #rl == 1 and rl[1] == runtime.current then flags = flags + K.CACHE_ONLY_HOOK end
   cache_respond(req, status, wire, more, first or -1, last or -1, flags)
 end
 
@@ -256,6 +271,40 @@ end
 function Zone:default_key(req)
   if C.lp_ffi_cache_key(req._r, s1) ~= 0 then raise("cache: out of memory", 2) end
   return (ffi_string(s1[0].base, s1[0].len))
+end
+
+-- ---- the engine's run of the plugin's common miss (engine/cache_native.c) ----
+
+-- When the engine looked this request up in the plugin's place (its request time), or nil
+-- (the plugin's request phase ran).
+function Zone:native_t0(req)
+  local t0 = C.lp_ffi_cache_native_t0(req._r)
+  if t0 < 0 then return nil end
+  return t0
+end
+
+-- Response phase of such a request: what the plugin decided for this response (meta: the
+-- stored entry's, from policy.meta; nil: not stored; stale: the seconds kept beyond its
+-- freshness; all_fields: it stores every field but the hop-by-hop ones), for the engine to
+-- replay on responses of its status and shape.
+local NAN = 0 / 0
+function Zone:native_learn(req, status, meta, stale, all_fields)
+  if meta then
+    local src = meta.ttl_source
+    local flags = (meta.must_revalidate and 1 or 0) + (meta.no_cache and 2 or 0)
+      + (all_fields and 4 or 0)
+    C.lp_ffi_cache_native_learn(req._r, status, 1, meta.ttl, src, #src, stale, meta.date or NAN,
+      flags, meta.stale_while_revalidate or -1, meta.stale_if_error or -1)
+  else
+    C.lp_ffi_cache_native_learn(req._r, status, 0, 0, "", 0, 0, NAN, 0, -1, -1)
+  end
+end
+
+-- A plain hit on the looked-up entry: its status, its stored fields as served (lines), its
+-- age at its response time, that time and its TTL: the engine serves the next ones on this
+-- entry's head the same way while it is fresh.
+function Zone:native_hit(req, status, wire, age0, response_time, ttl)
+  C.lp_ffi_cache_native_hit(req._r, status, wire, #wire, age0, response_time, ttl)
 end
 
 -- The looked-up entry gets a new head (a 304 revalidated it), kept `keep` seconds more.

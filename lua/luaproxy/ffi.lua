@@ -202,6 +202,7 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
 int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, const char *more,
                          size_t mlen, double first, double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+int lp_ffi_cache_wire_check(const char *fields, size_t flen);
 double lp_ffi_cache_read(void *r, double first, char *dst, double n);
 int lp_ffi_cache_window(void *r, double first, double n);
 double lp_ffi_cache_upstream_length(void *r);
@@ -213,6 +214,12 @@ int lp_ffi_cache_store_fields(void *r, void *zone, const char *key, size_t klen,
                               size_t slen, const char *meta, size_t mlen, double keep);
 int lp_ffi_cache_key(void *r, lp_str_t *out);
 int lp_ffi_cache_miss_status(void *r, int status, int stored, double ttl);
+int lp_ffi_cache_native_learn(void *r, int status, int storable, double ttl, const char *source,
+                              size_t slen, double stale, double date, int flags, double swr,
+                              double sie);
+double lp_ffi_cache_native_t0(void *r);
+int lp_ffi_cache_native_hit(void *r, int status, const char *wire, size_t wlen, double age0,
+                            double response_time, double ttl);
 ]]
 
 return {
@@ -249,7 +256,8 @@ return {
   -- the response cache (engine/cache_store.h): purge modes, counters
   CACHE_PURGE_KEY = 0, CACHE_PURGE_PREFIX = 1, CACHE_PURGE_ALL = 2,
   CACHE_C = { hit = 0, miss = 1, expired = 2, stale = 3, revalidated = 4, bypass = 5 },
-  CACHE_ONLY_HOOK = 1, -- lp_ffi_cache_respond flags (engine/lua_api.h LP_FFI_CACHE_ONLY_HOOK)
+  -- lp_ffi_cache_respond flags (engine/lua_api.h LP_FFI_CACHE_ONLY_HOOK, _FIELDS_CHECKED)
+  CACHE_ONLY_HOOK = 1, CACHE_FIELDS_CHECKED = 2,
   -- lp_ffi_cache_fields: bit i-1 for the i-th name (engine/lua_api.h LP_FFI_CACHE_FIELDS)
   CACHE_FIELDS = { "cache-control", "pragma", "if-match", "if-none-match", "if-modified-since",
     "if-unmodified-since", "range", "if-range", "authorization", "content-length",

@@ -260,6 +260,12 @@ local function by_phase(instances)
   end
   chain.any = any
   chain.has_body_filter = chain[PHASE_ID.response_body] ~= nil
+  -- A plugin whose compiled conf offers `_native` (the cache's common miss, run by the
+  -- engine: engine/cache_native.h) gets it only as the route's one plugin: no other code
+  -- (a plugin, a handler, a global plugin) could then take part in its decisions.
+  if #instances == 1 and type(instances[1].conf) == "table" then
+    chain.native = instances[1].conf._native
+  end
   return chain
 end
 

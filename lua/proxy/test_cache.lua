@@ -135,6 +135,12 @@ function M.registry(now, hooks)
       .. (stored and ("; stored; ttl=" .. string.format("%d", math.floor(ttl))) or ""))
   end
 
+  -- The engine's run of the plugin's common hit and miss (engine/cache_native.c) replays
+  -- decisions the plugin made; the double has no engine path: every request runs the plugin.
+  function Zone:native_t0() return nil end
+  function Zone:native_learn() end
+  function Zone:native_hit() end
+
   function Zone:refresh(req, head, keep)
     local e = req._cache_hit
     if not e then return false end

@@ -8,6 +8,7 @@ key, zone counters in GET /status, a reload under load keeping the zone, and poi
 guards (Host, query, Vary, Authorization). The RFC 9111 rules themselves are
 test_cache_rfc.py's."""
 
+import email.utils
 import http.client
 import json
 import os
@@ -59,6 +60,11 @@ class CacheTest(H.ProxyTestCase):
                            {"name": "boom", "phase": "response"}]),
              dict(route, match={"prefix": "/gz/"},
                   plugins=[{"name": "cache", "zone": ZONE}, {"name": "compression"}]),
+             # The cache alone, no Lua of the site's: the engine runs its common miss
+             # (engine/cache_native.c) with the plugin's own decisions.
+             dict(route, match={"prefix": "/dttl/"},
+                  plugins=[{"name": "cache", "zone": ZONE,
+                            "default_ttl": {"200": 600, "404": 60, "203": 1}}]),
              dict(route, match={"prefix": "/"},
                   plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 10}])],
             workers=2, admin={"address": "127.0.0.1:0"},
@@ -161,6 +167,146 @@ class CacheTest(H.ProxyTestCase):
         head = self.get(p, method="HEAD")
         self.assertEqual((head.status, head.body, head.header("content-length")), (200, b"", "2"))
         self.assertEqual(self.origin.count(p), 1)
+
+    def test_common_miss_run_by_engine_as_the_plugin_decides(self):
+        # No Cache-Control from the origin, default_ttl on the route: after the plugin decided
+        # once (per worker, per status and shape, per Date), the engine stores such a miss
+        # itself. Every request must see exactly what the plugin makes of it.
+        date = email.utils.formatdate(usegmt=True)
+
+        def ok(tag, with_date):
+            def fn(req, n):
+                hs = [("ETag", '"%s"' % tag)] if tag else []
+                if with_date:
+                    hs.append(("Date", date))
+                return H.simple_response(200, b"body " + tag.encode(), hs)
+            return fn
+
+        before = self.zone_status()
+        keys = []
+        for i in range(12):
+            tag = "e%d" % i if i % 2 else ""
+            p = "/dttl/k%d" % i
+            self.origin.script(p, ok(tag, i % 3 != 0))
+            keys.append((p, tag))
+        for p, tag in keys:
+            r = self.get(p)
+            self.assertEqual((r.status, r.body), (200, b"body " + tag.encode()))
+            self.assertRegex(r.header("cache-status"),
+                             r"^luaproxy; fwd=miss; fwd-status=200; stored; ttl=(600|599|598)$")
+        for p, tag in keys:
+            r = self.get(p)
+            self.assertEqual((r.status, r.body), (200, b"body " + tag.encode()))
+            self.assertRegex(r.header("cache-status"), r"^luaproxy; hit; ttl=(600|599|598)$")
+            self.assertIn(r.header("age"), ("0", "1", "2"))
+            if tag:
+                self.assertEqual(r.header("etag"), '"%s"' % tag)
+                c = self.get(p, headers=[("If-None-Match", '"%s"' % tag)])
+                self.assertEqual((c.status, c.body), (304, b""))
+            self.assertEqual(self.origin.count(p), 1)
+        after = self.zone_status()
+        self.assertEqual(after["miss"] - before["miss"], len(keys))
+        self.assertEqual(after["stored"] - before["stored"], len(keys))
+        # A status the plugin does not store, several times over: never stored, said so.
+        self.origin.script("/dttl/err", lambda req, n: H.simple_response(500, b"e"))
+        for n in range(1, 4):
+            r = self.get("/dttl/err")
+            self.assertEqual(r.status, 500)
+            self.assertEqual(r.header("cache-status"), "luaproxy; fwd=miss; fwd-status=500")
+            self.assertEqual(self.origin.count("/dttl/err"), n)
+        # 404 has its own default_ttl.
+        self.origin.script("/dttl/gone", lambda req, n: H.simple_response(404, b"g"))
+        for _ in range(3):
+            r = self.get("/dttl/gone")
+            self.assertEqual(r.status, 404)
+        self.assertRegex(r.header("cache-status"), r"^luaproxy; hit; ttl=(60|59|58)$")
+        self.assertEqual(self.origin.count("/dttl/gone"), 1)
+        # Responses of another shape after many of the common one: the plugin's rules.
+        self.origin.script("/dttl/cookie", lambda req, n: H.simple_response(
+            200, b"c%d" % n, [("Set-Cookie", "s=%d" % n)]))
+        self.origin.script("/dttl/cc", lambda req, n: H.simple_response(
+            200, b"p%d" % n, [("Cache-Control", "private")]))
+        self.origin.script("/dttl/vary", lambda req, n: H.simple_response(
+            200, b"v%d" % n, [("Vary", "X-Lang")]))
+        for p, c in (("/dttl/cookie", b"c"), ("/dttl/cc", b"p")):
+            self.assertEqual(self.get(p).body, c + b"1")
+            self.assertEqual(self.get(p).body, c + b"2")
+        self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "a")]).body, b"v1")
+        self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "b")]).body, b"v2")
+        self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "a")]).body, b"v1")
+        # Cache-Control values: the plugin's decision for each value, replayed for the next
+        # responses with that value (and only that value).
+        for cc, stored, ttl in (("max-age=300", True, r"(300|299|298)"),
+                                ("public, s-maxage=120, stale-while-revalidate=30", True,
+                                 r"(120|119|118)"),
+                                ("no-store", False, None), ("private", False, None),
+                                ("max-age=0, must-revalidate", True, r"(0|-1|-2)")):
+            for i in range(4):
+                q = "/dttl/cc%d-%s" % (i, cc.replace(" ", "").replace(",", "."))
+                self.origin.script(q, lambda req, n, cc=cc: H.simple_response(
+                    200, b"x%d" % n, [("Cache-Control", cc)]))
+                r = self.get(q)
+                self.assertEqual((r.status, r.body), (200, b"x1"))
+                if stored:
+                    self.assertRegex(r.header("cache-status"),
+                                     r"^luaproxy; fwd=miss; fwd-status=200; stored; ttl=%s$" % ttl)
+                else:
+                    self.assertEqual(r.header("cache-status"), "luaproxy; fwd=miss; fwd-status=200")
+                r = self.get(q)
+                fresh_hit = stored and not cc.startswith("max-age=0")
+                self.assertEqual(r.body, b"x1" if fresh_hit else b"x2", cc)
+                self.assertEqual("hit" in r.header("cache-status"), fresh_hit, cc)
+        # Two Cache-Control lines: the plugin's path every time.
+        self.origin.script("/dttl/cc2", lambda req, n: H.simple_response(
+            200, b"y%d" % n, [("Cache-Control", "max-age=60"), ("Cache-Control", "no-store")]))
+        for n in (1, 2):
+            self.assertEqual(self.get("/dttl/cc2").body, b"y%d" % n)
+        # A request with a field the policy reads takes the plugin's path (no-store).
+        self.origin.script("/dttl/nostore", lambda req, n: H.simple_response(200, b"n%d" % n))
+        self.get("/dttl/nostore", headers=[("Cache-Control", "no-store")])
+        self.assertEqual(self.get("/dttl/nostore").body, b"n2")
+        self.assertEqual(self.get("/dttl/nostore").body, b"n2")
+
+    def test_hits_answered_by_engine_as_the_plugin_answers(self):
+        # After the plugin served a plain hit on an entry (per worker), the engine answers the
+        # next ones on that entry's head itself: the same status, fields, Age and
+        # Cache-Status; never once the entry is stale, purged or replaced.
+        p = "/dttl/hits"
+        self.origin.script(p, lambda req, n: H.simple_response(
+            200, b"h%d" % n, [("ETag", '"h%d"' % n), ("X-Kept", "a, b"), ("X-Kept", "c")]))
+        self.assertEqual(self.get(p).body, b"h1")
+        for _ in range(12):  # fresh connections: both workers learn, then answer
+            r = self.get(p)
+            self.assertEqual((r.status, r.body), (200, b"h1"))
+            self.assertRegex(r.header("cache-status"), r"^luaproxy; hit; ttl=(600|599|598)$")
+            self.assertIn(r.header("age"), ("0", "1", "2"))
+            self.assertEqual(r.header("etag"), '"h1"')
+            self.assertEqual(r.header("content-length"), "2")
+            self.assertEqual([v for k, v in r.headers if k.lower() == "x-kept"], ["a, b", "c"])
+        # Requests with fields the policy reads still get the plugin's answers.
+        self.assertEqual(self.get(p, headers=[("If-None-Match", '"h1"')]).status, 304)
+        r = self.get(p, headers=[("Range", "bytes=1-1")])
+        self.assertEqual((r.status, r.body), (206, b"1"))
+        self.assertEqual(self.get(p, method="HEAD").body, b"")
+        self.assertEqual(self.origin.count(p), 1)
+        # Purged: the next request goes upstream, and its new entry is served, not the old.
+        key = "GET http://a.test" + p
+        st, j = self.admin("DELETE", "/cache/%s?key=%s" % (ZONE, urllib.parse.quote(key, safe="")))
+        self.assertEqual((st, j["purged"]), (200, 1))
+        self.assertEqual(self.get(p).body, b"h2")
+        for _ in range(6):
+            r = self.get(p)
+            self.assertEqual((r.body, r.header("etag")), (b"h2", '"h2"'))
+        self.assertEqual(self.origin.count(p), 2)
+        # Fresh for a second (default_ttl 203 = 1): once stale, never answered as fresh.
+        q = "/dttl/short"
+        self.origin.script(q, lambda req, n: H.simple_response(203, b"s%d" % n, reason="X"))
+        for _ in range(6):
+            self.assertEqual(self.get(q).body, b"s1")
+        time.sleep(2.2)
+        r = self.get(q)
+        self.assertEqual(r.body, b"s2")
+        self.assertNotIn("hit", r.header("cache-status"))
 
     def test_miss_not_stored_says_so(self):
         p = self.path()

@@ -144,10 +144,13 @@ class CacheDiskTest(H.ProxyTestCase):
         r = self.get(b, p)
         self.assertEqual((r.status, r.body), (200, b"restart-1"))
         self.assertTrue(self.hit(r), r.header("cache-status"))
+        # RFC 9211's detail says where the hit came from.
+        self.assertRegex(r.header("cache-status"), r"^luaproxy; hit; ttl=\d+; detail=disk$")
         self.assertEqual(self.origin.count(p), 1, "the new process asked the origin")
-        self.assertEqual(self.disk(b)["loaded"], 1)
+        self.assertEqual((self.disk(b)["loaded"], self.disk(b)["streamed"]), (1, 0))
         # Read back once, then served from memory.
-        self.assertTrue(self.hit(self.get(b, p)))
+        r = self.get(b, p)
+        self.assertRegex(r.header("cache-status"), r"^luaproxy; hit; ttl=\d+$")
         self.assertEqual(self.disk(b)["loaded"], 1)
 
     def test_vary_variants_survive_restart_apart(self):
@@ -188,7 +191,8 @@ class CacheDiskTest(H.ProxyTestCase):
         r = self.get(a, p + "/0")
         self.assertEqual(r.body, b"0:" + body)
         self.assertTrue(self.hit(r))
-        self.assertGreaterEqual(self.disk(a)["loaded"], 1)
+        # Over 64 KiB: served from its file (streamed), not read back into memory.
+        self.assertGreaterEqual(self.disk(a)["streamed"], 1)
         # The same figures in /metrics (docs/metrics.md).
         c = http.client.HTTPConnection("127.0.0.1", a.admin_port, timeout=H.T(10))
         try:
@@ -196,7 +200,7 @@ class CacheDiskTest(H.ProxyTestCase):
             text = c.getresponse().read().decode()
         finally:
             c.close()
-        loaded = re.search(r'^luaproxy_cache_disk_events_total\{zone="%s",event="loaded"\} (\d+)'
+        loaded = re.search(r'^luaproxy_cache_disk_events_total\{zone="%s",event="streamed"\} (\d+)'
                            % ZONE, text, re.M)
         self.assertIsNotNone(loaded, text[-2000:])
         self.assertGreaterEqual(int(loaded.group(1)), 1)
@@ -258,7 +262,7 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertEqual(self.hits_at_once(b, p, body, 20), [(200, True, True)] * 20)
         self.assertEqual(self.origin.count(p), 1)
         d = self.disk(b)
-        self.assertGreaterEqual(d["loaded"], 1)
+        self.assertGreaterEqual(d["streamed"], 1)
         self.assertEqual(d["dropped"], 0)
         self.assertEqual((self.zone(b)["entries"], d["only_on_disk"]), (0, 1))
 
@@ -453,8 +457,11 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertEqual((r.status, len(r.body)), (200, len(body)))
         self.assertEqual(hashlib.sha256(r.body).hexdigest(), hashlib.sha256(body).hexdigest())
         self.assertTrue(self.hit(r), r.header("cache-status"))
+        self.assertRegex(r.header("cache-status"), r"; detail=disk$")
         z = self.zone(b)
         self.assertEqual((z["entries"], z["disk"]["only_on_disk"]), (0, 1))
+        # Counted as streamed, not as read back.
+        self.assertEqual((z["disk"]["streamed"], z["disk"]["loaded"]), (1, 0))
         r = self.get(b, p, headers=[("Range", "bytes=2000000-2000099")])
         self.assertEqual(r.status, 206)
         self.assertEqual(r.body, body[2000000:2000100])

@@ -1,0 +1,488 @@
+/* The cache plugin's common miss, run by the engine (cache_native.h). Every decision stays
+ * the plugin's (plugins/cache.lua, lua/luaproxy/cache/policy.lua): the engine only replays
+ * one the plugin made before, per worker VM and route.
+ *
+ * Request phase: a GET carrying none of the fields the policy reads (Cache-Control, Pragma,
+ * the conditionals, Range, If-Range, Authorization, Content-Length, Transfer-Encoding) has
+ * the policy's default request directives, the default key, and no decision to make before
+ * its lookup: on a miss whose fill lock it takes, what the plugin does is count the miss and
+ * let it go upstream, which the engine does here. Anything else (an entry, a lock another
+ * request holds) runs the plugin, which gets the entry looked up here as its own first
+ * lookup (no second one).
+ *
+ * Response phase: for a response with none of Pragma, Expires, Age, Vary, Set-Cookie,
+ * Connection and Cache-Status, and at most one Cache-Control line, the policy's storability,
+ * lifetime, revalidation flags and stale windows depend on its status, on whether it has a
+ * validator (ETag, Last-Modified), on that Cache-Control value, and on the route's options
+ * only; its meta adds the Date (parsed by the plugin), ETag and
+ * Last-Modified values and the request and response times. The plugin, when it ran such a
+ * response of a request started here, told the engine what it decided
+ * (lp_ffi_cache_native_learn: storable or not, TTL and its source, the revalidation flags,
+ * the stale windows; a decision storing fewer than all fields is not kept) and which number
+ * the Date it saw parses to. A later response of that status, shape and Cache-Control value,
+ * with that Date (or none), is stored here as the plugin would store it: the same meta lines
+ * (the plugin's encode_meta), the same age (RFC 9111 §4.2.3 with no Age field: the larger
+ * of the apparent age and the response delay), the same keep time and Cache-Status. Any other
+ * response runs the plugin (which learns from it). A change to what the policy reads must
+ * change SHAPE_OTHER below. */
+#include <lauxlib.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache_native.h"
+#include "cache_req.h"
+#include "cache_store.h"
+#include "http1.h"
+#include "lua_api.h"
+#include "lua_vm_int.h"
+
+/* lp_ffi_cache_fields' bits (LP_FFI_CACHE_FIELDS' order, lua_api.h). */
+#define F_BIT(i)        (1 << (i))
+#define F_CACHE_CONTROL F_BIT(0)
+#define F_PRAGMA        F_BIT(1)
+#define F_EXPIRES       F_BIT(11)
+#define F_DATE          F_BIT(12)
+#define F_AGE           F_BIT(13)
+#define F_ETAG          F_BIT(14)
+#define F_LAST_MODIFIED F_BIT(15)
+#define F_VARY          F_BIT(16)
+#define F_SET_COOKIE    F_BIT(17)
+#define F_CONNECTION    F_BIT(18)
+#define F_CACHE_STATUS  F_BIT(19)
+/* A response with any of these takes the plugin's path every time. */
+#define SHAPE_OTHER                                                                                \
+    (F_PRAGMA | F_EXPIRES | F_AGE | F_VARY | F_SET_COOKIE | F_CONNECTION | F_CACHE_STATUS)
+
+/* One decision of the plugin, for responses of a status and shape. */
+typedef struct {
+    int status;         /* 0: unused */
+    uint8_t validators; /* with an ETag or a Last-Modified */
+    uint8_t storable;
+    uint8_t must_revalidate, no_cache; /* meta's flags */
+    double ttl;                        /* the freshness lifetime (meta.ttl) */
+    double stale;                      /* keep_for's stale window (seconds kept beyond freshness) */
+    double swr, sie;                   /* meta.stale_while_revalidate, _if_error; < 0: none */
+    char source[24];                   /* meta.ttl_source */
+    size_t source_len;
+    char cc[64]; /* the response's Cache-Control value (one line) */
+    size_t cc_len;
+    uint8_t has_cc;
+} learned_t;
+
+#define NLEARNED 8
+
+/* How the plugin served a plain hit on an entry (a GET without any field the policy reads,
+ * on a fresh entry without Vary): its status and stored fields' lines (served_list's wire,
+ * checked by lp__wire_valid), and what its age and freshness are computed from: the age at
+ * the response time (policy.current_age(meta, meta.response_time)), that time, the TTL. */
+typedef struct {
+    const lp_cache_entry_t *e; /* identity only (no reference): with `serial` */
+    uint64_t serial;           /* the entry's head it was learned from */
+    int status;
+    char *wire; /* owned: "Name: value\r\n" lines */
+    size_t wire_len;
+    double age0, response_time, ttl;
+} hit_memo_t;
+
+#define NHITS 256
+
+struct lp_cache_native_s {
+    lp_cache_zone_t *zone; /* borrowed: the generation's config holds the zone */
+    double lock_timeout;   /* seconds; < 0: no coalescing (the plugin's lock = false) */
+    learned_t learned[NLEARNED];
+    unsigned next;          /* the slot a new decision replaces when all are used */
+    char date[40];          /* the last Date value the plugin parsed */
+    size_t date_len;        /* 0: none yet */
+    double date_value;      /* what it parsed to */
+    uint8_t date_valid;     /* 0: it did not parse (the meta has no date) */
+    hit_memo_t hits[NHITS]; /* by entry address */
+};
+
+lp_cache_native_t **lp_cache_native_load(lua_State *L, int state_idx, size_t nroutes)
+{
+    lp_cache_native_t **all = NULL;
+    lua_getfield(L, state_idx, "routes");
+    for (size_t i = 0; lua_istable(L, -1) && i < nroutes; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        if (lua_istable(L, -1)) {
+            lua_getfield(L, -1, "native");
+            if (lua_istable(L, -1)) {
+                lua_getfield(L, -1, "zone");
+                lua_getfield(L, -2, "lock_timeout");
+                size_t nlen = 0;
+                const char *name = lua_tolstring(L, -2, &nlen);
+                lp_cache_zone_t *z = name ? lp_cache_zone_find(name, nlen) : NULL;
+                if (z && !all)
+                    all = calloc(nroutes, sizeof(*all));
+                if (z && all)
+                    all[i] = calloc(1, sizeof(*all[i]));
+                if (z && all && all[i]) {
+                    all[i]->zone = z;
+                    all[i]->lock_timeout = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
+                }
+                lua_pop(L, 2);
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return all;
+}
+
+void lp_cache_native_free(lp_cache_native_t **all, size_t nroutes)
+{
+    if (!all)
+        return;
+    for (size_t i = 0; i < nroutes; i++) {
+        for (int j = 0; all[i] && j < NHITS; j++)
+            free(all[i]->hits[j].wire);
+        free(all[i]);
+    }
+    free(all);
+}
+
+static lp_cache_native_t *native_of(const lp_req_t *r)
+{
+    const lp_lua_t *vm = r->g ? r->g->lua : NULL;
+    if (!vm || !vm->cache_native || r->route_index < 0 || (size_t)r->route_index >= vm->nroutes)
+        return NULL;
+    return vm->cache_native[r->route_index];
+}
+
+static hit_memo_t *hit_slot(lp_cache_native_t *n, const lp_cache_entry_t *e)
+{
+    uintptr_t a = (uintptr_t)e;
+    return &n->hits[(a >> 6 ^ a >> 14) % NHITS];
+}
+
+/* A plain hit on e served as the plugin served it before: its serve() with policy.current_age
+ * and age_header, and the Cache-Status of a hit (`luaproxy; hit; ttl=N`). 0 when answered. */
+static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, double now)
+{
+    const hit_memo_t *h = hit_slot(n, e);
+    if (h->e != e || h->serial != lp_cache_entry_serial(e) || !lp_cache_entry_resident(e))
+        return 1;
+    double age = h->age0 + (now > h->response_time ? now - h->response_time : 0);
+    double left = h->ttl - age;
+    if (!(left > 0) || left > 1e15)
+        return 1; /* stale (or absurd): the plugin decides */
+    if (age > 2147483648.0)
+        age = 2147483648.0;
+    char more[96], *p = more;
+    memcpy(p, "Age: ", 5);
+    p += 5;
+    p += lp_u64_to_str((uint64_t)(age > 0 ? floor(age) : 0), 10, p);
+    static const char cs[] = "\r\nCache-Status: luaproxy; hit; ttl=";
+    memcpy(p, cs, sizeof cs - 1);
+    p += sizeof cs - 1;
+    p += lp_u64_to_str((uint64_t)floor(left), 10, p);
+    *p++ = '\r';
+    *p++ = '\n';
+    lp_req_cache_t *rc = &r->cache;
+    rc->hit = e;
+    rc->hit_zone = n->zone;
+    if (lp__cache_answer(r, h->status, h->wire, h->wire_len, 1, more, (size_t)(p - more), -1, -1)) {
+        rc->hit = NULL; /* the caller still holds e: the plugin answers */
+        rc->hit_zone = NULL;
+        lp__resp_begin(r);
+        return 1;
+    }
+    lp_cache_count(n->zone, LP_CACHE_C_HIT);
+    r->flags |= LP_RF_NO_LUA_RESP; /* the plugin has nothing to do for its own answer */
+    return 0;
+}
+
+int lp_cache_native_request(lp_req_t *r)
+{
+    lp_cache_native_t *n = native_of(r);
+    lp_req_cache_t *rc = &r->cache;
+    if (!n || r->method != HTTP_GET || (r->flags & LP_RF_HEAD) || rc->fill || rc->hit ||
+        lp_ffi_cache_fields(r, 0) != 0)
+        return 1;
+    lp_str_t key;
+    if (lp_ffi_cache_key(r, &key))
+        return 1;
+    double now = lp_ffi_now();
+    lp_cache_entry_t *e = lp_cache_get(n->zone, key.base, key.len, "", 0, now);
+    if (e && !native_hit(r, n, e, now))
+        return 2;
+    if (e) {
+        rc->hit = e; /* the plugin's first lookup (lp_ffi_cache_get) */
+        rc->hit_zone = n->zone;
+        rc->native_kept = 1;
+        return 1;
+    }
+    if (n->lock_timeout >= 0) {
+        int busy = 0;
+        rc->fill = lp_cache_lock(n->zone, key.base, key.len, n->lock_timeout, now, &busy);
+        if (!rc->fill)
+            return 1; /* another request fills it: the plugin waits for it */
+    }
+    lp_cache_count(n->zone, LP_CACHE_C_MISS);
+    rc->native = 1;
+    rc->native_t0 = now;
+    return 0;
+}
+
+static learned_t *learned_find(lp_cache_native_t *n, int status, int validators, const lp_str_t *cc)
+{
+    for (int i = 0; i < NLEARNED; i++) {
+        learned_t *d = &n->learned[i];
+        if (d->status == status && d->validators == validators && d->has_cc == (cc != NULL) &&
+            (!cc || (d->cc_len == cc->len && memcmp(d->cc, cc->base, cc->len) == 0)))
+            return d;
+    }
+    return NULL;
+}
+
+/* The response's Cache-Control value when it has exactly one such field (*out), or -1 when
+ * it has several (the plugin's path: their parse is not kept); 0 without one. */
+static int one_cc(lp_req_t *r, int mask, lp_str_t *out)
+{
+    if (!(mask & F_CACHE_CONTROL))
+        return 0;
+    lp_str_t more;
+    if (lp_ffi_header_get(r, 1, "cache-control", 13, 0, out) != 1 ||
+        lp_ffi_header_get(r, 1, "cache-control", 13, 1, &more) == 1)
+        return -1;
+    return 1;
+}
+
+/* The meta's lines are made without printf (its floating-point conversions cost more than
+ * the rest of a miss): the same text as the plugin's encode_meta, numbers as its num()
+ * writes them (integral ones in decimal) and the times as hexadecimal floats (exact; the
+ * plugin's %a, read back by tonumber either way). */
+typedef struct {
+    char *p, *end;
+    int over; /* something did not fit */
+} out_t;
+
+static void put(out_t *o, const char *s, size_t n)
+{
+    if ((size_t)(o->end - o->p) < n) {
+        o->over = 1;
+        return;
+    }
+    memcpy(o->p, s, n);
+    o->p += n;
+}
+#define PUT_LIT(o, s) put(o, s, sizeof(s) - 1)
+
+/* A number >= 0 that is integral and below 2^53, as the plugin's num(); others: 1 (the
+ * caller leaves such a response to the plugin). */
+static int put_uint(out_t *o, double v)
+{
+    if (!(v >= 0 && v < 9007199254740992.0 && v == floor(v)))
+        return 1;
+    char b[24];
+    put(o, b, lp_u64_to_str((uint64_t)v, 10, b));
+    return 0;
+}
+
+/* A positive normal double as "0x1.HHHHHHHHHHHHHp+E" (every mantissa digit). */
+static int put_hexfloat(out_t *o, double v)
+{
+    if (!(v > 0) || !isfinite(v))
+        return 1;
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    int exp = (int)((bits >> 52) & 0x7ff);
+    if (exp == 0)
+        return 1; /* subnormal: not a time */
+    uint64_t mant = bits & ((1ull << 52) - 1);
+    char b[40], *p = b;
+    memcpy(p, "0x1.", 4);
+    p += 4;
+    for (int i = 12; i >= 0; i--)
+        *p++ = "0123456789abcdef"[(mant >> (i * 4)) & 15];
+    *p++ = 'p';
+    exp -= 1023;
+    *p++ = exp < 0 ? '-' : '+';
+    p += lp_u64_to_str((uint64_t)(exp < 0 ? -exp : exp), 10, p);
+    put(o, b, (size_t)(p - b));
+    return 0;
+}
+
+#define META_MAX 1024
+
+int lp_cache_native_response(lp_req_t *r)
+{
+    lp_req_cache_t *rc = &r->cache;
+    lp_cache_native_t *n = rc->native ? native_of(r) : NULL;
+    int status = r->resp.status;
+    /* Only an upstream's own answer: the plugin tells a failed try's 502/504 apart. */
+    if (!n || (r->flags & (LP_RF_LOCAL | LP_RF_HEAD)) || !r->upstream || r->try.target < 0 ||
+        status == 502 || status == 504)
+        return 1;
+    int mask = lp_ffi_cache_fields(r, 1);
+    if (mask & SHAPE_OTHER)
+        return 1;
+    lp_str_t cc;
+    int ncc = one_cc(r, mask, &cc);
+    if (ncc < 0)
+        return 1;
+    const learned_t *d =
+        learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0, ncc ? &cc : NULL);
+    if (!d)
+        return 1;
+    if (!d->storable)
+        return lp__cache_miss_status(r, status, 0, 0) ? 1 : 0;
+    lp_str_t date = {0}, etag = {0}, lm = {0};
+    int has_date = (mask & F_DATE) && lp_ffi_header_get(r, 1, "date", 4, 0, &date) == 1;
+    if (has_date && (date.len != n->date_len || memcmp(date.base, n->date, date.len) != 0))
+        return 1; /* a Date the plugin has not parsed yet */
+    if (mask & F_ETAG)
+        lp_ffi_header_get(r, 1, "etag", 4, 0, &etag);
+    if (mask & F_LAST_MODIFIED)
+        lp_ffi_header_get(r, 1, "last-modified", 13, 0, &lm);
+    int dated = has_date && n->date_valid;
+    double now = lp_ffi_now(), t0 = rc->native_t0;
+    /* RFC 9111 §4.2.3 at the response time, as the plugin's policy.current_age: no Age field
+     * (age_value 0), so the corrected age is the response delay. */
+    double apparent = dated && now > n->date_value ? now - n->date_value : 0;
+    double delay = now > t0 ? now - t0 : 0;
+    double left = d->ttl - (apparent > delay ? apparent : delay);
+    double keep = (left > 0 ? left : 0) + d->stale + 1;
+    /* The plugin's encode_meta. */
+    char meta[META_MAX];
+    out_t o = {meta, meta + META_MAX, 0};
+    char sb[8];
+    PUT_LIT(&o, "L1\nn status\t");
+    put(&o, sb, lp_u64_to_str((uint64_t)status, 10, sb));
+    PUT_LIT(&o, "\nn age_value\t0\nn request_time\t");
+    int bad = put_hexfloat(&o, t0);
+    PUT_LIT(&o, "\nn response_time\t");
+    bad |= put_hexfloat(&o, now);
+    PUT_LIT(&o, "\nn ttl\t");
+    bad |= put_uint(&o, d->ttl);
+    PUT_LIT(&o, "\ns ttl_source\t");
+    put(&o, d->source, d->source_len);
+    PUT_LIT(&o, "\nb must_revalidate\t");
+    put(&o, d->must_revalidate ? "1" : "0", 1);
+    PUT_LIT(&o, "\nb no_cache\t");
+    put(&o, d->no_cache ? "1" : "0", 1);
+    PUT_LIT(&o, "\n");
+    if (dated) {
+        PUT_LIT(&o, "n date\t");
+        bad |= put_uint(&o, n->date_value);
+        PUT_LIT(&o, "\n");
+    }
+    if (etag.base) {
+        PUT_LIT(&o, "s etag\t");
+        put(&o, etag.base, etag.len);
+        PUT_LIT(&o, "\n");
+    }
+    if (lm.base) {
+        PUT_LIT(&o, "s last_modified\t");
+        put(&o, lm.base, lm.len);
+        PUT_LIT(&o, "\n");
+    }
+    if (d->swr >= 0) {
+        PUT_LIT(&o, "n stale_while_revalidate\t");
+        bad |= put_uint(&o, d->swr);
+        PUT_LIT(&o, "\n");
+    }
+    if (d->sie >= 0) {
+        PUT_LIT(&o, "n stale_if_error\t");
+        bad |= put_uint(&o, d->sie);
+        PUT_LIT(&o, "\n");
+    }
+    if (bad || o.over)
+        return 1;
+    size_t m = (size_t)(o.p - meta);
+    /* The key, as the plugin's default_key: copied, the thread's scratch that holds it also
+     * builds the stored head. */
+    lp_str_t k;
+    if (lp_ffi_cache_key(r, &k))
+        return 1;
+    char *key = malloc(k.len ? k.len : 1);
+    if (!key)
+        return 1;
+    memcpy(key, k.base, k.len);
+    int stored = lp__cache_store_fields(r, n->zone, key, k.len, "", 0, meta, m, keep) == 0;
+    free(key);
+    return lp__cache_miss_status(r, status, stored, left) ? 1 : 0;
+}
+
+int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, const char *source,
+                              size_t slen, double stale, double date, int flags, double swr,
+                              double sie)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    lp_cache_native_t *n = r->cache.native ? native_of(r) : NULL;
+    if (!n)
+        return 0;
+    int mask = lp_ffi_cache_fields(r, 1);
+    lp_str_t cc;
+    int ncc = one_cc(r, mask, &cc);
+    if ((mask & SHAPE_OTHER) || ncc < 0 || (ncc && cc.len > sizeof n->learned[0].cc) ||
+        status < 100 || status > 999 || slen >= sizeof n->learned[0].source ||
+        !(ttl >= 0 && ttl < 1e15) || !(stale >= 0 && stale < 1e15) || !(swr < 1e15) ||
+        !(sie < 1e15) || (storable && !(flags & LP_FFI_CACHE_LEARN_ALL_FIELDS)))
+        return 0;
+    if (storable && (mask & F_DATE)) {
+        lp_str_t v;
+        if (lp_ffi_header_get(r, 1, "date", 4, 0, &v) != 1 || v.len == 0 || v.len > sizeof n->date)
+            return 0;
+        memcpy(n->date, v.base, v.len);
+        n->date_len = v.len;
+        n->date_valid = (uint8_t)(isnan(date) == 0);
+        n->date_value = n->date_valid ? date : 0;
+    }
+    int validators = (mask & (F_ETAG | F_LAST_MODIFIED)) != 0;
+    learned_t *d = learned_find(n, status, validators, ncc ? &cc : NULL);
+    if (!d) {
+        d = &n->learned[n->next];
+        n->next = (n->next + 1) % NLEARNED;
+    }
+    d->status = status;
+    d->validators = (uint8_t)validators;
+    d->storable = (uint8_t)(storable != 0);
+    d->must_revalidate = (uint8_t)((flags & LP_FFI_CACHE_LEARN_MUST_REVALIDATE) != 0);
+    d->no_cache = (uint8_t)((flags & LP_FFI_CACHE_LEARN_NO_CACHE) != 0);
+    d->ttl = ttl;
+    d->stale = stale;
+    d->swr = swr >= 0 ? swr : -1;
+    d->sie = sie >= 0 ? sie : -1;
+    memcpy(d->source, source, slen);
+    d->source_len = slen;
+    d->has_cc = (uint8_t)(ncc != 0);
+    d->cc_len = ncc ? cc.len : 0;
+    if (ncc)
+        memcpy(d->cc, cc.base, cc.len);
+    return 0;
+}
+
+int lp_ffi_cache_native_hit(void *rp, int status, const char *wire, size_t wlen, double age0,
+                            double response_time, double ttl)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    lp_cache_native_t *n = native_of(r);
+    const lp_cache_entry_t *e = r->cache.hit;
+    if (!n || !e || r->cache.hit_zone != n->zone || status < 200 || status > 999 ||
+        !(age0 >= 0 && age0 < 1e15) || !(ttl >= 0 && ttl < 1e15) || !(response_time > 0) ||
+        lp__wire_valid(wire, wlen))
+        return 0;
+    hit_memo_t *h = hit_slot(n, e);
+    if (h->e == e && h->serial == lp_cache_entry_serial(e))
+        return 0; /* learned already */
+    char *copy = malloc(wlen ? wlen : 1);
+    if (!copy)
+        return 0;
+    memcpy(copy, wire, wlen);
+    free(h->wire);
+    *h = (hit_memo_t){e, lp_cache_entry_serial(e), status, copy, wlen, age0, response_time, ttl};
+    return 0;
+}
+
+double lp_ffi_cache_native_t0(void *rp)
+{
+    const lp_req_t *r = rp;
+    return r->cache.native ? r->cache.native_t0 : -1;
+}
