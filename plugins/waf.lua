@@ -242,7 +242,10 @@ local function compile_crs(conf, crs)
   local parts = { "crs\0" }
   for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
   local key
-  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported, conf.crs_confirm }, parts) then
+  -- The walk is folded against the TX a request starts with (luaproxy.waf.fold): the
+  -- settings seeding it are part of what the set is compiled from.
+  local seed = P.seed_tx(conf)
+  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported, conf.crs_confirm, seed }, parts) then
     key = concat(parts)
   end
   local sec = key and compiled[key]
@@ -263,7 +266,7 @@ local function compile_crs(conf, crs)
       #set.unsupported, concat(list, "; "), #set.unsupported > 5 and "; ..." or ""), 0)
   end
   local cerr
-  sec, cerr = engine.compile_seclang(set, conf)
+  sec, cerr = engine.compile_seclang(set, setmetatable({ tx = seed }, { __index = conf }))
   if not sec then error(cerr, 0) end
   sec.parsed = set -- keeps the parse alive for the other settings of this load
   if key then compiled[key] = sec end
@@ -334,7 +337,8 @@ local function compile(conf)
   if crs then
     c.crs = crs
     c.sec = compile_crs(conf, crs)
-    c.tx = P.seed_tx(conf)
+    -- the seed with what the set's initialisation rules (folded at load) add to it
+    c.tx = c.sec.tx_start or P.seed_tx(conf)
     -- The Lua rules (rules, rule_files) run beside CRS; with none, nothing else runs.
     if #cs.rules == 0 then c.cs = nil end
   end
