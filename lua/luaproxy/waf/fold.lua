@@ -22,7 +22,7 @@
 -- folding (CRS's sampling and application exclusion sections are behind such gates), so
 -- the pass is repeated with the ctls of the rules it found reachable until that set stays
 -- the same: a ctl that runs lies on a reachable rule under the removals that ran before it.
-local type, pairs, ipairs, tostring, next = type, pairs, ipairs, tostring, next
+local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
 local sub = string.sub
 
 local M = {}
@@ -80,27 +80,19 @@ local function join(A, B)
   return out
 end
 
--- A macro's text when it is known at load (strings, RULE parts, known TX keys and, for a
--- matching link's setvar, MATCHED_VAR*): true; else false and the static prefix.
+-- Is a macro's text known at load? Strings, RULE parts (expand's RULE parts are the rule's
+-- own: the same every request), TX keys known in S and, for a matching link's setvar,
+-- MATCHED_VAR and MATCHED_VAR_NAME (the link's own match).
 local function macro_known(S, m, mv_ok)
   if type(m) ~= "table" or not m.macro then return true end
-  local prefix = {}
-  local known = true
   for _, p in ipairs(m) do
-    if type(p) == "string" then
-      if known then prefix[#prefix + 1] = p end
-    elseif p.coll == "RULE" then
-      -- expand's RULE parts are the rule's own (id, msg, severity): the same every request
-      if known then prefix[#prefix + 1] = false end
-    elseif p.coll == "TX" and p.key and get(S, p.key) ~= UNK then
-      if known then prefix[#prefix + 1] = false end
-    elseif mv_ok and (p.coll == "MATCHED_VAR" or p.coll == "MATCHED_VAR_NAME") then
-      if known then prefix[#prefix + 1] = false end
-    else
-      known = false
+    if type(p) ~= "string" and p.coll ~= "RULE"
+      and not (p.coll == "TX" and p.key and get(S, p.key) ~= UNK)
+      and not (mv_ok and (p.coll == "MATCHED_VAR" or p.coll == "MATCHED_VAR_NAME")) then
+      return false
     end
   end
-  return known
+  return true
 end
 
 -- The static prefix of a setvar key with a macro (RULE parts as the rule gives them).
