@@ -1333,13 +1333,20 @@ end
 -- counts only when the confirmer reads the value as what the rule is about; raw is the
 -- value before the rule's transformations. Matches it takes away are counted in
 -- st.unconfirmed (rule id -> n) for the decision log.
-local function confirmed(st, cond, raw, v)
-  local f = cond.confirm
-  if not f then return true end
-  local ok = f(raw or v, v, function(x)
+-- (The closure is made in a function of its own: a function that makes one closes its
+-- upvalues on every return, which LuaJIT does not compile (NYI UCLO), and sec_test and
+-- sec_cond, calling confirmed for every match, aborted their traces there.)
+local function run_confirmer(st, cond, f, raw, v)
+  return f(raw or v, v, function(x)
     local from = sec_test(st, cond, x)
     return from ~= nil and from ~= "error"
   end)
+end
+
+local function confirmed(st, cond, raw, v)
+  local f = cond.confirm
+  if not f then return true end
+  local ok = run_confirmer(st, cond, f, raw, v)
   if not ok then
     local u = st.unconfirmed
     if not u then
