@@ -1361,6 +1361,10 @@ end
 
 -- Evaluates one condition: the list of matches { name, value, from, to }, or nil.
 local function sec_cond(st, r, cond)
+  -- SecAction (@unconditionalMatch, no variable): it matches, once (without this it had
+  -- no value to match and never ran: CRS's 901200 and the SecActions of its application
+  -- exclusions did nothing)
+  if cond.op == "always" and not cond.tgt[1] then return { { name = "", value = "", from = 1, to = 0 } } end
   local out
   local cs = st.cs
   local budget = st.deadline
