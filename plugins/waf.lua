@@ -11,6 +11,11 @@ local V = require "luaproxy.waf.vars"
 local seclang = require "luaproxy.waf.seclang"
 local format, concat = string.format, table.concat
 local ipairs, type, tostring = ipairs, type, tostring
+local new_tab
+do
+  local ok, tnew = pcall(require, "table.new")
+  new_tab = ok and tnew or function() return {} end
+end
 
 -- The bundled rule files, next to this file.
 local HERE = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".")
@@ -339,6 +344,15 @@ local function compile(conf)
     c.sec = compile_crs(conf, crs)
     -- the seed with what the set's initialisation rules (folded at load) add to it
     c.tx = c.sec.tx_start or P.seed_tx(conf)
+    -- copied per request by a numeric loop into a table made to size (40 keys with CRS's
+    -- initialisation folded in: pairs() is not compiled, and a table grown key by key
+    -- rehashes six times)
+    c.tx_keys, c.tx_vals = {}, {}
+    for k, v in pairs(c.tx) do
+      local n = #c.tx_keys + 1
+      c.tx_keys[n], c.tx_vals[n] = k, v
+    end
+    c.tx_size = #c.tx_keys + 16
     -- The Lua rules (rules, rule_files) run beside CRS; with none, nothing else runs.
     if #cs.rules == 0 then c.cs = nil end
   end
@@ -500,8 +514,9 @@ function P.request(req, conf)
   local matches, score, deny, status = nil, 0, nil, conf.status
   local outcome, unconfirmed
   if sec then
-    local tx = {}
-    for k, v in pairs(conf.tx) do tx[k] = v end
+    local tx = new_tab(0, conf.tx_size)
+    local keys, vals = conf.tx_keys, conf.tx_vals
+    for i = 1, #keys do tx[keys[i]] = vals[i] end
     local sst = { vars = st.vars, cache = {}, tx = tx, regex_error = conf.regex_error,
                   paranoia = conf.paranoia,
                   learn = conf.mode == "learn" and {} or nil,
