@@ -1650,7 +1650,7 @@ function M.compile_seclang(set, opts)
     return parent, path
   end
   local groups = {}
-  local kept = {} -- the rules compiled, in file order
+  local in_order = {} -- the rules compiled, in file order
   local excl = opts.exclusions or {}
   for _, it in ipairs(set.items) do
     -- A copy: the parsed set is shared by the compiled sets of several settings.
@@ -1732,7 +1732,7 @@ function M.compile_seclang(set, opts)
       end
       if not drop then
         local ph = cs.phases[r.phase]
-        kept[#kept + 1] = r
+        in_order[#in_order + 1] = r
         ph[#ph + 1] = r
       end
     else
@@ -1753,7 +1753,7 @@ function M.compile_seclang(set, opts)
   -- A group scans its collections in the order the rules first name them, folded rules
   -- included: the order a rule's matches come in (its first is the one logged) stays.
   local coll_rank, nrank = {}, 0
-  for _, r in ipairs(kept) do
+  for _, r in ipairs(in_order) do
     for _, cond in ipairs(r.conds) do
       local fast = (cond.op == "rx" or cond.op == "pm") and not cond.multi and not cond.negate
       for _, e in ipairs(cond.tgt) do
@@ -1770,7 +1770,7 @@ function M.compile_seclang(set, opts)
       end
     end
   end
-  for _, r in ipairs(kept) do
+  for _, r in ipairs(in_order) do
     if not r.folded then
       for _, cond in ipairs(r.conds) do
         if (cond.op == "rx" or cond.op == "pm") and cond.multi
