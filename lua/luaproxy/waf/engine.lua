@@ -1359,12 +1359,15 @@ local function confirmed(st, cond, raw, v)
   return ok
 end
 
+-- A SecAction's match (read only, shared by every request).
+local ACTION_MATCH = { { name = "", value = "", from = 1, to = 0 } }
+
 -- Evaluates one condition: the list of matches { name, value, from, to }, or nil.
 local function sec_cond(st, r, cond)
   -- SecAction (@unconditionalMatch, no variable): it matches, once (without this it had
   -- no value to match and never ran: CRS's 901200 and the SecActions of its application
   -- exclusions did nothing)
-  if cond.op == "always" and not cond.tgt[1] then return { { name = "", value = "", from = 1, to = 0 } } end
+  if cond.op == "always" and not cond.tgt[1] then return ACTION_MATCH end
   local out
   local cs = st.cs
   local budget = st.deadline
