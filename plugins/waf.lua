@@ -425,9 +425,10 @@ function P.init_worker(conf)
       sec.reported = true
       local c = sec.counts
       proxy.log.info(format("waf: SecLang rules: %d read, %d compiled (%d above paranoia %d "
-        .. "left out), %d response rules not run, %d excluded; %d Hyperscan patterns, %d "
-        .. "PCRE2-only", c.rules, c.compiled, c.paranoia_skipped, conf.paranoia, c.response,
-        c.excluded, sec.hs_patterns, #sec.pcre_only))
+        .. "left out), %d response rules not run, %d excluded, %d folded at load (%d walked); "
+        .. "%d Hyperscan patterns, %d PCRE2-only", c.rules, c.compiled, c.paranoia_skipped,
+        conf.paranoia, c.response, c.excluded, c.folded or 0, c.compiled - (c.folded or 0),
+        sec.hs_patterns, #sec.pcre_only))
       if #sec.unsupported > 0 then
         -- One line per kind: a single line for CRS's list would pass the log's line limit.
         local kinds = P.unsupported_summary(sec)
