@@ -89,7 +89,10 @@ json_t *lp_cache_admin_purge(const lp_config_t *cfg, lp_str_t name, lp_str_t que
     }
     if (!z) {
         *status = 404;
-        return json_pack("{s:b,s:s}", "ok", 0, "error", "no such cache zone");
+        /* NULL when the name is not UTF-8: then the message without it. */
+        json_t *msg = json_sprintf("no such cache zone: %.*s", (int)name.len, name.base);
+        return json_pack("{s:b,s:o}", "ok", 0, "error",
+                         msg ? msg : json_string("no such cache zone"));
     }
     /* key=K, prefix=P or nothing (all), and nothing else: a misspelt argument must not
      * purge the whole zone. */

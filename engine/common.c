@@ -1,4 +1,5 @@
 #include "common.h"
+#include <stdlib.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,4 +59,21 @@ uint64_t lp_hash64(const void *key, size_t n)
     h *= 0xbf58476d1ce4e5b9ULL;
     h ^= h >> 32;
     return h;
+}
+
+int lp_grow(void **p, size_t *cap, size_t need, size_t size, size_t first)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : first ? first : 1;
+    while (n < need)
+        n = n > SIZE_MAX / 2 ? need : n * 2;
+    if (size && n > SIZE_MAX / size)
+        return -1;
+    void *q = realloc(*p, n * size);
+    if (!q)
+        return -1;
+    *p = q;
+    *cap = n;
+    return 0;
 }

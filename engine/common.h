@@ -53,6 +53,12 @@ typedef struct {
  * chain. Never persist it: it changes with every start. */
 uint64_t lp_hash64(const void *key, size_t n);
 
+/* Makes *p, an array of *cap elements of `size` bytes (realloc'd memory or NULL), hold at
+ * least `need`, keeping what it held: the capacity doubles from *cap (from `first` when 0),
+ * so n appends cost O(n). 0, or -1 when out of memory or the size would not fit a size_t
+ * (*p and *cap are then as they were). */
+int lp_grow(void **p, size_t *cap, size_t need, size_t size, size_t first);
+
 /* ASCII case-insensitive equality of s with the literal-like (p, n). Inline: header
  * lists are checked against lists of names on every request, and most names differ in
  * length, which the caller's loop then decides without a call. */

@@ -756,6 +756,18 @@ static int find_upstream(const lp_config_t *c, const char *name, size_t *idx)
     return -1;
 }
 
+/* An overlay that does not load or apply fails the load, except for explain's look at a
+ * config (LP_OVERLAY_REPORT), which gets the config's own routes and the reason. */
+static int overlay_failed(rctx_t *r, const char *key, const char *err)
+{
+    if (lp_config_overlay != LP_OVERLAY_REPORT)
+        return fail(r, key, "%s", err);
+    free(r->c->overlay_error);
+    if (!(r->c->overlay_error = strdup(err)))
+        r->oom = 1;
+    return 0;
+}
+
 /* The route table: the routes, then the changes the admin API made (the overlay file next
  * to the config, rtable.h). Warns about routes that can never match. */
 static int read_overlay(rctx_t *r)
@@ -768,13 +780,14 @@ static int read_overlay(rctx_t *r)
         return 0;
     }
     lp_rtable_fingerprint(c, c->routes_fp);
-    if (c->path && lp_rtable_overlay(c->path, c, &ops, err, sizeof(err)))
-        return fail(r, "routes (overlay)", "%s", err);
+    if (c->path && lp_config_overlay != LP_OVERLAY_SKIP &&
+        lp_rtable_overlay(c->path, c, &ops, err, sizeof(err)))
+        return overlay_failed(r, "routes (overlay)", err);
     if (ops) {
         lp_rtable_t *t = lp_rtable_apply(c->rtable, c, ops, NULL, err, sizeof(err));
         json_decref(ops);
         if (!t)
-            return fail(r, "routes (admin overlay " LP_ROUTES_OVERLAY_SUFFIX ")", "%s", err);
+            return overlay_failed(r, "routes (admin overlay " LP_ROUTES_OVERLAY_SUFFIX ")", err);
         lp_rtable_unref(c->rtable);
         c->rtable = t;
         lp_log_notice("%s: routes: admin overlay applied (%zu routes)", c->path, t->nroutes);
@@ -1524,6 +1537,7 @@ void lp_config_relocate(const char *path, const char *name, const char *keys, ch
 
 int lp_config_admin_json = 1;
 int lp_config_cache_disk = 0;
+int lp_config_overlay = LP_OVERLAY_APPLY;
 const char *lp_config_source_doc = NULL;
 
 int lp_config_load(const char *path, lp_config_t **out, char *err, size_t errlen)
@@ -1650,6 +1664,7 @@ void lp_config_free(lp_config_t *c)
     }
     free(c->routes);
     lp_rtable_unref(c->rtable);
+    free(c->overlay_error);
     lp_router_free(c->router);
     free(c->metrics.buckets);
     free_error_pages(&c->error_pages);

@@ -217,6 +217,8 @@ typedef struct {
                                      with */
     struct lp_rtable_s *rtable;   /* owned reference: the route table a generation starts with
                                      (the routes, the admin overlay applied; rtable.h) */
+    char *overlay_error;          /* owned; NULL: none. Under LP_OVERLAY_REPORT, why the
+                                     overlay was not applied (rtable is the config's routes) */
     lp_error_pages_t error_pages; /* the proxy's own answers replaced, by status */
     lp_timeouts_t timeouts;
     lp_limits_t limits;
@@ -299,6 +301,13 @@ extern int lp_config_admin_json;
  * serving process (main.c sets it), never for -t, -s or the tools, whose scan would race the
  * server's writes in the same directory. 0 by default. */
 extern int lp_config_cache_disk;
+/* What lp_config_load does with the admin API's overlay file (rtable.h): apply it, a failure
+ * failing the load (LP_OVERLAY_APPLY, every serving load and -t); leave it out
+ * (LP_OVERLAY_SKIP); or apply it, a failure kept in config->overlay_error and the config's
+ * own routes used (LP_OVERLAY_REPORT: `luaproxy routes`, for explain). Main thread, set
+ * before the load. */
+enum { LP_OVERLAY_APPLY, LP_OVERLAY_SKIP, LP_OVERLAY_REPORT };
+extern int lp_config_overlay;
 /* The step after validation: resolves the listen, admin and target addresses (DNS targets
  * that do not resolve are a warning, not an error) and builds the TLS contexts (listener
  * certificates and keys, upstream client contexts and their CA files). I/O that may block,

@@ -424,6 +424,18 @@ static int conn_respond_local(lp_req_t *req, int status, int keep, const char *d
 
 static int conn_response_end(lp_req_t *req);
 
+/* The proxy's gRPC answer's fields as trailer text ("name: value\r\n"). */
+typedef struct {
+    char *text; /* owned until it becomes the response's trailers */
+    size_t len;
+} grpc_text_t;
+
+static int grpc_trailer_add(void *ud, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    grpc_text_t *t = ud;
+    return lp_h2_text_add(&t->text, &t->len, name, nlen, value, vlen);
+}
+
 /* A gRPC call whose response head went out can no longer say its failure in the head: when
  * the client takes trailers (an HTTP/2 stream, or a chunked HTTP/1.1 response) the body ends
  * there and grpc-status and grpc-message trailers say why (DEADLINE_EXCEEDED for a 504,
@@ -439,19 +451,14 @@ static int conn_grpc_fail_trailers(lp_req_t *req, int status, const char *why)
         (req->flags & LP_RF_RESP_DONE) ||
         lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
         return 0;
-    char code[12], msg[200];
-    size_t clen = lp_u64_to_str((uint64_t)lp_errpage_grpc_status(status), 10, code);
-    size_t mlen = lp_errpage_grpc_message(status, msg, sizeof(msg));
-    char *text = NULL;
-    size_t len = 0;
-    if (lp_h2_text_add(&text, &len, "grpc-status", 11, code, clen) ||
-        lp_h2_text_add(&text, &len, "grpc-message", 12, msg, mlen)) {
-        free(text);
+    grpc_text_t t = {NULL, 0};
+    if (lp_errpage_grpc_fields(status, grpc_trailer_add, &t)) {
+        free(t.text);
         return 0;
     }
     free(req->resp.trailers); /* none came before the failure, but be sure */
-    req->resp.trailers = text;
-    req->resp.trailers_len = len;
+    req->resp.trailers = t.text;
+    req->resp.trailers_len = t.len;
     req->resp.sent_status = status; /* the log and the metrics say what it stands for */
     lp_log_warn("%s: %s %.*s: %s after the response started; ending it with grpc-status %d%s",
                 conn_ip(req->conn), llhttp_method_name(req->method), (int)req->h1.path.len,
@@ -783,6 +790,14 @@ void lp_conn_take_body(lp_req_t *req, lp_buf_t **buf, size_t *len)
 {
     *buf = req->body_buf;
     *len = req->body_len;
+}
+
+void lp_conn_give_body_back(lp_req_t *req, lp_buf_t *b, size_t len)
+{
+    if (req->body_buf)
+        lp_buf_unref(req->body_buf); /* a prefix of b's bytes */
+    req->body_buf = b;
+    req->body_len = len;
 }
 
 int lp_conn_req_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
@@ -1368,15 +1383,15 @@ static void conn_update_reading(lp_conn_t *c)
 /* A gRPC client gets the proxy's own error answers as gRPC statuses (errpage.h): HTTP 200,
  * no body, grpc-status and grpc-message in the head (a trailers-only response). Lua's other
  * fields stay. -1 when out of memory. */
+static int grpc_head_add(void *req, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    return lp_ffi_header_set(req, 1, LP_FFI_HSET, name, nlen, value, vlen);
+}
+
 static int conn_grpc_local(lp_req_t *req)
 {
-    int status = req->resp.status;
-    char code[12], msg[200];
-    size_t clen = lp_u64_to_str((uint64_t)lp_errpage_grpc_status(status), 10, code);
-    size_t mlen = lp_errpage_grpc_message(status, msg, sizeof(msg));
-    if (lp_ffi_header_set(req, 1, LP_FFI_HSET, "Content-Type", 12, "application/grpc", 16) ||
-        lp_ffi_header_set(req, 1, LP_FFI_HSET, "grpc-status", 11, code, clen) ||
-        lp_ffi_header_set(req, 1, LP_FFI_HSET, "grpc-message", 12, msg, mlen))
+    if (grpc_head_add(req, "Content-Type", 12, "application/grpc", 16) ||
+        lp_errpage_grpc_fields(req->resp.status, grpc_head_add, req))
         return -1;
     free(req->resp.local_body);
     req->resp.local_body = NULL;

@@ -91,8 +91,13 @@ void lp_conn_tunnel_end(lp_conn_t *c);
 int lp_conn_read_body(lp_req_t *req, uint64_t max);
 /* Parses what is pending (after a Lua phase yielded waiting for the body). */
 void lp_conn_kick(lp_conn_t *c);
-/* The body gathered for req:body() (NULL when none). */
+/* The body gathered for req:body() (NULL when none); a try sends it first. The request
+ * keeps it (the next try sends it again). */
 void lp_conn_take_body(lp_req_t *req, lp_buf_t **buf, size_t *len);
+/* A failed try hands back the body it took, whole (what was gathered, then what streamed
+ * to it): it becomes the gathered body, which the next try sends first. b's reference goes
+ * with it. */
+void lp_conn_give_body_back(lp_req_t *req, lp_buf_t *b, size_t len);
 /* A suspended Lua phase of req finished with rc (lua_vm.c calls this). LP_GONE when the
  * request ended. */
 int lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc);

@@ -210,16 +210,8 @@ static int conn_append(cosock_conn_t *c, const char *p, size_t n)
             c->in_len -= c->in_pos;
             c->in_pos = 0;
         }
-        if (c->in_cap - c->in_len < n) {
-            size_t cap = c->in_cap ? c->in_cap : 4096;
-            while (cap - c->in_len < n)
-                cap *= 2;
-            char *in = realloc(c->in, cap);
-            if (!in)
-                return -1;
-            c->in = in;
-            c->in_cap = cap;
-        }
+        if (lp_grow((void **)&c->in, &c->in_cap, c->in_len + n, 1, 4096))
+            return -1;
     }
     memcpy(c->in + c->in_len, p, n);
     c->in_len += n;

@@ -187,3 +187,12 @@ size_t lp_errpage_grpc_message(int status, char *out, size_t room)
         out[k < room ? k : room - 1] = 0;
     return k;
 }
+
+int lp_errpage_grpc_fields(int status, lp_errpage_field_fn add, void *ud)
+{
+    char code[12], msg[200];
+    size_t clen = lp_u64_to_str((uint64_t)lp_errpage_grpc_status(status), 10, code);
+    size_t mlen = lp_errpage_grpc_message(status, msg, sizeof(msg));
+    return add(ud, "grpc-status", 11, code, clen) || add(ud, "grpc-message", 12, msg, mlen) ? -1
+                                                                                            : 0;
+}

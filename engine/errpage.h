@@ -50,4 +50,12 @@ int lp_errpage_grpc_status(int status);
  * length. */
 size_t lp_errpage_grpc_message(int status, char *out, size_t room);
 
+/* Where a gRPC answer's fields go (a response head, trailer text): 0, or non-zero when it
+ * could not take the field. */
+typedef int (*lp_errpage_field_fn)(void *ud, const char *name, size_t nlen, const char *value,
+                                   size_t vlen);
+/* The fields of the answer of `status`, grpc-status then grpc-message, each given to
+ * add(ud, ...). -1 as soon as add fails. */
+int lp_errpage_grpc_fields(int status, lp_errpage_field_fn add, void *ud);
+
 #endif

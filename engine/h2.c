@@ -5,6 +5,7 @@
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 #include "h2.h"
+#include "h2_bodyq.h"
 #include "h2_mem.h"
 #include "h2_util.h"
 #include "log.h"
@@ -27,13 +28,6 @@ enum { H2_TM_IDLE = LP_EP_TM_OWNER, H2_TM_SEND, H2_TM_KICK, H2_TM_STALL };
 /* Flood counters count over windows of this many ms. */
 #define H2_WINDOW_MS 10000
 
-/* A piece of response body waiting for its DATA frames. */
-typedef struct h2_seg_s {
-    struct h2_seg_s *next; /* owned: the next piece */
-    size_t off, len;       /* data[off, len) is still to send */
-    char data[];
-} h2_seg_t;
-
 typedef struct lp_h2_stream_s {
     struct lp_h2_s *h2; /* borrowed: its session */
     lp_list_t link;     /* in h2->streams */
@@ -50,26 +44,20 @@ typedef struct lp_h2_stream_s {
     size_t hdr_bytes;                                  /* decoded header list size so far */
     /* Request body read from the client and not yet taken by the upstream (its window is
      * not given back until then: flow control bounds it). */
-    lp_buf_t *in; /* owned reference, NULL: none */
-    size_t in_len;
-    h2_seg_t *out, *out_tail; /* owned: response body waiting for DATA frames */
-    size_t out_bytes;
+    lp_h2_bodyq_t in; /* owned */
+    /* The response body waiting for DATA frames, its end and its trailers (a copy of the
+     * response's, taken when it ended: the request keeps its own for req:resp_trailers()). */
+    lp_h2_bodyq_t out;   /* owned */
     uint8_t in_eof;      /* the client's END_STREAM came */
     uint8_t eof_done;    /* ... and was handed to the request */
-    uint8_t out_eof;     /* the response body is complete */
-    uint8_t deferred;    /* the data source said DEFERRED: resume it when bytes come */
-    uint8_t was_full;    /* out_bytes passed the high watermark: resume the upstream below low */
+    uint8_t was_full;    /* out.bytes passed the high watermark: resume the upstream below low */
     uint8_t closed;      /* nghttp2 closed the stream (on_stream_close) */
     uint8_t reset;       /* we reset it */
     uint8_t no_body;     /* the response has no body (HEAD, 204, 304) */
     uint8_t has_cl;      /* the request head has a content-length field (its framing) */
     uint32_t close_code; /* the code it closed with */
-    /* The response's trailer fields ("name: value\r\n" text), taken from the request when
-     * its body ended: sent after the last DATA frame. */
-    char *trailers; /* owned, NULL: none */
-    size_t trailers_len;
     /* ms: its response bytes last went out, or the first of those it holds came (the
-     * send-stall timeout runs from it while out_bytes > 0). */
+     * send-stall timeout runs from it while out.bytes > 0). */
     uint64_t sent_at;
 } lp_h2_stream_t;
 
@@ -78,6 +66,7 @@ typedef struct lp_h2_s {
     nghttp2_session *s;    /* owned */
     lp_list_t streams;     /* lp_h2_stream_t.link: every stream not freed yet */
     unsigned nopen;        /* streams not closed by nghttp2 */
+    unsigned nheld;        /* streams holding response bytes (out.bytes > 0): h2_stall_arm */
     unsigned depth;        /* h2.c frames on the stack: streams are freed, and bytes sent, at 0 */
     uint32_t nrequests;    /* streams started (http2.max_requests) */
     uint64_t win_start;    /* ms: the flood counters' window */
@@ -175,13 +164,10 @@ static void stream_free(lp_h2_stream_t *st)
     lp_list_remove(&st->link);
     free(st->fields);
     free(st->cookie);
-    free(st->trailers);
-    if (st->in)
-        lp_buf_unref(st->in);
-    for (h2_seg_t *g = st->out, *n; g; g = n) {
-        n = g->next;
-        free(g);
-    }
+    if (st->out.bytes)
+        st->h2->nheld--;
+    lp_h2_bodyq_free(&st->in);
+    lp_h2_bodyq_free(&st->out);
     free(st);
 }
 
@@ -194,7 +180,7 @@ static void stream_pump(lp_h2_stream_t *st);
  * entry's reference stay held. */
 static int stream_holds(const lp_h2_stream_t *st)
 {
-    return st->out_bytes && !st->closed && !st->reset;
+    return st->out.bytes && !st->closed && !st->reset;
 }
 
 /* Arms H2_TM_STALL for the stream that has held bytes longest, when the connection's timer
@@ -203,7 +189,7 @@ static int stream_holds(const lp_h2_stream_t *st)
 static void h2_stall_arm(lp_h2_t *h2)
 {
     lp_endpoint_t *ep = &h2->c->ep;
-    if (!h2->nopen || ep->tmode != LP_EP_TM_NONE)
+    if (!h2->nopen || !h2->nheld || ep->tmode != LP_EP_TM_NONE)
         return;
     uint64_t first = UINT64_MAX;
     for (lp_list_t *it = h2->streams.next; it != &h2->streams; it = it->next) {
@@ -257,7 +243,7 @@ static int h2_owes(lp_h2_t *h2)
 {
     for (lp_list_t *it = h2->streams.next; it != &h2->streams; it = it->next) {
         lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
-        if (st->req && ((st->was_full && st->out_bytes <= LP_LOW_WATERMARK) ||
+        if (st->req && ((st->was_full && st->out.bytes <= LP_LOW_WATERMARK) ||
                         (st->closed && !((st->req->flags & LP_RF_RESP_DONE) && !st->close_code))))
             return 1;
     }
@@ -292,7 +278,7 @@ static void h2_leave(lp_h2_t *h2, int full)
                     again = 1;
                     continue;
                 }
-                if (st->was_full && st->out_bytes <= LP_LOW_WATERMARK) {
+                if (st->was_full && st->out.bytes <= LP_LOW_WATERMARK) {
                     st->was_full = 0;
                     if (req->try.peer && !(req->flags & LP_RF_RESP_DONE)) {
                         lp_req_hold(req);
@@ -601,14 +587,14 @@ static void stream_pump(lp_h2_stream_t *st)
         !(req->flags & LP_RF_BODY_BUFFERING))
         return;
     lp_req_hold(req);
-    if (st->in_len &&
-        (req->try.peer || (req->flags & LP_RF_BODY_BUFFERING) || lp_req_body_replaced(req)) &&
-        !(req->try.peer && lp_peer_full(req->try.peer))) {
-        lp_buf_t *b = st->in;
-        size_t n = st->in_len;
-        st->in = NULL;
-        st->in_len = 0;
-        int rc = lp_conn_req_body(req, b->data, n, b);
+    int gave = 0;
+    while (st->in.head && !lp_req_ended(req) &&
+           (req->try.peer || (req->flags & LP_RF_BODY_BUFFERING) || lp_req_body_replaced(req)) &&
+           !(req->try.peer && lp_peer_full(req->try.peer))) {
+        size_t n;
+        lp_buf_t *b;
+        const char *at = lp_h2_bodyq_shift(&st->in, &n, &b);
+        int rc = lp_conn_req_body(req, at, n, b);
         lp_buf_unref(b);
         nghttp2_session_consume_stream(h2->s, st->id, n);
         h2->want_send = 1;
@@ -622,11 +608,16 @@ static void stream_pump(lp_h2_stream_t *st)
             lp_lua_wake(req);
         } else if (rc) {
             (void)lp_conn_upstream_failed(req, 500, "out of memory");
-        } else if (req->try.peer) {
-            lp_peer_flush(req->try.peer);
+        } else {
+            gave = 1;
+            continue;
         }
+        gave = 0;
+        break;
     }
-    if (!lp_req_ended(req) && !st->in_len && st->in_eof && !st->eof_done) {
+    if (gave && !lp_req_ended(req) && req->try.peer)
+        lp_peer_flush(req->try.peer);
+    if (!lp_req_ended(req) && !st->in.head && st->in_eof && !st->eof_done) {
         st->eof_done = 1;
         (void)lp_conn_req_body_end(req);
     }
@@ -643,21 +634,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
         nghttp2_session_consume_stream(s, id, len); /* nobody reads it: dropped */
         return 0;
     }
-    if (!st->in || st->in_len + len > st->in->cap) {
-        size_t cap = st->in ? st->in->cap : LP_BUF_SIZE;
-        while (cap < st->in_len + len)
-            cap *= 2;
-        lp_buf_t *b = lp_buf_get(h2->c->ep.env->bufs, cap);
-        if (!b)
-            return NGHTTP2_ERR_CALLBACK_FAILURE;
-        if (st->in) {
-            memcpy(b->data, st->in->data, st->in_len);
-            lp_buf_unref(st->in);
-        }
-        st->in = b;
-    }
-    memcpy(st->in->data + st->in_len, data, len);
-    st->in_len += len;
+    if (lp_h2_bodyq_add(&st->in, h2->c->ep.env->bufs, (const char *)data, len))
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
     return 0;
 }
 
@@ -741,43 +719,12 @@ static ssize_t stream_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t 
                            uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
     lp_h2_stream_t *st = src->ptr;
-    size_t n = 0;
-    while (st->out && n < length) {
-        h2_seg_t *g = st->out;
-        size_t k = g->len - g->off;
-        if (k > length - n)
-            k = length - n;
-        memcpy(buf + n, g->data + g->off, k);
-        g->off += k;
-        n += k;
-        if (g->off == g->len) {
-            st->out = g->next;
-            if (!st->out)
-                st->out_tail = NULL;
-            free(g);
-        }
-    }
-    st->out_bytes -= n;
-    if (n) /* the send-stall clock starts again */
+    ssize_t n = lp_h2_bodyq_source(&st->out, s, id, buf, length, flags);
+    if (n > 0) /* the send-stall clock starts again */
         st->sent_at = uv_now(st->h2->c->ep.env->loop);
-    if (!st->out && st->out_eof) {
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-        if (st->trailers) {
-            /* The upstream's trailers end the stream instead (gRPC's grpc-status). */
-            lp_h2_nvs_t l = {0};
-            lp_h2_nvs_add_text(&l, st->trailers, st->trailers_len);
-            nghttp2_nv *nv = lp_h2_nvs_done(&l);
-            if (nv && l.n && !nghttp2_submit_trailer(s, id, nv, l.n))
-                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            lp_h2_nvs_free(&l);
-            free(st->trailers);
-            st->trailers = NULL;
-        }
-    } else if (!n) {
-        st->deferred = 1;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    return (ssize_t)n;
+    if (n > 0 && !st->out.bytes)
+        st->h2->nheld--;
+    return n;
 }
 
 /* Frames that went out: RST_STREAM and GOAWAY are counted (nghttp2's own refusals too). */
@@ -1040,16 +987,14 @@ void lp_h2_req_gone(lp_req_t *req)
     lp_h2_t *h2 = st->h2;
     if (h2_closing(h2) || st->closed)
         return;
-    if (!st->out_eof && !st->reset) {
+    if (!st->out.eof && !st->reset) {
         /* Ended without its whole response (cut): the client hears it. */
         nghttp2_submit_rst_stream(h2->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
         st->reset = 1;
     }
-    if (st->in_len) { /* body nobody will read: its window goes back */
-        nghttp2_session_consume_stream(h2->s, st->id, st->in_len);
-        lp_buf_unref(st->in);
-        st->in = NULL;
-        st->in_len = 0;
+    if (st->in.bytes) { /* body nobody will read: its window goes back */
+        nghttp2_session_consume_stream(h2->s, st->id, st->in.bytes);
+        lp_h2_bodyq_free(&st->in);
     }
     h2->want_send = 1;
 }
@@ -1142,29 +1087,19 @@ static void h2_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *pin)
     lp_h2_stream_t *st = req->h2s;
     if (!st || st->no_body || !len)
         return;
-    h2_seg_t *g = malloc(sizeof(*g) + len);
-    if (!g) {
+    if (!st->out.bytes) { /* the send-stall clock starts with the first byte held */
+        st->sent_at = uv_now(st->h2->c->ep.env->loop);
+        st->h2->nheld++;
+    }
+    if (lp_h2_bodyq_add(&st->out, st->h2->c->ep.env->bufs, at, len)) {
+        if (!st->out.bytes)
+            st->h2->nheld--;
         st->h2->bye = 1;
         return;
     }
-    g->next = NULL;
-    g->off = 0;
-    g->len = len;
-    memcpy(g->data, at, len);
-    if (!st->out_bytes) /* the send-stall clock starts with the first byte held */
-        st->sent_at = uv_now(st->h2->c->ep.env->loop);
-    if (st->out_tail)
-        st->out_tail->next = g;
-    else
-        st->out = g;
-    st->out_tail = g;
-    st->out_bytes += len;
-    if (st->out_bytes >= LP_HIGH_WATERMARK)
+    if (st->out.bytes >= LP_HIGH_WATERMARK)
         st->was_full = 1;
-    if (st->deferred) {
-        st->deferred = 0;
-        nghttp2_session_resume_data(st->h2->s, st->id);
-    }
+    lp_h2_bodyq_wake(&st->out, st->h2->s, st->id);
     st->h2->want_send = 1;
 }
 
@@ -1173,23 +1108,16 @@ static void h2_end(lp_req_t *req)
     lp_h2_stream_t *st = req->h2s;
     if (!st)
         return;
-    st->out_eof = 1;
-    if (req->resp.trailers && !st->no_body && (st->trailers = malloc(req->resp.trailers_len + 1))) {
-        /* A copy the stream sends after its request ended; the request keeps its own for
-         * req:resp_trailers() in the log phase. (Out of memory: none are sent.) */
-        memcpy(st->trailers, req->resp.trailers, req->resp.trailers_len + 1);
-        st->trailers_len = req->resp.trailers_len;
-    }
-    if (st->deferred) {
-        st->deferred = 0;
-        nghttp2_session_resume_data(st->h2->s, st->id);
-    }
+    /* (Out of memory for the trailers' copy: none are sent.) */
+    (void)lp_h2_bodyq_end(&st->out, st->no_body ? NULL : req->resp.trailers,
+                          req->resp.trailers_len);
+    lp_h2_bodyq_wake(&st->out, st->h2->s, st->id);
     st->h2->want_send = 1;
 }
 
 static int h2_full(const lp_req_t *req)
 {
-    return req->h2s && req->h2s->out_bytes >= LP_HIGH_WATERMARK;
+    return req->h2s && req->h2s->out.bytes >= LP_HIGH_WATERMARK;
 }
 
 static void h2_flush_op(lp_req_t *req)

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 #include "conn.h"
+#include "h2_bodyq.h"
 #include "h2_up.h"
 #include "h2_util.h"
 #include "log.h"
@@ -43,19 +44,6 @@ enum { TM_CONNECT = LP_EP_TM_OWNER, TM_IDLE, TM_STREAMS, TM_KICK };
  * refused (GOAWAY, REFUSED_STREAM: never processed) goes again with it, whatever its method. */
 #define H2U_REPLAY_MAX (64 * 1024)
 
-/* Bytes waiting in a queue: request body for DATA frames, or response body for the
- * request. */
-typedef struct seg_s {
-    struct seg_s *next; /* owned: the next piece */
-    lp_buf_t *b;        /* owned reference: the bytes */
-    size_t off, len;    /* b->data[off, len) still to go */
-} seg_t;
-
-typedef struct {
-    seg_t *head, *tail; /* owned */
-    size_t bytes;       /* in the queue */
-} queue_t;
-
 typedef struct lp_h2u_s lp_h2u_t;
 
 typedef struct lp_h2u_stream_s {
@@ -64,18 +52,20 @@ typedef struct lp_h2u_stream_s {
      * the response head (synthesized as HTTP/1.1 text, the same view for every module). */
     lp_peer_t peer;
     lp_h2u_t *h2;   /* borrowed: its connection, which frees it (never outlived) */
-    lp_list_t link; /* in h2->streams */
+    lp_list_t link; /* in h2->streams, or in h2->gone once closed and let go */
+    lp_list_t work; /* in h2->work while `dirty` */
     int32_t id;     /* nghttp2's stream id; 0: never submitted (closed) */
-    queue_t out;    /* request body for DATA frames (conn.c stops at the high watermark) */
-    queue_t in;     /* response body not yet given to the request (bounded by the window) */
-    queue_t replay; /* request body sent, while it is at most H2U_REPLAY_MAX */
-    size_t owed;    /* response bytes given to the request whose window is not given back */
-    char *head;     /* owned: the response head's fields as HTTP/1.1 text while they come */
+    /* The request body for DATA frames (conn.c stops at the high watermark), its end and a
+     * copy of the request's trailers. Owned, as every queue here: a failed stream's body
+     * goes back to the request as a copy (stream_give_body_back), never to another stream. */
+    lp_h2_bodyq_t out;
+    lp_h2_bodyq_t in;     /* owned: response body not yet given to the request (the window) */
+    lp_h2_bodyq_t replay; /* owned: request body sent, while it is at most H2U_REPLAY_MAX */
+    size_t owed;          /* response bytes given to the request whose window is not given back */
+    char *head;           /* owned: the response head's fields as HTTP/1.1 text while they come */
     size_t head_len;
     char *trailers; /* owned: the response's trailers ("name: value\r\n"), until delivered */
     size_t trailers_len;
-    char *req_trailers; /* owned: the request's trailers to send after its body */
-    size_t req_trailers_len;
     int status;             /* the response's :status (0: not yet) */
     uint64_t read_at;       /* uv_now() ms of the last exchange: the read timeout counts from it */
     uint64_t grpc_deadline; /* uv_now() ms by which a gRPC call must end (grpc-timeout); 0: none */
@@ -87,8 +77,6 @@ typedef struct lp_h2u_stream_s {
     uint8_t no_retry;       /* the failure must not be retried (a deadline) */
     uint8_t replay_over;    /* more than H2U_REPLAY_MAX was sent: `replay` was dropped */
     uint8_t refusals;       /* the try's streams sent again before this one (bounded) */
-    uint8_t out_eof;        /* the request body is complete */
-    uint8_t deferred;       /* the data source said DEFERRED: resume it when bytes come */
     uint8_t was_full;       /* out passed the high watermark: resume the client below low */
     uint8_t has_cl;         /* the response head has content-length */
     uint8_t head_in;        /* the final response head arrived */
@@ -96,7 +84,8 @@ typedef struct lp_h2u_stream_s {
     uint8_t in_eof;         /* the upstream's END_STREAM came */
     uint8_t closed;         /* nghttp2 closed it (or it was never submitted) */
     uint8_t reused;         /* bound to a connection that was up already (a stale one retries) */
-    uint8_t dirty;          /* something happened for the request: see to it (h2u_leave) */
+    uint8_t dirty; /* something happened for its request: h2u_leave sees to it (bound only) */
+    uint8_t gone;  /* closed and let go: in h2->gone, freed at the outermost frame */
 } lp_h2u_stream_t;
 
 struct lp_h2u_s {
@@ -105,19 +94,26 @@ struct lp_h2u_s {
     lp_pool_t *pool;          /* borrowed: the worker's pool for its address (lives as long) */
     nghttp2_session *s;       /* owned */
     lp_list_t link;           /* in pool->h2conns until it dies */
-    lp_list_t streams;        /* lp_h2u_stream_t.link: owned */
-    unsigned nlive;           /* streams not closed (toward the stream limit) */
-    unsigned max_streams;     /* upstreams.NAME.max_streams when it was made */
-    uint64_t idle_ms;         /* keepalive_timeout when it was made */
-    unsigned depth;           /* our frames on the stack: the pipeline is called, streams freed
-                                 and bytes sent at 0 */
-    char why[160];            /* the text of its failure (streams borrow it) */
-    uint8_t ready;            /* connected (and TLS established with ALPN h2) */
-    uint8_t handshake;        /* TCP connected, TLS handshake in progress */
-    uint8_t goaway;           /* GOAWAY received: no new streams */
-    uint8_t dead;             /* failed or closing: no new streams, no more I/O */
-    uint8_t fatal;            /* the session or memory failed: it dies at the end of the frame */
-    uint8_t more;             /* output left after a send round: send again on the next turn */
+    /* Its streams (by lp_h2u_stream_t.link, owned): `streams` those still needed, `gone`
+     * those closed and let go, freed at depth 0. `work` (by lp_h2u_stream_t.work): the
+     * bound streams with something for their request. Lists and counts, so that an event
+     * costs its own streams' work, not a walk over all of them. */
+    lp_list_t streams, gone;
+    lp_list_t work;
+    unsigned nlive;       /* streams not closed (toward the stream limit) */
+    unsigned nbound;      /* streams a request holds (peer.req): the connection is busy */
+    unsigned max_streams; /* upstreams.NAME.max_streams when it was made */
+    uint64_t idle_ms;     /* keepalive_timeout when it was made */
+    unsigned depth;       /* our frames on the stack: the pipeline is called, streams freed
+                             and bytes sent at 0 */
+    char why[160];        /* the text of its failure (streams borrow it) */
+    uint8_t ready;        /* connected (and TLS established with ALPN h2) */
+    uint8_t handshake;    /* TCP connected, TLS handshake in progress */
+    uint8_t goaway;       /* GOAWAY received: no new streams */
+    uint8_t dead;         /* failed or closing: no new streams, no more I/O */
+    uint8_t fatal;        /* the session or memory failed: it dies at the end of the frame */
+    uint8_t more;         /* output left after a send round: send again on the next turn */
+    uint8_t rearm;        /* a stream's deadline may be earlier than TM_STREAMS's: h2u_arm looks */
 };
 
 static const lp_endpoint_ops_t h2u_ops;
@@ -142,91 +138,72 @@ static lp_h2u_stream_t *st_of(const lp_peer_t *p)
     return LP_CONTAINER_OF(p, lp_h2u_stream_t, peer);
 }
 
-/* ---- queues ---- */
-
-static int q_add(queue_t *q, lp_bufpool_t *bufs, const char *at, size_t len)
-{
-    while (len) {
-        seg_t *t = q->tail;
-        if (!t || t->len == t->b->cap) {
-            seg_t *g = malloc(sizeof(*g));
-            lp_buf_t *b = g ? lp_buf_get(bufs, LP_BUF_SIZE) : NULL;
-            if (!b) {
-                free(g);
-                return -1;
-            }
-            *g = (seg_t){NULL, b, 0, 0};
-            if (t)
-                t->next = g;
-            else
-                q->head = g;
-            q->tail = t = g;
-        }
-        size_t k = t->b->cap - t->len < len ? t->b->cap - t->len : len;
-        memcpy(t->b->data + t->len, at, k);
-        t->len += k;
-        q->bytes += k;
-        at += k;
-        len -= k;
-    }
-    return 0;
-}
-
-static void q_pop(queue_t *q)
-{
-    seg_t *g = q->head;
-    q->head = g->next;
-    if (!q->head)
-        q->tail = NULL;
-    lp_buf_unref(g->b);
-    free(g);
-}
-
-static void q_free(queue_t *q)
-{
-    while (q->head)
-        q_pop(q);
-    q->bytes = 0;
-}
-
 /* ---- streams ---- */
 
 static void stream_free(lp_h2u_stream_t *st)
 {
     lp_list_remove(&st->link);
-    q_free(&st->out);
-    q_free(&st->in);
-    q_free(&st->replay);
+    if (st->dirty)
+        lp_list_remove(&st->work);
+    lp_h2_bodyq_free(&st->out);
+    lp_h2_bodyq_free(&st->in);
+    lp_h2_bodyq_free(&st->replay);
     free(st->head);
     free(st->trailers);
-    free(st->req_trailers);
     free(st);
 }
 
-/* The request lets go of the stream (it ended, failed or moved on): reset unless it is
- * over. */
 /* One more in this worker's upstream HTTP/2 counter `cell` (LP_WM_H2U_*, h2_stats.c). */
 static void h2u_count(const lp_h2u_t *h, int cell, uint64_t n)
 {
     LP_M_ADD(&lp_ep_worker(&h->ep)->m_cells[cell], n);
 }
 
+/* Something happened for the stream's request (a frame, its close, a failure, the client
+ * side going on): h2u_leave sees to it. A stream no request holds has nobody to tell. */
+static void stream_mark(lp_h2u_stream_t *st)
+{
+    if (st->dirty || !st->peer.req)
+        return;
+    st->dirty = 1;
+    lp_list_insert_tail(&st->h2->work, &st->work);
+}
+
+/* Closed and let go: nothing needs the stream any more (nghttp2 forgot it, no request
+ * holds it); it waits in h2->gone for the outermost frame, which frees it. */
+static void stream_check_gone(lp_h2u_stream_t *st)
+{
+    if (st->gone || !st->closed || st->peer.req)
+        return;
+    st->gone = 1;
+    lp_list_remove(&st->link);
+    lp_list_insert_tail(&st->h2->gone, &st->link);
+}
+
+/* The request lets go of the stream (it ended, failed or moved on): reset unless it is
+ * over. */
 static void stream_unbind(lp_h2u_stream_t *st)
 {
     lp_req_t *req = st->peer.req;
+    lp_h2u_t *h = st->h2;
     if (req) {
         if (req->try.peer == &st->peer)
             req->try.peer = NULL;
         st->peer.req = NULL;
+        h->nbound--;
     }
-    lp_h2u_t *h = st->h2;
+    if (st->dirty) {
+        st->dirty = 0;
+        lp_list_remove(&st->work);
+    }
     if (!st->closed && st->id > 0 && !h->dead &&
         !nghttp2_submit_rst_stream(h->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL))
         h2u_count(h, LP_WM_H2U_RST_SENT, 1);
-    q_free(&st->in);
+    lp_h2_bodyq_free(&st->in);
     if (st->owed && !st->closed && st->id > 0 && !h->dead)
         nghttp2_session_consume_stream(h->s, st->id, st->owed);
     st->owed = 0;
+    stream_check_gone(st);
 }
 
 static void stream_fail_later(lp_h2u_stream_t *st, int kind, int status, const char *why)
@@ -236,7 +213,7 @@ static void stream_fail_later(lp_h2u_stream_t *st, int kind, int status, const c
         st->fail_status = status;
         st->fail_why = why;
     }
-    st->dirty = 1;
+    stream_mark(st);
 }
 
 static void h2u_leave(lp_h2u_t *h, int full);
@@ -379,48 +356,20 @@ static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
                          uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
     lp_h2u_stream_t *st = src->ptr;
-    size_t n = 0;
-    while (st->out.head && n < length) {
-        seg_t *g = st->out.head;
-        size_t k = g->len - g->off;
-        if (k > length - n)
-            k = length - n;
-        memcpy(buf + n, g->b->data + g->off, k);
-        if (!st->replay_over &&
-            (st->sent + n + k > H2U_REPLAY_MAX ||
-             q_add(&st->replay, st->h2->ep.env->bufs, g->b->data + g->off, k))) {
-            st->replay_over = 1;
-            q_free(&st->replay);
-        }
-        g->off += k;
-        n += k;
-        if (g->off == g->len)
-            q_pop(&st->out);
+    ssize_t n = lp_h2_bodyq_source(&st->out, s, id, buf, length, flags);
+    if (n <= 0)
+        return n;
+    if (!st->replay_over &&
+        (st->sent + (size_t)n > H2U_REPLAY_MAX ||
+         lp_h2_bodyq_add(&st->replay, st->h2->ep.env->bufs, (const char *)buf, (size_t)n))) {
+        st->replay_over = 1;
+        lp_h2_bodyq_free(&st->replay);
     }
-    st->out.bytes -= n;
-    st->sent += n;
-    if (n) {
-        st->read_at = now_ms(st->h2); /* the upstream takes the body: it is not late */
-        if (st->was_full && st->out.bytes <= LP_LOW_WATERMARK)
-            st->dirty = 1; /* the client's body may move again */
-    }
-    if (!st->out.head && st->out_eof) {
-        *flags |= NGHTTP2_DATA_FLAG_EOF;
-        if (st->req_trailers) {
-            lp_h2_nvs_t l = {0};
-            lp_h2_nvs_add_text(&l, st->req_trailers, st->req_trailers_len);
-            nghttp2_nv *nv = lp_h2_nvs_done(&l);
-            if (nv && l.n && !nghttp2_submit_trailer(s, id, nv, l.n))
-                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            lp_h2_nvs_free(&l);
-            free(st->req_trailers);
-            st->req_trailers = NULL;
-        }
-    } else if (!n) {
-        st->deferred = 1;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    return (ssize_t)n;
+    st->sent += (size_t)n;
+    st->read_at = now_ms(st->h2); /* the upstream takes the body: it is not late */
+    if (st->was_full && st->out.bytes <= LP_LOW_WATERMARK)
+        stream_mark(st); /* the client's body may move again */
+    return n;
 }
 
 static int h1_grow(lp_h1_t *h, size_t need)
@@ -429,10 +378,12 @@ static int h1_grow(lp_h1_t *h, size_t need)
     return p->req ? lp_req_grow(p->req, 1, need) : -1;
 }
 
-/* A new stream on h for req's try: the head, what there is of the body, submitted.
- * `from`: a stream of the same try that was refused (GOAWAY, REFUSED_STREAM) whose body
- * nothing took: its queue moves over. NULL when out of memory (nothing changed). */
-static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, lp_h2u_stream_t *from)
+/* A new stream on h for req's try: the head, what there is of the body (the request's:
+ * gathered, or given back by a failed stream of the try), submitted. `prev` (borrowed, read
+ * only, may be NULL): the try's stream that was refused (GOAWAY, REFUSED_STREAM), whose
+ * refusal count and gRPC deadline go on. NULL when out of memory: nothing changed, the
+ * body is still the request's. */
+static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stream_t *prev)
 {
     lp_worker_t *w = lp_ep_worker(&h->ep);
     lp_h2u_stream_t *st = calloc(1, sizeof(*st));
@@ -459,71 +410,50 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, lp_h2u_stream_t *
     if (req->flags & LP_RF_HEAD)
         st->peer.h1.flags |= LP_H1F_HEAD_REQ;
     st->peer.h1.grow = h1_grow;
-    if (req->flags & LP_RF_GRPC) {
+    if (prev) {
+        st->refusals = (uint8_t)(prev->refusals + 1);
+        st->grpc_deadline = prev->grpc_deadline;
+    } else if (req->flags & LP_RF_GRPC) {
         uint64_t ms = grpc_timeout_ms(&req->h1);
         if (ms)
             st->grpc_deadline = st->read_at + ms;
     }
     int oom = 0;
-    if (from) {
-        /* What was sent first, then what was still to send. */
-        st->out = from->replay;
-        from->replay = (queue_t){0};
-        if (!st->out.head) {
-            st->out = from->out;
-        } else if (from->out.head) {
-            st->out.tail->next = from->out.head;
-            st->out.tail = from->out.tail;
-            st->out.bytes += from->out.bytes;
-        }
-        from->out = (queue_t){0};
-        st->out_eof = from->out_eof;
-        st->refusals = (uint8_t)(from->refusals + 1);
-        st->grpc_deadline = from->grpc_deadline;
-        st->req_trailers = from->req_trailers;
-        st->req_trailers_len = from->req_trailers_len;
-        from->req_trailers = NULL;
-        st->peer.body_out = from->peer.body_out;
-    } else if (lp_req_body_replaced(req)) {
+    if (lp_req_body_replaced(req)) {
         /* req:set_body(): the whole replacement now; the client's body is read and dropped. */
-        oom = q_add(&st->out, &w->bufs, req->new_body->data, req->new_body_len);
+        oom = lp_h2_bodyq_add(&st->out, &w->bufs, req->new_body->data, req->new_body_len);
         st->peer.body_out = req->new_body_len;
-        st->out_eof = 1;
+        st->out.eof = 1;
     } else {
         lp_buf_t *gathered;
         size_t glen;
         lp_conn_take_body(req, &gathered, &glen);
         if (gathered && glen) {
-            oom = q_add(&st->out, &w->bufs, gathered->data, glen);
+            oom = lp_h2_bodyq_add(&st->out, &w->bufs, gathered->data, glen);
             st->peer.body_out = glen;
         }
-        if (req->state == LP_RS_DONE) {
-            st->out_eof = 1;
-            if (req->trailers && !(st->req_trailers = malloc(req->trailers_len + 1)))
-                oom = 1;
-            else if (req->trailers) {
-                memcpy(st->req_trailers, req->trailers, req->trailers_len);
-                st->req_trailers_len = req->trailers_len;
-            }
-        }
+        if (req->state == LP_RS_DONE && lp_h2_bodyq_end(&st->out, req->trailers, req->trailers_len))
+            oom = 1;
     }
+    /* A body given back by a failed stream may fill this one at once, and the client may be
+     * paused behind that stream: either way the client goes on when this one drains. */
+    if (st->out.bytes >= LP_HIGH_WATERMARK || (req->flags & LP_RF_READ_PAUSED))
+        st->was_full = 1;
     lp_h2_nvs_t l = {0};
     build_head(req, h->pool, st, &l);
     nghttp2_nv *nv = oom ? NULL : lp_h2_nvs_done(&l);
     if (!nv) {
         lp_h2_nvs_free(&l);
-        q_free(&st->out);
-        free(st->req_trailers);
+        lp_h2_bodyq_free(&st->out);
         free(st);
         return NULL;
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = body_read};
-    int bodiless = st->out_eof && !st->out.head && !st->req_trailers;
+    int bodiless = st->out.eof && !st->out.head && !st->out.trailers;
     int32_t id = nghttp2_submit_request(h->s, NULL, nv, l.n, bodiless ? NULL : &prd, st);
     lp_h2_nvs_free(&l);
     if (id < 0) {
-        q_free(&st->out);
-        free(st->req_trailers);
+        lp_h2_bodyq_free(&st->out);
         free(st);
         return NULL;
     }
@@ -532,6 +462,8 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, lp_h2u_stream_t *
     h->nlive++;
     h2u_count(h, LP_WM_H2U_STREAMS, 1);
     st->peer.req = req;
+    h->nbound++;
+    h->rearm = 1; /* its deadlines may be the earliest */
     req->try.peer = &st->peer;
     st->peer.nrequests = 1;
     return st;
@@ -603,7 +535,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         (f->hd.flags & NGHTTP2_FLAG_END_STREAM))
         st->in_eof = 1;
     st->read_at = now_ms(h);
-    st->dirty = 1;
+    stream_mark(st);
     return 0;
 }
 
@@ -617,12 +549,12 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
         nghttp2_session_consume_stream(s, id, len); /* nobody reads it: dropped */
         return 0;
     }
-    if (q_add(&st->in, h->ep.env->bufs, (const char *)data, len)) {
+    if (lp_h2_bodyq_add(&st->in, h->ep.env->bufs, (const char *)data, len)) {
         h->fatal = 1;
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     st->read_at = now_ms(h);
-    st->dirty = 1;
+    stream_mark(st);
     return 0;
 }
 
@@ -636,7 +568,8 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
     st->close_code = code;
     h->nlive--;
     h2u_count(h, LP_WM_H2U_STREAMS_CLOSED, 1);
-    st->dirty = 1;
+    stream_mark(st);
+    stream_check_gone(st);
     return 0;
 }
 
@@ -648,7 +581,7 @@ static int on_frame_not_send(nghttp2_session *s, const nghttp2_frame *f, int err
         return 0;
     /* A stream that could not start (GOAWAY came first): nothing reached the upstream;
      * nghttp2 closes it (REFUSED_STREAM) next. */
-    st->dirty = 1;
+    stream_mark(st);
     (void)h;
     return 0;
 }
@@ -663,6 +596,8 @@ static lp_h2u_t *h2u_new(lp_worker_t *w, lp_req_t *req, lp_pool_t *t)
     h->max_streams = uc->max_streams ? uc->max_streams : 100;
     h->idle_ms = uc->keepalive_timeout;
     lp_list_init(&h->streams);
+    lp_list_init(&h->gone);
+    lp_list_init(&h->work);
     nghttp2_session_callbacks *cb;
     if (nghttp2_session_callbacks_new(&cb)) {
         free(h);
@@ -764,25 +699,35 @@ static uint64_t stream_deadline(const lp_h2u_stream_t *st, const char **why, int
     return d;
 }
 
+/* The connection's timer: at once when there is work left (TM_KICK), the earliest stream
+ * deadline (TM_STREAMS), or idle. Lazy, as deadlines mostly move later (each exchange
+ * pushes its read timeout): an armed TM_STREAMS stays, and when it runs it checks every
+ * stream and arms again; only what can bring a deadline earlier (a new stream, a read
+ * timeout counting again) has the streams looked at now (`rearm`). */
 static void h2u_arm(lp_h2u_t *h)
 {
     if (!h->ready || h->dead)
         return; /* the connect timer runs */
-    if (h->more) {
+    if (h->more || !lp_list_empty(&h->work)) {
         lp_ep_timer(&h->ep, TM_KICK, 0);
         return;
     }
+    if (!h->nbound) {
+        h->rearm = 0;
+        if (!h->nlive)
+            lp_ep_timer(&h->ep, TM_IDLE, h->idle_ms);
+        else
+            lp_ep_timer(&h->ep, LP_EP_TM_NONE, 0);
+        return;
+    }
+    if (h->ep.tmode == TM_STREAMS && h->ep.deadline && !h->rearm)
+        return;
+    h->rearm = 0;
     uint64_t next = 0;
-    int any = 0;
     for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next) {
         lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
         if (!st->peer.req)
             continue;
-        any = 1;
-        if (st->dirty) {
-            lp_ep_timer(&h->ep, TM_KICK, 0);
-            return;
-        }
         const char *why;
         int nr;
         uint64_t d = stream_deadline(st, &why, &nr);
@@ -792,8 +737,6 @@ static void h2u_arm(lp_h2u_t *h)
     uint64_t now = now_ms(h);
     if (next)
         lp_ep_timer(&h->ep, TM_STREAMS, next > now ? next - now : 0);
-    else if (!any && !h->nlive)
-        lp_ep_timer(&h->ep, TM_IDLE, h->idle_ms);
     else
         lp_ep_timer(&h->ep, LP_EP_TM_NONE, 0);
 }
@@ -801,6 +744,25 @@ static void h2u_arm(lp_h2u_t *h)
 /* ---- the response, given to the request ---- */
 
 static void stream_retry_on(lp_h2u_stream_t *st, int *done);
+
+/* The try goes on without the stream (again on another connection, or to another
+ * target): the request body it took, whole (what went out, kept in `replay`, then what was
+ * still to go), goes back to the request, as its gathered body, which the next stream or
+ * connection sends first. A replacement body (req:set_body()) is the request's already.
+ * -1 when out of memory: the try cannot go on. */
+static int stream_give_body_back(lp_h2u_stream_t *st, lp_req_t *req)
+{
+    size_t n = st->replay.bytes + st->out.bytes;
+    if (lp_req_body_replaced(req) || !n)
+        return 0;
+    lp_buf_t *b = lp_buf_get(&req->w->bufs, n);
+    if (!b)
+        return -1;
+    lp_h2_bodyq_copy(&st->replay, b->data);
+    lp_h2_bodyq_copy(&st->out, b->data + st->replay.bytes);
+    lp_conn_give_body_back(req, b, n);
+    return 0;
+}
 
 /* The try failed on this stream: a new stream for the same try (refused, or a stale
  * connection), another target, or the client gets the failure. */
@@ -811,7 +773,8 @@ static void stream_fail(lp_h2u_stream_t *st)
     lp_pool_t *t = h->pool;
     int kind = st->fail_kind, status = st->fail_status;
     const char *why = st->fail_why;
-    int body_ok = st->sent == 0 || !st->replay_over || lp_req_body_replaced(req);
+    /* The body the stream took can go again only while it holds all of it. */
+    int body_ok = !st->replay_over || lp_req_body_replaced(req);
     int fresh = !(req->flags & LP_RF_RESP_STARTED) && !st->head_given && !st->no_retry &&
                 !lp__try_deadline_passed(req) && body_ok;
     /* Refused (GOAWAY above its id, REFUSED_STREAM): the upstream did nothing with it, so
@@ -820,8 +783,10 @@ static void stream_fail(lp_h2u_stream_t *st)
     int again = fresh && st->refusals < 3 &&
                 (st->close_code == NGHTTP2_REFUSED_STREAM ||
                  (st->reused && kind == LP_FAIL_RESET && lp__try_replayable(req)));
-    int elsewhere = !(req->flags & LP_RF_RESP_STARTED) && !again && !st->no_retry &&
+    int elsewhere = !(req->flags & LP_RF_RESP_STARTED) && !again && !st->no_retry && body_ok &&
                     (kind == LP_FAIL_CONNECT || (!st->head_given && lp__try_replayable(req)));
+    if ((again || elsewhere) && stream_give_body_back(st, req))
+        again = elsewhere = 0;
     const char *addr = t->addr.text; /* pools live as long as the worker */
     if (again) {
         lp_log_debug("upstream %s: stream %d %s; again on another connection", addr, (int)st->id,
@@ -970,14 +935,10 @@ static void stream_give_body(lp_h2u_stream_t *st)
     lp_req_t *req = st->peer.req;
     lp_h2u_t *h = st->h2;
     while (st->in.head && !(st->peer.flags & (LP_PF_PAUSED | LP_PF_LUA))) {
-        seg_t *g = st->in.head;
-        size_t len = g->len - g->off;
-        lp_buf_t *b = g->b;
-        lp_buf_ref(b);
-        const char *at = b->data + g->off;
-        st->in.bytes -= len;
+        size_t len;
+        lp_buf_t *b;
+        const char *at = lp_h2_bodyq_shift(&st->in, &len, &b);
         st->owed += len;
-        q_pop(&st->in);
         int rc = lp_conn_response_body(req, at, len, b);
         lp_buf_unref(b);
         if (st->peer.req != req)
@@ -1025,7 +986,6 @@ static void stream_give_body(lp_h2u_stream_t *st)
 static void stream_work(lp_h2u_stream_t *st)
 {
     lp_req_t *req = st->peer.req;
-    st->dirty = 0;
     lp_req_hold(req);
     int done = 0;
     if (st->fail_kind) {
@@ -1062,26 +1022,27 @@ static void h2u_leave(lp_h2u_t *h, int full)
         return;
     for (int pass = 0; pass < 4; pass++) {
         int again = 0;
-        if (full) {
+        if (full && !lp_list_empty(&h->work)) {
+            /* This pass sees to the streams marked so far; those marked meanwhile (and
+             * these again) wait for the next. */
+            lp_list_t todo = h->work;
+            todo.next->prev = todo.prev->next = &todo;
+            lp_list_init(&h->work);
             h->depth++;
-            for (lp_list_t *it = h->streams.next; it != &h->streams;) {
-                lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
-                it = it->next;
-                if (st->peer.req && st->dirty) {
-                    stream_work(st);
-                    again = 1;
-                }
+            while (!lp_list_empty(&todo)) {
+                lp_h2u_stream_t *st = LP_CONTAINER_OF(todo.next, lp_h2u_stream_t, work);
+                lp_list_remove(&st->work);
+                st->dirty = 0;
+                stream_work(st); /* may let go of others: they leave todo */
+                again = 1;
             }
             h->depth--;
         }
         if (!h->dead) {
-            for (lp_list_t *it = h->streams.next; it != &h->streams;) {
-                lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
-                it = it->next;
-                if (!st->peer.req && st->closed) {
-                    nghttp2_session_set_stream_user_data(h->s, st->id, NULL); /* may be gone */
-                    stream_free(st);
-                }
+            while (!lp_list_empty(&h->gone)) {
+                lp_h2u_stream_t *st = LP_CONTAINER_OF(h->gone.next, lp_h2u_stream_t, link);
+                nghttp2_session_set_stream_user_data(h->s, st->id, NULL); /* may be gone */
+                stream_free(st);
             }
         }
         if (h->fatal && !h->dead) {
@@ -1100,20 +1061,14 @@ static void h2u_leave(lp_h2u_t *h, int full)
     if (h->dead || (h->ep.flags & LP_EPF_CLOSING)) {
         if (!(h->ep.flags & LP_EPF_CLOSING)) {
             /* Every stream's request has heard by now (h2u_die marked them). */
-            int busy = 0;
-            for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next)
-                busy |= LP_CONTAINER_OF(it, lp_h2u_stream_t, link)->peer.req != NULL;
-            if (!busy || full)
+            if (!h->nbound || full)
                 lp_ep_close(&h->ep);
             else
                 lp_ep_timer(&h->ep, TM_KICK, 0);
         }
         return;
     }
-    int busy = 0;
-    for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next)
-        busy |= LP_CONTAINER_OF(it, lp_h2u_stream_t, link)->peer.req != NULL;
-    if (h->ready && !h->nlive && !busy &&
+    if (h->ready && !h->nlive && !h->nbound &&
         (h->goaway || lp_ep_worker(&h->ep)->stopping ||
          (!nghttp2_session_want_read(h->s) && !nghttp2_session_want_write(h->s)))) {
         h2u_die(h, LP_FAIL_RESET, 502, "connection done");
@@ -1133,8 +1088,9 @@ static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why)
     lp_list_init(&h->link);
     if (why != h->why)
         snprintf(h->why, sizeof(h->why), "%s", why);
-    for (lp_list_t *it = h->streams.next; it != &h->streams; it = it->next) {
+    for (lp_list_t *it = h->streams.next; it != &h->streams;) {
         lp_h2u_stream_t *st = LP_CONTAINER_OF(it, lp_h2u_stream_t, link);
+        it = it->next; /* st may move to h->gone */
         if (!st->closed) {
             st->closed = 1;
             h->nlive--;
@@ -1142,6 +1098,7 @@ static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why)
         }
         if (st->peer.req)
             stream_fail_later(st, kind, status, h->why);
+        stream_check_gone(st);
     }
     h->depth++;
     h2u_leave(h, 1);
@@ -1279,6 +1236,8 @@ static void h2u_on_closed(lp_endpoint_t *ep)
             st->peer.req->try.peer = NULL; /* cannot be (h2u_die failed them): no dangling link */
         stream_free(st);
     }
+    while (h->gone.next != &h->gone)
+        stream_free(LP_CONTAINER_OF(h->gone.next, lp_h2u_stream_t, link));
     free(h);
 }
 
@@ -1388,10 +1347,8 @@ static void h2u_kick(lp_h2u_stream_t *st, int deferred)
     lp_h2u_t *h = st->h2;
     if (h->dead || (h->ep.flags & LP_EPF_CLOSING))
         return;
-    if (st->deferred && deferred && !st->closed && st->id > 0) {
-        st->deferred = 0;
-        nghttp2_session_resume_data(h->s, st->id);
-    }
+    if (deferred && !st->closed && st->id > 0)
+        lp_h2_bodyq_wake(&st->out, h->s, st->id);
     h->depth++;
     h2u_leave(h, 0);
 }
@@ -1401,7 +1358,7 @@ void lp_h2u_body(lp_peer_t *p, const char *at, size_t len)
     lp_h2u_stream_t *st = st_of(p);
     if (!len || st->closed || st->h2->dead)
         return;
-    if (q_add(&st->out, st->h2->ep.env->bufs, at, len)) {
+    if (lp_h2_bodyq_add(&st->out, st->h2->ep.env->bufs, at, len)) {
         st->h2->fatal = 1;
         return;
     }
@@ -1414,14 +1371,10 @@ void lp_h2u_body_end(lp_peer_t *p)
 {
     lp_h2u_stream_t *st = st_of(p);
     lp_req_t *req = p->req;
-    if (st->out_eof)
+    if (st->out.eof)
         return;
-    st->out_eof = 1;
-    if (req && req->trailers && !st->req_trailers &&
-        (st->req_trailers = malloc(req->trailers_len + 1))) {
-        memcpy(st->req_trailers, req->trailers, req->trailers_len);
-        st->req_trailers_len = req->trailers_len;
-    }
+    /* (Out of memory for the trailers' copy: the body ends without them.) */
+    (void)lp_h2_bodyq_end(&st->out, req ? req->trailers : NULL, req ? req->trailers_len : 0);
 }
 
 void lp_h2u_flush(lp_peer_t *p)
@@ -1442,7 +1395,8 @@ static void stream_go_on(lp_h2u_stream_t *st, unsigned flag)
     st->peer.flags &= ~flag;
     if (h->dead)
         return;
-    st->dirty = 1;
+    stream_mark(st);
+    h->rearm = 1; /* its read timeout counts again, from its last exchange */
     if (h->depth) {
         return; /* our own frame sees to it */
     }
@@ -1480,10 +1434,7 @@ void lp_h2u_close_idle(lp_pool_t *t)
         /* Closed streams may still be delivering to their requests (a slow client, a Lua
          * response phase holding the head): such a connection closes when they are done
          * (h2u_leave, as the worker is stopping). */
-        int busy = 0;
-        for (lp_list_t *s = h->streams.next; s != &h->streams; s = s->next)
-            busy |= LP_CONTAINER_OF(s, lp_h2u_stream_t, link)->peer.req != NULL;
-        if (!h->nlive && !h->dead && !busy) {
+        if (!h->nlive && !h->dead && !h->nbound) {
             h->depth++;
             h2u_die(h, LP_FAIL_RESET, 502, "closing idle connections");
             h2u_leave(h, 1);

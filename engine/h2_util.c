@@ -50,25 +50,10 @@ size_t lp_h2_fill(nghttp2_session *s, lp_endpoint_t *ep, uint8_t *fatal)
     return made;
 }
 
-static int grow(void **p, size_t *cap, size_t need, size_t size)
-{
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap * 2 : 16;
-    while (n < need)
-        n *= 2;
-    void *q = realloc(*p, n * size);
-    if (!q)
-        return -1;
-    *p = q;
-    *cap = n;
-    return 0;
-}
-
 void lp_h2_nvs_add(lp_h2_nvs_t *l, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    if (l->oom || grow((void **)&l->nv, &l->cap, l->n + 1, sizeof(*l->nv)) ||
-        grow((void **)&l->mem, &l->mcap, l->mlen + nlen + vlen, 1)) {
+    if (l->oom || lp_grow((void **)&l->nv, &l->cap, l->n + 1, sizeof(*l->nv), 16) ||
+        lp_grow((void **)&l->mem, &l->mcap, l->mlen + nlen + vlen, 1, 16)) {
         l->oom = 1;
         return;
     }

@@ -13,16 +13,12 @@ static int set_error(lp_h1_t *h, int status, const char *reason)
     return HPE_USER;
 }
 
-/* RFC 9110 tchar: ALPHA, DIGIT and !#$%&'*+-.^_`|~, one bit per byte value. A table, not
- * a search: every header name of every request (and every name Lua sets) is checked. */
-const uint64_t lp_h1_tchar_bits[4] = {0x3ff6cfa00000000ULL, 0x57ffffffc7fffffeULL, 0x0ULL, 0x0ULL};
-
 int lp_h1_tchar_token(lp_str_t s)
 {
     if (!s.len)
         return 0;
     for (size_t i = 0; i < s.len; i++)
-        if (!lp_h1_is_tchar((unsigned char)s.base[i]))
+        if (!lp_is_tchar((unsigned char)s.base[i]))
             return 0;
     return 1;
 }
@@ -110,7 +106,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
         h->in_value = 0;
     }
     for (size_t i = 0; i < len; i++)
-        if (!lp_h1_is_tchar((unsigned char)at[i]))
+        if (!lp_is_tchar((unsigned char)at[i]))
             return set_error(h, 400, "invalid character in header name");
     if (header_space(h, len) || append(h, at, len))
         return set_error(h, 431, "header section too large");
@@ -193,7 +189,7 @@ static int valid_host(lp_str_t v)
     if (v.len && v.base[0] == '[') {
         while (i < v.len && v.base[i] != ']') {
             char c = v.base[i];
-            if (!(lp_h1_is_tchar((unsigned char)c) || c == ':' || c == '[') || c == '|' || c == '`')
+            if (!(lp_is_tchar((unsigned char)c) || c == ':' || c == '[') || c == '|' || c == '`')
                 return 0;
             i++;
         }

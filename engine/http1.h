@@ -8,6 +8,7 @@
 
 #include <llhttp.h>
 #include "common.h"
+#include "tchar.h"
 
 typedef struct {
     lp_str_t name, value;
@@ -108,13 +109,6 @@ lp_h1_event_t lp_h1_finish(lp_h1_t *h);
 /* Predicates (0/1). */
 int lp_h1_is_hop_by_hop(const lp_h1_t *h, lp_str_t name);
 int lp_h1_tchar_token(lp_str_t s);
-/* Whether c is a tchar (RFC 9110 §5.6.2): a bit per byte value. Inline: the cache's hit path
- * checks every byte of its field names (lp__resp_add_wire). */
-extern const uint64_t lp_h1_tchar_bits[4];
-static inline int lp_h1_is_tchar(unsigned char c)
-{
-    return (int)((lp_h1_tchar_bits[c >> 6] >> (c & 63)) & 1);
-}
 const lp_header_t *lp_h1_find(const lp_h1_t *h, const char *name, size_t len);
 uint8_t lp_h1_method(const lp_h1_t *h);
 int lp_h1_status(const lp_h1_t *h);

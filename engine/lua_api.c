@@ -405,7 +405,13 @@ int lp_ffi_trailers(void *rp, int resp, lp_str_t *out)
 
 int lp_ffi_status(void *rp)
 {
-    return ((lp_req_t *)rp)->resp.status;
+    const lp_req_t *r = rp;
+    /* The log phase sees what the client got, as the access log does: a gRPC failure
+     * answered or ended by the proxy went out as HTTP 200 but stands for its 502/504, and
+     * a client that left first is a 499. */
+    if ((r->flags & LP_RF_LOG_DONE) && r->resp.sent_status)
+        return r->resp.sent_status;
+    return r->resp.status;
 }
 
 int lp_ffi_set_status(void *rp, int status)
@@ -455,7 +461,7 @@ int lp__resp_add_wire(lp_req_t *r, const char *p, size_t n)
     while (s < end) {
         /* lp_h1_tchar_token's test and valid_value's, each in the pass that finds the end */
         const char *colon = s;
-        while (colon < end && lp_h1_is_tchar((unsigned char)*colon))
+        while (colon < end && lp_is_tchar((unsigned char)*colon))
             colon++;
         if (colon == s || end - colon < 4 || colon[0] != ':' || colon[1] != ' ')
             return LP_FFI_EINVAL;

@@ -70,6 +70,7 @@ int lp_ffi_tls_get(void *r, int what, lp_str_t *out);
  * log.max_fields, the value's or the request's size limit (or out of memory). */
 int lp_ffi_log_field(void *r, const char *name, size_t nlen, int kind, const char *value,
                      size_t vlen);
+/* The response head's status; in the log phase, the status the access log writes. */
 int lp_ffi_status(void *r);
 int lp_ffi_set_status(void *r, int status);
 int lp_ffi_respond_begin(void *r);
@@ -268,6 +269,43 @@ typedef struct lp_waf_hits {
  * so that the scan needs no Lua callback and the Lua calling it stays JIT-compiled. */
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
                           unsigned int flags, void *ctx);
+/* ---- waf: the per-value pipeline (engine/waf_scan.c, engine/waf_transform.c) ---- */
+/* Hyperscan's match_event_handler and hs_scan, as waf_scan.c calls them (the engine need not
+ * link Hyperscan: luaproxy/waf/hs.lua hands hs_scan over). */
+typedef int (*lp_waf_hs_match_fn)(unsigned int id, unsigned long long from, unsigned long long to,
+                                  unsigned int flags, void *ctx);
+typedef int (*lp_waf_hs_scan_fn)(const void *db, const char *data, unsigned int length,
+                                 unsigned int flags, void *scratch, lp_waf_hs_match_fn on_event,
+                                 void *ctx);
+/* One rule set's transformation chains and one request's transformed values (a VM's own). */
+typedef struct lp_waf_scan lp_waf_scan_t;
+/* A state for chains 1..nchains (none set yet); NULL when out of memory. */
+lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains);
+/* Chain id is chain parent (0: the value itself) then step (a lp_ffi_waf_transform_id);
+ * parent < id. 0, or -1 for a bad argument. A chain left unset cannot be scanned here. */
+int lp_ffi_waf_scan_chain(lp_waf_scan_t *ws, unsigned id, unsigned parent, int step);
+/* Forgets the transformed values: before each request's first scan (they are keyed by the
+ * addresses of the request's values). */
+void lp_ffi_waf_scan_reset(lp_waf_scan_t *ws);
+void lp_ffi_waf_scan_free(lp_waf_scan_t *ws);
+/* Values vals[k] (lens[k] bytes; borrowed until the reset, as the transformed texts are
+ * kept by their address) through chain, each scanned with db; returns the hits, in the order
+ * Hyperscan reports them, as *hits[2j] = pattern id, *hits[2j+1] = k (0xFFFFFFFF for the id:
+ * the scan of value k failed), and their count j; -1 when out of memory or a chain is unset. */
+long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, void *scratch,
+                            const char *const *vals, const size_t *lens, unsigned n,
+                            const unsigned **hits);
+/* Value v through chain (kept for the request as the scans keep theirs): 0, or -1. */
+int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size_t n,
+                          const char **out, size_t *olen);
+/* A transformation's step code by its name in luaproxy/waf/transforms.lua; -1 when C has none. */
+int lp_ffi_waf_transform_id(const char *name);
+/* The room lp_ffi_waf_transform needs for n bytes. */
+size_t lp_ffi_waf_transform_bound(int step, size_t n);
+/* One step: the output's length in out, or -1 when the value stays as it is. */
+long lp_ffi_waf_transform(int step, const char *in, size_t n, char *out);
+/* @detectSQLi's first question (engine/waf_detect.c): may v, as written, start SQL? 1 or 0. */
+int lp_ffi_waf_sql_written_may(const char *v, size_t n);
 /* ---- waf: compiled databases shared by every VM of the process (engine/waf_db.c) ---- */
 /* Frees a published database (Hyperscan's hs_free_database: the engine does not link it). */
 typedef int (*lp_waf_db_free_fn)(void *db);

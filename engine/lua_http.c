@@ -41,17 +41,9 @@ static int on_body(lp_h1_t *h, const char *at, size_t len)
         r->err = "response body larger than max_body";
         return -1;
     }
-    if (r->body_len + len > r->body_cap) {
-        size_t cap = r->body_cap ? r->body_cap : 4096;
-        while (cap < r->body_len + len)
-            cap *= 2;
-        char *nb = realloc(r->body, cap);
-        if (!nb) {
-            r->err = "out of memory";
-            return -1;
-        }
-        r->body = nb;
-        r->body_cap = cap;
+    if (lp_grow((void **)&r->body, &r->body_cap, r->body_len + len, 1, 4096)) {
+        r->err = "out of memory";
+        return -1;
     }
     memcpy(r->body + r->body_len, at, len);
     r->body_len += len;

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "reload_history.h"
+#include "routescmd.h"
 #include "server.h"
 #include "testcmd.h"
 #include "upgrade.h"
@@ -39,6 +40,8 @@ static void usage(FILE *out)
                  "       luaproxy new plugin NAME [--dir DIR]  a plugin, spec, docs\n"
                  "       luaproxy explain -c FILE 'METHOD URL' [-H 'N: v']... [--json]\n"
                  "                                    what a request would meet\n"
+                 "       luaproxy routes -c FILE [--no-overlay]  the route table FILE loads\n"
+                 "                                    (admin overlay applied), as JSON\n"
                  "       luaproxy -v                  print the version and the runtime directory\n"
                  "       luaproxy -h                  this help\n"
                  "options:\n"
@@ -385,6 +388,8 @@ int main(int argc, char **argv)
         return lp_etcd_push_main(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "test"))
         return lp_testcmd_main(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "routes"))
+        return lp_routescmd_main(argc - 1, argv + 1);
     if (argc > 1 &&
         (!strcmp(argv[1], "check") || !strcmp(argv[1], "new") || !strcmp(argv[1], "explain")))
         return lp_toolcmd_main(argc - 1, argv + 1);

@@ -196,18 +196,10 @@ static int reserve(lp_mtext_t *t, size_t n)
 {
     if (t->oom)
         return -1;
-    if (t->len + n + 1 <= t->cap)
-        return 0;
-    size_t cap = t->cap ? t->cap : 4096;
-    while (cap < t->len + n + 1)
-        cap *= 2;
-    char *nb = realloc(t->buf, cap);
-    if (!nb) {
+    if (lp_grow((void **)&t->buf, &t->cap, t->len + n + 1, 1, 4096)) {
         t->oom = 1;
         return -1;
     }
-    t->buf = nb;
-    t->cap = cap;
     return 0;
 }
 

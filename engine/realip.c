@@ -3,6 +3,7 @@
 #include <string.h>
 #include <strings.h>
 #include "realip.h"
+#include "tchar.h"
 
 int lp_ip_parse(const char *s, size_t n, lp_ip_t *out)
 {
@@ -110,14 +111,6 @@ static int is_ows(char c)
     return c == ' ' || c == '\t';
 }
 
-/* RFC 9110 tchar. */
-static int is_tchar(unsigned char c)
-{
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
-        return 1;
-    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
-
 static void xff_split(const char *s, size_t n, hops_t *h)
 {
     size_t i = 0;
@@ -156,7 +149,7 @@ static int fwd_split(const char *s, size_t n, hops_t *h)
                 continue;
             }
             size_t ns = i;
-            while (i < n && is_tchar((unsigned char)s[i]))
+            while (i < n && lp_is_tchar((unsigned char)s[i]))
                 i++;
             if (i == ns || i == n || s[i] != '=')
                 return -1;
@@ -176,7 +169,7 @@ static int fwd_split(const char *s, size_t n, hops_t *h)
                 i++;
             } else {
                 size_t vs = i;
-                while (i < n && is_tchar((unsigned char)s[i]))
+                while (i < n && lp_is_tchar((unsigned char)s[i]))
                     i++;
                 if (i == vs)
                     return -1;

@@ -580,9 +580,13 @@ int lp_rtable_overlay(const char *config_path, const lp_config_t *cfg, json_t **
     json_error_t je;
     json_t *doc = json_load_file(path, 0, &je);
     json_t *o = doc ? json_object_get(doc, "ops") : NULL;
+    if (!doc) {
+        /* file:line:column, as an editor takes it */
+        snprintf(err, errlen, "%s:%d:%d: %s", path, je.line, je.column, je.text);
+        return -1;
+    }
     if (!json_is_array(o)) {
-        snprintf(err, errlen, "%s: %s", path,
-                 doc ? "expected {\"config_routes\": \"...\", \"ops\": [...]}" : je.text);
+        snprintf(err, errlen, "%s: expected {\"config_routes\": \"...\", \"ops\": [...]}", path);
         json_decref(doc);
         return -1;
     }

@@ -23,6 +23,13 @@ int lp_toolcmd_main(int argc, char **argv)
         return 127;
     }
     snprintf(cli, sizeof(cli), "%s/lua/luaproxy/tools/cli.lua", lp_lua_engine_root());
+    /* This binary, for the tools that ask the engine itself (explain: `luaproxy routes`). */
+    char self[4096];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (sl > 0) {
+        self[sl] = 0;
+        setenv("LUAPROXY_BIN", self, 1);
+    }
     /* luajit CLI TOOL [args] */
     char **args = calloc((size_t)argc + 3, sizeof(*args));
     if (!args)

@@ -465,17 +465,7 @@ void lp_trace_totals(const lp_worker_t *ws, unsigned n, lp_trace_counts_t *out)
 
 static int reserve(batch_t *b, size_t need)
 {
-    if (b->cap - b->len >= need)
-        return 0;
-    size_t cap = b->cap ? b->cap : 16384;
-    while (cap - b->len < need)
-        cap *= 2;
-    char *nb = realloc(b->buf, cap);
-    if (!nb)
-        return -1;
-    b->buf = nb;
-    b->cap = cap;
-    return 0;
+    return lp_grow((void **)&b->buf, &b->cap, b->len + need, 1, 16384);
 }
 
 void lp_trace_export_request(lp_worker_t *w, const lp_req_t *req)

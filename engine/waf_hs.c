@@ -2,7 +2,7 @@
  * the FFI). Hyperscan reports matches through a C callback; a Lua one would force the
  * scanning Lua to run interpreted (LuaJIT refuses callbacks from compiled code), which
  * costs more than the scan. This one only records ids: the engine need not link Hyperscan. */
-#include "request.h"
+struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "lua_api.h"
 
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,

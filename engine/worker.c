@@ -136,19 +136,24 @@ static void on_listener_connection(uv_stream_t *server, int status)
     lp_conn_on_connection(server, status);
 }
 
-/* A listener for a new listen entry, listening but pending (no accept) until the commit.
- * Takes fd (closed on failure). */
-static lp_listener_t *listener_prepare(lp_worker_t *w, const lp_listen_conf_t *lc, uint64_t id,
-                                       int fd, char *err, size_t errlen)
+/* A listener for listen entry i on *fd, listening but pending (no accept) until the commit,
+ * in sw->fresh. Takes the socket (closed on failure; -1 left in *fd): a bound one or an
+ * inherited one (sw->fds, sw->extra). -1 with sw->err set. */
+static int listener_prepare(lp_worker_t *w, lp_switch_t *sw, size_t i, int *fd_in)
 {
+    const lp_listen_conf_t *lc = &sw->gen->config->listen[i];
+    char *err = sw->err;
+    size_t errlen = sizeof(sw->err);
+    int fd = *fd_in;
+    *fd_in = -1;
     lp_listener_t *l = calloc(1, sizeof(*l));
     if (!l) {
         close(fd);
         snprintf(err, errlen, "worker %d: out of memory", w->id);
-        return NULL;
+        return -1;
     }
     l->w = w;
-    l->id = id;
+    l->id = sw->gen->bound[i].id;
     l->tls = lc->tls;
     l->proxy_protocol = lc->proxy_protocol;
     l->http2 = lc->http2;
@@ -164,9 +169,11 @@ static lp_listener_t *listener_prepare(lp_worker_t *w, const lp_listen_conf_t *l
         snprintf(err, errlen, "worker %d: listen %s: %s", w->id, lc->addr.text, uv_strerror(rc));
         l->closing = 1;
         uv_close((uv_handle_t *)&l->tcp, on_listener_close);
-        return NULL;
+        return -1;
     }
-    return l;
+    l->next = sw->fresh;
+    sw->fresh = l;
+    return 0;
 }
 
 static void listener_close(lp_worker_t *w, lp_listener_t *l)
@@ -220,29 +227,12 @@ static void prepare_switch(lp_worker_t *w, lp_switch_t *sw)
         snprintf(sw->err, sizeof(sw->err), "worker %d: out of memory", w->id);
         return;
     }
-    for (size_t i = 0; i < cfg->nlisten; i++) {
-        if (sw->fds[i] < 0)
-            continue;
-        int fd = sw->fds[i];
-        sw->fds[i] = -1;
-        lp_listener_t *l = listener_prepare(w, &cfg->listen[i], sw->gen->bound[i].id, fd, sw->err,
-                                            sizeof(sw->err));
-        if (!l)
+    for (size_t i = 0; i < cfg->nlisten; i++)
+        if (sw->fds[i] >= 0 && listener_prepare(w, sw, i, &sw->fds[i]))
             return;
-        l->next = sw->fresh;
-        sw->fresh = l;
-    }
-    for (size_t j = 0; j < sw->nextra; j++) {
-        size_t i = sw->extra[j].i;
-        int fd = sw->extra[j].fd;
-        sw->extra[j].fd = -1;
-        lp_listener_t *l = listener_prepare(w, &cfg->listen[i], sw->gen->bound[i].id, fd, sw->err,
-                                            sizeof(sw->err));
-        if (!l)
+    for (size_t j = 0; j < sw->nextra; j++)
+        if (listener_prepare(w, sw, sw->extra[j].i, &sw->extra[j].fd))
             return;
-        l->next = sw->fresh;
-        sw->fresh = l;
-    }
     sw->ok = 1;
 }
 

@@ -123,6 +123,27 @@ typedef struct lp_waf_hits {
 int lp_ffi_waf_hs_collect(unsigned int id, unsigned long long from, unsigned long long to,
                           unsigned int flags, void *ctx);
 
+/* ---- waf: the per-value pipeline (engine/waf_scan.c, engine/waf_transform.c) ---- */
+typedef int (*lp_waf_hs_match_fn)(unsigned int id, unsigned long long from, unsigned long long to,
+                                  unsigned int flags, void *ctx);
+typedef int (*lp_waf_hs_scan_fn)(const void *db, const char *data, unsigned int length,
+                                 unsigned int flags, void *scratch, lp_waf_hs_match_fn on_event,
+                                 void *ctx);
+typedef struct lp_waf_scan lp_waf_scan_t;
+lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains);
+int lp_ffi_waf_scan_chain(lp_waf_scan_t *ws, unsigned id, unsigned parent, int step);
+void lp_ffi_waf_scan_reset(lp_waf_scan_t *ws);
+void lp_ffi_waf_scan_free(lp_waf_scan_t *ws);
+long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, void *scratch,
+                            const char *const *vals, const size_t *lens, unsigned n,
+                            const unsigned **hits);
+int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size_t n,
+                          const char **out, size_t *olen);
+int lp_ffi_waf_transform_id(const char *name);
+size_t lp_ffi_waf_transform_bound(int step, size_t n);
+long lp_ffi_waf_transform(int step, const char *in, size_t n, char *out);
+int lp_ffi_waf_sql_written_may(const char *v, size_t n);
+
 /* ---- waf: compiled databases shared by every VM of the process (engine/waf_db.c) ---- */
 typedef int (*lp_waf_db_free_fn)(void *db);
 void *lp_ffi_waf_db_acquire(const char *key, size_t len, const char **meta, size_t *meta_len);

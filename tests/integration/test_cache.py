@@ -337,7 +337,8 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(st, 200)
         self.assertGreaterEqual(j["purged"], 1)  # /b again, and whatever other tests stored
         self.assertEqual(self.get(base + "/c").body, b"p2")
-        self.assertEqual(self.admin("DELETE", "/cache/nope")[0], 404)
+        self.assertEqual(self.admin("DELETE", "/cache/nope"),
+                         (404, {"ok": False, "error": "no such cache zone: nope"}))
         self.assertEqual(self.admin("GET", "/cache/" + ZONE)[0], 405)
         # A misspelt or empty argument purges nothing (before: everything).
         self.get(base + "/c")

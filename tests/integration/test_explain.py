@@ -195,20 +195,32 @@ class ExplainAgreesTest(L.LuaTestCase):
         self.assertIn("-> #2 all: matched", out)
         self.assertNotIn("captures:", out)
 
-    def test_says_when_it_leaves_out_the_admin_routes(self):
-        # explain reads the config's routes; the admin API's overlay file is named, not applied.
+    def test_a_bad_overlay_is_named_and_the_config_routes_explained(self):
+        # An overlay the proxy would refuse (its load fails with it): explain says so, with
+        # the file:line of a JSON error, and explains the config's own routes.
         path = self.proxies["captures"].config_path
         x = explain(path, "GET http://a.test/headers")
-        self.assertNotIn("overlay_ignored", x["routing"])
+        self.assertNotIn("overlay", x["routing"])
         overlay = path + ".routes.json"
         with open(overlay, "w") as f:
-            f.write('{"config_routes": "x", "ops": []}')
+            f.write('{"config_routes": "x",\n "ops": [\n  oops ]}\n')
         self.addCleanup(os.unlink, overlay)
         x = explain(path, "GET http://a.test/headers")
-        self.assertEqual(x["routing"].get("overlay_ignored"), overlay)
+        ov = x["routing"]["overlay"]
+        self.assertIs(ov["applied"], False)
+        self.assertRegex(ov["error"], r"^%s:3:\d+: " % overlay)
+        self.assertEqual(x["routing"]["route"]["name"], "page")
+        self.assertEqual(x["upstream"]["name"], "app")
         out = explain(path, "GET http://a.test/headers", text=True)
-        self.assertIn("warning: the admin API's route changes in %s are not included" % overlay,
-                      out)
+        self.assertIn("warning: the admin overlay is not applied: %s:3:" % overlay, out)
+        self.assertIn("the config's own routes are explained", out)
+        self.assertIn("-> #1 page: matched", out)
+        # Well-formed but made against other config routes: refused by the same check.
+        with open(overlay, "w") as f:
+            f.write('{"config_routes": "x", "ops": []}')
+        x = explain(path, "GET http://a.test/headers")
+        self.assertIn("was made against other config routes", x["routing"]["overlay"]["error"])
+        self.assertEqual(x["routing"]["route"]["name"], "page")
 
     def test_text_says_why(self):
         out = explain(self.proxies["prefixes"].config_path,
@@ -312,6 +324,154 @@ class ExplainAdminTest(L.LuaTestCase):
         r = H.get(self.proxy.admin_port, "/explain", host="127.0.0.1",
                   headers=[("Authorization", "Bearer " + self.TOKEN)])
         self.assertEqual(r.status, 405)
+
+
+class ExplainOverlayTest(L.LuaTestCase):
+    """Routes added through a running proxy's admin API (POST /routes), which the proxy
+    persists to CONFIG.routes.json: explain -c CONFIG applies them as a load does (the
+    engine's own code, `luaproxy routes`), says which routes came from there, and agrees
+    with the proxy; --no-overlay leaves them out; POST /explain sees them too."""
+    TOKEN = "explain-overlay-token-0123456789"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origins = {name: cls.start_origin(name) for name in ("app", "b")}
+        d = H.Workdir.new("explain-overlay")
+        tok = os.path.join(d, "admin.token")
+        with open(tok, "w") as f:
+            f.write(cls.TOKEN + "\n")
+        routes = [{"name": "api", "match": {"prefix": "/api/"}, "upstream": "app",
+                   "strip_prefix": True, "plugins": [{"name": "tagger"}]},
+                  {"name": "all", "upstream": "app"}]
+        cls.proxy = cls.start_lua_proxy(
+            {name: H.upstream(o.address()) for name, o in cls.origins.items()}, routes,
+            files={"plugins/tagger.lua": TAGGER}, workers=1,
+            lua=L.lua_section(fixtures=False),
+            admin={"address": "127.0.0.1:0", "token_file": tok})
+        H.wait_for(lambda: H.port_accepts(cls.proxy.admin_port), H.T(10), what="the admin API")
+        # A canary in front of the config's /api/ route, and the catch-all replaced: written
+        # to the overlay file by the proxy itself.
+        r = cls.admin_post("/routes", {"ops": [
+            {"op": "add", "at": 1, "route": {
+                "name": "canary", "match": {"prefix": "/api/", "headers": {"X-Canary": "1"}},
+                "upstream": "b", "strip_prefix": True}},
+            {"op": "replace", "index": 3, "route": {"name": "rest", "upstream": "b"}}]})
+        assert r.status == 200, r.body
+        assert r.json()["persisted"] is True, r.body
+        cls.overlay = cls.proxy.config_path + ".routes.json"
+        assert os.path.exists(cls.overlay)
+
+    @classmethod
+    def admin_post(cls, path, body):
+        return H.get(cls.proxy.admin_port, path, host="127.0.0.1", method="POST",
+                     headers=[("Content-Type", "application/json"),
+                              ("Authorization", "Bearer " + cls.TOKEN)],
+                     body=json.dumps(body).encode())
+
+    def agrees(self, line, headers, route, source, upstream, uri):
+        x = explain(self.proxy.config_path, line, headers)
+        what = json.dumps(x, indent=1)[:3000]
+        got = x["routing"]["route"]
+        self.assertEqual((got["name"], got["source"], x["upstream"]["name"], x["sent"]["uri"]),
+                         (route, source, upstream, uri), what)
+        # and the proxy did the same
+        path = line.split("://", 1)[1].partition("/")[2]
+        r = H.get(self.proxy.port, "/" + path, host="a.test",
+                  headers=[tuple(h.split(": ", 1)) for h in headers])
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.header("X-Origin-Id"), upstream, what)
+        self.assertEqual(r.json()["url"], uri, what)
+        return x
+
+    def test_overlay_routes_win_where_they_should(self):
+        x = self.agrees("GET http://a.test/api/headers?tenant=t1", ["X-Canary: 1"],
+                        "canary", "overlay", "b", "/headers?tenant=t1")
+        # an overlay route meets the global plugins only: tagger (the config route's) did not run
+        self.assertNotIn("x-tenant", x["sent"]["headers"])
+        self.assertEqual(x["routing"]["tried"][0]["index"], 1)
+        x = self.agrees("GET http://a.test/api/headers?tenant=t2", [], "api", "config", "app",
+                        "/headers?tenant=t2")
+        self.assertEqual(x["sent"]["headers"].get("x-tenant"), "t2")
+        tried = x["routing"]["tried"]
+        self.assertEqual([(t["index"], t["name"], t["matched"]) for t in tried],
+                         [(1, "canary", False), (2, "api", True)])
+        self.assertEqual(tried[1]["config_route"], 1)
+        self.agrees("GET http://a.test/headers", [], "rest", "overlay", "b", "/headers")
+        ov = x["routing"]["overlay"]
+        self.assertEqual((ov["file"], ov["applied"]), (self.overlay, True))
+        self.assertEqual(ov["routes"], [{"index": 1, "name": "canary"},
+                                        {"index": 3, "name": "rest"}])
+        self.assertEqual(ov["removed"], [{"config_route": 2, "name": "all"}])
+        # The same table as the proxy's GET /routes.
+        r = H.get(self.proxy.admin_port, "/routes", host="127.0.0.1",
+                  headers=[("Authorization", "Bearer " + self.TOKEN)])
+        live = [(e["name"], e["config_route"]) for e in r.json()["table"]]
+        self.assertEqual(live, [("canary", None), ("api", 1), ("rest", None)])
+        p = subprocess.run([H.LUAPROXY, "routes", "-c", self.proxy.config_path],
+                           capture_output=True, timeout=H.T(60), preexec_fn=H._preexec)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        loaded = json.loads(p.stdout)
+        self.assertEqual([(e["name"], e["config_route"]) for e in loaded["routes"]], live)
+        self.assertEqual(loaded["routes"], r.json()["table"])
+
+    def test_text_names_the_overlay_routes(self):
+        out = explain(self.proxy.config_path, "GET http://a.test/api/x", ["X-Canary: 1"],
+                      text=True)
+        self.assertIn("overlay: %s applied, as the proxy applies it at load: routes #1 canary, "
+                      "#3 rest come from the admin API; it removed or replaced config "
+                      "routes[2] (all)" % self.overlay, out)
+        self.assertIn("-> #1 canary [admin overlay]: matched", out)
+        self.assertNotIn("warning", out)
+        out = explain(self.proxy.config_path, "GET http://a.test/api/x", text=True)
+        self.assertIn("#1 canary [admin overlay]: no (headers {x-canary=1} does not hold)", out)
+        self.assertIn("-> #2 api [config routes[1]]: matched", out)
+
+    def test_no_overlay(self):
+        args = [H.LUAPROXY, "explain", "-c", self.proxy.config_path, "--no-overlay", "--json",
+                "GET http://a.test/headers"]
+        p = subprocess.run(args, capture_output=True, timeout=H.T(60), preexec_fn=H._preexec)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        x = json.loads(p.stdout)
+        self.assertEqual((x["routing"]["route"]["name"], x["upstream"]["name"]), ("all", "app"))
+        self.assertIs(x["routing"]["overlay"]["skipped"], True)
+        self.assertIs(x["routing"]["overlay"]["applied"], False)
+
+    def test_an_overlay_that_no_longer_applies(self):
+        # The same config routes (the fingerprint holds) without the upstream the overlay's
+        # routes name: the proxy refuses the load (luaproxy -t says why); explain names the
+        # file and the reason and explains the config's routes.
+        d = H.Workdir.new("explain-overlay-gone")
+        cfg = json.loads(json.dumps(self.proxy.cfg))
+        del cfg["upstreams"]["b"]
+        cfg.pop("admin", None)
+        path = os.path.join(d, "proxy.lua")
+        with open(path, "w") as f:
+            f.write(H.config_text(cfg))
+        os.makedirs(os.path.join(d, "plugins"))
+        with open(os.path.join(d, "plugins", "tagger.lua"), "w") as f:
+            f.write(TAGGER)
+        with open(self.overlay) as src, open(path + ".routes.json", "w") as f:
+            f.write(src.read())
+        check = subprocess.run([H.LUAPROXY, "-t", "-c", path], capture_output=True, text=True,
+                               timeout=H.T(60))
+        self.assertEqual(check.returncode, 1)
+        self.assertIn('no upstream named \"b\"', check.stderr)
+        x = explain(path, "GET http://a.test/api/x", ["X-Canary: 1"])
+        err = x["routing"]["overlay"]["error"]
+        self.assertTrue(err.startswith(path + ".routes.json: "), err)
+        self.assertIn('no upstream named "b"', err)
+        self.assertEqual((x["routing"]["route"]["name"], x["routing"]["route"]["source"]),
+                         ("api", "config"))
+
+    def test_admin_explain_sees_the_overlay(self):
+        r = self.admin_post("/explain", {"request": "GET http://a.test/api/headers",
+                                         "headers": ["X-Canary: 1"]})
+        self.assertEqual(r.status, 200, r.body)
+        j = r.json()
+        self.assertEqual((j["routing"]["route"]["name"], j["routing"]["route"]["source"],
+                          j["upstream"]["name"]), ("canary", "overlay", "b"))
+        r = self.admin_post("/explain", {"request": "GET http://a.test/other"})
+        self.assertEqual(r.json()["routing"]["route"]["name"], "rest")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ started as test_lua_redis.Redis does: a reserved port, stopped by PID).
 import copy
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -236,6 +237,97 @@ class FleetRedisTest(RT.ReloadTestCase):
             H.wait_for(refused_by_redis, H.T(10), what="refusals decided by Redis again")
 
 
+def probe_plugin(name, priority, phase):
+    """A plugin counting the requests it sees in `phase`, by path, in probe_NAME_total."""
+    return """
+local P = { name = "l2_%s", priority = %d, schema = {} }
+local m
+function P.init_worker() m = proxy.metrics.counter("probe_%s_total", "Seen.", { "path" }) end
+function P.%s(req) m:inc(1, req:path()) end
+return P
+""" % (name, priority, name, phase)
+
+
+# Where a request is, seen from outside: counted before the cache's request phase (priority
+# 60 > the cache's 50) and after its log phase (10), whose L2 store has then ended (or was
+# not made).
+PROBES = {"l2_arrived": probe_plugin("arrived", 60, "request"),
+          "l2_logged": probe_plugin("logged", 10, "log")}
+
+
+class HoldingRelay:
+    """A TCP relay to Redis that can hold Redis's answers back: armed, the first GET it passes
+    closes the gate, and nothing Redis says reaches the proxy until release(). That read is
+    then in flight for as long as the test needs, with no guess at how long."""
+
+    def __init__(self, port):
+        self.target = port
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.gate = threading.Event()
+        self.gate.set()
+        self.armed = False
+        self.got_get = threading.Event()
+        self.lock = threading.Lock()
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+                r = socket.create_connection(("127.0.0.1", self.target), timeout=H.T(5))
+            except OSError:
+                if self.srv.fileno() < 0:
+                    return
+                continue
+            r.settimeout(None)
+            with self.lock:
+                self.socks += [c, r]
+            threading.Thread(target=self._pump, args=(c, r, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(r, c, False), daemon=True).start()
+
+    def _pump(self, src, dst, to_redis):
+        tail = b""
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if to_redis:
+                    seen = tail + data.lower()
+                    tail = seen[-8:]
+                    with self.lock:
+                        if self.armed and b"\r\nget\r\n" in seen:
+                            self.armed = False
+                            self.gate.clear()  # before Redis can answer it
+                            self.got_get.set()
+                else:
+                    self.gate.wait(H.T(60))
+                dst.sendall(data)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def hold_next_get(self):
+        with self.lock:
+            self.armed = True
+
+    def release(self):
+        self.gate.set()
+
+    def stop(self):
+        self.gate.set()
+        self.srv.close()
+        with self.lock:
+            for x in self.socks:
+                x.close()
+
+
 class FleetCacheL2Test(RT.ReloadTestCase):
     """Two instances sharing a cache L2 tier in one Redis."""
 
@@ -246,17 +338,32 @@ class FleetCacheL2Test(RT.ReloadTestCase):
         cls.redis.start()
         cls.origin = H.ScriptedOrigin()
         cls.addClassCleanup(cls.origin.stop)
-        cache = {"name": "cache", "zone": "t",
-                 "l2": {"redis": {"port": cls.redis.port, "timeout": int(H.T(5000))},
-                        "max_object_size": "64k", "ttl_max": 300, "log_interval": 60}}
-        cls.proxies = [
-            cls.start_reload_proxy({"o": H.upstream(cls.origin.address())},
-                                   [{"match": {"prefix": "/"}, "upstream": "o",
-                                     "plugins": [cache]}],
-                                   workers=WORKERS, name="l2-%d" % i,
-                                   cache={"zones": {"t": {"memory": "16m"}}})
-            for i in range(2)]
+        cls.plugdir = H.Workdir.new("l2-probes")
+        for name, text in PROBES.items():
+            with open(os.path.join(cls.plugdir, name + ".lua"), "w") as f:
+                f.write(text)
+        cls.proxies = [cls.l2_proxy("l2-%d" % i, cls.redis.port) for i in range(2)]
         cls.proxy = cls.proxies[0]
+
+    @classmethod
+    def l2_proxy(cls, name, port, timeout=5):
+        cache = {"name": "cache", "zone": "t", "lock_timeout": H.T(timeout),
+                 "l2": {"redis": {"port": port, "timeout": int(H.T(timeout * 1000))},
+                        "max_object_size": "64k", "ttl_max": 300, "log_interval": 60}}
+        return cls.start_reload_proxy(
+            {"o": H.upstream(cls.origin.address())},
+            [{"match": {"prefix": "/"}, "upstream": "o",
+              "plugins": [{"name": "l2_arrived"}, cache, {"name": "l2_logged"}]}],
+            workers=WORKERS, name=name, cache={"zones": {"t": {"memory": "16m"}}},
+            lua={"plugin_paths": [RT.FIXTURE_PLUGINS, cls.plugdir]})
+
+    def probe(self, p, name, path):
+        text = self.admin("GET", "/metrics", proxy=p).body.decode()
+        return metric(text, "probe_%s_total" % name, path=path)
+
+    def l2_stored(self, p):
+        text = self.admin("GET", "/metrics", proxy=p).body.decode()
+        return metric(text, "cache_l2_operations_total", zone="t", result="stored")
 
     def rkeys(self, pattern):
         return self.redis.command("KEYS", "luaproxy:cache:t:*" + pattern + "*") or []
@@ -292,13 +399,18 @@ class FleetCacheL2Test(RT.ReloadTestCase):
             self.assertEqual(r.body, b"body 1")
             self.assertIn("; hit", r.header("Cache-Status"))
         self.assertEqual(self.origin.count("/obj"), 1)
-        # A large object stays out of Redis (64k): the other instance asks the origin.
+        # A large object stays out of Redis (64k): the other instance asks the origin. Both
+        # asked once the log phase that would have stored it has ended.
         big = b"x" * (100 * 1024)
         self.origin.script("/big", lambda req, n: H.cacheable(big))
+        stored = self.l2_stored(self.proxies[0])
         self.assertEqual(self.get(0, "/big").body, big)
+        H.wait_for(lambda: self.probe(self.proxies[0], "logged", "/big") >= 1, H.T(10),
+                   what="the log phase of /big")
+        self.assertEqual(self.l2_stored(self.proxies[0]), stored)
+        self.assertEqual(self.rkeys("/big"), [])
         self.assertEqual(self.get(1, "/big").body, big)
         self.assertEqual(self.origin.count("/big"), 2)
-        self.assertEqual(self.rkeys("/big"), [])
 
     def test_b_vary_variants_go_only_to_their_requests(self):
         self.origin.script("/vary", lambda req, n: H.cacheable(
@@ -359,28 +471,40 @@ class FleetCacheL2Test(RT.ReloadTestCase):
         self.origin.script("/co", lambda req, n: H.cacheable(b"co %d" % n))
         self.assertEqual(self.get(0, "/co").body, b"co 1")
         self.wait_in_redis("/co")
+        # A third instance reads Redis through a relay that holds the answer to the first
+        # request's read until every other request has reached the cache (each would read
+        # Redis too if it did not wait on the fill lock).
+        relay = HoldingRelay(self.redis.port)
+        self.addCleanup(relay.stop)
+        p = self.l2_proxy("l2-held", relay.port, timeout=30)
+        self.addCleanup(p.stop)
         self.redis.command("CONFIG", "RESETSTAT")
-        # Redis answers nothing for a second: the first request's read waits, and the others
-        # come meanwhile (each would read Redis too if they did not wait on the fill lock).
-        self.redis.command("CLIENT", "PAUSE", str(int(H.T(1000))))
+        relay.hold_next_get()
         n = 24
-        barrier = threading.Barrier(n)
         results = [None] * n
 
         def one(i):
-            barrier.wait(H.T(10))
-            results[i] = H.get(self.proxies[1].port, "/co", timeout=H.T(20))
+            results[i] = H.get(p.port, "/co", timeout=H.T(40))
         threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        for t in threads:
+        threads[0].start()
+        self.assertTrue(relay.got_get.wait(H.T(10)), "the first request read Redis")
+        for t in threads[1:]:
             t.start()
+        H.wait_for(lambda: self.probe(p, "arrived", "/co") >= n, H.T(20),
+                   what="every request at the cache")
+        relay.release()
         for t in threads:
-            t.join(H.T(30))
+            t.join(H.T(60))
         for r in results:
             self.assertIsNotNone(r)
             self.assertEqual((r.status, r.body), (200, b"co 1"))
         self.assertEqual(self.origin.count("/co"), 1)
         stats = self.commandstats()
         self.assertEqual(stats.get("get", 0), 1, stats)
+        # The first was the L2 hit, the others waited for it (none came after its fill).
+        self.assertIn("detail=l2", results[0].header("Cache-Status"))
+        for r in results[1:]:
+            self.assertIn("collapsed", r.header("Cache-Status"))
 
     def test_z_redis_down_skips_l2_then_back(self):
         port = self.redis.port

@@ -61,8 +61,12 @@ class Service:
         ctx.abort(grpc.StatusCode.NOT_FOUND, "nope: " + req.decode())
 
     def slow(self, req, ctx):
-        ctx.add_callback(self.cancelled.set)
+        finished = []
+        # Called when the call ends: before the handler has returned, only by a cancellation
+        # (a call left running ends when release.wait gives up, which is not one).
+        ctx.add_callback(lambda: finished or self.cancelled.set())
         self.release.wait(H.T(10))
+        finished.append(True)
         return b"late"
 
     def handler(self):
@@ -232,9 +236,13 @@ class GrpcTest(H.ProxyTestCase):
         self.assertTrue(self.svc.cancelled.wait(H.T(10)))
 
     def test_client_deadline(self):
+        self.svc.cancelled.clear()
         with self.assertRaises(grpc.RpcError) as cm:
             self.call("Slow")(b"", timeout=0.3)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        # The proxy passed the end of the call on: the upstream call was cancelled, not left
+        # running until its handler gave up.
+        self.assertTrue(self.svc.cancelled.wait(H.T(5)), "the upstream call was not cancelled")
 
     # ---- failures after the response head: grpc-status trailers, not a reset
 
@@ -249,6 +257,10 @@ class GrpcTest(H.ProxyTestCase):
         self.assertNotIn("grpc-status", r["head"])
         self.assertEqual(r["trailers"].get("grpc-status"), "4", r)
         self.assertIn("504", r["trailers"].get("grpc-message", ""))
+        # The log phase's status is the one the access log writes (the 504 it stands for).
+        line = self.wait_access(lambda j: "/break.Svc/hang " in j.get("request", ""))
+        self.assertEqual((line.get("status"), line.get("vs"), line.get("st")), (504, "504", "504"),
+                         line)
         # A grpcio client reads that status (its own deadline is far later; the route sets
         # the call's grpc-timeout to 300 ms).
         call = self.chan.unary_stream("/hang.Svc/hang")(b"", timeout=H.T(10))
@@ -283,6 +295,8 @@ class GrpcTest(H.ProxyTestCase):
         line = self.wait_access(lambda j: "/break.Svc/reset" in j.get("request", ""))
         self.assertEqual(line.get("gs"), "14", line)
         self.assertEqual(line.get("status"), 502, line)
+        # ... and so do req:var("status") and req:status() there, not the head's 200.
+        self.assertEqual((line.get("vs"), line.get("st")), ("502", "502"), line)
 
     def test_http1_client_gets_the_status_as_chunked_trailers(self):
         self.breaker.go.set()  # no client-side signal over HTTP/1.1: the upstream goes on
@@ -324,6 +338,7 @@ class GrpcTest(H.ProxyTestCase):
         self.assertEqual(list(call), [b"n0", b"n1"])
         line = self.wait_access(lambda j: "/trl.%s/Count" % SVC in j.get("request", ""))
         self.assertEqual(line.get("gs"), "0", line)
+        self.assertEqual((line.get("vs"), line.get("st")), ("200", "200"), line)
         # A trailers-only answer (grpcio's errors) has its status in the head instead.
         with self.assertRaises(grpc.RpcError):
             self.chan.unary_unary("/trl.%s/Fail" % SVC)(b"lua", timeout=H.T(10))
@@ -379,6 +394,8 @@ function P.log(req)
   req:log_field("gs", t["grpc-status"] or "none")
   req:log_field("gm", t["grpc-message"] or "none")
   req:log_field("rt", req:trailers()["x-client-trailer"] or "none")
+  req:log_field("vs", tostring(req:var("status")))
+  req:log_field("st", tostring(req:status()))
 end
 return P
 """,

@@ -11,6 +11,7 @@ mid-stream) and GOAWAY on shutdown with a stream in flight.
 Clients: curl (--http2, --http2-prior-knowledge), nghttp, h2load and Debian's python3-h2
 for scripted frames, all on 127.0.0.1 and bounded in time."""
 
+import hashlib
 import http.client
 import json
 import os
@@ -100,6 +101,14 @@ class Client:
         if body is not None:
             self.send_body(sid, body, end=end)
         return sid
+
+    def post_with_trailers(self, path, body, trailers, headers=()):
+        """A POST of body, then trailers: its stream once done."""
+        sid = self.request(path, method="POST", headers=headers, body=body, end=False)
+        self.conn.send_headers(sid, trailers, end_stream=True)
+        self.flush()
+        self.pump(lambda: self.done(sid))
+        return self.streams[sid]
 
     def send_body(self, sid, body, end=True):
         off = 0
@@ -749,7 +758,10 @@ class H2Origin:
     /hold?n=K waits until K streams are open at once on its connection (at most 1.5 s),
     then answers with x-conn (the connection's number) and x-max (the most open at once);
     /trailers answers with a body and trailers, echoing the request's trailers in x-req-trailers;
-    /goaway is refused with GOAWAY when refuse_next is set (then cleared), else answered;
+    /goaway is refused with GOAWAY when refuse_next is set (then cleared), else answered
+    (and then it stops listening, when refuse_closes is set);
+    /echo is refused as /goaway is, else answered with the SHA-256 (hex) of the request's
+    body and its trailers (x-req-trailers);
     /drop closes the connection without an answer;
     /rst resets the stream (RST_STREAM INTERNAL_ERROR) without an answer;
     /big sends 8 MiB as the proxy's flow control window allows (big_sent, big_blocked)."""
@@ -762,7 +774,8 @@ class H2Origin:
         self.accepted = 0
         self.lock = threading.Lock()
         self.stopping = False
-        self.refuse_next = False  # the next /goaway is refused with GOAWAY
+        self.refuse_next = False  # the next /goaway or /echo is refused with GOAWAY
+        self.refuse_closes = False  # ... and the origin stops listening then
         self.big_sent = 0  # bytes of /big sent so far (as the proxy's window allowed)
         self.big_blocked = False  # /big waits for the proxy's window
         self.socks = []
@@ -829,11 +842,13 @@ class H2Origin:
                 return
             for ev in events:
                 if isinstance(ev, h2.events.RequestReceived):
-                    reqs[ev.stream_id] = {"h": dict(ev.headers), "t": {}, "t0": time.monotonic()}
+                    reqs[ev.stream_id] = {"h": dict(ev.headers), "t": {}, "b": bytearray(),
+                                          "t0": time.monotonic()}
                     maxopen[0] = max(maxopen[0], c.open_inbound_streams)
                 elif isinstance(ev, h2.events.TrailersReceived):
                     reqs[ev.stream_id]["t"] = dict(ev.headers)
                 elif isinstance(ev, h2.events.DataReceived):
+                    reqs[ev.stream_id]["b"] += ev.data
                     c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 if not isinstance(ev, h2.events.StreamEnded):
                     continue
@@ -846,11 +861,21 @@ class H2Origin:
                     answer(sid, body=b"body", extra=[("x-req-trailers", got)],
                            trailers=[("x-trailer", "t1"), ("grpc-status", "0"),
                                      ("x-forwarded-for", "203.0.113.66")])
-                elif path == "/goaway" and self.refuse_next:
+                elif path in ("/goaway", "/echo") and self.refuse_next:
                     self.refuse_next = False
+                    if self.refuse_closes:
+                        try:
+                            self.lsock.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                        self.lsock.close()
                     c.close_connection(last_stream_id=sid - 2 if sid > 1 else 0)
                     s.sendall(c.data_to_send())
                     return
+                elif path == "/echo":
+                    got = ",".join("%s=%s" % kv for kv in sorted(reqs[sid]["t"].items()))
+                    answer(sid, body=hashlib.sha256(reqs[sid]["b"]).hexdigest().encode(),
+                           extra=[("x-req-trailers", got), ("x-conn", str(num))])
                 elif path == "/drop":
                     s.close()
                     return
@@ -936,15 +961,11 @@ class H2UpstreamTest(H.ProxyTestCase):
     def test_trailers_both_ways(self):
         c = Client(self.proxy.port)
         try:
-            sid = c.request("/trailers", method="POST", body=b"data", end=False)
             # Fields a trailer must not carry (RFC 9110 6.5.1), or that the proxy sets itself,
             # are dropped in both directions.
-            c.conn.send_headers(sid, [("x-req-t", "rt1"), ("x-forwarded-for", "203.0.113.66"),
-                                      ("authorization", "Basic eDp5"), ("cookie", "a=b")],
-                                end_stream=True)
-            c.flush()
-            c.pump(lambda: c.done(sid))
-            st = c.streams[sid]
+            st = c.post_with_trailers("/trailers", b"data", [
+                ("x-req-t", "rt1"), ("x-forwarded-for", "203.0.113.66"),
+                ("authorization", "Basic eDp5"), ("cookie", "a=b")])
         finally:
             c.close()
         self.assertEqual((st["status"], bytes(st["data"])), (200, b"body"))
@@ -1063,6 +1084,59 @@ class H2UpstreamTest(H.ProxyTestCase):
         self.assertEqual(self.streams(["/ok"])[0]["status"], 200)
 
 
+class H2BodyRetryTest(H.ProxyTestCase):
+    """A try that moves on from an HTTP/2 stream takes the request body it streamed along: a
+    stream refused by GOAWAY whose new connection cannot connect, and a first connection
+    that cannot connect, both go to the next target with the whole body and its trailers.
+    Each upstream's first target has the larger weight, so that the first try goes there."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.refuser = H2Origin()
+        cls.addClassCleanup(cls.refuser.stop)
+        cls.good = H2Origin()
+        cls.addClassCleanup(cls.good.stop)
+        cls.dead = "127.0.0.1:%d" % H.dead_port()
+        ups = {
+            "refused": H.upstream({"address": cls.refuser.address(), "weight": 100},
+                                  {"address": cls.good.address(), "weight": 1},
+                                  protocol="h2", retries=2),
+            "down": H.upstream({"address": cls.dead, "weight": 100},
+                               {"address": cls.good.address(), "weight": 1},
+                               protocol="h2", retries=2),
+        }
+        routes = [{"match": {"headers": {"x-up": "refused"}}, "upstream": "refused"},
+                  {"match": {"prefix": "/"}, "upstream": "down"}]
+        p = H.Proxy.build(ups, routes, name="h2bodyretry")
+        p.cfg["listen"] = [{"address": "127.0.0.1:0", "http2": True}]
+        cls.addClassCleanup(p.stop)
+        cls.proxy = p.start()
+
+    def tearDown(self):
+        self.assertAlive()
+
+    def post(self, headers=()):
+        body = bytes(range(256)) * 192  # 48 KiB: several DATA frames, within H2U_REPLAY_MAX
+        c = Client(self.proxy.port)
+        try:
+            st = c.post_with_trailers("/echo", body, [("x-req-t", "rt1")], headers=headers)
+        finally:
+            c.close()
+        self.assertEqual(st["status"], 200, st["headers"])
+        self.assertEqual(bytes(st["data"]).decode(), hashlib.sha256(body).hexdigest())
+        self.assertEqual(st["headers"].get("x-req-trailers"), "x-req-t=rt1")
+
+    def test_refused_stream_whose_new_connection_fails_goes_on_with_its_body(self):
+        self.refuser.refuse_next = self.refuser.refuse_closes = True
+        self.post([("x-up", "refused")])  # answered by the good one: the refuser is gone
+        self.assertFalse(self.refuser.refuse_next)  # the refuser had it first
+        self.proxy.wait_log("GOAWAY")
+
+    def test_connect_failure_goes_on_with_the_streamed_body(self):
+        self.post()
+        self.proxy.wait_log("connect failed")
+
+
 class H1TrailersTest(H.ProxyTestCase):
     """HTTP/1.1 chunked trailers from and to an HTTP/1.1 upstream, for HTTP/2 clients."""
 
@@ -1084,11 +1158,7 @@ class H1TrailersTest(H.ProxyTestCase):
     def test_chunked_trailers_both_ways(self):
         c = Client(self.proxy.port)
         try:
-            sid = c.request("/t", method="POST", body=b"data", end=False)
-            c.conn.send_headers(sid, [("x-req-t", "rt1")], end_stream=True)
-            c.flush()
-            c.pump(lambda: c.done(sid))
-            st = c.streams[sid]
+            st = c.post_with_trailers("/t", b"data", [("x-req-t", "rt1")])
         finally:
             c.close()
         self.assertEqual((st["status"], bytes(st["data"])), (200, b"body"))

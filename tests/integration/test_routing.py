@@ -95,6 +95,9 @@ class RoutingTest(H.ProxyTestCase):
         self.assertEqual(self.origin("/x/exact/"), "last")
         r = H.get(self.proxy.port, "/users/42/orders/7/items", host="other.test")
         self.assertEqual(r.body, b"id=42 rest=7/items")
+        # Captures are the path's bytes as sent, not percent-decoded (docs/lua-api.md).
+        r = H.get(self.proxy.port, "/users/a%20b/orders/x%2Fy", host="other.test")
+        self.assertEqual(r.body, b"id=a%20b rest=x%2Fy")
         r = H.get(self.proxy.port, "/grow/abc/d/e", host="other.test")
         self.assertEqual(r.body, b"abc d/e")
         self.assertEqual(self.origin("/users/42"), "param")

@@ -107,10 +107,37 @@ static void test_grpc(void)
     CHECK(n < 10 && strlen(m) == n);
 }
 
+/* lp_errpage_grpc_fields's sink: "name=value;" into a string; fails on its `fail`th field. */
+typedef struct {
+    char text[256];
+    int n, fail;
+} fields_t;
+
+static int fields_add(void *ud, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    fields_t *f = ud;
+    if (++f->n == f->fail)
+        return 1;
+    size_t at = strlen(f->text);
+    snprintf(f->text + at, sizeof(f->text) - at, "%.*s=%.*s;", (int)nlen, name, (int)vlen, value);
+    return 0;
+}
+
+static void test_grpc_fields(void)
+{
+    fields_t f = {{0}, 0, 0};
+    CHECK_EQ_INT(lp_errpage_grpc_fields(504, fields_add, &f), 0);
+    CHECK_STR(f.text, "grpc-status=4;grpc-message=proxy: 504 Gateway Timeout;");
+    fields_t g = {{0}, 0, 1}; /* the sink fails: said so, nothing more is added */
+    CHECK_EQ_INT(lp_errpage_grpc_fields(502, fields_add, &g), -1);
+    CHECK_EQ_INT(g.n, 1);
+}
+
 static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_template),
     LP_TEST_ENTRY(test_find_and_answer),
     LP_TEST_ENTRY(test_grpc),
+    LP_TEST_ENTRY(test_grpc_fields),
 };
 
 LP_TEST_MAIN(tests)

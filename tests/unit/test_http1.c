@@ -497,6 +497,12 @@ static void test_tchar_token(void)
     CHECK(!lp_h1_tchar_token(LP_STR("a b")));
     CHECK(!lp_h1_tchar_token(LP_STR("a:b")));
     CHECK(!lp_h1_tchar_token(((lp_str_t){"a\0b", 3})));
+    /* The table (tchar.h) against RFC 9110's grammar, every byte value. */
+    for (int c = 0; c < 256; c++) {
+        int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        int want = alnum || (c && c < 128 && strchr("!#$%&'*+-.^_`|~", c));
+        CHECK(lp_is_tchar((unsigned char)c) == want);
+    }
 }
 
 /* ------------------------------------------------------------------------------------ */

@@ -209,7 +209,8 @@ static void test_forwarded(void)
     CHECK_STR(fwd("=1.1.1.1"), "");
     CHECK_STR(fwd("for=\"1.1\\.1.1\""), "");
     CHECK_STR(fwd("for=1.1.1.1 x"), "");
-    CHECK_STR(fwd("for=[2a00::1]"), ""); /* brackets are not token characters */
+    CHECK_STR(fwd("for=[2a00::1]"), "");          /* brackets are not token characters */
+    CHECK_STR(fwd("for=1.1.1.1;pr\x80to=x"), ""); /* nor bytes above 127 */
     CHECK_STR(fwd(""), "");
     /* empty elements and pairs are allowed by the list syntax */
     CHECK_STR(fwd(", for=4.4.4.4 ,"), "4.4.4.4");

@@ -166,20 +166,102 @@ local function shadows(routes)
   local out = {}
   for k = 0, n - 1 do
     local j, i = pairs_[2 * k] + 1, pairs_[2 * k + 1] + 1
-    local len = C.lp_ffi_router_shadow_text(buf, 1024, j - 1, routes[j].name, i - 1,
-      routes[i].name)
-    out[#out + 1] = { index = j, name = route_name(routes[j], j), by = i,
-      by_name = route_name(routes[i], i), message = ffi.string(buf, math.min(len, 1023)) }
+    local len = C.lp_ffi_router_shadow_text(buf, 1024, j - 1, routes[j].given_name, i - 1,
+      routes[i].given_name)
+    out[#out + 1] = { index = j, name = routes[j].name, by = i,
+      by_name = routes[i].name, message = ffi.string(buf, math.min(len, 1023)) }
   end
   return out
 end
 
-local function routing(cfg, req, T)
+-- The route table as the config alone gives it: what the proxy loads without an overlay.
+function M.config_table(cfg)
+  local t = { routes = {} }
+  for i, r in ipairs(cfg.routes or {}) do
+    t.routes[i] = { name = route_name(r, i), given_name = r.name, match = r.match,
+      upstream = r.upstream, strip_prefix = r.strip_prefix, config_route = i }
+  end
+  return t
+end
+
+local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- The route table the proxy would load from `config`: the config's routes with the admin
+-- API's overlay (FILE.routes.json, written by POST /routes) applied by the engine itself
+-- (`luaproxy routes`: the load's own code, engine/config.c and rtable.c), so that explain
+-- routes as the proxy would. Config routes keep the config's match (a Lua predicate too),
+-- plugins and handler; a route from the overlay has its match, upstream and strip_prefix
+-- and meets the global plugins only, as in the engine. `no_overlay`: the config's routes.
+-- Returns the table { routes = {...}, overlay = { file, applied, error, skipped, ... } }
+-- (overlay nil when there is no overlay file).
+function M.route_table(config, cfg, no_overlay)
+  local t = M.config_table(cfg)
+  local file = config .. ".routes.json"
+  local f = io.open(file, "r")
+  if not f then return t end
+  f:close()
+  t.overlay = { file = file, applied = false }
+  if no_overlay then
+    t.overlay.skipped = true
+    return t
+  end
+  local bin = os.getenv("LUAPROXY_BIN")
+  if not bin or bin == "" then
+    t.overlay.error = "the engine binary is unknown (run explain as `luaproxy explain`)"
+    return t
+  end
+  local p = io.popen(format("%s routes -c %s 2>/dev/null", shell_quote(bin),
+    shell_quote(config)))
+  local text = p and p:read("*a") or ""
+  if p then p:close() end
+  local ok, doc = pcall(require("cjson").decode, text)
+  if not ok or type(doc) ~= "table" then
+    t.overlay.error = "`luaproxy routes` gave no route table"
+    return t
+  end
+  if type(doc.error) == "string" then
+    t.overlay.error = "the engine does not load this config: " .. doc.error
+    return t
+  end
+  local ov = type(doc.overlay) == "table" and doc.overlay or {}
+  if type(ov.error) == "string" then
+    -- an operation that does not apply names the route, not the file
+    t.overlay.error = ov.error:find(file, 1, true) and ov.error or (file .. ": " .. ov.error)
+    return t
+  end
+  if ov.applied ~= true or type(doc.routes) ~= "table" then return t end
+  local routes, kept, from = {}, {}, {}
+  for i, e in ipairs(doc.routes) do
+    local ci = type(e.config_route) == "number" and e.config_route or nil
+    if ci and t.routes[ci] then
+      local c = t.routes[ci]
+      routes[i] = { name = e.name, given_name = c.given_name, match = c.match,
+        upstream = c.upstream, strip_prefix = c.strip_prefix, config_route = ci }
+      kept[ci] = true
+    else
+      routes[i] = { name = e.name, given_name = e.name, source = "overlay",
+        match = type(e.match) == "table" and e.match or {},
+        upstream = type(e.upstream) == "string" and e.upstream or nil,
+        strip_prefix = e.strip_prefix == true }
+      from[#from + 1] = { index = i, name = e.name }
+    end
+  end
+  local removed = {}
+  for ci, c in ipairs(t.routes) do
+    if not kept[ci] then removed[#removed + 1] = { config_route = ci, name = c.name } end
+  end
+  t.routes = routes
+  t.overlay.applied, t.overlay.routes, t.overlay.removed = true, from, removed
+  return t
+end
+
+local function routing(tbl, req, T)
   local router = require "luaproxy.router"
-  local routes = cfg.routes or {}
-  local out = { tried = {}, shadowed = {} }
+  local routes = tbl.routes
+  local out = { tried = {}, shadowed = {}, overlay = tbl.overlay }
   for i, r in ipairs(routes) do
-    local entry = { index = i, name = route_name(r, i), upstream = r.upstream }
+    local entry = { index = i, name = r.name, upstream = r.upstream,
+      config_route = r.config_route, source = r.source or "config" }
     local whole = false -- the predicate's error counts when the other conditions held
     local m = explainable(r.match or {}, function(e)
       if whole then entry.predicate_error = e:match("^[^\n]*") end
@@ -391,7 +473,8 @@ end
 -- ---- the whole ----
 
 -- cfg: the validated config; opts: runtime.load's (plugin_path, script_path, config_dir);
--- spec: { line = "GET https://...", headers = { { name, value }, ... }, client_ip = }.
+-- spec: { line = "GET https://...", headers = { { name, value }, ... }, client_ip = ,
+-- table = M.route_table's (default: the config's routes) }.
 function M.explain(cfg, opts, spec)
   local req_line, perr = M.parse_request_line(spec.line)
   if not req_line then return nil, perr end
@@ -443,16 +526,17 @@ function M.explain(cfg, opts, spec)
   local req = T.request({ method = req_line.method, uri = req_line.uri, headers = headers,
     client_ip = spec.client_ip, scheme = req_line.scheme, tls = tls_spec,
     upstreams = upstream_names, trace = false })
-  out.routing = routing(cfg, req, T)
+  out.routing = routing(spec.table or M.config_table(cfg), req, T)
   if out.routing.failed then
     out.answer = { status = 500, reason = format("routes[%d].match.predicate failed",
-      out.routing.failed.index) }
+      out.routing.failed.config_route or out.routing.failed.index) }
     return out
   end
   local route = out.routing.route
   local chain
   if route then
-    chain = state.routes[route.index]
+    -- A route from the overlay has no plugins of its own: the global ones run (conn.c).
+    chain = route.config_route and state.routes[route.config_route] or state.fallback
     req._upstream = route.upstream
     req._params = route.params or {}
   else
@@ -507,8 +591,26 @@ function M.text(r)
       "certificate #%d (%s): %s", c.index, tostring(c.file), c.why) or "no certificate")
   end
   add("routing")
+  local ov = r.routing.overlay
+  if ov and ov.applied then
+    local names = {}
+    for _, e in ipairs(ov.routes or {}) do names[#names + 1] = format("#%d %s", e.index, e.name) end
+    local gone = {}
+    for _, e in ipairs(ov.removed or {}) do
+      gone[#gone + 1] = format("routes[%d] (%s)", e.config_route, e.name)
+    end
+    add("  overlay: %s applied, as the proxy applies it at load: %s%s", ov.file,
+      #names > 0 and ("routes " .. concat(names, ", ") .. " come from the admin API")
+        or "no route comes from the admin API",
+      #gone > 0 and ("; it removed or replaced config " .. concat(gone, ", ")) or "")
+  elseif ov and ov.skipped then
+    add("  overlay: %s left out (--no-overlay): the config's routes only", ov.file)
+  end
   for _, t in ipairs(r.routing.tried) do
-    add("  %s #%d %s: %s (%s)", t.matched and "->" or "  ", t.index, t.name,
+    local from = t.source == "overlay" and " [admin overlay]"
+      or (t.config_route and t.config_route ~= t.index
+        and format(" [config routes[%d]]", t.config_route)) or ""
+    add("  %s #%d %s%s: %s (%s)", t.matched and "->" or "  ", t.index, t.name, from,
       t.matched and "matched" or "no", concat(t.reasons, "; "))
     -- What the route binds (regex named groups, :name and *name), as req:param sees it.
     local caps = {}
@@ -520,9 +622,10 @@ function M.text(r)
   end
   if not r.routing.route then add("  no route matched") end
   for _, s in ipairs(r.routing.shadowed) do add("  warning: %s", s.message) end
-  if r.routing.overlay_ignored then
-    add("  warning: the admin API's route changes in %s are not included (explain reads the "
-      .. "config's routes only; the running proxy applies them)", r.routing.overlay_ignored)
+  if ov and ov.error then
+    add("  warning: the admin overlay is not applied: %s. The proxy refuses this config while "
+      .. "the overlay fails (a start fails; a reload keeps the routes it serves): the "
+      .. "config's own routes are explained", ov.error)
   end
   if #r.steps > 0 then add("plugins (priority order)") end
   for i, s in ipairs(r.steps) do
@@ -573,16 +676,19 @@ end
 
 local USAGE = [[
 usage: luaproxy explain -c CONFIG 'METHOD URL' [-H 'Name: value']... [--client-ip IP] [--json]
+                        [--no-overlay]
 what a request would meet before the upstream is contacted, without contacting it: the
 listener and TLS certificate (SNI), routing (which route matched and why the earlier ones did
 not; routes that can never match), each plugin's request and upstream phase in order and its
 changes (headers, path, upstream, target), a local answer, the upstream, target and the
 balancer's reason, and what would be sent. Plugins run on the proxy.test double: network
-calls are refused, timers do not run, shared dicts start empty.
-  --json   the same as a JSON document]]
+calls are refused, timers do not run, shared dicts start empty. The routes are those the
+proxy loads: the config's, with the admin API's changes (CONFIG.routes.json) applied.
+  --json        the same as a JSON document
+  --no-overlay  the config's routes only, without the admin API's changes]]
 
 function M.main(args, env)
-  local config, line, headers, json, client_ip = nil, nil, {}, false, nil
+  local config, line, headers, json, client_ip, no_overlay = nil, nil, {}, false, nil, false
   local i = 1
   while i <= #args do
     local a = args[i]
@@ -595,6 +701,7 @@ function M.main(args, env)
       i = i + 1
     elseif a == "--json" then json = true
     elseif a == "--client-ip" then client_ip = args[i + 1]; i = i + 1
+    elseif a == "--no-overlay" then no_overlay = true
     elseif a == "-h" or a == "--help" then print(USAGE) return 0
     elseif not line and a:sub(1, 1) ~= "-" then line = a
     else io.stderr:write(USAGE, "\n") return 2 end
@@ -605,16 +712,9 @@ function M.main(args, env)
   if not raw then io.stderr:write("luaproxy explain: ", opts, "\n") return 1 end
   local cfg, verr = require("luaproxy.config").check(raw)
   if not cfg then io.stderr:write("luaproxy explain: ", config, ": ", verr, "\n") return 1 end
-  local r, err = M.explain(cfg, opts, { line = line, headers = headers, client_ip = client_ip })
+  local r, err = M.explain(cfg, opts, { line = line, headers = headers, client_ip = client_ip,
+    table = M.route_table(config, cfg, no_overlay) })
   if not r then io.stderr:write("luaproxy explain: ", err, "\n") return 1 end
-  -- The admin API's route changes (POST /routes) live in an overlay file the engine applies
-  -- at load; explain reads the config's routes only, so it says when it leaves some out.
-  local overlay = config .. ".routes.json"
-  local f = io.open(overlay, "r")
-  if f then
-    f:close()
-    r.routing.overlay_ignored = overlay
-  end
   if json then
     local cjson = require "cjson"
     print(cjson.encode(M.data(r)))

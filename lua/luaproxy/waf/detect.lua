@@ -285,7 +285,7 @@ end
 -- that ordinary values (a User-Agent without those, a cookie, a name) skip the tokenizer;
 -- it only ever answers yes when unsure (a leading comment or MySQL's /*! marker).
 local NSTART = { ["null"] = true, ["true"] = true, ["false"] = true }
-local function written_may(v)
+local function written_may_lua(v)
   if find(v, "[(;@]") then return true end
   local lv = lower(v)
   if find(lv, "union", 1, true) or find(lv, "select", 1, true) or find(lv, "waitfor", 1, true) then
@@ -308,6 +308,18 @@ local function written_may(v)
   end
   return false
 end
+
+M._written_may_lua = written_may_lua
+-- The same question in C (engine/waf_detect.c) when the engine or lp_native has it: no
+-- lower-cased copy of the value.
+local written_may = written_may_lua
+do
+  local W = require("luaproxy.waf.hs").native
+  if W and pcall(function() return W.lp_ffi_waf_sql_written_may end) then
+    written_may = function(v) return W.lp_ffi_waf_sql_written_may(v, #v) ~= 0 end
+  end
+end
+M._written_may = written_may
 
 local QUOTES = { false, "'", '"' }
 

@@ -627,6 +627,27 @@ end
 ---------------------------------------------------------------------------------------------
 -- Evaluating.
 
+-- The C pipeline (hs.pipeline) of a rule set: made on first use, per VM; false when
+-- unavailable. Its transformed values are the request's (keyed by the values' addresses):
+-- forgotten when another request's state asks (owner, weak: a finished request's state
+-- goes).
+local function pipeline_of(st)
+  local cs = st.cs
+  local p = cs.pipe
+  if p == nil then
+    local ws, ok = hs.pipeline(cs.chains)
+    p = ws and { ws = ws, ok = ok, owner = setmetatable({}, { __mode = "v" }), serial = 0, lists = {} }
+      or false
+    cs.pipe = p
+  end
+  if p and p.owner[1] ~= st then
+    hs.pipeline_reset(p.ws)
+    p.owner[1] = st
+    p.serial = p.serial + 1
+  end
+  return p
+end
+
 -- Value i of collection c through chain id `ch`, cached per request: one table per value
 -- (chain id -> text), not one per collection and chain (CRS has ~40 chains: that made
 -- hundreds of tables per request, most holding a value or two).
@@ -644,6 +665,15 @@ local function value(st, cname, c, i, ch)
   end
   local v = per[ch]
   if v then return v end
+  local p = pipeline_of(st)
+  if p and p.ok[ch] then
+    -- the C pipeline's text (the same the group scans saw), shared with them
+    v = hs.transformed(p.ws, ch, c.values[i])
+    if v then
+      per[ch] = v
+      return v
+    end
+  end
   local chain = st.cs.chains[ch]
   local input = value(st, cname, c, i, chain.parent)
   -- Each step's result kept per request by its input text (transformations are pure):
@@ -830,6 +860,8 @@ local function cond_match(st, cond)
 end
 
 local scan = hs.scan
+local ffi = require "ffi"
+local pipeline_hits -- below
 
 -- Confirms condition cond (of a rule not matched yet) on value i of collection cname, with
 -- PCRE2 or the operator itself; records a hit.
@@ -843,6 +875,95 @@ local function confirm(st, cond, cname, c, i, v)
   end
 end
 
+-- A group's values: those of its collections, only the named items where all its
+-- conditions name theirs (g.only). Groups reading the same collections with the same names
+-- have the same list: made once per request and kind (g.sig), in arrays kept by the
+-- pipeline (refilled for each request: the strings are that request's).
+local function sig_of(g)
+  local parts = {}
+  for _, cname in ipairs(g.colls) do
+    local only = g.only[cname]
+    if only then
+      local keys = {}
+      for k in pairs(only) do keys[#keys + 1] = k end
+      table.sort(keys)
+      parts[#parts + 1] = cname .. "[" .. concat(keys, "\0") .. "]"
+    else
+      parts[#parts + 1] = cname
+    end
+  end
+  g.sig = concat(parts, "\1")
+  return g.sig
+end
+
+local function value_list(st, p, g)
+  local sig = g.sig or sig_of(g)
+  local L = p.lists[sig]
+  if not L then
+    L = { cap = 0, coll = {}, idx = {} }
+    p.lists[sig] = L
+  end
+  if L.serial == p.serial then return L end
+  L.serial = p.serial
+  local n = 0
+  local ptr, len, lc, li = L.ptr, L.len, L.coll, L.idx
+  for _, cname in ipairs(g.colls) do
+    local c = st.vars:coll(cname)
+    local only = g.only[cname]
+    for i = 1, c.n do
+      if not only or only[lower(c.names[i])] then
+        if n >= L.cap then
+          local cap = n < 32 and 32 or n * 2
+          local np, nl = ffi.new("const char *[?]", cap), ffi.new("size_t[?]", cap)
+          if n > 0 then
+            ffi.copy(np, ptr, n * ffi.sizeof("const char *"))
+            ffi.copy(nl, len, n * ffi.sizeof("size_t"))
+          end
+          ptr, len, L.ptr, L.len, L.cap = np, nl, np, nl, cap
+        end
+        local v = c.values[i]
+        ptr[n], len[n] = v, #v
+        n = n + 1
+        lc[n], li[n] = cname, i
+      end
+    end
+  end
+  L.n = n
+  return L
+end
+
+-- group_hits through the C pipeline: the group's values passed in one call, transformed and
+-- scanned there; fills h as group_hits does (same order: by value, ids as reported). false
+-- when the pipeline cannot run the group (the caller does it in Lua).
+pipeline_hits = function(st, g, h)
+  local p = pipeline_of(st)
+  if not p or not p.ok[g.chain] then return false end
+  local L = value_list(st, p, g)
+  local pv_coll, pv_idx = L.coll, L.idx
+  local cnt, hits = hs.scan_values(p.ws, g.chain, g.db, L.ptr, L.len, L.n)
+  if not cnt then return false end
+  local reads, FAILED = g.reads, hs.SCAN_FAILED
+  for j = 0, cnt - 1 do
+    local gid, k = hits[2 * j], hits[2 * j + 1] + 1
+    local cname, i = pv_coll[k], pv_idx[k]
+    if gid == FAILED then
+      for x = 1, #g.conds do
+        local l = h[x] or {}
+        h[x] = l
+        l[#l + 1], l[#l + 2] = cname, i
+      end
+    elseif reads[gid][cname] then
+      local l = h[gid]
+      if not l then
+        l = {}
+        h[gid] = l
+      end
+      l[#l + 1], l[#l + 2] = cname, i
+    end
+  end
+  return true
+end
+
 -- The prefilter of a whole group at once: every value of every collection some condition
 -- of the group reads (only the named items where all of them name theirs), through the
 -- group's chain, scanned once; returns gid -> { cname, i, cname, i, ... } of the values each
@@ -854,6 +975,7 @@ local function group_hits(st, g)
   if h then return h end
   h = {}
   st.gh[g] = h
+  if pipeline_hits(st, g, h) then return h end
   local db, hits, ch = g.db, g.hits, g.chain
   for _, cname in ipairs(g.colls) do
     local c = st.vars:coll(cname)

@@ -250,13 +250,27 @@ function M.shared_count()
   return REG and REG.lp_ffi_waf_db_count() or nil
 end
 
--- The engine's C collector, when this runs in the engine.
-local collect
-do
+-- The per-value pipeline in C (engine/waf_scan.c): a group's values, each through the
+-- group's transformation chain (transformations in C, engine/waf_transform.c) and scanned,
+-- in one call. The engine's own functions (ffi.C) in the proxy; the lp_native library under
+-- the proxy.test double when LP_NATIVE_LIB names it (ctest, `luaproxy test`); neither: nil,
+-- and luaproxy/waf/engine.lua transforms and scans value by value in Lua.
+local W
+if H then
   local ok = pcall(require, "luaproxy.ffi")
-  if ok then
-    ok, collect = pcall(function() return ffi.C.lp_ffi_waf_hs_collect end)
+  if ok and pcall(function() return ffi.C.lp_ffi_waf_scan_new end) then
+    W = ffi.C
+  elseif ok then
+    local nok, lib = pcall(require, "luaproxy.native")
+    if nok and pcall(function() return lib.lp_ffi_waf_scan_new end) then W = lib end
   end
+end
+
+-- The engine's C collector, when this runs in the engine (or lp_native has it).
+local collect
+if W then
+  local ok
+  ok, collect = pcall(function() return W.lp_ffi_waf_hs_collect end)
   if not ok then collect = nil end
 end
 M.c_collector = collect ~= nil
@@ -292,5 +306,52 @@ else
   jit.off(scan)
 end
 M.scan = scan
+M.pipeline_available = W ~= nil
+-- The engine's waf C functions (ffi.C or lp_native), or nil (luaproxy/waf/detect.lua uses them too).
+M.native = W
+local hs_scan_fn = W and ffi.cast("lp_waf_hs_scan_fn", H.hs_scan)
+M.SCAN_FAILED = 0xFFFFFFFF -- a hit's id when the scan of its value failed
+
+-- The pipeline state of a rule set's chains (chains[id] = { parent = id, name = "a,b,c" },
+-- ids 1..n, each parent before its child): the state (freed by the GC) and the set of
+-- chain ids it can run (every step of the chain has a C twin); nil when not available.
+function M.pipeline(chains)
+  if not W then return nil end
+  local n = #chains
+  local ws = W.lp_ffi_waf_scan_new(hs_scan_fn, n)
+  if ws == nil then return nil end
+  ws = ffi.gc(ws, W.lp_ffi_waf_scan_free)
+  local ok = { [0] = true }
+  for id = 1, n do
+    local ch = chains[id]
+    local step = W.lp_ffi_waf_transform_id(ch.name:match("([^,]+)$"))
+    if step > 0 and ok[ch.parent] and W.lp_ffi_waf_scan_chain(ws, id, ch.parent, step) == 0 then
+      ok[id] = true
+    end
+  end
+  return ws, ok
+end
+
+function M.pipeline_reset(ws) W.lp_ffi_waf_scan_reset(ws) end
+
+local hitsp = ffi.new("const unsigned *[1]")
+-- Values vals[0..n) (lens: their lengths; the strings kept alive by the caller until the
+-- next pipeline_reset) through chain, scanned with db: the count of hits and the array of
+-- (id, value index from 0) pairs (read it before the next call); nil when it failed.
+function M.scan_values(ws, chain, db, vals, lens, n)
+  local cnt = W.lp_ffi_waf_scan_values(ws, chain, db, scratch[0], vals, lens, n, hitsp)
+  if cnt < 0 then return nil end
+  return tonumber(cnt), hitsp[0]
+end
+
+local outp, outn = ffi.new("const char *[1]"), ffi.new("size_t[1]")
+-- Value v (kept alive by the caller until the next pipeline_reset) through chain, as the
+-- scans transform it (and kept with theirs): a string, v itself when no step changed it.
+function M.transformed(ws, chain, v)
+  if W.lp_ffi_waf_scan_value(ws, chain, v, #v, outp, outn) ~= 0 then return nil end
+  local o = outp[0]
+  if o == ffi.cast("const char *", v) then return v end
+  return ffi.string(o, outn[0])
+end
 
 return M

@@ -1,0 +1,306 @@
+/* The waf plugin's per-value pipeline (lua/luaproxy/waf/engine.lua's group_hits): the values
+ * a Hyperscan group reads, each through the group's transformation chain and scanned, in one
+ * FFI call per group, so that Lua loops neither over values nor over a chain's steps.
+ *
+ * Chains form a tree (a chain is its parent plus one step); each transformed value is kept
+ * for the request, keyed by the value's address and the chain, so a chain whose prefix
+ * another group used starts from that result. The keys are Lua strings, which LuaJIT
+ * interns: one address per text, alive while the request's collections hold them (the
+ * caller resets the state before another request's values come). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct lp_req_s; /* lua_api.h names it; nothing here uses it */
+#include "lua_api.h"
+#include "waf_transform.h"
+
+/* A hit's id when the scan of its value failed: every condition tests the value. */
+#define LP_WAF_SCAN_ALL 0xFFFFFFFFu
+/* Arena kept from one request to the next (bytes): one chunk of the usual size. */
+#define LP_WAF_SCAN_KEEP  65536
+#define LP_WAF_SCAN_CHUNK 65536
+
+struct chain {
+    unsigned parent;
+    int step; /* 0: not set (the chain cannot run here) */
+};
+
+struct memo {
+    const char *key; /* borrowed: the caller's value (a Lua string), alive until the reset */
+    size_t klen;
+    const char *p; /* borrowed: the result, in the arena or the key itself */
+    size_t len;
+    unsigned chain;
+    unsigned gen; /* valid when it is the state's gen */
+};
+
+struct chunk {
+    struct chunk *next; /* owned: the chunk allocated before this one */
+    size_t cap, used;
+    char data[];
+};
+
+struct lp_waf_scan {
+    lp_waf_hs_scan_fn scan; /* borrowed: Hyperscan's hs_scan */
+    struct chain *chains;   /* owned: nchains */
+    unsigned nchains;
+    struct memo *memo; /* owned: mcap slots, open addressing */
+    size_t mcap, mused;
+    unsigned gen;
+    struct chunk *arena; /* owned: the newest chunk first */
+    unsigned *out;       /* owned: (id, value index) pairs of the last scan_values */
+    size_t out_n, out_cap;
+};
+
+lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
+{
+    lp_waf_scan_t *ws = calloc(1, sizeof *ws);
+    if (!ws)
+        return NULL;
+    ws->scan = scan;
+    ws->nchains = nchains + 1;
+    ws->chains = calloc(ws->nchains, sizeof *ws->chains);
+    ws->mcap = 256;
+    ws->memo = calloc(ws->mcap, sizeof *ws->memo);
+    ws->gen = 1;
+    if (!ws->chains || !ws->memo) {
+        lp_ffi_waf_scan_free(ws);
+        return NULL;
+    }
+    return ws;
+}
+
+int lp_ffi_waf_scan_chain(lp_waf_scan_t *ws, unsigned id, unsigned parent, int step)
+{
+    if (id == 0 || id >= ws->nchains || parent >= id || step <= 0 || step >= LP_WAF_T_COUNT)
+        return -1;
+    ws->chains[id].parent = parent;
+    ws->chains[id].step = step;
+    return 0;
+}
+
+static void free_chunks(struct chunk *c)
+{
+    while (c) {
+        struct chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+}
+
+void lp_ffi_waf_scan_reset(lp_waf_scan_t *ws)
+{
+    ws->gen++;
+    if (ws->gen == 0) { /* wrapped: old entries would look valid again */
+        memset(ws->memo, 0, ws->mcap * sizeof *ws->memo);
+        ws->gen = 1;
+    }
+    ws->mused = 0;
+    /* the newest chunk stays for the next request, unless a large value made it large */
+    if (ws->arena && ws->arena->cap <= LP_WAF_SCAN_KEEP) {
+        free_chunks(ws->arena->next);
+        ws->arena->next = NULL;
+        ws->arena->used = 0;
+    } else {
+        free_chunks(ws->arena);
+        ws->arena = NULL;
+    }
+}
+
+void lp_ffi_waf_scan_free(lp_waf_scan_t *ws)
+{
+    if (!ws)
+        return;
+    free(ws->chains);
+    free(ws->memo);
+    free(ws->out);
+    free_chunks(ws->arena);
+    free(ws);
+}
+
+static char *arena_alloc(lp_waf_scan_t *ws, size_t n)
+{
+    struct chunk *c = ws->arena;
+    if (!c || c->cap - c->used < n) {
+        size_t cap = n > LP_WAF_SCAN_CHUNK ? n : LP_WAF_SCAN_CHUNK;
+        struct chunk *nc = malloc(sizeof *nc + cap);
+        if (!nc)
+            return NULL;
+        nc->next = c;
+        nc->cap = cap;
+        nc->used = 0;
+        ws->arena = c = nc;
+    }
+    char *p = c->data + c->used;
+    c->used += n;
+    return p;
+}
+
+/* Gives back the end of the newest allocation (n bytes of it unused). */
+static void arena_unalloc(lp_waf_scan_t *ws, size_t n)
+{
+    ws->arena->used -= n;
+}
+
+static size_t slot_of(const lp_waf_scan_t *ws, const char *key, unsigned chain)
+{
+    uint64_t h =
+        (uint64_t)(uintptr_t)key * 0x9E3779B97F4A7C15ull ^ (uint64_t)chain * 0xC2B2AE3D27D4EB4Full;
+    return (size_t)(h >> 20) & (ws->mcap - 1);
+}
+
+static struct memo *memo_find(lp_waf_scan_t *ws, const char *key, size_t klen, unsigned chain)
+{
+    for (size_t i = slot_of(ws, key, chain);; i = (i + 1) & (ws->mcap - 1)) {
+        struct memo *m = &ws->memo[i];
+        if (m->gen != ws->gen)
+            return m; /* free: the caller may fill it */
+        if (m->key == key && m->klen == klen && m->chain == chain)
+            return m;
+    }
+}
+
+static int memo_grow(lp_waf_scan_t *ws)
+{
+    size_t ocap = ws->mcap;
+    struct memo *old = ws->memo;
+    struct memo *nm = calloc(ocap * 2, sizeof *nm);
+    if (!nm)
+        return -1;
+    ws->memo = nm;
+    ws->mcap = ocap * 2;
+    for (size_t i = 0; i < ocap; i++)
+        if (old[i].gen == ws->gen)
+            *memo_find(ws, old[i].key, old[i].klen, old[i].chain) = old[i];
+    free(old);
+    return 0;
+}
+
+/* Value v (n bytes) through chain: its text in *out, *olen. 0, or -1 when out of memory. */
+static int transformed(lp_waf_scan_t *ws, const char *v, size_t n, unsigned chain, const char **out,
+                       size_t *olen)
+{
+    if (chain == 0) {
+        *out = v;
+        *olen = n;
+        return 0;
+    }
+    struct memo *m = memo_find(ws, v, n, chain);
+    if (m->gen == ws->gen) {
+        *out = m->p;
+        *olen = m->len;
+        return 0;
+    }
+    const char *in;
+    size_t in_n;
+    if (transformed(ws, v, n, ws->chains[chain].parent, &in, &in_n) < 0)
+        return -1;
+    int step = ws->chains[chain].step;
+    size_t room = lp_waf_transform_bound(step, in_n);
+    char *buf = arena_alloc(ws, room);
+    if (!buf)
+        return -1;
+    long r = lp_waf_transform(step, in, in_n, buf);
+    if (r < 0) { /* unchanged: the input is the result */
+        arena_unalloc(ws, room);
+        *out = in;
+        *olen = in_n;
+    } else {
+        arena_unalloc(ws, room - (size_t)r);
+        *out = buf;
+        *olen = (size_t)r;
+    }
+    if (ws->mused + 1 > ws->mcap / 2 && memo_grow(ws) < 0)
+        return 0;                   /* not kept: computed again when asked again */
+    m = memo_find(ws, v, n, chain); /* the parent's entries may have moved it */
+    *m =
+        (struct memo){.key = v, .klen = n, .p = *out, .len = *olen, .chain = chain, .gen = ws->gen};
+    ws->mused++;
+    return 0;
+}
+
+static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned k)
+{
+    if (ws->out_n + 2 > ws->out_cap) {
+        size_t cap = ws->out_cap ? ws->out_cap * 2 : 256;
+        unsigned *o = realloc(ws->out, cap * sizeof *o);
+        if (!o)
+            return -1;
+        ws->out = o;
+        ws->out_cap = cap;
+    }
+    ws->out[ws->out_n++] = id;
+    ws->out[ws->out_n++] = k;
+    return 0;
+}
+
+struct collect {
+    lp_waf_scan_t *ws; /* borrowed */
+    unsigned k;
+    int oom;
+};
+
+static int on_match(unsigned int id, unsigned long long from, unsigned long long to,
+                    unsigned int flags, void *ctx)
+{
+    (void)from;
+    (void)to;
+    (void)flags;
+    struct collect *c = ctx;
+    if (push_hit(c->ws, id, c->k) < 0) {
+        c->oom = 1;
+        return 1; /* stop the scan */
+    }
+    return 0;
+}
+
+long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, void *scratch,
+                            const char *const *vals, const size_t *lens, unsigned n,
+                            const unsigned **hits)
+{
+    ws->out_n = 0;
+    if (chain >= ws->nchains || (chain > 0 && ws->chains[chain].step == 0))
+        return -1;
+    for (unsigned k = 0; k < n; k++) {
+        const char *t;
+        size_t tn;
+        if (transformed(ws, vals[k], lens[k], chain, &t, &tn) < 0)
+            return -1;
+        size_t start = ws->out_n;
+        struct collect c = {.ws = ws, .k = k, .oom = 0};
+        int rc = tn > UINT32_MAX ? -1 : ws->scan(db, t, (unsigned)tn, 0, scratch, on_match, &c);
+        if (c.oom)
+            return -1;
+        if (rc != 0) { /* as the Lua scan: the ids before the failure do not count */
+            ws->out_n = start;
+            if (push_hit(ws, LP_WAF_SCAN_ALL, k) < 0)
+                return -1;
+        }
+    }
+    *hits = ws->out;
+    return (long)(ws->out_n / 2);
+}
+
+int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size_t n,
+                          const char **out, size_t *olen)
+{
+    if (chain >= ws->nchains || (chain > 0 && ws->chains[chain].step == 0))
+        return -1;
+    return transformed(ws, v, n, chain, out, olen);
+}
+
+int lp_ffi_waf_transform_id(const char *name)
+{
+    return lp_waf_transform_id(name);
+}
+
+size_t lp_ffi_waf_transform_bound(int step, size_t n)
+{
+    return lp_waf_transform_bound(step, n);
+}
+
+long lp_ffi_waf_transform(int step, const char *in, size_t n, char *out)
+{
+    return lp_waf_transform(step, in, n, out);
+}

@@ -1,0 +1,204 @@
+/* engine/waf_scan.c: a group's values through a transformation chain and scanned with a real
+ * Hyperscan database in one call; the hits in order, the transformed texts kept per request
+ * (a chain's prefix reused, an unchanged value given back as itself), a failed scan reported
+ * per value, and the state reused over many requests and values. */
+#include <stdio.h>
+#include <string.h>
+
+struct lp_req_s;
+#include "lp_test.h"
+#include "lua_api.h"
+#include "waf_transform.h"
+
+#ifdef LP_HAVE_HS
+#include <hs/hs.h>
+
+static hs_database_t *db;
+static hs_scratch_t *scratch;
+
+static int setup(void)
+{
+    const char *pats[] = {"abc", "<script", "x"};
+    unsigned flags[] = {HS_FLAG_SINGLEMATCH, HS_FLAG_SINGLEMATCH | HS_FLAG_CASELESS,
+                        HS_FLAG_SINGLEMATCH};
+    unsigned ids[] = {1, 2, 3};
+    hs_compile_error_t *err = NULL;
+    if (hs_compile_multi(pats, flags, ids, 3, HS_MODE_BLOCK, NULL, &db, &err) != HS_SUCCESS) {
+        hs_free_compile_error(err);
+        return -1;
+    }
+    return hs_alloc_scratch(db, &scratch) == HS_SUCCESS ? 0 : -1;
+}
+
+/* chain 1: urldecode; 2: urldecode, lowercase; 3: lowercase */
+static lp_waf_scan_t *state(void)
+{
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new((lp_waf_hs_scan_fn)hs_scan, 3);
+    if (!ws)
+        return NULL;
+    int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
+    if (lp_ffi_waf_scan_chain(ws, 1, 0, u) || lp_ffi_waf_scan_chain(ws, 2, 1, l) ||
+        lp_ffi_waf_scan_chain(ws, 3, 0, l))
+        return lp_ffi_waf_scan_free(ws), NULL;
+    return ws;
+}
+
+static void test_hits_in_order(void)
+{
+    REQUIRE(setup() == 0);
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    const char *vals[] = {"a%62c", "%3CSCRIPT%3e x", "plain"};
+    size_t lens[] = {5, 14, 5};
+    const unsigned *hits;
+    long n = lp_ffi_waf_scan_values(ws, 2, db, scratch, vals, lens, 3, &hits);
+    REQUIRE_EQ_INT(n, 3);
+    CHECK_EQ_INT(hits[0], 1); /* abc in value 0 */
+    CHECK_EQ_INT(hits[1], 0);
+    /* value 1: "<script> x": <script ends before x */
+    CHECK_EQ_INT(hits[2], 2);
+    CHECK_EQ_INT(hits[3], 1);
+    CHECK_EQ_INT(hits[4], 3);
+    CHECK_EQ_INT(hits[5], 1);
+    /* the raw values: no decoding, so only the x */
+    n = lp_ffi_waf_scan_values(ws, 0, db, scratch, vals, lens, 3, &hits);
+    REQUIRE_EQ_INT(n, 1);
+    CHECK_EQ_INT(hits[0], 3);
+    CHECK_EQ_INT(hits[1], 1);
+    lp_ffi_waf_scan_free(ws);
+}
+
+static void test_values_kept(void)
+{
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    const char *v = "%3CSCRIPT";
+    const char *a, *b, *c;
+    size_t an, bn, cn;
+    REQUIRE(lp_ffi_waf_scan_value(ws, 1, v, 9, &a, &an) == 0);
+    CHECK(an == 7 && memcmp(a, "<SCRIPT", 7) == 0);
+    REQUIRE(lp_ffi_waf_scan_value(ws, 2, v, 9, &b, &bn) == 0);
+    CHECK(bn == 7 && memcmp(b, "<script", 7) == 0);
+    REQUIRE(lp_ffi_waf_scan_value(ws, 1, v, 9, &c, &cn) == 0);
+    CHECK(c == a); /* kept, not computed again */
+    const char *plain = "plain";
+    REQUIRE(lp_ffi_waf_scan_value(ws, 2, plain, 5, &c, &cn) == 0);
+    CHECK(c == plain && cn == 5); /* no step changed it: the value itself */
+    /* a chain with no step set cannot run here */
+    lp_waf_scan_t *bare = lp_ffi_waf_scan_new((lp_waf_hs_scan_fn)hs_scan, 2);
+    REQUIRE(bare != NULL);
+    CHECK(lp_ffi_waf_scan_value(bare, 1, v, 9, &c, &cn) == -1);
+    const unsigned *hits;
+    CHECK(lp_ffi_waf_scan_values(bare, 2, db, scratch, &v, (size_t[]){9}, 1, &hits) == -1);
+    CHECK(lp_ffi_waf_scan_chain(bare, 1, 1, 1) == -1); /* its own parent */
+    CHECK(lp_ffi_waf_scan_chain(bare, 3, 0, 1) == -1); /* out of range */
+    CHECK(lp_ffi_waf_scan_chain(bare, 1, 0, LP_WAF_T_COUNT) == -1);
+    lp_ffi_waf_scan_free(bare);
+    lp_ffi_waf_scan_free(ws);
+}
+
+static void test_failed_scan(void)
+{
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    const char *vals[] = {"abc", "x"};
+    size_t lens[] = {3, 1};
+    const unsigned *hits;
+    /* no scratch: Hyperscan refuses each scan */
+    long n = lp_ffi_waf_scan_values(ws, 0, db, NULL, vals, lens, 2, &hits);
+    REQUIRE_EQ_INT(n, 2);
+    CHECK(hits[0] == 0xFFFFFFFFu && hits[1] == 0);
+    CHECK(hits[2] == 0xFFFFFFFFu && hits[3] == 1);
+    lp_ffi_waf_scan_free(ws);
+}
+
+static void test_many_requests(void)
+{
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    enum { N = 3000 };
+    static char bufs[N][40];
+    static const char *vals[N];
+    static size_t lens[N];
+    for (int round = 0; round < 5; round++) {
+        lp_ffi_waf_scan_reset(ws);
+        for (int i = 0; i < N; i++) {
+            /* every 7th value hides abc behind an escape; distinct texts each round */
+            int len = i % 7 == 0
+                          ? snprintf(bufs[i], sizeof bufs[i], "r%d-%d-A%%62C", round, i)
+                          : snprintf(bufs[i], sizeof bufs[i], "r%d-%d-plain%%20word", round, i);
+            vals[i] = bufs[i];
+            lens[i] = (size_t)len;
+        }
+        const unsigned *hits;
+        long n = lp_ffi_waf_scan_values(ws, 2, db, scratch, vals, lens, N, &hits);
+        REQUIRE_EQ_INT(n, (N + 6) / 7);
+        for (long j = 0; j < n; j++)
+            if (!CHECK(hits[2 * j] == 1 && hits[2 * j + 1] == (unsigned)(7 * j)))
+                break;
+        const char *t;
+        size_t tn;
+        REQUIRE(lp_ffi_waf_scan_value(ws, 3, vals[1], lens[1], &t, &tn) == 0);
+        CHECK(t == vals[1]); /* lowercase alone changes nothing in it */
+        REQUIRE(lp_ffi_waf_scan_value(ws, 1, vals[1], lens[1], &t, &tn) == 0);
+        CHECK(tn == lens[1] - 2 && memcmp(t + tn - 10, "plain word", 10) == 0);
+    }
+    lp_ffi_waf_scan_free(ws);
+    hs_free_scratch(scratch);
+    hs_free_database(db);
+}
+
+/* A value larger than the arena's chunks, then ordinary requests again. */
+static void test_large_value(void)
+{
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    enum { N = 100000 };
+    static char big[3 * N + 3];
+    for (int i = 0; i < N; i++)
+        memcpy(big + 3 * i, "%41", 3);
+    memcpy(big + 3 * N, "abc", 3);
+    const char *vals[] = {big};
+    size_t lens[] = {sizeof big};
+    const unsigned *hits;
+    for (int round = 0; round < 3; round++) {
+        lp_ffi_waf_scan_reset(ws);
+        long n = lp_ffi_waf_scan_values(ws, 2, db, scratch, vals, lens, 1, &hits);
+        REQUIRE_EQ_INT(n, 1);
+        CHECK(hits[0] == 1 && hits[1] == 0);
+        const char *t;
+        size_t tn;
+        REQUIRE(lp_ffi_waf_scan_value(ws, 2, big, sizeof big, &t, &tn) == 0);
+        CHECK(tn == N + 3 && t[0] == 'a' && memcmp(t + N, "abc", 3) == 0);
+        lp_ffi_waf_scan_reset(ws);
+        const char *small[] = {"a%62c"};
+        n = lp_ffi_waf_scan_values(ws, 2, db, scratch, small, (size_t[]){5}, 1, &hits);
+        CHECK_EQ_INT(n, 1);
+    }
+    lp_ffi_waf_scan_free(ws);
+}
+
+static const lp_test_case_t tests[] = {
+    LP_TEST_ENTRY(test_hits_in_order), LP_TEST_ENTRY(test_large_value),
+    LP_TEST_ENTRY(test_values_kept),   LP_TEST_ENTRY(test_failed_scan),
+    LP_TEST_ENTRY(test_many_requests),
+};
+#else
+static void test_without_hyperscan(void)
+{
+    /* the transformations still run through the state */
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(NULL, 1);
+    REQUIRE(ws != NULL);
+    REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, lp_ffi_waf_transform_id("lowercase")) == 0);
+    const char *t;
+    size_t tn;
+    REQUIRE(lp_ffi_waf_scan_value(ws, 1, "AB", 2, &t, &tn) == 0);
+    CHECK(tn == 2 && memcmp(t, "ab", 2) == 0);
+    lp_ffi_waf_scan_free(ws);
+}
+static const lp_test_case_t tests[] = {
+    LP_TEST_ENTRY(test_without_hyperscan),
+};
+#endif
+
+LP_TEST_MAIN(tests)
