@@ -11,6 +11,11 @@ local V = require "luaproxy.waf.vars"
 local seclang = require "luaproxy.waf.seclang"
 local format, concat = string.format, table.concat
 local ipairs, type, tostring = ipairs, type, tostring
+local new_tab
+do
+  local ok, tnew = pcall(require, "table.new")
+  new_tab = ok and tnew or function() return {} end
+end
 
 -- The bundled rule files, next to this file.
 local HERE = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".")
@@ -242,7 +247,10 @@ local function compile_crs(conf, crs)
   local parts = { "crs\0" }
   for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
   local key
-  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported, conf.crs_confirm }, parts) then
+  -- The walk is folded against the TX a request starts with (luaproxy.waf.fold): the
+  -- settings seeding it are part of what the set is compiled from.
+  local seed = P.seed_tx(conf)
+  if canon({ conf.paranoia, conf.exclusions, conf.hyperscan, conf.unsupported, conf.crs_confirm, seed }, parts) then
     key = concat(parts)
   end
   local sec = key and compiled[key]
@@ -263,7 +271,7 @@ local function compile_crs(conf, crs)
       #set.unsupported, concat(list, "; "), #set.unsupported > 5 and "; ..." or ""), 0)
   end
   local cerr
-  sec, cerr = engine.compile_seclang(set, conf)
+  sec, cerr = engine.compile_seclang(set, setmetatable({ tx = seed }, { __index = conf }))
   if not sec then error(cerr, 0) end
   sec.parsed = set -- keeps the parse alive for the other settings of this load
   if key then compiled[key] = sec end
@@ -334,7 +342,17 @@ local function compile(conf)
   if crs then
     c.crs = crs
     c.sec = compile_crs(conf, crs)
-    c.tx = P.seed_tx(conf)
+    -- the seed with what the set's initialisation rules (folded at load) add to it
+    c.tx = c.sec.tx_start or P.seed_tx(conf)
+    -- copied per request by a numeric loop into a table made to size (40 keys with CRS's
+    -- initialisation folded in: pairs() is not compiled, and a table grown key by key
+    -- rehashes six times)
+    c.tx_keys, c.tx_vals = {}, {}
+    for k, v in pairs(c.tx) do
+      local n = #c.tx_keys + 1
+      c.tx_keys[n], c.tx_vals[n] = k, v
+    end
+    c.tx_size = #c.tx_keys + 16
     -- The Lua rules (rules, rule_files) run beside CRS; with none, nothing else runs.
     if #cs.rules == 0 then c.cs = nil end
   end
@@ -407,9 +425,10 @@ function P.init_worker(conf)
       sec.reported = true
       local c = sec.counts
       proxy.log.info(format("waf: SecLang rules: %d read, %d compiled (%d above paranoia %d "
-        .. "left out), %d response rules not run, %d excluded; %d Hyperscan patterns, %d "
-        .. "PCRE2-only", c.rules, c.compiled, c.paranoia_skipped, conf.paranoia, c.response,
-        c.excluded, sec.hs_patterns, #sec.pcre_only))
+        .. "left out), %d response rules not run, %d excluded, %d folded at load (%d walked); "
+        .. "%d Hyperscan patterns, %d PCRE2-only", c.rules, c.compiled, c.paranoia_skipped,
+        conf.paranoia, c.response, c.excluded, c.folded or 0, c.compiled - (c.folded or 0),
+        sec.hs_patterns, #sec.pcre_only))
       if #sec.unsupported > 0 then
         -- One line per kind: a single line for CRS's list would pass the log's line limit.
         local kinds = P.unsupported_summary(sec)
@@ -496,8 +515,9 @@ function P.request(req, conf)
   local matches, score, deny, status = nil, 0, nil, conf.status
   local outcome, unconfirmed
   if sec then
-    local tx = {}
-    for k, v in pairs(conf.tx) do tx[k] = v end
+    local tx = new_tab(0, conf.tx_size)
+    local keys, vals = conf.tx_keys, conf.tx_vals
+    for i = 1, #keys do tx[keys[i]] = vals[i] end
     local sst = { vars = st.vars, cache = {}, tx = tx, regex_error = conf.regex_error,
                   paranoia = conf.paranoia,
                   learn = conf.mode == "learn" and {} or nil,

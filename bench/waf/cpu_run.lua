@@ -29,6 +29,23 @@ local function spec_post()
   return { method = "POST", uri = "/api/orders", headers = h, body = json }
 end
 local which_req = arg[4]
+-- the walk's size: rules left in the phases after folding (luaproxy.waf.fold), and how many
+-- of them have a prefiltered first condition (passed after one look-up unless Hyperscan
+-- named them)
+if conf.sec then
+  local rules, pre = 0, 0
+  for p = 1, 2 do
+    for _, r in ipairs(conf.sec.phases[p]) do
+      if r.id then
+        rules = rules + 1
+        local c = r.conds[1]
+        if c.fast and not c.pcre_only then pre = pre + 1 end
+      end
+    end
+  end
+  print(string.format("walk: %d rules (%d prefiltered), %d folded at load, %d jumps", rules, pre,
+    conf.sec.counts.folded or 0, conf.sec.counts.jumps or 0))
+end
 local prof = os.getenv("WAF_PROFILE")
 for _, c in ipairs({ { "browser GET", spec_get, "get" }, { "4 KiB JSON POST", spec_post, "post" } }) do
   if which_req and which_req ~= c[3] then goto next end

@@ -134,6 +134,19 @@ SecRule ARGS "@validateByteRange 32-36,38-126" "id:60,phase:2,deny,status:400"
     assert.is_nil(status("/?f=a-b_c%5Dd%5Ee"))
   end)
 
+  it("runs a SecAction (no variable: it matches once)", function()
+    local c = T.conf(waf, { crs = tmpfile([[
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.points=+3"
+SecRule REQUEST_HEADERS:X-Points "@streq 1" "id:2,phase:1,pass,nolog,setvar:tx.points=+3"
+SecRule TX:points "@ge 6" "id:3,phase:2,deny,status:403"
+]]), default_rules = false })
+    local req = T.request({ uri = "/", headers = headers() })
+    assert.is_false(T.phase(waf, "request", req, c))
+    req = T.request({ uri = "/", headers = headers({ ["X-Points"] = "1" }) })
+    assert.is_true(T.phase(waf, "request", req, c))
+    assert.are.equal(3, req.ctx.waf.matches[1].id)
+  end)
+
   it("takes rules and targets out by exclusions in Lua", function()
     local c = T.conf(waf, { crs = tmpfile(RULES), default_rules = false,
       exclusions = { { ids = { 20 }, targets = { "ARGS:q" } } } })
@@ -155,6 +168,110 @@ SecRule ARGS "@validateByteRange 32-36,38-126" "id:60,phase:2,deny,status:400"
     end
     assert.is_true(found)
     assert.matches('{ ids = { 20 }, targets = { "ARGS:comment" } },', waf.learned(), 1, true)
+  end)
+end)
+
+describe("the walk folded at load against the seeded TX", function()
+  before_each(function() T.reset() end)
+
+  -- the ids of the rules a request visits one by one (jump items: none)
+  local function walked(c)
+    local ids = {}
+    for p = 1, 2 do
+      for _, r in ipairs(c.sec.phases[p]) do if r.id then ids[r.id] = true end end
+    end
+    return ids
+  end
+  local function refused(c, uri)
+    return T.phase(waf, "request", T.request({ uri = uri, headers = headers() }), c) == true
+  end
+
+  it("runs the initialisation once, and a paranoia gate becomes a jump or goes", function()
+    local p = tmpfile([[
+SecRule &TX:threshold "@eq 0" "id:10,phase:1,pass,nolog,setvar:tx.threshold=5"
+SecRule TX:EXECUTING_PARANOIA_LEVEL "@lt 2" "id:11,phase:1,pass,nolog,skipAfter:END-PL2"
+SecRule ARGS "@rx pl2evil" "id:12,phase:1,pass,setvar:tx.anomaly_score=+5"
+SecMarker END-PL2
+SecRule ARGS "@rx badword" "id:13,phase:2,pass,setvar:tx.anomaly_score=+5"
+SecRule TX:anomaly_score "@ge %{tx.threshold}" "id:90,phase:2,deny,status:403"
+]])
+    local c1 = T.conf(waf, { crs = p, default_rules = false, paranoia = 1 })
+    local w = walked(c1)
+    assert.is_nil(w[10])
+    assert.is_nil(w[11])
+    assert.is_nil(w[12]) -- behind the gate: no request reaches it
+    assert.is_true(w[13] and w[90])
+    assert.are.equal("5", c1.tx.threshold)
+    assert.are.equal(3, c1.sec.counts.folded)
+    assert.is_false(refused(c1, "/?q=pl2evil"))
+    assert.is_true(refused(c1, "/?q=badword"))
+    -- paranoia 2 (another route, or a reload): the gate fails, rule 12 runs
+    local c2 = T.conf(waf, { crs = p, default_rules = false, paranoia = 2 })
+    w = walked(c2)
+    assert.is_nil(w[11])
+    assert.is_true(w[12])
+    assert.is_true(refused(c2, "/?q=pl2evil"))
+    -- the seed the set was folded against is part of what it is compiled from
+    local c3 = T.conf(waf, { crs = p, default_rules = false, inbound_threshold = 10, crs_tx = { threshold = "10" } })
+    assert.are.equal("10", c3.tx.threshold)
+    assert.is_false(refused(c3, "/?q=badword"))
+  end)
+
+  it("keeps a check of a TX key some setvar writes, and of a key under a macro key's prefix", function()
+    local p = tmpfile([[
+SecRule ARGS:mode "@streq strict" "id:20,phase:1,pass,nolog,setvar:tx.strict=1"
+SecRule &TX:strict "@eq 0" "id:21,phase:1,pass,nolog,skipAfter:END-STRICT"
+SecRule ARGS "@rx strictevil" "id:22,phase:1,pass,setvar:tx.anomaly_score=+5"
+SecMarker END-STRICT
+SecRule ARGS_NAMES "@rx ^h_" "id:30,phase:1,pass,nolog,setvar:'tx.flag_%{MATCHED_VAR}=1'"
+SecRule &TX:flag_h_a "@eq 1" "id:31,phase:1,pass,setvar:tx.anomaly_score=+5"
+SecRule &TX:other "@eq 0" "id:32,phase:1,pass,nolog,skipAfter:END-OTHER"
+SecRule ARGS "@rx othervil" "id:33,phase:1,pass,setvar:tx.anomaly_score=+5"
+SecMarker END-OTHER
+SecRule ARGS:nogate "@streq 1" "id:40,phase:1,pass,nolog,ctl:ruleRemoveById=41"
+SecRule &TX:x "@eq 0" "id:41,phase:1,pass,nolog,skipAfter:END-X"
+SecRule ARGS "@rx xevil" "id:42,phase:1,pass,setvar:tx.anomaly_score=+5"
+SecMarker END-X
+SecRule TX:anomaly_score "@ge 5" "id:90,phase:2,deny,status:403"
+]])
+    local c = T.conf(waf, { crs = p, default_rules = false })
+    local w = walked(c)
+    -- tx.strict is written by rule 20: its check stays, and what it guards
+    assert.is_true(w[20] and w[21] and w[22])
+    assert.is_true(refused(c, "/?mode=strict&x=strictevil"))
+    assert.is_false(refused(c, "/?x=strictevil"))
+    -- tx.flag_* is written under a macro key: 31 stays; tx.other is not under it: 32 goes
+    assert.is_true(w[30] and w[31])
+    assert.is_nil(w[32])
+    assert.is_nil(w[33])
+    assert.is_true(refused(c, "/?h_a=1"))
+    assert.is_false(refused(c, "/?x=othervil"))
+    -- a ctl may take gate 41 out: it is not folded
+    assert.is_true(w[40] and w[41] and w[42])
+    assert.is_true(refused(c, "/?nogate=1&a=xevil"))
+    assert.is_false(refused(c, "/?a=xevil"))
+  end)
+
+  it("leaves no paranoia-level gate or settings section of CRS in the walk", function()
+    local c = T.conf(waf, { crs = CRS })
+    local n = 0
+    for p = 1, 2 do
+      for _, r in ipairs(c.sec.phases[p]) do
+        if r.id then
+          n = n + 1
+          for _, cond in ipairs(r.conds) do
+            for _, e in ipairs(cond.tgt) do
+              assert.is_false(e.coll == "tx" and (e.key == "executing_paranoia_level"
+                or (e.key or ""):find("^crs_exclusions_") ~= nil), "rule " .. r.id .. " left in the walk")
+            end
+          end
+        end
+      end
+    end
+    assert.is_true(n < c.sec.counts.compiled / 2)
+    assert.are.equal("1", c.tx.executing_paranoia_level)
+    assert.are.equal("5", c.tx.critical_anomaly_score) -- from 901140, run once at load
+    assert.are.equal("0", c.tx.anomaly_score) -- 901200, a SecAction
   end)
 end)
 

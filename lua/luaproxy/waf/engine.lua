@@ -18,6 +18,7 @@ local V = require "luaproxy.waf.vars"
 local hs = require "luaproxy.waf.hs"
 local re = require "luaproxy.re"
 local CONFIRM = require "luaproxy.waf.confirm"
+local FOLD = require "luaproxy.waf.fold"
 
 local type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next =
   type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next
@@ -1454,13 +1455,20 @@ end
 -- counts only when the confirmer reads the value as what the rule is about; raw is the
 -- value before the rule's transformations. Matches it takes away are counted in
 -- st.unconfirmed (rule id -> n) for the decision log.
-local function confirmed(st, cond, raw, v)
-  local f = cond.confirm
-  if not f then return true end
-  local ok = f(raw or v, v, function(x)
+-- (The closure is made in a function of its own: a function that makes one closes its
+-- upvalues on every return, which LuaJIT does not compile (NYI UCLO), and sec_test and
+-- sec_cond, calling confirmed for every match, aborted their traces there.)
+local function run_confirmer(st, cond, f, raw, v)
+  return f(raw or v, v, function(x)
     local from = sec_test(st, cond, x)
     return from ~= nil and from ~= "error"
   end)
+end
+
+local function confirmed(st, cond, raw, v)
+  local f = cond.confirm
+  if not f then return true end
+  local ok = run_confirmer(st, cond, f, raw, v)
   if not ok then
     local u = st.unconfirmed
     if not u then
@@ -1473,8 +1481,15 @@ local function confirmed(st, cond, raw, v)
   return ok
 end
 
+-- A SecAction's match (read only, shared by every request).
+local ACTION_MATCH = { { name = "", value = "", from = 1, to = 0 } }
+
 -- Evaluates one condition: the list of matches { name, value, from, to }, or nil.
 local function sec_cond(st, r, cond)
+  -- SecAction (@unconditionalMatch, no variable): it matches, once (without this it had
+  -- no value to match and never ran: CRS's 901200 and the SecActions of its application
+  -- exclusions did nothing)
+  if cond.op == "always" and not cond.tgt[1] then return ACTION_MATCH end
   local out
   local cs = st.cs
   local budget = st.deadline
@@ -1702,8 +1717,11 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
         end
         if r.skip_after then i = markers[r.skip_after] or n + 1 end
       end
-    elseif r.marker then
-      -- nothing: a jump target
+    elseif r.jump ~= nil then
+      -- a rule folded at load (luaproxy.waf.fold) that always matches and leaves no trace
+      -- but its skipAfter (false: none); as it would, it ends the walk once the engine is off
+      if st.engine_off then return "off" end
+      if r.jump then i = markers[r.jump] or n + 1 end
     end
     ::continue::
   end
@@ -1757,6 +1775,7 @@ function M.compile_seclang(set, opts)
     return parent, path
   end
   local groups = {}
+  local in_order = {} -- the rules compiled, in file order
   local excl = opts.exclusions or {}
   for _, it in ipairs(set.items) do
     -- A copy: the parsed set is shared by the compiled sets of several settings.
@@ -1834,75 +1853,11 @@ function M.compile_seclang(set, opts)
             local ok, err = re.compile(cond.arg, "sm")
             if not ok then return nil, format("%s: @rx: %s", cond.place or r.place, tostring(err)) end
           end
-          if (cond.op == "rx" or cond.op == "pm") and cond.multi
-            and (cond.op == "pm" or type(cond.arg) == "string") then
-            -- multiMatch: tested on the value after each step that changes it, so not
-            -- through a chain's group; one database of all such patterns prefilters each
-            -- of those values (multi_may), scanned once per distinct text per request.
-            local mg = cs.multi_group
-            if not mg then
-              mg = { chain = 0, multi = true, conds = {}, pcre = {}, pats = {}, flags = {}, ids = {},
-                     colls = {}, only = {}, reads = {} }
-              cs.multi_group = mg
-              cs.groups[#cs.groups + 1] = mg
-            end
-            mg.conds[#mg.conds + 1] = cond
-            cond.group, cond.gid, cond.fast = mg, #mg.conds, false
-            mg.reads[cond.gid] = {}
-            if cond.op == "rx" then
-              local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
-              mg.pats[#mg.pats + 1], mg.flags[#mg.flags + 1], mg.ids[#mg.ids + 1] =
-                hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
-            else
-              for _, p in ipairs(cond.arg) do
-                mg.pats[#mg.pats + 1], mg.flags[#mg.flags + 1], mg.ids[#mg.ids + 1] =
-                  escape_literal(p), hs.SINGLEMATCH + hs.CASELESS, cond.gid
-              end
-            end
-          end
-          if (cond.op == "rx" or cond.op == "pm") and not cond.multi then
-            local g = groups[cond.chain]
-            if not g then
-              g = { chain = cond.chain, conds = {}, pcre = {}, pats = {}, flags = {}, ids = {}, colls = {}, only = {} }
-              groups[cond.chain] = g
-              cs.groups[#cs.groups + 1] = g
-            end
-            g.conds[#g.conds + 1] = cond
-            cond.group, cond.gid = g, #g.conds
-            local fast = not cond.negate
-            for _, e in ipairs(cond.tgt) do
-              if e.count or DYNAMIC[e.coll] then fast = false end
-            end
-            cond.fast = fast
-            g.reads = g.reads or {}
-            local reads = {}
-            for _, e in ipairs(cond.tgt) do reads[e.coll] = true end
-            g.reads[cond.gid] = reads
-            if fast then
-              for _, e in ipairs(cond.tgt) do
-                if not g.collset then g.collset = {} end
-                if not g.collset[e.coll] then
-                  g.collset[e.coll] = true
-                  g.colls[#g.colls + 1] = e.coll
-                end
-              end
-            end
-            if cond.op == "rx" then
-              -- \A \z \Z as ^ $ for Hyperscan: a superset, as the joined scan needs
-              local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
-              g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
-                hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
-            else
-              for _, p in ipairs(cond.arg) do
-                g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
-                  escape_literal(p), hs.SINGLEMATCH + hs.CASELESS, cond.gid
-              end
-            end
-          end
         end
       end
       if not drop then
         local ph = cs.phases[r.phase]
+        in_order[#in_order + 1] = r
         ph[#ph + 1] = r
       end
     else
@@ -1913,7 +1868,110 @@ function M.compile_seclang(set, opts)
       end
     end
   end
+  -- The walk folded at load against the seeded TX (luaproxy.waf.fold): what no request
+  -- can reach goes, before its patterns join the Hyperscan groups.
+  if opts.tx then
+    cs.paranoia = paranoia
+    FOLD.fold(cs, opts.tx, { eval = function(st, r, cond) return sec_cond(st, r, cond) end,
+                             setvar = run_setvar, expand = expand })
+  end
+  -- A group scans its collections in the order the rules first name them, folded rules
+  -- included: the order a rule's matches come in (its first is the one logged) stays.
+  local coll_rank, nrank = {}, 0
+  for _, r in ipairs(in_order) do
+    for _, cond in ipairs(r.conds) do
+      local fast = (cond.op == "rx" or cond.op == "pm") and not cond.multi and not cond.negate
+      for _, e in ipairs(cond.tgt) do
+        if e.count or DYNAMIC[e.coll] then fast = false end
+      end
+      if fast then
+        for _, e in ipairs(cond.tgt) do
+          local k = cond.chain .. ":" .. e.coll
+          if not coll_rank[k] then
+            nrank = nrank + 1
+            coll_rank[k] = nrank
+          end
+        end
+      end
+    end
+  end
+  for _, r in ipairs(in_order) do
+    if not r.folded then
+      for _, cond in ipairs(r.conds) do
+        if (cond.op == "rx" or cond.op == "pm") and cond.multi
+          and (cond.op == "pm" or type(cond.arg) == "string") then
+          -- multiMatch: tested on the value after each step that changes it, so not
+          -- through a chain's group; one database of all such patterns prefilters each
+          -- of those values (multi_may), scanned once per distinct text per request.
+          local mg = cs.multi_group
+          if not mg then
+            mg = { chain = 0, multi = true, conds = {}, pcre = {}, pats = {}, flags = {}, ids = {},
+                   colls = {}, only = {}, reads = {} }
+            cs.multi_group = mg
+            cs.groups[#cs.groups + 1] = mg
+          end
+          mg.conds[#mg.conds + 1] = cond
+          cond.group, cond.gid, cond.fast = mg, #mg.conds, false
+          mg.reads[cond.gid] = {}
+          if cond.op == "rx" then
+            local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
+            mg.pats[#mg.pats + 1], mg.flags[#mg.flags + 1], mg.ids[#mg.ids + 1] =
+              hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
+          else
+            for _, p in ipairs(cond.arg) do
+              mg.pats[#mg.pats + 1], mg.flags[#mg.flags + 1], mg.ids[#mg.ids + 1] =
+                escape_literal(p), hs.SINGLEMATCH + hs.CASELESS, cond.gid
+            end
+          end
+        end
+        if (cond.op == "rx" or cond.op == "pm") and not cond.multi then
+          local g = groups[cond.chain]
+          if not g then
+            g = { chain = cond.chain, conds = {}, pcre = {}, pats = {}, flags = {}, ids = {}, colls = {}, only = {} }
+            groups[cond.chain] = g
+            cs.groups[#cs.groups + 1] = g
+          end
+          g.conds[#g.conds + 1] = cond
+          cond.group, cond.gid = g, #g.conds
+          local fast = not cond.negate
+          for _, e in ipairs(cond.tgt) do
+            if e.count or DYNAMIC[e.coll] then fast = false end
+          end
+          cond.fast = fast
+          g.reads = g.reads or {}
+          local reads = {}
+          for _, e in ipairs(cond.tgt) do reads[e.coll] = true end
+          g.reads[cond.gid] = reads
+          if fast then
+            for _, e in ipairs(cond.tgt) do
+              if not g.collset then g.collset = {} end
+              if not g.collset[e.coll] then
+                g.collset[e.coll] = true
+                g.colls[#g.colls + 1] = e.coll
+              end
+            end
+          end
+          if cond.op == "rx" then
+            -- \A \z \Z as ^ $ for Hyperscan: a superset, as the joined scan needs
+            local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
+            g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
+              hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
+          else
+            for _, p in ipairs(cond.arg) do
+              g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
+                escape_literal(p), hs.SINGLEMATCH + hs.CASELESS, cond.gid
+            end
+          end
+        end
+      end
+    end
+  end
   for _, g in ipairs(cs.groups) do
+    if not g.multi then
+      table.sort(g.colls, function(a, b)
+        return coll_rank[g.chain .. ":" .. a] < coll_rank[g.chain .. ":" .. b]
+      end)
+    end
     for _, cname in ipairs(g.colls) do
       local set = {}
       for _, cond in ipairs(g.conds) do
