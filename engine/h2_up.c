@@ -29,6 +29,7 @@
 #include "tls.h"
 #include "trace.h"
 #include "upstream.h"
+#include "upstream_head.h"
 #include "upstream_try.h"
 
 /* The connection timer's modes: connecting (and the TLS handshake), idle without streams,
@@ -220,105 +221,23 @@ static void h2u_leave(lp_h2u_t *h, int full);
 
 /* ---- the request head ---- */
 
-static int is_replaced(lp_str_t n)
+/* The head (upstream_head.h) as HTTP/2 fields, the pseudo-headers first. */
+static void build_head(lp_req_t *req, lp_pool_t *t, lp_h2_nvs_t *l)
 {
-    return LP_STR_IEQ(n, "x-forwarded-for") || LP_STR_IEQ(n, "x-forwarded-proto") ||
-           LP_STR_IEQ(n, "x-forwarded-host") || LP_STR_IEQ(n, "expect") || LP_STR_IEQ(n, "host") ||
-           LP_STR_IEQ(n, "content-length") || LP_STR_IEQ(n, "te");
-}
-
-/* The request's head as HTTP/2 fields: the same rules as HTTP/1.1's (upstream.c), with
- * the pseudo-headers first. */
-static void build_head(lp_req_t *req, lp_pool_t *t, lp_h2u_stream_t *st, lp_h2_nvs_t *l)
-{
-    lp_h1_t *h = &req->h1;
-    const lp_route_conf_t *r = req->route;
-    const char *m = llhttp_method_name(req->method);
-    lp_h2_nvs_add(l, ":method", 7, m, strlen(m));
-    lp_h2_nvs_add(l, ":scheme", 7, t->tls ? "https" : "http", t->tls ? 5 : 4);
-    if (h->host.base)
-        lp_h2_nvs_add(l, ":authority", 10, h->host.base, h->host.len);
-    else
-        lp_h2_nvs_add(l, ":authority", 10, t->addr.text, strlen(t->addr.text));
-    lp_str_t path = h->path;
-    if (r && r->strip_prefix && r->prefix_len > 1 && !(req->flags & LP_RF_PATH_SET) &&
-        path.len >= r->prefix_len) {
-        lp_str_t rest = {path.base + r->prefix_len, path.len - r->prefix_len};
-        if (!rest.len || rest.base[0] != '/') {
-            char *p = malloc(rest.len + 2);
-            if (!p) {
-                l->oom = 1;
-                return;
-            }
-            p[0] = '/';
-            memcpy(p + 1, rest.base, rest.len);
-            lp_h2_nvs_add(l, ":path", 5, p, rest.len + 1);
-            free(p);
-        } else {
-            lp_h2_nvs_add(l, ":path", 5, rest.base, rest.len);
-        }
-    } else {
-        lp_h2_nvs_add(l, ":path", 5, path.base, path.len);
-    }
-    /* Every X-Forwarded-For joined into one, then the client appended. */
-    char *xff = NULL;
-    size_t xlen = 0;
-    for (unsigned i = 0; i < h->nheaders; i++) {
-        const lp_header_t *hd = &h->headers[i];
-        if (LP_STR_IEQ(hd->name, "x-forwarded-for")) {
-            char *n = realloc(xff, xlen + hd->value.len + 2);
-            if (!n) {
-                l->oom = 1;
-                free(xff);
-                return;
-            }
-            xff = n;
-            memcpy(xff + xlen, hd->value.base, hd->value.len);
-            xlen += hd->value.len;
-            memcpy(xff + xlen, ", ", 2);
-            xlen += 2;
-        }
-    }
-    const char *ip = lp_req_client_ip(req);
-    char *n = realloc(xff, xlen + strlen(ip) + 1);
-    if (!n) {
+    lp_uphead_t u;
+    if (lp_uphead_build(&u, req, t, LP_UPHEAD_H2)) {
         l->oom = 1;
-        free(xff);
         return;
     }
-    xff = n;
-    memcpy(xff + xlen, ip, strlen(ip));
-    xlen += strlen(ip);
-    lp_h2_nvs_add(l, "x-forwarded-for", 15, xff, xlen);
-    free(xff);
-    int tls = req->conn ? req->conn->ep.tls != NULL : (req->flags & LP_RF_TLS) != 0;
-    lp_h2_nvs_add(l, "x-forwarded-proto", 17, tls ? "https" : "http", tls ? 5 : 4);
-    if (h->host.base)
-        lp_h2_nvs_add(l, "x-forwarded-host", 16, h->host.base, h->host.len);
-    int te = (req->flags & LP_RF_GRPC) != 0; /* gRPC servers ask for "te: trailers" */
-    for (unsigned i = 0; i < h->nheaders; i++) {
-        const lp_header_t *hd = &h->headers[i];
-        if (LP_STR_IEQ(hd->name, "te") && lp_str_ieq(hd->value, "trailers", 8))
-            te = 1;
-        if (lp_h1_is_hop_by_hop(h, hd->name) || is_replaced(hd->name) ||
-            lp_trace_is_header(req, hd->name) ||
-            lp_h2_conn_specific(hd->name.base, hd->name.len, hd->value.base, hd->value.len) ||
-            (hd->name.len && hd->name.base[0] == ':'))
-            continue;
+    lp_h2_nvs_add(l, ":method", 7, u.method, strlen(u.method));
+    lp_h2_nvs_add(l, ":scheme", 7, t->tls ? "https" : "http", t->tls ? 5 : 4);
+    lp_h2_nvs_add(l, ":authority", 10, u.authority.base, u.authority.len);
+    lp_h2_nvs_add(l, ":path", 5, u.path.base, u.path.len);
+    for (unsigned i = 0; i < u.n; i++) {
+        const lp_header_t *hd = &u.fields[i];
         lp_h2_nvs_add(l, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
     }
-    if (te)
-        lp_h2_nvs_add(l, "te", 2, "trailers", 8);
-    if (req->trace.on) {
-        char tp[LP_TRACE_HEAD_MAX];
-        lp_h2_nvs_add_text(l, tp, lp_trace_upstream_headers(req, tp));
-    }
-    char cl[24];
-    if (lp_req_body_replaced(req))
-        lp_h2_nvs_add(l, "content-length", 14, cl, lp_u64_to_str(req->new_body_len, 10, cl));
-    else if ((h->flags & LP_H1F_LENGTH) && !(h->flags & LP_H1F_CHUNKED))
-        lp_h2_nvs_add(l, "content-length", 14, cl, lp_u64_to_str(h->content_length, 10, cl));
-    (void)st;
+    lp_uphead_free(&u);
 }
 
 /* grpc-timeout ("100m", "5S": 1-8 digits and a unit) in ms, rounded up; 0: none or bad. */
@@ -440,7 +359,7 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stre
     if (st->out.bytes >= LP_HIGH_WATERMARK || (req->flags & LP_RF_READ_PAUSED))
         st->was_full = 1;
     lp_h2_nvs_t l = {0};
-    build_head(req, h->pool, st, &l);
+    build_head(req, h->pool, &l);
     nghttp2_nv *nv = oom ? NULL : lp_h2_nvs_done(&l);
     if (!nv) {
         lp_h2_nvs_free(&l);
