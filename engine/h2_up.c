@@ -49,8 +49,9 @@ typedef struct lp_h2u_s lp_h2u_t;
 
 typedef struct lp_h2u_stream_s {
     /* What req->try.peer points at (LP_PF_H2). peer.req: borrowed, the try's request, NULL
-     * once it let go; peer.pool: borrowed (pools live as long as the worker); peer.h1 parses
-     * the response head (synthesized as HTTP/1.1 text, the same view for every module). */
+     * once it let go; peer.pool: borrowed (pools live as long as the worker); peer.h1 holds
+     * the response head, its fields put there as they come (lp_h1_field: the same storage,
+     * view and checks as an HTTP/1.1 upstream's parsed head). */
     lp_peer_t peer;
     lp_h2u_t *h2;   /* borrowed: its connection, which frees it (never outlived) */
     lp_list_t link; /* in h2->streams, or in h2->gone once closed and let go */
@@ -63,9 +64,8 @@ typedef struct lp_h2u_stream_s {
     lp_h2_bodyq_t in;     /* owned: response body not yet given to the request (the window) */
     lp_h2_bodyq_t replay; /* owned: request body sent, while it is at most H2U_REPLAY_MAX */
     size_t owed;          /* response bytes given to the request whose window is not given back */
-    char *head;           /* owned: the response head's fields as HTTP/1.1 text while they come */
-    size_t head_len;
-    char *trailers; /* owned: the response's trailers ("name: value\r\n"), until delivered */
+    size_t head_len;      /* bytes of the response head so far, as text (its size limit) */
+    char *trailers;       /* owned: the response's trailers ("name: value\r\n"), until delivered */
     size_t trailers_len;
     int status;             /* the response's :status (0: not yet) */
     uint64_t read_at;       /* uv_now() ms of the last exchange: the read timeout counts from it */
@@ -79,7 +79,6 @@ typedef struct lp_h2u_stream_s {
     uint8_t replay_over;    /* more than H2U_REPLAY_MAX was sent: `replay` was dropped */
     uint8_t refusals;       /* the try's streams sent again before this one (bounded) */
     uint8_t was_full;       /* out passed the high watermark: resume the client below low */
-    uint8_t has_cl;         /* the response head has content-length */
     uint8_t head_in;        /* the final response head arrived */
     uint8_t head_given;     /* ... and went to the request */
     uint8_t in_eof;         /* the upstream's END_STREAM came */
@@ -149,7 +148,6 @@ static void stream_free(lp_h2u_stream_t *st)
     lp_h2_bodyq_free(&st->out);
     lp_h2_bodyq_free(&st->in);
     lp_h2_bodyq_free(&st->replay);
-    free(st->head);
     free(st->trailers);
     free(st);
 }
@@ -393,6 +391,16 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stre
 static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why);
 static int h2u_connect(lp_h2u_t *h);
 
+/* The response head was refused (lp_h1_field, lp_h1_fields_end): 502, not retried, as an
+ * HTTP/1.1 upstream's invalid head. */
+static void stream_head_refused(lp_h2u_stream_t *st)
+{
+    snprintf(st->h2->why, sizeof(st->h2->why), "invalid response: %s",
+             st->peer.h1.err_reason ? st->peer.h1.err_reason : "parse error");
+    stream_fail_later(st, LP_FAIL_PROTOCOL, 502, st->h2->why);
+    st->no_retry = 1;
+}
+
 static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
@@ -413,19 +421,19 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     if (nlen && n[0] == ':') {
         if (nlen == 7 && !memcmp(n, ":status", 7) && vlen == 3) {
             st->status = (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
-            /* A 1xx head is dropped: the final one follows. */
-            free(st->head);
-            st->head = NULL;
+            /* Each head starts anew: a 1xx one is dropped, the final one follows. */
+            lp_h1_fields_begin(&st->peer.h1);
             st->head_len = 0;
-            st->has_cl = 0;
         }
         return 0;
     }
-    if (nlen == 14 && !memcmp(n, "content-length", 14))
-        st->has_cl = 1;
-    if (st->head_len + nlen + vlen > st->peer.h1.max_header_size ||
-        lp_h2_text_add(&st->head, &st->head_len, n, nlen, v, vlen)) {
+    st->head_len += nlen + vlen + 4;
+    if (st->head_len > st->peer.h1.max_header_size) {
         stream_fail_later(st, LP_FAIL_PROTOCOL, 502, "response head too large");
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if (lp_h1_field(&st->peer.h1, n, nlen, v, vlen)) {
+        stream_head_refused(st);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     return 0;
@@ -753,52 +761,24 @@ static void stream_fail(lp_h2u_stream_t *st)
     (void)lp_conn_upstream_failed(req, status, why);
 }
 
-/* The head arrived: parsed as HTTP/1.1 text (the same checks and view as HTTP/1.1
- * upstreams'), then the response phase. Sets *done when the stream is no longer the
- * request's. */
+/* The final head arrived (its fields are in peer.h1 already): then the response phase.
+ * Sets *done when the stream is no longer the request's. */
 static void stream_give_head(lp_h2u_stream_t *st, int *done)
 {
     lp_req_t *req = st->peer.req;
-    const char *reason = lp_h1_status_text(st->status);
-    size_t cap = 64 + strlen(reason) + st->head_len;
-    char *text = malloc(cap);
-    if (!text) {
-        stream_fail_later(st, LP_FAIL_PROTOCOL, 502, "out of memory");
-        stream_fail(st);
-        *done = 1;
-        return;
-    }
-    int n = snprintf(text, cap, "HTTP/1.1 %d %s\r\n", st->status, reason);
-    size_t len = n > 0 ? (size_t)n : 0;
-    if (st->head_len)
-        memcpy(text + len, st->head, st->head_len);
-    len += st->head_len;
+    lp_h1_t *rh = &st->peer.h1;
     /* A head that ended the stream has no body: said so, so that an HTTP/2 client gets a
      * trailers-only response too (h2.c). */
-    if (st->in_eof && !st->in.head && !st->has_cl && !st->trailers && st->status != 204 &&
-        st->status != 304) {
-        memcpy(text + len, "content-length: 0\r\n", 19);
-        len += 19;
-    }
-    memcpy(text + len, "\r\n", 2);
-    len += 2;
-    free(st->head);
-    st->head = NULL;
-    st->head_len = 0;
-    size_t used = 0;
-    lp_h1_event_t ev = lp_h1_execute(&st->peer.h1, text, len, &used);
-    free(text);
+    int bodiless = st->in_eof && !st->in.head && !(rh->flags & LP_H1F_LENGTH) && !st->trailers &&
+                   st->status != 204 && st->status != 304;
     st->head_given = 1;
-    if (ev != LP_H1_HEAD && ev != LP_H1_DONE) {
-        snprintf(st->h2->why, sizeof(st->h2->why), "invalid response: %s",
-                 st->peer.h1.err_reason ? st->peer.h1.err_reason : "parse error");
-        stream_fail_later(st, LP_FAIL_PROTOCOL, 502, st->h2->why);
-        st->no_retry = 1;
+    if ((bodiless && lp_h1_field(rh, "content-length", 14, "0", 1)) ||
+        lp_h1_fields_end(rh, st->status)) {
+        stream_head_refused(st);
         stream_fail(st);
         *done = 1;
         return;
     }
-    lp_h1_resume(&st->peer.h1);
     stream_retry_on(st, done);
     if (*done)
         return;

@@ -335,22 +335,38 @@ void lp_peer_body_end(lp_peer_t *p, int chunked)
 
 /* ---- the request head ---- */
 
-/* The head (upstream_head.h) as HTTP/1.1 text; 0 when it does not fit in cap. */
+/* The head (upstream_head.h) as HTTP/1.1 text; 0 when it does not fit in cap. Sized
+ * first, then copied without a check per piece: every request's head goes through here. */
 static size_t build_request_head(const lp_uphead_t *u, char *out, size_t cap)
 {
-    lp_wbuf_t w = {out, out + cap, 0};
-    lp_wbuf_cstr(&w, u->method);
-    lp_wbuf_str(&w, " ", 1);
-    lp_wbuf_str(&w, u->path.base, u->path.len);
-    lp_wbuf_cstr(&w, " HTTP/1.1\r\nHost: ");
-    lp_wbuf_str(&w, u->authority.base, u->authority.len);
-    lp_wbuf_str(&w, "\r\n", 2);
+    static const char version[] = " HTTP/1.1\r\nHost: ";
+    size_t mlen = strlen(u->method);
+    size_t need = mlen + 1 + u->path.len + sizeof(version) - 1 + u->authority.len + 4;
+    for (unsigned i = 0; i < u->n; i++)
+        need += u->fields[i].name.len + u->fields[i].value.len + 4;
+    if (need > cap)
+        return 0;
+    char *o = out;
+    memcpy(o, u->method, mlen);
+    o += mlen;
+    *o++ = ' ';
+    memcpy(o, u->path.base, u->path.len);
+    o += u->path.len;
+    memcpy(o, version, sizeof(version) - 1);
+    o += sizeof(version) - 1;
+    memcpy(o, u->authority.base, u->authority.len);
+    o += u->authority.len;
     for (unsigned i = 0; i < u->n; i++) {
         const lp_header_t *hd = &u->fields[i];
-        lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
+        memcpy(o, "\r\n", 2);
+        memcpy(o + 2, hd->name.base, hd->name.len);
+        o += 2 + hd->name.len;
+        memcpy(o, ": ", 2);
+        memcpy(o + 2, hd->value.base, hd->value.len);
+        o += 2 + hd->value.len;
     }
-    lp_wbuf_str(&w, "\r\n", 2);
-    return w.overflow ? 0 : (size_t)(w.p - out);
+    memcpy(o, "\r\n\r\n", 4);
+    return (size_t)(o + 4 - out);
 }
 
 /* ---- starting a request ---- */
