@@ -227,7 +227,12 @@ static void build_head(lp_req_t *req, lp_pool_t *t, lp_h2_nvs_t *l)
         l->oom = 1;
         return;
     }
-    lp_h2_nvs_add(l, ":method", 7, u.method, strlen(u.method));
+    size_t mlen = strlen(u.method);
+    size_t bytes = 7 + mlen + 12 + 10 + u.authority.len + 5 + u.path.len;
+    for (unsigned i = 0; i < u.n; i++)
+        bytes += u.fields[i].name.len + u.fields[i].value.len;
+    lp_h2_nvs_reserve(l, u.n + 4, bytes);
+    lp_h2_nvs_add(l, ":method", 7, u.method, mlen);
     lp_h2_nvs_add(l, ":scheme", 7, t->tls ? "https" : "http", t->tls ? 5 : 4);
     lp_h2_nvs_add(l, ":authority", 10, u.authority.base, u.authority.len);
     lp_h2_nvs_add(l, ":path", 5, u.path.base, u.path.len);
