@@ -93,9 +93,10 @@ int lp_uphead_build(lp_uphead_t *u, lp_req_t *req, const lp_pool_t *t, int proto
         if (proto == LP_UPHEAD_H2 && LP_STR_IEQ(hd->name, "te") &&
             lp_str_ieq(hd->value, "trailers", 8))
             te = 1;
-        /* (A name starting with ':' can only come from Lua: never a field, either way.) */
+        /* (Every name here is a token: llhttp, h2.c's pseudo-headers turned into the request
+         * line, Lua's set_header all see to it; no ':' name can reach an HTTP/2 list.) */
         if (lp_h1_is_hop_by_hop(h, hd->name) || is_replaced(hd->name) ||
-            lp_trace_is_header(req, hd->name) || (hd->name.len && hd->name.base[0] == ':'))
+            lp_trace_is_header(req, hd->name))
             continue;
         u->fields[u->n++] = *hd;
     }
