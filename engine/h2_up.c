@@ -29,6 +29,7 @@
 #include "tls.h"
 #include "trace.h"
 #include "upstream.h"
+#include "upstream_head.h"
 #include "upstream_try.h"
 
 /* The connection timer's modes: connecting (and the TLS handshake), idle without streams,
@@ -48,8 +49,9 @@ typedef struct lp_h2u_s lp_h2u_t;
 
 typedef struct lp_h2u_stream_s {
     /* What req->try.peer points at (LP_PF_H2). peer.req: borrowed, the try's request, NULL
-     * once it let go; peer.pool: borrowed (pools live as long as the worker); peer.h1 parses
-     * the response head (synthesized as HTTP/1.1 text, the same view for every module). */
+     * once it let go; peer.pool: borrowed (pools live as long as the worker); peer.h1 holds
+     * the response head, its fields put there as they come (lp_h1_field: the same storage,
+     * view and checks as an HTTP/1.1 upstream's parsed head). */
     lp_peer_t peer;
     lp_h2u_t *h2;   /* borrowed: its connection, which frees it (never outlived) */
     lp_list_t link; /* in h2->streams, or in h2->gone once closed and let go */
@@ -62,9 +64,8 @@ typedef struct lp_h2u_stream_s {
     lp_h2_bodyq_t in;     /* owned: response body not yet given to the request (the window) */
     lp_h2_bodyq_t replay; /* owned: request body sent, while it is at most H2U_REPLAY_MAX */
     size_t owed;          /* response bytes given to the request whose window is not given back */
-    char *head;           /* owned: the response head's fields as HTTP/1.1 text while they come */
-    size_t head_len;
-    char *trailers; /* owned: the response's trailers ("name: value\r\n"), until delivered */
+    size_t head_len;      /* bytes of the response head so far, as text (its size limit) */
+    char *trailers;       /* owned: the response's trailers ("name: value\r\n"), until delivered */
     size_t trailers_len;
     int status;             /* the response's :status (0: not yet) */
     uint64_t read_at;       /* uv_now() ms of the last exchange: the read timeout counts from it */
@@ -78,7 +79,6 @@ typedef struct lp_h2u_stream_s {
     uint8_t replay_over;    /* more than H2U_REPLAY_MAX was sent: `replay` was dropped */
     uint8_t refusals;       /* the try's streams sent again before this one (bounded) */
     uint8_t was_full;       /* out passed the high watermark: resume the client below low */
-    uint8_t has_cl;         /* the response head has content-length */
     uint8_t head_in;        /* the final response head arrived */
     uint8_t head_given;     /* ... and went to the request */
     uint8_t in_eof;         /* the upstream's END_STREAM came */
@@ -148,7 +148,6 @@ static void stream_free(lp_h2u_stream_t *st)
     lp_h2_bodyq_free(&st->out);
     lp_h2_bodyq_free(&st->in);
     lp_h2_bodyq_free(&st->replay);
-    free(st->head);
     free(st->trailers);
     free(st);
 }
@@ -220,105 +219,28 @@ static void h2u_leave(lp_h2u_t *h, int full);
 
 /* ---- the request head ---- */
 
-static int is_replaced(lp_str_t n)
+/* The head (upstream_head.h) as HTTP/2 fields, the pseudo-headers first. */
+static void build_head(lp_req_t *req, lp_pool_t *t, lp_h2_nvs_t *l)
 {
-    return LP_STR_IEQ(n, "x-forwarded-for") || LP_STR_IEQ(n, "x-forwarded-proto") ||
-           LP_STR_IEQ(n, "x-forwarded-host") || LP_STR_IEQ(n, "expect") || LP_STR_IEQ(n, "host") ||
-           LP_STR_IEQ(n, "content-length") || LP_STR_IEQ(n, "te");
-}
-
-/* The request's head as HTTP/2 fields: the same rules as HTTP/1.1's (upstream.c), with
- * the pseudo-headers first. */
-static void build_head(lp_req_t *req, lp_pool_t *t, lp_h2u_stream_t *st, lp_h2_nvs_t *l)
-{
-    lp_h1_t *h = &req->h1;
-    const lp_route_conf_t *r = req->route;
-    const char *m = llhttp_method_name(req->method);
-    lp_h2_nvs_add(l, ":method", 7, m, strlen(m));
-    lp_h2_nvs_add(l, ":scheme", 7, t->tls ? "https" : "http", t->tls ? 5 : 4);
-    if (h->host.base)
-        lp_h2_nvs_add(l, ":authority", 10, h->host.base, h->host.len);
-    else
-        lp_h2_nvs_add(l, ":authority", 10, t->addr.text, strlen(t->addr.text));
-    lp_str_t path = h->path;
-    if (r && r->strip_prefix && r->prefix_len > 1 && !(req->flags & LP_RF_PATH_SET) &&
-        path.len >= r->prefix_len) {
-        lp_str_t rest = {path.base + r->prefix_len, path.len - r->prefix_len};
-        if (!rest.len || rest.base[0] != '/') {
-            char *p = malloc(rest.len + 2);
-            if (!p) {
-                l->oom = 1;
-                return;
-            }
-            p[0] = '/';
-            memcpy(p + 1, rest.base, rest.len);
-            lp_h2_nvs_add(l, ":path", 5, p, rest.len + 1);
-            free(p);
-        } else {
-            lp_h2_nvs_add(l, ":path", 5, rest.base, rest.len);
-        }
-    } else {
-        lp_h2_nvs_add(l, ":path", 5, path.base, path.len);
-    }
-    /* Every X-Forwarded-For joined into one, then the client appended. */
-    char *xff = NULL;
-    size_t xlen = 0;
-    for (unsigned i = 0; i < h->nheaders; i++) {
-        const lp_header_t *hd = &h->headers[i];
-        if (LP_STR_IEQ(hd->name, "x-forwarded-for")) {
-            char *n = realloc(xff, xlen + hd->value.len + 2);
-            if (!n) {
-                l->oom = 1;
-                free(xff);
-                return;
-            }
-            xff = n;
-            memcpy(xff + xlen, hd->value.base, hd->value.len);
-            xlen += hd->value.len;
-            memcpy(xff + xlen, ", ", 2);
-            xlen += 2;
-        }
-    }
-    const char *ip = lp_req_client_ip(req);
-    char *n = realloc(xff, xlen + strlen(ip) + 1);
-    if (!n) {
+    lp_uphead_t u;
+    if (lp_uphead_build(&u, req, t, LP_UPHEAD_H2)) {
         l->oom = 1;
-        free(xff);
         return;
     }
-    xff = n;
-    memcpy(xff + xlen, ip, strlen(ip));
-    xlen += strlen(ip);
-    lp_h2_nvs_add(l, "x-forwarded-for", 15, xff, xlen);
-    free(xff);
-    int tls = req->conn ? req->conn->ep.tls != NULL : (req->flags & LP_RF_TLS) != 0;
-    lp_h2_nvs_add(l, "x-forwarded-proto", 17, tls ? "https" : "http", tls ? 5 : 4);
-    if (h->host.base)
-        lp_h2_nvs_add(l, "x-forwarded-host", 16, h->host.base, h->host.len);
-    int te = (req->flags & LP_RF_GRPC) != 0; /* gRPC servers ask for "te: trailers" */
-    for (unsigned i = 0; i < h->nheaders; i++) {
-        const lp_header_t *hd = &h->headers[i];
-        if (LP_STR_IEQ(hd->name, "te") && lp_str_ieq(hd->value, "trailers", 8))
-            te = 1;
-        if (lp_h1_is_hop_by_hop(h, hd->name) || is_replaced(hd->name) ||
-            lp_trace_is_header(req, hd->name) ||
-            lp_h2_conn_specific(hd->name.base, hd->name.len, hd->value.base, hd->value.len) ||
-            (hd->name.len && hd->name.base[0] == ':'))
-            continue;
+    size_t mlen = strlen(u.method);
+    size_t bytes = 7 + mlen + 12 + 10 + u.authority.len + 5 + u.path.len;
+    for (unsigned i = 0; i < u.n; i++)
+        bytes += u.fields[i].name.len + u.fields[i].value.len;
+    lp_h2_nvs_reserve(l, u.n + 4, bytes);
+    lp_h2_nvs_add(l, ":method", 7, u.method, mlen);
+    lp_h2_nvs_add(l, ":scheme", 7, t->tls ? "https" : "http", t->tls ? 5 : 4);
+    lp_h2_nvs_add(l, ":authority", 10, u.authority.base, u.authority.len);
+    lp_h2_nvs_add(l, ":path", 5, u.path.base, u.path.len);
+    for (unsigned i = 0; i < u.n; i++) {
+        const lp_header_t *hd = &u.fields[i];
         lp_h2_nvs_add(l, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
     }
-    if (te)
-        lp_h2_nvs_add(l, "te", 2, "trailers", 8);
-    if (req->trace.on) {
-        char tp[LP_TRACE_HEAD_MAX];
-        lp_h2_nvs_add_text(l, tp, lp_trace_upstream_headers(req, tp));
-    }
-    char cl[24];
-    if (lp_req_body_replaced(req))
-        lp_h2_nvs_add(l, "content-length", 14, cl, lp_u64_to_str(req->new_body_len, 10, cl));
-    else if ((h->flags & LP_H1F_LENGTH) && !(h->flags & LP_H1F_CHUNKED))
-        lp_h2_nvs_add(l, "content-length", 14, cl, lp_u64_to_str(h->content_length, 10, cl));
-    (void)st;
+    lp_uphead_free(&u);
 }
 
 /* grpc-timeout ("100m", "5S": 1-8 digits and a unit) in ms, rounded up; 0: none or bad. */
@@ -440,7 +362,7 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stre
     if (st->out.bytes >= LP_HIGH_WATERMARK || (req->flags & LP_RF_READ_PAUSED))
         st->was_full = 1;
     lp_h2_nvs_t l = {0};
-    build_head(req, h->pool, st, &l);
+    build_head(req, h->pool, &l);
     nghttp2_nv *nv = oom ? NULL : lp_h2_nvs_done(&l);
     if (!nv) {
         lp_h2_nvs_free(&l);
@@ -474,6 +396,16 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stre
 static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why);
 static int h2u_connect(lp_h2u_t *h);
 
+/* The response head was refused (lp_h1_field, lp_h1_fields_end): 502, not retried, as an
+ * HTTP/1.1 upstream's invalid head. */
+static void stream_head_refused(lp_h2u_stream_t *st)
+{
+    snprintf(st->h2->why, sizeof(st->h2->why), "invalid response: %s",
+             st->peer.h1.err_reason ? st->peer.h1.err_reason : "parse error");
+    stream_fail_later(st, LP_FAIL_PROTOCOL, 502, st->h2->why);
+    st->no_retry = 1;
+}
+
 static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
@@ -494,19 +426,19 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     if (nlen && n[0] == ':') {
         if (nlen == 7 && !memcmp(n, ":status", 7) && vlen == 3) {
             st->status = (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
-            /* A 1xx head is dropped: the final one follows. */
-            free(st->head);
-            st->head = NULL;
+            /* Each head starts anew: a 1xx one is dropped, the final one follows. */
+            lp_h1_fields_begin(&st->peer.h1);
             st->head_len = 0;
-            st->has_cl = 0;
         }
         return 0;
     }
-    if (nlen == 14 && !memcmp(n, "content-length", 14))
-        st->has_cl = 1;
-    if (st->head_len + nlen + vlen > st->peer.h1.max_header_size ||
-        lp_h2_text_add(&st->head, &st->head_len, n, nlen, v, vlen)) {
+    st->head_len += nlen + vlen + 4;
+    if (st->head_len > st->peer.h1.max_header_size) {
         stream_fail_later(st, LP_FAIL_PROTOCOL, 502, "response head too large");
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if (lp_h1_field(&st->peer.h1, n, nlen, v, vlen)) {
+        stream_head_refused(st);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     return 0;
@@ -834,52 +766,24 @@ static void stream_fail(lp_h2u_stream_t *st)
     (void)lp_conn_upstream_failed(req, status, why);
 }
 
-/* The head arrived: parsed as HTTP/1.1 text (the same checks and view as HTTP/1.1
- * upstreams'), then the response phase. Sets *done when the stream is no longer the
- * request's. */
+/* The final head arrived (its fields are in peer.h1 already): then the response phase.
+ * Sets *done when the stream is no longer the request's. */
 static void stream_give_head(lp_h2u_stream_t *st, int *done)
 {
     lp_req_t *req = st->peer.req;
-    const char *reason = lp_h1_status_text(st->status);
-    size_t cap = 64 + strlen(reason) + st->head_len;
-    char *text = malloc(cap);
-    if (!text) {
-        stream_fail_later(st, LP_FAIL_PROTOCOL, 502, "out of memory");
-        stream_fail(st);
-        *done = 1;
-        return;
-    }
-    int n = snprintf(text, cap, "HTTP/1.1 %d %s\r\n", st->status, reason);
-    size_t len = n > 0 ? (size_t)n : 0;
-    if (st->head_len)
-        memcpy(text + len, st->head, st->head_len);
-    len += st->head_len;
+    lp_h1_t *rh = &st->peer.h1;
     /* A head that ended the stream has no body: said so, so that an HTTP/2 client gets a
      * trailers-only response too (h2.c). */
-    if (st->in_eof && !st->in.head && !st->has_cl && !st->trailers && st->status != 204 &&
-        st->status != 304) {
-        memcpy(text + len, "content-length: 0\r\n", 19);
-        len += 19;
-    }
-    memcpy(text + len, "\r\n", 2);
-    len += 2;
-    free(st->head);
-    st->head = NULL;
-    st->head_len = 0;
-    size_t used = 0;
-    lp_h1_event_t ev = lp_h1_execute(&st->peer.h1, text, len, &used);
-    free(text);
+    int bodiless = st->in_eof && !st->in.head && !(rh->flags & LP_H1F_LENGTH) && !st->trailers &&
+                   st->status != 204 && st->status != 304;
     st->head_given = 1;
-    if (ev != LP_H1_HEAD && ev != LP_H1_DONE) {
-        snprintf(st->h2->why, sizeof(st->h2->why), "invalid response: %s",
-                 st->peer.h1.err_reason ? st->peer.h1.err_reason : "parse error");
-        stream_fail_later(st, LP_FAIL_PROTOCOL, 502, st->h2->why);
-        st->no_retry = 1;
+    if ((bodiless && lp_h1_field(rh, "content-length", 14, "0", 1)) ||
+        lp_h1_fields_end(rh, st->status)) {
+        stream_head_refused(st);
         stream_fail(st);
         *done = 1;
         return;
     }
-    lp_h1_resume(&st->peer.h1);
     stream_retry_on(st, done);
     if (*done)
         return;

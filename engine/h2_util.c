@@ -70,6 +70,13 @@ void lp_h2_nvs_add(lp_h2_nvs_t *l, const char *name, size_t nlen, const char *va
     l->mlen += nlen + vlen;
 }
 
+void lp_h2_nvs_reserve(lp_h2_nvs_t *l, size_t n, size_t bytes)
+{
+    if (l->oom || lp_grow((void **)&l->nv, &l->cap, l->n + n, sizeof(*l->nv), 16) ||
+        lp_grow((void **)&l->mem, &l->mcap, l->mlen + bytes, 1, 16))
+        l->oom = 1;
+}
+
 int lp_h2_conn_specific(const char *name, size_t nlen, const char *value, size_t vlen)
 {
     static const char *const drop[] = {"connection", "keep-alive", "proxy-connection",

@@ -23,6 +23,9 @@ typedef struct {
 } lp_h2_nvs_t;
 
 void lp_h2_nvs_add(lp_h2_nvs_t *l, const char *name, size_t nlen, const char *value, size_t vlen);
+/* Room for n more fields of `bytes` names and values in all: adding them then allocates
+ * nothing (a list grown field by field reallocates as it doubles). */
+void lp_h2_nvs_reserve(lp_h2_nvs_t *l, size_t n, size_t bytes);
 /* Adds the fields of trailer text ("name: value\r\n" lines), HTTP/2's connection-specific
  * ones left out. */
 /* A field that must not travel in trailers (either direction): dropped. */

@@ -505,6 +505,69 @@ lp_h1_event_t lp_h1_execute(lp_h1_t *h, const char *data, size_t len, size_t *co
     return ev;
 }
 
+/* ---- a response head given as fields (HTTP/2) ---- */
+
+static int refuse(lp_h1_t *h, int status, const char *reason)
+{
+    set_error(h, status, reason);
+    return -1;
+}
+
+void lp_h1_fields_begin(lp_h1_t *h)
+{
+    on_message_begin(&h->parser);
+    h->err_status = 0;
+    h->err_reason = NULL;
+}
+
+int lp_h1_field(lp_h1_t *h, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    /* The value without surrounding whitespace, as a parsed field's (llhttp skips the
+     * leading, on_header_value_complete trims the trailing). */
+    while (vlen && (value[0] == ' ' || value[0] == '\t')) {
+        value++;
+        vlen--;
+    }
+    while (vlen && (value[vlen - 1] == ' ' || value[vlen - 1] == '\t'))
+        vlen--;
+    if (h->nheaders >= h->max_headers)
+        return refuse(h, 431, "too many header fields");
+    if (!nlen)
+        return refuse(h, 400, "empty header name");
+    if (header_space(h, nlen + vlen))
+        return -1; /* (431, as parsed) */
+    size_t at = h->arena_len;
+    if (append(h, name, nlen) || append(h, value, vlen))
+        return refuse(h, 431, "header section too large");
+    lp_header_t *hd = &h->headers[h->nheaders++];
+    hd->name = (lp_str_t){h->arena + at, nlen};
+    hd->value = (lp_str_t){h->arena + at + nlen, vlen};
+    if (nlen == 14 && lp_str_ieq(hd->name, "content-length", 14)) {
+        /* Digits only, once: as llhttp refuses a bad or a second Content-Length. */
+        uint64_t v = 0;
+        for (size_t i = 0; i < vlen; i++) {
+            if (value[i] < '0' || value[i] > '9' || v > (UINT64_MAX - 9) / 10)
+                return refuse(h, 502, "invalid Content-Length");
+            v = v * 10 + (uint64_t)(value[i] - '0');
+        }
+        if (!vlen || h->cl_count++)
+            return refuse(h, 502, "invalid Content-Length");
+        h->flags |= LP_H1F_LENGTH;
+        h->content_length = v;
+    }
+    return 0;
+}
+
+int lp_h1_fields_end(lp_h1_t *h, int status)
+{
+    if (status < 200 || status > 999)
+        return refuse(h, 502, "invalid status code");
+    h->parser.status_code = (uint16_t)status;
+    if (!(h->flags & (LP_H1F_HEAD_REQ | LP_H1F_LENGTH)) && status != 204 && status != 304)
+        h->flags |= LP_H1F_EOF_BODY;
+    return 0;
+}
+
 void lp_str_rebase(lp_str_t *s, const char *from, size_t len, const char *to)
 {
     if (s->base && s->base >= from && s->base <= from + len)

@@ -106,6 +106,15 @@ void lp_h1_resume(lp_h1_t *h);
 /* Tells the parser a connection ended: for bodies that run to EOF. */
 lp_h1_event_t lp_h1_finish(lp_h1_t *h);
 
+/* A response head that arrives as fields (HTTP/2, whose framing nghttp2 has checked) goes
+ * into the same storage and view as a parsed one, without text: begin, each field, then
+ * the final status. -1 with err_status and err_reason set when the head is refused (too
+ * many or too large fields, a bad or second Content-Length, a bad status). The parser's
+ * own state is left alone: such a head's body never goes through lp_h1_execute. */
+void lp_h1_fields_begin(lp_h1_t *h);
+int lp_h1_field(lp_h1_t *h, const char *name, size_t nlen, const char *value, size_t vlen);
+int lp_h1_fields_end(lp_h1_t *h, int status);
+
 /* Predicates (0/1). */
 int lp_h1_is_hop_by_hop(const lp_h1_t *h, lp_str_t name);
 int lp_h1_tchar_token(lp_str_t s);

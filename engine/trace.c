@@ -364,28 +364,12 @@ void lp_trace_finish(lp_req_t *req)
     lp_trace_export_request(req->w, req);
 }
 
-size_t lp_trace_upstream_headers(const lp_req_t *req, char *out)
+lp_str_t lp_trace_upstream_fields(const lp_req_t *req, char *traceparent)
 {
     const lp_trace_t *t = &req->trace;
-    if (!t->on)
-        return 0;
     const uint8_t *parent = t->cur_try ? t->tries[t->cur_try - 1].span_id : t->span_id;
-    size_t o = 0;
-    memcpy(out, "traceparent: ", 13);
-    o += 13;
-    lp_traceparent_format(out + o, t->trace_id, parent, t->sampled ? 1 : 0);
-    o += LP_TRACEPARENT_LEN;
-    out[o++] = '\r';
-    out[o++] = '\n';
-    if (t->tracestate_len) {
-        memcpy(out + o, "tracestate: ", 12);
-        o += 12;
-        memcpy(out + o, t->tracestate, t->tracestate_len);
-        o += t->tracestate_len;
-        out[o++] = '\r';
-        out[o++] = '\n';
-    }
-    return o;
+    lp_traceparent_format(traceparent, t->trace_id, parent, t->sampled ? 1 : 0);
+    return (lp_str_t){t->tracestate, t->tracestate_len};
 }
 
 int lp_trace_is_header(const lp_req_t *req, lp_str_t name)

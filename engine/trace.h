@@ -54,10 +54,9 @@ void lp_trace_try_begin(lp_req_t *req);
 void lp_trace_try_end(lp_req_t *req, int failed);
 /* The request ended: its spans go to the worker's exporter when recorded. */
 void lp_trace_finish(lp_req_t *req);
-/* The traceparent and tracestate header lines for the current upstream try, CRLF-ended,
- * into out (at least LP_TRACE_HEAD_MAX bytes); returns their length. */
-#define LP_TRACE_HEAD_MAX (LP_TRACESTATE_MAX + 96)
-size_t lp_trace_upstream_headers(const lp_req_t *req, char *out);
+/* The current upstream try's traceparent value (LP_TRACEPARENT_LEN bytes into
+ * traceparent) and its tracestate (borrowed from req; len 0: none). Tracing on only. */
+lp_str_t lp_trace_upstream_fields(const lp_req_t *req, char *traceparent);
 /* Whether a request header is one the proxy replaces when tracing is on. */
 int lp_trace_is_header(const lp_req_t *req, lp_str_t name);
 /* " trace_id=<32 hex>" for an error-log line about the request, "" without a trace. Valid

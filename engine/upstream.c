@@ -13,6 +13,7 @@
 #include "targets.h"
 #include "tls.h"
 #include "upstream.h"
+#include "upstream_head.h"
 #include "upstream_try.h"
 #include "h2_up.h"
 #include "h2_util.h"
@@ -334,83 +335,38 @@ void lp_peer_body_end(lp_peer_t *p, int chunked)
 
 /* ---- the request head ---- */
 
-static int is_replaced(lp_str_t n)
+/* The head (upstream_head.h) as HTTP/1.1 text; 0 when it does not fit in cap. Sized
+ * first, then copied without a check per piece: every request's head goes through here. */
+static size_t build_request_head(const lp_uphead_t *u, char *out, size_t cap)
 {
-    return LP_STR_IEQ(n, "x-forwarded-for") || LP_STR_IEQ(n, "x-forwarded-proto") ||
-           LP_STR_IEQ(n, "x-forwarded-host") || LP_STR_IEQ(n, "expect") || LP_STR_IEQ(n, "host");
-}
-
-static size_t build_request_head(lp_req_t *req, char *out, size_t cap)
-{
-    lp_h1_t *h = &req->h1;
-    lp_wbuf_t w = {out, out + cap, 0};
-    const lp_route_conf_t *r = req->route;
-    const char *method = llhttp_method_name(req->method);
-    lp_wbuf_cstr(&w, method);
-    lp_wbuf_str(&w, " ", 1);
-    lp_str_t path = h->path;
-    if (r && r->strip_prefix && r->prefix_len > 1 && !(req->flags & LP_RF_PATH_SET) &&
-        path.len >= r->prefix_len) {
-        lp_str_t rest = {path.base + r->prefix_len, path.len - r->prefix_len};
-        if (!rest.len || rest.base[0] != '/')
-            lp_wbuf_str(&w, "/", 1);
-        lp_wbuf_str(&w, rest.base, rest.len);
-    } else {
-        lp_wbuf_str(&w, path.base, path.len);
+    static const char version[] = " HTTP/1.1\r\nHost: ";
+    size_t mlen = strlen(u->method);
+    size_t need = mlen + 1 + u->path.len + sizeof(version) - 1 + u->authority.len + 4;
+    for (unsigned i = 0; i < u->n; i++)
+        need += u->fields[i].name.len + u->fields[i].value.len + 4;
+    if (need > cap)
+        return 0;
+    char *o = out;
+    memcpy(o, u->method, mlen);
+    o += mlen;
+    *o++ = ' ';
+    memcpy(o, u->path.base, u->path.len);
+    o += u->path.len;
+    memcpy(o, version, sizeof(version) - 1);
+    o += sizeof(version) - 1;
+    memcpy(o, u->authority.base, u->authority.len);
+    o += u->authority.len;
+    for (unsigned i = 0; i < u->n; i++) {
+        const lp_header_t *hd = &u->fields[i];
+        memcpy(o, "\r\n", 2);
+        memcpy(o + 2, hd->name.base, hd->name.len);
+        o += 2 + hd->name.len;
+        memcpy(o, ": ", 2);
+        memcpy(o + 2, hd->value.base, hd->value.len);
+        o += 2 + hd->value.len;
     }
-    lp_wbuf_cstr(&w, " HTTP/1.1\r\nHost: ");
-    if (h->host.base)
-        lp_wbuf_str(&w, h->host.base, h->host.len);
-    else
-        lp_wbuf_cstr(&w, req->try.peer->pool->addr.text);
-    lp_wbuf_str(&w, "\r\n", 2);
-    int xff = 0;
-    for (unsigned i = 0; i < h->nheaders; i++) {
-        const lp_header_t *hd = &h->headers[i];
-        if (LP_STR_IEQ(hd->name, "x-forwarded-for")) {
-            /* Every X-Forwarded-For joined into one, then the client appended. */
-            lp_wbuf_cstr(&w, xff ? ", " : "X-Forwarded-For: ");
-            lp_wbuf_str(&w, hd->value.base, hd->value.len);
-            xff = 1;
-        }
-    }
-    lp_wbuf_cstr(&w, xff ? ", " : "X-Forwarded-For: ");
-    lp_wbuf_cstr(&w, lp_req_client_ip(req));
-    lp_wbuf_cstr(&w, req->conn->ep.tls ? "\r\nX-Forwarded-Proto: https\r\n"
-                                       : "\r\nX-Forwarded-Proto: http\r\n");
-    if (h->host.base)
-        lp_wbuf_header(&w, "X-Forwarded-Host", 16, h->host.base, h->host.len);
-    for (unsigned i = 0; i < h->nheaders; i++) {
-        const lp_header_t *hd = &h->headers[i];
-        if (lp_h1_is_hop_by_hop(h, hd->name) || is_replaced(hd->name) ||
-            lp_trace_is_header(req, hd->name))
-            continue;
-        lp_wbuf_header(&w, hd->name.base, hd->name.len, hd->value.base, hd->value.len);
-    }
-    if (req->trace.on) {
-        char tp[LP_TRACE_HEAD_MAX];
-        lp_wbuf_str(&w, tp, lp_trace_upstream_headers(req, tp));
-    }
-    if (lp_req_body_replaced(req)) {
-        /* req:set_body(): its length, whatever framing the client's body had. */
-        lp_wbuf_cstr(&w, "Content-Length: ");
-        lp_wbuf_u64(&w, req->new_body_len);
-        lp_wbuf_str(&w, "\r\n", 2);
-    } else if (h->flags & LP_H1F_CHUNKED) {
-        lp_wbuf_cstr(&w, "Transfer-Encoding: chunked\r\n");
-    } else if (h->flags & LP_H1F_LENGTH) {
-        lp_wbuf_cstr(&w, "Content-Length: ");
-        lp_wbuf_u64(&w, h->content_length);
-        lp_wbuf_str(&w, "\r\n", 2);
-    }
-    if (req->flags & LP_RF_UPGRADE_REQ) {
-        const lp_header_t *u = lp_h1_find(h, "upgrade", 7);
-        lp_wbuf_cstr(&w, "Connection: upgrade\r\n");
-        if (u)
-            lp_wbuf_header(&w, "Upgrade", 7, u->value.base, u->value.len);
-    }
-    lp_wbuf_str(&w, "\r\n", 2);
-    return w.overflow ? 0 : (size_t)(w.p - out);
+    memcpy(o, "\r\n\r\n", 4);
+    return (size_t)(o + 4 - out);
 }
 
 /* ---- starting a request ---- */
@@ -443,12 +399,16 @@ static int peer_start_request(lp_peer_t *p, lp_req_t *req)
 
     lp_buf_t *hb = NULL;
     size_t n = 0;
-    for (size_t cap = LP_BUF_SMALL; !n && cap <= 16 * LP_BUF_SIZE; cap *= 16) {
-        if (hb)
-            lp_buf_unref(hb);
-        if (!(hb = lp_buf_get(&w->bufs, cap)))
-            break;
-        n = build_request_head(req, hb->data, hb->cap);
+    lp_uphead_t u;
+    if (!lp_uphead_build(&u, req, p->pool, LP_UPHEAD_H1)) {
+        for (size_t cap = LP_BUF_SMALL; !n && cap <= 16 * LP_BUF_SIZE; cap *= 16) {
+            if (hb)
+                lp_buf_unref(hb);
+            if (!(hb = lp_buf_get(&w->bufs, cap)))
+                break;
+            n = build_request_head(&u, hb->data, hb->cap);
+        }
+        lp_uphead_free(&u);
     }
     lp_wbatch_t *wb = n ? lp_ep_outb(&p->ep, 1, 0) : NULL;
     if (!wb) {

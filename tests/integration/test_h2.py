@@ -827,7 +827,10 @@ class H2Origin:
     body and its trailers (x-req-trailers);
     /drop closes the connection without an answer;
     /rst resets the stream (RST_STREAM INTERNAL_ERROR) without an answer;
-    /big sends 8 MiB as the proxy's flow control window allows (big_sent, big_blocked)."""
+    /big sends 8 MiB as the proxy's flow control window allows (big_sent, big_blocked);
+    a path with /headers in it is answered with the request's head as JSON (lp_origin's /headers: method, url,
+    headers, and the body's length);
+    /early sends a 103 head before the final one; /many?n=K answers with K fields."""
 
     def __init__(self):
         self.lsock = socket.socket()
@@ -939,6 +942,19 @@ class H2Origin:
                     got = ",".join("%s=%s" % kv for kv in sorted(reqs[sid]["t"].items()))
                     answer(sid, body=hashlib.sha256(reqs[sid]["b"]).hexdigest().encode(),
                            extra=[("x-req-trailers", got), ("x-conn", str(num))])
+                elif "/headers" in path:
+                    h = reqs[sid]["h"]
+                    answer(sid, body=json.dumps({
+                        "method": h[":method"], "url": path, "body": len(reqs[sid]["b"]),
+                        "headers": [[k, v] for k, v in h.items() if k[0] != ":"]
+                        + [["host", h[":authority"]]]}).encode(),
+                        extra=[("content-type", "application/json")])
+                elif path == "/early":
+                    c.send_headers(sid, [(":status", "103"), ("link", "</s.css>; rel=preload")])
+                    answer(sid, extra=[("x-final", "1")])
+                elif path.startswith("/many"):
+                    n = int(path.split("n=")[1])
+                    answer(sid, extra=[("x-f%d" % i, str(i)) for i in range(n)])
                 elif path == "/drop":
                     s.close()
                     return

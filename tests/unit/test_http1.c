@@ -900,6 +900,82 @@ static void test_response_rejects(void)
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* A response head given as fields (h2_up.c): the view a parsed one gives */
+
+typedef struct {
+    const char *text; /* the head as HTTP/1.1 text */
+    int status;
+    const char *fields[8][2]; /* the same fields as an HTTP/2 upstream gives them */
+    int head_req;
+} fields_case_t;
+
+static void test_fields_head_as_parsed(void)
+{
+    static const fields_case_t v[] = {
+        {"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\nx-a:  v w \r\n\r\n",
+         200,
+         {{"content-type", "text/plain"}, {"content-length", "5"}, {"x-a", "  v w "}},
+         0},
+        {"HTTP/1.1 204 No Content\r\nx-b: 1\r\n\r\n", 204, {{"x-b", "1"}}, 0},
+        {"HTTP/1.1 200 OK\r\nx-c: \r\n\r\n", 200, {{"x-c", ""}}, 0}, /* runs to the end */
+        {"HTTP/1.1 200 OK\r\nx-d: 2\r\n\r\n", 200, {{"x-d", "2"}}, 1},
+        {"HTTP/1.1 304 Not Modified\r\netag: \"e\"\r\n\r\n", 304, {{"etag", "\"e\""}}, 0},
+    };
+    for (size_t i = 0; i < LP_ARRAY_LEN(v); i++) {
+        h1t_t *p = t_new(HTTP_RESPONSE), *f = t_new(HTTP_RESPONSE);
+        if (v[i].head_req)
+            p->h.flags |= LP_H1F_HEAD_REQ, f->h.flags |= LP_H1F_HEAD_REQ;
+        size_t used;
+        lp_h1_event_t ev = t_feed_str(p, v[i].text, &used);
+        CHECK(ev == LP_H1_HEAD || ev == LP_H1_DONE || ev == LP_H1_NEED_MORE);
+        lp_h1_fields_begin(&f->h);
+        for (size_t k = 0; k < 8 && v[i].fields[k][0]; k++)
+            CHECK_EQ_INT(lp_h1_field(&f->h, v[i].fields[k][0], strlen(v[i].fields[k][0]),
+                                     v[i].fields[k][1], strlen(v[i].fields[k][1])),
+                         0);
+        CHECK_EQ_INT(lp_h1_fields_end(&f->h, v[i].status), 0);
+        CHECK_EQ_INT(lp_h1_status(&f->h), lp_h1_status(&p->h));
+        CHECK_EQ_INT((int)f->h.flags, (int)p->head_flags);
+        CHECK_EQ_INT((int)f->h.content_length, (int)p->h.content_length);
+        if (CHECK_EQ_INT((int)f->h.nheaders, (int)p->h.nheaders))
+            for (unsigned k = 0; k < f->h.nheaders; k++) {
+                CHECK(lp_str_ieq(f->h.headers[k].name, p->h.headers[k].name.base,
+                                 p->h.headers[k].name.len));
+                CHECK(lp_str_ieq(f->h.headers[k].value, p->h.headers[k].value.base,
+                                 p->h.headers[k].value.len));
+            }
+        free(p);
+        free(f);
+    }
+}
+
+static void test_fields_head_refused(void)
+{
+    h1t_t *t = t_new(HTTP_RESPONSE);
+    lp_h1_fields_begin(&t->h);
+    CHECK_EQ_INT(lp_h1_field(&t->h, "content-length", 14, "3", 1), 0);
+    CHECK_EQ_INT(lp_h1_field(&t->h, "content-length", 14, "3", 1), -1); /* a second one */
+    CHECK_EQ_INT(t->h.err_status, 502);
+    lp_h1_fields_begin(&t->h); /* a new head (after a 1xx) starts clean */
+    CHECK_EQ_INT(t->h.err_status, 0);
+    CHECK_EQ_INT(lp_h1_field(&t->h, "content-length", 14, "1x", 2), -1);
+    lp_h1_fields_begin(&t->h);
+    CHECK_EQ_INT(lp_h1_field(&t->h, "content-length", 14, "99999999999999999999999", 23), -1);
+    lp_h1_fields_begin(&t->h);
+    for (unsigned i = 0; i < T_MAX_HEADERS; i++)
+        CHECK_EQ_INT(lp_h1_field(&t->h, "x-f", 3, "v", 1), 0);
+    CHECK_EQ_INT(lp_h1_field(&t->h, "x-f", 3, "v", 1), -1);
+    CHECK_EQ_INT(t->h.err_status, 431);
+    lp_h1_fields_begin(&t->h);
+    t->h.max_header_size = 10;
+    CHECK_EQ_INT(lp_h1_field(&t->h, "x-long", 6, "value", 5), -1);
+    lp_h1_fields_begin(&t->h);
+    CHECK_EQ_INT(lp_h1_fields_end(&t->h, 99), -1);
+    CHECK_EQ_INT(lp_h1_fields_end(&t->h, 1000), -1);
+    free(t);
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* Serialization */
 
 static void test_response_head(void)
@@ -1028,6 +1104,8 @@ static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_response_100_continue),
     LP_TEST_ENTRY(test_response_101_upgrade),
     LP_TEST_ENTRY(test_response_rejects),
+    LP_TEST_ENTRY(test_fields_head_as_parsed),
+    LP_TEST_ENTRY(test_fields_head_refused),
     LP_TEST_ENTRY(test_response_head),
     LP_TEST_ENTRY(test_wbuf),
     LP_TEST_ENTRY(test_status_text),
