@@ -2109,8 +2109,9 @@ void lp_conn_tunnel_start(lp_req_t *req)
     c->flags |= LP_CF_TUNNEL;
     /* Idle in both directions for timeouts.tunnel ends it (WebSockets' pings keep theirs
      * open), as do HAProxy's `timeout tunnel` and nginx's proxy_read_timeout: a client that
-     * left without its FIN or reset ever arriving must not hold the connections forever. */
-    conn_timer(c, TM_TUNNEL, T(c)->tunnel);
+     * left without its FIN or reset ever arriving must not hold the connections forever.
+     * A send stall the 101's flush armed keeps its timer (conn_tunnel_touch). */
+    conn_tunnel_touch(c);
     /* Bytes the client sent after its request belong to the new protocol. */
     if (c->ep.rbuf && c->ep.rpos < c->ep.rlen && req->try.peer)
         lp_relay_move(&c->ep, &req->try.peer->ep);

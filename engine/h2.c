@@ -250,6 +250,17 @@ static int h2_owes(lp_h2_t *h2)
     return 0;
 }
 
+/* Frees the streams that closed and that no request holds any more. */
+static void h2_sweep(lp_h2_t *h2)
+{
+    for (lp_list_t *it = h2->streams.next; it != &h2->streams;) {
+        lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
+        it = it->next;
+        if (st->closed && !st->req)
+            stream_free(st);
+    }
+}
+
 /* The end of an h2.c frame: at the outermost one, streams nghttp2 closed while their
  * request ran are cut (the client reset them, or the connection failed them), upstreams
  * paused by a full stream resume, streams nobody needs go, and the session's output is
@@ -290,13 +301,7 @@ static void h2_leave(lp_h2_t *h2, int full)
             }
             h2->depth--;
         }
-        lp_list_t *it = h2->streams.next;
-        while (it != &h2->streams) {
-            lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
-            it = it->next;
-            if (st->closed && !st->req)
-                stream_free(st);
-        }
+        h2_sweep(h2);
         if (h2_closing(h2))
             return;
         h2_send(h2);
@@ -334,13 +339,7 @@ static void h2_park(lp_h2_t *h2)
     if (h2->mem.parked || h2->depth || nghttp2_session_want_write(h2->s))
         return;
     lp_h2_mem_trim(&h2->mem, h2->s);
-    /* The last stream often closed in the last send of a frame (after h2_leave's sweep). */
-    for (lp_list_t *it = h2->streams.next; it != &h2->streams;) {
-        lp_h2_stream_t *st = LP_CONTAINER_OF(it, lp_h2_stream_t, link);
-        it = it->next;
-        if (st->closed && !st->req)
-            stream_free(st);
-    }
+    h2_sweep(h2); /* the last stream often closed in the last send (after h2_leave's) */
     if (h2->streams.next == &h2->streams && !h2->nopen && !h2->turn_queued && !h2->want_send &&
         !h2->bye && !h2->more && lp_h2_mem_park(&h2->mem))
         lp_log_debug("HTTP/2 idle session parked");

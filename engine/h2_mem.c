@@ -227,8 +227,11 @@ static void *mem_malloc(size_t size, void *ud)
          * in the heap), so that all of them can be given back. */
         void *p =
             mmap(NULL, fb_pages(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED)
-            return NULL;
+        if (p == MAP_FAILED) {
+            /* Mappings are a bounded resource (vm.max_map_count): without one the buffer
+             * comes from the heap, and is then never given back while idle. */
+            return pool_alloc(m->pool, size);
+        }
         m->framebuf = p;
         m->framebuf_len = (uint32_t)size; /* a frame and its header: under 16 MiB */
         return p;
