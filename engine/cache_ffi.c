@@ -830,13 +830,32 @@ int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
     return lp__resp_add_wire(r, line, (size_t)(p - line), 1); /* our own line */
 }
 
+/* The key's authority: Host as sent (or the absolute-form target's), with its port, which
+ * is part of the target URI (RFC 9111 2, RFC 9110 4.2.3): hosts on two ports are two
+ * origins, and a key without the port let `Host: a:9999`'s answer be served to `Host: a`.
+ * The scheme's default port and an empty one are dropped, as policy.lua's norm_authority
+ * does for invalidation. */
+static lp_str_t key_authority(const lp_req_t *r, lp_str_t scheme)
+{
+    lp_str_t h = r->h1.host.base ? r->h1.host : LP_STR("");
+    size_t n = h.len;
+    while (n && h.base[n - 1] >= '0' && h.base[n - 1] <= '9')
+        n--;
+    if (n && h.base[n - 1] == ':' && (n == 1 || h.base[n - 2] != ':')) { /* not inside [v6] */
+        lp_str_t port = {h.base + n, h.len - n};
+        if (!port.len || (LP_STR_IEQ(scheme, "http") && LP_STR_IEQ(port, "80")) ||
+            (LP_STR_IEQ(scheme, "https") && LP_STR_IEQ(port, "443")))
+            h.len = n - 1;
+    }
+    return h;
+}
+
 int lp_ffi_cache_key(void *r, lp_str_t *out)
 {
     lp_str_t scheme, host, uri;
     if (lp_ffi_req_get(r, LP_FFI_SCHEME, &scheme))
         scheme = LP_STR("http");
-    if (lp_ffi_req_get(r, LP_FFI_HOST, &host))
-        host = LP_STR("");
+    host = key_authority(r, scheme);
     if (lp_ffi_req_get(r, LP_FFI_URI, &uri))
         uri = LP_STR("");
     size_t need = 4 + scheme.len + 3 + host.len + uri.len;

@@ -1,7 +1,7 @@
 -- cache.lua: a cached API. Responses of /api/ are stored in a memory zone shared by both
 -- workers and served from it while fresh; the cache key is a Lua rule: the query is put in
 -- a canonical order and tracking arguments (utm_*) are left out, so
--- /api/fixed?b=2&a=1&utm_source=x and /api/items?a=1&b=2 share one entry.
+-- /api/fixed?b=2&a=1&utm_source=x and /api/fixed?a=1&b=2 share one entry.
 --
 -- The demo origins send no Cache-Control, so `default_ttl` gives 200 answers 10 seconds of
 -- freshness (like nginx's proxy_cache_valid); an origin's own Cache-Control would win.

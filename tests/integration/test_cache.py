@@ -507,6 +507,18 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(self.get(p + "?q=2", host="a.test").body, c)
         self.assertEqual(self.origin.count(p), 3)
 
+    def test_host_port_is_part_of_the_key(self):
+        # The port is part of the target URI (RFC 9111 2): an answer made for `Host: a:9999`
+        # must not be served to `Host: a`. The scheme's default port is the same origin.
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(("host=%s" % req.header("host")).encode()))
+        self.assertEqual(self.get(p, host="a.test:8081").body, b"host=a.test:8081")
+        self.assertEqual(self.get(p, host="a.test:9999").body, b"host=a.test:9999")
+        self.assertEqual(self.get(p, host="a.test").body, b"host=a.test")
+        self.assertEqual(self.get(p, host="A.test:80").body, b"host=a.test")
+        self.assertEqual(self.get(p, host="a.test:8081").body, b"host=a.test:8081")
+        self.assertEqual(self.origin.count(p), 3)
+
     def test_vary_variants_never_cross(self):
         p = self.path()
         self.origin.script(p, lambda req, n: fresh(("lang=%s" % req.header("accept-language")).encode(),
