@@ -199,6 +199,7 @@ static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, do
         return 1;
     }
     lp_cache_count(n->zone, LP_CACHE_C_HIT);
+    lp_cache_count(n->zone, LP_CACHE_C_NATIVE_HIT);
     r->flags |= LP_RF_NO_LUA_RESP; /* the plugin has nothing to do for its own answer */
     return 0;
 }
@@ -230,6 +231,7 @@ int lp_cache_native_request(lp_req_t *r)
             return 1; /* another request fills it: the plugin waits for it */
     }
     lp_cache_count(n->zone, LP_CACHE_C_MISS);
+    lp_cache_count(n->zone, LP_CACHE_C_NATIVE_MISS);
     rc->native = 1;
     rc->native_t0 = now;
     return 0;
@@ -412,6 +414,8 @@ int lp_cache_native_response(lp_req_t *r)
     memcpy(key, k.base, k.len);
     int stored = lp__cache_store_fields(r, n->zone, key, k.len, "", 0, meta, m, keep) == 0;
     free(key);
+    if (stored)
+        lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
     return lp__cache_miss_status(r, status, stored, left) ? 1 : 0;
 }
 

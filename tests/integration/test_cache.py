@@ -12,6 +12,7 @@ import email.utils
 import http.client
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -98,6 +99,20 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(st, 200)
         return j["cache"][name]
 
+    def native(self):
+        """The engine's replay counters of the zone (cache_native.c), all workers."""
+        return dict(self.zone_status()["native"])
+
+    def native_delta(self, before):
+        now = self.native()
+        return {k: now[k] - before[k] for k in now}
+
+    def assert_native_flat(self, fn, what):
+        """fn's requests all take the plugin's path: the engine replays nothing."""
+        before = self.native()
+        fn()
+        self.assertEqual(self.native_delta(before), {"misses": 0, "stored": 0, "hits": 0}, what)
+
     def cache_status(self, r):
         v = r.header("cache-status")
         self.assertIsNotNone(v, "no Cache-Status")
@@ -183,6 +198,7 @@ class CacheTest(H.ProxyTestCase):
             return fn
 
         before = self.zone_status()
+        nat = self.native()
         keys = []
         for i in range(12):
             tag = "e%d" % i if i % 2 else ""
@@ -194,6 +210,12 @@ class CacheTest(H.ProxyTestCase):
             self.assertEqual((r.status, r.body), (200, b"body " + tag.encode()))
             self.assertRegex(r.header("cache-status"),
                              r"^luaproxy; fwd=miss; fwd-status=200; stored; ttl=(600|599|598)$")
+        # Every miss went upstream from the engine's request phase; once each worker's plugin
+        # decided (per ETag-or-not, per Date: at most 3 a worker), the engine stored the rest.
+        d = self.native_delta(nat)
+        self.assertEqual(d["misses"], len(keys))
+        self.assertGreaterEqual(d["stored"], len(keys) - 6)
+        self.assertEqual(d["hits"], 0)
         for p, tag in keys:
             r = self.get(p)
             self.assertEqual((r.status, r.body), (200, b"body " + tag.encode()))
@@ -228,12 +250,17 @@ class CacheTest(H.ProxyTestCase):
             200, b"p%d" % n, [("Cache-Control", "private")]))
         self.origin.script("/dttl/vary", lambda req, n: H.simple_response(
             200, b"v%d" % n, [("Vary", "X-Lang")]))
+        nat = self.native()
         for p, c in (("/dttl/cookie", b"c"), ("/dttl/cc", b"p")):
             self.assertEqual(self.get(p).body, c + b"1")
             self.assertEqual(self.get(p).body, c + b"2")
         self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "a")]).body, b"v1")
         self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "b")]).body, b"v2")
         self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "a")]).body, b"v1")
+        # Their requests were plain (the engine's misses), their responses the plugin's.
+        d = self.native_delta(nat)
+        self.assertGreaterEqual(d["misses"], 4)
+        self.assertEqual((d["stored"], d["hits"]), (0, 0))
         # Cache-Control values: the plugin's decision for each value, replayed for the next
         # responses with that value (and only that value).
         for cc, stored, ttl in (("max-age=300", True, r"(300|299|298)"),
@@ -256,16 +283,28 @@ class CacheTest(H.ProxyTestCase):
                 fresh_hit = stored and not cc.startswith("max-age=0")
                 self.assertEqual(r.body, b"x1" if fresh_hit else b"x2", cc)
                 self.assertEqual("hit" in r.header("cache-status"), fresh_hit, cc)
-        # Two Cache-Control lines: the plugin's path every time.
+        # Two Cache-Control lines: the plugin's path every time (a plain request's miss is
+        # still the engine's; nothing stored by it).
         self.origin.script("/dttl/cc2", lambda req, n: H.simple_response(
             200, b"y%d" % n, [("Cache-Control", "max-age=60"), ("Cache-Control", "no-store")]))
+        nat = self.native()
         for n in (1, 2):
             self.assertEqual(self.get("/dttl/cc2").body, b"y%d" % n)
+        self.assertEqual(self.native_delta(nat), {"misses": 2, "stored": 0, "hits": 0})
         # A request with a field the policy reads takes the plugin's path (no-store).
         self.origin.script("/dttl/nostore", lambda req, n: H.simple_response(200, b"n%d" % n))
-        self.get("/dttl/nostore", headers=[("Cache-Control", "no-store")])
+        self.assert_native_flat(
+            lambda: self.get("/dttl/nostore", headers=[("Cache-Control", "no-store")]),
+            "request no-store")
         self.assertEqual(self.get("/dttl/nostore").body, b"n2")
         self.assertEqual(self.get("/dttl/nostore").body, b"n2")
+        # Requests with Authorization, Range, a conditional, Pragma; HEAD: the plugin's.
+        self.origin.script("/dttl/req", lambda req, n: H.simple_response(200, b"q%d" % n))
+        for hs, m in (([("Authorization", "Basic eDp5")], "GET"), ([("Range", "bytes=0-0")], "GET"),
+                      ([("If-None-Match", '"x"')], "GET"), ([("Pragma", "no-cache")], "GET"),
+                      ([], "HEAD")):
+            self.assert_native_flat(lambda: self.get("/dttl/req", headers=hs, method=m),
+                                    "%s %s" % (m, hs))
 
     def test_hits_answered_by_engine_as_the_plugin_answers(self):
         # After the plugin served a plain hit on an entry (per worker), the engine answers the
@@ -275,6 +314,7 @@ class CacheTest(H.ProxyTestCase):
         self.origin.script(p, lambda req, n: H.simple_response(
             200, b"h%d" % n, [("ETag", '"h%d"' % n), ("X-Kept", "a, b"), ("X-Kept", "c")]))
         self.assertEqual(self.get(p).body, b"h1")
+        nat = self.native()
         for _ in range(12):  # fresh connections: both workers learn, then answer
             r = self.get(p)
             self.assertEqual((r.status, r.body), (200, b"h1"))
@@ -283,11 +323,21 @@ class CacheTest(H.ProxyTestCase):
             self.assertEqual(r.header("etag"), '"h1"')
             self.assertEqual(r.header("content-length"), "2")
             self.assertEqual([v for k, v in r.headers if k.lower() == "x-kept"], ["a, b", "c"])
+        # The plugin served the first hit in each worker (at most 2), the engine the rest.
+        d = self.native_delta(nat)
+        self.assertGreaterEqual(d["hits"], 10)
+        self.assertEqual((d["misses"], d["stored"]), (0, 0))
         # Requests with fields the policy reads still get the plugin's answers.
-        self.assertEqual(self.get(p, headers=[("If-None-Match", '"h1"')]).status, 304)
-        r = self.get(p, headers=[("Range", "bytes=1-1")])
-        self.assertEqual((r.status, r.body), (206, b"1"))
-        self.assertEqual(self.get(p, method="HEAD").body, b"")
+        self.assert_native_flat(
+            lambda: self.assertEqual(self.get(p, headers=[("If-None-Match", '"h1"')]).status, 304),
+            "If-None-Match")
+
+        def ranged():
+            r = self.get(p, headers=[("Range", "bytes=1-1")])
+            self.assertEqual((r.status, r.body), (206, b"1"))
+        self.assert_native_flat(ranged, "Range")
+        self.assert_native_flat(lambda: self.assertEqual(self.get(p, method="HEAD").body, b""),
+                                "HEAD")
         self.assertEqual(self.origin.count(p), 1)
         # Purged: the next request goes upstream, and its new entry is served, not the old.
         key = "GET http://a.test" + p
@@ -341,6 +391,15 @@ class CacheTest(H.ProxyTestCase):
         self.assertIn('luaproxy_cache_requests_total{zone="t",result="hit"} %d' % after["hit"], text)
         self.assertIn('luaproxy_cache_fills_total{zone="t",result="stored"} %d' % after["stored"], text)
         self.assertIn('luaproxy_cache_entries{zone="t"}', text)
+        # The engine's replays, as /status's `native` (all workers): the same numbers.
+        nat = after["native"]
+        for result, key in (("miss", "misses"), ("stored", "stored"), ("hit", "hits")):
+            self.assertIn('luaproxy_cache_native_total{zone="t",result="%s"} %d'
+                          % (result, nat[key]), text)
+        # test_metrics.py checks a proxy without zones: here, the cache families.
+        p = subprocess.run([H.require_tool("promtool"), "check", "metrics"], input=text,
+                           capture_output=True, text=True, timeout=H.T(30))
+        self.assertNotIn("luaproxy_cache", p.stdout + p.stderr)
 
     def test_lua_cache_key(self):
         # The route's cache_key ignores the query: both share one entry.
