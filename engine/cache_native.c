@@ -318,6 +318,18 @@ static int put_hexfloat(out_t *o, double v)
 
 #define META_MAX 1024
 
+/* The Cache-Status of a miss the engine decided on (stored or not): 0 whatever it returns.
+ * The decision is applied: running the plugin now would apply it a second time (a second
+ * fill, a second Cache-Status). Without room for the line (a full head arena), the response
+ * goes without it: the answer and the entry are the plugin's, only that line is missing. */
+static int miss_status(lp_req_t *r, int status, int stored, double ttl)
+{
+    int rc = lp__cache_miss_status(r, status, stored, ttl);
+    if (rc)
+        lp_log_debug("cache: no Cache-Status on an engine-decided miss (%d)", rc);
+    return 0;
+}
+
 int lp_cache_native_response(lp_req_t *r)
 {
     lp_req_cache_t *rc = &r->cache;
@@ -339,7 +351,7 @@ int lp_cache_native_response(lp_req_t *r)
     if (!d)
         return 1;
     if (!d->storable)
-        return lp__cache_miss_status(r, status, 0, 0) ? 1 : 0;
+        return miss_status(r, status, 0, 0);
     lp_str_t date = {0}, etag = {0}, lm = {0};
     int has_date = (mask & F_DATE) && lp_ffi_header_get(r, 1, "date", 4, 0, &date) == 1;
     if (has_date && (date.len != n->date_len || memcmp(date.base, n->date, date.len) != 0))
@@ -416,7 +428,7 @@ int lp_cache_native_response(lp_req_t *r)
     free(key);
     if (stored)
         lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
-    return lp__cache_miss_status(r, status, stored, left) ? 1 : 0;
+    return miss_status(r, status, stored, left);
 }
 
 int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, const char *source,

@@ -306,6 +306,39 @@ class CacheTest(H.ProxyTestCase):
             self.assert_native_flat(lambda: self.get("/dttl/req", headers=hs, method=m),
                                     "%s %s" % (m, hs))
 
+    def test_engine_miss_of_the_fullest_response(self):
+        # The fullest response an upstream may send (max_headers, 100, with its
+        # Content-Length), stored by the engine (a decision replayed): its Cache-Status still
+        # has room (the engine drops framing fields from the list and the head arena grows
+        # to twice the head limits), stored once, no plugin run after the engine's (which
+        # would fill a second time and fail its own Cache-Status). Had the line no room, the
+        # engine would still not hand the response to the plugin (cache_native.c miss_status).
+        for i in range(12):  # both workers learn the plain 200's decision
+            q = "/dttl/full-learn%d" % i
+            self.origin.script(q, lambda req, n: H.simple_response(200, b"l"))
+            self.assertEqual(self.get(q).status, 200)
+        nat = self.native()
+        served = 0
+        for k in range(97, 102):
+            q = "/dttl/full-pad%d" % k
+            self.origin.script(q, lambda req, n, k=k: H.simple_response(
+                200, b"p%d" % n, [("X-Pad-%d" % i, "v" * 60) for i in range(k)]))
+            before = self.zone_status()
+            errors = self.proxy.log_count("[error]")
+            r = self.get(q)
+            if r.status == 502:
+                continue  # more fields than an upstream response may have
+            served += 1
+            self.assertEqual((r.status, r.body), (200, b"p1"), k)
+            self.assertRegex(r.header("cache-status"),
+                             r"^luaproxy; fwd=miss; fwd-status=200; stored; ttl=(600|599|598)$")
+            self.assertEqual(self.proxy.log_count("[error]"), errors, k)
+            after = self.zone_status()
+            self.assertEqual(after["stored"] - before["stored"], 1, k)
+            self.assertEqual(after["abandoned"], before["abandoned"], k)
+        self.assertEqual(served, 3)  # 97..99 X-Pad fields and Content-Length
+        self.assertGreaterEqual(self.native_delta(nat)["stored"], 1)
+
     def test_hits_answered_by_engine_as_the_plugin_answers(self):
         # After the plugin served a plain hit on an entry (per worker), the engine answers the
         # next ones on that entry's head itself: the same status, fields, Age and
