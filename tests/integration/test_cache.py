@@ -66,6 +66,8 @@ class CacheTest(H.ProxyTestCase):
              dict(route, match={"prefix": "/dttl/"},
                   plugins=[{"name": "cache", "zone": ZONE,
                             "default_ttl": {"200": 600, "404": 60, "203": 1}}]),
+             dict(route, match={"prefix": "/cachehead"},
+                  plugins=[{"name": "cachehead", "zone": ZONE}]),
              dict(route, match={"prefix": "/"},
                   plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 10}])],
             workers=2, admin={"address": "127.0.0.1:0"},
@@ -338,6 +340,55 @@ class CacheTest(H.ProxyTestCase):
             self.assertEqual(after["abandoned"], before["abandoned"], k)
         self.assertEqual(served, 3)  # 97..99 X-Pad fields and Content-Length
         self.assertGreaterEqual(self.native_delta(nat)["stored"], 1)
+
+    def stored_meta(self, path):
+        """The meta of the entry stored for path (the plugin's L1 head, decoded as its
+        decode() reads it: n numbers, decimal or %a hexadecimal; s strings; b flags)."""
+        r = self.get("/cachehead?p=" + urllib.parse.quote(path, safe="/"))
+        self.assertEqual(r.status, 200, path)
+        lines = r.body.decode("latin-1").split("\n")
+        self.assertEqual(lines[0], "L1")
+        meta = {}
+        for line in lines[1:]:
+            if not line or line.startswith("h ") or line.startswith("c "):
+                continue
+            kind, rest = line.split(" ", 1)
+            k, v = rest.split("\t", 1)
+            meta[k] = (float.fromhex(v) if v.startswith(("0x", "-0x")) else float(v)) \
+                if kind == "n" else (v == "1" if kind == "b" else v)
+        return meta
+
+    def test_engine_meta_is_the_plugins(self):
+        # The engine writes the meta lines the plugin's encode_meta writes (cache_native.c
+        # has its own writer): the same response stored by each decodes to the same meta,
+        # the request and response times aside.
+        lm = email.utils.formatdate(time.time() - 86400, usegmt=True)
+        for back, cc in ((100, "max-age=300, stale-while-revalidate=7, stale-if-error=9"),
+                         (200, None)):
+            # A Date no other test sends: each worker's plugin stores the first response
+            # (it has not parsed that Date yet), the engine the next ones.
+            date = email.utils.formatdate(time.time() - back, usegmt=True)
+            metas = {}
+            for i in range(24):
+                q = "/dttl/meta-%s-%d" % ("cc" if cc else "none", i)
+                hs = [("ETag", '"m"'), ("Last-Modified", lm), ("Date", date)]
+                if cc:
+                    hs.append(("Cache-Control", cc))
+                self.origin.script(q, lambda req, n, hs=hs: H.simple_response(200, b"m", hs))
+                nat = self.native()
+                r = self.get(q)
+                self.assertIn("stored", r.header("cache-status"))
+                by = "engine" if self.native_delta(nat)["stored"] else "plugin"
+                metas.setdefault(by, self.stored_meta(q))
+                if len(metas) == 2:
+                    break
+            self.assertEqual(set(metas), {"engine", "plugin"}, cc)
+            now = time.time()
+            for m in metas.values():
+                for k in ("request_time", "response_time"):
+                    self.assertLess(abs(m.pop(k) - now), 30, k)
+            self.assertEqual(metas["engine"], metas["plugin"], cc)
+            self.assertEqual(metas["plugin"]["etag"], '"m"')
 
     def test_hits_answered_by_engine_as_the_plugin_answers(self):
         # After the plugin served a plain hit on an entry (per worker), the engine answers the
