@@ -30,6 +30,10 @@ json_t *lp_cache_admin_status(const lp_config_t *cfg)
                       "bypass", jint(n[LP_CACHE_C_BYPASS]), "stored", jint(n[LP_CACHE_C_STORED]),
                       "abandoned", jint(n[LP_CACHE_C_ABANDONED]), "evicted",
                       jint(n[LP_CACHE_C_EVICTED])));
+        json_object_set_new(json_object_get(o, lp_cache_zone_name(cfg->cache_zones[i])), "native",
+                            json_pack("{s:o,s:o,s:o}", "misses", jint(n[LP_CACHE_C_NATIVE_MISS]),
+                                      "stored", jint(n[LP_CACHE_C_NATIVE_STORED]), "hits",
+                                      jint(n[LP_CACHE_C_NATIVE_HIT])));
         if (st.disk) {
             json_t *zo = json_object_get(o, lp_cache_zone_name(cfg->cache_zones[i]));
             json_object_set_new(zo, "disk",

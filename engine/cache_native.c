@@ -90,14 +90,18 @@ typedef struct {
 struct lp_cache_native_s {
     lp_cache_zone_t *zone; /* borrowed: the generation's config holds the zone */
     double lock_timeout;   /* seconds; < 0: no coalescing (the plugin's lock = false) */
-    learned_t learned[NLEARNED];
-    unsigned next;          /* the slot a new decision replaces when all are used */
-    char date[40];          /* the last Date value the plugin parsed */
-    size_t date_len;        /* 0: none yet */
-    double date_value;      /* what it parsed to */
-    uint8_t date_valid;     /* 0: it did not parse (the meta has no date) */
-    hit_memo_t hits[NHITS]; /* by entry address */
+    /* Both tables are made on the first decision or hit the plugin reports: a route no
+     * request reaches (thousands of them, per worker VM) costs only this struct. */
+    learned_t *learned; /* owned: NLEARNED slots, NULL until the first decision */
+    unsigned next;      /* the slot a new decision replaces when all are used */
+    char date[40];      /* the last Date value the plugin parsed */
+    size_t date_len;    /* 0: none yet */
+    double date_value;  /* what it parsed to */
+    uint8_t date_valid; /* 0: it did not parse (the meta has no date) */
+    hit_memo_t *hits;   /* owned: NHITS slots by entry address, NULL until the first hit */
 };
+/* What every cache-only route costs a worker VM before its first request. */
+_Static_assert(sizeof(lp_cache_native_t) <= 128, "a route's native cache stays small until used");
 
 lp_cache_native_t **lp_cache_native_load(lua_State *L, int state_idx, size_t nroutes)
 {
@@ -136,8 +140,12 @@ void lp_cache_native_free(lp_cache_native_t **all, size_t nroutes)
     if (!all)
         return;
     for (size_t i = 0; i < nroutes; i++) {
-        for (int j = 0; all[i] && j < NHITS; j++)
+        for (int j = 0; all[i] && all[i]->hits && j < NHITS; j++)
             free(all[i]->hits[j].wire);
+        if (all[i]) {
+            free(all[i]->hits);
+            free(all[i]->learned);
+        }
         free(all[i]);
     }
     free(all);
@@ -151,10 +159,11 @@ static lp_cache_native_t *native_of(const lp_req_t *r)
     return vm->cache_native[r->route_index];
 }
 
+/* NULL while the route has no memo yet. */
 static hit_memo_t *hit_slot(lp_cache_native_t *n, const lp_cache_entry_t *e)
 {
     uintptr_t a = (uintptr_t)e;
-    return &n->hits[(a >> 6 ^ a >> 14) % NHITS];
+    return n->hits ? &n->hits[(a >> 6 ^ a >> 14) % NHITS] : NULL;
 }
 
 /* A plain hit on e served as the plugin served it before: its serve() with policy.current_age
@@ -162,7 +171,7 @@ static hit_memo_t *hit_slot(lp_cache_native_t *n, const lp_cache_entry_t *e)
 static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, double now)
 {
     const hit_memo_t *h = hit_slot(n, e);
-    if (h->e != e || h->serial != lp_cache_entry_serial(e) || !lp_cache_entry_resident(e))
+    if (!h || h->e != e || h->serial != lp_cache_entry_serial(e) || !lp_cache_entry_resident(e))
         return 1;
     double age = h->age0 + (now > h->response_time ? now - h->response_time : 0);
     double left = h->ttl - age;
@@ -190,6 +199,7 @@ static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, do
         return 1;
     }
     lp_cache_count(n->zone, LP_CACHE_C_HIT);
+    lp_cache_count(n->zone, LP_CACHE_C_NATIVE_HIT);
     r->flags |= LP_RF_NO_LUA_RESP; /* the plugin has nothing to do for its own answer */
     return 0;
 }
@@ -221,6 +231,7 @@ int lp_cache_native_request(lp_req_t *r)
             return 1; /* another request fills it: the plugin waits for it */
     }
     lp_cache_count(n->zone, LP_CACHE_C_MISS);
+    lp_cache_count(n->zone, LP_CACHE_C_NATIVE_MISS);
     rc->native = 1;
     rc->native_t0 = now;
     return 0;
@@ -228,7 +239,7 @@ int lp_cache_native_request(lp_req_t *r)
 
 static learned_t *learned_find(lp_cache_native_t *n, int status, int validators, const lp_str_t *cc)
 {
-    for (int i = 0; i < NLEARNED; i++) {
+    for (int i = 0; n->learned && i < NLEARNED; i++) {
         learned_t *d = &n->learned[i];
         if (d->status == status && d->validators == validators && d->has_cc == (cc != NULL) &&
             (!cc || (d->cc_len == cc->len && memcmp(d->cc, cc->base, cc->len) == 0)))
@@ -307,6 +318,18 @@ static int put_hexfloat(out_t *o, double v)
 
 #define META_MAX 1024
 
+/* The Cache-Status of a miss the engine decided on (stored or not): 0 whatever it returns.
+ * The decision is applied: running the plugin now would apply it a second time (a second
+ * fill, a second Cache-Status). Without room for the line (a full head arena), the response
+ * goes without it: the answer and the entry are the plugin's, only that line is missing. */
+static int miss_status(lp_req_t *r, int status, int stored, double ttl)
+{
+    int rc = lp__cache_miss_status(r, status, stored, ttl);
+    if (rc)
+        lp_log_debug("cache: no Cache-Status on an engine-decided miss (%d)", rc);
+    return 0;
+}
+
 int lp_cache_native_response(lp_req_t *r)
 {
     lp_req_cache_t *rc = &r->cache;
@@ -328,7 +351,7 @@ int lp_cache_native_response(lp_req_t *r)
     if (!d)
         return 1;
     if (!d->storable)
-        return lp__cache_miss_status(r, status, 0, 0) ? 1 : 0;
+        return miss_status(r, status, 0, 0);
     lp_str_t date = {0}, etag = {0}, lm = {0};
     int has_date = (mask & F_DATE) && lp_ffi_header_get(r, 1, "date", 4, 0, &date) == 1;
     if (has_date && (date.len != n->date_len || memcmp(date.base, n->date, date.len) != 0))
@@ -403,7 +426,9 @@ int lp_cache_native_response(lp_req_t *r)
     memcpy(key, k.base, k.len);
     int stored = lp__cache_store_fields(r, n->zone, key, k.len, "", 0, meta, m, keep) == 0;
     free(key);
-    return lp__cache_miss_status(r, status, stored, left) ? 1 : 0;
+    if (stored)
+        lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
+    return miss_status(r, status, stored, left);
 }
 
 int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, const char *source,
@@ -419,8 +444,8 @@ int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, co
     int mask = lp_ffi_cache_fields(r, 1);
     lp_str_t cc;
     int ncc = one_cc(r, mask, &cc);
-    if ((mask & SHAPE_OTHER) || ncc < 0 || (ncc && cc.len > sizeof n->learned[0].cc) ||
-        status < 100 || status > 999 || slen >= sizeof n->learned[0].source ||
+    if ((mask & SHAPE_OTHER) || ncc < 0 || (ncc && cc.len > sizeof(((learned_t *)0)->cc)) ||
+        status < 100 || status > 999 || slen >= sizeof(((learned_t *)0)->source) ||
         !(ttl >= 0 && ttl < 1e15) || !(stale >= 0 && stale < 1e15) || !(swr < 1e15) ||
         !(sie < 1e15) || (storable && !(flags & LP_FFI_CACHE_LEARN_ALL_FIELDS)))
         return 0;
@@ -434,6 +459,8 @@ int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, co
         n->date_value = n->date_valid ? date : 0;
     }
     int validators = (mask & (F_ETAG | F_LAST_MODIFIED)) != 0;
+    if (!n->learned && !(n->learned = calloc(NLEARNED, sizeof(*n->learned))))
+        return 0;
     learned_t *d = learned_find(n, status, validators, ncc ? &cc : NULL);
     if (!d) {
         d = &n->learned[n->next];
@@ -468,6 +495,8 @@ int lp_ffi_cache_native_hit(void *rp, int status, const char *wire, size_t wlen,
     if (!n || !e || r->cache.hit_zone != n->zone || status < 200 || status > 999 ||
         !(age0 >= 0 && age0 < 1e15) || !(ttl >= 0 && ttl < 1e15) || !(response_time > 0) ||
         lp__wire_valid(wire, wlen))
+        return 0;
+    if (!n->hits && !(n->hits = calloc(NHITS, sizeof(*n->hits))))
         return 0;
     hit_memo_t *h = hit_slot(n, e);
     if (h->e == e && h->serial == lp_cache_entry_serial(e))

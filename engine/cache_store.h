@@ -58,6 +58,11 @@ enum {
     LP_CACHE_C_DISK_LOADED,   /* disk-only entries read back for a hit */
     LP_CACHE_C_DISK_DROPPED,  /* files found damaged, changed or gone on a read */
     LP_CACHE_C_DISK_STREAMED, /* disk-only hits served from their files (not read back) */
+    /* Of the plugin's outcomes, those the engine replayed (cache_native.c): misses it sent
+     * upstream, responses it stored, plain hits it answered. */
+    LP_CACHE_C_NATIVE_MISS,
+    LP_CACHE_C_NATIVE_STORED,
+    LP_CACHE_C_NATIVE_HIT,
     LP_CACHE_C_N
 };
 

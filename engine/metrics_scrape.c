@@ -271,6 +271,19 @@ static void cache_zones(lp_mtext_t *t, const lp_config_t *cfg)
         lp_mtext_sample(t, "luaproxy_cache_evictions_total", "", l, 1,
                         (double)st.counts[LP_CACHE_C_EVICTED]);
     }
+    static const char *const natives[] = {"miss", "stored", "hit"};
+    lp_mtext_family(t, "luaproxy_cache_native_total", "counter",
+                    "Cache plugin outcomes the engine replayed without Lua, by result.");
+    for (size_t i = 0; i < cfg->ncache_zones; i++) {
+        lp_cache_stats_t st;
+        lp_cache_zone_stats(cfg->cache_zones[i], &st);
+        for (int j = 0; j < 3; j++) {
+            const char *l[] = {"zone", lp_cache_zone_name(cfg->cache_zones[i]), "result",
+                               natives[j]};
+            lp_mtext_sample(t, "luaproxy_cache_native_total", "", l, 2,
+                            (double)st.counts[LP_CACHE_C_NATIVE_MISS + j]);
+        }
+    }
     /* The disk tier, for the zones that have one. */
     static const char *const dgauges[] = {"luaproxy_cache_disk_entries",
                                           "luaproxy_cache_disk_bytes"};

@@ -12,6 +12,7 @@ import email.utils
 import http.client
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -65,6 +66,8 @@ class CacheTest(H.ProxyTestCase):
              dict(route, match={"prefix": "/dttl/"},
                   plugins=[{"name": "cache", "zone": ZONE,
                             "default_ttl": {"200": 600, "404": 60, "203": 1}}]),
+             dict(route, match={"prefix": "/cachehead"},
+                  plugins=[{"name": "cachehead", "zone": ZONE}]),
              dict(route, match={"prefix": "/"},
                   plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 10}])],
             workers=2, admin={"address": "127.0.0.1:0"},
@@ -97,6 +100,20 @@ class CacheTest(H.ProxyTestCase):
         st, j = self.admin("GET", "/status")
         self.assertEqual(st, 200)
         return j["cache"][name]
+
+    def native(self):
+        """The engine's replay counters of the zone (cache_native.c), all workers."""
+        return dict(self.zone_status()["native"])
+
+    def native_delta(self, before):
+        now = self.native()
+        return {k: now[k] - before[k] for k in now}
+
+    def assert_native_flat(self, fn, what):
+        """fn's requests all take the plugin's path: the engine replays nothing."""
+        before = self.native()
+        fn()
+        self.assertEqual(self.native_delta(before), {"misses": 0, "stored": 0, "hits": 0}, what)
 
     def cache_status(self, r):
         v = r.header("cache-status")
@@ -183,6 +200,7 @@ class CacheTest(H.ProxyTestCase):
             return fn
 
         before = self.zone_status()
+        nat = self.native()
         keys = []
         for i in range(12):
             tag = "e%d" % i if i % 2 else ""
@@ -194,6 +212,12 @@ class CacheTest(H.ProxyTestCase):
             self.assertEqual((r.status, r.body), (200, b"body " + tag.encode()))
             self.assertRegex(r.header("cache-status"),
                              r"^luaproxy; fwd=miss; fwd-status=200; stored; ttl=(600|599|598)$")
+        # Every miss went upstream from the engine's request phase; once each worker's plugin
+        # decided (per ETag-or-not, per Date: at most 3 a worker), the engine stored the rest.
+        d = self.native_delta(nat)
+        self.assertEqual(d["misses"], len(keys))
+        self.assertGreaterEqual(d["stored"], len(keys) - 6)
+        self.assertEqual(d["hits"], 0)
         for p, tag in keys:
             r = self.get(p)
             self.assertEqual((r.status, r.body), (200, b"body " + tag.encode()))
@@ -228,12 +252,17 @@ class CacheTest(H.ProxyTestCase):
             200, b"p%d" % n, [("Cache-Control", "private")]))
         self.origin.script("/dttl/vary", lambda req, n: H.simple_response(
             200, b"v%d" % n, [("Vary", "X-Lang")]))
+        nat = self.native()
         for p, c in (("/dttl/cookie", b"c"), ("/dttl/cc", b"p")):
             self.assertEqual(self.get(p).body, c + b"1")
             self.assertEqual(self.get(p).body, c + b"2")
         self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "a")]).body, b"v1")
         self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "b")]).body, b"v2")
         self.assertEqual(self.get("/dttl/vary", headers=[("X-Lang", "a")]).body, b"v1")
+        # Their requests were plain (the engine's misses), their responses the plugin's.
+        d = self.native_delta(nat)
+        self.assertGreaterEqual(d["misses"], 4)
+        self.assertEqual((d["stored"], d["hits"]), (0, 0))
         # Cache-Control values: the plugin's decision for each value, replayed for the next
         # responses with that value (and only that value).
         for cc, stored, ttl in (("max-age=300", True, r"(300|299|298)"),
@@ -256,16 +285,110 @@ class CacheTest(H.ProxyTestCase):
                 fresh_hit = stored and not cc.startswith("max-age=0")
                 self.assertEqual(r.body, b"x1" if fresh_hit else b"x2", cc)
                 self.assertEqual("hit" in r.header("cache-status"), fresh_hit, cc)
-        # Two Cache-Control lines: the plugin's path every time.
+        # Two Cache-Control lines: the plugin's path every time (a plain request's miss is
+        # still the engine's; nothing stored by it).
         self.origin.script("/dttl/cc2", lambda req, n: H.simple_response(
             200, b"y%d" % n, [("Cache-Control", "max-age=60"), ("Cache-Control", "no-store")]))
+        nat = self.native()
         for n in (1, 2):
             self.assertEqual(self.get("/dttl/cc2").body, b"y%d" % n)
+        self.assertEqual(self.native_delta(nat), {"misses": 2, "stored": 0, "hits": 0})
         # A request with a field the policy reads takes the plugin's path (no-store).
         self.origin.script("/dttl/nostore", lambda req, n: H.simple_response(200, b"n%d" % n))
-        self.get("/dttl/nostore", headers=[("Cache-Control", "no-store")])
+        self.assert_native_flat(
+            lambda: self.get("/dttl/nostore", headers=[("Cache-Control", "no-store")]),
+            "request no-store")
         self.assertEqual(self.get("/dttl/nostore").body, b"n2")
         self.assertEqual(self.get("/dttl/nostore").body, b"n2")
+        # Requests with Authorization, Range, a conditional, Pragma; HEAD: the plugin's.
+        self.origin.script("/dttl/req", lambda req, n: H.simple_response(200, b"q%d" % n))
+        for hs, m in (([("Authorization", "Basic eDp5")], "GET"), ([("Range", "bytes=0-0")], "GET"),
+                      ([("If-None-Match", '"x"')], "GET"), ([("Pragma", "no-cache")], "GET"),
+                      ([], "HEAD")):
+            self.assert_native_flat(lambda: self.get("/dttl/req", headers=hs, method=m),
+                                    "%s %s" % (m, hs))
+
+    def test_engine_miss_of_the_fullest_response(self):
+        # The fullest response an upstream may send (max_headers, 100, with its
+        # Content-Length), stored by the engine (a decision replayed): its Cache-Status still
+        # has room (the engine drops framing fields from the list and the head arena grows
+        # to twice the head limits), stored once, no plugin run after the engine's (which
+        # would fill a second time and fail its own Cache-Status). Had the line no room, the
+        # engine would still not hand the response to the plugin (cache_native.c miss_status).
+        for i in range(12):  # both workers learn the plain 200's decision
+            q = "/dttl/full-learn%d" % i
+            self.origin.script(q, lambda req, n: H.simple_response(200, b"l"))
+            self.assertEqual(self.get(q).status, 200)
+        nat = self.native()
+        served = 0
+        for k in range(97, 102):
+            q = "/dttl/full-pad%d" % k
+            self.origin.script(q, lambda req, n, k=k: H.simple_response(
+                200, b"p%d" % n, [("X-Pad-%d" % i, "v" * 60) for i in range(k)]))
+            before = self.zone_status()
+            errors = self.proxy.log_count("[error]")
+            r = self.get(q)
+            if r.status == 502:
+                continue  # more fields than an upstream response may have
+            served += 1
+            self.assertEqual((r.status, r.body), (200, b"p1"), k)
+            self.assertRegex(r.header("cache-status"),
+                             r"^luaproxy; fwd=miss; fwd-status=200; stored; ttl=(600|599|598)$")
+            self.assertEqual(self.proxy.log_count("[error]"), errors, k)
+            after = self.zone_status()
+            self.assertEqual(after["stored"] - before["stored"], 1, k)
+            self.assertEqual(after["abandoned"], before["abandoned"], k)
+        self.assertEqual(served, 3)  # 97..99 X-Pad fields and Content-Length
+        self.assertGreaterEqual(self.native_delta(nat)["stored"], 1)
+
+    def stored_meta(self, path):
+        """The meta of the entry stored for path (the plugin's L1 head, decoded as its
+        decode() reads it: n numbers, decimal or %a hexadecimal; s strings; b flags)."""
+        r = self.get("/cachehead?p=" + urllib.parse.quote(path, safe="/"))
+        self.assertEqual(r.status, 200, path)
+        lines = r.body.decode("latin-1").split("\n")
+        self.assertEqual(lines[0], "L1")
+        meta = {}
+        for line in lines[1:]:
+            if not line or line.startswith("h ") or line.startswith("c "):
+                continue
+            kind, rest = line.split(" ", 1)
+            k, v = rest.split("\t", 1)
+            meta[k] = (float.fromhex(v) if v.startswith(("0x", "-0x")) else float(v)) \
+                if kind == "n" else (v == "1" if kind == "b" else v)
+        return meta
+
+    def test_engine_meta_is_the_plugins(self):
+        # The engine writes the meta lines the plugin's encode_meta writes (cache_native.c
+        # has its own writer): the same response stored by each decodes to the same meta,
+        # the request and response times aside.
+        lm = email.utils.formatdate(time.time() - 86400, usegmt=True)
+        for back, cc in ((100, "max-age=300, stale-while-revalidate=7, stale-if-error=9"),
+                         (200, None)):
+            # A Date no other test sends: each worker's plugin stores the first response
+            # (it has not parsed that Date yet), the engine the next ones.
+            date = email.utils.formatdate(time.time() - back, usegmt=True)
+            metas = {}
+            for i in range(24):
+                q = "/dttl/meta-%s-%d" % ("cc" if cc else "none", i)
+                hs = [("ETag", '"m"'), ("Last-Modified", lm), ("Date", date)]
+                if cc:
+                    hs.append(("Cache-Control", cc))
+                self.origin.script(q, lambda req, n, hs=hs: H.simple_response(200, b"m", hs))
+                nat = self.native()
+                r = self.get(q)
+                self.assertIn("stored", r.header("cache-status"))
+                by = "engine" if self.native_delta(nat)["stored"] else "plugin"
+                metas.setdefault(by, self.stored_meta(q))
+                if len(metas) == 2:
+                    break
+            self.assertEqual(set(metas), {"engine", "plugin"}, cc)
+            now = time.time()
+            for m in metas.values():
+                for k in ("request_time", "response_time"):
+                    self.assertLess(abs(m.pop(k) - now), 30, k)
+            self.assertEqual(metas["engine"], metas["plugin"], cc)
+            self.assertEqual(metas["plugin"]["etag"], '"m"')
 
     def test_hits_answered_by_engine_as_the_plugin_answers(self):
         # After the plugin served a plain hit on an entry (per worker), the engine answers the
@@ -275,6 +398,7 @@ class CacheTest(H.ProxyTestCase):
         self.origin.script(p, lambda req, n: H.simple_response(
             200, b"h%d" % n, [("ETag", '"h%d"' % n), ("X-Kept", "a, b"), ("X-Kept", "c")]))
         self.assertEqual(self.get(p).body, b"h1")
+        nat = self.native()
         for _ in range(12):  # fresh connections: both workers learn, then answer
             r = self.get(p)
             self.assertEqual((r.status, r.body), (200, b"h1"))
@@ -283,11 +407,21 @@ class CacheTest(H.ProxyTestCase):
             self.assertEqual(r.header("etag"), '"h1"')
             self.assertEqual(r.header("content-length"), "2")
             self.assertEqual([v for k, v in r.headers if k.lower() == "x-kept"], ["a, b", "c"])
+        # The plugin served the first hit in each worker (at most 2), the engine the rest.
+        d = self.native_delta(nat)
+        self.assertGreaterEqual(d["hits"], 10)
+        self.assertEqual((d["misses"], d["stored"]), (0, 0))
         # Requests with fields the policy reads still get the plugin's answers.
-        self.assertEqual(self.get(p, headers=[("If-None-Match", '"h1"')]).status, 304)
-        r = self.get(p, headers=[("Range", "bytes=1-1")])
-        self.assertEqual((r.status, r.body), (206, b"1"))
-        self.assertEqual(self.get(p, method="HEAD").body, b"")
+        self.assert_native_flat(
+            lambda: self.assertEqual(self.get(p, headers=[("If-None-Match", '"h1"')]).status, 304),
+            "If-None-Match")
+
+        def ranged():
+            r = self.get(p, headers=[("Range", "bytes=1-1")])
+            self.assertEqual((r.status, r.body), (206, b"1"))
+        self.assert_native_flat(ranged, "Range")
+        self.assert_native_flat(lambda: self.assertEqual(self.get(p, method="HEAD").body, b""),
+                                "HEAD")
         self.assertEqual(self.origin.count(p), 1)
         # Purged: the next request goes upstream, and its new entry is served, not the old.
         key = "GET http://a.test" + p
@@ -341,6 +475,15 @@ class CacheTest(H.ProxyTestCase):
         self.assertIn('luaproxy_cache_requests_total{zone="t",result="hit"} %d' % after["hit"], text)
         self.assertIn('luaproxy_cache_fills_total{zone="t",result="stored"} %d' % after["stored"], text)
         self.assertIn('luaproxy_cache_entries{zone="t"}', text)
+        # The engine's replays, as /status's `native` (all workers): the same numbers.
+        nat = after["native"]
+        for result, key in (("miss", "misses"), ("stored", "stored"), ("hit", "hits")):
+            self.assertIn('luaproxy_cache_native_total{zone="t",result="%s"} %d'
+                          % (result, nat[key]), text)
+        # test_metrics.py checks a proxy without zones: here, the cache families.
+        p = subprocess.run([H.require_tool("promtool"), "check", "metrics"], input=text,
+                           capture_output=True, text=True, timeout=H.T(30))
+        self.assertNotIn("luaproxy_cache", p.stdout + p.stderr)
 
     def test_lua_cache_key(self):
         # The route's cache_key ignores the query: both share one entry.
