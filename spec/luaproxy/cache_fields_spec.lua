@@ -63,15 +63,15 @@ describe("cache field order", function()
   -- until SHAPE_OTHER (or the replay) names it.
   it("the policy reads only what the engine's replay keys on or leaves to the plugin", function()
     local P = require "luaproxy.cache.policy"
-    local bits, c = native_bits()
+    local _, c = native_bits()
     local allowed = { ["cache-control"] = true, date = true, etag = true, ["last-modified"] = true }
     for name in assert(c:match("#define SHAPE_OTHER(.-)\n\n")):gmatch("F_([A-Z_]+)") do
       allowed[(name:lower():gsub("_", "-"))] = true
     end
-    local read = {}
+    local seen = {}
     local function recording(h)
       return setmetatable({}, { __index = function(_, k)
-        read[k] = true
+        seen[k] = true
         return h[k]
       end })
     end
@@ -101,10 +101,10 @@ describe("cache field order", function()
       end
     end
     assert.is_true(n > 0)
-    for k in pairs(read) do
+    for k in pairs(seen) do
       assert.is_true(allowed[k] ~= nil, "the policy reads " .. k .. ", which SHAPE_OTHER does not name")
     end
-    assert.is_true(read["cache-control"] and read.date and read.etag and true or false)
+    assert.is_true(seen["cache-control"] and seen.date and seen.etag and true or false)
   end)
 end)
 
