@@ -634,6 +634,12 @@ static void stream_pump(lp_h2_stream_t *st)
         gave = 0;
         break;
     }
+    /* Stopped by a full peer: paused, as an HTTP/1.1 client is, so that the peer's drain
+     * (lp_conn_resume_body) pumps again. Without the flag the resume did nothing, and the
+     * rest waited for the client's next frame: after the last one, forever. Before the
+     * flush, which may drain the peer. */
+    if (st->in.head && !lp_req_ended(req) && req->try.peer && lp_peer_full(req->try.peer))
+        req->flags |= LP_RF_READ_PAUSED;
     if (gave && !lp_req_ended(req) && req->try.peer)
         lp_peer_flush(req->try.peer);
     if (!lp_req_ended(req) && !st->in.head && st->in_eof && !st->eof_done) {

@@ -824,7 +824,8 @@ class H2Origin:
     /goaway is refused with GOAWAY when refuse_next is set (then cleared), else answered
     (and then it stops listening, when refuse_closes is set);
     /echo is refused as /goaway is, else answered with the SHA-256 (hex) of the request's
-    body and its trailers (x-req-trailers);
+    body and its trailers (x-req-trailers); /slowecho answers as /echo, but as a slow reader:
+    its window is given back only once the connection has been quiet for 50 ms;
     /drop closes the connection without an answer;
     /rst resets the stream (RST_STREAM INTERNAL_ERROR) without an answer;
     /big sends 8 MiB as the proxy's flow control window allows (big_sent, big_blocked);
@@ -887,8 +888,13 @@ class H2Origin:
             client_side=False, header_encoding="utf-8"))
         c.initiate_connection()
         s.sendall(c.data_to_send())
-        reqs, held, maxopen, big = {}, [], [0], {}
+        reqs, held, maxopen, big, unacked = {}, [], [0], {}, {}
         s.settimeout(0.05)
+
+        def ack(sid):
+            n = unacked.pop(sid, 0)
+            if n:
+                c.acknowledge_received_data(n, sid)
 
         def answer(sid, status="200", body=b"ok", extra=(), trailers=None):
             c.send_headers(sid, [(":status", status)] + list(extra))
@@ -904,6 +910,8 @@ class H2Origin:
                 events = c.receive_data(data)
             except socket.timeout:
                 events = []
+                for sid in list(unacked):  # quiet: the slow reader catches up
+                    ack(sid)
             except (OSError, h2.exceptions.ProtocolError):
                 return
             for ev in events:
@@ -915,7 +923,11 @@ class H2Origin:
                     reqs[ev.stream_id]["t"] = dict(ev.headers)
                 elif isinstance(ev, h2.events.DataReceived):
                     reqs[ev.stream_id]["b"] += ev.data
-                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    if reqs[ev.stream_id]["h"][":path"] == "/slowecho":
+                        unacked[ev.stream_id] = (unacked.get(ev.stream_id, 0)
+                                                 + ev.flow_controlled_length)
+                    else:
+                        c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 if not isinstance(ev, h2.events.StreamEnded):
                     continue
                 sid = ev.stream_id
@@ -938,7 +950,8 @@ class H2Origin:
                     c.close_connection(last_stream_id=sid - 2 if sid > 1 else 0)
                     s.sendall(c.data_to_send())
                     return
-                elif path == "/echo":
+                elif path in ("/echo", "/slowecho"):
+                    ack(sid)
                     got = ",".join("%s=%s" % kv for kv in sorted(reqs[sid]["t"].items()))
                     answer(sid, body=hashlib.sha256(reqs[sid]["b"]).hexdigest().encode(),
                            extra=[("x-req-trailers", got), ("x-conn", str(num))])
@@ -1068,6 +1081,25 @@ class H2UpstreamTest(H.ProxyTestCase):
             self.assertTrue(bytes(st["data"]).startswith(b"conn "), st)  # ...then answered
             self.assertGreater(self.origin.accepted, before)  # on a new connection
         self.proxy.wait_log("GOAWAY")
+
+    def test_large_bodies_from_an_h2_client_reach_the_upstream_whole(self):
+        # The client's body waits in its stream while the upstream stream's queue is full; the
+        # upstream's drain must take up the rest. It did not (the HTTP/2 client was never marked
+        # paused, so lp_conn_resume_body did nothing): the bytes behind the client's last frame
+        # stayed, the request hung until the upstream's read timeout. A slow-reading upstream
+        # makes that sure on every try; a fast one only under load.
+        body = bytes(range(256)) * 4096  # 1 MiB: limits.max_body_size
+        want = hashlib.sha256(body).hexdigest().encode()
+        for path in ["/slowecho"] * 2 + ["/echo"] * 2:
+            c = Client(self.proxy.port)
+            try:
+                sid = c.request(path, method="POST", body=body)
+                c.pump(lambda: c.done(sid), timeout=H.T(15))
+                st = c.streams[sid]
+            finally:
+                c.close()
+            self.assertTrue(st["ended"], (path, st["status"], len(st["data"])))
+            self.assertEqual((st["status"], bytes(st["data"])), (200, want), path)
 
     def test_slow_client_holds_the_upstream_back(self):
         # The client does not read: the upstream may send no more than the proxy's stream
