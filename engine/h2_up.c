@@ -328,7 +328,7 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stre
     if (st->peer.h1.max_header_size > LP_BUF_SIZE - 1024)
         st->peer.h1.max_header_size = LP_BUF_SIZE - 1024;
     lp_h1_set_storage(&st->peer.h1, req->resp.arena->data, req->resp.arena->cap, req->resp.headers,
-                      req->cap_headers);
+                      req->g->config->limits.max_headers);
     if (req->flags & LP_RF_HEAD)
         st->peer.h1.flags |= LP_H1F_HEAD_REQ;
     st->peer.h1.grow = h1_grow;

@@ -378,6 +378,9 @@ typedef struct lp_req_cache_s {
     double native_t0;    /* when the engine looked the miss up (the request time) */
 } lp_req_cache_t;
 
+/* Header slots beyond limits.max_headers for the fields the proxy and plugins add. */
+#define LP_HEADERS_SPARE 16
+
 /* One request on a client connection, from its head to its log line. Its lifetime is its
  * own (request.h: a reference count, LP_RF_ENDED); its parts have owners: `try` is the
  * upstream side's, `resp` the response's, `lua` the VM's. */
@@ -390,8 +393,11 @@ struct lp_req_s {
     lp_list_t dlink;      /* in w->detached while LP_RF_DETACHED, else self-linked */
     lp_h1_t h1;           /* request parser; head stored in `arena` */
     lp_buf_t *arena;      /* request head bytes (owned reference) */
-    lp_header_t *headers; /* owned, capacity max_headers */
-    unsigned cap_headers; /* capacity of headers and resp.headers */
+    lp_header_t *headers; /* owned, capacity cap_headers */
+    /* Capacity of headers and resp.headers: limits.max_headers for what a client or an
+     * upstream sends (the parsers' limit), plus LP_HEADERS_SPARE for the fields the proxy and
+     * plugins add (a cache hit's Age and Cache-Status on an entry stored with 99 fields). */
+    unsigned cap_headers;
     lp_req_state_t state;
     unsigned flags; /* LP_RF_* */
     uint8_t method;

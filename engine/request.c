@@ -68,12 +68,13 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
         if (!req)
             return NULL;
     }
-    if (req->cap_headers < lim->max_headers) {
+    if (req->cap_headers < lim->max_headers + LP_HEADERS_SPARE) {
+        unsigned cap = lim->max_headers + LP_HEADERS_SPARE;
         free(req->headers);
         free(req->resp.headers);
-        req->headers = calloc(lim->max_headers, sizeof(lp_header_t));
-        req->resp.headers = calloc(lim->max_headers, sizeof(lp_header_t));
-        req->cap_headers = req->headers && req->resp.headers ? lim->max_headers : 0;
+        req->headers = calloc(cap, sizeof(lp_header_t));
+        req->resp.headers = calloc(cap, sizeof(lp_header_t));
+        req->cap_headers = req->headers && req->resp.headers ? cap : 0;
         if (!req->cap_headers) {
             req_destroy(req);
             return NULL;
@@ -317,7 +318,8 @@ int lp_req_drop(lp_req_t *req)
         lp_req_end(req);
         return 1;
     }
-    if (w->nfree_reqs >= LP_FREE_REQS_MAX || req->cap_headers < w->config->limits.max_headers) {
+    if (w->nfree_reqs >= LP_FREE_REQS_MAX ||
+        req->cap_headers < w->config->limits.max_headers + LP_HEADERS_SPARE) {
         req_destroy(req);
         return 1;
     }

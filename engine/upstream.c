@@ -392,7 +392,7 @@ static int peer_start_request(lp_peer_t *p, lp_req_t *req)
     if (p->h1.max_header_size > LP_BUF_SIZE - 1024)
         p->h1.max_header_size = LP_BUF_SIZE - 1024;
     lp_h1_set_storage(&p->h1, req->resp.arena->data, req->resp.arena->cap, req->resp.headers,
-                      req->cap_headers);
+                      req->g->config->limits.max_headers);
     if (req->flags & LP_RF_HEAD)
         p->h1.flags |= LP_H1F_HEAD_REQ;
     p->h1.grow = peer_grow;

@@ -338,6 +338,13 @@ class CacheTest(H.ProxyTestCase):
             after = self.zone_status()
             self.assertEqual(after["stored"] - before["stored"], 1, k)
             self.assertEqual(after["abandoned"], before["abandoned"], k)
+            # And served as a hit: the stored fields plus Age and Cache-Status (the request's
+            # header slots keep room beyond max_headers for what the proxy adds).
+            for _ in range(2):
+                r = self.get(q)
+                self.assertEqual((r.status, r.body), (200, b"p1"), k)
+                self.assertRegex(r.header("cache-status"), r"^luaproxy; hit; ttl=", k)
+                self.assertEqual(r.header("x-pad-%d" % (k - 1)), "v" * 60, k)
         self.assertEqual(served, 3)  # 97..99 X-Pad fields and Content-Length
         self.assertGreaterEqual(self.native_delta(nat)["stored"], 1)
 
