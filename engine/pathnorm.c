@@ -119,6 +119,11 @@ static long remove_dots(char *p, size_t end, int dots, int merge)
     return (long)o;
 }
 
+long lp_ffi_path_normalize(char *p, size_t len, unsigned flags)
+{
+    return lp_path_normalize(p, len, flags);
+}
+
 long lp_path_normalize(char *p, size_t len, unsigned flags)
 {
     size_t end = path_end(p, len);

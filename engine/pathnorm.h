@@ -22,5 +22,7 @@ int lp_path_needs_norm(const char *p, size_t len, unsigned flags);
 /* Normalises the path part of p[0..len) in place (the query after '?' is moved along
  * untouched; the result is never longer) and returns the new length, or LP_PATHN_*. */
 long lp_path_normalize(char *p, size_t len, unsigned flags);
+/* The same for Lua (`luaproxy explain`; declared for the FFI in lua_api.h). */
+long lp_ffi_path_normalize(char *p, size_t len, unsigned flags);
 
 #endif
