@@ -37,23 +37,37 @@ static size_t path_end(const char *p, size_t len)
     return q ? (size_t)(q - p) : len;
 }
 
+/* p[i] is '/' and p[i + 1] is '.' or '/': out of line, so the scan below is a leaf that
+ * saves no registers (the common path pays the loop only). */
+__attribute__((noinline)) static int slash_needs(const char *p, size_t i, size_t len,
+                                                 unsigned flags)
+{
+    if (p[i + 1] == '/')
+        return (flags & LP_PATHN_MERGE) != 0;
+    return dot_segment_at(p, i, path_end(p + i, len - i) + i);
+}
+
+__attribute__((noinline)) static int merge_needs(const char *p, size_t len)
+{
+    return memmem(p, path_end(p, len), "//", 2) != NULL;
+}
+
 int lp_path_needs_norm(const char *p, size_t len, unsigned flags)
 {
     if (!(flags & LP_PATHN_NORMALIZE))
-        return (flags & LP_PATHN_MERGE) && memmem(p, path_end(p, len), "//", 2) != NULL;
+        return (flags & LP_PATHN_MERGE) && merge_needs(p, len);
+    /* Per request: one table load per byte for the bytes that are none of "%/?". */
+    static const unsigned char stop[256] = {['%'] = 1, ['/'] = 1, ['?'] = 1};
     for (size_t i = 0; i < len; i++) {
         char c = p[i];
+        if (!stop[(unsigned char)c])
+            continue;
         if (c == '?')
             return 0;
         if (c == '%')
             return 1;
-        if (c == '/' && i + 1 < len) {
-            char n = p[i + 1];
-            if (n == '.' && dot_segment_at(p, i, path_end(p + i, len - i) + i))
-                return 1;
-            if (n == '/' && (flags & LP_PATHN_MERGE))
-                return 1;
-        }
+        if (i + 1 < len && (p[i + 1] == '.' || p[i + 1] == '/') && slash_needs(p, i, len, flags))
+            return 1;
     }
     return 0;
 }
