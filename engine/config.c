@@ -30,6 +30,7 @@
 #include <luajit.h>
 #include "common.h"
 #include "config.h"
+#include "pathnorm.h"
 #include "balancer.h"
 #include "lua_vm.h"
 #include "shdict.h"
@@ -1257,6 +1258,8 @@ static int read_config(rctx_t *r)
     c->limits.max_headers = get_uint(L, "max_headers");
     c->limits.max_connections = get_uint(L, "max_connections");
     lua_pop(L, 1);
+    c->limits.path_norm = (get_bool(L, "normalize_path") ? LP_PATHN_NORMALIZE : 0) |
+                          (get_bool(L, "merge_slashes") ? LP_PATHN_MERGE : 0);
     push_table(L, "http2");
     c->h2.max_concurrent_streams = get_uint(L, "max_concurrent_streams");
     c->h2.initial_window_size = get_uint(L, "initial_window_size");

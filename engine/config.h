@@ -161,6 +161,7 @@ typedef struct {
     uint64_t max_body_size; /* 0: unlimited */
     unsigned max_headers;
     unsigned max_connections; /* client connections per worker (0: unlimited) */
+    unsigned path_norm;       /* LP_PATHN_* (normalize_path, merge_slashes) */
 } lp_limits_t;
 
 /* One member of a JSON access log line: its name and the template of its value. */

@@ -1,6 +1,7 @@
 #include <stdio.h>
 #include <time.h>
 #include "http1.h"
+#include "pathnorm.h"
 
 #define H1(p) ((lp_h1_t *)(p)->data)
 
@@ -248,6 +249,28 @@ static int split_absolute(lp_h1_t *h)
     return 0;
 }
 
+/* The normalised path goes into the arena beside the target, which stays as sent (the access
+ * log's $request); the common path needs the scan only. */
+static int normalize_path(lp_h1_t *h)
+{
+    if (!h->path_norm || h->path.base[0] != '/' ||
+        !lp_path_needs_norm(h->path.base, h->path.len, h->path_norm))
+        return 0;
+    size_t off = (size_t)(h->path.base - h->arena), len = h->path.len, start = h->arena_len;
+    if (start + len > h->arena_cap &&
+        (!h->grow || h->grow(h, start + len) || start + len > h->arena_cap))
+        return set_error(h, 414, "request target too long");
+    memcpy(h->arena + start, h->arena + off, len); /* the path is in the arena (on_url) */
+    long n = lp_path_normalize(h->arena + start, len, h->path_norm);
+    if (n == LP_PATHN_ABOVE_ROOT)
+        return set_error(h, 400, "request path climbs above the root");
+    if (n < 0)
+        return set_error(h, 400, "invalid percent-encoding in request path");
+    h->arena_len = start + (size_t)n;
+    h->path = (lp_str_t){h->arena + start, (size_t)n};
+    return 0;
+}
+
 static int request_head_checks(lp_h1_t *h, llhttp_t *p)
 {
     if (p->http_major != 1 || p->http_minor > 1)
@@ -265,6 +288,9 @@ static int request_head_checks(lp_h1_t *h, llhttp_t *p)
     } else if (split_absolute(h)) {
         return set_error(h, 400, "invalid request target");
     }
+    int nerr = normalize_path(h);
+    if (nerr)
+        return nerr;
     if (h->host_count > 1)
         return set_error(h, 400, "several Host header fields");
     if (h->host_count == 0 && p->http_minor == 1 && !(h->flags & LP_H1F_ABSOLUTE))

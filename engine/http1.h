@@ -56,6 +56,7 @@ struct lp_h1_s {
     /* Limits, from the config. */
     size_t max_header_size, max_uri_size;
     unsigned max_headers;
+    unsigned path_norm; /* LP_PATHN_* (pathnorm.h) for request targets; 0 from lp_h1_init */
 
     /* Storage for the current message head (caller-owned arena and header array). */
     char *arena;

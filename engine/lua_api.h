@@ -114,6 +114,9 @@ double lp_ffi_guard_expired(void);
 const char *lp_ffi_guard_limit(void);
 /* Background tasks (engine/lua_task.c, lua/luaproxy/tasks.lua). */
 int lp_ffi_bg_new(double delay, int timer);
+/* The request path normalisation (engine/pathnorm.h), for `luaproxy explain`: in place, the
+ * new length or LP_PATHN_ABOVE_ROOT / LP_PATHN_BAD_ESCAPE. */
+long lp_ffi_path_normalize(char *p, size_t len, unsigned flags);
 /* IP sets (engine/ipset.h, ipset_ffi.c): CIDRs with values, longest prefix wins; find returns
  * the value, -1 for no match, LP_IPSET_EINVAL for text that is not an address. */
 void *lp_ffi_ipset_new(void);

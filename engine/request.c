@@ -96,6 +96,7 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
     lp_h1_init(&req->h1, HTTP_REQUEST, req, NULL);
     req->h1.max_header_size = lim->max_header_size;
     req->h1.max_uri_size = lim->max_uri_size;
+    req->h1.path_norm = lim->path_norm;
     lp_h1_set_storage(&req->h1, req->arena->data, req->arena->cap, req->headers, lim->max_headers);
     req->h1.grow = req_grow;
     req->state = LP_RS_HEAD;

@@ -622,7 +622,8 @@ local TRACING = {
 local S = {
   description = "a luaproxy config file",
   doc_order = { "workers", "listen", "upstreams", "routes", "error_pages", "timeouts", "limits",
-                "log", "plugins", "lua", "shared", "admin", "metrics", "client_abort", "pid_file",
+                "normalize_path", "merge_slashes", "log", "plugins", "lua", "shared", "admin", "metrics",
+                "client_abort", "pid_file",
                 "watch", "tracing", "lint", "cache", "http2" },
   fields = {
     workers = { type = "integer", min = 1, max = 256, doc_default = "CPU count",
@@ -962,6 +963,19 @@ local S = {
             .. "`luaproxy_metrics_overflow_total`",
         },
       },
+    },
+    normalize_path = {
+      type = "boolean", default = true,
+      description = "request paths are normalised before anything reads them (routing, "
+        .. "plugins, the cache key, the WAF, the upstream request line): escapes of unreserved "
+        .. "characters decoded, `.` and `..` segments removed (RFC 3986), a path climbing above "
+        .. "`/` or with a bad `%` escape refused with 400 (docs/routing.md)",
+    },
+    merge_slashes = {
+      type = "boolean", default = false,
+      description = "runs of `/` in request paths become one before routing (nginx's "
+        .. "`merge_slashes`); off because `//` can mean something to the upstream "
+        .. "(docs/routing.md)",
     },
     client_abort = {
       type = "string", default = "answer", one_of = { "answer", "close" },

@@ -106,6 +106,7 @@ int lp_ffi_router_nnames(void *r, int kind);
 const char *lp_ffi_router_name(void *r, int kind, int i);
 int lp_ffi_router_match(void *r, const lp_str_t *in, const lp_str_t *hvals, const lp_str_t *qvals, int from, int *meta, lp_str_t *names, lp_str_t *values);
 int lp_ffi_router_shadows(void *r, int *pairs, int max);
+long lp_ffi_path_normalize(char *p, size_t len, unsigned flags);
 int lp_ffi_router_shadow_text(char *out, size_t n, int route, const char *name, int by, const char *by_name);
 int lp_ffi_req_param(void *r, const char *name, size_t n, lp_str_t *out);
 int lp_ffi_metric_new(int type, const char *name, const char *help, const char *labels, size_t labels_len, int nlabels, const double *bounds, int nbounds, int max_series, char *err, size_t errlen);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "http1.h"
+#include "pathnorm.h"
 
 #define MAX_MSGS 32
 
@@ -63,6 +64,7 @@ static void run(const uint8_t *data, size_t size, unsigned seed, int split, summ
     lp_h1_init(&h, HTTP_REQUEST, NULL, on_body);
     h.max_header_size = 4096;
     h.max_uri_size = 2048;
+    h.path_norm = LP_PATHN_NORMALIZE; /* as the proxy's default (engine/pathnorm.c) */
     lp_h1_set_storage(&h, arena, sizeof(arena), headers, 64);
 
     /* Copy each piece into its own heap buffer so reads past a piece are caught. */

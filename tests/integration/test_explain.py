@@ -113,6 +113,9 @@ class ExplainAgreesTest(L.LuaTestCase):
             ("GET http://a.test/api/x?tenant=t2", ["Cookie: ab=b"]),
             ("GET http://a.test/headers", []),
             ("GET http://a.test/api/v1/headers", []),
+            # routed as normalised (engine/pathnorm.c): not the /api/ routes
+            ("GET http://a.test/api/../headers", []),
+            ("GET http://a.test/x/%2e%2E/api/headers?tenant=t1", []),
         ],
         "hosts": [
             ("POST http://admin.test/headers", []),
@@ -125,6 +128,7 @@ class ExplainAgreesTest(L.LuaTestCase):
         "captures": [
             ("GET http://a.test/headers", []),
             ("GET http://a.test/headers?x=1", []),
+            ("GET http://a.test/x/./../h%65aders?x=1", []),
         ],
     }
 

@@ -1,7 +1,9 @@
 /* Unit tests for engine/http1.c: the llhttp glue and the checks llhttp leaves to us. */
 #include <stdlib.h>
+#include <string.h>
 #include "lp_test.h"
 #include "http1.h"
+#include "pathnorm.h"
 
 /* A parser with caller-owned storage, the way conn.c and upstream.c drive it. */
 #define T_MAX_HEADERS 64
@@ -647,6 +649,48 @@ static void test_reject_nul_in_value(void)
     free(t);
 }
 
+/* The request path is normalised once the head is whole (pathnorm.h), the target as sent is
+ * kept; byte by byte, so the copy is made from the whole target. */
+static void test_path_normalized(void)
+{
+    static const struct {
+        const char *req, *path, *url;
+        int status;
+    } cases[] = {
+        {"GET /api/../h/x?a=/../ HTTP/1.1\r\nHost: a\r\n\r\n", "/h/x?a=/../", "/api/../h/x?a=/../",
+         0},
+        {"GET /api/%2e%2E/h/%78 HTTP/1.1\r\nHost: a\r\n\r\n", "/h/x", NULL, 0},
+        {"GET http://b.test/api/../h HTTP/1.1\r\n\r\n", "/h", NULL, 0},
+        {"GET /plain/x?q HTTP/1.1\r\nHost: a\r\n\r\n", "/plain/x?q", NULL, 0},
+        {"GET /../x HTTP/1.1\r\nHost: a\r\n\r\n", NULL, NULL, 400},
+        {"GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n", NULL, NULL, 400},
+        {"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "*", NULL, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        h1t_t *t = t_new(HTTP_REQUEST);
+        t->h.path_norm = LP_PATHN_NORMALIZE;
+        size_t used = 0;
+        lp_h1_event_t ev = t_feed_steps(t, cases[i].req, strlen(cases[i].req), 1, &used);
+        if (cases[i].status) {
+            CHECK_EQ_INT(ev, LP_H1_ERROR);
+            CHECK_EQ_INT(t->h.err_status, cases[i].status);
+        } else {
+            CHECK_EQ_INT(ev, LP_H1_DONE);
+            CHECK(t->h.path.len == strlen(cases[i].path) &&
+                  !memcmp(t->h.path.base, cases[i].path, t->h.path.len));
+            if (cases[i].url)
+                CHECK_SLICE(t->h.url, cases[i].url);
+        }
+        free(t);
+    }
+    /* off (lp_h1_init's default): as sent */
+    h1t_t *t = t_new(HTTP_REQUEST);
+    size_t used = 0;
+    CHECK_EQ_INT(t_feed_str(t, "GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n", &used), LP_H1_DONE);
+    CHECK_SLICE(t->h.path, "/a/../b");
+    free(t);
+}
+
 static h1t_t *make_small_limits(void)
 {
     h1t_t *t = t_new(HTTP_REQUEST);
@@ -1109,6 +1153,7 @@ static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_response_head),
     LP_TEST_ENTRY(test_wbuf),
     LP_TEST_ENTRY(test_status_text),
+    LP_TEST_ENTRY(test_path_normalized),
 };
 
 LP_TEST_MAIN(tests)

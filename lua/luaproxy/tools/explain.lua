@@ -475,9 +475,27 @@ end
 -- cfg: the validated config; opts: runtime.load's (plugin_path, script_path, config_dir);
 -- spec: { line = "GET https://...", headers = { { name, value }, ... }, client_ip = ,
 -- table = M.route_table's (default: the config's routes) }.
+-- The path as the proxy routes it: the engine's own normaliser (engine/pathnorm.c), with the
+-- config's normalize_path and merge_slashes, so explain's answer matches the proxy's.
+local function normalize_uri(cfg, uri)
+  local flags = (cfg.normalize_path ~= false and 1 or 0) + (cfg.merge_slashes and 2 or 0)
+  if flags == 0 or uri:sub(1, 1) ~= "/" then return uri end
+  local ffi = require "ffi"
+  local C = require "luaproxy.native"
+  local buf = ffi.new("char[?]", #uri)
+  ffi.copy(buf, uri, #uri)
+  local n = tonumber(C.lp_ffi_path_normalize(buf, #uri, flags))
+  if n == -1 then return nil, "the proxy answers 400: the path climbs above the root" end
+  if n < 0 then return nil, "the proxy answers 400: a bad percent-escape in the path" end
+  return ffi.string(buf, n)
+end
+
 function M.explain(cfg, opts, spec)
   local req_line, perr = M.parse_request_line(spec.line)
   if not req_line then return nil, perr end
+  local uri, nerr = normalize_uri(cfg, req_line.uri)
+  if not uri then return nil, nerr end
+  req_line.uri, req_line.path = uri, uri:match("^[^?]*")
   local T = require "proxy.test"
   T.reset()
   -- The double's clock starts in 2023; tokens' exp/nbf/iat and freshness are judged at the
