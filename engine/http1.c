@@ -26,9 +26,16 @@ int lp_h1_tchar_token(lp_str_t s)
 
 static int append(lp_h1_t *h, const char *at, size_t len)
 {
-    if (h->arena_len + len > h->arena_cap &&
-        (!h->grow || h->grow(h, h->arena_len + len) || h->arena_len + len > h->arena_cap))
-        return -1;
+    if (h->arena_len + len > h->arena_cap) {
+        /* `at` may be in the arena itself (split_absolute copies the target's query): it
+         * moves with it, and the old block is gone once grow returns. */
+        int inside = at >= h->arena && at < h->arena + h->arena_len;
+        size_t off = inside ? (size_t)(at - h->arena) : 0;
+        if (!h->grow || h->grow(h, h->arena_len + len) || h->arena_len + len > h->arena_cap)
+            return -1;
+        if (inside)
+            at = h->arena + off;
+    }
     memcpy(h->arena + h->arena_len, at, len);
     h->arena_len += len;
     return 0;

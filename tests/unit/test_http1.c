@@ -115,6 +115,40 @@ static const char *header(const h1t_t *t, const char *name)
 /* ------------------------------------------------------------------------------------ */
 /* Requests: the happy path */
 
+/* An arena that grows by moving (as a request's does: request.c req_grow), so that a copy
+ * from the arena into itself reads freed memory unless append() follows the move (ASan). */
+static int move_grow(lp_h1_t *h, size_t need)
+{
+    char *nb = malloc(need * 2);
+    if (!nb)
+        return -1;
+    char *old = h->arena;
+    lp_h1_rebase(h, nb, need * 2);
+    free(old);
+    return 0;
+}
+
+static void test_absolute_query_copied_while_arena_moves(void)
+{
+    static char target[200];
+    memset(target, 'q', sizeof(target) - 1);
+    memcpy(target, "GET http://a.test?", 18);
+    char req[400];
+    int n = snprintf(req, sizeof(req), "%s HTTP/1.1\r\nHost: a.test\r\n\r\n", target);
+    lp_h1_t h;
+    lp_header_t hs[8];
+    lp_h1_init(&h, HTTP_REQUEST, NULL, NULL);
+    char *arena = malloc(sizeof(target)); /* the target fits; its copy does not */
+    lp_h1_set_storage(&h, arena, sizeof(target), hs, 8);
+    h.grow = move_grow;
+    size_t used = 0;
+    CHECK_EQ_INT(lp_h1_execute(&h, req, (size_t)n, &used), LP_H1_HEAD);
+    CHECK_EQ_INT((long)h.path.len, (long)(sizeof(target) - 1 - 17 + 1));
+    CHECK(h.path.len > 2 && h.path.base[0] == '/' && h.path.base[1] == '?' &&
+          h.path.base[h.path.len - 1] == 'q');
+    free(h.arena);
+}
+
 static void test_simple_get(void)
 {
     h1t_t *t = t_new(HTTP_REQUEST);
@@ -1121,6 +1155,7 @@ static void test_status_text(void)
 
 static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_simple_get),
+    LP_TEST_ENTRY(test_absolute_query_copied_while_arena_moves),
     LP_TEST_ENTRY(test_empty_header_value),
     LP_TEST_ENTRY(test_head_then_done),
     LP_TEST_ENTRY(test_head_then_body_in_same_read),
