@@ -119,11 +119,11 @@ static const char *header(const h1t_t *t, const char *name)
  * from the arena into itself reads freed memory unless append() follows the move (ASan). */
 static int move_grow(lp_h1_t *h, size_t need)
 {
-    char *nb = malloc(need * 2);
+    char *nb = malloc(need); /* exactly: every append past the end moves it */
     if (!nb)
         return -1;
     char *old = h->arena;
-    lp_h1_rebase(h, nb, need * 2);
+    lp_h1_rebase(h, nb, need);
     free(old);
     return 0;
 }
