@@ -8,6 +8,7 @@
 struct lp_req_s;
 #include "lp_test.h"
 #include "lua_api.h"
+#include "waf_scan.h"
 #include "waf_transform.h"
 
 #ifdef LP_HAVE_HS
@@ -144,6 +145,49 @@ static void test_many_requests(void)
         CHECK(tn == lens[1] - 2 && memcmp(t + tn - 10, "plain word", 10) == 0);
     }
     lp_ffi_waf_scan_free(ws);
+}
+
+/* A request with many values grows the memo and the hit array; the reset after a small
+ * request gives them back, and the smaller tables still answer right. */
+static void test_tables_shrink(void)
+{
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    size_t memo0, out0, memo, out;
+    lp_waf_scan_capacity(ws, &memo0, &out0);
+    enum { N = 20000 };
+    static char bufs[N][24];
+    static const char *vals[N];
+    static size_t lens[N];
+    for (int i = 0; i < N; i++) {
+        lens[i] = (size_t)snprintf(bufs[i], sizeof bufs[i], "%d-a%%62c", i);
+        vals[i] = bufs[i];
+    }
+    const unsigned *hits;
+    lp_ffi_waf_scan_reset(ws);
+    REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 2, db, scratch, vals, lens, N, &hits), N);
+    lp_waf_scan_capacity(ws, &memo, &out);
+    CHECK(memo >= 2 * N && out >= 2 * N); /* two chains kept a value; an (id, k) pair a hit */
+    lp_ffi_waf_scan_reset(ws);            /* the large request's tables serve the next one */
+    lp_waf_scan_capacity(ws, &memo, &out);
+    CHECK(memo >= 2 * N && out >= 2 * N);
+    const char *small[] = {"a%62c", "none"};
+    REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 2, db, scratch, small, (size_t[]){5, 4}, 2, &hits),
+                   1);
+    lp_ffi_waf_scan_reset(ws); /* after a small one they shrink */
+    lp_waf_scan_capacity(ws, &memo, &out);
+    CHECK_EQ_INT((long)memo, (long)memo0);
+    CHECK(out <= 256);
+    for (int round = 0; round < 3; round++) {
+        REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 2, db, scratch, vals, lens, 100, &hits), 100);
+        CHECK(hits[0] == 1 && hits[1] == 0 && hits[198] == 1 && hits[199] == 99);
+        const char *t;
+        size_t tn;
+        REQUIRE(lp_ffi_waf_scan_value(ws, 2, vals[99], lens[99], &t, &tn) == 0);
+        CHECK(tn == 6 && memcmp(t, "99-abc", 6) == 0);
+        lp_ffi_waf_scan_reset(ws);
+    }
+    lp_ffi_waf_scan_free(ws);
     hs_free_scratch(scratch);
     hs_free_database(db);
 }
@@ -181,7 +225,7 @@ static void test_large_value(void)
 static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_hits_in_order), LP_TEST_ENTRY(test_large_value),
     LP_TEST_ENTRY(test_values_kept),   LP_TEST_ENTRY(test_failed_scan),
-    LP_TEST_ENTRY(test_many_requests),
+    LP_TEST_ENTRY(test_many_requests), LP_TEST_ENTRY(test_tables_shrink),
 };
 #else
 static void test_without_hyperscan(void)
