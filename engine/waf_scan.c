@@ -16,8 +16,11 @@ struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "waf_scan.h"
 #include "waf_transform.h"
 
-/* A hit's id when the scan of its value failed: every condition tests the value. */
-#define LP_WAF_SCAN_ALL 0xFFFFFFFFu
+/* A hit's id when the scan of its value failed or matched more patterns than
+ * LP_WAF_SCAN_VALUE_HITS: every condition tests the value (as when hs.lua's hits overflow).
+ * The cap bounds the hit array by the values, not by what an attacker's value matches. */
+#define LP_WAF_SCAN_ALL        0xFFFFFFFFu
+#define LP_WAF_SCAN_VALUE_HITS 64
 /* Arena kept from one request to the next (bytes): one chunk of the usual size. */
 #define LP_WAF_SCAN_KEEP  65536
 #define LP_WAF_SCAN_CHUNK 65536
@@ -58,7 +61,8 @@ struct lp_waf_scan {
     struct chunk *arena; /* owned: the newest chunk first */
     unsigned *out;       /* owned: (id, value index) pairs of the last scan_values */
     size_t out_n, out_cap;
-    size_t out_peak; /* the most out_n reached since the reset */
+    size_t out_peak;                      /* the most out_n reached since the reset */
+    unsigned ids[LP_WAF_SCAN_VALUE_HITS]; /* one value's scan (lp_ffi_waf_hs_collect) */
 };
 
 lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
@@ -284,26 +288,6 @@ static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned k)
     return 0;
 }
 
-struct collect {
-    lp_waf_scan_t *ws; /* borrowed */
-    unsigned k;
-    int oom;
-};
-
-static int on_match(unsigned int id, unsigned long long from, unsigned long long to,
-                    unsigned int flags, void *ctx)
-{
-    (void)from;
-    (void)to;
-    (void)flags;
-    struct collect *c = ctx;
-    if (push_hit(c->ws, id, c->k) < 0) {
-        c->oom = 1;
-        return 1; /* stop the scan */
-    }
-    return 0;
-}
-
 long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, void *scratch,
                             const char *const *vals, const size_t *lens, unsigned n,
                             const unsigned **hits)
@@ -316,16 +300,18 @@ long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, v
         size_t tn;
         if (transformed(ws, vals[k], lens[k], chain, &t, &tn) < 0)
             return -1;
-        size_t start = ws->out_n;
-        struct collect c = {.ws = ws, .k = k, .oom = 0};
-        int rc = tn > UINT32_MAX ? -1 : ws->scan(db, t, (unsigned)tn, 0, scratch, on_match, &c);
-        if (c.oom)
-            return -1;
-        if (rc != 0) { /* as the Lua scan: the ids before the failure do not count */
-            ws->out_n = start;
+        lp_waf_hits_t h = {.n = 0, .cap = LP_WAF_SCAN_VALUE_HITS, .more = 0, .ids = ws->ids};
+        int rc = tn > UINT32_MAX
+                     ? -1
+                     : ws->scan(db, t, (unsigned)tn, 0, scratch, lp_ffi_waf_hs_collect, &h);
+        if (rc != 0 || h.more) { /* as the Lua scan: the ids before do not count */
             if (push_hit(ws, LP_WAF_SCAN_ALL, k) < 0)
                 return -1;
+            continue;
         }
+        for (unsigned j = 0; j < h.n; j++)
+            if (push_hit(ws, h.ids[j], k) < 0)
+                return -1;
     }
     *hits = ws->out;
     return (long)(ws->out_n / 2);

@@ -229,10 +229,49 @@ static void test_large_value(void)
     lp_ffi_waf_scan_free(ws);
 }
 
+/* A value matching more patterns than a value's hits hold: one hit for every condition. */
+static void test_hits_capped(void)
+{
+    enum { P = 70 };
+    static char texts[P][4];
+    const char *pats[P];
+    unsigned flags[P], ids[P];
+    for (int i = 0; i < P; i++) {
+        snprintf(texts[i], sizeof texts[i], "q%02d", i);
+        pats[i] = texts[i];
+        flags[i] = HS_FLAG_SINGLEMATCH;
+        ids[i] = (unsigned)i + 1;
+    }
+    hs_database_t *many = NULL;
+    hs_scratch_t *sc = NULL;
+    hs_compile_error_t *err = NULL;
+    if (hs_compile_multi(pats, flags, ids, P, HS_MODE_BLOCK, NULL, &many, &err) != HS_SUCCESS)
+        hs_free_compile_error(err);
+    REQUIRE(many != NULL);
+    REQUIRE(hs_alloc_scratch(many, &sc) == HS_SUCCESS);
+    static char all[3 * P + 1];
+    for (int i = 0; i < P; i++)
+        memcpy(all + 3 * i, texts[i], 3);
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    const char *vals[] = {"q01 q02 q03", all};
+    size_t lens[] = {11, 3 * P};
+    const unsigned *hits;
+    long n = lp_ffi_waf_scan_values(ws, 0, many, sc, vals, lens, 2, &hits);
+    REQUIRE_EQ_INT(n, 4);
+    CHECK(hits[0] == 2 && hits[2] == 3 && hits[4] == 4);
+    CHECK(hits[1] == 0 && hits[3] == 0 && hits[5] == 0);
+    CHECK(hits[6] == 0xFFFFFFFFu && hits[7] == 1);
+    lp_ffi_waf_scan_free(ws);
+    hs_free_scratch(sc);
+    hs_free_database(many);
+}
+
 static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_hits_in_order), LP_TEST_ENTRY(test_large_value),
     LP_TEST_ENTRY(test_values_kept),   LP_TEST_ENTRY(test_failed_scan),
-    LP_TEST_ENTRY(test_many_requests), LP_TEST_ENTRY(test_tables_shrink),
+    LP_TEST_ENTRY(test_hits_capped),   LP_TEST_ENTRY(test_many_requests),
+    LP_TEST_ENTRY(test_tables_shrink),
 };
 #else
 static void test_without_hyperscan(void)
