@@ -297,7 +297,8 @@ void lp_ffi_waf_scan_free(lp_waf_scan_t *ws);
 /* Values vals[k] (lens[k] bytes; borrowed until the reset, as the transformed texts are
  * kept by their address) through chain, each scanned with db; returns the hits, in the order
  * Hyperscan reports them, as *hits[2j] = pattern id, *hits[2j+1] = k (0xFFFFFFFF for the id:
- * the scan of value k failed), and their count j; -1 when out of memory or a chain is unset. */
+ * the scan of value k failed or matched more than 64 patterns, so every condition tests it),
+ * and their count j; -1 when out of memory or a chain is unset. */
 long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, void *scratch,
                             const char *const *vals, const size_t *lens, unsigned n,
                             const unsigned **hits);

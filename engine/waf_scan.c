@@ -13,13 +13,23 @@
 
 struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "lua_api.h"
+#include "waf_scan.h"
 #include "waf_transform.h"
 
-/* A hit's id when the scan of its value failed: every condition tests the value. */
-#define LP_WAF_SCAN_ALL 0xFFFFFFFFu
+/* A hit's id when the scan of its value failed or matched more patterns than
+ * LP_WAF_SCAN_VALUE_HITS: every condition tests the value (as when hs.lua's hits overflow).
+ * The cap bounds the hit array by the values, not by what an attacker's value matches. */
+#define LP_WAF_SCAN_ALL        0xFFFFFFFFu
+#define LP_WAF_SCAN_VALUE_HITS 64
 /* Arena kept from one request to the next (bytes): one chunk of the usual size. */
 #define LP_WAF_SCAN_KEEP  65536
 #define LP_WAF_SCAN_CHUNK 65536
+/* Memo slots and hit words a state starts with, and above which a reset shrinks a table the
+ * last request used less than an eighth of: one request with thousands of values would
+ * otherwise leave its tables (40 B a slot) to the worker's life. */
+#define LP_WAF_SCAN_MEMO0  256
+#define LP_WAF_SCAN_OUT0   256
+#define LP_WAF_SCAN_SHRINK 4096
 
 struct chain {
     unsigned parent;
@@ -51,6 +61,8 @@ struct lp_waf_scan {
     struct chunk *arena; /* owned: the newest chunk first */
     unsigned *out;       /* owned: (id, value index) pairs of the last scan_values */
     size_t out_n, out_cap;
+    size_t out_peak;                      /* the most out_n reached since the reset */
+    unsigned ids[LP_WAF_SCAN_VALUE_HITS]; /* one value's scan (lp_ffi_waf_hs_collect) */
 };
 
 lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
@@ -61,7 +73,7 @@ lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
     ws->scan = scan;
     ws->nchains = nchains + 1;
     ws->chains = calloc(ws->nchains, sizeof *ws->chains);
-    ws->mcap = 256;
+    ws->mcap = LP_WAF_SCAN_MEMO0;
     ws->memo = calloc(ws->mcap, sizeof *ws->memo);
     ws->gen = 1;
     if (!ws->chains || !ws->memo) {
@@ -89,8 +101,47 @@ static void free_chunks(struct chunk *c)
     }
 }
 
+/* The smallest power of two from min holding n at a quarter of it (below the memo's half
+ * load, so the next request like the last one does not grow it again). */
+static size_t cap_for(size_t n, size_t min)
+{
+    size_t cap = min;
+    while (cap / 4 < n)
+        cap *= 2;
+    return cap;
+}
+
+/* A table above LP_WAF_SCAN_SHRINK the last request used less than an eighth of. */
+static int oversized(size_t cap, size_t used)
+{
+    return cap > LP_WAF_SCAN_SHRINK && used < cap / 8;
+}
+
+static void shrink(lp_waf_scan_t *ws)
+{
+    if (oversized(ws->mcap, ws->mused)) {
+        size_t cap = cap_for(ws->mused, LP_WAF_SCAN_MEMO0);
+        struct memo *m = calloc(cap, sizeof *m); /* all free: gen 0 is never the state's */
+        if (m) {                                 /* else the large one serves on */
+            free(ws->memo);
+            ws->memo = m;
+            ws->mcap = cap;
+        }
+    }
+    if (oversized(ws->out_cap, ws->out_peak)) {
+        size_t cap = cap_for(ws->out_peak, LP_WAF_SCAN_OUT0);
+        unsigned *o = realloc(ws->out, cap * sizeof *o);
+        if (o) {
+            ws->out = o;
+            ws->out_cap = cap;
+        }
+    }
+    ws->out_peak = 0;
+}
+
 void lp_ffi_waf_scan_reset(lp_waf_scan_t *ws)
 {
+    shrink(ws);
     ws->gen++;
     if (ws->gen == 0) { /* wrapped: old entries would look valid again */
         memset(ws->memo, 0, ws->mcap * sizeof *ws->memo);
@@ -223,7 +274,7 @@ static int transformed(lp_waf_scan_t *ws, const char *v, size_t n, unsigned chai
 static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned k)
 {
     if (ws->out_n + 2 > ws->out_cap) {
-        size_t cap = ws->out_cap ? ws->out_cap * 2 : 256;
+        size_t cap = ws->out_cap ? ws->out_cap * 2 : LP_WAF_SCAN_OUT0;
         unsigned *o = realloc(ws->out, cap * sizeof *o);
         if (!o)
             return -1;
@@ -232,26 +283,8 @@ static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned k)
     }
     ws->out[ws->out_n++] = id;
     ws->out[ws->out_n++] = k;
-    return 0;
-}
-
-struct collect {
-    lp_waf_scan_t *ws; /* borrowed */
-    unsigned k;
-    int oom;
-};
-
-static int on_match(unsigned int id, unsigned long long from, unsigned long long to,
-                    unsigned int flags, void *ctx)
-{
-    (void)from;
-    (void)to;
-    (void)flags;
-    struct collect *c = ctx;
-    if (push_hit(c->ws, id, c->k) < 0) {
-        c->oom = 1;
-        return 1; /* stop the scan */
-    }
+    if (ws->out_n > ws->out_peak)
+        ws->out_peak = ws->out_n;
     return 0;
 }
 
@@ -267,16 +300,18 @@ long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, v
         size_t tn;
         if (transformed(ws, vals[k], lens[k], chain, &t, &tn) < 0)
             return -1;
-        size_t start = ws->out_n;
-        struct collect c = {.ws = ws, .k = k, .oom = 0};
-        int rc = tn > UINT32_MAX ? -1 : ws->scan(db, t, (unsigned)tn, 0, scratch, on_match, &c);
-        if (c.oom)
-            return -1;
-        if (rc != 0) { /* as the Lua scan: the ids before the failure do not count */
-            ws->out_n = start;
+        lp_waf_hits_t h = {.n = 0, .cap = LP_WAF_SCAN_VALUE_HITS, .more = 0, .ids = ws->ids};
+        int rc = tn > UINT32_MAX
+                     ? -1
+                     : ws->scan(db, t, (unsigned)tn, 0, scratch, lp_ffi_waf_hs_collect, &h);
+        if (rc != 0 || h.more) { /* as the Lua scan: the ids before do not count */
             if (push_hit(ws, LP_WAF_SCAN_ALL, k) < 0)
                 return -1;
+            continue;
         }
+        for (unsigned j = 0; j < h.n; j++)
+            if (push_hit(ws, h.ids[j], k) < 0)
+                return -1;
     }
     *hits = ws->out;
     return (long)(ws->out_n / 2);
@@ -288,6 +323,12 @@ int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size
     if (chain >= ws->nchains || (chain > 0 && ws->chains[chain].step == 0))
         return -1;
     return transformed(ws, v, n, chain, out, olen);
+}
+
+void lp_waf_scan_capacity(const lp_waf_scan_t *ws, size_t *memo_slots, size_t *hit_words)
+{
+    *memo_slots = ws->mcap;
+    *hit_words = ws->out_cap;
 }
 
 int lp_ffi_waf_transform_id(const char *name)

@@ -209,84 +209,121 @@ static long html_decode(const uc *in, size_t n, uc *o)
     return (long)w;
 }
 
+/* One in-place pass of a backslash decoder over o[0..n): where esc finds an escape at a
+ * backslash (s, left bytes from it) it gives the byte in *b and the escape's length, else 0
+ * and the byte is copied. Inlined with esc known, so it costs what the loop written out did. */
+typedef size_t (*escape_fn)(const uc *s, size_t left, uc *b);
+
+static inline size_t backslash_pass(uc *o, size_t n, escape_fn esc)
+{
+    size_t w = 0, r = 0;
+    while (r < n) {
+        uc b;
+        size_t k = o[r] == '\\' ? esc(o + r, n - r, &b) : 0;
+        if (k > 0) {
+            o[w++] = b;
+            r += k;
+        } else {
+            o[w++] = o[r++];
+        }
+    }
+    return w;
+}
+
+/* A code point as one byte: the low byte, or a full-width form's ASCII. */
+static uc low_byte(uint32_t cp)
+{
+    return (uc)(fullwidth(cp) ? cp - 0xFEE0 : cp & 0xFF);
+}
+
+static size_t js_unicode(const uc *s, size_t left, uc *b) /* \uHHHH */
+{
+    if (left < 6 || (s[1] | 0x20) != 'u' || !is_hex(s[2]) || !is_hex(s[3]) || !is_hex(s[4]) ||
+        !is_hex(s[5]))
+        return 0;
+    *b = low_byte(hexn(s + 2, 4));
+    return 6;
+}
+
+static size_t js_hex(const uc *s, size_t left, uc *b) /* \xHH */
+{
+    if (left < 4 || (s[1] | 0x20) != 'x' || !is_hex(s[2]) || !is_hex(s[3]))
+        return 0;
+    *b = (uc)hexn(s + 2, 2);
+    return 4;
+}
+
+static size_t js_octal(const uc *s, size_t left, uc *b) /* \OOO (one to three octal digits) */
+{
+    size_t e = 1;
+    unsigned v = 0;
+    while (e < left && e < 4 && s[e] >= '0' && s[e] <= '7')
+        v = v * 8 + (unsigned)(s[e++] - '0');
+    *b = (uc)(v & 0xFF);
+    return e > 1 ? e : 0;
+}
+
+static size_t js_char(const uc *s, size_t left, uc *b) /* \c: its control character, or c */
+{
+    if (left < 2)
+        return 0;
+    switch (s[1]) {
+    case 'a':
+        *b = '\a';
+        break;
+    case 'b':
+        *b = '\b';
+        break;
+    case 'f':
+        *b = '\f';
+        break;
+    case 'n':
+        *b = '\n';
+        break;
+    case 'r':
+        *b = '\r';
+        break;
+    case 't':
+        *b = '\t';
+        break;
+    case 'v':
+        *b = '\v';
+        break;
+    default:
+        *b = s[1];
+        break;
+    }
+    return 2;
+}
+
 static long js_decode(const uc *in, size_t n, uc *o)
 {
     if (!find_byte((const char *)in, n, '\\'))
         return -1;
     memcpy(o, in, n);
-    size_t w = 0, r = 0;
-    while (r < n) { /* \uHHHH: the low byte, or a full-width form's ASCII */
-        if (o[r] == '\\' && r + 5 < n && (o[r + 1] | 0x20) == 'u' && is_hex(o[r + 2]) &&
-            is_hex(o[r + 3]) && is_hex(o[r + 4]) && is_hex(o[r + 5])) {
-            uint32_t cp = hexn(o + r + 2, 4);
-            o[w++] = (uc)(fullwidth(cp) ? cp - 0xFEE0 : cp & 0xFF);
-            r += 6;
-        } else {
-            o[w++] = o[r++];
-        }
-    }
-    n = w;
-    w = r = 0;
-    while (r < n) { /* \xHH */
-        if (o[r] == '\\' && r + 3 < n && (o[r + 1] | 0x20) == 'x' && is_hex(o[r + 2]) &&
-            is_hex(o[r + 3])) {
-            o[w++] = (uc)hexn(o + r + 2, 2);
-            r += 4;
-        } else {
-            o[w++] = o[r++];
-        }
-    }
-    n = w;
-    w = r = 0;
-    while (r < n) { /* \OOO (one to three octal digits) */
-        if (o[r] == '\\' && r + 1 < n && o[r + 1] >= '0' && o[r + 1] <= '7') {
-            size_t e = r + 1;
-            unsigned v = 0;
-            while (e < n && e < r + 4 && o[e] >= '0' && o[e] <= '7')
-                v = v * 8 + (unsigned)(o[e++] - '0');
-            o[w++] = (uc)(v & 0xFF);
-            r = e;
-        } else {
-            o[w++] = o[r++];
-        }
-    }
-    n = w;
-    w = r = 0;
-    while (r < n) { /* \c */
-        if (o[r] == '\\' && r + 1 < n) {
-            uc c = o[r + 1];
-            switch (c) {
-            case 'a':
-                c = '\a';
-                break;
-            case 'b':
-                c = '\b';
-                break;
-            case 'f':
-                c = '\f';
-                break;
-            case 'n':
-                c = '\n';
-                break;
-            case 'r':
-                c = '\r';
-                break;
-            case 't':
-                c = '\t';
-                break;
-            case 'v':
-                c = '\v';
-                break;
-            default:
-                break;
-            }
-            o[w++] = c;
-            r += 2;
-        } else {
-            o[w++] = o[r++];
-        }
-    }
-    return (long)w;
+    n = backslash_pass(o, n, js_unicode);
+    n = backslash_pass(o, n, js_hex);
+    n = backslash_pass(o, n, js_octal);
+    return (long)backslash_pass(o, n, js_char);
+}
+
+static size_t css_hex(const uc *s, size_t left, uc *b) /* \H{1,6} and one optional space */
+{
+    size_t e = 1;
+    while (e < left && e < 7 && is_hex(s[e]))
+        e++;
+    if (e == 1)
+        return 0;
+    *b = low_byte(hexn(s + 1, e - 1));
+    return e < left && s[e] == ' ' ? e + 1 : e;
+}
+
+static size_t css_char(const uc *s, size_t left, uc *b) /* \c: c */
+{
+    if (left < 2)
+        return 0;
+    *b = s[1];
+    return 2;
 }
 
 static long css_decode(const uc *in, size_t n, uc *o)
@@ -294,38 +331,15 @@ static long css_decode(const uc *in, size_t n, uc *o)
     if (!find_byte((const char *)in, n, '\\'))
         return -1;
     memcpy(o, in, n);
+    n = backslash_pass(o, n, css_hex);
     size_t w = 0, r = 0;
-    while (r < n) { /* \H{1,6} and one optional space */
-        if (o[r] == '\\' && r + 1 < n && is_hex(o[r + 1])) {
-            size_t e = r + 1;
-            while (e < n && e < r + 7 && is_hex(o[e]))
-                e++;
-            uint32_t cp = hexn(o + r + 1, e - r - 1);
-            r = e < n && o[e] == ' ' ? e + 1 : e;
-            o[w++] = (uc)(fullwidth(cp) ? cp - 0xFEE0 : cp & 0xFF);
-        } else {
-            o[w++] = o[r++];
-        }
-    }
-    n = w;
-    w = r = 0;
     while (r < n) { /* a backslash before a newline goes with it */
         if (o[r] == '\\' && r + 1 < n && o[r + 1] == '\n')
             r += 2;
         else
             o[w++] = o[r++];
     }
-    n = w;
-    w = r = 0;
-    while (r < n) { /* \c: c */
-        if (o[r] == '\\' && r + 1 < n) {
-            o[w++] = o[r + 1];
-            r += 2;
-        } else {
-            o[w++] = o[r++];
-        }
-    }
-    return (long)w;
+    return (long)backslash_pass(o, w, css_char);
 }
 
 static long cmdline_modsec(const uc *in, size_t n, uc *o)

@@ -8,6 +8,7 @@
 struct lp_req_s;
 #include "lp_test.h"
 #include "lua_api.h"
+#include "waf_scan.h"
 #include "waf_transform.h"
 
 #ifdef LP_HAVE_HS
@@ -112,6 +113,8 @@ static void test_failed_scan(void)
     lp_ffi_waf_scan_free(ws);
 }
 
+/* Each round's values sit at the same addresses with the same lengths as the last round's
+ * (the memo's keys) but say something else: a memo kept over the reset answers stale. */
 static void test_many_requests(void)
 {
     lp_waf_scan_t *ws = state();
@@ -122,26 +125,74 @@ static void test_many_requests(void)
     static size_t lens[N];
     for (int round = 0; round < 5; round++) {
         lp_ffi_waf_scan_reset(ws);
+        int r = round % 7;
         for (int i = 0; i < N; i++) {
-            /* every 7th value hides abc behind an escape; distinct texts each round */
-            int len = i % 7 == 0
-                          ? snprintf(bufs[i], sizeof bufs[i], "r%d-%d-A%%62C", round, i)
-                          : snprintf(bufs[i], sizeof bufs[i], "r%d-%d-plain%%20word", round, i);
+            /* every 7th value, from the round's own first, hides abc behind an escape */
+            int len = snprintf(bufs[i], sizeof bufs[i], "r%d-%04d-%s", round, i,
+                               i % 7 == r ? "A%62C%20wd" : "plain%20wd");
             vals[i] = bufs[i];
             lens[i] = (size_t)len;
         }
         const unsigned *hits;
         long n = lp_ffi_waf_scan_values(ws, 2, db, scratch, vals, lens, N, &hits);
-        REQUIRE_EQ_INT(n, (N + 6) / 7);
+        REQUIRE_EQ_INT(n, (N - r + 6) / 7);
         for (long j = 0; j < n; j++)
-            if (!CHECK(hits[2 * j] == 1 && hits[2 * j + 1] == (unsigned)(7 * j)))
+            if (!CHECK(hits[2 * j] == 1 && hits[2 * j + 1] == (unsigned)(r + 7 * j)))
                 break;
+        char want[40];
         const char *t;
         size_t tn;
-        REQUIRE(lp_ffi_waf_scan_value(ws, 3, vals[1], lens[1], &t, &tn) == 0);
-        CHECK(t == vals[1]); /* lowercase alone changes nothing in it */
-        REQUIRE(lp_ffi_waf_scan_value(ws, 1, vals[1], lens[1], &t, &tn) == 0);
-        CHECK(tn == lens[1] - 2 && memcmp(t + tn - 10, "plain word", 10) == 0);
+        REQUIRE(lp_ffi_waf_scan_value(ws, 2, vals[r], lens[r], &t, &tn) == 0);
+        int wn = snprintf(want, sizeof want, "r%d-%04d-abc wd", round, r);
+        CHECK(tn == (size_t)wn && memcmp(t, want, tn) == 0);
+        REQUIRE(lp_ffi_waf_scan_value(ws, 1, vals[r + 1], lens[r + 1], &t, &tn) == 0);
+        wn = snprintf(want, sizeof want, "r%d-%04d-plain wd", round, r + 1);
+        CHECK(tn == (size_t)wn && memcmp(t, want, tn) == 0);
+        REQUIRE(lp_ffi_waf_scan_value(ws, 3, vals[r + 1], lens[r + 1], &t, &tn) == 0);
+        CHECK(t == vals[r + 1]); /* lowercase alone changes nothing in it */
+    }
+    lp_ffi_waf_scan_free(ws);
+}
+
+/* A request with many values grows the memo and the hit array; the reset after a small
+ * request gives them back, and the smaller tables still answer right. */
+static void test_tables_shrink(void)
+{
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    size_t memo0, out0, memo, out;
+    lp_waf_scan_capacity(ws, &memo0, &out0);
+    enum { N = 20000 };
+    static char bufs[N][24];
+    static const char *vals[N];
+    static size_t lens[N];
+    for (int i = 0; i < N; i++) {
+        lens[i] = (size_t)snprintf(bufs[i], sizeof bufs[i], "%d-a%%62c", i);
+        vals[i] = bufs[i];
+    }
+    const unsigned *hits;
+    lp_ffi_waf_scan_reset(ws);
+    REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 2, db, scratch, vals, lens, N, &hits), N);
+    lp_waf_scan_capacity(ws, &memo, &out);
+    CHECK(memo >= 2 * N && out >= 2 * N); /* two chains kept a value; an (id, k) pair a hit */
+    lp_ffi_waf_scan_reset(ws);            /* the large request's tables serve the next one */
+    lp_waf_scan_capacity(ws, &memo, &out);
+    CHECK(memo >= 2 * N && out >= 2 * N);
+    const char *small[] = {"a%62c", "none"};
+    REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 2, db, scratch, small, (size_t[]){5, 4}, 2, &hits),
+                   1);
+    lp_ffi_waf_scan_reset(ws); /* after a small one they shrink */
+    lp_waf_scan_capacity(ws, &memo, &out);
+    CHECK_EQ_INT((long)memo, (long)memo0);
+    CHECK(out <= 256);
+    for (int round = 0; round < 3; round++) {
+        REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 2, db, scratch, vals, lens, 100, &hits), 100);
+        CHECK(hits[0] == 1 && hits[1] == 0 && hits[198] == 1 && hits[199] == 99);
+        const char *t;
+        size_t tn;
+        REQUIRE(lp_ffi_waf_scan_value(ws, 2, vals[99], lens[99], &t, &tn) == 0);
+        CHECK(tn == 6 && memcmp(t, "99-abc", 6) == 0);
+        lp_ffi_waf_scan_reset(ws);
     }
     lp_ffi_waf_scan_free(ws);
     hs_free_scratch(scratch);
@@ -178,10 +229,49 @@ static void test_large_value(void)
     lp_ffi_waf_scan_free(ws);
 }
 
+/* A value matching more patterns than a value's hits hold: one hit for every condition. */
+static void test_hits_capped(void)
+{
+    enum { P = 70 };
+    static char texts[P][4];
+    const char *pats[P];
+    unsigned flags[P], ids[P];
+    for (int i = 0; i < P; i++) {
+        snprintf(texts[i], sizeof texts[i], "q%02d", i);
+        pats[i] = texts[i];
+        flags[i] = HS_FLAG_SINGLEMATCH;
+        ids[i] = (unsigned)i + 1;
+    }
+    hs_database_t *many = NULL;
+    hs_scratch_t *sc = NULL;
+    hs_compile_error_t *err = NULL;
+    if (hs_compile_multi(pats, flags, ids, P, HS_MODE_BLOCK, NULL, &many, &err) != HS_SUCCESS)
+        hs_free_compile_error(err);
+    REQUIRE(many != NULL);
+    REQUIRE(hs_alloc_scratch(many, &sc) == HS_SUCCESS);
+    static char all[3 * P + 1];
+    for (int i = 0; i < P; i++)
+        memcpy(all + 3 * i, texts[i], 3);
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    const char *vals[] = {"q01 q02 q03", all};
+    size_t lens[] = {11, 3 * P};
+    const unsigned *hits;
+    long n = lp_ffi_waf_scan_values(ws, 0, many, sc, vals, lens, 2, &hits);
+    REQUIRE_EQ_INT(n, 4);
+    CHECK(hits[0] == 2 && hits[2] == 3 && hits[4] == 4);
+    CHECK(hits[1] == 0 && hits[3] == 0 && hits[5] == 0);
+    CHECK(hits[6] == 0xFFFFFFFFu && hits[7] == 1);
+    lp_ffi_waf_scan_free(ws);
+    hs_free_scratch(sc);
+    hs_free_database(many);
+}
+
 static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_hits_in_order), LP_TEST_ENTRY(test_large_value),
     LP_TEST_ENTRY(test_values_kept),   LP_TEST_ENTRY(test_failed_scan),
-    LP_TEST_ENTRY(test_many_requests),
+    LP_TEST_ENTRY(test_hits_capped),   LP_TEST_ENTRY(test_many_requests),
+    LP_TEST_ENTRY(test_tables_shrink),
 };
 #else
 static void test_without_hyperscan(void)

@@ -932,6 +932,28 @@ local function value_list(st, p, g)
   return L
 end
 
+-- Records that condition gid of group g may match value i of collection cname (SCAN_ALL:
+-- the value's scan failed or matched more than its hits hold, so every condition may); the
+-- one place group_hits and pipeline_hits record a hit. Only for conditions that read this
+-- collection: a pattern of a rule on REQUEST_FILENAME matching a header is no work for it.
+local SCAN_ALL = hs.SCAN_FAILED
+local function note_hit(h, g, gid, cname, i)
+  if gid == SCAN_ALL then
+    for x = 1, #g.conds do
+      local l = h[x] or {}
+      h[x] = l
+      l[#l + 1], l[#l + 2] = cname, i
+    end
+  elseif g.reads[gid][cname] then
+    local l = h[gid]
+    if not l then
+      l = {}
+      h[gid] = l
+    end
+    l[#l + 1], l[#l + 2] = cname, i
+  end
+end
+
 -- group_hits through the C pipeline: the group's values passed in one call, transformed and
 -- scanned there; fills h as group_hits does (same order: by value, ids as reported). false
 -- when the pipeline cannot run the group (the caller does it in Lua).
@@ -942,24 +964,9 @@ pipeline_hits = function(st, g, h)
   local pv_coll, pv_idx = L.coll, L.idx
   local cnt, hits = hs.scan_values(p.ws, g.chain, g.db, L.ptr, L.len, L.n)
   if not cnt then return false end
-  local reads, FAILED = g.reads, hs.SCAN_FAILED
   for j = 0, cnt - 1 do
-    local gid, k = hits[2 * j], hits[2 * j + 1] + 1
-    local cname, i = pv_coll[k], pv_idx[k]
-    if gid == FAILED then
-      for x = 1, #g.conds do
-        local l = h[x] or {}
-        h[x] = l
-        l[#l + 1], l[#l + 2] = cname, i
-      end
-    elseif reads[gid][cname] then
-      local l = h[gid]
-      if not l then
-        l = {}
-        h[gid] = l
-      end
-      l[#l + 1], l[#l + 2] = cname, i
-    end
+    local k = hits[2 * j + 1] + 1
+    note_hit(h, g, hits[2 * j], pv_coll[k], pv_idx[k])
   end
   return true
 end
@@ -985,25 +992,10 @@ local function group_hits(st, g)
         local v = value(st, cname, c, i, ch)
         local n, ids, base, more = scan(db, v, hits)
         if not n or more then
-          for gid = 1, #g.conds do
-            local l = h[gid] or {}
-            h[gid] = l
-            l[#l + 1], l[#l + 2] = cname, i
-          end
-        elseif n > 0 then
-          local reads = g.reads
+          note_hit(h, g, SCAN_ALL, cname, i)
+        else
           for k = 0, n - 1 do
-            local gid = ids[base + k]
-            -- only for conditions that read this collection: a pattern of a rule on
-            -- REQUEST_FILENAME matching a header is no work for that rule
-            if reads[gid][cname] then
-              local l = h[gid]
-              if not l then
-                l = {}
-                h[gid] = l
-              end
-              l[#l + 1], l[#l + 2] = cname, i
-            end
+            note_hit(h, g, ids[base + k], cname, i)
           end
         end
       end

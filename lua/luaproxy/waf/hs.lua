@@ -310,7 +310,7 @@ M.pipeline_available = W ~= nil
 -- The engine's waf C functions (ffi.C or lp_native), or nil (luaproxy/waf/detect.lua uses them too).
 M.native = W
 local hs_scan_fn = W and ffi.cast("lp_waf_hs_scan_fn", H.hs_scan)
-M.SCAN_FAILED = 0xFFFFFFFF -- a hit's id when the scan of its value failed
+M.SCAN_FAILED = 0xFFFFFFFF -- a hit's id when the scan of its value failed or matched too much
 
 -- The pipeline state of a rule set's chains (chains[id] = { parent = id, name = "a,b,c" },
 -- ids 1..n, each parent before its child): the state (freed by the GC) and the set of
