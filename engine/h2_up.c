@@ -777,6 +777,10 @@ static void stream_give_head(lp_h2u_stream_t *st, int *done)
     int bodiless = st->in_eof && !st->in.head && !(rh->flags & LP_H1F_LENGTH) && !st->trailers &&
                    st->status != 204 && st->status != 304;
     st->head_given = 1;
+    /* That content-length is ours: it may take one of the slots beyond the upstream's limit
+     * (LP_HEADERS_SPARE), so a head of exactly max_headers fields is not refused for it. */
+    if (bodiless && rh->max_headers < req->cap_headers)
+        rh->max_headers++;
     if ((bodiless && lp_h1_field(rh, "content-length", 14, "0", 1)) ||
         lp_h1_fields_end(rh, st->status)) {
         stream_head_refused(st);

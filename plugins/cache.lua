@@ -988,8 +988,12 @@ end
 -- the upstream said nothing, so the cache may serve stale as when disconnected.
 local NET_FAILURE = { connect = true, timeout = true, reset = true }
 
-local function request_parts(req)
-  return { scheme = req:scheme() or "http", host = req:host(), path = req:uri() }
+-- The target URI's parts as the default key has them: the authority keeps a port other than
+-- the scheme's default (engine/cache_ffi.c key_authority), so that a write through
+-- `Host: a:8080` purges the entries stored under that port.
+local function request_parts(req, z)
+  local host = z:default_key(req):match("^GET [^:]*://([^/?]*)")
+  return { scheme = req:scheme() or "http", host = host or req:host(), path = req:uri() }
 end
 
 -- A request whose request phase the engine ran (a miss it looked up, counted and locked:
@@ -1012,7 +1016,7 @@ function P.response(req, conf)
   local z = st.zone
   local status = req:status()
   if st.invalidate then
-    local uris = policy.invalidations(req:method(), status, request_parts(req), req:resp_headers())
+    local uris = policy.invalidations(req:method(), status, request_parts(req, z), req:resp_headers())
     for _, u in ipairs(uris) do z:purge("GET " .. u) end
     if conf._l2 and #uris > 0 then st.l2_del = uris end
     return

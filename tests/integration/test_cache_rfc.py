@@ -591,6 +591,20 @@ class CacheRfcTest(H.ProxyTestCase):
         self.assertEqual(self.origin.count(p), 3)
         self.assertEqual(r.body, b"v3")
 
+    def test_unsafe_method_invalidates_target_on_its_port(self):
+        # The port is part of the target URI: a POST through `Host: a.test:8080` purges the
+        # entry stored under that port (the key keeps it), and only that one.
+        p = self.path()
+        self.origin.script(p, lambda req: ok("v%d" % self.origin.count(p),
+                                             ("Cache-Control", "max-age=3600")))
+        self.get(p, host="a.test:8080")
+        self.get(p, host="a.test")
+        self.assertHit(self.get(p, host="a.test:8080"))
+        self.get(p, method="POST", body=b"x", host="a.test:8080")
+        self.assertEqual(self.get(p, host="a.test:8080").body, b"v4")
+        self.assertHit(self.get(p, host="a.test"))
+        self.assertEqual(self.origin.count(p), 4)
+
     def test_error_answer_does_not_invalidate(self):
         p = self.path()
 
