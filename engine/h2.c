@@ -574,6 +574,11 @@ static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
         st->in_eof = st->eof_done = 1;
         req->state = LP_RS_DONE;
     }
+    /* Host (from :authority) and Transfer-Encoding are lines we made, not the client's
+     * fields: they take slots beyond its limit (LP_HEADERS_SPARE), not its own. */
+    unsigned ours = (has_a ? 1u : 0u) + (chunked ? 1u : 0u);
+    if (req->h1.max_headers + ours <= req->cap_headers)
+        req->h1.max_headers += ours;
     size_t used = 0;
     lp_h1_event_t ev = lp_h1_execute(&req->h1, text, len, &used);
     if (text != stack)

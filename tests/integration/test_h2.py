@@ -344,6 +344,22 @@ class H2Test(H.ProxyTestCase):
         self.assertEqual(hdrs["x-up"], "v")
         self.assertEqual(hdrs["cookie"], "a=1")
 
+    def test_max_headers_counts_the_clients_fields_only(self):
+        # limits.max_headers (100) regular fields: the Host made from :authority and the
+        # Transfer-Encoding made for a body without content-length are the proxy's lines,
+        # not the client's, and do not push it over (before: 431).
+        c = Client(self.h2c_port)
+        try:
+            fields = [("x-f%d" % i, "v") for i in range(100)]
+            sid = c.request("/headers", method="POST", headers=fields, body=b"abc")
+            c.pump(lambda: c.done(sid))
+            self.assertEqual(c.streams[sid]["status"], 200, c.streams[sid])
+            over = c.request("/headers", headers=fields + [("x-f100", "v")])
+            c.pump(lambda: c.done(over))
+            self.assertEqual(c.streams[over]["status"], 431)
+        finally:
+            c.close()
+
     def test_http_version_is_2_in_lua(self):
         self.assertEqual(self.curl("--http2-prior-knowledge",
                                    "http://127.0.0.1:%d/version" % self.h2c_port),
