@@ -1739,6 +1739,21 @@ local function build_plan(cs)
   cs.plan = plan
 end
 
+-- A condition's @rx pattern or @pm phrases into a Hyperscan group, tagged with its gid. \A
+-- \z \Z become ^ $: a superset, as the joined scan needs (PCRE2 confirms).
+local function add_patterns(g, cond)
+  if cond.op == "rx" then
+    local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
+    g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
+      hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
+  else
+    for _, p in ipairs(cond.arg) do
+      g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
+        escape_literal(p), hs.SINGLEMATCH + hs.CASELESS, cond.gid
+    end
+  end
+end
+
 -- Compiles a seclang rule set (seclang.load's result) for one plugin instance.
 -- opts: paranoia (rules above it are left out), exclusions (the plugin's), hyperscan.
 -- Returns cs, or nil, problem.
@@ -1905,16 +1920,7 @@ function M.compile_seclang(set, opts)
           mg.conds[#mg.conds + 1] = cond
           cond.group, cond.gid, cond.fast = mg, #mg.conds, false
           mg.reads[cond.gid] = {}
-          if cond.op == "rx" then
-            local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
-            mg.pats[#mg.pats + 1], mg.flags[#mg.flags + 1], mg.ids[#mg.ids + 1] =
-              hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
-          else
-            for _, p in ipairs(cond.arg) do
-              mg.pats[#mg.pats + 1], mg.flags[#mg.flags + 1], mg.ids[#mg.ids + 1] =
-                escape_literal(p), hs.SINGLEMATCH + hs.CASELESS, cond.gid
-            end
-          end
+          add_patterns(mg, cond)
         end
         if (cond.op == "rx" or cond.op == "pm") and not cond.multi then
           local g = groups[cond.chain]
@@ -1943,17 +1949,7 @@ function M.compile_seclang(set, opts)
               end
             end
           end
-          if cond.op == "rx" then
-            -- \A \z \Z as ^ $ for Hyperscan: a superset, as the joined scan needs
-            local hp = gsub(gsub(cond.arg, "\\[zZ]", "$"), "\\A", "^")
-            g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
-              hp, hs.SINGLEMATCH + hs.DOTALL + hs.MULTILINE, cond.gid
-          else
-            for _, p in ipairs(cond.arg) do
-              g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] =
-                escape_literal(p), hs.SINGLEMATCH + hs.CASELESS, cond.gid
-            end
-          end
+          add_patterns(g, cond)
         end
       end
     end
