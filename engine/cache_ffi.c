@@ -331,9 +331,11 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
         return LP_FFI_EOTHER;
     lp_req_cache_t *rc = &r->cache;
     /* The engine looked this key up just before (cache_native.c): its entry, not a second
-     * lookup. */
+     * lookup, when it is in memory. One on disk only is looked up again: another request
+     * may have read it back and promoted it since (its read-back lock is free again), and
+     * reading back the stale one would be a second read-back of the key. */
     lp_cache_entry_t *kept = NULL;
-    if (rc->native_kept && rc->hit && rc->hit_zone == zone &&
+    if (rc->native_kept && rc->hit && rc->hit_zone == zone && lp_cache_entry_resident(rc->hit) &&
         lp_cache_entry_same(rc->hit, key, klen, sec, slen)) {
         kept = rc->hit;
         rc->hit = NULL;
