@@ -6,6 +6,7 @@
 
 #include "cache_store.h"
 #include "http1.h"
+#include "tchar.h"
 
 static json_t *jint(uint64_t v)
 {
@@ -50,17 +51,6 @@ json_t *lp_cache_admin_status(const lp_config_t *cfg)
     return o ? o : json_object();
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* A query value percent-decoded ('+' is a space) into a malloc'd string of *n bytes; NULL
  * when out of memory. */
 static char *decode(lp_str_t v, size_t *n)
@@ -71,8 +61,9 @@ static char *decode(lp_str_t v, size_t *n)
     size_t k = 0;
     for (size_t i = 0; i < v.len; i++) {
         int hi, lo;
-        if (v.base[i] == '%' && i + 2 < v.len && (hi = hexval(v.base[i + 1])) >= 0 &&
-            (lo = hexval(v.base[i + 2])) >= 0) {
+        if (v.base[i] == '%' && i + 2 < v.len &&
+            (hi = lp_hexval((unsigned char)v.base[i + 1])) >= 0 &&
+            (lo = lp_hexval((unsigned char)v.base[i + 2])) >= 0) {
             out[k++] = (char)(hi * 16 + lo);
             i += 2;
         } else {

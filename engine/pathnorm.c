@@ -3,14 +3,7 @@
  * normalize_path and nginx's complex-URI parse. */
 #include <string.h>
 #include "pathnorm.h"
-
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c |= 0x20;
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
+#include "tchar.h"
 
 static int unreserved(int c)
 {
@@ -81,8 +74,8 @@ static long decode_unreserved(char *p, size_t end)
             p[o++] = p[i];
             continue;
         }
-        int hi = i + 2 < end ? hexval((unsigned char)p[i + 1]) : -1;
-        int lo = hi >= 0 ? hexval((unsigned char)p[i + 2]) : -1;
+        int hi = i + 2 < end ? lp_hexval((unsigned char)p[i + 1]) : -1;
+        int lo = hi >= 0 ? lp_hexval((unsigned char)p[i + 2]) : -1;
         if (lo < 0)
             return LP_PATHN_BAD_ESCAPE;
         int c = hi * 16 + lo;

@@ -5,6 +5,7 @@
 #include <lauxlib.h>
 #include "log.h"
 #include "rtable.h"
+#include "tchar.h"
 
 static int add(lp_rbuild_t *b, int kind, int mode, const char *name, const char *v, char *err,
                size_t errlen)
@@ -115,14 +116,6 @@ static lp_str_t h1_header(const void *ctx, const char *name, size_t nlen)
     return hd ? hd->value : (lp_str_t){NULL, 0};
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = (char)(c | 0x20);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 /* A query argument of the request target, percent- and '+'-decoded into buf; a value
  * longer than buf counts as absent. */
 static lp_str_t h1_query(const void *ctx, const char *name, size_t nlen, char *buf, size_t cap)
@@ -144,8 +137,9 @@ static lp_str_t h1_query(const void *ctx, const char *name, size_t nlen, char *b
         int hi, lo;
         if (c == '+')
             c = ' ';
-        else if (c == '%' && i + 2 < raw.len && (hi = hexval(raw.base[i + 1])) >= 0 &&
-                 (lo = hexval(raw.base[i + 2])) >= 0) {
+        else if (c == '%' && i + 2 < raw.len &&
+                 (hi = lp_hexval((unsigned char)raw.base[i + 1])) >= 0 &&
+                 (lo = lp_hexval((unsigned char)raw.base[i + 2])) >= 0) {
             c = (char)(hi * 16 + lo);
             i += 2;
         }
