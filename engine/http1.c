@@ -263,11 +263,9 @@ static int normalize_path(lp_h1_t *h)
     if (!h->path_norm || h->path.base[0] != '/' ||
         !lp_path_needs_norm(h->path.base, h->path.len, h->path_norm))
         return 0;
-    size_t off = (size_t)(h->path.base - h->arena), len = h->path.len, start = h->arena_len;
-    if (start + len > h->arena_cap &&
-        (!h->grow || h->grow(h, start + len) || start + len > h->arena_cap))
+    size_t len = h->path.len, start = h->arena_len;
+    if (append(h, h->path.base, len)) /* the path is in the arena (on_url): append follows it */
         return set_error(h, 414, "request target too long");
-    memcpy(h->arena + start, h->arena + off, len); /* the path is in the arena (on_url) */
     long n = lp_path_normalize(h->arena + start, len, h->path_norm);
     if (n == LP_PATHN_ABOVE_ROOT)
         return set_error(h, 400, "request path climbs above the root");
