@@ -458,7 +458,7 @@ static int wire_line(const char *s, const char *end, int trusted, lp_str_t *name
     if (trusted) {
         colon = memchr(s, ':', (size_t)(end - s));
         eol = colon ? memchr(colon, '\r', (size_t)(end - colon)) : NULL;
-        if (!colon || !eol || end - eol < 2 || colon + 2 > eol)
+        if (!colon || !eol || end - eol < 2 || eol[1] != '\n' || colon + 2 > eol)
             return LP_FFI_EINVAL;
     } else {
         colon = s;
