@@ -1071,10 +1071,12 @@ end
 
 local DEFAULT_PORT = { http = "80", https = "443" }
 
+-- As the default key has it (engine/cache_ffi.c key_authority): lower-case, without the
+-- scheme's default port or an empty one.
 local function norm_authority(scheme, host)
   host = lower(host)
-  local h, port = host:match("^(.-):(%d+)$")
-  if h and DEFAULT_PORT[scheme] == port then return h end
+  local h, port = host:match("^(.-):(%d*)$")
+  if h and not h:find(":$") and (port == "" or DEFAULT_PORT[scheme] == port) then return h end
   return host
 end
 
