@@ -2,7 +2,8 @@
  * and its response (h2.c), a request to an upstream's stream and the response coming back
  * (h2_up.c). Bytes are copied into pooled blocks (buf.h), each filled before the next is
  * taken; a block carries its piece's header in its first bytes, so a piece costs no
- * allocation of its own, and a piece's block can be pinned by a write (lp_h2_bodyq_shift hands it out with a reference).
+ * allocation of its own, and a piece's block can be pinned by a write (lp_h2_bodyq_shift
+ * hands it out with a reference).
  *
  * As the data source of a stream we send on, the queue also ends the stream: with the
  * trailers it was given (a copy of the request's or the response's, whose forbidden fields
