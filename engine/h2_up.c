@@ -294,12 +294,6 @@ static ssize_t body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t le
     return n;
 }
 
-static int h1_grow(lp_h1_t *h, size_t need)
-{
-    lp_peer_t *p = h->ud;
-    return p->req ? lp_req_grow(p->req, 1, need) : -1;
-}
-
 /* A new stream on h for req's try: the head, what there is of the body (the request's:
  * gathered, or given back by a failed stream of the try), submitted. `prev` (borrowed, read
  * only, may be NULL): the try's stream that was refused (GOAWAY, REFUSED_STREAM), whose
@@ -323,15 +317,7 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stre
     lp_list_init(&st->peer.all);
     st->reused = h->ready;
     st->read_at = now_ms(h);
-    lp_h1_init(&st->peer.h1, HTTP_RESPONSE, &st->peer, NULL);
-    st->peer.h1.max_header_size = req->g->config->limits.max_header_size;
-    if (st->peer.h1.max_header_size > LP_BUF_SIZE - 1024)
-        st->peer.h1.max_header_size = LP_BUF_SIZE - 1024;
-    lp_h1_set_storage(&st->peer.h1, req->resp.arena->data, req->resp.arena->cap, req->resp.headers,
-                      req->g->config->limits.max_headers);
-    if (req->flags & LP_RF_HEAD)
-        st->peer.h1.flags |= LP_H1F_HEAD_REQ;
-    st->peer.h1.grow = h1_grow;
+    lp_peer_resp_init(&st->peer, req, NULL); /* the head comes as fields (lp_h1_field) */
     if (prev) {
         st->refusals = (uint8_t)(prev->refusals + 1);
         st->grpc_deadline = prev->grpc_deadline;

@@ -387,15 +387,7 @@ static int peer_start_request(lp_peer_t *p, lp_req_t *req)
         if (!req->resp.arena)
             return peer_fail(p, LP_FAIL_PROTOCOL, 502, "out of memory");
     }
-    lp_h1_init(&p->h1, HTTP_RESPONSE, p, on_resp_body);
-    p->h1.max_header_size = req->g->config->limits.max_header_size;
-    if (p->h1.max_header_size > LP_BUF_SIZE - 1024)
-        p->h1.max_header_size = LP_BUF_SIZE - 1024;
-    lp_h1_set_storage(&p->h1, req->resp.arena->data, req->resp.arena->cap, req->resp.headers,
-                      req->g->config->limits.max_headers);
-    if (req->flags & LP_RF_HEAD)
-        p->h1.flags |= LP_H1F_HEAD_REQ;
-    p->h1.grow = peer_grow;
+    lp_peer_resp_init(p, req, on_resp_body);
 
     lp_buf_t *hb = NULL;
     size_t n = 0;
@@ -533,6 +525,20 @@ static int peer_grow(lp_h1_t *h, size_t need)
 {
     lp_peer_t *p = h->ud;
     return p->req ? lp_req_grow(p->req, 1, need) : -1;
+}
+
+void lp_peer_resp_init(lp_peer_t *p, lp_req_t *req, lp_h1_body_cb on_body)
+{
+    const lp_limits_t *lim = &req->g->config->limits;
+    lp_h1_init(&p->h1, HTTP_RESPONSE, p, on_body);
+    p->h1.max_header_size = lim->max_header_size;
+    if (p->h1.max_header_size > LP_BUF_SIZE - 1024)
+        p->h1.max_header_size = LP_BUF_SIZE - 1024;
+    lp_h1_set_storage(&p->h1, req->resp.arena->data, req->resp.arena->cap, req->resp.headers,
+                      lim->max_headers);
+    if (req->flags & LP_RF_HEAD)
+        p->h1.flags |= LP_H1F_HEAD_REQ;
+    p->h1.grow = peer_grow;
 }
 
 /* The response phase or a response_body filter waits: the response is held (no reading,

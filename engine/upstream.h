@@ -42,6 +42,10 @@ void lp_peer_resume(lp_peer_t *p);
 void lp_peer_abort(lp_peer_t *p);
 /* The client ended the tunnel. */
 void lp_peer_tunnel_eof(lp_peer_t *p);
+
+/* p's response parser for req's answer (HTTP/1.1 text, or HTTP/2 fields: h2_up.c): the
+ * head's limits, the response arena (grown through the request), HEAD's bodiless answer. */
+void lp_peer_resp_init(lp_peer_t *p, lp_req_t *req, lp_h1_body_cb on_body);
 /* The upstream side of p holds the high watermark of request body: stop feeding it. */
 int lp_peer_full(const lp_peer_t *p);
 /* req:set_target(): req goes to a one-target upstream for `text` ("ip:port"), kept per
