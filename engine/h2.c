@@ -79,6 +79,7 @@ typedef struct lp_h2_s {
      * session's frame buffer back (h2_mem.h), then runs out the rest of idle_timeout. */
     uint8_t trimmed;     /* done for this idle spell */
     uint8_t turn_queued; /* in the worker's h2_out until the end of the loop turn */
+    uint8_t advertised;  /* our SETTINGS went out (h2_advertise) */
     uint64_t idle_at;    /* ms: the connection had no open stream from then */
     lp_h2_mem_t mem;     /* nghttp2's memory hooks (nghttp2 keeps a pointer to it) */
     lp_list_t out_link;  /* in w->h2_out while turn_queued */
@@ -153,10 +154,73 @@ static void h2_send(lp_h2_t *h2)
         lp_ep_timer(&c->ep, H2_TM_SEND, lp_ep_worker(&c->ep)->config->timeouts.send);
 }
 
+/* http2.max_concurrent_streams: nghttp2 holds a client to the value we advertise only until
+ * the client acknowledges it; from then on, a stream over it is a connection error (GOAWAY
+ * PROTOCOL_ERROR: the streams already accepted are lost with it). RFC 9113 5.1.2 allows
+ * refusing only that stream, as nginx does, and nghttp2 has no option for it. So nghttp2 is
+ * given twice the limit, the client is told the limit itself (h2_advertise writes it into the
+ * SETTINGS frame as it goes out) and on_begin_headers refuses what is over it with
+ * REFUSED_STREAM, before the ACK and after. nghttp2's GOAWAY stays for a client with twice
+ * the limit opening at once (refused streams count until their RST_STREAM goes), as nginx's
+ * "too many streams at once". */
+static uint32_t h2_session_streams(const lp_h2_conf_t *cf)
+{
+    return 2 * cf->max_concurrent_streams; /* at most 65535 each (config_schema.lua) */
+}
+
+/* Sets SETTINGS_MAX_CONCURRENT_STREAMS to `limit` in a SETTINGS frame (not an ACK) of n
+ * bytes. 0 when it is not one or has no such entry. */
+static int settings_patch(uint8_t *f, size_t n, uint32_t limit)
+{
+    if (n < 9 || f[3] != NGHTTP2_SETTINGS || (f[4] & NGHTTP2_FLAG_ACK) || f[5] | f[6] | f[7] | f[8])
+        return 0;
+    size_t len = (size_t)f[0] << 16 | (size_t)f[1] << 8 | f[2];
+    if (len != n - 9 || len % 6)
+        return 0;
+    int found = 0;
+    for (uint8_t *e = f + 9; e < f + n; e += 6)
+        if ((e[0] << 8 | e[1]) == NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS) {
+            e[2] = (uint8_t)(limit >> 24);
+            e[3] = (uint8_t)(limit >> 16);
+            e[4] = (uint8_t)(limit >> 8);
+            e[5] = (uint8_t)limit;
+            found = 1;
+        }
+    return found;
+}
+
+/* The session's first output: the SETTINGS frame lp_h2_start submitted (a server session
+ * sends nothing before it), with the stream limit the client is held to (see
+ * h2_session_streams). Returns the bytes queued. */
+static size_t h2_advertise(lp_h2_t *h2)
+{
+    const uint8_t *data;
+    ssize_t n = nghttp2_session_mem_send(h2->s, &data);
+    h2->advertised = 1;
+    if (n <= 0) {
+        h2->bye = n < 0;
+        return 0;
+    }
+    uint8_t f[LP_WBATCH_SCRATCH];
+    lp_wbatch_t *wb = (size_t)n <= sizeof(f) ? lp_ep_outb(&h2->c->ep, 1, (unsigned)n) : NULL;
+    if (!wb) {
+        h2->bye = 1;
+        return 0;
+    }
+    memcpy(f, data, (size_t)n);
+    if (!settings_patch(f, (size_t)n, CONF(h2)->max_concurrent_streams))
+        lp_log_error("HTTP/2: the first frame is not our SETTINGS: the client is told a "
+                     "stream limit of %u",
+                     (unsigned)h2_session_streams(CONF(h2)));
+    lp_wbatch_add_copy(wb, (const char *)f, (size_t)n);
+    return (size_t)n;
+}
+
 /* One batch of the session's output, up to the high watermark. Returns the bytes queued. */
 static size_t h2_fill(lp_h2_t *h2)
 {
-    return lp_h2_fill(h2->s, &h2->c->ep, &h2->bye);
+    size_t made = h2->advertised ? 0 : h2_advertise(h2);
+    return made + lp_h2_fill(h2->s, &h2->c->ep, &h2->bye);
 }
 
 static void stream_free(lp_h2_stream_t *st)
@@ -418,6 +482,16 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
         return 0;
     if (h2_closing(h2))
         return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (h2->nopen >= CONF(h2)->max_concurrent_streams) {
+        /* Over the limit the client was told: this stream only (h2_session_streams). Its
+         * fields and data are ignored (no stream of ours). */
+        lp_log_debug("HTTP/2 stream %d: over http2.max_concurrent_streams: refused",
+                     (int)f->hd.stream_id);
+        return nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f->hd.stream_id,
+                                         NGHTTP2_REFUSED_STREAM)
+                   ? NGHTTP2_ERR_CALLBACK_FAILURE
+                   : 0;
+    }
     lp_h2_stream_t *st = calloc(1, sizeof(*st));
     if (!st)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -821,7 +895,8 @@ int lp_h2_start(lp_conn_t *c)
         return -1;
     }
     nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cf->max_concurrent_streams},
+        /* The client is told cf->max_concurrent_streams (h2_advertise). */
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, h2_session_streams(cf)},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cf->initial_window_size},
         {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, cf->hpack_table_size},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cf->max_header_list_size},

@@ -571,6 +571,35 @@ class H2Test(H.ProxyTestCase):
         finally:
             c.close()
 
+    def test_streams_over_the_limit_after_the_ack_are_refused_alone(self):
+        # A client that acknowledged our SETTINGS and still opens more than
+        # max_concurrent_streams: only the extra streams are refused (REFUSED_STREAM, which
+        # a client may retry), the accepted ones complete and the connection goes on.
+        # (Before: nghttp2's GOAWAY PROTOCOL_ERROR, and the accepted streams were lost.)
+        mcs = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+        c = Client(self.h2c_port)
+        try:
+            c.pump(lambda: mcs in c.remote_settings)  # read; our ACK is sent with it
+            first = c.request("/fixed?size=1")  # answered after the ACK was processed
+            c.pump(lambda: c.done(first))
+            self.assertEqual(c.streams[first]["status"], 200)
+            c.conn.remote_settings[mcs] = 100  # the client's own check, lifted
+            c.conn.remote_settings.acknowledge()
+            sids = [c.request("/delay?ms=400&i=%d" % i) for i in range(10)]
+            c.pump(lambda: c.done(*sids))
+            self.assertIsNone(c.goaway)
+            for s in sids[:8]:
+                self.assertEqual((c.streams[s]["status"], c.streams[s]["ended"]), (200, True),
+                                 c.streams[s])
+            for s in sids[8:]:
+                self.assertEqual(c.streams[s]["reset"], 7, c.streams[s])  # REFUSED_STREAM
+                self.assertIsNone(c.streams[s]["status"])
+            last = c.request("/fixed?size=2")
+            c.pump(lambda: c.done(last))
+            self.assertEqual(bytes(c.streams[last]["data"]), b"xx")
+        finally:
+            c.close()
+
     def test_header_list_size_and_hpack_bomb(self):
         c = Client(self.h2c_port)
         try:
