@@ -55,6 +55,7 @@ typedef struct lp_h2_stream_s {
     uint8_t reset;       /* we reset it */
     uint8_t no_body;     /* the response has no body (HEAD, 204, 304) */
     uint8_t has_cl;      /* the request head has a content-length field (its framing) */
+    uint8_t too_large;   /* its header list passed max_header_list_size: 431 (h2_too_large) */
     uint32_t close_code; /* the code it closed with */
     /* ms: its response bytes last went out, or the first of those it holds came (the
      * send-stall timeout runs from it while out.bytes > 0). */
@@ -509,6 +510,23 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
     return 0;
 }
 
+/* Counts a field of nv bytes (name and value) in the stream's header list; 1 when the list
+ * passes http2.max_header_list_size (the advertised SETTINGS_MAX_HEADER_LIST_SIZE; HPACK
+ * bombs: a small block decoding to a large list). The rest of the block is then decoded (the
+ * HPACK state needs it) but not kept, and the stream answered 431 at its end when it can
+ * still take a response (RFC 9113 10.5.1, as HTTP/1.1 does), rather than reset. */
+static int h2_over_list_size(lp_h2_t *h2, lp_h2_stream_t *st, size_t nv)
+{
+    st->hdr_bytes += nv + 32;
+    if (st->hdr_bytes <= CONF(h2)->max_header_list_size)
+        return 0;
+    lp_log_info("HTTP/2 stream %d: %s over http2.max_header_list_size: 431", (int)st->id,
+                st->req ? "trailer list" : "header list");
+    h2_count(h2, LP_WM_H2_FLOOD_HEADERS);
+    st->too_large = 1;
+    return 1;
+}
+
 static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
@@ -516,9 +534,10 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
     lp_h2_stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (st && st->req && f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_HEADERS) {
         /* The request's trailers: passed on after its body (upstream.c, h2_up.c). */
-        st->hdr_bytes += nlen + vlen + 32;
-        if (st->hdr_bytes > CONF(h2)->max_header_list_size || (nlen && name[0] == ':'))
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        if (nlen && name[0] == ':')
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* malformed: RST_STREAM */
+        if (st->too_large || h2_over_list_size(h2, st, nlen + vlen))
+            return 0;
         if (lp_h2_trailer_forbidden((const char *)name, nlen))
             return 0;
         return lp_h2_text_add(&st->req->trailers, &st->req->trailers_len, (const char *)name, nlen,
@@ -526,14 +545,17 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
                    ? NGHTTP2_ERR_CALLBACK_FAILURE
                    : 0;
     }
-    if (!st || st->req || f->hd.type != NGHTTP2_HEADERS)
+    if (!st || st->req || f->hd.type != NGHTTP2_HEADERS || st->too_large)
         return 0;
-    st->hdr_bytes += nlen + vlen + 32;
-    if (st->hdr_bytes > CONF(h2)->max_header_list_size) {
-        lp_log_info("HTTP/2 stream %d: header list over http2.max_header_list_size: reset",
-                    (int)st->id);
-        h2_count(h2, LP_WM_H2_FLOOD_HEADERS);
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST_STREAM; the rest is ignored */
+    if (h2_over_list_size(h2, st, nlen + vlen)) {
+        /* The 431 needs the request line only: the fields kept so far go. */
+        if (st->pseudo & H2_PS_REGULAR)
+            st->fields_len = st->reg_start;
+        free(st->cookie);
+        st->cookie = NULL;
+        st->cookie_len = 0;
+        st->has_cl = 0;
+        return 0;
     }
     const char *n = (const char *)name, *v = (const char *)value;
     if (nlen && n[0] == ':') {
@@ -657,16 +679,33 @@ static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
     lp_h1_event_t ev = lp_h1_execute(&req->h1, text, len, &used);
     if (text != stack)
         free(text);
-    if (ev == LP_H1_HEAD || ev == LP_H1_DONE) {
+    int status = st->too_large ? 431 : 0; /* its request line parsed: the log shows it */
+    if ((ev == LP_H1_HEAD || ev == LP_H1_DONE) && !status) {
         lp_h1_resume(&req->h1);
         lp_conn_req_head(req);
         return;
     }
-    lp_log_info("HTTP/2 stream %d: bad request: %d %s", (int)st->id, req->h1.err_status,
-                req->h1.err_reason ? req->h1.err_reason : "");
+    if (!status) {
+        lp_log_info("HTTP/2 stream %d: bad request: %d %s", (int)st->id, req->h1.err_status,
+                    req->h1.err_reason ? req->h1.err_reason : "");
+        status = req->h1.err_status ? req->h1.err_status : 400;
+    }
     lp_req_hold(req);
-    (void)lp_conn_upstream_failed(req, req->h1.err_status ? req->h1.err_status : 400,
-                                  "bad request");
+    (void)lp_conn_upstream_failed(
+        req, status, status == 431 ? "request header fields too large" : "bad request");
+    lp_req_drop(req);
+}
+
+/* The request's trailers passed max_header_list_size (h2_over_list_size): 431 while its
+ * response has not started, else the stream is reset (the response cannot say it). */
+static void stream_trailers_too_large(lp_h2_stream_t *st)
+{
+    lp_req_t *req = st->req;
+    lp_req_hold(req);
+    if (!(req->flags & LP_RF_RESP_STARTED))
+        (void)lp_conn_upstream_failed(req, 431, "request trailer fields too large");
+    else
+        lp_h2_down_ops.abort(req);
     lp_req_drop(req);
 }
 
@@ -787,6 +826,10 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
     case NGHTTP2_HEADERS:
         if (st && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
             stream_start(h2, st, (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
+            return 0;
+        }
+        if (st && st->req && st->too_large) {
+            stream_trailers_too_large(st);
             return 0;
         }
         break; /* trailers: their END_STREAM below */

@@ -723,7 +723,7 @@ local S = {
         max_header_list_size = {
           type = "integer", default = 32768, min = 1024, max = 1048576,
           description = "bytes of decoded request header fields (name + value + 32 each, "
-            .. "SETTINGS_MAX_HEADER_LIST_SIZE); beyond it the stream is reset (HPACK bombs)" },
+            .. "SETTINGS_MAX_HEADER_LIST_SIZE); beyond it the stream is answered 431 (HPACK bombs)" },
         hpack_table_size = {
           type = "integer", default = 4096, min = 0, max = 65536,
           description = "bytes of the HPACK dynamic table clients may use for requests "

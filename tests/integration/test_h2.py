@@ -601,18 +601,42 @@ class H2Test(H.ProxyTestCase):
             c.close()
 
     def test_header_list_size_and_hpack_bomb(self):
+        # Over max_header_list_size: 431 (RFC 9113 10.5.1, as HTTP/1.1 answers), not a reset
+        # (INTERNAL_ERROR before); the head's fields are not kept, and the other streams go on.
         c = Client(self.h2c_port)
         try:
             big = c.request("/fixed", headers=[("x-big", "b" * 5000)])
             # A small encoding of a large list: one table entry referenced again and again.
             bomb = c.request("/fixed", headers=[("x-bomb", "c" * 900)] * 10)
+            # With a body still coming: answered at once; the rest of the body is dropped.
+            post = c.request("/echo?id=big-post", method="POST",
+                             headers=[("content-length", "6"), ("cookie", "a=1"),
+                                      ("x-big", "b" * 5000)], body=b"abc", end=False)
             ok = c.request("/fixed?size=1")
-            c.pump(lambda: c.done(big, bomb, ok))
-            self.assertIsNotNone(c.streams[big]["reset"], c.streams[big])
-            self.assertIsNotNone(c.streams[bomb]["reset"], c.streams[bomb])
+            c.pump(lambda: c.done(big, bomb, ok) and (c.streams[post]["status"]
+                                                      or c.streams[post]["reset"] is not None))
+            self.assertEqual(c.streams[post]["status"], 431, c.streams[post])
+            c.send_body(post, b"def")
+            c.pump(lambda: c.done(post))
+            for s in (big, bomb, post):
+                self.assertEqual(c.streams[s]["status"], 431, c.streams[s])
+                self.assertIsNone(c.streams[s]["reset"], c.streams[s])
+                self.assertIn(b"431", bytes(c.streams[s]["data"]))
             self.assertEqual(c.streams[ok]["status"], 200)
+            # Trailers over it, the response not started: 431 too.
+            trl = c.post_with_trailers("/headers?id=big-trailers", b"abc",
+                                       [("x-big-trailer", "t" * 5000)])
+            self.assertEqual(trl["status"], 431, trl)
+            again = c.request("/fixed?size=2")
+            c.pump(lambda: c.done(again))
+            self.assertEqual(bytes(c.streams[again]["data"]), b"xx")
+            self.assertIsNone(c.goaway)
         finally:
             c.close()
+        lines = self.proxy.access_lines()
+        self.assertFalse([l for l in lines if "big-post" in l and '" 200 ' in l], lines)
+        self.proxy.wait_log("header list over http2.max_header_list_size: 431")
+        self.proxy.wait_log("trailer list over http2.max_header_list_size: 431")
 
     def assertCalm(self, c):
         c.pump(lambda: c.goaway is not None)
