@@ -1179,12 +1179,23 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
     lp_h2_t *h2 = st->h2;
     const lp_resp_t *r = &req->resp;
     size_t names = 0;
-    int has_date = 0;
+    int has_date = 0, has_grpc_status = 0;
     for (unsigned i = 0; i < r->nheaders; i++) {
         names += r->headers[i].name.len;
         if (lp_str_ieq(r->headers[i].name, "date", 4))
             has_date = 1;
+        else if (lp_str_ieq(r->headers[i].name, "grpc-status", 11))
+            has_grpc_status = 1;
     }
+    /* A body known to be empty ends the stream with the HEADERS frame: a gRPC trailers-only
+     * response stays one (h2_up.c gives an upstream's a length of 0). */
+    if (has_length && length == 0)
+        no_body = 1;
+    /* A gRPC trailers-only response (the proxy's own answers, conn.c, or an upstream's) is
+     * :status, content-type, grpc-status and grpc-message in that one frame: a gRPC client
+     * shows its other fields as the call's trailing metadata, so the proxy adds none of its
+     * own (content-length: 0, date). */
+    int trailers_only = no_body && has_grpc_status && (req->flags & LP_RF_GRPC);
     /* nghttp2 copies the list: most heads fit these, a larger one is allocated. */
     nghttp2_nv nv_stack[40];
     char lower_stack[1024];
@@ -1217,21 +1228,17 @@ static int h2_head(lp_req_t *req, const lp_h1_t *rh, int no_body, int has_length
                                h->value.len, NGHTTP2_NV_FLAG_NONE};
         off += h->name.len;
     }
-    if (has_length) {
+    if (has_length && !trailers_only) {
         size_t n = lp_u64_to_str(length, 10, clen);
         nv[k++] =
             (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)clen, 14, n, NGHTTP2_NV_FLAG_NONE};
     }
-    if (!has_date) {
+    if (!has_date && !trailers_only) {
         const char *d = lp_h1_date();
         size_t dlen = strlen(d);
         nv[k++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)d, 4, dlen, NGHTTP2_NV_FLAG_NONE};
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = stream_read};
-    /* A body known to be empty ends the stream with the HEADERS frame: a gRPC trailers-only
-     * response stays one (h2_up.c gives an upstream's a length of 0). */
-    if (has_length && length == 0)
-        no_body = 1;
     st->no_body = (uint8_t)no_body;
     int rv = nghttp2_submit_response(h2->s, st->id, nv, k, no_body ? NULL : &prd);
     if (heap) {

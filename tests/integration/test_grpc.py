@@ -214,6 +214,9 @@ class GrpcTest(H.ProxyTestCase):
             self.call("Fail")(b"x", timeout=H.T(10))
         self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
         self.assertEqual(cm.exception.details(), "nope: x")
+        # The server's trailers-only answer stays that: nothing of the proxy's own in it
+        # (content-length: 0 and date were shown as trailing metadata).
+        self.assertEqual(tuple(cm.exception.trailing_metadata()), ())
 
     def test_many_calls_share_the_channel(self):
         futs = [self.call("Unary").future(b"%d" % i, timeout=H.T(20)) for i in range(20)]
@@ -367,10 +370,14 @@ class GrpcTest(H.ProxyTestCase):
             m(b"", timeout=H.T(10))
         self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
         self.assertIn("502", cm.exception.details())
-        # Trailers-only: HTTP 200 and the status in the one HEADERS frame, no page.
-        status, headers, body = h2_call(self.h2c_port, "/down.Svc/X", b"", [])
-        self.assertEqual((status, headers.get("grpc-status"), body), ("200", "14", b""))
-        self.assertEqual(headers.get("content-type"), "application/grpc")
+        # Trailers-only: HTTP 200 and the status in the one HEADERS frame, no page, and no
+        # field of the proxy's own there: grpcio showed content-length and date as the
+        # call's trailing metadata.
+        self.assertEqual(tuple(cm.exception.trailing_metadata()), ())
+        r = h2_call_split(self.h2c_port, "/down.Svc/X", b"", [])
+        self.assertEqual((r["status"], r["body"], r["trailers"]), ("200", b"", {}))
+        self.assertEqual(r["head"], {"content-type": "application/grpc", "grpc-status": "14",
+                                     "grpc-message": "proxy: 502 Bad Gateway"})
 
     def test_lua_error_is_internal(self):
         m = self.chan.unary_unary("/boom.Svc/X")
