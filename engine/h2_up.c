@@ -82,6 +82,7 @@ typedef struct lp_h2u_stream_s {
     uint8_t head_in;        /* the final response head arrived */
     uint8_t head_given;     /* ... and went to the request */
     uint8_t in_eof;         /* the upstream's END_STREAM came */
+    uint8_t rst_in;         /* the upstream's RST_STREAM came (its code: close_code) */
     uint8_t closed;         /* nghttp2 closed it (or it was never submitted) */
     uint8_t reused;         /* bound to a connection that was up already (a stale one retries) */
     uint8_t dirty; /* something happened for its request: h2u_leave sees to it (bound only) */
@@ -203,6 +204,36 @@ static void stream_unbind(lp_h2u_stream_t *st)
         nghttp2_session_consume_stream(h->s, st->id, st->owed);
     st->owed = 0;
     stream_check_gone(st);
+}
+
+/* Why a stream closed before its response ended, when the upstream reset it (its
+ * RST_STREAM's code, RFC 9113 7) or refused it by GOAWAY: static text, as the stream may
+ * borrow it past h2->why's next use (the connection's own failure rewrites that). */
+static const char *stream_reset_why(const lp_h2u_stream_t *st)
+{
+#define RST(code) "upstream reset the stream (RST_STREAM " code ")"
+    static const char *const why[] = {
+        RST("NO_ERROR"),
+        RST("PROTOCOL_ERROR"),
+        RST("INTERNAL_ERROR"),
+        RST("FLOW_CONTROL_ERROR"),
+        RST("SETTINGS_TIMEOUT"),
+        RST("STREAM_CLOSED"),
+        RST("FRAME_SIZE_ERROR"),
+        RST("REFUSED_STREAM"),
+        RST("CANCEL"),
+        RST("COMPRESSION_ERROR"),
+        RST("CONNECT_ERROR"),
+        RST("ENHANCE_YOUR_CALM"),
+        RST("INADEQUATE_SECURITY"),
+        RST("HTTP_1_1_REQUIRED"),
+    };
+#undef RST
+    if (!st->rst_in)
+        return "upstream refused the stream (GOAWAY: not processed)";
+    return st->close_code < LP_ARRAY_LEN(why)
+               ? why[st->close_code]
+               : "upstream reset the stream (RST_STREAM, unknown code)";
 }
 
 static void stream_fail_later(lp_h2u_stream_t *st, int kind, int status, const char *why)
@@ -447,6 +478,8 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
     lp_h2u_stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (!st)
         return 0;
+    if (f->hd.type == NGHTTP2_RST_STREAM)
+        st->rst_in = 1;
     if (f->hd.type == NGHTTP2_HEADERS && !st->head_in && st->status >= 200)
         st->head_in = 1;
     if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) &&
@@ -890,10 +923,19 @@ static void stream_work(lp_h2u_stream_t *st)
         if (!done && st->peer.req == req && st->head_given && !(st->peer.flags & LP_PF_LUA))
             stream_give_body(st);
         if (st->peer.req == req && st->closed && !st->in_eof) {
-            /* Closed before its response ended: reset by the upstream, or refused. */
-            snprintf(st->h2->why, sizeof(st->h2->why), "upstream reset the stream (%s)",
-                     nghttp2_http2_strerror(st->close_code));
-            stream_fail_later(st, LP_FAIL_RESET, 502, st->h2->why);
+            /* Closed before its response ended, the connection going on: reset by the
+             * upstream, refused by its GOAWAY, or reset by nghttp2 for a response that broke
+             * HTTP/2's rules (a stream error: DATA beyond its content-length, a malformed
+             * field), which is the upstream's invalid response, not retried. */
+            if (st->rst_in || st->close_code == NGHTTP2_REFUSED_STREAM) {
+                stream_fail_later(st, LP_FAIL_RESET, 502, stream_reset_why(st));
+            } else {
+                snprintf(st->h2->why, sizeof(st->h2->why),
+                         "invalid response: the proxy reset the stream (%s)",
+                         nghttp2_http2_strerror(st->close_code));
+                stream_fail_later(st, LP_FAIL_PROTOCOL, 502, st->h2->why);
+                st->no_retry = 1;
+            }
             stream_fail(st);
         }
         if (st->peer.req == req && st->was_full && st->out.bytes <= LP_LOW_WATERMARK) {
@@ -990,7 +1032,9 @@ static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why)
             h->nlive--;
             h2u_count(h, LP_WM_H2U_STREAMS_CLOSED, 1);
         }
-        if (st->peer.req)
+        if (st->peer.req && st->rst_in && !st->in_eof) /* reset before the connection ended */
+            stream_fail_later(st, LP_FAIL_RESET, 502, stream_reset_why(st));
+        else if (st->peer.req)
             stream_fail_later(st, kind, status, h->why);
         stream_check_gone(st);
     }

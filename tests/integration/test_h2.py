@@ -896,7 +896,9 @@ class H2Origin:
     body and its trailers (x-req-trailers); /slowecho answers as /echo, but as a slow reader:
     its window is given back only once the connection has been quiet for 50 ms;
     /drop closes the connection without an answer;
-    /rst resets the stream (RST_STREAM INTERNAL_ERROR) without an answer;
+    /rst resets the stream (RST_STREAM INTERNAL_ERROR) without an answer; /rstmid after a
+    head and some data; /badlen sends more DATA than its content-length says (a stream error
+    to the proxy's nghttp2, which resets the stream itself);
     /big sends 8 MiB as the proxy's flow control window allows (big_sent, big_blocked);
     a path with /headers in it is answered with the request's head as JSON (lp_origin's /headers: method, url,
     headers, and the body's length);
@@ -1042,6 +1044,13 @@ class H2Origin:
                     return
                 elif path == "/rst":
                     c.reset_stream(sid, error_code=2)
+                elif path == "/rstmid":
+                    c.send_headers(sid, [(":status", "200")])
+                    c.send_data(sid, b"part")
+                    c.reset_stream(sid, error_code=2)
+                elif path == "/badlen":
+                    c.send_headers(sid, [(":status", "200"), ("content-length", "2")])
+                    c.send_data(sid, b"0123456789", end_stream=True)
                 elif path == "/big":
                     c.send_headers(sid, [(":status", "200")])
                     big[sid] = 8 << 20
@@ -1259,6 +1268,23 @@ class H2UpstreamTest(H.ProxyTestCase):
                          s2["resets_received"])
         self.assertEqual(m['luaproxy_h2_upstream_resets_total{direction="sent"}'],
                          s2["resets_sent"])
+
+    def test_a_stream_that_dies_is_logged_as_what_happened(self):
+        # One stream dies, its connection goes on: the log says whether the upstream reset
+        # it (its RST_STREAM and code) or the proxy did, for an invalid response. (Before:
+        # "upstream reset the stream (PROTOCOL_ERROR)" for nghttp2's own reset, as if the
+        # upstream had sent it.) POSTs: not retried, one line each.
+        before = self.origin.accepted
+        got = self.streams(["/rst", "/rstmid", "/badlen"], method="POST")
+        for s in got:
+            self.assertTrue(s["status"] == 502 or s["reset"] is not None, s)
+        self.assertEqual(self.streams(["/x"])[0]["status"], 200)
+        self.proxy.wait_log("upstream reset the stream (RST_STREAM INTERNAL_ERROR) (POST /rst)")
+        self.proxy.wait_log("upstream reset the stream (RST_STREAM INTERNAL_ERROR) (POST /rstmid)")
+        log = self.proxy.wait_log(
+            "invalid response: the proxy reset the stream (PROTOCOL_ERROR) (POST /badlen)")
+        self.assertNotIn("closed the connection", log)
+        self.assertLessEqual(self.origin.accepted - before, 1)  # the connection lived on
 
     def test_connection_lost_is_502(self):
         for method in ("GET", "POST"):
