@@ -55,7 +55,8 @@ typedef struct lp_h2u_stream_s {
     lp_peer_t peer;
     lp_h2u_t *h2;   /* borrowed: its connection, which frees it (never outlived) */
     lp_list_t link; /* in h2->streams, or in h2->gone once closed and let go */
-    lp_list_t work; /* in h2->work while `dirty` */
+    lp_list_t work; /* in h2->work (or h2u_leave's pass) while something happened for its
+                       request: h2u_leave sees to it (bound only); alone otherwise */
     int32_t id;     /* nghttp2's stream id; 0: never submitted (closed) */
     /* The request body for DATA frames (conn.c stops at the high watermark), its end and a
      * copy of the request's trailers. Owned, as every queue here: a failed stream's body
@@ -64,7 +65,6 @@ typedef struct lp_h2u_stream_s {
     lp_h2_bodyq_t in;     /* owned: response body not yet given to the request (the window) */
     lp_h2_bodyq_t replay; /* owned: request body sent, while it is at most H2U_REPLAY_MAX */
     size_t owed;          /* response bytes given to the request whose window is not given back */
-    size_t head_len;      /* bytes of the response head so far, as text (its size limit) */
     char *trailers;       /* owned: the response's trailers ("name: value\r\n"), until delivered */
     size_t trailers_len;
     int status;             /* the response's :status (0: not yet) */
@@ -85,8 +85,7 @@ typedef struct lp_h2u_stream_s {
     uint8_t rst_in;         /* the upstream's RST_STREAM came (its code: close_code) */
     uint8_t closed;         /* nghttp2 closed it (or it was never submitted) */
     uint8_t reused;         /* bound to a connection that was up already (a stale one retries) */
-    uint8_t dirty; /* something happened for its request: h2u_leave sees to it (bound only) */
-    uint8_t gone;  /* closed and let go: in h2->gone, freed at the outermost frame */
+    uint8_t gone;           /* closed and let go: in h2->gone, freed at the outermost frame */
 } lp_h2u_stream_t;
 
 struct lp_h2u_s {
@@ -144,8 +143,7 @@ static lp_h2u_stream_t *st_of(const lp_peer_t *p)
 static void stream_free(lp_h2u_stream_t *st)
 {
     lp_list_remove(&st->link);
-    if (st->dirty)
-        lp_list_remove(&st->work);
+    lp_list_remove(&st->work); /* (alone: stays so) */
     lp_h2_bodyq_free(&st->out);
     lp_h2_bodyq_free(&st->in);
     lp_h2_bodyq_free(&st->replay);
@@ -163,9 +161,8 @@ static void h2u_count(const lp_h2u_t *h, int cell, uint64_t n)
  * side going on): h2u_leave sees to it. A stream no request holds has nobody to tell. */
 static void stream_mark(lp_h2u_stream_t *st)
 {
-    if (st->dirty || !st->peer.req)
-        return;
-    st->dirty = 1;
+    if (!lp_list_empty(&st->work) || !st->peer.req)
+        return; /* marked already, or nobody to tell */
     lp_list_insert_tail(&st->h2->work, &st->work);
 }
 
@@ -192,10 +189,7 @@ static void stream_unbind(lp_h2u_stream_t *st)
         st->peer.req = NULL;
         h->nbound--;
     }
-    if (st->dirty) {
-        st->dirty = 0;
-        lp_list_remove(&st->work);
-    }
+    lp_list_remove(&st->work);
     if (!st->closed && st->id > 0 && !h->dead &&
         !nghttp2_submit_rst_stream(h->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL))
         h2u_count(h, LP_WM_H2U_RST_SENT, 1);
@@ -341,6 +335,7 @@ static lp_h2u_stream_t *stream_new(lp_h2u_t *h, lp_req_t *req, const lp_h2u_stre
         return NULL;
     }
     st->h2 = h;
+    lp_list_init(&st->work);
     st->peer.flags = LP_PF_H2 | LP_PF_CONNECTED;
     st->peer.pool = h->pool;
     st->peer.upstream = req->upstream;
@@ -445,15 +440,11 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
             st->status = (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
             /* Each head starts anew: a 1xx one is dropped, the final one follows. */
             lp_h1_fields_begin(&st->peer.h1);
-            st->head_len = 0;
         }
         return 0;
     }
-    st->head_len += nlen + vlen + 4;
-    if (st->head_len > st->peer.h1.max_header_size) {
-        stream_fail_later(st, LP_FAIL_PROTOCOL, 502, "response head too large");
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    }
+    /* Its size is counted there too (header_bytes), against the same limit as an HTTP/1.1
+     * upstream's head. */
     if (lp_h1_field(&st->peer.h1, n, nlen, v, vlen)) {
         stream_head_refused(st);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -968,7 +959,6 @@ static void h2u_leave(lp_h2u_t *h, int full)
             while (!lp_list_empty(&todo)) {
                 lp_h2u_stream_t *st = LP_CONTAINER_OF(todo.next, lp_h2u_stream_t, work);
                 lp_list_remove(&st->work);
-                st->dirty = 0;
                 stream_work(st); /* may let go of others: they leave todo */
                 again = 1;
             }

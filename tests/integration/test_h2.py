@@ -902,7 +902,8 @@ class H2Origin:
     /big sends 8 MiB as the proxy's flow control window allows (big_sent, big_blocked);
     a path with /headers in it is answered with the request's head as JSON (lp_origin's /headers: method, url,
     headers, and the body's length);
-    /early sends a 103 head before the final one; /many?n=K answers with K fields."""
+    /early sends a 103 head before the final one; /many?n=K answers with K fields;
+    /bighead?n=K with a field of K bytes."""
 
     def __init__(self):
         self.lsock = socket.socket()
@@ -1036,6 +1037,8 @@ class H2Origin:
                 elif path == "/early":
                     c.send_headers(sid, [(":status", "103"), ("link", "</s.css>; rel=preload")])
                     answer(sid, extra=[("x-final", "1")])
+                elif path.startswith("/bighead"):
+                    answer(sid, extra=[("x-big", "b" * int(path.split("n=")[1]))])
                 elif path.startswith("/many"):
                     n = int(path.split("n=")[1])
                     answer(sid, extra=[("x-f%d" % i, str(i)) for i in range(n)])
@@ -1285,6 +1288,15 @@ class H2UpstreamTest(H.ProxyTestCase):
             "invalid response: the proxy reset the stream (PROTOCOL_ERROR) (POST /badlen)")
         self.assertNotIn("closed the connection", log)
         self.assertLessEqual(self.origin.accepted - before, 1)  # the connection lived on
+
+    def test_response_head_size_limit(self):
+        # limits.max_header_size bounds an HTTP/2 upstream's head as an HTTP/1.1 one's
+        # (name and value bytes): within it the head goes, beyond it a 502, not retried.
+        got = self.streams(["/bighead?n=16000", "/bighead?n=16400"])
+        self.assertEqual(got[0]["status"], 200, got[0])
+        self.assertEqual(len(got[0]["headers"]["x-big"]), 16000)
+        self.assertEqual(got[1]["status"], 502, got[1])
+        self.proxy.wait_log("invalid response: header section too large (GET /bighead?n=16400)")
 
     def test_connection_lost_is_502(self):
         for method in ("GET", "POST"):
