@@ -41,7 +41,7 @@ typedef struct lp_h2_stream_s {
     uint32_t m_off, m_len, p_off, p_len, a_off, a_len; /* :method, :path, :authority */
     uint32_t reg_start;                                /* where the regular fields begin */
     uint8_t pseudo;                                    /* H2_PS_*: the pseudo-headers that came */
-    size_t hdr_bytes;                                  /* decoded header list size so far */
+    size_t hdr_bytes; /* decoded size of the field section coming (head, then trailers) */
     /* Request body read from the client and not yet taken by the upstream (its window is
      * not given back until then: flow control bounds it). */
     lp_h2_bodyq_t in; /* owned */
@@ -55,7 +55,7 @@ typedef struct lp_h2_stream_s {
     uint8_t reset;       /* we reset it */
     uint8_t no_body;     /* the response has no body (HEAD, 204, 304) */
     uint8_t has_cl;      /* the request head has a content-length field (its framing) */
-    uint8_t too_large;   /* its header list passed max_header_list_size: 431 (h2_too_large) */
+    uint8_t too_large;   /* the field section coming passed max_header_list_size: 431 */
     uint32_t close_code; /* the code it closed with */
     /* ms: its response bytes last went out, or the first of those it holds came (the
      * send-stall timeout runs from it while out.bytes > 0). */
@@ -680,6 +680,8 @@ static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
     if (text != stack)
         free(text);
     int status = st->too_large ? 431 : 0; /* its request line parsed: the log shows it */
+    st->too_large = 0; /* the trailers, a field section of their own, count from 0 */
+    st->hdr_bytes = 0;
     if ((ev == LP_H1_HEAD || ev == LP_H1_DONE) && !status) {
         lp_h1_resume(&req->h1);
         lp_conn_req_head(req);
@@ -697,7 +699,8 @@ static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
 }
 
 /* The request's trailers passed max_header_list_size (h2_over_list_size): 431 while its
- * response has not started, else the stream is reset (the response cannot say it). */
+ * response has not started, else the stream is reset (the response cannot say it). (A
+ * response that ended already, a 431 for the head say, stays: the trailers are dropped.) */
 static void stream_trailers_too_large(lp_h2_stream_t *st)
 {
     lp_req_t *req = st->req;
@@ -828,7 +831,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
             stream_start(h2, st, (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
             return 0;
         }
-        if (st && st->req && st->too_large) {
+        if (st && st->req && st->too_large && !(st->req->flags & LP_RF_RESP_DONE)) {
             stream_trailers_too_large(st);
             return 0;
         }

@@ -623,6 +623,15 @@ class H2Test(H.ProxyTestCase):
                 self.assertIsNone(c.streams[s]["reset"], c.streams[s])
                 self.assertIn(b"431", bytes(c.streams[s]["data"]))
             self.assertEqual(c.streams[ok]["status"], 200)
+            # Trailers after a 431 for the head: a field section of their own, and the
+            # answer stands.
+            pt = c.request("/echo?id=big-post-trl", method="POST",
+                           headers=[("x-big", "b" * 5000)], body=b"abc", end=False)
+            c.pump(lambda: c.streams[pt]["status"] or c.streams[pt]["reset"] is not None)
+            c.conn.send_headers(pt, [("x-t", "1")], end_stream=True)
+            c.flush()
+            c.pump(lambda: c.done(pt))
+            self.assertEqual((c.streams[pt]["status"], c.streams[pt]["reset"]), (431, None))
             # Trailers over it, the response not started: 431 too.
             trl = c.post_with_trailers("/headers?id=big-trailers", b"abc",
                                        [("x-big-trailer", "t" * 5000)])
