@@ -415,17 +415,21 @@ int lp_cache_native_response(lp_req_t *r)
     if (bad || o.over)
         return 1;
     size_t m = (size_t)(o.p - meta);
-    /* The key, as the plugin's default_key: copied, the thread's scratch that holds it also
-     * builds the stored head. */
-    lp_str_t k;
-    if (lp_ffi_cache_key(r, &k))
-        return 1;
-    char *key = malloc(k.len ? k.len : 1);
-    if (!key)
-        return 1;
-    memcpy(key, k.base, k.len);
-    int stored = lp__cache_store_fields(r, n->zone, key, k.len, "", 0, meta, m, keep) == 0;
-    free(key);
+    /* The key, as the plugin's default_key: the one the request phase locked (made there),
+     * else made again and copied (the thread's scratch that holds it also builds the stored
+     * head). */
+    const char *kb;
+    size_t klen;
+    char *copy = NULL;
+    if (!rc->fill || lp_cache_fill_key(rc->fill, &kb, &klen)) {
+        lp_str_t k;
+        if (lp_ffi_cache_key(r, &k) || !(copy = malloc(k.len ? k.len : 1)))
+            return 1;
+        kb = memcpy(copy, k.base, k.len);
+        klen = k.len;
+    }
+    int stored = lp__cache_store_fields(r, n->zone, kb, klen, "", 0, meta, m, keep) == 0;
+    free(copy);
     if (stored)
         lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
     return miss_status(r, status, stored, left);

@@ -26,6 +26,19 @@ static size_t stub_cost(const lp_cache_entry_t *e)
     return lp_cache_entry_cost(e->klen, e->slen, e->hlen, 0);
 }
 
+/* Where an entry's first head lives: in its own allocation, after the key and sec (a head
+ * replaced later is a block of its own). */
+static char *head_inline(const lp_cache_entry_t *e)
+{
+    return e->key + e->klen + e->slen;
+}
+
+static void head_free(const lp_cache_entry_t *e, char *head)
+{
+    if (head != head_inline(e))
+        free(head);
+}
+
 static void entry_free(lp_cache_entry_t *e)
 {
     lp_cache_chunk_t *c = e->chunks;
@@ -34,8 +47,7 @@ static void entry_free(lp_cache_entry_t *e)
         free(c);
         c = n;
     }
-    free(e->head);
-    free(e->key);
+    head_free(e, e->head);
     free(e);
 }
 
@@ -66,11 +78,19 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
                                       const char *head, size_t hlen, uint64_t body_len,
                                       double keep_until, lp_cache_chunk_t *chunks)
 {
-    lp_cache_entry_t *e = calloc(1, sizeof(*e));
-    if (!e || !(e->key = malloc(klen + slen + 1)) || !(e->head = malloc(hlen ? hlen : 1))) {
-        if (e)
-            free(e->key);
-        free(e);
+    return lp__cache_entry_make(key, klen, sec, slen, head, hlen, body_len, keep_until, chunks,
+                                lp_hash64(key, klen), 1);
+}
+
+lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char *sec, size_t slen,
+                                       const char *head, size_t hlen, uint64_t body_len,
+                                       double keep_until, lp_cache_chunk_t *chunks, uint64_t hash,
+                                       int fid_now)
+{
+    /* One block: the entry, its key and sec, and its first head (a store makes one entry per
+     * miss, and each block an entry keeps costs a fresh allocation). */
+    lp_cache_entry_t *e = malloc(sizeof(*e) + klen + slen + hlen + 1);
+    if (!e) {
         while (chunks) {
             lp_cache_chunk_t *n = chunks->next;
             free(chunks);
@@ -78,17 +98,21 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
         }
         return NULL;
     }
+    *e = (lp_cache_entry_t){0};
+    e->key = (char *)(e + 1);
     memcpy(e->key, key, klen);
     memcpy(e->key + klen, sec, slen);
     e->klen = klen;
     e->sec = e->key + klen;
     e->slen = slen;
+    e->head = head_inline(e);
     memcpy(e->head, head, hlen);
     e->hlen = hlen;
-    e->hash = lp_hash64(key, klen);
+    e->hash = hash;
     e->keep_until = keep_until;
     e->body_len = body_len;
-    e->fid = lp__cache_fid(key, klen, sec, slen);
+    if (fid_now)
+        e->fid = lp__cache_fid(key, klen, sec, slen);
     atomic_init(&e->refs, 1);
     atomic_init(&e->serial, atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed));
     if (chunks) {
@@ -103,6 +127,14 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
             e->cost = lp_cache_entry_cost(klen, slen, hlen, 0);
     }
     return e;
+}
+
+/* A fill's entry gets its file id when it is first written (most zones have no disk): 0 until
+ * then (an id that is 0 is only computed again). */
+static void with_fid(lp_cache_entry_t *e)
+{
+    if (!e->fid)
+        e->fid = lp__cache_fid(e->key, e->klen, e->sec, e->slen);
 }
 
 lp_cache_entry_t *lp_cache_entry_ref(lp_cache_entry_t *e)
@@ -631,8 +663,9 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     pthread_mutex_lock(&z->lock);
     char *old = e->head;
     if (e->linked && e->resident) {
-        z->used = z->used - e->hlen + hlen;
-        e->cost = e->cost - e->hlen + hlen;
+        size_t freed = old == head_inline(e) ? 0 : e->hlen; /* the first head stays in e's block */
+        z->used = z->used - freed + hlen;
+        e->cost = e->cost - freed + hlen;
     } else if (e->linked) {
         /* A disk-only entry (a streamed hit revalidated): the index holds its head. Its file
          * keeps the old head (its body is not in memory to write it again): after a restart
@@ -647,11 +680,12 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
                           memory_order_relaxed);
     if (e->linked && e->resident && z->disk) {
         e->stamp = ++z->stamps; /* the file is written again, with the new head */
+        with_fid(e);
         lp_cdisk_queue_write(z->disk, e);
     }
     evict(z, &dead);
     pthread_mutex_unlock(&z->lock);
-    free(old);
+    head_free(e, old);
     drop_dead(dead);
     return 0;
 }
@@ -767,11 +801,11 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
     *busy = 0;
     if (klen > LP_CACHE_MAX_KEY)
         return NULL;
-    lp_cache_fill_t *f = calloc(1, sizeof(*f));
-    if (!f || !(f->lkey = malloc(klen ? klen : 1))) {
-        free(f);
+    lp_cache_fill_t *f = malloc(sizeof(*f) + klen);
+    if (!f)
         return NULL;
-    }
+    *f = (lp_cache_fill_t){0};
+    f->lkey = (char *)(f + 1);
     memcpy(f->lkey, key, klen);
     f->lklen = klen;
     f->lhash = lp_hash64(key, klen);
@@ -782,13 +816,11 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
         /* A fill going upstream (perhaps for another variant): a read-back neither waits
          * for it nor takes its lock over; it reads the file without the lock. */
         pthread_mutex_unlock(&z->lock);
-        free(f->lkey);
         free(f);
         return NULL;
     }
     if (holder && now - holder->locked_at < lock_timeout) {
         pthread_mutex_unlock(&z->lock);
-        free(f->lkey);
         free(f);
         *busy = 1;
         return NULL;
@@ -859,8 +891,12 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     f->started = 1;
     /* refs 1: the zone's, once linked. Not resident and costing nothing until commit: its
      * chunks are charged as they come, the rest when it is linked. */
+    /* The hash of the key its lock holds, when it is this key; the file id when written. */
+    uint64_t hash = f->lkey && f->lklen == klen && memcmp(f->lkey, key, klen) == 0
+                        ? f->lhash
+                        : lp_hash64(key, klen);
     lp_cache_entry_t *e =
-        lp__cache_entry_new(key, klen, sec, slen, head, hlen, 0, keep_until, NULL);
+        lp__cache_entry_make(key, klen, sec, slen, head, hlen, 0, keep_until, NULL, hash, 0);
     if (!e) {
         lp_cache_fill_abandon(f);
         return NULL;
@@ -875,6 +911,15 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
 int lp_cache_fill_active(const lp_cache_fill_t *f)
 {
     return f->started;
+}
+
+int lp_cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen)
+{
+    if (!f->lkey)
+        return -1;
+    *key = f->lkey;
+    *klen = f->lklen;
+    return 0;
 }
 
 /* The fill went over a limit: its bytes go now, and its lock, so waiters stop waiting. */
@@ -970,7 +1015,6 @@ static void fill_free(lp_cache_fill_t *f)
     }
     if (f->e)
         entry_free(f->e);
-    free(f->lkey);
     free(f);
     lp_cache_zone_release(z);
 }
@@ -1018,6 +1062,7 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
         /* Written as it completes (not when memory evicts it): a restart finds every entry,
          * and an eviction from memory only drops the body (demote). */
         e->stamp = ++z->stamps;
+        with_fid(e);
         lp_cdisk_queue_write(z->disk, e);
     }
     evict(z, &dead);

@@ -177,6 +177,9 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
                                      size_t hlen, double keep_until, uint64_t size_hint);
 /* Whether the fill gathers an entry (lp_cache_fill_start ran on it): a lock alone does not. */
 int lp_cache_fill_active(const lp_cache_fill_t *f);
+/* The key whose lock the fill holds (*key valid while the fill lives): 0, or -1 when it
+ * holds none. */
+int lp_cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen);
 /* Appends body bytes. 0, or -1 when the entry went over max_object_size or memory ran out: the
  * fill is then dead (its bytes freed, its lock released), later appends are ignored and the
  * commit abandons it. */
