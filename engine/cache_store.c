@@ -42,6 +42,8 @@ static void head_free(const lp_cache_entry_t *e, char *head)
 static void entry_free(lp_cache_entry_t *e)
 {
     lp_cache_chunk_t *c = e->chunks;
+    if (e->body_inline)
+        c = c->next; /* the first is in e's block */
     while (c) {
         lp_cache_chunk_t *n = c->next;
         free(c);
@@ -79,17 +81,19 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
                                       double keep_until, lp_cache_chunk_t *chunks)
 {
     return lp__cache_entry_make(key, klen, sec, slen, head, hlen, body_len, keep_until, chunks,
-                                lp_hash64(key, klen), 1);
+                                lp_hash64(key, klen), 1, 0);
 }
 
 lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char *sec, size_t slen,
                                        const char *head, size_t hlen, uint64_t body_len,
                                        double keep_until, lp_cache_chunk_t *chunks, uint64_t hash,
-                                       int fid_now)
+                                       int fid_now, size_t body_cap)
 {
-    /* One block: the entry, its key and sec, and its first head (a store makes one entry per
-     * miss, and each block an entry keeps costs a fresh allocation). */
-    lp_cache_entry_t *e = malloc(sizeof(*e) + klen + slen + hlen + 1);
+    /* One block: the entry, its key and sec, its first head and, for a fill whose body is
+     * known to be small, its body's only chunk (a store makes one entry per miss, and each
+     * block an entry keeps costs a fresh allocation). */
+    size_t at = (sizeof(lp_cache_entry_t) + klen + slen + hlen + 7) & ~(size_t)7;
+    lp_cache_entry_t *e = malloc(body_cap ? at + sizeof(lp_cache_chunk_t) + body_cap : at + 1);
     if (!e) {
         while (chunks) {
             lp_cache_chunk_t *n = chunks->next;
@@ -115,7 +119,12 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
         e->fid = lp__cache_fid(key, klen, sec, slen);
     atomic_init(&e->refs, 1);
     atomic_init(&e->serial, atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed));
-    if (chunks) {
+    if (body_cap) {
+        lp_cache_chunk_t *c = (lp_cache_chunk_t *)((char *)e + at);
+        *c = (lp_cache_chunk_t){NULL, 0, body_cap};
+        e->chunks = c;
+        e->body_inline = 1;
+    } else if (chunks) {
         e->resident = 1;
         e->chunks = chunks;
         for (lp_cache_chunk_t *c = chunks; c; c = c->next)
@@ -895,15 +904,20 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     uint64_t hash = f->lkey && f->lklen == klen && memcmp(f->lkey, key, klen) == 0
                         ? f->lhash
                         : lp_hash64(key, klen);
-    lp_cache_entry_t *e =
-        lp__cache_entry_make(key, klen, sec, slen, head, hlen, 0, keep_until, NULL, hash, 0);
+    /* A body of a known length up to LP_CACHE_INLINE_BODY comes in the entry's block,
+     * charged with the entry at commit like its key and head (lp_cache_fill_append charges
+     * the chunks it takes as they come). */
+    size_t body_cap = size_hint && size_hint <= LP_CACHE_INLINE_BODY ? (size_t)size_hint : 0;
+    lp_cache_entry_t *e = lp__cache_entry_make(key, klen, sec, slen, head, hlen, 0, keep_until,
+                                               NULL, hash, 0, body_cap);
     if (!e) {
         lp_cache_fill_abandon(f);
         return NULL;
     }
     e->resident = 0;
-    e->cost = 0;
+    e->cost = body_cap ? sizeof(lp_cache_chunk_t) + body_cap : 0;
     f->e = e;
+    f->tail = e->chunks;
     f->hint = size_hint;
     return f;
 }

@@ -10,6 +10,8 @@
 #include "common.h"
 
 #define LOCK_BUCKETS 256
+/* The largest body (of a length known when its fill starts) kept in its entry's block. */
+#define LP_CACHE_INLINE_BODY 1024
 
 struct lp_cdisk_s;
 
@@ -42,6 +44,7 @@ struct lp_cache_entry_s {
      * index's record of a file: key, head and lengths in memory, the body in the file; a hit
      * on it loads the file first (cache_disk_hit.c). */
     uint8_t resident; /* chunks hold the body; 0 for a stub (fixed at creation) */
+    uint8_t body_inline; /* the first chunk is in the entry's own block (a small fill's) */
     uint8_t on_disk;  /* its file is written and charged to the disk budget (zone lock) */
     uint64_t fid;     /* the file's name: hash of key and sec (cache_disk.h); a fill's entry
                          has 0 until it is first written (with_fid) */
@@ -140,11 +143,12 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
                                       const char *head, size_t hlen, uint64_t body_len,
                                       double keep_until, lp_cache_chunk_t *chunks);
 /* lp__cache_entry_new with the key's hash given (lp_hash64), and its file id only when
- * fid_now (else 0: a fill's entry, given one when first written). */
+ * fid_now (else 0: a fill's entry, given one when first written); with body_cap, an empty
+ * chunk of that many bytes in the entry's block is its first (chunks must be NULL). */
 lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char *sec, size_t slen,
                                        const char *head, size_t hlen, uint64_t body_len,
                                        double keep_until, lp_cache_chunk_t *chunks, uint64_t hash,
-                                       int fid_now);
+                                       int fid_now, size_t body_cap);
 #define lp__cache_stub_new(k, kl, s, sl, h, hl, bl, ku)                                            \
     lp__cache_entry_new((k), (kl), (s), (sl), (h), (hl), (bl), (ku), NULL)
 /* The file id of (key, sec). */
