@@ -43,17 +43,17 @@ struct lp_cache_entry_s {
      * file holds it), or both. A disk-only entry (a "stub": chunks NULL, resident 0) is the
      * index's record of a file: key, head and lengths in memory, the body in the file; a hit
      * on it loads the file first (cache_disk_hit.c). */
-    uint8_t resident; /* chunks hold the body; 0 for a stub (fixed at creation) */
+    uint8_t resident;    /* chunks hold the body; 0 for a stub (fixed at creation) */
     uint8_t body_inline; /* the first chunk is in the entry's own block (a small fill's) */
-    uint8_t on_disk;  /* its file is written and charged to the disk budget (zone lock) */
-    uint64_t fid;     /* the file's name: hash of key and sec (cache_disk.h); a fill's entry
-                         has 0 until it is first written (with_fid) */
-    uint64_t stamp;   /* which write of that file holds this content (zone lock): a file
-                         read back must carry it, or it was replaced meanwhile */
-    uint64_t dsize;   /* file bytes charged to the disk budget while on_disk */
-    uint32_t writing; /* writes of it queued and not done (zone lock): an entry pushed out of
-                         memory meanwhile stays indexed (demoted), its file on the way */
-    lp_list_t dlru;   /* in zone->dlru while on_disk (zone lock) */
+    uint8_t on_disk;     /* its file is written and charged to the disk budget (zone lock) */
+    uint64_t fid;        /* the file's name: hash of key and sec (cache_disk.h); a fill's entry
+                            has 0 until it is first written (with_fid) */
+    uint64_t stamp;      /* which write of that file holds this content (zone lock): a file
+                            read back must carry it, or it was replaced meanwhile */
+    uint64_t dsize;      /* file bytes charged to the disk budget while on_disk */
+    uint32_t writing;    /* writes of it queued and not done (zone lock): an entry pushed out of
+                            memory meanwhile stays indexed (demoted), its file on the way */
+    lp_list_t dlru;      /* in zone->dlru while on_disk (zone lock) */
 };
 
 struct lp_cache_fill_s {
