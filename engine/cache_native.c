@@ -37,19 +37,18 @@
 #include "lua_api.h"
 #include "lua_vm_int.h"
 
-/* lp_ffi_cache_fields' bits (LP_FFI_CACHE_FIELDS' order, lua_api.h). */
-#define F_BIT(i)        (1 << (i))
-#define F_CACHE_CONTROL F_BIT(0)
-#define F_PRAGMA        F_BIT(1)
-#define F_EXPIRES       F_BIT(11)
-#define F_DATE          F_BIT(12)
-#define F_AGE           F_BIT(13)
-#define F_ETAG          F_BIT(14)
-#define F_LAST_MODIFIED F_BIT(15)
-#define F_VARY          F_BIT(16)
-#define F_SET_COOKIE    F_BIT(17)
-#define F_CONNECTION    F_BIT(18)
-#define F_CACHE_STATUS  F_BIT(19)
+#define F_BIT(i)        (1 << (i)) /* lp_ffi_cache_fields' bit of field i (LP_CF_*) */
+#define F_CACHE_CONTROL F_BIT(LP_CF_CACHE_CONTROL)
+#define F_PRAGMA        F_BIT(LP_CF_PRAGMA)
+#define F_EXPIRES       F_BIT(LP_CF_EXPIRES)
+#define F_DATE          F_BIT(LP_CF_DATE)
+#define F_AGE           F_BIT(LP_CF_AGE)
+#define F_ETAG          F_BIT(LP_CF_ETAG)
+#define F_LAST_MODIFIED F_BIT(LP_CF_LAST_MODIFIED)
+#define F_VARY          F_BIT(LP_CF_VARY)
+#define F_SET_COOKIE    F_BIT(LP_CF_SET_COOKIE)
+#define F_CONNECTION    F_BIT(LP_CF_CONNECTION)
+#define F_CACHE_STATUS  F_BIT(LP_CF_CACHE_STATUS)
 /* A response with any of these takes the plugin's path every time. */
 #define SHAPE_OTHER                                                                                \
     (F_PRAGMA | F_EXPIRES | F_AGE | F_VARY | F_SET_COOKIE | F_CONNECTION | F_CACHE_STATUS)
@@ -339,28 +338,24 @@ int lp_cache_native_response(lp_req_t *r)
     if (!n || (r->flags & (LP_RF_LOCAL | LP_RF_HEAD)) || !r->upstream || r->try.target < 0 ||
         status == 502 || status == 504)
         return 1;
-    int mask = lp_ffi_cache_fields(r, 1);
-    if (mask & SHAPE_OTHER)
-        return 1;
-    lp_str_t cc;
-    int ncc = one_cc(r, mask, &cc);
-    if (ncc < 0)
-        return 1;
-    const learned_t *d =
-        learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0, ncc ? &cc : NULL);
+    /* One walk of the response's fields: its shape, and the values read below. */
+    lp_str_t first[LP_CF_N];
+    int ncc;
+    int mask = lp__cache_fields_first(r, 1, first, &ncc);
+    if ((mask & SHAPE_OTHER) || ncc > 1)
+        return 1; /* several Cache-Control lines: the plugin's path (their parse is not kept) */
+    const learned_t *d = learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0,
+                                      ncc ? &first[LP_CF_CACHE_CONTROL] : NULL);
     if (!d)
         return 1;
     if (!d->storable)
         return miss_status(r, status, 0, 0);
-    lp_str_t date = {0}, etag = {0}, lm = {0};
-    int has_date = (mask & F_DATE) && lp_ffi_header_get(r, 1, "date", 4, 0, &date) == 1;
-    if (has_date && (date.len != n->date_len || memcmp(date.base, n->date, date.len) != 0))
+    const lp_str_t *date = mask & F_DATE ? &first[LP_CF_DATE] : NULL;
+    if (date && (date->len != n->date_len || memcmp(date->base, n->date, date->len) != 0))
         return 1; /* a Date the plugin has not parsed yet */
-    if (mask & F_ETAG)
-        lp_ffi_header_get(r, 1, "etag", 4, 0, &etag);
-    if (mask & F_LAST_MODIFIED)
-        lp_ffi_header_get(r, 1, "last-modified", 13, 0, &lm);
-    int dated = has_date && n->date_valid;
+    lp_str_t etag = mask & F_ETAG ? first[LP_CF_ETAG] : (lp_str_t){0};
+    lp_str_t lm = mask & F_LAST_MODIFIED ? first[LP_CF_LAST_MODIFIED] : (lp_str_t){0};
+    int dated = date && n->date_valid;
     double now = lp_ffi_now(), t0 = rc->native_t0;
     /* RFC 9111 §4.2.3 at the response time, as the plugin's policy.current_age: no Age field
      * (age_value 0), so the corrected age is the response delay. */

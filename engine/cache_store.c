@@ -478,9 +478,9 @@ lp_cache_zone_t *lp_cache_zone_acquire(const char *name, size_t memory, size_t m
     pthread_mutex_lock(&reg_lock);
     lp_cache_zone_t *z = reg_find(name, strlen(name));
     if (z) {
-        z->refs++;
+        atomic_fetch_add(&z->refs, 1);
     } else if ((z = zone_new(name, memory, max_object))) {
-        z->refs = 1;
+        atomic_init(&z->refs, 1);
         z->reg_next = reg_head;
         reg_head = z;
     }
@@ -488,11 +488,11 @@ lp_cache_zone_t *lp_cache_zone_acquire(const char *name, size_t memory, size_t m
     return z;
 }
 
+/* The caller holds a reference (or borrows a zone someone's reference keeps): refs >= 1, so
+ * the registry lock is not needed (every fill takes one). */
 static void zone_ref(lp_cache_zone_t *z)
 {
-    pthread_mutex_lock(&reg_lock);
-    z->refs++;
-    pthread_mutex_unlock(&reg_lock);
+    atomic_fetch_add(&z->refs, 1);
 }
 
 void lp_cache_zone_hold(lp_cache_zone_t *z)
@@ -504,8 +504,13 @@ void lp_cache_zone_release(lp_cache_zone_t *z)
 {
     if (!z)
         return;
+    /* Not the last: no lock (another reference keeps the zone and its registry place). */
+    int n = atomic_load(&z->refs);
+    while (n > 1)
+        if (atomic_compare_exchange_weak(&z->refs, &n, n - 1))
+            return;
     pthread_mutex_lock(&reg_lock);
-    int last = --z->refs == 0;
+    int last = atomic_fetch_sub(&z->refs, 1) == 1;
     if (last) {
         lp_cache_zone_t **pp = &reg_head;
         while (*pp != z)

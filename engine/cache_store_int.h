@@ -101,7 +101,9 @@ struct lp_cache_zone_s {
     lp_list_t lru;              /* most recently used first */
     lp_cache_fill_t *locks[LOCK_BUCKETS]; /* borrowed: fills holding a key's lock */
     atomic_uint_fast64_t counts[LP_CACHE_C_N];
-    int refs;                  /* registry references (reg_lock) */
+    atomic_int refs;           /* registry references: atomic; it reaches 0 only under
+                                  reg_lock (lp_cache_zone_release), where it leaves the
+                                  registry */
     lp_cache_zone_t *reg_next; /* borrowed: next in the registry (reg_lock) */
     /* The disk tier: NULL when the zone has none. The fields below are under the lock. */
     struct lp_cdisk_s *disk; /* owned: the zone's disk thread and directory (cache_disk.c);
