@@ -67,6 +67,12 @@ typedef struct {
     char cc[64]; /* the response's Cache-Control value (one line) */
     size_t cc_len;
     uint8_t has_cc;
+    /* The meta's lines that depend on the decision only, written when it is learned (a miss
+     * then copies them): `pre` up to the request time's value, `mid` from the TTL to the
+     * flags, `tail` the stale windows. rendered 0: they did not fit, or a number is not one
+     * num() writes in decimal: such a response is left to the plugin. */
+    char pre[64], mid[128], tail[96];
+    uint8_t pre_len, mid_len, tail_len, rendered;
 } learned_t;
 
 #define NLEARNED 8
@@ -302,20 +308,95 @@ static int put_hexfloat(out_t *o, double v)
     if (exp == 0)
         return 1; /* subnormal: not a time */
     uint64_t mant = bits & ((1ull << 52) - 1);
+    static const char hex[] = "0123456789abcdef";
     char b[40], *p = b;
     memcpy(p, "0x1.", 4);
     p += 4;
-    for (int i = 12; i >= 0; i--)
-        *p++ = "0123456789abcdef"[(mant >> (i * 4)) & 15];
+    *p++ = hex[mant >> 48]; /* then the other 48 bits a byte at a time */
+    for (int i = 40; i >= 0; i -= 8) {
+        unsigned byte = (unsigned)(mant >> i) & 0xff;
+        p[0] = hex[byte >> 4];
+        p[1] = hex[byte & 15];
+        p += 2;
+    }
     *p++ = 'p';
     exp -= 1023;
     *p++ = exp < 0 ? '-' : '+';
-    p += lp_u64_to_str((uint64_t)(exp < 0 ? -exp : exp), 10, p);
+    unsigned e = (unsigned)(exp < 0 ? -exp : exp);
+    if (e >= 10 && e < 100) { /* a time's: 2^30..2^31 */
+        p[0] = (char)('0' + e / 10);
+        p[1] = (char)('0' + e % 10);
+        p += 2;
+    } else {
+        p += lp_u64_to_str(e, 10, p);
+    }
     put(o, b, (size_t)(p - b));
     return 0;
 }
 
 #define META_MAX 1024
+
+/* A piece of the meta into buf (room bytes): its length, or -1 (did not fit, or a bad
+ * number). */
+typedef int (*piece_fn)(out_t *o, const learned_t *d);
+
+static int piece(char *buf, size_t room, uint8_t *len, piece_fn fn, const learned_t *d)
+{
+    out_t o = {buf, buf + room, 0};
+    int bad = fn(&o, d);
+    if (bad || o.over || (size_t)(o.p - buf) > 255)
+        return -1;
+    *len = (uint8_t)(o.p - buf);
+    return 0;
+}
+
+/* The plugin's encode_meta, in its order: pre, request_time, response_time, mid, then the
+ * response's date, etag and last_modified, then tail. */
+static int piece_pre(out_t *o, const learned_t *d)
+{
+    char sb[8];
+    PUT_LIT(o, "L1\nn status\t");
+    put(o, sb, lp_u64_to_str((uint64_t)d->status, 10, sb));
+    PUT_LIT(o, "\nn age_value\t0\nn request_time\t");
+    return 0;
+}
+
+static int piece_mid(out_t *o, const learned_t *d)
+{
+    PUT_LIT(o, "\nn ttl\t");
+    int bad = put_uint(o, d->ttl);
+    PUT_LIT(o, "\ns ttl_source\t");
+    put(o, d->source, d->source_len);
+    PUT_LIT(o, "\nb must_revalidate\t");
+    put(o, d->must_revalidate ? "1" : "0", 1);
+    PUT_LIT(o, "\nb no_cache\t");
+    put(o, d->no_cache ? "1" : "0", 1);
+    PUT_LIT(o, "\n");
+    return bad;
+}
+
+static int piece_tail(out_t *o, const learned_t *d)
+{
+    int bad = 0;
+    if (d->swr >= 0) {
+        PUT_LIT(o, "n stale_while_revalidate\t");
+        bad |= put_uint(o, d->swr);
+        PUT_LIT(o, "\n");
+    }
+    if (d->sie >= 0) {
+        PUT_LIT(o, "n stale_if_error\t");
+        bad |= put_uint(o, d->sie);
+        PUT_LIT(o, "\n");
+    }
+    return bad;
+}
+
+static void render(learned_t *d)
+{
+    d->rendered = piece(d->pre, sizeof d->pre, &d->pre_len, piece_pre, d) == 0 &&
+                  piece(d->mid, sizeof d->mid, &d->mid_len, piece_mid, d) == 0 &&
+                  piece(d->tail, sizeof d->tail, &d->tail_len, piece_tail, d) == 0;
+}
 
 /* The Cache-Status of a miss the engine decided on (stored or not): 0 whatever it returns.
  * The decision is applied: running the plugin now would apply it a second time (a second
@@ -366,22 +447,13 @@ int lp_cache_native_response(lp_req_t *r)
     /* The plugin's encode_meta. */
     char meta[META_MAX];
     out_t o = {meta, meta + META_MAX, 0};
-    char sb[8];
-    PUT_LIT(&o, "L1\nn status\t");
-    put(&o, sb, lp_u64_to_str((uint64_t)status, 10, sb));
-    PUT_LIT(&o, "\nn age_value\t0\nn request_time\t");
+    if (!d->rendered)
+        return 1;
+    put(&o, d->pre, d->pre_len);
     int bad = put_hexfloat(&o, t0);
     PUT_LIT(&o, "\nn response_time\t");
     bad |= put_hexfloat(&o, now);
-    PUT_LIT(&o, "\nn ttl\t");
-    bad |= put_uint(&o, d->ttl);
-    PUT_LIT(&o, "\ns ttl_source\t");
-    put(&o, d->source, d->source_len);
-    PUT_LIT(&o, "\nb must_revalidate\t");
-    put(&o, d->must_revalidate ? "1" : "0", 1);
-    PUT_LIT(&o, "\nb no_cache\t");
-    put(&o, d->no_cache ? "1" : "0", 1);
-    PUT_LIT(&o, "\n");
+    put(&o, d->mid, d->mid_len);
     if (dated) {
         PUT_LIT(&o, "n date\t");
         bad |= put_uint(&o, n->date_value);
@@ -397,16 +469,7 @@ int lp_cache_native_response(lp_req_t *r)
         put(&o, lm.base, lm.len);
         PUT_LIT(&o, "\n");
     }
-    if (d->swr >= 0) {
-        PUT_LIT(&o, "n stale_while_revalidate\t");
-        bad |= put_uint(&o, d->swr);
-        PUT_LIT(&o, "\n");
-    }
-    if (d->sie >= 0) {
-        PUT_LIT(&o, "n stale_if_error\t");
-        bad |= put_uint(&o, d->sie);
-        PUT_LIT(&o, "\n");
-    }
+    put(&o, d->tail, d->tail_len);
     if (bad || o.over)
         return 1;
     size_t m = (size_t)(o.p - meta);
@@ -480,6 +543,7 @@ int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, co
     d->cc_len = ncc ? cc.len : 0;
     if (ncc)
         memcpy(d->cc, cc.base, cc.len);
+    render(d);
     return 0;
 }
 
