@@ -220,7 +220,10 @@ int lp_cache_native_request(lp_req_t *r)
     if (lp_ffi_cache_key(r, &key))
         return 1;
     double now = lp_ffi_now();
-    lp_cache_entry_t *e = lp_cache_get(n->zone, key.base, key.len, "", 0, now);
+    /* The lookup and, on a miss, the key's fill lock (when the plugin coalesces) at once. */
+    int busy;
+    lp_cache_entry_t *e =
+        lp_cache_get_or_lock(n->zone, key.base, key.len, now, n->lock_timeout, &rc->fill, &busy);
     if (e && !native_hit(r, n, e, now))
         return 2;
     if (e) {
@@ -229,12 +232,8 @@ int lp_cache_native_request(lp_req_t *r)
         rc->native_kept = 1;
         return 1;
     }
-    if (n->lock_timeout >= 0) {
-        int busy = 0;
-        rc->fill = lp_cache_lock(n->zone, key.base, key.len, n->lock_timeout, now, &busy);
-        if (!rc->fill)
-            return 1; /* another request fills it: the plugin waits for it */
-    }
+    if (n->lock_timeout >= 0 && !rc->fill)
+        return 1; /* another request fills it (or no memory): the plugin waits for it */
     lp_cache_count(n->zone, LP_CACHE_C_MISS);
     lp_cache_count(n->zone, LP_CACHE_C_NATIVE_MISS);
     rc->native = 1;

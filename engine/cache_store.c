@@ -625,17 +625,17 @@ void lp_cache_count(lp_cache_zone_t *z, int what)
 
 /* ---- lookups ---- */
 
-lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen, const char *sec,
-                               size_t slen, double now)
+/* Under the zone lock: lp_cache_get's lookup (h: the key's hash). */
+static lp_cache_entry_t *get_locked(lp_cache_zone_t *z, uint64_t h, const char *key, size_t klen,
+                                    const char *sec, size_t slen, double now,
+                                    lp_cache_entry_t **dead)
 {
-    uint64_t h = lp_hash64(key, klen);
-    lp_cache_entry_t *found = NULL, *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_cache_entry_t *found = NULL;
     for (lp_cache_entry_t *e = z->buckets[h & (z->nbuckets - 1)]; e; e = e->hnext) {
         if (!same_key(e, h, key, klen) || e->slen != slen || memcmp(e->sec, sec, slen) != 0)
             continue;
         if (e->keep_until < now) {
-            unlink_entry(z, e, &dead);
+            unlink_entry(z, e, dead);
         } else if (!e->resident && !e->on_disk) {
             /* pushed out of memory before its file was written: a miss until it is */
         } else {
@@ -651,6 +651,16 @@ lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen,
         }
         break;
     }
+    return found;
+}
+
+lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen, const char *sec,
+                               size_t slen, double now)
+{
+    uint64_t h = lp_hash64(key, klen);
+    lp_cache_entry_t *dead = NULL;
+    pthread_mutex_lock(&z->lock);
+    lp_cache_entry_t *found = get_locked(z, h, key, klen, sec, slen, now, &dead);
     pthread_mutex_unlock(&z->lock);
     drop_dead(dead);
     return found;
@@ -809,10 +819,10 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
     return f != NULL;
 }
 
-static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t klen,
-                                  double lock_timeout, double now, int readback, int *busy)
+/* A fill for key's lock, not taken yet (lock_locked takes it), or NULL (out of memory, or
+ * too long a key). */
+static lp_cache_fill_t *lock_new(const char *key, size_t klen, uint64_t h, double now)
 {
-    *busy = 0;
     if (klen > LP_CACHE_MAX_KEY)
         return NULL;
     lp_cache_fill_t *f = malloc(sizeof(*f) + klen);
@@ -822,22 +832,24 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
     f->lkey = (char *)(f + 1);
     memcpy(f->lkey, key, klen);
     f->lklen = klen;
-    f->lhash = lp_hash64(key, klen);
+    f->lhash = h;
     f->locked_at = now;
-    pthread_mutex_lock(&z->lock);
-    lp_cache_fill_t *holder = lock_find(z, f->lhash, key, klen);
-    if (holder && readback && !holder->readback) {
-        /* A fill going upstream (perhaps for another variant): a read-back neither waits
-         * for it nor takes its lock over; it reads the file without the lock. */
-        pthread_mutex_unlock(&z->lock);
-        free(f);
-        return NULL;
-    }
-    if (holder && now - holder->locked_at < lock_timeout) {
-        pthread_mutex_unlock(&z->lock);
-        free(f);
+    return f;
+}
+
+/* Under the zone lock: f (lock_new's) takes its key's lock: 0; else -1 (*busy 1 when a
+ * younger fill holds it), and the caller frees f. */
+static int lock_locked(lp_cache_zone_t *z, lp_cache_fill_t *f, double lock_timeout, int readback,
+                       int *busy)
+{
+    lp_cache_fill_t *holder = lock_find(z, f->lhash, f->lkey, f->lklen);
+    if (holder && readback && !holder->readback)
+        return -1; /* a fill going upstream (perhaps for another variant): a read-back
+                      neither waits for it nor takes its lock over; it reads the file
+                      without the lock */
+    if (holder && f->locked_at - holder->locked_at < lock_timeout) {
         *busy = 1;
-        return NULL;
+        return -1;
     }
     if (holder)
         lock_drop(z, holder); /* taken over: its fill went quiet past the timeout */
@@ -846,10 +858,57 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
     *slot = f;
     f->locked = 1;
     f->readback = (uint8_t)readback;
-    pthread_mutex_unlock(&z->lock);
+    return 0;
+}
+
+/* f took its lock: it holds a zone reference from now on. */
+static lp_cache_fill_t *lock_held(lp_cache_zone_t *z, lp_cache_fill_t *f)
+{
     zone_ref(z);
     f->zone = z;
     return f;
+}
+
+static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t klen,
+                                  double lock_timeout, double now, int readback, int *busy)
+{
+    *busy = 0;
+    lp_cache_fill_t *f = lock_new(key, klen, lp_hash64(key, klen), now);
+    if (!f)
+        return NULL;
+    pthread_mutex_lock(&z->lock);
+    int rc = lock_locked(z, f, lock_timeout, readback, busy);
+    pthread_mutex_unlock(&z->lock);
+    if (rc) {
+        free(f);
+        return NULL;
+    }
+    return lock_held(z, f);
+}
+
+lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen,
+                                       double now, double lock_timeout, lp_cache_fill_t **fill,
+                                       int *busy)
+{
+    *fill = NULL;
+    *busy = 0;
+    uint64_t h = lp_hash64(key, klen);
+    lp_cache_entry_t *dead = NULL;
+    /* The lock's fill is made under the zone lock, on a miss only (a hit costs nothing more
+     * than lp_cache_get). */
+    pthread_mutex_lock(&z->lock);
+    lp_cache_entry_t *found = get_locked(z, h, key, klen, "", 0, now, &dead);
+    lp_cache_fill_t *f = NULL;
+    if (!found && lock_timeout >= 0 && (f = lock_new(key, klen, h, now)) &&
+        lock_locked(z, f, lock_timeout, 0, busy)) {
+        free(f);
+        f = NULL;
+    }
+    pthread_mutex_unlock(&z->lock);
+    drop_dead(dead);
+    if (f)
+        *fill = lock_held(z, f);
+    return found;
 }
 
 lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
