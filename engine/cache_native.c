@@ -296,6 +296,24 @@ static int put_uint(out_t *o, double v)
     return 0;
 }
 
+/* "00" .. "ff": a byte's two hex digits. */
+static const char HEX2[513] = "000102030405060708090a0b0c0d0e0f"
+                              "101112131415161718191a1b1c1d1e1f"
+                              "202122232425262728292a2b2c2d2e2f"
+                              "303132333435363738393a3b3c3d3e3f"
+                              "404142434445464748494a4b4c4d4e4f"
+                              "505152535455565758595a5b5c5d5e5f"
+                              "606162636465666768696a6b6c6d6e6f"
+                              "707172737475767778797a7b7c7d7e7f"
+                              "808182838485868788898a8b8c8d8e8f"
+                              "909192939495969798999a9b9c9d9e9f"
+                              "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+                              "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+                              "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf"
+                              "d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+                              "e0e1e2e3e4e5e6e7e8e9eaebecedeeef"
+                              "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
 /* A positive normal double as "0x1.HHHHHHHHHHHHHp+E" (every mantissa digit). */
 static int put_hexfloat(out_t *o, double v)
 {
@@ -307,15 +325,12 @@ static int put_hexfloat(out_t *o, double v)
     if (exp == 0)
         return 1; /* subnormal: not a time */
     uint64_t mant = bits & ((1ull << 52) - 1);
-    static const char hex[] = "0123456789abcdef";
     char b[40], *p = b;
     memcpy(p, "0x1.", 4);
     p += 4;
-    *p++ = hex[mant >> 48]; /* then the other 48 bits a byte at a time */
+    *p++ = HEX2[2 * (mant >> 48) + 1]; /* then the other 48 bits a byte at a time */
     for (int i = 40; i >= 0; i -= 8) {
-        unsigned byte = (unsigned)(mant >> i) & 0xff;
-        p[0] = hex[byte >> 4];
-        p[1] = hex[byte & 15];
+        memcpy(p, &HEX2[2 * ((mant >> i) & 0xff)], 2);
         p += 2;
     }
     *p++ = 'p';
