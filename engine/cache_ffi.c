@@ -883,6 +883,26 @@ static lp_str_t key_authority(const lp_req_t *r, lp_str_t scheme)
     return h;
 }
 
+/* Whether s holds an ASCII capital. Per 8-byte word: a byte b <= 0x7f is in 'A'..'Z' when
+ * b + (0x80 - 'A') reaches 0x80 and b + (0x80 - 'Z' - 1) does not (no carry leaves a byte);
+ * bytes >= 0x80 are masked out. */
+static int has_upper(const char *s, size_t n)
+{
+    const uint64_t lo7 = 0x7f7f7f7f7f7f7f7full, hi = 0x8080808080808080ull;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t t = w & lo7;
+        if ((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi)
+            return 1;
+    }
+    for (; i < n; i++)
+        if (s[i] >= 'A' && s[i] <= 'Z')
+            return 1;
+    return 0;
+}
+
 int lp_ffi_cache_key(void *r, lp_str_t *out)
 {
     lp_str_t scheme, host, uri;
@@ -901,10 +921,14 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
     p += scheme.len;
     memcpy(p, "://", 3);
     p += 3;
-    for (size_t i = 0; i < host.len; i++) {
-        char c = host.base[i];
-        *p++ = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c); /* req:host()'s lower() */
-    }
+    /* req:host()'s lower(): copied as it is, then lowered only where it has capitals (most
+     * hosts have none: looked for eight bytes at a time). */
+    memcpy(p, host.base, host.len);
+    if (has_upper(p, host.len))
+        for (size_t i = 0; i < host.len; i++)
+            if (p[i] >= 'A' && p[i] <= 'Z')
+                p[i] = (char)(p[i] + 32);
+    p += host.len;
     memcpy(p, uri.base, uri.len);
     *out = (lp_str_t){scratch, need};
     return 0;
