@@ -831,13 +831,13 @@ int lp_ffi_cache_miss_status(void *rp, int status, int stored, double ttl)
     return lp__cache_miss_status(rp, status, stored, ttl);
 }
 
-int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
+size_t lp__cache_miss_status_line(char *line, int status, int stored, double ttl)
 {
     if (status < 100 || status > 999)
-        return LP_FFI_EINVAL;
+        return 0;
     static const char pre[] = "Cache-Status: luaproxy; fwd=miss; fwd-status=";
     static const char st[] = "; stored; ttl=";
-    char line[sizeof pre + sizeof st + 48];
+    _Static_assert(sizeof pre + sizeof st + 48 <= LP_CACHE_MISS_LINE, "room for the line");
     char *p = line;
     memcpy(p, pre, sizeof pre - 1);
     p += sizeof pre - 1;
@@ -860,7 +860,16 @@ int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
     }
     *p++ = '\r';
     *p++ = '\n';
-    return lp__resp_add_wire(r, line, (size_t)(p - line), 1); /* our own line */
+    return (size_t)(p - line);
+}
+
+int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
+{
+    char line[LP_CACHE_MISS_LINE];
+    size_t n = lp__cache_miss_status_line(line, status, stored, ttl);
+    if (!n)
+        return LP_FFI_EINVAL;
+    return lp__resp_add_wire(r, line, n, 1); /* our own line */
 }
 
 /* The key's authority: Host as sent (or the absolute-form target's), with its port, which

@@ -73,6 +73,11 @@ typedef struct {
      * num() writes in decimal: such a response is left to the plugin. */
     char pre[64], mid[128], tail[96];
     uint8_t pre_len, mid_len, tail_len, rendered;
+    /* The last Cache-Status line written for it (lp__cache_miss_status_line), and what it
+     * was written for: whether stored and floor(ttl) (the TTL left moves once a second). */
+    char status_line[LP_CACHE_MISS_LINE];
+    uint8_t status_len, status_stored;
+    double status_floor;
 } learned_t;
 
 #define NLEARNED 8
@@ -416,9 +421,17 @@ static void render(learned_t *d)
  * The decision is applied: running the plugin now would apply it a second time (a second
  * fill, a second Cache-Status). Without room for the line (a full head arena), the response
  * goes without it: the answer and the entry are the plugin's, only that line is missing. */
-static int miss_status(lp_req_t *r, int status, int stored, double ttl)
+static int miss_status(lp_req_t *r, learned_t *d, int stored, double ttl)
 {
-    int rc = lp__cache_miss_status(r, status, stored, ttl);
+    double f = stored ? floor(ttl) : 0;
+    if (!d->status_len || d->status_stored != stored || !(d->status_floor == f)) {
+        size_t len = lp__cache_miss_status_line(d->status_line, d->status, stored, ttl);
+        d->status_len = (uint8_t)len; /* 0: out of range (and written again next time) */
+        d->status_stored = (uint8_t)stored;
+        d->status_floor = f;
+    }
+    int rc = d->status_len ? lp__resp_add_wire(r, d->status_line, d->status_len, 1)
+                           : LP_FFI_EINVAL; /* our own line */
     if (rc)
         lp_log_debug("cache: no Cache-Status on an engine-decided miss (%d)", rc);
     return 0;
@@ -439,12 +452,12 @@ int lp_cache_native_response(lp_req_t *r)
     int mask = lp__cache_fields_first(r, 1, first, &ncc);
     if ((mask & SHAPE_OTHER) || ncc > 1)
         return 1; /* several Cache-Control lines: the plugin's path (their parse is not kept) */
-    const learned_t *d = learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0,
-                                      ncc ? &first[LP_CF_CACHE_CONTROL] : NULL);
+    learned_t *d = learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0,
+                                ncc ? &first[LP_CF_CACHE_CONTROL] : NULL);
     if (!d)
         return 1;
     if (!d->storable)
-        return miss_status(r, status, 0, 0);
+        return miss_status(r, d, 0, 0);
     const lp_str_t *date = mask & F_DATE ? &first[LP_CF_DATE] : NULL;
     if (date && (date->len != n->date_len || memcmp(date->base, n->date, date->len) != 0))
         return 1; /* a Date the plugin has not parsed yet */
@@ -504,7 +517,7 @@ int lp_cache_native_response(lp_req_t *r)
     free(copy);
     if (stored)
         lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
-    return miss_status(r, status, stored, left);
+    return miss_status(r, d, stored, left);
 }
 
 int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, const char *source,
@@ -558,6 +571,7 @@ int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, co
     if (ncc)
         memcpy(d->cc, cc.base, cc.len);
     render(d);
+    d->status_len = 0; /* its Cache-Status line is written again */
     return 0;
 }
 

@@ -65,6 +65,10 @@ int lp__cache_store_fields(lp_req_t *r, struct lp_cache_zone_s *zone, const char
                            const char *sec, size_t slen, const char *meta, size_t mlen,
                            double keep);
 int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl);
+/* Its line ("Cache-Status: ...\r\n") into line (LP_CACHE_MISS_LINE bytes): its length, or 0
+ * for a status out of range. */
+#define LP_CACHE_MISS_LINE 112
+size_t lp__cache_miss_status_line(char *line, int status, int stored, double ttl);
 /* lp_ffi_cache_respond's answer from the looked-up entry (cache.hit), without the Lua phase
  * bookkeeping: the fields (checked: they passed lp__wire_valid), then `more`, and the body or
  * its bytes first..last (first -1: whole; <= -2: none). 0, or an LP_FFI_E* code. */
