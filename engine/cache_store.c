@@ -886,9 +886,8 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
     return lock_held(z, f);
 }
 
-lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen,
-                                       double now, double lock_timeout, lp_cache_fill_t **fill,
-                                       int *busy)
+lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen, double now,
+                                       double lock_timeout, lp_cache_fill_t **fill, int *busy)
 {
     *fill = NULL;
     *busy = 0;
