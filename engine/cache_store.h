@@ -140,9 +140,8 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
 /* lp_cache_get (sec "") and, on a miss when lock_timeout >= 0, lp_cache_lock of the key, in
  * one hold of the zone's lock: *fill the fill holding the lock, or NULL (*busy as
  * lp_cache_lock's). */
-lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen,
-                                       double now, double lock_timeout, lp_cache_fill_t **fill,
-                                       int *busy);
+lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen, double now,
+                                       double lock_timeout, lp_cache_fill_t **fill, int *busy);
 /* Coalescing: takes the lock of `key` (one fill per primary key at a time) and returns a fill
  * holding it; NULL when another fill holds it and is younger than `lock_timeout` seconds (the
  * caller waits on lp_cache_locked, then looks up again), or when out of memory (*busy 0). An
