@@ -670,56 +670,87 @@ int lp__cache_field_index(lp_str_t n)
 {
     switch (n.len) {
     case 3:
-        return LP_STR_IEQ(n, "age") ? 13 : -1;
+        return LP_STR_IEQ(n, "age") ? LP_CF_AGE : -1;
     case 4:
-        return LP_STR_IEQ(n, "date")   ? 12
-               : LP_STR_IEQ(n, "etag") ? 14
-               : LP_STR_IEQ(n, "vary") ? 16
+        return LP_STR_IEQ(n, "date")   ? LP_CF_DATE
+               : LP_STR_IEQ(n, "etag") ? LP_CF_ETAG
+               : LP_STR_IEQ(n, "vary") ? LP_CF_VARY
                                        : -1;
     case 5:
-        return LP_STR_IEQ(n, "range") ? 6 : -1;
+        return LP_STR_IEQ(n, "range") ? LP_CF_RANGE : -1;
     case 6:
-        return LP_STR_IEQ(n, "pragma") ? 1 : -1;
+        return LP_STR_IEQ(n, "pragma") ? LP_CF_PRAGMA : -1;
     case 7:
-        return LP_STR_IEQ(n, "expires") ? 11 : -1;
+        return LP_STR_IEQ(n, "expires") ? LP_CF_EXPIRES : -1;
     case 8:
-        return LP_STR_IEQ(n, "if-match")   ? 2
-               : LP_STR_IEQ(n, "if-range") ? 7
-               : LP_STR_IEQ(n, "location") ? 20
+        return LP_STR_IEQ(n, "if-match")   ? LP_CF_IF_MATCH
+               : LP_STR_IEQ(n, "if-range") ? LP_CF_IF_RANGE
+               : LP_STR_IEQ(n, "location") ? LP_CF_LOCATION
                                            : -1;
     case 10:
-        return LP_STR_IEQ(n, "set-cookie") ? 17 : LP_STR_IEQ(n, "connection") ? 18 : -1;
+        return LP_STR_IEQ(n, "set-cookie")   ? LP_CF_SET_COOKIE
+               : LP_STR_IEQ(n, "connection") ? LP_CF_CONNECTION
+                                             : -1;
     case 12:
-        return LP_STR_IEQ(n, "cache-status") ? 19 : -1;
+        return LP_STR_IEQ(n, "cache-status") ? LP_CF_CACHE_STATUS : -1;
     case 13:
-        return LP_STR_IEQ(n, "cache-control")   ? 0
-               : LP_STR_IEQ(n, "if-none-match") ? 3
-               : LP_STR_IEQ(n, "authorization") ? 8
-               : LP_STR_IEQ(n, "last-modified") ? 15
+        return LP_STR_IEQ(n, "cache-control")   ? LP_CF_CACHE_CONTROL
+               : LP_STR_IEQ(n, "if-none-match") ? LP_CF_IF_NONE_MATCH
+               : LP_STR_IEQ(n, "authorization") ? LP_CF_AUTHORIZATION
+               : LP_STR_IEQ(n, "last-modified") ? LP_CF_LAST_MODIFIED
                                                 : -1;
     case 14:
-        return LP_STR_IEQ(n, "content-length") ? 9 : -1;
+        return LP_STR_IEQ(n, "content-length") ? LP_CF_CONTENT_LENGTH : -1;
     case 16:
-        return LP_STR_IEQ(n, "content-location") ? 21 : -1;
+        return LP_STR_IEQ(n, "content-location") ? LP_CF_CONTENT_LOCATION : -1;
     case 17:
-        return LP_STR_IEQ(n, "if-modified-since")   ? 4
-               : LP_STR_IEQ(n, "transfer-encoding") ? 10
+        return LP_STR_IEQ(n, "if-modified-since")   ? LP_CF_IF_MODIFIED_SINCE
+               : LP_STR_IEQ(n, "transfer-encoding") ? LP_CF_TRANSFER_ENCODING
                                                     : -1;
     case 19:
-        return LP_STR_IEQ(n, "if-unmodified-since") ? 5 : -1;
+        return LP_STR_IEQ(n, "if-unmodified-since") ? LP_CF_IF_UNMODIFIED_SINCE : -1;
     default:
         return -1;
     }
 }
 
-int lp_ffi_cache_fields(void *r, int resp)
+/* The request's (resp 0) or the response's fields, read in place (the lists
+ * lp_ffi_header_at reads, without its checks per field): *v, and how many. */
+static unsigned fields_of(const lp_req_t *r, int resp, const lp_header_t **v)
 {
-    int n = lp_ffi_header_count(r, resp), mask = 0;
-    lp_str_t name, value;
-    for (int i = 0; i < n; i++) {
-        if (lp_ffi_header_at(r, resp, i, &name, &value))
+    if (!resp) {
+        *v = r->h1.headers;
+        return r->h1.nheaders;
+    }
+    *v = r->resp.headers;
+    return r->resp.arena ? r->resp.nheaders : 0; /* no arena: none set up yet */
+}
+
+int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *ncc)
+{
+    const lp_header_t *v;
+    unsigned n = fields_of(r, resp, &v);
+    int mask = 0, cc = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int k = lp__cache_field_index(v[i].name);
+        if (k < 0)
             continue;
-        int k = lp__cache_field_index(name);
+        if (!(mask & (1 << k)))
+            first[k] = v[i].value;
+        mask |= 1 << k;
+        cc += k == LP_CF_CACHE_CONTROL;
+    }
+    *ncc = cc;
+    return mask;
+}
+
+int lp_ffi_cache_fields(void *rp, int resp)
+{
+    const lp_header_t *v;
+    unsigned n = fields_of(rp, resp, &v);
+    int mask = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int k = lp__cache_field_index(v[i].name);
         if (k >= 0)
             mask |= 1 << k;
     }
@@ -763,20 +794,20 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
 int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
                            const char *sec, size_t slen, const char *meta, size_t mlen, double keep)
 {
-    int n = lp_ffi_header_count(r, 1);
-    lp_str_t name, value;
+    const lp_header_t *v;
+    unsigned n = fields_of(r, 1, &v);
     size_t need = mlen;
-    for (int i = 0; i < n; i++)
-        if (!lp_ffi_header_at(r, 1, i, &name, &value))
-            need += name.len + value.len + 4; /* "h " NAME "\t" VALUE "\n" */
+    for (unsigned i = 0; i < n; i++)
+        need += v[i].name.len + v[i].value.len + 4; /* "h " NAME "\t" VALUE "\n" */
     /* Built in the thread's scratch (lp_ffi_cache_get's: nothing else uses it meanwhile). */
     if (scratch_reserve(need))
         return LP_FFI_ENOSPACE;
     char *p = scratch;
     memcpy(p, meta, mlen);
     p += mlen;
-    for (int i = 0; i < n; i++) {
-        if (lp_ffi_header_at(r, 1, i, &name, &value) || never_stored(name))
+    for (unsigned i = 0; i < n; i++) {
+        lp_str_t name = v[i].name, value = v[i].value;
+        if (never_stored(name))
             continue;
         *p++ = 'h';
         *p++ = ' ';
@@ -800,13 +831,13 @@ int lp_ffi_cache_miss_status(void *rp, int status, int stored, double ttl)
     return lp__cache_miss_status(rp, status, stored, ttl);
 }
 
-int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
+size_t lp__cache_miss_status_line(char *line, int status, int stored, double ttl)
 {
     if (status < 100 || status > 999)
-        return LP_FFI_EINVAL;
+        return 0;
     static const char pre[] = "Cache-Status: luaproxy; fwd=miss; fwd-status=";
     static const char st[] = "; stored; ttl=";
-    char line[sizeof pre + sizeof st + 48];
+    _Static_assert(sizeof pre + sizeof st + 48 <= LP_CACHE_MISS_LINE, "room for the line");
     char *p = line;
     memcpy(p, pre, sizeof pre - 1);
     p += sizeof pre - 1;
@@ -829,7 +860,16 @@ int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
     }
     *p++ = '\r';
     *p++ = '\n';
-    return lp__resp_add_wire(r, line, (size_t)(p - line), 1); /* our own line */
+    return (size_t)(p - line);
+}
+
+int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
+{
+    char line[LP_CACHE_MISS_LINE];
+    size_t n = lp__cache_miss_status_line(line, status, stored, ttl);
+    if (!n)
+        return LP_FFI_EINVAL;
+    return lp__resp_add_wire(r, line, n, 1); /* our own line */
 }
 
 /* The key's authority: Host as sent (or the absolute-form target's), with its port, which
@@ -852,6 +892,26 @@ static lp_str_t key_authority(const lp_req_t *r, lp_str_t scheme)
     return h;
 }
 
+/* Whether s holds an ASCII capital. Per 8-byte word: a byte b <= 0x7f is in 'A'..'Z' when
+ * b + (0x80 - 'A') reaches 0x80 and b + (0x80 - 'Z' - 1) does not (no carry leaves a byte);
+ * bytes >= 0x80 are masked out. */
+static int has_upper(const char *s, size_t n)
+{
+    const uint64_t lo7 = 0x7f7f7f7f7f7f7f7full, hi = 0x8080808080808080ull;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t t = w & lo7;
+        if ((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi)
+            return 1;
+    }
+    for (; i < n; i++)
+        if (s[i] >= 'A' && s[i] <= 'Z')
+            return 1;
+    return 0;
+}
+
 int lp_ffi_cache_key(void *r, lp_str_t *out)
 {
     lp_str_t scheme, host, uri;
@@ -870,10 +930,14 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
     p += scheme.len;
     memcpy(p, "://", 3);
     p += 3;
-    for (size_t i = 0; i < host.len; i++) {
-        char c = host.base[i];
-        *p++ = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c); /* req:host()'s lower() */
-    }
+    /* req:host()'s lower(): copied as it is, then lowered only where it has capitals (most
+     * hosts have none: looked for eight bytes at a time). */
+    memcpy(p, host.base, host.len);
+    if (has_upper(p, host.len))
+        for (size_t i = 0; i < host.len; i++)
+            if (p[i] >= 'A' && p[i] <= 'Z')
+                p[i] = (char)(p[i] + 32);
+    p += host.len;
     memcpy(p, uri.base, uri.len);
     *out = (lp_str_t){scratch, need};
     return 0;

@@ -37,19 +37,18 @@
 #include "lua_api.h"
 #include "lua_vm_int.h"
 
-/* lp_ffi_cache_fields' bits (LP_FFI_CACHE_FIELDS' order, lua_api.h). */
-#define F_BIT(i)        (1 << (i))
-#define F_CACHE_CONTROL F_BIT(0)
-#define F_PRAGMA        F_BIT(1)
-#define F_EXPIRES       F_BIT(11)
-#define F_DATE          F_BIT(12)
-#define F_AGE           F_BIT(13)
-#define F_ETAG          F_BIT(14)
-#define F_LAST_MODIFIED F_BIT(15)
-#define F_VARY          F_BIT(16)
-#define F_SET_COOKIE    F_BIT(17)
-#define F_CONNECTION    F_BIT(18)
-#define F_CACHE_STATUS  F_BIT(19)
+#define F_BIT(i)        (1 << (i)) /* lp_ffi_cache_fields' bit of field i (LP_CF_*) */
+#define F_CACHE_CONTROL F_BIT(LP_CF_CACHE_CONTROL)
+#define F_PRAGMA        F_BIT(LP_CF_PRAGMA)
+#define F_EXPIRES       F_BIT(LP_CF_EXPIRES)
+#define F_DATE          F_BIT(LP_CF_DATE)
+#define F_AGE           F_BIT(LP_CF_AGE)
+#define F_ETAG          F_BIT(LP_CF_ETAG)
+#define F_LAST_MODIFIED F_BIT(LP_CF_LAST_MODIFIED)
+#define F_VARY          F_BIT(LP_CF_VARY)
+#define F_SET_COOKIE    F_BIT(LP_CF_SET_COOKIE)
+#define F_CONNECTION    F_BIT(LP_CF_CONNECTION)
+#define F_CACHE_STATUS  F_BIT(LP_CF_CACHE_STATUS)
 /* A response with any of these takes the plugin's path every time. */
 #define SHAPE_OTHER                                                                                \
     (F_PRAGMA | F_EXPIRES | F_AGE | F_VARY | F_SET_COOKIE | F_CONNECTION | F_CACHE_STATUS)
@@ -68,6 +67,17 @@ typedef struct {
     char cc[64]; /* the response's Cache-Control value (one line) */
     size_t cc_len;
     uint8_t has_cc;
+    /* The meta's lines that depend on the decision only, written when it is learned (a miss
+     * then copies them): `pre` up to the request time's value, `mid` from the TTL to the
+     * flags, `tail` the stale windows. rendered 0: they did not fit, or a number is not one
+     * num() writes in decimal: such a response is left to the plugin. */
+    char pre[64], mid[128], tail[96];
+    uint8_t pre_len, mid_len, tail_len, rendered;
+    /* The last Cache-Status line written for it (lp__cache_miss_status_line), and what it
+     * was written for: whether stored and floor(ttl) (the TTL left moves once a second). */
+    char status_line[LP_CACHE_MISS_LINE];
+    uint8_t status_len, status_stored;
+    double status_floor;
 } learned_t;
 
 #define NLEARNED 8
@@ -215,7 +225,10 @@ int lp_cache_native_request(lp_req_t *r)
     if (lp_ffi_cache_key(r, &key))
         return 1;
     double now = lp_ffi_now();
-    lp_cache_entry_t *e = lp_cache_get(n->zone, key.base, key.len, "", 0, now);
+    /* The lookup and, on a miss, the key's fill lock (when the plugin coalesces) at once. */
+    int busy;
+    lp_cache_entry_t *e =
+        lp_cache_get_or_lock(n->zone, key.base, key.len, now, n->lock_timeout, &rc->fill, &busy);
     if (e && !native_hit(r, n, e, now))
         return 2;
     if (e) {
@@ -224,12 +237,8 @@ int lp_cache_native_request(lp_req_t *r)
         rc->native_kept = 1;
         return 1;
     }
-    if (n->lock_timeout >= 0) {
-        int busy = 0;
-        rc->fill = lp_cache_lock(n->zone, key.base, key.len, n->lock_timeout, now, &busy);
-        if (!rc->fill)
-            return 1; /* another request fills it: the plugin waits for it */
-    }
+    if (n->lock_timeout >= 0 && !rc->fill)
+        return 1; /* another request fills it (or no memory): the plugin waits for it */
     lp_cache_count(n->zone, LP_CACHE_C_MISS);
     lp_cache_count(n->zone, LP_CACHE_C_NATIVE_MISS);
     rc->native = 1;
@@ -292,6 +301,24 @@ static int put_uint(out_t *o, double v)
     return 0;
 }
 
+/* "00" .. "ff": a byte's two hex digits. */
+static const char HEX2[513] = "000102030405060708090a0b0c0d0e0f"
+                              "101112131415161718191a1b1c1d1e1f"
+                              "202122232425262728292a2b2c2d2e2f"
+                              "303132333435363738393a3b3c3d3e3f"
+                              "404142434445464748494a4b4c4d4e4f"
+                              "505152535455565758595a5b5c5d5e5f"
+                              "606162636465666768696a6b6c6d6e6f"
+                              "707172737475767778797a7b7c7d7e7f"
+                              "808182838485868788898a8b8c8d8e8f"
+                              "909192939495969798999a9b9c9d9e9f"
+                              "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+                              "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+                              "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf"
+                              "d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+                              "e0e1e2e3e4e5e6e7e8e9eaebecedeeef"
+                              "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
 /* A positive normal double as "0x1.HHHHHHHHHHHHHp+E" (every mantissa digit). */
 static int put_hexfloat(out_t *o, double v)
 {
@@ -306,25 +333,105 @@ static int put_hexfloat(out_t *o, double v)
     char b[40], *p = b;
     memcpy(p, "0x1.", 4);
     p += 4;
-    for (int i = 12; i >= 0; i--)
-        *p++ = "0123456789abcdef"[(mant >> (i * 4)) & 15];
+    *p++ = HEX2[2 * (mant >> 48) + 1]; /* then the other 48 bits a byte at a time */
+    for (int i = 40; i >= 0; i -= 8) {
+        memcpy(p, &HEX2[2 * ((mant >> i) & 0xff)], 2);
+        p += 2;
+    }
     *p++ = 'p';
     exp -= 1023;
     *p++ = exp < 0 ? '-' : '+';
-    p += lp_u64_to_str((uint64_t)(exp < 0 ? -exp : exp), 10, p);
+    unsigned e = (unsigned)(exp < 0 ? -exp : exp);
+    if (e >= 10 && e < 100) { /* a time's: 2^30..2^31 */
+        p[0] = (char)('0' + e / 10);
+        p[1] = (char)('0' + e % 10);
+        p += 2;
+    } else {
+        p += lp_u64_to_str(e, 10, p);
+    }
     put(o, b, (size_t)(p - b));
     return 0;
 }
 
 #define META_MAX 1024
 
+/* A piece of the meta into buf (room bytes): its length, or -1 (did not fit, or a bad
+ * number). */
+typedef int (*piece_fn)(out_t *o, const learned_t *d);
+
+static int piece(char *buf, size_t room, uint8_t *len, piece_fn fn, const learned_t *d)
+{
+    out_t o = {buf, buf + room, 0};
+    int bad = fn(&o, d);
+    if (bad || o.over || (size_t)(o.p - buf) > 255)
+        return -1;
+    *len = (uint8_t)(o.p - buf);
+    return 0;
+}
+
+/* The plugin's encode_meta, in its order: pre, request_time, response_time, mid, then the
+ * response's date, etag and last_modified, then tail. */
+static int piece_pre(out_t *o, const learned_t *d)
+{
+    char sb[8];
+    PUT_LIT(o, "L1\nn status\t");
+    put(o, sb, lp_u64_to_str((uint64_t)d->status, 10, sb));
+    PUT_LIT(o, "\nn age_value\t0\nn request_time\t");
+    return 0;
+}
+
+static int piece_mid(out_t *o, const learned_t *d)
+{
+    PUT_LIT(o, "\nn ttl\t");
+    int bad = put_uint(o, d->ttl);
+    PUT_LIT(o, "\ns ttl_source\t");
+    put(o, d->source, d->source_len);
+    PUT_LIT(o, "\nb must_revalidate\t");
+    put(o, d->must_revalidate ? "1" : "0", 1);
+    PUT_LIT(o, "\nb no_cache\t");
+    put(o, d->no_cache ? "1" : "0", 1);
+    PUT_LIT(o, "\n");
+    return bad;
+}
+
+static int piece_tail(out_t *o, const learned_t *d)
+{
+    int bad = 0;
+    if (d->swr >= 0) {
+        PUT_LIT(o, "n stale_while_revalidate\t");
+        bad |= put_uint(o, d->swr);
+        PUT_LIT(o, "\n");
+    }
+    if (d->sie >= 0) {
+        PUT_LIT(o, "n stale_if_error\t");
+        bad |= put_uint(o, d->sie);
+        PUT_LIT(o, "\n");
+    }
+    return bad;
+}
+
+static void render(learned_t *d)
+{
+    d->rendered = piece(d->pre, sizeof d->pre, &d->pre_len, piece_pre, d) == 0 &&
+                  piece(d->mid, sizeof d->mid, &d->mid_len, piece_mid, d) == 0 &&
+                  piece(d->tail, sizeof d->tail, &d->tail_len, piece_tail, d) == 0;
+}
+
 /* The Cache-Status of a miss the engine decided on (stored or not): 0 whatever it returns.
  * The decision is applied: running the plugin now would apply it a second time (a second
  * fill, a second Cache-Status). Without room for the line (a full head arena), the response
  * goes without it: the answer and the entry are the plugin's, only that line is missing. */
-static int miss_status(lp_req_t *r, int status, int stored, double ttl)
+static int miss_status(lp_req_t *r, learned_t *d, int stored, double ttl)
 {
-    int rc = lp__cache_miss_status(r, status, stored, ttl);
+    double f = stored ? floor(ttl) : 0;
+    if (!d->status_len || d->status_stored != stored || !(d->status_floor == f)) {
+        size_t len = lp__cache_miss_status_line(d->status_line, d->status, stored, ttl);
+        d->status_len = (uint8_t)len; /* 0: out of range (and written again next time) */
+        d->status_stored = (uint8_t)stored;
+        d->status_floor = f;
+    }
+    int rc = d->status_len ? lp__resp_add_wire(r, d->status_line, d->status_len, 1)
+                           : LP_FFI_EINVAL; /* our own line */
     if (rc)
         lp_log_debug("cache: no Cache-Status on an engine-decided miss (%d)", rc);
     return 0;
@@ -339,28 +446,24 @@ int lp_cache_native_response(lp_req_t *r)
     if (!n || (r->flags & (LP_RF_LOCAL | LP_RF_HEAD)) || !r->upstream || r->try.target < 0 ||
         status == 502 || status == 504)
         return 1;
-    int mask = lp_ffi_cache_fields(r, 1);
-    if (mask & SHAPE_OTHER)
-        return 1;
-    lp_str_t cc;
-    int ncc = one_cc(r, mask, &cc);
-    if (ncc < 0)
-        return 1;
-    const learned_t *d =
-        learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0, ncc ? &cc : NULL);
+    /* One walk of the response's fields: its shape, and the values read below. */
+    lp_str_t first[LP_CF_N];
+    int ncc;
+    int mask = lp__cache_fields_first(r, 1, first, &ncc);
+    if ((mask & SHAPE_OTHER) || ncc > 1)
+        return 1; /* several Cache-Control lines: the plugin's path (their parse is not kept) */
+    learned_t *d = learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0,
+                                ncc ? &first[LP_CF_CACHE_CONTROL] : NULL);
     if (!d)
         return 1;
     if (!d->storable)
-        return miss_status(r, status, 0, 0);
-    lp_str_t date = {0}, etag = {0}, lm = {0};
-    int has_date = (mask & F_DATE) && lp_ffi_header_get(r, 1, "date", 4, 0, &date) == 1;
-    if (has_date && (date.len != n->date_len || memcmp(date.base, n->date, date.len) != 0))
+        return miss_status(r, d, 0, 0);
+    const lp_str_t *date = mask & F_DATE ? &first[LP_CF_DATE] : NULL;
+    if (date && (date->len != n->date_len || memcmp(date->base, n->date, date->len) != 0))
         return 1; /* a Date the plugin has not parsed yet */
-    if (mask & F_ETAG)
-        lp_ffi_header_get(r, 1, "etag", 4, 0, &etag);
-    if (mask & F_LAST_MODIFIED)
-        lp_ffi_header_get(r, 1, "last-modified", 13, 0, &lm);
-    int dated = has_date && n->date_valid;
+    lp_str_t etag = mask & F_ETAG ? first[LP_CF_ETAG] : (lp_str_t){0};
+    lp_str_t lm = mask & F_LAST_MODIFIED ? first[LP_CF_LAST_MODIFIED] : (lp_str_t){0};
+    int dated = date && n->date_valid;
     double now = lp_ffi_now(), t0 = rc->native_t0;
     /* RFC 9111 §4.2.3 at the response time, as the plugin's policy.current_age: no Age field
      * (age_value 0), so the corrected age is the response delay. */
@@ -371,22 +474,13 @@ int lp_cache_native_response(lp_req_t *r)
     /* The plugin's encode_meta. */
     char meta[META_MAX];
     out_t o = {meta, meta + META_MAX, 0};
-    char sb[8];
-    PUT_LIT(&o, "L1\nn status\t");
-    put(&o, sb, lp_u64_to_str((uint64_t)status, 10, sb));
-    PUT_LIT(&o, "\nn age_value\t0\nn request_time\t");
+    if (!d->rendered)
+        return 1;
+    put(&o, d->pre, d->pre_len);
     int bad = put_hexfloat(&o, t0);
     PUT_LIT(&o, "\nn response_time\t");
     bad |= put_hexfloat(&o, now);
-    PUT_LIT(&o, "\nn ttl\t");
-    bad |= put_uint(&o, d->ttl);
-    PUT_LIT(&o, "\ns ttl_source\t");
-    put(&o, d->source, d->source_len);
-    PUT_LIT(&o, "\nb must_revalidate\t");
-    put(&o, d->must_revalidate ? "1" : "0", 1);
-    PUT_LIT(&o, "\nb no_cache\t");
-    put(&o, d->no_cache ? "1" : "0", 1);
-    PUT_LIT(&o, "\n");
+    put(&o, d->mid, d->mid_len);
     if (dated) {
         PUT_LIT(&o, "n date\t");
         bad |= put_uint(&o, n->date_value);
@@ -402,33 +496,28 @@ int lp_cache_native_response(lp_req_t *r)
         put(&o, lm.base, lm.len);
         PUT_LIT(&o, "\n");
     }
-    if (d->swr >= 0) {
-        PUT_LIT(&o, "n stale_while_revalidate\t");
-        bad |= put_uint(&o, d->swr);
-        PUT_LIT(&o, "\n");
-    }
-    if (d->sie >= 0) {
-        PUT_LIT(&o, "n stale_if_error\t");
-        bad |= put_uint(&o, d->sie);
-        PUT_LIT(&o, "\n");
-    }
+    put(&o, d->tail, d->tail_len);
     if (bad || o.over)
         return 1;
     size_t m = (size_t)(o.p - meta);
-    /* The key, as the plugin's default_key: copied, the thread's scratch that holds it also
-     * builds the stored head. */
-    lp_str_t k;
-    if (lp_ffi_cache_key(r, &k))
-        return 1;
-    char *key = malloc(k.len ? k.len : 1);
-    if (!key)
-        return 1;
-    memcpy(key, k.base, k.len);
-    int stored = lp__cache_store_fields(r, n->zone, key, k.len, "", 0, meta, m, keep) == 0;
-    free(key);
+    /* The key, as the plugin's default_key: the one the request phase locked (made there),
+     * else made again and copied (the thread's scratch that holds it also builds the stored
+     * head). */
+    const char *kb;
+    size_t klen;
+    char *copy = NULL;
+    if (!rc->fill || lp_cache_fill_key(rc->fill, &kb, &klen)) {
+        lp_str_t k;
+        if (lp_ffi_cache_key(r, &k) || !(copy = malloc(k.len ? k.len : 1)))
+            return 1;
+        kb = memcpy(copy, k.base, k.len);
+        klen = k.len;
+    }
+    int stored = lp__cache_store_fields(r, n->zone, kb, klen, "", 0, meta, m, keep) == 0;
+    free(copy);
     if (stored)
         lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
-    return miss_status(r, status, stored, left);
+    return miss_status(r, d, stored, left);
 }
 
 int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, const char *source,
@@ -481,6 +570,8 @@ int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, co
     d->cc_len = ncc ? cc.len : 0;
     if (ncc)
         memcpy(d->cc, cc.base, cc.len);
+    render(d);
+    d->status_len = 0; /* its Cache-Status line is written again */
     return 0;
 }
 

@@ -24,8 +24,37 @@ char *lp_cache_req_copy(lp_req_t *req);
 void lp_cache_req_body_done(lp_req_t *req);
 
 /* The index in LP_FFI_CACHE_FIELDS (lua_api.h) of a field name (any case), or -1
- * (lp_ffi_cache_fields' bits). */
+ * (lp_ffi_cache_fields' bits): one of these, which lp__cache_field_index returns for their
+ * names (a unit test checks that against the list's order). */
+enum {
+    LP_CF_CACHE_CONTROL,
+    LP_CF_PRAGMA,
+    LP_CF_IF_MATCH,
+    LP_CF_IF_NONE_MATCH,
+    LP_CF_IF_MODIFIED_SINCE,
+    LP_CF_IF_UNMODIFIED_SINCE,
+    LP_CF_RANGE,
+    LP_CF_IF_RANGE,
+    LP_CF_AUTHORIZATION,
+    LP_CF_CONTENT_LENGTH,
+    LP_CF_TRANSFER_ENCODING,
+    LP_CF_EXPIRES,
+    LP_CF_DATE,
+    LP_CF_AGE,
+    LP_CF_ETAG,
+    LP_CF_LAST_MODIFIED,
+    LP_CF_VARY,
+    LP_CF_SET_COOKIE,
+    LP_CF_CONNECTION,
+    LP_CF_CACHE_STATUS,
+    LP_CF_LOCATION,
+    LP_CF_CONTENT_LOCATION,
+    LP_CF_N
+};
 int lp__cache_field_index(lp_str_t name);
+/* lp_ffi_cache_fields, in a walk that also gives the first value of each field present
+ * (first[k] when bit k is set; first holds LP_CF_N) and the number of Cache-Control lines. */
+int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *ncc);
 
 /* lp_ffi_cache_store, _store_fields and _miss_status without the check that the request's
  * Lua phase is running (the engine's own default policy, cache_native.c, calls them). */
@@ -36,6 +65,10 @@ int lp__cache_store_fields(lp_req_t *r, struct lp_cache_zone_s *zone, const char
                            const char *sec, size_t slen, const char *meta, size_t mlen,
                            double keep);
 int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl);
+/* Its line ("Cache-Status: ...\r\n") into line (LP_CACHE_MISS_LINE bytes): its length, or 0
+ * for a status out of range. */
+#define LP_CACHE_MISS_LINE 112
+size_t lp__cache_miss_status_line(char *line, int status, int stored, double ttl);
 /* lp_ffi_cache_respond's answer from the looked-up entry (cache.hit), without the Lua phase
  * bookkeeping: the fields (checked: they passed lp__wire_valid), then `more`, and the body or
  * its bytes first..last (first -1: whole; <= -2: none). 0, or an LP_FFI_E* code. */

@@ -26,16 +26,30 @@ static size_t stub_cost(const lp_cache_entry_t *e)
     return lp_cache_entry_cost(e->klen, e->slen, e->hlen, 0);
 }
 
+/* Where an entry's first head lives: in its own allocation, after the key and sec (a head
+ * replaced later is a block of its own). */
+static char *head_inline(const lp_cache_entry_t *e)
+{
+    return e->key + e->klen + e->slen;
+}
+
+static void head_free(const lp_cache_entry_t *e, char *head)
+{
+    if (head != head_inline(e))
+        free(head);
+}
+
 static void entry_free(lp_cache_entry_t *e)
 {
     lp_cache_chunk_t *c = e->chunks;
+    if (e->body_inline)
+        c = c->next; /* the first is in e's block */
     while (c) {
         lp_cache_chunk_t *n = c->next;
         free(c);
         c = n;
     }
-    free(e->head);
-    free(e->key);
+    head_free(e, e->head);
     free(e);
 }
 
@@ -66,11 +80,21 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
                                       const char *head, size_t hlen, uint64_t body_len,
                                       double keep_until, lp_cache_chunk_t *chunks)
 {
-    lp_cache_entry_t *e = calloc(1, sizeof(*e));
-    if (!e || !(e->key = malloc(klen + slen + 1)) || !(e->head = malloc(hlen ? hlen : 1))) {
-        if (e)
-            free(e->key);
-        free(e);
+    return lp__cache_entry_make(key, klen, sec, slen, head, hlen, body_len, keep_until, chunks,
+                                lp_hash64(key, klen), 1, 0);
+}
+
+lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char *sec, size_t slen,
+                                       const char *head, size_t hlen, uint64_t body_len,
+                                       double keep_until, lp_cache_chunk_t *chunks, uint64_t hash,
+                                       int fid_now, size_t body_cap)
+{
+    /* One block: the entry, its key and sec, its first head and, for a fill whose body is
+     * known to be small, its body's only chunk (a store makes one entry per miss, and each
+     * block an entry keeps costs a fresh allocation). */
+    size_t at = (sizeof(lp_cache_entry_t) + klen + slen + hlen + 7) & ~(size_t)7;
+    lp_cache_entry_t *e = malloc(body_cap ? at + sizeof(lp_cache_chunk_t) + body_cap : at + 1);
+    if (!e) {
         while (chunks) {
             lp_cache_chunk_t *n = chunks->next;
             free(chunks);
@@ -78,20 +102,29 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
         }
         return NULL;
     }
+    *e = (lp_cache_entry_t){0};
+    e->key = (char *)(e + 1);
     memcpy(e->key, key, klen);
     memcpy(e->key + klen, sec, slen);
     e->klen = klen;
     e->sec = e->key + klen;
     e->slen = slen;
+    e->head = head_inline(e);
     memcpy(e->head, head, hlen);
     e->hlen = hlen;
-    e->hash = lp_hash64(key, klen);
+    e->hash = hash;
     e->keep_until = keep_until;
     e->body_len = body_len;
-    e->fid = lp__cache_fid(key, klen, sec, slen);
+    if (fid_now)
+        e->fid = lp__cache_fid(key, klen, sec, slen);
     atomic_init(&e->refs, 1);
     atomic_init(&e->serial, atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed));
-    if (chunks) {
+    if (body_cap) {
+        lp_cache_chunk_t *c = (lp_cache_chunk_t *)((char *)e + at);
+        *c = (lp_cache_chunk_t){NULL, 0, body_cap};
+        e->chunks = c;
+        e->body_inline = 1;
+    } else if (chunks) {
         e->resident = 1;
         e->chunks = chunks;
         for (lp_cache_chunk_t *c = chunks; c; c = c->next)
@@ -103,6 +136,14 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
             e->cost = lp_cache_entry_cost(klen, slen, hlen, 0);
     }
     return e;
+}
+
+/* A fill's entry gets its file id when it is first written (most zones have no disk): 0 until
+ * then (an id that is 0 is only computed again). */
+static void with_fid(lp_cache_entry_t *e)
+{
+    if (!e->fid)
+        e->fid = lp__cache_fid(e->key, e->klen, e->sec, e->slen);
 }
 
 lp_cache_entry_t *lp_cache_entry_ref(lp_cache_entry_t *e)
@@ -437,9 +478,9 @@ lp_cache_zone_t *lp_cache_zone_acquire(const char *name, size_t memory, size_t m
     pthread_mutex_lock(&reg_lock);
     lp_cache_zone_t *z = reg_find(name, strlen(name));
     if (z) {
-        z->refs++;
+        atomic_fetch_add(&z->refs, 1);
     } else if ((z = zone_new(name, memory, max_object))) {
-        z->refs = 1;
+        atomic_init(&z->refs, 1);
         z->reg_next = reg_head;
         reg_head = z;
     }
@@ -447,11 +488,11 @@ lp_cache_zone_t *lp_cache_zone_acquire(const char *name, size_t memory, size_t m
     return z;
 }
 
+/* The caller holds a reference (or borrows a zone someone's reference keeps): refs >= 1, so
+ * the registry lock is not needed (every fill takes one). */
 static void zone_ref(lp_cache_zone_t *z)
 {
-    pthread_mutex_lock(&reg_lock);
-    z->refs++;
-    pthread_mutex_unlock(&reg_lock);
+    atomic_fetch_add(&z->refs, 1);
 }
 
 void lp_cache_zone_hold(lp_cache_zone_t *z)
@@ -463,8 +504,13 @@ void lp_cache_zone_release(lp_cache_zone_t *z)
 {
     if (!z)
         return;
+    /* Not the last: no lock (another reference keeps the zone and its registry place). */
+    int n = atomic_load(&z->refs);
+    while (n > 1)
+        if (atomic_compare_exchange_weak(&z->refs, &n, n - 1))
+            return;
     pthread_mutex_lock(&reg_lock);
-    int last = --z->refs == 0;
+    int last = atomic_fetch_sub(&z->refs, 1) == 1;
     if (last) {
         lp_cache_zone_t **pp = &reg_head;
         while (*pp != z)
@@ -579,17 +625,17 @@ void lp_cache_count(lp_cache_zone_t *z, int what)
 
 /* ---- lookups ---- */
 
-lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen, const char *sec,
-                               size_t slen, double now)
+/* Under the zone lock: lp_cache_get's lookup (h: the key's hash). */
+static lp_cache_entry_t *get_locked(lp_cache_zone_t *z, uint64_t h, const char *key, size_t klen,
+                                    const char *sec, size_t slen, double now,
+                                    lp_cache_entry_t **dead)
 {
-    uint64_t h = lp_hash64(key, klen);
-    lp_cache_entry_t *found = NULL, *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_cache_entry_t *found = NULL;
     for (lp_cache_entry_t *e = z->buckets[h & (z->nbuckets - 1)]; e; e = e->hnext) {
         if (!same_key(e, h, key, klen) || e->slen != slen || memcmp(e->sec, sec, slen) != 0)
             continue;
         if (e->keep_until < now) {
-            unlink_entry(z, e, &dead);
+            unlink_entry(z, e, dead);
         } else if (!e->resident && !e->on_disk) {
             /* pushed out of memory before its file was written: a miss until it is */
         } else {
@@ -605,6 +651,16 @@ lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen,
         }
         break;
     }
+    return found;
+}
+
+lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen, const char *sec,
+                               size_t slen, double now)
+{
+    uint64_t h = lp_hash64(key, klen);
+    lp_cache_entry_t *dead = NULL;
+    pthread_mutex_lock(&z->lock);
+    lp_cache_entry_t *found = get_locked(z, h, key, klen, sec, slen, now, &dead);
     pthread_mutex_unlock(&z->lock);
     drop_dead(dead);
     return found;
@@ -631,8 +687,9 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     pthread_mutex_lock(&z->lock);
     char *old = e->head;
     if (e->linked && e->resident) {
-        z->used = z->used - e->hlen + hlen;
-        e->cost = e->cost - e->hlen + hlen;
+        size_t freed = old == head_inline(e) ? 0 : e->hlen; /* the first head stays in e's block */
+        z->used = z->used - freed + hlen;
+        e->cost = e->cost - freed + hlen;
     } else if (e->linked) {
         /* A disk-only entry (a streamed hit revalidated): the index holds its head. Its file
          * keeps the old head (its body is not in memory to write it again): after a restart
@@ -647,11 +704,12 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
                           memory_order_relaxed);
     if (e->linked && e->resident && z->disk) {
         e->stamp = ++z->stamps; /* the file is written again, with the new head */
+        with_fid(e);
         lp_cdisk_queue_write(z->disk, e);
     }
     evict(z, &dead);
     pthread_mutex_unlock(&z->lock);
-    free(old);
+    head_free(e, old);
     drop_dead(dead);
     return 0;
 }
@@ -761,37 +819,37 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
     return f != NULL;
 }
 
-static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t klen,
-                                  double lock_timeout, double now, int readback, int *busy)
+/* A fill for key's lock, not taken yet (lock_locked takes it), or NULL (out of memory, or
+ * too long a key). */
+static lp_cache_fill_t *lock_new(const char *key, size_t klen, uint64_t h, double now)
 {
-    *busy = 0;
     if (klen > LP_CACHE_MAX_KEY)
         return NULL;
-    lp_cache_fill_t *f = calloc(1, sizeof(*f));
-    if (!f || !(f->lkey = malloc(klen ? klen : 1))) {
-        free(f);
+    lp_cache_fill_t *f = malloc(sizeof(*f) + klen);
+    if (!f)
         return NULL;
-    }
+    *f = (lp_cache_fill_t){0};
+    f->lkey = (char *)(f + 1);
     memcpy(f->lkey, key, klen);
     f->lklen = klen;
-    f->lhash = lp_hash64(key, klen);
+    f->lhash = h;
     f->locked_at = now;
-    pthread_mutex_lock(&z->lock);
-    lp_cache_fill_t *holder = lock_find(z, f->lhash, key, klen);
-    if (holder && readback && !holder->readback) {
-        /* A fill going upstream (perhaps for another variant): a read-back neither waits
-         * for it nor takes its lock over; it reads the file without the lock. */
-        pthread_mutex_unlock(&z->lock);
-        free(f->lkey);
-        free(f);
-        return NULL;
-    }
-    if (holder && now - holder->locked_at < lock_timeout) {
-        pthread_mutex_unlock(&z->lock);
-        free(f->lkey);
-        free(f);
+    return f;
+}
+
+/* Under the zone lock: f (lock_new's) takes its key's lock: 0; else -1 (*busy 1 when a
+ * younger fill holds it), and the caller frees f. */
+static int lock_locked(lp_cache_zone_t *z, lp_cache_fill_t *f, double lock_timeout, int readback,
+                       int *busy)
+{
+    lp_cache_fill_t *holder = lock_find(z, f->lhash, f->lkey, f->lklen);
+    if (holder && readback && !holder->readback)
+        return -1; /* a fill going upstream (perhaps for another variant): a read-back
+                      neither waits for it nor takes its lock over; it reads the file
+                      without the lock */
+    if (holder && f->locked_at - holder->locked_at < lock_timeout) {
         *busy = 1;
-        return NULL;
+        return -1;
     }
     if (holder)
         lock_drop(z, holder); /* taken over: its fill went quiet past the timeout */
@@ -800,10 +858,56 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
     *slot = f;
     f->locked = 1;
     f->readback = (uint8_t)readback;
-    pthread_mutex_unlock(&z->lock);
+    return 0;
+}
+
+/* f took its lock: it holds a zone reference from now on. */
+static lp_cache_fill_t *lock_held(lp_cache_zone_t *z, lp_cache_fill_t *f)
+{
     zone_ref(z);
     f->zone = z;
     return f;
+}
+
+static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t klen,
+                                  double lock_timeout, double now, int readback, int *busy)
+{
+    *busy = 0;
+    lp_cache_fill_t *f = lock_new(key, klen, lp_hash64(key, klen), now);
+    if (!f)
+        return NULL;
+    pthread_mutex_lock(&z->lock);
+    int rc = lock_locked(z, f, lock_timeout, readback, busy);
+    pthread_mutex_unlock(&z->lock);
+    if (rc) {
+        free(f);
+        return NULL;
+    }
+    return lock_held(z, f);
+}
+
+lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen, double now,
+                                       double lock_timeout, lp_cache_fill_t **fill, int *busy)
+{
+    *fill = NULL;
+    *busy = 0;
+    uint64_t h = lp_hash64(key, klen);
+    lp_cache_entry_t *dead = NULL;
+    /* The lock's fill is made under the zone lock, on a miss only (a hit costs nothing more
+     * than lp_cache_get). */
+    pthread_mutex_lock(&z->lock);
+    lp_cache_entry_t *found = get_locked(z, h, key, klen, "", 0, now, &dead);
+    lp_cache_fill_t *f = NULL;
+    if (!found && lock_timeout >= 0 && (f = lock_new(key, klen, h, now)) &&
+        lock_locked(z, f, lock_timeout, 0, busy)) {
+        free(f);
+        f = NULL;
+    }
+    pthread_mutex_unlock(&z->lock);
+    drop_dead(dead);
+    if (f)
+        *fill = lock_held(z, f);
+    return found;
 }
 
 lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
@@ -859,15 +963,24 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     f->started = 1;
     /* refs 1: the zone's, once linked. Not resident and costing nothing until commit: its
      * chunks are charged as they come, the rest when it is linked. */
-    lp_cache_entry_t *e =
-        lp__cache_entry_new(key, klen, sec, slen, head, hlen, 0, keep_until, NULL);
+    /* The hash of the key its lock holds, when it is this key; the file id when written. */
+    uint64_t hash = f->lkey && f->lklen == klen && memcmp(f->lkey, key, klen) == 0
+                        ? f->lhash
+                        : lp_hash64(key, klen);
+    /* A body of a known length up to LP_CACHE_INLINE_BODY comes in the entry's block,
+     * charged with the entry at commit like its key and head (lp_cache_fill_append charges
+     * the chunks it takes as they come). */
+    size_t body_cap = size_hint && size_hint <= LP_CACHE_INLINE_BODY ? (size_t)size_hint : 0;
+    lp_cache_entry_t *e = lp__cache_entry_make(key, klen, sec, slen, head, hlen, 0, keep_until,
+                                               NULL, hash, 0, body_cap);
     if (!e) {
         lp_cache_fill_abandon(f);
         return NULL;
     }
     e->resident = 0;
-    e->cost = 0;
+    e->cost = body_cap ? sizeof(lp_cache_chunk_t) + body_cap : 0;
     f->e = e;
+    f->tail = e->chunks;
     f->hint = size_hint;
     return f;
 }
@@ -875,6 +988,15 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
 int lp_cache_fill_active(const lp_cache_fill_t *f)
 {
     return f->started;
+}
+
+int lp_cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen)
+{
+    if (!f->lkey)
+        return -1;
+    *key = f->lkey;
+    *klen = f->lklen;
+    return 0;
 }
 
 /* The fill went over a limit: its bytes go now, and its lock, so waiters stop waiting. */
@@ -970,7 +1092,6 @@ static void fill_free(lp_cache_fill_t *f)
     }
     if (f->e)
         entry_free(f->e);
-    free(f->lkey);
     free(f);
     lp_cache_zone_release(z);
 }
@@ -1018,6 +1139,7 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
         /* Written as it completes (not when memory evicts it): a restart finds every entry,
          * and an eviction from memory only drops the body (demote). */
         e->stamp = ++z->stamps;
+        with_fid(e);
         lp_cdisk_queue_write(z->disk, e);
     }
     evict(z, &dead);

@@ -137,6 +137,11 @@ enum { LP_CACHE_PURGE_KEY, LP_CACHE_PURGE_PREFIX, LP_CACHE_PURGE_ALL };
 size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen);
 
 /* ---- fills ---- */
+/* lp_cache_get (sec "") and, on a miss when lock_timeout >= 0, lp_cache_lock of the key, in
+ * one hold of the zone's lock: *fill the fill holding the lock, or NULL (*busy as
+ * lp_cache_lock's). */
+lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen, double now,
+                                       double lock_timeout, lp_cache_fill_t **fill, int *busy);
 /* Coalescing: takes the lock of `key` (one fill per primary key at a time) and returns a fill
  * holding it; NULL when another fill holds it and is younger than `lock_timeout` seconds (the
  * caller waits on lp_cache_locked, then looks up again), or when out of memory (*busy 0). An
@@ -177,6 +182,9 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
                                      size_t hlen, double keep_until, uint64_t size_hint);
 /* Whether the fill gathers an entry (lp_cache_fill_start ran on it): a lock alone does not. */
 int lp_cache_fill_active(const lp_cache_fill_t *f);
+/* The key whose lock the fill holds (*key valid while the fill lives): 0, or -1 when it
+ * holds none. */
+int lp_cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen);
 /* Appends body bytes. 0, or -1 when the entry went over max_object_size or memory ran out: the
  * fill is then dead (its bytes freed, its lock released), later appends are ignored and the
  * commit abandons it. */

@@ -10,6 +10,8 @@
 #include "common.h"
 
 #define LOCK_BUCKETS 256
+/* The largest body (of a length known when its fill starts) kept in its entry's block. */
+#define LP_CACHE_INLINE_BODY 1024
 
 struct lp_cdisk_s;
 
@@ -19,11 +21,13 @@ struct lp_cache_entry_s {
                                 the unlinker's to-free list */
     lp_list_t lru;           /* in zone->lru while linked (zone lock) */
     uint64_t hash;           /* of the primary key */
-    char *key;               /* owned: key bytes then sec bytes, one allocation */
+    char *key;               /* borrowed: key bytes, sec bytes, then the first head, in the
+                                entry's own block */
     size_t klen;
     const char *sec; /* borrowed: inside `key`'s allocation */
     size_t slen;
-    char *head; /* owned: the policy's head; replaced under the zone lock */
+    char *head; /* the policy's head: the first in the entry's block (borrowed), a
+                   replacement a block of its own (owned); replaced under the zone lock */
     size_t hlen;
     lp_cache_chunk_t *chunks; /* owned: the body, immutable once linked */
     uint64_t body_len;
@@ -39,20 +43,23 @@ struct lp_cache_entry_s {
      * file holds it), or both. A disk-only entry (a "stub": chunks NULL, resident 0) is the
      * index's record of a file: key, head and lengths in memory, the body in the file; a hit
      * on it loads the file first (cache_disk_hit.c). */
-    uint8_t resident; /* chunks hold the body; 0 for a stub (fixed at creation) */
-    uint8_t on_disk;  /* its file is written and charged to the disk budget (zone lock) */
-    uint64_t fid;     /* the file's name: hash of key and sec (cache_disk.h) */
-    uint64_t stamp;   /* which write of that file holds this content (zone lock): a file
-                         read back must carry it, or it was replaced meanwhile */
-    uint64_t dsize;   /* file bytes charged to the disk budget while on_disk */
-    uint32_t writing; /* writes of it queued and not done (zone lock): an entry pushed out of
-                         memory meanwhile stays indexed (demoted), its file on the way */
-    lp_list_t dlru;   /* in zone->dlru while on_disk (zone lock) */
+    uint8_t resident;    /* chunks hold the body; 0 for a stub (fixed at creation) */
+    uint8_t body_inline; /* the first chunk is in the entry's own block (a small fill's) */
+    uint8_t on_disk;     /* its file is written and charged to the disk budget (zone lock) */
+    uint64_t fid;        /* the file's name: hash of key and sec (cache_disk.h); a fill's entry
+                            has 0 until it is first written (with_fid) */
+    uint64_t stamp;      /* which write of that file holds this content (zone lock): a file
+                            read back must carry it, or it was replaced meanwhile */
+    uint64_t dsize;      /* file bytes charged to the disk budget while on_disk */
+    uint32_t writing;    /* writes of it queued and not done (zone lock): an entry pushed out of
+                            memory meanwhile stays indexed (demoted), its file on the way */
+    lp_list_t dlru;      /* in zone->dlru while on_disk (zone lock) */
 };
 
 struct lp_cache_fill_s {
     lp_cache_zone_t *zone; /* registry reference */
-    char *lkey;            /* owned: the locked primary key; NULL: no lock taken */
+    char *lkey;            /* borrowed: the locked primary key, in the fill's own block;
+                              NULL: no lock taken */
     size_t lklen;
     uint64_t lhash;
     uint8_t locked;                /* holds lkey's lock in zone->locks (zone lock: a newer
@@ -94,7 +101,9 @@ struct lp_cache_zone_s {
     lp_list_t lru;              /* most recently used first */
     lp_cache_fill_t *locks[LOCK_BUCKETS]; /* borrowed: fills holding a key's lock */
     atomic_uint_fast64_t counts[LP_CACHE_C_N];
-    int refs;                  /* registry references (reg_lock) */
+    atomic_int refs;           /* registry references: atomic; it reaches 0 only under
+                                  reg_lock (lp_cache_zone_release), where it leaves the
+                                  registry */
     lp_cache_zone_t *reg_next; /* borrowed: next in the registry (reg_lock) */
     /* The disk tier: NULL when the zone has none. The fields below are under the lock. */
     struct lp_cdisk_s *disk; /* owned: the zone's disk thread and directory (cache_disk.c);
@@ -135,6 +144,13 @@ void lp__cache_entry_free(lp_cache_entry_t *e);
 lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *sec, size_t slen,
                                       const char *head, size_t hlen, uint64_t body_len,
                                       double keep_until, lp_cache_chunk_t *chunks);
+/* lp__cache_entry_new with the key's hash given (lp_hash64), and its file id only when
+ * fid_now (else 0: a fill's entry, given one when first written); with body_cap, an empty
+ * chunk of that many bytes in the entry's block is its first (chunks must be NULL). */
+lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char *sec, size_t slen,
+                                       const char *head, size_t hlen, uint64_t body_len,
+                                       double keep_until, lp_cache_chunk_t *chunks, uint64_t hash,
+                                       int fid_now, size_t body_cap);
 #define lp__cache_stub_new(k, kl, s, sl, h, hl, bl, ku)                                            \
     lp__cache_entry_new((k), (kl), (s), (sl), (h), (hl), (bl), (ku), NULL)
 /* The file id of (key, sec). */

@@ -1,6 +1,7 @@
 -- The cache's field order is written three times: engine/lua_api.h LP_FFI_CACHE_FIELDS (the
 -- engine's lp_ffi_cache_fields bits), lua/luaproxy/ffi.lua CACHE_FIELDS (the plugin's reading
--- of them) and engine/cache_native.c's F_* bits (the engine's replay). They must not drift.
+-- of them) and engine/cache_req.h's LP_CF_* enum (lp__cache_field_index's results, which
+-- engine/cache_native.c's F_* bits name). They must not drift.
 local function read(path)
   local f = assert(io.open(path, "rb"))
   local s = f:read("*a")
@@ -16,11 +17,25 @@ local function c_fields()
   return names
 end
 
+-- engine/cache_req.h's LP_CF_* enum: name -> index (its order), as lower-case field names.
+local function enum_fields()
+  local h = read("engine/cache_req.h")
+  local body = assert(h:match("enum {\n    LP_CF_CACHE_CONTROL(.-)LP_CF_N"), "LP_CF_ enum")
+  local idx, i = { ["cache-control"] = 0 }, 1
+  for name in body:gmatch("LP_CF_([A-Z_]+)") do
+    idx[name:lower():gsub("_", "-")] = i
+    i = i + 1
+  end
+  return idx
+end
+
 local function native_bits()
   local c = read("engine/cache_native.c")
+  local idx = enum_fields()
   local bits = {}
-  for name, i in c:gmatch("#define F_([A-Z_]+)%s+F_BIT%((%d+)%)") do
-    bits[name:lower():gsub("_", "-")] = tonumber(i)
+  for name, cf in c:gmatch("#define F_([A-Z_]+)%s+F_BIT%(LP_CF_([A-Z_]+)%)") do
+    assert.equal(name, cf, "F_" .. name .. " is LP_CF_" .. name .. "'s bit")
+    bits[name:lower():gsub("_", "-")] = assert(idx[cf:lower():gsub("_", "-")], cf)
   end
   return bits, c
 end
@@ -32,6 +47,16 @@ describe("cache field order", function()
     local names = {}
     for n in body:gmatch('"([^"]+)"') do names[#names + 1] = n end
     assert.same(c_fields(), names)
+  end)
+
+  it("cache_req.h's LP_CF_* enum, and cache_native.c's bits, name the fields at their index", function()
+    local fields = c_fields()
+    local n = 0
+    for name, i in pairs(enum_fields()) do
+      assert.equal(name, fields[i + 1], "LP_CF_" .. name)
+      n = n + 1
+    end
+    assert.equal(#fields, n)
   end)
 
   it("cache_native.c's bits name the fields at their index", function()

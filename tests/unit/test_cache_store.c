@@ -473,7 +473,74 @@ static void field_bits(void)
     CHECK_EQ_INT(lp__cache_field_index(LP_STR("")), -1);
 }
 
+/* A body of a length known at the start (at most LP_CACHE_INLINE_BODY) comes with its entry,
+ * and more bytes than said go on in chunks of their own; the first head lives with the entry
+ * too and is replaced (twice: the second frees the first replacement); a fill's lock hands
+ * its key back; lookup and lock at once (lp_cache_get_or_lock). ASan checks the frees. */
+static void small_body_in_entry(void)
+{
+    lp_cache_zone_t *z = zone("t_inline", 1 << 20, 1 << 16);
+    REQUIRE(z);
+    lp_cache_fill_t *f = lp_cache_fill_start(z, NULL, K("s"), K(""), K("head"), NOW + 60, 5);
+    REQUIRE(f);
+    CHECK_EQ_INT(lp_cache_fill_append(f, "hel", 3), 0);
+    CHECK_EQ_INT(lp_cache_fill_append(f, "lo", 2), 0);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    lp_cache_entry_t *e = lp_cache_get(z, K("s"), K(""), NOW);
+    REQUIRE(e);
+    char buf[64];
+    CHECK_EQ_INT((int)body_of(e, buf, sizeof(buf)), 5);
+    CHECK(memcmp(buf, "hello", 5) == 0);
+    CHECK(lp_cache_entry_chunks(e) && !lp_cache_entry_chunks(e)->next);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second head"), NOW + 60), 0);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("third"), NOW + 60), 0);
+    CHECK_EQ_INT((int)lp_cache_entry_head(z, e, buf, sizeof(buf)), 5);
+    CHECK(memcmp(buf, "third", 5) == 0);
+    lp_cache_entry_unref(e);
+
+    /* Said 5, sent 9: the rest in a chunk of its own. */
+    f = lp_cache_fill_start(z, NULL, K("o"), K(""), K("h"), NOW + 60, 5);
+    REQUIRE(f);
+    CHECK_EQ_INT(lp_cache_fill_append(f, "012345678", 9), 0);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    e = lp_cache_get(z, K("o"), K(""), NOW);
+    REQUIRE(e);
+    CHECK_EQ_INT((int)body_of(e, buf, sizeof(buf)), 9);
+    CHECK(memcmp(buf, "012345678", 9) == 0);
+    CHECK(lp_cache_entry_chunks(e)->next != NULL);
+    lp_cache_entry_unref(e);
+
+    /* A miss takes the lock; a second finds it busy; the fill's key is the locked one. */
+    lp_cache_fill_t *lock = NULL, *other = NULL;
+    int busy = 0;
+    CHECK(!lp_cache_get_or_lock(z, K("m"), NOW, 5, &lock, &busy));
+    REQUIRE(lock);
+    CHECK_EQ_INT(busy, 0);
+    CHECK(!lp_cache_get_or_lock(z, K("m"), NOW, 5, &other, &busy));
+    CHECK(!other);
+    CHECK_EQ_INT(busy, 1);
+    const char *key = NULL;
+    size_t klen = 0;
+    CHECK_EQ_INT(lp_cache_fill_key(lock, &key, &klen), 0);
+    CHECK(klen == 1 && key && key[0] == 'm');
+    f = lp_cache_fill_start(z, lock, key, klen, K(""), K("h"), NOW + 60, 2);
+    REQUIRE(f);
+    CHECK_EQ_INT(lp_cache_fill_append(f, "ok", 2), 0);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    e = lp_cache_get_or_lock(z, K("m"), NOW, 5, &other, &busy);
+    REQUIRE(e);
+    CHECK(!other);
+    CHECK_EQ_INT(busy, 0);
+    CHECK_EQ_INT((int)body_of(e, buf, sizeof(buf)), 2);
+    lp_cache_entry_unref(e);
+    /* Without coalescing (lock_timeout < 0) a miss takes no lock. */
+    CHECK(!lp_cache_get_or_lock(z, K("n"), NOW, -1, &other, &busy));
+    CHECK(!other);
+    lp_cache_zone_release(z);
+}
+
 static const lp_test_case_t tests[] = {
+    {"small_body_in_entry", small_body_in_entry},
     {"field_bits", field_bits},
     {"store_and_get", store_and_get},
     {"large_body_many_chunks", large_body_many_chunks},
