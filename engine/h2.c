@@ -67,6 +67,7 @@ typedef struct lp_h2_s {
     nghttp2_session *s;    /* owned */
     lp_list_t streams;     /* lp_h2_stream_t.link: every stream not freed yet */
     unsigned nopen;        /* streams not closed by nghttp2 */
+    uint32_t max_streams;  /* the stream limit told at start, kept over reloads (h2_advertise) */
     unsigned nheld;        /* streams holding response bytes (out.bytes > 0): h2_stall_arm */
     unsigned depth;        /* h2.c frames on the stack: streams are freed, and bytes sent, at 0 */
     uint32_t nrequests;    /* streams started (http2.max_requests) */
@@ -209,10 +210,10 @@ static size_t h2_advertise(lp_h2_t *h2)
         return 0;
     }
     memcpy(f, data, (size_t)n);
-    if (!settings_patch(f, (size_t)n, CONF(h2)->max_concurrent_streams))
+    if (!settings_patch(f, (size_t)n, h2->max_streams))
         lp_log_error("HTTP/2: the first frame is not our SETTINGS: the client is told a "
                      "stream limit of %u",
-                     (unsigned)h2_session_streams(CONF(h2)));
+                     2 * (unsigned)h2->max_streams);
     lp_wbatch_add_copy(wb, (const char *)f, (size_t)n);
     return (size_t)n;
 }
@@ -237,6 +238,7 @@ static void stream_free(lp_h2_stream_t *st)
 }
 
 static void stream_pump(lp_h2_stream_t *st);
+static int h2_flood(lp_h2_t *h2, unsigned *count, unsigned max, const char *what, int cell);
 
 /* ---- the send-stall timeout (timeouts.send) ---- */
 
@@ -483,11 +485,15 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *ud
         return 0;
     if (h2_closing(h2))
         return NGHTTP2_ERR_CALLBACK_FAILURE;
-    if (h2->nopen >= CONF(h2)->max_concurrent_streams) {
+    if (h2->nopen >= h2->max_streams) {
         /* Over the limit the client was told: this stream only (h2_session_streams). Its
-         * fields and data are ignored (no stream of ours). */
+         * fields and data are ignored (no stream of ours). A refusal costs us the block's
+         * HPACK decoding and the client nothing: counted as a reset (http2.max_resets), as
+         * a stream opened and reset at once is. */
         lp_log_debug("HTTP/2 stream %d: over http2.max_concurrent_streams: refused",
                      (int)f->hd.stream_id);
+        if (h2_flood(h2, &h2->resets, CONF(h2)->max_resets, "refused stream", LP_WM_H2_FLOOD_RESET))
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
         return nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f->hd.stream_id,
                                          NGHTTP2_REFUSED_STREAM)
                    ? NGHTTP2_ERR_CALLBACK_FAILURE
@@ -698,9 +704,10 @@ static void stream_start(lp_h2_t *h2, lp_h2_stream_t *st, int end_stream)
     lp_req_drop(req);
 }
 
-/* The request's trailers passed max_header_list_size (h2_over_list_size): 431 while its
- * response has not started, else the stream is reset (the response cannot say it). (A
- * response that ended already, a 431 for the head say, stays: the trailers are dropped.) */
+/* The request's trailers passed max_header_list_size (h2_over_list_size), found when the
+ * body's end is delivered (stream_pump): 431 while its response has not started, else the
+ * stream is reset (the response cannot say it). (A response that ended already, a 431 for
+ * the head say, stays: stream_pump delivers nothing to an ended request.) */
 static void stream_trailers_too_large(lp_h2_stream_t *st)
 {
     lp_req_t *req = st->req;
@@ -765,7 +772,10 @@ static void stream_pump(lp_h2_stream_t *st)
         lp_peer_flush(req->try.peer);
     if (!lp_req_ended(req) && !st->in.head && st->in_eof && !st->eof_done) {
         st->eof_done = 1;
-        (void)lp_conn_req_body_end(req);
+        if (st->too_large)
+            stream_trailers_too_large(st);
+        else
+            (void)lp_conn_req_body_end(req);
     }
     lp_req_drop(req);
 }
@@ -831,11 +841,10 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
             stream_start(h2, st, (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
             return 0;
         }
-        if (st && st->req && st->too_large && !(st->req->flags & LP_RF_RESP_DONE)) {
-            stream_trailers_too_large(st);
-            return 0;
-        }
-        break; /* trailers: their END_STREAM below */
+        /* trailers: their END_STREAM below; ones over the limit (st->too_large) are
+         * answered where the body's end is delivered (stream_pump), as HTTP/1.1's errors
+         * are: here the request may still be parked in Lua or waiting for a cache lock */
+        break;
     case NGHTTP2_DATA:
         if (f->hd.length == 0 && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
             h2_flood(h2, &h2->ctrl, cf->max_control_frames, "empty DATA frame",
@@ -940,8 +949,9 @@ int lp_h2_start(lp_conn_t *c)
         free(h2);
         return -1;
     }
+    h2->max_streams = cf->max_concurrent_streams;
     nghttp2_settings_entry iv[] = {
-        /* The client is told cf->max_concurrent_streams (h2_advertise). */
+        /* The client is told h2->max_streams (h2_advertise). */
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, h2_session_streams(cf)},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cf->initial_window_size},
         {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, cf->hpack_table_size},

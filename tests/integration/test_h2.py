@@ -290,6 +290,11 @@ class H2Test(H.ProxyTestCase):
                end''')},
             {"match": {"prefix": "/boom"}, "upstream": "app",
              "handler": H.LuaRaw('function(req) error("boom in one stream") end')},
+            {"match": {"prefix": "/parked"}, "upstream": "app",
+             "handler": H.LuaRaw('''function(req)
+                 proxy.sleep(0.3)
+                 req:set_path(req:path():sub(8) .. "?size=2")
+               end''')},
             {"match": {"prefix": "/"}, "upstream": "app",
              "plugins": [{"name": "headers", "request": {"set": {"X-Via-H2": "yes"}}}]},
         ]
@@ -645,6 +650,27 @@ class H2Test(H.ProxyTestCase):
         lines = self.proxy.access_lines()
         self.assertFalse([l for l in lines if "big-post" in l and '" 200 ' in l], lines)
         self.proxy.wait_log("header list over http2.max_header_list_size: 431")
+        self.proxy.wait_log("trailer list over http2.max_header_list_size: 431")
+
+    def test_trailers_over_the_limit_while_lua_holds_the_request(self):
+        # The trailers come while the handler sleeps: the 431 waits for the body's end to
+        # reach the request (as on HTTP/1.1), not answered under the parked handler.
+        c = Client(self.h2c_port)
+        try:
+            sid = c.request("/parked/echo", method="POST", body=b"abc", end=False)
+            c.conn.send_headers(sid, [("x-big-trailer", "t" * 5000)], end_stream=True)
+            c.flush()
+            ok = c.request("/fixed?size=1")
+            c.pump(lambda: c.done(sid, ok))
+            self.assertEqual((c.streams[sid]["status"], c.streams[sid]["reset"]), (431, None))
+            self.assertEqual(c.streams[ok]["status"], 200)
+            again = c.request("/parked/fixed")
+            c.pump(lambda: c.done(again))
+            self.assertEqual((c.streams[again]["status"], bytes(c.streams[again]["data"])),
+                             (200, b"xx"))
+            self.assertIsNone(c.goaway)
+        finally:
+            c.close()
         self.proxy.wait_log("trailer list over http2.max_header_list_size: 431")
 
     def assertCalm(self, c):
