@@ -347,7 +347,7 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     rc->load_waited = 0;
     if (rc->hit && !lp_cache_entry_resident(rc->hit)) {
         /* On disk only: read back first (the task waits), then asked again (cache.lua). A
-         * large body for an HTTP/1 client without body filters is streamed from its file
+         * large body for a route without body filters is streamed from its file
          * instead: the file is checked and kept open, and the hit is the disk-only entry. */
         lp_cache_entry_t *stub = rc->hit;
         rc->hit = NULL;
@@ -362,7 +362,7 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
             else
                 lp_cache_entry_unref(e);
         } else {
-            int stream = !r->h2s && lp_cache_entry_body_len(stub) > LP_CACHE_STREAM_MIN &&
+            int stream = lp_cache_entry_body_len(stub) > LP_CACHE_STREAM_MIN &&
                          !lp_lua_wants(r->g->lua, r->route_index, LP_PHASE_BODY);
             /* Read-backs of one entry are coalesced: the one reading it back holds the key's
              * lock until it is promoted, the others wait on the key, then find it in memory
