@@ -505,10 +505,29 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertRegex(st["headers"].get("cache-status", ""), r"^luaproxy; hit; ttl=\d+; detail=disk$")
         grew = self.proc_field(b, "VmHWM") - hwm0
         self.assertLess(grew, 8 * 1024, "peak RSS grew by %d kB" % grew)
+        # A range of it and a HEAD, streamed too.
+        sid = c.conn.get_next_available_stream_id()
+        c.st(sid)
+        c.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "a.test"),
+                                  (":path", p), ("range", "bytes=20000000-20999999")],
+                            end_stream=True)
+        sid_head = sid + 2
+        c.st(sid_head)
+        c.conn.send_headers(sid_head, [(":method", "HEAD"), (":scheme", "http"),
+                                       (":authority", "a.test"), (":path", p)], end_stream=True)
+        c.flush()
+        c.pump(lambda: c.done(sid, sid_head), timeout=H.T(60))
+        st = c.streams[sid]
+        self.assertEqual((st["status"], st["headers"].get("content-range")),
+                         (206, "bytes 20000000-20999999/%d" % len(body)))
+        self.assertEqual(bytes(st["data"]), body[20000000:21000000])
+        st = c.streams[sid_head]
+        self.assertEqual((st["status"], bytes(st["data"]), st["headers"].get("content-length")),
+                         (200, b"", str(len(body))))
         z = self.zone(b)
         self.assertEqual((z["entries"], z["disk"]["only_on_disk"]), (0, 1))
         self.assertEqual((z["disk"]["streamed"], z["disk"]["loaded"], z["disk"]["dropped"]),
-                         (1, 0, 0))
+                         (3, 0, 0))
         self.assertEqual(self.origin.count(p), 1)
 
     def test_h2_client_with_window_shut_stops_the_reads(self):
