@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -714,6 +715,40 @@ class CacheDiskTest(H.ProxyTestCase):
         d = self.disk(b)
         self.assertEqual((d["loaded"], d["dropped"], d["only_on_disk"]), (1, 0, 0))
         self.assertEqual(self.zone(b)["entries"], 1)
+
+    def test_client_gone_mid_body_with_a_waiting_log_phase(self):
+        # Clients that close mid-body while blocks are read: with a log phase that waits, the
+        # request lives on detached (no connection) until it ends, and a read ending then
+        # must not pump its answer to the client that is gone.
+        plugins = os.path.join(H.Workdir.new("cache-plugins"), "plugins")
+        os.makedirs(plugins)
+        with open(os.path.join(plugins, "slowlog.lua"), "w") as f:
+            f.write('local P = { name = "slowlog", priority = 10, schema = { fields = {} } }\n'
+                    'function P.log(req) proxy.sleep(0.3) end\nreturn P\n')
+        body = H.large_body(8 * 1024 * 1024)
+        root, p, b = self.restarted_with(body, memory="32m", plugins=[{"name": "slowlog"}],
+                                         lua={"plugin_paths": [plugins]})
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", b.port), timeout=H.T(30))
+            s.sendall(("GET %s HTTP/1.1\r\nHost: a.test\r\n\r\n" % p).encode())
+            got = 0
+            while got < 300000:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += len(d)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # reset: the proxy's next write fails at once
+        c = self.h2_client(b)  # over HTTP/2 too: streams reset mid-body
+        sids = [self.h2_open(c, p) for _ in range(4)]
+        c.pump(lambda: all(len(c.streams[x]["data"]) > 300000 or c.done(x) for x in sids))
+        for x in sids:
+            c.conn.reset_stream(x)
+        c.flush()
+        time.sleep(0.6)  # the log phases end
+        r = self.get(b, p)
+        self.assertEqual(hashlib.sha256(r.body).digest(), hashlib.sha256(body).digest())
+        self.assertEqual(self.disk(b)["dropped"], 0)
 
     # ------------------------------------------------------------------ field counts
 
