@@ -1,15 +1,16 @@
 /* A hit on a disk-only entry (cache_disk.h). Two ways, both on libuv's threadpool while the
  * request's task is parked:
- * - read back whole (small bodies, HTTP/2, routes with body filters): checked whole (header
+ * - read back whole (small bodies, routes with body filters): checked whole (header
  *   CRC, key, stamp, size, body CRC) before a byte of it is served, and the entry it makes
  *   is promoted into the memory tier (served from there by the usual zero-copy pump);
- * - streamed (a body over LP_CACHE_STREAM_MIN to an HTTP/1 client): the file is opened and
- *   its header, meta, key, stamp and size checked; the body is then read in chunks of
- *   LP_CACHE_CHUNK as the client takes them (lp_cache_stream_next: one read ahead at most,
- *   and none while the client's side holds the high watermark), so a large entry costs two
- *   chunks of memory, not its size. The body CRC is checked as the last chunk comes in,
- *   before it is sent: a damaged body is never sent whole (the connection is cut short
- *   there, the client sees a truncated response) and the entry is dropped.
+ * - streamed (a body over LP_CACHE_STREAM_MIN, to an HTTP/1 or HTTP/2 client): the file is
+ *   opened and its header, meta, key, stamp and size checked; the body is then read in
+ *   chunks of LP_CACHE_CHUNK as the client takes them (lp_cache_stream_next: one read ahead
+ *   at most, and none while the client's side, the socket's queue or the HTTP/2 stream's,
+ *   holds the high watermark), so a large entry costs two chunks of memory, not its size.
+ *   The body CRC is checked as the last chunk comes in, before it is sent: a damaged body
+ *   is never sent whole (the connection, or the HTTP/2 stream, is cut short there: the
+ *   client sees a truncated response) and the entry is dropped.
  * A damaged, changed or vanished file is logged and dropped from the index; found before
  * the answer, the request sees a miss and goes upstream. */
 #include <errno.h>

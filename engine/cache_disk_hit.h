@@ -7,7 +7,7 @@
 
 #include "buf.h"
 
-/* Bodies longer than this are streamed from their file (HTTP/1 hits without body filters),
+/* Bodies longer than this are streamed from their file (hits on routes without body filters),
  * shorter ones read back whole and promoted into memory. */
 #define LP_CACHE_STREAM_MIN LP_CACHE_CHUNK
 

@@ -9,6 +9,7 @@
 
 #include "cache_disk_hit.h"
 #include "cache_req.h"
+#include "cache_room.h"
 #include "cache_store.h"
 #include "http1.h"
 #include "lua_api.h"
@@ -347,7 +348,7 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     rc->load_waited = 0;
     if (rc->hit && !lp_cache_entry_resident(rc->hit)) {
         /* On disk only: read back first (the task waits), then asked again (cache.lua). A
-         * large body for an HTTP/1 client without body filters is streamed from its file
+         * large body for a route without body filters is streamed from its file
          * instead: the file is checked and kept open, and the hit is the disk-only entry. */
         lp_cache_entry_t *stub = rc->hit;
         rc->hit = NULL;
@@ -362,7 +363,7 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
             else
                 lp_cache_entry_unref(e);
         } else {
-            int stream = !r->h2s && lp_cache_entry_body_len(stub) > LP_CACHE_STREAM_MIN &&
+            int stream = lp_cache_entry_body_len(stub) > LP_CACHE_STREAM_MIN &&
                          !lp_lua_wants(r->g->lua, r->route_index, LP_PHASE_BODY);
             /* Read-backs of one entry are coalesced: the one reading it back holds the key's
              * lock until it is promoted, the others wait on the key, then find it in memory
@@ -474,6 +475,8 @@ int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t 
     lp_cache_fill_t *f = r->cache.fill;
     if (f && lp_cache_fill_active(f))
         return LP_FFI_EINVAL; /* stored once already */
+    if (!lp_cache_head_fits(r->w, zone, key, klen, head, hlen))
+        return LP_FFI_ENOSPACE; /* a hit on it could not carry its own fields */
     r->cache.fill = NULL;
     f = lp_cache_fill_start(zone, f, key, klen, sec, slen, head, hlen, real_now() + keep, hint);
     if (!f)
@@ -485,6 +488,8 @@ int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t 
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep)
 {
+    if (!lp_cache_head_fits(lp_lua_io(), zone, key, klen, head, hlen))
+        return LP_FFI_ENOSPACE;
     lp_cache_fill_t *f =
         lp_cache_fill_start(zone, NULL, key, klen, sec, slen, head, hlen, real_now() + keep, blen);
     if (!f)
@@ -647,6 +652,8 @@ int lp_ffi_cache_refresh(void *rp, const char *head, size_t hlen, double keep)
         return LP_FFI_EOTHER;
     if (!r->cache.hit)
         return LP_FFI_EINVAL;
+    if (!lp_cache_head_fits(r->w, r->cache.hit_zone, "(a revalidated entry)", 21, head, hlen))
+        return LP_FFI_ENOSPACE; /* it keeps its old head: the next request revalidates */
     return lp_cache_entry_set_head(r->cache.hit_zone, r->cache.hit, head, hlen, real_now() + keep)
                ? LP_FFI_ENOSPACE
                : 0;

@@ -1787,14 +1787,17 @@ static int conn_cache_pump(lp_req_t *req)
 }
 
 /* A disk-only hit's body, read from its file a chunk at a time (cache_disk_hit.c): a read
- * starts only while the client's side holds less than the high watermark, and its end
- * (lp_conn_cache_resume) or conn_on_written goes on. A file that fails mid-way cuts the
- * answer short (the client sees a truncated body, never a wrong one whole). HTTP/1 only. */
+ * starts only while the client's side holds less than the high watermark (HTTP/1: the
+ * socket's queue; HTTP/2: the stream's, which its window drains), and its end
+ * (lp_conn_cache_resume) or the drain goes on (conn_on_written; h2.c's h2_leave for a
+ * stream that was full). A file that fails mid-way cuts the answer short (the client sees a
+ * truncated body, never a wrong one whole). */
 static int conn_cache_stream(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     lp_req_cache_t *rc = &req->cache;
-    while (rc->left && lp_ep_queued(&c->ep) < LP_HIGH_WATERMARK &&
+    while (rc->left &&
+           !(req->h2s ? down(req)->full(req) : lp_ep_queued(&c->ep) >= LP_HIGH_WATERMARK) &&
            !(c->ep.flags & LP_EPF_CLOSING)) {
         lp_buf_t *b;
         size_t n;
@@ -1823,7 +1826,9 @@ static int conn_cache_stream(lp_req_t *req)
 
 void lp_conn_cache_resume(lp_req_t *req)
 {
-    if (!req->cache.streaming || !req->cache.left || (req->flags & LP_RF_RESP_DONE))
+    /* A request cut while a read ran may still be alive, detached for its log phase: its
+     * client is gone (req->conn NULL), its stream is freed when it ends. */
+    if (!req->cache.streaming || !req->cache.left || (req->flags & LP_RF_RESP_DONE) || !req->conn)
         return;
     lp_req_hold(req);
     conn_cache_pump(req);

@@ -7,7 +7,11 @@ the request goes upstream for the right answer; an unwritable directory is logge
 proxy goes on serving; the disk byte limit is enforced; purge deletes files; an 8 MiB disk
 hit reaches a slow reader whole; a large entry on disk only is streamed from its file (never
 promoted: whole, as a range, to HEAD), and one whose body is damaged is cut short and
-dropped; concurrent read-backs of one small entry make one read."""
+dropped; concurrent read-backs of one small entry make one read. HTTP/2 clients get the same
+streamed answer (python3-h2): memory does not grow by the entry's size, a client whose
+window is shut stops the reads, a reset or a closed connection mid-body and a reload under
+a stalled stream leave the proxy whole, a damaged body resets the stream short. A response
+with more fields than a hit could carry with its Age and Cache-Status is not stored."""
 
 import hashlib
 import http.client
@@ -15,6 +19,7 @@ import json
 import os
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -23,6 +28,8 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
+from test_h2 import Client as H2Client  # noqa: E402 - python3-h2, as test_h2.py finds it
+import h2.settings  # noqa: E402 - on the path test_h2 set
 
 ZONE = "d"
 
@@ -56,15 +63,18 @@ class CacheDiskTest(H.ProxyTestCase):
         cls.origin = Origin()
         cls.addClassCleanup(cls.origin.stop)
 
-    def start(self, root, memory="8m", size="64m", max_object="16m", wait_loaded=True):
+    def start(self, root, memory="8m", size="64m", max_object="16m", wait_loaded=True,
+              http2=False, plugins=(), **kw):
         zone = {"memory": memory, "max_object_size": max_object,
                 "disk": {"path": root, "size": size}}
         p = H.Proxy.build({"o": H.upstream(self.origin.address())},
                           [{"match": {"prefix": "/"}, "upstream": "o",
-                            "plugins": [{"name": "cache", "zone": ZONE}]}],
+                            "plugins": list(plugins) + [{"name": "cache", "zone": ZONE}]}],
                           name=self._testMethodName, workers=2,
                           admin={"address": "127.0.0.1:0"},
-                          cache={"zones": {ZONE: zone}})
+                          cache={"zones": {ZONE: zone}}, **kw)
+        if http2:  # h2c by prior knowledge beside HTTP/1.1
+            p.cfg["listen"] = [{"address": "127.0.0.1:0", "http2": True}]
         self.addCleanup(p.stop)
         p.start()
         if wait_loaded:
@@ -447,6 +457,189 @@ class CacheDiskTest(H.ProxyTestCase):
         a.stop()
         return root, p, self.start(root, **zone)
 
+    # ------------------------------------------------------------------ HTTP/2 clients
+
+    @staticmethod
+    def h2_open(c, path):
+        """A GET of path for a.test (the entries' key) on the h2 client c: its stream id."""
+        sid = c.conn.get_next_available_stream_id()
+        c.st(sid)
+        c.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
+                                  (":authority", "a.test"), (":path", path)], end_stream=True)
+        c.flush()
+        return sid
+
+    def h2_client(self, b, window=None):
+        c = H2Client(b.port, ack=window is None)
+        self.addCleanup(c.close)
+        if window is None:  # large windows: the proxy's side paces the body, not ours
+            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+            c.conn.increment_flow_control_window(64 << 20)
+            c.flush()
+        return c
+
+    @staticmethod
+    def proc_field(b, name, fname="status"):
+        """A number from /proc/PID/status (kB) or /proc/PID/io (bytes) of the proxy."""
+        with open("/proc/%d/%s" % (b.proc.pid, fname)) as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k == name:
+                    return int(v.split()[0])
+        raise AssertionError("no %s in /proc/PID/%s" % (name, fname))
+
+    def test_streamed_disk_hit_to_h2_client(self):
+        # A 24 MiB entry on disk only, asked for over HTTP/2: streamed from its file as the
+        # stream takes it. The whole read-back would put it in memory (a peak of its size);
+        # streamed, the proxy's peak RSS grows by a few blocks.
+        body = H.large_body(24 * 1024 * 1024 + 3)
+        root, p, b = self.restarted_with(body, memory="48m", max_object="32m", http2=True)
+        hwm0 = self.proc_field(b, "VmHWM")
+        c = self.h2_client(b)
+        sid = self.h2_open(c, p)
+        c.pump(lambda: c.done(sid), timeout=H.T(60))
+        st = c.streams[sid]
+        self.assertEqual((st["status"], st["ended"], st["reset"]), (200, True, None))
+        self.assertEqual(len(st["data"]), len(body))
+        self.assertEqual(hashlib.sha256(st["data"]).digest(), hashlib.sha256(body).digest())
+        self.assertEqual(st["headers"].get("content-length"), str(len(body)))
+        self.assertRegex(st["headers"].get("cache-status", ""), r"^luaproxy; hit; ttl=\d+; detail=disk$")
+        grew = self.proc_field(b, "VmHWM") - hwm0
+        self.assertLess(grew, 8 * 1024, "peak RSS grew by %d kB" % grew)
+        # A range of it and a HEAD, streamed too.
+        sid = c.conn.get_next_available_stream_id()
+        c.st(sid)
+        c.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "a.test"),
+                                  (":path", p), ("range", "bytes=20000000-20999999")],
+                            end_stream=True)
+        sid_head = sid + 2
+        c.st(sid_head)
+        c.conn.send_headers(sid_head, [(":method", "HEAD"), (":scheme", "http"),
+                                       (":authority", "a.test"), (":path", p)], end_stream=True)
+        c.flush()
+        c.pump(lambda: c.done(sid, sid_head), timeout=H.T(60))
+        st = c.streams[sid]
+        self.assertEqual((st["status"], st["headers"].get("content-range")),
+                         (206, "bytes 20000000-20999999/%d" % len(body)))
+        self.assertEqual(bytes(st["data"]), body[20000000:21000000])
+        st = c.streams[sid_head]
+        self.assertEqual((st["status"], bytes(st["data"]), st["headers"].get("content-length")),
+                         (200, b"", str(len(body))))
+        z = self.zone(b)
+        self.assertEqual((z["entries"], z["disk"]["only_on_disk"]), (0, 1))
+        self.assertEqual((z["disk"]["streamed"], z["disk"]["loaded"], z["disk"]["dropped"]),
+                         (3, 0, 0))
+        self.assertEqual(self.origin.count(p), 1)
+
+    def test_h2_client_with_window_shut_stops_the_reads(self):
+        # A client that gives no window back gets 64 KiB, and the proxy stops reading the
+        # file a few blocks later (its stream's queue is full): the process's read bytes do
+        # not grow by the entry's size. A reload meanwhile leaves the stream be; once the
+        # window opens, the rest comes, whole.
+        body = H.large_body(8 * 1024 * 1024 + 11)
+        root, p, b = self.restarted_with(body, memory="32m", http2=True)
+        read0 = self.proc_field(b, "rchar", "io")
+        c = self.h2_client(b, window=0)
+        sid = self.h2_open(c, p)
+        c.pump(lambda: len(c.streams[sid]["data"]) >= 65535)
+        time.sleep(0.5)  # reads in flight end; no new one starts
+        read1 = self.proc_field(b, "rchar", "io")
+        self.assertLess(read1 - read0, 1024 * 1024, "the proxy read %d bytes" % (read1 - read0))
+        time.sleep(0.5)
+        self.assertLess(self.proc_field(b, "rchar", "io") - read1, 64 * 1024)
+        st, j = self.admin(b, "POST", "/reload")
+        self.assertEqual(st, 200, j)
+        data = bytes(c.streams[sid]["data"])
+        self.assertEqual(len(data), 65535)
+        # The reload sent GOAWAY (the stream goes on), after which python-h2 takes no frame:
+        # the windows are opened and the rest read by hand.
+        inc = (16 << 20).to_bytes(4, "big")
+        c.sock.sendall(H.h2_frame(0x8, 0, 0, inc) + H.h2_frame(0x8, 0, sid, inc))
+        buf, got, end = bytearray(), [data], []
+        c.sock.settimeout(0.2)
+
+        def step():
+            try:
+                d = c.sock.recv(65536)
+            except socket.timeout:
+                return None
+            if not d:
+                return True
+            buf.extend(d)
+            for t, fl, fsid, pl in H.h2_take_frames(buf):
+                if t == 0x0 and fsid == sid:
+                    got.append(pl)
+                    if fl & 1:
+                        end.append("END_STREAM")
+                elif t == 0x3 and fsid == sid:
+                    end.append("RST_STREAM")
+            return end or None
+        H.wait_for(step, H.T(60), interval=0, what="the rest of the body")
+        self.assertEqual(end, ["END_STREAM"])
+        got = b"".join(got)
+        self.assertEqual(len(got), len(body))
+        self.assertEqual(hashlib.sha256(got).digest(), hashlib.sha256(body).digest())
+        d = self.disk(b)
+        self.assertEqual((d["streamed"], d["loaded"], d["dropped"]), (1, 0, 0))
+
+    def test_h2_reset_and_close_mid_body(self):
+        # A stream reset by its client mid-body, then a connection closed mid-body (reads may
+        # be in flight on the threadpool each time): the next streams are served whole and
+        # the entry stays.
+        body = H.large_body(4 * 1024 * 1024 + 1)
+        root, p, b = self.restarted_with(body, http2=True)
+        c = self.h2_client(b)
+        for _ in range(3):
+            sid = self.h2_open(c, p)
+            c.pump(lambda: len(c.streams[sid]["data"]) > 200000 or c.done(sid))
+            c.conn.reset_stream(sid)
+            c.flush()
+        sid = self.h2_open(c, p)
+        c.pump(lambda: c.done(sid), timeout=H.T(60))
+        self.assertEqual(hashlib.sha256(c.streams[sid]["data"]).digest(),
+                         hashlib.sha256(body).digest())
+        for _ in range(3):
+            c2 = self.h2_client(b)
+            sid = self.h2_open(c2, p)
+            c2.pump(lambda: len(c2.streams[sid]["data"]) > 200000 or c2.done(sid))
+            c2.close()
+        r = self.get(b, p)
+        self.assertEqual(hashlib.sha256(r.body).digest(), hashlib.sha256(body).digest())
+        c = self.h2_client(b)
+        sid = self.h2_open(c, p)
+        c.pump(lambda: c.done(sid), timeout=H.T(60))
+        self.assertEqual(hashlib.sha256(c.streams[sid]["data"]).digest(),
+                         hashlib.sha256(body).digest())
+        H.wait_for(lambda: self.disk(b)["streamed"] >= 9 or None, H.T(10), what="9 streamed")
+        d = self.disk(b)
+        self.assertEqual((d["loaded"], d["dropped"], d["only_on_disk"]), (0, 0, 1))
+        self.assertEqual(self.origin.count(p), 1)
+
+    def test_h2_damaged_body_resets_the_stream(self):
+        # As over HTTP/1: the CRC is found wrong as the last block comes in, before it is
+        # sent; the stream is reset short of Content-Length and the entry dropped.
+        body = H.large_body(1024 * 1024)
+        root, p, b = self.restarted_with(body, http2=True)
+        f = [x for x in files_under(root) if not x.endswith(".tmp")][0]
+        with open(f, "r+b") as fh:
+            fh.seek(-10, os.SEEK_END)
+            x = fh.read(1)
+            fh.seek(-10, os.SEEK_END)
+            fh.write(bytes([x[0] ^ 0x20]))
+        c = self.h2_client(b)
+        sid = self.h2_open(c, p)
+        c.pump(lambda: c.done(sid), timeout=H.T(60))
+        st = c.streams[sid]
+        self.assertEqual(st["status"], 200)
+        self.assertEqual(st["headers"].get("content-length"), str(len(body)))
+        self.assertIsNotNone(st["reset"])
+        self.assertLess(len(st["data"]), len(body))
+        self.assertEqual(bytes(st["data"]), body[:len(st["data"])])
+        b.wait_log("checksum mismatch")
+        self.assertEqual(self.disk(b)["dropped"], 1)
+        self.assertEqual(self.get(b, p).body, b"origin again")
+        self.assertEqual(self.origin.count(p), 2)
+
     def test_streamed_disk_hit_bounded_ranges_and_head(self):
         # A 3 MiB entry on disk only (after a restart): served streamed from its file (never
         # promoted: nothing charged to memory), whole, as a range and to HEAD; every answer is
@@ -522,6 +715,74 @@ class CacheDiskTest(H.ProxyTestCase):
         d = self.disk(b)
         self.assertEqual((d["loaded"], d["dropped"], d["only_on_disk"]), (1, 0, 0))
         self.assertEqual(self.zone(b)["entries"], 1)
+
+    def test_client_gone_mid_body_with_a_waiting_log_phase(self):
+        # Clients that close mid-body while blocks are read: with a log phase that waits, the
+        # request lives on detached (no connection) until it ends, and a read ending then
+        # must not pump its answer to the client that is gone.
+        plugins = os.path.join(H.Workdir.new("cache-plugins"), "plugins")
+        os.makedirs(plugins)
+        with open(os.path.join(plugins, "slowlog.lua"), "w") as f:
+            f.write('local P = { name = "slowlog", priority = 10, schema = { fields = {} } }\n'
+                    'function P.log(req) proxy.sleep(0.3) end\nreturn P\n')
+        body = H.large_body(8 * 1024 * 1024)
+        root, p, b = self.restarted_with(body, memory="32m", plugins=[{"name": "slowlog"}],
+                                         lua={"plugin_paths": [plugins]})
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", b.port), timeout=H.T(30))
+            s.sendall(("GET %s HTTP/1.1\r\nHost: a.test\r\n\r\n" % p).encode())
+            got = 0
+            while got < 300000:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += len(d)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # reset: the proxy's next write fails at once
+        c = self.h2_client(b)  # over HTTP/2 too: streams reset mid-body
+        sids = [self.h2_open(c, p) for _ in range(4)]
+        c.pump(lambda: all(len(c.streams[x]["data"]) > 300000 or c.done(x) for x in sids))
+        for x in sids:
+            c.conn.reset_stream(x)
+        c.flush()
+        time.sleep(0.6)  # the log phases end
+        r = self.get(b, p)
+        self.assertEqual(hashlib.sha256(r.body).digest(), hashlib.sha256(body).digest())
+        self.assertEqual(self.disk(b)["dropped"], 0)
+
+    # ------------------------------------------------------------------ field counts
+
+    def test_response_with_too_many_fields_for_a_hit_is_not_stored(self):
+        # limits.max_headers (100) fields from the origin, and 16 more set by a plugin that
+        # runs before the cache: stored (115 fields: Content-Length is not), a hit would need
+        # Age and Cache-Status beyond the request's room (max_headers + 16), and failed (500)
+        # every time. Such a response is not stored (logged); one that leaves a hit room
+        # (max_headers + 16 - 4 fields) is, and its hit carries every field.
+        p = self.path()
+
+        def origin(extra):
+            return lambda req, n: fresh(b"fields-%d" % n,
+                                        *[("X-F%d" % i, "v%d" % i) for i in range(extra)])
+        self.origin.script(p + "/full", origin(98))  # + Cache-Control, Content-Length
+        self.origin.script(p + "/room", origin(95))  # 96 + 16 stored: 112
+        added = {"X-Plugin-%d" % i: "p%d" % i for i in range(16)}
+        a = self.start(self.root(), plugins=[{"name": "headers",
+                                              "response": {"set": added}}])
+        for n in (1, 2, 3):
+            r = self.get(a, p + "/full")
+            self.assertEqual((r.status, r.body), (200, b"fields-%d" % n))
+            self.assertFalse(self.hit(r), r.header("cache-status"))
+            self.assertEqual(r.header("x-f97"), "v97")
+            self.assertEqual(r.header("x-plugin-15"), "p15")
+        a.wait_log("not stored")
+        self.assertEqual(self.origin.count(p + "/full"), 3)
+        self.assertEqual(self.get(a, p + "/room").body, b"fields-1")
+        r = self.get(a, p + "/room")
+        self.assertEqual((r.status, r.body), (200, b"fields-1"))
+        self.assertTrue(self.hit(r), r.header("cache-status"))
+        self.assertEqual((r.header("x-f94"), r.header("x-plugin-15")), ("v94", "p15"))
+        self.assertIsNotNone(r.header("age"))
+        self.assertEqual(self.origin.count(p + "/room"), 1)
 
 
 if __name__ == "__main__":

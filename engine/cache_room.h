@@ -1,0 +1,22 @@
+/* How many fields a stored head may carry (cache_room.c). */
+#ifndef LP_CACHE_ROOM_H
+#define LP_CACHE_ROOM_H
+
+#include <stddef.h>
+
+#include "cache_store.h"
+#include "proxy-t.h"
+
+/* Header slots a hit keeps free beyond its stored fields: its Age and Cache-Status, and two
+ * for the fields plugins after the cache add (on the miss they had one more: its
+ * Cache-Status only). */
+#define LP_CACHE_HIT_FIELDS 4
+
+/* Whether a head the cache plugin wrote ("L1" text, a field per "h NAME\tVALUE" line) leaves
+ * a hit on it LP_CACHE_HIT_FIELDS slots in a request's header array (limits.max_headers +
+ * LP_HEADERS_SPARE, w's config; w NULL: no worker, nothing to check): 1, or 0 (it must not be
+ * stored: logged at most once a minute per thread, naming the zone and key). */
+int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
+                       const char *head, size_t hlen);
+
+#endif
