@@ -1009,6 +1009,10 @@ class H2Origin:
                                                  + ev.flow_controlled_length)
                     else:
                         c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamReset):
+                    # The proxy cancelled it (with a window update before, at times): no
+                    # more DATA, and the connection goes on.
+                    big.pop(ev.stream_id, None)
                 if not isinstance(ev, h2.events.StreamEnded):
                     continue
                 sid = ev.stream_id
@@ -1264,7 +1268,7 @@ class H2UpstreamTest(H.ProxyTestCase):
         self.assertGreaterEqual(s1["goaways_received"] - s0["goaways_received"], 1)
         self.assertGreaterEqual(s1["retries"]["refused"] - s0["retries"]["refused"], 1)
         self.assertGreaterEqual(s1["resets_received"] - s0["resets_received"], 1)
-        self.assertGreaterEqual(s1["resets_sent"] - s0["resets_sent"], 1, (s0, s1))
+        self.assertGreaterEqual(s1["resets_sent"] - s0["resets_sent"], 1)
         # Every connection the origin took is counted. (Not necessarily one: the refused
         # stream may go on a pooled connection, and the reset one is not sent again.)
         self.assertEqual(s1["connections"] - s0["connections"], self.origin.accepted - accepted)
