@@ -103,6 +103,7 @@ struct lp_h2u_s {
     unsigned nlive;       /* streams not closed (toward the stream limit) */
     unsigned nbound;      /* streams a request holds (peer.req): the connection is busy */
     unsigned max_streams; /* upstreams.NAME.max_streams when it was made */
+    int32_t goaway_last;  /* a GOAWAY's last stream id: the upstream took streams up to it */
     uint64_t idle_ms;     /* keepalive_timeout when it was made */
     unsigned depth;       /* our frames on the stack: the pipeline is called, streams freed
                              and bytes sent at 0 */
@@ -110,7 +111,6 @@ struct lp_h2u_s {
     uint8_t ready;        /* connected (and TLS established with ALPN h2) */
     uint8_t handshake;    /* TCP connected, TLS handshake in progress */
     uint8_t goaway;       /* GOAWAY received: no new streams */
-    int32_t goaway_last;  /* ... its last stream id: streams up to it the upstream took */
     uint8_t dead;         /* failed or closing: no new streams, no more I/O */
     uint8_t fatal;        /* the session or memory failed: it dies at the end of the frame */
     uint8_t more;         /* output left after a send round: send again on the next turn */

@@ -35,7 +35,9 @@ class ResetOrigin:
     """An h2c origin (python3-h2, a thread per connection). With `resets`:
     /reset?code=C&... resets the stream with code C, without an answer, every time;
     /refuse-once?... resets it with REFUSED_STREAM the first time, answers after;
-    /resetmid?... sends a head and some data, then resets with INTERNAL_ERROR.
+    /resetmid?... sends a head and some data, then resets with INTERNAL_ERROR;
+    /took?... sends GOAWAY with the stream's id as the last (it took the request), then
+    closes the connection without an answer.
     Any other path (and every path without `resets`) is answered 200 with x-conn (the
     connection's number) and the request body's length. `counts`: requests received (their
     END_STREAM), by path; `accepted`: connections."""
@@ -125,6 +127,10 @@ class ResetOrigin:
                     c.reset_stream(sid, error_code=int(path.split("=")[1].split("&")[0]))
                 elif self.resets and path.startswith("/refuse-once") and seen == 1:
                     c.reset_stream(sid, error_code=REFUSED_STREAM)
+                elif self.resets and path.startswith("/took"):
+                    c.close_connection(last_stream_id=sid)
+                    s.sendall(c.data_to_send())
+                    return
                 elif self.resets and path.startswith("/resetmid"):
                     # The head and data go out first, so that the response has started at
                     # the client when the reset comes.
@@ -259,6 +265,18 @@ class H2RetryTest(H.ProxyTestCase):
         self.assertEqual(self.good.count(path), 0)
         r1 = self.retries()
         self.assertEqual((r1["refused"] - r0["refused"], r1["stale"] - r0["stale"]), (1, 0))
+
+    def test_a_connection_lost_after_its_goaway_took_the_stream_is_not_stale(self):
+        # GOAWAY's last stream id says the origin took the stream: when the connection then
+        # ends without an answer, the request may have been processed; retries decide (0
+        # here), it is not sent again as on a stale connection (before: it was, counted).
+        self.warm("two0")
+        r0 = self.retries()
+        self.assertEqual(self.request("/took?t=get", "two0")[0], 502)
+        self.assertEqual(self.bad.count("/took?t=get"), 1)
+        self.assertEqual(self.good.count("/took?t=get"), 0)
+        self.assertEqual(self.retries(), r0)
+        self.proxy.wait_log("(GET /took?t=get)")
 
     def test_an_h2_client_stream_reset_mid_response_is_logged_as_such(self):
         # The response started, then the upstream reset the stream: an HTTP/2 client's stream
