@@ -478,10 +478,11 @@ int lp_conn_upstream_failed(lp_req_t *req, int status, const char *why)
     if (req->flags & LP_RF_RESP_STARTED) {
         if (conn_grpc_fail_trailers(req, status, why))
             return LP_GONE;
-        /* Mid-response: closing is the only way to show the client the truncation. */
-        lp_log_warn("%s: %s %.*s: %s after the response started; closing%s", conn_ip(c),
+        /* Mid-response: closing (an HTTP/2 client: resetting its stream, the connection
+         * going on) is the only way to show the client the truncation. */
+        lp_log_warn("%s: %s %.*s: %s after the response started; %s%s", conn_ip(c),
                     llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base, why,
-                    lp_trace_tag(req));
+                    req->h2s ? "resetting the stream" : "closing", lp_trace_tag(req));
         req->flags |= LP_RF_RESP_CLOSE;
         down(req)->abort(req);
         return LP_GONE;
@@ -1577,11 +1578,11 @@ static int conn_filter_out(lp_req_t *req, lp_str_t out)
 static int conn_filter_failed(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
-    lp_log_warn("%s: %s %.*s: %s failed after the response started; closing%s", conn_ip(c),
+    lp_log_warn("%s: %s %.*s: %s failed after the response started; %s%s", conn_ip(c),
                 llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base,
                 req->resp.zip ? "response compression or response_body filter"
                               : "response_body filter",
-                lp_trace_tag(req));
+                req->h2s ? "resetting the stream" : "closing", lp_trace_tag(req));
     req->flags |= LP_RF_RESP_CLOSE;
     conn_count(req);
     if (req->h2s) {

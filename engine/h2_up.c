@@ -103,6 +103,7 @@ struct lp_h2u_s {
     unsigned nlive;       /* streams not closed (toward the stream limit) */
     unsigned nbound;      /* streams a request holds (peer.req): the connection is busy */
     unsigned max_streams; /* upstreams.NAME.max_streams when it was made */
+    int32_t goaway_last;  /* a GOAWAY's last stream id: the upstream took streams up to it */
     uint64_t idle_ms;     /* keepalive_timeout when it was made */
     unsigned depth;       /* our frames on the stack: the pipeline is called, streams freed
                              and bytes sent at 0 */
@@ -459,6 +460,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
         /* Streams above its last id are closed by nghttp2 (REFUSED_STREAM): they go again
          * on another connection. This one takes no new stream. */
         h->goaway = 1;
+        h->goaway_last = f->goaway.last_stream_id;
         h2u_count(h, LP_WM_H2U_GOAWAY_RECV, 1);
         lp_log_info("upstream %s: GOAWAY (last stream %d, code %u)", h->pool->addr.text,
                     (int)f->goaway.last_stream_id, f->goaway.error_code);
@@ -720,11 +722,15 @@ static void stream_fail(lp_h2u_stream_t *st)
     int fresh = !(req->flags & LP_RF_RESP_STARTED) && !st->head_given && !st->no_retry &&
                 !lp__try_deadline_passed(req) && body_ok;
     /* Refused (GOAWAY above its id, REFUSED_STREAM): the upstream did nothing with it, so
-     * it goes again on another connection, whatever its method; so does a stream of a
-     * connection that was up already and failed before any answer (a stale one). */
-    int again = fresh && st->refusals < 3 &&
-                (st->close_code == NGHTTP2_REFUSED_STREAM ||
-                 (st->reused && kind == LP_FAIL_RESET && lp__try_replayable(req)));
+     * it goes again on another connection, whatever its method. So does an idempotent
+     * bodiless request whose connection was up already and was lost under it before any
+     * answer (a stale one, as a pooled HTTP/1.1 connection). Any other reset of the stream
+     * by the upstream (RFC 9113 8.7: it may have acted on the request), or a connection lost
+     * after its GOAWAY said it took the stream, is a failure of the try, which the route's
+     * retries decide (`elsewhere`), and the connection is not stale. */
+    int stale = st->reused && kind == LP_FAIL_RESET && !st->rst_in &&
+                !(h->goaway && st->id <= h->goaway_last) && lp__try_replayable(req);
+    int again = fresh && st->refusals < 3 && (st->close_code == NGHTTP2_REFUSED_STREAM || stale);
     int elsewhere = !(req->flags & LP_RF_RESP_STARTED) && !again && !st->no_retry && body_ok &&
                     (kind == LP_FAIL_CONNECT || (!st->head_given && lp__try_replayable(req)));
     if ((again || elsewhere) && stream_give_body_back(st, req))
