@@ -72,7 +72,8 @@ typedef struct lp_h2u_stream_s {
     uint64_t grpc_deadline; /* uv_now() ms by which a gRPC call must end (grpc-timeout); 0: none */
     uint64_t sent;          /* request body bytes DATA frames took */
     uint32_t close_code;    /* the code nghttp2 closed it with */
-    const char *fail_why;   /* borrowed (static text or h2->why): why the stream failed */
+    const char *fail_why;   /* borrowed (static text, or h2->why when the connection failed) */
+    const char *fail_about; /* borrowed static text or NULL: the detail fail_why announces */
     int fail_status;        /* its answer (502, 504) */
     uint8_t fail_kind;      /* lp_fail_kind_t; LP_FAIL_NONE: not failed */
     uint8_t no_retry;       /* the failure must not be retried (a deadline) */
@@ -202,11 +203,34 @@ static void stream_unbind(lp_h2u_stream_t *st)
 }
 
 /* Why a stream closed before its response ended, when the upstream reset it (its
- * RST_STREAM's code, RFC 9113 7) or refused it by GOAWAY: static text, as the stream may
- * borrow it past h2->why's next use (the connection's own failure rewrites that). */
-static const char *stream_reset_why(const lp_h2u_stream_t *st)
+ * RST_STREAM's code, RFC 9113 7), refused it by GOAWAY, or nghttp2 reset it for a response
+ * that broke HTTP/2's rules (`ours`): static text, as the stream may borrow it past
+ * h2->why's next use (another stream's failure or the connection's own rewrites that). */
+static const char *stream_reset_why(const lp_h2u_stream_t *st, int ours)
 {
-#define RST(code) "upstream reset the stream (RST_STREAM " code ")"
+#define RST(code)  "upstream reset the stream (RST_STREAM " code ")"
+#define OURS(code) "invalid response: the proxy reset the stream (" code ")"
+    static const char *const mine[] = {
+        OURS("NO_ERROR"),
+        OURS("PROTOCOL_ERROR"),
+        OURS("INTERNAL_ERROR"),
+        OURS("FLOW_CONTROL_ERROR"),
+        OURS("SETTINGS_TIMEOUT"),
+        OURS("STREAM_CLOSED"),
+        OURS("FRAME_SIZE_ERROR"),
+        OURS("REFUSED_STREAM"),
+        OURS("CANCEL"),
+        OURS("COMPRESSION_ERROR"),
+        OURS("CONNECT_ERROR"),
+        OURS("ENHANCE_YOUR_CALM"),
+        OURS("INADEQUATE_SECURITY"),
+        OURS("HTTP_1_1_REQUIRED"),
+    };
+#undef OURS
+    if (ours)
+        return st->close_code < LP_ARRAY_LEN(mine)
+                   ? mine[st->close_code]
+                   : "invalid response: the proxy reset the stream (unknown code)";
     static const char *const why[] = {
         RST("NO_ERROR"),
         RST("PROTOCOL_ERROR"),
@@ -413,9 +437,9 @@ static int h2u_connect(lp_h2u_t *h);
  * HTTP/1.1 upstream's invalid head. */
 static void stream_head_refused(lp_h2u_stream_t *st)
 {
-    snprintf(st->h2->why, sizeof(st->h2->why), "invalid response: %s",
-             st->peer.h1.err_reason ? st->peer.h1.err_reason : "parse error");
-    stream_fail_later(st, LP_FAIL_PROTOCOL, 502, st->h2->why);
+    if (!st->fail_kind) /* the parser's reasons are static text */
+        st->fail_about = st->peer.h1.err_reason ? st->peer.h1.err_reason : "parse error";
+    stream_fail_later(st, LP_FAIL_PROTOCOL, 502, "invalid response");
     st->no_retry = 1;
 }
 
@@ -716,7 +740,7 @@ static void stream_fail(lp_h2u_stream_t *st)
     lp_h2u_t *h = st->h2;
     lp_pool_t *t = h->pool;
     int kind = st->fail_kind, status = st->fail_status;
-    const char *why = st->fail_why;
+    const char *why = st->fail_why, *about = st->fail_about;
     /* The body the stream took can go again only while it holds all of it. */
     int body_ok = !st->replay_over || lp_req_body_replaced(req);
     int fresh = !(req->flags & LP_RF_RESP_STARTED) && !st->head_given && !st->no_retry &&
@@ -777,8 +801,9 @@ static void stream_fail(lp_h2u_stream_t *st)
         (void)lp__try_next(req);
         return;
     }
-    lp_log_warn("upstream %s: %s (%s %.*s)%s", addr, why, llhttp_method_name(req->method),
-                (int)req->h1.path.len, req->h1.path.base, lp_trace_tag(req));
+    lp_log_warn("upstream %s: %s%s%s (%s %.*s)%s", addr, why, about ? ": " : "", about ? about : "",
+                llhttp_method_name(req->method), (int)req->h1.path.len, req->h1.path.base,
+                lp_trace_tag(req));
     (void)lp_conn_upstream_failed(req, status, why);
 }
 
@@ -925,12 +950,9 @@ static void stream_work(lp_h2u_stream_t *st)
              * HTTP/2's rules (a stream error: DATA beyond its content-length, a malformed
              * field), which is the upstream's invalid response, not retried. */
             if (st->rst_in || st->close_code == NGHTTP2_REFUSED_STREAM) {
-                stream_fail_later(st, LP_FAIL_RESET, 502, stream_reset_why(st));
+                stream_fail_later(st, LP_FAIL_RESET, 502, stream_reset_why(st, 0));
             } else {
-                snprintf(st->h2->why, sizeof(st->h2->why),
-                         "invalid response: the proxy reset the stream (%s)",
-                         nghttp2_http2_strerror(st->close_code));
-                stream_fail_later(st, LP_FAIL_PROTOCOL, 502, st->h2->why);
+                stream_fail_later(st, LP_FAIL_PROTOCOL, 502, stream_reset_why(st, 1));
                 st->no_retry = 1;
             }
             stream_fail(st);
@@ -1029,7 +1051,7 @@ static void h2u_die(lp_h2u_t *h, int kind, int status, const char *why)
             h2u_count(h, LP_WM_H2U_STREAMS_CLOSED, 1);
         }
         if (st->peer.req && st->rst_in && !st->in_eof) /* reset before the connection ended */
-            stream_fail_later(st, LP_FAIL_RESET, 502, stream_reset_why(st));
+            stream_fail_later(st, LP_FAIL_RESET, 502, stream_reset_why(st, 0));
         else if (st->peer.req)
             stream_fail_later(st, kind, status, h->why);
         stream_check_gone(st);
