@@ -942,6 +942,29 @@ static lp_cache_chunk_t *chunk_new(size_t cap)
     return c;
 }
 
+/* Under the zone lock: gives back what the fill's chunks were charged. */
+static void fill_uncharge(lp_cache_fill_t *f)
+{
+    f->zone->filling -= f->charged;
+    f->charged = 0;
+}
+
+/* Charges a chunk of f's to `filling` before it is taken: older entries make room; -1 when
+ * the fills alone would hold the budget (the charge stays with f, given back when it ends). */
+static int fill_charge(lp_cache_fill_t *f, size_t charge)
+{
+    lp_cache_zone_t *z = f->zone;
+    lp_cache_entry_t *dead = NULL;
+    pthread_mutex_lock(&z->lock);
+    z->filling += charge;
+    f->charged += charge;
+    evict(z, &dead);
+    int full = mem_charged(z) > z->capacity;
+    pthread_mutex_unlock(&z->lock);
+    drop_dead(dead);
+    return full ? -1 : 0;
+}
+
 lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, const char *key,
                                      size_t klen, const char *sec, size_t slen, const char *head,
                                      size_t hlen, double keep_until, uint64_t size_hint)
@@ -961,15 +984,15 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
         f->zone = z;
     }
     f->started = 1;
-    /* refs 1: the zone's, once linked. Not resident and costing nothing until commit: its
-     * chunks are charged as they come, the rest when it is linked. */
+    /* refs 1: the zone's, once linked. Not resident until commit: its chunks are charged to
+     * `filling` as they come (a small body's at once, below), the rest when it is linked. */
     /* The hash of the key its lock holds, when it is this key; the file id when written. */
     uint64_t hash = f->lkey && f->lklen == klen && memcmp(f->lkey, key, klen) == 0
                         ? f->lhash
                         : lp_hash64(key, klen);
-    /* A body of a known length up to LP_CACHE_INLINE_BODY comes in the entry's block,
-     * charged with the entry at commit like its key and head (lp_cache_fill_append charges
-     * the chunks it takes as they come). */
+    /* A body of a known length up to LP_CACHE_INLINE_BODY comes in the entry's block: its
+     * chunk is charged to `filling` here, as lp_cache_fill_append charges the chunks it takes
+     * (many small fills in flight hold memory too), and moves into `used` at commit. */
     size_t body_cap = size_hint && size_hint <= LP_CACHE_INLINE_BODY ? (size_t)size_hint : 0;
     lp_cache_entry_t *e = lp__cache_entry_make(key, klen, sec, slen, head, hlen, 0, keep_until,
                                                NULL, hash, 0, body_cap);
@@ -982,6 +1005,10 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     f->e = e;
     f->tail = e->chunks;
     f->hint = size_hint;
+    if (body_cap && fill_charge(f, e->cost)) {
+        lp_cache_fill_abandon(f);
+        return NULL;
+    }
     return f;
 }
 
@@ -1000,13 +1027,6 @@ int lp_cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen)
 }
 
 /* The fill went over a limit: its bytes go now, and its lock, so waiters stop waiting. */
-/* Under the zone lock: gives back what the fill's chunks were charged. */
-static void fill_uncharge(lp_cache_fill_t *f)
-{
-    f->zone->filling -= f->charged;
-    f->charged = 0;
-}
-
 static void fill_kill(lp_cache_fill_t *f)
 {
     if (f->e) {
@@ -1047,19 +1067,8 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
                 want = len;
             if (want < 256 && f->hint <= e->body_len)
                 want = 256; /* length unknown: room for a few small appends */
-            /* Charged before it is taken: older entries make room, or the fill stops
-             * when fills alone would hold the budget. */
-            lp_cache_zone_t *z = f->zone;
-            lp_cache_entry_t *dead = NULL;
-            size_t charge = sizeof(lp_cache_chunk_t) + want;
-            pthread_mutex_lock(&z->lock);
-            z->filling += charge;
-            f->charged += charge;
-            evict(z, &dead);
-            int full = mem_charged(z) > z->capacity;
-            pthread_mutex_unlock(&z->lock);
-            drop_dead(dead);
-            lp_cache_chunk_t *c = full ? NULL : chunk_new(want);
+            lp_cache_chunk_t *c =
+                fill_charge(f, sizeof(lp_cache_chunk_t) + want) ? NULL : chunk_new(want);
             if (!c) {
                 fill_kill(f);
                 return -1;

@@ -452,6 +452,60 @@ static void fills_charged(void)
     lp_cache_zone_release(z);
 }
 
+/* Small bodies (in their entry's block) count against the budget from their fill's start:
+ * fills in flight cannot hold more than the zone's capacity, older entries make room for
+ * them, and what they held is given back when they end (abandoned or committed). */
+static void small_fills_charged(void)
+{
+    enum { CAP = 64 << 10, NF = 200 };
+    lp_cache_zone_t *z = zone("sfc", CAP, 1 << 10);
+    REQUIRE(z);
+    CHECK_EQ_INT(put(z, "old", "", "an older entry", 4), 0);
+    static lp_cache_fill_t *f[NF];
+    int started = 0;
+    for (int i = 0; i < NF; i++) {
+        char key[8] = {'s', (char)('0' + i / 100), (char)('0' + i / 10 % 10), (char)('0' + i % 10),
+                       0};
+        f[i] = lp_cache_fill_start(z, NULL, K(key), K(""), K("h"), NOW + 60, 1024);
+        started += f[i] != NULL;
+    }
+    CHECK(started > 0);
+    CHECK(started < NF);                           /* the budget stopped them */
+    CHECK((size_t)started * 1024 <= CAP);          /* each was counted */
+    CHECK(!lp_cache_get(z, K("old"), K(""), NOW)); /* evicted to make room */
+    static char body[1024];
+    memset(body, 'b', sizeof(body));
+    int kept = 0; /* the first 4 are stored, once the others are abandoned */
+    for (int i = 0; i < NF; i++)
+        if (f[i] && kept++ >= 4) {
+            lp_cache_fill_abandon(f[i]);
+            f[i] = NULL;
+        }
+    kept = 0;
+    for (int i = 0; i < NF; i++)
+        if (f[i] && lp_cache_fill_append(f[i], body, sizeof(body)))
+            lp_cache_fill_abandon(f[i]);
+        else if (f[i])
+            kept += lp_cache_fill_commit(f[i]) == 0;
+    CHECK_EQ_INT(kept, 4);
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.entries, 4);
+    CHECK(st.bytes + st.index_bytes <= st.capacity);
+    /* Given back: as many fills start again beside the 4 stored, less what those hold. */
+    int again = 0;
+    for (int i = 0; i < NF; i++) {
+        char key[8] = {'t', (char)('0' + i / 100), (char)('0' + i / 10 % 10), (char)('0' + i % 10),
+                       0};
+        f[i] = lp_cache_fill_start(z, NULL, K(key), K(""), K("h"), NOW + 60, 1024);
+        again += f[i] != NULL;
+    }
+    CHECK(again >= started - 6);
+    for (int i = 0; i < NF; i++)
+        lp_cache_fill_abandon(f[i]);
+    lp_cache_zone_release(z);
+}
+
 /* lp_ffi_cache_fields' bits are the order of LP_FFI_CACHE_FIELDS, which ffi.lua repeats
  * (check_ffi_decls.lua compares the two lists). */
 static void field_bits(void)
@@ -557,6 +611,7 @@ static const lp_test_case_t tests[] = {
     {"threads", threads},
     {"registry", registry},
     {"fills_charged", fills_charged},
+    {"small_fills_charged", small_fills_charged},
 };
 
 LP_TEST_MAIN(tests)
