@@ -20,10 +20,11 @@ size_t lp_cache_entry_cost(size_t klen, size_t slen, size_t hlen, size_t body_ca
 
 /* ---- entries ---- */
 
-/* What a disk-only entry (a stub: key and head, no body) holds in memory, in the index. */
+/* What a disk-only entry (a stub: key and head, no body) holds in memory, in the index: its
+ * block, and a replacement head's (lp_cache_entry_set_head keeps its cost). */
 static size_t stub_cost(const lp_cache_entry_t *e)
 {
-    return lp_cache_entry_cost(e->klen, e->slen, e->hlen, 0);
+    return e->cost;
 }
 
 /* Where an entry's first head lives: in its own allocation, after the key and sec (a head
@@ -131,9 +132,9 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
             e->cost += sizeof(*c) + c->cap;
         e->cost += lp_cache_entry_cost(klen, slen, hlen, 0);
     } else {
-        e->resident = body_len == 0; /* an empty body needs no load */
-        if (e->resident)
-            e->cost = lp_cache_entry_cost(klen, slen, hlen, 0);
+        /* An empty body needs no load. A stub's cost is counted in the index (stub_cost). */
+        e->resident = body_len == 0;
+        e->cost = lp_cache_entry_cost(klen, slen, hlen, 0);
     }
     return e;
 }
@@ -686,16 +687,16 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
     char *old = e->head;
-    if (e->linked && e->resident) {
-        size_t freed = old == head_inline(e) ? 0 : e->hlen; /* the first head stays in e's block */
+    int old_own = old != head_inline(e); /* the first head stays in e's block */
+    size_t freed = old_own ? e->hlen : 0;
+    e->cost = e->cost - freed + hlen;
+    if (e->linked && e->resident)
         z->used = z->used - freed + hlen;
-        e->cost = e->cost - freed + hlen;
-    } else if (e->linked) {
+    else if (e->linked)
         /* A disk-only entry (a streamed hit revalidated): the index holds its head. Its file
          * keeps the old head (its body is not in memory to write it again): after a restart
          * the entry is revalidated once more. */
-        z->sbytes = z->sbytes - e->hlen + hlen;
-    }
+        z->sbytes = z->sbytes - freed + hlen;
     e->head = h;
     e->hlen = hlen;
     e->keep_until = keep_until;
@@ -709,7 +710,8 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     }
     evict(z, &dead);
     pthread_mutex_unlock(&z->lock);
-    head_free(e, old);
+    if (old_own)
+        free(old);
     drop_dead(dead);
     return 0;
 }

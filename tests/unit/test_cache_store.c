@@ -6,6 +6,7 @@
 #include <string.h>
 #include "cache_req.h"
 #include "cache_store.h"
+#include "cache_store_int.h"
 #include "lua_api.h"
 #include "lp_test.h"
 
@@ -506,6 +507,41 @@ static void small_fills_charged(void)
     lp_cache_zone_release(z);
 }
 
+/* A disk-only entry's memory in the index is true when its head is replaced: its first head
+ * stays in its block beside the new one (before, the first head's bytes were taken off),
+ * and the index comes back to its table alone once it goes. */
+static void stub_set_head(void)
+{
+    lp_cache_zone_t *z = zone("t_stub", 1 << 20, 1 << 16);
+    REQUIRE(z);
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    size_t table = st.index_bytes;
+    lp_cache_entry_t *s = lp__cache_entry_new("k", 1, "", 0, "head", 4, 100, NOW + 60, NULL);
+    REQUIRE(s);
+    CHECK(!lp_cache_entry_resident(s));
+    lp_cache_entry_ref(s); /* ours; the zone's is the first */
+    pthread_mutex_lock(&z->lock);
+    lp__cache_link(z, s);
+    pthread_mutex_unlock(&z->lock);
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.stubs, 1);
+    size_t block = st.index_bytes - table;
+    CHECK_EQ_INT((int)block, (int)lp_cache_entry_cost(1, 0, 4, 0));
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("a longer head"), NOW + 60), 0);
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)(st.index_bytes - table), (int)(block + 13));
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("x"), NOW + 60), 0); /* frees the 13 */
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)(st.index_bytes - table), (int)(block + 1));
+    CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0), 1);
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.stubs, 0);
+    CHECK_EQ_INT((int)st.index_bytes, (int)table);
+    lp_cache_entry_unref(s);
+    lp_cache_zone_release(z);
+}
+
 /* lp_ffi_cache_fields' bits are the order of LP_FFI_CACHE_FIELDS, which ffi.lua repeats
  * (check_ffi_decls.lua compares the two lists). */
 static void field_bits(void)
@@ -607,6 +643,7 @@ static const lp_test_case_t tests[] = {
     {"locks", locks},
     {"readback_locks", readback_locks},
     {"set_head", set_head},
+    {"stub_set_head", stub_set_head},
     {"waiters", waiters},
     {"threads", threads},
     {"registry", registry},
