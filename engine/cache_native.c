@@ -225,7 +225,8 @@ int lp_cache_native_request(lp_req_t *r)
     if (lp_ffi_cache_key(r, &key))
         return 1;
     double now = lp_ffi_now();
-    /* The lookup and, on a miss, the key's fill lock (when the plugin coalesces) at once. */
+    /* The lookup and, on a miss, the key's fill lock (when the plugin coalesces) at once.
+     * rc->fill is NULL here (a request holding one returned above): the call sets it. */
     int busy;
     lp_cache_entry_t *e =
         lp_cache_get_or_lock(n->zone, key.base, key.len, now, n->lock_timeout, &rc->fill, &busy);

@@ -1,6 +1,7 @@
 /* The response cache's memory store: zones, entries, fills (cache_store.h). */
 #include "cache_store.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -891,6 +892,7 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
 lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen, double now,
                                        double lock_timeout, lp_cache_fill_t **fill, int *busy)
 {
+    assert(!*fill); /* out only: a fill there would leak (cache_store.h) */
     *fill = NULL;
     *busy = 0;
     uint64_t h = lp_hash64(key, klen);
