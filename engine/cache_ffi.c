@@ -753,15 +753,9 @@ int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *nc
 
 int lp_ffi_cache_fields(void *rp, int resp)
 {
-    const lp_header_t *v;
-    unsigned n = fields_of(rp, resp, &v);
-    int mask = 0;
-    for (unsigned i = 0; i < n; i++) {
-        int k = lp__cache_field_index(v[i].name);
-        if (k >= 0)
-            mask |= 1 << k;
-    }
-    return mask;
+    lp_str_t first[LP_CF_N];
+    int ncc;
+    return lp__cache_fields_first(rp, resp, first, &ncc);
 }
 
 /* Fields never stored with an entry (RFC 9111 §3.1): lua/luaproxy/cache/policy.lua's

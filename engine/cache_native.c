@@ -225,7 +225,8 @@ int lp_cache_native_request(lp_req_t *r)
     if (lp_ffi_cache_key(r, &key))
         return 1;
     double now = lp_ffi_now();
-    /* The lookup and, on a miss, the key's fill lock (when the plugin coalesces) at once. */
+    /* The lookup and, on a miss, the key's fill lock (when the plugin coalesces) at once.
+     * rc->fill is NULL here (a request holding one returned above): the call sets it. */
     int busy;
     lp_cache_entry_t *e =
         lp_cache_get_or_lock(n->zone, key.base, key.len, now, n->lock_timeout, &rc->fill, &busy);
@@ -255,19 +256,6 @@ static learned_t *learned_find(lp_cache_native_t *n, int status, int validators,
             return d;
     }
     return NULL;
-}
-
-/* The response's Cache-Control value when it has exactly one such field (*out), or -1 when
- * it has several (the plugin's path: their parse is not kept); 0 without one. */
-static int one_cc(lp_req_t *r, int mask, lp_str_t *out)
-{
-    if (!(mask & F_CACHE_CONTROL))
-        return 0;
-    lp_str_t more;
-    if (lp_ffi_header_get(r, 1, "cache-control", 13, 0, out) != 1 ||
-        lp_ffi_header_get(r, 1, "cache-control", 13, 1, &more) == 1)
-        return -1;
-    return 1;
 }
 
 /* The meta's lines are made without printf (its floating-point conversions cost more than
@@ -530,17 +518,20 @@ int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, co
     lp_cache_native_t *n = r->cache.native ? native_of(r) : NULL;
     if (!n)
         return 0;
-    int mask = lp_ffi_cache_fields(r, 1);
-    lp_str_t cc;
-    int ncc = one_cc(r, mask, &cc);
-    if ((mask & SHAPE_OTHER) || ncc < 0 || (ncc && cc.len > sizeof(((learned_t *)0)->cc)) ||
+    /* The response path's walk (lp_cache_native_response): the values learned here are the
+     * ones it compares. */
+    lp_str_t first[LP_CF_N];
+    int ncc;
+    int mask = lp__cache_fields_first(r, 1, first, &ncc);
+    lp_str_t cc = ncc ? first[LP_CF_CACHE_CONTROL] : (lp_str_t){0};
+    if ((mask & SHAPE_OTHER) || ncc > 1 || (ncc && cc.len > sizeof(((learned_t *)0)->cc)) ||
         status < 100 || status > 999 || slen >= sizeof(((learned_t *)0)->source) ||
         !(ttl >= 0 && ttl < 1e15) || !(stale >= 0 && stale < 1e15) || !(swr < 1e15) ||
         !(sie < 1e15) || (storable && !(flags & LP_FFI_CACHE_LEARN_ALL_FIELDS)))
         return 0;
     if (storable && (mask & F_DATE)) {
-        lp_str_t v;
-        if (lp_ffi_header_get(r, 1, "date", 4, 0, &v) != 1 || v.len == 0 || v.len > sizeof n->date)
+        lp_str_t v = first[LP_CF_DATE];
+        if (v.len == 0 || v.len > sizeof n->date)
             return 0;
         memcpy(n->date, v.base, v.len);
         n->date_len = v.len;

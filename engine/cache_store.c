@@ -1,6 +1,7 @@
 /* The response cache's memory store: zones, entries, fills (cache_store.h). */
 #include "cache_store.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -20,10 +21,11 @@ size_t lp_cache_entry_cost(size_t klen, size_t slen, size_t hlen, size_t body_ca
 
 /* ---- entries ---- */
 
-/* What a disk-only entry (a stub: key and head, no body) holds in memory, in the index. */
+/* What a disk-only entry (a stub: key and head, no body) holds in memory, in the index: its
+ * block, and a replacement head's (lp_cache_entry_set_head keeps its cost). */
 static size_t stub_cost(const lp_cache_entry_t *e)
 {
-    return lp_cache_entry_cost(e->klen, e->slen, e->hlen, 0);
+    return e->cost;
 }
 
 /* Where an entry's first head lives: in its own allocation, after the key and sec (a head
@@ -131,9 +133,9 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
             e->cost += sizeof(*c) + c->cap;
         e->cost += lp_cache_entry_cost(klen, slen, hlen, 0);
     } else {
-        e->resident = body_len == 0; /* an empty body needs no load */
-        if (e->resident)
-            e->cost = lp_cache_entry_cost(klen, slen, hlen, 0);
+        /* An empty body needs no load. A stub's cost is counted in the index (stub_cost). */
+        e->resident = body_len == 0;
+        e->cost = lp_cache_entry_cost(klen, slen, hlen, 0);
     }
     return e;
 }
@@ -686,16 +688,16 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
     char *old = e->head;
-    if (e->linked && e->resident) {
-        size_t freed = old == head_inline(e) ? 0 : e->hlen; /* the first head stays in e's block */
+    int old_own = old != head_inline(e); /* the first head stays in e's block */
+    size_t freed = old_own ? e->hlen : 0;
+    e->cost = e->cost - freed + hlen;
+    if (e->linked && e->resident)
         z->used = z->used - freed + hlen;
-        e->cost = e->cost - freed + hlen;
-    } else if (e->linked) {
+    else if (e->linked)
         /* A disk-only entry (a streamed hit revalidated): the index holds its head. Its file
          * keeps the old head (its body is not in memory to write it again): after a restart
          * the entry is revalidated once more. */
-        z->sbytes = z->sbytes - e->hlen + hlen;
-    }
+        z->sbytes = z->sbytes - freed + hlen;
     e->head = h;
     e->hlen = hlen;
     e->keep_until = keep_until;
@@ -709,7 +711,8 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     }
     evict(z, &dead);
     pthread_mutex_unlock(&z->lock);
-    head_free(e, old);
+    if (old_own)
+        free(old);
     drop_dead(dead);
     return 0;
 }
@@ -889,6 +892,7 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
 lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen, double now,
                                        double lock_timeout, lp_cache_fill_t **fill, int *busy)
 {
+    assert(!*fill); /* out only: a fill there would leak (cache_store.h) */
     *fill = NULL;
     *busy = 0;
     uint64_t h = lp_hash64(key, klen);
@@ -942,6 +946,29 @@ static lp_cache_chunk_t *chunk_new(size_t cap)
     return c;
 }
 
+/* Under the zone lock: gives back what the fill's chunks were charged. */
+static void fill_uncharge(lp_cache_fill_t *f)
+{
+    f->zone->filling -= f->charged;
+    f->charged = 0;
+}
+
+/* Charges a chunk of f's to `filling` before it is taken: older entries make room; -1 when
+ * the fills alone would hold the budget (the charge stays with f, given back when it ends). */
+static int fill_charge(lp_cache_fill_t *f, size_t charge)
+{
+    lp_cache_zone_t *z = f->zone;
+    lp_cache_entry_t *dead = NULL;
+    pthread_mutex_lock(&z->lock);
+    z->filling += charge;
+    f->charged += charge;
+    evict(z, &dead);
+    int full = mem_charged(z) > z->capacity;
+    pthread_mutex_unlock(&z->lock);
+    drop_dead(dead);
+    return full ? -1 : 0;
+}
+
 lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, const char *key,
                                      size_t klen, const char *sec, size_t slen, const char *head,
                                      size_t hlen, double keep_until, uint64_t size_hint)
@@ -961,15 +988,15 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
         f->zone = z;
     }
     f->started = 1;
-    /* refs 1: the zone's, once linked. Not resident and costing nothing until commit: its
-     * chunks are charged as they come, the rest when it is linked. */
+    /* refs 1: the zone's, once linked. Not resident until commit: its chunks are charged to
+     * `filling` as they come (a small body's at once, below), the rest when it is linked. */
     /* The hash of the key its lock holds, when it is this key; the file id when written. */
     uint64_t hash = f->lkey && f->lklen == klen && memcmp(f->lkey, key, klen) == 0
                         ? f->lhash
                         : lp_hash64(key, klen);
-    /* A body of a known length up to LP_CACHE_INLINE_BODY comes in the entry's block,
-     * charged with the entry at commit like its key and head (lp_cache_fill_append charges
-     * the chunks it takes as they come). */
+    /* A body of a known length up to LP_CACHE_INLINE_BODY comes in the entry's block: its
+     * chunk is charged to `filling` here, as lp_cache_fill_append charges the chunks it takes
+     * (many small fills in flight hold memory too), and moves into `used` at commit. */
     size_t body_cap = size_hint && size_hint <= LP_CACHE_INLINE_BODY ? (size_t)size_hint : 0;
     lp_cache_entry_t *e = lp__cache_entry_make(key, klen, sec, slen, head, hlen, 0, keep_until,
                                                NULL, hash, 0, body_cap);
@@ -982,6 +1009,10 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     f->e = e;
     f->tail = e->chunks;
     f->hint = size_hint;
+    if (body_cap && fill_charge(f, e->cost)) {
+        lp_cache_fill_abandon(f);
+        return NULL;
+    }
     return f;
 }
 
@@ -1000,13 +1031,6 @@ int lp_cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen)
 }
 
 /* The fill went over a limit: its bytes go now, and its lock, so waiters stop waiting. */
-/* Under the zone lock: gives back what the fill's chunks were charged. */
-static void fill_uncharge(lp_cache_fill_t *f)
-{
-    f->zone->filling -= f->charged;
-    f->charged = 0;
-}
-
 static void fill_kill(lp_cache_fill_t *f)
 {
     if (f->e) {
@@ -1047,19 +1071,8 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
                 want = len;
             if (want < 256 && f->hint <= e->body_len)
                 want = 256; /* length unknown: room for a few small appends */
-            /* Charged before it is taken: older entries make room, or the fill stops
-             * when fills alone would hold the budget. */
-            lp_cache_zone_t *z = f->zone;
-            lp_cache_entry_t *dead = NULL;
-            size_t charge = sizeof(lp_cache_chunk_t) + want;
-            pthread_mutex_lock(&z->lock);
-            z->filling += charge;
-            f->charged += charge;
-            evict(z, &dead);
-            int full = mem_charged(z) > z->capacity;
-            pthread_mutex_unlock(&z->lock);
-            drop_dead(dead);
-            lp_cache_chunk_t *c = full ? NULL : chunk_new(want);
+            lp_cache_chunk_t *c =
+                fill_charge(f, sizeof(lp_cache_chunk_t) + want) ? NULL : chunk_new(want);
             if (!c) {
                 fill_kill(f);
                 return -1;

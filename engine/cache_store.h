@@ -139,7 +139,8 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
 /* ---- fills ---- */
 /* lp_cache_get (sec "") and, on a miss when lock_timeout >= 0, lp_cache_lock of the key, in
  * one hold of the zone's lock: *fill the fill holding the lock, or NULL (*busy as
- * lp_cache_lock's). */
+ * lp_cache_lock's). *fill must be NULL on entry: it is set, hit or miss (a fill there would
+ * lose its lock and zone reference). */
 lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen, double now,
                                        double lock_timeout, lp_cache_fill_t **fill, int *busy);
 /* Coalescing: takes the lock of `key` (one fill per primary key at a time) and returns a fill

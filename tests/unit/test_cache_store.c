@@ -6,6 +6,7 @@
 #include <string.h>
 #include "cache_req.h"
 #include "cache_store.h"
+#include "cache_store_int.h"
 #include "lua_api.h"
 #include "lp_test.h"
 
@@ -452,6 +453,95 @@ static void fills_charged(void)
     lp_cache_zone_release(z);
 }
 
+/* Small bodies (in their entry's block) count against the budget from their fill's start:
+ * fills in flight cannot hold more than the zone's capacity, older entries make room for
+ * them, and what they held is given back when they end (abandoned or committed). */
+static void small_fills_charged(void)
+{
+    enum { CAP = 64 << 10, NF = 200 };
+    lp_cache_zone_t *z = zone("sfc", CAP, 1 << 10);
+    REQUIRE(z);
+    CHECK_EQ_INT(put(z, "old", "", "an older entry", 4), 0);
+    static lp_cache_fill_t *f[NF];
+    int started = 0;
+    for (int i = 0; i < NF; i++) {
+        char key[8] = {'s', (char)('0' + i / 100), (char)('0' + i / 10 % 10), (char)('0' + i % 10),
+                       0};
+        f[i] = lp_cache_fill_start(z, NULL, K(key), K(""), K("h"), NOW + 60, 1024);
+        started += f[i] != NULL;
+    }
+    CHECK(started > 0);
+    CHECK(started < NF);                           /* the budget stopped them */
+    CHECK((size_t)started * 1024 <= CAP);          /* each was counted */
+    CHECK(!lp_cache_get(z, K("old"), K(""), NOW)); /* evicted to make room */
+    static char body[1024];
+    memset(body, 'b', sizeof(body));
+    int kept = 0; /* the first 4 are stored, once the others are abandoned */
+    for (int i = 0; i < NF; i++)
+        if (f[i] && kept++ >= 4) {
+            lp_cache_fill_abandon(f[i]);
+            f[i] = NULL;
+        }
+    kept = 0;
+    for (int i = 0; i < NF; i++)
+        if (f[i] && lp_cache_fill_append(f[i], body, sizeof(body)))
+            lp_cache_fill_abandon(f[i]);
+        else if (f[i])
+            kept += lp_cache_fill_commit(f[i]) == 0;
+    CHECK_EQ_INT(kept, 4);
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.entries, 4);
+    CHECK(st.bytes + st.index_bytes <= st.capacity);
+    /* Given back: as many fills start again beside the 4 stored, less what those hold. */
+    int again = 0;
+    for (int i = 0; i < NF; i++) {
+        char key[8] = {'t', (char)('0' + i / 100), (char)('0' + i / 10 % 10), (char)('0' + i % 10),
+                       0};
+        f[i] = lp_cache_fill_start(z, NULL, K(key), K(""), K("h"), NOW + 60, 1024);
+        again += f[i] != NULL;
+    }
+    CHECK(again >= started - 6);
+    for (int i = 0; i < NF; i++)
+        lp_cache_fill_abandon(f[i]);
+    lp_cache_zone_release(z);
+}
+
+/* A disk-only entry's memory in the index is true when its head is replaced: its first head
+ * stays in its block beside the new one (before, the first head's bytes were taken off),
+ * and the index comes back to its table alone once it goes. */
+static void stub_set_head(void)
+{
+    lp_cache_zone_t *z = zone("t_stub", 1 << 20, 1 << 16);
+    REQUIRE(z);
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    size_t table = st.index_bytes;
+    lp_cache_entry_t *s = lp__cache_entry_new("k", 1, "", 0, "head", 4, 100, NOW + 60, NULL);
+    REQUIRE(s);
+    CHECK(!lp_cache_entry_resident(s));
+    lp_cache_entry_ref(s); /* ours; the zone's is the first */
+    pthread_mutex_lock(&z->lock);
+    lp__cache_link(z, s);
+    pthread_mutex_unlock(&z->lock);
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.stubs, 1);
+    size_t block = st.index_bytes - table;
+    CHECK_EQ_INT((int)block, (int)lp_cache_entry_cost(1, 0, 4, 0));
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("a longer head"), NOW + 60), 0);
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)(st.index_bytes - table), (int)(block + 13));
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("x"), NOW + 60), 0); /* frees the 13 */
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)(st.index_bytes - table), (int)(block + 1));
+    CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0), 1);
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.stubs, 0);
+    CHECK_EQ_INT((int)st.index_bytes, (int)table);
+    lp_cache_entry_unref(s);
+    lp_cache_zone_release(z);
+}
+
 /* lp_ffi_cache_fields' bits are the order of LP_FFI_CACHE_FIELDS, which ffi.lua repeats
  * (check_ffi_decls.lua compares the two lists). */
 static void field_bits(void)
@@ -553,10 +643,12 @@ static const lp_test_case_t tests[] = {
     {"locks", locks},
     {"readback_locks", readback_locks},
     {"set_head", set_head},
+    {"stub_set_head", stub_set_head},
     {"waiters", waiters},
     {"threads", threads},
     {"registry", registry},
     {"fills_charged", fills_charged},
+    {"small_fills_charged", small_fills_charged},
 };
 
 LP_TEST_MAIN(tests)
