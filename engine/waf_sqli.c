@@ -19,10 +19,12 @@
  *
  * Work is linear in the value: at most 4 KiB of it is read, and at most 64 tokens a pass. */
 #include <stddef.h>
+#include <pthread.h>
 #include <string.h>
 
 struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "lua_api.h"
+#include "waf_words.h"
 
 #define SQL_MAX_LEN  4096 /* bytes of a value tokenized */
 #define SQL_MAX_TOKS 64   /* tokens a pass keeps */
@@ -64,20 +66,6 @@ static int word_byte(unsigned char c)
     return is_alnum(c) || c == '_' || c == '$' || c >= 128;
 }
 
-/* needle (lower case) in v, ASCII case-insensitively */
-static int has_ci(const unsigned char *v, size_t n, const char *needle)
-{
-    size_t m = strlen(needle);
-    for (size_t i = 0; i + m <= n; i++) {
-        size_t k = 0;
-        while (k < m && low(v[i + k]) == (unsigned char)needle[k])
-            k++;
-        if (k == m)
-            return 1;
-    }
-    return 0;
-}
-
 /* v[0..n) is word (lower case), ASCII case-insensitively */
 static int eq_ci(const unsigned char *v, size_t n, const char *word)
 {
@@ -90,6 +78,28 @@ static int eq_ci(const unsigned char *v, size_t n, const char *word)
     return 1;
 }
 
+/* one of the words UNION, SELECT, WAITFOR in v, ASCII case-insensitively (one pass) */
+static int has_start_word(const unsigned char *v, size_t n)
+{
+    for (size_t i = 0; i + 5 <= n; i++) {
+        switch (v[i] | 0x20) {
+        case 'u':
+            if (eq_ci(v + i, 5, "union"))
+                return 1;
+            break;
+        case 's':
+            if (i + 6 <= n && eq_ci(v + i, 6, "select"))
+                return 1;
+            break;
+        case 'w':
+            if (i + 7 <= n && eq_ci(v + i, 7, "waitfor"))
+                return 1;
+            break;
+        }
+    }
+    return 0;
+}
+
 /* May the value, as written, start SQL? Only with one of: a parenthesis (every call,
  * "(select"), ";", "@@", the words UNION, SELECT or WAITFOR, or a first token that is a
  * number or a literal (1 AND 1=1, 'a' OR ...). A byte test, so that ordinary values (a
@@ -100,7 +110,7 @@ int lp_ffi_waf_sql_written_may(const char *s, size_t n)
     const unsigned char *v = (const unsigned char *)s;
     if (memchr(v, '(', n) || memchr(v, ';', n) || memchr(v, '@', n))
         return 1;
-    if (has_ci(v, n, "union") || has_ci(v, n, "select") || has_ci(v, n, "waitfor"))
+    if (has_start_word(v, n))
         return 1;
     size_t i = 0;
     while (i < n && (v[i] <= 32 || v[i] == 0xA0))
@@ -124,63 +134,143 @@ int lp_ffi_waf_sql_written_may(const char *s, size_t n)
 
 /* ---- words ---- */
 
-/* Keywords and their classes (a word not here is a bareword, b). */
-static const struct {
-    const char *w;
-    char t;
-} keywords[] = {
-    {"select", 'k'},    {"from", 'k'},     {"where", 'k'},     {"insert", 'k'},   {"into", 'k'},
-    {"values", 'k'},    {"update", 'k'},   {"set", 'k'},       {"delete", 'k'},   {"drop", 'k'},
-    {"table", 'k'},     {"database", 'k'}, {"create", 'k'},    {"alter", 'k'},    {"truncate", 'k'},
-    {"exec", 'k'},      {"execute", 'k'},  {"declare", 'k'},   {"shutdown", 'k'}, {"having", 'k'},
-    {"limit", 'k'},     {"offset", 'k'},   {"order", 'k'},     {"group", 'k'},    {"by", 'k'},
-    {"union", 'U'},     {"all", 'k'},      {"and", '&'},       {"or", '&'},       {"xor", '&'},
-    {"not", 'o'},       {"like", 'o'},     {"rlike", 'o'},     {"regexp", 'o'},   {"is", 'o'},
-    {"in", 'o'},        {"between", 'o'},  {"div", 'o'},       {"mod", 'o'},      {"null", 'n'},
-    {"true", 'n'},      {"false", 'n'},    {"waitfor", 'k'},   {"delay", 'k'},    {"case", 'k'},
-    {"when", 'k'},      {"then", 'k'},     {"else", 'k'},      {"end", 'k'},      {"as", 'k'},
-    {"cast", 'f'},      {"convert", 'f'},  {"procedure", 'k'}, {"outfile", 'k'},  {"dumpfile", 'k'},
-    {"load_file", 'f'}, {"sounds", 'o'},
+#define W_SQL_FUNC    0x100 /* SQLi uses it for data: a call after AND/OR, in a select list */
+#define W_ATTACK_FUNC 0x200 /* only attacks call it: a call of one is SQLi wherever it is */
+
+/* Keywords with their classes (a word not here is a bareword, b), then the functions. */
+static const lp_waf_word_t sql_word_list[] = {
+    {"select", 'k'},
+    {"from", 'k'},
+    {"where", 'k'},
+    {"insert", 'k'},
+    {"into", 'k'},
+    {"values", 'k'},
+    {"update", 'k'},
+    {"set", 'k'},
+    {"delete", 'k'},
+    {"drop", 'k'},
+    {"table", 'k'},
+    {"database", 'k'},
+    {"create", 'k'},
+    {"alter", 'k'},
+    {"truncate", 'k'},
+    {"exec", 'k'},
+    {"execute", 'k'},
+    {"declare", 'k'},
+    {"shutdown", 'k'},
+    {"having", 'k'},
+    {"limit", 'k'},
+    {"offset", 'k'},
+    {"order", 'k'},
+    {"group", 'k'},
+    {"by", 'k'},
+    {"union", 'U'},
+    {"all", 'k'},
+    {"and", '&'},
+    {"or", '&'},
+    {"xor", '&'},
+    {"not", 'o'},
+    {"like", 'o'},
+    {"rlike", 'o'},
+    {"regexp", 'o'},
+    {"is", 'o'},
+    {"in", 'o'},
+    {"between", 'o'},
+    {"div", 'o'},
+    {"mod", 'o'},
+    {"null", 'n'},
+    {"true", 'n'},
+    {"false", 'n'},
+    {"waitfor", 'k'},
+    {"delay", 'k'},
+    {"case", 'k'},
+    {"when", 'k'},
+    {"then", 'k'},
+    {"else", 'k'},
+    {"end", 'k'},
+    {"as", 'k'},
+    {"cast", 'f'},
+    {"convert", 'f'},
+    {"procedure", 'k'},
+    {"outfile", 'k'},
+    {"dumpfile", 'k'},
+    {"load_file", 'f'},
+    {"sounds", 'o'},
+    {"version", W_SQL_FUNC},
+    {"database", W_SQL_FUNC},
+    {"user", W_SQL_FUNC},
+    {"current_user", W_SQL_FUNC},
+    {"system_user", W_SQL_FUNC},
+    {"session_user", W_SQL_FUNC},
+    {"schema", W_SQL_FUNC},
+    {"concat", W_SQL_FUNC},
+    {"concat_ws", W_SQL_FUNC},
+    {"group_concat", W_SQL_FUNC},
+    {"char", W_SQL_FUNC},
+    {"chr", W_SQL_FUNC},
+    {"ascii", W_SQL_FUNC},
+    {"substring", W_SQL_FUNC},
+    {"substr", W_SQL_FUNC},
+    {"mid", W_SQL_FUNC},
+    {"ord", W_SQL_FUNC},
+    {"hex", W_SQL_FUNC},
+    {"unhex", W_SQL_FUNC},
+    {"count", W_SQL_FUNC},
+    {"length", W_SQL_FUNC},
+    {"md5", W_SQL_FUNC},
+    {"if_", W_SQL_FUNC},
+    {"if", W_SQL_FUNC},
+    {"ifnull", W_SQL_FUNC},
+    {"coalesce", W_SQL_FUNC},
+    {"exists", W_SQL_FUNC},
+    {"cast", W_SQL_FUNC},
+    {"convert", W_SQL_FUNC},
+    {"floor", W_SQL_FUNC},
+    {"rand", W_SQL_FUNC},
+    {"left", W_SQL_FUNC},
+    {"right", W_SQL_FUNC},
+    {"lower", W_SQL_FUNC},
+    {"upper", W_SQL_FUNC},
+    {"row", W_SQL_FUNC},
+    {"elt", W_SQL_FUNC},
+    {"iif", W_SQL_FUNC},
+    {"db_name", W_SQL_FUNC},
+    {"table_name", W_SQL_FUNC},
+    {"column_name", W_SQL_FUNC},
+    {"sleep", W_ATTACK_FUNC},
+    {"pg_sleep", W_ATTACK_FUNC},
+    {"benchmark", W_ATTACK_FUNC},
+    {"updatexml", W_ATTACK_FUNC},
+    {"extractvalue", W_ATTACK_FUNC},
+    {"load_file", W_ATTACK_FUNC},
+    {"xp_cmdshell", W_ATTACK_FUNC},
+    {"sp_executesql", W_ATTACK_FUNC},
+    {"dbms_pipe", W_ATTACK_FUNC},
+    {"utl_inaddr", W_ATTACK_FUNC},
+    {"get_host_address", W_ATTACK_FUNC},
+    {"waitfor", W_ATTACK_FUNC},
+    {"sys_eval", W_ATTACK_FUNC},
+    {"sys_exec", W_ATTACK_FUNC},
+    {"randomblob", W_ATTACK_FUNC},
+    {"dbms_lock", W_ATTACK_FUNC},
+    {"receive_message", W_ATTACK_FUNC},
+    {"make_set", W_ATTACK_FUNC},
+    {"name_const", W_ATTACK_FUNC},
+    {"geometrycollection", W_ATTACK_FUNC},
+    {"polygon", W_ATTACK_FUNC},
+    {"multipoint", W_ATTACK_FUNC},
+    {"information_schema", W_ATTACK_FUNC},
 };
 
-/* Functions only attacks call (a call of one is SQLi wherever it stands). */
-static const char *const attack_funcs[] = {
-    "sleep",           "pg_sleep",   "benchmark",          "updatexml",
-    "extractvalue",    "load_file",  "xp_cmdshell",        "sp_executesql",
-    "dbms_pipe",       "utl_inaddr", "get_host_address",   "waitfor",
-    "sys_eval",        "sys_exec",   "randomblob",         "dbms_lock",
-    "receive_message", "make_set",   "name_const",         "geometrycollection",
-    "polygon",         "multipoint", "information_schema",
-};
+static lp_waf_words_t sql_words = LP_WAF_WORDS(sql_word_list);
+static pthread_once_t sql_words_once = PTHREAD_ONCE_INIT;
 
-/* Functions SQLi uses for data (a call after AND/OR, or in a select list, is SQLi). */
-static const char *const sql_funcs[] = {
-    "version", "database",  "user",      "current_user", "system_user", "session_user",
-    "schema",  "concat",    "concat_ws", "group_concat", "char",        "chr",
-    "ascii",   "substring", "substr",    "mid",          "ord",         "hex",
-    "unhex",   "count",     "length",    "md5",          "if_",         "if",
-    "ifnull",  "coalesce",  "exists",    "cast",         "convert",     "floor",
-    "rand",    "left",      "right",     "lower",        "upper",       "row",
-    "elt",     "iif",       "db_name",   "table_name",   "column_name",
-};
+static void sql_words_init(void)
+{
+    lp__waf_words_build(&sql_words);
+}
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
-static int in_list(const char *const *list, size_t n, const unsigned char *w, size_t len)
-{
-    for (size_t k = 0; k < n; k++)
-        if (eq_ci(w, len, list[k]))
-            return 1;
-    return 0;
-}
-
-static char keyword_class(const unsigned char *w, size_t len)
-{
-    for (size_t k = 0; k < COUNT(keywords); k++)
-        if (eq_ci(w, len, keywords[k].w))
-            return keywords[k].t;
-    return 0;
-}
 
 /* ---- tokens ---- */
 
@@ -189,6 +279,7 @@ typedef struct {
     unsigned a, b; /* first and last byte, from 0 */
     unsigned wa;   /* the word's first byte (a word's first name part, an operator) */
     unsigned wn;   /* its length; 0: the token has no word (strings, numbers, ...) */
+    int attack;    /* flag: a call of a function only attacks use */
 } sql_tok_t;
 
 typedef struct {
@@ -206,6 +297,7 @@ static void push(sql_t *s, char t, size_t a, size_t b, size_t wa, size_t wn)
     k->b = (unsigned)b;
     k->wa = (unsigned)wa;
     k->wn = (unsigned)wn;
+    k->attack = 0;
 }
 
 /* an operator's byte: [=<>!|&^~+-*\/%:] */
@@ -326,17 +418,18 @@ static int sql_tokens(sql_t *s, unsigned char quote)
                     b++;
             }
             const unsigned char *w = v + i;
-            char t = keyword_class(w, wn);
+            unsigned wv = lp__waf_words_find(&sql_words, w, wn);
+            char t = (char)(wv & 0xFF);
             size_t k = b + 1;
             while (k < n && is_space(v[k]))
                 k++;
             int call = k < n && v[k] == '(';
-            if (call && (in_list(sql_funcs, COUNT(sql_funcs), w, wn) ||
-                         in_list(attack_funcs, COUNT(attack_funcs), w, wn) || t == 'f'))
+            if (call && ((wv & (W_SQL_FUNC | W_ATTACK_FUNC)) || t == 'f'))
                 t = 'f';
             else if (!t)
                 t = 'b';
             push(s, t, i, b, i, wn);
+            s->t[s->nt - 1].attack = (wv & W_ATTACK_FUNC) != 0;
             i = b + 1;
         } else if (c == '(' || c == ')' || c == ',' || c == ';') {
             push(s, (char)c, i, i, 0, 0);
@@ -447,8 +540,7 @@ static int attack_at(const sql_t *s, int quote)
                 j = nextnc(s, j + 1);
             if (weq(s, j, "select") || ty(s, j) == '(')
                 return k;
-        } else if (tt == 'f' &&
-                   in_list(attack_funcs, COUNT(attack_funcs), s->v + s->t[k].wa, s->t[k].wn)) {
+        } else if (tt == 'f' && s->t[k].attack) {
             return k;
         } else if (weq(s, k, "waitfor")) {
             if (weq(s, nextnc(s, k + 1), "delay"))
@@ -537,7 +629,32 @@ static int attack_at(const sql_t *s, int quote)
 /* a byte SQL needs somewhere in an injection: [%s'"();,=@#-*\/<>|&] */
 static int sql_byte(unsigned char c)
 {
-    return is_space(c) || (c != 0 && strchr("'\"();,=@#-*/<>|&", c) != NULL);
+    switch (c) {
+    case ' ':
+    case '\t':
+    case '\n':
+    case '\v':
+    case '\f':
+    case '\r':
+    case '\'':
+    case '"':
+    case '(':
+    case ')':
+    case ';':
+    case ',':
+    case '=':
+    case '@':
+    case '#':
+    case '-':
+    case '*':
+    case '/':
+    case '<':
+    case '>':
+    case '|':
+    case '&':
+        return 1;
+    }
+    return 0;
 }
 
 int lp_ffi_waf_sqli(const char *str, size_t n, lp_waf_detect_t *out)
@@ -552,6 +669,7 @@ int lp_ffi_waf_sqli(const char *str, size_t n, lp_waf_detect_t *out)
         return 0;
     if (n > SQL_MAX_LEN)
         n = SQL_MAX_LEN;
+    pthread_once(&sql_words_once, sql_words_init);
     static const unsigned char quotes[] = {0, '\'', '"'};
     sql_t s;
     s.v = v;

@@ -12,10 +12,12 @@
  * Work is linear in the value (at most 64 KiB of it is read): each byte is read a bounded
  * number of times, entity decoding of a URL or a style included. */
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 
 struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "lua_api.h"
+#include "waf_words.h"
 
 #define XSS_MAX_LEN 65536 /* bytes of a value parsed */
 
@@ -72,26 +74,36 @@ static int prefix_ci(const unsigned char *v, size_t n, const char *p)
     return n >= m && eq_ci(v, m, p);
 }
 
-static int in_list(const char *const *list, size_t n, const unsigned char *w, size_t len)
-{
-    for (size_t k = 0; k < n; k++)
-        if (eq_ci(w, len, list[k]))
-            return 1;
-    return 0;
-}
-
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-static const char *const bad_tags[] = {
-    "script",  "iframe",   "frame",  "frameset", "object", "embed",   "applet",   "base",
-    "svg",     "math",     "meta",   "link",     "style",  "xml",     "xss",      "import",
-    "isindex", "template", "portal", "animate",  "set",    "handler", "listener", "vmlframe",
+#define W_BAD_TAG  1 /* a tag that runs or loads code, or changes the page's base */
+#define W_URL_ATTR 2 /* an attribute holding a URL */
+#define W_STYLE    4
+
+static const lp_waf_word_t xss_word_list[] = {
+    {"script", W_BAD_TAG},      {"iframe", W_BAD_TAG},    {"frame", W_BAD_TAG},
+    {"frameset", W_BAD_TAG},    {"object", W_BAD_TAG},    {"embed", W_BAD_TAG},
+    {"applet", W_BAD_TAG},      {"base", W_BAD_TAG},      {"svg", W_BAD_TAG},
+    {"math", W_BAD_TAG},        {"meta", W_BAD_TAG},      {"link", W_BAD_TAG},
+    {"style", W_BAD_TAG},       {"xml", W_BAD_TAG},       {"xss", W_BAD_TAG},
+    {"import", W_BAD_TAG},      {"isindex", W_BAD_TAG},   {"template", W_BAD_TAG},
+    {"portal", W_BAD_TAG},      {"animate", W_BAD_TAG},   {"set", W_BAD_TAG},
+    {"handler", W_BAD_TAG},     {"listener", W_BAD_TAG},  {"vmlframe", W_BAD_TAG},
+    {"href", W_URL_ATTR},       {"src", W_URL_ATTR},      {"action", W_URL_ATTR},
+    {"formaction", W_URL_ATTR}, {"data", W_URL_ATTR},     {"xlink:href", W_URL_ATTR},
+    {"background", W_URL_ATTR}, {"lowsrc", W_URL_ATTR},   {"dynsrc", W_URL_ATTR},
+    {"poster", W_URL_ATTR},     {"codebase", W_URL_ATTR}, {"srcdoc", W_URL_ATTR},
+    {"from", W_URL_ATTR},       {"to", W_URL_ATTR},       {"values", W_URL_ATTR},
+    {"by", W_URL_ATTR},         {"style", W_STYLE},
 };
 
-static const char *const url_attrs[] = {
-    "href",   "src",    "action",   "formaction", "data", "xlink:href", "background", "lowsrc",
-    "dynsrc", "poster", "codebase", "srcdoc",     "from", "to",         "values",     "by",
-};
+static lp_waf_words_t xss_words = LP_WAF_WORDS(xss_word_list);
+static pthread_once_t xss_words_once = PTHREAD_ONCE_INIT;
+
+static void xss_words_init(void)
+{
+    lp__waf_words_build(&xss_words);
+}
 
 /* One parse: the value and a scratch buffer for decoded attribute values. */
 typedef struct {
@@ -222,6 +234,12 @@ static int bad_style(xss_t *x, const unsigned char *val, size_t n)
     return 0;
 }
 
+/* the bytes that end an attribute's name: [%s/>=] */
+static const unsigned char name_stop[256] = {
+    [' '] = 1,  ['\t'] = 1, ['\n'] = 1, ['\v'] = 1, ['\f'] = 1,
+    ['\r'] = 1, ['/'] = 1,  ['>'] = 1,  ['='] = 1,
+};
+
 /* Scans attributes from i (inside a tag): the position of a dangerous one, or -1 with *next
  * where the scan stopped (after the tag's '>', or past the end). */
 static long bad_attrs(xss_t *x, size_t i, size_t *next)
@@ -239,7 +257,7 @@ static long bad_attrs(xss_t *x, size_t i, size_t *next)
             continue;
         }
         size_t a = i, b = i;
-        while (b < n && !is_space(v[b]) && v[b] != '/' && v[b] != '>' && v[b] != '=')
+        while (b < n && !name_stop[v[b]])
             b++;
         if (b == a) { /* a '=' with no name: the scan stops */
             *next = i + 1;
@@ -270,9 +288,10 @@ static long bad_attrs(xss_t *x, size_t i, size_t *next)
         size_t nl = b - a;
         if (eq && nl > 2 && low(v[a]) == 'o' && low(v[a + 1]) == 'n')
             return (long)a;
-        if (in_list(url_attrs, COUNT(url_attrs), v + a, nl) && bad_url(x, val, vn))
+        unsigned kind = lp__waf_words_find(&xss_words, v + a, nl);
+        if ((kind & W_URL_ATTR) && bad_url(x, val, vn))
             return (long)a;
-        if (eq_ci(v + a, nl, "style") && bad_style(x, val, vn))
+        if ((kind & W_STYLE) && bad_style(x, val, vn))
             return (long)a;
     }
     *next = i;
@@ -304,8 +323,8 @@ static long html_scan(xss_t *x, size_t i)
                 for (size_t m = ts; m < k; m++)
                     if (v[m] == ':')
                         ls = m + 1;
-                if (in_list(bad_tags, COUNT(bad_tags), v + ts, k - ts) ||
-                    in_list(bad_tags, COUNT(bad_tags), v + ls, k - ls))
+                if ((lp__waf_words_find(&xss_words, v + ts, k - ts) & W_BAD_TAG) ||
+                    (lp__waf_words_find(&xss_words, v + ls, k - ls) & W_BAD_TAG))
                     return (long)lt;
             }
             size_t nx;
@@ -329,12 +348,22 @@ static long html_scan(xss_t *x, size_t i)
     return -1;
 }
 
-static int has_any(const unsigned char *v, size_t n, const char *set)
+#define B_CALL  1 /* ( ` = : a script URL's code */
+#define B_COLON 2 /* : & its scheme, written or as an entity */
+#define B_MARK  4 /* < " ' = markup or an attribute */
+
+static const unsigned char byte_kind[256] = {
+    ['('] = B_CALL,  ['`'] = B_CALL, ['='] = B_CALL | B_MARK, [':'] = B_COLON,
+    ['&'] = B_COLON, ['<'] = B_MARK, ['"'] = B_MARK,          ['\''] = B_MARK,
+};
+
+/* which of the kinds of byte above v has (one pass) */
+static unsigned byte_kinds(const unsigned char *v, size_t n)
 {
+    unsigned m = 0;
     for (size_t i = 0; i < n; i++)
-        if (v[i] != 0 && strchr(set, v[i]))
-            return 1;
-    return 0;
+        m |= byte_kind[v[i]];
+    return m;
 }
 
 static long xss_at(xss_t *x)
@@ -343,9 +372,10 @@ static long xss_at(xss_t *x)
     size_t n = x->n;
     /* The whole value a script URL, with code after the scheme ("javascript: the good parts"
      * is a book title) and a ":", written or as an entity ("&colon;", "&#58;") */
-    if (has_any(v, n, "(`=") && has_any(v, n, ":&") && bad_url(x, v, n))
+    unsigned kinds = byte_kinds(v, n);
+    if ((kinds & B_CALL) && (kinds & B_COLON) && bad_url(x, v, n))
         return 0;
-    if (!has_any(v, n, "<\"'="))
+    if (!(kinds & B_MARK))
         return -1;
     long at = html_scan(x, 0);
     if (at >= 0)
@@ -369,6 +399,7 @@ static long xss_at(xss_t *x)
 
 int lp_ffi_waf_xss(const char *str, size_t n, lp_waf_detect_t *out)
 {
+    pthread_once(&xss_words_once, xss_words_init);
     xss_t x = {(const unsigned char *)str, n > XSS_MAX_LEN ? XSS_MAX_LEN : n, NULL, 0};
     long at = xss_at(&x);
     free(x.buf);
