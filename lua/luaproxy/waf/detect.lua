@@ -1,9 +1,11 @@
 -- The waf engine's operators that are C functions: @detectSQLi and @detectXSS, our own
 -- tokenizer-based detectors (Debian has no libinjection; nothing here is taken from it;
 -- engine/waf_sqli.c and engine/waf_xss.c say what they look for), and @validateByteRange,
--- @validateUrlEncoding, @validateUtf8Encoding (engine/waf_validate.c). Docs: docs/plugins/waf.md, "detectSQLi and
--- detectXSS". The engine's own functions in the proxy (ffi.C), the lp_native library under
--- the proxy.test double (luaproxy.native: LP_NATIVE_LIB, as ctest and `luaproxy test` set).
+-- @validateUrlEncoding, @validateUtf8Encoding (engine/waf_validate.c). Docs:
+-- docs/plugins/waf.md, "detectSQLi and detectXSS". The engine's own functions in the proxy
+-- (ffi.C), the lp_native library under the proxy.test double (luaproxy.native:
+-- LP_NATIVE_LIB, as ctest and `luaproxy test` set). No Lua twin: the specs and the tools
+-- always have one of the two (lua/luaproxy/native.lua).
 local ffi = require "ffi"
 local N = require "luaproxy.native"
 
