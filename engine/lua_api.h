@@ -311,8 +311,25 @@ int lp_ffi_waf_transform_id(const char *name);
 size_t lp_ffi_waf_transform_bound(int step, size_t n);
 /* One step: the output's length in out, or -1 when the value stays as it is. */
 long lp_ffi_waf_transform(int step, const char *in, size_t n, char *out);
-/* @detectSQLi's first question (engine/waf_detect.c): may v, as written, start SQL? 1 or 0. */
+/* ---- waf: operators in C (engine/waf_sqli.c, waf_xss.c, waf_validate.c) ---- */
+/* Where @detectSQLi / @detectXSS found an attack. */
+typedef struct lp_waf_detect {
+    unsigned from; /* its first byte, from 1 (Lua's) */
+    unsigned to;   /* its last byte, from 1 */
+    char fp[8];    /* @detectSQLi: the token classes from the attack on (up to 6), NUL-ended */
+} lp_waf_detect_t;
+/* @detectSQLi's first question: may v, as written, start SQL? 1 or 0. */
 int lp_ffi_waf_sql_written_may(const char *v, size_t n);
+/* @detectSQLi and @detectXSS: 1 with *out filled when v is an attack, else 0. */
+int lp_ffi_waf_sqli(const char *v, size_t n, lp_waf_detect_t *out);
+int lp_ffi_waf_xss(const char *v, size_t n, lp_waf_detect_t *out);
+/* @validateByteRange: the first byte of v (from 1) whose bit is set in bad (256 bits, bit
+ * c & 7 of bad[c >> 3]: the bytes outside the ranges), or 0. */
+size_t lp_ffi_waf_byte_range(const unsigned char *bad, const char *v, size_t n);
+/* @validateUrlEncoding: the first '%' (from 1) not followed by two hex digits, or 0. */
+size_t lp_ffi_waf_urlenc_invalid(const char *v, size_t n);
+/* @validateUtf8Encoding: the first byte (from 1) of an invalid UTF-8 sequence, or 0. */
+size_t lp_ffi_waf_utf8_invalid(const char *v, size_t n);
 /* ---- waf: compiled databases shared by every VM of the process (engine/waf_db.c) ---- */
 /* Frees a published database (Hyperscan's hs_free_database: the engine does not link it). */
 typedef int (*lp_waf_db_free_fn)(void *db);

@@ -143,7 +143,18 @@ int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size
 int lp_ffi_waf_transform_id(const char *name);
 size_t lp_ffi_waf_transform_bound(int step, size_t n);
 long lp_ffi_waf_transform(int step, const char *in, size_t n, char *out);
+/* ---- waf: operators in C (engine/waf_sqli.c, waf_xss.c, waf_validate.c) ---- */
+typedef struct lp_waf_detect {
+    unsigned from;
+    unsigned to;
+    char fp[8];
+} lp_waf_detect_t;
 int lp_ffi_waf_sql_written_may(const char *v, size_t n);
+int lp_ffi_waf_sqli(const char *v, size_t n, lp_waf_detect_t *out);
+int lp_ffi_waf_xss(const char *v, size_t n, lp_waf_detect_t *out);
+size_t lp_ffi_waf_byte_range(const unsigned char *bad, const char *v, size_t n);
+size_t lp_ffi_waf_urlenc_invalid(const char *v, size_t n);
+size_t lp_ffi_waf_utf8_invalid(const char *v, size_t n);
 
 /* ---- waf: compiled databases shared by every VM of the process (engine/waf_db.c) ---- */
 typedef int (*lp_waf_db_free_fn)(void *db);

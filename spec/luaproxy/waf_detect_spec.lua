@@ -1,43 +1,68 @@
--- @detectSQLi's first question in C (engine/waf_detect.c, through lp_native) against its Lua
--- twin (luaproxy/waf/detect.lua's written_may): the same answer over the corpora's values
--- (decoded too) and over random strings of the bytes it looks at.
-require "luaproxy.ffi"
-local N = require "luaproxy.native"
+-- luaproxy/waf/detect.lua: the waf operators that are C functions (engine/waf_sqli.c,
+-- waf_xss.c, waf_validate.c, through lp_native here and ffi.C in the proxy): what they hand
+-- back to the engine (positions from 1, @detectSQLi's fingerprint), Lua strings with NUL
+-- bytes, long values, @validateByteRange's load-time bitmap (in a rule:
+-- spec/plugins/waf_crs_spec.lua). The verdicts themselves: tests/unit/test_waf_sqli.c and
+-- test_waf_xss.c, and spec/plugins/waf_crs_spec.lua with the rules.
 local D = require "luaproxy.waf.detect"
-local T = require "luaproxy.waf.transforms"
 
-local PIECES = { "(", ";", "@", "union", "UNION", "SeLeCt", "waitfor", "null", "TRUE", "False",
-                 "nullx", " ", "\t", "\160", "\0", "1", ".", "'", '"', "/", "*", "a", "Z", "_", "$",
-                 "\195\169", "-", "=", "x", "or", "sel", "ect" }
-
-describe("waf @detectSQLi prefilter in C", function()
-  it("is the one detect.lua uses when lp_native is loaded", function()
-    assert.is_not.equal(D._written_may_lua, D._written_may)
+describe("waf detect (C operators)", function()
+  it("gives @detectSQLi's span and fingerprint as Lua values", function()
+    local from, to, fp = D.sqli("1' OR '1'='1")
+    assert.same({ 4, 12, "&sos" }, { from, to, fp })
+    assert.equal("number", type(from))
+    assert.same({ 3, 36, "Ukbkbc" }, { D.sqli("' UNION SELECT password FROM users--") })
+    assert.is_nil(D.sqli("It's great -- I'd buy it again"))
   end)
 
-  it("answers as the Lua twin over the corpora and random strings", function()
-    local vals = {}
-    for _, f in ipairs({ "tests/waf/attacks.jsonl", "tests/waf/ordinary.jsonl" }) do
-      for line in io.lines(f) do
-        local r = require("cjson").decode(line)
-        for _, v in ipairs({ r.uri, type(r.body) == "string" and r.body or "" }) do
-          vals[#vals + 1] = v
-          vals[#vals + 1] = T.urldecode(v)
-        end
-        for _, v in pairs(r.headers or {}) do if type(v) == "string" then vals[#vals + 1] = v end end
-      end
+  it("gives @detectXSS's span: the markup to the value's end", function()
+    assert.same({ 12, 28 }, { D.xss("<img src=x onerror=alert(1)>") })
+    assert.is_nil(D.xss("<b>bold</b>"))
+  end)
+
+  it("reads the whole Lua string, NUL bytes and invalid UTF-8 included", function()
+    assert.same({ 5, 12, "&nono" }, { D.sqli("a\0' OR 1=1--") })
+    assert.same({ 5, 12, "&nonc" }, { D.sqli("\255\254' or 1=1 #") })
+    assert.same({ 2, 8 }, { D.xss("\0<script") })
+    assert.is_nil(D.sqli(""))
+    assert.is_nil(D.xss(""))
+    assert.is_nil(D.sqli("'"))
+    assert.is_nil(D.xss("<a href=\"unterminated"))
+  end)
+
+  it("finishes on 1 MiB values of the tokenizer's worst kinds", function()
+    for _, fill in ipairs({ "'", "(", "' or ", "/*", "<a b=", "&#x41;", "\"", "<!", " " }) do
+      local v = fill:rep(math.ceil(2 ^ 20 / #fill))
+      D.sqli(v)
+      D.xss(v)
+      D.urlenc_invalid(v)
+      D.utf8_invalid(v)
     end
-    math.randomseed(11)
-    for i = 1, 30000 do
-      local p = {}
-      for k = 1, math.random(0, 12) do p[k] = PIECES[math.random(#PIECES)] end
-      vals[#vals + 1] = table.concat(p)
-    end
-    local bad = {}
-    for _, v in ipairs(vals) do
-      local want, got = D._written_may_lua(v), N.lp_ffi_waf_sql_written_may(v, #v) ~= 0
-      if want ~= got and #bad < 10 then bad[#bad + 1] = string.format("%q: lua %s, C %s", v, want, got) end
-    end
-    assert.same({}, bad)
+    -- only the first 4 KiB is SQL, the first 64 KiB HTML
+    local pad = ("a"):rep(2 ^ 20)
+    assert.same({ 104, 4096, "Ukn,nb" }, { D.sqli(("a"):rep(100) .. " 1 union select 1,2 " .. pad) })
+    assert.is_nil(D.sqli(("a"):rep(8192) .. " 1 union select 1,2"))
+    assert.same({ 1001, 65536 }, { D.xss(("a"):rep(1000) .. "<script>" .. pad) })
+  end)
+
+  it("finds the first byte outside @validateByteRange's ranges", function()
+    local ok = {}
+    for c = 32, 126 do ok[c] = true end
+    local bad = D.byte_set(ok)
+    assert.is_nil(D.byte_range(bad, "plain text ~"))
+    assert.equal(6, D.byte_range(bad, "plain\ttext"))
+    assert.equal(1, D.byte_range(bad, "\0"))
+    assert.equal(3, D.byte_range(bad, "ab\255"))
+    assert.is_nil(D.byte_range(bad, ""))
+    ok = {}
+    for c = 0, 255 do ok[c] = true end
+    assert.is_nil(D.byte_range(D.byte_set(ok), "\0\255"))
+  end)
+
+  it("validates URL and UTF-8 encodings", function()
+    assert.is_nil(D.urlenc_invalid("a%20b"))
+    assert.equal(2, D.urlenc_invalid("a%2"))
+    assert.is_nil(D.utf8_invalid("caf\195\169"))
+    assert.equal(4, D.utf8_invalid("caf\195"))
   end)
 end)

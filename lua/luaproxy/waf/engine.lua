@@ -708,36 +708,8 @@ local function key_ok(e, name)
   return e.keys ~= nil and e.keys[k] == true
 end
 
-local function invalid_urlenc(s)
-  local i = 1
-  while true do
-    i = find(s, "%", i, true)
-    if not i then return nil end
-    if not find(s, "^%x%x", i + 1) then return i end
-    i = i + 3
-  end
-end
-
-local function invalid_utf8(s)
-  local i, n = 1, #s
-  while i <= n do
-    local b = byte(s, i)
-    if b < 0x80 then i = i + 1
-    else
-      local len
-      if b >= 0xC2 and b <= 0xDF then len = 2
-      elseif b >= 0xE0 and b <= 0xEF then len = 3
-      elseif b >= 0xF0 and b <= 0xF4 then len = 4
-      else return i end
-      for k = 1, len - 1 do
-        local cb = byte(s, i + k)
-        if not cb or cb < 0x80 or cb > 0xBF then return i end
-      end
-      i = i + len
-    end
-  end
-  return nil
-end
+local SQ = nil -- luaproxy.waf.detect (the operators in C), loaded on first use
+local function detect() SQ = SQ or require "luaproxy.waf.detect"; return SQ end
 
 -- Tests one value; returns from, to of what matched (to the match's text) or nil; and
 -- "error", message when the regex gave up (the match limit).
@@ -765,10 +737,10 @@ local function test(cond, v)
   elseif op == "within" then
     if cond.set[v] then return 1, #v end
   elseif op == "validate_urlencoding" then
-    local i = invalid_urlenc(v)
+    local i = detect().urlenc_invalid(v)
     if i then return i, i + 2 end
   elseif op == "validate_utf8" then
-    local i = invalid_utf8(v)
+    local i = detect().utf8_invalid(v)
     if i then return i, i end
   else
     local n = tonumber(v)
@@ -1077,9 +1049,7 @@ end
 -- of the chain then knows at once whether it can match v. Only those Hyperscan names run
 -- PCRE2 (capture, exact offsets, prefilter-mode patterns) or the phrase list.
 
-local SQ = nil -- luaproxy.waf.detect, loaded on first use
 local took_group -- below
-local function detect() SQ = SQ or require "luaproxy.waf.detect"; return SQ end
 
 -- Collections whose values change while the rules run: never cached, never prefiltered.
 local DYNAMIC = { tx = true, matched_var = true, matched_vars = true, matched_var_name = true,
@@ -1234,31 +1204,6 @@ local function compile_ips(place, list)
   return out
 end
 
--- A Lua pattern matching one byte that is not in set ok ({ [byte] = true }): a class of
--- runs. Bytes the class syntax reads otherwise (NUL % ] ^ -) go alone and escaped; runs of
--- the others as raw "a-b" ranges.
-local CLASS_SPECIAL = { [0] = "%z", [37] = "%%", [93] = "%]", [94] = "%^", [45] = "%-" }
-local function byte_class(ok)
-  local parts = {}
-  local x = 0
-  while x <= 255 do
-    if ok[x] then
-      x = x + 1
-    elseif CLASS_SPECIAL[x] then
-      parts[#parts + 1] = CLASS_SPECIAL[x]
-      x = x + 1
-    else
-      local y = x
-      while y < 255 and not ok[y + 1] and not CLASS_SPECIAL[y + 1] do y = y + 1 end
-      parts[#parts + 1] = x == y and string.char(x) or string.char(x) .. "-" .. string.char(y)
-      x = y + 1
-    end
-  end
-  if #parts == 0 then return "[^%z\1-\255]" end -- every byte allowed: never matches
-  return "[" .. concat(parts) .. "]"
-end
-M._byte_class = byte_class
-
 -- Tests one value with a seclang operator: from, to (or true), or nil; "error", msg.
 local function sec_test(st, cond, v)
   local op = cond.op
@@ -1322,14 +1267,14 @@ local function sec_test(st, cond, v)
       return 1, #v
     end
   elseif op == "byte_range" then
-    -- the first byte outside the ranges, found by a pattern class (C) made at load
-    local i = find(v, cond.bad_class)
+    -- the first byte outside the ranges (a bitmap made at load)
+    local i = detect().byte_range(cond.bad_set, v)
     if i then return i, i end
   elseif op == "validate_urlencoding" then
-    local i = invalid_urlenc(v)
+    local i = detect().urlenc_invalid(v)
     if i then return i, i + 2 end
   elseif op == "validate_utf8" then
-    local i = invalid_utf8(v)
+    local i = detect().utf8_invalid(v)
     if i then return i, i end
   elseif op == "ip_match" then
     if ip_match(cond.ips, v) then return 1, #v end
@@ -1851,7 +1796,7 @@ function M.compile_seclang(set, opts)
             cond.phrases = {}
             for i, p in ipairs(cond.arg) do cond.phrases[i] = lower(p) end
           elseif cond.op == "byte_range" then
-            cond.bad_class = byte_class(cond.arg)
+            cond.bad_set = detect().byte_set(cond.arg)
           elseif cond.op == "ip_match" then
             local ok, ips = pcall(compile_ips, r.place, cond.arg)
             if not ok then return nil, type(ips) == "table" and ips.msg or tostring(ips) end

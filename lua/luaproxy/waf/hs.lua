@@ -307,8 +307,6 @@ else
 end
 M.scan = scan
 M.pipeline_available = W ~= nil
--- The engine's waf C functions (ffi.C or lp_native), or nil (luaproxy/waf/detect.lua uses them too).
-M.native = W
 local hs_scan_fn = W and ffi.cast("lp_waf_hs_scan_fn", H.hs_scan)
 M.SCAN_FAILED = 0xFFFFFFFF -- a hit's id when the scan of its value failed or matched too much
 

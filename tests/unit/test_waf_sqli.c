@@ -1,0 +1,123 @@
+/* engine/waf_sqli.c: @detectSQLi's verdicts (where the injection starts and ends, its
+ * fingerprint) on attacks and prose, on the tokenizer's edges (unterminated literals and
+ * comments, NUL and invalid UTF-8 bytes, empty values), and on long values (bounded work:
+ * the 1 MiB cases finish at once). The verdicts are those of the Lua detector this was
+ * ported from (the rules were tuned against them); spec/luaproxy/waf_detect_spec.lua runs
+ * the corpora through it. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lp_test.h"
+struct lp_req_s;
+#include "lua_api.h"
+
+/* v (n bytes): an attack from..to with fingerprint fp, or none (fp NULL) */
+static void check(int line, const char *v, size_t n, unsigned from, unsigned to, const char *fp)
+{
+    lp_waf_detect_t d;
+    memset(&d, 0, sizeof d);
+    int got = lp_ffi_waf_sqli(v, n, &d);
+    if (!fp) {
+        if (got)
+            lp_test_fail(__FILE__, line, "\"%.*s\": SQLi at %u..%u (%s), expected none", (int)n, v,
+                         d.from, d.to, d.fp);
+        return;
+    }
+    if (!got || d.from != from || d.to != to || strcmp(d.fp, fp) != 0)
+        lp_test_fail(__FILE__, line, "\"%.*s\": got %d %u..%u \"%s\", expected %u..%u \"%s\"",
+                     (int)n, v, got, d.from, d.to, got ? d.fp : "", from, to, fp);
+}
+
+#define S(v, from, to, fp) check(__LINE__, v, sizeof v - 1, from, to, fp)
+
+static void test_attacks(void)
+{
+    S("1 AND 1=1", 3, 9, "&non");
+    S("1' OR '1'='1", 4, 12, "&sos");
+    S("admin'--", 7, 8, "c");
+    S("' UNION SELECT password FROM users--", 3, 36, "Ukbkbc");
+    S("1 union all select 1,2", 3, 22, "Ukkn,n");
+    S("1;DROP TABLE users", 2, 18, ";kkb");
+    S("sleep(5)", 1, 8, "f(n)");
+    S("SELECT * FROM t", 1, 15, "kokb");
+    S("(select 1)", 1, 10, "(kn)");
+    S("1 order by 3", 3, 12, "kkn");
+    S("'; exec xp_cmdshell 'dir'", 2, 25, ";kbs");
+    S("char(49,50)", 1, 11, "f(n,n)");
+    S("1) or sleep(5)#", 7, 15, "f(n)c");
+    S("' having 1=1--", 3, 14, "knono");
+    S("1.5e+3 or 2>1", 8, 13, "&non");
+    S("'/*!50000union*/ select 1", 10, 25, "Ukn");
+    S("waitfor delay '0:0:5'", 1, 21, "kks");
+    S("1;update users set x=1", 2, 22, ";kbkbo");
+    S("0x41 or 1=1", 6, 11, "&non");
+}
+
+static void test_prose(void)
+{
+    S("It's great -- I'd buy it again", 0, 0, NULL);
+    S("count(3) apples", 0, 0, NULL);
+    S("O'Neil", 0, 0, NULL);
+    S("SELECT is a keyword", 0, 0, NULL);
+    S("a' AND 'b", 0, 0, NULL);
+    /* @@variables alone are not flagged (as the Lua original did not) */
+    S("@@version", 0, 0, NULL);
+}
+
+static void test_edges(void)
+{
+    /* empty, one byte, quotes that never close */
+    S("", 0, 0, NULL);
+    S("x", 0, 0, NULL);
+    S("'", 0, 0, NULL);
+    S("\"", 0, 0, NULL);
+    S("'\"", 0, 0, NULL);
+    S("'abc", 0, 0, NULL);
+    /* an unterminated comment runs to the end */
+    S("x' /* unterminated", 4, 18, "c");
+    /* NUL bytes are white space to the tokenizer; invalid UTF-8 is word bytes */
+    S("\0\0", 0, 0, NULL);
+    S("a\0' OR 1=1--", 5, 12, "&nono");
+    S("\377\376' or 1=1 #", 5, 12, "&nonc");
+    /* an empty value pointer with no bytes */
+    lp_waf_detect_t d;
+    CHECK(lp_ffi_waf_sqli("", 0, &d) == 0);
+    CHECK(lp_ffi_waf_sql_written_may("", 0) == 0);
+}
+
+/* Long values: only the first 4 KiB is tokenized, and a pass keeps 64 tokens; every byte
+ * beyond is looked at a bounded number of times (a 1 MiB value of the worst kinds). */
+static void test_long(void)
+{
+    size_t n = 1 << 20;
+    char *v = malloc(n);
+    REQUIRE(v != NULL);
+    lp_waf_detect_t d;
+    static const char *const fills[] = {"'", "(", "a ", "' or ", "/*", "\"''", "1-", "@@x.", " "};
+    for (size_t f = 0; f < sizeof fills / sizeof fills[0]; f++) {
+        size_t m = strlen(fills[f]);
+        for (size_t i = 0; i < n; i++)
+            v[i] = fills[f][i % m];
+        (void)lp_ffi_waf_sqli(v, n, &d);
+        (void)lp_ffi_waf_sql_written_may(v, n);
+    }
+    /* an attack after the first 4 KiB is not read */
+    memset(v, 'a', n);
+    memcpy(v + 8192, " 1 union select 1,2 ", 20);
+    CHECK(lp_ffi_waf_sqli(v, 8192 + 20, &d) == 0);
+    memcpy(v + 100, " 1 union select 1,2 ", 20);
+    CHECK(lp_ffi_waf_sqli(v, n, &d) == 1);
+    CHECK_EQ_INT(d.from, 104);
+    CHECK_EQ_INT(d.to, 4096);
+    CHECK_STR(d.fp, "Ukn,nb");
+    free(v);
+}
+
+static const lp_test_case_t tests[] = {
+    LP_TEST_ENTRY(test_attacks),
+    LP_TEST_ENTRY(test_prose),
+    LP_TEST_ENTRY(test_edges),
+    LP_TEST_ENTRY(test_long),
+};
+
+LP_TEST_MAIN(tests)
