@@ -254,11 +254,10 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
     lp_cache_zone_t *z = d->zone;
     lp_cache_entry_t *e =
         lp__cache_stub_new(meta, h.klen, meta + h.klen, h.slen, meta + h.klen + h.slen, h.hlen,
-                           h.body_len, h.keep_until);
+                           h.body_len, h.keep_until, fid);
     free(meta);
     if (!e)
         return;
-    e->fid = fid;
     e->stamp = h.stamp;
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);

@@ -322,7 +322,7 @@ void lp__cache_on_disk(lp_cache_zone_t *z, lp_cache_entry_t *e, uint64_t size)
 static int demote(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry_t **dead)
 {
     lp_cache_entry_t *s = lp__cache_stub_new(e->key, e->klen, e->sec, e->slen, e->head, e->hlen,
-                                             e->body_len, e->keep_until);
+                                             e->body_len, e->keep_until, e->fid);
     if (!s)
         return -1;
     if (s->resident) { /* an empty body: nothing to gain */

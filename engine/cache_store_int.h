@@ -151,8 +151,19 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
                                        const char *head, size_t hlen, uint64_t body_len,
                                        double keep_until, lp_cache_chunk_t *chunks, uint64_t hash,
                                        int fid_now, size_t body_cap);
-#define lp__cache_stub_new(k, kl, s, sl, h, hl, bl, ku)                                            \
-    lp__cache_entry_new((k), (kl), (s), (sl), (h), (hl), (bl), (ku), NULL)
+/* A disk-only entry for the file fid (known already: its name, or the entry it stands for,
+ * so not hashed again). */
+static inline lp_cache_entry_t *lp__cache_stub_new(const char *key, size_t klen, const char *sec,
+                                                   size_t slen, const char *head, size_t hlen,
+                                                   uint64_t body_len, double keep_until,
+                                                   uint64_t fid)
+{
+    lp_cache_entry_t *e = lp__cache_entry_make(key, klen, sec, slen, head, hlen, body_len,
+                                               keep_until, NULL, lp_hash64(key, klen), 0, 0);
+    if (e)
+        e->fid = fid;
+    return e;
+}
 /* The file id of (key, sec). */
 uint64_t lp__cache_fid(const char *key, size_t klen, const char *sec, size_t slen);
 
