@@ -1471,6 +1471,62 @@ local function multi_may(st, cond, v)
   return set and set[cond.gid] == true or false
 end
 
+-- The values of multiMatch condition cond (not negated; cond.mlist: its collections and
+-- names as a group's, value_list) whose text after some step of its path Hyperscan names
+-- for it: { [cname] = { [i] = true } }, made by one C call per request over all of them
+-- (hs.scan_steps); false when that cannot run (then multi_may asks per text). A value
+-- none of whose texts is named cannot match: sec_cond passes over it without computing
+-- its steps (930110, 934100: every header and argument through four or five steps).
+local multi_values
+do
+  multi_values = function(st, cond)
+    local sets = st.msets
+    if not sets then
+      sets = {}
+      st.msets = sets
+    end
+    local set = sets[cond]
+    if set ~= nil then return set end
+    set = false
+    local g, ml = cond.group, cond.mlist
+    local p = g.db and not cond.pcre_only and pipeline_of(st)
+    if p and ml.ok == nil then
+      -- first use with a pipeline: can it run every step of the path?
+      local path = cond.path
+      ml.ok = true
+      for _, ch in ipairs(path) do if not p.ok[ch] then ml.ok = false end end
+      if ml.ok then
+        ml.steps = ffi.new("unsigned[?]", #path)
+        for k, ch in ipairs(path) do ml.steps[k - 1] = ch end
+        ml.nsteps = #path
+      end
+    end
+    if p and ml.ok then
+      local L = value_list(st, p, ml)
+      local cnt, hits = hs.scan_steps(p.ws, ml.steps, ml.nsteps, g.db, L.ptr, L.len, L.n)
+      if cnt then
+        set = {}
+        local gid, lc, li = cond.gid, L.coll, L.idx
+        for j = 0, cnt - 1 do
+          local id = hits[2 * j]
+          if id == gid or id == SCAN_ALL then
+            local k = hits[2 * j + 1] + 1
+            local cname = lc[k]
+            local per = set[cname]
+            if not per then
+              per = {}
+              set[cname] = per
+            end
+            per[li[k]] = true
+          end
+        end
+      end
+    end
+    sets[cond] = set
+    return set
+  end
+end
+
 local function varname_of(e, name)
   if name == nil or name == "" then return e.var end
   return e.var .. ":" .. name
@@ -1508,6 +1564,8 @@ end
 
 -- A SecAction's match (read only, shared by every request).
 local ACTION_MATCH = { { name = "", value = "", from = 1, to = 0 } }
+
+local NO_VALUES = {} -- (read only)
 
 -- What sec_test gives for @rx ^.*$ (cond.anything, compile_seclang) on v: all of it, and
 -- with capture TX.0 = v, TX.1..9 unset.
@@ -1590,10 +1648,14 @@ local function sec_cond(st, r, cond)
     else
       -- (a dynamic collection is made anew at each call: its names are lowered here)
       local low = not dyn and lnames(st, c)
+      -- multiMatch: the values Hyperscan named at some step (multi_values), or all
+      local may = cond.mlist and not dyn and multi_values(st, cond)
+      may = may and (may[cname] or NO_VALUES)
       for i = 1, c.n do
         local name = c.names[i]
         local lname = low and low[i] or lower(name)
-        if (not e.key or lname == e.key) and sel_ok(e, cond.skip, name, st, r, lname) then
+        if (not may or may[i]) and (not e.key or lname == e.key)
+          and sel_ok(e, cond.skip, name, st, r, lname) then
           local path = cond.path
           local prev
           for pi = cond.multi and 1 or #path, #path do
@@ -1969,8 +2031,29 @@ function M.compile_seclang(set, opts)
           end
           mg.conds[#mg.conds + 1] = cond
           cond.group, cond.gid, cond.fast = mg, #mg.conds, false
-          mg.reads[cond.gid] = {}
           add_patterns(mg, cond)
+          if not cond.negate then
+            -- its values as a group's (value_list): collections, and the names where all
+            -- its targets on one name theirs (multi_values)
+            local ml = { colls = {}, only = {} }
+            for _, e in ipairs(cond.tgt) do
+              if not e.count and not DYNAMIC[e.coll] then
+                local cname = e.coll
+                if ml.only[cname] == nil then
+                  ml.colls[#ml.colls + 1] = cname
+                  ml.only[cname] = {}
+                end
+                local o = ml.only[cname]
+                if o and (not e.key or e.keyrx) then
+                  ml.only[cname] = false
+                elseif o then
+                  o[e.key] = true
+                end
+              end
+            end
+            for cname, o in pairs(ml.only) do if not o then ml.only[cname] = nil end end
+            cond.mlist = ml
+          end
         end
         if cond.op == "rx" and cond.arg == "^.*$" and not cond.multi and not cond.negate
           and #cond.tgt == 1 then
