@@ -1103,8 +1103,9 @@ end
 -- tx.inbound_anomaly_score_threshold). Differences from ModSecurity (docs/plugins/waf.md):
 -- a rule's actions run once per request and rule, not once per matching variable.
 --
--- Prefiltering: every @rx/@pm condition (not multiMatch, pattern without a macro) joins
--- the Hyperscan database of its transformation chain; the first condition that needs value
+-- Prefiltering: every @rx/@pm condition (not multiMatch, pattern without a macro, not
+-- @rx ^.*$: that matches every value, cond.anything) joins the Hyperscan database of its
+-- transformation chain; the first condition that needs value
 -- v of a collection through chain c scans v once with that database, and every condition
 -- of the chain then knows at once whether it can match v. Only those Hyperscan names run
 -- PCRE2 (capture, exact offsets, prefilter-mode patterns) or the phrase list.
@@ -1184,8 +1185,6 @@ end
 
 -- (k: name in lower case, when the caller has it)
 local function sel_ok(e, skip, name, st, rule, k)
-  k = k or lower(name)
-  if e.key and e.key ~= k then return false end
   if e.keyrx then
     -- a name selector (TX:/^header_name_/ runs over every TX variable): its answer per
     -- name kept with the target, a pure function of the two (bounded: names are the
@@ -1203,6 +1202,9 @@ local function sel_ok(e, skip, name, st, rule, k)
     end
     if not yes then return false end
   end
+  -- (after the selector: TX:/regex/ turns most of TX's names down without lowering them)
+  k = k or lower(name)
+  if e.key and e.key ~= k then return false end
   local s = skip[e.coll]
   if s then
     if s.keys and s.keys[k] then return false end
@@ -1453,7 +1455,8 @@ local function may_match(st, cond, cname, i, v)
 end
 
 -- Prefilter of a multiMatch condition (cs.multi_group): may it match text v? Scans v once
--- per request with the multiMatch database, whichever condition and step asks.
+-- per request with the multiMatch database, whichever condition and step asks. (Asked
+-- only for the values multi_values let through, or all when it cannot run.)
 local function multi_may(st, cond, v)
   local g = cond.group
   if not g.db or cond.pcre_only then return true end
@@ -1646,15 +1649,15 @@ local function sec_cond(st, r, cond)
         out[#out + 1] = { name = "&" .. varname_of(e, e.key), value = v, from = from, to = to }
       end
     else
-      -- (a dynamic collection is made anew at each call: its names are lowered here)
+      -- (a dynamic collection is made anew at each call: its names are lowered as needed)
       local low = not dyn and lnames(st, c)
       -- multiMatch: the values Hyperscan named at some step (multi_values), or all
       local may = cond.mlist and not dyn and multi_values(st, cond)
       may = may and (may[cname] or NO_VALUES)
       for i = 1, c.n do
         local name = c.names[i]
-        local lname = low and low[i] or lower(name)
-        if (not may or may[i]) and (not e.key or lname == e.key)
+        local lname = low and low[i]
+        if (not may or may[i]) and (not e.key or (lname or lower(name)) == e.key)
           and sel_ok(e, cond.skip, name, st, r, lname) then
           local path = cond.path
           local prev
