@@ -302,6 +302,12 @@ void lp_ffi_waf_scan_free(lp_waf_scan_t *ws);
 long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, void *scratch,
                             const char *const *vals, const size_t *lens, unsigned n,
                             const unsigned **hits);
+/* As lp_ffi_waf_scan_values, each value through every chain of chains[0..nch) in turn (a
+ * multiMatch condition's steps: each a prefix of the next), each text scanned; a step that
+ * gave its input back unchanged is not scanned again. Hits of value k may repeat an id. */
+long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, const void *db,
+                           void *scratch, const char *const *vals, const size_t *lens, unsigned n,
+                           const unsigned **hits);
 /* Value v through chain (kept for the request as the scans keep theirs): 0, or -1. */
 int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size_t n,
                           const char **out, size_t *olen);

@@ -288,30 +288,58 @@ static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned k)
     return 0;
 }
 
+/* Scans text t (tn bytes) of value k with db; its hits pushed as (id, k), or one
+ * (LP_WAF_SCAN_ALL, k) when the scan failed or matched too much. 0, or -1 out of memory. */
+static int scan_one(lp_waf_scan_t *ws, const void *db, void *scratch, const char *t, size_t tn,
+                    unsigned k)
+{
+    lp_waf_hits_t h = {.n = 0, .cap = LP_WAF_SCAN_VALUE_HITS, .more = 0, .ids = ws->ids};
+    int rc =
+        tn > UINT32_MAX ? -1 : ws->scan(db, t, (unsigned)tn, 0, scratch, lp_ffi_waf_hs_collect, &h);
+    if (rc != 0 || h.more) /* as the Lua scan: the ids before do not count */
+        return push_hit(ws, LP_WAF_SCAN_ALL, k);
+    for (unsigned j = 0; j < h.n; j++)
+        if (push_hit(ws, h.ids[j], k) < 0)
+            return -1;
+    return 0;
+}
+
+static int chain_ok(const lp_waf_scan_t *ws, unsigned chain)
+{
+    return chain < ws->nchains && (chain == 0 || ws->chains[chain].step != 0);
+}
+
 long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, void *scratch,
                             const char *const *vals, const size_t *lens, unsigned n,
                             const unsigned **hits)
 {
+    return lp_ffi_waf_scan_steps(ws, &chain, 1, db, scratch, vals, lens, n, hits);
+}
+
+long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, const void *db,
+                           void *scratch, const char *const *vals, const size_t *lens, unsigned n,
+                           const unsigned **hits)
+{
     ws->out_n = 0;
-    if (chain >= ws->nchains || (chain > 0 && ws->chains[chain].step == 0))
-        return -1;
-    for (unsigned k = 0; k < n; k++) {
-        const char *t;
-        size_t tn;
-        if (transformed(ws, vals[k], lens[k], chain, &t, &tn) < 0)
+    for (unsigned c = 0; c < nch; c++)
+        if (!chain_ok(ws, chains[c]))
             return -1;
-        lp_waf_hits_t h = {.n = 0, .cap = LP_WAF_SCAN_VALUE_HITS, .more = 0, .ids = ws->ids};
-        int rc = tn > UINT32_MAX
-                     ? -1
-                     : ws->scan(db, t, (unsigned)tn, 0, scratch, lp_ffi_waf_hs_collect, &h);
-        if (rc != 0 || h.more) { /* as the Lua scan: the ids before do not count */
-            if (push_hit(ws, LP_WAF_SCAN_ALL, k) < 0)
+    for (unsigned k = 0; k < n; k++) {
+        const char *prev = NULL;
+        size_t prev_n = 0;
+        for (unsigned c = 0; c < nch; c++) {
+            const char *t;
+            size_t tn;
+            if (transformed(ws, vals[k], lens[k], chains[c], &t, &tn) < 0)
                 return -1;
-            continue;
+            /* a step that left the text as it was (given back as its input): scanned already */
+            if (c > 0 && t == prev && tn == prev_n)
+                continue;
+            prev = t;
+            prev_n = tn;
+            if (scan_one(ws, db, scratch, t, tn, k) < 0)
+                return -1;
         }
-        for (unsigned j = 0; j < h.n; j++)
-            if (push_hit(ws, h.ids[j], k) < 0)
-                return -1;
     }
     *hits = ws->out;
     return (long)(ws->out_n / 2);

@@ -138,6 +138,9 @@ void lp_ffi_waf_scan_free(lp_waf_scan_t *ws);
 long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, void *scratch,
                             const char *const *vals, const size_t *lens, unsigned n,
                             const unsigned **hits);
+long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch,
+                           const void *db, void *scratch, const char *const *vals,
+                           const size_t *lens, unsigned n, const unsigned **hits);
 int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size_t n,
                           const char **out, size_t *olen);
 int lp_ffi_waf_transform_id(const char *name);

@@ -69,6 +69,31 @@ static void test_hits_in_order(void)
     lp_ffi_waf_scan_free(ws);
 }
 
+/* a multiMatch path (before test_tables_shrink frees the database): each value through chains 0, 1
+ * (urldecode), 2 (urldecode, lowercase) */
+static void test_steps(void)
+{
+    lp_waf_scan_t *ws = state();
+    REQUIRE(ws != NULL);
+    const char *vals[] = {"%3CSCRIPT%3e", "plain", "x"};
+    size_t lens[] = {12, 5, 1};
+    const unsigned path[] = {0, 1, 2};
+    const unsigned *hits;
+    long n = lp_ffi_waf_scan_steps(ws, path, 3, db, scratch, vals, lens, 3, &hits);
+    /* value 0: "<SCRIPT>" (1) and "<script>" (2) both hit the caseless <script; the raw text
+     * does not. Value 1 hits nothing. Value 2: "x" once, its unchanged steps not scanned. */
+    REQUIRE_EQ_INT(n, 3);
+    CHECK_EQ_INT(hits[0], 2);
+    CHECK_EQ_INT(hits[1], 0);
+    CHECK_EQ_INT(hits[2], 2);
+    CHECK_EQ_INT(hits[3], 0);
+    CHECK_EQ_INT(hits[4], 3);
+    CHECK_EQ_INT(hits[5], 2);
+    const unsigned bad[] = {0, 9};
+    CHECK(lp_ffi_waf_scan_steps(ws, bad, 2, db, scratch, vals, lens, 3, &hits) == -1);
+    lp_ffi_waf_scan_free(ws);
+}
+
 static void test_values_kept(void)
 {
     lp_waf_scan_t *ws = state();
@@ -268,10 +293,10 @@ static void test_hits_capped(void)
 }
 
 static const lp_test_case_t tests[] = {
-    LP_TEST_ENTRY(test_hits_in_order), LP_TEST_ENTRY(test_large_value),
-    LP_TEST_ENTRY(test_values_kept),   LP_TEST_ENTRY(test_failed_scan),
-    LP_TEST_ENTRY(test_hits_capped),   LP_TEST_ENTRY(test_many_requests),
-    LP_TEST_ENTRY(test_tables_shrink),
+    LP_TEST_ENTRY(test_hits_in_order), LP_TEST_ENTRY(test_steps),
+    LP_TEST_ENTRY(test_large_value),   LP_TEST_ENTRY(test_values_kept),
+    LP_TEST_ENTRY(test_failed_scan),   LP_TEST_ENTRY(test_hits_capped),
+    LP_TEST_ENTRY(test_many_requests), LP_TEST_ENTRY(test_tables_shrink),
 };
 #else
 static void test_without_hyperscan(void)

@@ -415,10 +415,11 @@ function M.compile(rules, opts)
       end
       g.conds[#g.conds + 1] = c1
       local ci = #g.conds
-      -- the collections the condition reads (group_hits sends it only their values)
+      -- the values the condition reads (note_hit records only their hits): per collection,
+      -- true for every name, else the set of names it lists
       g.reads = g.reads or {}
       local reads = {}
-      for _, e in ipairs(c1.tgt) do reads[e.coll] = true end
+      for _, e in ipairs(c1.tgt) do reads[e.coll] = (e.all or not e.keys) or e.keys end
       g.reads[ci] = reads
       for _, p in ipairs(pats) do
         g.pats[#g.pats + 1], g.flags[#g.flags + 1], g.ids[#g.ids + 1] = p[1], p[2], ci
@@ -648,6 +649,26 @@ local function pipeline_of(st)
   return p
 end
 
+-- The lower-case names of collection c, made once per request (st.ln, keyed by the names
+-- array: REQUEST_HEADERS_NAMES shares its base's): group lists, hit filters and target
+-- keys all compare lower-case names, and lower() of every name per group cost a string
+-- each time.
+local function lnames(st, c)
+  local names = c.names
+  local ln = st.ln
+  if not ln then
+    ln = {}
+    st.ln = ln
+  end
+  local l = ln[names]
+  if not l then
+    l = {}
+    for i = 1, c.n do l[i] = lower(names[i]) end
+    ln[names] = l
+  end
+  return l
+end
+
 -- Value i of collection c through chain id `ch`, cached per request: one table per value
 -- (chain id -> text), not one per collection and chain (CRS has ~40 chains: that made
 -- hundreds of tables per request, most holding a value or two).
@@ -872,18 +893,19 @@ local function value_list(st, p, g)
   local sig = g.sig or sig_of(g)
   local L = p.lists[sig]
   if not L then
-    L = { cap = 0, coll = {}, idx = {} }
+    L = { cap = 0, coll = {}, idx = {}, low = {} }
     p.lists[sig] = L
   end
   if L.serial == p.serial then return L end
   L.serial = p.serial
   local n = 0
-  local ptr, len, lc, li = L.ptr, L.len, L.coll, L.idx
+  local ptr, len, lc, li, ll = L.ptr, L.len, L.coll, L.idx, L.low
   for _, cname in ipairs(g.colls) do
     local c = st.vars:coll(cname)
     local only = g.only[cname]
+    local low = lnames(st, c)
     for i = 1, c.n do
-      if not only or only[lower(c.names[i])] then
+      if not only or only[low[i]] then
         if n >= L.cap then
           local cap = n < 32 and 32 or n * 2
           local np, nl = ffi.new("const char *[?]", cap), ffi.new("size_t[?]", cap)
@@ -896,7 +918,7 @@ local function value_list(st, p, g)
         local v = c.values[i]
         ptr[n], len[n] = v, #v
         n = n + 1
-        lc[n], li[n] = cname, i
+        lc[n], li[n], ll[n] = cname, i, low[i]
       end
     end
   end
@@ -904,25 +926,33 @@ local function value_list(st, p, g)
   return L
 end
 
--- Records that condition gid of group g may match value i of collection cname (SCAN_ALL:
--- the value's scan failed or matched more than its hits hold, so every condition may); the
--- one place group_hits and pipeline_hits record a hit. Only for conditions that read this
--- collection: a pattern of a rule on REQUEST_FILENAME matching a header is no work for it.
+-- Records that condition gid of group g may match value i of collection cname, named
+-- lname in lower case (SCAN_ALL: the value's scan failed or matched more than its hits
+-- hold, so every condition may); the one place group_hits and pipeline_hits record a hit.
+-- Only for conditions that read this value (g.reads[gid][cname]: true for any name, else
+-- the set of names the condition's targets name): a pattern of a rule on REQUEST_FILENAME
+-- matching a header, or 920420's ^[^;\s]+ on REQUEST_HEADERS:Content-Type matching every
+-- other header, is no work for it; so is a hit of a condition that never reads the group's
+-- hits (g.reads[gid] nil: a chained or negated one, prefiltered value by value).
 local SCAN_ALL = hs.SCAN_FAILED
-local function note_hit(h, g, gid, cname, i)
-  if gid == SCAN_ALL then
-    for x = 1, #g.conds do
-      local l = h[x] or {}
-      h[x] = l
-      l[#l + 1], l[#l + 2] = cname, i
-    end
-  elseif g.reads[gid][cname] then
+local function note_one(h, rd, gid, cname, lname, i)
+  local ks = rd and rd[cname]
+  if ks and (ks == true or ks[lname]) then
     local l = h[gid]
     if not l then
       l = {}
       h[gid] = l
     end
     l[#l + 1], l[#l + 2] = cname, i
+  end
+end
+
+local function note_hit(h, g, gid, cname, lname, i)
+  local reads = g.reads
+  if gid == SCAN_ALL then
+    for x = 1, #g.conds do note_one(h, reads[x], x, cname, lname, i) end
+  else
+    note_one(h, reads[gid], gid, cname, lname, i)
   end
 end
 
@@ -933,12 +963,12 @@ pipeline_hits = function(st, g, h)
   local p = pipeline_of(st)
   if not p or not p.ok[g.chain] then return false end
   local L = value_list(st, p, g)
-  local pv_coll, pv_idx = L.coll, L.idx
+  local pv_coll, pv_idx, pv_low = L.coll, L.idx, L.low
   local cnt, hits = hs.scan_values(p.ws, g.chain, g.db, L.ptr, L.len, L.n)
   if not cnt then return false end
   for j = 0, cnt - 1 do
     local k = hits[2 * j + 1] + 1
-    note_hit(h, g, hits[2 * j], pv_coll[k], pv_idx[k])
+    note_hit(h, g, hits[2 * j], pv_coll[k], pv_low[k], pv_idx[k])
   end
   return true
 end
@@ -959,15 +989,16 @@ local function group_hits(st, g)
   for _, cname in ipairs(g.colls) do
     local c = st.vars:coll(cname)
     local only = g.only[cname]
+    local low = lnames(st, c)
     for i = 1, c.n do
-      if not only or only[lower(c.names[i])] then
+      if not only or only[low[i]] then
         local v = value(st, cname, c, i, ch)
         local n, ids, base, more = scan(db, v, hits)
         if not n or more then
-          note_hit(h, g, SCAN_ALL, cname, i)
+          note_hit(h, g, SCAN_ALL, cname, low[i], i)
         else
           for k = 0, n - 1 do
-            note_hit(h, g, ids[base + k], cname, i)
+            note_hit(h, g, ids[base + k], cname, low[i], i)
           end
         end
       end
@@ -1007,8 +1038,9 @@ function M.run(cs, st)
       for _, cname in ipairs(g.colls) do
         local c = st.vars:coll(cname)
         local only = g.only[cname]
+        local low = lnames(st, c)
         for i = 1, c.n do
-          if not only or only[lower(c.names[i])] then
+          if not only or only[low[i]] then
             local v = value(st, cname, c, i, ch)
             for _, cond in ipairs(pcre) do confirm(st, cond, cname, c, i, v) end
           end
@@ -1043,8 +1075,9 @@ end
 -- tx.inbound_anomaly_score_threshold). Differences from ModSecurity (docs/plugins/waf.md):
 -- a rule's actions run once per request and rule, not once per matching variable.
 --
--- Prefiltering: every @rx/@pm condition (not multiMatch, pattern without a macro) joins
--- the Hyperscan database of its transformation chain; the first condition that needs value
+-- Prefiltering: every @rx/@pm condition (not multiMatch, pattern without a macro, not
+-- @rx ^.*$: that matches every value, cond.anything) joins the Hyperscan database of its
+-- transformation chain; the first condition that needs value
 -- v of a collection through chain c scans v once with that database, and every condition
 -- of the chain then knows at once whether it can match v. Only those Hyperscan names run
 -- PCRE2 (capture, exact offsets, prefilter-mode patterns) or the phrase list.
@@ -1120,9 +1153,8 @@ local function sec_targets(cond)
   cond.tgt, cond.skip = tgt, skip
 end
 
-local function sel_ok(e, skip, name, st, rule)
-  local k = lower(name)
-  if e.key and e.key ~= k then return false end
+-- (k: name in lower case, when the caller has it)
+local function sel_ok(e, skip, name, st, rule, k)
   if e.keyrx then
     -- a name selector (TX:/^header_name_/ runs over every TX variable): its answer per
     -- name kept with the target, a pure function of the two (bounded: names are the
@@ -1140,6 +1172,9 @@ local function sel_ok(e, skip, name, st, rule)
     end
     if not yes then return false end
   end
+  -- (after the selector: TX:/regex/ turns most of TX's names down without lowering them)
+  k = k or lower(name)
+  if e.key and e.key ~= k then return false end
   local s = skip[e.coll]
   if s then
     if s.keys and s.keys[k] then return false end
@@ -1365,7 +1400,8 @@ local function may_match(st, cond, cname, i, v)
 end
 
 -- Prefilter of a multiMatch condition (cs.multi_group): may it match text v? Scans v once
--- per request with the multiMatch database, whichever condition and step asks.
+-- per request with the multiMatch database, whichever condition and step asks. (Asked
+-- only for the values multi_values let through, or all when it cannot run.)
 local function multi_may(st, cond, v)
   local g = cond.group
   if not g.db or cond.pcre_only then return true end
@@ -1381,6 +1417,62 @@ local function multi_may(st, cond, v)
   end
   if set == true then return true end
   return set and set[cond.gid] == true or false
+end
+
+-- The values of multiMatch condition cond (not negated; cond.mlist: its collections and
+-- names as a group's, value_list) whose text after some step of its path Hyperscan names
+-- for it: { [cname] = { [i] = true } }, made by one C call per request over all of them
+-- (hs.scan_steps); false when that cannot run (then multi_may asks per text). A value
+-- none of whose texts is named cannot match: sec_cond passes over it without computing
+-- its steps (930110, 934100: every header and argument through four or five steps).
+local multi_values
+do
+  multi_values = function(st, cond)
+    local sets = st.msets
+    if not sets then
+      sets = {}
+      st.msets = sets
+    end
+    local set = sets[cond]
+    if set ~= nil then return set end
+    set = false
+    local g, ml = cond.group, cond.mlist
+    local p = g.db and not cond.pcre_only and pipeline_of(st)
+    if p and ml.ok == nil then
+      -- first use with a pipeline: can it run every step of the path?
+      local path = cond.path
+      ml.ok = true
+      for _, ch in ipairs(path) do if not p.ok[ch] then ml.ok = false end end
+      if ml.ok then
+        ml.steps = ffi.new("unsigned[?]", #path)
+        for k, ch in ipairs(path) do ml.steps[k - 1] = ch end
+        ml.nsteps = #path
+      end
+    end
+    if p and ml.ok then
+      local L = value_list(st, p, ml)
+      local cnt, hits = hs.scan_steps(p.ws, ml.steps, ml.nsteps, g.db, L.ptr, L.len, L.n)
+      if cnt then
+        set = {}
+        local gid, lc, li = cond.gid, L.coll, L.idx
+        for j = 0, cnt - 1 do
+          local id = hits[2 * j]
+          if id == gid or id == SCAN_ALL then
+            local k = hits[2 * j + 1] + 1
+            local cname = lc[k]
+            local per = set[cname]
+            if not per then
+              per = {}
+              set[cname] = per
+            end
+            per[li[k]] = true
+          end
+        end
+      end
+    end
+    sets[cond] = set
+    return set
+  end
 end
 
 local function varname_of(e, name)
@@ -1421,6 +1513,20 @@ end
 -- A SecAction's match (read only, shared by every request).
 local ACTION_MATCH = { { name = "", value = "", from = 1, to = 0 } }
 
+local NO_VALUES = {} -- (read only)
+
+-- What sec_test gives for @rx ^.*$ (cond.anything, compile_seclang) on v: all of it, and
+-- with capture TX.0 = v, TX.1..9 unset.
+local CAPTURE_SLOTS = { "1", "2", "3", "4", "5", "6", "7", "8", "9" }
+local function match_all(st, cond, v)
+  if cond.capture then
+    local tx = st.tx
+    tx["0"] = v
+    for k = 1, 9 do tx[CAPTURE_SLOTS[k]] = nil end
+  end
+  return 1, #v
+end
+
 -- Evaluates one condition: the list of matches { name, value, from, to }, or nil.
 local function sec_cond(st, r, cond)
   -- SecAction (@unconditionalMatch, no variable): it matches, once (without this it had
@@ -1437,9 +1543,9 @@ local function sec_cond(st, r, cond)
     for k = 1, #lst, 2 do
       local cname, i = lst[k], lst[k + 1]
       local c = st.vars:coll(cname)
-      local name = c.names[i]
+      local name, lname = c.names[i], lnames(st, c)[i]
       for _, e in ipairs(cond.tgt) do
-        if e.coll == cname and (not e.key or lower(name) == e.key) and sel_ok(e, cond.skip, name, st, r) then
+        if e.coll == cname and (not e.key or lname == e.key) and sel_ok(e, cond.skip, name, st, r, lname) then
           local v = value(st, cname, c, i, cond.chain)
           local from, to = sec_test(st, cond, v)
           if from == "error" then
@@ -1488,9 +1594,16 @@ local function sec_cond(st, r, cond)
         out[#out + 1] = { name = "&" .. varname_of(e, e.key), value = v, from = from, to = to }
       end
     else
+      -- (a dynamic collection is made anew at each call: its names are lowered as needed)
+      local low = not dyn and lnames(st, c)
+      -- multiMatch: the values Hyperscan named at some step (multi_values), or all
+      local may = cond.mlist and not dyn and multi_values(st, cond)
+      may = may and (may[cname] or NO_VALUES)
       for i = 1, c.n do
         local name = c.names[i]
-        if (not e.key or lower(name) == e.key) and sel_ok(e, cond.skip, name, st, r) then
+        local lname = low and low[i]
+        if (not may or may[i]) and (not e.key or (lname or lower(name)) == e.key)
+          and sel_ok(e, cond.skip, name, st, r, lname) then
           local path = cond.path
           local prev
           for pi = cond.multi and 1 or #path, #path do
@@ -1503,7 +1616,9 @@ local function sec_cond(st, r, cond)
             if v == prev then goto next_step end
             prev = v
             local from, to
-            if dyn or (cond.multi and (not cond.group or multi_may(st, cond, v)))
+            if cond.anything then
+              from, to = match_all(st, cond, v)
+            elseif dyn or (cond.multi and (not cond.group or multi_may(st, cond, v)))
               or (not cond.multi and may_match(st, cond, cname, i, v)) then
               from, to = sec_test(st, cond, v)
             end
@@ -1864,10 +1979,38 @@ function M.compile_seclang(set, opts)
           end
           mg.conds[#mg.conds + 1] = cond
           cond.group, cond.gid, cond.fast = mg, #mg.conds, false
-          mg.reads[cond.gid] = {}
           add_patterns(mg, cond)
+          if not cond.negate then
+            -- its values as a group's (value_list): collections, and the names where all
+            -- its targets on one name theirs (multi_values)
+            local ml = { colls = {}, only = {} }
+            for _, e in ipairs(cond.tgt) do
+              if not e.count and not DYNAMIC[e.coll] then
+                local cname = e.coll
+                if ml.only[cname] == nil then
+                  ml.colls[#ml.colls + 1] = cname
+                  ml.only[cname] = {}
+                end
+                local o = ml.only[cname]
+                if o and (not e.key or e.keyrx) then
+                  ml.only[cname] = false
+                elseif o then
+                  o[e.key] = true
+                end
+              end
+            end
+            for cname, o in pairs(ml.only) do if not o then ml.only[cname] = nil end end
+            cond.mlist = ml
+          end
         end
-        if (cond.op == "rx" or cond.op == "pm") and not cond.multi then
+        if cond.op == "rx" and cond.arg == "^.*$" and not cond.multi and not cond.negate
+          and #cond.tgt == 1 then
+          -- Matches every value whole (DOTALL: also one with newlines), captures it and
+          -- nothing else (CRS 920450 on REQUEST_HEADERS_NAMES, 901318): no Hyperscan
+          -- pattern (it named every value of its group, each a hit the walk then looked
+          -- at) and no PCRE2; sec_cond matches each value it reads (match_all).
+          cond.anything = true
+        elseif (cond.op == "rx" or cond.op == "pm") and not cond.multi then
           local g = groups[cond.chain]
           if not g then
             g = { chain = cond.chain, conds = {}, pcre = {}, pats = {}, flags = {}, ids = {}, colls = {}, only = {} }
@@ -1881,10 +2024,24 @@ function M.compile_seclang(set, opts)
             if e.count or DYNAMIC[e.coll] then fast = false end
           end
           cond.fast = fast
+          -- the values the condition reads through the group's hits (note_hit records only
+          -- theirs): per collection, true for every name (or a name pattern), else the set
+          -- of names; none for a condition that is not fast (may_match prefilters it)
           g.reads = g.reads or {}
-          local reads = {}
-          for _, e in ipairs(cond.tgt) do reads[e.coll] = true end
-          g.reads[cond.gid] = reads
+          if fast then
+            local reads = {}
+            for _, e in ipairs(cond.tgt) do
+              local cur = reads[e.coll]
+              if not e.key or e.keyrx then
+                reads[e.coll] = true
+              elseif cur ~= true then
+                cur = cur or {}
+                cur[e.key] = true
+                reads[e.coll] = cur
+              end
+            end
+            g.reads[cond.gid] = reads
+          end
           if fast then
             for _, e in ipairs(cond.tgt) do
               if not g.collset then g.collset = {} end

@@ -342,6 +342,14 @@ function M.scan_values(ws, chain, db, vals, lens, n)
   return tonumber(cnt), hitsp[0]
 end
 
+-- As scan_values, each value through the chains steps[0..nsteps) in turn (a multiMatch
+-- condition's steps), each text a step changed scanned: hits of a value may repeat an id.
+function M.scan_steps(ws, steps, nsteps, db, vals, lens, n)
+  local cnt = W.lp_ffi_waf_scan_steps(ws, steps, nsteps, db, scratch[0], vals, lens, n, hitsp)
+  if cnt < 0 then return nil end
+  return tonumber(cnt), hitsp[0]
+end
+
 local outp, outn = ffi.new("const char *[1]"), ffi.new("size_t[1]")
 -- Value v (kept alive by the caller until the next pipeline_reset) through chain, as the
 -- scans transform it (and kept with theirs): a string, v itself when no step changed it.
