@@ -51,6 +51,12 @@ size_t lp_ffi_waf_utf8_invalid(const char *s, size_t n)
                                               : 0;
         if (len == 0)
             return i + 1;
+        /* RFC 3629's second-byte ranges: no overlong 3- or 4-byte forms (E0, F0), no
+         * surrogates (ED), nothing past U+10FFFF (F4) */
+        unsigned char lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80;
+        unsigned char hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
+        if (i + 1 < n && (v[i + 1] < lo || v[i + 1] > hi))
+            return i + 1;
         for (size_t k = 1; k < len; k++)
             if (i + k >= n || v[i + k] < 0x80 || v[i + k] > 0xBF)
                 return i + 1;

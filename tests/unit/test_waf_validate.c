@@ -48,6 +48,14 @@ static void test_utf8(void)
     CHECK_EQ_INT(lp_ffi_waf_utf8_invalid(L("\342\202x")), 1); /* bad continuation */
     CHECK_EQ_INT(lp_ffi_waf_utf8_invalid(L("\200")), 1);      /* lone continuation */
     CHECK_EQ_INT(lp_ffi_waf_utf8_invalid(L("\365\200\200\200")), 1);
+    /* RFC 3629's second bytes: overlong 3- and 4-byte forms, surrogates, past U+10FFFF */
+    CHECK_EQ_INT(lp_ffi_waf_utf8_invalid(L("a\340\200\257")), 2);    /* E0 80 AF: '/' */
+    CHECK_EQ_INT(lp_ffi_waf_utf8_invalid(L("\355\240\200")), 1);     /* ED A0 80: D800 */
+    CHECK_EQ_INT(lp_ffi_waf_utf8_invalid(L("\360\200\200\257")), 1); /* F0 80: overlong */
+    CHECK_EQ_INT(lp_ffi_waf_utf8_invalid(L("\364\220\200\200")), 1); /* F4 90: 110000 */
+    /* the ranges' edges that are valid: U+0800, U+D7FF, U+E000, U+10000, U+10FFFF */
+    CHECK_EQ_INT(lp_ffi_waf_utf8_invalid(L("\340\240\200\355\237\277\356\200\200")), 0);
+    CHECK_EQ_INT(lp_ffi_waf_utf8_invalid(L("\360\220\200\200\364\217\277\277")), 0);
 }
 
 static const lp_test_case_t tests[] = {
