@@ -1,4 +1,7 @@
 /* Word sets for the waf detectors (waf_words.h). */
+#include <stdio.h>
+#include <stdlib.h>
+
 #include "waf_words.h"
 
 static unsigned char low(unsigned char c)
@@ -15,15 +18,32 @@ static unsigned hash(const unsigned char *w, size_t n)
     return h;
 }
 
+/* A list find could never answer right: a defect in the program, not in a request; a WAF
+ * that silently misses words is worse than one that does not start. */
+static void words_bad(const unsigned char *w, const char *why)
+{
+    fprintf(stderr, "waf word list: \"%s\" %s\n", (const char *)w, why);
+    abort();
+}
+
 void lp__waf_words_build(lp_waf_words_t *ws)
 {
+    /* open addressing probes forever in a full table; LP_WAF_WORDS asserts the lists' sizes */
+    if (ws->n >= LP_WAF_WORDS_SLOTS / 2)
+        words_bad((const unsigned char *)"", "(the list) has too many words");
     for (size_t i = 0; i < ws->n; i++) {
         const unsigned char *w = (const unsigned char *)ws->words[i].w;
         size_t n = 0;
-        while (w[n])
+        while (w[n]) {
+            /* find lower-cases the value's bytes only: a listed capital never matches */
+            if (w[n] >= 'A' && w[n] <= 'Z')
+                words_bad(w, "has a capital");
             n++;
-        if (n > 0 && n < 32)
-            ws->first[n] |= 1u << (w[0] & 31);
+        }
+        /* find answers 0 for lengths outside 1..31 at once */
+        if (n == 0 || n >= 32)
+            words_bad(w, "is empty or 32 bytes or longer");
+        ws->first[n] |= 1u << (w[0] & 31);
         unsigned h = hash(w, n) & (LP_WAF_WORDS_SLOTS - 1);
         for (;;) {
             if (ws->slot[h] == 0) {

@@ -23,11 +23,19 @@ typedef struct {
     unsigned val[LP_WAF_WORDS_SLOTS];        /* the slot's word's value, or'ed */
 } lp_waf_words_t;
 
-/* A set over a static list (a static lp_waf_word_t array). */
+/* A set over a static list (a static lp_waf_word_t array), of fewer than half the slots
+ * (asserted at compile time: a fuller table would probe long, a full one forever). */
 #define LP_WAF_WORDS(list)                                                                         \
     {                                                                                              \
-        .words = (list), .n = sizeof(list) / sizeof((list)[0])                                     \
+        .words = (list), .n = LP_WAF_WORDS_COUNT(list)                                             \
     }
+#define LP_WAF_WORDS_COUNT(list)                                                                   \
+    (sizeof(list) / sizeof((list)[0]) +                                                            \
+     0 * sizeof(struct {                                                                           \
+         _Static_assert(sizeof(list) / sizeof((list)[0]) < LP_WAF_WORDS_SLOTS / 2,                 \
+                        "a word list of half the slots or more");                                  \
+         int lp_unused;                                                                            \
+     }))
 
 /* Builds ws's table: once, before any lp__waf_words_find (the caller's pthread_once). */
 void lp__waf_words_build(lp_waf_words_t *ws);
