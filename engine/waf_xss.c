@@ -256,13 +256,11 @@ static long bad_attrs(xss_t *x, size_t i, size_t *next)
             i++;
             continue;
         }
-        size_t a = i, b = i;
+        /* a '=' where a name starts is the name's first byte (HTML5): "<img src=x =y
+         * onerror=...>" has the attributes "=y" and "onerror" */
+        size_t a = i, b = v[i] == '=' ? i + 1 : i;
         while (b < n && !name_stop[v[b]])
             b++;
-        if (b == a) { /* a '=' with no name: the scan stops */
-            *next = i + 1;
-            return -1;
-        }
         i = b;
         const unsigned char *val = v + i;
         size_t vn = 0;
