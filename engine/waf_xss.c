@@ -268,12 +268,13 @@ static long bad_attrs(xss_t *x, size_t i, size_t *next)
         int eq = k < n && v[k] == '=';
         if (eq) {
             i = skip_space(v, n, k + 1);
-            if (i < n && (v[i] == '"' || v[i] == '\'' || v[i] == '`')) {
+            /* a backtick quotes nothing in HTML5: it starts an unquoted value */
+            if (i < n && (v[i] == '"' || v[i] == '\'')) {
                 const unsigned char *close = memchr(v + i + 1, v[i], n - i - 1);
                 size_t ci = close ? (size_t)(close - v) : n;
                 val = v + i + 1;
                 vn = ci - i - 1;
-                i = ci + 1;
+                i = ci < n ? ci + 1 : n;
             } else {
                 size_t e = i;
                 while (e < n && !is_space(v[e]) && v[e] != '>')

@@ -43,6 +43,8 @@ static void test_attacks(void)
     X("<a href=data:text/html,x>", 4);
     /* a '=' where a name starts is part of the name (HTML5), not the tag's end */
     X("<img src=x =y onerror=alert(1)>", 15);
+    /* a backtick quotes nothing: the value ends at the space */
+    X("<img src=`x onerror=alert(1)//`>", 13);
 }
 
 static void test_entities(void)
