@@ -297,6 +297,29 @@ static long bad_attrs(xss_t *x, size_t i, size_t *next)
     return -1;
 }
 
+/* Where the text after a comment's "<!--" (at i) resumes, as HTML5 ends comments: at once
+ * on ">" or "->" (abrupt closing), else at the first "-->" or "--!>"; the end if none. */
+static size_t comment_end(const unsigned char *v, size_t n, size_t i)
+{
+    if (i < n && v[i] == '>')
+        return i + 1;
+    if (i + 1 < n && v[i] == '-' && v[i + 1] == '>')
+        return i + 2;
+    for (size_t k = i; k + 2 < n; k++) {
+        const unsigned char *d = memchr(v + k, '-', n - k - 2);
+        if (!d)
+            break;
+        k = (size_t)(d - v);
+        if (v[k + 1] != '-')
+            continue;
+        if (v[k + 2] == '>')
+            return k + 3;
+        if (k + 3 < n && v[k + 2] == '!' && v[k + 3] == '>')
+            return k + 4;
+    }
+    return n;
+}
+
 /* Parses the value as HTML text from i: the position of the markup, or -1. */
 static long html_scan(xss_t *x, size_t i)
 {
@@ -332,8 +355,7 @@ static long html_scan(xss_t *x, size_t i)
                 return bad;
             i = nx;
         } else if (prefix_ci(v + lt, n - lt, "<!--")) {
-            const unsigned char *e = lt + 4 < n ? memmem(v + lt + 4, n - lt - 4, "-->", 3) : NULL;
-            i = e ? (size_t)(e - v) + 3 : n;
+            i = comment_end(v, n, lt + 4);
         } else if (lt + 1 < n && (v[lt + 1] == '!' || v[lt + 1] == '?')) {
             /* <!ENTITY, <?xml: markup no comment form needs */
             if (prefix_ci(v + lt, n - lt, "<!entity") || prefix_ci(v + lt, n - lt, "<?xml"))

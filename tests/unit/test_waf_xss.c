@@ -45,6 +45,10 @@ static void test_attacks(void)
     X("<img src=x =y onerror=alert(1)>", 15);
     /* a backtick quotes nothing: the value ends at the space */
     X("<img src=`x onerror=alert(1)//`>", 13);
+    /* comments end as HTML5 ends them */
+    X("<!--><script>", 6);
+    X("<!---><script>", 7);
+    X("<!-- --!><script>", 10);
 }
 
 static void test_entities(void)
@@ -72,6 +76,8 @@ static void test_plain(void)
     X("<a href=java\nscript:x>", 0);
     /* a '=' starting a name is part of it: "=onerror" is no handler */
     X("<x =onerror=1>", 0);
+    X("<!-- a -- b --><b>", 0);
+    X("<!-- -!> <script> -->", 0);
 }
 
 static void test_edges(void)
