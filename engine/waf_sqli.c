@@ -536,7 +536,7 @@ static int attack_at(const sql_t *s, int quote)
         char tt = s->t[k].t;
         if (tt == 'U') {
             int j = nextnc(s, k + 1);
-            if (weq(s, j, "all"))
+            if (weq(s, j, "all") || weq(s, j, "distinct"))
                 j = nextnc(s, j + 1);
             if (weq(s, j, "select") || ty(s, j) == '(')
                 return k;

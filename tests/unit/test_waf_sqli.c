@@ -51,6 +51,8 @@ static void test_attacks(void)
     S("waitfor delay '0:0:5'", 1, 21, "kks");
     S("1;update users set x=1", 2, 22, ";kbkbo");
     S("0x41 or 1=1", 6, 11, "&non");
+    /* UNION DISTINCT SELECT, as UNION ALL SELECT */
+    S("1 union distinct select 1,2", 3, 27, "Ubkn,n");
 }
 
 static void test_prose(void)
