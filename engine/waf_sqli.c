@@ -60,10 +60,10 @@ static int is_xdigit(unsigned char c)
     return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-/* a byte of a word: [%w_$\128-\255] */
+/* a byte of a word: [%w_$\128-\255] but 0xA0, which MySQL reads as a space wherever it is */
 static int word_byte(unsigned char c)
 {
-    return is_alnum(c) || c == '_' || c == '$' || c >= 128;
+    return is_alnum(c) || c == '_' || c == '$' || (c >= 128 && c != 0xA0);
 }
 
 /* v[0..n) is word (lower case), ASCII case-insensitively */
@@ -421,7 +421,7 @@ static int sql_tokens(sql_t *s, unsigned char quote)
             unsigned wv = lp__waf_words_find(&sql_words, w, wn);
             char t = (char)(wv & 0xFF);
             size_t k = b + 1;
-            while (k < n && is_space(v[k]))
+            while (k < n && (is_space(v[k]) || v[k] == 0xA0))
                 k++;
             int call = k < n && v[k] == '(';
             if (call && ((wv & (W_SQL_FUNC | W_ATTACK_FUNC)) || t == 'f'))
@@ -636,6 +636,7 @@ static int sql_byte(unsigned char c)
     case '\v':
     case '\f':
     case '\r':
+    case 0xA0:
     case '\'':
     case '"':
     case '(':

@@ -53,6 +53,8 @@ static void test_attacks(void)
     S("0x41 or 1=1", 6, 11, "&non");
     /* UNION DISTINCT SELECT, as UNION ALL SELECT */
     S("1 union distinct select 1,2", 3, 27, "Ubkn,n");
+    /* 0xA0 separates words wherever it is (MySQL reads it as a space) */
+    S("1\240union\240select\2401,2", 3, 18, "Ukn,n");
 }
 
 static void test_prose(void)
