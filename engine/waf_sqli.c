@@ -333,6 +333,25 @@ static size_t number_end(const unsigned char *v, size_t n, size_t i)
     return j - 1;
 }
 
+/* Whether a '(' comes at i once spaces and comments are skipped: "sleep/ * * /(5)"
+ * (without the spaces) is a call.
+ * Each byte skipped belongs to the gap before the next token: read at most twice. */
+static int paren_after(const unsigned char *v, size_t n, size_t i)
+{
+    for (;;) {
+        while (i < n && (is_space(v[i]) || v[i] == 0xA0))
+            i++;
+        if (i + 2 < n && v[i] == '/' && v[i + 1] == '*' && v[i + 2] != '!') {
+            const unsigned char *e = memmem(v + i + 2, n - i - 2, "*/", 2);
+            if (!e)
+                return 0;
+            i = (size_t)(e - v) + 2;
+            continue;
+        }
+        return i < n && v[i] == '(';
+    }
+}
+
 /* Tokenizes the value; quote: it starts inside a literal of this quote (0: as written).
  * 0 when the quote never closes (no pass), else 1. */
 static int sql_tokens(sql_t *s, unsigned char quote)
@@ -420,10 +439,7 @@ static int sql_tokens(sql_t *s, unsigned char quote)
             const unsigned char *w = v + i;
             unsigned wv = lp__waf_words_find(&sql_words, w, wn);
             char t = (char)(wv & 0xFF);
-            size_t k = b + 1;
-            while (k < n && (is_space(v[k]) || v[k] == 0xA0))
-                k++;
-            int call = k < n && v[k] == '(';
+            int call = paren_after(v, n, b + 1);
             if (call && ((wv & (W_SQL_FUNC | W_ATTACK_FUNC)) || t == 'f'))
                 t = 'f';
             else if (!t)

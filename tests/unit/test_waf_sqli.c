@@ -55,6 +55,8 @@ static void test_attacks(void)
     S("1 union distinct select 1,2", 3, 27, "Ubkn,n");
     /* 0xA0 separates words wherever it is (MySQL reads it as a space) */
     S("1\240union\240select\2401,2", 3, 18, "Ukn,n");
+    /* a comment between a function's name and its '(' */
+    S("1 and sleep/**/(5)", 7, 18, "fc(n)");
 }
 
 static void test_prose(void)
