@@ -9,8 +9,8 @@
  * or when the whole value is a javascript: URL. Plain markup a comment form allows (<b>, <i>,
  * <a href="https://...">, <p>) is not.
  *
- * Work is linear in the value (at most 64 KiB of it is read): each byte is read a bounded
- * number of times, entity decoding of a URL or a style included. */
+ * Work is linear in the value, all of it read (markup after padding is markup): each byte
+ * is read a bounded number of times, entity decoding of a URL or a style included. */
 #include <stdlib.h>
 #include <pthread.h>
 #include <string.h>
@@ -18,8 +18,6 @@
 struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "lua_api.h"
 #include "waf_words.h"
-
-#define XSS_MAX_LEN 65536 /* bytes of a value parsed */
 
 static unsigned char low(unsigned char c)
 {
@@ -421,7 +419,7 @@ static long xss_at(xss_t *x)
 int lp_ffi_waf_xss(const char *str, size_t n, lp_waf_detect_t *out)
 {
     pthread_once(&xss_words_once, xss_words_init);
-    xss_t x = {(const unsigned char *)str, n > XSS_MAX_LEN ? XSS_MAX_LEN : n, NULL, 0};
+    xss_t x = {(const unsigned char *)str, n, NULL, 0};
     long at = xss_at(&x);
     free(x.buf);
     if (at < 0)

@@ -93,7 +93,8 @@ static void test_edges(void)
     X("<a b='", 0);
 }
 
-/* Long values: only the first 64 KiB is parsed, each byte a bounded number of times. */
+/* Long values: all of the value is parsed, each byte a bounded number of times (markup
+ * after any padding is found). */
 static void test_long(void)
 {
     size_t n = 1 << 20;
@@ -109,12 +110,19 @@ static void test_long(void)
         (void)lp_ffi_waf_xss(v, n, &d);
     }
     memset(v, 'a', n);
-    memcpy(v + 70000, "<script>", 8);
     CHECK(lp_ffi_waf_xss(v, n, &d) == 0);
+    memcpy(v + n - 8, "<script>", 8);
+    CHECK(lp_ffi_waf_xss(v, n, &d) == 1);
+    CHECK_EQ_INT(d.from, n - 7);
+    CHECK_EQ_INT(d.to, n);
+    memset(v, ' ', n - 8);
+    memcpy(v + 70000, "\"><img src=x onerror=alert(1)>", 30);
+    CHECK(lp_ffi_waf_xss(v, n, &d) == 1);
+    CHECK_EQ_INT(d.from, 70014);
     memcpy(v + 1000, "<script>", 8);
     CHECK(lp_ffi_waf_xss(v, n, &d) == 1);
     CHECK_EQ_INT(d.from, 1001);
-    CHECK_EQ_INT(d.to, 65536);
+    CHECK_EQ_INT(d.to, n);
     free(v);
 }
 
