@@ -17,7 +17,10 @@
  * Prose with apostrophes ("It's great -- I'd buy it again") stays prose: its quote closes
  * into words, never into a comment or a comparison.
  *
- * Work is linear in the value: at most 4 KiB of it is read, and at most 64 tokens a pass. */
+ * Work is linear in the value, all of it read (SQL after padding is SQL): a pass keeps a
+ * window of 64 tokens; the rules anywhere look a few tokens ahead, so once the window is full
+ * the tokens with 16 after them are checked and the last 16 slide to its start. The rules
+ * on how the value starts read the first window only. */
 #include <stddef.h>
 #include <pthread.h>
 #include <string.h>
@@ -26,8 +29,8 @@ struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "lua_api.h"
 #include "waf_words.h"
 
-#define SQL_MAX_LEN  4096 /* bytes of a value tokenized */
-#define SQL_MAX_TOKS 64   /* tokens a pass keeps */
+#define SQL_MAX_TOKS 64 /* tokens a pass's window holds */
+#define SQL_LOOK     16 /* tokens kept after the last one checked: the rules' look-ahead */
 
 static unsigned char low(unsigned char c)
 {
@@ -285,7 +288,8 @@ typedef struct {
 typedef struct {
     const unsigned char *v; /* borrowed: the value */
     size_t n;
-    int nt; /* tokens in t */
+    size_t i; /* where tokenizing resumes; n when done */
+    int nt;   /* tokens in t */
     sql_tok_t t[SQL_MAX_TOKS];
 } sql_t;
 
@@ -352,20 +356,27 @@ static int paren_after(const unsigned char *v, size_t n, size_t i)
     }
 }
 
-/* Tokenizes the value; quote: it starts inside a literal of this quote (0: as written).
+/* Starts a pass; quote: the value starts inside a literal of this quote (0: as written).
  * 0 when the quote never closes (no pass), else 1. */
-static int sql_tokens(sql_t *s, unsigned char quote)
+static int sql_start(sql_t *s, unsigned char quote)
 {
-    const unsigned char *v = s->v;
-    size_t n = s->n, i = 0;
     s->nt = 0;
+    s->i = 0;
     if (quote) {
-        const unsigned char *q = memchr(v, quote, n);
+        const unsigned char *q = memchr(s->v, quote, s->n);
         if (!q)
             return 0;
-        push(s, 's', 0, (size_t)(q - v), 0, 0);
-        i = (size_t)(q - v) + 1;
+        push(s, 's', 0, (size_t)(q - s->v), 0, 0);
+        s->i = (size_t)(q - s->v) + 1;
     }
+    return 1;
+}
+
+/* Tokenizes from s->i until the window is full or the value ends. */
+static void sql_tokens(sql_t *s)
+{
+    const unsigned char *v = s->v;
+    size_t n = s->n, i = s->i;
     while (i < n && s->nt < SQL_MAX_TOKS) {
         unsigned char c = v[i];
         if (c <= 32 || c == 0xA0) {
@@ -391,6 +402,7 @@ static int sql_tokens(sql_t *s, unsigned char quote)
             i = end + 1;
         } else if ((c == '-' && i + 1 < n && v[i + 1] == '-') || c == '#') {
             push(s, 'c', i, n - 1, 0, 0);
+            i = n;
             break;
         } else if (c == '/' && i + 1 < n && v[i + 1] == '*') {
             if (i + 2 < n && v[i + 2] == '!') {
@@ -463,7 +475,7 @@ static int sql_tokens(sql_t *s, unsigned char quote)
             i++;
         }
     }
-    return 1;
+    s->i = i;
 }
 
 /* ---- structure ---- */
@@ -544,11 +556,12 @@ static int statement_at(const sql_t *s, int j)
     return 0;
 }
 
-/* The index of the token where the injection starts, or -1. quote: the pass's. */
-static int attack_at(const sql_t *s, int quote)
+/* The index of the first token of t[0..upto) where an injection starts, by the rules that
+ * hold anywhere in the value, or -1. */
+static int attack_in(const sql_t *s, int upto)
 {
     int n = s->nt;
-    for (int k = 0; k < n; k++) {
+    for (int k = 0; k < upto; k++) {
         char tt = s->t[k].t;
         if (tt == 'U') {
             int j = nextnc(s, k + 1);
@@ -581,6 +594,14 @@ static int attack_at(const sql_t *s, int quote)
         /* (@@variables alone are not flagged: the Lua original this was ported from meant to
          * but never did, and the rules were tuned against its verdicts) */
     }
+    return -1;
+}
+
+/* The index of the token where an injection starts by the rules on how the value starts
+ * (the first window), or -1. quote: the pass's. */
+static int attack_first(const sql_t *s, int quote)
+{
+    int n = s->nt;
     if (quote) {
         /* A value closing the application's literal: what follows it right away. ') or
          * ('a'='a: the literal closes, then parentheses the application opened. */
@@ -684,8 +705,6 @@ int lp_ffi_waf_sqli(const char *str, size_t n, lp_waf_detect_t *out)
         i++;
     if (i == n)
         return 0;
-    if (n > SQL_MAX_LEN)
-        n = SQL_MAX_LEN;
     pthread_once(&sql_words_once, sql_words_init);
     static const unsigned char quotes[] = {0, '\'', '"'};
     sql_t s;
@@ -695,9 +714,21 @@ int lp_ffi_waf_sqli(const char *str, size_t n, lp_waf_detect_t *out)
         unsigned char q = quotes[qi];
         if (q ? memchr(v, q, n) == NULL : !lp_ffi_waf_sql_written_may(str, n))
             continue;
-        if (!sql_tokens(&s, q))
+        if (!sql_start(&s, q))
             continue;
-        int k = attack_at(&s, q);
+        int k = -1;
+        for (int first = 1;; first = 0) {
+            sql_tokens(&s);
+            int more = s.i < s.n; /* the window is full, bytes are left */
+            int upto = more ? SQL_MAX_TOKS - SQL_LOOK : s.nt;
+            k = attack_in(&s, upto);
+            if (k < 0 && first)
+                k = attack_first(&s, q);
+            if (k >= 0 || !more)
+                break;
+            memmove(s.t, s.t + upto, SQL_LOOK * sizeof s.t[0]);
+            s.nt = SQL_LOOK;
+        }
         if (k < 0)
             continue;
         out->from = s.t[k].a + 1;

@@ -91,8 +91,8 @@ static void test_edges(void)
     CHECK(lp_ffi_waf_sql_written_may("", 0) == 0);
 }
 
-/* Long values: only the first 4 KiB is tokenized, and a pass keeps 64 tokens; every byte
- * beyond is looked at a bounded number of times (a 1 MiB value of the worst kinds). */
+/* Long values: all of the value is tokenized, through a window of tokens; every byte is
+ * looked at a bounded number of times (a 1 MiB value of the worst kinds). */
 static void test_long(void)
 {
     size_t n = 1 << 20;
@@ -107,14 +107,28 @@ static void test_long(void)
         (void)lp_ffi_waf_sqli(v, n, &d);
         (void)lp_ffi_waf_sql_written_may(v, n);
     }
-    /* an attack after the first 4 KiB is not read */
+    /* an attack after padding: bytes (spaces, one word) or many tokens */
+    memset(v, ' ', 4096);
+    memcpy(v + 4096, "' or 1=1--", 10);
+    CHECK(lp_ffi_waf_sqli(v, 4096 + 10, &d) == 1);
+    CHECK_EQ_INT(d.from, 4099);
+    CHECK_STR(d.fp, "&nono");
     memset(v, 'a', n);
     memcpy(v + 8192, " 1 union select 1,2 ", 20);
-    CHECK(lp_ffi_waf_sqli(v, 8192 + 20, &d) == 0);
+    CHECK(lp_ffi_waf_sqli(v, 8192 + 20, &d) == 1);
+    CHECK_EQ_INT(d.from, 8196);
+    for (size_t i = 0; i < 1000; i++)
+        memcpy(v + 2 * i, "a ", 2);
+    memcpy(v + 2000, "1 union select 1,2", 18);
+    CHECK(lp_ffi_waf_sqli(v, 2018, &d) == 1);
+    CHECK_EQ_INT(d.from, 2003);
+    CHECK_STR(d.fp, "Ukn,n");
+    /* a 1 MiB value is read to its end */
+    memset(v, 'a', n);
     memcpy(v + 100, " 1 union select 1,2 ", 20);
     CHECK(lp_ffi_waf_sqli(v, n, &d) == 1);
     CHECK_EQ_INT(d.from, 104);
-    CHECK_EQ_INT(d.to, 4096);
+    CHECK_EQ_INT(d.to, n);
     CHECK_STR(d.fp, "Ukn,nb");
     free(v);
 }
