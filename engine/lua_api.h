@@ -324,8 +324,6 @@ typedef struct lp_waf_detect {
     unsigned to;   /* its last byte, from 1 */
     char fp[8];    /* @detectSQLi: the token classes from the attack on (up to 6), NUL-ended */
 } lp_waf_detect_t;
-/* @detectSQLi's first question: may v, as written, start SQL? 1 or 0. */
-int lp_ffi_waf_sql_written_may(const char *v, size_t n);
 /* @detectSQLi and @detectXSS: 1 with *out filled when v is an attack, else 0. */
 int lp_ffi_waf_sqli(const char *v, size_t n, lp_waf_detect_t *out);
 int lp_ffi_waf_xss(const char *v, size_t n, lp_waf_detect_t *out);

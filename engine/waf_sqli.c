@@ -27,58 +27,16 @@
 
 struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "lua_api.h"
+#include "waf_ctype.h"
 #include "waf_words.h"
 
 #define SQL_MAX_TOKS 64 /* tokens a pass's window holds */
 #define SQL_LOOK     16 /* tokens kept after the last one checked: the rules' look-ahead */
 
-static unsigned char low(unsigned char c)
-{
-    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
-}
-
-/* Lua's %s, %d, %a, %w, %x in the C locale, as the Lua original's patterns read them */
-static int is_space(unsigned char c)
-{
-    return c == ' ' || (c >= '\t' && c <= '\r');
-}
-
-static int is_digit(unsigned char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-static int is_alpha(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-static int is_alnum(unsigned char c)
-{
-    return is_alpha(c) || is_digit(c);
-}
-
-static int is_xdigit(unsigned char c)
-{
-    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
 /* a byte of a word: [%w_$\128-\255] but 0xA0, which MySQL reads as a space wherever it is */
 static int word_byte(unsigned char c)
 {
     return is_alnum(c) || c == '_' || c == '$' || (c >= 128 && c != 0xA0);
-}
-
-/* v[0..n) is word (lower case), ASCII case-insensitively */
-static int eq_ci(const unsigned char *v, size_t n, const char *word)
-{
-    size_t m = strlen(word);
-    if (n != m)
-        return 0;
-    for (size_t k = 0; k < m; k++)
-        if (low(v[k]) != (unsigned char)word[k])
-            return 0;
-    return 1;
 }
 
 /* one of the words UNION, SELECT, WAITFOR in v, ASCII case-insensitively (one pass) */
@@ -108,9 +66,8 @@ static int has_start_word(const unsigned char *v, size_t n)
  * number or a literal (1 AND 1=1, 'a' OR ...). A byte test, so that ordinary values (a
  * User-Agent without those, a cookie, a name) skip the tokenizer; it only ever answers yes
  * when unsure (a leading comment or MySQL's version comment marker). */
-int lp_ffi_waf_sql_written_may(const char *s, size_t n)
+static int sql_written_may(const unsigned char *v, size_t n)
 {
-    const unsigned char *v = (const unsigned char *)s;
     if (memchr(v, '(', n) || memchr(v, ';', n) || memchr(v, '@', n))
         return 1;
     if (has_start_word(v, n))
@@ -272,8 +229,6 @@ static void sql_words_init(void)
 {
     lp__waf_words_build(&sql_words);
 }
-
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- tokens ---- */
 
@@ -712,7 +667,7 @@ int lp_ffi_waf_sqli(const char *str, size_t n, lp_waf_detect_t *out)
     s.n = n;
     for (size_t qi = 0; qi < COUNT(quotes); qi++) {
         unsigned char q = quotes[qi];
-        if (q ? memchr(v, q, n) == NULL : !lp_ffi_waf_sql_written_may(str, n))
+        if (q ? memchr(v, q, n) == NULL : !sql_written_may(v, n))
             continue;
         if (!sql_start(&s, q))
             continue;

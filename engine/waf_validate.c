@@ -5,6 +5,7 @@
 
 struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "lua_api.h"
+#include "waf_ctype.h"
 
 size_t lp_ffi_waf_byte_range(const unsigned char *bad, const char *s, size_t n)
 {
@@ -13,11 +14,6 @@ size_t lp_ffi_waf_byte_range(const unsigned char *bad, const char *s, size_t n)
         if (bad[v[i] >> 3] & (1u << (v[i] & 7)))
             return i + 1;
     return 0;
-}
-
-static int is_xdigit(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
 size_t lp_ffi_waf_urlenc_invalid(const char *s, size_t n)

@@ -2,12 +2,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "waf_ctype.h"
 #include "waf_words.h"
-
-static unsigned char low(unsigned char c)
-{
-    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
-}
 
 /* FNV-1a over the lower-cased bytes */
 static unsigned hash(const unsigned char *w, size_t n)

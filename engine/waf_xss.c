@@ -17,33 +17,8 @@
 
 struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #include "lua_api.h"
+#include "waf_ctype.h"
 #include "waf_words.h"
-
-static unsigned char low(unsigned char c)
-{
-    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
-}
-
-/* Lua's %s, %a, %w, %x, %d in the C locale, as the Lua original's patterns read them */
-static int is_space(unsigned char c)
-{
-    return c == ' ' || (c >= '\t' && c <= '\r');
-}
-
-static int is_digit(unsigned char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-static int is_alpha(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-static int is_alnum(unsigned char c)
-{
-    return is_alpha(c) || is_digit(c);
-}
 
 static int hexval(unsigned char c)
 {
@@ -53,26 +28,12 @@ static int hexval(unsigned char c)
     return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* v[0..n) is word (lower case), ASCII case-insensitively */
-static int eq_ci(const unsigned char *v, size_t n, const char *word)
-{
-    size_t m = strlen(word);
-    if (n != m)
-        return 0;
-    for (size_t k = 0; k < m; k++)
-        if (low(v[k]) != (unsigned char)word[k])
-            return 0;
-    return 1;
-}
-
 /* v[0..n) starts with p (lower case), ASCII case-insensitively */
 static int prefix_ci(const unsigned char *v, size_t n, const char *p)
 {
     size_t m = strlen(p);
     return n >= m && eq_ci(v, m, p);
 }
-
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 #define W_BAD_TAG  1 /* a tag that runs or loads code, or changes the page's base */
 #define W_URL_ATTR 2 /* an attribute holding a URL */

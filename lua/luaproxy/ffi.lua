@@ -152,7 +152,6 @@ typedef struct lp_waf_detect {
     unsigned to;
     char fp[8];
 } lp_waf_detect_t;
-int lp_ffi_waf_sql_written_may(const char *v, size_t n);
 int lp_ffi_waf_sqli(const char *v, size_t n, lp_waf_detect_t *out);
 int lp_ffi_waf_xss(const char *v, size_t n, lp_waf_detect_t *out);
 size_t lp_ffi_waf_byte_range(const unsigned char *bad, const char *v, size_t n);

@@ -88,7 +88,6 @@ static void test_edges(void)
     /* an empty value pointer with no bytes */
     lp_waf_detect_t d;
     CHECK(lp_ffi_waf_sqli("", 0, &d) == 0);
-    CHECK(lp_ffi_waf_sql_written_may("", 0) == 0);
 }
 
 /* Long values: all of the value is tokenized, through a window of tokens; every byte is
@@ -105,7 +104,6 @@ static void test_long(void)
         for (size_t i = 0; i < n; i++)
             v[i] = fills[f][i % m];
         (void)lp_ffi_waf_sqli(v, n, &d);
-        (void)lp_ffi_waf_sql_written_may(v, n);
     }
     /* an attack after padding: bytes (spaces, one word) or many tokens */
     memset(v, ' ', 4096);
