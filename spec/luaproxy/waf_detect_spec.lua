@@ -38,11 +38,16 @@ describe("waf detect (C operators)", function()
       D.urlenc_invalid(v)
       D.utf8_invalid(v)
     end
-    -- only the first 4 KiB is SQL, the first 64 KiB HTML
+    -- all of the value is read: what follows padding is found
     local pad = ("a"):rep(2 ^ 20)
-    assert.same({ 104, 4096, "Ukn,nb" }, { D.sqli(("a"):rep(100) .. " 1 union select 1,2 " .. pad) })
-    assert.is_nil(D.sqli(("a"):rep(8192) .. " 1 union select 1,2"))
-    assert.same({ 1001, 65536 }, { D.xss(("a"):rep(1000) .. "<script>" .. pad) })
+    local v = ("a"):rep(100) .. " 1 union select 1,2 " .. pad
+    assert.same({ 104, #v, "Ukn,nb" }, { D.sqli(v) })
+    assert.same({ 8196, 8211, "Ukn,n" }, { D.sqli(("a"):rep(8192) .. " 1 union select 1,2") })
+    assert.same({ 4099, 4106, "&nono" }, { D.sqli((" "):rep(4096) .. "' or 1=1--") })
+    v = ("a"):rep(1000) .. "<script>" .. pad
+    assert.same({ 1001, #v }, { D.xss(v) })
+    v = pad .. "<script>"
+    assert.same({ #pad + 1, #v }, { D.xss(v) })
   end)
 
   it("finds the first byte outside @validateByteRange's ranges", function()
