@@ -53,6 +53,7 @@ static void test_attacks(void)
     S("0x41 or 1=1", 6, 11, "&non");
     /* UNION DISTINCT SELECT, as UNION ALL SELECT */
     S("1 union distinct select 1,2", 3, 27, "Ubkn,n");
+    S("1 union distinct select password from users", 3, 43, "Ubkbkb");
     /* 0xA0 separates words wherever it is (MySQL reads it as a space) */
     S("1\240union\240select\2401,2", 3, 18, "Ukn,n");
     /* a comment between a function's name and its '(' */
