@@ -18,7 +18,6 @@ import json
 import os
 import socket
 import sys
-import threading
 import time
 import unittest
 
@@ -31,7 +30,7 @@ h2 = T2.h2
 INTERNAL_ERROR, REFUSED_STREAM, CANCEL = 2, 7, 8
 
 
-class ResetOrigin:
+class ResetOrigin(T2.H2Origin):
     """An h2c origin (python3-h2, a thread per connection). With `resets`:
     /reset?code=C&... resets the stream with code C, without an answer, every time;
     /refuse-once?... resets it with REFUSED_STREAM the first time, answers after;
@@ -40,21 +39,14 @@ class ResetOrigin:
     closes the connection without an answer.
     Any other path (and every path without `resets`) is answered 200 with x-conn (the
     connection's number) and the request body's length. `counts`: requests received (their
-    END_STREAM), by path; `accepted`: connections."""
+    END_STREAM), by path; `accepted`: connections. Listening, accepting and stopping are
+    test_h2's H2Origin's."""
 
     def __init__(self, resets=True):
+        # set before the base starts accepting: its connections' threads read them
         self.resets = resets
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        self.lock = threading.Lock()
-        self.accepted = 0
         self.counts = {}
-        self.stopping = False
-        self.socks = []
-        self.threads = [threading.Thread(target=self.accept_loop, daemon=True)]
-        self.threads[0].start()
+        super().__init__()
 
     def address(self, weight=1):
         return {"address": "127.0.0.1:%d" % self.port, "weight": weight}
@@ -62,37 +54,6 @@ class ResetOrigin:
     def count(self, path):
         with self.lock:
             return self.counts.get(path, 0)
-
-    def stop(self):
-        self.stopping = True
-        for s in [self.lsock] + self.socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-        for t in self.threads:
-            t.join(H.T(10))
-
-    def accept_loop(self):
-        while not self.stopping:
-            try:
-                s, _ = self.lsock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.accepted += 1
-                n = self.accepted
-            self.socks.append(s)
-            t = threading.Thread(target=self.serve, args=(s, n), daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def serve(self, s, num):
-        try:
-            self.serve_one(s, num)
-        finally:
-            s.close()  # a failed handler shows as a lost connection, never as a hang
 
     def serve_one(self, s, num):
         c = h2.connection.H2Connection(config=h2.config.H2Configuration(
