@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cache_room.h"
 #include "cache_store_int.h"
 #include "log.h"
 
@@ -252,6 +253,8 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
         return;
     }
     lp_cache_zone_t *z = d->zone;
+    /* Written under another config, maybe a larger max_headers: requests make room for it. */
+    lp_cache_room_note(meta + h.klen + h.slen, h.hlen);
     lp_cache_entry_t *e =
         lp__cache_stub_new(meta, h.klen, meta + h.klen, h.slen, meta + h.klen + h.slen, h.hlen,
                            h.body_len, h.keep_until, fid);

@@ -32,6 +32,7 @@
 
 #include "cache_native.h"
 #include "cache_req.h"
+#include "cache_room.h"
 #include "cache_store.h"
 #include "http1.h"
 #include "lua_api.h"
@@ -421,7 +422,7 @@ static int miss_status(lp_req_t *r, learned_t *d, int stored, double ttl)
     int rc = d->status_len ? lp__resp_add_wire(r, d->status_line, d->status_len, 1)
                            : LP_FFI_EINVAL; /* our own line */
     if (rc)
-        lp_log_debug("cache: no Cache-Status on an engine-decided miss (%d)", rc);
+        lp_cache_room_no_status(rc);
     return 0;
 }
 

@@ -2,37 +2,98 @@
  * (proxy-t.h, LP_HEADERS_SPARE): an upstream's max_headers fields and a plugin's additions
  * stored whole would leave a hit no room for its Age and Cache-Status, and every hit on the
  * entry would fail. Such a head is refused when stored (issue #13): the response goes to
- * its client uncached, as one over max_object_size does. */
+ * its client uncached, as one over max_object_size does.
+ *
+ * That check is made under the config of the time. An entry stored before a reload that
+ * lowered limits.max_headers, or read from disk after a restart with a lower one, keeps its
+ * fields: the process remembers the most fields any head it stored or indexed has, and
+ * every request's header arrays hold that many plus a hit's own (lp_cache_room_cap), so
+ * such a hit is served whole, as it was before the reload. The limit is what a client or
+ * an upstream may send; what the proxy serves from its own store was checked when stored. */
+#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 
 #include "cache_room.h"
 #include "config.h"
+#include "lua_api.h"
 #include "log.h"
 #include "worker.h"
+
+/* The most fields of a head this process stored or indexed (relaxed: it only grows, and a
+ * request reads it when it takes its header arrays). */
+static atomic_uint widest;
+
+/* The fields ("h NAME\tVALUE" lines) of a head, counted up to `stop` (then stop + 1). */
+static size_t count_fields(const char *head, size_t hlen, size_t stop)
+{
+    size_t n = hlen >= 2 && head[0] == 'h' && head[1] == ' ';
+    const char *p = head, *end = head + hlen;
+    while (n <= stop && (p = memchr(p, '\n', (size_t)(end - p))) && end - p > 2) {
+        p++;
+        n += p[0] == 'h' && p[1] == ' ';
+    }
+    return n;
+}
+
+static void note(size_t n)
+{
+    unsigned v = n > 1u << 30 ? 1u << 30 : (unsigned)n;
+    unsigned cur = atomic_load_explicit(&widest, memory_order_relaxed);
+    while (v > cur && !atomic_compare_exchange_weak_explicit(&widest, &cur, v, memory_order_relaxed,
+                                                             memory_order_relaxed))
+        ;
+}
+
+unsigned lp_cache_room_cap(unsigned cap)
+{
+    unsigned w = atomic_load_explicit(&widest, memory_order_relaxed);
+    return w && w + LP_CACHE_HIT_FIELDS > cap ? w + LP_CACHE_HIT_FIELDS : cap;
+}
+
+void lp_cache_room_note(const char *head, size_t hlen)
+{
+    note(count_fields(head, hlen, (size_t)-2));
+}
+
+/* Whether a warning of this kind may go out now: once a minute per thread and kind. */
+static int once_a_minute(time_t *logged)
+{
+    time_t now = time(NULL);
+    if (now - *logged < 60)
+        return 0;
+    *logged = now;
+    return 1;
+}
+
+void lp_cache_room_no_status(int rc)
+{
+    static _Thread_local time_t logged;
+    if (once_a_minute(&logged))
+        lp_log(LP_LOG_WARN,
+               "cache: a miss went without its Cache-Status: %s (logged once a minute)",
+               rc == LP_FFI_ENOSPACE ? "the response has limits.max_headers + 16 fields already"
+                                     : "the line was refused");
+}
 
 int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
                        const char *head, size_t hlen)
 {
-    if (!w)
+    if (!w) {
+        lp_cache_room_note(head, hlen);
         return 1;
-    size_t room = (size_t)w->config->limits.max_headers + LP_HEADERS_SPARE - LP_CACHE_HIT_FIELDS;
-    size_t n = hlen >= 2 && head[0] == 'h' && head[1] == ' ';
-    const char *p = head, *end = head + hlen;
-    while (n <= room && (p = memchr(p, '\n', (size_t)(end - p))) && end - p > 2) {
-        p++;
-        n += p[0] == 'h' && p[1] == ' ';
     }
-    if (n <= room)
+    size_t room = (size_t)w->config->limits.max_headers + LP_HEADERS_SPARE - LP_CACHE_HIT_FIELDS;
+    size_t n = count_fields(head, hlen, room);
+    if (n <= room) {
+        note(n);
         return 1;
+    }
     static _Thread_local time_t logged;
-    time_t now = time(NULL);
-    if (now - logged >= 60) {
-        logged = now;
+    if (once_a_minute(&logged))
         lp_log(LP_LOG_WARN,
                "cache zone %s: not stored: %.*s: over %zu fields leave a hit no room for its "
                "Age and Cache-Status (limits.max_headers + 16 - 4; logged once a minute)",
                lp_cache_zone_name(z), (int)(klen > 200 ? 200 : klen), key, room);
-    }
     return 0;
 }

@@ -15,8 +15,24 @@
 /* Whether a head the cache plugin wrote ("L1" text, a field per "h NAME\tVALUE" line) leaves
  * a hit on it LP_CACHE_HIT_FIELDS slots in a request's header array (limits.max_headers +
  * LP_HEADERS_SPARE, w's config; w NULL: no worker, nothing to check): 1, or 0 (it must not be
- * stored: logged at most once a minute per thread, naming the zone and key). */
+ * stored: logged at most once a minute per thread, naming the zone and key). A head that
+ * fits is counted into lp_cache_room_cap. */
 int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
                        const char *head, size_t hlen);
+
+/* A head indexed without lp_cache_head_fits (a disk file met by the start's scan, written
+ * under another config): its fields are counted into what requests make room for. */
+void lp_cache_room_note(const char *head, size_t hlen);
+
+/* The header slots a request takes (its two arrays' capacity): `cap` (limits.max_headers +
+ * LP_HEADERS_SPARE), or more when a head stored or indexed since the start has more fields
+ * than cap leaves a hit room for (an entry stored before a reload lowered max_headers): its
+ * fields + LP_CACHE_HIT_FIELDS. Any thread. */
+unsigned lp_cache_room_cap(unsigned cap);
+
+/* A miss's Cache-Status was not added (rc: lp__resp_add_wire's code; LP_FFI_ENOSPACE: the
+ * response's header list is full): logged at most once a minute per thread. The response
+ * goes without it, as it would without the cache. */
+void lp_cache_room_no_status(int rc);
 
 #endif

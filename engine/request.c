@@ -3,6 +3,7 @@
 #include "accesslog.h"
 #include "compress.h"
 #include "cache_req.h"
+#include "cache_room.h"
 #include "conn.h"
 #include "h2.h"
 #include "log.h"
@@ -68,8 +69,10 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
         if (!req)
             return NULL;
     }
-    if (req->cap_headers < lim->max_headers + LP_HEADERS_SPARE) {
-        unsigned cap = lim->max_headers + LP_HEADERS_SPARE;
+    /* Room for a cache hit on an entry stored with more fields than this config allows
+     * (cache_room.c): usually just max_headers + LP_HEADERS_SPARE. */
+    unsigned cap = lp_cache_room_cap(lim->max_headers + LP_HEADERS_SPARE);
+    if (req->cap_headers < cap) {
         free(req->headers);
         free(req->resp.headers);
         req->headers = calloc(cap, sizeof(lp_header_t));
@@ -320,7 +323,7 @@ int lp_req_drop(lp_req_t *req)
         return 1;
     }
     if (w->nfree_reqs >= LP_FREE_REQS_MAX ||
-        req->cap_headers < w->config->limits.max_headers + LP_HEADERS_SPARE) {
+        req->cap_headers < lp_cache_room_cap(w->config->limits.max_headers + LP_HEADERS_SPARE)) {
         req_destroy(req);
         return 1;
     }

@@ -1115,7 +1115,7 @@ function P.response(req, conf)
     -- written by the engine (Zone:miss_status).
     z:miss_status(req, status, stored, ttl)
   else
-    req:set_resp_header("Cache-Status", policy.cache_status {
+    z:set_status(req, policy.cache_status {
       prior = rsh["cache-status"], fwd = fwd, fwd_status = from_upstream and status or nil,
       stored = stored or nil, ttl = stored and ttl or nil, collapsed = st.collapsed or nil })
   end

@@ -261,10 +261,30 @@ end
 -- Response phase: the common miss's Cache-Status ("luaproxy; fwd=miss; fwd-status=STATUS"
 -- then, when stored, "; stored; ttl=" and the TTL left rounded down), added by the engine in
 -- one call to a response without a Cache-Status of its own.
+-- A response whose header list is full (limits.max_headers + 16 fields: an upstream's
+-- fullest response and what plugins before the cache added) goes without it, as it would
+-- go without the cache: never a 500 for a line of ours (logged once a minute per worker).
+local no_room_logged = -60
+local function no_room(self, req)
+  local now = C.lp_ffi_now()
+  if now - no_room_logged < 60 then return end
+  no_room_logged = now
+  require("proxy").log.warn(format("cache zone %s: %s: no Cache-Status: the response has "
+    .. "limits.max_headers + 16 fields already (logged once a minute)", self.name, req:path()))
+end
+
 function Zone:miss_status(req, status, stored, ttl)
-  if C.lp_ffi_cache_miss_status(req._r, status, stored and 1 or 0, ttl or 0) ~= 0 then
-    raise("cache: Cache-Status not added", 2)
-  end
+  local rc = C.lp_ffi_cache_miss_status(req._r, status, stored and 1 or 0, ttl or 0)
+  if rc == K.ENOSPACE then return no_room(self, req) end
+  if rc ~= 0 then raise("cache: Cache-Status not added", 2) end
+end
+
+-- Response phase: any other Cache-Status (policy.cache_status's value) in place of the
+-- response's, or added; without room, as miss_status.
+function Zone:set_status(req, value)
+  local rc = C.lp_ffi_header_set(req._r, 1, K.HSET, "Cache-Status", 12, value, #value)
+  if rc == K.ENOSPACE then return no_room(self, req) end
+  if rc ~= 0 then raise("cache: Cache-Status not set", 2) end
 end
 
 -- The default key: "GET " scheme "://" host (lower-case) URI, in one call.

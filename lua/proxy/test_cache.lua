@@ -135,6 +135,8 @@ function M.registry(now, hooks)
       .. (stored and ("; stored; ttl=" .. string.format("%d", math.floor(ttl))) or ""))
   end
 
+  function Zone:set_status(req, value) req:set_resp_header("Cache-Status", value) end
+
   -- The engine's run of the plugin's common hit and miss (engine/cache_native.c) replays
   -- decisions the plugin made; the double has no engine path: every request runs the plugin.
   function Zone:native_t0() return nil end

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""The response cache at the edges of a request's header slots (issue #13, engine/cache_room.c):
+a request holds limits.max_headers + 16 fields (proxy-t.h, LP_HEADERS_SPARE), and a cache
+answer adds its own (a miss its Cache-Status, a hit its Age and Cache-Status).
+
+- A miss whose response fills every slot (the upstream's fullest response and what plugins
+  before the cache added) is proxied as it would be without the cache: 200 with every field,
+  without a Cache-Status, not stored, logged; never a 500.
+- An entry stored before a reload that lowered limits.max_headers, or written to disk by a
+  process with a higher one, is served whole afterwards (every stored field, Age and
+  Cache-Status): never a 500."""
+
+import http.client
+import json
+import os
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as H  # noqa: E402
+
+ZONE = "r"
+
+Origin = H.ScriptedOrigin
+
+
+def padded(nfields, body):
+    """A cacheable 200 with nfields X-F fields beside its Cache-Control and Content-Length."""
+    return lambda req, n: H.cacheable(body + b"-%d" % n,
+                                      *[("X-F%d" % i, "v%d" % i) for i in range(nfields)])
+
+
+class CacheRoomTest(H.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = Origin()
+        cls.addClassCleanup(cls.origin.stop)
+
+    def start(self, plugins=(), disk=None, cache=True, limits=None):
+        zone = {"memory": "16m"}
+        if disk:
+            zone["disk"] = {"path": disk, "size": "64m"}
+        chain = list(plugins) + ([{"name": "cache", "zone": ZONE}] if cache else [])
+        p = H.Proxy.build({"o": H.upstream(self.origin.address())},
+                          [{"match": {"prefix": "/"}, "upstream": "o", "plugins": chain}],
+                          name=self._testMethodName, workers=2, limits=limits,
+                          admin={"address": "127.0.0.1:0"},
+                          cache={"zones": {ZONE: zone}})
+        self.addCleanup(p.stop)
+        p.start()
+        if disk:
+            H.wait_for(lambda: not self.zone(p)["disk"]["loading"], H.T(10), what="the disk scan")
+        return p
+
+    def admin(self, p, method, path):
+        c = http.client.HTTPConnection("127.0.0.1", p.admin_port, timeout=H.T(10))
+        try:
+            c.request(method, path)
+            r = c.getresponse()
+            return r.status, json.loads(r.read() or b"null")
+        finally:
+            c.close()
+
+    def zone(self, p):
+        st, j = self.admin(p, "GET", "/status")
+        self.assertEqual(st, 200)
+        return j["cache"][ZONE]
+
+    def get(self, p, path, headers=None):
+        r = H.get(p.port, path, host="a.test", headers=headers, timeout=H.T(20))
+        self.assertTrue(p.alive(), p.stderr()[-4000:])
+        return r
+
+    def gets_at_once(self, p, path, n=8):
+        """n concurrent GETs: more requests in flight than a worker keeps recycled, so some
+        take header arrays made under the current config."""
+        out = [None] * n
+        barrier = threading.Barrier(n)
+
+        def one(i):
+            try:
+                barrier.wait(H.T(10))
+                out[i] = H.get(p.port, path, host="a.test", timeout=H.T(20))
+            except Exception as e:  # noqa: BLE001 - reported by the caller's assertion
+                out[i] = e
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.T(30))
+        return out
+
+    def path(self, suffix=""):
+        return "/" + self._testMethodName + suffix
+
+    def assert_whole_hit(self, r, nfields, body, what):
+        self.assertFalse(isinstance(r, Exception), "%s: %r" % (what, r))
+        self.assertEqual((r.status, r.body), (200, body), what)
+        self.assertRegex(r.header("cache-status") or "", r"^luaproxy; hit; ttl=\d+(; detail=disk)?$", what)
+        self.assertIsNotNone(r.header("age"), what)
+        for i in range(nfields):
+            self.assertEqual(r.header("x-f%d" % i), "v%d" % i, what)
+
+    def reload_with(self, p, **limits):
+        p.cfg["limits"] = limits
+        p.write_config()
+        st, j = self.admin(p, "POST", "/reload")
+        self.assertEqual(st, 200, j)
+        # A worker keeps ended requests (and their header arrays) for reuse, and gives back
+        # the ones a second went without needing: after that, requests take new arrays, sized
+        # by the new config.
+        time.sleep(2.5)
+
+    # ------------------------------------------------------------------ a full miss
+
+    def test_miss_filling_every_header_slot_is_proxied(self):
+        # The upstream's fullest response (limits.max_headers = 100 fields: 99 and its
+        # Content-Length, which the proxy keeps out of the list) and 17 fields set by a plugin
+        # that runs before the cache: 116 fields, every slot a request has. The proxy sends it
+        # without the cache; with it, the miss's Cache-Status has no slot: the response goes
+        # without it (logged), not stored (a hit could not carry its own fields either), never
+        # a 500. One field fewer leaves the Cache-Status its slot.
+        p = self.path()
+        added = {"X-Plugin-%d" % i: "p%d" % i for i in range(17)}
+        headers = [{"name": "headers", "response": {"set": added}}]
+        plain = self.start(plugins=headers, cache=False)
+        a = self.start(plugins=headers)
+        for nf, full in ((98, True), (97, False)):  # + Cache-Control (+ Content-Length)
+            q = p + "/%d" % nf
+            self.origin.script(q, padded(nf, b"full"))
+            r = self.get(plain, q)
+            self.assertEqual(r.status, 200, "without the cache")
+            for n in (2, 3):
+                r = self.get(a, q)
+                self.assertEqual((r.status, r.body), (200, b"full-%d" % n), nf)
+                self.assertEqual((r.header("x-f%d" % (nf - 1)), r.header("x-plugin-16")),
+                                 ("v%d" % (nf - 1), "p16"), nf)
+                if full:
+                    self.assertIsNone(r.header("cache-status"))
+                else:
+                    self.assertEqual(r.header("cache-status"),
+                                     "luaproxy; fwd=miss; fwd-status=200")
+        # The plugin's other Cache-Status (policy.cache_status), here fwd=request: an entry
+        # (stored from a smaller response) that the request's no-cache sends upstream, and an
+        # answer that fills every slot. Served without the line, the entry left as it was.
+        q = p + "/revalidated"
+        self.origin.script(q, lambda req, n: H.cacheable(
+            b"rv-%d" % n, *[("X-F%d" % i, "v%d" % i) for i in range(90 if n == 1 else 98)]))
+        self.assertEqual(self.get(a, q).body, b"rv-1")
+        r = self.get(a, q, headers=[("Cache-Control", "no-cache")])
+        self.assertEqual((r.status, r.body, r.header("x-f97")), (200, b"rv-2", "v97"))
+        self.assertIsNone(r.header("cache-status"))
+        r = self.get(a, q)
+        self.assertEqual((r.status, r.body), (200, b"rv-1"))
+        self.assertRegex(r.header("cache-status"), r"^luaproxy; hit; ")
+        a.wait_log("no Cache-Status")
+        self.assertEqual(self.zone(a)["entries"], 1)  # the smaller response's
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
+    def test_full_miss_with_the_upstreams_cache_status(self):
+        # The general path's Cache-Status (policy.cache_status, after the upstream's own
+        # member) replaces the upstream's line: it needs no slot of its own, and a full list
+        # is served with it.
+        p = self.path()
+        added = {"X-Plugin-%d" % i: "p%d" % i for i in range(17)}
+        a = self.start(plugins=[{"name": "headers", "response": {"set": added}}])
+        self.origin.script(p, lambda req, n: H.cacheable(
+            b"cs-%d" % n, ("Cache-Status", "upstream; fwd=miss"),
+            *[("X-F%d" % i, "v%d" % i) for i in range(97)]))
+        r = self.get(a, p)
+        self.assertEqual((r.status, r.body), (200, b"cs-1"))
+        self.assertEqual(r.header("cache-status"),
+                         "upstream; fwd=miss, luaproxy; fwd=miss; fwd-status=200")
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
+    # ------------------------------------------------------------------ after a reload
+
+    def test_entry_stored_before_a_reload_lowering_max_headers_is_served(self):
+        # 100 fields stored under max_headers = 100 (98 X-F, Cache-Control, Content-Length);
+        # a reload to 40 makes a request's slots 56, fewer than the entry's fields. Its hits
+        # are served whole, as before the reload (a request makes room for the widest head
+        # the process stored), on new requests and recycled ones alike.
+        p = self.path()
+        self.origin.script(p, padded(98, b"wide"))
+        a = self.start()
+        self.assertEqual(self.get(a, p).body, b"wide-1")
+        self.assert_whole_hit(self.get(a, p), 98, b"wide-1", "before the reload")
+        self.reload_with(a, max_headers=40)
+        for i in range(3):
+            self.assert_whole_hit(self.get(a, p), 98, b"wide-1", "hit %d after the reload" % i)
+        for i, r in enumerate(self.gets_at_once(a, p)):
+            self.assert_whole_hit(r, 98, b"wide-1", "concurrent hit %d" % i)
+        self.assertEqual(self.origin.count(p), 1)
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+        # The new limit holds for what an upstream sends: a new response of 100 fields is
+        # refused (502), as without the cache.
+        q = self.path("/new")
+        self.origin.script(q, padded(98, b"new"))
+        self.assertEqual(self.get(a, q).status, 502)
+
+    def test_disk_entry_written_under_a_higher_max_headers_is_served_after_restart(self):
+        # The same across a restart: the file of a 100-field entry, indexed by a process whose
+        # max_headers is 40, is served whole from disk (its fields counted at the scan).
+        p = self.path()
+        root = os.path.join(H.Workdir.new("cache-room"), "zone")
+        self.origin.script(p, padded(98, b"disk"))
+        a = self.start(disk=root)
+        self.assertEqual(self.get(a, p).body, b"disk-1")
+        H.wait_for(lambda: self.zone(a)["disk"]["entries"] >= 1 or None, H.T(10),
+                   what="the entry on disk")
+        a.stop()
+        b = self.start(disk=root, limits={"max_headers": 40})
+        for i in range(2):
+            self.assert_whole_hit(self.get(b, p), 98, b"disk-1", "disk hit %d" % i)
+        for i, r in enumerate(self.gets_at_once(b, p)):
+            self.assert_whole_hit(r, 98, b"disk-1", "concurrent disk hit %d" % i)
+        self.assertEqual(self.origin.count(p), 1)
+        self.assertEqual(b.log_count("[error]"), 0, b.stderr()[-3000:])
+
+
+if __name__ == "__main__":
+    H.main()
