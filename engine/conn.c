@@ -1757,9 +1757,11 @@ static int conn_cache_pump(lp_req_t *req)
     }
     for (;;) {
         uint64_t before = rc->left;
-        /* HTTP/2: the whole hit is queued on its stream at once (bounded by the zone's
-         * max_object_size), its flow control paces it. */
-        while (rc->left && rc->chunk && (req->h2s || lp_ep_queued(&c->ep) < LP_HIGH_WATERMARK) &&
+        /* HTTP/2: up to the stream's high watermark (its queue holds copies, which its
+         * window drains); h2.c's h2_leave calls again (lp_conn_cache_resume) once it is
+         * below the low one, so a large hit never sits whole in the stream's queue. */
+        while (rc->left && rc->chunk &&
+               !(req->h2s ? down(req)->full(req) : lp_ep_queued(&c->ep) >= LP_HIGH_WATERMARK) &&
                !(c->ep.flags & LP_EPF_CLOSING)) {
             size_t n = rc->chunk->len - rc->chunk_off;
             if (n > rc->left)
@@ -1829,7 +1831,7 @@ void lp_conn_cache_resume(lp_req_t *req)
 {
     /* A request cut while a read ran may still be alive, detached for its log phase: its
      * client is gone (req->conn NULL), its stream is freed when it ends. */
-    if (!req->cache.streaming || !req->cache.left || (req->flags & LP_RF_RESP_DONE) || !req->conn)
+    if (!req->cache.body || !req->cache.left || (req->flags & LP_RF_RESP_DONE) || !req->conn)
         return;
     lp_req_hold(req);
     conn_cache_pump(req);

@@ -75,7 +75,8 @@ int lp_conn_response_body(lp_req_t *req, const char *at, size_t len, lp_buf_t *p
 int lp_conn_response_done(lp_req_t *req);
 void lp_conn_flush(lp_conn_t *c);
 void lp_conn_resume_body(lp_req_t *req); /* upstream drained below the low watermark */
-/* A streamed cache hit's read ended (cache_disk_hit.c): its bytes go out, or the answer is
+/* A cache hit's body may go on: a streamed hit's read ended (cache_disk_hit.c), or an HTTP/2
+ * stream drained below the low watermark (h2.c). Its next bytes go out, or the answer is
  * cut short when the file failed. */
 void lp_conn_cache_resume(lp_req_t *req);
 /* Tunnel (after 101): raw bytes from the upstream to the client. */

@@ -363,8 +363,8 @@ static void h2_leave(lp_h2_t *h2, int full)
                         lp_peer_resume(req->try.peer);
                         lp_req_drop(req);
                         again = 1;
-                    } else if (req->cache.streaming) {
-                        lp_conn_cache_resume(req); /* a hit read from its file: the next block */
+                    } else if (req->cache.body) {
+                        lp_conn_cache_resume(req); /* a hit's next bytes (memory or file) */
                         again = 1;
                     }
                 }

@@ -10,7 +10,8 @@ promoted: whole, as a range, to HEAD), and one whose body is damaged is cut shor
 dropped; concurrent read-backs of one small entry make one read. HTTP/2 clients get the same
 streamed answer (python3-h2): memory does not grow by the entry's size, a client whose
 window is shut stops the reads, a reset or a closed connection mid-body and a reload under
-a stalled stream leave the proxy whole, a damaged body resets the stream short. A response
+a stalled stream leave the proxy whole, a damaged body resets the stream short; a large
+memory hit is paced by the stream's window too, never queued whole. A response
 with more fields than a hit could carry with its Age and Cache-Status is not stored."""
 
 import hashlib
@@ -529,6 +530,60 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertEqual((z["entries"], z["disk"]["only_on_disk"]), (0, 1))
         self.assertEqual((z["disk"]["streamed"], z["disk"]["loaded"], z["disk"]["dropped"]),
                          (3, 0, 0))
+        self.assertEqual(self.origin.count(p), 1)
+
+    def test_memory_hit_to_h2_client_is_paced(self):
+        # A 24 MiB entry in memory, asked for over HTTP/2: its bytes go into the stream's
+        # queue (copies) as its window drains, up to the high watermark at a time, not the
+        # whole entry at once (a copy of its size). The proxy's peak RSS grows by a few
+        # blocks; the body, a range of it and a slow stream beside it come whole.
+        root = self.root()
+        p = self.path()
+        body = H.large_body(24 * 1024 * 1024 + 5)
+        self.origin.script(p, lambda req, n: fresh(body))
+        b = self.start(root, memory="64m", max_object="32m", http2=True)
+        self.assertEqual(hashlib.sha256(self.get(b, p).body).digest(), hashlib.sha256(body).digest())
+        time.sleep(0.3)  # the fill's blocks go back to their pool
+        self.assertEqual(self.zone(b)["entries"], 1)
+        hwm0 = self.proc_field(b, "VmHWM")
+        c = self.h2_client(b)
+        sid = self.h2_open(c, p)
+        c.pump(lambda: c.done(sid), timeout=H.T(60))
+        st = c.streams[sid]
+        self.assertEqual((st["status"], st["ended"], st["reset"]), (200, True, None))
+        self.assertEqual(len(st["data"]), len(body))
+        self.assertEqual(hashlib.sha256(st["data"]).digest(), hashlib.sha256(body).digest())
+        self.assertRegex(st["headers"].get("cache-status", ""), r"^luaproxy; hit; ttl=\d+$")
+        grew = self.proc_field(b, "VmHWM") - hwm0
+        self.assertLess(grew, 8 * 1024, "peak RSS grew by %d kB" % grew)
+        # A range, and two streams at once, one of them held (its window shut): the other
+        # comes whole, and the held one once its window opens.
+        slow = self.h2_client(b, window=0)
+        sid_slow = self.h2_open(slow, p)
+        slow.pump(lambda: len(slow.streams[sid_slow]["data"]) >= 65535 or slow.done(sid_slow),
+                  timeout=H.T(20))
+        sid = c.conn.get_next_available_stream_id()
+        c.st(sid)
+        c.conn.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "a.test"),
+                                  (":path", p), ("range", "bytes=20000000-20999999")],
+                            end_stream=True)
+        c.flush()
+        c.pump(lambda: c.done(sid), timeout=H.T(60))
+        st = c.streams[sid]
+        self.assertEqual((st["status"], st["headers"].get("content-range")),
+                         (206, "bytes 20000000-20999999/%d" % len(body)))
+        self.assertEqual(bytes(st["data"]), body[20000000:21000000])
+        grew = self.proc_field(b, "VmHWM") - hwm0
+        self.assertLess(grew, 8 * 1024, "peak RSS grew by %d kB with a held stream" % grew)
+        slow.hold.discard(sid_slow)
+        slow.ack = True
+        slow.conn.increment_flow_control_window(64 << 20)
+        slow.conn.increment_flow_control_window(64 << 20, stream_id=sid_slow)
+        slow.flush()
+        slow.pump(lambda: slow.done(sid_slow), timeout=H.T(60))
+        st = slow.streams[sid_slow]
+        self.assertEqual((st["status"], st["ended"], st["reset"]), (200, True, None))
+        self.assertEqual(hashlib.sha256(st["data"]).digest(), hashlib.sha256(body).digest())
         self.assertEqual(self.origin.count(p), 1)
 
     def test_h2_client_with_window_shut_stops_the_reads(self):
