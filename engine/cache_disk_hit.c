@@ -1,9 +1,10 @@
 /* A hit on a disk-only entry (cache_disk.h). Two ways, both on libuv's threadpool while the
  * request's task is parked:
- * - read back whole (small bodies, routes with body filters): checked whole (header
+ * - read back whole (small bodies): checked whole (header
  *   CRC, key, stamp, size, body CRC) before a byte of it is served, and the entry it makes
  *   is promoted into the memory tier (served from there by the usual zero-copy pump);
- * - streamed (a body over LP_CACHE_STREAM_MIN, to an HTTP/1 or HTTP/2 client): the file is
+ * - streamed (a body over LP_CACHE_STREAM_MIN, to an HTTP/1 or HTTP/2 client, through the
+ *   route's response_body filters if any): the file is
  *   opened and its header, meta, key, stamp and size checked; the body is then read in
  *   chunks of LP_CACHE_CHUNK as the client takes them (lp_cache_stream_next: one read ahead
  *   at most, and none while the client's side, the socket's queue or the HTTP/2 stream's,

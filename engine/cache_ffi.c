@@ -149,29 +149,6 @@ lp_buf_t *lp_cache_req_pin(lp_req_t *req)
     return b;
 }
 
-char *lp_cache_req_copy(lp_req_t *req)
-{
-    lp_req_cache_t *rc = &req->cache;
-    if (rc->streaming)
-        return NULL; /* not in memory (a streamed hit never meets body filters) */
-    char *out = malloc(rc->left ? rc->left : 1);
-    if (!out)
-        return NULL;
-    size_t n = 0;
-    const lp_cache_chunk_t *c = rc->chunk;
-    size_t off = rc->chunk_off;
-    while (n < rc->left && c) {
-        size_t k = c->len - off;
-        if (k > rc->left - n)
-            k = (size_t)(rc->left - n);
-        memcpy(out + n, c->data + off, k);
-        n += k;
-        c = c->next;
-        off = 0;
-    }
-    return out;
-}
-
 /* ---- coalescing waits ---- */
 
 /* A worker's inbox for waits another thread's fill ended (lp_cache_waiter_t.notify). Owned
@@ -348,8 +325,9 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     rc->load_waited = 0;
     if (rc->hit && !lp_cache_entry_resident(rc->hit)) {
         /* On disk only: read back first (the task waits), then asked again (cache.lua). A
-         * large body for a route without body filters is streamed from its file
-         * instead: the file is checked and kept open, and the hit is the disk-only entry. */
+         * large body is streamed from its file instead (through the route's body filters,
+         * if any, a block at a time): the file is checked and kept open, and the hit is the
+         * disk-only entry. */
         lp_cache_entry_t *stub = rc->hit;
         rc->hit = NULL;
         int again = 0;
@@ -363,8 +341,7 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
             else
                 lp_cache_entry_unref(e);
         } else {
-            int stream = lp_cache_entry_body_len(stub) > LP_CACHE_STREAM_MIN &&
-                         !lp_lua_wants(r->g->lua, r->route_index, LP_PHASE_BODY);
+            int stream = lp_cache_entry_body_len(stub) > LP_CACHE_STREAM_MIN;
             /* Read-backs of one entry are coalesced: the one reading it back holds the key's
              * lock until it is promoted, the others wait on the key, then find it in memory
              * (once: after a wait, each reads back itself). Streams are not: each reads its

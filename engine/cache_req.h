@@ -18,9 +18,7 @@ void lp_cache_req_end(lp_req_t *req);
 /* A hit's body for the client: the pin write batches take on its bytes (NULL when out of
  * memory). */
 lp_buf_t *lp_cache_req_pin(lp_req_t *req);
-/* Copies the hit's body into one malloc'd block (for body filters); NULL when out of memory. */
-char *lp_cache_req_copy(lp_req_t *req);
-/* Drops the hit's body (written, or copied). */
+/* Drops the hit's body (written, or cut). */
 void lp_cache_req_body_done(lp_req_t *req);
 
 /* The index in LP_FFI_CACHE_FIELDS (lua_api.h) of a field name (any case), or -1

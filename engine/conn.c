@@ -1706,16 +1706,7 @@ static int conn_send_local(lp_req_t *req)
             lp_cache_req_body_done(req);
             return conn_local_done(req);
         }
-        if (!lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
-            return conn_cache_pump(req);
-        /* Body filters take the body as one piece (they may change and wait on it). */
-        free(req->resp.local_body);
-        req->resp.local_body = lp_cache_req_copy(req);
-        lp_cache_req_body_done(req);
-        if (!req->resp.local_body) {
-            down(req)->abort(req);
-            return LP_GONE;
-        }
+        return conn_cache_pump(req);
     }
     if (!(req->flags & LP_RF_HEAD) && req->resp.local_body_len) {
         lp_buf_t *b = lp_buf_get(&req->w->bufs, req->resp.local_body_len);
@@ -1738,6 +1729,17 @@ static int conn_send_local(lp_req_t *req)
     return conn_local_done(req);
 }
 
+/* A piece of a hit's body for the client: through the response_body filters when the
+ * route has some, as an upstream's chunk is (the filters' contract is per chunk: they never
+ * needed the body whole). LP_OK, LP_AGAIN (a filter waits: its end calls the pump again,
+ * LP_FC_CACHE), LP_ERROR. */
+static int conn_cache_piece(lp_req_t *req, const char *at, size_t n, lp_buf_t *pin)
+{
+    if (lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY))
+        return conn_filter_body(req, at, n, 0, LP_FC_CACHE);
+    return conn_write_body(req, at, n, pin);
+}
+
 /* A hit's body, from its entry's chunks without copying: iovecs into the chunks, each
  * pinning the entry (lp_cache_req_pin), queued until the client's side holds the high
  * watermark; conn_on_written calls again once it drained to the low one. LP_OK while it
@@ -1748,6 +1750,8 @@ static int conn_cache_pump(lp_req_t *req)
 {
     lp_conn_t *c = req->conn;
     lp_req_cache_t *rc = &req->cache;
+    if (req->filter_cont != LP_FC_NONE)
+        return LP_OK; /* a filter waits on the last piece: its end goes on (LP_FC_CACHE) */
     if (rc->streaming)
         return conn_cache_stream(req);
     lp_buf_t *pin = lp_cache_req_pin(req);
@@ -1766,14 +1770,20 @@ static int conn_cache_pump(lp_req_t *req)
             size_t n = rc->chunk->len - rc->chunk_off;
             if (n > rc->left)
                 n = (size_t)rc->left;
-            if (conn_write_body(req, rc->chunk->data + rc->chunk_off, n, pin) != LP_OK)
-                return conn_filter_failed(req); /* the compressor failed: as a failed filter */
+            const char *at = rc->chunk->data + rc->chunk_off;
             rc->left -= n;
             rc->chunk_off += n;
             if (rc->chunk_off == rc->chunk->len) {
                 rc->chunk = rc->chunk->next;
                 rc->chunk_off = 0;
             }
+            int prc = conn_cache_piece(req, at, n, pin);
+            if (prc == LP_AGAIN) {
+                lp_conn_flush(c);
+                return LP_OK;
+            }
+            if (prc != LP_OK)
+                return conn_filter_failed(req); /* a filter or the compressor failed */
         }
         if (!rc->chunk)
             rc->left = 0; /* cannot happen (the length came from the chunks); never spin */
@@ -1814,11 +1824,15 @@ static int conn_cache_stream(lp_req_t *req)
         }
         if (n > rc->left)
             n = (size_t)rc->left;
-        int wrc = conn_write_body(req, b->data, n, b);
+        rc->left -= n;
+        int wrc = conn_cache_piece(req, b->data, n, b); /* a filter copies what it keeps */
         lp_buf_unref(b);
+        if (wrc == LP_AGAIN) {
+            lp_conn_flush(c);
+            return LP_OK;
+        }
         if (wrc != LP_OK)
             return conn_filter_failed(req);
-        rc->left -= n;
     }
     lp_conn_flush(c);
     if ((c->ep.flags & LP_EPF_CLOSING) || rc->left)
@@ -1868,6 +1882,8 @@ static int conn_filter_resumed(lp_req_t *req)
         return conn_response_end(req);
     case LP_FC_LOCAL:
         return conn_local_done(req);
+    case LP_FC_CACHE:
+        return conn_cache_pump(req);
     }
     return LP_OK;
 }

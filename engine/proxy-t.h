@@ -278,6 +278,7 @@ enum {
     LP_FC_UPSTREAM, /* the upstream's next bytes (its read is paused meanwhile) */
     LP_FC_EOF,      /* the end of the response (the filters' last call) */
     LP_FC_LOCAL,    /* the end of a local answer's body */
+    LP_FC_CACHE,    /* a cache hit's next bytes (conn.c's pump waits meanwhile) */
 };
 
 typedef enum {
