@@ -616,6 +616,18 @@ end
 -- the stale entry may not be served: the full response is asked for without conditions,
 -- stored when it may be (else kept only for this answer, under a secondary key no lookup
 -- makes) and served from the entry.
+-- How many field lines a header table (name -> value or list of values) holds.
+local function field_count(h)
+  local n = 0
+  for _, v in pairs(h or {}) do n = n + (type(v) == "table" and #v or 1) end
+  return n
+end
+
+local function max_headers()
+  local lim = proxy.config and proxy.config.limits
+  return lim and lim.max_headers or 100
+end
+
 local function refetch(req, conf, st)
   local z, stale = st.zone, st.stale
   local plan = fetch_plan(req, true)
@@ -1046,6 +1058,12 @@ function P.response(req, conf)
     opts.now = now
     local merged, client_only = policy.merge_304(stale.headers, rsh, opts)
     opts.now = nil
+    -- A 304 carrying many new fields can grow the head past what a hit can carry (stored
+    -- fields at most limits.max_headers + 12: engine/cache_room.c): serving it would fail
+    -- (500). The full response is what the client gets without the cache: ask for it.
+    if field_count(merged) + field_count(client_only) > max_headers() + 12 then
+      return refetch(req, conf, st)
+    end
     local meta = policy.meta(stale.meta.status or 200, merged, st.t0, now, conf._opts)
     local case = {}
     for k, v in pairs(st.case or {}) do case[k] = v end

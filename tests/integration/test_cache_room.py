@@ -8,7 +8,9 @@ answer adds its own (a miss its Cache-Status, a hit its Age and Cache-Status).
   without a Cache-Status, not stored, logged; never a 500.
 - An entry stored before a reload that lowered limits.max_headers, or written to disk by a
   process with a higher one, is served whole afterwards (every stored field, Age and
-  Cache-Status): never a 500."""
+  Cache-Status): never a 500.
+- A 304 that would grow a stored head past what a hit can carry makes the plugin fetch the
+  full response (not a 500)."""
 
 import http.client
 import json
@@ -173,6 +175,34 @@ class CacheRoomTest(H.ProxyTestCase):
         self.assertEqual((r.status, r.body), (200, b"cs-1"))
         self.assertEqual(r.header("cache-status"),
                          "upstream; fwd=miss, luaproxy; fwd=miss; fwd-status=200")
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
+    def test_revalidation_growing_the_head_past_a_hits_room(self):
+        # A stale entry of 95 fields revalidated by a 304 carrying 30 new ones: merged, the
+        # head would have more fields than a hit can carry (it is not refreshed), and serving
+        # it failed (500). The full response is fetched instead (what the client gets without
+        # the cache); a 304 that keeps the head within the room still updates it.
+        p = self.path()
+
+        def origin(req, n):
+            if req.header("if-none-match") == '"v1"':
+                extra = 30 if "wide" in req.target else 2
+                return H.simple_response(304, b"", [("ETag", '"v1"'), ("Cache-Control", "max-age=0")]
+                                         + [("X-New%d" % i, "n") for i in range(extra)])
+            return H.simple_response(200, b"body-%d" % n, [("ETag", '"v1"'),
+                                                           ("Cache-Control", "max-age=0")]
+                                     + [("X-F%d" % i, "v%d" % i) for i in range(95)])
+        a = self.start()
+        for q in (p + "/wide", p + "/narrow"):
+            self.origin.script(q, origin)
+            self.assertEqual(self.get(a, q).body, b"body-1")
+        r = self.get(a, p + "/wide")
+        self.assertEqual((r.status, r.body, r.header("x-f94")), (200, b"body-3", "v94"))
+        self.assertRegex(r.header("cache-status"), r"fwd=stale; fwd-status=200")
+        self.assertEqual(self.origin.count(p + "/wide"), 3)  # 200, its 304, the full 200
+        r = self.get(a, p + "/narrow")
+        self.assertEqual((r.status, r.body, r.header("x-new1")), (200, b"body-1", "n"))
+        self.assertEqual(self.origin.count(p + "/narrow"), 2)
         self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 
     # ------------------------------------------------------------------ after a reload
