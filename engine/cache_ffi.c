@@ -464,8 +464,12 @@ int lp_ffi_cache_store(void *rp, void *zone, const char *key, size_t klen, const
     return lp__cache_store(rp, zone, key, klen, sec, slen, head, hlen, keep);
 }
 
-int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
-                    const char *sec, size_t slen, const char *head, size_t hlen, double keep)
+/* lp__cache_store and _store_fields: the checks, then the fill starts (r->cache.fill) for a
+ * head of hlen bytes holding nfields fields (head NULL: the caller writes it, at
+ * lp_cache_fill_head). 0, or an LP_FFI_E* code. */
+static int store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
+                       const char *sec, size_t slen, const char *head, size_t hlen, size_t nfields,
+                       double keep_until)
 {
     /* Only an upstream's body can be gathered: a HEAD's has none, a local answer is not one. */
     if ((r->flags & (LP_RF_HEAD | LP_RF_LOCAL)) || !r->try.peer)
@@ -475,14 +479,21 @@ int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t 
     lp_cache_fill_t *f = r->cache.fill;
     if (f && lp_cache_fill_active(f))
         return LP_FFI_EINVAL; /* stored once already */
-    if (!lp_cache_head_fits(r->w, zone, key, klen, head, hlen))
+    if (!lp_cache_fields_fit(r->w, zone, key, klen, nfields))
         return LP_FFI_ENOSPACE; /* a hit on it could not carry its own fields */
     r->cache.fill = NULL;
-    f = lp_cache_fill_start(zone, f, key, klen, sec, slen, head, hlen, real_now() + keep, hint);
+    f = lp_cache_fill_start(zone, f, key, klen, sec, slen, head, hlen, keep_until, hint);
     if (!f)
         return LP_FFI_ENOSPACE; /* too large, key too long, or out of memory */
     r->cache.fill = f; /* an empty body is complete with the response (lp_cache_req_done) */
     return 0;
+}
+
+int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
+                    const char *sec, size_t slen, const char *head, size_t hlen, double keep)
+{
+    return store_start(r, zone, key, klen, sec, slen, head, hlen, lp_cache_head_fields(head, hlen),
+                       real_now() + keep);
 }
 
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
@@ -789,21 +800,28 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
 {
     if (!lp__lua_runs(rp))
         return LP_FFI_EOTHER;
-    return lp__cache_store_fields(rp, zone, key, klen, sec, slen, meta, mlen, keep);
+    return lp__cache_store_fields(rp, zone, key, klen, sec, slen, meta, mlen,
+                                  lp_cache_head_fields(meta, mlen), real_now() + keep);
 }
 
 int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
-                           const char *sec, size_t slen, const char *meta, size_t mlen, double keep)
+                           const char *sec, size_t slen, const char *meta, size_t mlen,
+                           size_t meta_fields, double keep_until)
 {
     const lp_header_t *v;
     unsigned n = fields_of(r, 1, &v);
-    size_t need = mlen;
-    for (unsigned i = 0; i < n; i++)
+    size_t need = mlen, nfields = meta_fields;
+    for (unsigned i = 0; i < n; i++) {
+        if (never_stored(v[i].name))
+            continue;
         need += v[i].name.len + v[i].value.len + 4; /* "h " NAME "\t" VALUE "\n" */
-    /* Built in the thread's scratch (lp_ffi_cache_get's: nothing else uses it meanwhile). */
-    if (scratch_reserve(need))
-        return LP_FFI_ENOSPACE;
-    char *p = scratch;
+        nfields++;
+    }
+    /* Written straight into the entry's block (no copy of the head made first). */
+    int rc = store_start(r, zone, key, klen, sec, slen, NULL, need, nfields, keep_until);
+    if (rc)
+        return rc;
+    char *p = lp_cache_fill_head(r->cache.fill);
     memcpy(p, meta, mlen);
     p += mlen;
     for (unsigned i = 0; i < n; i++) {
@@ -819,7 +837,7 @@ int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, 
         p += value.len;
         *p++ = '\n';
     }
-    return lp__cache_store(r, zone, key, klen, sec, slen, scratch, (size_t)(p - scratch), keep);
+    return 0;
 }
 
 /* The common miss's Cache-Status (RFC 9211) as the cache plugin wrote it, added in one

@@ -11,19 +11,24 @@
 #include "log.h"
 #include "worker.h"
 
-int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
-                       const char *head, size_t hlen)
+size_t lp_cache_head_fields(const char *head, size_t hlen)
+{
+    size_t n = hlen >= 2 && head[0] == 'h' && head[1] == ' ';
+    const char *p = head, *end = head + hlen;
+    while ((p = memchr(p, '\n', (size_t)(end - p))) && end - p > 2) {
+        p++;
+        n += p[0] == 'h' && p[1] == ' ';
+    }
+    return n;
+}
+
+int lp_cache_fields_fit(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
+                        size_t nfields)
 {
     if (!w)
         return 1;
     size_t room = (size_t)w->config->limits.max_headers + LP_HEADERS_SPARE - LP_CACHE_HIT_FIELDS;
-    size_t n = hlen >= 2 && head[0] == 'h' && head[1] == ' ';
-    const char *p = head, *end = head + hlen;
-    while (n <= room && (p = memchr(p, '\n', (size_t)(end - p))) && end - p > 2) {
-        p++;
-        n += p[0] == 'h' && p[1] == ' ';
-    }
-    if (n <= room)
+    if (nfields <= room)
         return 1;
     static _Thread_local time_t logged;
     time_t now = time(NULL);
@@ -35,4 +40,10 @@ int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key
                lp_cache_zone_name(z), (int)(klen > 200 ? 200 : klen), key, room);
     }
     return 0;
+}
+
+int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
+                       const char *head, size_t hlen)
+{
+    return !w || lp_cache_fields_fit(w, z, key, klen, lp_cache_head_fields(head, hlen));
 }

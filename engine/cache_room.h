@@ -18,5 +18,11 @@
  * stored: logged at most once a minute per thread, naming the zone and key). */
 int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
                        const char *head, size_t hlen);
+/* The same for a head of nfields fields, counted by its writer (cache_ffi.c writes the
+ * response's fields itself, and need not scan the head for them). */
+int lp_cache_fields_fit(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
+                        size_t nfields);
+/* How many field lines ("h ...") a head holds. */
+size_t lp_cache_head_fields(const char *head, size_t hlen);
 
 #endif

@@ -112,7 +112,8 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
     e->sec = e->key + klen;
     e->slen = slen;
     e->head = head_inline(e);
-    memcpy(e->head, head, hlen);
+    if (head)
+        memcpy(e->head, head, hlen);
     e->hlen = hlen;
     e->hash = hash;
     e->keep_until = keep_until;
@@ -991,9 +992,10 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     /* refs 1: the zone's, once linked. Not resident until commit: its chunks are charged to
      * `filling` as they come (a small body's at once, below), the rest when it is linked. */
     /* The hash of the key its lock holds, when it is this key; the file id when written. */
-    uint64_t hash = f->lkey && f->lklen == klen && memcmp(f->lkey, key, klen) == 0
-                        ? f->lhash
-                        : lp_hash64(key, klen);
+    uint64_t hash =
+        f->lkey && f->lklen == klen && (f->lkey == key || memcmp(f->lkey, key, klen) == 0)
+            ? f->lhash
+            : lp_hash64(key, klen);
     /* A body of a known length up to LP_CACHE_INLINE_BODY comes in the entry's block: its
      * chunk is charged to `filling` here, as lp_cache_fill_append charges the chunks it takes
      * (many small fills in flight hold memory too), and moves into `used` at commit. */
@@ -1014,6 +1016,11 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
         return NULL;
     }
     return f;
+}
+
+char *lp_cache_fill_head(lp_cache_fill_t *f)
+{
+    return f->e ? f->e->head : NULL;
 }
 
 int lp_cache_fill_active(const lp_cache_fill_t *f)
