@@ -888,7 +888,7 @@ int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
     size_t n = lp__cache_miss_status_line(line, status, stored, ttl);
     if (!n)
         return LP_FFI_EINVAL;
-    return lp__resp_add_wire(r, line, n, 1); /* our own line */
+    return lp__resp_add_line(r, line, n, LP_CACHE_STATUS_NAME_LEN);
 }
 
 /* The key's authority: Host as sent (or the absolute-form target's), with its port, which

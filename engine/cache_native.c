@@ -417,8 +417,9 @@ static int miss_status(lp_req_t *r, learned_t *d, int stored, double ttl)
         d->status_stored = (uint8_t)stored;
         d->status_floor = f;
     }
-    int rc = d->status_len ? lp__resp_add_wire(r, d->status_line, d->status_len, 1)
-                           : LP_FFI_EINVAL; /* our own line */
+    int rc = d->status_len
+                 ? lp__resp_add_line(r, d->status_line, d->status_len, LP_CACHE_STATUS_NAME_LEN)
+                 : LP_FFI_EINVAL;
     if (rc)
         lp_log_debug("cache: no Cache-Status on an engine-decided miss (%d)", rc);
     return 0;

@@ -823,16 +823,60 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
     return f != NULL;
 }
 
+/* A lock's block (a fill with room for a key of up to SPARE_KEY bytes) kept by the thread
+ * that freed it, for its next lock: a miss takes a lock per request, and a malloc and a free
+ * cost more than the rest of taking it. Owned by the thread; freed when the thread ends (a
+ * thread-specific key's destructor, registered with the first). */
+#define SPARE_KEY 256
+static _Thread_local lp_cache_fill_t *spare;
+static _Thread_local uint8_t spare_registered;
+static pthread_key_t spare_key;
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+
+static void spare_free(void *unused)
+{
+    (void)unused;
+    free(spare);
+    spare = NULL;
+}
+
+static void spare_key_make(void)
+{
+    pthread_key_create(&spare_key, spare_free);
+}
+
+/* f's block goes (kept as the thread's spare when it is a lock's and none is kept). */
+static void fill_block_free(lp_cache_fill_t *f)
+{
+    if (spare || f->lroom != SPARE_KEY) {
+        free(f);
+        return;
+    }
+    if (!spare_registered) {
+        pthread_once(&spare_once, spare_key_make);
+        spare_registered = pthread_setspecific(spare_key, &spare) == 0;
+        if (!spare_registered) {
+            free(f); /* nothing would free it with the thread */
+            return;
+        }
+    }
+    spare = f;
+}
+
 /* A fill for key's lock, not taken yet (lock_locked takes it), or NULL (out of memory, or
  * too long a key). */
 static lp_cache_fill_t *lock_new(const char *key, size_t klen, uint64_t h, double now)
 {
     if (klen > LP_CACHE_MAX_KEY)
         return NULL;
-    lp_cache_fill_t *f = malloc(sizeof(*f) + klen);
+    size_t room = klen > SPARE_KEY ? klen : SPARE_KEY;
+    lp_cache_fill_t *f = room == SPARE_KEY && spare ? spare : malloc(sizeof(*f) + room);
     if (!f)
         return NULL;
+    if (f == spare)
+        spare = NULL;
     *f = (lp_cache_fill_t){0};
+    f->lroom = room;
     f->lkey = (char *)(f + 1);
     memcpy(f->lkey, key, klen);
     f->lklen = klen;
@@ -884,7 +928,7 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
     int rc = lock_locked(z, f, lock_timeout, readback, busy);
     pthread_mutex_unlock(&z->lock);
     if (rc) {
-        free(f);
+        fill_block_free(f);
         return NULL;
     }
     return lock_held(z, f);
@@ -905,7 +949,7 @@ lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size
     lp_cache_fill_t *f = NULL;
     if (!found && lock_timeout >= 0 && (f = lock_new(key, klen, h, now)) &&
         lock_locked(z, f, lock_timeout, 0, busy)) {
-        free(f);
+        fill_block_free(f); /* under the zone lock: only the thread's own spare is touched */
         f = NULL;
     }
     pthread_mutex_unlock(&z->lock);
@@ -1112,7 +1156,7 @@ static void fill_free(lp_cache_fill_t *f)
     }
     if (f->e)
         entry_free(f->e);
-    free(f);
+    fill_block_free(f);
     lp_cache_zone_release(z);
 }
 
