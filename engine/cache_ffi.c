@@ -684,7 +684,7 @@ void lp_ffi_cache_count(void *zone, int what)
 
 /* The index in LP_FFI_CACHE_FIELDS of a field name, or -1: by length first (most names a
  * request or response carries have no candidate of their length, or one). */
-int lp__cache_field_index(lp_str_t n)
+static inline __attribute__((always_inline)) int field_index(lp_str_t n)
 {
     switch (n.len) {
     case 3:
@@ -744,13 +744,18 @@ static unsigned fields_of(const lp_req_t *r, int resp, const lp_header_t **v)
     return r->resp.arena ? r->resp.nheaders : 0; /* no arena: none set up yet */
 }
 
+int lp__cache_field_index(lp_str_t n)
+{
+    return field_index(n);
+}
+
 int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *ncc)
 {
     const lp_header_t *v;
     unsigned n = fields_of(r, resp, &v);
     int mask = 0, cc = 0;
     for (unsigned i = 0; i < n; i++) {
-        int k = lp__cache_field_index(v[i].name);
+        int k = field_index(v[i].name); /* inlined: a call per field cost as much as its test */
         if (k < 0)
             continue;
         if (!(mask & (1 << k)))
@@ -913,22 +918,30 @@ static lp_str_t key_authority(const lp_req_t *r, lp_str_t scheme)
 
 /* Whether s holds an ASCII capital. Per 8-byte word: a byte b <= 0x7f is in 'A'..'Z' when
  * b + (0x80 - 'A') reaches 0x80 and b + (0x80 - 'Z' - 1) does not (no carry leaves a byte);
- * bytes >= 0x80 are masked out. */
-static int has_upper(const char *s, size_t n)
+ * bytes >= 0x80 are masked out. The last bytes of a host of 8 or more are the word ending
+ * with it (overlapping the one before): no byte loop. */
+static int word_has_upper(const char *s)
 {
     const uint64_t lo7 = 0x7f7f7f7f7f7f7f7full, hi = 0x8080808080808080ull;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        uint64_t t = w & lo7;
-        if ((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi)
-            return 1;
+    uint64_t w;
+    memcpy(&w, s, 8);
+    uint64_t t = w & lo7;
+    return ((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi) != 0;
+}
+
+static int has_upper(const char *s, size_t n)
+{
+    if (n < 8) {
+        for (size_t i = 0; i < n; i++)
+            if (s[i] >= 'A' && s[i] <= 'Z')
+                return 1;
+        return 0;
     }
-    for (; i < n; i++)
-        if (s[i] >= 'A' && s[i] <= 'Z')
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        if (word_has_upper(s + i))
             return 1;
-    return 0;
+    return i < n && word_has_upper(s + n - 8);
 }
 
 int lp_ffi_cache_key(void *r, lp_str_t *out)
