@@ -317,7 +317,11 @@ static int put_hexfloat(out_t *o, double v)
     if (exp == 0)
         return 1; /* subnormal: not a time */
     uint64_t mant = bits & ((1ull << 52) - 1);
-    char b[40], *p = b;
+    if (o->end - o->p < 32) {
+        o->over = 1; /* "0x1." 13 digits "p+" and at most 4 of the exponent's */
+        return 0;
+    }
+    char *p = o->p;
     memcpy(p, "0x1.", 4);
     p += 4;
     /* 13 digits: 8 from the top 32 bits, 5 from the low 20 (8 written, 3 overwritten) */
@@ -336,7 +340,7 @@ static int put_hexfloat(out_t *o, double v)
     } else {
         p += lp_u64_to_str(e, 10, p);
     }
-    put(o, b, (size_t)(p - b));
+    o->p = p;
     return 0;
 }
 
