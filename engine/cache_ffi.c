@@ -841,9 +841,12 @@ int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, 
     const lp_header_t *v;
     unsigned n = fields_of(r, 1, &v);
     size_t need = mlen, nfields = meta_fields;
+    int skip = 0; /* some field is not stored: the writing loop tests each again */
     for (unsigned i = 0; i < n; i++) {
-        if (never_stored(v[i].name))
+        if (never_stored(v[i].name)) {
+            skip = 1;
             continue;
+        }
         need += v[i].name.len + v[i].value.len + 4; /* "h " NAME "\t" VALUE "\n" */
         nfields++;
     }
@@ -856,7 +859,7 @@ int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, 
     p += mlen;
     for (unsigned i = 0; i < n; i++) {
         lp_str_t name = v[i].name, value = v[i].value;
-        if (never_stored(name))
+        if (skip && never_stored(name))
             continue;
         *p++ = 'h';
         *p++ = ' ';
@@ -981,13 +984,12 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
     char *p = scratch;
     memcpy(p, "GET ", 4);
     p += 4;
-    memcpy(p, scheme.base, scheme.len);
-    p += scheme.len;
+    p = put_short(p, scheme.base, scheme.len);
     memcpy(p, "://", 3);
     p += 3;
     /* req:host()'s lower(): copied as it is, then lowered only where it has capitals (most
      * hosts have none: looked for eight bytes at a time). */
-    memcpy(p, host.base, host.len);
+    put_short(p, host.base, host.len);
     if (has_upper(p, host.len))
         for (size_t i = 0; i < host.len; i++)
             if (p[i] >= 'A' && p[i] <= 'Z')
