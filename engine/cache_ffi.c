@@ -441,8 +441,12 @@ int lp_ffi_cache_store(void *rp, void *zone, const char *key, size_t klen, const
     return lp__cache_store(rp, zone, key, klen, sec, slen, head, hlen, keep);
 }
 
-int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
-                    const char *sec, size_t slen, const char *head, size_t hlen, double keep)
+/* lp__cache_store and _store_fields: the checks, then the fill starts (r->cache.fill) for a
+ * head of hlen bytes holding nfields fields (head NULL: the caller writes it, at
+ * lp_cache_fill_head). 0, or an LP_FFI_E* code. */
+static int store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
+                       const char *sec, size_t slen, const char *head, size_t hlen, size_t nfields,
+                       double keep_until)
 {
     /* Only an upstream's body can be gathered: a HEAD's has none, a local answer is not one. */
     if ((r->flags & (LP_RF_HEAD | LP_RF_LOCAL)) || !r->try.peer)
@@ -452,14 +456,21 @@ int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t 
     lp_cache_fill_t *f = r->cache.fill;
     if (f && lp_cache_fill_active(f))
         return LP_FFI_EINVAL; /* stored once already */
-    if (!lp_cache_head_fits(r->w, zone, key, klen, head, hlen))
+    if (!lp_cache_fields_fit(r->w, zone, key, klen, nfields))
         return LP_FFI_ENOSPACE; /* a hit on it could not carry its own fields */
     r->cache.fill = NULL;
-    f = lp_cache_fill_start(zone, f, key, klen, sec, slen, head, hlen, real_now() + keep, hint);
+    f = lp_cache_fill_start(zone, f, key, klen, sec, slen, head, hlen, keep_until, hint);
     if (!f)
         return LP_FFI_ENOSPACE; /* too large, key too long, or out of memory */
     r->cache.fill = f; /* an empty body is complete with the response (lp_cache_req_done) */
     return 0;
+}
+
+int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
+                    const char *sec, size_t slen, const char *head, size_t hlen, double keep)
+{
+    return store_start(r, zone, key, klen, sec, slen, head, hlen, lp_cache_head_fields(head, hlen),
+                       real_now() + keep);
 }
 
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
@@ -650,7 +661,7 @@ void lp_ffi_cache_count(void *zone, int what)
 
 /* The index in LP_FFI_CACHE_FIELDS of a field name, or -1: by length first (most names a
  * request or response carries have no candidate of their length, or one). */
-int lp__cache_field_index(lp_str_t n)
+static inline __attribute__((always_inline)) int field_index(lp_str_t n)
 {
     switch (n.len) {
     case 3:
@@ -710,13 +721,18 @@ static unsigned fields_of(const lp_req_t *r, int resp, const lp_header_t **v)
     return r->resp.arena ? r->resp.nheaders : 0; /* no arena: none set up yet */
 }
 
+int lp__cache_field_index(lp_str_t n)
+{
+    return field_index(n);
+}
+
 int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *ncc)
 {
     const lp_header_t *v;
     unsigned n = fields_of(r, resp, &v);
     int mask = 0, cc = 0;
     for (unsigned i = 0; i < n; i++) {
-        int k = lp__cache_field_index(v[i].name);
+        int k = field_index(v[i].name); /* inlined: a call per field cost as much as its test */
         if (k < 0)
             continue;
         if (!(mask & (1 << k)))
@@ -761,42 +777,75 @@ static int never_stored(lp_str_t name)
     }
 }
 
+/* n bytes of a field's name or value at p: most are short, and a call to memcpy costs more
+ * than their copy (two overlapping words, or bytes). The end. */
+static inline char *put_short(char *p, const char *s, size_t n)
+{
+    if (n > 16) {
+        memcpy(p, s, n);
+    } else if (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+        memcpy(p, &a, 8);
+        memcpy(p + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        memcpy(p, &a, 4);
+        memcpy(p + n - 4, &b, 4);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            p[i] = s[i];
+    }
+    return p + n;
+}
+
 int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen, const char *sec,
                               size_t slen, const char *meta, size_t mlen, double keep)
 {
     if (!lp__lua_runs(rp))
         return LP_FFI_EOTHER;
-    return lp__cache_store_fields(rp, zone, key, klen, sec, slen, meta, mlen, keep);
+    return lp__cache_store_fields(rp, zone, key, klen, sec, slen, meta, mlen,
+                                  lp_cache_head_fields(meta, mlen), real_now() + keep);
 }
 
 int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
-                           const char *sec, size_t slen, const char *meta, size_t mlen, double keep)
+                           const char *sec, size_t slen, const char *meta, size_t mlen,
+                           size_t meta_fields, double keep_until)
 {
     const lp_header_t *v;
     unsigned n = fields_of(r, 1, &v);
-    size_t need = mlen;
-    for (unsigned i = 0; i < n; i++)
+    size_t need = mlen, nfields = meta_fields;
+    int skip = 0; /* some field is not stored: the writing loop tests each again */
+    for (unsigned i = 0; i < n; i++) {
+        if (never_stored(v[i].name)) {
+            skip = 1;
+            continue;
+        }
         need += v[i].name.len + v[i].value.len + 4; /* "h " NAME "\t" VALUE "\n" */
-    /* Built in the thread's scratch (lp_ffi_cache_get's: nothing else uses it meanwhile). */
-    if (scratch_reserve(need))
-        return LP_FFI_ENOSPACE;
-    char *p = scratch;
+        nfields++;
+    }
+    /* Written straight into the entry's block (no copy of the head made first). */
+    int rc = store_start(r, zone, key, klen, sec, slen, NULL, need, nfields, keep_until);
+    if (rc)
+        return rc;
+    char *p = lp_cache_fill_head(r->cache.fill);
     memcpy(p, meta, mlen);
     p += mlen;
     for (unsigned i = 0; i < n; i++) {
         lp_str_t name = v[i].name, value = v[i].value;
-        if (never_stored(name))
+        if (skip && never_stored(name))
             continue;
         *p++ = 'h';
         *p++ = ' ';
-        memcpy(p, name.base, name.len);
-        p += name.len;
+        p = put_short(p, name.base, name.len);
         *p++ = '\t';
-        memcpy(p, value.base, value.len);
-        p += value.len;
+        p = put_short(p, value.base, value.len);
         *p++ = '\n';
     }
-    return lp__cache_store(r, zone, key, klen, sec, slen, scratch, (size_t)(p - scratch), keep);
+    return 0;
 }
 
 /* The common miss's Cache-Status (RFC 9211) as the cache plugin wrote it, added in one
@@ -847,7 +896,7 @@ int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
     size_t n = lp__cache_miss_status_line(line, status, stored, ttl);
     if (!n)
         return LP_FFI_EINVAL;
-    return lp__resp_add_wire(r, line, n, 1); /* our own line */
+    return lp__resp_add_line(r, line, n, LP_CACHE_STATUS_NAME_LEN);
 }
 
 /* The key's authority: Host as sent (or the absolute-form target's), with its port, which
@@ -872,22 +921,30 @@ static lp_str_t key_authority(const lp_req_t *r, lp_str_t scheme)
 
 /* Whether s holds an ASCII capital. Per 8-byte word: a byte b <= 0x7f is in 'A'..'Z' when
  * b + (0x80 - 'A') reaches 0x80 and b + (0x80 - 'Z' - 1) does not (no carry leaves a byte);
- * bytes >= 0x80 are masked out. */
-static int has_upper(const char *s, size_t n)
+ * bytes >= 0x80 are masked out. The last bytes of a host of 8 or more are the word ending
+ * with it (overlapping the one before): no byte loop. */
+static int word_has_upper(const char *s)
 {
     const uint64_t lo7 = 0x7f7f7f7f7f7f7f7full, hi = 0x8080808080808080ull;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        uint64_t t = w & lo7;
-        if ((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi)
-            return 1;
+    uint64_t w;
+    memcpy(&w, s, 8);
+    uint64_t t = w & lo7;
+    return ((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi) != 0;
+}
+
+static int has_upper(const char *s, size_t n)
+{
+    if (n < 8) {
+        for (size_t i = 0; i < n; i++)
+            if (s[i] >= 'A' && s[i] <= 'Z')
+                return 1;
+        return 0;
     }
-    for (; i < n; i++)
-        if (s[i] >= 'A' && s[i] <= 'Z')
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        if (word_has_upper(s + i))
             return 1;
-    return 0;
+    return i < n && word_has_upper(s + n - 8);
 }
 
 int lp_ffi_cache_key(void *r, lp_str_t *out)
@@ -904,13 +961,12 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
     char *p = scratch;
     memcpy(p, "GET ", 4);
     p += 4;
-    memcpy(p, scheme.base, scheme.len);
-    p += scheme.len;
+    p = put_short(p, scheme.base, scheme.len);
     memcpy(p, "://", 3);
     p += 3;
     /* req:host()'s lower(): copied as it is, then lowered only where it has capitals (most
      * hosts have none: looked for eight bytes at a time). */
-    memcpy(p, host.base, host.len);
+    put_short(p, host.base, host.len);
     if (has_upper(p, host.len))
         for (size_t i = 0; i < host.len; i++)
             if (p[i] >= 'A' && p[i] <= 'Z')

@@ -290,23 +290,22 @@ static int put_uint(out_t *o, double v)
     return 0;
 }
 
-/* "00" .. "ff": a byte's two hex digits. */
-static const char HEX2[513] = "000102030405060708090a0b0c0d0e0f"
-                              "101112131415161718191a1b1c1d1e1f"
-                              "202122232425262728292a2b2c2d2e2f"
-                              "303132333435363738393a3b3c3d3e3f"
-                              "404142434445464748494a4b4c4d4e4f"
-                              "505152535455565758595a5b5c5d5e5f"
-                              "606162636465666768696a6b6c6d6e6f"
-                              "707172737475767778797a7b7c7d7e7f"
-                              "808182838485868788898a8b8c8d8e8f"
-                              "909192939495969798999a9b9c9d9e9f"
-                              "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
-                              "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
-                              "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf"
-                              "d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
-                              "e0e1e2e3e4e5e6e7e8e9eaebecedeeef"
-                              "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+/* The 8 nibbles of v as lowercase hex digits, the most significant first in memory: each
+ * nibble spread into a byte of its own, then '0' added, and 'a' - '0' - 10 more to those of
+ * 10 and above (a byte's nibble + 6 carries into its bit 4 exactly then). */
+static uint64_t hex8(uint32_t v)
+{
+    uint64_t x = v;
+    x = (x | x << 16) & 0x0000ffff0000ffffull;
+    x = (x | x << 8) & 0x00ff00ff00ff00ffull;
+    x = (x | x << 4) & 0x0f0f0f0f0f0f0f0full; /* byte i: nibble i, from the least */
+    uint64_t ten = ((x + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull;
+    x += 0x3030303030303030ull + ten * ('a' - '0' - 10);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    x = __builtin_bswap64(x); /* the most significant byte first in memory */
+#endif
+    return x;
+}
 
 /* A positive normal double as "0x1.HHHHHHHHHHHHHp+E" (every mantissa digit). */
 static int put_hexfloat(out_t *o, double v)
@@ -319,14 +318,18 @@ static int put_hexfloat(out_t *o, double v)
     if (exp == 0)
         return 1; /* subnormal: not a time */
     uint64_t mant = bits & ((1ull << 52) - 1);
-    char b[40], *p = b;
+    if (o->end - o->p < 32) {
+        o->over = 1; /* "0x1." 13 digits "p+" and at most 4 of the exponent's */
+        return 0;
+    }
+    char *p = o->p;
     memcpy(p, "0x1.", 4);
     p += 4;
-    *p++ = HEX2[2 * (mant >> 48) + 1]; /* then the other 48 bits a byte at a time */
-    for (int i = 40; i >= 0; i -= 8) {
-        memcpy(p, &HEX2[2 * ((mant >> i) & 0xff)], 2);
-        p += 2;
-    }
+    /* 13 digits: 8 from the top 32 bits, 5 from the low 20 (8 written, 3 overwritten) */
+    uint64_t hi = hex8((uint32_t)(mant >> 20)), lo = hex8((uint32_t)(mant << 12));
+    memcpy(p, &hi, 8);
+    memcpy(p + 8, &lo, 8);
+    p += 13;
     *p++ = 'p';
     exp -= 1023;
     *p++ = exp < 0 ? '-' : '+';
@@ -338,7 +341,7 @@ static int put_hexfloat(out_t *o, double v)
     } else {
         p += lp_u64_to_str(e, 10, p);
     }
-    put(o, b, (size_t)(p - b));
+    o->p = p;
     return 0;
 }
 
@@ -419,8 +422,9 @@ static int miss_status(lp_req_t *r, learned_t *d, int stored, double ttl)
         d->status_stored = (uint8_t)stored;
         d->status_floor = f;
     }
-    int rc = d->status_len ? lp__resp_add_wire(r, d->status_line, d->status_len, 1)
-                           : LP_FFI_EINVAL; /* our own line */
+    int rc = d->status_len
+                 ? lp__resp_add_line(r, d->status_line, d->status_len, LP_CACHE_STATUS_NAME_LEN)
+                 : LP_FFI_EINVAL;
     if (rc)
         lp_cache_room_no_status(rc);
     return 0;
@@ -490,20 +494,14 @@ int lp_cache_native_response(lp_req_t *r)
         return 1;
     size_t m = (size_t)(o.p - meta);
     /* The key, as the plugin's default_key: the one the request phase locked (made there),
-     * else made again and copied (the thread's scratch that holds it also builds the stored
-     * head). */
-    const char *kb;
-    size_t klen;
-    char *copy = NULL;
-    if (!rc->fill || lp_cache_fill_key(rc->fill, &kb, &klen)) {
-        lp_str_t k;
-        if (lp_ffi_cache_key(r, &k) || !(copy = malloc(k.len ? k.len : 1)))
+     * else made again (in the thread's scratch, which nothing else uses meanwhile). */
+    lp_str_t k;
+    if (!rc->fill || lp_cache_fill_key(rc->fill, &k.base, &k.len)) {
+        if (lp_ffi_cache_key(r, &k))
             return 1;
-        kb = memcpy(copy, k.base, k.len);
-        klen = k.len;
     }
-    int stored = lp__cache_store_fields(r, n->zone, kb, klen, "", 0, meta, m, keep) == 0;
-    free(copy);
+    int stored =
+        lp__cache_store_fields(r, n->zone, k.base, k.len, "", 0, meta, m, 0, now + keep) == 0;
     if (stored)
         lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
     return miss_status(r, d, stored, left);

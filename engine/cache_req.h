@@ -59,13 +59,16 @@ int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *nc
 struct lp_cache_zone_s;
 int lp__cache_store(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, size_t klen,
                     const char *sec, size_t slen, const char *head, size_t hlen, double keep);
+/* _store_fields with the number of field lines in meta (none in the engine's own) and the
+ * time the entry is kept until (seconds, CLOCK_REALTIME) instead of for how long. */
 int lp__cache_store_fields(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, size_t klen,
                            const char *sec, size_t slen, const char *meta, size_t mlen,
-                           double keep);
+                           size_t meta_fields, double keep_until);
 int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl);
 /* Its line ("Cache-Status: ...\r\n") into line (LP_CACHE_MISS_LINE bytes): its length, or 0
  * for a status out of range. */
 #define LP_CACHE_MISS_LINE 112
+#define LP_CACHE_STATUS_NAME_LEN 12 /* "Cache-Status", the line's name */
 size_t lp__cache_miss_status_line(char *line, int status, int stored, double ttl);
 /* lp_ffi_cache_respond's answer from the looked-up entry (cache.hit), without the Lua phase
  * bookkeeping: the fields (checked: they passed lp__wire_valid), then `more`, and the body or

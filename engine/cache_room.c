@@ -24,12 +24,11 @@
  * request reads it when it takes its header arrays). */
 static atomic_uint widest;
 
-/* The fields ("h NAME\tVALUE" lines) of a head, counted up to `stop` (then stop + 1). */
-static size_t count_fields(const char *head, size_t hlen, size_t stop)
+size_t lp_cache_head_fields(const char *head, size_t hlen)
 {
     size_t n = hlen >= 2 && head[0] == 'h' && head[1] == ' ';
     const char *p = head, *end = head + hlen;
-    while (n <= stop && (p = memchr(p, '\n', (size_t)(end - p))) && end - p > 2) {
+    while ((p = memchr(p, '\n', (size_t)(end - p))) && end - p > 2) {
         p++;
         n += p[0] == 'h' && p[1] == ' ';
     }
@@ -53,7 +52,7 @@ unsigned lp_cache_room_cap(unsigned cap)
 
 void lp_cache_room_note(const char *head, size_t hlen)
 {
-    note(count_fields(head, hlen, (size_t)-2));
+    note(lp_cache_head_fields(head, hlen));
 }
 
 /* Whether a warning of this kind may go out now: once a minute per thread and kind. */
@@ -76,17 +75,16 @@ void lp_cache_room_no_status(int rc)
                                      : "the line was refused");
 }
 
-int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
-                       const char *head, size_t hlen)
+int lp_cache_fields_fit(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
+                        size_t nfields)
 {
     if (!w) {
-        lp_cache_room_note(head, hlen);
+        note(nfields);
         return 1;
     }
     size_t room = (size_t)w->config->limits.max_headers + LP_HEADERS_SPARE - LP_CACHE_HIT_FIELDS;
-    size_t n = count_fields(head, hlen, room);
-    if (n <= room) {
-        note(n);
+    if (nfields <= room) {
+        note(nfields);
         return 1;
     }
     static _Thread_local time_t logged;
@@ -96,4 +94,10 @@ int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key
                "Age and Cache-Status (limits.max_headers + 16 - 4; logged once a minute)",
                lp_cache_zone_name(z), (int)(klen > 200 ? 200 : klen), key, room);
     return 0;
+}
+
+int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
+                       const char *head, size_t hlen)
+{
+    return lp_cache_fields_fit(w, z, key, klen, lp_cache_head_fields(head, hlen));
 }

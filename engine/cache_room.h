@@ -19,6 +19,12 @@
  * fits is counted into lp_cache_room_cap. */
 int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
                        const char *head, size_t hlen);
+/* The same for a head of nfields fields, counted by its writer (cache_ffi.c writes the
+ * response's fields itself, and need not scan the head for them). */
+int lp_cache_fields_fit(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
+                        size_t nfields);
+/* How many field lines ("h ...") a head holds. */
+size_t lp_cache_head_fields(const char *head, size_t hlen);
 
 /* A head indexed without lp_cache_head_fits (a disk file met by the start's scan, written
  * under another config): its fields are counted into what requests make room for. */

@@ -112,7 +112,8 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
     e->sec = e->key + klen;
     e->slen = slen;
     e->head = head_inline(e);
-    memcpy(e->head, head, hlen);
+    if (head)
+        memcpy(e->head, head, hlen);
     e->hlen = hlen;
     e->hash = hash;
     e->keep_until = keep_until;
@@ -822,16 +823,60 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
     return f != NULL;
 }
 
+/* A lock's block (a fill with room for a key of up to SPARE_KEY bytes) kept by the thread
+ * that freed it, for its next lock: a miss takes a lock per request, and a malloc and a free
+ * cost more than the rest of taking it. Owned by the thread; freed when the thread ends (a
+ * thread-specific key's destructor, registered with the first). */
+#define SPARE_KEY 256
+static _Thread_local lp_cache_fill_t *spare;
+static _Thread_local uint8_t spare_registered;
+static pthread_key_t spare_key;
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+
+static void spare_free(void *unused)
+{
+    (void)unused;
+    free(spare);
+    spare = NULL;
+}
+
+static void spare_key_make(void)
+{
+    pthread_key_create(&spare_key, spare_free);
+}
+
+/* f's block goes (kept as the thread's spare when it is a lock's and none is kept). */
+static void fill_block_free(lp_cache_fill_t *f)
+{
+    if (spare || f->lroom != SPARE_KEY) {
+        free(f);
+        return;
+    }
+    if (!spare_registered) {
+        pthread_once(&spare_once, spare_key_make);
+        spare_registered = pthread_setspecific(spare_key, &spare) == 0;
+        if (!spare_registered) {
+            free(f); /* nothing would free it with the thread */
+            return;
+        }
+    }
+    spare = f;
+}
+
 /* A fill for key's lock, not taken yet (lock_locked takes it), or NULL (out of memory, or
  * too long a key). */
 static lp_cache_fill_t *lock_new(const char *key, size_t klen, uint64_t h, double now)
 {
     if (klen > LP_CACHE_MAX_KEY)
         return NULL;
-    lp_cache_fill_t *f = malloc(sizeof(*f) + klen);
+    size_t room = klen > SPARE_KEY ? klen : SPARE_KEY;
+    lp_cache_fill_t *f = room == SPARE_KEY && spare ? spare : malloc(sizeof(*f) + room);
     if (!f)
         return NULL;
+    if (f == spare)
+        spare = NULL;
     *f = (lp_cache_fill_t){0};
+    f->lroom = room;
     f->lkey = (char *)(f + 1);
     memcpy(f->lkey, key, klen);
     f->lklen = klen;
@@ -883,7 +928,7 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
     int rc = lock_locked(z, f, lock_timeout, readback, busy);
     pthread_mutex_unlock(&z->lock);
     if (rc) {
-        free(f);
+        fill_block_free(f);
         return NULL;
     }
     return lock_held(z, f);
@@ -904,7 +949,7 @@ lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size
     lp_cache_fill_t *f = NULL;
     if (!found && lock_timeout >= 0 && (f = lock_new(key, klen, h, now)) &&
         lock_locked(z, f, lock_timeout, 0, busy)) {
-        free(f);
+        fill_block_free(f); /* under the zone lock: only the thread's own spare is touched */
         f = NULL;
     }
     pthread_mutex_unlock(&z->lock);
@@ -991,9 +1036,10 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     /* refs 1: the zone's, once linked. Not resident until commit: its chunks are charged to
      * `filling` as they come (a small body's at once, below), the rest when it is linked. */
     /* The hash of the key its lock holds, when it is this key; the file id when written. */
-    uint64_t hash = f->lkey && f->lklen == klen && memcmp(f->lkey, key, klen) == 0
-                        ? f->lhash
-                        : lp_hash64(key, klen);
+    uint64_t hash =
+        f->lkey && f->lklen == klen && (f->lkey == key || memcmp(f->lkey, key, klen) == 0)
+            ? f->lhash
+            : lp_hash64(key, klen);
     /* A body of a known length up to LP_CACHE_INLINE_BODY comes in the entry's block: its
      * chunk is charged to `filling` here, as lp_cache_fill_append charges the chunks it takes
      * (many small fills in flight hold memory too), and moves into `used` at commit. */
@@ -1014,6 +1060,11 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
         return NULL;
     }
     return f;
+}
+
+char *lp_cache_fill_head(lp_cache_fill_t *f)
+{
+    return f->e ? f->e->head : NULL;
 }
 
 int lp_cache_fill_active(const lp_cache_fill_t *f)
@@ -1105,7 +1156,7 @@ static void fill_free(lp_cache_fill_t *f)
     }
     if (f->e)
         entry_free(f->e);
-    free(f);
+    fill_block_free(f);
     lp_cache_zone_release(z);
 }
 

@@ -177,10 +177,14 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w);
 /* Starts gathering an entry: with a fill from lp_cache_lock (fill non-NULL), or a new one (fill
  * NULL). `size_hint` is the expected body length (Content-Length), 0 when unknown. Returns the
  * fill, or NULL when the key is too long, the hint is over the zone's max_object_size, or out of
- * memory (the fill given is then abandoned). */
+ * memory (the fill given is then abandoned). With head NULL, the head's hlen bytes are left
+ * for the caller to write (lp_cache_fill_head) before anything else touches the fill. */
 lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, const char *key,
                                      size_t klen, const char *sec, size_t slen, const char *head,
                                      size_t hlen, double keep_until, uint64_t size_hint);
+/* Where the head of the entry a fill gathers is written (lp_cache_fill_start with head NULL):
+ * the entry is the fill's alone until its commit. NULL once the fill is dead. */
+char *lp_cache_fill_head(lp_cache_fill_t *f);
 /* Whether the fill gathers an entry (lp_cache_fill_start ran on it): a lock alone does not. */
 int lp_cache_fill_active(const lp_cache_fill_t *f);
 /* The key whose lock the fill holds (*key valid while the fill lives): 0, or -1 when it

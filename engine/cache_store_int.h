@@ -61,6 +61,7 @@ struct lp_cache_fill_s {
     char *lkey;            /* borrowed: the locked primary key, in the fill's own block;
                               NULL: no lock taken */
     size_t lklen;
+    size_t lroom; /* bytes for lkey after the struct (a lock's block; 0: no room) */
     uint64_t lhash;
     uint8_t locked;                /* holds lkey's lock in zone->locks (zone lock: a newer
                                       fill may take an old lock over) */

@@ -519,6 +519,22 @@ int lp__resp_add_wire(lp_req_t *r, const char *p, size_t n, int trusted)
     return 0;
 }
 
+int lp__resp_add_line(lp_req_t *r, const char *p, size_t n, size_t nlen)
+{
+    hlist_t l;
+    if (n < nlen + 4)
+        return LP_FFI_EINVAL;
+    if (hlist(r, 1, &l) || *l.n >= l.cap)
+        return LP_FFI_ENOSPACE;
+    const char *s = arena_copy(r, 1, &l, p, n); /* the field points into this copy */
+    if (!s)
+        return LP_FFI_ENOSPACE;
+    l.v[*l.n].name = (lp_str_t){s, nlen};
+    l.v[*l.n].value = (lp_str_t){s + nlen + 2, n - nlen - 4};
+    (*l.n)++;
+    return 0;
+}
+
 int lp_ffi_respond(void *rp, int status, const char *body, size_t len)
 {
     lp_req_t *r = rp;

@@ -81,6 +81,9 @@ int lp__resp_begin(struct lp_req_s *r);
  * LP_FFI_EINVAL / LP_FFI_EFRAMING / LP_FFI_ENOSPACE (the lines before the bad one stay).
  * trusted: the lines passed lp__wire_valid before (they are only split, not checked again). */
 int lp__resp_add_wire(struct lp_req_s *r, const char *p, size_t n, int trusted);
+/* One line "Name: value\r\n" of the engine's own (the cache's Cache-Status), whose name is
+ * nlen bytes: added as it is, not split or checked. 0, LP_FFI_EINVAL or LP_FFI_ENOSPACE. */
+int lp__resp_add_line(struct lp_req_s *r, const char *p, size_t n, size_t nlen);
 /* lp__resp_add_wire's checks alone: 0, LP_FFI_EINVAL or LP_FFI_EFRAMING. */
 int lp__wire_valid(const char *p, size_t n);
 int lp_ffi_respond(void *r, int status, const char *body, size_t len);

@@ -566,7 +566,8 @@ static void field_bits(void)
 /* A body of a length known at the start (at most LP_CACHE_INLINE_BODY) comes with its entry,
  * and more bytes than said go on in chunks of their own; the first head lives with the entry
  * too and is replaced (twice: the second frees the first replacement); a fill's lock hands
- * its key back; lookup and lock at once (lp_cache_get_or_lock). ASan checks the frees. */
+ * its key back; lookup and lock at once (lp_cache_get_or_lock); a head the caller writes in
+ * place (lp_cache_fill_head). ASan checks the frees. */
 static void small_body_in_entry(void)
 {
     lp_cache_zone_t *z = zone("t_inline", 1 << 20, 1 << 16);
@@ -613,8 +614,11 @@ static void small_body_in_entry(void)
     size_t klen = 0;
     CHECK_EQ_INT(lp_cache_fill_key(lock, &key, &klen), 0);
     CHECK(klen == 1 && key && key[0] == 'm');
-    f = lp_cache_fill_start(z, lock, key, klen, K(""), K("h"), NOW + 60, 2);
+    /* Its head written by the caller, in place (head NULL). */
+    f = lp_cache_fill_start(z, lock, key, klen, K(""), NULL, 4, NOW + 60, 2);
     REQUIRE(f);
+    REQUIRE(lp_cache_fill_head(f));
+    memcpy(lp_cache_fill_head(f), "mine", 4);
     CHECK_EQ_INT(lp_cache_fill_append(f, "ok", 2), 0);
     CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
     e = lp_cache_get_or_lock(z, K("m"), NOW, 5, &other, &busy);
@@ -622,6 +626,8 @@ static void small_body_in_entry(void)
     CHECK(!other);
     CHECK_EQ_INT(busy, 0);
     CHECK_EQ_INT((int)body_of(e, buf, sizeof(buf)), 2);
+    CHECK_EQ_INT((int)lp_cache_entry_head(z, e, buf, sizeof(buf)), 4);
+    CHECK(memcmp(buf, "mine", 4) == 0);
     lp_cache_entry_unref(e);
     /* Without coalescing (lock_timeout < 0) a miss takes no lock. */
     CHECK(!lp_cache_get_or_lock(z, K("n"), NOW, -1, &other, &busy));
