@@ -515,13 +515,15 @@ function State:coll(name)
     local q = find(u, "?", 1, true)
     if q then parse_form(c, sub(u, q + 1), self.max) end
   elseif name == "headers" or name == "cookies" then
-    local h, ck = new(), new()
-    for k, v in pairs(req:headers()) do
-      if type(v) == "table" then
-        for _, x in ipairs(v) do add(h, k, x, self.max) end
-      else
-        add(h, k, v, self.max)
-      end
+    -- in the order they came (req:headers() is a hash table: its order changed from run
+    -- to run)
+    local ck = new()
+    local names, values = {}, {}
+    local n = req:header_list(names, values)
+    local h = { n = n, names = names, values = values }
+    if n > self.max then
+      for i = n, self.max + 1, -1 do names[i], values[i] = nil, nil end
+      h.n, h.truncated = self.max, true
     end
     for i = 1, h.n do
       if h.names[i] == "cookie" then parse_cookies(ck, h.values[i], self.max) end
