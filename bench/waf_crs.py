@@ -298,28 +298,16 @@ return {{
 }}
 """
 
-UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
-BROWSER_GET = {
-    "method": "GET", "uri": "/?id=123&utm_source=newsletter&utm_medium=email&ref=home", "body": "",
-    "headers": {
-        "Host": "shop.example.com", "User-Agent": UA,
-        "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
-        "Accept-Language": "en-GB,en;q=0.9", "Accept-Encoding": "gzip, deflate, br",
-        "Referer": "https://shop.example.com/category/men/jackets?page=2",
-        "Cookie": "_ga=GA1.2.1843471095.1701698312; _gid=GA1.2.1290412301.1701698312; "
-                  "session=eyJ1aWQiOjEyMzQ1LCJjYXJ0IjpbMTIsMzRdfQ.ZW5kLW9mLXNlc3Npb24tdG9rZW4tMDEyMzQ1Njc4OQ; "
-                  "csrftoken=8f2b7c1e9a0d4e6f8b2c7d1e9a0f4b6c8d2e7f1a9b0c4d6e8f2a7b1c9d0e4f6a; lang=en-GB",
-        "Upgrade-Insecure-Requests": "1",
-    },
-}
-_items = ",".join('{"sku":"SKU-%04d","qty":%d,"price":%d.99,"name":"Product number %d"}'
-                  % (i, i % 4 + 1, i, i) for i in range(1, 40))
-_json = ('{"customer":{"name":"Mary O\'Neil","email":"m@example.com"},"items":[%s],'
-         '"note":"Please deliver after 5pm; it\'s a gift.","pad":""}' % _items)
-JSON_4K = _json.replace('"pad":""', '"pad":"%s"' % ("x" * (4096 - len(_json))))
-JSON_POST = {"method": "POST", "uri": "/api/orders", "body": JSON_4K,
-             "headers": {"Host": "shop.example.com", "User-Agent": UA,
-                         "Content-Type": "application/json", "Accept": "application/json"}}
+def bench_requests():
+    """The two measured requests (BROWSER_GET, JSON_POST), from bench/waf/requests.json:
+    bench/waf/cpu_run.lua reads the same file, so the in-process figures are for the same
+    requests. Headers keep their order (a dict of the file's list)."""
+    with open(os.path.join(HERE, "waf", "requests.json")) as f:
+        doc = json.load(f)
+    return tuple(dict(doc[k], headers=dict(doc[k]["headers"])) for k in ("get", "post"))
+
+
+BROWSER_GET, JSON_POST = bench_requests()
 
 
 def main():

@@ -14,7 +14,8 @@ local RESP_WRITE = { response = true }
 M.methods = {
   -- request, readable everywhere
   method = REQ_READ, path = REQ_READ, uri = REQ_READ, query = REQ_READ, args = REQ_READ,
-  header = REQ_READ, headers = REQ_READ, header_count = REQ_READ, host = REQ_READ,
+  header = REQ_READ, headers = REQ_READ, header_count = REQ_READ, header_list = REQ_READ,
+  host = REQ_READ,
   scheme = REQ_READ, client_ip = REQ_READ, peer_ip = REQ_READ, http_version = REQ_READ,
   var = REQ_READ, phase = REQ_READ,
   start_time = REQ_READ, param = REQ_READ,

@@ -187,6 +187,20 @@ function methods.header_count(h)
   check(h, "header_count")
   return (tonumber(C.lp_ffi_header_count(h._r, 0)))
 end
+-- The header lines in the order they came, into the caller's lists (names lower-case):
+-- the count. No table is built, and the order is the request's, not a hash table's.
+function methods.header_list(h, names, values)
+  check(h, "header_list")
+  local n, k = C.lp_ffi_header_count(h._r, 0), 0
+  for i = 0, n - 1 do
+    if C.lp_ffi_header_at(h._r, 0, i, s1, s2) == 0 then
+      k = k + 1
+      names[k] = lower(ffi_string(s1[0].base, s1[0].len))
+      values[k] = ffi_string(s2[0].base, s2[0].len)
+    end
+  end
+  return k
+end
 
 function methods.set_header(h, name, value)
   check(h, "set_header")

@@ -632,6 +632,13 @@ function Req:header_count()
   return #self._headers
 end
 
+function Req:header_list(names, values)
+  check("header_list", self._phase)
+  local list = self._headers
+  for i = 1, #list do names[i], values[i] = list[i][2], list[i][3] end
+  return #list
+end
+
 function Req:host()
   check("host", self._phase)
   local h = h_find(self._headers, "host")

@@ -80,6 +80,10 @@ function Request:header(name) end
 function Request:headers() end
 ---@return integer
 function Request:header_count() end
+---@param names string[] filled with the lower-case names, in the request's order
+---@param values string[] filled with the values
+---@return integer n how many lines were filled in
+function Request:header_list(names, values) end
 ---@return string host without port, lower-case ("" when absent)
 function Request:host() end
 ---@return "http"|"https"

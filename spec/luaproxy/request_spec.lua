@@ -256,6 +256,10 @@ describe("luaproxy.request (with the engine's C functions faked)", function()
       assert.equal("1", h:header("x-A"))
       assert.is_nil(h:header("X-None"))
       assert.same({ host = "h", ["x-a"] = { "1", "2", "3" }, ["x-b"] = "b" }, h:headers())
+      local names, values = {}, {}
+      assert.equal(5, h:header_list(names, values))
+      assert.same({ "host", "x-a", "x-a", "x-b", "x-a" }, names)
+      assert.same({ "h", "1", "2", "b", "3" }, values)
       assert.error_matches(function() h:header(nil) end, "expected a header name", 1, true)
     end)
 

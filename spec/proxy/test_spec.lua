@@ -213,7 +213,7 @@ describe("proxy.test", function()
         param = { "id" },
         log_field = { "k", "v" },
         tee_body = { 1024 }, set_body = { "{}" }, set_query = { "a=1" },
-        compress = { "gzip" },
+        compress = { "gzip" }, header_list = { {}, {} },
         set_cache_key = { "k" }, cache_ttl = { 10 },
       }
       for name, allowed in pairs(phases.methods) do

@@ -8,6 +8,11 @@ local urldecode, lower = T.urldecode, string.lower
 local byte, find, sub, match, gmatch = string.byte, string.find, string.sub, string.match,
   string.gmatch
 local type, pairs, ipairs, tostring, pcall = type, pairs, ipairs, tostring, pcall
+local new_tab
+do
+  local ok, tnew = pcall(require, "table.new")
+  new_tab = ok and tnew or function() return {} end
+end
 
 local M = {}
 
@@ -34,11 +39,19 @@ M.BODY = { body_args = true, files = true, body = true, body_error = true,
 
 local function new() return { n = 0, names = {}, values = {} } end
 
+-- Read-only tables shared by every request (a collection is never changed once built: the
+-- engine only reads them). A GET's empty body collections and its one-value collections
+-- made three tables each per request.
+local READ_ONLY = { __newindex = function() error("waf vars: a shared collection is read-only", 2) end }
+local NONE = setmetatable({}, READ_ONLY)
+local EMPTY = setmetatable({ n = 0, names = NONE, values = NONE }, READ_ONLY)
+local ONE_NAME = { "" } -- the names of a one-value collection
+
 local function one(value)
-  local c = new()
-  c.n, c.names[1], c.values[1] = 1, "", value
-  return c
+  return { n = 1, names = ONE_NAME, values = { value } }
 end
+local ONE_EMPTY = setmetatable({ n = 1, names = ONE_NAME, values = { "" } }, READ_ONLY)
+local ONE_ZERO = setmetatable({ n = 1, names = ONE_NAME, values = { "0" } }, READ_ONLY)
 
 local function add(c, name, value, max)
   local n = c.n
@@ -55,14 +68,20 @@ end
 -- a=1&b=2, decoded tolerantly (a bad %-escape stays as written).
 local add_value -- below: a value that is a JSON document goes in as its leaves
 
+-- (Plain finds, not gmatch: LuaJIT compiles those, and runs patterns in its matcher.)
 local function parse_form(c, s, max)
-  for pair in gmatch(s, "[^&]+") do
-    local eq = find(pair, "=", 1, true)
-    if eq then
-      add_value(c, urldecode(sub(pair, 1, eq - 1)), urldecode(sub(pair, eq + 1)), max)
-    else
-      add(c, urldecode(pair), "", max)
+  local pos, len = 1, #s
+  while pos <= len do
+    local amp = find(s, "&", pos, true) or len + 1
+    if amp > pos then -- (empty pairs, a&&b, are skipped)
+      local eq = find(s, "=", pos, true)
+      if eq and eq < amp then
+        add_value(c, urldecode(sub(s, pos, eq - 1)), urldecode(sub(s, eq + 1, amp - 1)), max)
+      else
+        add(c, urldecode(sub(s, pos, amp - 1)), "", max)
+      end
     end
+    pos = amp + 1
   end
 end
 M.parse_form = parse_form
@@ -99,25 +118,226 @@ local function looks_graphql(q)
     or find(q, "^%s*subscription[%s{(]") or find(q, "^%s*fragment%s")
 end
 
+-- Fallback for a document the scanner below does not follow (what cjson takes beyond JSON:
+-- nan, inf): the decoded table, keys sorted so that the order is the same at every run.
+local function key_order(a, b)
+  local ta, tb = type(a), type(b)
+  if ta ~= tb then return ta == "number" end
+  return a < b
+end
+
 local function walk(c, v, path, max, depth)
   local t = type(v)
   if t == "table" then
     if depth > 64 then return end
     if path == "" and type(v.query) == "string" and looks_graphql(v.query) then
       graphql_strings(c, "query", v.query, max)
-      for k, x in pairs(v) do
-        if k ~= "query" then walk(c, x, tostring(k), max, depth + 1) end
-      end
-      return
     end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, key_order)
     local prefix = path == "" and "" or path .. "."
-    for k, x in pairs(v) do walk(c, x, prefix .. tostring(k), max, depth + 1) end
+    for _, k in ipairs(keys) do
+      if not (path == "" and k == "query" and type(v.query) == "string" and looks_graphql(v.query)) then
+        walk(c, v[k], prefix .. tostring(k), max, depth + 1)
+      end
+    end
   elseif t == "string" then
     add(c, path, v, max)
   elseif t == "number" or t == "boolean" then
     add(c, path, tostring(v), max)
   end
   -- null (a lightuserdata) is no value.
+end
+
+-- The leaves of a JSON text that cjson decoded, in document order (pairs() order changes
+-- from run to run, and so did which values a capped collection kept, and the order of the
+-- matches): each string, number and boolean as a value named by its path (a.b.1.c, arrays
+-- counted from 1), like walk() names them; a repeated key gives each of its values. A
+-- container deeper than 64 levels is not looked into. Strings with escapes and numbers go
+-- through cjson itself, so a value reads as cjson reads it. Returns nil for a text it does
+-- not follow (walk() then reads the decoded table).
+local decode_one -- cjson.decode, for one string or number token
+
+-- The closing quote of the string opening at i. (The loops are off the common path: a
+-- loop in a function the scanner calls makes its trace give up, and then be blacklisted.)
+local function str_end_escaped(s, j)
+  while true do
+    local q = find(s, '"', j, true)
+    if not q then return nil end
+    local k = q - 1
+    while byte(s, k) == 92 do k = k - 1 end
+    if (q - 1 - k) % 2 == 0 then return q end
+    j = q + 1
+  end
+end
+local function str_end(s, i)
+  local q = find(s, '"', i + 1, true)
+  if q and byte(s, q - 1) == 92 then return str_end_escaped(s, i + 1) end
+  return q
+end
+
+-- The string from the quote at i to the one at q, unescaped as cjson does.
+local function str(st, i, q)
+  local s, bs = st.s, st.bs
+  if bs and bs < i then
+    bs = find(s, "\\", i, true)
+    st.bs = bs
+  end
+  if not bs or bs > q then return (sub(s, i + 1, q - 1)) end
+  local ok, v = pcall(decode_one, sub(s, i, q))
+  if ok and type(v) == "string" then return v end
+  return nil
+end
+
+-- The first byte from i on that is not JSON white space, and its position.
+local function ws(s, i)
+  local b = byte(s, i)
+  if b == 32 or b == 9 or b == 10 or b == 13 then
+    i = find(s, "[^ \t\n\r]", i) or #s + 1
+    b = byte(s, i)
+  end
+  return i, b
+end
+
+local VALUE, AFTER, MEMBER = 0, 1, 2
+local DELIM = { [44] = true, [93] = true, [125] = true, [32] = true, [9] = true, [10] = true, [13] = true }
+
+-- One JSON value at i and what it contains; returns the position after it, or nil. One
+-- loop, a state machine with its own stack of open containers, and no loop in what it
+-- calls on the common path: traces follow neither recursion nor inner loops (a recursive
+-- scanner was blacklisted and ran interpreted).
+local function scan(c, s, i, path, max, depth0, st, doc)
+  -- per open container, level L: its path and ".", object or array, members so far, the
+  -- emit to restore at its end, and cjson's table of it
+  local pfx, isobj, cnt, emits, tbls = {}, {}, {}, {}, {}
+  local L = 0
+  local cur, emit = path, true -- the path of the value read next; emit: not too deep
+  local curv = doc -- cjson's reading of the value read next, when known
+  local state = VALUE
+  while true do
+    local b
+    i, b = ws(s, i)
+    if state == AFTER then
+      -- after a value: the next member of its container, or the container's end
+      if L == 0 then return i end
+      if b == 44 then -- ,
+        i = i + 1
+        state = MEMBER
+      elseif b == (isobj[L] and 125 or 93) then
+        i = i + 1
+        emit = emits[L]
+        L = L - 1
+      else
+        return nil
+      end
+    elseif state == MEMBER then
+      -- a member of the container at level L: its name, or its index
+      state = VALUE
+      if isobj[L] then
+        if b ~= 34 then return nil end
+        local q = str_end(s, i)
+        if not q then return nil end
+        local name = str(st, i, q)
+        if not name then return nil end
+        i, b = ws(s, q + 1)
+        if b ~= 58 then return nil end -- :
+        i = i + 1
+        local p = pfx[L]
+        if p == "" and name == "query" then
+          -- a GraphQL document: its string literals, not its syntax
+          local j, jb = ws(s, i)
+          if jb == 34 then
+            local q2 = str_end(s, j)
+            local v = q2 and str(st, j, q2)
+            if v and looks_graphql(v) then
+              if emit then graphql_strings(c, "query", v, max) end
+              i = q2 + 1
+              state = AFTER
+            end
+          end
+        end
+        cur = p .. name
+        local t = tbls[L]
+        curv = t and t[name]
+      else
+        local k = cnt[L] + 1
+        cnt[L] = k
+        cur = pfx[L] .. k
+        local t = tbls[L]
+        curv = t and t[k]
+      end
+    elseif b == 123 or b == 91 then -- { or [
+      L = L + 1
+      emits[L] = emit
+      if depth0 + L - 1 > 64 then emit = false end
+      local obj = b == 123
+      isobj[L], cnt[L] = obj, 0
+      tbls[L] = type(curv) == "table" and curv or false
+      pfx[L] = cur == "" and "" or cur .. "."
+      i, b = ws(s, i + 1)
+      if b == (obj and 125 or 93) then -- empty
+        i = i + 1
+        emit = emits[L]
+        L = L - 1
+        state = AFTER
+      else
+        state = MEMBER
+      end
+    elseif b == 34 then -- "
+      local q = str_end(s, i)
+      if not q then return nil end
+      local v = str(st, i, q)
+      if not v then return nil end
+      if emit then add(c, cur, v, max) end
+      i = q + 1
+      state = AFTER
+    else
+      -- a number, true, false or null. A number as cjson read it and written as tostring
+      -- writes it (2, 1.99): no need to find its end and read it again.
+      local t, j
+      if type(curv) == "number" then
+        t = tostring(curv)
+        j = i + #t
+        if sub(s, i, j - 1) ~= t or not DELIM[byte(s, j) or 44] then t = nil end
+      end
+      if t then
+        if emit then add(c, cur, t, max) end
+      else
+        -- up to the next delimiter
+        j = find(s, "[,%]} \t\n\r]", i) or #s + 1
+        if j == i then return nil end
+        local tok = sub(s, i, j - 1)
+        if tok == "true" or tok == "false" then
+          if emit then add(c, cur, tok, max) end
+        elseif tok ~= "null" then
+          local n = tonumber(tok)
+          if not n then
+            local ok, v = pcall(decode_one, tok)
+            if not ok or type(v) ~= "number" then return nil end
+            n = v
+          end
+          if emit then add(c, cur, tostring(n), max) end
+        end
+      end
+      i = j
+      state = AFTER
+    end
+  end
+end
+
+local function json_leaves(c, s, doc, path, max, depth)
+  decode_one = decode_one or proxy.json.decode
+  -- st.bs: the next backslash (a string before it has no escape). (A table, not upvalues:
+  -- closures are not compiled.)
+  local st = { s = s, bs = find(s, "\\", 1, true) }
+  local n0, truncated = c.n, c.truncated
+  local e = scan(c, s, 1, path, max, depth, st, doc)
+  if e and ws(s, e) > #s then return end
+  -- not followed: the values added so far go, the decoded table is walked instead
+  for i = n0 + 1, c.n do c.names[i], c.values[i] = nil, nil end
+  c.n, c.truncated = n0, truncated
+  walk(c, doc, path, max, depth)
 end
 
 -- A value that is a JSON object or array (a cookie holding a cart, a query parameter
@@ -128,7 +348,7 @@ add_value = function(c, name, v, max)
   if (b == 123 or b == 91) and #v >= 2 and find(v, "^%s*[%[{].*[%]}]%s*$") then
     local ok, doc = pcall(proxy.json.decode, v)
     if ok and type(doc) == "table" then
-      walk(c, doc, name, max, 1)
+      json_leaves(c, v, doc, name, max, 1)
       return
     end
   end
@@ -170,26 +390,71 @@ local function parse_multipart(args, files, body, boundary, max, pheaders)
   end
 end
 
+local function space(b) return b == 32 or (b >= 9 and b <= 13) end
+
+-- Cookie: a=1; b=2: each pair's name and value trimmed of white space; a pair without "="
+-- is a name with an empty value. (Plain finds and bytes: the patterns this did with
+-- gmatch and a lazy match cost a browser GET's five cookies 87,000 instructions.)
+local function cookie(ck, s, i, j, max)
+  local eq = find(s, "=", i, true)
+  if eq and eq <= j then
+    local ki, kj, vi, vj = i, eq - 1, eq + 1, j
+    while ki <= kj and space(byte(s, ki)) do ki = ki + 1 end
+    while kj >= ki and space(byte(s, kj)) do kj = kj - 1 end
+    while vi <= vj and space(byte(s, vi)) do vi = vi + 1 end
+    while vj >= vi and space(byte(s, vj)) do vj = vj - 1 end
+    local k, v = sub(s, ki, kj), sub(s, vi, vj)
+    local b = byte(v, 1)
+    if b == 37 or b == 123 or b == 91 then
+      -- %7B... (a URL-encoded JSON document) is looked at decoded
+      local d = b == 37 and urldecode(v) or v
+      local db = byte(d, 1)
+      if db == 123 or db == 91 then add_value(ck, k, d, max) else add(ck, k, v, max) end
+    else
+      add(ck, k, v, max)
+    end
+  else
+    while i <= j and space(byte(s, i)) do i = i + 1 end
+    while j >= i and space(byte(s, j)) do j = j - 1 end
+    add(ck, sub(s, i, j), "", max)
+  end
+end
+
+local function parse_cookies(ck, s, max)
+  local pos, len = 1, #s
+  while pos <= len do
+    local semi = find(s, ";", pos, true) or len + 1
+    if semi > pos then cookie(ck, s, pos, semi - 1, max) end
+    pos = semi + 1
+  end
+end
+M.parse_cookies = parse_cookies
+
 -- The request's variable state for one evaluation.
 local State = {}
 State.__index = State
 
 function M.new(req, opts)
-  return setmetatable({ req = req, max = opts.max_args, colls = {}, cache = {} }, State)
+  -- (made to size: CRS builds some 25 collections per request; grown from empty, the
+  -- table was rehashed five times)
+  return setmetatable({ req = req, max = opts.max_args, colls = new_tab(0, 32) }, State)
 end
 
 function State:body_collections()
-  local args, files, raw, err = new(), new(), new(), new()
   local colls = self.colls
-  colls.body_args, colls.files, colls.body, colls.body_error = args, files, raw, err
-  local ph = new()
+  local body = self.body
+  if not body or body == "" then
+    colls.body_args, colls.files, colls.body, colls.body_error = EMPTY, EMPTY, EMPTY, EMPTY
+    colls.multipart_part_headers = EMPTY
+    colls.reqbody_processor, colls.body_error_flag, colls.body_length = ONE_EMPTY, ONE_ZERO, ONE_ZERO
+    return
+  end
+  local args, files, err, ph = new(), new(), new(), new()
+  colls.body_args, colls.files, colls.body, colls.body_error = args, files, one(body), err
   colls.multipart_part_headers = ph
   colls.reqbody_processor = one("")
   colls.body_error_flag = one("0")
-  local body = self.body
-  colls.body_length = one(tostring(body and #body or 0))
-  if not body or body == "" then return end
-  raw.n, raw.names[1], raw.values[1] = 1, "", body
+  colls.body_length = one(tostring(#body))
   local ct = lower(self.req:header("content-type") or "")
   local proc = self.body_processor
   if proc == "JSON" then ct = "application/json"
@@ -202,7 +467,7 @@ function State:body_collections()
     colls.reqbody_processor.values[1] = "JSON"
     local ok, doc = pcall(proxy.json.decode, body)
     if ok then
-      walk(args, doc, "", self.max, 0)
+      json_leaves(args, body, doc, "", self.max, 0)
     else
       problem = "JSON: " .. tostring(doc):gsub("^.-: ", "")
     end
@@ -250,31 +515,18 @@ function State:coll(name)
     local q = find(u, "?", 1, true)
     if q then parse_form(c, sub(u, q + 1), self.max) end
   elseif name == "headers" or name == "cookies" then
-    local h, ck = new(), new()
-    for k, v in pairs(req:headers()) do
-      if type(v) == "table" then
-        for _, x in ipairs(v) do add(h, k, x, self.max) end
-      else
-        add(h, k, v, self.max)
-      end
+    -- in the order they came (req:headers() is a hash table: its order changed from run
+    -- to run)
+    local ck = new()
+    local names, values = {}, {}
+    local n = req:header_list(names, values)
+    local h = { n = n, names = names, values = values }
+    if n > self.max then
+      for i = n, self.max + 1, -1 do names[i], values[i] = nil, nil end
+      h.n, h.truncated = self.max, true
     end
     for i = 1, h.n do
-      if h.names[i] == "cookie" then
-        for pair in gmatch(h.values[i], "[^;]+") do
-          local k, v = match(pair, "^%s*([^=]-)%s*=%s*(.-)%s*$")
-          if k then
-            local b = byte(v, 1)
-            if b == 37 or b == 123 or b == 91 then
-              -- %7B... (a URL-encoded JSON document) is looked at decoded
-              local d = b == 37 and urldecode(v) or v
-              local db = byte(d, 1)
-              if db == 123 or db == 91 then add_value(ck, k, d, self.max) else add(ck, k, v, self.max) end
-            else
-              add(ck, k, v, self.max)
-            end
-          else add(ck, (match(pair, "^%s*(.-)%s*$")), "", self.max) end
-        end
-      end
+      if h.names[i] == "cookie" then parse_cookies(ck, h.values[i], self.max) end
     end
     self.colls.headers, self.colls.cookies = h, ck
     return self.colls[name]
@@ -294,7 +546,7 @@ function State:coll(name)
     local f = self:coll("files")
     c = { n = f.n, names = f.names, values = f.names }
   elseif name == "files_combined_size" then
-    c = one("0")
+    c = ONE_ZERO
   elseif name == "args_combined_size" then
     local total = 0
     for _, cn in ipairs({ "query_args", "body_args" }) do
@@ -305,7 +557,7 @@ function State:coll(name)
   elseif name == "unique_id" then
     c = one(tostring(req.ctx and req.ctx.request_id or ""))
   elseif name == "duration" then
-    c = one("0")
+    c = ONE_ZERO
   else
     error("waf: unknown collection " .. tostring(name))
   end
