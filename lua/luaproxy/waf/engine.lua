@@ -1000,7 +1000,15 @@ end
 local function group_hits(st, g)
   local h = st.gh[g]
   if h then return h end
-  h = {}
+  -- the group's table of the last request, emptied (run_seclang's scratch), else a new one
+  local hp = st.hp
+  h = hp and hp[g]
+  if h then
+    clear(h)
+  else
+    h = {}
+    if hp then hp[g] = h end
+  end
   st.gh[g] = h
   if pipeline_hits(st, g, h) then return h end
   local db, hits, ch = g.db, g.hits, g.chain
@@ -1171,25 +1179,27 @@ local function sec_targets(cond)
   cond.tgt, cond.skip = tgt, skip
 end
 
+-- Does name selector e.keyrx take name? (TX:/^header_name_/ runs over every TX variable):
+-- its answer per name kept with the target, a pure function of the two (bounded: names are
+-- the request's too)
+local function sel_rx(e, name)
+  local memo = e.rx_memo
+  if not memo or e.rx_memo_n > 4096 then
+    memo = {}
+    e.rx_memo, e.rx_memo_n = memo, 0
+  end
+  local yes = memo[name]
+  if yes == nil then
+    yes = re.find(name, e.keyrx, "i") ~= nil
+    memo[name] = yes
+    e.rx_memo_n = e.rx_memo_n + 1
+  end
+  return yes
+end
+
 -- (k: name in lower case, when the caller has it)
 local function sel_ok(e, skip, name, st, rule, k)
-  if e.keyrx then
-    -- a name selector (TX:/^header_name_/ runs over every TX variable): its answer per
-    -- name kept with the target, a pure function of the two (bounded: names are the
-    -- request's too)
-    local memo = e.rx_memo
-    if not memo or e.rx_memo_n > 4096 then
-      memo = {}
-      e.rx_memo, e.rx_memo_n = memo, 0
-    end
-    local yes = memo[name]
-    if yes == nil then
-      yes = re.find(name, e.keyrx, "i") ~= nil
-      memo[name] = yes
-      e.rx_memo_n = e.rx_memo_n + 1
-    end
-    if not yes then return false end
-  end
+  if e.keyrx and not sel_rx(e, name) then return false end
   -- (after the selector: TX:/regex/ turns most of TX's names down without lowering them)
   k = k or low(name)
   if e.key and e.key ~= k then return false end
@@ -1353,10 +1363,14 @@ local function dyn_coll(st, cname, e)
       if v == nil then return { n = 0, names = {}, values = {} } end
       return { n = 1, names = { e.key }, values = { v } }
     end
+    -- TX:/regex/: only the names the selector takes (sel_ok would turn the others down)
+    local rx = e and e.keyrx and not e.count
     local c = { n = 0, names = {}, values = {} }
     for k, v in pairs(st.tx) do
-      c.n = c.n + 1
-      c.names[c.n], c.values[c.n] = k, v
+      if not rx or sel_rx(e, k) then
+        c.n = c.n + 1
+        c.names[c.n], c.values[c.n] = k, v
+      end
     end
     return c
   elseif cname == "matched_var" then
@@ -2212,16 +2226,18 @@ local function walk(cs, st)
 end
 
 -- The walk's per-request tables (st.gh: group hits, st.pf: single scans, st.vc: transformed
--- values) are the rule set's, made once per VM and emptied at the start of each request's
--- walk: grown to a request's size once, not at every request (GC and rehashing were a fifth
--- of a GET). Nothing of one request reaches the next: every table is emptied before the walk
--- reads it, whatever the last walk did (an error included), and st holds them only while
--- its walk runs (scratch.busy). A walk does not yield, so none runs inside another; were
+-- values, st.hp: each group's hits table) are the rule set's, made once per VM and emptied
+-- at the start of each request's walk (a group's hits table when group_hits takes it, the
+-- first time this walk asks for that group: st.gh, emptied, says it did not yet): grown to
+-- a request's size once, not at every request (GC and rehashing were a fifth of a GET).
+-- Nothing of one request reaches the next: every table is emptied before the walk reads it,
+-- whatever the last walk did (an error included), and st holds them only while its walk
+-- runs (scratch.busy). A walk does not yield, so none runs inside another; were
 -- one to (a confirmer that yields), the inner walk would find busy set and make its own.
 local function take_scratch(cs, st)
   local sc = cs.scratch
   if not sc then
-    sc = { gh = {}, pf = {}, vc = {}, busy = false }
+    sc = { gh = {}, pf = {}, vc = {}, hp = {}, busy = false }
     cs.scratch = sc
   end
   if sc.busy then
@@ -2231,7 +2247,7 @@ local function take_scratch(cs, st)
   clear(sc.gh)
   clear(sc.pf)
   for _, per in pairs(sc.vc) do clear(per) end
-  st.gh, st.pf, st.vc = sc.gh, sc.pf, sc.vc
+  st.gh, st.pf, st.vc, st.hp = sc.gh, sc.pf, sc.vc, sc.hp
   sc.busy = true
   return sc
 end
@@ -2250,7 +2266,7 @@ function M.run_seclang(cs, st)
   local ok, matches, outcome = pcall(walk, cs, st)
   -- st lets go of the tables the next request empties (a caller may keep st)
   sc.busy = false
-  st.gh, st.pf, st.vc = nil, nil, nil
+  st.gh, st.pf, st.vc, st.hp = nil, nil, nil, nil
   if not ok then error(matches, 0) end
   return matches, outcome
 end
