@@ -1691,8 +1691,13 @@ end
 
 local function run_ctl(st, c)
   local k = c.kind
-  if k == "ruleremovebyid" then st.rm_ids[#st.rm_ids + 1] = { c.lo, c.hi }
-  elseif k == "ruleremovebytag" then st.rm_tags[#st.rm_tags + 1] = c.value
+  -- (st.removing: some rule is taken out at run time, removed_at_runtime has work)
+  if k == "ruleremovebyid" then
+    st.rm_ids[#st.rm_ids + 1] = { c.lo, c.hi }
+    st.removing = true
+  elseif k == "ruleremovebytag" then
+    st.rm_tags[#st.rm_tags + 1] = c.value
+    st.removing = true
   elseif k == "ruleremovetargetbyid" then
     st.rm_targets = st.rm_targets or {}
     st.rm_targets[#st.rm_targets + 1] = { id = tonumber(c.value), targets = c.targets }
@@ -1736,8 +1741,6 @@ end
 local function run_phase(cs, st, list, markers, plan_g, plan_gid)
   local i, n = 1, #list
   local gh = st.gh
-  local rm = st.rm_ids
-  local rmt = st.rm_tags
   local paranoia = st.paranoia
   while i <= n do
     local r = list[i]
@@ -1745,7 +1748,7 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
     i = i + 1
     if g then
       -- a prefiltered rule (always a rule, never a marker): the hits decide
-      if (r.paranoia or 1) > paranoia or ((#rm > 0 or #rmt > 0) and removed_at_runtime(st, r)) then
+      if (r.paranoia or 1) > paranoia or (st.removing and removed_at_runtime(st, r)) then
         goto continue
       end
       local h = gh[g] or group_hits(st, g)
@@ -1753,7 +1756,7 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
     end
     -- (a prefiltered rule passed both checks above already)
     if r.id and (g or ((r.paranoia or 1) <= paranoia
-        and ((#rm == 0 and #rmt == 0) or not removed_at_runtime(st, r)))) then
+        and (not st.removing or not removed_at_runtime(st, r)))) then
       st.rule = r
       local first
       local ok = true
@@ -2259,7 +2262,7 @@ function M.run_seclang(cs, st)
   end
   st.cs = cs
   st.paranoia = st.paranoia or 4
-  st.rm_ids, st.rm_tags = {}, {}
+  st.rm_ids, st.rm_tags, st.removing = {}, {}, false
   if not cs.plan and not cs.pending and cs.use_hs then build_plan(cs) end
   local sc = take_scratch(cs, st)
   if not sc then return walk(cs, st) end
