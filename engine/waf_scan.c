@@ -6,7 +6,13 @@
  * for the request, keyed by the value's address and the chain, so a chain whose prefix
  * another group used starts from that result. The keys are Lua strings, which LuaJIT
  * interns: one address per text, alive while the request's collections hold them (the
- * caller resets the state before another request's values come). */
+ * caller resets the state before another request's values come).
+ *
+ * A chain whose steps before the last all left the value as it was ends in the last step over
+ * the value itself: the one-step chain of that step computes it, once per value, for every
+ * chain so ending (most of a request's values pass most steps unchanged, and CRS's ~50 chains
+ * use ~15 steps). The state keeps such a one-step chain for each step (root[step]: a caller's
+ * own when it set one, else one of its own beyond the caller's ids). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,12 +58,14 @@ struct chunk {
 };
 
 struct lp_waf_scan {
-    lp_waf_hs_scan_fn scan; /* borrowed: Hyperscan's hs_scan */
-    struct chain *chains;   /* owned: nchains */
-    unsigned nchains;
-    struct memo *memo; /* owned: mcap slots, open addressing */
+    lp_waf_hs_scan_fn scan;        /* borrowed: Hyperscan's hs_scan */
+    struct chain *chains;          /* owned: nchains + LP_WAF_T_COUNT (the caller's, then root's) */
+    unsigned nchains;              /* the caller's ids are below it */
+    unsigned root[LP_WAF_T_COUNT]; /* the one-step chain of each step (index 0 unused) */
+    struct memo *memo;             /* owned: mcap slots, open addressing */
     size_t mcap, mused;
     unsigned gen;
+    unsigned grows;      /* memo_grow calls: a slot pointer taken before a growth is stale */
     struct chunk *arena; /* owned: the newest chunk first */
     unsigned *out;       /* owned: (id, value index) pairs of the last scan_values */
     size_t out_n, out_cap;
@@ -72,13 +80,17 @@ lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
         return NULL;
     ws->scan = scan;
     ws->nchains = nchains + 1;
-    ws->chains = calloc(ws->nchains, sizeof *ws->chains);
+    ws->chains = calloc((size_t)ws->nchains + LP_WAF_T_COUNT, sizeof *ws->chains);
     ws->mcap = LP_WAF_SCAN_MEMO0;
     ws->memo = calloc(ws->mcap, sizeof *ws->memo);
     ws->gen = 1;
     if (!ws->chains || !ws->memo) {
         lp_ffi_waf_scan_free(ws);
         return NULL;
+    }
+    for (int step = 1; step < LP_WAF_T_COUNT; step++) {
+        ws->root[step] = ws->nchains + (unsigned)step;
+        ws->chains[ws->root[step]].step = step;
     }
     return ws;
 }
@@ -89,6 +101,8 @@ int lp_ffi_waf_scan_chain(lp_waf_scan_t *ws, unsigned id, unsigned parent, int s
         return -1;
     ws->chains[id].parent = parent;
     ws->chains[id].step = step;
+    if (parent == 0)
+        ws->root[step] = id;
     return 0;
 }
 
@@ -221,6 +235,7 @@ static int memo_grow(lp_waf_scan_t *ws)
         return -1;
     ws->memo = nm;
     ws->mcap = ocap * 2;
+    ws->grows++;
     for (size_t i = 0; i < ocap; i++)
         if (old[i].gen == ws->gen)
             *memo_find(ws, old[i].key, old[i].klen, old[i].chain) = old[i];
@@ -238,6 +253,7 @@ static int transformed(lp_waf_scan_t *ws, const char *v, size_t n, unsigned chai
         return 0;
     }
     struct memo *m = memo_find(ws, v, n, chain);
+    unsigned grows = ws->grows;
     if (m->gen == ws->gen) {
         *out = m->p;
         *olen = m->len;
@@ -245,26 +261,37 @@ static int transformed(lp_waf_scan_t *ws, const char *v, size_t n, unsigned chai
     }
     const char *in;
     size_t in_n;
-    if (transformed(ws, v, n, ws->chains[chain].parent, &in, &in_n) < 0)
+    unsigned parent = ws->chains[chain].parent;
+    if (transformed(ws, v, n, parent, &in, &in_n) < 0)
         return -1;
     int step = ws->chains[chain].step;
-    size_t room = lp_waf_transform_bound(step, in_n);
-    char *buf = arena_alloc(ws, room);
-    if (!buf)
-        return -1;
-    long r = lp_waf_transform(step, in, in_n, buf);
-    if (r < 0) { /* unchanged: the input is the result */
-        arena_unalloc(ws, room);
-        *out = in;
-        *olen = in_n;
+    if (parent != 0 && in == v && in_n == n) {
+        /* the steps before left v as it was: the one-step chain's text (file comment) */
+        if (transformed(ws, v, n, ws->root[step], out, olen) < 0)
+            return -1;
     } else {
-        arena_unalloc(ws, room - (size_t)r);
-        *out = buf;
-        *olen = (size_t)r;
+        size_t room = lp_waf_transform_bound(step, in_n);
+        char *buf = arena_alloc(ws, room);
+        if (!buf)
+            return -1;
+        long r = lp_waf_transform(step, in, in_n, buf);
+        if (r < 0) { /* unchanged: the input is the result */
+            arena_unalloc(ws, room);
+            *out = in;
+            *olen = in_n;
+        } else {
+            arena_unalloc(ws, room - (size_t)r);
+            *out = buf;
+            *olen = (size_t)r;
+        }
     }
     if (ws->mused + 1 > ws->mcap / 2 && memo_grow(ws) < 0)
-        return 0;                   /* not kept: computed again when asked again */
-    m = memo_find(ws, v, n, chain); /* the parent's entries may have moved it */
+        return 0; /* not kept: computed again when asked again */
+    /* m is still this key's slot unless the entries made since (the parent's, the one-step
+     * chain's) took it or a growth moved everything: entries are never removed within a
+     * request, so a probe sequence's first free slot stays its first free slot */
+    if (ws->grows != grows || m->gen == ws->gen)
+        m = memo_find(ws, v, n, chain);
     *m =
         (struct memo){.key = v, .klen = n, .p = *out, .len = *olen, .chain = chain, .gen = ws->gen};
     ws->mused++;

@@ -360,6 +360,46 @@ describe("the OWASP CRS from Debian's modsecurity-crs", function()
       T.conf(waf, { crs = CRS, paranoia = 2, hyperscan = false })))
   end)
 
+  it("gives each request the same verdict whatever request came before (the walk's tables are reused)", function()
+    local c = crs()
+    local reqs = {
+      { uri = "/products?id=1%27+OR+%271%27%3D%271", headers = headers(), rule = 942100 },
+      { uri = "/?id=123&utm_source=newsletter", headers = headers({ Cookie = "session=8f4c2a1b; cart=3" }) },
+      { uri = "/s?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E", headers = headers({ Cookie = "cart=3" }), rule = 941110 },
+      { uri = "/?id=123", headers = headers({ Referer = "https://shop.example.com/?p=2" }) },
+      { uri = "/p?file=../../../../etc/passwd", headers = headers({ Cookie = "session=8f4c2a1b" }), rule = 930120 },
+      -- found by prefiltered rules alone (their group scans: 913100's phrases, 932 and 933's
+      -- patterns)
+      { uri = "/", headers = headers({ ["User-Agent"] = "sqlmap/1.5.2#stable (http://sqlmap.org)" }), rule = 913100 },
+      { uri = "/x?c=%3B+cat+%2Fetc%2Fpasswd", headers = headers(), rule = 932100 },
+      { uri = "/x?f=php://filter/resource=index.php", headers = headers(), rule = 933140 },
+    }
+    local function verdict(i)
+      local req = T.request({ uri = reqs[i].uri, headers = reqs[i].headers })
+      local refused = T.phase(waf, "request", req, c)
+      local w = req.ctx.waf or {}
+      local out = { tostring(refused), tostring(w.score) }
+      for _, m in ipairs(w.matches or {}) do out[#out + 1] = m.id .. " " .. tostring(m.var) .. " " .. tostring(m.excerpt) end
+      return table.concat(out, "; ")
+    end
+    local first = {}
+    for i = 1, #reqs do
+      first[i] = verdict(i)
+      if reqs[i].rule then
+        assert.matches("^true; .*; " .. reqs[i].rule .. " ", first[i])
+      else
+        assert.are.equal("false; nil", first[i])
+      end
+    end
+    -- each request after each other one, and twice in a row
+    for i = #reqs, 1, -1 do
+      for j = 1, #reqs do
+        verdict(j)
+        assert.are.equal(first[i], verdict(i), reqs[i].uri .. " after " .. reqs[j].uri)
+      end
+    end
+  end)
+
   it("refuses a body over the limit, and a body that does not parse", function()
     local c = T.conf(waf, { crs = CRS, body_limit = 64, hyperscan = false })
     local body = string.rep("a=1&", 40)

@@ -123,6 +123,43 @@ static void test_values_kept(void)
     lp_ffi_waf_scan_free(ws);
 }
 
+/* A chain whose earlier steps leave the value as it was ends in its last step over the value:
+ * the same text as that step alone (the caller's one-step chain, or the state's own when the
+ * caller set none), computed once; a value an earlier step changes goes through the step. */
+static void test_unchanged_prefix(void)
+{
+    int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
+    /* 1: urldecode; 2: urldecode, lowercase; no one-step lowercase */
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new((lp_waf_hs_scan_fn)hs_scan, 2);
+    REQUIRE(ws != NULL);
+    REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, u) == 0 && lp_ffi_waf_scan_chain(ws, 2, 1, l) == 0);
+    const char *t, *t2;
+    size_t tn, tn2;
+    REQUIRE(lp_ffi_waf_scan_value(ws, 2, "MiXeD", 5, &t, &tn) == 0);
+    CHECK(tn == 5 && memcmp(t, "mixed", 5) == 0);
+    REQUIRE(lp_ffi_waf_scan_value(ws, 2, "MiXeD", 5, &t2, &tn2) == 0);
+    CHECK(t2 == t);
+    REQUIRE(lp_ffi_waf_scan_value(ws, 2, "%41B", 4, &t, &tn) == 0);
+    CHECK(tn == 2 && memcmp(t, "ab", 2) == 0);
+    lp_ffi_waf_scan_free(ws);
+    /* with the caller's one-step chain 3 (lowercase): chain 2 shares its text */
+    ws = state();
+    REQUIRE(ws != NULL);
+    REQUIRE(lp_ffi_waf_scan_value(ws, 3, "MiXeD", 5, &t, &tn) == 0);
+    REQUIRE(lp_ffi_waf_scan_value(ws, 2, "MiXeD", 5, &t2, &tn2) == 0);
+    CHECK(t2 == t && tn2 == 5 && memcmp(t2, "mixed", 5) == 0);
+    /* many values: the memo grows while texts are made for both chains */
+    char vals[600][8];
+    for (int i = 0; i < 600; i++) {
+        snprintf(vals[i], sizeof vals[i], "V%d", i);
+        size_t n = strlen(vals[i]);
+        REQUIRE(lp_ffi_waf_scan_value(ws, 2, vals[i], n, &t, &tn) == 0);
+        REQUIRE(lp_ffi_waf_scan_value(ws, 3, vals[i], n, &t2, &tn2) == 0);
+        CHECK(t == t2 && tn == n && t[0] == 'v' && memcmp(t + 1, vals[i] + 1, n - 1) == 0);
+    }
+    lp_ffi_waf_scan_free(ws);
+}
+
 static void test_failed_scan(void)
 {
     lp_waf_scan_t *ws = state();
@@ -293,10 +330,11 @@ static void test_hits_capped(void)
 }
 
 static const lp_test_case_t tests[] = {
-    LP_TEST_ENTRY(test_hits_in_order), LP_TEST_ENTRY(test_steps),
-    LP_TEST_ENTRY(test_large_value),   LP_TEST_ENTRY(test_values_kept),
-    LP_TEST_ENTRY(test_failed_scan),   LP_TEST_ENTRY(test_hits_capped),
-    LP_TEST_ENTRY(test_many_requests), LP_TEST_ENTRY(test_tables_shrink),
+    LP_TEST_ENTRY(test_hits_in_order),    LP_TEST_ENTRY(test_steps),
+    LP_TEST_ENTRY(test_large_value),      LP_TEST_ENTRY(test_values_kept),
+    LP_TEST_ENTRY(test_unchanged_prefix), LP_TEST_ENTRY(test_failed_scan),
+    LP_TEST_ENTRY(test_hits_capped),      LP_TEST_ENTRY(test_many_requests),
+    LP_TEST_ENTRY(test_tables_shrink),
 };
 #else
 static void test_without_hyperscan(void)

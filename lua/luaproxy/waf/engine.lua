@@ -25,6 +25,7 @@ local type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, next 
 local byte, find, format, gsub, lower, upper, sub, match = string.byte, string.find,
   string.format, string.gsub, string.lower, string.upper, string.sub, string.match
 local concat = table.concat
+local clear = require "table.clear"
 -- Monotonic seconds for the per-request time budget (proxy.monotonic in the engine and the
 -- test double; os.clock elsewhere).
 local function proxy_now()
@@ -649,10 +650,25 @@ local function pipeline_of(st)
   return p
 end
 
+-- lower(s), kept per VM: a request's names are mostly the last request's (header names,
+-- cookie and argument names), and lower() makes (hashes and interns) a string each time. A
+-- pure function of s, so nothing of one request shows in another's; bounded (emptied when
+-- full: names are the clients').
+local LOW, LOW_N, LOW_MAX = {}, 0, 4096
+local function low(s)
+  local l = LOW[s]
+  if l then return l end
+  l = lower(s)
+  if LOW_N >= LOW_MAX then
+    LOW, LOW_N = {}, 0
+  end
+  LOW[s], LOW_N = l, LOW_N + 1
+  return l
+end
+
 -- The lower-case names of collection c, made once per request (st.ln, keyed by the names
 -- array: REQUEST_HEADERS_NAMES shares its base's): group lists, hit filters and target
--- keys all compare lower-case names, and lower() of every name per group cost a string
--- each time.
+-- keys all compare lower-case names.
 local function lnames(st, c)
   local names = c.names
   local ln = st.ln
@@ -663,35 +679,37 @@ local function lnames(st, c)
   local l = ln[names]
   if not l then
     l = {}
-    for i = 1, c.n do l[i] = lower(names[i]) end
+    for i = 1, c.n do l[i] = low(names[i]) end
     ln[names] = l
   end
   return l
 end
 
--- Value i of collection c through chain id `ch`, cached per request: one table per value
--- (chain id -> text), not one per collection and chain (CRS has ~40 chains: that made
--- hundreds of tables per request, most holding a value or two).
+-- Value i of collection c through chain id `ch`, cached per request by chain and text
+-- (st.vc[ch][text]: transformations are pure, so equal texts of different collections share
+-- an entry): one table per chain a request uses, not one per value (a table per value and
+-- collection made ~60 per browser GET).
 local function value(st, cname, c, i, ch)
-  if ch == 0 then return c.values[i] end
-  local cache = st.cache[cname]
-  if not cache then
-    cache = {}
-    st.cache[cname] = cache
+  local raw = c.values[i]
+  if ch == 0 then return raw end
+  local vc = st.vc
+  if not vc then
+    vc = {}
+    st.vc = vc
   end
-  local per = cache[i]
+  local per = vc[ch]
   if not per then
     per = {}
-    cache[i] = per
+    vc[ch] = per
   end
-  local v = per[ch]
+  local v = per[raw]
   if v then return v end
   local p = pipeline_of(st)
   if p and p.ok[ch] then
     -- the C pipeline's text (the same the group scans saw), shared with them
-    v = hs.transformed(p.ws, ch, c.values[i])
+    v = hs.transformed(p.ws, ch, raw)
     if v then
-      per[ch] = v
+      per[raw] = v
       return v
     end
   end
@@ -717,7 +735,7 @@ local function value(st, cname, c, i, ch)
     v = fn(input)
     m[input] = v
   end
-  per[ch] = v
+  per[raw] = v
   return v
 end
 
@@ -982,7 +1000,15 @@ end
 local function group_hits(st, g)
   local h = st.gh[g]
   if h then return h end
-  h = {}
+  -- the group's table of the last request, emptied (run_seclang's scratch), else a new one
+  local hp = st.hp
+  h = hp and hp[g]
+  if h then
+    clear(h)
+  else
+    h = {}
+    if hp then hp[g] = h end
+  end
   st.gh[g] = h
   if pipeline_hits(st, g, h) then return h end
   local db, hits, ch = g.db, g.hits, g.chain
@@ -1153,27 +1179,29 @@ local function sec_targets(cond)
   cond.tgt, cond.skip = tgt, skip
 end
 
+-- Does name selector e.keyrx take name? (TX:/^header_name_/ runs over every TX variable):
+-- its answer per name kept with the target, a pure function of the two (bounded: names are
+-- the request's too)
+local function sel_rx(e, name)
+  local memo = e.rx_memo
+  if not memo or e.rx_memo_n > 4096 then
+    memo = {}
+    e.rx_memo, e.rx_memo_n = memo, 0
+  end
+  local yes = memo[name]
+  if yes == nil then
+    yes = re.find(name, e.keyrx, "i") ~= nil
+    memo[name] = yes
+    e.rx_memo_n = e.rx_memo_n + 1
+  end
+  return yes
+end
+
 -- (k: name in lower case, when the caller has it)
 local function sel_ok(e, skip, name, st, rule, k)
-  if e.keyrx then
-    -- a name selector (TX:/^header_name_/ runs over every TX variable): its answer per
-    -- name kept with the target, a pure function of the two (bounded: names are the
-    -- request's too)
-    local memo = e.rx_memo
-    if not memo or e.rx_memo_n > 4096 then
-      memo = {}
-      e.rx_memo, e.rx_memo_n = memo, 0
-    end
-    local yes = memo[name]
-    if yes == nil then
-      yes = re.find(name, e.keyrx, "i") ~= nil
-      memo[name] = yes
-      e.rx_memo_n = e.rx_memo_n + 1
-    end
-    if not yes then return false end
-  end
+  if e.keyrx and not sel_rx(e, name) then return false end
   -- (after the selector: TX:/regex/ turns most of TX's names down without lowering them)
-  k = k or lower(name)
+  k = k or low(name)
   if e.key and e.key ~= k then return false end
   local s = skip[e.coll]
   if s then
@@ -1335,10 +1363,14 @@ local function dyn_coll(st, cname, e)
       if v == nil then return { n = 0, names = {}, values = {} } end
       return { n = 1, names = { e.key }, values = { v } }
     end
+    -- TX:/regex/: only the names the selector takes (sel_ok would turn the others down)
+    local rx = e and e.keyrx and not e.count
     local c = { n = 0, names = {}, values = {} }
     for k, v in pairs(st.tx) do
-      c.n = c.n + 1
-      c.names[c.n], c.values[c.n] = k, v
+      if not rx or sel_rx(e, k) then
+        c.n = c.n + 1
+        c.names[c.n], c.values[c.n] = k, v
+      end
     end
     return c
   elseif cname == "matched_var" then
@@ -1602,7 +1634,7 @@ local function sec_cond(st, r, cond)
       for i = 1, c.n do
         local name = c.names[i]
         local lname = low and low[i]
-        if (not may or may[i]) and (not e.key or (lname or lower(name)) == e.key)
+        if (not may or may[i]) and (not e.key or (lname or low(name)) == e.key)
           and sel_ok(e, cond.skip, name, st, r, lname) then
           local path = cond.path
           local prev
@@ -1659,8 +1691,13 @@ end
 
 local function run_ctl(st, c)
   local k = c.kind
-  if k == "ruleremovebyid" then st.rm_ids[#st.rm_ids + 1] = { c.lo, c.hi }
-  elseif k == "ruleremovebytag" then st.rm_tags[#st.rm_tags + 1] = c.value
+  -- (st.removing: some rule is taken out at run time, removed_at_runtime has work)
+  if k == "ruleremovebyid" then
+    st.rm_ids[#st.rm_ids + 1] = { c.lo, c.hi }
+    st.removing = true
+  elseif k == "ruleremovebytag" then
+    st.rm_tags[#st.rm_tags + 1] = c.value
+    st.removing = true
   elseif k == "ruleremovetargetbyid" then
     st.rm_targets = st.rm_targets or {}
     st.rm_targets[#st.rm_targets + 1] = { id = tonumber(c.value), targets = c.targets }
@@ -1704,8 +1741,6 @@ end
 local function run_phase(cs, st, list, markers, plan_g, plan_gid)
   local i, n = 1, #list
   local gh = st.gh
-  local rm = st.rm_ids
-  local rmt = st.rm_tags
   local paranoia = st.paranoia
   while i <= n do
     local r = list[i]
@@ -1713,7 +1748,7 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
     i = i + 1
     if g then
       -- a prefiltered rule (always a rule, never a marker): the hits decide
-      if (r.paranoia or 1) > paranoia or ((#rm > 0 or #rmt > 0) and removed_at_runtime(st, r)) then
+      if (r.paranoia or 1) > paranoia or (st.removing and removed_at_runtime(st, r)) then
         goto continue
       end
       local h = gh[g] or group_hits(st, g)
@@ -1721,7 +1756,7 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
     end
     -- (a prefiltered rule passed both checks above already)
     if r.id and (g or ((r.paranoia or 1) <= paranoia
-        and ((#rm == 0 and #rmt == 0) or not removed_at_runtime(st, r)))) then
+        and (not st.removing or not removed_at_runtime(st, r)))) then
       st.rule = r
       local first
       local ok = true
@@ -2182,16 +2217,7 @@ M.finish_seclang = finish_seclang
 -- Runs a seclang set over the request state `st` (vars set). st.tx: the TX collection
 -- seeded by the caller (paranoia level, thresholds). Returns the matches (or nil) and the
 -- outcome: "deny", "allow", "budget", "off" or nil.
-function M.run_seclang(cs, st)
-  if not cs.ready then
-    local ok, err = finish_seclang(cs)
-    if not ok then error(err, 0) end
-  end
-  st.cs = cs
-  st.paranoia = st.paranoia or 4
-  st.pf, st.gh = {}, {}
-  st.rm_ids, st.rm_tags = {}, {}
-  if not cs.plan and not cs.pending and cs.use_hs then build_plan(cs) end
+local function walk(cs, st)
   local plan = not cs.pending and cs.plan
   local outcome
   for p = 1, 2 do
@@ -2200,6 +2226,52 @@ function M.run_seclang(cs, st)
     if outcome then break end
   end
   return st.matches, outcome
+end
+
+-- The walk's per-request tables (st.gh: group hits, st.pf: single scans, st.vc: transformed
+-- values, st.hp: each group's hits table) are the rule set's, made once per VM and emptied
+-- at the start of each request's walk (a group's hits table when group_hits takes it, the
+-- first time this walk asks for that group: st.gh, emptied, says it did not yet): grown to
+-- a request's size once, not at every request (GC and rehashing were a fifth of a GET).
+-- Nothing of one request reaches the next: every table is emptied before the walk reads it,
+-- whatever the last walk did (an error included), and st holds them only while its walk
+-- runs (scratch.busy). A walk does not yield, so none runs inside another; were
+-- one to (a confirmer that yields), the inner walk would find busy set and make its own.
+local function take_scratch(cs, st)
+  local sc = cs.scratch
+  if not sc then
+    sc = { gh = {}, pf = {}, vc = {}, hp = {}, busy = false }
+    cs.scratch = sc
+  end
+  if sc.busy then
+    st.gh, st.pf = {}, {}
+    return nil
+  end
+  clear(sc.gh)
+  clear(sc.pf)
+  for _, per in pairs(sc.vc) do clear(per) end
+  st.gh, st.pf, st.vc, st.hp = sc.gh, sc.pf, sc.vc, sc.hp
+  sc.busy = true
+  return sc
+end
+
+function M.run_seclang(cs, st)
+  if not cs.ready then
+    local ok, err = finish_seclang(cs)
+    if not ok then error(err, 0) end
+  end
+  st.cs = cs
+  st.paranoia = st.paranoia or 4
+  st.rm_ids, st.rm_tags, st.removing = {}, {}, false
+  if not cs.plan and not cs.pending and cs.use_hs then build_plan(cs) end
+  local sc = take_scratch(cs, st)
+  if not sc then return walk(cs, st) end
+  local ok, matches, outcome = pcall(walk, cs, st)
+  -- st lets go of the tables the next request empties (a caller may keep st)
+  sc.busy = false
+  st.gh, st.pf, st.vc, st.hp = nil, nil, nil, nil
+  if not ok then error(matches, 0) end
+  return matches, outcome
 end
 
 M.sanitize = sanitize
