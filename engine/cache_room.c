@@ -17,6 +17,7 @@
 #include "cache_room.h"
 #include "config.h"
 #include "lua_api.h"
+#include "lua_vm.h"
 #include "log.h"
 #include "worker.h"
 
@@ -96,4 +97,13 @@ int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key
                "Age and Cache-Status (limits.max_headers + 16 - 4; logged once a minute)",
                lp_cache_zone_name(z), (int)(klen > 200 ? 200 : klen), key, room);
     return 0;
+}
+
+int lp_ffi_cache_hit_room(void *rp)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    /* The answer's own: Age, Cache-Status and a 206's Content-Range. */
+    return r->cap_headers > 3 ? (int)(r->cap_headers - 3) : 0;
 }

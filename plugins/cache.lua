@@ -616,16 +616,13 @@ end
 -- the stale entry may not be served: the full response is asked for without conditions,
 -- stored when it may be (else kept only for this answer, under a secondary key no lookup
 -- makes) and served from the entry.
--- How many field lines a header table (name -> value or list of values) holds.
+-- How many field lines a hit serves of a header table (name -> value or list of values).
 local function field_count(h)
   local n = 0
-  for _, v in pairs(h or {}) do n = n + (type(v) == "table" and #v or 1) end
+  for k, v in pairs(h or {}) do
+    if not NOT_SERVED[k] then n = n + (type(v) == "table" and #v or 1) end
+  end
   return n
-end
-
-local function max_headers()
-  local lim = proxy.config and proxy.config.limits
-  return lim and lim.max_headers or 100
 end
 
 local function refetch(req, conf, st)
@@ -648,11 +645,19 @@ local function refetch(req, conf, st)
   local stored, rsh, case = put_fetched(z, st.key, sec, st.rh, res, t0, conf)
   if not stored then
     sec = sec .. "\0once"
-    z:put(st.key, sec, encode(policy.meta(res.status, rsh, t0, proxy.now(), conf._opts), rsh, case),
-      1, res.body)
+    if not z:put(st.key, sec, encode(policy.meta(res.status, rsh, t0, proxy.now(), conf._opts), rsh,
+      case), 1, res.body) then
+      -- Refused (a head too wide for a hit, a body over max_object_size): the client gets
+      -- the upstream's answer as it came, as without the cache.
+      if not z:answer(req, res) then req:set_status(502) end
+      return
+    end
   end
   local head, blen = z:get(req, st.key, sec)
-  if not head then req:set_status(502) return end
+  if not head then
+    if not z:answer(req, res) then req:set_status(502) end
+    return
+  end
   local meta, headers, hcase, base = decode_cached(head)
   if not meta then req:set_status(502) return end
   st.case = hcase
@@ -1058,10 +1063,10 @@ function P.response(req, conf)
     opts.now = now
     local merged, client_only = policy.merge_304(stale.headers, rsh, opts)
     opts.now = nil
-    -- A 304 carrying many new fields can grow the head past what a hit can carry (stored
-    -- fields at most limits.max_headers + 12: engine/cache_room.c): serving it would fail
-    -- (500). The full response is what the client gets without the cache: ask for it.
-    if field_count(merged) + field_count(client_only) > max_headers() + 12 then
+    -- A 304 carrying many new fields can grow the head past what this request's header
+    -- slots can carry with a hit's own (Zone:hit_room): serving it would fail (500). The full
+    -- response is what the client gets without the cache: ask for it.
+    if field_count(merged) + field_count(client_only) > z:hit_room(req) then
       return refetch(req, conf, st)
     end
     local meta = policy.meta(stale.meta.status or 200, merged, st.t0, now, conf._opts)

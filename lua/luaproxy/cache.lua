@@ -328,6 +328,34 @@ function Zone:native_hit(req, status, wire, age0, response_time, ttl)
 end
 
 -- The looked-up entry gets a new head (a 304 revalidated it), kept `keep` seconds more.
+-- How many fields a head served from the cache may carry on this request (its header slots
+-- less a hit's own).
+function Zone:hit_room(req)
+  local n = C.lp_ffi_cache_hit_room(req._r)
+  if n < 0 then raise("cache: this handle belongs to another request than the running phase's", 2) end
+  return n
+end
+
+-- Fields of a fetched response the engine writes itself for the answer, or hop-by-hop ones.
+local ANSWER_SKIP = { ["content-length"] = true, ["transfer-encoding"] = true, connection = true,
+  ["keep-alive"] = true, te = true, trailer = true, upgrade = true, ["proxy-connection"] = true }
+
+-- Response phase: the client gets a response the plugin fetched itself (proxy.http's), in
+-- place of the upstream's; false when its fields do not fit the request's header slots.
+function Zone:answer(req, res)
+  if C.lp_ffi_respond_begin(req._r) ~= 0 then return false end
+  for name, v in pairs(res.headers or {}) do
+    if not ANSWER_SKIP[lower(name)] then
+      for _, x in ipairs(type(v) == "table" and v or { v }) do
+        x = tostring(x)
+        if C.lp_ffi_header_set(req._r, 1, K.HADD, name, #name, x, #x) ~= 0 then return false end
+      end
+    end
+  end
+  local body = res.body or ""
+  return C.lp_ffi_respond(req._r, res.status, body, #body) == 0
+end
+
 function Zone:refresh(req, head, keep)
   return C.lp_ffi_cache_refresh(req._r, head, #head, keep) == 0
 end

@@ -230,6 +230,31 @@ class CacheRoomTest(H.ProxyTestCase):
         self.origin.script(q, padded(98, b"new"))
         self.assertEqual(self.get(a, q).status, 502)
 
+    def test_revalidation_of_an_entry_stored_before_a_reload_lowering_max_headers(self):
+        # A stale entry of 98 fields (ETag, max-age=0) stored under max_headers = 100; a
+        # reload to 40; its 304 merges into a head no wider than the entry's, which the
+        # request can carry: served (fwd=stale; fwd-status=304), one upstream request. It
+        # once made the plugin fetch the full response, which could not be stored under the
+        # new limit: 502 on every request.
+        p = self.path()
+
+        def origin(req, n):
+            if req.header("if-none-match") == '"v1"':
+                return H.simple_response(304, b"", [("ETag", '"v1"'), ("Cache-Control", "max-age=0")])
+            return H.simple_response(200, b"body-%d" % n, [("ETag", '"v1"'),
+                                                           ("Cache-Control", "max-age=0")]
+                                     + [("X-F%d" % i, "v%d" % i) for i in range(96)])
+        self.origin.script(p, origin)
+        a = self.start()
+        self.assertEqual(self.get(a, p).body, b"body-1")
+        self.reload_with(a, max_headers=40)
+        for i in range(2):
+            r = self.get(a, p)
+            self.assertEqual((r.status, r.body, r.header("x-f95")), (200, b"body-1", "v95"), i)
+            self.assertRegex(r.header("cache-status"), r"fwd=stale; fwd-status=304")
+        self.assertEqual(self.origin.count(p), 3)  # the 200, two 304s
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
     def test_disk_entry_written_under_a_higher_max_headers_is_served_after_restart(self):
         # The same across a restart: the file of a 100-field entry, indexed by a process whose
         # max_headers is 40, is served whole from disk (its fields counted at the scan).
