@@ -978,6 +978,18 @@ end
 -- them, while the whole body is stored: 304/412 without the body, a single range as 206 with
 -- only its bytes, an unsatisfiable one 416 (Zone:window). Without a length from the upstream
 -- (chunked), or for several ranges (no multipart from a streamed body), the whole 200 goes.
+-- The client gets only n bytes from `first` of the upstream's 200 as `status` (206, 416) with
+-- its Content-Range; without a header slot for that field (a response that fills them all),
+-- the whole 200 goes, as from a server that ignores Range (RFC 9110 §14.2).
+local function partial(req, z, status, first, n, content_range)
+  if not z:add_field(req, "Content-Range", content_range) then return end
+  if z:window(req, first, n) then
+    req:set_status(status)
+  else
+    req:clear_resp_header("Content-Range")
+  end
+end
+
 local function answer_stripped(req, conf, st, rsh, now)
   local z, rh = st.zone, st.rh
   local c = policy.conditional("GET", rh, rsh, now)
@@ -989,15 +1001,10 @@ local function answer_stripped(req, conf, st, rsh, now)
   if not rh.range or not len then return end
   local r = policy.parse_range(rh.range, len, rh["if-range"], rsh, conf._opts)
   if r == "unsatisfiable" then
-    if z:window(req, 0, 0) then
-      req:set_status(416)
-      req:set_resp_header("Content-Range", format("bytes */%d", len))
-    end
+    partial(req, z, 416, 0, 0, format("bytes */%d", len))
   elseif type(r) == "table" and #r == 1 then
-    if z:window(req, r[1][1], r[1][2] - r[1][1] + 1) then
-      req:set_status(206)
-      req:set_resp_header("Content-Range", format("bytes %d-%d/%d", r[1][1], r[1][2], len))
-    end
+    partial(req, z, 206, r[1][1], r[1][2] - r[1][1] + 1,
+      format("bytes %d-%d/%d", r[1][1], r[1][2], len))
   end
 end
 

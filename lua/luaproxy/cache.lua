@@ -279,12 +279,29 @@ function Zone:miss_status(req, status, stored, ttl)
   if rc ~= 0 then raise("cache: Cache-Status not added", 2) end
 end
 
+-- The engine's header calls take any request: a handle kept past its phase (or another
+-- request's) must not write into whichever request now runs (req:set_resp_header's check).
+local function response_phase(req)
+  if req._phase ~= "response" then raise("cache: the response's fields change in the response phase only", 3) end
+end
+
 -- Response phase: any other Cache-Status (policy.cache_status's value) in place of the
 -- response's, or added; without room, as miss_status.
 function Zone:set_status(req, value)
+  response_phase(req)
   local rc = C.lp_ffi_header_set(req._r, 1, K.HSET, "Cache-Status", 12, value, #value)
   if rc == K.ENOSPACE then return no_room(self, req) end
   if rc ~= 0 then raise("cache: Cache-Status not set", 2) end
+end
+
+-- Response phase: a field of the cache's own (a 206's Content-Range) added to the response;
+-- false when its header list is full (the caller answers without it).
+function Zone:add_field(req, name, value)
+  response_phase(req)
+  local rc = C.lp_ffi_header_set(req._r, 1, K.HADD, name, #name, value, #value)
+  if rc == K.ENOSPACE then return false end
+  if rc ~= 0 then raise("cache: " .. name .. " not added", 2) end
+  return true
 end
 
 -- The default key: "GET " scheme "://" host (lower-case) URI, in one call.

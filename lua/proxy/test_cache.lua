@@ -137,6 +137,11 @@ function M.registry(now, hooks)
 
   function Zone:set_status(req, value) req:set_resp_header("Cache-Status", value) end
 
+  function Zone:add_field(req, name, value)
+    req:add_resp_header(name, value)
+    return true
+  end
+
   -- The engine's run of the plugin's common hit and miss (engine/cache_native.c) replays
   -- decisions the plugin made; the double has no engine path: every request runs the plugin.
   function Zone:native_t0() return nil end

@@ -161,6 +161,25 @@ class CacheRoomTest(H.ProxyTestCase):
         self.assertEqual(self.zone(a)["entries"], 1)  # the smaller response's
         self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 
+    def test_range_on_a_full_miss_is_answered_with_the_whole_200(self):
+        # The full miss above with a Range: the 206's Content-Range has no slot left, so the
+        # whole 200 goes, as a server that ignores Range sends it (RFC 9110 §14.2), not a 500.
+        # One that fits still gets its 206.
+        p = self.path()
+        added = {"X-Plugin-%d" % i: "p%d" % i for i in range(17)}
+        a = self.start(plugins=[{"name": "headers", "response": {"set": added}}])
+        for nf in (98, 97):
+            q = p + "/%d" % nf
+            self.origin.script(q, padded(nf, b"full"))
+            r = self.get(a, q, headers=[("Range", "bytes=0-1")])
+            self.assertEqual((r.status, r.body, r.header("x-plugin-16")), (200, b"full-1", "p16"), nf)
+            self.assertIsNone(r.header("content-range"))
+        q = p + "/small"
+        self.origin.script(q, padded(10, b"small"))
+        r = self.get(a, q, headers=[("Range", "bytes=0-1")])
+        self.assertEqual((r.status, r.body, r.header("content-range")), (206, b"sm", "bytes 0-1/7"))
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
     def test_full_miss_with_the_upstreams_cache_status(self):
         # The general path's Cache-Status (policy.cache_status, after the upstream's own
         # member) replaces the upstream's line: it needs no slot of its own, and a full list
