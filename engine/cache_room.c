@@ -80,7 +80,9 @@ void lp_cache_room_no_status(int rc)
 int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
                        const char *head, size_t hlen)
 {
-    if (!w) {
+    /* No worker, or init_worker's private one (lp_lua_io(): no config yet): no request's
+     * limit to check against (a zone warmed at the start). */
+    if (!w || !w->config) {
         lp_cache_room_note(head, hlen);
         return 1;
     }

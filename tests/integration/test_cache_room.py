@@ -40,7 +40,9 @@ class CacheRoomTest(H.ProxyTestCase):
         cls.origin = Origin()
         cls.addClassCleanup(cls.origin.stop)
 
-    def start(self, plugins=(), disk=None, cache=True, limits=None):
+    FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "plugins")
+
+    def start(self, plugins=(), disk=None, cache=True, limits=None, **kw):
         zone = {"memory": "16m"}
         if disk:
             zone["disk"] = {"path": disk, "size": "64m"}
@@ -49,7 +51,7 @@ class CacheRoomTest(H.ProxyTestCase):
                           [{"match": {"prefix": "/"}, "upstream": "o", "plugins": chain}],
                           name=self._testMethodName, workers=2, limits=limits,
                           admin={"address": "127.0.0.1:0"},
-                          cache={"zones": {ZONE: zone}})
+                          cache={"zones": {ZONE: zone}}, **kw)
         self.addCleanup(p.stop)
         p.start()
         if disk:
@@ -222,6 +224,18 @@ class CacheRoomTest(H.ProxyTestCase):
         r = self.get(a, p + "/narrow")
         self.assertEqual((r.status, r.body, r.header("x-new1")), (200, b"body-1", "n"))
         self.assertEqual(self.origin.count(p + "/narrow"), 2)
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
+    def test_zone_put_from_init_worker(self):
+        # A zone:put from init_worker (warming a cache) checks the head against no request's
+        # config; it once crashed every worker at the start (a NULL config).
+        p = self.path()
+        self.origin.script(p, lambda req, n: H.simple_response(
+            200, (req.header("x-warm") or "none").encode(), []))
+        a = self.start(plugins=[{"name": "cachewarm", "zone": ZONE}], cache=False,
+                       lua={"plugin_paths": [self.FIXTURES]})
+        r = self.get(a, p)
+        self.assertEqual((r.status, r.body), (200, b"put=true got=9"))
         self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 
     # ------------------------------------------------------------------ after a reload
