@@ -238,6 +238,38 @@ class CacheRoomTest(H.ProxyTestCase):
         self.assertEqual((r.status, r.body), (200, b"put=true got=9"))
         self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 
+    def test_pipelined_hit_waits_for_its_response_phase(self):
+        # Two pipelined hits: a 4 MiB one, then a small one whose response phase sleeps. The
+        # big one's drain must not send the small one's body before its head (its response
+        # phase still waiting): the client once got /small's body with no head, then nothing.
+        p = self.path()
+        big = H.large_body(4 << 20)
+        self.origin.script(p + "/big", lambda req, n: H.cacheable(big))
+        self.origin.script(p + "/small", lambda req, n: H.cacheable(b"small-%d" % n))
+        cache = {"name": "cache", "zone": ZONE}
+        a = H.Proxy.build({"o": H.upstream(self.origin.address())},
+                          [{"match": {"prefix": p + "/small"}, "upstream": "o",
+                            "plugins": [{"name": "sleeper", "response": 0.3}, cache]},
+                           {"match": {"prefix": "/"}, "upstream": "o", "plugins": [cache]}],
+                          name=self._testMethodName, workers=1,
+                          lua={"plugin_paths": [self.FIXTURES]},
+                          cache={"zones": {ZONE: {"memory": "16m"}}})
+        self.addCleanup(a.stop)
+        a.start()
+        for q in ("/big", "/small"):
+            self.assertEqual(self.get(a, p + q).status, 200)
+        for i in range(3):
+            with H.Client(a.port, timeout=H.T(10), rcvbuf=65536) as c:
+                c.send(H.build_request("GET", p + "/big") + H.build_request("GET", p + "/small"))
+                r1 = c.read_response()
+                self.assertEqual((r1.status, len(r1.body), r1.body == big), (200, len(big), True), i)
+                r2 = c.read_response()
+                self.assertEqual((r2.status, r2.body), (200, b"small-1"), i)
+                self.assertRegex(r2.header("cache-status"), r"^luaproxy; hit")
+                self.assertIsNotNone(r2.header("x-slept"))
+        self.assertTrue(a.alive(), a.stderr()[-3000:])
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
     # ------------------------------------------------------------------ after a reload
 
     def test_entry_stored_before_a_reload_lowering_max_headers_is_served(self):
