@@ -72,9 +72,8 @@ void lp_cache_room_no_status(int rc)
     static _Thread_local time_t logged;
     if (once_a_minute(&logged))
         lp_log(LP_LOG_WARN,
-               "cache: a miss went without its Cache-Status: %s (logged once a minute)",
-               rc == LP_FFI_ENOSPACE ? "the response has limits.max_headers + 16 fields already"
-                                     : "the line was refused");
+               "cache: a miss went out with no Cache-Status: %s (logged once a minute)",
+               rc == LP_FFI_ENOSPACE ? "its header list is full" : "the line was refused");
 }
 
 int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
@@ -108,4 +107,9 @@ int lp_ffi_cache_hit_room(void *rp)
         return LP_FFI_EOTHER;
     /* The answer's own: Age, Cache-Status and a 206's Content-Range. */
     return r->cap_headers > 3 ? (int)(r->cap_headers - 3) : 0;
+}
+
+void lp_ffi_cache_room_no_status(int rc)
+{
+    lp_cache_room_no_status(rc);
 }

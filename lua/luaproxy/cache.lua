@@ -264,18 +264,14 @@ end
 -- A response whose header list is full (limits.max_headers + 16 fields: an upstream's
 -- fullest response and what plugins before the cache added) goes without it, as it would
 -- go without the cache: never a 500 for a line of ours (logged once a minute per worker).
-local no_room_logged = -60
-local function no_room(self, req)
-  local now = C.lp_ffi_now()
-  if now - no_room_logged < 60 then return end
-  no_room_logged = now
-  require("proxy").log.warn(format("cache zone %s: %s: no Cache-Status: the response has "
-    .. "limits.max_headers + 16 fields already (logged once a minute)", self.name, req:path()))
+-- Logged by the engine's logger for the event (engine/cache_room.c), once a minute.
+local function no_room()
+  C.lp_ffi_cache_room_no_status(K.ENOSPACE)
 end
 
 function Zone:miss_status(req, status, stored, ttl)
   local rc = C.lp_ffi_cache_miss_status(req._r, status, stored and 1 or 0, ttl or 0)
-  if rc == K.ENOSPACE then return no_room(self, req) end
+  if rc == K.ENOSPACE then return no_room() end
   if rc ~= 0 then raise("cache: Cache-Status not added", 2) end
 end
 
@@ -290,7 +286,7 @@ end
 function Zone:set_status(req, value)
   response_phase(req)
   local rc = C.lp_ffi_header_set(req._r, 1, K.HSET, "Cache-Status", 12, value, #value)
-  if rc == K.ENOSPACE then return no_room(self, req) end
+  if rc == K.ENOSPACE then return no_room() end
   if rc ~= 0 then raise("cache: Cache-Status not set", 2) end
 end
 
