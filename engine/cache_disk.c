@@ -253,14 +253,13 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
         return;
     }
     lp_cache_zone_t *z = d->zone;
-    /* Written under another config, maybe a larger max_headers: requests make room for it. */
-    lp_cache_room_note(meta + h.klen + h.slen, h.hlen);
     lp_cache_entry_t *e =
         lp__cache_stub_new(meta, h.klen, meta + h.klen, h.slen, meta + h.klen + h.slen, h.hlen,
                            h.body_len, h.keep_until, fid);
-    free(meta);
-    if (!e)
+    if (!e) {
+        free(meta);
         return;
+    }
     e->stamp = h.stamp;
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
@@ -271,6 +270,7 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
          * replaces the file. */
         pthread_mutex_unlock(&z->lock);
         lp__cache_entry_free(e);
+        free(meta);
         return;
     }
     lp__cache_link(z, e);
@@ -278,6 +278,10 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
     lp__cache_evict(z, &dead);
     pthread_mutex_unlock(&z->lock);
     lp__cache_drop_dead(dead);
+    /* Written under another config, maybe a larger max_headers: requests make room for it,
+     * once it is indexed (a file the scan drops or a newer entry replaces takes none). */
+    lp_cache_room_note(meta + h.klen + h.slen, h.hlen);
+    free(meta);
     (*nindexed)++;
 }
 

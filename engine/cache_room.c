@@ -17,6 +17,7 @@
 #include "cache_room.h"
 #include "config.h"
 #include "lua_api.h"
+#include "lua_vm.h"
 #include "log.h"
 #include "worker.h"
 
@@ -70,15 +71,16 @@ void lp_cache_room_no_status(int rc)
     static _Thread_local time_t logged;
     if (once_a_minute(&logged))
         lp_log(LP_LOG_WARN,
-               "cache: a miss went without its Cache-Status: %s (logged once a minute)",
-               rc == LP_FFI_ENOSPACE ? "the response has limits.max_headers + 16 fields already"
-                                     : "the line was refused");
+               "cache: a miss went out with no Cache-Status: %s (logged once a minute)",
+               rc == LP_FFI_ENOSPACE ? "its header list is full" : "the line was refused");
 }
 
 int lp_cache_fields_fit(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
                         size_t nfields)
 {
-    if (!w) {
+    /* No worker, or init_worker's private one (lp_lua_io(): no config yet): no request's
+     * limit to check against (a zone warmed at the start). */
+    if (!w || !w->config) {
         note(nfields);
         return 1;
     }
@@ -100,4 +102,18 @@ int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key
                        const char *head, size_t hlen)
 {
     return lp_cache_fields_fit(w, z, key, klen, lp_cache_head_fields(head, hlen));
+}
+
+int lp_ffi_cache_hit_room(void *rp)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    /* The answer's own: Age, Cache-Status and a 206's Content-Range. */
+    return r->cap_headers > 3 ? (int)(r->cap_headers - 3) : 0;
+}
+
+void lp_ffi_cache_room_no_status(int rc)
+{
+    lp_cache_room_no_status(rc);
 }

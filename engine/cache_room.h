@@ -14,7 +14,8 @@
 
 /* Whether a head the cache plugin wrote ("L1" text, a field per "h NAME\tVALUE" line) leaves
  * a hit on it LP_CACHE_HIT_FIELDS slots in a request's header array (limits.max_headers +
- * LP_HEADERS_SPARE, w's config; w NULL: no worker, nothing to check): 1, or 0 (it must not be
+ * LP_HEADERS_SPARE, w's config; w NULL or without a config, as init_worker's: nothing to
+ * check): 1, or 0 (it must not be
  * stored: logged at most once a minute per thread, naming the zone and key). A head that
  * fits is counted into lp_cache_room_cap. */
 int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,

@@ -348,8 +348,11 @@ static void conn_on_written(lp_endpoint_t *ep, int status)
     }
     if (lp_relay_drained(&c->ep)) {
         lp_req_t *req = c->req;
-        if (req && req->cache.left && !(req->flags & LP_RF_RESP_DONE)) {
-            /* A hit's body waits for room: the next part goes, or the answer ends. */
+        if (req && req->cache.left &&
+            (req->flags & (LP_RF_RESP_STARTED | LP_RF_RESP_DONE)) == LP_RF_RESP_STARTED) {
+            /* A hit's body waits for room: the next part goes, or the answer ends. Not before
+             * its head went: a hit answered in the request phase (cache.left set) may still
+             * wait for its response phase, after the previous response's drain. */
             lp_req_hold(req);
             conn_cache_pump(req);
             lp_req_drop(req);
@@ -1845,7 +1848,8 @@ void lp_conn_cache_resume(lp_req_t *req)
 {
     /* A request cut while a read ran may still be alive, detached for its log phase: its
      * client is gone (req->conn NULL), its stream is freed when it ends. */
-    if (!req->cache.body || !req->cache.left || (req->flags & LP_RF_RESP_DONE) || !req->conn)
+    if (!req->cache.body || !req->cache.left ||
+        (req->flags & (LP_RF_RESP_STARTED | LP_RF_RESP_DONE)) != LP_RF_RESP_STARTED || !req->conn)
         return;
     lp_req_hold(req);
     conn_cache_pump(req);

@@ -481,6 +481,11 @@ int lp_ffi_cache_wire_check(const char *fields, size_t flen);
 int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, const char *more,
                          size_t mlen, double first, double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+/* The fields a head served from the cache on this request may carry (its header slots less
+ * the answer's own: Age, Cache-Status, Content-Range), or LP_FFI_EOTHER. */
+int lp_ffi_cache_hit_room(void *r);
+/* lp_cache_room_no_status for the plugin's own Cache-Status (one logger for the event). */
+void lp_ffi_cache_room_no_status(int rc);
 /* Bytes of the looked-up entry's body into dst: how many; LP_FFI_ENOTFOUND when its body is
  * only in its file (a streamed disk hit). */
 double lp_ffi_cache_read(void *r, double first, char *dst, double n);

@@ -616,16 +616,13 @@ end
 -- the stale entry may not be served: the full response is asked for without conditions,
 -- stored when it may be (else kept only for this answer, under a secondary key no lookup
 -- makes) and served from the entry.
--- How many field lines a header table (name -> value or list of values) holds.
+-- How many field lines a hit serves of a header table (name -> value or list of values).
 local function field_count(h)
   local n = 0
-  for _, v in pairs(h or {}) do n = n + (type(v) == "table" and #v or 1) end
+  for k, v in pairs(h or {}) do
+    if not NOT_SERVED[k] then n = n + (type(v) == "table" and #v or 1) end
+  end
   return n
-end
-
-local function max_headers()
-  local lim = proxy.config and proxy.config.limits
-  return lim and lim.max_headers or 100
 end
 
 local function refetch(req, conf, st)
@@ -648,11 +645,19 @@ local function refetch(req, conf, st)
   local stored, rsh, case = put_fetched(z, st.key, sec, st.rh, res, t0, conf)
   if not stored then
     sec = sec .. "\0once"
-    z:put(st.key, sec, encode(policy.meta(res.status, rsh, t0, proxy.now(), conf._opts), rsh, case),
-      1, res.body)
+    if not z:put(st.key, sec, encode(policy.meta(res.status, rsh, t0, proxy.now(), conf._opts), rsh,
+      case), 1, res.body) then
+      -- Refused (a head too wide for a hit, a body over max_object_size): the client gets
+      -- the upstream's answer as it came, as without the cache.
+      if not z:answer(req, res) then req:set_status(502) end
+      return
+    end
   end
   local head, blen = z:get(req, st.key, sec)
-  if not head then req:set_status(502) return end
+  if not head then
+    if not z:answer(req, res) then req:set_status(502) end
+    return
+  end
   local meta, headers, hcase, base = decode_cached(head)
   if not meta then req:set_status(502) return end
   st.case = hcase
@@ -973,6 +978,18 @@ end
 -- them, while the whole body is stored: 304/412 without the body, a single range as 206 with
 -- only its bytes, an unsatisfiable one 416 (Zone:window). Without a length from the upstream
 -- (chunked), or for several ranges (no multipart from a streamed body), the whole 200 goes.
+-- The client gets only n bytes from `first` of the upstream's 200 as `status` (206, 416) with
+-- its Content-Range; without a header slot for that field (a response that fills them all),
+-- the whole 200 goes, as from a server that ignores Range (RFC 9110 §14.2).
+local function partial(req, z, status, first, n, content_range)
+  if not z:add_field(req, "Content-Range", content_range) then return end
+  if z:window(req, first, n) then
+    req:set_status(status)
+  else
+    req:clear_resp_header("Content-Range")
+  end
+end
+
 local function answer_stripped(req, conf, st, rsh, now)
   local z, rh = st.zone, st.rh
   local c = policy.conditional("GET", rh, rsh, now)
@@ -984,15 +1001,10 @@ local function answer_stripped(req, conf, st, rsh, now)
   if not rh.range or not len then return end
   local r = policy.parse_range(rh.range, len, rh["if-range"], rsh, conf._opts)
   if r == "unsatisfiable" then
-    if z:window(req, 0, 0) then
-      req:set_status(416)
-      req:set_resp_header("Content-Range", format("bytes */%d", len))
-    end
+    partial(req, z, 416, 0, 0, format("bytes */%d", len))
   elseif type(r) == "table" and #r == 1 then
-    if z:window(req, r[1][1], r[1][2] - r[1][1] + 1) then
-      req:set_status(206)
-      req:set_resp_header("Content-Range", format("bytes %d-%d/%d", r[1][1], r[1][2], len))
-    end
+    partial(req, z, 206, r[1][1], r[1][2] - r[1][1] + 1,
+      format("bytes %d-%d/%d", r[1][1], r[1][2], len))
   end
 end
 
@@ -1058,10 +1070,10 @@ function P.response(req, conf)
     opts.now = now
     local merged, client_only = policy.merge_304(stale.headers, rsh, opts)
     opts.now = nil
-    -- A 304 carrying many new fields can grow the head past what a hit can carry (stored
-    -- fields at most limits.max_headers + 12: engine/cache_room.c): serving it would fail
-    -- (500). The full response is what the client gets without the cache: ask for it.
-    if field_count(merged) + field_count(client_only) > max_headers() + 12 then
+    -- A 304 carrying many new fields can grow the head past what this request's header
+    -- slots can carry with a hit's own (Zone:hit_room): serving it would fail (500). The full
+    -- response is what the client gets without the cache: ask for it.
+    if field_count(merged) + field_count(client_only) > z:hit_room(req) then
       return refetch(req, conf, st)
     end
     local meta = policy.meta(stale.meta.status or 200, merged, st.t0, now, conf._opts)

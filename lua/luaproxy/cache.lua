@@ -264,27 +264,40 @@ end
 -- A response whose header list is full (limits.max_headers + 16 fields: an upstream's
 -- fullest response and what plugins before the cache added) goes without it, as it would
 -- go without the cache: never a 500 for a line of ours (logged once a minute per worker).
-local no_room_logged = -60
-local function no_room(self, req)
-  local now = C.lp_ffi_now()
-  if now - no_room_logged < 60 then return end
-  no_room_logged = now
-  require("proxy").log.warn(format("cache zone %s: %s: no Cache-Status: the response has "
-    .. "limits.max_headers + 16 fields already (logged once a minute)", self.name, req:path()))
+-- Logged by the engine's logger for the event (engine/cache_room.c), once a minute.
+local function no_room()
+  C.lp_ffi_cache_room_no_status(K.ENOSPACE)
 end
 
 function Zone:miss_status(req, status, stored, ttl)
   local rc = C.lp_ffi_cache_miss_status(req._r, status, stored and 1 or 0, ttl or 0)
-  if rc == K.ENOSPACE then return no_room(self, req) end
+  if rc == K.ENOSPACE then return no_room() end
   if rc ~= 0 then raise("cache: Cache-Status not added", 2) end
+end
+
+-- The engine's header calls take any request: a handle kept past its phase (or another
+-- request's) must not write into whichever request now runs (req:set_resp_header's check).
+local function response_phase(req)
+  if req._phase ~= "response" then raise("cache: the response's fields change in the response phase only", 3) end
 end
 
 -- Response phase: any other Cache-Status (policy.cache_status's value) in place of the
 -- response's, or added; without room, as miss_status.
 function Zone:set_status(req, value)
+  response_phase(req)
   local rc = C.lp_ffi_header_set(req._r, 1, K.HSET, "Cache-Status", 12, value, #value)
-  if rc == K.ENOSPACE then return no_room(self, req) end
+  if rc == K.ENOSPACE then return no_room() end
   if rc ~= 0 then raise("cache: Cache-Status not set", 2) end
+end
+
+-- Response phase: a field of the cache's own (a 206's Content-Range) added to the response;
+-- false when its header list is full (the caller answers without it).
+function Zone:add_field(req, name, value)
+  response_phase(req)
+  local rc = C.lp_ffi_header_set(req._r, 1, K.HADD, name, #name, value, #value)
+  if rc == K.ENOSPACE then return false end
+  if rc ~= 0 then raise("cache: " .. name .. " not added", 2) end
+  return true
 end
 
 -- The default key: "GET " scheme "://" host (lower-case) URI, in one call.
@@ -328,6 +341,34 @@ function Zone:native_hit(req, status, wire, age0, response_time, ttl)
 end
 
 -- The looked-up entry gets a new head (a 304 revalidated it), kept `keep` seconds more.
+-- How many fields a head served from the cache may carry on this request (its header slots
+-- less a hit's own).
+function Zone:hit_room(req)
+  local n = C.lp_ffi_cache_hit_room(req._r)
+  if n < 0 then raise("cache: this handle belongs to another request than the running phase's", 2) end
+  return n
+end
+
+-- Fields of a fetched response the engine writes itself for the answer, or hop-by-hop ones.
+local ANSWER_SKIP = { ["content-length"] = true, ["transfer-encoding"] = true, connection = true,
+  ["keep-alive"] = true, te = true, trailer = true, upgrade = true, ["proxy-connection"] = true }
+
+-- Response phase: the client gets a response the plugin fetched itself (proxy.http's), in
+-- place of the upstream's; false when its fields do not fit the request's header slots.
+function Zone:answer(req, res)
+  if C.lp_ffi_respond_begin(req._r) ~= 0 then return false end
+  for name, v in pairs(res.headers or {}) do
+    if not ANSWER_SKIP[lower(name)] then
+      for _, x in ipairs(type(v) == "table" and v or { v }) do
+        x = tostring(x)
+        if C.lp_ffi_header_set(req._r, 1, K.HADD, name, #name, x, #x) ~= 0 then return false end
+      end
+    end
+  end
+  local body = res.body or ""
+  return C.lp_ffi_respond(req._r, res.status, body, #body) == 0
+end
+
 function Zone:refresh(req, head, keep)
   return C.lp_ffi_cache_refresh(req._r, head, #head, keep) == 0
 end

@@ -216,6 +216,8 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
 int lp_ffi_cache_respond(void *r, int status, const char *fields, size_t flen, const char *more,
                          size_t mlen, double first, double last, int flags);
 int lp_ffi_cache_refresh(void *r, const char *head, size_t hlen, double keep);
+int lp_ffi_cache_hit_room(void *r);
+void lp_ffi_cache_room_no_status(int rc);
 int lp_ffi_cache_wire_check(const char *fields, size_t flen);
 double lp_ffi_cache_read(void *r, double first, char *dst, double n);
 int lp_ffi_cache_window(void *r, double first, double n);

@@ -137,11 +137,28 @@ function M.registry(now, hooks)
 
   function Zone:set_status(req, value) req:set_resp_header("Cache-Status", value) end
 
+  function Zone:add_field(req, name, value)
+    req:add_resp_header(name, value)
+    return true
+  end
+
   -- The engine's run of the plugin's common hit and miss (engine/cache_native.c) replays
   -- decisions the plugin made; the double has no engine path: every request runs the plugin.
   function Zone:native_t0() return nil end
   function Zone:native_learn() end
   function Zone:native_hit() end
+
+  -- The double's requests have no fixed header slots.
+  function Zone:hit_room() return math.huge end
+
+  function Zone:answer(req, res)
+    local list = {}
+    for name, v in pairs(res.headers or {}) do
+      for _, x in ipairs(type(v) == "table" and v or { v }) do list[#list + 1] = { name, x } end
+    end
+    hooks.respond(req, res.status, list, res.body or "")
+    return true
+  end
 
   function Zone:refresh(req, head, keep)
     local e = req._cache_hit

@@ -40,7 +40,9 @@ class CacheRoomTest(H.ProxyTestCase):
         cls.origin = Origin()
         cls.addClassCleanup(cls.origin.stop)
 
-    def start(self, plugins=(), disk=None, cache=True, limits=None):
+    FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "plugins")
+
+    def start(self, plugins=(), disk=None, cache=True, limits=None, **kw):
         zone = {"memory": "16m"}
         if disk:
             zone["disk"] = {"path": disk, "size": "64m"}
@@ -49,7 +51,7 @@ class CacheRoomTest(H.ProxyTestCase):
                           [{"match": {"prefix": "/"}, "upstream": "o", "plugins": chain}],
                           name=self._testMethodName, workers=2, limits=limits,
                           admin={"address": "127.0.0.1:0"},
-                          cache={"zones": {ZONE: zone}})
+                          cache={"zones": {ZONE: zone}}, **kw)
         self.addCleanup(p.stop)
         p.start()
         if disk:
@@ -161,6 +163,25 @@ class CacheRoomTest(H.ProxyTestCase):
         self.assertEqual(self.zone(a)["entries"], 1)  # the smaller response's
         self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 
+    def test_range_on_a_full_miss_is_answered_with_the_whole_200(self):
+        # The full miss above with a Range: the 206's Content-Range has no slot left, so the
+        # whole 200 goes, as a server that ignores Range sends it (RFC 9110 §14.2), not a 500.
+        # One that fits still gets its 206.
+        p = self.path()
+        added = {"X-Plugin-%d" % i: "p%d" % i for i in range(17)}
+        a = self.start(plugins=[{"name": "headers", "response": {"set": added}}])
+        for nf in (98, 97):
+            q = p + "/%d" % nf
+            self.origin.script(q, padded(nf, b"full"))
+            r = self.get(a, q, headers=[("Range", "bytes=0-1")])
+            self.assertEqual((r.status, r.body, r.header("x-plugin-16")), (200, b"full-1", "p16"), nf)
+            self.assertIsNone(r.header("content-range"))
+        q = p + "/small"
+        self.origin.script(q, padded(10, b"small"))
+        r = self.get(a, q, headers=[("Range", "bytes=0-1")])
+        self.assertEqual((r.status, r.body, r.header("content-range")), (206, b"sm", "bytes 0-1/7"))
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
     def test_full_miss_with_the_upstreams_cache_status(self):
         # The general path's Cache-Status (policy.cache_status, after the upstream's own
         # member) replaces the upstream's line: it needs no slot of its own, and a full list
@@ -205,6 +226,50 @@ class CacheRoomTest(H.ProxyTestCase):
         self.assertEqual(self.origin.count(p + "/narrow"), 2)
         self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 
+    def test_zone_put_from_init_worker(self):
+        # A zone:put from init_worker (warming a cache) checks the head against no request's
+        # config; it once crashed every worker at the start (a NULL config).
+        p = self.path()
+        self.origin.script(p, lambda req, n: H.simple_response(
+            200, (req.header("x-warm") or "none").encode(), []))
+        a = self.start(plugins=[{"name": "cachewarm", "zone": ZONE}], cache=False,
+                       lua={"plugin_paths": [self.FIXTURES]})
+        r = self.get(a, p)
+        self.assertEqual((r.status, r.body), (200, b"put=true got=9"))
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
+    def test_pipelined_hit_waits_for_its_response_phase(self):
+        # Two pipelined hits: a 4 MiB one, then a small one whose response phase sleeps. The
+        # big one's drain must not send the small one's body before its head (its response
+        # phase still waiting): the client once got /small's body with no head, then nothing.
+        p = self.path()
+        big = H.large_body(4 << 20)
+        self.origin.script(p + "/big", lambda req, n: H.cacheable(big))
+        self.origin.script(p + "/small", lambda req, n: H.cacheable(b"small-%d" % n))
+        cache = {"name": "cache", "zone": ZONE}
+        a = H.Proxy.build({"o": H.upstream(self.origin.address())},
+                          [{"match": {"prefix": p + "/small"}, "upstream": "o",
+                            "plugins": [{"name": "sleeper", "response": 0.3}, cache]},
+                           {"match": {"prefix": "/"}, "upstream": "o", "plugins": [cache]}],
+                          name=self._testMethodName, workers=1,
+                          lua={"plugin_paths": [self.FIXTURES]},
+                          cache={"zones": {ZONE: {"memory": "16m"}}})
+        self.addCleanup(a.stop)
+        a.start()
+        for q in ("/big", "/small"):
+            self.assertEqual(self.get(a, p + q).status, 200)
+        for i in range(3):
+            with H.Client(a.port, timeout=H.T(10), rcvbuf=65536) as c:
+                c.send(H.build_request("GET", p + "/big") + H.build_request("GET", p + "/small"))
+                r1 = c.read_response()
+                self.assertEqual((r1.status, len(r1.body), r1.body == big), (200, len(big), True), i)
+                r2 = c.read_response()
+                self.assertEqual((r2.status, r2.body), (200, b"small-1"), i)
+                self.assertRegex(r2.header("cache-status"), r"^luaproxy; hit")
+                self.assertIsNotNone(r2.header("x-slept"))
+        self.assertTrue(a.alive(), a.stderr()[-3000:])
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
     # ------------------------------------------------------------------ after a reload
 
     def test_entry_stored_before_a_reload_lowering_max_headers_is_served(self):
@@ -229,6 +294,31 @@ class CacheRoomTest(H.ProxyTestCase):
         q = self.path("/new")
         self.origin.script(q, padded(98, b"new"))
         self.assertEqual(self.get(a, q).status, 502)
+
+    def test_revalidation_of_an_entry_stored_before_a_reload_lowering_max_headers(self):
+        # A stale entry of 98 fields (ETag, max-age=0) stored under max_headers = 100; a
+        # reload to 40; its 304 merges into a head no wider than the entry's, which the
+        # request can carry: served (fwd=stale; fwd-status=304), one upstream request. It
+        # once made the plugin fetch the full response, which could not be stored under the
+        # new limit: 502 on every request.
+        p = self.path()
+
+        def origin(req, n):
+            if req.header("if-none-match") == '"v1"':
+                return H.simple_response(304, b"", [("ETag", '"v1"'), ("Cache-Control", "max-age=0")])
+            return H.simple_response(200, b"body-%d" % n, [("ETag", '"v1"'),
+                                                           ("Cache-Control", "max-age=0")]
+                                     + [("X-F%d" % i, "v%d" % i) for i in range(96)])
+        self.origin.script(p, origin)
+        a = self.start()
+        self.assertEqual(self.get(a, p).body, b"body-1")
+        self.reload_with(a, max_headers=40)
+        for i in range(2):
+            r = self.get(a, p)
+            self.assertEqual((r.status, r.body, r.header("x-f95")), (200, b"body-1", "v95"), i)
+            self.assertRegex(r.header("cache-status"), r"fwd=stale; fwd-status=304")
+        self.assertEqual(self.origin.count(p), 3)  # the 200, two 304s
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 
     def test_disk_entry_written_under_a_higher_max_headers_is_served_after_restart(self):
         # The same across a restart: the file of a 100-field entry, indexed by a process whose
