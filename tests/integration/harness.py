@@ -18,6 +18,7 @@ listens comes from dead_port(): a port bound and held by this process, never lis
 import atexit
 import ctypes
 import errno
+import http.client
 import json
 import os
 import random
@@ -997,6 +998,17 @@ def tls_get(port, path, sni, cafile=None):
         n, _, v = l.partition(":")
         fields[n.strip().lower()] = v.strip()
     return int(lines[0].split()[1]), fields, body
+
+
+def admin_json(port, method, path):
+    """One request to an admin listener on 127.0.0.1:port: (status, its JSON body or None)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=T(10))
+    try:
+        c.request(method, path)
+        r = c.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+    finally:
+        c.close()
 
 
 def get(port, path="/", host="a.test", headers=None, method="GET", body=None,

@@ -88,13 +88,7 @@ class CacheTest(H.ProxyTestCase):
         return r
 
     def admin(self, method, path):
-        c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
-        try:
-            c.request(method, path)
-            r = c.getresponse()
-            return r.status, json.loads(r.read() or b"null")
-        finally:
-            c.close()
+        return H.admin_json(self.proxy.admin_port, method, path)
 
     def zone_status(self, name=ZONE):
         st, j = self.admin("GET", "/status")

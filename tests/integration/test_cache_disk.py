@@ -83,13 +83,7 @@ class CacheDiskTest(H.ProxyTestCase):
         return p
 
     def admin(self, p, method, path):
-        c = http.client.HTTPConnection("127.0.0.1", p.admin_port, timeout=H.T(10))
-        try:
-            c.request(method, path)
-            r = c.getresponse()
-            return r.status, json.loads(r.read() or b"null")
-        finally:
-            c.close()
+        return H.admin_json(p.admin_port, method, path)
 
     def zone(self, p):
         st, j = self.admin(p, "GET", "/status")

@@ -12,8 +12,6 @@ answer adds its own (a miss its Cache-Status, a hit its Age and Cache-Status).
 - A 304 that would grow a stored head past what a hit can carry makes the plugin fetch the
   full response (not a 500)."""
 
-import http.client
-import json
 import os
 import sys
 import threading
@@ -59,13 +57,7 @@ class CacheRoomTest(H.ProxyTestCase):
         return p
 
     def admin(self, p, method, path):
-        c = http.client.HTTPConnection("127.0.0.1", p.admin_port, timeout=H.T(10))
-        try:
-            c.request(method, path)
-            r = c.getresponse()
-            return r.status, json.loads(r.read() or b"null")
-        finally:
-            c.close()
+        return H.admin_json(p.admin_port, method, path)
 
     def zone(self, p):
         st, j = self.admin(p, "GET", "/status")
