@@ -110,8 +110,8 @@ P.schema = {
                         description = "a body over body_limit: refuse it (413), or pass it "
                           .. "with its body uninspected (headers, path and query still are)" },
     max_args = { type = "integer", default = 1024, min = 1,
-                 description = "most values inspected per collection (arguments, headers, "
-                   .. "cookies); more are not inspected" },
+                 description = "most values read per collection (arguments, headers, "
+                   .. "cookies); a request with more is a body error (body_error), refused" },
     regex_error = { type = "string", default = "match", one_of = { "match", "ignore" },
                     description = "a regex that gives up on a value (PCRE2 match limit): "
                       .. "count as the rule matching, or as not matching (logged either way)" },

@@ -55,9 +55,93 @@ describe("waf vars", function()
     assert.same({ "operationName=Q", "query.1=O'Neil", "variables.id=5" }, json(body))
   end)
 
-  it("does not look into containers nested deeper than 64", function()
+  it("does not look into containers nested deeper than 64, and says so in body_error", function()
     local body = '{"deep":' .. ("["):rep(70) .. '"x"' .. ("]"):rep(70) .. ',"z":"end"}'
     assert.same({ "z=end" }, json(body))
+    local spec = { method = "POST", uri = "/", body = body, headers = { ["Content-Type"] = "application/json" } }
+    assert.same({ "=body_args: JSON nested deeper than 64" }, coll(spec, "body_error"))
+    assert.same({ "=1" }, coll(spec, "body_error_flag"))
+    -- 64 levels are read
+    spec.body = ("["):rep(65) .. '"x"' .. ("]"):rep(65)
+    assert.same({}, coll(spec, "body_error"))
+    assert.same({ "=0" }, coll(spec, "body_error_flag"))
+  end)
+
+  it("makes a collection over max_args a body error: the values past it are not inspected", function()
+    local function pairs_of(n, sep)
+      local t = {}
+      for i = 1, n do t[i] = "k" .. i .. "=0" end
+      return table.concat(t, sep or "&")
+    end
+    local form = { method = "POST", uri = "/", body = pairs_of(3),
+                   headers = { ["Content-Type"] = "application/x-www-form-urlencoded" } }
+    assert.same({}, coll(form, "body_error", 3))
+    form.body = pairs_of(4)
+    assert.same({ "=body_args: more than max_args (3) values" }, coll(form, "body_error", 3))
+    assert.same({ "=1" }, coll(form, "body_error_flag", 3))
+    local js = { method = "POST", uri = "/", body = '{"a":1,"b":2,"c":3,"d":4}',
+                 headers = { ["Content-Type"] = "application/json" } }
+    assert.same({ "=body_args: more than max_args (3) values" }, coll(js, "body_error", 3))
+    -- no body: the query, the headers, the cookies
+    assert.same({}, coll({ uri = "/?" .. pairs_of(3) }, "body_error", 3))
+    assert.same({ "=query_args: more than max_args (3) values" },
+      coll({ uri = "/?" .. pairs_of(4) }, "body_error", 3))
+    assert.same({ "=1" }, coll({ uri = "/?" .. pairs_of(4) }, "body_error_flag", 3))
+    assert.same({ "=cookies: more than max_args (3) values" },
+      coll({ uri = "/", headers = { Cookie = pairs_of(4, "; ") } }, "body_error", 3))
+    assert.same({ "=headers: more than max_args (3) values" },
+      coll({ uri = "/", headers = { A = "1", B = "2", C = "3", D = "4" } }, "body_error", 3))
+    -- a JSON document in a query argument, too deep
+    assert.same({ "=query_args: JSON nested deeper than 64" },
+      coll({ uri = "/?f=" .. ("%5B"):rep(70) .. "1" .. ("%5D"):rep(70) }, "body_error"))
+    -- and a body error with them
+    form.uri, form.body = "/?" .. pairs_of(4), "a=%zz&" .. pairs_of(4)
+    assert.same({ "=body_args: more than max_args (3) values; query_args: more than max_args (3) values" },
+      coll(form, "body_error", 3))
+  end)
+
+  it("splits a form or cookies in time linear in their length (a&a&...&b=1)", function()
+    -- the bytes string.find looks at while vars.lua splits, counted through a wrapper
+    local real_find, scanned = string.find, 0
+    string.find = function(s, p, init, plain) -- luacheck: ignore
+      local a, b = real_find(s, p, init, plain)
+      scanned = scanned + ((b or #s) - (init or 1) + 1)
+      return a, b
+    end
+    package.loaded["luaproxy.waf.vars"] = nil
+    local ok, W = pcall(require, "luaproxy.waf.vars")
+    string.find = real_find -- luacheck: ignore
+    package.loaded["luaproxy.waf.vars"] = V
+    assert(ok, W)
+    local function work(parse, n, sep, max)
+      local s = ("a" .. sep):rep(n) .. "b=1"
+      scanned = 0
+      local c = { n = 0, names = {}, values = {} }
+      parse(c, s, max)
+      return scanned, c
+    end
+    for _, case in ipairs({ { W.parse_form, "&" }, { W.parse_cookies, ";" } }) do
+      local small = work(case[1], 4096, case[2], 1e9)
+      local big, c = work(case[1], 65536, case[2], 1e9)
+      assert.are.equal(65537, c.n)
+      assert.are.equal("b", c.names[c.n])
+      -- 16 times the length, at most ~16 times the bytes looked at (quadratic: 256 times)
+      assert.is_true(big < 20 * small, big .. " vs " .. small)
+      -- at max_args it stops (and says so)
+      c = select(2, work(case[1], 65536, case[2], 1024))
+      assert.are.equal(1024, c.n)
+      assert.is_true(c.truncated)
+    end
+  end)
+
+  it("reads a GraphQL document only at the body's root (not under an empty key or name)", function()
+    local q = '"query { user(id: 1) { id } }"'
+    assert.same({ "query=query { user(id: 1) { id } }" }, json('{"":{"query":' .. q .. '}}'))
+    assert.same({ "query=query { user(id: 1) { id } }" },
+      coll({ uri = "/?=%7B%22query%22%3A%22query%20%7B%20user(id%3A%201)%20%7B%20id%20%7D%20%7D%22%7D" },
+        "query_args"))
+    assert.same({ "query=query { user(id: 1) { id } }" },
+      coll({ uri = "/", headers = { Cookie = '={"query":' .. q .. '}' } }, "cookies"))
   end)
 
   it("reads the numbers cjson takes beyond JSON as it does (hexadecimal)", function()

@@ -415,6 +415,61 @@ describe("the OWASP CRS from Debian's modsecurity-crs", function()
   end)
 end)
 
+describe("what the waf cannot inspect whole (CRS)", function()
+  before_each(function() T.reset() end)
+  local conf1
+  local function crs()
+    conf1 = conf1 or T.conf(waf, { crs = CRS })
+    return conf1
+  end
+  local SQLI = "1 UNION SELECT password FROM users WHERE 1=1 --"
+  local function post(ctype, body, uri)
+    return T.request({ method = "POST", uri = uri or "/f", body = body,
+      headers = headers({ ["Content-Type"] = ctype, ["Content-Length"] = tostring(#body) }) })
+  end
+  local function dummies(n, fmt, sep)
+    local t = {}
+    for i = 1, n do t[i] = fmt:format(i) end
+    return table.concat(t, sep)
+  end
+
+  -- refused, by the body error rule (protocol.lua's 1009) among others
+  local function refused(req, c, why)
+    assert.is_true(T.phase(waf, "request", req, c), why)
+    assert.are.equal("block", req.ctx.waf.action, why)
+    local ids = {}
+    for _, m in ipairs(req.ctx.waf.matches) do ids[#ids + 1] = m.id end
+    assert.is_truthy((" " .. table.concat(ids, " ") .. " "):find(" 1009 ", 1, true), why)
+  end
+
+  it("refuses a request with more values than max_args (they were not inspected)", function()
+    local c = crs()
+    refused(post("application/json", "{" .. dummies(1024, '"k%d":0', ",") .. ',"zz":"' .. SQLI .. '"}'), c, "json")
+    refused(post("application/x-www-form-urlencoded",
+      dummies(1024, "k%d=0", "&") .. "&zz=" .. SQLI:gsub(" ", "+")), c, "form")
+    refused(T.request({ uri = "/?" .. dummies(1024, "k%d=0", "&") .. "&zz=" .. SQLI:gsub(" ", "+"),
+      headers = headers() }), c, "query")
+    refused(T.request({ uri = "/", headers = headers({ Cookie = dummies(1024, "k%d=0", "; ")
+      .. "; zz=" .. SQLI }) }), c, "cookies")
+    -- 1024 values pass
+    local req = post("application/x-www-form-urlencoded", dummies(1024, "k%d=0", "&"))
+    assert.is_false(T.phase(waf, "request", req, c))
+  end)
+
+  it("refuses JSON nested deeper than 64; reads GraphQL only at the body's root", function()
+    local c = crs()
+    local req = post("application/json", '{"a":' .. ("["):rep(70) .. '"' .. SQLI .. '"' .. ("]"):rep(70) .. "}")
+    refused(req, c, "deep")
+    for _, key in ipairs({ "", "x" }) do
+      req = post("application/json", '{"' .. key .. '":{"query":"query { user(id: ' .. SQLI .. ') { id } }"}}')
+      assert.is_true(T.phase(waf, "request", req, c), "key " .. key)
+    end
+    -- at the root, the document's syntax is not data
+    req = post("application/json", '{"query":"query { user(id: 1) { id name } }"}')
+    assert.is_false(T.phase(waf, "request", req, c))
+  end)
+end)
+
 describe("confirmers (crs_confirm)", function()
   local confirm = require "luaproxy.waf.confirm"
 

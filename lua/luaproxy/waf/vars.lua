@@ -69,13 +69,22 @@ end
 local add_value -- below: a value that is a JSON document goes in as its leaves
 
 -- (Plain finds, not gmatch: LuaJIT compiles those, and runs patterns in its matcher.)
+-- The next "=" is kept from pair to pair, found again only once passed: searched for at
+-- each pair, a&a&a&...&b=1 looked at the rest of the text each time (quadratic: 1 MiB,
+-- 3 s). Past max_args nothing more is read: the collection is marked truncated, which is
+-- a body error (State:coll, "body_error").
 local function parse_form(c, s, max)
   local pos, len = 1, #s
+  local eq = 0
   while pos <= len do
     local amp = find(s, "&", pos, true) or len + 1
     if amp > pos then -- (empty pairs, a&&b, are skipped)
-      local eq = find(s, "=", pos, true)
-      if eq and eq < amp then
+      if c.n >= max then
+        c.truncated = true
+        return
+      end
+      if eq < pos then eq = find(s, "=", pos, true) or len + 1 end
+      if eq < amp then
         add_value(c, urldecode(sub(s, pos, eq - 1)), urldecode(sub(s, eq + 1, amp - 1)), max)
       else
         add(c, urldecode(sub(s, pos, amp - 1)), "", max)
@@ -129,16 +138,20 @@ end
 local function walk(c, v, path, max, depth)
   local t = type(v)
   if t == "table" then
-    if depth > 64 then return end
-    if path == "" and type(v.query) == "string" and looks_graphql(v.query) then
-      graphql_strings(c, "query", v.query, max)
+    if depth > 64 then
+      c.too_deep = true
+      return
     end
+    -- (GraphQL only at the body's root, depth 0: not under an empty key, nor in an
+    -- argument or cookie with an empty name)
+    local gql = depth == 0 and type(v.query) == "string" and looks_graphql(v.query)
+    if gql then graphql_strings(c, "query", v.query, max) end
     local keys = {}
     for k in pairs(v) do keys[#keys + 1] = k end
     table.sort(keys, key_order)
     local prefix = path == "" and "" or path .. "."
     for _, k in ipairs(keys) do
-      if not (path == "" and k == "query" and type(v.query) == "string" and looks_graphql(v.query)) then
+      if not (gql and k == "query") then
         walk(c, v[k], prefix .. tostring(k), max, depth + 1)
       end
     end
@@ -154,7 +167,7 @@ end
 -- from run to run, and so did which values a capped collection kept, and the order of the
 -- matches): each string, number and boolean as a value named by its path (a.b.1.c, arrays
 -- counted from 1), like walk() names them; a repeated key gives each of its values. A
--- container deeper than 64 levels is not looked into. Strings with escapes and numbers go
+-- container deeper than 64 levels is not looked into (c.too_deep: a body error). Strings with escapes and numbers go
 -- through cjson itself, so a value reads as cjson reads it. Returns nil for a text it does
 -- not follow (walk() then reads the decoded table).
 local decode_one -- cjson.decode, for one string or number token
@@ -244,7 +257,7 @@ local function scan(c, s, i, path, max, depth0, st, doc)
         if b ~= 58 then return nil end -- :
         i = i + 1
         local p = pfx[L]
-        if p == "" and name == "query" then
+        if L == 1 and depth0 == 0 and name == "query" then
           -- a GraphQL document: its string literals, not its syntax
           local j, jb = ws(s, i)
           if jb == 34 then
@@ -270,7 +283,10 @@ local function scan(c, s, i, path, max, depth0, st, doc)
     elseif b == 123 or b == 91 then -- { or [
       L = L + 1
       emits[L] = emit
-      if depth0 + L - 1 > 64 then emit = false end
+      if depth0 + L - 1 > 64 and emit then
+        emit = false
+        c.too_deep = true
+      end
       local obj = b == 123
       isobj[L], cnt[L] = obj, 0
       tbls[L] = type(curv) == "table" and curv or false
@@ -331,12 +347,12 @@ local function json_leaves(c, s, doc, path, max, depth)
   -- st.bs: the next backslash (a string before it has no escape). (A table, not upvalues:
   -- closures are not compiled.)
   local st = { s = s, bs = find(s, "\\", 1, true) }
-  local n0, truncated = c.n, c.truncated
+  local n0, truncated, too_deep = c.n, c.truncated, c.too_deep
   local e = scan(c, s, 1, path, max, depth, st, doc)
   if e and ws(s, e) > #s then return end
   -- not followed: the values added so far go, the decoded table is walked instead
   for i = n0 + 1, c.n do c.names[i], c.values[i] = nil, nil end
-  c.n, c.truncated = n0, truncated
+  c.n, c.truncated, c.too_deep = n0, truncated, too_deep
   walk(c, doc, path, max, depth)
 end
 
@@ -395,9 +411,9 @@ local function space(b) return b == 32 or (b >= 9 and b <= 13) end
 -- Cookie: a=1; b=2: each pair's name and value trimmed of white space; a pair without "="
 -- is a name with an empty value. (Plain finds and bytes: the patterns this did with
 -- gmatch and a lazy match cost a browser GET's five cookies 87,000 instructions.)
-local function cookie(ck, s, i, j, max)
-  local eq = find(s, "=", i, true)
-  if eq and eq <= j then
+-- eq: the first "=" at or after i (parse_cookies keeps it from pair to pair).
+local function cookie(ck, s, i, j, max, eq)
+  if eq <= j then
     local ki, kj, vi, vj = i, eq - 1, eq + 1, j
     while ki <= kj and space(byte(s, ki)) do ki = ki + 1 end
     while kj >= ki and space(byte(s, kj)) do kj = kj - 1 end
@@ -420,11 +436,20 @@ local function cookie(ck, s, i, j, max)
   end
 end
 
+-- (The "=" kept and max_args as parse_form's.)
 local function parse_cookies(ck, s, max)
   local pos, len = 1, #s
+  local eq = 0
   while pos <= len do
     local semi = find(s, ";", pos, true) or len + 1
-    if semi > pos then cookie(ck, s, pos, semi - 1, max) end
+    if semi > pos then
+      if ck.n >= max then
+        ck.truncated = true
+        return
+      end
+      if eq < pos then eq = find(s, "=", pos, true) or len + 1 end
+      cookie(ck, s, pos, semi - 1, max, eq)
+    end
     pos = semi + 1
   end
 end
@@ -444,16 +469,15 @@ function State:body_collections()
   local colls = self.colls
   local body = self.body
   if not body or body == "" then
-    colls.body_args, colls.files, colls.body, colls.body_error = EMPTY, EMPTY, EMPTY, EMPTY
+    colls.body_args, colls.files, colls.body = EMPTY, EMPTY, EMPTY
     colls.multipart_part_headers = EMPTY
-    colls.reqbody_processor, colls.body_error_flag, colls.body_length = ONE_EMPTY, ONE_ZERO, ONE_ZERO
+    colls.reqbody_processor, colls.body_length = ONE_EMPTY, ONE_ZERO
     return
   end
-  local args, files, err, ph = new(), new(), new(), new()
-  colls.body_args, colls.files, colls.body, colls.body_error = args, files, one(body), err
+  local args, files, ph = new(), new(), new()
+  colls.body_args, colls.files, colls.body = args, files, one(body)
   colls.multipart_part_headers = ph
   colls.reqbody_processor = one("")
-  colls.body_error_flag = one("0")
   colls.body_length = one(tostring(#body))
   local ct = lower(self.req:header("content-type") or "")
   local proc = self.body_processor
@@ -484,9 +508,32 @@ function State:body_collections()
       if not ok then problem = perr end
     end
   end
-  if problem then
-    err.n, err.names[1], err.values[1] = 1, "", problem
-    colls.body_error_flag.values[1] = "1"
+  self.body_problem = problem
+end
+
+-- What the rules could not see whole: these collections over max_args, or holding JSON
+-- nested deeper than 64. Each is a body error, as ModSecurity's SecArgumentsLimit and
+-- SecRequestBodyJsonDepthLimit make one (REQBODY_ERROR; its recommended rules 200002 and
+-- 200007 deny): unmarked, the values past the limit went uninspected, and a client chose
+-- which (an attack after 1024 dummy arguments passed).
+local WHOLE = { "body_args", "files", "multipart_part_headers", "query_args", "headers", "cookies" }
+
+-- body_error (why the request's values could not all be read: the body's parse problem,
+-- then each collection cut short; one value, empty when none) and body_error_flag.
+function State:body_errors()
+  local colls = self.colls
+  if not colls.body_args then self:body_collections() end
+  local msg = self.body_problem
+  for _, name in ipairs(WHOLE) do
+    local c = self:coll(name)
+    local p = c.truncated and name .. ": more than max_args (" .. self.max .. ") values"
+      or c.too_deep and name .. ": JSON nested deeper than 64"
+    if p then msg = msg and msg .. "; " .. p or p end
+  end
+  if msg then
+    colls.body_error, colls.body_error_flag = one(msg), one("1")
+  else
+    colls.body_error, colls.body_error_flag = EMPTY, ONE_ZERO
   end
 end
 
@@ -529,6 +576,9 @@ function State:coll(name)
       if h.names[i] == "cookie" then parse_cookies(ck, h.values[i], self.max) end
     end
     self.colls.headers, self.colls.cookies = h, ck
+    return self.colls[name]
+  elseif name == "body_error" or name == "body_error_flag" then
+    self:body_errors()
     return self.colls[name]
   elseif M.BODY[name] and name ~= "files_names" and name ~= "files_combined_size"
     and name ~= "args_combined_size" then

@@ -48,7 +48,9 @@ rule {
   rx = [=[\x00|%00]=],
 }
 rule {
-  id = 1009, msg = "Request body that does not parse as its Content-Type says",
+  -- (and one whose values could not all be read: more than max_args, JSON nested deeper
+  -- than 64; luaproxy/waf/vars.lua, State:body_errors)
+  id = 1009, msg = "Request body that does not parse as its Content-Type says, or values past a limit",
   tags = { "protocol", "body-parse" }, severity = "critical",
   targets = { "&body_error" }, gt = 0,
 }
