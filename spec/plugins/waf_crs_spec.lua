@@ -456,6 +456,22 @@ describe("what the waf cannot inspect whole (CRS)", function()
     assert.is_false(T.phase(waf, "request", req, c))
   end)
 
+  it("keeps no memory per request for long argument names (JSON paths under a long key)", function()
+    local c = crs()
+    local function once(i) -- (a key of its own: the same names again would be the same strings)
+      local req = post("application/json", '{"' .. ("A"):rep(20000) .. i .. '":[' .. ("0,"):rep(999) .. "0]}")
+      T.phase(waf, "request", req, c)
+    end
+    once(0)
+    collectgarbage("collect")
+    local kb = collectgarbage("count")
+    for i = 1, 3 do once(i) end
+    collectgarbage("collect")
+    -- (each request's 1000 names of 20 KB, kept with their lower case, were 40 MB)
+    local grown = collectgarbage("count") - kb
+    assert.is_true(grown < 8192, grown .. " KB")
+  end)
+
   it("refuses JSON nested deeper than 64; reads GraphQL only at the body's root", function()
     local c = crs()
     local req = post("application/json", '{"a":' .. ("["):rep(70) .. '"' .. SQLI .. '"' .. ("]"):rep(70) .. "}")
