@@ -160,8 +160,27 @@ describe("waf vars", function()
         "cookies"))
   end)
 
-  it("gives a request without a body empty body collections", function()
+  it("gives a request without a body empty body collections, shared and read-only", function()
     assert.same({}, coll({ uri = "/" }, "body_args"))
+    local colls, method
+    T.phase({ name = "probe", request = function(req)
+      local v = V.new(req, { max_args = 8 })
+      colls = { v:coll("body_args"), v:coll("body_length"), v:coll("reqbody_processor"),
+                v:coll("body_error"), v:coll("body_error_flag") }
+      method = v:coll("method")
+    end }, "request", T.request({ uri = "/" }), {})
+    for i, c in ipairs(colls) do
+      for _, write in ipairs({ function() c.n = 2 end, function() c.extra = 1 end,
+        function() c.names[1] = "x" end, function() c.values[1] = "x" end,
+        function() c.values[2] = "x" end, function() setmetatable(c, nil) end }) do
+        assert.is_false(pcall(write), "collection " .. i)
+      end
+    end
+    assert.same({ 0, 0, 1, "0", 1, "", 0, 1, "0" }, { colls[1].n, colls[1].names[1] or 0, colls[2].n,
+      colls[2].values[1], colls[3].n, colls[3].values[1], colls[4].n, colls[5].n, colls[5].values[1] })
+    -- a request's one-value collection is its own; the list of its one name is shared
+    assert.is_false(pcall(function() method.names[1] = "x" end))
+    assert.are.equal("", method.names[1])
     assert.same({ "=0" }, coll({ uri = "/" }, "body_length"))
     assert.same({ "=" }, coll({ uri = "/" }, "reqbody_processor"))
     assert.same({ "=JSON" }, coll({ method = "POST", uri = "/", body = "{}",

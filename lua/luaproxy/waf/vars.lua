@@ -41,17 +41,25 @@ local function new() return { n = 0, names = {}, values = {} } end
 
 -- Read-only tables shared by every request (a collection is never changed once built: the
 -- engine only reads them). A GET's empty body collections and its one-value collections
--- made three tables each per request.
-local READ_ONLY = { __newindex = function() error("waf vars: a shared collection is read-only", 2) end }
-local NONE = setmetatable({}, READ_ONLY)
-local EMPTY = setmetatable({ n = 0, names = NONE, values = NONE }, READ_ONLY)
-local ONE_NAME = { "" } -- the names of a one-value collection
+-- made three tables each per request. Each is an empty proxy reading through to its
+-- contents, so that a write fails however it is made (__newindex alone does not fire for
+-- a key the table holds), its names and values lists as well as itself.
+local function read_only(t)
+  return setmetatable({}, {
+    __index = t,
+    __newindex = function() error("waf vars: a shared collection is read-only", 2) end,
+    __metatable = false,
+  })
+end
+local NONE = read_only({})
+local EMPTY = read_only({ n = 0, names = NONE, values = NONE })
+local ONE_NAME = read_only({ "" }) -- the names of a one-value collection
 
 local function one(value)
   return { n = 1, names = ONE_NAME, values = { value } }
 end
-local ONE_EMPTY = setmetatable({ n = 1, names = ONE_NAME, values = { "" } }, READ_ONLY)
-local ONE_ZERO = setmetatable({ n = 1, names = ONE_NAME, values = { "0" } }, READ_ONLY)
+local ONE_EMPTY = read_only({ n = 1, names = ONE_NAME, values = read_only({ "" }) })
+local ONE_ZERO = read_only({ n = 1, names = ONE_NAME, values = read_only({ "0" }) })
 
 local function add(c, name, value, max)
   local n = c.n
