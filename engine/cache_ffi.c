@@ -102,6 +102,7 @@ void lp_cache_req_body_done(lp_req_t *req)
     rc->chunk = NULL;
     rc->chunk_off = 0;
     rc->left = 0;
+    lp_turn_cancel(&rc->turn); /* nothing is left for the pump's next turn (conn.c) */
 }
 
 void lp_cache_req_end(lp_req_t *req)

@@ -1745,9 +1745,24 @@ static int conn_cache_piece(lp_req_t *req, const char *at, size_t n, lp_buf_t *p
 
 /* A hit's body, from its entry's chunks without copying: iovecs into the chunks, each
  * pinning the entry (lp_cache_req_pin), queued until the client's side holds the high
- * watermark; conn_on_written calls again once it drained to the low one. LP_OK while it
- * waits, else what ending the answer returns. */
+ * watermark; conn_on_written calls again once it drained to the low one. At most
+ * CACHE_TURN_BYTES of the entry per call: a response_body filter that sends little or
+ * nothing (one that buffers or drops), or a compressor on a body that shrinks to nothing,
+ * never fills the client's side, and would otherwise run over the whole entry (up to
+ * max_object_size / 64 KiB Lua calls) while the worker serves nobody else; the rest goes on
+ * the next loop turn (req->cache.turn), as an upstream's body goes a read at a time. LP_OK
+ * while it waits, else what ending the answer returns. */
+#define CACHE_TURN_BYTES (4 * LP_CACHE_CHUNK)
+
 static int conn_cache_stream(lp_req_t *req);
+
+/* The pump's next turn (turn.h): lp_conn_cache_resume checks that the request still
+ * writes this hit's body (the queued turn is cancelled when the body ends or the request
+ * does, so req is alive here). */
+static void conn_cache_turn(lp_turn_t *t)
+{
+    lp_conn_cache_resume(LP_CONTAINER_OF(t, lp_req_t, cache.turn));
+}
 
 static int conn_cache_pump(lp_req_t *req)
 {
@@ -1762,18 +1777,20 @@ static int conn_cache_pump(lp_req_t *req)
         down(req)->abort(req);
         return LP_GONE;
     }
+    size_t budget = CACHE_TURN_BYTES;
     for (;;) {
         uint64_t before = rc->left;
         /* HTTP/2: up to the stream's high watermark (its queue holds copies, which its
          * window drains); h2.c's h2_leave calls again (lp_conn_cache_resume) once it is
          * below the low one, so a large hit never sits whole in the stream's queue. */
-        while (rc->left && rc->chunk &&
+        while (rc->left && rc->chunk && budget &&
                !(req->h2s ? down(req)->full(req) : lp_ep_queued(&c->ep) >= LP_HIGH_WATERMARK) &&
                !(c->ep.flags & LP_EPF_CLOSING)) {
             size_t n = rc->chunk->len - rc->chunk_off;
             if (n > rc->left)
                 n = (size_t)rc->left;
             const char *at = rc->chunk->data + rc->chunk_off;
+            budget -= n < budget ? n : budget;
             rc->left -= n;
             rc->chunk_off += n;
             if (rc->chunk_off == rc->chunk->len) {
@@ -1795,6 +1812,14 @@ static int conn_cache_pump(lp_req_t *req)
             return LP_OK; /* the connection's end ends the request */
         if (!rc->left)
             break;
+        if (!budget) {
+            /* This turn's share is spent: the rest after the other connections' I/O. Also
+             * when the client's side is full: the turn then finds no room and leaves it to
+             * the drain (conn_on_written, h2_leave), which alone may not come (an HTTP/2
+             * stream stopped here below its high watermark is never `was_full`). */
+            lp_turn_queue(&req->w->turns, &rc->turn, conn_cache_turn);
+            return LP_OK;
+        }
         if (c->ep.out_pending > LP_LOW_WATERMARK || rc->left == before)
             return LP_OK; /* conn_on_written goes on */
     }

@@ -18,6 +18,7 @@
 #include "router.h"
 #include "metrics.h"
 #include "trace-t.h"
+#include "turn.h"
 
 typedef struct lp_worker_s lp_worker_t;
 typedef struct lp_conn_s lp_conn_t;
@@ -215,6 +216,7 @@ struct lp_worker_s {
     uint32_t hs_first, hs_n, hs_cap;
     uv_idle_t hs_idle;   /* runs them while any wait */
     uint64_t hs_turn_ns; /* handshake time spent in this loop turn */
+    lp_turns_t turns;    /* work continued on the next loop turn (turn.h) */
     /* HTTP/2 sessions (lp_h2_t.out_link, h2.c) whose output the pipeline asked for in this
      * loop turn: written once, by the `flush` prepare, so that the responses that end in one
      * turn share one TLS write and one system call (lp_h2_flush_turn). */
@@ -377,6 +379,9 @@ typedef struct lp_req_cache_s {
     uint8_t native;      /* the engine ran the plugin's request phase (cache_native.c): a miss */
     uint8_t native_kept; /* `hit` is the engine's lookup for the plugin's first one */
     double native_t0;    /* when the engine looked the miss up (the request time) */
+    /* A memory hit's body goes on here on the next loop turn once the pump moved its share
+     * of one turn (conn.c); cancelled by lp_cache_req_body_done (so also by lp_req_end). */
+    lp_turn_t turn;
 } lp_req_cache_t;
 
 /* Header slots beyond limits.max_headers for the fields the proxy and plugins add. */

@@ -12,7 +12,17 @@
  * the value itself: the one-step chain of that step computes it, once per value, for every
  * chain so ending (most of a request's values pass most steps unchanged, and CRS's ~50 chains
  * use ~15 steps). The state keeps such a one-step chain for each step (root[step]: a caller's
- * own when it set one, else one of its own beyond the caller's ids). */
+ * own when it set one, else one of its own beyond the caller's ids).
+ *
+ * A scan's hits are a pure function of the database, the chain and the value's bytes, and most
+ * of a request's values are the last requests' (a client's headers and cookies): the state
+ * keeps them across requests (struct result, a direct-mapped table of LP_WAF_SCAN_RESULTS
+ * slots; a colliding value takes the slot), so a value seen before costs a hash and a
+ * comparison instead of its transformations and a Hyperscan scan (~1k instructions each on a
+ * short value, most of it Hyperscan's fixed cost per scan). A failed scan is not kept. The
+ * databases a state scans with must outlive it (a rule set's, as its pipeline state). What
+ * one request sent shows in another only as time: a value seen on this worker (the exact
+ * bytes) is inspected a microsecond sooner. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +46,12 @@ struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #define LP_WAF_SCAN_MEMO0  256
 #define LP_WAF_SCAN_OUT0   256
 #define LP_WAF_SCAN_SHRINK 4096
+/* Results kept across requests: slots (a power of two), the longest value kept, and the most
+ * hits kept for one (a value with more is scanned each time: it is rare, and the cap keeps a
+ * slot small). */
+#define LP_WAF_SCAN_RESULTS    4096
+#define LP_WAF_SCAN_RESULT_MAX 512
+#define LP_WAF_SCAN_RESULT_IDS 4
 
 struct chain {
     unsigned parent;
@@ -49,6 +65,16 @@ struct memo {
     size_t len;
     unsigned chain;
     unsigned gen; /* valid when it is the state's gen */
+};
+
+struct result {
+    const void *db; /* borrowed: the database (outlives the state); NULL: a free slot */
+    char *key;      /* owned: the value's bytes (room for cap) */
+    uint64_t hash;
+    uint32_t len, cap;
+    unsigned chain;
+    unsigned n; /* ids[0..n) */
+    unsigned ids[LP_WAF_SCAN_RESULT_IDS];
 };
 
 struct chunk {
@@ -71,6 +97,7 @@ struct lp_waf_scan {
     size_t out_n, out_cap;
     size_t out_peak;                      /* the most out_n reached since the reset */
     unsigned ids[LP_WAF_SCAN_VALUE_HITS]; /* one value's scan (lp_ffi_waf_hs_collect) */
+    struct result *results;               /* owned: LP_WAF_SCAN_RESULTS slots, on first use */
 };
 
 lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
@@ -181,6 +208,10 @@ void lp_ffi_waf_scan_free(lp_waf_scan_t *ws)
     free(ws->memo);
     free(ws->out);
     free_chunks(ws->arena);
+    if (ws->results)
+        for (size_t i = 0; i < LP_WAF_SCAN_RESULTS; i++)
+            free(ws->results[i].key);
+    free(ws->results);
     free(ws);
 }
 
@@ -316,7 +347,8 @@ static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned k)
 }
 
 /* Scans text t (tn bytes) of value k with db; its hits pushed as (id, k), or one
- * (LP_WAF_SCAN_ALL, k) when the scan failed or matched too much. 0, or -1 out of memory. */
+ * (LP_WAF_SCAN_ALL, k) when the scan failed or matched too much. 0; 1 when the scan failed
+ * (its answer is not the value's to keep); -1 out of memory. */
 static int scan_one(lp_waf_scan_t *ws, const void *db, void *scratch, const char *t, size_t tn,
                     unsigned k)
 {
@@ -324,11 +356,71 @@ static int scan_one(lp_waf_scan_t *ws, const void *db, void *scratch, const char
     int rc =
         tn > UINT32_MAX ? -1 : ws->scan(db, t, (unsigned)tn, 0, scratch, lp_ffi_waf_hs_collect, &h);
     if (rc != 0 || h.more) /* as the Lua scan: the ids before do not count */
-        return push_hit(ws, LP_WAF_SCAN_ALL, k);
+        return push_hit(ws, LP_WAF_SCAN_ALL, k) < 0 ? -1 : rc != 0;
     for (unsigned j = 0; j < h.n; j++)
         if (push_hit(ws, h.ids[j], k) < 0)
             return -1;
     return 0;
+}
+
+static uint64_t hash_value(const char *p, size_t n, const void *db, unsigned chain)
+{
+    uint64_t h = (uint64_t)(uintptr_t)db * 0x9E3779B97F4A7C15ull ^ (uint64_t)chain << 32 ^ n;
+    uint64_t w;
+    for (; n >= 8; p += 8, n -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDull;
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, p, n);
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ull;
+    return h ^ h >> 29;
+}
+
+/* The slot of value v (n bytes) through chain with db, and its hash in *hash; NULL when such
+ * a value is not kept (too long, or no table). */
+static struct result *result_slot(lp_waf_scan_t *ws, const void *db, unsigned chain, const char *v,
+                                  size_t n, uint64_t *hash)
+{
+    if (n > LP_WAF_SCAN_RESULT_MAX)
+        return NULL;
+    if (!ws->results && !(ws->results = calloc(LP_WAF_SCAN_RESULTS, sizeof *ws->results)))
+        return NULL;
+    *hash = hash_value(v, n, db, chain);
+    return &ws->results[(size_t)(*hash >> 40) & (LP_WAF_SCAN_RESULTS - 1)];
+}
+
+static int result_is(const struct result *r, const void *db, unsigned chain, const char *v,
+                     size_t n, uint64_t hash)
+{
+    return r->key && r->db == db && r->hash == hash && r->chain == chain && r->len == n &&
+           memcmp(r->key, v, n) == 0;
+}
+
+/* Keeps the hits of value v pushed since out[from] in slot r (they are nothing else's). */
+static void result_keep(lp_waf_scan_t *ws, struct result *r, const void *db, unsigned chain,
+                        const char *v, size_t n, uint64_t hash, size_t from)
+{
+    size_t cnt = (ws->out_n - from) / 2;
+    if (cnt > LP_WAF_SCAN_RESULT_IDS)
+        return;
+    if (!r->key || r->cap < n) {
+        char *key = malloc(n ? n : 1);
+        if (!key)
+            return;
+        free(r->key);
+        r->key = key;
+        r->cap = (uint32_t)(n ? n : 1);
+    }
+    memcpy(r->key, v, n);
+    r->db = db;
+    r->hash = hash;
+    r->chain = chain;
+    r->len = (uint32_t)n;
+    r->n = (unsigned)cnt;
+    for (size_t j = 0; j < cnt; j++)
+        r->ids[j] = ws->out[from + 2 * j];
 }
 
 static int chain_ok(const lp_waf_scan_t *ws, unsigned chain)
@@ -352,6 +444,16 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
         if (!chain_ok(ws, chains[c]))
             return -1;
     for (unsigned k = 0; k < n; k++) {
+        struct result *r = NULL;
+        uint64_t hash = 0;
+        size_t from = ws->out_n;
+        if (nch == 1 && (r = result_slot(ws, db, chains[0], vals[k], lens[k], &hash)) &&
+            result_is(r, db, chains[0], vals[k], lens[k], hash)) {
+            for (unsigned j = 0; j < r->n; j++)
+                if (push_hit(ws, r->ids[j], k) < 0)
+                    return -1;
+            continue;
+        }
         const char *prev = NULL;
         size_t prev_n = 0;
         for (unsigned c = 0; c < nch; c++) {
@@ -364,9 +466,14 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
                 continue;
             prev = t;
             prev_n = tn;
-            if (scan_one(ws, db, scratch, t, tn, k) < 0)
+            int rc = scan_one(ws, db, scratch, t, tn, k);
+            if (rc < 0)
                 return -1;
+            if (rc > 0)
+                r = NULL;
         }
+        if (r)
+            result_keep(ws, r, db, chains[0], vals[k], lens[k], hash, from);
     }
     *hits = ws->out;
     return (long)(ws->out_n / 2);

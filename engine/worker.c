@@ -376,6 +376,7 @@ static void maybe_finish(lp_worker_t *w)
         free(w->hs_q); /* no connection is left to wait in it */
         w->hs_q = NULL;
         w->hs_first = w->hs_n = w->hs_cap = 0;
+        lp_turns_close(&w->turns);
         lp_ep_timers_close(&w->ep_env.timers); /* no client left; idle upstreams closed above */
         uv_close((uv_handle_t *)&w->house, NULL);
         lp_trace_export_close(w); /* what waits to go is dropped (counted) */
@@ -564,6 +565,7 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     uv_unref((uv_handle_t *)&w->log_timer);
     uv_idle_init(&w->loop, &w->hs_idle);
     w->hs_idle.data = w;
+    lp_turns_init(&w->turns, &w->loop);
     lp_lua_sched_init(w);
     if (lp_trace_export_init(w)) {
         snprintf(err, errlen, "tracing: out of memory");

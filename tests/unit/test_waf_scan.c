@@ -175,6 +175,52 @@ static void test_failed_scan(void)
     lp_ffi_waf_scan_free(ws);
 }
 
+/* Hyperscan's hs_scan, counted: which values the state scans and which it answers itself. */
+static unsigned scans;
+static int counted_scan(const void *d, const char *data, unsigned int length, unsigned int flags,
+                        void *sc, lp_waf_hs_match_fn on_event, void *ctx)
+{
+    scans++;
+    return hs_scan(d, data, length, flags, sc, (match_event_handler)on_event, ctx);
+}
+
+/* A value's hits are kept across requests, by its bytes (not its address), chain and
+ * database; a failed scan's answer is not. */
+static void test_results_kept(void)
+{
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(counted_scan, 3);
+    REQUIRE(ws != NULL);
+    int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
+    REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, u) == 0 && lp_ffi_waf_scan_chain(ws, 2, 1, l) == 0 &&
+            lp_ffi_waf_scan_chain(ws, 3, 0, l) == 0);
+    char a[2][8], b[2][8];
+    const unsigned *hits;
+    scans = 0;
+    for (int round = 0; round < 2; round++) {
+        lp_ffi_waf_scan_reset(ws);
+        memcpy(a[round], "A%62C", 6); /* a copy each round: another address, the same bytes */
+        memcpy(b[round], "plain", 6);
+        const char *vals[] = {b[round], a[round]};
+        long n = lp_ffi_waf_scan_values(ws, 2, db, scratch, vals, (size_t[]){5, 5}, 2, &hits);
+        REQUIRE_EQ_INT(n, 1);
+        CHECK(hits[0] == 1 && hits[1] == 1);
+        CHECK_EQ_INT(scans, 2); /* the second round scanned nothing */
+    }
+    /* the same bytes through another chain: "a%62c" holds no abc */
+    const char *v[] = {a[1]};
+    CHECK_EQ_INT(lp_ffi_waf_scan_values(ws, 3, db, scratch, v, (size_t[]){5}, 1, &hits), 0);
+    CHECK_EQ_INT(scans, 3);
+    /* a failed scan (no scratch) answers every condition, and is asked again next time */
+    const char *w[] = {"xabc"};
+    REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 0, db, NULL, w, (size_t[]){4}, 1, &hits), 1);
+    CHECK(hits[0] == 0xFFFFFFFFu);
+    lp_ffi_waf_scan_reset(ws);
+    REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 0, db, scratch, w, (size_t[]){4}, 1, &hits), 2);
+    CHECK(hits[0] == 3 && hits[2] == 1); /* x ends first */
+    CHECK_EQ_INT(scans, 5);
+    lp_ffi_waf_scan_free(ws);
+}
+
 /* Each round's values sit at the same addresses with the same lengths as the last round's
  * (the memo's keys) but say something else: a memo kept over the reset answers stale. */
 static void test_many_requests(void)
@@ -333,8 +379,8 @@ static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_hits_in_order),    LP_TEST_ENTRY(test_steps),
     LP_TEST_ENTRY(test_large_value),      LP_TEST_ENTRY(test_values_kept),
     LP_TEST_ENTRY(test_unchanged_prefix), LP_TEST_ENTRY(test_failed_scan),
-    LP_TEST_ENTRY(test_hits_capped),      LP_TEST_ENTRY(test_many_requests),
-    LP_TEST_ENTRY(test_tables_shrink),
+    LP_TEST_ENTRY(test_results_kept),     LP_TEST_ENTRY(test_hits_capped),
+    LP_TEST_ENTRY(test_many_requests),    LP_TEST_ENTRY(test_tables_shrink),
 };
 #else
 static void test_without_hyperscan(void)
