@@ -67,7 +67,7 @@ int lp__cache_store_fields(lp_req_t *r, struct lp_cache_zone_s *zone, const char
 int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl);
 /* Its line ("Cache-Status: ...\r\n") into line (LP_CACHE_MISS_LINE bytes): its length, or 0
  * for a status out of range. */
-#define LP_CACHE_MISS_LINE 112
+#define LP_CACHE_MISS_LINE       112
 #define LP_CACHE_STATUS_NAME_LEN 12 /* "Cache-Status", the line's name */
 size_t lp__cache_miss_status_line(char *line, int status, int stored, double ttl);
 /* lp_ffi_cache_respond's answer from the looked-up entry (cache.hit), without the Lua phase
