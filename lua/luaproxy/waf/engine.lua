@@ -26,6 +26,16 @@ local byte, find, format, gsub, lower, upper, sub, match = string.byte, string.f
   string.format, string.gsub, string.lower, string.upper, string.sub, string.match
 local concat = table.concat
 local clear = require "table.clear"
+-- t[k], made an empty table on first use (the walk's per-request and per-VM caches).
+local function tab_of(t, k)
+  local v = t[k]
+  if not v then
+    v = {}
+    t[k] = v
+  end
+  return v
+end
+
 -- Monotonic seconds for the per-request time budget (proxy.monotonic in the engine and the
 -- test double; os.clock elsewhere).
 local function proxy_now()
@@ -674,11 +684,7 @@ end
 -- keys all compare lower-case names.
 local function lnames(st, c)
   local names = c.names
-  local ln = st.ln
-  if not ln then
-    ln = {}
-    st.ln = ln
-  end
+  local ln = tab_of(st, "ln")
   local l = ln[names]
   if not l then
     l = {}
@@ -695,16 +701,8 @@ end
 local function value(st, cname, c, i, ch)
   local raw = c.values[i]
   if ch == 0 then return raw end
-  local vc = st.vc
-  if not vc then
-    vc = {}
-    st.vc = vc
-  end
-  local per = vc[ch]
-  if not per then
-    per = {}
-    vc[ch] = per
-  end
+  local vc = tab_of(st, "vc")
+  local per = tab_of(vc, ch)
   local v = per[raw]
   if v then return v end
   local p = pipeline_of(st)
@@ -723,16 +721,8 @@ local function value(st, cname, c, i, ch)
   -- different collections, keep asking the same step about the same text (a browser GET:
   -- 738 transformation calls without this).
   local fn = chain.fn
-  local tm = st.tm
-  if not tm then
-    tm = {}
-    st.tm = tm
-  end
-  local m = tm[fn]
-  if not m then
-    m = {}
-    tm[fn] = m
-  end
+  local tm = tab_of(st, "tm")
+  local m = tab_of(tm, fn)
   v = m[input]
   if v == nil then
     v = fn(input)
@@ -816,11 +806,7 @@ end
 
 -- A hit: rule r matched value i of collection cname (from..to of v, or an error).
 local function hit(st, r, cname, c, i, v, from, to)
-  local m = st.matches
-  if not m then
-    m = {}
-    st.matches = m
-  end
+  local m = tab_of(st, "matches")
   if st.hit[r] then return end
   local rec = { id = r.id, msg = r.msg, severity = r.severity, action = r.action,
                 var = varname(cname, c, i), tags = r.taglist }
@@ -959,11 +945,7 @@ local SCAN_ALL = hs.SCAN_FAILED
 local function note_one(h, rd, gid, cname, lname, i)
   local ks = rd and rd[cname]
   if ks and (ks == true or ks[lname]) then
-    local l = h[gid]
-    if not l then
-      l = {}
-      h[gid] = l
-    end
+    local l = tab_of(h, gid)
     l[#l + 1], l[#l + 2] = cname, i
   end
 end
@@ -1420,11 +1402,7 @@ local function may_match(st, cond, cname, i, v)
     pf = {}
     st.pf[g] = pf
   end
-  local per = pf[cname]
-  if not per then
-    per = {}
-    pf[cname] = per
-  end
+  local per = tab_of(pf, cname)
   local set = per[i]
   if set == nil then
     set = hit_set(g, v)
@@ -1440,11 +1418,7 @@ end
 local function multi_may(st, cond, v)
   local g = cond.group
   if not g.db or cond.pcre_only then return true end
-  local memo = st.mm
-  if not memo then
-    memo = {}
-    st.mm = memo
-  end
+  local memo = tab_of(st, "mm")
   local set = memo[v]
   if set == nil then
     set = hit_set(g, v)
@@ -1463,11 +1437,7 @@ end
 local multi_values
 do
   multi_values = function(st, cond)
-    local sets = st.msets
-    if not sets then
-      sets = {}
-      st.msets = sets
-    end
+    local sets = tab_of(st, "msets")
     local set = sets[cond]
     if set ~= nil then return set end
     set = false
@@ -1495,11 +1465,7 @@ do
           if id == gid or id == SCAN_ALL then
             local k = hits[2 * j + 1] + 1
             local cname = lc[k]
-            local per = set[cname]
-            if not per then
-              per = {}
-              set[cname] = per
-            end
+            local per = tab_of(set, cname)
             per[li[k]] = true
           end
         end
@@ -1534,11 +1500,7 @@ local function confirmed(st, cond, raw, v)
   if not f then return true end
   local ok = run_confirmer(st, cond, f, raw, v)
   if not ok then
-    local u = st.unconfirmed
-    if not u then
-      u = {}
-      st.unconfirmed = u
-    end
+    local u = tab_of(st, "unconfirmed")
     local id = st.rule and st.rule.id or 0
     u[id] = (u[id] or 0) + 1
   end
@@ -1787,11 +1749,7 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
                         excerpt = excerpt(m.value, m.from, m.to), regex_error = m.err,
                         paranoia = r.paranoia }
           if r.logdata then rec.logdata = sanitize(sub(expand(st, r.logdata), 1, 96)) end
-          local list_m = st.matches
-          if not list_m then
-            list_m = {}
-            st.matches = list_m
-          end
+          local list_m = tab_of(st, "matches")
           list_m[#list_m + 1] = rec
           -- learn mode: every variable of the first condition that matched
           if st.learn then
