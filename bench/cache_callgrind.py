@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import harness as H  # stop_group
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LUAPROXY = os.environ.get("LUAPROXY", os.path.join(ROOT, "build", "luaproxy"))
@@ -144,12 +145,7 @@ def one(name, origin_port):
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         conn.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        H.stop_group(proc, 60)
     tot, files = total_ir(work, set())
     if os.environ.get("KEEP"):
         print("  kept:", " ".join(files))

@@ -31,6 +31,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 import scenarios  # noqa: E402
+import harness as H  # noqa: E402  (stop_group)
 
 LUAPROXY = os.environ.get("LUAPROXY", os.path.join(ROOT, "build", "luaproxy"))
 ORIGIN = os.environ.get("ORIGIN", os.path.join(ROOT, "build", "tests", "origin", "lp_origin"))
@@ -131,12 +132,7 @@ def one(name, origin_port, cert, key):
         subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        H.stop_group(proc, 60)
     tot = total_ir(work)
     if os.environ.get("KEEP"):
         print("  kept:", " ".join(glob.glob(os.path.join(work, "callgrind.out.*"))))

@@ -557,6 +557,17 @@ def start_luaproxy(luaproxy, config, err_path, timeout=300):
     raise SystemExit("luaproxy did not start: %s" % _read(err_path)[-2000:])
 
 
+def stop_group(proc, grace=60):
+    """Stops a process started with start_new_session=True and everything in its process
+    group (valgrind's children too): SIGTERM, then SIGKILL after grace seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def stop_luaproxy(proc, timeout=30):
     """SIGTERM, then SIGKILL after timeout seconds."""
     _stop_one(proc, (), timeout)

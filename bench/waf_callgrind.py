@@ -32,6 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import waf_crs  # noqa: E402  (the origin, the requests and the pipelined client)
+import harness as H  # noqa: E402  (stop_group)
 
 CONF = """\
 return {{
@@ -118,12 +119,7 @@ def proxy(a, work, kept):
                 res[(label, prefix)] = tot / a.n
         s.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        H.stop_group(proc, 60)
         srv.shutdown()
     return res
 
