@@ -112,5 +112,18 @@ static inline void lp_list_remove(lp_list_t *n)
     n->next->prev = n->prev;
     n->prev = n->next = n;
 }
+/* Moves every node of `from` to `to` (made empty here first), in order; `from`
+ * is left empty. A loop's "only what was queued before this turn" batches. */
+static inline void lp_list_take_all(lp_list_t *to, lp_list_t *from)
+{
+    lp_list_init(to);
+    if (lp_list_empty(from))
+        return;
+    to->next = from->next;
+    to->prev = from->prev;
+    to->next->prev = to;
+    to->prev->next = to;
+    lp_list_init(from);
+}
 
 #endif

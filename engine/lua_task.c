@@ -45,14 +45,7 @@ static void on_sched_idle(uv_idle_t *h)
     /* Only the tasks ready now: one woken meanwhile waits for the next turn, so a task
      * that keeps waking itself (sleep 0) cannot starve the loop. */
     lp_list_t batch;
-    lp_list_init(&batch);
-    if (!lp_list_empty(&s->ready)) {
-        batch.next = s->ready.next;
-        batch.prev = s->ready.prev;
-        batch.next->prev = &batch;
-        batch.prev->next = &batch;
-        lp_list_init(&s->ready);
-    }
+    lp_list_take_all(&batch, &s->ready);
     while (!lp_list_empty(&batch)) {
         lp_lua_task_t *t = LP_CONTAINER_OF(batch.next, lp_lua_task_t, ready_link);
         lp_list_remove(&t->ready_link);

@@ -7,14 +7,7 @@ static void on_turn_idle(uv_idle_t *h)
     /* Only what was queued before this turn: a continuation that queues itself again
      * waits for the next one, after the loop's I/O, so no owner can hold the loop. */
     lp_list_t batch;
-    lp_list_init(&batch);
-    if (!lp_list_empty(&ts->q)) {
-        batch.next = ts->q.next;
-        batch.prev = ts->q.prev;
-        batch.next->prev = &batch;
-        batch.prev->next = &batch;
-        lp_list_init(&ts->q);
-    }
+    lp_list_take_all(&batch, &ts->q);
     /* A continuation may end other owners, whose lp_turn_cancel takes them out of the
      * batch: the next one is read from the batch each time, never kept across a call. */
     while (!lp_list_empty(&batch)) {
