@@ -500,12 +500,16 @@ function P.request(req, conf)
     if body then
       st.vars.body = body
     elseif err == "too large" then
-      if conf.body_over_limit == "refuse" then
+      if conf.body_over_limit == "refuse" and conf.mode == "block" then
         req.ctx.waf = { action = "refuse", reason = "body over limit", score = 0, matches = {} }
         if m_requests then m_requests:inc(1, "refused_body") end
         proxy.log.warn(format("waf: refused %s %s: body over body_limit (%d bytes)",
           req:method(), req:path(), conf.body_limit))
         return req:respond(413, "request body too large to inspect\n", conf.text)
+      elseif conf.body_over_limit == "refuse" then
+        -- detect and learn refuse nothing: say what block would have done, inspect the rest
+        proxy.log.warn(format("waf: would refuse %s %s (%s mode): body over body_limit (%d bytes), not inspected",
+          req:method(), req:path(), conf.mode, conf.body_limit))
       end
       body_state = "uninspected"
     else
@@ -578,7 +582,7 @@ function P.request(req, conf)
   local action = block and (conf.mode == "block" and "block" or "detect") or "pass"
   req.ctx.waf = { action = action, score = score, matches = matches, body = body_state,
                   unconfirmed = unconfirmed }
-  if m_requests then m_requests:inc(1, action) end
+  if m_requests then m_requests:inc(1, action == "detect" and conf.mode or action) end
   local what = describe(matches)
   if action == "block" then
     proxy.log.warn(format("waf: blocked %s %s (score %d%s): %s", req:method(), req:path(),

@@ -163,6 +163,13 @@ describe("waf plugin", function()
       { body_limit = 100, body_over_limit = "pass" })
     assert.is_false(responded)
     assert.equal("uninspected", req.ctx.waf.body)
+    -- detect and learn refuse nothing, not even an over-limit body (logged as would refuse)
+    for _, mode in ipairs({ "detect", "learn" }) do
+      T.reset()
+      responded, req = run(post("/f", "application/x-www-form-urlencoded", big), { body_limit = 100, mode = mode })
+      assert.is_false(responded)
+      assert.equal("uninspected", req.ctx.waf.body)
+    end
   end)
 
   it("does not read the body when no rule needs it", function()

@@ -33,6 +33,10 @@ from test_h2 import Client as H2Client  # noqa: E402 - python3-h2, as test_h2.py
 import h2.settings  # noqa: E402 - on the path test_h2 set
 
 ZONE = "d"
+# How much a streamed hit may grow the proxy's peak RSS: a few blocks, far below a whole
+# copy of the bodies these tests send (16 and 24 MiB). Under ASan freed blocks sit in its
+# quarantine a while, so the bound is looser there (an 8.7 MB growth was seen once).
+STREAM_GROWTH_KIB = (12 if H.SANITIZED else 8) * 1024
 
 
 Origin = H.ScriptedOrigin
@@ -500,7 +504,7 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertEqual(st["headers"].get("content-length"), str(len(body)))
         self.assertRegex(st["headers"].get("cache-status", ""), r"^luaproxy; hit; ttl=\d+; detail=disk$")
         grew = self.proc_field(b, "VmHWM") - hwm0
-        self.assertLess(grew, 8 * 1024, "peak RSS grew by %d kB" % grew)
+        self.assertLess(grew, STREAM_GROWTH_KIB, "peak RSS grew by %d kB" % grew)
         # A range of it and a HEAD, streamed too.
         sid = c.conn.get_next_available_stream_id()
         c.st(sid)
@@ -549,7 +553,7 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertEqual(hashlib.sha256(st["data"]).digest(), hashlib.sha256(body).digest())
         self.assertRegex(st["headers"].get("cache-status", ""), r"^luaproxy; hit; ttl=\d+$")
         grew = self.proc_field(b, "VmHWM") - hwm0
-        self.assertLess(grew, 8 * 1024, "peak RSS grew by %d kB" % grew)
+        self.assertLess(grew, STREAM_GROWTH_KIB, "peak RSS grew by %d kB" % grew)
         # A range, and two streams at once, one of them held (its window shut): the other
         # comes whole, and the held one once its window opens.
         slow = self.h2_client(b, window=0)
@@ -568,7 +572,7 @@ class CacheDiskTest(H.ProxyTestCase):
                          (206, "bytes 20000000-20999999/%d" % len(body)))
         self.assertEqual(bytes(st["data"]), body[20000000:21000000])
         grew = self.proc_field(b, "VmHWM") - hwm0
-        self.assertLess(grew, 8 * 1024, "peak RSS grew by %d kB with a held stream" % grew)
+        self.assertLess(grew, STREAM_GROWTH_KIB, "peak RSS grew by %d kB with a held stream" % grew)
         slow.hold.discard(sid_slow)
         slow.ack = True
         slow.conn.increment_flow_control_window(64 << 20)
@@ -847,7 +851,7 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertTrue(same)
         self.assertGreater(calls, 100)
         grew = self.proc_field(b, "VmHWM") - hwm0
-        self.assertLess(grew, 8 * 1024, "peak RSS grew by %d kB" % grew)
+        self.assertLess(grew, STREAM_GROWTH_KIB, "peak RSS grew by %d kB" % grew)
         d = self.disk(b)
         self.assertEqual((d["streamed"], d["loaded"], d["only_on_disk"]), (2, 0, 1))
         self.assertEqual(self.origin.count(p), 1)
