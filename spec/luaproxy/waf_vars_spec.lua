@@ -134,6 +134,32 @@ describe("waf vars", function()
     end
   end)
 
+  it("stops a multipart body at max_args, as a form: a body error, nothing past it read", function()
+    local function part(i, file)
+      return "--B\r\nContent-Disposition: form-data; name=\"f" .. i .. "\""
+        .. (file and '; filename="f' .. i .. '.txt"' or "") .. "\r\n\r\nv" .. i .. "\r\n"
+    end
+    -- parts: fields (or files) 1..n, then one that is not a part (no Content-Disposition)
+    local function mp(n, file)
+      local t = {}
+      for i = 1, n do t[i] = part(i, file) end
+      return { method = "POST", uri = "/", body = table.concat(t) .. "--B\r\nX: y\r\n\r\nz\r\n--B--\r\n",
+               headers = { ["Content-Type"] = "multipart/form-data; boundary=B" } }
+    end
+    -- within max_args: every part read, the bad one too
+    assert.same({ "=multipart: part without Content-Disposition" }, coll(mp(3), "body_error", 4))
+    -- over: the parts past max_args are not read (the bad one neither)
+    assert.same({ "=body_args: more than max_args (3) values" }, coll(mp(4), "body_error", 3))
+    assert.same({ "f1=v1", "f2=v2", "f3=v3" }, coll(mp(4), "body_args", 3))
+    assert.same({ "=files: more than max_args (3) values" }, coll(mp(4, true), "body_error", 3))
+    assert.same({ "f1=f1.txt", "f2=f2.txt", "f3=f3.txt" }, coll(mp(4, true), "files", 3))
+    -- the parts' header lines: two per part here
+    local two = mp(2)
+    two.body = two.body:gsub('(name="f%d")\r\n', '%1\r\nContent-Type: text/plain\r\n')
+    assert.same({ "=multipart_part_headers: more than max_args (3) values" }, coll(two, "body_error", 3))
+    assert.same({ "f1=v1", "f2=v2" }, coll(two, "body_args", 3))
+  end)
+
   it("reads a GraphQL document only at the body's root (not under an empty key or name)", function()
     local q = '"query { user(id: 1) { id } }"'
     assert.same({ "query=query { user(id: 1) { id } }" }, json('{"":{"query":' .. q .. '}}'))

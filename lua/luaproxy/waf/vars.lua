@@ -380,36 +380,42 @@ add_value = function(c, name, v, max)
 end
 M.add_value = add_value
 
--- One multipart/form-data body: fields into body_args, file names into files. Returns
--- nil, problem for a body that does not follow its own boundary.
+-- One multipart/form-data body: fields into body_args, file names into files, each part's
+-- header lines into pheaders. Returns nil, problem for a body that does not follow its own
+-- boundary. Past max_args (a field, a file name or a header line that does not fit) it
+-- stops, the collection marked truncated (a body error, State:body_errors), as parse_form
+-- does: read on, a body of tiny parts cost a part's work per few bytes up to body_limit,
+-- for values never inspected.
 local function parse_multipart(args, files, body, boundary, max, pheaders)
   local delim = "--" .. boundary
   local pos = find(body, delim, 1, true)
   if not pos then return nil, "multipart: no boundary" end
   pos = pos + #delim
-  local parts = 0
   while true do
     if sub(body, pos, pos + 1) == "--" then return true end
     if sub(body, pos, pos + 1) ~= "\r\n" then return nil, "multipart: bad delimiter line" end
     local hend = find(body, "\r\n\r\n", pos, true)
     if not hend then return nil, "multipart: part without a blank line" end
     local head = sub(body, pos + 2, hend + 1)
-    if pheaders then
-      for hl in gmatch(head, "[^\r\n]+") do add(pheaders, "", hl, max) end
-    end
     local nxt = find(body, "\r\n" .. delim, hend + 4, true)
     if not nxt then return nil, "multipart: part without an end" end
-    local value = sub(body, hend + 4, nxt - 1)
     local disp = match(head, "[Cc][Oo][Nn][Tt][Ee][Nn][Tt]%-[Dd][Ii][Ss][Pp][Oo][Ss][Ii][Tt][Ii][Oo][Nn]:([^\r\n]*)")
     if not disp then return nil, "multipart: part without Content-Disposition" end
     local name = match(disp, ';%s*name="([^"]*)"') or match(disp, ";%s*name=([^;%s]+)") or ""
     local filename = match(disp, ';%s*filename="([^"]*)"') or match(disp, ";%s*filename=([^;%s]+)")
-    if filename then
-      add(files, name, filename, max)
-    else
-      add(args, name, value, max)
+    local c = filename and files or args
+    if c.n >= max then
+      c.truncated = true
+      return true
     end
-    parts = parts + 1
+    add(c, name, filename or sub(body, hend + 4, nxt - 1), max)
+    for hl in gmatch(head, "[^\r\n]+") do
+      if pheaders.n >= max then
+        pheaders.truncated = true
+        return true
+      end
+      add(pheaders, "", hl, max)
+    end
     pos = nxt + 2 + #delim
   end
 end
