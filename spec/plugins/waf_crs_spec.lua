@@ -451,6 +451,9 @@ describe("what the waf cannot inspect whole (CRS)", function()
       headers = headers() }), c, "query")
     refused(T.request({ uri = "/", headers = headers({ Cookie = dummies(1024, "k%d=0", "; ")
       .. "; zz=" .. SQLI }) }), c, "cookies")
+    local parts = dummies(1024, '--B\r\nContent-Disposition: form-data; name="k%d"\r\n\r\n0\r\n', "")
+    refused(post("multipart/form-data; boundary=B", parts .. '--B\r\nContent-Disposition: form-data; '
+      .. 'name="zz"\r\n\r\n' .. SQLI .. "\r\n--B--\r\n"), c, "multipart")
     -- 1024 values pass
     local req = post("application/x-www-form-urlencoded", dummies(1024, "k%d=0", "&"))
     assert.is_false(T.phase(waf, "request", req, c))
