@@ -487,6 +487,24 @@ describe("what the waf cannot inspect whole (CRS)", function()
     req = post("application/json", '{"query":"query { user(id: 1) { id name } }"}')
     assert.is_false(T.phase(waf, "request", req, c))
   end)
+
+  it("reads a batch of GraphQL requests (an array at the root, as Apollo sends) as each one", function()
+    local c = crs()
+    local function op(name, id)
+      return '{"operationName":"' .. name .. '","query":"query ' .. name .. '($id: ID!) { product(id: $id) '
+        .. '{ id name price { amount currency } reviews(first: 5) { edges { node { rating text } } } } }",'
+        .. '"variables":{"id":"' .. id .. '"}}'
+    end
+    -- the documents' syntax is not data (read as a value, 932100 took it for a shell command)
+    local req = post("application/json", "[" .. op("A", "12") .. "," .. op("B", "13") .. "]")
+    assert.is_false(T.phase(waf, "request", req, c))
+    -- their variables are
+    req = post("application/json", "[" .. op("A", "12") .. "," .. op("B", SQLI) .. "]")
+    assert.is_true(T.phase(waf, "request", req, c))
+    local vars = {}
+    for _, m in ipairs(req.ctx.waf.matches) do vars[#vars + 1] = m.var end
+    assert.is_truthy(table.concat(vars, " "):find("ARGS:2.variables.id", 1, true))
+  end)
 end)
 
 describe("confirmers (crs_confirm)", function()

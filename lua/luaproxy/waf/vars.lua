@@ -143,24 +143,25 @@ local function key_order(a, b)
   return a < b
 end
 
-local function walk(c, v, path, max, depth)
+-- gql: v may be a GraphQL request (json_leaves: the body's root, or an element of an array
+-- at its root, a batch).
+local function walk(c, v, path, max, depth, gql)
   local t = type(v)
   if t == "table" then
     if depth > 64 then
       c.too_deep = true
       return
     end
-    -- (GraphQL only at the body's root, depth 0: not under an empty key, nor in an
-    -- argument or cookie with an empty name)
-    local gql = depth == 0 and type(v.query) == "string" and looks_graphql(v.query)
-    if gql then graphql_strings(c, "query", v.query, max) end
+    local prefix = path == "" and "" or path .. "."
+    gql = gql and type(v.query) == "string" and looks_graphql(v.query)
+    if gql then graphql_strings(c, prefix .. "query", v.query, max) end
     local keys = {}
     for k in pairs(v) do keys[#keys + 1] = k end
     table.sort(keys, key_order)
-    local prefix = path == "" and "" or path .. "."
     for _, k in ipairs(keys) do
       if not (gql and k == "query") then
-        walk(c, v[k], prefix .. tostring(k), max, depth + 1)
+        -- (cjson gives an array's keys as numbers, an object's as strings)
+        walk(c, v[k], prefix .. tostring(k), max, depth + 1, depth == 0 and type(k) == "number")
       end
     end
   elseif t == "string" then
@@ -265,14 +266,16 @@ local function scan(c, s, i, path, max, depth0, st, doc)
         if b ~= 58 then return nil end -- :
         i = i + 1
         local p = pfx[L]
-        if L == 1 and depth0 == 0 and name == "query" then
-          -- a GraphQL document: its string literals, not its syntax
+        if name == "query" and depth0 == 0 and (L == 1 or L == 2 and not isobj[1]) then
+          -- a GraphQL document: its string literals, not its syntax. (Only at the body's
+          -- root, or in an element of an array there, a batch: not under an empty key, nor
+          -- in an argument or cookie with an empty name.)
           local j, jb = ws(s, i)
           if jb == 34 then
             local q2 = str_end(s, j)
             local v = q2 and str(st, j, q2)
             if v and looks_graphql(v) then
-              if emit then graphql_strings(c, "query", v, max) end
+              if emit then graphql_strings(c, p .. "query", v, max) end
               i = q2 + 1
               state = AFTER
             end
@@ -361,7 +364,7 @@ local function json_leaves(c, s, doc, path, max, depth)
   -- not followed: the values added so far go, the decoded table is walked instead
   for i = n0 + 1, c.n do c.names[i], c.values[i] = nil, nil end
   c.n, c.truncated, c.too_deep = n0, truncated, too_deep
-  walk(c, doc, path, max, depth)
+  walk(c, doc, path, max, depth, depth == 0)
 end
 
 -- A value that is a JSON object or array (a cookie holding a cart, a query parameter
