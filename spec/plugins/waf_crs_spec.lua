@@ -488,6 +488,19 @@ describe("what the waf cannot inspect whole (CRS)", function()
     assert.is_false(T.phase(waf, "request", req, c))
   end)
 
+  it("refuses JSON with a NUL byte (cjson reads no further: what followed went uninspected)", function()
+    local c = crs()
+    refused(post("application/json", '{"a":1}\0{"q":"' .. SQLI .. '"}'), c, "body")
+    -- in an argument: the whole value inspected (its leaves were f.a alone: only 920270 on
+    -- REQUEST_URI saw the NUL, nothing the attack)
+    local req = T.request({ uri = "/?f=%7B%22a%22%3A1%7D%00%7B%22q%22%3A%22" .. SQLI:gsub(" ", "+")
+      .. "%22%7D", headers = headers() })
+    assert.is_true(T.phase(waf, "request", req, c))
+    local seen = {}
+    for _, m in ipairs(req.ctx.waf.matches) do seen[m.id .. " " .. m.var] = true end
+    assert.is_true(seen["942100 ARGS:f"])
+  end)
+
   it("reads a batch of GraphQL requests (an array at the root, as Apollo sends) as each one", function()
     local c = crs()
     local function op(name, id)

@@ -369,10 +369,13 @@ end
 
 -- A value that is a JSON object or array (a cookie holding a cart, a query parameter
 -- holding a filter) goes in as its leaves, named name.key.index: its braces and quotes are
--- the format's, not data. Anything else goes in as it is.
+-- the format's, not data. Anything else goes in as it is. (Not one with a NUL byte: cjson
+-- reads no further than one, and what followed it, {"a":1}%00<attack>, went uninspected.
+-- No JSON text holds one.)
 add_value = function(c, name, v, max)
   local b = byte(v, 1)
-  if (b == 123 or b == 91) and #v >= 2 and find(v, "^%s*[%[{].*[%]}]%s*$") then
+  if (b == 123 or b == 91) and #v >= 2 and find(v, "^%s*[%[{].*[%]}]%s*$")
+    and not find(v, "\0", 1, true) then
     local ok, doc = pcall(proxy.json.decode, v)
     if ok and type(doc) == "table" then
       json_leaves(c, v, doc, name, max, 1)
@@ -507,7 +510,11 @@ function State:body_collections()
   elseif find(ct, "^application/[%w.+-]*json") then
     colls.reqbody_processor.values[1] = "JSON"
     local ok, doc = pcall(proxy.json.decode, body)
-    if ok then
+    if ok and find(body, "\0", 1, true) then
+      -- cjson reads no further than a NUL byte (none is JSON): what followed it went
+      -- uninspected, {"a":1}\0<attack>
+      problem = "JSON: a NUL byte"
+    elseif ok then
       json_leaves(args, body, doc, "", self.max, 0)
     else
       problem = "JSON: " .. tostring(doc):gsub("^.-: ", "")
