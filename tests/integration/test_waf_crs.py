@@ -165,6 +165,10 @@ class WafCrsTest(RT.ReloadTestCase):
         r = self.get("/echo", method="POST", headers={"Content-Type": "application/json"},
                      body=b'{"a": "\xff\xfe ok"}')
         self.assertIn(r.status, (200, 403))
+        # a NUL byte: the JSON decoder reads no further, what follows would go uninspected
+        r = self.get("/echo", method="POST", headers={"Content-Type": "application/json"},
+                     body=b'{"a": 1}\x00{"q": "1 UNION SELECT password FROM users WHERE 1=1 --"}')
+        self.assertEqual(r.status, 403)
 
     def test_max_args_and_graphql_batches(self):
         sqli = "1 UNION SELECT password FROM users WHERE 1=1 --"
