@@ -225,9 +225,9 @@ describe("waf vars", function()
                    headers = { ["Content-Type"] = "application/json" } }
     assert.same({ "=JSON: a NUL byte" }, coll(spec, "body_error"))
     assert.same({}, coll(spec, "body_args"))
-    assert.same({ 'f={"a":1}\0{"q":"x"}' }, coll({ uri = "/?f=%7B%22a%22%3A1%7D%00%7B%22q%22%3A%22x%22%7D" }, "query_args"))
-    assert.same({ 'c={"a":1}\0{"q":"x"}' }, coll({ uri = "/", headers = { Cookie = "c=%7B%22a%22%3A1%7D%00%7B%22q%22%3A%22x%22%7D" } },
-      "cookies"))
+    local enc = "%7B%22a%22%3A1%7D%00%7B%22q%22%3A%22x%22%7D"
+    assert.same({ 'f={"a":1}\0{"q":"x"}' }, coll({ uri = "/?f=" .. enc }, "query_args"))
+    assert.same({ 'c={"a":1}\0{"q":"x"}' }, coll({ uri = "/", headers = { Cookie = "c=" .. enc } }, "cookies"))
   end)
 
   it("reads the numbers cjson takes beyond JSON as it does (hexadecimal)", function()
