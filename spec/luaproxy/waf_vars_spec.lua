@@ -134,6 +134,32 @@ describe("waf vars", function()
     end
   end)
 
+  it("stops a multipart body at max_args, as a form: a body error, nothing past it read", function()
+    local function part(i, file)
+      return "--B\r\nContent-Disposition: form-data; name=\"f" .. i .. "\""
+        .. (file and '; filename="f' .. i .. '.txt"' or "") .. "\r\n\r\nv" .. i .. "\r\n"
+    end
+    -- parts: fields (or files) 1..n, then one that is not a part (no Content-Disposition)
+    local function mp(n, file)
+      local t = {}
+      for i = 1, n do t[i] = part(i, file) end
+      return { method = "POST", uri = "/", body = table.concat(t) .. "--B\r\nX: y\r\n\r\nz\r\n--B--\r\n",
+               headers = { ["Content-Type"] = "multipart/form-data; boundary=B" } }
+    end
+    -- within max_args: every part read, the bad one too
+    assert.same({ "=multipart: part without Content-Disposition" }, coll(mp(3), "body_error", 4))
+    -- over: the parts past max_args are not read (the bad one neither)
+    assert.same({ "=body_args: more than max_args (3) values" }, coll(mp(4), "body_error", 3))
+    assert.same({ "f1=v1", "f2=v2", "f3=v3" }, coll(mp(4), "body_args", 3))
+    assert.same({ "=files: more than max_args (3) values" }, coll(mp(4, true), "body_error", 3))
+    assert.same({ "f1=f1.txt", "f2=f2.txt", "f3=f3.txt" }, coll(mp(4, true), "files", 3))
+    -- the parts' header lines: two per part here
+    local two = mp(2)
+    two.body = two.body:gsub('(name="f%d")\r\n', '%1\r\nContent-Type: text/plain\r\n')
+    assert.same({ "=multipart_part_headers: more than max_args (3) values" }, coll(two, "body_error", 3))
+    assert.same({ "f1=v1", "f2=v2" }, coll(two, "body_args", 3))
+  end)
+
   it("reads a GraphQL document only at the body's root (not under an empty key or name)", function()
     local q = '"query { user(id: 1) { id } }"'
     assert.same({ "query=query { user(id: 1) { id } }" }, json('{"":{"query":' .. q .. '}}'))
@@ -142,6 +168,66 @@ describe("waf vars", function()
         "query_args"))
     assert.same({ "query=query { user(id: 1) { id } }" },
       coll({ uri = "/", headers = { Cookie = '={"query":' .. q .. '}' } }, "cookies"))
+  end)
+
+  it("reads each GraphQL request of a batch (an array at the body's root) as a single one", function()
+    local function op(name, arg, extra)
+      return '{"operationName":"' .. name .. '","query":"query ' .. name .. ' { user(name: \\"'
+        .. arg .. '\\") { id } }","variables":{"id":' .. (extra or '"5"') .. "}}"
+    end
+    local want = { "1.operationName=A", "1.query.1=O'Neil", "1.variables.id=5",
+                   "2.operationName=B", "2.query.1=x", "2.variables.id=5" }
+    assert.same(want, json("[" .. op("A", "O'Neil") .. "," .. op("B", "x") .. "]"))
+    -- the same through the decoded table, keys sorted, when the scanner does not follow a
+    -- text (no text known to cjson: here its reading of one string token fails); in an
+    -- argument, not a batch
+    local decode = proxy.json.decode
+    package.loaded["luaproxy.waf.vars"] = nil
+    local W = require "luaproxy.waf.vars"
+    package.loaded["luaproxy.waf.vars"] = V
+    local batch = "[" .. op("A", "O'Neil", "16") .. "," .. op("B", "x") .. "]"
+    local body, arg = {}, {}
+    T.phase({ name = "probe", request = function(req)
+      proxy.json.decode = function(t)
+        if t:sub(1, 1) == '"' then error("not this one") end
+        return decode(t)
+      end
+      local ok, err = pcall(function()
+        local v = W.new(req, { max_args = 1024 })
+        v.body = batch
+        local c = v:coll("body_args")
+        for i = 1, c.n do body[i] = c.names[i] .. "=" .. c.values[i] end
+        c = { n = 0, names = {}, values = {} }
+        W.add_value(c, "b", batch, 1024)
+        for i = 1, c.n do arg[i] = c.names[i] .. "=" .. c.values[i] end
+      end)
+      proxy.json.decode = decode
+      assert(ok, err)
+    end }, "request", T.request({ method = "POST", uri = "/",
+      headers = { ["Content-Type"] = "application/json" } }), {})
+    assert.same({ "1.query.1=O'Neil", "1.operationName=A", "1.variables.id=16",
+                  "2.query.1=x", "2.operationName=B", "2.variables.id=5" }, body)
+    assert.same({ "b.1.operationName=A", "b.1.query=query A { user(name: \"O'Neil\") { id } }",
+                  "b.1.variables.id=16", "b.2.operationName=B", "b.2.query=query B { user(name: \"x\") { id } }",
+                  "b.2.variables.id=5" }, arg)
+    -- only directly in the root array: not deeper, not under a key, not in an argument
+    local q = '{"query":"query { user(id: 1) { id } }"}'
+    assert.same({ "1.1.query=query { user(id: 1) { id } }" }, json("[[" .. q .. "]]"))
+    assert.same({ "a.1.query=query { user(id: 1) { id } }" }, json('{"a":[' .. q .. "]}"))
+    assert.same({ "f.1.query=query { user(id: 1) { id } }" },
+      coll({ uri = "/?f=" .. ("[" .. q .. "]"):gsub("[^%w]", function(ch)
+        return ("%%%02X"):format(ch:byte()) end) }, "query_args"))
+  end)
+
+  it("makes a JSON body with a NUL byte a body error, and reads no such value as JSON", function()
+    -- cjson reads no further than a NUL: what followed went uninspected
+    local spec = { method = "POST", uri = "/", body = '{"a":1}\0{"q":"x"}',
+                   headers = { ["Content-Type"] = "application/json" } }
+    assert.same({ "=JSON: a NUL byte" }, coll(spec, "body_error"))
+    assert.same({}, coll(spec, "body_args"))
+    local enc = "%7B%22a%22%3A1%7D%00%7B%22q%22%3A%22x%22%7D"
+    assert.same({ 'f={"a":1}\0{"q":"x"}' }, coll({ uri = "/?f=" .. enc }, "query_args"))
+    assert.same({ 'c={"a":1}\0{"q":"x"}' }, coll({ uri = "/", headers = { Cookie = "c=" .. enc } }, "cookies"))
   end)
 
   it("reads the numbers cjson takes beyond JSON as it does (hexadecimal)", function()

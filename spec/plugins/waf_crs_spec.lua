@@ -451,6 +451,9 @@ describe("what the waf cannot inspect whole (CRS)", function()
       headers = headers() }), c, "query")
     refused(T.request({ uri = "/", headers = headers({ Cookie = dummies(1024, "k%d=0", "; ")
       .. "; zz=" .. SQLI }) }), c, "cookies")
+    local parts = dummies(1024, '--B\r\nContent-Disposition: form-data; name="k%d"\r\n\r\n0\r\n', "")
+    refused(post("multipart/form-data; boundary=B", parts .. '--B\r\nContent-Disposition: form-data; '
+      .. 'name="zz"\r\n\r\n' .. SQLI .. "\r\n--B--\r\n"), c, "multipart")
     -- 1024 values pass
     local req = post("application/x-www-form-urlencoded", dummies(1024, "k%d=0", "&"))
     assert.is_false(T.phase(waf, "request", req, c))
@@ -483,6 +486,37 @@ describe("what the waf cannot inspect whole (CRS)", function()
     -- at the root, the document's syntax is not data
     req = post("application/json", '{"query":"query { user(id: 1) { id name } }"}')
     assert.is_false(T.phase(waf, "request", req, c))
+  end)
+
+  it("refuses JSON with a NUL byte (cjson reads no further: what followed went uninspected)", function()
+    local c = crs()
+    refused(post("application/json", '{"a":1}\0{"q":"' .. SQLI .. '"}'), c, "body")
+    -- in an argument: the whole value inspected (its leaves were f.a alone: only 920270 on
+    -- REQUEST_URI saw the NUL, nothing the attack)
+    local req = T.request({ uri = "/?f=%7B%22a%22%3A1%7D%00%7B%22q%22%3A%22" .. SQLI:gsub(" ", "+")
+      .. "%22%7D", headers = headers() })
+    assert.is_true(T.phase(waf, "request", req, c))
+    local seen = {}
+    for _, m in ipairs(req.ctx.waf.matches) do seen[m.id .. " " .. m.var] = true end
+    assert.is_true(seen["942100 ARGS:f"])
+  end)
+
+  it("reads a batch of GraphQL requests (an array at the root, as Apollo sends) as each one", function()
+    local c = crs()
+    local function op(name, id)
+      return '{"operationName":"' .. name .. '","query":"query ' .. name .. '($id: ID!) { product(id: $id) '
+        .. '{ id name price { amount currency } reviews(first: 5) { edges { node { rating text } } } } }",'
+        .. '"variables":{"id":"' .. id .. '"}}'
+    end
+    -- the documents' syntax is not data (read as a value, 932100 took it for a shell command)
+    local req = post("application/json", "[" .. op("A", "12") .. "," .. op("B", "13") .. "]")
+    assert.is_false(T.phase(waf, "request", req, c))
+    -- their variables are
+    req = post("application/json", "[" .. op("A", "12") .. "," .. op("B", SQLI) .. "]")
+    assert.is_true(T.phase(waf, "request", req, c))
+    local vars = {}
+    for _, m in ipairs(req.ctx.waf.matches) do vars[#vars + 1] = m.var end
+    assert.is_truthy(table.concat(vars, " "):find("ARGS:2.variables.id", 1, true))
   end)
 end)
 

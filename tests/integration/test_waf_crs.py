@@ -8,6 +8,9 @@ real requests (docs/plugins/waf.md, "The OWASP Core Rule Set"):
 - a rule file with a syntax error: the reload refused with file:line, the old set serving;
 - a catastrophic regex on a long input: an answer in bounded time, the worker serving on;
 - a body over the limit: 413; invalid UTF-8 and percent-encoding: clear answers, no 500;
+- more values than max_args (query, JSON, multipart, headers): 403, the values past it
+  uninspected; a batch of GraphQL requests read as each one (its syntax passed, an attack
+  in its variables refused);
 - a reload while requests are being inspected: every request answered, none with a 5xx;
 - the Hyperscan databases compiled once per process: of the two workers one compiles them,
   the other takes them; a reload with the same rules compiles none, one with a changed
@@ -58,6 +61,9 @@ def routes():
         # the same files as "/": one compiled rule set for both routes
         route("/small/", [{"name": "waf", "crs": CRS, "crs_files": ["rules/extra.conf"],
                            "body_limit": 1000}]),
+        # max_args under limits.max_headers (100): a request can bring more headers than it
+        route("/few/", [{"name": "waf", "crs": CRS, "crs_files": ["rules/extra.conf"],
+                         "max_args": 40}]),
         route("/", [{"name": "waf", "crs": CRS, "crs_files": ["rules/extra.conf"]}]),
     ]
 
@@ -159,6 +165,67 @@ class WafCrsTest(RT.ReloadTestCase):
         r = self.get("/echo", method="POST", headers={"Content-Type": "application/json"},
                      body=b'{"a": "\xff\xfe ok"}')
         self.assertIn(r.status, (200, 403))
+        # a NUL byte: the JSON decoder reads no further, what follows would go uninspected
+        r = self.get("/echo", method="POST", headers={"Content-Type": "application/json"},
+                     body=b'{"a": 1}\x00{"q": "1 UNION SELECT password FROM users WHERE 1=1 --"}')
+        self.assertEqual(r.status, 403)
+
+    def test_max_args_and_graphql_batches(self):
+        sqli = "1 UNION SELECT password FROM users WHERE 1=1 --"
+        js = {"Content-Type": "application/json"}
+
+        def post(path, headers, body):
+            return self.get(path, method="POST", headers=headers, body=body.encode())
+
+        # refused by protocol.lua's 1009 (a body error), logged with the path (made unique
+        # per case: the log line has no query)
+        def refused_by_1009(r, what):
+            self.assertEqual(r.status, 403, what)
+            H.wait_for(lambda: self.log_lines(what + " (score "), H.T(5),
+                       what="the block of " + what + " in the error log")
+            self.assertIn(" 1009 ", self.log_lines(what + " (score ")[-1])
+
+        # (a) query arguments (the default max_args, 1024): 1024 pass, one more is refused
+        self.assertEqual(self.get("/fixed?qa=1&" + "a=0&" * 1023).status, 200)
+        refused_by_1009(self.get("/max-qa?" + "a=0&" * 1025), "GET /max-qa")
+        # (b) a JSON body: 1024 keys pass, more with an attack after them are refused
+        keys = ",".join('"k%d":0' % i for i in range(1024))
+        self.assertEqual(post("/echo?jb=1", js, "{" + keys + "}").status, 200)
+        refused_by_1009(post("/max-json", js, "{" + keys + ',"zz":"' + sqli + '"}'), "POST /max-json")
+
+        # (c) a multipart body: a form with a file passes, more parts than max_args are refused
+        def part(name, value, filename=None):
+            fn = '; filename="%s"' % filename if filename else ""
+            return ('--XyZ\r\nContent-Disposition: form-data; name="%s"%s\r\n\r\n%s\r\n'
+                    % (name, fn, value))
+        mp = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+        form = part("title", "It's my CV") + part("cv", "plain text", "cv.txt") + "--XyZ--\r\n"
+        self.assertEqual(post("/echo?mp=1", mp, form).status, 200)
+        many = "".join(part("k%d" % i, "0") for i in range(1025)) + part("zz", sqli) + "--XyZ--\r\n"
+        refused_by_1009(post("/max-mp", mp, many), "POST /max-mp")
+
+        # (d) a batch of GraphQL requests (as Apollo sends): the documents' syntax passes
+        # (read as text, 932100 took it for a shell command), an attack in one element's
+        # variables is refused
+        def op(name, pid):
+            return ('{"operationName":"%s","query":"query %s($id: ID!) { product(id: $id) { id name '
+                    'price { amount currency } reviews(first: 5) { edges { node { rating text } } } } }",'
+                    '"variables":{"id":"%s"}}' % (name, name, pid))
+        self.assertEqual(post("/echo?gb=1", js, "[" + op("A", "12") + "," + op("B", "13") + "]").status, 200)
+        self.assertEqual(post("/echo?gb=2", js, "[" + op("A", "12") + "," + op("B", sqli) + "]").status, 403)
+
+        # (e) headers: more than max_args (40 on /few/) are refused like arguments; on "/"
+        # (1024) the proxy's limits.max_headers (100) answers first
+        hs = [("X-H-%d" % i, "v") for i in range(30)]
+        self.assertEqual(self.get("/few/fixed?he=1", headers=hs).status, 200)
+        hs = [("X-H-%d" % i, "v") for i in range(45)]
+        refused_by_1009(self.get("/few/max-h", headers=hs), "/max-h")
+        hs = [("X-H-%d" % i, "v") for i in range(120)]
+        self.assertEqual(self.get("/fixed?he=3", headers=hs).status, 431)
+
+        # every request answered, the workers serve on
+        self.assertIsNone(self.proxy.proc.poll())
+        self.assertEqual(self.get("/fixed?id=5").status, 200)
 
     def test_zz_bad_file_refused_then_reload_under_load(self):
         path = os.path.join(self.proxy.dir, "rules", "extra.conf")

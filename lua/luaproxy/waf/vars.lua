@@ -143,24 +143,25 @@ local function key_order(a, b)
   return a < b
 end
 
-local function walk(c, v, path, max, depth)
+-- gql: v may be a GraphQL request (json_leaves: the body's root, or an element of an array
+-- at its root, a batch).
+local function walk(c, v, path, max, depth, gql)
   local t = type(v)
   if t == "table" then
     if depth > 64 then
       c.too_deep = true
       return
     end
-    -- (GraphQL only at the body's root, depth 0: not under an empty key, nor in an
-    -- argument or cookie with an empty name)
-    local gql = depth == 0 and type(v.query) == "string" and looks_graphql(v.query)
-    if gql then graphql_strings(c, "query", v.query, max) end
+    local prefix = path == "" and "" or path .. "."
+    gql = gql and type(v.query) == "string" and looks_graphql(v.query)
+    if gql then graphql_strings(c, prefix .. "query", v.query, max) end
     local keys = {}
     for k in pairs(v) do keys[#keys + 1] = k end
     table.sort(keys, key_order)
-    local prefix = path == "" and "" or path .. "."
     for _, k in ipairs(keys) do
       if not (gql and k == "query") then
-        walk(c, v[k], prefix .. tostring(k), max, depth + 1)
+        -- (cjson gives an array's keys as numbers, an object's as strings)
+        walk(c, v[k], prefix .. tostring(k), max, depth + 1, depth == 0 and type(k) == "number")
       end
     end
   elseif t == "string" then
@@ -265,14 +266,16 @@ local function scan(c, s, i, path, max, depth0, st, doc)
         if b ~= 58 then return nil end -- :
         i = i + 1
         local p = pfx[L]
-        if L == 1 and depth0 == 0 and name == "query" then
-          -- a GraphQL document: its string literals, not its syntax
+        if name == "query" and depth0 == 0 and (L == 1 or L == 2 and not isobj[1]) then
+          -- a GraphQL document: its string literals, not its syntax. (Only at the body's
+          -- root, or in an element of an array there, a batch: not under an empty key, nor
+          -- in an argument or cookie with an empty name.)
           local j, jb = ws(s, i)
           if jb == 34 then
             local q2 = str_end(s, j)
             local v = q2 and str(st, j, q2)
             if v and looks_graphql(v) then
-              if emit then graphql_strings(c, "query", v, max) end
+              if emit then graphql_strings(c, p .. "query", v, max) end
               i = q2 + 1
               state = AFTER
             end
@@ -361,15 +364,18 @@ local function json_leaves(c, s, doc, path, max, depth)
   -- not followed: the values added so far go, the decoded table is walked instead
   for i = n0 + 1, c.n do c.names[i], c.values[i] = nil, nil end
   c.n, c.truncated, c.too_deep = n0, truncated, too_deep
-  walk(c, doc, path, max, depth)
+  walk(c, doc, path, max, depth, depth == 0)
 end
 
 -- A value that is a JSON object or array (a cookie holding a cart, a query parameter
 -- holding a filter) goes in as its leaves, named name.key.index: its braces and quotes are
--- the format's, not data. Anything else goes in as it is.
+-- the format's, not data. Anything else goes in as it is. (Not one with a NUL byte: cjson
+-- reads no further than one, and what followed it, {"a":1}%00<attack>, went uninspected.
+-- No JSON text holds one.)
 add_value = function(c, name, v, max)
   local b = byte(v, 1)
-  if (b == 123 or b == 91) and #v >= 2 and find(v, "^%s*[%[{].*[%]}]%s*$") then
+  if (b == 123 or b == 91) and #v >= 2 and find(v, "^%s*[%[{].*[%]}]%s*$")
+    and not find(v, "\0", 1, true) then
     local ok, doc = pcall(proxy.json.decode, v)
     if ok and type(doc) == "table" then
       json_leaves(c, v, doc, name, max, 1)
@@ -380,36 +386,42 @@ add_value = function(c, name, v, max)
 end
 M.add_value = add_value
 
--- One multipart/form-data body: fields into body_args, file names into files. Returns
--- nil, problem for a body that does not follow its own boundary.
+-- One multipart/form-data body: fields into body_args, file names into files, each part's
+-- header lines into pheaders. Returns nil, problem for a body that does not follow its own
+-- boundary. Past max_args (a field, a file name or a header line that does not fit) it
+-- stops, the collection marked truncated (a body error, State:body_errors), as parse_form
+-- does: read on, a body of tiny parts cost a part's work per few bytes up to body_limit,
+-- for values never inspected.
 local function parse_multipart(args, files, body, boundary, max, pheaders)
   local delim = "--" .. boundary
   local pos = find(body, delim, 1, true)
   if not pos then return nil, "multipart: no boundary" end
   pos = pos + #delim
-  local parts = 0
   while true do
     if sub(body, pos, pos + 1) == "--" then return true end
     if sub(body, pos, pos + 1) ~= "\r\n" then return nil, "multipart: bad delimiter line" end
     local hend = find(body, "\r\n\r\n", pos, true)
     if not hend then return nil, "multipart: part without a blank line" end
     local head = sub(body, pos + 2, hend + 1)
-    if pheaders then
-      for hl in gmatch(head, "[^\r\n]+") do add(pheaders, "", hl, max) end
-    end
     local nxt = find(body, "\r\n" .. delim, hend + 4, true)
     if not nxt then return nil, "multipart: part without an end" end
-    local value = sub(body, hend + 4, nxt - 1)
     local disp = match(head, "[Cc][Oo][Nn][Tt][Ee][Nn][Tt]%-[Dd][Ii][Ss][Pp][Oo][Ss][Ii][Tt][Ii][Oo][Nn]:([^\r\n]*)")
     if not disp then return nil, "multipart: part without Content-Disposition" end
     local name = match(disp, ';%s*name="([^"]*)"') or match(disp, ";%s*name=([^;%s]+)") or ""
     local filename = match(disp, ';%s*filename="([^"]*)"') or match(disp, ";%s*filename=([^;%s]+)")
-    if filename then
-      add(files, name, filename, max)
-    else
-      add(args, name, value, max)
+    local c = filename and files or args
+    if c.n >= max then
+      c.truncated = true
+      return true
     end
-    parts = parts + 1
+    add(c, name, filename or sub(body, hend + 4, nxt - 1), max)
+    for hl in gmatch(head, "[^\r\n]+") do
+      if pheaders.n >= max then
+        pheaders.truncated = true
+        return true
+      end
+      add(pheaders, "", hl, max)
+    end
     pos = nxt + 2 + #delim
   end
 end
@@ -498,7 +510,11 @@ function State:body_collections()
   elseif find(ct, "^application/[%w.+-]*json") then
     colls.reqbody_processor.values[1] = "JSON"
     local ok, doc = pcall(proxy.json.decode, body)
-    if ok then
+    if ok and find(body, "\0", 1, true) then
+      -- cjson reads no further than a NUL byte (none is JSON): what followed it went
+      -- uninspected, {"a":1}\0<attack>
+      problem = "JSON: a NUL byte"
+    elseif ok then
       json_leaves(args, body, doc, "", self.max, 0)
     else
       problem = "JSON: " .. tostring(doc):gsub("^.-: ", "")
