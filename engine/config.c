@@ -1463,15 +1463,15 @@ static int encode_for_workers(lua_State *L, lp_config_t *c)
     return rc;
 }
 
-/* An error about a key the etcd document gave names the etcd key, not the bootstrap file
- * (lua/luaproxy/config_source.lua: locate). Only when that module merged a document. */
+/* Where an error's key path points (lua/luaproxy/config_line.lua: locate): an etcd
+ * document's key names the etcd key, not the bootstrap file; a key the file writes gets its
+ * line ("FILE:LINE: routes[2].timeout: ..."). */
 static void relocate_error(lua_State *L, const char *path, char *err, size_t errlen)
 {
     int top = lua_gettop(L);
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "loaded");
-    lua_getfield(L, -1, "luaproxy.config_source");
-    if (lua_istable(L, -1)) {
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "luaproxy.config_line");
+    if (lua_pcall(L, 1, 1, 0) == 0 && lua_istable(L, -1)) {
         lua_getfield(L, -1, "locate");
         lua_pushstring(L, path);
         lua_pushstring(L, err);

@@ -297,6 +297,10 @@ static void test_json_and_lua_config(void)
                    &c, path, err, sizeof(err));
     CHECK_EQ_INT(rc, LP_ECONFIG); /* routes[1].password: unknown field */
     CHECK_CONTAINS(err, "routes[1].password: unknown field");
+    /* the line the key is written on (lua/luaproxy/config_line.lua) */
+    char want[600];
+    snprintf(want, sizeof(want), "%s:4: routes[1].password", path);
+    CHECK_CONTAINS(err, want);
     rc = load_text("local secret_word = 'hunter2'\n"
                    "return { listen = { { address = ':8080' } },\n"
                    "  routes = { { handler = function(req) return secret_word end } } }\n",

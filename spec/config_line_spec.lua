@@ -1,0 +1,73 @@
+-- luaproxy.config_line: the line of a config file a validation error's key path names.
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+local L = require "luaproxy.config_line"
+
+local LUA = [=[
+-- comments with { braces }, and "strings" with , commas
+local function key(req) local a, b = 1, { x = "}" } return a .. req:path() end
+local api = {
+  match = { prefix = "/api/" },  -- [[ not a long string in a comment's text? ]]
+  upstream = "api",
+  plugins = {
+    { name = "headers", request = { set = { ["x-a"] = "1" } } },
+    { name = "cache", zone = "c", cache_key = function(req)
+        if req then return key(req), 1 end
+      end, stale_while_revalidat = 5 },
+  },
+}
+return {
+  listen = { { address = "127.0.0.1:18555" } },
+  cache = { zones = { c = { memory = [[8m]], default_ttl = { [200] = 10 } } } },
+  upstreams = { api = { targets = { "127.0.0.1:9", "127.0.0.1:10" } } },
+  routes = {
+    { match = { prefix = "/" }, upstream = "api", timeout = "x" },
+    api,
+    { match = { prefix = "/b/" }, upstream = "api", timeout = "y" },
+  },
+}
+]=]
+
+describe("config_line", function()
+  it("finds a field of the returned table by its whole key path", function()
+    assert.equal(18, L.find(LUA, "routes[1].timeout"))
+    assert.equal(20, L.find(LUA, "routes[3].timeout"))
+    assert.equal(15, L.find(LUA, "cache.zones.c.memory"))
+    assert.equal(15, L.find(LUA, "cache.zones.c.default_ttl.200"))
+    assert.equal(16, L.find(LUA, "upstreams.api.targets[2]"))
+    assert.equal(14, L.find(LUA, "listen[1].address"))
+  end)
+
+  it("finds a field of a table built apart (a local) by the longest suffix", function()
+    assert.equal(10, L.find(LUA, "routes[2].plugins[2](cache).stale_while_revalidat"))
+    assert.equal(7, L.find(LUA, "routes[2].plugins[1](headers).request.set.x-a"))
+    assert.equal(19, L.find(LUA, "routes[2]"))
+  end)
+
+  it("names the nearest table the file writes for a field it does not", function()
+    assert.equal(18, L.find(LUA, "routes[1].retries"))
+    assert.equal(16, L.find(LUA, "upstreams.api.targets[1].address"))
+  end)
+
+  it("gives no line when the file does not say where unambiguously", function()
+    assert.is_nil(L.find(LUA, "workers"))
+    assert.is_nil(L.find(LUA, "timeout"))
+  end)
+
+  it("reads JSON configs too", function()
+    local json = '{\n  "listen": [ { "address": "127.0.0.1:1" } ],\n  "routes": [\n    { "upstream": "a" },\n    { "upstream": "b", "timeout": "x" }\n  ]\n}\n'
+    assert.equal(5, L.find(json, "routes[2].timeout", true))
+    assert.equal(2, L.find(json, "listen[1].address", true))
+  end)
+
+  it("rewrites a load error as FILE:LINE and leaves others alone", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(LUA)
+    f:close()
+    assert.equal(path .. ":18: routes[1].timeout: unknown field",
+      L.locate(path, path .. ": routes[1].timeout: unknown field"))
+    assert.equal(path .. ":3: syntax", L.locate(path, path .. ":3: syntax"))
+    assert.equal(path .. ": workers: bad", L.locate(path, path .. ": workers: bad"))
+    os.remove(path)
+  end)
+end)
