@@ -808,17 +808,20 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
 {
     if (!lp__lua_runs(rp))
         return LP_FFI_EOTHER;
-    return lp__cache_store_fields(rp, zone, key, klen, sec, slen, meta, mlen,
+    lp_str_t m = {meta, mlen};
+    return lp__cache_store_fields(rp, zone, key, klen, sec, slen, &m, 1,
                                   lp_cache_head_fields(meta, mlen), real_now() + keep);
 }
 
 int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
-                           const char *sec, size_t slen, const char *meta, size_t mlen,
+                           const char *sec, size_t slen, const lp_str_t *meta, size_t nmeta,
                            size_t meta_fields, double keep_until)
 {
     const lp_header_t *v;
     unsigned n = fields_of(r, 1, &v);
-    size_t need = mlen, nfields = meta_fields;
+    size_t need = 0, nfields = meta_fields;
+    for (size_t i = 0; i < nmeta; i++)
+        need += meta[i].len;
     int skip = 0; /* some field is not stored: the writing loop tests each again */
     for (unsigned i = 0; i < n; i++) {
         if (never_stored(v[i].name)) {
@@ -833,8 +836,8 @@ int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, 
     if (rc)
         return rc;
     char *p = lp_cache_fill_head(r->cache.fill);
-    memcpy(p, meta, mlen);
-    p += mlen;
+    for (size_t i = 0; i < nmeta; i++)
+        p = put_short(p, meta[i].base, meta[i].len);
     for (unsigned i = 0; i < n; i++) {
         lp_str_t name = v[i].name, value = v[i].value;
         if (skip && never_stored(name))
