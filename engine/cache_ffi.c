@@ -11,6 +11,7 @@
 #include "cache_req.h"
 #include "cache_room.h"
 #include "cache_store.h"
+#include "conn.h"
 #include "http1.h"
 #include "lua_api.h"
 #include "lua_vm.h"
@@ -953,12 +954,13 @@ static int has_upper(const char *s, size_t n)
 
 int lp_ffi_cache_key(void *r, lp_str_t *out)
 {
-    lp_str_t scheme, host, uri;
-    if (lp_ffi_req_get(r, LP_FFI_SCHEME, &scheme))
-        scheme = LP_STR("http");
-    host = key_authority(r, scheme);
-    if (lp_ffi_req_get(r, LP_FFI_URI, &uri))
-        uri = LP_STR("");
+    /* The request's scheme and target as lp_ffi_req_get gives them (LP_FFI_SCHEME, _URI),
+     * read here without its dispatch. */
+    const lp_req_t *req = r;
+    lp_str_t scheme = (req->conn && req->conn->ep.tls) || (req->flags & LP_RF_TLS) ? LP_STR("https")
+                                                                                   : LP_STR("http");
+    lp_str_t host = key_authority(r, scheme);
+    lp_str_t uri = req->h1.path;
     size_t need = 4 + scheme.len + 3 + host.len + uri.len;
     if (scratch_reserve(need))
         return LP_FFI_ENOSPACE;
