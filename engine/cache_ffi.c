@@ -11,6 +11,7 @@
 #include "cache_req.h"
 #include "cache_room.h"
 #include "cache_store.h"
+#include "conn.h"
 #include "http1.h"
 #include "lua_api.h"
 #include "lua_vm.h"
@@ -753,8 +754,9 @@ int lp_ffi_cache_fields(void *rp, int resp)
 }
 
 /* Fields never stored with an entry (RFC 9111 §3.1): lua/luaproxy/cache/policy.lua's
- * NOT_STORED, which the plugin's general path applies. */
-static int never_stored(lp_str_t name)
+ * NOT_STORED, which the plugin's general path applies. Inlined: most names fail on their
+ * length alone, cheaper than the call. */
+static inline __attribute__((always_inline)) int never_stored(lp_str_t name)
 {
     switch (name.len) {
     case 2:
@@ -808,17 +810,20 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
 {
     if (!lp__lua_runs(rp))
         return LP_FFI_EOTHER;
-    return lp__cache_store_fields(rp, zone, key, klen, sec, slen, meta, mlen,
+    lp_str_t m = {meta, mlen};
+    return lp__cache_store_fields(rp, zone, key, klen, sec, slen, &m, 1,
                                   lp_cache_head_fields(meta, mlen), real_now() + keep);
 }
 
 int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
-                           const char *sec, size_t slen, const char *meta, size_t mlen,
+                           const char *sec, size_t slen, const lp_str_t *meta, size_t nmeta,
                            size_t meta_fields, double keep_until)
 {
     const lp_header_t *v;
     unsigned n = fields_of(r, 1, &v);
-    size_t need = mlen, nfields = meta_fields;
+    size_t need = 0, nfields = meta_fields;
+    for (size_t i = 0; i < nmeta; i++)
+        need += meta[i].len;
     int skip = 0; /* some field is not stored: the writing loop tests each again */
     for (unsigned i = 0; i < n; i++) {
         if (never_stored(v[i].name)) {
@@ -833,8 +838,8 @@ int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, 
     if (rc)
         return rc;
     char *p = lp_cache_fill_head(r->cache.fill);
-    memcpy(p, meta, mlen);
-    p += mlen;
+    for (size_t i = 0; i < nmeta; i++)
+        p = put_short(p, meta[i].base, meta[i].len);
     for (unsigned i = 0; i < n; i++) {
         lp_str_t name = v[i].name, value = v[i].value;
         if (skip && never_stored(name))
@@ -950,12 +955,13 @@ static int has_upper(const char *s, size_t n)
 
 int lp_ffi_cache_key(void *r, lp_str_t *out)
 {
-    lp_str_t scheme, host, uri;
-    if (lp_ffi_req_get(r, LP_FFI_SCHEME, &scheme))
-        scheme = LP_STR("http");
-    host = key_authority(r, scheme);
-    if (lp_ffi_req_get(r, LP_FFI_URI, &uri))
-        uri = LP_STR("");
+    /* The request's scheme and target as lp_ffi_req_get gives them (LP_FFI_SCHEME, _URI),
+     * read here without its dispatch. */
+    const lp_req_t *req = r;
+    lp_str_t scheme = (req->conn && req->conn->ep.tls) || (req->flags & LP_RF_TLS) ? LP_STR("https")
+                                                                                   : LP_STR("http");
+    lp_str_t host = key_authority(r, scheme);
+    lp_str_t uri = req->h1.path;
     size_t need = 4 + scheme.len + 3 + host.len + uri.len;
     if (scratch_reserve(need))
         return LP_FFI_ENOSPACE;

@@ -307,45 +307,37 @@ static uint64_t hex8(uint32_t v)
     return x;
 }
 
-/* A positive normal double as "0x1.HHHHHHHHHHHHHp+E" (every mantissa digit). */
-static int put_hexfloat(out_t *o, double v)
+/* A positive normal double as "0x1.HHHHHHHHHHHHHp+E" (every mantissa digit) at p, which has
+ * room for HEXFLOAT_MAX bytes: its length, or 0 for any other number. */
+#define HEXFLOAT_MAX 24 /* "0x1." 13 digits "p+" and at most 4 of the exponent's, 3 spare */
+static size_t hexfloat(char *p, double v)
 {
-    if (!(v > 0) || !isfinite(v))
-        return 1;
     uint64_t bits;
     memcpy(&bits, &v, sizeof bits);
-    int exp = (int)((bits >> 52) & 0x7ff);
-    if (exp == 0)
-        return 1; /* subnormal: not a time */
+    unsigned exp = (unsigned)(bits >> 52); /* with the sign bit: a negative number is over */
+    if (exp == 0 || exp >= 0x7ff)
+        return 0; /* zero, subnormal (not a time), negative, infinite, NaN */
     uint64_t mant = bits & ((1ull << 52) - 1);
-    if (o->end - o->p < 32) {
-        o->over = 1; /* "0x1." 13 digits "p+" and at most 4 of the exponent's */
-        return 0;
-    }
-    char *p = o->p;
+    char *s = p;
     memcpy(p, "0x1.", 4);
-    p += 4;
     /* 13 digits: 8 from the top 32 bits, 5 from the low 20 (8 written, 3 overwritten) */
     uint64_t hi = hex8((uint32_t)(mant >> 20)), lo = hex8((uint32_t)(mant << 12));
-    memcpy(p, &hi, 8);
-    memcpy(p + 8, &lo, 8);
-    p += 13;
+    memcpy(p + 4, &hi, 8);
+    memcpy(p + 12, &lo, 8);
+    p += 17;
+    int e = (int)exp - 1023;
     *p++ = 'p';
-    exp -= 1023;
-    *p++ = exp < 0 ? '-' : '+';
-    unsigned e = (unsigned)(exp < 0 ? -exp : exp);
-    if (e >= 10 && e < 100) { /* a time's: 2^30..2^31 */
-        p[0] = (char)('0' + e / 10);
-        p[1] = (char)('0' + e % 10);
+    *p++ = e < 0 ? '-' : '+';
+    unsigned u = (unsigned)(e < 0 ? -e : e);
+    if (u >= 10 && u < 100) { /* a time's: 2^30..2^31 */
+        p[0] = (char)('0' + u / 10);
+        p[1] = (char)('0' + u % 10);
         p += 2;
     } else {
-        p += lp_u64_to_str(e, 10, p);
+        p += lp_u64_to_str(u, 10, p);
     }
-    o->p = p;
-    return 0;
+    return (size_t)(p - s);
 }
-
-#define META_MAX 1024
 
 /* A piece of the meta into buf (room bytes): its length, or -1 (did not fit, or a bad
  * number). */
@@ -464,35 +456,40 @@ int lp_cache_native_response(lp_req_t *r)
     double delay = now > t0 ? now - t0 : 0;
     double left = d->ttl - (apparent > delay ? apparent : delay);
     double keep = (left > 0 ? left : 0) + d->stale + 1;
-    /* The plugin's encode_meta. */
-    char meta[META_MAX];
-    out_t o = {meta, meta + META_MAX, 0};
+    /* The plugin's encode_meta, in pieces written straight into the entry's head: the ones
+     * the decision rendered, the two times, and the response's date, etag, last_modified. */
     if (!d->rendered)
         return 1;
-    put(&o, d->pre, d->pre_len);
-    int bad = put_hexfloat(&o, t0);
-    PUT_LIT(&o, "\nn response_time\t");
-    bad |= put_hexfloat(&o, now);
-    put(&o, d->mid, d->mid_len);
+    lp_str_t meta[12];
+    size_t nm = 0;
+    meta[nm++] = (lp_str_t){d->pre, d->pre_len};
+    char times[2 * HEXFLOAT_MAX + 17];
+    size_t a = hexfloat(times, t0), b = a ? hexfloat(times + a + 17, now) : 0;
+    if (!b)
+        return 1;
+    memcpy(times + a, "\nn response_time\t", 17);
+    meta[nm++] = (lp_str_t){times, a + 17 + b};
+    meta[nm++] = (lp_str_t){d->mid, d->mid_len};
+    char dline[8 + 24];
     if (dated) {
+        out_t o = {dline, dline + sizeof dline, 0};
         PUT_LIT(&o, "n date\t");
-        bad |= put_uint(&o, n->date_value);
+        if (put_uint(&o, n->date_value))
+            return 1;
         PUT_LIT(&o, "\n");
+        meta[nm++] = (lp_str_t){dline, (size_t)(o.p - dline)};
     }
     if (etag.base) {
-        PUT_LIT(&o, "s etag\t");
-        put(&o, etag.base, etag.len);
-        PUT_LIT(&o, "\n");
+        meta[nm++] = LP_STR("s etag\t");
+        meta[nm++] = etag;
+        meta[nm++] = LP_STR("\n");
     }
     if (lm.base) {
-        PUT_LIT(&o, "s last_modified\t");
-        put(&o, lm.base, lm.len);
-        PUT_LIT(&o, "\n");
+        meta[nm++] = LP_STR("s last_modified\t");
+        meta[nm++] = lm;
+        meta[nm++] = LP_STR("\n");
     }
-    put(&o, d->tail, d->tail_len);
-    if (bad || o.over)
-        return 1;
-    size_t m = (size_t)(o.p - meta);
+    meta[nm++] = (lp_str_t){d->tail, d->tail_len};
     /* The key, as the plugin's default_key: the one the request phase locked (made there),
      * else made again (in the thread's scratch, which nothing else uses meanwhile). */
     lp_str_t k;
@@ -501,7 +498,7 @@ int lp_cache_native_response(lp_req_t *r)
             return 1;
     }
     int stored =
-        lp__cache_store_fields(r, n->zone, k.base, k.len, "", 0, meta, m, 0, now + keep) == 0;
+        lp__cache_store_fields(r, n->zone, k.base, k.len, "", 0, meta, nm, 0, now + keep) == 0;
     if (stored)
         lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
     return miss_status(r, d, stored, left);

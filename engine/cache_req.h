@@ -59,10 +59,12 @@ int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *nc
 struct lp_cache_zone_s;
 int lp__cache_store(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, size_t klen,
                     const char *sec, size_t slen, const char *head, size_t hlen, double keep);
-/* _store_fields with the number of field lines in meta (none in the engine's own) and the
- * time the entry is kept until (seconds, CLOCK_REALTIME) instead of for how long. */
+/* _store_fields with the meta given in nmeta pieces (joined as they are written into the
+ * entry: the engine's own is made of pieces it keeps, cache_native.c), the number of field
+ * lines in it (none in the engine's own) and the time the entry is kept until (seconds,
+ * CLOCK_REALTIME) instead of for how long. */
 int lp__cache_store_fields(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, size_t klen,
-                           const char *sec, size_t slen, const char *meta, size_t mlen,
+                           const char *sec, size_t slen, const lp_str_t *meta, size_t nmeta,
                            size_t meta_fields, double keep_until);
 int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl);
 /* Its line ("Cache-Status: ...\r\n") into line (LP_CACHE_MISS_LINE bytes): its length, or 0

@@ -909,6 +909,22 @@ static int lock_locked(lp_cache_zone_t *z, lp_cache_fill_t *f, double lock_timeo
     return 0;
 }
 
+/* Under the zone lock, for f that just took its lock: the room a small body (one in its
+ * entry's block, lp_cache_fill_start) is charged, charged now while the zone has it free, so
+ * that fill_start need not take the zone's lock a second time to charge it. A zone without
+ * that room free gets no reservation (nothing is evicted for a response that may never be
+ * stored): fill_start charges the body itself then, evicting as it must. The reservation
+ * stays with the fill (counted in `filling`, at most this much more than its chunks) until
+ * its commit or end gives it back. */
+#define RESERVE (sizeof(lp_cache_chunk_t) + LP_CACHE_INLINE_BODY)
+static void lock_reserve(lp_cache_zone_t *z, lp_cache_fill_t *f)
+{
+    if (mem_charged(z) + RESERVE <= z->capacity) {
+        z->filling += RESERVE;
+        f->charged = RESERVE;
+    }
+}
+
 /* f took its lock: it holds a zone reference from now on. */
 static lp_cache_fill_t *lock_held(lp_cache_zone_t *z, lp_cache_fill_t *f)
 {
@@ -947,10 +963,13 @@ lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size
     pthread_mutex_lock(&z->lock);
     lp_cache_entry_t *found = get_locked(z, h, key, klen, "", 0, now, &dead);
     lp_cache_fill_t *f = NULL;
-    if (!found && lock_timeout >= 0 && (f = lock_new(key, klen, h, now)) &&
-        lock_locked(z, f, lock_timeout, 0, busy)) {
-        fill_block_free(f); /* under the zone lock: only the thread's own spare is touched */
-        f = NULL;
+    if (!found && lock_timeout >= 0 && (f = lock_new(key, klen, h, now))) {
+        if (lock_locked(z, f, lock_timeout, 0, busy)) {
+            fill_block_free(f); /* under the zone lock: only the thread's own spare is touched */
+            f = NULL;
+        } else {
+            lock_reserve(z, f);
+        }
     }
     pthread_mutex_unlock(&z->lock);
     drop_dead(dead);
@@ -1041,8 +1060,9 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
             ? f->lhash
             : lp_hash64(key, klen);
     /* A body of a known length up to LP_CACHE_INLINE_BODY comes in the entry's block: its
-     * chunk is charged to `filling` here, as lp_cache_fill_append charges the chunks it takes
-     * (many small fills in flight hold memory too), and moves into `used` at commit. */
+     * chunk is charged to `filling` here (or was, by the lock's reservation: lock_reserve), as
+     * lp_cache_fill_append charges the chunks it takes (many small fills in flight hold memory
+     * too), and moves into `used` at commit. */
     size_t body_cap = size_hint && size_hint <= LP_CACHE_INLINE_BODY ? (size_t)size_hint : 0;
     lp_cache_entry_t *e = lp__cache_entry_make(key, klen, sec, slen, head, hlen, 0, keep_until,
                                                NULL, hash, 0, body_cap);
@@ -1055,7 +1075,7 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     f->e = e;
     f->tail = e->chunks;
     f->hint = size_hint;
-    if (body_cap && fill_charge(f, e->cost)) {
+    if (body_cap && f->charged < e->cost && fill_charge(f, e->cost)) { /* else reserved */
         lp_cache_fill_abandon(f);
         return NULL;
     }

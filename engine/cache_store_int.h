@@ -75,7 +75,8 @@ struct lp_cache_fill_s {
     lp_cache_waiter_t *waiters; /* borrowed: requests waiting on its lock (zone lock) */
     uint8_t dead;               /* went over a limit: appends are ignored, commit fails */
     uint8_t started;            /* lp_cache_fill_start ran */
-    size_t charged;             /* its chunks' bytes counted in zone->filling (zone lock) */
+    size_t charged;             /* bytes counted in zone->filling (zone lock): its chunks',
+                                   or a small body's room reserved with its lock */
 };
 
 /* Concurrency: one mutex per zone, taken by every worker's lookups, commits and purges and by

@@ -507,6 +507,40 @@ static void small_fills_charged(void)
     lp_cache_zone_release(z);
 }
 
+/* The same through the locks a miss takes (lp_cache_get_or_lock): a lock sets its small
+ * body's room aside while the zone has it free (lock_reserve), so that fills started on the
+ * locks stay within the budget either way, and abandoning them gives it all back. */
+static void locked_fills_reserved(void)
+{
+    enum { CAP = 64 << 10, NF = 200 };
+    lp_cache_zone_t *z = zone("lfr", CAP, 1 << 10);
+    REQUIRE(z);
+    static lp_cache_fill_t *f[NF];
+    int round[2] = {0, 0};
+    for (int r = 0; r < 2; r++) {
+        for (int i = 0; i < NF; i++) {
+            char key[8] = {(char)('a' + r), (char)('0' + i / 100), (char)('0' + i / 10 % 10),
+                           (char)('0' + i % 10), 0};
+            lp_cache_fill_t *lock = NULL;
+            int busy = 0;
+            CHECK(!lp_cache_get_or_lock(z, K(key), NOW, 5, &lock, &busy));
+            REQUIRE(lock);
+            f[i] = lp_cache_fill_start(z, lock, K(key), K(""), K("h"), NOW + 60, 1024);
+            round[r] += f[i] != NULL;
+        }
+        CHECK(round[r] > 0);
+        CHECK(round[r] < NF);                  /* the budget stopped them */
+        CHECK((size_t)round[r] * 1024 <= CAP); /* each was counted */
+        for (int i = 0; i < NF; i++)
+            lp_cache_fill_abandon(f[i]);
+    }
+    CHECK_EQ_INT(round[1], round[0]); /* all given back */
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.entries, 0);
+    lp_cache_zone_release(z);
+}
+
 /* A disk-only entry's memory in the index is true when its head is replaced: its first head
  * stays in its block beside the new one (before, the first head's bytes were taken off),
  * and the index comes back to its table alone once it goes. */
@@ -655,6 +689,7 @@ static const lp_test_case_t tests[] = {
     {"registry", registry},
     {"fills_charged", fills_charged},
     {"small_fills_charged", small_fills_charged},
+    {"locked_fills_reserved", locked_fills_reserved},
 };
 
 LP_TEST_MAIN(tests)
