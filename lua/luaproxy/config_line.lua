@@ -14,6 +14,8 @@ local find, sub, byte, format, tonumber = string.find, string.sub, string.byte, 
 
 local M = {}
 
+local MAX_BYTES = 1024 * 1024
+
 -- Lua (or JSON) text as a list of tokens: { kind, text, line }. kind: "name", "string",
 -- "number", or the punctuation itself ("{", "==", ...). Comments and long strings skipped
 -- or kept as strings, line numbers counted through them.
@@ -235,6 +237,13 @@ function M.annotate(path, err)
   if lower:find("%.ya?ml$") then return err end
   local fh = io.open(path, "rb")
   if not fh then return err end
+  -- A generated config of many MiB (100,000 routes) is a tool's, read by key path: its
+  -- tokens would cost seconds and a hundred MB here.
+  if (fh:seek("end") or 0) > MAX_BYTES then
+    fh:close()
+    return err
+  end
+  fh:seek("set")
   local text = fh:read("*a")
   fh:close()
   local ok, line = pcall(M.find, text, keypath, lower:find("%.json$") ~= nil)
