@@ -480,7 +480,8 @@ local function learn(st)
   end
 end
 
--- What learn mode saw in this worker, as Lua exclusions (for specs and `luaproxy explain`).
+-- What learn mode saw in this VM, as Lua exclusions (for specs under proxy.test; the proxy's
+-- users read the `waf learn:` log lines).
 function P.learned()
   local out = {}
   for key in pairs(learned) do
