@@ -53,6 +53,21 @@ describe("config_line", function()
     assert.is_nil(L.find(LUA, "timeout"))
   end)
 
+  it("gives no line from a table that the error's path does not lead to", function()
+    -- pieces, one of them missing a field: the other piece's line would mislead
+    local pieces = 'local a = { path = "/a", upstream = "api" }\n' ..
+      'local b = { path = "/b" }\n' ..
+      'return {\n  routes = { a,\n    b },\n}\n'
+    assert.equal(5, L.find(pieces, "routes[2].upstream"))
+    assert.equal(1, L.find(pieces, "routes[1].upstream"))
+    -- a table defined but not put where the error is, and one a function returns
+    local other = 'local common = { timeout = 30 }\n' ..
+      'local function route(p, u) return { path = p, upstream = u } end\n' ..
+      'return { routes = dofile("routes.lua"), extra = { route("/x", 5) } }\n'
+    assert.equal(3, L.find(other, "routes[7].timeout")) -- `routes = dofile(...)`, not common
+    assert.equal(3, L.find(other, "extra[1].upstream"))
+  end)
+
   it("reads JSON configs too", function()
     local json = '{\n  "listen": [ { "address": "127.0.0.1:1" } ],\n  "routes": [\n    { "upstream": "a" },\n    { "upstream": "b", "timeout": "x" }\n  ]\n}\n'
     assert.equal(5, L.find(json, "routes[2].timeout", true))

@@ -103,16 +103,31 @@ end
 local OPENS = { ["function"] = true, ["if"] = true, ["do"] = true, ["repeat"] = true }
 local CLOSES = { ["end"] = true, ["until"] = true }
 
--- Every constructor field of the token list: { path = { k1, k2, ... }, line = N }.
+-- Every constructor field of the token list: { path = { k1, k2, ... }, line = N, root = R,
+-- ref = NAME? }. path runs from the outermost constructor R the field is in; R.name is the
+-- variable it was assigned to (`local api = {`), if any. ref: the field's value is that one
+-- variable (`routes = { api }`), how a piece built apart is put in place.
 function M._fields(toks, json)
   local out = {}
-  local frames = {} -- open constructors: { path, index, state, depth, blocks, close }
+  local frames = {} -- open constructors: { path, root, index, state, depth, blocks, close }
   local function record(f, key, line)
     local p = {}
     for k = 1, #f.path do p[k] = f.path[k] end
     p[#p + 1] = key
-    out[#out + 1] = { path = p, line = line }
-    return p
+    local e = { path = p, line = line, root = f.root }
+    out[#out + 1] = e
+    return e
+  end
+  local function push(path, root, kind)
+    frames[#frames + 1] = { path = path, root = root, index = 0, state = "start", depth = 0,
+                            blocks = 0, close = kind == "{" and "}" or "]" }
+  end
+  -- toks[i] is one name and the value ends after it: the field refers to that variable
+  local function ref_at(i, f)
+    local t, nx = toks[i], toks[i + 1]
+    if t[1] == "name" and nx and (nx[1] == "," or nx[1] == ";" or nx[1] == f.close) then
+      return t[2]
+    end
   end
   local i, n = 1, #toks
   while i <= n do
@@ -127,8 +142,7 @@ function M._fields(toks, json)
     elseif f and f.state == "start" and opener then
       -- a positional field that is a table
       f.index = f.index + 1
-      frames[#frames + 1] = { path = record(f, f.index, line), index = 0, state = "start", depth = 0,
-                              blocks = 0, close = kind == "{" and "}" or "]" }
+      push(record(f, f.index, line).path, f.root, kind)
     elseif f and f.state == "start" and not json and kind == "name" and toks[i + 1]
       and toks[i + 1][1] == "=" then
       f.key = record(f, t[2], line)
@@ -147,20 +161,21 @@ function M._fields(toks, json)
       f.state = "after"
       i = i + 3
     elseif f and f.state == "after" and opener then
-      frames[#frames + 1] = { path = f.key, index = 0, state = "start", depth = 0, blocks = 0,
-                              close = kind == "{" and "}" or "]" }
+      push(f.key.path, f.root, kind)
     elseif opener and not (f and f.state == "start") then
       -- a constructor inside an expression (a call's argument, a function body's local) or
-      -- outside any: a root of its own; only suffix matches can reach its fields
+      -- outside any: a root of its own, named by the variable it is assigned to
       if f then f.state = "value" end
-      frames[#frames + 1] = { path = {}, index = 0, state = "start", depth = 0, blocks = 0,
-                              close = kind == "{" and "}" or "]" }
+      local pt, pn = toks[i - 1], toks[i - 2]
+      local name = pt and pt[1] == "=" and pn and pn[1] == "name" and pn[2] or nil
+      push({}, { name = name }, kind)
     elseif f then
       if f.state == "start" then -- a positional field that is not a table
         f.index = f.index + 1
-        record(f, f.index, line)
+        record(f, f.index, line).ref = not json and ref_at(i, f) or nil
         f.state = "value"
       elseif f.state == "after" then
+        f.key.ref = not json and ref_at(i, f) or nil
         f.state = "value"
       end
       local outside = f.depth <= 0 and f.blocks <= 0
@@ -196,6 +211,33 @@ local function split(keypath)
   return out
 end
 
+-- Is path p the end of want[1..len]?
+local function ends(p, want, len)
+  if #p > len then return false end
+  for k = 0, #p - 1 do
+    if p[#p - k] ~= want[len - k] then return false end
+  end
+  return true
+end
+
+-- Whether field fl stands at want[1..len]: a field of an unnamed root (the returned table)
+-- by its whole path; one of a piece built apart (`local api = { ... }`) only where a field
+-- of the file puts that variable, at the path before fl's own. Anything else (a table a
+-- function returns, one from another file) is no evidence: no line rather than a wrong one.
+local function placed(all, fl, want, len)
+  local p = fl.path
+  if not ends(p, want, len) then return false end
+  local name = fl.root.name
+  if not name then return #p == len end
+  local before = len - #p
+  for _, r in ipairs(all) do
+    if r.ref == name and ends(r.path, want, before) and (r.root.name or #r.path == before) then
+      return true
+    end
+  end
+  return false
+end
+
 -- The line the key path names in text, or nil when the text does not say unambiguously.
 function M.find(text, keypath, json)
   local want = split(keypath)
@@ -205,18 +247,12 @@ function M.find(text, keypath, json)
   for len = #want, 1, -1 do
     local best, best_line, ambiguous = 0, nil, false
     for _, fl in ipairs(all) do
-      local p = fl.path
-      if #p <= len and #p > 0 then
-        local ok = true
-        for k = 0, #p - 1 do
-          if p[#p - k] ~= want[len - k] then ok = false break end
-        end
-        if ok then
-          if #p > best then
-            best, best_line, ambiguous = #p, fl.line, false
-          elseif #p == best and fl.line ~= best_line then
-            ambiguous = true
-          end
+      if #fl.path > 0 and placed(all, fl, want, len) then
+        local d = #fl.path
+        if d > best then
+          best, best_line, ambiguous = d, fl.line, false
+        elseif d == best and fl.line ~= best_line then
+          ambiguous = true
         end
       end
     end
