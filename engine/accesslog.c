@@ -764,7 +764,7 @@ static void value(lp_accesslog_t *log, const lp_req_t *req, const op_t *op, uint
             one(v, h->host.base, h->host.len);
         break;
     case V_SCHEME:
-        if ((req->conn && req->conn->ep.tls) || (req->flags & LP_RF_TLS))
+        if (lp_req_over_tls(req))
             one(v, "https", 5);
         else
             one(v, "http", 4);

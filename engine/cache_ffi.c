@@ -958,8 +958,7 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
     /* The request's scheme and target as lp_ffi_req_get gives them (LP_FFI_SCHEME, _URI),
      * read here without its dispatch. */
     const lp_req_t *req = r;
-    lp_str_t scheme = (req->conn && req->conn->ep.tls) || (req->flags & LP_RF_TLS) ? LP_STR("https")
-                                                                                   : LP_STR("http");
+    lp_str_t scheme = lp_req_over_tls(req) ? LP_STR("https") : LP_STR("http");
     lp_str_t host = key_authority(r, scheme);
     lp_str_t uri = req->h1.path;
     size_t need = 4 + scheme.len + 3 + host.len + uri.len;

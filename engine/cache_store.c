@@ -914,14 +914,15 @@ static int lock_locked(lp_cache_zone_t *z, lp_cache_fill_t *f, double lock_timeo
  * that fill_start need not take the zone's lock a second time to charge it. A zone without
  * that room free gets no reservation (nothing is evicted for a response that may never be
  * stored): fill_start charges the body itself then, evicting as it must. The reservation
- * stays with the fill (counted in `filling`, at most this much more than its chunks) until
- * its commit or end gives it back. */
+ * stays with the fill (counted in `filling`) until its commit or end gives it back; the
+ * fill's first chunk takes it (fill_take), so a larger body holds no more than its chunks. */
 #define RESERVE (sizeof(lp_cache_chunk_t) + LP_CACHE_INLINE_BODY)
 static void lock_reserve(lp_cache_zone_t *z, lp_cache_fill_t *f)
 {
     if (mem_charged(z) + RESERVE <= z->capacity) {
         z->filling += RESERVE;
         f->charged = RESERVE;
+        f->reserve_left = RESERVE;
     }
 }
 
@@ -1015,6 +1016,7 @@ static void fill_uncharge(lp_cache_fill_t *f)
 {
     f->zone->filling -= f->charged;
     f->charged = 0;
+    f->reserve_left = 0;
 }
 
 /* Charges a chunk of f's to `filling` before it is taken: older entries make room; -1 when
@@ -1031,6 +1033,19 @@ static int fill_charge(lp_cache_fill_t *f, size_t charge)
     pthread_mutex_unlock(&z->lock);
     drop_dead(dead);
     return full ? -1 : 0;
+}
+
+/* need bytes of a chunk of f's: from the lock's reservation while it lasts (no zone lock),
+ * the rest charged. */
+static int fill_take(lp_cache_fill_t *f, size_t need)
+{
+    if (f->reserve_left >= need) {
+        f->reserve_left -= need;
+        return 0;
+    }
+    need -= f->reserve_left;
+    f->reserve_left = 0;
+    return fill_charge(f, need);
 }
 
 lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, const char *key,
@@ -1075,7 +1090,7 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     f->e = e;
     f->tail = e->chunks;
     f->hint = size_hint;
-    if (body_cap && f->charged < e->cost && fill_charge(f, e->cost)) { /* else reserved */
+    if (body_cap && fill_take(f, e->cost)) {
         lp_cache_fill_abandon(f);
         return NULL;
     }
@@ -1143,7 +1158,7 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
             if (want < 256 && f->hint <= e->body_len)
                 want = 256; /* length unknown: room for a few small appends */
             lp_cache_chunk_t *c =
-                fill_charge(f, sizeof(lp_cache_chunk_t) + want) ? NULL : chunk_new(want);
+                fill_take(f, sizeof(lp_cache_chunk_t) + want) ? NULL : chunk_new(want);
             if (!c) {
                 fill_kill(f);
                 return -1;

@@ -77,6 +77,8 @@ struct lp_cache_fill_s {
     uint8_t started;            /* lp_cache_fill_start ran */
     size_t charged;             /* bytes counted in zone->filling (zone lock): its chunks',
                                    or a small body's room reserved with its lock */
+    size_t reserve_left;        /* of charged: the lock's reservation no chunk has taken yet
+                                   (the owning thread's; the first chunks take it first) */
 };
 
 /* Concurrency: one mutex per zone, taken by every worker's lookups, commits and purges and by

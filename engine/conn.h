@@ -103,4 +103,11 @@ void lp_conn_give_body_back(lp_req_t *req, lp_buf_t *b, size_t len);
  * request ended. */
 int lp_conn_lua_resumed(lp_req_t *req, int phase, lp_rc_t rc);
 
+/* Whether req came over TLS (its scheme is https): its connection's, or, detached from it,
+ * what it kept (LP_RF_TLS). */
+static inline int lp_req_over_tls(const lp_req_t *r)
+{
+    return (r->conn && r->conn->ep.tls) || (r->flags & LP_RF_TLS);
+}
+
 #endif

@@ -72,7 +72,7 @@ int lp_ffi_req_get(void *rp, int what, lp_str_t *out)
         return 0;
     }
     case LP_FFI_SCHEME:
-        if ((r->conn && r->conn->ep.tls) || (r->flags & LP_RF_TLS))
+        if (lp_req_over_tls(r))
             set_out(out, "https", 5);
         else
             set_out(out, "http", 4);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "accesslog.h"
+#include "conn.h"
 #include "http1.h"
 #include "request.h"
 #include "trace.h"
@@ -210,7 +211,7 @@ size_t lp_trace_otlp_spans(char *out, const lp_req_t *req, uint64_t clock_off, u
     int first = 1;
     attr_str(&o, &first, "http.request.method", method, strlen(method));
     attr_str(&o, &first, "url.path", path.base, path.len);
-    int tls = (req->conn && req->conn->ep.tls) || (req->flags & LP_RF_TLS);
+    int tls = lp_req_over_tls(req);
     attr_str(&o, &first, "url.scheme", tls ? "https" : "http", tls ? 5 : 4);
     if (host.len)
         attr_str(&o, &first, "server.address", host.base, host.len);
