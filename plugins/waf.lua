@@ -61,10 +61,12 @@ P.schema = {
                       .. "the value (shell: command injection 932xxx read as a command line; "
                       .. "sql: 942190/942350 read by the SQL tokenizer; filename: 920120 on "
                       .. "an apostrophe inside a file name); {}: CRS raw (docs/plugins/waf.md)" },
-    unsupported = { type = "string", default = "log", one_of = { "log", "refuse" },
-                    description = "a SecLang construct the engine does not run (an operator, "
-                      .. "variable or action it lacks): log the list with file:line at load, "
-                      .. "or refuse the config" },
+    unsupported = { type = "string", default = "log", one_of = { "log", "refuse", "refuse_own" },
+                    description = "a real ModSecurity construct the engine does not run (an "
+                      .. "operator, variable or action it lacks; a name that is no SecLang is "
+                      .. "always refused): log the list with file:line at load, refuse the "
+                      .. "config, or refuse_own: refuse those in crs_files (and what they "
+                      .. "include), list those in crs" },
     time_budget = { type = "number", default = 0.5, min = 0,
                     description = "most seconds of rule evaluation per request (0: none); "
                       .. "past it the rest is not evaluated" },
@@ -241,9 +243,15 @@ local function compile_crs(conf, crs)
     end
     f:close()
   end
-  for _, p in ipairs(config_paths(conf.crs_files or {})) do paths[#paths + 1] = p end
   local files, err = seclang.collect(paths)
   if not files then error(err, 0) end
+  -- crs's own files: unsupported = "refuse_own" lists what they do not run and refuses
+  -- what the operator's crs_files (and what they include) do not
+  local crs_own = {}
+  for _, f in ipairs(files) do crs_own[f[1]] = true end
+  local own, oerr = seclang.collect(config_paths(conf.crs_files or {}))
+  if not own then error(oerr, 0) end
+  for _, f in ipairs(own) do files[#files + 1] = f end
   local parts = { "crs\0" }
   for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
   local key
@@ -264,11 +272,19 @@ local function compile_crs(conf, crs)
     if not set then error(lerr, 0) end
     parsed[tkey] = set
   end
-  if #set.unsupported > 0 and conf.unsupported == "refuse" then
+  local refused = {}
+  if conf.unsupported == "refuse" then
+    refused = set.unsupported
+  elseif conf.unsupported == "refuse_own" then
+    for _, u in ipairs(set.unsupported) do
+      if not crs_own[u:match("^(.-):%d+: ")] then refused[#refused + 1] = u end
+    end
+  end
+  if #refused > 0 then
     local list = {}
-    for i = 1, math.min(#set.unsupported, 5) do list[i] = set.unsupported[i] end
-    error(format("waf: %d SecLang constructs the engine does not run (unsupported = \"refuse\"): %s%s",
-      #set.unsupported, concat(list, "; "), #set.unsupported > 5 and "; ..." or ""), 0)
+    for i = 1, math.min(#refused, 5) do list[i] = refused[i] end
+    error(format("waf: %d SecLang constructs the engine does not run (unsupported = \"%s\"): %s%s",
+      #refused, conf.unsupported, concat(list, "; "), #refused > 5 and "; ..." or ""), 0)
   end
   local cerr
   sec, cerr = engine.compile_seclang(set, setmetatable({ tx = seed }, { __index = conf }))

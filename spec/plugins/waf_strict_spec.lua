@@ -72,3 +72,37 @@ describe("a real ModSecurity construct the engine does not run", function()
     assert.are.equal(202, #set.unsupported)
   end)
 end)
+
+describe("unsupported = \"refuse_own\"", function()
+  local T = require "proxy.test"
+  local waf = require "waf"
+  before_each(function() T.reset() end)
+
+  it("refuses what the operator's crs_files do not run, lists what crs does not run", function()
+    local crs = tmpfile('SecRule XML:/* "@rx a" "id:1,phase:2,pass"\n')
+    local mine = tmpfile('SecRule ARGS "@rx b" "id:2,phase:2,deny"\n')
+    -- crs's own not-run constructs: listed, the config loads
+    local c = T.conf(waf, { crs = crs, crs_files = { mine }, unsupported = "refuse_own", hyperscan = false })
+    assert.are.equal(1, #c.sec.unsupported)
+    -- one in the operator's file: refused, with its place
+    local bad = tmpfile('SecRule ARGS "@rx b" "id:2,phase:2,deny"\nSecRule ARGS "@verifyCC \\d+" "id:3,phase:2,deny"\n')
+    local ok, err = pcall(T.conf, waf, { crs = crs, crs_files = { bad }, unsupported = "refuse_own",
+                                         hyperscan = false })
+    assert.is_false(ok)
+    assert.matches('1 SecLang constructs the engine does not run (unsupported = "refuse_own"): '
+      .. bad .. ":2: operator @verifyCC", tostring(err), 1, true)
+    -- "log" lists both
+    c = T.conf(waf, { crs = crs, crs_files = { bad }, hyperscan = false })
+    assert.are.equal(2, #c.sec.unsupported)
+  end)
+
+  it("takes Debian's CRS with a strict own file", function()
+    local mine = tmpfile('SecRule REQUEST_FILENAME "@beginsWith /x" "id:10001,phase:1,deny,status:418"\n')
+    local c = T.conf(waf, { crs = "/usr/share/modsecurity-crs", crs_files = { mine },
+                            unsupported = "refuse_own", hyperscan = false })
+    assert.are.equal(202, #c.sec.unsupported)
+    local ok = pcall(T.conf, waf, { crs = "/usr/share/modsecurity-crs", crs_files = { mine },
+                                    unsupported = "refuse", hyperscan = false })
+    assert.is_false(ok)
+  end)
+end)
