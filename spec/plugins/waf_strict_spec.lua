@@ -106,3 +106,56 @@ describe("unsupported = \"refuse_own\"", function()
     assert.is_false(ok)
   end)
 end)
+
+describe("what a config load says", function()
+  local T = require "proxy.test"
+  local waf = require "waf"
+  before_each(function() T.reset() end)
+
+  local RULES = 'SecRule ARGS "@rx evil" "id:20,phase:2,deny,tag:attack-x,tag:paranoia-level/2"\n'
+    .. 'SecRule ARGS "@rx worse" "id:21,phase:2,deny"\nSecRuleRemoveById 21\n'
+    .. 'SecRule XML:/* "@rx a" "id:30,phase:2,pass"\nSecRule XML:/* "@rx b" "id:31,phase:2,pass"\n'
+
+  it("warns of an exclusion naming an id, a range or a tag no rule has, with its place", function()
+    local p = tmpfile(RULES)
+    T.conf(waf, { crs = p, hyperscan = false, exclusions = {
+      -- 20 (above paranoia 1), 21 (removed by SecRuleRemoveById), 1009 (a Lua rule) exist
+      { ids = { 20, 999999999 }, targets = { "ARGS:q" } },
+      { ids = { 21, 1009 }, id_ranges = { { 100, 199 }, { 1, 25 } } },
+      { tags = { "attack-x", "atack-x" } },
+    } }, "routes[2].plugins[1](waf)")
+    local excl = {}
+    for _, w in ipairs(T.config_warnings) do if w:find("exclusions", 1, true) then excl[#excl + 1] = w end end
+    assert.are.same({
+      "routes[2].plugins[1](waf).exclusions[1].ids[2]: no rule has id 999999999: it excludes nothing",
+      "routes[2].plugins[1](waf).exclusions[2].id_ranges[1]: no rule has an id in 100..199: it excludes nothing",
+      'routes[2].plugins[1](waf).exclusions[3].tags[2]: no rule has the tag "atack-x": it excludes nothing',
+    }, excl)
+  end)
+
+  it("says what the SecLang set does not run in one grouped line, once for routes sharing it", function()
+    local p = tmpfile(RULES)
+    T.conf(waf, { crs = p, hyperscan = false }, "routes[1].plugins[1](waf)")
+    -- the engine logs each distinct text once per load (runtime.lua's warn)
+    local lines = {}
+    for _, w in ipairs(T.config_warnings) do if w:find("not run", 1, true) then lines[#lines + 1] = w end end
+    assert.are.same({ 'waf: 2 SecLang constructs not run (unsupported = "log"): 2 x variable XML (no XML body '
+      .. "processor: XML bodies are inspected as REQUEST_BODY only) (first at " .. p .. ":4)" }, lines)
+  end)
+
+  it("logs the set's summary once the databases are there, with their patterns counted", function()
+    local c = T.conf(waf, { crs = tmpfile(RULES .. 'SecRule ARGS "@rx ab+c" "id:40,phase:2,deny"\n'
+      .. 'SecRule REQUEST_HEADERS "@rx x[yz]" "id:41,phase:2,deny,t:lowercase"\n'), default_rules = false })
+    T.phase(waf, "init_worker", nil, c)
+    for _ = 1, 200 do
+      if c.sec.ready and not c.sec.pending then break end
+      T.advance(0.05)
+    end
+    local summary
+    for _, l in ipairs(T.log_lines("info")) do if l:find("SecLang rules:", 1, true) then summary = l end end
+    assert.truthy(summary, "no summary line")
+    -- 20 is above paranoia 1, 30 and 31 read nothing (XML): 40's and 41's patterns
+    assert.matches("; 2 Hyperscan patterns, 0 PCRE2%-only$", summary)
+    assert.are.equal(2, c.sec.hs_patterns)
+  end)
+end)

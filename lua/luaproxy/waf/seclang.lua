@@ -918,8 +918,11 @@ function Reader:finish()
       fail(r.place, format("skipAfter:%s: no SecMarker of that name", r.skip_after))
     end
   end
+  -- every id and tag read, removed rules' too (an exclusion naming none is a typo)
+  local tags = {}
+  for _, r in ipairs(self.rules) do for _, t in ipairs(r.taglist) do tags[t] = true end end
   return { items = items, unsupported = self.unsupported, ignored = self.ignored,
-           engine = self.engine, files = self.files }
+           engine = self.engine, files = self.files, ids = seen, tags = tags }
 end
 
 -- The rule files of `paths` (a CRS directory: its rules/*.conf, or *.conf when there is no
