@@ -32,7 +32,7 @@ describe("a name that is not ModSecurity's", function()
         ":1: unknown transformation t:lowercasse %(did you mean t:lowercase%?%)" },
       { 'SecRule ARGS "@rx a" "id:1,phase:2,pas"\n', ":1: unknown action pas %(did you mean pass%?%)" },
       { 'SecRule ARGS "@rx a" "id:1,phase:2,pass,skipAftr:END"\nSecMarker END\n',
-        ":1: unknown action skipAftr %(did you mean skipAfter%?%)" },
+        ":1: unknown action skipaftr %(did you mean skipAfter%?%)" },
       { 'SecAction "id:1,phase:1,pass,ctl:ruleRemoveByIdd=3"\n',
         ":1: unknown ctl option ctl:ruleRemoveByIdd %(did you mean ctl:ruleRemoveById%?%)" },
       -- a chained link's typo too

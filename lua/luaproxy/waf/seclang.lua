@@ -206,7 +206,7 @@ local function split_actions(place, s)
       if sub(value, -1) ~= "'" or #value < 2 then fail(place, format("action %s: unterminated quote", name)) end
       value = gsub(sub(value, 2, -2), "\\'", "'")
     end
-    out[#out + 1] = { lower(name), value, raw = name }
+    out[#out + 1] = { lower(name), value }
   end
   while i <= n do
     local c = sub(s, i, i)
@@ -719,7 +719,7 @@ function Reader:actions(place, s, r, cond, first)
     elseif M.MODSEC_ACTIONS[name] then
       self:unsupported_at(place, "action " .. M.MODSEC_ACTIONS[name])
     else
-      unknown(place, M.MODSEC_ACTIONS, "action", a.raw or name)
+      unknown(place, M.MODSEC_ACTIONS, "action", name)
     end
   end
   cond.transforms = tr
