@@ -361,6 +361,7 @@ local function compile(conf)
   local c = {}
   for k, v in pairs(conf) do c[k] = v end
   c.cs = cs
+  c.lua_ids, c.lua_tags = cs.known_ids, cs.known_tags -- kept when c.cs goes (check_exclusions)
   if crs then
     c.crs = crs
     c.sec = compile_crs(conf, crs)
@@ -391,7 +392,7 @@ function P.check_exclusions(c)
     for id in pairs(known_ids or {}) do ids[#ids + 1] = id end
     for t in pairs(known_tags or {}) do tags[t] = true end
   end
-  if c.cs then add(c.cs.known_ids, c.cs.known_tags) end
+  add(c.lua_ids, c.lua_tags)
   local parsed = c.sec and c.sec.parsed
   if parsed then add(parsed.ids, parsed.tags) end
   local function any_in(lo, hi)

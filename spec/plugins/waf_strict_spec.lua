@@ -131,6 +131,11 @@ describe("what a config load says", function()
       "routes[2].plugins[1](waf).exclusions[2].id_ranges[1]: no rule has an id in 100..199: it excludes nothing",
       'routes[2].plugins[1](waf).exclusions[3].tags[2]: no rule has the tag "atack-x": it excludes nothing',
     }, excl)
+    -- the Lua rules alone
+    T.reset()
+    T.conf(waf, { crs = false, exclusions = { { ids = { 1009, 7 } } } }, "routes[1].plugins[1](waf)")
+    assert.are.same({ "routes[1].plugins[1](waf).exclusions[1].ids[2]: no rule has id 7: it excludes nothing" },
+      T.config_warnings)
   end)
 
   it("says what the SecLang set does not run in one grouped line, once for routes sharing it", function()
