@@ -393,8 +393,8 @@ function P.check_exclusions(c)
     for t in pairs(known_tags or {}) do tags[t] = true end
   end
   add(c.lua_ids, c.lua_tags)
-  local parsed = c.sec and c.sec.parsed
-  if parsed then add(parsed.ids, parsed.tags) end
+  local set = c.sec and c.sec.parsed
+  if set then add(set.ids, set.tags) end
   local function any_in(lo, hi)
     for _, id in ipairs(ids) do if id >= lo and id <= hi then return true end end
     return false
