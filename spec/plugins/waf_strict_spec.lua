@@ -45,6 +45,12 @@ describe("a name that is not ModSecurity's", function()
     end
   end)
 
+  it("reads directive names in any case, as ModSecurity does", function()
+    local set = assert(seclang.load({ tmpfile('secrule ARGS "@rx a" "id:1,phase:2,pass"\nSECMARKER END\n') }))
+    assert.are.equal(2, #set.items)
+    assert.are.same({}, set.unsupported)
+  end)
+
   it("offers no guess when nothing is close", function()
     local err = load_err('SecRule ARGS "@rx a" "id:1,phase:2,pass,t:frobnicateall"\n')
     assert.matches("unknown transformation t:frobnicateall$", err)

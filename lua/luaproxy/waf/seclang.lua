@@ -811,7 +811,8 @@ function Reader:file(path, text)
   for _, d in ipairs(M.lex(path, text)) do
     local place = format("%s:%d", path, d.line)
     local w = d.words
-    local name = w[1]
+    -- directive names are case-insensitive (Apache's config reader, ModSecurity's lexer)
+    local name = M.MODSEC_DIRECTIVES[lower(w[1])] or w[1]
     if self.chain_open and name ~= "SecRule" then
       fail(place, format("%s inside an open chain (the rule before says chain)", name))
     end
