@@ -247,6 +247,12 @@ class WafCrsTest(RT.ReloadTestCase):
         try:
             j = self.reload_fails()
             self.assertIn("rules/extra.conf:4: the file ends inside a chain", j["error"])
+            # a name that is no SecLang (a typo): refused as ModSecurity refuses it
+            with open(path, "w") as f:
+                f.write(EXTRA + "SecRule REQUEST_HEADRES:Host \"@rx x\" \"id:10009,phase:1,pass\"\n")
+            j = self.reload_fails()
+            self.assertIn("rules/extra.conf:8: unknown variable REQUEST_HEADRES (did you mean REQUEST_HEADERS?)",
+                          j["error"])
             self.assertEqual(self.get("/custom-block/x").status, 418)
             self.assertEqual(self.get("/?x=%3Cscript%3Ealert(1)%3C%2Fscript%3E").status, 403)
         finally:
