@@ -35,6 +35,7 @@ describe("a name that is not ModSecurity's", function()
         ":1: unknown action skipaftr %(did you mean skipAfter%?%)" },
       { 'SecAction "id:1,phase:1,pass,ctl:ruleRemoveByIdd=3"\n',
         ":1: unknown ctl option ctl:ruleRemoveByIdd %(did you mean ctl:ruleRemoveById%?%)" },
+      { 'SecDefaultAction "phase:2,log,auditlog,pas"\n', ":1: unknown action pas %(did you mean pass%?%)" },
       -- a chained link's typo too
       { 'SecRule ARGS "@rx a" "id:1,phase:2,pass,chain"\n  SecRule ARGS_NAMEZ "@rx b" "t:none"\n',
         ":2: unknown variable ARGS_NAMEZ %(did you mean ARGS_NAMES%?%)" },

@@ -830,6 +830,7 @@ function Reader:file(path, text)
       args(place, w, 1, 1)
       local phase, dis = 2, nil
       for _, a in ipairs(split_actions(place, w[2])) do
+        if not M.MODSEC_ACTIONS[a[1]] then unknown(place, M.MODSEC_ACTIONS, "action", a[1]) end
         if a[1] == "phase" then phase = tonumber(a[2]) or (a[2] == "request" and 2) or 2
         elseif a[1] == "deny" or a[1] == "pass" or a[1] == "drop" then dis = a[1] == "drop" and "deny" or a[1]
         end
