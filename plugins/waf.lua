@@ -61,10 +61,12 @@ P.schema = {
                       .. "the value (shell: command injection 932xxx read as a command line; "
                       .. "sql: 942190/942350 read by the SQL tokenizer; filename: 920120 on "
                       .. "an apostrophe inside a file name); {}: CRS raw (docs/plugins/waf.md)" },
-    unsupported = { type = "string", default = "log", one_of = { "log", "refuse" },
-                    description = "a SecLang construct the engine does not run (an operator, "
-                      .. "variable or action it lacks): log the list with file:line at load, "
-                      .. "or refuse the config" },
+    unsupported = { type = "string", default = "log", one_of = { "log", "refuse", "refuse_own" },
+                    description = "a real ModSecurity construct the engine does not run (an "
+                      .. "operator, variable or action it lacks; a name that is no SecLang is "
+                      .. "always refused): log the list with file:line at load, refuse the "
+                      .. "config, or refuse_own: refuse those in crs_files (and what they "
+                      .. "include), list those in crs" },
     time_budget = { type = "number", default = 0.5, min = 0,
                     description = "most seconds of rule evaluation per request (0: none); "
                       .. "past it the rest is not evaluated" },
@@ -241,9 +243,15 @@ local function compile_crs(conf, crs)
     end
     f:close()
   end
-  for _, p in ipairs(config_paths(conf.crs_files or {})) do paths[#paths + 1] = p end
   local files, err = seclang.collect(paths)
   if not files then error(err, 0) end
+  -- crs's own files: unsupported = "refuse_own" lists what they do not run and refuses
+  -- what the operator's crs_files (and what they include) do not
+  local crs_own = {}
+  for _, f in ipairs(files) do crs_own[f[1]] = true end
+  local own, oerr = seclang.collect(config_paths(conf.crs_files or {}))
+  if not own then error(oerr, 0) end
+  for _, f in ipairs(own) do files[#files + 1] = f end
   local parts = { "crs\0" }
   for _, f in ipairs(files) do parts[#parts + 1] = f[1] .. "\0" .. f[2] .. "\0" end
   local key
@@ -264,11 +272,19 @@ local function compile_crs(conf, crs)
     if not set then error(lerr, 0) end
     parsed[tkey] = set
   end
-  if #set.unsupported > 0 and conf.unsupported == "refuse" then
+  local refused = {}
+  if conf.unsupported == "refuse" then
+    refused = set.unsupported
+  elseif conf.unsupported == "refuse_own" then
+    for _, u in ipairs(set.unsupported) do
+      if not crs_own[u:match("^(.-):%d+: ")] then refused[#refused + 1] = u end
+    end
+  end
+  if #refused > 0 then
     local list = {}
-    for i = 1, math.min(#set.unsupported, 5) do list[i] = set.unsupported[i] end
-    error(format("waf: %d SecLang constructs the engine does not run (unsupported = \"refuse\"): %s%s",
-      #set.unsupported, concat(list, "; "), #set.unsupported > 5 and "; ..." or ""), 0)
+    for i = 1, math.min(#refused, 5) do list[i] = refused[i] end
+    error(format("waf: %d SecLang constructs the engine does not run (unsupported = \"%s\"): %s%s",
+      #refused, conf.unsupported, concat(list, "; "), #refused > 5 and "; ..." or ""), 0)
   end
   local cerr
   sec, cerr = engine.compile_seclang(set, setmetatable({ tx = seed }, { __index = conf }))
@@ -334,11 +350,18 @@ local function compile(conf)
     end
     if not res then error(cerr, 0) end
     cs = res
+    -- every Lua rule's id and tag, whatever its paranoia level (check_exclusions)
+    cs.known_ids, cs.known_tags = {}, {}
+    for _, r in ipairs(rules) do
+      cs.known_ids[r.id] = true
+      for t in pairs(r.tags or {}) do cs.known_tags[t] = true end
+    end
     if key then compiled[key] = cs end
   end
   local c = {}
   for k, v in pairs(conf) do c[k] = v end
   c.cs = cs
+  c.lua_ids, c.lua_tags = cs.known_ids, cs.known_tags -- kept when c.cs goes (check_exclusions)
   if crs then
     c.crs = crs
     c.sec = compile_crs(conf, crs)
@@ -361,12 +384,74 @@ local function compile(conf)
   return c
 end
 
+-- Exclusions naming an id, a range or a tag no rule of the set has (a typo: the rule the
+-- operator meant is not taken out): "exclusions[i].ids[j]: ..." texts.
+function P.check_exclusions(c)
+  local ids, tags = {}, {}
+  local function add(known_ids, known_tags)
+    for id in pairs(known_ids or {}) do ids[#ids + 1] = id end
+    for t in pairs(known_tags or {}) do tags[t] = true end
+  end
+  add(c.lua_ids, c.lua_tags)
+  local set = c.sec and c.sec.parsed
+  if set then add(set.ids, set.tags) end
+  local function any_in(lo, hi)
+    for _, id in ipairs(ids) do if id >= lo and id <= hi then return true end end
+    return false
+  end
+  local out = {}
+  for i, ex in ipairs(c.exclusions or {}) do
+    for j, id in ipairs(ex.ids or {}) do
+      if not any_in(id, id) then
+        out[#out + 1] = format("exclusions[%d].ids[%d]: no rule has id %d: it excludes nothing", i, j, id)
+      end
+    end
+    for j, r in ipairs(ex.id_ranges or {}) do
+      if not (r[1] and r[2] and any_in(r[1], r[2])) then
+        out[#out + 1] = format("exclusions[%d].id_ranges[%d]: no rule has an id in %s..%s: it excludes "
+          .. "nothing", i, j, tostring(r[1]), tostring(r[2]))
+      end
+    end
+    for j, t in ipairs(ex.tags or {}) do
+      if not tags[t] then
+        out[#out + 1] = format("exclusions[%d].tags[%d]: no rule has the tag %q: it excludes nothing", i, j, t)
+      end
+    end
+  end
+  return out
+end
+
+-- One line for what the SecLang set does not run (unsupported = "log"), grouped by kind.
+local function not_run_line(sec, mode)
+  local kinds = {}
+  for kind in P.unsupported_summary(sec):gmatch("[^;]+") do kinds[#kinds + 1] = kind:gsub("^%s+", "") end
+  -- under the log's line length (2 KiB): the rest counted
+  local out, len = {}, 0
+  for i, k in ipairs(kinds) do
+    if len + #k > 1500 then
+      out[#out + 1] = format("%d more kinds", #kinds - i + 1)
+      break
+    end
+    out[#out + 1] = k
+    len = len + #k + 2
+  end
+  return format("waf: %d SecLang constructs not run (unsupported = %q): %s", #sec.unsupported, mode,
+    concat(out, "; "))
+end
+
 -- A config problem (a missing crs path, a rule file's "file:line: problem") is returned,
 -- not raised: the loader adds a Lua stack traceback to what compile raises, which says
 -- nothing to someone fixing a config. A bug here still names its waf.lua line.
-function P.compile(conf)
+function P.compile(conf, where, warn)
   local ok, res = pcall(compile, conf)
-  if ok then return res end
+  if ok then
+    if warn then
+      for _, w in ipairs(P.check_exclusions(res)) do warn(format("%s.%s", where or "waf", w)) end
+      -- said once per load, however many routes run the same set
+      if res.sec and #res.sec.unsupported > 0 then warn(not_run_line(res.sec, conf.unsupported)) end
+    end
+    return res
+  end
   if type(res) == "string" then return nil, res end
   error(res, 0)
 end
@@ -407,6 +492,18 @@ function P.init_worker(conf)
         proxy.log.info(format("waf: %d Hyperscan databases ready in %.3f s (%d compiled here, "
           .. "%d shared)", sec.hs_dbs or 0, proxy.monotonic() - t0, sec.hs_compiled or 0,
           (sec.hs_dbs or 0) - (sec.hs_compiled or 0)))
+        -- The set's summary, with the patterns counted once the databases are there; by
+        -- one worker (each VM compiles the same set from the same files).
+        if not sec.reported and proxy.worker_id() == 1 then
+          sec.reported = true
+          local c = sec.counts
+          proxy.log.info(format("waf: SecLang rules: %d read, %d compiled (%d above paranoia %d "
+            .. "left out), %d response rules not run, %d excluded, %d folded at load (%d walked); "
+            .. "%s", c.rules, c.compiled, c.paranoia_skipped, conf.paranoia, c.response,
+            c.excluded, c.folded or 0, c.compiled - (c.folded or 0),
+            sec.use_hs and format("%d Hyperscan patterns, %d PCRE2-only", sec.hs_patterns, #sec.pcre_only)
+              or "no Hyperscan: every regex through PCRE2"))
+        end
       end
       if not sec.pending then
         ready()
@@ -419,24 +516,6 @@ function P.init_worker(conf)
             ready()
           end
         end)
-      end
-    end
-    if first and not sec.reported then
-      sec.reported = true
-      local c = sec.counts
-      proxy.log.info(format("waf: SecLang rules: %d read, %d compiled (%d above paranoia %d "
-        .. "left out), %d response rules not run, %d excluded, %d folded at load (%d walked); "
-        .. "%d Hyperscan patterns, %d PCRE2-only", c.rules, c.compiled, c.paranoia_skipped,
-        conf.paranoia, c.response, c.excluded, c.folded or 0, c.compiled - (c.folded or 0),
-        sec.hs_patterns, #sec.pcre_only))
-      if #sec.unsupported > 0 then
-        -- One line per kind: a single line for CRS's list would pass the log's line limit.
-        local kinds = P.unsupported_summary(sec)
-        proxy.log.warn(format("waf: %d SecLang constructs not run (unsupported = \"log\"):",
-          #sec.unsupported))
-        for kind in kinds:gmatch("[^;]+") do
-          proxy.log.warn("waf: not run: " .. kind:gsub("^%s+", ""))
-        end
       end
     end
   end

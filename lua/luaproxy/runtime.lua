@@ -114,7 +114,15 @@ local function load_list(list, path, opts, ctx)
     local conf, verr = schema.validate_entry(plugin, entry, ep, ctx)
     if not conf then return nil, verr end
     if plugin.compile then
-      local cok, compiled, cerr2 = xpcall(plugin.compile, traceback, conf, ep)
+      -- warn(text): said once per config load where the config is checked (engine/lua_vm.c),
+      -- not again by each worker's VM; the same text from several entries once
+      local function warn(text)
+        if not ctx.warned[text] then
+          ctx.warned[text] = true
+          ctx.warnings[#ctx.warnings + 1] = text
+        end
+      end
+      local cok, compiled, cerr2 = xpcall(plugin.compile, traceback, conf, ep, warn)
       if not cok then return nil, ep .. ": " .. tostring(compiled) end
       if compiled == nil then
         return nil, ep .. ": " .. tostring(cerr2 or "compile returned nothing")

@@ -51,6 +51,7 @@ local clock = START
 
 -- Log lines recorded by proxy.log.*: { level =, message =, plugin = }.
 T.logs = {}
+T.config_warnings = {}
 local log_tag -- the plugin whose phase is running, for log lines
 
 local fake = { json = require "cjson", config = {}, log = {} }
@@ -332,6 +333,7 @@ function T.reset()
   phases.current_fn = nil
   init_ran = setmetatable({}, { __mode = "k" })
   T.logs = {}
+  T.config_warnings = {} -- compile()'s warn(text), in order
   clock = START
   timers, spawned, exiting = {}, {}, false
   tcp.reset()
@@ -1116,7 +1118,10 @@ function T.conf(plugin, overrides, path)
   conf, err = schema.validate(plugin.schema or { fields = {} }, overrides, path)
   if not conf then phases.raise(err, 2) end
   if plugin.compile then
-    local compiled, cerr = plugin.compile(conf, path)
+    -- warnings of the config load (the engine logs them once, at the config check)
+    local compiled, cerr = plugin.compile(conf, path, function(text)
+      T.config_warnings[#T.config_warnings + 1] = text
+    end)
     if compiled == nil then phases.raise(path .. ": " .. tostring(cerr), 2) end
     conf = compiled
   end

@@ -27,6 +27,7 @@ function TestRequest:log_fields() end
 ---@class proxy.test
 ---@field proxy proxy the fake proxy module (also the global `proxy` while specs run)
 ---@field logs {level: string, message: string, plugin: string?}[]
+---@field config_warnings string[] what compile(conf, where, warn) said through warn, in order
 ---@field upstreams table<string, table>
 ---@field http_requests table[] the calls proxy.http made
 ---@field redis table fake Redis reply helpers

@@ -60,10 +60,10 @@ describe("seclang reader", function()
 
   it("lists unsupported constructs with file:line; the plugin logs them or refuses the config", function()
     local p = tmpfile('SecRule ARGS "@rbl example.org" "id:1,phase:2,pass"\n'
-      .. 'SecRule XML:/* "@rx a" "id:2,phase:2,pass,t:foo"\n')
+      .. 'SecRule XML:/* "@rx a" "id:2,phase:2,pass,t:md5"\n')
     local set = assert(seclang.load({ p }))
     assert.are.same({ p .. ":1: operator @rbl", p .. ":2: variable XML (no XML body processor: XML "
-      .. "bodies are inspected as REQUEST_BODY only)", p .. ":2: transformation t:foo" }, set.unsupported)
+      .. "bodies are inspected as REQUEST_BODY only)", p .. ":2: transformation t:md5" }, set.unsupported)
     local ok, err = pcall(T.conf, waf, { crs = p, unsupported = "refuse" })
     assert.is_false(ok)
     assert.matches("3 SecLang constructs the engine does not run", tostring(err))

@@ -136,9 +136,22 @@ class WafCrsTest(RT.ReloadTestCase):
         self.assertEqual(sorted(counts), [(0, total), (total, 0)], lines)
 
     def test_unsupported_construct_logged_with_place(self):
-        needle = "waf: not run: 1 x operator @verifyCC (first at "
+        # one grouped line per config load (three routes, two workers: said once)
+        needle = "SecLang constructs not run (unsupported = \"log\"): "
         H.wait_for(lambda: self.log_lines(needle), H.T(10), what="the unsupported @verifyCC with file:line")
-        self.assertIn("rules/extra.conf:7)", self.log_lines(needle)[0])
+        self.assertEqual(len(self.log_lines(needle)), 1, self.log_lines(needle))
+        self.assertRegex(self.log_lines(needle)[0], r"1 x operator @verifyCC \(first at \S*rules/extra.conf:7\)")
+        self.assertIn("118 x variable XML", self.log_lines(needle)[0])
+
+    def test_load_summary_once_with_patterns_counted(self):
+        # said by one worker once its databases are there: the patterns counted, not 0
+        H.wait_for(lambda: len(self.ready_lines()) >= 2, H.T(300), what="both workers' lines")
+        H.wait_for(lambda: self.log_lines("waf: SecLang rules: "), H.T(10), what="the summary")
+        lines = self.log_lines("waf: SecLang rules: ")
+        self.assertEqual(len(lines), 1, lines)
+        m = re.search(r"; (\d+) Hyperscan patterns, (\d+) PCRE2-only", lines[0])
+        self.assertTrue(m, lines[0])
+        self.assertGreater(int(m.group(1)), 1000, lines[0])
 
     def test_catastrophic_regex_bounded(self):
         t0 = time.monotonic()
@@ -234,6 +247,12 @@ class WafCrsTest(RT.ReloadTestCase):
         try:
             j = self.reload_fails()
             self.assertIn("rules/extra.conf:4: the file ends inside a chain", j["error"])
+            # a name that is no SecLang (a typo): refused as ModSecurity refuses it
+            with open(path, "w") as f:
+                f.write(EXTRA + "SecRule REQUEST_HEADRES:Host \"@rx x\" \"id:10009,phase:1,pass\"\n")
+            j = self.reload_fails()
+            self.assertIn("rules/extra.conf:8: unknown variable REQUEST_HEADRES (did you mean REQUEST_HEADERS?)",
+                          j["error"])
             self.assertEqual(self.get("/custom-block/x").status, 418)
             self.assertEqual(self.get("/?x=%3Cscript%3Ealert(1)%3C%2Fscript%3E").status, 403)
         finally:
@@ -269,6 +288,9 @@ class WafCrsTest(RT.ReloadTestCase):
         H.wait_for(lambda: len(self.ready_lines()) >= 4, H.T(60), what="the new workers' lines")
         for line in self.ready_lines()[2:4]:
             self.assertIn("(0 compiled here, ", line)
+        # the summary and the constructs not run: once per load (the refused one said none)
+        self.assertEqual(len(self.log_lines("waf: SecLang rules: ")), 2)
+        self.assertEqual(len(self.log_lines("SecLang constructs not run")), 2)
         # A changed rule file (a rule whose transformation chain no other rule uses): one
         # database compiled, by one worker; requests inspected meanwhile, old rules serving.
         with open(path, "w") as f:

@@ -311,6 +311,136 @@ M.IGNORED_DIRECTIVES = {
 }
 
 ---------------------------------------------------------------------------------------------
+-- ModSecurity's own names (the reference manual's, v3 and v2): a name in none of these lists
+-- is no SecLang at all (a typo: `SecFooBar`, `REQUEST_HEADRES`, `@rxx`, `t:lowercasse`) and
+-- refuses the file with file:line; a name in them the engine does not run is "unsupported".
+
+local function set_of(s)
+  local t = {}
+  for w in s:gmatch("%S+") do t[lower(w)] = w end
+  return t
+end
+
+M.MODSEC_DIRECTIVES = set_of [[
+  Include IncludeOptional SecAction SecArgumentSeparator SecArgumentsLimit SecAuditEngine
+  SecAuditLog SecAuditLog2 SecAuditLogDirMode SecAuditLogFileMode SecAuditLogFormat
+  SecAuditLogParts SecAuditLogRelevantStatus SecAuditLogStorageDir SecAuditLogType
+  SecCacheTransformations SecChrootDir SecCollectionTimeout SecComponentSignature
+  SecConnEngine SecConnReadStateLimit SecConnWriteStateLimit SecContentInjection
+  SecCookieFormat SecCookieV0Separator SecDataDir SecDebugLog SecDebugLogLevel
+  SecDefaultAction SecDisableBackendCompression SecGeoLookupDb SecGsbLookupDb SecGuardianLog
+  SecHashEngine SecHashKey SecHashMethodPm SecHashMethodRx SecHashParam SecHttpBlKey
+  SecInterceptOnError SecMarker SecParseXmlIntoArgs SecPcreMatchLimit
+  SecPcreMatchLimitRecursion SecReadStateLimit SecRemoteRules SecRemoteRulesFailAction
+  SecRequestBodyAccess SecRequestBodyInMemoryLimit SecRequestBodyJsonDepthLimit
+  SecRequestBodyLimit SecRequestBodyLimitAction SecRequestBodyNoFilesLimit
+  SecResponseBodyAccess SecResponseBodyLimit SecResponseBodyLimitAction
+  SecResponseBodyMimeType SecResponseBodyMimeTypesClear SecRule SecRuleEngine
+  SecRuleInheritance SecRulePerfTime SecRuleRemoveById SecRuleRemoveByMsg SecRuleRemoveByTag
+  SecRuleScript SecRuleUpdateActionById SecRuleUpdateTargetById SecRuleUpdateTargetByMsg
+  SecRuleUpdateTargetByTag SecSensorId SecServerSignature SecStatusEngine
+  SecStreamInBodyInspection SecStreamOutBodyInspection SecTmpDir SecTmpSaveUploadedFiles
+  SecUnicodeCodePage SecUnicodeMapFile SecUploadDir SecUploadFileLimit SecUploadFileMode
+  SecUploadKeepFiles SecWebAppId SecWriteStateLimit SecXmlExternalEntity
+]]
+
+M.MODSEC_VARIABLES = set_of [[
+  ARGS ARGS_COMBINED_SIZE ARGS_GET ARGS_GET_NAMES ARGS_NAMES ARGS_POST ARGS_POST_NAMES
+  AUTH_TYPE DURATION ENV FILES FILES_COMBINED_SIZE FILES_NAMES FILES_SIZES FILES_TMPNAMES
+  FILES_TMP_CONTENT FULL_REQUEST FULL_REQUEST_LENGTH GEO GLOBAL HIGHEST_SEVERITY
+  INBOUND_DATA_ERROR IP MATCHED_VAR MATCHED_VARS MATCHED_VARS_NAMES MATCHED_VAR_NAME
+  MODSEC_BUILD MSC_PCRE_LIMITS_EXCEEDED MULTIPART_BOUNDARY_QUOTED MULTIPART_BOUNDARY_WHITESPACE
+  MULTIPART_CRLF_LF_LINES MULTIPART_DATA_AFTER MULTIPART_DATA_BEFORE
+  MULTIPART_FILE_LIMIT_EXCEEDED MULTIPART_FILENAME MULTIPART_HEADER_FOLDING
+  MULTIPART_INVALID_HEADER_FOLDING MULTIPART_INVALID_PART MULTIPART_INVALID_QUOTING
+  MULTIPART_LF_LINE MULTIPART_MISSING_SEMICOLON MULTIPART_NAME MULTIPART_PART_HEADERS
+  MULTIPART_SEMICOLON_MISSING MULTIPART_STRICT_ERROR MULTIPART_UNMATCHED_BOUNDARY
+  OUTBOUND_DATA_ERROR PATH_INFO PERF_ALL PERF_COMBINED PERF_GC PERF_LOGGING PERF_PHASE1
+  PERF_PHASE2 PERF_PHASE3 PERF_PHASE4 PERF_PHASE5 PERF_RULES PERF_SREAD PERF_SWRITE
+  QUERY_STRING REMOTE_ADDR REMOTE_HOST REMOTE_PORT REMOTE_USER REQBODY_ERROR
+  REQBODY_ERROR_MSG REQBODY_PROCESSOR REQBODY_PROCESSOR_ERROR REQBODY_PROCESSOR_ERROR_MSG
+  REQUEST_BASENAME REQUEST_BODY REQUEST_BODY_LENGTH REQUEST_COOKIES REQUEST_COOKIES_NAMES
+  REQUEST_FILENAME REQUEST_HEADERS REQUEST_HEADERS_NAMES REQUEST_LINE REQUEST_METHOD
+  REQUEST_PROTOCOL REQUEST_URI REQUEST_URI_RAW RESOURCE RESPONSE_BODY RESPONSE_CONTENT_LENGTH
+  RESPONSE_CONTENT_TYPE RESPONSE_HEADERS RESPONSE_HEADERS_NAMES RESPONSE_PROTOCOL
+  RESPONSE_STATUS RULE SCRIPT_BASENAME SCRIPT_FILENAME SCRIPT_GID SCRIPT_GROUPNAME SCRIPT_MODE
+  SCRIPT_UID SCRIPT_USERNAME SDBM_DELETE_ERROR SERVER_ADDR SERVER_NAME SERVER_PORT SESSION
+  SESSIONID STATUS_LINE STREAM_INPUT_BODY STREAM_OUTPUT_BODY TIME TIME_DAY TIME_EPOCH
+  TIME_HOUR TIME_MIN TIME_MON TIME_SEC TIME_WDAY TIME_YEAR TX UNIQUE_ID URLENCODED_ERROR USER
+  USERAGENT_IP USERID WEBAPPID WEBSERVER_ERROR_LOG XML
+]]
+
+M.MODSEC_OPERATORS = set_of [[
+  beginsWith contains containsWord detectSQLi detectXSS endsWith eq fuzzyHash ge geoLookup
+  gsbLookup gt inspectFile ipMatch ipMatchF ipMatchFromFile le lt noMatch pm pmf pmFromFile
+  rbl rsub rx rxGlobal streq strmatch unconditionalMatch validateByteRange validateDTD
+  validateHash validateSchema validateUrlEncoding validateUtf8Encoding verifyCC verifyCPF
+  verifySSN verifySVNR within
+]]
+
+M.MODSEC_ACTIONS = set_of [[
+  accuracy allow append auditlog block capture chain ctl deny deprecatevar drop exec expirevar
+  id initcol log logdata maturity msg multiMatch noauditlog nolog pass pause phase prepend
+  proxy redirect rev sanitiseArg sanitiseMatched sanitiseMatchedBytes sanitiseRequestHeader
+  sanitiseResponseHeader setenv setrsc setsid setuid setvar severity skip skipAfter status t
+  tag ver xmlns
+]]
+
+M.MODSEC_CTL = set_of [[
+  auditEngine auditLogParts debugLogLevel forceRequestBodyVariable hashEnforcement hashEngine
+  parseXmlIntoArgs requestBodyAccess requestBodyLimit requestBodyProcessor responseBodyAccess
+  responseBodyLimit ruleEngine ruleRemoveById ruleRemoveByMsg ruleRemoveByTag
+  ruleRemoveTargetById ruleRemoveTargetByMsg ruleRemoveTargetByTag
+]]
+
+M.MODSEC_TRANSFORMS = set_of [[
+  base64Decode base64DecodeExt base64Encode cmdLine compressWhitespace cssDecode
+  escapeSeqDecode hexDecode hexEncode htmlEntityDecode jsDecode length lowercase md5 none
+  normalisePath normalisePathWin normalizePath normalizePathWin parityEven7bit parityOdd7bit
+  parityZero7bit removeComments removeCommentsChar removeNulls removeWhitespace
+  replaceComments replaceNulls sha1 sqlHexDecode trim trimLeft trimRight uppercase urlDecode
+  urlDecodeUni urlEncode utf8toUnicode
+]]
+
+-- Edit distance of a and b (case folded), stopping early past `most`.
+local function distance(a, b, most)
+  a, b = lower(a), lower(b)
+  local la, lb = #a, #b
+  if math.abs(la - lb) > most then return most + 1 end
+  local prev = {}
+  for j = 0, lb do prev[j] = j end
+  for i = 1, la do
+    local cur, best = { [0] = i }, i
+    local ca = byte(a, i)
+    for j = 1, lb do
+      local cost = ca == byte(b, j) and 0 or 1
+      local d = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+      cur[j] = d
+      if d < best then best = d end
+    end
+    if best > most then return most + 1 end
+    prev = cur
+  end
+  return prev[lb]
+end
+
+-- " (did you mean X?)" for the closest name of `list` (a set_of) to `name`, or "".
+function M.did_you_mean(list, name, prefix)
+  local most = math.max(2, math.floor(#name / 4))
+  local best, bd = nil, most + 1
+  for _, real in pairs(list) do
+    local d = distance(name, real, most)
+    if d < bd or (d == bd and best and real < best) then best, bd = real, d end
+  end
+  return best and format(" (did you mean %s%s?)", prefix or "", best) or ""
+end
+
+-- Refuses a name that is not ModSecurity's: "unknown <kind> <name> (did you mean ...?)".
+local function unknown(place, list, kind, name, prefix)
+  fail(place, format("unknown %s %s%s%s", kind, prefix or "", name, M.did_you_mean(list, name, prefix)))
+end
+
+---------------------------------------------------------------------------------------------
 -- Files.
 
 ffi.cdef [[
@@ -406,8 +536,10 @@ function Reader:targets(place, s)
   for _, tok in ipairs(split_vars(s)) do
     local v = parse_var(place, tok)
     local colls = M.VARS[v.name]
-    if colls == nil then
-      self:unsupported_at(place, format("variable %s (unknown)", v.name))
+    if colls == nil and not M.MODSEC_VARIABLES[lower(v.name)] then
+      unknown(place, M.MODSEC_VARIABLES, "variable", v.name)
+    elseif colls == nil then
+      self:unsupported_at(place, format("variable %s (not run here)", v.name))
     elseif colls == false then
       self:unsupported_at(place, format("variable %s (%s)", v.name, M.VAR_WHY[v.name] or "not supported"))
     else
@@ -429,7 +561,9 @@ function Reader:operator(place, s, dir)
     name, arg = "rx", s
   end
   local op = M.OPERATORS[lower(name)]
-  if not op then
+  if not op and not M.MODSEC_OPERATORS[lower(name)] then
+    unknown(place, M.MODSEC_OPERATORS, "operator", name, "@")
+  elseif not op then
     self:unsupported_at(place, "operator @" .. name)
     return { op = "never", negate = false, unsupported = true }
   end
@@ -518,7 +652,9 @@ function Reader:actions(place, s, r, cond, first)
         tr = {}
       else
         local mapped = M.TRANSFORMS[tname]
-        if not mapped then
+        if not mapped and not M.MODSEC_TRANSFORMS[tname] then
+          unknown(place, M.MODSEC_TRANSFORMS, "transformation", tostring(value), "t:")
+        elseif not mapped then
           self:unsupported_at(place, "transformation t:" .. tostring(value))
         else
           tr[#tr + 1] = mapped
@@ -572,16 +708,18 @@ function Reader:actions(place, s, r, cond, first)
         cond.ctls[#cond.ctls + 1] = c
       elseif M.IGNORED_CTL[lk] then
         -- changes nothing here
+      elseif not M.MODSEC_CTL[lk] then
+        unknown(place, M.MODSEC_CTL, "ctl option", k, "ctl:")
       else
         self:unsupported_at(place, "ctl:" .. k)
       end
     elseif M.IGNORED_ACTIONS[name] then
       if name == "nolog" then r.nolog = true end
       if name == "log" then r.nolog = false end
-    elseif name == "exec" or name == "append" or name == "prepend" then
-      self:unsupported_at(place, "action " .. name)
+    elseif M.MODSEC_ACTIONS[name] then
+      self:unsupported_at(place, "action " .. M.MODSEC_ACTIONS[name])
     else
-      self:unsupported_at(place, "action " .. name .. " (unknown)")
+      unknown(place, M.MODSEC_ACTIONS, "action", name)
     end
   end
   cond.transforms = tr
@@ -673,7 +811,8 @@ function Reader:file(path, text)
   for _, d in ipairs(M.lex(path, text)) do
     local place = format("%s:%d", path, d.line)
     local w = d.words
-    local name = w[1]
+    -- directive names are case-insensitive (Apache's config reader, ModSecurity's lexer)
+    local name = M.MODSEC_DIRECTIVES[lower(w[1])] or w[1]
     if self.chain_open and name ~= "SecRule" then
       fail(place, format("%s inside an open chain (the rule before says chain)", name))
     end
@@ -691,6 +830,7 @@ function Reader:file(path, text)
       args(place, w, 1, 1)
       local phase, dis = 2, nil
       for _, a in ipairs(split_actions(place, w[2])) do
+        if not M.MODSEC_ACTIONS[a[1]] then unknown(place, M.MODSEC_ACTIONS, "action", a[1]) end
         if a[1] == "phase" then phase = tonumber(a[2]) or (a[2] == "request" and 2) or 2
         elseif a[1] == "deny" or a[1] == "pass" or a[1] == "drop" then dis = a[1] == "drop" and "deny" or a[1]
         end
@@ -728,10 +868,10 @@ function Reader:file(path, text)
       end
     elseif M.IGNORED_DIRECTIVES[name] then
       self.ignored[#self.ignored + 1] = format("%s: %s (%s)", place, name, M.IGNORED_DIRECTIVES[name])
-    elseif find(name, "^Sec") then
+    elseif M.MODSEC_DIRECTIVES[lower(name)] then
       self:unsupported_at(place, "directive " .. name)
     else
-      fail(place, format("unknown directive %q", name))
+      unknown(place, M.MODSEC_DIRECTIVES, "directive", name)
     end
   end
   if self.chain_open then
@@ -780,8 +920,11 @@ function Reader:finish()
       fail(r.place, format("skipAfter:%s: no SecMarker of that name", r.skip_after))
     end
   end
+  -- every id and tag read, removed rules' too (an exclusion naming none is a typo)
+  local tags = {}
+  for _, r in ipairs(self.rules) do for _, t in ipairs(r.taglist) do tags[t] = true end end
   return { items = items, unsupported = self.unsupported, ignored = self.ignored,
-           engine = self.engine, files = self.files }
+           engine = self.engine, files = self.files, ids = seen, tags = tags }
 end
 
 -- The rule files of `paths` (a CRS directory: its rules/*.conf, or *.conf when there is no

@@ -1,0 +1,173 @@
+-- SecLang load strictness (issue #20): a name that is no ModSecurity SecLang at all refuses
+-- the rule file with file:line (and the closest real name); a real ModSecurity construct
+-- the engine does not run is listed, or refused in the operator's own files.
+local seclang = require "luaproxy.waf.seclang"
+
+local function tmpfile(text)
+  local path = os.tmpname() .. ".conf"
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+local function load_err(text)
+  local p = tmpfile(text)
+  local set, err = seclang.load({ p })
+  assert.is_nil(set, "loaded: " .. text)
+  return err, p
+end
+
+describe("a name that is not ModSecurity's", function()
+  it("refuses the file with file:line and the closest real name", function()
+    local cases = {
+      { "SecRule ARGS \"@rx a\" \"id:1,phase:2,pass\"\nSecFooBar On\n", ":2: unknown directive SecFooBar$" },
+      { "SecRuleEngin On\n", ":1: unknown directive SecRuleEngin %(did you mean SecRuleEngine%?%)" },
+      { 'SecRule REQUEST_HEADRES "@rx a" "id:1,phase:2,pass"\n',
+        ":1: unknown variable REQUEST_HEADRES %(did you mean REQUEST_HEADERS%?%)" },
+      { 'SecRule ARGS|!REQUEST_COOKIE:a "@rx a" "id:1,phase:2,pass"\n',
+        ":1: unknown variable REQUEST_COOKIE %(did you mean REQUEST_COOKIES%?%)" },
+      { 'SecRule ARGS "@rxx a" "id:1,phase:2,pass"\n', ":1: unknown operator @rxx %(did you mean @rx%?%)" },
+      { 'SecRule ARGS "@rx a" "id:1,phase:2,pass,t:none,t:lowercasse"\n',
+        ":1: unknown transformation t:lowercasse %(did you mean t:lowercase%?%)" },
+      { 'SecRule ARGS "@rx a" "id:1,phase:2,pas"\n', ":1: unknown action pas %(did you mean pass%?%)" },
+      { 'SecRule ARGS "@rx a" "id:1,phase:2,pass,skipAftr:END"\nSecMarker END\n',
+        ":1: unknown action skipaftr %(did you mean skipAfter%?%)" },
+      { 'SecAction "id:1,phase:1,pass,ctl:ruleRemoveByIdd=3"\n',
+        ":1: unknown ctl option ctl:ruleRemoveByIdd %(did you mean ctl:ruleRemoveById%?%)" },
+      { 'SecDefaultAction "phase:2,log,auditlog,pas"\n', ":1: unknown action pas %(did you mean pass%?%)" },
+      -- a chained link's typo too
+      { 'SecRule ARGS "@rx a" "id:1,phase:2,pass,chain"\n  SecRule ARGS_NAMEZ "@rx b" "t:none"\n',
+        ":2: unknown variable ARGS_NAMEZ %(did you mean ARGS_NAMES%?%)" },
+    }
+    for _, c in ipairs(cases) do
+      local err, p = load_err(c[1])
+      assert.matches("^" .. p:gsub("%p", "%%%0") .. c[2], err)
+    end
+  end)
+
+  it("reads directive names in any case, as ModSecurity does", function()
+    local set = assert(seclang.load({ tmpfile('secrule ARGS "@rx a" "id:1,phase:2,pass"\nSECMARKER END\n') }))
+    assert.are.equal(2, #set.items)
+    assert.are.same({}, set.unsupported)
+  end)
+
+  it("offers no guess when nothing is close", function()
+    local err = load_err('SecRule ARGS "@rx a" "id:1,phase:2,pass,t:frobnicateall"\n')
+    assert.matches("unknown transformation t:frobnicateall$", err)
+  end)
+end)
+
+describe("a real ModSecurity construct the engine does not run", function()
+  it("is listed with file:line, not refused by the reader", function()
+    local p = tmpfile('SecRule ARGS "@verifyCC \\d{13,16}" "id:1,phase:2,pass,t:md5,setenv:a=b"\n'
+      .. 'SecRule XML:/* "@rx a" "id:2,phase:2,pass"\n'
+      .. "SecGuardianLog /var/log/g\n"
+      .. 'SecRule SERVER_NAME "@rx a" "id:3,phase:2,pass,ctl:hashEngine=On"\n')
+    local set = assert(seclang.load({ p }))
+    assert.are.same({
+      p .. ":1: operator @verifyCC", p .. ":1: transformation t:md5", p .. ":1: action setenv",
+      p .. ":2: variable XML (no XML body processor: XML bodies are inspected as REQUEST_BODY only)",
+      p .. ":3: directive SecGuardianLog",
+      p .. ":4: variable SERVER_NAME (not run here)", p .. ":4: ctl:hashEngine",
+    }, set.unsupported)
+  end)
+
+  it("leaves Debian's CRS 3.3.4 loading: every name in it is ModSecurity's", function()
+    local set, err = seclang.load({ "/usr/share/modsecurity-crs" })
+    assert.is_nil(err)
+    assert.are.equal(202, #set.unsupported)
+  end)
+end)
+
+describe("unsupported = \"refuse_own\"", function()
+  local T = require "proxy.test"
+  local waf = require "waf"
+  before_each(function() T.reset() end)
+
+  it("refuses what the operator's crs_files do not run, lists what crs does not run", function()
+    local crs = tmpfile('SecRule XML:/* "@rx a" "id:1,phase:2,pass"\n')
+    local mine = tmpfile('SecRule ARGS "@rx b" "id:2,phase:2,deny"\n')
+    -- crs's own not-run constructs: listed, the config loads
+    local c = T.conf(waf, { crs = crs, crs_files = { mine }, unsupported = "refuse_own", hyperscan = false })
+    assert.are.equal(1, #c.sec.unsupported)
+    -- one in the operator's file: refused, with its place
+    local bad = tmpfile('SecRule ARGS "@rx b" "id:2,phase:2,deny"\nSecRule ARGS "@verifyCC \\d+" "id:3,phase:2,deny"\n')
+    local ok, err = pcall(T.conf, waf, { crs = crs, crs_files = { bad }, unsupported = "refuse_own",
+                                         hyperscan = false })
+    assert.is_false(ok)
+    assert.matches('1 SecLang constructs the engine does not run (unsupported = "refuse_own"): '
+      .. bad .. ":2: operator @verifyCC", tostring(err), 1, true)
+    -- "log" lists both
+    c = T.conf(waf, { crs = crs, crs_files = { bad }, hyperscan = false })
+    assert.are.equal(2, #c.sec.unsupported)
+  end)
+
+  it("takes Debian's CRS with a strict own file", function()
+    local mine = tmpfile('SecRule REQUEST_FILENAME "@beginsWith /x" "id:10001,phase:1,deny,status:418"\n')
+    local c = T.conf(waf, { crs = "/usr/share/modsecurity-crs", crs_files = { mine },
+                            unsupported = "refuse_own", hyperscan = false })
+    assert.are.equal(202, #c.sec.unsupported)
+    local ok = pcall(T.conf, waf, { crs = "/usr/share/modsecurity-crs", crs_files = { mine },
+                                    unsupported = "refuse", hyperscan = false })
+    assert.is_false(ok)
+  end)
+end)
+
+describe("what a config load says", function()
+  local T = require "proxy.test"
+  local waf = require "waf"
+  before_each(function() T.reset() end)
+
+  local RULES = 'SecRule ARGS "@rx evil" "id:20,phase:2,deny,tag:attack-x,tag:paranoia-level/2"\n'
+    .. 'SecRule ARGS "@rx worse" "id:21,phase:2,deny"\nSecRuleRemoveById 21\n'
+    .. 'SecRule XML:/* "@rx a" "id:30,phase:2,pass"\nSecRule XML:/* "@rx b" "id:31,phase:2,pass"\n'
+
+  it("warns of an exclusion naming an id, a range or a tag no rule has, with its place", function()
+    local p = tmpfile(RULES)
+    T.conf(waf, { crs = p, hyperscan = false, exclusions = {
+      -- 20 (above paranoia 1), 21 (removed by SecRuleRemoveById), 1009 (a Lua rule) exist
+      { ids = { 20, 999999999 }, targets = { "ARGS:q" } },
+      { ids = { 21, 1009 }, id_ranges = { { 100, 199 }, { 1, 25 } } },
+      { tags = { "attack-x", "atack-x" } },
+    } }, "routes[2].plugins[1](waf)")
+    local excl = {}
+    for _, w in ipairs(T.config_warnings) do if w:find("exclusions", 1, true) then excl[#excl + 1] = w end end
+    assert.are.same({
+      "routes[2].plugins[1](waf).exclusions[1].ids[2]: no rule has id 999999999: it excludes nothing",
+      "routes[2].plugins[1](waf).exclusions[2].id_ranges[1]: no rule has an id in 100..199: it excludes nothing",
+      'routes[2].plugins[1](waf).exclusions[3].tags[2]: no rule has the tag "atack-x": it excludes nothing',
+    }, excl)
+    -- the Lua rules alone
+    T.reset()
+    T.conf(waf, { crs = false, exclusions = { { ids = { 1009, 7 } } } }, "routes[1].plugins[1](waf)")
+    assert.are.same({ "routes[1].plugins[1](waf).exclusions[1].ids[2]: no rule has id 7: it excludes nothing" },
+      T.config_warnings)
+  end)
+
+  it("says what the SecLang set does not run in one grouped line, once for routes sharing it", function()
+    local p = tmpfile(RULES)
+    T.conf(waf, { crs = p, hyperscan = false }, "routes[1].plugins[1](waf)")
+    -- the engine logs each distinct text once per load (runtime.lua's warn)
+    local lines = {}
+    for _, w in ipairs(T.config_warnings) do if w:find("not run", 1, true) then lines[#lines + 1] = w end end
+    assert.are.same({ 'waf: 2 SecLang constructs not run (unsupported = "log"): 2 x variable XML (no XML body '
+      .. "processor: XML bodies are inspected as REQUEST_BODY only) (first at " .. p .. ":4)" }, lines)
+  end)
+
+  it("logs the set's summary once the databases are there, with their patterns counted", function()
+    local c = T.conf(waf, { crs = tmpfile(RULES .. 'SecRule ARGS "@rx ab+c" "id:40,phase:2,deny"\n'
+      .. 'SecRule REQUEST_HEADERS "@rx x[yz]" "id:41,phase:2,deny,t:lowercase"\n'), default_rules = false })
+    T.phase(waf, "init_worker", nil, c)
+    for _ = 1, 200 do
+      if c.sec.ready and not c.sec.pending then break end
+      T.advance(0.05)
+    end
+    local summary
+    for _, l in ipairs(T.log_lines("info")) do if l:find("SecLang rules:", 1, true) then summary = l end end
+    assert.truthy(summary, "no summary line")
+    -- 20 is above paranoia 1, 30 and 31 read nothing (XML): 40's and 41's patterns
+    assert.matches("; 2 Hyperscan patterns, 0 PCRE2%-only$", summary)
+    assert.are.equal(2, c.sec.hs_patterns)
+  end)
+end)
