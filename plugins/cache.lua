@@ -47,6 +47,20 @@ local function size_check(v)
   return true
 end
 
+-- A zone the config declares: checked when the config loads (the context carries the
+-- names of its cache.zones), so a typo is refused by -t, start and reload rather than
+-- leaving the route uncached.
+local function check_zone(v, ctx)
+  if ctx and ctx.cache_zones and not ctx.cache_zones[v] then
+    local names = {}
+    for k in pairs(ctx.cache_zones) do names[#names + 1] = format("%q", k) end
+    table.sort(names)
+    return nil, format("no zone %q in the config's cache.zones (%s)", v,
+      #names > 0 and "declared: " .. concat(names, ", ") or "none declared")
+  end
+  return true
+end
+
 local function check_default_ttl(v)
   if type(v) ~= "table" then return nil, "expected { [status] = seconds, ... }" end
   for k, s in pairs(v) do
@@ -61,7 +75,7 @@ end
 
 P.schema = {
   fields = {
-    zone = { type = "string", required = true, pattern = "^[%a_][%w_]*$",
+    zone = { type = "string", required = true, pattern = "^[%a_][%w_]*$", custom = check_zone,
              description = "the zone (declared in the config's `cache.zones`) entries go to" },
     cache_key = { type = "function",
                   description = "`function(req) return key end`: the cache key (default: "

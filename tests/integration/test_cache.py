@@ -721,5 +721,74 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(self.origin.count(kept), 1)
 
 
+class CacheConfigTest(H.ProxyTestCase):
+    """Zone mistakes are refused when the config loads (-t, start, reload), naming the file,
+    the route's plugin entry and the zone; on a reload the running config keeps serving."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = Origin()
+        cls.addClassCleanup(cls.origin.stop)
+        cls.proxy = cls.start_proxy(
+            {"o": H.upstream(cls.origin.address())},
+            [{"match": {"prefix": "/"}, "upstream": "o",
+              "plugins": [{"name": "cache", "zone": ZONE}]}],
+            admin={"address": "127.0.0.1:0"},
+            cache={"zones": {ZONE: {"memory": "32m"}}})
+        cls.good = H.config_text(cls.proxy.cfg)
+
+    def variant(self, zone=ZONE, **zone_conf):
+        cfg = json.loads(json.dumps(self.proxy.cfg))
+        cfg["routes"][0]["plugins"][0]["zone"] = zone
+        cfg["cache"]["zones"][ZONE].update(zone_conf)
+        return H.config_text(cfg)
+
+    def refused(self, text, needle):
+        path = self.proxy.config_path
+        bad = os.path.join(self.proxy.dir, "bad.lua")
+        with open(bad, "w") as f:
+            f.write(text)
+        # -t
+        t = subprocess.run([H.LUAPROXY, "-t", "-c", bad], capture_output=True, text=True,
+                           timeout=H.T(60))
+        self.assertEqual(t.returncode, 1, t.stdout + t.stderr)
+        self.assertIn(bad + ": " + needle, t.stderr)
+        # start: refused, the process exits
+        try:
+            st = subprocess.run([H.LUAPROXY, "-c", bad], capture_output=True, text=True,
+                                timeout=H.T(60))
+        except subprocess.TimeoutExpired:
+            self.fail("a proxy started with " + needle)
+        self.assertNotEqual(st.returncode, 0)
+        self.assertIn(needle, st.stderr)
+        # reload: refused, the running config keeps serving (cached)
+        p = "/" + self._testMethodName
+        self.origin.script(p, lambda req, n: fresh(b"v%d" % n))
+        self.assertEqual(H.get(self.proxy.port, p).body, b"v1")
+        with open(path, "w") as f:
+            f.write(text)
+        try:
+            code, j = H.admin_json(self.proxy.admin_port, "POST", "/reload")
+            self.assertEqual(code, 500, j)
+            self.assertIn(path + ": " + needle, j["error"])
+        finally:
+            with open(path, "w") as f:
+                f.write(self.good)
+        r = H.get(self.proxy.port, p)
+        self.assertEqual(r.body, b"v1")
+        self.assertIn("hit", r.header("cache-status"))
+        self.assertNotIn("cache: no zone", self.proxy.stderr())  # never run uncached
+
+    def test_undeclared_zone_refused(self):
+        self.refused(self.variant(zone="nope"),
+                     'routes[1].plugins[1](cache).zone: no zone "nope" in the config\'s '
+                     'cache.zones (declared: "%s")' % ZONE)
+
+    def test_max_object_size_over_memory_refused(self):
+        self.refused(self.variant(max_object_size="64m"),
+                     'cache.zones.%s.max_object_size: max_object_size "64m" is larger than '
+                     'memory "32m"' % ZONE)
+
+
 if __name__ == "__main__":
     H.main()
