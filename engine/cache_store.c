@@ -720,6 +720,16 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
 
 /* ---- purge ---- */
 
+/* Whether an entry holds a response, which a purge counts: the cache plugin also keeps a
+ * varying key's Vary marker (no secondary key, a head "V <the Vary field>") and empty
+ * markers (a background refresh running) as entries. */
+static int holds_response(const lp_cache_entry_t *e)
+{
+    if (!e->hlen)
+        return 0;
+    return !(e->slen == 0 && e->hlen >= 2 && e->head[0] == 'V' && e->head[1] == ' ');
+}
+
 size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen)
 {
     size_t n = 0;
@@ -731,8 +741,8 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
         while (e) {
             lp_cache_entry_t *next = e->hnext;
             if (same_key(e, h, key, klen)) {
+                n += (size_t)holds_response(e);
                 unlink_entry(z, e, &dead);
-                n++;
             }
             e = next;
         }
@@ -743,8 +753,8 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
                 lp_cache_entry_t *next = e->hnext;
                 if (mode == LP_CACHE_PURGE_ALL ||
                     (e->klen >= klen && memcmp(e->key, key, klen) == 0)) {
+                    n += (size_t)holds_response(e);
                     unlink_entry(z, e, &dead);
-                    n++;
                 }
                 e = next;
             }

@@ -132,7 +132,9 @@ const lp_cache_chunk_t *lp_cache_entry_chunks(const lp_cache_entry_t *e);
 
 /* ---- purge ---- */
 /* Unlinks every variant of `key` (mode LP_CACHE_PURGE_KEY), every entry whose key starts with
- * it (LP_CACHE_PURGE_PREFIX), or everything (LP_CACHE_PURGE_ALL). Returns how many. */
+ * it (LP_CACHE_PURGE_PREFIX), or everything (LP_CACHE_PURGE_ALL). Returns how many of them
+ * held responses (not the plugin's markers: a head that is empty, or "V ..." without a
+ * secondary key). */
 enum { LP_CACHE_PURGE_KEY, LP_CACHE_PURGE_PREFIX, LP_CACHE_PURGE_ALL };
 size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen);
 

@@ -386,7 +386,8 @@ function Zone:count(what)
   if i then C.lp_ffi_cache_count(self._z, i) end
 end
 
--- proxy.cache.purge(zone, key): removes every variant stored for key; returns how many.
+-- proxy.cache.purge(zone, key): removes every variant stored for key; returns how many
+-- responses went (a varying key's Vary marker is not one: engine/cache_store.c).
 -- proxy.cache.purge(zone, { prefix = "..." }) or (zone, { all = true }) for more.
 function M.purge(zone, key)
   local z = zone_of(zone, "proxy.cache.purge()")

@@ -167,10 +167,18 @@ function M.registry(now, hooks)
     return true
   end
 
-  function Zone:purge(key)
-    local t = self.entries[key]
+  -- The responses among a key's entries, as the engine counts a purge: not the key's Vary
+  -- marker ("V ..." without a secondary key), nor an empty marker.
+  local function responses(t)
     local n = 0
-    for _ in pairs(t or {}) do n = n + 1 end
+    for sec, e in pairs(t or {}) do
+      if e.head ~= "" and not (sec == "" and sub(e.head, 1, 2) == "V ") then n = n + 1 end
+    end
+    return n
+  end
+
+  function Zone:purge(key)
+    local n = responses(self.entries[key])
     self.entries[key] = nil
     return n
   end
@@ -179,7 +187,7 @@ function M.registry(now, hooks)
     local n = 0
     for key, t in pairs(self.entries) do
       if sub(key, 1, #prefix) == prefix then
-        for _ in pairs(t) do n = n + 1 end
+        n = n + responses(t)
         self.entries[key] = nil
       end
     end

@@ -318,6 +318,12 @@ describe("cache plugin", function()
     run(nil, { uri = "/g" }, fresh("g"))
     assert.equal(1, require("proxy").cache.purge("z", "GET http://example.com/g"))
     assert.is_nil(T.cache_zone("z").entries["GET http://example.com/g"])
+    -- Two Vary variants are two responses (the key's Vary marker is not one).
+    for _, lang in ipairs({ "fr", "de" }) do
+      run(nil, { uri = "/gv", headers = { ["Accept-Language"] = lang } },
+        fresh(lang, { Vary = "Accept-Language" }))
+    end
+    assert.equal(2, require("proxy").cache.purge("z", "GET http://example.com/gv"))
   end)
 
   it("encodes heads losslessly", function()

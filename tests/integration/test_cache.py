@@ -674,6 +674,13 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(self.get(p, {"Accept-Language": "fr"}).body, b"lang=fr")
         self.assertEqual(self.get(p, {"Accept-Language": "de"}).body, b"lang=de")
         self.assertEqual(self.origin.count(p), 2)
+        # A purge of the key counts the responses it removed: both variants (not the key's
+        # Vary marker).
+        key = "GET http://a.test" + p
+        st, j = self.admin("DELETE", "/cache/%s?key=%s" % (ZONE, urllib.parse.quote(key, safe="")))
+        self.assertEqual((st, j["purged"]), (200, 2))
+        self.assertEqual(self.get(p, {"Accept-Language": "fr"}).body, b"lang=fr")
+        self.assertEqual(self.origin.count(p), 3)
 
     def test_authorization_response_not_shared(self):
         p = self.path()
