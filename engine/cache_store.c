@@ -538,6 +538,11 @@ const char *lp_cache_zone_name(const lp_cache_zone_t *z)
     return z->name;
 }
 
+uint64_t lp_cache_zone_max_object(lp_cache_zone_t *z)
+{
+    return __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
+}
+
 void lp_cache_zones_each(void (*fn)(lp_cache_zone_t *z, void *arg), void *arg)
 {
     pthread_mutex_lock(&reg_lock);
@@ -1031,6 +1036,9 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     if (klen > LP_CACHE_MAX_KEY || slen > LP_CACHE_MAX_KEY ||
         size_hint > __atomic_load_n(&z->max_object, __ATOMIC_RELAXED) ||
         (fill && (fill->zone != z || fill->started))) {
+        /* Refused by its Content-Length: abandoned at once, as one going over it later is. */
+        if (size_hint > __atomic_load_n(&z->max_object, __ATOMIC_RELAXED))
+            lp_cache_count(z, LP_CACHE_C_ABANDONED);
         if (fill)
             lp_cache_fill_abandon(fill);
         return NULL;

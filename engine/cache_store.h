@@ -89,6 +89,8 @@ void lp_cache_zone_hold(lp_cache_zone_t *z);
  * generation lives). */
 lp_cache_zone_t *lp_cache_zone_find(const char *name, size_t n);
 const char *lp_cache_zone_name(const lp_cache_zone_t *z);
+/* Its max_object_size: the largest body it stores. */
+uint64_t lp_cache_zone_max_object(lp_cache_zone_t *z);
 /* Gives a zone its disk tier (cache_disk.h): a directory and a byte budget. The first call
  * starts it (the directory's files are indexed in the background); later ones (reloads)
  * keep the directory (a new path is logged and waits for a restart). 0, or -1 when the disk

@@ -523,8 +523,13 @@ class CacheTest(H.ProxyTestCase):
             self.assertEqual(r.status, 200)
             self.assertEqual(r.body, body)
         self.assertEqual(self.origin.count(p), 1)
-        collapsed = sum(1 for r in results if "collapsed" in (r.header("cache-status") or ""))
-        self.assertGreater(collapsed, 0)
+        collapsed = [self.cache_status(r) for r in results
+                     if "collapsed" in (r.header("cache-status") or "")]
+        self.assertGreater(len(collapsed), 0)
+        # RFC 9211: collapsed goes with fwd (the request was collapsed into the one
+        # forwarded), never with hit.
+        for cs in collapsed:
+            self.assertRegex(cs, r"^luaproxy; fwd=miss; collapsed; ttl=\d+$")
 
     def test_uncacheable_answer_releases_waiters(self):
         p = self.path()
@@ -577,9 +582,25 @@ class CacheTest(H.ProxyTestCase):
         big = H.large_body(9 * 1024 * 1024)
         p = self.path("-length")
         self.origin.script(p, lambda req, n: fresh(big))
+        before = self.zone_status()["abandoned"]
         for _ in range(2):
-            self.assertEqual(self.get(p).body, big)
+            r = self.get(p)
+            self.assertEqual(r.body, big)
+            # Refused by its Content-Length: counted in abandoned (as documented), and the
+            # Cache-Status says why it was not stored.
+            self.assertRegex(self.cache_status(r),
+                             r"^luaproxy; fwd=miss; fwd-status=200; detail=too-large$")
         self.assertEqual(self.origin.count(p), 2)
+        after = self.zone_status()["abandoned"]
+        self.assertEqual(after - before, 2)
+        c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
+        try:
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+        finally:
+            c.close()
+        self.assertIn('luaproxy_cache_fills_total{zone="%s",result="abandoned"} %d'
+                      % (ZONE, after), text)
         # Length unknown: the fill is dropped when the body goes over.
         q = self.path("-chunked")
         self.origin.script(q, lambda req, n: chunked_response(big, [("Cache-Control", "max-age=60")]))
