@@ -190,6 +190,7 @@ static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, do
         return 1; /* stale (or absurd): the plugin decides */
     if (age > 2147483648.0)
         age = 2147483648.0;
+    left = h->ttl - floor(age); /* shown as serve() does: the lifetime less Age's whole seconds */
     char more[96], *p = more;
     memcpy(p, "Age: ", 5);
     p += 5;
@@ -443,6 +444,11 @@ int lp_cache_native_response(lp_req_t *r)
         return 1;
     if (!d->storable)
         return miss_status(r, d, 0, 0);
+    /* Over max_object_size by its Content-Length: the plugin's path, whose Cache-Status says
+     * why it is not stored. */
+    const lp_h1_t *h1 = r->try.peer ? &r->try.peer->h1 : NULL;
+    if (h1 && (h1->flags & LP_H1F_LENGTH) && h1->content_length > lp_cache_zone_max_object(n->zone))
+        return 1;
     const lp_str_t *date = mask & F_DATE ? &first[LP_CF_DATE] : NULL;
     if (date && (date->len != n->date_len || memcmp(date->base, n->date, date->len) != 0))
         return 1; /* a Date the plugin has not parsed yet */
@@ -454,7 +460,8 @@ int lp_cache_native_response(lp_req_t *r)
      * (age_value 0), so the corrected age is the response delay. */
     double apparent = dated && now > n->date_value ? now - n->date_value : 0;
     double delay = now > t0 ? now - t0 : 0;
-    double left = d->ttl - (apparent > delay ? apparent : delay);
+    double age = apparent > delay ? apparent : delay;
+    double left = d->ttl - age;
     double keep = (left > 0 ? left : 0) + d->stale + 1;
     /* The plugin's encode_meta, in pieces written straight into the entry's head: the ones
      * the decision rendered, the two times, and the response's date, etag, last_modified. */
@@ -501,7 +508,7 @@ int lp_cache_native_response(lp_req_t *r)
         lp__cache_store_fields(r, n->zone, k.base, k.len, "", 0, meta, nm, 0, now + keep) == 0;
     if (stored)
         lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
-    return miss_status(r, d, stored, left);
+    return miss_status(r, d, stored, d->ttl - floor(age)); /* whole seconds, as the plugin's */
 }
 
 int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, const char *source,

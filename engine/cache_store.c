@@ -538,6 +538,11 @@ const char *lp_cache_zone_name(const lp_cache_zone_t *z)
     return z->name;
 }
 
+uint64_t lp_cache_zone_max_object(lp_cache_zone_t *z)
+{
+    return __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
+}
+
 void lp_cache_zones_each(void (*fn)(lp_cache_zone_t *z, void *arg), void *arg)
 {
     pthread_mutex_lock(&reg_lock);
@@ -720,6 +725,16 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
 
 /* ---- purge ---- */
 
+/* Whether an entry holds a response, which a purge counts: the cache plugin also keeps a
+ * varying key's Vary marker (no secondary key, a head "V <the Vary field>") and empty
+ * markers (a background refresh running) as entries. */
+static int holds_response(const lp_cache_entry_t *e)
+{
+    if (!e->hlen)
+        return 0;
+    return !(e->slen == 0 && e->hlen >= 2 && e->head[0] == 'V' && e->head[1] == ' ');
+}
+
 size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen)
 {
     size_t n = 0;
@@ -731,8 +746,8 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
         while (e) {
             lp_cache_entry_t *next = e->hnext;
             if (same_key(e, h, key, klen)) {
+                n += (size_t)holds_response(e);
                 unlink_entry(z, e, &dead);
-                n++;
             }
             e = next;
         }
@@ -743,8 +758,8 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
                 lp_cache_entry_t *next = e->hnext;
                 if (mode == LP_CACHE_PURGE_ALL ||
                     (e->klen >= klen && memcmp(e->key, key, klen) == 0)) {
+                    n += (size_t)holds_response(e);
                     unlink_entry(z, e, &dead);
-                    n++;
                 }
                 e = next;
             }
@@ -1055,6 +1070,9 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
     if (klen > LP_CACHE_MAX_KEY || slen > LP_CACHE_MAX_KEY ||
         size_hint > __atomic_load_n(&z->max_object, __ATOMIC_RELAXED) ||
         (fill && (fill->zone != z || fill->started))) {
+        /* Refused by its Content-Length: abandoned at once, as one going over it later is. */
+        if (size_hint > __atomic_load_n(&z->max_object, __ATOMIC_RELAXED))
+            lp_cache_count(z, LP_CACHE_C_ABANDONED);
         if (fill)
             lp_cache_fill_abandon(fill);
         return NULL;

@@ -89,6 +89,8 @@ void lp_cache_zone_hold(lp_cache_zone_t *z);
  * generation lives). */
 lp_cache_zone_t *lp_cache_zone_find(const char *name, size_t n);
 const char *lp_cache_zone_name(const lp_cache_zone_t *z);
+/* Its max_object_size: the largest body it stores. */
+uint64_t lp_cache_zone_max_object(lp_cache_zone_t *z);
 /* Gives a zone its disk tier (cache_disk.h): a directory and a byte budget. The first call
  * starts it (the directory's files are indexed in the background); later ones (reloads)
  * keep the directory (a new path is logged and waits for a restart). 0, or -1 when the disk
@@ -132,7 +134,9 @@ const lp_cache_chunk_t *lp_cache_entry_chunks(const lp_cache_entry_t *e);
 
 /* ---- purge ---- */
 /* Unlinks every variant of `key` (mode LP_CACHE_PURGE_KEY), every entry whose key starts with
- * it (LP_CACHE_PURGE_PREFIX), or everything (LP_CACHE_PURGE_ALL). Returns how many. */
+ * it (LP_CACHE_PURGE_PREFIX), or everything (LP_CACHE_PURGE_ALL). Returns how many of them
+ * held responses (not the plugin's markers: a head that is empty, or "V ..." without a
+ * secondary key). */
 enum { LP_CACHE_PURGE_KEY, LP_CACHE_PURGE_PREFIX, LP_CACHE_PURGE_ALL };
 size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen);
 

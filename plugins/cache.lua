@@ -47,6 +47,20 @@ local function size_check(v)
   return true
 end
 
+-- A zone the config declares: checked when the config loads (the context carries the
+-- names of its cache.zones), so a typo is refused by -t, start and reload rather than
+-- leaving the route uncached.
+local function check_zone(v, ctx)
+  if ctx and ctx.cache_zones and not ctx.cache_zones[v] then
+    local names = {}
+    for k in pairs(ctx.cache_zones) do names[#names + 1] = format("%q", k) end
+    table.sort(names)
+    return nil, format("no zone %q in the config's cache.zones (%s)", v,
+      #names > 0 and "declared: " .. concat(names, ", ") or "none declared")
+  end
+  return true
+end
+
 local function check_default_ttl(v)
   if type(v) ~= "table" then return nil, "expected { [status] = seconds, ... }" end
   for k, s in pairs(v) do
@@ -61,7 +75,7 @@ end
 
 P.schema = {
   fields = {
-    zone = { type = "string", required = true, pattern = "^[%a_][%w_]*$",
+    zone = { type = "string", required = true, pattern = "^[%a_][%w_]*$", custom = check_zone,
              description = "the zone (declared in the config's `cache.zones`) entries go to" },
     cache_key = { type = "function",
                   description = "`function(req) return key end`: the cache key (default: "
@@ -444,7 +458,9 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
   local age = policy.current_age(meta, now)
   base = base or served_list(headers, st.case or {})
   local age_s = policy.age_header(age)
-  local prior, ttl = headers["cache-status"], meta.ttl - age
+  -- RFC 9111 §4.2.3 in whole seconds: Age is the age rounded down, and the TTL shown is the
+  -- lifetime less that same age (max-age=60 served at once: Age 0, ttl=60).
+  local prior, ttl = headers["cache-status"], meta.ttl - floor(age)
   local status_value
   if cs.hit and prior == nil and not cs.collapsed and not cs.detail then
     -- What policy.cache_status makes of { hit = true, ttl = ttl }, without its tables and
@@ -496,6 +512,19 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
     end
   end
   return z:respond(req, status, list)
+end
+
+-- The stale entry the request went upstream to revalidate, served because the upstream
+-- failed: answered 5xx (fwd_status, within stale-if-error) or could not be reached (nil:
+-- no status came). The request was forwarded (RFC 9211: not a hit), hence fwd=stale; the
+-- detail says which allowance served it: stale-if-error (the response's, the request's or
+-- the plugin's window), else disconnected (RFC 9111 §4.2.4 alone, the origin unreachable).
+local function serve_stale_on_error(req, conf, st, fwd_status)
+  local stale = st.stale
+  st.zone:count("stale")
+  return serve(req, conf, st, stale.meta, stale.headers, stale.blen,
+    { fwd = "stale", fwd_status = fwd_status,
+      detail = stale.d.stale_if_error and "stale-if-error" or "disconnected" }, nil, stale.base)
 end
 
 -- What the plugin asks upstream itself (a background refresh, a 304 that validated another
@@ -634,9 +663,7 @@ local function refetch(req, conf, st)
   if not res then
     proxy.log.warn("cache: full fetch of " .. st.key .. " failed: " .. tostring(err or "no target"))
     if stale.d and (stale.d.stale_if_error or stale.d.stale_if_disconnected) then
-      z:count("stale")
-      return serve(req, conf, st, stale.meta, stale.headers, stale.blen,
-        { hit = true, detail = "stale-if-error" }, nil, stale.base)
+      return serve_stale_on_error(req, conf, st, nil)
     end
     req:set_status(502)
     return
@@ -687,6 +714,14 @@ end
 -- them only.
 local HIT, DISK_HIT = { hit = true }, { hit = true, detail = "disk" }
 
+-- only-if-cached with no usable entry (RFC 9111 §5.2.1.7): 504, nothing forwarded (its
+-- Cache-Status has neither hit nor fwd: P.response gives it detail=only-if-cached).
+local function only_if_cached(req, st)
+  st.only_if_cached = true
+  req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
+  return true
+end
+
 local function look(req, conf, st, z, key, rh, rd, waited)
   local meta, headers, blen, sec, case, base, disk = lookup(req, z, key, rh, conf)
   st.case = case
@@ -709,9 +744,12 @@ local function look(req, conf, st, z, key, rh, rd, waited)
     local decision, d = policy.evaluate(meta, rd, now, conf._opts)
     if decision == "fresh" or decision == "stale_ok" then
       z:count(decision == "fresh" and "hit" or "stale")
-      serve(req, conf, st, meta, headers, blen,
-        { hit = true, collapsed = waited or nil, detail = st.l2 or (disk and "disk") or nil },
-        nil, base)
+      -- After waiting for another request's fill, this one was collapsed into that forward
+      -- (RFC 9211: collapsed goes with fwd, not hit).
+      local detail = st.l2 or (disk and "disk") or nil
+      serve(req, conf, st, meta, headers, blen, waited
+        and { fwd = "miss", collapsed = true, detail = detail }
+        or { hit = true, detail = detail }, nil, base)
       return true
     elseif decision == "stale_while_revalidate" then
       z:count("stale")
@@ -731,14 +769,10 @@ local function look(req, conf, st, z, key, rh, rd, waited)
       forward_headers(req, st, rh, headers)
       return true
     elseif d and d.only_if_cached then
-      req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
-      return true
+      return only_if_cached(req, st)
     end
   end
-  if rd.only_if_cached then
-    req:respond(504, "not cached\n", { ["Content-Type"] = "text/plain" })
-    return true
-  end
+  if rd.only_if_cached then return only_if_cached(req, st) end
   st.sec = sec
   return false
 end
@@ -959,7 +993,6 @@ function P.request(req, conf)
       if left <= 0 then break end
       z:wait(key, left) -- woken by the filling worker, whichever it is
     end
-    st.collapsed = true
     if look(req, conf, st, z, key, rh, rd, true) then return end
   end
   z:count("miss")
@@ -1090,13 +1123,11 @@ function P.response(req, conf)
   -- RFC 9111 4.2.4 allows it (no directive forbids serving stale).
   if stale and ((status >= 500 and stale.d.stale_if_error)
       or (not from_upstream and (stale.d.stale_if_error or stale.d.stale_if_disconnected))) then
-    z:count("stale")
-    return serve(req, conf, st, stale.meta, stale.headers, stale.blen,
-      { hit = true, detail = "stale-if-error" }, nil, stale.base)
+    return serve_stale_on_error(req, conf, st, from_upstream and status or nil)
   end
   local o = req:cache_options()
   local o_ttl = o.ttl
-  local stored, ttl = false, nil
+  local stored, ttl, too_large = false, nil, false
   if from_upstream and req:method() == "GET" and not o.no_store then
     local ok, why = policy.storable("GET", status, st.rh, rsh, conf._opts)
     if not ok and o_ttl and (why == "no explicit freshness" or why == "no freshness and no validator") then
@@ -1132,22 +1163,31 @@ function P.response(req, conf)
           stored = z:store(req, st.key, sec,
             encode(meta, policy.stored_headers(rsh, conf._opts), rcase), keep)
         end
-        ttl = meta.ttl - policy.current_age(meta, now)
+        ttl = meta.ttl - floor(policy.current_age(meta, now)) -- as serve's
+        -- Refused by its Content-Length over max_object_size (counted as abandoned by the
+        -- zone): the Cache-Status says why it was not stored.
+        too_large = not stored and z:too_large(req)
         if stored and conf._l2 then
           st.l2_put = { sec = sec, vary = sec ~= "" and vary_line or nil }
         end
       end
     end
   end
+  if st.only_if_cached then
+    -- The plugin's own 504: nothing went upstream (no fwd), nothing came from the cache.
+    z:set_status(req, policy.cache_status { prior = rsh["cache-status"], detail = "only-if-cached" })
+    return
+  end
   local fwd = st.fwd or "miss"
-  if fwd == "miss" and rsh["cache-status"] == nil and not st.collapsed and from_upstream then
+  if fwd == "miss" and not too_large and rsh["cache-status"] == nil and from_upstream then
     -- What policy.cache_status makes of the common miss, without its tables and patterns,
     -- written by the engine (Zone:miss_status).
     z:miss_status(req, status, stored, ttl)
   else
     z:set_status(req, policy.cache_status {
       prior = rsh["cache-status"], fwd = fwd, fwd_status = from_upstream and status or nil,
-      stored = stored or nil, ttl = stored and ttl or nil, collapsed = st.collapsed or nil })
+      stored = stored or nil, ttl = stored and ttl or nil,
+      detail = too_large and "too-large" or nil })
   end
   if st.stripped and from_upstream and status == 200 and req:method() == "GET" then answer_stripped(req, conf, st, rsh, now) end
 end

@@ -34,7 +34,7 @@ local function zone_of(name, what)
   if not (cc and cc.zones and cc.zones[name]) then return nil end
   local p = C.lp_ffi_cache_zone(name, #name)
   if p == nil then return nil end
-  z = setmetatable({ name = name, _z = p }, Zone)
+  z = setmetatable({ name = name, _z = p, max_object = cc.zones[name].max_object_size }, Zone)
   zones[name] = z
   return z
 end
@@ -163,6 +163,13 @@ function Zone:upstream_length(req)
   local n = C.lp_ffi_cache_upstream_length(req._r)
   if n < 0 then return nil end
   return n
+end
+
+-- Response phase: true when the upstream's Content-Length is over the zone's max_object_size
+-- (a store refuses such a response at once, and the zone counts it abandoned).
+function Zone:too_large(req)
+  local n = self:upstream_length(req)
+  return n ~= nil and self.max_object ~= nil and n > self.max_object
 end
 
 -- The response's field names as the upstream wrote them, by lower-case name, for those not
@@ -386,7 +393,8 @@ function Zone:count(what)
   if i then C.lp_ffi_cache_count(self._z, i) end
 end
 
--- proxy.cache.purge(zone, key): removes every variant stored for key; returns how many.
+-- proxy.cache.purge(zone, key): removes every variant stored for key; returns how many
+-- responses went (a varying key's Vary marker is not one: engine/cache_store.c).
 -- proxy.cache.purge(zone, { prefix = "..." }) or (zone, { all = true }) for more.
 function M.purge(zone, key)
   local z = zone_of(zone, "proxy.cache.purge()")

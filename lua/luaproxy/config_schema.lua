@@ -561,6 +561,27 @@ local function size_check(v)
   return true
 end
 
+local function size_text(v)
+  for _, u in ipairs({ { 1073741824, "g" }, { 1048576, "m" }, { 1024, "k" } }) do
+    if v % u[1] == 0 then return format('"%d%s"', v / u[1], u[2]) end
+  end
+  return format("%d bytes", v)
+end
+
+-- A zone's memory gathers every fill before it is linked (and written to a disk tier), so
+-- an object larger than it could never be stored: such a max_object_size is refused, and
+-- the default (8m) is lowered to a smaller memory.
+local function check_zone_sizes(z)
+  if z.max_object_size == nil then
+    z.max_object_size = math.min(8388608, z.memory)
+  elseif z.max_object_size > z.memory then
+    return nil, format("max_object_size %s is larger than memory %s, which must hold the "
+      .. "largest object (a fill is gathered in memory, also with a disk tier)",
+      size_text(z.max_object_size), size_text(z.memory)), "max_object_size"
+  end
+  return true
+end
+
 -- tracing.export.endpoint: http://host[:port][/path] (no TLS: a collector on loopback or
 -- a private network, docs/tracing.md).
 local function collector_url(s)
@@ -1004,15 +1025,17 @@ local S = {
           keys = { type = "string", pattern = "^[%a_][%w_]*$" },
           values = {
             type = "record",
+            custom = check_zone_sizes,
             fields = {
               memory = { type = "any", required = true, coerce = size_coerce, custom = size_check,
                          description = 'the zone\'s byte budget (bytes, or "64k", "10m", "1g"): '
                            .. "entries, keys, heads and bodies; least recently used go first" },
               max_object_size = {
-                type = "any", default = 8388608, coerce = size_coerce, custom = size_check,
-                doc_default = '"8m"',
+                type = "any", coerce = size_coerce, custom = size_check,
+                doc_default = '"8m", or `memory` when smaller',
                 description = "a larger response passes through uncached (its fill is dropped "
-                  .. "when the body goes over, or at once when its Content-Length says so)" },
+                  .. "when the body goes over, or at once when its Content-Length says so); "
+                  .. "at most `memory`, which gathers every fill, a disk tier's included" },
               -- #13 disk tier (engine/cache_disk.c)
               disk = {
                 type = "record", doc_default = "none",
@@ -1160,14 +1183,24 @@ local M = { schema = S }
 M.PLUGIN_ENTRY = plugin_entry
 
 -- The validation context of a config table: the upstream names it defines, so fields of
--- type upstream (here and in plugin schemas) are checked.
--- Upstreams that are not a table leave names unchecked: that error is reported instead.
+-- type upstream (here and in plugin schemas) are checked, and its cache zones' names
+-- (`cache_zones`), which the cache plugin's `zone` must be one of.
+-- Upstreams (or zones) that are not a table leave those names unchecked: that error is
+-- reported instead.
 function M.context(raw)
+  local ctx = {}
   local ups = type(raw) == "table" and raw.upstreams
-  if ups ~= nil and type(ups) ~= "table" then return {} end
-  local names = {}
-  for k in pairs(ups or {}) do names[k] = true end
-  return { upstreams = names }
+  if ups == nil or type(ups) == "table" then
+    ctx.upstreams = {}
+    for k in pairs(ups or {}) do ctx.upstreams[k] = true end
+  end
+  local cache = type(raw) == "table" and raw.cache
+  local zones = type(cache) == "table" and cache.zones
+  if cache == nil or zones == nil or type(zones) == "table" then
+    ctx.cache_zones = {}
+    for k in pairs(zones or {}) do ctx.cache_zones[k] = true end
+  end
+  return ctx
 end
 
 return M

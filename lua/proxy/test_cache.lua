@@ -47,6 +47,10 @@ function M.registry(now, hooks)
 
   function Zone:store(req, key, sec, head, keep)
     if req:method() ~= "GET" or req._cache_fill then return false end
+    if self:too_large(req) then
+      self.counts.abandoned = (self.counts.abandoned or 0) + 1
+      return false
+    end
     req._cache_fill = { zone = self, key = key, sec = sec, head = head, keep_until = now() + keep }
     return true
   end
@@ -93,6 +97,13 @@ function M.registry(now, hooks)
   -- The client's slice of the upstream's body (proxy.test's run_chain applies it); the
   -- upstream's Content-Length must hold it, as in the engine.
   function Zone:upstream_length(req) return tonumber(req:resp_header("content-length")) end
+
+  -- Over the declared max_object_size (T.cache_zones{ z = { max_object_size = n } }, bytes;
+  -- none: no limit) by the upstream's Content-Length.
+  function Zone:too_large(req)
+    local n = self:upstream_length(req)
+    return n ~= nil and self.max_object ~= nil and n > self.max_object
+  end
 
   function Zone:window(req, first, n)
     local len = self:upstream_length(req)
@@ -167,10 +178,18 @@ function M.registry(now, hooks)
     return true
   end
 
-  function Zone:purge(key)
-    local t = self.entries[key]
+  -- The responses among a key's entries, as the engine counts a purge: not the key's Vary
+  -- marker ("V ..." without a secondary key), nor an empty marker.
+  local function responses(t)
     local n = 0
-    for _ in pairs(t or {}) do n = n + 1 end
+    for sec, e in pairs(t or {}) do
+      if e.head ~= "" and not (sec == "" and sub(e.head, 1, 2) == "V ") then n = n + 1 end
+    end
+    return n
+  end
+
+  function Zone:purge(key)
+    local n = responses(self.entries[key])
     self.entries[key] = nil
     return n
   end
@@ -179,7 +198,7 @@ function M.registry(now, hooks)
     local n = 0
     for key, t in pairs(self.entries) do
       if sub(key, 1, #prefix) == prefix then
-        for _ in pairs(t) do n = n + 1 end
+        n = n + responses(t)
         self.entries[key] = nil
       end
     end
@@ -190,8 +209,9 @@ function M.registry(now, hooks)
 
   function Zone:count(what) self.counts[what] = (self.counts[what] or 0) + 1 end
 
-  local function new_zone(name)
-    return setmetatable({ name = name, entries = {}, locks = {}, counts = {}, lookups = 0 }, Zone)
+  local function new_zone(name, conf)
+    return setmetatable({ name = name, entries = {}, locks = {}, counts = {}, lookups = 0,
+      max_object = type(conf) == "table" and tonumber(conf.max_object_size) or nil }, Zone)
   end
 
   -- proxy.cache as plugins see it.
@@ -209,7 +229,7 @@ function M.registry(now, hooks)
   -- T.cache_zones{ name = { memory = "1m" }, ... }: declares zones (empty ones).
   function reg.declare(names)
     for k in pairs(zones) do zones[k] = nil end
-    for name in pairs(names or {}) do zones[name] = new_zone(name) end
+    for name, conf in pairs(names or {}) do zones[name] = new_zone(name, conf) end
   end
 
   -- The zone's state for assertions: entries, counts, locks.

@@ -245,3 +245,43 @@ return { name = "vault", priority = 1, request = function() end, schema = { fiel
     end
   end)
 end)
+
+describe("cache zones in the config", function()
+  local function load(zones, zone)
+    local cfg = base({ cache = { zones = zones },
+      routes = { { upstream = "app", plugins = { { name = "cache", zone = zone } } } } })
+    local c, err = config.check(cfg)
+    if not c then return nil, err end
+    local state, lerr = runtime.load(c, { plugin_path = "plugins/?.lua" })
+    if not state then return nil, lerr end
+    return c
+  end
+
+  it("refuses a cache route naming a zone the config does not declare", function()
+    local c, err = load({ api = { memory = "32m" } }, "nope")
+    assert.is_nil(c)
+    assert.equal('routes[1].plugins[1](cache).zone: no zone "nope" in the config\'s '
+      .. 'cache.zones (declared: "api")', err)
+    c, err = load(nil, "api")
+    assert.is_nil(c)
+    assert.matches('zone: no zone "api" in the config\'s cache.zones %(none declared%)', err)
+    assert.is_truthy(load({ api = { memory = "32m" } }, "api"))
+  end)
+
+  it("refuses a max_object_size larger than memory; the default is at most memory", function()
+    local c, err = load({ api = { memory = "32m", max_object_size = "64m" } }, "api")
+    assert.is_nil(c)
+    assert.equal('cache.zones.api.max_object_size: max_object_size "64m" is larger than '
+      .. 'memory "32m", which must hold the largest object (a fill is gathered in memory, '
+      .. "also with a disk tier)", err)
+    c, err = load({ api = { memory = "32m", max_object_size = "64m",
+      disk = { path = "/tmp/x", size = "1g" } } }, "api")
+    assert.is_nil(c)
+    assert.matches("larger than memory", err)
+    c = assert(load({ api = { memory = "32m", max_object_size = "32m" },
+      small = { memory = "1m" }, big = { memory = "64m" } }, "api"))
+    assert.equal(32 * 1048576, c.cache.zones.api.max_object_size)
+    assert.equal(1048576, c.cache.zones.small.max_object_size)
+    assert.equal(8 * 1048576, c.cache.zones.big.max_object_size)
+  end)
+end)

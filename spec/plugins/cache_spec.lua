@@ -269,6 +269,8 @@ describe("cache plugin", function()
       { status = 502, body = "proxy's own" })
     assert.equal(200, r.status)
     assert.equal("old", r.body)
+    -- Forwarded (RFC 9211: not a hit), no status came back, RFC 9111 §4.2.4 alone allowed it.
+    assert.equal("luaproxy; fwd=stale; ttl=-4; detail=disconnected", r.headers["cache-status"])
     -- The upstream's own 502 is its answer (no stale-if-error).
     local up = run(nil, { uri = "/f6" }, { status = 502, body = "upstream's" })
     assert.equal(502, up.status)
@@ -283,6 +285,8 @@ describe("cache plugin", function()
   it("answers only-if-cached misses with 504", function()
     local r = run(nil, { uri = "/o", headers = { ["Cache-Control"] = "only-if-cached" } })
     assert.equal(504, r.status)
+    -- Nothing forwarded, nothing from the cache: neither fwd nor hit.
+    assert.equal("luaproxy; detail=only-if-cached", r.headers["cache-status"])
   end)
 
   it("revalidates a stale entry; a 304 refreshes it and serves the stored body", function()
@@ -306,6 +310,37 @@ describe("cache plugin", function()
     local r = run({ stale_if_error = 600 }, { uri = "/e" }, { status = 503, body = "down" })
     assert.equal(200, r.status)
     assert.equal("old", r.body)
+    -- Forwarded: fwd=stale with the status the origin gave (RFC 9211), not hit.
+    assert.equal("luaproxy; fwd=stale; fwd-status=503; ttl=-4; detail=stale-if-error",
+      r.headers["cache-status"])
+  end)
+
+  it("says why a response over max_object_size was not stored, and counts it", function()
+    T.cache_zones { z = { max_object_size = 4 } }
+    local r = run(nil, { uri = "/big" }, fresh("12345", { ["Content-Length"] = "5" }))
+    assert.equal("12345", r.body)
+    assert.equal("luaproxy; fwd=miss; fwd-status=200; detail=too-large", r.headers["cache-status"])
+    assert.equal(1, T.cache_zone("z").counts.abandoned)
+    assert.is_nil(T.cache_zone("z").entries["GET http://example.com/big"])
+    r = run(nil, { uri = "/small" }, fresh("1234", { ["Content-Length"] = "4" }))
+    assert.equal("luaproxy; fwd=miss; fwd-status=200; stored; ttl=60", r.headers["cache-status"])
+  end)
+
+  it("shows ttl and Age in whole seconds: lifetime less the Age sent (RFC 9111 §4.2.3)", function()
+    -- The origin's Date has whole seconds: a response a fraction of a second after it is
+    -- 0.x seconds old, which is Age 0, and ttl=60 for max-age=60 (not 59).
+    T.advance(1.75 - proxy_now() % 1) -- the clock at x.75
+    local h = { ["Cache-Control"] = "max-age=60", Date = date(proxy_now()) }
+    local r = run(nil, { uri = "/w" }, { status = 200, headers = h, body = "w" })
+    assert.equal("luaproxy; fwd=miss; fwd-status=200; stored; ttl=60", r.headers["cache-status"])
+    local hit = run(nil, { uri = "/w" })
+    assert.equal("0", hit.headers["age"])
+    assert.equal("luaproxy; hit; ttl=60", hit.headers["cache-status"])
+    run(nil, { uri = "/w0" }, { status = 200, body = "z",
+      headers = { ["Cache-Control"] = "max-age=0", ETag = '"z"' } })
+    local z = run(nil, { uri = "/w0" }, { status = 304, headers = { ETag = '"z"' } })
+    assert.matches("fwd=stale; fwd%-status=304", z.headers["cache-status"])
+    assert.matches("ttl=0$", z.headers["cache-status"])
   end)
 
   it("invalidates the target of an unsafe method", function()
@@ -318,6 +353,12 @@ describe("cache plugin", function()
     run(nil, { uri = "/g" }, fresh("g"))
     assert.equal(1, require("proxy").cache.purge("z", "GET http://example.com/g"))
     assert.is_nil(T.cache_zone("z").entries["GET http://example.com/g"])
+    -- Two Vary variants are two responses (the key's Vary marker is not one).
+    for _, lang in ipairs({ "fr", "de" }) do
+      run(nil, { uri = "/gv", headers = { ["Accept-Language"] = lang } },
+        fresh(lang, { Vary = "Accept-Language" }))
+    end
+    assert.equal(2, require("proxy").cache.purge("z", "GET http://example.com/gv"))
   end)
 
   it("encodes heads losslessly", function()

@@ -523,8 +523,13 @@ class CacheTest(H.ProxyTestCase):
             self.assertEqual(r.status, 200)
             self.assertEqual(r.body, body)
         self.assertEqual(self.origin.count(p), 1)
-        collapsed = sum(1 for r in results if "collapsed" in (r.header("cache-status") or ""))
-        self.assertGreater(collapsed, 0)
+        collapsed = [self.cache_status(r) for r in results
+                     if "collapsed" in (r.header("cache-status") or "")]
+        self.assertGreater(len(collapsed), 0)
+        # RFC 9211: collapsed goes with fwd (the request was collapsed into the one
+        # forwarded), never with hit.
+        for cs in collapsed:
+            self.assertRegex(cs, r"^luaproxy; fwd=miss; collapsed; ttl=\d+$")
 
     def test_uncacheable_answer_releases_waiters(self):
         p = self.path()
@@ -577,9 +582,25 @@ class CacheTest(H.ProxyTestCase):
         big = H.large_body(9 * 1024 * 1024)
         p = self.path("-length")
         self.origin.script(p, lambda req, n: fresh(big))
+        before = self.zone_status()["abandoned"]
         for _ in range(2):
-            self.assertEqual(self.get(p).body, big)
+            r = self.get(p)
+            self.assertEqual(r.body, big)
+            # Refused by its Content-Length: counted in abandoned (as documented), and the
+            # Cache-Status says why it was not stored.
+            self.assertRegex(self.cache_status(r),
+                             r"^luaproxy; fwd=miss; fwd-status=200; detail=too-large$")
         self.assertEqual(self.origin.count(p), 2)
+        after = self.zone_status()["abandoned"]
+        self.assertEqual(after - before, 2)
+        c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
+        try:
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+        finally:
+            c.close()
+        self.assertIn('luaproxy_cache_fills_total{zone="%s",result="abandoned"} %d'
+                      % (ZONE, after), text)
         # Length unknown: the fill is dropped when the body goes over.
         q = self.path("-chunked")
         self.origin.script(q, lambda req, n: chunked_response(big, [("Cache-Control", "max-age=60")]))
@@ -674,6 +695,13 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(self.get(p, {"Accept-Language": "fr"}).body, b"lang=fr")
         self.assertEqual(self.get(p, {"Accept-Language": "de"}).body, b"lang=de")
         self.assertEqual(self.origin.count(p), 2)
+        # A purge of the key counts the responses it removed: both variants (not the key's
+        # Vary marker).
+        key = "GET http://a.test" + p
+        st, j = self.admin("DELETE", "/cache/%s?key=%s" % (ZONE, urllib.parse.quote(key, safe="")))
+        self.assertEqual((st, j["purged"]), (200, 2))
+        self.assertEqual(self.get(p, {"Accept-Language": "fr"}).body, b"lang=fr")
+        self.assertEqual(self.origin.count(p), 3)
 
     def test_authorization_response_not_shared(self):
         p = self.path()
@@ -719,6 +747,75 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(bad, [])
         self.assertEqual(self.get(kept).body, b"kept1", "the zone survives a reload")
         self.assertEqual(self.origin.count(kept), 1)
+
+
+class CacheConfigTest(H.ProxyTestCase):
+    """Zone mistakes are refused when the config loads (-t, start, reload), naming the file,
+    the route's plugin entry and the zone; on a reload the running config keeps serving."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = Origin()
+        cls.addClassCleanup(cls.origin.stop)
+        cls.proxy = cls.start_proxy(
+            {"o": H.upstream(cls.origin.address())},
+            [{"match": {"prefix": "/"}, "upstream": "o",
+              "plugins": [{"name": "cache", "zone": ZONE}]}],
+            admin={"address": "127.0.0.1:0"},
+            cache={"zones": {ZONE: {"memory": "32m"}}})
+        cls.good = H.config_text(cls.proxy.cfg)
+
+    def variant(self, zone=ZONE, **zone_conf):
+        cfg = json.loads(json.dumps(self.proxy.cfg))
+        cfg["routes"][0]["plugins"][0]["zone"] = zone
+        cfg["cache"]["zones"][ZONE].update(zone_conf)
+        return H.config_text(cfg)
+
+    def refused(self, text, needle):
+        path = self.proxy.config_path
+        bad = os.path.join(self.proxy.dir, "bad.lua")
+        with open(bad, "w") as f:
+            f.write(text)
+        # -t
+        t = subprocess.run([H.LUAPROXY, "-t", "-c", bad], capture_output=True, text=True,
+                           timeout=H.T(60))
+        self.assertEqual(t.returncode, 1, t.stdout + t.stderr)
+        self.assertIn(bad + ": " + needle, t.stderr)
+        # start: refused, the process exits
+        try:
+            st = subprocess.run([H.LUAPROXY, "-c", bad], capture_output=True, text=True,
+                                timeout=H.T(60))
+        except subprocess.TimeoutExpired:
+            self.fail("a proxy started with " + needle)
+        self.assertNotEqual(st.returncode, 0)
+        self.assertIn(needle, st.stderr)
+        # reload: refused, the running config keeps serving (cached)
+        p = "/" + self._testMethodName
+        self.origin.script(p, lambda req, n: fresh(b"v%d" % n))
+        self.assertEqual(H.get(self.proxy.port, p).body, b"v1")
+        with open(path, "w") as f:
+            f.write(text)
+        try:
+            code, j = H.admin_json(self.proxy.admin_port, "POST", "/reload")
+            self.assertEqual(code, 500, j)
+            self.assertIn(path + ": " + needle, j["error"])
+        finally:
+            with open(path, "w") as f:
+                f.write(self.good)
+        r = H.get(self.proxy.port, p)
+        self.assertEqual(r.body, b"v1")
+        self.assertIn("hit", r.header("cache-status"))
+        self.assertNotIn("cache: no zone", self.proxy.stderr())  # never run uncached
+
+    def test_undeclared_zone_refused(self):
+        self.refused(self.variant(zone="nope"),
+                     'routes[1].plugins[1](cache).zone: no zone "nope" in the config\'s '
+                     'cache.zones (declared: "%s")' % ZONE)
+
+    def test_max_object_size_over_memory_refused(self):
+        self.refused(self.variant(max_object_size="64m"),
+                     'cache.zones.%s.max_object_size: max_object_size "64m" is larger than '
+                     'memory "32m"' % ZONE)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,11 @@ class CacheDiskTest(H.ProxyTestCase):
         cls.origin = Origin()
         cls.addClassCleanup(cls.origin.stop)
 
-    def start(self, root, memory="8m", size="64m", max_object="16m", wait_loaded=True,
+    def start(self, root, memory="8m", size="64m", max_object=None, wait_loaded=True,
               http2=False, plugins=(), **kw):
+        if max_object is None:  # 16m, at most memory (a larger one is refused at load)
+            mb = int(memory[:-1]) / (1024 if memory.endswith("k") else 1)
+            max_object = "16m" if mb >= 16 else memory
         zone = {"memory": memory, "max_object_size": max_object,
                 "disk": {"path": root, "size": size}}
         p = H.Proxy.build({"o": H.upstream(self.origin.address())},

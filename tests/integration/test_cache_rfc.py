@@ -471,6 +471,8 @@ class CacheRfcTest(H.ProxyTestCase):
         r = self.get(p, {"Cache-Control": "only-if-cached"})
         self.assertEqual(r.status, 504)
         self.assertEqual(self.origin.count(p), 0)
+        # Nothing was forwarded, nothing came from the cache: neither fwd nor hit (RFC 9211).
+        self.assertEqual(r.header("cache-status"), "luaproxy; detail=only-if-cached")
 
     def test_only_if_cached_hit(self):
         p = self.path()
@@ -502,6 +504,16 @@ class CacheRfcTest(H.ProxyTestCase):
         r = self.get(p)
         self.assertEqual((r.status, r.body), (200, b"old"))
         self.assertEqual(self.origin.count(p), 2)
+        self.assertStaleOnError(r, "500", "stale-if-error")
+
+    def assertStaleOnError(self, r, fwd_status, detail):
+        """A stale entry served because the origin failed: forwarded (RFC 9211 fwd=stale, not
+        hit), with the status the origin gave (none when it gave none), a negative ttl."""
+        bare, kv = self.status_params(r)
+        self.assertNotIn("hit", bare, r.header("cache-status"))
+        self.assertEqual((kv.get("fwd"), kv.get("fwd-status"), kv.get("detail")),
+                         ("stale", fwd_status, detail), r.header("cache-status"))
+        self.assertLess(int(kv["ttl"]), 0, r.header("cache-status"))
 
     def test_stale_if_error_serves_stale_on_connection_failure(self):
         p = self.path()
@@ -510,6 +522,7 @@ class CacheRfcTest(H.ProxyTestCase):
         self.get(p)
         r = self.get(p)
         self.assertEqual((r.status, r.body), (200, b"old"))
+        self.assertStaleOnError(r, None, "stale-if-error")
 
     def test_stale_without_permission_not_served_on_error(self):
         p = self.path()
@@ -1332,6 +1345,28 @@ class CacheRfcTest(H.ProxyTestCase):
         self.assertIn(kv.get("fwd"), ("miss", "uri-miss", "request"))
         self.assertNotIn("stored", bare)
 
+    def test_cache_status_ttl_and_age_in_whole_seconds(self):
+        # RFC 9111 §4.2.3 in whole seconds: Age = the age rounded down, ttl = the lifetime
+        # less that same Age. A fresh miss of max-age=60 says ttl=60 (not 59: the response
+        # delay's fraction is not a second), a zero lifetime ttl=0, and on every hit Age +
+        # ttl is the lifetime. Several paths: the first miss is the plugin's, the next ones
+        # of that shape the engine's replay (engine/cache_native.c); the same on both.
+        for i in range(3):
+            p = self.path() + "/%d" % i
+            self.origin.script(p, (200, [("Cache-Control", "max-age=60")], "v"))
+            _, kv = self.status_params(self.get(p))
+            self.assertEqual((kv.get("fwd"), kv.get("ttl")), ("miss", "60"), p)
+            r = self.get(p)
+            self.assertHit(r)
+            _, kv = self.status_params(r)
+            self.assertEqual(int(r.header("age")) + int(kv["ttl"]), 60, r.header("cache-status"))
+            self.assertLessEqual(int(r.header("age")), 1)
+        p = self.path() + "/zero"
+        self.origin.script(p, (200, [("Cache-Control", "max-age=0"), ("ETag", '"z"')], "z"))
+        bare, kv = self.status_params(self.get(p))
+        self.assertIn("stored", bare)
+        self.assertEqual(kv.get("ttl"), "0", "a zero lifetime")
+
     def test_cache_status_prior_kept_on_hit(self):
         p = self.path()
         self.origin.script(p, ok("v", ("Cache-Control", "max-age=3600"),
@@ -1553,6 +1588,8 @@ class CacheRfcTest(H.ProxyTestCase):
         self.get(p)
         r = self.get(p)
         self.assertEqual((r.status, r.body), (200, b"old"))
+        # No stale-if-error anywhere: RFC 9111 §4.2.4 alone served it.
+        self.assertStaleOnError(r, None, "disconnected")
 
     def test_stale_if_error_served_when_origin_closes_without_answer(self):
         p = self.path()

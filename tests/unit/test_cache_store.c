@@ -219,6 +219,34 @@ static void variants(void)
     lp_cache_zone_release(z);
 }
 
+/* A purge counts responses: a varying key's Vary marker (the plugin's "V ..." head without a
+ * secondary key) and an empty marker go too, uncounted. */
+static void purge_counts_responses(void)
+{
+    lp_cache_zone_t *z = zone("t7m", 4 << 20, 1 << 16);
+    lp_cache_fill_t *f = lp_cache_fill_start(z, NULL, K("k"), K(""), K("V accept"), NOW + 60, 0);
+    REQUIRE(f);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    put(z, "k", "accept:4:text", "1", 1);
+    put(z, "k", "accept:4:json", "2", 1);
+    f = lp_cache_fill_start(z, NULL, K("k"), "\0refreshing", 11, "", 0, NOW + 60, 0);
+    REQUIRE(f);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.entries, 4);
+    CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_KEY, K("k")), 2);
+    lp_cache_zone_stats(z, &st);
+    CHECK_EQ_INT((int)st.entries, 0);
+    /* A head "V ..." under a secondary key is a response's (the plugin's heads start "L1"). */
+    put(z, "v", "", "1", 1);
+    f = lp_cache_fill_start(z, NULL, K("v"), K("s"), K("V x"), NOW + 60, 0);
+    REQUIRE(f);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_PREFIX, K("v")), 2);
+    lp_cache_zone_release(z);
+}
+
 static void purge_prefix(void)
 {
     lp_cache_zone_t *z = zone("t7", 4 << 20, 1 << 16);
@@ -680,6 +708,7 @@ static const lp_test_case_t tests[] = {
     {"index_in_budget", index_in_budget},
     {"variants", variants},
     {"purge_prefix", purge_prefix},
+    {"purge_counts_responses", purge_counts_responses},
     {"locks", locks},
     {"readback_locks", readback_locks},
     {"set_head", set_head},
