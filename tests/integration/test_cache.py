@@ -12,6 +12,7 @@ import email.utils
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -780,7 +781,8 @@ class CacheConfigTest(H.ProxyTestCase):
         t = subprocess.run([H.LUAPROXY, "-t", "-c", bad], capture_output=True, text=True,
                            timeout=H.T(60))
         self.assertEqual(t.returncode, 1, t.stdout + t.stderr)
-        self.assertIn(bad + ": " + needle, t.stderr)
+        # FILE:LINE: (the line that writes the key: lua/luaproxy/config_line.lua)
+        self.assertRegex(t.stderr, re.escape(bad) + r":\d+: " + re.escape(needle))
         # start: refused, the process exits
         try:
             st = subprocess.run([H.LUAPROXY, "-c", bad], capture_output=True, text=True,
@@ -798,7 +800,7 @@ class CacheConfigTest(H.ProxyTestCase):
         try:
             code, j = H.admin_json(self.proxy.admin_port, "POST", "/reload")
             self.assertEqual(code, 500, j)
-            self.assertIn(path + ": " + needle, j["error"])
+            self.assertRegex(j["error"], re.escape(path) + r":\d+: " + re.escape(needle))
         finally:
             with open(path, "w") as f:
                 f.write(self.good)
