@@ -520,6 +520,40 @@ describe("what the waf cannot inspect whole (CRS)", function()
   end)
 end)
 
+describe("GraphQL string escapes (CRS)", function()
+  before_each(function() T.reset() end)
+  local conf = {}
+  local function crs(pl)
+    -- (paranoia 2 through PCRE2 alone: the same verdicts, no second Hyperscan compile)
+    conf[pl] = conf[pl] or T.conf(waf, { crs = CRS, paranoia = pl, hyperscan = pl == 1 })
+    return conf[pl]
+  end
+  local function post(body)
+    return T.request({ method = "POST", uri = "/graphql", body = body, headers = headers({
+      ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }) })
+  end
+
+  it("inspects a string literal decoded: an escaped quote or slash is refused as the plain one", function()
+    local sqli = [[{"query":"{ user(name: \"x\\u0027 OR \\u00271\\u0027=\\u00271\") { id } }"}]]
+    local shell = [[{"query":"{ user(name: \"\\u003b cat \\u002fetc\\u002fpasswd\") { id } }"}]]
+    local cases = {
+      { sqli, "ARGS:query.1", 942100 }, { shell, "ARGS:query.1", 932100 },
+      { "[" .. sqli .. "," .. sqli .. "]", "ARGS:1.query.1", 942100 },
+      -- a """ in a comment opened a block string: the literal after it went in undecoded
+      { sqli:gsub('^{"query":"', '{"query":"# \\"\\"\\"\\n'), "ARGS:query.1", 942100 },
+    }
+    for _, pl in ipairs({ 1, 2 }) do
+      for _, case in ipairs(cases) do
+        local req = post(case[1])
+        assert.is_true(T.phase(waf, "request", req, crs(pl)), case[1])
+        local seen = {}
+        for _, m in ipairs(req.ctx.waf.matches) do seen[m.id .. " " .. m.var] = true end
+        assert.is_true(seen[case[3] .. " " .. case[2]], case[1])
+      end
+    end
+  end)
+end)
+
 describe("confirmers (crs_confirm)", function()
   local confirm = require "luaproxy.waf.confirm"
 

@@ -4,6 +4,7 @@
 -- inspected as the thing it is: a JSON document's structure, or a GraphQL query's
 -- punctuation, is never a value. Docs: docs/plugins/waf.md, "Variables".
 local T = require "luaproxy.waf.transforms"
+local G = require "luaproxy.waf.graphql"
 local urldecode, lower = T.urldecode, string.lower
 local byte, find, sub, match, gmatch = string.byte, string.find, string.sub, string.match,
   string.gmatch
@@ -103,37 +104,9 @@ local function parse_form(c, s, max)
 end
 M.parse_form = parse_form
 
--- The string literals of a GraphQL document ("..." with escapes, and """block""" ones):
--- the values a client put into it. Its names and punctuation are the API's, not data.
-local function graphql_strings(c, name, q, max)
-  local i, n = 1, #q
-  local k = 0
-  while i <= n do
-    local s = find(q, '"', i, true)
-    if not s then break end
-    local from, to
-    if sub(q, s, s + 2) == '"""' then
-      local e = find(q, '"""', s + 3, true) or n + 1
-      from, to, i = s + 3, e - 1, e + 3
-    else
-      local j = s + 1
-      while j <= n do
-        local b = byte(q, j)
-        if b == 92 then j = j + 2
-        elseif b == 34 or b == 10 then break
-        else j = j + 1 end
-      end
-      from, to, i = s + 1, j - 1, j + 1
-    end
-    k = k + 1
-    add(c, name .. "." .. k, sub(q, from, to), max)
-  end
-end
-
-local function looks_graphql(q)
-  return find(q, "^%s*{") or find(q, "^%s*query[%s{(]") or find(q, "^%s*mutation[%s{(]")
-    or find(q, "^%s*subscription[%s{(]") or find(q, "^%s*fragment%s")
-end
+-- A GraphQL document's string literals, decoded (luaproxy/waf/graphql.lua).
+local function graphql_strings(c, name, q, max) G.strings(c, name, q, max, add) end
+local looks_graphql = G.looks
 
 -- Fallback for a document the scanner below does not follow (what cjson takes beyond JSON:
 -- nan, inf): the decoded table, keys sorted so that the order is the same at every run.
