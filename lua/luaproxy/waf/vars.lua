@@ -1,10 +1,11 @@
 -- waf variables: what rules look at in a request, gathered lazily (a collection is built
 -- the first time a rule needs it, once per request) into { n, names = {}, values = {} }.
--- Bodies are parsed as what they declare (form, JSON, multipart) so that each value is
+-- Bodies are parsed as what they declare (form, JSON, multipart, XML) so that each value is
 -- inspected as the thing it is: a JSON document's structure, or a GraphQL query's
 -- punctuation, is never a value. Docs: docs/plugins/waf.md, "Variables".
 local T = require "luaproxy.waf.transforms"
 local G = require "luaproxy.waf.graphql"
+local X = require "luaproxy.waf.xml"
 local urldecode, lower = T.urldecode, string.lower
 local byte, find, sub, match, gmatch = string.byte, string.find, string.sub, string.match,
   string.gmatch
@@ -27,6 +28,9 @@ M.BASE = {
   args_combined_size = true, files_names = true, files_combined_size = true,
   remote_addr = true, reqbody_processor = true, body_error_flag = true,
   multipart_part_headers = true, unique_id = true, duration = true,
+  -- an XML body (luaproxy/waf/xml.lua): "/*", the root element's string value, and "//@*",
+  -- each attribute's value, as ModSecurity's XML:/* and XML://@* give them
+  xml = true,
 }
 M.NAMES = { query_arg_names = "query_args", body_arg_names = "body_args",
             header_names = "headers", cookie_names = "cookies" }
@@ -36,7 +40,7 @@ M.ALIAS = { args = { "query_args", "body_args" }, arg_names = { "query_arg_names
 M.BODY = { body_args = true, files = true, body = true, body_error = true,
            body_arg_names = true, body_length = true, files_names = true,
            files_combined_size = true, reqbody_processor = true, body_error_flag = true,
-           multipart_part_headers = true, args_combined_size = true }
+           multipart_part_headers = true, args_combined_size = true, xml = true }
 
 local function new() return { n = 0, names = {}, values = {} } end
 
@@ -463,19 +467,20 @@ function State:body_collections()
   local body = self.body
   if not body or body == "" then
     colls.body_args, colls.files, colls.body = EMPTY, EMPTY, EMPTY
-    colls.multipart_part_headers = EMPTY
+    colls.multipart_part_headers, colls.xml = EMPTY, EMPTY
     colls.reqbody_processor, colls.body_length = ONE_EMPTY, ONE_ZERO
     return
   end
   local args, files, ph = new(), new(), new()
   colls.body_args, colls.files, colls.body = args, files, one(body)
-  colls.multipart_part_headers = ph
+  colls.multipart_part_headers, colls.xml = ph, EMPTY
   colls.reqbody_processor = one("")
   colls.body_length = one(tostring(#body))
   local ct = lower(self.req:header("content-type") or "")
   local proc = self.body_processor
   if proc == "JSON" then ct = "application/json"
-  elseif proc == "URLENCODED" then ct = "application/x-www-form-urlencoded" end
+  elseif proc == "URLENCODED" then ct = "application/x-www-form-urlencoded"
+  elseif proc == "XML" then ct = "application/xml" end
   local problem
   if find(ct, "^application/x%-www%-form%-urlencoded") then
     colls.reqbody_processor.values[1] = "URLENCODED"
@@ -490,7 +495,8 @@ function State:body_collections()
     elseif ok then
       json_leaves(args, body, doc, "", self.max, 0)
     else
-      problem = "JSON: " .. tostring(doc):gsub("^.-: ", "")
+      -- (cjson's "at character N" counts bytes from 1)
+      problem = "JSON: " .. tostring(doc):gsub("^.-: ", ""):gsub("at character (%d+)", "at byte %1")
     end
   elseif find(ct, "^multipart/form%-data") then
     colls.reqbody_processor.values[1] = "MULTIPART"
@@ -504,6 +510,19 @@ function State:body_collections()
       local ok, perr = parse_multipart(args, files, body, b, self.max, ph)
       if not ok then problem = perr end
     end
+  elseif find(ct, "^application/xml") or find(ct, "^text/xml") or find(ct, "^application/soap%+xml") then
+    -- the types ModSecurity's recommended rule 200000 gives its XML processor
+    colls.reqbody_processor.values[1] = "XML"
+    local doc, err = X.read(body, self.max)
+    if doc then
+      local xml = new()
+      add(xml, "/*", doc.text, 1)
+      for i = 1, #doc.attrs do add(xml, "//@*", doc.attrs[i], self.max + 1) end
+      xml.truncated = doc.truncated
+      colls.xml = xml
+    else
+      problem = err
+    end
   end
   self.body_problem = problem
 end
@@ -513,7 +532,8 @@ end
 -- SecRequestBodyJsonDepthLimit make one (REQBODY_ERROR; its recommended rules 200002 and
 -- 200007 deny): unmarked, the values past the limit went uninspected, and a client chose
 -- which (an attack after 1024 dummy arguments passed).
-local WHOLE = { "body_args", "files", "multipart_part_headers", "query_args", "headers", "cookies" }
+local WHOLE = { "body_args", "files", "multipart_part_headers", "query_args", "headers", "cookies",
+                "xml" }
 
 -- body_error (why the request's values could not all be read: the body's parse problem,
 -- then each collection cut short; one value, empty when none) and body_error_flag.
