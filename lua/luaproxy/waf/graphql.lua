@@ -70,7 +70,6 @@ local function unescape(s)
   if bad then return nil, v end
   return v
 end
-M.unescape = unescape
 
 -- The value of a """block""" literal from its raw text: \""" is """, the lines' common
 -- indentation (of every line but the first, white space only lines aside) goes, and so do
@@ -98,7 +97,6 @@ local function block_value(raw)
   while b >= a and not find(lines[b], "[^ \t]") do b = b - 1 end
   return concat(lines, "\n", a, b)
 end
-M.block_value = block_value
 
 -- Does q read as a GraphQL executable document: after what the lexer ignores (a byte order
 -- mark, white space, commas, # comments), an operation or a fragment?
@@ -124,17 +122,26 @@ end
 -- Each string literal of document q into collection c as value name.1, name.2, ... by
 -- add(c, name, value, max). A literal that does not decode (an escape the spec does not
 -- have, no closing quote) goes in as written, and with its valid escapes decoded: never
--- dropped.
+-- dropped. (Plain finds and byte loops: LuaJIT compiles those, not a find with a pattern.
+-- The next "#" is kept from literal to literal, found again only once passed.)
 function M.strings(c, name, q, max, add)
   local i, n, k = 1, #q, 0
+  local hash = 0
   while true do
-    local s = find(q, '["#]', i)
+    local s = find(q, '"', i, true)
     if not s then return end
-    if byte(q, s) == 35 then
+    if hash < i then hash = find(q, "#", i, true) or n + 1 end
+    if hash < s then
       -- a comment, up to the line's end: a quote in it opens no string
-      i = find(q, "[\r\n]", s + 1)
-      if not i then return end
-    elseif sub(q, s + 1, s + 2) == '""' then
+      local j = hash + 1
+      while j <= n do
+        local b = byte(q, j)
+        if b == 10 or b == 13 then break end
+        j = j + 1
+      end
+      if j > n then return end
+      i = j
+    elseif byte(q, s + 1) == 34 and byte(q, s + 2) == 34 then
       -- """block""": ends at the first """ that no backslash escapes
       local e = find(q, '"""', s + 3, true)
       while e and byte(q, e - 1) == 92 do e = find(q, '"""', e + 3, true) end
@@ -144,17 +151,23 @@ function M.strings(c, name, q, max, add)
       i = e + 3
     else
       -- "...": ends at a quote no backslash escapes, or (unterminated) at a line's end
-      local j = s + 1
-      local e
-      while true do
-        e = find(q, '["\\\r\n]', j)
-        if not e or byte(q, e) ~= 92 then break end
-        j = e + 2
+      local j, esc = s + 1, false
+      local b
+      while j <= n do
+        b = byte(q, j)
+        if b == 92 then
+          esc, j = true, j + 2
+        elseif b == 34 or b == 10 or b == 13 then
+          break
+        else
+          j = j + 1
+        end
       end
-      local closed = e and byte(q, e) == 34
-      local raw = sub(q, s + 1, (e or n + 1) - 1)
-      local v, best = unescape(raw)
+      local closed = j <= n and b == 34
+      local raw = sub(q, s + 1, (j <= n and j or n + 1) - 1)
       k = k + 1
+      local v, best
+      if esc then v, best = unescape(raw) else v = raw end
       if v and closed then
         add(c, name .. "." .. k, v, max)
       else
@@ -162,8 +175,8 @@ function M.strings(c, name, q, max, add)
         v = v or best
         if v ~= raw then add(c, name .. "." .. k, v, max) end
       end
-      if not e then return end
-      i = e + 1
+      if j > n then return end
+      i = j + 1
     end
   end
 end
