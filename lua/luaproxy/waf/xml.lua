@@ -141,26 +141,46 @@ function M.read(s, max)
       end
       i = e + 2
     elseif b == 47 then -- </name>
-      local name, e = match(s, "^</([^ \t\r\n>]+)[ \t\r\n]*>()", lt)
-      if not name or depth == 0 or name ~= stack[depth] then
-        return fail("an end tag that closes no open element", lt)
+      -- the open element's name, then white space and >
+      local top = stack[depth]
+      local j = top and lt + 2 + #top
+      local c = j and sub(s, lt + 2, j - 1) == top and byte(s, j)
+      while c == 32 or c == 9 or c == 10 or c == 13 do
+        j = j + 1
+        c = byte(s, j)
       end
+      if c ~= 62 then return fail("an end tag that closes no open element", lt) end
       stack[depth] = nil
       depth = depth - 1
       if depth == 0 then root_done = true end
-      i = e
+      i = j + 1
     else -- <name attr="v" ...> or />
-      local name = match(s, "^<([^ \t\r\n/>]+)", lt)
-      if not name or not find(name, "^[%a_:\128-\255]") or find(name, "[<=\"'&]") then
+      -- (byte loops, not patterns, here and below: LuaJIT compiles them)
+      local j = lt + 1
+      local c = byte(s, j)
+      -- a name starts with a letter, _, : or a non-ASCII byte
+      if not c or not ((c >= 65 and c <= 90) or (c >= 97 and c <= 122) or c == 95 or c == 58
+        or c >= 128) then
         return fail("a < that opens no tag", lt)
       end
+      while c and c ~= 32 and c ~= 9 and c ~= 10 and c ~= 13 and c ~= 47 and c ~= 62 do
+        if c == 60 or c == 61 or c == 34 or c == 39 or c == 38 then -- < = " ' &
+          return fail("a < that opens no tag", lt)
+        end
+        j = j + 1
+        c = byte(s, j)
+      end
+      local name = sub(s, lt + 1, j - 1)
       if depth == 0 and root_done then return fail("a second root element", lt) end
-      local j = lt + 1 + #name
       local empty
       while true do
-        local k = find(s, "[^ \t\r\n]", j)
-        if not k then return fail("a tag without its end", lt) end
-        local c = byte(s, k)
+        local k = j
+        c = byte(s, k)
+        while c == 32 or c == 9 or c == 10 or c == 13 do
+          k = k + 1
+          c = byte(s, k)
+        end
+        if not c then return fail("a tag without its end", lt) end
         if c == 62 then -- >
           empty, j = false, k + 1
           break
@@ -170,16 +190,37 @@ function M.read(s, max)
           break
         end
         if k == j then return fail("attributes without white space between them", k) end
-        local e = match(s, "^[^ \t\r\n/>=\"'<]+[ \t\r\n]*=[ \t\r\n]*()", k)
-        local q = e and byte(s, e)
-        if not e or (q ~= 34 and q ~= 39) then return fail("an attribute without a quoted value", k) end
+        -- name = "value" (or 'value')
+        local e = k
+        while c and c ~= 32 and c ~= 9 and c ~= 10 and c ~= 13 and c ~= 47 and c ~= 62
+          and c ~= 61 and c ~= 34 and c ~= 39 and c ~= 60 do
+          e = e + 1
+          c = byte(s, e)
+        end
+        while c == 32 or c == 9 or c == 10 or c == 13 do
+          e = e + 1
+          c = byte(s, e)
+        end
+        local q
+        if e > k and c == 61 then
+          e = e + 1
+          q = byte(s, e)
+          while q == 32 or q == 9 or q == 10 or q == 13 do
+            e = e + 1
+            q = byte(s, e)
+          end
+        end
+        if q ~= 34 and q ~= 39 then return fail("an attribute without a quoted value", k) end
         local close = find(s, q == 34 and '"' or "'", e + 1, true)
         if not close then return fail("an attribute value without its end", e) end
         local v = sub(s, e + 1, close - 1)
         if find(v, "<", 1, true) then return fail("a < in an attribute value", e) end
         -- (white space in a value reads as spaces: attribute value normalisation)
+        if find(v, "\n", 1, true) or find(v, "\t", 1, true) or find(v, "\r", 1, true) then
+          v = gsub(v, "[\t\r\n]", " ")
+        end
         local err
-        v, err = decode(gsub(v, "[\t\r\n]", " "), e + 1, dtd)
+        v, err = decode(v, e + 1, dtd)
         if not v then return nil, err end
         if na < max then
           na = na + 1
