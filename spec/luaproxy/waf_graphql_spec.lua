@@ -77,6 +77,18 @@ describe("waf graphql", function()
     assert.falsy(G.looks("queryable"))
   end)
 
+  it("takes a text GraphQL's tokens do not make for no document: inspected whole", function()
+    -- a JSON API's "query" that starts like a document: it has no literals to read
+    assert.same({ "query={ ' OR 1=1 }" }, json([[{"query":"{ ' OR 1=1 }"}]]))
+    assert.same({ "query=query UNION SELECT password FROM users--" },
+      json([[{"query":"query UNION SELECT password FROM users--"}]]))
+    assert.same({ "1.query={ a } ; cat /etc/passwd", "2.query.1=x" },
+      json([=[[{"query":"{ a } ; cat /etc/passwd"},{"query":"{ f(a: \"x\") }"}]]=]))
+    -- what documents hold: numbers, spreads, directives, variables' defaults, a BOM
+    local doc = [[query Q($n: Int = -1, $f: Float = 1.5e+3) @live { ...F a(x: [1, -2.0E-3]) }]]
+    assert.same({ "query.1=s" }, json([[{"query":"\ufeff]] .. doc .. [[ # \"c\"\n{ b(s: \"s\") }"}]]))
+  end)
+
   it("decodes the strings of a single request, a batch and a commented document", function()
     local q = [["{ user(name: \"x\\u0027 OR \\u00271\\u0027=\\u00271\") { id } }"]]
     assert.same({ "query.1=x' OR '1'='1" }, json('{"query":' .. q .. '}'))

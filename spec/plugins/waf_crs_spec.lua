@@ -539,6 +539,8 @@ describe("GraphQL string escapes and XML bodies (CRS)", function()
     local cases = {
       { sqli, "ARGS:query.1", 942100 }, { shell, "ARGS:query.1", 932100 },
       { "[" .. sqli .. "," .. sqli .. "]", "ARGS:1.query.1", 942100 },
+      -- no GraphQL document, though it starts like one: inspected whole (it has no literals)
+      { [[{"query":"{ 1' UNION SELECT password FROM users WHERE 1=1 -- }"}]], "ARGS:query", 942100 },
       -- a """ in a comment opened a block string: the literal after it went in undecoded
       { sqli:gsub('^{"query":"', '{"query":"# \\"\\"\\"\\n'), "ARGS:query.1", 942100 },
     }

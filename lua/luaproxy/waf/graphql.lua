@@ -119,18 +119,48 @@ function M.looks(q)
     or find(q, "^subscription[%s{(#,]", i) or find(q, "^fragment[%s#,]", i) or false
 end
 
+-- The bytes GraphQL's tokens are made of, outside strings and comments: names, numbers,
+-- punctuators (! $ & ( ) ... : = @ [ ] { | }) and what the lexer ignores.
+local CODE = {}
+for b in ("_!$&():=@[]{|}.-+ \t\r\n,"):gmatch(".") do CODE[byte(b)] = true end
+for b = 48, 57 do CODE[b] = true end
+for b = 65, 90 do CODE[b] = true end
+for b = 97, 122 do CODE[b] = true end
+
+-- Are bytes i..j of q (outside strings and comments) GraphQL tokens? A - only before a
+-- digit, a + only after an exponent's e. (What is not, ' ; / * < > --, makes the text no
+-- GraphQL document: a JSON API's "query" that starts like one, {"query":"{ ' OR 1=1 }"},
+-- is then inspected whole, not read for string literals it does not have.)
+local function code_ok(q, i, j)
+  for p = i, j do
+    local b = byte(q, p)
+    if not CODE[b] then return false end
+    if b == 45 then -- -
+      local d = byte(q, p + 1)
+      if not d or d < 48 or d > 57 then return false end
+    elseif b == 43 then -- +
+      local e = byte(q, p - 1)
+      if e ~= 101 and e ~= 69 then return false end
+    end
+  end
+  return true
+end
+
 -- Each string literal of document q into collection c as value name.1, name.2, ... by
--- add(c, name, value, max). A literal that does not decode (an escape the spec does not
--- have, no closing quote) goes in as written, and with its valid escapes decoded: never
--- dropped. (Plain finds and byte loops: LuaJIT compiles those, not a find with a pattern.
--- The next "#" is kept from literal to literal, found again only once passed.)
+-- add(c, name, value, max); false (some added) when q is no GraphQL document after all
+-- (code_ok). A literal that does not decode (an escape the spec does not have, no closing
+-- quote) goes in as written, and with its valid escapes decoded: never dropped. (Plain
+-- finds and byte loops: LuaJIT compiles those, not a find with a pattern. The next "#" is
+-- kept from literal to literal, found again only once passed.)
 function M.strings(c, name, q, max, add)
-  local i, n, k = 1, #q, 0
+  local n, k = #q, 0
+  local i = sub(q, 1, 3) == "\239\187\191" and 4 or 1
   local hash = 0
   while true do
-    local s = find(q, '"', i, true)
-    if not s then return end
+    local s = find(q, '"', i, true) or n + 1
     if hash < i then hash = find(q, "#", i, true) or n + 1 end
+    if not code_ok(q, i, (hash < s and hash or s) - 1) then return false end
+    if s > n and hash > n then return true end
     if hash < s then
       -- a comment, up to the line's end: a quote in it opens no string
       local j = hash + 1
@@ -139,7 +169,7 @@ function M.strings(c, name, q, max, add)
         if b == 10 or b == 13 then break end
         j = j + 1
       end
-      if j > n then return end
+      if j > n then return true end
       i = j
     elseif byte(q, s + 1) == 34 and byte(q, s + 2) == 34 then
       -- """block""": ends at the first """ that no backslash escapes
@@ -147,7 +177,7 @@ function M.strings(c, name, q, max, add)
       while e and byte(q, e - 1) == 92 do e = find(q, '"""', e + 3, true) end
       k = k + 1
       add(c, name .. "." .. k, block_value(sub(q, s + 3, (e or n + 1) - 1)), max)
-      if not e then return end
+      if not e then return true end
       i = e + 3
     else
       -- "...": ends at a quote no backslash escapes, or (unterminated) at a line's end
@@ -175,7 +205,7 @@ function M.strings(c, name, q, max, add)
         v = v or best
         if v ~= raw then add(c, name .. "." .. k, v, max) end
       end
-      if j > n then return end
+      if j > n then return true end
       i = j + 1
     end
   end

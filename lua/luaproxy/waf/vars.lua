@@ -108,8 +108,15 @@ local function parse_form(c, s, max)
 end
 M.parse_form = parse_form
 
--- A GraphQL document's string literals, decoded (luaproxy/waf/graphql.lua).
-local function graphql_strings(c, name, q, max) G.strings(c, name, q, max, add) end
+-- A GraphQL document's string literals, decoded (luaproxy/waf/graphql.lua); false, and
+-- nothing added, when q is no GraphQL document after all (the caller adds it whole).
+local function graphql_strings(c, name, q, max)
+  local n0, truncated = c.n, c.truncated
+  if G.strings(c, name, q, max, add) then return true end
+  for i = n0 + 1, c.n do c.names[i], c.values[i] = nil, nil end
+  c.n, c.truncated = n0, truncated
+  return false
+end
 local looks_graphql = G.looks
 
 -- Fallback for a document the scanner below does not follow (what cjson takes beyond JSON:
@@ -131,7 +138,7 @@ local function walk(c, v, path, max, depth, gql)
     end
     local prefix = path == "" and "" or path .. "."
     gql = gql and type(v.query) == "string" and looks_graphql(v.query)
-    if gql then graphql_strings(c, prefix .. "query", v.query, max) end
+    gql = gql and graphql_strings(c, prefix .. "query", v.query, max)
     local keys = {}
     for k in pairs(v) do keys[#keys + 1] = k end
     table.sort(keys, key_order)
@@ -252,7 +259,9 @@ local function scan(c, s, i, path, max, depth0, st, doc)
             local q2 = str_end(s, j)
             local v = q2 and str(st, j, q2)
             if v and looks_graphql(v) then
-              if emit then graphql_strings(c, p .. "query", v, max) end
+              if emit and not graphql_strings(c, p .. "query", v, max) then
+                add(c, p .. "query", v, max)
+              end
               i = q2 + 1
               state = AFTER
             end
