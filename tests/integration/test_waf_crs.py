@@ -11,6 +11,8 @@ real requests (docs/plugins/waf.md, "The OWASP Core Rule Set"):
 - more values than max_args (query, JSON, multipart, headers): 403, the values past it
   uninspected; a batch of GraphQL requests read as each one (its syntax passed, an attack
   in its variables refused);
+- GraphQL string literals inspected with their escapes decoded, XML bodies as XML:/*, and
+  the reason of a body error in the log line;
 - a reload while requests are being inspected: every request answered, none with a 5xx;
 - the Hyperscan databases compiled once per process: of the two workers one compiles them,
   the other takes them; a reload with the same rules compiles none, one with a changed
@@ -239,6 +241,35 @@ class WafCrsTest(RT.ReloadTestCase):
         # every request answered, the workers serve on
         self.assertIsNone(self.proxy.proc.poll())
         self.assertEqual(self.get("/fixed?id=5").status, 200)
+
+    def test_graphql_escapes_xml_bodies_body_error_reasons(self):
+        js = {"Content-Type": "application/json"}
+        xml = {"Content-Type": "application/xml"}
+        # a trial's three requests: GraphQL string escapes hid a quote and a path, an XML
+        # body went uninspected (its text is XML:/*, which CRS reads, not ARGS)
+        for path, hdr, body in (
+                ("/gql-sqli", js, rb'{"query":"{ user(name: \"x\\u0027 OR \\u00271\\u0027=\\u00271\") { id } }"}'),
+                ("/gql-shell", js, rb'{"query":"{ user(name: \"\\u003b cat \\u002fetc\\u002fpasswd\") { id } }"}'),
+                ("/xml-sqli", xml, b"<a>1' UNION SELECT password FROM users--</a>")):
+            r = self.get(path, method="POST", headers=hdr, body=body)
+            self.assertEqual(r.status, 403, path)
+        H.wait_for(lambda: self.log_lines("POST /xml-sqli (score "), H.T(5), what="the XML block logged")
+        self.assertIn("942100 XML:/*", self.log_lines("POST /xml-sqli (score ")[-1])
+        self.assertIn("942100 ARGS:query.1", self.log_lines("POST /gql-sqli (score ")[-1])
+        # ordinary ones pass
+        r = self.get("/echo?gx=1", method="POST", headers=js,
+                     body=rb'{"query":"{ user(name: \"O\\u0027Neil\") { id } }"}')
+        self.assertEqual(r.status, 200, r.body)
+        r = self.get("/echo?gx=2", method="POST", headers={"Content-Type": "text/xml"},
+                     body=b"<order><item sku='A-1'>Tea &amp; biscuits</item></order>")
+        self.assertEqual(r.status, 200, r.body)
+        # a body that does not parse: refused by 1009, the log saying why
+        for path, hdr, body, why in (
+                ("/why-json", js, b'{"a": ', "(JSON: Expected value but found T_END at byte 7)"),
+                ("/why-xml", xml, b"<a><b></a>", "(XML: an end tag that closes no open element at byte 7)")):
+            self.assertEqual(self.get(path, method="POST", headers=hdr, body=body).status, 403, path)
+            H.wait_for(lambda: self.log_lines("POST %s (score " % path), H.T(5), what=path + " logged")
+            self.assertIn('1009 &body_error "1" ' + why, self.log_lines("POST %s (score " % path)[-1])
 
     def test_zz_bad_file_refused_then_reload_under_load(self):
         path = os.path.join(self.proxy.dir, "rules", "extra.conf")

@@ -120,12 +120,11 @@ M.VARS = {
   DURATION = { "duration" },
   TX = { "tx" }, MATCHED_VAR = { "matched_var" }, MATCHED_VARS = { "matched_vars" },
   MATCHED_VAR_NAME = { "matched_var_name" }, MATCHED_VARS_NAMES = { "matched_vars_names" },
-  XML = false, IP = false, GLOBAL = false, SESSION = false, USER = false, RESOURCE = false,
+  XML = { "xml" }, IP = false, GLOBAL = false, SESSION = false, USER = false, RESOURCE = false,
   GEO = false, RESPONSE_BODY = false, RESPONSE_HEADERS = false, RESPONSE_STATUS = false,
   RESPONSE_HEADERS_NAMES = false, RESPONSE_PROTOCOL = false,
 }
 M.VAR_WHY = {
-  XML = "no XML body processor: XML bodies are inspected as REQUEST_BODY only",
   IP = "persistent collections (initcol) are not kept", GLOBAL = "persistent collections are not kept",
   SESSION = "persistent collections are not kept", USER = "persistent collections are not kept",
   RESOURCE = "persistent collections are not kept", GEO = "no GeoIP database",
@@ -143,8 +142,9 @@ local function split_vars(s)
       out[#out + 1] = sub(s, start, i - 1)
       start = i + 1
       i = i + 1
-    elseif c == 58 and (byte(s, i + 1) == 47 or (byte(s, i + 1) == 39 and byte(s, i + 2) == 47)) then
-      -- :/regex/ or :'/regex/': up to the closing unescaped slash
+    elseif c == 58 and (byte(s, i + 1) == 47 or (byte(s, i + 1) == 39 and byte(s, i + 2) == 47))
+      and not find(sub(s, start, i - 1), "^[!&]*[Xx][Mm][Ll]$") then
+      -- :/regex/ or :'/regex/': up to the closing unescaped slash (XML:/* is an XPath)
       local j = i + (byte(s, i + 1) == 39 and 3 or 2)
       while j <= n and byte(s, j) ~= 47 do
         if byte(s, j) == 92 then j = j + 1 end
@@ -306,7 +306,7 @@ M.IGNORED_DIRECTIVES = {
   SecUnicodeMapFile = "%u escapes decode to their code point", SecStatusEngine = "no status reporting",
   SecTmpSaveUploadedFiles = "uploads are not stored", SecComponentSignature = "metadata",
   SecServerSignature = "the proxy does not rewrite the Server header", SecHttpBlKey = "@rbl is not supported",
-  SecGeoLookupDb = "@geoLookup is not supported", SecXmlExternalEntity = "no XML body processor",
+  SecGeoLookupDb = "@geoLookup is not supported", SecXmlExternalEntity = "external entities are never loaded",
   SecArgumentsLimit = "the plugin's max_args", SecRequestBodyJsonDepthLimit = "the JSON parser's depth bound",
 }
 
@@ -542,6 +542,9 @@ function Reader:targets(place, s)
       self:unsupported_at(place, format("variable %s (not run here)", v.name))
     elseif colls == false then
       self:unsupported_at(place, format("variable %s (%s)", v.name, M.VAR_WHY[v.name] or "not supported"))
+    elseif v.name == "XML" and v.key and v.key ~= "/*" and v.key ~= "//@*" then
+      -- (luaproxy/waf/vars.lua's xml: the two XPath expressions CRS reads, no other)
+      self:unsupported_at(place, format("variable XML:%s (XPath: only /* and //@*)", v.key))
     else
       for _, c in ipairs(colls) do
         out[#out + 1] = { coll = c, key = v.key, keyrx = v.keyrx, count = v.count, skip = v.skip, var = v.name }

@@ -22,6 +22,7 @@ local function utf8(cp)
   return char(bor(0xF0, rshift(cp, 18)), bor(0x80, band(rshift(cp, 12), 0x3F)),
     bor(0x80, band(rshift(cp, 6), 0x3F)), bor(0x80, band(cp, 0x3F)))
 end
+T._utf8 = utf8 -- (not a transformation: GraphQL string escapes, XML character references)
 
 local function hexbyte(h) return char(tonumber(h, 16)) end
 local function uni(h)

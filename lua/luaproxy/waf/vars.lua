@@ -1,9 +1,11 @@
 -- waf variables: what rules look at in a request, gathered lazily (a collection is built
 -- the first time a rule needs it, once per request) into { n, names = {}, values = {} }.
--- Bodies are parsed as what they declare (form, JSON, multipart) so that each value is
+-- Bodies are parsed as what they declare (form, JSON, multipart, XML) so that each value is
 -- inspected as the thing it is: a JSON document's structure, or a GraphQL query's
 -- punctuation, is never a value. Docs: docs/plugins/waf.md, "Variables".
 local T = require "luaproxy.waf.transforms"
+local G = require "luaproxy.waf.graphql"
+local X = require "luaproxy.waf.xml"
 local urldecode, lower = T.urldecode, string.lower
 local byte, find, sub, match, gmatch = string.byte, string.find, string.sub, string.match,
   string.gmatch
@@ -26,6 +28,9 @@ M.BASE = {
   args_combined_size = true, files_names = true, files_combined_size = true,
   remote_addr = true, reqbody_processor = true, body_error_flag = true,
   multipart_part_headers = true, unique_id = true, duration = true,
+  -- an XML body (luaproxy/waf/xml.lua): "/*", the root element's string value, and "//@*",
+  -- each attribute's value, as ModSecurity's XML:/* and XML://@* give them
+  xml = true,
 }
 M.NAMES = { query_arg_names = "query_args", body_arg_names = "body_args",
             header_names = "headers", cookie_names = "cookies" }
@@ -35,7 +40,7 @@ M.ALIAS = { args = { "query_args", "body_args" }, arg_names = { "query_arg_names
 M.BODY = { body_args = true, files = true, body = true, body_error = true,
            body_arg_names = true, body_length = true, files_names = true,
            files_combined_size = true, reqbody_processor = true, body_error_flag = true,
-           multipart_part_headers = true, args_combined_size = true }
+           multipart_part_headers = true, args_combined_size = true, xml = true }
 
 local function new() return { n = 0, names = {}, values = {} } end
 
@@ -103,37 +108,16 @@ local function parse_form(c, s, max)
 end
 M.parse_form = parse_form
 
--- The string literals of a GraphQL document ("..." with escapes, and """block""" ones):
--- the values a client put into it. Its names and punctuation are the API's, not data.
+-- A GraphQL document's string literals, decoded (luaproxy/waf/graphql.lua); false, and
+-- nothing added, when q is no GraphQL document after all (the caller adds it whole).
 local function graphql_strings(c, name, q, max)
-  local i, n = 1, #q
-  local k = 0
-  while i <= n do
-    local s = find(q, '"', i, true)
-    if not s then break end
-    local from, to
-    if sub(q, s, s + 2) == '"""' then
-      local e = find(q, '"""', s + 3, true) or n + 1
-      from, to, i = s + 3, e - 1, e + 3
-    else
-      local j = s + 1
-      while j <= n do
-        local b = byte(q, j)
-        if b == 92 then j = j + 2
-        elseif b == 34 or b == 10 then break
-        else j = j + 1 end
-      end
-      from, to, i = s + 1, j - 1, j + 1
-    end
-    k = k + 1
-    add(c, name .. "." .. k, sub(q, from, to), max)
-  end
+  local n0, truncated = c.n, c.truncated
+  if G.strings(c, name, q, max, add) then return true end
+  for i = n0 + 1, c.n do c.names[i], c.values[i] = nil, nil end
+  c.n, c.truncated = n0, truncated
+  return false
 end
-
-local function looks_graphql(q)
-  return find(q, "^%s*{") or find(q, "^%s*query[%s{(]") or find(q, "^%s*mutation[%s{(]")
-    or find(q, "^%s*subscription[%s{(]") or find(q, "^%s*fragment%s")
-end
+local looks_graphql = G.looks
 
 -- Fallback for a document the scanner below does not follow (what cjson takes beyond JSON:
 -- nan, inf): the decoded table, keys sorted so that the order is the same at every run.
@@ -154,7 +138,7 @@ local function walk(c, v, path, max, depth, gql)
     end
     local prefix = path == "" and "" or path .. "."
     gql = gql and type(v.query) == "string" and looks_graphql(v.query)
-    if gql then graphql_strings(c, prefix .. "query", v.query, max) end
+    gql = gql and graphql_strings(c, prefix .. "query", v.query, max)
     local keys = {}
     for k in pairs(v) do keys[#keys + 1] = k end
     table.sort(keys, key_order)
@@ -275,7 +259,9 @@ local function scan(c, s, i, path, max, depth0, st, doc)
             local q2 = str_end(s, j)
             local v = q2 and str(st, j, q2)
             if v and looks_graphql(v) then
-              if emit then graphql_strings(c, p .. "query", v, max) end
+              if emit and not graphql_strings(c, p .. "query", v, max) then
+                add(c, p .. "query", v, max)
+              end
               i = q2 + 1
               state = AFTER
             end
@@ -490,19 +476,20 @@ function State:body_collections()
   local body = self.body
   if not body or body == "" then
     colls.body_args, colls.files, colls.body = EMPTY, EMPTY, EMPTY
-    colls.multipart_part_headers = EMPTY
+    colls.multipart_part_headers, colls.xml = EMPTY, EMPTY
     colls.reqbody_processor, colls.body_length = ONE_EMPTY, ONE_ZERO
     return
   end
   local args, files, ph = new(), new(), new()
   colls.body_args, colls.files, colls.body = args, files, one(body)
-  colls.multipart_part_headers = ph
+  colls.multipart_part_headers, colls.xml = ph, EMPTY
   colls.reqbody_processor = one("")
   colls.body_length = one(tostring(#body))
   local ct = lower(self.req:header("content-type") or "")
   local proc = self.body_processor
   if proc == "JSON" then ct = "application/json"
-  elseif proc == "URLENCODED" then ct = "application/x-www-form-urlencoded" end
+  elseif proc == "URLENCODED" then ct = "application/x-www-form-urlencoded"
+  elseif proc == "XML" then ct = "application/xml" end
   local problem
   if find(ct, "^application/x%-www%-form%-urlencoded") then
     colls.reqbody_processor.values[1] = "URLENCODED"
@@ -517,7 +504,8 @@ function State:body_collections()
     elseif ok then
       json_leaves(args, body, doc, "", self.max, 0)
     else
-      problem = "JSON: " .. tostring(doc):gsub("^.-: ", "")
+      -- (cjson's "at character N" counts bytes from 1)
+      problem = "JSON: " .. tostring(doc):gsub("^.-: ", ""):gsub("at character (%d+)", "at byte %1")
     end
   elseif find(ct, "^multipart/form%-data") then
     colls.reqbody_processor.values[1] = "MULTIPART"
@@ -531,6 +519,19 @@ function State:body_collections()
       local ok, perr = parse_multipart(args, files, body, b, self.max, ph)
       if not ok then problem = perr end
     end
+  elseif find(ct, "^application/xml") or find(ct, "^text/xml") or find(ct, "^application/soap%+xml") then
+    -- the types ModSecurity's recommended rule 200000 gives its XML processor
+    colls.reqbody_processor.values[1] = "XML"
+    local doc, err = X.read(body, self.max)
+    if doc then
+      local xml = new()
+      add(xml, "/*", doc.text, 1)
+      for i = 1, #doc.attrs do add(xml, "//@*", doc.attrs[i], self.max + 1) end
+      xml.truncated = doc.truncated
+      colls.xml = xml
+    else
+      problem = err
+    end
   end
   self.body_problem = problem
 end
@@ -540,7 +541,8 @@ end
 -- SecRequestBodyJsonDepthLimit make one (REQBODY_ERROR; its recommended rules 200002 and
 -- 200007 deny): unmarked, the values past the limit went uninspected, and a client chose
 -- which (an attack after 1024 dummy arguments passed).
-local WHOLE = { "body_args", "files", "multipart_part_headers", "query_args", "headers", "cookies" }
+local WHOLE = { "body_args", "files", "multipart_part_headers", "query_args", "headers", "cookies",
+                "xml" }
 
 -- body_error (why the request's values could not all be read: the body's parse problem,
 -- then each collection cut short; one value, empty when none) and body_error_flag.

@@ -1,0 +1,112 @@
+-- luaproxy/waf/xml.lua: an XML body as ModSecurity's XML processor gives it to the rules
+-- (XML:/*, the root element's string value; XML://@*, the attributes' values), and what
+-- makes it malformed (a body error, as ModSecurity's REQBODY_ERROR).
+local X = require "luaproxy.waf.xml"
+local T = require "proxy.test"
+local V = require "luaproxy.waf.vars"
+
+local function text(s)
+  local d, err = X.read(s, 1024)
+  return d and d.text, err
+end
+
+-- Collection `name` of a request with this body, as { "name=value", ... }.
+local function coll(ctype, body, name, max)
+  local out
+  T.phase({ name = "probe", request = function(req)
+    local v = V.new(req, { max_args = max or 1024 })
+    v.body = body
+    local c = v:coll(name)
+    out = {}
+    for i = 1, c.n do out[i] = c.names[i] .. "=" .. c.values[i] end
+  end }, "request", T.request({ method = "POST", uri = "/", body = body,
+                                headers = { ["Content-Type"] = ctype } }), {})
+  return out
+end
+
+describe("waf xml", function()
+  it("gives the root's string value: every text node under it, CDATA too, references decoded", function()
+    assert.are.equal("1' UNION SELECT password FROM users--",
+      text("<a>1' UNION SELECT password FROM users--</a>"))
+    local doc = '\239\187\191<?xml version="1.0"?>\n<!-- c --><r a="1"><b>x &lt;&amp;&gt;&apos;&quot; y</b>'
+      .. "<![CDATA[<script>]]><c/>&#39;&#x3C;&#x1F600;<?pi d?><!-- <no> --></r>\n"
+    assert.are.equal("x <&>'\" y<script>'<\240\159\152\128", text(doc))
+    assert.are.equal("", text("<empty/>"))
+    assert.are.equal("\n  1\n", text("<r>\n  <b>1</b>\n</r>"))
+  end)
+
+  it("gives each attribute's value, white space normalised, references decoded", function()
+    local d = X.read([[<r a="1 &amp; 2" b='x"y'><c d="&#60;e&#x3e;" e="t	n"/></r>]], 1024)
+    assert.same({ "1 & 2", 'x"y', "<e>", "t n" }, d.attrs)
+    assert.is_false(d.truncated)
+    d = X.read([[<r a="1" b="2" c="3"/>]], 2)
+    assert.same({ "1", "2" }, d.attrs)
+    assert.is_true(d.truncated)
+  end)
+
+  it("never expands a DTD's entities nor reads anything: a declared entity stays as written", function()
+    local doc = '<?xml version="1.0"?>\n<!DOCTYPE r [\n  <!ENTITY xxe SYSTEM "file:///etc/passwd">\n'
+      .. "  <!-- a ] and a > in a comment -->\n  <!ENTITY q 'it''s > ]'>\n]>\n<r>&xxe; and &q;</r>"
+    assert.are.equal("&xxe; and &q;", text(doc))
+    assert.are.equal("&xxe;", text('<!DOCTYPE r SYSTEM "http://example.com/r.dtd"><r>&xxe;</r>'))
+  end)
+
+  it("finds what makes a document malformed, with where", function()
+    for doc, why in pairs({
+      ["<a>1' UNION SELECT password FROM users--"] = "XML: <a> not closed at byte 41",
+      ["<a><b></a></b>"] = "XML: an end tag that closes no open element at byte 7",
+      ["<a/><b/>"] = "XML: a second root element at byte 5",
+      ["x<a/>"] = "XML: text outside the root element at byte 1",
+      ["<a/>x"] = "XML: text outside the root element at byte 5",
+      [""] = "XML: no root element at byte 1",
+      ["<a>&nbsp;</a>"] = "XML: an undefined entity &nbsp; at byte 4",
+      ["<a>AT&T</a>"] = "XML: a & that starts no reference at byte 6",
+      ["<a>&#0;</a>"] = "XML: a bad character reference &#0; at byte 4",
+      ["<a>&#xD800;</a>"] = "XML: a bad character reference &#xD800; at byte 4",
+      ["<a>1 < 2</a>"] = "XML: a < that opens no tag at byte 6",
+      ["<a b=1/>"] = "XML: an attribute without a quoted value at byte 4",
+      ['<a b="<"/>'] = "XML: a < in an attribute value at byte 6",
+      ['<a b="1"c="2"/>'] = "XML: attributes without white space between them at byte 9",
+      ["<a><![CDATA[x</a>"] = "XML: a CDATA section without its end at byte 4",
+      ["<a><!-- x</a>"] = "XML: a comment without its end at byte 4",
+      [' <?xml version="1.0"?><a/>'] = "XML: an XML declaration after the start at byte 2",
+      ["<a/><!DOCTYPE a>"] = "XML: a DOCTYPE after the start at byte 5",
+      ["<!DOCTYPE a [ <!ENTITY x 'y'> <a/>"] = "XML: a DOCTYPE without its end at byte 1",
+      ["<a"] = "XML: a tag without its end at byte 1",
+    }) do
+      local d, err = X.read(doc, 1024)
+      assert.is_nil(d, doc)
+      assert.are.equal(why, err, doc)
+    end
+    -- nesting: libxml2's 256 levels are read, one more is not
+    assert.truthy(X.read(("<a>"):rep(256) .. ("</a>"):rep(256), 1024))
+    local _, err = X.read(("<a>"):rep(257) .. ("</a>"):rep(257), 1024)
+    assert.are.equal("XML: elements nested deeper than 256 at byte 769", err)
+  end)
+
+  it("is linear in its input: a large document of many small elements", function()
+    local n = 20000
+    local d = X.read("<r>" .. ('<i k="v">x</i>'):rep(n) .. "</r>", 1024)
+    assert.are.equal(n, #d.text)
+    assert.is_true(d.truncated)
+  end)
+
+  it("is the body processor for the types ModSecurity's rule 200000 gives XML", function()
+    local body = "<a b='c'>1' UNION SELECT 1--</a>"
+    for _, ct in ipairs({ "application/xml", "text/xml; charset=utf-8", "application/soap+xml" }) do
+      assert.same({ "/*=1' UNION SELECT 1--", "//@*=c" }, coll(ct, body, "xml"), ct)
+      assert.same({ "=XML" }, coll(ct, body, "reqbody_processor"), ct)
+      assert.same({}, coll(ct, body, "body_args"), ct)
+    end
+    assert.same({}, coll("text/plain", body, "xml"))
+    assert.same({}, coll("application/json", '{"a":"<a>x</a>"}', "xml"))
+  end)
+
+  it("makes a malformed document, or more attributes than max_args, a body error", function()
+    assert.same({ "=XML: <a> not closed at byte 4" }, coll("application/xml", "<a>", "body_error"))
+    assert.same({ "=1" }, coll("application/xml", "<a>", "body_error_flag"))
+    assert.same({ "=0" }, coll("application/xml", "<a/>", "body_error_flag"))
+    assert.same({ "=xml: more than max_args (2) values" },
+      coll("application/xml", '<a b="1" c="2" d="3"/>', "body_error", 2))
+  end)
+end)
