@@ -43,10 +43,11 @@ describe("waf graphql", function()
     assert.same({ [[q.1=\u27']] }, strings([[{ f(a: "\u27'") }]]))
     assert.same({ [[q.1=\u{110000}]] }, strings([[{ f(a: "\u{110000}") }]]))
     assert.same({ [[q.1=\u{D800}]] }, strings([[{ f(a: "\u{D800}") }]]))
-    -- unterminated (a line's end or the document's): never dropped
-    assert.same({ [[q.1=x\u0027 OR 1]], "q.1=x' OR 1", "q.2=b" },
-      strings('{ f(a: "x\\u0027 OR 1\n b: "b") }'))
-    assert.same({ [[q.1=x\u0027]], "q.1=x'" }, strings([[{ f(a: "x\u0027]]))
+    -- unterminated (a line's end or the document's): no document, so the caller inspects
+    -- the whole text (never dropped; a server refuses it as a syntax error anyway)
+    assert.same({}, strings('{ f(a: "x\\u0027 OR 1\n b: "b") }'))
+    assert.same({}, strings([[{ f(a: "x\u0027]]))
+    assert.same({ [[query={ f(a: "x\u0027]] }, json([[{"query":"{ f(a: \"x\\u0027"}]]))
   end)
 
   it("reads block strings: \\\"\"\", no other escape, the common indentation and blank lines gone", function()
@@ -57,7 +58,7 @@ describe("waf graphql", function()
     assert.same({ "q.1=", "q.2=x" }, strings('{ f(a: """ \t """, b: "x") }'))
     -- an escaped closing quote, then the real one; unterminated: up to the end
     assert.same({ 'q.1=a""""b' }, strings([[{ f(a: """a\""""b""") }]]))
-    assert.same({ "q.1=x' OR 1" }, strings([[{ f(a: """x' OR 1]]))
+    assert.same({}, strings([[{ f(a: """x' OR 1]]))
   end)
 
   it("skips comments: a quote in one opens no string", function()
@@ -87,6 +88,29 @@ describe("waf graphql", function()
     -- what documents hold: numbers, spreads, directives, variables' defaults, a BOM
     local doc = [[query Q($n: Int = -1, $f: Float = 1.5e+3) @live { ...F a(x: [1, -2.0E-3]) }]]
     assert.same({ "query.1=s" }, json([[{"query":"\ufeff]] .. doc .. [[ # \"c\"\n{ b(s: \"s\") }"}]]))
+  end)
+
+  it("takes what GraphQL's tokens make but its grammar does not for no document", function()
+    -- every character a GraphQL token, the attack made of names and numbers: a lexer alone
+    -- read no literal in it and nothing was inspected (review of wafgql)
+    local sqli = "query { user(id: 1 UNION SELECT password FROM users WHERE 1=1) { id } }"
+    assert.same({}, strings(sqli))
+    assert.same({ "query=" .. sqli }, json('{"query":"' .. sqli .. '"}'))
+    assert.same({ "1.query=" .. sqli }, json('[{"query":"' .. sqli .. '"}]'))
+    for _, q in ipairs({
+      "{ a } { b(c: 1 2) }",               -- an argument with two values
+      "{ a(b: $v) } fragment on on T { a }", -- a fragment named on
+      "query ($v: Int = $w) { a }",         -- a variable in a default value
+      "type T { a: String }",               -- a type system definition
+      "{ a(b: 01) }", "{ a(b: 1.5.3) }",    -- numbers the spec does not have
+      "{ " .. ("a { "):rep(100) .. ("} "):rep(101), -- nested past the bound
+    }) do
+      assert.same({}, strings(q), q)
+    end
+    -- and what documents hold is read: aliases, inline fragments, directives, object values
+    assert.same({ "q.1=x", "q.2=y" }, strings(
+      'query Q($a: [In!]! = [{k: "x"}]) { al: f(o: {p: [1, ENUM, null, $a]}) @include(if: true) ' ..
+      '{ ... on T { g } ... @skip(if: false) { h(s: "y") } ...Frag } } fragment Frag on T { i }'))
   end)
 
   it("decodes the strings of a single request, a batch and a commented document", function()

@@ -119,96 +119,245 @@ function M.looks(q)
     or find(q, "^subscription[%s{(#,]", i) or find(q, "^fragment[%s#,]", i) or false
 end
 
--- The bytes GraphQL's tokens are made of, outside strings and comments: names, numbers,
--- punctuators (! $ & ( ) ... : = @ [ ] { | }) and what the lexer ignores.
-local CODE = {}
-for b in ("_!$&():=@[]{|}.-+ \t\r\n,"):gmatch(".") do CODE[byte(b)] = true end
-for b = 48, 57 do CODE[b] = true end
-for b = 65, 90 do CODE[b] = true end
-for b = 97, 122 do CODE[b] = true end
-
--- Are bytes i..j of q (outside strings and comments) GraphQL tokens? A - only before a
--- digit, a + only after an exponent's e. (What is not, ' ; / * < > --, makes the text no
--- GraphQL document: a JSON API's "query" that starts like one, {"query":"{ ' OR 1=1 }"},
--- is then inspected whole, not read for string literals it does not have.)
-local function code_ok(q, i, j)
-  for p = i, j do
-    local b = byte(q, p)
-    if not CODE[b] then return false end
-    if b == 45 then -- -
-      local d = byte(q, p + 1)
-      if not d or d < 48 or d > 57 then return false end
-    elseif b == 43 then -- +
-      local e = byte(q, p - 1)
-      if e ~= 101 and e ~= 69 then return false end
+-- The tokens of q (GraphQL spec, 2.1): kinds[k] is "name", "int", "float", "string",
+-- "block" or the punctuator itself, texts[k] a name's or number's text and a string's raw
+-- text (between its quotes); nil when q holds what no token is (a ' ; / * < > or --, an
+-- unterminated string, a number running into a name).
+local function lex(q)
+  local kinds, texts, n = {}, {}, 0
+  local i, len = 1, #q
+  if sub(q, 1, 3) == "\239\187\191" then i = 4 end
+  while i <= len do
+    local b = byte(q, i)
+    if b == 32 or b == 9 or b == 10 or b == 13 or b == 44 then
+      i = i + 1
+    elseif b == 35 then -- # comment, to the line's end
+      i = (find(q, "[\r\n]", i + 1) or len) + 1
+    elseif b == 34 then
+      n = n + 1
+      if byte(q, i + 1) == 34 and byte(q, i + 2) == 34 then
+        -- """block""": ends at the first """ that no backslash escapes
+        local e = find(q, '"""', i + 3, true)
+        while e and byte(q, e - 1) == 92 do e = find(q, '"""', e + 3, true) end
+        if not e then return nil end
+        kinds[n], texts[n] = "block", sub(q, i + 3, e - 1)
+        i = e + 3
+      else
+        -- "...": ends at a quote no backslash escapes, on its line
+        local j = i + 1
+        local e
+        while true do
+          e = find(q, '["\\\r\n]', j)
+          if not e or byte(q, e) ~= 92 then break end
+          j = e + 2
+        end
+        if not e or byte(q, e) ~= 34 then return nil end
+        kinds[n], texts[n] = "string", sub(q, i + 1, e - 1)
+        i = e + 1
+      end
+    elseif b == 95 or (b >= 65 and b <= 90) or (b >= 97 and b <= 122) then
+      local _, e = find(q, "^[_%w]*", i + 1)
+      n = n + 1
+      kinds[n], texts[n] = "name", sub(q, i, e)
+      i = e + 1
+    elseif b == 45 or (b >= 48 and b <= 57) then
+      local _, e = find(q, "^%-?%d+", i)
+      if not e or find(q, "^%-?0%d", i) then return nil end
+      local kind = "int"
+      local _, f = find(q, "^%.%d+", e + 1)
+      if f then kind, e = "float", f end
+      _, f = find(q, "^[eE][%+%-]?%d+", e + 1)
+      if f then kind, e = "float", f end
+      if find(q, "^[_%w%.]", e + 1) then return nil end -- the spec's lookahead
+      n = n + 1
+      kinds[n], texts[n] = kind, sub(q, i, e)
+      i = e + 1
+    elseif b == 46 and byte(q, i + 1) == 46 and byte(q, i + 2) == 46 then
+      n = n + 1
+      kinds[n] = "..."
+      i = i + 3
+    elseif find(q, "^[!$&():=@%[%]{|}]", i) then
+      n = n + 1
+      kinds[n] = sub(q, i, i)
+      i = i + 1
+    else
+      return nil
     end
   end
-  return true
+  return kinds, texts, n
+end
+
+-- The parser (spec 2.2-2.12, executable definitions only): p = { kinds, texts, i }; a
+-- production that does not fit raises SYNTAX, which M.strings catches. Nesting (selection
+-- sets, lists, input objects, list types) is bounded: deeper is no document it reads.
+local SYNTAX = {}
+local MAX_DEPTH = 64
+local function fail() error(SYNTAX, 0) end
+local function is(p, kind) return p.kinds[p.i] == kind end
+local function take(p, kind, text)
+  if p.kinds[p.i] ~= kind or (text and p.texts[p.i] ~= text) then fail() end
+  p.i = p.i + 1
+end
+
+local value, selection_set
+
+local function arguments(p, depth, const)
+  if not is(p, "(") then return end
+  p.i = p.i + 1
+  repeat
+    take(p, "name")
+    take(p, ":")
+    value(p, depth, const)
+  until is(p, ")")
+  p.i = p.i + 1
+end
+
+local function directives(p, depth, const)
+  while is(p, "@") do
+    p.i = p.i + 1
+    take(p, "name")
+    arguments(p, depth, const)
+  end
+end
+
+function value(p, depth, const)
+  if depth > MAX_DEPTH then fail() end
+  local k = p.kinds[p.i]
+  p.i = p.i + 1
+  if k == "$" then
+    if const then fail() end -- a default value is a constant
+    take(p, "name")
+  elseif k == "[" then
+    while not is(p, "]") do value(p, depth + 1, const) end
+    p.i = p.i + 1
+  elseif k == "{" then
+    while not is(p, "}") do
+      take(p, "name")
+      take(p, ":")
+      value(p, depth + 1, const)
+    end
+    p.i = p.i + 1
+  elseif k ~= "name" and k ~= "int" and k ~= "float" and k ~= "string" and k ~= "block" then
+    fail()
+  end
+end
+
+local function type_ref(p, depth)
+  if depth > MAX_DEPTH then fail() end
+  if is(p, "[") then
+    p.i = p.i + 1
+    type_ref(p, depth + 1)
+    take(p, "]")
+  else
+    take(p, "name")
+  end
+  if is(p, "!") then p.i = p.i + 1 end
+end
+
+local function selection(p, depth)
+  if is(p, "...") then
+    p.i = p.i + 1
+    if is(p, "name") and p.texts[p.i] ~= "on" then -- a fragment spread
+      p.i = p.i + 1
+      return directives(p, depth, false)
+    end
+    if is(p, "name") then -- on Type
+      p.i = p.i + 1
+      take(p, "name")
+    end
+    directives(p, depth, false)
+    return selection_set(p, depth + 1)
+  end
+  take(p, "name")
+  if is(p, ":") then -- an alias
+    p.i = p.i + 1
+    take(p, "name")
+  end
+  arguments(p, depth, false)
+  directives(p, depth, false)
+  if is(p, "{") then selection_set(p, depth + 1) end
+end
+
+function selection_set(p, depth)
+  if depth > MAX_DEPTH then fail() end
+  take(p, "{")
+  repeat selection(p, depth) until is(p, "}")
+  p.i = p.i + 1
+end
+
+local OPERATION = { query = true, mutation = true, subscription = true }
+
+local function definition(p)
+  if is(p, "{") then return selection_set(p, 1) end
+  local word = p.texts[p.i]
+  take(p, "name")
+  if word == "fragment" then
+    if p.texts[p.i] == "on" then fail() end
+    take(p, "name")
+    take(p, "name", "on")
+    take(p, "name")
+  elseif OPERATION[word] then
+    if is(p, "name") then p.i = p.i + 1 end
+    if is(p, "(") then
+      p.i = p.i + 1
+      repeat
+        take(p, "$")
+        take(p, "name")
+        take(p, ":")
+        type_ref(p, 1)
+        if is(p, "=") then
+          p.i = p.i + 1
+          value(p, 1, true)
+        end
+        directives(p, 1, true)
+      until is(p, ")")
+      p.i = p.i + 1
+    end
+  else
+    fail() -- a type system definition, or no GraphQL
+  end
+  directives(p, 1, false)
+  selection_set(p, 1)
+end
+
+local function parses(kinds, texts, n)
+  local p = { kinds = kinds, texts = texts, i = 1 }
+  local ok, err = pcall(function()
+    repeat definition(p) until p.i > n
+  end)
+  if not ok and err ~= SYNTAX then error(err, 0) end
+  return ok
 end
 
 -- Each string literal of document q into collection c as value name.1, name.2, ... by
--- add(c, name, value, max); false (some added) when q is no GraphQL document after all
--- (code_ok). A literal that does not decode (an escape the spec does not have, no closing
--- quote) goes in as written, and with its valid escapes decoded: never dropped. (Plain
--- finds and byte loops: LuaJIT compiles those, not a find with a pattern. The next "#" is
--- kept from literal to literal, found again only once passed.)
+-- add(c, name, value, max); false, and nothing added, when q is no GraphQL executable
+-- document (it only starts like one: {"query":"{ user(id: 1 UNION SELECT ...) { id } }"}
+-- reads as names to a lexer, and the caller inspects it whole). String literals are the
+-- only values a client's text can carry: names, numbers and enum values cannot hold a
+-- quote, a space or a slash. A literal that does not decode (an escape the spec does not
+-- have) goes in as written, and with its valid escapes decoded: never dropped.
 function M.strings(c, name, q, max, add)
-  local n, k = #q, 0
-  local i = sub(q, 1, 3) == "\239\187\191" and 4 or 1
-  local hash = 0
-  while true do
-    local s = find(q, '"', i, true) or n + 1
-    if hash < i then hash = find(q, "#", i, true) or n + 1 end
-    if not code_ok(q, i, (hash < s and hash or s) - 1) then return false end
-    if s > n and hash > n then return true end
-    if hash < s then
-      -- a comment, up to the line's end: a quote in it opens no string
-      local j = hash + 1
-      while j <= n do
-        local b = byte(q, j)
-        if b == 10 or b == 13 then break end
-        j = j + 1
-      end
-      if j > n then return true end
-      i = j
-    elseif byte(q, s + 1) == 34 and byte(q, s + 2) == 34 then
-      -- """block""": ends at the first """ that no backslash escapes
-      local e = find(q, '"""', s + 3, true)
-      while e and byte(q, e - 1) == 92 do e = find(q, '"""', e + 3, true) end
+  local kinds, texts, n = lex(q)
+  if not kinds or n == 0 or not parses(kinds, texts, n) then return false end
+  local k = 0
+  for t = 1, n do
+    local kind = kinds[t]
+    if kind == "string" then
       k = k + 1
-      add(c, name .. "." .. k, block_value(sub(q, s + 3, (e or n + 1) - 1)), max)
-      if not e then return true end
-      i = e + 3
-    else
-      -- "...": ends at a quote no backslash escapes, or (unterminated) at a line's end
-      local j, esc = s + 1, false
-      local b
-      while j <= n do
-        b = byte(q, j)
-        if b == 92 then
-          esc, j = true, j + 2
-        elseif b == 34 or b == 10 or b == 13 then
-          break
-        else
-          j = j + 1
-        end
-      end
-      local closed = j <= n and b == 34
-      local raw = sub(q, s + 1, (j <= n and j or n + 1) - 1)
-      k = k + 1
-      local v, best
-      if esc then v, best = unescape(raw) else v = raw end
-      if v and closed then
+      local raw = texts[t]
+      local v, best = unescape(raw)
+      if v then
         add(c, name .. "." .. k, v, max)
       else
         add(c, name .. "." .. k, raw, max)
-        v = v or best
-        if v ~= raw then add(c, name .. "." .. k, v, max) end
+        if best ~= raw then add(c, name .. "." .. k, best, max) end
       end
-      if j > n then return true end
-      i = j + 1
+    elseif kind == "block" then
+      k = k + 1
+      add(c, name .. "." .. k, block_value(texts[t]), max)
     end
   end
+  return true
 end
 
 return M

@@ -110,13 +110,7 @@ M.parse_form = parse_form
 
 -- A GraphQL document's string literals, decoded (luaproxy/waf/graphql.lua); false, and
 -- nothing added, when q is no GraphQL document after all (the caller adds it whole).
-local function graphql_strings(c, name, q, max)
-  local n0, truncated = c.n, c.truncated
-  if G.strings(c, name, q, max, add) then return true end
-  for i = n0 + 1, c.n do c.names[i], c.values[i] = nil, nil end
-  c.n, c.truncated = n0, truncated
-  return false
-end
+local function graphql_strings(c, name, q, max) return G.strings(c, name, q, max, add) end
 local looks_graphql = G.looks
 
 -- Fallback for a document the scanner below does not follow (what cjson takes beyond JSON:
