@@ -157,12 +157,14 @@ class JsonConfigTest(FormatTestBase):
         self.assertEqual(rc, 1)
         self.assertRegex(err, r"proxy\.json:3:\d+: invalid JSON")
         self.assertEqual(self.version(), "v2")
-        # a schema error names the file and the key path
+        # a schema error names the file, the line that writes the key, and the key path
         cfg = json.loads(good)
         cfg["routes"][1]["upstream"] = "nope"
-        self.write_text(json.dumps(cfg))
+        text = json.dumps(cfg, indent=1)
+        self.write_text(text)
+        line = next(i for i, l in enumerate(text.split("\n"), 1) if '"nope"' in l)
         j = self.reload_fails()
-        self.assertIn("proxy.json: routes[2].upstream: no upstream named \"nope\"", j["error"])
+        self.assertIn("proxy.json:%d: routes[2].upstream: no upstream named \"nope\"" % line, j["error"])
         # a null in a list
         cfg["routes"][1]["upstream"] = "a"
         cfg["routes"].append(None)
