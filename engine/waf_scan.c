@@ -14,8 +14,9 @@
  * use ~15 steps). The state keeps such a one-step chain for each step (root[step]: a caller's
  * own when it set one, else one of its own beyond the caller's ids).
  *
- * A scan's hits are a pure function of the database, the chain and the value's bytes, and most
- * of a request's values are the last requests' (a client's headers and cookies): the state
+ * A scan's hits are a pure function of the database, the chain (or a multiMatch condition's
+ * path of chains, each text along it scanned) and the value's bytes, and most of a request's
+ * values are the last requests' (a client's headers and cookies): the state
  * keeps them across requests (struct result, a direct-mapped table of LP_WAF_SCAN_RESULTS
  * slots; a colliding value takes the slot), so a value seen before costs a hash and a
  * comparison instead of its transformations and a Hyperscan scan (~1k instructions each on a
@@ -72,8 +73,8 @@ struct result {
     char *key;      /* owned: the value's bytes (room for cap) */
     uint64_t hash;
     uint32_t len, cap;
-    unsigned chain;
-    unsigned n; /* ids[0..n) */
+    unsigned chain; /* result_key's: a chain, or a path of chains */
+    unsigned n;     /* ids[0..n) */
     unsigned ids[LP_WAF_SCAN_RESULT_IDS];
 };
 
@@ -435,6 +436,26 @@ long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, v
     return lp_ffi_waf_scan_steps(ws, &chain, 1, db, scratch, vals, lens, n, hits);
 }
 
+/* The key the hits of a value through chains[0..nch) are kept under, in *key: one chain's id;
+ * for a multiMatch condition's steps (its chain's path: no step, then each prefix in turn, the
+ * only list of several chains engine.lua passes) the last chain's id with the top bit set,
+ * since the path follows from it. 0 when the list is no such path (its hits are not kept). */
+#define LP_WAF_SCAN_PATH_KEY 0x80000000u
+static int result_key(const lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, unsigned *key)
+{
+    if (nch == 1) {
+        *key = chains[0];
+        return 1;
+    }
+    if (nch == 0 || chains[0] != 0 || chains[nch - 1] >= LP_WAF_SCAN_PATH_KEY)
+        return 0;
+    for (unsigned c = 1; c < nch; c++)
+        if (chains[c] == 0 || ws->chains[chains[c]].parent != chains[c - 1])
+            return 0;
+    *key = chains[nch - 1] | LP_WAF_SCAN_PATH_KEY;
+    return 1;
+}
+
 long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, const void *db,
                            void *scratch, const char *const *vals, const size_t *lens, unsigned n,
                            const unsigned **hits)
@@ -443,12 +464,14 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
     for (unsigned c = 0; c < nch; c++)
         if (!chain_ok(ws, chains[c]))
             return -1;
+    unsigned key = 0;
+    int keep = result_key(ws, chains, nch, &key);
     for (unsigned k = 0; k < n; k++) {
         struct result *r = NULL;
         uint64_t hash = 0;
         size_t from = ws->out_n;
-        if (nch == 1 && (r = result_slot(ws, db, chains[0], vals[k], lens[k], &hash)) &&
-            result_is(r, db, chains[0], vals[k], lens[k], hash)) {
+        if (keep && (r = result_slot(ws, db, key, vals[k], lens[k], &hash)) &&
+            result_is(r, db, key, vals[k], lens[k], hash)) {
             for (unsigned j = 0; j < r->n; j++)
                 if (push_hit(ws, r->ids[j], k) < 0)
                     return -1;
@@ -473,7 +496,7 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
                 r = NULL;
         }
         if (r)
-            result_keep(ws, r, db, chains[0], vals[k], lens[k], hash, from);
+            result_keep(ws, r, db, key, vals[k], lens[k], hash, from);
     }
     *hits = ws->out;
     return (long)(ws->out_n / 2);
