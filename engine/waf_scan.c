@@ -17,8 +17,10 @@
  * A scan's hits are a pure function of the database, the chain (or a multiMatch condition's
  * path of chains, each text along it scanned) and the value's bytes, and most of a request's
  * values are the last requests' (a client's headers and cookies): the state
- * keeps them across requests (struct result, a direct-mapped table of LP_WAF_SCAN_RESULTS
- * slots; a colliding value takes the slot), so a value seen before costs a hash and a
+ * keeps them across requests (struct result, a table of LP_WAF_SCAN_RESULTS slots in sets of
+ * LP_WAF_SCAN_RESULT_WAYS; a value whose set is full takes the slot used longest ago: with
+ * one slot a value, two of a browser GET's ~500 (value, chain) pairs sharing a slot took it
+ * from each other at every request), so a value seen before costs a hash and a
  * comparison instead of its transformations and a Hyperscan scan (~1k instructions each on a
  * short value, most of it Hyperscan's fixed cost per scan). A failed scan is not kept. The
  * databases a state scans with must outlive it (a rule set's, as its pipeline state). What
@@ -50,9 +52,10 @@ struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 /* Results kept across requests: slots (a power of two), the longest value kept, and the most
  * hits kept for one (a value with more is scanned each time: it is rare, and the cap keeps a
  * slot small). */
-#define LP_WAF_SCAN_RESULTS    4096
-#define LP_WAF_SCAN_RESULT_MAX 512
-#define LP_WAF_SCAN_RESULT_IDS 4
+#define LP_WAF_SCAN_RESULTS     4096
+#define LP_WAF_SCAN_RESULT_WAYS 4
+#define LP_WAF_SCAN_RESULT_MAX  512
+#define LP_WAF_SCAN_RESULT_IDS  4
 
 struct chain {
     unsigned parent;
@@ -74,6 +77,7 @@ struct result {
     uint64_t hash;
     uint32_t len, cap;
     unsigned chain; /* result_key's: a chain, or a path of chains */
+    unsigned used;  /* the state's gen when it was last kept or asked for */
     unsigned n;     /* ids[0..n) */
     unsigned ids[LP_WAF_SCAN_RESULT_IDS];
 };
@@ -381,6 +385,16 @@ static uint64_t hash_value(const char *p, size_t n, const void *db, unsigned cha
 
 /* The slot of value v (n bytes) through chain with db, and its hash in *hash; NULL when such
  * a value is not kept (too long, or no table). */
+static int result_is(const struct result *r, const void *db, unsigned chain, const char *v,
+                     size_t n, uint64_t hash)
+{
+    return r->hash == hash && r->key && r->db == db && r->chain == chain && r->len == n &&
+           memcmp(r->key, v, n) == 0;
+}
+
+/* The slot keeping value v (n bytes) through chain with db, else the one of its set to keep it
+ * in (a free one, else the one used longest ago); its hash in *hash. NULL when such a value is
+ * not kept (too long, or no table). */
 static struct result *result_slot(lp_waf_scan_t *ws, const void *db, unsigned chain, const char *v,
                                   size_t n, uint64_t *hash)
 {
@@ -389,14 +403,20 @@ static struct result *result_slot(lp_waf_scan_t *ws, const void *db, unsigned ch
     if (!ws->results && !(ws->results = calloc(LP_WAF_SCAN_RESULTS, sizeof *ws->results)))
         return NULL;
     *hash = hash_value(v, n, db, chain);
-    return &ws->results[(size_t)(*hash >> 40) & (LP_WAF_SCAN_RESULTS - 1)];
-}
-
-static int result_is(const struct result *r, const void *db, unsigned chain, const char *v,
-                     size_t n, uint64_t hash)
-{
-    return r->key && r->db == db && r->hash == hash && r->chain == chain && r->len == n &&
-           memcmp(r->key, v, n) == 0;
+    size_t sets = LP_WAF_SCAN_RESULTS / LP_WAF_SCAN_RESULT_WAYS;
+    struct result *set =
+        &ws->results[((size_t)(*hash >> 40) & (sets - 1)) * LP_WAF_SCAN_RESULT_WAYS];
+    struct result *victim = set;
+    for (unsigned w = 0; w < LP_WAF_SCAN_RESULT_WAYS; w++) {
+        struct result *r = &set[w];
+        if (result_is(r, db, chain, v, n, *hash)) {
+            r->used = ws->gen;
+            return r;
+        }
+        if (victim->key && (!r->key || r->used < victim->used))
+            victim = r;
+    }
+    return victim;
 }
 
 /* Keeps the hits of value v pushed since out[from] in slot r (they are nothing else's). */
@@ -419,6 +439,7 @@ static void result_keep(lp_waf_scan_t *ws, struct result *r, const void *db, uns
     r->hash = hash;
     r->chain = chain;
     r->len = (uint32_t)n;
+    r->used = ws->gen;
     r->n = (unsigned)cnt;
     for (size_t j = 0; j < cnt; j++)
         r->ids[j] = ws->out[from + 2 * j];

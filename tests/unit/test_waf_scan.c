@@ -256,6 +256,32 @@ static void test_path_results_kept(void)
     lp_ffi_waf_scan_free(ws);
 }
 
+/* A thousand values kept (a quarter of the slots) are all answered the next time: with one slot
+ * a value, ~100 pairs of them shared a slot and took it from each other (both scanned again at
+ * every round); in sets of four, next to none. */
+static void test_results_sets(void)
+{
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(counted_scan, 0);
+    REQUIRE(ws != NULL);
+    enum { N = 1000 };
+    static char buf[N][16];
+    const char *vals[N];
+    size_t lens[N];
+    for (int i = 0; i < N; i++) {
+        lens[i] = (size_t)snprintf(buf[i], sizeof buf[i], "value-%d", i);
+        vals[i] = buf[i];
+    }
+    const unsigned *hits;
+    scans = 0;
+    lp_ffi_waf_scan_reset(ws);
+    REQUIRE(lp_ffi_waf_scan_values(ws, 0, db, scratch, vals, lens, N, &hits) == 0);
+    REQUIRE_EQ_INT(scans, N);
+    lp_ffi_waf_scan_reset(ws);
+    REQUIRE(lp_ffi_waf_scan_values(ws, 0, db, scratch, vals, lens, N, &hits) == 0);
+    CHECK(scans - N < 50);
+    lp_ffi_waf_scan_free(ws);
+}
+
 /* Each round's values sit at the same addresses with the same lengths as the last round's
  * (the memo's keys) but say something else: a memo kept over the reset answers stale. */
 static void test_many_requests(void)
@@ -415,8 +441,8 @@ static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_large_value),       LP_TEST_ENTRY(test_values_kept),
     LP_TEST_ENTRY(test_unchanged_prefix),  LP_TEST_ENTRY(test_failed_scan),
     LP_TEST_ENTRY(test_results_kept),      LP_TEST_ENTRY(test_hits_capped),
-    LP_TEST_ENTRY(test_path_results_kept), LP_TEST_ENTRY(test_many_requests),
-    LP_TEST_ENTRY(test_tables_shrink),
+    LP_TEST_ENTRY(test_path_results_kept), LP_TEST_ENTRY(test_results_sets),
+    LP_TEST_ENTRY(test_many_requests),     LP_TEST_ENTRY(test_tables_shrink),
 };
 #else
 static void test_without_hyperscan(void)
