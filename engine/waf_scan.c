@@ -14,10 +14,13 @@
  * use ~15 steps). The state keeps such a one-step chain for each step (root[step]: a caller's
  * own when it set one, else one of its own beyond the caller's ids).
  *
- * A scan's hits are a pure function of the database, the chain and the value's bytes, and most
- * of a request's values are the last requests' (a client's headers and cookies): the state
- * keeps them across requests (struct result, a direct-mapped table of LP_WAF_SCAN_RESULTS
- * slots; a colliding value takes the slot), so a value seen before costs a hash and a
+ * A scan's hits are a pure function of the database, the chain (or a multiMatch condition's
+ * path of chains, each text along it scanned) and the value's bytes, and most of a request's
+ * values are the last requests' (a client's headers and cookies): the state
+ * keeps them across requests (struct result, a table of LP_WAF_SCAN_RESULTS slots in sets of
+ * LP_WAF_SCAN_RESULT_WAYS; a value whose set is full takes the slot used longest ago: with
+ * one slot a value, two of a browser GET's ~500 (value, chain) pairs sharing a slot took it
+ * from each other at every request), so a value seen before costs a hash and a
  * comparison instead of its transformations and a Hyperscan scan (~1k instructions each on a
  * short value, most of it Hyperscan's fixed cost per scan). A failed scan is not kept. The
  * databases a state scans with must outlive it (a rule set's, as its pipeline state). What
@@ -47,11 +50,14 @@ struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #define LP_WAF_SCAN_OUT0   256
 #define LP_WAF_SCAN_SHRINK 4096
 /* Results kept across requests: slots (a power of two), the longest value kept, and the most
- * hits kept for one (a value with more is scanned each time: it is rare, and the cap keeps a
- * slot small). */
-#define LP_WAF_SCAN_RESULTS    4096
-#define LP_WAF_SCAN_RESULT_MAX 512
-#define LP_WAF_SCAN_RESULT_IDS 4
+ * hits kept for one (a value with more is scanned each time; the cap keeps a slot small, 88
+ * bytes: with 4, a browser GET's request line, URI and four of its headers, named by 5 to 7 of
+ * CRS's broad phase-1 patterns such as 920420's ^[^;\s]+, were scanned again at every
+ * request, ~70k instructions). */
+#define LP_WAF_SCAN_RESULTS     4096
+#define LP_WAF_SCAN_RESULT_WAYS 4
+#define LP_WAF_SCAN_RESULT_MAX  512
+#define LP_WAF_SCAN_RESULT_IDS  12
 
 struct chain {
     unsigned parent;
@@ -72,8 +78,9 @@ struct result {
     char *key;      /* owned: the value's bytes (room for cap) */
     uint64_t hash;
     uint32_t len, cap;
-    unsigned chain;
-    unsigned n; /* ids[0..n) */
+    unsigned chain; /* result_key's: a chain, or a path of chains */
+    unsigned used;  /* the state's gen when it was last kept or asked for */
+    unsigned n;     /* ids[0..n) */
     unsigned ids[LP_WAF_SCAN_RESULT_IDS];
 };
 
@@ -380,6 +387,16 @@ static uint64_t hash_value(const char *p, size_t n, const void *db, unsigned cha
 
 /* The slot of value v (n bytes) through chain with db, and its hash in *hash; NULL when such
  * a value is not kept (too long, or no table). */
+static int result_is(const struct result *r, const void *db, unsigned chain, const char *v,
+                     size_t n, uint64_t hash)
+{
+    return r->hash == hash && r->key && r->db == db && r->chain == chain && r->len == n &&
+           memcmp(r->key, v, n) == 0;
+}
+
+/* The slot keeping value v (n bytes) through chain with db, else the one of its set to keep it
+ * in (a free one, else the one used longest ago); its hash in *hash. NULL when such a value is
+ * not kept (too long, or no table). */
 static struct result *result_slot(lp_waf_scan_t *ws, const void *db, unsigned chain, const char *v,
                                   size_t n, uint64_t *hash)
 {
@@ -388,14 +405,20 @@ static struct result *result_slot(lp_waf_scan_t *ws, const void *db, unsigned ch
     if (!ws->results && !(ws->results = calloc(LP_WAF_SCAN_RESULTS, sizeof *ws->results)))
         return NULL;
     *hash = hash_value(v, n, db, chain);
-    return &ws->results[(size_t)(*hash >> 40) & (LP_WAF_SCAN_RESULTS - 1)];
-}
-
-static int result_is(const struct result *r, const void *db, unsigned chain, const char *v,
-                     size_t n, uint64_t hash)
-{
-    return r->key && r->db == db && r->hash == hash && r->chain == chain && r->len == n &&
-           memcmp(r->key, v, n) == 0;
+    size_t sets = LP_WAF_SCAN_RESULTS / LP_WAF_SCAN_RESULT_WAYS;
+    struct result *set =
+        &ws->results[((size_t)(*hash >> 40) & (sets - 1)) * LP_WAF_SCAN_RESULT_WAYS];
+    struct result *victim = set;
+    for (unsigned w = 0; w < LP_WAF_SCAN_RESULT_WAYS; w++) {
+        struct result *r = &set[w];
+        if (result_is(r, db, chain, v, n, *hash)) {
+            r->used = ws->gen;
+            return r;
+        }
+        if (victim->key && (!r->key || r->used < victim->used))
+            victim = r;
+    }
+    return victim;
 }
 
 /* Keeps the hits of value v pushed since out[from] in slot r (they are nothing else's). */
@@ -418,6 +441,7 @@ static void result_keep(lp_waf_scan_t *ws, struct result *r, const void *db, uns
     r->hash = hash;
     r->chain = chain;
     r->len = (uint32_t)n;
+    r->used = ws->gen;
     r->n = (unsigned)cnt;
     for (size_t j = 0; j < cnt; j++)
         r->ids[j] = ws->out[from + 2 * j];
@@ -435,6 +459,26 @@ long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, v
     return lp_ffi_waf_scan_steps(ws, &chain, 1, db, scratch, vals, lens, n, hits);
 }
 
+/* The key the hits of a value through chains[0..nch) are kept under, in *key: one chain's id;
+ * for a multiMatch condition's steps (its chain's path: no step, then each prefix in turn, the
+ * only list of several chains engine.lua passes) the last chain's id with the top bit set,
+ * since the path follows from it. 0 when the list is no such path (its hits are not kept). */
+#define LP_WAF_SCAN_PATH_KEY 0x80000000u
+static int result_key(const lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, unsigned *key)
+{
+    if (nch == 1) {
+        *key = chains[0];
+        return 1;
+    }
+    if (nch == 0 || chains[0] != 0 || chains[nch - 1] >= LP_WAF_SCAN_PATH_KEY)
+        return 0;
+    for (unsigned c = 1; c < nch; c++)
+        if (chains[c] == 0 || ws->chains[chains[c]].parent != chains[c - 1])
+            return 0;
+    *key = chains[nch - 1] | LP_WAF_SCAN_PATH_KEY;
+    return 1;
+}
+
 long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, const void *db,
                            void *scratch, const char *const *vals, const size_t *lens, unsigned n,
                            const unsigned **hits)
@@ -443,12 +487,14 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
     for (unsigned c = 0; c < nch; c++)
         if (!chain_ok(ws, chains[c]))
             return -1;
+    unsigned key = 0;
+    int keep = result_key(ws, chains, nch, &key);
     for (unsigned k = 0; k < n; k++) {
         struct result *r = NULL;
         uint64_t hash = 0;
         size_t from = ws->out_n;
-        if (nch == 1 && (r = result_slot(ws, db, chains[0], vals[k], lens[k], &hash)) &&
-            result_is(r, db, chains[0], vals[k], lens[k], hash)) {
+        if (keep && (r = result_slot(ws, db, key, vals[k], lens[k], &hash)) &&
+            result_is(r, db, key, vals[k], lens[k], hash)) {
             for (unsigned j = 0; j < r->n; j++)
                 if (push_hit(ws, r->ids[j], k) < 0)
                     return -1;
@@ -473,7 +519,7 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
                 r = NULL;
         }
         if (r)
-            result_keep(ws, r, db, chains[0], vals[k], lens[k], hash, from);
+            result_keep(ws, r, db, key, vals[k], lens[k], hash, from);
     }
     *hits = ws->out;
     return (long)(ws->out_n / 2);

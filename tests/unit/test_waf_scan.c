@@ -221,6 +221,67 @@ static void test_results_kept(void)
     lp_ffi_waf_scan_free(ws);
 }
 
+/* A multiMatch path's hits are kept too (under its last chain, apart from that chain's own),
+ * repeats included; a list of chains that is no path is scanned each time. */
+static void test_path_results_kept(void)
+{
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(counted_scan, 3);
+    REQUIRE(ws != NULL);
+    int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
+    REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, u) == 0 && lp_ffi_waf_scan_chain(ws, 2, 1, l) == 0 &&
+            lp_ffi_waf_scan_chain(ws, 3, 0, l) == 0);
+    const unsigned path[] = {0, 1, 2}, notpath[] = {0, 2}; /* 2's parent is 1 */
+    const unsigned *hits;
+    char v[2][16];
+    scans = 0;
+    for (int round = 0; round < 2; round++) {
+        lp_ffi_waf_scan_reset(ws);
+        memcpy(v[round], "%3CSCRIPT%3e", 13); /* another address, the same bytes */
+        const char *vals[] = {v[round]};
+        long n = lp_ffi_waf_scan_steps(ws, path, 3, db, scratch, vals, (size_t[]){12}, 1, &hits);
+        REQUIRE_EQ_INT(n, 2); /* "<SCRIPT>" and "<script>": id 2 twice */
+        CHECK(hits[0] == 2 && hits[1] == 0 && hits[2] == 2 && hits[3] == 0);
+        CHECK_EQ_INT(scans, 3); /* its three texts; the second round scanned nothing */
+    }
+    /* chain 2 alone, on the same bytes: its own answer ("<script>" once), scanned */
+    const char *one[] = {v[1]};
+    CHECK_EQ_INT(lp_ffi_waf_scan_values(ws, 2, db, scratch, one, (size_t[]){12}, 1, &hits), 1);
+    CHECK_EQ_INT(scans, 4);
+    for (int round = 0; round < 2; round++) {
+        lp_ffi_waf_scan_reset(ws);
+        CHECK_EQ_INT(
+            lp_ffi_waf_scan_steps(ws, notpath, 2, db, scratch, one, (size_t[]){12}, 1, &hits), 1);
+    }
+    CHECK_EQ_INT(scans, 8); /* each round: the raw text and "<script>" */
+    lp_ffi_waf_scan_free(ws);
+}
+
+/* A thousand values kept (a quarter of the slots) are all answered the next time: with one slot
+ * a value, ~100 pairs of them shared a slot and took it from each other (both scanned again at
+ * every round); in sets of four, next to none. */
+static void test_results_sets(void)
+{
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(counted_scan, 0);
+    REQUIRE(ws != NULL);
+    enum { N = 1000 };
+    static char buf[N][16];
+    const char *vals[N];
+    size_t lens[N];
+    for (int i = 0; i < N; i++) {
+        lens[i] = (size_t)snprintf(buf[i], sizeof buf[i], "value-%d", i);
+        vals[i] = buf[i];
+    }
+    const unsigned *hits;
+    scans = 0;
+    lp_ffi_waf_scan_reset(ws);
+    REQUIRE(lp_ffi_waf_scan_values(ws, 0, db, scratch, vals, lens, N, &hits) == 0);
+    REQUIRE_EQ_INT(scans, N);
+    lp_ffi_waf_scan_reset(ws);
+    REQUIRE(lp_ffi_waf_scan_values(ws, 0, db, scratch, vals, lens, N, &hits) == 0);
+    CHECK(scans - N < 50);
+    lp_ffi_waf_scan_free(ws);
+}
+
 /* Each round's values sit at the same addresses with the same lengths as the last round's
  * (the memo's keys) but say something else: a memo kept over the reset answers stale. */
 static void test_many_requests(void)
@@ -376,11 +437,12 @@ static void test_hits_capped(void)
 }
 
 static const lp_test_case_t tests[] = {
-    LP_TEST_ENTRY(test_hits_in_order),    LP_TEST_ENTRY(test_steps),
-    LP_TEST_ENTRY(test_large_value),      LP_TEST_ENTRY(test_values_kept),
-    LP_TEST_ENTRY(test_unchanged_prefix), LP_TEST_ENTRY(test_failed_scan),
-    LP_TEST_ENTRY(test_results_kept),     LP_TEST_ENTRY(test_hits_capped),
-    LP_TEST_ENTRY(test_many_requests),    LP_TEST_ENTRY(test_tables_shrink),
+    LP_TEST_ENTRY(test_hits_in_order),     LP_TEST_ENTRY(test_steps),
+    LP_TEST_ENTRY(test_large_value),       LP_TEST_ENTRY(test_values_kept),
+    LP_TEST_ENTRY(test_unchanged_prefix),  LP_TEST_ENTRY(test_failed_scan),
+    LP_TEST_ENTRY(test_results_kept),      LP_TEST_ENTRY(test_hits_capped),
+    LP_TEST_ENTRY(test_path_results_kept), LP_TEST_ENTRY(test_results_sets),
+    LP_TEST_ENTRY(test_many_requests),     LP_TEST_ENTRY(test_tables_shrink),
 };
 #else
 static void test_without_hyperscan(void)

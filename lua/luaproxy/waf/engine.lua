@@ -694,10 +694,20 @@ local function lnames(st, c)
   return l
 end
 
--- Value i of collection c through chain id `ch`, cached per request by chain and text
--- (st.vc[ch][text]: transformations are pure, so equal texts of different collections share
--- an entry): one table per chain a request uses, not one per value (a table per value and
--- collection made ~60 per browser GET).
+-- Value i of collection c through chain id `ch`, cached by chain and text (st.vc[ch][text]:
+-- transformations are pure, so equal texts of different collections share an entry): one
+-- table per chain, not one per value (a table per value and collection made ~60 per browser
+-- GET). In the walk st.vc is the rule set's (take_scratch) and kept from one request to the
+-- next, as the C pipeline keeps its scans' results: most of a request's values are the last
+-- requests' (a client's headers and cookies), and a browser GET's 106 texts the walk asks
+-- for were 50k instructions of transformations redone at each request. vc.bytes: about
+-- what the entries hold (take_scratch empties them past VC_KEEP).
+local VC_KEEP = 262144
+local function keep(vc, per, raw, v)
+  per[raw] = v
+  vc.bytes = (vc.bytes or 0) + 64 + #raw + (v ~= raw and #v or 0)
+end
+
 local function value(st, cname, c, i, ch)
   local raw = c.values[i]
   if ch == 0 then return raw end
@@ -710,7 +720,7 @@ local function value(st, cname, c, i, ch)
     -- the C pipeline's text (the same the group scans saw), shared with them
     v = hs.transformed(p.ws, ch, raw)
     if v then
-      per[raw] = v
+      keep(vc, per, raw, v)
       return v
     end
   end
@@ -728,7 +738,7 @@ local function value(st, cname, c, i, ch)
     v = fn(input)
     m[input] = v
   end
-  per[raw] = v
+  keep(vc, per, raw, v)
   return v
 end
 
@@ -2189,14 +2199,16 @@ local function walk(cs, st)
   return st.matches, outcome
 end
 
--- The walk's per-request tables (st.gh: group hits, st.pf: single scans, st.vc: transformed
--- values, st.hp: each group's hits table) are the rule set's, made once per VM and emptied
--- at the start of each request's walk (a group's hits table when group_hits takes it, the
+-- The walk's per-request tables (st.gh: group hits, st.pf: single scans, st.hp: each group's
+-- hits table) are the rule set's, made once per VM and emptied at the start of each
+-- request's walk (a group's hits table when group_hits takes it, the
 -- first time this walk asks for that group: st.gh, emptied, says it did not yet): grown to
 -- a request's size once, not at every request (GC and rehashing were a fifth of a GET).
 -- Nothing of one request reaches the next: every table is emptied before the walk reads it,
 -- whatever the last walk did (an error included), and st holds them only while its walk
--- runs (scratch.busy). A walk does not yield, so none runs inside another; were
+-- runs (scratch.busy). st.vc (value()'s transformed texts) is the exception: a pure
+-- function of a text, kept across requests and emptied once it holds VC_KEEP bytes; what
+-- one request sent shows in another only as time. A walk does not yield, so none runs inside another; were
 -- one to (a confirmer that yields), the inner walk would find busy set and make its own.
 local function take_scratch(cs, st)
   local sc = cs.scratch
@@ -2210,7 +2222,10 @@ local function take_scratch(cs, st)
   end
   clear(sc.gh)
   clear(sc.pf)
-  for _, per in pairs(sc.vc) do clear(per) end
+  if (sc.vc.bytes or 0) > VC_KEEP then
+    for _, per in pairs(sc.vc) do if type(per) == "table" then clear(per) end end
+    sc.vc.bytes = 0
+  end
   st.gh, st.pf, st.vc, st.hp = sc.gh, sc.pf, sc.vc, sc.hp
   sc.busy = true
   return sc
