@@ -7,6 +7,7 @@
 -- only the variables some rule needs, and reads the body only when a rule looks at it.
 -- Docs: docs/plugins/waf.md.
 local engine = require "luaproxy.waf.engine"
+local sanitize = engine.sanitize
 local V = require "luaproxy.waf.vars"
 local seclang = require "luaproxy.waf.seclang"
 local format, concat = string.format, table.concat
@@ -545,27 +546,33 @@ local function describe(matches, vars)
     local why = m.regex_error and " (" .. m.regex_error .. ")" or ""
     if BODY_ERROR[m.var:match("^&?([^:]*)")] then
       local e = vars:coll("body_error").values[1]
-      -- (its parts name what the client sent: printable bytes only, and not all of a
+      -- (its parts name what the client sent: escaped as excerpts are, and not all of a
       -- long list)
-      if e then why = " (" .. e:sub(1, 200):gsub("[^\32-\126]", "?"):gsub('"', "'") .. ")" end
+      if e then why = " (" .. sanitize(e:sub(1, 200)) .. ")" end
     end
-    parts[#parts + 1] = format('%d %s "%s"%s', m.id, m.var, m.excerpt, why)
+    -- a variable's name is the client's too (a JSON key, a cookie's name): escaped, or a
+    -- newline in it would forge a log line
+    parts[#parts + 1] = format('%d %s "%s"%s', m.id, sanitize(m.var), m.excerpt, why)
   end
   return concat(parts, "; ")
 end
 
 -- learn mode: (rule id, variable) pairs seen in this worker, each logged once with the
 -- exclusion that would take it out (paste it into the route's waf.exclusions).
-local learned = {}
+-- (bounded: the names are the client's, and each worker keeps what it logged)
+local learned, nlearned, MAX_LEARNED = {}, 0, 10000
 local function learn(st)
   for _, l in ipairs(st.learn or {}) do
-    local var = l.var:gsub("^&", "")
+    local var = sanitize((l.var:gsub("^&", "")))
     local key = l.id .. " " .. var
-    if not learned[key] and l.id < 949000 then
+    if not learned[key] and l.id < 949000 and nlearned < MAX_LEARNED then
       learned[key] = true
-      local target = var:find(":", 1, true) and var or var
+      nlearned = nlearned + 1
+      if nlearned == MAX_LEARNED then
+        proxy.log.warn(format("waf learn: %d (rule, variable) pairs logged by this worker: no more", MAX_LEARNED))
+      end
       proxy.log.warn(format('waf learn: rule %d fires on %s; exclusion: { ids = { %d }, targets = { "%s" } }',
-        l.id, var, l.id, target))
+        l.id, var, l.id, var))
     end
   end
 end

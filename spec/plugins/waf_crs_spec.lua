@@ -595,9 +595,13 @@ describe("GraphQL string escapes and XML bodies (CRS)", function()
     assert.same({ 1009 }, ids)
     local log = T.logs[#T.logs].message
     assert.matches('1009 &body_error "1" (XML: <a> not closed at byte 41)', log, 1, true)
-    -- an external entity is never read: its reference stays as written
-    req = xml('<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>')
+    -- an external DTD is never read: a reference to what it may declare stays as written
+    req = xml('<!DOCTYPE r SYSTEM "http://example.com/r.dtd"><r>&x;</r>')
     assert.is_false(T.phase(waf, "request", req, crs(1)))
+    -- an internal subset (its entities would be the application's text): a body error
+    req = xml("<!DOCTYPE r [<!ENTITY x \"1' UNION SELECT password FROM users--\">]><r>&x;</r>")
+    assert.is_true(T.phase(waf, "request", req, crs(1)))
+    assert.matches("(XML: a DOCTYPE with an internal subset at byte 1)", T.logs[#T.logs].message, 1, true)
   end)
 end)
 

@@ -78,6 +78,16 @@ describe("waf plugin", function()
     assert.matches("waf: blocked GET /products (score 5): 1702 query_args:id \"1' or '1'='1\"", line, 1, true)
   end)
 
+  it("escapes the client's variable names in its log line (a newline would forge a line)", function()
+    T.reset()
+    local res = T.run(waf, lua_rules(), { uri = "/p?a%0AFORGED%20LINE%22=1%27+OR+%271%27%3D%271",
+                                          headers = headers() })
+    assert.equal(403, res.status)
+    local line = T.log_lines("warn")[1]
+    assert.is_nil(line:find("\n", 1, true))
+    assert.matches('query_args:a\\x0aFORGED LINE\\" "', line, 1, true)
+  end)
+
   it("inspects JSON leaves, form fields, multipart fields and file names, cookies and headers", function()
     local cases = {
       { post("/api", "application/json", '{"a":{"b":["x","<script>alert(1)</script>"]}}'), "body_args:a.b.2", 1801 },

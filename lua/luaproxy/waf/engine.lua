@@ -798,6 +798,8 @@ end
 local function sanitize(s)
   return (gsub(s, "[^\32-\126]", function(c) return format("\\x%02x", byte(c)) end):gsub('"', '\\"'))
 end
+-- (for the plugin's log lines: variable names are the client's too)
+M.sanitize = sanitize
 
 local function excerpt(v, from, to)
   if type(from) ~= "number" then return sanitize(sub(v, 1, 48)) end

@@ -5,7 +5,9 @@
 -- (tags that do not nest, a second root, text outside the root, a bad reference, nesting
 -- past libxml2's 256 levels), so that a body the rules could not read is a body error,
 -- as ModSecurity's REQBODY_ERROR is. It never expands a DTD's entities nor loads anything:
--- a DOCTYPE is skipped, and a reference to an entity it declares stays as written.
+-- a DOCTYPE naming an external DTD is skipped (a reference to an entity it may declare stays
+-- as written); one with an internal subset, or a declared encoding other than UTF-8, ASCII
+-- or Latin-1, makes a body error (what the application reads could differ from the bytes).
 -- One pass of plain finds over the text: linear in the body, bounded by body_limit.
 -- Docs: docs/plugins/waf.md, "Targets (variables)".
 local utf8 = require("luaproxy.waf.transforms")._utf8
@@ -19,6 +21,9 @@ local M = {}
 M.MAX_DEPTH = 256 -- libxml2's, without XML_PARSE_HUGE
 
 local PREDEFINED = { lt = "<", gt = ">", amp = "&", apos = "'", quot = '"' }
+-- Declared encodings whose bytes the rules read as they are.
+local READABLE = { ["utf-8"] = true, utf8 = true, ["us-ascii"] = true, ascii = true,
+                   ["iso-8859-1"] = true, ["latin1"] = true, ["iso_8859-1"] = true }
 
 local function fail(why, at) return nil, format("XML: %s at byte %d", why, at) end
 -- (a name the client chose, in a problem: at most 40 bytes of it)
@@ -60,10 +65,10 @@ local function decode(t, at, dtd)
   return concat(out, "", 1, n)
 end
 
--- The end (the position after its >) of the DOCTYPE at i: quoted literals, the internal
--- subset in [ ] and comments in it may hold a >.
+-- The end (the position after its >) of the DOCTYPE at i, whose quoted literals may hold
+-- a >; nil and why for one that has an internal subset (below) or no end.
 local function doctype_end(s, i)
-  local j, subset = i + 9, false
+  local j = i + 9
   while true do
     local k = find(s, "[\"'%[%]<>]", j)
     if not k then return nil end
@@ -72,14 +77,17 @@ local function doctype_end(s, i)
       local q = find(s, b == 34 and '"' or "'", k + 1, true)
       if not q then return nil end
       j = q + 1
-    elseif b == 60 and sub(s, k, k + 3) == "<!--" then
-      local e = find(s, "-->", k + 4, true)
-      if not e then return nil end
-      j = e + 3
-    elseif b == 62 and not subset then
+    elseif b == 62 then
       return k + 1
+    elseif b == 91 then
+      -- An internal subset declares entities the root's text may name, and holds literals,
+      -- comments and processing instructions a reader must skip exactly as libxml2 does or
+      -- lose the real root: <!DOCTYPE r [<!ENTITY x "1' UNION ...">]><r>&x;</r> reads as
+      -- the SQL to the application. Nothing is ever expanded here, so such a document is
+      -- one the rules could not read: a body error (ModSecurity's XML processor expands
+      -- internal entities; a request API has no use for a DTD).
+      return nil, "a DOCTYPE with an internal subset"
     else
-      if b == 91 then subset = true elseif b == 93 then subset = false end
       j = k + 1
     end
   end
@@ -125,8 +133,8 @@ function M.read(s, max)
         i = e + 3
       elseif sub(s, lt, lt + 8) == "<!DOCTYPE" then
         if dtd or depth > 0 or root_done then return fail("a DOCTYPE after the start", lt) end
-        local e = doctype_end(s, lt)
-        if not e then return fail("a DOCTYPE without its end", lt) end
+        local e, why = doctype_end(s, lt)
+        if not e then return fail(why or "a DOCTYPE without its end", lt) end
         dtd, i = true, e
       else
         return fail("a <! that is no comment, CDATA or DOCTYPE", lt)
@@ -138,6 +146,14 @@ function M.read(s, max)
       if target == "" then return fail("a processing instruction without a target", lt) end
       if lower(target) == "xml" and lt ~= start then
         return fail("an XML declaration after the start", lt)
+      end
+      -- The text is read as UTF-8 (ASCII and Latin-1 read the same for the rules): in
+      -- another declared encoding (UTF-7, UTF-16, EBCDIC...) the application's parser reads
+      -- other characters than these bytes, <r>1+ACc- OR +ACc-1+ACc-=+ACc-1</r> in UTF-7 is
+      -- 1' OR '1'='1. A body error.
+      local enc = target == "xml" and match(sub(s, lt, e), "encoding%s*=%s*[\"']([^\"']*)[\"']")
+      if enc and not READABLE[lower(enc)] then
+        return fail("an encoding this reader does not decode (" .. cut(enc) .. ")", lt)
       end
       i = e + 2
     elseif b == 47 then -- </name>
