@@ -45,7 +45,7 @@ return {{
     {{ match = {{ prefix = "/base/" }}, upstream = "app", strip_prefix = true }},
   }},
   log = {{ access = false, level = "info" }},
-  lua = {{ phase_timeout = 600 }},  -- CRS's load under valgrind
+  lua = {{ phase_timeout = 600, init_timeout = 600 }},  -- CRS's load under valgrind
 }}
 """
 

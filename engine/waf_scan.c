@@ -17,7 +17,10 @@
  * A scan's hits are a pure function of the database, the chain (or a multiMatch condition's
  * path of chains, each text along it scanned) and the value's bytes, and most of a request's
  * values are the last requests' (a client's headers and cookies): the state
- * keeps them across requests (struct result, a table of LP_WAF_SCAN_RESULTS slots in sets of
+ * keeps them across requests, keyed by the value's id (struct value: its bytes hashed and
+ * compared once a request, where keying each result by the bytes hashed a browser GET's ~40
+ * values again for each of the ~500 (value, chain) pairs, ~90k instructions) and the chain
+ * (struct result, a table of LP_WAF_SCAN_RESULTS slots in sets of
  * LP_WAF_SCAN_RESULT_WAYS; a value whose set is full takes the slot used longest ago: with
  * one slot a value, two of a browser GET's ~500 (value, chain) pairs sharing a slot took it
  * from each other at every request), so a value seen before costs a hash and a
@@ -58,6 +61,10 @@ struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #define LP_WAF_SCAN_RESULT_WAYS 4
 #define LP_WAF_SCAN_RESULT_MAX  512
 #define LP_WAF_SCAN_RESULT_IDS  12
+/* Values kept (struct value), in sets of LP_WAF_SCAN_RESULT_WAYS; a memo entry of this chain
+ * holds a value's id for the request (in len). */
+#define LP_WAF_SCAN_VALUES   4096
+#define LP_WAF_SCAN_VID_MEMO 0xFFFFFFFFu
 
 struct chain {
     unsigned parent;
@@ -75,13 +82,22 @@ struct memo {
 
 struct result {
     const void *db; /* borrowed: the database (outlives the state); NULL: a free slot */
-    char *key;      /* owned: the value's bytes (room for cap) */
-    uint64_t hash;
-    uint32_t len, cap;
+    uint32_t vid;   /* the value's id (struct value) */
     unsigned chain; /* result_key's: a chain, or a path of chains */
     unsigned used;  /* the state's gen when it was last kept or asked for */
     unsigned n;     /* ids[0..n) */
     unsigned ids[LP_WAF_SCAN_RESULT_IDS];
+};
+
+/* A value's bytes kept across requests, named by an id no other bytes ever had (ids are
+ * not reused: a result naming an evicted value's id is never asked for again), so that a
+ * value is hashed and compared once a request, not once for each group reading it. */
+struct value {
+    char *key; /* owned: the bytes (room for cap); NULL: a free slot */
+    uint64_t hash;
+    uint32_t len, cap;
+    uint32_t id;
+    unsigned used; /* the state's gen when it was last asked for */
 };
 
 struct chunk {
@@ -105,6 +121,8 @@ struct lp_waf_scan {
     size_t out_peak;                      /* the most out_n reached since the reset */
     unsigned ids[LP_WAF_SCAN_VALUE_HITS]; /* one value's scan (lp_ffi_waf_hs_collect) */
     struct result *results;               /* owned: LP_WAF_SCAN_RESULTS slots, on first use */
+    struct value *values;                 /* owned: LP_WAF_SCAN_VALUES slots, on first use */
+    uint32_t next_vid;                    /* the id the next value kept takes (0: none left) */
 };
 
 lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
@@ -118,6 +136,7 @@ lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
     ws->mcap = LP_WAF_SCAN_MEMO0;
     ws->memo = calloc(ws->mcap, sizeof *ws->memo);
     ws->gen = 1;
+    ws->next_vid = 1;
     if (!ws->chains || !ws->memo) {
         lp_ffi_waf_scan_free(ws);
         return NULL;
@@ -215,9 +234,10 @@ void lp_ffi_waf_scan_free(lp_waf_scan_t *ws)
     free(ws->memo);
     free(ws->out);
     free_chunks(ws->arena);
-    if (ws->results)
-        for (size_t i = 0; i < LP_WAF_SCAN_RESULTS; i++)
-            free(ws->results[i].key);
+    if (ws->values)
+        for (size_t i = 0; i < LP_WAF_SCAN_VALUES; i++)
+            free(ws->values[i].key);
+    free(ws->values);
     free(ws->results);
     free(ws);
 }
@@ -385,62 +405,104 @@ static uint64_t hash_value(const char *p, size_t n, const void *db, unsigned cha
     return h ^ h >> 29;
 }
 
-/* The slot of value v (n bytes) through chain with db, and its hash in *hash; NULL when such
- * a value is not kept (too long, or no table). */
-static int result_is(const struct result *r, const void *db, unsigned chain, const char *v,
-                     size_t n, uint64_t hash)
+/* Keeps the memo entry m (found for key, klen, chain), unless the memo must grow and cannot.
+ * grows: ws->grows when m was found (file comment of transformed on why m may be stale). */
+static void memo_put(lp_waf_scan_t *ws, struct memo *m, unsigned grows, struct memo e)
 {
-    return r->hash == hash && r->key && r->db == db && r->chain == chain && r->len == n &&
-           memcmp(r->key, v, n) == 0;
+    if (ws->mused + 1 > ws->mcap / 2 && memo_grow(ws) < 0)
+        return; /* not kept: computed again when asked again */
+    if (ws->grows != grows || m->gen == ws->gen)
+        m = memo_find(ws, e.key, e.klen, e.chain);
+    e.gen = ws->gen;
+    *m = e;
+    ws->mused++;
 }
 
-/* The slot keeping value v (n bytes) through chain with db, else the one of its set to keep it
- * in (a free one, else the one used longest ago); its hash in *hash. NULL when such a value is
- * not kept (too long, or no table). */
-static struct result *result_slot(lp_waf_scan_t *ws, const void *db, unsigned chain, const char *v,
-                                  size_t n, uint64_t *hash)
+/* The id of value v's bytes (n of them) across requests; 0 when it is not kept (too long, out
+ * of memory, no ids left). Asked once a request for each value (by address, in the memo). */
+static uint32_t value_id(lp_waf_scan_t *ws, const char *v, size_t n)
 {
     if (n > LP_WAF_SCAN_RESULT_MAX)
-        return NULL;
+        return 0;
+    struct memo *m = memo_find(ws, v, n, LP_WAF_SCAN_VID_MEMO);
+    if (m->gen == ws->gen)
+        return (uint32_t)m->len;
+    unsigned grows = ws->grows;
+    if (!ws->values && !(ws->values = calloc(LP_WAF_SCAN_VALUES, sizeof *ws->values)))
+        return 0;
+    uint64_t hash = hash_value(v, n, NULL, 0);
+    size_t sets = LP_WAF_SCAN_VALUES / LP_WAF_SCAN_RESULT_WAYS;
+    struct value *set = &ws->values[((size_t)(hash >> 40) & (sets - 1)) * LP_WAF_SCAN_RESULT_WAYS];
+    struct value *x = NULL, *victim = set;
+    for (unsigned w = 0; w < LP_WAF_SCAN_RESULT_WAYS && !x; w++) {
+        struct value *r = &set[w];
+        if (r->key && r->hash == hash && r->len == n && memcmp(r->key, v, n) == 0)
+            x = r;
+        else if (victim->key && (!r->key || r->used < victim->used))
+            victim = r;
+    }
+    if (!x) {
+        if (ws->next_vid == 0)
+            return 0;
+        x = victim;
+        if (!x->key || x->cap < n) {
+            char *key = malloc(n ? n : 1);
+            if (!key)
+                return 0;
+            free(x->key);
+            x->key = key;
+            x->cap = (uint32_t)(n ? n : 1);
+        }
+        memcpy(x->key, v, n);
+        x->hash = hash;
+        x->len = (uint32_t)n;
+        x->id = ws->next_vid++;
+    }
+    x->used = ws->gen;
+    memo_put(ws, m, grows,
+             (struct memo){.key = v, .klen = n, .len = x->id, .chain = LP_WAF_SCAN_VID_MEMO});
+    return x->id;
+}
+
+static int result_is(const struct result *r, const void *db, unsigned chain, uint32_t vid)
+{
+    return r->vid == vid && r->chain == chain && r->db == db;
+}
+
+/* The slot keeping value vid through chain with db, else the one of its set to keep it in (a
+ * free one, else the one used longest ago). NULL when there is no table. */
+static struct result *result_slot(lp_waf_scan_t *ws, const void *db, unsigned chain, uint32_t vid)
+{
     if (!ws->results && !(ws->results = calloc(LP_WAF_SCAN_RESULTS, sizeof *ws->results)))
         return NULL;
-    *hash = hash_value(v, n, db, chain);
+    uint64_t h = ((uint64_t)vid * 0x9E3779B97F4A7C15ull ^ (uint64_t)chain * 0xC2B2AE3D27D4EB4Full ^
+                  (uint64_t)(uintptr_t)db) *
+                 0xFF51AFD7ED558CCDull;
     size_t sets = LP_WAF_SCAN_RESULTS / LP_WAF_SCAN_RESULT_WAYS;
-    struct result *set =
-        &ws->results[((size_t)(*hash >> 40) & (sets - 1)) * LP_WAF_SCAN_RESULT_WAYS];
+    struct result *set = &ws->results[((size_t)(h >> 40) & (sets - 1)) * LP_WAF_SCAN_RESULT_WAYS];
     struct result *victim = set;
     for (unsigned w = 0; w < LP_WAF_SCAN_RESULT_WAYS; w++) {
         struct result *r = &set[w];
-        if (result_is(r, db, chain, v, n, *hash)) {
+        if (result_is(r, db, chain, vid)) {
             r->used = ws->gen;
             return r;
         }
-        if (victim->key && (!r->key || r->used < victim->used))
+        if (victim->db && (!r->db || r->used < victim->used))
             victim = r;
     }
     return victim;
 }
 
-/* Keeps the hits of value v pushed since out[from] in slot r (they are nothing else's). */
+/* Keeps the hits of value vid pushed since out[from] in slot r (they are nothing else's). */
 static void result_keep(lp_waf_scan_t *ws, struct result *r, const void *db, unsigned chain,
-                        const char *v, size_t n, uint64_t hash, size_t from)
+                        uint32_t vid, size_t from)
 {
     size_t cnt = (ws->out_n - from) / 2;
     if (cnt > LP_WAF_SCAN_RESULT_IDS)
         return;
-    if (!r->key || r->cap < n) {
-        char *key = malloc(n ? n : 1);
-        if (!key)
-            return;
-        free(r->key);
-        r->key = key;
-        r->cap = (uint32_t)(n ? n : 1);
-    }
-    memcpy(r->key, v, n);
     r->db = db;
-    r->hash = hash;
+    r->vid = vid;
     r->chain = chain;
-    r->len = (uint32_t)n;
     r->used = ws->gen;
     r->n = (unsigned)cnt;
     for (size_t j = 0; j < cnt; j++)
@@ -491,10 +553,9 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
     int keep = result_key(ws, chains, nch, &key);
     for (unsigned k = 0; k < n; k++) {
         struct result *r = NULL;
-        uint64_t hash = 0;
+        uint32_t vid = keep ? value_id(ws, vals[k], lens[k]) : 0;
         size_t from = ws->out_n;
-        if (keep && (r = result_slot(ws, db, key, vals[k], lens[k], &hash)) &&
-            result_is(r, db, key, vals[k], lens[k], hash)) {
+        if (vid && (r = result_slot(ws, db, key, vid)) && result_is(r, db, key, vid)) {
             for (unsigned j = 0; j < r->n; j++)
                 if (push_hit(ws, r->ids[j], k) < 0)
                     return -1;
@@ -519,7 +580,7 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
                 r = NULL;
         }
         if (r)
-            result_keep(ws, r, db, key, vals[k], lens[k], hash, from);
+            result_keep(ws, r, db, key, vid, from);
     }
     *hits = ws->out;
     return (long)(ws->out_n / 2);
