@@ -51,7 +51,7 @@ P.schema = {
               .. "not exist refuses the config" },
     crs_files = { type = "array", default = {}, elements = { type = "string" },
                   description = "more SecLang .conf files read after crs (exclusions, your "
-                    .. "own SecRules)" },
+                    .. "own SecRules); with crs = false, run alone beside the bundled Lua rules" },
     crs_tx = { type = "map", default = {}, keys = { type = "string" }, values = { type = "string" },
                description = "TX variables set before the rules run (CRS's crs-setup.conf "
                  .. "settings, e.g. allowed_methods); paranoia and inbound_threshold set "
@@ -235,17 +235,21 @@ end
 -- settings in this VM. Raises "file:line: problem" (the config load then fails and the
 -- old generation keeps serving).
 local function compile_crs(conf, crs)
-  local paths = config_paths({ crs })
-  if not seclang.list_dir(paths[1]) then
-    local f = io.open(paths[1], "rb")
-    if not f then
-      error(format("waf: crs: %s does not exist (install Debian's modsecurity-crs, or set "
-        .. "crs to a CRS directory or .conf file, or crs = false for the bundled rules)", paths[1]), 0)
+  local files = {}
+  if crs then
+    local paths = config_paths({ crs })
+    if not seclang.list_dir(paths[1]) then
+      local f = io.open(paths[1], "rb")
+      if not f then
+        error(format("waf: crs: %s does not exist (install Debian's modsecurity-crs, or set "
+          .. "crs to a CRS directory or .conf file, or crs = false for the bundled rules)", paths[1]), 0)
+      end
+      f:close()
     end
-    f:close()
+    local err
+    files, err = seclang.collect(paths)
+    if not files then error(err, 0) end
   end
-  local files, err = seclang.collect(paths)
-  if not files then error(err, 0) end
   -- crs's own files: unsupported = "refuse_own" lists what they do not run and refuses
   -- what the operator's crs_files (and what they include) do not
   local crs_own = {}
@@ -363,7 +367,9 @@ local function compile(conf)
   for k, v in pairs(conf) do c[k] = v end
   c.cs = cs
   c.lua_ids, c.lua_tags = cs.known_ids, cs.known_tags -- kept when c.cs goes (check_exclusions)
-  if crs then
+  -- crs_files without crs (crs = false, or no CRS installed): those SecLang files alone,
+  -- beside the bundled Lua rules
+  if crs or #(conf.crs_files or {}) > 0 then
     c.crs = crs
     c.sec = compile_crs(conf, crs)
     -- the seed with what the set's initialisation rules (folded at load) add to it
@@ -379,6 +385,12 @@ local function compile(conf)
     c.tx_size = #c.tx_keys + 16
     -- The Lua rules (rules, rule_files) run beside CRS; with none, nothing else runs.
     if #cs.rules == 0 then c.cs = nil end
+    -- SecRuleEngine in the files (ModSecurity's recommended modsecurity.conf says
+    -- DetectionOnly): DetectionOnly makes the SecLang rules' verdict a would-block, as
+    -- mode = "detect" does; Off leaves them out (the Lua rules still run)
+    local set = c.sec.parsed
+    c.sec_engine = set and set.engine or "on"
+    c.sec_engine_at = set and set.engine_at
   end
   c.vopts = { max_args = conf.max_args }
   c.text = { ["Content-Type"] = "text/plain" }
@@ -450,6 +462,12 @@ function P.compile(conf, where, warn)
       for _, w in ipairs(P.check_exclusions(res)) do warn(format("%s.%s", where or "waf", w)) end
       -- said once per load, however many routes run the same set
       if res.sec and #res.sec.unsupported > 0 then warn(not_run_line(res.sec, conf.unsupported)) end
+      if res.sec and res.sec_engine ~= "on" then
+        warn(format("waf: %s: SecRuleEngine %s: the SecLang rules %s", res.sec_engine_at or "?",
+          res.sec_engine == "off" and "Off" or "DetectionOnly",
+          res.sec_engine == "off" and "do not run (the Lua rules do)"
+            or "refuse nothing, their verdicts are logged as would block"))
+      end
     end
     return res
   end
@@ -616,6 +634,7 @@ function P.request(req, conf)
   end
   local matches, score, deny, status = nil, 0, nil, conf.status
   local outcome, unconfirmed
+  if sec and conf.sec_engine == "off" then sec = nil end
   if sec then
     local tx = new_tab(0, conf.tx_size)
     local keys, vals = conf.tx_keys, conf.tx_vals
@@ -629,6 +648,7 @@ function P.request(req, conf)
                   -- does not refuse ordinary requests for the proxy's own warm-up.
                   deadline = conf.time_budget > 0 and not sec.pending
                     and proxy.monotonic() + conf.time_budget or nil }
+    if conf.sec_engine == "detectiononly" then sst.detect_only = true end
     local ok, m, out = pcall(engine.run_seclang, sec, sst)
     if not ok then
       -- A bug or a guard stop must not become a 500: refuse or pass as for the budget.
@@ -648,7 +668,9 @@ function P.request(req, conf)
         deny = { id = 0, why = format("time_budget %gs used up, over_budget = \"block\"", conf.time_budget) }
       end
     end
-    if sst.detect_only and deny and conf.mode == "block" then conf = setmetatable({ mode = "detect" }, { __index = conf }) end
+    -- ctl:ruleEngine=DetectionOnly, or SecRuleEngine DetectionOnly in the files: this
+    -- request's verdict is logged as detect mode logs it, score or deny alike
+    if sst.detect_only and conf.mode == "block" then conf = setmetatable({ mode = "detect" }, { __index = conf }) end
     if sst.learn then learn(sst) end
   end
   if cs then

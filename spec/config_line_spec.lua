@@ -82,6 +82,11 @@ describe("config_line", function()
     assert.equal(path .. ":18: routes[1].timeout: unknown field",
       L.locate(path, path .. ": routes[1].timeout: unknown field"))
     assert.equal(path .. ":3: syntax", L.locate(path, path .. ":3: syntax"))
+    -- a plugin's message going on down its entry: that entry's line
+    assert.equal(path .. ":7: routes[2].plugins[1](headers): request (x): bad",
+      L.locate(path, path .. ": routes[2].plugins[1](headers): request (x): bad"))
+    assert.equal(path .. ":8: routes[2].plugins[2](cache): rules[1] (rule 1): bad",
+      L.locate(path, path .. ": routes[2].plugins[2](cache): rules[1] (rule 1): bad"))
     assert.equal(path .. ": workers: bad", L.locate(path, path .. ": workers: bad"))
     os.remove(path)
   end)

@@ -282,7 +282,13 @@ function M.annotate(path, err)
   fh:seek("set")
   local text = fh:read("*a")
   fh:close()
-  local ok, line = pcall(M.find, text, keypath, lower:find("%.json$") ~= nil)
+  local json = lower:find("%.json$") ~= nil
+  -- a plugin's own message may go on down its entry: "routes[1].plugins[1](waf): rules[2]
+  -- (rule 9002): unknown key": the rule's line rather than the plugin's, when the file has it
+  local deeper = rest:match("^[^:]*: ([%a_][%w_]*%[%d+%])[ :]")
+  local ok, line = true, nil
+  if deeper then ok, line = pcall(M.find, text, keypath .. "." .. deeper, json) end
+  if not ok or not line then ok, line = pcall(M.find, text, keypath, json) end
   if not ok or not line then return err end
   return format("%s:%d: %s", path, line, rest)
 end

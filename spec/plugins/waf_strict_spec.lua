@@ -172,3 +172,42 @@ describe("what a config load says", function()
     assert.are.equal(2, c.sec.hs_patterns)
   end)
 end)
+
+describe("the operator's SecLang without CRS, and SecRuleEngine", function()
+  local T = require "proxy.test"
+  local waf = require "waf"
+  before_each(function() T.reset() end)
+
+  local function get(c, uri)
+    local req = T.request({ uri = uri, headers = { Host = "x", ["User-Agent"] = "t", Accept = "*/*" } })
+    return T.phase(waf, "request", req, c), req
+  end
+
+  it("reads crs_files with crs = false: their typos refuse the config, their rules run", function()
+    local bad = tmpfile('SecRule ARGS "@rxx foo" "id:100001,phase:2,deny"\n')
+    local ok, err = pcall(T.conf, waf, { crs = false, crs_files = { bad }, hyperscan = false })
+    assert.is_false(ok)
+    assert.matches(bad .. ":1: unknown operator @rxx", tostring(err), 1, true)
+    local good = tmpfile('SecRule ARGS "@rx zzattack" "id:100001,phase:2,deny,status:403"\n')
+    local c = T.conf(waf, { crs = false, crs_files = { good }, hyperscan = false })
+    assert.is_true((get(c, "/?q=zzattack")))
+    assert.is_false((get(c, "/?q=fine")))
+  end)
+
+  it("takes SecRuleEngine DetectionOnly as detect mode and Off as no SecLang rules, and says so", function()
+    local rule = 'SecRule ARGS "@rx zzattack" "id:100001,phase:2,deny,status:403"\n'
+    local c = T.conf(waf, { crs = false, crs_files = { tmpfile("SecRuleEngine DetectionOnly\n" .. rule) },
+                            hyperscan = false }, "routes[1].plugins[1](waf)")
+    local responded, req = get(c, "/?q=zzattack")
+    assert.is_false(responded)
+    assert.equal("detect", req.ctx.waf.action)
+    assert.matches("SecRuleEngine DetectionOnly: the SecLang rules refuse nothing", T.config_warnings[#T.config_warnings], 1, true)
+    T.reset()
+    c = T.conf(waf, { crs = false, crs_files = { tmpfile("SecRuleEngine Off\n" .. rule) }, hyperscan = false },
+      "routes[1].plugins[1](waf)")
+    responded, req = get(c, "/?q=zzattack")
+    assert.is_false(responded)
+    assert.is_nil(req.ctx.waf)
+    assert.matches("SecRuleEngine Off: the SecLang rules do not run", T.config_warnings[#T.config_warnings], 1, true)
+  end)
+end)

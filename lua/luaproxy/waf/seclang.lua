@@ -843,7 +843,7 @@ function Reader:file(path, text)
       args(place, w, 1, 1)
       local v = lower(w[2])
       if v ~= "on" and v ~= "off" and v ~= "detectiononly" then fail(place, "SecRuleEngine: On, Off or DetectionOnly") end
-      self.engine = w[2]
+      self.engine, self.engine_at = v, place -- the last one read wins, as in ModSecurity
     elseif name == "SecRuleRemoveById" then
       for k = 2, #w do
         local a, b = match(w[k], "^(%d+)%-(%d+)$")
@@ -927,7 +927,8 @@ function Reader:finish()
   local tags = {}
   for _, r in ipairs(self.rules) do for _, t in ipairs(r.taglist) do tags[t] = true end end
   return { items = items, unsupported = self.unsupported, ignored = self.ignored,
-           engine = self.engine, files = self.files, ids = seen, tags = tags }
+           engine = self.engine, engine_at = self.engine_at, files = self.files, ids = seen,
+           tags = tags }
 end
 
 -- The rule files of `paths` (a CRS directory: its rules/*.conf, or *.conf when there is no
