@@ -309,9 +309,10 @@ static uint64_t hex8(uint32_t v)
 }
 
 /* A positive normal double as "0x1.HHHHHHHHHHHHHp+E" (every mantissa digit) at p, which has
- * room for HEXFLOAT_MAX bytes: its length, or 0 for any other number. */
+ * room for HEXFLOAT_MAX bytes: its length, or 0 for any other number. Inlined (two per
+ * miss): the call cost as much as the exponent. */
 #define HEXFLOAT_MAX 24 /* "0x1." 13 digits "p+" and at most 4 of the exponent's, 3 spare */
-static size_t hexfloat(char *p, double v)
+static inline __attribute__((always_inline)) size_t hexfloat(char *p, double v)
 {
     uint64_t bits;
     memcpy(&bits, &v, sizeof bits);
@@ -326,17 +327,14 @@ static size_t hexfloat(char *p, double v)
     memcpy(p + 4, &hi, 8);
     memcpy(p + 12, &lo, 8);
     p += 17;
+    if (exp == 1023 + 30) { /* a time's (2^30..2^31 seconds: 2004 to 2038), in one store */
+        memcpy(p, "p+30", 4);
+        return 21;
+    }
     int e = (int)exp - 1023;
     *p++ = 'p';
     *p++ = e < 0 ? '-' : '+';
-    unsigned u = (unsigned)(e < 0 ? -e : e);
-    if (u >= 10 && u < 100) { /* a time's: 2^30..2^31 */
-        p[0] = (char)('0' + u / 10);
-        p[1] = (char)('0' + u % 10);
-        p += 2;
-    } else {
-        p += lp_u64_to_str(u, 10, p);
-    }
+    p += lp_u64_to_str((unsigned)(e < 0 ? -e : e), 10, p);
     return (size_t)(p - s);
 }
 
