@@ -107,7 +107,8 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
     *e = (lp_cache_entry_t){0};
     e->key = (char *)(e + 1);
     memcpy(e->key, key, klen);
-    memcpy(e->key + klen, sec, slen);
+    if (slen) /* most entries have no secondary key: no call for nothing */
+        memcpy(e->key + klen, sec, slen);
     e->klen = klen;
     e->sec = e->key + klen;
     e->slen = slen;
