@@ -68,6 +68,11 @@ describe("waf xml", function()
     assert.is_nil(d)
     assert.are.equal("XML: an encoding this reader does not decode (UTF-7) at byte 1", err)
     assert.is_nil((X.read('<?xml version="1.0" encoding="UTF-16"?><r/>', 1024)))
+    -- a UTF-16 body, with or without its byte order mark, says so
+    for _, doc in ipairs({ "\255\254<\0r\0/\0>\0", "<\0r\0/\0>\0" }) do
+      local _, e = X.read(doc, 1024)
+      assert.are.equal("XML: an encoding this reader does not decode (UTF-16 or UTF-32) at byte 1", e)
+    end
   end)
 
   it("finds what makes a document malformed, with where", function()

@@ -97,6 +97,11 @@ end
 -- than max attributes (the rest not read) }, or nil, "XML: problem at byte N".
 function M.read(s, max)
   local n = #s
+  -- UTF-16 or UTF-32 (a byte order mark, or a NUL in the first bytes): not this reader's
+  local b1, b2 = byte(s, 1, 2)
+  if (b1 == 0xFE and b2 == 0xFF) or (b1 == 0xFF and b2 == 0xFE) or find(sub(s, 1, 4), "\0", 1, true) then
+    return fail("an encoding this reader does not decode (UTF-16 or UTF-32)", 1)
+  end
   local start = sub(s, 1, 3) == "\239\187\191" and 4 or 1
   local parts, np = {}, 0
   local attrs, na = {}, 0
