@@ -633,6 +633,7 @@ function P.request(req, conf)
     end
   end
   local matches, score, deny, status = nil, 0, nil, conf.status
+  local sec_would -- the SecLang rules would have refused, under DetectionOnly
   local outcome, unconfirmed
   if sec and conf.sec_engine == "off" then sec = nil end
   if sec then
@@ -668,9 +669,13 @@ function P.request(req, conf)
         deny = { id = 0, why = format("time_budget %gs used up, over_budget = \"block\"", conf.time_budget) }
       end
     end
-    -- ctl:ruleEngine=DetectionOnly, or SecRuleEngine DetectionOnly in the files: this
-    -- request's verdict is logged as detect mode logs it, score or deny alike
-    if sst.detect_only and conf.mode == "block" then conf = setmetatable({ mode = "detect" }, { __index = conf }) end
+    -- ctl:ruleEngine=DetectionOnly, or SecRuleEngine DetectionOnly in the files: the
+    -- SecLang rules' verdict (deny or score alike) is logged as detect mode logs it; the
+    -- Lua rules below still refuse
+    if sst.detect_only and conf.mode == "block" then
+      sec_would = (deny ~= nil or score >= conf.inbound_threshold) and { score = score, deny = deny }
+      deny, score, status = nil, 0, conf.status
+    end
     if sst.learn then learn(sst) end
   end
   if cs then
@@ -699,18 +704,25 @@ function P.request(req, conf)
     return
   end
   local block = deny ~= nil or score >= conf.inbound_threshold
-  local action = block and (conf.mode == "block" and "block" or "detect") or "pass"
+  local action = block and (conf.mode == "block" and "block" or "detect") or (sec_would and "detect") or "pass"
+  local why_detect = conf.mode .. " mode"
+  if not block and sec_would then
+    -- (what the SecLang rules would have done, for the log)
+    score, deny, why_detect = sec_would.score, sec_would.deny, "SecRuleEngine DetectionOnly"
+  end
   req.ctx.waf = { action = action, score = score, matches = matches, body = body_state,
                   unconfirmed = unconfirmed }
-  if m_requests then m_requests:inc(1, action == "detect" and conf.mode or action) end
+  if m_requests then
+    m_requests:inc(1, action == "detect" and (block and conf.mode or "detect") or action)
+  end
   local what = describe(matches, st.vars)
   if action == "block" then
     proxy.log.warn(format("waf: blocked %s %s (score %d%s): %s", req:method(), req:path(),
       score, deny and ", " .. (deny.why or "deny rule " .. deny.id) or "", what))
     return req:respond(status, conf.message, conf.text)
   elseif action == "detect" then
-    proxy.log.warn(format("waf: would block %s %s (score %d%s, %s mode): %s", req:method(),
-      req:path(), score, deny and ", " .. (deny.why or "deny rule " .. deny.id) or "", conf.mode, what))
+    proxy.log.warn(format("waf: would block %s %s (score %d%s, %s): %s", req:method(),
+      req:path(), score, deny and ", " .. (deny.why or "deny rule " .. deny.id) or "", why_detect, what))
   else
     proxy.log.info(format("waf: matched %s %s (score %d, under %d): %s", req:method(),
       req:path(), score, conf.inbound_threshold, what))

@@ -68,6 +68,23 @@ describe("config_line", function()
     assert.equal(3, L.find(other, "extra[1].upstream"))
   end)
 
+  it("takes only the file's returned table by whole path, and no place of a list it changes", function()
+    -- a helper's `return {` is no config root (review: its line was given for the config's)
+    local helper = 'local function api_route(p)\n' ..
+      '  return { path = p, plugins = { { name = "cors" } } }\n' ..
+      'end\n' ..
+      'local global_plugins = {\n' ..
+      '  { name = "request_id", header = 5 } }\n' ..
+      'return { plugins = global_plugins, routes = { api_route("/a") } }\n'
+    assert.equal(5, L.find(helper, "plugins[1](request_id)"))
+    assert.equal(6, L.find(helper, "routes[1].plugins[1]"))
+    -- a list changed after it is built: the places written are not the list's
+    local moved = 'local routes = {\n  { upstream = "x" },\n}\n' ..
+      'table.insert(routes, 1, { upstream = "y",\n  timeout = "bad" })\n' ..
+      'return { routes = routes }\n'
+    assert.equal(6, L.find(moved, "routes[1].timeout")) -- `routes = routes`, not line 2
+  end)
+
   it("reads JSON configs too", function()
     local json = '{\n  "listen": [ { "address": "127.0.0.1:1" } ],\n  "routes": [\n    { "upstream": "a" },\n    { "upstream": "b", "timeout": "x" }\n  ]\n}\n'
     assert.equal(5, L.find(json, "routes[2].timeout", true))

@@ -130,10 +130,14 @@ function M._fields(toks, json)
     end
   end
   local i, n = 1, #toks
+  local top_blocks = 0 -- function bodies and blocks open outside any constructor
   while i <= n do
     local t = toks[i]
     local kind, line = t[1], t[3]
     local f = frames[#frames]
+    if not f and kind == "name" then
+      if OPENS[t[2]] then top_blocks = top_blocks + 1 elseif CLOSES[t[2]] then top_blocks = top_blocks - 1 end
+    end
     local opener = kind == "{" or (json and kind == "[")
     if f and f.state == "start" and kind == f.close then
       frames[#frames] = nil
@@ -168,7 +172,10 @@ function M._fields(toks, json)
       if f then f.state = "value" end
       local pt, pn = toks[i - 1], toks[i - 2]
       local name = pt and pt[1] == "=" and pn and pn[1] == "name" and pn[2] or nil
-      push({}, { name = name }, kind)
+      -- the config's own table: the file's last word (`return {` at the chunk's level), or
+      -- a JSON document's
+      local top = not f and (json or (pt and pt[1] == "name" and pt[2] == "return" and top_blocks <= 0))
+      push({}, { name = name, top = top }, kind)
     elseif f then
       if f.state == "start" then -- a positional field that is not a table
         f.index = f.index + 1
@@ -224,14 +231,19 @@ end
 -- by its whole path; one of a piece built apart (`local api = { ... }`) only where a field
 -- of the file puts that variable, at the path before fl's own. Anything else (a table a
 -- function returns, one from another file) is no evidence: no line rather than a wrong one.
-local function placed(all, fl, want, len)
+local function placed(all, fl, want, len, mutated)
   local p = fl.path
   if not ends(p, want, len) then return false end
+  -- a list the file changes after building it (table.insert, t[#t + 1] = ...): its
+  -- places are not the ones written
+  for k = 1, #p do
+    if type(p[k]) == "number" and mutated[k == 1 and fl.root.name or p[k - 1]] then return false end
+  end
   local name = fl.root.name
-  if not name then return #p == len end
+  if not name then return fl.root.top and #p == len end
   local before = len - #p
   for _, r in ipairs(all) do
-    if r.ref == name and ends(r.path, want, before) and (r.root.name or #r.path == before) then
+    if r.ref == name and ends(r.path, want, before) and (r.root.name or (r.root.top and #r.path == before)) then
       return true
     end
   end
@@ -243,11 +255,17 @@ function M.find(text, keypath, json)
   local want = split(keypath)
   if #want == 0 then return nil end
   local all = M._fields(M._tokens(text), json)
+  local mutated = {}
+  if not json then
+    for nm in text:gmatch("table%.insert%s*%(%s*[%w_%.]-([%w_]+)%s*,") do mutated[nm] = true end
+    for nm in text:gmatch("table%.remove%s*%(%s*[%w_%.]-([%w_]+)%s*[,%)]") do mutated[nm] = true end
+    for nm in text:gmatch("([%w_]+)%s*%[%s*#") do mutated[nm] = true end
+  end
   -- the error's own field, else the nearest table above it that the file writes
   for len = #want, 1, -1 do
     local best, best_line, ambiguous = 0, nil, false
     for _, fl in ipairs(all) do
-      if #fl.path > 0 and placed(all, fl, want, len) then
+      if #fl.path > 0 and placed(all, fl, want, len, mutated) then
         local d = #fl.path
         if d > best then
           best, best_line, ambiguous = d, fl.line, false

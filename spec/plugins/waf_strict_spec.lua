@@ -210,4 +210,24 @@ describe("the operator's SecLang without CRS, and SecRuleEngine", function()
     assert.is_nil(req.ctx.waf)
     assert.matches("SecRuleEngine Off: the SecLang rules do not run", T.config_warnings[#T.config_warnings], 1, true)
   end)
+
+  it("keeps DetectionOnly to the SecLang rules: the Lua rules refuse; ctl:ruleEngine=On blocks again", function()
+    local rule = 'SecRule ARGS "@rx zzattack" "id:100001,phase:2,deny,status:403"\n'
+    local c = T.conf(waf, { crs = false, crs_files = { tmpfile("SecRuleEngine DetectionOnly\n" .. rule) },
+                            hyperscan = false })
+    -- a bundled Lua rule's SQLi: refused
+    assert.is_true((get(c, "/?id=1%27+OR+%271%27%3D%271")))
+    T.reset()
+    c = T.conf(waf, { crs = false, hyperscan = false, crs_files = { tmpfile("SecRuleEngine DetectionOnly\n"
+      .. 'SecRule REQUEST_FILENAME "@beginsWith /admin" "id:100002,phase:1,pass,nolog,ctl:ruleEngine=On"\n'
+      .. rule) } })
+    assert.is_false((get(c, "/?q=zzattack")))
+    assert.is_true((get(c, "/admin?q=zzattack")))
+  end)
+
+  it("says nothing of SecRuleEngine when the files do not set it", function()
+    T.conf(waf, { crs = false, crs_files = { tmpfile('SecRule ARGS "@rx a" "id:100001,phase:2,deny"\n') },
+                  hyperscan = false }, "routes[1].plugins[1](waf)")
+    for _, w in ipairs(T.config_warnings) do assert.is_nil(w:find("SecRuleEngine", 1, true), w) end
+  end)
 end)

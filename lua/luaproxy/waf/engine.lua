@@ -1685,7 +1685,9 @@ local function run_ctl(st, c)
     st.vars.body_processor = upper(c.value)
   elseif k == "ruleengine" then
     local v = lower(c.value)
-    if v == "off" then st.engine_off = true elseif v == "detectiononly" then st.detect_only = true end
+    -- (On for this transaction: blocking again after a DetectionOnly, as ModSecurity's)
+    if v == "off" then st.engine_off = true elseif v == "detectiononly" then st.detect_only = true
+    elseif v == "on" then st.detect_only = false end
   elseif k == "requestbodyaccess" then
     -- The body was read already (or not needed); nothing to change.
   end

@@ -125,6 +125,7 @@ end
 -- unterminated string, a number running into a name).
 local function lex(q)
   local kinds, texts, n = {}, {}, 0
+  local comments -- their texts: what a server ignores, but an API that is no GraphQL reads
   local i, len = 1, #q
   if sub(q, 1, 3) == "\239\187\191" then i = 4 end
   while i <= len do
@@ -132,7 +133,10 @@ local function lex(q)
     if b == 32 or b == 9 or b == 10 or b == 13 or b == 44 then
       i = i + 1
     elseif b == 35 then -- # comment, to the line's end
-      i = (find(q, "[\r\n]", i + 1) or len) + 1
+      local e = find(q, "[\r\n]", i + 1) or len + 1
+      comments = comments or {}
+      comments[#comments + 1] = sub(q, i + 1, e - 1)
+      i = e + 1
     elseif b == 34 then
       n = n + 1
       if byte(q, i + 1) == 34 and byte(q, i + 2) == 34 then
@@ -149,6 +153,8 @@ local function lex(q)
         while true do
           e = find(q, '["\\\r\n]', j)
           if not e or byte(q, e) ~= 92 then break end
+          local nx = byte(q, e + 1)
+          if nx == 10 or nx == 13 then return nil end -- no escaped line end in GraphQL
           j = e + 2
         end
         if not e or byte(q, e) ~= 34 then return nil end
@@ -184,7 +190,7 @@ local function lex(q)
       return nil
     end
   end
-  return kinds, texts, n
+  return kinds, texts, n, comments
 end
 
 -- The parser (spec 2.2-2.12, executable definitions only): p = { kinds, texts, i }; a
@@ -337,7 +343,7 @@ end
 -- quote, a space or a slash. A literal that does not decode (an escape the spec does not
 -- have) goes in as written, and with its valid escapes decoded: never dropped.
 function M.strings(c, name, q, max, add)
-  local kinds, texts, n = lex(q)
+  local kinds, texts, n, comments = lex(q)
   if not kinds or n == 0 or not parses(kinds, texts, n) then return false end
   local k = 0
   for t = 1, n do
@@ -356,6 +362,12 @@ function M.strings(c, name, q, max, add)
       k = k + 1
       add(c, name .. "." .. k, block_value(texts[t]), max)
     end
+  end
+  -- Comments too: a GraphQL server ignores them, but {"query":"{a}#' UNION SELECT ..."}
+  -- sent to an API that is no GraphQL is read whole there (review)
+  for _, text in ipairs(comments or {}) do
+    k = k + 1
+    add(c, name .. "." .. k, text, max)
   end
   return true
 end

@@ -522,7 +522,7 @@ function M.new_reader(opts)
     ignored = {},          -- "file:line: what (why)" for directives that change nothing here
     defaults = {},         -- phase -> default disruptive action (SecDefaultAction)
     removed_ids = {}, removed_tags = {}, update_target = {}, -- SecRuleRemove*/UpdateTarget*
-    engine = "On", chain_open = nil, files = 0, opts = opts or {},
+    engine = "on", chain_open = nil, files = 0, opts = opts or {},
   }, Reader)
 end
 

@@ -156,7 +156,7 @@ function M.read(s, max)
       -- another declared encoding (UTF-7, UTF-16, EBCDIC...) the application's parser reads
       -- other characters than these bytes, <r>1+ACc- OR +ACc-1+ACc-=+ACc-1</r> in UTF-7 is
       -- 1' OR '1'='1. A body error.
-      local enc = target == "xml" and match(sub(s, lt, e), "encoding%s*=%s*[\"']([^\"']*)[\"']")
+      local enc = lower(target) == "xml" and match(sub(s, lt, e), "encoding%s*=%s*[\"']([^\"']*)[\"']")
       if enc and not READABLE[lower(enc)] then
         return fail("an encoding this reader does not decode (" .. cut(enc) .. ")", lt)
       end
