@@ -1000,15 +1000,26 @@ def tls_get(port, path, sni, cafile=None):
     return int(lines[0].split()[1]), fields, body
 
 
-def admin_json(port, method, path):
-    """One request to an admin listener on 127.0.0.1:port: (status, its JSON body or None)."""
+def admin_request(port, method, path):
+    """One request to an admin listener on 127.0.0.1:port: (status, its body as bytes)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=T(10))
     try:
         c.request(method, path)
         r = c.getresponse()
-        return r.status, json.loads(r.read() or b"null")
+        return r.status, r.read()
     finally:
         c.close()
+
+
+def admin_json(port, method, path):
+    """One request to an admin listener: (status, its JSON body or None)."""
+    status, body = admin_request(port, method, path)
+    return status, json.loads(body or b"null")
+
+
+def admin_text(port, path):
+    """GET path of an admin listener (e.g. /metrics): its body as text."""
+    return admin_request(port, "GET", path)[1].decode()
 
 
 def get(port, path="/", host="a.test", headers=None, method="GET", body=None,

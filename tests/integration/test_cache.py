@@ -9,7 +9,6 @@ guards (Host, query, Vary, Authorization). The RFC 9111 rules themselves are
 test_cache_rfc.py's."""
 
 import email.utils
-import http.client
 import json
 import os
 import re
@@ -470,12 +469,7 @@ class CacheTest(H.ProxyTestCase):
         for k in ("expired", "stale", "revalidated", "bypass", "capacity", "evicted"):
             self.assertIn(k, after)
         self.assertGreater(after["index_bytes"], 0)  # the key index, outside `bytes`
-        c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
-        try:
-            c.request("GET", "/metrics")
-            text = c.getresponse().read().decode()
-        finally:
-            c.close()
+        text = H.admin_text(self.proxy.admin_port, "/metrics")
         self.assertIn('luaproxy_cache_requests_total{zone="t",result="hit"} %d' % after["hit"], text)
         self.assertIn('luaproxy_cache_fills_total{zone="t",result="stored"} %d' % after["stored"], text)
         self.assertIn('luaproxy_cache_entries{zone="t"}', text)
@@ -594,12 +588,7 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(self.origin.count(p), 2)
         after = self.zone_status()["abandoned"]
         self.assertEqual(after - before, 2)
-        c = http.client.HTTPConnection("127.0.0.1", self.proxy.admin_port, timeout=H.T(10))
-        try:
-            c.request("GET", "/metrics")
-            text = c.getresponse().read().decode()
-        finally:
-            c.close()
+        text = H.admin_text(self.proxy.admin_port, "/metrics")
         self.assertIn('luaproxy_cache_fills_total{zone="%s",result="abandoned"} %d'
                       % (ZONE, after), text)
         # Length unknown: the fill is dropped when the body goes over.

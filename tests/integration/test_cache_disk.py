@@ -15,7 +15,6 @@ memory hit is paced by the stream's window too, never queued whole. A response
 with more fields than a hit could carry with its Age and Cache-Status is not stored."""
 
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -206,12 +205,7 @@ class CacheDiskTest(H.ProxyTestCase):
         # Over 64 KiB: served from its file (streamed), not read back into memory.
         self.assertGreaterEqual(self.disk(a)["streamed"], 1)
         # The same figures in /metrics (docs/metrics.md).
-        c = http.client.HTTPConnection("127.0.0.1", a.admin_port, timeout=H.T(10))
-        try:
-            c.request("GET", "/metrics")
-            text = c.getresponse().read().decode()
-        finally:
-            c.close()
+        text = H.admin_text(a.admin_port, "/metrics")
         loaded = re.search(r'^luaproxy_cache_disk_events_total\{zone="%s",event="streamed"\} (\d+)'
                            % ZONE, text, re.M)
         self.assertIsNotNone(loaded, text[-2000:])
