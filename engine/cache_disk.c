@@ -261,6 +261,7 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
         return;
     }
     e->stamp = h.stamp;
+    size_t nfields = lp_cache_head_fields(meta + h.klen + h.slen, h.hlen);
     lp_cache_entry_t *dead = NULL;
     pthread_mutex_lock(&z->lock);
     if (z->stamps < h.stamp)
@@ -273,14 +274,16 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
         free(meta);
         return;
     }
+    /* Written under another config, maybe a larger max_headers: requests make room for it
+     * (a file the scan drops or a newer entry replaces takes none). Before it is linked: a
+     * request that finds it (under this lock) then sees the room it takes, and one made
+     * before with less goes upstream instead (lp_ffi_cache_get). */
+    lp_cache_room_note(nfields);
     lp__cache_link(z, e);
     lp__cache_on_disk(z, e, lp_cdisk_file_size(&h));
     lp__cache_evict(z, &dead);
     pthread_mutex_unlock(&z->lock);
     lp__cache_drop_dead(dead);
-    /* Written under another config, maybe a larger max_headers: requests make room for it,
-     * once it is indexed (a file the scan drops or a newer entry replaces takes none). */
-    lp_cache_room_note(meta + h.klen + h.slen, h.hlen);
     free(meta);
     (*nindexed)++;
 }

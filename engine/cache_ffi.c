@@ -323,6 +323,13 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     rc->native_kept = 0;
     lp_cache_entry_unref(rc->hit);
     rc->hit = kept ? kept : lp_cache_get(zone, key, klen, sec, slen, real_now());
+    if (rc->hit && lp_cache_room_cap(r->cap_headers) > r->cap_headers) {
+        /* This request's header arrays were made before a wider head was stored or indexed
+         * (cache_room.c): a hit on it could have no room for its fields. As a miss, never a
+         * 500 for want of slots; the entry stays for the requests made since. */
+        lp_cache_entry_unref(rc->hit);
+        rc->hit = NULL;
+    }
     int waited = rc->load_waited; /* this lookup follows a wait for another's read-back */
     rc->load_waited = 0;
     if (rc->hit && !lp_cache_entry_resident(rc->hit)) {
@@ -612,9 +619,9 @@ double lp_ffi_cache_upstream_length(void *rp)
     if (!r->try.peer || (r->flags & LP_RF_LOCAL))
         return -1;
     const lp_h1_t *rh = &r->try.peer->h1;
-    if (!(rh->flags & LP_H1F_LENGTH) || (rh->flags & LP_H1F_CHUNKED))
+    if (rh->flags & (LP_H1F_CHUNKED | LP_H1F_EOF_BODY))
         return -1;
-    return (double)rh->content_length;
+    return (rh->flags & LP_H1F_LENGTH) ? (double)rh->content_length : 0; /* 0: no body (204) */
 }
 
 int lp_ffi_cache_window(void *rp, double first, double n)
@@ -868,7 +875,7 @@ size_t lp__cache_miss_status_line(char *line, int status, int stored, double ttl
 {
     if (status < 100 || status > 999)
         return 0;
-    static const char pre[] = "Cache-Status: luaproxy; fwd=miss; fwd-status=";
+    static const char pre[] = "Cache-Status: luaproxy; fwd=uri-miss; fwd-status=";
     static const char st[] = "; stored; ttl=";
     _Static_assert(sizeof pre + sizeof st + 48 <= LP_CACHE_MISS_LINE, "room for the line");
     char *p = line;
@@ -896,10 +903,15 @@ size_t lp__cache_miss_status_line(char *line, int status, int stored, double ttl
     return (size_t)(p - line);
 }
 
+int lp__cache_body_sized(const lp_req_t *r)
+{
+    return r->try.peer && !(r->try.peer->h1.flags & (LP_H1F_CHUNKED | LP_H1F_EOF_BODY));
+}
+
 int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
 {
     char line[LP_CACHE_MISS_LINE];
-    size_t n = lp__cache_miss_status_line(line, status, stored, ttl);
+    size_t n = lp__cache_miss_status_line(line, status, stored && lp__cache_body_sized(r), ttl);
     if (!n)
         return LP_FFI_EINVAL;
     return lp__resp_add_line(r, line, n, LP_CACHE_STATUS_NAME_LEN);

@@ -66,10 +66,16 @@ int lp__cache_store(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, 
 int lp__cache_store_fields(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, size_t klen,
                            const char *sec, size_t slen, const lp_str_t *meta, size_t nmeta,
                            size_t meta_fields, double keep_until);
+/* Whether the upstream's body length came with its head (a Content-Length, or no body): a
+ * fill started for it was checked against max_object_size then, and is stored unless the
+ * body is cut short. A chunked or close-delimited body may go over it after the head went
+ * out, and its fill is dropped then: its Cache-Status, sent before, does not say `stored`. */
+int lp__cache_body_sized(const lp_req_t *r);
+/* The common miss's Cache-Status: `stored` (and its ttl) only for a fill of a sized body. */
 int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl);
 /* Its line ("Cache-Status: ...\r\n") into line (LP_CACHE_MISS_LINE bytes): its length, or 0
  * for a status out of range. */
-#define LP_CACHE_MISS_LINE       112
+#define LP_CACHE_MISS_LINE       120
 #define LP_CACHE_STATUS_NAME_LEN 12 /* "Cache-Status", the line's name */
 size_t lp__cache_miss_status_line(char *line, int status, int stored, double ttl);
 /* lp_ffi_cache_respond's answer from the looked-up entry (cache.hit), without the Lua phase

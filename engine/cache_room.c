@@ -51,9 +51,9 @@ unsigned lp_cache_room_cap(unsigned cap)
     return w && w + LP_CACHE_HIT_FIELDS > cap ? w + LP_CACHE_HIT_FIELDS : cap;
 }
 
-void lp_cache_room_note(const char *head, size_t hlen)
+void lp_cache_room_note(size_t nfields)
 {
-    note(lp_cache_head_fields(head, hlen));
+    note(nfields);
 }
 
 /* Whether a warning of this kind may go out now: once a minute per thread and kind. */

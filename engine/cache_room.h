@@ -27,14 +27,18 @@ int lp_cache_fields_fit(const lp_worker_t *w, lp_cache_zone_t *z, const char *ke
 /* How many field lines ("h ...") a head holds. */
 size_t lp_cache_head_fields(const char *head, size_t hlen);
 
-/* A head indexed without lp_cache_head_fits (a disk file met by the start's scan, written
- * under another config): its fields are counted into what requests make room for. */
-void lp_cache_room_note(const char *head, size_t hlen);
+/* A head of nfields fields indexed without lp_cache_head_fits (a disk file met by the
+ * start's scan, written under another config): counted into what requests make room for.
+ * Called before the entry is linked (see lp_cache_room_cap). */
+void lp_cache_room_note(size_t nfields);
 
 /* The header slots a request takes (its two arrays' capacity): `cap` (limits.max_headers +
  * LP_HEADERS_SPARE), or more when a head stored or indexed since the start has more fields
  * than cap leaves a hit room for (an entry stored before a reload lowered max_headers): its
- * fields + LP_CACHE_HIT_FIELDS. Any thread. */
+ * fields + LP_CACHE_HIT_FIELDS. Any thread.
+ * A head's width is noted before its entry is linked under the zone lock, so a request that
+ * finds the entry (under that lock) reads a cap that covers it: a request whose arrays are
+ * smaller than that (made before the head was noted) treats the entry as a miss. */
 unsigned lp_cache_room_cap(unsigned cap);
 
 /* A miss's Cache-Status was not added (rc: lp__resp_add_wire's code; LP_FFI_ENOSPACE: the

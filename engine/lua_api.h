@@ -511,7 +511,7 @@ int lp_ffi_cache_store_fields(void *r, void *zone, const char *key, size_t klen,
 /* key: the default cache key, "GET " scheme "://" host (lower-case) URI, as the cache
  * plugin's default_key made it from req:scheme(), req:host() and req:uri(). */
 int lp_ffi_cache_key(void *r, lp_str_t *out);
-/* The common miss's Cache-Status, "luaproxy; fwd=miss; fwd-status=STATUS" and, when stored,
+/* The common miss's Cache-Status, "luaproxy; fwd=uri-miss; fwd-status=STATUS" and, when stored,
  * "; stored; ttl=FLOOR(TTL)", added to a response that has none (cache2). */
 int lp_ffi_cache_miss_status(void *r, int status, int stored, double ttl);
 /* The engine's run of the plugin's common miss (cache_native.c). learn: what the plugin

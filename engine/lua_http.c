@@ -219,10 +219,8 @@ const char *lp_ffi_hresp_fields(lp_hresp_t *r, int *len)
     char *o = r->packed;
     for (unsigned i = 0; i < r->h1.nheaders; i++) {
         const lp_header_t *hd = &r->h1.headers[i];
-        for (size_t k = 0; k < hd->name.len; k++) {
-            char c = hd->name.base[k];
-            *o++ = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-        }
+        memcpy(o, hd->name.base, hd->name.len); /* as the server wrote it (res.header_names) */
+        o += hd->name.len;
         *o++ = '\0';
         memcpy(o, hd->value.base, hd->value.len);
         o += hd->value.len;

@@ -369,20 +369,22 @@ local function decode_cached(head)
 end
 
 -- The entry stored for key that fits this request: meta, headers, body length; or nil (and
--- the secondary key when the key varies).
+-- the secondary key when the key varies), the 8th value then saying which miss it is (RFC
+-- 9211 fwd): "vary-miss" when the key has responses (its Vary marker) but none for this
+-- request's Vary fields, else "uri-miss" (nothing under the key).
 -- disk: true when the entry came from the disk tier for this request.
 local function lookup(req, z, key, rh, conf)
   local head, blen, disk = z:get(req, key, "")
-  if not head then return nil end
+  if not head then return nil, nil, nil, nil, nil, nil, nil, "uri-miss" end
   local sec = ""
   if sub(head, 1, 2) == "V " then
     sec = policy.secondary_key(sub(head, 3), rh, conf.max_vary_fields)
-    if not sec then return nil end
+    if not sec then return nil, nil, nil, nil, nil, nil, nil, "vary-miss" end
     head, blen, disk = z:get(req, key, sec)
-    if not head then return nil, nil, nil, sec end
+    if not head then return nil, nil, nil, sec, nil, nil, nil, "vary-miss" end
   end
   local meta, headers, case, base = decode_cached(head)
-  if not meta then return nil end
+  if not meta then return nil, nil, nil, nil, nil, nil, nil, "uri-miss" end
   return meta, headers, blen, sec, case, base, disk
 end
 
@@ -589,10 +591,14 @@ end
 local function put_fetched(z, key, sec, rh, res, t0, conf)
   local now = proxy.now()
   local rsh, case = {}, {}
+  -- proxy.http's headers have lower-case names; header_names has them as the upstream wrote
+  -- them, which the entry keeps as a foreground fill does (a hit replays the upstream's case).
+  local names = res.header_names or {}
   for k, v in pairs(res.headers) do
     local l = lower(k)
     rsh[l] = v
-    if l ~= k then case[l] = k end
+    local written = names[l] or k
+    if written ~= l then case[l] = written end
   end
   if not policy.storable("GET", res.status, rh, rsh, conf._opts) then return false, rsh, case end
   local meta = policy.meta(res.status, rsh, t0, now, conf._opts)
@@ -656,6 +662,7 @@ end
 
 local function refetch(req, conf, st)
   local z, stale = st.zone, st.stale
+  if st.forced then z:count("miss") end -- the entry was not used: answered in full
   local plan = fetch_plan(req, true)
   local t0 = proxy.now()
   local res, err
@@ -723,7 +730,7 @@ local function only_if_cached(req, st)
 end
 
 local function look(req, conf, st, z, key, rh, rd, waited)
-  local meta, headers, blen, sec, case, base, disk = lookup(req, z, key, rh, conf)
+  local meta, headers, blen, sec, case, base, disk, miss = lookup(req, z, key, rh, conf)
   st.case = case
   if meta then
     local now = proxy.now()
@@ -748,7 +755,7 @@ local function look(req, conf, st, z, key, rh, rd, waited)
       -- (RFC 9211: collapsed goes with fwd, not hit).
       local detail = st.l2 or (disk and "disk") or nil
       serve(req, conf, st, meta, headers, blen, waited
-        and { fwd = "miss", collapsed = true, detail = detail }
+        and { fwd = st.miss or "uri-miss", collapsed = true, detail = detail }
         or { hit = true, detail = detail }, nil, base)
       return true
     elseif decision == "stale_while_revalidate" then
@@ -760,7 +767,9 @@ local function look(req, conf, st, z, key, rh, rd, waited)
       end
       -- The entry went (evicted, purged) while the marker was looked at: a miss.
     elseif decision == "revalidate" then
-      z:count("expired")
+      -- A fresh entry the request's own directives refused (no-cache, max-age, min-fresh) is
+      -- not expired: counted when the answer comes, revalidated (a 304) or miss (P.response).
+      if d and d.fwd == "request" then st.forced = true else z:count("expired") end
       st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d, base = base }
       st.fwd = d and d.fwd or "stale"
       if not waited and conf.lock then z:lock(req, key, conf.lock_timeout) end
@@ -774,6 +783,8 @@ local function look(req, conf, st, z, key, rh, rd, waited)
   end
   if rd.only_if_cached then return only_if_cached(req, st) end
   st.sec = sec
+  -- The first look's kind of miss: a request collapsed into another's fill was that miss too.
+  st.miss = st.miss or miss or "uri-miss"
   return false
 end
 
@@ -946,14 +957,16 @@ function P.request(req, conf)
   req.ctx.cache = st
   local method = req:method()
   if not policy.lookup_method(method) then
-    st.pass = true
+    -- RFC 9211 fwd=method: the method is forwarded whatever the cache holds.
+    st.pass = "method"
     st.invalidate = not policy.is_safe_method(method)
     return
   end
   local key = o.key or (conf.cache_key and conf.cache_key(req)) or z:default_key(req)
   if type(key) ~= "string" then
     proxy.log.error("cache: cache_key returned " .. type(key) .. ", not a string: not cached")
-    st.pass = true
+    z:count("bypass")
+    st.pass = "bypass" -- the site's rule could not say what to look up: as req:cache_bypass()
     return
   end
   st.key = key
@@ -996,7 +1009,7 @@ function P.request(req, conf)
     if look(req, conf, st, z, key, rh, rd, true) then return end
   end
   z:count("miss")
-  st.fwd = st.fwd or "miss"
+  st.fwd = st.fwd or st.miss
   -- A GET that may fill the entry asks for the whole representation; the client's Range and
   -- conditionals are answered from the upstream's 200 (answer_stripped), later ones from the
   -- entry.
@@ -1053,6 +1066,17 @@ local function request_parts(req, z)
   return { scheme = req:scheme() or "http", host = host or req:host(), path = req:uri() }
 end
 
+-- The Cache-Status of a request the cache did not look up (fwd: "method" or "bypass"), with
+-- the upstream's status when the upstream answered.
+local function pass_status(req, z, fwd, status)
+  local from_upstream = req:upstream_addr() ~= nil
+  if from_upstream and (status == 502 or status == 504) and NET_FAILURE[req:last_failure() or ""] then
+    from_upstream = false
+  end
+  z:set_status(req, policy.cache_status { prior = z:resp_view(req)["cache-status"], fwd = fwd,
+    fwd_status = from_upstream and status or nil })
+end
+
 -- A request whose request phase the engine ran (a miss it looked up, counted and locked:
 -- engine/cache_native.c): its state as P.request leaves it for such a request. nil for any
 -- other request.
@@ -1076,9 +1100,8 @@ function P.response(req, conf)
     local uris = policy.invalidations(req:method(), status, request_parts(req, z), req:resp_headers())
     for _, u in ipairs(uris) do z:purge("GET " .. u) end
     if conf._l2 and #uris > 0 then st.l2_del = uris end
-    return
   end
-  if st.pass then return end
+  if st.pass then return pass_status(req, z, st.pass, status) end
   st.phase = "response"
   local now = proxy.now()
   local stale = st.stale
@@ -1125,6 +1148,7 @@ function P.response(req, conf)
       or (not from_upstream and (stale.d.stale_if_error or stale.d.stale_if_disconnected))) then
     return serve_stale_on_error(req, conf, st, from_upstream and status or nil)
   end
+  if st.forced then z:count("miss") end -- the request refused its fresh entry: a full answer
   local o = req:cache_options()
   local o_ttl = o.ttl
   local stored, ttl, too_large = false, nil, false
@@ -1178,15 +1202,18 @@ function P.response(req, conf)
     z:set_status(req, policy.cache_status { prior = rsh["cache-status"], detail = "only-if-cached" })
     return
   end
-  local fwd = st.fwd or "miss"
-  if fwd == "miss" and not too_large and rsh["cache-status"] == nil and from_upstream then
+  local fwd = st.fwd or "uri-miss"
+  if fwd == "uri-miss" and not too_large and rsh["cache-status"] == nil and from_upstream then
     -- What policy.cache_status makes of the common miss, without its tables and patterns,
     -- written by the engine (Zone:miss_status).
     z:miss_status(req, status, stored, ttl)
   else
+    -- A body of unknown length (chunked) may still go over max_object_size, after this head
+    -- went out: `stored` is said only of a body whose length is known (as Zone:miss_status).
+    local claim = stored and z:upstream_length(req) ~= nil
     z:set_status(req, policy.cache_status {
       prior = rsh["cache-status"], fwd = fwd, fwd_status = from_upstream and status or nil,
-      stored = stored or nil, ttl = stored and ttl or nil,
+      stored = claim or nil, ttl = claim and ttl or nil,
       detail = too_large and "too-large" or nil })
   end
   if st.stripped and from_upstream and status == 200 and req:method() == "GET" then answer_stripped(req, conf, st, rsh, now) end

@@ -7,7 +7,7 @@
 -- freshness (like nginx's proxy_cache_valid); an origin's own Cache-Control would win.
 --
 -- Try it with the demo origins (./dev demo scripts/cache.lua):
---   curl -si 'http://127.0.0.1:8080/api/fixed?b=2&a=1' | grep -i cache-status  # fwd=miss; stored
+--   curl -si 'http://127.0.0.1:8080/api/fixed?b=2&a=1' | grep -i cache-status  # fwd=uri-miss; stored
 --   curl -si 'http://127.0.0.1:8080/api/fixed?a=1&b=2&utm_source=x' | grep -i -e cache-status -e age
 --                                                                             # hit, Age: 0..10
 --   curl -s http://127.0.0.1:9901/status | grep -o '"cache":{[^}]*}}'        # hit/miss counts

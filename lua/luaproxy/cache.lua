@@ -157,8 +157,9 @@ function Zone:window(req, first, n)
   return C.lp_ffi_cache_window(req._r, first, n) == 0
 end
 
--- Response phase: the upstream body's Content-Length (the engine's framing field, which Lua
--- does not see), nil when it has none (chunked, close-delimited).
+-- Response phase: the upstream body's length when its head gives it: its Content-Length
+-- (the engine's framing field, which Lua does not see), 0 for a response without a body
+-- (204, 304); nil when the head does not say (chunked, close-delimited).
 function Zone:upstream_length(req)
   local n = C.lp_ffi_cache_upstream_length(req._r)
   if n < 0 then return nil end
@@ -265,9 +266,10 @@ function Zone:store_fields(req, key, sec, meta, keep)
   return C.lp_ffi_cache_store_fields(req._r, self._z, key, #key, sec, #sec, meta, #meta, keep) == 0
 end
 
--- Response phase: the common miss's Cache-Status ("luaproxy; fwd=miss; fwd-status=STATUS"
--- then, when stored, "; stored; ttl=" and the TTL left rounded down), added by the engine in
--- one call to a response without a Cache-Status of its own.
+-- Response phase: the common miss's Cache-Status ("luaproxy; fwd=uri-miss; fwd-status=STATUS"
+-- then, when stored and the body's length is known, "; stored; ttl=" and the TTL left
+-- rounded down), added by the engine in one call to a response without a Cache-Status of its
+-- own.
 -- A response whose header list is full (limits.max_headers + 16 fields: an upstream's
 -- fullest response and what plugins before the cache added) goes without it, as it would
 -- go without the cache: never a 500 for a line of ours (logged once a minute per worker).
@@ -364,8 +366,10 @@ local ANSWER_SKIP = { ["content-length"] = true, ["transfer-encoding"] = true, c
 -- place of the upstream's; false when its fields do not fit the request's header slots.
 function Zone:answer(req, res)
   if C.lp_ffi_respond_begin(req._r) ~= 0 then return false end
+  local names = res.header_names or {} -- proxy.http's: the names as the upstream wrote them
   for name, v in pairs(res.headers or {}) do
     if not ANSWER_SKIP[lower(name)] then
+      name = names[name] or name
       for _, x in ipairs(type(v) == "table" and v or { v }) do
         x = tostring(x)
         if C.lp_ffi_header_set(req._r, 1, K.HADD, name, #name, x, #x) ~= 0 then return false end

@@ -241,21 +241,26 @@ M.Headers = Headers
 
 local len_out = ffi.new("int[1]")
 
--- The fields as the parser packed them ("name\0value\0...", names lower-cased): one C
--- call and one string per response; the table is built only when res.headers is read.
+-- The fields as the parser packed them ("name\0value\0...", names as the server wrote
+-- them): one C call and one string per response; the tables are built only when res.headers
+-- or res.header_names is read.
 local function packed_fields(p)
   local base = C.lp_ffi_hresp_fields(p, len_out)
   if base == nil then return "" end
   return ffi_string(base, len_out[0])
 end
 
+-- The headers table (lower-case names) and the names as written, by lower-case name (the
+-- first spelling of a repeated field).
 local function unpack_fields(raw)
-  local h = setmetatable({}, Headers)
+  local h, names = setmetatable({}, Headers), {}
   local pos, n = 1, #raw
   while pos <= n do
     local z = find(raw, "\0", pos, true)
     local z2 = find(raw, "\0", z + 1, true)
-    local name, value = sub(raw, pos, z - 1), sub(raw, z + 1, z2 - 1)
+    local written, value = sub(raw, pos, z - 1), sub(raw, z + 1, z2 - 1)
+    local name = lower(written)
+    if names[name] == nil then names[name] = written end
     local old = rawget(h, name)
     if old == nil then
       h[name] = value
@@ -266,7 +271,7 @@ local function unpack_fields(raw)
     end
     pos = z2 + 1
   end
-  return h
+  return h, names
 end
 
 ------------------------------------------------------------------------------------------
@@ -337,10 +342,10 @@ end
 
 local Response = {}
 Response.__index = function(res, k)
-  if k == "headers" then
-    local h = unpack_fields(rawget(res, "_fields"))
-    res.headers = h
-    return h
+  if k == "headers" or k == "header_names" then
+    local h, names = unpack_fields(rawget(res, "_fields"))
+    res.headers, res.header_names = h, names
+    return rawget(res, k)
   end
   return Response[k]
 end

@@ -142,7 +142,7 @@ function M.registry(now, hooks)
   end
 
   function Zone:miss_status(req, status, stored, ttl)
-    req:set_resp_header("Cache-Status", "luaproxy; fwd=miss; fwd-status=" .. string.format("%d", status)
+    req:set_resp_header("Cache-Status", "luaproxy; fwd=uri-miss; fwd-status=" .. string.format("%d", status)
       .. (stored and ("; stored; ttl=" .. string.format("%d", math.floor(ttl))) or ""))
   end
 

@@ -137,7 +137,7 @@ class CacheRoomTest(H.ProxyTestCase):
                     self.assertIsNone(r.header("cache-status"))
                 else:
                     self.assertEqual(r.header("cache-status"),
-                                     "luaproxy; fwd=miss; fwd-status=200")
+                                     "luaproxy; fwd=uri-miss; fwd-status=200")
         # The plugin's other Cache-Status (policy.cache_status), here fwd=request: an entry
         # (stored from a smaller response) that the request's no-cache sends upstream, and an
         # answer that fills every slot. Served without the line, the entry left as it was.
@@ -187,7 +187,7 @@ class CacheRoomTest(H.ProxyTestCase):
         r = self.get(a, p)
         self.assertEqual((r.status, r.body), (200, b"cs-1"))
         self.assertEqual(r.header("cache-status"),
-                         "upstream; fwd=miss, luaproxy; fwd=miss; fwd-status=200")
+                         "upstream; fwd=miss, luaproxy; fwd=uri-miss; fwd-status=200")
         self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 
     def test_revalidation_growing_the_head_past_a_hits_room(self):
@@ -286,6 +286,30 @@ class CacheRoomTest(H.ProxyTestCase):
         q = self.path("/new")
         self.origin.script(q, padded(98, b"new"))
         self.assertEqual(self.get(a, q).status, 502)
+
+    def test_request_begun_before_a_wider_head_was_stored_goes_upstream(self):
+        # A request's header slots are sized when its first bytes arrive (limits.max_headers
+        # + 16, or the widest head stored so far + 4). One begun under max_headers = 40 (56
+        # slots) that finds an entry of 100 fields, stored after a reload to 100 while it
+        # was still sending its head, has no room for that hit: it goes upstream as on a
+        # miss (it once got a 500). Requests begun since make room for the entry.
+        p = self.path()
+        wide = padded(98, b"wide")
+        self.origin.script(p, lambda req, n: wide(req, n) if n == 1 else H.cacheable(b"small-%d" % n))
+        a = self.start(limits={"max_headers": 40})
+        c = H.Client(a.port, timeout=H.T(20))
+        try:
+            c.send(b"GET " + p.encode())
+            time.sleep(0.5)  # read by its worker: its request exists, under max_headers = 40
+            self.reload_with(a, max_headers=100)
+            self.assertEqual(self.get(a, p).body, b"wide-1")  # stored: 100 fields
+            c.send(b" HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            r = c.read_response()
+        finally:
+            c.close()
+        self.assertEqual((r.status, r.body), (200, b"small-2"), a.stderr()[-3000:])
+        self.assertRegex(r.header("cache-status"), r"^luaproxy; fwd=uri-miss; fwd-status=200")
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 
     def test_revalidation_of_an_entry_stored_before_a_reload_lowering_max_headers(self):
         # A stale entry of 98 fields (ETag, max-age=0) stored under max_headers = 100; a

@@ -383,7 +383,7 @@ class FleetCacheL2Test(RT.ReloadTestCase):
                                                               ("ETag", '"v%d"' % n)))
         r = self.get(0, "/obj")
         self.assertEqual(r.body, b"body 1")
-        self.assertIn("fwd=miss", r.header("Cache-Status"))
+        self.assertIn("fwd=uri-miss", r.header("Cache-Status"))
         self.assertIn("stored", r.header("Cache-Status"))
         self.wait_in_redis("/obj")
         ttl = self.redis.command("TTL", self.rkeys("/obj")[0])
@@ -422,7 +422,7 @@ class FleetCacheL2Test(RT.ReloadTestCase):
         self.wait_in_redis("/vary", 2)  # the Vary marker and the en variant
         r = self.get(1, "/vary", fr)
         self.assertEqual(r.body, b"lang=fr #2")
-        self.assertIn("fwd=miss", r.header("Cache-Status"))
+        self.assertIn("fwd=uri-miss", r.header("Cache-Status"))
         r = self.get(1, "/vary", en)
         self.assertEqual(r.body, b"lang=en #1")
         self.assertIn("; hit", r.header("Cache-Status"))
@@ -459,7 +459,7 @@ class FleetCacheL2Test(RT.ReloadTestCase):
         # ...through which the en variant stored before the invalidation is not reachable.
         r = self.get(1, "/inv", en)
         self.assertEqual(r.body, b"lang=en #4")
-        self.assertIn("fwd=miss", r.header("Cache-Status"))
+        self.assertIn("fwd=uri-miss", r.header("Cache-Status"))
         self.assertEqual(self.origin.count("/inv"), 4)
 
     def commandstats(self):

@@ -238,7 +238,7 @@ class CacheExample(ExampleTestCase):
     def test_lua_key_shares_one_entry(self):
         first = H.get(self.proxy.port, "/api/fixed?b=2&a=1")
         self.assertEqual(first.status, 200)
-        self.assertIn("fwd=miss", first.header("cache-status"))
+        self.assertIn("fwd=uri-miss", first.header("cache-status"))
         self.assertIn("stored", first.header("cache-status"))
         again = H.get(self.proxy.port, "/api/fixed?a=1&b=2&utm_source=x")
         self.assertEqual(again.status, 200)
@@ -246,7 +246,7 @@ class CacheExample(ExampleTestCase):
         self.assertEqual(again.body, first.body)
         self.assertIsNotNone(again.header("age"))
         other = H.get(self.proxy.port, "/api/fixed?a=2")
-        self.assertIn("fwd=miss", other.header("cache-status"))
+        self.assertIn("fwd=uri-miss", other.header("cache-status"))
 
     def test_web_not_cached(self):
         r = H.get(self.proxy.port, "/")
