@@ -193,6 +193,7 @@ function H.get(req, conf)
   if not res then return req:respond(500, err) end
   local e = json.decode(res.body)
   return answer(req, { status = res.status, ctype = res.headers["Content-Type"],
+    ctype_name = res.header_names["content-type"], cookie_name = res.header_names["set-cookie"],
     cookie = res.headers.set_cookie, method = e.method, path = e.path,
     host = e.headers.host, ua = e.headers["user-agent"], xtest = e.headers["x-test"],
     multi = e.headers["x-multi"] })
@@ -350,6 +351,8 @@ class HttpClientTest(RT.ReloadTestCase):
         self.assertEqual(j["status"], 200)
         self.assertEqual(j["ctype"], "application/json")
         self.assertEqual(j["cookie"], "a=1")
+        # The names as the origin wrote them (res.header_names).
+        self.assertEqual((j["ctype_name"], j["cookie_name"]), ("Content-Type", "Set-Cookie"))
         self.assertEqual(j["method"], "GET")
         self.assertEqual(j["path"], "/echo?x=1&y=a%20b")  # the fragment is not sent
         self.assertEqual(j["host"], "127.0.0.1:%d" % self.origin.port)
