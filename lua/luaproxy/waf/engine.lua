@@ -566,7 +566,16 @@ end
 -- no single stretch of Lua runs for long (lua.phase_timeout counts time without a yield);
 -- else by the first request that needs it (specs, or a rule set init_worker did not see).
 -- Without Hyperscan every pattern runs through PCRE2.
+-- A group's database taken once the rule set's C pipeline exists: registered with it (its
+-- results are kept under that registration, hs.pipeline_db; pipeline_of registers those
+-- taken before).
+local function register_db(cs, g)
+  local p = cs.pipe
+  if p and g.db then hs.pipeline_db(p.ws, g.db) end
+end
+
 local function took_lua(cs, g, dropped)
+  register_db(cs, g)
   for ci, why in pairs(dropped) do
     local cond = g.conds[ci]
     g.pcre[#g.pcre + 1] = cond
@@ -648,6 +657,7 @@ local function pipeline_of(st)
   local p = cs.pipe
   if p == nil then
     local ws, ok = hs.pipeline(cs.chains)
+    for _, g in ipairs(ws and cs.groups or {}) do if g.db then hs.pipeline_db(ws, g.db) end end
     p = ws and { ws = ws, ok = ok, owner = setmetatable({}, { __mode = "v" }), serial = 0, lists = {} }
       or false
     cs.pipe = p
@@ -2098,6 +2108,7 @@ end
 
 -- A group's database is there (dropped: its conditions left to PCRE2 alone).
 took_group = function(cs, g, dropped)
+  register_db(cs, g)
   for ci, why in pairs(dropped) do
     local cond = g.conds[ci]
     cond.pcre_only, cond.fast = true, false
