@@ -555,6 +555,41 @@ describe("GraphQL string escapes and XML bodies (CRS)", function()
     end
   end)
 
+  local function enc(v)
+    return (v:gsub("[^%w%-_.~]", function(ch) return string.format("%%%02X", ch:byte()) end))
+  end
+  local function get(query, variables)
+    return T.request({ uri = "/graphql?query=" .. enc(query) .. "&variables=" .. enc(variables),
+      headers = headers({ Accept = "application/json" }) })
+  end
+
+  it("reads a GraphQL request sent by GET as the one POSTed: literals, variables as JSON", function()
+    -- ordinary: read as text, its punctuation made 942430 (and more) refuse it at PL2
+    for _, q in ipairs({ 'subscription OnOrder { orderUpdated(shop: "main") { id status updatedAt } }',
+      "query GetProduct($id: ID!) { product(id: $id) { id name price { amount currency } } }" }) do
+      local req = get(q, '{"id":"12","term":"shoes"}')
+      assert.is_false(T.phase(waf, "request", req, crs(2)), q)
+      assert.is_nil((req.ctx.waf or {}).matches and req.ctx.waf.matches[1], q)
+    end
+    local cases = {
+      -- an attack in a literal, or in a variable, is refused as the literal (the value) it is
+      { '{ user(name: "x\\u0027 OR \\u00271\\u0027=\\u00271") { id } }', "{}", "ARGS:query.1", 942100 },
+      { "query($n: String) { user(name: $n) { id } }", '{"n":"; cat /etc/passwd"}', "ARGS:variables.n", 932100 },
+      -- no GraphQL document (though it starts like one): inspected whole, as before
+      { "{ 1' UNION SELECT password FROM users WHERE 1=1 -- }", "{}", "ARGS:query", 942100 },
+      { "query { user(id: 1 UNION SELECT password FROM users) { id } }", "{}", "ARGS:query", 942100 },
+    }
+    for _, pl in ipairs({ 1, 2 }) do
+      for _, case in ipairs(cases) do
+        local req = get(case[1], case[2])
+        assert.is_true(T.phase(waf, "request", req, crs(pl)), case[1])
+        local seen = {}
+        for _, m in ipairs(req.ctx.waf.matches) do seen[m.id .. " " .. m.var] = true end
+        assert.is_true(seen[case[4] .. " " .. case[3]], case[1])
+      end
+    end
+  end)
+
   local function xml(body, ctype)
     return T.request({ method = "POST", uri = "/soap", body = body, headers = headers({
       ["Content-Type"] = ctype or "application/xml", ["Content-Length"] = tostring(#body) }) })
