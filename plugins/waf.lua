@@ -12,6 +12,7 @@ local V = require "luaproxy.waf.vars"
 local seclang = require "luaproxy.waf.seclang"
 local format, concat = string.format, table.concat
 local ipairs, type, tostring = ipairs, type, tostring
+local traceback = debug.traceback
 local new_tab
 do
   local ok, tnew = pcall(require, "table.new")
@@ -72,8 +73,8 @@ P.schema = {
                     description = "most seconds of rule evaluation per request (0: none); "
                       .. "past it the rest is not evaluated" },
     over_budget = { type = "string", default = "block", one_of = { "block", "pass" },
-                    description = "a request whose evaluation ran out of time_budget: refuse "
-                      .. "it, or pass it (logged either way)" },
+                    description = "a request whose evaluation ran out of time_budget, or "
+                      .. "raised an error: refuse it, or pass it (logged either way)" },
     paranoia = { type = "integer", default = 1, min = 1, max = 4,
                  description = "rules of this paranoia level and below run (higher: more "
                    .. "detection, more false positives)" },
@@ -481,6 +482,7 @@ end
 -- engine's compile thread (luaproxy/waf/hs.lua; in busted, here, yielding between two
 -- databases so that lua.phase_timeout holds).
 local m_requests -- decisions on GET /metrics (docs/metrics.md)
+local m_errors -- errors the rules raised (docs/metrics.md)
 
 function P.init_worker(conf)
   local ok, err
@@ -541,6 +543,9 @@ function P.init_worker(conf)
   -- Declared by every entry's init_worker: a name declared again is the same metric.
   m_requests = proxy.metrics.counter("waf_requests_total",
     "Requests the waf plugin inspected, by result.", { "result" })
+  m_errors = proxy.metrics.counter("waf_rule_errors_total",
+    "Errors raised while the waf plugin's rules ran (the request decided by over_budget), "
+      .. "by rule kind.", { "rules" })
 end
 
 local function has_body(req)
@@ -654,6 +659,7 @@ function P.request(req, conf)
     if not ok then
       -- A bug or a guard stop must not become a 500: refuse or pass as for the budget.
       proxy.log.err("waf: rule evaluation failed: " .. tostring(m))
+      if m_errors then m_errors:inc(1, "seclang") end
       m, out = nil, "budget"
     end
     matches, outcome = m, out
@@ -679,7 +685,24 @@ function P.request(req, conf)
     if sst.learn then learn(sst) end
   end
   if cs then
-    local lm = engine.run(cs, { vars = st.vars, cache = {} })
+    local lst = { vars = st.vars, cache = {} }
+    local ok, lm = xpcall(engine.run, traceback, cs, lst)
+    if not ok then
+      -- As for the SecLang rules: an error (a bug, a guard stop) is decided as running out
+      -- of time_budget is (over_budget; "block", fail-closed, by default), never a 500;
+      -- logged with the rule that raised and the traceback, and counted
+      local r = lst.rule
+      proxy.log.err(format("waf: Lua rule %s failed (over_budget = \"%s\"): %s",
+        r and r.place or "(none: reading the request's values)", conf.over_budget, tostring(lm)))
+      if m_errors then m_errors:inc(1, "lua") end
+      matches = matches or {}
+      matches[#matches + 1] = { id = 0, var = "-", msg = "rule error",
+        excerpt = format("Lua rule %s failed", r and r.id or "-") }
+      if conf.over_budget == "block" and not deny then
+        deny = { id = 0, why = format("Lua rule %s failed, over_budget = \"block\"", r and r.id or "-") }
+      end
+      lm = nil
+    end
     if lm then
       matches = matches or {}
       for _, m in ipairs(lm) do

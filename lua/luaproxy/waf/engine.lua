@@ -890,6 +890,7 @@ local pipeline_hits -- below
 local function confirm(st, cond, cname, c, i, v)
   local r = cond.rule
   if st.hit[r] then return end
+  st.rule = r -- (named by the plugin's log when this raises)
   local e = cond.by[cname]
   if e and not e.count and key_ok(e, c.names[i]) then
     local from, to = test(cond, v)
@@ -1040,7 +1041,8 @@ local function group_hits(st, g)
   return h
 end
 
--- Runs the rule set over the request state `st` (vars set); fills st.matches.
+-- Runs the rule set over the request state `st` (vars set); fills st.matches. st.rule: the
+-- rule evaluated last (when this raises, the one that did).
 function M.run(cs, st)
   if not cs.ready then
     local ok, err = M.finish(cs)
@@ -1082,6 +1084,7 @@ function M.run(cs, st)
     end
   end
   for _, r in ipairs(cs.slow) do
+    st.rule = r
     local cname, c, i, v, from, to = cond_match(st, r.conds[1])
     if cname then
       local ok = true
