@@ -463,6 +463,8 @@ function P.compile(conf, where, warn)
       for _, w in ipairs(P.check_exclusions(res)) do warn(format("%s.%s", where or "waf", w)) end
       -- said once per load, however many routes run the same set
       if res.sec and #res.sec.unsupported > 0 then warn(not_run_line(res.sec, conf.unsupported)) end
+      local lone = res.sec and res.sec.parsed and seclang.crs_incomplete(res.sec.parsed)
+      if lone then warn("waf: " .. lone) end
       if res.sec and res.sec_engine ~= "on" then
         warn(format("waf: %s: SecRuleEngine %s: the SecLang rules %s", res.sec_engine_at or "?",
           res.sec_engine == "off" and "Off" or "DetectionOnly",
