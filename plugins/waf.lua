@@ -586,8 +586,8 @@ end
 -- exclusion that would take it out (paste it into the route's waf.exclusions).
 -- (bounded: the names are the client's, and each worker keeps what it logged)
 local learned, nlearned, MAX_LEARNED = {}, 0, 10000
-local function learn(st)
-  for _, l in ipairs(st.learn or {}) do
+local function learn(list)
+  for _, l in ipairs(list) do
     local var = sanitize((l.var:gsub("^&", "")))
     local key = l.id .. " " .. var
     if not learned[key] and l.id < 949000 and nlearned < MAX_LEARNED then
@@ -684,7 +684,7 @@ function P.request(req, conf)
       sec_would = (deny ~= nil or score >= conf.inbound_threshold) and { score = score, deny = deny }
       deny, score, status = nil, 0, conf.status
     end
-    if sst.learn then learn(sst) end
+    if sst.learn then learn(sst.learn) end
   end
   if cs then
     local lst = { vars = st.vars, cache = {} }
@@ -706,6 +706,9 @@ function P.request(req, conf)
       lm = nil
     end
     if lm then
+      -- learn mode: the Lua rules' (the bundled protocol.lua beside CRS: 1009 on a body
+      -- error) as the SecLang rules' (their var is the Lua exclusion's target already)
+      if conf.mode == "learn" then learn(lm) end
       matches = matches or {}
       for _, m in ipairs(lm) do
         matches[#matches + 1] = m

@@ -169,6 +169,25 @@ SecRule TX:points "@ge 6" "id:3,phase:2,deny,status:403"
     assert.is_true(found)
     assert.matches('{ ids = { 20 }, targets = { "ARGS:comment" } },', waf.learned(), 1, true)
   end)
+
+  it("learn mode logs the Lua rules beside CRS too: 1009 on a body error, ready to paste", function()
+    local c = T.conf(waf, { crs = tmpfile(RULES), mode = "learn", hyperscan = false })
+    local body = '{"a": tru}'
+    local req = T.request({ method = "POST", uri = "/api", body = body, headers = headers({
+      ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }) })
+    assert.is_false(T.phase(waf, "request", req, c))
+    local want = 'waf learn: rule 1009 fires on body_error; exclusion: { ids = { 1009 }, targets = { "body_error" } }'
+    local found = false
+    for _, l in ipairs(T.log_lines("warn")) do if l:find(want, 1, true) then found = true end end
+    assert.is_true(found)
+    assert.matches('{ ids = { 1009 }, targets = { "body_error" } },', waf.learned(), 1, true)
+    -- pasted, it takes that body error out (block mode passes the request)
+    c = T.conf(waf, { crs = tmpfile(RULES), hyperscan = false,
+      exclusions = { { ids = { 1009 }, targets = { "body_error" } } } })
+    req = T.request({ method = "POST", uri = "/api", body = body, headers = headers({
+      ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }) })
+    assert.is_false(T.phase(waf, "request", req, c))
+  end)
 end)
 
 describe("the walk folded at load against the seeded TX", function()

@@ -526,7 +526,9 @@ function State:body_collections()
   elseif find(ct, "^application/xml") or find(ct, "^text/xml") or find(ct, "^application/soap%+xml") then
     -- the types ModSecurity's recommended rule 200000 gives its XML processor
     colls.reqbody_processor.values[1] = "XML"
-    local doc, err = X.read(body, self.max)
+    local err = X.charset_problem(self.req:header("content-type"))
+    local doc
+    if not err then doc, err = X.read(body, self.max) end
     if doc then
       local xml = new()
       add(xml, "/*", doc.text, 1)
