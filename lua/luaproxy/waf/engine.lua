@@ -560,12 +560,6 @@ local function compile_group(g, pause)
   return apply_notes(g, db, notes)
 end
 
--- Compiles the Hyperscan databases of a rule set (the slow part: about 0.4 s of CPU for the
--- default rules; each database once per process while some VM holds it, compile_group).
--- Called by the plugin's init_worker, with `pause` yielding between two databases so that
--- no single stretch of Lua runs for long (lua.phase_timeout counts time without a yield);
--- else by the first request that needs it (specs, or a rule set init_worker did not see).
--- Without Hyperscan every pattern runs through PCRE2.
 -- A group's database taken once the rule set's C pipeline exists: registered with it (its
 -- results are kept under that registration, hs.pipeline_db; pipeline_of registers those
 -- taken before).
@@ -574,6 +568,12 @@ local function register_db(cs, g)
   if p and g.db then hs.pipeline_db(p.ws, g.db) end
 end
 
+-- Compiles the Hyperscan databases of a rule set (the slow part: about 0.4 s of CPU for the
+-- default rules; each database once per process while some VM holds it, compile_group).
+-- Called by the plugin's init_worker, with `pause` yielding between two databases so that
+-- no single stretch of Lua runs for long (lua.phase_timeout counts time without a yield);
+-- else by the first request that needs it (specs, or a rule set init_worker did not see).
+-- Without Hyperscan every pattern runs through PCRE2.
 local function took_lua(cs, g, dropped)
   register_db(cs, g)
   for ci, why in pairs(dropped) do
@@ -1053,6 +1053,7 @@ function M.run(cs, st)
   st.gh = st.gh or {}
   for _, g in ipairs(cs.groups) do
     local ch, conds, pcre = g.chain, g.conds, g.waiting or g.pcre
+    st.rule = nil
     if g.db and not g.waiting then
       -- The group's values scanned once (group_hits, as for SecLang rules); each condition
       -- then confirms only the values Hyperscan named for it.
