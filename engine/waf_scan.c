@@ -240,6 +240,8 @@ static void shrink(lp_waf_scan_t *ws)
  * what a burst of distinct values filled goes back, an unused rule set holds nothing. */
 static void age_out(lp_waf_scan_t *ws)
 {
+    if (!ws->results && !ws->values)
+        return;
     for (unsigned k = 0; k < LP_WAF_SCAN_SWEEP; k++, ws->sweep++) {
         struct result *r = ws->results ? &ws->results[ws->sweep & (LP_WAF_SCAN_RESULTS - 1)] : NULL;
         if (r && r->db && ws->gen - r->used > LP_WAF_SCAN_AGE) {
