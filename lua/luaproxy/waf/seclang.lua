@@ -971,7 +971,7 @@ end
 -- place and what is missing, or nil.
 function M.crs_incomplete(set)
   local first, setup, eval
-  for id, place in pairs(set.ids) do
+  for id in pairs(set.ids) do
     if id >= 901000 and id <= 901999 then setup = true
     elseif id >= 949000 and id <= 949999 then eval = true
     elseif id >= 911000 and id <= 944999 and (not first or id < first) then first = id end
