@@ -297,6 +297,11 @@ int lp_ffi_waf_scan_chain(lp_waf_scan_t *ws, unsigned id, unsigned parent, int s
  * addresses of the request's values). */
 void lp_ffi_waf_scan_reset(lp_waf_scan_t *ws);
 void lp_ffi_waf_scan_free(lp_waf_scan_t *ws);
+/* Registers db (borrowed, compared only) as a database the scans use, under a serial no
+ * earlier registration took: results are kept only for a registered database, by that
+ * serial (a database at the address of a freed one, registered again, never finds the
+ * freed one's). 0, or -1 when it cannot be (its results are then not kept). */
+int lp_ffi_waf_scan_db(lp_waf_scan_t *ws, const void *db);
 /* Values vals[k] (lens[k] bytes; borrowed until the reset, as the transformed texts are
  * kept by their address) through chain, each scanned with db; returns the hits, in the order
  * Hyperscan reports them, as *hits[2j] = pattern id, *hits[2j+1] = k (0xFFFFFFFF for the id:

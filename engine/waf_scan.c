@@ -25,10 +25,18 @@
  * one slot a value, two of a browser GET's ~500 (value, chain) pairs sharing a slot took it
  * from each other at every request), so a value seen before costs a hash and a
  * comparison instead of its transformations and a Hyperscan scan (~1k instructions each on a
- * short value, most of it Hyperscan's fixed cost per scan). A failed scan is not kept. The
- * databases a state scans with must outlive it (a rule set's, as its pipeline state). What
+ * short value, most of it Hyperscan's fixed cost per scan). A failed scan is not kept. What
  * one request sent shows in another only as time: a value seen on this worker (the exact
- * bytes) is inspected a microsecond sooner. */
+ * bytes) is inspected a microsecond sooner.
+ *
+ * A result names its database by a serial, not by its address: the caller registers each
+ * database it scans with (lp_ffi_waf_scan_db), and each registration takes a serial no
+ * other took in this state, so a database freed and another allocated at its address (a
+ * group whose database changed) never finds the first one's hits; a database not
+ * registered is scanned each time. What is kept is bounded (LP_WAF_SCAN_RESULTS slots,
+ * LP_WAF_SCAN_VALUE_BYTES of values) and ages out: each reset sweeps a few slots and frees
+ * what no request asked for in the last LP_WAF_SCAN_AGE requests, and frees both tables
+ * once they hold nothing; the state (a rule set's, freed with it) frees what is left. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +73,14 @@ struct lp_req_s; /* lua_api.h names it; nothing here uses it */
  * holds a value's id for the request (in len). */
 #define LP_WAF_SCAN_VALUES   4096
 #define LP_WAF_SCAN_VID_MEMO 0xFFFFFFFFu
+/* Most bytes of values kept (a value longer than the room left is not kept); requests
+ * (resets) after which an entry no request asked for is freed, and slots of each table each
+ * reset looks at for that (the whole table every LP_WAF_SCAN_RESULTS / 16 requests). */
+#define LP_WAF_SCAN_VALUE_BYTES (256u * 1024)
+#define LP_WAF_SCAN_AGE         4096u
+#define LP_WAF_SCAN_SWEEP       16u
+/* Databases registered (slots of an open-addressed table, a power of two; at most 3/4 used). */
+#define LP_WAF_SCAN_DBS 256
 
 struct chain {
     unsigned parent;
@@ -81,7 +97,7 @@ struct memo {
 };
 
 struct result {
-    const void *db; /* borrowed: the database (outlives the state); NULL: a free slot */
+    uint32_t db;    /* the serial of the database's registration (struct scan_db); 0: free */
     uint32_t vid;   /* the value's id (struct value) */
     unsigned chain; /* result_key's: a chain, or a path of chains */
     unsigned used;  /* the state's gen when it was last kept or asked for */
@@ -98,6 +114,12 @@ struct value {
     uint32_t len, cap;
     uint32_t id;
     unsigned used; /* the state's gen when it was last asked for */
+};
+
+/* A registered database: its address and the serial its last registration took. */
+struct scan_db {
+    const void *db; /* borrowed, only compared: never dereferenced here; NULL: a free slot */
+    uint32_t serial;
 };
 
 struct chunk {
@@ -123,6 +145,12 @@ struct lp_waf_scan {
     struct result *results;               /* owned: LP_WAF_SCAN_RESULTS slots, on first use */
     struct value *values;                 /* owned: LP_WAF_SCAN_VALUES slots, on first use */
     uint32_t next_vid;                    /* the id the next value kept takes (0: none left) */
+    size_t value_bytes;                   /* bytes the values' keys hold (their cap) */
+    size_t nresults, nvalues;             /* slots in use */
+    size_t sweep;                         /* the next slot the reset's sweep looks at */
+    struct scan_db *dbs;                  /* owned: LP_WAF_SCAN_DBS slots, on first register */
+    size_t ndbs;                          /* slots in use */
+    uint32_t next_db;                     /* the serial the next registration takes (0: none) */
 };
 
 lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
@@ -137,6 +165,7 @@ lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
     ws->memo = calloc(ws->mcap, sizeof *ws->memo);
     ws->gen = 1;
     ws->next_vid = 1;
+    ws->next_db = 1;
     if (!ws->chains || !ws->memo) {
         lp_ffi_waf_scan_free(ws);
         return NULL;
@@ -206,9 +235,41 @@ static void shrink(lp_waf_scan_t *ws)
     ws->out_peak = 0;
 }
 
+/* Frees the results and values kept that no request asked for in the last LP_WAF_SCAN_AGE
+ * requests (LP_WAF_SCAN_SWEEP slots of each table a reset), and a table once it holds none:
+ * what a burst of distinct values filled goes back, an unused rule set holds nothing. */
+static void age_out(lp_waf_scan_t *ws)
+{
+    if (!ws->results && !ws->values)
+        return;
+    for (unsigned k = 0; k < LP_WAF_SCAN_SWEEP; k++, ws->sweep++) {
+        struct result *r = ws->results ? &ws->results[ws->sweep & (LP_WAF_SCAN_RESULTS - 1)] : NULL;
+        if (r && r->db && ws->gen - r->used > LP_WAF_SCAN_AGE) {
+            r->db = 0;
+            ws->nresults--;
+        }
+        struct value *v = ws->values ? &ws->values[ws->sweep & (LP_WAF_SCAN_VALUES - 1)] : NULL;
+        if (v && v->key && ws->gen - v->used > LP_WAF_SCAN_AGE) {
+            free(v->key);
+            v->key = NULL;
+            ws->value_bytes -= v->cap;
+            ws->nvalues--;
+        }
+    }
+    if (ws->results && ws->nresults == 0) {
+        free(ws->results);
+        ws->results = NULL;
+    }
+    if (ws->values && ws->nvalues == 0) { /* ids are not reused: old results stay unasked */
+        free(ws->values);
+        ws->values = NULL;
+    }
+}
+
 void lp_ffi_waf_scan_reset(lp_waf_scan_t *ws)
 {
     shrink(ws);
+    age_out(ws);
     ws->gen++;
     if (ws->gen == 0) { /* wrapped: old entries would look valid again */
         memset(ws->memo, 0, ws->mcap * sizeof *ws->memo);
@@ -239,6 +300,7 @@ void lp_ffi_waf_scan_free(lp_waf_scan_t *ws)
             free(ws->values[i].key);
     free(ws->values);
     free(ws->results);
+    free(ws->dbs);
     free(ws);
 }
 
@@ -446,12 +508,18 @@ static uint32_t value_id(lp_waf_scan_t *ws, const char *v, size_t n)
             return 0;
         x = victim;
         if (!x->key || x->cap < n) {
-            char *key = malloc(n ? n : 1);
+            size_t old = x->key ? x->cap : 0, cap = n ? n : 1;
+            if (ws->value_bytes - old + cap > LP_WAF_SCAN_VALUE_BYTES)
+                return 0; /* full: scanned each time until some age out */
+            char *key = malloc(cap);
             if (!key)
                 return 0;
+            if (!x->key)
+                ws->nvalues++;
             free(x->key);
             x->key = key;
-            x->cap = (uint32_t)(n ? n : 1);
+            x->cap = (uint32_t)cap;
+            ws->value_bytes += cap - old;
         }
         memcpy(x->key, v, n);
         x->hash = hash;
@@ -464,19 +532,56 @@ static uint32_t value_id(lp_waf_scan_t *ws, const char *v, size_t n)
     return x->id;
 }
 
-static int result_is(const struct result *r, const void *db, unsigned chain, uint32_t vid)
+static int result_is(const struct result *r, uint32_t db, unsigned chain, uint32_t vid)
 {
     return r->vid == vid && r->chain == chain && r->db == db;
 }
 
+static size_t db_slot(const void *db)
+{
+    return (size_t)(((uint64_t)(uintptr_t)db * 0x9E3779B97F4A7C15ull) >> 40) &
+           (LP_WAF_SCAN_DBS - 1);
+}
+
+int lp_ffi_waf_scan_db(lp_waf_scan_t *ws, const void *db)
+{
+    if (!db || (!ws->dbs && !(ws->dbs = calloc(LP_WAF_SCAN_DBS, sizeof *ws->dbs))))
+        return -1;
+    for (size_t i = db_slot(db);; i = (i + 1) & (LP_WAF_SCAN_DBS - 1)) {
+        struct scan_db *d = &ws->dbs[i];
+        if (!d->db) {
+            if (ws->ndbs + 1 > LP_WAF_SCAN_DBS / 4 * 3)
+                return -1; /* not registered: scanned each time */
+            d->db = db;
+            ws->ndbs++;
+        } else if (d->db != db) {
+            continue;
+        }
+        d->serial = ws->next_db; /* 0 once every serial was taken: never kept again */
+        if (ws->next_db)
+            ws->next_db++;
+        return d->serial ? 0 : -1;
+    }
+}
+
+/* The serial of db's last registration; 0 when it has none (its results are not kept). */
+static uint32_t db_serial(const lp_waf_scan_t *ws, const void *db)
+{
+    if (!ws->dbs)
+        return 0;
+    for (size_t i = db_slot(db);; i = (i + 1) & (LP_WAF_SCAN_DBS - 1))
+        if (ws->dbs[i].db == db || !ws->dbs[i].db)
+            return ws->dbs[i].serial;
+}
+
 /* The slot keeping value vid through chain with db, else the one of its set to keep it in (a
  * free one, else the one used longest ago). NULL when there is no table. */
-static struct result *result_slot(lp_waf_scan_t *ws, const void *db, unsigned chain, uint32_t vid)
+static struct result *result_slot(lp_waf_scan_t *ws, uint32_t db, unsigned chain, uint32_t vid)
 {
     if (!ws->results && !(ws->results = calloc(LP_WAF_SCAN_RESULTS, sizeof *ws->results)))
         return NULL;
     uint64_t h = ((uint64_t)vid * 0x9E3779B97F4A7C15ull ^ (uint64_t)chain * 0xC2B2AE3D27D4EB4Full ^
-                  (uint64_t)(uintptr_t)db) *
+                  (uint64_t)db << 40) *
                  0xFF51AFD7ED558CCDull;
     size_t sets = LP_WAF_SCAN_RESULTS / LP_WAF_SCAN_RESULT_WAYS;
     struct result *set = &ws->results[((size_t)(h >> 40) & (sets - 1)) * LP_WAF_SCAN_RESULT_WAYS];
@@ -494,12 +599,14 @@ static struct result *result_slot(lp_waf_scan_t *ws, const void *db, unsigned ch
 }
 
 /* Keeps the hits of value vid pushed since out[from] in slot r (they are nothing else's). */
-static void result_keep(lp_waf_scan_t *ws, struct result *r, const void *db, unsigned chain,
+static void result_keep(lp_waf_scan_t *ws, struct result *r, uint32_t db, unsigned chain,
                         uint32_t vid, size_t from)
 {
     size_t cnt = (ws->out_n - from) / 2;
     if (cnt > LP_WAF_SCAN_RESULT_IDS)
         return;
+    if (!r->db)
+        ws->nresults++;
     r->db = db;
     r->vid = vid;
     r->chain = chain;
@@ -550,12 +657,13 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
         if (!chain_ok(ws, chains[c]))
             return -1;
     unsigned key = 0;
-    int keep = result_key(ws, chains, nch, &key);
+    uint32_t ds = 0; /* db's serial */
+    int keep = result_key(ws, chains, nch, &key) && (ds = db_serial(ws, db)) != 0;
     for (unsigned k = 0; k < n; k++) {
         struct result *r = NULL;
         uint32_t vid = keep ? value_id(ws, vals[k], lens[k]) : 0;
         size_t from = ws->out_n;
-        if (vid && (r = result_slot(ws, db, key, vid)) && result_is(r, db, key, vid)) {
+        if (vid && (r = result_slot(ws, ds, key, vid)) && result_is(r, ds, key, vid)) {
             for (unsigned j = 0; j < r->n; j++)
                 if (push_hit(ws, r->ids[j], k) < 0)
                     return -1;
@@ -580,7 +688,7 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
                 r = NULL;
         }
         if (r)
-            result_keep(ws, r, db, key, vid, from);
+            result_keep(ws, r, ds, key, vid, from);
     }
     *hits = ws->out;
     return (long)(ws->out_n / 2);
@@ -598,6 +706,13 @@ void lp_waf_scan_capacity(const lp_waf_scan_t *ws, size_t *memo_slots, size_t *h
 {
     *memo_slots = ws->mcap;
     *hit_words = ws->out_cap;
+}
+
+void lp_waf_scan_kept(const lp_waf_scan_t *ws, size_t *results, size_t *values, size_t *bytes)
+{
+    *results = ws->results ? ws->nresults : 0;
+    *values = ws->values ? ws->nvalues : 0;
+    *bytes = ws->value_bytes;
 }
 
 int lp_ffi_waf_transform_id(const char *name)

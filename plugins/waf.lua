@@ -12,6 +12,7 @@ local V = require "luaproxy.waf.vars"
 local seclang = require "luaproxy.waf.seclang"
 local format, concat = string.format, table.concat
 local ipairs, type, tostring = ipairs, type, tostring
+local traceback = debug.traceback
 local new_tab
 do
   local ok, tnew = pcall(require, "table.new")
@@ -72,8 +73,8 @@ P.schema = {
                     description = "most seconds of rule evaluation per request (0: none); "
                       .. "past it the rest is not evaluated" },
     over_budget = { type = "string", default = "block", one_of = { "block", "pass" },
-                    description = "a request whose evaluation ran out of time_budget: refuse "
-                      .. "it, or pass it (logged either way)" },
+                    description = "a request whose evaluation ran out of time_budget, or "
+                      .. "raised an error: refuse it, or pass it (logged either way)" },
     paranoia = { type = "integer", default = 1, min = 1, max = 4,
                  description = "rules of this paranoia level and below run (higher: more "
                    .. "detection, more false positives)" },
@@ -462,6 +463,8 @@ function P.compile(conf, where, warn)
       for _, w in ipairs(P.check_exclusions(res)) do warn(format("%s.%s", where or "waf", w)) end
       -- said once per load, however many routes run the same set
       if res.sec and #res.sec.unsupported > 0 then warn(not_run_line(res.sec, conf.unsupported)) end
+      local lone = res.sec and res.sec.parsed and seclang.crs_incomplete(res.sec.parsed)
+      if lone then warn("waf: " .. lone) end
       if res.sec and res.sec_engine ~= "on" then
         warn(format("waf: %s: SecRuleEngine %s: the SecLang rules %s", res.sec_engine_at or "?",
           res.sec_engine == "off" and "Off" or "DetectionOnly",
@@ -481,6 +484,7 @@ end
 -- engine's compile thread (luaproxy/waf/hs.lua; in busted, here, yielding between two
 -- databases so that lua.phase_timeout holds).
 local m_requests -- decisions on GET /metrics (docs/metrics.md)
+local m_errors -- errors the rules raised (docs/metrics.md)
 
 function P.init_worker(conf)
   local ok, err
@@ -541,6 +545,9 @@ function P.init_worker(conf)
   -- Declared by every entry's init_worker: a name declared again is the same metric.
   m_requests = proxy.metrics.counter("waf_requests_total",
     "Requests the waf plugin inspected, by result.", { "result" })
+  m_errors = proxy.metrics.counter("waf_rule_errors_total",
+    "Errors raised while the waf plugin's rules ran (the request decided by over_budget), "
+      .. "by rule kind.", { "rules" })
 end
 
 local function has_body(req)
@@ -579,8 +586,8 @@ end
 -- exclusion that would take it out (paste it into the route's waf.exclusions).
 -- (bounded: the names are the client's, and each worker keeps what it logged)
 local learned, nlearned, MAX_LEARNED = {}, 0, 10000
-local function learn(st)
-  for _, l in ipairs(st.learn or {}) do
+local function learn(list)
+  for _, l in ipairs(list) do
     local var = sanitize((l.var:gsub("^&", "")))
     local key = l.id .. " " .. var
     if not learned[key] and l.id < 949000 and nlearned < MAX_LEARNED then
@@ -654,6 +661,7 @@ function P.request(req, conf)
     if not ok then
       -- A bug or a guard stop must not become a 500: refuse or pass as for the budget.
       proxy.log.err("waf: rule evaluation failed: " .. tostring(m))
+      if m_errors then m_errors:inc(1, "seclang") end
       m, out = nil, "budget"
     end
     matches, outcome = m, out
@@ -676,11 +684,31 @@ function P.request(req, conf)
       sec_would = (deny ~= nil or score >= conf.inbound_threshold) and { score = score, deny = deny }
       deny, score, status = nil, 0, conf.status
     end
-    if sst.learn then learn(sst) end
+    if sst.learn then learn(sst.learn) end
   end
   if cs then
-    local lm = engine.run(cs, { vars = st.vars, cache = {} })
+    local lst = { vars = st.vars, cache = {} }
+    local ok, lm = xpcall(engine.run, traceback, cs, lst)
+    if not ok then
+      -- As for the SecLang rules: an error (a bug, a guard stop) is decided as running out
+      -- of time_budget is (over_budget; "block", fail-closed, by default), never a 500;
+      -- logged with the rule that raised and the traceback, and counted
+      local r = lst.rule
+      proxy.log.err(format("waf: Lua rule %s failed (over_budget = \"%s\"): %s",
+        r and r.place or "(none: reading the request's values)", conf.over_budget, tostring(lm)))
+      if m_errors then m_errors:inc(1, "lua") end
+      matches = matches or {}
+      matches[#matches + 1] = { id = 0, var = "-", msg = "rule error",
+        excerpt = format("Lua rule %s failed", r and r.id or "-") }
+      if conf.over_budget == "block" and not deny then
+        deny = { id = 0, why = format("Lua rule %s failed, over_budget = \"block\"", r and r.id or "-") }
+      end
+      lm = nil
+    end
     if lm then
+      -- learn mode: the Lua rules' (the bundled protocol.lua beside CRS: 1009 on a body
+      -- error) as the SecLang rules' (their var is the Lua exclusion's target already)
+      if conf.mode == "learn" then learn(lm) end
       matches = matches or {}
       for _, m in ipairs(lm) do
         matches[#matches + 1] = m

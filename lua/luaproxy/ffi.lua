@@ -135,6 +135,7 @@ lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains);
 int lp_ffi_waf_scan_chain(lp_waf_scan_t *ws, unsigned id, unsigned parent, int step);
 void lp_ffi_waf_scan_reset(lp_waf_scan_t *ws);
 void lp_ffi_waf_scan_free(lp_waf_scan_t *ws);
+int lp_ffi_waf_scan_db(lp_waf_scan_t *ws, const void *db);
 long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, void *scratch,
                             const char *const *vals, const size_t *lens, unsigned n,
                             const unsigned **hits);

@@ -170,6 +170,23 @@ describe("waf vars", function()
       coll({ uri = "/", headers = { Cookie = '={"query":' .. q .. '}' } }, "cookies"))
   end)
 
+  it("reads a query argument named query as a GraphQL request sent by GET, when it is one", function()
+    local uri = "/graphql?operationName=Q&query=query%20Q%20%7B%20user(name%3A%20%22O'Neil%22)%20%7B%20id%20%7D%20%7D"
+      .. "&variables=%7B%22id%22%3A%225%22%7D"
+    assert.same({ "operationName=Q", "query.1=O'Neil", "variables.id=5" }, coll({ uri = uri }, "query_args"))
+    -- no executable document: whole, as any value (a search, SQL in GraphQL's clothes, an
+    -- unterminated string, a type definition)
+    for _, q in ipairs({ "shoes", "query { user(id: 1 UNION SELECT 2) { id } }", '{ a(b: "x) }',
+      "type Q { a: Int }" }) do
+      local e = q:gsub("[^%w]", function(ch) return string.format("%%%02X", ch:byte()) end)
+      assert.same({ "query=" .. q }, coll({ uri = "/graphql?query=" .. e }, "query_args"))
+    end
+    -- another name, or a form body: as before
+    assert.same({ "q={ a }" }, coll({ uri = "/?q=%7B%20a%20%7D" }, "query_args"))
+    assert.same({ "query={ a }" }, coll({ method = "POST", uri = "/", body = "query=%7B%20a%20%7D",
+      headers = { ["Content-Type"] = "application/x-www-form-urlencoded" } }, "body_args"))
+  end)
+
   it("reads each GraphQL request of a batch (an array at the body's root) as a single one", function()
     local function op(name, arg, extra)
       return '{"operationName":"' .. name .. '","query":"query ' .. name .. ' { user(name: \\"'

@@ -127,6 +127,21 @@ describe("waf xml", function()
     assert.same({}, coll("application/json", '{"a":"<a>x</a>"}', "xml"))
   end)
 
+  it("makes a Content-Type charset other than UTF-8, ASCII or Latin-1 a body error, as a declaration", function()
+    local body = "<r>1+ACc- OR +ACc-1+ACc-=+ACc-1</r>"
+    for _, ct in ipairs({ "application/xml; charset=utf-8", 'text/xml;charset="ISO-8859-1"',
+      "application/xml; charset=us-ascii", "application/xml" }) do
+      assert.same({ "=0" }, coll(ct, body, "body_error_flag"), ct)
+    end
+    for _, ct in ipairs({ "application/xml; charset=utf-7", 'text/xml; charset="UTF-16"',
+      "application/soap+xml; action=x; charset=ibm037" }) do
+      assert.same({ "=1" }, coll(ct, body, "body_error_flag"), ct)
+      assert.same({}, coll(ct, body, "xml"), ct)
+    end
+    assert.same({ "=XML: the Content-Type's charset is an encoding this reader does not decode (utf-7)" },
+      coll("application/xml; charset=UTF-7", body, "body_error"))
+  end)
+
   it("makes a malformed document, or more attributes than max_args, a body error", function()
     assert.same({ "=XML: <a> not closed at byte 4" }, coll("application/xml", "<a>", "body_error"))
     assert.same({ "=1" }, coll("application/xml", "<a>", "body_error_flag"))

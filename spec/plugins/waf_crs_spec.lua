@@ -169,6 +169,25 @@ SecRule TX:points "@ge 6" "id:3,phase:2,deny,status:403"
     assert.is_true(found)
     assert.matches('{ ids = { 20 }, targets = { "ARGS:comment" } },', waf.learned(), 1, true)
   end)
+
+  it("learn mode logs the Lua rules beside CRS too: 1009 on a body error, ready to paste", function()
+    local c = T.conf(waf, { crs = tmpfile(RULES), mode = "learn", hyperscan = false })
+    local body = '{"a": tru}'
+    local req = T.request({ method = "POST", uri = "/api", body = body, headers = headers({
+      ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }) })
+    assert.is_false(T.phase(waf, "request", req, c))
+    local want = 'waf learn: rule 1009 fires on body_error; exclusion: { ids = { 1009 }, targets = { "body_error" } }'
+    local found = false
+    for _, l in ipairs(T.log_lines("warn")) do if l:find(want, 1, true) then found = true end end
+    assert.is_true(found)
+    assert.matches('{ ids = { 1009 }, targets = { "body_error" } },', waf.learned(), 1, true)
+    -- pasted, it takes that body error out (block mode passes the request)
+    c = T.conf(waf, { crs = tmpfile(RULES), hyperscan = false,
+      exclusions = { { ids = { 1009 }, targets = { "body_error" } } } })
+    req = T.request({ method = "POST", uri = "/api", body = body, headers = headers({
+      ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }) })
+    assert.is_false(T.phase(waf, "request", req, c))
+  end)
 end)
 
 describe("the walk folded at load against the seeded TX", function()
@@ -551,6 +570,41 @@ describe("GraphQL string escapes and XML bodies (CRS)", function()
         local seen = {}
         for _, m in ipairs(req.ctx.waf.matches) do seen[m.id .. " " .. m.var] = true end
         assert.is_true(seen[case[3] .. " " .. case[2]], case[1])
+      end
+    end
+  end)
+
+  local function enc(v)
+    return (v:gsub("[^%w%-_.~]", function(ch) return string.format("%%%02X", ch:byte()) end))
+  end
+  local function get(query, variables)
+    return T.request({ uri = "/graphql?query=" .. enc(query) .. "&variables=" .. enc(variables),
+      headers = headers({ Accept = "application/json" }) })
+  end
+
+  it("reads a GraphQL request sent by GET as the one POSTed: literals, variables as JSON", function()
+    -- ordinary: read as text, its punctuation made 942430 (and more) refuse it at PL2
+    for _, q in ipairs({ 'subscription OnOrder { orderUpdated(shop: "main") { id status updatedAt } }',
+      "query GetProduct($id: ID!) { product(id: $id) { id name price { amount currency } } }" }) do
+      local req = get(q, '{"id":"12","term":"shoes"}')
+      assert.is_false(T.phase(waf, "request", req, crs(2)), q)
+      assert.is_nil((req.ctx.waf or {}).matches and req.ctx.waf.matches[1], q)
+    end
+    local cases = {
+      -- an attack in a literal, or in a variable, is refused as the literal (the value) it is
+      { '{ user(name: "x\\u0027 OR \\u00271\\u0027=\\u00271") { id } }', "{}", "ARGS:query.1", 942100 },
+      { "query($n: String) { user(name: $n) { id } }", '{"n":"; cat /etc/passwd"}', "ARGS:variables.n", 932100 },
+      -- no GraphQL document (though it starts like one): inspected whole, as before
+      { "{ 1' UNION SELECT password FROM users WHERE 1=1 -- }", "{}", "ARGS:query", 942100 },
+      { "query { user(id: 1 UNION SELECT password FROM users) { id } }", "{}", "ARGS:query", 942100 },
+    }
+    for _, pl in ipairs({ 1, 2 }) do
+      for _, case in ipairs(cases) do
+        local req = get(case[1], case[2])
+        assert.is_true(T.phase(waf, "request", req, crs(pl)), case[1])
+        local seen = {}
+        for _, m in ipairs(req.ctx.waf.matches) do seen[m.id .. " " .. m.var] = true end
+        assert.is_true(seen[case[4] .. " " .. case[3]], case[1])
       end
     end
   end)

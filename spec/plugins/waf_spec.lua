@@ -142,6 +142,37 @@ describe("waf plugin", function()
     assert.equal(451, res.status)
   end)
 
+  it("decides an error in the Lua rules as over_budget does (refused by default), logged and counted", function()
+    -- No rule raises by design: a bug is made here in a compiled rule (its regex turned
+    -- into a number), and PCRE2 then raises inside engine.run as any bug would
+    local function broken(over)
+      local o = lua_rules({ default_rules = false, hyperscan = false, rules = {
+        { id = 9301, msg = "broken " .. (over or "default"), targets = { "args" }, rx = "zzz" } } })
+      o.over_budget = over
+      local c = T.conf(waf, o)
+      c.cs.by_id[9301].conds[1].arg = 42
+      return o
+    end
+    local res = T.run(waf, broken(), { uri = "/p?a=1", headers = headers() })
+    assert.equal(403, res.status) -- was a 500
+    assert.equal("block", res.ctx.waf.action)
+    local line
+    for _, l in ipairs(res.logs) do
+      if l.message:find("Lua rule", 1, true) and l.level == "err" then line = l.message end
+    end
+    assert.is_not_nil(line)
+    assert.matches("(rule 9301) failed (over_budget = \"block\"): ", line, 1, true)
+    assert.matches("expected a string, got number", line, 1, true)
+    assert.matches("stack traceback:", line, 1, true)
+    assert.matches("luaproxy/waf/engine.lua:%d+", line)
+    assert.equal(1, T.metric("waf_rule_errors_total", { rules = "lua" }))
+    T.reset()
+    res = T.run(waf, broken("pass"), { uri = "/p?a=1", headers = headers() })
+    assert.equal(200, res.status)
+    assert.equal("pass", res.ctx.waf.action)
+    assert.equal(1, T.metric("waf_rule_errors_total", { rules = "lua" }))
+  end)
+
   it("runs chains, counts, negation and exclusions by id, tag and target", function()
     local rules = {
       { id = 9101, msg = "admin from outside", targets = { "path" }, begins_with = "/admin",

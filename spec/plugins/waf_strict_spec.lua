@@ -46,6 +46,46 @@ describe("a name that is not ModSecurity's", function()
     end
   end)
 
+  it("checks the collections named in macros as variables are checked", function()
+    local cases = {
+      { "SecRule ARGS \"@rx a\" \"id:1,phase:2,pass,msg:'host %{REQUEST_HEADRES.host}'\"\n",
+        ":1: unknown variable REQUEST_HEADRES in a macro %(did you mean REQUEST_HEADERS%?%)" },
+      { "SecRule ARGS \"@rx a\" \"id:1,phase:2,pass,setvar:'tx.a_%{MATCHED_VAR_NAM}=+%{tx.critical_anomaly_score}'\"\n",
+        ":1: unknown variable MATCHED_VAR_NAM in a macro %(did you mean MATCHED_VAR_NAME%?%)" },
+      { "SecRule ARGS \"@rx a\" \"id:1,phase:2,pass,setvar:'tx.a=%{TX.b}%{REMOTE_ADR}'\"\n",
+        ":1: unknown variable REMOTE_ADR in a macro %(did you mean REMOTE_ADDR%?%)" },
+      { "SecRule ARGS \"@ge %{tx.limt}\" \"id:1,phase:2,pass,logdata:'%{MATCHED_VARS}'\"\n", nil },
+      { "SecRule ARGS \"@streq %{TXX.a}\" \"id:1,phase:2,pass\"\n",
+        ":1: unknown variable TXX in a macro %(did you mean TX%?%)" },
+    }
+    for _, c in ipairs(cases) do
+      local p = tmpfile(c[1])
+      local set, err = seclang.load({ p })
+      if c[2] then
+        assert.is_nil(set, c[1])
+        assert.matches("^" .. p:gsub("%p", "%%%0") .. c[2], err)
+      else
+        assert.is_not_nil(set, err)
+      end
+    end
+  end)
+
+  it("names the physical line of a bad name in a continued (backslash-newline) rule", function()
+    local cases = {
+      { '# x\nSecRule ARGS "@rx a" \\\n    "id:1,\\\n    phase:2,\\\n    t:lowercasse,\\\n    pass"\n',
+        ":5: unknown transformation t:lowercasse" },
+      { 'SecRule \\\n  ARGS|ARGS_NAMEZ "@rx a" \\\n  "id:1,phase:2,pass"\n', ":2: unknown variable ARGS_NAMEZ" },
+      { 'SecRule ARGS "@rx a" \\\n  "id:1,phase:2,\\\n  pass,\\\n  msg:\'%{REQUEST_HEADRES.host}\'"\n',
+        ":4: unknown variable REQUEST_HEADRES in a macro" },
+      { 'SecRule ARGS "@rx a" "id:1,phase:2,pass,chain"\n  SecRule ARGS \\\n  "@rxx b" "t:none"\n',
+        ":3: unknown operator @rxx" },
+    }
+    for _, c in ipairs(cases) do
+      local err, p = load_err(c[1])
+      assert.matches("^" .. p:gsub("%p", "%%%0") .. c[2], err)
+    end
+  end)
+
   it("reads directive names in any case, as ModSecurity does", function()
     local set = assert(seclang.load({ tmpfile('secrule ARGS "@rx a" "id:1,phase:2,pass"\nSECMARKER END\n') }))
     assert.are.equal(2, #set.items)
@@ -192,6 +232,32 @@ describe("the operator's SecLang without CRS, and SecRuleEngine", function()
     local c = T.conf(waf, { crs = false, crs_files = { good }, hyperscan = false })
     assert.is_true((get(c, "/?q=zzattack")))
     assert.is_false((get(c, "/?q=fine")))
+  end)
+
+  it("warns at load, with file:line, of a lone CRS rule file (no setup 901, no evaluation 949)", function()
+    local dir = "/usr/share/modsecurity-crs/rules/"
+    local sqli = dir .. "REQUEST-942-APPLICATION-ATTACK-SQLI.conf"
+    local function lone(files)
+      local c = T.conf(waf, { crs = false, crs_files = files, hyperscan = false, default_rules = false })
+      for _, w in ipairs(T.config_warnings) do if w:find("without CRS's", 1, true) then return w, c end end
+      return nil, c
+    end
+    local w, c = lone({ sqli })
+    assert.is_not_nil(w)
+    assert.matches("^waf: " .. sqli:gsub("%p", "%%%0") .. ":%d+: CRS rule 942%d+ without CRS's setup %(901%) and "
+      .. "evaluation %(949%) rules: its rules score 0 and refuse nothing", w)
+    -- what it warns of: an injection scores nothing, refuses nothing
+    assert.is_false((get(c, "/?id=1%27%20UNION%20SELECT%20password%20FROM%20users--")))
+    T.reset()
+    w = lone({ dir .. "REQUEST-901-INITIALIZATION.conf", sqli })
+    assert.matches("without CRS's evaluation rules (949: the refusal at the threshold)", w, 1, true)
+    T.reset()
+    -- the three together refuse it, and say nothing; nor does an operator's own rule file
+    w, c = lone({ dir .. "REQUEST-901-INITIALIZATION.conf", sqli, dir .. "REQUEST-949-BLOCKING-EVALUATION.conf" })
+    assert.is_nil(w)
+    assert.is_true((get(c, "/?id=1%27%20UNION%20SELECT%20password%20FROM%20users--")))
+    T.reset()
+    assert.is_nil((lone({ tmpfile('SecRule ARGS "@rx zzattack" "id:100001,phase:2,deny,status:403"\n') })))
   end)
 
   it("takes SecRuleEngine DetectionOnly as detect mode and Off as no SecLang rules, and says so", function()

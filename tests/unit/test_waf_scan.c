@@ -3,6 +3,7 @@
  * (a chain's prefix reused, an unchanged value given back as itself), a failed scan reported
  * per value, and the state reused over many requests and values. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 struct lp_req_s;
@@ -193,6 +194,7 @@ static void test_results_kept(void)
     int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
     REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, u) == 0 && lp_ffi_waf_scan_chain(ws, 2, 1, l) == 0 &&
             lp_ffi_waf_scan_chain(ws, 3, 0, l) == 0);
+    REQUIRE(lp_ffi_waf_scan_db(ws, db) == 0);
     char a[2][8], b[2][8];
     const unsigned *hits;
     scans = 0;
@@ -230,6 +232,7 @@ static void test_path_results_kept(void)
     int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
     REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, u) == 0 && lp_ffi_waf_scan_chain(ws, 2, 1, l) == 0 &&
             lp_ffi_waf_scan_chain(ws, 3, 0, l) == 0);
+    REQUIRE(lp_ffi_waf_scan_db(ws, db) == 0);
     const unsigned path[] = {0, 1, 2}, notpath[] = {0, 2}; /* 2's parent is 1 */
     const unsigned *hits;
     char v[2][16];
@@ -272,6 +275,7 @@ static void test_results_sets(void)
         vals[i] = buf[i];
     }
     const unsigned *hits;
+    REQUIRE(lp_ffi_waf_scan_db(ws, db) == 0);
     scans = 0;
     lp_ffi_waf_scan_reset(ws);
     REQUIRE(lp_ffi_waf_scan_values(ws, 0, db, scratch, vals, lens, N, &hits) == 0);
@@ -279,6 +283,107 @@ static void test_results_sets(void)
     lp_ffi_waf_scan_reset(ws);
     REQUIRE(lp_ffi_waf_scan_values(ws, 0, db, scratch, vals, lens, N, &hits) == 0);
     CHECK(scans - N < 50);
+    lp_ffi_waf_scan_free(ws);
+}
+
+/* A stand-in for hs_scan whose "database" is the id every value hits (a fake one can be
+ * freed and another made at its address, which Hyperscan's allocator decides). */
+static int id_scan(const void *d, const char *data, unsigned int length, unsigned int flags,
+                   void *sc, lp_waf_hs_match_fn on_event, void *ctx)
+{
+    (void)data, (void)flags, (void)sc;
+    scans++;
+    on_event(*(const unsigned *)d, 0, length, 0, ctx);
+    return 0;
+}
+
+/* Results are kept by the serial of the database's registration, not by its address: a
+ * database at a freed one's address, registered, is scanned and answers its own hits; one
+ * never registered is scanned each time. */
+static void test_results_by_serial(void)
+{
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(id_scan, 0);
+    REQUIRE(ws != NULL);
+    unsigned *fake = malloc(sizeof *fake), other = 9;
+    REQUIRE(fake != NULL);
+    *fake = 5;
+    REQUIRE(lp_ffi_waf_scan_db(ws, fake) == 0);
+    const char *v[] = {"value"};
+    const unsigned *hits;
+    scans = 0;
+    for (int round = 0; round < 2; round++) {
+        lp_ffi_waf_scan_reset(ws);
+        REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 0, fake, NULL, v, (size_t[]){5}, 1, &hits), 1);
+        CHECK_EQ_INT(hits[0], 5);
+    }
+    CHECK_EQ_INT(scans, 1);
+    /* "freed", and another database made at the same address (a rule set's group took a new
+     * one): registered again, it is scanned */
+    *fake = 7;
+    REQUIRE(lp_ffi_waf_scan_db(ws, fake) == 0);
+    lp_ffi_waf_scan_reset(ws);
+    REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 0, fake, NULL, v, (size_t[]){5}, 1, &hits), 1);
+    CHECK_EQ_INT(hits[0], 7);
+    CHECK_EQ_INT(scans, 2);
+    /* not registered: scanned each time */
+    for (int round = 0; round < 2; round++) {
+        lp_ffi_waf_scan_reset(ws);
+        REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 0, &other, NULL, v, (size_t[]){5}, 1, &hits), 1);
+        CHECK_EQ_INT(hits[0], 9);
+    }
+    CHECK_EQ_INT(scans, 4);
+    CHECK(lp_ffi_waf_scan_db(ws, NULL) == -1);
+    free(fake);
+    lp_ffi_waf_scan_free(ws);
+}
+
+/* What is kept across requests is bounded (the values' bytes) and ages out: requests that
+ * ask for none of it free it all, tables included. */
+static void test_kept_ages_out(void)
+{
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(id_scan, 0);
+    REQUIRE(ws != NULL);
+    unsigned id = 3;
+    REQUIRE(lp_ffi_waf_scan_db(ws, &id) == 0);
+    enum { N = 2000, LEN = 400 };
+    static char buf[N][LEN];
+    static const char *vals[N];
+    static size_t lens[N];
+    for (int i = 0; i < N; i++) {
+        memset(buf[i], 'a', LEN);
+        snprintf(buf[i], LEN, "%d", i);
+        vals[i] = buf[i];
+        lens[i] = LEN;
+    }
+    const unsigned *hits;
+    lp_ffi_waf_scan_reset(ws);
+    REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 0, &id, NULL, vals, lens, N, &hits), N);
+    size_t results, values, bytes;
+    lp_waf_scan_kept(ws, &results, &values, &bytes);
+    CHECK(values > 0 && results >= values);
+    CHECK(bytes <= 256 * 1024 && values < N); /* 800 KB offered */
+    for (int r = 0; r < 5000; r++)
+        lp_ffi_waf_scan_reset(ws);
+    lp_waf_scan_kept(ws, &results, &values, &bytes);
+    CHECK_EQ_INT((long)results, 0);
+    CHECK_EQ_INT((long)values, 0);
+    CHECK_EQ_INT((long)bytes, 0);
+    /* and it keeps again */
+    scans = 0;
+    for (int r = 0; r < 2; r++) {
+        lp_ffi_waf_scan_reset(ws);
+        REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 0, &id, NULL, vals, lens, 10, &hits), 10);
+    }
+    CHECK_EQ_INT(scans, 10);
+    /* a value asked for at every request stays */
+    for (int r = 0; r < 5000; r++) {
+        lp_ffi_waf_scan_reset(ws);
+        REQUIRE_EQ_INT(lp_ffi_waf_scan_values(ws, 0, &id, NULL, vals, lens, 1, &hits), 1);
+    }
+    lp_waf_scan_kept(ws, &results, &values, &bytes);
+    CHECK_EQ_INT((long)results, 1);
+    CHECK_EQ_INT((long)values, 1);
+    CHECK_EQ_INT(scans, 10);
     lp_ffi_waf_scan_free(ws);
 }
 
@@ -442,7 +547,8 @@ static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_unchanged_prefix),  LP_TEST_ENTRY(test_failed_scan),
     LP_TEST_ENTRY(test_results_kept),      LP_TEST_ENTRY(test_hits_capped),
     LP_TEST_ENTRY(test_path_results_kept), LP_TEST_ENTRY(test_results_sets),
-    LP_TEST_ENTRY(test_many_requests),     LP_TEST_ENTRY(test_tables_shrink),
+    LP_TEST_ENTRY(test_many_requests),     LP_TEST_ENTRY(test_results_by_serial),
+    LP_TEST_ENTRY(test_kept_ages_out),     LP_TEST_ENTRY(test_tables_shrink),
 };
 #else
 static void test_without_hyperscan(void)

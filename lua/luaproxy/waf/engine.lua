@@ -560,6 +560,14 @@ local function compile_group(g, pause)
   return apply_notes(g, db, notes)
 end
 
+-- A group's database taken once the rule set's C pipeline exists: registered with it (its
+-- results are kept under that registration, hs.pipeline_db; pipeline_of registers those
+-- taken before).
+local function register_db(cs, g)
+  local p = cs.pipe
+  if p and g.db then hs.pipeline_db(p.ws, g.db) end
+end
+
 -- Compiles the Hyperscan databases of a rule set (the slow part: about 0.4 s of CPU for the
 -- default rules; each database once per process while some VM holds it, compile_group).
 -- Called by the plugin's init_worker, with `pause` yielding between two databases so that
@@ -567,6 +575,7 @@ end
 -- else by the first request that needs it (specs, or a rule set init_worker did not see).
 -- Without Hyperscan every pattern runs through PCRE2.
 local function took_lua(cs, g, dropped)
+  register_db(cs, g)
   for ci, why in pairs(dropped) do
     local cond = g.conds[ci]
     g.pcre[#g.pcre + 1] = cond
@@ -648,6 +657,7 @@ local function pipeline_of(st)
   local p = cs.pipe
   if p == nil then
     local ws, ok = hs.pipeline(cs.chains)
+    for _, g in ipairs(ws and cs.groups or {}) do if g.db then hs.pipeline_db(ws, g.db) end end
     p = ws and { ws = ws, ok = ok, owner = setmetatable({}, { __mode = "v" }), serial = 0, lists = {} }
       or false
     cs.pipe = p
@@ -880,6 +890,7 @@ local pipeline_hits -- below
 local function confirm(st, cond, cname, c, i, v)
   local r = cond.rule
   if st.hit[r] then return end
+  st.rule = r -- (named by the plugin's log when this raises)
   local e = cond.by[cname]
   if e and not e.count and key_ok(e, c.names[i]) then
     local from, to = test(cond, v)
@@ -1030,7 +1041,8 @@ local function group_hits(st, g)
   return h
 end
 
--- Runs the rule set over the request state `st` (vars set); fills st.matches.
+-- Runs the rule set over the request state `st` (vars set); fills st.matches. st.rule: the
+-- rule evaluated last (when this raises, the one that did).
 function M.run(cs, st)
   if not cs.ready then
     local ok, err = M.finish(cs)
@@ -1041,6 +1053,7 @@ function M.run(cs, st)
   st.gh = st.gh or {}
   for _, g in ipairs(cs.groups) do
     local ch, conds, pcre = g.chain, g.conds, g.waiting or g.pcre
+    st.rule = nil
     if g.db and not g.waiting then
       -- The group's values scanned once (group_hits, as for SecLang rules); each condition
       -- then confirms only the values Hyperscan named for it.
@@ -1072,6 +1085,7 @@ function M.run(cs, st)
     end
   end
   for _, r in ipairs(cs.slow) do
+    st.rule = r
     local cname, c, i, v, from, to = cond_match(st, r.conds[1])
     if cname then
       local ok = true
@@ -2098,6 +2112,7 @@ end
 
 -- A group's database is there (dropped: its conditions left to PCRE2 alone).
 took_group = function(cs, g, dropped)
+  register_db(cs, g)
   for ci, why in pairs(dropped) do
     local cond = g.conds[ci]
     cond.pcre_only, cond.fast = true, false

@@ -332,6 +332,12 @@ end
 
 function M.pipeline_reset(ws) W.lp_ffi_waf_scan_reset(ws) end
 
+-- Registers db with the state ws: scans with db keep their results across requests under a
+-- serial this registration takes (a database at a freed one's address, registered again,
+-- never finds the freed one's; one never registered is scanned each time). Register each
+-- database when a group takes it.
+function M.pipeline_db(ws, db) return W.lp_ffi_waf_scan_db(ws, db) == 0 end
+
 local hitsp = ffi.new("const unsigned *[1]")
 -- Values vals[0..n) (lens: their lengths; the strings kept alive by the caller until the
 -- next pipeline_reset) through chain, scanned with db: the count of hits and the array of

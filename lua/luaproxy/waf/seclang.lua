@@ -87,7 +87,8 @@ function M.lex(path, text)
     if buf and not cont then
       local w, err = words(concat(buf))
       if not w then fail(format("%s:%d", path, first), err) end
-      out[#out + 1] = { line = first, words = w }
+      -- (lines: the physical lines, so a bad token can be named by its own: line_of)
+      out[#out + 1] = { line = first, words = w, lines = buf }
       buf = nil
     end
   end
@@ -435,9 +436,38 @@ function M.did_you_mean(list, name, prefix)
   return best and format(" (did you mean %s%s?)", prefix or "", best) or ""
 end
 
--- Refuses a name that is not ModSecurity's: "unknown <kind> <name> (did you mean ...?)".
-local function unknown(place, list, kind, name, prefix)
-  fail(place, format("unknown %s %s%s%s", kind, prefix or "", name, M.did_you_mean(list, name, prefix)))
+-- The directive Reader:file reads (its place, path, first line and physical lines), so that
+-- a bad name in a continued directive is named by the line it is on.
+local cur
+
+-- place, or the place of the physical line of the directive at `place` holding token (case
+-- ignored: names are read so), when the directive spans several.
+local function line_of(place, token)
+  if not cur or place ~= cur.place or #cur.lines < 2 then return place end
+  token = lower(token)
+  for k, l in ipairs(cur.lines) do
+    if find(lower(l), token, 1, true) then return format("%s:%d", cur.path, cur.first + k - 1) end
+  end
+  return place
+end
+
+-- Refuses a name that is not ModSecurity's: "unknown <kind> <name> (did you mean ...?)", at
+-- the physical line holding it. where: after the name (" in a macro").
+local function unknown(place, list, kind, name, prefix, where)
+  fail(line_of(place, (prefix or "") .. name), format("unknown %s %s%s%s%s", kind, prefix or "", name,
+    where or "", M.did_you_mean(list, name, prefix)))
+end
+
+-- A macro's (M.macro's) collections checked as a target's variables are: a typo
+-- (%{REQUEST_HEADRES.host}) is refused, not expanded to nothing at every request.
+local function check_macro(place, m)
+  if type(m) ~= "table" or not m.macro then return m end
+  for _, part in ipairs(m) do
+    if type(part) == "table" and not M.MODSEC_VARIABLES[lower(part.coll)] then
+      unknown(place, M.MODSEC_VARIABLES, "variable", part.coll, nil, " in a macro")
+    end
+  end
+  return m
 end
 
 ---------------------------------------------------------------------------------------------
@@ -600,7 +630,7 @@ function Reader:operator(place, s, dir)
     end
     cond.arg = ok
   elseif op == "eq" or op == "ge" or op == "gt" or op == "le" or op == "lt" then
-    local m = macro(arg)
+    local m = check_macro(place, macro(arg))
     if type(m) == "string" then
       local num = tonumber(m)
       if not num then fail(place, format("@%s: %q is not a number", name, arg)) end
@@ -618,7 +648,7 @@ function Reader:operator(place, s, dir)
     or op == "validate_urlencoding" or op == "validate_utf8" then
     cond.arg = true
   else
-    cond.arg = macro(arg)
+    cond.arg = check_macro(place, macro(arg))
   end
   return cond
 end
@@ -638,8 +668,8 @@ function Reader:actions(place, s, r, cond, first)
       local p = value == "request" and 2 or value == "response" and 4 or value == "logging" and 5 or tonumber(value)
       if not p or p < 1 or p > 5 then fail(place, "phase: expected 1..5") end
       r.phase = p
-    elseif name == "msg" then r.msg = macro(value)
-    elseif name == "logdata" then r.logdata = macro(value)
+    elseif name == "msg" then r.msg = check_macro(place, macro(value))
+    elseif name == "logdata" then r.logdata = check_macro(place, macro(value))
     elseif name == "tag" then
       r.taglist[#r.taglist + 1] = value
       r.tags[value] = true
@@ -666,6 +696,8 @@ function Reader:actions(place, s, r, cond, first)
     elseif name == "setvar" then
       local sv, err = M.parse_setvar(value)
       if not sv then fail(place, "setvar: " .. err) end
+      check_macro(place, sv.key)
+      check_macro(place, sv.value)
       if sv.unsupported then
         self:unsupported_at(place, "setvar on collection " .. sv.coll .. " (persistent collections are not kept)")
       else
@@ -813,6 +845,7 @@ function Reader:file(path, text)
   self.files = self.files + 1
   for _, d in ipairs(M.lex(path, text)) do
     local place = format("%s:%d", path, d.line)
+    cur = { place = place, path = path, first = d.line, lines = d.lines }
     local w = d.words
     -- directive names are case-insensitive (Apache's config reader, ModSecurity's lexer)
     local name = M.MODSEC_DIRECTIVES[lower(w[1])] or w[1]
@@ -877,6 +910,7 @@ function Reader:file(path, text)
       unknown(place, M.MODSEC_DIRECTIVES, "directive", name)
     end
   end
+  cur = nil
   if self.chain_open then
     fail(self.chain_open.place, "the file ends inside a chain (its last rule says chain)")
   end
@@ -931,6 +965,26 @@ function Reader:finish()
            tags = tags }
 end
 
+-- CRS's attack and protocol rules (911-944) score through its setup (901 initialisation:
+-- the scores per severity) and refuse through its evaluation (949): crs_files naming one of
+-- its rule files alone scores 0 and refuses nothing. A warning naming the first such rule's
+-- place and what is missing, or nil.
+function M.crs_incomplete(set)
+  local first, setup, eval
+  for id in pairs(set.ids) do
+    if id >= 901000 and id <= 901999 then setup = true
+    elseif id >= 949000 and id <= 949999 then eval = true
+    elseif id >= 911000 and id <= 944999 and (not first or id < first) then first = id end
+  end
+  if not first or (setup and eval) then return nil end
+  local missing = not setup and not eval and "setup (901) and evaluation (949) rules"
+    or not setup and "setup rules (901: the scores per severity)"
+    or "evaluation rules (949: the refusal at the threshold)"
+  return format("%s: CRS rule %d without CRS's %s: its rules score 0 and refuse nothing (name the "
+    .. "CRS directory in crs, or add REQUEST-901-INITIALIZATION.conf and "
+    .. "REQUEST-949-BLOCKING-EVALUATION.conf)", set.ids[first], first, missing)
+end
+
 -- The rule files of `paths` (a CRS directory: its rules/*.conf, or *.conf when there is no
 -- rules/; or a .conf file), read: { { path, text }, ... }, or nil, problem.
 function M.collect(paths)
@@ -974,6 +1028,7 @@ function M.load(files, opts)
   local ok, err = pcall(function()
     for _, f in ipairs(files) do rd:file(f[1], f[2]) end
   end)
+  cur = nil
   if not ok then return nil, type(err) == "table" and err.msg or tostring(err) end
   local fok, set = pcall(rd.finish, rd)
   if not fok then return nil, type(set) == "table" and set.msg or tostring(set) end

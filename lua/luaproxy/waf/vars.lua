@@ -85,8 +85,10 @@ local add_value -- below: a value that is a JSON document goes in as its leaves
 -- The next "=" is kept from pair to pair, found again only once passed: searched for at
 -- each pair, a&a&a&...&b=1 looked at the rest of the text each time (quadratic: 1 MiB,
 -- 3 s). Past max_args nothing more is read: the collection is marked truncated, which is
--- a body error (State:coll, "body_error").
-local function parse_form(c, s, max)
+-- a body error (State:coll, "body_error"). gql: a `query` argument may be a GraphQL request
+-- sent by GET (gql_arg).
+local gql_arg -- below
+local function parse_form(c, s, max, gql)
   local pos, len = 1, #s
   local eq = 0
   while pos <= len do
@@ -98,7 +100,8 @@ local function parse_form(c, s, max)
       end
       if eq < pos then eq = find(s, "=", pos, true) or len + 1 end
       if eq < amp then
-        add_value(c, urldecode(sub(s, pos, eq - 1)), urldecode(sub(s, eq + 1, amp - 1)), max)
+        local name, v = urldecode(sub(s, pos, eq - 1)), urldecode(sub(s, eq + 1, amp - 1))
+        if not (gql and name == "query" and gql_arg(c, v, max)) then add_value(c, name, v, max) end
       else
         add(c, urldecode(sub(s, pos, amp - 1)), "", max)
       end
@@ -112,6 +115,13 @@ M.parse_form = parse_form
 -- nothing added, when q is no GraphQL document after all (the caller adds it whole).
 local function graphql_strings(c, name, q, max) return G.strings(c, name, q, max, add) end
 local looks_graphql = G.looks
+
+-- A GraphQL request sent by GET (Apollo's, express-graphql's: ?query=...&variables=...) read
+-- as the same request POSTed as JSON is: the `query` argument's string literals when it
+-- parses as an executable document (true), else nothing added (false: the caller adds it
+-- whole, as any value). Its `variables` and `extensions` are JSON documents, read as their
+-- leaves like any argument holding one (add_value).
+gql_arg = function(c, v, max) return looks_graphql(v) and graphql_strings(c, "query", v, max) end
 
 -- Fallback for a document the scanner below does not follow (what cjson takes beyond JSON:
 -- nan, inf): the decoded table, keys sorted so that the order is the same at every run.
@@ -516,7 +526,9 @@ function State:body_collections()
   elseif find(ct, "^application/xml") or find(ct, "^text/xml") or find(ct, "^application/soap%+xml") then
     -- the types ModSecurity's recommended rule 200000 gives its XML processor
     colls.reqbody_processor.values[1] = "XML"
-    local doc, err = X.read(body, self.max)
+    local err = X.charset_problem(self.req:header("content-type"))
+    local doc
+    if not err then doc, err = X.read(body, self.max) end
     if doc then
       local xml = new()
       add(xml, "/*", doc.text, 1)
@@ -580,7 +592,7 @@ function State:coll(name)
     c = new()
     local u = req:uri()
     local q = find(u, "?", 1, true)
-    if q then parse_form(c, sub(u, q + 1), self.max) end
+    if q then parse_form(c, sub(u, q + 1), self.max, true) end
   elseif name == "headers" or name == "cookies" then
     -- in the order they came (req:headers() is a hash table: its order changed from run
     -- to run)

@@ -268,4 +268,14 @@ function M.read(s, max)
   return { text = concat(parts, "", 1, np), attrs = attrs, truncated = truncated }
 end
 
+
+-- A Content-Type's charset parameter (it overrides the document's own declaration, RFC
+-- 7303) naming an encoding other than UTF-8, ASCII or Latin-1 is a body error as such a
+-- declaration is (charset=utf-7: +ACc- is a quote to the application); the problem, or nil.
+function M.charset_problem(ctype)
+  local cs = match(lower(ctype or ""), ";%s*charset%s*=%s*\"?([^\";%s]*)")
+  if not cs or READABLE[cs] then return nil end
+  return "XML: the Content-Type's charset is an encoding this reader does not decode (" .. cut(cs) .. ")"
+end
+
 return M
