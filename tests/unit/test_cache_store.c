@@ -583,9 +583,9 @@ static void stub_set_head(void)
     REQUIRE(s);
     CHECK(!lp_cache_entry_resident(s));
     lp_cache_entry_ref(s); /* ours; the zone's is the first */
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     lp__cache_link(z, s);
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)st.stubs, 1);
     size_t block = st.index_bytes - table;
