@@ -296,20 +296,25 @@ end
 -- its own trace, whose exits cannot be compiled through the phase's return (LuaJIT: "NYI:
 -- return to lower frame"), and left the rest of every miss interpreted. Its strings come
 -- from the policy and the response's fields, which hold no CR or LF. The request and
--- response times (proxy.now(): fractions of a second) are the prefix's bytes.
+-- response times (proxy.now(): fractions of a second) are the prefix's bytes. Written into
+-- one reused buffer: a string per piece and per concatenation cost more than the lines.
+local META = require("string.buffer").new(512) -- encode_meta's, reused (one string made)
+
 local function encode_meta(m)
-  local out = "L2" .. times_bytes(m.request_time, m.response_time)
-    .. format("\nn status\t%s\nn age_value\t%s\nn ttl\t%s\ns ttl_source\t%s\n"
+  TIMES[0], TIMES[1] = m.request_time or NAN, m.response_time or NAN
+  local b = META:reset():put("L2")
+  if LE then b:putcdata(TIMES, 16) else b:put(swap8(ffi_string(TIMES, 16))) end
+  b:putf("\nn status\t%s\nn age_value\t%s\nn ttl\t%s\ns ttl_source\t%s\n"
     .. "b must_revalidate\t%s\nb no_cache\t%s\n", num(m.status), num(m.age_value), num(m.ttl),
     m.ttl_source, m.must_revalidate and "1" or "0", m.no_cache and "1" or "0")
-  if m.date then out = out .. "n date\t" .. num(m.date) .. "\n" end
-  if m.etag then out = out .. "s etag\t" .. m.etag .. "\n" end
-  if m.last_modified then out = out .. "s last_modified\t" .. m.last_modified .. "\n" end
+  if m.date then b:put("n date\t", num(m.date), "\n") end
+  if m.etag then b:put("s etag\t", m.etag, "\n") end
+  if m.last_modified then b:put("s last_modified\t", m.last_modified, "\n") end
   if m.stale_while_revalidate then
-    out = out .. "n stale_while_revalidate\t" .. num(m.stale_while_revalidate) .. "\n"
+    b:put("n stale_while_revalidate\t", num(m.stale_while_revalidate), "\n")
   end
-  if m.stale_if_error then out = out .. "n stale_if_error\t" .. num(m.stale_if_error) .. "\n" end
-  return out
+  if m.stale_if_error then b:put("n stale_if_error\t", num(m.stale_if_error), "\n") end
+  return b:tostring()
 end
 
 P._encode, P._decode, P._encode_meta = encode, decode, encode_meta -- specs
