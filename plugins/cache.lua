@@ -242,9 +242,8 @@ local function encode(meta, headers, case)
   case = case or {}
   local out = { "L2" .. times_bytes(meta.request_time, meta.response_time) }
   for k, v in pairs(meta) do
-    local t = type(v)
-    if k == "request_time" or k == "response_time" then -- in the prefix
-    elseif t == "number" then
+    local t = (k == "request_time" or k == "response_time") and "prefix" or type(v) -- times: above
+    if t == "number" then
       out[#out + 1] = "n " .. k .. "\t" .. num(v)
     elseif t == "string" then
       out[#out + 1] = "s " .. k .. "\t" .. gsub(v, "[\r\n]", " ")
