@@ -238,7 +238,7 @@ static void purge_counts_responses(void)
     CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_KEY, K("k")), 2);
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)st.entries, 0);
-    /* A head "V ..." under a secondary key is a response's (the plugin's heads start "L1"). */
+    /* A head "V ..." under a secondary key is a response's (the plugin's heads start "L2"). */
     put(z, "v", "", "1", 1);
     f = lp_cache_fill_start(z, NULL, K("v"), K("s"), K("V x"), NOW + 60, 0);
     REQUIRE(f);
