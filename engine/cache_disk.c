@@ -142,7 +142,7 @@ static void do_write(lp_cdisk_t *d, lp_cache_entry_t *e)
     memset(&h, 0, sizeof(h));
     char *head = NULL;
     lp_cache_entry_t *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     lp_cache_entry_t *t = write_target(z, e, e->stamp);
     if (t && (head = malloc(e->hlen ? e->hlen : 1))) {
         memcpy(head, e->head, e->hlen);
@@ -154,7 +154,7 @@ static void do_write(lp_cdisk_t *d, lp_cache_entry_t *e)
         if (t && t != e) /* out of memory: the stub would point at nothing */
             lp__cache_unlink(z, t, &dead);
     }
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     lp__cache_drop_dead(dead);
     if (!head) {
         lp_cache_entry_unref(e);
@@ -177,7 +177,7 @@ static void do_write(lp_cdisk_t *d, lp_cache_entry_t *e)
         d->last_errno = 0;
     }
     int remove = 0;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     e->writing--;
     t = write_target(z, e, h.stamp);
     if (rc) {
@@ -191,7 +191,7 @@ static void do_write(lp_cdisk_t *d, lp_cache_entry_t *e)
          * same keys is queued after this job, so it is not this file's). */
         remove = 1;
     }
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     lp__cache_drop_dead(dead);
     if (remove)
         delete_file(d, e->fid);
@@ -263,13 +263,13 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
     e->stamp = h.stamp;
     size_t nfields = lp_cache_head_fields(meta + h.klen + h.slen, h.hlen);
     lp_cache_entry_t *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     if (z->stamps < h.stamp)
         z->stamps = h.stamp; /* new entries' stamps stay past every file's */
     if (lp__cache_find(z, e->hash, e->key, e->klen, e->sec, e->slen)) {
         /* Stored since the start: that entry is newer, its write (queued after this scan)
          * replaces the file. */
-        pthread_mutex_unlock(&z->lock);
+        lp_mutex_unlock(&z->lock);
         lp__cache_entry_free(e);
         free(meta);
         return;
@@ -282,7 +282,7 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
     lp__cache_link(z, e);
     lp__cache_on_disk(z, e, lp_cdisk_file_size(&h));
     lp__cache_evict(z, &dead);
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     lp__cache_drop_dead(dead);
     free(meta);
     (*nindexed)++;
@@ -386,13 +386,13 @@ lp_cdisk_t *lp_cdisk_start(lp_cache_zone_t *z, const char *root)
     /* The zone knows its disk before the thread scans: an eviction during the scan must
      * queue its file's deletion (jobs wait in the queue until the thread takes them), not
      * leave the file orphaned until the next start. */
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     z->disk = d;
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     if (pthread_create(&d->thread, NULL, disk_main, d)) {
-        pthread_mutex_lock(&z->lock);
+        lp_mutex_lock(&z->lock);
         z->disk = NULL;
-        pthread_mutex_unlock(&z->lock);
+        lp_mutex_unlock(&z->lock);
         pthread_mutex_destroy(&d->mu);
         pthread_cond_destroy(&d->cv);
         free(d->root);

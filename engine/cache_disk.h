@@ -30,8 +30,10 @@
 
 typedef struct lp_cdisk_s lp_cdisk_t;
 
+/* Version 2: the plugin's heads in their layout 2 (cache_room.h: binary times). A file of
+ * another version is dropped by the start's scan, as a damaged one is: its entry is a miss. */
 #define LP_CDISK_MAGIC   0x3143504cu /* "LPC1" read as a little-endian u32 */
-#define LP_CDISK_VERSION 1u
+#define LP_CDISK_VERSION 2u
 
 typedef struct {
     uint32_t magic, version;

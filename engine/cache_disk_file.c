@@ -165,6 +165,8 @@ const char *lp_cdisk_read_meta(int fd, lp_cdisk_hdr_t *h, char **meta)
         return "cannot stat";
     if (read_all(fd, h, sizeof(*h), 0))
         return "truncated header";
+    if (h->magic == LP_CDISK_MAGIC && h->version != LP_CDISK_VERSION)
+        return "written by another version (its head's layout)";
     if (lp_cdisk_hdr_check(h))
         return "bad header";
     if ((uint64_t)st.st_size != lp_cdisk_file_size(h))

@@ -149,7 +149,7 @@ static void load_done(uv_work_t *w, int status)
         l->fd = -1;
     }
     int drop = 0;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     if (opened) {
         /* nothing to promote: the body stays in its file */
     } else if (e && !l->err) {
@@ -165,7 +165,7 @@ static void load_done(uv_work_t *w, int status)
         lp__cache_unlink(z, s, &dead); /* its file is queued for deletion */
         drop = 1;
     }
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     lp__cache_drop_dead(dead);
     if (drop) {
         lp_cache_count(z, LP_CACHE_C_DISK_DROPPED);
@@ -216,9 +216,9 @@ int lp_cache_disk_load(lp_req_t *r, lp_cache_zone_t *z, lp_cache_entry_t *stub, 
         lp_cache_fill_abandon(lock);
         return -1;
     }
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     lp_cdisk_t *d = z->disk; /* set once, under the lock; lives as long as the zone */
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     disk_load_t *l = d ? calloc(1, sizeof(*l)) : NULL;
     if (!l) {
         lp_cache_fill_abandon(lock);
@@ -323,13 +323,13 @@ static void stream_drop(lp_cache_stream_t *s)
     lp_cache_zone_t *z = s->zone;
     lp_cache_entry_t *dead = NULL;
     int dropped = 0;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     if (s->entry->linked) {
         lp__cache_unlink(z, s->entry, &dead);
         dropped = 1;
     }
     lp_cdisk_t *d = z->disk;
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     lp__cache_drop_dead(dead);
     if (!dropped)
         return;

@@ -69,11 +69,11 @@ typedef struct {
     size_t cc_len;
     uint8_t has_cc;
     /* The meta's lines that depend on the decision only, written when it is learned (a miss
-     * then copies them): `pre` up to the request time's value, `mid` from the TTL to the
-     * flags, `tail` the stale windows. rendered 0: they did not fit, or a number is not one
-     * num() writes in decimal: such a response is left to the plugin. */
-    char pre[64], mid[128], tail[96];
-    uint8_t pre_len, mid_len, tail_len, rendered;
+     * then copies them): `lines` from the status to the flags, `tail` the stale windows.
+     * rendered 0: they did not fit, or a number is not one num() writes in decimal: such a
+     * response is left to the plugin. */
+    char lines[176], tail[96];
+    uint8_t lines_len, tail_len, rendered;
     /* The last Cache-Status line written for it (lp__cache_miss_status_line), and what it
      * was written for: whether stored and floor(ttl) (the TTL left moves once a second). */
     char status_line[LP_CACHE_MISS_LINE];
@@ -262,8 +262,8 @@ static learned_t *learned_find(lp_cache_native_t *n, int status, int validators,
 
 /* The meta's lines are made without printf (its floating-point conversions cost more than
  * the rest of a miss): the same text as the plugin's encode_meta, numbers as its num()
- * writes them (integral ones in decimal) and the times as hexadecimal floats (exact; the
- * plugin's %a, read back by tonumber either way). */
+ * writes them (integral ones in decimal); the two times are the head's binary prefix
+ * (cache_room.h: LP_CACHE_HEAD_MAGIC). */
 typedef struct {
     char *p, *end;
     int over; /* something did not fit */
@@ -291,53 +291,6 @@ static int put_uint(out_t *o, double v)
     return 0;
 }
 
-/* The 8 nibbles of v as lowercase hex digits, the most significant first in memory: each
- * nibble spread into a byte of its own, then '0' added, and 'a' - '0' - 10 more to those of
- * 10 and above (a byte's nibble + 6 carries into its bit 4 exactly then). */
-static uint64_t hex8(uint32_t v)
-{
-    uint64_t x = v;
-    x = (x | x << 16) & 0x0000ffff0000ffffull;
-    x = (x | x << 8) & 0x00ff00ff00ff00ffull;
-    x = (x | x << 4) & 0x0f0f0f0f0f0f0f0full; /* byte i: nibble i, from the least */
-    uint64_t ten = ((x + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull;
-    x += 0x3030303030303030ull + ten * ('a' - '0' - 10);
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    x = __builtin_bswap64(x); /* the most significant byte first in memory */
-#endif
-    return x;
-}
-
-/* A positive normal double as "0x1.HHHHHHHHHHHHHp+E" (every mantissa digit) at p, which has
- * room for HEXFLOAT_MAX bytes: its length, or 0 for any other number. Inlined (two per
- * miss): the call cost as much as the exponent. */
-#define HEXFLOAT_MAX 24 /* "0x1." 13 digits "p+" and at most 4 of the exponent's, 3 spare */
-static inline __attribute__((always_inline)) size_t hexfloat(char *p, double v)
-{
-    uint64_t bits;
-    memcpy(&bits, &v, sizeof bits);
-    unsigned exp = (unsigned)(bits >> 52); /* with the sign bit: a negative number is over */
-    if (exp == 0 || exp >= 0x7ff)
-        return 0; /* zero, subnormal (not a time), negative, infinite, NaN */
-    uint64_t mant = bits & ((1ull << 52) - 1);
-    char *s = p;
-    memcpy(p, "0x1.", 4);
-    /* 13 digits: 8 from the top 32 bits, 5 from the low 20 (8 written, 3 overwritten) */
-    uint64_t hi = hex8((uint32_t)(mant >> 20)), lo = hex8((uint32_t)(mant << 12));
-    memcpy(p + 4, &hi, 8);
-    memcpy(p + 12, &lo, 8);
-    p += 17;
-    if (exp == 1023 + 30) { /* a time's (2^30..2^31 seconds: 2004 to 2038), in one store */
-        memcpy(p, "p+30", 4);
-        return 21;
-    }
-    int e = (int)exp - 1023;
-    *p++ = 'p';
-    *p++ = e < 0 ? '-' : '+';
-    p += lp_u64_to_str((unsigned)(e < 0 ? -e : e), 10, p);
-    return (size_t)(p - s);
-}
-
 /* A piece of the meta into buf (room bytes): its length, or -1 (did not fit, or a bad
  * number). */
 typedef int (*piece_fn)(out_t *o, const learned_t *d);
@@ -352,20 +305,14 @@ static int piece(char *buf, size_t room, uint8_t *len, piece_fn fn, const learne
     return 0;
 }
 
-/* The plugin's encode_meta, in its order: pre, request_time, response_time, mid, then the
+/* The plugin's encode_meta, in its order: the prefix with both times, lines, then the
  * response's date, etag and last_modified, then tail. */
-static int piece_pre(out_t *o, const learned_t *d)
+static int piece_lines(out_t *o, const learned_t *d)
 {
     char sb[8];
-    PUT_LIT(o, "L1\nn status\t");
+    PUT_LIT(o, "n status\t");
     put(o, sb, lp_u64_to_str((uint64_t)d->status, 10, sb));
-    PUT_LIT(o, "\nn age_value\t0\nn request_time\t");
-    return 0;
-}
-
-static int piece_mid(out_t *o, const learned_t *d)
-{
-    PUT_LIT(o, "\nn ttl\t");
+    PUT_LIT(o, "\nn age_value\t0\nn ttl\t");
     int bad = put_uint(o, d->ttl);
     PUT_LIT(o, "\ns ttl_source\t");
     put(o, d->source, d->source_len);
@@ -395,8 +342,7 @@ static int piece_tail(out_t *o, const learned_t *d)
 
 static void render(learned_t *d)
 {
-    d->rendered = piece(d->pre, sizeof d->pre, &d->pre_len, piece_pre, d) == 0 &&
-                  piece(d->mid, sizeof d->mid, &d->mid_len, piece_mid, d) == 0 &&
+    d->rendered = piece(d->lines, sizeof d->lines, &d->lines_len, piece_lines, d) == 0 &&
                   piece(d->tail, sizeof d->tail, &d->tail_len, piece_tail, d) == 0;
 }
 
@@ -467,14 +413,10 @@ int lp_cache_native_response(lp_req_t *r)
         return 1;
     lp_str_t meta[12];
     size_t nm = 0;
-    meta[nm++] = (lp_str_t){d->pre, d->pre_len};
-    char times[2 * HEXFLOAT_MAX + 17];
-    size_t a = hexfloat(times, t0), b = a ? hexfloat(times + a + 17, now) : 0;
-    if (!b)
-        return 1;
-    memcpy(times + a, "\nn response_time\t", 17);
-    meta[nm++] = (lp_str_t){times, a + 17 + b};
-    meta[nm++] = (lp_str_t){d->mid, d->mid_len};
+    char prefix[LP_CACHE_HEAD_PREFIX];
+    lp_cache_head_prefix(prefix, t0, now);
+    meta[nm++] = (lp_str_t){prefix, sizeof prefix};
+    meta[nm++] = (lp_str_t){d->lines, d->lines_len};
     char dline[8 + 24];
     if (dated) {
         out_t o = {dline, dline + sizeof dline, 0};

@@ -27,6 +27,11 @@ static atomic_uint widest;
 
 size_t lp_cache_head_fields(const char *head, size_t hlen)
 {
+    if (hlen >= LP_CACHE_HEAD_PREFIX && memcmp(head, LP_CACHE_HEAD_MAGIC, 2) == 0 &&
+        head[LP_CACHE_HEAD_PREFIX - 1] == '\n') {
+        head += LP_CACHE_HEAD_PREFIX; /* its time bytes are no lines */
+        hlen -= LP_CACHE_HEAD_PREFIX;
+    }
     size_t n = hlen >= 2 && head[0] == 'h' && head[1] == ' ';
     const char *p = head, *end = head + hlen;
     while ((p = memchr(p, '\n', (size_t)(end - p))) && end - p > 2) {

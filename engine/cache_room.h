@@ -3,16 +3,45 @@
 #define LP_CACHE_ROOM_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "cache_store.h"
 #include "proxy-t.h"
+
+/* A head the cache plugin writes (layout 2; plugins/cache.lua encode/decode): "L2", the
+ * request and response times as IEEE 754 doubles in little-endian order (8 bytes each; NaN:
+ * none), "\n", then text lines "K NAME\tVALUE\n" (K: n number, s string, b flag, h a stored
+ * field). The times are binary because writing them as text cost a stored miss more than
+ * any other line (exact decimal or hexadecimal floats). Their bytes may be anything, so
+ * every reader skips the prefix before looking at lines; a head of another layout (layout 1
+ * had the times as text lines, and no prefix) is not the plugin's (decode refuses it: a
+ * miss). */
+#define LP_CACHE_HEAD_MAGIC  "L2"
+#define LP_CACHE_HEAD_PREFIX 19 /* magic, two times, newline */
+
+/* The prefix of a head for those two times at p (LP_CACHE_HEAD_PREFIX bytes). */
+static inline void lp_cache_head_prefix(char *p, double request_time, double response_time)
+{
+    uint64_t a, b;
+    memcpy(&a, &request_time, 8);
+    memcpy(&b, &response_time, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    a = __builtin_bswap64(a);
+    b = __builtin_bswap64(b);
+#endif
+    memcpy(p, LP_CACHE_HEAD_MAGIC, 2);
+    memcpy(p + 2, &a, 8);
+    memcpy(p + 10, &b, 8);
+    p[18] = '\n';
+}
 
 /* Header slots a hit keeps free beyond its stored fields: its Age and Cache-Status, and two
  * for the fields plugins after the cache add (on the miss they had one more: its
  * Cache-Status only). */
 #define LP_CACHE_HIT_FIELDS 4
 
-/* Whether a head the cache plugin wrote ("L1" text, a field per "h NAME\tVALUE" line) leaves
+/* Whether a head the cache plugin wrote (a field per "h NAME\tVALUE" line) leaves
  * a hit on it LP_CACHE_HIT_FIELDS slots in a request's header array (limits.max_headers +
  * LP_HEADERS_SPARE, w's config; w NULL or without a config, as init_worker's: nothing to
  * check): 1, or 0 (it must not be
@@ -24,7 +53,7 @@ int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key
  * response's fields itself, and need not scan the head for them). */
 int lp_cache_fields_fit(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
                         size_t nfields);
-/* How many field lines ("h ...") a head holds. */
+/* How many field lines ("h ...") a head holds (after the prefix, in the plugin's layout). */
 size_t lp_cache_head_fields(const char *head, size_t hlen);
 
 /* A head of nfields fields indexed without lp_cache_head_fits (a disk file met by the

@@ -439,7 +439,7 @@ static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_obj
     z->name = strdup(name);
     z->nbuckets = 64;
     z->buckets = calloc(z->nbuckets, sizeof(*z->buckets));
-    if (!z->name || !z->buckets || pthread_mutex_init(&z->lock, NULL)) {
+    if (!z->name || !z->buckets) {
         free(z->name);
         free(z->buckets);
         free(z);
@@ -447,6 +447,7 @@ static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_obj
     }
     z->capacity = memory;
     __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
+    lp_mutex_init(&z->lock);
     lp_list_init(&z->lru);
     lp_list_init(&z->dlru);
     return z;
@@ -463,7 +464,6 @@ static void zone_free(lp_cache_zone_t *z)
         while (z->buckets[i])
             unlink_entry(z, z->buckets[i], &dead);
     drop_dead(dead);
-    pthread_mutex_destroy(&z->lock);
     free(z->buckets);
     free(z->name);
     free(z);
@@ -555,19 +555,19 @@ void lp_cache_zones_each(void (*fn)(lp_cache_zone_t *z, void *arg), void *arg)
 void lp_cache_zone_resize(lp_cache_zone_t *z, size_t memory, size_t max_object)
 {
     lp_cache_entry_t *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     z->capacity = memory;
     __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
     evict(z, &dead);
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     drop_dead(dead);
 }
 
 int lp_cache_zone_set_disk(lp_cache_zone_t *z, const char *path, size_t size)
 {
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     lp_cdisk_t *d = z->disk;
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     if (d) {
         if (strcmp(lp_cdisk_root(d), path) != 0)
             lp_log(LP_LOG_WARN,
@@ -586,11 +586,11 @@ int lp_cache_zone_set_disk(lp_cache_zone_t *z, const char *path, size_t size)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t base = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     z->dcapacity = size;
     if (z->stamps < base)
         z->stamps = base;
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     d = lp_cdisk_start(z, path); /* sets z->disk before its thread runs */
     return d ? 0 : -1;
 }
@@ -598,18 +598,18 @@ int lp_cache_zone_set_disk(lp_cache_zone_t *z, const char *path, size_t size)
 void lp_cache_zone_resize_disk(lp_cache_zone_t *z, size_t size)
 {
     lp_cache_entry_t *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     if (z->disk) {
         z->dcapacity = size;
         evict(z, &dead);
     }
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     drop_dead(dead);
 }
 
 void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out)
 {
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     out->entries = z->nentries;
     out->bytes = z->used;
     out->capacity = z->capacity;
@@ -621,7 +621,7 @@ void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out)
     out->disk_loading = z->disk && !lp_cdisk_loaded(z->disk);
     out->stubs = z->nstubs;
     out->index_bytes = index_bytes(z);
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     for (int i = 0; i < LP_CACHE_C_N; i++)
         out->counts[i] = atomic_load_explicit(&z->counts[i], memory_order_relaxed);
 }
@@ -668,20 +668,20 @@ lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen,
 {
     uint64_t h = lp_hash64(key, klen);
     lp_cache_entry_t *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     lp_cache_entry_t *found = get_locked(z, h, key, klen, sec, slen, now, &dead);
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     drop_dead(dead);
     return found;
 }
 
 size_t lp_cache_entry_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *out, size_t room)
 {
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     size_t n = e->hlen;
     if (n <= room)
         memcpy(out, e->head, n);
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     return n;
 }
 
@@ -693,7 +693,7 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
         return -1;
     memcpy(h, head, hlen);
     lp_cache_entry_t *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     char *old = e->head;
     int old_own = old != head_inline(e); /* the first head stays in e's block */
     size_t freed = old_own ? e->hlen : 0;
@@ -717,7 +717,7 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
         lp_cdisk_queue_write(z->disk, e);
     }
     evict(z, &dead);
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     if (old_own)
         free(old);
     drop_dead(dead);
@@ -740,7 +740,7 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
 {
     size_t n = 0;
     lp_cache_entry_t *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     if (mode == LP_CACHE_PURGE_KEY) {
         uint64_t h = lp_hash64(key, klen);
         lp_cache_entry_t *e = z->buckets[h & (z->nbuckets - 1)];
@@ -768,7 +768,7 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
     }
     if (z->disk && !lp_cdisk_loaded(z->disk))
         lp_cdisk_queue_purge(z->disk, mode, key, klen); /* again once the scan indexed all */
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     drop_dead(dead);
     return n;
 }
@@ -813,20 +813,20 @@ static void lock_drop(lp_cache_zone_t *z, lp_cache_fill_t *f)
 int lp_cache_wait(lp_cache_zone_t *z, const char *key, size_t klen, lp_cache_waiter_t *w)
 {
     uint64_t h = lp_hash64(key, klen);
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     lp_cache_fill_t *f = lock_find(z, h, key, klen);
     if (f) {
         w->holder = f;
         w->next = f->waiters;
         f->waiters = w;
     }
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     return f != NULL;
 }
 
 int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
 {
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     lp_cache_fill_t *f = w->holder;
     if (f) {
         lp_cache_waiter_t **pp = &f->waiters;
@@ -835,7 +835,7 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
         *pp = w->next;
         w->holder = NULL;
     }
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     return f != NULL;
 }
 
@@ -957,9 +957,9 @@ static lp_cache_fill_t *lock_take(lp_cache_zone_t *z, const char *key, size_t kl
     lp_cache_fill_t *f = lock_new(key, klen, lp_hash64(key, klen), now);
     if (!f)
         return NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     int rc = lock_locked(z, f, lock_timeout, readback, busy);
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     if (rc) {
         fill_block_free(f);
         return NULL;
@@ -977,7 +977,7 @@ lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size
     lp_cache_entry_t *dead = NULL;
     /* The lock's fill is made under the zone lock, on a miss only (a hit costs nothing more
      * than lp_cache_get). */
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     lp_cache_entry_t *found = get_locked(z, h, key, klen, "", 0, now, &dead);
     lp_cache_fill_t *f = NULL;
     if (!found && lock_timeout >= 0 && (f = lock_new(key, klen, h, now))) {
@@ -988,7 +988,7 @@ lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size
             lock_reserve(z, f);
         }
     }
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     drop_dead(dead);
     if (f)
         *fill = lock_held(z, f);
@@ -1010,9 +1010,9 @@ lp_cache_fill_t *lp_cache_lock_readback(lp_cache_zone_t *z, const char *key, siz
 int lp_cache_locked(lp_cache_zone_t *z, const char *key, size_t klen)
 {
     uint64_t h = lp_hash64(key, klen);
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     int r = lock_find(z, h, key, klen) != NULL;
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     return r;
 }
 
@@ -1041,12 +1041,12 @@ static int fill_charge(lp_cache_fill_t *f, size_t charge)
 {
     lp_cache_zone_t *z = f->zone;
     lp_cache_entry_t *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     z->filling += charge;
     f->charged += charge;
     evict(z, &dead);
     int full = mem_charged(z) > z->capacity;
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     drop_dead(dead);
     return full ? -1 : 0;
 }
@@ -1144,10 +1144,10 @@ static void fill_kill(lp_cache_fill_t *f)
         f->tail = NULL;
     }
     f->dead = 1;
-    pthread_mutex_lock(&f->zone->lock);
+    lp_mutex_lock(&f->zone->lock);
     fill_uncharge(f);
     lock_drop(f->zone, f);
-    pthread_mutex_unlock(&f->zone->lock);
+    lp_mutex_unlock(&f->zone->lock);
     lp_cache_count(f->zone, LP_CACHE_C_ABANDONED);
 }
 
@@ -1203,10 +1203,10 @@ static void fill_free(lp_cache_fill_t *f)
 {
     lp_cache_zone_t *z = f->zone;
     if (f->locked || f->charged) {
-        pthread_mutex_lock(&z->lock);
+        lp_mutex_lock(&z->lock);
         fill_uncharge(f);
         lock_drop(z, f);
-        pthread_mutex_unlock(&z->lock);
+        lp_mutex_unlock(&z->lock);
     }
     if (f->e)
         entry_free(f->e);
@@ -1225,10 +1225,10 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     f->e = NULL;
     e->cost += lp_cache_entry_cost(e->klen, e->slen, e->hlen, 0);
     lp_cache_entry_t *dead = NULL;
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     fill_uncharge(f); /* its chunks move into `used` with the entry's cost */
     if (e->cost > z->capacity) {
-        pthread_mutex_unlock(&z->lock);
+        lp_mutex_unlock(&z->lock);
         entry_free(e);
         lp_cache_count(z, LP_CACHE_C_ABANDONED);
         fill_free(f);
@@ -1262,7 +1262,7 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     }
     evict(z, &dead);
     lock_drop(z, f);
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     drop_dead(dead);
     lp_cache_count(z, LP_CACHE_C_STORED);
     fill_free(f);

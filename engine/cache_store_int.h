@@ -8,6 +8,7 @@
 
 #include "cache_store.h"
 #include "common.h"
+#include "mutex.h"
 
 #define LOCK_BUCKETS 256
 /* The largest body (of a length known when its fill starts) kept in its entry's block. */
@@ -88,7 +89,7 @@ struct lp_cache_fill_s {
  * outside it (a fill's entry is private until commit) and freed outside it (unlinked entries
  * are collected and dropped after the unlock). No Lua is ever touched under it. */
 struct lp_cache_zone_s {
-    pthread_mutex_t lock;
+    lp_mutex_t lock;            /* cheaper than pthread's uncontended (mutex.h): held briefly */
     char *name;                 /* owned */
     size_t capacity;            /* byte budget (lock) */
     size_t max_object;          /* largest body stored: written under the lock, read by fills

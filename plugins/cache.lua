@@ -4,6 +4,7 @@
 -- decision is Lua: the policy module (lua/luaproxy/cache/policy.lua) for the RFC, and any
 -- plugin before this one for the site's own rules (req:set_cache_key(), req:cache_bypass(),
 -- req:cache_no_store(), req:cache_ttl()). Docs: docs/plugins/cache.md.
+local ffi = require "ffi"
 local policy = require "luaproxy.cache.policy"
 local redis_schema = require "luaproxy.redis"
 local redis_health = require "luaproxy.redis_health"
@@ -12,6 +13,7 @@ local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, t
 local format, sub, lower, gsub, find = string.format, string.sub, string.lower, string.gsub,
   string.find
 local concat, max, min, floor = table.concat, math.max, math.min, math.floor
+local byte, reverse, ffi_string = string.byte, string.reverse, ffi.string
 
 local P = {
   name = "cache",
@@ -205,11 +207,42 @@ local function num(v)
   return format("%.17g", v)
 end
 
+-- A head's layout (engine/cache_room.h, LP_CACHE_HEAD_MAGIC): "L2", the request and
+-- response times as two little-endian doubles (NaN: none), "\n", then lines. The times are
+-- bytes, not text: exact, and the engine's stored miss writes them with two stores (their
+-- text was the dearest of its lines). Layout 1 (times as text lines) decodes to nothing: an
+-- entry of an older process is a miss, never misread.
+local TIMES = ffi.new("double[2]")
+local LE = ffi.abi("le")
+local NAN = 0 / 0
+
+local function swap8(s)
+  return reverse(sub(s, 1, 8)) .. reverse(sub(s, 9, 16))
+end
+
+local function times_bytes(request_time, response_time)
+  TIMES[0], TIMES[1] = request_time or NAN, response_time or NAN
+  local s = ffi_string(TIMES, 16)
+  return LE and s or swap8(s)
+end
+
+-- The two times of a head of this layout, or nil when it is not one.
+local function head_times(head)
+  if #head < 19 or sub(head, 1, 2) ~= "L2" or byte(head, 19) ~= 10 then return nil end
+  if LE then
+    ffi.copy(TIMES, ffi.cast("const char *", head) + 2, 16)
+  else
+    ffi.copy(TIMES, swap8(sub(head, 3, 18)), 16)
+  end
+  local a, b = TIMES[0], TIMES[1]
+  return true, a == a and a or nil, b == b and b or nil
+end
+
 local function encode(meta, headers, case)
   case = case or {}
-  local out = { "L1" }
+  local out = { "L2" .. times_bytes(meta.request_time, meta.response_time) }
   for k, v in pairs(meta) do
-    local t = type(v)
+    local t = (k == "request_time" or k == "response_time") and "prefix" or type(v) -- times: above
     if t == "number" then
       out[#out + 1] = "n " .. k .. "\t" .. num(v)
     elseif t == "string" then
@@ -230,9 +263,10 @@ local function encode(meta, headers, case)
 end
 
 local function decode(head)
-  if sub(head, 1, 3) ~= "L1\n" then return nil end
-  local meta, headers, case = {}, {}, {}
-  for kind, k, v in head:gmatch("(%a) ([^\t\n]+)\t([^\n]*)\n") do
+  local ok, request_time, response_time = head_times(head)
+  if not ok then return nil end
+  local meta, headers, case = { request_time = request_time, response_time = response_time }, {}, {}
+  for kind, k, v in sub(head, 20):gmatch("(%a) ([^\t\n]+)\t([^\n]*)\n") do
     if kind == "h" then
       local l = lower(k)
       if l ~= k then case[l] = k end
@@ -261,21 +295,25 @@ end
 -- its own trace, whose exits cannot be compiled through the phase's return (LuaJIT: "NYI:
 -- return to lower frame"), and left the rest of every miss interpreted. Its strings come
 -- from the policy and the response's fields, which hold no CR or LF. The request and
--- response times (proxy.now(): fractions of a second) are hexadecimal floats (%a): exact,
--- read back by tonumber as the decimal form is, and written without %g's conversion.
+-- response times (proxy.now(): fractions of a second) are the prefix's bytes. Written into
+-- one reused buffer: a string per piece and per concatenation cost more than the lines.
+local META = require("string.buffer").new(512) -- encode_meta's, reused (one string made)
+
 local function encode_meta(m)
-  local out = format("L1\nn status\t%s\nn age_value\t%s\nn request_time\t%a\n"
-    .. "n response_time\t%a\nn ttl\t%s\ns ttl_source\t%s\nb must_revalidate\t%s\n"
-    .. "b no_cache\t%s\n", num(m.status), num(m.age_value), m.request_time, m.response_time,
-    num(m.ttl), m.ttl_source, m.must_revalidate and "1" or "0", m.no_cache and "1" or "0")
-  if m.date then out = out .. "n date\t" .. num(m.date) .. "\n" end
-  if m.etag then out = out .. "s etag\t" .. m.etag .. "\n" end
-  if m.last_modified then out = out .. "s last_modified\t" .. m.last_modified .. "\n" end
+  TIMES[0], TIMES[1] = m.request_time or NAN, m.response_time or NAN
+  local b = META:reset():put("L2")
+  if LE then b:putcdata(TIMES, 16) else b:put(swap8(ffi_string(TIMES, 16))) end
+  b:putf("\nn status\t%s\nn age_value\t%s\nn ttl\t%s\ns ttl_source\t%s\n"
+    .. "b must_revalidate\t%s\nb no_cache\t%s\n", num(m.status), num(m.age_value), num(m.ttl),
+    m.ttl_source, m.must_revalidate and "1" or "0", m.no_cache and "1" or "0")
+  if m.date then b:put("n date\t", num(m.date), "\n") end
+  if m.etag then b:put("s etag\t", m.etag, "\n") end
+  if m.last_modified then b:put("s last_modified\t", m.last_modified, "\n") end
   if m.stale_while_revalidate then
-    out = out .. "n stale_while_revalidate\t" .. num(m.stale_while_revalidate) .. "\n"
+    b:put("n stale_while_revalidate\t", num(m.stale_while_revalidate), "\n")
   end
-  if m.stale_if_error then out = out .. "n stale_if_error\t" .. num(m.stale_if_error) .. "\n" end
-  return out
+  if m.stale_if_error then b:put("n stale_if_error\t", num(m.stale_if_error), "\n") end
+  return b:tostring()
 end
 
 P._encode, P._decode, P._encode_meta = encode, decode, encode_meta -- specs

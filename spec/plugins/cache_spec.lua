@@ -389,7 +389,7 @@ describe("cache plugin", function()
     assert.equal(13, (function() local n = 0 for _ in pairs(full) do n = n + 1 end return n end)())
   end)
 
-  it("reads every meta number back exactly (integral ones in decimal, times as hex floats)", function()
+  it("reads every meta number back exactly (integral ones in decimal, times as binary doubles)", function()
     local policy = require "luaproxy.cache.policy"
     -- proxy.now()'s nanosecond fractions, a Lua TTL with a fraction (cache_ttl plus the age),
     -- and integers past 2^31.
@@ -405,6 +405,24 @@ describe("cache plugin", function()
     assert.truthy(text:find("\nn ttl\t4294967296\n", 1, true))
     assert.same(meta, cache._decode(text))
     assert.same(meta, cache._decode(cache._encode(meta, {})))
+  end)
+
+  it("decodes heads of its own layout only (an older process's is a miss, never misread)", function()
+    local l1 = "L1\nn status\t200\nn request_time\t0x1.9c4d5ep+30\nh content-type\ttext/plain\n"
+    assert.is_nil(cache._decode(l1))
+    assert.is_nil(cache._decode("L2\n"))
+    -- Time bytes that look like lines stay times.
+    local meta = { status = 200, request_time = 10 + 2 ^ -42, response_time = 2 ^ 30 + 0.5 }
+    local head = cache._encode(meta, { a = "1" })
+    local m2, h2 = cache._decode(head)
+    assert.same(meta, m2)
+    assert.same({ a = "1" }, h2)
+    local times = head:sub(3, 18)
+    local nl = "\n" .. "h x\t"
+    local forged = "L2" .. nl .. times:sub(#nl + 1) .. head:sub(19)
+    local m3, h3 = cache._decode(forged)
+    assert.same({ a = "1" }, h3)
+    assert.equal(200, m3.status)
   end)
 
   it("stores the fields the engine writes (store_fields) as the general path would", function()

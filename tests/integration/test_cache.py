@@ -12,6 +12,7 @@ import email.utils
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -345,20 +346,19 @@ class CacheTest(H.ProxyTestCase):
         self.assertGreaterEqual(self.native_delta(nat)["stored"], 1)
 
     def stored_meta(self, path):
-        """The meta of the entry stored for path (the plugin's L1 head, decoded as its
-        decode() reads it: n numbers, decimal or %a hexadecimal; s strings; b flags)."""
+        """The meta of the entry stored for path (the plugin's head, layout 2, decoded as its
+        decode() reads it: the two times from the binary prefix; then n numbers, s strings,
+        b flags)."""
         r = self.get("/cachehead?p=" + urllib.parse.quote(path, safe="/"))
         self.assertEqual(r.status, 200, path)
-        lines = r.body.decode("latin-1").split("\n")
-        self.assertEqual(lines[0], "L1")
-        meta = {}
-        for line in lines[1:]:
+        self.assertEqual((r.body[:2], r.body[18:19]), (b"L2", b"\n"))
+        meta = dict(zip(("request_time", "response_time"), struct.unpack("<dd", r.body[2:18])))
+        for line in r.body[19:].decode("latin-1").split("\n"):
             if not line or line.startswith("h ") or line.startswith("c "):
                 continue
             kind, rest = line.split(" ", 1)
             k, v = rest.split("\t", 1)
-            meta[k] = (float.fromhex(v) if v.startswith(("0x", "-0x")) else float(v)) \
-                if kind == "n" else (v == "1" if kind == "b" else v)
+            meta[k] = float(v) if kind == "n" else (v == "1" if kind == "b" else v)
         return meta
 
     def test_engine_meta_is_the_plugins(self):

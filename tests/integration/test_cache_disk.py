@@ -341,6 +341,26 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertEqual(files_under(root), [])
         self.assertEqual(self.get(b, p).body, b"start-2")
 
+    def test_older_version_files_dropped_at_start(self):
+        # A file of another version (heads of the plugin's layout 1, times as text) is
+        # dropped by the start's scan, and its key is a miss: never read with this layout.
+        root = self.root()
+        p = self.path()
+        self.origin.script(p, lambda req, n: fresh(b"layout-%d" % n))
+        a = self.start(root)
+        self.get(a, p)
+        self.wait_disk_entries(a, 1)
+        a.stop()
+        f = [x for x in files_under(root) if not x.endswith(".tmp")][0]
+        with open(f, "r+b") as fh:
+            fh.seek(4)  # the header's version, after its magic (engine/cache_disk.h)
+            fh.write(struct.pack("<I", 1))
+        b = self.start(root)
+        b.wait_log("written by another version")
+        self.assertEqual(self.disk(b)["entries"], 0)
+        self.assertEqual(self.get(b, p).body, b"layout-2")
+        self.assertEqual(self.origin.count(p), 2)
+
     def test_unwritable_directory_logged_and_proxied(self):
         base = H.Workdir.new("cache-" + self._testMethodName)
         blocker = os.path.join(base, "file")

@@ -186,9 +186,13 @@ static void format_damage_refused(void)
     err = read_one(path, body, sizeof(body));
     CHECK(err && strstr(err, "bad header"));
     write_one("hello disk tier", path, sizeof(path));
-    patch(path, 4, SEEK_SET, 0x02);
+    patch(path, 4, SEEK_SET, 0x01); /* the version before (the heads' layout 1) */
     err = read_one(path, body, sizeof(body));
-    CHECK(err && strstr(err, "bad header"));
+    CHECK(err && strstr(err, "another version"));
+    write_one("hello disk tier", path, sizeof(path));
+    patch(path, 4, SEEK_SET, 0x03);
+    err = read_one(path, body, sizeof(body));
+    CHECK(err && strstr(err, "another version"));
     rm_rf(root);
 }
 

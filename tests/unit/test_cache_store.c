@@ -238,7 +238,7 @@ static void purge_counts_responses(void)
     CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_KEY, K("k")), 2);
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)st.entries, 0);
-    /* A head "V ..." under a secondary key is a response's (the plugin's heads start "L1"). */
+    /* A head "V ..." under a secondary key is a response's (the plugin's heads start "L2"). */
     put(z, "v", "", "1", 1);
     f = lp_cache_fill_start(z, NULL, K("v"), K("s"), K("V x"), NOW + 60, 0);
     REQUIRE(f);
@@ -583,9 +583,9 @@ static void stub_set_head(void)
     REQUIRE(s);
     CHECK(!lp_cache_entry_resident(s));
     lp_cache_entry_ref(s); /* ours; the zone's is the first */
-    pthread_mutex_lock(&z->lock);
+    lp_mutex_lock(&z->lock);
     lp__cache_link(z, s);
-    pthread_mutex_unlock(&z->lock);
+    lp_mutex_unlock(&z->lock);
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)st.stubs, 1);
     size_t block = st.index_bytes - table;
