@@ -461,7 +461,8 @@ int lp_ffi_resp_compress(void *r, int coding, int level, double min_length);
  * `first` into dst (a multipart/byteranges answer Lua builds); returns how many. window
  * (response phase, an upstream body of known length): the client gets only bytes first..
  * first+n-1 of it while the whole is stored (0 bytes: a 304); LP_FFI_EINVAL otherwise.
- * upstream_length: the upstream body's Content-Length, -1 when it has none (chunked). */
+ * upstream_length: the upstream body's Content-Length, 0 for a response without a body,
+ * -1 when its length is not known ahead (chunked, or delimited by the close). */
 void *lp_ffi_cache_zone(const char *name, size_t n);
 /* get on a zone with a disk tier may also answer 2: the entry is on disk only and is being
  * read back with the task parked; wait, then get again (it answers 1 or 0 then). Or 3:

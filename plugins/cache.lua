@@ -700,7 +700,6 @@ end
 
 local function refetch(req, conf, st)
   local z, stale = st.zone, st.stale
-  if st.forced then z:count("miss") end -- the entry was not used: answered in full
   local plan = fetch_plan(req, true)
   local t0 = proxy.now()
   local res, err
@@ -710,9 +709,13 @@ local function refetch(req, conf, st)
     if stale.d and (stale.d.stale_if_error or stale.d.stale_if_disconnected) then
       return serve_stale_on_error(req, conf, st, nil)
     end
+    if st.forced then z:count("miss") end
     req:set_status(502)
     return
   end
+  -- the entry was not used: answered in full (counted once the full response came; a
+  -- failed fetch that serves stale counts stale only)
+  if st.forced then z:count("miss") end
   local sec = stale.sec or ""
   local stored, rsh, case = put_fetched(z, st.key, sec, st.rh, res, t0, conf)
   if not stored then

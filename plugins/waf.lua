@@ -586,6 +586,9 @@ end
 -- exclusion that would take it out (paste it into the route's waf.exclusions).
 -- (bounded: the names are the client's, and each worker keeps what it logged)
 local learned, nlearned, MAX_LEARNED = {}, 0, 10000
+-- Rules that refuse a body the WAF could not read whole (the bundled 1009; the 200002 and
+-- 200003 of ModSecurity's recommended modsecurity.conf): learn mode says what excluding them costs.
+local BODY_GUARDS = { [1009] = true, [200002] = true, [200003] = true }
 local function learn(list)
   for _, l in ipairs(list) do
     local var = sanitize((l.var:gsub("^&", "")))
@@ -596,8 +599,9 @@ local function learn(list)
       if nlearned == MAX_LEARNED then
         proxy.log.warn(format("waf learn: %d (rule, variable) pairs logged by this worker: no more", MAX_LEARNED))
       end
-      proxy.log.warn(format('waf learn: rule %d fires on %s; exclusion: { ids = { %d }, targets = { "%s" } }',
-        l.id, var, l.id, var))
+      proxy.log.warn(format('waf learn: rule %d fires on %s; exclusion: { ids = { %d }, targets = { "%s" } }%s',
+        l.id, var, l.id, var, BODY_GUARDS[l.id] and
+          " (a body the WAF could not read: excluded, such bodies pass uninspected; fix the client or raise the limit instead)" or ""))
     end
   end
 end
@@ -689,21 +693,12 @@ function P.request(req, conf)
   if cs then
     local lst = { vars = st.vars, cache = {} }
     local ok, lm = xpcall(engine.run, traceback, cs, lst)
+    local failed
     if not ok then
-      -- As for the SecLang rules: an error (a bug, a guard stop) is decided as running out
-      -- of time_budget is (over_budget; "block", fail-closed, by default), never a 500;
-      -- logged with the rule that raised and the traceback, and counted
-      local r = lst.rule
-      proxy.log.err(format("waf: Lua rule %s failed (over_budget = \"%s\"): %s",
-        r and r.place or "(none: reading the request's values)", conf.over_budget, tostring(lm)))
-      if m_errors then m_errors:inc(1, "lua") end
-      matches = matches or {}
-      matches[#matches + 1] = { id = 0, var = "-", msg = "rule error",
-        excerpt = format("Lua rule %s failed", r and r.id or "-") }
-      if conf.over_budget == "block" and not deny then
-        deny = { id = 0, why = format("Lua rule %s failed, over_budget = \"block\"", r and r.id or "-") }
-      end
-      lm = nil
+      -- The matches found before the error count as they would have (a deny or a score
+      -- already earned still refuses, whatever over_budget says); the error itself is
+      -- then decided as running out of time_budget is (below)
+      failed, lm = lm, lst.matches
     end
     if lm then
       -- learn mode: the Lua rules' (the bundled protocol.lua beside CRS: 1009 on a body
@@ -721,6 +716,21 @@ function P.request(req, conf)
           deny = r
           status = r.status or conf.status
         end
+      end
+    end
+    if failed then
+      -- As for the SecLang rules: an error (a bug, a guard stop) is decided as running out
+      -- of time_budget is (over_budget; "block", fail-closed, by default), never a 500;
+      -- logged with the rule that raised and the traceback, and counted
+      local r = lst.rule
+      proxy.log.err(format("waf: Lua rule %s failed (over_budget = \"%s\"): %s",
+        r and r.place or "(none: reading the request's values)", conf.over_budget, tostring(failed)))
+      if m_errors then m_errors:inc(1, "lua") end
+      matches = matches or {}
+      matches[#matches + 1] = { id = 0, var = "-", msg = "rule error",
+        excerpt = format("Lua rule %s failed", r and r.id or "-") }
+      if conf.over_budget == "block" and not deny then
+        deny = { id = 0, why = format("Lua rule %s failed, over_budget = \"block\"", r and r.id or "-") }
       end
     end
   end

@@ -344,7 +344,9 @@ local Response = {}
 Response.__index = function(res, k)
   if k == "headers" or k == "header_names" then
     local h, names = unpack_fields(rawget(res, "_fields"))
-    res.headers, res.header_names = h, names
+    -- only the field asked for is missing (the caller may have replaced the other)
+    if rawget(res, "headers") == nil then res.headers = h end
+    if rawget(res, "header_names") == nil then res.header_names = names end
     return rawget(res, k)
   end
   return Response[k]

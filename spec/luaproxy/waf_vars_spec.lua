@@ -181,6 +181,12 @@ describe("waf vars", function()
       local e = q:gsub("[^%w]", function(ch) return string.format("%%%02X", ch:byte()) end)
       assert.same({ "query=" .. q }, coll({ uri = "/graphql?query=" .. e }, "query_args"))
     end
+    -- only on a path naming GraphQL, or beside operationName / variables / extensions:
+    -- elsewhere `query` is a search term, and a document of bare names is read whole
+    local names = "query=%7B%20UNION%3A%20SELECT%20password%3A%20FROM%20users%20%7D"
+    assert.same({ "query={ UNION: SELECT password: FROM users }" }, coll({ uri = "/search?" .. names }, "query_args"))
+    assert.same({}, coll({ uri = "/api/gql?" .. names }, "query_args"))
+    assert.same({ "variables.a=1" }, coll({ uri = "/search?variables=%7B%22a%22%3A1%7D&" .. names }, "query_args"))
     -- another name, or a form body: as before
     assert.same({ "q={ a }" }, coll({ uri = "/?q=%7B%20a%20%7D" }, "query_args"))
     assert.same({ "query={ a }" }, coll({ method = "POST", uri = "/", body = "query=%7B%20a%20%7D",

@@ -134,7 +134,10 @@ describe("waf xml", function()
       assert.same({ "=0" }, coll(ct, body, "body_error_flag"), ct)
     end
     for _, ct in ipairs({ "application/xml; charset=utf-7", 'text/xml; charset="UTF-16"',
-      "application/soap+xml; action=x; charset=ibm037" }) do
+      "application/soap+xml; action=x; charset=ibm037",
+      -- two charsets: parsers differ on which they take (the first, the last, the unquoted)
+      "application/xml; charset=utf-8; charset=utf-7", 'application/xml; a="x;charset=utf-8"; charset=utf-7',
+      "application/xml; charset=utf-8; charset=utf-8" }) do
       assert.same({ "=1" }, coll(ct, body, "body_error_flag"), ct)
       assert.same({}, coll(ct, body, "xml"), ct)
     end

@@ -173,6 +173,21 @@ describe("waf plugin", function()
     assert.equal(1, T.metric("waf_rule_errors_total", { rules = "lua" }))
   end)
 
+  it("keeps what the Lua rules found before one raised: an earned deny refuses whatever over_budget says", function()
+    local o = lua_rules({ default_rules = false, hyperscan = false, rules = {
+      { id = 9300, msg = "attack word", action = "deny", targets = { "args" }, rx = "attack" },
+      { id = 9301, msg = "broken after", targets = { "args" }, rx = "zzz" } } })
+    o.over_budget = "pass"
+    local c = T.conf(waf, o)
+    c.cs.by_id[9301].conds[1].arg = 42
+    local res = T.run(waf, o, { uri = "/p?a=attack", headers = headers() })
+    assert.equal(403, res.status) -- the error passed the request, 9300's deny lost, before
+    local ids = {}
+    for _, m in ipairs(res.ctx.waf.matches) do ids[#ids + 1] = m.id end
+    assert.same({ 9300, 0 }, ids)
+    assert.equal(1, T.metric("waf_rule_errors_total", { rules = "lua" }))
+  end)
+
   it("runs chains, counts, negation and exclusions by id, tag and target", function()
     local rules = {
       { id = 9101, msg = "admin from outside", targets = { "path" }, begins_with = "/admin",

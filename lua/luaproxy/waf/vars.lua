@@ -87,7 +87,7 @@ local add_value -- below: a value that is a JSON document goes in as its leaves
 -- 3 s). Past max_args nothing more is read: the collection is marked truncated, which is
 -- a body error (State:coll, "body_error"). gql: a `query` argument may be a GraphQL request
 -- sent by GET (gql_arg).
-local gql_arg -- below
+local gql_arg, graphql_get -- below
 local function parse_form(c, s, max, gql)
   local pos, len = 1, #s
   local eq = 0
@@ -122,6 +122,18 @@ local looks_graphql = G.looks
 -- whole, as any value). Its `variables` and `extensions` are JSON documents, read as their
 -- leaves like any argument holding one (add_value).
 gql_arg = function(c, v, max) return looks_graphql(v) and graphql_strings(c, "query", v, max) end
+
+-- Whether a query string's `query` argument may be a GraphQL document: on a path whose last
+-- segment names GraphQL (/graphql, /api/gql), or beside an argument only a GraphQL request
+-- has. Elsewhere `query` is a search term as often as not, and is inspected whole: read as
+-- GraphQL, a document of bare names ({ UNION: SELECT password: FROM users }) adds nothing.
+graphql_get = function(path, qs)
+  local last = lower(match(path, "[^/]*/?$") or "")
+  if find(last, "graphql", 1, true) or find(last, "gql", 1, true) then return true end
+  local a = "&" .. qs
+  return find(a, "&operationName=", 1, true) ~= nil or find(a, "&variables=", 1, true) ~= nil
+    or find(a, "&extensions=", 1, true) ~= nil
+end
 
 -- Fallback for a document the scanner below does not follow (what cjson takes beyond JSON:
 -- nan, inf): the decoded table, keys sorted so that the order is the same at every run.
@@ -592,7 +604,10 @@ function State:coll(name)
     c = new()
     local u = req:uri()
     local q = find(u, "?", 1, true)
-    if q then parse_form(c, sub(u, q + 1), self.max, true) end
+    if q then
+      local qs = sub(u, q + 1)
+      parse_form(c, qs, self.max, graphql_get(sub(u, 1, q - 1), qs))
+    end
   elseif name == "headers" or name == "cookies" then
     -- in the order they came (req:headers() is a hash table: its order changed from run
     -- to run)

@@ -11,8 +11,8 @@
 -- One pass of plain finds over the text: linear in the body, bounded by body_limit.
 -- Docs: docs/plugins/waf.md, "Targets (variables)".
 local utf8 = require("luaproxy.waf.transforms")._utf8
-local byte, find, sub, gsub, match, lower, format = string.byte, string.find, string.sub,
-  string.gsub, string.match, string.lower, string.format
+local byte, find, sub, gsub, gmatch, match, lower, format = string.byte, string.find, string.sub,
+  string.gsub, string.gmatch, string.match, string.lower, string.format
 local concat = table.concat
 local tonumber = tonumber
 
@@ -272,10 +272,18 @@ end
 -- A Content-Type's charset parameter (it overrides the document's own declaration, RFC
 -- 7303) naming an encoding other than UTF-8, ASCII or Latin-1 is a body error as such a
 -- declaration is (charset=utf-7: +ACc- is a quote to the application); the problem, or nil.
+-- Every "charset=" is looked at, even one inside a quoted parameter: parsers differ on which
+-- of two they take (the first, the last, or only the unquoted one), so two are an error too.
 function M.charset_problem(ctype)
-  local cs = match(lower(ctype or ""), ";%s*charset%s*=%s*\"?([^\";%s]*)")
-  if not cs or READABLE[cs] then return nil end
-  return "XML: the Content-Type's charset is an encoding this reader does not decode (" .. cut(cs) .. ")"
+  local seen
+  for cs in gmatch(lower(ctype or ""), ";%s*charset%s*=%s*\"?([^\";%s]*)") do
+    if seen then return "XML: the Content-Type names a charset twice" end
+    if not READABLE[cs] then
+      return "XML: the Content-Type's charset is an encoding this reader does not decode (" .. cut(cs) .. ")"
+    end
+    seen = true
+  end
+  return nil
 end
 
 return M
