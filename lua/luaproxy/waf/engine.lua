@@ -954,10 +954,18 @@ end
 -- other header, is no work for it; so is a hit of a condition that never reads the group's
 -- hits (g.reads[gid] nil: a chained or negated one, prefiltered value by value).
 local SCAN_ALL = hs.SCAN_FAILED
+-- The ids named are also listed in order of first hit, h[-1] .. h[-h.nh]: the walk goes to
+-- their rules without asking every prefiltered rule of the group (run_phase_plan).
 local function note_one(h, rd, gid, cname, lname, i)
   local ks = rd and rd[cname]
   if ks and (ks == true or ks[lname]) then
-    local l = tab_of(h, gid)
+    local l = h[gid]
+    if not l then
+      l = {}
+      h[gid] = l
+      local nh = (h.nh or 0) + 1
+      h.nh, h[-nh] = nh, gid
+    end
     l[#l + 1], l[#l + 2] = cname, i
   end
 end
@@ -1709,16 +1717,65 @@ local function run_setvar(st, sv)
   end
 end
 
--- Runs one phase's items; returns true when processing stops (deny / allow).
--- plan_g, plan_gid (cs.plan, built once the Hyperscan databases are all there): for item i
--- whose first condition is prefiltered, its group and its id in the group. Such a rule
--- cannot match unless the group's scan named that condition for one of its values, and a
--- first condition that does not match leaves no trace (no setvar, ctl, capture or
--- MATCHED_VAR: those run only for a matching link); so the rule is passed over after one
--- look-up in the group's hits (scanned at the same point of the walk as before: when the
--- first rule of the group that is not passed over for other reasons is reached).
-local function run_phase(cs, st, list, markers, plan_g, plan_gid)
-  local i, n = 1, #list
+-- Runs rule r (eligible: its paranoia level, not removed at run time): its conditions, the
+-- actions of each link that matches, its record. Returns the outcome when processing stops
+-- here ("deny", "allow", "off", "budget"), else nil and the marker its skipAfter names.
+local function run_rule(st, r)
+  st.rule = r
+  local first
+  local ok = true
+  for k, cond in ipairs(r.conds) do
+    local ms = sec_cond(st, r, cond)
+    if not ms then
+      ok = false
+      break
+    end
+    local last = ms[#ms]
+    st.mv, st.mvn, st.mvs = last.value, last.name, ms
+    if k == 1 then first = ms end
+    -- As ModSecurity does: a link's non-disruptive actions run when the link matches,
+    -- before the next link is evaluated (CRS's 931130 sets the TX variable its chained
+    -- rule reads); only the disruptive action waits for the whole chain.
+    for _, sv in ipairs(cond.setvars) do run_setvar(st, sv) end
+    for _, c in ipairs(cond.ctls) do run_ctl(st, c) end
+  end
+  if st.over_budget then return "budget" end
+  if not ok then return nil end
+  if not r.nolog or r.disruptive == "deny" then
+    local m = first[1]
+    local rec = { id = r.id, msg = expand(st, r.msg) or "", severity = r.severity,
+                  var = m.name, tags = r.taglist, action = r.disruptive,
+                  excerpt = excerpt(m.value, m.from, m.to), regex_error = m.err,
+                  paranoia = r.paranoia }
+    if r.logdata then rec.logdata = sanitize(sub(expand(st, r.logdata), 1, 96)) end
+    local list_m = tab_of(st, "matches")
+    list_m[#list_m + 1] = rec
+    -- learn mode: every variable of the first condition that matched
+    if st.learn then
+      for _, mm in ipairs(first) do st.learn[#st.learn + 1] = { id = r.id, var = mm.name } end
+    end
+  end
+  if st.engine_off then return "off" end
+  if r.disruptive == "deny" then
+    st.deny = r
+    return "deny"
+  elseif r.disruptive == "allow" then
+    return "allow"
+  end
+  return nil, r.skip_after
+end
+
+-- Runs one phase's items from item i0, one by one; returns the outcome when processing
+-- stops (deny / allow / off / budget). plan_g, plan_gid (cs.plan, below): for item i whose
+-- first condition is prefiltered, its group and its id in the group. Such a rule cannot
+-- match unless the group's scan named that condition for one of its values, and a first
+-- condition that does not match leaves no trace (no setvar, ctl, capture or MATCHED_VAR:
+-- those run only for a matching link); so the rule is passed over after one look-up in
+-- the group's hits (scanned when the first rule of the group that is not passed over for
+-- other reasons is reached). The plan's walk (run_phase_plan) does not even look: this one
+-- runs while the databases compile (no plan) and after a skipAfter back.
+local function run_phase(cs, st, list, markers, plan_g, plan_gid, i0)
+  local i, n = i0 or 1, #list
   local gh = st.gh
   local paranoia = st.paranoia
   while i <= n do
@@ -1736,49 +1793,9 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
     -- (a prefiltered rule passed both checks above already)
     if r.id and (g or ((r.paranoia or 1) <= paranoia
         and (not st.removing or not removed_at_runtime(st, r)))) then
-      st.rule = r
-      local first
-      local ok = true
-      for k, cond in ipairs(r.conds) do
-        local ms = sec_cond(st, r, cond)
-        if not ms then
-          ok = false
-          break
-        end
-        local last = ms[#ms]
-        st.mv, st.mvn, st.mvs = last.value, last.name, ms
-        if k == 1 then first = ms end
-        -- As ModSecurity does: a link's non-disruptive actions run when the link matches,
-        -- before the next link is evaluated (CRS's 931130 sets the TX variable its chained
-        -- rule reads); only the disruptive action waits for the whole chain.
-        for _, sv in ipairs(cond.setvars) do run_setvar(st, sv) end
-        for _, c in ipairs(cond.ctls) do run_ctl(st, c) end
-      end
-      if st.over_budget then return "budget" end
-      if ok then
-        if not r.nolog or r.disruptive == "deny" then
-          local m = first[1]
-          local rec = { id = r.id, msg = expand(st, r.msg) or "", severity = r.severity,
-                        var = m.name, tags = r.taglist, action = r.disruptive,
-                        excerpt = excerpt(m.value, m.from, m.to), regex_error = m.err,
-                        paranoia = r.paranoia }
-          if r.logdata then rec.logdata = sanitize(sub(expand(st, r.logdata), 1, 96)) end
-          local list_m = tab_of(st, "matches")
-          list_m[#list_m + 1] = rec
-          -- learn mode: every variable of the first condition that matched
-          if st.learn then
-            for _, mm in ipairs(first) do st.learn[#st.learn + 1] = { id = r.id, var = mm.name } end
-          end
-        end
-        if st.engine_off then return "off" end
-        if r.disruptive == "deny" then
-          st.deny = r
-          return "deny"
-        elseif r.disruptive == "allow" then
-          return "allow"
-        end
-        if r.skip_after then i = markers[r.skip_after] or n + 1 end
-      end
+      local out, skip = run_rule(st, r)
+      if out then return out end
+      if skip then i = markers[skip] or n + 1 end
     elseif r.jump ~= nil then
       -- a rule folded at load (luaproxy.waf.fold) that always matches and leaves no trace
       -- but its skipAfter (false: none); as it would, it ends the walk once the engine is off
@@ -1789,22 +1806,154 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
   end
 end
 
--- The walk's plan (run_phase): per phase, which items are prefiltered rules. Made once all
--- of the set's Hyperscan databases are there (before, a group's conditions may still run
--- through PCRE2 alone, or be left to it for good by the compile: cond.fast says).
+-- Adds item q to the sorted queue pend[ph..pt]; returns the new pt.
+local function enqueue(pend, ph, pt, q)
+  local k = pt
+  while k >= ph and pend[k] > q do
+    pend[k + 1] = pend[k]
+    k = k - 1
+  end
+  pend[k + 1] = q
+  return pt + 1
+end
+
+-- The first item of group g at or after item i of the phase (pp: its plan), or nil.
+local function group_from(pp, g, i)
+  local q = pp.first[g]
+  local nxt = pp.gnext
+  while q and q < i do q = nxt[q] end
+  return q
+end
+
+-- run_phase over the plan: visits the items that must run whatever Hyperscan said (rules
+-- whose first condition is not prefiltered, folded jumps: pp.ev, with each group's first
+-- rule) and, of the prefiltered rules, only those the group's hits name (h[-1..-h.nh]):
+-- a browser GET visits about 30 items of 133, not every rule to ask its group. The same
+-- rules run in the same order as run_phase: a group is scanned at its first rule not
+-- passed over for paranoia or removal (that rule's next in the group takes its place as
+-- the trigger); once its hits are there (this phase or the one before), the rules they
+-- name after that point are queued (pend, sorted; `last` drops what was visited or
+-- skipped); a skipAfter forward drops what it jumps over and queues, for each group not
+-- yet queued in this phase, its first rule after the marker. A skipAfter back (SecLang
+-- never jumps back, but a marker could stand before its rule) ends it in run_phase.
+-- act[g] == serial: g's named rules are queued in this phase (serial: one per call, so
+-- nothing of another walk counts); pend is reused (read only between ph and pt).
+local function run_phase_plan(cs, st, list, markers, pp, sc)
+  local n = #list
+  local pg, pgid, ev, gnext, posof = pp.g, pp.gid, pp.ev, pp.gnext, pp.pos
+  local gh = st.gh
+  local paranoia = st.paranoia
+  local pend, act
+  if sc then
+    pend, act = sc.pend, sc.act
+  else
+    pend, act = {}, {}
+  end
+  local serial = (act.serial or 0) + 1
+  act.serial = serial
+  local ph, pt, e, last = 1, 0, 1, 0
+  while true do
+    -- the next item: the first of ev[e..] and pend[ph..pt] after `last`
+    local a = ev[e]
+    while a and a <= last do
+      e = e + 1
+      a = ev[e]
+    end
+    local b
+    while ph <= pt do
+      b = pend[ph]
+      if b > last then break end
+      ph = ph + 1
+      b = nil
+    end
+    local i
+    if a and (not b or a <= b) then
+      i, e = a, e + 1
+    elseif b then
+      i, ph = b, ph + 1
+    else
+      return nil
+    end
+    last = i
+    local r = list[i]
+    local g = pg[i]
+    if g then
+      -- a prefiltered rule, reached as its group's trigger or because the hits name it
+      local h = gh[g]
+      local skipped = (r.paranoia or 1) > paranoia or (st.removing and removed_at_runtime(st, r))
+      if not h and not skipped then h = group_hits(st, g) end
+      if h and act[g] ~= serial then
+        act[g] = serial
+        local pos = posof[g]
+        for k = 1, h.nh or 0 do
+          local q = pos[h[-k]]
+          if q and q > i then pt = enqueue(pend, ph, pt, q) end
+        end
+      elseif not h then
+        -- passed over before its group was scanned: the group's next rule triggers it
+        local q = gnext[i]
+        if q then pt = enqueue(pend, ph, pt, q) end
+      end
+      if skipped or not h[pgid[i]] then goto continue end
+    end
+    do
+      local to
+      if r.id and (g or ((r.paranoia or 1) <= paranoia
+          and (not st.removing or not removed_at_runtime(st, r)))) then
+        local out, skip = run_rule(st, r)
+        if out then return out end
+        if skip then to = markers[skip] or n + 1 end
+      elseif r.jump ~= nil then
+        if st.engine_off then return "off" end
+        if r.jump then to = markers[r.jump] or n + 1 end
+      end
+      if to then
+        if to <= i then return run_phase(cs, st, list, markers, pg, pgid, to) end
+        last = to - 1
+        for _, gg in ipairs(pp.groups) do
+          if act[gg] ~= serial then
+            local q = group_from(pp, gg, to)
+            if q then pt = enqueue(pend, ph, pt, q) end
+          end
+        end
+      end
+    end
+    ::continue::
+  end
+end
+
+-- The walk's plan (run_phase, run_phase_plan), per phase: which items are prefiltered rules
+-- (g[i]: the group, gid[i]: the condition's id in it) and, for run_phase_plan, ev (the
+-- items to visit whatever the hits: rules not prefiltered, folded jumps, and each group's
+-- first rule), first[g] and gnext[i] (each group's rules in order), pos[g][gid] (the item
+-- of a prefiltered condition) and groups (the groups with rules in the phase). Made once
+-- all of the set's Hyperscan databases are there (before, a group's conditions may still
+-- run through PCRE2 alone, or be left to it for good by the compile: cond.fast says).
 local function build_plan(cs)
   local plan = {}
   for p = 1, 2 do
-    local pg, pgid = {}, {}
+    local pg, pgid, ev, gnext, first, pos, groups, prev = {}, {}, {}, {}, {}, {}, {}, {}
     for i, r in ipairs(cs.phases[p]) do
       local c = r.conds and r.conds[1]
       if c and c.fast and not c.pcre_only and c.group and c.group.db then
-        pg[i], pgid[i] = c.group, c.gid
+        local g = c.group
+        pg[i], pgid[i] = g, c.gid
+        if not first[g] then
+          first[g], pos[g] = i, {}
+          groups[#groups + 1] = g
+          ev[#ev + 1] = i
+        else
+          gnext[prev[g]] = i
+        end
+        prev[g] = i
+        pos[g][c.gid] = i
       else
         pg[i] = false
+        if r.id or r.jump ~= nil then ev[#ev + 1] = i end
       end
     end
-    plan[p] = { g = pg, gid = pgid }
+    plan[p] = { g = pg, gid = pgid, ev = ev, gnext = gnext, first = first, pos = pos,
+                groups = groups }
   end
   cs.plan = plan
 end
@@ -2192,12 +2341,17 @@ M.finish_seclang = finish_seclang
 -- Runs a seclang set over the request state `st` (vars set). st.tx: the TX collection
 -- seeded by the caller (paranoia level, thresholds). Returns the matches (or nil) and the
 -- outcome: "deny", "allow", "budget", "off" or nil.
-local function walk(cs, st)
-  local plan = not cs.pending and cs.plan
+-- (cs.each: every rule asked one by one, as while the databases compile: specs compare)
+local function walk(cs, st, sc)
+  local plan = not cs.pending and not cs.each and cs.plan
   local outcome
   for p = 1, 2 do
     local pp = plan and plan[p]
-    outcome = run_phase(cs, st, cs.phases[p], cs.markers[p], pp and pp.g, pp and pp.gid)
+    if pp then
+      outcome = run_phase_plan(cs, st, cs.phases[p], cs.markers[p], pp, sc)
+    else
+      outcome = run_phase(cs, st, cs.phases[p], cs.markers[p])
+    end
     if outcome then break end
   end
   return st.matches, outcome
@@ -2217,7 +2371,7 @@ end
 local function take_scratch(cs, st)
   local sc = cs.scratch
   if not sc then
-    sc = { gh = {}, pf = {}, vc = {}, hp = {}, busy = false }
+    sc = { gh = {}, pf = {}, vc = {}, hp = {}, pend = {}, act = {}, busy = false }
     cs.scratch = sc
   end
   if sc.busy then
@@ -2246,7 +2400,7 @@ function M.run_seclang(cs, st)
   if not cs.plan and not cs.pending and cs.use_hs then build_plan(cs) end
   local sc = take_scratch(cs, st)
   if not sc then return walk(cs, st) end
-  local ok, matches, outcome = pcall(walk, cs, st)
+  local ok, matches, outcome = pcall(walk, cs, st, sc)
   -- st lets go of the tables the next request empties (a caller may keep st)
   sc.busy = false
   st.gh, st.pf, st.vc, st.hp = nil, nil, nil, nil
