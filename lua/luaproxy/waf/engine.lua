@@ -682,13 +682,31 @@ end
 -- The lower-case names of collection c, made once per request (st.ln, keyed by the names
 -- array: REQUEST_HEADERS_NAMES shares its base's): group lists, hit filters and target
 -- keys all compare lower-case names.
+-- In the walk, st.ln and the arrays are take_scratch's, reused from request to request
+-- (st.lpool: the arrays, st.ln.used of them taken by this request), each array's entries
+-- past its collection's count dropped when taken; a collection of over 256 names gets its
+-- own (a pool array keeps its size).
 local function lnames(st, c)
   local names = c.names
   local ln = tab_of(st, "ln")
   local l = ln[names]
   if not l then
-    l = {}
-    for i = 1, c.n do l[i] = low(names[i]) end
+    local n = c.n
+    local pool = n <= 256 and st.lpool
+    if pool then
+      local u = (ln.used or 0) + 1
+      ln.used = u
+      l = pool[u]
+      if l then
+        for i = n + 1, #l do l[i] = nil end
+      else
+        l = {}
+        pool[u] = l
+      end
+    else
+      l = {}
+    end
+    for i = 1, n do l[i] = low(names[i]) end
     ln[names] = l
   end
   return l
@@ -1403,47 +1421,50 @@ local function transform_direct(cs, ch, v)
 end
 
 -- The ids group g's database reports for text v: a set of ids, false for none, or true when
--- the scan failed or reported too many (then every condition is tested).
-local function hit_set(g, v)
+-- the scan failed or reported too many (then every condition is tested). Kept by text per
+-- group (st.hc[g][v]: a pure function of the text and the group's database, so, as st.vc,
+-- kept from one request to the next in the walk and emptied past VC_KEEP bytes by
+-- take_scratch): a browser GET's single scans and their sets were the same texts at every
+-- request. (Keyed by the database too: a group's db may come later, see may_match.)
+local function hit_set(st, g, v)
+  local hc = st.hc
+  local per = hc[g]
+  if per == nil or per.db ~= g.db then
+    per = { db = g.db }
+    hc[g] = per
+  end
+  local set = per[v]
+  if set ~= nil then return set end
   local n, ids, base, more = scan(g.db, v, g.hits)
-  if not n or more then return true end
-  if n == 0 then return false end
-  local set = {}
-  for k = 0, n - 1 do set[ids[base + k]] = true end
+  if not n or more then
+    set = true
+  elseif n == 0 then
+    set = false
+  else
+    set = {}
+    for k = 0, n - 1 do set[ids[base + k]] = true end
+  end
+  per[v] = set
+  hc.bytes = (hc.bytes or 0) + 64 + #v
   return set
 end
 
--- Prefilter: may condition `cond` match value i of collection cname (through its chain)?
-local function may_match(st, cond, cname, i, v)
+-- Prefilter: may condition `cond` match text v (a value through its chain)?
+local function may_match(st, cond, v)
   local g = cond.group
   if not g or not g.db or cond.pcre_only then return true end
-  local pf = st.pf[g]
-  if not pf then
-    pf = {}
-    st.pf[g] = pf
-  end
-  local per = tab_of(pf, cname)
-  local set = per[i]
-  if set == nil then
-    set = hit_set(g, v)
-    per[i] = set
-  end
+  local set = hit_set(st, g, v)
   if set == true then return true end
   return set and set[cond.gid] == true or false
 end
 
 -- Prefilter of a multiMatch condition (cs.multi_group): may it match text v? Scans v once
--- per request with the multiMatch database, whichever condition and step asks. (Asked
+-- (hit_set) with the multiMatch database, whichever condition and step asks. (Asked
 -- only for the values multi_values let through, or all when it cannot run.)
 local function multi_may(st, cond, v)
   local g = cond.group
   if not g.db or cond.pcre_only then return true end
-  local memo = tab_of(st, "mm")
-  local set = memo[v]
-  if set == nil then
-    set = hit_set(g, v)
-    memo[v] = set
-  end
+  local set = hit_set(st, g, v)
   if set == true then return true end
   return set and set[cond.gid] == true or false
 end
@@ -1478,7 +1499,15 @@ do
       local L = value_list(st, p, ml)
       local cnt, hits = hs.scan_steps(p.ws, ml.steps, ml.nsteps, g.db, L.ptr, L.len, L.n)
       if cnt then
-        set = {}
+        -- the condition's table of the last request, emptied (take_scratch's st.mpool)
+        local pool = st.mpool
+        set = pool and pool[cond]
+        if set then
+          for _, per in pairs(set) do clear(per) end
+        else
+          set = {}
+          if pool then pool[cond] = set end
+        end
         local gid, lc, li = cond.gid, L.coll, L.idx
         for j = 0, cnt - 1 do
           local id = hits[2 * j]
@@ -1636,7 +1665,7 @@ local function sec_cond(st, r, cond)
             if cond.anything then
               from, to = match_all(st, cond, v)
             elseif dyn or (cond.multi and (not cond.group or multi_may(st, cond, v)))
-              or (not cond.multi and may_match(st, cond, cname, i, v)) then
+              or (not cond.multi and may_match(st, cond, v)) then
               from, to = sec_test(st, cond, v)
             end
             if from == "error" then
@@ -2357,34 +2386,40 @@ local function walk(cs, st, sc)
   return st.matches, outcome
 end
 
--- The walk's per-request tables (st.gh: group hits, st.pf: single scans, st.hp: each group's
--- hits table) are the rule set's, made once per VM and emptied at the start of each
--- request's walk (a group's hits table when group_hits takes it, the
+-- The walk's per-request tables (st.gh: group hits, st.hp: each group's hits table, st.ln and
+-- st.lpool: lnames's, st.msets and st.mpool: multi_values's) are the rule set's, made once
+-- per VM and emptied at the start of each request's walk (a group's hits table when group_hits takes it, the
 -- first time this walk asks for that group: st.gh, emptied, says it did not yet): grown to
 -- a request's size once, not at every request (GC and rehashing were a fifth of a GET).
 -- Nothing of one request reaches the next: every table is emptied before the walk reads it,
 -- whatever the last walk did (an error included), and st holds them only while its walk
--- runs (scratch.busy). st.vc (value()'s transformed texts) is the exception: a pure
--- function of a text, kept across requests and emptied once it holds VC_KEEP bytes; what
+-- runs (scratch.busy). st.vc (value()'s transformed texts) and st.hc (hit_set's scans) are
+-- the exception: pure functions of a text, kept across requests and emptied once they hold
+-- VC_KEEP bytes; what
 -- one request sent shows in another only as time. A walk does not yield, so none runs inside another; were
 -- one to (a confirmer that yields), the inner walk would find busy set and make its own.
 local function take_scratch(cs, st)
   local sc = cs.scratch
   if not sc then
-    sc = { gh = {}, pf = {}, vc = {}, hp = {}, pend = {}, act = {}, busy = false }
+    sc = { gh = {}, vc = {}, hp = {}, hc = {}, ln = {}, lpool = {}, msets = {}, mpool = {},
+           pend = {}, act = {},
+           busy = false }
     cs.scratch = sc
   end
   if sc.busy then
-    st.gh, st.pf = {}, {}
+    st.gh, st.hc = {}, {}
     return nil
   end
   clear(sc.gh)
-  clear(sc.pf)
+  clear(sc.ln)
+  clear(sc.msets)
   if (sc.vc.bytes or 0) > VC_KEEP then
     for _, per in pairs(sc.vc) do if type(per) == "table" then clear(per) end end
     sc.vc.bytes = 0
   end
-  st.gh, st.pf, st.vc, st.hp = sc.gh, sc.pf, sc.vc, sc.hp
+  if (sc.hc.bytes or 0) > VC_KEEP then clear(sc.hc) end
+  st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = sc.gh, sc.vc, sc.hp, sc.hc, sc.ln, sc.lpool
+  st.msets, st.mpool = sc.msets, sc.mpool
   sc.busy = true
   return sc
 end
@@ -2403,7 +2438,9 @@ function M.run_seclang(cs, st)
   local ok, matches, outcome = pcall(walk, cs, st, sc)
   -- st lets go of the tables the next request empties (a caller may keep st)
   sc.busy = false
-  st.gh, st.pf, st.vc, st.hp = nil, nil, nil, nil
+  clear(sc.ln)
+  st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = nil, nil, nil, nil, nil, nil
+  st.msets, st.mpool = nil, nil
   if not ok then error(matches, 0) end
   return matches, outcome
 end
