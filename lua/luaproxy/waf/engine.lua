@@ -1137,44 +1137,60 @@ local took_group -- below
 local DYNAMIC = { tx = true, matched_var = true, matched_vars = true, matched_var_name = true,
                   matched_vars_names = true }
 
--- Macro expansion: parts are strings or { coll, key }.
-local function expand(st, m)
-  if type(m) ~= "table" or not m.macro then return m end
-  local out = {}
-  for k, p in ipairs(m) do
-    if type(p) == "string" then out[k] = p
-    else
-      local c, key = p.coll, p.key
-      local v
-      if c == "TX" then v = st.tx[key]
-      elseif c == "MATCHED_VAR" then v = st.mv
-      elseif c == "MATCHED_VAR_NAME" then v = st.mvn
-      elseif c == "RULE" then
-        local r = st.rule
-        if key == "id" then v = r and tostring(r.id)
-        elseif key == "msg" then v = r and r.msg_text
-        elseif key == "severity" then v = r and r.severity
-        end
-      elseif c == "REQUEST_HEADERS" then v = st.vars.req:header(key or "")
-      elseif c == "REQBODY_ERROR_MSG" then
-        local e = st.vars:coll("body_error")
-        v = e.values[1]
+-- Macro expansion (expand, below): parts are strings or { coll, key }.
+
+-- The text of one macro part { coll, key }.
+local function macro_value(st, p)
+  local c, key = p.coll, p.key
+  local v
+  if c == "TX" then v = st.tx[key]
+  elseif c == "MATCHED_VAR" then v = st.mv
+  elseif c == "MATCHED_VAR_NAME" then v = st.mvn
+  elseif c == "RULE" then
+    local r = st.rule
+    if key == "id" then v = r and tostring(r.id)
+    elseif key == "msg" then v = r and r.msg_text
+    elseif key == "severity" then v = r and r.severity
+    end
+  elseif c == "REQUEST_HEADERS" then v = st.vars.req:header(key or "")
+  elseif c == "REQBODY_ERROR_MSG" then
+    local e = st.vars:coll("body_error")
+    v = e.values[1]
+  else
+    local S = require "luaproxy.waf.seclang"
+    local colls = S.VARS[c]
+    if colls then
+      local cc = st.vars:coll(colls[1])
+      if key then
+        for i = 1, cc.n do if lower(cc.names[i]) == key then v = cc.values[i]; break end end
       else
-        local S = require "luaproxy.waf.seclang"
-        local colls = S.VARS[c]
-        if colls then
-          local cc = st.vars:coll(colls[1])
-          if key then
-            for i = 1, cc.n do if lower(cc.names[i]) == key then v = cc.values[i]; break end end
-          else
-            v = cc.values[1]
-          end
-        end
+        v = cc.values[1]
       end
-      out[k] = v ~= nil and tostring(v) or ""
     end
   end
-  return concat(out)
+  return v ~= nil and tostring(v) or ""
+end
+
+-- expand's parts, emptied after each use (no request's text stays in it): a table per
+-- expansion was a fifth of what a browser GET's walk allocated (%{tx.allowed_methods}, the
+-- setvars' %{tx.0} and %{MATCHED_VAR}). macro_value does not expand, so none runs inside
+-- another.
+local XB = {}
+local function expand(st, m)
+  if type(m) ~= "table" or not m.macro then return m end
+  local n = #m
+  if n == 1 then
+    local p = m[1]
+    if type(p) == "string" then return p end
+    return macro_value(st, p)
+  end
+  for k = 1, n do
+    local p = m[k]
+    if type(p) == "string" then XB[k] = p else XB[k] = macro_value(st, p) end
+  end
+  local s = concat(XB, "", 1, n)
+  for k = 1, n do XB[k] = nil end
+  return s
 end
 M.expand = expand
 
