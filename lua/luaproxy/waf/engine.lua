@@ -1589,6 +1589,48 @@ local function match_all(st, cond, v)
   return 1, #v
 end
 
+-- Adds the match { name, value, from, to, err } to list out (made when nil); returns out.
+-- In the walk, lists and matches come from st.mp, the rule set's pool reused from request
+-- to request (take_scratch sets its counts back to 0): a browser GET's chains (920170's
+-- method, 905100's address) and 920450's header names made some 40 tables. A match lives
+-- until the end of its request (MATCHED_VARS reads the last link's, a rule's record copies
+-- its first); each taken from the pool is written whole and each list emptied before use,
+-- and the pool keeps at most MP_KEEP of each (a request with more makes the rest).
+local MP_KEEP = 256
+local function add_match(st, out, name, v, from, to, err)
+  local mp = st.mp
+  local m
+  if mp then
+    if not out then
+      local k = mp.nl + 1
+      out = mp.lists[k]
+      if out then
+        clear(out)
+        mp.nl = k
+      elseif k <= MP_KEEP then
+        out = {}
+        mp.lists[k], mp.nl = out, k
+      end
+    end
+    local k = mp.nr + 1
+    m = mp.recs[k]
+    if m then
+      mp.nr = k
+    elseif k <= MP_KEEP then
+      m = {}
+      mp.recs[k], mp.nr = m, k
+    end
+  end
+  out = out or {}
+  if m then
+    m.name, m.value, m.from, m.to, m.err = name, v, from, to, err
+  else
+    m = { name = name, value = v, from = from, to = to, err = err }
+  end
+  out[#out + 1] = m
+  return out
+end
+
 -- Evaluates one condition: the list of matches { name, value, from, to }, or nil.
 local function sec_cond(st, r, cond)
   -- SecAction (@unconditionalMatch, no variable): it matches, once (without this it had
@@ -1613,12 +1655,10 @@ local function sec_cond(st, r, cond)
           if from == "error" then
             st.regex_errors = (st.regex_errors or 0) + 1
             if st.regex_error == "match" then
-              out = out or {}
-              out[#out + 1] = { name = varname_of(e, name), value = v, err = to }
+              out = add_match(st, out, varname_of(e, name), v, nil, nil, to)
             end
           elseif from ~= nil and confirmed(st, cond, c.values[i], v) then
-            out = out or {}
-            out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+            out = add_match(st, out, varname_of(e, name), v, from, to)
           end
           break
         end
@@ -1638,8 +1678,7 @@ local function sec_cond(st, r, cond)
         local v = transform_direct(cs, path[#path], tv)
         local from, to = sec_test(st, cond, v)
         if from ~= "error" and (from ~= nil) ~= cond.negate then
-          out = out or {}
-          out[#out + 1] = { name = "TX:" .. e.key, value = v, from = from, to = to }
+          out = add_match(st, out, "TX:" .. e.key, v, from, to)
         end
       end
       goto next_target
@@ -1652,8 +1691,7 @@ local function sec_cond(st, r, cond)
       local v = tostring(n)
       local from, to = sec_test(st, cond, v)
       if (from ~= nil) ~= cond.negate then
-        out = out or {}
-        out[#out + 1] = { name = "&" .. varname_of(e, e.key), value = v, from = from, to = to }
+        out = add_match(st, out, "&" .. varname_of(e, e.key), v, from, to)
       end
     else
       -- (a dynamic collection is made anew at each call: its names are lowered as needed)
@@ -1687,14 +1725,12 @@ local function sec_cond(st, r, cond)
             if from == "error" then
               st.regex_errors = (st.regex_errors or 0) + 1
               if st.regex_error == "match" then
-                out = out or {}
-                out[#out + 1] = { name = varname_of(e, name), value = v, err = to }
+                out = add_match(st, out, varname_of(e, name), v, nil, nil, to)
               end
               break
             elseif (from ~= nil) ~= cond.negate then
               if cond.negate or dyn or confirmed(st, cond, c.values[i], v) then
-                out = out or {}
-                out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+                out = add_match(st, out, varname_of(e, name), v, from, to)
               end
               break
             end
@@ -2418,8 +2454,7 @@ local function take_scratch(cs, st)
   local sc = cs.scratch
   if not sc then
     sc = { gh = {}, vc = {}, hp = {}, hc = {}, ln = {}, lpool = {}, msets = {}, mpool = {},
-           pend = {}, act = {},
-           busy = false }
+           pend = {}, act = {}, mp = { nl = 0, nr = 0, lists = {}, recs = {} }, busy = false }
     cs.scratch = sc
   end
   if sc.busy then
@@ -2436,6 +2471,8 @@ local function take_scratch(cs, st)
   if (sc.hc.bytes or 0) > VC_KEEP then clear(sc.hc) end
   st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = sc.gh, sc.vc, sc.hp, sc.hc, sc.ln, sc.lpool
   st.msets, st.mpool = sc.msets, sc.mpool
+  sc.mp.nl, sc.mp.nr = 0, 0
+  st.mp = sc.mp
   sc.busy = true
   return sc
 end
@@ -2456,7 +2493,7 @@ function M.run_seclang(cs, st)
   sc.busy = false
   clear(sc.ln)
   st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = nil, nil, nil, nil, nil, nil
-  st.msets, st.mpool = nil, nil
+  st.msets, st.mpool, st.mp, st.mv, st.mvn, st.mvs = nil, nil, nil, nil, nil, nil
   if not ok then error(matches, 0) end
   return matches, outcome
 end
