@@ -1750,8 +1750,8 @@ local function sec_cond(st, r, cond)
 end
 
 local function removed_at_runtime(st, r)
-  for _, x in ipairs(st.rm_ids) do if r.id >= x[1] and r.id <= x[2] then return true end end
-  for _, t in ipairs(st.rm_tags) do if r.tags[t] then return true end end
+  for _, x in ipairs(st.rm_ids or NO_VALUES) do if r.id >= x[1] and r.id <= x[2] then return true end end
+  for _, t in ipairs(st.rm_tags or NO_VALUES) do if r.tags[t] then return true end end
   return false
 end
 
@@ -1759,10 +1759,12 @@ local function run_ctl(st, c)
   local k = c.kind
   -- (st.removing: some rule is taken out at run time, removed_at_runtime has work)
   if k == "ruleremovebyid" then
-    st.rm_ids[#st.rm_ids + 1] = { c.lo, c.hi }
+    local l = tab_of(st, "rm_ids")
+    l[#l + 1] = { c.lo, c.hi }
     st.removing = true
   elseif k == "ruleremovebytag" then
-    st.rm_tags[#st.rm_tags + 1] = c.value
+    local l = tab_of(st, "rm_tags")
+    l[#l + 1] = c.value
     st.removing = true
   elseif k == "ruleremovetargetbyid" then
     st.rm_targets = st.rm_targets or {}
@@ -2484,7 +2486,8 @@ function M.run_seclang(cs, st)
   end
   st.cs = cs
   st.paranoia = st.paranoia or 4
-  st.rm_ids, st.rm_tags, st.removing = {}, {}, false
+  -- (the lists of rules a ctl removed: made by the first such ctl)
+  st.rm_ids, st.rm_tags, st.removing = nil, nil, false
   if not cs.plan and not cs.pending and cs.use_hs then build_plan(cs) end
   local sc = take_scratch(cs, st)
   if not sc then return walk(cs, st) end
