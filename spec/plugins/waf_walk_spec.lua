@@ -94,3 +94,27 @@ describe("the SecLang walk over its plan", function()
     assert.is_true(n > 300)
   end)
 end)
+
+describe("@ipMatch", function()
+  before_each(function() T.reset() end)
+
+  it("matches addresses in its ranges and exact IPv6 ones, whatever address came before", function()
+    local conf = T.conf(waf, { crs = tmpfile([[
+SecRule REMOTE_ADDR "@ipMatch 10.0.0.0/8,192.168.1.5,::1" "id:1,phase:1,deny,status:403"
+]]), default_rules = false })
+    local function refused(ip)
+      local req = T.request({ uri = "/", headers = { Host = "a.example" }, client_ip = ip })
+      return T.phase(waf, "request", req, conf) and true or false
+    end
+    for _ = 1, 2 do
+      assert.is_true(refused("10.1.2.3"))
+      assert.is_true(refused("10.255.255.255"))
+      assert.is_false(refused("11.0.0.1"))
+      assert.is_true(refused("192.168.1.5"))
+      assert.is_false(refused("192.168.1.6"))
+      assert.is_true(refused("::1"))
+      assert.is_false(refused("::2"))
+      assert.is_false(refused("10.1.2"))
+    end
+  end)
+end)
