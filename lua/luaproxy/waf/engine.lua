@@ -2453,17 +2453,19 @@ local function walk(cs, st, sc)
 end
 
 -- The walk's per-request tables (st.gh: group hits, st.hp: each group's hits table, st.ln and
--- st.lpool: lnames's, st.msets and st.mpool: multi_values's) are the rule set's, made once
--- per VM and emptied at the start of each request's walk (a group's hits table when group_hits takes it, the
--- first time this walk asks for that group: st.gh, emptied, says it did not yet): grown to
--- a request's size once, not at every request (GC and rehashing were a fifth of a GET).
--- Nothing of one request reaches the next: every table is emptied before the walk reads it,
--- whatever the last walk did (an error included), and st holds them only while its walk
--- runs (scratch.busy). st.vc (value()'s transformed texts) and st.hc (hit_set's scans) are
--- the exception: pure functions of a text, kept across requests and emptied once they hold
--- VC_KEEP bytes; what
--- one request sent shows in another only as time. A walk does not yield, so none runs inside another; were
--- one to (a confirmer that yields), the inner walk would find busy set and make its own.
+-- st.lpool: lnames's, st.msets and st.mpool: multi_values's, st.mp: add_match's pool, and
+-- run_phase_plan's queue and marks) are the rule set's, made once per VM and emptied (or
+-- their counts set back) at the start of each request's walk (a group's hits table when
+-- group_hits takes it, the first time this walk asks for that group: st.gh, emptied, says
+-- it did not yet): grown to a request's size once, not at every request (GC and rehashing
+-- were a fifth of a GET). Nothing of one request reaches the next: every table is emptied
+-- or written whole before the walk reads it, whatever the last walk did (an error
+-- included), and st holds them only while its walk runs (scratch.busy). st.vc (value()'s
+-- transformed texts) and st.hc (hit_set's scans) are the exception: pure functions of a
+-- text, kept across requests and emptied once they hold VC_KEEP bytes; what one request
+-- sent shows in another only as time. A walk does not yield, so none runs inside another;
+-- were one to (a confirmer that yields), the inner walk would find busy set and make its
+-- own.
 local function take_scratch(cs, st)
   local sc = cs.scratch
   if not sc then
