@@ -26,9 +26,10 @@ window) and the instructions of one full cycle (the /gc after the window, measur
 cycle starts once the heap has doubled (LuaJIT's default pause of 200), so per request the
 collector costs about cycle * allocated / live heap. Measured, not estimated: the
 instructions of everything else. --rounds R repeats each window R times (medians): they
-agree within about 0.5%. Two processes of the same tree still differ by up to ~5% (most
-likely which traces form: LuaJIT seeds the PRNG behind its trace-abort penalties from
-/dev/urandom, and tables keyed by objects hash by address), so an A/B starts --procs P
+agree within about 0.5%. Two processes of the same tree still differ by 2-9%, a longer
+warm-up or not (most likely which traces form, LuaJIT seeding the PRNG behind its
+trace-abort penalties from /dev/urandom, and the order of hash tables: the bytes a request
+allocates differ a little too), so an A/B starts --procs P
 proxies per side in turn and compares medians: --home-b DIR runs the second side with
 LUAPROXY_HOME=DIR (another version's Lua, e.g. a main checkout) in the same run. double: cpu_run.lua under callgrind, collection on for its measured loop
 only (WAF_PAUSE=1). Instructions, not time: steady on a loaded machine. Loading CRS under
