@@ -4,19 +4,41 @@ the in-process double (bench/waf/cpu_run.lua), for bench/waf_crs.py's two reques
 (bench/waf/requests.json): where the proxy's WAF request costs more than the double's.
 
     python3 bench/waf_callgrind.py [N] [--paranoia 1] [--only proxy|double] [--keep]
+                                   [--home-b DIR] [--rounds R]
 
 proxy: luaproxy (build/luaproxy, best built RelWithDebInfo) with one worker under
 `valgrind --tool=callgrind --instr-atstart=no`, in front of bench/waf_crs.py's Python
 origin, with a route running the waf and one without (the base). After a warm-up (traces
-compiled, Hyperscan's databases ready), collection is switched on for N requests pipelined
-on one keep-alive connection and the total divided by N; the WAF's part is the WAF route
-minus the base. double: cpu_run.lua under callgrind, collection on for its measured loop
+compiled; Hyperscan's databases ready: the waf logs "Hyperscan databases ready" once no
+database of its rule set is pending, before which its rules run through PCRE2 alone),
+collection is switched on for N requests pipelined on one keep-alive connection and the
+total divided by N; the WAF's part is the WAF route minus the base.
+
+The garbage collector made the figure jump by ±8% from run to run: the worker's Lua heap
+is mostly the compiled rule set (~10 MB, every byte of it marked by each GC cycle), and a
+cycle came every few hundred requests, so whether one fell inside the N requests decided
+the total. So before each window a bench-only route (/gc: collectgarbage("collect"), never
+on a measured request) runs a full collection: every window starts with the collector in
+the same state and, the live heap being larger than N requests allocate, no cycle runs in
+it. What that leaves out, the collector's share, is given beside it as an estimate from
+two exact figures: the Lua bytes each request allocates (the heap's growth over the
+window) and the instructions of one full cycle (the /gc after the window, measured); a
+cycle starts once the heap has doubled (LuaJIT's default pause of 200), so per request the
+collector costs about cycle * allocated / live heap. Measured, not estimated: the
+instructions of everything else. --rounds R repeats each window R times (medians): they
+agree within about 0.5%. Two processes of the same tree still differ by 2-9%, a longer
+warm-up or not (most likely which traces form, LuaJIT seeding the PRNG behind its
+trace-abort penalties from /dev/urandom, and the order of hash tables: the bytes a request
+allocates differ a little too), so an A/B starts --procs P
+proxies per side in turn and compares medians: --home-b DIR runs the second side with
+LUAPROXY_HOME=DIR (another version's Lua, e.g. a main checkout) in the same run. double: cpu_run.lua under callgrind, collection on for its measured loop
 only (WAF_PAUSE=1). Instructions, not time: steady on a loaded machine. Loading CRS under
 valgrind takes minutes. A figure for docs, never a test. --keep keeps the callgrind.out
 files (printed); read one with `callgrind_annotate --inclusive=yes FILE | head -60`.
 """
 import argparse
 import glob
+import http.client
 import os
 import shutil
 import signal
@@ -43,6 +65,12 @@ return {{
     {{ match = {{ prefix = "/waf/" }}, upstream = "app", strip_prefix = true,
       plugins = {{ {{ name = "waf", crs = "{crs}", paranoia = {pl} }} }} }},
     {{ match = {{ prefix = "/base/" }}, upstream = "app", strip_prefix = true }},
+    -- bench only: a full collection between windows, and the heap before and after it
+    {{ match = {{ path = "/gc" }}, handler = function(req)
+      local before = collectgarbage("count")
+      collectgarbage("collect")
+      req:respond(200, string.format("%.0f %.0f\\n", before * 1024, collectgarbage("count") * 1024))
+    end }},
   }},
   log = {{ access = false, level = "info" }},
   lua = {{ phase_timeout = 600, init_timeout = 600 }},  -- CRS's load under valgrind
@@ -83,17 +111,43 @@ def measure(pid, work, seen, fn):
     return dumped_total(work, seen)
 
 
-def proxy(a, work, kept):
+def full_gc(port):
+    """GET /gc: the worker's Lua heap (bytes) before and after a full collection."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        c.request("GET", "/gc")
+        r = c.getresponse()
+        body = r.read().decode()
+        if r.status != 200:
+            sys.exit("/gc: status %d %s" % (r.status, body))
+        before, after = body.split()
+        return int(before), int(after)
+    finally:
+        c.close()
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def proxy(a, work, kept, home=None, tag="a"):
+    """Per case (label, prefix): instructions per request of each round's window, Lua bytes
+    allocated per request; and the instructions of a full cycle, the live heap (bytes)."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), waf_crs.Origin)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     port = waf_crs.free_port()
-    conf = os.path.join(work, "proxy.lua")
+    conf = os.path.join(work, "proxy-%s.lua" % tag)
     with open(conf, "w") as f:
         f.write(CONF.format(port=port, origin=srv.server_address[1], crs=a.crs, pl=a.paranoia))
-    log = os.path.join(work, "proxy.out")
+    log = os.path.join(work, "proxy-%s.out" % tag)
+    env = dict(os.environ)
+    if home:
+        env["LUAPROXY_HOME"] = home
     proc = subprocess.Popen(callgrind([a.luaproxy, "-c", conf, "-w", "1"],
-                                      os.path.join(work, "callgrind.out.proxy")),
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                                      os.path.join(work, "callgrind.out.proxy-" + tag)),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
     res = {}
     try:
         end = time.monotonic() + 1800
@@ -111,17 +165,51 @@ def proxy(a, work, kept):
             if st != 200:
                 sys.exit("%s: status %d (measured requests must pass)" % (prefix, st))
 
+        cycles, lives = [], []
         for label, req in (("GET", waf_crs.BROWSER_GET), ("JSON", waf_crs.JSON_POST)):
             for prefix in ("/base", "/waf"):
                 run(prefix, req, a.warm)
-                tot, files = measure(proc.pid, work, seen, lambda: run(prefix, req, a.n))
-                kept += files
-                res[(label, prefix)] = tot / a.n
+                instr, alloc = [], []
+                for _ in range(a.rounds):
+                    _, live = full_gc(port)
+                    tot, files = measure(proc.pid, work, seen, lambda: run(prefix, req, a.n))
+                    kept += files
+                    box = []
+                    cyc, files = measure(proc.pid, work, seen, lambda: box.append(full_gc(port)))
+                    kept += files
+                    grown = box[0][0] - live
+                    if grown > live:
+                        print("  (%s %s: the heap more than doubled in the window, %d -> %d bytes: "
+                              "a GC cycle ran in it; use a smaller N)" % (label, prefix, live,
+                                                                         live + grown), flush=True)
+                    instr.append(tot / a.n)
+                    alloc.append(grown / a.n)
+                    cycles.append(cyc)
+                    lives.append(live)
+                res[(label, prefix)] = (instr, alloc)
         s.close()
+        res["cycle"], res["live"] = median(cycles), median(lives)
     finally:
         H.stop_group(proc, 60)
         srv.shutdown()
     return res
+
+
+def report_proxy(name, r):
+    cyc, live = r["cycle"], r["live"]
+    print("  %s: a full GC cycle %.1f M instructions, live Lua heap %.1f MB" % (name, cyc / 1e6, live / 1e6))
+    out = {}
+    for label in ("GET", "JSON"):
+        (bi, ba), (wi, wa) = r[(label, "/base")], r[(label, "/waf")]
+        part = [w - b for w, b in zip(wi, bi)]
+        alloc = median(wa) - median(ba)
+        gc = cyc * alloc / live
+        out[label] = (median(part), gc)
+        print("  %s %-4s waf route %10.0f  base %8.0f  waf part %10.0f (rounds %s)  "
+              "+ GC est. %7.0f (%5.0f bytes allocated)"
+              % (name, label, median(wi), median(bi), median(part),
+                 " ".join("%.0f" % x for x in part), gc, alloc), flush=True)
+    return out
 
 
 def double(a, work, kept):
@@ -167,6 +255,11 @@ def main():
     ap.add_argument("--only", default="proxy,double")
     ap.add_argument("--luaproxy", default=os.path.join(ROOT, "build", "luaproxy"))
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="windows per case (medians)")
+    ap.add_argument("--home", default=None, help="the Lua (LUAPROXY_HOME) of the first proxy")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="proxies started per side, one after the other (medians)")
+    ap.add_argument("--home-b", default=None, help="another tree's Lua (LUAPROXY_HOME), beside")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))
     work = tempfile.mkdtemp(prefix="lp-waf-cg-")
@@ -175,11 +268,24 @@ def main():
         print("instructions per request, PL%d, %d requests per case (after %d warm-up)"
               % (a.paranoia, a.n, a.warm), flush=True)
         if "proxy" in a.only:
-            r = proxy(a, work, kept)
+            ras, rbs = [], []
+            for k in range(a.procs):
+                ras.append(report_proxy("proxy", proxy(a, work, kept, a.home, "a%d" % k)))
+                if a.home_b:
+                    rbs.append(report_proxy("proxy-b", proxy(a, work, kept, a.home_b, "b%d" % k)))
             for label in ("GET", "JSON"):
-                b, w = r[(label, "/base")], r[(label, "/waf")]
-                print("  proxy  %-4s waf route %10.0f  base %8.0f  waf part %10.0f"
-                      % (label, w, b, w - b), flush=True)
+                pa = [r[label][0] for r in ras]
+                print("  %-4s waf part, median of %d processes: %.0f (%s) + GC est. %.0f"
+                      % (label, len(pa), median(pa), " ".join("%.0f" % x for x in pa),
+                         median([r[label][1] for r in ras])), flush=True)
+                if rbs:
+                    pb = [r[label][0] for r in rbs]
+                    print("  %-4s home-b: %.0f (%s) + GC est. %.0f; this tree / home-b: %.3f "
+                          "(with GC est. %.3f)"
+                          % (label, median(pb), " ".join("%.0f" % x for x in pb),
+                             median([r[label][1] for r in rbs]), median(pa) / median(pb),
+                             (median(pa) + median([r[label][1] for r in ras]))
+                             / (median(pb) + median([r[label][1] for r in rbs]))), flush=True)
         if "double" in a.only:
             r = double(a, work, kept)
             for label in ("GET", "JSON"):

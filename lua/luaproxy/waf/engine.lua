@@ -692,13 +692,31 @@ end
 -- The lower-case names of collection c, made once per request (st.ln, keyed by the names
 -- array: REQUEST_HEADERS_NAMES shares its base's): group lists, hit filters and target
 -- keys all compare lower-case names.
+-- In the walk, st.ln and the arrays are take_scratch's, reused from request to request
+-- (st.lpool: the arrays, st.ln.used of them taken by this request), each array's entries
+-- past its collection's count dropped when taken; a collection of over 256 names gets its
+-- own (a pool array keeps its size).
 local function lnames(st, c)
   local names = c.names
   local ln = tab_of(st, "ln")
   local l = ln[names]
   if not l then
-    l = {}
-    for i = 1, c.n do l[i] = low(names[i]) end
+    local n = c.n
+    local pool = n <= 256 and st.lpool
+    if pool then
+      local u = (ln.used or 0) + 1
+      ln.used = u
+      l = pool[u]
+      if l then
+        for i = n + 1, #l do l[i] = nil end
+      else
+        l = {}
+        pool[u] = l
+      end
+    else
+      l = {}
+    end
+    for i = 1, n do l[i] = low(names[i]) end
     ln[names] = l
   end
   return l
@@ -965,10 +983,18 @@ end
 -- other header, is no work for it; so is a hit of a condition that never reads the group's
 -- hits (g.reads[gid] nil: a chained or negated one, prefiltered value by value).
 local SCAN_ALL = hs.SCAN_FAILED
+-- The ids named are also listed in order of first hit, h[-1] .. h[-h.nh]: the walk goes to
+-- their rules without asking every prefiltered rule of the group (run_phase_plan).
 local function note_one(h, rd, gid, cname, lname, i)
   local ks = rd and rd[cname]
   if ks and (ks == true or ks[lname]) then
-    local l = tab_of(h, gid)
+    local l = h[gid]
+    if not l then
+      l = {}
+      h[gid] = l
+      local nh = (h.nh or 0) + 1
+      h.nh, h[-nh] = nh, gid
+    end
     l[#l + 1], l[#l + 2] = cname, i
   end
 end
@@ -1125,44 +1151,60 @@ local took_group -- below
 local DYNAMIC = { tx = true, matched_var = true, matched_vars = true, matched_var_name = true,
                   matched_vars_names = true }
 
--- Macro expansion: parts are strings or { coll, key }.
-local function expand(st, m)
-  if type(m) ~= "table" or not m.macro then return m end
-  local out = {}
-  for k, p in ipairs(m) do
-    if type(p) == "string" then out[k] = p
-    else
-      local c, key = p.coll, p.key
-      local v
-      if c == "TX" then v = st.tx[key]
-      elseif c == "MATCHED_VAR" then v = st.mv
-      elseif c == "MATCHED_VAR_NAME" then v = st.mvn
-      elseif c == "RULE" then
-        local r = st.rule
-        if key == "id" then v = r and tostring(r.id)
-        elseif key == "msg" then v = r and r.msg_text
-        elseif key == "severity" then v = r and r.severity
-        end
-      elseif c == "REQUEST_HEADERS" then v = st.vars.req:header(key or "")
-      elseif c == "REQBODY_ERROR_MSG" then
-        local e = st.vars:coll("body_error")
-        v = e.values[1]
+-- Macro expansion (expand, below): parts are strings or { coll, key }.
+
+-- The text of one macro part { coll, key }.
+local function macro_value(st, p)
+  local c, key = p.coll, p.key
+  local v
+  if c == "TX" then v = st.tx[key]
+  elseif c == "MATCHED_VAR" then v = st.mv
+  elseif c == "MATCHED_VAR_NAME" then v = st.mvn
+  elseif c == "RULE" then
+    local r = st.rule
+    if key == "id" then v = r and tostring(r.id)
+    elseif key == "msg" then v = r and r.msg_text
+    elseif key == "severity" then v = r and r.severity
+    end
+  elseif c == "REQUEST_HEADERS" then v = st.vars.req:header(key or "")
+  elseif c == "REQBODY_ERROR_MSG" then
+    local e = st.vars:coll("body_error")
+    v = e.values[1]
+  else
+    local S = require "luaproxy.waf.seclang"
+    local colls = S.VARS[c]
+    if colls then
+      local cc = st.vars:coll(colls[1])
+      if key then
+        for i = 1, cc.n do if lower(cc.names[i]) == key then v = cc.values[i]; break end end
       else
-        local S = require "luaproxy.waf.seclang"
-        local colls = S.VARS[c]
-        if colls then
-          local cc = st.vars:coll(colls[1])
-          if key then
-            for i = 1, cc.n do if lower(cc.names[i]) == key then v = cc.values[i]; break end end
-          else
-            v = cc.values[1]
-          end
-        end
+        v = cc.values[1]
       end
-      out[k] = v ~= nil and tostring(v) or ""
     end
   end
-  return concat(out)
+  return v ~= nil and tostring(v) or ""
+end
+
+-- expand's parts, emptied after each use (no request's text stays in it): a table per
+-- expansion was a fifth of what a browser GET's walk allocated (%{tx.allowed_methods}, the
+-- setvars' %{tx.0} and %{MATCHED_VAR}). macro_value does not expand, so none runs inside
+-- another.
+local XB = {}
+local function expand(st, m)
+  if type(m) ~= "table" or not m.macro then return m end
+  local n = #m
+  if n == 1 then
+    local p = m[1]
+    if type(p) == "string" then return p end
+    return macro_value(st, p)
+  end
+  for k = 1, n do
+    local p = m[k]
+    if type(p) == "string" then XB[k] = p else XB[k] = macro_value(st, p) end
+  end
+  local s = concat(XB, "", 1, n)
+  for k = 1, n do XB[k] = nil end
+  return s
 end
 M.expand = expand
 
@@ -1244,16 +1286,28 @@ local function numeric(v)
   return tonumber(match(v, "^%s*([+-]?%d+)") or "") or 0
 end
 
+-- An IPv4 address as a number (false: not one), kept per VM: string.match is not compiled
+-- (a browser GET's 905100 and 905110 on REMOTE_ADDR left their traces at each request, 6% of
+-- its time), and the addresses are few. A pure function of the text; bounded (emptied when
+-- full: addresses are the clients').
+local IP4, IP4_N = {}, 0
+local function ipv4(v)
+  local n = IP4[v]
+  if n ~= nil then return n end
+  local a, b, c, d = match(v, "^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  n = a and ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d) or false
+  if IP4_N >= 4096 then IP4, IP4_N = {}, 0 end
+  IP4[v], IP4_N = n, IP4_N + 1
+  return n
+end
+
 local function ip_match(list, v)
   for _, e in ipairs(list) do
     if e.exact then
       if e.exact == v then return true end
     else
-      local a, b, c, d = match(v, "^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
-      if a then
-        local n = ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d)
-        if n >= e.lo and n <= e.hi then return true end
-      end
+      local n = ipv4(v)
+      if n and n >= e.lo and n <= e.hi then return true end
     end
   end
   return false
@@ -1409,47 +1463,50 @@ local function transform_direct(cs, ch, v)
 end
 
 -- The ids group g's database reports for text v: a set of ids, false for none, or true when
--- the scan failed or reported too many (then every condition is tested).
-local function hit_set(g, v)
+-- the scan failed or reported too many (then every condition is tested). Kept by text per
+-- group (st.hc[g][v]: a pure function of the text and the group's database, so, as st.vc,
+-- kept from one request to the next in the walk and emptied past VC_KEEP bytes by
+-- take_scratch): a browser GET's single scans and their sets were the same texts at every
+-- request. (Keyed by the database too: a group's db may come later, see may_match.)
+local function hit_set(st, g, v)
+  local hc = st.hc
+  local per = hc[g]
+  if per == nil or per.db ~= g.db then
+    per = { db = g.db }
+    hc[g] = per
+  end
+  local set = per[v]
+  if set ~= nil then return set end
   local n, ids, base, more = scan(g.db, v, g.hits)
-  if not n or more then return true end
-  if n == 0 then return false end
-  local set = {}
-  for k = 0, n - 1 do set[ids[base + k]] = true end
+  if not n or more then
+    set = true
+  elseif n == 0 then
+    set = false
+  else
+    set = {}
+    for k = 0, n - 1 do set[ids[base + k]] = true end
+  end
+  per[v] = set
+  hc.bytes = (hc.bytes or 0) + 64 + #v
   return set
 end
 
--- Prefilter: may condition `cond` match value i of collection cname (through its chain)?
-local function may_match(st, cond, cname, i, v)
+-- Prefilter: may condition `cond` match text v (a value through its chain)?
+local function may_match(st, cond, v)
   local g = cond.group
   if not g or not g.db or cond.pcre_only then return true end
-  local pf = st.pf[g]
-  if not pf then
-    pf = {}
-    st.pf[g] = pf
-  end
-  local per = tab_of(pf, cname)
-  local set = per[i]
-  if set == nil then
-    set = hit_set(g, v)
-    per[i] = set
-  end
+  local set = hit_set(st, g, v)
   if set == true then return true end
   return set and set[cond.gid] == true or false
 end
 
 -- Prefilter of a multiMatch condition (cs.multi_group): may it match text v? Scans v once
--- per request with the multiMatch database, whichever condition and step asks. (Asked
+-- (hit_set) with the multiMatch database, whichever condition and step asks. (Asked
 -- only for the values multi_values let through, or all when it cannot run.)
 local function multi_may(st, cond, v)
   local g = cond.group
   if not g.db or cond.pcre_only then return true end
-  local memo = tab_of(st, "mm")
-  local set = memo[v]
-  if set == nil then
-    set = hit_set(g, v)
-    memo[v] = set
-  end
+  local set = hit_set(st, g, v)
   if set == true then return true end
   return set and set[cond.gid] == true or false
 end
@@ -1484,7 +1541,15 @@ do
       local L = value_list(st, p, ml)
       local cnt, hits = hs.scan_steps(p.ws, ml.steps, ml.nsteps, g.db, L.ptr, L.len, L.n)
       if cnt then
-        set = {}
+        -- the condition's table of the last request, emptied (take_scratch's st.mpool)
+        local pool = st.mpool
+        set = pool and pool[cond]
+        if set then
+          for _, per in pairs(set) do clear(per) end
+        else
+          set = {}
+          if pool then pool[cond] = set end
+        end
         local gid, lc, li = cond.gid, L.coll, L.idx
         for j = 0, cnt - 1 do
           local id = hits[2 * j]
@@ -1550,6 +1615,48 @@ local function match_all(st, cond, v)
   return 1, #v
 end
 
+-- Adds the match { name, value, from, to, err } to list out (made when nil); returns out.
+-- In the walk, lists and matches come from st.mp, the rule set's pool reused from request
+-- to request (take_scratch sets its counts back to 0): a browser GET's chains (920170's
+-- method, 905100's address) and 920450's header names made some 40 tables. A match lives
+-- until the end of its request (MATCHED_VARS reads the last link's, a rule's record copies
+-- its first); each taken from the pool is written whole and each list emptied before use,
+-- and the pool keeps at most MP_KEEP of each (a request with more makes the rest).
+local MP_KEEP = 256
+local function add_match(st, out, name, v, from, to, err)
+  local mp = st.mp
+  local m
+  if mp then
+    if not out then
+      local k = mp.nl + 1
+      out = mp.lists[k]
+      if out then
+        clear(out)
+        mp.nl = k
+      elseif k <= MP_KEEP then
+        out = {}
+        mp.lists[k], mp.nl = out, k
+      end
+    end
+    local k = mp.nr + 1
+    m = mp.recs[k]
+    if m then
+      mp.nr = k
+    elseif k <= MP_KEEP then
+      m = {}
+      mp.recs[k], mp.nr = m, k
+    end
+  end
+  out = out or {}
+  if m then
+    m.name, m.value, m.from, m.to, m.err = name, v, from, to, err
+  else
+    m = { name = name, value = v, from = from, to = to, err = err }
+  end
+  out[#out + 1] = m
+  return out
+end
+
 -- Evaluates one condition: the list of matches { name, value, from, to }, or nil.
 local function sec_cond(st, r, cond)
   -- SecAction (@unconditionalMatch, no variable): it matches, once (without this it had
@@ -1574,12 +1681,10 @@ local function sec_cond(st, r, cond)
           if from == "error" then
             st.regex_errors = (st.regex_errors or 0) + 1
             if st.regex_error == "match" then
-              out = out or {}
-              out[#out + 1] = { name = varname_of(e, name), value = v, err = to }
+              out = add_match(st, out, varname_of(e, name), v, nil, nil, to)
             end
           elseif from ~= nil and confirmed(st, cond, c.values[i], v) then
-            out = out or {}
-            out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+            out = add_match(st, out, varname_of(e, name), v, from, to)
           end
           break
         end
@@ -1599,8 +1704,7 @@ local function sec_cond(st, r, cond)
         local v = transform_direct(cs, path[#path], tv)
         local from, to = sec_test(st, cond, v)
         if from ~= "error" and (from ~= nil) ~= cond.negate then
-          out = out or {}
-          out[#out + 1] = { name = "TX:" .. e.key, value = v, from = from, to = to }
+          out = add_match(st, out, "TX:" .. e.key, v, from, to)
         end
       end
       goto next_target
@@ -1613,8 +1717,7 @@ local function sec_cond(st, r, cond)
       local v = tostring(n)
       local from, to = sec_test(st, cond, v)
       if (from ~= nil) ~= cond.negate then
-        out = out or {}
-        out[#out + 1] = { name = "&" .. varname_of(e, e.key), value = v, from = from, to = to }
+        out = add_match(st, out, "&" .. varname_of(e, e.key), v, from, to)
       end
     else
       -- (a dynamic collection is made anew at each call: its names are lowered as needed)
@@ -1642,20 +1745,18 @@ local function sec_cond(st, r, cond)
             if cond.anything then
               from, to = match_all(st, cond, v)
             elseif dyn or (cond.multi and (not cond.group or multi_may(st, cond, v)))
-              or (not cond.multi and may_match(st, cond, cname, i, v)) then
+              or (not cond.multi and may_match(st, cond, v)) then
               from, to = sec_test(st, cond, v)
             end
             if from == "error" then
               st.regex_errors = (st.regex_errors or 0) + 1
               if st.regex_error == "match" then
-                out = out or {}
-                out[#out + 1] = { name = varname_of(e, name), value = v, err = to }
+                out = add_match(st, out, varname_of(e, name), v, nil, nil, to)
               end
               break
             elseif (from ~= nil) ~= cond.negate then
               if cond.negate or dyn or confirmed(st, cond, c.values[i], v) then
-                out = out or {}
-                out[#out + 1] = { name = varname_of(e, name), value = v, from = from, to = to }
+                out = add_match(st, out, varname_of(e, name), v, from, to)
               end
               break
             end
@@ -1675,8 +1776,8 @@ local function sec_cond(st, r, cond)
 end
 
 local function removed_at_runtime(st, r)
-  for _, x in ipairs(st.rm_ids) do if r.id >= x[1] and r.id <= x[2] then return true end end
-  for _, t in ipairs(st.rm_tags) do if r.tags[t] then return true end end
+  for _, x in ipairs(st.rm_ids or NO_VALUES) do if r.id >= x[1] and r.id <= x[2] then return true end end
+  for _, t in ipairs(st.rm_tags or NO_VALUES) do if r.tags[t] then return true end end
   return false
 end
 
@@ -1684,10 +1785,12 @@ local function run_ctl(st, c)
   local k = c.kind
   -- (st.removing: some rule is taken out at run time, removed_at_runtime has work)
   if k == "ruleremovebyid" then
-    st.rm_ids[#st.rm_ids + 1] = { c.lo, c.hi }
+    local l = tab_of(st, "rm_ids")
+    l[#l + 1] = { c.lo, c.hi }
     st.removing = true
   elseif k == "ruleremovebytag" then
-    st.rm_tags[#st.rm_tags + 1] = c.value
+    local l = tab_of(st, "rm_tags")
+    l[#l + 1] = c.value
     st.removing = true
   elseif k == "ruleremovetargetbyid" then
     st.rm_targets = st.rm_targets or {}
@@ -1723,16 +1826,65 @@ local function run_setvar(st, sv)
   end
 end
 
--- Runs one phase's items; returns true when processing stops (deny / allow).
--- plan_g, plan_gid (cs.plan, built once the Hyperscan databases are all there): for item i
--- whose first condition is prefiltered, its group and its id in the group. Such a rule
--- cannot match unless the group's scan named that condition for one of its values, and a
--- first condition that does not match leaves no trace (no setvar, ctl, capture or
--- MATCHED_VAR: those run only for a matching link); so the rule is passed over after one
--- look-up in the group's hits (scanned at the same point of the walk as before: when the
--- first rule of the group that is not passed over for other reasons is reached).
-local function run_phase(cs, st, list, markers, plan_g, plan_gid)
-  local i, n = 1, #list
+-- Runs rule r (eligible: its paranoia level, not removed at run time): its conditions, the
+-- actions of each link that matches, its record. Returns the outcome when processing stops
+-- here ("deny", "allow", "off", "budget"), else nil and the marker its skipAfter names.
+local function run_rule(st, r)
+  st.rule = r
+  local first
+  local ok = true
+  for k, cond in ipairs(r.conds) do
+    local ms = sec_cond(st, r, cond)
+    if not ms then
+      ok = false
+      break
+    end
+    local last = ms[#ms]
+    st.mv, st.mvn, st.mvs = last.value, last.name, ms
+    if k == 1 then first = ms end
+    -- As ModSecurity does: a link's non-disruptive actions run when the link matches,
+    -- before the next link is evaluated (CRS's 931130 sets the TX variable its chained
+    -- rule reads); only the disruptive action waits for the whole chain.
+    for _, sv in ipairs(cond.setvars) do run_setvar(st, sv) end
+    for _, c in ipairs(cond.ctls) do run_ctl(st, c) end
+  end
+  if st.over_budget then return "budget" end
+  if not ok then return nil end
+  if not r.nolog or r.disruptive == "deny" then
+    local m = first[1]
+    local rec = { id = r.id, msg = expand(st, r.msg) or "", severity = r.severity,
+                  var = m.name, tags = r.taglist, action = r.disruptive,
+                  excerpt = excerpt(m.value, m.from, m.to), regex_error = m.err,
+                  paranoia = r.paranoia }
+    if r.logdata then rec.logdata = sanitize(sub(expand(st, r.logdata), 1, 96)) end
+    local list_m = tab_of(st, "matches")
+    list_m[#list_m + 1] = rec
+    -- learn mode: every variable of the first condition that matched
+    if st.learn then
+      for _, mm in ipairs(first) do st.learn[#st.learn + 1] = { id = r.id, var = mm.name } end
+    end
+  end
+  if st.engine_off then return "off" end
+  if r.disruptive == "deny" then
+    st.deny = r
+    return "deny"
+  elseif r.disruptive == "allow" then
+    return "allow"
+  end
+  return nil, r.skip_after
+end
+
+-- Runs one phase's items from item i0, one by one; returns the outcome when processing
+-- stops (deny / allow / off / budget). plan_g, plan_gid (cs.plan, below): for item i whose
+-- first condition is prefiltered, its group and its id in the group. Such a rule cannot
+-- match unless the group's scan named that condition for one of its values, and a first
+-- condition that does not match leaves no trace (no setvar, ctl, capture or MATCHED_VAR:
+-- those run only for a matching link); so the rule is passed over after one look-up in
+-- the group's hits (scanned when the first rule of the group that is not passed over for
+-- other reasons is reached). The plan's walk (run_phase_plan) does not even look: this one
+-- runs while the databases compile (no plan) and after a skipAfter back.
+local function run_phase(cs, st, list, markers, plan_g, plan_gid, i0)
+  local i, n = i0 or 1, #list
   local gh = st.gh
   local paranoia = st.paranoia
   while i <= n do
@@ -1750,49 +1902,9 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
     -- (a prefiltered rule passed both checks above already)
     if r.id and (g or ((r.paranoia or 1) <= paranoia
         and (not st.removing or not removed_at_runtime(st, r)))) then
-      st.rule = r
-      local first
-      local ok = true
-      for k, cond in ipairs(r.conds) do
-        local ms = sec_cond(st, r, cond)
-        if not ms then
-          ok = false
-          break
-        end
-        local last = ms[#ms]
-        st.mv, st.mvn, st.mvs = last.value, last.name, ms
-        if k == 1 then first = ms end
-        -- As ModSecurity does: a link's non-disruptive actions run when the link matches,
-        -- before the next link is evaluated (CRS's 931130 sets the TX variable its chained
-        -- rule reads); only the disruptive action waits for the whole chain.
-        for _, sv in ipairs(cond.setvars) do run_setvar(st, sv) end
-        for _, c in ipairs(cond.ctls) do run_ctl(st, c) end
-      end
-      if st.over_budget then return "budget" end
-      if ok then
-        if not r.nolog or r.disruptive == "deny" then
-          local m = first[1]
-          local rec = { id = r.id, msg = expand(st, r.msg) or "", severity = r.severity,
-                        var = m.name, tags = r.taglist, action = r.disruptive,
-                        excerpt = excerpt(m.value, m.from, m.to), regex_error = m.err,
-                        paranoia = r.paranoia }
-          if r.logdata then rec.logdata = sanitize(sub(expand(st, r.logdata), 1, 96)) end
-          local list_m = tab_of(st, "matches")
-          list_m[#list_m + 1] = rec
-          -- learn mode: every variable of the first condition that matched
-          if st.learn then
-            for _, mm in ipairs(first) do st.learn[#st.learn + 1] = { id = r.id, var = mm.name } end
-          end
-        end
-        if st.engine_off then return "off" end
-        if r.disruptive == "deny" then
-          st.deny = r
-          return "deny"
-        elseif r.disruptive == "allow" then
-          return "allow"
-        end
-        if r.skip_after then i = markers[r.skip_after] or n + 1 end
-      end
+      local out, skip = run_rule(st, r)
+      if out then return out end
+      if skip then i = markers[skip] or n + 1 end
     elseif r.jump ~= nil then
       -- a rule folded at load (luaproxy.waf.fold) that always matches and leaves no trace
       -- but its skipAfter (false: none); as it would, it ends the walk once the engine is off
@@ -1803,22 +1915,154 @@ local function run_phase(cs, st, list, markers, plan_g, plan_gid)
   end
 end
 
--- The walk's plan (run_phase): per phase, which items are prefiltered rules. Made once all
--- of the set's Hyperscan databases are there (before, a group's conditions may still run
--- through PCRE2 alone, or be left to it for good by the compile: cond.fast says).
+-- Adds item q to the sorted queue pend[ph..pt]; returns the new pt.
+local function enqueue(pend, ph, pt, q)
+  local k = pt
+  while k >= ph and pend[k] > q do
+    pend[k + 1] = pend[k]
+    k = k - 1
+  end
+  pend[k + 1] = q
+  return pt + 1
+end
+
+-- The first item of group g at or after item i of the phase (pp: its plan), or nil.
+local function group_from(pp, g, i)
+  local q = pp.first[g]
+  local nxt = pp.gnext
+  while q and q < i do q = nxt[q] end
+  return q
+end
+
+-- run_phase over the plan: visits the items that must run whatever Hyperscan said (rules
+-- whose first condition is not prefiltered, folded jumps: pp.ev, with each group's first
+-- rule) and, of the prefiltered rules, only those the group's hits name (h[-1..-h.nh]):
+-- a browser GET visits about 30 items of 133, not every rule to ask its group. The same
+-- rules run in the same order as run_phase: a group is scanned at its first rule not
+-- passed over for paranoia or removal (that rule's next in the group takes its place as
+-- the trigger); once its hits are there (this phase or the one before), the rules they
+-- name after that point are queued (pend, sorted; `last` drops what was visited or
+-- skipped); a skipAfter forward drops what it jumps over and queues, for each group not
+-- yet queued in this phase, its first rule after the marker. A skipAfter back (SecLang
+-- never jumps back, but a marker could stand before its rule) ends it in run_phase.
+-- act[g] == serial: g's named rules are queued in this phase (serial: one per call, so
+-- nothing of another walk counts); pend is reused (read only between ph and pt).
+local function run_phase_plan(cs, st, list, markers, pp, sc)
+  local n = #list
+  local pg, pgid, ev, gnext, posof = pp.g, pp.gid, pp.ev, pp.gnext, pp.pos
+  local gh = st.gh
+  local paranoia = st.paranoia
+  local pend, act
+  if sc then
+    pend, act = sc.pend, sc.act
+  else
+    pend, act = {}, {}
+  end
+  local serial = (act.serial or 0) + 1
+  act.serial = serial
+  local ph, pt, e, last = 1, 0, 1, 0
+  while true do
+    -- the next item: the first of ev[e..] and pend[ph..pt] after `last`
+    local a = ev[e]
+    while a and a <= last do
+      e = e + 1
+      a = ev[e]
+    end
+    local b
+    while ph <= pt do
+      b = pend[ph]
+      if b > last then break end
+      ph = ph + 1
+      b = nil
+    end
+    local i
+    if a and (not b or a <= b) then
+      i, e = a, e + 1
+    elseif b then
+      i, ph = b, ph + 1
+    else
+      return nil
+    end
+    last = i
+    local r = list[i]
+    local g = pg[i]
+    if g then
+      -- a prefiltered rule, reached as its group's trigger or because the hits name it
+      local h = gh[g]
+      local skipped = (r.paranoia or 1) > paranoia or (st.removing and removed_at_runtime(st, r))
+      if not h and not skipped then h = group_hits(st, g) end
+      if h and act[g] ~= serial then
+        act[g] = serial
+        local pos = posof[g]
+        for k = 1, h.nh or 0 do
+          local q = pos[h[-k]]
+          if q and q > i then pt = enqueue(pend, ph, pt, q) end
+        end
+      elseif not h then
+        -- passed over before its group was scanned: the group's next rule triggers it
+        local q = gnext[i]
+        if q then pt = enqueue(pend, ph, pt, q) end
+      end
+      if skipped or not h[pgid[i]] then goto continue end
+    end
+    do
+      local to
+      if r.id and (g or ((r.paranoia or 1) <= paranoia
+          and (not st.removing or not removed_at_runtime(st, r)))) then
+        local out, skip = run_rule(st, r)
+        if out then return out end
+        if skip then to = markers[skip] or n + 1 end
+      elseif r.jump ~= nil then
+        if st.engine_off then return "off" end
+        if r.jump then to = markers[r.jump] or n + 1 end
+      end
+      if to then
+        if to <= i then return run_phase(cs, st, list, markers, pg, pgid, to) end
+        last = to - 1
+        for _, gg in ipairs(pp.groups) do
+          if act[gg] ~= serial then
+            local q = group_from(pp, gg, to)
+            if q then pt = enqueue(pend, ph, pt, q) end
+          end
+        end
+      end
+    end
+    ::continue::
+  end
+end
+
+-- The walk's plan (run_phase, run_phase_plan), per phase: which items are prefiltered rules
+-- (g[i]: the group, gid[i]: the condition's id in it) and, for run_phase_plan, ev (the
+-- items to visit whatever the hits: rules not prefiltered, folded jumps, and each group's
+-- first rule), first[g] and gnext[i] (each group's rules in order), pos[g][gid] (the item
+-- of a prefiltered condition) and groups (the groups with rules in the phase). Made once
+-- all of the set's Hyperscan databases are there (before, a group's conditions may still
+-- run through PCRE2 alone, or be left to it for good by the compile: cond.fast says).
 local function build_plan(cs)
   local plan = {}
   for p = 1, 2 do
-    local pg, pgid = {}, {}
+    local pg, pgid, ev, gnext, first, pos, groups, prev = {}, {}, {}, {}, {}, {}, {}, {}
     for i, r in ipairs(cs.phases[p]) do
       local c = r.conds and r.conds[1]
       if c and c.fast and not c.pcre_only and c.group and c.group.db then
-        pg[i], pgid[i] = c.group, c.gid
+        local g = c.group
+        pg[i], pgid[i] = g, c.gid
+        if not first[g] then
+          first[g], pos[g] = i, {}
+          groups[#groups + 1] = g
+          ev[#ev + 1] = i
+        else
+          gnext[prev[g]] = i
+        end
+        prev[g] = i
+        pos[g][c.gid] = i
       else
         pg[i] = false
+        if r.id or r.jump ~= nil then ev[#ev + 1] = i end
       end
     end
-    plan[p] = { g = pg, gid = pgid }
+    plan[p] = { g = pg, gid = pgid, ev = ev, gnext = gnext, first = first, pos = pos,
+                groups = groups }
   end
   cs.plan = plan
 end
@@ -2207,45 +2451,59 @@ M.finish_seclang = finish_seclang
 -- Runs a seclang set over the request state `st` (vars set). st.tx: the TX collection
 -- seeded by the caller (paranoia level, thresholds). Returns the matches (or nil) and the
 -- outcome: "deny", "allow", "budget", "off" or nil.
-local function walk(cs, st)
-  local plan = not cs.pending and cs.plan
+-- (cs.each: every rule asked one by one, as while the databases compile: specs compare)
+local function walk(cs, st, sc)
+  local plan = not cs.pending and not cs.each and cs.plan
   local outcome
   for p = 1, 2 do
     local pp = plan and plan[p]
-    outcome = run_phase(cs, st, cs.phases[p], cs.markers[p], pp and pp.g, pp and pp.gid)
+    if pp then
+      outcome = run_phase_plan(cs, st, cs.phases[p], cs.markers[p], pp, sc)
+    else
+      outcome = run_phase(cs, st, cs.phases[p], cs.markers[p])
+    end
     if outcome then break end
   end
   return st.matches, outcome
 end
 
--- The walk's per-request tables (st.gh: group hits, st.pf: single scans, st.hp: each group's
--- hits table) are the rule set's, made once per VM and emptied at the start of each
--- request's walk (a group's hits table when group_hits takes it, the
--- first time this walk asks for that group: st.gh, emptied, says it did not yet): grown to
--- a request's size once, not at every request (GC and rehashing were a fifth of a GET).
--- Nothing of one request reaches the next: every table is emptied before the walk reads it,
--- whatever the last walk did (an error included), and st holds them only while its walk
--- runs (scratch.busy). st.vc (value()'s transformed texts) is the exception: a pure
--- function of a text, kept across requests and emptied once it holds VC_KEEP bytes; what
--- one request sent shows in another only as time. A walk does not yield, so none runs inside another; were
--- one to (a confirmer that yields), the inner walk would find busy set and make its own.
+-- The walk's per-request tables (st.gh: group hits, st.hp: each group's hits table, st.ln and
+-- st.lpool: lnames's, st.msets and st.mpool: multi_values's, st.mp: add_match's pool, and
+-- run_phase_plan's queue and marks) are the rule set's, made once per VM and emptied (or
+-- their counts set back) at the start of each request's walk (a group's hits table when
+-- group_hits takes it, the first time this walk asks for that group: st.gh, emptied, says
+-- it did not yet): grown to a request's size once, not at every request (GC and rehashing
+-- were a fifth of a GET). Nothing of one request reaches the next: every table is emptied
+-- or written whole before the walk reads it, whatever the last walk did (an error
+-- included), and st holds them only while its walk runs (scratch.busy). st.vc (value()'s
+-- transformed texts) and st.hc (hit_set's scans) are the exception: pure functions of a
+-- text, kept across requests and emptied once they hold VC_KEEP bytes; what one request
+-- sent shows in another only as time. A walk does not yield, so none runs inside another;
+-- were one to (a confirmer that yields), the inner walk would find busy set and make its
+-- own.
 local function take_scratch(cs, st)
   local sc = cs.scratch
   if not sc then
-    sc = { gh = {}, pf = {}, vc = {}, hp = {}, busy = false }
+    sc = { gh = {}, vc = {}, hp = {}, hc = {}, ln = {}, lpool = {}, msets = {}, mpool = {},
+           pend = {}, act = {}, mp = { nl = 0, nr = 0, lists = {}, recs = {} }, busy = false }
     cs.scratch = sc
   end
   if sc.busy then
-    st.gh, st.pf = {}, {}
+    st.gh, st.hc = {}, {}
     return nil
   end
   clear(sc.gh)
-  clear(sc.pf)
+  clear(sc.ln)
+  clear(sc.msets)
   if (sc.vc.bytes or 0) > VC_KEEP then
     for _, per in pairs(sc.vc) do if type(per) == "table" then clear(per) end end
     sc.vc.bytes = 0
   end
-  st.gh, st.pf, st.vc, st.hp = sc.gh, sc.pf, sc.vc, sc.hp
+  if (sc.hc.bytes or 0) > VC_KEEP then clear(sc.hc) end
+  st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = sc.gh, sc.vc, sc.hp, sc.hc, sc.ln, sc.lpool
+  st.msets, st.mpool = sc.msets, sc.mpool
+  sc.mp.nl, sc.mp.nr = 0, 0
+  st.mp = sc.mp
   sc.busy = true
   return sc
 end
@@ -2257,14 +2515,17 @@ function M.run_seclang(cs, st)
   end
   st.cs = cs
   st.paranoia = st.paranoia or 4
-  st.rm_ids, st.rm_tags, st.removing = {}, {}, false
+  -- (the lists of rules a ctl removed: made by the first such ctl)
+  st.rm_ids, st.rm_tags, st.removing = nil, nil, false
   if not cs.plan and not cs.pending and cs.use_hs then build_plan(cs) end
   local sc = take_scratch(cs, st)
   if not sc then return walk(cs, st) end
-  local ok, matches, outcome = pcall(walk, cs, st)
+  local ok, matches, outcome = pcall(walk, cs, st, sc)
   -- st lets go of the tables the next request empties (a caller may keep st)
   sc.busy = false
-  st.gh, st.pf, st.vc, st.hp = nil, nil, nil, nil
+  clear(sc.ln)
+  st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = nil, nil, nil, nil, nil, nil
+  st.msets, st.mpool, st.mp, st.mv, st.mvn, st.mvs = nil, nil, nil, nil, nil, nil
   if not ok then error(matches, 0) end
   return matches, outcome
 end
