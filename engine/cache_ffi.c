@@ -675,11 +675,17 @@ static inline __attribute__((always_inline)) int field_index(lp_str_t n)
     switch (n.len) {
     case 3:
         return LP_STR_IEQ(n, "age") ? LP_CF_AGE : -1;
-    case 4:
-        return LP_STR_IEQ(n, "date")   ? LP_CF_DATE
-               : LP_STR_IEQ(n, "etag") ? LP_CF_ETAG
-               : LP_STR_IEQ(n, "vary") ? LP_CF_VARY
-                                       : -1;
+    case 4: /* by the first letter: every request's Host has this length too */
+        switch (n.base[0] | 0x20) {
+        case 'd':
+            return LP_STR_IEQ(n, "date") ? LP_CF_DATE : -1;
+        case 'e':
+            return LP_STR_IEQ(n, "etag") ? LP_CF_ETAG : -1;
+        case 'v':
+            return LP_STR_IEQ(n, "vary") ? LP_CF_VARY : -1;
+        default:
+            return -1;
+        }
     case 5:
         return LP_STR_IEQ(n, "range") ? LP_CF_RANGE : -1;
     case 6:
@@ -755,9 +761,17 @@ int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *nc
 
 int lp_ffi_cache_fields(void *rp, int resp)
 {
-    lp_str_t first[LP_CF_N];
-    int ncc;
-    return lp__cache_fields_first(rp, resp, first, &ncc);
+    /* lp__cache_fields_first's walk for the mask alone (a request's, on every cached GET):
+     * no values kept, no count. */
+    const lp_header_t *v;
+    unsigned n = fields_of(rp, resp, &v);
+    int mask = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int k = field_index(v[i].name);
+        if (k >= 0)
+            mask |= 1 << k;
+    }
+    return mask;
 }
 
 /* Fields never stored with an entry (RFC 9111 §3.1): lua/luaproxy/cache/policy.lua's
@@ -937,32 +951,36 @@ static lp_str_t key_authority(const lp_req_t *r, lp_str_t scheme)
     return h;
 }
 
-/* Whether s holds an ASCII capital. Per 8-byte word: a byte b <= 0x7f is in 'A'..'Z' when
- * b + (0x80 - 'A') reaches 0x80 and b + (0x80 - 'Z' - 1) does not (no carry leaves a byte);
- * bytes >= 0x80 are masked out. The last bytes of a host of 8 or more are the word ending
- * with it (overlapping the one before): no byte loop. */
-static int word_has_upper(const char *s)
+/* w with its ASCII capitals lowered. Per byte b <= 0x7f: b is in 'A'..'Z' when b + (0x80 -
+ * 'A') reaches 0x80 and b + (0x80 - 'Z' - 1) does not (no carry leaves a byte); bytes >= 0x80
+ * are masked out. A capital's 0x80 mark, shifted to 0x20, is the bit that lowers it. */
+static inline uint64_t word_lower(uint64_t w)
 {
     const uint64_t lo7 = 0x7f7f7f7f7f7f7f7full, hi = 0x8080808080808080ull;
-    uint64_t w;
-    memcpy(&w, s, 8);
     uint64_t t = w & lo7;
-    return ((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi) != 0;
+    return w | (((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi) >> 2);
 }
 
-static int has_upper(const char *s, size_t n)
+/* n bytes of s copied lowered to p (req:host()'s lower()), eight at a time: the last bytes of
+ * a host of 8 or more are the word ending with it (overlapping the one before, written again
+ * with the same bytes): no byte loop. The end. */
+static char *put_lower(char *p, const char *s, size_t n)
 {
     if (n < 8) {
         for (size_t i = 0; i < n; i++)
-            if (s[i] >= 'A' && s[i] <= 'Z')
-                return 1;
-        return 0;
+            p[i] = (char)(s[i] >= 'A' && s[i] <= 'Z' ? s[i] + 32 : s[i]);
+        return p + n;
     }
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        if (word_has_upper(s + i))
-            return 1;
-    return i < n && word_has_upper(s + n - 8);
+    uint64_t w;
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        memcpy(&w, s + i, 8);
+        w = word_lower(w);
+        memcpy(p + i, &w, 8);
+    }
+    memcpy(&w, s + n - 8, 8);
+    w = word_lower(w);
+    memcpy(p + n - 8, &w, 8);
+    return p + n;
 }
 
 int lp_ffi_cache_key(void *r, lp_str_t *out)
@@ -982,14 +1000,7 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
     p = put_short(p, scheme.base, scheme.len);
     memcpy(p, "://", 3);
     p += 3;
-    /* req:host()'s lower(): copied as it is, then lowered only where it has capitals (most
-     * hosts have none: looked for eight bytes at a time). */
-    put_short(p, host.base, host.len);
-    if (has_upper(p, host.len))
-        for (size_t i = 0; i < host.len; i++)
-            if (p[i] >= 'A' && p[i] <= 'Z')
-                p[i] = (char)(p[i] + 32);
-    p += host.len;
+    p = put_lower(p, host.base, host.len);
     memcpy(p, uri.base, uri.len);
     *out = (lp_str_t){scratch, need};
     return 0;
