@@ -936,16 +936,17 @@ int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
  * origins, and a key without the port let `Host: a:9999`'s answer be served to `Host: a`.
  * The scheme's default port and an empty one are dropped, as policy.lua's norm_authority
  * does for invalidation. */
-static lp_str_t key_authority(const lp_req_t *r, lp_str_t scheme)
+static lp_str_t key_authority(const lp_req_t *r, int tls)
 {
     lp_str_t h = r->h1.host.base ? r->h1.host : LP_STR("");
     size_t n = h.len;
-    while (n && h.base[n - 1] >= '0' && h.base[n - 1] <= '9')
+    while (n && (unsigned char)(h.base[n - 1] - '0') < 10)
         n--;
     if (n && h.base[n - 1] == ':' && (n == 1 || h.base[n - 2] != ':')) { /* not inside [v6] */
-        lp_str_t port = {h.base + n, h.len - n};
-        if (!port.len || (LP_STR_IEQ(scheme, "http") && LP_STR_IEQ(port, "80")) ||
-            (LP_STR_IEQ(scheme, "https") && LP_STR_IEQ(port, "443")))
+        const char *port = h.base + n;
+        size_t plen = h.len - n; /* digits only: compared as bytes */
+        if (!plen || (!tls && plen == 2 && memcmp(port, "80", 2) == 0) ||
+            (tls && plen == 3 && memcmp(port, "443", 3) == 0))
             h.len = n - 1;
     }
     return h;
@@ -988,18 +989,14 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
     /* The request's scheme and target as lp_ffi_req_get gives them (LP_FFI_SCHEME, _URI),
      * read here without its dispatch. */
     const lp_req_t *req = r;
-    lp_str_t scheme = lp_req_over_tls(req) ? LP_STR("https") : LP_STR("http");
-    lp_str_t host = key_authority(r, scheme);
+    int tls = lp_req_over_tls(req);
+    lp_str_t start = tls ? LP_STR("GET https://") : LP_STR("GET http://");
+    lp_str_t host = key_authority(r, tls);
     lp_str_t uri = req->h1.path;
-    size_t need = 4 + scheme.len + 3 + host.len + uri.len;
+    size_t need = start.len + host.len + uri.len;
     if (scratch_reserve(need))
         return LP_FFI_ENOSPACE;
-    char *p = scratch;
-    memcpy(p, "GET ", 4);
-    p += 4;
-    p = put_short(p, scheme.base, scheme.len);
-    memcpy(p, "://", 3);
-    p += 3;
+    char *p = put_short(scratch, start.base, start.len);
     p = put_lower(p, host.base, host.len);
     memcpy(p, uri.base, uri.len);
     *out = (lp_str_t){scratch, need};
