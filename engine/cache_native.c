@@ -201,7 +201,8 @@ static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, do
         return 1; /* stale (or absurd): the plugin decides */
     if (age > 2147483648.0)
         age = 2147483648.0;
-    left = h->ttl - floor_of(age); /* shown as serve() does: the lifetime less Age's whole seconds */
+    /* shown as serve() does: the lifetime less Age's whole seconds */
+    left = h->ttl - floor_of(age);
     char more[96], *p = more;
     memcpy(p, "Age: ", 5);
     p += 5;
