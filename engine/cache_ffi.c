@@ -675,11 +675,17 @@ static inline __attribute__((always_inline)) int field_index(lp_str_t n)
     switch (n.len) {
     case 3:
         return LP_STR_IEQ(n, "age") ? LP_CF_AGE : -1;
-    case 4:
-        return LP_STR_IEQ(n, "date")   ? LP_CF_DATE
-               : LP_STR_IEQ(n, "etag") ? LP_CF_ETAG
-               : LP_STR_IEQ(n, "vary") ? LP_CF_VARY
-                                       : -1;
+    case 4: /* by the first letter: every request's Host has this length too */
+        switch (n.base[0] | 0x20) {
+        case 'd':
+            return LP_STR_IEQ(n, "date") ? LP_CF_DATE : -1;
+        case 'e':
+            return LP_STR_IEQ(n, "etag") ? LP_CF_ETAG : -1;
+        case 'v':
+            return LP_STR_IEQ(n, "vary") ? LP_CF_VARY : -1;
+        default:
+            return -1;
+        }
     case 5:
         return LP_STR_IEQ(n, "range") ? LP_CF_RANGE : -1;
     case 6:
@@ -755,9 +761,17 @@ int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *nc
 
 int lp_ffi_cache_fields(void *rp, int resp)
 {
-    lp_str_t first[LP_CF_N];
-    int ncc;
-    return lp__cache_fields_first(rp, resp, first, &ncc);
+    /* lp__cache_fields_first's walk for the mask alone (a request's, on every cached GET):
+     * no values kept, no count. */
+    const lp_header_t *v;
+    unsigned n = fields_of(rp, resp, &v);
+    int mask = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int k = field_index(v[i].name);
+        if (k >= 0)
+            mask |= 1 << k;
+    }
+    return mask;
 }
 
 /* Fields never stored with an entry (RFC 9111 §3.1): lua/luaproxy/cache/policy.lua's
@@ -922,47 +936,52 @@ int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
  * origins, and a key without the port let `Host: a:9999`'s answer be served to `Host: a`.
  * The scheme's default port and an empty one are dropped, as policy.lua's norm_authority
  * does for invalidation. */
-static lp_str_t key_authority(const lp_req_t *r, lp_str_t scheme)
+static lp_str_t key_authority(const lp_req_t *r, int tls)
 {
     lp_str_t h = r->h1.host.base ? r->h1.host : LP_STR("");
     size_t n = h.len;
-    while (n && h.base[n - 1] >= '0' && h.base[n - 1] <= '9')
+    while (n && (unsigned char)(h.base[n - 1] - '0') < 10)
         n--;
     if (n && h.base[n - 1] == ':' && (n == 1 || h.base[n - 2] != ':')) { /* not inside [v6] */
-        lp_str_t port = {h.base + n, h.len - n};
-        if (!port.len || (LP_STR_IEQ(scheme, "http") && LP_STR_IEQ(port, "80")) ||
-            (LP_STR_IEQ(scheme, "https") && LP_STR_IEQ(port, "443")))
+        const char *port = h.base + n;
+        size_t plen = h.len - n; /* digits only: compared as bytes */
+        if (!plen || (!tls && plen == 2 && memcmp(port, "80", 2) == 0) ||
+            (tls && plen == 3 && memcmp(port, "443", 3) == 0))
             h.len = n - 1;
     }
     return h;
 }
 
-/* Whether s holds an ASCII capital. Per 8-byte word: a byte b <= 0x7f is in 'A'..'Z' when
- * b + (0x80 - 'A') reaches 0x80 and b + (0x80 - 'Z' - 1) does not (no carry leaves a byte);
- * bytes >= 0x80 are masked out. The last bytes of a host of 8 or more are the word ending
- * with it (overlapping the one before): no byte loop. */
-static int word_has_upper(const char *s)
+/* w with its ASCII capitals lowered. Per byte b <= 0x7f: b is in 'A'..'Z' when b + (0x80 -
+ * 'A') reaches 0x80 and b + (0x80 - 'Z' - 1) does not (no carry leaves a byte); bytes >= 0x80
+ * are masked out. A capital's 0x80 mark, shifted to 0x20, is the bit that lowers it. */
+static inline uint64_t word_lower(uint64_t w)
 {
     const uint64_t lo7 = 0x7f7f7f7f7f7f7f7full, hi = 0x8080808080808080ull;
-    uint64_t w;
-    memcpy(&w, s, 8);
     uint64_t t = w & lo7;
-    return ((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi) != 0;
+    return w | (((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi) >> 2);
 }
 
-static int has_upper(const char *s, size_t n)
+/* n bytes of s copied lowered to p (req:host()'s lower()), eight at a time: the last bytes of
+ * a host of 8 or more are the word ending with it (overlapping the one before, written again
+ * with the same bytes): no byte loop. The end. */
+static char *put_lower(char *p, const char *s, size_t n)
 {
     if (n < 8) {
         for (size_t i = 0; i < n; i++)
-            if (s[i] >= 'A' && s[i] <= 'Z')
-                return 1;
-        return 0;
+            p[i] = (char)(s[i] >= 'A' && s[i] <= 'Z' ? s[i] + 32 : s[i]);
+        return p + n;
     }
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        if (word_has_upper(s + i))
-            return 1;
-    return i < n && word_has_upper(s + n - 8);
+    uint64_t w;
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        memcpy(&w, s + i, 8);
+        w = word_lower(w);
+        memcpy(p + i, &w, 8);
+    }
+    memcpy(&w, s + n - 8, 8);
+    w = word_lower(w);
+    memcpy(p + n - 8, &w, 8);
+    return p + n;
 }
 
 int lp_ffi_cache_key(void *r, lp_str_t *out)
@@ -970,26 +989,15 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
     /* The request's scheme and target as lp_ffi_req_get gives them (LP_FFI_SCHEME, _URI),
      * read here without its dispatch. */
     const lp_req_t *req = r;
-    lp_str_t scheme = lp_req_over_tls(req) ? LP_STR("https") : LP_STR("http");
-    lp_str_t host = key_authority(r, scheme);
+    int tls = lp_req_over_tls(req);
+    lp_str_t start = tls ? LP_STR("GET https://") : LP_STR("GET http://");
+    lp_str_t host = key_authority(r, tls);
     lp_str_t uri = req->h1.path;
-    size_t need = 4 + scheme.len + 3 + host.len + uri.len;
+    size_t need = start.len + host.len + uri.len;
     if (scratch_reserve(need))
         return LP_FFI_ENOSPACE;
-    char *p = scratch;
-    memcpy(p, "GET ", 4);
-    p += 4;
-    p = put_short(p, scheme.base, scheme.len);
-    memcpy(p, "://", 3);
-    p += 3;
-    /* req:host()'s lower(): copied as it is, then lowered only where it has capitals (most
-     * hosts have none: looked for eight bytes at a time). */
-    put_short(p, host.base, host.len);
-    if (has_upper(p, host.len))
-        for (size_t i = 0; i < host.len; i++)
-            if (p[i] >= 'A' && p[i] <= 'Z')
-                p[i] = (char)(p[i] + 32);
-    p += host.len;
+    char *p = put_short(scratch, start.base, start.len);
+    p = put_lower(p, host.base, host.len);
     memcpy(p, uri.base, uri.len);
     *out = (lp_str_t){scratch, need};
     return 0;

@@ -353,7 +353,7 @@ static size_t mem_charged(const lp_cache_zone_t *z)
  * entry), then disk-only entries from the disk LRU's tail while the index alone is over it
  * (their files go: the index is what finds them), then from the disk LRU's until the files
  * fit the disk budget. */
-static void evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)
+static void evict_over(lp_cache_zone_t *z, lp_cache_entry_t **dead)
 {
     while (mem_charged(z) > z->capacity && !lp_list_empty(&z->lru)) {
         lp_cache_entry_t *e = LP_CONTAINER_OF(z->lru.prev, lp_cache_entry_t, lru);
@@ -381,6 +381,14 @@ static void evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)
         }
         atomic_fetch_add_explicit(&z->counts[LP_CACHE_C_DISK_EVICTED], 1, memory_order_relaxed);
     }
+}
+
+/* evict_over when something is over (its every loop needs one budget over): a commit that
+ * fits, the common case, costs two tests. */
+static inline void evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)
+{
+    if (mem_charged(z) > z->capacity || z->dused > z->dcapacity)
+        evict_over(z, dead);
 }
 
 void lp__cache_evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)

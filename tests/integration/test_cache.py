@@ -751,6 +751,9 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(self.get(p, host="a.test").body, b"host=a.test")
         self.assertEqual(self.get(p, host="A.test:80").body, b"host=a.test")
         self.assertEqual(self.get(p, host="a.test:8081").body, b"host=a.test:8081")
+        # The host is lowered in the key, short (byte by byte) or long (a word at a time).
+        self.assertEqual(self.get(p, host="A.TEST").body, b"host=a.test")
+        self.assertEqual(self.get(p, host="A.TeST:8081").body, b"host=a.test:8081")
         self.assertEqual(self.origin.count(p), 3)
 
     def test_vary_variants_never_cross(self):
