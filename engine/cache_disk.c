@@ -33,6 +33,7 @@ typedef struct job_s {
 /* Writes beyond this many queued are skipped (the entry stays in memory only): a disk slower
  * than the traffic must not pin an unbounded number of evicted entries. */
 #define MAX_QUEUED_WRITES 4096
+#define DROPS_NAMED       10 /* damaged files logged by name at a start's scan (scan_file) */
 
 /* One per zone with a disk. `mu` guards the queue and `stop`; the thread takes the zone's
  * lock on its own (never while holding `mu`). */
@@ -223,7 +224,7 @@ static int stopping(lp_cdisk_t *d)
 /* One file met by the scan: indexed as a disk-only entry, or deleted (damaged, expired, a
  * leftover temp file). */
 static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double now,
-                      size_t *nindexed, size_t *ndropped)
+                      size_t *nindexed, size_t *ndropped, size_t *ndamaged)
 {
     size_t nl = strlen(name);
     if (nl > 4 && strcmp(name + nl - 4, ".tmp") == 0) {
@@ -245,8 +246,11 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
     if (!err && h.keep_until < now)
         err = NULL, h.keep_until = -1;
     if (err || h.keep_until < 0) {
-        if (err)
-            lp_log(LP_LOG_WARN, "cache zone %s: dropped %s: %s", d->zone->name, path, err);
+        /* The first few by name; past them only counted (the scan's summary line): a release
+         * that changed the file format drops every file, one line each was a flood. */
+        if (err && (*ndamaged)++ < DROPS_NAMED)
+            lp_log(LP_LOG_WARN, "cache zone %s: dropped %s: %s%s", d->zone->name, path, err,
+                   *ndamaged == DROPS_NAMED ? " (further ones only counted)" : "");
         free(meta);
         unlink(path);
         (*ndropped)++;
@@ -295,7 +299,7 @@ static void scan(lp_cdisk_t *d)
     struct timespec rt;
     clock_gettime(CLOCK_REALTIME, &rt);
     double now = (double)rt.tv_sec + (double)rt.tv_nsec / 1e9;
-    size_t nindexed = 0, ndropped = 0;
+    size_t nindexed = 0, ndropped = 0, ndamaged = 0;
     char p1[4096], p2[4096], p3[4096];
     DIR *top = opendir(d->root);
     struct dirent *a, *b, *c;
@@ -313,7 +317,7 @@ static void scan(lp_cdisk_t *d)
                 if (c->d_name[0] == '.')
                     continue;
                 snprintf(p3, sizeof(p3), "%s/%s", p2, c->d_name);
-                scan_file(d, p3, c->d_name, now, &nindexed, &ndropped);
+                scan_file(d, p3, c->d_name, now, &nindexed, &ndropped, &ndamaged);
             }
             if (leaf)
                 closedir(leaf);
@@ -325,8 +329,10 @@ static void scan(lp_cdisk_t *d)
         closedir(top);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
-    lp_log(LP_LOG_INFO, "cache zone %s: loaded %zu entries from %s in %.0f ms (%zu dropped)",
-           d->zone->name, nindexed, d->root, ms, ndropped);
+    lp_log(LP_LOG_INFO,
+           "cache zone %s: loaded %zu entries from %s in %.0f ms (%zu dropped, %zu of them "
+           "damaged or of another version)",
+           d->zone->name, nindexed, d->root, ms, ndropped, ndamaged);
     atomic_store(&d->loaded, 1);
 }
 

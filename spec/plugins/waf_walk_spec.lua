@@ -95,6 +95,25 @@ describe("the SecLang walk over its plan", function()
   end)
 end)
 
+describe("the walk's kept scans", function()
+  before_each(function() T.reset() end)
+
+  it("answer any text, one named like their own fields too", function()
+    -- A negated condition is prefiltered value by value (may_match): the kept scans of a
+    -- group, keyed by text, once answered the text "db" with the group's database, and the
+    -- walk raised (over_budget then decided: with "pass", the attack after it passed)
+    local conf = T.conf(waf, { crs = tmpfile([[
+SecRule ARGS "!@rx ^[a-z]+$" "id:10,phase:2,pass,log,setvar:tx.odd=+1"
+SecRule ARGS "@rx attack" "id:11,phase:2,deny,status:403"
+]]), default_rules = false, over_budget = "pass" })
+    for _, v in ipairs({ "db", "bytes", "n", "db" }) do
+      local req = T.request({ uri = "/?a=" .. v .. "&b=attack", headers = { Host = "a.example" } })
+      assert.is_true(T.phase(waf, "request", req, conf) and true or false, v)
+      assert.are.equal(0, #T.log_lines("err"), v)
+    end
+  end)
+end)
+
 describe("@ipMatch", function()
   before_each(function() T.reset() end)
 

@@ -1185,7 +1185,8 @@ local function macro_value(st, p)
   return v ~= nil and tostring(v) or ""
 end
 
--- expand's parts, emptied after each use (no request's text stays in it): a table per
+-- expand's parts, emptied after each use (an error inside macro_value leaves what it held
+-- until the next expansion writes over it; only its own 1..n are ever read): a table per
 -- expansion was a fifth of what a browser GET's walk allocated (%{tx.allowed_methods}, the
 -- setvars' %{tx.0} and %{MATCHED_VAR}). macro_value does not expand, so none runs inside
 -- another.
@@ -1467,12 +1468,15 @@ end
 -- group (st.hc[g][v]: a pure function of the text and the group's database, so, as st.vc,
 -- kept from one request to the next in the walk and emptied past VC_KEEP bytes by
 -- take_scratch): a browser GET's single scans and their sets were the same texts at every
--- request. (Keyed by the database too: a group's db may come later, see may_match.)
+-- request. (Keyed by the database too: a group's db may come later, see may_match. The
+-- database is kept under a table key, PER_DB: under a string key, a request's text equal to
+-- it ("db") was answered with the database, not a set, and the walk raised.)
+local PER_DB = {}
 local function hit_set(st, g, v)
   local hc = st.hc
   local per = hc[g]
-  if per == nil or per.db ~= g.db then
-    per = { db = g.db }
+  if per == nil or per[PER_DB] ~= g.db then
+    per = { [PER_DB] = g.db }
     hc[g] = per
   end
   local set = per[v]
@@ -1487,7 +1491,8 @@ local function hit_set(st, g, v)
     for k = 0, n - 1 do set[ids[base + k]] = true end
   end
   per[v] = set
-  hc.bytes = (hc.bytes or 0) + 64 + #v
+  -- (a set's ids counted too: a text matching many patterns holds a slot each)
+  hc.bytes = (hc.bytes or 0) + 64 + #v + 16 * (n or 0)
   return set
 end
 
