@@ -52,7 +52,8 @@ describe("waf vars", function()
   it("looks into a GraphQL document's strings where its query stands", function()
     local body = '{"operationName":"Q","query":"query Q { user(name: \\"O\'Neil\\") { id } }",'
       .. '"variables":{"id":"5"}}'
-    assert.same({ "operationName=Q", "query.1=O'Neil", "variables.id=5" }, json(body))
+    assert.same({ "operationName=Q", "query.1=O'Neil", "query.names=query Q user name id", "variables.id=5" },
+      json(body))
   end)
 
   it("does not look into containers nested deeper than 64, and says so in body_error", function()
@@ -173,7 +174,8 @@ describe("waf vars", function()
   it("reads a query argument named query as a GraphQL request sent by GET, when it is one", function()
     local uri = "/graphql?operationName=Q&query=query%20Q%20%7B%20user(name%3A%20%22O'Neil%22)%20%7B%20id%20%7D%20%7D"
       .. "&variables=%7B%22id%22%3A%225%22%7D"
-    assert.same({ "operationName=Q", "query.1=O'Neil", "variables.id=5" }, coll({ uri = uri }, "query_args"))
+    assert.same({ "operationName=Q", "query.1=O'Neil", "query.names=query Q user name id", "variables.id=5" },
+      coll({ uri = uri }, "query_args"))
     -- no executable document: whole, as any value (a search, SQL in GraphQL's clothes, an
     -- unterminated string, a type definition)
     for _, q in ipairs({ "shoes", "query { user(id: 1 UNION SELECT 2) { id } }", '{ a(b: "x) }',
@@ -185,8 +187,10 @@ describe("waf vars", function()
     -- elsewhere `query` is a search term, and a document of bare names is read whole
     local names = "query=%7B%20UNION%3A%20SELECT%20password%3A%20FROM%20users%20%7D"
     assert.same({ "query={ UNION: SELECT password: FROM users }" }, coll({ uri = "/search?" .. names }, "query_args"))
-    assert.same({}, coll({ uri = "/api/gql?" .. names }, "query_args"))
-    assert.same({ "variables.a=1" }, coll({ uri = "/search?variables=%7B%22a%22%3A1%7D&" .. names }, "query_args"))
+    local words = "query.names=UNION SELECT password FROM users" -- (its names: nothing dropped)
+    assert.same({ words }, coll({ uri = "/api/gql?" .. names }, "query_args"))
+    assert.same({ "variables.a=1", words },
+      coll({ uri = "/search?variables=%7B%22a%22%3A1%7D&" .. names }, "query_args"))
     -- another name, or a form body: as before
     assert.same({ "q={ a }" }, coll({ uri = "/?q=%7B%20a%20%7D" }, "query_args"))
     assert.same({ "query={ a }" }, coll({ method = "POST", uri = "/", body = "query=%7B%20a%20%7D",
@@ -198,8 +202,9 @@ describe("waf vars", function()
       return '{"operationName":"' .. name .. '","query":"query ' .. name .. ' { user(name: \\"'
         .. arg .. '\\") { id } }","variables":{"id":' .. (extra or '"5"') .. "}}"
     end
-    local want = { "1.operationName=A", "1.query.1=O'Neil", "1.variables.id=5",
-                   "2.operationName=B", "2.query.1=x", "2.variables.id=5" }
+    local want = { "1.operationName=A", "1.query.1=O'Neil", "1.query.names=query A user name id",
+                   "1.variables.id=5", "2.operationName=B", "2.query.1=x",
+                   "2.query.names=query B user name id", "2.variables.id=5" }
     assert.same(want, json("[" .. op("A", "O'Neil") .. "," .. op("B", "x") .. "]"))
     -- the same through the decoded table, keys sorted, when the scanner does not follow a
     -- text (no text known to cjson: here its reading of one string token fails); in an
@@ -228,8 +233,9 @@ describe("waf vars", function()
       assert(ok, err)
     end }, "request", T.request({ method = "POST", uri = "/",
       headers = { ["Content-Type"] = "application/json" } }), {})
-    assert.same({ "1.query.1=O'Neil", "1.operationName=A", "1.variables.id=16",
-                  "2.query.1=x", "2.operationName=B", "2.variables.id=5" }, body)
+    assert.same({ "1.query.1=O'Neil", "1.query.names=query A user name id", "1.operationName=A",
+                  "1.variables.id=16", "2.query.1=x", "2.query.names=query B user name id",
+                  "2.operationName=B", "2.variables.id=5" }, body)
     assert.same({ "b.1.operationName=A", "b.1.query=query A { user(name: \"O'Neil\") { id } }",
                   "b.1.variables.id=16", "b.2.operationName=B", "b.2.query=query B { user(name: \"x\") { id } }",
                   "b.2.variables.id=5" }, arg)

@@ -125,8 +125,8 @@ gql_arg = function(c, v, max) return looks_graphql(v) and graphql_strings(c, "qu
 
 -- Whether a query string's `query` argument may be a GraphQL document: on a path whose last
 -- segment names GraphQL (/graphql, /api/gql), or beside an argument only a GraphQL request
--- has. Elsewhere `query` is a search term as often as not, and is inspected whole: read as
--- GraphQL, a document of bare names ({ UNION: SELECT password: FROM users }) adds nothing.
+-- has. Elsewhere `query` is a search term as often as not, and is inspected whole. (These
+-- hints are the client's: read as GraphQL, a document still gives its names, graphql.lua.)
 graphql_get = function(path, qs)
   local last = lower(match(path, "[^/]*/?$") or "")
   if find(last, "graphql", 1, true) or find(last, "gql", 1, true) then return true end
