@@ -616,11 +616,9 @@ double lp_ffi_cache_upstream_length(void *rp)
     lp_req_t *r = rp;
     if (!lp__lua_runs(r))
         return LP_FFI_EOTHER;
-    if (!r->try.peer || (r->flags & LP_RF_LOCAL))
+    if ((r->flags & LP_RF_LOCAL) || !lp__cache_body_sized(r))
         return -1;
     const lp_h1_t *rh = &r->try.peer->h1;
-    if (rh->flags & (LP_H1F_CHUNKED | LP_H1F_EOF_BODY))
-        return -1;
     return (rh->flags & LP_H1F_LENGTH) ? (double)rh->content_length : 0; /* 0: no body (204) */
 }
 

@@ -460,10 +460,8 @@ int lp_cache_native_response(lp_req_t *r)
         lp__cache_store_fields(r, n->zone, k.base, k.len, "", 0, meta, nm, 0, now + keep) == 0;
     if (stored)
         lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
-    /* `stored` only when the body's length is known (lp__cache_body_sized), as the plugin's
-     * (a fill started, so h1 is the peer's). */
-    if (stored && (h1->flags & (LP_H1F_CHUNKED | LP_H1F_EOF_BODY)))
-        stored = 0;
+    /* `stored` only when the body's length is known, as the plugin's */
+    stored = stored && lp__cache_body_sized(r);
     return miss_status(r, d, stored, d->ttl - floor_of(age)); /* whole seconds, as the plugin's */
 }
 

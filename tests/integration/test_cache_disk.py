@@ -322,15 +322,19 @@ class CacheDiskTest(H.ProxyTestCase):
         self.assertTrue(r.body.startswith(b"marker-flip-2-"))
         self.assertEqual(self.origin.count(p + "/flip"), 2)
 
-    def test_damaged_files_dropped_at_start(self):
-        root = self.root()
-        p = self.path()
-        self.origin.script(p, lambda req, n: fresh(b"start-%d" % n))
+    def one_file_stored(self, root, p, prefix):
+        """One response under p filled to disk by a proxy, then stopped: its file."""
+        self.origin.script(p, lambda req, n: fresh(prefix + b"-%d" % n))
         a = self.start(root)
         self.get(a, p)
         self.wait_disk_entries(a, 1)
         a.stop()
-        f = [x for x in files_under(root) if not x.endswith(".tmp")][0]
+        return [x for x in files_under(root) if not x.endswith(".tmp")][0]
+
+    def test_damaged_files_dropped_at_start(self):
+        root = self.root()
+        p = self.path()
+        f = self.one_file_stored(root, p, b"start")
         with open(f, "r+b") as fh:
             fh.truncate(20)
         with open(f + ".tmp", "wb") as fh:
@@ -346,12 +350,7 @@ class CacheDiskTest(H.ProxyTestCase):
         # dropped by the start's scan, and its key is a miss: never read with this layout.
         root = self.root()
         p = self.path()
-        self.origin.script(p, lambda req, n: fresh(b"layout-%d" % n))
-        a = self.start(root)
-        self.get(a, p)
-        self.wait_disk_entries(a, 1)
-        a.stop()
-        f = [x for x in files_under(root) if not x.endswith(".tmp")][0]
+        f = self.one_file_stored(root, p, b"layout")
         with open(f, "r+b") as fh:
             fh.seek(4)  # the header's version, after its magic (engine/cache_disk.h)
             fh.write(struct.pack("<I", 1))

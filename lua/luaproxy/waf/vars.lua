@@ -127,12 +127,13 @@ gql_arg = function(c, v, max) return looks_graphql(v) and graphql_strings(c, "qu
 -- segment names GraphQL (/graphql, /api/gql), or beside an argument only a GraphQL request
 -- has. Elsewhere `query` is a search term as often as not, and is inspected whole. (These
 -- hints are the client's: read as GraphQL, a document still gives its names, graphql.lua.)
+-- (Patterns, not lower() and "&" .. qs: nothing is allocated for the query strings of
+-- every request.)
 graphql_get = function(path, qs)
-  local last = lower(match(path, "[^/]*/?$") or "")
-  if find(last, "graphql", 1, true) or find(last, "gql", 1, true) then return true end
-  local a = "&" .. qs
-  return find(a, "&operationName=", 1, true) ~= nil or find(a, "&variables=", 1, true) ~= nil
-    or find(a, "&extensions=", 1, true) ~= nil
+  return (find(path, "[gG][rR][aA][pP][hH][qQ][lL][^/]*/?$") or find(path, "[gG][qQ][lL][^/]*/?$")
+    or find(qs, "^operationName=") or find(qs, "&operationName=", 1, true)
+    or find(qs, "^variables=") or find(qs, "&variables=", 1, true)
+    or find(qs, "^extensions=") or find(qs, "&extensions=", 1, true)) ~= nil
 end
 
 -- Fallback for a document the scanner below does not follow (what cjson takes beyond JSON:
