@@ -10,7 +10,7 @@ local engine = require "luaproxy.waf.engine"
 local sanitize = engine.sanitize
 local V = require "luaproxy.waf.vars"
 local seclang = require "luaproxy.waf.seclang"
-local format, concat = string.format, table.concat
+local format, concat, find = string.format, table.concat, string.find
 local ipairs, type, tostring = ipairs, type, tostring
 local traceback = debug.traceback
 local new_tab
@@ -618,6 +618,51 @@ function P.learned()
   return concat(out, "\n")
 end
 
+-- xpcall's handler for the SecLang walk: engine.run_seclang raises again what its walk
+-- raised, with the walk's traceback already (one is enough).
+local function with_traceback(e)
+  if type(e) == "string" and find(e, "\nstack traceback:", 1, true) then return e end
+  return traceback(tostring(e), 2)
+end
+
+-- A SecLang walk that raised (a bug, the runaway guard's stop) after scoring: never a 500.
+-- What it found before counts as it would have: a deny already taken (sst.deny), or the
+-- anomaly score so far at CRS's inbound threshold (tx.inbound_anomaly_score_threshold),
+-- as CRS's 949 rules, which sum it at the walk's end and may not have run, would have
+-- decided. The score so far is the larger of tx.anomaly_score and the sum of the
+-- per-paranoia-level scores CRS adds up (3.x anomaly_score_plN, 4.x
+-- inbound_anomaly_score_plN, up to tx.paranoia_level): never points counted twice. Else
+-- over_budget decides. Logged with the last rule the walk reached and the traceback,
+-- counted. Returns the score; sets sst.deny and sst.matches.
+local function seclang_failed(conf, sst, score, err)
+  local tx, r = sst.tx, sst.rule
+  local pl = tonumber(tx.paranoia_level) or conf.paranoia
+  local sum3, sum4 = 0, 0
+  for n = 1, pl do
+    sum3 = sum3 + (tonumber(tx["anomaly_score_pl" .. n]) or 0)
+    sum4 = sum4 + (tonumber(tx["inbound_anomaly_score_pl" .. n]) or 0)
+  end
+  if sum3 > score then score = sum3 end
+  if sum4 > score then score = sum4 end
+  local id = r and r.id or "-"
+  proxy.log.err(format("waf: SecLang rules failed, the last rule reached %s (over_budget = \"%s\"): %s",
+    r and format("%s (rule %s)", r.place or "?", id) or "(none: reading the request's values)",
+    conf.over_budget, tostring(err)))
+  if m_errors then m_errors:inc(1, "seclang") end
+  local list = sst.matches or {}
+  sst.matches = list
+  list[#list + 1] = { id = 0, var = "-", msg = "rule error", excerpt = format("SecLang rule %s failed", id) }
+  local threshold = tonumber(tx.inbound_anomaly_score_threshold) or conf.inbound_threshold
+  if sst.deny then
+    return score
+  elseif score >= threshold then
+    sst.deny = { id = 0, why = format("score %d earned before SecLang rule %s failed", score, id) }
+  elseif conf.over_budget == "block" then
+    sst.deny = { id = 0, why = format("SecLang rule %s failed, over_budget = \"block\"", id) }
+  end
+  return score
+end
+
 function P.request(req, conf)
   local cs, sec = conf.cs, conf.sec
   local st = { vars = V.new(req, conf.vopts), cache = {} }
@@ -661,17 +706,18 @@ function P.request(req, conf)
                   deadline = conf.time_budget > 0 and not sec.pending
                     and proxy.monotonic() + conf.time_budget or nil }
     if conf.sec_engine == "detectiononly" then sst.detect_only = true end
-    local ok, m, out = pcall(engine.run_seclang, sec, sst)
-    if not ok then
-      -- A bug or a guard stop must not become a 500: refuse or pass as for the budget.
-      proxy.log.err("waf: rule evaluation failed: " .. tostring(m))
-      if m_errors then m_errors:inc(1, "seclang") end
-      m, out = nil, "budget"
-    end
+    local ok, m, out = xpcall(engine.run_seclang, with_traceback, sec, sst)
+    local failed
+    if not ok then failed, m, out = m, nil, nil end
     matches, outcome = m, out
     unconfirmed = sst.unconfirmed
     score = tonumber(tx.anomaly_score) or tonumber(tx.inbound_anomaly_score) or 0
-    if outcome == "deny" then
+    if failed then
+      -- As for the Lua rules (below): what the walk found before the error counts
+      score = seclang_failed(conf, sst, score, failed)
+      matches, deny = sst.matches, sst.deny
+      if deny then status = deny.status or conf.status end
+    elseif outcome == "deny" then
       deny = sst.deny
       status = deny.status or conf.status
     elseif outcome == "budget" then

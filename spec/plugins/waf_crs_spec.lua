@@ -5,6 +5,7 @@ local T = require "proxy.test"
 local waf = require "waf"
 local seclang = require "luaproxy.waf.seclang"
 local detect = require "luaproxy.waf.detect"
+local engine = require "luaproxy.waf.engine"
 
 local CRS = "/usr/share/modsecurity-crs"
 
@@ -192,6 +193,75 @@ SecRule TX:points "@ge 6" "id:3,phase:2,deny,status:403"
     req = T.request({ method = "POST", uri = "/api", body = body, headers = headers({
       ["Content-Type"] = "application/json", ["Content-Length"] = tostring(#body) }) })
     assert.is_false(T.phase(waf, "request", req, c))
+  end)
+end)
+
+describe("an error in the SecLang walk", function()
+  before_each(function() T.reset() end)
+
+  -- CRS's shape: the attack rules add to tx.anomaly_score_pl1, the 949 rules at the end
+  -- sum it into tx.anomaly_score and refuse at the threshold. Rule 30 raises: no rule does
+  -- by design, so a bug is made here in the compiled rule (its regex turned into a number),
+  -- and PCRE2 then raises inside the walk as any bug would.
+  local RULES = [[
+SecRule ARGS "@rx evil" "id:20,phase:2,pass,log,msg:'evil',setvar:'tx.anomaly_score_pl1=+5'"
+SecRule ARGS "@rx odd" "id:21,phase:2,pass,log,msg:'odd',setvar:'tx.anomaly_score_pl1=+3'"
+SecRule ARGS "@rx zzz" "id:30,phase:2,pass,log,msg:'broken'"
+SecRule TX:PARANOIA_LEVEL "@ge 1" "id:949060,phase:2,pass,nolog,setvar:'tx.anomaly_score=+%{tx.anomaly_score_pl1}'"
+SecRule TX:ANOMALY_SCORE "@ge %{tx.inbound_anomaly_score_threshold}" "id:949110,phase:2,deny,status:403"
+]]
+  local keep -- (the compiled set is cached weakly: kept until T.run asks for it again)
+  local function broken(over, tx)
+    local o = { crs = tmpfile(RULES), default_rules = false, hyperscan = false, over_budget = over,
+                crs_tx = tx }
+    keep = T.conf(waf, o).sec
+    assert(engine.finish_seclang(keep)) -- (it compiles every regex: before the bug is made)
+    keep.by_id[30].conds[1].arg = 42
+    return o
+  end
+  local function ids(res)
+    local out = {}
+    for _, m in ipairs(res.ctx.waf.matches) do out[#out + 1] = m.id end
+    return out
+  end
+
+  it("keeps the score earned before it: at CRS's threshold it refuses whatever over_budget says", function()
+    local o = broken("pass")
+    local res = T.run(waf, o, { uri = "/?a=evil", headers = headers() })
+    assert.equal(403, res.status) -- passed, 20's 5 points lost, before
+    assert.equal("block", res.ctx.waf.action)
+    assert.equal(5, res.ctx.waf.score)
+    assert.same({ 20, 0 }, ids(res))
+    local line
+    for _, l in ipairs(res.logs) do
+      if l.level == "err" and l.message:find("SecLang", 1, true) then line = l.message end
+    end
+    assert.is_not_nil(line)
+    assert.matches(":3 (rule 30) (over_budget = \"pass\"): ", line, 1, true)
+    assert.matches("expected a string, got number", line, 1, true)
+    assert.matches("stack traceback:", line, 1, true) -- none, before
+    assert.matches("luaproxy/waf/engine.lua:%d+", line)
+    local _, n = line:gsub("stack traceback:", "")
+    assert.equal(1, n)
+    assert.equal(1, T.metric("waf_rule_errors_total", { rules = "seclang" }))
+  end)
+
+  it("under the threshold, over_budget decides, the matches kept either way", function()
+    local res = T.run(waf, broken("pass"), { uri = "/?a=odd", headers = headers() })
+    assert.equal(200, res.status)
+    assert.equal("pass", res.ctx.waf.action)
+    assert.equal(3, res.ctx.waf.score)
+    assert.same({ 21, 0 }, ids(res))
+    T.reset()
+    res = T.run(waf, broken(), { uri = "/?a=odd", headers = headers() })
+    assert.equal(403, res.status)
+    assert.same({ 21, 0 }, ids(res))
+    assert.equal(1, T.metric("waf_rule_errors_total", { rules = "seclang" }))
+    -- the threshold is CRS's, from TX: 3 points refuse at a threshold of 3
+    T.reset()
+    res = T.run(waf, broken("pass", { inbound_anomaly_score_threshold = "3" }),
+      { uri = "/?a=odd", headers = headers() })
+    assert.equal(403, res.status)
   end)
 end)
 

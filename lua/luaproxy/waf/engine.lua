@@ -2525,7 +2525,8 @@ function M.run_seclang(cs, st)
   if not cs.plan and not cs.pending and cs.use_hs then build_plan(cs) end
   local sc = take_scratch(cs, st)
   if not sc then return walk(cs, st) end
-  local ok, matches, outcome = pcall(walk, cs, st, sc)
+  -- (the walk's traceback, for the plugin's log: raised again below, it would show only this line)
+  local ok, matches, outcome = xpcall(walk, debug.traceback, cs, st, sc)
   -- st lets go of the tables the next request empties (a caller may keep st)
   sc.busy = false
   clear(sc.ln)
