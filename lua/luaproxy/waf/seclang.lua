@@ -965,10 +965,26 @@ function Reader:finish()
            tags = tags }
 end
 
+-- Does rule r add to an anomaly score (CRS: setvar:'tx.anomaly_score_pl1=+%{...}', 4.x
+-- tx.inbound_anomaly_score_pl1, older tx.anomaly_score)?
+local function scores(r)
+  for _, cond in ipairs(r.conds) do
+    for _, sv in ipairs(cond.setvars) do
+      local key = sv.key
+      if type(key) == "table" then key = key[1] end
+      if sv.op == "+" and type(key) == "string" and find(key, "anomaly_score", 1, true) then
+        return true
+      end
+    end
+  end
+  return false
+end
+
 -- CRS's attack and protocol rules (911-944) score through its setup (901 initialisation:
 -- the scores per severity) and refuse through its evaluation (949): crs_files naming one of
--- its rule files alone scores 0 and refuses nothing. A warning naming the first such rule's
--- place and what is missing, or nil.
+-- its rule files alone scores 0 and refuses nothing. A warning naming what is missing and,
+-- as the rule to look at, the first (in file order) that scores: the lowest id is mostly a
+-- paranoia-level gate (942011: "@lt 1 ... skipAfter") that says nothing of scoring. Or nil.
 function M.crs_incomplete(set)
   local first, setup, eval
   for id in pairs(set.ids) do
@@ -977,6 +993,13 @@ function M.crs_incomplete(set)
     elseif id >= 911000 and id <= 944999 and (not first or id < first) then first = id end
   end
   if not first or (setup and eval) then return nil end
+  for _, it in ipairs(set.items) do
+    local r = it.rule
+    if r and r.id >= 911000 and r.id <= 944999 and scores(r) then
+      first = r.id
+      break
+    end
+  end
   local missing = not setup and not eval and "setup (901) and evaluation (949) rules"
     or not setup and "setup rules (901: the scores per severity)"
     or "evaluation rules (949: the refusal at the threshold)"
