@@ -323,12 +323,14 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     rc->native_kept = 0;
     lp_cache_entry_unref(rc->hit);
     rc->hit = kept ? kept : lp_cache_get(zone, key, klen, sec, slen, real_now());
+    int unfit = 0; /* an entry is there, this request cannot carry it: answers 4, not 0 */
     if (rc->hit && lp_cache_room_cap(r->cap_headers) > r->cap_headers) {
         /* This request's header arrays were made before a wider head was stored or indexed
          * (cache_room.c): a hit on it could have no room for its fields. As a miss, never a
          * 500 for want of slots; the entry stays for the requests made since. */
         lp_cache_entry_unref(rc->hit);
         rc->hit = NULL;
+        unfit = 1;
     }
     int waited = rc->load_waited; /* this lookup follows a wait for another's read-back */
     rc->load_waited = 0;
@@ -377,7 +379,7 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     }
     rc->hit_zone = rc->hit ? zone : NULL;
     if (!rc->hit)
-        return 0;
+        return unfit ? 4 : 0;
     for (;;) {
         size_t n = lp_cache_entry_head(zone, rc->hit, scratch, scratch_cap);
         if (n <= scratch_cap) {

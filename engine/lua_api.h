@@ -468,7 +468,8 @@ void *lp_ffi_cache_zone(const char *name, size_t n);
  * read back with the task parked; wait, then get again (it answers 1 or 0 then). Or 3:
  * another request reads that entry back (it holds the key's lock): wait on the key
  * (lp_ffi_cache_wait), then get again (which reads it back itself if it is still on disk
- * only). */
+ * only). 4: no hit, though an entry is there: one wider than this request's header slots
+ * (made before it was stored), a miss that is no "nothing under the key". */
 int lp_ffi_cache_get(void *r, void *zone, const char *key, size_t klen, const char *sec,
                      size_t slen, lp_str_t *head, double *body_len);
 int lp_ffi_cache_lock(void *r, void *zone, const char *key, size_t klen, double timeout);

@@ -409,17 +409,18 @@ end
 -- The entry stored for key that fits this request: meta, headers, body length; or nil (and
 -- the secondary key when the key varies), the 8th value then saying which miss it is (RFC
 -- 9211 fwd): "vary-miss" when the key has responses (its Vary marker) but none for this
--- request's Vary fields, else "uri-miss" (nothing under the key).
+-- request's Vary fields, "miss" when one is there that this request cannot carry (wider
+-- than its header slots: Zone:get), else "uri-miss" (nothing under the key).
 -- disk: true when the entry came from the disk tier for this request.
 local function lookup(req, z, key, rh, conf)
-  local head, blen, disk = z:get(req, key, "")
-  if not head then return nil, nil, nil, nil, nil, nil, nil, "uri-miss" end
+  local head, blen, disk, unfit = z:get(req, key, "")
+  if not head then return nil, nil, nil, nil, nil, nil, nil, unfit and "miss" or "uri-miss" end
   local sec = ""
   if sub(head, 1, 2) == "V " then
     sec = policy.secondary_key(sub(head, 3), rh, conf.max_vary_fields)
     if not sec then return nil, nil, nil, nil, nil, nil, nil, "vary-miss" end
-    head, blen, disk = z:get(req, key, sec)
-    if not head then return nil, nil, nil, sec, nil, nil, nil, "vary-miss" end
+    head, blen, disk, unfit = z:get(req, key, sec)
+    if not head then return nil, nil, nil, sec, nil, nil, nil, unfit and "miss" or "vary-miss" end
   end
   local meta, headers, case, base = decode_cached(head)
   if not meta then return nil, nil, nil, nil, nil, nil, nil, "uri-miss" end

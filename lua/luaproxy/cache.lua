@@ -44,7 +44,8 @@ function M.zone(name) return zone_of(name, "proxy.cache.zone()") end
 
 -- The entry stored for (key, sec): its head and body length, kept with the request for
 -- respond/refresh, and true when this request read it from the disk tier (read back, or
--- streamed from its file); nil when none.
+-- streamed from its file); nil when none (then a 4th value, true when an entry is there that
+-- this request cannot carry: one wider than its header slots, made before it was stored).
 function Zone:get(req, key, sec)
   sec = sec or ""
   local disk = false
@@ -63,7 +64,7 @@ function Zone:get(req, key, sec)
     disk = true
   end
   if rc == 1 then return ffi_string(s1[0].base, s1[0].len), d1[0], disk end
-  return nil
+  return nil, nil, false, rc == 4
 end
 
 -- Takes key's lock (one request fills a key at a time): true, or false while another

@@ -308,7 +308,8 @@ class CacheRoomTest(H.ProxyTestCase):
         finally:
             c.close()
         self.assertEqual((r.status, r.body), (200, b"small-2"), a.stderr()[-3000:])
-        self.assertRegex(r.header("cache-status"), r"^luaproxy; fwd=uri-miss; fwd-status=200")
+        # RFC 9211 §2.2: fwd=miss, the cache had none it could use (uri-miss: none stored)
+        self.assertRegex(r.header("cache-status"), r"^luaproxy; fwd=miss; fwd-status=200")
         self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 
     def test_revalidation_of_an_entry_stored_before_a_reload_lowering_max_headers(self):
