@@ -1100,6 +1100,13 @@ end
 -- the upstream said nothing, so the cache may serve stale as when disconnected.
 local NET_FAILURE = { connect = true, timeout = true, reset = true }
 
+-- Did an upstream answer this response of `status` (not a local answer, nor the proxy's own
+-- 502/504 for a network failure)? Its status is then Cache-Status's fwd-status.
+local function from_upstream_of(req, status)
+  if req:upstream_addr() == nil then return false end
+  return not ((status == 502 or status == 504) and NET_FAILURE[req:last_failure() or ""])
+end
+
 -- The target URI's parts as the default key has them: the authority keeps a port other than
 -- the scheme's default (engine/cache_ffi.c key_authority), so that a write through
 -- `Host: a:8080` purges the entries stored under that port.
@@ -1111,12 +1118,8 @@ end
 -- The Cache-Status of a request the cache did not look up (fwd: "method" or "bypass"), with
 -- the upstream's status when the upstream answered.
 local function pass_status(req, z, fwd, status)
-  local from_upstream = req:upstream_addr() ~= nil
-  if from_upstream and (status == 502 or status == 504) and NET_FAILURE[req:last_failure() or ""] then
-    from_upstream = false
-  end
   z:set_status(req, policy.cache_status { prior = z:resp_view(req)["cache-status"], fwd = fwd,
-    fwd_status = from_upstream and status or nil })
+    fwd_status = from_upstream_of(req, status) and status or nil })
 end
 
 -- A request whose request phase the engine ran (a miss it looked up, counted and locked:
@@ -1156,10 +1159,7 @@ function P.response(req, conf)
   else
     rsh = z:resp_view(req)
   end
-  local from_upstream = req:upstream_addr() ~= nil
-  if from_upstream and (status == 502 or status == 504) and NET_FAILURE[req:last_failure() or ""] then
-    from_upstream = false
-  end
+  local from_upstream = from_upstream_of(req, status)
   if stale and from_upstream and status == 304 and not policy.updates(stale.headers, rsh) then
     return refetch(req, conf, st)
   end

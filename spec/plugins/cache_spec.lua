@@ -108,6 +108,16 @@ describe("cache plugin", function()
       { uri = "/b", headers = { Host = "example.com" } }, fresh("new"))
     assert.equal("new", r.body)
     assert.matches("fwd=bypass", r.headers["Cache-Status"])
+    -- fwd-status is an upstream's status only: not the proxy's own 502 after a try got no
+    -- answer (the same test as a miss's, from_upstream_of)
+    local function bypassed(answer, failure)
+      return T.run_chain({ { bypass }, { cache, { zone = "z" } } },
+        { uri = "/b", headers = { Host = "example.com" }, last_failure = failure }, answer)
+    end
+    assert.equal("luaproxy; fwd=bypass", bypassed({ status = 502, body = "proxy's own" },
+      { "connect", nil, "127.0.0.1:9" }).headers["Cache-Status"])
+    assert.equal("luaproxy; fwd=bypass; fwd-status=502",
+      bypassed({ status = 502, body = "upstream's" }).headers["Cache-Status"])
     local nostore = { name = "nostore", priority = 100,
       response = function(req) req:cache_no_store() end }
     local r2 = T.run_chain({ { nostore }, { cache, { zone = "z" } } },
