@@ -191,36 +191,62 @@ static int on_header_value_complete(llhttp_t *p)
     return 0;
 }
 
+/* The bytes of a Host (or an absolute target's authority) before its port, by class: a
+ * table, not a search per byte, since every request's Host is checked. HOST_REG: reg-name
+ * (RFC 3986 3.2.2): ALPHA, DIGIT, -._~ (unreserved), !$&'()*+,;= (sub-delims) and % (pct-
+ * encoded's). HOST_IP: an IP literal's, between its brackets: the tchars but | and `, with
+ * : and [ (lenient: its grammar is not checked). */
+enum { HOST_REG = 1, HOST_IP = 2 };
+static const uint8_t host_class[256] = {
+    ['0' ... '9'] = HOST_REG | HOST_IP,
+    ['a' ... 'z'] = HOST_REG | HOST_IP,
+    ['A' ... 'Z'] = HOST_REG | HOST_IP,
+    ['-'] = HOST_REG | HOST_IP,
+    ['.'] = HOST_REG | HOST_IP,
+    ['_'] = HOST_REG | HOST_IP,
+    ['~'] = HOST_REG | HOST_IP,
+    ['!'] = HOST_REG | HOST_IP,
+    ['$'] = HOST_REG | HOST_IP,
+    ['%'] = HOST_REG | HOST_IP,
+    ['&'] = HOST_REG | HOST_IP,
+    ['\''] = HOST_REG | HOST_IP,
+    ['*'] = HOST_REG | HOST_IP,
+    ['+'] = HOST_REG | HOST_IP,
+    ['('] = HOST_REG,
+    [')'] = HOST_REG,
+    [','] = HOST_REG,
+    [';'] = HOST_REG,
+    ['='] = HOST_REG,
+    ['#'] = HOST_IP,
+    ['^'] = HOST_IP,
+    [':'] = HOST_IP,
+    ['['] = HOST_IP,
+};
+
+/* One pass: the host (reg-name, or an IP literal in brackets), then nothing or ':' and
+ * digits (maybe none: RFC 3986's port is *DIGIT). An empty value passes. */
 static int valid_host(lp_str_t v)
 {
-    size_t i = 0;
-    if (v.len && v.base[0] == '[') {
-        while (i < v.len && v.base[i] != ']') {
-            char c = v.base[i];
-            if (!(lp_is_tchar((unsigned char)c) || c == ':' || c == '[') || c == '|' || c == '`')
+    const unsigned char *p = (const unsigned char *)v.base;
+    size_t i = 0, n = v.len;
+    if (n && p[0] == '[') {
+        while (i < n && p[i] != ']') {
+            if (!(host_class[p[i]] & HOST_IP))
                 return 0;
             i++;
         }
-        if (i == v.len)
+        if (i == n)
             return 0;
         i++;
     } else {
-        static const char ok[] = "-._~!$&'()*+,;=%";
-        while (i < v.len && v.base[i] != ':') {
-            unsigned char c = (unsigned char)v.base[i];
-            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  memchr(ok, c, sizeof(ok) - 1)))
-                return 0;
+        while (i < n && (host_class[p[i]] & HOST_REG))
             i++;
-        }
     }
-    if (i < v.len) {
-        if (v.base[i] != ':')
+    if (i < n && p[i++] != ':') /* (':' is no reg-name byte: the port's separator) */
+        return 0;
+    for (; i < n; i++)
+        if ((unsigned)(p[i] - '0') > 9)
             return 0;
-        for (i++; i < v.len; i++)
-            if (v.base[i] < '0' || v.base[i] > '9')
-                return 0;
-    }
     return 1;
 }
 
@@ -650,16 +676,72 @@ const lp_header_t *lp_h1_find(const lp_h1_t *h, const char *name, size_t len)
     return NULL;
 }
 
+static inline uint64_t word_at(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+/* Whether the n bytes at s are lit (n bytes of lower-case letters, digits and '-') in any
+ * case: eight bytes at a time, the last word overlapping the one before, or byte by byte
+ * under eight. Bit 6 (0x40) is set in a letter and clear in a digit or '-': shifted to bit
+ * 5, the case bit, and OR-ed into s's byte where lit has a letter, it folds 'A'-'Z' (and
+ * only those) onto 'a'-'z'; elsewhere the bytes must be equal (a CR is no '-'). */
+static inline int lower_name_eq(const char *s, const char *lit, size_t n)
+{
+    if (n < 8) {
+        for (size_t i = 0; i < n; i++) {
+            unsigned char l = (unsigned char)lit[i];
+            if (((unsigned char)s[i] | ((l & 0x40) >> 1)) != l)
+                return 0;
+        }
+        return 1;
+    }
+    const uint64_t bit6 = 0x4040404040404040ULL;
+    uint64_t diff = 0, l;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        l = word_at(lit + i);
+        diff |= (word_at(s + i) | ((l & bit6) >> 1)) ^ l;
+    }
+    if (i < n) {
+        l = word_at(lit + n - 8);
+        diff |= (word_at(s + n - 8) | ((l & bit6) >> 1)) ^ l;
+    }
+    return diff == 0;
+}
+#define NAME_IS(s, lit) lower_name_eq((s), (lit), sizeof(lit) - 1)
+
 int lp_h1_is_hop_by_hop(const lp_h1_t *h, lp_str_t n)
 {
-    static const lp_str_t hop[] = {
-        LP_STR("connection"), LP_STR("keep-alive"),     LP_STR("proxy-connection"),
-        LP_STR("te"),         LP_STR("trailer"),        LP_STR("transfer-encoding"),
-        LP_STR("upgrade"),    LP_STR("content-length"),
-    };
-    for (size_t i = 0; i < LP_ARRAY_LEN(hop); i++)
-        if (lp_str_ieq(n, hop[i].base, hop[i].len))
-            return 1;
+    /* RFC 9110 7.6.1's set, Proxy-Connection, and the framing fields the proxy writes itself
+     * (Content-Length, Transfer-Encoding), on every field of every message: told apart by
+     * length (and a first letter), then one compare. */
+    const char *s = n.base;
+    int hop = 0;
+    switch (n.len) {
+    case 2:
+        hop = NAME_IS(s, "te");
+        break;
+    case 7:
+        hop = (s[0] | 0x20) == 't' ? NAME_IS(s, "trailer") : NAME_IS(s, "upgrade");
+        break;
+    case 10:
+        hop = (s[0] | 0x20) == 'c' ? NAME_IS(s, "connection") : NAME_IS(s, "keep-alive");
+        break;
+    case 14:
+        hop = NAME_IS(s, "content-length");
+        break;
+    case 16:
+        hop = NAME_IS(s, "proxy-connection");
+        break;
+    case 17:
+        hop = NAME_IS(s, "transfer-encoding");
+        break;
+    }
+    if (hop)
+        return 1;
     for (unsigned i = 0; i < h->nconn_tokens; i++)
         if (lp_str_ieq(n, h->conn_tokens[i].base, h->conn_tokens[i].len))
             return 1;

@@ -541,6 +541,196 @@ static void test_tchar_token(void)
     }
 }
 
+/* The fixed hop-by-hop set by a plain reference (the name lowered, then compared), against
+ * lp_h1_is_hop_by_hop's compare by length and word: every name of the set, and each of
+ * them with any one byte replaced by any byte value (a CR where a '-' is: CR | 0x20 is '-'),
+ * one byte shorter and one longer. No Connection tokens here (the test above has them). */
+static int ref_fixed_hop(const char *name, size_t n)
+{
+    static const char *const set[] = {"connection", "keep-alive",    "proxy-connection",
+                                      "te",         "trailer",       "transfer-encoding",
+                                      "upgrade",    "content-length"};
+    char low[32];
+    if (n >= sizeof(low))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        low[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    }
+    for (size_t k = 0; k < LP_ARRAY_LEN(set); k++)
+        if (strlen(set[k]) == n && memcmp(low, set[k], n) == 0)
+            return 1;
+    return 0;
+}
+
+static void test_hop_by_hop_fixed_set(void)
+{
+    h1t_t *t = t_new(HTTP_REQUEST);
+    size_t used;
+    REQUIRE(t_feed_str(t, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", &used) == LP_H1_DONE);
+    static const char *const names[] = {"Connection", "KEEP-ALIVE",    "proxy-Connection",
+                                        "tE",         "Trailer",       "transfer-encoding",
+                                        "upgradE",    "Content-Length"};
+    int mismatches = 0, hops = 0;
+    for (size_t k = 0; k < LP_ARRAY_LEN(names); k++) {
+        size_t n = strlen(names[k]);
+        char *buf = malloc(n + 1); /* exactly the name's bytes (+1 for the longer one): ASan */
+        memcpy(buf, names[k], n);
+        CHECK(lp_h1_is_hop_by_hop(&t->h, (lp_str_t){buf, n}));
+        for (size_t i = 0; i < n; i++) {
+            for (int c = 0; c < 256; c++) {
+                char keep = buf[i];
+                buf[i] = (char)c;
+                int got = lp_h1_is_hop_by_hop(&t->h, (lp_str_t){buf, n});
+                int want = ref_fixed_hop(buf, n);
+                mismatches += got != want;
+                hops += got;
+                buf[i] = keep;
+            }
+        }
+        CHECK(!lp_h1_is_hop_by_hop(&t->h, (lp_str_t){buf, n - 1}));
+        buf[n] = 's';
+        CHECK(!lp_h1_is_hop_by_hop(&t->h, (lp_str_t){buf, n + 1}));
+        free(buf);
+    }
+    CHECK_EQ_INT(mismatches, 0);
+    CHECK(hops > 0);
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("Content\rLength")));
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("keep\ralive")));
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("Content_Length")));
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("")));
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("Content-Type")));
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("Connectiom")));
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("Tx")));
+    CHECK(!lp_h1_is_hop_by_hop(&t->h, LP_STR("Upgrada")));
+    free(t);
+}
+
+/* Host validity (RFC 9110 7.2: uri-host [ ":" port ], RFC 3986 3.2.2-3.2.3) by a plain
+ * reference: a reg-name of unreserved, sub-delims and '%', or an IP literal in brackets
+ * (lenient: tchars but | and `, ':' and '['), then an optional ':' and digits. */
+static int ref_valid_host(const char *v, size_t n)
+{
+    size_t i = 0;
+    if (n && v[0] == '[') {
+        for (; i < n && v[i] != ']'; i++) {
+            unsigned char c = (unsigned char)v[i];
+            int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+            if (!(alnum || (c && strchr("!#$%&'*+-.^_~:[", c))))
+                return 0;
+        }
+        if (i == n)
+            return 0;
+        i++;
+    } else {
+        for (; i < n && v[i] != ':'; i++) {
+            unsigned char c = (unsigned char)v[i];
+            int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+            if (!(alnum || (c && strchr("-._~!$&'()*+,;=%", c))))
+                return 0;
+        }
+    }
+    if (i == n)
+        return 1;
+    if (v[i] != ':')
+        return 0;
+    for (i++; i < n; i++)
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+    return 1;
+}
+
+/* Parses a request with `Host: <v>` (n bytes, any byte values): 1 accepted, 0 refused (400). */
+static int host_accepted(const char *v, size_t n)
+{
+    char req[128];
+    size_t len = 0;
+    memcpy(req, "GET / HTTP/1.1\r\nHost: ", 22);
+    len = 22;
+    memcpy(req + len, v, n);
+    len += n;
+    memcpy(req + len, "\r\n\r\n", 4);
+    len += 4;
+    h1t_t *t = t_new(HTTP_REQUEST);
+    size_t used;
+    lp_h1_event_t ev = t_feed_steps(t, req, len, 0, &used);
+    int status = t->h.err_status;
+    free(t);
+    if (ev == LP_H1_DONE)
+        return 1;
+    CHECK_EQ_INT(status, 400);
+    return 0;
+}
+
+static void test_host_validity(void)
+{
+    static const struct {
+        const char *v;
+        int ok;
+    } cases[] = {
+        {"a", 1},
+        {"example.com", 1},
+        {"Example.COM:8080", 1},
+        {"127.0.0.1", 1},
+        {"127.0.0.1:65536", 1}, /* a port's range is not checked */
+        {"a:", 1},              /* port = *DIGIT */
+        {":80", 1},             /* an empty reg-name */
+        {"[::1]", 1},
+        {"[::1]:443", 1},
+        {"[::1]:", 1},
+        {"[v1.x]", 1},
+        {"[]", 1},
+        {"a%41b", 1},
+        {"a!$&'()*+,;=-._~b", 1},
+        {"[::1", 0},
+        {"[::1]x", 0},
+        {"[::1]]", 0},
+        {"[::1]:8x", 0},
+        {"[a|b]", 0},
+        {"[a`b]", 0},
+        {"[a/b]", 0},
+        {"a:b", 0},
+        {"a:80:80", 0},
+        {"a]", 0},
+        {"a[", 0},
+        {"a|b", 0},
+        {"a\"b", 0},
+        {"a#b", 0},
+        {"a\xc3\xa4", 0},
+        {"a\x80", 0},
+    };
+    for (size_t i = 0; i < LP_ARRAY_LEN(cases); i++) {
+        size_t n = strlen(cases[i].v);
+        CHECK_EQ_INT(ref_valid_host(cases[i].v, n), cases[i].ok);
+        if (host_accepted(cases[i].v, n) != cases[i].ok)
+            CHECK(!cases[i].v);
+    }
+    /* Every byte value in each place a Host has: the parser as the reference says (a byte
+     * llhttp refuses in any field value is refused either way). Spaces and tabs at either
+     * end are the field's whitespace, not the Host's: kept inside. A CR first is left out:
+     * llhttp ends the value there (`Host: \rb` is an empty Host), before this check. */
+    static const char *const shapes[] = {"a%cb", "%cb",       "a.%c:80",  "a:8%c", "[::%c]",
+                                         "[%c",  "[::1]%c80", "[::1]:%c", "a:%c"};
+    int mismatches = 0;
+    for (size_t k = 0; k < LP_ARRAY_LEN(shapes); k++) {
+        for (int c = 1; c < 256; c++) {
+            char v[32];
+            int n = snprintf(v, sizeof(v), shapes[k], c);
+            if (n < 0 || (size_t)n >= sizeof(v))
+                continue;
+            if ((c == ' ' || c == '\t' || c == '\r') && (v[0] == c || v[n - 1] == c))
+                continue;
+            int want = ref_valid_host(v, (size_t)n);
+            int got = host_accepted(v, (size_t)n);
+            if (want != got) {
+                mismatches++;
+                fprintf(stderr, "  Host %s (byte %d): %d, reference %d\n", shapes[k], c, got, want);
+            }
+        }
+    }
+    CHECK_EQ_INT(mismatches, 0);
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Requests: rejections */
 
@@ -1170,6 +1360,8 @@ static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_connection_tokens_hop_by_hop),
     LP_TEST_ENTRY(test_upgrade_request),
     LP_TEST_ENTRY(test_tchar_token),
+    LP_TEST_ENTRY(test_hop_by_hop_fixed_set),
+    LP_TEST_ENTRY(test_host_validity),
     LP_TEST_ENTRY(test_reject_vectors),
     LP_TEST_ENTRY(test_reject_vectors_engine_bugs),
     LP_TEST_ENTRY(test_reject_nul_in_value),
