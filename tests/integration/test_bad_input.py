@@ -27,6 +27,7 @@ HEAD_CASES = [
     ("double space in request line", "GET  /{M} HTTP/1.1\r\n" + HOST + "\r\n", {400}),
     ("leading space in request line", " GET /{M} HTTP/1.1\r\n" + HOST + "\r\n", {400}),
     ("space in target", "GET /a b{M} HTTP/1.1\r\n" + HOST + "\r\n", {400}),
+    ("raw non-ASCII byte in target", "GET /{M}\xe9 HTTP/1.1\r\n" + HOST + "\r\n", {400}),
     ("control char in target", "GET /{M}\x01 HTTP/1.1\r\n" + HOST + "\r\n", {400}),
     ("NUL in target", "GET /{M}\x00 HTTP/1.1\r\n" + HOST + "\r\n", {400}),
     ("bad protocol name", "GET /{M} HTTX/1.1\r\n" + HOST + "\r\n", {400}),
@@ -58,6 +59,14 @@ HEAD_CASES = [
     ("bare LF everywhere", "GET /{M} HTTP/1.1\nHost: a.test\n\n", {400}),
     ("bare LF in header section", "GET /{M} HTTP/1.1\r\nHost: a.test\nX-A: b\r\n\r\n", {400}),
     ("bare CR in header value", "GET /{M} HTTP/1.1\r\n" + HOST + "X-A: b\rc\r\n\r\n", {400}),
+    # a CR with no LF after it must not end a line (llhttp's loose mode took any byte after
+    # it as the LF, so "Host: \rb" was an empty Host and "X: \rb\r\n" let the next CRLF
+    # end the head early)
+    ("bare CR after OWS in header value", "GET /{M} HTTP/1.1\r\n" + HOST + "X-A: \rb\r\n\r\n",
+     {400}),
+    ("bare CR as empty Host", "GET /{M} HTTP/1.1\r\nHost: \ra.test\r\n\r\n", {400}),
+    ("bare CR ending the request line", "GET /{M} HTTP/1.1\rX" + HOST + "\r\n", {400}),
+    ("bare CR ending the head", "GET /{M} HTTP/1.1\r\n" + HOST + "\rX", {400}),
     ("bare CR ending request line", "GET /{M} HTTP/1.1\rHost: a.test\r\n\r\n", {400}),
     # message framing
     ("CL and TE", "POST /{M} HTTP/1.1\r\n" + HOST + "Content-Length: 4\r\n"
@@ -135,6 +144,9 @@ BODY_CASES = [
     ("chunk size with space inside", "5 5\r\nhello\r\n0\r\n\r\n", {400}),
     ("chunk data longer than size", "3\r\nhello\r\n0\r\n\r\n", {400}),
     ("chunk size bare LF", "5\nhello\r\n0\r\n\r\n", {400}),
+    ("chunk size bare CR", "5\rXhello\r\n0\r\n\r\n", {400}),
+    ("chunk data ended by bare CR", "5\r\nhello\rX0\r\n\r\n", {400}),
+    ("last chunk ended by bare CR", "5\r\nhello\r\n0\r\n\rX", {400}),
     ("chunked body over limit", "".join("%x\r\n%s\r\n" % (8192, "c" * 8192)
                                         for _ in range(12)) + "0\r\n\r\n", {413}),
 ]
