@@ -689,6 +689,10 @@ function P.request(req, conf)
     end
   end
   local matches, score, deny, status = nil, 0, nil, conf.status
+  -- The score refuses at CRS's own threshold when the SecLang rules ran: the request's
+  -- tx.inbound_anomaly_score_threshold (inbound_threshold seeds it; crs_tx or the operator's
+  -- crs-setup SecAction may change it, and CRS's 949 rules compare against that value)
+  local threshold = conf.inbound_threshold
   local sec_would -- the SecLang rules would have refused, under DetectionOnly
   local outcome, unconfirmed
   if sec and conf.sec_engine == "off" then sec = nil end
@@ -712,6 +716,7 @@ function P.request(req, conf)
     matches, outcome = m, out
     unconfirmed = sst.unconfirmed
     score = tonumber(tx.anomaly_score) or tonumber(tx.inbound_anomaly_score) or 0
+    threshold = tonumber(tx.inbound_anomaly_score_threshold) or threshold
     if failed then
       -- As for the Lua rules (below): what the walk found before the error counts
       score = seclang_failed(conf, sst, score, failed)
@@ -731,7 +736,7 @@ function P.request(req, conf)
     -- SecLang rules' verdict (deny or score alike) is logged as detect mode logs it; the
     -- Lua rules below still refuse
     if sst.detect_only and conf.mode == "block" then
-      sec_would = (deny ~= nil or score >= conf.inbound_threshold) and { score = score, deny = deny }
+      sec_would = (deny ~= nil or score >= threshold) and { score = score, deny = deny }
       deny, score, status = nil, 0, conf.status
     end
     if sst.learn then learn(sst.learn) end
@@ -787,7 +792,7 @@ function P.request(req, conf)
     end
     return
   end
-  local block = deny ~= nil or score >= conf.inbound_threshold
+  local block = deny ~= nil or score >= threshold
   local action = block and (conf.mode == "block" and "block" or "detect") or (sec_would and "detect") or "pass"
   local why_detect = conf.mode .. " mode"
   if not block and sec_would then
@@ -809,7 +814,7 @@ function P.request(req, conf)
       req:path(), score, deny and ", " .. (deny.why or "deny rule " .. deny.id) or "", why_detect, what))
   else
     proxy.log.info(format("waf: matched %s %s (score %d, under %d): %s", req:method(),
-      req:path(), score, conf.inbound_threshold, what))
+      req:path(), score, threshold, what))
   end
 end
 

@@ -311,6 +311,20 @@ SecRule TX:anomaly_score "@ge %{tx.threshold}" "id:90,phase:2,deny,status:403"
     assert.is_false(refused(c3, "/?q=badword"))
   end)
 
+  it("refuses at the request's tx.inbound_anomaly_score_threshold, which crs_tx may raise", function()
+    local p = tmpfile([[
+SecRule ARGS "@rx badword" "id:13,phase:2,pass,setvar:tx.anomaly_score=+5"
+SecRule ARGS "@rx worseword" "id:14,phase:2,pass,setvar:tx.anomaly_score=+5"
+]])
+    local c1 = T.conf(waf, { crs = p, default_rules = false })
+    assert.is_true(refused(c1, "/?q=badword"))
+    -- CRS's 949 rules would refuse at 10: so does the plugin (it refused at 5 before)
+    local c2 = T.conf(waf, { crs = p, default_rules = false,
+                             crs_tx = { inbound_anomaly_score_threshold = "10" } })
+    assert.is_false(refused(c2, "/?q=badword"))
+    assert.is_true(refused(c2, "/?q=badword+worseword"))
+  end)
+
   it("keeps a check of a TX key some setvar writes, and of a key under a macro key's prefix", function()
     local p = tmpfile([[
 SecRule ARGS:mode "@streq strict" "id:20,phase:1,pass,nolog,setvar:tx.strict=1"
