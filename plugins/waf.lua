@@ -691,8 +691,11 @@ function P.request(req, conf)
   local matches, score, deny, status = nil, 0, nil, conf.status
   -- The score refuses at CRS's own threshold when the SecLang rules ran: the request's
   -- tx.inbound_anomaly_score_threshold (inbound_threshold seeds it; crs_tx or the operator's
-  -- crs-setup SecAction may change it, and CRS's 949 rules compare against that value)
-  local threshold = conf.inbound_threshold
+  -- crs-setup SecAction may change it, and CRS's 949 rules compare against that value).
+  -- The Lua rules' points (protocol.lua beside CRS) count toward it too, and still refuse
+  -- on their own at inbound_threshold: raising CRS's threshold while tuning it (CRS's
+  -- advice starts at 10000) must not switch the protocol checks off.
+  local threshold, lua_score = conf.inbound_threshold, 0
   local sec_would -- the SecLang rules would have refused, under DetectionOnly
   local outcome, unconfirmed
   if sec and conf.sec_engine == "off" then sec = nil end
@@ -763,6 +766,7 @@ function P.request(req, conf)
           m.ignored = true
         elseif r.action == "score" then
           score = score + r.score
+          lua_score = lua_score + r.score
         elseif r.action == "deny" and not deny then
           deny = r
           status = r.status or conf.status
@@ -792,7 +796,7 @@ function P.request(req, conf)
     end
     return
   end
-  local block = deny ~= nil or score >= threshold
+  local block = deny ~= nil or score >= threshold or lua_score >= conf.inbound_threshold
   local action = block and (conf.mode == "block" and "block" or "detect") or (sec_would and "detect") or "pass"
   local why_detect = conf.mode .. " mode"
   if not block and sec_would then

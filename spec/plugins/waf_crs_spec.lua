@@ -323,6 +323,14 @@ SecRule ARGS "@rx worseword" "id:14,phase:2,pass,setvar:tx.anomaly_score=+5"
                              crs_tx = { inbound_anomaly_score_threshold = "10" } })
     assert.is_false(refused(c2, "/?q=badword"))
     assert.is_true(refused(c2, "/?q=badword+worseword"))
+    -- the bundled Lua rules beside CRS still refuse at inbound_threshold (1006: a bad
+    -- percent-encoding scores 5), however high CRS's own threshold is set
+    for _, t in ipairs({ "10", "10000" }) do
+      local c3 = T.conf(waf, { crs = p, default_rules = true,
+                               crs_tx = { inbound_anomaly_score_threshold = t } })
+      assert.is_true(refused(c3, "/?a=%zz"))
+      assert.is_false(refused(c3, "/?q=badword"))
+    end
   end)
 
   it("keeps a check of a TX key some setvar writes, and of a key under a macro key's prefix", function()
