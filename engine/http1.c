@@ -354,6 +354,12 @@ static int on_headers_complete(llhttp_t *p)
     if (h->te_count && h->cl_count)
         return set_error(h, p->type == HTTP_REQUEST ? 400 : 502,
                          "both Content-Length and Transfer-Encoding");
+    /* Our check (on_header_value_complete) reads the value without its OWS, as RFC 9110 5.5
+     * says; llhttp 8 does not take "chunked" with a trailing tab as chunked and would read
+     * the body to the connection's close. The two readings must agree. */
+    if (h->te_count && !(p->flags & F_CHUNKED))
+        return set_error(h, p->type == HTTP_REQUEST ? 400 : 502,
+                         "Transfer-Encoding the parser did not read as chunked");
     if (p->flags & F_CHUNKED)
         h->flags |= LP_H1F_CHUNKED;
     if (p->flags & F_CONTENT_LENGTH) {

@@ -26,6 +26,14 @@ def bad101_handler(req):
             b"Upgrade: websocket\r\n\r\n\x81\x05hello", "close")
 
 
+def te_tab_handler(req):
+    # "chunked" with a trailing tab: the field's value is "chunked" once its OWS goes (the
+    # proxy's check), but llhttp does not read it as chunked and would relay the chunk
+    # framing as a close-delimited body
+    return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "close")
+
+
 class UpstreamErrorsTest(H.ProxyTestCase):
     @classmethod
     def setUpClass(cls):
@@ -33,6 +41,7 @@ class UpstreamErrorsTest(H.ProxyTestCase):
         cls.b = cls.start_origin("b")
         cls.race = cls.start_raw_origin(race_handler)
         cls.bad101 = cls.start_raw_origin(bad101_handler)
+        cls.te_tab = cls.start_raw_origin(te_tab_handler)
         cls.dead_port = H.dead_port()
         dead = "127.0.0.1:%d" % cls.dead_port
         ups = {
@@ -42,9 +51,10 @@ class UpstreamErrorsTest(H.ProxyTestCase):
             "mixed": H.upstream(dead, cls.a.address()),
             "race": H.upstream(cls.race.address()),
             "bad101": H.upstream(cls.bad101.address()),
+            "tetab": H.upstream(cls.te_tab.address()),
         }
         routes = [{"match": {"host": h + ".test", "prefix": "/"}, "upstream": h}
-                  for h in ("a", "b", "dead", "mixed", "race", "bad101")]
+                  for h in ("a", "b", "dead", "mixed", "race", "bad101", "tetab")]
         cls.proxy = cls.start_proxy(ups, routes, workers=1,
                                     timeouts={"connect": 2, "read": 1})
 
@@ -89,6 +99,10 @@ class UpstreamErrorsTest(H.ProxyTestCase):
 
     def test_101_without_connection_upgrade_is_502(self):
         r = self.get("/", host="bad101.test")
+        self.assertEqual(r.status, 502)
+
+    def test_transfer_encoding_the_parser_does_not_read_as_chunked_is_502(self):
+        r = self.get("/", host="tetab.test")
         self.assertEqual(r.status, 502)
 
     def test_malformed_responses_are_502_and_not_reused(self):
