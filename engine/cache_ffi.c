@@ -802,11 +802,21 @@ static inline __attribute__((always_inline)) int never_stored(lp_str_t name)
 }
 
 /* n bytes of a field's name or value at p: most are short, and a call to memcpy costs more
- * than their copy (two overlapping words, or bytes). The end. */
+ * than their copy (overlapping words from both ends, or bytes). The end. */
 static inline char *put_short(char *p, const char *s, size_t n)
 {
-    if (n > 16) {
+    if (n > 32) {
         memcpy(p, s, n);
+    } else if (n > 16) {
+        uint64_t a, b, c, d;
+        memcpy(&a, s, 8);
+        memcpy(&b, s + 8, 8);
+        memcpy(&c, s + n - 16, 8);
+        memcpy(&d, s + n - 8, 8);
+        memcpy(p, &a, 8);
+        memcpy(p + 8, &b, 8);
+        memcpy(p + n - 16, &c, 8);
+        memcpy(p + n - 8, &d, 8);
     } else if (n >= 8) {
         uint64_t a, b;
         memcpy(&a, s, 8);
@@ -819,9 +829,12 @@ static inline char *put_short(char *p, const char *s, size_t n)
         memcpy(&b, s + n - 4, 4);
         memcpy(p, &a, 4);
         memcpy(p + n - 4, &b, 4);
-    } else {
-        for (size_t i = 0; i < n; i++)
-            p[i] = s[i];
+    } else if (n) {
+        /* 1 to 3 bytes: the first, middle and last (the same byte twice when fewer) */
+        char a = s[0], b = s[n / 2], c = s[n - 1];
+        p[0] = a;
+        p[n / 2] = b;
+        p[n - 1] = c;
     }
     return p + n;
 }
@@ -939,16 +952,21 @@ int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
 static lp_str_t key_authority(const lp_req_t *r, int tls)
 {
     lp_str_t h = r->h1.host.base ? r->h1.host : LP_STR("");
-    size_t n = h.len;
-    while (n && (unsigned char)(h.base[n - 1] - '0') < 10)
-        n--;
-    if (n && h.base[n - 1] == ':' && (n == 1 || h.base[n - 2] != ':')) { /* not inside [v6] */
-        const char *port = h.base + n;
-        size_t plen = h.len - n; /* digits only: compared as bytes */
-        if (!plen || (!tls && plen == 2 && memcmp(port, "80", 2) == 0) ||
-            (tls && plen == 3 && memcmp(port, "443", 3) == 0))
-            h.len = n - 1;
-    }
+    /* Only an empty port or the default one is dropped: the host's end is compared with ":",
+     * ":80" or ":443" (no scan of a port's digits, which a key of any other port keeps). */
+    size_t n = h.len, plen = 0;
+    const char *e = h.base + n;
+    if (n >= 1 && e[-1] == ':')
+        plen = 0;
+    else if (!tls && n >= 3 && e[-3] == ':' && e[-2] == '8' && e[-1] == '0')
+        plen = 2;
+    else if (tls && n >= 4 && e[-4] == ':' && e[-3] == '4' && e[-2] == '4' && e[-1] == '3')
+        plen = 3;
+    else
+        return h;
+    n -= plen; /* h.base[n - 1] is the ':' */
+    if (n == 1 || h.base[n - 2] != ':') /* not inside [v6] */
+        h.len = n - 1;
     return h;
 }
 
