@@ -964,7 +964,7 @@ static lp_str_t key_authority(const lp_req_t *r, int tls)
         plen = 3;
     else
         return h;
-    n -= plen; /* h.base[n - 1] is the ':' */
+    n -= plen;                          /* h.base[n - 1] is the ':' */
     if (n == 1 || h.base[n - 2] != ':') /* not inside [v6] */
         h.len = n - 1;
     return h;

@@ -61,8 +61,8 @@ struct lp_cache_fill_s {
     lp_cache_zone_t *zone; /* registry reference when zref, else borrowed (a lock from
                               lp_cache_get_or_lock: its caller holds the zone meanwhile) */
     uint8_t zref;
-    char *lkey;            /* borrowed: the locked primary key, in the fill's own block;
-                              NULL: no lock taken */
+    char *lkey; /* borrowed: the locked primary key, in the fill's own block;
+                   NULL: no lock taken */
     size_t lklen;
     size_t lroom; /* bytes for lkey after the struct (a lock's block; 0: no room) */
     uint64_t lhash;
