@@ -455,9 +455,9 @@ int lp_ffi_cache_store(void *rp, void *zone, const char *key, size_t klen, const
 /* lp__cache_store and _store_fields: the checks, then the fill starts (r->cache.fill) for a
  * head of hlen bytes holding nfields fields (head NULL: the caller writes it, at
  * lp_cache_fill_head). 0, or an LP_FFI_E* code. */
-static int store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
-                       const char *sec, size_t slen, const char *head, size_t hlen, size_t nfields,
-                       double keep_until)
+static inline __attribute__((always_inline)) int
+store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen, const char *sec,
+            size_t slen, const char *head, size_t hlen, size_t nfields, double keep_until)
 {
     /* Only an upstream's body can be gathered: a HEAD's has none, a local answer is not one. */
     if ((r->flags & (LP_RF_HEAD | LP_RF_LOCAL)) || !r->try.peer)
@@ -1016,7 +1016,7 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
         return LP_FFI_ENOSPACE;
     char *p = put_short(scratch, start.base, start.len);
     p = put_lower(p, host.base, host.len);
-    memcpy(p, uri.base, uri.len);
+    put_short(p, uri.base, uri.len);
     *out = (lp_str_t){scratch, need};
     return 0;
 }
