@@ -11,6 +11,7 @@
 #include "cache_req.h"
 #include "cache_room.h"
 #include "cache_store.h"
+#include "cache_store_int.h"
 #include "conn.h"
 #include "http1.h"
 #include "lua_api.h"
@@ -61,7 +62,7 @@ static int scratch_reserve(size_t need)
 void lp_cache_req_head(lp_req_t *req)
 {
     lp_req_cache_t *rc = &req->cache;
-    if (rc->fill && !lp_cache_fill_active(rc->fill)) {
+    if (rc->fill && !lp__cache_fill_active(rc->fill)) {
         lp_cache_fill_abandon(rc->fill);
         rc->fill = NULL;
     }
@@ -85,7 +86,7 @@ void lp_cache_req_done(lp_req_t *req)
         return;
     lp_cache_fill_t *f = rc->fill;
     rc->fill = NULL;
-    if (lp_cache_fill_active(f) && !(req->flags & LP_RF_LOCAL))
+    if (lp__cache_fill_active(f) && !(req->flags & LP_RF_LOCAL))
         lp_cache_fill_commit(f);
     else
         lp_cache_fill_abandon(f);
@@ -465,7 +466,7 @@ store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen, co
     const lp_h1_t *h = &r->try.peer->h1;
     uint64_t hint = (h->flags & LP_H1F_LENGTH) ? h->content_length : 0;
     lp_cache_fill_t *f = r->cache.fill;
-    if (f && lp_cache_fill_active(f))
+    if (f && lp__cache_fill_active(f))
         return LP_FFI_EINVAL; /* stored once already */
     if (!lp_cache_fields_fit(r->w, zone, key, klen, nfields))
         return LP_FFI_ENOSPACE; /* a hit on it could not carry its own fields */
@@ -871,7 +872,7 @@ int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, 
     int rc = store_start(r, zone, key, klen, sec, slen, NULL, need, nfields, keep_until);
     if (rc)
         return rc;
-    char *p = lp_cache_fill_head(r->cache.fill);
+    char *p = lp__cache_fill_head(r->cache.fill);
     for (size_t i = 0; i < nmeta; i++)
         p = put_short(p, meta[i].base, meta[i].len);
     for (unsigned i = 0; i < n; i++) {

@@ -568,7 +568,7 @@ const char *lp_cache_zone_name(const lp_cache_zone_t *z)
 
 uint64_t lp_cache_zone_max_object(lp_cache_zone_t *z)
 {
-    return __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
+    return lp__cache_max_object(z);
 }
 
 void lp_cache_zones_each(void (*fn)(lp_cache_zone_t *z, void *arg), void *arg)
@@ -1147,21 +1147,17 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
 
 char *lp_cache_fill_head(lp_cache_fill_t *f)
 {
-    return f->e ? f->e->head : NULL;
+    return lp__cache_fill_head(f);
 }
 
 int lp_cache_fill_active(const lp_cache_fill_t *f)
 {
-    return f->started;
+    return lp__cache_fill_active(f);
 }
 
 int lp_cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen)
 {
-    if (!f->lkey)
-        return -1;
-    *key = f->lkey;
-    *klen = f->lklen;
-    return 0;
+    return lp__cache_fill_key(f, key, klen);
 }
 
 /* The fill went over a limit: its bytes go now, and its lock, so waiters stop waiting. */
@@ -1295,7 +1291,7 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     lock_drop(z, f);
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
-    lp_cache_count(z, LP_CACHE_C_STORED);
+    lp__cache_count(z, LP_CACHE_C_STORED);
     fill_free(f);
     return 0;
 }

@@ -1,5 +1,6 @@
 /* The response cache's store internals, shared by the memory store (cache_store.c) and its
- * disk tier (cache_disk.c, cache_disk_hit.c). Nothing else includes this. */
+ * disk tier (cache_disk.c, cache_disk_hit.c). The request path's files (cache_ffi.c,
+ * cache_native.c) include it for the inline accessors at its end only. */
 #ifndef LP_CACHE_STORE_INT_H
 #define LP_CACHE_STORE_INT_H
 
@@ -124,6 +125,38 @@ struct lp_cache_zone_s {
     uint64_t stamps;         /* stamps handed out (entry.stamp): begins past the last
                                 process's, and past every file the scan finds */
 };
+
+/* cache_store.h's lp_cache_fill_active, _fill_head, _fill_key, _zone_max_object and
+ * lp_cache_count (`what` a constant in range), inline: a stored miss asks each once or more,
+ * and a call cost more than what it reads. Same rules as theirs. */
+static inline int lp__cache_fill_active(const lp_cache_fill_t *f)
+{
+    return f->started;
+}
+
+static inline char *lp__cache_fill_head(lp_cache_fill_t *f)
+{
+    return f->e ? f->e->head : NULL;
+}
+
+static inline int lp__cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen)
+{
+    if (!f->lkey)
+        return -1;
+    *key = f->lkey;
+    *klen = f->lklen;
+    return 0;
+}
+
+static inline uint64_t lp__cache_max_object(lp_cache_zone_t *z)
+{
+    return __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
+}
+
+static inline void lp__cache_count(lp_cache_zone_t *z, int what)
+{
+    atomic_fetch_add_explicit(&z->counts[what], 1, memory_order_relaxed);
+}
 
 /* Under the zone lock (cache_store.c): takes e out of the table and both LRUs and puts it on
  * *dead; a file it had is queued for deletion. */
