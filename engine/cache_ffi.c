@@ -68,11 +68,18 @@ void lp_cache_req_head(lp_req_t *req)
     }
 }
 
+static inline char *put_short(char *p, const char *s, size_t n);
+
 void lp_cache_req_tee(lp_req_t *req, const char *at, size_t len)
 {
     lp_req_cache_t *rc = &req->cache;
     if (!rc->fill || !len)
         return;
+    char *to = lp__cache_fill_room(rc->fill, len); /* a small body: no call, no loop */
+    if (to) {
+        put_short(to, at, len);
+        return;
+    }
     if (lp_cache_fill_append(rc->fill, at, len)) {
         lp_cache_fill_abandon(rc->fill); /* over max_object_size: the response passes on */
         rc->fill = NULL;

@@ -153,6 +153,23 @@ static inline uint64_t lp__cache_max_object(lp_cache_zone_t *z)
     return __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
 }
 
+/* lp_cache_fill_append's common case, for the request path's tee: len bytes that fit the
+ * fill's last chunk (a small body's, in its entry's block) within max_object_size are taken:
+ * where the caller writes them (the entry is the fill's alone until its commit). NULL: any
+ * other case, which lp_cache_fill_append decides. */
+static inline char *lp__cache_fill_room(lp_cache_fill_t *f, size_t len)
+{
+    lp_cache_entry_t *e = f->e;
+    lp_cache_chunk_t *t = f->tail;
+    if (f->dead || !e || !t || t->cap - t->len < len ||
+        e->body_len + len > lp__cache_max_object(f->zone))
+        return NULL;
+    char *at = t->data + t->len;
+    t->len += len;
+    e->body_len += len;
+    return at;
+}
+
 static inline void lp__cache_count(lp_cache_zone_t *z, int what)
 {
     atomic_fetch_add_explicit(&z->counts[what], 1, memory_order_relaxed);
