@@ -56,7 +56,10 @@ static void entry_free(lp_cache_entry_t *e)
         c = n;
     }
     head_free(e, e->head);
-    free(e);
+    if (e->blocks)
+        lp_cache_blocks_free(e->blocks, e, e->bclass);
+    else
+        free(e);
 }
 
 void lp__cache_entry_free(lp_cache_entry_t *e)
@@ -94,13 +97,18 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
 static inline __attribute__((always_inline)) lp_cache_entry_t *
 entry_make(const char *key, size_t klen, const char *sec, size_t slen, const char *head,
            size_t hlen, uint64_t body_len, double keep_until, lp_cache_chunk_t *chunks,
-           uint64_t hash, int fid_now, size_t body_cap)
+           uint64_t hash, int fid_now, size_t body_cap, lp_cache_blocks_t *blocks)
 {
     /* One block: the entry, its key and sec, its first head and, for a fill whose body is
      * known to be small, its body's only chunk (a store makes one entry per miss, and each
      * block an entry keeps costs a fresh allocation). */
     size_t at = (sizeof(lp_cache_entry_t) + klen + slen + hlen + 7) & ~(size_t)7;
-    lp_cache_entry_t *e = malloc(body_cap ? at + sizeof(lp_cache_chunk_t) + body_cap : at + 1);
+    size_t size = body_cap ? at + sizeof(lp_cache_chunk_t) + body_cap : at + 1;
+    uint8_t cls = 0;
+    lp_cache_entry_t *e = blocks ? lp_cache_blocks_alloc(blocks, size, &cls) : NULL;
+    lp_cache_blocks_t *from = e ? blocks : NULL;
+    if (!e)
+        e = malloc(size);
     if (!e) {
         while (chunks) {
             lp_cache_chunk_t *n = chunks->next;
@@ -110,6 +118,8 @@ entry_make(const char *key, size_t klen, const char *sec, size_t slen, const cha
         return NULL;
     }
     *e = (lp_cache_entry_t){0};
+    e->blocks = from;
+    e->bclass = cls;
     e->key = (char *)(e + 1);
     memcpy(e->key, key, klen);
     if (slen) /* most entries have no secondary key: no call for nothing */
@@ -153,7 +163,7 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
                                        int fid_now, size_t body_cap)
 {
     return entry_make(key, klen, sec, slen, head, hlen, body_len, keep_until, chunks, hash, fid_now,
-                      body_cap);
+                      body_cap, NULL);
 }
 
 /* A fill's entry gets its file id when it is first written (most zones have no disk): 0 until
@@ -474,6 +484,7 @@ static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_obj
     }
     z->capacity = memory;
     __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
+    z->blocks = lp_cache_blocks_new(memory); /* NULL: entries are malloc's */
     lp_mutex_init(&z->lock);
     lp_list_init(&z->lru);
     lp_list_init(&z->dlru);
@@ -491,6 +502,7 @@ static void zone_free(lp_cache_zone_t *z)
         while (z->buckets[i])
             unlink_entry(z, z->buckets[i], &dead);
     drop_dead(dead);
+    lp_cache_blocks_orphan(z->blocks); /* freed with the last entry still read elsewhere */
     free(z->buckets);
     free(z->name);
     free(z);
@@ -585,6 +597,8 @@ void lp_cache_zone_resize(lp_cache_zone_t *z, size_t memory, size_t max_object)
     lp_mutex_lock(&z->lock);
     z->capacity = memory;
     __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
+    if (z->blocks)
+        lp_cache_blocks_limit(z->blocks, memory);
     evict(z, &dead);
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
@@ -1127,8 +1141,8 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
      * lp_cache_fill_append charges the chunks it takes (many small fills in flight hold memory
      * too), and moves into `used` at commit. */
     size_t body_cap = size_hint && size_hint <= LP_CACHE_INLINE_BODY ? (size_t)size_hint : 0;
-    lp_cache_entry_t *e =
-        entry_make(key, klen, sec, slen, head, hlen, 0, keep_until, NULL, hash, 0, body_cap);
+    lp_cache_entry_t *e = entry_make(key, klen, sec, slen, head, hlen, 0, keep_until, NULL, hash, 0,
+                                     body_cap, z->blocks);
     if (!e) {
         lp_cache_fill_abandon(f);
         return NULL;

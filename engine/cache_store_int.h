@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "cache_blocks.h"
 #include "cache_store.h"
 #include "common.h"
 #include "mutex.h"
@@ -45,17 +46,20 @@ struct lp_cache_entry_s {
      * file holds it), or both. A disk-only entry (a "stub": chunks NULL, resident 0) is the
      * index's record of a file: key, head and lengths in memory, the body in the file; a hit
      * on it loads the file first (cache_disk_hit.c). */
-    uint8_t resident;    /* chunks hold the body; 0 for a stub (fixed at creation) */
-    uint8_t body_inline; /* the first chunk is in the entry's own block (a small fill's) */
-    uint8_t on_disk;     /* its file is written and charged to the disk budget (zone lock) */
-    uint64_t fid;        /* the file's name: hash of key and sec (cache_disk.h); a fill's entry
-                            has 0 until it is first written (with_fid) */
-    uint64_t stamp;      /* which write of that file holds this content (zone lock): a file
-                            read back must carry it, or it was replaced meanwhile */
-    uint64_t dsize;      /* file bytes charged to the disk budget while on_disk */
-    uint32_t writing;    /* writes of it queued and not done (zone lock): an entry pushed out of
-                            memory meanwhile stays indexed (demoted), its file on the way */
-    lp_list_t dlru;      /* in zone->dlru while on_disk (zone lock) */
+    uint8_t resident;          /* chunks hold the body; 0 for a stub (fixed at creation) */
+    uint8_t body_inline;       /* the first chunk is in the entry's own block (a small fill's) */
+    uint8_t bclass;            /* its block's class in `blocks` */
+    lp_cache_blocks_t *blocks; /* holds a block count in it: the entry's block is one of its
+                                  (cache_blocks.h); NULL: malloc's */
+    uint8_t on_disk;           /* its file is written and charged to the disk budget (zone lock) */
+    uint64_t fid;     /* the file's name: hash of key and sec (cache_disk.h); a fill's entry
+                         has 0 until it is first written (with_fid) */
+    uint64_t stamp;   /* which write of that file holds this content (zone lock): a file
+                         read back must carry it, or it was replaced meanwhile */
+    uint64_t dsize;   /* file bytes charged to the disk budget while on_disk */
+    uint32_t writing; /* writes of it queued and not done (zone lock): an entry pushed out of
+                         memory meanwhile stays indexed (demoted), its file on the way */
+    lp_list_t dlru;   /* in zone->dlru while on_disk (zone lock) */
 };
 
 struct lp_cache_fill_s {
@@ -105,6 +109,9 @@ struct lp_cache_zone_s {
     size_t nentries;            /* linked entries (lock) */
     uint64_t seq;               /* commits so far (lock) */
     lp_cache_entry_t **buckets; /* owned array of nbuckets chains */
+    lp_cache_blocks_t *blocks;  /* owned until the zone's free, which orphans it (its entries
+                                   may outlive the zone): its fills' entry blocks; NULL: out
+                                   of memory at its making (malloc's then) */
     size_t nbuckets;            /* a power of two */
     lp_list_t lru;              /* most recently used first */
     lp_cache_fill_t *locks[LOCK_BUCKETS]; /* borrowed: fills holding a key's lock */
