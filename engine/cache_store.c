@@ -474,7 +474,12 @@ static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_obj
     if (!z)
         return NULL;
     z->name = strdup(name);
+    /* The table sized for the budget at the start (a bucket per 16 KiB of it, 0.05 % of the
+     * budget, within 64 and 2^22 buckets): a filling cache doubles it less often, each
+     * doubling a walk of every entry under the zone's lock, which every worker waits for. */
     z->nbuckets = 64;
+    while (z->nbuckets < (1u << 22) && z->nbuckets * 2 <= memory / (16 * 1024))
+        z->nbuckets *= 2;
     z->buckets = calloc(z->nbuckets, sizeof(*z->buckets));
     if (!z->name || !z->buckets) {
         free(z->name);
