@@ -1,14 +1,15 @@
 /* A zone's blocks for its fills' entries (cache_store.c): small blocks of 64-byte size classes
  * carved from 64 KiB slabs, a freed block kept on its class's list for the next entry of that
  * class. A stored miss makes one entry block; malloc makes it from fresh memory in a cache
- * that has not filled yet (about 200 instructions), and from a freed block of any size
- * otherwise: here it is a list's head or a slab's next bytes, under a lock held for a few
- * instructions.
+ * that has not filled yet (about 200 instructions: glibc's arena lock, its bins searched, the
+ * top split), and otherwise from a freed chunk when one of that 16-byte size is at hand: here
+ * it is a list's head or a slab's next bytes, under a lock held for a few instructions.
  *
- * Memory: slabs are taken while the zone's slab bytes stay within its `memory` budget (then
- * blocks come from malloc, as before), and are freed with the store only. A class's free
- * blocks serve that class only: what the entries are charged (their exact sizes) stays the
- * budget; the slabs may hold up to as much again in blocks of classes no longer asked for.
+ * Memory: slabs are taken while the store's slab bytes stay within its limit (a quarter of
+ * the zone's `memory`: then blocks come from malloc, as before) and are freed with the store
+ * only. A class's free blocks serve that class only: the entries are charged their exact
+ * sizes (the budget is unchanged), and the slabs may hold up to the limit beside them in
+ * blocks of classes no longer asked for, and 63 bytes at most per entry of rounding.
  *
  * Lifetimes: the zone holds the store; every block handed out holds a count in it (an entry
  * may outlive its zone: a hit's body in a connection's write queue). The store goes with

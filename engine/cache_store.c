@@ -468,6 +468,10 @@ lp_cache_entry_t *lp__cache_find(lp_cache_zone_t *z, uint64_t h, const char *key
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static lp_cache_zone_t *reg_head; /* zones some config references (refs) */
 
+/* The slab bytes a zone's entry blocks may take (cache_blocks.h): a quarter of its budget,
+ * so that free blocks of classes no longer asked for hold at most that beside `bytes`. */
+#define BLOCKS_OF(memory) ((memory) / 4)
+
 static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_object)
 {
     lp_cache_zone_t *z = calloc(1, sizeof(*z));
@@ -489,7 +493,7 @@ static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_obj
     }
     z->capacity = memory;
     __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
-    z->blocks = lp_cache_blocks_new(memory); /* NULL: entries are malloc's */
+    z->blocks = lp_cache_blocks_new(BLOCKS_OF(memory)); /* NULL: entries are malloc's */
     lp_mutex_init(&z->lock);
     lp_list_init(&z->lru);
     lp_list_init(&z->dlru);
@@ -603,7 +607,7 @@ void lp_cache_zone_resize(lp_cache_zone_t *z, size_t memory, size_t max_object)
     z->capacity = memory;
     __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
     if (z->blocks)
-        lp_cache_blocks_limit(z->blocks, memory);
+        lp_cache_blocks_limit(z->blocks, BLOCKS_OF(memory));
     evict(z, &dead);
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
