@@ -11,6 +11,7 @@
 #include "cache_req.h"
 #include "cache_room.h"
 #include "cache_store.h"
+#include "cache_store_int.h"
 #include "conn.h"
 #include "http1.h"
 #include "lua_api.h"
@@ -61,17 +62,24 @@ static int scratch_reserve(size_t need)
 void lp_cache_req_head(lp_req_t *req)
 {
     lp_req_cache_t *rc = &req->cache;
-    if (rc->fill && !lp_cache_fill_active(rc->fill)) {
+    if (rc->fill && !lp__cache_fill_active(rc->fill)) {
         lp_cache_fill_abandon(rc->fill);
         rc->fill = NULL;
     }
 }
+
+static inline char *put_short(char *p, const char *s, size_t n);
 
 void lp_cache_req_tee(lp_req_t *req, const char *at, size_t len)
 {
     lp_req_cache_t *rc = &req->cache;
     if (!rc->fill || !len)
         return;
+    char *to = lp__cache_fill_room(rc->fill, len); /* a small body: no call, no loop */
+    if (to) {
+        put_short(to, at, len);
+        return;
+    }
     if (lp_cache_fill_append(rc->fill, at, len)) {
         lp_cache_fill_abandon(rc->fill); /* over max_object_size: the response passes on */
         rc->fill = NULL;
@@ -85,7 +93,7 @@ void lp_cache_req_done(lp_req_t *req)
         return;
     lp_cache_fill_t *f = rc->fill;
     rc->fill = NULL;
-    if (lp_cache_fill_active(f) && !(req->flags & LP_RF_LOCAL))
+    if (lp__cache_fill_active(f) && !(req->flags & LP_RF_LOCAL))
         lp_cache_fill_commit(f);
     else
         lp_cache_fill_abandon(f);
@@ -455,9 +463,9 @@ int lp_ffi_cache_store(void *rp, void *zone, const char *key, size_t klen, const
 /* lp__cache_store and _store_fields: the checks, then the fill starts (r->cache.fill) for a
  * head of hlen bytes holding nfields fields (head NULL: the caller writes it, at
  * lp_cache_fill_head). 0, or an LP_FFI_E* code. */
-static int store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
-                       const char *sec, size_t slen, const char *head, size_t hlen, size_t nfields,
-                       double keep_until)
+static inline __attribute__((always_inline)) int
+store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen, const char *sec,
+            size_t slen, const char *head, size_t hlen, size_t nfields, double keep_until)
 {
     /* Only an upstream's body can be gathered: a HEAD's has none, a local answer is not one. */
     if ((r->flags & (LP_RF_HEAD | LP_RF_LOCAL)) || !r->try.peer)
@@ -465,7 +473,7 @@ static int store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size
     const lp_h1_t *h = &r->try.peer->h1;
     uint64_t hint = (h->flags & LP_H1F_LENGTH) ? h->content_length : 0;
     lp_cache_fill_t *f = r->cache.fill;
-    if (f && lp_cache_fill_active(f))
+    if (f && lp__cache_fill_active(f))
         return LP_FFI_EINVAL; /* stored once already */
     if (!lp_cache_fields_fit(r->w, zone, key, klen, nfields))
         return LP_FFI_ENOSPACE; /* a hit on it could not carry its own fields */
@@ -802,11 +810,21 @@ static inline __attribute__((always_inline)) int never_stored(lp_str_t name)
 }
 
 /* n bytes of a field's name or value at p: most are short, and a call to memcpy costs more
- * than their copy (two overlapping words, or bytes). The end. */
+ * than their copy (overlapping words from both ends, or bytes). The end. */
 static inline char *put_short(char *p, const char *s, size_t n)
 {
-    if (n > 16) {
+    if (n > 32) {
         memcpy(p, s, n);
+    } else if (n > 16) {
+        uint64_t a, b, c, d;
+        memcpy(&a, s, 8);
+        memcpy(&b, s + 8, 8);
+        memcpy(&c, s + n - 16, 8);
+        memcpy(&d, s + n - 8, 8);
+        memcpy(p, &a, 8);
+        memcpy(p + 8, &b, 8);
+        memcpy(p + n - 16, &c, 8);
+        memcpy(p + n - 8, &d, 8);
     } else if (n >= 8) {
         uint64_t a, b;
         memcpy(&a, s, 8);
@@ -819,9 +837,12 @@ static inline char *put_short(char *p, const char *s, size_t n)
         memcpy(&b, s + n - 4, 4);
         memcpy(p, &a, 4);
         memcpy(p + n - 4, &b, 4);
-    } else {
-        for (size_t i = 0; i < n; i++)
-            p[i] = s[i];
+    } else if (n) {
+        /* 1 to 3 bytes: the first, middle and last (the same byte twice when fewer) */
+        char a = s[0], b = s[n / 2], c = s[n - 1];
+        p[0] = a;
+        p[n / 2] = b;
+        p[n - 1] = c;
     }
     return p + n;
 }
@@ -858,7 +879,7 @@ int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, 
     int rc = store_start(r, zone, key, klen, sec, slen, NULL, need, nfields, keep_until);
     if (rc)
         return rc;
-    char *p = lp_cache_fill_head(r->cache.fill);
+    char *p = lp__cache_fill_head(r->cache.fill);
     for (size_t i = 0; i < nmeta; i++)
         p = put_short(p, meta[i].base, meta[i].len);
     for (unsigned i = 0; i < n; i++) {
@@ -939,16 +960,21 @@ int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
 static lp_str_t key_authority(const lp_req_t *r, int tls)
 {
     lp_str_t h = r->h1.host.base ? r->h1.host : LP_STR("");
-    size_t n = h.len;
-    while (n && (unsigned char)(h.base[n - 1] - '0') < 10)
-        n--;
-    if (n && h.base[n - 1] == ':' && (n == 1 || h.base[n - 2] != ':')) { /* not inside [v6] */
-        const char *port = h.base + n;
-        size_t plen = h.len - n; /* digits only: compared as bytes */
-        if (!plen || (!tls && plen == 2 && memcmp(port, "80", 2) == 0) ||
-            (tls && plen == 3 && memcmp(port, "443", 3) == 0))
-            h.len = n - 1;
-    }
+    /* Only an empty port or the default one is dropped: the host's end is compared with ":",
+     * ":80" or ":443" (no scan of a port's digits, which a key of any other port keeps). */
+    size_t n = h.len, plen = 0;
+    const char *e = h.base + n;
+    if (n >= 1 && e[-1] == ':')
+        plen = 0;
+    else if (!tls && n >= 3 && e[-3] == ':' && e[-2] == '8' && e[-1] == '0')
+        plen = 2;
+    else if (tls && n >= 4 && e[-4] == ':' && e[-3] == '4' && e[-2] == '4' && e[-1] == '3')
+        plen = 3;
+    else
+        return h;
+    n -= plen;                          /* h.base[n - 1] is the ':' */
+    if (n == 1 || h.base[n - 2] != ':') /* not inside [v6] */
+        h.len = n - 1;
     return h;
 }
 
@@ -998,7 +1024,7 @@ int lp_ffi_cache_key(void *r, lp_str_t *out)
         return LP_FFI_ENOSPACE;
     char *p = put_short(scratch, start.base, start.len);
     p = put_lower(p, host.base, host.len);
-    memcpy(p, uri.base, uri.len);
+    put_short(p, uri.base, uri.len);
     *out = (lp_str_t){scratch, need};
     return 0;
 }

@@ -34,6 +34,7 @@
 #include "cache_req.h"
 #include "cache_room.h"
 #include "cache_store.h"
+#include "cache_store_int.h"
 #include "http1.h"
 #include "lua_api.h"
 #include "lua_vm_int.h"
@@ -222,8 +223,8 @@ static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, do
         lp__resp_begin(r);
         return 1;
     }
-    lp_cache_count(n->zone, LP_CACHE_C_HIT);
-    lp_cache_count(n->zone, LP_CACHE_C_NATIVE_HIT);
+    lp__cache_count(n->zone, LP_CACHE_C_HIT);
+    lp__cache_count(n->zone, LP_CACHE_C_NATIVE_HIT);
     r->flags |= LP_RF_NO_LUA_RESP; /* the plugin has nothing to do for its own answer */
     return 0;
 }
@@ -254,8 +255,8 @@ int lp_cache_native_request(lp_req_t *r)
     }
     if (n->lock_timeout >= 0 && !rc->fill)
         return 1; /* another request fills it (or no memory): the plugin waits for it */
-    lp_cache_count(n->zone, LP_CACHE_C_MISS);
-    lp_cache_count(n->zone, LP_CACHE_C_NATIVE_MISS);
+    lp__cache_count(n->zone, LP_CACHE_C_MISS);
+    lp__cache_count(n->zone, LP_CACHE_C_NATIVE_MISS);
     rc->native = 1;
     rc->native_t0 = now;
     return 0;
@@ -403,7 +404,7 @@ int lp_cache_native_response(lp_req_t *r)
     /* Over max_object_size by its Content-Length: the plugin's path, whose Cache-Status says
      * why it is not stored. */
     const lp_h1_t *h1 = r->try.peer ? &r->try.peer->h1 : NULL;
-    if (h1 && (h1->flags & LP_H1F_LENGTH) && h1->content_length > lp_cache_zone_max_object(n->zone))
+    if (h1 && (h1->flags & LP_H1F_LENGTH) && h1->content_length > lp__cache_max_object(n->zone))
         return 1;
     const lp_str_t *date = mask & F_DATE ? &first[LP_CF_DATE] : NULL;
     if (date && (date->len != n->date_len || memcmp(date->base, n->date, date->len) != 0))
@@ -452,14 +453,14 @@ int lp_cache_native_response(lp_req_t *r)
     /* The key, as the plugin's default_key: the one the request phase locked (made there),
      * else made again (in the thread's scratch, which nothing else uses meanwhile). */
     lp_str_t k;
-    if (!rc->fill || lp_cache_fill_key(rc->fill, &k.base, &k.len)) {
+    if (!rc->fill || lp__cache_fill_key(rc->fill, &k.base, &k.len)) {
         if (lp_ffi_cache_key(r, &k))
             return 1;
     }
     int stored =
         lp__cache_store_fields(r, n->zone, k.base, k.len, "", 0, meta, nm, 0, now + keep) == 0;
     if (stored)
-        lp_cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
+        lp__cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
     /* `stored` only when the body's length is known, as the plugin's */
     stored = stored && lp__cache_body_sized(r);
     return miss_status(r, d, stored, d->ttl - floor_of(age)); /* whole seconds, as the plugin's */

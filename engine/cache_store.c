@@ -14,6 +14,10 @@
 #include "fnv.h"
 #include "log.h"
 
+/* A helper of a stored miss's path inlined where it is called: a call's set-up per step (the
+ * lookup, the lock, the commit) cost a miss more than some of the steps. */
+#define HOT static inline __attribute__((always_inline))
+
 size_t lp_cache_entry_cost(size_t klen, size_t slen, size_t hlen, size_t body_cap)
 {
     return sizeof(lp_cache_entry_t) + klen + slen + hlen + body_cap;
@@ -52,7 +56,10 @@ static void entry_free(lp_cache_entry_t *e)
         c = n;
     }
     head_free(e, e->head);
-    free(e);
+    if (e->blocks)
+        lp_cache_blocks_free(e->blocks, e, e->bclass);
+    else
+        free(e);
 }
 
 void lp__cache_entry_free(lp_cache_entry_t *e)
@@ -86,16 +93,22 @@ lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *
                                 lp_hash64(key, klen), 1, 0);
 }
 
-lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char *sec, size_t slen,
-                                       const char *head, size_t hlen, uint64_t body_len,
-                                       double keep_until, lp_cache_chunk_t *chunks, uint64_t hash,
-                                       int fid_now, size_t body_cap)
+/* lp__cache_entry_make's body, inlined into a fill's start (a call per stored miss less). */
+static inline __attribute__((always_inline)) lp_cache_entry_t *
+entry_make(const char *key, size_t klen, const char *sec, size_t slen, const char *head,
+           size_t hlen, uint64_t body_len, double keep_until, lp_cache_chunk_t *chunks,
+           uint64_t hash, int fid_now, size_t body_cap, lp_cache_blocks_t *blocks)
 {
     /* One block: the entry, its key and sec, its first head and, for a fill whose body is
      * known to be small, its body's only chunk (a store makes one entry per miss, and each
      * block an entry keeps costs a fresh allocation). */
     size_t at = (sizeof(lp_cache_entry_t) + klen + slen + hlen + 7) & ~(size_t)7;
-    lp_cache_entry_t *e = malloc(body_cap ? at + sizeof(lp_cache_chunk_t) + body_cap : at + 1);
+    size_t size = body_cap ? at + sizeof(lp_cache_chunk_t) + body_cap : at + 1;
+    uint8_t cls = 0;
+    lp_cache_entry_t *e = blocks ? lp_cache_blocks_alloc(blocks, size, &cls) : NULL;
+    lp_cache_blocks_t *from = e ? blocks : NULL;
+    if (!e)
+        e = malloc(size);
     if (!e) {
         while (chunks) {
             lp_cache_chunk_t *n = chunks->next;
@@ -105,6 +118,8 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
         return NULL;
     }
     *e = (lp_cache_entry_t){0};
+    e->blocks = from;
+    e->bclass = cls;
     e->key = (char *)(e + 1);
     memcpy(e->key, key, klen);
     if (slen) /* most entries have no secondary key: no call for nothing */
@@ -140,6 +155,15 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
         e->cost = lp_cache_entry_cost(klen, slen, hlen, 0);
     }
     return e;
+}
+
+lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char *sec, size_t slen,
+                                       const char *head, size_t hlen, uint64_t body_len,
+                                       double keep_until, lp_cache_chunk_t *chunks, uint64_t hash,
+                                       int fid_now, size_t body_cap)
+{
+    return entry_make(key, klen, sec, slen, head, hlen, body_len, keep_until, chunks, hash, fid_now,
+                      body_cap, NULL);
 }
 
 /* A fill's entry gets its file id when it is first written (most zones have no disk): 0 until
@@ -243,7 +267,7 @@ void lp__cache_drop_dead(lp_cache_entry_t *dead)
 
 static void maybe_grow(lp_cache_zone_t *z);
 
-void lp__cache_link(lp_cache_zone_t *z, lp_cache_entry_t *e)
+HOT void link_entry(lp_cache_zone_t *z, lp_cache_entry_t *e)
 {
     maybe_grow(z);
     lp_cache_entry_t **slot = &z->buckets[e->hash & (z->nbuckets - 1)];
@@ -259,6 +283,11 @@ void lp__cache_link(lp_cache_zone_t *z, lp_cache_entry_t *e)
     }
     e->linked = 1;
     e->seq = ++z->seq;
+}
+
+void lp__cache_link(lp_cache_zone_t *z, lp_cache_entry_t *e)
+{
+    link_entry(z, e);
 }
 
 void lp__cache_replace(lp_cache_zone_t *z, lp_cache_entry_t *old, lp_cache_entry_t *e,
@@ -439,13 +468,22 @@ lp_cache_entry_t *lp__cache_find(lp_cache_zone_t *z, uint64_t h, const char *key
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static lp_cache_zone_t *reg_head; /* zones some config references (refs) */
 
+/* The slab bytes a zone's entry blocks may take (cache_blocks.h): a quarter of its budget,
+ * so that free blocks of classes no longer asked for hold at most that beside `bytes`. */
+#define BLOCKS_OF(memory) ((memory) / 4)
+
 static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_object)
 {
     lp_cache_zone_t *z = calloc(1, sizeof(*z));
     if (!z)
         return NULL;
     z->name = strdup(name);
+    /* The table sized for the budget at the start (a bucket per 16 KiB of it, 0.05 % of the
+     * budget, within 64 and 2^22 buckets): a filling cache doubles it less often, each
+     * doubling a walk of every entry under the zone's lock, which every worker waits for. */
     z->nbuckets = 64;
+    while (z->nbuckets < (1u << 22) && z->nbuckets * 2 <= memory / (16 * 1024))
+        z->nbuckets *= 2;
     z->buckets = calloc(z->nbuckets, sizeof(*z->buckets));
     if (!z->name || !z->buckets) {
         free(z->name);
@@ -455,6 +493,7 @@ static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_obj
     }
     z->capacity = memory;
     __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
+    z->blocks = lp_cache_blocks_new(BLOCKS_OF(memory)); /* NULL: entries are malloc's */
     lp_mutex_init(&z->lock);
     lp_list_init(&z->lru);
     lp_list_init(&z->dlru);
@@ -472,6 +511,7 @@ static void zone_free(lp_cache_zone_t *z)
         while (z->buckets[i])
             unlink_entry(z, z->buckets[i], &dead);
     drop_dead(dead);
+    lp_cache_blocks_orphan(z->blocks); /* freed with the last entry still read elsewhere */
     free(z->buckets);
     free(z->name);
     free(z);
@@ -549,7 +589,7 @@ const char *lp_cache_zone_name(const lp_cache_zone_t *z)
 
 uint64_t lp_cache_zone_max_object(lp_cache_zone_t *z)
 {
-    return __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
+    return lp__cache_max_object(z);
 }
 
 void lp_cache_zones_each(void (*fn)(lp_cache_zone_t *z, void *arg), void *arg)
@@ -566,6 +606,8 @@ void lp_cache_zone_resize(lp_cache_zone_t *z, size_t memory, size_t max_object)
     lp_mutex_lock(&z->lock);
     z->capacity = memory;
     __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
+    if (z->blocks)
+        lp_cache_blocks_limit(z->blocks, BLOCKS_OF(memory));
     evict(z, &dead);
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
@@ -643,9 +685,8 @@ void lp_cache_count(lp_cache_zone_t *z, int what)
 /* ---- lookups ---- */
 
 /* Under the zone lock: lp_cache_get's lookup (h: the key's hash). */
-static lp_cache_entry_t *get_locked(lp_cache_zone_t *z, uint64_t h, const char *key, size_t klen,
-                                    const char *sec, size_t slen, double now,
-                                    lp_cache_entry_t **dead)
+HOT lp_cache_entry_t *get_locked(lp_cache_zone_t *z, uint64_t h, const char *key, size_t klen,
+                                 const char *sec, size_t slen, double now, lp_cache_entry_t **dead)
 {
     lp_cache_entry_t *found = NULL;
     for (lp_cache_entry_t *e = z->buckets[h & (z->nbuckets - 1)]; e; e = e->hnext) {
@@ -798,7 +839,7 @@ static lp_cache_fill_t *lock_find(lp_cache_zone_t *z, uint64_t h, const char *ke
 }
 
 /* Under the zone lock: the key's lock goes, and its waiters hear of it. */
-static void lock_drop(lp_cache_zone_t *z, lp_cache_fill_t *f)
+HOT void lock_drop(lp_cache_zone_t *z, lp_cache_fill_t *f)
 {
     if (!f->locked)
         return;
@@ -889,7 +930,7 @@ static void fill_block_free(lp_cache_fill_t *f)
 
 /* A fill for key's lock, not taken yet (lock_locked takes it), or NULL (out of memory, or
  * too long a key). */
-static lp_cache_fill_t *lock_new(const char *key, size_t klen, uint64_t h, double now)
+HOT lp_cache_fill_t *lock_new(const char *key, size_t klen, uint64_t h, double now)
 {
     if (klen > LP_CACHE_MAX_KEY)
         return NULL;
@@ -911,8 +952,8 @@ static lp_cache_fill_t *lock_new(const char *key, size_t klen, uint64_t h, doubl
 
 /* Under the zone lock: f (lock_new's) takes its key's lock: 0; else -1 (*busy 1 when a
  * younger fill holds it), and the caller frees f. */
-static int lock_locked(lp_cache_zone_t *z, lp_cache_fill_t *f, double lock_timeout, int readback,
-                       int *busy)
+HOT int lock_locked(lp_cache_zone_t *z, lp_cache_fill_t *f, double lock_timeout, int readback,
+                    int *busy)
 {
     lp_cache_fill_t *holder = lock_find(z, f->lhash, f->lkey, f->lklen);
     if (holder && readback && !holder->readback)
@@ -955,6 +996,7 @@ static lp_cache_fill_t *lock_held(lp_cache_zone_t *z, lp_cache_fill_t *f)
 {
     zone_ref(z);
     f->zone = z;
+    f->zref = 1;
     return f;
 }
 
@@ -999,7 +1041,8 @@ lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
     if (f)
-        *fill = lock_held(z, f);
+        f->zone = z; /* borrowed: the caller holds z while the fill lives (cache_store.h) */
+    *fill = f;
     return found;
 }
 
@@ -1092,6 +1135,7 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
             return NULL;
         zone_ref(z);
         f->zone = z;
+        f->zref = 1;
     }
     f->started = 1;
     /* refs 1: the zone's, once linked. Not resident until commit: its chunks are charged to
@@ -1106,8 +1150,8 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
      * lp_cache_fill_append charges the chunks it takes (many small fills in flight hold memory
      * too), and moves into `used` at commit. */
     size_t body_cap = size_hint && size_hint <= LP_CACHE_INLINE_BODY ? (size_t)size_hint : 0;
-    lp_cache_entry_t *e = lp__cache_entry_make(key, klen, sec, slen, head, hlen, 0, keep_until,
-                                               NULL, hash, 0, body_cap);
+    lp_cache_entry_t *e = entry_make(key, klen, sec, slen, head, hlen, 0, keep_until, NULL, hash, 0,
+                                     body_cap, z->blocks);
     if (!e) {
         lp_cache_fill_abandon(f);
         return NULL;
@@ -1126,21 +1170,17 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
 
 char *lp_cache_fill_head(lp_cache_fill_t *f)
 {
-    return f->e ? f->e->head : NULL;
+    return lp__cache_fill_head(f);
 }
 
 int lp_cache_fill_active(const lp_cache_fill_t *f)
 {
-    return f->started;
+    return lp__cache_fill_active(f);
 }
 
 int lp_cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen)
 {
-    if (!f->lkey)
-        return -1;
-    *key = f->lkey;
-    *klen = f->lklen;
-    return 0;
+    return lp__cache_fill_key(f, key, klen);
 }
 
 /* The fill went over a limit: its bytes go now, and its lock, so waiters stop waiting. */
@@ -1207,7 +1247,7 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
     return 0;
 }
 
-static void fill_free(lp_cache_fill_t *f)
+HOT void fill_free(lp_cache_fill_t *f)
 {
     lp_cache_zone_t *z = f->zone;
     if (f->locked || f->charged) {
@@ -1218,8 +1258,10 @@ static void fill_free(lp_cache_fill_t *f)
     }
     if (f->e)
         entry_free(f->e);
+    int zref = f->zref;
     fill_block_free(f);
-    lp_cache_zone_release(z);
+    if (zref)
+        lp_cache_zone_release(z);
 }
 
 int lp_cache_fill_commit(lp_cache_fill_t *f)
@@ -1260,7 +1302,7 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     if (variants >= LP_CACHE_MAX_VARIANTS)
         unlink_entry(z, oldest, &dead);
     e->resident = 1;
-    lp__cache_link(z, e);
+    link_entry(z, e);
     if (z->disk) {
         /* Written as it completes (not when memory evicts it): a restart finds every entry,
          * and an eviction from memory only drops the body (demote). */
@@ -1272,7 +1314,7 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     lock_drop(z, f);
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
-    lp_cache_count(z, LP_CACHE_C_STORED);
+    lp__cache_count(z, LP_CACHE_C_STORED);
     fill_free(f);
     return 0;
 }

@@ -17,7 +17,8 @@
  *   lock (coalescing: other requests see the key as "being filled" and wait), gathers the
  *   body as it streams by, and links the entry at commit. Abandoning it (too large, an
  *   upstream error, the request ending first) frees what it gathered; nothing partial is
- *   ever linked. A fill holds a registry reference to its zone. */
+ *   ever linked. A fill holds a registry reference to its zone, except a lock from
+ *   lp_cache_get_or_lock, whose caller holds the zone for it. */
 #ifndef LP_CACHE_STORE_H
 #define LP_CACHE_STORE_H
 
@@ -144,7 +145,9 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
 /* lp_cache_get (sec "") and, on a miss when lock_timeout >= 0, lp_cache_lock of the key, in
  * one hold of the zone's lock: *fill the fill holding the lock, or NULL (*busy as
  * lp_cache_lock's). *fill must be NULL on entry: it is set, hit or miss (a fill there would
- * lose its lock and zone reference). */
+ * lose its lock and zone reference). Unlike lp_cache_lock's, this fill borrows the zone
+ * (no registry reference taken per miss): the caller holds z until the fill is committed or
+ * abandoned (a request does, through its generation's config). */
 lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen, double now,
                                        double lock_timeout, lp_cache_fill_t **fill, int *busy);
 /* Coalescing: takes the lock of `key` (one fill per primary key at a time) and returns a fill

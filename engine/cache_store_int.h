@@ -1,11 +1,13 @@
 /* The response cache's store internals, shared by the memory store (cache_store.c) and its
- * disk tier (cache_disk.c, cache_disk_hit.c). Nothing else includes this. */
+ * disk tier (cache_disk.c, cache_disk_hit.c). The request path's files (cache_ffi.c,
+ * cache_native.c) include it for the inline accessors at its end only. */
 #ifndef LP_CACHE_STORE_INT_H
 #define LP_CACHE_STORE_INT_H
 
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "cache_blocks.h"
 #include "cache_store.h"
 #include "common.h"
 #include "mutex.h"
@@ -44,23 +46,28 @@ struct lp_cache_entry_s {
      * file holds it), or both. A disk-only entry (a "stub": chunks NULL, resident 0) is the
      * index's record of a file: key, head and lengths in memory, the body in the file; a hit
      * on it loads the file first (cache_disk_hit.c). */
-    uint8_t resident;    /* chunks hold the body; 0 for a stub (fixed at creation) */
-    uint8_t body_inline; /* the first chunk is in the entry's own block (a small fill's) */
-    uint8_t on_disk;     /* its file is written and charged to the disk budget (zone lock) */
-    uint64_t fid;        /* the file's name: hash of key and sec (cache_disk.h); a fill's entry
-                            has 0 until it is first written (with_fid) */
-    uint64_t stamp;      /* which write of that file holds this content (zone lock): a file
-                            read back must carry it, or it was replaced meanwhile */
-    uint64_t dsize;      /* file bytes charged to the disk budget while on_disk */
-    uint32_t writing;    /* writes of it queued and not done (zone lock): an entry pushed out of
-                            memory meanwhile stays indexed (demoted), its file on the way */
-    lp_list_t dlru;      /* in zone->dlru while on_disk (zone lock) */
+    uint8_t resident;          /* chunks hold the body; 0 for a stub (fixed at creation) */
+    uint8_t body_inline;       /* the first chunk is in the entry's own block (a small fill's) */
+    uint8_t bclass;            /* its block's class in `blocks` */
+    lp_cache_blocks_t *blocks; /* holds a block count in it: the entry's block is one of its
+                                  (cache_blocks.h); NULL: malloc's */
+    uint8_t on_disk;           /* its file is written and charged to the disk budget (zone lock) */
+    uint64_t fid;     /* the file's name: hash of key and sec (cache_disk.h); a fill's entry
+                         has 0 until it is first written (with_fid) */
+    uint64_t stamp;   /* which write of that file holds this content (zone lock): a file
+                         read back must carry it, or it was replaced meanwhile */
+    uint64_t dsize;   /* file bytes charged to the disk budget while on_disk */
+    uint32_t writing; /* writes of it queued and not done (zone lock): an entry pushed out of
+                         memory meanwhile stays indexed (demoted), its file on the way */
+    lp_list_t dlru;   /* in zone->dlru while on_disk (zone lock) */
 };
 
 struct lp_cache_fill_s {
-    lp_cache_zone_t *zone; /* registry reference */
-    char *lkey;            /* borrowed: the locked primary key, in the fill's own block;
-                              NULL: no lock taken */
+    lp_cache_zone_t *zone; /* registry reference when zref, else borrowed (a lock from
+                              lp_cache_get_or_lock: its caller holds the zone meanwhile) */
+    uint8_t zref;
+    char *lkey; /* borrowed: the locked primary key, in the fill's own block;
+                   NULL: no lock taken */
     size_t lklen;
     size_t lroom; /* bytes for lkey after the struct (a lock's block; 0: no room) */
     uint64_t lhash;
@@ -102,6 +109,9 @@ struct lp_cache_zone_s {
     size_t nentries;            /* linked entries (lock) */
     uint64_t seq;               /* commits so far (lock) */
     lp_cache_entry_t **buckets; /* owned array of nbuckets chains */
+    lp_cache_blocks_t *blocks;  /* owned until the zone's free, which orphans it (its entries
+                                   may outlive the zone): its fills' entry blocks; NULL: out
+                                   of memory at its making (malloc's then) */
     size_t nbuckets;            /* a power of two */
     lp_list_t lru;              /* most recently used first */
     lp_cache_fill_t *locks[LOCK_BUCKETS]; /* borrowed: fills holding a key's lock */
@@ -122,6 +132,55 @@ struct lp_cache_zone_s {
     uint64_t stamps;         /* stamps handed out (entry.stamp): begins past the last
                                 process's, and past every file the scan finds */
 };
+
+/* cache_store.h's lp_cache_fill_active, _fill_head, _fill_key, _zone_max_object and
+ * lp_cache_count (`what` a constant in range), inline: a stored miss asks each once or more,
+ * and a call cost more than what it reads. Same rules as theirs. */
+static inline int lp__cache_fill_active(const lp_cache_fill_t *f)
+{
+    return f->started;
+}
+
+static inline char *lp__cache_fill_head(lp_cache_fill_t *f)
+{
+    return f->e ? f->e->head : NULL;
+}
+
+static inline int lp__cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen)
+{
+    if (!f->lkey)
+        return -1;
+    *key = f->lkey;
+    *klen = f->lklen;
+    return 0;
+}
+
+static inline uint64_t lp__cache_max_object(lp_cache_zone_t *z)
+{
+    return __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
+}
+
+/* lp_cache_fill_append's common case, for the request path's tee: len bytes that fit the
+ * fill's last chunk (a small body's, in its entry's block) within max_object_size are taken:
+ * where the caller writes them (the entry is the fill's alone until its commit). NULL: any
+ * other case, which lp_cache_fill_append decides. */
+static inline char *lp__cache_fill_room(lp_cache_fill_t *f, size_t len)
+{
+    lp_cache_entry_t *e = f->e;
+    lp_cache_chunk_t *t = f->tail;
+    if (f->dead || !e || !t || t->cap - t->len < len ||
+        e->body_len + len > lp__cache_max_object(f->zone))
+        return NULL;
+    char *at = t->data + t->len;
+    t->len += len;
+    e->body_len += len;
+    return at;
+}
+
+static inline void lp__cache_count(lp_cache_zone_t *z, int what)
+{
+    atomic_fetch_add_explicit(&z->counts[what], 1, memory_order_relaxed);
+}
 
 /* Under the zone lock (cache_store.c): takes e out of the table and both LRUs and puts it on
  * *dead; a file it had is queued for deletion. */

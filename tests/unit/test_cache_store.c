@@ -697,7 +697,67 @@ static void small_body_in_entry(void)
     lp_cache_zone_release(z);
 }
 
+/* Entry blocks (cache_blocks.c): a freed block serves the next of its class, a block too
+ * large or past the slab limit is NULL (malloc's then), and an orphaned store lives until its
+ * last block comes back (ASan's leak check says it went). */
+static void blocks(void)
+{
+    lp_cache_blocks_t *b = lp_cache_blocks_new(64 * 1024);
+    REQUIRE(b);
+    uint8_t c1 = 99, c2 = 99, c3 = 99;
+    char *p1 = lp_cache_blocks_alloc(b, 100, &c1);
+    char *p2 = lp_cache_blocks_alloc(b, 128, &c2);
+    REQUIRE(p1 && p2);
+    CHECK_EQ_INT(c1, 1); /* 65..128 bytes */
+    CHECK_EQ_INT(c2, 1);
+    CHECK(p2 >= p1 + 128 || p1 >= p2 + 128); /* no overlap */
+    CHECK_EQ_INT(((uintptr_t)p1 & 15), 0);
+    memset(p1, 'a', 100);
+    memset(p2, 'b', 128);
+    lp_cache_blocks_free(b, p1, c1);
+    CHECK(lp_cache_blocks_alloc(b, 70, &c3) == p1); /* its class's freed block first */
+    CHECK_EQ_INT(c3, 1);
+    CHECK(!lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX + 1, &c3));
+    size_t slab_bytes = 0, live = 0;
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 64 * 1024);
+    CHECK_EQ_INT(live, 2);
+    /* The limit allows one slab: past its bytes, NULL. */
+    char *full[40];
+    int got = 0;
+    while (got < 40 && (full[got] = lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX, &c3)))
+        got++;
+    CHECK(got >= 30 && got < 32);
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 64 * 1024);
+    /* Orphaned with blocks out: still usable by them, freed with the last. */
+    lp_cache_blocks_orphan(b);
+    for (int i = 0; i < got; i++)
+        lp_cache_blocks_free(b, full[i], c3);
+    lp_cache_blocks_free(b, p2, c2);
+    memset(p1, 'c', 70);
+    lp_cache_blocks_free(b, p1, c1);
+}
+
+/* A zone's entries come from its blocks; one read after the zone is gone is still whole, and
+ * its block goes back to the orphaned store (ASan's leak check: nothing left). */
+static void entry_outlives_zone(void)
+{
+    lp_cache_zone_t *z = zone("blocks-gone", 1 << 20, 1 << 20);
+    REQUIRE_EQ_INT(put(z, "k", "", "body", 4), 0);
+    lp_cache_entry_t *e = lp_cache_get(z, K("k"), K(""), NOW);
+    REQUIRE(e);
+    CHECK(e->blocks != NULL);
+    lp_cache_zone_release(z); /* its last reference: the zone goes, e stays */
+    char buf[16];
+    CHECK_EQ_INT((int)body_of(e, buf, sizeof(buf)), 4);
+    CHECK(memcmp(buf, "body", 4) == 0);
+    lp_cache_entry_unref(e);
+}
+
 static const lp_test_case_t tests[] = {
+    {"blocks", blocks},
+    {"entry_outlives_zone", entry_outlives_zone},
     {"small_body_in_entry", small_body_in_entry},
     {"field_bits", field_bits},
     {"store_and_get", store_and_get},
