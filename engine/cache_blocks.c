@@ -40,6 +40,8 @@ struct lp_cache_blocks_s {
     size_t slab_bytes;
     size_t live;           /* blocks handed out and not given back */
     uint8_t orphan;        /* the zone let go: the last free frees the store */
+    uint8_t draining;      /* over a lowered limit: no block handed out until the last one
+                              out comes back, then every slab goes (release) */
     void *free_[NCLASS];   /* borrowed: each class's free blocks, linked through their first
                               bytes (inside the slabs) */
     char *bump, *bump_end; /* borrowed: the newest slab's bytes not carved yet */
@@ -56,20 +58,41 @@ lp_cache_blocks_t *lp_cache_blocks_new(size_t limit)
     return b;
 }
 
-void lp_cache_blocks_limit(lp_cache_blocks_t *b, size_t limit)
-{
-    lp_mutex_lock(&b->lock);
-    b->limit = limit;
-    lp_mutex_unlock(&b->lock);
-}
-
-static void destroy(lp_cache_blocks_t *b)
+/* Under the lock, no block out: every slab goes; the store starts over empty. */
+static void release(lp_cache_blocks_t *b)
 {
     for (slab_t *s = b->slabs, *n; s; s = n) {
         n = s->next;
         UNPOISON(s->data, SLAB - sizeof(slab_t));
         free(s);
     }
+    b->slabs = NULL;
+    b->slab_bytes = 0;
+    b->bump = b->bump_end = NULL;
+    memset(b->free_, 0, sizeof(b->free_));
+    b->draining = 0;
+}
+
+/* A slab holds blocks of many entries, so it cannot go while one of them lives. Over a
+ * lowered limit the store hands out nothing more (entries take malloc's) and gives every
+ * slab back once the blocks out come back: evicted, purged or expired entries, as a
+ * lowered `memory` evicts them. */
+void lp_cache_blocks_limit(lp_cache_blocks_t *b, size_t limit)
+{
+    lp_mutex_lock(&b->lock);
+    b->limit = limit;
+    if (b->slab_bytes > limit) {
+        if (b->live == 0)
+            release(b);
+        else
+            b->draining = 1;
+    }
+    lp_mutex_unlock(&b->lock);
+}
+
+static void destroy(lp_cache_blocks_t *b)
+{
+    release(b);
     free(b);
 }
 
@@ -80,6 +103,10 @@ void *lp_cache_blocks_alloc(lp_cache_blocks_t *b, size_t size, uint8_t *cls)
     unsigned c = (unsigned)((size - 1) / CLASS_BYTES);
     size_t bytes = (size_t)(c + 1) * CLASS_BYTES;
     lp_mutex_lock(&b->lock);
+    if (b->draining) {
+        lp_mutex_unlock(&b->lock);
+        return NULL;
+    }
     char *p = b->free_[c];
     if (p) {
         UNPOISON(p, bytes);
@@ -116,6 +143,8 @@ void lp_cache_blocks_free(lp_cache_blocks_t *b, void *p, uint8_t cls)
     b->free_[cls] = p;
     POISON(p, (size_t)(cls + 1) * CLASS_BYTES);
     int last = --b->live == 0 && b->orphan;
+    if (!last && b->live == 0 && b->draining)
+        release(b);
     lp_mutex_unlock(&b->lock);
     if (last)
         destroy(b);

@@ -6,10 +6,11 @@
  * it is a list's head or a slab's next bytes, under a lock held for a few instructions.
  *
  * Memory: slabs are taken while the store's slab bytes stay within its limit (a quarter of
- * the zone's `memory`: then blocks come from malloc, as before) and are freed with the store
- * only. A class's free blocks serve that class only: the entries are charged their exact
- * sizes (the budget is unchanged), and the slabs may hold up to the limit beside them in
- * blocks of classes no longer asked for, and 63 bytes at most per entry of rounding.
+ * the zone's `memory`: then blocks come from malloc, as before) and are freed with the store,
+ * or when a lowered limit has drained them (lp_cache_blocks_limit). A class's free blocks
+ * serve that class only: the entries are charged their exact sizes (the budget is unchanged),
+ * and the slabs may hold up to the limit beside them in blocks of classes no longer asked
+ * for, and 63 bytes at most per entry of rounding.
  *
  * Lifetimes: the zone holds the store; every block handed out holds a count in it (an entry
  * may outlive its zone: a hit's body in a connection's write queue). The store goes with
@@ -27,7 +28,8 @@ typedef struct lp_cache_blocks_s lp_cache_blocks_t;
 
 /* A store whose slabs stay within `limit` bytes, or NULL when out of memory. */
 lp_cache_blocks_t *lp_cache_blocks_new(size_t limit);
-/* A new limit (a reload's `memory`): slabs already taken stay. */
+/* A new limit (a reload's `memory`). Slabs beyond a lowered one are given back once every
+ * block out has come back (none is handed out meanwhile: the caller takes malloc's). */
 void lp_cache_blocks_limit(lp_cache_blocks_t *b, size_t limit);
 /* A block of at least size bytes (16-byte aligned) and its class in *cls, or NULL: too large,
  * the limit reached, or out of memory (the caller takes malloc's then). */

@@ -425,12 +425,9 @@ void lp__cache_evict(lp_cache_zone_t *z, lp_cache_entry_t **dead)
     evict(z, dead);
 }
 
-/* Under the zone lock: doubles the table when chains grow long. Failure keeps the old one. */
-static void maybe_grow(lp_cache_zone_t *z)
+/* Under the zone lock: the table remade with n buckets. Failure keeps the old one. */
+static void rebuild(lp_cache_zone_t *z, size_t n)
 {
-    if (z->nentries + z->nstubs < z->nbuckets * 2)
-        return;
-    size_t n = z->nbuckets * 2;
     lp_cache_entry_t **b = calloc(n, sizeof(*b));
     if (!b)
         return;
@@ -447,6 +444,35 @@ static void maybe_grow(lp_cache_zone_t *z)
     free(z->buckets);
     z->buckets = b;
     z->nbuckets = n;
+}
+
+/* Under the zone lock: doubles the table when chains grow long. */
+static void maybe_grow(lp_cache_zone_t *z)
+{
+    if (z->nentries + z->nstubs >= z->nbuckets * 2)
+        rebuild(z, z->nbuckets * 2);
+}
+
+/* Under the zone lock: the table made smaller, to `want` buckets or as few over it as its
+ * entries need (maybe_grow's load: two a bucket). */
+static void shrink_table(lp_cache_zone_t *z, size_t want)
+{
+    size_t m = want;
+    while (m < z->nbuckets && z->nentries + z->nstubs >= m * 2)
+        m *= 2;
+    if (m < z->nbuckets)
+        rebuild(z, m);
+}
+
+/* The table a budget starts with: a bucket per 16 KiB of it (0.05 % of the budget), within
+ * 64 and 2^22 buckets. A filling cache doubles it less often, each doubling a walk of every
+ * entry under the zone's lock, which every worker waits for. */
+static size_t buckets_for(size_t memory)
+{
+    size_t n = 64;
+    while (n < (1u << 22) && n * 2 <= memory / (16 * 1024))
+        n *= 2;
+    return n;
 }
 
 static int same_key(const lp_cache_entry_t *e, uint64_t h, const char *key, size_t klen)
@@ -478,12 +504,7 @@ static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_obj
     if (!z)
         return NULL;
     z->name = strdup(name);
-    /* The table sized for the budget at the start (a bucket per 16 KiB of it, 0.05 % of the
-     * budget, within 64 and 2^22 buckets): a filling cache doubles it less often, each
-     * doubling a walk of every entry under the zone's lock, which every worker waits for. */
-    z->nbuckets = 64;
-    while (z->nbuckets < (1u << 22) && z->nbuckets * 2 <= memory / (16 * 1024))
-        z->nbuckets *= 2;
+    z->nbuckets = buckets_for(memory);
     z->buckets = calloc(z->nbuckets, sizeof(*z->buckets));
     if (!z->name || !z->buckets) {
         free(z->name);
@@ -608,7 +629,12 @@ void lp_cache_zone_resize(lp_cache_zone_t *z, size_t memory, size_t max_object)
     __atomic_store_n(&z->max_object, max_object, __ATOMIC_RELAXED);
     if (z->blocks)
         lp_cache_blocks_limit(z->blocks, BLOCKS_OF(memory));
+    /* The table counts in the budget (index_bytes): one sized for a budget since lowered
+     * would leave no room for entries. Made as small as the entries allow before the
+     * eviction (which it would otherwise drive), and again after it. */
+    shrink_table(z, buckets_for(memory));
     evict(z, &dead);
+    shrink_table(z, buckets_for(memory));
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
 }

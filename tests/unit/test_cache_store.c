@@ -739,6 +739,65 @@ static void blocks(void)
     lp_cache_blocks_free(b, p1, c1);
 }
 
+/* A lowered limit hands out no block while blocks made under the old one are out (malloc's
+ * then), and gives every slab back when the last of them returns. */
+static void blocks_limit_lowered(void)
+{
+    lp_cache_blocks_t *b = lp_cache_blocks_new(4 * 64 * 1024);
+    REQUIRE(b);
+    uint8_t c = 0;
+    char *p[100];
+    int n = 0;
+    while (n < 100 && (p[n] = lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX, &c)))
+        n++;
+    CHECK(n == 100);
+    size_t slab_bytes = 0, live = 0;
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 4 * 64 * 1024);
+    lp_cache_blocks_limit(b, 64 * 1024);
+    uint8_t c2 = 0;
+    CHECK(!lp_cache_blocks_alloc(b, 64, &c2)); /* draining: nothing handed out */
+    for (int i = 0; i < n; i++)
+        lp_cache_blocks_free(b, p[i], c);
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 0);
+    CHECK_EQ_INT(live, 0);
+    char *q = lp_cache_blocks_alloc(b, 64, &c2); /* starts over within the new limit */
+    REQUIRE(q);
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 64 * 1024);
+    lp_cache_blocks_free(b, q, c2);
+    /* lowered with no block out: the slabs go at once */
+    lp_cache_blocks_limit(b, 0);
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 0);
+    lp_cache_blocks_orphan(b);
+}
+
+/* The key table is sized for the budget at the start and counts in it: a reload lowering
+ * `memory` to a small fraction of the start's makes it smaller, so entries still fit. */
+static void table_follows_lowered_budget(void)
+{
+    lp_cache_zone_t *z = zone("t_shrink", (size_t)1 << 30, 1 << 16);
+    lp_cache_stats_t st;
+    lp_cache_zone_stats(z, &st);
+    CHECK(st.index_bytes >= ((size_t)1 << 30) / (16 * 1024) * sizeof(void *));
+    REQUIRE_EQ_INT(put(z, "before", "", "a", 1), 0);
+    lp_cache_zone_resize(z, 256 * 1024, 1 << 16);
+    lp_cache_zone_stats(z, &st);
+    CHECK(st.index_bytes <= 64 * sizeof(void *) + 1024);
+    CHECK_EQ_INT(put(z, "k", "", "hello", 5), 0);
+    lp_cache_entry_t *e = lp_cache_get(z, K("k"), K(""), NOW);
+    CHECK(e != NULL);
+    if (e)
+        lp_cache_entry_unref(e);
+    e = lp_cache_get(z, K("before"), K(""), NOW); /* not evicted for the old table's sake */
+    CHECK(e != NULL);
+    if (e)
+        lp_cache_entry_unref(e);
+    lp_cache_zone_release(z);
+}
+
 /* A zone's entries come from its blocks; one read after the zone is gone is still whole, and
  * its block goes back to the orphaned store (ASan's leak check: nothing left). */
 static void entry_outlives_zone(void)
@@ -757,6 +816,8 @@ static void entry_outlives_zone(void)
 
 static const lp_test_case_t tests[] = {
     {"blocks", blocks},
+    {"blocks_limit_lowered", blocks_limit_lowered},
+    {"table_follows_lowered_budget", table_follows_lowered_budget},
     {"entry_outlives_zone", entry_outlives_zone},
     {"small_body_in_entry", small_body_in_entry},
     {"field_bits", field_bits},
