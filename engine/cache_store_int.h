@@ -49,9 +49,9 @@ struct lp_cache_entry_s {
     uint8_t resident;          /* chunks hold the body; 0 for a stub (fixed at creation) */
     uint8_t body_inline;       /* the first chunk is in the entry's own block (a small fill's) */
     uint8_t bclass;            /* its block's class in `blocks` */
+    uint8_t on_disk;           /* its file is written and charged to the disk budget (zone lock) */
     lp_cache_blocks_t *blocks; /* holds a block count in it: the entry's block is one of its
                                   (cache_blocks.h); NULL: malloc's */
-    uint8_t on_disk;           /* its file is written and charged to the disk budget (zone lock) */
     uint64_t fid;     /* the file's name: hash of key and sec (cache_disk.h); a fill's entry
                          has 0 until it is first written (with_fid) */
     uint64_t stamp;   /* which write of that file holds this content (zone lock): a file
