@@ -658,7 +658,8 @@ local function pipeline_of(st)
   if p == nil then
     local ws, ok = hs.pipeline(cs.chains)
     for _, g in ipairs(ws and cs.groups or {}) do if g.db then hs.pipeline_db(ws, g.db) end end
-    p = ws and { ws = ws, ok = ok, owner = setmetatable({}, { __mode = "v" }), serial = 0, lists = {} }
+    p = ws and { ws = ws, ok = ok, owner = setmetatable({}, { __mode = "v" }), serial = 0, segs = {},
+                 gsegs = {} }
       or false
     cs.pipe = p
   end
@@ -917,61 +918,72 @@ local function confirm(st, cond, cname, c, i, v)
 end
 
 -- A group's values: those of its collections, only the named items where all its
--- conditions name theirs (g.only). Groups reading the same collections with the same names
--- have the same list: made once per request and kind (g.sig), in arrays kept by the
--- pipeline (refilled for each request: the strings are that request's).
-local function sig_of(g)
-  local parts = {}
-  for _, cname in ipairs(g.colls) do
-    local only = g.only[cname]
-    if only then
-      local keys = {}
-      for k in pairs(only) do keys[#keys + 1] = k end
-      table.sort(keys)
-      parts[#parts + 1] = cname .. "[" .. concat(keys, "\0") .. "]"
-    else
-      parts[#parts + 1] = cname
-    end
-  end
-  g.sig = concat(parts, "\1")
-  return g.sig
+-- conditions name theirs (g.only), in segments (hs.segment): one per collection and set of
+-- names, filled once per request (seg_fill) and read by every group (or multiMatch
+-- condition) that scans it. Each group's list of segments (group_segs) is made on first use.
+-- A segment's arrays are kept by the pipeline and refilled for each request (the strings are
+-- that request's); seg.idx (named items only): the collection's index of each value.
+local function seg_key(cname, only)
+  if not only then return cname end
+  local keys = {}
+  for k in pairs(only) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return cname .. "[" .. concat(keys, "\0") .. "]"
 end
 
-local function value_list(st, p, g)
-  local sig = g.sig or sig_of(g)
-  local L = p.lists[sig]
-  if not L then
-    L = { cap = 0, coll = {}, idx = {}, low = {} }
-    p.lists[sig] = L
-  end
-  if L.serial == p.serial then return L end
-  L.serial = p.serial
-  local n = 0
-  local ptr, len, lc, li, ll = L.ptr, L.len, L.coll, L.idx, L.low
-  for _, cname in ipairs(g.colls) do
-    local c = st.vars:coll(cname)
+local function group_segs(p, g)
+  local list = { n = #g.colls, cd = hs.segments(#g.colls) }
+  for j, cname in ipairs(g.colls) do
     local only = g.only[cname]
-    local low = lnames(st, c)
-    for i = 1, c.n do
-      if not only or only[low[i]] then
-        if n >= L.cap then
-          local cap = n < 32 and 32 or n * 2
-          local np, nl = ffi.new("const char *[?]", cap), ffi.new("size_t[?]", cap)
-          if n > 0 then
-            ffi.copy(np, ptr, n * ffi.sizeof("const char *"))
-            ffi.copy(nl, len, n * ffi.sizeof("size_t"))
-          end
-          ptr, len, L.ptr, L.len, L.cap = np, nl, np, nl, cap
-        end
-        local v = c.values[i]
-        ptr[n], len[n] = v, #v
-        n = n + 1
-        lc[n], li[n], ll[n] = cname, i, low[i]
+    local key = seg_key(cname, only)
+    local sg = p.segs[key]
+    if not sg then
+      sg = { cname = cname, only = only, idx = only and {} or nil, cd = hs.segment(), cap = 0 }
+      p.segs[key] = sg
+    end
+    list[j] = sg
+    list.cd[j - 1] = sg.cd
+  end
+  p.gsegs[g] = list
+  return list
+end
+
+local function seg_fill(st, p, sg)
+  sg.serial = p.serial
+  local c = st.vars:coll(sg.cname)
+  local low = lnames(st, c)
+  sg.low = low
+  local only, idx = sg.only, sg.idx
+  local vals, lens = sg.vals, sg.lens
+  local values = c.values
+  local n, cap = 0, sg.cap
+  for i = 1, c.n do
+    if not only or only[low[i]] then
+      if n >= cap then
+        cap = n < 16 and 16 or n * 2
+        vals, lens, sg.keys = hs.segment_room(sg.cd, cap, n)
+        sg.vals, sg.lens, sg.cap = vals, lens, cap
       end
+      local v = values[i]
+      vals[n], lens[n] = v, #v
+      n = n + 1
+      if idx then idx[n] = i end
     end
   end
-  L.n = n
-  return L
+  local cd = sg.cd
+  cd.n, cd.gen = n, 0
+end
+
+-- Group g's segments (its own list, or a multiMatch condition's: g = cond.mlist), filled for
+-- this request.
+local function segs_of(st, p, g)
+  local list = p.gsegs[g] or group_segs(p, g)
+  local serial = p.serial
+  for j = 1, list.n do
+    local sg = list[j]
+    if sg.serial ~= serial then seg_fill(st, p, sg) end
+  end
+  return list
 end
 
 -- Records that condition gid of group g may match value i of collection cname, named
@@ -1014,13 +1026,15 @@ end
 pipeline_hits = function(st, g, h)
   local p = pipeline_of(st)
   if not p or not p.ok[g.chain] then return false end
-  local L = value_list(st, p, g)
-  local pv_coll, pv_idx, pv_low = L.coll, L.idx, L.low
-  local cnt, hits = hs.scan_values(p.ws, g.chain, g.db, L.ptr, L.len, L.n)
+  local list = segs_of(st, p, g)
+  local cnt, hits = hs.scan_segs(p.ws, g.chain, g.db, list.cd, list.n)
   if not cnt then return false end
   for j = 0, cnt - 1 do
-    local k = hits[2 * j + 1] + 1
-    note_hit(h, g, hits[2 * j], pv_coll[k], pv_low[k], pv_idx[k])
+    local sg = list[hits[3 * j + 1] + 1]
+    local i = hits[3 * j + 2] + 1
+    local idx = sg.idx
+    if idx then i = idx[i] end
+    note_hit(h, g, hits[3 * j], sg.cname, sg.low[i], i)
   end
   return true
 end
@@ -1517,9 +1531,9 @@ local function multi_may(st, cond, v)
 end
 
 -- The values of multiMatch condition cond (not negated; cond.mlist: its collections and
--- names as a group's, value_list) whose text after some step of its path Hyperscan names
+-- names as a group's, segs_of) whose text after some step of its path Hyperscan names
 -- for it: { [cname] = { [i] = true } }, made by one C call per request over all of them
--- (hs.scan_steps); false when that cannot run (then multi_may asks per text). A value
+-- (hs.scan_segs); false when that cannot run (then multi_may asks per text). A value
 -- none of whose texts is named cannot match: sec_cond passes over it without computing
 -- its steps (930110, 934100: every header and argument through four or five steps).
 local multi_values
@@ -1543,8 +1557,8 @@ do
       end
     end
     if p and ml.ok then
-      local L = value_list(st, p, ml)
-      local cnt, hits = hs.scan_steps(p.ws, ml.steps, ml.nsteps, g.db, L.ptr, L.len, L.n)
+      local list = segs_of(st, p, ml)
+      local cnt, hits = hs.scan_segs(p.ws, 0, g.db, list.cd, list.n, ml.steps, ml.nsteps)
       if cnt then
         -- the condition's table of the last request, emptied (take_scratch's st.mpool)
         local pool = st.mpool
@@ -1555,14 +1569,16 @@ do
           set = {}
           if pool then pool[cond] = set end
         end
-        local gid, lc, li = cond.gid, L.coll, L.idx
+        local gid = cond.gid
         for j = 0, cnt - 1 do
-          local id = hits[2 * j]
+          local id = hits[3 * j]
           if id == gid or id == SCAN_ALL then
-            local k = hits[2 * j + 1] + 1
-            local cname = lc[k]
-            local per = tab_of(set, cname)
-            per[li[k]] = true
+            local sg = list[hits[3 * j + 1] + 1]
+            local i = hits[3 * j + 2] + 1
+            local idx = sg.idx
+            if idx then i = idx[i] end
+            local per = tab_of(set, sg.cname)
+            per[i] = true
           end
         end
       end
@@ -2254,7 +2270,7 @@ function M.compile_seclang(set, opts)
           cond.group, cond.gid, cond.fast = mg, #mg.conds, false
           add_patterns(mg, cond)
           if not cond.negate then
-            -- its values as a group's (value_list): collections, and the names where all
+            -- its values as a group's (segs_of): collections, and the names where all
             -- its targets on one name theirs (multi_values)
             local ml = { colls = {}, only = {} }
             for _, e in ipairs(cond.tgt) do
