@@ -771,9 +771,9 @@ local function value(st, cname, c, i, ch)
   return v
 end
 
-local function key_ok(e, name)
+-- (k: the item's name in lower case, lnames')
+local function key_ok(e, k)
   if e.keys == nil and e.skip == nil then return e.all end
-  local k = lower(name)
   if e.skip and e.skip[k] then return false end
   if e.all then return true end
   return e.keys ~= nil and e.keys[k] == true
@@ -874,7 +874,8 @@ local function cond_match(st, cond)
       if not e.keys and not e.skip then
         n = c.n
       else
-        for i = 1, c.n do if key_ok(e, c.names[i]) then n = n + 1 end end
+        local low = lnames(st, c)
+        for i = 1, c.n do if key_ok(e, low[i]) then n = n + 1 end end
       end
       local v = tostring(n)
       local from, to = test(cond, v)
@@ -883,8 +884,9 @@ local function cond_match(st, cond)
         return "&" .. cname, { n = 1, names = { e.keys and next(e.keys) or "" } }, 1, v, from, to
       end
     else
+      local low = (e.keys or e.skip) and lnames(st, c)
       for i = 1, c.n do
-        if key_ok(e, c.names[i]) then
+        if not low and e.all or low and key_ok(e, low[i]) then
           local v = value(st, cname, c, i, cond.chain)
           local from, to = test(cond, v)
           if from == "error" then return cname, c, i, v, from, to end
@@ -911,7 +913,7 @@ local function confirm(st, cond, cname, c, i, v)
   if st.hit[r] then return end
   st.rule = r -- (named by the plugin's log when this raises)
   local e = cond.by[cname]
-  if e and not e.count and key_ok(e, c.names[i]) then
+  if e and not e.count and key_ok(e, lnames(st, c)[i]) then
     local from, to = test(cond, v)
     if from then hit(st, r, cname, c, i, v, from, to) end
   end
@@ -1081,6 +1083,27 @@ local function group_hits(st, g)
   return h
 end
 
+-- The Lua rules' per-request tables, as the SecLang walk's (take_scratch, below): the rule
+-- set's, emptied at the start of each run and written whole before they are read (an error
+-- in the last run included); st.vc and st.hc kept across requests (pure functions of a text,
+-- emptied past VC_KEEP bytes). Nothing the rules run calls back into a walk (no confirmer,
+-- no operator in Lua), so no run starts inside another.
+local function lua_scratch(cs, st)
+  local sc = cs.lua_scratch
+  if not sc then
+    sc = { gh = {}, vc = {}, hp = {}, hc = {}, ln = {}, lpool = {} }
+    cs.lua_scratch = sc
+  end
+  clear(sc.gh)
+  clear(sc.ln)
+  if (sc.vc.bytes or 0) > VC_KEEP then
+    for _, per in pairs(sc.vc) do if type(per) == "table" then clear(per) end end
+    sc.vc.bytes = 0
+  end
+  if (sc.hc.bytes or 0) > VC_KEEP then clear(sc.hc) end
+  st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = sc.gh, sc.vc, sc.hp, sc.hc, sc.ln, sc.lpool
+end
+
 -- Runs the rule set over the request state `st` (vars set); fills st.matches. st.rule: the
 -- rule evaluated last (when this raises, the one that did).
 function M.run(cs, st)
@@ -1090,7 +1113,8 @@ function M.run(cs, st)
   end
   st.cs = cs
   st.hit = {}
-  st.gh = st.gh or {}
+  local own = not st.gh
+  if own then lua_scratch(cs, st) end
   for _, g in ipairs(cs.groups) do
     local ch, conds, pcre = g.chain, g.conds, g.waiting or g.pcre
     st.rule = nil
@@ -1138,6 +1162,8 @@ function M.run(cs, st)
       if ok then hit(st, r, cname, c, i, v, from, to) end
     end
   end
+  -- st lets go of the tables the next run empties (a caller may keep st)
+  if own then st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = nil, nil, nil, nil, nil, nil end
   return st.matches
 end
 
