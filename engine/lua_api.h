@@ -328,10 +328,12 @@ typedef struct lp_waf_seg {
 } lp_waf_seg_t;
 /* As lp_ffi_waf_scan_steps over the values of segs[0..nseg) in turn; a hit is three words,
  * *hits[3j] = pattern id, *hits[3j+1] = the segment's index in segs, *hits[3j+2] = the value's
- * in the segment; returns their count j, or -1. */
+ * in the segment; returns their count j, or -1. reads (NULL: every hit): by pattern id below
+ * nreads, the segments whose hits of that id the caller wants (bit j: segs[j]); the others
+ * are left out (an id from nreads on, a segment from 64 on and 0xFFFFFFFF never are). */
 long lp_ffi_waf_scan_segs(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, const void *db,
                           void *scratch, lp_waf_seg_t *const *segs, unsigned nseg,
-                          const unsigned **hits);
+                          const unsigned long long *reads, unsigned nreads, const unsigned **hits);
 /* Value v through chain (kept for the request as the scans keep theirs): 0, or -1. */
 int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size_t n,
                           const char **out, size_t *olen);

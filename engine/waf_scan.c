@@ -178,6 +178,9 @@ struct lp_waf_scan {
     unsigned char bit_of[LP_WAF_SCAN_BIT_SLOTS];
     unsigned nbits; /* bits given out (never taken back: ids and serials are not reused) */
     unsigned out_w; /* words a hit takes in out: 2 (id, value) or 3 (id, segment, value) */
+    const unsigned long long *reads; /* borrowed, this call's: NULL, or by pattern id below
+                                        nreads the segments its condition reads (bit j: segs[j]) */
+    unsigned nreads;
 };
 
 lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
@@ -445,9 +448,13 @@ static int transformed(lp_waf_scan_t *ws, const char *v, size_t n, unsigned chai
     return 0;
 }
 
-/* Pushes a hit of pattern id on value k (of segment seg: with out_w 3). */
+/* Pushes a hit of pattern id on value k (of segment seg: with out_w 3), unless the call's
+ * reads leave it out (LP_WAF_SCAN_ALL is never below nreads). */
 static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned seg, unsigned k)
 {
+    const unsigned long long *reads = ws->reads;
+    if (reads && id < ws->nreads && seg < 64 && !(reads[id] >> seg & 1))
+        return 0; /* its condition does not read this segment: nothing to the caller */
     if (ws->out_n + 3 > ws->out_cap) {
         size_t cap = ws->out_cap ? ws->out_cap * 2 : LP_WAF_SCAN_OUT0;
         unsigned *o = realloc(ws->out, cap * sizeof *o);
@@ -465,21 +472,16 @@ static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned seg, unsigned k)
     return 0;
 }
 
-/* Scans text t (tn bytes) of value k (of segment seg) with db; its hits pushed as (id, k), or
- * one (LP_WAF_SCAN_ALL, k) when the scan failed or matched too much. 0; 1 when the scan failed
- * (its answer is not the value's to keep); -1 out of memory. */
-static int scan_one(lp_waf_scan_t *ws, const void *db, void *scratch, const char *t, size_t tn,
-                    unsigned seg, unsigned k)
+/* Scans text t (tn bytes) with db: the count of its hits' ids, in ws->ids; -1 when the scan
+ * failed, -2 when it matched more than LP_WAF_SCAN_VALUE_HITS patterns. */
+static long scan_text(lp_waf_scan_t *ws, const void *db, void *scratch, const char *t, size_t tn)
 {
     lp_waf_hits_t h = {.n = 0, .cap = LP_WAF_SCAN_VALUE_HITS, .more = 0, .ids = ws->ids};
     int rc =
         tn > UINT32_MAX ? -1 : ws->scan(db, t, (unsigned)tn, 0, scratch, lp_ffi_waf_hs_collect, &h);
-    if (rc != 0 || h.more) /* as the Lua scan: the ids before do not count */
-        return push_hit(ws, LP_WAF_SCAN_ALL, seg, k) < 0 ? -1 : rc != 0;
-    for (unsigned j = 0; j < h.n; j++)
-        if (push_hit(ws, h.ids[j], seg, k) < 0)
-            return -1;
-    return 0;
+    if (rc != 0)
+        return -1;
+    return h.more ? -2 : (long)h.n;
 }
 
 static uint64_t hash_value(const char *p, size_t n, const void *db, unsigned chain)
@@ -640,13 +642,10 @@ static struct result *result_slot(lp_waf_scan_t *ws, uint32_t db, unsigned chain
     return victim;
 }
 
-/* Keeps the hits of value vid pushed since out[from] in slot r (they are nothing else's). */
+/* Keeps ids[0..cnt), the hits of value vid, in slot r (they are nothing else's). */
 static void result_keep(lp_waf_scan_t *ws, struct result *r, uint32_t db, unsigned chain,
-                        uint32_t vid, size_t from)
+                        uint32_t vid, const unsigned *ids, size_t cnt)
 {
-    size_t cnt = (ws->out_n - from) / ws->out_w;
-    if (cnt > LP_WAF_SCAN_RESULT_IDS)
-        return;
     if (!r->db)
         ws->nresults++;
     r->db = db;
@@ -654,8 +653,7 @@ static void result_keep(lp_waf_scan_t *ws, struct result *r, uint32_t db, unsign
     r->chain = chain;
     r->used = ws->gen;
     r->n = (unsigned)cnt;
-    for (size_t j = 0; j < cnt; j++)
-        r->ids[j] = ws->out[from + ws->out_w * j];
+    memcpy(r->ids, ids, cnt * sizeof *ids);
 }
 
 static int chain_ok(const lp_waf_scan_t *ws, unsigned chain)
@@ -725,10 +723,13 @@ struct scan_call {
 };
 
 static int call_init(lp_waf_scan_t *ws, struct scan_call *sc, const unsigned *chains, unsigned nch,
-                     const void *db, void *scratch, unsigned out_w)
+                     const void *db, void *scratch, unsigned out_w, const unsigned long long *reads,
+                     unsigned nreads)
 {
     ws->out_n = 0;
     ws->out_w = out_w;
+    ws->reads = reads;
+    ws->nreads = nreads;
     for (unsigned c = 0; c < nch; c++)
         if (!chain_ok(ws, chains[c]))
             return -1;
@@ -755,7 +756,6 @@ static int scan_kept(lp_waf_scan_t *ws, const struct scan_call *sc, const char *
     if (rec && rec->id != vid)
         rec = NULL; /* another value took the record since: its id still names v's bytes */
     struct result *r = NULL;
-    size_t from = ws->out_n;
     if (vid && (r = result_slot(ws, sc->ds, sc->key, vid)) && result_is(r, sc->ds, sc->key, vid)) {
         for (unsigned j = 0; j < r->n; j++)
             if (push_hit(ws, r->ids[j], seg, k) < 0)
@@ -764,6 +764,10 @@ static int scan_kept(lp_waf_scan_t *ws, const struct scan_call *sc, const char *
     }
     const char *prev = NULL;
     size_t prev_n = 0;
+    /* the ids the value's texts hit, in order (pushed filtered, kept whole: more than a
+     * result holds are not kept) */
+    unsigned raw[LP_WAF_SCAN_RESULT_IDS];
+    size_t nraw = 0;
     for (unsigned c = 0; c < sc->nch; c++) {
         const char *t;
         size_t tn;
@@ -774,15 +778,26 @@ static int scan_kept(lp_waf_scan_t *ws, const struct scan_call *sc, const char *
             continue;
         prev = t;
         prev_n = tn;
-        int rc = scan_one(ws, sc->db, sc->scratch, t, tn, seg, k);
-        if (rc < 0)
-            return -1;
-        if (rc > 0)
-            r = NULL;
+        long got = scan_text(ws, sc->db, sc->scratch, t, tn);
+        const unsigned all = LP_WAF_SCAN_ALL, *ids = ws->ids;
+        if (got == -1)
+            r = NULL; /* failed: its answer is not the value's to keep */
+        if (got < 0) {
+            ids = &all; /* as the Lua scan: the ids before do not count */
+            got = 1;
+        }
+        for (long j = 0; j < got; j++) {
+            if (push_hit(ws, ids[j], seg, k) < 0)
+                return -1;
+            if (nraw < LP_WAF_SCAN_RESULT_IDS)
+                raw[nraw] = ids[j];
+            nraw++;
+        }
     }
     if (r) {
-        result_keep(ws, r, sc->ds, sc->key, vid, from);
-        if (ws->out_n == from && rec && sc->bit >= 0)
+        if (nraw <= LP_WAF_SCAN_RESULT_IDS)
+            result_keep(ws, r, sc->ds, sc->key, vid, raw, nraw);
+        if (nraw == 0 && rec && sc->bit >= 0)
             rec->none |= 1ull << sc->bit;
     }
     return 0;
@@ -793,7 +808,7 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
                            const unsigned **hits)
 {
     struct scan_call sc;
-    if (call_init(ws, &sc, chains, nch, db, scratch, 2) < 0)
+    if (call_init(ws, &sc, chains, nch, db, scratch, 2, NULL, 0) < 0)
         return -1;
     for (unsigned k = 0; k < n; k++) {
         struct value *rec = NULL;
@@ -807,10 +822,10 @@ long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned n
 
 long lp_ffi_waf_scan_segs(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, const void *db,
                           void *scratch, lp_waf_seg_t *const *segs, unsigned nseg,
-                          const unsigned **hits)
+                          const unsigned long long *reads, unsigned nreads, const unsigned **hits)
 {
     struct scan_call sc;
-    if (call_init(ws, &sc, chains, nch, db, scratch, 3) < 0)
+    if (call_init(ws, &sc, chains, nch, db, scratch, 3, reads, nreads) < 0)
         return -1;
     for (unsigned j = 0; j < nseg; j++) {
         lp_waf_seg_t *sg = segs[j];

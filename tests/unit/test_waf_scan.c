@@ -581,15 +581,21 @@ static void test_segments(void)
         seg_fill(&a[round], (const char *[]){"a%62C", "plain", "%3CScript"}, 3);
         seg_fill(&b[round], (const char *[]){"zz", "XY"}, 2);
         lp_waf_seg_t *segs[] = {&a[round].seg, &b[round].seg};
-        long n = lp_ffi_waf_scan_segs(ws, chain2, 1, db, scratch, segs, 2, &hits);
+        /* first with reads (id 1 reads segment 1 only, 2 segment 0, 3 neither): the hits
+         * left out are kept all the same (the next call, unfiltered, is answered whole) */
+        const unsigned long long reads[] = {0, 2, 1, 0};
+        long n = lp_ffi_waf_scan_segs(ws, chain2, 1, db, scratch, segs, 2, reads, 4, &hits);
+        REQUIRE_EQ_INT(n, 1);
+        CHECK(hits[0] == 2 && hits[1] == 0 && hits[2] == 2);
+        n = lp_ffi_waf_scan_segs(ws, chain2, 1, db, scratch, segs, 2, NULL, 0, &hits);
         REQUIRE_EQ_INT(n, 3);
         CHECK(hits[0] == 1 && hits[1] == 0 && hits[2] == 0); /* abc: value 0 of segment 0 */
         CHECK(hits[3] == 2 && hits[4] == 0 && hits[5] == 2); /* <script */
         CHECK(hits[6] == 3 && hits[7] == 1 && hits[8] == 1); /* x of "xy" in segment 1 */
         /* the raw values: nothing ("XY" is upper case) */
-        CHECK_EQ_INT(lp_ffi_waf_scan_segs(ws, chain0, 1, db, scratch, segs, 2, &hits), 0);
+        CHECK_EQ_INT(lp_ffi_waf_scan_segs(ws, chain0, 1, db, scratch, segs, 2, NULL, 0, &hits), 0);
         /* segment 1 alone, through the path raw, urldecode, lowercase: "xy" */
-        n = lp_ffi_waf_scan_segs(ws, path, 3, db, scratch, segs + 1, 1, &hits);
+        n = lp_ffi_waf_scan_segs(ws, path, 3, db, scratch, segs + 1, 1, NULL, 0, &hits);
         REQUIRE_EQ_INT(n, 1);
         CHECK(hits[0] == 3 && hits[1] == 0 && hits[2] == 1);
         /* round 0: 5 values through chain 2, 5 raw, then "zz" once (no step changes it)
@@ -639,9 +645,10 @@ static void test_none_bits(void)
         seg_fill(&s[round], (const char *[]){"Q", "zz"}, 2);
         lp_waf_seg_t *segs[] = {&s[round].seg};
         for (int i = 0; i < NDB; i++)
-            REQUIRE_EQ_INT(lp_ffi_waf_scan_segs(ws, raw, 1, &dbs[i], NULL, segs, 1, &hits), 0);
+            REQUIRE_EQ_INT(lp_ffi_waf_scan_segs(ws, raw, 1, &dbs[i], NULL, segs, 1, NULL, 0, &hits),
+                           0);
         /* lower case: "q" hits */
-        long n = lp_ffi_waf_scan_segs(ws, low, 1, &dbs[0], NULL, segs, 1, &hits);
+        long n = lp_ffi_waf_scan_segs(ws, low, 1, &dbs[0], NULL, segs, 1, NULL, 0, &hits);
         REQUIRE_EQ_INT(n, 1);
         CHECK(hits[0] == 1 && hits[2] == 0);
     }
@@ -652,7 +659,7 @@ static void test_none_bits(void)
     lp_ffi_waf_scan_reset(ws);
     seg_fill(&s[2], (const char *[]){"Q", "zz"}, 2);
     lp_waf_seg_t *segs[] = {&s[2].seg};
-    REQUIRE_EQ_INT(lp_ffi_waf_scan_segs(ws, raw, 1, &dbs[0], NULL, segs, 1, &hits), 1);
+    REQUIRE_EQ_INT(lp_ffi_waf_scan_segs(ws, raw, 1, &dbs[0], NULL, segs, 1, NULL, 0, &hits), 1);
     CHECK(hits[0] == 1 && hits[1] == 0 && hits[2] == 1);
     CHECK_EQ_INT(scans, 2 * NDB + 4);
     lp_ffi_waf_scan_free(ws);

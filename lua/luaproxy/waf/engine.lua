@@ -26,6 +26,7 @@ local byte, find, format, gsub, lower, upper, sub, match = string.byte, string.f
   string.format, string.gsub, string.lower, string.upper, string.sub, string.match
 local concat = table.concat
 local clear = require "table.clear"
+local bit = require "bit"
 -- t[k], made an empty table on first use (the walk's per-request and per-VM caches).
 local function tab_of(t, k)
   local v = t[k]
@@ -933,6 +934,8 @@ local function seg_key(cname, only)
   return cname .. "[" .. concat(keys, "\0") .. "]"
 end
 
+-- (list.reads: by condition id, the segments whose hits note_one would record, as a bit
+-- each: C leaves the others out; a group's only, a multiMatch condition's have none)
 local function group_segs(p, g)
   local list = { n = #g.colls, cd = hs.segments(#g.colls) }
   for j, cname in ipairs(g.colls) do
@@ -945,6 +948,18 @@ local function group_segs(p, g)
     end
     list[j] = sg
     list.cd[j - 1] = sg.cd
+  end
+  local reads = g.reads
+  if reads and g.conds then
+    local nr = #g.conds + 1
+    local masks = hs.reads(nr)
+    for gid = 1, nr - 1 do
+      local rd = reads[gid]
+      for j = 1, math.min(list.n, 64) do
+        if rd and rd[list[j].cname] then masks[gid] = bit.bor(masks[gid], bit.lshift(1ULL, j - 1)) end
+      end
+    end
+    list.reads, list.nreads = masks, nr
   end
   p.gsegs[g] = list
   return list
@@ -1029,7 +1044,7 @@ pipeline_hits = function(st, g, h)
   local p = pipeline_of(st)
   if not p or not p.ok[g.chain] then return false end
   local list = segs_of(st, p, g)
-  local cnt, hits = hs.scan_segs(p.ws, g.chain, g.db, list.cd, list.n)
+  local cnt, hits = hs.scan_segs(p.ws, g.chain, g.db, list.cd, list.n, list.reads, list.nreads)
   if not cnt then return false end
   for j = 0, cnt - 1 do
     local sg = list[hits[3 * j + 1] + 1]
@@ -1584,7 +1599,7 @@ do
     end
     if p and ml.ok then
       local list = segs_of(st, p, ml)
-      local cnt, hits = hs.scan_segs(p.ws, 0, g.db, list.cd, list.n, ml.steps, ml.nsteps)
+      local cnt, hits = hs.scan_segs(p.ws, 0, g.db, list.cd, list.n, nil, 0, ml.steps, ml.nsteps)
       if cnt then
         -- the condition's table of the last request, emptied (take_scratch's st.mpool)
         local pool = st.mpool

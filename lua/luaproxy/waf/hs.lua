@@ -362,8 +362,9 @@ end
 -- lp_waf_seg_t). M.segment() makes one (empty); M.segment_room(seg, cap) gives it room for cap
 -- values, keeping the first n, and returns the arrays to fill: vals, lens (the caller keeps
 -- them: the segment's pointers do not keep them alive). M.segments(n) is an array of n
--- segment pointers (a group's list).
+-- segment pointers (a group's list); M.reads(n) n uint64 (scan_segs' reads).
 function M.segment() return ffi.new("lp_waf_seg_t") end
+function M.reads(n) return ffi.new("unsigned long long[?]", n) end
 function M.segment_room(seg, cap, n)
   local vals, lens = ffi.new("const char *[?]", cap), ffi.new("size_t[?]", cap)
   local keys = ffi.new("unsigned long long[?]", cap)
@@ -380,13 +381,15 @@ local chain1 = ffi.new("unsigned[1]")
 -- The values of segments segs[0..nseg) through chain, or through each of the chains
 -- steps[0..nsteps) in turn (steps given: a multiMatch condition's), scanned with db: the count
 -- of hits and the array of (id, segment index, value index) triples, from 0 (read it before the
--- next call); nil when it failed.
-function M.scan_segs(ws, chain, db, segs, nseg, steps, nsteps)
+-- next call); nil when it failed. reads (or nil), nreads: by id, a uint64 of the segments whose
+-- hits of that id to give (bit j: segs[j]; lp_ffi_waf_scan_segs).
+function M.scan_segs(ws, chain, db, segs, nseg, reads, nreads, steps, nsteps)
   if not steps then
     chain1[0] = chain
     steps, nsteps = chain1, 1
   end
-  local cnt = W.lp_ffi_waf_scan_segs(ws, steps, nsteps, db, scratch[0], segs, nseg, hitsp)
+  local cnt = W.lp_ffi_waf_scan_segs(ws, steps, nsteps, db, scratch[0], segs, nseg, reads,
+                                     nreads or 0, hitsp)
   if cnt < 0 then return nil end
   return tonumber(cnt), hitsp[0]
 end
