@@ -875,8 +875,8 @@ local function cond_match(st, cond)
       if not e.keys and not e.skip then
         n = c.n
       else
-        local low = lnames(st, c)
-        for i = 1, c.n do if key_ok(e, low[i]) then n = n + 1 end end
+        local lows = lnames(st, c)
+        for i = 1, c.n do if key_ok(e, lows[i]) then n = n + 1 end end
       end
       local v = tostring(n)
       local from, to = test(cond, v)
@@ -885,9 +885,9 @@ local function cond_match(st, cond)
         return "&" .. cname, { n = 1, names = { e.keys and next(e.keys) or "" } }, 1, v, from, to
       end
     else
-      local low = (e.keys or e.skip) and lnames(st, c)
+      local lows = (e.keys or e.skip) and lnames(st, c)
       for i = 1, c.n do
-        if not low and e.all or low and key_ok(e, low[i]) then
+        if not lows and e.all or lows and key_ok(e, lows[i]) then
           local v = value(st, cname, c, i, cond.chain)
           local from, to = test(cond, v)
           if from == "error" then return cname, c, i, v, from, to end
