@@ -316,6 +316,24 @@ long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, v
 long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, const void *db,
                            void *scratch, const char *const *vals, const size_t *lens, unsigned n,
                            const unsigned **hits);
+/* One collection's values (or the named items of one) as lp_ffi_waf_scan_segs reads them:
+ * the caller fills vals, lens and n once a request (setting gen to 0 each time), and gives
+ * room for n keys, the state's (each value's id for the request, while gen is the state's). */
+typedef struct lp_waf_seg {
+    const char *const *vals;  /* borrowed: n values, alive until the reset (as scan_values') */
+    const size_t *lens;       /* borrowed: their lengths */
+    unsigned long long *keys; /* borrowed: room for n, written by the state */
+    unsigned n;
+    unsigned gen;
+} lp_waf_seg_t;
+/* As lp_ffi_waf_scan_steps over the values of segs[0..nseg) in turn; a hit is three words,
+ * *hits[3j] = pattern id, *hits[3j+1] = the segment's index in segs, *hits[3j+2] = the value's
+ * in the segment; returns their count j, or -1. reads (NULL: every hit): by pattern id below
+ * nreads, the segments whose hits of that id the caller wants (bit j: segs[j]); the others
+ * are left out (an id from nreads on, a segment from 64 on and 0xFFFFFFFF never are). */
+long lp_ffi_waf_scan_segs(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, const void *db,
+                          void *scratch, lp_waf_seg_t *const *segs, unsigned nseg,
+                          const unsigned long long *reads, unsigned nreads, const unsigned **hits);
 /* Value v through chain (kept for the request as the scans keep theirs): 0, or -1. */
 int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size_t n,
                           const char **out, size_t *olen);

@@ -29,6 +29,16 @@
  * one request sent shows in another only as time: a value seen on this worker (the exact
  * bytes) is inspected a microsecond sooner.
  *
+ * Most (value, group) pairs of a request hit nothing: a value kept says so itself, one bit per
+ * (database, chain) its scans have used (struct value's none, the bit from the state's table
+ * of such keys, LP_WAF_SCAN_BITS of them), so such a pair costs a bit test instead of a
+ * look-up in the results (a browser GET: ~330 of its ~430 pairs, ~60 instructions each).
+ *
+ * Values come in a flat list (lp_ffi_waf_scan_values) or as segments (lp_ffi_waf_scan_segs):
+ * one collection's values, filled by the caller once a request and read by every group that
+ * scans that collection, each value's id found once a request and kept in the segment (a
+ * browser GET's ~430 pairs are ~45 values).
+ *
  * A result names its database by a serial, not by its address: the caller registers each
  * database it scans with (lp_ffi_waf_scan_db), and each registration takes a serial no
  * other took in this state, so a database freed and another allocated at its address (a
@@ -81,6 +91,12 @@ struct lp_req_s; /* lua_api.h names it; nothing here uses it */
 #define LP_WAF_SCAN_SWEEP       16u
 /* Databases registered (slots of an open-addressed table, a power of two; at most 3/4 used). */
 #define LP_WAF_SCAN_DBS 256
+/* (database serial, result key) pairs with a bit in struct value's none (a state's first 64),
+ * and the slots of their open-addressed table (a power of two, at most half used). */
+#define LP_WAF_SCAN_BITS      64
+#define LP_WAF_SCAN_BIT_SLOTS 128
+/* A segment's entry whose value has not been looked up yet this request (lp_waf_seg_t). */
+#define LP_WAF_SCAN_UNKNOWN UINT64_MAX
 
 struct chain {
     unsigned parent;
@@ -111,9 +127,16 @@ struct result {
 struct value {
     char *key; /* owned: the bytes (room for cap); NULL: a free slot */
     uint64_t hash;
+    uint64_t none; /* bit b: scanned under the state's key b (struct key_bit), nothing hit */
     uint32_t len, cap;
     uint32_t id;
     unsigned used; /* the state's gen when it was last asked for */
+};
+
+/* A (database serial, result key) pair with a bit in struct value's none; db 0: a free slot. */
+struct key_bit {
+    uint32_t db;
+    unsigned key;
 };
 
 /* A registered database: its address and the serial its last registration took. */
@@ -151,6 +174,13 @@ struct lp_waf_scan {
     struct scan_db *dbs;                  /* owned: LP_WAF_SCAN_DBS slots, on first register */
     size_t ndbs;                          /* slots in use */
     uint32_t next_db;                     /* the serial the next registration takes (0: none) */
+    struct key_bit bits[LP_WAF_SCAN_BIT_SLOTS]; /* a slot's bit: its index in bit_of */
+    unsigned char bit_of[LP_WAF_SCAN_BIT_SLOTS];
+    unsigned nbits; /* bits given out (never taken back: ids and serials are not reused) */
+    unsigned out_w; /* words a hit takes in out: 2 (id, value) or 3 (id, segment, value) */
+    const unsigned long long *reads; /* borrowed, this call's: NULL, or by pattern id below
+                                        nreads the segments its condition reads (bit j: segs[j]) */
+    unsigned nreads;
 };
 
 lp_waf_scan_t *lp_ffi_waf_scan_new(lp_waf_hs_scan_fn scan, unsigned nchains)
@@ -418,9 +448,14 @@ static int transformed(lp_waf_scan_t *ws, const char *v, size_t n, unsigned chai
     return 0;
 }
 
-static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned k)
+/* Pushes a hit of pattern id on value k (of segment seg: with out_w 3), unless the call's
+ * reads leave it out (LP_WAF_SCAN_ALL is never below nreads). */
+static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned seg, unsigned k)
 {
-    if (ws->out_n + 2 > ws->out_cap) {
+    const unsigned long long *reads = ws->reads;
+    if (reads && id < ws->nreads && seg < 64 && !(reads[id] >> seg & 1))
+        return 0; /* its condition does not read this segment: nothing to the caller */
+    if (ws->out_n + 3 > ws->out_cap) {
         size_t cap = ws->out_cap ? ws->out_cap * 2 : LP_WAF_SCAN_OUT0;
         unsigned *o = realloc(ws->out, cap * sizeof *o);
         if (!o)
@@ -429,27 +464,24 @@ static int push_hit(lp_waf_scan_t *ws, unsigned id, unsigned k)
         ws->out_cap = cap;
     }
     ws->out[ws->out_n++] = id;
+    if (ws->out_w == 3)
+        ws->out[ws->out_n++] = seg;
     ws->out[ws->out_n++] = k;
     if (ws->out_n > ws->out_peak)
         ws->out_peak = ws->out_n;
     return 0;
 }
 
-/* Scans text t (tn bytes) of value k with db; its hits pushed as (id, k), or one
- * (LP_WAF_SCAN_ALL, k) when the scan failed or matched too much. 0; 1 when the scan failed
- * (its answer is not the value's to keep); -1 out of memory. */
-static int scan_one(lp_waf_scan_t *ws, const void *db, void *scratch, const char *t, size_t tn,
-                    unsigned k)
+/* Scans text t (tn bytes) with db: the count of its hits' ids, in ws->ids; -1 when the scan
+ * failed, -2 when it matched more than LP_WAF_SCAN_VALUE_HITS patterns. */
+static long scan_text(lp_waf_scan_t *ws, const void *db, void *scratch, const char *t, size_t tn)
 {
     lp_waf_hits_t h = {.n = 0, .cap = LP_WAF_SCAN_VALUE_HITS, .more = 0, .ids = ws->ids};
     int rc =
         tn > UINT32_MAX ? -1 : ws->scan(db, t, (unsigned)tn, 0, scratch, lp_ffi_waf_hs_collect, &h);
-    if (rc != 0 || h.more) /* as the Lua scan: the ids before do not count */
-        return push_hit(ws, LP_WAF_SCAN_ALL, k) < 0 ? -1 : rc != 0;
-    for (unsigned j = 0; j < h.n; j++)
-        if (push_hit(ws, h.ids[j], k) < 0)
-            return -1;
-    return 0;
+    if (rc != 0)
+        return -1;
+    return h.more ? -2 : (long)h.n;
 }
 
 static uint64_t hash_value(const char *p, size_t n, const void *db, unsigned chain)
@@ -480,15 +512,21 @@ static void memo_put(lp_waf_scan_t *ws, struct memo *m, unsigned grows, struct m
     ws->mused++;
 }
 
-/* The id of value v's bytes (n of them) across requests; 0 when it is not kept (too long, out
- * of memory, no ids left). Asked once a request for each value (by address, in the memo). */
-static uint32_t value_id(lp_waf_scan_t *ws, const char *v, size_t n)
+/* The id of value v's bytes (n of them) across requests, and its record in *rec; 0 (and NULL)
+ * when it is not kept (too long, out of memory, no ids left). Asked once a request for each
+ * value (by address, in the memo: the record's address in p, the values table moves only at a
+ * reset; another value may take the record later in the request, but never its id: check
+ * rec->id before reading it). */
+static uint32_t value_id(lp_waf_scan_t *ws, const char *v, size_t n, struct value **rec)
 {
+    *rec = NULL;
     if (n > LP_WAF_SCAN_RESULT_MAX)
         return 0;
     struct memo *m = memo_find(ws, v, n, LP_WAF_SCAN_VID_MEMO);
-    if (m->gen == ws->gen)
+    if (m->gen == ws->gen) {
+        *rec = (struct value *)(uintptr_t)m->p;
         return (uint32_t)m->len;
+    }
     unsigned grows = ws->grows;
     if (!ws->values && !(ws->values = calloc(LP_WAF_SCAN_VALUES, sizeof *ws->values)))
         return 0;
@@ -525,10 +563,16 @@ static uint32_t value_id(lp_waf_scan_t *ws, const char *v, size_t n)
         x->hash = hash;
         x->len = (uint32_t)n;
         x->id = ws->next_vid++;
+        x->none = 0;
     }
     x->used = ws->gen;
     memo_put(ws, m, grows,
-             (struct memo){.key = v, .klen = n, .len = x->id, .chain = LP_WAF_SCAN_VID_MEMO});
+             (struct memo){.key = v,
+                           .klen = n,
+                           .p = (const char *)(uintptr_t)x,
+                           .len = x->id,
+                           .chain = LP_WAF_SCAN_VID_MEMO});
+    *rec = x;
     return x->id;
 }
 
@@ -598,13 +642,10 @@ static struct result *result_slot(lp_waf_scan_t *ws, uint32_t db, unsigned chain
     return victim;
 }
 
-/* Keeps the hits of value vid pushed since out[from] in slot r (they are nothing else's). */
+/* Keeps ids[0..cnt), the hits of value vid, in slot r (they are nothing else's). */
 static void result_keep(lp_waf_scan_t *ws, struct result *r, uint32_t db, unsigned chain,
-                        uint32_t vid, size_t from)
+                        uint32_t vid, const unsigned *ids, size_t cnt)
 {
-    size_t cnt = (ws->out_n - from) / 2;
-    if (cnt > LP_WAF_SCAN_RESULT_IDS)
-        return;
     if (!r->db)
         ws->nresults++;
     r->db = db;
@@ -612,8 +653,7 @@ static void result_keep(lp_waf_scan_t *ws, struct result *r, uint32_t db, unsign
     r->chain = chain;
     r->used = ws->gen;
     r->n = (unsigned)cnt;
-    for (size_t j = 0; j < cnt; j++)
-        r->ids[j] = ws->out[from + 2 * j];
+    memcpy(r->ids, ids, cnt * sizeof *ids);
 }
 
 static int chain_ok(const lp_waf_scan_t *ws, unsigned chain)
@@ -648,50 +688,175 @@ static int result_key(const lp_waf_scan_t *ws, const unsigned *chains, unsigned 
     return 1;
 }
 
+/* The bit of (db serial ds, result key key) in struct value's none, made on first use; -1 when
+ * the state has given out all of them (its pairs are then looked up in the results). */
+static int key_bit(lp_waf_scan_t *ws, uint32_t ds, unsigned key)
+{
+    uint64_t h = ((uint64_t)ds * 0x9E3779B97F4A7C15ull ^ key) * 0xFF51AFD7ED558CCDull;
+    for (size_t i = (size_t)(h >> 40) & (LP_WAF_SCAN_BIT_SLOTS - 1);;
+         i = (i + 1) & (LP_WAF_SCAN_BIT_SLOTS - 1)) {
+        struct key_bit *b = &ws->bits[i];
+        if (b->db == ds && b->key == key)
+            return ws->bit_of[i];
+        if (b->db == 0) {
+            if (ws->nbits >= LP_WAF_SCAN_BITS)
+                return -1;
+            b->db = ds;
+            b->key = key;
+            ws->bit_of[i] = (unsigned char)ws->nbits;
+            return (int)ws->nbits++;
+        }
+    }
+}
+
+/* One call's scan: the chains each value goes through, the database, and how its results
+ * are kept (keep: under key and the db's serial ds, bit: key_bit's or -1). */
+struct scan_call {
+    const unsigned *chains;
+    unsigned nch;
+    const void *db;
+    void *scratch;
+    int keep;
+    unsigned key;
+    uint32_t ds;
+    int bit;
+};
+
+static int call_init(lp_waf_scan_t *ws, struct scan_call *sc, const unsigned *chains, unsigned nch,
+                     const void *db, void *scratch, unsigned out_w, const unsigned long long *reads,
+                     unsigned nreads)
+{
+    ws->out_n = 0;
+    ws->out_w = out_w;
+    ws->reads = reads;
+    ws->nreads = nreads;
+    for (unsigned c = 0; c < nch; c++)
+        if (!chain_ok(ws, chains[c]))
+            return -1;
+    *sc = (struct scan_call){.chains = chains, .nch = nch, .db = db, .scratch = scratch, .bit = -1};
+    sc->keep = result_key(ws, chains, nch, &sc->key) && (sc->ds = db_serial(ws, db)) != 0;
+    if (sc->keep)
+        sc->bit = key_bit(ws, sc->ds, sc->key);
+    return 0;
+}
+
+/* Does record rec (of value id vid, or NULL) say the call's scan of it hits nothing? (The
+ * callers' fast path: most pairs, so inline.) */
+static inline int known_none(const struct scan_call *sc, const struct value *rec, uint32_t vid)
+{
+    return rec && rec->id == vid && sc->bit >= 0 && (rec->none >> sc->bit & 1);
+}
+
+/* Value v (n bytes; its id vid and record rec, 0 and NULL when not kept) through the call's
+ * chains, each text a step changed scanned; hits pushed as value k of segment seg. 0, or -1
+ * when out of memory. */
+static int scan_kept(lp_waf_scan_t *ws, const struct scan_call *sc, const char *v, size_t n,
+                     uint32_t vid, struct value *rec, unsigned seg, unsigned k)
+{
+    if (rec && rec->id != vid)
+        rec = NULL; /* another value took the record since: its id still names v's bytes */
+    struct result *r = NULL;
+    if (vid && (r = result_slot(ws, sc->ds, sc->key, vid)) && result_is(r, sc->ds, sc->key, vid)) {
+        for (unsigned j = 0; j < r->n; j++)
+            if (push_hit(ws, r->ids[j], seg, k) < 0)
+                return -1;
+        return 0;
+    }
+    const char *prev = NULL;
+    size_t prev_n = 0;
+    /* the ids the value's texts hit, in order (pushed filtered, kept whole: more than a
+     * result holds are not kept) */
+    unsigned raw[LP_WAF_SCAN_RESULT_IDS];
+    size_t nraw = 0;
+    for (unsigned c = 0; c < sc->nch; c++) {
+        const char *t;
+        size_t tn;
+        if (transformed(ws, v, n, sc->chains[c], &t, &tn) < 0)
+            return -1;
+        /* a step that left the text as it was (given back as its input): scanned already */
+        if (c > 0 && t == prev && tn == prev_n)
+            continue;
+        prev = t;
+        prev_n = tn;
+        long got = scan_text(ws, sc->db, sc->scratch, t, tn);
+        const unsigned all = LP_WAF_SCAN_ALL, *ids = ws->ids;
+        if (got == -1)
+            r = NULL; /* failed: its answer is not the value's to keep */
+        if (got < 0) {
+            ids = &all; /* as the Lua scan: the ids before do not count */
+            got = 1;
+        }
+        for (long j = 0; j < got; j++) {
+            if (push_hit(ws, ids[j], seg, k) < 0)
+                return -1;
+            if (nraw < LP_WAF_SCAN_RESULT_IDS)
+                raw[nraw] = ids[j];
+            nraw++;
+        }
+    }
+    if (r) {
+        if (nraw <= LP_WAF_SCAN_RESULT_IDS)
+            result_keep(ws, r, sc->ds, sc->key, vid, raw, nraw);
+        if (nraw == 0 && rec && sc->bit >= 0)
+            rec->none |= 1ull << sc->bit;
+    }
+    return 0;
+}
+
 long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, const void *db,
                            void *scratch, const char *const *vals, const size_t *lens, unsigned n,
                            const unsigned **hits)
 {
-    ws->out_n = 0;
-    for (unsigned c = 0; c < nch; c++)
-        if (!chain_ok(ws, chains[c]))
-            return -1;
-    unsigned key = 0;
-    uint32_t ds = 0; /* db's serial */
-    int keep = result_key(ws, chains, nch, &key) && (ds = db_serial(ws, db)) != 0;
+    struct scan_call sc;
+    if (call_init(ws, &sc, chains, nch, db, scratch, 2, NULL, 0) < 0)
+        return -1;
     for (unsigned k = 0; k < n; k++) {
-        struct result *r = NULL;
-        uint32_t vid = keep ? value_id(ws, vals[k], lens[k]) : 0;
-        size_t from = ws->out_n;
-        if (vid && (r = result_slot(ws, ds, key, vid)) && result_is(r, ds, key, vid)) {
-            for (unsigned j = 0; j < r->n; j++)
-                if (push_hit(ws, r->ids[j], k) < 0)
-                    return -1;
-            continue;
-        }
-        const char *prev = NULL;
-        size_t prev_n = 0;
-        for (unsigned c = 0; c < nch; c++) {
-            const char *t;
-            size_t tn;
-            if (transformed(ws, vals[k], lens[k], chains[c], &t, &tn) < 0)
-                return -1;
-            /* a step that left the text as it was (given back as its input): scanned already */
-            if (c > 0 && t == prev && tn == prev_n)
-                continue;
-            prev = t;
-            prev_n = tn;
-            int rc = scan_one(ws, db, scratch, t, tn, k);
-            if (rc < 0)
-                return -1;
-            if (rc > 0)
-                r = NULL;
-        }
-        if (r)
-            result_keep(ws, r, ds, key, vid, from);
+        struct value *rec = NULL;
+        uint32_t vid = sc.keep ? value_id(ws, vals[k], lens[k], &rec) : 0;
+        if (!known_none(&sc, rec, vid) && scan_kept(ws, &sc, vals[k], lens[k], vid, rec, 0, k) < 0)
+            return -1;
     }
     *hits = ws->out;
     return (long)(ws->out_n / 2);
+}
+
+long lp_ffi_waf_scan_segs(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch, const void *db,
+                          void *scratch, lp_waf_seg_t *const *segs, unsigned nseg,
+                          const unsigned long long *reads, unsigned nreads, const unsigned **hits)
+{
+    struct scan_call sc;
+    if (call_init(ws, &sc, chains, nch, db, scratch, 3, reads, nreads) < 0)
+        return -1;
+    for (unsigned j = 0; j < nseg; j++) {
+        lp_waf_seg_t *sg = segs[j];
+        if (sg->gen != ws->gen) {
+            for (unsigned k = 0; k < sg->n; k++)
+                sg->keys[k] = LP_WAF_SCAN_UNKNOWN;
+            sg->gen = ws->gen;
+        }
+        for (unsigned k = 0; k < sg->n; k++) {
+            struct value *rec = NULL;
+            uint32_t vid = 0;
+            if (sc.keep) {
+                uint64_t key = sg->keys[k];
+                if (key == LP_WAF_SCAN_UNKNOWN) {
+                    vid = value_id(ws, sg->vals[k], sg->lens[k], &rec);
+                    /* the record's slot + 1 above its id (the values table stays until the
+                     * reset; scan_kept checks the slot still holds that id) */
+                    sg->keys[k] = rec ? (uint64_t)(rec - ws->values + 1) << 32 | vid : vid;
+                } else {
+                    vid = (uint32_t)key;
+                    if (key >> 32)
+                        rec = &ws->values[(key >> 32) - 1];
+                }
+            }
+            if (!known_none(&sc, rec, vid) &&
+                scan_kept(ws, &sc, sg->vals[k], sg->lens[k], vid, rec, j, k) < 0)
+                return -1;
+        }
+    }
+    *hits = ws->out;
+    return (long)(ws->out_n / 3);
 }
 
 int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size_t n,

@@ -142,6 +142,17 @@ long lp_ffi_waf_scan_values(lp_waf_scan_t *ws, unsigned chain, const void *db, v
 long lp_ffi_waf_scan_steps(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch,
                            const void *db, void *scratch, const char *const *vals,
                            const size_t *lens, unsigned n, const unsigned **hits);
+typedef struct lp_waf_seg {
+  const char *const *vals;
+  const size_t *lens;
+  unsigned long long *keys;
+  unsigned n;
+  unsigned gen;
+} lp_waf_seg_t;
+long lp_ffi_waf_scan_segs(lp_waf_scan_t *ws, const unsigned *chains, unsigned nch,
+                          const void *db, void *scratch, lp_waf_seg_t *const *segs,
+                          unsigned nseg, const unsigned long long *reads, unsigned nreads,
+                          const unsigned **hits);
 int lp_ffi_waf_scan_value(lp_waf_scan_t *ws, unsigned chain, const char *v, size_t n,
                           const char **out, size_t *olen);
 int lp_ffi_waf_transform_id(const char *name);

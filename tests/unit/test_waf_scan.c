@@ -541,6 +541,130 @@ static void test_hits_capped(void)
     hs_free_database(many);
 }
 
+/* A segment as engine.lua fills it: values copied to fresh addresses (another request's
+ * strings, the same bytes), n set, gen 0. */
+struct seg_buf {
+    lp_waf_seg_t seg;
+    const char *vals[4];
+    size_t lens[4];
+    unsigned long long keys[4];
+    char bytes[4][32];
+};
+
+static void seg_fill(struct seg_buf *b, const char *const *vals, unsigned n)
+{
+    for (unsigned k = 0; k < n; k++) {
+        b->lens[k] = strlen(vals[k]);
+        memcpy(b->bytes[k], vals[k], b->lens[k] + 1);
+        b->vals[k] = b->bytes[k];
+    }
+    b->seg = (lp_waf_seg_t){.vals = b->vals, .lens = b->lens, .keys = b->keys, .n = n, .gen = 0};
+}
+
+/* Segments: hits as (id, segment, value), in order; each segment read by several scans of a
+ * request (another chain, a multiMatch path); the next request's copies answered from what
+ * was kept, without a scan (the values that hit nothing by their bits). */
+static void test_segments(void)
+{
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(counted_scan, 3);
+    REQUIRE(ws != NULL);
+    int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
+    REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, u) == 0 && lp_ffi_waf_scan_chain(ws, 2, 1, l) == 0 &&
+            lp_ffi_waf_scan_chain(ws, 3, 0, l) == 0);
+    REQUIRE(lp_ffi_waf_scan_db(ws, db) == 0);
+    static struct seg_buf a[2], b[2];
+    const unsigned chain2[] = {2}, chain0[] = {0}, path[] = {0, 1, 2};
+    const unsigned *hits;
+    scans = 0;
+    for (int round = 0; round < 2; round++) {
+        lp_ffi_waf_scan_reset(ws);
+        seg_fill(&a[round], (const char *[]){"a%62C", "plain", "%3CScript"}, 3);
+        seg_fill(&b[round], (const char *[]){"zz", "XY"}, 2);
+        lp_waf_seg_t *segs[] = {&a[round].seg, &b[round].seg};
+        /* first with reads (id 1 reads segment 1 only, 2 segment 0, 3 neither): the hits
+         * left out are kept all the same (the next call, unfiltered, is answered whole) */
+        const unsigned long long reads[] = {0, 2, 1, 0};
+        long n = lp_ffi_waf_scan_segs(ws, chain2, 1, db, scratch, segs, 2, reads, 4, &hits);
+        REQUIRE_EQ_INT(n, 1);
+        CHECK(hits[0] == 2 && hits[1] == 0 && hits[2] == 2);
+        n = lp_ffi_waf_scan_segs(ws, chain2, 1, db, scratch, segs, 2, NULL, 0, &hits);
+        REQUIRE_EQ_INT(n, 3);
+        CHECK(hits[0] == 1 && hits[1] == 0 && hits[2] == 0); /* abc: value 0 of segment 0 */
+        CHECK(hits[3] == 2 && hits[4] == 0 && hits[5] == 2); /* <script */
+        CHECK(hits[6] == 3 && hits[7] == 1 && hits[8] == 1); /* x of "xy" in segment 1 */
+        /* the raw values: nothing ("XY" is upper case) */
+        CHECK_EQ_INT(lp_ffi_waf_scan_segs(ws, chain0, 1, db, scratch, segs, 2, NULL, 0, &hits), 0);
+        /* segment 1 alone, through the path raw, urldecode, lowercase: "xy" */
+        n = lp_ffi_waf_scan_segs(ws, path, 3, db, scratch, segs + 1, 1, NULL, 0, &hits);
+        REQUIRE_EQ_INT(n, 1);
+        CHECK(hits[0] == 3 && hits[1] == 0 && hits[2] == 1);
+        /* round 0: 5 values through chain 2, 5 raw, then "zz" once (no step changes it)
+         * and "XY" twice (raw, lower case); round 1: nothing scanned */
+        CHECK_EQ_INT(scans, 13);
+    }
+    lp_ffi_waf_scan_free(ws);
+}
+
+/* A stand-in for hs_scan whose "database" names a byte and an id: the id hits a value holding
+ * the byte, else nothing. */
+struct byte_db {
+    char c;
+    unsigned id;
+};
+static int byte_scan(const void *d, const char *data, unsigned int length, unsigned int flags,
+                     void *sc, lp_waf_hs_match_fn on_event, void *ctx)
+{
+    (void)flags, (void)sc;
+    const struct byte_db *b = d;
+    scans++;
+    if (memchr(data, b->c, length))
+        on_event(b->id, 0, length, 0, ctx);
+    return 0;
+}
+
+/* "Nothing hit" is known per database serial and chain: another chain, or another database
+ * (one at the same address registered again), scans; past the 64 bits a state gives out,
+ * results are kept as before. */
+static void test_none_bits(void)
+{
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(byte_scan, 1);
+    REQUIRE(ws != NULL);
+    REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, lp_ffi_waf_transform_id("lowercase")) == 0);
+    enum { NDB = 70 };
+    static struct byte_db dbs[NDB];
+    for (int i = 0; i < NDB; i++) {
+        dbs[i] = (struct byte_db){.c = 'q', .id = (unsigned)i + 1};
+        REQUIRE(lp_ffi_waf_scan_db(ws, &dbs[i]) == 0);
+    }
+    const unsigned raw[] = {0}, low[] = {1};
+    const unsigned *hits;
+    static struct seg_buf s[3];
+    scans = 0;
+    for (int round = 0; round < 2; round++) {
+        lp_ffi_waf_scan_reset(ws);
+        seg_fill(&s[round], (const char *[]){"Q", "zz"}, 2);
+        lp_waf_seg_t *segs[] = {&s[round].seg};
+        for (int i = 0; i < NDB; i++)
+            REQUIRE_EQ_INT(lp_ffi_waf_scan_segs(ws, raw, 1, &dbs[i], NULL, segs, 1, NULL, 0, &hits),
+                           0);
+        /* lower case: "q" hits */
+        long n = lp_ffi_waf_scan_segs(ws, low, 1, &dbs[0], NULL, segs, 1, NULL, 0, &hits);
+        REQUIRE_EQ_INT(n, 1);
+        CHECK(hits[0] == 1 && hits[2] == 0);
+    }
+    CHECK_EQ_INT(scans, 2 * NDB + 2); /* all in the first round */
+    /* the database at dbs[0]'s address changed and registered again: scanned, and it hits */
+    dbs[0].c = 'z';
+    REQUIRE(lp_ffi_waf_scan_db(ws, &dbs[0]) == 0);
+    lp_ffi_waf_scan_reset(ws);
+    seg_fill(&s[2], (const char *[]){"Q", "zz"}, 2);
+    lp_waf_seg_t *segs[] = {&s[2].seg};
+    REQUIRE_EQ_INT(lp_ffi_waf_scan_segs(ws, raw, 1, &dbs[0], NULL, segs, 1, NULL, 0, &hits), 1);
+    CHECK(hits[0] == 1 && hits[1] == 0 && hits[2] == 1);
+    CHECK_EQ_INT(scans, 2 * NDB + 4);
+    lp_ffi_waf_scan_free(ws);
+}
+
 static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_hits_in_order),     LP_TEST_ENTRY(test_steps),
     LP_TEST_ENTRY(test_large_value),       LP_TEST_ENTRY(test_values_kept),
@@ -548,7 +672,8 @@ static const lp_test_case_t tests[] = {
     LP_TEST_ENTRY(test_results_kept),      LP_TEST_ENTRY(test_hits_capped),
     LP_TEST_ENTRY(test_path_results_kept), LP_TEST_ENTRY(test_results_sets),
     LP_TEST_ENTRY(test_many_requests),     LP_TEST_ENTRY(test_results_by_serial),
-    LP_TEST_ENTRY(test_kept_ages_out),     LP_TEST_ENTRY(test_tables_shrink),
+    LP_TEST_ENTRY(test_kept_ages_out),     LP_TEST_ENTRY(test_segments),
+    LP_TEST_ENTRY(test_none_bits),         LP_TEST_ENTRY(test_tables_shrink),
 };
 #else
 static void test_without_hyperscan(void)

@@ -26,6 +26,7 @@ local byte, find, format, gsub, lower, upper, sub, match = string.byte, string.f
   string.format, string.gsub, string.lower, string.upper, string.sub, string.match
 local concat = table.concat
 local clear = require "table.clear"
+local bit = require "bit"
 -- t[k], made an empty table on first use (the walk's per-request and per-VM caches).
 local function tab_of(t, k)
   local v = t[k]
@@ -658,7 +659,8 @@ local function pipeline_of(st)
   if p == nil then
     local ws, ok = hs.pipeline(cs.chains)
     for _, g in ipairs(ws and cs.groups or {}) do if g.db then hs.pipeline_db(ws, g.db) end end
-    p = ws and { ws = ws, ok = ok, owner = setmetatable({}, { __mode = "v" }), serial = 0, lists = {} }
+    p = ws and { ws = ws, ok = ok, owner = setmetatable({}, { __mode = "v" }), serial = 0, segs = {},
+                 gsegs = {} }
       or false
     cs.pipe = p
   end
@@ -770,9 +772,9 @@ local function value(st, cname, c, i, ch)
   return v
 end
 
-local function key_ok(e, name)
+-- (k: the item's name in lower case, lnames')
+local function key_ok(e, k)
   if e.keys == nil and e.skip == nil then return e.all end
-  local k = lower(name)
   if e.skip and e.skip[k] then return false end
   if e.all then return true end
   return e.keys ~= nil and e.keys[k] == true
@@ -873,7 +875,8 @@ local function cond_match(st, cond)
       if not e.keys and not e.skip then
         n = c.n
       else
-        for i = 1, c.n do if key_ok(e, c.names[i]) then n = n + 1 end end
+        local lows = lnames(st, c)
+        for i = 1, c.n do if key_ok(e, lows[i]) then n = n + 1 end end
       end
       local v = tostring(n)
       local from, to = test(cond, v)
@@ -882,8 +885,9 @@ local function cond_match(st, cond)
         return "&" .. cname, { n = 1, names = { e.keys and next(e.keys) or "" } }, 1, v, from, to
       end
     else
+      local lows = (e.keys or e.skip) and lnames(st, c)
       for i = 1, c.n do
-        if key_ok(e, c.names[i]) then
+        if not lows and e.all or lows and key_ok(e, lows[i]) then
           local v = value(st, cname, c, i, cond.chain)
           local from, to = test(cond, v)
           if from == "error" then return cname, c, i, v, from, to end
@@ -910,68 +914,93 @@ local function confirm(st, cond, cname, c, i, v)
   if st.hit[r] then return end
   st.rule = r -- (named by the plugin's log when this raises)
   local e = cond.by[cname]
-  if e and not e.count and key_ok(e, c.names[i]) then
+  if e and not e.count and key_ok(e, lnames(st, c)[i]) then
     local from, to = test(cond, v)
     if from then hit(st, r, cname, c, i, v, from, to) end
   end
 end
 
 -- A group's values: those of its collections, only the named items where all its
--- conditions name theirs (g.only). Groups reading the same collections with the same names
--- have the same list: made once per request and kind (g.sig), in arrays kept by the
--- pipeline (refilled for each request: the strings are that request's).
-local function sig_of(g)
-  local parts = {}
-  for _, cname in ipairs(g.colls) do
-    local only = g.only[cname]
-    if only then
-      local keys = {}
-      for k in pairs(only) do keys[#keys + 1] = k end
-      table.sort(keys)
-      parts[#parts + 1] = cname .. "[" .. concat(keys, "\0") .. "]"
-    else
-      parts[#parts + 1] = cname
-    end
-  end
-  g.sig = concat(parts, "\1")
-  return g.sig
+-- conditions name theirs (g.only), in segments (hs.segment): one per collection and set of
+-- names, filled once per request (seg_fill) and read by every group (or multiMatch
+-- condition) that scans it. Each group's list of segments (group_segs) is made on first use.
+-- A segment's arrays are kept by the pipeline and refilled for each request (the strings are
+-- that request's); seg.idx (named items only): the collection's index of each value.
+local function seg_key(cname, only)
+  if not only then return cname end
+  local keys = {}
+  for k in pairs(only) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return cname .. "[" .. concat(keys, "\0") .. "]"
 end
 
-local function value_list(st, p, g)
-  local sig = g.sig or sig_of(g)
-  local L = p.lists[sig]
-  if not L then
-    L = { cap = 0, coll = {}, idx = {}, low = {} }
-    p.lists[sig] = L
-  end
-  if L.serial == p.serial then return L end
-  L.serial = p.serial
-  local n = 0
-  local ptr, len, lc, li, ll = L.ptr, L.len, L.coll, L.idx, L.low
-  for _, cname in ipairs(g.colls) do
-    local c = st.vars:coll(cname)
+-- (list.reads: by condition id, the segments whose hits note_one would record, as a bit
+-- each: C leaves the others out; a group's only, a multiMatch condition's have none)
+local function group_segs(p, g)
+  local list = { n = #g.colls, cd = hs.segments(#g.colls) }
+  for j, cname in ipairs(g.colls) do
     local only = g.only[cname]
-    local low = lnames(st, c)
-    for i = 1, c.n do
-      if not only or only[low[i]] then
-        if n >= L.cap then
-          local cap = n < 32 and 32 or n * 2
-          local np, nl = ffi.new("const char *[?]", cap), ffi.new("size_t[?]", cap)
-          if n > 0 then
-            ffi.copy(np, ptr, n * ffi.sizeof("const char *"))
-            ffi.copy(nl, len, n * ffi.sizeof("size_t"))
-          end
-          ptr, len, L.ptr, L.len, L.cap = np, nl, np, nl, cap
-        end
-        local v = c.values[i]
-        ptr[n], len[n] = v, #v
-        n = n + 1
-        lc[n], li[n], ll[n] = cname, i, low[i]
+    local key = seg_key(cname, only)
+    local sg = p.segs[key]
+    if not sg then
+      sg = { cname = cname, only = only, idx = only and {} or nil, cd = hs.segment(), cap = 0 }
+      p.segs[key] = sg
+    end
+    list[j] = sg
+    list.cd[j - 1] = sg.cd
+  end
+  local reads = g.reads
+  if reads and g.conds then
+    local nr = #g.conds + 1
+    local masks = hs.reads(nr)
+    for gid = 1, nr - 1 do
+      local rd = reads[gid]
+      for j = 1, math.min(list.n, 64) do
+        if rd and rd[list[j].cname] then masks[gid] = bit.bor(masks[gid], bit.lshift(1ULL, j - 1)) end
       end
     end
+    list.reads, list.nreads = masks, nr
   end
-  L.n = n
-  return L
+  p.gsegs[g] = list
+  return list
+end
+
+local function seg_fill(st, p, sg)
+  sg.serial = p.serial
+  local c = st.vars:coll(sg.cname)
+  local low = lnames(st, c)
+  sg.low = low
+  local only, idx = sg.only, sg.idx
+  local vals, lens = sg.vals, sg.lens
+  local values = c.values
+  local n, cap = 0, sg.cap
+  for i = 1, c.n do
+    if not only or only[low[i]] then
+      if n >= cap then
+        cap = n < 16 and 16 or n * 2
+        vals, lens, sg.keys = hs.segment_room(sg.cd, cap, n)
+        sg.vals, sg.lens, sg.cap = vals, lens, cap
+      end
+      local v = values[i]
+      vals[n], lens[n] = v, #v
+      n = n + 1
+      if idx then idx[n] = i end
+    end
+  end
+  local cd = sg.cd
+  cd.n, cd.gen = n, 0
+end
+
+-- Group g's segments (its own list, or a multiMatch condition's: g = cond.mlist), filled for
+-- this request.
+local function segs_of(st, p, g)
+  local list = p.gsegs[g] or group_segs(p, g)
+  local serial = p.serial
+  for j = 1, list.n do
+    local sg = list[j]
+    if sg.serial ~= serial then seg_fill(st, p, sg) end
+  end
+  return list
 end
 
 -- Records that condition gid of group g may match value i of collection cname, named
@@ -1014,13 +1043,15 @@ end
 pipeline_hits = function(st, g, h)
   local p = pipeline_of(st)
   if not p or not p.ok[g.chain] then return false end
-  local L = value_list(st, p, g)
-  local pv_coll, pv_idx, pv_low = L.coll, L.idx, L.low
-  local cnt, hits = hs.scan_values(p.ws, g.chain, g.db, L.ptr, L.len, L.n)
+  local list = segs_of(st, p, g)
+  local cnt, hits = hs.scan_segs(p.ws, g.chain, g.db, list.cd, list.n, list.reads, list.nreads)
   if not cnt then return false end
   for j = 0, cnt - 1 do
-    local k = hits[2 * j + 1] + 1
-    note_hit(h, g, hits[2 * j], pv_coll[k], pv_low[k], pv_idx[k])
+    local sg = list[hits[3 * j + 1] + 1]
+    local i = hits[3 * j + 2] + 1
+    local idx = sg.idx
+    if idx then i = idx[i] end
+    note_hit(h, g, hits[3 * j], sg.cname, sg.low[i], i)
   end
   return true
 end
@@ -1067,6 +1098,27 @@ local function group_hits(st, g)
   return h
 end
 
+-- The Lua rules' per-request tables, as the SecLang walk's (take_scratch, below): the rule
+-- set's, emptied at the start of each run and written whole before they are read (an error
+-- in the last run included); st.vc and st.hc kept across requests (pure functions of a text,
+-- emptied past VC_KEEP bytes). Nothing the rules run calls back into a walk (no confirmer,
+-- no operator in Lua), so no run starts inside another.
+local function lua_scratch(cs, st)
+  local sc = cs.lua_scratch
+  if not sc then
+    sc = { gh = {}, vc = {}, hp = {}, hc = {}, ln = {}, lpool = {} }
+    cs.lua_scratch = sc
+  end
+  clear(sc.gh)
+  clear(sc.ln)
+  if (sc.vc.bytes or 0) > VC_KEEP then
+    for _, per in pairs(sc.vc) do if type(per) == "table" then clear(per) end end
+    sc.vc.bytes = 0
+  end
+  if (sc.hc.bytes or 0) > VC_KEEP then clear(sc.hc) end
+  st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = sc.gh, sc.vc, sc.hp, sc.hc, sc.ln, sc.lpool
+end
+
 -- Runs the rule set over the request state `st` (vars set); fills st.matches. st.rule: the
 -- rule evaluated last (when this raises, the one that did).
 function M.run(cs, st)
@@ -1076,7 +1128,8 @@ function M.run(cs, st)
   end
   st.cs = cs
   st.hit = {}
-  st.gh = st.gh or {}
+  local own = not st.gh
+  if own then lua_scratch(cs, st) end
   for _, g in ipairs(cs.groups) do
     local ch, conds, pcre = g.chain, g.conds, g.waiting or g.pcre
     st.rule = nil
@@ -1124,6 +1177,8 @@ function M.run(cs, st)
       if ok then hit(st, r, cname, c, i, v, from, to) end
     end
   end
+  -- st lets go of the tables the next run empties (a caller may keep st)
+  if own then st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = nil, nil, nil, nil, nil, nil end
   return st.matches
 end
 
@@ -1517,9 +1572,9 @@ local function multi_may(st, cond, v)
 end
 
 -- The values of multiMatch condition cond (not negated; cond.mlist: its collections and
--- names as a group's, value_list) whose text after some step of its path Hyperscan names
+-- names as a group's, segs_of) whose text after some step of its path Hyperscan names
 -- for it: { [cname] = { [i] = true } }, made by one C call per request over all of them
--- (hs.scan_steps); false when that cannot run (then multi_may asks per text). A value
+-- (hs.scan_segs); false when that cannot run (then multi_may asks per text). A value
 -- none of whose texts is named cannot match: sec_cond passes over it without computing
 -- its steps (930110, 934100: every header and argument through four or five steps).
 local multi_values
@@ -1543,8 +1598,8 @@ do
       end
     end
     if p and ml.ok then
-      local L = value_list(st, p, ml)
-      local cnt, hits = hs.scan_steps(p.ws, ml.steps, ml.nsteps, g.db, L.ptr, L.len, L.n)
+      local list = segs_of(st, p, ml)
+      local cnt, hits = hs.scan_segs(p.ws, 0, g.db, list.cd, list.n, nil, 0, ml.steps, ml.nsteps)
       if cnt then
         -- the condition's table of the last request, emptied (take_scratch's st.mpool)
         local pool = st.mpool
@@ -1555,14 +1610,16 @@ do
           set = {}
           if pool then pool[cond] = set end
         end
-        local gid, lc, li = cond.gid, L.coll, L.idx
+        local gid = cond.gid
         for j = 0, cnt - 1 do
-          local id = hits[2 * j]
+          local id = hits[3 * j]
           if id == gid or id == SCAN_ALL then
-            local k = hits[2 * j + 1] + 1
-            local cname = lc[k]
-            local per = tab_of(set, cname)
-            per[li[k]] = true
+            local sg = list[hits[3 * j + 1] + 1]
+            local i = hits[3 * j + 2] + 1
+            local idx = sg.idx
+            if idx then i = idx[i] end
+            local per = tab_of(set, sg.cname)
+            per[i] = true
           end
         end
       end
@@ -2254,7 +2311,7 @@ function M.compile_seclang(set, opts)
           cond.group, cond.gid, cond.fast = mg, #mg.conds, false
           add_patterns(mg, cond)
           if not cond.negate then
-            -- its values as a group's (value_list): collections, and the names where all
+            -- its values as a group's (segs_of): collections, and the names where all
             -- its targets on one name theirs (multi_values)
             local ml = { colls = {}, only = {} }
             for _, e in ipairs(cond.tgt) do

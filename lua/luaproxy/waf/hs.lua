@@ -255,14 +255,15 @@ end
 -- in one call. The engine's own functions (ffi.C) in the proxy; the lp_native library under
 -- the proxy.test double when LP_NATIVE_LIB names it (ctest, `luaproxy test`); neither: nil,
 -- and luaproxy/waf/engine.lua transforms and scans value by value in Lua.
+-- (A library without lp_ffi_waf_scan_segs is an older build's: nil too.)
 local W
 if H then
   local ok = pcall(require, "luaproxy.ffi")
-  if ok and pcall(function() return ffi.C.lp_ffi_waf_scan_new end) then
+  if ok and pcall(function() return ffi.C.lp_ffi_waf_scan_segs end) then
     W = ffi.C
   elseif ok then
     local nok, lib = pcall(require, "luaproxy.native")
-    if nok and pcall(function() return lib.lp_ffi_waf_scan_new end) then W = lib end
+    if nok and pcall(function() return lib.lp_ffi_waf_scan_segs end) then W = lib end
   end
 end
 
@@ -352,6 +353,43 @@ end
 -- condition's steps), each text a step changed scanned: hits of a value may repeat an id.
 function M.scan_steps(ws, steps, nsteps, db, vals, lens, n)
   local cnt = W.lp_ffi_waf_scan_steps(ws, steps, nsteps, db, scratch[0], vals, lens, n, hitsp)
+  if cnt < 0 then return nil end
+  return tonumber(cnt), hitsp[0]
+end
+
+-- Segments: a collection's values (or the named items of one) as scan_segs reads them,
+-- filled once a request and read by every group scanning that collection (engine/lua_api.h,
+-- lp_waf_seg_t). M.segment() makes one (empty); M.segment_room(seg, cap) gives it room for cap
+-- values, keeping the first n, and returns the arrays to fill: vals, lens (the caller keeps
+-- them: the segment's pointers do not keep them alive). M.segments(n) is an array of n
+-- segment pointers (a group's list); M.reads(n) n uint64 (scan_segs' reads).
+function M.segment() return ffi.new("lp_waf_seg_t") end
+function M.reads(n) return ffi.new("unsigned long long[?]", n) end
+function M.segment_room(seg, cap, n)
+  local vals, lens = ffi.new("const char *[?]", cap), ffi.new("size_t[?]", cap)
+  local keys = ffi.new("unsigned long long[?]", cap)
+  if n > 0 then
+    ffi.copy(vals, seg.vals, n * ffi.sizeof("const char *"))
+    ffi.copy(lens, seg.lens, n * ffi.sizeof("size_t"))
+  end
+  seg.vals, seg.lens, seg.keys, seg.gen = vals, lens, keys, 0
+  return vals, lens, keys
+end
+function M.segments(n) return ffi.new("lp_waf_seg_t *[?]", n) end
+local chain1 = ffi.new("unsigned[1]")
+
+-- The values of segments segs[0..nseg) through chain, or through each of the chains
+-- steps[0..nsteps) in turn (steps given: a multiMatch condition's), scanned with db: the count
+-- of hits and the array of (id, segment index, value index) triples, from 0 (read it before the
+-- next call); nil when it failed. reads (or nil), nreads: by id, a uint64 of the segments whose
+-- hits of that id to give (bit j: segs[j]; lp_ffi_waf_scan_segs).
+function M.scan_segs(ws, chain, db, segs, nseg, reads, nreads, steps, nsteps)
+  if not steps then
+    chain1[0] = chain
+    steps, nsteps = chain1, 1
+  end
+  local cnt = W.lp_ffi_waf_scan_segs(ws, steps, nsteps, db, scratch[0], segs, nseg, reads,
+                                     nreads or 0, hitsp)
   if cnt < 0 then return nil end
   return tonumber(cnt), hitsp[0]
 end
