@@ -42,7 +42,11 @@ M.BODY = { body_args = true, files = true, body = true, body_error = true,
            files_combined_size = true, reqbody_processor = true, body_error_flag = true,
            multipart_part_headers = true, args_combined_size = true, xml = true }
 
-local function new() return { n = 0, names = {}, values = {} } end
+-- size: room for that many values before the lists grow (grown from empty, a browser GET's
+-- 8 headers, 5 cookies and 4 arguments were reallocated three or four times per list).
+local function new(size)
+  return { n = 0, names = new_tab(size or 0, 0), values = new_tab(size or 0, 0) }
+end
 
 -- Read-only tables shared by every request (a collection is never changed once built: the
 -- engine only reads them). A GET's empty body collections and its one-value collections
@@ -60,8 +64,13 @@ local NONE = read_only({})
 local EMPTY = read_only({ n = 0, names = NONE, values = NONE })
 local ONE_NAME = read_only({ "" }) -- the names of a one-value collection
 
+-- One table, its own values list (values[1] is its [1]): two tables per one-value
+-- collection made some twenty per browser GET. (values = false in the constructor: it
+-- makes room in the hash part for the key set after.)
 local function one(value)
-  return { n = 1, names = ONE_NAME, values = { value } }
+  local c = { value, n = 1, names = ONE_NAME, values = false }
+  c.values = c
+  return c
 end
 local ONE_EMPTY = read_only({ n = 1, names = ONE_NAME, values = read_only({ "" }) })
 local ONE_ZERO = read_only({ n = 1, names = ONE_NAME, values = read_only({ "0" }) })
@@ -438,6 +447,9 @@ local function space(b) return b == 32 or (b >= 9 and b <= 13) end
 local function cookie(ck, s, i, j, max, eq)
   if eq <= j then
     local ki, kj, vi, vj = i, eq - 1, eq + 1, j
+    -- (the space after "; " skipped before the loop: a loop that goes round once made the
+    -- trace of the whole parse give up, and it ran interpreted)
+    if ki <= kj and byte(s, ki) == 32 then ki = ki + 1 end
     while ki <= kj and space(byte(s, ki)) do ki = ki + 1 end
     while kj >= ki and space(byte(s, kj)) do kj = kj - 1 end
     while vi <= vj and space(byte(s, vi)) do vi = vi + 1 end
@@ -480,6 +492,7 @@ M.parse_cookies = parse_cookies
 
 -- The request's variable state for one evaluation.
 local State = {}
+local protocol -- below
 State.__index = State
 
 function M.new(req, opts)
@@ -582,6 +595,30 @@ function State:body_errors()
   end
 end
 
+local ARGS = { "query_args", "body_args" }
+
+-- "HTTP/1.1" of http_version() 1.1, made once per version (tostring of a number is not
+-- compiled, and a concatenation makes and interns a string).
+local PROTOCOL = {}
+protocol = function(v)
+  local p = PROTOCOL[v]
+  if not p then
+    p = "HTTP/" .. tostring(v)
+    if v ~= nil then PROTOCOL[v] = p end -- (a version the parser took: a few at most)
+  end
+  return p
+end
+
+-- The request's URI, asked of the request once (four collections start from it).
+function State:uri()
+  local u = self.uri_
+  if not u then
+    u = self.req:uri()
+    self.uri_ = u
+  end
+  return u
+end
+
 -- Collection `name` (a base or a names collection), built on first use.
 function State:coll(name)
   local c = self.colls[name]
@@ -596,24 +633,26 @@ function State:coll(name)
   elseif name == "path" then
     c = one(req:path())
   elseif name == "uri" then
-    c = one(req:uri())
+    c = one(self:uri())
   elseif name == "query_string" then
-    local u = req:uri()
+    local u = self:uri()
     local q = find(u, "?", 1, true)
-    c = one(q and sub(u, q + 1) or "")
+    c = q and one(sub(u, q + 1)) or ONE_EMPTY
   elseif name == "query_args" then
-    c = new()
-    local u = req:uri()
+    local u = self:uri()
     local q = find(u, "?", 1, true)
     if q then
+      c = new(8)
       local qs = sub(u, q + 1)
       parse_form(c, qs, self.max, graphql_get(sub(u, 1, q - 1), qs))
+    else
+      c = EMPTY -- (read-only: nothing is added to a collection once built)
     end
   elseif name == "headers" or name == "cookies" then
     -- in the order they came (req:headers() is a hash table: its order changed from run
     -- to run)
-    local ck = new()
-    local names, values = {}, {}
+    local ck = EMPTY -- (made at the first Cookie header: most API requests send none)
+    local names, values = new_tab(16, 0), new_tab(16, 0)
     local n = req:header_list(names, values)
     local h = { n = n, names = names, values = values }
     if n > self.max then
@@ -621,7 +660,10 @@ function State:coll(name)
       h.n, h.truncated = self.max, true
     end
     for i = 1, h.n do
-      if h.names[i] == "cookie" then parse_cookies(ck, h.values[i], self.max) end
+      if names[i] == "cookie" then
+        if ck == EMPTY then ck = new(8) end
+        parse_cookies(ck, values[i], self.max)
+      end
     end
     self.colls.headers, self.colls.cookies = h, ck
     return self.colls[name]
@@ -635,9 +677,9 @@ function State:coll(name)
   elseif name == "basename" then
     c = one(match(req:path(), "[^/]*$") or "")
   elseif name == "protocol" then
-    c = one("HTTP/" .. tostring(req:http_version()))
+    c = one(protocol(req:http_version()))
   elseif name == "request_line" then
-    c = one(req:method() .. " " .. req:uri() .. " HTTP/" .. tostring(req:http_version()))
+    c = one(req:method() .. " " .. self:uri() .. " " .. protocol(req:http_version()))
   elseif name == "remote_addr" then
     c = one(tostring(req:client_ip() or ""))
   elseif name == "files_names" then
@@ -647,7 +689,7 @@ function State:coll(name)
     c = ONE_ZERO
   elseif name == "args_combined_size" then
     local total = 0
-    for _, cn in ipairs({ "query_args", "body_args" }) do
+    for _, cn in ipairs(ARGS) do
       local a = self:coll(cn)
       for i = 1, a.n do total = total + #a.names[i] + #a.values[i] end
     end
