@@ -137,12 +137,20 @@ gql_arg = function(c, v, max) return looks_graphql(v) and graphql_strings(c, "qu
 -- has. Elsewhere `query` is a search term as often as not, and is inspected whole. (These
 -- hints are the client's: read as GraphQL, a document still gives its names, graphql.lua.)
 -- (Patterns, not lower() and "&" .. qs: nothing is allocated for the query strings of
--- every request.)
+-- every request. Each pattern only once a plain find, which LuaJIT compiles, found what it
+-- needs: a pattern runs in a call out of the trace, and most paths hold no q.)
 graphql_get = function(path, qs)
-  return (find(path, "[gG][rR][aA][pP][hH][qQ][lL][^/]*/?$") or find(path, "[gG][qQ][lL][^/]*/?$")
-    or find(qs, "^operationName=") or find(qs, "&operationName=", 1, true)
-    or find(qs, "^variables=") or find(qs, "&variables=", 1, true)
-    or find(qs, "^extensions=") or find(qs, "&extensions=", 1, true)) ~= nil
+  if (find(path, "q", 1, true) or find(path, "Q", 1, true))
+    and (find(path, "[gG][rR][aA][pP][hH][qQ][lL][^/]*/?$") or find(path, "[gG][qQ][lL][^/]*/?$")) then
+    return true
+  end
+  -- the argument first (at 1), or after an "&"
+  local at = find(qs, "operationName=", 1, true)
+  if at and (at == 1 or find(qs, "&operationName=", 1, true)) then return true end
+  at = find(qs, "variables=", 1, true)
+  if at and (at == 1 or find(qs, "&variables=", 1, true)) then return true end
+  at = find(qs, "extensions=", 1, true)
+  return at ~= nil and (at == 1 or find(qs, "&extensions=", 1, true) ~= nil)
 end
 
 -- Fallback for a document the scanner below does not follow (what cjson takes beyond JSON:
@@ -576,18 +584,32 @@ end
 local WHOLE = { "body_args", "files", "multipart_part_headers", "query_args", "headers", "cookies",
                 "xml" }
 
+assert(#WHOLE == 7) -- (State:body_errors names each)
+
+-- msg, with why collection `name` was cut short, if it was.
+local function cut_short(self, msg, name)
+  local c = self:coll(name)
+  local p = c.truncated and name .. ": more than max_args (" .. self.max .. ") values"
+    or c.too_deep and name .. ": JSON nested deeper than 64"
+  if p then return msg and msg .. "; " .. p or p end
+  return msg
+end
+
 -- body_error (why the request's values could not all be read: the body's parse problem,
 -- then each collection cut short; one value, empty when none) and body_error_flag.
 function State:body_errors()
   local colls = self.colls
   if not colls.body_args then self:body_collections() end
   local msg = self.body_problem
-  for _, name in ipairs(WHOLE) do
-    local c = self:coll(name)
-    local p = c.truncated and name .. ": more than max_args (" .. self.max .. ") values"
-      or c.too_deep and name .. ": JSON nested deeper than 64"
-    if p then msg = msg and msg .. "; " .. p or p end
-  end
+  -- (one call per collection, not a loop: the loop's trace, seven rounds once per request,
+  -- gave up and ran interpreted)
+  msg = cut_short(self, msg, WHOLE[1])
+  msg = cut_short(self, msg, WHOLE[2])
+  msg = cut_short(self, msg, WHOLE[3])
+  msg = cut_short(self, msg, WHOLE[4])
+  msg = cut_short(self, msg, WHOLE[5])
+  msg = cut_short(self, msg, WHOLE[6])
+  msg = cut_short(self, msg, WHOLE[7])
   if msg then
     colls.body_error, colls.body_error_flag = one(msg), one("1")
   else
