@@ -97,9 +97,12 @@ local add_value -- below: a value that is a JSON document goes in as its leaves
 -- a body error (State:coll, "body_error"). gql: a `query` argument may be a GraphQL request
 -- sent by GET (gql_arg).
 local gql_arg, graphql_get -- below
+local function same(x) return x end
 local function parse_form(c, s, max, gql)
   local pos, len = 1, #s
   local eq = 0
+  -- (a text without "%" or "+" decodes to itself: asked once, not twice per name and value)
+  local urldecode = (find(s, "%", 1, true) or find(s, "+", 1, true)) and urldecode or same
   while pos <= len do
     local amp = find(s, "&", pos, true) or len + 1
     if amp > pos then -- (empty pairs, a&&b, are skipped)
@@ -649,7 +652,8 @@ function State:coll(name)
   local base = M.NAMES[name]
   if base then
     local b = self:coll(base)
-    c = { n = b.n, names = b.names, values = b.names }
+    -- (the names of none are none: a GET's body_arg_names)
+    c = b == EMPTY and EMPTY or { n = b.n, names = b.names, values = b.names }
   elseif name == "method" then
     c = one(req:method())
   elseif name == "path" then
@@ -706,7 +710,7 @@ function State:coll(name)
     c = one(tostring(req:client_ip() or ""))
   elseif name == "files_names" then
     local f = self:coll("files")
-    c = { n = f.n, names = f.names, values = f.names }
+    c = f == EMPTY and EMPTY or { n = f.n, names = f.names, values = f.names }
   elseif name == "files_combined_size" then
     c = ONE_ZERO
   elseif name == "args_combined_size" then
