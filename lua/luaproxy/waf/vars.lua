@@ -102,7 +102,7 @@ local function parse_form(c, s, max, gql)
   local pos, len = 1, #s
   local eq = 0
   -- (a text without "%" or "+" decodes to itself: asked once, not twice per name and value)
-  local urldecode = (find(s, "%", 1, true) or find(s, "+", 1, true)) and urldecode or same
+  local decode = (find(s, "%", 1, true) or find(s, "+", 1, true)) and urldecode or same
   while pos <= len do
     local amp = find(s, "&", pos, true) or len + 1
     if amp > pos then -- (empty pairs, a&&b, are skipped)
@@ -112,10 +112,10 @@ local function parse_form(c, s, max, gql)
       end
       if eq < pos then eq = find(s, "=", pos, true) or len + 1 end
       if eq < amp then
-        local name, v = urldecode(sub(s, pos, eq - 1)), urldecode(sub(s, eq + 1, amp - 1))
+        local name, v = decode(sub(s, pos, eq - 1)), decode(sub(s, eq + 1, amp - 1))
         if not (gql and name == "query" and gql_arg(c, v, max)) then add_value(c, name, v, max) end
       else
-        add(c, urldecode(sub(s, pos, amp - 1)), "", max)
+        add(c, decode(sub(s, pos, amp - 1)), "", max)
       end
     end
     pos = amp + 1
