@@ -13,10 +13,16 @@ local seclang = require "luaproxy.waf.seclang"
 local format, concat, find = string.format, table.concat, string.find
 local ipairs, type, tostring = ipairs, type, tostring
 local traceback = debug.traceback
-local new_tab
+local new_tab, clone
 do
   local ok, tnew = pcall(require, "table.new")
   new_tab = ok and tnew or function() return {} end
+  local okc, tclone = pcall(require, "table.clone")
+  clone = okc and tclone or function(t)
+    local out = {}
+    for k, v in pairs(t) do out[k] = v end
+    return out
+  end
 end
 
 -- The bundled rule files, next to this file.
@@ -375,15 +381,14 @@ local function compile(conf)
     c.sec = compile_crs(conf, crs)
     -- the seed with what the set's initialisation rules (folded at load) add to it
     c.tx = c.sec.tx_start or P.seed_tx(conf)
-    -- copied per request by a numeric loop into a table made to size (40 keys with CRS's
-    -- initialisation folded in: pairs() is not compiled, and a table grown key by key
-    -- rehashes six times)
-    c.tx_keys, c.tx_vals = {}, {}
-    for k, v in pairs(c.tx) do
-      local n = #c.tx_keys + 1
-      c.tx_keys[n], c.tx_vals[n] = k, v
-    end
-    c.tx_size = #c.tx_keys + 16
+    -- Each request's TX is one table.clone of c.tx_seed, made here to size with room for
+    -- what the rules add (40 keys with CRS's initialisation folded in: a table grown key by
+    -- key rehashes six times; copied key by key, 40 stores and look-ups per request). Never
+    -- written: only its clones are.
+    local n = 0
+    for _ in pairs(c.tx) do n = n + 1 end
+    c.tx_seed = new_tab(0, n + 16)
+    for k, v in pairs(c.tx) do c.tx_seed[k] = v end
     -- The Lua rules (rules, rule_files) run beside CRS; with none, nothing else runs.
     if #cs.rules == 0 then c.cs = nil end
     -- SecRuleEngine in the files (ModSecurity's recommended modsecurity.conf says
@@ -665,12 +670,12 @@ end
 
 function P.request(req, conf)
   local cs, sec = conf.cs, conf.sec
-  local st = { vars = V.new(req, conf.vopts), cache = {} }
+  local vars = V.new(req, conf.vopts)
   local body_state
   if ((cs and cs.needs_body) or (sec and sec.needs_body)) and has_body(req) then
     local body, err = req:body(conf.body_limit)
     if body then
-      st.vars.body = body
+      vars.body = body
     elseif err == "too large" then
       if conf.body_over_limit == "refuse" and conf.mode == "block" then
         req.ctx.waf = { action = "refuse", reason = "body over limit", score = 0, matches = {} }
@@ -700,10 +705,8 @@ function P.request(req, conf)
   local outcome, unconfirmed
   if sec and conf.sec_engine == "off" then sec = nil end
   if sec then
-    local tx = new_tab(0, conf.tx_size)
-    local keys, vals = conf.tx_keys, conf.tx_vals
-    for i = 1, #keys do tx[keys[i]] = vals[i] end
-    local sst = { vars = st.vars, cache = {}, tx = tx, regex_error = conf.regex_error,
+    local tx = clone(conf.tx_seed)
+    local sst = { vars = vars, tx = tx, regex_error = conf.regex_error,
                   paranoia = conf.paranoia,
                   learn = conf.mode == "learn" and {} or nil,
                   -- While the Hyperscan databases still compile (after a start or a rule
@@ -745,7 +748,7 @@ function P.request(req, conf)
     if sst.learn then learn(sst.learn) end
   end
   if cs then
-    local lst = { vars = st.vars, cache = {} }
+    local lst = { vars = vars }
     local ok, lm = xpcall(engine.run, traceback, cs, lst)
     local failed
     if not ok then
@@ -808,7 +811,7 @@ function P.request(req, conf)
   if m_requests then
     m_requests:inc(1, action == "detect" and (block and conf.mode or "detect") or action)
   end
-  local what = describe(matches, st.vars)
+  local what = describe(matches, vars)
   if action == "block" then
     proxy.log.warn(format("waf: blocked %s %s (score %d%s): %s", req:method(), req:path(),
       score, deny and ", " .. (deny.why or "deny rule " .. deny.id) or "", what))

@@ -42,7 +42,11 @@ M.BODY = { body_args = true, files = true, body = true, body_error = true,
            files_combined_size = true, reqbody_processor = true, body_error_flag = true,
            multipart_part_headers = true, args_combined_size = true, xml = true }
 
-local function new() return { n = 0, names = {}, values = {} } end
+-- size: room for that many values before the lists grow (grown from empty, a browser GET's
+-- 8 headers, 5 cookies and 4 arguments were reallocated three or four times per list).
+local function new(size)
+  return { n = 0, names = new_tab(size or 0, 0), values = new_tab(size or 0, 0) }
+end
 
 -- Read-only tables shared by every request (a collection is never changed once built: the
 -- engine only reads them). A GET's empty body collections and its one-value collections
@@ -60,8 +64,13 @@ local NONE = read_only({})
 local EMPTY = read_only({ n = 0, names = NONE, values = NONE })
 local ONE_NAME = read_only({ "" }) -- the names of a one-value collection
 
+-- One table, its own values list (values[1] is its [1]): two tables per one-value
+-- collection made some twenty per browser GET. (values = false in the constructor: it
+-- makes room in the hash part for the key set after.)
 local function one(value)
-  return { n = 1, names = ONE_NAME, values = { value } }
+  local c = { value, n = 1, names = ONE_NAME, values = false }
+  c.values = c
+  return c
 end
 local ONE_EMPTY = read_only({ n = 1, names = ONE_NAME, values = read_only({ "" }) })
 local ONE_ZERO = read_only({ n = 1, names = ONE_NAME, values = read_only({ "0" }) })
@@ -88,9 +97,12 @@ local add_value -- below: a value that is a JSON document goes in as its leaves
 -- a body error (State:coll, "body_error"). gql: a `query` argument may be a GraphQL request
 -- sent by GET (gql_arg).
 local gql_arg, graphql_get -- below
+local function same(x) return x end
 local function parse_form(c, s, max, gql)
   local pos, len = 1, #s
   local eq = 0
+  -- (a text without "%" or "+" decodes to itself: asked once, not twice per name and value)
+  local decode = (find(s, "%", 1, true) or find(s, "+", 1, true)) and urldecode or same
   while pos <= len do
     local amp = find(s, "&", pos, true) or len + 1
     if amp > pos then -- (empty pairs, a&&b, are skipped)
@@ -100,10 +112,10 @@ local function parse_form(c, s, max, gql)
       end
       if eq < pos then eq = find(s, "=", pos, true) or len + 1 end
       if eq < amp then
-        local name, v = urldecode(sub(s, pos, eq - 1)), urldecode(sub(s, eq + 1, amp - 1))
+        local name, v = decode(sub(s, pos, eq - 1)), decode(sub(s, eq + 1, amp - 1))
         if not (gql and name == "query" and gql_arg(c, v, max)) then add_value(c, name, v, max) end
       else
-        add(c, urldecode(sub(s, pos, amp - 1)), "", max)
+        add(c, decode(sub(s, pos, amp - 1)), "", max)
       end
     end
     pos = amp + 1
@@ -128,12 +140,20 @@ gql_arg = function(c, v, max) return looks_graphql(v) and graphql_strings(c, "qu
 -- has. Elsewhere `query` is a search term as often as not, and is inspected whole. (These
 -- hints are the client's: read as GraphQL, a document still gives its names, graphql.lua.)
 -- (Patterns, not lower() and "&" .. qs: nothing is allocated for the query strings of
--- every request.)
+-- every request. Each pattern only once a plain find, which LuaJIT compiles, found what it
+-- needs: a pattern runs in a call out of the trace, and most paths hold no q.)
 graphql_get = function(path, qs)
-  return (find(path, "[gG][rR][aA][pP][hH][qQ][lL][^/]*/?$") or find(path, "[gG][qQ][lL][^/]*/?$")
-    or find(qs, "^operationName=") or find(qs, "&operationName=", 1, true)
-    or find(qs, "^variables=") or find(qs, "&variables=", 1, true)
-    or find(qs, "^extensions=") or find(qs, "&extensions=", 1, true)) ~= nil
+  if (find(path, "q", 1, true) or find(path, "Q", 1, true))
+    and (find(path, "[gG][rR][aA][pP][hH][qQ][lL][^/]*/?$") or find(path, "[gG][qQ][lL][^/]*/?$")) then
+    return true
+  end
+  -- the argument first (at 1), or after an "&"
+  local at = find(qs, "operationName=", 1, true)
+  if at and (at == 1 or find(qs, "&operationName=", 1, true)) then return true end
+  at = find(qs, "variables=", 1, true)
+  if at and (at == 1 or find(qs, "&variables=", 1, true)) then return true end
+  at = find(qs, "extensions=", 1, true)
+  return at ~= nil and (at == 1 or find(qs, "&extensions=", 1, true) ~= nil)
 end
 
 -- Fallback for a document the scanner below does not follow (what cjson takes beyond JSON:
@@ -438,6 +458,9 @@ local function space(b) return b == 32 or (b >= 9 and b <= 13) end
 local function cookie(ck, s, i, j, max, eq)
   if eq <= j then
     local ki, kj, vi, vj = i, eq - 1, eq + 1, j
+    -- (the space after "; " skipped before the loop: a loop that goes round once made the
+    -- trace of the whole parse give up, and it ran interpreted)
+    if ki <= kj and byte(s, ki) == 32 then ki = ki + 1 end
     while ki <= kj and space(byte(s, ki)) do ki = ki + 1 end
     while kj >= ki and space(byte(s, kj)) do kj = kj - 1 end
     while vi <= vj and space(byte(s, vi)) do vi = vi + 1 end
@@ -480,6 +503,7 @@ M.parse_cookies = parse_cookies
 
 -- The request's variable state for one evaluation.
 local State = {}
+local protocol -- below
 State.__index = State
 
 function M.new(req, opts)
@@ -563,23 +587,61 @@ end
 local WHOLE = { "body_args", "files", "multipart_part_headers", "query_args", "headers", "cookies",
                 "xml" }
 
+assert(#WHOLE == 7) -- (State:body_errors names each)
+
+-- msg, with why collection `name` was cut short, if it was.
+local function cut_short(self, msg, name)
+  local c = self:coll(name)
+  local p = c.truncated and name .. ": more than max_args (" .. self.max .. ") values"
+    or c.too_deep and name .. ": JSON nested deeper than 64"
+  if p then return msg and msg .. "; " .. p or p end
+  return msg
+end
+
 -- body_error (why the request's values could not all be read: the body's parse problem,
 -- then each collection cut short; one value, empty when none) and body_error_flag.
 function State:body_errors()
   local colls = self.colls
   if not colls.body_args then self:body_collections() end
   local msg = self.body_problem
-  for _, name in ipairs(WHOLE) do
-    local c = self:coll(name)
-    local p = c.truncated and name .. ": more than max_args (" .. self.max .. ") values"
-      or c.too_deep and name .. ": JSON nested deeper than 64"
-    if p then msg = msg and msg .. "; " .. p or p end
-  end
+  -- (one call per collection, not a loop: the loop's trace, seven rounds once per request,
+  -- gave up and ran interpreted)
+  msg = cut_short(self, msg, WHOLE[1])
+  msg = cut_short(self, msg, WHOLE[2])
+  msg = cut_short(self, msg, WHOLE[3])
+  msg = cut_short(self, msg, WHOLE[4])
+  msg = cut_short(self, msg, WHOLE[5])
+  msg = cut_short(self, msg, WHOLE[6])
+  msg = cut_short(self, msg, WHOLE[7])
   if msg then
     colls.body_error, colls.body_error_flag = one(msg), one("1")
   else
     colls.body_error, colls.body_error_flag = EMPTY, ONE_ZERO
   end
+end
+
+local ARGS = { "query_args", "body_args" }
+
+-- "HTTP/1.1" of http_version() 1.1, made once per version (tostring of a number is not
+-- compiled, and a concatenation makes and interns a string).
+local PROTOCOL = {}
+protocol = function(v)
+  local p = PROTOCOL[v]
+  if not p then
+    p = "HTTP/" .. tostring(v)
+    if v ~= nil then PROTOCOL[v] = p end -- (a version the parser took: a few at most)
+  end
+  return p
+end
+
+-- The request's URI, asked of the request once (four collections start from it).
+function State:uri()
+  local u = self.uri_
+  if not u then
+    u = self.req:uri()
+    self.uri_ = u
+  end
+  return u
 end
 
 -- Collection `name` (a base or a names collection), built on first use.
@@ -590,30 +652,33 @@ function State:coll(name)
   local base = M.NAMES[name]
   if base then
     local b = self:coll(base)
-    c = { n = b.n, names = b.names, values = b.names }
+    -- (the names of none are none: a GET's body_arg_names)
+    c = b == EMPTY and EMPTY or { n = b.n, names = b.names, values = b.names }
   elseif name == "method" then
     c = one(req:method())
   elseif name == "path" then
     c = one(req:path())
   elseif name == "uri" then
-    c = one(req:uri())
+    c = one(self:uri())
   elseif name == "query_string" then
-    local u = req:uri()
+    local u = self:uri()
     local q = find(u, "?", 1, true)
-    c = one(q and sub(u, q + 1) or "")
+    c = q and one(sub(u, q + 1)) or ONE_EMPTY
   elseif name == "query_args" then
-    c = new()
-    local u = req:uri()
+    local u = self:uri()
     local q = find(u, "?", 1, true)
     if q then
+      c = new(8)
       local qs = sub(u, q + 1)
       parse_form(c, qs, self.max, graphql_get(sub(u, 1, q - 1), qs))
+    else
+      c = EMPTY -- (read-only: nothing is added to a collection once built)
     end
   elseif name == "headers" or name == "cookies" then
     -- in the order they came (req:headers() is a hash table: its order changed from run
     -- to run)
-    local ck = new()
-    local names, values = {}, {}
+    local ck = EMPTY -- (made at the first Cookie header: most API requests send none)
+    local names, values = new_tab(16, 0), new_tab(16, 0)
     local n = req:header_list(names, values)
     local h = { n = n, names = names, values = values }
     if n > self.max then
@@ -621,7 +686,10 @@ function State:coll(name)
       h.n, h.truncated = self.max, true
     end
     for i = 1, h.n do
-      if h.names[i] == "cookie" then parse_cookies(ck, h.values[i], self.max) end
+      if names[i] == "cookie" then
+        if ck == EMPTY then ck = new(8) end
+        parse_cookies(ck, values[i], self.max)
+      end
     end
     self.colls.headers, self.colls.cookies = h, ck
     return self.colls[name]
@@ -635,19 +703,19 @@ function State:coll(name)
   elseif name == "basename" then
     c = one(match(req:path(), "[^/]*$") or "")
   elseif name == "protocol" then
-    c = one("HTTP/" .. tostring(req:http_version()))
+    c = one(protocol(req:http_version()))
   elseif name == "request_line" then
-    c = one(req:method() .. " " .. req:uri() .. " HTTP/" .. tostring(req:http_version()))
+    c = one(req:method() .. " " .. self:uri() .. " " .. protocol(req:http_version()))
   elseif name == "remote_addr" then
     c = one(tostring(req:client_ip() or ""))
   elseif name == "files_names" then
     local f = self:coll("files")
-    c = { n = f.n, names = f.names, values = f.names }
+    c = f == EMPTY and EMPTY or { n = f.n, names = f.names, values = f.names }
   elseif name == "files_combined_size" then
     c = ONE_ZERO
   elseif name == "args_combined_size" then
     local total = 0
-    for _, cn in ipairs({ "query_args", "body_args" }) do
+    for _, cn in ipairs(ARGS) do
       local a = self:coll(cn)
       for i = 1, a.n do total = total + #a.names[i] + #a.values[i] end
     end
