@@ -311,6 +311,20 @@ SecRule TX:anomaly_score "@ge %{tx.threshold}" "id:90,phase:2,deny,status:403"
     assert.is_false(refused(c3, "/?q=badword"))
   end)
 
+  it("reads a keyed variable of a collection made during the walk (MATCHED_VARS:foo)", function()
+    local p = tmpfile([[
+SecRule ARGS "@rx evil" "id:1,phase:2,pass,log,t:none,chain"
+  SecRule MATCHED_VARS:foo "@rx evil" "t:none,setvar:tx.anomaly_score=+5"
+SecRule ARGS "@rx evil" "id:2,phase:2,pass,log,t:none,chain"
+  SecRule MATCHED_VARS:ARGS:bar "@rx evil" "t:none,setvar:tx.anomaly_score=+5"
+]])
+    -- its names are the full variable names (ARGS:foo): MATCHED_VARS:foo selects nothing.
+    -- It raised in the walk (refused as over_budget's "block" decides a rule error).
+    local c = T.conf(waf, { crs = p, default_rules = false })
+    assert.is_false(refused(c, "/?foo=evil"))
+    assert.is_true(refused(c, "/?bar=evil"))
+  end)
+
   it("refuses at the request's tx.inbound_anomaly_score_threshold, which crs_tx may raise", function()
     local p = tmpfile([[
 SecRule ARGS "@rx badword" "id:13,phase:2,pass,setvar:tx.anomaly_score=+5"

@@ -1783,13 +1783,13 @@ local function sec_cond(st, r, cond)
       end
     else
       -- (a dynamic collection is made anew at each call: its names are lowered as needed)
-      local low = not dyn and lnames(st, c)
+      local lows = not dyn and lnames(st, c)
       -- multiMatch: the values Hyperscan named at some step (multi_values), or all
       local may = cond.mlist and not dyn and multi_values(st, cond)
       may = may and (may[cname] or NO_VALUES)
       for i = 1, c.n do
         local name = c.names[i]
-        local lname = low and low[i]
+        local lname = lows and lows[i]
         if (not may or may[i]) and (not e.key or (lname or low(name)) == e.key)
           and sel_ok(e, cond.skip, name, st, r, lname) then
           local path = cond.path
