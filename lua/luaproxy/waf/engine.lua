@@ -966,7 +966,6 @@ local function group_segs(p, g)
 end
 
 local function seg_fill(st, p, sg)
-  sg.serial = p.serial
   local c = st.vars:coll(sg.cname)
   local low = lnames(st, c)
   sg.low = low
@@ -989,6 +988,9 @@ local function seg_fill(st, p, sg)
   end
   local cd = sg.cd
   cd.n, cd.gen = n, 0
+  -- this request's only once whole: a fill that raised half way (a collection's parse) is
+  -- not taken for one by a later walk of the request
+  sg.serial = p.serial
 end
 
 -- Group g's segments (its own list, or a multiMatch condition's: g = cond.mlist), filled for
