@@ -59,7 +59,23 @@ P.schema = {
     crs_files = { type = "array", default = {}, elements = { type = "string" },
                   description = "more SecLang .conf files read after crs (exclusions, your "
                     .. "own SecRules); with crs = false, run alone beside the bundled Lua rules" },
-    crs_tx = { type = "map", default = {}, keys = { type = "string" }, values = { type = "string" },
+    crs_tx = { type = "map", default = {}, keys = { type = "string" },
+               -- (numbers as crs-setup.conf writes them: 10, not "10")
+               values = { type = "string",
+                          coerce = function(v) return type(v) == "number" and tostring(v) or v end },
+               custom = function(t)
+                 -- what CRS compares as numbers: a word there made every request score past it
+                 for k, v in pairs(t) do
+                   local lk = type(k) == "string" and string.lower(k) or ""
+                   if (lk:find("_threshold$") or lk:find("paranoia_level$")
+                       or lk:find("_anomaly_score$") or lk:find("_length$") or lk:find("^max_")
+                       or lk == "combined_file_sizes" or lk == "sampling_percentage")
+                       and not tostring(v):find("^%d+$") then
+                     return nil, format("expected a whole number for %s, got %q", k, tostring(v)), k
+                   end
+                 end
+                 return true
+               end,
                description = "TX variables set before the rules run (CRS's crs-setup.conf "
                  .. "settings, e.g. allowed_methods); paranoia and inbound_threshold set "
                  .. "theirs" },

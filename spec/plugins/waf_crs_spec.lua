@@ -339,6 +339,16 @@ SecRule ARGS "@rx worseword" "id:14,phase:2,pass,setvar:tx.anomaly_score=+5"
     assert.is_true(refused(c2, "/?q=badword+worseword"))
     -- the bundled Lua rules beside CRS still refuse at inbound_threshold (1006: a bad
     -- percent-encoding scores 5), however high CRS's own threshold is set
+    -- a number, as crs-setup.conf writes it, is taken; a word where CRS compares numbers
+    -- is refused at load (it made every request score past it)
+    local c4 = T.conf(waf, { crs = p, default_rules = false, crs_tx = { inbound_anomaly_score_threshold = 10 } })
+    assert.is_false(refused(c4, "/?q=badword"))
+    assert.is_true(refused(c4, "/?q=badword+worseword"))
+    local ok, err = pcall(T.conf, waf, { crs = p, crs_tx = { inbound_anomaly_score_threshold = "ten" } })
+    assert.is_false(ok)
+    assert.matches("crs_tx.*whole number for inbound_anomaly_score_threshold", tostring(err))
+    assert.is_false((pcall(T.conf, waf, { crs = p, crs_tx = { paranoia_level = "x" } })))
+    assert.is_true((pcall(T.conf, waf, { crs = p, crs_tx = { allowed_methods = "GET POST" } })))
     for _, t in ipairs({ "10", "10000" }) do
       local c3 = T.conf(waf, { crs = p, default_rules = true,
                                crs_tx = { inbound_anomaly_score_threshold = t } })
