@@ -44,6 +44,13 @@ describe("waf vars", function()
       json(body))
   end)
 
+  it("reads a lone surrogate escape as U+FFFD, not as a body error (JSON.stringify sends one)", function()
+    assert.same({ "a=hi \239\191\189", "b=\240\159\152\128", "c=\\ud800", "d=\239\191\189x" },
+      json('{"a":"hi \\ud83d","b":"\\ud83d\\ude00","c":"\\\\ud800","d":"\\udc00x"}'))
+    -- what follows it is inspected as before
+    assert.same({ "a=\239\191\189' OR 1=1" }, json('{"a":"\\ud800\' OR 1=1"}'))
+  end)
+
   it("gives every value of a repeated key, and stops at max_args", function()
     assert.same({ "a=1", "a=2" }, json('{"a":1,"a":2}'))
     assert.same({ "a.1=1", "a.2=2" }, json('{"a":[1,2,3]}', 2))

@@ -390,6 +390,38 @@ local function json_leaves(c, s, doc, path, max, depth)
   walk(c, doc, path, max, depth, depth == 0)
 end
 
+-- The JSON text with each lone surrogate escape (\ud800 without its low half, or a low half
+-- alone) written as \ufffd: six bytes for six, so positions stay. cjson refuses them, but a
+-- browser's JSON.stringify sends one for a string cut inside an emoji, and ModSecurity's
+-- parser takes them: a body error there refused ordinary requests. Only on cjson's error.
+local function mend_surrogates(s)
+  local out, n, last, i = {}, 0, 1, 1
+  while true do
+    local a = find(s, "\\u[dD][89a-fA-F]%x%x", i)
+    if not a then break end
+    local k = a - 1
+    while byte(s, k) == 92 do k = k - 1 end
+    i = a + 6
+    if (a - 1 - k) % 2 == 0 then -- the backslash opens an escape (not an escaped one's)
+      local h = tonumber(sub(s, a + 2, a + 5), 16)
+      local lo = h < 0xDC00 and find(s, "^\\u[dD][c-fC-F]%x%x", a + 6)
+      if lo then
+        i = a + 12
+      else
+        n = n + 1
+        out[n] = sub(s, last, a - 1)
+        n = n + 1
+        out[n] = "\\ufffd"
+        last = a + 6
+      end
+    end
+  end
+  if n == 0 then return s end
+  out[n + 1] = sub(s, last)
+  return table.concat(out)
+end
+M.mend_surrogates = mend_surrogates
+
 -- A value that is a JSON object or array (a cookie holding a cart, a query parameter
 -- holding a filter) goes in as its leaves, named name.key.index: its braces and quotes are
 -- the format's, not data. Anything else goes in as it is. (Not one with a NUL byte: cjson
@@ -537,13 +569,18 @@ function State:body_collections()
     parse_form(args, body, self.max)
   elseif find(ct, "^application/[%w.+-]*json") then
     colls.reqbody_processor.values[1] = "JSON"
-    local ok, doc = pcall(proxy.json.decode, body)
-    if ok and find(body, "\0", 1, true) then
+    local text = body
+    local ok, doc = pcall(proxy.json.decode, text)
+    if not ok and find(tostring(doc), "invalid unicode escape", 1, true) then
+      text = mend_surrogates(body)
+      if text ~= body then ok, doc = pcall(proxy.json.decode, text) end
+    end
+    if ok and find(text, "\0", 1, true) then
       -- cjson reads no further than a NUL byte (none is JSON): what followed it went
       -- uninspected, {"a":1}\0<attack>
       problem = "JSON: a NUL byte"
     elseif ok then
-      json_leaves(args, body, doc, "", self.max, 0)
+      json_leaves(args, text, doc, "", self.max, 0)
     else
       -- (cjson's "at character N" counts bytes from 1)
       problem = "JSON: " .. tostring(doc):gsub("^.-: ", ""):gsub("at character (%d+)", "at byte %1")
