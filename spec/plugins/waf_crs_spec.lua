@@ -311,6 +311,22 @@ SecRule TX:anomaly_score "@ge %{tx.threshold}" "id:90,phase:2,deny,status:403"
     assert.is_false(refused(c3, "/?q=badword"))
   end)
 
+  it("runs an @rx whose pattern has a macro (CRS 920480, the charset allowlist)", function()
+    local function post(c, ct)
+      return T.phase(waf, "request", T.request({ method = "POST", uri = "/api", body = "q=hello",
+        headers = headers({ ["Content-Type"] = ct, ["Content-Length"] = "7" }) }), c) == true
+    end
+    local c = T.conf(waf, { crs = CRS, default_rules = false })
+    assert.is_true(post(c, "application/x-www-form-urlencoded; charset=utf-7"))
+    assert.is_false(post(c, "application/x-www-form-urlencoded; charset=utf-8"))
+    assert.is_false(post(c, "application/x-www-form-urlencoded"))
+    -- the allowlist is the operator's (crs_tx), read at each request
+    local c2 = T.conf(waf, { crs = CRS, default_rules = false,
+                             crs_tx = { allowed_request_content_type_charset = "utf-8|utf-7" } })
+    assert.is_false(post(c2, "application/x-www-form-urlencoded; charset=utf-7"))
+    assert.is_true(post(c2, "application/x-www-form-urlencoded; charset=iso-8859-1"))
+  end)
+
   it("reads a keyed variable of a collection made during the walk (MATCHED_VARS:foo)", function()
     local p = tmpfile([[
 SecRule ARGS "@rx evil" "id:1,phase:2,pass,log,t:none,chain"

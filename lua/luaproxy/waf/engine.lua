@@ -1408,6 +1408,12 @@ local function sec_test(st, cond, v)
     local from, to, err = re.find(v, cond.arg, "sm")
     if err then return "error", err end
     return from, to
+  elseif op == "rxm" then
+    -- (a pattern that does not compile, from a macro's value, fails the rule as a regex
+    -- error does: regex_error decides)
+    local from, to, err = re.find(v, expand(st, cond.arg), "sm")
+    if err then return "error", err end
+    return from, to
   elseif op == "pm" then
     local lv = lower(v)
     for _, p in ipairs(cond.phrases) do

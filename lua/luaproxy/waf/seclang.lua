@@ -640,10 +640,15 @@ function Reader:operator(place, s, dir)
     end
   elseif op == "rx" then
     if find(arg, "%{", 1, true) then
-      self:unsupported_at(place, "@rx with a macro in its pattern")
-      return { op = "never", negate = false, unsupported = true }
+      -- a pattern with a macro (CRS 920480: ^%{tx.allowed_request_content_type_charset}$):
+      -- expanded and compiled per request (the regex cache keeps what repeats), never
+      -- prefiltered by Hyperscan; op "rxm" so that nothing taking an rx's text at load
+      -- sees it
+      cond.op = "rxm"
+      cond.arg = check_macro(place, macro(arg))
+    else
+      cond.arg = arg
     end
-    cond.arg = arg
   elseif op == "detect_sqli" or op == "detect_xss" or op == "always" or op == "never"
     or op == "validate_urlencoding" or op == "validate_utf8" then
     cond.arg = true
