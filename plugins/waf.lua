@@ -586,13 +586,13 @@ local function read_body(req, conf, vars)
   if #body <= conf.body_limit then return body end
   -- (only a multipart body gets here)
   local whole = #body
-  local rest, problem = V.without_files(body, boundary)
-  if not rest then
+  local rest, problem = V.without_files(body, boundary, conf.body_limit)
+  if rest == nil then
     -- unparsed, its files could not be told from its fields: as any body over body_limit
     return nil, "too large", format("body over body_limit (%d bytes), and %s", conf.body_limit, problem)
-  elseif #rest > conf.body_limit then
-    return nil, "too large", format("multipart body over body_limit (%d bytes) without its files' contents (%d bytes)",
-      conf.body_limit, #rest)
+  elseif not rest then
+    return nil, "too large", format("multipart body over body_limit (%d bytes) without its files' contents",
+      conf.body_limit)
   end
   vars.body_length = whole
   return rest

@@ -276,10 +276,11 @@ describe("waf plugin", function()
       assert.equal("body over limit", req.ctx.waf.reason)
     end
     -- what the rules saw of ok_body: it without the file's bytes, the rest byte for byte
-    local rest, cut = require("luaproxy.waf.vars").without_files(ok_body, "XyZb")
+    local rest, cut = require("luaproxy.waf.vars").without_files(ok_body, "XyZb", 400)
     local at = ok_body:find(file, 1, true)
     assert.equal(ok_body:sub(1, at - 1) .. ok_body:sub(at + #file), rest)
     assert.equal(#file, cut)
+    assert.is_false(require("luaproxy.waf.vars").without_files(ok_body, "XyZb", #rest - 1))
     -- ModSecurity's default: a 500 KB upload passes
     local big = form({ { "title", "holiday" }, { "file", ("\255\216"):rep(256000), "big.jpg" } })
     responded, req = run(post("/up", ct, big))

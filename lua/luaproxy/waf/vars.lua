@@ -479,14 +479,17 @@ M.multipart_boundary = multipart_boundary
 -- inspects a file's name, never its content. Everything else (preamble, delimiters, part
 -- headers, field values, epilogue) stays, so the result parses as the original did, and
 -- its length is what must fit body_limit. nil, problem for a body that does not follow
--- its boundary: the caller treats it as over the limit, not as one without files.
-function M.without_files(body, boundary)
+-- its boundary: the caller treats it as over the limit, not as one without files. false
+-- as soon as what is kept passes max: the parts read are bounded by max (each keeps its
+-- header), not by the body (12.5 MB of tiny parts, each a part's work).
+function M.without_files(body, boundary, max)
   local delim = "--" .. boundary
   local pos = find(body, delim, 1, true)
   if not pos then return nil, "multipart: no boundary" end
   pos = pos + #delim
   local keep, k, from, cut = {}, 0, 1, 0
   while true do
+    if pos - 1 - cut > max then return false end
     local head, hend, nxt, disp = next_part(body, delim, pos)
     if head == nil then break end
     if not head then return nil, hend end
@@ -498,6 +501,7 @@ function M.without_files(body, boundary)
     end
     pos = nxt + 2 + #delim
   end
+  if #body - cut > max then return false end
   if cut == 0 then return body, 0 end
   keep[k + 1] = sub(body, from)
   return table.concat(keep), cut
