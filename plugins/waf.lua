@@ -132,9 +132,15 @@ P.schema = {
     },
     body_limit = { type = "integer", default = 131072, min = 0, max = 1073741824,
                    description = "most body bytes read to inspect" },
+    body_limit_files = { type = "integer", default = 13107200, min = 0, max = 1073741824,
+                         description = "most body bytes read of a multipart/form-data body "
+                           .. "(an upload; ModSecurity's SecRequestBodyLimit): its files' "
+                           .. "contents are not inspected, the rest must fit body_limit. "
+                           .. "Buffered whole while read; at most body_limit: off" },
     body_over_limit = { type = "string", default = "refuse", one_of = { "refuse", "pass" },
-                        description = "a body over body_limit: refuse it (413), or pass it "
-                          .. "with its body uninspected (headers, path and query still are)" },
+                        description = "a body over body_limit (or body_limit_files): refuse "
+                          .. "it (413), or pass it with its body uninspected (headers, path "
+                          .. "and query still are)" },
     max_args = { type = "integer", default = 1024, min = 1,
                  description = "most values read per collection (arguments, headers, "
                    .. "cookies); a request with more is a body error (body_error), refused" },
@@ -577,6 +583,37 @@ local function has_body(req)
   return req:header("transfer-encoding") ~= nil
 end
 
+-- The body the rules inspect: read up to body_limit, or, for a multipart/form-data body
+-- when body_limit_files is the larger, up to body_limit_files with its files' contents
+-- then left out (vars.without_files), the rest held to body_limit: ModSecurity's
+-- SecRequestBodyLimit beside SecRequestBodyNoFilesLimit, so that an upload is not refused
+-- for its file while its fields, part headers and file names are still all inspected.
+-- Returns the body, or nil, err ("too large": over a limit, the third value saying which).
+local function read_body(req, conf, vars)
+  local limit, boundary = conf.body_limit, nil
+  if conf.body_limit_files > limit then
+    boundary = V.multipart_boundary(req:header("content-type"))
+    if boundary then limit = conf.body_limit_files end
+  end
+  local body, err = req:body(limit)
+  if not body then
+    return nil, err, format("body over %s (%d bytes)", boundary and "body_limit_files" or "body_limit", limit)
+  end
+  if #body <= conf.body_limit then return body end
+  -- (only a multipart body gets here)
+  local whole = #body
+  local rest, problem = V.without_files(body, boundary, conf.body_limit)
+  if rest == nil then
+    -- unparsed, its files could not be told from its fields: as any body over body_limit
+    return nil, "too large", format("body over body_limit (%d bytes), and %s", conf.body_limit, problem)
+  elseif not rest then
+    return nil, "too large", format("multipart body over body_limit (%d bytes) without its files' contents",
+      conf.body_limit)
+  end
+  vars.body_length = whole
+  return rest
+end
+
 -- The variables that say a body error happened: a match on one of them logs why
 -- (REQBODY_ERROR_MSG, luaproxy/waf/vars.lua's body_error), not only "1".
 local BODY_ERROR = { body_error = true, body_error_flag = true, REQBODY_ERROR = true,
@@ -689,20 +726,19 @@ function P.request(req, conf)
   local vars = V.new(req, conf.vopts)
   local body_state
   if ((cs and cs.needs_body) or (sec and sec.needs_body)) and has_body(req) then
-    local body, err = req:body(conf.body_limit)
+    local body, err, over = read_body(req, conf, vars)
     if body then
       vars.body = body
     elseif err == "too large" then
       if conf.body_over_limit == "refuse" and conf.mode == "block" then
         req.ctx.waf = { action = "refuse", reason = "body over limit", score = 0, matches = {} }
         if m_requests then m_requests:inc(1, "refused_body") end
-        proxy.log.warn(format("waf: refused %s %s: body over body_limit (%d bytes)",
-          req:method(), req:path(), conf.body_limit))
+        proxy.log.warn(format("waf: refused %s %s: %s", req:method(), req:path(), over))
         return req:respond(413, "request body too large to inspect\n", conf.text)
       elseif conf.body_over_limit == "refuse" then
         -- detect and learn refuse nothing: say what block would have done, inspect the rest
-        proxy.log.warn(format("waf: would refuse %s %s (%s mode): body over body_limit (%d bytes), not inspected",
-          req:method(), req:path(), conf.mode, conf.body_limit))
+        proxy.log.warn(format("waf: would refuse %s %s (%s mode): %s, not inspected",
+          req:method(), req:path(), conf.mode, over))
       end
       body_state = "uninspected"
     else

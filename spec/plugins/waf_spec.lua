@@ -228,6 +228,65 @@ describe("waf plugin", function()
     end
   end)
 
+  it("reads a multipart upload up to body_limit_files, its fields still held to body_limit", function()
+    local function form(parts)
+      local out = {}
+      for _, p in ipairs(parts) do
+        out[#out + 1] = "--XyZb\r\nContent-Disposition: form-data; name=\"" .. p[1] .. "\""
+          .. (p[3] and "; filename=\"" .. p[3] .. "\"\r\nContent-Type: image/jpeg" or "")
+          .. "\r\n\r\n" .. p[2] .. "\r\n"
+      end
+      return table.concat(out) .. "--XyZb--\r\n"
+    end
+    local ct = "multipart/form-data; boundary=XyZb"
+    -- a file of 5000 bytes (one that looks like an attack: its content is not inspected)
+    local file = ("<script>alert(1)</script>"):rep(200)
+    local ok_body = form({ { "title", "holiday" }, { "file", file, "beach.jpg" } })
+    local responded, req = run(post("/up", ct, ok_body), { body_limit = 400 })
+    assert.is_false(responded)
+    assert.is_nil((req.ctx.waf or {}).body) -- (inspected: not "uninspected")
+    -- the fields still are: an attack beside the file
+    local bad = form({ { "title", "<script>alert(1)</script>" }, { "file", ("x"):rep(5000), "beach.jpg" } })
+    responded, req = run(post("/up", ct, bad), { body_limit = 400 })
+    assert.is_true(responded)
+    assert.equal("block", req.ctx.waf.action)
+    assert.not_equal("body over limit", req.ctx.waf.reason)
+    -- and the file's name
+    responded = run(post("/up", ct, form({ { "file", ("x"):rep(5000), "<script>alert(1)</script>.jpg" } })),
+      { body_limit = 400 })
+    assert.is_true(responded)
+    -- fields over body_limit without the file: as any body over it (body_over_limit)
+    local long = form({ { "title", ("a"):rep(500) }, { "file", ("x"):rep(5000), "beach.jpg" } })
+    responded, req = run(post("/up", ct, long), { body_limit = 400 })
+    assert.is_true(responded)
+    assert.equal("body over limit", req.ctx.waf.reason)
+    responded, req = run(post("/up", ct, long), { body_limit = 400, body_over_limit = "pass" })
+    assert.is_false(responded)
+    assert.equal("uninspected", req.ctx.waf.body)
+    -- over body_limit_files; a body that does not follow its boundary; body_limit_files off;
+    -- a body that is not multipart: each over body_limit
+    for _, c in ipairs({
+      { ct, ok_body, { body_limit = 400, body_limit_files = 4000 } },
+      { ct, ok_body:gsub("%-%-XyZb%-%-", "--Other--"), { body_limit = 400 } },
+      { ct, ok_body, { body_limit = 400, body_limit_files = 0 } },
+      { "text/plain", ok_body, { body_limit = 400 } },
+    }) do
+      responded, req = run(post("/up", c[1], c[2]), c[3])
+      assert.is_true(responded)
+      assert.equal("body over limit", req.ctx.waf.reason)
+    end
+    -- what the rules saw of ok_body: it without the file's bytes, the rest byte for byte
+    local rest, cut = require("luaproxy.waf.vars").without_files(ok_body, "XyZb", 400)
+    local at = ok_body:find(file, 1, true)
+    assert.equal(ok_body:sub(1, at - 1) .. ok_body:sub(at + #file), rest)
+    assert.equal(#file, cut)
+    assert.is_false(require("luaproxy.waf.vars").without_files(ok_body, "XyZb", #rest - 1))
+    -- ModSecurity's default: a 500 KB upload passes
+    local big = form({ { "title", "holiday" }, { "file", ("\255\216"):rep(256000), "big.jpg" } })
+    responded, req = run(post("/up", ct, big))
+    assert.is_false(responded)
+  end)
+
   it("does not read the body when no rule needs it", function()
     local rules = { { id = 9201, msg = "m", targets = { "method" }, equals = "TRACE" } }
     local req = T.request(post("/f", "application/json", "{}"))

@@ -441,6 +441,28 @@ add_value = function(c, name, v, max)
 end
 M.add_value = add_value
 
+-- The multipart part after the delimiter ending at pos - 1: nil at the closing delimiter,
+-- else its header lines, the blank line's position, its content's end (the next
+-- delimiter's CRLF) and its Content-Disposition value; false, problem for a body that
+-- does not follow its own boundary. (One reader for parse_multipart and without_files:
+-- the parts the rules see are the parts the file check measured.)
+local function next_part(body, delim, pos)
+  if sub(body, pos, pos + 1) == "--" then return nil end
+  if sub(body, pos, pos + 1) ~= "\r\n" then return false, "multipart: bad delimiter line" end
+  local hend = find(body, "\r\n\r\n", pos, true)
+  if not hend then return false, "multipart: part without a blank line" end
+  local head = sub(body, pos + 2, hend + 1)
+  local nxt = find(body, "\r\n" .. delim, hend + 4, true)
+  if not nxt then return false, "multipart: part without an end" end
+  local disp = match(head, "[Cc][Oo][Nn][Tt][Ee][Nn][Tt]%-[Dd][Ii][Ss][Pp][Oo][Ss][Ii][Tt][Ii][Oo][Nn]:([^\r\n]*)")
+  if not disp then return false, "multipart: part without Content-Disposition" end
+  return head, hend, nxt, disp
+end
+
+local function part_filename(disp)
+  return match(disp, ';%s*filename="([^"]*)"') or match(disp, ";%s*filename=([^;%s]+)")
+end
+
 -- One multipart/form-data body: fields into body_args, file names into files, each part's
 -- header lines into pheaders. Returns nil, problem for a body that does not follow its own
 -- boundary. Past max_args (a field, a file name or a header line that does not fit) it
@@ -453,17 +475,11 @@ local function parse_multipart(args, files, body, boundary, max, pheaders)
   if not pos then return nil, "multipart: no boundary" end
   pos = pos + #delim
   while true do
-    if sub(body, pos, pos + 1) == "--" then return true end
-    if sub(body, pos, pos + 1) ~= "\r\n" then return nil, "multipart: bad delimiter line" end
-    local hend = find(body, "\r\n\r\n", pos, true)
-    if not hend then return nil, "multipart: part without a blank line" end
-    local head = sub(body, pos + 2, hend + 1)
-    local nxt = find(body, "\r\n" .. delim, hend + 4, true)
-    if not nxt then return nil, "multipart: part without an end" end
-    local disp = match(head, "[Cc][Oo][Nn][Tt][Ee][Nn][Tt]%-[Dd][Ii][Ss][Pp][Oo][Ss][Ii][Tt][Ii][Oo][Nn]:([^\r\n]*)")
-    if not disp then return nil, "multipart: part without Content-Disposition" end
+    local head, hend, nxt, disp = next_part(body, delim, pos)
+    if head == nil then return true end
+    if not head then return nil, hend end
     local name = match(disp, ';%s*name="([^"]*)"') or match(disp, ";%s*name=([^;%s]+)") or ""
-    local filename = match(disp, ';%s*filename="([^"]*)"') or match(disp, ";%s*filename=([^;%s]+)")
+    local filename = part_filename(disp)
     local c = filename and files or args
     if c.n >= max then
       c.truncated = true
@@ -479,6 +495,48 @@ local function parse_multipart(args, files, body, boundary, max, pheaders)
     end
     pos = nxt + 2 + #delim
   end
+end
+
+-- The boundary of a multipart/form-data Content-Type (the client's case), or nil.
+local function multipart_boundary(ct)
+  if not ct or not find(lower(ct), "^multipart/form%-data") then return nil end
+  return match(ct, '[Bb][Oo][Uu][Nn][Dd][Aa][Rr][Yy]="([^"]+)"')
+    or match(ct, "[Bb][Oo][Uu][Nn][Dd][Aa][Rr][Yy]=([^;%s]+)")
+end
+M.multipart_boundary = multipart_boundary
+
+-- A multipart/form-data body with its files' contents left out (each file part kept with
+-- its headers and name, its content empty), and the bytes left out: what the rules
+-- inspect of a body over body_limit (the waf plugin's body_limit_files), as ModSecurity
+-- inspects a file's name, never its content. Everything else (preamble, delimiters, part
+-- headers, field values, epilogue) stays, so the result parses as the original did, and
+-- its length is what must fit body_limit. nil, problem for a body that does not follow
+-- its boundary: the caller treats it as over the limit, not as one without files. false
+-- as soon as what is kept passes max: the parts read are bounded by max (each keeps its
+-- header), not by the body (12.5 MB of tiny parts, each a part's work).
+function M.without_files(body, boundary, max)
+  local delim = "--" .. boundary
+  local pos = find(body, delim, 1, true)
+  if not pos then return nil, "multipart: no boundary" end
+  pos = pos + #delim
+  local keep, k, from, cut = {}, 0, 1, 0
+  while true do
+    if pos - 1 - cut > max then return false end
+    local head, hend, nxt, disp = next_part(body, delim, pos)
+    if head == nil then break end
+    if not head then return nil, hend end
+    if part_filename(disp) then
+      k = k + 1
+      keep[k] = sub(body, from, hend + 3)
+      from = nxt
+      cut = cut + nxt - hend - 4
+    end
+    pos = nxt + 2 + #delim
+  end
+  if #body - cut > max then return false end
+  if cut == 0 then return body, 0 end
+  keep[k + 1] = sub(body, from)
+  return table.concat(keep), cut
 end
 
 local function space(b) return b == 32 or (b >= 9 and b <= 13) end
@@ -557,7 +615,7 @@ function State:body_collections()
   colls.body_args, colls.files, colls.body = args, files, one(body)
   colls.multipart_part_headers, colls.xml = ph, EMPTY
   colls.reqbody_processor = one("")
-  colls.body_length = one(tostring(#body))
+  colls.body_length = one(tostring(self.body_length or #body)) -- (the whole body's, files left out or not)
   local ct = lower(self.req:header("content-type") or "")
   local proc = self.body_processor
   if proc == "JSON" then ct = "application/json"
@@ -587,13 +645,11 @@ function State:body_collections()
     end
   elseif find(ct, "^multipart/form%-data") then
     colls.reqbody_processor.values[1] = "MULTIPART"
-    local b = match(ct, 'boundary="([^"]+)"') or match(ct, "boundary=([^;%s]+)")
+    -- (the original header: the boundary's case is the client's)
+    local b = multipart_boundary(self.req:header("content-type"))
     if not b then
       problem = "multipart: no boundary parameter"
     else
-      -- The boundary's case is the client's: read it from the original header.
-      local orig = self.req:header("content-type")
-      b = match(orig, 'oundary="([^"]+)"') or match(orig, "oundary=([^;%s]+)")
       local ok, perr = parse_multipart(args, files, body, b, self.max, ph)
       if not ok then problem = perr end
     end
