@@ -94,15 +94,16 @@ class AccessLogTest(H.ProxyTestCase):
 
     def test_text_escaping(self):
         """Text lines escape what could forge or garble a line (control bytes, quotes,
-        backslashes, bytes 0x7f and above) as \\xXX, as nginx does."""
+        backslashes, bytes 0x7f and above) as \\xXX, as nginx does. (Bytes over 0x7f reach
+        the log in header values: the parser refuses them in the target.)"""
         tag = "esc%d" % time.monotonic_ns()
         r, _, _ = H.raw_exchange(self.proxy.port, (
-            b"GET /" + tag.encode() + b"/q\"u\\o\xc3\xa9\xff HTTP/1.1\r\nHost: a.test\r\n"
-            b"User-Agent: ua \"x\" \t\\ \xfe\r\nConnection: close\r\n\r\n"))
+            b"GET /" + tag.encode() + b"/q\"u\\o HTTP/1.1\r\nHost: a.test\r\n"
+            b"User-Agent: ua \"x\" \t\\ \xc3\xa9\xff\xfe\r\nConnection: close\r\n\r\n"))
         self.assertIsNotNone(r)
         line = self.wait_line(tag)
-        self.assertIn('"GET /%s/q\\x22u\\x5Co\\xC3\\xA9\\xFF HTTP/1.1"' % tag, line)
-        self.assertIn('"ua \\x22x\\x22 \\x09\\x5C \\xFE"', line)
+        self.assertIn('"GET /%s/q\\x22u\\x5Co HTTP/1.1"' % tag, line)
+        self.assertIn('"ua \\x22x\\x22 \\x09\\x5C \\xC3\\xA9\\xFF\\xFE"', line)
 
     def test_refused_head_has_no_request_line(self):
         tag = "refused%d" % time.monotonic_ns()

@@ -127,9 +127,10 @@ class AccessLogJsonTest(H.ProxyTestCase):
         """Quotes, backslashes, obs-text, invalid UTF-8 and a JSON-looking injection in the
         path, a header and the user agent: the line parses and shows every byte."""
         tag = "hostile%d" % time.monotonic_ns()
-        path = b'/q"uo\\te/caf\xc3\xa9/\xff\xfe\xc0\xaf\xed\xa0\x80\xf4\x90\x80\x80/x?a="}{\\u0000'
+        # (bytes over 0x7f in header values: the parser refuses them in the target)
+        path = b'/q"uo\\te/caf/x?a="}{\\u0000'
         ua = (b'Mozilla "5.0" \\ \t back\\slash \xe2\x82 \xf0\x9f\x98\x80 \x80\xbf '
-              b'\xc3\xa9 ","status":999,"x":"')
+              b'\xc3\xa9 \xff\xfe\xc0\xaf\xed\xa0\x80\xf4\x90\x80\x80 ","status":999,"x":"')
         custom = b'{"injected": true}\\n \xe2\x80\xa8 \xef\xbf\xbf \xc1\x81'
         head = (b"GET " + path + b" HTTP/1.1\r\nHost: a.test\r\nX-Tag: " + tag.encode() +
                 b"\r\nUser-Agent: " + ua + b"\r\nX-Custom: " + custom +
@@ -142,8 +143,8 @@ class AccessLogJsonTest(H.ProxyTestCase):
         self.assertEqual(o["referer"], "\"'\\")
         self.assertEqual(o["request"], expected(b"GET " + path + b" HTTP/1.1"))
         self.assertEqual(o["uri"], expected(path))
-        self.assertTrue(o["uri"].startswith('/q"uo\\te/caf\u00e9/'), o["uri"])
-        self.assertIn("\u00ff\u00fe\u00c0\u00af", o["uri"])
+        self.assertTrue(o["uri"].startswith('/q"uo\\te/caf/'), o["uri"])
+        self.assertIn("\u00ff\u00fe\u00c0\u00af", o["ua"])
 
     def test_refused_requests_still_parse(self):
         """Heads the proxy refuses (control bytes, NUL, bad header names, bad Host) are
