@@ -66,7 +66,7 @@ P.schema = {
                custom = function(t)
                  -- what CRS compares as numbers: a word there made every request score past it
                  for k, v in pairs(t) do
-                   local lk = type(k) == "string" and string.lower(k) or ""
+                   local lk = type(k) == "string" and string.lower(k):gsub("^tx[.:]", "") or ""
                    if (lk:find("_threshold$") or lk:find("paranoia_level$")
                        or lk:find("_anomaly_score$") or lk:find("_length$") or lk:find("^max_")
                        or lk == "combined_file_sizes" or lk == "sampling_percentage")
@@ -358,7 +358,8 @@ function P.seed_tx(conf)
     outbound_anomaly_score_threshold = "4",
     allowed_methods = "GET HEAD POST OPTIONS PUT PATCH DELETE",
   }
-  for k, v in pairs(conf.crs_tx or {}) do tx[string.lower(k)] = tostring(v) end
+  -- (a key as crs-setup.conf writes it, tx.name or TX:name, is the name)
+  for k, v in pairs(conf.crs_tx or {}) do tx[(string.lower(k):gsub("^tx[.:]", ""))] = tostring(v) end
   return tx
 end
 

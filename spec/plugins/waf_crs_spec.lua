@@ -325,6 +325,25 @@ SecRule TX:anomaly_score "@ge %{tx.threshold}" "id:90,phase:2,deny,status:403"
                              crs_tx = { allowed_request_content_type_charset = "utf-8|utf-7" } })
     assert.is_false(post(c2, "application/x-www-form-urlencoded; charset=utf-7"))
     assert.is_true(post(c2, "application/x-www-form-urlencoded; charset=iso-8859-1"))
+    -- an allowlist that is no regex is a regex error on TX:1 (regex_error decides: it was
+    -- dropped, and the charset passed)
+    local c3 = T.conf(waf, { crs = CRS, default_rules = false, regex_error = "match",
+                             crs_tx = { allowed_request_content_type_charset = "utf-8|(" } })
+    assert.is_true(post(c3, "application/x-www-form-urlencoded; charset=utf-7"))
+    -- capture works on such a pattern too; a %{ that names no variable is a regex's brace
+    local p = tmpfile([[
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.pat=a(bc)"
+SecRule ARGS:v "@rx %{tx.pat}" "id:2,phase:1,pass,capture,chain"
+  SecRule TX:1 "@streq bc" "setvar:tx.anomaly_score=+5"
+SecRule ARGS:w "@rx x%{[a-z]+}" "id:3,phase:1,deny,status:403"
+]])
+    local c4 = T.conf(waf, { crs = p, default_rules = false })
+    assert.is_true(refused(c4, "/?v=abc"))
+    assert.is_false(refused(c4, "/?v=abd"))
+    local ok, err = pcall(T.conf, waf, { crs = tmpfile('SecRule ARGS "@rx ^%{REQEST_HEADERS.host}$" "id:5,phase:1,deny"\n'),
+                                        default_rules = false })
+    assert.is_false(ok)
+    assert.matches("did you mean REQUEST_HEADERS", tostring(err), 1, true)
   end)
 
   it("reads a keyed variable of a collection made during the walk (MATCHED_VARS:foo)", function()
@@ -365,6 +384,9 @@ SecRule ARGS "@rx worseword" "id:14,phase:2,pass,setvar:tx.anomaly_score=+5"
     assert.matches("crs_tx.*whole number for inbound_anomaly_score_threshold", tostring(err))
     assert.is_false((pcall(T.conf, waf, { crs = p, crs_tx = { paranoia_level = "x" } })))
     assert.is_true((pcall(T.conf, waf, { crs = p, crs_tx = { allowed_methods = "GET POST" } })))
+    -- a key as crs-setup.conf writes it (tx.name) is the name
+    local c5 = T.conf(waf, { crs = p, default_rules = false, crs_tx = { ["tx.inbound_anomaly_score_threshold"] = 10 } })
+    assert.is_false(refused(c5, "/?q=badword"))
     for _, t in ipairs({ "10", "10000" }) do
       local c3 = T.conf(waf, { crs = p, default_rules = true,
                                crs_tx = { inbound_anomaly_score_threshold = t } })

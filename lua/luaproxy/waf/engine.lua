@@ -1393,9 +1393,12 @@ end
 -- Tests one value with a seclang operator: from, to (or true), or nil; "error", msg.
 local function sec_test(st, cond, v)
   local op = cond.op
-  if op == "rx" then
+  if op == "rx" or op == "rxm" then
+    -- (rxm: a pattern with a macro, expanded at each test; a pattern that does not compile
+    -- fails the rule as a regex error does: regex_error decides)
+    local pat = op == "rx" and cond.arg or expand(st, cond.arg)
     if cond.capture then
-      local m, err = re.match(v, cond.arg, "sm")
+      local m, err = re.match(v, pat, "sm")
       if err then return "error", err end
       if not m then return nil end
       for k = 0, 9 do
@@ -1405,13 +1408,7 @@ local function sec_test(st, cond, v)
       local from = find(v, m[0], 1, true) or 1
       return from, from + #m[0] - 1
     end
-    local from, to, err = re.find(v, cond.arg, "sm")
-    if err then return "error", err end
-    return from, to
-  elseif op == "rxm" then
-    -- (a pattern that does not compile, from a macro's value, fails the rule as a regex
-    -- error does: regex_error decides)
-    local from, to, err = re.find(v, expand(st, cond.arg), "sm")
+    local from, to, err = re.find(v, pat, "sm")
     if err then return "error", err end
     return from, to
   elseif op == "pm" then
@@ -1773,7 +1770,14 @@ local function sec_cond(st, r, cond)
         local path = cond.path
         local v = transform_direct(cs, path[#path], tv)
         local from, to = sec_test(st, cond, v)
-        if from ~= "error" and (from ~= nil) ~= cond.negate then
+        if from == "error" then
+          -- (as every other target's: counted, and regex_error decides; an rxm pattern
+          -- from TX, CRS 920480's allowlist, can fail to compile or run past its limit)
+          st.regex_errors = (st.regex_errors or 0) + 1
+          if st.regex_error == "match" then
+            out = add_match(st, out, "TX:" .. e.key, v, nil, nil, to)
+          end
+        elseif (from ~= nil) ~= cond.negate then
           out = add_match(st, out, "TX:" .. e.key, v, from, to)
         end
       end

@@ -639,13 +639,28 @@ function Reader:operator(place, s, dir)
       cond.arg = m
     end
   elseif op == "rx" then
+    local ok, m = true, nil
     if find(arg, "%{", 1, true) then
+      m = macro(arg)
+      -- a "%{name...}" naming no variable is a typo, refused with its did-you-mean; one
+      -- whose name no variable could have is a regex's own brace
+      local word = true
+      for _, part in ipairs(type(m) == "table" and m or {}) do
+        if type(part) == "table" and not find(part.coll, "^[%w_]+$") then word = false end
+      end
+      if word then m = check_macro(place, m) else ok = false end
+    end
+    if not ok then
+      -- a "%{" that is no macro (a regex's own brace: %{[a-z]+}): as before, listed
+      self:unsupported_at(place, "@rx with %{ that is no macro in its pattern")
+      return { op = "never", negate = false, unsupported = true }
+    elseif m ~= nil and type(m) ~= "string" then
       -- a pattern with a macro (CRS 920480: ^%{tx.allowed_request_content_type_charset}$):
       -- expanded and compiled per request (the regex cache keeps what repeats), never
       -- prefiltered by Hyperscan; op "rxm" so that nothing taking an rx's text at load
       -- sees it
       cond.op = "rxm"
-      cond.arg = check_macro(place, macro(arg))
+      cond.arg = m
     else
       cond.arg = arg
     end

@@ -390,10 +390,11 @@ local function json_leaves(c, s, doc, path, max, depth)
   walk(c, doc, path, max, depth, depth == 0)
 end
 
--- The JSON text with each lone surrogate escape (\ud800 without its low half, or a low half
--- alone) written as \ufffd: six bytes for six, so positions stay. cjson refuses them, but a
--- browser's JSON.stringify sends one for a string cut inside an emoji, and ModSecurity's
--- parser takes them: a body error there refused ordinary requests. Only on cjson's error.
+-- The JSON text without its lone surrogate escapes (\ud800 without its low half, or a low
+-- half alone). cjson refuses them, but a browser's JSON.stringify sends one for a string cut
+-- inside an emoji, and ModSecurity's parser takes them: a body error there refused ordinary
+-- requests. Dropped, not read as U+FFFD: an application that drops them would read
+-- "UNI\ud800ON SELECT" as UNION SELECT, and so must the rules. Only on cjson's error.
 local function mend_surrogates(s)
   local out, n, last, i = {}, 0, 1, 1
   while true do
@@ -411,7 +412,7 @@ local function mend_surrogates(s)
         n = n + 1
         out[n] = sub(s, last, a - 1)
         n = n + 1
-        out[n] = "\\ufffd"
+        out[n] = ""
         last = a + 6
       end
     end
