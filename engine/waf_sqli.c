@@ -12,10 +12,10 @@
  *     operand and a comparison or a function call, ; with a statement, ORDER/GROUP BY, an
  *     operator with an operand;
  *   - as written: a number then AND/OR and a comparison (1 AND 1=1), a number then ORDER BY,
- *     after any opening parentheses and a sign (-1 OR 1=1, ((1 AND 2>1);
- *   - after an operand or a ')': AND/OR, then a comparison of two literals, inside any
- *     parentheses the value opens (1) OR (1=1, x OR 1=1): a tautology's shape, which prose
- *     ("pages 1 or 2", "(1 = 1)") does not have;
+ *     after any opening parentheses and a sign (-1 OR 1=1, ((1 AND 2>1); an operand, the
+ *     parentheses the application opened closing, AND/OR, then a comparison of two literals
+ *     inside parentheses reopened (1) OR (1=1, ((a OR 1=1): a tautology's shape, which prose
+ *     ("pages 1 or 2", "(1 = 1)", "size (1) or (2)") does not have;
  *   - ; followed by a statement with its own structure (DROP TABLE, DELETE FROM, ...);
  *   - a call of a function only attacks use (sleep, benchmark, updatexml, xp_cmdshell, ...).
  * Prose with apostrophes ("It's great -- I'd buy it again") stays prose: its quote closes
@@ -250,9 +250,8 @@ typedef struct {
 typedef struct {
     const unsigned char *v; /* borrowed: the value */
     size_t n;
-    size_t i;  /* where tokenizing resumes; n when done */
-    int nt;    /* tokens in t */
-    char prev; /* the class of the last token before t[0] that is not a comment; 0: none */
+    size_t i; /* where tokenizing resumes; n when done */
+    int nt;   /* tokens in t */
     sql_tok_t t[SQL_MAX_TOKS];
 } sql_t;
 
@@ -325,7 +324,16 @@ static int sql_start(sql_t *s, unsigned char quote)
 {
     s->nt = 0;
     s->i = 0;
-    s->prev = 0;
+    if (!quote) {
+        /* the opening parentheses the value starts with count as one: the rules on how the
+         * value starts then see what follows them however many there are (a 4 KB run) */
+        size_t last = s->n;
+        for (size_t i = 0; i < s->n && (s->v[i] == '(' || is_space(s->v[i])); i++)
+            if (s->v[i] == '(')
+                last = i;
+        if (last < s->n)
+            s->i = last;
+    }
     if (quote) {
         const unsigned char *q = memchr(s->v, quote, s->n);
         if (!q)
@@ -489,16 +497,6 @@ static int operand(char t)
     return t == 'n' || t == 's' || t == 'b' || t == 'v' || t == 'f' || t == '(';
 }
 
-/* the class of the last token before k that is not a comment (the window's predecessor when
- * none is left in it) */
-static char prev_ty(const sql_t *s, int k)
-{
-    while (--k >= 0)
-        if (s->t[k].t != 'c')
-            return s->t[k].t;
-    return s->prev;
-}
-
 /* token k is a comparison operator (= < > <= >= <> != <=> ==) */
 static int comparison(const sql_t *s, int k)
 {
@@ -506,13 +504,11 @@ static int comparison(const sql_t *s, int k)
     return ty(s, k) == 'o' && weq_any(s, k, cmp, COUNT(cmp));
 }
 
-/* AND/OR at k, after an operand or a ')', then a comparison of two literals inside any
- * parentheses (1) OR (1=1, a OR 1=1 OR 1=1): an always-true (or false) condition glued to
- * the application's own, the parentheses closing and reopening the application's. */
+/* AND/OR at k followed by a comparison of two literals inside any parentheses (OR (1=1): an
+ * always-true (or false) condition glued to the application's own. */
 static int tautology_at(const sql_t *s, int k)
 {
-    char p = prev_ty(s, k);
-    if (!(p == 'n' || p == 's' || p == 'b' || p == 'v' || p == ')'))
+    if (ty(s, k) != '&')
         return 0;
     int j = nextnc(s, k + 1);
     while (j >= 0 && ty(s, j) == '(')
@@ -592,9 +588,6 @@ static int attack_in(const sql_t *s, int upto)
             int j = nextnc(s, k + 1);
             if (j >= 0 && statement_at(s, j))
                 return k;
-        } else if (tt == '&') {
-            if (tautology_at(s, k))
-                return k;
         }
         /* (@@variables alone are not flagged: the Lua original this was ported from meant to
          * but never did, and the rules were tuned against its verdicts) */
@@ -672,6 +665,14 @@ static int attack_first(const sql_t *s, int quote)
             return f + 1;
         }
     }
+    if (operand(a) && a != '(' && a != 'f') {
+        /* the application's parentheses closing after the value's operand, then a tautology */
+        int j = nextnc(s, f + 1);
+        while (ty(s, j) == ')')
+            j = nextnc(s, j + 1);
+        if (tautology_at(s, j))
+            return j;
+    }
     return -1;
 }
 
@@ -738,7 +739,6 @@ int lp_ffi_waf_sqli(const char *str, size_t n, lp_waf_detect_t *out)
                 k = attack_first(&s, q);
             if (k >= 0 || !more)
                 break;
-            s.prev = prev_ty(&s, upto);
             memmove(s.t, s.t + upto, SQL_LOOK * sizeof s.t[0]);
             s.nt = SQL_LOOK;
         }

@@ -67,7 +67,7 @@ static void test_attacks(void)
     S("((-1 and 1=1", 6, 12, "&non");
     S("((((a or 1=1 or 1=1", 7, 19, "&non&n");
     S("1/**/or/**/(1=1", 6, 15, "&c(non");
-    S("x' or (('a'='a", 4, 14, "&((sos");
+    S("x' or (('a'='a", 8, 14, "(sos");
 }
 
 static void test_prose(void)
@@ -87,6 +87,11 @@ static void test_prose(void)
     S("(2 and 3)", 0, 0, NULL);
     S("-1", 0, 0, NULL);
     S("(a or b=c)", 0, 0, NULL);
+    /* a tautology's shape away from the value's start: arithmetic in prose */
+    S("It's 5 or 6 = 11", 0, 0, NULL);
+    S("I'd rate it 4 or 5 > 3", 0, 0, NULL);
+    S("(see p. 3) or 4=4", 0, 0, NULL);
+    S("version 2) or (3 < 4", 0, 0, NULL);
 }
 
 static void test_edges(void)
@@ -140,8 +145,8 @@ static void test_long(void)
     CHECK(lp_ffi_waf_sqli(v, 2018, &d) == 1);
     CHECK_EQ_INT(d.from, 2003);
     CHECK_STR(d.fp, "Ukn,n");
-    /* a tautology after a window's worth of opening parentheses (4 KB): the rule holds
-     * anywhere, and AND/OR's operand before it is seen across the window's slide */
+    /* a tautology after more than a window's worth of opening parentheses (4 KB): they
+     * count as one */
     memset(v, '(', 2000);
     for (size_t i = 0; i < 125; i++)
         memcpy(v + 2000 + 16 * i, "a or 1=1 or 1=1 ", 16);
@@ -150,7 +155,7 @@ static void test_long(void)
     CHECK_STR(d.fp, "&non&n");
     for (size_t i = 0; i < 47; i++)
         v[i] = '(';
-    memcpy(v + 47, "a or 1=1", 8); /* OR: the window's 49th token, a its 48th */
+    memcpy(v + 47, "a or 1=1", 8);
     for (size_t i = 0; i < 20; i++)
         memcpy(v + 55 + 2 * i, " x", 2);
     CHECK(lp_ffi_waf_sqli(v, 95, &d) == 1);
