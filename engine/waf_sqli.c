@@ -11,7 +11,11 @@
  *   - in a quote context, right after the literal closes: a comment, AND/OR followed by an
  *     operand and a comparison or a function call, ; with a statement, ORDER/GROUP BY, an
  *     operator with an operand;
- *   - as written: a number then AND/OR and a comparison (1 AND 1=1), a number then ORDER BY;
+ *   - as written: a number then AND/OR and a comparison (1 AND 1=1), a number then ORDER BY,
+ *     after any opening parentheses and a sign (-1 OR 1=1, ((1 AND 2>1); an operand, the
+ *     parentheses the application opened closing, AND/OR, then a comparison of two literals
+ *     inside parentheses reopened (1) OR (1=1, ((a OR 1=1): a tautology's shape, which prose
+ *     ("pages 1 or 2", "(1 = 1)", "size (1) or (2)") does not have;
  *   - ; followed by a statement with its own structure (DROP TABLE, DELETE FROM, ...);
  *   - a call of a function only attacks use (sleep, benchmark, updatexml, xp_cmdshell, ...).
  * Prose with apostrophes ("It's great -- I'd buy it again") stays prose: its quote closes
@@ -63,9 +67,9 @@ static int has_start_word(const unsigned char *v, size_t n)
 
 /* May the value, as written, start SQL? Only with one of: a parenthesis (every call,
  * "(select"), ";", "@@", the words UNION, SELECT or WAITFOR, or a first token that is a
- * number or a literal (1 AND 1=1, 'a' OR ...). A byte test, so that ordinary values (a
- * User-Agent without those, a cookie, a name) skip the tokenizer; it only ever answers yes
- * when unsure (a leading comment or MySQL's version comment marker). */
+ * number (signed too) or a literal (1 AND 1=1, -1 OR 1=1, 'a' OR ...). A byte test, so that
+ * ordinary values (a User-Agent without those, a cookie, a name) skip the tokenizer; it only ever
+ * answers yes when unsure (a leading comment or MySQL's version comment marker). */
 static int sql_written_may(const unsigned char *v, size_t n)
 {
     if (memchr(v, '(', n) || memchr(v, ';', n) || memchr(v, '@', n))
@@ -80,6 +84,9 @@ static int sql_written_may(const unsigned char *v, size_t n)
     unsigned char c = v[i];
     /* a digit, . ' " / *: a number, a literal or a comment marker may come first */
     if (is_digit(c) || c == '.' || c == '\'' || c == '"' || c == '/' || c == '*')
+        return 1;
+    /* a signed number: -1 OR 1=1 */
+    if ((c == '-' || c == '+') && i + 1 < n && (is_digit(v[i + 1]) || v[i + 1] == '.'))
         return 1;
     if (is_alpha(c) || c == '_' || c >= 128) {
         /* a word: a number only when it is NULL, TRUE or FALSE */
@@ -317,6 +324,16 @@ static int sql_start(sql_t *s, unsigned char quote)
 {
     s->nt = 0;
     s->i = 0;
+    if (!quote) {
+        /* the opening parentheses the value starts with count as one: the rules on how the
+         * value starts then see what follows them however many there are (a 4 KB run) */
+        size_t last = s->n;
+        for (size_t i = 0; i < s->n && (s->v[i] == '(' || is_space(s->v[i])); i++)
+            if (s->v[i] == '(')
+                last = i;
+        if (last < s->n)
+            s->i = last;
+    }
     if (quote) {
         const unsigned char *q = memchr(s->v, quote, s->n);
         if (!q)
@@ -480,6 +497,32 @@ static int operand(char t)
     return t == 'n' || t == 's' || t == 'b' || t == 'v' || t == 'f' || t == '(';
 }
 
+/* token k is a comparison operator (= < > <= >= <> != <=> ==) */
+static int comparison(const sql_t *s, int k)
+{
+    static const char *const cmp[] = {"=", "<", ">", "<=", ">=", "<>", "!=", "<=>", "=="};
+    return ty(s, k) == 'o' && weq_any(s, k, cmp, COUNT(cmp));
+}
+
+/* AND/OR at k followed by a comparison of two literals inside any parentheses (OR (1=1): an
+ * always-true (or false) condition glued to the application's own. */
+static int tautology_at(const sql_t *s, int k)
+{
+    if (ty(s, k) != '&')
+        return 0;
+    int j = nextnc(s, k + 1);
+    while (j >= 0 && ty(s, j) == '(')
+        j = nextnc(s, j + 1);
+    char a = ty(s, j);
+    if (a != 'n' && a != 's')
+        return 0;
+    int o = nextnc(s, j + 1);
+    if (!comparison(s, o))
+        return 0;
+    char b = ty(s, nextnc(s, o + 1));
+    return b == 'n' || b == 's';
+}
+
 /* ; then a statement with its own structure (DROP TABLE, DELETE FROM, SELECT x, ...) */
 static int statement_at(const sql_t *s, int j)
 {
@@ -593,8 +636,9 @@ static int attack_first(const sql_t *s, int quote)
         return -1;
     }
     /* As written: a call of a SQL function on literals (char(49,50)) that closes with SQL (or
-     * nothing) after it, not "count(3) apples"; a number or a literal, then AND/OR with a
-     * comparison or a call; a number then ORDER BY. */
+     * nothing) after it, not "count(3) apples"; a number or a literal (after any opening
+     * parentheses and a sign: ((-1), then AND/OR with a comparison or a call; a number then
+     * ORDER BY. */
     char a = ty(s, 0);
     if (a == 'f' && ty(s, 1) == '(' && (ty(s, 2) == 'n' || ty(s, 2) == 's' || ty(s, 2) == 'v') &&
         (ty(s, 3) == ',' || ty(s, 3) == ')')) {
@@ -605,15 +649,29 @@ static int attack_first(const sql_t *s, int quote)
         if (m < n && (!after || after == 'c' || after == '&' || after == 'o' || after == ';'))
             return 0;
     }
+    int f = 0;
+    while (ty(s, f) == '(')
+        f++;
+    if (weq(s, f, "-") || weq(s, f, "+"))
+        f++;
+    a = ty(s, f);
     if (a == 'n' || a == 's') {
-        char tj = ty(s, 1);
+        char tj = ty(s, f + 1);
         if (tj == '&') {
-            char x = ty(s, 2);
-            if (x == 'f' || (operand(x) && ty(s, 3) == 'o' && operand(ty(s, 4))))
-                return 1;
-        } else if ((weq(s, 1, "order") || weq(s, 1, "group")) && weq(s, 2, "by")) {
-            return 1;
+            char x = ty(s, f + 2);
+            if (x == 'f' || (operand(x) && ty(s, f + 3) == 'o' && operand(ty(s, f + 4))))
+                return f + 1;
+        } else if ((weq(s, f + 1, "order") || weq(s, f + 1, "group")) && weq(s, f + 2, "by")) {
+            return f + 1;
         }
+    }
+    if (operand(a) && a != '(' && a != 'f') {
+        /* the application's parentheses closing after the value's operand, then a tautology */
+        int j = nextnc(s, f + 1);
+        while (ty(s, j) == ')')
+            j = nextnc(s, j + 1);
+        if (tautology_at(s, j))
+            return j;
     }
     return -1;
 }

@@ -15,6 +15,17 @@ describe("waf detect (C operators)", function()
     assert.is_nil(D.sqli("It's great -- I'd buy it again"))
   end)
 
+  it("flags numeric tautologies CRS 942100 fires on with libinjection, not numeric prose", function()
+    assert.same({ 4, 10, "&(non" }, { D.sqli("1) or (1=1") })
+    assert.same({ 5, 12, "&((non" }, { D.sqli("1)) or ((1=1") })
+    assert.same({ 4, 9, "&non" }, { D.sqli("-1 or 1=1") })
+    local v = ("("):rep(2000) .. ("a or 1=1 or 1=1 "):rep(125)
+    assert.same({ 2003, "&non&n" }, { (D.sqli(v)), select(3, D.sqli(v)) })
+    for _, prose in ipairs({ "pages 1 or 2", "1 or 2 days", "(1 = 1)", "size (1) or (2)" }) do
+      assert.is_nil(D.sqli(prose), prose)
+    end
+  end)
+
   it("gives @detectXSS's span: the markup to the value's end", function()
     assert.same({ 12, 28 }, { D.xss("<img src=x onerror=alert(1)>") })
     assert.is_nil(D.xss("<b>bold</b>"))

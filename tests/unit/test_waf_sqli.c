@@ -2,8 +2,8 @@
  * fingerprint) on attacks and prose, on the tokenizer's edges (unterminated literals and
  * comments, NUL and invalid UTF-8 bytes, empty values), and on long values (bounded work:
  * the 1 MiB cases finish at once). The verdicts are those of the Lua detector this was
- * ported from (the rules were tuned against them); spec/luaproxy/waf_detect_spec.lua runs
- * the corpora through it. */
+ * ported from (the rules were tuned against them), plus the numeric tautologies libinjection
+ * flags (issue #20); spec/luaproxy/waf_detect_spec.lua runs the corpora through it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,6 +58,16 @@ static void test_attacks(void)
     S("1\240union\240select\2401,2", 3, 18, "Ukn,n");
     /* a comment between a function's name and its '(' */
     S("1 and sleep/**/(5)", 7, 18, "fc(n)");
+    /* a tautology after the application's parentheses close and reopen, a signed number, an
+     * operand: what libinjection (ModSecurity's @detectSQLi, CRS 942100) flags */
+    S("1) or (1=1", 4, 10, "&(non");
+    S("1)) or ((1=1", 5, 12, "&((non");
+    S("-1 or 1=1", 4, 9, "&non");
+    S("+1 or 1=1", 4, 9, "&non");
+    S("((-1 and 1=1", 6, 12, "&non");
+    S("((((a or 1=1 or 1=1", 7, 19, "&non&n");
+    S("1/**/or/**/(1=1", 6, 15, "&c(non");
+    S("x' or (('a'='a", 8, 14, "(sos");
 }
 
 static void test_prose(void)
@@ -69,6 +79,19 @@ static void test_prose(void)
     S("a' AND 'b", 0, 0, NULL);
     /* @@variables alone are not flagged (as the Lua original did not) */
     S("@@version", 0, 0, NULL);
+    /* numbers and parentheses without a comparison after AND/OR, or without AND/OR */
+    S("pages 1 or 2", 0, 0, NULL);
+    S("1 or 2 days", 0, 0, NULL);
+    S("(1 = 1)", 0, 0, NULL);
+    S("size (1) or (2)", 0, 0, NULL);
+    S("(2 and 3)", 0, 0, NULL);
+    S("-1", 0, 0, NULL);
+    S("(a or b=c)", 0, 0, NULL);
+    /* a tautology's shape away from the value's start: arithmetic in prose */
+    S("It's 5 or 6 = 11", 0, 0, NULL);
+    S("I'd rate it 4 or 5 > 3", 0, 0, NULL);
+    S("(see p. 3) or 4=4", 0, 0, NULL);
+    S("version 2) or (3 < 4", 0, 0, NULL);
 }
 
 static void test_edges(void)
@@ -122,6 +145,22 @@ static void test_long(void)
     CHECK(lp_ffi_waf_sqli(v, 2018, &d) == 1);
     CHECK_EQ_INT(d.from, 2003);
     CHECK_STR(d.fp, "Ukn,n");
+    /* a tautology after more than a window's worth of opening parentheses (4 KB): they
+     * count as one */
+    memset(v, '(', 2000);
+    for (size_t i = 0; i < 125; i++)
+        memcpy(v + 2000 + 16 * i, "a or 1=1 or 1=1 ", 16);
+    CHECK(lp_ffi_waf_sqli(v, 4000, &d) == 1);
+    CHECK_EQ_INT(d.from, 2003);
+    CHECK_STR(d.fp, "&non&n");
+    for (size_t i = 0; i < 47; i++)
+        v[i] = '(';
+    memcpy(v + 47, "a or 1=1", 8);
+    for (size_t i = 0; i < 20; i++)
+        memcpy(v + 55 + 2 * i, " x", 2);
+    CHECK(lp_ffi_waf_sqli(v, 95, &d) == 1);
+    CHECK_EQ_INT(d.from, 50);
+    CHECK_STR(d.fp, "&nonbb");
     /* a 1 MiB value is read to its end */
     memset(v, 'a', n);
     memcpy(v + 100, " 1 union select 1,2 ", 20);
