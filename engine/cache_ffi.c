@@ -749,39 +749,6 @@ int lp__cache_field_index(lp_str_t n)
     return field_index(n);
 }
 
-int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *ncc)
-{
-    const lp_header_t *v;
-    unsigned n = fields_of(r, resp, &v);
-    int mask = 0, cc = 0;
-    for (unsigned i = 0; i < n; i++) {
-        int k = field_index(v[i].name); /* inlined: a call per field cost as much as its test */
-        if (k < 0)
-            continue;
-        if (!(mask & (1 << k)))
-            first[k] = v[i].value;
-        mask |= 1 << k;
-        cc += k == LP_CF_CACHE_CONTROL;
-    }
-    *ncc = cc;
-    return mask;
-}
-
-int lp_ffi_cache_fields(void *rp, int resp)
-{
-    /* lp__cache_fields_first's walk for the mask alone (a request's, on every cached GET):
-     * no values kept, no count. */
-    const lp_header_t *v;
-    unsigned n = fields_of(rp, resp, &v);
-    int mask = 0;
-    for (unsigned i = 0; i < n; i++) {
-        int k = field_index(v[i].name);
-        if (k >= 0)
-            mask |= 1 << k;
-    }
-    return mask;
-}
-
 /* Fields never stored with an entry (RFC 9111 §3.1): lua/luaproxy/cache/policy.lua's
  * NOT_STORED, which the plugin's general path applies. Inlined: most names fail on their
  * length alone, cheaper than the call. */
@@ -807,6 +774,74 @@ static inline __attribute__((always_inline)) int never_stored(lp_str_t name)
     default:
         return 0;
     }
+}
+
+/* A field into what storing the fields takes; never: whether it is one never stored. */
+static inline __attribute__((always_inline)) void size_field(lp_cache_fields_size_t *sz,
+                                                             const lp_header_t *h, int never)
+{
+    if (never) {
+        sz->skip = 1;
+        return;
+    }
+    sz->need += h->name.len + h->value.len + 4; /* "h " NAME "\t" VALUE "\n" */
+    sz->nfields++;
+}
+
+/* lp__cache_fields_first's walk, and with sz (the response's) what storing its fields
+ * needs (lp__cache_store_fields' count, made in this walk instead of a second one). */
+static inline __attribute__((always_inline)) int
+fields_walk(const lp_req_t *r, int resp, lp_str_t *first, int *ncc, lp_cache_fields_size_t *sz)
+{
+    const lp_header_t *v;
+    unsigned n = fields_of(r, resp, &v);
+    int mask = 0, cc = 0;
+    lp_cache_fields_size_t size = {0, 0, 0};
+    for (unsigned i = 0; i < n; i++) {
+        int k = field_index(v[i].name); /* inlined: a call per field cost as much as its test */
+        if (k < 0) {
+            /* of the fields never stored, only Connection and Transfer-Encoding have an
+             * index: the others' names are tested here */
+            if (sz)
+                size_field(&size, &v[i], never_stored(v[i].name));
+            continue;
+        }
+        if (sz)
+            size_field(&size, &v[i], k == LP_CF_CONNECTION || k == LP_CF_TRANSFER_ENCODING);
+        if (!(mask & (1 << k)))
+            first[k] = v[i].value;
+        mask |= 1 << k;
+        cc += k == LP_CF_CACHE_CONTROL;
+    }
+    *ncc = cc;
+    if (sz)
+        *sz = size;
+    return mask;
+}
+
+int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *ncc)
+{
+    return fields_walk(r, resp, first, ncc, NULL);
+}
+
+int lp__cache_fields_sized(const lp_req_t *r, lp_str_t *first, int *ncc, lp_cache_fields_size_t *sz)
+{
+    return fields_walk(r, 1, first, ncc, sz);
+}
+
+int lp_ffi_cache_fields(void *rp, int resp)
+{
+    /* lp__cache_fields_first's walk for the mask alone (a request's, on every cached GET):
+     * no values kept, no count. */
+    const lp_header_t *v;
+    unsigned n = fields_of(rp, resp, &v);
+    int mask = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int k = field_index(v[i].name);
+        if (k >= 0)
+            mask |= 1 << k;
+    }
+    return mask;
 }
 
 /* n bytes of a field's name or value at p: most are short, and a call to memcpy costs more
@@ -854,27 +889,26 @@ int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen
         return LP_FFI_EOTHER;
     lp_str_t m = {meta, mlen};
     return lp__cache_store_fields(rp, zone, key, klen, sec, slen, &m, 1,
-                                  lp_cache_head_fields(meta, mlen), real_now() + keep);
+                                  lp_cache_head_fields(meta, mlen), real_now() + keep, NULL);
 }
 
 int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen,
                            const char *sec, size_t slen, const lp_str_t *meta, size_t nmeta,
-                           size_t meta_fields, double keep_until)
+                           size_t meta_fields, double keep_until,
+                           const lp_cache_fields_size_t *sized)
 {
     const lp_header_t *v;
     unsigned n = fields_of(r, 1, &v);
-    size_t need = 0, nfields = meta_fields;
+    lp_cache_fields_size_t sz = {0, 0, 0};
+    if (sized)
+        sz = *sized;
+    else
+        for (unsigned i = 0; i < n; i++)
+            size_field(&sz, &v[i], never_stored(v[i].name));
+    size_t need = sz.need, nfields = meta_fields + sz.nfields;
     for (size_t i = 0; i < nmeta; i++)
         need += meta[i].len;
-    int skip = 0; /* some field is not stored: the writing loop tests each again */
-    for (unsigned i = 0; i < n; i++) {
-        if (never_stored(v[i].name)) {
-            skip = 1;
-            continue;
-        }
-        need += v[i].name.len + v[i].value.len + 4; /* "h " NAME "\t" VALUE "\n" */
-        nfields++;
-    }
+    int skip = sz.skip; /* some field is not stored: the writing loop tests each again */
     /* Written straight into the entry's block (no copy of the head made first). */
     int rc = store_start(r, zone, key, klen, sec, slen, NULL, need, nfields, keep_until);
     if (rc)

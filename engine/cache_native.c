@@ -56,6 +56,9 @@
     (F_PRAGMA | F_EXPIRES | F_AGE | F_VARY | F_SET_COOKIE | F_CONNECTION | F_CACHE_STATUS)
 
 /* One decision of the plugin, for responses of a status and shape. */
+#define LINES_ROOM 176
+#define TAIL_ROOM  96
+
 typedef struct {
     int status;         /* 0: unused */
     uint8_t validators; /* with an ETag or a Last-Modified */
@@ -72,8 +75,9 @@ typedef struct {
     /* The meta's lines that depend on the decision only, written when it is learned (a miss
      * then copies them): `lines` from the status to the flags, `tail` the stale windows.
      * rendered 0: they did not fit, or a number is not one num() writes in decimal: such a
-     * response is left to the plugin. */
-    char lines[176], tail[96];
+     * response is left to the plugin. Both in `text`, `tail` right after `lines` (a
+     * response without date, etag or last_modified copies them as one piece). */
+    char text[LINES_ROOM + TAIL_ROOM];
     uint8_t lines_len, tail_len, rendered;
     /* The last Cache-Status line written for it (lp__cache_miss_status_line), and what it
      * was written for: whether stored and floor(ttl) (the TTL left moves once a second). */
@@ -355,8 +359,8 @@ static int piece_tail(out_t *o, const learned_t *d)
 
 static void render(learned_t *d)
 {
-    d->rendered = piece(d->lines, sizeof d->lines, &d->lines_len, piece_lines, d) == 0 &&
-                  piece(d->tail, sizeof d->tail, &d->tail_len, piece_tail, d) == 0;
+    d->rendered = piece(d->text, LINES_ROOM, &d->lines_len, piece_lines, d) == 0 &&
+                  piece(d->text + d->lines_len, TAIL_ROOM, &d->tail_len, piece_tail, d) == 0;
 }
 
 /* The Cache-Status of a miss the engine decided on (stored or not): 0 whatever it returns.
@@ -389,10 +393,12 @@ int lp_cache_native_response(lp_req_t *r)
     if (!n || (r->flags & (LP_RF_LOCAL | LP_RF_HEAD)) || !r->upstream || r->try.target < 0 ||
         status == 502 || status == 504)
         return 1;
-    /* One walk of the response's fields: its shape, and the values read below. */
+    /* One walk of the response's fields: its shape, the values read below, and the size of
+     * their lines in the entry. */
     lp_str_t first[LP_CF_N];
     int ncc;
-    int mask = lp__cache_fields_first(r, 1, first, &ncc);
+    lp_cache_fields_size_t size;
+    int mask = lp__cache_fields_sized(r, first, &ncc, &size);
     if ((mask & SHAPE_OTHER) || ncc > 1)
         return 1; /* several Cache-Control lines: the plugin's path (their parse is not kept) */
     learned_t *d = learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0,
@@ -429,27 +435,31 @@ int lp_cache_native_response(lp_req_t *r)
     char prefix[LP_CACHE_HEAD_PREFIX];
     lp_cache_head_prefix(prefix, t0, now);
     meta[nm++] = (lp_str_t){prefix, sizeof prefix};
-    meta[nm++] = (lp_str_t){d->lines, d->lines_len};
     char dline[8 + 24];
-    if (dated) {
-        out_t o = {dline, dline + sizeof dline, 0};
-        PUT_LIT(&o, "n date\t");
-        if (put_uint(&o, n->date_value))
-            return 1;
-        PUT_LIT(&o, "\n");
-        meta[nm++] = (lp_str_t){dline, (size_t)(o.p - dline)};
+    if (!dated && !etag.base && !lm.base) {
+        meta[nm++] = (lp_str_t){d->text, (size_t)d->lines_len + d->tail_len};
+    } else {
+        meta[nm++] = (lp_str_t){d->text, d->lines_len};
+        if (dated) {
+            out_t o = {dline, dline + sizeof dline, 0};
+            PUT_LIT(&o, "n date\t");
+            if (put_uint(&o, n->date_value))
+                return 1;
+            PUT_LIT(&o, "\n");
+            meta[nm++] = (lp_str_t){dline, (size_t)(o.p - dline)};
+        }
+        if (etag.base) {
+            meta[nm++] = LP_STR("s etag\t");
+            meta[nm++] = etag;
+            meta[nm++] = LP_STR("\n");
+        }
+        if (lm.base) {
+            meta[nm++] = LP_STR("s last_modified\t");
+            meta[nm++] = lm;
+            meta[nm++] = LP_STR("\n");
+        }
+        meta[nm++] = (lp_str_t){d->text + d->lines_len, d->tail_len};
     }
-    if (etag.base) {
-        meta[nm++] = LP_STR("s etag\t");
-        meta[nm++] = etag;
-        meta[nm++] = LP_STR("\n");
-    }
-    if (lm.base) {
-        meta[nm++] = LP_STR("s last_modified\t");
-        meta[nm++] = lm;
-        meta[nm++] = LP_STR("\n");
-    }
-    meta[nm++] = (lp_str_t){d->tail, d->tail_len};
     /* The key, as the plugin's default_key: the one the request phase locked (made there),
      * else made again (in the thread's scratch, which nothing else uses meanwhile). */
     lp_str_t k;
@@ -457,8 +467,8 @@ int lp_cache_native_response(lp_req_t *r)
         if (lp_ffi_cache_key(r, &k))
             return 1;
     }
-    int stored =
-        lp__cache_store_fields(r, n->zone, k.base, k.len, "", 0, meta, nm, 0, now + keep) == 0;
+    int stored = lp__cache_store_fields(r, n->zone, k.base, k.len, "", 0, meta, nm, 0, now + keep,
+                                        &size) == 0;
     if (stored)
         lp__cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
     /* `stored` only when the body's length is known, as the plugin's */
