@@ -1105,12 +1105,7 @@ end
 -- in the last run included); st.vc and st.hc kept across requests (pure functions of a text,
 -- emptied past VC_KEEP bytes). Nothing the rules run calls back into a walk (no confirmer,
 -- no operator in Lua), so no run starts inside another.
-local function lua_scratch(cs, st)
-  local sc = cs.lua_scratch
-  if not sc then
-    sc = { gh = {}, vc = {}, hp = {}, hc = {}, ln = {}, lpool = {} }
-    cs.lua_scratch = sc
-  end
+local function reuse_scratch(sc, st)
   clear(sc.gh)
   clear(sc.ln)
   if (sc.vc.bytes or 0) > VC_KEEP then
@@ -1119,6 +1114,15 @@ local function lua_scratch(cs, st)
   end
   if (sc.hc.bytes or 0) > VC_KEEP then clear(sc.hc) end
   st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = sc.gh, sc.vc, sc.hp, sc.hc, sc.ln, sc.lpool
+end
+
+local function lua_scratch(cs, st)
+  local sc = cs.lua_scratch
+  if not sc then
+    sc = { gh = {}, vc = {}, hp = {}, hc = {}, ln = {}, lpool = {} }
+    cs.lua_scratch = sc
+  end
+  reuse_scratch(sc, st)
 end
 
 -- Runs the rule set over the request state `st` (vars set); fills st.matches. st.rule: the
@@ -2566,15 +2570,8 @@ local function take_scratch(cs, st)
     st.gh, st.hc = {}, {}
     return nil
   end
-  clear(sc.gh)
-  clear(sc.ln)
   clear(sc.msets)
-  if (sc.vc.bytes or 0) > VC_KEEP then
-    for _, per in pairs(sc.vc) do if type(per) == "table" then clear(per) end end
-    sc.vc.bytes = 0
-  end
-  if (sc.hc.bytes or 0) > VC_KEEP then clear(sc.hc) end
-  st.gh, st.vc, st.hp, st.hc, st.ln, st.lpool = sc.gh, sc.vc, sc.hp, sc.hc, sc.ln, sc.lpool
+  reuse_scratch(sc, st)
   st.msets, st.mpool = sc.msets, sc.mpool
   sc.mp.nl, sc.mp.nr = 0, 0
   st.mp = sc.mp
