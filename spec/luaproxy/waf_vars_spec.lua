@@ -223,6 +223,12 @@ describe("waf vars", function()
       .. "\n--A\nContent-Disposition: form-data; name=t\n\nattack\r\n--A--\r\n"
     assert.equal("=multipart: a delimiter after a bare LF", err("multipart/form-data; boundary=A", lf))
     assert.same({ nil, "multipart: a delimiter after a bare LF" }, { V.without_files(lf, "A", 10) })
+    assert.equal("=multipart: a delimiter after a bare LF", err("multipart/form-data; boundary=A", "x\n" .. body))
+    assert.is_nil(err("multipart/form-data; boundary=A", "x\r\n" .. body))
+    assert.equal("=multipart: a delimiter after the closing delimiter",
+      err("multipart/form-data; boundary=A", body .. "\n--A\nContent-Disposition: form-data; name=t\n\nattack"))
+    assert.same({ nil, "multipart: a delimiter after the closing delimiter" },
+      { V.without_files(body .. "x\n--A\n", "A", 1000) })
   end)
 
   it("gives FILES_COMBINED_SIZE, the file parts' contents' size", function()

@@ -562,18 +562,27 @@ local function part_disposition(head)
   return field or "", file, file2
 end
 
--- A delimiter after a bare LF (not CRLF): PHP reads it as one, a part the WAF never saw
--- (ModSecurity's MULTIPART_LF_LINE): a body error.
-local function lf_delimiter(body, delim)
-  local pat, from = "\n" .. delim, 1
-  while true do
-    local at = find(body, pat, from, true)
-    if not at then return nil end
-    if at == 1 or byte(body, at - 1) ~= 13 then
-      return "multipart: a delimiter after a bare LF"
-    end
-    from = at + 1
+-- The first delimiter of a body, from where it starts; nil, problem when there is none or
+-- a bare LF (not CRLF) comes before it. Such a delimiter PHP reads as one (it looks for
+-- "\n--boundary"), and ModSecurity flags (MULTIPART_LF_LINE): each is a body error, here,
+-- in a part's content (next_part), and after the closing delimiter (epilogue).
+local function first_delimiter(body, delim)
+  local pos = find(body, delim, 1, true)
+  if not pos then return nil, "multipart: no boundary" end
+  if pos > 1 and byte(body, pos - 1) == 10 and (pos == 2 or byte(body, pos - 2) ~= 13) then
+    return nil, "multipart: a delimiter after a bare LF"
   end
+  return pos
+end
+
+-- The epilogue after the closing delimiter ending at pos - 1: nil, problem if it holds a
+-- delimiter (one find: a loop over each found would let an epilogue of them cost a
+-- round each).
+local function epilogue(body, delim, pos)
+  if find(body, "\n" .. delim, pos, true) then
+    return nil, "multipart: a delimiter after the closing delimiter"
+  end
+  return true
 end
 
 -- The multipart part after the delimiter ending at pos - 1: nil at the closing delimiter,
@@ -590,6 +599,11 @@ local function next_part(body, delim, pos)
   local head = sub(body, pos + 2, hend + 1)
   local nxt = find(body, "\r\n" .. delim, hend + 4, true)
   if not nxt then return false, "multipart: part without an end" end
+  -- (the first "\n--boundary" is nxt's, or one after a bare LF: a scan of the content
+  -- the find above made, not of the body)
+  if find(body, "\n" .. delim, hend + 4, true) <= nxt then
+    return false, "multipart: a delimiter after a bare LF"
+  end
   local field, file, file2 = part_disposition(head)
   if not field then return false, file end
   return head, hend, nxt, field, file, file2
@@ -603,15 +617,13 @@ end
 -- part's work per few bytes up to body_limit, for values never inspected.
 local function parse_multipart(args, files, body, boundary, max, pheaders)
   local delim = "--" .. boundary
-  local pos = find(body, delim, 1, true)
-  if not pos then return nil, "multipart: no boundary" end
-  local lf = lf_delimiter(body, delim)
-  if lf then return nil, lf end
+  local pos, perr = first_delimiter(body, delim)
+  if not pos then return nil, perr end
   pos = pos + #delim
   files.bytes = 0
   while true do
     local head, hend, nxt, name, filename, filename2 = next_part(body, delim, pos)
-    if head == nil then return true end
+    if head == nil then return epilogue(body, delim, pos) end
     if not head then return nil, hend end
     local c = filename and files or args
     if c.n >= max or (filename2 and c.n + 1 >= max) then
@@ -668,16 +680,18 @@ M.multipart_boundary = multipart_boundary
 -- header), not by the body (12.5 MB of tiny parts, each a part's work).
 function M.without_files(body, boundary, max)
   local delim = "--" .. boundary
-  local pos = find(body, delim, 1, true)
-  if not pos then return nil, "multipart: no boundary" end
-  local lf = lf_delimiter(body, delim)
-  if lf then return nil, lf end
+  local pos, perr = first_delimiter(body, delim)
+  if not pos then return nil, perr end
   pos = pos + #delim
   local keep, k, from, cut = {}, 0, 1, 0
   while true do
     if pos - 1 - cut > max then return false end
     local head, hend, nxt, _, filename = next_part(body, delim, pos)
-    if head == nil then break end
+    if head == nil then
+      local ok, eerr = epilogue(body, delim, pos)
+      if not ok then return nil, eerr end
+      break
+    end
     if not head then return nil, hend end
     if filename then
       k = k + 1
