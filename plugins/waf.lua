@@ -603,7 +603,7 @@ local function read_body(req, conf, vars)
   if #body <= conf.body_limit then return body end
   -- (only a multipart body gets here)
   local whole = #body
-  local rest, problem = V.without_files(body, boundary, conf.body_limit)
+  local rest, problem = V.without_files(body, boundary, conf.body_limit) -- (else the bytes cut)
   if rest == nil then
     -- unparsed, its files could not be told from its fields: as any body over body_limit
     return nil, "too large", format("body over body_limit (%d bytes), and %s", conf.body_limit, problem)
@@ -611,7 +611,7 @@ local function read_body(req, conf, vars)
     return nil, "too large", format("multipart body over body_limit (%d bytes) without its files' contents",
       conf.body_limit)
   end
-  vars.body_length = whole
+  vars.body_length, vars.files_cut = whole, problem
   return rest
 end
 

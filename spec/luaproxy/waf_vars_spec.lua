@@ -169,6 +169,79 @@ describe("waf vars", function()
     assert.same({ "f1=v1", "f2=v2" }, coll(two, "body_args", 3))
   end)
 
+  it("reads a part's headers as headers and its Content-Disposition with quoted strings", function()
+    local function mp(heads, ct)
+      return { method = "POST", uri = "/", headers = { ["Content-Type"] = ct or "multipart/form-data; boundary=B" },
+               body = "--B\r\n" .. heads .. "\r\n\r\nv\r\n--B--\r\n" }
+    end
+    local function err(heads, ct) return coll(mp(heads, ct), "body_error")[1] end
+    -- a filename= inside a quoted value is that value's: a field, not a file
+    local quoted = mp('Content-Disposition: form-data; name="id"; x="; filename=y.jpg "')
+    assert.same({ "id=v" }, coll(quoted, "body_args"))
+    assert.same({}, coll(quoted, "files"))
+    -- a header whose name ends in Content-Disposition is not it
+    local x = mp('X-Content-Disposition: form-data; filename="a.jpg"\r\nContent-Disposition: form-data; name="id"')
+    assert.same({ "id=v" }, coll(x, "body_args"))
+    assert.same({}, coll(x, "files"))
+    -- names case-insensitive, values unquoted or quoted with escapes
+    assert.same({ 'f=a "b".jpg' }, coll(mp('content-DISPOSITION: Form-Data; NAME=f; FILENAME="a \\"b\\".jpg"'), "files"))
+    -- filename*: decoded; both names when both are given
+    assert.same({ "f=shell.php" }, coll(mp("Content-Disposition: form-data; name=f; filename*=UTF-8''shell.php"), "files"))
+    assert.same({ "f=a.jpg", "f=sh\195\169ll.php" },
+      coll(mp("Content-Disposition: form-data; name=f; filename=\"a.jpg\"; filename*=UTF-8''sh%C3%A9ll.php"), "files"))
+    -- what does not say once, plainly, what the part is: a body error
+    assert.equal("=multipart: two Content-Disposition headers in a part",
+      err('Content-Disposition: form-data; filename="a"\r\nContent-Disposition: form-data; name="id"'))
+    assert.equal("=multipart: bad Content-Disposition", err('Content-Disposition: form-data; name="id'))
+    assert.equal("=multipart: bad Content-Disposition", err('Content-Disposition: form-data; name=i"d'))
+    assert.equal("=multipart: two filenames in a Content-Disposition",
+      err('Content-Disposition: form-data; name=f; filename=a; Filename=b'))
+    assert.equal("=multipart: a bare CR or LF in a part's headers",
+      err('Content-Disposition: form-data; name="id"\nContent-Disposition: form-data; name=f; filename=a'))
+    assert.equal("=multipart: bad part header line", err('Content-Disposition form-data; name="id"'))
+    assert.equal("=multipart: Content-Disposition not form-data", err('Content-Disposition: attachment; name="id"'))
+    -- a folded line continues the one above
+    assert.same({ "id=v" }, coll(mp('Content-Disposition: form-data;\r\n name="id"'), "body_args"))
+  end)
+
+  it("takes the boundary parameter alone, and refuses a delimiter after a bare LF", function()
+    local V = require "luaproxy.waf.vars"
+    assert.equal("REAL", V.multipart_boundary('multipart/form-data; boundary=REAL; xboundary="FAKE"'))
+    assert.equal("REAL", V.multipart_boundary('multipart/form-data; x="; boundary=FAKE"; BOUNDARY="REAL"'))
+    assert.equal("ReAl", V.multipart_boundary("Multipart/Form-Data;boundary=ReAl ; charset=utf-8"))
+    assert.is_nil(V.multipart_boundary("text/plain; boundary=B"))
+    assert.same({ nil, "multipart: two boundary parameters" },
+      { V.multipart_boundary("multipart/form-data; boundary=A; boundary=B") })
+    local body = "--A\r\nContent-Disposition: form-data; name=a\r\n\r\nv\r\n--A--\r\n"
+    local function err(ct, b)
+      return coll({ method = "POST", uri = "/", headers = { ["Content-Type"] = ct }, body = b or body }, "body_error")[1]
+    end
+    assert.is_nil(err("multipart/form-data; boundary=A"))
+    assert.equal("=multipart: two boundary parameters", err("multipart/form-data; boundary=A; boundary=B"))
+    assert.equal("=multipart: bad Content-Type parameters", err('multipart/form-data; boundary="A'))
+    -- PHP reads a delimiter after a bare LF as one (a part the WAF did not see)
+    local lf = "--A\r\nContent-Disposition: form-data; name=f; filename=a.jpg\r\n\r\nxx"
+      .. "\n--A\nContent-Disposition: form-data; name=t\n\nattack\r\n--A--\r\n"
+    assert.equal("=multipart: a delimiter after a bare LF", err("multipart/form-data; boundary=A", lf))
+    assert.same({ nil, "multipart: a delimiter after a bare LF" }, { V.without_files(lf, "A", 10) })
+    assert.equal("=multipart: a delimiter after a bare LF", err("multipart/form-data; boundary=A", "x\n" .. body))
+    assert.is_nil(err("multipart/form-data; boundary=A", "x\r\n" .. body))
+    assert.equal("=multipart: a delimiter after the closing delimiter",
+      err("multipart/form-data; boundary=A", body .. "\n--A\nContent-Disposition: form-data; name=t\n\nattack"))
+    assert.same({ nil, "multipart: a delimiter after the closing delimiter" },
+      { V.without_files(body .. "x\n--A\n", "A", 1000) })
+  end)
+
+  it("gives FILES_COMBINED_SIZE, the file parts' contents' size", function()
+    local body = "--B\r\nContent-Disposition: form-data; name=t\r\n\r\nhello\r\n"
+      .. "--B\r\nContent-Disposition: form-data; name=f; filename=a.jpg\r\n\r\n" .. ("x"):rep(300) .. "\r\n"
+      .. "--B\r\nContent-Disposition: form-data; name=g; filename=b.jpg\r\n\r\n" .. ("y"):rep(20) .. "\r\n--B--\r\n"
+    assert.same({ "=320" }, coll({ method = "POST", uri = "/", body = body,
+      headers = { ["Content-Type"] = "multipart/form-data; boundary=B" } }, "files_combined_size"))
+    assert.same({ "=0" }, coll({ method = "POST", uri = "/", body = "a=1",
+      headers = { ["Content-Type"] = "application/x-www-form-urlencoded" } }, "files_combined_size"))
+  end)
+
   it("reads a GraphQL document only at the body's root (not under an empty key or name)", function()
     local q = '"query { user(id: 1) { id } }"'
     assert.same({ "query=query { user(id: 1) { id } }" }, json('{"":{"query":' .. q .. '}}'))

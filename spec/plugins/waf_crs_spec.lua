@@ -637,6 +637,27 @@ describe("what the waf cannot inspect whole (CRS)", function()
     assert.is_false(T.phase(waf, "request", req, c))
   end)
 
+  it("reads every spelling of a multipart file name, and the files' combined size", function()
+    local function upload(disp, content)
+      return post("multipart/form-data; boundary=B", "--B\r\nContent-Disposition: form-data; name=\"f\"; "
+        .. disp .. "\r\nContent-Type: image/jpeg\r\n\r\n" .. (content or "hello") .. "\r\n--B--\r\n", "/up")
+    end
+    local function ids(req, c)
+      T.phase(waf, "request", req, c)
+      local out = {}
+      for _, m in ipairs((req.ctx.waf or {}).matches or {}) do out[#out + 1] = m.id end
+      return " " .. table.concat(out, " ") .. " "
+    end
+    assert.is_falsy(ids(upload('filename="beach.jpg"'), crs()):find(" 933110 ", 1, true))
+    for _, disp in ipairs({ 'filename="shell.php"', 'FILENAME="shell.php"', "filename*=UTF-8''shell.php",
+                            "filename=\"a.jpg\"; filename*=UTF-8''shell%2Ephp" }) do
+      assert.is_truthy(ids(upload(disp), crs()):find(" 933110 ", 1, true), disp)
+    end
+    local small = T.conf(waf, { crs = CRS, crs_tx = { combined_file_sizes = 1000 } })
+    assert.is_truthy(ids(upload('filename="a.jpg"', ("x"):rep(2000)), small):find(" 920410 ", 1, true))
+    assert.is_falsy(ids(upload('filename="a.jpg"', ("x"):rep(500)), small):find(" 920410 ", 1, true))
+  end)
+
   it("keeps no memory per request for long argument names (JSON paths under a long key)", function()
     local c = crs()
     local function once(i) -- (a key of its own: the same names again would be the same strings)

@@ -287,6 +287,42 @@ describe("waf plugin", function()
     assert.is_false(responded)
   end)
 
+  it("takes no field for a file, and refuses a multipart body it cannot split as the application does", function()
+    local ct = "multipart/form-data; boundary=XyZb"
+    local file = "--XyZb\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+      .. ("x"):rep(5000) .. "\r\n--XyZb--\r\n"
+    local function body(heads) return "--XyZb\r\n" .. heads .. "\r\n\r\n<script>alert(1)</script>\r\n" .. file end
+    for _, heads in ipairs({
+      'Content-Disposition: form-data; name="title"; x="; filename=y.jpg "',
+      'X-Content-Disposition: form-data; filename="a.jpg"\r\nContent-Disposition: form-data; name="title"',
+    }) do
+      -- over body_limit: the field is not cut out with the file's content, its attack seen
+      for _, lim in ipairs({ 400, 131072 }) do
+        local responded, req = run(post("/up", ct, body(heads)), { body_limit = lim })
+        assert.is_true(responded)
+        assert.equal("block", req.ctx.waf.action)
+        assert.not_equal(1009, req.ctx.waf.matches[1].id)
+      end
+    end
+    -- two Content-Disposition lines, two boundary parameters, a delimiter after a bare LF: 1009
+    local two = body('Content-Disposition: form-data; filename="a"\r\nContent-Disposition: form-data; name="title"')
+    local lf = file:gsub("\r\n%-%-XyZb%-%-", "\n--XyZb\nContent-Disposition: form-data; name=t\n\nhi\r\n--XyZb--")
+    for _, c in ipairs({ { ct, two }, { ct .. "; boundary=XyZb", file }, { ct, lf } }) do
+      local responded, req = run(post("/up", c[1], c[2]))
+      assert.is_true(responded)
+      assert.equal(1009, req.ctx.waf.matches[1].id)
+    end
+    -- FILES_COMBINED_SIZE counts a file's content cut out of a body over body_limit
+    local rule = tmpfile('SecRule FILES_COMBINED_SIZE "@gt 4999" "id:5,phase:2,deny,status:403,log"\n')
+    for _, lim in ipairs({ 400, 131072 }) do
+      local responded, req = run(post("/up", ct, file),
+        { crs = false, default_rules = false, crs_files = { rule }, body_limit = lim })
+      assert.is_true(responded)
+      assert.equal(5, req.ctx.waf.matches[1].id)
+    end
+    os.remove(rule)
+  end)
+
   it("does not read the body when no rule needs it", function()
     local rules = { { id = 9201, msg = "m", targets = { "method" }, equals = "TRACE" } }
     local req = T.request(post("/f", "application/json", "{}"))

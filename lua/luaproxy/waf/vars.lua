@@ -442,11 +442,156 @@ add_value = function(c, name, v, max)
 end
 M.add_value = add_value
 
+-- The parameters of a header value (Content-Type, Content-Disposition) from s's byte i on:
+-- `; name=value` pairs, each value a token or a quoted-string (its \" and \\ escapes
+-- read), into names (lower case: a parameter's name is case-insensitive) and values.
+-- Returns their count, or nil for text that is not such a list. Quoted-string aware: a
+-- `; filename=y.jpg` inside x="..." is x's value, not a parameter (a field's value read
+-- as a file's name went uninspected, and was cut out of a body over body_limit).
+local function header_params(s, i, names, values)
+  local n, len = 0, #s
+  while true do
+    i = find(s, "[^ \t]", i)
+    if not i then return n end
+    if byte(s, i) ~= 59 then return nil end -- ";"
+    i = find(s, "[^ \t]", i + 1)
+    if not i then return n end
+    if byte(s, i) ~= 59 then
+      local _, ne = find(s, "^[^%c%s;=\"]+", i)
+      if not ne then return nil end
+      local name = lower(sub(s, i, ne))
+      i = find(s, "[^ \t]", ne + 1)
+      if not i or byte(s, i) ~= 61 then return nil end -- "="
+      i = find(s, "[^ \t]", i + 1) or len + 1
+      local v
+      if byte(s, i) == 34 then
+        local out, k, from = {}, 0, i + 1
+        while true do
+          local q = find(s, '["\\]', from)
+          if not q then return nil end
+          k = k + 1
+          out[k] = sub(s, from, q - 1)
+          if byte(s, q) == 34 then
+            i = q + 1
+            break
+          end
+          local e = byte(s, q + 1)
+          if e == 34 or e == 92 then
+            k = k + 1
+            out[k] = sub(s, q + 1, q + 1)
+            from = q + 2
+          else
+            k = k + 1
+            out[k] = "\\" -- (a Windows path's backslash, as old browsers sent them)
+            from = q + 1
+          end
+        end
+        v = table.concat(out)
+      else
+        local e = find(s, ";", i, true) or len + 1
+        v = match(sub(s, i, e - 1), "^(.-)[ \t]*$")
+        if find(v, '"', 1, true) then return nil end
+        i = e
+      end
+      n = n + 1
+      names[n], values[n] = name, v
+    end
+  end
+end
+
+-- filename*=charset'language'percent-encoded (RFC 5987), decoded; nil if not that form.
+local function ext_value(v)
+  local enc = match(v, "^[%w!#$&+^`{}~_.-]*'[^']*'(.*)$")
+  if not enc then return nil end
+  return (enc:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- A part's header lines (head: each ending in CRLF) read as headers: the name at the line's
+-- start, case-insensitive, a line starting with white space continuing the one above.
+-- Returns its field name, file name (nil for a field), second file name (filename*, when
+-- both are given), or false, problem: a part that does not say once, plainly, what it is
+-- (two Content-Disposition lines, one that does not parse, a bare CR or LF) is a body
+-- error, not a guess (the first of two lines, a header named X-Content-Disposition, were
+-- each taken for the part's, and an application reads the other).
+local function part_disposition(head)
+  if find(head, "[^\r]\n") or find(head, "\r[^\n]") or byte(head, 1) == 10 then
+    return false, "multipart: a bare CR or LF in a part's headers"
+  end
+  local disp, last
+  local pos, len = 1, #head
+  while pos <= len do
+    local e = find(head, "\r\n", pos, true)
+    local b = byte(head, pos)
+    if b == 32 or b == 9 then
+      if not last then return false, "multipart: bad part header line" end
+      if last == "content-disposition" then disp = disp .. " " .. sub(head, pos, e - 1) end
+    else
+      local name, v = match(sub(head, pos, e - 1), "^([!-9;-~]+):(.*)$")
+      if not name then return false, "multipart: bad part header line" end
+      last = lower(name)
+      if last == "content-disposition" then
+        if disp then return false, "multipart: two Content-Disposition headers in a part" end
+        disp = v
+      end
+    end
+    pos = e + 2
+  end
+  if not disp then return false, "multipart: part without Content-Disposition" end
+  local _, te, kind = find(disp, "^[ \t]*([^;%s]+)")
+  if not kind or lower(kind) ~= "form-data" then
+    return false, "multipart: Content-Disposition not form-data"
+  end
+  local names, values = {}, {}
+  local n = header_params(disp, te + 1, names, values)
+  if not n then return false, "multipart: bad Content-Disposition" end
+  local field, file, file2
+  for i = 1, n do
+    local pn, v = names[i], values[i]
+    if pn == "name" then
+      if field then return false, "multipart: two names in a Content-Disposition" end
+      field = v
+    elseif pn == "filename" then
+      if file then return false, "multipart: two filenames in a Content-Disposition" end
+      file = v
+    elseif pn == "filename*" then
+      if file2 then return false, "multipart: two filename* in a Content-Disposition" end
+      file2 = ext_value(v)
+      if not file2 then return false, "multipart: bad filename*" end
+    end
+  end
+  if not file then file, file2 = file2, nil end
+  return field or "", file, file2
+end
+
+-- The first delimiter of a body, from where it starts; nil, problem when there is none or
+-- a bare LF (not CRLF) comes before it. Such a delimiter PHP reads as one (it looks for
+-- "\n--boundary"), and ModSecurity flags (MULTIPART_LF_LINE): each is a body error, here,
+-- in a part's content (next_part), and after the closing delimiter (epilogue).
+local function first_delimiter(body, delim)
+  local pos = find(body, delim, 1, true)
+  if not pos then return nil, "multipart: no boundary" end
+  if pos > 1 and byte(body, pos - 1) == 10 and (pos == 2 or byte(body, pos - 2) ~= 13) then
+    return nil, "multipart: a delimiter after a bare LF"
+  end
+  return pos
+end
+
+-- The epilogue after the closing delimiter ending at pos - 1: nil, problem if it holds a
+-- delimiter (one find: a loop over each found would let an epilogue of them cost a
+-- round each).
+local function epilogue(body, delim, pos)
+  if find(body, "\n" .. delim, pos, true) then
+    return nil, "multipart: a delimiter after the closing delimiter"
+  end
+  return true
+end
+
 -- The multipart part after the delimiter ending at pos - 1: nil at the closing delimiter,
 -- else its header lines, the blank line's position, its content's end (the next
--- delimiter's CRLF) and its Content-Disposition value; false, problem for a body that
--- does not follow its own boundary. (One reader for parse_multipart and without_files:
--- the parts the rules see are the parts the file check measured.)
+-- delimiter's CRLF), its field name, its file name (nil for a field) and a second file
+-- name (filename* beside filename); false, problem for a body that does not follow its
+-- own boundary. (One reader for parse_multipart and without_files: the parts the rules
+-- see are the parts the file check measured.)
 local function next_part(body, delim, pos)
   if sub(body, pos, pos + 1) == "--" then return nil end
   if sub(body, pos, pos + 1) ~= "\r\n" then return false, "multipart: bad delimiter line" end
@@ -455,38 +600,44 @@ local function next_part(body, delim, pos)
   local head = sub(body, pos + 2, hend + 1)
   local nxt = find(body, "\r\n" .. delim, hend + 4, true)
   if not nxt then return false, "multipart: part without an end" end
-  local disp = match(head, "[Cc][Oo][Nn][Tt][Ee][Nn][Tt]%-[Dd][Ii][Ss][Pp][Oo][Ss][Ii][Tt][Ii][Oo][Nn]:([^\r\n]*)")
-  if not disp then return false, "multipart: part without Content-Disposition" end
-  return head, hend, nxt, disp
+  -- (the first "\n--boundary" is nxt's, or one after a bare LF: a scan of the content
+  -- the find above made, not of the body)
+  if find(body, "\n" .. delim, hend + 4, true) <= nxt then
+    return false, "multipart: a delimiter after a bare LF"
+  end
+  local field, file, file2 = part_disposition(head)
+  if not field then return false, file end
+  return head, hend, nxt, field, file, file2
 end
 
-local function part_filename(disp)
-  return match(disp, ';%s*filename="([^"]*)"') or match(disp, ";%s*filename=([^;%s]+)")
-end
-
--- One multipart/form-data body: fields into body_args, file names into files, each part's
--- header lines into pheaders. Returns nil, problem for a body that does not follow its own
--- boundary. Past max_args (a field, a file name or a header line that does not fit) it
--- stops, the collection marked truncated (a body error, State:body_errors), as parse_form
--- does: read on, a body of tiny parts cost a part's work per few bytes up to body_limit,
--- for values never inspected.
+-- One multipart/form-data body: fields into body_args, file names into files (files.bytes:
+-- the file contents' size), each part's header lines into pheaders. Returns nil, problem
+-- for a body that does not follow its own boundary. Past max_args (a field, a file name
+-- or a header line that does not fit) it stops, the collection marked truncated (a body
+-- error, State:body_errors), as parse_form does: read on, a body of tiny parts cost a
+-- part's work per few bytes up to body_limit, for values never inspected.
 local function parse_multipart(args, files, body, boundary, max, pheaders)
   local delim = "--" .. boundary
-  local pos = find(body, delim, 1, true)
-  if not pos then return nil, "multipart: no boundary" end
+  local pos, perr = first_delimiter(body, delim)
+  if not pos then return nil, perr end
   pos = pos + #delim
+  files.bytes = 0
   while true do
-    local head, hend, nxt, disp = next_part(body, delim, pos)
-    if head == nil then return true end
+    local head, hend, nxt, name, filename, filename2 = next_part(body, delim, pos)
+    if head == nil then return epilogue(body, delim, pos) end
     if not head then return nil, hend end
-    local name = match(disp, ';%s*name="([^"]*)"') or match(disp, ";%s*name=([^;%s]+)") or ""
-    local filename = part_filename(disp)
     local c = filename and files or args
-    if c.n >= max then
+    if c.n >= max or (filename2 and c.n + 1 >= max) then
       c.truncated = true
       return true
     end
-    add(c, name, filename or sub(body, hend + 4, nxt - 1), max)
+    if filename then
+      add(c, name, filename, max)
+      if filename2 then add(c, name, filename2, max) end
+      files.bytes = files.bytes + nxt - hend - 4
+    else
+      add(c, name, sub(body, hend + 4, nxt - 1), max)
+    end
     for hl in gmatch(head, "[^\r\n]+") do
       if pheaders.n >= max then
         pheaders.truncated = true
@@ -498,11 +649,24 @@ local function parse_multipart(args, files, body, boundary, max, pheaders)
   end
 end
 
--- The boundary of a multipart/form-data Content-Type (the client's case), or nil.
+-- The boundary of a multipart/form-data Content-Type (the client's case): nil for another
+-- type; nil, problem for one without a single, plain boundary parameter (a second one,
+-- or a quoted xboundary="..." read as it, and the WAF split the body where the
+-- application did not).
 local function multipart_boundary(ct)
-  if not ct or not find(lower(ct), "^multipart/form%-data") then return nil end
-  return match(ct, '[Bb][Oo][Uu][Nn][Dd][Aa][Rr][Yy]="([^"]+)"')
-    or match(ct, "[Bb][Oo][Uu][Nn][Dd][Aa][Rr][Yy]=([^;%s]+)")
+  if not ct or not find(lower(ct), "^[ \t]*multipart/form%-data") then return nil end
+  local names, values = {}, {}
+  local n = header_params(ct, find(ct, ";", 1, true) or #ct + 1, names, values)
+  if not n then return nil, "multipart: bad Content-Type parameters" end
+  local b
+  for i = 1, n do
+    if names[i] == "boundary" then
+      if b then return nil, "multipart: two boundary parameters" end
+      b = values[i]
+    end
+  end
+  if not b or b == "" then return nil, "multipart: no boundary parameter" end
+  return b
 end
 M.multipart_boundary = multipart_boundary
 
@@ -517,16 +681,20 @@ M.multipart_boundary = multipart_boundary
 -- header), not by the body (12.5 MB of tiny parts, each a part's work).
 function M.without_files(body, boundary, max)
   local delim = "--" .. boundary
-  local pos = find(body, delim, 1, true)
-  if not pos then return nil, "multipart: no boundary" end
+  local pos, perr = first_delimiter(body, delim)
+  if not pos then return nil, perr end
   pos = pos + #delim
   local keep, k, from, cut = {}, 0, 1, 0
   while true do
     if pos - 1 - cut > max then return false end
-    local head, hend, nxt, disp = next_part(body, delim, pos)
-    if head == nil then break end
+    local head, hend, nxt, _, filename = next_part(body, delim, pos)
+    if head == nil then
+      local ok, eerr = epilogue(body, delim, pos)
+      if not ok then return nil, eerr end
+      break
+    end
     if not head then return nil, hend end
-    if part_filename(disp) then
+    if filename then
       k = k + 1
       keep[k] = sub(body, from, hend + 3)
       from = nxt
@@ -647,9 +815,9 @@ function State:body_collections()
   elseif find(ct, "^multipart/form%-data") then
     colls.reqbody_processor.values[1] = "MULTIPART"
     -- (the original header: the boundary's case is the client's)
-    local b = multipart_boundary(self.req:header("content-type"))
+    local b, berr = multipart_boundary(self.req:header("content-type"))
     if not b then
-      problem = "multipart: no boundary parameter"
+      problem = berr or "multipart: no boundary parameter"
     else
       local ok, perr = parse_multipart(args, files, body, b, self.max, ph)
       if not ok then problem = perr end
@@ -806,7 +974,10 @@ function State:coll(name)
     local f = self:coll("files")
     c = f == EMPTY and EMPTY or { n = f.n, names = f.names, values = f.names }
   elseif name == "files_combined_size" then
-    c = ONE_ZERO
+    -- (the contents read, and those read_body left out of a body over body_limit)
+    local f = self:coll("files")
+    local total = (f.bytes or 0) + (self.files_cut or 0)
+    c = total == 0 and ONE_ZERO or one(tostring(total))
   elseif name == "args_combined_size" then
     local total = 0
     for _, cn in ipairs(ARGS) do
