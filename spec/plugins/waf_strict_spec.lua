@@ -113,10 +113,10 @@ describe("a real ModSecurity construct the engine does not run", function()
     }, set.unsupported)
   end)
 
-  it("leaves Debian's CRS 3.3.4 loading: every name in it is ModSecurity's", function()
+  it("leaves Debian's CRS 3.3.4 loading: every name in it is ModSecurity's (920480's macro @rx runs now: 83 not run)", function()
     local set, err = seclang.load({ "/usr/share/modsecurity-crs" })
     assert.is_nil(err)
-    assert.are.equal(84, #set.unsupported)
+    assert.are.equal(83, #set.unsupported)
   end)
 end)
 
@@ -147,7 +147,7 @@ describe("unsupported = \"refuse_own\"", function()
     local mine = tmpfile('SecRule REQUEST_FILENAME "@beginsWith /x" "id:10001,phase:1,deny,status:418"\n')
     local c = T.conf(waf, { crs = "/usr/share/modsecurity-crs", crs_files = { mine },
                             unsupported = "refuse_own", hyperscan = false })
-    assert.are.equal(84, #c.sec.unsupported)
+    assert.are.equal(83, #c.sec.unsupported)
     local ok = pcall(T.conf, waf, { crs = "/usr/share/modsecurity-crs", crs_files = { mine },
                                     unsupported = "refuse", hyperscan = false })
     assert.is_false(ok)
