@@ -186,7 +186,9 @@ describe("waf vars", function()
     -- names case-insensitive, values unquoted or quoted with escapes
     assert.same({ 'f=a "b".jpg' }, coll(mp('content-DISPOSITION: Form-Data; NAME=f; FILENAME="a \\"b\\".jpg"'), "files"))
     -- filename*: decoded; both names when both are given
-    assert.same({ "f=shell.php" }, coll(mp("Content-Disposition: form-data; name=f; filename*=UTF-8''shell.php"), "files"))
+    -- (filename* alone: PHP and others read only filename, so the part is their field)
+    assert.equal("=multipart: filename* without filename",
+      err("Content-Disposition: form-data; name=f; filename*=UTF-8''shell.php"))
     assert.same({ "f=a.jpg", "f=sh\195\169ll.php" },
       coll(mp("Content-Disposition: form-data; name=f; filename=\"a.jpg\"; filename*=UTF-8''sh%C3%A9ll.php"), "files"))
     -- what does not say once, plainly, what the part is: a body error
@@ -200,14 +202,24 @@ describe("waf vars", function()
       err('Content-Disposition: form-data; name="id"\nContent-Disposition: form-data; name=f; filename=a'))
     assert.equal("=multipart: bad part header line", err('Content-Disposition form-data; name="id"'))
     assert.equal("=multipart: Content-Disposition not form-data", err('Content-Disposition: attachment; name="id"'))
-    -- a folded line continues the one above
-    assert.same({ "id=v" }, coll(mp('Content-Disposition: form-data;\r\n name="id"'), "body_args"))
+    -- RFC 7578 parts do not fold
+    assert.equal("=multipart: a folded part header line", err('Content-Disposition: form-data;\r\n name="id"'))
+    -- what PHP reads otherwise: a space before "=", a ' quote, a \\ in a quoted value
+    assert.equal("=multipart: bad Content-Disposition", err('Content-Disposition: form-data; name="q"; filename ="a.txt"'))
+    assert.equal("=multipart: bad Content-Disposition", err("Content-Disposition: form-data; name=q; x='; filename=a.txt'"))
+    assert.equal("=multipart: bad Content-Disposition", err('Content-Disposition: form-data; name="q"; x="\\\\"; filename="a.txt"'))
+    -- a long run of white space costs a byte walk, not a quadratic pattern
+    assert.same({ "a" .. (" "):rep(100000) .. "b=v" },
+      coll(mp('Content-Disposition: form-data; name=a' .. (" "):rep(100000) .. 'b'), "body_args"))
   end)
 
   it("takes the boundary parameter alone, and refuses a delimiter after a bare LF", function()
     local V = require "luaproxy.waf.vars"
     assert.equal("REAL", V.multipart_boundary('multipart/form-data; boundary=REAL; xboundary="FAKE"'))
-    assert.equal("REAL", V.multipart_boundary('multipart/form-data; x="; boundary=FAKE"; BOUNDARY="REAL"'))
+    -- PHP takes the first "boundary" text, case-sensitive first: FAKE here
+    assert.is_nil(V.multipart_boundary('multipart/form-data; x="; boundary=FAKE"; BOUNDARY="REAL"'))
+    assert.is_nil(V.multipart_boundary('multipart/form-data; xboundary=FAKE; boundary=REAL'))
+    assert.equal("----WebKitFormBoundaryAb1", V.multipart_boundary("multipart/form-data; boundary=----WebKitFormBoundaryAb1"))
     assert.equal("ReAl", V.multipart_boundary("Multipart/Form-Data;boundary=ReAl ; charset=utf-8"))
     assert.is_nil(V.multipart_boundary("text/plain; boundary=B"))
     assert.same({ nil, "multipart: two boundary parameters" },
@@ -226,6 +238,16 @@ describe("waf vars", function()
     assert.same({ nil, "multipart: a delimiter after a bare LF" }, { V.without_files(lf, "A", 10) })
     assert.equal("=multipart: a delimiter after a bare LF", err("multipart/form-data; boundary=A", "x\n" .. body))
     assert.is_nil(err("multipart/form-data; boundary=A", "x\r\n" .. body))
+    -- the boundary mid-line in the preamble (PHP starts at the next line), a part's content
+    -- opening with a delimiter, a delimiter line among a part's headers (boundary with ":")
+    local ct = "multipart/form-data; boundary=A"
+    assert.equal("=multipart: the boundary inside the preamble", err(ct, "x" .. body))
+    local hidden = "--A\r\nContent-Disposition: form-data; name=f; filename=a.txt\r\n\r\n--A\r\n"
+      .. "Content-Disposition: form-data; name=q\r\n\r\nattack\r\n--A--\r\n"
+    assert.equal("=multipart: a delimiter inside a part's headers", err(ct, hidden))
+    local colon = "--x:y\r\nContent-Disposition: form-data; name=f; filename=a.txt\r\n--x:y\r\n"
+      .. "Content-Disposition: form-data; name=q\r\n\r\nattack\r\n--x:y--\r\n"
+    assert.equal("=multipart: a delimiter inside a part's headers", err('multipart/form-data; boundary="x:y"', colon))
     assert.equal("=multipart: a delimiter after the closing delimiter",
       err("multipart/form-data; boundary=A", body .. "\n--A\nContent-Disposition: form-data; name=t\n\nattack"))
     assert.same({ nil, "multipart: a delimiter after the closing delimiter" },

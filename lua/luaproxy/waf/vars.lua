@@ -448,7 +448,7 @@ M.add_value = add_value
 -- Returns their count, or nil for text that is not such a list. Quoted-string aware: a
 -- `; filename=y.jpg` inside x="..." is x's value, not a parameter (a field's value read
 -- as a file's name went uninspected, and was cut out of a body over body_limit).
-local function header_params(s, i, names, values)
+local function header_params(s, i, names, values, strict)
   local n, len = 0, #s
   while true do
     i = find(s, "[^ \t]", i)
@@ -460,8 +460,9 @@ local function header_params(s, i, names, values)
       local _, ne = find(s, "^[^%c%s;=\"]+", i)
       if not ne then return nil end
       local name = lower(sub(s, i, ne))
-      i = find(s, "[^ \t]", ne + 1)
-      if not i or byte(s, i) ~= 61 then return nil end -- "="
+      -- "=" right after the name: PHP reads `filename =` as another parameter's name
+      if byte(s, ne + 1) ~= 61 then return nil end
+      i = ne + 1
       i = find(s, "[^ \t]", i + 1) or len + 1
       local v
       if byte(s, i) == 34 then
@@ -476,6 +477,9 @@ local function header_params(s, i, names, values)
             break
           end
           local e = byte(s, q + 1)
+          -- strict (Content-Disposition): PHP reads \\ as a backslash and the \" after it
+          -- as an escaped quote, so `x="\\"; filename=...` hid the rest in x's value there
+          if strict and e == 92 then return nil end
           if e == 34 or e == 92 then
             k = k + 1
             out[k] = sub(s, q + 1, q + 1)
@@ -489,8 +493,13 @@ local function header_params(s, i, names, values)
         v = table.concat(out)
       else
         local e = find(s, ";", i, true) or len + 1
-        v = match(sub(s, i, e - 1), "^(.-)[ \t]*$")
+        local j = e - 1 -- (trailing white space: a byte walk, a pattern was quadratic)
+        while j >= i and (byte(s, j) == 32 or byte(s, j) == 9) do j = j - 1 end
+        v = sub(s, i, j)
         if find(v, '"', 1, true) then return nil end
+        -- strict: PHP takes ' as a quote (x='; filename=a.txt' is one value there);
+        -- filename*'s charset'language' is its own form
+        if strict and name ~= "filename*" and find(v, "'", 1, true) then return nil end
         i = e
       end
       n = n + 1
@@ -523,8 +532,8 @@ local function part_disposition(head)
     local e = find(head, "\r\n", pos, true)
     local b = byte(head, pos)
     if b == 32 or b == 9 then
-      if not last then return false, "multipart: bad part header line" end
-      if last == "content-disposition" then disp = disp .. " " .. sub(head, pos, e - 1) end
+      -- (RFC 7578 parts do not fold; joined, many such lines cost a copy each)
+      return false, "multipart: a folded part header line"
     else
       local name, v = match(sub(head, pos, e - 1), "^([!-9;-~]+):(.*)$")
       if not name then return false, "multipart: bad part header line" end
@@ -542,7 +551,7 @@ local function part_disposition(head)
     return false, "multipart: Content-Disposition not form-data"
   end
   local names, values = {}, {}
-  local n = header_params(disp, te + 1, names, values)
+  local n = header_params(disp, te + 1, names, values, true)
   if not n then return false, "multipart: bad Content-Disposition" end
   local field, file, file2
   for i = 1, n do
@@ -559,7 +568,10 @@ local function part_disposition(head)
       if not file2 then return false, "multipart: bad filename*" end
     end
   end
-  if not file then file, file2 = file2, nil end
+  if not file and file2 then
+    -- PHP and others read only filename: a part with filename* alone is their field
+    return false, "multipart: filename* without filename"
+  end
   return field or "", file, file2
 end
 
@@ -572,6 +584,10 @@ local function first_delimiter(body, delim)
   if not pos then return nil, "multipart: no boundary" end
   if pos > 1 and byte(body, pos - 1) == 10 and (pos == 2 or byte(body, pos - 2) ~= 13) then
     return nil, "multipart: a delimiter after a bare LF"
+  end
+  -- at a line's start: PHP skips a preamble line holding it (x--B) and starts at the next
+  if pos > 1 and byte(body, pos - 1) ~= 10 then
+    return nil, "multipart: the boundary inside the preamble"
   end
   return pos
 end
@@ -598,6 +614,12 @@ local function next_part(body, delim, pos)
   local hend = find(body, "\r\n\r\n", pos, true)
   if not hend then return false, "multipart: part without a blank line" end
   local head = sub(body, pos + 2, hend + 1)
+  -- a delimiter line among the headers (a boundary with ":"), or one opening the content:
+  -- readers that split at each "\r\n--boundary" make another part of it
+  if find(head, "\r\n" .. delim, 1, true) or sub(head, 1, #delim) == delim
+    or sub(body, hend + 4, hend + 3 + #delim) == delim then
+    return false, "multipart: a delimiter inside a part's headers"
+  end
   local nxt = find(body, "\r\n" .. delim, hend + 4, true)
   if not nxt then return false, "multipart: part without an end" end
   -- (the first "\n--boundary" is nxt's, or one after a bare LF: a scan of the content
@@ -655,6 +677,7 @@ end
 -- application did not).
 local function multipart_boundary(ct)
   if not ct or not find(lower(ct), "^[ \t]*multipart/form%-data") then return nil end
+
   local names, values = {}, {}
   local n = header_params(ct, find(ct, ";", 1, true) or #ct + 1, names, values)
   if not n then return nil, "multipart: bad Content-Type parameters" end
@@ -666,6 +689,15 @@ local function multipart_boundary(ct)
     end
   end
   if not b or b == "" then return nil, "multipart: no boundary parameter" end
+  -- PHP takes what follows the text's first "boundary" (case-sensitive, else in any
+  -- case), wherever it stands (xboundary=, inside a quoted value): it must be this
+  -- parameter, or the two split the body apart
+  local a = find(ct, "boundary", 1, true) or find(lower(ct), "boundary", 1, true)
+  local pre = byte(ct, a - 1)
+  if not (pre == 59 or pre == 32 or pre == 9) or lower(sub(ct, a, a + 8)) ~= "boundary="
+    or (sub(ct, a + 9, a + 8 + #b) ~= b and sub(ct, a + 9, a + 10 + #b) ~= '"' .. b .. '"') then
+    return nil, "multipart: \"boundary\" elsewhere in Content-Type before its parameter"
+  end
   return b
 end
 M.multipart_boundary = multipart_boundary
