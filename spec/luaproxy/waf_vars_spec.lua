@@ -214,7 +214,6 @@ describe("waf vars", function()
   end)
 
   it("takes the boundary parameter alone, and refuses a delimiter after a bare LF", function()
-    local V = require "luaproxy.waf.vars"
     assert.equal("REAL", V.multipart_boundary('multipart/form-data; boundary=REAL; xboundary="FAKE"'))
     -- PHP takes the first "boundary" text, case-sensitive first: FAKE here
     assert.is_nil(V.multipart_boundary('multipart/form-data; x="; boundary=FAKE"; BOUNDARY="REAL"'))
