@@ -33,9 +33,9 @@ static int setup(void)
 }
 
 /* chain 1: urldecode; 2: urldecode, lowercase; 3: lowercase */
-static lp_waf_scan_t *state(void)
+static lp_waf_scan_t *state_of(lp_waf_hs_scan_fn scan)
 {
-    lp_waf_scan_t *ws = lp_ffi_waf_scan_new((lp_waf_hs_scan_fn)hs_scan, 3);
+    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(scan, 3);
     if (!ws)
         return NULL;
     int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
@@ -43,6 +43,11 @@ static lp_waf_scan_t *state(void)
         lp_ffi_waf_scan_chain(ws, 3, 0, l))
         return lp_ffi_waf_scan_free(ws), NULL;
     return ws;
+}
+
+static lp_waf_scan_t *state(void)
+{
+    return state_of((lp_waf_hs_scan_fn)hs_scan);
 }
 
 static void test_hits_in_order(void)
@@ -185,16 +190,22 @@ static int counted_scan(const void *d, const char *data, unsigned int length, un
     return hs_scan(d, data, length, flags, sc, (match_event_handler)on_event, ctx);
 }
 
+/* state()'s chains over counted_scan, with the tests' database registered. */
+static lp_waf_scan_t *three_chains(void)
+{
+    lp_waf_scan_t *ws = state_of(counted_scan);
+    if (ws && lp_ffi_waf_scan_db(ws, db) == 0)
+        return ws;
+    lp_ffi_waf_scan_free(ws);
+    return NULL;
+}
+
 /* A value's hits are kept across requests, by its bytes (not its address), chain and
  * database; a failed scan's answer is not. */
 static void test_results_kept(void)
 {
-    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(counted_scan, 3);
+    lp_waf_scan_t *ws = three_chains();
     REQUIRE(ws != NULL);
-    int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
-    REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, u) == 0 && lp_ffi_waf_scan_chain(ws, 2, 1, l) == 0 &&
-            lp_ffi_waf_scan_chain(ws, 3, 0, l) == 0);
-    REQUIRE(lp_ffi_waf_scan_db(ws, db) == 0);
     char a[2][8], b[2][8];
     const unsigned *hits;
     scans = 0;
@@ -227,12 +238,8 @@ static void test_results_kept(void)
  * repeats included; a list of chains that is no path is scanned each time. */
 static void test_path_results_kept(void)
 {
-    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(counted_scan, 3);
+    lp_waf_scan_t *ws = three_chains();
     REQUIRE(ws != NULL);
-    int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
-    REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, u) == 0 && lp_ffi_waf_scan_chain(ws, 2, 1, l) == 0 &&
-            lp_ffi_waf_scan_chain(ws, 3, 0, l) == 0);
-    REQUIRE(lp_ffi_waf_scan_db(ws, db) == 0);
     const unsigned path[] = {0, 1, 2}, notpath[] = {0, 2}; /* 2's parent is 1 */
     const unsigned *hits;
     char v[2][16];
@@ -566,12 +573,8 @@ static void seg_fill(struct seg_buf *b, const char *const *vals, unsigned n)
  * was kept, without a scan (the values that hit nothing by their bits). */
 static void test_segments(void)
 {
-    lp_waf_scan_t *ws = lp_ffi_waf_scan_new(counted_scan, 3);
+    lp_waf_scan_t *ws = three_chains();
     REQUIRE(ws != NULL);
-    int u = lp_ffi_waf_transform_id("urldecode"), l = lp_ffi_waf_transform_id("lowercase");
-    REQUIRE(lp_ffi_waf_scan_chain(ws, 1, 0, u) == 0 && lp_ffi_waf_scan_chain(ws, 2, 1, l) == 0 &&
-            lp_ffi_waf_scan_chain(ws, 3, 0, l) == 0);
-    REQUIRE(lp_ffi_waf_scan_db(ws, db) == 0);
     static struct seg_buf a[2], b[2];
     const unsigned chain2[] = {2}, chain0[] = {0}, path[] = {0, 1, 2};
     const unsigned *hits;
