@@ -187,20 +187,9 @@ function methods.header_count(h)
   check(h, "header_count")
   return (tonumber(C.lp_ffi_header_count(h._r, 0)))
 end
--- A header name in lower case, kept per VM: a client sends the same names request after
--- request, and lower() makes (and interns) a string each time (the waf reads every
--- header's name at every request). Bounded: emptied when full; long names not kept.
-local LOW, LOW_N = {}, 0
-local function low(s)
-  local l = LOW[s]
-  if l then return l end
-  l = lower(s)
-  if #s <= 64 then
-    if LOW_N >= 1024 then LOW, LOW_N = {}, 0 end
-    LOW[s], LOW_N = l, LOW_N + 1
-  end
-  return l
-end
+-- (a header name in lower case, kept per VM: the waf reads every header's name at every
+-- request, and lower() makes and interns a string each time)
+local low = require "luaproxy.lower"
 
 -- The header lines in the order they came, into the caller's lists (names lower-case):
 -- the count. No table is built, and the order is the request's, not a hash table's.

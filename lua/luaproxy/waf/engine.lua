@@ -672,24 +672,8 @@ local function pipeline_of(st)
   return p
 end
 
--- lower(s), kept per VM: a request's names are mostly the last request's (header names,
--- cookie and argument names), and lower() makes (hashes and interns) a string each time. A
--- pure function of s, so nothing of one request shows in another's; bounded (emptied when
--- full: names are the clients'). Only short names: a JSON leaf's name is its whole path,
--- and 1000 leaves under a 100 KB key kept 200 MB per request (st.ln already makes each
--- name of a request once).
-local LOW, LOW_N, LOW_MAX, LOW_LEN = {}, 0, 4096, 64
-local function low(s)
-  local l = LOW[s]
-  if l then return l end
-  l = lower(s)
-  if #s > LOW_LEN then return l end
-  if LOW_N >= LOW_MAX then
-    LOW, LOW_N = {}, 0
-  end
-  LOW[s], LOW_N = l, LOW_N + 1
-  return l
-end
+local low = require "luaproxy.lower" -- lower(s) of a name, kept per VM (st.ln makes each
+-- name of a request once)
 
 -- The lower-case names of collection c, made once per request (st.ln, keyed by the names
 -- array: REQUEST_HEADERS_NAMES shares its base's): group lists, hit filters and target
