@@ -81,12 +81,12 @@ void lp_cache_blocks_limit(lp_cache_blocks_t *b, size_t limit)
 {
     lp_mutex_lock(&b->lock);
     b->limit = limit;
-    if (b->slab_bytes > limit) {
-        if (b->live == 0)
-            release(b);
-        else
-            b->draining = 1;
-    }
+    if (b->slab_bytes <= limit)
+        b->draining = 0; /* raised again (a reload back): the slabs serve as before */
+    else if (b->live == 0)
+        release(b);
+    else
+        b->draining = 1;
     lp_mutex_unlock(&b->lock);
 }
 

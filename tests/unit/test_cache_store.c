@@ -757,6 +757,13 @@ static void blocks_limit_lowered(void)
     lp_cache_blocks_limit(b, 64 * 1024);
     uint8_t c2 = 0;
     CHECK(!lp_cache_blocks_alloc(b, 64, &c2)); /* draining: nothing handed out */
+    /* raised back before the blocks came back: serving again */
+    lp_cache_blocks_limit(b, 4 * 64 * 1024);
+    char *r = lp_cache_blocks_alloc(b, 64, &c2);
+    CHECK(r != NULL);
+    if (r)
+        lp_cache_blocks_free(b, r, c2);
+    lp_cache_blocks_limit(b, 64 * 1024);
     for (int i = 0; i < n; i++)
         lp_cache_blocks_free(b, p[i], c);
     lp_cache_blocks_stats(b, &slab_bytes, &live);
