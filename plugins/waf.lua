@@ -593,7 +593,9 @@ end
 local function read_body(req, conf, vars)
   local limit, boundary = conf.body_limit, nil
   if conf.body_limit_files > limit then
-    boundary = V.multipart_boundary(req:header("content-type"))
+    local berr
+    boundary, berr = V.multipart_boundary(req:header("content-type"))
+    vars.boundary, vars.boundary_error = boundary or false, berr -- (read once a request)
     if boundary then limit = conf.body_limit_files end
   end
   local body, err = req:body(limit)
@@ -603,15 +605,15 @@ local function read_body(req, conf, vars)
   if #body <= conf.body_limit then return body end
   -- (only a multipart body gets here)
   local whole = #body
-  local rest, problem = V.without_files(body, boundary, conf.body_limit) -- (else the bytes cut)
+  local rest, cut = V.without_files(body, boundary, conf.body_limit) -- (cut: the problem, on nil)
   if rest == nil then
     -- unparsed, its files could not be told from its fields: as any body over body_limit
-    return nil, "too large", format("body over body_limit (%d bytes), and %s", conf.body_limit, problem)
+    return nil, "too large", format("body over body_limit (%d bytes), and %s", conf.body_limit, cut)
   elseif not rest then
     return nil, "too large", format("multipart body over body_limit (%d bytes) without its files' contents",
       conf.body_limit)
   end
-  vars.body_length, vars.files_cut = whole, problem
+  vars.body_length, vars.files_cut = whole, cut
   return rest
 end
 

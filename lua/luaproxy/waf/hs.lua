@@ -339,23 +339,7 @@ function M.pipeline_reset(ws) W.lp_ffi_waf_scan_reset(ws) end
 -- database when a group takes it.
 function M.pipeline_db(ws, db) return W.lp_ffi_waf_scan_db(ws, db) == 0 end
 
-local hitsp = ffi.new("const unsigned *[1]")
--- Values vals[0..n) (lens: their lengths; the strings kept alive by the caller until the
--- next pipeline_reset) through chain, scanned with db: the count of hits and the array of
--- (id, value index from 0) pairs (read it before the next call); nil when it failed.
-function M.scan_values(ws, chain, db, vals, lens, n)
-  local cnt = W.lp_ffi_waf_scan_values(ws, chain, db, scratch[0], vals, lens, n, hitsp)
-  if cnt < 0 then return nil end
-  return tonumber(cnt), hitsp[0]
-end
-
--- As scan_values, each value through the chains steps[0..nsteps) in turn (a multiMatch
--- condition's steps), each text a step changed scanned: hits of a value may repeat an id.
-function M.scan_steps(ws, steps, nsteps, db, vals, lens, n)
-  local cnt = W.lp_ffi_waf_scan_steps(ws, steps, nsteps, db, scratch[0], vals, lens, n, hitsp)
-  if cnt < 0 then return nil end
-  return tonumber(cnt), hitsp[0]
-end
+local hitsp = ffi.new("const unsigned *[1]") -- (scan_segs' hits, read before the next call)
 
 -- Segments: a collection's values (or the named items of one) as scan_segs reads them,
 -- filled once a request and read by every group scanning that collection (engine/lua_api.h,

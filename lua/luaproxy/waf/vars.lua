@@ -847,7 +847,9 @@ function State:body_collections()
   elseif find(ct, "^multipart/form%-data") then
     colls.reqbody_processor.values[1] = "MULTIPART"
     -- (the original header: the boundary's case is the client's)
-    local b, berr = multipart_boundary(self.req:header("content-type"))
+    -- (read_body's reading when it made one: self.boundary, a string or false)
+    local b, berr = self.boundary, self.boundary_error
+    if b == nil then b, berr = multipart_boundary(self.req:header("content-type")) end
     if not b then
       problem = berr or "multipart: no boundary parameter"
     else
