@@ -834,6 +834,8 @@ static int on_req_body(lp_h1_t *h, const char *at, size_t len)
     if (rc == 413) {
         llhttp_set_error_reason(&h->parser, "request body too large");
         h->err_status = 413;
+        /* (the bad-request log line says which limit) */
+        h->err_reason = "request body over max_body_size (limits or request_limits)";
         return 0;
     }
     return rc;
