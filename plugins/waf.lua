@@ -71,7 +71,11 @@ P.schema = {
                        or lk:find("_anomaly_score$") or lk:find("_length$") or lk:find("^max_")
                        or lk == "combined_file_sizes" or lk == "sampling_percentage")
                        and not tostring(v):find("^%d+$") then
-                     return nil, format("expected a whole number for %s, got %q", k, tostring(v)), k
+                     return nil, format("expected a whole number for %s (0 or more), got %q", k, tostring(v)), k
+                   end
+                   -- a threshold of 0: every request, score 0 included, reaches it
+                   if lk:find("_threshold$") and tonumber(v) == 0 then
+                     return nil, format("%s: a threshold of 0 refuses every request (at least 1)", k), k
                    end
                  end
                  return true

@@ -383,6 +383,9 @@ SecRule ARGS "@rx worseword" "id:14,phase:2,pass,setvar:tx.anomaly_score=+5"
     assert.is_false(ok)
     assert.matches("crs_tx.*whole number for inbound_anomaly_score_threshold", tostring(err))
     assert.is_false((pcall(T.conf, waf, { crs = p, crs_tx = { paranoia_level = "x" } })))
+    local ok0, err0 = pcall(T.conf, waf, { crs = p, crs_tx = { inbound_anomaly_score_threshold = 0 } })
+    assert.is_false(ok0)
+    assert.matches("a threshold of 0 refuses every request", tostring(err0), 1, true)
     assert.is_true((pcall(T.conf, waf, { crs = p, crs_tx = { allowed_methods = "GET POST" } })))
     -- a key as crs-setup.conf writes it (tx.name) is the name
     local c5 = T.conf(waf, { crs = p, default_rules = false, crs_tx = { ["tx.inbound_anomaly_score_threshold"] = 10 } })
