@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache_fields.h"
 #include "cache_native.h"
 #include "cache_req.h"
 #include "cache_room.h"
@@ -38,6 +39,7 @@
 #include "http1.h"
 #include "lua_api.h"
 #include "lua_vm_int.h"
+#include "worker.h"
 
 #define F_BIT(i)        (1 << (i)) /* lp_ffi_cache_fields' bit of field i (LP_CF_*) */
 #define F_CACHE_CONTROL F_BIT(LP_CF_CACHE_CONTROL)
@@ -238,12 +240,13 @@ int lp_cache_native_request(lp_req_t *r)
     lp_cache_native_t *n = native_of(r);
     lp_req_cache_t *rc = &r->cache;
     if (!n || r->method != HTTP_GET || (r->flags & LP_RF_HEAD) || rc->fill || rc->hit ||
-        lp_ffi_cache_fields(r, 0) != 0)
+        fields_mask(r, 0) != 0)
         return 1;
     lp_str_t key;
     if (lp_ffi_cache_key(r, &key))
         return 1;
-    double now = lp_ffi_now();
+    /* The loop's time (read once per turn, as nginx's cached time): no clock read here. */
+    double now = lp_worker_wall(r->w, uv_now(&r->w->loop) * 1000000u);
     /* The lookup and, on a miss, the key's fill lock (when the plugin coalesces) at once.
      * rc->fill is NULL here (a request holding one returned above): the call sets it. */
     int busy;
@@ -261,12 +264,13 @@ int lp_cache_native_request(lp_req_t *r)
         return 1; /* another request fills it (or no memory): the plugin waits for it */
     lp__cache_count(n->zone, LP_CACHE_C_MISS);
     lp__cache_count(n->zone, LP_CACHE_C_NATIVE_MISS);
-    rc->native = 1;
+    rc->native = n;
     rc->native_t0 = now;
     return 0;
 }
 
-static learned_t *learned_find(lp_cache_native_t *n, int status, int validators, const lp_str_t *cc)
+static inline __attribute__((always_inline)) learned_t *
+learned_find(lp_cache_native_t *n, int status, int validators, const lp_str_t *cc)
 {
     for (int i = 0; n->learned && i < NLEARNED; i++) {
         learned_t *d = &n->learned[i];
@@ -387,18 +391,18 @@ static int miss_status(lp_req_t *r, learned_t *d, int stored, double ttl)
 int lp_cache_native_response(lp_req_t *r)
 {
     lp_req_cache_t *rc = &r->cache;
-    lp_cache_native_t *n = rc->native ? native_of(r) : NULL;
+    lp_cache_native_t *n = rc->native;
     int status = r->resp.status;
     /* Only an upstream's own answer: the plugin tells a failed try's 502/504 apart. */
     if (!n || (r->flags & (LP_RF_LOCAL | LP_RF_HEAD)) || !r->upstream || r->try.target < 0 ||
-        status == 502 || status == 504)
+        status == 502 || status == 504 || !r->t_upstream_head)
         return 1;
     /* One walk of the response's fields: its shape, the values read below, and the size of
      * their lines in the entry. */
     lp_str_t first[LP_CF_N];
     int ncc;
     lp_cache_fields_size_t size;
-    int mask = lp__cache_fields_sized(r, first, &ncc, &size);
+    int mask = fields_walk(r, 1, first, &ncc, &size);
     if ((mask & SHAPE_OTHER) || ncc > 1)
         return 1; /* several Cache-Control lines: the plugin's path (their parse is not kept) */
     learned_t *d = learned_find(n, status, (mask & (F_ETAG | F_LAST_MODIFIED)) != 0,
@@ -418,7 +422,8 @@ int lp_cache_native_response(lp_req_t *r)
     lp_str_t etag = mask & F_ETAG ? first[LP_CF_ETAG] : (lp_str_t){0};
     lp_str_t lm = mask & F_LAST_MODIFIED ? first[LP_CF_LAST_MODIFIED] : (lp_str_t){0};
     int dated = date && n->date_valid;
-    double now = lp_ffi_now(), t0 = rc->native_t0;
+    /* When its head arrived (read then), as the plugin's proxy.now() in its response phase. */
+    double now = lp_worker_wall(r->w, r->t_upstream_head), t0 = rc->native_t0;
     /* RFC 9111 §4.2.3 at the response time, as the plugin's policy.current_age: no Age field
      * (age_value 0), so the corrected age is the response delay. */
     double apparent = dated && now > n->date_value ? now - n->date_value : 0;
@@ -483,14 +488,14 @@ int lp_ffi_cache_native_learn(void *rp, int status, int storable, double ttl, co
     lp_req_t *r = rp;
     if (!lp__lua_runs(r))
         return LP_FFI_EOTHER;
-    lp_cache_native_t *n = r->cache.native ? native_of(r) : NULL;
+    lp_cache_native_t *n = r->cache.native;
     if (!n)
         return 0;
     /* The response path's walk (lp_cache_native_response): the values learned here are the
      * ones it compares. */
     lp_str_t first[LP_CF_N];
     int ncc;
-    int mask = lp__cache_fields_first(r, 1, first, &ncc);
+    int mask = fields_walk(r, 1, first, &ncc, NULL);
     lp_str_t cc = ncc ? first[LP_CF_CACHE_CONTROL] : (lp_str_t){0};
     if ((mask & SHAPE_OTHER) || ncc > 1 || (ncc && cc.len > sizeof(((learned_t *)0)->cc)) ||
         status < 100 || status > 999 || slen >= sizeof(((learned_t *)0)->source) ||

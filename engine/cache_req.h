@@ -50,18 +50,13 @@ enum {
     LP_CF_N
 };
 int lp__cache_field_index(lp_str_t name);
-/* lp_ffi_cache_fields, in a walk that also gives the first value of each field present
- * (first[k] when bit k is set; first holds LP_CF_N) and the number of Cache-Control lines. */
-int lp__cache_fields_first(const lp_req_t *r, int resp, lp_str_t *first, int *ncc);
 /* What storing the response's fields takes (lp__cache_store_fields): the bytes of their
- * lines, how many, and whether some are never stored (RFC 9111 3.1). */
+ * lines, how many, and whether some are never stored (RFC 9111 3.1). cache_fields.h's
+ * fields_walk counts it. */
 typedef struct {
     size_t need, nfields;
     int skip;
 } lp_cache_fields_size_t;
-/* lp__cache_fields_first of the response, with what storing its fields takes. */
-int lp__cache_fields_sized(const lp_req_t *r, lp_str_t *first, int *ncc,
-                           lp_cache_fields_size_t *sz);
 
 /* lp_ffi_cache_store, _store_fields and _miss_status without the check that the request's
  * Lua phase is running (the engine's own default policy, cache_native.c, calls them). */
@@ -72,7 +67,7 @@ int lp__cache_store(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, 
  * entry: the engine's own is made of pieces it keeps, cache_native.c), the number of field
  * lines in it (none in the engine's own) and the time the entry is kept until (seconds,
  * CLOCK_REALTIME) instead of for how long; sized: the response's fields' size as
- * lp__cache_fields_sized gave it (the fields unchanged since), or NULL. */
+ * fields_walk gave it (cache_fields.h; the fields unchanged since), or NULL. */
 int lp__cache_store_fields(lp_req_t *r, struct lp_cache_zone_s *zone, const char *key, size_t klen,
                            const char *sec, size_t slen, const lp_str_t *meta, size_t nmeta,
                            size_t meta_fields, double keep_until,

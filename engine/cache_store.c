@@ -117,27 +117,30 @@ entry_make(const char *key, size_t klen, const char *sec, size_t slen, const cha
         }
         return NULL;
     }
-    *e = (lp_cache_entry_t){0};
-    e->blocks = from;
-    e->bclass = cls;
-    e->key = (char *)(e + 1);
-    memcpy(e->key, key, klen);
+    /* One initialiser (each field stored once; the rest zero), then the bytes. */
+    char *k = (char *)(e + 1);
+    *e = (lp_cache_entry_t){
+        .refs = 1,
+        .hash = hash,
+        .key = k,
+        .klen = klen,
+        .sec = k + klen,
+        .slen = slen,
+        .head = k + klen + slen, /* head_inline(e) */
+        .hlen = hlen,
+        .body_len = body_len,
+        .keep_until = keep_until,
+        .serial = atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed),
+        .bclass = cls,
+        .blocks = from,
+    };
+    memcpy(k, key, klen);
     if (slen) /* most entries have no secondary key: no call for nothing */
-        memcpy(e->key + klen, sec, slen);
-    e->klen = klen;
-    e->sec = e->key + klen;
-    e->slen = slen;
-    e->head = head_inline(e);
+        memcpy(k + klen, sec, slen);
     if (head)
         memcpy(e->head, head, hlen);
-    e->hlen = hlen;
-    e->hash = hash;
-    e->keep_until = keep_until;
-    e->body_len = body_len;
     if (fid_now)
         e->fid = lp__cache_fid(key, klen, sec, slen);
-    atomic_init(&e->refs, 1);
-    atomic_init(&e->serial, atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed));
     if (body_cap) {
         lp_cache_chunk_t *c = (lp_cache_chunk_t *)((char *)e + at);
         *c = (lp_cache_chunk_t){NULL, 0, body_cap};
@@ -966,13 +969,9 @@ HOT lp_cache_fill_t *lock_new(const char *key, size_t klen, uint64_t h, double n
         return NULL;
     if (f == spare)
         spare = NULL;
-    *f = (lp_cache_fill_t){0};
-    f->lroom = room;
-    f->lkey = (char *)(f + 1);
+    *f = (lp_cache_fill_t){
+        .lkey = (char *)(f + 1), .lklen = klen, .lroom = room, .lhash = h, .locked_at = now};
     memcpy(f->lkey, key, klen);
-    f->lklen = klen;
-    f->lhash = h;
-    f->locked_at = now;
     return f;
 }
 

@@ -521,9 +521,20 @@ int lp__resp_add_wire(lp_req_t *r, const char *p, size_t n, int trusted)
 
 int lp__resp_add_line(lp_req_t *r, const char *p, size_t n, size_t nlen)
 {
-    hlist_t l;
     if (n < nlen + 4)
         return LP_FFI_EINVAL;
+    /* The common case (every stored miss's Cache-Status) without the list's set-up: an arena
+     * with room for the line and a free slot. */
+    lp_buf_t *a = r->resp.arena;
+    if (a && r->resp.nheaders < r->cap_headers && r->resp.arena_used + n <= a->cap) {
+        char *s = a->data + r->resp.arena_used;
+        memcpy(s, p, n);
+        r->resp.arena_used += n;
+        r->resp.headers[r->resp.nheaders++] =
+            (lp_header_t){{s, nlen}, {s + nlen + 2, n - nlen - 4}};
+        return 0;
+    }
+    hlist_t l;
     if (hlist(r, 1, &l) || *l.n >= l.cap)
         return LP_FFI_ENOSPACE;
     const char *s = arena_copy(r, 1, &l, p, n); /* the field points into this copy */

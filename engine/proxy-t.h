@@ -226,8 +226,12 @@ struct lp_worker_s {
     struct lp_h2_pool_s *h2_pool;
     lp_req_t *free_reqs; /* owned list: recycled request objects */
     size_t nfree_reqs;
-    size_t nfree_reqs_low;            /* the fewest free since the last trim (request.c) */
-    uv_timer_t house;                 /* once a second: gives back what a peak left unused */
+    size_t nfree_reqs_low; /* the fewest free since the last trim (request.c) */
+    uv_timer_t house;      /* once a second: gives back what a peak left unused */
+    /* CLOCK_REALTIME less CLOCK_MONOTONIC, in seconds, read at init and once a second (house):
+     * the worker's own monotonic stamps put on the wall clock without a clock read
+     * (lp_worker_wall). A step of the wall clock shows within a second. */
+    double wall_offset;
     lp_lua_sched_t lua;               /* Lua tasks ready to resume, background tasks */
     struct lp_cosock_pools_s *cosock; /* owned: proxy.tcp keep-alive pools (cosock.c) */
     /* Its own metrics (metrics.h: it writes with LP_M_ADD/SET, the admin API reads). */
@@ -376,7 +380,10 @@ typedef struct lp_req_cache_s {
     uint8_t streaming;                /* the answer's body comes from `stream`, not chunks */
     uint8_t load_waited;              /* the last lookup waited for another request's
                                          read-back: the next one reads back itself */
-    uint8_t native;      /* the engine ran the plugin's request phase (cache_native.c): a miss */
+    /* borrowed (the request's generation holds the VM it lives in): the route's native
+       policy when the engine ran the plugin's request phase (cache_native.c), a miss; NULL:
+       it did not */
+    struct lp_cache_native_s *native;
     uint8_t native_kept; /* `hit` is the engine's lookup for the plugin's first one */
     double native_t0;    /* when the engine looked the miss up (the request time) */
     /* A memory hit's body goes on here on the next loop turn once the pump moved its share

@@ -405,9 +405,19 @@ static void trim_heap(void)
         malloc_trim(0);
 }
 
+void lp_worker_wall_sync(lp_worker_t *w)
+{
+    struct timespec mono, wall;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    clock_gettime(CLOCK_REALTIME, &wall);
+    w->wall_offset = ((double)wall.tv_sec - (double)mono.tv_sec) +
+                     ((double)wall.tv_nsec - (double)mono.tv_nsec) * 1e-9;
+}
+
 static void on_house(uv_timer_t *t)
 {
     lp_worker_t *w = t->data;
+    lp_worker_wall_sync(w);
     LP_M_SET(&w->m_cells[LP_WM_LUA_MEM], lp_lua_memory(w->cur ? w->cur->lua : NULL));
     lp_lua_background_stop(w, 0); /* of old generations, past timeouts.drain */
     lp_req_end_detached(w, 0);
@@ -571,6 +581,7 @@ static int worker_init(lp_worker_t *w, int id, char *err, size_t errlen)
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
     lp_ep_env_init(&w->ep_env, &w->loop, &w->bufs, &w->wbatches);
+    lp_worker_wall_sync(w);
     uv_timer_init(&w->loop, &w->house);
     w->house.data = w;
     uv_timer_start(&w->house, on_house, 1000, 1000);

@@ -48,4 +48,14 @@ void lp_sockaddr_text(const struct sockaddr_storage *ss, char *out, size_t outle
 /* Drops a reference to a worker generation (requests and the worker hold them). */
 void lp_wgen_release(lp_worker_t *w, lp_wgen_t *g);
 
+/* The wall clock (lp_ffi_now's seconds since the epoch) at a monotonic stamp of this process
+ * (uv_hrtime()'s ns, or uv_now()'s ms times 1e6), as w's offset puts it: the engine's own
+ * timestamps (the cache's request and response times) without a clock read each. */
+static inline double lp_worker_wall(const lp_worker_t *w, uint64_t mono_ns)
+{
+    return (double)(int64_t)mono_ns * 1e-9 + w->wall_offset;
+}
+/* Reads both clocks into w->wall_offset. */
+void lp_worker_wall_sync(lp_worker_t *w);
+
 #endif

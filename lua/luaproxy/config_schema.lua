@@ -779,6 +779,7 @@ local S = {
         max_body_size = { type = "integer", default = 1048576, min = 0, max = 9e15,
                           description = "bytes of request body, 0 = unlimited (→ 413, also "
                             .. "mid-stream for chunked bodies)" },
+        -- min 1: cache_ffi.c's FIELDS_ALWAYS_FIT counts on it
         max_headers = { type = "integer", default = 100, min = 1, max = 10000,
                         description = "number of request header fields (→ 431)" },
         max_connections = {

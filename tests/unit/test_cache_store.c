@@ -8,6 +8,7 @@
 #include "cache_store.h"
 #include "cache_store_int.h"
 #include "lua_api.h"
+#include "worker.h"
 #include "lp_test.h"
 
 #define K(s) (s), strlen(s)
@@ -821,6 +822,24 @@ static void entry_outlives_zone(void)
     lp_cache_entry_unref(e);
 }
 
+/* The worker's wall clock at a monotonic stamp (the engine's cache times: cache_native.c)
+ * is the wall clock: the loop's ms and a fresh hrtime both land within a few ms of
+ * lp_ffi_now, and a stamp a second later a second later. */
+static void worker_wall(void)
+{
+    static lp_worker_t w; /* large: not on the stack */
+    lp_worker_wall_sync(&w);
+    uint64_t mono = uv_hrtime();
+    double now = lp_ffi_now();
+    double wall = lp_worker_wall(&w, mono);
+    CHECK(wall > now - 0.05 && wall < now + 0.05);
+    CHECK(lp_worker_wall(&w, mono + 1000000000u) - wall > 0.999);
+    CHECK(lp_worker_wall(&w, mono + 1000000000u) - wall < 1.001);
+    /* in ms, as uv_now gives them */
+    CHECK(lp_worker_wall(&w, mono / 1000000u * 1000000u) <= wall);
+    CHECK(lp_worker_wall(&w, mono / 1000000u * 1000000u) > wall - 0.002);
+}
+
 static const lp_test_case_t tests[] = {
     {"blocks", blocks},
     {"blocks_limit_lowered", blocks_limit_lowered},
@@ -828,6 +847,7 @@ static const lp_test_case_t tests[] = {
     {"entry_outlives_zone", entry_outlives_zone},
     {"small_body_in_entry", small_body_in_entry},
     {"field_bits", field_bits},
+    {"worker_wall", worker_wall},
     {"store_and_get", store_and_get},
     {"large_body_many_chunks", large_body_many_chunks},
     {"object_limit_and_partial", object_limit_and_partial},
