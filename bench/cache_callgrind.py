@@ -8,7 +8,7 @@ on a loaded machine (instructions, not time). A figure for docs, never a test.
 
   python3 bench/cache_callgrind.py [N]              # N requests per case (default 2000)
   LUAPROXY=/path/to/luaproxy python3 bench/cache_callgrind.py
-  CASES=hit-5B,miss-store python3 bench/cache_callgrind.py
+  CASES=hit-5B,miss-store-5B python3 bench/cache_callgrind.py
   KEEP=1 ...                                       # keep the callgrind.out files (printed)
 
 Annotate a kept file with `callgrind_annotate --inclusive=yes FILE | head -60`.
@@ -51,6 +51,11 @@ CASES = {
     "plain-unique-5B": (False, lambda i: "/fixed?size=5&k=%d" % i),
     "hit-5B": (True, lambda i: "/fixed?size=5"),
     "hit-16KiB": (True, lambda i: "/fixed?size=16384"),
+    # A hit on an entry this worker has not served before (the warm-up stored keys 1..WARM,
+    # each measured request hits the next): a cache of many keys, each hit a few times.
+    "hit-first-5B": (True, lambda i: "/fixed?size=5&k=%d" % i),
+    # Hits spread over 1,000 hot keys (each stored and hit during the warm-up).
+    "hit-1000-keys-5B": (True, lambda i: "/fixed?size=5&k=%d" % (i % 1000)),
     "miss-store-5B": (True, lambda i: "/fixed?size=5&k=%d" % i),
     # The plugin's own miss (a request directive the engine's replay leaves to the plugin):
     # its Lua path, meta encoding included.

@@ -90,21 +90,6 @@ typedef struct {
 
 #define NLEARNED 8
 
-/* How the plugin served a plain hit on an entry (a GET without any field the policy reads,
- * on a fresh entry without Vary): its status and stored fields' lines (served_list's wire,
- * checked by lp__wire_valid), and what its age and freshness are computed from: the age at
- * the response time (policy.current_age(meta, meta.response_time)), that time, the TTL. */
-typedef struct {
-    const lp_cache_entry_t *e; /* identity only (no reference): with `serial` */
-    uint64_t serial;           /* the entry's head it was learned from */
-    int status;
-    char *wire; /* owned: "Name: value\r\n" lines */
-    size_t wire_len;
-    double age0, response_time, ttl;
-} hit_memo_t;
-
-#define NHITS 256
-
 struct lp_cache_native_s {
     lp_cache_zone_t *zone; /* borrowed: the generation's config holds the zone */
     double lock_timeout;   /* seconds; < 0: no coalescing (the plugin's lock = false) */
@@ -116,7 +101,6 @@ struct lp_cache_native_s {
     size_t date_len;    /* 0: none yet */
     double date_value;  /* what it parsed to */
     uint8_t date_valid; /* 0: it did not parse (the meta has no date) */
-    hit_memo_t *hits;   /* owned: NHITS slots by entry address, NULL until the first hit */
 };
 /* What every cache-only route costs a worker VM before its first request. */
 _Static_assert(sizeof(lp_cache_native_t) <= 128, "a route's native cache stays small until used");
@@ -169,12 +153,8 @@ void lp_cache_native_free(lp_cache_native_t **all, size_t nroutes)
     if (!all)
         return;
     for (size_t i = 0; i < nroutes; i++) {
-        for (int j = 0; all[i] && all[i]->hits && j < NHITS; j++)
-            free(all[i]->hits[j].wire);
-        if (all[i]) {
-            free(all[i]->hits);
+        if (all[i])
             free(all[i]->learned);
-        }
         free(all[i]);
     }
     free(all);
@@ -188,19 +168,12 @@ static lp_cache_native_t *native_of(const lp_req_t *r)
     return vm->cache_native[r->route_index];
 }
 
-/* NULL while the route has no memo yet. */
-static hit_memo_t *hit_slot(lp_cache_native_t *n, const lp_cache_entry_t *e)
-{
-    uintptr_t a = (uintptr_t)e;
-    return n->hits ? &n->hits[(a >> 6 ^ a >> 14) % NHITS] : NULL;
-}
-
 /* A plain hit on e served as the plugin served it before: its serve() with policy.current_age
  * and age_header, and the Cache-Status of a hit (`luaproxy; hit; ttl=N`). 0 when answered. */
 static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, double now)
 {
-    const hit_memo_t *h = hit_slot(n, e);
-    if (!h || h->e != e || h->serial != lp_cache_entry_serial(e) || !lp_cache_entry_resident(e))
+    const lp_cache_served_t *h = lp_cache_entry_served(e);
+    if (!h || h->serial != lp_cache_entry_serial(e) || !lp_cache_entry_resident(e))
         return 1;
     double age = h->age0 + (now > h->response_time ? now - h->response_time : 0);
     double left = h->ttl - age;
@@ -546,22 +519,21 @@ int lp_ffi_cache_native_hit(void *rp, int status, const char *wire, size_t wlen,
     if (!lp__lua_runs(r))
         return LP_FFI_EOTHER;
     lp_cache_native_t *n = native_of(r);
-    const lp_cache_entry_t *e = r->cache.hit;
+    lp_cache_entry_t *e = r->cache.hit;
     if (!n || !e || r->cache.hit_zone != n->zone || status < 200 || status > 999 ||
         !(age0 >= 0 && age0 < 1e15) || !(ttl >= 0 && ttl < 1e15) || !(response_time > 0) ||
         lp__wire_valid(wire, wlen))
         return 0;
-    if (!n->hits && !(n->hits = calloc(NHITS, sizeof(*n->hits))))
+    uint64_t serial = lp_cache_entry_serial(e);
+    const lp_cache_served_t *have = lp_cache_entry_served(e);
+    if (have && have->serial == serial)
+        return 0; /* learned already (by this worker or another) */
+    lp_cache_served_t *h = malloc(sizeof(*h) + (wlen ? wlen : 1));
+    if (!h)
         return 0;
-    hit_memo_t *h = hit_slot(n, e);
-    if (h->e == e && h->serial == lp_cache_entry_serial(e))
-        return 0; /* learned already */
-    char *copy = malloc(wlen ? wlen : 1);
-    if (!copy)
-        return 0;
-    memcpy(copy, wire, wlen);
-    free(h->wire);
-    *h = (hit_memo_t){e, lp_cache_entry_serial(e), status, copy, wlen, age0, response_time, ttl};
+    *h = (lp_cache_served_t){NULL, serial, status, age0, response_time, ttl, wlen};
+    memcpy(h->wire, wire, wlen);
+    lp_cache_entry_served_set(e, h);
     return 0;
 }
 

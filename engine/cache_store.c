@@ -47,6 +47,12 @@ static void head_free(const lp_cache_entry_t *e, char *head)
 
 static void entry_free(lp_cache_entry_t *e)
 {
+    lp_cache_served_t *s = atomic_load_explicit(&e->served, memory_order_acquire);
+    while (s) {
+        lp_cache_served_t *older = s->older;
+        free(s);
+        s = older;
+    }
     lp_cache_chunk_t *c = e->chunks;
     if (e->body_inline)
         c = c->next; /* the first is in e's block */
@@ -83,6 +89,30 @@ static _Atomic uint64_t next_serial = 1; /* lp_cache_entry_t.serial */
 uint64_t lp_cache_entry_serial(const lp_cache_entry_t *e)
 {
     return atomic_load_explicit(&e->serial, memory_order_relaxed);
+}
+
+const lp_cache_served_t *lp_cache_entry_served(const lp_cache_entry_t *e)
+{
+    return atomic_load_explicit(&e->served, memory_order_acquire);
+}
+
+int lp_cache_entry_served_set(lp_cache_entry_t *e, lp_cache_served_t *s)
+{
+    /* Pushed on the list with a compare-and-swap: older memos stay until the entry goes, as a
+     * reader on another thread may still be reading one (a memo is never freed under it). */
+    lp_cache_served_t *cur = atomic_load_explicit(&e->served, memory_order_acquire);
+    for (;;) {
+        int n = 0;
+        for (const lp_cache_served_t *o = cur; o; o = o->older, n++)
+            if (o->serial == s->serial || n >= LP_CACHE_SERVED_MAX - 1) {
+                free(s);
+                return -1;
+            }
+        s->older = cur;
+        if (atomic_compare_exchange_weak_explicit(&e->served, &cur, s, memory_order_release,
+                                                  memory_order_acquire))
+            return 0;
+    }
 }
 
 lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *sec, size_t slen,

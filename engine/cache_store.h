@@ -133,6 +133,28 @@ int lp_cache_entry_same(const lp_cache_entry_t *e, const char *key, size_t klen,
 /* The first body chunk (the list is immutable while the caller holds a reference). */
 const lp_cache_chunk_t *lp_cache_entry_chunks(const lp_cache_entry_t *e);
 
+/* How a plain hit is served from an entry's head (cache_native.c learns it from the cache
+ * plugin's first such hit): kept with the entry, so every worker and route answers the next
+ * plain hits on it in the engine, however many entries are hot. Immutable once published;
+ * freed with the entry (never before), so a thread holding the entry may read it. */
+typedef struct lp_cache_served_s {
+    struct lp_cache_served_s *older; /* owned: the memo of a head this one came after */
+    uint64_t serial;                 /* the head it serves (lp_cache_entry_serial) */
+    int status;
+    double age0;          /* the age at the response time (RFC 9111 4.2.3's corrected initial) */
+    double response_time; /* seconds, CLOCK_REALTIME */
+    double ttl;           /* the freshness lifetime */
+    size_t wire_len;
+    char wire[]; /* the fields served as stored: "Name: value\r\n" lines */
+} lp_cache_served_t;
+/* The newest memo published on e, or NULL; the caller compares its serial with e's. */
+const lp_cache_served_t *lp_cache_entry_served(const lp_cache_entry_t *e);
+/* Publishes s (malloc'd; taken either way) on e, any thread: 0, or -1 when e has one for
+ * s's head already or holds LP_CACHE_SERVED_MAX (a head replaced that often is left to the
+ * plugin), and s is freed. */
+int lp_cache_entry_served_set(lp_cache_entry_t *e, lp_cache_served_t *s);
+#define LP_CACHE_SERVED_MAX 4
+
 /* ---- purge ---- */
 /* Unlinks every variant of `key` (mode LP_CACHE_PURGE_KEY), every entry whose key starts with
  * it (LP_CACHE_PURGE_PREFIX), or everything (LP_CACHE_PURGE_ALL). Returns how many of them

@@ -60,6 +60,9 @@ struct lp_cache_entry_s {
     uint32_t writing; /* writes of it queued and not done (zone lock): an entry pushed out of
                          memory meanwhile stays indexed (demoted), its file on the way */
     lp_list_t dlru;   /* in zone->dlru while on_disk (zone lock) */
+    /* owned: how plain hits are served, newest first (lp_cache_entry_served_set, any
+       thread, lock-free); NULL until learned */
+    _Atomic(struct lp_cache_served_s *) served;
 };
 
 struct lp_cache_fill_s {

@@ -561,7 +561,8 @@ double lp_ffi_cache_native_t0(void *r);
 /* The plugin served a plain hit on the looked-up entry (a GET without any field the policy
  * reads, fresh, no Vary): with status and the stored fields' lines (wire), its age at the
  * response time, that time and its TTL, for the engine to serve the next such hits on that
- * entry's head the same way while it is fresh. */
+ * entry's head the same way while it is fresh, in every worker (kept with the entry:
+ * lp_cache_entry_served_set). */
 int lp_ffi_cache_native_hit(void *r, int status, const char *wire, size_t wlen, double age0,
                             double response_time, double ttl);
 

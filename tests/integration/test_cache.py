@@ -305,6 +305,28 @@ class CacheTest(H.ProxyTestCase):
             self.assert_native_flat(lambda: self.get("/dttl/req", headers=hs, method=m),
                                     "%s %s" % (m, hs))
 
+    def test_engine_hits_on_many_entries_in_any_worker(self):
+        # The plugin's first plain hit on an entry teaches the engine how to serve it, and
+        # that is kept with the entry (lp_cache_served_t): every later plain hit is the
+        # engine's, whichever of the two workers takes it and however many entries are hot.
+        # Each worker kept it in a table of 256 slots before: a hit on the other worker, or
+        # on an entry whose slot another took, ran the plugin's Lua again.
+        keys = ["/dttl/many%d" % i for i in range(300)]
+        for q in keys:
+            self.origin.script(q, lambda req, n: H.simple_response(200, b"m%d" % n))
+        for q in keys:
+            self.assertEqual(self.get(q).body, b"m1")  # stored
+        for q in keys:
+            self.assertEqual(self.get(q).body, b"m1")  # the first hit (the plugin's, learned)
+        nat = self.native()
+        for q in keys:
+            r = self.get(q)
+            self.assertEqual(r.body, b"m1")
+            self.assertTrue(r.header("cache-status").startswith("luaproxy; hit; ttl="), q)
+            self.assertTrue(r.header("age") is not None, q)
+        self.assertEqual(self.native_delta(nat)["hits"], len(keys))
+        self.assertEqual(self.origin.count("/dttl/many7"), 1)
+
     def test_engine_miss_of_the_fullest_response(self):
         # The fullest response an upstream may send (max_headers, 100, with its
         # Content-Length), stored by the engine (a decision replayed): its Cache-Status still

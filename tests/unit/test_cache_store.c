@@ -3,6 +3,7 @@
  * variants bounded, key locks (coalescing) and their timeout, purge by key, prefix and all,
  * and counts under threads. */
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include "cache_req.h"
 #include "cache_store.h"
@@ -840,12 +841,58 @@ static void worker_wall(void)
     CHECK(lp_worker_wall(&w, mono / 1000000u * 1000000u) > wall - 0.002);
 }
 
+/* How plain hits are served is kept with the entry (cache_native.c): one memo per head,
+ * published lock-free, at most LP_CACHE_SERVED_MAX, all freed with the entry (ASan: no leak,
+ * and none freed while the entry lives). */
+static lp_cache_served_t *served(uint64_t serial)
+{
+    lp_cache_served_t *s = malloc(sizeof(*s) + 2);
+    if (!s)
+        abort();
+    *s = (lp_cache_served_t){NULL, serial, 200, 0, NOW, 60, 2};
+    memcpy(s->wire, "\r\n", 2);
+    return s;
+}
+
+static void served_memo(void)
+{
+    lp_cache_zone_t *z = zone("t_served", 1 << 20, 1 << 16);
+    REQUIRE(z);
+    lp_cache_fill_t *f = lp_cache_fill_start(z, NULL, K("m"), K(""), K("head"), NOW + 60, 0);
+    REQUIRE(f);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    lp_cache_entry_t *e = lp_cache_get(z, K("m"), K(""), NOW);
+    REQUIRE(e);
+    CHECK(lp_cache_entry_served(e) == NULL);
+    uint64_t serial = lp_cache_entry_serial(e);
+    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(serial)), 0);
+    const lp_cache_served_t *first = lp_cache_entry_served(e);
+    CHECK(first && first->serial == serial);
+    /* the same head again: refused, the first stays */
+    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(serial)), -1);
+    CHECK(lp_cache_entry_served(e) == first);
+    /* new heads: kept newest first, the older ones still there (a reader may hold them) */
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second"), NOW + 60), 0);
+    CHECK(lp_cache_entry_serial(e) != serial);
+    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(lp_cache_entry_serial(e))), 0);
+    CHECK(lp_cache_entry_served(e)->older == first);
+    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(serial + 1000)), 0);
+    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(serial + 1001)), 0);
+    /* LP_CACHE_SERVED_MAX (4) held: a fifth is refused */
+    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(serial + 1002)), -1);
+    CHECK(lp_cache_entry_served(e)->serial == serial + 1001);
+    lp_cache_entry_unref(e);
+    CHECK_EQ_INT(lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0) >= 1, 1);
+    lp_cache_zone_release(z);
+}
+
 static const lp_test_case_t tests[] = {
     {"blocks", blocks},
     {"blocks_limit_lowered", blocks_limit_lowered},
     {"table_follows_lowered_budget", table_follows_lowered_budget},
     {"entry_outlives_zone", entry_outlives_zone},
     {"small_body_in_entry", small_body_in_entry},
+    {"served_memo", served_memo},
     {"field_bits", field_bits},
     {"worker_wall", worker_wall},
     {"store_and_get", store_and_get},
