@@ -533,7 +533,7 @@ int lp_ffi_cache_native_hit(void *rp, int status, const char *wire, size_t wlen,
         return 0;
     *h = (lp_cache_served_t){NULL, serial, status, age0, response_time, ttl, wlen};
     memcpy(h->wire, wire, wlen);
-    lp_cache_entry_served_set(e, h);
+    lp_cache_entry_served_set(n->zone, e, h);
     return 0;
 }
 

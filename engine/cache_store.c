@@ -96,23 +96,31 @@ const lp_cache_served_t *lp_cache_entry_served(const lp_cache_entry_t *e)
     return atomic_load_explicit(&e->served, memory_order_acquire);
 }
 
-int lp_cache_entry_served_set(lp_cache_entry_t *e, lp_cache_served_t *s)
+int lp_cache_entry_served_set(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_served_t *s)
 {
-    /* Pushed on the list with a compare-and-swap: older memos stay until the entry goes, as a
-     * reader on another thread may still be reading one (a memo is never freed under it). */
-    lp_cache_served_t *cur = atomic_load_explicit(&e->served, memory_order_acquire);
-    for (;;) {
-        int n = 0;
-        for (const lp_cache_served_t *o = cur; o; o = o->older, n++)
-            if (o->serial == s->serial || n >= LP_CACHE_SERVED_MAX - 1) {
-                free(s);
-                return -1;
-            }
-        s->older = cur;
-        if (atomic_compare_exchange_weak_explicit(&e->served, &cur, s, memory_order_release,
-                                                  memory_order_acquire))
-            return 0;
-    }
+    /* Under the zone lock, once per head: the memo's bytes are charged to the zone with the
+     * entry's (unlinking it takes them back). Readers take the list without the lock: it is
+     * published with a release store, and older memos stay until the entry goes, as a reader
+     * on another thread may still be reading one (a memo is never freed under it). */
+    size_t bytes = sizeof(*s) + s->wire_len;
+    lp_mutex_lock(&z->lock);
+    lp_cache_served_t *cur = atomic_load_explicit(&e->served, memory_order_relaxed);
+    int n = 0;
+    for (const lp_cache_served_t *o = cur; o; o = o->older, n++)
+        if (o->serial == s->serial || n >= LP_CACHE_SERVED_MAX - 1) {
+            lp_mutex_unlock(&z->lock);
+            free(s);
+            return -1;
+        }
+    s->older = cur;
+    atomic_store_explicit(&e->served, s, memory_order_release);
+    e->cost += bytes;
+    if (e->linked && e->resident)
+        z->used += bytes;
+    else if (e->linked)
+        z->sbytes += bytes;
+    lp_mutex_unlock(&z->lock);
+    return 0;
 }
 
 lp_cache_entry_t *lp__cache_entry_new(const char *key, size_t klen, const char *sec, size_t slen,

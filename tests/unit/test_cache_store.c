@@ -865,24 +865,30 @@ static void served_memo(void)
     REQUIRE(e);
     CHECK(lp_cache_entry_served(e) == NULL);
     uint64_t serial = lp_cache_entry_serial(e);
-    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(serial)), 0);
+    lp_cache_stats_t st0, st1;
+    lp_cache_zone_stats(z, &st0);
+    CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial)), 0);
+    lp_cache_zone_stats(z, &st1); /* charged to the zone with the entry */
+    CHECK(st1.bytes == st0.bytes + sizeof(lp_cache_served_t) + 2);
     const lp_cache_served_t *first = lp_cache_entry_served(e);
     CHECK(first && first->serial == serial);
     /* the same head again: refused, the first stays */
-    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(serial)), -1);
+    CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial)), -1);
     CHECK(lp_cache_entry_served(e) == first);
     /* new heads: kept newest first, the older ones still there (a reader may hold them) */
     CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second"), NOW + 60), 0);
     CHECK(lp_cache_entry_serial(e) != serial);
-    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(lp_cache_entry_serial(e))), 0);
+    CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(lp_cache_entry_serial(e))), 0);
     CHECK(lp_cache_entry_served(e)->older == first);
-    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(serial + 1000)), 0);
-    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(serial + 1001)), 0);
+    CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial + 1000)), 0);
+    CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial + 1001)), 0);
     /* LP_CACHE_SERVED_MAX (4) held: a fifth is refused */
-    CHECK_EQ_INT(lp_cache_entry_served_set(e, served(serial + 1002)), -1);
+    CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial + 1002)), -1);
     CHECK(lp_cache_entry_served(e)->serial == serial + 1001);
     lp_cache_entry_unref(e);
     CHECK_EQ_INT(lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0) >= 1, 1);
+    lp_cache_zone_stats(z, &st1); /* taken back with it */
+    CHECK(st1.bytes == 0);
     lp_cache_zone_release(z);
 }
 
