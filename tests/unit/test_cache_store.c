@@ -739,41 +739,70 @@ static void blocks(void)
     lp_cache_blocks_free(b, p1, c1);
 }
 
-/* A lowered limit hands out no block while blocks made under the old one are out (malloc's
- * then), and gives every slab back when the last of them returns. */
+/* A lowered limit retires the slabs: each goes once its own blocks have come back (those
+ * with none at once), so one entry that stays (a hot one in a busy zone) keeps its slab
+ * only, where it once kept every slab and the store handed out nothing until the last
+ * block of all came back. Fresh slabs are made within the limit, retired ones counted. */
 static void blocks_limit_lowered(void)
 {
+    enum { PER_SLAB = 31 }; /* blocks of LP_CACHE_BLOCK_MAX in a 64 KiB slab */
     lp_cache_blocks_t *b = lp_cache_blocks_new(4 * 64 * 1024);
     REQUIRE(b);
     uint8_t c = 0;
-    char *p[100];
+    char *p[4 * PER_SLAB];
     int n = 0;
-    while (n < 100 && (p[n] = lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX, &c)))
+    while (n < 4 * PER_SLAB && (p[n] = lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX, &c)))
         n++;
-    CHECK(n == 100);
+    REQUIRE(n == 4 * PER_SLAB);
+    CHECK(!lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX, &c)); /* the four slabs are full */
     size_t slab_bytes = 0, live = 0;
     lp_cache_blocks_stats(b, &slab_bytes, &live);
     CHECK_EQ_INT(slab_bytes, 4 * 64 * 1024);
-    lp_cache_blocks_limit(b, 64 * 1024);
-    uint8_t c2 = 0;
-    CHECK(!lp_cache_blocks_alloc(b, 64, &c2)); /* draining: nothing handed out */
-    /* raised back before the blocks came back: serving again */
-    lp_cache_blocks_limit(b, 4 * 64 * 1024);
-    char *r = lp_cache_blocks_alloc(b, 64, &c2);
-    CHECK(r != NULL);
-    if (r)
-        lp_cache_blocks_free(b, r, c2);
-    lp_cache_blocks_limit(b, 64 * 1024);
+    /* Every block of the first slab goes, and all but one of each other slab's. */
     for (int i = 0; i < n; i++)
-        lp_cache_blocks_free(b, p[i], c);
+        if (i < PER_SLAB || i % PER_SLAB)
+            lp_cache_blocks_free(b, p[i], c);
+    lp_cache_blocks_limit(b, 2 * 64 * 1024);
     lp_cache_blocks_stats(b, &slab_bytes, &live);
-    CHECK_EQ_INT(slab_bytes, 0);
-    CHECK_EQ_INT(live, 0);
-    char *q = lp_cache_blocks_alloc(b, 64, &c2); /* starts over within the new limit */
+    CHECK_EQ_INT(live, 3);
+    CHECK_EQ_INT(slab_bytes, 3 * 64 * 1024); /* the empty one went at once */
+    uint8_t c2 = 0;
+    CHECK(!lp_cache_blocks_alloc(b, 64, &c2)); /* retired ones over the limit: malloc's */
+    lp_cache_blocks_free(b, p[PER_SLAB], c);   /* the second slab's last block */
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 2 * 64 * 1024);
+    CHECK(!lp_cache_blocks_alloc(b, 64, &c2)); /* at the limit still */
+    lp_cache_blocks_free(b, p[2 * PER_SLAB], c);
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 64 * 1024); /* one retired slab left: its entry stays hot */
+    /* A fresh slab within the limit, beside it (a retired slab's freed blocks are never
+     * handed out again). */
+    char *q = lp_cache_blocks_alloc(b, 64, &c2);
     REQUIRE(q);
     lp_cache_blocks_stats(b, &slab_bytes, &live);
-    CHECK_EQ_INT(slab_bytes, 64 * 1024);
+    CHECK_EQ_INT(slab_bytes, 2 * 64 * 1024);
+    CHECK_EQ_INT(live, 2);
+    uintptr_t slab_mask = ~(uintptr_t)(64 * 1024 - 1);
+    CHECK(((uintptr_t)q & slab_mask) != ((uintptr_t)p[3 * PER_SLAB] & slab_mask));
+    /* raised again: fresh slabs up to the new limit, the retired one still goes with its
+     * block */
+    lp_cache_blocks_limit(b, 4 * 64 * 1024);
+    char *r[4 * PER_SLAB];
+    int m = 0;
+    while (m < 4 * PER_SLAB && (r[m] = lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX, &c)))
+        m++;
+    CHECK_EQ_INT(m, 3 * PER_SLAB); /* q's slab and two more, beside the retired one */
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 4 * 64 * 1024);
+    lp_cache_blocks_free(b, p[3 * PER_SLAB], c);
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 3 * 64 * 1024);
+    for (int i = 0; i < m; i++)
+        lp_cache_blocks_free(b, r[i], c);
     lp_cache_blocks_free(b, q, c2);
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(live, 0);
+    CHECK_EQ_INT(slab_bytes, 3 * 64 * 1024); /* not retired: kept for the next entries */
     /* lowered with no block out: the slabs go at once */
     lp_cache_blocks_limit(b, 0);
     lp_cache_blocks_stats(b, &slab_bytes, &live);
