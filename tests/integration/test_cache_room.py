@@ -19,7 +19,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reload"))
 import harness as H  # noqa: E402
+import reloadtest as RT  # noqa: E402
 
 ZONE = "r"
 
@@ -55,6 +57,15 @@ class CacheRoomTest(H.ProxyTestCase):
         if disk:
             H.wait_for(lambda: not self.zone(p)["disk"]["loading"], H.T(10), what="the disk scan")
         return p
+
+    @staticmethod
+    def proxy_has_read(proxy_port, client_port):
+        """True once nothing the client on client_port sent waits in the proxy's receive
+        queue (/proc/net/tcp; test_upstream_limits.py's proxy_has_read)."""
+        for local, remote, _, rx_queue in RT.proc_net_tcp():
+            if local == proxy_port and remote == client_port:
+                return rx_queue == 0
+        return False  # not accepted yet
 
     def admin(self, p, method, path):
         return H.admin_json(p.admin_port, method, path)
@@ -300,7 +311,12 @@ class CacheRoomTest(H.ProxyTestCase):
         c = H.Client(a.port, timeout=H.T(20))
         try:
             c.send(b"GET " + p.encode())
-            time.sleep(0.5)  # read by its worker: its request exists, under max_headers = 40
+            # Its worker read those bytes (none wait in the proxy's receive queue): the read
+            # callback that took them made the request, under max_headers = 40, before that
+            # worker could switch to the generation the reload below builds.
+            client_port = c.sock.getsockname()[1]
+            H.wait_for(lambda: self.proxy_has_read(a.port, client_port), H.T(10),
+                       what="the proxy reading the request's first bytes")
             self.reload_with(a, max_headers=100)
             self.assertEqual(self.get(a, p).body, b"wide-1")  # stored: 100 fields
             c.send(b" HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
