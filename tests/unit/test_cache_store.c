@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <string.h>
 #include "cache_req.h"
+#include "cache_room.h"
 #include "cache_store.h"
 #include "cache_store_int.h"
 #include "lua_api.h"
@@ -367,7 +368,7 @@ static void set_head(void)
     put(z, "k", "", "b", 1);
     lp_cache_entry_t *e = lp_cache_get(z, K("k"), K(""), NOW);
     REQUIRE(e);
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("a longer head"), NOW + 120), 0);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("a longer head"), 0, NOW + 120), 0);
     lp_cache_entry_unref(e);
     e = lp_cache_get(z, K("k"), K(""), NOW + 100);
     REQUIRE(e);
@@ -590,10 +591,10 @@ static void stub_set_head(void)
     CHECK_EQ_INT((int)st.stubs, 1);
     size_t block = st.index_bytes - table;
     CHECK_EQ_INT((int)block, (int)lp_cache_entry_cost(1, 0, 4, 0));
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("a longer head"), NOW + 60), 0);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("a longer head"), 0, NOW + 60), 0);
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)(st.index_bytes - table), (int)(block + 13));
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("x"), NOW + 60), 0); /* frees the 13 */
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("x"), 0, NOW + 60), 0); /* frees the 13 */
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)(st.index_bytes - table), (int)(block + 1));
     CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0), 1);
@@ -645,8 +646,8 @@ static void small_body_in_entry(void)
     CHECK_EQ_INT((int)body_of(e, buf, sizeof(buf)), 5);
     CHECK(memcmp(buf, "hello", 5) == 0);
     CHECK(lp_cache_entry_chunks(e) && !lp_cache_entry_chunks(e)->next);
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second head"), NOW + 60), 0);
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("third"), NOW + 60), 0);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second head"), 0, NOW + 60), 0);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("third"), 0, NOW + 60), 0);
     CHECK_EQ_INT((int)lp_cache_entry_head(z, e, buf, sizeof(buf)), 5);
     CHECK(memcmp(buf, "third", 5) == 0);
     lp_cache_entry_unref(e);
@@ -810,6 +811,58 @@ static void blocks_limit_lowered(void)
     lp_cache_blocks_orphan(b);
 }
 
+/* Stores key with a head of nfields fields (as the cache plugin's writer tells them). */
+static int put_fields(lp_cache_zone_t *z, const char *key, size_t nfields)
+{
+    lp_cache_fill_t *f = lp_cache_fill_start(z, NULL, K(key), K(""), K("head"), NOW + 60, 0);
+    if (!f)
+        return -2;
+    lp_cache_fill_fields(f, nfields);
+    lp_cache_fill_append(f, "b", 1);
+    return lp_cache_fill_commit(f);
+}
+
+/* What requests make room for (cache_room.c, lp_cache_room_cap) follows the widest entry
+ * the zones hold: up with its link, down again once it goes (purged, replaced, its zone let
+ * go) and the recount ran. It once only grew: after a reload lowered max_headers, every
+ * request kept arrays for entries long gone. */
+static void room_follows_entries(void)
+{
+    const unsigned cap = 40 + 16; /* limits.max_headers 40 */
+    lp_cache_room_recount();
+    CHECK_EQ_INT(lp_cache_room_cap(cap), cap);
+    lp_cache_zone_t *a = zone("room_a", 1 << 20, 1 << 16);
+    lp_cache_zone_t *b = zone("room_b", 1 << 20, 1 << 16);
+    REQUIRE(a && b);
+    CHECK_EQ_INT(put_fields(a, "wide", 100), 0);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 100 + LP_CACHE_HIT_FIELDS);
+    CHECK_EQ_INT(put_fields(b, "mid", 80), 0);
+    CHECK_EQ_INT(put_fields(a, "narrow", 10), 0);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 100 + LP_CACHE_HIT_FIELDS);
+    /* purged: counted again at once */
+    CHECK_EQ_INT((int)lp_cache_purge(a, LP_CACHE_PURGE_KEY, K("wide")), 1);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 80 + LP_CACHE_HIT_FIELDS);
+    /* replaced by a narrower head: at the next recount (a worker's house timer) */
+    CHECK_EQ_INT(put_fields(b, "mid", 20), 0);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 80 + LP_CACHE_HIT_FIELDS);
+    lp_cache_room_recount();
+    CHECK_EQ_INT(lp_cache_room_cap(cap), cap);
+    /* a linked entry's head refreshed wider: up at once */
+    lp_cache_entry_t *e = lp_cache_get(a, K("narrow"), K(""), NOW);
+    REQUIRE(e);
+    CHECK_EQ_INT(lp_cache_entry_set_head(a, e, K("h"), 90, NOW + 60), 0);
+    lp_cache_entry_unref(e);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 90 + LP_CACHE_HIT_FIELDS);
+    /* a head wider than any request can be: no request makes room for it */
+    CHECK_EQ_INT(put_fields(b, "bogus", LP_CACHE_ROOM_MAX + 1), 0);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 90 + LP_CACHE_HIT_FIELDS);
+    /* the zone let go (a reload dropped it): its entries' widths go with it */
+    lp_cache_zone_release(a);
+    lp_cache_room_recount();
+    CHECK_EQ_INT(lp_cache_room_cap(cap), cap);
+    lp_cache_zone_release(b);
+}
+
 /* The key table is sized for the budget at the start and counts in it: a reload lowering
  * `memory` to a small fraction of the start's makes it smaller, so entries still fit. */
 static void table_follows_lowered_budget(void)
@@ -853,6 +906,7 @@ static void entry_outlives_zone(void)
 static const lp_test_case_t tests[] = {
     {"blocks", blocks},
     {"blocks_limit_lowered", blocks_limit_lowered},
+    {"room_follows_entries", room_follows_entries},
     {"table_follows_lowered_budget", table_follows_lowered_budget},
     {"entry_outlives_zone", entry_outlives_zone},
     {"small_body_in_entry", small_body_in_entry},
