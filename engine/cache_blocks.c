@@ -28,25 +28,37 @@
 #define NCLASS      (LP_CACHE_BLOCK_MAX / CLASS_BYTES)
 #define SLAB        (64 * 1024)
 
+/* A slab is SLAB bytes aligned to SLAB, so a block's slab is its address rounded down. */
 typedef struct slab_s {
-    struct slab_s *next; /* owned: the next slab of the store */
-    uint64_t pad;        /* blocks start 16-byte aligned */
-    char data[];
+    struct slab_s *next; /* owned: the next slab of its list (the store's slabs or retired) */
+    struct slab_s *prev; /* borrowed: the one before it on the retired list (NULL: first, or
+                            not retired) */
+    uint32_t live;       /* blocks handed out from this slab and not given back */
+    uint32_t retired;    /* made under a limit since lowered: hands out nothing more, its
+                            freed blocks go on no list, and it goes with its last block */
+    uint64_t pad;
+    char data[]; /* blocks start 16-byte aligned (the header is 32 bytes) */
 } slab_t;
 
+_Static_assert(sizeof(slab_t) % 16 == 0, "blocks start 16-byte aligned");
+
 struct lp_cache_blocks_s {
-    lp_mutex_t lock; /* guards everything below */
-    size_t limit;    /* slab bytes allowed */
-    size_t slab_bytes;
+    lp_mutex_t lock;       /* guards everything below */
+    size_t limit;          /* slab bytes allowed, retired ones included */
+    size_t slab_bytes;     /* every slab's, retired ones included */
     size_t live;           /* blocks handed out and not given back */
     uint8_t orphan;        /* the zone let go: the last free frees the store */
-    uint8_t draining;      /* over a lowered limit: no block handed out until the last one
-                              out comes back, then every slab goes (release) */
     void *free_[NCLASS];   /* borrowed: each class's free blocks, linked through their first
-                              bytes (inside the slabs) */
+                              bytes (inside the store's slabs, never retired ones) */
     char *bump, *bump_end; /* borrowed: the newest slab's bytes not carved yet */
-    slab_t *slabs;         /* owned: every slab */
+    slab_t *slabs;         /* owned: the slabs blocks are handed out from */
+    slab_t *retired;       /* owned: slabs retired by a lowered limit, each with a block out */
 };
+
+static slab_t *slab_of(void *p)
+{
+    return (slab_t *)((uintptr_t)p & ~(uintptr_t)(SLAB - 1));
+}
 
 lp_cache_blocks_t *lp_cache_blocks_new(size_t limit)
 {
@@ -58,41 +70,58 @@ lp_cache_blocks_t *lp_cache_blocks_new(size_t limit)
     return b;
 }
 
-/* Under the lock, no block out: every slab goes; the store starts over empty. */
-static void release(lp_cache_blocks_t *b)
+static void slab_free(lp_cache_blocks_t *b, slab_t *s)
+{
+    UNPOISON(s->data, SLAB - sizeof(slab_t));
+    b->slab_bytes -= SLAB;
+    free(s);
+}
+
+/* Under the lock: every slab the store hands out from is retired (a lowered limit). Those
+ * with no block out go now; the others go each with its last block (lp_cache_blocks_free),
+ * so a busy zone gives its slabs back as their entries go, one slab at a time, rather than
+ * when the last entry of all goes (which a zone that keeps serving may never see). Their
+ * free blocks are forgotten: nothing more is made in them. */
+static void retire(lp_cache_blocks_t *b)
 {
     for (slab_t *s = b->slabs, *n; s; s = n) {
         n = s->next;
-        UNPOISON(s->data, SLAB - sizeof(slab_t));
-        free(s);
+        if (!s->live) {
+            slab_free(b, s);
+            continue;
+        }
+        s->retired = 1;
+        s->prev = NULL;
+        s->next = b->retired;
+        if (b->retired)
+            b->retired->prev = s;
+        b->retired = s;
     }
     b->slabs = NULL;
-    b->slab_bytes = 0;
     b->bump = b->bump_end = NULL;
     memset(b->free_, 0, sizeof(b->free_));
-    b->draining = 0;
 }
 
-/* A slab holds blocks of many entries, so it cannot go while one of them lives. Over a
- * lowered limit the store hands out nothing more (entries take malloc's) and gives every
- * slab back once the blocks out come back: evicted, purged or expired entries, as a
- * lowered `memory` evicts them. */
+/* A slab is SLAB bytes; blocks out hold their slab, and the store's limit counts retired
+ * slabs too: over a lowered limit, the store retires its slabs (retire) and makes fresh ones
+ * only while they and the retired ones still out stay within it (entries take malloc's
+ * meanwhile), as a lowered `memory` evicts entries. */
 void lp_cache_blocks_limit(lp_cache_blocks_t *b, size_t limit)
 {
     lp_mutex_lock(&b->lock);
     b->limit = limit;
-    if (b->slab_bytes <= limit)
-        b->draining = 0; /* raised again (a reload back): the slabs serve as before */
-    else if (b->live == 0)
-        release(b);
-    else
-        b->draining = 1;
+    if (b->slab_bytes > limit)
+        retire(b);
     lp_mutex_unlock(&b->lock);
 }
 
 static void destroy(lp_cache_blocks_t *b)
 {
-    release(b);
+    /* No block out: no retired slab is left (each went with its last block). */
+    for (slab_t *s = b->slabs, *n; s; s = n) {
+        n = s->next;
+        slab_free(b, s);
+    }
     free(b);
 }
 
@@ -103,10 +132,6 @@ void *lp_cache_blocks_alloc(lp_cache_blocks_t *b, size_t size, uint8_t *cls)
     unsigned c = (unsigned)((size - 1) / CLASS_BYTES);
     size_t bytes = (size_t)(c + 1) * CLASS_BYTES;
     lp_mutex_lock(&b->lock);
-    if (b->draining) {
-        lp_mutex_unlock(&b->lock);
-        return NULL;
-    }
     char *p = b->free_[c];
     if (p) {
         UNPOISON(p, bytes);
@@ -114,12 +139,15 @@ void *lp_cache_blocks_alloc(lp_cache_blocks_t *b, size_t size, uint8_t *cls)
     } else {
         if ((size_t)(b->bump_end - b->bump) < bytes) {
             /* The rest of the old slab (less than a block) stays unused. */
-            slab_t *s = b->slab_bytes + SLAB <= b->limit ? malloc(SLAB) : NULL;
+            slab_t *s = b->slab_bytes + SLAB <= b->limit ? aligned_alloc(SLAB, SLAB) : NULL;
             if (!s) {
                 lp_mutex_unlock(&b->lock);
                 return NULL;
             }
             s->next = b->slabs;
+            s->prev = NULL;
+            s->live = 0;
+            s->retired = 0;
             b->slabs = s;
             b->slab_bytes += SLAB;
             b->bump = s->data;
@@ -130,6 +158,7 @@ void *lp_cache_blocks_alloc(lp_cache_blocks_t *b, size_t size, uint8_t *cls)
         b->bump += bytes;
         UNPOISON(p, bytes);
     }
+    slab_of(p)->live++;
     b->live++;
     lp_mutex_unlock(&b->lock);
     *cls = (uint8_t)c;
@@ -138,13 +167,26 @@ void *lp_cache_blocks_alloc(lp_cache_blocks_t *b, size_t size, uint8_t *cls)
 
 void lp_cache_blocks_free(lp_cache_blocks_t *b, void *p, uint8_t cls)
 {
+    slab_t *s = slab_of(p);
     lp_mutex_lock(&b->lock);
-    memcpy(p, &b->free_[cls], sizeof(void *));
-    b->free_[cls] = p;
-    POISON(p, (size_t)(cls + 1) * CLASS_BYTES);
+    if (!s->retired) {
+        memcpy(p, &b->free_[cls], sizeof(void *));
+        b->free_[cls] = p;
+        s->live--;
+    } else if (!--s->live) {
+        /* The retired slab's last block: it goes, off the retired list. */
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            b->retired = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        slab_free(b, s);
+        s = NULL;
+    }
+    if (s)
+        POISON(p, (size_t)(cls + 1) * CLASS_BYTES);
     int last = --b->live == 0 && b->orphan;
-    if (!last && b->live == 0 && b->draining)
-        release(b);
     lp_mutex_unlock(&b->lock);
     if (last)
         destroy(b);

@@ -7,7 +7,8 @@
  *
  * Memory: slabs are taken while the store's slab bytes stay within its limit (a quarter of
  * the zone's `memory`: then blocks come from malloc, as before) and are freed with the store,
- * or when a lowered limit has drained them (lp_cache_blocks_limit). A class's free blocks
+ * or after a lowered limit retired them, each once its own blocks have come back
+ * (lp_cache_blocks_limit). A class's free blocks
  * serve that class only: the entries are charged their exact sizes (the budget is unchanged),
  * and the slabs may hold up to the limit beside them in blocks of classes no longer asked
  * for, and 63 bytes at most per entry of rounding.
@@ -28,8 +29,10 @@ typedef struct lp_cache_blocks_s lp_cache_blocks_t;
 
 /* A store whose slabs stay within `limit` bytes, or NULL when out of memory. */
 lp_cache_blocks_t *lp_cache_blocks_new(size_t limit);
-/* A new limit (a reload's `memory`). Slabs beyond a lowered one are given back once every
- * block out has come back (none is handed out meanwhile: the caller takes malloc's). */
+/* A new limit (a reload's `memory`). Under a lowered one every slab is retired: it hands
+ * out nothing more and is given back once its own blocks out have come back (at once when it
+ * has none). Fresh slabs are made while they and the retired ones still held stay within the
+ * limit (the caller takes malloc's meanwhile). An entry that never goes keeps its one slab. */
 void lp_cache_blocks_limit(lp_cache_blocks_t *b, size_t limit);
 /* A block of at least size bytes (16-byte aligned) and its class in *cls, or NULL: too large,
  * the limit reached, or out of memory (the caller takes malloc's then). */

@@ -266,6 +266,7 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
     }
     e->stamp = h.stamp;
     size_t nfields = lp_cache_head_fields(meta + h.klen + h.slen, h.hlen);
+    lp__cache_entry_set_fields(e, nfields);
     lp_cache_entry_t *dead = NULL;
     lp_mutex_lock(&z->lock);
     if (z->stamps < h.stamp)
@@ -279,10 +280,9 @@ static void scan_file(lp_cdisk_t *d, const char *path, const char *name, double 
         return;
     }
     /* Written under another config, maybe a larger max_headers: requests make room for it
-     * (a file the scan drops or a newer entry replaces takes none). Before it is linked: a
-     * request that finds it (under this lock) then sees the room it takes, and one made
-     * before with less goes upstream instead (lp_ffi_cache_get). */
-    lp_cache_room_note(nfields);
+     * (a file the scan drops or a newer entry replaces takes none) from its link on (its
+     * zone's tally: cache_store.c room_add), and one made before with less goes upstream
+     * instead (lp_ffi_cache_get). */
     lp__cache_link(z, e);
     lp__cache_on_disk(z, e, lp_cdisk_file_size(&h));
     lp__cache_evict(z, &dead);

@@ -23,6 +23,7 @@
 
 #include "cache_disk.h"
 #include "cache_disk_hit.h"
+#include "cache_room.h"
 #include "cache_store_int.h"
 #include "conn.h"
 #include "log.h"
@@ -125,6 +126,9 @@ static void load_work(uv_work_t *w)
                                         h.hlen, h.body_len, h.keep_until, chunks);
         if (!l->loaded)
             err = "out of memory";
+        else /* the file's head: the index's may be a 304's since */
+            lp__cache_entry_set_fields(l->loaded,
+                                       lp_cache_head_fields(meta + h.klen + h.slen, h.hlen));
     }
     free(meta);
     l->err = err;

@@ -312,6 +312,12 @@ void *lp_ffi_cache_zone(const char *name, size_t n)
     return lp_cache_zone_find(name, n);
 }
 
+/* Whether a hit on e would leave r's header arrays no room for e's fields and a hit's own. */
+static inline int too_wide(const lp_req_t *r, const lp_cache_entry_t *e)
+{
+    return lp__cache_entry_fields(e) + LP_CACHE_HIT_FIELDS > r->cap_headers;
+}
+
 int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const char *sec,
                      size_t slen, lp_str_t *head, double *body_len)
 {
@@ -333,10 +339,11 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     lp_cache_entry_unref(rc->hit);
     rc->hit = kept ? kept : lp_cache_get(zone, key, klen, sec, slen, real_now());
     int unfit = 0; /* an entry is there, this request cannot carry it: answers 4, not 0 */
-    if (rc->hit && lp_cache_room_cap(r->cap_headers) > r->cap_headers) {
-        /* This request's header arrays were made before a wider head was stored or indexed
-         * (cache_room.c): a hit on it could have no room for its fields. As a miss, never a
-         * 500 for want of slots; the entry stays for the requests made since. */
+    if (rc->hit && too_wide(r, rc->hit)) {
+        /* This request's header arrays were made before a wider head was stored or indexed,
+         * or while no zone held one (cache_room.c): a hit on it would have no room for its
+         * fields. As a miss, never a 500 for want of slots; the entry stays for the requests
+         * made since. */
         lp_cache_entry_unref(rc->hit);
         rc->hit = NULL;
         unfit = 1;
@@ -355,6 +362,13 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
             lp_cache_entry_t *e = rc->loaded;
             rc->loaded = NULL;
             rc->load_done = 0;
+            /* The file's head, which a 304 may have replaced in the index since: checked
+             * again. */
+            if (e && too_wide(r, e)) {
+                lp_cache_entry_unref(e);
+                e = NULL;
+                unfit = 1;
+            }
             if (e && lp_cache_entry_same(e, key, klen, sec, slen) &&
                 (lp_cache_entry_resident(e) || lp_cache_stream_entry_is(rc->stream, e)))
                 rc->hit = e;
@@ -488,6 +502,7 @@ store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen, co
     f = lp_cache_fill_start(zone, f, key, klen, sec, slen, head, hlen, keep_until, hint);
     if (!f)
         return LP_FFI_ENOSPACE; /* too large, key too long, or out of memory */
+    lp__cache_entry_set_fields(f->e, nfields);
     r->cache.fill = f; /* an empty body is complete with the response (lp_cache_req_done) */
     return 0;
 }
@@ -502,12 +517,14 @@ int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t 
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep)
 {
-    if (!lp_cache_head_fits(lp_lua_io(), zone, key, klen, head, hlen))
+    size_t nfields = lp_cache_head_fields(head, hlen);
+    if (!lp_cache_fields_fit(lp_lua_io(), zone, key, klen, nfields))
         return LP_FFI_ENOSPACE;
     lp_cache_fill_t *f =
         lp_cache_fill_start(zone, NULL, key, klen, sec, slen, head, hlen, real_now() + keep, blen);
     if (!f)
         return LP_FFI_ENOSPACE;
+    lp_cache_fill_fields(f, nfields);
     if (blen && lp_cache_fill_append(f, body, blen)) {
         lp_cache_fill_abandon(f);
         return LP_FFI_ENOSPACE;
@@ -664,9 +681,11 @@ int lp_ffi_cache_refresh(void *rp, const char *head, size_t hlen, double keep)
         return LP_FFI_EOTHER;
     if (!r->cache.hit)
         return LP_FFI_EINVAL;
-    if (!lp_cache_head_fits(r->w, r->cache.hit_zone, "(a revalidated entry)", 21, head, hlen))
+    size_t nfields = lp_cache_head_fields(head, hlen);
+    if (!lp_cache_fields_fit(r->w, r->cache.hit_zone, "(a revalidated entry)", 21, nfields))
         return LP_FFI_ENOSPACE; /* it keeps its old head: the next request revalidates */
-    return lp_cache_entry_set_head(r->cache.hit_zone, r->cache.hit, head, hlen, real_now() + keep)
+    return lp_cache_entry_set_head(r->cache.hit_zone, r->cache.hit, head, hlen, nfields,
+                                   real_now() + keep)
                ? LP_FFI_ENOSPACE
                : 0;
 }

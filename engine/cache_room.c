@@ -6,24 +6,33 @@
  *
  * That check is made under the config of the time. An entry stored before a reload that
  * lowered limits.max_headers, or read from disk after a restart with a lower one, keeps its
- * fields: the process remembers the most fields any head it stored or indexed has, and
- * every request's header arrays hold that many plus a hit's own (lp_cache_room_cap), so
- * such a hit is served whole, as it was before the reload. The limit is what a client or
- * an upstream may send; what the proxy serves from its own store was checked when stored. */
+ * fields: every request's header arrays hold the most fields of an entry the zones hold plus
+ * a hit's own (lp_cache_room_cap), so such a hit is served whole, as it was before the
+ * reload. The limit is what a client or an upstream may send; what the proxy serves from
+ * its own store was checked when stored. Once such entries are gone (evicted, purged,
+ * replaced, their zone dropped), the arrays of the requests made next are the config's size
+ * again (lp_cache_room_recount). */
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 
 #include "cache_room.h"
+#include "cache_store_int.h"
 #include "config.h"
 #include "lua_api.h"
 #include "lua_vm.h"
 #include "log.h"
 #include "worker.h"
 
-/* The most fields of a head this process stored or indexed (relaxed: it only grows, and a
- * request reads it when it takes its header arrays). */
+/* What requests make room for: the most fields of a head stored or linked (noted at a
+ * fill's start and when its entry is linked, before a request can find it), until a
+ * recount (lp_cache_room_recount) brings it back to the most that any zone holds linked
+ * (each zone's tally: cache_store.c room_add). A recount racing a raise may leave it short
+ * of an entry for a while: a request whose arrays are too small for an entry's own count
+ * treats it as a miss (lp_ffi_cache_get), never a failed hit, and the response it fetches
+ * replaces the entry. Relaxed loads: a request reads it when it takes its header arrays. */
 static atomic_uint widest;
+static atomic_int recount_due; /* a zone's most fields fell since the last recount */
 
 size_t lp_cache_head_fields(const char *head, size_t hlen)
 {
@@ -43,10 +52,12 @@ size_t lp_cache_head_fields(const char *head, size_t hlen)
 
 static void note(size_t n)
 {
-    unsigned v = n > 1u << 30 ? 1u << 30 : (unsigned)n;
-    unsigned cur = atomic_load_explicit(&widest, memory_order_relaxed);
-    while (v > cur && !atomic_compare_exchange_weak_explicit(&widest, &cur, v, memory_order_relaxed,
-                                                             memory_order_relaxed))
+    if (n > LP_CACHE_ROOM_MAX)
+        return; /* no request makes room for it: a hit on it is a miss */
+    unsigned v = (unsigned)n;
+    /* Sequentially consistent: see lp_cache_room_recount (plain loads on x86 still). */
+    unsigned cur = atomic_load(&widest);
+    while (v > cur && !atomic_compare_exchange_weak(&widest, &cur, v))
         ;
 }
 
@@ -59,6 +70,36 @@ unsigned lp_cache_room_cap(unsigned cap)
 void lp_cache_room_note(size_t nfields)
 {
     note(nfields);
+}
+
+void lp_cache_room_fell(void)
+{
+    atomic_store_explicit(&recount_due, 1, memory_order_relaxed);
+}
+
+static void top_of(lp_cache_zone_t *z, void *arg)
+{
+    unsigned *m = arg, t = lp__cache_zone_room_top(z);
+    if (t > *m)
+        *m = t;
+}
+
+void lp_cache_room_recount(void)
+{
+    if (!atomic_load_explicit(&recount_due, memory_order_relaxed) ||
+        !atomic_exchange(&recount_due, 0))
+        return;
+    unsigned cur = atomic_load(&widest), m = 0;
+    lp_cache_zones_each(top_of, &m);
+    /* A head noted meanwhile (cur changed) wins; one linked meanwhile with no more fields
+     * than cur raised its zone's top without writing here: the zones are read again after
+     * the store, which follows that top's store (sequentially consistent both). */
+    if (m >= cur || !atomic_compare_exchange_strong(&widest, &cur, m))
+        return;
+    unsigned again = 0;
+    lp_cache_zones_each(top_of, &again);
+    if (again > m)
+        note(again);
 }
 
 /* Whether a warning of this kind may go out now: once a minute per thread and kind. */
@@ -101,12 +142,6 @@ int lp_cache_fields_fit(const lp_worker_t *w, lp_cache_zone_t *z, const char *ke
                "Age and Cache-Status (limits.max_headers + 16 - 4; logged once a minute)",
                lp_cache_zone_name(z), (int)(klen > 200 ? 200 : klen), key, room);
     return 0;
-}
-
-int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
-                       const char *head, size_t hlen)
-{
-    return lp_cache_fields_fit(w, z, key, klen, lp_cache_head_fields(head, hlen));
 }
 
 int lp_ffi_cache_hit_room(void *rp)

@@ -41,34 +41,49 @@ static inline void lp_cache_head_prefix(char *p, double request_time, double res
  * Cache-Status only). */
 #define LP_CACHE_HIT_FIELDS 4
 
-/* Whether a head the cache plugin wrote (a field per "h NAME\tVALUE" line) leaves
- * a hit on it LP_CACHE_HIT_FIELDS slots in a request's header array (limits.max_headers +
- * LP_HEADERS_SPARE, w's config; w NULL or without a config, as init_worker's: nothing to
- * check): 1, or 0 (it must not be
- * stored: logged at most once a minute per thread, naming the zone and key). A head that
- * fits is counted into lp_cache_room_cap. */
-int lp_cache_head_fits(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
-                       const char *head, size_t hlen);
-/* The same for a head of nfields fields, counted by its writer (cache_ffi.c writes the
- * response's fields itself, and need not scan the head for them). */
+/* Whether a head of nfields fields (a field per "h NAME\tVALUE" line of the cache plugin's
+ * layout, counted by its writer) leaves a hit on it LP_CACHE_HIT_FIELDS slots in a request's
+ * header array (limits.max_headers + LP_HEADERS_SPARE, w's config; w NULL or without a
+ * config, as init_worker's: nothing to check): 1, or 0 (it must not be stored: logged at
+ * most once a minute per thread, naming the zone and key). A head that fits is counted into
+ * lp_cache_room_cap. */
 int lp_cache_fields_fit(const lp_worker_t *w, lp_cache_zone_t *z, const char *key, size_t klen,
                         size_t nfields);
 /* How many field lines ("h ...") a head holds (after the prefix, in the plugin's layout). */
 size_t lp_cache_head_fields(const char *head, size_t hlen);
 
-/* A head of nfields fields indexed without lp_cache_head_fits (a disk file met by the
- * start's scan, written under another config): counted into what requests make room for.
- * Called before the entry is linked (see lp_cache_room_cap). */
+/* The most fields of a head requests make room for, and a zone's tally counts (cache_store.c
+ * room_add): the largest limits.max_headers (10000) + LP_HEADERS_SPARE. A head with more
+ * (a disk file no config of ours wrote) is not counted: a hit on it is a miss
+ * (lp_ffi_cache_get finds it too wide for any request). */
+#define LP_CACHE_ROOM_MAX 10016
+/* The fewest fields of a head that may need more slots than a request has: fewer leave a hit
+ * room in any config's arrays (limits.max_headers is 1 or more: 17 slots, 4 the hit's own).
+ * Such heads (most) are not counted in the tally. */
+#define LP_CACHE_ROOM_MIN (1 + LP_HEADERS_SPARE - LP_CACHE_HIT_FIELDS + 1)
+
+/* An entry of nfields fields is linked (a zone's tally: cache_store.c room_add, before a
+ * request can find it): counted into what requests make room for (lp_cache_room_cap). */
 void lp_cache_room_note(size_t nfields);
 
 /* The header slots a request takes (its two arrays' capacity): `cap` (limits.max_headers +
  * LP_HEADERS_SPARE), or more when a head stored or indexed since the start has more fields
  * than cap leaves a hit room for (an entry stored before a reload lowered max_headers): its
  * fields + LP_CACHE_HIT_FIELDS. Any thread.
- * A head's width is noted before its entry is linked under the zone lock, so a request that
- * finds the entry (under that lock) reads a cap that covers it: a request whose arrays are
- * smaller than that (made before the head was noted) treats the entry as a miss. */
+ * A head's width is noted before its entry is linked under the zone lock, so a request made
+ * after that makes room for it. Whether a request can carry a hit is told by the entry's own
+ * count (lp_ffi_cache_get): one whose arrays are smaller (made before the head was noted, or
+ * after it fell back: lp_cache_room_recount) treats the entry as a miss. */
 unsigned lp_cache_room_cap(unsigned cap);
+
+/* A zone's most fields fell (its widest entry went: evicted, purged, replaced, or the zone
+ * freed): lp_cache_room_recount has work. Any thread, under that zone's lock. */
+void lp_cache_room_fell(void);
+/* When a zone's most fields fell since the last time: what requests make room for becomes
+ * the most fields of an entry any zone holds, so that the header arrays of requests made
+ * from now on shrink back (request.c). Off the request path: the workers' house timer, and
+ * a purge. Takes the zone registry's lock: never under a zone's. */
+void lp_cache_room_recount(void);
 
 /* A miss's Cache-Status was not added (rc: lp__resp_add_wire's code; LP_FFI_ENOSPACE: the
  * response's header list is full): logged at most once a minute per thread. The response

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "cache_disk.h"
+#include "cache_room.h"
 #include "cache_store_int.h"
 #include "common.h"
 #include "fnv.h"
@@ -260,6 +261,47 @@ static void off_disk(lp_cache_zone_t *z, lp_cache_entry_t *e)
     z->dentries--;
 }
 
+/* Whether an entry of n fields is counted in its zone's tally: one that every request has
+ * room for, or that none can have room for, is not (LP_CACHE_ROOM_MIN, _MAX). */
+static inline int room_counted(unsigned n)
+{
+    return n - LP_CACHE_ROOM_MIN <= LP_CACHE_ROOM_MAX - LP_CACHE_ROOM_MIN;
+}
+
+/* Under the zone lock: an entry of n fields is linked. The zone's most fields rises with it
+ * at once (and what requests make room for: cache_room.c), before a request can find it. A
+ * head wider than any request can be is not counted: no request makes room for it, and a
+ * hit on it is a miss (lp_ffi_cache_get). */
+static void room_add(lp_cache_zone_t *z, unsigned n)
+{
+    if (!room_counted(n))
+        return;
+    z->room_n[n]++;
+    if (n > z->room_top) {
+        __atomic_store_n(&z->room_top, n, __ATOMIC_SEQ_CST);
+        lp_cache_room_note(n);
+    }
+}
+
+/* Under the zone lock: an entry of n fields is unlinked. When it was the last of the zone's
+ * most, the top falls to the next count held, and what requests make room for is counted
+ * again (lp_cache_room_recount: later, off this lock). */
+static void room_sub(lp_cache_zone_t *z, unsigned n)
+{
+    if (!room_counted(n) || --z->room_n[n] || n != z->room_top)
+        return;
+    unsigned t = n;
+    while (t && !z->room_n[t])
+        t--;
+    __atomic_store_n(&z->room_top, t, __ATOMIC_SEQ_CST);
+    lp_cache_room_fell();
+}
+
+unsigned lp__cache_zone_room_top(const lp_cache_zone_t *z)
+{
+    return __atomic_load_n(&z->room_top, __ATOMIC_SEQ_CST);
+}
+
 /* Under the zone lock: takes e out of the table and the LRUs, uncharges it, and puts it on
  * *dead (its zone reference is dropped by the caller after the unlock). Its file, if any,
  * is queued for deletion. */
@@ -282,6 +324,7 @@ static void unlink_entry(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry
         if (z->disk)
             lp_cdisk_queue_delete(z->disk, e->fid);
     }
+    room_sub(z, lp__cache_entry_fields(e));
     e->linked = 0;
     e->hnext = *dead;
     *dead = e;
@@ -322,6 +365,7 @@ HOT void link_entry(lp_cache_zone_t *z, lp_cache_entry_t *e)
         z->nstubs++;
         z->sbytes += stub_cost(e);
     }
+    room_add(z, lp__cache_entry_fields(e));
     e->linked = 1;
     e->seq = ++z->seq;
 }
@@ -370,6 +414,8 @@ void lp__cache_replace(lp_cache_zone_t *z, lp_cache_entry_t *old, lp_cache_entry
         z->nstubs++;
         z->sbytes += stub_cost(e);
     }
+    room_add(z, lp__cache_entry_fields(e));
+    room_sub(z, lp__cache_entry_fields(old));
     old->hnext = *dead;
     *dead = old;
 }
@@ -397,6 +443,7 @@ static int demote(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry_t **de
                                              e->body_len, e->keep_until, e->fid);
     if (!s)
         return -1;
+    lp__cache_entry_set_fields(s, lp__cache_entry_fields(e));
     if (s->resident) { /* an empty body: nothing to gain */
         entry_free(s);
         return -1;
@@ -547,9 +594,11 @@ static lp_cache_zone_t *zone_new(const char *name, size_t memory, size_t max_obj
     z->name = strdup(name);
     z->nbuckets = buckets_for(memory);
     z->buckets = calloc(z->nbuckets, sizeof(*z->buckets));
-    if (!z->name || !z->buckets) {
+    z->room_n = calloc(LP_CACHE_ROOM_MAX + 1, sizeof(*z->room_n));
+    if (!z->name || !z->buckets || !z->room_n) {
         free(z->name);
         free(z->buckets);
+        free(z->room_n);
         free(z);
         return NULL;
     }
@@ -574,6 +623,7 @@ static void zone_free(lp_cache_zone_t *z)
             unlink_entry(z, z->buckets[i], &dead);
     drop_dead(dead);
     lp_cache_blocks_orphan(z->blocks); /* freed with the last entry still read elsewhere */
+    free(z->room_n);
     free(z->buckets);
     free(z->name);
     free(z);
@@ -802,7 +852,7 @@ size_t lp_cache_entry_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *
 }
 
 int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char *head, size_t hlen,
-                            double keep_until)
+                            size_t nfields, double keep_until)
 {
     char *h = malloc(hlen ? hlen : 1);
     if (!h)
@@ -823,6 +873,14 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
         z->sbytes = z->sbytes - freed + hlen;
     e->head = h;
     e->hlen = hlen;
+    if (e->linked) {
+        unsigned was = lp__cache_entry_fields(e);
+        lp__cache_entry_set_fields(e, nfields);
+        room_add(z, lp__cache_entry_fields(e));
+        room_sub(z, was);
+    } else {
+        lp__cache_entry_set_fields(e, nfields);
+    }
     e->keep_until = keep_until;
     atomic_store_explicit(&e->serial,
                           atomic_fetch_add_explicit(&next_serial, 1, memory_order_relaxed),
@@ -886,6 +944,7 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
         lp_cdisk_queue_purge(z->disk, mode, key, klen); /* again once the scan indexed all */
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
+    lp_cache_room_recount(); /* the widest entries may have gone: now rather than at a tick */
     return n;
 }
 
@@ -1234,6 +1293,12 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
 char *lp_cache_fill_head(lp_cache_fill_t *f)
 {
     return lp__cache_fill_head(f);
+}
+
+void lp_cache_fill_fields(lp_cache_fill_t *f, size_t nfields)
+{
+    if (f->e)
+        lp__cache_entry_set_fields(f->e, nfields);
 }
 
 int lp_cache_fill_active(const lp_cache_fill_t *f)

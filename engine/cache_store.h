@@ -117,10 +117,10 @@ void lp_cache_entry_unref(lp_cache_entry_t *e);
 /* Copies the entry's head into out (room bytes); returns its length (more than room: out
  * holds nothing useful, ask again with that much room). */
 size_t lp_cache_entry_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *out, size_t room);
-/* Replaces the head (a revalidation's 304) and the time it is kept until. 0, or -1 when out of
- * memory. */
+/* Replaces the head (a revalidation's 304) of nfields fields (cache_room.c) and the time it
+ * is kept until. 0, or -1 when out of memory. */
 int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char *head, size_t hlen,
-                            double keep_until);
+                            size_t nfields, double keep_until);
 uint64_t lp_cache_entry_body_len(const lp_cache_entry_t *e);
 /* Which head the entry has: a number never given to another entry or head in the process. */
 uint64_t lp_cache_entry_serial(const lp_cache_entry_t *e);
@@ -214,6 +214,9 @@ lp_cache_fill_t *lp_cache_fill_start(lp_cache_zone_t *z, lp_cache_fill_t *fill, 
 /* Where the head of the entry a fill gathers is written (lp_cache_fill_start with head NULL):
  * the entry is the fill's alone until its commit. NULL once the fill is dead. */
 char *lp_cache_fill_head(lp_cache_fill_t *f);
+/* The fields of the fill's head (cache_room.c: a hit on the entry needs room for them), told
+ * before its commit; an entry never told has 0 (counted as fitting any request). */
+void lp_cache_fill_fields(lp_cache_fill_t *f, size_t nfields);
 /* Whether the fill gathers an entry (lp_cache_fill_start ran on it): a lock alone does not. */
 int lp_cache_fill_active(const lp_cache_fill_t *f);
 /* The key whose lock the fill holds (*key valid while the fill lives): 0, or -1 when it

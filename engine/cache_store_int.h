@@ -50,6 +50,10 @@ struct lp_cache_entry_s {
     uint8_t body_inline;       /* the first chunk is in the entry's own block (a small fill's) */
     uint8_t bclass;            /* its block's class in `blocks` */
     uint8_t on_disk;           /* its file is written and charged to the disk budget (zone lock) */
+    uint16_t nfields;          /* its head's fields (cache_room.c; 65535: that many or more; 0:
+                                  not counted, a test's), set before it is linked, changed
+                                  with its head under the zone lock: read without it by a hit
+                                  (relaxed atomics) */
     lp_cache_blocks_t *blocks; /* holds a block count in it: the entry's block is one of its
                                   (cache_blocks.h); NULL: malloc's */
     uint64_t fid;     /* the file's name: hash of key and sec (cache_disk.h); a fill's entry
@@ -134,6 +138,10 @@ struct lp_cache_zone_s {
     lp_list_t dlru;          /* entries on disk, most recently used first */
     uint64_t stamps;         /* stamps handed out (entry.stamp): begins past the last
                                 process's, and past every file the scan finds */
+    /* Linked entries by field count (cache_room.c: how many header slots a request makes
+     * room for). Under the lock; room_top is also read without it (atomics). */
+    uint32_t *room_n;  /* owned: LP_CACHE_ROOM_MAX + 1 counts (40 KiB, most never touched) */
+    unsigned room_top; /* the most fields of a linked entry: 0 when none */
 };
 
 /* cache_store.h's lp_cache_fill_active, _fill_head, _fill_key, _zone_max_object and
@@ -218,6 +226,21 @@ lp_cache_entry_t *lp__cache_entry_make(const char *key, size_t klen, const char 
                                        const char *head, size_t hlen, uint64_t body_len,
                                        double keep_until, lp_cache_chunk_t *chunks, uint64_t hash,
                                        int fid_now, size_t body_cap);
+/* The most fields of an entry the zone has linked (room_top): any thread. */
+unsigned lp__cache_zone_room_top(const lp_cache_zone_t *z);
+
+/* An entry's field count (lp_cache_entry_t.nfields): set before it is linked, or with its
+ * head under the zone lock. */
+static inline void lp__cache_entry_set_fields(lp_cache_entry_t *e, size_t n)
+{
+    __atomic_store_n(&e->nfields, (uint16_t)(n > 65535 ? 65535 : n), __ATOMIC_RELAXED);
+}
+
+static inline unsigned lp__cache_entry_fields(const lp_cache_entry_t *e)
+{
+    return __atomic_load_n(&e->nfields, __ATOMIC_RELAXED);
+}
+
 /* A disk-only entry for the file fid (known already: its name, or the entry it stands for,
  * so not hashed again). */
 static inline lp_cache_entry_t *lp__cache_stub_new(const char *key, size_t klen, const char *sec,

@@ -70,9 +70,10 @@ lp_req_t *lp_req_new(lp_worker_t *w, lp_conn_t *c)
             return NULL;
     }
     /* Room for a cache hit on an entry stored with more fields than this config allows
-     * (cache_room.c): usually just max_headers + LP_HEADERS_SPARE. */
+     * (cache_room.c): usually just max_headers + LP_HEADERS_SPARE. A recycled request's
+     * arrays of another size (a reload, or such entries gone since) are made again. */
     unsigned cap = lp_cache_room_cap(lim->max_headers + LP_HEADERS_SPARE);
-    if (req->cap_headers < cap) {
+    if (req->cap_headers != cap) {
         free(req->headers);
         free(req->resp.headers);
         req->headers = calloc(cap, sizeof(lp_header_t));
@@ -323,7 +324,7 @@ int lp_req_drop(lp_req_t *req)
         return 1;
     }
     if (w->nfree_reqs >= LP_FREE_REQS_MAX ||
-        req->cap_headers < lp_cache_room_cap(w->config->limits.max_headers + LP_HEADERS_SPARE)) {
+        req->cap_headers != lp_cache_room_cap(w->config->limits.max_headers + LP_HEADERS_SPARE)) {
         req_destroy(req);
         return 1;
     }

@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include "accesslog.h"
 #include "cache_req.h"
+#include "cache_room.h"
 #include "conn.h"
 #include "cosock.h"
 #include "h2.h"
@@ -421,6 +422,7 @@ static void on_house(uv_timer_t *t)
     LP_M_SET(&w->m_cells[LP_WM_LUA_MEM], lp_lua_memory(w->cur ? w->cur->lua : NULL));
     lp_lua_background_stop(w, 0); /* of old generations, past timeouts.drain */
     lp_req_end_detached(w, 0);
+    lp_cache_room_recount(); /* header arrays of the requests made next (request.c) */
     size_t freed = lp_req_trim(w) + lp_bufpool_trim(&w->bufs) + lp_wbpool_trim(&w->wbatches) +
                    lp_zippool_trim(&w->zips) + lp_h2_pool_trim(w->h2_pool);
     if (w->hs_cap > 64 && w->hs_first == w->hs_n) {

@@ -503,6 +503,19 @@ class CacheDiskTest(H.ProxyTestCase):
                     return int(v.split()[0])
         raise AssertionError("no %s in /proc/PID/%s" % (name, fname))
 
+    def wait_reads_quiet(self, b, window=0.3, noise=4096):
+        """The proxy's read bytes (/proc/PID/io rchar) once they grew by less than `noise`
+        (wake-ups, not file blocks) over `window` seconds: its reads in flight have ended."""
+        seen = [self.proc_field(b, "rchar", "io"), time.monotonic()]
+
+        def quiet():
+            v, now = self.proc_field(b, "rchar", "io"), time.monotonic()
+            if v - seen[0] >= noise:
+                seen[0], seen[1] = v, now
+                return None
+            return v if now - seen[1] >= window else None
+        return H.wait_for(quiet, H.T(10), what="the proxy's file reads to stop")
+
     def test_streamed_disk_hit_to_h2_client(self):
         # A 24 MiB entry on disk only, asked for over HTTP/2: streamed from its file as the
         # stream takes it. The whole read-back would put it in memory (a peak of its size);
@@ -611,9 +624,11 @@ class CacheDiskTest(H.ProxyTestCase):
         c = self.h2_client(b, window=0)
         sid = self.h2_open(c, p)
         c.pump(lambda: len(c.streams[sid]["data"]) >= 65535)
-        time.sleep(0.5)  # reads in flight end; no new one starts
-        read1 = self.proc_field(b, "rchar", "io")
+        # The reads in flight end: the proxy exposes none, so wait until its read bytes stay
+        # put (a quiet window), which a loaded machine makes longer rather than failing.
+        read1 = self.wait_reads_quiet(b)
         self.assertLess(read1 - read0, 1024 * 1024, "the proxy read %d bytes" % (read1 - read0))
+        # No new read starts: an absence, seen over a window of time (deliberate).
         time.sleep(0.5)
         self.assertLess(self.proc_field(b, "rchar", "io") - read1, 64 * 1024)
         st, j = self.admin(b, "POST", "/reload")

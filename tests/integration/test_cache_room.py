@@ -8,18 +8,20 @@ answer adds its own (a miss its Cache-Status, a hit its Age and Cache-Status).
   without a Cache-Status, not stored, logged; never a 500.
 - An entry stored before a reload that lowered limits.max_headers, or written to disk by a
   process with a higher one, is served whole afterwards (every stored field, Age and
-  Cache-Status): never a 500.
+  Cache-Status): never a 500. The room requests make for it goes with it (purged: the
+  requests made next hold the config's slots again).
 - A 304 that would grow a stored head past what a hit can carry makes the plugin fetch the
   full response (not a 500)."""
 
 import os
 import sys
 import threading
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reload"))
 import harness as H  # noqa: E402
+import reloadtest as RT  # noqa: E402
 
 ZONE = "r"
 
@@ -55,6 +57,15 @@ class CacheRoomTest(H.ProxyTestCase):
         if disk:
             H.wait_for(lambda: not self.zone(p)["disk"]["loading"], H.T(10), what="the disk scan")
         return p
+
+    @staticmethod
+    def proxy_has_read(proxy_port, client_port):
+        """True once nothing the client on client_port sent waits in the proxy's receive
+        queue (/proc/net/tcp; test_upstream_limits.py's proxy_has_read)."""
+        for local, remote, _, rx_queue in RT.proc_net_tcp():
+            if local == proxy_port and remote == client_port:
+                return rx_queue == 0
+        return False  # not accepted yet
 
     def admin(self, p, method, path):
         return H.admin_json(p.admin_port, method, path)
@@ -104,10 +115,8 @@ class CacheRoomTest(H.ProxyTestCase):
         p.write_config()
         st, j = self.admin(p, "POST", "/reload")
         self.assertEqual(st, 200, j)
-        # A worker keeps ended requests (and their header arrays) for reuse, and gives back
-        # the ones a second went without needing: after that, requests take new arrays, sized
-        # by the new config.
-        time.sleep(2.5)
+        # No wait for the workers' recycled requests to be given back: one taken again whose
+        # header arrays are not the current size has them made again (request.c lp_req_new).
 
     # ------------------------------------------------------------------ a full miss
 
@@ -300,7 +309,12 @@ class CacheRoomTest(H.ProxyTestCase):
         c = H.Client(a.port, timeout=H.T(20))
         try:
             c.send(b"GET " + p.encode())
-            time.sleep(0.5)  # read by its worker: its request exists, under max_headers = 40
+            # Its worker read those bytes (none wait in the proxy's receive queue): the read
+            # callback that took them made the request, under max_headers = 40, before that
+            # worker could switch to the generation the reload below builds.
+            client_port = c.sock.getsockname()[1]
+            H.wait_for(lambda: self.proxy_has_read(a.port, client_port), H.T(10),
+                       what="the proxy reading the request's first bytes")
             self.reload_with(a, max_headers=100)
             self.assertEqual(self.get(a, p).body, b"wide-1")  # stored: 100 fields
             c.send(b" HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
@@ -309,6 +323,39 @@ class CacheRoomTest(H.ProxyTestCase):
             c.close()
         self.assertEqual((r.status, r.body), (200, b"small-2"), a.stderr()[-3000:])
         # RFC 9211 §2.2: fwd=miss, the cache had none it could use (uri-miss: none stored)
+        self.assertRegex(r.header("cache-status"), r"^luaproxy; fwd=miss; fwd-status=200")
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
+    def test_room_made_for_wide_entries_goes_with_them(self):
+        # 100 fields stored under max_headers = 100, then a reload to 40: requests make room
+        # for the entry (104 slots). Once it is purged, requests made from then on hold 56
+        # slots again: one begun after the purge, finding a 100-field entry stored after a
+        # reload back to 100 while it was still sending its head, cannot carry it and goes
+        # upstream. The room once never shrank: that request had 104 slots, for an entry
+        # long gone, and took the hit.
+        p, q = self.path(), self.path("/q")
+        self.origin.script(p, padded(98, b"wide"))
+        wide = padded(98, b"wide")
+        self.origin.script(q, lambda req, n: wide(req, n) if n == 1 else H.cacheable(b"small-%d" % n))
+        a = self.start()
+        self.assertEqual(self.get(a, p).body, b"wide-1")
+        self.reload_with(a, max_headers=40)
+        self.assert_whole_hit(self.get(a, p), 98, b"wide-1", "after the reload")
+        st, j = self.admin(a, "DELETE", "/cache/" + ZONE)
+        self.assertEqual((st, j.get("purged")), (200, 1), j)
+        c = H.Client(a.port, timeout=H.T(20))
+        try:
+            c.send(b"GET " + q.encode())
+            client_port = c.sock.getsockname()[1]
+            H.wait_for(lambda: self.proxy_has_read(a.port, client_port), H.T(10),
+                       what="the proxy reading the request's first bytes")
+            self.reload_with(a, max_headers=100)
+            self.assertEqual(self.get(a, q).body, b"wide-1")  # stored: 100 fields
+            c.send(b" HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            r = c.read_response()
+        finally:
+            c.close()
+        self.assertEqual((r.status, r.body), (200, b"small-2"), a.stderr()[-3000:])
         self.assertRegex(r.header("cache-status"), r"^luaproxy; fwd=miss; fwd-status=200")
         self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cache_req.h"
+#include "cache_room.h"
 #include "cache_store.h"
 #include "cache_store_int.h"
 #include "lua_api.h"
@@ -369,7 +370,7 @@ static void set_head(void)
     put(z, "k", "", "b", 1);
     lp_cache_entry_t *e = lp_cache_get(z, K("k"), K(""), NOW);
     REQUIRE(e);
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("a longer head"), NOW + 120), 0);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("a longer head"), 0, NOW + 120), 0);
     lp_cache_entry_unref(e);
     e = lp_cache_get(z, K("k"), K(""), NOW + 100);
     REQUIRE(e);
@@ -592,10 +593,10 @@ static void stub_set_head(void)
     CHECK_EQ_INT((int)st.stubs, 1);
     size_t block = st.index_bytes - table;
     CHECK_EQ_INT((int)block, (int)lp_cache_entry_cost(1, 0, 4, 0));
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("a longer head"), NOW + 60), 0);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("a longer head"), 0, NOW + 60), 0);
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)(st.index_bytes - table), (int)(block + 13));
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("x"), NOW + 60), 0); /* frees the 13 */
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, s, K("x"), 0, NOW + 60), 0); /* frees the 13 */
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)(st.index_bytes - table), (int)(block + 1));
     CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0), 1);
@@ -647,8 +648,8 @@ static void small_body_in_entry(void)
     CHECK_EQ_INT((int)body_of(e, buf, sizeof(buf)), 5);
     CHECK(memcmp(buf, "hello", 5) == 0);
     CHECK(lp_cache_entry_chunks(e) && !lp_cache_entry_chunks(e)->next);
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second head"), NOW + 60), 0);
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("third"), NOW + 60), 0);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second head"), 0, NOW + 60), 0);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("third"), 0, NOW + 60), 0);
     CHECK_EQ_INT((int)lp_cache_entry_head(z, e, buf, sizeof(buf)), 5);
     CHECK(memcmp(buf, "third", 5) == 0);
     lp_cache_entry_unref(e);
@@ -741,46 +742,127 @@ static void blocks(void)
     lp_cache_blocks_free(b, p1, c1);
 }
 
-/* A lowered limit hands out no block while blocks made under the old one are out (malloc's
- * then), and gives every slab back when the last of them returns. */
+/* A lowered limit retires the slabs: each goes once its own blocks have come back (those
+ * with none at once), so one entry that stays (a hot one in a busy zone) keeps its slab
+ * only, where it once kept every slab and the store handed out nothing until the last
+ * block of all came back. Fresh slabs are made within the limit, retired ones counted. */
 static void blocks_limit_lowered(void)
 {
+    enum { PER_SLAB = 31 }; /* blocks of LP_CACHE_BLOCK_MAX in a 64 KiB slab */
     lp_cache_blocks_t *b = lp_cache_blocks_new(4 * 64 * 1024);
     REQUIRE(b);
     uint8_t c = 0;
-    char *p[100];
+    char *p[4 * PER_SLAB];
     int n = 0;
-    while (n < 100 && (p[n] = lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX, &c)))
+    while (n < 4 * PER_SLAB && (p[n] = lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX, &c)))
         n++;
-    CHECK(n == 100);
+    REQUIRE(n == 4 * PER_SLAB);
+    CHECK(!lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX, &c)); /* the four slabs are full */
     size_t slab_bytes = 0, live = 0;
     lp_cache_blocks_stats(b, &slab_bytes, &live);
     CHECK_EQ_INT(slab_bytes, 4 * 64 * 1024);
-    lp_cache_blocks_limit(b, 64 * 1024);
-    uint8_t c2 = 0;
-    CHECK(!lp_cache_blocks_alloc(b, 64, &c2)); /* draining: nothing handed out */
-    /* raised back before the blocks came back: serving again */
-    lp_cache_blocks_limit(b, 4 * 64 * 1024);
-    char *r = lp_cache_blocks_alloc(b, 64, &c2);
-    CHECK(r != NULL);
-    if (r)
-        lp_cache_blocks_free(b, r, c2);
-    lp_cache_blocks_limit(b, 64 * 1024);
+    /* Every block of the first slab goes, and all but one of each other slab's. */
     for (int i = 0; i < n; i++)
-        lp_cache_blocks_free(b, p[i], c);
+        if (i < PER_SLAB || i % PER_SLAB)
+            lp_cache_blocks_free(b, p[i], c);
+    lp_cache_blocks_limit(b, 2 * 64 * 1024);
     lp_cache_blocks_stats(b, &slab_bytes, &live);
-    CHECK_EQ_INT(slab_bytes, 0);
-    CHECK_EQ_INT(live, 0);
-    char *q = lp_cache_blocks_alloc(b, 64, &c2); /* starts over within the new limit */
+    CHECK_EQ_INT(live, 3);
+    CHECK_EQ_INT(slab_bytes, 3 * 64 * 1024); /* the empty one went at once */
+    uint8_t c2 = 0;
+    CHECK(!lp_cache_blocks_alloc(b, 64, &c2)); /* retired ones over the limit: malloc's */
+    lp_cache_blocks_free(b, p[PER_SLAB], c);   /* the second slab's last block */
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 2 * 64 * 1024);
+    CHECK(!lp_cache_blocks_alloc(b, 64, &c2)); /* at the limit still */
+    lp_cache_blocks_free(b, p[2 * PER_SLAB], c);
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 64 * 1024); /* one retired slab left: its entry stays hot */
+    /* A fresh slab within the limit, beside it (a retired slab's freed blocks are never
+     * handed out again). */
+    char *q = lp_cache_blocks_alloc(b, 64, &c2);
     REQUIRE(q);
     lp_cache_blocks_stats(b, &slab_bytes, &live);
-    CHECK_EQ_INT(slab_bytes, 64 * 1024);
+    CHECK_EQ_INT(slab_bytes, 2 * 64 * 1024);
+    CHECK_EQ_INT(live, 2);
+    uintptr_t slab_mask = ~(uintptr_t)(64 * 1024 - 1);
+    CHECK(((uintptr_t)q & slab_mask) != ((uintptr_t)p[3 * PER_SLAB] & slab_mask));
+    /* raised again: fresh slabs up to the new limit, the retired one still goes with its
+     * block */
+    lp_cache_blocks_limit(b, 4 * 64 * 1024);
+    char *r[4 * PER_SLAB];
+    int m = 0;
+    while (m < 4 * PER_SLAB && (r[m] = lp_cache_blocks_alloc(b, LP_CACHE_BLOCK_MAX, &c)))
+        m++;
+    CHECK_EQ_INT(m, 3 * PER_SLAB); /* q's slab and two more, beside the retired one */
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 4 * 64 * 1024);
+    lp_cache_blocks_free(b, p[3 * PER_SLAB], c);
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(slab_bytes, 3 * 64 * 1024);
+    for (int i = 0; i < m; i++)
+        lp_cache_blocks_free(b, r[i], c);
     lp_cache_blocks_free(b, q, c2);
+    lp_cache_blocks_stats(b, &slab_bytes, &live);
+    CHECK_EQ_INT(live, 0);
+    CHECK_EQ_INT(slab_bytes, 3 * 64 * 1024); /* not retired: kept for the next entries */
     /* lowered with no block out: the slabs go at once */
     lp_cache_blocks_limit(b, 0);
     lp_cache_blocks_stats(b, &slab_bytes, &live);
     CHECK_EQ_INT(slab_bytes, 0);
     lp_cache_blocks_orphan(b);
+}
+
+/* Stores key with a head of nfields fields (as the cache plugin's writer tells them). */
+static int put_fields(lp_cache_zone_t *z, const char *key, size_t nfields)
+{
+    lp_cache_fill_t *f = lp_cache_fill_start(z, NULL, K(key), K(""), K("head"), NOW + 60, 0);
+    if (!f)
+        return -2;
+    lp_cache_fill_fields(f, nfields);
+    lp_cache_fill_append(f, "b", 1);
+    return lp_cache_fill_commit(f);
+}
+
+/* What requests make room for (cache_room.c, lp_cache_room_cap) follows the widest entry
+ * the zones hold: up with its link, down again once it goes (purged, replaced, its zone let
+ * go) and the recount ran. It once only grew: after a reload lowered max_headers, every
+ * request kept arrays for entries long gone. */
+static void room_follows_entries(void)
+{
+    const unsigned cap = 40 + 16; /* limits.max_headers 40 */
+    lp_cache_room_recount();
+    CHECK_EQ_INT(lp_cache_room_cap(cap), cap);
+    lp_cache_zone_t *a = zone("room_a", 1 << 20, 1 << 16);
+    lp_cache_zone_t *b = zone("room_b", 1 << 20, 1 << 16);
+    REQUIRE(a && b);
+    CHECK_EQ_INT(put_fields(a, "wide", 100), 0);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 100 + LP_CACHE_HIT_FIELDS);
+    CHECK_EQ_INT(put_fields(b, "mid", 80), 0);
+    CHECK_EQ_INT(put_fields(a, "narrow", 10), 0);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 100 + LP_CACHE_HIT_FIELDS);
+    /* purged: counted again at once */
+    CHECK_EQ_INT((int)lp_cache_purge(a, LP_CACHE_PURGE_KEY, K("wide")), 1);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 80 + LP_CACHE_HIT_FIELDS);
+    /* replaced by a narrower head: at the next recount (a worker's house timer) */
+    CHECK_EQ_INT(put_fields(b, "mid", 20), 0);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 80 + LP_CACHE_HIT_FIELDS);
+    lp_cache_room_recount();
+    CHECK_EQ_INT(lp_cache_room_cap(cap), cap);
+    /* a linked entry's head refreshed wider: up at once */
+    lp_cache_entry_t *e = lp_cache_get(a, K("narrow"), K(""), NOW);
+    REQUIRE(e);
+    CHECK_EQ_INT(lp_cache_entry_set_head(a, e, K("h"), 90, NOW + 60), 0);
+    lp_cache_entry_unref(e);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 90 + LP_CACHE_HIT_FIELDS);
+    /* a head wider than any request can be: no request makes room for it */
+    CHECK_EQ_INT(put_fields(b, "bogus", LP_CACHE_ROOM_MAX + 1), 0);
+    CHECK_EQ_INT(lp_cache_room_cap(cap), 90 + LP_CACHE_HIT_FIELDS);
+    /* the zone let go (a reload dropped it): its entries' widths go with it */
+    lp_cache_zone_release(a);
+    lp_cache_room_recount();
+    CHECK_EQ_INT(lp_cache_room_cap(cap), cap);
+    lp_cache_zone_release(b);
 }
 
 /* The key table is sized for the budget at the start and counts in it: a reload lowering
@@ -895,6 +977,7 @@ static void served_memo(void)
 static const lp_test_case_t tests[] = {
     {"blocks", blocks},
     {"blocks_limit_lowered", blocks_limit_lowered},
+    {"room_follows_entries", room_follows_entries},
     {"table_follows_lowered_budget", table_follows_lowered_budget},
     {"entry_outlives_zone", entry_outlives_zone},
     {"small_body_in_entry", small_body_in_entry},
