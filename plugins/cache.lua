@@ -82,7 +82,8 @@ P.schema = {
     cache_key = { type = "function",
                   description = "`function(req) return key end`: the cache key (default: "
                     .. "`GET scheme://host/path?query`, HEAD sharing GET's); "
-                    .. "req:set_cache_key() from an earlier plugin wins over it" },
+                    .. "req:set_cache_key() from an earlier plugin wins over it; nil or false: "
+                    .. "not looked up, not stored (fwd=bypass)" },
     shared = { type = "boolean", default = true,
                description = "a shared cache (s-maxage, private, Authorization rules); "
                  .. "false behaves as a private cache" },
@@ -1004,9 +1005,22 @@ function P.request(req, conf)
     st.invalidate = not policy.is_safe_method(method)
     return
   end
-  local key = o.key or (conf.cache_key and conf.cache_key(req)) or z:default_key(req)
+  -- req:set_cache_key() first, then cache_key, then the default. A cache_key returning
+  -- nil or false is the site saying "no key for this request": a bypass, never the default
+  -- key (a rule returning nil for a request with a Cookie must not look it up, or store it,
+  -- under the key of the requests without one).
+  local key = o.key
+  if key == nil then
+    if conf.cache_key then
+      key = conf.cache_key(req)
+      if key ~= nil and key ~= false and type(key) ~= "string" then
+        proxy.log.error("cache: cache_key returned " .. type(key) .. ", not a string: not cached")
+      end
+    else
+      key = z:default_key(req)
+    end
+  end
   if type(key) ~= "string" then
-    proxy.log.error("cache: cache_key returned " .. type(key) .. ", not a string: not cached")
     z:count("bypass")
     st.pass = "bypass" -- the site's rule could not say what to look up: as req:cache_bypass()
     return

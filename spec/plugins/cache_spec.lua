@@ -100,6 +100,32 @@ describe("cache plugin", function()
     assert.equal("fixed1", r.body)
   end)
 
+  it("bypasses when cache_key returns nil or false: nothing looked up, nothing stored", function()
+    -- The site's rule says "no key" for requests with a Cookie: they must not share the
+    -- default key's entry (Bob served Alice's page).
+    for _, none in ipairs({ "nil", "false" }) do
+      T.reset()
+      T.cache_zones { z = {} }
+      local conf = { cache_key = function(req)
+        if req:header("Cookie") then
+          if none == "nil" then return nil end
+          return false
+        end
+        return "k:" .. req:path()
+      end }
+      local alice = run(conf, { uri = "/me", headers = { Cookie = "user=alice" } }, fresh("alice"))
+      assert.equal("alice", alice.body)
+      assert.equal("luaproxy; fwd=bypass; fwd-status=200", alice.headers["Cache-Status"])
+      local z = T.cache_zone("z")
+      assert.is_nil(next(z.entries), none)
+      local bob = run(conf, { uri = "/me", headers = { Cookie = "user=bob" } }, fresh("bob"))
+      assert.equal("bob", bob.body)
+      assert.equal("luaproxy; fwd=bypass; fwd-status=200", bob.headers["Cache-Status"])
+      assert.is_nil(next(z.entries), none)
+      assert.equal(2, z.counts.bypass)
+    end
+  end)
+
   it("bypasses the lookup on req:cache_bypass() and stores nothing on req:cache_no_store()", function()
     run(nil, { uri = "/b" }, fresh("old"))
     local bypass = { name = "bypass", priority = 100,
