@@ -1234,7 +1234,11 @@ function P.response(req, conf)
       local sec, vary_line = "", nil -- vary_line: the Vary as one line (marker and L2)
       local keep = keep_for(meta, conf, now)
       if vary and vary ~= "" then
-        sec = policy.secondary_key(vary, st.rh, conf.max_vary_fields)
+        -- The variant's secondary key is always the request's as it went upstream (a plugin
+        -- after the cache may have changed a Vary field), read by a new view: st.rh has the
+        -- client's values it memoised when a vary-miss looked them up, and the variant
+        -- stored under those would answer them with what the origin sent for others.
+        sec = policy.secondary_key(vary, z:req_view(req), conf.max_vary_fields)
         if sec then
           vary_line = gsub(vary, "[\r\n]", " ")
           z:put(st.key, "", "V " .. vary_line, keep)

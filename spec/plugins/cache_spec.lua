@@ -179,6 +179,30 @@ describe("cache plugin", function()
     assert.equal("de", run(nil, { uri = "/v", headers = { ["Accept-Language"] = "de" } }).body)
   end)
 
+  it("stores a new variant under the Vary value sent upstream, not the client's", function()
+    -- A plugin after the cache sets Accept-Language from a cookie. On a vary-miss the lookup
+    -- read the client's value; the variant must be stored under the one the origin saw.
+    local lang = { name = "lang", priority = 10, request = function(req)
+      local l = (req:header("Cookie") or ""):match("lang=(%a+)")
+      if l then req:set_header("Accept-Language", l) end
+    end }
+    local function get(al, cookie, answer)
+      return T.run_chain({ { cache, { zone = "z" } }, { lang } }, { uri = "/lv",
+        headers = { Host = "example.com", ["Accept-Language"] = al, Cookie = cookie } }, answer)
+    end
+    local function page(l) return fresh(l, { Vary = "Accept-Language" }) end
+    assert.equal("fr", get("fr", nil, page("fr")).body) -- uri-miss
+    local v = get("de", "lang=en", page("en")) -- vary-miss: the origin saw "en"
+    assert.equal("en", v.body)
+    assert.matches("fwd=vary%-miss", v.headers["Cache-Status"])
+    local de = get("de", nil, page("de"))
+    assert.equal("de", de.body)
+    assert.matches("fwd=vary%-miss", de.headers["Cache-Status"])
+    local en = get("en", nil, { status = 500, body = "must not be asked" })
+    assert.equal("en", en.body)
+    assert.matches("; hit", en.headers["Cache-Status"])
+  end)
+
   it("answers HEAD, a range and a matching conditional from the entry", function()
     run(nil, { uri = "/r" }, fresh("0123456789", { ETag = '"e1"' }))
     local head = run(nil, { uri = "/r", method = "HEAD" })
