@@ -53,6 +53,17 @@ end
 -- names of its cache.zones), so a typo is refused by -t, start and reload rather than
 -- leaving the route uncached.
 local function check_zone(v, ctx)
+  -- A zone shared by routes going to different upstreams with the default key
+  -- (config_schema.cache_zone_sharing): said once per load, where -t, start and reload say
+  -- their warnings.
+  if ctx and ctx.warnings and ctx.warned and ctx.cache_warnings then
+    for _, w in ipairs(ctx.cache_warnings) do
+      if not ctx.warned[w] then
+        ctx.warned[w] = true
+        ctx.warnings[#ctx.warnings + 1] = w
+      end
+    end
+  end
   if ctx and ctx.cache_zones and not ctx.cache_zones[v] then
     local names = {}
     for k in pairs(ctx.cache_zones) do names[#names + 1] = format("%q", k) end

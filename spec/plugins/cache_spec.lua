@@ -502,6 +502,49 @@ describe("cache plugin", function()
     assert.equal(10, c._opts.default_ttl[200])
   end)
 
+  it("warns when routes to different upstreams share a zone with the default key", function()
+    -- The default key has no upstream in it: a canary route to `beta` and `/` to `stable`
+    -- sharing one zone serve each other's entries. Said at load, in the load's warnings.
+    local function warnings(routes, plugins)
+      package.loaded["luaproxy.runtime"] = nil
+      local runtime = require "luaproxy.runtime"
+      local cfg = { upstreams = { stable = { targets = { "127.0.0.1:1" } },
+        beta = { targets = { "127.0.0.1:2" } } }, cache = { zones = { z = { memory = "1m" } } },
+        routes = routes, plugins = plugins }
+      local state = assert(runtime.load(cfg, { plugin_path = "plugins/?.lua" }))
+      local out = {}
+      for _, w in ipairs(state.warnings) do
+        if w:find("cache zone", 1, true) then out[#out + 1] = w end
+      end
+      return out
+    end
+    local function keyed() return "k" end
+    local function route(up, extra, name)
+      local plugins = { { name = "cache", zone = "z", cache_key = extra } }
+      return { name = name, match = { prefix = "/" }, upstream = up, plugins = plugins }
+    end
+    local w = warnings { route("beta", nil, "canary"), route("stable") }
+    assert.equal(1, #w)
+    assert.matches('cache zone "z"', w[1], 1, true)
+    assert.matches('routes[1] ("canary") -> upstream "beta"', w[1], 1, true)
+    assert.matches('routes[2] -> upstream "stable"', w[1], 1, true)
+    assert.matches("Routes sharing a zone", w[1], 1, true)
+    -- the same upstream, or keys of the site's own: nothing to say
+    assert.same({}, warnings { route("stable"), route("stable") })
+    assert.same({}, warnings { route("beta", keyed), route("stable", keyed) })
+    -- one route whose upstream a plugin chooses (ab), or a global cache entry
+    local ab = { name = "ab", arms = { { name = "a", upstream = "stable", weight = 1 },
+      { name = "b", upstream = "beta", weight = 1 } } }
+    local one = route("stable")
+    table.insert(one.plugins, 1, ab)
+    w = warnings { one }
+    assert.equal(1, #w)
+    assert.matches('one plugin "ab" chooses', w[1], 1, true)
+    w = warnings({ { match = { prefix = "/b" }, upstream = "beta" },
+      { match = { prefix = "/" }, upstream = "stable" } }, { { name = "cache", zone = "z" } })
+    assert.equal(1, #w)
+  end)
+
   describe("with an L2 tier in Redis", function()
     local srv
     local l2 = { redis = { port = 6391 }, ttl_max = 120 }
