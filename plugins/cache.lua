@@ -74,6 +74,11 @@ local function check_zone(v, ctx)
   return true
 end
 
+-- The longest lifetime or window a config may give: RFC 9111 §1.2.2's delta-seconds cap
+-- (2^31, about 68 years), which the policy applies to a response's own max-age. Larger
+-- values (1/0, 1e300) would overflow the TTL a hit shows and the keep time of the entry.
+local SECONDS_MAX = policy.DELTA_MAX
+
 local function check_default_ttl(v)
   if type(v) ~= "table" then return nil, "expected { [status] = seconds, ... }" end
   for k, s in pairs(v) do
@@ -81,7 +86,10 @@ local function check_default_ttl(v)
     if not code or code < 200 or code > 999 or code % 1 ~= 0 then
       return nil, format("%s: expected a status from 200 to 999", tostring(k))
     end
-    if type(s) ~= "number" or s < 0 then return nil, format("[%s]: expected seconds >= 0", k) end
+    if type(s) ~= "number" or not (s >= 0 and s <= SECONDS_MAX) then
+      return nil, format("[%s]: expected seconds from 0 to %d (2^31, RFC 9111 §1.2.2), got %s",
+        k, SECONDS_MAX, tostring(s))
+    end
   end
   return true
 end
@@ -110,23 +118,23 @@ P.schema = {
     default_ttl = { type = "any", custom = check_default_ttl,
                     description = "`{ [200] = 60, [404] = 10 }`: freshness for responses with "
                       .. "none of their own (like nginx's proxy_cache_valid); off by default" },
-    stale_while_revalidate = { type = "duration", default = 0, min = 0,
+    stale_while_revalidate = { type = "duration", default = 0, min = 0, max = SECONDS_MAX,
                                description = "seconds a stale entry is served while one "
                                  .. "background request refreshes it, beyond the response's "
                                  .. "own stale-while-revalidate" },
-    stale_if_error = { type = "duration", default = 0, min = 0,
+    stale_if_error = { type = "duration", default = 0, min = 0, max = SECONDS_MAX,
                        description = "seconds a stale entry is served when the upstream fails "
                          .. "or answers 5xx, beyond the response's own stale-if-error" },
     lock = { type = "boolean", default = true,
              description = "request coalescing: concurrent misses for a key make one upstream "
                .. "request, the others wait for its entry" },
-    lock_timeout = { type = "duration", default = 5, min = 0.001,
+    lock_timeout = { type = "duration", default = 5, min = 0.001, max = SECONDS_MAX,
                      description = "seconds a request waits for another's fill before it "
                        .. "goes upstream itself" },
-    keep = { type = "duration", default = 3600, min = 0,
+    keep = { type = "duration", default = 3600, min = 0, max = SECONDS_MAX,
              description = "seconds a stale entry with validators (ETag, Last-Modified) is "
                .. "kept for conditional revalidation" },
-    background_timeout = { type = "duration", default = 10, min = 0.001,
+    background_timeout = { type = "duration", default = 10, min = 0.001, max = SECONDS_MAX,
                            description = "seconds a background refresh may take" },
     max_vary_fields = { type = "integer", default = 16, min = 1, max = 64,
                         description = "a response varying on more fields is not stored" },
@@ -514,6 +522,9 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
   -- RFC 9111 §4.2.3 in whole seconds: Age is the age rounded down, and the TTL shown is the
   -- lifetime less that same age (max-age=60 served at once: Age 0, ttl=60).
   local prior, ttl = headers["cache-status"], meta.ttl - floor(age)
+  -- Within what %d writes (the engine's miss line clamps alike: cache_ffi.c): a head stored
+  -- by an older process, before lifetimes were bounded, must not show ttl=-2^63.
+  if ttl ~= ttl or ttl > 1e15 then ttl = 1e15 elseif ttl < -1e15 then ttl = -1e15 end
   local status_value
   if cs.hit and prior == nil and not cs.collapsed and not cs.detail then
     -- What policy.cache_status makes of { hit = true, ttl = ttl }, without its tables and
@@ -1223,6 +1234,7 @@ function P.response(req, conf)
   if st.forced then z:count("miss") end -- the request refused its fresh entry: a full answer
   local o = req:cache_options()
   local o_ttl = o.ttl
+  if o_ttl and o_ttl > SECONDS_MAX then o_ttl = SECONDS_MAX end -- as req:cache_ttl clamps
   local stored, ttl, too_large = false, nil, false
   if from_upstream and req:method() == "GET" and not o.no_store then
     local ok, why = policy.storable("GET", status, st.rh, rsh, conf._opts)

@@ -502,6 +502,38 @@ describe("cache plugin", function()
     assert.equal(10, c._opts.default_ttl[200])
   end)
 
+  it("bounds lifetimes: absurd ones refused or clamped, a hit's ttl= always a number", function()
+    -- new-user trial: default_ttl 1/0 or 1e300 and stale_if_error = 1e300 were accepted,
+    -- and a hit then said ttl=-9223372036854775808
+    for _, bad in ipairs({ { default_ttl = { [200] = 1 / 0 } }, { default_ttl = { [200] = 1e300 } },
+      { default_ttl = { [200] = 0 / 0 } }, { stale_if_error = 1e300 },
+      { stale_while_revalidate = 1e300 }, { keep = 1e300 }, { lock_timeout = 1e300 } }) do
+      bad.zone = "z"
+      assert.has_error(function() T.conf(cache, bad) end)
+    end
+    assert.equal(2147483648, T.conf(cache, { zone = "z", default_ttl = { [200] = 2147483648 } })
+      ._opts.default_ttl[200])
+    -- req:cache_ttl: over 2^31 is 2^31 (the miss and the hit agree), infinite is an error
+    local refused
+    local ttl = { name = "ttl", priority = 100, response = function(req)
+      refused = not pcall(req.cache_ttl, req, 1 / 0)
+      req:cache_ttl(1e19)
+    end }
+    local miss = T.run_chain({ { ttl }, { cache, { zone = "z" } } },
+      { uri = "/big", headers = { Host = "example.com" } }, { status = 200, body = "t" })
+    assert.is_true(refused)
+    assert.equal("luaproxy; fwd=uri-miss; fwd-status=200; stored; ttl=2147483648",
+      miss.headers["Cache-Status"])
+    assert.equal("luaproxy; hit; ttl=2147483648", run(nil, { uri = "/big" }).headers["cache-status"])
+    -- a head stored with an unbounded TTL (an older process's): the hit's ttl= stays a number
+    local meta = { status = 200, request_time = proxy_now(), response_time = proxy_now(),
+      age_value = 0, ttl = 1e300, ttl_source = "lua", must_revalidate = false, no_cache = false }
+    T.cache_zone("z"):put("GET http://example.com/old", "", cache._encode(meta, {}), 60, "o")
+    local old = run(nil, { uri = "/old" })
+    assert.equal("o", old.body)
+    assert.equal("luaproxy; hit; ttl=1000000000000000", old.headers["cache-status"])
+  end)
+
   it("warns when routes to different upstreams share a zone with the default key", function()
     -- The default key has no upstream in it: a canary route to `beta` and `/` to `stable`
     -- sharing one zone serve each other's entries. Said at load, in the load's warnings.
