@@ -1086,6 +1086,10 @@ function P.request(req, conf)
     end
     if look(req, conf, st, z, key, rh, rd, true) then return end
   end
+  -- RFC 9111 §4.2.3: request_time is when the request went upstream, not when the client's
+  -- came: after waiting on another fill's lock (or asking the L2 tier) the wait must not
+  -- count in the stored age. The common miss (the lock taken at once, no L2) keeps t0.
+  if conf._l2 or (conf.lock and not locked) then st.t0 = proxy.now() end
   z:count("miss")
   st.fwd = st.fwd or st.miss
   -- A GET that may fill the entry asks for the whole representation; the client's Range and

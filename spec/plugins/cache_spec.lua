@@ -534,6 +534,22 @@ describe("cache plugin", function()
     assert.equal("luaproxy; hit; ttl=1000000000000000", old.headers["cache-status"])
   end)
 
+  it("counts the age from when the request went upstream, not from a lock wait", function()
+    -- RFC 9111 §4.2.3 request_time: another fill holds the key's lock and never ends; this
+    -- request waits lock_timeout (6 s), then goes upstream itself. The wait is not the
+    -- response's age (new-user trial: 10 requests waiting 6 s stored ttl=289 of 300).
+    T.cache_zone("z").locks["GET http://example.com/w"] = {} -- another request's fill
+    local answer = { status = 200, body = "w",
+      headers = { ["Cache-Control"] = "max-age=300", Date = date(proxy_now() + 6) } }
+    local r = run({ lock_timeout = 6 }, { uri = "/w" }, answer)
+    assert.equal("w", r.body)
+    assert.equal("luaproxy; fwd=uri-miss; fwd-status=200; stored; ttl=300", r.headers["Cache-Status"])
+    T.cache_zone("z").locks["GET http://example.com/w"] = nil
+    local hit = run(nil, { uri = "/w" })
+    assert.equal("luaproxy; hit; ttl=300", hit.headers["cache-status"])
+    assert.equal("0", hit.headers["age"])
+  end)
+
   it("warns when routes to different upstreams share a zone with the default key", function()
     -- The default key has no upstream in it: a canary route to `beta` and `/` to `stable`
     -- sharing one zone serve each other's entries. Said at load, in the load's warnings.
