@@ -1019,9 +1019,9 @@ function P.request(req, conf)
   if not z then return end
   local o = req:cache_options()
   local st = { zone = z, t0 = proxy.now(), phase = "request" }
-  req.ctx.cache = st
   local method = req:method()
   if not policy.lookup_method(method) then
+    req.ctx.cache = st
     -- RFC 9211 fwd=method: the method is forwarded whatever the cache holds.
     st.pass = "method"
     st.invalidate = not policy.is_safe_method(method)
@@ -1042,6 +1042,10 @@ function P.request(req, conf)
       key = z:default_key(req)
     end
   end
+  -- The state is the request's from here: a cache_key that raised (the engine's 500) left
+  -- none, so the response phase adds no Cache-Status (it was neither looked up nor
+  -- forwarded by the cache: no fwd=uri-miss).
+  req.ctx.cache = st
   if type(key) ~= "string" then
     z:count("bypass")
     st.pass = "bypass" -- the site's rule could not say what to look up: as req:cache_bypass()
