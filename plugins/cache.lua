@@ -79,6 +79,19 @@ end
 -- values (1/0, 1e300) would overflow the TTL a hit shows and the keep time of the entry.
 local SECONDS_MAX = policy.DELTA_MAX
 
+-- Statuses the policy never stores (policy.storable): a list naming one would promise
+-- what never happens.
+local NEVER_STORED = { [206] = "a 206 is never stored (a Range request is answered from the "
+  .. "whole 200, which is stored)", [304] = "a 304 is never stored (it refreshes the stored "
+  .. "response it validates)" }
+
+local function check_statuses(v)
+  for i, code in ipairs(v) do
+    if NEVER_STORED[code] then return nil, format("[%d]: %d: %s", i, code, NEVER_STORED[code]) end
+  end
+  return true
+end
+
 local function check_default_ttl(v)
   if type(v) ~= "table" then return nil, "expected { [status] = seconds, ... }" end
   for k, s in pairs(v) do
@@ -86,6 +99,7 @@ local function check_default_ttl(v)
     if not code or code < 200 or code > 999 or code % 1 ~= 0 then
       return nil, format("%s: expected a status from 200 to 999", tostring(k))
     end
+    if NEVER_STORED[code] then return nil, format("[%d]: %s", code, NEVER_STORED[code]) end
     if type(s) ~= "number" or not (s >= 0 and s <= SECONDS_MAX) then
       return nil, format("[%s]: expected seconds from 0 to %d (2^31, RFC 9111 §1.2.2), got %s",
         k, SECONDS_MAX, tostring(s))
@@ -110,6 +124,7 @@ P.schema = {
                          description = "responses with Set-Cookie: false refuses to store "
                            .. "them, true stores the field, \"strip\" stores them without it" },
     statuses = { type = "array", elements = { type = "integer", min = 200, max = 999 },
+                 custom = check_statuses,
                  description = "only these statuses are ever stored (default: every status "
                    .. "RFC 9111 allows)" },
     heuristic = { type = "any", default = false, custom = check_heuristic,

@@ -579,6 +579,13 @@ local function check_zone_sizes(z)
       .. "largest object (a fill is gathered in memory, also with a disk tier)",
       size_text(z.max_object_size), size_text(z.memory)), "max_object_size"
   end
+  -- A disk tier that cannot hold the largest object would evict every other file to write
+  -- it, then drop it too: the budget is too small for the zone's objects.
+  if type(z.disk) == "table" and type(z.disk.size) == "number" and z.disk.size < z.max_object_size then
+    return nil, format("disk.size %s is smaller than max_object_size %s: the disk tier must "
+      .. "hold the largest object stored", size_text(z.disk.size), size_text(z.max_object_size)),
+      "disk.size"
+  end
   return true
 end
 

@@ -284,4 +284,18 @@ describe("cache zones in the config", function()
     assert.equal(1048576, c.cache.zones.small.max_object_size)
     assert.equal(8 * 1048576, c.cache.zones.big.max_object_size)
   end)
+
+  it("refuses a disk tier smaller than max_object_size (new-user trial)", function()
+    local c, err = load({ api = { memory = "32m", max_object_size = "8m",
+      disk = { path = "/tmp/x", size = "1m" } } }, "api")
+    assert.is_nil(c)
+    assert.equal('cache.zones.api.disk.size: disk.size "1m" is smaller than max_object_size '
+      .. '"8m": the disk tier must hold the largest object stored', err)
+    -- the default max_object_size (8m, or memory when smaller) counts too
+    c, err = load({ api = { memory = "32m", disk = { path = "/tmp/x", size = "4m" } } }, "api")
+    assert.is_nil(c)
+    assert.matches("disk.size", err)
+    assert.is_truthy(load({ api = { memory = "2m", disk = { path = "/tmp/x", size = "2m" } } },
+      "api"))
+  end)
 end)

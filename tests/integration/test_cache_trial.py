@@ -102,6 +102,24 @@ class CacheTrialCheckTest(H.ProxyTestCase):
                 self.assertIn("c.lua:7:", out)  # the plugin entry's line
                 self.assertIn(says, out)
 
+    def test_refuses_useless_settings_with_the_line(self):
+        route = ('{ match = { prefix = "/" }, upstream = "stable",\n'
+                 '      plugins = { { name = "cache", zone = "z", %s } } },')
+        for zones, opt, says in (
+                ('z = { memory = "1m", max_object_size = "512k",\n'
+                 '    disk = { path = "d", size = "64k" } }', "",
+                 'c.lua:5: cache.zones.z.disk.size: disk.size "64k" is smaller than '
+                 'max_object_size "512k"'),
+                ('z = { memory = "1m" }', "statuses = { 200, 206 }",
+                 "c.lua:7: routes[1].plugins[1](cache).statuses: [2]: 206: a 206 is never "
+                 "stored"),
+                ('\n    ["bad name"] = { memory = "1m" }', "",
+                 'c.lua:5: cache.zones.bad name: "bad name" does not match')):
+            with self.subTest(zones=zones, opt=opt):
+                rc, out = check(CONFIG % (zones, route % opt))
+                self.assertNotEqual(rc, 0, out)
+                self.assertIn(says, out)
+
     def test_warns_about_a_zone_shared_across_upstreams(self):
         rc, out = check(CONFIG % ('z = { memory = "1m" }', (
             '{ name = "canary", match = { prefix = "/", headers = { ["X-Canary"] = "1" } },\n'
