@@ -579,13 +579,6 @@ local function check_zone_sizes(z)
       .. "largest object (a fill is gathered in memory, also with a disk tier)",
       size_text(z.max_object_size), size_text(z.memory)), "max_object_size"
   end
-  -- A disk tier that cannot hold the largest object would evict every other file to write
-  -- it, then drop it too: the budget is too small for the zone's objects.
-  if type(z.disk) == "table" and type(z.disk.size) == "number" and z.disk.size < z.max_object_size then
-    return nil, format("disk.size %s is smaller than max_object_size %s: the disk tier must "
-      .. "hold the largest object stored", size_text(z.disk.size), size_text(z.max_object_size)),
-      "disk.size"
-  end
   return true
 end
 
@@ -1209,6 +1202,30 @@ function M.context(raw)
     for k in pairs(zones or {}) do ctx.cache_zones[k] = true end
   end
   ctx.cache_warnings = M.cache_zone_sharing(raw)
+  if type(zones) == "table" then
+    -- A disk tier smaller than the largest object the config allows: writing one such
+    -- response evicts every file (its own too: engine/cache_store.c evict_over). A warning,
+    -- not a refusal: a small disk of small objects works (test_cache_disk.py has one).
+    local names = {}
+    for name in pairs(zones) do names[#names + 1] = name end
+    table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+    for _, name in ipairs(names) do
+      local z = zones[name]
+      local disk = type(z) == "table" and z.disk
+      local size = type(disk) == "table" and size_coerce(disk.size)
+      local mos = type(z) == "table" and size_coerce(z.max_object_size)
+      if mos == nil and type(z) == "table" then -- the default: 8m, or memory when smaller
+        local mem = size_coerce(z.memory)
+        mos = type(mem) == "number" and math.min(8388608, mem) or nil
+      end
+      if type(size) == "number" and type(mos) == "number" and size < mos then
+        ctx.cache_warnings[#ctx.cache_warnings + 1] = format("cache zone %q: disk.size %s is "
+          .. "smaller than max_object_size %s: a response larger than the disk tier, written "
+          .. "to it, evicts every file (its own too); make max_object_size at most disk.size",
+          tostring(name), size_text(size), size_text(mos))
+      end
+    end
+  end
   return ctx
 end
 

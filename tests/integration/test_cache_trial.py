@@ -3,8 +3,9 @@
 that counts what reaches it: a cache_key returning nil for a request with a Cookie bypasses
 the cache (it was given the default key: Bob got Alice's page), a cache_key that raises
 answers 500 without a Cache-Status claiming a miss, and `luaproxy -t` refuses the absurd or
-useless settings it accepted (non-finite and huge TTLs, statuses = {206}, a disk smaller
-than max_object_size) and warns about a zone shared by routes to different upstreams."""
+useless settings it accepted (non-finite and huge TTLs, statuses = {206}, a zone name that
+is no identifier, at its line) and warns about a disk smaller than max_object_size and a
+zone shared by routes to different upstreams."""
 
 import os
 import subprocess
@@ -106,10 +107,6 @@ class CacheTrialCheckTest(H.ProxyTestCase):
         route = ('{ match = { prefix = "/" }, upstream = "stable",\n'
                  '      plugins = { { name = "cache", zone = "z", %s } } },')
         for zones, opt, says in (
-                ('z = { memory = "1m", max_object_size = "512k",\n'
-                 '    disk = { path = "d", size = "64k" } }', "",
-                 'c.lua:5: cache.zones.z.disk.size: disk.size "64k" is smaller than '
-                 'max_object_size "512k"'),
                 ('z = { memory = "1m" }', "statuses = { 200, 206 }",
                  "c.lua:7: routes[1].plugins[1](cache).statuses: [2]: 206: a 206 is never "
                  "stored"),
@@ -119,6 +116,15 @@ class CacheTrialCheckTest(H.ProxyTestCase):
                 rc, out = check(CONFIG % (zones, route % opt))
                 self.assertNotEqual(rc, 0, out)
                 self.assertIn(says, out)
+
+    def test_warns_about_a_disk_smaller_than_max_object_size(self):
+        rc, out = check(CONFIG % ('z = { memory = "1m", max_object_size = "512k",\n'
+                                  '    disk = { path = "d", size = "64k" } }',
+                                  '{ match = { prefix = "/" }, upstream = "stable",\n'
+                                  '      plugins = { { name = "cache", zone = "z" } } },'))
+        self.assertEqual(rc, 0, out)
+        self.assertIn('cache zone "z": disk.size "64k" is smaller than max_object_size "512k"',
+                      out)
 
     def test_warns_about_a_zone_shared_across_upstreams(self):
         rc, out = check(CONFIG % ('z = { memory = "1m" }', (
