@@ -446,20 +446,22 @@ end
 -- 9211 fwd): "vary-miss" when the key has responses (its Vary marker) but none for this
 -- request's Vary fields, "miss" when one is there that this request cannot carry (wider
 -- than its header slots: Zone:get), else "uri-miss" (nothing under the key).
--- disk: true when the entry came from the disk tier for this request.
+-- disk: true when the entry came from the disk tier for this request; vary (9th): the
+-- key's Vary marker's field value, when the key varies.
 local function lookup(req, z, key, rh, conf)
   local head, blen, disk, unfit = z:get(req, key, "")
   if not head then return nil, nil, nil, nil, nil, nil, nil, unfit and "miss" or "uri-miss" end
-  local sec = ""
+  local sec, vary = "", nil
   if sub(head, 1, 2) == "V " then
-    sec = policy.secondary_key(sub(head, 3), rh, conf.max_vary_fields)
+    vary = sub(head, 3)
+    sec = policy.secondary_key(vary, rh, conf.max_vary_fields)
     if not sec then return nil, nil, nil, nil, nil, nil, nil, "vary-miss" end
     head, blen, disk, unfit = z:get(req, key, sec)
     if not head then return nil, nil, nil, sec, nil, nil, nil, unfit and "miss" or "vary-miss" end
   end
   local meta, headers, case, base = decode_cached(head)
   if not meta then return nil, nil, nil, nil, nil, nil, nil, "uri-miss" end
-  return meta, headers, blen, sec, case, base, disk
+  return meta, headers, blen, sec, case, base, disk, nil, vary
 end
 
 -- Several ranges (RFC 9110 §14.6): a multipart/byteranges body built from the entry, when the
@@ -742,7 +744,8 @@ local function refetch(req, conf, st)
   local plan = fetch_plan(req, true)
   local t0 = proxy.now()
   local res, err
-  if plan then res, err = fetch(plan, req:headers(), conf.background_timeout) end
+  local sent = req:headers()
+  if plan then res, err = fetch(plan, sent, conf.background_timeout) end
   if not res then
     proxy.log.warn("cache: full fetch of " .. st.key .. " failed: " .. tostring(err or "no target"))
     if stale.d and (stale.d.stale_if_error or stale.d.stale_if_disconnected) then
@@ -755,7 +758,11 @@ local function refetch(req, conf, st)
   -- the entry was not used: answered in full (counted once the full response came; a
   -- failed fetch that serves stale counts stale only)
   if st.forced then z:count("miss") end
+  -- The variant is stored under the request as it went upstream (P.response's rule): the
+  -- one fetch sent, after the plugins that ran after the cache, not the client's values the
+  -- lookup read.
   local sec = stale.sec or ""
+  if stale.vary then sec = policy.secondary_key(stale.vary, sent, conf.max_vary_fields) or sec end
   local stored, rsh, case = put_fetched(z, st.key, sec, st.rh, res, t0, conf)
   if not stored then
     sec = sec .. "\0once"
@@ -810,7 +817,7 @@ local function only_if_cached(req, st)
 end
 
 local function look(req, conf, st, z, key, rh, rd, waited)
-  local meta, headers, blen, sec, case, base, disk, miss = lookup(req, z, key, rh, conf)
+  local meta, headers, blen, sec, case, base, disk, miss, vary = lookup(req, z, key, rh, conf)
   st.case = case
   if meta then
     local now = proxy.now()
@@ -850,7 +857,8 @@ local function look(req, conf, st, z, key, rh, rd, waited)
       -- A fresh entry the request's own directives refused (no-cache, max-age, min-fresh) is
       -- not expired: counted when the answer comes, revalidated (a 304) or miss (P.response).
       if d and d.fwd == "request" then st.forced = true else z:count("expired") end
-      st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d, base = base }
+      st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d, base = base,
+        vary = vary }
       st.fwd = d and d.fwd or "stale"
       if not waited and conf.lock then z:lock(req, key, conf.lock_timeout) end
       -- Our validators replace the client's: a 304 makes the stored entry current, and the

@@ -302,6 +302,35 @@ describe("cache plugin", function()
     assert.matches("; hit", hit.headers["cache-status"])
   end)
 
+  it("stores a full fetch after a 304 under the Vary value it sent, not the client's", function()
+    -- A plugin after the cache sets Accept-Language from a cookie; the stale "de" variant is
+    -- revalidated with en sent, the 304 names another ETag, and the full response fetched
+    -- with en must not become the "de" variant.
+    T.upstream_targets("app", { "10.0.0.2:80" })
+    T.http_mock("^http://10%.0%.0%.2:80/", function(req)
+      local l = req.headers["accept-language"]
+      return { status = 200, body = "page-" .. l, headers = { ETag = '"' .. l .. '2"',
+        ["Cache-Control"] = "max-age=60", Vary = "Accept-Language", Date = date(proxy_now()) } }
+    end)
+    local lang = { name = "lang", priority = 10, request = function(req)
+      local l = (req:header("Cookie") or ""):match("lang=(%a+)")
+      if l then req:set_header("Accept-Language", l) end
+    end }
+    local function get(cookie, answer)
+      return T.run_chain({ { cache, { zone = "z" } }, { lang } }, { uri = "/rv", upstream = "app",
+        headers = { Host = "example.com", ["Accept-Language"] = "de", Cookie = cookie } }, answer)
+    end
+    get(nil, fresh("page-de", { ETag = '"de1"', Vary = "Accept-Language",
+      ["Cache-Control"] = "max-age=0" }))
+    local r = get("lang=en", { status = 304, addr = "10.0.0.2:80", headers = { ETag = '"en1"',
+      ["Cache-Control"] = "max-age=60", Date = date(proxy_now()) } })
+    assert.equal("page-en", r.body)
+    assert.equal("en", T.http_requests[#T.http_requests].headers["accept-language"])
+    local de = get(nil, { status = 200, body = "page-de-new", headers = {
+      ["Cache-Control"] = "max-age=60", Vary = "Accept-Language", Date = date(proxy_now()) } })
+    assert.equal("page-de-new", de.body) -- the stale "de" variant revalidated, not the English page
+  end)
+
   it("refreshes a key once at a time, also across workers", function()
     T.upstream_targets("app", { "10.0.0.2:80" })
     T.http_mock("^http://10%.0%.0%.2:80/", { status = 200, body = "new",
