@@ -53,12 +53,41 @@ end
 -- names of its cache.zones), so a typo is refused by -t, start and reload rather than
 -- leaving the route uncached.
 local function check_zone(v, ctx)
+  -- A zone shared by routes going to different upstreams with the default key
+  -- (config_schema.cache_zone_sharing): said once per load, where -t, start and reload say
+  -- their warnings.
+  if ctx and ctx.warnings and ctx.warned and ctx.cache_warnings then
+    for _, w in ipairs(ctx.cache_warnings) do
+      if not ctx.warned[w] then
+        ctx.warned[w] = true
+        ctx.warnings[#ctx.warnings + 1] = w
+      end
+    end
+  end
   if ctx and ctx.cache_zones and not ctx.cache_zones[v] then
     local names = {}
     for k in pairs(ctx.cache_zones) do names[#names + 1] = format("%q", k) end
     table.sort(names)
     return nil, format("no zone %q in the config's cache.zones (%s)", v,
       #names > 0 and "declared: " .. concat(names, ", ") or "none declared")
+  end
+  return true
+end
+
+-- The longest lifetime or window a config may give: RFC 9111 §1.2.2's delta-seconds cap
+-- (2^31, about 68 years), which the policy applies to a response's own max-age. Larger
+-- values (1/0, 1e300) would overflow the TTL a hit shows and the keep time of the entry.
+local SECONDS_MAX = policy.DELTA_MAX
+
+-- Statuses the policy never stores (policy.storable): a list naming one would promise
+-- what never happens.
+local NEVER_STORED = { [206] = "a 206 is never stored (a Range request is answered from the "
+  .. "whole 200, which is stored)", [304] = "a 304 is never stored (it refreshes the stored "
+  .. "response it validates)" }
+
+local function check_statuses(v)
+  for i, code in ipairs(v) do
+    if NEVER_STORED[code] then return nil, format("[%d]: %d: %s", i, code, NEVER_STORED[code]) end
   end
   return true
 end
@@ -70,7 +99,11 @@ local function check_default_ttl(v)
     if not code or code < 200 or code > 999 or code % 1 ~= 0 then
       return nil, format("%s: expected a status from 200 to 999", tostring(k))
     end
-    if type(s) ~= "number" or s < 0 then return nil, format("[%s]: expected seconds >= 0", k) end
+    if NEVER_STORED[code] then return nil, format("[%d]: %s", code, NEVER_STORED[code]) end
+    if type(s) ~= "number" or not (s >= 0 and s <= SECONDS_MAX) then
+      return nil, format("[%s]: expected seconds from 0 to %d (2^31, RFC 9111 §1.2.2), got %s",
+        k, SECONDS_MAX, tostring(s))
+    end
   end
   return true
 end
@@ -82,7 +115,8 @@ P.schema = {
     cache_key = { type = "function",
                   description = "`function(req) return key end`: the cache key (default: "
                     .. "`GET scheme://host/path?query`, HEAD sharing GET's); "
-                    .. "req:set_cache_key() from an earlier plugin wins over it" },
+                    .. "req:set_cache_key() from an earlier plugin wins over it; nil or false: "
+                    .. "not looked up, not stored (fwd=bypass)" },
     shared = { type = "boolean", default = true,
                description = "a shared cache (s-maxage, private, Authorization rules); "
                  .. "false behaves as a private cache" },
@@ -90,6 +124,7 @@ P.schema = {
                          description = "responses with Set-Cookie: false refuses to store "
                            .. "them, true stores the field, \"strip\" stores them without it" },
     statuses = { type = "array", elements = { type = "integer", min = 200, max = 999 },
+                 custom = check_statuses,
                  description = "only these statuses are ever stored (default: every status "
                    .. "RFC 9111 allows)" },
     heuristic = { type = "any", default = false, custom = check_heuristic,
@@ -98,23 +133,23 @@ P.schema = {
     default_ttl = { type = "any", custom = check_default_ttl,
                     description = "`{ [200] = 60, [404] = 10 }`: freshness for responses with "
                       .. "none of their own (like nginx's proxy_cache_valid); off by default" },
-    stale_while_revalidate = { type = "duration", default = 0, min = 0,
+    stale_while_revalidate = { type = "duration", default = 0, min = 0, max = SECONDS_MAX,
                                description = "seconds a stale entry is served while one "
                                  .. "background request refreshes it, beyond the response's "
                                  .. "own stale-while-revalidate" },
-    stale_if_error = { type = "duration", default = 0, min = 0,
+    stale_if_error = { type = "duration", default = 0, min = 0, max = SECONDS_MAX,
                        description = "seconds a stale entry is served when the upstream fails "
                          .. "or answers 5xx, beyond the response's own stale-if-error" },
     lock = { type = "boolean", default = true,
              description = "request coalescing: concurrent misses for a key make one upstream "
                .. "request, the others wait for its entry" },
-    lock_timeout = { type = "duration", default = 5, min = 0.001,
+    lock_timeout = { type = "duration", default = 5, min = 0.001, max = SECONDS_MAX,
                      description = "seconds a request waits for another's fill before it "
                        .. "goes upstream itself" },
-    keep = { type = "duration", default = 3600, min = 0,
+    keep = { type = "duration", default = 3600, min = 0, max = SECONDS_MAX,
              description = "seconds a stale entry with validators (ETag, Last-Modified) is "
                .. "kept for conditional revalidation" },
-    background_timeout = { type = "duration", default = 10, min = 0.001,
+    background_timeout = { type = "duration", default = 10, min = 0.001, max = SECONDS_MAX,
                            description = "seconds a background refresh may take" },
     max_vary_fields = { type = "integer", default = 16, min = 1, max = 64,
                         description = "a response varying on more fields is not stored" },
@@ -411,20 +446,22 @@ end
 -- 9211 fwd): "vary-miss" when the key has responses (its Vary marker) but none for this
 -- request's Vary fields, "miss" when one is there that this request cannot carry (wider
 -- than its header slots: Zone:get), else "uri-miss" (nothing under the key).
--- disk: true when the entry came from the disk tier for this request.
+-- disk: true when the entry came from the disk tier for this request; vary (9th): the
+-- key's Vary marker's field value, when the key varies.
 local function lookup(req, z, key, rh, conf)
   local head, blen, disk, unfit = z:get(req, key, "")
   if not head then return nil, nil, nil, nil, nil, nil, nil, unfit and "miss" or "uri-miss" end
-  local sec = ""
+  local sec, vary = "", nil
   if sub(head, 1, 2) == "V " then
-    sec = policy.secondary_key(sub(head, 3), rh, conf.max_vary_fields)
+    vary = sub(head, 3)
+    sec = policy.secondary_key(vary, rh, conf.max_vary_fields)
     if not sec then return nil, nil, nil, nil, nil, nil, nil, "vary-miss" end
     head, blen, disk, unfit = z:get(req, key, sec)
     if not head then return nil, nil, nil, sec, nil, nil, nil, unfit and "miss" or "vary-miss" end
   end
   local meta, headers, case, base = decode_cached(head)
   if not meta then return nil, nil, nil, nil, nil, nil, nil, "uri-miss" end
-  return meta, headers, blen, sec, case, base, disk
+  return meta, headers, blen, sec, case, base, disk, nil, vary
 end
 
 -- Several ranges (RFC 9110 §14.6): a multipart/byteranges body built from the entry, when the
@@ -502,6 +539,9 @@ local function serve(req, conf, st, meta, headers, blen, cs, client_only, base)
   -- RFC 9111 §4.2.3 in whole seconds: Age is the age rounded down, and the TTL shown is the
   -- lifetime less that same age (max-age=60 served at once: Age 0, ttl=60).
   local prior, ttl = headers["cache-status"], meta.ttl - floor(age)
+  -- Within what %d writes (the engine's miss line clamps alike: cache_ffi.c): a head stored
+  -- by an older process, before lifetimes were bounded, must not show ttl=-2^63.
+  if ttl ~= ttl or ttl > 1e15 then ttl = 1e15 elseif ttl < -1e15 then ttl = -1e15 end
   local status_value
   if cs.hit and prior == nil and not cs.collapsed and not cs.detail then
     -- What policy.cache_status makes of { hit = true, ttl = ttl }, without its tables and
@@ -704,7 +744,8 @@ local function refetch(req, conf, st)
   local plan = fetch_plan(req, true)
   local t0 = proxy.now()
   local res, err
-  if plan then res, err = fetch(plan, req:headers(), conf.background_timeout) end
+  local sent = req:headers()
+  if plan then res, err = fetch(plan, sent, conf.background_timeout) end
   if not res then
     proxy.log.warn("cache: full fetch of " .. st.key .. " failed: " .. tostring(err or "no target"))
     if stale.d and (stale.d.stale_if_error or stale.d.stale_if_disconnected) then
@@ -717,7 +758,11 @@ local function refetch(req, conf, st)
   -- the entry was not used: answered in full (counted once the full response came; a
   -- failed fetch that serves stale counts stale only)
   if st.forced then z:count("miss") end
+  -- The variant is stored under the request as it went upstream (P.response's rule): the
+  -- one fetch sent, after the plugins that ran after the cache, not the client's values the
+  -- lookup read.
   local sec = stale.sec or ""
+  if stale.vary then sec = policy.secondary_key(stale.vary, sent, conf.max_vary_fields) or sec end
   local stored, rsh, case = put_fetched(z, st.key, sec, st.rh, res, t0, conf)
   if not stored then
     sec = sec .. "\0once"
@@ -772,7 +817,7 @@ local function only_if_cached(req, st)
 end
 
 local function look(req, conf, st, z, key, rh, rd, waited)
-  local meta, headers, blen, sec, case, base, disk, miss = lookup(req, z, key, rh, conf)
+  local meta, headers, blen, sec, case, base, disk, miss, vary = lookup(req, z, key, rh, conf)
   st.case = case
   if meta then
     local now = proxy.now()
@@ -812,7 +857,8 @@ local function look(req, conf, st, z, key, rh, rd, waited)
       -- A fresh entry the request's own directives refused (no-cache, max-age, min-fresh) is
       -- not expired: counted when the answer comes, revalidated (a 304) or miss (P.response).
       if d and d.fwd == "request" then st.forced = true else z:count("expired") end
-      st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d, base = base }
+      st.stale = { meta = meta, headers = headers, blen = blen, sec = sec, d = d, base = base,
+        vary = vary }
       st.fwd = d and d.fwd or "stale"
       if not waited and conf.lock then z:lock(req, key, conf.lock_timeout) end
       -- Our validators replace the client's: a 304 makes the stored entry current, and the
@@ -996,17 +1042,34 @@ function P.request(req, conf)
   if not z then return end
   local o = req:cache_options()
   local st = { zone = z, t0 = proxy.now(), phase = "request" }
-  req.ctx.cache = st
   local method = req:method()
   if not policy.lookup_method(method) then
+    req.ctx.cache = st
     -- RFC 9211 fwd=method: the method is forwarded whatever the cache holds.
     st.pass = "method"
     st.invalidate = not policy.is_safe_method(method)
     return
   end
-  local key = o.key or (conf.cache_key and conf.cache_key(req)) or z:default_key(req)
+  -- req:set_cache_key() first, then cache_key, then the default. A cache_key returning
+  -- nil or false is the site saying "no key for this request": a bypass, never the default
+  -- key (a rule returning nil for a request with a Cookie must not look it up, or store it,
+  -- under the key of the requests without one).
+  local key = o.key
+  if key == nil then
+    if conf.cache_key then
+      key = conf.cache_key(req)
+      if key ~= nil and key ~= false and type(key) ~= "string" then
+        proxy.log.error("cache: cache_key returned " .. type(key) .. ", not a string: not cached")
+      end
+    else
+      key = z:default_key(req)
+    end
+  end
+  -- The state is the request's from here: a cache_key that raised (the engine's 500) left
+  -- none, so the response phase adds no Cache-Status (it was neither looked up nor
+  -- forwarded by the cache: no fwd=uri-miss).
+  req.ctx.cache = st
   if type(key) ~= "string" then
-    proxy.log.error("cache: cache_key returned " .. type(key) .. ", not a string: not cached")
     z:count("bypass")
     st.pass = "bypass" -- the site's rule could not say what to look up: as req:cache_bypass()
     return
@@ -1050,6 +1113,10 @@ function P.request(req, conf)
     end
     if look(req, conf, st, z, key, rh, rd, true) then return end
   end
+  -- RFC 9111 §4.2.3: request_time is when the request went upstream, not when the client's
+  -- came: after waiting on another fill's lock (or asking the L2 tier) the wait must not
+  -- count in the stored age. The common miss (the lock taken at once, no L2) keeps t0.
+  if conf._l2 or (conf.lock and not locked) then st.t0 = proxy.now() end
   z:count("miss")
   st.fwd = st.fwd or st.miss
   -- A GET that may fill the entry asks for the whole representation; the client's Range and
@@ -1198,6 +1265,7 @@ function P.response(req, conf)
   if st.forced then z:count("miss") end -- the request refused its fresh entry: a full answer
   local o = req:cache_options()
   local o_ttl = o.ttl
+  if o_ttl and o_ttl > SECONDS_MAX then o_ttl = SECONDS_MAX end -- as req:cache_ttl clamps
   local stored, ttl, too_large = false, nil, false
   if from_upstream and req:method() == "GET" and not o.no_store then
     local ok, why = policy.storable("GET", status, st.rh, rsh, conf._opts)
@@ -1220,7 +1288,11 @@ function P.response(req, conf)
       local sec, vary_line = "", nil -- vary_line: the Vary as one line (marker and L2)
       local keep = keep_for(meta, conf, now)
       if vary and vary ~= "" then
-        sec = policy.secondary_key(vary, st.rh, conf.max_vary_fields)
+        -- The variant's secondary key is always the request's as it went upstream (a plugin
+        -- after the cache may have changed a Vary field), read by a new view: st.rh has the
+        -- client's values it memoised when a vary-miss looked them up, and the variant
+        -- stored under those would answer them with what the origin sent for others.
+        sec = policy.secondary_key(vary, z:req_view(req), conf.max_vary_fields)
         if sec then
           vary_line = gsub(vary, "[\r\n]", " ")
           z:put(st.key, "", "V " .. vary_line, keep)

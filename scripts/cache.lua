@@ -16,18 +16,25 @@
 -- docs/plugins/cache.md lists every option (revalidation, stale-while-revalidate,
 -- stale-if-error, Vary, coalescing, purge from Lua with proxy.cache.purge).
 
--- The key: method and host as the default has them, the path, and the query arguments
--- sorted, without utm_* ones.
+-- The key: the default key up to its query (method, scheme, host with the port as sent, and
+-- path: a Host naming another port is another key), then the query's arguments as they
+-- came, still percent-encoded (so ?a=1%26b%3D2 is one argument and ?a=1&b=2 two, ?a=1%2C2
+-- one and ?a=1&a=2 two: never one entry), ordered by name (the values of a repeated name
+-- keep their order, which an origin may read), without utm_* ones.
 local function api_key(req)
+  local base = proxy.cache.zone("api"):default_key(req):match("^[^?]*")
   local args = {}
-  for name, value in pairs(req:args()) do
-    if not name:find("^utm_") then
-      if type(value) == "table" then value = table.concat(value, ",") end
-      args[#args + 1] = name .. "=" .. tostring(value)
+  for arg in (req:uri():match("%?(.*)$") or ""):gmatch("[^&]+") do
+    if not arg:find("^utm_") then
+      args[#args + 1] = { name = arg:match("^[^=]*"), i = #args + 1, arg = arg }
     end
   end
-  table.sort(args)
-  return "GET " .. req:host() .. req:path() .. "?" .. table.concat(args, "&")
+  table.sort(args, function(x, y)
+    if x.name ~= y.name then return x.name < y.name end
+    return x.i < y.i
+  end)
+  for i, a in ipairs(args) do args[i] = a.arg end
+  return base .. "?" .. table.concat(args, "&")
 end
 
 return {

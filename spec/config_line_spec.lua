@@ -105,6 +105,12 @@ describe("config_line", function()
     assert.equal(path .. ":8: routes[2].plugins[2](cache): rules[1] (rule 1): bad",
       L.locate(path, path .. ": routes[2].plugins[2](cache): rules[1] (rule 1): bad"))
     assert.equal(path .. ": workers: bad", L.locate(path, path .. ": workers: bad"))
+    -- a map key that is no identifier, as the schema's path writes it
+    local g = assert(io.open(path, "wb"))
+    g:write('return {\n  cache = { zones = {\n    ["bad name"] = { memory = "1m" } } },\n}\n')
+    g:close()
+    assert.equal(path .. ':3: cache.zones.bad name: "bad name" does not match',
+      L.locate(path, path .. ': cache.zones.bad name: "bad name" does not match'))
     os.remove(path)
   end)
 end)

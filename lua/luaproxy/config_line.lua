@@ -285,7 +285,9 @@ end
 function M.annotate(path, err)
   if type(err) ~= "string" or sub(err, 1, #path + 2) ~= path .. ": " then return err end
   local rest = sub(err, #path + 3)
+  -- (or a path whose last key is no identifier, a map's: `cache.zones.bad name: ...`)
   local keypath = rest:match("^([%w_][%w_%.%[%]%(%)%-]*):")
+    or rest:match("^([%w_][%w_%.%[%]%(%)%-]*%.[^:%.\"]+):")
   if not keypath then return err end
   local lower = path:lower()
   if lower:find("%.ya?ml$") then return err end

@@ -7,7 +7,7 @@
 local schema = require "luaproxy.schema"
 local cidr = require "luaproxy.cidr"
 
-local type, ipairs, pairs, format = type, ipairs, pairs, string.format
+local type, ipairs, pairs, format, concat = type, ipairs, pairs, string.format, table.concat
 
 local YEAR = 86400 * 365
 
@@ -1201,7 +1201,101 @@ function M.context(raw)
     ctx.cache_zones = {}
     for k in pairs(zones or {}) do ctx.cache_zones[k] = true end
   end
+  ctx.cache_warnings = M.cache_zone_sharing(raw)
+  if type(zones) == "table" then
+    -- A disk tier smaller than the largest object the config allows: writing one such
+    -- response evicts every file (its own too: engine/cache_store.c evict_over). A warning,
+    -- not a refusal: a small disk of small objects works (test_cache_disk.py has one).
+    local names = {}
+    for name in pairs(zones) do names[#names + 1] = name end
+    table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+    for _, name in ipairs(names) do
+      local z = zones[name]
+      local disk = type(z) == "table" and z.disk
+      local size = type(disk) == "table" and size_coerce(disk.size)
+      local mos = type(z) == "table" and size_coerce(z.max_object_size)
+      if mos == nil and type(z) == "table" then -- the default: 8m, or memory when smaller
+        local mem = size_coerce(z.memory)
+        mos = type(mem) == "number" and math.min(8388608, mem) or nil
+      end
+      if type(size) == "number" and type(mos) == "number" and size < mos then
+        ctx.cache_warnings[#ctx.cache_warnings + 1] = format("cache zone %q: disk.size %s is "
+          .. "smaller than max_object_size %s: a response larger than the disk tier, written "
+          .. "to it, evicts every file (its own too); make max_object_size at most disk.size",
+          tostring(name), size_text(size), size_text(mos))
+      end
+    end
+  end
   return ctx
+end
+
+-- Plugins that choose a request's upstream (req:set_upstream) among several.
+local UPSTREAM_CHOOSERS = { ab = true, router = true }
+
+-- Routes sharing a cache zone whose requests may go to different upstreams, one of them
+-- with the default key (method, scheme, host:port, target: no upstream in it), serve each
+-- other's entries (a header-matched canary route to `beta` and `/` to `stable`). The key
+-- format stays (purge by key and disk entries depend on it): the cache plugin adds these
+-- texts to the load's warnings (plugins/cache.lua check_zone). Returns a list of texts.
+-- Only a config's own cache_key functions are seen: a plugin's req:set_cache_key() is not.
+function M.cache_zone_sharing(raw)
+  local out = {}
+  if type(raw) ~= "table" or type(raw.routes) ~= "table" then return out end
+  local function entries(list, found)
+    if type(list) ~= "table" then return found end
+    for _, e in ipairs(list) do
+      if type(e) == "table" and e.name == "cache" and type(e.zone) == "string" then
+        found.cache[#found.cache + 1] = e
+      elseif type(e) == "table" and UPSTREAM_CHOOSERS[e.name] then
+        found.chooser = found.chooser or e.name
+      end
+    end
+    return found
+  end
+  local global = entries(raw.plugins, { cache = {} })
+  local zones, order = {}, {}
+  for i, r in ipairs(raw.routes) do
+    if type(r) == "table" then
+      local own = entries(r.plugins, { cache = {}, chooser = global.chooser })
+      local list = {}
+      for _, e in ipairs(global.cache) do list[#list + 1] = e end
+      for _, e in ipairs(own.cache) do list[#list + 1] = e end
+      for _, e in ipairs(list) do
+        local z = zones[e.zone]
+        if not z then
+          z = { uses = {}, ups = {}, nups = 0 }
+          zones[e.zone] = z
+          order[#order + 1] = e.zone
+        end
+        local name = type(r.name) == "string" and format("routes[%d] (%q)", i, r.name)
+          or format("routes[%d]", i)
+        local up = type(r.upstream) == "string" and r.upstream or nil
+        z.uses[#z.uses + 1] = { route = name, upstream = up, chooser = own.chooser,
+          default_key = e.cache_key == nil }
+        if own.chooser then z.chooser = true end
+        if up and not z.ups[up] then z.ups[up], z.nups = true, z.nups + 1 end
+      end
+    end
+  end
+  for _, zname in ipairs(order) do
+    local z = zones[zname]
+    local defaults, where = {}, {}
+    for _, u in ipairs(z.uses) do
+      if u.default_key then defaults[#defaults + 1] = u.route end
+      local to = u.upstream and format("upstream %q", u.upstream) or "no upstream"
+      if u.chooser then to = to .. format(", or one plugin %q chooses", u.chooser) end
+      where[#where + 1] = u.route .. " -> " .. to
+    end
+    if #defaults > 0 and (z.nups > 1 or z.chooser) then
+      out[#out + 1] = format("cache zone %q is shared by routes whose requests go to different "
+        .. "upstreams (%s), and %s %s the default cache key, which does not name the upstream: "
+        .. "their responses would be served to each other's requests. Give them a cache_key "
+        .. "that includes the upstream (req:upstream_name()), or one zone per upstream "
+        .. "(docs/plugins/cache.md, \"Routes sharing a zone\")", zname, concat(where, "; "),
+        concat(defaults, ", "), #defaults > 1 and "use" or "uses")
+    end
+  end
+  return out
 end
 
 return M

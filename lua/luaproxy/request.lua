@@ -603,12 +603,15 @@ function methods.cache_no_store(h)
   h._cache_no_store = true
 end
 
+-- A lifetime over 2^31 seconds is 2^31 (RFC 9111 §1.2.2's delta-seconds cap, as the cache
+-- policy reads a response's max-age); an infinite one is refused (a stored TTL and the hit's
+-- Cache-Status ttl= must stay numbers).
 function methods.cache_ttl(h, seconds)
   check(h, "cache_ttl")
-  if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
-    raise("req:cache_ttl(): expected seconds (a number >= 0)", 2)
+  if type(seconds) ~= "number" or not (seconds >= 0 and seconds < 1 / 0) then
+    raise("req:cache_ttl(): expected seconds (a finite number >= 0)", 2)
   end
-  h._cache_ttl = seconds
+  h._cache_ttl = seconds > 2147483648 and 2147483648 or seconds
 end
 
 function methods.cache_options(h)

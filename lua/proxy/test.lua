@@ -795,12 +795,12 @@ end
 function Req:cache_bypass() check("cache_bypass", self._phase); self._cache_bypass = true end
 function Req:cache_no_store() check("cache_no_store", self._phase); self._cache_no_store = true end
 
-function Req:cache_ttl(seconds)
+function Req:cache_ttl(seconds) -- as lua/luaproxy/request.lua's: 2^31 at most, finite
   check("cache_ttl", self._phase)
-  if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
-    phases.raise("req:cache_ttl(): expected seconds (a number >= 0)", 2)
+  if type(seconds) ~= "number" or not (seconds >= 0 and seconds < 1 / 0) then
+    phases.raise("req:cache_ttl(): expected seconds (a finite number >= 0)", 2)
   end
-  self._cache_ttl = seconds
+  self._cache_ttl = seconds > 2147483648 and 2147483648 or seconds
 end
 
 function Req:cache_options()

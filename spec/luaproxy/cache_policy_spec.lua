@@ -668,6 +668,19 @@ describe("luaproxy.cache.policy", function()
       local h = { ["cache-control"] = "max-age=100" }
       assert.equal("fresh", (eval(h, T0 + 50, { ["cache-control"] = "min-fresh=50" })))
       assert.equal("revalidate", (eval(h, T0 + 51, { ["cache-control"] = "min-fresh=50" })))
+      -- a stale entry is never fresh for N more seconds: revalidated, whatever a
+      -- stale-while-revalidate window (the response's or the plugin's) or max-stale allows
+      -- (new-user trial: a stale-while-revalidate route served stale for min-fresh=10)
+      local swr = { ["cache-control"] = "max-age=100, stale-while-revalidate=1000" }
+      assert.equal("stale_while_revalidate", (eval(swr, T0 + 150)))
+      local dec, d = eval(swr, T0 + 150, { ["cache-control"] = "min-fresh=10" })
+      assert.equal("revalidate", dec)
+      assert.equal("request min-fresh", d.why)
+      assert.equal("stale", d.fwd)
+      assert.equal("revalidate", (eval(h, T0 + 150, { ["cache-control"] = "min-fresh=10" },
+        { stale_while_revalidate = 1000 })))
+      assert.equal("revalidate", (eval(h, T0 + 150,
+        { ["cache-control"] = "min-fresh=10, max-stale=1000" })))
     end)
 
     it("serves stale within request max-stale (§5.2.1.2)", function()

@@ -284,4 +284,26 @@ describe("cache zones in the config", function()
     assert.equal(1048576, c.cache.zones.small.max_object_size)
     assert.equal(8 * 1048576, c.cache.zones.big.max_object_size)
   end)
+
+  it("warns of a disk tier smaller than max_object_size (new-user trial)", function()
+    local function warned(zones)
+      local c = assert(load(zones, "api"))
+      package.loaded["luaproxy.runtime"] = nil
+      local state = assert(require("luaproxy.runtime").load(c, { plugin_path = "plugins/?.lua" }))
+      local out = {}
+      for _, w in ipairs(state.warnings) do
+        if w:find("disk.size", 1, true) then out[#out + 1] = w end
+      end
+      return out
+    end
+    assert.same({ 'cache zone "api": disk.size "1m" is smaller than max_object_size "8m": a '
+      .. "response larger than the disk tier, written to it, evicts every file (its own too); "
+      .. "make max_object_size at most disk.size" },
+      warned({ api = { memory = "32m", max_object_size = "8m", disk = { path = "/tmp/x", size = "1m" } } }))
+    -- the default max_object_size (8m, or memory when smaller) counts
+    assert.equal(1, #warned({ api = { memory = "32m", disk = { path = "/tmp/x", size = "200k" } } }))
+    assert.same({}, warned({ api = { memory = "4m", max_object_size = "2m",
+      disk = { path = "/tmp/x", size = "2m" } } }))
+    assert.same({}, warned({ api = { memory = "1m", disk = { path = "/tmp/x", size = "2m" } } }))
+  end)
 end)

@@ -100,6 +100,32 @@ describe("cache plugin", function()
     assert.equal("fixed1", r.body)
   end)
 
+  it("bypasses when cache_key returns nil or false: nothing looked up, nothing stored", function()
+    -- The site's rule says "no key" for requests with a Cookie: they must not share the
+    -- default key's entry (Bob served Alice's page).
+    for _, none in ipairs({ "nil", "false" }) do
+      T.reset()
+      T.cache_zones { z = {} }
+      local conf = { cache_key = function(req)
+        if req:header("Cookie") then
+          if none == "nil" then return nil end
+          return false
+        end
+        return "k:" .. req:path()
+      end }
+      local alice = run(conf, { uri = "/me", headers = { Cookie = "user=alice" } }, fresh("alice"))
+      assert.equal("alice", alice.body)
+      assert.equal("luaproxy; fwd=bypass; fwd-status=200", alice.headers["Cache-Status"])
+      local z = T.cache_zone("z")
+      assert.is_nil(next(z.entries), none)
+      local bob = run(conf, { uri = "/me", headers = { Cookie = "user=bob" } }, fresh("bob"))
+      assert.equal("bob", bob.body)
+      assert.equal("luaproxy; fwd=bypass; fwd-status=200", bob.headers["Cache-Status"])
+      assert.is_nil(next(z.entries), none)
+      assert.equal(2, z.counts.bypass)
+    end
+  end)
+
   it("bypasses the lookup on req:cache_bypass() and stores nothing on req:cache_no_store()", function()
     run(nil, { uri = "/b" }, fresh("old"))
     local bypass = { name = "bypass", priority = 100,
@@ -151,6 +177,30 @@ describe("cache plugin", function()
       fresh("de", { Vary = "Accept-Language" }))
     assert.equal("fr", run(nil, { uri = "/v", headers = { ["Accept-Language"] = "fr" } }).body)
     assert.equal("de", run(nil, { uri = "/v", headers = { ["Accept-Language"] = "de" } }).body)
+  end)
+
+  it("stores a new variant under the Vary value sent upstream, not the client's", function()
+    -- A plugin after the cache sets Accept-Language from a cookie. On a vary-miss the lookup
+    -- read the client's value; the variant must be stored under the one the origin saw.
+    local lang = { name = "lang", priority = 10, request = function(req)
+      local l = (req:header("Cookie") or ""):match("lang=(%a+)")
+      if l then req:set_header("Accept-Language", l) end
+    end }
+    local function get(al, cookie, answer)
+      return T.run_chain({ { cache, { zone = "z" } }, { lang } }, { uri = "/lv",
+        headers = { Host = "example.com", ["Accept-Language"] = al, Cookie = cookie } }, answer)
+    end
+    local function page(l) return fresh(l, { Vary = "Accept-Language" }) end
+    assert.equal("fr", get("fr", nil, page("fr")).body) -- uri-miss
+    local v = get("de", "lang=en", page("en")) -- vary-miss: the origin saw "en"
+    assert.equal("en", v.body)
+    assert.matches("fwd=vary%-miss", v.headers["Cache-Status"])
+    local de = get("de", nil, page("de"))
+    assert.equal("de", de.body)
+    assert.matches("fwd=vary%-miss", de.headers["Cache-Status"])
+    local en = get("en", nil, { status = 500, body = "must not be asked" })
+    assert.equal("en", en.body)
+    assert.matches("; hit", en.headers["Cache-Status"])
   end)
 
   it("answers HEAD, a range and a matching conditional from the entry", function()
@@ -250,6 +300,35 @@ describe("cache plugin", function()
     local hit = run(nil, { uri = "/f3", upstream = "app" })
     assert.equal("v2-body", hit.body)
     assert.matches("; hit", hit.headers["cache-status"])
+  end)
+
+  it("stores a full fetch after a 304 under the Vary value it sent, not the client's", function()
+    -- A plugin after the cache sets Accept-Language from a cookie; the stale "de" variant is
+    -- revalidated with en sent, the 304 names another ETag, and the full response fetched
+    -- with en must not become the "de" variant.
+    T.upstream_targets("app", { "10.0.0.2:80" })
+    T.http_mock("^http://10%.0%.0%.2:80/", function(req)
+      local l = req.headers["accept-language"]
+      return { status = 200, body = "page-" .. l, headers = { ETag = '"' .. l .. '2"',
+        ["Cache-Control"] = "max-age=60", Vary = "Accept-Language", Date = date(proxy_now()) } }
+    end)
+    local lang = { name = "lang", priority = 10, request = function(req)
+      local l = (req:header("Cookie") or ""):match("lang=(%a+)")
+      if l then req:set_header("Accept-Language", l) end
+    end }
+    local function get(cookie, answer)
+      return T.run_chain({ { cache, { zone = "z" } }, { lang } }, { uri = "/rv", upstream = "app",
+        headers = { Host = "example.com", ["Accept-Language"] = "de", Cookie = cookie } }, answer)
+    end
+    get(nil, fresh("page-de", { ETag = '"de1"', Vary = "Accept-Language",
+      ["Cache-Control"] = "max-age=0" }))
+    local r = get("lang=en", { status = 304, addr = "10.0.0.2:80", headers = { ETag = '"en1"',
+      ["Cache-Control"] = "max-age=60", Date = date(proxy_now()) } })
+    assert.equal("page-en", r.body)
+    assert.equal("en", T.http_requests[#T.http_requests].headers["accept-language"])
+    local de = get(nil, { status = 200, body = "page-de-new", headers = {
+      ["Cache-Control"] = "max-age=60", Vary = "Accept-Language", Date = date(proxy_now()) } })
+    assert.equal("page-de-new", de.body) -- the stale "de" variant revalidated, not the English page
   end)
 
   it("refreshes a key once at a time, also across workers", function()
@@ -448,8 +527,105 @@ describe("cache plugin", function()
     assert.has_error(function() T.conf(cache, {}) end)
     assert.has_error(function() T.conf(cache, { zone = "z", cache_set_cookie = "yes" }) end)
     assert.has_error(function() T.conf(cache, { zone = "z", default_ttl = { [99] = 1 } }) end)
+    -- statuses the policy never stores are refused, with the reason (new-user trial)
+    local ok, err = pcall(T.conf, cache, { zone = "z", statuses = { 200, 206 } })
+    assert.is_false(ok)
+    assert.matches("206 is never stored", tostring(err))
+    assert.has_error(function() T.conf(cache, { zone = "z", statuses = { 304 } }) end)
+    assert.has_error(function() T.conf(cache, { zone = "z", default_ttl = { [206] = 5 } }) end)
     local c = T.conf(cache, { zone = "z", default_ttl = { [200] = 10 } })
     assert.equal(10, c._opts.default_ttl[200])
+  end)
+
+  it("bounds lifetimes: absurd ones refused or clamped, a hit's ttl= always a number", function()
+    -- new-user trial: default_ttl 1/0 or 1e300 and stale_if_error = 1e300 were accepted,
+    -- and a hit then said ttl=-9223372036854775808
+    for _, bad in ipairs({ { default_ttl = { [200] = 1 / 0 } }, { default_ttl = { [200] = 1e300 } },
+      { default_ttl = { [200] = 0 / 0 } }, { stale_if_error = 1e300 },
+      { stale_while_revalidate = 1e300 }, { keep = 1e300 }, { lock_timeout = 1e300 } }) do
+      bad.zone = "z"
+      assert.has_error(function() T.conf(cache, bad) end)
+    end
+    assert.equal(2147483648, T.conf(cache, { zone = "z", default_ttl = { [200] = 2147483648 } })
+      ._opts.default_ttl[200])
+    -- req:cache_ttl: over 2^31 is 2^31 (the miss and the hit agree), infinite is an error
+    local refused
+    local ttl = { name = "ttl", priority = 100, response = function(req)
+      refused = not pcall(req.cache_ttl, req, 1 / 0)
+      req:cache_ttl(1e19)
+    end }
+    local miss = T.run_chain({ { ttl }, { cache, { zone = "z" } } },
+      { uri = "/big", headers = { Host = "example.com" } }, { status = 200, body = "t" })
+    assert.is_true(refused)
+    assert.equal("luaproxy; fwd=uri-miss; fwd-status=200; stored; ttl=2147483648",
+      miss.headers["Cache-Status"])
+    assert.equal("luaproxy; hit; ttl=2147483648", run(nil, { uri = "/big" }).headers["cache-status"])
+    -- a head stored with an unbounded TTL (an older process's): the hit's ttl= stays a number
+    local meta = { status = 200, request_time = proxy_now(), response_time = proxy_now(),
+      age_value = 0, ttl = 1e300, ttl_source = "lua", must_revalidate = false, no_cache = false }
+    T.cache_zone("z"):put("GET http://example.com/old", "", cache._encode(meta, {}), 60, "o")
+    local old = run(nil, { uri = "/old" })
+    assert.equal("o", old.body)
+    assert.equal("luaproxy; hit; ttl=1000000000000000", old.headers["cache-status"])
+  end)
+
+  it("counts the age from when the request went upstream, not from a lock wait", function()
+    -- RFC 9111 §4.2.3 request_time: another fill holds the key's lock and never ends; this
+    -- request waits lock_timeout (6 s), then goes upstream itself. The wait is not the
+    -- response's age (new-user trial: 10 requests waiting 6 s stored ttl=289 of 300).
+    T.cache_zone("z").locks["GET http://example.com/w"] = {} -- another request's fill
+    local answer = { status = 200, body = "w",
+      headers = { ["Cache-Control"] = "max-age=300", Date = date(proxy_now() + 6) } }
+    local r = run({ lock_timeout = 6 }, { uri = "/w" }, answer)
+    assert.equal("w", r.body)
+    assert.equal("luaproxy; fwd=uri-miss; fwd-status=200; stored; ttl=300", r.headers["Cache-Status"])
+    T.cache_zone("z").locks["GET http://example.com/w"] = nil
+    local hit = run(nil, { uri = "/w" })
+    assert.equal("luaproxy; hit; ttl=300", hit.headers["cache-status"])
+    assert.equal("0", hit.headers["age"])
+  end)
+
+  it("warns when routes to different upstreams share a zone with the default key", function()
+    -- The default key has no upstream in it: a canary route to `beta` and `/` to `stable`
+    -- sharing one zone serve each other's entries. Said at load, in the load's warnings.
+    local function warnings(routes, plugins)
+      package.loaded["luaproxy.runtime"] = nil
+      local runtime = require "luaproxy.runtime"
+      local cfg = { upstreams = { stable = { targets = { "127.0.0.1:1" } },
+        beta = { targets = { "127.0.0.1:2" } } }, cache = { zones = { z = { memory = "1m" } } },
+        routes = routes, plugins = plugins }
+      local state = assert(runtime.load(cfg, { plugin_path = "plugins/?.lua" }))
+      local out = {}
+      for _, w in ipairs(state.warnings) do
+        if w:find("cache zone", 1, true) then out[#out + 1] = w end
+      end
+      return out
+    end
+    local function keyed() return "k" end
+    local function route(up, extra, name)
+      local plugins = { { name = "cache", zone = "z", cache_key = extra } }
+      return { name = name, match = { prefix = "/" }, upstream = up, plugins = plugins }
+    end
+    local w = warnings { route("beta", nil, "canary"), route("stable") }
+    assert.equal(1, #w)
+    assert.matches('cache zone "z"', w[1], 1, true)
+    assert.matches('routes[1] ("canary") -> upstream "beta"', w[1], 1, true)
+    assert.matches('routes[2] -> upstream "stable"', w[1], 1, true)
+    assert.matches("Routes sharing a zone", w[1], 1, true)
+    -- the same upstream, or keys of the site's own: nothing to say
+    assert.same({}, warnings { route("stable"), route("stable") })
+    assert.same({}, warnings { route("beta", keyed), route("stable", keyed) })
+    -- one route whose upstream a plugin chooses (ab), or a global cache entry
+    local ab = { name = "ab", arms = { { name = "a", upstream = "stable", weight = 1 },
+      { name = "b", upstream = "beta", weight = 1 } } }
+    local one = route("stable")
+    table.insert(one.plugins, 1, ab)
+    w = warnings { one }
+    assert.equal(1, #w)
+    assert.matches('one plugin "ab" chooses', w[1], 1, true)
+    w = warnings({ { match = { prefix = "/b" }, upstream = "beta" },
+      { match = { prefix = "/" }, upstream = "stable" } }, { { name = "cache", zone = "z" } })
+    assert.equal(1, #w)
   end)
 
   describe("with an L2 tier in Redis", function()

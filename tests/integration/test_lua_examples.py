@@ -252,6 +252,27 @@ class CacheExample(ExampleTestCase):
         r = H.get(self.proxy.port, "/")
         self.assertEqual((r.status, r.header("cache-status")), (200, None))
 
+    def test_key_keeps_queries_and_ports_apart(self):
+        # The Lua key must not make one entry of requests the origin tells apart: an
+        # escaped & or = is not a separator, a repeated argument is not a comma list, and a
+        # Host naming a port is not the host without it (new-user trial: each pair shared).
+        pairs = [(("/api/fixed?k4a=1%26b%3D2", "a.test"), ("/api/fixed?k4a=1&b=2", "a.test")),
+                 (("/api/fixed?k4b=1%2C2", "a.test"), ("/api/fixed?k4b=1&k4b=2", "a.test")),
+                 (("/api/fixed?k4c=1", "a.test:666"), ("/api/fixed?k4c=1", "a.test"))]
+        for (p1, h1), (p2, h2) in pairs:
+            with self.subTest(first=(p1, h1), then=(p2, h2)):
+                first = H.get(self.proxy.port, p1, host=h1)
+                self.assertIn("stored", first.header("cache-status"))
+                self.assertIn("hit", H.get(self.proxy.port, p1, host=h1).header("cache-status"))
+                then = H.get(self.proxy.port, p2, host=h2)
+                self.assertIn("fwd=uri-miss", then.header("cache-status"))
+        # arguments of one name keep their order; other names are put in order
+        self.assertIn("stored", H.get(self.proxy.port, "/api/fixed?k4d=2&k4d=1").header("cache-status"))
+        self.assertIn("fwd=uri-miss",
+                      H.get(self.proxy.port, "/api/fixed?k4d=1&k4d=2").header("cache-status"))
+        H.get(self.proxy.port, "/api/fixed?k4f=1&k4e=2")
+        self.assertIn("hit", H.get(self.proxy.port, "/api/fixed?k4e=2&k4f=1").header("cache-status"))
+
 
 class RoutingScriptExample(ExampleTestCase):
     EXAMPLE = "routing-script"

@@ -717,6 +717,9 @@ function P.evaluate(meta, req_dir, now, opts)
     d.why = "fresh"
     return "fresh", d
   end
+  -- §5.2.1.3: min-fresh asks for a response fresh for N seconds more: a stale one never is,
+  -- whatever max-stale or stale-while-revalidate would allow (revalidated, as max-age=0).
+  if req_dir.min_fresh then return refuse(d, req_dir, "request min-fresh", "stale") end
   if not may_stale then return refuse(d, req_dir, "stale, must-revalidate", "stale") end
   local ms = req_dir.max_stale
   if ms == true or (type(ms) == "number" and -left <= ms) then
