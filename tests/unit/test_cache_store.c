@@ -958,7 +958,7 @@ static void served_memo(void)
     CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial)), -1);
     CHECK(lp_cache_entry_served(e) == first);
     /* new heads: kept newest first, the older ones still there (a reader may hold them) */
-    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second"), NOW + 60), 0);
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second"), 0, NOW + 60), 0);
     CHECK(lp_cache_entry_serial(e) != serial);
     CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(lp_cache_entry_serial(e))), 0);
     CHECK(lp_cache_entry_served(e)->older == first);
