@@ -168,12 +168,128 @@ static lp_cache_native_t *native_of(const lp_req_t *r)
     return vm->cache_native[r->route_index];
 }
 
+/* Fields a hit never repeats as stored: plugins/cache.lua's NOT_SERVED (keep them alike). */
+static int not_served(lp_str_t name)
+{
+    return LP_STR_IEQ(name, "content-length") || LP_STR_IEQ(name, "transfer-encoding") ||
+           LP_STR_IEQ(name, "age") || LP_STR_IEQ(name, "cache-status") ||
+           LP_STR_IEQ(name, "connection") || LP_STR_IEQ(name, "keep-alive");
+}
+
+/* A decimal number as put_uint writes it (digits only, below 2^53); -1 for anything else. */
+static double uint_of(lp_str_t v)
+{
+    if (!v.len || v.len > 15)
+        return -1;
+    uint64_t x = 0;
+    for (size_t i = 0; i < v.len; i++) {
+        if (v.base[i] < '0' || v.base[i] > '9')
+            return -1;
+        x = x * 10 + (uint64_t)(v.base[i] - '0');
+    }
+    return (double)x;
+}
+
+static double time_at(const char *p)
+{
+    uint64_t u;
+    memcpy(&u, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    u = __builtin_bswap64(u);
+#endif
+    double t;
+    memcpy(&t, &u, 8);
+    return t;
+}
+
+#define PLAIN_HEAD_ROOM 4096
+
+/* The memo of a head the engine rendered (lp_cache_entry_t.plain_head), published on e: what
+ * the plugin's first plain hit on it would teach (lp_ffi_cache_native_hit), read from the
+ * head, so that entry's first hit is the engine's too. Its status and TTL lines, its two
+ * times and the Date it parsed give the age at the response time as policy.current_age
+ * does; its fields as stored, less NOT_SERVED, are the served lines. NULL (the plugin
+ * serves it) when the head is not one, is larger than PLAIN_HEAD_ROOM, or holds anything
+ * the engine does not write. */
+static const lp_cache_served_t *learn_plain(lp_cache_native_t *n, lp_cache_entry_t *e)
+{
+    char head[PLAIN_HEAD_ROOM];
+    uint64_t serial;
+    size_t hlen = lp_cache_entry_plain_head(n->zone, e, head, sizeof head, &serial);
+    if (!hlen)
+        return NULL;
+    lp_cache_served_t *m = NULL;
+    if (hlen > sizeof head || hlen < LP_CACHE_HEAD_PREFIX ||
+        memcmp(head, LP_CACHE_HEAD_MAGIC, 2) != 0 || head[LP_CACHE_HEAD_PREFIX - 1] != '\n')
+        goto refuse;
+    double t_req = time_at(head + 2), t_resp = time_at(head + 10);
+    double status = -1, ttl = -1, date = -1, age_value = 0;
+    /* A stored field "h NAME\tVALUE\n" is served as "NAME: VALUE\r\n": one byte more. */
+    m = malloc(sizeof(*m) + hlen * 2);
+    if (!m)
+        return NULL;
+    char *w = m->wire;
+    const char *p = head + LP_CACHE_HEAD_PREFIX, *end = head + hlen;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *tab = nl ? memchr(p, '\t', (size_t)(nl - p)) : NULL;
+        if (!tab || tab - p < 3 || p[1] != ' ')
+            goto refuse;
+        lp_str_t name = {p + 2, (size_t)(tab - p - 2)}, v = {tab + 1, (size_t)(nl - tab - 1)};
+        if (p[0] == 'h') {
+            if (!not_served(name)) {
+                memcpy(w, name.base, name.len);
+                w += name.len;
+                *w++ = ':';
+                *w++ = ' ';
+                memcpy(w, v.base, v.len);
+                w += v.len;
+                *w++ = '\r';
+                *w++ = '\n';
+            }
+        } else if (p[0] == 'n') {
+            if (LP_STR_IEQ(name, "status"))
+                status = uint_of(v);
+            else if (LP_STR_IEQ(name, "ttl"))
+                ttl = uint_of(v);
+            else if (LP_STR_IEQ(name, "date"))
+                date = uint_of(v);
+            else if (LP_STR_IEQ(name, "age_value") && (age_value = uint_of(v)) < 0)
+                goto refuse;
+        } else if (p[0] == 'b') {
+            if (LP_STR_IEQ(name, "no_cache") && !LP_STR_IEQ(v, "0"))
+                goto refuse; /* every hit revalidates: policy.fresh_plain is never true */
+        } else if (p[0] != 's') {
+            goto refuse;
+        }
+        p = nl + 1;
+    }
+    size_t wlen = (size_t)(w - m->wire);
+    if (status < 200 || status > 999 || ttl < 0 || !(t_resp > 0) || !(t_req <= t_resp) ||
+        lp__wire_valid(m->wire, wlen))
+        goto refuse;
+    double apparent = date >= 0 && t_resp > date ? t_resp - date : 0;
+    double corrected = age_value + (t_resp - t_req);
+    *m = (lp_cache_served_t){
+        NULL, serial, (int)status, apparent > corrected ? apparent : corrected, t_resp, ttl, wlen};
+    lp_cache_entry_served_set(n->zone, e, m);
+    return lp_cache_entry_served(e);
+refuse:
+    /* Not again for this head: the plugin's first hit teaches it (a new head clears it too). */
+    __atomic_store_n(&e->plain_head, 0, __ATOMIC_RELAXED);
+    free(m);
+    return NULL;
+}
+
 /* A plain hit on e served as the plugin served it before: its serve() with policy.current_age
  * and age_header, and the Cache-Status of a hit (`luaproxy; hit; ttl=N`). 0 when answered. */
 static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, double now)
 {
     const lp_cache_served_t *h = lp_cache_entry_served(e);
-    if (!h || h->serial != lp_cache_entry_serial(e) || !lp_cache_entry_resident(e))
+    uint64_t serial = lp_cache_entry_serial(e);
+    if ((!h || h->serial != serial) && __atomic_load_n(&e->plain_head, __ATOMIC_RELAXED))
+        h = learn_plain(n, e); /* the first hit on a head the engine stored */
+    if (!h || h->serial != serial || !lp_cache_entry_resident(e))
         return 1;
     double age = h->age0 + (now > h->response_time ? now - h->response_time : 0);
     double left = h->ttl - age;
@@ -447,8 +563,12 @@ int lp_cache_native_response(lp_req_t *r)
     }
     int stored = lp__cache_store_fields(r, n->zone, k.base, k.len, "", 0, meta, nm, 0, now + keep,
                                         &size) == 0;
-    if (stored)
+    if (stored) {
         lp__cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
+        /* Its first plain hit may learn from the head (learn_plain): not linked yet, no lock. */
+        if (!d->no_cache)
+            r->cache.fill->e->plain_head = 1;
+    }
     /* `stored` only when the body's length is known, as the plugin's */
     stored = stored && lp__cache_body_sized(r);
     return miss_status(r, d, stored, d->ttl - floor_of(age)); /* whole seconds, as the plugin's */

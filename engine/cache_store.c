@@ -841,6 +841,18 @@ lp_cache_entry_t *lp_cache_get(lp_cache_zone_t *z, const char *key, size_t klen,
     return found;
 }
 
+size_t lp_cache_entry_plain_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *out,
+                                 size_t room, uint64_t *serial)
+{
+    lp_mutex_lock(&z->lock);
+    size_t n = __atomic_load_n(&e->plain_head, __ATOMIC_RELAXED) ? e->hlen : 0;
+    if (n && n <= room)
+        memcpy(out, e->head, n);
+    *serial = lp_cache_entry_serial(e);
+    lp_mutex_unlock(&z->lock);
+    return n;
+}
+
 size_t lp_cache_entry_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *out, size_t room)
 {
     lp_mutex_lock(&z->lock);
@@ -873,6 +885,8 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
         z->sbytes = z->sbytes - freed + hlen;
     e->head = h;
     e->hlen = hlen;
+    /* the plugin's head now (a revalidation's), not the engine's; read without the lock */
+    __atomic_store_n(&e->plain_head, 0, __ATOMIC_RELAXED);
     if (e->linked) {
         unsigned was = lp__cache_entry_fields(e);
         lp__cache_entry_set_fields(e, nfields);

@@ -117,6 +117,11 @@ void lp_cache_entry_unref(lp_cache_entry_t *e);
 /* Copies the entry's head into out (room bytes); returns its length (more than room: out
  * holds nothing useful, ask again with that much room). */
 size_t lp_cache_entry_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *out, size_t room);
+/* lp_cache_entry_head of a head the engine rendered for a plain hit to serve as stored
+ * (lp_cache_entry_t.plain_head), with its serial read under the same lock; 0 for any other
+ * head. */
+size_t lp_cache_entry_plain_head(lp_cache_zone_t *z, const lp_cache_entry_t *e, char *out,
+                                 size_t room, uint64_t *serial);
 /* Replaces the head (a revalidation's 304) of nfields fields (cache_room.c) and the time it
  * is kept until. 0, or -1 when out of memory. */
 int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char *head, size_t hlen,

@@ -50,6 +50,10 @@ struct lp_cache_entry_s {
     uint8_t body_inline;       /* the first chunk is in the entry's own block (a small fill's) */
     uint8_t bclass;            /* its block's class in `blocks` */
     uint8_t on_disk;           /* its file is written and charged to the disk budget (zone lock) */
+    uint8_t plain_head;        /* the head is the engine's own rendering of a stored miss's
+                                  decision whose plain hits serve it as stored (cache_native.c:
+                                  set before it is linked, cleared with a new head under the
+                                  zone lock; read under it: lp_cache_entry_plain_head) */
     uint16_t nfields;          /* its head's fields (cache_room.c; 65535: that many or more; 0:
                                   not counted, a test's), set before it is linked, changed
                                   with its head under the zone lock: read without it by a hit

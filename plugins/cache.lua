@@ -376,7 +376,8 @@ local function zone_of(conf)
 end
 
 -- Fields a served entry never repeats as stored: framing (the engine's), and the ones the
--- cache sets itself.
+-- cache sets itself. engine/cache_native.c's not_served has the same list (the engine's
+-- first hit on a head it stored serves it as this would).
 local NOT_SERVED = { ["content-length"] = true, ["transfer-encoding"] = true, age = true,
   ["cache-status"] = true, connection = true, ["keep-alive"] = true }
 

@@ -327,6 +327,51 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(self.native_delta(nat)["hits"], len(keys))
         self.assertEqual(self.origin.count("/dttl/many7"), 1)
 
+    def test_engine_first_hit_on_its_own_store(self):
+        # An entry the engine stored (a decision replayed) is served by the engine from its
+        # first hit on: its head is the engine's rendering, so the engine reads how to serve
+        # it from the head (cache_native.c learn_plain) instead of running the plugin's Lua
+        # for that first hit. The answer is the plugin's, field for field.
+        fields = [("Cache-Control", "max-age=300"), ("X-Kind", "first"), ("x-kind", "second"),
+                  ("ETag", '"v1"'), ("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT")]
+        for i in range(12):  # both workers learn the decision (the plugin stores these)
+            q = "/dttl/own-learn%d" % i
+            self.origin.script(q, lambda req, n: H.simple_response(200, b"l", fields))
+            self.assertEqual(self.get(q).status, 200)
+        keys = ["/dttl/own%d" % i for i in range(40)]
+        for q in keys:
+            self.origin.script(q, lambda req, n, q=q: H.simple_response(
+                200, b"o%d %s" % (n, q.encode()), fields))
+        nat = self.native()
+        for q in keys:
+            self.assertEqual(self.get(q).status, 200)
+        self.assertEqual(self.native_delta(nat)["stored"], len(keys))
+        nat = self.native()
+        for q in keys:
+            r = self.get(q)
+            self.assertEqual(r.body, b"o1 " + q.encode())
+            self.assertTrue(r.header("cache-status").startswith("luaproxy; hit; ttl="), q)
+        self.assertEqual(self.native_delta(nat)["hits"], len(keys))
+        # The plugin's answer for the same entry (a request directive takes its path): the
+        # same fields, Date and Age aside.
+        nat = self.native()
+        plugin = self.get(keys[0], headers=[("Cache-Control", "max-stale=5")])
+        self.assertEqual(self.native_delta(nat)["hits"], 0)
+        engine = self.get(keys[0])
+
+        def fields_of(r):
+            return sorted((k.lower(), v) for k, v in r.headers if k.lower() not in ("date", "age"))
+        self.assertEqual(fields_of(engine), fields_of(plugin))
+        self.assertEqual([v for k, v in engine.headers if k.lower() == "x-kind"],
+                         ["first", "second"])
+        # A no-cache decision's entry is never a plain hit: revalidated, not learned.
+        self.origin.script("/dttl/own-nc", lambda req, n: H.simple_response(
+            200, b"nc%d" % n, [("Cache-Control", "no-cache"), ("ETag", '"n"')]))
+        self.get("/dttl/own-nc")
+        nat = self.native()
+        self.assertEqual(self.get("/dttl/own-nc").body, b"nc2")  # no-cache: revalidated
+        self.assertEqual(self.native_delta(nat)["hits"], 0)
+
     def test_engine_miss_of_the_fullest_response(self):
         # The fullest response an upstream may send (max_headers, 100, with its
         # Content-Length), stored by the engine (a decision replayed): its Cache-Status still

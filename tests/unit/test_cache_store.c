@@ -957,8 +957,15 @@ static void served_memo(void)
     /* the same head again: refused, the first stays */
     CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial)), -1);
     CHECK(lp_cache_entry_served(e) == first);
-    /* new heads: kept newest first, the older ones still there (a reader may hold them) */
+    /* new heads: kept newest first, the older ones still there (a reader may hold them); a
+     * new head is the plugin's (a revalidation's), never read as the engine's own */
+    char hb[16];
+    uint64_t hs = 0;
+    e->plain_head = 1;
+    CHECK_EQ_INT((int)lp_cache_entry_plain_head(z, e, hb, sizeof hb, &hs), 4);
+    CHECK(hs == serial && memcmp(hb, "head", 4) == 0);
     CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second"), 0, NOW + 60), 0);
+    CHECK_EQ_INT((int)lp_cache_entry_plain_head(z, e, hb, sizeof hb, &hs), 0);
     CHECK(lp_cache_entry_serial(e) != serial);
     CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(lp_cache_entry_serial(e))), 0);
     CHECK(lp_cache_entry_served(e)->older == first);
