@@ -727,6 +727,7 @@ HOT lp_cache_entry_t *get_locked(lp_cache_zone_t *z, uint64_t h, const char *key
             /* pushed out of memory before its file was written: a miss until it is */
         } else {
             found = lp_cache_entry_ref(e);
+            e->seq = ++z->seq; /* its variants' use order (a Vary key's drop) */
             if (e->resident) {
                 lp_list_remove(&e->lru);
                 lp_list_insert_head(&z->lru, &e->lru);
@@ -1309,7 +1310,8 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
         fill_free(f);
         return -1;
     }
-    /* The entry it replaces, and the oldest variant when the key has too many. */
+    /* The entry it replaces, and the least recently used variant when the key has too many
+     * (not the oldest: any client can make new variants, and the hottest one would go). */
     lp_cache_entry_t *oldest = NULL;
     unsigned variants = 0;
     for (lp_cache_entry_t *o = z->buckets[e->hash & (z->nbuckets - 1)], *next; o; o = next) {
@@ -1324,8 +1326,10 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
         if (!oldest || o->seq < oldest->seq)
             oldest = o;
     }
-    if (variants >= LP_CACHE_MAX_VARIANTS)
+    if (variants >= LP_CACHE_MAX_VARIANTS) {
         unlink_entry(z, oldest, &dead);
+        lp__cache_count(z, LP_CACHE_C_VARIANTS_DROPPED);
+    }
     e->resident = 1;
     link_entry(z, e);
     if (z->disk) {

@@ -30,7 +30,8 @@ typedef struct lp_cache_entry_s lp_cache_entry_t;
 typedef struct lp_cache_fill_s lp_cache_fill_t;
 
 /* Bounds: keys longer than this are refused (not cached); a primary key keeps at most
- * LP_CACHE_MAX_VARIANTS secondary keys (Vary), the oldest going first. */
+ * LP_CACHE_MAX_VARIANTS secondary keys (Vary), the least recently used (stored or hit)
+ * going first (LP_CACHE_C_VARIANTS_DROPPED). */
 #define LP_CACHE_MAX_KEY      4096
 #define LP_CACHE_MAX_VARIANTS 32
 /* Body chunk size: the largest allocation a fill makes (small bodies get smaller chunks). */
@@ -64,6 +65,7 @@ enum {
     LP_CACHE_C_NATIVE_MISS,
     LP_CACHE_C_NATIVE_STORED,
     LP_CACHE_C_NATIVE_HIT,
+    LP_CACHE_C_VARIANTS_DROPPED, /* variants dropped for a key's new one (over MAX_VARIANTS) */
     LP_CACHE_C_N
 };
 

@@ -40,7 +40,11 @@ struct lp_cache_entry_s {
      * the same twice in the process (a worker's memo of how a head is served checks it:
      * cache_native.c). Relaxed atomics: read without the zone lock. */
     _Atomic uint64_t serial;
-    uint64_t seq;   /* commit order (zone->seq): the oldest variant goes first */
+    /* Its place in the order of use (zone->seq): drawn when it is linked and again by each
+     * hit, where the LRU moves it (zone lock). A key over LP_CACHE_MAX_VARIANTS drops the
+     * variant with the lowest: the least recently used (the list's own order would need a
+     * walk of the zone to compare two entries). */
+    uint64_t seq;
     uint8_t linked; /* in the zone's table (zone lock) */
     /* The disk tier (cache_disk.c). An entry is resident (its body in `chunks`), on disk (a
      * file holds it), or both. A disk-only entry (a "stub": chunks NULL, resident 0) is the
@@ -107,7 +111,7 @@ struct lp_cache_zone_s {
                                    against the budget too, or concurrent fills of large
                                    objects would hold far more than `capacity` */
     size_t nentries;            /* linked entries (lock) */
-    uint64_t seq;               /* commits so far (lock) */
+    uint64_t seq;               /* links and hits so far (lock): entry.seq */
     lp_cache_entry_t **buckets; /* owned array of nbuckets chains */
     lp_cache_blocks_t *blocks;  /* owned until the zone's free, which orphans it (its entries
                                    may outlive the zone): its fills' entry blocks; NULL: out

@@ -202,16 +202,29 @@ static void variants(void)
     CHECK_EQ_INT((int)lp_cache_entry_body_len(e), 6);
     lp_cache_entry_unref(e);
     CHECK(!lp_cache_get(z, K("k"), K("identity"), NOW));
-    /* Fan-out is bounded: the oldest variants go. */
+    /* Fan-out is bounded: the least recently used variants go, not the oldest. gzip, stored
+     * first but hit between the new variants, stays; br, never hit, goes first. */
     char sec[16];
     for (int i = 0; i < LP_CACHE_MAX_VARIANTS + 5; i++) {
         snprintf(sec, sizeof(sec), "v%d", i);
         CHECK_EQ_INT(put(z, "k", sec, "b", 1), 0);
+        e = lp_cache_get(z, K("k"), K("gzip"), NOW);
+        CHECK(e != NULL);
+        lp_cache_entry_unref(e);
     }
     lp_cache_stats_t st;
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)st.entries, LP_CACHE_MAX_VARIANTS + 1); /* + "other" */
-    CHECK(!lp_cache_get(z, K("k"), K("gzip"), NOW));
+    /* gzip, br and v0..v36: 39 variants, 7 dropped (br and v0..v5), each counted. */
+    CHECK_EQ_INT((int)st.counts[LP_CACHE_C_VARIANTS_DROPPED], 7);
+    CHECK(!lp_cache_get(z, K("k"), K("br"), NOW));
+    CHECK(!lp_cache_get(z, K("k"), K("v5"), NOW));
+    e = lp_cache_get(z, K("k"), K("v6"), NOW);
+    CHECK(e != NULL);
+    lp_cache_entry_unref(e);
+    e = lp_cache_get(z, K("k"), K("gzip"), NOW);
+    CHECK(e != NULL);
+    lp_cache_entry_unref(e);
     /* Purge by key takes every variant, and only that key's. */
     CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_KEY, K("k")), LP_CACHE_MAX_VARIANTS);
     e = lp_cache_get(z, K("other"), K("gzip"), NOW);
