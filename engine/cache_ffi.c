@@ -502,6 +502,12 @@ int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t 
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep)
 {
+    if (keep < 0) {
+        /* Kept for no time: what was there goes, nothing is stored (the plugin ends its
+         * refresh marker so; an expired entry would stay linked until a lookup met it). */
+        lp_cache_remove(zone, key, klen, sec, slen);
+        return 0;
+    }
     if (!lp_cache_head_fits(lp_lua_io(), zone, key, klen, head, hlen))
         return LP_FFI_ENOSPACE;
     lp_cache_fill_t *f =

@@ -211,6 +211,16 @@ int lp_cache_entry_same(const lp_cache_entry_t *e, const char *key, size_t klen,
            memcmp(e->sec, sec, slen) == 0;
 }
 
+/* Whether an entry holds a response, which a purge, `stored` and `entries` count: the cache
+ * plugin also keeps a varying key's Vary marker (no secondary key, a head "V <the Vary
+ * field>") and empty markers (a background refresh running) as entries. */
+static int holds_response(const lp_cache_entry_t *e)
+{
+    if (!e->hlen)
+        return 0;
+    return !(e->slen == 0 && e->hlen >= 2 && e->head[0] == 'V' && e->head[1] == ' ');
+}
+
 /* Under the zone lock: e leaves the disk LRU and budget (its file is not deleted here). */
 static void off_disk(lp_cache_zone_t *z, lp_cache_entry_t *e)
 {
@@ -235,6 +245,7 @@ static void unlink_entry(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry
         lp_list_remove(&e->lru);
         z->used -= e->cost;
         z->nentries--;
+        z->nmarkers -= e->marker;
     } else {
         z->nstubs--;
         z->sbytes -= stub_cost(e);
@@ -270,6 +281,13 @@ void lp__cache_drop_dead(lp_cache_entry_t *dead)
 
 static void maybe_grow(lp_cache_zone_t *z);
 
+/* Before e is linked: whether it is a marker (entry.marker). Every marker has an empty body:
+ * a response with one (most) costs one test. */
+static inline void set_marker(lp_cache_entry_t *e)
+{
+    e->marker = (uint8_t)(e->body_len == 0 && !holds_response(e));
+}
+
 HOT void link_entry(lp_cache_zone_t *z, lp_cache_entry_t *e)
 {
     maybe_grow(z);
@@ -280,6 +298,7 @@ HOT void link_entry(lp_cache_zone_t *z, lp_cache_entry_t *e)
         lp_list_insert_head(&z->lru, &e->lru);
         z->used += e->cost;
         z->nentries++;
+        z->nmarkers += e->marker; /* set_marker's */
     } else {
         z->nstubs++;
         z->sbytes += stub_cost(e);
@@ -290,6 +309,7 @@ HOT void link_entry(lp_cache_zone_t *z, lp_cache_entry_t *e)
 
 void lp__cache_link(lp_cache_zone_t *z, lp_cache_entry_t *e)
 {
+    set_marker(e);
     link_entry(z, e);
 }
 
@@ -319,15 +339,18 @@ void lp__cache_replace(lp_cache_zone_t *z, lp_cache_entry_t *old, lp_cache_entry
         lp_list_remove(&old->lru);
         z->used -= old->cost;
         z->nentries--;
+        z->nmarkers -= old->marker;
     } else {
         z->nstubs--;
         z->sbytes -= stub_cost(old);
     }
     old->linked = 0;
+    set_marker(e);
     if (e->resident) {
         lp_list_insert_head(&z->lru, &e->lru);
         z->used += e->cost;
         z->nentries++;
+        z->nmarkers += e->marker;
     } else {
         z->nstubs++;
         z->sbytes += stub_cost(e);
@@ -689,7 +712,7 @@ void lp_cache_zone_resize_disk(lp_cache_zone_t *z, size_t size)
 void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out)
 {
     lp_mutex_lock(&z->lock);
-    out->entries = z->nentries;
+    out->entries = z->nentries - z->nmarkers; /* responses: purge's count */
     out->bytes = z->used;
     out->capacity = z->capacity;
     out->max_object = __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
@@ -805,16 +828,6 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
 
 /* ---- purge ---- */
 
-/* Whether an entry holds a response, which a purge counts: the cache plugin also keeps a
- * varying key's Vary marker (no secondary key, a head "V <the Vary field>") and empty
- * markers (a background refresh running) as entries. */
-static int holds_response(const lp_cache_entry_t *e)
-{
-    if (!e->hlen)
-        return 0;
-    return !(e->slen == 0 && e->hlen >= 2 && e->head[0] == 'V' && e->head[1] == ' ');
-}
-
 size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen)
 {
     size_t n = 0;
@@ -850,6 +863,18 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
     return n;
+}
+
+void lp_cache_remove(lp_cache_zone_t *z, const char *key, size_t klen, const char *sec, size_t slen)
+{
+    uint64_t h = lp_hash64(key, klen);
+    lp_cache_entry_t *dead = NULL;
+    lp_mutex_lock(&z->lock);
+    lp_cache_entry_t *e = lp__cache_find(z, h, key, klen, sec, slen);
+    if (e)
+        unlink_entry(z, e, &dead);
+    lp_mutex_unlock(&z->lock);
+    drop_dead(dead);
 }
 
 /* ---- fills ---- */
@@ -1331,6 +1356,7 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
         lp__cache_count(z, LP_CACHE_C_VARIANTS_DROPPED);
     }
     e->resident = 1;
+    set_marker(e);
     link_entry(z, e);
     if (z->disk) {
         /* Written as it completes (not when memory evicts it): a restart finds every entry,
@@ -1341,9 +1367,11 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     }
     evict(z, &dead);
     lock_drop(z, f);
+    int marker = e->marker; /* e may go (evicted, replaced) once the lock is let go */
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
-    lp__cache_count(z, LP_CACHE_C_STORED);
+    if (!marker) /* responses: a marker is the plugin's bookkeeping */
+        lp__cache_count(z, LP_CACHE_C_STORED);
     fill_free(f);
     return 0;
 }

@@ -53,7 +53,8 @@ enum {
     LP_CACHE_C_STALE,
     LP_CACHE_C_REVALIDATED,
     LP_CACHE_C_BYPASS,
-    LP_CACHE_C_STORED,        /* fills committed */
+    LP_CACHE_C_STORED,        /* fills committed holding responses (not the plugin's
+                                 markers: see lp_cache_purge) */
     LP_CACHE_C_ABANDONED,     /* fills dropped: too large, error, request gone */
     LP_CACHE_C_EVICTED,       /* entries pushed out by the byte budget */
     LP_CACHE_C_DISK_EVICTED,  /* files pushed out by the disk budget */
@@ -70,7 +71,9 @@ enum {
 };
 
 typedef struct {
-    uint64_t entries, bytes, capacity, max_object;           /* the memory tier */
+    /* The memory tier. entries: those holding responses (the plugin's markers, which
+     * `bytes` counts, are not: lp_cache_purge's count) */
+    uint64_t entries, bytes, capacity, max_object;
     int disk, disk_loading;                                  /* has a disk tier; its scan runs */
     uint64_t disk_entries, disk_bytes, disk_capacity, stubs; /* stubs: on disk only */
     /* The key index outside `bytes`: its bucket array and the disk-only entries' records
@@ -142,6 +145,10 @@ const lp_cache_chunk_t *lp_cache_entry_chunks(const lp_cache_entry_t *e);
  * secondary key). */
 enum { LP_CACHE_PURGE_KEY, LP_CACHE_PURGE_PREFIX, LP_CACHE_PURGE_ALL };
 size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen);
+/* Unlinks the entry of exactly (key, sec), if there is one (an entry put already expired:
+ * the plugin's way of dropping its refresh marker). */
+void lp_cache_remove(lp_cache_zone_t *z, const char *key, size_t klen, const char *sec,
+                     size_t slen);
 
 /* ---- fills ---- */
 /* lp_cache_get (sec "") and, on a miss when lock_timeout >= 0, lp_cache_lock of the key, in

@@ -46,6 +46,9 @@ struct lp_cache_entry_s {
      * walk of the zone to compare two entries). */
     uint64_t seq;
     uint8_t linked; /* in the zone's table (zone lock) */
+    uint8_t marker; /* holds no response (the plugin's markers, cache_store.c's
+                       holds_response), set before it is linked (set_marker); counted in
+                       zone->nmarkers while linked and resident */
     /* The disk tier (cache_disk.c). An entry is resident (its body in `chunks`), on disk (a
      * file holds it), or both. A disk-only entry (a "stub": chunks NULL, resident 0) is the
      * index's record of a file: key, head and lengths in memory, the body in the file; a hit
@@ -111,6 +114,7 @@ struct lp_cache_zone_s {
                                    against the budget too, or concurrent fills of large
                                    objects would hold far more than `capacity` */
     size_t nentries;            /* linked entries (lock) */
+    size_t nmarkers;            /* of them, markers (entry.marker): stats count responses */
     uint64_t seq;               /* links and hits so far (lock): entry.seq */
     lp_cache_entry_t **buckets; /* owned array of nbuckets chains */
     lp_cache_blocks_t *blocks;  /* owned until the zone's free, which orphans it (its entries
