@@ -943,6 +943,29 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
     return f != NULL;
 }
 
+int64_t lp_cache_wait_quiet(lp_cache_zone_t *z, lp_cache_waiter_t *w, uint64_t now_ms,
+                            uint64_t window_ms)
+{
+    int64_t left = -1;
+    lp_mutex_lock(&z->lock);
+    lp_cache_fill_t *f = w->holder;
+    if (f) {
+        uint64_t p = atomic_load_explicit(&f->progress, memory_order_relaxed);
+        if (p && now_ms < p + window_ms) {
+            left = (int64_t)(p + window_ms - now_ms);
+        } else {
+            lp_cache_waiter_t **pp = &f->waiters;
+            while (*pp != w)
+                pp = &(*pp)->next;
+            *pp = w->next;
+            w->holder = NULL;
+            left = 0;
+        }
+    }
+    lp_mutex_unlock(&z->lock);
+    return left;
+}
+
 /* A lock's block (a fill with room for a key of up to SPARE_KEY bytes) kept by the thread
  * that freed it, for its next lock: a miss takes a lock per request, and a malloc and a free
  * cost more than the rest of taking it. Owned by the thread; freed when the thread ends (a
@@ -1001,6 +1024,23 @@ HOT lp_cache_fill_t *lock_new(const char *key, size_t klen, uint64_t h, double n
     return f;
 }
 
+/* CLOCK_MONOTONIC in ms: the clock of the workers' loops (uv_now), whose stamps
+ * lp__cache_fill_progress keeps. */
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Under the zone lock: whether f made progress within the last window_ms (a clock read only
+ * for a fill that made some: a lock past its timeout). */
+static int lately(lp_cache_fill_t *f, uint64_t window_ms)
+{
+    uint64_t p = atomic_load_explicit(&f->progress, memory_order_relaxed);
+    return p && mono_ms() < p + window_ms;
+}
+
 /* Under the zone lock: f (lock_new's) takes its key's lock: 0; else -1 (*busy 1 when a
  * younger fill holds it), and the caller frees f. */
 HOT int lock_locked(lp_cache_zone_t *z, lp_cache_fill_t *f, double lock_timeout, int readback,
@@ -1011,7 +1051,8 @@ HOT int lock_locked(lp_cache_zone_t *z, lp_cache_fill_t *f, double lock_timeout,
         return -1; /* a fill going upstream (perhaps for another variant): a read-back
                       neither waits for it nor takes its lock over; it reads the file
                       without the lock */
-    if (holder && f->locked_at - holder->locked_at < lock_timeout) {
+    if (holder && (f->locked_at - holder->locked_at < lock_timeout ||
+                   lately(holder, (uint64_t)(lock_timeout * 1000.0)))) {
         *busy = 1;
         return -1;
     }

@@ -160,8 +160,9 @@ void lp_cache_remove(lp_cache_zone_t *z, const char *key, size_t klen, const cha
 lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen, double now,
                                        double lock_timeout, lp_cache_fill_t **fill, int *busy);
 /* Coalescing: takes the lock of `key` (one fill per primary key at a time) and returns a fill
- * holding it; NULL when another fill holds it and is younger than `lock_timeout` seconds (the
- * caller waits on lp_cache_locked, then looks up again), or when out of memory (*busy 0). An
+ * holding it; NULL when another fill holds it and is younger than `lock_timeout` seconds or
+ * made progress within them (lp__cache_fill_progress: a slow body still coming) (the caller
+ * waits on lp_cache_locked, then looks up again), or when out of memory (*busy 0). A quiet
  * older lock is taken over (its fill never commits its lock then, but may still commit its
  * entry). */
 lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
@@ -190,6 +191,13 @@ int lp_cache_wait(lp_cache_zone_t *z, const char *key, size_t klen, lp_cache_wai
 /* Takes w out: 1 when it was still registered (notify will not come), 0 when notify already
  * ran (the owner gets it through its hand-over). */
 int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w);
+/* A wait's bound came (its owner's timer): when the fill it waits on made progress (its head,
+ * body bytes: lp__cache_fill_progress) within the last window_ms of now_ms (both the loop
+ * clock's ms), the ms until window_ms of quiet will have passed (> 0: w stays registered,
+ * wait again); else w is taken out as by lp_cache_wait_cancel: 0 (it was registered), or
+ * -1 when notify already ran. */
+int64_t lp_cache_wait_quiet(lp_cache_zone_t *z, lp_cache_waiter_t *w, uint64_t now_ms,
+                            uint64_t window_ms);
 /* Starts gathering an entry: with a fill from lp_cache_lock (fill non-NULL), or a new one (fill
  * NULL). `size_hint` is the expected body length (Content-Length), 0 when unknown. Returns the
  * fill, or NULL when the key is too long, the hint is over the zone's max_object_size, or out of

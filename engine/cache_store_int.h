@@ -82,6 +82,12 @@ struct lp_cache_fill_s {
                                       fill may take an old lock over) */
     struct lp_cache_fill_s *lnext; /* borrowed: next in its lock bucket (zone lock) */
     double locked_at;
+    /* Its last progress: the head stored, body bytes (lp__cache_fill_progress), in ms of the
+     * loop clock (uv_now: CLOCK_MONOTONIC, the same in every worker); 0: none since the
+     * lock. Written by the filling thread (a relaxed store, no lock), read under the zone
+     * lock by waiters and by lock takers: a fill still receiving keeps its lock and its
+     * waiters past lock_timeout (lp_cache_wait_quiet). */
+    _Atomic uint64_t progress;
     uint8_t readback;           /* a disk read-back's lock (lp_cache_lock_readback), not a fill's */
     lp_cache_entry_t *e;        /* owned: the entry being gathered (never linked before
                                    commit); NULL before start or once dead */
@@ -183,6 +189,12 @@ static inline char *lp__cache_fill_room(lp_cache_fill_t *f, size_t len)
     t->len += len;
     e->body_len += len;
     return at;
+}
+
+/* The filling thread's note that its fill moved on at now_ms (the loop clock): a store. */
+static inline void lp__cache_fill_progress(lp_cache_fill_t *f, uint64_t now_ms)
+{
+    atomic_store_explicit(&f->progress, now_ms, memory_order_relaxed);
 }
 
 static inline void lp__cache_count(lp_cache_zone_t *z, int what)

@@ -71,6 +71,9 @@ class CacheTest(H.ProxyTestCase):
                   plugins=[{"name": "cachehead", "zone": ZONE}]),
              dict(route, match={"prefix": "/bypass/"},
                   plugins=[{"name": "cachebypass"}, {"name": "cache", "zone": ZONE}]),
+             # A short lock_timeout: fills whose bodies take longer than it.
+             dict(route, match={"prefix": "/slowfill/"},
+                  plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 1}]),
              dict(route, match={"prefix": "/"},
                   plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 10}])],
             workers=2, admin={"address": "127.0.0.1:0"},
@@ -612,6 +615,55 @@ class CacheTest(H.ProxyTestCase):
             t.join(H.T(30))
         self.assertEqual([r.body for r in results], [b"private"] * 5)
         self.assertEqual(self.origin.count(p), 5)
+
+    def paced_fill(self, gaps):
+        """A fill whose body comes in pieces after the given pauses (the route's lock_timeout
+        is 1 s) while 6 requests wait on it: the origin requests made, and the answers."""
+        p = "/slowfill/" + self._testMethodName
+        body = H.large_body(len(gaps) * 1000)
+        waiting = threading.Event()
+
+        def pieces():
+            yield (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body))
+            waiting.wait(H.T(10))
+            for i, gap in enumerate(gaps):
+                time.sleep(gap)  # the body's pace (what is tested), not a synchronisation
+                yield body[i * 1000:(i + 1) * 1000]
+        # A waiter that went upstream itself gets the body at once.
+        self.origin.script(p, lambda req, n: pieces() if n == 1 else fresh(body))
+        results = []
+        first = threading.Thread(target=lambda: results.append(H.get(self.port, p,
+                                                                     timeout=H.T(30))))
+        first.start()
+        H.wait_for(lambda: self.origin.count(p) == 1, H.T(10), what="the fill's request")
+        threads = [threading.Thread(target=lambda: results.append(
+            H.get(self.port, p, timeout=H.T(30)))) for _ in range(6)]
+        for t in threads:
+            t.start()
+        # The body goes on once every waiter is connected (they reach the lock at once).
+        H.wait_for(lambda: self.admin("GET", "/status")[1]["connections"] >= 7 or None,
+                   H.T(10), what="the waiters' connections")
+        waiting.set()
+        for t in [first] + threads:
+            t.join(H.T(40))
+        self.assertEqual([r.body for r in results], [body] * 7)
+        return self.origin.count(p), results
+
+    def test_slow_body_keeps_its_waiters(self):
+        # The body takes about 3 s, longer than lock_timeout (1 s), but a piece comes every
+        # 0.25 s: the waiters wait for the whole fill (their bound counts from its last
+        # progress), and only the filler went upstream.
+        n, results = self.paced_fill([0.25] * 12)
+        self.assertEqual(n, 1)
+        collapsed = [r for r in results if "collapsed" in (r.header("cache-status") or "")]
+        self.assertEqual(len(collapsed), 6)
+
+    def test_stalled_fill_releases_its_waiters(self):
+        # A body that stops for 3 s (3 x lock_timeout) lets its waiters go upstream: the
+        # bound still holds for a fill that makes no progress.
+        n, _ = self.paced_fill([0.1, 3.0, 0.1])
+        self.assertGreater(n, 1)
 
     # ------------------------------------------------------------------ bodies
 

@@ -4,6 +4,7 @@
  * and counts under threads. */
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 #include "cache_req.h"
 #include "cache_store.h"
 #include "cache_store_int.h"
@@ -285,6 +286,13 @@ static void purge_prefix(void)
     lp_cache_zone_release(z);
 }
 
+static int notified;
+static void count_notify(lp_cache_waiter_t *w)
+{
+    (void)w;
+    notified++;
+}
+
 static void locks(void)
 {
     lp_cache_zone_t *z = zone("t8", 4 << 20, 1 << 16);
@@ -311,6 +319,26 @@ static void locks(void)
     CHECK(lp_cache_locked(z, K("j")));
     lp_cache_fill_abandon(newer);
     CHECK(!lp_cache_locked(z, K("j")));
+    /* One past its timeout that made progress within it (a slow body still coming) is not:
+     * the bound counts from the last progress. Its waiter's bound is renewed the same way. */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    lp_cache_fill_t *slow = lp_cache_lock(z, K("s"), 5, NOW, &busy);
+    REQUIRE(slow);
+    lp__cache_fill_progress(slow, ms);
+    CHECK(!lp_cache_lock(z, K("s"), 5, NOW + 6, &busy));
+    CHECK_EQ_INT(busy, 1);
+    lp_cache_waiter_t w = {.notify = count_notify};
+    notified = 0;
+    CHECK_EQ_INT(lp_cache_wait(z, K("s"), &w), 1);
+    CHECK_EQ_INT((int)lp_cache_wait_quiet(z, &w, ms + 1000, 5000), 4000); /* 4 s to go */
+    CHECK(w.holder == slow);
+    CHECK_EQ_INT((int)lp_cache_wait_quiet(z, &w, ms + 5000, 5000), 0); /* quiet: out */
+    CHECK(!w.holder);
+    CHECK_EQ_INT((int)lp_cache_wait_quiet(z, &w, ms + 5000, 5000), -1);
+    lp_cache_fill_abandon(slow);
+    CHECK_EQ_INT(notified, 0); /* taken out: no notify */
     /* A fill that dies (too large) lets its waiters go at once. */
     lp_cache_zone_resize(z, 4 << 20, 10);
     lp_cache_fill_t *d = lp_cache_lock(z, K("d"), 5, NOW, &busy);
@@ -345,13 +373,6 @@ static void readback_locks(void)
     lp_cache_fill_abandon(rb);
     CHECK(!lp_cache_locked(z, K("k")));
     lp_cache_zone_release(z);
-}
-
-static int notified;
-static void count_notify(lp_cache_waiter_t *w)
-{
-    (void)w;
-    notified++;
 }
 
 static void waiters(void)
