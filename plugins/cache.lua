@@ -771,6 +771,17 @@ local function only_if_cached(req, st)
   return true
 end
 
+-- Waits while another request's fill holds key's lock: until it ends, or makes no progress
+-- for `timeout` seconds (the engine's bound, lp_ffi_cache_wait).
+local function wait_fill(z, key, timeout)
+  local deadline = proxy.monotonic() + timeout
+  while z:locked(key) do
+    local left = deadline - proxy.monotonic()
+    if left <= 0 then break end
+    z:wait(key, left) -- woken by the filling worker, whichever it is
+  end
+end
+
 local function look(req, conf, st, z, key, rh, rd, waited)
   local meta, headers, blen, sec, case, base, disk, miss = lookup(req, z, key, rh, conf)
   st.case = case
@@ -1040,15 +1051,16 @@ function P.request(req, conf)
     st.l2 = nil
   end
   if conf.lock and not locked then
-    -- Another request fills the key: wait for its entry (bounded), then look again; a fill
-    -- that ends without an entry (not storable, too large) lets everyone go upstream.
-    local deadline = proxy.monotonic() + conf.lock_timeout
-    while z:locked(key) do
-      local left = deadline - proxy.monotonic()
-      if left <= 0 then break end
-      z:wait(key, left) -- woken by the filling worker, whichever it is
-    end
+    -- Another request fills the key: wait for its entry (bounded), then look again.
+    wait_fill(z, key, conf.lock_timeout)
     if look(req, conf, st, z, key, rh, rd, true) then return end
+    -- That fill was another variant's (Vary), or stored nothing: this request takes the
+    -- lock to fill its own, and those still waiting wait for it in turn (once: a second
+    -- miss goes upstream; a fill that ends without an entry lets everyone go).
+    if not z:lock(req, key, conf.lock_timeout) then
+      wait_fill(z, key, conf.lock_timeout)
+      if look(req, conf, st, z, key, rh, rd, true) then return end
+    end
   end
   z:count("miss")
   st.fwd = st.fwd or st.miss

@@ -659,6 +659,41 @@ class CacheTest(H.ProxyTestCase):
         collapsed = [r for r in results if "collapsed" in (r.header("cache-status") or "")]
         self.assertEqual(len(collapsed), 6)
 
+    def test_waiters_for_another_variant_coalesced(self):
+        # Two requests for the br variant wait on the key's gzip fill. Once it is stored, the
+        # first takes the key's lock to fill br, and the second waits for that fill in turn:
+        # one upstream request for br (both went upstream before).
+        p = self.path()
+        gate = threading.Event()
+        asked = []
+
+        def answer(req, n):
+            ae = req.header("accept-encoding")
+            asked.append(ae)
+            if ae == "gzip":
+                gate.wait(H.T(10))
+            return fresh(b"ae=" + ae.encode(), ("Vary", "Accept-Encoding"))
+        self.origin.script(p, answer)
+        out = []
+
+        def fetch(ae):
+            out.append((ae, H.get(self.port, p, headers={"Accept-Encoding": ae},
+                                  timeout=H.T(20))))
+        threads = [threading.Thread(target=fetch, args=("gzip",))]
+        threads[0].start()
+        H.wait_for(lambda: self.origin.count(p) == 1, H.T(10), what="the gzip fill's request")
+        threads += [threading.Thread(target=fetch, args=("br",)) for _ in range(2)]
+        for t in threads[1:]:
+            t.start()
+        H.wait_for(lambda: self.admin("GET", "/status")[1]["connections"] >= 3 or None,
+                   H.T(10), what="the br requests' connections")
+        gate.set()
+        for t in threads:
+            t.join(H.T(30))
+        self.assertEqual(sorted((ae, r.body) for ae, r in out),
+                         [("br", b"ae=br"), ("br", b"ae=br"), ("gzip", b"ae=gzip")])
+        self.assertEqual(sorted(asked), ["br", "gzip"])
+
     def test_stalled_fill_releases_its_waiters(self):
         # A body that stops for 3 s (3 x lock_timeout) lets its waiters go upstream: the
         # bound still holds for a fill that makes no progress.
