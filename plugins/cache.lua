@@ -266,6 +266,7 @@ local function decode(head)
   local ok, request_time, response_time = head_times(head)
   if not ok then return nil end
   local meta, headers, case = { request_time = request_time, response_time = response_time }, {}, {}
+  local order = {} -- the field names as the head lists them first: a hit's order (served_list)
   for kind, k, v in sub(head, 20):gmatch("(%a) ([^\t\n]+)\t([^\n]*)\n") do
     if kind == "h" then
       local l = lower(k)
@@ -273,6 +274,7 @@ local function decode(head)
       k = l
       local prev = headers[k]
       if prev == nil then
+        order[#order + 1] = k
         headers[k] = v
       elseif type(prev) == "table" then
         prev[#prev + 1] = v
@@ -287,7 +289,7 @@ local function decode(head)
       meta[k] = v == "1"
     end
   end
-  return meta, headers, case
+  return meta, headers, case, order
 end
 
 -- encode's lines for a meta from policy.meta (every key it sets, and ttl/ttl_source a Lua
@@ -369,9 +371,18 @@ local decoded, ndecoded = {}, 0
 -- table with pairs (a loop that aborts the trace) and re-casing every name.
 -- The list's `wire` holds the same fields as "Name: value\r\n" lines: a hit sends them with
 -- one call (Zone:respond), not one per field.
-local function served_list(headers, case)
+-- In `order` (the head's: decode), or, for a table without one (a 304's merged fields, a
+-- refetch), by name: never pairs' order, which differs between worker VMs (each hashes
+-- strings with its own seed), so hits would list their fields differently.
+local function served_list(headers, case, order)
   local list, wire = {}, {}
-  for name, v in pairs(headers) do
+  if not order then
+    order = {}
+    for name in pairs(headers) do order[#order + 1] = name end
+    table.sort(order)
+  end
+  for _, name in ipairs(order) do
+    local v = headers[name]
     if not NOT_SERVED[name] then
       local out = case[name] or name
       if type(v) == "table" then
@@ -397,10 +408,10 @@ end
 local function decode_cached(head)
   local d = decoded[head]
   if d then return d[1], d[2], d[3], d[4] end
-  local meta, headers, case = decode(head)
+  local meta, headers, case, order = decode(head)
   if not meta then return nil end
   if ndecoded >= 4096 then decoded, ndecoded = {}, 0 end
-  local base = served_list(headers, case)
+  local base = served_list(headers, case, order)
   decoded[head] = { meta, headers, case, base }
   ndecoded = ndecoded + 1
   return meta, headers, case, base

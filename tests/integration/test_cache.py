@@ -43,6 +43,11 @@ def chunked_response(body, headers=()):
     return b"".join(out)
 
 
+def simple_no_server(body, headers):
+    """A 200 with exactly these fields (and Content-Length): no Server, no Date."""
+    return H.simple_response(200, body, headers)
+
+
 class CacheTest(H.ProxyTestCase):
     @classmethod
     def setUpClass(cls):
@@ -693,6 +698,31 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(sorted((ae, r.body) for ae, r in out),
                          [("br", b"ae=br"), ("br", b"ae=br"), ("gzip", b"ae=gzip")])
         self.assertEqual(sorted(asked), ["br", "gzip"])
+
+    def test_hits_keep_the_stored_field_order_and_add_nothing(self):
+        # Hits (on either worker, each with its own VM) list the stored fields in one order,
+        # the same every time; an origin that sends no Server gets none on its hits either.
+        p = self.path()
+        fields = [("X-F%d" % i, "v%d" % i) for i in range(12)] + [("X-Dup", "a"), ("X-Dup", "b")]
+        self.origin.script(p, lambda req, n: simple_no_server(
+            b"ordered", [("Cache-Control", "max-age=3600")] + fields))
+        miss = self.get(p)
+        self.assertIsNone(miss.header("server"))
+        orders = set()
+        for _ in range(12):
+            r = self.get(p)
+            self.assertIn("hit", self.cache_status(r))
+            self.assertIsNone(r.header("server"), "a hit added a Server field")
+            names = tuple((k.lower(), v) for k, v in r.headers
+                          if k.lower().startswith("x-") or k.lower() == "cache-control")
+            orders.add(names)
+        self.assertEqual(len(orders), 1, "hits listed their fields in different orders")
+        order = orders.pop()
+        self.assertEqual([v for k, v in order if k == "x-dup"], ["a", "b"])
+        # The engine stored this one (a cache-only route): in the upstream's order.
+        self.assertEqual(order, tuple((k.lower(), v) for k, v in miss.headers
+                                      if k.lower().startswith("x-")
+                                      or k.lower() == "cache-control"))
 
     def test_stalled_fill_releases_its_waiters(self):
         # A body that stops for 3 s (3 x lock_timeout) lets its waiters go upstream: the
