@@ -31,6 +31,9 @@ json_t *lp_cache_admin_status(const lp_config_t *cfg)
                       "bypass", jint(n[LP_CACHE_C_BYPASS]), "stored", jint(n[LP_CACHE_C_STORED]),
                       "abandoned", jint(n[LP_CACHE_C_ABANDONED]), "evicted",
                       jint(n[LP_CACHE_C_EVICTED])));
+        /* A Vary key over LP_CACHE_MAX_VARIANTS: its least recently used variant went. */
+        json_object_set_new(json_object_get(o, lp_cache_zone_name(cfg->cache_zones[i])),
+                            "variants_dropped", jint(n[LP_CACHE_C_VARIANTS_DROPPED]));
         json_object_set_new(json_object_get(o, lp_cache_zone_name(cfg->cache_zones[i])), "native",
                             json_pack("{s:o,s:o,s:o}", "misses", jint(n[LP_CACHE_C_NATIVE_MISS]),
                                       "stored", jint(n[LP_CACHE_C_NATIVE_STORED]), "hits",

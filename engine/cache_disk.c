@@ -302,8 +302,16 @@ static void scan(lp_cdisk_t *d)
     size_t nindexed = 0, ndropped = 0, ndamaged = 0;
     char p1[4096], p2[4096], p3[4096];
     DIR *top = opendir(d->root);
+    if (!top) {
+        /* Nothing was loaded: no line claims a load (lp_cdisk_start said why, when it could
+         * not make the directory). */
+        lp_log(LP_LOG_WARN, "cache zone %s: cannot read %s: %s (no entries from it)", d->zone->name,
+               d->root, strerror(errno));
+        atomic_store(&d->loaded, 1);
+        return;
+    }
     struct dirent *a, *b, *c;
-    while (top && (a = readdir(top)) && !stopping(d)) {
+    while ((a = readdir(top)) && !stopping(d)) {
         if (strlen(a->d_name) != 2 || a->d_name[0] == '.')
             continue;
         snprintf(p1, sizeof(p1), "%s/%s", d->root, a->d_name);
@@ -325,8 +333,7 @@ static void scan(lp_cdisk_t *d)
         if (mid)
             closedir(mid);
     }
-    if (top)
-        closedir(top);
+    closedir(top);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
     lp_log(LP_LOG_INFO,

@@ -60,6 +60,13 @@ static int scratch_reserve(size_t need)
 
 /* ---- the request path ---- */
 
+/* uv_now(&w->loop) without its call (libuv's unix loop keeps it in `time`): a fill's
+ * progress stamps take it per body piece, on a stored miss's path. */
+static inline uint64_t loop_ms(const lp_worker_t *w)
+{
+    return w->loop.time;
+}
+
 void lp_cache_req_head(lp_req_t *req)
 {
     lp_req_cache_t *rc = &req->cache;
@@ -76,6 +83,9 @@ void lp_cache_req_tee(lp_req_t *req, const char *at, size_t len)
     lp_req_cache_t *rc = &req->cache;
     if (!rc->fill || !len)
         return;
+    /* Its waiters wait on while bytes come (lp_cache_wait_quiet): a store per piece, the
+     * loop's time (no clock read, no wake-up of anyone). */
+    lp__cache_fill_progress(rc->fill, loop_ms(req->w));
     char *to = lp__cache_fill_room(rc->fill, len); /* a small body: no call, no loop */
     if (to) {
         put_short(to, at, len);
@@ -188,6 +198,8 @@ typedef struct cache_wait_s {
                                         outlive its task, and so its generation */
     lp_list_t link;                  /* in the inbox's `waits` while alive */
     struct cache_wait_s *inbox_next; /* borrowed: in inbox->head once notified (inbox lock) */
+    uint64_t window;                 /* ms: the wait ends after this long without the fill's
+                                        progress (lp_cache_wait_quiet) */
     uint8_t done;                    /* ended: the timer is closing, nothing else may touch it */
     uint8_t task_gone;               /* its task ended first: lw.task may be freed, never wake it */
 } cache_wait_t;
@@ -247,8 +259,13 @@ static void on_inbox(uv_async_t *a)
 static void on_wait_timeout(uv_timer_t *t)
 {
     cache_wait_t *cw = t->data;
-    /* Still registered: it ends here. Else notify ran and the inbox ends it. */
-    if (lp_cache_wait_cancel(cw->zone, &cw->base))
+    /* A fill still receiving (a slow body) keeps its waiters: the bound counts from its last
+     * progress, looked at only here, when the bound comes. Quiet for the whole window and
+     * still registered: it ends here. Else notify ran and the inbox ends it. */
+    int64_t left = lp_cache_wait_quiet(cw->zone, &cw->base, uv_now(&cw->w->loop), cw->window);
+    if (left > 0)
+        uv_timer_start(&cw->timer, on_wait_timeout, (uint64_t)left + 1, 0);
+    else if (left == 0)
         wait_end(cw, 1);
 }
 
@@ -463,7 +480,8 @@ int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds)
     lp_list_insert_tail(&in->waits, &cw->link);
     uv_timer_init(&w->loop, &cw->timer);
     cw->timer.data = cw;
-    uv_timer_start(&cw->timer, on_wait_timeout, (uint64_t)(seconds * 1000.0) + 1, 0);
+    cw->window = (uint64_t)(seconds * 1000.0) + 1;
+    uv_timer_start(&cw->timer, on_wait_timeout, cw->window, 0);
     return 1;
 }
 
@@ -504,6 +522,7 @@ store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen, co
         return LP_FFI_ENOSPACE; /* too large, key too long, or out of memory */
     lp__cache_entry_set_fields(f->e, nfields);
     r->cache.fill = f; /* an empty body is complete with the response (lp_cache_req_done) */
+    lp__cache_fill_progress(f, loop_ms(r->w)); /* the head came */
     return 0;
 }
 
@@ -517,6 +536,12 @@ int lp__cache_store(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t 
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,
                      const char *head, size_t hlen, const char *body, size_t blen, double keep)
 {
+    if (keep < 0) {
+        /* Kept for no time: what was there goes, nothing is stored (the plugin ends its
+         * refresh marker so; an expired entry would stay linked until a lookup met it). */
+        lp_cache_remove(zone, key, klen, sec, slen);
+        return 0;
+    }
     size_t nfields = lp_cache_head_fields(head, hlen);
     if (!lp_cache_fields_fit(lp_lua_io(), zone, key, klen, nfields))
         return LP_FFI_ENOSPACE;

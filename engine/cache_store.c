@@ -250,6 +250,16 @@ int lp_cache_entry_same(const lp_cache_entry_t *e, const char *key, size_t klen,
            memcmp(e->sec, sec, slen) == 0;
 }
 
+/* Whether an entry holds a response, which a purge, `stored` and `entries` count: the cache
+ * plugin also keeps a varying key's Vary marker (no secondary key, a head "V <the Vary
+ * field>") and empty markers (a background refresh running) as entries. */
+static int holds_response(const lp_cache_entry_t *e)
+{
+    if (!e->hlen)
+        return 0;
+    return !(e->slen == 0 && e->hlen >= 2 && e->head[0] == 'V' && e->head[1] == ' ');
+}
+
 /* Under the zone lock: e leaves the disk LRU and budget (its file is not deleted here). */
 static void off_disk(lp_cache_zone_t *z, lp_cache_entry_t *e)
 {
@@ -315,6 +325,7 @@ static void unlink_entry(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_entry
         lp_list_remove(&e->lru);
         z->used -= e->cost;
         z->nentries--;
+        z->nmarkers -= e->marker;
     } else {
         z->nstubs--;
         z->sbytes -= stub_cost(e);
@@ -351,6 +362,13 @@ void lp__cache_drop_dead(lp_cache_entry_t *dead)
 
 static void maybe_grow(lp_cache_zone_t *z);
 
+/* Before e is linked: whether it is a marker (entry.marker). Every marker has an empty body:
+ * a response with one (most) costs one test. */
+static inline void set_marker(lp_cache_entry_t *e)
+{
+    e->marker = (uint8_t)(e->body_len == 0 && !holds_response(e));
+}
+
 HOT void link_entry(lp_cache_zone_t *z, lp_cache_entry_t *e)
 {
     maybe_grow(z);
@@ -361,6 +379,7 @@ HOT void link_entry(lp_cache_zone_t *z, lp_cache_entry_t *e)
         lp_list_insert_head(&z->lru, &e->lru);
         z->used += e->cost;
         z->nentries++;
+        z->nmarkers += e->marker; /* set_marker's */
     } else {
         z->nstubs++;
         z->sbytes += stub_cost(e);
@@ -372,6 +391,7 @@ HOT void link_entry(lp_cache_zone_t *z, lp_cache_entry_t *e)
 
 void lp__cache_link(lp_cache_zone_t *z, lp_cache_entry_t *e)
 {
+    set_marker(e);
     link_entry(z, e);
 }
 
@@ -401,15 +421,18 @@ void lp__cache_replace(lp_cache_zone_t *z, lp_cache_entry_t *old, lp_cache_entry
         lp_list_remove(&old->lru);
         z->used -= old->cost;
         z->nentries--;
+        z->nmarkers -= old->marker;
     } else {
         z->nstubs--;
         z->sbytes -= stub_cost(old);
     }
     old->linked = 0;
+    set_marker(e);
     if (e->resident) {
         lp_list_insert_head(&z->lru, &e->lru);
         z->used += e->cost;
         z->nentries++;
+        z->nmarkers += e->marker;
     } else {
         z->nstubs++;
         z->sbytes += stub_cost(e);
@@ -777,7 +800,7 @@ void lp_cache_zone_resize_disk(lp_cache_zone_t *z, size_t size)
 void lp_cache_zone_stats(lp_cache_zone_t *z, lp_cache_stats_t *out)
 {
     lp_mutex_lock(&z->lock);
-    out->entries = z->nentries;
+    out->entries = z->nentries - z->nmarkers; /* responses: purge's count */
     out->bytes = z->used;
     out->capacity = z->capacity;
     out->max_object = __atomic_load_n(&z->max_object, __ATOMIC_RELAXED);
@@ -815,6 +838,7 @@ HOT lp_cache_entry_t *get_locked(lp_cache_zone_t *z, uint64_t h, const char *key
             /* pushed out of memory before its file was written: a miss until it is */
         } else {
             found = lp_cache_entry_ref(e);
+            e->seq = ++z->seq; /* its variants' use order (a Vary key's drop) */
             if (e->resident) {
                 lp_list_remove(&e->lru);
                 lp_list_insert_head(&z->lru, &e->lru);
@@ -914,16 +938,6 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
 
 /* ---- purge ---- */
 
-/* Whether an entry holds a response, which a purge counts: the cache plugin also keeps a
- * varying key's Vary marker (no secondary key, a head "V <the Vary field>") and empty
- * markers (a background refresh running) as entries. */
-static int holds_response(const lp_cache_entry_t *e)
-{
-    if (!e->hlen)
-        return 0;
-    return !(e->slen == 0 && e->hlen >= 2 && e->head[0] == 'V' && e->head[1] == ' ');
-}
-
 size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen)
 {
     size_t n = 0;
@@ -960,6 +974,18 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
     drop_dead(dead);
     lp_cache_room_recount(); /* the widest entries may have gone: now rather than at a tick */
     return n;
+}
+
+void lp_cache_remove(lp_cache_zone_t *z, const char *key, size_t klen, const char *sec, size_t slen)
+{
+    uint64_t h = lp_hash64(key, klen);
+    lp_cache_entry_t *dead = NULL;
+    lp_mutex_lock(&z->lock);
+    lp_cache_entry_t *e = lp__cache_find(z, h, key, klen, sec, slen);
+    if (e)
+        unlink_entry(z, e, &dead);
+    lp_mutex_unlock(&z->lock);
+    drop_dead(dead);
 }
 
 /* ---- fills ---- */
@@ -1028,6 +1054,29 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
     return f != NULL;
 }
 
+int64_t lp_cache_wait_quiet(lp_cache_zone_t *z, lp_cache_waiter_t *w, uint64_t now_ms,
+                            uint64_t window_ms)
+{
+    int64_t left = -1;
+    lp_mutex_lock(&z->lock);
+    lp_cache_fill_t *f = w->holder;
+    if (f) {
+        uint64_t p = atomic_load_explicit(&f->progress, memory_order_relaxed);
+        if (p && now_ms < p + window_ms) {
+            left = (int64_t)(p + window_ms - now_ms);
+        } else {
+            lp_cache_waiter_t **pp = &f->waiters;
+            while (*pp != w)
+                pp = &(*pp)->next;
+            *pp = w->next;
+            w->holder = NULL;
+            left = 0;
+        }
+    }
+    lp_mutex_unlock(&z->lock);
+    return left;
+}
+
 /* A lock's block (a fill with room for a key of up to SPARE_KEY bytes) kept by the thread
  * that freed it, for its next lock: a miss takes a lock per request, and a malloc and a free
  * cost more than the rest of taking it. Owned by the thread; freed when the thread ends (a
@@ -1086,6 +1135,23 @@ HOT lp_cache_fill_t *lock_new(const char *key, size_t klen, uint64_t h, double n
     return f;
 }
 
+/* CLOCK_MONOTONIC in ms: the clock of the workers' loops (uv_now), whose stamps
+ * lp__cache_fill_progress keeps. */
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Under the zone lock: whether f made progress within the last window_ms (a clock read only
+ * for a fill that made some: a lock past its timeout). */
+static int lately(lp_cache_fill_t *f, uint64_t window_ms)
+{
+    uint64_t p = atomic_load_explicit(&f->progress, memory_order_relaxed);
+    return p && mono_ms() < p + window_ms;
+}
+
 /* Under the zone lock: f (lock_new's) takes its key's lock: 0; else -1 (*busy 1 when a
  * younger fill holds it), and the caller frees f. */
 HOT int lock_locked(lp_cache_zone_t *z, lp_cache_fill_t *f, double lock_timeout, int readback,
@@ -1096,7 +1162,8 @@ HOT int lock_locked(lp_cache_zone_t *z, lp_cache_fill_t *f, double lock_timeout,
         return -1; /* a fill going upstream (perhaps for another variant): a read-back
                       neither waits for it nor takes its lock over; it reads the file
                       without the lock */
-    if (holder && f->locked_at - holder->locked_at < lock_timeout) {
+    if (holder && (f->locked_at - holder->locked_at < lock_timeout ||
+                   lately(holder, (uint64_t)(lock_timeout * 1000.0)))) {
         *busy = 1;
         return -1;
     }
@@ -1426,7 +1493,8 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
         fill_free(f);
         return -1;
     }
-    /* The entry it replaces, and the oldest variant when the key has too many. */
+    /* The entry it replaces, and the least recently used variant when the key has too many
+     * (not the oldest: any client can make new variants, and the hottest one would go). */
     lp_cache_entry_t *oldest = NULL;
     unsigned variants = 0;
     for (lp_cache_entry_t *o = z->buckets[e->hash & (z->nbuckets - 1)], *next; o; o = next) {
@@ -1441,9 +1509,12 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
         if (!oldest || o->seq < oldest->seq)
             oldest = o;
     }
-    if (variants >= LP_CACHE_MAX_VARIANTS)
+    if (variants >= LP_CACHE_MAX_VARIANTS) {
         unlink_entry(z, oldest, &dead);
+        lp__cache_count(z, LP_CACHE_C_VARIANTS_DROPPED);
+    }
     e->resident = 1;
+    set_marker(e);
     link_entry(z, e);
     if (z->disk) {
         /* Written as it completes (not when memory evicts it): a restart finds every entry,
@@ -1454,9 +1525,11 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     }
     evict(z, &dead);
     lock_drop(z, f);
+    int marker = e->marker; /* e may go (evicted, replaced) once the lock is let go */
     lp_mutex_unlock(&z->lock);
     drop_dead(dead);
-    lp__cache_count(z, LP_CACHE_C_STORED);
+    if (!marker) /* responses: a marker is the plugin's bookkeeping */
+        lp__cache_count(z, LP_CACHE_C_STORED);
     fill_free(f);
     return 0;
 }

@@ -30,7 +30,8 @@ typedef struct lp_cache_entry_s lp_cache_entry_t;
 typedef struct lp_cache_fill_s lp_cache_fill_t;
 
 /* Bounds: keys longer than this are refused (not cached); a primary key keeps at most
- * LP_CACHE_MAX_VARIANTS secondary keys (Vary), the oldest going first. */
+ * LP_CACHE_MAX_VARIANTS secondary keys (Vary), the least recently used (stored or hit)
+ * going first (LP_CACHE_C_VARIANTS_DROPPED). */
 #define LP_CACHE_MAX_KEY      4096
 #define LP_CACHE_MAX_VARIANTS 32
 /* Body chunk size: the largest allocation a fill makes (small bodies get smaller chunks). */
@@ -52,7 +53,8 @@ enum {
     LP_CACHE_C_STALE,
     LP_CACHE_C_REVALIDATED,
     LP_CACHE_C_BYPASS,
-    LP_CACHE_C_STORED,        /* fills committed */
+    LP_CACHE_C_STORED,        /* fills committed holding responses (not the plugin's
+                                 markers: see lp_cache_purge) */
     LP_CACHE_C_ABANDONED,     /* fills dropped: too large, error, request gone */
     LP_CACHE_C_EVICTED,       /* entries pushed out by the byte budget */
     LP_CACHE_C_DISK_EVICTED,  /* files pushed out by the disk budget */
@@ -64,11 +66,14 @@ enum {
     LP_CACHE_C_NATIVE_MISS,
     LP_CACHE_C_NATIVE_STORED,
     LP_CACHE_C_NATIVE_HIT,
+    LP_CACHE_C_VARIANTS_DROPPED, /* variants dropped for a key's new one (over MAX_VARIANTS) */
     LP_CACHE_C_N
 };
 
 typedef struct {
-    uint64_t entries, bytes, capacity, max_object;           /* the memory tier */
+    /* The memory tier. entries: those holding responses (the plugin's markers, which
+     * `bytes` counts, are not: lp_cache_purge's count) */
+    uint64_t entries, bytes, capacity, max_object;
     int disk, disk_loading;                                  /* has a disk tier; its scan runs */
     uint64_t disk_entries, disk_bytes, disk_capacity, stubs; /* stubs: on disk only */
     /* The key index outside `bytes`: its bucket array and the disk-only entries' records
@@ -167,6 +172,10 @@ int lp_cache_entry_served_set(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_
  * secondary key). */
 enum { LP_CACHE_PURGE_KEY, LP_CACHE_PURGE_PREFIX, LP_CACHE_PURGE_ALL };
 size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen);
+/* Unlinks the entry of exactly (key, sec), if there is one (an entry put already expired:
+ * the plugin's way of dropping its refresh marker). */
+void lp_cache_remove(lp_cache_zone_t *z, const char *key, size_t klen, const char *sec,
+                     size_t slen);
 
 /* ---- fills ---- */
 /* lp_cache_get (sec "") and, on a miss when lock_timeout >= 0, lp_cache_lock of the key, in
@@ -178,8 +187,9 @@ size_t lp_cache_purge(lp_cache_zone_t *z, int mode, const char *key, size_t klen
 lp_cache_entry_t *lp_cache_get_or_lock(lp_cache_zone_t *z, const char *key, size_t klen, double now,
                                        double lock_timeout, lp_cache_fill_t **fill, int *busy);
 /* Coalescing: takes the lock of `key` (one fill per primary key at a time) and returns a fill
- * holding it; NULL when another fill holds it and is younger than `lock_timeout` seconds (the
- * caller waits on lp_cache_locked, then looks up again), or when out of memory (*busy 0). An
+ * holding it; NULL when another fill holds it and is younger than `lock_timeout` seconds or
+ * made progress within them (lp__cache_fill_progress: a slow body still coming) (the caller
+ * waits on lp_cache_locked, then looks up again), or when out of memory (*busy 0). A quiet
  * older lock is taken over (its fill never commits its lock then, but may still commit its
  * entry). */
 lp_cache_fill_t *lp_cache_lock(lp_cache_zone_t *z, const char *key, size_t klen,
@@ -208,6 +218,13 @@ int lp_cache_wait(lp_cache_zone_t *z, const char *key, size_t klen, lp_cache_wai
 /* Takes w out: 1 when it was still registered (notify will not come), 0 when notify already
  * ran (the owner gets it through its hand-over). */
 int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w);
+/* A wait's bound came (its owner's timer): when the fill it waits on made progress (its head,
+ * body bytes: lp__cache_fill_progress) within the last window_ms of now_ms (both the loop
+ * clock's ms), the ms until window_ms of quiet will have passed (> 0: w stays registered,
+ * wait again); else w is taken out as by lp_cache_wait_cancel: 0 (it was registered), or
+ * -1 when notify already ran. */
+int64_t lp_cache_wait_quiet(lp_cache_zone_t *z, lp_cache_waiter_t *w, uint64_t now_ms,
+                            uint64_t window_ms);
 /* Starts gathering an entry: with a fill from lp_cache_lock (fill non-NULL), or a new one (fill
  * NULL). `size_hint` is the expected body length (Content-Length), 0 when unknown. Returns the
  * fill, or NULL when the key is too long, the hint is over the zone's max_object_size, or out of

@@ -40,8 +40,15 @@ struct lp_cache_entry_s {
      * the same twice in the process (a worker's memo of how a head is served checks it:
      * cache_native.c). Relaxed atomics: read without the zone lock. */
     _Atomic uint64_t serial;
-    uint64_t seq;   /* commit order (zone->seq): the oldest variant goes first */
+    /* Its place in the order of use (zone->seq): drawn when it is linked and again by each
+     * hit, where the LRU moves it (zone lock). A key over LP_CACHE_MAX_VARIANTS drops the
+     * variant with the lowest: the least recently used (the list's own order would need a
+     * walk of the zone to compare two entries). */
+    uint64_t seq;
     uint8_t linked; /* in the zone's table (zone lock) */
+    uint8_t marker; /* holds no response (the plugin's markers, cache_store.c's
+                       holds_response), set before it is linked (set_marker); counted in
+                       zone->nmarkers while linked and resident */
     /* The disk tier (cache_disk.c). An entry is resident (its body in `chunks`), on disk (a
      * file holds it), or both. A disk-only entry (a "stub": chunks NULL, resident 0) is the
      * index's record of a file: key, head and lengths in memory, the body in the file; a hit
@@ -86,6 +93,12 @@ struct lp_cache_fill_s {
                                       fill may take an old lock over) */
     struct lp_cache_fill_s *lnext; /* borrowed: next in its lock bucket (zone lock) */
     double locked_at;
+    /* Its last progress: the head stored, body bytes (lp__cache_fill_progress), in ms of the
+     * loop clock (uv_now: CLOCK_MONOTONIC, the same in every worker); 0: none since the
+     * lock. Written by the filling thread (a relaxed store, no lock), read under the zone
+     * lock by waiters and by lock takers: a fill still receiving keeps its lock and its
+     * waiters past lock_timeout (lp_cache_wait_quiet). */
+    _Atomic uint64_t progress;
     uint8_t readback;           /* a disk read-back's lock (lp_cache_lock_readback), not a fill's */
     lp_cache_entry_t *e;        /* owned: the entry being gathered (never linked before
                                    commit); NULL before start or once dead */
@@ -118,7 +131,8 @@ struct lp_cache_zone_s {
                                    against the budget too, or concurrent fills of large
                                    objects would hold far more than `capacity` */
     size_t nentries;            /* linked entries (lock) */
-    uint64_t seq;               /* commits so far (lock) */
+    size_t nmarkers;            /* of them, markers (entry.marker): stats count responses */
+    uint64_t seq;               /* links and hits so far (lock): entry.seq */
     lp_cache_entry_t **buckets; /* owned array of nbuckets chains */
     lp_cache_blocks_t *blocks;  /* owned until the zone's free, which orphans it (its entries
                                    may outlive the zone): its fills' entry blocks; NULL: out
@@ -190,6 +204,12 @@ static inline char *lp__cache_fill_room(lp_cache_fill_t *f, size_t len)
     t->len += len;
     e->body_len += len;
     return at;
+}
+
+/* The filling thread's note that its fill moved on at now_ms (the loop clock): a store. */
+static inline void lp__cache_fill_progress(lp_cache_fill_t *f, uint64_t now_ms)
+{
+    atomic_store_explicit(&f->progress, now_ms, memory_order_relaxed);
 }
 
 static inline void lp__cache_count(lp_cache_zone_t *z, int what)

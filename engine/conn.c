@@ -1474,6 +1474,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
         .headers = req->resp.headers,
         .nheaders = req->resp.nheaders,
         .local = rh == NULL,
+        .stored = req->cache.body != NULL, /* answered from a cache entry (lp__cache_answer) */
         .upgrade = upgrade,
         .upgrade_proto = req->resp.upgrade,
         .chunked = (req->flags & LP_RF_RESP_CHUNKED) != 0,

@@ -962,7 +962,8 @@ const char *lp_h1_date(void)
 size_t lp_h1_response_head(char *out, size_t cap, const lp_h1_resp_head_t *h)
 {
     /* A head that carries its own Date (an upstream's, a cached response's) keeps it; a
-     * cached response keeps its Server too. */
+     * cached response keeps its Server too, and gets none when it had none (the miss that
+     * stored it went out without one). */
     int has_date = 0, has_server = 0;
     for (unsigned i = 0; i < h->nheaders; i++) {
         has_date |= LP_STR_IEQ(h->headers[i].name, "date");
@@ -977,7 +978,7 @@ size_t lp_h1_response_head(char *out, size_t cap, const lp_h1_resp_head_t *h)
     else
         lp_wbuf_cstr(&w, lp_h1_status_text(h->status));
     lp_wbuf_cstr(&w, "\r\n");
-    if (h->local && !has_server)
+    if (h->local && !has_server && !h->stored)
         lp_wbuf_cstr(&w, "Server: luaproxy\r\n");
     if (!has_date) {
         lp_wbuf_cstr(&w, "Date: ");

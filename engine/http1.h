@@ -132,6 +132,8 @@ typedef struct {
     const lp_header_t *headers; /* borrowed: end-to-end fields, in order */
     unsigned nheaders;
     int local;              /* the proxy's own answer: Server and Date unless it has them */
+    int stored;             /* ... of a stored response (a cache hit): no Server of its own
+                               (it has the origin's, if the origin sent one, as the miss did) */
     int upgrade;            /* a 101 switching: Connection: upgrade + Upgrade */
     lp_str_t upgrade_proto; /* the Upgrade value (base NULL: none) */
     int chunked;            /* Transfer-Encoding: chunked */

@@ -492,6 +492,9 @@ int lp_ffi_cache_get(void *r, void *zone, const char *key, size_t klen, const ch
                      size_t slen, lp_str_t *head, double *body_len);
 int lp_ffi_cache_lock(void *r, void *zone, const char *key, size_t klen, double timeout);
 int lp_ffi_cache_locked(void *zone, const char *key, size_t klen);
+/* wait: parks the task until the fill holding key's lock ends, or until it made no progress
+ * (its head, body bytes) for `seconds`: a slow body still coming keeps its waiters. 1:
+ * parked; 0: nothing holds the lock. */
 int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds);
 int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const char *sec,
                        size_t slen, const char *head, size_t hlen, double keep);

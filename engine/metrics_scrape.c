@@ -271,6 +271,16 @@ static void cache_zones(lp_mtext_t *t, const lp_config_t *cfg)
         lp_mtext_sample(t, "luaproxy_cache_evictions_total", "", l, 1,
                         (double)st.counts[LP_CACHE_C_EVICTED]);
     }
+    lp_mtext_family(t, "luaproxy_cache_variants_dropped_total", "counter",
+                    "Vary variants dropped for a key's new one (over 32 a key): the least "
+                    "recently used.");
+    for (size_t i = 0; i < cfg->ncache_zones; i++) {
+        lp_cache_stats_t st;
+        lp_cache_zone_stats(cfg->cache_zones[i], &st);
+        const char *l[] = {"zone", lp_cache_zone_name(cfg->cache_zones[i])};
+        lp_mtext_sample(t, "luaproxy_cache_variants_dropped_total", "", l, 1,
+                        (double)st.counts[LP_CACHE_C_VARIANTS_DROPPED]);
+    }
     static const char *const natives[] = {"miss", "stored", "hit"};
     lp_mtext_family(t, "luaproxy_cache_native_total", "counter",
                     "Cache plugin outcomes the engine replayed without Lua, by result.");

@@ -301,6 +301,7 @@ local function decode(head)
   local ok, request_time, response_time = head_times(head)
   if not ok then return nil end
   local meta, headers, case = { request_time = request_time, response_time = response_time }, {}, {}
+  local order = {} -- the field names as the head lists them first: a hit's order (served_list)
   for kind, k, v in sub(head, 20):gmatch("(%a) ([^\t\n]+)\t([^\n]*)\n") do
     if kind == "h" then
       local l = lower(k)
@@ -308,6 +309,7 @@ local function decode(head)
       k = l
       local prev = headers[k]
       if prev == nil then
+        order[#order + 1] = k
         headers[k] = v
       elseif type(prev) == "table" then
         prev[#prev + 1] = v
@@ -322,7 +324,7 @@ local function decode(head)
       meta[k] = v == "1"
     end
   end
-  return meta, headers, case
+  return meta, headers, case, order
 end
 
 -- encode's lines for a meta from policy.meta (every key it sets, and ttl/ttl_source a Lua
@@ -405,9 +407,18 @@ local decoded, ndecoded = {}, 0
 -- table with pairs (a loop that aborts the trace) and re-casing every name.
 -- The list's `wire` holds the same fields as "Name: value\r\n" lines: a hit sends them with
 -- one call (Zone:respond), not one per field.
-local function served_list(headers, case)
+-- In `order` (the head's: decode), or, for a table without one (a 304's merged fields, a
+-- refetch), by name: never pairs' order, which differs between worker VMs (each hashes
+-- strings with its own seed), so hits would list their fields differently.
+local function served_list(headers, case, order)
   local list, wire = {}, {}
-  for name, v in pairs(headers) do
+  if not order then
+    order = {}
+    for name in pairs(headers) do order[#order + 1] = name end
+    table.sort(order)
+  end
+  for _, name in ipairs(order) do
+    local v = headers[name]
     if not NOT_SERVED[name] then
       local out = case[name] or name
       if type(v) == "table" then
@@ -433,10 +444,10 @@ end
 local function decode_cached(head)
   local d = decoded[head]
   if d then return d[1], d[2], d[3], d[4] end
-  local meta, headers, case = decode(head)
+  local meta, headers, case, order = decode(head)
   if not meta then return nil end
   if ndecoded >= 4096 then decoded, ndecoded = {}, 0 end
-  local base = served_list(headers, case)
+  local base = served_list(headers, case, order)
   decoded[head] = { meta, headers, case, base }
   ndecoded = ndecoded + 1
   return meta, headers, case, base
@@ -817,6 +828,17 @@ local function only_if_cached(req, st)
   return true
 end
 
+-- Waits while another request's fill holds key's lock: until it ends, or makes no progress
+-- for `timeout` seconds (the engine's bound, lp_ffi_cache_wait).
+local function wait_fill(z, key, timeout)
+  local deadline = proxy.monotonic() + timeout
+  while z:locked(key) do
+    local left = deadline - proxy.monotonic()
+    if left <= 0 then break end
+    z:wait(key, left) -- woken by the filling worker, whichever it is
+  end
+end
+
 local function look(req, conf, st, z, key, rh, rd, waited)
   local meta, headers, blen, sec, case, base, disk, miss, vary = lookup(req, z, key, rh, conf)
   st.case = case
@@ -1104,15 +1126,16 @@ function P.request(req, conf)
     st.l2 = nil
   end
   if conf.lock and not locked then
-    -- Another request fills the key: wait for its entry (bounded), then look again; a fill
-    -- that ends without an entry (not storable, too large) lets everyone go upstream.
-    local deadline = proxy.monotonic() + conf.lock_timeout
-    while z:locked(key) do
-      local left = deadline - proxy.monotonic()
-      if left <= 0 then break end
-      z:wait(key, left) -- woken by the filling worker, whichever it is
-    end
+    -- Another request fills the key: wait for its entry (bounded), then look again.
+    wait_fill(z, key, conf.lock_timeout)
     if look(req, conf, st, z, key, rh, rd, true) then return end
+    -- That fill was another variant's (Vary), or stored nothing: this request takes the
+    -- lock to fill its own, and those still waiting wait for it in turn (once: a second
+    -- miss goes upstream; a fill that ends without an entry lets everyone go).
+    if not z:lock(req, key, conf.lock_timeout) then
+      wait_fill(z, key, conf.lock_timeout)
+      if look(req, conf, st, z, key, rh, rd, true) then return end
+    end
   end
   -- RFC 9111 §4.2.3: request_time is when the request went upstream, not when the client's
   -- came: after waiting on another fill's lock (or asking the L2 tier) the wait must not

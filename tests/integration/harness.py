@@ -1111,8 +1111,9 @@ class RawOrigin:
     """A threaded HTTP/1.1 origin in Python, for tests that need exact control of the
     upstream's bytes or exact knowledge of what reached it.
 
-    handler(req: RawRequest) returns bytes to send, or a tuple (bytes, "close") to close
-    after sending, or None to close without answering.  Everything received is kept in
+    handler(req: RawRequest) returns bytes to send (or an iterable of bytes, each piece sent
+    as the iterable yields it), or a tuple (bytes, "close") to close after sending, or None
+    to close without answering.  Everything received is kept in
     .received (all connections, concatenated per connection in .conn_data)."""
 
     def __init__(self, handler=None):
@@ -1240,8 +1241,12 @@ class RawOrigin:
                 close = False
                 if isinstance(out, tuple):
                     out, close = out[0], out[1] == "close"
-                if out:
-                    s.sendall(out)
+                if isinstance(out, (bytes, bytearray)):
+                    if out:
+                        s.sendall(out)
+                else:  # an iterable of pieces, each sent as it comes (a paced body)
+                    for piece in out:
+                        s.sendall(piece)
                 if close:
                     return
         except (OSError, ValueError):

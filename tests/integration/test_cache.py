@@ -43,6 +43,11 @@ def chunked_response(body, headers=()):
     return b"".join(out)
 
 
+def simple_no_server(body, headers):
+    """A 200 with exactly these fields (and Content-Length): no Server, no Date."""
+    return H.simple_response(200, body, headers)
+
+
 class CacheTest(H.ProxyTestCase):
     @classmethod
     def setUpClass(cls):
@@ -71,6 +76,9 @@ class CacheTest(H.ProxyTestCase):
                   plugins=[{"name": "cachehead", "zone": ZONE}]),
              dict(route, match={"prefix": "/bypass/"},
                   plugins=[{"name": "cachebypass"}, {"name": "cache", "zone": ZONE}]),
+             # A short lock_timeout: fills whose bodies take longer than it.
+             dict(route, match={"prefix": "/slowfill/"},
+                  plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 1}]),
              dict(route, match={"prefix": "/"},
                   plugins=[{"name": "cache", "zone": ZONE, "lock_timeout": 10}])],
             workers=2, admin={"address": "127.0.0.1:0"},
@@ -679,6 +687,115 @@ class CacheTest(H.ProxyTestCase):
             t.join(H.T(30))
         self.assertEqual([r.body for r in results], [b"private"] * 5)
         self.assertEqual(self.origin.count(p), 5)
+
+    def paced_fill(self, gaps):
+        """A fill whose body comes in pieces after the given pauses (the route's lock_timeout
+        is 1 s) while 6 requests wait on it: the origin requests made, and the answers."""
+        p = "/slowfill/" + self._testMethodName
+        body = H.large_body(len(gaps) * 1000)
+        waiting = threading.Event()
+
+        def pieces():
+            yield (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body))
+            waiting.wait(H.T(10))
+            for i, gap in enumerate(gaps):
+                time.sleep(gap)  # the body's pace (what is tested), not a synchronisation
+                yield body[i * 1000:(i + 1) * 1000]
+        # A waiter that went upstream itself gets the body at once.
+        self.origin.script(p, lambda req, n: pieces() if n == 1 else fresh(body))
+        results = []
+        first = threading.Thread(target=lambda: results.append(H.get(self.port, p,
+                                                                     timeout=H.T(30))))
+        first.start()
+        H.wait_for(lambda: self.origin.count(p) == 1, H.T(10), what="the fill's request")
+        threads = [threading.Thread(target=lambda: results.append(
+            H.get(self.port, p, timeout=H.T(30)))) for _ in range(6)]
+        for t in threads:
+            t.start()
+        # The body goes on once every waiter is connected (they reach the lock at once).
+        H.wait_for(lambda: self.admin("GET", "/status")[1]["connections"] >= 7 or None,
+                   H.T(10), what="the waiters' connections")
+        waiting.set()
+        for t in [first] + threads:
+            t.join(H.T(40))
+        self.assertEqual([r.body for r in results], [body] * 7)
+        return self.origin.count(p), results
+
+    def test_slow_body_keeps_its_waiters(self):
+        # The body takes about 3 s, longer than lock_timeout (1 s), but a piece comes every
+        # 0.25 s: the waiters wait for the whole fill (their bound counts from its last
+        # progress), and only the filler went upstream.
+        n, results = self.paced_fill([0.25] * 12)
+        self.assertEqual(n, 1)
+        collapsed = [r for r in results if "collapsed" in (r.header("cache-status") or "")]
+        self.assertEqual(len(collapsed), 6)
+
+    def test_waiters_for_another_variant_coalesced(self):
+        # Two requests for the br variant wait on the key's gzip fill. Once it is stored, the
+        # first takes the key's lock to fill br, and the second waits for that fill in turn:
+        # one upstream request for br (both went upstream before).
+        p = self.path()
+        gate = threading.Event()
+        asked = []
+
+        def answer(req, n):
+            ae = req.header("accept-encoding")
+            asked.append(ae)
+            if ae == "gzip":
+                gate.wait(H.T(10))
+            return fresh(b"ae=" + ae.encode(), ("Vary", "Accept-Encoding"))
+        self.origin.script(p, answer)
+        out = []
+
+        def fetch(ae):
+            out.append((ae, H.get(self.port, p, headers={"Accept-Encoding": ae},
+                                  timeout=H.T(20))))
+        threads = [threading.Thread(target=fetch, args=("gzip",))]
+        threads[0].start()
+        H.wait_for(lambda: self.origin.count(p) == 1, H.T(10), what="the gzip fill's request")
+        threads += [threading.Thread(target=fetch, args=("br",)) for _ in range(2)]
+        for t in threads[1:]:
+            t.start()
+        H.wait_for(lambda: self.admin("GET", "/status")[1]["connections"] >= 3 or None,
+                   H.T(10), what="the br requests' connections")
+        gate.set()
+        for t in threads:
+            t.join(H.T(30))
+        self.assertEqual(sorted((ae, r.body) for ae, r in out),
+                         [("br", b"ae=br"), ("br", b"ae=br"), ("gzip", b"ae=gzip")])
+        self.assertEqual(sorted(asked), ["br", "gzip"])
+
+    def test_hits_keep_the_stored_field_order_and_add_nothing(self):
+        # Hits (on either worker, each with its own VM) list the stored fields in one order,
+        # the same every time; an origin that sends no Server gets none on its hits either.
+        p = self.path()
+        fields = [("X-F%d" % i, "v%d" % i) for i in range(12)] + [("X-Dup", "a"), ("X-Dup", "b")]
+        self.origin.script(p, lambda req, n: simple_no_server(
+            b"ordered", [("Cache-Control", "max-age=3600")] + fields))
+        miss = self.get(p)
+        self.assertIsNone(miss.header("server"))
+        orders = set()
+        for _ in range(12):
+            r = self.get(p)
+            self.assertIn("hit", self.cache_status(r))
+            self.assertIsNone(r.header("server"), "a hit added a Server field")
+            names = tuple((k.lower(), v) for k, v in r.headers
+                          if k.lower().startswith("x-") or k.lower() == "cache-control")
+            orders.add(names)
+        self.assertEqual(len(orders), 1, "hits listed their fields in different orders")
+        order = orders.pop()
+        self.assertEqual([v for k, v in order if k == "x-dup"], ["a", "b"])
+        # The engine stored this one (a cache-only route): in the upstream's order.
+        self.assertEqual(order, tuple((k.lower(), v) for k, v in miss.headers
+                                      if k.lower().startswith("x-")
+                                      or k.lower() == "cache-control"))
+
+    def test_stalled_fill_releases_its_waiters(self):
+        # A body that stops for 3 s (3 x lock_timeout) lets its waiters go upstream: the
+        # bound still holds for a fill that makes no progress.
+        n, _ = self.paced_fill([0.1, 3.0, 0.1])
+        self.assertGreater(n, 1)
 
     # ------------------------------------------------------------------ bodies
 

@@ -371,7 +371,9 @@ class CacheDiskTest(H.ProxyTestCase):
         r = self.get(a, p)
         self.assertEqual((r.status, r.body), (200, b"uncached-disk-1"))
         a.wait_log("cannot write an entry under")
+        a.wait_log("no entries from it")  # the scan's line, which claims no load
         self.assertIn("cannot make", a.stderr())
+        self.assertNotIn("loaded 0 entries", a.stderr())
         # Still serving (from memory), nothing on disk.
         for _ in range(3):
             self.assertEqual(self.get(a, p).body, b"uncached-disk-1")

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "cache_req.h"
 #include "cache_room.h"
 #include "cache_store.h"
@@ -204,16 +205,29 @@ static void variants(void)
     CHECK_EQ_INT((int)lp_cache_entry_body_len(e), 6);
     lp_cache_entry_unref(e);
     CHECK(!lp_cache_get(z, K("k"), K("identity"), NOW));
-    /* Fan-out is bounded: the oldest variants go. */
+    /* Fan-out is bounded: the least recently used variants go, not the oldest. gzip, stored
+     * first but hit between the new variants, stays; br, never hit, goes first. */
     char sec[16];
     for (int i = 0; i < LP_CACHE_MAX_VARIANTS + 5; i++) {
         snprintf(sec, sizeof(sec), "v%d", i);
         CHECK_EQ_INT(put(z, "k", sec, "b", 1), 0);
+        e = lp_cache_get(z, K("k"), K("gzip"), NOW);
+        CHECK(e != NULL);
+        lp_cache_entry_unref(e);
     }
     lp_cache_stats_t st;
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)st.entries, LP_CACHE_MAX_VARIANTS + 1); /* + "other" */
-    CHECK(!lp_cache_get(z, K("k"), K("gzip"), NOW));
+    /* gzip, br and v0..v36: 39 variants, 7 dropped (br and v0..v5), each counted. */
+    CHECK_EQ_INT((int)st.counts[LP_CACHE_C_VARIANTS_DROPPED], 7);
+    CHECK(!lp_cache_get(z, K("k"), K("br"), NOW));
+    CHECK(!lp_cache_get(z, K("k"), K("v5"), NOW));
+    e = lp_cache_get(z, K("k"), K("v6"), NOW);
+    CHECK(e != NULL);
+    lp_cache_entry_unref(e);
+    e = lp_cache_get(z, K("k"), K("gzip"), NOW);
+    CHECK(e != NULL);
+    lp_cache_entry_unref(e);
     /* Purge by key takes every variant, and only that key's. */
     CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_KEY, K("k")), LP_CACHE_MAX_VARIANTS);
     e = lp_cache_get(z, K("other"), K("gzip"), NOW);
@@ -235,9 +249,19 @@ static void purge_counts_responses(void)
     f = lp_cache_fill_start(z, NULL, K("k"), "\0refreshing", 11, "", 0, NOW + 60, 0);
     REQUIRE(f);
     CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    /* `entries` and `stored` count responses too (GET /status says so): 2 of 4 commits. */
     lp_cache_stats_t st;
     lp_cache_zone_stats(z, &st);
-    CHECK_EQ_INT((int)st.entries, 4);
+    CHECK_EQ_INT((int)st.entries, 2);
+    CHECK_EQ_INT((int)st.counts[LP_CACHE_C_STORED], 2);
+    /* The refresh marker put again already expired (the plugin's end of a refresh) goes at
+     * once, rather than staying linked, stored, until a lookup meets it. */
+    uint64_t bytes = st.bytes;
+    CHECK_EQ_INT(lp_ffi_cache_put(z, K("k"), "\0refreshing", 11, "", 0, "", 0, -1), 0);
+    lp_cache_zone_stats(z, &st);
+    CHECK(st.bytes < bytes);
+    CHECK_EQ_INT((int)st.entries, 2);
+    CHECK_EQ_INT((int)st.counts[LP_CACHE_C_STORED], 2);
     CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_KEY, K("k")), 2);
     lp_cache_zone_stats(z, &st);
     CHECK_EQ_INT((int)st.entries, 0);
@@ -262,6 +286,13 @@ static void purge_prefix(void)
     lp_cache_entry_unref(e);
     CHECK_EQ_INT((int)lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0), 1);
     lp_cache_zone_release(z);
+}
+
+static int notified;
+static void count_notify(lp_cache_waiter_t *w)
+{
+    (void)w;
+    notified++;
 }
 
 static void locks(void)
@@ -290,6 +321,26 @@ static void locks(void)
     CHECK(lp_cache_locked(z, K("j")));
     lp_cache_fill_abandon(newer);
     CHECK(!lp_cache_locked(z, K("j")));
+    /* One past its timeout that made progress within it (a slow body still coming) is not:
+     * the bound counts from the last progress. Its waiter's bound is renewed the same way. */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    lp_cache_fill_t *slow = lp_cache_lock(z, K("s"), 5, NOW, &busy);
+    REQUIRE(slow);
+    lp__cache_fill_progress(slow, ms);
+    CHECK(!lp_cache_lock(z, K("s"), 5, NOW + 6, &busy));
+    CHECK_EQ_INT(busy, 1);
+    lp_cache_waiter_t w = {.notify = count_notify};
+    notified = 0;
+    CHECK_EQ_INT(lp_cache_wait(z, K("s"), &w), 1);
+    CHECK_EQ_INT((int)lp_cache_wait_quiet(z, &w, ms + 1000, 5000), 4000); /* 4 s to go */
+    CHECK(w.holder == slow);
+    CHECK_EQ_INT((int)lp_cache_wait_quiet(z, &w, ms + 5000, 5000), 0); /* quiet: out */
+    CHECK(!w.holder);
+    CHECK_EQ_INT((int)lp_cache_wait_quiet(z, &w, ms + 5000, 5000), -1);
+    lp_cache_fill_abandon(slow);
+    CHECK_EQ_INT(notified, 0); /* taken out: no notify */
     /* A fill that dies (too large) lets its waiters go at once. */
     lp_cache_zone_resize(z, 4 << 20, 10);
     lp_cache_fill_t *d = lp_cache_lock(z, K("d"), 5, NOW, &busy);
@@ -324,13 +375,6 @@ static void readback_locks(void)
     lp_cache_fill_abandon(rb);
     CHECK(!lp_cache_locked(z, K("k")));
     lp_cache_zone_release(z);
-}
-
-static int notified;
-static void count_notify(lp_cache_waiter_t *w)
-{
-    (void)w;
-    notified++;
 }
 
 static void waiters(void)
