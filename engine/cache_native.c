@@ -202,16 +202,37 @@ static double time_at(const char *p)
     return t;
 }
 
-#define PLAIN_HEAD_ROOM 4096
+#define PLAIN_HEAD_ROOM   4096
+#define PLAIN_HEAD_FIELDS 256
+
+/* The name a hit serves for every stored line of names[first]'s name, as the plugin's decode
+ * keeps it (its `case` map): the last of their spellings with a capital; {NULL, 0} when none
+ * has one (the lower-case name is served). */
+static lp_str_t served_case(const lp_str_t *names, size_t count, size_t first)
+{
+    lp_str_t out = {NULL, 0};
+    for (size_t j = first; j < count; j++) {
+        if (names[j].len != names[first].len ||
+            !lp_str_ieq(names[j], names[first].base, names[first].len))
+            continue;
+        for (size_t i = 0; i < names[j].len; i++)
+            if (names[j].base[i] >= 'A' && names[j].base[i] <= 'Z') {
+                out = names[j];
+                break;
+            }
+    }
+    return out;
+}
 
 /* The memo of a head the engine rendered (lp_cache_entry_t.plain_head), published on e: what
  * the plugin's first plain hit on it would teach (lp_ffi_cache_native_hit), read from the
  * head, so that entry's first hit is the engine's too. Its status and TTL lines, its two
  * times and the Date it parsed give the age at the response time as policy.current_age
- * does; its fields as stored, less NOT_SERVED, are the served lines. NULL (the plugin
- * serves it) when the head is not one, is larger than PLAIN_HEAD_ROOM, or holds anything
- * the engine does not write. */
-static const lp_cache_served_t *learn_plain(lp_cache_native_t *n, lp_cache_entry_t *e)
+ * does; its fields as stored, less NOT_SERVED, are the served lines, grouped and cased as
+ * the plugin's served_list has them. NULL (the plugin serves it, and this head is not read
+ * again) when the head is not one, holds anything the engine does not write, is larger than
+ * PLAIN_HEAD_ROOM, or the entry is no longer fresh at `now`. */
+static const lp_cache_served_t *learn_plain(lp_cache_native_t *n, lp_cache_entry_t *e, double now)
 {
     char head[PLAIN_HEAD_ROOM];
     uint64_t serial;
@@ -219,16 +240,13 @@ static const lp_cache_served_t *learn_plain(lp_cache_native_t *n, lp_cache_entry
     if (!hlen)
         return NULL;
     lp_cache_served_t *m = NULL;
+    lp_str_t names[PLAIN_HEAD_FIELDS], values[PLAIN_HEAD_FIELDS];
+    size_t count = 0;
     if (hlen > sizeof head || hlen < LP_CACHE_HEAD_PREFIX ||
         memcmp(head, LP_CACHE_HEAD_MAGIC, 2) != 0 || head[LP_CACHE_HEAD_PREFIX - 1] != '\n')
         goto refuse;
     double t_req = time_at(head + 2), t_resp = time_at(head + 10);
     double status = -1, ttl = -1, date = -1, age_value = 0;
-    /* A stored field "h NAME\tVALUE\n" is served as "NAME: VALUE\r\n": one byte more. */
-    m = malloc(sizeof(*m) + hlen * 2);
-    if (!m)
-        return NULL;
-    char *w = m->wire;
     const char *p = head + LP_CACHE_HEAD_PREFIX, *end = head + hlen;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -237,16 +255,10 @@ static const lp_cache_served_t *learn_plain(lp_cache_native_t *n, lp_cache_entry
             goto refuse;
         lp_str_t name = {p + 2, (size_t)(tab - p - 2)}, v = {tab + 1, (size_t)(nl - tab - 1)};
         if (p[0] == 'h') {
-            if (!not_served(name)) {
-                memcpy(w, name.base, name.len);
-                w += name.len;
-                *w++ = ':';
-                *w++ = ' ';
-                memcpy(w, v.base, v.len);
-                w += v.len;
-                *w++ = '\r';
-                *w++ = '\n';
-            }
+            if (count == PLAIN_HEAD_FIELDS)
+                goto refuse;
+            names[count] = name;
+            values[count++] = v;
         } else if (p[0] == 'n') {
             if (LP_STR_IEQ(name, "status"))
                 status = uint_of(v);
@@ -264,14 +276,50 @@ static const lp_cache_served_t *learn_plain(lp_cache_native_t *n, lp_cache_entry
         }
         p = nl + 1;
     }
-    size_t wlen = (size_t)(w - m->wire);
-    if (status < 200 || status > 999 || ttl < 0 || !(t_resp > 0) || !(t_req <= t_resp) ||
-        lp__wire_valid(m->wire, wlen))
+    if (status < 200 || status > 999 || ttl < 0 || !(t_resp > 0) || !(t_req <= t_resp))
         goto refuse;
     double apparent = date >= 0 && t_resp > date ? t_resp - date : 0;
     double corrected = age_value + (t_resp - t_req);
-    *m = (lp_cache_served_t){
-        NULL, serial, (int)status, apparent > corrected ? apparent : corrected, t_resp, ttl, wlen};
+    double age0 = apparent > corrected ? apparent : corrected;
+    if (!(ttl - (age0 + (now > t_resp ? now - t_resp : 0)) > 0))
+        goto refuse; /* stale already: the plugin's to revalidate (and a new head to come) */
+    /* "h NAME\tVALUE\n" and "NAME: VALUE\r\n" have the same length: the head bounds them. */
+    m = malloc(sizeof(*m) + hlen);
+    if (!m)
+        return NULL;
+    char *w = m->wire;
+    uint8_t done[PLAIN_HEAD_FIELDS] = {0};
+    for (size_t i = 0; i < count; i++) {
+        if (done[i] || not_served(names[i]))
+            continue;
+        lp_str_t out = served_case(names, count, i);
+        for (size_t j = i; j < count; j++) {
+            if (done[j] || names[j].len != names[i].len ||
+                !lp_str_ieq(names[j], names[i].base, names[i].len))
+                continue;
+            done[j] = 1;
+            for (size_t k = 0; k < names[i].len; k++) /* the lower-case name, or `out` */
+                w[k] =
+                    out.base
+                        ? out.base[k]
+                        : (char)(names[i].base[k] |
+                                 (names[i].base[k] >= 'A' && names[i].base[k] <= 'Z' ? 0x20 : 0));
+            w += names[i].len;
+            *w++ = ':';
+            *w++ = ' ';
+            memcpy(w, values[j].base, values[j].len);
+            w += values[j].len;
+            *w++ = '\r';
+            *w++ = '\n';
+        }
+    }
+    size_t wlen = (size_t)(w - m->wire);
+    if (lp__wire_valid(m->wire, wlen))
+        goto refuse;
+    lp_cache_served_t *fit = realloc(m, sizeof(*m) + (wlen ? wlen : 1));
+    if (fit)
+        m = fit;
+    *m = (lp_cache_served_t){NULL, serial, (int)status, age0, t_resp, ttl, wlen};
     lp_cache_entry_served_set(n->zone, e, m);
     return lp_cache_entry_served(e);
 refuse:
@@ -288,7 +336,7 @@ static int native_hit(lp_req_t *r, lp_cache_native_t *n, lp_cache_entry_t *e, do
     const lp_cache_served_t *h = lp_cache_entry_served(e);
     uint64_t serial = lp_cache_entry_serial(e);
     if ((!h || h->serial != serial) && __atomic_load_n(&e->plain_head, __ATOMIC_RELAXED))
-        h = learn_plain(n, e); /* the first hit on a head the engine stored */
+        h = learn_plain(n, e, now); /* the first hit on a head the engine stored */
     if (!h || h->serial != serial || !lp_cache_entry_resident(e))
         return 1;
     double age = h->age0 + (now > h->response_time ? now - h->response_time : 0);

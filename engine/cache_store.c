@@ -97,15 +97,57 @@ const lp_cache_served_t *lp_cache_entry_served(const lp_cache_entry_t *e)
     return atomic_load_explicit(&e->served, memory_order_acquire);
 }
 
+static inline void evict(lp_cache_zone_t *z, lp_cache_entry_t **dead);
+static void drop_dead(lp_cache_entry_t *dead);
+
+/* Under the zone lock: the memo bytes of e's list from `from` on, taken back from the zone. */
+static void served_uncharge(lp_cache_zone_t *z, lp_cache_entry_t *e, const lp_cache_served_t *from)
+{
+    size_t bytes = 0;
+    for (const lp_cache_served_t *o = from; o; o = o->older)
+        bytes += sizeof(*o) + o->wire_len;
+    e->cost -= bytes;
+    if (e->linked && e->resident)
+        z->used -= bytes;
+    else if (e->linked)
+        z->sbytes -= bytes;
+}
+
+/* Under the zone lock, by a caller holding one reference to e: whether nobody else holds
+ * one. Then no other thread reads e's memos (a reader holds a reference, and takes a new one
+ * only under this lock), and they may be freed. */
+static int served_alone(const lp_cache_entry_t *e)
+{
+    return atomic_load_explicit(&e->refs, memory_order_acquire) <= (e->linked ? 2u : 1u);
+}
+
+/* Under the zone lock: frees e's memos from `from` on (served_alone), their bytes taken back. */
+static void served_free(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_served_t *from)
+{
+    served_uncharge(z, e, from);
+    while (from) {
+        lp_cache_served_t *older = from->older;
+        free(from);
+        from = older;
+    }
+}
+
 int lp_cache_entry_served_set(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_served_t *s)
 {
     /* Under the zone lock, once per head: the memo's bytes are charged to the zone with the
-     * entry's (unlinking it takes them back). Readers take the list without the lock: it is
-     * published with a release store, and older memos stay until the entry goes, as a reader
-     * on another thread may still be reading one (a memo is never freed under it). */
+     * entry's (unlinking it takes them back, and they may evict). Readers take the list
+     * without the lock: it is published with a release store, and an older memo is freed only
+     * when nobody else holds the entry (served_alone), as a reader on another thread may still
+     * be reading one; else it stays until the entry goes, up to LP_CACHE_SERVED_MAX. */
     size_t bytes = sizeof(*s) + s->wire_len;
+    lp_cache_entry_t *dead = NULL;
     lp_mutex_lock(&z->lock);
     lp_cache_served_t *cur = atomic_load_explicit(&e->served, memory_order_relaxed);
+    if (cur && cur->serial != s->serial && served_alone(e)) {
+        atomic_store_explicit(&e->served, NULL, memory_order_relaxed);
+        served_free(z, e, cur);
+        cur = NULL;
+    }
     int n = 0;
     for (const lp_cache_served_t *o = cur; o; o = o->older, n++)
         if (o->serial == s->serial || n >= LP_CACHE_SERVED_MAX - 1) {
@@ -120,7 +162,9 @@ int lp_cache_entry_served_set(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_
         z->used += bytes;
     else if (e->linked)
         z->sbytes += bytes;
+    evict(z, &dead);
     lp_mutex_unlock(&z->lock);
+    drop_dead(dead);
     return 0;
 }
 
@@ -911,6 +955,13 @@ int lp_cache_entry_set_head(lp_cache_zone_t *z, lp_cache_entry_t *e, const char 
     e->hlen = hlen;
     /* the plugin's head now (a revalidation's), not the engine's; read without the lock */
     __atomic_store_n(&e->plain_head, 0, __ATOMIC_RELAXED);
+    /* The memos are of older heads now: gone at once when nobody else holds the entry (the
+     * caller holds one reference), else when the next memo finds it so, or with the entry. */
+    lp_cache_served_t *memos = atomic_load_explicit(&e->served, memory_order_relaxed);
+    if (memos && served_alone(e)) {
+        atomic_store_explicit(&e->served, NULL, memory_order_relaxed);
+        served_free(z, e, memos);
+    }
     if (e->linked) {
         unsigned was = lp__cache_entry_fields(e);
         lp__cache_entry_set_fields(e, nfields);

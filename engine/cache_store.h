@@ -159,9 +159,10 @@ typedef struct lp_cache_served_s {
 } lp_cache_served_t;
 /* The newest memo published on e, or NULL; the caller compares its serial with e's. */
 const lp_cache_served_t *lp_cache_entry_served(const lp_cache_entry_t *e);
-/* Publishes s (malloc'd; taken either way) on e, an entry of z, any thread, its bytes
- * charged to z with e's: 0, or -1 when e has one for s's head already or holds
- * LP_CACHE_SERVED_MAX (a head replaced that often is left to the plugin), and s is freed. */
+/* Publishes s (malloc'd; taken either way) on e, an entry of z, by a thread holding one
+ * reference to e, its bytes charged to z with e's (older memos freed when nobody else holds
+ * e): 0, or -1 when e has one for s's head already or holds LP_CACHE_SERVED_MAX memos others
+ * may still read (that head is left to the plugin), and s is freed. */
 int lp_cache_entry_served_set(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_served_t *s);
 #define LP_CACHE_SERVED_MAX 4
 

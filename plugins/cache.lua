@@ -828,15 +828,16 @@ local function only_if_cached(req, st)
   return true
 end
 
--- Waits while another request's fill holds key's lock: until it ends, or makes no progress
--- for `timeout` seconds (the engine's bound, lp_ffi_cache_wait).
+-- Waits while another request's fill holds key's lock: until it ends (true), or makes no
+-- progress for `timeout` seconds (the engine's bound, lp_ffi_cache_wait: false).
 local function wait_fill(z, key, timeout)
   local deadline = proxy.monotonic() + timeout
   while z:locked(key) do
     local left = deadline - proxy.monotonic()
-    if left <= 0 then break end
+    if left <= 0 then return false end
     z:wait(key, left) -- woken by the filling worker, whichever it is
   end
+  return true
 end
 
 local function look(req, conf, st, z, key, rh, rd, waited)
@@ -1127,12 +1128,13 @@ function P.request(req, conf)
   end
   if conf.lock and not locked then
     -- Another request fills the key: wait for its entry (bounded), then look again.
-    wait_fill(z, key, conf.lock_timeout)
+    local ended = wait_fill(z, key, conf.lock_timeout)
     if look(req, conf, st, z, key, rh, rd, true) then return end
     -- That fill was another variant's (Vary), or stored nothing: this request takes the
     -- lock to fill its own, and those still waiting wait for it in turn (once: a second
-    -- miss goes upstream; a fill that ends without an entry lets everyone go).
-    if not z:lock(req, key, conf.lock_timeout) then
+    -- miss goes upstream; a fill that ends without an entry lets everyone go). A fill that
+    -- made no progress for lock_timeout: this one goes upstream now, not after a second.
+    if ended and not z:lock(req, key, conf.lock_timeout) then
       wait_fill(z, key, conf.lock_timeout)
       if look(req, conf, st, z, key, rh, rd, true) then return end
     end

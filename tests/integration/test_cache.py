@@ -340,8 +340,9 @@ class CacheTest(H.ProxyTestCase):
         # first hit on: its head is the engine's rendering, so the engine reads how to serve
         # it from the head (cache_native.c learn_plain) instead of running the plugin's Lua
         # for that first hit. The answer is the plugin's, field for field.
-        fields = [("Cache-Control", "max-age=300"), ("X-Kind", "first"), ("x-kind", "second"),
-                  ("ETag", '"v1"'), ("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT")]
+        fields = [("Cache-Control", "max-age=300"), ("X-Kind", "first"), ("X-Mid", "m"),
+                  ("x-kind", "second"), ("ETag", '"v1"'),
+                  ("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT"), ("X-KIND", "third")]
         for i in range(12):  # both workers learn the decision (the plugin stores these)
             q = "/dttl/own-learn%d" % i
             self.origin.script(q, lambda req, n: H.simple_response(200, b"l", fields))
@@ -367,11 +368,11 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(self.native_delta(nat)["hits"], 0)
         engine = self.get(keys[0])
 
-        def fields_of(r):
-            return sorted((k.lower(), v) for k, v in r.headers if k.lower() not in ("date", "age"))
+        def fields_of(r):  # in order, as sent (a field's lines grouped where it first came)
+            return [(k, v) for k, v in r.headers if k.lower() not in ("date", "age")]
         self.assertEqual(fields_of(engine), fields_of(plugin))
-        self.assertEqual([v for k, v in engine.headers if k.lower() == "x-kind"],
-                         ["first", "second"])
+        self.assertEqual([(k, v) for k, v in engine.headers if k.lower() == "x-kind"],
+                         [("X-KIND", "first"), ("X-KIND", "second"), ("X-KIND", "third")])
         # A no-cache decision's entry is never a plain hit: revalidated, not learned.
         self.origin.script("/dttl/own-nc", lambda req, n: H.simple_response(
             200, b"nc%d" % n, [("Cache-Control", "no-cache"), ("ETag", '"n"')]))
@@ -379,6 +380,27 @@ class CacheTest(H.ProxyTestCase):
         nat = self.native()
         self.assertEqual(self.get("/dttl/own-nc").body, b"nc2")  # no-cache: revalidated
         self.assertEqual(self.native_delta(nat)["hits"], 0)
+
+    def test_engine_hits_after_revalidations(self):
+        # Each revalidation gives the entry a new head, and its first plain hit teaches the
+        # engine again; the memos of older heads are freed when nobody else holds the entry,
+        # so an entry revalidated again and again keeps its hits in the engine (they stopped
+        # after the fourth revalidation: the memos of older heads were kept, at most four).
+        def answer(req, n):
+            if req.header("if-none-match") == '"r"':
+                return H.simple_response(304, b"", [("Cache-Control", "max-age=1"), ("ETag", '"r"')])
+            return H.simple_response(200, b"r%d" % n, [("Cache-Control", "max-age=1"), ("ETag", '"r"')])
+        self.origin.script("/dttl/reval", answer)
+        self.assertEqual(self.get("/dttl/reval").body, b"r1")
+        for rnd in range(6):
+            time.sleep(1.1)  # stale: the next request revalidates (a 304)
+            self.assertEqual(self.get("/dttl/reval").body, b"r1")
+            nat = self.native()
+            for _ in range(5):
+                r = self.get("/dttl/reval")
+                self.assertEqual(r.body, b"r1")
+                self.assertIn("hit", r.header("cache-status"))
+            self.assertGreaterEqual(self.native_delta(nat)["hits"], 4, "round %d" % rnd)
 
     def test_engine_miss_of_the_fullest_response(self):
         # The fullest response an upstream may send (max_headers, 100, with its

@@ -991,18 +991,21 @@ static void served_memo(void)
     REQUIRE(e);
     CHECK(lp_cache_entry_served(e) == NULL);
     uint64_t serial = lp_cache_entry_serial(e);
+    const uint64_t memo = sizeof(lp_cache_served_t) + 2;
     lp_cache_stats_t st0, st1;
     lp_cache_zone_stats(z, &st0);
     CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial)), 0);
     lp_cache_zone_stats(z, &st1); /* charged to the zone with the entry */
-    CHECK(st1.bytes == st0.bytes + sizeof(lp_cache_served_t) + 2);
+    CHECK(st1.bytes == st0.bytes + memo);
     const lp_cache_served_t *first = lp_cache_entry_served(e);
     CHECK(first && first->serial == serial);
     /* the same head again: refused, the first stays */
     CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial)), -1);
     CHECK(lp_cache_entry_served(e) == first);
-    /* new heads: kept newest first, the older ones still there (a reader may hold them); a
-     * new head is the plugin's (a revalidation's), never read as the engine's own */
+    /* Another holder (a reader on another worker may be reading a memo): a new head keeps
+     * the old memos, newest first, up to LP_CACHE_SERVED_MAX; a new head is the plugin's (a
+     * revalidation's), never read as the engine's own. */
+    lp_cache_entry_t *other = lp_cache_entry_ref(e);
     char hb[16];
     uint64_t hs = 0;
     e->plain_head = 1;
@@ -1010,14 +1013,27 @@ static void served_memo(void)
     CHECK(hs == serial && memcmp(hb, "head", 4) == 0);
     CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("second"), 0, NOW + 60), 0);
     CHECK_EQ_INT((int)lp_cache_entry_plain_head(z, e, hb, sizeof hb, &hs), 0);
+    CHECK(lp_cache_entry_served(e) == first); /* kept: `other` may read it */
     CHECK(lp_cache_entry_serial(e) != serial);
     CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(lp_cache_entry_serial(e))), 0);
     CHECK(lp_cache_entry_served(e)->older == first);
     CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial + 1000)), 0);
     CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial + 1001)), 0);
-    /* LP_CACHE_SERVED_MAX (4) held: a fifth is refused */
-    CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial + 1002)), -1);
+    CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial + 1002)), -1); /* full */
     CHECK(lp_cache_entry_served(e)->serial == serial + 1001);
+    lp_cache_zone_stats(z, &st1);
+    CHECK(st1.bytes == st0.bytes + 4 * memo + (sizeof "second" - 1));
+    /* Alone again (only this caller holds it): a new memo frees the older ones at once. */
+    lp_cache_entry_unref(other);
+    CHECK_EQ_INT(lp_cache_entry_served_set(z, e, served(serial + 1003)), 0);
+    CHECK(lp_cache_entry_served(e)->older == NULL);
+    lp_cache_zone_stats(z, &st1);
+    CHECK(st1.bytes == st0.bytes + memo + (sizeof "second" - 1));
+    /* and a new head frees them all */
+    CHECK_EQ_INT(lp_cache_entry_set_head(z, e, K("third"), 0, NOW + 60), 0);
+    CHECK(lp_cache_entry_served(e) == NULL);
+    lp_cache_zone_stats(z, &st1);
+    CHECK(st1.bytes == st0.bytes + (sizeof "third" - 1));
     lp_cache_entry_unref(e);
     CHECK_EQ_INT(lp_cache_purge(z, LP_CACHE_PURGE_ALL, NULL, 0) >= 1, 1);
     lp_cache_zone_stats(z, &st1); /* taken back with it */
