@@ -8,8 +8,8 @@
 #include "config.h"
 
 /* GET /status "cache": { NAME: { entries, bytes, capacity, max_object_size, hit, miss,
- * expired, stale, revalidated, bypass, stored, abandoned, evicted, variants_dropped, native, disk }, ... } for the zones cfg
- * declares. */
+ * expired, stale, revalidated, bypass, stored, abandoned, evicted, variants_dropped, native, disk
+ * }, ... } for the zones cfg declares. */
 json_t *lp_cache_admin_status(const lp_config_t *cfg);
 /* DELETE /cache/NAME with ?key=K (every variant of that key), ?prefix=P, or nothing (all).
  * Fills *status with the HTTP status and returns the answer's JSON. */

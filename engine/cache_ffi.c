@@ -9,6 +9,7 @@
 
 #include "cache_disk_hit.h"
 #include "cache_fields.h"
+#include "cache_key.h"
 #include "cache_req.h"
 #include "cache_room.h"
 #include "cache_store.h"
@@ -75,8 +76,6 @@ void lp_cache_req_head(lp_req_t *req)
         rc->fill = NULL;
     }
 }
-
-static inline char *put_short(char *p, const char *s, size_t n);
 
 void lp_cache_req_tee(lp_req_t *req, const char *at, size_t len)
 {
@@ -737,44 +736,6 @@ int lp_ffi_cache_fields(void *rp, int resp)
     return fields_mask(rp, resp);
 }
 
-/* n bytes of a field's name or value at p: most are short, and a call to memcpy costs more
- * than their copy (overlapping words from both ends, or bytes). The end. */
-static inline char *put_short(char *p, const char *s, size_t n)
-{
-    if (n > 32) {
-        memcpy(p, s, n);
-    } else if (n > 16) {
-        uint64_t a, b, c, d;
-        memcpy(&a, s, 8);
-        memcpy(&b, s + 8, 8);
-        memcpy(&c, s + n - 16, 8);
-        memcpy(&d, s + n - 8, 8);
-        memcpy(p, &a, 8);
-        memcpy(p + 8, &b, 8);
-        memcpy(p + n - 16, &c, 8);
-        memcpy(p + n - 8, &d, 8);
-    } else if (n >= 8) {
-        uint64_t a, b;
-        memcpy(&a, s, 8);
-        memcpy(&b, s + n - 8, 8);
-        memcpy(p, &a, 8);
-        memcpy(p + n - 8, &b, 8);
-    } else if (n >= 4) {
-        uint32_t a, b;
-        memcpy(&a, s, 4);
-        memcpy(&b, s + n - 4, 4);
-        memcpy(p, &a, 4);
-        memcpy(p + n - 4, &b, 4);
-    } else if (n) {
-        /* 1 to 3 bytes: the first, middle and last (the same byte twice when fewer) */
-        char a = s[0], b = s[n / 2], c = s[n - 1];
-        p[0] = a;
-        p[n / 2] = b;
-        p[n - 1] = c;
-    }
-    return p + n;
-}
-
 int lp_ffi_cache_store_fields(void *rp, void *zone, const char *key, size_t klen, const char *sec,
                               size_t slen, const char *meta, size_t mlen, double keep)
 {
@@ -865,11 +826,6 @@ size_t lp__cache_miss_status_line(char *line, int status, int stored, double ttl
     return (size_t)(p - line);
 }
 
-int lp__cache_body_sized(const lp_req_t *r)
-{
-    return r->try.peer && !(r->try.peer->h1.flags & (LP_H1F_CHUNKED | LP_H1F_EOF_BODY));
-}
-
 int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
 {
     char line[LP_CACHE_MISS_LINE];
@@ -879,79 +835,12 @@ int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl)
     return lp__resp_add_line(r, line, n, LP_CACHE_STATUS_NAME_LEN);
 }
 
-/* The key's authority: Host as sent (or the absolute-form target's), with its port, which
- * is part of the target URI (RFC 9111 2, RFC 9110 4.2.3): hosts on two ports are two
- * origins, and a key without the port let `Host: a:9999`'s answer be served to `Host: a`.
- * The scheme's default port and an empty one are dropped, as policy.lua's norm_authority
- * does for invalidation. */
-static lp_str_t key_authority(const lp_req_t *r, int tls)
-{
-    lp_str_t h = r->h1.host.base ? r->h1.host : LP_STR("");
-    /* Only an empty port or the default one is dropped: the host's end is compared with ":",
-     * ":80" or ":443" (no scan of a port's digits, which a key of any other port keeps). */
-    size_t n = h.len, plen = 0;
-    const char *e = h.base + n;
-    if (n >= 1 && e[-1] == ':')
-        plen = 0;
-    else if (!tls && n >= 3 && e[-3] == ':' && e[-2] == '8' && e[-1] == '0')
-        plen = 2;
-    else if (tls && n >= 4 && e[-4] == ':' && e[-3] == '4' && e[-2] == '4' && e[-1] == '3')
-        plen = 3;
-    else
-        return h;
-    n -= plen;                          /* h.base[n - 1] is the ':' */
-    if (n == 1 || h.base[n - 2] != ':') /* not inside [v6] */
-        h.len = n - 1;
-    return h;
-}
-
-/* w with its ASCII capitals lowered. Per byte b <= 0x7f: b is in 'A'..'Z' when b + (0x80 -
- * 'A') reaches 0x80 and b + (0x80 - 'Z' - 1) does not (no carry leaves a byte); bytes >= 0x80
- * are masked out. A capital's 0x80 mark, shifted to 0x20, is the bit that lowers it. */
-static inline uint64_t word_lower(uint64_t w)
-{
-    const uint64_t lo7 = 0x7f7f7f7f7f7f7f7full, hi = 0x8080808080808080ull;
-    uint64_t t = w & lo7;
-    return w | (((t + 0x3f3f3f3f3f3f3f3full) & ~(t + 0x2525252525252525ull) & ~w & hi) >> 2);
-}
-
-/* n bytes of s copied lowered to p (req:host()'s lower()), eight at a time: the last bytes of
- * a host of 8 or more are the word ending with it (overlapping the one before, written again
- * with the same bytes): no byte loop. The end. */
-static char *put_lower(char *p, const char *s, size_t n)
-{
-    if (n < 8) {
-        for (size_t i = 0; i < n; i++)
-            p[i] = (char)(s[i] >= 'A' && s[i] <= 'Z' ? s[i] + 32 : s[i]);
-        return p + n;
-    }
-    uint64_t w;
-    for (size_t i = 0; i + 8 <= n; i += 8) {
-        memcpy(&w, s + i, 8);
-        w = word_lower(w);
-        memcpy(p + i, &w, 8);
-    }
-    memcpy(&w, s + n - 8, 8);
-    w = word_lower(w);
-    memcpy(p + n - 8, &w, 8);
-    return p + n;
-}
-
 int lp_ffi_cache_key(void *r, lp_str_t *out)
 {
-    /* The request's scheme and target as lp_ffi_req_get gives them (LP_FFI_SCHEME, _URI),
-     * read here without its dispatch. */
-    const lp_req_t *req = r;
-    int tls = lp_req_over_tls(req);
-    lp_str_t start = tls ? LP_STR("GET https://") : LP_STR("GET http://");
-    lp_str_t host = key_authority(r, tls);
-    lp_str_t uri = req->h1.path;
-    size_t need = start.len + host.len + uri.len;
+    size_t need = lp__cache_key_len(r);
     if (scratch_reserve(need))
         return LP_FFI_ENOSPACE;
-    char *p = put_short(scratch, start.base, start.len);
-    p = put_lower(p, host.base, host.len);
-    put_short(p, uri.base, uri.len);
+    lp__cache_key_put(r, scratch);
     *out = (lp_str_t){scratch, need};
     return 0;
 }

@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "cache_fields.h"
+#include "cache_key.h"
 #include "cache_native.h"
 #include "cache_req.h"
 #include "cache_room.h"
@@ -379,8 +380,12 @@ int lp_cache_native_request(lp_req_t *r)
     if (!n || r->method != HTTP_GET || (r->flags & LP_RF_HEAD) || rc->fill || rc->hit ||
         fields_mask(r, 0) != 0)
         return 1;
-    lp_str_t key;
-    if (lp_ffi_cache_key(r, &key))
+    /* The key on the stack (inline: no call), or the thread's scratch when it is long. */
+    char kbuf[512];
+    lp_str_t key = {kbuf, lp__cache_key_len(r)};
+    if (key.len <= sizeof kbuf)
+        lp__cache_key_put(r, kbuf);
+    else if (lp_ffi_cache_key(r, &key))
         return 1;
     /* The loop's time (read once per turn, as nginx's cached time): no clock read here. */
     double now = lp_worker_wall(r->w, uv_now(&r->w->loop) * 1000000u);
@@ -508,7 +513,8 @@ static void render(learned_t *d)
  * The decision is applied: running the plugin now would apply it a second time (a second
  * fill, a second Cache-Status). Without room for the line (a full head arena), the response
  * goes without it: the answer and the entry are the plugin's, only that line is missing. */
-static int miss_status(lp_req_t *r, learned_t *d, int stored, double ttl)
+static inline __attribute__((always_inline)) int miss_status(lp_req_t *r, learned_t *d, int stored,
+                                                             double ttl)
 {
     double f = stored ? floor_of(ttl) : 0;
     if (!d->status_len || d->status_stored != stored || !(d->status_floor == f)) {

@@ -76,7 +76,10 @@ int lp__cache_store_fields(lp_req_t *r, struct lp_cache_zone_s *zone, const char
  * fill started for it was checked against max_object_size then, and is stored unless the
  * body is cut short. A chunked or close-delimited body may go over it after the head went
  * out, and its fill is dropped then: its Cache-Status, sent before, does not say `stored`. */
-int lp__cache_body_sized(const lp_req_t *r);
+static inline int lp__cache_body_sized(const lp_req_t *r)
+{
+    return r->try.peer && !(r->try.peer->h1.flags & (LP_H1F_CHUNKED | LP_H1F_EOF_BODY));
+}
 /* The common miss's Cache-Status: `stored` (and its ttl) only for a fill of a sized body. */
 int lp__cache_miss_status(lp_req_t *r, int status, int stored, double ttl);
 /* Its line ("Cache-Status: ...\r\n") into line (LP_CACHE_MISS_LINE bytes): its length, or 0

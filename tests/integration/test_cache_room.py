@@ -120,6 +120,30 @@ class CacheRoomTest(H.ProxyTestCase):
 
     # ------------------------------------------------------------------ a full miss
 
+    def begun_before_wide_misses(self, a, p):
+        """A request for p begun under a's config, whose head ends after a reload to
+        max_headers = 100 stored p's 100-field entry: its header slots were sized before, so
+        it cannot carry that hit and goes upstream (p's origin answers small-2 then)."""
+        c = H.Client(a.port, timeout=H.T(20))
+        try:
+            c.send(b"GET " + p.encode())
+            # Its worker read those bytes (none wait in the proxy's receive queue): the read
+            # callback that took them made the request, under a's max_headers, before that
+            # worker could switch to the generation the reload below builds.
+            client_port = c.sock.getsockname()[1]
+            H.wait_for(lambda: self.proxy_has_read(a.port, client_port), H.T(10),
+                       what="the proxy reading the request's first bytes")
+            self.reload_with(a, max_headers=100)
+            self.assertEqual(self.get(a, p).body, b"wide-1")  # stored: 100 fields
+            c.send(b" HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            r = c.read_response()
+        finally:
+            c.close()
+        self.assertEqual((r.status, r.body), (200, b"small-2"), a.stderr()[-3000:])
+        # RFC 9211 §2.2: fwd=miss, the cache had none it could use (uri-miss: none stored)
+        self.assertRegex(r.header("cache-status"), r"^luaproxy; fwd=miss; fwd-status=200")
+        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+
     def test_miss_filling_every_header_slot_is_proxied(self):
         # The upstream's fullest response (limits.max_headers = 100 fields: 99 and its
         # Content-Length, which the proxy keeps out of the list) and 17 fields set by a plugin
@@ -306,25 +330,7 @@ class CacheRoomTest(H.ProxyTestCase):
         wide = padded(98, b"wide")
         self.origin.script(p, lambda req, n: wide(req, n) if n == 1 else H.cacheable(b"small-%d" % n))
         a = self.start(limits={"max_headers": 40})
-        c = H.Client(a.port, timeout=H.T(20))
-        try:
-            c.send(b"GET " + p.encode())
-            # Its worker read those bytes (none wait in the proxy's receive queue): the read
-            # callback that took them made the request, under max_headers = 40, before that
-            # worker could switch to the generation the reload below builds.
-            client_port = c.sock.getsockname()[1]
-            H.wait_for(lambda: self.proxy_has_read(a.port, client_port), H.T(10),
-                       what="the proxy reading the request's first bytes")
-            self.reload_with(a, max_headers=100)
-            self.assertEqual(self.get(a, p).body, b"wide-1")  # stored: 100 fields
-            c.send(b" HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-            r = c.read_response()
-        finally:
-            c.close()
-        self.assertEqual((r.status, r.body), (200, b"small-2"), a.stderr()[-3000:])
-        # RFC 9211 §2.2: fwd=miss, the cache had none it could use (uri-miss: none stored)
-        self.assertRegex(r.header("cache-status"), r"^luaproxy; fwd=miss; fwd-status=200")
-        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+        self.begun_before_wide_misses(a, p)
 
     def test_room_made_for_wide_entries_goes_with_them(self):
         # 100 fields stored under max_headers = 100, then a reload to 40: requests make room
@@ -343,21 +349,7 @@ class CacheRoomTest(H.ProxyTestCase):
         self.assert_whole_hit(self.get(a, p), 98, b"wide-1", "after the reload")
         st, j = self.admin(a, "DELETE", "/cache/" + ZONE)
         self.assertEqual((st, j.get("purged")), (200, 1), j)
-        c = H.Client(a.port, timeout=H.T(20))
-        try:
-            c.send(b"GET " + q.encode())
-            client_port = c.sock.getsockname()[1]
-            H.wait_for(lambda: self.proxy_has_read(a.port, client_port), H.T(10),
-                       what="the proxy reading the request's first bytes")
-            self.reload_with(a, max_headers=100)
-            self.assertEqual(self.get(a, q).body, b"wide-1")  # stored: 100 fields
-            c.send(b" HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-            r = c.read_response()
-        finally:
-            c.close()
-        self.assertEqual((r.status, r.body), (200, b"small-2"), a.stderr()[-3000:])
-        self.assertRegex(r.header("cache-status"), r"^luaproxy; fwd=miss; fwd-status=200")
-        self.assertEqual(a.log_count("[error]"), 0, a.stderr()[-3000:])
+        self.begun_before_wide_misses(a, q)
 
     def test_revalidation_of_an_entry_stored_before_a_reload_lowering_max_headers(self):
         # A stale entry of 98 fields (ETag, max-age=0) stored under max_headers = 100; a
