@@ -75,8 +75,9 @@ end
 
 function Zone:locked(key) return C.lp_ffi_cache_locked(self._z, key, #key) == 1 end
 
--- Waits until the fill holding key's lock ends (on any worker: it wakes this one) or
--- `seconds` passed; returns at once when nothing fills the key.
+-- Waits until the fill holding key's lock ends (on any worker: it wakes this one) or the
+-- fill made no progress (its head, body bytes) for `seconds`; returns at once when nothing
+-- fills the key.
 function Zone:wait(key, seconds)
   if C.lp_ffi_cache_wait(self._z, key, #key, seconds) == 1 then phases.wait() end
 end
