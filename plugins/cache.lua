@@ -273,7 +273,26 @@ local function head_times(head)
   return true, a == a and a or nil, b == b and b or nil
 end
 
-local function encode(meta, headers, case)
+-- The field names of headers in `order` (a head's, decode's: those still there), then the
+-- others sorted: never pairs' order, which differs between worker VMs and made a revalidated
+-- entry's hits list their fields in a new order after each 304 (new-user retrial).
+local function names_of(headers, order)
+  local names, seen, rest = {}, {}, {}
+  for _, name in ipairs(order or {}) do
+    if headers[name] ~= nil and not seen[name] then
+      names[#names + 1], seen[name] = name, true
+    end
+  end
+  for name in pairs(headers) do
+    if not seen[name] then rest[#rest + 1] = name end
+  end
+  table.sort(rest)
+  for _, name in ipairs(rest) do names[#names + 1] = name end
+  return names
+end
+
+-- order: the field names' order to keep (names_of); nil: sorted.
+local function encode(meta, headers, case, order)
   case = case or {}
   local out = { "L2" .. times_bytes(meta.request_time, meta.response_time) }
   for k, v in pairs(meta) do
@@ -286,8 +305,9 @@ local function encode(meta, headers, case)
       out[#out + 1] = "b " .. k .. "\t" .. (v and "1" or "0")
     end
   end
-  for name, v in pairs(headers) do
-    name = case[name] or name -- the upstream's case, replayed on hits
+  for _, lname in ipairs(names_of(headers, order)) do
+    local v = headers[lname]
+    local name = case[lname] or lname -- the upstream's case, replayed on hits
     if type(v) == "table" then
       for _, x in ipairs(v) do out[#out + 1] = "h " .. name .. "\t" .. x end
     else
@@ -828,17 +848,6 @@ local function only_if_cached(req, st)
   return true
 end
 
--- Waits while another request's fill holds key's lock: until it ends (true), or makes no
--- progress for `timeout` seconds (the engine's bound, lp_ffi_cache_wait: false).
-local function wait_fill(z, key, timeout)
-  local deadline = proxy.monotonic() + timeout
-  while z:locked(key) do
-    local left = deadline - proxy.monotonic()
-    if left <= 0 then return false end
-    z:wait(key, left) -- woken by the filling worker, whichever it is
-  end
-  return true
-end
 
 local function look(req, conf, st, z, key, rh, rd, waited)
   local meta, headers, blen, sec, case, base, disk, miss, vary = lookup(req, z, key, rh, conf)
@@ -897,6 +906,31 @@ local function look(req, conf, st, z, key, rh, rd, waited)
   st.sec = sec
   -- The first look's kind of miss: a request collapsed into another's fill was that miss too.
   st.miss = st.miss or miss or "uri-miss"
+  return false
+end
+
+-- Rounds of waiting a request makes for fills of its key that end without its entry (on a
+-- varying key, other variants' fills) before it goes upstream on its own.
+local WAIT_ROUNDS = 8
+
+-- A request whose key another request fills: waits for that fill and looks again each time a
+-- fill of the key ends (its entry may be the next one's), or takes the lock to fill its own
+-- entry when the key is free; bounded by lock_timeout without progress (the engine's wait,
+-- lp_ffi_cache_wait, counts from the fill's last progress) and by WAIT_ROUNDS fills. True
+-- when it answered from an entry.
+local function wait_fill(req, conf, st, z, key, rh, rd)
+  local deadline = proxy.monotonic() + conf.lock_timeout
+  for _ = 1, WAIT_ROUNDS do
+    if z:locked(key) then
+      local left = deadline - proxy.monotonic()
+      if left <= 0 then return false end -- no progress for lock_timeout: upstream
+      z:wait(key, left) -- woken by the filling worker, whichever it is
+      if look(req, conf, st, z, key, rh, rd, true) then return true end
+      if proxy.monotonic() < deadline then deadline = proxy.monotonic() + conf.lock_timeout end
+    elseif z:lock(req, key, conf.lock_timeout) then
+      return false -- the key's fills ended without this entry: this request fills it
+    end -- (another request took the lock meanwhile: wait for its fill)
+  end
   return false
 end
 
@@ -1126,19 +1160,8 @@ function P.request(req, conf)
     if look(req, conf, st, z, key, rh, rd, false) then return end
     st.l2 = nil
   end
-  if conf.lock and not locked then
-    -- Another request fills the key: wait for its entry (bounded), then look again.
-    local ended = wait_fill(z, key, conf.lock_timeout)
-    if look(req, conf, st, z, key, rh, rd, true) then return end
-    -- That fill was another variant's (Vary), or stored nothing: this request takes the
-    -- lock to fill its own, and those still waiting wait for it in turn (once: a second
-    -- miss goes upstream; a fill that ends without an entry lets everyone go). A fill that
-    -- made no progress for lock_timeout: this one goes upstream now, not after a second.
-    if ended and not z:lock(req, key, conf.lock_timeout) then
-      wait_fill(z, key, conf.lock_timeout)
-      if look(req, conf, st, z, key, rh, rd, true) then return end
-    end
-  end
+  -- Another request fills the key: wait for its entry (wait_fill).
+  if conf.lock and not locked and wait_fill(req, conf, st, z, key, rh, rd) then return end
   -- RFC 9111 §4.2.3: request_time is when the request went upstream, not when the client's
   -- came: after waiting on another fill's lock (or asking the L2 tier) the wait must not
   -- count in the stored age. The common miss (the lock taken at once, no L2) keeps t0.
@@ -1277,10 +1300,13 @@ function P.response(req, conf)
     for k, v in pairs(st.case or {}) do case[k] = v end
     for k, v in pairs(rcase) do case[k] = v end
     st.case = case
-    z:refresh(req, encode(meta, merged, case), keep_for(meta, conf, now))
+    local order = {}
+    for i, kv in ipairs(stale.base or {}) do order[i] = lower(kv[1]) end
+    order = names_of(merged, order)
+    z:refresh(req, encode(meta, merged, case, order), keep_for(meta, conf, now))
     z:count("revalidated")
     return serve(req, conf, st, meta, merged, stale.blen,
-      { fwd = st.fwd or "stale", fwd_status = 304 }, client_only)
+      { fwd = st.fwd or "stale", fwd_status = 304 }, client_only, served_list(merged, case, order))
   end
   -- A 5xx within stale-if-error; an upstream that could not be reached, also when only
   -- RFC 9111 4.2.4 allows it (no directive forbids serving stale).

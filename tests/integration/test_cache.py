@@ -396,11 +396,15 @@ class CacheTest(H.ProxyTestCase):
             time.sleep(1.1)  # stale: the next request revalidates (a 304)
             self.assertEqual(self.get("/dttl/reval").body, b"r1")
             nat = self.native()
+            hits = 0
             for _ in range(5):
                 r = self.get("/dttl/reval")
                 self.assertEqual(r.body, b"r1")
-                self.assertIn("hit", r.header("cache-status"))
-            self.assertGreaterEqual(self.native_delta(nat)["hits"], 4, "round %d" % rnd)
+                hits += r.header("cache-status").startswith("luaproxy; hit")
+            # every hit but the first on the new head is the engine's (a slow machine may see
+            # the entry stale again within the round: those requests revalidate instead)
+            self.assertGreaterEqual(hits, 1, "round %d" % rnd)
+            self.assertGreaterEqual(self.native_delta(nat)["hits"], hits - 1, "round %d" % rnd)
 
     def test_engine_miss_of_the_fullest_response(self):
         # The fullest response an upstream may send (max_headers, 100, with its
@@ -788,6 +792,45 @@ class CacheTest(H.ProxyTestCase):
                          [("br", b"ae=br"), ("br", b"ae=br"), ("gzip", b"ae=gzip")])
         self.assertEqual(sorted(asked), ["br", "gzip"])
 
+    def test_waiters_of_many_variants_coalesced(self):
+        # Two requests for each of six variants wait on the key while its first fill (v0)
+        # is held: each looks again whenever a fill of the key ends, so a variant's waiters
+        # are served from its entry once it is stored, whichever variants fill meanwhile,
+        # and every variant reaches the origin once (7 variants made 9 origin requests when
+        # a waiter looked only once, after the key's lock was free).
+        p = self.path()
+        gate = threading.Event()
+        asked = []
+
+        def answer(req, n):
+            ae = req.header("accept-encoding")
+            asked.append(ae)
+            if ae == "v0":
+                gate.wait(H.T(10))
+            return fresh(b"ae=" + ae.encode(), ("Vary", "Accept-Encoding"))
+        self.origin.script(p, answer)
+        out = []
+
+        def fetch(ae):
+            out.append((ae, H.get(self.port, p, headers={"Accept-Encoding": ae},
+                                  timeout=H.T(30))))
+        variants = ["v%d" % i for i in range(6)]
+        threads = [threading.Thread(target=fetch, args=("v0",))]
+        threads[0].start()
+        H.wait_for(lambda: self.origin.count(p) == 1, H.T(10), what="the v0 fill's request")
+        threads += [threading.Thread(target=fetch, args=(v,)) for v in variants for _ in range(2)]
+        for t in threads[1:]:
+            t.start()
+        H.wait_for(lambda: self.admin("GET", "/status")[1]["connections"] >= 13 or None,
+                   H.T(10), what="the waiting requests' connections")
+        gate.set()
+        for t in threads:
+            t.join(H.T(40))
+        self.assertEqual(sorted((ae, r.body) for ae, r in out),
+                         sorted([("v0", b"ae=v0")] + [(v, b"ae=" + v.encode()) for v in variants
+                                                      for _ in range(2)]))
+        self.assertEqual(sorted(asked), variants)
+
     def test_hits_keep_the_stored_field_order_and_add_nothing(self):
         # Hits (on either worker, each with its own VM) list the stored fields in one order,
         # the same every time; an origin that sends no Server gets none on its hits either.
@@ -812,6 +855,31 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual(order, tuple((k.lower(), v) for k, v in miss.headers
                                       if k.lower().startswith("x-")
                                       or k.lower() == "cache-control"))
+
+    def test_hits_keep_the_field_order_after_a_revalidation(self):
+        # A 304 writes the entry a new head: its fields keep the order the stored head had
+        # (the merge's table was written in pairs' order: each revalidation gave the hits a
+        # new order, and the plugin's 304 answer a sorted one).
+        p = self.path()
+        fields = [("X-Zed", "1"), ("x-alpha", "2"), ("X-Dup", "a"), ("X-Mid", "m"),
+                  ("X-Dup", "b"), ("ETag", '"o"')]
+
+        def answer(req, n):
+            if req.header("if-none-match") == '"o"':
+                return H.simple_response(304, b"", [("Cache-Control", "max-age=1"), ("ETag", '"o"')])
+            return simple_no_server(b"ord", [("Cache-Control", "max-age=1")] + fields)
+        self.origin.script(p, answer)
+
+        def order(r):
+            return [(k.lower(), v) for k, v in r.headers if k.lower().startswith("x-")]
+        first = order(self.get(p))
+        self.assertEqual(first, [("x-zed", "1"), ("x-alpha", "2"), ("x-dup", "a"),
+                                 ("x-mid", "m"), ("x-dup", "b")])
+        hit = order(self.get(p))
+        for _ in range(2):
+            time.sleep(1.1)  # stale: the next request revalidates (a 304)
+            self.assertEqual(order(self.get(p)), hit, "the 304's answer")
+            self.assertEqual(order(self.get(p)), hit, "a hit after the 304")
 
     def test_stalled_fill_releases_its_waiters(self):
         # A body that stops for 3 s (3 x lock_timeout) lets its waiters go upstream: the
