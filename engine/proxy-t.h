@@ -389,6 +389,15 @@ typedef struct lp_req_cache_s {
     /* A memory hit's body goes on here on the next loop turn once the pump moved its share
      * of one turn (conn.c); cancelled by lp_cache_req_body_done (so also by lp_req_end). */
     lp_turn_t turn;
+    /* A coalesced waiter answered from an entry as it fills (cache_ffi.c's fill stream):
+     * `hit` is one (lp_ffi_cache_get_filling) while hit_filling; `body` is one while
+     * `filling`, read from chunk/chunk_off on (a cursor: lp_cache_fill_read); `fill_hint` its
+     * expected length (0: unknown, sent chunked, `left` then UINT64_MAX until its end). */
+    uint8_t hit_filling;
+    uint8_t filling;
+    uint64_t fill_hint;
+    struct lp_cache_fill_watch_s *watch; /* owned: hears of the fill's next bytes (its worker's
+                                            inbox); NULL: none */
 } lp_req_cache_t;
 
 /* Header slots beyond limits.max_headers for the fields the proxy and plugins add. */

@@ -877,6 +877,23 @@ local function look(req, conf, st, z, key, rh, rd, waited)
   return false
 end
 
+-- A plain GET that waited for another request's fill: answered from the fill's entry as it
+-- fills, when its head is written, it is this request's variant (st.sec, from look's miss)
+-- and fresh as it stands; the engine streams the body as it comes (conn.c's fill stream),
+-- cut short should the fill fail. false: none such (the request goes upstream).
+local function follow(req, conf, st, z, key)
+  local head, hint = z:get_filling(req, key, st.sec or "")
+  if not head then return false end
+  local meta, headers, case, base = decode_cached(head)
+  if not meta or meta.status == 206 then return false end
+  if policy.evaluate(meta, NO_DIRECTIVES, proxy.now(), conf._opts) ~= "fresh" then return false end
+  st.case = case
+  z:count("hit")
+  serve(req, conf, st, meta, headers, hint,
+    { fwd = st.miss or "uri-miss", collapsed = true }, nil, base)
+  return true
+end
+
 -- ---- the L2 tier in Redis (#18, docs/plugins/cache.md) ----
 --
 -- Redis keys: PREFIX ZONE ":" KEY for an entry without Vary, or for the Vary marker
@@ -1105,12 +1122,23 @@ function P.request(req, conf)
   end
   if conf.lock and not locked then
     -- Another request fills the key: wait for its entry (bounded), then look again; a fill
-    -- that ends without an entry (not storable, too large) lets everyone go upstream.
+    -- that ends without an entry (not storable, too large) lets everyone go upstream. A
+    -- plain GET is woken as soon as the fill's head is written, and answered from the entry
+    -- as it fills (follow); any other request waits for the whole entry.
+    local plain = method == "GET" and rd == NO_DIRECTIVES and rh.range == nil
+      and rh["if-range"] == nil and not has_conditional(rh)
     local deadline = proxy.monotonic() + conf.lock_timeout
     while z:locked(key) do
       local left = deadline - proxy.monotonic()
       if left <= 0 then break end
-      z:wait(key, left) -- woken by the filling worker, whichever it is
+      -- Woken by the filling worker, whichever it is. true: its head is ready: followed
+      -- when it is this request's variant (look gives the secondary key), else the request
+      -- waits for the whole fill as any other.
+      if z:wait(key, left, plain) then
+        if look(req, conf, st, z, key, rh, rd, true) then return end
+        if follow(req, conf, st, z, key) then return end
+        plain = false
+      end
     end
     if look(req, conf, st, z, key, rh, rd, true) then return end
   end

@@ -1112,7 +1112,8 @@ class RawOrigin:
     upstream's bytes or exact knowledge of what reached it.
 
     handler(req: RawRequest) returns bytes to send, or a tuple (bytes, "close") to close
-    after sending, or None to close without answering.  Everything received is kept in
+    after sending, or None to close without answering, or an iterator of bytes sent one
+    piece at a time as it yields them (a slow body; a piece "close" closes there).  Everything received is kept in
     .received (all connections, concatenated per connection in .conn_data)."""
 
     def __init__(self, handler=None):
@@ -1240,7 +1241,12 @@ class RawOrigin:
                 close = False
                 if isinstance(out, tuple):
                     out, close = out[0], out[1] == "close"
-                if out:
+                if out and not isinstance(out, (bytes, bytearray)):
+                    for piece in out:
+                        if piece == "close":
+                            return
+                        s.sendall(piece)
+                elif out:
                     s.sendall(out)
                 if close:
                     return
