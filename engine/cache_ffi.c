@@ -102,7 +102,11 @@ void lp_cache_req_done(lp_req_t *req)
         lp_cache_fill_abandon(f);
 }
 
-void lp_cache_req_body_done(lp_req_t *req)
+/* lp_cache_req_body_done, inlined where this file calls it on a hit's path (the answer, the
+ * request's end), as it was before fill streams gave it a third caller here. A fill stream's
+ * watch stays until the request ends (lp_cache_req_end) or answers again (fill_answer): a
+ * resume it brings meanwhile finds no body and does nothing. */
+static inline __attribute__((always_inline)) void body_done(lp_req_t *req)
 {
     lp_req_cache_t *rc = &req->cache;
     rc->streaming = 0; /* the stream stays (a read may run): lp_cache_req_end frees it */
@@ -115,10 +119,11 @@ void lp_cache_req_body_done(lp_req_t *req)
     rc->chunk_off = 0;
     rc->left = 0;
     lp_turn_cancel(&rc->turn); /* nothing is left for the pump's next turn (conn.c) */
-    rc->filling = 0;
-    if (rc->watch)
-        watch_free(rc->watch);
-    rc->watch = NULL;
+}
+
+void lp_cache_req_body_done(lp_req_t *req)
+{
+    body_done(req);
 }
 
 void lp_cache_req_end(lp_req_t *req)
@@ -133,9 +138,12 @@ void lp_cache_req_end(lp_req_t *req)
     rc->hit_filling = 0;
     lp_cache_entry_unref(rc->loaded);
     rc->loaded = NULL;
-    lp_cache_req_body_done(req);
+    body_done(req);
     lp_cache_stream_free(rc->stream);
     rc->stream = NULL;
+    if (rc->watch)
+        watch_free(rc->watch);
+    rc->watch = NULL;
 }
 
 /* A pin over an entry: an lp_buf_t whose data holds the entry pointer (a reference) and
@@ -704,10 +712,12 @@ static int fill_answer(lp_req_t *r, lp_req_cache_t *rc, int status, double first
     lp_cache_req_body_done(r);
     free(r->resp.local_body);
     r->resp.local_body = NULL;
+    if (rc->watch)
+        watch_free(rc->watch); /* an earlier answer's */
     if (!none && !(rc->watch = watch_new(r, rc->hit_zone)))
         return LP_FFI_ENOSPACE;
     rc->body = lp_cache_entry_ref(rc->hit);
-    rc->filling = !none;
+    rc->streaming = none ? 0 : LP_CACHE_STREAM_FILL;
     rc->chunk = NULL;
     rc->chunk_off = 0;
     rc->left = none ? 0 : rc->fill_hint ? rc->fill_hint : UINT64_MAX;
@@ -742,7 +752,7 @@ int lp__cache_answer(lp_req_t *r, int status, const char *fields, size_t flen, i
         from = (uint64_t)first;
         to = last >= (double)len ? len : (uint64_t)last + 1;
     }
-    lp_cache_req_body_done(r);
+    body_done(r);
     free(r->resp.local_body);
     r->resp.local_body = NULL;
     if (!lp_cache_entry_resident(rc->hit)) {

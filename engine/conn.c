@@ -1429,7 +1429,7 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
                 (req->flags & LP_RF_RESP_CLOSE);
     int filtered = lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY);
     int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED)
-                        : !(req->cache.filling && !req->cache.fill_hint);
+                        : !(req->cache.streaming == LP_CACHE_STREAM_FILL && !req->cache.fill_hint);
     if (filtered && !upgrade && status != 204 && status != 304)
         has_length = 0; /* a body filter may change the length (HEAD: unknown, so none) */
     if (req->resp.zip_coding && !no_body && status >= 200) {
@@ -1775,9 +1775,8 @@ static int conn_cache_pump(lp_req_t *req)
     if (req->filter_cont != LP_FC_NONE)
         return LP_OK; /* a filter waits on the last piece: its end goes on (LP_FC_CACHE) */
     if (rc->streaming)
-        return conn_cache_stream(req);
-    if (rc->filling)
-        return conn_fill_stream(req);
+        return rc->streaming == LP_CACHE_STREAM_FILL ? conn_fill_stream(req)
+                                                     : conn_cache_stream(req);
     lp_buf_t *pin = lp_cache_req_pin(req);
     if (!pin) {
         down(req)->abort(req);
@@ -1888,46 +1887,59 @@ static int conn_fill_stream(lp_req_t *req)
     lp_buf_t *pin = lp_cache_req_pin(req);
     int unsized = rc->fill_hint == 0;
     size_t budget = CACHE_TURN_BYTES;
-    while (pin && rc->left &&
-           !(req->h2s ? down(req)->full(req) : lp_ep_queued(&c->ep) >= LP_HIGH_WATERMARK) &&
-           !(c->ep.flags & LP_EPF_CLOSING)) {
-        if (!budget) {
-            lp_conn_flush(c);
-            lp_turn_queue(&req->w->turns, &rc->turn, conn_cache_turn);
-            return LP_OK;
+    for (;;) {
+        int waiting = 0, moved = 0;
+        while (pin && rc->left &&
+               !(req->h2s ? down(req)->full(req) : lp_ep_queued(&c->ep) >= LP_HIGH_WATERMARK) &&
+               !(c->ep.flags & LP_EPF_CLOSING)) {
+            if (!budget) {
+                /* This turn's share is spent: the rest after the other connections' I/O. */
+                lp_conn_flush(c);
+                lp_turn_queue(&req->w->turns, &rc->turn, conn_cache_turn);
+                return LP_OK;
+            }
+            const char *at;
+            size_t n;
+            int got = lp_cache_req_fill_next(req, &at, &n);
+            if (!got) {
+                waiting = 1; /* the filler's next bytes resume it */
+                break;
+            }
+            if (got == 2 && unsized) {
+                rc->left = 0;
+                break;
+            }
+            if (got != 1 || (!unsized && n > rc->left)) {
+                pin = NULL; /* failed, or not the length said: cut short */
+                break;
+            }
+            if (!unsized)
+                rc->left -= n;
+            moved = 1;
+            budget -= n < budget ? n : budget;
+            int prc = conn_cache_piece(req, at, n, pin);
+            if (prc == LP_AGAIN) {
+                lp_conn_flush(c);
+                return LP_OK;
+            }
+            if (prc != LP_OK)
+                return conn_filter_failed(req);
         }
-        const char *at;
-        size_t n;
-        int got = lp_cache_req_fill_next(req, &at, &n);
-        if (!got)
-            break; /* the filler's next bytes resume it */
-        if (got == 2 && unsized) {
-            rc->left = 0;
+        if (!pin) {
+            lp_cache_req_body_done(req);
+            down(req)->abort(req);
+            return LP_GONE;
+        }
+        lp_conn_flush(c);
+        if (c->ep.flags & LP_EPF_CLOSING)
+            return LP_OK; /* the connection's end ends the request */
+        if (!rc->left)
             break;
-        }
-        if (got != 1 || (!unsized && n > rc->left)) {
-            pin = NULL; /* failed, or not the length said: cut short */
-            break;
-        }
-        if (!unsized)
-            rc->left -= n;
-        budget -= n < budget ? n : budget;
-        int prc = conn_cache_piece(req, at, n, pin);
-        if (prc == LP_AGAIN) {
-            lp_conn_flush(c);
+        /* Waiting for the filler, or for the client's side to drain (conn_on_written,
+         * h2_leave); a flush that wrote everything at once brings no drain: go on. */
+        if (waiting || !moved || req->h2s || c->ep.out_pending > LP_LOW_WATERMARK)
             return LP_OK;
-        }
-        if (prc != LP_OK)
-            return conn_filter_failed(req);
     }
-    if (!pin) {
-        lp_cache_req_body_done(req);
-        down(req)->abort(req);
-        return LP_GONE;
-    }
-    lp_conn_flush(c);
-    if ((c->ep.flags & LP_EPF_CLOSING) || rc->left)
-        return LP_OK;
     lp_cache_req_body_done(req);
     return conn_local_done(req);
 }
