@@ -135,15 +135,15 @@ void lp_cache_req_end(lp_req_t *req)
     lp_cache_entry_unref(rc->hit);
     rc->hit = NULL;
     rc->hit_zone = NULL;
-    rc->hit_filling = 0;
     lp_cache_entry_unref(rc->loaded);
     rc->loaded = NULL;
     body_done(req);
+    if (__builtin_expect(rc->watch != NULL, 0)) {
+        watch_free(rc->watch);
+        rc->watch = NULL;
+    }
     lp_cache_stream_free(rc->stream);
     rc->stream = NULL;
-    if (rc->watch)
-        watch_free(rc->watch);
-    rc->watch = NULL;
 }
 
 /* A pin over an entry: an lp_buf_t whose data holds the entry pointer (a reference) and
@@ -672,7 +672,7 @@ store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen, co
         return LP_FFI_ENOSPACE; /* too large, key too long, or out of memory */
     lp__cache_entry_set_fields(f->e, nfields);
     if (head)
-        lp_cache_fill_ready(f); /* its waiters may read it as it fills */
+        lp__cache_fill_ready(f); /* its waiters may read it as it fills */
     r->cache.fill = f; /* an empty body is complete with the response (lp_cache_req_done) */
     return 0;
 }
@@ -993,7 +993,7 @@ int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, 
         p = put_short(p, value.base, value.len);
         *p++ = '\n';
     }
-    lp_cache_fill_ready(r->cache.fill); /* its waiters may read it as it fills */
+    lp__cache_fill_ready(r->cache.fill); /* its waiters may read it as it fills */
     return 0;
 }
 

@@ -1384,16 +1384,11 @@ void lp__cache_fill_tell(lp_cache_fill_t *f)
 
 void lp_cache_fill_ready(lp_cache_fill_t *f)
 {
-    lp_cache_entry_t *e = f->e;
-    if (!e || f->dead || f->pub)
-        return;
-    e->fstate = LP_CACHE_FILL_FILLING;
-    e->filler = f;
-    /* Published, then the early waiters counted (both sequentially consistent: a waiter
-     * registering meanwhile counts itself, then tests `pub`: lp_cache_wait). */
-    __atomic_store_n(&f->pub, e, __ATOMIC_SEQ_CST);
-    if (!__atomic_load_n(&f->nearly, __ATOMIC_SEQ_CST))
-        return;
+    lp__cache_fill_ready(f);
+}
+
+void lp__cache_fill_wake_early(lp_cache_fill_t *f)
+{
     lp_mutex_lock(&f->zone->lock);
     for (lp_cache_waiter_t **pp = &f->waiters; *pp;) {
         lp_cache_waiter_t *w = *pp;

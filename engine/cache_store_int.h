@@ -223,6 +223,24 @@ static inline void lp__cache_fill_publish(lp_cache_fill_t *f, lp_cache_chunk_t *
         lp__cache_fill_tell(f);
 }
 
+/* Wakes the fill's early waiters (cache_store.c): lp__cache_fill_ready's slow path. */
+void lp__cache_fill_wake_early(lp_cache_fill_t *f);
+
+/* lp_cache_fill_ready, inline: a stored miss calls it once. */
+static inline void lp__cache_fill_ready(lp_cache_fill_t *f)
+{
+    lp_cache_entry_t *e = f->e;
+    if (!e || f->dead || f->pub)
+        return;
+    e->fstate = LP_CACHE_FILL_FILLING;
+    e->filler = f;
+    /* Published, then the early waiters counted (both sequentially consistent: a waiter
+     * registering meanwhile counts itself, then tests `pub`: lp_cache_wait). */
+    __atomic_store_n(&f->pub, e, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&f->nearly, __ATOMIC_SEQ_CST))
+        lp__cache_fill_wake_early(f);
+}
+
 /* lp__cache_fill_room's bytes are written. */
 static inline void lp__cache_fill_wrote(lp_cache_fill_t *f, size_t len)
 {
