@@ -77,10 +77,14 @@ void lp_cache_req_tee(lp_req_t *req, const char *at, size_t len)
     lp_req_cache_t *rc = &req->cache;
     if (!rc->fill || !len)
         return;
-    char *to = lp__cache_fill_room(rc->fill, len); /* a small body: no call, no loop */
+    lp_cache_fill_t *f = rc->fill;
+    char *to = lp__cache_fill_room(f, len); /* a small body: no call, no loop */
     if (to) {
+        lp_cache_entry_t *e = f->e;
+        lp_cache_chunk_t *t = f->tail;
+        size_t end = t->len + len;
         put_short(to, at, len);
-        lp__cache_fill_wrote(rc->fill, len);
+        lp__cache_fill_wrote_at(f, e, t, len, end);
         return;
     }
     if (lp_cache_fill_append(rc->fill, at, len)) {
@@ -672,7 +676,7 @@ store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen, co
         return LP_FFI_ENOSPACE; /* too large, key too long, or out of memory */
     lp__cache_entry_set_fields(f->e, nfields);
     if (head)
-        lp__cache_fill_ready(f); /* its waiters may read it as it fills */
+        lp__cache_fill_ready_new(f); /* its waiters may read it as it fills */
     r->cache.fill = f; /* an empty body is complete with the response (lp_cache_req_done) */
     return 0;
 }
@@ -993,7 +997,7 @@ int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, 
         p = put_short(p, value.base, value.len);
         *p++ = '\n';
     }
-    lp__cache_fill_ready(r->cache.fill); /* its waiters may read it as it fills */
+    lp__cache_fill_ready_new(r->cache.fill); /* its waiters may read it as it fills */
     return 0;
 }
 

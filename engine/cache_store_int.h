@@ -226,12 +226,11 @@ static inline void lp__cache_fill_publish(lp_cache_fill_t *f, lp_cache_chunk_t *
 /* Wakes the fill's early waiters (cache_store.c): lp__cache_fill_ready's slow path. */
 void lp__cache_fill_wake_early(lp_cache_fill_t *f);
 
-/* lp_cache_fill_ready, inline: a stored miss calls it once. */
-static inline void lp__cache_fill_ready(lp_cache_fill_t *f)
+/* lp_cache_fill_ready of a fill just started (its entry there, not dead, not ready yet):
+ * a stored miss calls it once. */
+static inline void lp__cache_fill_ready_new(lp_cache_fill_t *f)
 {
     lp_cache_entry_t *e = f->e;
-    if (!e || f->dead || f->pub)
-        return;
     e->fstate = LP_CACHE_FILL_FILLING;
     e->filler = f;
     /* Published, then the early waiters counted (both sequentially consistent: a waiter
@@ -241,11 +240,29 @@ static inline void lp__cache_fill_ready(lp_cache_fill_t *f)
         lp__cache_fill_wake_early(f);
 }
 
+static inline void lp__cache_fill_ready(lp_cache_fill_t *f)
+{
+    if (f->e && !f->dead && !f->pub)
+        lp__cache_fill_ready_new(f);
+}
+
 /* lp__cache_fill_room's bytes are written. */
 static inline void lp__cache_fill_wrote(lp_cache_fill_t *f, size_t len)
 {
     f->e->body_len += len;
     lp__cache_fill_publish(f, f->tail, len);
+}
+
+/* The same, with e (f->e), t (f->tail) and t's new length read before the bytes were
+ * written (the request path's tee: the copy may alias them for the compiler). */
+static inline void lp__cache_fill_wrote_at(lp_cache_fill_t *f, lp_cache_entry_t *e,
+                                           lp_cache_chunk_t *t, size_t len, size_t end)
+{
+    e->body_len += len;
+    __atomic_store_n(&t->len, end, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&f->nreaders, __ATOMIC_RELAXED))
+        lp__cache_fill_tell(f);
 }
 
 static inline void lp__cache_count(lp_cache_zone_t *z, int what)
