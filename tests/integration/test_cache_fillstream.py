@@ -3,9 +3,9 @@
 another request's fill of a key get the response's head as soon as the fill's head is
 written and its body as it comes from the origin (engine/conn.c's fill stream), over HTTP/1.1
 (Content-Length, or chunked when the origin's length is unknown) and HTTP/2, on two workers,
-with one origin request. A fill that fails mid-body cuts every waiter's answer short (never
-a complete wrong body) and the next request fetches again; a waiter that goes mid-stream
-leaves the others whole.
+with one origin request; a waiter of another Vary variant never follows the fill. A fill
+that fails mid-body cuts every waiter's answer short (never a complete wrong body) and the
+next request fetches again; a waiter that goes mid-stream leaves the others whole.
 
 The origin holds the rest of the body back until every client has its first body byte (an
 event, not a timing): without streaming to waiters, those first bytes would never come."""
@@ -29,9 +29,9 @@ PARTS = 10
 class Reader:
     """A raw HTTP/1.1 GET on its own connection, read as it comes."""
 
-    def __init__(self, port, path, host="a.test"):
+    def __init__(self, port, path, host="a.test", fields=""):
         self.s = socket.create_connection(("127.0.0.1", port), timeout=H.T(20))
-        self.s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host)).encode())
+        self.s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (path, host, fields)).encode())
         self.buf = bytearray()
         self.eof = False
 
@@ -110,15 +110,16 @@ class Gates:
     with the first part once `head` is set, the other parts (a slow origin: 10 parts over
     2 s) once `rest` is set, then ends as told: "whole", or "fail" (closes mid-body)."""
 
-    def __init__(self, body, chunked=False, end="whole"):
+    def __init__(self, body, chunked=False, end="whole", fields=""):
         self.arrived = threading.Event()
         self.head = threading.Event()
         self.rest = threading.Event()
-        self.body, self.chunked, self.end = body, chunked, end
+        self.body, self.chunked, self.end, self.fields = body, chunked, end, fields
+        self.later = H.cacheable(body)  # a later fetch (after a failed fill)
 
     def __call__(self, req, n):
         if n > 1:
-            return H.cacheable(self.body)  # a later fetch (after a failed fill)
+            return self.later
         return self.gen()
 
     def frame(self, part):
@@ -129,7 +130,8 @@ class Gates:
         self.head.wait(H.T(30))
         framing = ("Transfer-Encoding: chunked" if self.chunked
                    else "Content-Length: %d" % len(self.body))
-        head = ("HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\n%s\r\n\r\n" % framing).encode()
+        head = ("HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\n%s%s\r\n\r\n"
+                % (self.fields, framing)).encode()
         ps = parts(self.body, PARTS)
         yield head + self.frame(ps[0])
         self.rest.wait(H.T(30))
@@ -237,6 +239,31 @@ class FillStreamTest(H.ProxyTestCase):
             self.assertEqual(body, BODY)
             r.close()
         self.assertEqual(self.origin.count(self.path()), 1)
+
+    def test_other_variant_never_follows(self):
+        # A waiter of another Vary variant is not answered from the fill (nor from its
+        # entry): it goes upstream itself once the fill ends; one of the same variant
+        # follows the fill.
+        p = self.path()
+        other = b"the other variant"
+        g = Gates(BODY, fields="Vary: Accept-Encoding\r\n")
+        g.later = H.cacheable(other, ("Vary", "Accept-Encoding"))
+        self.origin.script(p, g)
+        filler = Reader(self.port, p, fields="Accept-Encoding: gzip\r\n")
+        self.assertTrue(g.arrived.wait(H.T(20)))
+        same = Reader(self.port, p, fields="Accept-Encoding: gzip\r\n")
+        diff = Reader(self.port, p, fields="Accept-Encoding: br\r\n")
+        time.sleep(0.3)  # as in start(): early or late, both pass
+        g.head.set()
+        filler.first_byte()
+        same.first_byte()
+        g.rest.set()
+        for r, want in ((filler, BODY), (same, BODY), (diff, other)):
+            fields, body, complete = r.finish()
+            self.assertTrue(complete)
+            self.assertEqual(body, want)
+            r.close()
+        self.assertEqual(self.origin.count(p), 2)
 
     def test_http2_waiter(self):
         import test_h2
