@@ -77,17 +77,24 @@ void lp_cache_req_head(lp_req_t *req)
     }
 }
 
+static void watch_free(struct lp_cache_fill_watch_s *fw);
+
 void lp_cache_req_tee(lp_req_t *req, const char *at, size_t len)
 {
     lp_req_cache_t *rc = &req->cache;
     if (!rc->fill || !len)
         return;
+    lp_cache_fill_t *f = rc->fill;
     /* Its waiters wait on while bytes come (lp_cache_wait_quiet): a store per piece, the
      * loop's time (no clock read, no wake-up of anyone). */
-    lp__cache_fill_progress(rc->fill, loop_ms(req->w));
-    char *to = lp__cache_fill_room(rc->fill, len); /* a small body: no call, no loop */
+    lp__cache_fill_progress(f, loop_ms(req->w));
+    char *to = lp__cache_fill_room(f, len); /* a small body: no call, no loop */
     if (to) {
+        lp_cache_entry_t *e = f->e;
+        lp_cache_chunk_t *t = f->tail;
+        size_t end = t->len + len;
         put_short(to, at, len);
+        lp__cache_fill_wrote_at(f, e, t, len, end);
         return;
     }
     if (lp_cache_fill_append(rc->fill, at, len)) {
@@ -109,7 +116,11 @@ void lp_cache_req_done(lp_req_t *req)
         lp_cache_fill_abandon(f);
 }
 
-void lp_cache_req_body_done(lp_req_t *req)
+/* lp_cache_req_body_done, inlined where this file calls it on a hit's path (the answer, the
+ * request's end), as it was before fill streams gave it a third caller here. A fill stream's
+ * watch stays until the request ends (lp_cache_req_end) or answers again (fill_answer): a
+ * resume it brings meanwhile finds no body and does nothing. */
+static inline __attribute__((always_inline)) void body_done(lp_req_t *req)
 {
     lp_req_cache_t *rc = &req->cache;
     rc->streaming = 0; /* the stream stays (a read may run): lp_cache_req_end frees it */
@@ -124,6 +135,11 @@ void lp_cache_req_body_done(lp_req_t *req)
     lp_turn_cancel(&rc->turn); /* nothing is left for the pump's next turn (conn.c) */
 }
 
+void lp_cache_req_body_done(lp_req_t *req)
+{
+    body_done(req);
+}
+
 void lp_cache_req_end(lp_req_t *req)
 {
     lp_req_cache_t *rc = &req->cache;
@@ -135,7 +151,11 @@ void lp_cache_req_end(lp_req_t *req)
     rc->hit_zone = NULL;
     lp_cache_entry_unref(rc->loaded);
     rc->loaded = NULL;
-    lp_cache_req_body_done(req);
+    body_done(req);
+    if (__builtin_expect(rc->watch != NULL, 0)) {
+        watch_free(rc->watch);
+        rc->watch = NULL;
+    }
     lp_cache_stream_free(rc->stream);
     rc->stream = NULL;
 }
@@ -171,15 +191,23 @@ lp_buf_t *lp_cache_req_pin(lp_req_t *req)
 
 /* ---- coalescing waits ---- */
 
-/* A worker's inbox for waits another thread's fill ended (lp_cache_waiter_t.notify). Owned
- * by the worker (lp_worker_t.cache_inbox); `lock` guards `head` only, taken by any thread
- * that drops a key lock (under that zone's lock: zone lock, then inbox lock). */
+struct lp_cache_fill_watch_s;
+static void watch_notify(lp_cache_waiter_t *base);
+
+/* A worker's inbox for waits another thread's fill ended, and for fill streams another
+ * thread's fill appended to (lp_cache_waiter_t.notify). Owned by the worker
+ * (lp_worker_t.cache_inbox); `lock` guards `head` and `watches` only, taken by any thread
+ * that drops a key lock or wakes a fill's readers (under that zone's lock: zone lock, then
+ * inbox lock). */
 typedef struct lp_cache_inbox_s {
-    uv_async_t async;          /* async.data = this; wakes the worker's loop */
-    uv_mutex_t lock;           /* guards head */
-    struct cache_wait_s *head; /* borrowed: waits handed over, not yet seen by the worker */
-    lp_list_t waits;           /* every wait of this worker alive (cache_wait_t.link);
-                                  worker thread only */
+    uv_async_t async; /* async.data = this; wakes the worker's loop */
+    uv_mutex_t lock;  /* guards head and watches */
+    /* borrowed: waits handed over, not yet seen by the worker */
+    struct cache_wait_s *head;
+    /* borrowed: fill watches handed over, not yet seen by the worker */
+    struct lp_cache_fill_watch_s *watches;
+    lp_list_t waits; /* every wait of this worker alive (cache_wait_t.link); worker thread
+                        only */
 } lp_cache_inbox_t;
 
 /* One request (task) waiting for a key's fill, bounded by a timer. Made and freed on its
@@ -237,6 +265,8 @@ static void wait_notify(lp_cache_waiter_t *base)
     uv_async_send(&in->async);
 }
 
+static void watches_drain(lp_cache_inbox_t *in);
+
 static void inbox_drain(lp_cache_inbox_t *in)
 {
     uv_mutex_lock(&in->lock);
@@ -248,6 +278,7 @@ static void inbox_drain(lp_cache_inbox_t *in)
         wait_end(cw, 1);
         cw = next;
     }
+    watches_drain(in);
 }
 
 static void on_inbox(uv_async_t *a)
@@ -319,6 +350,109 @@ void lp_cache_worker_close(lp_worker_t *w)
     uv_close((uv_handle_t *)&in->async, inbox_on_closed);
 }
 
+/* ---- fill streams: a coalesced waiter answered as the entry fills ---- */
+
+/* A request reading an entry as it fills, waiting for its next bytes: registered with the
+ * store (lp_cache_fill_watch) while `armed`, notified on the filler's thread (under the
+ * zone's lock), handed over to the reader's worker through its inbox, which resumes the
+ * answer's pump. Made and freed on the reader's worker thread: one per answer, used for each
+ * of its waits. A request that lets go while it is handed over leaves it to the inbox. */
+typedef struct lp_cache_fill_watch_s {
+    lp_cache_waiter_t base;                   /* first: notify's argument */
+    lp_req_t *req;                            /* borrowed: the reader; NULL once it let go
+                                                 (the inbox frees the watch then) */
+    lp_worker_t *w;                           /* borrowed: the reader's worker */
+    lp_cache_zone_t *zone;                    /* borrowed: the entry's (the request's
+                                                 generation holds it while `req` does) */
+    struct lp_cache_fill_watch_s *inbox_next; /* borrowed: in the inbox's list (inbox lock) */
+    uint8_t armed;                            /* registered or handed over, not drained yet */
+} fill_watch_t;
+
+static fill_watch_t *watch_new(lp_req_t *r, lp_cache_zone_t *zone)
+{
+    if (!inbox_of(r->w))
+        return NULL;
+    fill_watch_t *fw = calloc(1, sizeof(*fw));
+    if (!fw)
+        return NULL;
+    fw->base.notify = watch_notify;
+    fw->req = r;
+    fw->w = r->w;
+    fw->zone = zone;
+    return fw;
+}
+
+/* The request lets go of its watch: freed now unless notify handed it over already. */
+static void watch_free(fill_watch_t *fw)
+{
+    if (fw->armed && !lp_cache_wait_cancel(fw->zone, &fw->base)) {
+        fw->req = NULL; /* in the inbox (or on its way): freed there */
+        return;
+    }
+    free(fw);
+}
+
+/* notify (the filler's thread, under the zone's lock): to the reader's worker. */
+static void watch_notify(lp_cache_waiter_t *base)
+{
+    fill_watch_t *fw = (fill_watch_t *)base;
+    lp_cache_inbox_t *in = fw->w->cache_inbox;
+    uv_mutex_lock(&in->lock);
+    fw->inbox_next = in->watches;
+    in->watches = fw;
+    uv_mutex_unlock(&in->lock);
+    uv_async_send(&in->async);
+}
+
+static void watches_drain(lp_cache_inbox_t *in)
+{
+    uv_mutex_lock(&in->lock);
+    fill_watch_t *fw = in->watches;
+    in->watches = NULL;
+    uv_mutex_unlock(&in->lock);
+    while (fw) {
+        fill_watch_t *next = fw->inbox_next;
+        fw->armed = 0;
+        if (!fw->req)
+            free(fw);
+        else
+            lp_conn_cache_resume(fw->req); /* may end the request (and free fw) */
+        fw = next;
+    }
+}
+
+int lp_cache_req_fill_next(lp_req_t *r, const char **p, size_t *n)
+{
+    lp_req_cache_t *rc = &r->cache;
+    fill_watch_t *fw = rc->watch;
+    for (;;) {
+        lp_cache_fill_cursor_t cur = {rc->chunk, rc->chunk_off};
+        int got = lp_cache_fill_read(rc->body, &cur, p, n);
+        rc->chunk = cur.c;
+        rc->chunk_off = cur.off;
+        if (got || fw->armed)
+            return got; /* armed: a resume before the fill's next bytes came */
+        if (!lp_cache_fill_watch(fw->zone, rc->body, &fw->base))
+            continue; /* its fill ended meanwhile: read again */
+        fw->armed = 1;
+        /* Registered: bytes that came meanwhile are read now (the filler may have looked for
+         * readers before this one was counted). */
+        const char *pp;
+        size_t nn;
+        if (!lp_cache_fill_read(rc->body, &cur, &pp, &nn))
+            return 0; /* the fill's next bytes resume the pump */
+        if (lp_cache_wait_cancel(fw->zone, &fw->base)) {
+            fw->armed = 0;
+        } else {
+            /* Notified meanwhile: that hand-over ends in the inbox (a harmless resume);
+             * this answer takes a new watch. */
+            fw->req = NULL;
+            if (!(fw = rc->watch = watch_new(r, fw->zone)))
+                return -1;
+        }
+    }
+}
+
 /* ---- FFI ---- */
 
 void *lp_ffi_cache_zone(const char *name, size_t n)
@@ -352,6 +486,7 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
         rc->hit = NULL;
     }
     rc->native_kept = 0;
+    rc->hit_filling = 0;
     lp_cache_entry_unref(rc->hit);
     rc->hit = kept ? kept : lp_cache_get(zone, key, klen, sec, slen, real_now());
     int unfit = 0; /* an entry is there, this request cannot carry it: answers 4, not 0 */
@@ -435,6 +570,42 @@ int lp_ffi_cache_get(void *rp, void *zone, const char *key, size_t klen, const c
     return 1;
 }
 
+int lp_ffi_cache_get_filling(void *rp, void *zone, const char *key, size_t klen, const char *sec,
+                             size_t slen, lp_str_t *head, double *hint)
+{
+    lp_req_t *r = rp;
+    if (!lp__lua_runs(r))
+        return LP_FFI_EOTHER;
+    lp_req_cache_t *rc = &r->cache;
+    uint64_t h = 0;
+    lp_cache_entry_t *e = lp_cache_get_filling(zone, key, klen, sec, slen, &h);
+    if (e && too_wide(r, e)) {
+        lp_cache_entry_unref(e); /* no room for its fields: this request goes upstream */
+        e = NULL;
+    }
+    if (!e)
+        return 0;
+    for (;;) {
+        size_t n = lp_cache_entry_head(zone, e, scratch, scratch_cap);
+        if (n <= scratch_cap) {
+            *head = (lp_str_t){scratch, n};
+            break;
+        }
+        if (scratch_reserve(n)) {
+            lp_cache_entry_unref(e);
+            return LP_FFI_ENOSPACE;
+        }
+    }
+    lp_cache_entry_unref(rc->hit);
+    rc->hit = e;
+    rc->hit_zone = zone;
+    rc->hit_filling = 1;
+    rc->native_kept = 0;
+    rc->fill_hint = h;
+    *hint = (double)h;
+    return 1;
+}
+
 int lp_ffi_cache_lock(void *rp, void *zone, const char *key, size_t klen, double timeout)
 {
     lp_req_t *r = rp;
@@ -454,7 +625,7 @@ int lp_ffi_cache_locked(void *zone, const char *key, size_t klen)
     return lp_cache_locked(zone, key, klen);
 }
 
-int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds)
+int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds, int early)
 {
     lp_worker_t *w = lp_lua_io();
     if (!w || !lp_lua_running() || lp_lua_loading() || !(seconds > 0 && seconds < 1e6))
@@ -466,10 +637,12 @@ int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds)
     cw->w = w;
     cw->zone = zone;
     cw->base.notify = wait_notify;
+    cw->base.early = early != 0;
     cw->owned.release = on_wait_task_end;
-    if (!lp_cache_wait(zone, key, klen, &cw->base)) {
-        free(cw); /* the fill ended meanwhile: look again */
-        return 0;
+    int got = lp_cache_wait(zone, key, klen, &cw->base);
+    if (got != 1) {
+        free(cw); /* the fill ended meanwhile (0: look again), or its head is ready (2) */
+        return got;
     }
     lp_cache_zone_hold(zone);
     /* Parked after registering: a notify from another thread only queues the wait for this
@@ -520,6 +693,8 @@ store_start(lp_req_t *r, lp_cache_zone_t *zone, const char *key, size_t klen, co
     if (!f)
         return LP_FFI_ENOSPACE; /* too large, key too long, or out of memory */
     lp__cache_entry_set_fields(f->e, nfields);
+    if (head)
+        lp__cache_fill_ready_new(f); /* its waiters may read it as it fills */
     r->cache.fill = f; /* an empty body is complete with the response (lp_cache_req_done) */
     lp__cache_fill_progress(f, loop_ms(r->w)); /* the head came */
     return 0;
@@ -556,6 +731,31 @@ int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, 
     return lp_cache_fill_commit(f) ? LP_FFI_ENOSPACE : 0;
 }
 
+/* lp__cache_answer's body from an entry still filling (lp_ffi_cache_get_filling): the whole
+ * of it, streamed as it comes (conn.c's fill stream), or none (a 304). */
+static int fill_answer(lp_req_t *r, lp_req_cache_t *rc, int status, double first)
+{
+    int none = first <= -2 || status == 204 || status == 304;
+    if (first >= 0)
+        return LP_FFI_EINVAL; /* a range waits for the whole entry (the plugin's plain only) */
+    lp_cache_req_body_done(r);
+    free(r->resp.local_body);
+    r->resp.local_body = NULL;
+    if (rc->watch)
+        watch_free(rc->watch); /* an earlier answer's */
+    if (!none && !(rc->watch = watch_new(r, rc->hit_zone)))
+        return LP_FFI_ENOSPACE;
+    rc->body = lp_cache_entry_ref(rc->hit);
+    rc->streaming = none ? 0 : LP_CACHE_STREAM_FILL;
+    rc->chunk = NULL;
+    rc->chunk_off = 0;
+    rc->left = none ? 0 : rc->fill_hint ? rc->fill_hint : UINT64_MAX;
+    r->resp.local_body_len = none ? 0 : (size_t)rc->fill_hint;
+    r->resp.status = status;
+    r->flags |= LP_RF_LOCAL;
+    return 0;
+}
+
 int lp__cache_answer(lp_req_t *r, int status, const char *fields, size_t flen, int checked,
                      const char *more, size_t mlen, double first, double last)
 {
@@ -569,6 +769,8 @@ int lp__cache_answer(lp_req_t *r, int status, const char *fields, size_t flen, i
         hrc = lp__resp_add_wire(r, more, mlen, 0);
     if (hrc)
         return hrc;
+    if (rc->hit_filling)
+        return fill_answer(r, rc, status, first);
     uint64_t len = lp_cache_entry_body_len(rc->hit);
     uint64_t from = 0, to = len; /* [from, to) */
     if (first <= -2 || status == 204 || status == 304) {
@@ -579,7 +781,7 @@ int lp__cache_answer(lp_req_t *r, int status, const char *fields, size_t flen, i
         from = (uint64_t)first;
         to = last >= (double)len ? len : (uint64_t)last + 1;
     }
-    lp_cache_req_body_done(r);
+    body_done(r);
     free(r->resp.local_body);
     r->resp.local_body = NULL;
     if (!lp_cache_entry_resident(rc->hit)) {
@@ -646,8 +848,9 @@ double lp_ffi_cache_read(void *rp, double first, char *dst, double n)
     const lp_cache_entry_t *e = r->cache.hit;
     if (!e || first < 0 || n < 0)
         return LP_FFI_EINVAL;
-    if (!lp_cache_entry_resident(e))
-        return LP_FFI_ENOTFOUND; /* a streamed hit's body is in its file only */
+    if (r->cache.hit_filling || !lp_cache_entry_resident(e))
+        return LP_FFI_ENOTFOUND; /* a streamed hit's body is in its file only, a filling
+                                    entry's not all there */
     uint64_t len = lp_cache_entry_body_len(e);
     uint64_t from = (uint64_t)first;
     if (from >= len)
@@ -781,6 +984,7 @@ int lp__cache_store_fields(lp_req_t *r, lp_cache_zone_t *zone, const char *key, 
         p = put_short(p, value.base, value.len);
         *p++ = '\n';
     }
+    lp__cache_fill_ready_new(r->cache.fill); /* its waiters may read it as it fills */
     return 0;
 }
 

@@ -97,6 +97,7 @@ struct lp_cache_native_s {
     /* Both tables are made on the first decision or hit the plugin reports: a route no
      * request reaches (thousands of them, per worker VM) costs only this struct. */
     learned_t *learned; /* owned: NLEARNED slots, NULL until the first decision */
+    learned_t *mru;     /* borrowed from `learned`: the slot learned_find found last, or NULL */
     unsigned next;      /* the slot a new decision replaces when all are used */
     char date[40];      /* the last Date value the plugin parsed */
     size_t date_len;    /* 0: none yet */
@@ -411,14 +412,23 @@ int lp_cache_native_request(lp_req_t *r)
     return 0;
 }
 
+static inline __attribute__((always_inline)) int learned_is(const learned_t *d, int status,
+                                                            int validators, const lp_str_t *cc)
+{
+    return d->status == status && d->validators == validators && d->has_cc == (cc != NULL) &&
+           (!cc || (d->cc_len == cc->len && memcmp(d->cc, cc->base, cc->len) == 0));
+}
+
 static inline __attribute__((always_inline)) learned_t *
 learned_find(lp_cache_native_t *n, int status, int validators, const lp_str_t *cc)
 {
+    /* The last one found first: most responses of a route take one decision. */
+    if (n->mru && learned_is(n->mru, status, validators, cc))
+        return n->mru;
     for (int i = 0; n->learned && i < NLEARNED; i++) {
         learned_t *d = &n->learned[i];
-        if (d->status == status && d->validators == validators && d->has_cc == (cc != NULL) &&
-            (!cc || (d->cc_len == cc->len && memcmp(d->cc, cc->base, cc->len) == 0)))
-            return d;
+        if (learned_is(d, status, validators, cc))
+            return n->mru = d;
     }
     return NULL;
 }

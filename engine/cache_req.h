@@ -20,6 +20,11 @@ void lp_cache_req_end(lp_req_t *req);
 lp_buf_t *lp_cache_req_pin(lp_req_t *req);
 /* Drops the hit's body (written, or cut). */
 void lp_cache_req_body_done(lp_req_t *req);
+/* An answer from an entry as it fills (req->cache.streaming is LP_CACHE_STREAM_FILL): its
+ * next bytes, 1 and *p, *n (in the entry: the pin keeps them); 0 none yet: the fill's next
+ * bytes or end call lp_conn_cache_resume (once); 2 the end (the body is complete); -1 the
+ * fill failed (or out of memory): the answer must be cut short. */
+int lp_cache_req_fill_next(lp_req_t *req, const char **p, size_t *n);
 
 /* The index in LP_FFI_CACHE_FIELDS (lua_api.h) of a field name (any case), or -1
  * (lp_ffi_cache_fields' bits): one of these, which lp__cache_field_index returns for their

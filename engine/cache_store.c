@@ -1065,6 +1065,7 @@ HOT void lock_drop(lp_cache_zone_t *z, lp_cache_fill_t *f)
         pp = &(*pp)->lnext;
     *pp = f->lnext;
     f->locked = 0;
+    __atomic_store_n(&f->nearly, 0, __ATOMIC_RELAXED);
     lp_cache_waiter_t *w = f->waiters;
     f->waiters = NULL;
     while (w) {
@@ -1079,15 +1080,29 @@ HOT void lock_drop(lp_cache_zone_t *z, lp_cache_fill_t *f)
 int lp_cache_wait(lp_cache_zone_t *z, const char *key, size_t klen, lp_cache_waiter_t *w)
 {
     uint64_t h = lp_hash64(key, klen);
+    int r = 0;
+    w->reader = 0;
     lp_mutex_lock(&z->lock);
     lp_cache_fill_t *f = lock_find(z, h, key, klen);
     if (f) {
-        w->holder = f;
-        w->next = f->waiters;
-        f->waiters = w;
+        r = 1;
+        if (w->early) {
+            /* Counted first, then `pub` tested (both sequentially consistent): the filler
+             * stores `pub`, then tests the count, so one of the two sees the other. */
+            __atomic_store_n(&f->nearly, f->nearly + 1, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&f->pub, __ATOMIC_SEQ_CST)) {
+                __atomic_store_n(&f->nearly, f->nearly - 1, __ATOMIC_RELAXED);
+                r = 2; /* ready already: read it as it fills */
+            }
+        }
+        if (r == 1) {
+            w->holder = f;
+            w->next = f->waiters;
+            f->waiters = w;
+        }
     }
     lp_mutex_unlock(&z->lock);
-    return f != NULL;
+    return r;
 }
 
 int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
@@ -1095,11 +1110,15 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w)
     lp_mutex_lock(&z->lock);
     lp_cache_fill_t *f = w->holder;
     if (f) {
-        lp_cache_waiter_t **pp = &f->waiters;
+        lp_cache_waiter_t **pp = w->reader ? &f->readers : &f->waiters;
         while (*pp != w)
             pp = &(*pp)->next;
         *pp = w->next;
         w->holder = NULL;
+        if (w->reader)
+            __atomic_store_n(&f->nreaders, f->nreaders - 1, __ATOMIC_RELAXED);
+        else if (w->early)
+            __atomic_store_n(&f->nearly, f->nearly - 1, __ATOMIC_RELAXED);
     }
     lp_mutex_unlock(&z->lock);
     return f != NULL;
@@ -1443,19 +1462,145 @@ int lp_cache_fill_key(const lp_cache_fill_t *f, const char **key, size_t *klen)
     return lp__cache_fill_key(f, key, klen);
 }
 
-/* The fill went over a limit: its bytes go now, and its lock, so waiters stop waiting. */
+/* ---- reading a fill's entry as it fills ---- */
+
+/* Under the zone lock: the fill's readers hear of it (each once: taken out as notified). */
+static void readers_notify(lp_cache_fill_t *f)
+{
+    lp_cache_waiter_t *w = f->readers;
+    f->readers = NULL;
+    __atomic_store_n(&f->nreaders, 0, __ATOMIC_RELAXED);
+    while (w) {
+        lp_cache_waiter_t *next = w->next;
+        w->holder = NULL;
+        w->next = NULL;
+        w->notify(w); /* hands w over to its owner */
+        w = next;
+    }
+}
+
+/* Under the zone lock: a published fill ends (state COMPLETE at its commit, FAILED
+ * otherwise): no reader attaches any more, and those attached hear of it. The entry's bytes
+ * stay with its readers' references. */
+static inline void fill_end(lp_cache_fill_t *f, lp_cache_entry_t *e, uint8_t state)
+{
+    if (!f->pub)
+        return;
+    __atomic_store_n(&f->pub, NULL, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->fstate, state, __ATOMIC_RELEASE);
+    e->filler = NULL;
+    if (f->readers)
+        readers_notify(f);
+}
+
+void lp__cache_fill_tell(lp_cache_fill_t *f)
+{
+    lp_mutex_lock(&f->zone->lock);
+    readers_notify(f);
+    lp_mutex_unlock(&f->zone->lock);
+}
+
+void lp_cache_fill_ready(lp_cache_fill_t *f)
+{
+    lp__cache_fill_ready(f);
+}
+
+void lp__cache_fill_wake_early(lp_cache_fill_t *f)
+{
+    lp_mutex_lock(&f->zone->lock);
+    for (lp_cache_waiter_t **pp = &f->waiters; *pp;) {
+        lp_cache_waiter_t *w = *pp;
+        if (!w->early) {
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        w->holder = NULL;
+        w->next = NULL;
+        w->notify(w);
+    }
+    __atomic_store_n(&f->nearly, 0, __ATOMIC_RELAXED);
+    lp_mutex_unlock(&f->zone->lock);
+}
+
+lp_cache_entry_t *lp_cache_get_filling(lp_cache_zone_t *z, const char *key, size_t klen,
+                                       const char *sec, size_t slen, uint64_t *hint)
+{
+    uint64_t h = lp_hash64(key, klen);
+    lp_mutex_lock(&z->lock);
+    lp_cache_fill_t *f = lock_find(z, h, key, klen);
+    lp_cache_entry_t *e = f ? __atomic_load_n(&f->pub, __ATOMIC_ACQUIRE) : NULL;
+    if (e && lp_cache_entry_same(e, key, klen, sec, slen)) {
+        lp_cache_entry_ref(e); /* before the fill can drop its own: its end takes this lock */
+        *hint = f->hint;
+    } else {
+        e = NULL;
+    }
+    lp_mutex_unlock(&z->lock);
+    return e;
+}
+
+int lp_cache_fill_read(const lp_cache_entry_t *e, lp_cache_fill_cursor_t *cur, const char **p,
+                       size_t *n)
+{
+    /* The state first: COMPLETE seen (acquire) means every length read after it is final. */
+    uint8_t st = __atomic_load_n(&e->fstate, __ATOMIC_ACQUIRE);
+    if (st == LP_CACHE_FILL_FAILED)
+        return -1;
+    if (!cur->c) {
+        cur->c = __atomic_load_n(&e->chunks, __ATOMIC_ACQUIRE);
+        cur->off = 0;
+    }
+    while (cur->c) {
+        size_t len = __atomic_load_n(&cur->c->len, __ATOMIC_ACQUIRE);
+        if (cur->off < len) {
+            *p = cur->c->data + cur->off;
+            *n = len - cur->off;
+            cur->off = len;
+            return 1;
+        }
+        const lp_cache_chunk_t *next = __atomic_load_n(&cur->c->next, __ATOMIC_ACQUIRE);
+        if (!next)
+            break;
+        cur->c = next;
+        cur->off = 0;
+    }
+    return st == LP_CACHE_FILL_COMPLETE ? 2 : 0;
+}
+
+int lp_cache_fill_watch(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_waiter_t *w)
+{
+    lp_mutex_lock(&z->lock);
+    lp_cache_fill_t *f = e->filler;
+    if (f) {
+        w->reader = 1;
+        w->holder = f;
+        w->next = f->readers;
+        f->readers = w;
+        __atomic_store_n(&f->nreaders, f->nreaders + 1, __ATOMIC_RELAXED);
+    }
+    lp_mutex_unlock(&z->lock);
+    /* Counted, then the caller reads again: against the filler's store of a chunk's length
+     * and its test of the count (lp__cache_fill_publish), one of the two sees the other. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return f != NULL;
+}
+
+/* The fill went over a limit: its bytes go now (but for its readers' references), and its
+ * lock, so waiters stop waiting; its readers' answers are cut short. */
 static void fill_kill(lp_cache_fill_t *f)
 {
-    if (f->e) {
-        entry_free(f->e);
-        f->e = NULL;
-        f->tail = NULL;
-    }
+    lp_cache_entry_t *e = f->e;
+    f->e = NULL;
+    f->tail = NULL;
     f->dead = 1;
     lp_mutex_lock(&f->zone->lock);
+    if (e)
+        fill_end(f, e, LP_CACHE_FILL_FAILED);
     fill_uncharge(f);
     lock_drop(f->zone, f);
     lp_mutex_unlock(&f->zone->lock);
+    lp_cache_entry_unref(e);
     lp_cache_count(f->zone, LP_CACHE_C_ABANDONED);
 }
 
@@ -1490,19 +1635,24 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
                 fill_kill(f);
                 return -1;
             }
+            /* Linked with release stores: a reader of the filling entry that finds it
+             * finds it initialised. */
             if (t)
-                t->next = c;
+                __atomic_store_n(&t->next, c, __ATOMIC_RELEASE);
             else
-                e->chunks = c;
+                __atomic_store_n(&e->chunks, c, __ATOMIC_RELEASE);
             f->tail = t = c;
             e->cost += sizeof(*c) + want;
         }
         size_t n = t->cap - t->len < len ? t->cap - t->len : len;
         memcpy(t->data + t->len, data, n);
-        t->len += n;
         e->body_len += n;
         data += n;
         len -= n;
+        if (len)
+            __atomic_store_n(&t->len, t->len + n, __ATOMIC_RELEASE);
+        else
+            lp__cache_fill_publish(f, t, n); /* and its readers hear of it */
     }
     return 0;
 }
@@ -1510,14 +1660,16 @@ int lp_cache_fill_append(lp_cache_fill_t *f, const char *data, size_t len)
 HOT void fill_free(lp_cache_fill_t *f)
 {
     lp_cache_zone_t *z = f->zone;
-    if (f->locked || f->charged) {
+    if (f->locked || f->charged || f->pub) {
         lp_mutex_lock(&z->lock);
+        if (f->e)
+            fill_end(f, f->e, LP_CACHE_FILL_FAILED);
         fill_uncharge(f);
         lock_drop(z, f);
         lp_mutex_unlock(&z->lock);
     }
     if (f->e)
-        entry_free(f->e);
+        lp_cache_entry_unref(f->e); /* its readers may hold it still */
     int zref = f->zref;
     fill_block_free(f);
     if (zref)
@@ -1536,10 +1688,11 @@ int lp_cache_fill_commit(lp_cache_fill_t *f)
     e->cost += lp_cache_entry_cost(e->klen, e->slen, e->hlen, 0);
     lp_cache_entry_t *dead = NULL;
     lp_mutex_lock(&z->lock);
-    fill_uncharge(f); /* its chunks move into `used` with the entry's cost */
+    fill_uncharge(f);                       /* its chunks move into `used` with the entry's cost */
+    fill_end(f, e, LP_CACHE_FILL_COMPLETE); /* its body is whole, linked or not */
     if (e->cost > z->capacity) {
         lp_mutex_unlock(&z->lock);
-        entry_free(e);
+        lp_cache_entry_unref(e);
         lp_cache_count(z, LP_CACHE_C_ABANDONED);
         fill_free(f);
         return -1;

@@ -213,11 +213,16 @@ typedef struct lp_cache_waiter_s {
     struct lp_cache_fill_s *holder; /* borrowed: the fill waited on (zone lock); NULL once
                                        notified or cancelled */
     void (*notify)(struct lp_cache_waiter_s *w);
+    uint8_t early;  /* set by its owner before lp_cache_wait: notified as soon as the fill's
+                       head is ready (lp_cache_fill_ready), to read the entry as it fills */
+    uint8_t reader; /* registered by lp_cache_fill_watch (set there), not lp_cache_wait */
 } lp_cache_waiter_t;
-/* Registers w on the fill holding key's lock: 1, or 0 when nothing holds it (no notify). */
+/* Registers w on the fill holding key's lock: 1, or 0 when nothing holds it (no notify). An
+ * early waiter (w->early) is not registered when the fill's head is ready already: 2 (look
+ * the filling entry up: lp_cache_get_filling). */
 int lp_cache_wait(lp_cache_zone_t *z, const char *key, size_t klen, lp_cache_waiter_t *w);
-/* Takes w out: 1 when it was still registered (notify will not come), 0 when notify already
- * ran (the owner gets it through its hand-over). */
+/* Takes w out (a waiter's or a reader's): 1 when it was still registered (notify will not
+ * come), 0 when notify already ran (the owner gets it through its hand-over). */
 int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w);
 /* A wait's bound came (its owner's timer): when the fill it waits on made progress (its head,
  * body bytes: lp__cache_fill_progress) within the last window_ms of now_ms (both the loop
@@ -226,6 +231,35 @@ int lp_cache_wait_cancel(lp_cache_zone_t *z, lp_cache_waiter_t *w);
  * -1 when notify already ran. */
 int64_t lp_cache_wait_quiet(lp_cache_zone_t *z, lp_cache_waiter_t *w, uint64_t now_ms,
                             uint64_t window_ms);
+
+/* ---- reading an entry as it fills (coalesced waiters) ----
+ * A fill whose head is written tells so (lp_cache_fill_ready): its early waiters are notified
+ * then, and from then on the entry it gathers can be looked up through its key's lock with a
+ * reference (lp_cache_get_filling), and its body read as it comes (lp_cache_fill_read). A
+ * reader at the end of what is there registers (lp_cache_fill_watch) and is notified once, by
+ * the filler's thread, when more comes or the fill ends. The fill's commit completes the
+ * entry for its readers; an abandoned or killed fill fails it: every reader's answer is cut
+ * short (its bytes stay until the last reference goes). */
+enum { LP_CACHE_FILL_COMPLETE, LP_CACHE_FILL_FILLING, LP_CACHE_FILL_FAILED };
+/* The head of the fill's entry is written (and its fields told): readers may come. */
+void lp_cache_fill_ready(lp_cache_fill_t *f);
+/* The entry a ready fill holding key's lock gathers for (key, sec), with a new reference for
+ * the caller, or NULL; *hint its expected body length (0: unknown). */
+lp_cache_entry_t *lp_cache_get_filling(lp_cache_zone_t *z, const char *key, size_t klen,
+                                       const char *sec, size_t slen, uint64_t *hint);
+/* A reader's place in a filling entry (zeroed: its start). */
+typedef struct {
+    const lp_cache_chunk_t *c; /* borrowed from the entry (the reader holds a reference) */
+    size_t off;                /* bytes of c read */
+} lp_cache_fill_cursor_t;
+/* The next bytes of e after cur: 1 and *p, *n (valid while the reader holds e); 0 none yet
+ * (the fill goes on: watch, then read again); 2 the end (the body is complete); -1 the fill
+ * failed (the answer must be cut short). Any thread, no lock. */
+int lp_cache_fill_read(const lp_cache_entry_t *e, lp_cache_fill_cursor_t *cur, const char **p,
+                       size_t *n);
+/* Registers w (its notify set) to hear of e's next bytes or end: 1, or 0 when e's fill has
+ * ended already (read again). Taken out by lp_cache_wait_cancel. */
+int lp_cache_fill_watch(lp_cache_zone_t *z, lp_cache_entry_t *e, lp_cache_waiter_t *w);
 /* Starts gathering an entry: with a fill from lp_cache_lock (fill non-NULL), or a new one (fill
  * NULL). `size_hint` is the expected body length (Content-Length), 0 when unknown. Returns the
  * fill, or NULL when the key is too long, the hint is over the zone's max_object_size, or out of

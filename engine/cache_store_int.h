@@ -78,6 +78,13 @@ struct lp_cache_entry_s {
     /* owned: how plain hits are served, newest first (lp_cache_entry_served_set, any
        thread, lock-free); NULL until learned */
     _Atomic(struct lp_cache_served_s *) served;
+    /* A fill's entry read while it fills (lp_cache_get_filling): LP_CACHE_FILL_* (0, complete,
+     * for every other entry). Set by its fill before it is published, then changed once,
+     * under the zone lock, with a release store that readers load with acquire: a reader
+     * that sees COMPLETE sees every chunk's final `len` and `next`. */
+    uint8_t fstate;
+    struct lp_cache_fill_s *filler; /* borrowed: the fill gathering it while fstate is
+                                       FILLING (zone lock; NULL once it ended) */
 };
 
 struct lp_cache_fill_s {
@@ -111,6 +118,17 @@ struct lp_cache_fill_s {
                                    or a small body's room reserved with its lock */
     size_t reserve_left;        /* of charged: the lock's reservation no chunk has taken yet
                                    (the owning thread's; the first chunks take it first) */
+    /* Streaming to waiters (lp_cache_fill_ready): `pub` is e once its head is written,
+     * stored by the filler with a sequentially consistent store (no zone lock), cleared under
+     * the zone lock when the fill ends; a reader takes its reference under that lock, before
+     * the fill can drop its own. */
+    lp_cache_entry_t *pub;
+    lp_cache_waiter_t *readers; /* borrowed: readers at the end of what is there, woken by
+                                   the next append or the fill's end (zone lock) */
+    unsigned nreaders;          /* how many (atomics: the filler tests it without the lock
+                                   after each append, a sequentially consistent fence first) */
+    unsigned nearly;            /* waiters to wake when the head is ready (atomics, as
+                                   nreaders; changed under the zone lock) */
 };
 
 /* Concurrency: one mutex per zone, taken by every worker's lookups, commits and purges and by
@@ -190,9 +208,10 @@ static inline uint64_t lp__cache_max_object(lp_cache_zone_t *z)
 }
 
 /* lp_cache_fill_append's common case, for the request path's tee: len bytes that fit the
- * fill's last chunk (a small body's, in its entry's block) within max_object_size are taken:
- * where the caller writes them (the entry is the fill's alone until its commit). NULL: any
- * other case, which lp_cache_fill_append decides. */
+ * fill's last chunk (a small body's, in its entry's block) within max_object_size go where
+ * this returns: the caller writes them there, then calls lp__cache_fill_wrote (readers of the
+ * filling entry must never see the bytes counted before they are written). NULL: any other
+ * case, which lp_cache_fill_append decides. */
 static inline char *lp__cache_fill_room(lp_cache_fill_t *f, size_t len)
 {
     lp_cache_entry_t *e = f->e;
@@ -200,10 +219,64 @@ static inline char *lp__cache_fill_room(lp_cache_fill_t *f, size_t len)
     if (f->dead || !e || !t || t->cap - t->len < len ||
         e->body_len + len > lp__cache_max_object(f->zone))
         return NULL;
-    char *at = t->data + t->len;
-    t->len += len;
+    return t->data + t->len;
+}
+
+/* Wakes the fill's readers (cache_store.c): the filler's thread, after an append. */
+void lp__cache_fill_tell(lp_cache_fill_t *f);
+
+/* The filler published n more bytes of chunk t (written already): a release store readers
+ * pair with an acquire load; then, after a full fence (against a reader registering at the
+ * same moment: it registers, then reads `len` again), readers waiting for bytes are woken.
+ * A fill without readers pays the fence and one load. */
+static inline void lp__cache_fill_publish(lp_cache_fill_t *f, lp_cache_chunk_t *t, size_t n)
+{
+    __atomic_store_n(&t->len, t->len + n, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&f->nreaders, __ATOMIC_RELAXED))
+        lp__cache_fill_tell(f);
+}
+
+/* Wakes the fill's early waiters (cache_store.c): lp__cache_fill_ready's slow path. */
+void lp__cache_fill_wake_early(lp_cache_fill_t *f);
+
+/* lp_cache_fill_ready of a fill just started (its entry there, not dead, not ready yet):
+ * a stored miss calls it once. */
+static inline void lp__cache_fill_ready_new(lp_cache_fill_t *f)
+{
+    lp_cache_entry_t *e = f->e;
+    e->fstate = LP_CACHE_FILL_FILLING;
+    e->filler = f;
+    /* Published, then the early waiters counted (both sequentially consistent: a waiter
+     * registering meanwhile counts itself, then tests `pub`: lp_cache_wait). */
+    __atomic_store_n(&f->pub, e, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&f->nearly, __ATOMIC_SEQ_CST))
+        lp__cache_fill_wake_early(f);
+}
+
+static inline void lp__cache_fill_ready(lp_cache_fill_t *f)
+{
+    if (f->e && !f->dead && !f->pub)
+        lp__cache_fill_ready_new(f);
+}
+
+/* lp__cache_fill_room's bytes are written. */
+static inline void lp__cache_fill_wrote(lp_cache_fill_t *f, size_t len)
+{
+    f->e->body_len += len;
+    lp__cache_fill_publish(f, f->tail, len);
+}
+
+/* The same, with e (f->e), t (f->tail) and t's new length read before the bytes were
+ * written (the request path's tee: the copy may alias them for the compiler). */
+static inline void lp__cache_fill_wrote_at(lp_cache_fill_t *f, lp_cache_entry_t *e,
+                                           lp_cache_chunk_t *t, size_t len, size_t end)
+{
     e->body_len += len;
-    return at;
+    __atomic_store_n(&t->len, end, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&f->nreaders, __ATOMIC_RELAXED))
+        lp__cache_fill_tell(f);
 }
 
 /* The filling thread's note that its fill moved on at now_ms (the loop clock): a store. */

@@ -1428,7 +1428,8 @@ static int conn_send_head(lp_req_t *req, const lp_h1_t *rh)
     int close = (req->h1.flags & LP_H1F_CONN_CLOSE) || lp_ep_worker(&c->ep)->stopping ||
                 (req->flags & LP_RF_RESP_CLOSE);
     int filtered = lp_lua_wants(req->g->lua, req->route_index, LP_PHASE_BODY);
-    int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED) : 1;
+    int has_length = rh ? (rh->flags & LP_H1F_LENGTH) && !(rh->flags & LP_H1F_CHUNKED)
+                        : !(req->cache.streaming == LP_CACHE_STREAM_FILL && !req->cache.fill_hint);
     if (filtered && !upgrade && status != 204 && status != 304)
         has_length = 0; /* a body filter may change the length (HEAD: unknown, so none) */
     if (req->resp.zip_coding && !no_body && status >= 200) {
@@ -1758,6 +1759,7 @@ static int conn_cache_piece(lp_req_t *req, const char *at, size_t n, lp_buf_t *p
 #define CACHE_TURN_BYTES (4 * LP_CACHE_CHUNK)
 
 static int conn_cache_stream(lp_req_t *req);
+static int conn_fill_stream(lp_req_t *req);
 
 /* The pump's next turn (turn.h): lp_conn_cache_resume checks that the request still
  * writes this hit's body (the queued turn is cancelled when the body ends or the request
@@ -1774,7 +1776,8 @@ static int conn_cache_pump(lp_req_t *req)
     if (req->filter_cont != LP_FC_NONE)
         return LP_OK; /* a filter waits on the last piece: its end goes on (LP_FC_CACHE) */
     if (rc->streaming)
-        return conn_cache_stream(req);
+        return rc->streaming == LP_CACHE_STREAM_FILL ? conn_fill_stream(req)
+                                                     : conn_cache_stream(req);
     lp_buf_t *pin = lp_cache_req_pin(req);
     if (!pin) {
         down(req)->abort(req);
@@ -1868,6 +1871,76 @@ static int conn_cache_stream(lp_req_t *req)
     lp_conn_flush(c);
     if ((c->ep.flags & LP_EPF_CLOSING) || rc->left)
         return LP_OK;
+    lp_cache_req_body_done(req);
+    return conn_local_done(req);
+}
+
+/* A coalesced waiter's answer from an entry as it fills (cache_ffi.c): what is there goes
+ * as the memory hit's does (zero-copy, pinned, at most CACHE_TURN_BYTES a turn, up to the
+ * high watermark); at its end the pump waits for the filler's next append, which resumes it
+ * (lp_conn_cache_resume, through the worker's inbox). The fill's commit ends the body (a
+ * length unknown: the chunked end); a fill that fails cuts the answer short (the client sees
+ * a truncated body, never a wrong one whole). */
+static int conn_fill_stream(lp_req_t *req)
+{
+    lp_conn_t *c = req->conn;
+    lp_req_cache_t *rc = &req->cache;
+    lp_buf_t *pin = lp_cache_req_pin(req);
+    int unsized = rc->fill_hint == 0;
+    size_t budget = CACHE_TURN_BYTES;
+    for (;;) {
+        int waiting = 0, moved = 0;
+        while (pin && rc->left &&
+               !(req->h2s ? down(req)->full(req) : lp_ep_queued(&c->ep) >= LP_HIGH_WATERMARK) &&
+               !(c->ep.flags & LP_EPF_CLOSING)) {
+            if (!budget) {
+                /* This turn's share is spent: the rest after the other connections' I/O. */
+                lp_conn_flush(c);
+                lp_turn_queue(&req->w->turns, &rc->turn, conn_cache_turn);
+                return LP_OK;
+            }
+            const char *at;
+            size_t n;
+            int got = lp_cache_req_fill_next(req, &at, &n);
+            if (!got) {
+                waiting = 1; /* the filler's next bytes resume it */
+                break;
+            }
+            if (got == 2 && unsized) {
+                rc->left = 0;
+                break;
+            }
+            if (got != 1 || (!unsized && n > rc->left)) {
+                pin = NULL; /* failed, or not the length said: cut short */
+                break;
+            }
+            if (!unsized)
+                rc->left -= n;
+            moved = 1;
+            budget -= n < budget ? n : budget;
+            int prc = conn_cache_piece(req, at, n, pin);
+            if (prc == LP_AGAIN) {
+                lp_conn_flush(c);
+                return LP_OK;
+            }
+            if (prc != LP_OK)
+                return conn_filter_failed(req);
+        }
+        if (!pin) {
+            lp_cache_req_body_done(req);
+            down(req)->abort(req);
+            return LP_GONE;
+        }
+        lp_conn_flush(c);
+        if (c->ep.flags & LP_EPF_CLOSING)
+            return LP_OK; /* the connection's end ends the request */
+        if (!rc->left)
+            break;
+        /* Waiting for the filler, or for the client's side to drain (conn_on_written,
+         * h2_leave); a flush that wrote everything at once brings no drain: go on. */
+        if (waiting || !moved || req->h2s || c->ep.out_pending > LP_LOW_WATERMARK)
+            return LP_OK;
+    }
     lp_cache_req_body_done(req);
     return conn_local_done(req);
 }

@@ -495,7 +495,13 @@ int lp_ffi_cache_locked(void *zone, const char *key, size_t klen);
 /* wait: parks the task until the fill holding key's lock ends, or until it made no progress
  * (its head, body bytes) for `seconds`: a slow body still coming keeps its waiters. 1:
  * parked; 0: nothing holds the lock. */
-int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds);
+int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds, int early);
+/* The entry another request's fill gathers for (key, sec), once its head is written: 1 and
+ * its head (the request's next answer, Zone:respond, streams its body as it fills: a plain
+ * whole answer only), *hint the body's expected length (0: unknown); 0 when there is none.
+ * wait with `early` wakes when such a head is ready (answers 2 at once when it is). */
+int lp_ffi_cache_get_filling(void *r, void *zone, const char *key, size_t klen, const char *sec,
+                             size_t slen, lp_str_t *head, double *hint);
 int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const char *sec,
                        size_t slen, const char *head, size_t hlen, double keep);
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,

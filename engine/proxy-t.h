@@ -377,7 +377,8 @@ typedef struct lp_req_cache_s {
                                          next one takes `loaded` or misses (never loads again) */
     struct lp_cache_stream_s *stream; /* owned: the file of a disk-only hit whose body is
                                          streamed (cache_disk_hit.c); NULL: none */
-    uint8_t streaming;                /* the answer's body comes from `stream`, not chunks */
+    uint8_t streaming;                /* the answer's body comes from `stream`, not chunks;
+                                         LP_CACHE_STREAM_FILL: from a filling entry */
     uint8_t load_waited;              /* the last lookup waited for another request's
                                          read-back: the next one reads back itself */
     /* borrowed (the request's generation holds the VM it lives in): the route's native
@@ -389,7 +390,17 @@ typedef struct lp_req_cache_s {
     /* A memory hit's body goes on here on the next loop turn once the pump moved its share
      * of one turn (conn.c); cancelled by lp_cache_req_body_done (so also by lp_req_end). */
     lp_turn_t turn;
+    /* A coalesced waiter answered from an entry as it fills (cache_ffi.c's fill stream):
+     * `hit` is one (lp_ffi_cache_get_filling) while hit_filling; `body` is one while
+     * `streaming` is LP_CACHE_STREAM_FILL, read from chunk/chunk_off on (a cursor:
+     * lp_cache_fill_read); `fill_hint` its expected length (0: unknown, sent chunked, `left`
+     * then UINT64_MAX until its end). */
+    uint8_t hit_filling;
+    uint64_t fill_hint;
+    struct lp_cache_fill_watch_s *watch; /* owned: hears of the fill's next bytes (its worker's
+                                            inbox); NULL: none */
 } lp_req_cache_t;
+#define LP_CACHE_STREAM_FILL 2 /* lp_req_cache_t.streaming */
 
 /* Header slots beyond limits.max_headers for the fields the proxy and plugins add. */
 #define LP_HEADERS_SPARE 16

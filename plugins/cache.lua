@@ -909,6 +909,23 @@ local function look(req, conf, st, z, key, rh, rd, waited)
   return false
 end
 
+-- A plain GET that waited for another request's fill: answered from the fill's entry as it
+-- fills, when its head is written, it is this request's variant (st.sec, from look's miss)
+-- and fresh as it stands; the engine streams the body as it comes (conn.c's fill stream),
+-- cut short should the fill fail. false: none such.
+local function follow(req, conf, st, z, key)
+  local head, hint = z:get_filling(req, key, st.sec or "")
+  if not head then return false end
+  local meta, headers, case, base = decode_cached(head)
+  if not meta or meta.status == 206 then return false end
+  if policy.evaluate(meta, NO_DIRECTIVES, proxy.now(), conf._opts) ~= "fresh" then return false end
+  st.case = case
+  z:count("hit")
+  serve(req, conf, st, meta, headers, hint,
+    { fwd = st.miss or "uri-miss", collapsed = true }, nil, base)
+  return true
+end
+
 -- Rounds of waiting a request makes for fills of its key that end without its entry (on a
 -- varying key, other variants' fills) before it goes upstream on its own.
 local WAIT_ROUNDS = 8
@@ -916,16 +933,23 @@ local WAIT_ROUNDS = 8
 -- A request whose key another request fills: waits for that fill and looks again each time a
 -- fill of the key ends (its entry may be the next one's), or takes the lock to fill its own
 -- entry when the key is free; bounded by lock_timeout without progress (the engine's wait,
--- lp_ffi_cache_wait, counts from the fill's last progress) and by WAIT_ROUNDS fills. True
--- when it answered from an entry.
-local function wait_fill(req, conf, st, z, key, rh, rd)
+-- lp_ffi_cache_wait, counts from the fill's last progress) and by WAIT_ROUNDS fills. A plain
+-- GET is woken as soon as a fill's head is written, and answered from the entry as it fills
+-- when it is its variant (follow); any other request waits for whole fills. True when it
+-- answered.
+local function wait_fill(req, conf, st, z, key, rh, rd, plain)
   local deadline = proxy.monotonic() + conf.lock_timeout
   for _ = 1, WAIT_ROUNDS do
     if z:locked(key) then
       local left = deadline - proxy.monotonic()
       if left <= 0 then return false end -- no progress for lock_timeout: upstream
-      z:wait(key, left) -- woken by the filling worker, whichever it is
+      -- Woken by the filling worker, whichever it is (true: the fill's head is ready).
+      local ready = z:wait(key, left, plain)
       if look(req, conf, st, z, key, rh, rd, true) then return true end
+      if ready then
+        if follow(req, conf, st, z, key) then return true end
+        plain = false -- another variant's fill (or not fresh): wait for whole fills now
+      end
       if proxy.monotonic() < deadline then deadline = proxy.monotonic() + conf.lock_timeout end
     elseif z:lock(req, key, conf.lock_timeout) then
       return false -- the key's fills ended without this entry: this request fills it
@@ -1161,7 +1185,11 @@ function P.request(req, conf)
     st.l2 = nil
   end
   -- Another request fills the key: wait for its entry (wait_fill).
-  if conf.lock and not locked and wait_fill(req, conf, st, z, key, rh, rd) then return end
+  if conf.lock and not locked and wait_fill(req, conf, st, z, key, rh, rd,
+    method == "GET" and rd == NO_DIRECTIVES and rh.range == nil and rh["if-range"] == nil
+      and not has_conditional(rh)) then
+    return
+  end
   -- RFC 9111 §4.2.3: request_time is when the request went upstream, not when the client's
   -- came: after waiting on another fill's lock (or asking the L2 tier) the wait must not
   -- count in the stored age. The common miss (the lock taken at once, no L2) keeps t0.

@@ -77,9 +77,22 @@ function Zone:locked(key) return C.lp_ffi_cache_locked(self._z, key, #key) == 1 
 
 -- Waits until the fill holding key's lock ends (on any worker: it wakes this one) or the
 -- fill made no progress (its head, body bytes) for `seconds`; returns at once when nothing
--- fills the key.
-function Zone:wait(key, seconds)
-  if C.lp_ffi_cache_wait(self._z, key, #key, seconds) == 1 then phases.wait() end
+-- fills the key. With `early`, also wakes when the fill's head is written, and returns true
+-- at once when it is: its entry can be served as it fills (get_filling).
+function Zone:wait(key, seconds, early)
+  local rc = C.lp_ffi_cache_wait(self._z, key, #key, seconds, early and 1 or 0)
+  if rc == 1 then phases.wait() end
+  return rc == 2
+end
+
+-- The entry another request's fill gathers for (key, sec), once its head is written: its
+-- head and expected body length (0: unknown), or nil. Zone:respond then answers with its
+-- body as it comes (a whole answer only: no range, no conditional).
+function Zone:get_filling(req, key, sec)
+  if C.lp_ffi_cache_get_filling(req._r, self._z, key, #key, sec, #sec, s1, d1) == 1 then
+    return ffi_string(s1[0].base, s1[0].len), d1[0]
+  end
+  return nil
 end
 
 -- Response phase: the upstream's body is stored under (key, sec) with `head` as it streams

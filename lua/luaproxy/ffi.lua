@@ -220,7 +220,9 @@ int lp_ffi_cache_get(void *r, void *zone, const char *key, size_t klen, const ch
                      size_t slen, lp_str_t *head, double *body_len);
 int lp_ffi_cache_lock(void *r, void *zone, const char *key, size_t klen, double timeout);
 int lp_ffi_cache_locked(void *zone, const char *key, size_t klen);
-int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds);
+int lp_ffi_cache_wait(void *zone, const char *key, size_t klen, double seconds, int early);
+int lp_ffi_cache_get_filling(void *r, void *zone, const char *key, size_t klen, const char *sec,
+                             size_t slen, lp_str_t *head, double *hint);
 int lp_ffi_cache_store(void *r, void *zone, const char *key, size_t klen, const char *sec,
                        size_t slen, const char *head, size_t hlen, double keep);
 int lp_ffi_cache_put(void *zone, const char *key, size_t klen, const char *sec, size_t slen,

@@ -43,7 +43,10 @@ function M.registry(now, hooks)
 
   -- A run of proxy.test is one request at a time: a held lock is never released meanwhile,
   -- so waiting is the fake clock passing.
-  function Zone:wait(key, seconds) hooks.sleep(seconds) end
+  function Zone:wait(key, seconds) hooks.sleep(seconds) return false end
+
+  -- No other request's fill is ever in flight to follow as it fills.
+  function Zone:get_filling() return nil end
 
   function Zone:store(req, key, sec, head, keep)
     if req:method() ~= "GET" or req._cache_fill then return false end

@@ -1111,9 +1111,10 @@ class RawOrigin:
     """A threaded HTTP/1.1 origin in Python, for tests that need exact control of the
     upstream's bytes or exact knowledge of what reached it.
 
-    handler(req: RawRequest) returns bytes to send (or an iterable of bytes, each piece sent
-    as the iterable yields it), or a tuple (bytes, "close") to close after sending, or None
-    to close without answering.  Everything received is kept in
+    handler(req: RawRequest) returns bytes to send, or a tuple (bytes, "close") to close
+    after sending, or None to close without answering, or an iterable of bytes sent one
+    piece at a time as it yields them (a paced body; a piece "close" closes there).
+    Everything received is kept in
     .received (all connections, concatenated per connection in .conn_data)."""
 
     def __init__(self, handler=None):
@@ -1241,12 +1242,13 @@ class RawOrigin:
                 close = False
                 if isinstance(out, tuple):
                     out, close = out[0], out[1] == "close"
-                if isinstance(out, (bytes, bytearray)):
-                    if out:
-                        s.sendall(out)
-                else:  # an iterable of pieces, each sent as it comes (a paced body)
-                    for piece in out:
+                if out and not isinstance(out, (bytes, bytearray)):
+                    for piece in out:  # each sent as it comes (a paced body)
+                        if piece == "close":
+                            return
                         s.sendall(piece)
+                elif out:
+                    s.sendall(out)
                 if close:
                     return
         except (OSError, ValueError):

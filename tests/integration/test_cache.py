@@ -714,9 +714,10 @@ class CacheTest(H.ProxyTestCase):
         self.assertEqual([r.body for r in results], [b"private"] * 5)
         self.assertEqual(self.origin.count(p), 5)
 
-    def paced_fill(self, gaps):
+    def paced_fill(self, gaps, headers=None):
         """A fill whose body comes in pieces after the given pauses (the route's lock_timeout
-        is 1 s) while 6 requests wait on it: the origin requests made, and the answers."""
+        is 1 s) while 6 requests (with `headers`) wait on it: the origin requests made, and
+        the answers."""
         p = "/slowfill/" + self._testMethodName
         body = H.large_body(len(gaps) * 1000)
         waiting = threading.Event()
@@ -736,7 +737,7 @@ class CacheTest(H.ProxyTestCase):
         first.start()
         H.wait_for(lambda: self.origin.count(p) == 1, H.T(10), what="the fill's request")
         threads = [threading.Thread(target=lambda: results.append(
-            H.get(self.port, p, timeout=H.T(30)))) for _ in range(6)]
+            H.get(self.port, p, headers=headers, timeout=H.T(30)))) for _ in range(6)]
         for t in threads:
             t.start()
         # The body goes on once every waiter is connected (they reach the lock at once).
@@ -883,9 +884,19 @@ class CacheTest(H.ProxyTestCase):
 
     def test_stalled_fill_releases_its_waiters(self):
         # A body that stops for 3 s (3 x lock_timeout) lets its waiters go upstream: the
-        # bound still holds for a fill that makes no progress.
-        n, _ = self.paced_fill([0.1, 3.0, 0.1])
+        # bound still holds for a fill that makes no progress. (Waiters that wait for the
+        # whole entry: a request directive keeps them from following the fill.)
+        n, _ = self.paced_fill([0.1, 3.0, 0.1], headers={"Cache-Control": "max-stale=1"})
         self.assertGreater(n, 1)
+
+    def test_stalled_fill_keeps_its_followers(self):
+        # Plain GETs follow the fill from its head on (fill streams): they are its body's
+        # readers then, and a pause in it pauses them as it would a client of the origin;
+        # the fill's own upstream timeouts bound it (a failed fill cuts them short).
+        n, results = self.paced_fill([0.1, 3.0, 0.1])
+        self.assertEqual(n, 1)
+        collapsed = [r for r in results if "collapsed" in (r.header("cache-status") or "")]
+        self.assertEqual(len(collapsed), 6)
 
     # ------------------------------------------------------------------ bodies
 

@@ -408,6 +408,250 @@ static void waiters(void)
     lp_cache_zone_release(z);
 }
 
+/* ---- reading an entry as it fills ---- */
+
+/* Reads what is there of e into out at *at: the last lp_cache_fill_read's result. */
+static int read_some(const lp_cache_entry_t *e, lp_cache_fill_cursor_t *cur, char *out, size_t room,
+                     size_t *at)
+{
+    for (;;) {
+        const char *p;
+        size_t n;
+        int r = lp_cache_fill_read(e, cur, &p, &n);
+        if (r != 1)
+            return r;
+        if (*at + n > room)
+            return -2;
+        memcpy(out + *at, p, n);
+        *at += n;
+    }
+}
+
+/* Early waiters hear of the head; the entry is looked up through the lock, read as it
+ * fills, readers woken once per wait by appends and by the commit, which completes it. */
+static void fill_stream(void)
+{
+    lp_cache_zone_t *z = zone("t20", 4 << 20, 1 << 20);
+    int busy;
+    lp_cache_fill_t *f = lp_cache_lock(z, K("k"), 5, NOW, &busy);
+    REQUIRE(f);
+    notified = 0;
+    lp_cache_waiter_t early = {.notify = count_notify, .early = 1};
+    lp_cache_waiter_t late = {.notify = count_notify};
+    CHECK_EQ_INT(lp_cache_wait(z, K("k"), &early), 1);
+    CHECK_EQ_INT(lp_cache_wait(z, K("k"), &late), 1);
+    uint64_t hint = 1;
+    CHECK(!lp_cache_get_filling(z, K("k"), K(""), &hint)); /* nothing ready */
+    f = lp_cache_fill_start(z, f, K("k"), K(""), K("head"), NOW + 60, 0);
+    REQUIRE(f);
+    CHECK(!lp_cache_get_filling(z, K("k"), K(""), &hint)); /* started, head not told */
+    lp_cache_fill_ready(f);
+    CHECK_EQ_INT(notified, 1); /* the early one only */
+    CHECK_EQ_INT(lp_cache_wait_cancel(z, &early), 0);
+    lp_cache_waiter_t again = {.notify = count_notify, .early = 1};
+    CHECK_EQ_INT(lp_cache_wait(z, K("k"), &again), 2);        /* ready: not registered */
+    CHECK(!lp_cache_get_filling(z, K("k"), K("v=1"), &hint)); /* another variant */
+    lp_cache_entry_t *e = lp_cache_get_filling(z, K("k"), K(""), &hint);
+    REQUIRE(e);
+    CHECK_EQ_INT((int)hint, 0);
+    char head[16];
+    CHECK_EQ_INT((int)lp_cache_entry_head(z, e, head, sizeof head), 4);
+    lp_cache_fill_cursor_t cur = {0};
+    char out[256];
+    size_t at = 0;
+    CHECK_EQ_INT(read_some(e, &cur, out, sizeof out, &at), 0);
+    lp_cache_waiter_t r = {.notify = count_notify};
+    CHECK_EQ_INT(lp_cache_fill_watch(z, e, &r), 1);
+    CHECK_EQ_INT(lp_cache_fill_append(f, K("hello ")), 0);
+    CHECK_EQ_INT(notified, 2);
+    CHECK(!r.holder);
+    CHECK_EQ_INT(lp_cache_fill_append(f, K("world")), 0);
+    CHECK_EQ_INT(notified, 2); /* once per wait */
+    CHECK_EQ_INT(read_some(e, &cur, out, sizeof out, &at), 0);
+    CHECK_EQ_INT((int)at, 11);
+    CHECK(memcmp(out, "hello world", 11) == 0);
+    /* A watch cancelled is never notified. */
+    CHECK_EQ_INT(lp_cache_fill_watch(z, e, &r), 1);
+    CHECK_EQ_INT(lp_cache_wait_cancel(z, &r), 1);
+    /* Bodies over a chunk: the chunks come linked as they fill. */
+    static char big[3 * LP_CACHE_CHUNK];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (char)('a' + i % 26);
+    CHECK_EQ_INT(lp_cache_fill_append(f, big, sizeof big), 0);
+    CHECK_EQ_INT(notified, 2);
+    static char all[11 + sizeof big];
+    memcpy(all, out, 11);
+    size_t got = 11;
+    CHECK_EQ_INT(read_some(e, &cur, all, sizeof all, &got), 0);
+    CHECK_EQ_INT((int)got, (int)sizeof all);
+    CHECK(memcmp(all + 11, big, sizeof big) == 0);
+    CHECK_EQ_INT(lp_cache_fill_watch(z, e, &r), 1);
+    CHECK_EQ_INT(lp_cache_fill_commit(f), 0);
+    CHECK_EQ_INT(notified, 4); /* the reader and the late waiter */
+    CHECK(!late.holder);
+    CHECK_EQ_INT(read_some(e, &cur, all, sizeof all, &got), 2);
+    CHECK_EQ_INT(lp_cache_fill_watch(z, e, &r), 0); /* ended */
+    lp_cache_entry_t *linked = lp_cache_get(z, K("k"), K(""), NOW);
+    CHECK(linked == e); /* the same entry, linked by the commit */
+    lp_cache_entry_unref(linked);
+    CHECK(!lp_cache_get_filling(z, K("k"), K(""), &hint));
+    /* A reader that starts after the commit reads it whole. */
+    lp_cache_fill_cursor_t c2 = {0};
+    got = 0;
+    CHECK_EQ_INT(read_some(e, &c2, all, sizeof all, &got), 2);
+    CHECK_EQ_INT((int)got, (int)sizeof all);
+    lp_cache_entry_unref(e);
+    lp_cache_zone_release(z);
+}
+
+/* A fill killed over max_object_size, or abandoned, fails its readers (their answers are cut
+ * short), whose references keep its bytes; the key is free for the next fill. A small body
+ * of a known length (in the entry's block) streams too. */
+static void fill_stream_fails(void)
+{
+    lp_cache_zone_t *z = zone("t21", 4 << 20, 100);
+    int busy;
+    notified = 0;
+    lp_cache_fill_t *f = lp_cache_lock(z, K("k"), 5, NOW, &busy);
+    f = lp_cache_fill_start(z, f, K("k"), K(""), K("h"), NOW + 60, 0);
+    REQUIRE(f);
+    lp_cache_fill_ready(f);
+    uint64_t hint;
+    lp_cache_entry_t *e = lp_cache_get_filling(z, K("k"), K(""), &hint);
+    REQUIRE(e);
+    CHECK_EQ_INT(lp_cache_fill_append(f, K("0123456789")), 0);
+    lp_cache_fill_cursor_t cur = {0};
+    char out[256];
+    size_t at = 0;
+    CHECK_EQ_INT(read_some(e, &cur, out, sizeof out, &at), 0);
+    lp_cache_waiter_t r = {.notify = count_notify};
+    CHECK_EQ_INT(lp_cache_fill_watch(z, e, &r), 1);
+    char over[200] = {0};
+    CHECK_EQ_INT(lp_cache_fill_append(f, over, sizeof over), -1); /* over 100: killed */
+    CHECK_EQ_INT(notified, 1);
+    CHECK_EQ_INT(read_some(e, &cur, out, sizeof out, &at), -1);
+    CHECK_EQ_INT(lp_cache_fill_watch(z, e, &r), 0);
+    CHECK(!lp_cache_locked(z, K("k")));
+    CHECK_EQ_INT(lp_cache_fill_commit(f), -1);
+    CHECK(!lp_cache_get(z, K("k"), K(""), NOW));
+    lp_cache_entry_unref(e); /* the last reference: its bytes go */
+
+    /* Abandoned (an origin error mid-body) with a reader on a small known-length body. */
+    f = lp_cache_lock(z, K("k"), 5, NOW, &busy);
+    REQUIRE(f);
+    f = lp_cache_fill_start(z, f, K("k"), K(""), K("h"), NOW + 60, 10);
+    REQUIRE(f);
+    lp_cache_fill_ready(f);
+    e = lp_cache_get_filling(z, K("k"), K(""), &hint);
+    REQUIRE(e);
+    CHECK_EQ_INT((int)hint, 10);
+    char *to = lp__cache_fill_room(f, 4);
+    REQUIRE(to);
+    memcpy(to, "abcd", 4);
+    lp__cache_fill_wrote(f, 4);
+    lp_cache_fill_cursor_t c2 = {0};
+    at = 0;
+    CHECK_EQ_INT(read_some(e, &c2, out, sizeof out, &at), 0);
+    CHECK_EQ_INT((int)at, 4);
+    CHECK(memcmp(out, "abcd", 4) == 0);
+    CHECK_EQ_INT(lp_cache_fill_watch(z, e, &r), 1);
+    lp_cache_fill_abandon(f);
+    CHECK_EQ_INT(notified, 2);
+    CHECK_EQ_INT(read_some(e, &c2, out, sizeof out, &at), -1);
+    lp_cache_entry_unref(e);
+    /* An abandoned fill nobody read: nothing changes for it. */
+    f = lp_cache_fill_start(z, NULL, K("j"), K(""), K("h"), NOW + 60, 0);
+    REQUIRE(f);
+    lp_cache_fill_append(f, K("x"));
+    lp_cache_fill_abandon(f);
+    lp_cache_zone_release(z);
+}
+
+/* A filler and a reader on two threads: the reader sleeps on a condition until notified,
+ * and reads every byte, in order, once the commit completes the entry. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int woken;
+} wake = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+
+static void cond_notify(lp_cache_waiter_t *w)
+{
+    (void)w;
+    pthread_mutex_lock(&wake.mu);
+    wake.woken = 1;
+    pthread_cond_signal(&wake.cv);
+    pthread_mutex_unlock(&wake.mu);
+}
+
+#define STREAM_PIECES 2000
+#define STREAM_PIECE  97
+
+static void *stream_filler(void *arg)
+{
+    lp_cache_fill_t *f = arg;
+    char piece[STREAM_PIECE];
+    for (int i = 0; i < STREAM_PIECES; i++) {
+        for (int j = 0; j < STREAM_PIECE; j++)
+            piece[j] = (char)(i * 7 + j);
+        lp_cache_fill_append(f, piece, sizeof piece);
+    }
+    lp_cache_fill_commit(f);
+    return NULL;
+}
+
+static void fill_stream_threads(void)
+{
+    lp_cache_zone_t *z = zone("t22", 16 << 20, 4 << 20);
+    int busy;
+    lp_cache_fill_t *f = lp_cache_lock(z, K("k"), 5, NOW, &busy);
+    f = lp_cache_fill_start(z, f, K("k"), K(""), K("h"), NOW + 60, 0);
+    REQUIRE(f);
+    lp_cache_fill_ready(f);
+    uint64_t hint;
+    lp_cache_entry_t *e = lp_cache_get_filling(z, K("k"), K(""), &hint);
+    REQUIRE(e);
+    pthread_t t;
+    pthread_create(&t, NULL, stream_filler, f);
+    lp_cache_fill_cursor_t cur = {0};
+    size_t got = 0;
+    int bad = 0, r;
+    lp_cache_waiter_t w = {.notify = cond_notify};
+    for (;;) {
+        const char *p;
+        size_t n;
+        r = lp_cache_fill_read(e, &cur, &p, &n);
+        if (r == 1) {
+            for (size_t i = 0; i < n; i++, got++)
+                bad += p[i] != (char)((got / STREAM_PIECE) * 7 + got % STREAM_PIECE);
+            continue;
+        }
+        if (r != 0)
+            break;
+        pthread_mutex_lock(&wake.mu);
+        wake.woken = 0;
+        pthread_mutex_unlock(&wake.mu);
+        if (!lp_cache_fill_watch(z, e, &w))
+            continue; /* ended: read again */
+        /* Registered: bytes that came meanwhile are read before sleeping (the watch is
+         * taken out; one notified already is simply not waited for). */
+        if (lp_cache_fill_read(e, &(lp_cache_fill_cursor_t){cur.c, cur.off}, &p, &n) != 0) {
+            lp_cache_wait_cancel(z, &w);
+            continue;
+        }
+        pthread_mutex_lock(&wake.mu);
+        while (!wake.woken)
+            pthread_cond_wait(&wake.cv, &wake.mu);
+        pthread_mutex_unlock(&wake.mu);
+    }
+    pthread_join(t, NULL);
+    CHECK_EQ_INT(r, 2);
+    CHECK_EQ_INT((int)got, STREAM_PIECES * STREAM_PIECE);
+    CHECK_EQ_INT(bad, 0);
+    lp_cache_entry_unref(e);
+    lp_cache_zone_release(z);
+}
+
 static void set_head(void)
 {
     lp_cache_zone_t *z = zone("t9", 4 << 20, 1 << 16);
@@ -1065,6 +1309,9 @@ static const lp_test_case_t tests[] = {
     {"set_head", set_head},
     {"stub_set_head", stub_set_head},
     {"waiters", waiters},
+    {"fill_stream", fill_stream},
+    {"fill_stream_fails", fill_stream_fails},
+    {"fill_stream_threads", fill_stream_threads},
     {"threads", threads},
     {"registry", registry},
     {"fills_charged", fills_charged},
