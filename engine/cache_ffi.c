@@ -577,6 +577,10 @@ int lp_ffi_cache_get_filling(void *rp, void *zone, const char *key, size_t klen,
     if (!lp__lua_runs(r))
         return LP_FFI_EOTHER;
     lp_req_cache_t *rc = &r->cache;
+    /* An HTTP/1.0 client's answer without a length ends at the connection's close, which a
+     * fill failing mid-body would make look whole (review): it waits for the whole entry. */
+    if (!r->h2s && r->minor == 0)
+        return 0;
     uint64_t h = 0;
     lp_cache_entry_t *e = lp_cache_get_filling(zone, key, klen, sec, slen, &h);
     if (e && too_wide(r, e)) {
@@ -743,6 +747,7 @@ static int fill_answer(lp_req_t *r, lp_req_cache_t *rc, int status, double first
     r->resp.local_body = NULL;
     if (rc->watch)
         watch_free(rc->watch); /* an earlier answer's */
+    rc->watch = NULL;
     if (!none && !(rc->watch = watch_new(r, rc->hit_zone)))
         return LP_FFI_ENOSPACE;
     rc->body = lp_cache_entry_ref(rc->hit);

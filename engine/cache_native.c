@@ -629,9 +629,10 @@ int lp_cache_native_response(lp_req_t *r)
                                         &size) == 0;
     if (stored) {
         lp__cache_count(n->zone, LP_CACHE_C_NATIVE_STORED);
-        /* Its first plain hit may learn from the head (learn_plain): not linked yet, no lock. */
+        /* Its first plain hit may learn from the head (learn_plain): not linked yet, but its
+         * fill's readers (fill streams) may hold it: an atomic store. */
         if (!d->no_cache)
-            r->cache.fill->e->plain_head = 1;
+            __atomic_store_n(&r->cache.fill->e->plain_head, 1, __ATOMIC_RELAXED); /* published */
     }
     /* `stored` only when the body's length is known, as the plugin's */
     stored = stored && lp__cache_body_sized(r);

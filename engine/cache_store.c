@@ -1140,6 +1140,8 @@ int64_t lp_cache_wait_quiet(lp_cache_zone_t *z, lp_cache_waiter_t *w, uint64_t n
                 pp = &(*pp)->next;
             *pp = w->next;
             w->holder = NULL;
+            if (w->early) /* as lp_cache_wait_cancel: the fill's head wakes none for it */
+                __atomic_store_n(&f->nearly, f->nearly - 1, __ATOMIC_RELAXED);
             left = 0;
         }
     }

@@ -118,6 +118,12 @@ static void conn_end_cut_short(lp_req_t *req)
         lp_peer_abort(req->try.peer);
         req->try.peer = NULL;
     }
+    if (req->cache.fill) {
+        /* Its fill gets no more bytes: the requests following it (fill streams) are cut
+         * now, not when this one's log phase ends (review). */
+        lp_cache_fill_abandon(req->cache.fill);
+        req->cache.fill = NULL;
+    }
     lp_req_detach(req);
     lp_req_hold(req);
     if (lp_lua_phase(req, LP_PHASE_LOG) != LP_AGAIN)

@@ -228,6 +228,36 @@ class FillStreamTest(H.ProxyTestCase):
         self.assertEqual(r.body, BODY)
         self.assertEqual(self.origin.count(self.path()), 2)
 
+    def test_http10_waiter_never_follows(self):
+        # An HTTP/1.0 client's answer of unknown length ends at the close, which a failing
+        # fill would make look whole: such a waiter does not follow the fill; it waits, and
+        # when the fill fails it goes upstream itself and gets the whole body.
+        g = Gates(BODY, chunked=True, end="fail")
+        p = self.path()
+        self.origin.script(p, g)
+        filler = Reader(self.port, p)
+        self.assertTrue(g.arrived.wait(H.T(20)), "the fill's request never came")
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=H.T(30))
+        s.sendall(("GET %s HTTP/1.0\r\nHost: a.test\r\n\r\n" % p).encode())
+        time.sleep(0.3)  # waiting on the key when the head goes, or coming after: either way
+        g.head.set()
+        filler.first_byte()
+        g.rest.set()
+        fields, body, complete = filler.finish()
+        self.assertFalse(complete)
+        filler.close()
+        got = bytearray()
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+        s.close()
+        head, _, body = bytes(got).partition(b"\r\n\r\n")
+        self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+        self.assertEqual(body, BODY)
+        self.assertEqual(self.origin.count(p), 2)
+
     def test_waiter_leaving_mid_stream(self):
         g = Gates(BODY)
         filler, ws = self.start(g, waiters=3)
