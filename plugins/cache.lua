@@ -951,6 +951,8 @@ local function wait_fill(req, conf, st, z, key, rh, rd, plain)
         plain = false -- another variant's fill (or not fresh): wait for whole fills now
       end
       if proxy.monotonic() < deadline then deadline = proxy.monotonic() + conf.lock_timeout end
+    elseif look(req, conf, st, z, key, rh, rd, true) then
+      return true -- a fill ended between this request's lock attempt and now
     elseif z:lock(req, key, conf.lock_timeout) then
       return false -- the key's fills ended without this entry: this request fills it
     end -- (another request took the lock meanwhile: wait for its fill)
