@@ -504,6 +504,19 @@ static void fill_stream(void)
     lp_cache_zone_release(z);
 }
 
+/* Key "k" of z locked, its fill started and made ready: the filling entry with a reader's
+ * reference (*hint its expected length), *f its fill; NULL when a step failed. */
+static lp_cache_entry_t *filling(lp_cache_zone_t *z, lp_cache_fill_t **f, uint64_t *hint)
+{
+    int busy;
+    *f = lp_cache_lock(z, K("k"), 5, NOW, &busy);
+    *f = *f ? lp_cache_fill_start(z, *f, K("k"), K(""), K("h"), NOW + 60, 0) : NULL;
+    if (!*f)
+        return NULL;
+    lp_cache_fill_ready(*f);
+    return lp_cache_get_filling(z, K("k"), K(""), hint);
+}
+
 /* A fill killed over max_object_size, or abandoned, fails its readers (their answers are cut
  * short), whose references keep its bytes; the key is free for the next fill. A small body
  * of a known length (in the entry's block) streams too. */
@@ -512,12 +525,9 @@ static void fill_stream_fails(void)
     lp_cache_zone_t *z = zone("t21", 4 << 20, 100);
     int busy;
     notified = 0;
-    lp_cache_fill_t *f = lp_cache_lock(z, K("k"), 5, NOW, &busy);
-    f = lp_cache_fill_start(z, f, K("k"), K(""), K("h"), NOW + 60, 0);
-    REQUIRE(f);
-    lp_cache_fill_ready(f);
+    lp_cache_fill_t *f = NULL;
     uint64_t hint;
-    lp_cache_entry_t *e = lp_cache_get_filling(z, K("k"), K(""), &hint);
+    lp_cache_entry_t *e = filling(z, &f, &hint);
     REQUIRE(e);
     CHECK_EQ_INT(lp_cache_fill_append(f, K("0123456789")), 0);
     lp_cache_fill_cursor_t cur = {0};
@@ -603,13 +613,9 @@ static void *stream_filler(void *arg)
 static void fill_stream_threads(void)
 {
     lp_cache_zone_t *z = zone("t22", 16 << 20, 4 << 20);
-    int busy;
-    lp_cache_fill_t *f = lp_cache_lock(z, K("k"), 5, NOW, &busy);
-    f = lp_cache_fill_start(z, f, K("k"), K(""), K("h"), NOW + 60, 0);
-    REQUIRE(f);
-    lp_cache_fill_ready(f);
+    lp_cache_fill_t *f = NULL;
     uint64_t hint;
-    lp_cache_entry_t *e = lp_cache_get_filling(z, K("k"), K(""), &hint);
+    lp_cache_entry_t *e = filling(z, &f, &hint);
     REQUIRE(e);
     pthread_t t;
     pthread_create(&t, NULL, stream_filler, f);
