@@ -322,7 +322,9 @@ static const lp_cache_served_t *learn_plain(lp_cache_native_t *n, lp_cache_entry
     if (fit)
         m = fit;
     *m = (lp_cache_served_t){NULL, serial, (int)status, age0, t_resp, ttl, wlen};
-    lp_cache_entry_served_set(n->zone, e, m);
+    if (lp_cache_entry_served_set(n->zone, e, m))
+        /* refused (memos others may read fill the list): not read again for each hit */
+        __atomic_store_n(&e->plain_head, 0, __ATOMIC_RELAXED);
     return lp_cache_entry_served(e);
 refuse:
     /* Not again for this head: the plugin's first hit teaches it (a new head clears it too). */

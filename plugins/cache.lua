@@ -917,8 +917,13 @@ local function follow(req, conf, st, z, key)
   local head, hint = z:get_filling(req, key, st.sec or "")
   if not head then return false end
   local meta, headers, case, base = decode_cached(head)
-  if not meta or meta.status == 206 then return false end
-  if policy.evaluate(meta, NO_DIRECTIVES, proxy.now(), conf._opts) ~= "fresh" then return false end
+  if not meta or meta.status == 206
+    or policy.evaluate(meta, NO_DIRECTIVES, proxy.now(), conf._opts) ~= "fresh" then
+    -- Not followed: the request's looked-up entry is the linked one again, as look left it
+    -- (get_filling made the filling entry the request's; a later answer must not use it).
+    z:get(req, key, st.sec or "")
+    return false
+  end
   st.case = case
   z:count("hit")
   serve(req, conf, st, meta, headers, hint,
